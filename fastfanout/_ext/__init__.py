@@ -1,0 +1,1 @@
+"""Compiled native core of fastfanout (built from the Cython sources in ``ext/``)."""
