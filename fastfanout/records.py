@@ -1,0 +1,73 @@
+"""Small immutable records the API takes and returns (besides ``Message``)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["AttributeValue", "Attributes", "DeadLetterInfo", "PublishEntry", "PublishResult"]
+
+AttributeValue = str | int | float | bytes | list[str]
+"""An attribute value: SNS String, Number (int or float), Binary, or String.Array."""
+
+Attributes = dict[str, AttributeValue]
+"""Message attributes: name -> value."""
+
+
+class PublishEntry(NamedTuple):
+    """One entry of ``publish_batch`` / ``send_batch`` when a bare body is not enough.
+
+    Attributes:
+        body: the message body (bytes-like).
+        attributes: message attributes, or None.
+        delay: seconds to hold the message before it becomes visible, or None for the
+            queue's default delay.
+        deliver_at: absolute due time in clock seconds (epoch by default), or None.
+        group_id: FIFO message group (FIFO queues and topics).
+        dedup_id: deduplication id.
+        priority: priority 0..255 (queues with ``max_priority``).
+        ttl: seconds the message may wait before it expires, or None.
+    """
+
+    body: bytes | bytearray | memoryview
+    attributes: Attributes | None = None
+    delay: float | None = None
+    deliver_at: float | None = None
+    group_id: str | None = None
+    dedup_id: str | None = None
+    priority: int | None = None
+    ttl: float | None = None
+
+
+class PublishResult(NamedTuple):
+    """What a publish or send returns.
+
+    Attributes:
+        message_id: the broker-unique, increasing id of the message (for a duplicate,
+            the id of the original).
+        deliveries: copies enqueued (queues reached); 0 for a duplicate.
+        duplicate: True when deduplication recognised the message and did not deliver it.
+    """
+
+    message_id: int
+    deliveries: int
+    duplicate: bool = False
+
+
+class DeadLetterInfo(NamedTuple):
+    """Why and from where a message reached a dead-letter queue.
+
+    Attributes:
+        reason: ``max_receives``, ``rejected``, ``expired`` or ``overflow``.
+        source_queue: the queue it was dead-lettered from.
+        receive_count: deliveries it had in the source queue.
+        first_receive_time: clock seconds of its first delivery there, or None.
+        last_receive_time: clock seconds of its last delivery there, or None.
+        time: clock seconds when it was dead-lettered.
+    """
+
+    reason: str
+    source_queue: str
+    receive_count: int
+    first_receive_time: float | None
+    last_receive_time: float | None
+    time: float
