@@ -1,0 +1,155 @@
+# The queue store: message blobs, per-queue entries, leases, dead-lettering.
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from fastfanout._ext.timers cimport TimerHeap
+
+# An entry slot number that names no entry.
+cdef enum:
+    NIL = 0xFFFFFFFF
+
+cdef enum:
+    STATE_FREE = 0
+    STATE_VISIBLE = 1
+    STATE_LEASED = 2
+    STATE_DELAYED = 3
+
+cdef enum:
+    OVERFLOW_REJECT = 0
+    OVERFLOW_DROP_OLDEST = 1
+    OVERFLOW_DEAD_LETTER = 2
+
+# Indexes into QueueStats.dropped, in the order of fastfanout.stats.DROP_REASONS.
+cdef enum:
+    DROP_OVERFLOW = 0
+    DROP_RETENTION = 1
+    DROP_MAX_RECEIVES = 2
+    DROP_REJECTED = 3
+    DROP_DEAD_LETTER_FULL = 4
+    DROP_EXPIRED = 5
+    DROP_REASON_COUNT = 6
+
+# Why a message was dead-lettered (the names of DEAD_LETTER_REASONS in store.pyx).
+cdef enum:
+    DEAD_MAX_RECEIVES = 0
+    DEAD_REJECTED = 1
+    DEAD_EXPIRED = 2
+    DEAD_OVERFLOW = 3
+
+# One published message: immutable once made, shared by every queue copy (refcounted).
+# data holds body, encoded attributes, group id, dedup id back to back.
+cdef struct blob_t:
+    int64_t refcount
+    uint64_t id
+    int64_t timestamp_us
+    int64_t due_us            # explicit due time, or INT64_MIN: the queue's delay applies
+    uint32_t body_len
+    uint32_t attrs_len
+    uint16_t group_len
+    uint16_t dedup_len
+    uint8_t priority
+    char data[1]
+
+# Where a dead-lettered copy came from (owned by its entry).
+cdef struct dead_letter_t:
+    uint8_t reason
+    uint32_t source_queue
+    uint32_t source_incarnation
+    uint32_t receive_count
+    int64_t first_receive_us   # -1 when never received
+    int64_t last_receive_us
+    int64_t time_us
+
+# One copy of a message in one queue.
+cdef struct entry_t:
+    blob_t* blob
+    dead_letter_t* dead
+    int64_t entered_us
+    int64_t first_receive_us
+    int64_t last_receive_us
+    uint32_t queue
+    uint32_t generation        # bumped on every lease and on free: receipts go stale
+    uint32_t receive_count
+    uint32_t visible_prev      # links of the visible list of its priority level
+    uint32_t visible_next      # (also the free list's link while STATE_FREE)
+    uint32_t arrival_prev      # links of the queue's arrival-ordered list of all copies
+    uint32_t arrival_next
+    uint8_t state
+    uint8_t level              # priority level (0 .. queue levels - 1)
+
+cdef struct queue_t:
+    bint alive
+    uint32_t incarnation
+    int64_t visibility_us
+    int64_t delay_us
+    int64_t retention_us
+    int64_t max_messages       # -1: unbounded
+    int64_t max_bytes          # -1: unbounded
+    int64_t max_message_size
+    int64_t max_receive_count  # -1: unbounded
+    int64_t dead_letter_queue  # -1: none
+    uint8_t overflow
+    uint32_t levels
+    uint32_t* visible_head     # per level
+    uint32_t* visible_tail
+    uint32_t arrival_head
+    uint32_t arrival_tail
+    uint64_t visible
+    uint64_t leased
+    uint64_t delayed
+    uint64_t bytes
+    uint64_t enqueued
+    uint64_t delivered
+    uint64_t redelivered
+    uint64_t acked
+    uint64_t dead_lettered
+    uint64_t redriven
+    uint64_t rejected
+    uint64_t purged
+    uint64_t dropped[6]
+
+
+cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us,
+                      const char* body, uint32_t body_len,
+                      const char* attrs, uint32_t attrs_len,
+                      const char* group, uint16_t group_len,
+                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil
+
+cdef void blob_release(blob_t* blob) noexcept nogil
+
+
+cdef class Store:
+    cdef entry_t* entries
+    cdef uint32_t entry_capacity
+    cdef uint32_t free_head
+    cdef uint64_t live_entries
+    cdef queue_t* queues
+    cdef uint32_t queue_count
+    cdef uint32_t queue_capacity
+    cdef list names                # queue id -> name
+    cdef TimerHeap timers
+    cdef int64_t retention_due_us  # no retention work before this time
+    cdef uint64_t next_message_id
+
+    cdef inline queue_t* queue(self, uint32_t qid) noexcept:
+        return &self.queues[qid]
+
+    cdef uint64_t message_size(self, blob_t* blob) noexcept
+    cdef int room_for(self, uint32_t qid, uint64_t count, uint64_t size) noexcept
+    cdef int make_room(self, uint32_t qid, uint64_t count, uint64_t size, int64_t now_us) except -1
+    cdef int enqueue(self, uint32_t qid, blob_t* blob, int64_t now_us, int64_t due_us,
+                     dead_letter_t* dead) except -1
+    cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFF
+    cdef void _free_entry(self, uint32_t slot) noexcept
+    cdef void _detach(self, uint32_t slot) noexcept
+    cdef void _push_visible(self, uint32_t slot) noexcept
+    cdef void _unlink_visible(self, uint32_t slot) noexcept
+    cdef uint32_t _oldest_visible(self, uint32_t qid) noexcept
+    cdef int _dead_letter(self, uint32_t slot, uint8_t reason, int64_t now_us) except -1
+    cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept
+    cdef uint32_t _require_lease(self, object receipt) except? 0xFFFFFFFF
+    cdef void _ack_slot(self, uint32_t slot) noexcept
+    cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept
+    cdef object _dead_letter_info(self, dead_letter_t* dead)
+    cdef int _expire_retention(self, int64_t now_us) except -1
+    cdef int advance_to(self, int64_t now_us) except -1
+cdef uint64_t receipt_value(object receipt) except? 0

@@ -1,0 +1,797 @@
+"""The queue store: every queue's message copies, their leases, delays and dead-lettering.
+
+Design
+------
+Prior art: Amazon SQS (leases, receipts, receive counts, redrive policies), RabbitMQ
+(overflow policies ``reject-publish`` / ``drop-head`` / dead-lettering), and the slab +
+intrusive-list layout of memcached and the Linux kernel.
+
+A published message is one immutable, reference-counted **blob** (body, encoded
+attributes, group and dedup ids in one malloc'd block). Fanning it out to N queues makes
+N **entries** that point at the same blob, so a copy costs a slab slot, not a body.
+Entries live in one slab (an array grown by doubling; free slots chained in a free list),
+and are named by their slot number. An entry sits in two intrusive doubly-linked lists of
+its queue: the **arrival list** (every copy, oldest first: retention and ``oldest_age``
+read its head in O(1)) and, while visible, the **visible list** of its priority level
+(FIFO: receive takes the head, anything that becomes visible again goes to the tail).
+Leases and delays are deadlines in one ``TimerHeap`` keyed by slot.
+
+Receipts: a receipt is ``generation << 32 | slot``. The slot's generation is bumped on
+every lease and on every free, so a receipt is valid only while the very delivery it
+names holds its lease — checking one is two loads and two compares, no table lookup.
+
+Invariants (checked by the debug build's ``check()`` and by the model tests):
+- every live entry is in exactly one state: visible (in one visible list, no timer),
+  leased (timer armed, in no visible list) or delayed (timer armed, in no visible list);
+- a queue's gauges (visible, leased, delayed, bytes) equal what its lists hold;
+- ``enqueued == messages + acked + purged + dead_lettered + redriven + sum(dropped)``.
+
+Time is integer microseconds (``now_us``) handed in by the caller, who has already
+called ``advance_to(now_us)``; the store never reads a clock. Nothing here takes a lock:
+the Python layer serialises calls (the GIL alone makes each call atomic, as none of them
+calls back into Python code that could release it, except building result objects).
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+from fastfanout._ext.message cimport Message, make_message
+from fastfanout._ext.timers cimport TimerHeap
+
+from fastfanout.errors import InvalidArgument, StaleReceipt
+from fastfanout.records import DeadLetterInfo
+
+DEAD_LETTER_REASONS = ("max_receives", "rejected", "expired", "overflow")
+"""Names of the dead-letter reasons, indexed by their code."""
+
+# Which drop reason counts a dead-lettering that found no dead-letter queue.
+cdef uint8_t[4] DROP_FOR_DEAD_REASON = [DROP_MAX_RECEIVES, DROP_REJECTED, DROP_EXPIRED,
+                                        DROP_OVERFLOW]
+
+
+cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us,
+                      const char* body, uint32_t body_len,
+                      const char* attrs, uint32_t attrs_len,
+                      const char* group, uint16_t group_len,
+                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil:
+    """Allocate a blob with refcount 1 holding copies of the given parts (NULL on OOM)."""
+    cdef size_t total = sizeof(blob_t) + <size_t>body_len + attrs_len + group_len + dedup_len
+    cdef blob_t* blob = <blob_t*>malloc(total)
+    cdef char* cursor
+    if blob == NULL:
+        return NULL
+    blob.refcount = 1
+    blob.id = id
+    blob.timestamp_us = timestamp_us
+    blob.due_us = due_us
+    blob.body_len = body_len
+    blob.attrs_len = attrs_len
+    blob.group_len = group_len
+    blob.dedup_len = dedup_len
+    blob.priority = priority
+    cursor = blob.data
+    if body_len:
+        memcpy(cursor, body, body_len)
+    cursor += body_len
+    if attrs_len:
+        memcpy(cursor, attrs, attrs_len)
+    cursor += attrs_len
+    if group_len:
+        memcpy(cursor, group, group_len)
+    cursor += group_len
+    if dedup_len:
+        memcpy(cursor, dedup, dedup_len)
+    return blob
+
+
+cdef void blob_release(blob_t* blob) noexcept nogil:
+    blob.refcount -= 1
+    if blob.refcount == 0:
+        free(blob)
+
+
+cdef uint64_t receipt_value(object receipt) except? 0:
+    """A receipt as a C integer; InvalidArgument for anything but an int in [0, 2**64)."""
+    if type(receipt) is not int:
+        raise InvalidArgument(f"a receipt is an int, got {type(receipt).__name__} {receipt!r}")
+    if receipt < 0 or receipt >= 2**64:
+        raise InvalidArgument(f"a receipt is an int in [0, 2**64), got {receipt}")
+    return receipt
+
+
+cdef inline object _optional_text(const char* data, uint16_t length):
+    if length == 0:
+        return None
+    return data[:length].decode("utf-8")
+
+
+cdef inline object _seconds_or_none(int64_t us):
+    return None if us < 0 else us / 1e6
+
+
+@cython.final
+cdef class Store:
+    """All queues of one broker. Used by the broker layer only, through these methods."""
+
+    def __cinit__(self):
+        self.entries = NULL
+        self.entry_capacity = 0
+        self.free_head = NIL
+        self.live_entries = 0
+        self.queues = NULL
+        self.queue_count = 0
+        self.queue_capacity = 0
+        self.names = []
+        self.timers = TimerHeap()
+        self.retention_due_us = INT64_MAX
+        self.next_message_id = 1
+
+    def __dealloc__(self):
+        cdef uint32_t slot
+        cdef uint32_t qid
+        if self.entries != NULL:
+            for slot in range(self.entry_capacity):
+                if self.entries[slot].state != STATE_FREE:
+                    blob_release(self.entries[slot].blob)
+                    if self.entries[slot].dead != NULL:
+                        PyMem_Free(self.entries[slot].dead)
+            PyMem_Free(self.entries)
+        if self.queues != NULL:
+            for qid in range(self.queue_count):
+                PyMem_Free(self.queues[qid].visible_head)
+                PyMem_Free(self.queues[qid].visible_tail)
+            PyMem_Free(self.queues)
+
+    # -- queues ------------------------------------------------------------------------
+
+    def add_queue(self, str name, int64_t visibility_us, int64_t delay_us, int64_t retention_us,
+                  int64_t max_messages, int64_t max_bytes, int64_t max_message_size,
+                  int64_t max_receive_count, int64_t dead_letter_queue, int overflow,
+                  int max_priority):
+        """Create a queue from validated settings; returns its id (ids are never reused)."""
+        cdef queue_t* grown
+        cdef queue_t* q
+        cdef uint32_t capacity
+        cdef uint32_t level
+        if self.queue_count == self.queue_capacity:
+            capacity = self.queue_capacity * 2 if self.queue_capacity else 16
+            grown = <queue_t*>PyMem_Realloc(self.queues, capacity * sizeof(queue_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.queues = grown
+            self.queue_capacity = capacity
+        q = &self.queues[self.queue_count]
+        q.visible_head = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
+        q.visible_tail = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
+        if q.visible_head == NULL or q.visible_tail == NULL:
+            PyMem_Free(q.visible_head)
+            PyMem_Free(q.visible_tail)
+            raise MemoryError()
+        for level in range(max_priority + 1):
+            q.visible_head[level] = NIL
+            q.visible_tail[level] = NIL
+        q.levels = max_priority + 1
+        q.alive = True
+        q.incarnation = self.queue_count
+        q.visibility_us = visibility_us
+        q.delay_us = delay_us
+        q.retention_us = retention_us
+        q.max_messages = max_messages
+        q.max_bytes = max_bytes
+        q.max_message_size = max_message_size
+        q.max_receive_count = max_receive_count
+        q.dead_letter_queue = dead_letter_queue
+        q.overflow = overflow
+        q.arrival_head = NIL
+        q.arrival_tail = NIL
+        q.visible = q.leased = q.delayed = q.bytes = 0
+        q.enqueued = q.delivered = q.redelivered = q.acked = 0
+        q.dead_lettered = q.redriven = q.rejected = q.purged = 0
+        for level in range(DROP_REASON_COUNT):
+            q.dropped[level] = 0
+        self.names.append(name)
+        self.queue_count += 1
+        return self.queue_count - 1
+
+    def remove_queue(self, uint32_t qid):
+        """Delete a queue and every copy it holds (their receipts go stale)."""
+        cdef queue_t* q = &self.queues[qid]
+        cdef uint32_t slot
+        while q.arrival_head != NIL:
+            slot = q.arrival_head
+            self._detach(slot)
+            self._free_entry(slot)
+        q.alive = False
+
+    def max_message_size(self, uint32_t qid):
+        """The queue's bound on one message, in bytes."""
+        return self.queues[qid].max_message_size
+
+    # -- entries -----------------------------------------------------------------------
+
+    cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFF:
+        cdef uint32_t slot
+        cdef uint32_t capacity
+        cdef entry_t* grown
+        if self.free_head == NIL:
+            if self.entry_capacity >= 0x7FFFFFFF:
+                raise MemoryError("the store holds 2**31 message copies: its hard limit")
+            capacity = self.entry_capacity * 2 if self.entry_capacity else 1024
+            grown = <entry_t*>PyMem_Realloc(self.entries, capacity * sizeof(entry_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.entries = grown
+            # Chain the new slots into the free list, lowest first.
+            for slot in range(self.entry_capacity, capacity):
+                grown[slot].state = STATE_FREE
+                grown[slot].generation = 0
+                grown[slot].visible_next = slot + 1 if slot + 1 < capacity else NIL
+            self.free_head = self.entry_capacity
+            self.entry_capacity = capacity
+        slot = self.free_head
+        self.free_head = self.entries[slot].visible_next
+        self.live_entries += 1
+        return slot
+
+    cdef void _free_entry(self, uint32_t slot) noexcept:
+        """Release a detached entry: drop its blob reference and recycle the slot."""
+        cdef entry_t* entry = &self.entries[slot]
+        blob_release(entry.blob)
+        entry.blob = NULL
+        if entry.dead != NULL:
+            PyMem_Free(entry.dead)
+            entry.dead = NULL
+        entry.state = STATE_FREE
+        entry.generation += 1
+        entry.visible_next = self.free_head
+        self.free_head = slot
+        self.live_entries -= 1
+
+    cdef uint64_t message_size(self, blob_t* blob) noexcept:
+        return <uint64_t>blob.body_len + blob.attrs_len
+
+    cdef void _push_visible(self, uint32_t slot) noexcept:
+        cdef entry_t* entry = &self.entries[slot]
+        cdef queue_t* q = &self.queues[entry.queue]
+        cdef uint32_t tail = q.visible_tail[entry.level]
+        entry.state = STATE_VISIBLE
+        entry.visible_next = NIL
+        entry.visible_prev = tail
+        if tail == NIL:
+            q.visible_head[entry.level] = slot
+        else:
+            self.entries[tail].visible_next = slot
+        q.visible_tail[entry.level] = slot
+        q.visible += 1
+
+    cdef void _unlink_visible(self, uint32_t slot) noexcept:
+        cdef entry_t* entry = &self.entries[slot]
+        cdef queue_t* q = &self.queues[entry.queue]
+        if entry.visible_prev == NIL:
+            q.visible_head[entry.level] = entry.visible_next
+        else:
+            self.entries[entry.visible_prev].visible_next = entry.visible_next
+        if entry.visible_next == NIL:
+            q.visible_tail[entry.level] = entry.visible_prev
+        else:
+            self.entries[entry.visible_next].visible_prev = entry.visible_prev
+        q.visible -= 1
+
+    cdef void _detach(self, uint32_t slot) noexcept:
+        """Take an entry out of every list and gauge of its queue (the slot stays allocated)."""
+        cdef entry_t* entry = &self.entries[slot]
+        cdef queue_t* q = &self.queues[entry.queue]
+        if entry.state == STATE_VISIBLE:
+            self._unlink_visible(slot)
+        elif entry.state == STATE_LEASED:
+            self.timers.disarm(slot)
+            q.leased -= 1
+        elif entry.state == STATE_DELAYED:
+            self.timers.disarm(slot)
+            q.delayed -= 1
+        if entry.arrival_prev == NIL:
+            q.arrival_head = entry.arrival_next
+        else:
+            self.entries[entry.arrival_prev].arrival_next = entry.arrival_next
+        if entry.arrival_next == NIL:
+            q.arrival_tail = entry.arrival_prev
+        else:
+            self.entries[entry.arrival_next].arrival_prev = entry.arrival_prev
+        q.bytes -= self.message_size(entry.blob)
+
+    cdef uint32_t _oldest_visible(self, uint32_t qid) noexcept:
+        """The visible entry that drop_oldest removes first: head of the lowest level."""
+        cdef queue_t* q = &self.queues[qid]
+        cdef uint32_t level
+        for level in range(q.levels):
+            if q.visible_head[level] != NIL:
+                return q.visible_head[level]
+        return NIL
+
+    # -- room and overflow -------------------------------------------------------------
+
+    cdef int room_for(self, uint32_t qid, uint64_t count, uint64_t size) noexcept:
+        """Can ``count`` messages of ``size`` bytes in all enter? 1 yes, 0 not without
+        dropping (the policy allows it and enough visible messages exist), -1 no."""
+        cdef queue_t* q = &self.queues[qid]
+        cdef uint64_t held = q.visible + q.leased + q.delayed
+        cdef uint64_t held_bytes = q.bytes
+        cdef uint32_t slot
+        cdef uint32_t level
+        if ((q.max_messages < 0 or held + count <= <uint64_t>q.max_messages) and
+                (q.max_bytes < 0 or held_bytes + size <= <uint64_t>q.max_bytes)):
+            return 1
+        if q.overflow == OVERFLOW_REJECT:
+            return -1
+        # Walk the visible messages in drop order and see whether dropping them is enough.
+        for level in range(q.levels):
+            slot = q.visible_head[level]
+            while slot != NIL:
+                held -= 1
+                held_bytes -= self.message_size(self.entries[slot].blob)
+                if ((q.max_messages < 0 or held + count <= <uint64_t>q.max_messages) and
+                        (q.max_bytes < 0 or held_bytes + size <= <uint64_t>q.max_bytes)):
+                    return 0
+                slot = self.entries[slot].visible_next
+        return -1
+
+    cdef int make_room(self, uint32_t qid, uint64_t count, uint64_t size, int64_t now_us) except -1:
+        """Drop or dead-letter the oldest visible messages until the batch fits.
+
+        The caller has checked ``room_for(...) >= 0``.
+        """
+        cdef queue_t* q
+        cdef uint32_t slot
+        while True:
+            q = &self.queues[qid]
+            if ((q.max_messages < 0 or q.visible + q.leased + q.delayed + count
+                    <= <uint64_t>q.max_messages) and
+                    (q.max_bytes < 0 or q.bytes + size <= <uint64_t>q.max_bytes)):
+                return 0
+            slot = self._oldest_visible(qid)
+            if slot == NIL:
+                return 0   # cannot happen after room_for; never loop forever
+            if q.overflow == OVERFLOW_DEAD_LETTER:
+                self._dead_letter(slot, DEAD_OVERFLOW, now_us)
+            else:
+                self._detach(slot)
+                self._free_entry(slot)
+                self.queues[qid].dropped[DROP_OVERFLOW] += 1
+
+    # -- enqueue -----------------------------------------------------------------------
+
+    cdef int enqueue(self, uint32_t qid, blob_t* blob, int64_t now_us, int64_t due_us,
+                     dead_letter_t* dead) except -1:
+        """Add a copy of ``blob`` to queue ``qid`` (room already made).
+
+        ``due_us``: when it becomes visible (<= now: at once). ``dead``: a dead-letter
+        record the entry takes ownership of, or NULL.
+        """
+        cdef uint32_t slot = self._alloc_entry()
+        cdef entry_t* entry = &self.entries[slot]
+        cdef queue_t* q = &self.queues[qid]
+        blob.refcount += 1
+        entry.blob = blob
+        entry.dead = dead
+        entry.entered_us = now_us
+        entry.first_receive_us = -1
+        entry.last_receive_us = -1
+        entry.queue = qid
+        entry.receive_count = 0
+        entry.level = blob.priority if blob.priority < q.levels else q.levels - 1
+        entry.arrival_next = NIL
+        entry.arrival_prev = q.arrival_tail
+        if q.arrival_tail == NIL:
+            q.arrival_head = slot
+            if now_us + q.retention_us < self.retention_due_us:
+                self.retention_due_us = now_us + q.retention_us
+        else:
+            self.entries[q.arrival_tail].arrival_next = slot
+        q.arrival_tail = slot
+        q.bytes += self.message_size(blob)
+        q.enqueued += 1
+        if due_us > now_us:
+            entry.state = STATE_DELAYED
+            q.delayed += 1
+            self.timers.arm(slot, due_us)
+        else:
+            self._push_visible(slot)
+        return 0
+
+    # -- dead-lettering ----------------------------------------------------------------
+
+    cdef int _dead_letter(self, uint32_t slot, uint8_t reason, int64_t now_us) except -1:
+        """Move a live entry to its queue's dead-letter queue (or drop it, counted)."""
+        cdef uint32_t source = self.entries[slot].queue
+        cdef int64_t dlq = self.queues[source].dead_letter_queue
+        cdef blob_t* blob = self.entries[slot].blob
+        cdef dead_letter_t* dead
+        cdef int room
+        self._detach(slot)
+        if dlq < 0:
+            self.queues[source].dropped[DROP_FOR_DEAD_REASON[reason]] += 1
+            self._free_entry(slot)
+            return 0
+        room = self.room_for(<uint32_t>dlq, 1, self.message_size(blob))
+        if room < 0:
+            self.queues[<uint32_t>dlq].rejected += 1
+            self.queues[source].dropped[DROP_DEAD_LETTER_FULL] += 1
+            self._free_entry(slot)
+            return 0
+        dead = <dead_letter_t*>PyMem_Malloc(sizeof(dead_letter_t))
+        if dead == NULL:
+            raise MemoryError()
+        dead.reason = reason
+        dead.source_queue = source
+        dead.source_incarnation = self.queues[source].incarnation
+        dead.receive_count = self.entries[slot].receive_count
+        dead.first_receive_us = self.entries[slot].first_receive_us
+        dead.last_receive_us = self.entries[slot].last_receive_us
+        dead.time_us = now_us
+        # Keep the blob alive while the source entry is freed and room is made.
+        blob.refcount += 1
+        self._free_entry(slot)
+        try:
+            if room == 0:
+                self.make_room(<uint32_t>dlq, 1, self.message_size(blob), now_us)
+            self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
+        except BaseException:
+            PyMem_Free(dead)
+            blob_release(blob)
+            raise
+        blob_release(blob)
+        self.queues[source].dead_lettered += 1
+        return 0
+
+    # -- time --------------------------------------------------------------------------
+
+    cdef int _expire_retention(self, int64_t now_us) except -1:
+        cdef uint32_t qid
+        cdef uint32_t slot
+        cdef queue_t* q
+        cdef int64_t next_due = INT64_MAX
+        for qid in range(self.queue_count):
+            q = &self.queues[qid]
+            if not q.alive:
+                continue
+            while q.arrival_head != NIL:
+                slot = q.arrival_head
+                if self.entries[slot].entered_us + q.retention_us > now_us:
+                    if self.entries[slot].entered_us + q.retention_us < next_due:
+                        next_due = self.entries[slot].entered_us + q.retention_us
+                    break
+                self._detach(slot)
+                self._free_entry(slot)
+                q.dropped[DROP_RETENTION] += 1
+        self.retention_due_us = next_due
+        return 0
+
+    cdef int advance_to(self, int64_t now_us) except -1:
+        """Apply everything due at ``now_us``: retention first, then timers in order."""
+        cdef uint32_t slot
+        cdef int64_t due
+        cdef entry_t* entry
+        cdef queue_t* q
+        if now_us >= self.retention_due_us:
+            self._expire_retention(now_us)
+        while self.timers.pop_due(now_us, &slot, &due):
+            entry = &self.entries[slot]
+            q = &self.queues[entry.queue]
+            if entry.state == STATE_LEASED:
+                q.leased -= 1
+            else:
+                q.delayed -= 1
+            self._push_visible(slot)
+        return 0
+
+    def advance(self, int64_t now_us):
+        """Apply everything due at ``now_us`` (retention, lease ends, delays)."""
+        self.advance_to(now_us)
+
+    def next_due_us(self):
+        """The next time something becomes due (lease end, delay end), or None."""
+        cdef int64_t due = self.timers.next_due()
+        return None if due == INT64_MAX else due
+
+    # -- receive -----------------------------------------------------------------------
+
+    def receive(self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us, int64_t now_us,
+                object owner):
+        """Lease up to ``max_messages`` visible messages; returns a list of Message."""
+        cdef list received = []
+        cdef queue_t* q
+        cdef entry_t* entry
+        cdef blob_t* blob
+        cdef uint32_t slot
+        cdef int level
+        cdef str name = self.names[qid]
+        cdef object dead_info
+        cdef bytes attrs
+        cdef uint64_t receipt
+        cdef const char* tail
+        level = self.queues[qid].levels - 1
+        while len(received) < max_messages and level >= 0:
+            q = &self.queues[qid]
+            slot = q.visible_head[level]
+            if slot == NIL:
+                level -= 1
+                continue
+            entry = &self.entries[slot]
+            if q.max_receive_count >= 0 and entry.receive_count + 1 > <uint64_t>q.max_receive_count:
+                self._dead_letter(slot, DEAD_MAX_RECEIVES, now_us)
+                continue
+            self._unlink_visible(slot)
+            entry.state = STATE_LEASED
+            entry.generation += 1
+            entry.receive_count += 1
+            if entry.first_receive_us < 0:
+                entry.first_receive_us = now_us
+            entry.last_receive_us = now_us
+            q.leased += 1
+            q.delivered += 1
+            if entry.receive_count > 1:
+                q.redelivered += 1
+            self.timers.arm(slot, now_us + lease_us)
+            blob = entry.blob
+            attrs = None
+            if blob.attrs_len:
+                attrs = PyBytes_FromStringAndSize(blob.data + blob.body_len, blob.attrs_len)
+            dead_info = None
+            if entry.dead != NULL:
+                dead_info = self._dead_letter_info(entry.dead)
+            receipt = (<uint64_t>entry.generation << 32) | slot
+            tail = blob.data + blob.body_len + blob.attrs_len
+            received.append(make_message(
+                blob.id, PyBytes_FromStringAndSize(blob.data, blob.body_len), attrs,
+                blob.timestamp_us / 1e6, entry.receive_count, receipt, name,
+                _optional_text(tail, blob.group_len),
+                _optional_text(tail + blob.group_len, blob.dedup_len),
+                blob.priority, dead_info, owner))
+        return received
+
+    cdef object _dead_letter_info(self, dead_letter_t* dead):
+        return DeadLetterInfo(
+            DEAD_LETTER_REASONS[dead.reason], self.names[dead.source_queue],
+            dead.receive_count, _seconds_or_none(dead.first_receive_us),
+            _seconds_or_none(dead.last_receive_us), dead.time_us / 1e6)
+
+    # -- receipts ----------------------------------------------------------------------
+
+    cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept:
+        """The slot a receipt names if its delivery still holds the lease, else NIL."""
+        cdef uint32_t slot = <uint32_t>(receipt & 0xFFFFFFFF)
+        cdef uint32_t generation = <uint32_t>(receipt >> 32)
+        if slot >= self.entry_capacity:
+            return NIL
+        if self.entries[slot].state != STATE_LEASED or self.entries[slot].generation != generation:
+            return NIL
+        return slot
+
+    cdef uint32_t _require_lease(self, object receipt_object) except? 0xFFFFFFFF:
+        cdef uint64_t receipt = receipt_value(receipt_object)
+        cdef uint32_t slot = self._lease_slot(receipt)
+        if slot == NIL:
+            raise StaleReceipt(
+                f"receipt {receipt} is stale: its lease ended (acked, nacked, expired, "
+                f"redelivered, purged or its queue deleted)", [receipt])
+        return slot
+
+    def receipt_queue(self, object receipt):
+        """The queue id of a valid receipt's delivery (raises StaleReceipt otherwise)."""
+        return self.entries[self._require_lease(receipt)].queue
+
+    def ack(self, object receipt):
+        """Delete the leased message of ``receipt``."""
+        cdef uint32_t slot = self._require_lease(receipt)
+        self._ack_slot(slot)
+
+    cdef void _ack_slot(self, uint32_t slot) noexcept:
+        cdef queue_t* q = &self.queues[self.entries[slot].queue]
+        self._detach(slot)
+        self._free_entry(slot)
+        q.acked += 1
+
+    def ack_batch(self, list receipts):
+        """Ack every receipt, or none if any is stale (then StaleReceipt lists the stale)."""
+        cdef Py_ssize_t index
+        cdef Py_ssize_t count = len(receipts)
+        cdef uint64_t receipt
+        cdef uint32_t slot
+        cdef list stale = None
+        for index in range(count):
+            receipt = receipt_value(receipts[index])
+            if self._lease_slot(receipt) == NIL:
+                if stale is None:
+                    stale = []
+                stale.append(receipt)
+        if stale is not None:
+            raise StaleReceipt(
+                f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
+                f"nothing was acked", stale)
+        for index in range(count):
+            receipt = receipts[index]
+            slot = self._lease_slot(receipt)
+            if slot != NIL:   # NIL here only for a receipt repeated in this batch
+                self._ack_slot(slot)
+        return count
+
+    def nack(self, object receipt, int64_t delay_us, int64_t now_us):
+        """End the lease; visible again at once, or after ``delay_us``."""
+        cdef uint32_t slot = self._require_lease(receipt)
+        self._return(slot, delay_us, now_us)
+
+    cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept:
+        cdef queue_t* q = &self.queues[self.entries[slot].queue]
+        self.timers.disarm(slot)
+        q.leased -= 1
+        if delay_us > 0:
+            self.entries[slot].state = STATE_DELAYED
+            q.delayed += 1
+            # arm() can fail only on OOM growing the key index; the key exists already.
+            self.timers.arm(slot, now_us + delay_us)
+        else:
+            self._push_visible(slot)
+
+    def extend(self, object receipt, int64_t lease_us, int64_t now_us):
+        """Make the lease end ``lease_us`` from now; 0 returns the message at once."""
+        cdef uint32_t slot = self._require_lease(receipt)
+        if lease_us == 0:
+            self._return(slot, 0, now_us)
+        else:
+            self.timers.arm(slot, now_us + lease_us)
+
+    def term(self, object receipt, int64_t now_us):
+        """Dead-letter the leased message at once (reason ``rejected``)."""
+        cdef uint32_t slot = self._require_lease(receipt)
+        self._dead_letter(slot, DEAD_REJECTED, now_us)
+
+    # -- redrive and purge -------------------------------------------------------------
+
+    def redrive(self, uint32_t dlq, int64_t to, int64_t max_messages, int64_t now_us):
+        """Move dead-lettered visible messages back; returns how many moved."""
+        cdef uint64_t moved = 0
+        cdef uint32_t slot
+        cdef uint32_t level
+        cdef uint32_t target
+        cdef uint32_t generation
+        cdef dead_letter_t* dead
+        cdef blob_t* blob
+        cdef int room
+        cdef list candidates = []
+        # Snapshot the visible messages first: making room in a target may dead-letter
+        # messages into this very queue, and those must not be visited in this call.
+        level = self.queues[dlq].levels
+        while level > 0:
+            level -= 1
+            slot = self.queues[dlq].visible_head[level]
+            while slot != NIL:
+                candidates.append((slot, self.entries[slot].generation))
+                slot = self.entries[slot].visible_next
+        for slot, generation in candidates:
+            if max_messages >= 0 and moved >= <uint64_t>max_messages:
+                break
+            if (self.entries[slot].state != STATE_VISIBLE or self.entries[slot].queue != dlq
+                    or self.entries[slot].generation != generation):
+                continue
+            dead = self.entries[slot].dead
+            if to >= 0:
+                target = <uint32_t>to
+            elif (dead != NULL and self.queues[dead.source_queue].alive and
+                    self.queues[dead.source_queue].incarnation == dead.source_incarnation):
+                target = dead.source_queue
+            else:
+                continue
+            blob = self.entries[slot].blob
+            room = self.room_for(target, 1, self.message_size(blob))
+            if room < 0:
+                self.queues[target].rejected += 1
+                break
+            blob.refcount += 1
+            self._detach(slot)
+            self._free_entry(slot)
+            self.queues[dlq].redriven += 1
+            try:
+                if room == 0:
+                    self.make_room(target, 1, self.message_size(blob), now_us)
+                self.enqueue(target, blob, now_us, INT64_MIN, NULL)
+            finally:
+                blob_release(blob)
+            moved += 1
+        return moved
+
+    def purge(self, uint32_t qid):
+        """Remove every message of the queue; returns how many."""
+        cdef queue_t* q = &self.queues[qid]
+        cdef uint64_t removed = 0
+        cdef uint32_t slot
+        while q.arrival_head != NIL:
+            slot = q.arrival_head
+            self._detach(slot)
+            self._free_entry(slot)
+            removed += 1
+        q.purged += removed
+        return removed
+
+    # -- stats -------------------------------------------------------------------------
+
+    def counters(self, uint32_t qid, int64_t now_us):
+        """The queue's counters and gauges as a tuple, in QueueStats field order."""
+        cdef queue_t* q = &self.queues[qid]
+        cdef double oldest = 0.0
+        if q.arrival_head != NIL:
+            oldest = (now_us - self.entries[q.arrival_head].entered_us) / 1e6
+        return (q.enqueued, q.delivered, q.redelivered, q.acked, q.dead_lettered, q.redriven,
+                q.rejected, q.purged,
+                [q.dropped[i] for i in range(DROP_REASON_COUNT)],
+                q.visible, q.leased, q.delayed, q.visible + q.leased + q.delayed, q.bytes,
+                oldest)
+
+    def count_rejected(self, uint32_t qid, uint64_t count):
+        """Count ``count`` messages refused with QueueFull by queue ``qid``."""
+        self.queues[qid].rejected += count
+
+    def check(self):
+        """Verify every invariant of the module docstring (slow; for tests and debug)."""
+        cdef uint32_t qid
+        cdef uint32_t slot
+        cdef uint32_t level
+        cdef uint64_t visible
+        cdef uint64_t leased
+        cdef uint64_t delayed
+        cdef uint64_t size
+        cdef uint64_t live = 0
+        cdef queue_t* q
+        for qid in range(self.queue_count):
+            q = &self.queues[qid]
+            if not q.alive:
+                assert q.arrival_head == NIL, "a deleted queue holds entries"
+                continue
+            visible = leased = delayed = size = 0
+            slot = q.arrival_head
+            while slot != NIL:
+                assert self.entries[slot].queue == qid, "entry in another queue's list"
+                state = self.entries[slot].state
+                if state == STATE_VISIBLE:
+                    visible += 1
+                    assert not self.timers.armed(slot), "a visible entry has a timer"
+                elif state == STATE_LEASED:
+                    leased += 1
+                    assert self.timers.armed(slot), "a leased entry has no timer"
+                elif state == STATE_DELAYED:
+                    delayed += 1
+                    assert self.timers.armed(slot), "a delayed entry has no timer"
+                else:
+                    raise AssertionError("a free entry is in an arrival list")
+                size += self.message_size(self.entries[slot].blob)
+                slot = self.entries[slot].arrival_next
+            assert (visible, leased, delayed, size) == (q.visible, q.leased, q.delayed, q.bytes), \
+                f"gauges of queue {self.names[qid]} disagree with its lists"
+            count = 0
+            for level in range(q.levels):
+                slot = q.visible_head[level]
+                while slot != NIL:
+                    assert self.entries[slot].state == STATE_VISIBLE, "non-visible entry listed"
+                    count += 1
+                    slot = self.entries[slot].visible_next
+            assert count == q.visible, "visible lists disagree with the visible gauge"
+            live += visible + leased + delayed
+        assert live == self.live_entries, "slab count disagrees with the queues"
+        assert len(self.timers) == sum(
+            self.queues[qid].leased + self.queues[qid].delayed
+            for qid in range(self.queue_count) if self.queues[qid].alive), "stray timers"
+        return True
+
+    def new_message_ids(self, uint64_t count):
+        """Reserve ``count`` consecutive message ids; returns the first."""
+        cdef uint64_t first = self.next_message_id
+        self.next_message_id += count
+        return first
+
+    @property
+    def entries_live(self):
+        """Message copies held across all queues."""
+        return self.live_entries

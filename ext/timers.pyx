@@ -1,0 +1,200 @@
+"""Timer heap for lease deadlines and delivery delays.
+
+Design
+------
+Every message copy held by a queue (an *entry*, named by its slot number) has at most
+one pending deadline: the end of its lease while it is leased, or its due time while it
+is delayed. The broker needs four operations on those deadlines: arm (O(log n)),
+disarm (O(log n): acks cancel most leases before they end, so lazy deletion would let
+cancelled leases pile up for a whole visibility timeout), read the next due time (O(1))
+and pop every timer due by "now" in order (O(log n) each).
+
+An indexed binary min-heap does all four. It orders nodes by ``(due_us, seq)`` where
+``seq`` is a counter of arm calls, so timers with equal deadlines fire in the order they
+were armed: the reference model relies on that to be deterministic. A side array maps
+each key to its heap index (+1, so 0 means "not armed"), updated on every swap.
+
+Prior art: the indexed priority queues of Sedgewick; Netty's and Kafka's hierarchical
+timing wheels trade exact ordering for O(1) — we keep exact order because due times
+decide delivery order, which the model checks to the microsecond.
+
+Memory: 24 bytes per armed timer plus 4 bytes per possible key; no Python object per
+timer.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport INT64_MAX, int64_t, uint32_t
+from libc.string cimport memset
+
+from fastfanout.errors import InvalidArgument
+
+
+cdef class TimerHeap:
+    """A min-heap of deadlines keyed by unsigned 32-bit keys (entry slots).
+
+    The Python methods exist for tests and benchmarks; the broker core uses the C-level
+    methods declared in ``timers.pxd``.
+    """
+
+    def __cinit__(self):
+        self.nodes = NULL
+        self.position = NULL
+        self.size = 0
+        self.node_capacity = 0
+        self.key_capacity = 0
+        self.next_seq = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.nodes)
+        PyMem_Free(self.position)
+
+    cdef int _reserve_keys(self, Py_ssize_t keys) except -1:
+        cdef Py_ssize_t capacity = self.key_capacity if self.key_capacity else 64
+        cdef uint32_t* grown
+        if keys <= self.key_capacity:
+            return 0
+        while capacity < keys:
+            capacity *= 2
+        grown = <uint32_t*>PyMem_Realloc(self.position, capacity * sizeof(uint32_t))
+        if grown == NULL:
+            raise MemoryError()
+        memset(grown + self.key_capacity, 0, (capacity - self.key_capacity) * sizeof(uint32_t))
+        self.position = grown
+        self.key_capacity = capacity
+        return 0
+
+    cdef int arm(self, uint32_t key, int64_t due_us) except -1:
+        """Arm (or re-arm) the timer of ``key`` to fire at ``due_us``."""
+        cdef timer_node* grown
+        cdef Py_ssize_t capacity
+        self._reserve_keys(<Py_ssize_t>key + 1)
+        if self.position[key]:
+            self._remove_at(self.position[key] - 1)
+        if self.size == self.node_capacity:
+            capacity = self.node_capacity * 2 if self.node_capacity else 64
+            grown = <timer_node*>PyMem_Realloc(self.nodes, capacity * sizeof(timer_node))
+            if grown == NULL:
+                raise MemoryError()
+            self.nodes = grown
+            self.node_capacity = capacity
+        self.nodes[self.size].due_us = due_us
+        self.nodes[self.size].seq = self.next_seq
+        self.nodes[self.size].key = key
+        self.next_seq += 1
+        self.position[key] = <uint32_t>(self.size + 1)
+        self.size += 1
+        self._sift_up(self.size - 1)
+        return 0
+
+    cdef bint disarm(self, uint32_t key) noexcept:
+        """Cancel the timer of ``key``; False if it was not armed."""
+        if key >= self.key_capacity or self.position[key] == 0:
+            return False
+        self._remove_at(self.position[key] - 1)
+        return True
+
+    cdef bint armed(self, uint32_t key) noexcept:
+        return key < self.key_capacity and self.position[key] != 0
+
+    cdef int64_t next_due(self) noexcept:
+        """The earliest deadline, or INT64_MAX when no timer is armed."""
+        return self.nodes[0].due_us if self.size else INT64_MAX
+
+    cdef bint pop_due(self, int64_t now_us, uint32_t* key, int64_t* due_us) noexcept:
+        """Pop the earliest timer if it is due at ``now_us``; False when none is."""
+        if self.size == 0 or self.nodes[0].due_us > now_us:
+            return False
+        key[0] = self.nodes[0].key
+        due_us[0] = self.nodes[0].due_us
+        self._remove_at(0)
+        return True
+
+    cdef void _remove_at(self, Py_ssize_t index) noexcept:
+        cdef Py_ssize_t last = self.size - 1
+        cdef uint32_t key = self.nodes[index].key
+        self.position[key] = 0
+        self.size = last
+        if index == last:
+            return
+        self.nodes[index] = self.nodes[last]
+        key = self.nodes[index].key
+        self.position[key] = <uint32_t>(index + 1)
+        # The moved node may belong above or below its new place; after sifting up, its
+        # position array entry says where it landed, and sifting down from there is a no-op
+        # if it went up.
+        self._sift_up(index)
+        self._sift_down(self.position[key] - 1)
+
+    cdef void _sift_up(self, Py_ssize_t index) noexcept:
+        cdef timer_node moving = self.nodes[index]
+        cdef Py_ssize_t parent
+        while index > 0:
+            parent = (index - 1) >> 1
+            if (self.nodes[parent].due_us < moving.due_us or
+                    (self.nodes[parent].due_us == moving.due_us and
+                     self.nodes[parent].seq < moving.seq)):
+                break
+            self.nodes[index] = self.nodes[parent]
+            self.position[self.nodes[index].key] = <uint32_t>(index + 1)
+            index = parent
+        self.nodes[index] = moving
+        self.position[moving.key] = <uint32_t>(index + 1)
+
+    cdef void _sift_down(self, Py_ssize_t index) noexcept:
+        cdef timer_node moving = self.nodes[index]
+        cdef Py_ssize_t child
+        while True:
+            child = 2 * index + 1
+            if child >= self.size:
+                break
+            if child + 1 < self.size and (
+                    self.nodes[child + 1].due_us < self.nodes[child].due_us or
+                    (self.nodes[child + 1].due_us == self.nodes[child].due_us and
+                     self.nodes[child + 1].seq < self.nodes[child].seq)):
+                child += 1
+            if (moving.due_us < self.nodes[child].due_us or
+                    (moving.due_us == self.nodes[child].due_us and
+                     moving.seq < self.nodes[child].seq)):
+                break
+            self.nodes[index] = self.nodes[child]
+            self.position[self.nodes[index].key] = <uint32_t>(index + 1)
+            index = child
+        self.nodes[index] = moving
+        self.position[moving.key] = <uint32_t>(index + 1)
+
+    # -- Python face, for tests and benchmarks ---------------------------------------
+
+    def __len__(self):
+        return self.size
+
+    def push(self, key, due_us):
+        """Arm ``key`` (0 <= key < 2**32) to fire at ``due_us`` (int microseconds)."""
+        if not isinstance(key, int) or not 0 <= key < 2**32:
+            raise InvalidArgument(f"timer key must be an int in [0, 2**32), got {key!r}")
+        if not isinstance(due_us, int) or not -2**63 <= due_us < 2**63:
+            raise InvalidArgument(f"due_us must be a 64-bit int, got {due_us!r}")
+        self.arm(key, due_us)
+
+    def cancel(self, key):
+        """Disarm ``key``; returns False if it was not armed."""
+        if not isinstance(key, int) or not 0 <= key < 2**32:
+            raise InvalidArgument(f"timer key must be an int in [0, 2**32), got {key!r}")
+        return self.disarm(key)
+
+    def __contains__(self, key):
+        return isinstance(key, int) and 0 <= key < 2**32 and self.armed(key)
+
+    def peek(self):
+        """The earliest due time in microseconds, or None when empty."""
+        return self.nodes[0].due_us if self.size else None
+
+    def pop_until(self, now_us, max_count=None):
+        """Pop every timer due at ``now_us`` (at most ``max_count``) as (key, due_us) pairs."""
+        cdef uint32_t key
+        cdef int64_t due
+        cdef list fired = []
+        cdef Py_ssize_t limit = -1 if max_count is None else max_count
+        while limit != 0 and self.pop_due(now_us, &key, &due):
+            fired.append((key, due))
+            limit -= 1
+        return fired

@@ -1,0 +1,47 @@
+"""fastfanout: an in-host SNS+SQS-style message broker with a Cython core.
+
+Topics fan out to queues with leases, redelivery and dead-letter queues, in process
+(``Broker``) or across processes over ZeroMQ. This module only re-exports the public API.
+"""
+
+from fastfanout._ext.fanout import PublishBatch
+from fastfanout._ext.message import Message
+from fastfanout.broker import Broker, QueueSettings
+from fastfanout.errors import (
+    AlreadyExists,
+    Closed,
+    FastFanoutError,
+    InvalidArgument,
+    InvalidFilterPolicy,
+    MessageTooLarge,
+    NotFound,
+    QueueFull,
+    StaleReceipt,
+)
+from fastfanout.records import DeadLetterInfo, PublishEntry, PublishResult
+from fastfanout.stats import BrokerStats, QueueStats, TopicStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists",
+    "Broker",
+    "BrokerStats",
+    "Closed",
+    "DeadLetterInfo",
+    "FastFanoutError",
+    "InvalidArgument",
+    "InvalidFilterPolicy",
+    "Message",
+    "MessageTooLarge",
+    "NotFound",
+    "PublishBatch",
+    "PublishEntry",
+    "PublishResult",
+    "QueueFull",
+    "QueueSettings",
+    "QueueStats",
+    "StaleReceipt",
+    "TopicStats",
+    "__version__",
+]

@@ -1,0 +1,637 @@
+"""The embedded broker: SNS-style topics fanning out to SQS-style queues, in process.
+
+``Broker`` is the thin, typed face of the native core (``fastfanout._ext``): it checks
+arguments, keeps the name tables, reads the clock and serialises calls; the core does
+everything per message. The server (``fastfanout.server``) wraps one ``Broker``, and the
+client offers the very same methods, so code written against one runs against the other.
+
+Thread safety: every call holds one lock for its whole duration (the core is not
+re-entrant). ``receive(wait=...)`` waits on a condition of that lock, woken by every
+publish or send and by the next timer due time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+from fastfanout._ext.fanout import Dispatcher, PublishBatch
+from fastfanout._ext.message import Message
+from fastfanout._ext.store import Store
+from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
+from fastfanout.records import Attributes, PublishEntry, PublishResult
+from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
+
+__all__ = ["MAX_DELAY", "MAX_VISIBILITY_TIMEOUT", "Broker", "QueueSettings"]
+
+MAX_VISIBILITY_TIMEOUT: Final = 43_200.0
+"""Longest lease, in seconds (12 hours, as SQS)."""
+MAX_DELAY: Final = 31_536_000.0
+"""Longest delay or retention, in seconds (365 days)."""
+MAX_WAIT: Final = 20.0
+"""Longest long-poll ``wait`` of one receive, in seconds (as SQS)."""
+MAX_RECEIVE_BATCH: Final = 10_000
+"""Most messages one receive may return."""
+MAX_MESSAGE_SIZE_LIMIT: Final = 256 * 1024 * 1024
+"""Largest ``max_message_size`` a queue may set, in bytes."""
+MAX_PRIORITY: Final = 255
+"""Highest ``max_priority`` a queue may set."""
+
+_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
+_OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter")
+
+
+def _check_name(kind: str, name: object) -> str:
+    if type(name) is not str or not _NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{kind} name {name!r} must be 1 to 256 characters from A-Z a-z 0-9 _ . : -")
+    return name
+
+
+def _seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float = 0.0) -> int:
+    if type(seconds) is not float and type(seconds) is not int:
+        raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
+    value = float(seconds)  # type: ignore[arg-type]
+    if not math.isfinite(value) or value < minimum or value > maximum:
+        raise InvalidArgument(
+            f"{what}={seconds!r} must be finite and from {minimum:g} to {maximum:g} seconds")
+    return round(value * 1_000_000)
+
+
+def _optional_count(what: str, value: object, *, minimum: int = 1) -> int:
+    """A bound given as int or None; returns -1 for None (unbounded)."""
+    if value is None:
+        return -1
+    if type(value) is not int or value < minimum or value >= 2**62:
+        raise InvalidArgument(f"{what}={value!r} must be None or an int >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The settings a queue was created with (all times in seconds, sizes in bytes).
+
+    Attributes:
+        visibility_timeout: default lease of a receive.
+        max_receive_count: deliveries allowed before dead-lettering, or None.
+        dead_letter_queue: name of the dead-letter queue, or None.
+        delay: delay applied to every new message without its own.
+        max_messages: bound on messages held, or None.
+        max_bytes: bound on bytes held, or None.
+        max_message_size: bound on one message.
+        retention: how long a message may stay in the queue.
+        overflow: ``reject``, ``drop_oldest`` or ``dead_letter``.
+        max_priority: highest priority level (0: no priorities).
+    """
+
+    visibility_timeout: float = 30.0
+    max_receive_count: int | None = None
+    dead_letter_queue: str | None = None
+    delay: float = 0.0
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    max_message_size: int = 1_048_576
+    retention: float = 345_600.0
+    overflow: str = "reject"
+    max_priority: int = 0
+
+
+class Broker:
+    """An in-process broker: topics, subscriptions and queues, no sockets.
+
+    Args:
+        clock: a callable returning the time in seconds (float). Defaults to
+            ``time.time``. Tests pass a fake clock to move time by hand; every lease,
+            delay and retention is measured on it.
+
+    Every method raises ``Closed`` after ``close()``. Bad arguments raise a subclass of
+    ``FastFanoutError`` and change nothing.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        if clock is not None and not callable(clock):
+            raise InvalidArgument(f"clock must be a callable returning seconds, got {clock!r}")
+        self._clock: Callable[[], float] = clock if clock is not None else time.time
+        self._store = Store()
+        self._dispatcher = Dispatcher(self._store)
+        self._lock = threading.RLock()
+        self._arrivals = threading.Condition(self._lock)
+        self._waiters = 0
+        self._closed = False
+        self._queues: dict[str, int] = {}
+        self._queue_settings: dict[str, QueueSettings] = {}
+        self._queue_names: dict[int, str] = {}
+        self._topics: dict[str, int] = {}
+        # subscription id -> (topic, queue); per topic the ordered subscription ids.
+        self._subscriptions: dict[int, tuple[str, str]] = {}
+        self._topic_subscriptions: dict[str, list[int]] = {}
+        self._next_subscription = 1
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _now_us(self) -> int:
+        """Read the clock, check the broker is open and apply everything due."""
+        if self._closed:
+            raise Closed("the broker is closed")
+        now = self._clock()
+        if type(now) is not float and type(now) is not int or not math.isfinite(now):
+            raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
+        now_us = round(now * 1_000_000)
+        self._store.advance(now_us)
+        return now_us
+
+    def _queue_id(self, name: object) -> int:
+        queue_id = self._queues.get(name) if type(name) is str else None
+        if queue_id is None:
+            _check_name("queue", name)
+            raise NotFound(f"queue {name!r} does not exist")
+        return queue_id
+
+    def _topic_id(self, name: object) -> int:
+        topic_id = self._topics.get(name) if type(name) is str else None
+        if topic_id is None:
+            _check_name("topic", name)
+            raise NotFound(f"topic {name!r} does not exist")
+        return topic_id
+
+    def _wake_receivers(self) -> None:
+        if self._waiters:
+            self._arrivals.notify_all()
+
+    # -- topics ------------------------------------------------------------------------
+
+    def create_topic(self, name: str) -> None:
+        """Create a topic; a no-op if it exists.
+
+        Args:
+            name: 1 to 256 characters from ``A-Z a-z 0-9 _ . : -``.
+        """
+        _check_name("topic", name)
+        with self._lock:
+            self._now_us()
+            if name in self._topics:
+                return
+            self._topics[name] = self._dispatcher.add_topic()
+            self._topic_subscriptions[name] = []
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions (messages already enqueued stay)."""
+        with self._lock:
+            self._now_us()
+            topic_id = self._topic_id(name)
+            for subscription_id in self._topic_subscriptions.pop(name):
+                del self._subscriptions[subscription_id]
+            self._dispatcher.remove_topic(topic_id)
+            del self._topics[name]
+
+    def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+        with self._lock:
+            self._now_us()
+            return sorted(self._topics)
+
+    # -- queues ------------------------------------------------------------------------
+
+    def create_queue(
+        self,
+        name: str,
+        *,
+        visibility_timeout: float = 30.0,
+        max_receive_count: int | None = None,
+        dead_letter_queue: str | None = None,
+        delay: float = 0.0,
+        max_messages: int | None = None,
+        max_bytes: int | None = None,
+        max_message_size: int = 1_048_576,
+        retention: float = 345_600.0,
+        overflow: str = "reject",
+        max_priority: int = 0,
+    ) -> None:
+        """Create a queue; a no-op if it exists with equal settings.
+
+        Args:
+            name: 1 to 256 characters from ``A-Z a-z 0-9 _ . : -``.
+            visibility_timeout: default lease of a receive, seconds (0 to 43,200).
+            max_receive_count: deliveries allowed before the message is dead-lettered
+                (None: unlimited).
+            dead_letter_queue: name of an existing queue that receives dead letters.
+            delay: seconds every new message waits before it is visible (0 to 1 year),
+                unless the message gives its own delay.
+            max_messages: most messages held (visible + leased + delayed), or None.
+            max_bytes: most body + attribute bytes held, or None.
+            max_message_size: largest message (body + encoded attributes), bytes
+                (1 to 256 MiB).
+            retention: seconds a message may stay in the queue (1 s to 1 year).
+            overflow: what a full queue does: ``reject`` (raise ``QueueFull``),
+                ``drop_oldest`` or ``dead_letter`` (move the oldest visible to the DLQ).
+            max_priority: highest priority level, 0 to 255 (0: no priorities).
+
+        Raises:
+            AlreadyExists: the queue exists with other settings.
+            NotFound: ``dead_letter_queue`` does not exist.
+            InvalidArgument: a setting is out of range or malformed.
+        """
+        _check_name("queue", name)
+        visibility_us = _seconds_to_us(
+            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
+        delay_us = _seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        retention_us = _seconds_to_us("retention", retention, maximum=MAX_DELAY, minimum=1.0)
+        receive_limit = _optional_count("max_receive_count", max_receive_count)
+        message_limit = _optional_count("max_messages", max_messages)
+        byte_limit = _optional_count("max_bytes", max_bytes)
+        if (type(max_message_size) is not int
+                or not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT):
+            raise InvalidArgument(
+                f"max_message_size={max_message_size!r} must be an int from 1 to "
+                f"{MAX_MESSAGE_SIZE_LIMIT} bytes")
+        if overflow not in _OVERFLOW_POLICIES:
+            raise InvalidArgument(
+                f"overflow={overflow!r} must be one of {', '.join(_OVERFLOW_POLICIES)}")
+        if type(max_priority) is not int or not 0 <= max_priority <= MAX_PRIORITY:
+            raise InvalidArgument(f"max_priority={max_priority!r} must be an int from 0 to 255")
+        if dead_letter_queue is not None:
+            _check_name("dead_letter_queue", dead_letter_queue)
+            if dead_letter_queue == name:
+                raise InvalidArgument(f"queue {name!r} cannot be its own dead-letter queue")
+        elif overflow == "dead_letter":
+            raise InvalidArgument(
+                f"queue {name!r}: overflow='dead_letter' needs a dead_letter_queue")
+        settings = QueueSettings(
+            visibility_timeout=visibility_timeout, max_receive_count=max_receive_count,
+            dead_letter_queue=dead_letter_queue, delay=delay, max_messages=max_messages,
+            max_bytes=max_bytes, max_message_size=max_message_size, retention=retention,
+            overflow=overflow, max_priority=max_priority)
+        with self._lock:
+            self._now_us()
+            existing = self._queue_settings.get(name)
+            if existing is not None:
+                if existing != settings:
+                    raise AlreadyExists(
+                        f"queue {name!r} exists with other settings: {existing}")
+                return
+            dlq_id = -1 if dead_letter_queue is None else self._queue_id(dead_letter_queue)
+            queue_id = self._store.add_queue(
+                name, visibility_us, delay_us, retention_us, message_limit, byte_limit,
+                max_message_size, receive_limit, dlq_id,
+                _OVERFLOW_POLICIES.index(overflow), max_priority)
+            self._queues[name] = queue_id
+            self._queue_names[queue_id] = name
+            self._queue_settings[name] = settings
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and its subscriptions.
+
+        Raises:
+            InvalidArgument: the queue is the dead-letter queue of another queue.
+        """
+        with self._lock:
+            self._now_us()
+            queue_id = self._queue_id(name)
+            users = sorted(other for other, settings in self._queue_settings.items()
+                           if settings.dead_letter_queue == name)
+            if users:
+                raise InvalidArgument(
+                    f"queue {name!r} is the dead-letter queue of {', '.join(users)}; "
+                    f"delete those first")
+            for topic, subscription_ids in self._topic_subscriptions.items():
+                kept = [sid for sid in subscription_ids if self._subscriptions[sid][1] != name]
+                if len(kept) != len(subscription_ids):
+                    for sid in set(subscription_ids) - set(kept):
+                        del self._subscriptions[sid]
+                    subscription_ids[:] = kept
+                    self._refresh_targets(topic)
+            self._store.remove_queue(queue_id)
+            del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
+
+    def list_queues(self) -> list[str]:
+        """Names of every queue, sorted."""
+        with self._lock:
+            self._now_us()
+            return sorted(self._queues)
+
+    def queue_settings(self, name: str) -> QueueSettings:
+        """The settings queue ``name`` was created with."""
+        with self._lock:
+            self._now_us()
+            self._queue_id(name)
+            return self._queue_settings[name]
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def _refresh_targets(self, topic: str) -> None:
+        targets = [self._queues[self._subscriptions[sid][1]]
+                   for sid in self._topic_subscriptions[topic]]
+        self._dispatcher.set_targets(self._topics[topic], targets)
+
+    def subscribe(self, topic: str, queue: str) -> int:
+        """Subscribe ``queue`` to ``topic``; returns the subscription id.
+
+        Subscribing the same pair again returns the existing id.
+        """
+        with self._lock:
+            self._now_us()
+            self._topic_id(topic)
+            self._queue_id(queue)
+            for sid in self._topic_subscriptions[topic]:
+                if self._subscriptions[sid][1] == queue:
+                    return sid
+            sid = self._next_subscription
+            self._next_subscription += 1
+            self._subscriptions[sid] = (topic, queue)
+            self._topic_subscriptions[topic].append(sid)
+            self._refresh_targets(topic)
+            return sid
+
+    def unsubscribe(self, subscription_id: int) -> None:
+        """Remove a subscription.
+
+        Raises:
+            NotFound: no subscription has this id.
+        """
+        with self._lock:
+            self._now_us()
+            if type(subscription_id) is not int:
+                raise InvalidArgument(
+                    f"subscription_id must be an int, got {type(subscription_id).__name__}")
+            pair = self._subscriptions.pop(subscription_id, None)
+            if pair is None:
+                raise NotFound(f"subscription {subscription_id} does not exist")
+            self._topic_subscriptions[pair[0]].remove(subscription_id)
+            self._refresh_targets(pair[0])
+
+    def list_subscriptions(self) -> dict[int, tuple[str, str]]:
+        """Every subscription: id -> (topic, queue)."""
+        with self._lock:
+            self._now_us()
+            return dict(self._subscriptions)
+
+    # -- publish and send --------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        body: bytes | bytearray | memoryview,
+        *,
+        attributes: Attributes | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
+    ) -> PublishResult:
+        """Publish one message to every queue subscribed to ``topic``.
+
+        Args:
+            topic: the topic name.
+            body: the body (bytes-like; copied).
+            attributes: name -> str | int | float | bytes | list[str] (at most 10).
+            delay: seconds before the copies become visible (overrides queue delays).
+            deliver_at: absolute clock seconds when the copies become visible.
+
+        Returns:
+            The message id and the number of copies made.
+
+        Raises:
+            MessageTooLarge: the message exceeds a target queue's ``max_message_size``.
+            QueueFull: a target queue with the ``reject`` policy has no room (no copy is
+                made anywhere).
+        """
+        entry = body if attributes is None and delay is None and deliver_at is None else \
+            PublishEntry(body, attributes, delay, deliver_at)
+        with self._lock:
+            now_us = self._now_us()
+            result = self._dispatcher.publish(self._topic_id(topic), [entry], now_us)[0]
+            self._wake_receivers()
+            return result  # type: ignore[no-any-return]
+
+    def publish_batch(
+        self, topic: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
+    ) -> PublishBatch:
+        """Publish many messages at once: all are enqueued, or none.
+
+        Args:
+            topic: the topic name.
+            entries: bodies, or ``PublishEntry`` tuples for attributes and delays.
+
+        Returns:
+            A sequence of ``PublishResult``, one per entry, in order.
+        """
+        with self._lock:
+            now_us = self._now_us()
+            batch = self._dispatcher.publish(self._topic_id(topic), entries, now_us)
+            self._wake_receivers()
+            return batch
+
+    def send(
+        self,
+        queue: str,
+        body: bytes | bytearray | memoryview,
+        *,
+        attributes: Attributes | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
+    ) -> PublishResult:
+        """Send one message straight to a queue (see ``publish`` for the arguments)."""
+        entry = body if attributes is None and delay is None and deliver_at is None else \
+            PublishEntry(body, attributes, delay, deliver_at)
+        with self._lock:
+            now_us = self._now_us()
+            result = self._dispatcher.send(self._queue_id(queue), [entry], now_us)[0]
+            self._wake_receivers()
+            return result  # type: ignore[no-any-return]
+
+    def send_batch(
+        self, queue: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
+    ) -> PublishBatch:
+        """Send many messages straight to a queue: all are enqueued, or none."""
+        with self._lock:
+            now_us = self._now_us()
+            batch = self._dispatcher.send(self._queue_id(queue), entries, now_us)
+            self._wake_receivers()
+            return batch
+
+    # -- receive -----------------------------------------------------------------------
+
+    def receive(
+        self,
+        queue: str,
+        *,
+        max_messages: int = 1,
+        wait: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
+        """Lease up to ``max_messages`` visible messages.
+
+        Args:
+            queue: the queue name.
+            max_messages: 1 to 10,000.
+            wait: seconds (real time, 0 to 20) to wait for a message when none is visible.
+            visibility_timeout: lease length in seconds (default: the queue's).
+
+        Returns:
+            The leased messages, each with a fresh receipt (maybe none).
+        """
+        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+            raise InvalidArgument(
+                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        wait_us = _seconds_to_us("wait", wait, maximum=MAX_WAIT)
+        lease_us = None if visibility_timeout is None else _seconds_to_us(
+            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
+        with self._lock:
+            now_us = self._now_us()
+            queue_id = self._queue_id(queue)
+            if lease_us is None:
+                lease_us = round(self._queue_settings[queue].visibility_timeout * 1_000_000)
+            messages: list[Message] = self._store.receive(
+                queue_id, max_messages, lease_us, now_us, self)
+            if messages or not wait_us:
+                return messages
+            deadline = time.monotonic() + wait_us / 1_000_000
+            self._waiters += 1
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return []
+                    next_due = self._store.next_due_us()
+                    if next_due is not None:
+                        remaining = min(remaining, max(next_due - now_us, 1_000) / 1_000_000)
+                    self._arrivals.wait(remaining)
+                    now_us = self._now_us()
+                    if queue not in self._queues or self._queues[queue] != queue_id:
+                        raise NotFound(f"queue {queue!r} was deleted while waiting")
+                    messages = self._store.receive(queue_id, max_messages, lease_us, now_us, self)
+                    if messages:
+                        return messages
+            finally:
+                self._waiters -= 1
+
+    # -- settle ------------------------------------------------------------------------
+
+    def ack(self, receipt: int) -> None:
+        """Delete the message of a delivery.
+
+        Raises:
+            StaleReceipt: the lease of that delivery has ended.
+        """
+        with self._lock:
+            self._now_us()
+            self._store.ack(receipt)
+
+    def ack_batch(self, receipts: Iterable[int]) -> None:
+        """Ack many deliveries: all of them, or (if any receipt is stale) none.
+
+        Raises:
+            StaleReceipt: with ``receipts`` listing the stale ones; nothing was acked.
+        """
+        receipt_list = receipts if type(receipts) is list else list(receipts)
+        with self._lock:
+            self._now_us()
+            self._store.ack_batch(receipt_list)
+
+    def nack(self, receipt: int, *, delay: float = 0.0) -> None:
+        """End a lease early; the message is visible again after ``delay`` seconds."""
+        delay_us = _seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        with self._lock:
+            now_us = self._now_us()
+            self._store.nack(receipt, delay_us, now_us)
+            self._wake_receivers()
+
+    def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (0: return the message at once)."""
+        lease_us = _seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
+        with self._lock:
+            now_us = self._now_us()
+            self._store.extend(receipt, lease_us, now_us)
+            if lease_us == 0:
+                self._wake_receivers()
+
+    def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now (reason ``rejected``)."""
+        with self._lock:
+            now_us = self._now_us()
+            self._store.term(receipt, now_us)
+            self._wake_receivers()
+
+    # -- dead letters and housekeeping -------------------------------------------------
+
+    def redrive(
+        self, dead_letter_queue: str, *, to: str | None = None, max_messages: int | None = None
+    ) -> int:
+        """Move dead-lettered messages back to their source queue (or to ``to``).
+
+        Args:
+            dead_letter_queue: the queue to take messages from.
+            to: a queue to move them all to, instead of each one's source queue.
+            max_messages: most messages to move (None: all).
+
+        Returns:
+            The number of messages moved.
+        """
+        limit = _optional_count("max_messages", max_messages)
+        with self._lock:
+            now_us = self._now_us()
+            source_id = self._queue_id(dead_letter_queue)
+            target_id = -1 if to is None else self._queue_id(to)
+            if target_id == source_id:
+                raise InvalidArgument(f"redrive of {dead_letter_queue!r} into itself")
+            moved: int = self._store.redrive(source_id, target_id, limit, now_us)
+            if moved:
+                self._wake_receivers()
+            return moved
+
+    def purge(self, queue: str) -> int:
+        """Remove every message of a queue (visible, leased and delayed); returns how many."""
+        with self._lock:
+            self._now_us()
+            removed: int = self._store.purge(self._queue_id(queue))
+            return removed
+
+    def stats(self) -> BrokerStats:
+        """Counters of every topic and queue (see ``TopicStats`` and ``QueueStats``)."""
+        with self._lock:
+            now_us = self._now_us()
+            topics = {}
+            for name, topic_id in sorted(self._topics.items()):
+                published, deliveries, unrouted = self._dispatcher.topic_counters(topic_id)
+                topics[name] = TopicStats(
+                    published=published, deliveries=deliveries, unrouted=unrouted,
+                    subscriptions=len(self._topic_subscriptions[name]))
+            queues = {}
+            for name, queue_id in sorted(self._queues.items()):
+                values = self._store.counters(queue_id, now_us)
+                dropped = dict(zip(DROP_REASONS, values[8], strict=True))
+                queues[name] = QueueStats(*values[:8], dropped, *values[9:])
+            return BrokerStats(topics=topics, queues=queues)
+
+    def check(self) -> bool:
+        """Verify the core's internal invariants (slow; for tests)."""
+        with self._lock:
+            return bool(self._store.check())
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close the broker: later calls, and receives still waiting, raise ``Closed``."""
+        with self._lock:
+            self._closed = True
+            self._arrivals.notify_all()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
