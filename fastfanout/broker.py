@@ -140,7 +140,7 @@ class Broker:
         if self._closed:
             raise Closed("the broker is closed")
         now = self._clock()
-        if type(now) is not float and type(now) is not int or not math.isfinite(now):
+        if (type(now) is not float and type(now) is not int) or not math.isfinite(now):
             raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
         now_us = round(now * 1_000_000)
         self._store.advance(now_us)
