@@ -57,7 +57,7 @@ def _check_name(kind: str, name: object) -> str:
 def _seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float = 0.0) -> int:
     if type(seconds) is not float and type(seconds) is not int:
         raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
-    value = float(seconds)  # type: ignore[arg-type]
+    value = float(seconds)
     if not math.isfinite(value) or value < minimum or value > maximum:
         raise InvalidArgument(
             f"{what}={seconds!r} must be finite and from {minimum:g} to {maximum:g} seconds")
@@ -405,7 +405,7 @@ class Broker:
             now_us = self._now_us()
             result = self._dispatcher.publish(self._topic_id(topic), [entry], now_us)[0]
             self._wake_receivers()
-            return result  # type: ignore[no-any-return]
+            return result
 
     def publish_batch(
         self, topic: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
@@ -441,7 +441,7 @@ class Broker:
             now_us = self._now_us()
             result = self._dispatcher.send(self._queue_id(queue), [entry], now_us)[0]
             self._wake_receivers()
-            return result  # type: ignore[no-any-return]
+            return result
 
     def send_batch(
         self, queue: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
@@ -602,9 +602,16 @@ class Broker:
                     subscriptions=len(self._topic_subscriptions[name]))
             queues = {}
             for name, queue_id in sorted(self._queues.items()):
-                values = self._store.counters(queue_id, now_us)
-                dropped = dict(zip(DROP_REASONS, values[8], strict=True))
-                queues[name] = QueueStats(*values[:8], dropped, *values[9:])
+                (enqueued, delivered, redelivered, acked, dead_lettered, redriven, rejected,
+                 purged, dropped, visible, leased, delayed, messages, held_bytes,
+                 oldest_age) = self._store.counters(queue_id, now_us)
+                queues[name] = QueueStats(
+                    enqueued=enqueued, delivered=delivered, redelivered=redelivered,
+                    acked=acked, dead_lettered=dead_lettered, redriven=redriven,
+                    rejected=rejected, purged=purged,
+                    dropped=dict(zip(DROP_REASONS, dropped, strict=True)), visible=visible,
+                    leased=leased, delayed=delayed, messages=messages, bytes=held_bytes,
+                    oldest_age=oldest_age)
             return BrokerStats(topics=topics, queues=queues)
 
     def check(self) -> bool:

@@ -38,7 +38,8 @@ def _consume(broker: Broker, queue: str, expected: int, fail: bool, log: list[st
             broker.ack_batch([message.receipt for message in messages])
             settled += len(messages)
             if messages:
-                log.append(f"{queue}: acked {len(messages)} (ids {messages[0].id}..{messages[-1].id})")
+                first, last = messages[0].id, messages[-1].id
+                log.append(f"{queue}: acked {len(messages)} (ids {first}..{last})")
 
 
 def run_embedded(messages: int, console: Console) -> Broker:

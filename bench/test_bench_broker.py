@@ -1,0 +1,115 @@
+"""Embedded-broker micro-benchmarks, each beside its baseline (same run, same process).
+
+Every benchmark records ``items`` (messages or deliveries per round) in extra_info so
+``bench/report.py`` can turn medians into rates and ratios. Group names pair a
+fastfanout benchmark with its baseline (the one whose name ends in ``baseline``).
+"""
+
+import queue
+import threading
+
+import pytest
+
+from fastfanout import Broker
+
+BODY = b"x" * 64
+BATCH = 100
+ROUNDS_PER_CALL = 50  # batches per timed call
+
+
+@pytest.fixture
+def fanout_broker():
+    broker = Broker()
+    broker.create_topic("t")
+    for name in ("a", "b", "c", "d"):
+        broker.create_queue(name)
+        broker.subscribe("t", name)
+    yield broker
+    broker.close()
+
+
+@pytest.mark.benchmark(group="publish_batch to 4 queues (deliveries)")
+def test_publish_batch_fanout_4(benchmark, fanout_broker):
+    bodies = [BODY] * BATCH
+
+    def run():
+        for _ in range(ROUNDS_PER_CALL):
+            fanout_broker.publish_batch("t", bodies)
+        for name in ("a", "b", "c", "d"):  # keep memory steady: drop what was enqueued
+            fanout_broker.purge(name)
+
+    benchmark.extra_info["items"] = ROUNDS_PER_CALL * BATCH * 4
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="publish_batch to 4 queues (deliveries)")
+def test_publish_fanout_4_deque_baseline(benchmark):
+    from collections import deque
+
+    queues = [deque() for _ in range(4)]
+    bodies = [BODY] * BATCH
+
+    def run():
+        for _ in range(ROUNDS_PER_CALL):
+            for target in queues:
+                target.extend(bodies)
+        for target in queues:
+            target.clear()
+
+    benchmark.extra_info["items"] = ROUNDS_PER_CALL * BATCH * 4
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="send -> receive(100) -> ack_batch cycle (messages)")
+def test_send_receive_ack_cycle(benchmark):
+    broker = Broker()
+    broker.create_queue("q")
+    bodies = [BODY] * BATCH
+
+    def run():
+        for _ in range(ROUNDS_PER_CALL):
+            broker.send_batch("q", bodies)
+            messages = broker.receive("q", max_messages=BATCH)
+            broker.ack_batch([m.receipt for m in messages])
+
+    benchmark.extra_info["items"] = ROUNDS_PER_CALL * BATCH
+    benchmark(run)
+    assert broker.stats().queues["q"].messages == 0
+
+
+@pytest.mark.benchmark(group="send -> receive(100) -> ack_batch cycle (messages)")
+def test_single_send_receive_ack_cycle(benchmark):
+    broker = Broker()
+    broker.create_queue("q")
+
+    def run():
+        for _ in range(ROUNDS_PER_CALL * 10):
+            broker.send("q", BODY)
+            (message,) = broker.receive("q")
+            broker.ack(message.receipt)
+
+    benchmark.extra_info["items"] = ROUNDS_PER_CALL * 10
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="send -> receive(100) -> ack_batch cycle (messages)")
+def test_queue_queue_two_threads_baseline(benchmark):
+    count = ROUNDS_PER_CALL * BATCH
+
+    def run():
+        channel: queue.Queue[bytes] = queue.Queue()
+
+        def consume():
+            for _ in range(count):
+                channel.get()
+                channel.task_done()
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        for _ in range(count):
+            channel.put(BODY)
+        consumer.join(60)
+        assert not consumer.is_alive()
+
+    benchmark.extra_info["items"] = count
+    benchmark(run)
