@@ -1,0 +1,95 @@
+# The native filter-policy matcher: compiled predicates per field, one truth byte per
+# clause, one AND per expanded $or branch.
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+
+cdef enum text_kind:
+    TEXT_PREFIX = 0
+    TEXT_SUFFIX = 1
+    TEXT_NOT_PREFIX = 2     # anything-but {"prefix": ...}
+    TEXT_NOT_SUFFIX = 3     # anything-but {"suffix": ...}
+
+
+cdef struct text_pred:
+    const char* text        # UTF-8, owned by a bytes object in _Field.keep
+    Py_ssize_t length       # bytes
+    int32_t clause
+    uint8_t kind            # a text_kind
+
+
+cdef struct range_pred:
+    double lower            # -inf when open
+    double upper            # +inf when open
+    uint8_t lower_inclusive
+    uint8_t upper_inclusive
+    int32_t clause
+
+
+cdef struct cidr_pred:
+    uint8_t family          # 4 or 6
+    uint8_t prefix_bits     # 0..32 or 0..128
+    uint8_t network[16]     # network address, host bits zero
+    int32_t clause
+
+
+cdef struct branch_t:
+    int64_t sub_id          # subscription owning this branch
+    int32_t first_clause    # clauses of a branch are contiguous in the state array
+    int32_t clause_count
+    uint8_t body_scope      # 1: needs a body that is a JSON object
+
+
+cdef class _Hits:
+    """What one exact literal (or one lower-cased text) does to a field's clauses."""
+    cdef int32_t* clauses           # clauses that hold when a value equals the literal
+    cdef Py_ssize_t clause_count
+    cdef int32_t* excluded          # anything-but slots (in _Field) the literal excludes
+    cdef Py_ssize_t excluded_count
+
+    cdef int _fill(self, list clauses, list excluded) except -1
+
+
+cdef class _Field:
+    """Every predicate of every subscription on one attribute name or body path."""
+    cdef dict exact                 # typed literal -> _Hits
+    cdef dict lowered               # lower-cased text -> _Hits (equals-ignore-case)
+    cdef text_pred* texts
+    cdef Py_ssize_t text_count
+    cdef list text_objects          # the str of each text_pred (fallback for surrogates)
+    cdef range_pred* ranges
+    cdef Py_ssize_t range_count
+    cdef cidr_pred* cidrs
+    cdef Py_ssize_t cidr_count
+    cdef int32_t* anything_but      # slot -> clause, for anything-but literal lists
+    cdef Py_ssize_t anything_but_count
+    cdef uint8_t* excluded_scratch  # slot -> excluded by the value being evaluated
+    cdef int32_t* present           # clauses with {"exists": true}
+    cdef Py_ssize_t present_count
+    cdef int32_t* absent            # clauses with {"exists": false}
+    cdef Py_ssize_t absent_count
+    cdef list keep                  # owners of the buffers the structs point into
+
+    cdef int evaluate(self, object value, uint8_t* state) except -1
+    cdef int _evaluate_texts_slowly(self, str value, uint8_t* state) except -1
+
+
+cdef class FilterSet:
+    cdef dict policies              # sub_id -> CompiledPolicy
+    cdef bint dirty                 # policies changed since the last index build
+    cdef dict attribute_fields      # attribute name -> _Field
+    cdef dict body_fields           # dotted body path -> _Field
+    cdef set body_prefixes          # every dot-boundary prefix of an indexed body path
+    cdef branch_t* branches         # sorted by sub_id
+    cdef Py_ssize_t branch_count
+    cdef uint8_t* clause_initial    # truth of each clause before any field is seen
+    cdef uint8_t* clause_state      # truth of each clause for the current message
+    cdef Py_ssize_t clause_count
+    cdef bint has_body_scope
+    cdef int64_t* result_buffer     # scratch for match(): one slot per subscription
+    cdef Py_ssize_t result_capacity
+
+    cdef int _rebuild(self) except -1
+    cdef int _apply_attributes(self, dict attributes) except -1
+    cdef bint _apply_body(self, const char* body, Py_ssize_t body_len) except -1
+    cdef Py_ssize_t match_into(self, dict attributes, const char* body, Py_ssize_t body_len,
+                               int64_t* out, Py_ssize_t capacity) except -1

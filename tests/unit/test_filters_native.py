@@ -1,0 +1,212 @@
+"""Semantics of every operator, checked on the native FilterSet and the reference matcher.
+
+Each case states the expected outcome by hand, so a shared misunderstanding of the two
+matchers still fails here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fastfanout._ext.filters import FilterSet
+from fastfanout.errors import InvalidArgument
+from fastfanout.filter_policy import parse_policy, reference_match
+
+A = "attributes"
+B = "body"
+
+# (policy, scope, attributes, body, expected)
+CASES: list[tuple[dict[str, Any], str, dict[str, Any] | None, bytes | None, bool]] = [
+    # exact strings, OR within a key, AND across keys
+    ({"e": ["a", "b"]}, A, {"e": "b"}, None, True),
+    ({"e": ["a", "b"]}, A, {"e": "c"}, None, False),
+    ({"e": ["a"]}, A, {}, None, False),
+    ({"e": ["a"], "f": ["x"]}, A, {"e": "a", "f": "x"}, None, True),
+    ({"e": ["a"], "f": ["x"]}, A, {"e": "a", "f": "y"}, None, False),
+    ({"e": ["a"], "f": ["x"]}, A, {"e": "a"}, None, False),
+    ({"e": ["a"]}, A, {"e": "A"}, None, False),
+    # exact numbers: numeric comparison, strict typing
+    ({"n": [100]}, A, {"n": 100}, None, True),
+    ({"n": [100]}, A, {"n": 100.0}, None, True),
+    ({"n": [100]}, A, {"n": "100"}, None, False),
+    ({"n": ["100"]}, A, {"n": 100}, None, False),
+    ({"n": [1.5]}, A, {"n": 1.5}, None, True),
+    ({"n": [1]}, A, {"n": True}, None, False),
+    # String.Array: any element
+    ({"e": ["a"]}, A, {"e": ["z", "a"]}, None, True),
+    ({"e": ["a"]}, A, {"e": ["z", "y"]}, None, False),
+    ({"e": ["a"]}, A, {"e": []}, None, False),
+    # Binary never matches a value
+    ({"e": ["a"]}, A, {"e": b"a"}, None, False),
+    ({"e": [{"anything-but": "x"}]}, A, {"e": b"a"}, None, False),
+    ({"e": [{"exists": True}]}, A, {"e": b"a"}, None, True),
+    # prefix / suffix
+    ({"e": [{"prefix": "ord"}]}, A, {"e": "order"}, None, True),
+    ({"e": [{"prefix": "ord"}]}, A, {"e": "or"}, None, False),
+    ({"e": [{"prefix": "ord"}]}, A, {"e": 5}, None, False),
+    ({"e": [{"suffix": "ed"}]}, A, {"e": "placed"}, None, True),
+    ({"e": [{"suffix": "ed"}]}, A, {"e": "place"}, None, False),
+    ({"e": [{"prefix": "é"}]}, A, {"e": "éte"}, None, True),
+    ({"e": [{"suffix": "x"}]}, A, {"e": "a\ud800x"}, None, True),
+    # equals-ignore-case
+    ({"e": [{"equals-ignore-case": "OrDer"}]}, A, {"e": "ORDER"}, None, True),
+    ({"e": [{"equals-ignore-case": "order"}]}, A, {"e": "orders"}, None, False),
+    # anything-but
+    ({"e": [{"anything-but": "a"}]}, A, {"e": "b"}, None, True),
+    ({"e": [{"anything-but": "a"}]}, A, {"e": "a"}, None, False),
+    ({"e": [{"anything-but": "a"}]}, A, {}, None, False),
+    ({"e": [{"anything-but": ["a", "b"]}]}, A, {"e": "b"}, None, False),
+    ({"e": [{"anything-but": ["a", "b"]}]}, A, {"e": ["a", "c"]}, None, True),
+    ({"e": [{"anything-but": ["a", "b"]}]}, A, {"e": ["a", "b"]}, None, False),
+    ({"e": [{"anything-but": [1, 2]}]}, A, {"e": 2.0}, None, False),
+    ({"e": [{"anything-but": [1, 2]}]}, A, {"e": 3}, None, True),
+    ({"e": [{"anything-but": [1, 2]}]}, A, {"e": "1"}, None, True),
+    ({"e": [{"anything-but": {"prefix": "ord"}}]}, A, {"e": "order"}, None, False),
+    ({"e": [{"anything-but": {"prefix": "ord"}}]}, A, {"e": "refund"}, None, True),
+    ({"e": [{"anything-but": {"prefix": "ord"}}]}, A, {"e": 5}, None, False),
+    ({"e": [{"anything-but": {"suffix": "ed"}}]}, A, {"e": "placed"}, None, False),
+    ({"e": [{"anything-but": {"suffix": "ed"}}]}, A, {"e": "place"}, None, True),
+    ({"e": [{"anything-but": "a"}, {"anything-but": "b"}]}, A, {"e": "a"}, None, True),
+    ({"e": [{"anything-but": "a"}, {"exists": False}]}, A, {}, None, True),
+    # numeric
+    ({"p": [{"numeric": ["=", 5]}]}, A, {"p": 5}, None, True),
+    ({"p": [{"numeric": ["=", 5]}]}, A, {"p": "5"}, None, False),
+    ({"p": [{"numeric": [">", 0, "<=", 150]}]}, A, {"p": 150}, None, True),
+    ({"p": [{"numeric": [">", 0, "<=", 150]}]}, A, {"p": 0}, None, False),
+    ({"p": [{"numeric": [">", 0, "<=", 150]}]}, A, {"p": 150.01}, None, False),
+    ({"p": [{"numeric": [">=", 0, "<", 1]}]}, A, {"p": 0}, None, True),
+    ({"p": [{"numeric": ["<", 1, ">=", 0]}]}, A, {"p": 1}, None, False),
+    ({"p": [{"numeric": ["<", 0]}]}, A, {"p": -(10**400)}, None, True),
+    ({"p": [{"numeric": [">", 0]}]}, A, {"p": [1, "x"]}, None, True),
+    # exists
+    ({"e": [{"exists": True}]}, A, {"e": "x"}, None, True),
+    ({"e": [{"exists": True}]}, A, {}, None, False),
+    ({"e": [{"exists": False}]}, A, {}, None, True),
+    ({"e": [{"exists": False}]}, A, {"e": "x"}, None, False),
+    ({"e": [{"exists": False}, "x"]}, A, {"e": "x"}, None, True),
+    ({"e": [{"exists": False}, "x"]}, A, {"e": "y"}, None, False),
+    # cidr
+    ({"ip": [{"cidr": "10.0.0.0/24"}]}, A, {"ip": "10.0.0.255"}, None, True),
+    ({"ip": [{"cidr": "10.0.0.0/24"}]}, A, {"ip": "10.0.1.0"}, None, False),
+    ({"ip": [{"cidr": "10.0.0.0/20"}]}, A, {"ip": "10.0.15.1"}, None, True),
+    ({"ip": [{"cidr": "10.0.0.0/20"}]}, A, {"ip": "10.0.16.1"}, None, False),
+    ({"ip": [{"cidr": "10.0.0.0/24"}]}, A, {"ip": "not an ip"}, None, False),
+    ({"ip": [{"cidr": "10.0.0.0/24"}]}, A, {"ip": "::ffff:10.0.0.1"}, None, False),
+    ({"ip": [{"cidr": "2001:db8::/32"}]}, A, {"ip": "2001:db8:1::5"}, None, True),
+    ({"ip": [{"cidr": "2001:db8::/32"}]}, A, {"ip": "2001:db9::5"}, None, False),
+    ({"ip": [{"cidr": "0.0.0.0/0"}]}, A, {"ip": "1.2.3.4"}, None, True),
+    ({"ip": [{"cidr": "0.0.0.0/0"}]}, A, {"ip": "1.2.3.4\x00"}, None, False),
+    # attribute scope: a dotted key is just a name
+    ({"a.b": ["x"]}, A, {"a.b": "x"}, None, True),
+    ({"a.b": ["x"]}, A, {"a": "x"}, None, False),
+    # $or
+    ({"s": ["x"], "$or": [{"m": ["1"]}, {"n": ["2"]}]}, A, {"s": "x", "n": "2"}, None, True),
+    ({"s": ["x"], "$or": [{"m": ["1"]}, {"n": ["2"]}]}, A, {"s": "x"}, None, False),
+    ({"s": ["x"], "$or": [{"m": ["1"]}, {"n": ["2"]}]}, A, {"m": "1"}, None, False),
+    ({"$or": [{"m": ["1"]}, {"$or": [{"n": ["2"]}, {"o": ["3"]}]}]}, A, {"o": "3"}, None, True),
+    ({"$or": [{"m": ["1"]}, {"$or": [{"n": ["2"]}, {"o": ["3"]}]}]}, A, {"o": "4"}, None, False),
+    # empty policy: no filter
+    ({}, A, {}, None, True),
+    ({}, A, None, None, True),
+    # body scope: nested keys, dotted keys, arrays
+    ({"a": {"b": ["x"]}}, B, None, b'{"a": {"b": "x"}}', True),
+    ({"a": {"b": ["x"]}}, B, None, b'{"a": {"b": "y"}}', False),
+    ({"a": {"b": ["x"]}}, B, None, b'{"a.b": "x"}', True),
+    ({"a.b": ["x"]}, B, None, b'{"a": {"b": "x"}}', True),
+    ({"a": {"b": ["x"]}}, B, None, b'{"a": [{"b": "y"}, {"b": "x"}]}', True),
+    ({"a": ["x"]}, B, None, b'{"a": ["y", ["x"]]}', True),
+    ({"a": ["x"]}, B, None, b'{"a": {"x": 1}}', False),
+    ({"a": [{"exists": True}]}, B, None, b'{"a": {"b": 1}}', False),
+    ({"a": [{"exists": False}]}, B, None, b'{"a": []}', True),
+    ({"a": [{"exists": True}]}, B, None, b'{"a": null}', True),
+    ({"a": [None]}, B, None, b'{"a": null}', True),
+    ({"a": [True]}, B, None, b'{"a": true}', True),
+    ({"a": [True]}, B, None, b'{"a": 1}', False),
+    ({"a": [1]}, B, None, b'{"a": true}', False),
+    ({"a": [False]}, B, None, b'{"a": 0}', False),
+    ({"a": [{"anything-but": "x"}]}, B, None, b'{"a": false}', True),
+    ({"a": [{"numeric": [">", 1]}]}, B, None, b'{"a": 2}', True),
+    ({"a": [{"numeric": [">", 1]}]}, B, None, b'{"a": "2"}', False),
+    ({"a": [{"numeric": [">", 1]}]}, B, None, b'{"a": 100000000000000000000000000000}', True),
+    ({"a": [{"exists": False}]}, B, None, b'[1, 2]', False),
+    ({"a": [{"exists": False}]}, B, None, b"not json", False),
+    ({"a": [{"exists": False}]}, B, None, None, False),
+    ({}, B, None, b'"a string"', False),
+    ({}, B, None, b"{}", True),
+    ({"a": {"$or": [{"b": ["1"]}, {"c": ["2"]}]}}, B, None, b'{"a": {"c": "2"}}', True),
+    ({"a": {"$or": [{"b": ["1"]}, {"c": ["2"]}]}}, B, None, b'{"b": "1"}', False),
+    ({"": {"b": ["x"]}}, B, None, b'{"": {"b": "x"}}', True),
+    # the body is ignored by attribute-scope policies and vice versa
+    ({"a": ["x"]}, A, {}, b'{"a": "x"}', False),
+    ({"a": ["x"]}, B, {"a": "x"}, b"{}", False),
+]
+
+
+@pytest.mark.parametrize(("policy", "scope", "attributes", "body", "expected"), CASES)
+def test_native_and_reference(
+    policy: dict[str, Any], scope: str, attributes: dict[str, Any] | None,
+    body: bytes | None, expected: bool,
+) -> None:
+    assert reference_match(policy, scope, attributes, body) is expected
+    filter_set = FilterSet()
+    filter_set.set(7, parse_policy(policy, scope))
+    assert filter_set.match(attributes, body) == ([7] if expected else [])
+
+
+def test_many_subscriptions_ascending_and_deduplicated() -> None:
+    filter_set = FilterSet()
+    filter_set.set(30, parse_policy({"e": ["a"]}))
+    filter_set.set(-4, parse_policy({"$or": [{"e": ["a"]}, {"f": ["b"]}]}))
+    filter_set.set(12, parse_policy({"e": [{"anything-but": "a"}]}))
+    filter_set.set(2**62, parse_policy({}))
+    filter_set.set(5, parse_policy({"e": ["a"]}, "body"))
+    assert len(filter_set) == 5
+    assert filter_set.match({"e": "a", "f": "b"}) == [-4, 30, 2**62]
+    assert filter_set.match({"e": "z"}, b'{"e": "a"}') == [5, 12, 2**62]
+
+
+def test_set_replaces_and_remove_forgets() -> None:
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy({"e": ["a"]}))
+    assert filter_set.match({"e": "a"}) == [1]
+    filter_set.set(1, parse_policy({"e": ["b"]}))
+    assert filter_set.match({"e": "a"}) == []
+    assert filter_set.match({"e": "b"}) == [1]
+    assert 1 in filter_set
+    assert filter_set.remove(1) is True
+    assert filter_set.remove(1) is False
+    assert 1 not in filter_set
+    assert len(filter_set) == 0
+    assert filter_set.match({"e": "b"}) == []
+
+
+def test_set_refuses_bad_arguments() -> None:
+    filter_set = FilterSet()
+    with pytest.raises(InvalidArgument, match="CompiledPolicy"):
+        filter_set.set(1, {"e": ["a"]})
+    with pytest.raises(InvalidArgument, match="64-bit"):
+        filter_set.set(2**63, parse_policy({}))
+    with pytest.raises(InvalidArgument, match="64-bit"):
+        filter_set.set("1", parse_policy({}))
+
+
+def test_match_accepts_mappings_and_buffers() -> None:
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy({"a": ["x"]}, "body"))
+    filter_set.set(2, parse_policy({"e": ["a"]}))
+    assert filter_set.match(None, bytearray(b'{"a": "x"}')) == [1]
+    assert filter_set.match(None, memoryview(b'{"a": "x"}')) == [1]
+    from types import MappingProxyType
+
+    assert filter_set.match(MappingProxyType({"e": "a"})) == [2]
+
+
+def test_ignores_unused_attributes_and_unknown_types() -> None:
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy({"e": [{"exists": True}]}))
+    filter_set.set(2, parse_policy({"e": [{"anything-but": "x"}]}))
+    assert filter_set.match({"other": "x", "e": object()}) == [1]
+    assert filter_set.match({"e": None}) == [1]
+    assert filter_set.match({"e": True}) == [1]
