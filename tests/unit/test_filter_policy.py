@@ -1,0 +1,201 @@
+"""parse_policy: validation errors (each names its fault and path), limits, compiled form."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from typing import Any
+
+import pytest
+
+from fastfanout.errors import InvalidArgument, InvalidFilterPolicy
+from fastfanout.filter_policy import (
+    MAX_POLICY_BYTES,
+    AnythingBut,
+    AnythingButPrefix,
+    AnythingButSuffix,
+    Cidr,
+    Clause,
+    EqualsIgnoreCase,
+    Exact,
+    Exists,
+    Numeric,
+    Prefix,
+    Suffix,
+    parse_policy,
+    reference_match,
+)
+
+INVALID: list[tuple[Any, str, str]] = [
+    # (policy, scope, message fragment)
+    ([], "attributes", "must be a JSON object"),
+    ("[1]", "attributes", "must be a JSON object"),
+    ("{not json", "attributes", "not valid JSON"),
+    ({"e": "a"}, "attributes", "at e: expected an array"),
+    ({"e": 5}, "attributes", "at e: expected an array"),
+    ({"e": []}, "attributes", "at e: empty array"),
+    ({"e": [["a"]]}, "attributes", "must be a string, number, boolean, null or operator"),
+    ({"e": [{"regex": "a"}]}, "attributes", "unknown operator 'regex'"),
+    ({"e": [{"prefix": "a", "suffix": "b"}]}, "attributes", "exactly one operator"),
+    ({"e": [{}]}, "attributes", "exactly one operator"),
+    ({"e": [{"prefix": 5}]}, "attributes", '"prefix" needs a string'),
+    ({"e": [{"suffix": None}]}, "attributes", '"suffix" needs a string'),
+    ({"e": [{"equals-ignore-case": ["a"]}]}, "attributes", '"equals-ignore-case" needs a string'),
+    ({"e": [{"anything-but": []}]}, "attributes", '"anything-but" list is empty'),
+    ({"e": [{"anything-but": ["a", 1]}]}, "attributes", "only one of them"),
+    ({"e": [{"anything-but": [None]}]}, "attributes", "only one of them"),
+    ({"e": [{"anything-but": {"wildcard": "a*"}}]}, "attributes",
+     'unknown "anything-but" operator'),
+    ({"e": [{"anything-but": {"prefix": "a", "suffix": "b"}}]}, "attributes",
+     "exactly one of prefix"),
+    ({"e": [{"anything-but": {"prefix": 1}}]}, "attributes", "needs a string"),
+    ({"e": [{"numeric": [">", 5, "<", 5]}]}, "attributes", "bottom 5 must be below top 5"),
+    ({"e": [{"numeric": [">", 6, "<=", 5]}]}, "attributes", "must be below top"),
+    ({"e": [{"numeric": [">", 1, ">=", 5]}]}, "attributes", "more than one lower bound"),
+    ({"e": [{"numeric": ["<", 1, "<=", 5]}]}, "attributes", "more than one upper bound"),
+    ({"e": [{"numeric": ["=", 1, "<", 5]}]}, "attributes", '"=" cannot be combined'),
+    ({"e": [{"numeric": [">", 1, "=", 5]}]}, "attributes", '"=" cannot be combined'),
+    ({"e": [{"numeric": ["!=", 1]}]}, "attributes", "unknown numeric comparison '!='"),
+    ({"e": [{"numeric": [">", "1"]}]}, "attributes", "expected a number"),
+    ({"e": [{"numeric": [">", True]}]}, "attributes", "expected a number"),
+    ({"e": [{"numeric": [">"]}]}, "attributes", '"numeric" needs [op, number]'),
+    ({"e": [{"numeric": 5}]}, "attributes", '"numeric" needs [op, number]'),
+    ({"e": [{"numeric": [">", 0, "<"]}]}, "attributes", '"numeric" needs [op, number]'),
+    ({"e": [{"numeric": [">", 2e9]}]}, "attributes", "outside -1e9..1e9"),
+    ({"e": [2e9]}, "attributes", "outside -1e9..1e9"),
+    ({"e": [math.inf]}, "attributes", "outside -1e9..1e9"),
+    ({"e": [{"anything-but": [-2e9]}]}, "attributes", "outside -1e9..1e9"),
+    ({"e": [{"exists": "true"}]}, "attributes", '"exists" needs true or false'),
+    ({"e": [{"exists": 1}]}, "attributes", '"exists" needs true or false'),
+    ({"e": [{"cidr": "10.0.0.0"}]}, "attributes", "malformed CIDR '10.0.0.0'"),
+    ({"e": [{"cidr": "10.0.0.0/33"}]}, "attributes", "malformed CIDR"),
+    ({"e": [{"cidr": "10.0.0.256/8"}]}, "attributes", "malformed CIDR"),
+    ({"e": [{"cidr": "2001:db8::/129"}]}, "attributes", "malformed CIDR"),
+    ({"e": [{"cidr": 10}]}, "attributes", '"cidr" needs a string'),
+    ({"a": {"b": ["x"]}}, "attributes", 'at a: nested policy objects need scope "body"'),
+    ({"a": {}}, "body", "at a: empty nested object"),
+    ({"a": {"b": []}}, "body", "at a.b: empty array"),
+    ({"a": {"b": [{"nope": 1}]}}, "body", "at a.b: unknown operator"),
+    ({"$or": [{"a": ["x"]}]}, "attributes", '"$or" needs an array of at least two'),
+    ({"$or": {"a": ["x"]}}, "attributes", '"$or" needs an array of at least two'),
+    ({"$or": [{"a": ["x"]}, "b"]}, "attributes", "at $or[1]: a $or alternative must be"),
+    ({"$or": [{"a": ["x"]}, {}]}, "attributes", "at $or[1]: a $or alternative must be"),
+    ({"$or": [{"numeric": 1}, {"prefix": "a"}]}, "attributes", "cannot use operator keys"),
+    ({"k1": ["a"], "k2": ["a"], "k3": ["a"], "k4": ["a"], "k5": ["a"], "k6": ["a"]},
+     "attributes", "6 keys in one branch; the limit is 5"),
+    ({"a": {"b": ["x"], "c": ["x"], "d": ["x"]}, "e": {"f": ["x"], "g": ["x"], "h": ["x"]}},
+     "body", "6 keys in one branch"),
+    ({"k1": list("abcdef"), "k2": list("abcdef"), "k3": list("abcde")},
+     "attributes", "180 value combinations; the limit is 150"),
+    ({"$or": [{"a": list("abcdefghij") * 8}, {"b": list("abcdefghij") * 8}]},
+     "attributes", "160 value combinations"),
+    ({"$or": [{"a": ["x"], "$or": [{"b": ["x"]}, {"c": ["x"]}]}, {"d": ["x"]}],
+      "e": list("x" * 60)}, "attributes", "180 value combinations"),
+]
+
+
+@pytest.mark.parametrize(("policy", "scope", "fragment"), INVALID)
+def test_invalid_policies_name_the_fault(policy: Any, scope: str, fragment: str) -> None:
+    with pytest.raises(InvalidFilterPolicy) as caught:
+        parse_policy(policy, scope)
+    assert fragment in str(caught.value)
+    assert caught.value.code == "invalid_filter_policy"
+    assert isinstance(caught.value, InvalidArgument)
+
+
+def test_bad_scope_is_an_invalid_argument_not_a_policy_error() -> None:
+    with pytest.raises(InvalidArgument, match="scope must be one of") as caught:
+        parse_policy({}, "MessageBody")
+    assert not isinstance(caught.value, InvalidFilterPolicy)
+
+
+def test_size_limit_applies_to_text_and_dicts() -> None:
+    big = {"e": ["x" * (MAX_POLICY_BYTES)]}
+    with pytest.raises(InvalidFilterPolicy, match="over the 262144-byte limit"):
+        parse_policy(big)
+    with pytest.raises(InvalidFilterPolicy, match="over the 262144-byte limit"):
+        parse_policy(json.dumps(big))
+    fits = {"e": ["x" * (MAX_POLICY_BYTES - 100)]}
+    assert parse_policy(fits).key_count == 1
+
+
+def test_not_json_compatible_dict() -> None:
+    with pytest.raises(InvalidFilterPolicy, match="not JSON-compatible"):
+        parse_policy({"e": [object()]})
+
+
+def test_limits_at_the_boundary_are_accepted() -> None:
+    five = {f"k{i}": ["a"] for i in range(5)}
+    assert parse_policy(five).key_count == 5
+    combos = {"k1": list("abcde"), "k2": list("abcde"), "k3": list("abcdef")}
+    assert parse_policy(combos).combinations == 150
+    # $or: keys are counted per expanded branch, combinations summed over branches
+    wide = {"s": ["x"], "$or": [{f"a{i}": ["1"], f"b{i}": ["2"]} for i in range(6)]}
+    compiled = parse_policy(wide)
+    assert compiled.key_count == 3
+    assert compiled.combinations == 6
+    assert len(compiled.branches) == 6
+
+
+def test_sns_or_example_complexity() -> None:
+    policy = {
+        "source": ["aws.cloudwatch"],
+        "$or": [
+            {"metricName": ["CPUUtilization", "ReadLatency"]},
+            {"metricType": ["MetricType"],
+             "$or": [{"metricId": [1234, 4321]}, {"spaceId": [1000, 2000, 3000]}]},
+        ],
+    }
+    compiled = parse_policy(policy)
+    assert compiled.combinations == 2 + 2 + 3
+    assert compiled.key_count == 3
+    assert [[c.path for c in branch] for branch in compiled.branches] == [
+        ["source", "metricName"],
+        ["source", "metricType", "metricId"],
+        ["source", "metricType", "spaceId"],
+    ]
+
+
+def test_compiled_conditions() -> None:
+    compiled = parse_policy({
+        "e": ["a", 5, True, None, {"prefix": "p"}, {"suffix": "s"},
+              {"equals-ignore-case": "MiXed"}, {"anything-but": "x"},
+              {"anything-but": [1, 2]}, {"anything-but": {"prefix": "q"}},
+              {"anything-but": {"suffix": "r"}}, {"exists": False}],
+        "n": [{"numeric": [">", 0, "<=", 150]}, {"numeric": ["=", 3]},
+              {"numeric": ["<", 7]}, {"cidr": "10.0.0.9/24"}],
+    })
+    (branch,) = compiled.branches
+    assert branch[0] == Clause("e", (
+        Exact("a"), Exact(5.0), Exact(True), Exact(None), Prefix("p"), Suffix("s"),
+        EqualsIgnoreCase("mixed"), AnythingBut(("x",)), AnythingBut((1.0, 2.0)),
+        AnythingButPrefix("q"), AnythingButSuffix("r"), Exists(False),
+    ))
+    assert branch[1] == Clause("n", (
+        Numeric(0.0, False, 150.0, True), Numeric(3.0, True, 3.0, True),
+        Numeric(-math.inf, True, 7.0, False),
+        Cidr(ipaddress.ip_network("10.0.0.0/24")),
+    ))
+    assert isinstance(compiled.branches[0][0].conditions[1].value, float)  # type: ignore[union-attr]
+
+
+def test_text_and_bytes_policies_and_scope_recorded() -> None:
+    compiled = parse_policy('{"a": {"b": ["x"]}}', "body")
+    assert compiled.scope == "body"
+    assert compiled.policy == {"a": {"b": ["x"]}}
+    assert compiled.branches[0][0].path == "a.b"
+    assert parse_policy(b'{"e": ["x"]}').branches[0][0].path == "e"
+
+
+def test_empty_policy_has_one_empty_branch() -> None:
+    compiled = parse_policy({})
+    assert compiled.branches == ((),)
+    assert compiled.key_count == 0
+
+
+def test_reference_match_validates_first() -> None:
+    with pytest.raises(InvalidFilterPolicy):
+        reference_match({"e": []}, "attributes", {"e": "a"}, None)
+    with pytest.raises(InvalidArgument):
+        reference_match({}, "MessageAttributes", {}, None)
