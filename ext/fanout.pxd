@@ -1,6 +1,7 @@
 # The fan-out dispatcher: topics, their target queues, and the publish path.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
+from fastfanout._ext.dedup cimport DedupWindow, ff_hash128_t
 from fastfanout._ext.store cimport Store, blob_t
 
 
@@ -11,6 +12,10 @@ cdef struct topic_t:
     uint64_t published
     uint64_t deliveries
     uint64_t unrouted
+    uint64_t duplicates
+    uint64_t filtered_out
+    bint fifo
+    bint content_dedup
 
 
 cdef class PublishBatch:
@@ -25,9 +30,19 @@ cdef class Dispatcher:
     cdef topic_t* topics
     cdef uint32_t topic_count
     cdef uint32_t topic_capacity
+    cdef list topic_dedup          # topic id -> DedupWindow
     cdef blob_t** scratch          # blobs of the batch being published
+    cdef ff_hash128_t* keys        # their dedup keys ((0, 0): none)
+    cdef uint64_t* original        # per message: id of the original if a duplicate, else 0
+    cdef unsigned char* skip       # per (target, message): 1 = no copy for this target
     cdef Py_ssize_t scratch_capacity
+    cdef Py_ssize_t skip_capacity
 
-    cdef int _reserve_scratch(self, Py_ssize_t count) except -1
+    cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
                                object entries, int64_t now_us, int64_t topic)
+    cdef uint64_t _batch_original(self, Py_ssize_t index) noexcept
+    cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
+                          bint with_keys) except -1
+    cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
+                           int64_t now_us, bint with_keys, bint direct) except -1

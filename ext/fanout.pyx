@@ -26,9 +26,12 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport isfinite
-from libc.stdint cimport INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.store cimport Store, blob_new, blob_release, blob_t
+
+from datetime import datetime
 
 from msgspec.msgpack import encode as _encode_attributes
 
@@ -45,6 +48,10 @@ MAX_DELAY_US = 365 * 86400 * 1_000_000
 """Longest delay: one year, in microseconds."""
 MAX_BODY = 256 * 1024 * 1024
 """Hard ceiling on one body, whatever a queue allows: 256 MiB."""
+
+# Marks a duplicate of an earlier entry of the same batch (low bits: that entry's index),
+# as opposed to a duplicate of a message id remembered in a window.
+cdef uint64_t IN_BATCH = (<uint64_t>1) << 63
 
 
 cdef bytes _encode(object attributes, Py_ssize_t index):
@@ -166,7 +173,12 @@ cdef class Dispatcher:
         self.topic_count = 0
         self.topic_capacity = 0
         self.scratch = NULL
+        self.keys = NULL
+        self.original = NULL
+        self.skip = NULL
         self.scratch_capacity = 0
+        self.skip_capacity = 0
+        self.topic_dedup = []
 
     def __dealloc__(self):
         cdef uint32_t topic
@@ -175,8 +187,12 @@ cdef class Dispatcher:
                 PyMem_Free(self.topics[topic].targets)
             PyMem_Free(self.topics)
         PyMem_Free(self.scratch)
+        PyMem_Free(self.keys)
+        PyMem_Free(self.original)
+        PyMem_Free(self.skip)
 
-    def add_topic(self):
+    def add_topic(self, bint fifo=False, bint content_dedup=False,
+                  int64_t dedup_window_us=300_000_000):
         """Create a topic with no subscriptions; returns its id (never reused)."""
         cdef topic_t* grown
         cdef uint32_t capacity
@@ -193,6 +209,11 @@ cdef class Dispatcher:
         self.topics[self.topic_count].published = 0
         self.topics[self.topic_count].deliveries = 0
         self.topics[self.topic_count].unrouted = 0
+        self.topics[self.topic_count].duplicates = 0
+        self.topics[self.topic_count].filtered_out = 0
+        self.topics[self.topic_count].fifo = fifo
+        self.topics[self.topic_count].content_dedup = content_dedup
+        self.topic_dedup.append(DedupWindow(dedup_window_us))
         self.topic_count += 1
         return self.topic_count - 1
 
@@ -219,9 +240,10 @@ cdef class Dispatcher:
         self.topics[topic].target_count = <uint32_t>count
 
     def topic_counters(self, uint32_t topic):
-        """(published, deliveries, unrouted) of a topic."""
+        """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries)."""
         return (self.topics[topic].published, self.topics[topic].deliveries,
-                self.topics[topic].unrouted)
+                self.topics[topic].unrouted, self.topics[topic].duplicates,
+                self.topics[topic].filtered_out, len(<DedupWindow>self.topic_dedup[topic]))
 
     def publish(self, uint32_t topic, object entries, int64_t now_us):
         """Publish a batch to a topic; returns a PublishBatch."""
@@ -234,20 +256,33 @@ cdef class Dispatcher:
         cdef uint32_t target = queue
         return self._publish(&target, 1, entries, now_us, -1)
 
-    cdef int _reserve_scratch(self, Py_ssize_t count) except -1:
-        cdef blob_t** grown
+    cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1:
         cdef Py_ssize_t capacity
-        if count <= self.scratch_capacity:
-            return 0
-        capacity = max(count, 2 * self.scratch_capacity, 64)
-        grown = <blob_t**>PyMem_Realloc(self.scratch, capacity * sizeof(blob_t*))
-        if grown == NULL:
-            raise MemoryError()
-        self.scratch = grown
-        self.scratch_capacity = capacity
+        cdef void* grown
+        if count > self.scratch_capacity:
+            capacity = max(count, 2 * self.scratch_capacity, 64)
+            grown = PyMem_Realloc(self.scratch, capacity * sizeof(blob_t*))
+            if grown == NULL:
+                raise MemoryError()
+            self.scratch = <blob_t**>grown
+            grown = PyMem_Realloc(self.keys, capacity * sizeof(ff_hash128_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.keys = <ff_hash128_t*>grown
+            grown = PyMem_Realloc(self.original, capacity * sizeof(uint64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.original = <uint64_t*>grown
+            self.scratch_capacity = capacity
+        if count * targets > self.skip_capacity:
+            capacity = max(count * targets, 2 * self.skip_capacity, 256)
+            grown = PyMem_Realloc(self.skip, capacity)
+            if grown == NULL:
+                raise MemoryError()
+            self.skip = <unsigned char*>grown
+            self.skip_capacity = capacity
         return 0
 
-    @cython.boundscheck(False)
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
                                object entries, int64_t now_us, int64_t topic):
         cdef Store store = self.store
@@ -256,152 +291,312 @@ cdef class Dispatcher:
         cdef Py_ssize_t made = 0
         cdef Py_ssize_t i
         cdef uint32_t t
-        cdef uint64_t first_id
-        cdef uint64_t batch_bytes = 0
-        cdef uint64_t largest = 0
-        cdef uint64_t size
+        cdef uint64_t next_id
+        cdef uint64_t accepted = 0
+        cdef uint64_t copies = 0
+        cdef uint64_t target_messages
+        cdef uint64_t target_bytes
+        cdef uint64_t found
         cdef int room
-        cdef object item
-        cdef object attributes
-        cdef bytes encoded
-        cdef bytes group
-        cdef bytes dedup
-        cdef Py_buffer view
-        cdef bint have_view
-        cdef const char* body
-        cdef Py_ssize_t body_len
-        cdef int64_t due_us
-        cdef int64_t delay_us
-        cdef uint8_t priority
+        cdef bint any_content_dedup
+        cdef bint with_keys = False
+        cdef bint keyed
         cdef blob_t* blob
+        cdef unsigned char* skip
+        cdef DedupWindow window
+        cdef DedupWindow in_batch
         cdef PublishBatch batch
         if count == 0:
             return PublishBatch(0)
-        self._reserve_scratch(count)
-        first_id = store.next_message_id
-        # Pass 1: encode every entry into a blob; any fault undoes the blobs made so far.
+        self._reserve_scratch(count, target_count)
+        any_content_dedup = topic >= 0 and self.topics[topic].content_dedup
+        for t in range(target_count):
+            any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
         try:
+            # Pass 1: validate and encode every entry into a blob.
             for i in range(count):
-                item = items[i]
-                attributes = None
-                group = dedup = None
-                due_us = INT64_MIN
-                priority = 0
-                have_view = False
-                if type(item) is bytes:
-                    body = PyBytes_AS_STRING(item)
-                    body_len = PyBytes_GET_SIZE(item)
-                else:
-                    if isinstance(item, PublishEntry):
-                        (payload, attributes, delay, deliver_at, group_id, dedup_id,
-                         priority_value, ttl) = item
-                        if delay is not None and deliver_at is not None:
-                            raise InvalidArgument(
-                                f"entry {i}: give delay or deliver_at, not both")
-                        if delay is not None:
-                            due_us = now_us + _duration_us(delay, "delay", i, MAX_DELAY_US)
-                        elif deliver_at is not None:
-                            if type(deliver_at) is not float and type(deliver_at) is not int:
-                                raise InvalidArgument(
-                                    f"entry {i}: deliver_at must be clock seconds, got "
-                                    f"{type(deliver_at).__name__}")
-                            if not isfinite(deliver_at) or deliver_at * 1e6 - now_us > MAX_DELAY_US:
-                                raise InvalidArgument(
-                                    f"entry {i}: deliver_at={deliver_at!r} must be finite and at "
-                                    f"most one year from now")
-                            due_us = max(<int64_t>round(deliver_at * 1e6), now_us)
-                        group = _encode_id(group_id, "group_id", i)
-                        dedup = _encode_id(dedup_id, "dedup_id", i)
-                        if priority_value is not None:
-                            if type(priority_value) is not int or not 0 <= priority_value <= 255:
-                                raise InvalidArgument(
-                                    f"entry {i}: priority must be an int from 0 to 255, got "
-                                    f"{priority_value!r}")
-                            priority = priority_value
-                        if ttl is not None:
-                            raise InvalidArgument(f"entry {i}: ttl is not supported yet")
-                        item = payload
-                    if type(item) is bytes:
-                        body = PyBytes_AS_STRING(item)
-                        body_len = PyBytes_GET_SIZE(item)
-                    elif isinstance(item, (bytearray, memoryview)):
-                        PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
-                        have_view = True
-                        body = <const char*>view.buf
-                        body_len = view.len
-                    else:
-                        raise InvalidArgument(
-                            f"entry {i}: a body must be bytes, bytearray or memoryview, got "
-                            f"{type(item).__name__}")
-                try:
-                    if body_len > MAX_BODY:
-                        raise MessageTooLarge(
-                            f"entry {i}: body of {body_len} bytes exceeds the hard limit of "
-                            f"{MAX_BODY} bytes")
-                    encoded = _encode(attributes, i)
-                    blob = blob_new(
-                        first_id + i, now_us, due_us, body, <uint32_t>body_len,
-                        PyBytes_AS_STRING(encoded) if encoded is not None else NULL,
-                        <uint32_t>(PyBytes_GET_SIZE(encoded) if encoded is not None else 0),
-                        PyBytes_AS_STRING(group) if group is not None else NULL,
-                        <uint16_t>(len(group) if group is not None else 0),
-                        PyBytes_AS_STRING(dedup) if dedup is not None else NULL,
-                        <uint16_t>(len(dedup) if dedup is not None else 0), priority)
-                finally:
-                    if have_view:
-                        PyBuffer_Release(&view)
-                if blob == NULL:
-                    raise MemoryError()
-                self.scratch[made] = blob
+                self.scratch[i] = _make_blob(items[i], i, now_us)
                 made += 1
-                size = store.message_size(blob)
-                batch_bytes += size
-                if size > largest:
-                    largest = size
-            # Pass 2: every target must take the whole batch.
+                blob = self.scratch[i]
+                self.original[i] = 0
+                self.keys[i].low = self.keys[i].high = 0
+                if blob.dedup_len:
+                    self.keys[i] = ff_hash128(_dedup_id(blob), blob.dedup_len)
+                    with_keys = True
+                elif any_content_dedup:
+                    self.keys[i] = ff_hash128(blob.data, blob.body_len)
+                    with_keys = True
+            if topic >= 0:
+                self._check_topic(topic, count, now_us, with_keys)
+            # Pass 2: per target, which copies it takes, and whether they all fit.
             for t in range(target_count):
-                if largest > <uint64_t>store.queue(targets[t]).max_message_size:
-                    raise MessageTooLarge(
-                        f"a message of {largest} bytes (body + attributes) exceeds the "
-                        f"max_message_size of {store.queue(targets[t]).max_message_size} bytes "
-                        f"of queue {store.names[targets[t]]!r}")
-            for t in range(target_count):
-                if store.room_for(targets[t], count, batch_bytes) < 0:
-                    store.queue(targets[t]).rejected += count
-                    raise QueueFull(
-                        f"queue {store.names[targets[t]]!r} is full: it holds "
-                        f"{store.queue(targets[t]).visible + store.queue(targets[t]).leased + store.queue(targets[t]).delayed} "
-                        f"messages ({store.queue(targets[t]).bytes} bytes), limits "
-                        f"max_messages={store.queue(targets[t]).max_messages}, "
-                        f"max_bytes={store.queue(targets[t]).max_bytes}; {count} more "
-                        f"({batch_bytes} bytes) do not fit and overflow is reject")
+                self._check_target(targets[t], t, count, now_us, with_keys,
+                                   topic < 0 or self.topics[topic].content_dedup)
+            if topic < 0 and target_count == 1:
+                # A duplicate for the only queue of a send is a duplicate of the send.
+                for i in range(count):
+                    if self.skip[i] and not self.original[i]:
+                        found = (<DedupWindow>store.dedup_windows[targets[0]]).lookup(
+                            self.keys[i], now_us)
+                        self.original[i] = found if found else self._batch_original(i)
         except BaseException:
             for i in range(made):
                 blob_release(self.scratch[i])
             raise
-        # Pass 3: commit. Nothing below fails but for memory exhaustion.
-        store.next_message_id = first_id + count
+        # Pass 3: commit. Ids go to accepted messages only, in entry order.
+        next_id = store.next_message_id
+        batch = PublishBatch(count)
         try:
+            for i in range(count):
+                if self.original[i]:
+                    # An earlier entry of this batch (marked) or an id from the window.
+                    batch.ids[i] = (batch.ids[self.original[i] & ~IN_BATCH]
+                                    if self.original[i] & IN_BATCH else self.original[i])
+                    batch.deliveries[i] = 0
+                    batch.duplicates[i] = 1
+                    continue
+                self.scratch[i].id = next_id
+                batch.ids[i] = next_id
+                batch.deliveries[i] = 0
+                batch.duplicates[i] = 0
+                next_id += 1
+                accepted += 1
+                if topic >= 0 and self.keys[i].low | self.keys[i].high and (
+                        self.scratch[i].dedup_len or self.topics[topic].content_dedup):
+                    (<DedupWindow>self.topic_dedup[topic]).remember(
+                        self.keys[i], batch.ids[i], now_us)
+            store.next_message_id = next_id
             for t in range(target_count):
-                if store.room_for(targets[t], count, batch_bytes) == 0:
-                    store.make_room(targets[t], count, batch_bytes, now_us)
+                skip = self.skip + <Py_ssize_t>t * count
+                target_messages = target_bytes = 0
                 for i in range(count):
+                    if not skip[i] and not self.original[i]:
+                        target_messages += 1
+                        target_bytes += store.message_size(self.scratch[i])
+                if target_messages == 0:
+                    continue
+                if store.room_for(targets[t], target_messages, target_bytes) == 0:
+                    store.make_room(targets[t], target_messages, target_bytes, now_us)
+                window = <DedupWindow>store.dedup_windows[targets[t]]
+                for i in range(count):
+                    if skip[i] or self.original[i]:
+                        continue
                     blob = self.scratch[i]
+                    if self.keys[i].low | self.keys[i].high and (
+                            blob.dedup_len or store.queue(targets[t]).content_dedup):
+                        window.remember(self.keys[i], blob.id, now_us)
                     store.enqueue(
                         targets[t], blob, now_us,
                         blob.due_us if blob.due_us != INT64_MIN
                         else now_us + store.queue(targets[t]).delay_us, NULL)
+                    batch.deliveries[i] += 1
+                    copies += 1
         finally:
             for i in range(made):
                 blob_release(self.scratch[i])
         if topic >= 0:
-            self.topics[topic].published += count
-            self.topics[topic].deliveries += <uint64_t>count * target_count
+            self.topics[topic].published += accepted
+            self.topics[topic].deliveries += copies
+            self.topics[topic].duplicates += <uint64_t>count - accepted
             if target_count == 0:
-                self.topics[topic].unrouted += count
-        batch = PublishBatch(count)
-        for i in range(count):
-            batch.ids[i] = first_id + i
-            batch.deliveries[i] = target_count
-            batch.duplicates[i] = 0
+                self.topics[topic].unrouted += accepted
         return batch
+
+    cdef uint64_t _batch_original(self, Py_ssize_t index) noexcept:
+        """IN_BATCH | the entry a message repeats inside its own batch (0: none)."""
+        cdef Py_ssize_t i
+        for i in range(index):
+            if (self.keys[i].low == self.keys[index].low and
+                    self.keys[i].high == self.keys[index].high and not self.original[i]):
+                return IN_BATCH | <uint64_t>i
+        return 0
+
+    cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
+                          bint with_keys) except -1:
+        """FIFO rules and topic-level deduplication of a batch."""
+        cdef topic_t* record = &self.topics[topic]
+        cdef DedupWindow window = <DedupWindow>self.topic_dedup[topic]
+        cdef DedupWindow in_batch
+        cdef Py_ssize_t i
+        cdef uint64_t found
+        cdef blob_t* blob
+        if record.fifo:
+            for i in range(count):
+                blob = self.scratch[i]
+                if blob.group_len == 0:
+                    raise InvalidArgument(
+                        f"entry {i}: topic is FIFO: every message needs a group_id")
+                if blob.dedup_len == 0 and not record.content_dedup:
+                    raise InvalidArgument(
+                        f"entry {i}: FIFO topic without content_dedup: every message needs "
+                        f"a dedup_id")
+        if not with_keys:
+            return 0
+        window.expire(now_us)
+        in_batch = DedupWindow(1)
+        for i in range(count):
+            blob = self.scratch[i]
+            if not (self.keys[i].low | self.keys[i].high):
+                continue
+            if not (blob.dedup_len or record.content_dedup):
+                continue
+            found = window.lookup(self.keys[i], now_us)
+            if not found:
+                found = in_batch.lookup(self.keys[i], now_us)
+                if found:
+                    found = IN_BATCH | (found - 1)
+            if found:
+                self.original[i] = found
+            else:
+                in_batch.remember(self.keys[i], <uint64_t>i + 1, now_us)
+        return 0
+
+    cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
+                           int64_t now_us, bint with_keys, bint direct) except -1:
+        """Which copies queue ``queue`` takes (skip row), FIFO rules, size and room."""
+        cdef Store store = self.store
+        cdef unsigned char* skip = self.skip + <Py_ssize_t>position * count
+        cdef DedupWindow window = <DedupWindow>store.dedup_windows[queue]
+        cdef DedupWindow in_batch = None
+        cdef bint fifo = store.queue(queue).fifo
+        cdef bint content = store.queue(queue).content_dedup
+        cdef uint64_t messages = 0
+        cdef uint64_t size_total = 0
+        cdef uint64_t size
+        cdef Py_ssize_t i
+        cdef blob_t* blob
+        if with_keys:
+            window.expire(now_us)
+            in_batch = DedupWindow(1)
+        for i in range(count):
+            skip[i] = 0
+            if self.original[i]:
+                continue
+            blob = self.scratch[i]
+            if fifo:
+                if blob.group_len == 0:
+                    raise InvalidArgument(
+                        f"entry {i}: queue {store.names[queue]!r} is FIFO: every message needs "
+                        f"a group_id")
+                if blob.dedup_len == 0 and not content:
+                    raise InvalidArgument(
+                        f"entry {i}: FIFO queue {store.names[queue]!r} without content_dedup: "
+                        f"every message needs a dedup_id")
+            if in_batch is not None and (self.keys[i].low | self.keys[i].high) and (
+                    blob.dedup_len or content):
+                if window.lookup(self.keys[i], now_us) or in_batch.lookup(self.keys[i], now_us):
+                    skip[i] = 1
+                    store.queue(queue).duplicates += 1
+                    continue
+                in_batch.remember(self.keys[i], <uint64_t>i + 1, now_us)
+            size = store.message_size(blob)
+            if size > <uint64_t>store.queue(queue).max_message_size:
+                raise MessageTooLarge(
+                    f"entry {i}: a message of {size} bytes (body + attributes) exceeds the "
+                    f"max_message_size of {store.queue(queue).max_message_size} bytes of queue "
+                    f"{store.names[queue]!r}")
+            messages += 1
+            size_total += size
+        if messages and store.room_for(queue, messages, size_total) < 0:
+            store.queue(queue).rejected += messages
+            raise QueueFull(
+                f"queue {store.names[queue]!r} is full: it holds "
+                f"{store.queue(queue).visible + store.queue(queue).leased + store.queue(queue).delayed}"
+                f" messages ({store.queue(queue).bytes} bytes) against max_messages="
+                f"{store.queue(queue).max_messages}, max_bytes={store.queue(queue).max_bytes}; "
+                f"{messages} more ({size_total} bytes) do not fit and overflow is reject")
+        return 0
+
+
+cdef inline const char* _dedup_id(blob_t* blob) noexcept:
+    return blob.data + blob.body_len + blob.attrs_len + blob.group_len
+
+
+cdef blob_t* _make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
+    """Validate one entry (bytes-like body or PublishEntry) and copy it into a new blob."""
+    cdef object attributes = None
+    cdef bytes encoded
+    cdef bytes group = None
+    cdef bytes dedup = None
+    cdef int64_t due_us = INT64_MIN
+    cdef int64_t expires_us = INT64_MAX
+    cdef uint8_t priority = 0
+    cdef Py_buffer view
+    cdef bint have_view = False
+    cdef const char* body
+    cdef Py_ssize_t body_len
+    cdef blob_t* blob
+    if type(item) is bytes:
+        body = PyBytes_AS_STRING(item)
+        body_len = PyBytes_GET_SIZE(item)
+    else:
+        if isinstance(item, PublishEntry):
+            (payload, attributes, delay, deliver_at, group_id, dedup_id, priority_value,
+             ttl) = item
+            if delay is not None and deliver_at is not None:
+                raise InvalidArgument(f"entry {i}: give delay or deliver_at, not both")
+            if delay is not None:
+                due_us = now_us + _duration_us(delay, "delay", i, MAX_DELAY_US)
+            elif deliver_at is not None:
+                due_us = _deliver_at_us(deliver_at, i, now_us)
+            if ttl is not None:
+                expires_us = now_us + _duration_us(ttl, "ttl", i, MAX_DELAY_US)
+                if expires_us == now_us:
+                    raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds")
+            group = _encode_id(group_id, "group_id", i)
+            dedup = _encode_id(dedup_id, "dedup_id", i)
+            if priority_value is not None:
+                if type(priority_value) is not int or not 0 <= priority_value <= 255:
+                    raise InvalidArgument(
+                        f"entry {i}: priority must be an int from 0 to 255, got "
+                        f"{priority_value!r}")
+                priority = priority_value
+            item = payload
+        if type(item) is bytes:
+            body = PyBytes_AS_STRING(item)
+            body_len = PyBytes_GET_SIZE(item)
+        elif isinstance(item, (bytearray, memoryview)):
+            PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
+            have_view = True
+            body = <const char*>view.buf
+            body_len = view.len
+        else:
+            raise InvalidArgument(
+                f"entry {i}: a body must be bytes, bytearray or memoryview, got "
+                f"{type(item).__name__}")
+    try:
+        if body_len > MAX_BODY:
+            raise MessageTooLarge(
+                f"entry {i}: body of {body_len} bytes exceeds the hard limit of {MAX_BODY} bytes")
+        encoded = _encode(attributes, i)
+        blob = blob_new(
+            0, now_us, due_us, expires_us, body, <uint32_t>body_len,
+            PyBytes_AS_STRING(encoded) if encoded is not None else NULL,
+            <uint32_t>(PyBytes_GET_SIZE(encoded) if encoded is not None else 0),
+            PyBytes_AS_STRING(group) if group is not None else NULL,
+            <uint16_t>(len(group) if group is not None else 0),
+            PyBytes_AS_STRING(dedup) if dedup is not None else NULL,
+            <uint16_t>(len(dedup) if dedup is not None else 0), priority)
+    finally:
+        if have_view:
+            PyBuffer_Release(&view)
+    if blob == NULL:
+        raise MemoryError()
+    return blob
+
+
+cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) except? -1:
+    """An absolute due time (clock seconds or an aware datetime) in microseconds."""
+    if isinstance(deliver_at, datetime):
+        if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
+            raise InvalidArgument(
+                f"entry {i}: deliver_at datetime {deliver_at!r} must be timezone-aware")
+        deliver_at = deliver_at.timestamp()
+    if type(deliver_at) is not float and type(deliver_at) is not int:
+        raise InvalidArgument(
+            f"entry {i}: deliver_at must be clock seconds or an aware datetime, got "
+            f"{type(deliver_at).__name__}")
+    if not isfinite(deliver_at) or deliver_at * 1e6 - now_us > MAX_DELAY_US:
+        raise InvalidArgument(
+            f"entry {i}: deliver_at={deliver_at!r} must be finite and at most one year from now")
+    return max(<int64_t>round(deliver_at * 1e6), now_us)

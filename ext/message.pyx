@@ -45,8 +45,8 @@ cdef class Message:
         """Delete the message (its lease must still run). Raises StaleReceipt otherwise."""
         self._owner.ack(self.receipt)
 
-    def nack(self, delay=0.0):
-        """End the lease; visible again after ``delay`` seconds."""
+    def nack(self, delay=None):
+        """End the lease; visible again after ``delay`` seconds (None: the queue's backoff)."""
         self._owner.nack(self.receipt, delay=delay)
 
     def extend(self, seconds):

@@ -1,6 +1,8 @@
 # The queue store: message blobs, per-queue entries, leases, dead-lettering.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastfanout._ext.dedup cimport DedupWindow
+from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.timers cimport TimerHeap
 
 # An entry slot number that names no entry.
@@ -12,6 +14,7 @@ cdef enum:
     STATE_VISIBLE = 1
     STATE_LEASED = 2
     STATE_DELAYED = 3
+    STATE_DETACHED = 4         # between leaving its queue and being freed or moved
 
 cdef enum:
     OVERFLOW_REJECT = 0
@@ -42,6 +45,7 @@ cdef struct blob_t:
     uint64_t id
     int64_t timestamp_us
     int64_t due_us            # explicit due time, or INT64_MIN: the queue's delay applies
+    int64_t expires_us        # time-to-live end, or INT64_MAX
     uint32_t body_len
     uint32_t attrs_len
     uint16_t group_len
@@ -73,8 +77,11 @@ cdef struct entry_t:
     uint32_t visible_next      # (also the free list's link while STATE_FREE)
     uint32_t arrival_prev      # links of the queue's arrival-ordered list of all copies
     uint32_t arrival_next
+    uint32_t group             # FIFO group index in the queue's GroupTable, or NIL
+    uint32_t group_next        # next pending entry of the same group
     uint8_t state
     uint8_t level              # priority level (0 .. queue levels - 1)
+    uint8_t listed             # in its queue's visible list (FIFO: only group heads are)
 
 cdef struct queue_t:
     bint alive
@@ -88,6 +95,10 @@ cdef struct queue_t:
     int64_t max_receive_count  # -1: unbounded
     int64_t dead_letter_queue  # -1: none
     uint8_t overflow
+    bint fifo
+    bint content_dedup
+    uint32_t backoff_count     # redelivery backoff steps (0: none)
+    int64_t* backoff_us
     uint32_t levels
     uint32_t* visible_head     # per level
     uint32_t* visible_tail
@@ -105,10 +116,11 @@ cdef struct queue_t:
     uint64_t redriven
     uint64_t rejected
     uint64_t purged
+    uint64_t duplicates
     uint64_t dropped[6]
 
 
-cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us,
+cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
                       const char* body, uint32_t body_len,
                       const char* attrs, uint32_t attrs_len,
                       const char* group, uint16_t group_len,
@@ -129,6 +141,8 @@ cdef class Store:
     cdef TimerHeap timers
     cdef int64_t retention_due_us  # no retention work before this time
     cdef uint64_t next_message_id
+    cdef list group_tables         # queue id -> GroupTable (FIFO queues) or None
+    cdef list dedup_windows        # queue id -> DedupWindow
 
     cdef inline queue_t* queue(self, uint32_t qid) noexcept:
         return &self.queues[qid]
@@ -141,8 +155,14 @@ cdef class Store:
     cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFF
     cdef void _free_entry(self, uint32_t slot) noexcept
     cdef void _detach(self, uint32_t slot) noexcept
-    cdef void _push_visible(self, uint32_t slot) noexcept
-    cdef void _unlink_visible(self, uint32_t slot) noexcept
+    cdef void _make_visible(self, uint32_t slot) noexcept
+    cdef void _leave_visible(self, uint32_t slot) noexcept
+    cdef void _list_visible(self, uint32_t slot) noexcept
+    cdef void _group_remove(self, uint32_t slot) noexcept
+    cdef void _group_promote(self, uint32_t qid, uint32_t group) noexcept
+    cdef int64_t _backoff(self, uint32_t slot) noexcept
+    cdef int _expire_entry(self, uint32_t slot, int64_t now_us) except -1
+    cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1
     cdef uint32_t _oldest_visible(self, uint32_t qid) noexcept
     cdef int _dead_letter(self, uint32_t slot, uint8_t reason, int64_t now_us) except -1
     cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept

@@ -39,6 +39,8 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint3
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+from fastfanout._ext.dedup cimport DedupWindow, ff_hash128
+from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.message cimport Message, make_message
 from fastfanout._ext.timers cimport TimerHeap
 
@@ -53,7 +55,7 @@ cdef uint8_t[4] DROP_FOR_DEAD_REASON = [DROP_MAX_RECEIVES, DROP_REJECTED, DROP_E
                                         DROP_OVERFLOW]
 
 
-cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us,
+cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
                       const char* body, uint32_t body_len,
                       const char* attrs, uint32_t attrs_len,
                       const char* group, uint16_t group_len,
@@ -68,6 +70,7 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us,
     blob.id = id
     blob.timestamp_us = timestamp_us
     blob.due_us = due_us
+    blob.expires_us = expires_us
     blob.body_len = body_len
     blob.attrs_len = attrs_len
     blob.group_len = group_len
@@ -129,6 +132,8 @@ cdef class Store:
         self.timers = TimerHeap()
         self.retention_due_us = INT64_MAX
         self.next_message_id = 1
+        self.group_tables = []
+        self.dedup_windows = []
 
     def __dealloc__(self):
         cdef uint32_t slot
@@ -144,6 +149,7 @@ cdef class Store:
             for qid in range(self.queue_count):
                 PyMem_Free(self.queues[qid].visible_head)
                 PyMem_Free(self.queues[qid].visible_tail)
+                PyMem_Free(self.queues[qid].backoff_us)
             PyMem_Free(self.queues)
 
     # -- queues ------------------------------------------------------------------------
@@ -151,7 +157,8 @@ cdef class Store:
     def add_queue(self, str name, int64_t visibility_us, int64_t delay_us, int64_t retention_us,
                   int64_t max_messages, int64_t max_bytes, int64_t max_message_size,
                   int64_t max_receive_count, int64_t dead_letter_queue, int overflow,
-                  int max_priority):
+                  int max_priority, bint fifo=False, bint content_dedup=False,
+                  int64_t dedup_window_us=300_000_000, list backoff_us=None):
         """Create a queue from validated settings; returns its id (ids are never reused)."""
         cdef queue_t* grown
         cdef queue_t* q
@@ -165,6 +172,15 @@ cdef class Store:
             self.queues = grown
             self.queue_capacity = capacity
         q = &self.queues[self.queue_count]
+        q.backoff_count = 0
+        q.backoff_us = NULL
+        if backoff_us:
+            q.backoff_us = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
+            if q.backoff_us == NULL:
+                raise MemoryError()
+            for level in range(len(backoff_us)):
+                q.backoff_us[level] = backoff_us[level]
+            q.backoff_count = len(backoff_us)
         q.visible_head = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
         q.visible_tail = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
         if q.visible_head == NULL or q.visible_tail == NULL:
@@ -186,6 +202,9 @@ cdef class Store:
         q.max_receive_count = max_receive_count
         q.dead_letter_queue = dead_letter_queue
         q.overflow = overflow
+        q.fifo = fifo
+        q.content_dedup = content_dedup
+        q.duplicates = 0
         q.arrival_head = NIL
         q.arrival_tail = NIL
         q.visible = q.leased = q.delayed = q.bytes = 0
@@ -194,6 +213,8 @@ cdef class Store:
         for level in range(DROP_REASON_COUNT):
             q.dropped[level] = 0
         self.names.append(name)
+        self.group_tables.append(GroupTable() if fifo else None)
+        self.dedup_windows.append(DedupWindow(dedup_window_us))
         self.queue_count += 1
         return self.queue_count - 1
 
@@ -254,11 +275,12 @@ cdef class Store:
     cdef uint64_t message_size(self, blob_t* blob) noexcept:
         return <uint64_t>blob.body_len + blob.attrs_len
 
-    cdef void _push_visible(self, uint32_t slot) noexcept:
+    cdef void _list_visible(self, uint32_t slot) noexcept:
+        """Append a visible entry to the tail of its level's visible list."""
         cdef entry_t* entry = &self.entries[slot]
         cdef queue_t* q = &self.queues[entry.queue]
         cdef uint32_t tail = q.visible_tail[entry.level]
-        entry.state = STATE_VISIBLE
+        entry.listed = 1
         entry.visible_next = NIL
         entry.visible_prev = tail
         if tail == NIL:
@@ -266,11 +288,30 @@ cdef class Store:
         else:
             self.entries[tail].visible_next = slot
         q.visible_tail[entry.level] = slot
-        q.visible += 1
 
-    cdef void _unlink_visible(self, uint32_t slot) noexcept:
+    cdef void _make_visible(self, uint32_t slot) noexcept:
+        """Enter the visible state. In a FIFO queue only an unlocked group's head is listed."""
         cdef entry_t* entry = &self.entries[slot]
         cdef queue_t* q = &self.queues[entry.queue]
+        cdef fifo_group* group
+        entry.state = STATE_VISIBLE
+        entry.listed = 0
+        q.visible += 1
+        if not q.fifo:
+            self._list_visible(slot)
+            return
+        group = &(<GroupTable>self.group_tables[entry.queue]).groups[entry.group]
+        if group.head == slot and group.leased == NIL:
+            self._list_visible(slot)
+
+    cdef void _leave_visible(self, uint32_t slot) noexcept:
+        """Leave the visible state (unlisting the entry if it is listed)."""
+        cdef entry_t* entry = &self.entries[slot]
+        cdef queue_t* q = &self.queues[entry.queue]
+        q.visible -= 1
+        if not entry.listed:
+            return
+        entry.listed = 0
         if entry.visible_prev == NIL:
             q.visible_head[entry.level] = entry.visible_next
         else:
@@ -279,20 +320,72 @@ cdef class Store:
             q.visible_tail[entry.level] = entry.visible_prev
         else:
             self.entries[entry.visible_next].visible_prev = entry.visible_prev
-        q.visible -= 1
+
+    cdef void _group_promote(self, uint32_t qid, uint32_t group_index) noexcept:
+        """List a FIFO group's head when the group is unlocked and its head is visible."""
+        cdef fifo_group* group = &(<GroupTable>self.group_tables[qid]).groups[group_index]
+        if (group.leased == NIL and group.head != NIL and
+                self.entries[group.head].state == STATE_VISIBLE and
+                not self.entries[group.head].listed):
+            self._list_visible(group.head)
+
+    cdef void _group_remove(self, uint32_t slot) noexcept:
+        """Take an entry out of its FIFO group (almost always the head), then promote."""
+        cdef entry_t* entry = &self.entries[slot]
+        cdef uint32_t qid = entry.queue
+        cdef GroupTable table = <GroupTable>self.group_tables[qid]
+        cdef uint32_t group_index = entry.group
+        cdef fifo_group* group = &table.groups[group_index]
+        cdef uint32_t previous
+        if group.leased == slot:
+            group.leased = NIL
+        if group.head == slot:
+            group.head = entry.group_next
+            if group.tail == slot:
+                group.tail = NIL
+        else:
+            # Only the head ever leaves a group in normal operation (every removal path
+            # takes the oldest message); walk anyway so that no path can corrupt the list.
+            previous = group.head
+            while self.entries[previous].group_next != slot:
+                previous = self.entries[previous].group_next
+            self.entries[previous].group_next = entry.group_next
+            if group.tail == slot:
+                group.tail = previous
+        group.count -= 1
+        entry.group = NIL
+        if group.count == 0:
+            table.release(group_index)
+        else:
+            self._group_promote(qid, group_index)
+
+    cdef int64_t _backoff(self, uint32_t slot) noexcept:
+        """Redelivery delay after the entry's latest failed delivery (0 without backoff)."""
+        cdef queue_t* q = &self.queues[self.entries[slot].queue]
+        cdef uint32_t step
+        if q.backoff_count == 0 or self.entries[slot].receive_count == 0:
+            return 0
+        step = self.entries[slot].receive_count - 1
+        if step >= q.backoff_count:
+            step = q.backoff_count - 1
+        return q.backoff_us[step]
 
     cdef void _detach(self, uint32_t slot) noexcept:
         """Take an entry out of every list and gauge of its queue (the slot stays allocated)."""
         cdef entry_t* entry = &self.entries[slot]
         cdef queue_t* q = &self.queues[entry.queue]
         if entry.state == STATE_VISIBLE:
-            self._unlink_visible(slot)
+            self._leave_visible(slot)
         elif entry.state == STATE_LEASED:
             self.timers.disarm(slot)
             q.leased -= 1
         elif entry.state == STATE_DELAYED:
             self.timers.disarm(slot)
             q.delayed -= 1
+        # A detached entry is in no state: group promotion must not see it as visible.
+        entry.state = STATE_DETACHED
+        if entry.group != NIL:
+            self._group_remove(slot)
         if entry.arrival_prev == NIL:
             q.arrival_head = entry.arrival_next
         else:
@@ -383,6 +476,12 @@ cdef class Store:
         entry.queue = qid
         entry.receive_count = 0
         entry.level = blob.priority if blob.priority < q.levels else q.levels - 1
+        entry.listed = 0
+        entry.group = NIL
+        entry.group_next = NIL
+        if q.fifo:
+            self._group_append(slot, qid, blob)
+            q = &self.queues[qid]
         entry.arrival_next = NIL
         entry.arrival_prev = q.arrival_tail
         if q.arrival_tail == NIL:
@@ -399,7 +498,21 @@ cdef class Store:
             q.delayed += 1
             self.timers.arm(slot, due_us)
         else:
-            self._push_visible(slot)
+            self._make_visible(slot)
+        return 0
+
+    cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1:
+        cdef GroupTable table = <GroupTable>self.group_tables[qid]
+        cdef const char* group_id = blob.data + blob.body_len + blob.attrs_len
+        cdef uint32_t group_index = table.find_or_add(ff_hash128(group_id, blob.group_len))
+        cdef fifo_group* group = &table.groups[group_index]
+        self.entries[slot].group = group_index
+        if group.tail == NIL:
+            group.head = slot
+        else:
+            self.entries[group.tail].group_next = slot
+        group.tail = slot
+        group.count += 1
         return 0
 
     # -- dead-lettering ----------------------------------------------------------------
@@ -476,16 +589,27 @@ cdef class Store:
         cdef int64_t due
         cdef entry_t* entry
         cdef queue_t* q
+        cdef int64_t backoff
         if now_us >= self.retention_due_us:
             self._expire_retention(now_us)
         while self.timers.pop_due(now_us, &slot, &due):
             entry = &self.entries[slot]
             q = &self.queues[entry.queue]
             if entry.state == STATE_LEASED:
+                # A lease ran out: a failed delivery. With a backoff the message waits
+                # (from the lease end, so the schedule does not depend on when we looked).
+                backoff = self._backoff(slot)
                 q.leased -= 1
+                if entry.group != NIL:
+                    (<GroupTable>self.group_tables[entry.queue]).groups[entry.group].leased = NIL
+                if backoff > 0:
+                    entry.state = STATE_DELAYED
+                    q.delayed += 1
+                    self.timers.arm(slot, due + backoff)
+                    continue
             else:
                 q.delayed -= 1
-            self._push_visible(slot)
+            self._make_visible(slot)
         return 0
 
     def advance(self, int64_t now_us):
@@ -521,10 +645,17 @@ cdef class Store:
                 level -= 1
                 continue
             entry = &self.entries[slot]
+            if entry.blob.expires_us <= now_us and entry.dead == NULL:
+                # Per-message TTL, checked when the message reaches the head (RabbitMQ's
+                # rule); a dead-lettered copy never expires again.
+                self._expire_entry(slot, now_us)
+                continue
             if q.max_receive_count >= 0 and entry.receive_count + 1 > <uint64_t>q.max_receive_count:
                 self._dead_letter(slot, DEAD_MAX_RECEIVES, now_us)
                 continue
-            self._unlink_visible(slot)
+            self._leave_visible(slot)
+            if entry.group != NIL:
+                (<GroupTable>self.group_tables[qid]).groups[entry.group].leased = slot
             entry.state = STATE_LEASED
             entry.generation += 1
             entry.receive_count += 1
@@ -552,6 +683,16 @@ cdef class Store:
                 _optional_text(tail + blob.group_len, blob.dedup_len),
                 blob.priority, dead_info, owner))
         return received
+
+    cdef int _expire_entry(self, uint32_t slot, int64_t now_us) except -1:
+        """A message outlived its TTL: dead-letter it (reason expired) or drop it, counted."""
+        cdef uint32_t qid = self.entries[slot].queue
+        if self.queues[qid].dead_letter_queue >= 0:
+            return self._dead_letter(slot, DEAD_EXPIRED, now_us)
+        self._detach(slot)
+        self._free_entry(slot)
+        self.queues[qid].dropped[DROP_EXPIRED] += 1
+        return 0
 
     cdef object _dead_letter_info(self, dead_letter_t* dead):
         return DeadLetterInfo(
@@ -620,21 +761,27 @@ cdef class Store:
         return count
 
     def nack(self, object receipt, int64_t delay_us, int64_t now_us):
-        """End the lease; visible again at once, or after ``delay_us``."""
+        """End the lease; visible again at once, or after ``delay_us`` (< 0: the backoff)."""
         cdef uint32_t slot = self._require_lease(receipt)
         self._return(slot, delay_us, now_us)
 
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept:
+        """End a lease early: visible again, or delayed by ``delay_us`` (< 0: the backoff)."""
         cdef queue_t* q = &self.queues[self.entries[slot].queue]
         self.timers.disarm(slot)
         q.leased -= 1
+        if self.entries[slot].group != NIL:
+            (<GroupTable>self.group_tables[self.entries[slot].queue]).groups[
+                self.entries[slot].group].leased = NIL
+        if delay_us < 0:
+            delay_us = self._backoff(slot)
         if delay_us > 0:
             self.entries[slot].state = STATE_DELAYED
             q.delayed += 1
             # arm() can fail only on OOM growing the key index; the key exists already.
             self.timers.arm(slot, now_us + delay_us)
         else:
-            self._push_visible(slot)
+            self._make_visible(slot)
 
     def extend(self, object receipt, int64_t lease_us, int64_t now_us):
         """Make the lease end ``lease_us`` from now; 0 returns the message at once."""
@@ -725,7 +872,8 @@ cdef class Store:
         if q.arrival_head != NIL:
             oldest = (now_us - self.entries[q.arrival_head].entered_us) / 1e6
         return (q.enqueued, q.delivered, q.redelivered, q.acked, q.dead_lettered, q.redriven,
-                q.rejected, q.purged,
+                q.rejected, q.purged, q.duplicates, len(<DedupWindow>self.dedup_windows[qid]),
+                0 if self.group_tables[qid] is None else len(self.group_tables[qid]),
                 [q.dropped[i] for i in range(DROP_REASON_COUNT)],
                 q.visible, q.leased, q.delayed, q.visible + q.leased + q.delayed, q.bytes,
                 oldest)
@@ -777,7 +925,10 @@ cdef class Store:
                     assert self.entries[slot].state == STATE_VISIBLE, "non-visible entry listed"
                     count += 1
                     slot = self.entries[slot].visible_next
-            assert count == q.visible, "visible lists disagree with the visible gauge"
+            if q.fifo:
+                assert count <= q.visible, "more listed than visible entries"
+            else:
+                assert count == q.visible, "visible lists disagree with the visible gauge"
             live += visible + leased + delayed
         assert live == self.live_entries, "slab count disagrees with the queues"
         assert len(self.timers) == sum(

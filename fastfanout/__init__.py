@@ -6,7 +6,7 @@ Topics fan out to queues with leases, redelivery and dead-letter queues, in proc
 
 from fastfanout._ext.fanout import PublishBatch
 from fastfanout._ext.message import Message
-from fastfanout.broker import Broker, QueueSettings
+from fastfanout.broker import Broker, QueueSettings, TopicSettings
 from fastfanout.errors import (
     AlreadyExists,
     Closed,
@@ -18,7 +18,7 @@ from fastfanout.errors import (
     QueueFull,
     StaleReceipt,
 )
-from fastfanout.records import DeadLetterInfo, PublishEntry, PublishResult
+from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.stats import BrokerStats, QueueStats, TopicStats
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "BrokerStats",
     "Closed",
     "DeadLetterInfo",
+    "ExponentialBackoff",
     "FastFanoutError",
     "InvalidArgument",
     "InvalidFilterPolicy",
@@ -42,6 +43,7 @@ __all__ = [
     "QueueSettings",
     "QueueStats",
     "StaleReceipt",
+    "TopicSettings",
     "TopicStats",
     "__version__",
 ]

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Final
 
@@ -25,10 +26,10 @@ from fastfanout._ext.fanout import Dispatcher, PublishBatch
 from fastfanout._ext.message import Message
 from fastfanout._ext.store import Store
 from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
-from fastfanout.records import Attributes, PublishEntry, PublishResult
+from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
 
-__all__ = ["MAX_DELAY", "MAX_VISIBILITY_TIMEOUT", "Broker", "QueueSettings"]
+__all__ = ["MAX_DELAY", "MAX_VISIBILITY_TIMEOUT", "Broker", "QueueSettings", "TopicSettings"]
 
 MAX_VISIBILITY_TIMEOUT: Final = 43_200.0
 """Longest lease, in seconds (12 hours, as SQS)."""
@@ -42,6 +43,10 @@ MAX_MESSAGE_SIZE_LIMIT: Final = 256 * 1024 * 1024
 """Largest ``max_message_size`` a queue may set, in bytes."""
 MAX_PRIORITY: Final = 255
 """Highest ``max_priority`` a queue may set."""
+MAX_DEDUP_WINDOW: Final = 86_400.0
+"""Longest deduplication window, in seconds (one day)."""
+MAX_BACKOFF_STEPS: Final = 64
+"""Most steps a redelivery backoff may list."""
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
 _OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter")
@@ -88,6 +93,11 @@ class QueueSettings:
         retention: how long a message may stay in the queue.
         overflow: ``reject``, ``drop_oldest`` or ``dead_letter``.
         max_priority: highest priority level (0: no priorities).
+        fifo: strict order per message group, one leased message per group.
+        content_dedup: deduplicate messages without a dedup id by a hash of the body.
+        dedup_window: seconds a dedup id (or body hash) is remembered.
+        redelivery_backoff: waits (seconds) before redelivery after failed delivery
+            1, 2, ... (the last repeats), or an ``ExponentialBackoff``; None: none.
     """
 
     visibility_timeout: float = 30.0
@@ -100,6 +110,72 @@ class QueueSettings:
     retention: float = 345_600.0
     overflow: str = "reject"
     max_priority: int = 0
+    fifo: bool = False
+    content_dedup: bool = False
+    dedup_window: float = 300.0
+    redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """The settings a topic was created with.
+
+    Attributes:
+        fifo: FIFO topic: messages need a group id, and it feeds FIFO queues only.
+        content_dedup: deduplicate messages without a dedup id by a hash of the body.
+        dedup_window: seconds a dedup id (or body hash) is remembered.
+    """
+
+    fifo: bool = False
+    content_dedup: bool = False
+    dedup_window: float = 300.0
+
+
+def _backoff_us(backoff: object) -> list[int] | None:
+    if backoff is None:
+        return None
+    if isinstance(backoff, ExponentialBackoff):
+        if (not all(type(v) in (int, float) and math.isfinite(v) for v in backoff)
+                or backoff.initial <= 0 or backoff.multiplier < 1
+                or backoff.maximum < backoff.initial):
+            raise InvalidArgument(
+                f"redelivery_backoff={backoff!r} needs initial > 0, multiplier >= 1 and "
+                f"maximum >= initial")
+        waits: tuple[object, ...] = backoff.steps(MAX_BACKOFF_STEPS)
+    elif isinstance(backoff, tuple | list):
+        waits = tuple(backoff)
+    else:
+        raise InvalidArgument(
+            f"redelivery_backoff must be None, a sequence of seconds or an ExponentialBackoff, "
+            f"got {type(backoff).__name__}")
+    if not 1 <= len(waits) <= MAX_BACKOFF_STEPS:
+        raise InvalidArgument(
+            f"redelivery_backoff has {len(waits)} steps; give 1 to {MAX_BACKOFF_STEPS}")
+    return [_seconds_to_us("redelivery_backoff step", wait, maximum=MAX_VISIBILITY_TIMEOUT)
+            for wait in waits]
+
+
+def _check_flag(what: str, value: object) -> bool:
+    if type(value) is not bool:
+        raise InvalidArgument(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def _entry(
+    body: bytes | bytearray | memoryview,
+    attributes: Attributes | None,
+    delay: float | None,
+    deliver_at: float | datetime | None,
+    group_id: str | None,
+    dedup_id: str | None,
+    priority: int | None,
+    ttl: float | None,
+) -> bytes | bytearray | memoryview | PublishEntry:
+    """A bare body when nothing else is given (the fast path), else a PublishEntry."""
+    if (attributes is None and delay is None and deliver_at is None and group_id is None
+            and dedup_id is None and priority is None and ttl is None):
+        return body
+    return PublishEntry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)  # type: ignore[arg-type]
 
 
 class Broker:
@@ -128,6 +204,7 @@ class Broker:
         self._queue_settings: dict[str, QueueSettings] = {}
         self._queue_names: dict[int, str] = {}
         self._topics: dict[str, int] = {}
+        self._topic_settings: dict[str, TopicSettings] = {}
         # subscription id -> (topic, queue); per topic the ordered subscription ids.
         self._subscriptions: dict[int, tuple[str, str]] = {}
         self._topic_subscriptions: dict[str, list[int]] = {}
@@ -166,18 +243,42 @@ class Broker:
 
     # -- topics ------------------------------------------------------------------------
 
-    def create_topic(self, name: str) -> None:
-        """Create a topic; a no-op if it exists.
+    def create_topic(
+        self,
+        name: str,
+        *,
+        fifo: bool = False,
+        content_dedup: bool = False,
+        dedup_window: float = 300.0,
+    ) -> None:
+        """Create a topic; a no-op if it exists with equal settings.
 
         Args:
             name: 1 to 256 characters from ``A-Z a-z 0-9 _ . : -``.
+            fifo: a FIFO topic: every message needs a ``group_id`` (and a ``dedup_id``
+                unless ``content_dedup``); only FIFO queues may subscribe.
+            content_dedup: deduplicate messages without a ``dedup_id`` by body hash.
+            dedup_window: seconds a dedup id is remembered (1 s to 1 day).
+
+        Raises:
+            AlreadyExists: the topic exists with other settings.
         """
         _check_name("topic", name)
+        settings = TopicSettings(
+            fifo=_check_flag("fifo", fifo),
+            content_dedup=_check_flag("content_dedup", content_dedup),
+            dedup_window=dedup_window)
+        window_us = _seconds_to_us(
+            "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
         with self._lock:
             self._now_us()
-            if name in self._topics:
+            existing = self._topic_settings.get(name)
+            if existing is not None:
+                if existing != settings:
+                    raise AlreadyExists(f"topic {name!r} exists with other settings: {existing}")
                 return
-            self._topics[name] = self._dispatcher.add_topic()
+            self._topics[name] = self._dispatcher.add_topic(fifo, content_dedup, window_us)
+            self._topic_settings[name] = settings
             self._topic_subscriptions[name] = []
 
     def delete_topic(self, name: str) -> None:
@@ -188,7 +289,7 @@ class Broker:
             for subscription_id in self._topic_subscriptions.pop(name):
                 del self._subscriptions[subscription_id]
             self._dispatcher.remove_topic(topic_id)
-            del self._topics[name]
+            del self._topics[name], self._topic_settings[name]
 
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
@@ -212,6 +313,10 @@ class Broker:
         retention: float = 345_600.0,
         overflow: str = "reject",
         max_priority: int = 0,
+        fifo: bool = False,
+        content_dedup: bool = False,
+        dedup_window: float = 300.0,
+        redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None,
     ) -> None:
         """Create a queue; a no-op if it exists with equal settings.
 
@@ -230,7 +335,17 @@ class Broker:
             retention: seconds a message may stay in the queue (1 s to 1 year).
             overflow: what a full queue does: ``reject`` (raise ``QueueFull``),
                 ``drop_oldest`` or ``dead_letter`` (move the oldest visible to the DLQ).
-            max_priority: highest priority level, 0 to 255 (0: no priorities).
+            max_priority: highest priority level, 0 to 255 (0: no priorities); a message
+                priority above it counts as it (RabbitMQ's rule). Not on FIFO queues.
+            fifo: strict order per ``group_id``; while a message of a group is leased, no
+                later message of that group is delivered. Messages need a ``group_id``,
+                and a ``dedup_id`` unless ``content_dedup``.
+            content_dedup: deduplicate messages without a ``dedup_id`` by body hash.
+            dedup_window: seconds a dedup id is remembered (1 s to 1 day); a message
+                repeating one inside the window is accepted and not delivered again.
+            redelivery_backoff: waits in seconds before redelivery after failed
+                delivery 1, 2, ... (the last repeats), or an ``ExponentialBackoff``; it
+                applies when a lease expires and on ``nack`` without a ``delay``.
 
         Raises:
             AlreadyExists: the queue exists with other settings.
@@ -255,6 +370,16 @@ class Broker:
                 f"overflow={overflow!r} must be one of {', '.join(_OVERFLOW_POLICIES)}")
         if type(max_priority) is not int or not 0 <= max_priority <= MAX_PRIORITY:
             raise InvalidArgument(f"max_priority={max_priority!r} must be an int from 0 to 255")
+        _check_flag("fifo", fifo)
+        _check_flag("content_dedup", content_dedup)
+        if fifo and max_priority:
+            raise InvalidArgument(
+                f"queue {name!r}: priorities do not apply to FIFO queues (max_priority must be 0)")
+        window_us = _seconds_to_us(
+            "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
+        backoff_us = _backoff_us(redelivery_backoff)
+        if isinstance(redelivery_backoff, list):
+            redelivery_backoff = tuple(redelivery_backoff)
         if dead_letter_queue is not None:
             _check_name("dead_letter_queue", dead_letter_queue)
             if dead_letter_queue == name:
@@ -266,7 +391,9 @@ class Broker:
             visibility_timeout=visibility_timeout, max_receive_count=max_receive_count,
             dead_letter_queue=dead_letter_queue, delay=delay, max_messages=max_messages,
             max_bytes=max_bytes, max_message_size=max_message_size, retention=retention,
-            overflow=overflow, max_priority=max_priority)
+            overflow=overflow, max_priority=max_priority, fifo=fifo,
+            content_dedup=content_dedup, dedup_window=dedup_window,
+            redelivery_backoff=redelivery_backoff)
         with self._lock:
             self._now_us()
             existing = self._queue_settings.get(name)
@@ -279,7 +406,8 @@ class Broker:
             queue_id = self._store.add_queue(
                 name, visibility_us, delay_us, retention_us, message_limit, byte_limit,
                 max_message_size, receive_limit, dlq_id,
-                _OVERFLOW_POLICIES.index(overflow), max_priority)
+                _OVERFLOW_POLICIES.index(overflow), max_priority, fifo, content_dedup,
+                window_us, backoff_us)
             self._queues[name] = queue_id
             self._queue_names[queue_id] = name
             self._queue_settings[name] = settings
@@ -338,6 +466,12 @@ class Broker:
             self._now_us()
             self._topic_id(topic)
             self._queue_id(queue)
+            topic_fifo = self._topic_settings[topic].fifo
+            if topic_fifo != self._queue_settings[queue].fifo:
+                raise InvalidArgument(
+                    f"topic {topic!r} is {'FIFO' if topic_fifo else 'standard'} and queue "
+                    f"{queue!r} is not: a FIFO topic feeds FIFO queues only, and FIFO queues "
+                    f"subscribe to FIFO topics only")
             for sid in self._topic_subscriptions[topic]:
                 if self._subscriptions[sid][1] == queue:
                     return sid
@@ -380,7 +514,11 @@ class Broker:
         *,
         attributes: Attributes | None = None,
         delay: float | None = None,
-        deliver_at: float | None = None,
+        deliver_at: float | datetime | None = None,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
+        priority: int | None = None,
+        ttl: float | None = None,
     ) -> PublishResult:
         """Publish one message to every queue subscribed to ``topic``.
 
@@ -388,8 +526,15 @@ class Broker:
             topic: the topic name.
             body: the body (bytes-like; copied).
             attributes: name -> str | int | float | bytes | list[str] (at most 10).
-            delay: seconds before the copies become visible (overrides queue delays).
-            deliver_at: absolute clock seconds when the copies become visible.
+            delay: seconds before the copies become visible (overrides queue delays;
+                up to one year).
+            deliver_at: when the copies become visible: clock seconds (epoch with the
+                default clock) or a timezone-aware datetime; up to one year ahead.
+            group_id: FIFO message group (required by FIFO topics and queues).
+            dedup_id: deduplication id; a repeat inside the window is not delivered.
+            priority: 0 to 255, for queues with ``max_priority``.
+            ttl: seconds the message may wait; once expired it is dropped (or
+                dead-lettered, reason ``expired``) when it reaches the head of a queue.
 
         Returns:
             The message id and the number of copies made.
@@ -399,8 +544,7 @@ class Broker:
             QueueFull: a target queue with the ``reject`` policy has no room (no copy is
                 made anywhere).
         """
-        entry = body if attributes is None and delay is None and deliver_at is None else \
-            PublishEntry(body, attributes, delay, deliver_at)
+        entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
         with self._lock:
             now_us = self._now_us()
             result = self._dispatcher.publish(self._topic_id(topic), [entry], now_us)[0]
@@ -432,11 +576,18 @@ class Broker:
         *,
         attributes: Attributes | None = None,
         delay: float | None = None,
-        deliver_at: float | None = None,
+        deliver_at: float | datetime | None = None,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
+        priority: int | None = None,
+        ttl: float | None = None,
     ) -> PublishResult:
-        """Send one message straight to a queue (see ``publish`` for the arguments)."""
-        entry = body if attributes is None and delay is None and deliver_at is None else \
-            PublishEntry(body, attributes, delay, deliver_at)
+        """Send one message straight to a queue (see ``publish`` for the arguments).
+
+        A duplicate (by ``dedup_id``, or body with ``content_dedup``) inside the queue's
+        window returns ``duplicate=True`` and the original message id.
+        """
+        entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
         with self._lock:
             now_us = self._now_us()
             result = self._dispatcher.send(self._queue_id(queue), [entry], now_us)[0]
@@ -532,9 +683,15 @@ class Broker:
             self._now_us()
             self._store.ack_batch(receipt_list)
 
-    def nack(self, receipt: int, *, delay: float = 0.0) -> None:
-        """End a lease early; the message is visible again after ``delay`` seconds."""
-        delay_us = _seconds_to_us("delay", delay, maximum=MAX_DELAY)
+    def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early; the message is visible again after ``delay`` seconds.
+
+        Args:
+            receipt: the delivery's receipt.
+            delay: seconds before redelivery; None: the queue's redelivery backoff
+                (no wait without one).
+        """
+        delay_us = -1 if delay is None else _seconds_to_us("delay", delay, maximum=MAX_DELAY)
         with self._lock:
             now_us = self._now_us()
             self._store.nack(receipt, delay_us, now_us)
@@ -596,19 +753,22 @@ class Broker:
             now_us = self._now_us()
             topics = {}
             for name, topic_id in sorted(self._topics.items()):
-                published, deliveries, unrouted = self._dispatcher.topic_counters(topic_id)
+                (published, deliveries, unrouted, duplicates, filtered_out,
+                 dedup_entries) = self._dispatcher.topic_counters(topic_id)
                 topics[name] = TopicStats(
                     published=published, deliveries=deliveries, unrouted=unrouted,
-                    subscriptions=len(self._topic_subscriptions[name]))
+                    subscriptions=len(self._topic_subscriptions[name]), duplicates=duplicates,
+                    filtered_out=filtered_out, dedup_entries=dedup_entries)
             queues = {}
             for name, queue_id in sorted(self._queues.items()):
                 (enqueued, delivered, redelivered, acked, dead_lettered, redriven, rejected,
-                 purged, dropped, visible, leased, delayed, messages, held_bytes,
-                 oldest_age) = self._store.counters(queue_id, now_us)
+                 purged, duplicates, dedup_entries, groups, dropped, visible, leased, delayed,
+                 messages, held_bytes, oldest_age) = self._store.counters(queue_id, now_us)
                 queues[name] = QueueStats(
                     enqueued=enqueued, delivered=delivered, redelivered=redelivered,
                     acked=acked, dead_lettered=dead_lettered, redriven=redriven,
-                    rejected=rejected, purged=purged,
+                    rejected=rejected, purged=purged, duplicates=duplicates,
+                    dedup_entries=dedup_entries, groups=groups,
                     dropped=dict(zip(DROP_REASONS, dropped, strict=True)), visible=visible,
                     leased=leased, delayed=delayed, messages=messages, bytes=held_bytes,
                     oldest_age=oldest_age)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["AttributeValue", "Attributes", "DeadLetterInfo", "PublishEntry", "PublishResult"]
+__all__ = [
+    "AttributeValue",
+    "Attributes",
+    "DeadLetterInfo",
+    "ExponentialBackoff",
+    "PublishEntry",
+    "PublishResult",
+]
 
 AttributeValue = str | int | float | bytes | list[str]
 """An attribute value: SNS String, Number (int or float), Binary, or String.Array."""
@@ -71,3 +78,28 @@ class DeadLetterInfo(NamedTuple):
     first_receive_time: float | None
     last_receive_time: float | None
     time: float
+
+
+class ExponentialBackoff(NamedTuple):
+    """A redelivery backoff that grows geometrically: ``initial * multiplier**n``, capped.
+
+    Attributes:
+        initial: seconds before the first redelivery.
+        multiplier: growth factor per failed delivery (>= 1).
+        maximum: longest wait, seconds.
+    """
+
+    initial: float = 1.0
+    multiplier: float = 2.0
+    maximum: float = 300.0
+
+    def steps(self, limit: int = 64) -> tuple[float, ...]:
+        """The waits after failed delivery 1, 2, ... until the cap (the last one repeats)."""
+        waits: list[float] = []
+        wait = self.initial
+        while len(waits) < limit:
+            waits.append(min(wait, self.maximum))
+            if wait >= self.maximum:
+                break
+            wait *= self.multiplier
+        return tuple(waits)

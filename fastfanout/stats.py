@@ -29,12 +29,18 @@ class TopicStats:
         deliveries: copies enqueued into subscribed queues.
         unrouted: messages published while no subscription matched.
         subscriptions: current number of subscriptions.
+        duplicates: publishes recognised as duplicates (accepted, not delivered).
+        filtered_out: copies a subscription's filter policy kept from its queue.
+        dedup_entries: keys held by the topic's deduplication window.
     """
 
     published: int = 0
     deliveries: int = 0
     unrouted: int = 0
     subscriptions: int = 0
+    duplicates: int = 0
+    filtered_out: int = 0
+    dedup_entries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,9 @@ class QueueStats:
         redriven: messages redrive moved out of this queue.
         rejected: messages refused with QueueFull.
         purged: messages removed by purge.
+        duplicates: copies not enqueued because the queue's window had their key.
+        dedup_entries: keys held by the queue's deduplication window.
+        groups: FIFO groups currently holding messages.
         dropped: reason -> messages dropped for it (every reason of DROP_REASONS present).
         visible: messages that can be received now.
         leased: messages received and not yet acked, nacked or expired.
@@ -67,6 +76,9 @@ class QueueStats:
     redriven: int = 0
     rejected: int = 0
     purged: int = 0
+    duplicates: int = 0
+    dedup_entries: int = 0
+    groups: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     visible: int = 0
     leased: int = 0

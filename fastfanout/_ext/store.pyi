@@ -9,7 +9,9 @@ class Store:
     def add_queue(
         self, name: str, visibility_us: int, delay_us: int, retention_us: int,
         max_messages: int, max_bytes: int, max_message_size: int, max_receive_count: int,
-        dead_letter_queue: int, overflow: int, max_priority: int,
+        dead_letter_queue: int, overflow: int, max_priority: int, fifo: bool = False,
+        content_dedup: bool = False, dedup_window_us: int = 300_000_000,
+        backoff_us: list[int] | None = None,
     ) -> int: ...
     def remove_queue(self, qid: int) -> None: ...
     def max_message_size(self, qid: int) -> int: ...
