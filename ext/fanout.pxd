@@ -1,5 +1,5 @@
 # The fan-out dispatcher: topics, their target queues, and the publish path.
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128_t
 from fastfanout._ext.store cimport Store, blob_t
@@ -9,6 +9,7 @@ cdef struct topic_t:
     bint alive
     uint32_t* targets          # queue ids, in subscription order
     uint32_t target_count
+    uint8_t* filtered          # per target: 1 if its subscription has a filter policy
     uint64_t published
     uint64_t deliveries
     uint64_t unrouted
@@ -31,6 +32,9 @@ cdef class Dispatcher:
     cdef uint32_t topic_count
     cdef uint32_t topic_capacity
     cdef list topic_dedup          # topic id -> DedupWindow
+    cdef list topic_filters        # topic id -> FilterSet over target positions, or None
+    cdef int64_t* matches          # FilterSet.match_into output
+    cdef Py_ssize_t match_capacity
     cdef blob_t** scratch          # blobs of the batch being published
     cdef ff_hash128_t* keys        # their dedup keys ((0, 0): none)
     cdef uint64_t* original        # per message: id of the original if a duplicate, else 0
@@ -42,6 +46,7 @@ cdef class Dispatcher:
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
                                object entries, int64_t now_us, int64_t topic)
     cdef uint64_t _batch_original(self, Py_ssize_t index) noexcept
+    cdef int _apply_filters(self, uint32_t topic, Py_ssize_t count) except -1
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
                           bint with_keys) except -1
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,

@@ -26,13 +26,16 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport isfinite
+from libc.string cimport memset
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
+from fastfanout._ext.filters cimport FilterSet
 from fastfanout._ext.store cimport Store, blob_new, blob_release, blob_t
 
 from datetime import datetime
 
+from msgspec.msgpack import decode as _decode_attributes
 from msgspec.msgpack import encode as _encode_attributes
 
 from fastfanout.errors import InvalidArgument, MessageTooLarge, QueueFull
@@ -52,6 +55,11 @@ MAX_BODY = 256 * 1024 * 1024
 # Marks a duplicate of an earlier entry of the same batch (low bits: that entry's index),
 # as opposed to a duplicate of a message id remembered in a window.
 cdef uint64_t IN_BATCH = (<uint64_t>1) << 63
+
+# Values of the per-(target, message) skip matrix.
+cdef enum:
+    SKIP_DUPLICATE = 1
+    SKIP_FILTERED = 2
 
 
 cdef bytes _encode(object attributes, Py_ssize_t index):
@@ -179,17 +187,22 @@ cdef class Dispatcher:
         self.scratch_capacity = 0
         self.skip_capacity = 0
         self.topic_dedup = []
+        self.topic_filters = []
+        self.matches = NULL
+        self.match_capacity = 0
 
     def __dealloc__(self):
         cdef uint32_t topic
         if self.topics != NULL:
             for topic in range(self.topic_count):
                 PyMem_Free(self.topics[topic].targets)
+                PyMem_Free(self.topics[topic].filtered)
             PyMem_Free(self.topics)
         PyMem_Free(self.scratch)
         PyMem_Free(self.keys)
         PyMem_Free(self.original)
         PyMem_Free(self.skip)
+        PyMem_Free(self.matches)
 
     def add_topic(self, bint fifo=False, bint content_dedup=False,
                   int64_t dedup_window_us=300_000_000):
@@ -205,6 +218,7 @@ cdef class Dispatcher:
             self.topic_capacity = capacity
         self.topics[self.topic_count].alive = True
         self.topics[self.topic_count].targets = NULL
+        self.topics[self.topic_count].filtered = NULL
         self.topics[self.topic_count].target_count = 0
         self.topics[self.topic_count].published = 0
         self.topics[self.topic_count].deliveries = 0
@@ -214,30 +228,63 @@ cdef class Dispatcher:
         self.topics[self.topic_count].fifo = fifo
         self.topics[self.topic_count].content_dedup = content_dedup
         self.topic_dedup.append(DedupWindow(dedup_window_us))
+        self.topic_filters.append(None)
         self.topic_count += 1
         return self.topic_count - 1
 
     def remove_topic(self, uint32_t topic):
         """Delete a topic (its subscriptions go with it)."""
         PyMem_Free(self.topics[topic].targets)
+        PyMem_Free(self.topics[topic].filtered)
         self.topics[topic].targets = NULL
+        self.topics[topic].filtered = NULL
         self.topics[topic].target_count = 0
         self.topics[topic].alive = False
+        self.topic_filters[topic] = None
 
-    def set_targets(self, uint32_t topic, list queue_ids):
-        """Replace the target queues of ``topic`` (in subscription order)."""
+    def set_targets(self, uint32_t topic, list queue_ids, list policies=None):
+        """Replace the target queues of ``topic`` (in subscription order).
+
+        Args:
+            topic: the topic id.
+            queue_ids: target queue ids.
+            policies: per target, a compiled filter policy or None (None: no filters).
+        """
         cdef Py_ssize_t count = len(queue_ids)
         cdef uint32_t* targets = NULL
+        cdef uint8_t* filtered = NULL
+        cdef FilterSet filter_set = None
         cdef Py_ssize_t i
+        if policies is not None and any(policy is not None for policy in policies):
+            filter_set = FilterSet()
+            for i in range(count):
+                if policies[i] is not None:
+                    filter_set.set(i, policies[i])
         if count:
             targets = <uint32_t*>PyMem_Malloc(count * sizeof(uint32_t))
-            if targets == NULL:
+            filtered = <uint8_t*>PyMem_Malloc(count)
+            if targets == NULL or filtered == NULL:
+                PyMem_Free(targets)
+                PyMem_Free(filtered)
                 raise MemoryError()
             for i in range(count):
                 targets[i] = queue_ids[i]
+                filtered[i] = filter_set is not None and policies[i] is not None
+            if count > self.match_capacity:
+                PyMem_Free(self.matches)
+                self.matches = <int64_t*>PyMem_Malloc(count * sizeof(int64_t))
+                if self.matches == NULL:
+                    self.match_capacity = 0
+                    PyMem_Free(targets)
+                    PyMem_Free(filtered)
+                    raise MemoryError()
+                self.match_capacity = count
         PyMem_Free(self.topics[topic].targets)
+        PyMem_Free(self.topics[topic].filtered)
         self.topics[topic].targets = targets
+        self.topics[topic].filtered = filtered
         self.topics[topic].target_count = <uint32_t>count
+        self.topic_filters[topic] = filter_set
 
     def topic_counters(self, uint32_t topic):
         """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries)."""
@@ -294,6 +341,7 @@ cdef class Dispatcher:
         cdef uint64_t next_id
         cdef uint64_t accepted = 0
         cdef uint64_t copies = 0
+        cdef uint64_t filtered_out = 0
         cdef uint64_t target_messages
         cdef uint64_t target_bytes
         cdef uint64_t found
@@ -326,8 +374,11 @@ cdef class Dispatcher:
                 elif any_content_dedup:
                     self.keys[i] = ff_hash128(blob.data, blob.body_len)
                     with_keys = True
+            memset(self.skip, 0, count * target_count)
             if topic >= 0:
                 self._check_topic(topic, count, now_us, with_keys)
+                if self.topic_filters[topic] is not None:
+                    self._apply_filters(<uint32_t>topic, count)
             # Pass 2: per target, which copies it takes, and whether they all fit.
             for t in range(target_count):
                 self._check_target(targets[t], t, count, now_us, with_keys,
@@ -335,7 +386,7 @@ cdef class Dispatcher:
             if topic < 0 and target_count == 1:
                 # A duplicate for the only queue of a send is a duplicate of the send.
                 for i in range(count):
-                    if self.skip[i] and not self.original[i]:
+                    if self.skip[i] == SKIP_DUPLICATE and not self.original[i]:
                         found = (<DedupWindow>store.dedup_windows[targets[0]]).lookup(
                             self.keys[i], now_us)
                         self.original[i] = found if found else self._batch_original(i)
@@ -374,12 +425,16 @@ cdef class Dispatcher:
                         target_messages += 1
                         target_bytes += store.message_size(self.scratch[i])
                 if target_messages == 0:
+                    for i in range(count):
+                        filtered_out += skip[i] == SKIP_FILTERED and not self.original[i]
                     continue
                 if store.room_for(targets[t], target_messages, target_bytes) == 0:
                     store.make_room(targets[t], target_messages, target_bytes, now_us)
                 window = <DedupWindow>store.dedup_windows[targets[t]]
                 for i in range(count):
                     if skip[i] or self.original[i]:
+                        if skip[i] == SKIP_FILTERED and not self.original[i]:
+                            filtered_out += 1
                         continue
                     blob = self.scratch[i]
                     if self.keys[i].low | self.keys[i].high and (
@@ -398,9 +453,39 @@ cdef class Dispatcher:
             self.topics[topic].published += accepted
             self.topics[topic].deliveries += copies
             self.topics[topic].duplicates += <uint64_t>count - accepted
-            if target_count == 0:
-                self.topics[topic].unrouted += accepted
+            self.topics[topic].filtered_out += filtered_out
+            for i in range(count):
+                if batch.deliveries[i] == 0 and not batch.duplicates[i]:
+                    self.topics[topic].unrouted += 1
         return batch
+
+    cdef int _apply_filters(self, uint32_t topic, Py_ssize_t count) except -1:
+        """Mark (SKIP_FILTERED) the copies whose subscription's policy does not match."""
+        cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
+        cdef topic_t* record = &self.topics[topic]
+        cdef Py_ssize_t i
+        cdef Py_ssize_t found
+        cdef Py_ssize_t next_match
+        cdef uint32_t t
+        cdef blob_t* blob
+        cdef dict attributes
+        for i in range(count):
+            if self.original[i]:
+                continue
+            blob = self.scratch[i]
+            attributes = (_decode_attributes(blob.data[blob.body_len:blob.body_len + blob.attrs_len])
+                          if blob.attrs_len else {})
+            found = filter_set.match_into(attributes, blob.data, blob.body_len,
+                                          self.matches, self.match_capacity)
+            next_match = 0
+            for t in range(record.target_count):
+                if not record.filtered[t]:
+                    continue
+                while next_match < found and self.matches[next_match] < t:
+                    next_match += 1
+                if next_match >= found or self.matches[next_match] != t:
+                    self.skip[<Py_ssize_t>t * count + i] = SKIP_FILTERED
+        return 0
 
     cdef uint64_t _batch_original(self, Py_ssize_t index) noexcept:
         """IN_BATCH | the entry a message repeats inside its own batch (0: none)."""
@@ -469,8 +554,7 @@ cdef class Dispatcher:
             window.expire(now_us)
             in_batch = DedupWindow(1)
         for i in range(count):
-            skip[i] = 0
-            if self.original[i]:
+            if self.original[i] or skip[i]:
                 continue
             blob = self.scratch[i]
             if fifo:
@@ -485,7 +569,7 @@ cdef class Dispatcher:
             if in_batch is not None and (self.keys[i].low | self.keys[i].high) and (
                     blob.dedup_len or content):
                 if window.lookup(self.keys[i], now_us) or in_batch.lookup(self.keys[i], now_us):
-                    skip[i] = 1
+                    skip[i] = SKIP_DUPLICATE
                     store.queue(queue).duplicates += 1
                     continue
                 in_batch.remember(self.keys[i], <uint64_t>i + 1, now_us)

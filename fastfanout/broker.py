@@ -12,24 +12,34 @@ publish or send and by the next timer due time.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from fastfanout._ext.fanout import Dispatcher, PublishBatch
 from fastfanout._ext.message import Message
 from fastfanout._ext.store import Store
 from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
+from fastfanout.filter_policy import SCOPES, CompiledPolicy, parse_policy
 from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
+from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_pattern
 
-__all__ = ["MAX_DELAY", "MAX_VISIBILITY_TIMEOUT", "Broker", "QueueSettings", "TopicSettings"]
+__all__ = [
+    "MAX_DELAY",
+    "MAX_VISIBILITY_TIMEOUT",
+    "Broker",
+    "QueueSettings",
+    "Subscription",
+    "TopicSettings",
+]
 
 MAX_VISIBILITY_TIMEOUT: Final = 43_200.0
 """Longest lease, in seconds (12 hours, as SQS)."""
@@ -114,6 +124,25 @@ class QueueSettings:
     content_dedup: bool = False
     dedup_window: float = 300.0
     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One subscription.
+
+    Attributes:
+        topic: the topic name or pattern it follows.
+        queue: the queue it feeds.
+        filter_policy: the filter policy as canonical JSON, or None (everything).
+        filter_scope: ``"attributes"`` or ``"body"``.
+        compiled: the compiled policy the dispatcher evaluates (None: no filter).
+    """
+
+    topic: str
+    queue: str
+    filter_policy: str | None
+    filter_scope: str
+    compiled: CompiledPolicy | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +234,9 @@ class Broker:
         self._queue_names: dict[int, str] = {}
         self._topics: dict[str, int] = {}
         self._topic_settings: dict[str, TopicSettings] = {}
-        # subscription id -> (topic, queue); per topic the ordered subscription ids.
-        self._subscriptions: dict[int, tuple[str, str]] = {}
+        # subscription id -> Subscription; per topic the ids that feed it, in id order
+        # (derived from the subscriptions: direct ones and matching patterns).
+        self._subscriptions: dict[int, Subscription] = {}
         self._topic_subscriptions: dict[str, list[int]] = {}
         self._next_subscription = 1
 
@@ -280,6 +310,7 @@ class Broker:
             self._topics[name] = self._dispatcher.add_topic(fifo, content_dedup, window_us)
             self._topic_settings[name] = settings
             self._topic_subscriptions[name] = []
+            self._refresh_targets(name)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its subscriptions (messages already enqueued stay)."""
@@ -287,7 +318,8 @@ class Broker:
             self._now_us()
             topic_id = self._topic_id(name)
             for subscription_id in self._topic_subscriptions.pop(name):
-                del self._subscriptions[subscription_id]
+                if self._subscriptions[subscription_id].topic == name:
+                    del self._subscriptions[subscription_id]
             self._dispatcher.remove_topic(topic_id)
             del self._topics[name], self._topic_settings[name]
 
@@ -427,13 +459,10 @@ class Broker:
                 raise InvalidArgument(
                     f"queue {name!r} is the dead-letter queue of {', '.join(users)}; "
                     f"delete those first")
-            for topic, subscription_ids in self._topic_subscriptions.items():
-                kept = [sid for sid in subscription_ids if self._subscriptions[sid][1] != name]
-                if len(kept) != len(subscription_ids):
-                    for sid in set(subscription_ids) - set(kept):
-                        del self._subscriptions[sid]
-                    subscription_ids[:] = kept
-                    self._refresh_targets(topic)
+            for sid in [sid for sid, sub in self._subscriptions.items() if sub.queue == name]:
+                del self._subscriptions[sid]
+            for topic in self._topics:
+                self._refresh_targets(topic)
             self._store.remove_queue(queue_id)
             del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
 
@@ -453,34 +482,127 @@ class Broker:
     # -- subscriptions -----------------------------------------------------------------
 
     def _refresh_targets(self, topic: str) -> None:
-        targets = [self._queues[self._subscriptions[sid][1]]
-                   for sid in self._topic_subscriptions[topic]]
-        self._dispatcher.set_targets(self._topics[topic], targets)
+        """Recompute which subscriptions feed ``topic`` and hand them to the dispatcher.
 
-    def subscribe(self, topic: str, queue: str) -> int:
-        """Subscribe ``queue`` to ``topic``; returns the subscription id.
-
-        Subscribing the same pair again returns the existing id.
+        A pattern subscription feeds every topic its pattern matches, now or later, whose
+        FIFO-ness equals its queue's (others are passed over).
         """
+        fifo = self._topic_settings[topic].fifo
+        feeding = [
+            sid for sid, sub in sorted(self._subscriptions.items())
+            if (sub.topic == topic or (is_pattern(sub.topic) and pattern_matches(sub.topic, topic)))
+            and self._queue_settings[sub.queue].fifo == fifo
+        ]
+        self._topic_subscriptions[topic] = feeding
+        self._dispatcher.set_targets(
+            self._topics[topic],
+            [self._queues[self._subscriptions[sid].queue] for sid in feeding],
+            [self._subscriptions[sid].compiled for sid in feeding])
+
+    def _refresh_for(self, topic_or_pattern: str) -> None:
+        if is_pattern(topic_or_pattern):
+            for topic in self._topics:
+                if pattern_matches(topic_or_pattern, topic):
+                    self._refresh_targets(topic)
+        elif topic_or_pattern in self._topics:
+            self._refresh_targets(topic_or_pattern)
+
+    def subscribe(
+        self,
+        topic: str,
+        queue: str,
+        *,
+        filter_policy: Mapping[str, Any] | str | None = None,
+        filter_scope: str = "attributes",
+    ) -> int:
+        """Subscribe ``queue`` to a topic, or to every topic a pattern matches.
+
+        Args:
+            topic: a topic name, or a NATS-style pattern (``orders.*`` matches one more
+                token, ``orders.>`` one or more) that also covers topics created later.
+            queue: the queue that receives a copy of each matching message.
+            filter_policy: an SNS filter policy (dict or JSON text); None delivers all.
+            filter_scope: ``"attributes"`` (match message attributes) or ``"body"``
+                (match the body parsed as a JSON object).
+
+        Returns:
+            The subscription id. Subscribing the same pair again with the same policy
+            returns the existing id.
+
+        Raises:
+            InvalidFilterPolicy: the policy is malformed or over a limit.
+            AlreadyExists: the pair is subscribed already with another policy.
+        """
+        compiled, normalized = self._compile(filter_policy, filter_scope)
         with self._lock:
             self._now_us()
-            self._topic_id(topic)
+            if is_pattern(topic):
+                validate_pattern(topic)
+            else:
+                self._topic_id(topic)
+                topic_fifo = self._topic_settings[topic].fifo
+                if topic_fifo != self._queue_settings.get(queue, QueueSettings()).fifo:
+                    self._queue_id(queue)
+                    raise InvalidArgument(
+                        f"topic {topic!r} is {'FIFO' if topic_fifo else 'standard'} and queue "
+                        f"{queue!r} is not: a FIFO topic feeds FIFO queues only, and FIFO "
+                        f"queues subscribe to FIFO topics only")
             self._queue_id(queue)
-            topic_fifo = self._topic_settings[topic].fifo
-            if topic_fifo != self._queue_settings[queue].fifo:
-                raise InvalidArgument(
-                    f"topic {topic!r} is {'FIFO' if topic_fifo else 'standard'} and queue "
-                    f"{queue!r} is not: a FIFO topic feeds FIFO queues only, and FIFO queues "
-                    f"subscribe to FIFO topics only")
-            for sid in self._topic_subscriptions[topic]:
-                if self._subscriptions[sid][1] == queue:
+            for sid, sub in self._subscriptions.items():
+                if sub.topic == topic and sub.queue == queue:
+                    if (sub.filter_policy, sub.filter_scope) != (normalized, filter_scope):
+                        raise AlreadyExists(
+                            f"queue {queue!r} is subscribed to {topic!r} already (subscription "
+                            f"{sid}) with another filter policy; use set_filter_policy")
                     return sid
             sid = self._next_subscription
             self._next_subscription += 1
-            self._subscriptions[sid] = (topic, queue)
-            self._topic_subscriptions[topic].append(sid)
-            self._refresh_targets(topic)
+            self._subscriptions[sid] = Subscription(
+                topic, queue, normalized, filter_scope, compiled)
+            self._refresh_for(topic)
             return sid
+
+    @staticmethod
+    def _compile(policy: object, scope: str) -> tuple[CompiledPolicy | None, str | None]:
+        """Validate a policy; returns it compiled and as canonical JSON (None: no filter)."""
+        if scope not in SCOPES:
+            raise InvalidArgument(f"filter_scope must be one of {SCOPES}, got {scope!r}")
+        if policy is None:
+            return None, None
+        compiled = parse_policy(policy, scope)  # type: ignore[arg-type]
+        decoded = json.loads(policy) if isinstance(policy, str | bytes) else policy
+        return compiled, json.dumps(decoded, sort_keys=True)
+
+    def set_filter_policy(
+        self,
+        subscription_id: int,
+        filter_policy: Mapping[str, Any] | str | None,
+        *,
+        filter_scope: str = "attributes",
+    ) -> None:
+        """Replace a subscription's filter policy; it applies from the next publish on.
+
+        Args:
+            subscription_id: the subscription.
+            filter_policy: the new policy, or None to deliver everything.
+            filter_scope: ``"attributes"`` or ``"body"``.
+        """
+        compiled, normalized = self._compile(filter_policy, filter_scope)
+        with self._lock:
+            self._now_us()
+            sub = self._subscription(subscription_id)
+            self._subscriptions[subscription_id] = Subscription(
+                sub.topic, sub.queue, normalized, filter_scope, compiled)
+            self._refresh_for(sub.topic)
+
+    def _subscription(self, subscription_id: object) -> Subscription:
+        if type(subscription_id) is not int:
+            raise InvalidArgument(
+                f"subscription_id must be an int, got {type(subscription_id).__name__}")
+        sub = self._subscriptions.get(subscription_id)
+        if sub is None:
+            raise NotFound(f"subscription {subscription_id} does not exist")
+        return sub
 
     def unsubscribe(self, subscription_id: int) -> None:
         """Remove a subscription.
@@ -490,20 +612,21 @@ class Broker:
         """
         with self._lock:
             self._now_us()
-            if type(subscription_id) is not int:
-                raise InvalidArgument(
-                    f"subscription_id must be an int, got {type(subscription_id).__name__}")
-            pair = self._subscriptions.pop(subscription_id, None)
-            if pair is None:
-                raise NotFound(f"subscription {subscription_id} does not exist")
-            self._topic_subscriptions[pair[0]].remove(subscription_id)
-            self._refresh_targets(pair[0])
+            sub = self._subscription(subscription_id)
+            del self._subscriptions[subscription_id]
+            self._refresh_for(sub.topic)
 
     def list_subscriptions(self) -> dict[int, tuple[str, str]]:
-        """Every subscription: id -> (topic, queue)."""
+        """Every subscription: id -> (topic or pattern, queue)."""
         with self._lock:
             self._now_us()
-            return dict(self._subscriptions)
+            return {sid: (sub.topic, sub.queue) for sid, sub in self._subscriptions.items()}
+
+    def subscription(self, subscription_id: int) -> Subscription:
+        """The record of one subscription (topic or pattern, queue, filter policy)."""
+        with self._lock:
+            self._now_us()
+            return self._subscription(subscription_id)
 
     # -- publish and send --------------------------------------------------------------
 
