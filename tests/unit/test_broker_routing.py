@@ -67,7 +67,9 @@ def test_set_filter_policy_applies_to_the_next_publish(broker):
 def test_bad_policies_are_refused_and_change_nothing(broker):
     broker.create_topic("t")
     broker.create_queue("q")
-    for bad in ({"a": []}, {"a": [{"nope": 1}]}, "{not json", {"a": [{"numeric": [">", 5, "<", 1]}]}):
+    bad_policies = ({"a": []}, {"a": [{"nope": 1}]}, "{not json",
+                    {"a": [{"numeric": [">", 5, "<", 1]}]})
+    for bad in bad_policies:
         with pytest.raises(InvalidFilterPolicy):
             broker.subscribe("t", "q", filter_policy=bad)
     with pytest.raises(InvalidArgument):
