@@ -33,6 +33,7 @@ cdef class Dispatcher:
     cdef uint32_t topic_capacity
     cdef list topic_dedup          # topic id -> DedupWindow
     cdef list topic_filters        # topic id -> FilterSet over target positions, or None
+    cdef list batch_attributes     # per entry of the batch being filtered: dict or None
     cdef int64_t* matches          # FilterSet.match_into output
     cdef Py_ssize_t match_capacity
     cdef blob_t** scratch          # blobs of the batch being published

@@ -348,6 +348,7 @@ cdef class Dispatcher:
         cdef int room
         cdef bint any_content_dedup
         cdef bint with_keys = False
+        cdef bint filtering
         cdef bint keyed
         cdef blob_t* blob
         cdef unsigned char* skip
@@ -362,6 +363,13 @@ cdef class Dispatcher:
             any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
         try:
             # Pass 1: validate and encode every entry into a blob.
+            filtering = topic >= 0 and self.topic_filters[topic] is not None
+            if filtering:
+                # The filter matcher reads attribute dicts: keep the caller's instead of
+                # decoding each blob's copy again.
+                self.batch_attributes = [
+                    (<tuple>item)[1] if isinstance(item, PublishEntry) and (<tuple>item)[1]
+                    else None for item in items]
             for i in range(count):
                 self.scratch[i] = _make_blob(items[i], i, now_us)
                 made += 1
@@ -377,7 +385,7 @@ cdef class Dispatcher:
             memset(self.skip, 0, count * target_count)
             if topic >= 0:
                 self._check_topic(topic, count, now_us, with_keys)
-                if self.topic_filters[topic] is not None:
+                if filtering:
                     self._apply_filters(<uint32_t>topic, count)
             # Pass 2: per target, which copies it takes, and whether they all fit.
             for t in range(target_count):
@@ -393,6 +401,7 @@ cdef class Dispatcher:
         except BaseException:
             for i in range(made):
                 blob_release(self.scratch[i])
+            self.batch_attributes = None
             raise
         # Pass 3: commit. Ids go to accepted messages only, in entry order.
         next_id = store.next_message_id
@@ -449,6 +458,7 @@ cdef class Dispatcher:
         finally:
             for i in range(made):
                 blob_release(self.scratch[i])
+            self.batch_attributes = None
         if topic >= 0:
             self.topics[topic].published += accepted
             self.topics[topic].deliveries += copies
@@ -473,8 +483,11 @@ cdef class Dispatcher:
             if self.original[i]:
                 continue
             blob = self.scratch[i]
-            attributes = (_decode_attributes(blob.data[blob.body_len:blob.body_len + blob.attrs_len])
-                          if blob.attrs_len else {})
+            attributes = self.batch_attributes[i] if self.batch_attributes is not None else None
+            if attributes is None:
+                attributes = (_decode_attributes(
+                    blob.data[blob.body_len:blob.body_len + blob.attrs_len])
+                    if blob.attrs_len else {})
             found = filter_set.match_into(attributes, blob.data, blob.body_len,
                                           self.matches, self.match_capacity)
             next_match = 0
