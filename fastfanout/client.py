@@ -1,0 +1,1087 @@
+"""The blocking client: the ``Broker`` API over ZeroMQ, with batching and push consumers.
+
+Design
+------
+Prior art: the Kafka producer (records accumulate per target and are sent when a batch
+is full, after ``linger``, or on ``flush()``; each send returns a future), RabbitMQ's
+``basic.qos`` prefetch (the broker pushes while the consumer has credit), and trio's
+``*_nowait`` core under each blocking call.
+
+Choices:
+
+- ``publish()`` / ``send()`` return the ``PublishResult``, as ``Broker`` does: they join
+  the current batch of their target, flush it and wait. The pipelined form is
+  ``publish_nowait()`` / ``send_nowait()``, which return a ``PublishFuture`` and send
+  the batch when it holds ``batch_messages`` records or ``batch_bytes`` bytes, after
+  ``linger`` seconds, on ``flush()``, before any other request, and on ``close()``.
+  A batch is atomic on the broker: if it fails (say ``QueueFull``), every future of
+  that batch raises the error. Order is kept per target (topic or queue).
+- Many requests may be in flight; replies are matched by request id. A ``Client`` may be
+  used from several threads, but its calls are serialised by one lock.
+- Heartbeats: a background thread sends one every ``heartbeat_interval`` (the broker says
+  how often), so the broker learns quickly when this process dies and releases its
+  leases. If the broker stays silent for its ``heartbeat_timeout``, pending calls raise
+  ``BrokenConnection`` and the next call reconnects.
+- Deliveries stay in the codec's record form until user code iterates; ``consume``
+  yields ``RemoteMessage`` objects, ``consume_batches`` yields whole ``DeliveryBatch``es.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, overload
+
+from fastfanout import protocol
+from fastfanout.broker import QueueSettings, Subscription
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
+from fastfanout.protocol import BrokenConnection, Opcode, Status
+from fastfanout.records import (
+    Attributes,
+    DeadLetterInfo,
+    ExponentialBackoff,
+    PublishEntry,
+    PublishResult,
+)
+from fastfanout.runtime import default_endpoint
+from fastfanout.stats import BrokerStats
+from fastfanout.topic_pattern import pattern_matches
+from fastfanout.transport import CurveKeys, DealerTransport, SubTransport, TransportError
+
+__all__ = [
+    "BrokenConnection",
+    "Client",
+    "Consumer",
+    "DeliveryBatch",
+    "Listener",
+    "PublishFuture",
+    "RemoteMessage",
+    "RemotePublishBatch",
+    "StreamMessage",
+    "connect",
+]
+
+MAX_DELAY = 31_536_000.0
+
+
+def _attributes_bytes(attributes: Attributes | None) -> bytes:
+    if not attributes:
+        return b""
+    try:
+        return protocol.encode_payload(attributes)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"attributes {attributes!r} cannot be encoded: {exc}") from None
+
+
+def make_record(body: Any, attributes: Attributes | None = None, delay: float | None = None,
+                deliver_at: float | datetime | None = None, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> Any:
+    """Build one codec record for a publish or send (checks what only the client can)."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
+    if ttl is not None:
+        raise InvalidArgument("ttl is not carried by wire protocol version 1")
+    if delay is not None and deliver_at is not None:
+        raise InvalidArgument("give delay or deliver_at, not both")
+    deliver_at_us = 0
+    if delay is not None:
+        if (type(delay) not in (int, float) or not math.isfinite(delay)
+                or not 0 <= delay <= MAX_DELAY):
+            raise InvalidArgument(f"delay={delay!r} must be finite and from 0 to {MAX_DELAY:g} s")
+        deliver_at_us = round((time.time() + delay) * 1_000_000)
+    elif deliver_at is not None:
+        if isinstance(deliver_at, datetime):
+            if deliver_at.tzinfo is None:
+                raise InvalidArgument(f"deliver_at datetime {deliver_at!r} must be timezone-aware")
+            deliver_at = deliver_at.timestamp()
+        if type(deliver_at) not in (int, float) or not math.isfinite(deliver_at):
+            raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
+        deliver_at_us = max(1, round(deliver_at * 1_000_000))
+    if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):
+        raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
+    return protocol.codec_module().Record(
+        body, attributes=_attributes_bytes(attributes), group_id=group_id,
+        dedup_id=dedup_id, priority=priority, deliver_at_us=deliver_at_us or None)
+
+
+def entry_record(entry: Any) -> Any:
+    """A record for one ``publish_batch`` entry (bytes-like or ``PublishEntry``)."""
+    if isinstance(entry, PublishEntry):
+        return make_record(*entry)
+    return make_record(entry)
+
+
+class RemoteMessage:
+    """A message received over the wire; the same attributes as ``fastfanout.Message``.
+
+    Attributes:
+        id: broker-unique, increasing message id.
+        body: the body bytes.
+        timestamp: clock seconds when it was published or sent.
+        receive_count: deliveries of this message by this queue, this one included.
+        receipt: the receipt of this delivery, for ack/nack/extend/term.
+        queue: the queue it was received from.
+        group_id: FIFO group, or None.
+        dedup_id: deduplication id, or None.
+        priority: priority (0 when the queue has none).
+        dead_letter: a DeadLetterInfo when it was dead-lettered into this queue, else None.
+    """
+
+    __slots__ = ("_attributes", "_consumer", "_encoded", "_owner", "body", "dead_letter",
+                 "dedup_id", "group_id", "id", "priority", "queue", "receipt",
+                 "receive_count", "timestamp")
+
+    def __init__(self, record: Any, owner: Any, consumer: Consumer | None,
+                 dead_letter: DeadLetterInfo | None = None) -> None:
+        self.id: int = record.id
+        self.body: bytes = record.body
+        self._encoded: bytes = record.attributes
+        self._attributes: Attributes | None = None
+        self.timestamp: float = record.timestamp_us / 1e6
+        self.receive_count: int = record.receive_count
+        self.receipt: int = record.receipt
+        self.queue: str = record.name or ""
+        self.group_id: str | None = record.group_id
+        self.dedup_id: str | None = record.dedup_id
+        self.priority: int = record.priority or 0
+        self.dead_letter = dead_letter
+        self._owner = owner
+        self._consumer = consumer
+
+    @property
+    def attributes(self) -> Attributes:
+        """Message attributes: name -> str | int | float | bytes | list[str]."""
+        if self._attributes is None:
+            self._attributes = protocol.decode_payload(self._encoded) if self._encoded else {}
+        return self._attributes
+
+    def _settled(self) -> None:
+        if self._consumer is not None:
+            self._consumer._return_credit(1)
+            self._consumer = None
+
+    def ack(self) -> None:
+        """Delete the message (its lease must still run); raises StaleReceipt otherwise."""
+        try:
+            self._owner.ack(self.receipt)
+        finally:
+            self._settled()
+
+    def nack(self, delay: float | None = None) -> None:
+        """End the lease; visible again after ``delay`` seconds (None: queue backoff)."""
+        try:
+            self._owner.nack(self.receipt, delay=delay)
+        finally:
+            self._settled()
+
+    def extend(self, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (0: give the message back)."""
+        self._owner.extend(self.receipt, seconds)
+        if seconds == 0:
+            self._settled()
+
+    def term(self) -> None:
+        """Dead-letter the message at once (reason ``rejected``)."""
+        try:
+            self._owner.term(self.receipt)
+        finally:
+            self._settled()
+
+    def __repr__(self) -> str:
+        return (f"RemoteMessage(id={self.id}, queue={self.queue!r}, "
+                f"receive_count={self.receive_count}, body={self.body[:32]!r})")
+
+
+def _dead_letters(frames: list[bytes]) -> dict[int, DeadLetterInfo]:
+    if len(frames) < 2:
+        return {}
+    raw = protocol.decode_payload(frames[1])
+    return {int(index): DeadLetterInfo(*fields) for index, fields in raw.items()}
+
+
+def decode_delivery(frames: list[bytes], owner: Any, consumer: Consumer | None = None
+                    ) -> list[RemoteMessage]:
+    """Turn a delivery payload (records frame, optional dead-letter frame) into messages."""
+    records = protocol.codec_module().decode_batch(frames[0])
+    dead = _dead_letters(frames)
+    return [RemoteMessage(record, owner, consumer, dead.get(index))
+            for index, record in enumerate(records)]
+
+
+class RemotePublishBatch(Sequence[PublishResult]):
+    """The results of a publish or send batch: a sequence of ``PublishResult``."""
+
+    def __init__(self, frame: bytes) -> None:
+        self._ids, self._deliveries, self._duplicates = protocol.decode_results(frame)
+
+    @property
+    def message_ids(self) -> list[int]:
+        """The message id of every entry, in order."""
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> PublishResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PublishResult]: ...
+
+    def __getitem__(self, index: int | slice) -> PublishResult | list[PublishResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return PublishResult(self._ids[index], self._deliveries[index], self._duplicates[index])
+
+
+class _Pending:
+    """One request in flight."""
+
+    __slots__ = ("error", "frames")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] | None = None
+        self.error: FastFanoutError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.frames is not None or self.error is not None
+
+
+class _Batch:
+    __slots__ = ("futures", "records", "size")
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+        self.futures: list[PublishFuture] = []
+        self.size = 0
+
+
+class PublishFuture:
+    """The eventual result of ``publish_nowait`` / ``send_nowait``."""
+
+    __slots__ = ("_batch_results", "_client", "_index", "_pending")
+
+    def __init__(self, client: Client, index: int) -> None:
+        self._client = client
+        self._index = index
+        self._pending: _Pending | None = None
+        self._batch_results: list[RemotePublishBatch | None] | None = None
+
+    def done(self) -> bool:
+        """True once the broker answered (or the batch failed)."""
+        return self._pending is not None and self._pending.done
+
+    def result(self, timeout: float | None = None) -> PublishResult:
+        """Wait for the broker's answer (flushing the batch if needed) and return it.
+
+        Args:
+            timeout: seconds to wait at most (default: the client's timeout).
+
+        Raises:
+            FastFanoutError: the error of the whole batch this publish travelled in.
+        """
+        if self._pending is None:
+            self._client.flush()
+        assert self._pending is not None and self._batch_results is not None
+        results = self._batch_results[0]
+        if results is None:
+            frames = self._client._wait(self._pending, timeout)
+            results = self._batch_results[0] = RemotePublishBatch(frames[0])
+        return results[self._index]
+
+
+class Consumer(Iterator[RemoteMessage]):
+    """Messages pushed by the broker for one queue, as an iterator (``Client.consume``).
+
+    Attributes:
+        queue: the queue consumed.
+        prefetch: most unsettled messages the broker pushes to this consumer.
+    """
+
+    def __init__(self, client: Client, queue: str, prefetch: int, request_id: int) -> None:
+        self.queue = queue
+        self.prefetch = prefetch
+        self._client = client
+        self._request_id = request_id
+        self._batches: deque[list[bytes]] = deque()
+        self._messages: deque[RemoteMessage] = deque()
+        self._credit_owed = 0
+        self.error: FastFanoutError | None = None
+        self.closed = False
+
+    def _return_credit(self, count: int) -> None:
+        self._credit_owed += count
+        if self._credit_owed >= max(1, self.prefetch // 4) and not self.closed:
+            self._client._grant(self._request_id, self._credit_owed)
+            self._credit_owed = 0
+
+    def _next_frames(self, timeout: float | None) -> list[bytes] | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._batches:
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                raise StopIteration
+            if self._credit_owed:
+                self._client._grant(self._request_id, self._credit_owed)
+                self._credit_owed = 0
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self._client._pump_once(0.1 if remaining is None else min(0.1, remaining))
+        return self._batches.popleft()
+
+    def __next__(self) -> RemoteMessage:
+        if not self._messages:
+            frames = self._next_frames(None)
+            assert frames is not None
+            self._messages.extend(decode_delivery(frames, self._client, self))
+        return self._messages.popleft()
+
+    def next_batch(self, timeout: float | None = None) -> DeliveryBatch | None:
+        """The next pushed batch, waiting up to ``timeout`` seconds (None: forever)."""
+        frames = self._next_frames(timeout)
+        return None if frames is None else DeliveryBatch(frames, self)
+
+    def cancel(self) -> None:
+        """Stop the pushes (messages already received stay leased until settled)."""
+        if not self.closed:
+            self.closed = True
+            self._client._cancel(self._request_id)
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class DeliveryBatch(Sequence[RemoteMessage]):
+    """One pushed batch: messages are built only when indexed or iterated."""
+
+    def __init__(self, frames: list[bytes], consumer: Consumer) -> None:
+        self._frames = frames
+        self._consumer = consumer
+        self._records: list[Any] = protocol.codec_module().decode_batch(frames[0])
+        self._messages: list[RemoteMessage] | None = None
+        self._settled = False
+
+    @property
+    def receipts(self) -> list[int]:
+        """The receipt of every message of the batch."""
+        return [record.receipt for record in self._records]
+
+    @property
+    def bodies(self) -> list[bytes]:
+        """The body of every message of the batch."""
+        return [record.body for record in self._records]
+
+    def _materialise(self) -> list[RemoteMessage]:
+        if self._messages is None:
+            dead = _dead_letters(self._frames)
+            client = self._consumer._client
+            self._messages = [RemoteMessage(record, client, None, dead.get(index))
+                              for index, record in enumerate(self._records)]
+        return self._messages
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, index: int) -> RemoteMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RemoteMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> RemoteMessage | list[RemoteMessage]:
+        return self._materialise()[index]
+
+    def ack(self, wait: bool = False) -> None:
+        """Ack every message of the batch and return its credit.
+
+        Args:
+            wait: wait for the broker's answer (raising ``StaleReceipt``); by default the
+                ack is pipelined and a failure is only logged by the broker's counters.
+        """
+        if self._settled:
+            return
+        self._settled = True
+        client = self._consumer._client
+        pending = client._request(Opcode.ACK, [protocol.encode_receipts(self.receipts)])
+        self._consumer._return_credit(len(self._records))
+        if wait:
+            client._wait(pending, None)
+        else:
+            client._discard(pending)
+
+
+class StreamMessage:
+    """A message received by a stream listener (at most once, no receipt).
+
+    Attributes:
+        topic: the topic it was published to.
+        sequence: its topic's sequence number (gaps mean missed messages).
+        id: broker-unique message id.
+        body: the body bytes.
+        timestamp: clock seconds when the broker streamed it.
+        group_id: FIFO group, or None.
+        dedup_id: deduplication id, or None.
+        priority: priority given by the publisher.
+    """
+
+    __slots__ = ("_encoded", "body", "dedup_id", "group_id", "id", "priority", "sequence",
+                 "timestamp", "topic")
+
+    def __init__(self, topic: str, record: Any) -> None:
+        self.topic = topic
+        self.sequence: int = record.receipt or 0
+        self.id: int = record.id
+        self.body: bytes = record.body
+        self._encoded: bytes = record.attributes
+        self.timestamp: float = record.timestamp_us / 1e6
+        self.group_id: str | None = record.group_id
+        self.dedup_id: str | None = record.dedup_id
+        self.priority: int = record.priority or 0
+
+    @property
+    def attributes(self) -> Attributes:
+        """Message attributes (decoded on access)."""
+        decoded: Attributes = protocol.decode_payload(self._encoded) if self._encoded else {}
+        return decoded
+
+    def __repr__(self) -> str:
+        return f"StreamMessage(topic={self.topic!r}, sequence={self.sequence}, id={self.id})"
+
+
+def stream_prefix(topic_pattern: str) -> bytes:
+    """The SUB prefix that covers a topic pattern: everything before the first wildcard."""
+    cut = len(topic_pattern)
+    for token in ("*", ">"):
+        position = topic_pattern.find(token)
+        if position >= 0:
+            cut = min(cut, position)
+    return topic_pattern[:cut].encode()
+
+
+class Listener(Iterator[StreamMessage]):
+    """Stream messages of the topics matching a pattern (``Client.listen``).
+
+    Attributes:
+        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
+        gaps: messages missed so far, counted from sequence numbers per topic.
+        received: messages received so far.
+    """
+
+    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None) -> None:
+        self.pattern = pattern
+        self._wildcard = stream_prefix(pattern) != pattern.encode()
+        self._transport = SubTransport(stream_endpoint, [stream_prefix(pattern)], curve)
+        self._last: dict[str, int] = {}
+        self._pending: deque[StreamMessage] = deque()
+        self.gaps = 0
+        self.received = 0
+
+    def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
+        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining < 0:
+                return None
+            frames = self._transport.recv(min(remaining, 1.0))
+            if frames is None or len(frames) != 2:
+                continue
+            topic = frames[0].decode(errors="replace")
+            if topic != self.pattern and not (
+                    self._wildcard and pattern_matches(self.pattern, topic)):
+                continue  # a longer topic sharing the prefix
+            records = protocol.codec_module().decode_batch(frames[1])
+            if not records:
+                continue
+            first, last = records[0].receipt or 0, records[-1].receipt or 0
+            previous = self._last.get(topic)
+            if previous is not None and first > previous + 1:
+                self.gaps += first - previous - 1
+            self._last[topic] = last
+            self.received += len(records)
+            return [StreamMessage(topic, record) for record in records]
+
+    def __next__(self) -> StreamMessage:
+        while not self._pending:
+            batch = self.recv_batch(None)
+            if batch:
+                self._pending.extend(batch)
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        """Close the SUB socket."""
+        self._transport.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """A connection to a broker server, with the methods and errors of ``Broker``.
+
+    Args:
+        endpoint: the broker's command endpoint (default: the per-user ipc socket).
+        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
+        linger: seconds a pipelined publish may wait for more to batch with.
+        batch_messages: records per publish batch before it is sent.
+        batch_bytes: body bytes per publish batch before it is sent.
+        curve: client CURVE keys (with the broker's public key) for a CURVE broker.
+
+    Raises:
+        BrokenConnection: no broker answered the handshake within ``timeout``.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 linger: float = 0.002, batch_messages: int = 1000,
+                 batch_bytes: int = 1 << 20, curve: CurveKeys | None = None) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = timeout
+        self.linger = linger
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        self._curve = curve
+        self._lock = threading.RLock()
+        self._transport: DealerTransport | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._discarded: set[int] = set()
+        self._consumers: dict[int, Consumer] = {}
+        self._batches: dict[tuple[int, str], _Batch] = {}
+        self._oldest_batch = 0.0
+        self._next_id = 1
+        self._closed = False
+        self._last_heard = 0.0
+        self._last_sent_heartbeat = 0.0
+        self.info: dict[str, Any] = {}
+        self._kick = threading.Event()
+        self._connect()
+        self._thread = threading.Thread(target=self._background, name="fastfanout-client",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- connection --------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        try:
+            self._transport = DealerTransport(self.endpoint, self._curve)
+        except TransportError as exc:
+            raise BrokenConnection(str(exc)) from None
+        self._last_heard = time.monotonic()
+        pending = self._request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
+                                flush=False)
+        try:
+            frames = self._wait(pending, self.timeout, handshake=True)
+        except BrokenConnection:
+            self._drop_transport()
+            raise
+        self.info = protocol.decode_payload(frames[0])
+
+    def _drop_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _broken(self, error: FastFanoutError) -> None:
+        """The broker vanished: fail every pending call and consumer; reconnect later."""
+        self._drop_transport()
+        for pending in self._pending.values():
+            pending.error = error
+        self._pending.clear()
+        self._discarded.clear()
+        for consumer in self._consumers.values():
+            consumer.error = error
+        self._consumers.clear()
+        for batch in self._batches.values():
+            for future in batch.futures:
+                future._pending = _Pending()
+                future._pending.error = error
+                future._batch_results = [None]
+        self._batches.clear()
+
+    def _ensure(self) -> DealerTransport:
+        if self._closed:
+            raise Closed("the client is closed")
+        if self._transport is None:
+            self._connect()
+        assert self._transport is not None
+        return self._transport
+
+    # -- requests and replies -----------------------------------------------------------
+
+    def _request(self, opcode: int, payload: list[bytes], *, flush: bool = True) -> _Pending:
+        with self._lock:
+            if flush and self._batches:
+                self._flush_batches()
+            transport = self._transport if opcode == Opcode.HELLO else self._ensure()
+            assert transport is not None
+            request_id = self._next_id
+            self._next_id += 1
+            pending = self._pending[request_id] = _Pending()
+            transport.send([protocol.encode_header(opcode, request_id), *payload])
+            return pending
+
+    def _discard(self, pending: _Pending) -> None:
+        """Forget a pipelined request's reply (its errors are counted by the broker)."""
+        for request_id, other in self._pending.items():
+            if other is pending:
+                self._discarded.add(request_id)
+                break
+
+    def _pump_once(self, timeout: float) -> None:
+        """Read and dispatch broker messages for up to ``timeout`` seconds."""
+        with self._lock:
+            transport = self._ensure()
+            frames = transport.recv(timeout)
+            now = time.monotonic()
+            if frames is None:
+                silence = now - self._last_heard
+                limit = float(self.info.get("heartbeat_timeout", 2.0)) * 1.5
+                if silence > limit and (self._pending or self._consumers):
+                    self._broken(BrokenConnection(
+                        f"the broker at {self.endpoint} sent nothing for {silence:.1f} s "
+                        f"(heartbeat timeout {limit:.1f} s); is it running?"))
+                return
+            self._last_heard = now
+            while frames is not None:
+                self._dispatch(frames)
+                if self._transport is None:
+                    return
+                frames = self._transport.recv(0)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        try:
+            _, status, request_id = protocol.decode_header(frames[0])
+        except protocol.MalformedFrame:
+            return
+        if status == Status.OK or status == Status.ERROR:
+            pending = self._pending.pop(request_id, None)
+            if pending is None:
+                return
+            if request_id in self._discarded:
+                self._discarded.discard(request_id)
+                return
+            if status == Status.OK:
+                pending.frames = frames[1:]
+            else:
+                pending.error = protocol.decode_error(frames[1] if len(frames) > 1 else b"")
+        elif status == Status.PUSH:
+            consumer = self._consumers.get(request_id)
+            if consumer is not None:
+                consumer._batches.append(frames[1:])
+        elif status == Status.END:
+            consumer = self._consumers.pop(request_id, None)
+            if consumer is not None:
+                consumer.error = protocol.decode_error(frames[1] if len(frames) > 1 else b"")
+        elif status == Status.GOODBYE:
+            self._broken(protocol.ServerStopping(
+                f"the broker at {self.endpoint} is stopping; the next call reconnects"))
+
+    def _wait(self, pending: _Pending, timeout: float | None, *, extra: float = 0.0,
+              handshake: bool = False) -> list[bytes]:
+        """Pump until ``pending`` is answered; returns its payload or raises its error."""
+        limit = (self.timeout if timeout is None else timeout) + extra
+        deadline = time.monotonic() + limit
+        while not pending.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                with self._lock:
+                    self._broken(BrokenConnection(
+                        f"no reply from the broker at {self.endpoint} within {limit:.1f} s"
+                        + ("; is it running?" if handshake else "")))
+                break
+            self._pump_once(min(remaining, 0.05))
+            if handshake and self._transport is None:
+                break
+        if pending.error is not None:
+            raise pending.error
+        if pending.frames is None:
+            raise BrokenConnection(f"no reply from the broker at {self.endpoint}")
+        return pending.frames
+
+    def _call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
+        pending = self._request(opcode, [protocol.encode_payload([list(args), kwargs])])
+        frames = self._wait(pending, None)
+        return protocol.decode_payload(frames[0]) if frames else None
+
+    def _background(self) -> None:
+        """Heartbeats and linger flushes, until close."""
+        while not self._closed:
+            interval = float(self.info.get("heartbeat_interval", 0.25))
+            self._kick.wait(self.linger if self._batches else interval)
+            self._kick.clear()
+            if self._closed:
+                return
+            if not self._lock.acquire(timeout=interval):
+                continue  # another thread is busy with the socket; it heartbeats too
+            try:
+                if self._transport is None:
+                    continue
+                now = time.monotonic()
+                if self._batches and now - self._oldest_batch >= self.linger:
+                    self._flush_batches()
+                if now - self._last_sent_heartbeat >= interval:
+                    self._last_sent_heartbeat = now
+                    self._discard(self._request(Opcode.HEARTBEAT, [], flush=False))
+                    self._pump_once(0)
+            except FastFanoutError:
+                pass
+            finally:
+                self._lock.release()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def _enqueue(self, opcode: int, name: str, record: Any) -> PublishFuture:
+        with self._lock:
+            self._ensure()
+            key = (opcode, name)
+            batch = self._batches.get(key)
+            if batch is None:
+                if not self._batches:
+                    self._oldest_batch = time.monotonic()
+                    self._kick.set()
+                batch = self._batches[key] = _Batch()
+            future = PublishFuture(self, len(batch.records))
+            batch.records.append(record)
+            batch.futures.append(future)
+            batch.size += len(record.body) + 64
+            if len(batch.records) >= self.batch_messages or batch.size >= self.batch_bytes:
+                self._send_batch(key, self._batches.pop(key))
+            return future
+
+    def _send_batch(self, key: tuple[int, str], batch: _Batch) -> None:
+        frame = protocol.codec_module().encode_batch(batch.records)
+        pending = self._request(key[0], [key[1].encode(), frame], flush=False)
+        results: list[RemotePublishBatch | None] = [None]
+        for future in batch.futures:
+            future._pending = pending
+            future._batch_results = results
+
+    def _flush_batches(self) -> None:
+        batches, self._batches = self._batches, {}
+        for key, batch in batches.items():
+            self._send_batch(key, batch)
+
+    def flush(self) -> None:
+        """Send every pending publish batch now (does not wait for the answers)."""
+        with self._lock:
+            if self._batches:
+                self._flush_batches()
+
+    def publish_nowait(self, topic: str, body: bytes | bytearray | memoryview, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None) -> PublishFuture:
+        """Add a message to the current batch of ``topic``; returns a future of its result.
+
+        See ``publish`` for the arguments (``delay`` in seconds).
+        """
+        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id, priority)
+        return self._enqueue(Opcode.PUBLISH, topic, record)
+
+    def send_nowait(self, queue: str, body: bytes | bytearray | memoryview, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None
+                    ) -> PublishFuture:
+        """Add a message to the current batch of ``queue``; returns a future of its result."""
+        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id, priority)
+        return self._enqueue(Opcode.SEND, queue, record)
+
+    def publish(self, topic: str, body: bytes | bytearray | memoryview, *,
+                attributes: Attributes | None = None, delay: float | None = None,
+                deliver_at: float | datetime | None = None, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> PublishResult:
+        """Publish one message to every queue subscribed to ``topic`` and wait for the result.
+
+        Args:
+            topic: the topic name.
+            body: the body (bytes-like).
+            attributes: name -> str | int | float | bytes | list[str].
+            delay: seconds before the copies become visible.
+            deliver_at: absolute clock seconds (or an aware datetime) of visibility.
+            group_id: FIFO group.
+            dedup_id: deduplication id.
+            priority: 0 to 255.
+            ttl: not carried by protocol version 1 (raises ``InvalidArgument``).
+        """
+        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id,
+                             priority, ttl)
+        return self._enqueue(Opcode.PUBLISH, topic, record).result()
+
+    def send(self, queue: str, body: bytes | bytearray | memoryview, *,
+             attributes: Attributes | None = None, delay: float | None = None,
+             deliver_at: float | datetime | None = None, group_id: str | None = None,
+             dedup_id: str | None = None, priority: int | None = None,
+             ttl: float | None = None) -> PublishResult:
+        """Send one message straight to a queue (see ``publish``)."""
+        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id,
+                             priority, ttl)
+        return self._enqueue(Opcode.SEND, queue, record).result()
+
+    def _batch_call(self, opcode: int, name: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
+        records = [entry_record(entry) for entry in entries]
+        frame = protocol.codec_module().encode_batch(records)
+        pending = self._request(opcode, [name.encode(), frame])
+        return RemotePublishBatch(self._wait(pending, None)[0])
+
+    def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
+        return self._batch_call(Opcode.PUBLISH, topic, entries)
+
+    def send_batch(self, queue: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Send many messages straight to a queue: all enqueued, or none."""
+        return self._batch_call(Opcode.SEND, queue, entries)
+
+    # -- receiving and settling ---------------------------------------------------------
+
+    def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
+                visibility_timeout: float | None = None) -> list[RemoteMessage]:
+        """Lease up to ``max_messages`` visible messages (``wait``: long-poll seconds)."""
+        pending = self._request(Opcode.RECEIVE, [protocol.encode_payload([[], {
+            "queue": queue, "max_messages": max_messages, "wait": wait,
+            "visibility_timeout": visibility_timeout}])])
+        extra = float(wait) if type(wait) in (int, float) and math.isfinite(wait) else 0.0
+        return decode_delivery(self._wait(pending, None, extra=extra), self)
+
+    def ack(self, receipt: int) -> None:
+        """Delete the message of a delivery (raises ``StaleReceipt`` if its lease ended)."""
+        self._wait(self._request(Opcode.ACK, [protocol.encode_receipts([receipt])]), None)
+
+    def ack_batch(self, receipts: Iterable[int]) -> None:
+        """Ack many deliveries: all, or (if any receipt is stale) none."""
+        payload = protocol.encode_receipts(list(receipts))
+        self._wait(self._request(Opcode.ACK, [payload]), None)
+
+    def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early; visible again after ``delay`` seconds."""
+        self._call(Opcode.NACK, receipt, delay=delay)
+
+    def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (0: return the message at once)."""
+        self._call(Opcode.EXTEND, receipt, seconds)
+
+    def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now (reason ``rejected``)."""
+        self._call(Opcode.TERM, receipt)
+
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None) -> Consumer:
+        """Start a push consumer: iterate it for messages, ``next_batch()`` for batches.
+
+        Args:
+            queue: the queue to consume.
+            prefetch: most unsettled messages the broker pushes at once (credit).
+            visibility_timeout: lease of each pushed message, seconds (default: queue's).
+        """
+        pending = self._request(Opcode.CONSUME, [protocol.encode_payload([[], {
+            "queue": queue, "prefetch": prefetch,
+            "visibility_timeout": visibility_timeout}])])
+        with self._lock:
+            request_id = next(rid for rid, other in self._pending.items() if other is pending)
+            consumer = self._consumers[request_id] = Consumer(self, queue, prefetch, request_id)
+        try:
+            self._wait(pending, None)
+        except FastFanoutError:
+            self._consumers.pop(request_id, None)
+            raise
+        return consumer
+
+    def consume_batches(self, queue: str, *, prefetch: int = 1000,
+                        visibility_timeout: float | None = None) -> Iterator[DeliveryBatch]:
+        """Iterate over pushed batches; ``batch.ack()`` settles a batch and returns credit."""
+        consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout)
+        try:
+            while True:
+                batch = consumer.next_batch(None)
+                if batch is not None:
+                    yield batch
+        finally:
+            consumer.cancel()
+
+    def _grant(self, consumer_id: int, count: int) -> None:
+        with self._lock:
+            if self._transport is None:
+                return
+            request_id = self._next_id
+            self._next_id += 1
+            self._transport.send([protocol.encode_header(Opcode.CREDIT, request_id),
+                                  protocol.encode_payload([consumer_id, count])])
+
+    def _cancel(self, consumer_id: int) -> None:
+        with self._lock:
+            self._consumers.pop(consumer_id, None)
+            if self._transport is None or self._closed:
+                return
+        try:
+            self._call(Opcode.CANCEL, consumer_id)
+        except FastFanoutError:
+            pass
+
+    def listen(self, topic_pattern: str) -> Listener:
+        """Follow the stream of every topic matching ``topic_pattern`` (at most once)."""
+        self._ensure()
+        return Listener(str(self.info["stream_endpoint"]), topic_pattern, self._curve)
+
+    # -- the rest of the Broker API ----------------------------------------------------
+
+    def create_topic(self, name: str, *, fifo: bool = False, content_dedup: bool = False,
+                     dedup_window: float = 300.0) -> None:
+        """Create a topic; a no-op if it exists (see ``Broker.create_topic``)."""
+        self._call(Opcode.CREATE_TOPIC, name, fifo=fifo, content_dedup=content_dedup,
+                   dedup_window=dedup_window)
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+        self._call(Opcode.DELETE_TOPIC, name)
+
+    def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+        return list(self._call(Opcode.LIST_TOPICS))
+
+    def create_queue(self, name: str, **settings: Any) -> None:
+        """Create a queue; the settings are those of ``Broker.create_queue`` (seconds, bytes)."""
+        if "redelivery_backoff" in settings:
+            settings["redelivery_backoff"] = protocol.backoff_to_wire(
+                settings["redelivery_backoff"])
+        self._call(Opcode.CREATE_QUEUE, name, **settings)
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and its subscriptions."""
+        self._call(Opcode.DELETE_QUEUE, name)
+
+    def list_queues(self) -> list[str]:
+        """Names of every queue, sorted."""
+        return list(self._call(Opcode.LIST_QUEUES))
+
+    def queue_settings(self, name: str) -> QueueSettings:
+        """The settings queue ``name`` was created with."""
+        raw = dict(self._call(Opcode.QUEUE_SETTINGS, name))
+        raw["redelivery_backoff"] = protocol.backoff_from_wire(raw.get("redelivery_backoff"))
+        return QueueSettings(**raw)
+
+    def subscribe(self, topic: str, queue: str, *,
+                  filter_policy: Mapping[str, Any] | str | None = None,
+                  filter_scope: str = "attributes") -> int:
+        """Subscribe ``queue`` to ``topic`` (a name or pattern); returns the subscription id."""
+        return int(self._call(Opcode.SUBSCRIBE, topic, queue, filter_policy=filter_policy,
+                              filter_scope=filter_scope))
+
+    def unsubscribe(self, subscription_id: int) -> None:
+        """Remove a subscription."""
+        self._call(Opcode.UNSUBSCRIBE, subscription_id)
+
+    def set_filter_policy(self, subscription_id: int,
+                          filter_policy: Mapping[str, Any] | str | None, *,
+                          filter_scope: str = "attributes") -> None:
+        """Replace a subscription's filter policy (takes effect at once)."""
+        self._call(Opcode.SET_FILTER_POLICY, subscription_id, filter_policy,
+                   filter_scope=filter_scope)
+
+    def subscription(self, subscription_id: int) -> Subscription:
+        """One subscription's topic, queue and filter policy."""
+        return Subscription(**self._call(Opcode.SUBSCRIPTION, subscription_id))
+
+    def list_subscriptions(self) -> dict[int, tuple[str, str]]:
+        """Every subscription: id -> (topic, queue)."""
+        raw = self._call(Opcode.LIST_SUBSCRIPTIONS)
+        return {int(key): (value[0], value[1]) for key, value in raw.items()}
+
+    def redrive(self, dead_letter_queue: str, *, to: str | None = None,
+                max_messages: int | None = None) -> int:
+        """Move dead-lettered messages back to their source queue (or to ``to``)."""
+        return int(self._call(Opcode.REDRIVE, dead_letter_queue, to=to,
+                              max_messages=max_messages))
+
+    def purge(self, queue: str) -> int:
+        """Remove every message of a queue; returns how many."""
+        return int(self._call(Opcode.PURGE, queue))
+
+    def stats(self) -> BrokerStats:
+        """Counters of every topic and queue."""
+        pending = self._request(Opcode.STATS, [protocol.encode_payload([[], {}])])
+        frames = self._wait(pending, None)
+        import msgspec
+
+        return msgspec.msgpack.decode(frames[0], type=BrokerStats)
+
+    def server_stats(self) -> dict[str, Any]:
+        """The server's own counters: connections, consumers, errors by code, streams."""
+        frames = self._wait(self._request(Opcode.SERVER_STATS, []), None)
+        stats: dict[str, Any] = protocol.decode_payload(frames[0])
+        return stats
+
+    def check(self) -> bool:
+        """Verify the broker core's internal invariants (slow; for tests)."""
+        return bool(self._call(Opcode.CHECK))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush pending publishes, wait for their answers, say goodbye and disconnect.
+
+        Args:
+            timeout: seconds to wait for the broker's answers at most.
+        """
+        if self._closed:
+            return
+        try:
+            with self._lock:
+                if self._transport is not None:
+                    futures = [f for batch in self._batches.values() for f in batch.futures]
+                    self._flush_batches()
+                    for consumer in list(self._consumers.values()):
+                        consumer.closed = True
+                    self._consumers.clear()
+                    try:
+                        for future in futures:
+                            future.result(timeout)
+                        self._wait(self._request(Opcode.BYE, [], flush=False), timeout)
+                    except FastFanoutError:
+                        pass
+        finally:
+            self._closed = True
+            self._kick.set()
+            self._thread.join(timeout)
+            with self._lock:
+                self._drop_transport()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def connect(endpoint: str | None = None, **options: Any) -> Client:
+    """Connect to a broker server (default: the per-user ipc endpoint).
+
+    Args:
+        endpoint: ``ipc://PATH`` or ``tcp://HOST:PORT``.
+        **options: keyword arguments of ``Client`` (``timeout``, ``linger``, ...).
+    """
+    return Client(endpoint, **options)
+
+
+_ = ExponentialBackoff  # re-exported type users pass as redelivery_backoff

@@ -1,0 +1,386 @@
+"""The wire protocol of server mode: headers, opcodes, statuses, error codes, payloads.
+
+Design
+------
+Prior art: the ZeroMQ Guide's "Majordomo" and "Clone" patterns (a DEALER/ROUTER request
+envelope with a small binary header), Kafka's request header (api key, version,
+correlation id) and NATS' "many requests in flight, matched by id". ``docs/protocol.md``
+is the normative text; this module is its executable half and holds no socket code.
+
+Invariants:
+
+- Every message from a client is ``[header, *payload]``; every message from the broker is
+  ``[header, *payload]`` (ROUTER adds and strips the routing id). A header is 12 bytes:
+  ``b"FF"``, the protocol version (u8), the opcode (requests) or the status (replies and
+  pushes) (u8), and a request id (u64, little endian) that the reply echoes.
+- Control payloads are one msgpack frame; hot payloads (publish, deliveries, acks) are
+  binary: a record batch in the native codec layout (``FFB1``), or packed u64 arrays.
+- A failure is a reply with status ``ERROR`` and one msgpack frame
+  ``[code, message, receipts]``: ``code`` is the stable string of an error class, so the
+  client re-raises the very class the embedded broker raises.
+- Nothing here depends on ZeroMQ: the same bytes could travel over any framed transport.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Any, Final
+
+import msgspec
+
+from fastfanout.errors import FastFanoutError, InvalidArgument, StaleReceipt, error_for_code
+
+__all__ = [
+    "HEADER",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "BrokenConnection",
+    "MalformedFrame",
+    "Opcode",
+    "ProtocolError",
+    "RequestTooLarge",
+    "ServerStopping",
+    "SessionExpired",
+    "Status",
+    "UnknownOpcode",
+    "UnsupportedVersion",
+    "decode_error",
+    "decode_header",
+    "decode_payload",
+    "decode_receipts",
+    "decode_results",
+    "encode_error",
+    "encode_header",
+    "encode_payload",
+    "encode_receipts",
+    "encode_results",
+    "error_class",
+]
+
+MAGIC: Final = b"FF"
+"""First two bytes of every header."""
+PROTOCOL_VERSION: Final = 1
+"""The version this implementation speaks; a header with another is refused."""
+HEADER: Final = struct.Struct("<2sBBQ")
+"""magic (2 bytes), version (u8), opcode or status (u8), request id (u64): 12 bytes."""
+
+DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
+"""Largest request a broker answers by default (bytes, all frames together)."""
+DEFAULT_MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
+"""Default ``ZMQ_MAXMSGSIZE``: a bigger frame makes libzmq drop the connection."""
+
+
+class Opcode(IntEnum):
+    """Request opcodes (client -> broker). See docs/protocol.md for each payload."""
+
+    HELLO = 0x01
+    HEARTBEAT = 0x02
+    BYE = 0x03
+    CREATE_TOPIC = 0x10
+    DELETE_TOPIC = 0x11
+    LIST_TOPICS = 0x12
+    CREATE_QUEUE = 0x13
+    DELETE_QUEUE = 0x14
+    LIST_QUEUES = 0x15
+    QUEUE_SETTINGS = 0x16
+    SUBSCRIBE = 0x17
+    UNSUBSCRIBE = 0x18
+    LIST_SUBSCRIPTIONS = 0x19
+    SET_FILTER_POLICY = 0x1A
+    SUBSCRIPTION = 0x1B
+    PUBLISH = 0x20
+    SEND = 0x21
+    RECEIVE = 0x30
+    ACK = 0x31
+    NACK = 0x32
+    EXTEND = 0x33
+    TERM = 0x34
+    CONSUME = 0x40
+    CREDIT = 0x41
+    CANCEL = 0x42
+    REDRIVE = 0x50
+    PURGE = 0x51
+    STATS = 0x52
+    CHECK = 0x53
+    SERVER_STATS = 0x54
+
+
+class Status(IntEnum):
+    """The status byte of a broker -> client message."""
+
+    OK = 0
+    """The request succeeded; the payload is its result."""
+    ERROR = 1
+    """The request failed; the payload is ``[code, message, receipts]``."""
+    PUSH = 2
+    """A delivery batch for the consumer whose CONSUME request had this request id."""
+    END = 3
+    """The consumer with this request id ended; the payload is an error triple."""
+    PING = 4
+    """A liveness probe from the broker; clients ignore it."""
+    GOODBYE = 5
+    """The broker is stopping: every request still unanswered will not be answered."""
+
+
+# -- errors that exist only because there is a wire ------------------------------------
+
+
+class ProtocolError(FastFanoutError):
+    """A message broke the wire protocol (the broker says which rule)."""
+
+    code = "protocol_error"
+
+
+class MalformedFrame(ProtocolError):
+    """A frame is missing, too short, or does not decode as its opcode requires."""
+
+    code = "malformed_frame"
+
+
+class UnknownOpcode(ProtocolError):
+    """The request's opcode is not one this broker knows."""
+
+    code = "unknown_opcode"
+
+
+class UnsupportedVersion(ProtocolError):
+    """The request's protocol version is not the broker's."""
+
+    code = "unsupported_version"
+
+
+class RequestTooLarge(ProtocolError):
+    """The request is larger than the broker's ``max_request_bytes``."""
+
+    code = "request_too_large"
+
+
+class BrokenConnection(FastFanoutError):
+    """The peer vanished: the broker stopped answering (or said goodbye) mid-call.
+
+    Unlike ``Closed`` (you closed the client), this is not your doing; the next call
+    reconnects.
+    """
+
+    code = "broken"
+
+
+class SessionExpired(BrokenConnection):
+    """The broker declared this client gone (missed heartbeats) and released its leases."""
+
+    code = "session_expired"
+
+
+class ServerStopping(BrokenConnection):
+    """The broker is shutting down and ended this consumer or request."""
+
+    code = "server_stopping"
+
+
+_WIRE_ERRORS: dict[str, type[FastFanoutError]] = {
+    cls.code: cls
+    for cls in (ProtocolError, MalformedFrame, UnknownOpcode, UnsupportedVersion,
+                RequestTooLarge, BrokenConnection, SessionExpired, ServerStopping)
+}
+
+
+def error_class(code: str) -> type[FastFanoutError]:
+    """The error class for a stable wire ``code`` (``FastFanoutError`` when unknown)."""
+    cls = _WIRE_ERRORS.get(code)
+    return cls if cls is not None else error_for_code(code)
+
+
+# -- headers ---------------------------------------------------------------------------
+
+
+def encode_header(kind: int, request_id: int, version: int = PROTOCOL_VERSION) -> bytes:
+    """Pack a header: ``kind`` is an ``Opcode`` (requests) or a ``Status`` (replies)."""
+    return HEADER.pack(MAGIC, version, kind, request_id)
+
+
+def decode_header(frame: bytes) -> tuple[int, int, int]:
+    """Unpack a header into ``(version, kind, request_id)``.
+
+    Raises:
+        MalformedFrame: the frame is not 12 bytes or lacks the ``FF`` magic.
+    """
+    if len(frame) != HEADER.size:
+        raise MalformedFrame(f"header is {len(frame)} bytes; expected {HEADER.size}")
+    magic, version, kind, request_id = HEADER.unpack(frame)
+    if magic != MAGIC:
+        raise MalformedFrame(f"header magic is {magic!r}; expected {MAGIC!r}")
+    return version, kind, request_id
+
+
+# -- payloads --------------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+def encode_payload(value: Any) -> bytes:
+    """Encode a control payload (msgpack)."""
+    return _encoder.encode(value)
+
+
+def decode_payload(frame: bytes | memoryview) -> Any:
+    """Decode a control payload.
+
+    Raises:
+        MalformedFrame: the frame is not valid msgpack.
+    """
+    try:
+        return _decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        raise MalformedFrame(f"payload is not valid msgpack: {exc}") from None
+
+
+def encode_error(error: BaseException) -> bytes:
+    """Encode an error reply payload: ``[code, message, receipts or None]``."""
+    code = getattr(error, "code", "internal")
+    receipts = getattr(error, "receipts", None)
+    return _encoder.encode([code, str(error), list(receipts) if receipts else None])
+
+
+def decode_error(frame: bytes) -> FastFanoutError:
+    """Turn an error payload back into the typed exception it names."""
+    try:
+        code, message, receipts = _decoder.decode(frame)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return MalformedFrame(f"undecodable error payload {bytes(frame[:64])!r}")
+    cls = error_class(str(code))
+    if issubclass(cls, StaleReceipt):
+        return cls(str(message), list(receipts or []))
+    return cls(str(message))
+
+
+_U64 = struct.Struct("<Q")
+
+
+def encode_receipts(receipts: list[int]) -> bytes:
+    """Pack receipts as little-endian u64s."""
+    try:
+        return struct.pack(f"<{len(receipts)}Q", *receipts)
+    except struct.error:
+        raise InvalidArgument(
+            f"receipts must be ints in [0, 2**64), got {receipts[:5]!r}...") from None
+
+
+def decode_receipts(frame: bytes) -> list[int]:
+    """Unpack a receipts frame.
+
+    Raises:
+        MalformedFrame: its length is not a multiple of 8.
+    """
+    if len(frame) % 8:
+        raise MalformedFrame(f"receipts frame of {len(frame)} bytes is not a multiple of 8")
+    return list(struct.unpack(f"<{len(frame) // 8}Q", frame))
+
+
+def encode_results(message_ids: list[int], deliveries: list[int], duplicates: list[bool]
+                   ) -> bytes:
+    """Pack publish results column-wise: n u64 ids, n u32 deliveries, n u8 flags."""
+    count = len(message_ids)
+    return (struct.pack(f"<I{count}Q{count}I", count, *message_ids, *deliveries)
+            + bytes(duplicates))
+
+
+def decode_results(frame: bytes) -> tuple[list[int], list[int], list[bool]]:
+    """Unpack a results frame into ``(message_ids, deliveries, duplicate flags)``.
+
+    Raises:
+        MalformedFrame: the lengths do not add up.
+    """
+    if len(frame) < 4:
+        raise MalformedFrame("results frame shorter than its count")
+    (count,) = struct.unpack_from("<I", frame)
+    if len(frame) != 4 + count * 13:
+        raise MalformedFrame(f"results frame of {len(frame)} bytes for {count} entries")
+    values = struct.unpack_from(f"<{count}Q{count}I", frame, 4)
+    flags = frame[4 + count * 12:]
+    return list(values[:count]), list(values[count:]), [bool(flag) for flag in flags]
+
+
+# -- record batches (the native codec layout, docs/protocol.md "Record batch") ----------
+
+_codec: Any
+try:
+    from fastfanout._ext import codec as _codec
+except ImportError:  # pragma: no cover - a core built without the codec
+    _codec = None
+
+
+def codec_module() -> Any:
+    """The native codec module (``fastfanout._ext.codec``).
+
+    Raises:
+        ImportError: the native core was built without it.
+    """
+    if _codec is None:
+        raise ImportError("fastfanout._ext.codec is not built; run setup.py build_ext")
+    return _codec
+
+
+# -- control payloads: the generic [args, kwargs] call and its typed results ------------
+
+CALLS: Final[dict[int, str]] = {
+    Opcode.CREATE_TOPIC: "create_topic",
+    Opcode.DELETE_TOPIC: "delete_topic",
+    Opcode.LIST_TOPICS: "list_topics",
+    Opcode.CREATE_QUEUE: "create_queue",
+    Opcode.DELETE_QUEUE: "delete_queue",
+    Opcode.LIST_QUEUES: "list_queues",
+    Opcode.QUEUE_SETTINGS: "queue_settings",
+    Opcode.SUBSCRIBE: "subscribe",
+    Opcode.UNSUBSCRIBE: "unsubscribe",
+    Opcode.LIST_SUBSCRIPTIONS: "list_subscriptions",
+    Opcode.SET_FILTER_POLICY: "set_filter_policy",
+    Opcode.SUBSCRIPTION: "subscription",
+    Opcode.NACK: "nack",
+    Opcode.EXTEND: "extend",
+    Opcode.TERM: "term",
+    Opcode.REDRIVE: "redrive",
+    Opcode.PURGE: "purge",
+    Opcode.STATS: "stats",
+    Opcode.CHECK: "check",
+}
+"""Opcodes whose payload is ``[args, kwargs]`` for the ``Broker`` method of this name."""
+
+
+def backoff_to_wire(backoff: Any) -> Any:
+    """``redelivery_backoff`` as msgpack: None, a list of seconds, or a map (exponential)."""
+    if backoff is None:
+        return None
+    if hasattr(backoff, "_asdict"):
+        return dict(backoff._asdict())
+    return list(backoff)
+
+
+def backoff_from_wire(value: Any) -> Any:
+    """The inverse of ``backoff_to_wire``."""
+    from fastfanout.records import ExponentialBackoff
+
+    if isinstance(value, dict):
+        return ExponentialBackoff(**value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def settings_to_wire(settings: Any) -> dict[str, Any]:
+    """A ``QueueSettings`` / ``TopicSettings`` / ``Subscription`` as a msgpack map."""
+    result: dict[str, Any] = {}
+    for name in settings.__dataclass_fields__:
+        if name == "compiled":
+            continue  # the compiled filter is the broker's private form of filter_policy
+        value = getattr(settings, name)
+        result[name] = backoff_to_wire(value) if name == "redelivery_backoff" else value
+    return result
+
+
+def call_result_to_wire(value: Any) -> Any:
+    """The result of a generic call in msgpack-ready form."""
+    if hasattr(value, "__dataclass_fields__") and not hasattr(value, "queues"):
+        return settings_to_wire(value)
+    return value

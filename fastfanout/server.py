@@ -1,0 +1,794 @@
+"""The broker server: one embedded ``Broker`` behind a ROUTER and an XPUB socket.
+
+Design
+------
+Prior art: the ZeroMQ Guide's Majordomo broker (one thread, one poll loop, ROUTER in
+front), Redis (a single-threaded server owning all state, so no call ever waits for a
+lock held by another request), RabbitMQ's ``basic.qos`` prefetch (credit-based push),
+and SQS long polling.
+
+Invariants:
+
+- One thread owns the ``Broker`` and every socket; requests are handled in arrival order
+  and each gets exactly one reply (or, for CONSUME, a stream of PUSH messages after the
+  reply), matched by request id. Nothing a client sends can raise out of the loop: every
+  failure becomes an error reply with a stable code, and is counted.
+- A consumer never holds more than its credit (``prefetch``) of unsettled pushed
+  messages: the broker only pushes while credit is positive, and the client returns
+  credit as messages are settled.
+- Every lease handed to a session is remembered (as the receipts of each delivery batch,
+  dropped once its lease has surely ended). When the session ends — BYE, missed
+  heartbeats, or a reply that cannot be routed because its connection is gone — every
+  remembered receipt is nacked, so the messages are redelivered at once and a late ack
+  from that client is refused as stale.
+- A publish to a topic that stream listeners follow is also sent on the XPUB, one
+  message per publish batch: ``[topic, records]``, each record's ``receipt`` field holding
+  the topic's sequence number. ``XPUB_NODROP`` turns a full listener queue into a failed
+  send, which the named ``slow_listener`` policy handles and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any, Final
+
+from fastfanout import protocol
+from fastfanout.broker import Broker
+from fastfanout.errors import FastFanoutError, InvalidArgument, NotFound, StaleReceipt
+from fastfanout.protocol import Opcode, Status
+from fastfanout.records import PublishEntry
+from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
+from fastfanout.transport import (
+    CurveKeys,
+    ServerTransport,
+    TransportError,
+    Unroutable,
+    WouldBlock,
+    is_loopback,
+)
+
+__all__ = ["SLOW_LISTENER_POLICIES", "Server", "serve"]
+
+log = logging.getLogger("fastfanout.server")
+
+SLOW_LISTENER_POLICIES: Final = ("drop", "wait")
+"""``drop``: a stream batch no listener can take now is dropped (counted);
+``wait``: the broker waits up to ``stream_wait`` seconds for room, then drops (counted)."""
+TICK: Final = 0.005
+"""Seconds between polls for due timers while consumers or long polls wait."""
+IDLE_TICK: Final = 0.1
+"""Seconds between housekeeping passes (heartbeat expiry) when nobody waits."""
+
+
+@dataclass(eq=False)
+class _Session:
+    identity: bytes
+    last_seen: float
+    heartbeat: bool = False
+    # (monotonic time after which every lease of this batch has ended, receipts or frame)
+    leases: deque[tuple[float, Any]] = field(default_factory=deque)
+    consumers: set[int] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Consumer:
+    session: _Session
+    request_id: int
+    queue: str
+    credit: int
+    lease: float
+    visibility_timeout: float | None
+
+
+@dataclass(eq=False)
+class _Waiter:
+    session: _Session
+    request_id: int
+    queue: str
+    max_messages: int
+    lease: float
+    visibility_timeout: float | None
+    deadline: float
+
+
+class Server:
+    """A broker served over ZeroMQ; ``start()`` runs it in a thread, ``serve_forever()`` here.
+
+    Args:
+        endpoint: command endpoint (``ipc://PATH`` or ``tcp://HOST:PORT``); default the
+            per-user ipc socket (see ``fastfanout.runtime``).
+        stream_endpoint: stream (XPUB) endpoint; default derived from ``endpoint``.
+        broker: the embedded broker to serve (default: a new one on the real clock). The
+            server closes it when it stops only if it made it.
+        curve: CURVE keys; required to bind tcp beyond loopback.
+        heartbeat_interval: seconds between client heartbeats (told to clients).
+        heartbeat_timeout: seconds of silence after which a heartbeating client is gone
+            and its leases are released.
+        max_request_bytes: largest request answered (bytes); bigger ones get
+            ``request_too_large``.
+        max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer.
+        slow_listener: ``drop`` or ``wait`` (see ``SLOW_LISTENER_POLICIES``).
+        stream_wait: seconds the ``wait`` policy waits for a slow listener.
+        push_batch: most messages in one push to a consumer.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        stream_endpoint: str | None = None,
+        broker: Broker | None = None,
+        curve: CurveKeys | None = None,
+        heartbeat_interval: float = 0.25,
+        heartbeat_timeout: float = 2.0,
+        max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES,
+        max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES,
+        slow_listener: str = "drop",
+        stream_wait: float = 1.0,
+        push_batch: int = 1000,
+    ) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
+        if slow_listener not in SLOW_LISTENER_POLICIES:
+            raise InvalidArgument(
+                f"slow_listener={slow_listener!r} must be one of {SLOW_LISTENER_POLICIES}")
+        for ep in (self.endpoint, self.stream_endpoint):
+            if not is_loopback(ep) and curve is None:
+                raise InvalidArgument(
+                    f"refusing to bind {ep} beyond loopback without CURVE keys "
+                    f"(pass curve=... / --curve-secret-key)")
+        if not 0 < heartbeat_interval < heartbeat_timeout:
+            raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
+        self._own_broker = broker is None
+        self.broker = broker if broker is not None else Broker()
+        self._curve = curve
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self._max_request_bytes = max_request_bytes
+        self._max_frame_bytes = max_frame_bytes
+        self._slow_listener = slow_listener
+        self._stream_wait = stream_wait
+        self._push_batch = push_batch
+        self._transport: ServerTransport | None = None
+        self._lock: EndpointLock | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._sessions: dict[bytes, _Session] = {}
+        self._consumers: dict[tuple[bytes, int], _Consumer] = {}
+        self._waiters: list[_Waiter] = []
+        self._subscriptions: Counter[bytes] = Counter()
+        self._listened: dict[str, bool] = {}
+        self._sequences: dict[str, int] = {}
+        self._probe_until = 0.0
+        self._dirty = False
+        self.counters: Counter[str] = Counter()
+        self._native_publish = hasattr(self.broker, "publish_frame")
+        self._native_send = hasattr(self.broker, "send_frame")
+        self._native_receive = hasattr(self.broker, "receive_frame")
+        self._handlers = {
+            Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
+            Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
+            Opcode.RECEIVE: self._receive, Opcode.ACK: self._ack,
+            Opcode.CONSUME: self._consume, Opcode.CREDIT: self._credit,
+            Opcode.CANCEL: self._cancel, Opcode.SERVER_STATS: self._server_stats,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Take the endpoint lock and bind the sockets (``start`` does this for you).
+
+        Raises:
+            BrokerRunning: another broker holds this endpoint.
+            TransportError: the endpoint cannot be bound.
+        """
+        if self._transport is not None:
+            return
+        lock = EndpointLock(self.endpoint)
+        lock.acquire()
+        try:
+            self._transport = ServerTransport(
+                self.endpoint, self.stream_endpoint, max_frame_bytes=self._max_frame_bytes,
+                curve=self._curve)
+        except TransportError:
+            lock.release()
+            raise
+        self._lock = lock
+        log.info("serving on %s (streams on %s)", self.endpoint, self.stream_endpoint)
+
+    def start(self) -> Server:
+        """Bind, then serve in a background thread; returns self."""
+        self.bind()
+        self._thread = threading.Thread(target=self._run, name="fastfanout-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Bind and serve in this thread until ``stop_nowait()`` (or a signal) stops it."""
+        self.bind()
+        self._run()
+
+    def stop_nowait(self) -> None:
+        """Ask the loop to stop (safe from signal handlers and other threads)."""
+        self._stopping = True
+        if self._transport is not None:
+            self._transport.wake()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop: answer in-flight requests, tell clients goodbye, close; wait for the thread."""
+        self.stop_nowait()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"server thread did not stop within {timeout} s")
+            self._thread = None
+        elif self._transport is not None and not self._stopped.is_set():
+            self._shutdown()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        next_housekeeping = 0.0
+        try:
+            while not self._stopping:
+                waiting = bool(self._waiters) or any(c.credit for c in self._consumers.values())
+                timeout = 0.0 if self._dirty else (TICK if waiting else IDLE_TICK)
+                requests, subscriptions, monitor, _ = transport.wait(timeout)
+                if requests:
+                    for _ in range(1000):
+                        frames = transport.recv_request()
+                        if frames is None:
+                            break
+                        self._handle(frames)
+                if subscriptions:
+                    self._read_subscriptions()
+                if monitor:
+                    while transport.recv_monitor_event() is not None:
+                        self.counters["disconnects"] += 1
+                    self._probe_until = time.monotonic() + 0.5
+                if self._dirty or waiting:
+                    self._dirty = False
+                    self._deliver()
+                now = time.monotonic()
+                if now >= next_housekeeping or now < self._probe_until:
+                    next_housekeeping = now + IDLE_TICK
+                    self._housekeeping(now)
+        except Exception:
+            log.exception("server loop failed")
+            raise
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._stopped.is_set():
+            return
+        transport = self._transport
+        try:
+            if transport is not None:
+                self._finish_in_flight()
+                transport.close(linger=2.0)
+        finally:
+            self._transport = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            if self._own_broker:
+                self.broker.close()
+            self._stopped.set()
+            log.info("stopped %s", self.endpoint)
+
+    def _finish_in_flight(self) -> None:
+        """Answer long polls (empty), end consumers, and tell every client goodbye."""
+        for waiter in self._waiters:
+            self._reply(waiter.session, waiter.request_id, [self._empty_delivery()])
+        self._waiters.clear()
+        stopping = protocol.ServerStopping("the broker is stopping")
+        for consumer in list(self._consumers.values()):
+            self._send(consumer.session, Status.END, consumer.request_id,
+                       [protocol.encode_error(stopping)])
+        for session in list(self._sessions.values()):
+            self._send(session, Status.GOODBYE, 0, [])
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _send(self, session: _Session, status: int, request_id: int,
+              payload: list[bytes]) -> bool:
+        transport = self._transport
+        assert transport is not None
+        try:
+            transport.send_reply(
+                [session.identity, protocol.encode_header(status, request_id), *payload])
+            return True
+        except Unroutable:
+            self.counters["unroutable"] += 1
+            self._end_session(session, "its connection is gone")
+        except WouldBlock:
+            self.counters["slow_client"] += 1
+            self._end_session(session, "it did not read its replies")
+        return False
+
+    def _reply(self, session: _Session, request_id: int, payload: list[bytes]) -> None:
+        self._send(session, Status.OK, request_id, payload)
+
+    def _error(self, session: _Session, request_id: int, error: BaseException) -> None:
+        code = getattr(error, "code", "internal")
+        self.counters[f"error.{code}"] += 1
+        self._send(session, Status.ERROR, request_id, [protocol.encode_error(error)])
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _session(self, identity: bytes) -> _Session:
+        session = self._sessions.get(identity)
+        if session is None:
+            session = self._sessions[identity] = _Session(identity, time.monotonic())
+            self.counters["sessions"] += 1
+        else:
+            session.last_seen = time.monotonic()
+        return session
+
+    def _handle(self, frames: list[bytes]) -> None:
+        self.counters["requests"] += 1
+        session = self._session(frames[0])
+        request_id = 0
+        try:
+            if len(frames) < 2:
+                raise protocol.MalformedFrame("a request needs a header frame")
+            version, opcode, request_id = protocol.decode_header(frames[1])
+            if version != protocol.PROTOCOL_VERSION:
+                raise protocol.UnsupportedVersion(
+                    f"protocol version {version} is not supported; this broker speaks "
+                    f"version {protocol.PROTOCOL_VERSION}")
+            if sum(len(frame) for frame in frames) > self._max_request_bytes:
+                raise protocol.RequestTooLarge(
+                    f"request of {sum(len(f) for f in frames)} bytes exceeds the broker's "
+                    f"max_request_bytes={self._max_request_bytes}")
+            handler = self._handlers.get(opcode)  # type: ignore[call-overload]
+            if handler is not None:
+                payload = handler(session, request_id, frames[2:])
+            elif opcode in protocol.CALLS:
+                payload = self._call(session, opcode, frames[2:])
+            else:
+                raise protocol.UnknownOpcode(f"opcode 0x{opcode:02x} is unknown")
+            if payload is not None:
+                self._reply(session, request_id, payload)
+        except FastFanoutError as exc:
+            self._error(session, request_id, exc)
+        except Exception as exc:
+            log.exception("request 0x%x failed", request_id)
+            error = FastFanoutError(f"internal error: {type(exc).__name__}: {exc}")
+            error.code = "internal"
+            self._error(session, request_id, error)
+
+    @staticmethod
+    def _frame(frames: list[bytes], index: int, what: str) -> bytes:
+        if len(frames) <= index:
+            raise protocol.MalformedFrame(f"missing payload frame {index} ({what})")
+        return frames[index]
+
+    @staticmethod
+    def _text(frame: bytes, what: str) -> str:
+        try:
+            return frame.decode()
+        except UnicodeDecodeError:
+            raise protocol.MalformedFrame(f"{what} is not UTF-8") from None
+
+    def _arguments(self, frames: list[bytes]) -> tuple[list[Any], dict[str, Any]]:
+        value = protocol.decode_payload(self._frame(frames, 0, "arguments")) if frames else [
+            [], {}]
+        if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], list)
+                or not isinstance(value[1], dict)):
+            raise protocol.MalformedFrame("arguments must be a msgpack array [args, kwargs]")
+        return value[0], value[1]
+
+    def _call(self, session: _Session, opcode: int, frames: list[bytes]) -> list[bytes]:
+        args, kwargs = self._arguments(frames)
+        if "redelivery_backoff" in kwargs:
+            kwargs["redelivery_backoff"] = protocol.backoff_from_wire(kwargs["redelivery_backoff"])
+        method = getattr(self.broker, protocol.CALLS[opcode])
+        try:
+            result = method(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgument(f"{protocol.CALLS[opcode]}: {exc}") from None
+        if opcode == Opcode.EXTEND:
+            seconds = args[1] if len(args) > 1 else kwargs.get("seconds", 0.0)
+            session.leases.append((time.monotonic() + float(seconds) + 1.0, [args[0]]))
+        if opcode in (Opcode.NACK, Opcode.EXTEND, Opcode.TERM, Opcode.REDRIVE,
+                      Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
+            self._dirty = True
+        if opcode == Opcode.STATS:
+            return [protocol.encode_payload(result)]
+        return [protocol.encode_payload(protocol.call_result_to_wire(result))]
+
+    def _hello(self, session: _Session, request_id: int, frames: list[bytes]
+               ) -> list[bytes]:
+        options = protocol.decode_payload(frames[0]) if frames else {}
+        session.heartbeat = bool(isinstance(options, dict) and options.get("heartbeat", True))
+        from fastfanout import __version__
+
+        return [protocol.encode_payload({
+            "version": protocol.PROTOCOL_VERSION, "server": f"fastfanout {__version__}",
+            "stream_endpoint": self.stream_endpoint,
+            "heartbeat_interval": self._heartbeat_interval,
+            "heartbeat_timeout": self._heartbeat_timeout,
+            "max_request_bytes": self._max_request_bytes,
+            "max_frame_bytes": self._max_frame_bytes})]
+
+    def _heartbeat(self, session: _Session, request_id: int, frames: list[bytes]
+                   ) -> list[bytes]:
+        session.heartbeat = True
+        return []
+
+    def _bye(self, session: _Session, request_id: int, frames: list[bytes]) -> None:
+        self._reply(session, request_id, [])
+        self._end_session(session, "it said goodbye", notify=False)
+
+    def _server_stats(self, session: _Session, request_id: int, frames: list[bytes]
+                      ) -> list[bytes]:
+        stats: dict[str, Any] = dict(self.counters)
+        stats.update(connections=len(self._sessions), consumers=len(self._consumers),
+                     long_polls=len(self._waiters),
+                     stream_subscriptions=sum(self._subscriptions.values()))
+        return [protocol.encode_payload(stats)]
+
+    # -- publish and send --------------------------------------------------------------
+
+    def _records(self, frame: bytes) -> list[Any]:
+        try:
+            records: list[Any] = protocol.codec_module().decode_batch(frame)
+        except (InvalidArgument, ValueError, TypeError) as exc:
+            raise protocol.MalformedFrame(f"record batch does not decode: {exc}") from None
+        return records
+
+    @staticmethod
+    def _count(frame: bytes) -> int:
+        """Check a frame's structure (in C) so that a bad one is ``malformed_frame``."""
+        try:
+            count: int = protocol.codec_module().count_records(frame)
+        except (InvalidArgument, ValueError, TypeError) as exc:
+            raise protocol.MalformedFrame(f"record batch does not decode: {exc}") from None
+        return count
+
+    @staticmethod
+    def _entries(records: list[Any]) -> list[Any]:
+        entries: list[Any] = []
+        for record in records:
+            if (not record.attributes and record.deliver_at_us is None
+                    and record.group_id is None and record.dedup_id is None
+                    and record.priority is None):
+                entries.append(record.body)
+                continue
+            attributes = (protocol.decode_payload(record.attributes)
+                          if record.attributes else None)
+            entries.append(PublishEntry(
+                record.body, attributes, None,
+                record.deliver_at_us / 1e6 if record.deliver_at_us else None,
+                record.group_id, record.dedup_id, record.priority))
+        return entries
+
+    def _publish(self, session: _Session, request_id: int, frames: list[bytes]
+                 ) -> list[bytes]:
+        topic = self._text(self._frame(frames, 0, "topic"), "topic name")
+        batch_frame = self._frame(frames, 1, "records")
+        records = None
+        if self._native_publish:
+            self._count(batch_frame)
+            result = self.broker.publish_frame(topic, batch_frame)
+        else:
+            records = self._records(batch_frame)
+            result = self.broker.publish_batch(topic, self._entries(records))
+        self._dirty = True
+        reply = self._results(result)
+        if self._is_listened(topic):
+            self._stream(topic, records if records is not None else self._records(batch_frame),
+                         result)
+        else:
+            self._sequences[topic] = self._sequences.get(topic, 0) + sum(
+                1 for entry in result if not entry.duplicate)
+        return reply
+
+    def _send_op(self, session: _Session, request_id: int, frames: list[bytes]
+                 ) -> list[bytes]:
+        queue = self._text(self._frame(frames, 0, "queue"), "queue name")
+        batch_frame = self._frame(frames, 1, "records")
+        if self._native_send:
+            self._count(batch_frame)
+            result = self.broker.send_frame(queue, batch_frame)
+        else:
+            result = self.broker.send_batch(queue, self._entries(self._records(batch_frame)))
+        self._dirty = True
+        return self._results(result)
+
+    @staticmethod
+    def _results(result: Any) -> list[bytes]:
+        entries = list(result)
+        return [protocol.encode_results(
+            [entry.message_id for entry in entries], [entry.deliveries for entry in entries],
+            [entry.duplicate for entry in entries])]
+
+    # -- streams -----------------------------------------------------------------------
+
+    def _read_subscriptions(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        while (change := transport.recv_subscription()) is not None:
+            subscribed, prefix = change
+            if subscribed:
+                self._subscriptions[prefix] += 1
+            elif self._subscriptions[prefix] > 1:
+                self._subscriptions[prefix] -= 1
+            else:
+                self._subscriptions.pop(prefix, None)
+            self._listened.clear()
+
+    def _is_listened(self, topic: str) -> bool:
+        listened = self._listened.get(topic)
+        if listened is None:
+            name = topic.encode()
+            listened = self._listened[topic] = any(
+                name.startswith(prefix) for prefix in self._subscriptions)
+        return listened
+
+    def _stream(self, topic: str, records: list[Any], result: Any) -> None:
+        codec = protocol.codec_module()
+        sequence = self._sequences.get(topic, 0)
+        now_us = round(time.time() * 1_000_000)
+        stamped = []
+        for record, entry in zip(records, result, strict=True):
+            if entry.duplicate:
+                continue
+            sequence += 1
+            stamped.append(codec.Record(
+                record.body, id=entry.message_id, timestamp_us=now_us,
+                attributes=record.attributes, name=topic, group_id=record.group_id,
+                dedup_id=record.dedup_id, priority=record.priority, receipt=sequence))
+        self._sequences[topic] = sequence
+        if not stamped:
+            return
+        frames = [topic.encode(), codec.encode_batch(stamped)]
+        transport = self._transport
+        assert transport is not None
+        deadline = time.monotonic() + (self._stream_wait if self._slow_listener == "wait" else 0)
+        while True:
+            try:
+                transport.publish_stream(frames)
+                self.counters["stream_batches"] += 1
+                self.counters["stream_messages"] += len(stamped)
+                return
+            except WouldBlock:
+                if time.monotonic() >= deadline:
+                    self.counters["stream_dropped"] += len(stamped)
+                    self.counters[f"stream_dropped.{self._slow_listener}"] += len(stamped)
+                    return
+                time.sleep(0.0005)
+
+    # -- receive, consume, ack ---------------------------------------------------------
+
+    def _lease_seconds(self, queue: str, visibility_timeout: float | None) -> float:
+        if visibility_timeout is not None:
+            return float(visibility_timeout)
+        return float(self.broker.queue_settings(queue).visibility_timeout)
+
+    def _take(self, session: _Session, queue: str, max_messages: int,
+              visibility_timeout: float | None, lease: float) -> tuple[list[bytes], int]:
+        """Lease up to ``max_messages`` for ``session``; returns (delivery frames, count)."""
+        if self._native_receive:
+            frame, count = self.broker.receive_frame(queue, max_messages, visibility_timeout)
+            if count:
+                session.leases.append((time.monotonic() + lease + 1.0, frame))
+            return [frame], count
+        messages = self.broker.receive(queue, max_messages=max_messages,
+                                       visibility_timeout=visibility_timeout)
+        if not messages:
+            return [self._empty_delivery()], 0
+        codec = protocol.codec_module()
+        records = []
+        dead_letters: dict[int, list[Any]] = {}
+        for index, message in enumerate(messages):
+            attributes = message.attributes
+            records.append(codec.Record(
+                message.body, id=message.id,
+                timestamp_us=round(message.timestamp * 1_000_000),
+                attributes=protocol.encode_payload(attributes) if attributes else b"",
+                name=queue, group_id=message.group_id, dedup_id=message.dedup_id,
+                priority=message.priority, receipt=message.receipt,
+                receive_count=message.receive_count))
+            if message.dead_letter is not None:
+                dead_letters[index] = list(message.dead_letter)
+        session.leases.append(
+            (time.monotonic() + lease + 1.0, [message.receipt for message in messages]))
+        frames = [codec.encode_batch(records)]
+        if dead_letters:
+            frames.append(protocol.encode_payload(dead_letters))
+        return frames, len(messages)
+
+    @staticmethod
+    def _empty_delivery() -> bytes:
+        return b"FFB1\x00\x00\x00\x00"
+
+    def _receive(self, session: _Session, request_id: int, frames: list[bytes]
+                 ) -> list[bytes] | None:
+        args, kwargs = self._arguments(frames)
+        queue = kwargs.get("queue", args[0] if args else None)
+        max_messages = kwargs.get("max_messages", 1)
+        wait = kwargs.get("wait", 0.0)
+        visibility_timeout = kwargs.get("visibility_timeout")
+        if (type(wait) not in (int, float) or not math.isfinite(wait)
+                or not 0 <= wait <= 20):
+            raise InvalidArgument(f"wait={wait!r} must be finite and from 0 to 20 seconds")
+        if type(queue) is not str:
+            raise InvalidArgument(f"queue name {queue!r} must be a string")
+        lease = self._lease_seconds(queue, visibility_timeout)
+        payload, count = self._take(session, queue, max_messages, visibility_timeout, lease)
+        if count or not wait:
+            return payload
+        self._waiters.append(_Waiter(session, request_id, queue, max_messages, lease,
+                                     visibility_timeout, time.monotonic() + wait))
+        return None
+
+    def _ack(self, session: _Session, request_id: int, frames: list[bytes]) -> list[bytes]:
+        receipts = protocol.decode_receipts(self._frame(frames, 0, "receipts"))
+        if len(receipts) == 1:
+            self.broker.ack(receipts[0])
+        else:
+            self.broker.ack_batch(receipts)
+        return []
+
+    def _consume(self, session: _Session, request_id: int, frames: list[bytes]
+                 ) -> list[bytes]:
+        _, kwargs = self._arguments(frames)
+        queue = kwargs.get("queue")
+        prefetch = kwargs.get("prefetch", 100)
+        visibility_timeout = kwargs.get("visibility_timeout")
+        if type(queue) is not str:
+            raise InvalidArgument(f"queue name {queue!r} must be a string")
+        if type(prefetch) is not int or not 1 <= prefetch <= 1_000_000:
+            raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to 1,000,000")
+        lease = self._lease_seconds(queue, visibility_timeout)
+        self._consumers[(session.identity, request_id)] = _Consumer(
+            session, request_id, queue, prefetch, lease, visibility_timeout)
+        session.consumers.add(request_id)
+        self._dirty = True
+        return [protocol.encode_payload(None)]
+
+    def _credit(self, session: _Session, request_id: int, frames: list[bytes]) -> None:
+        value = protocol.decode_payload(self._frame(frames, 0, "credit"))
+        if not isinstance(value, list) or len(value) != 2:
+            raise protocol.MalformedFrame("credit payload must be [consumer_id, count]")
+        consumer = self._consumers.get((session.identity, value[0]))
+        if consumer is not None and type(value[1]) is int and value[1] > 0:
+            consumer.credit += value[1]
+            self._dirty = True
+
+    def _cancel(self, session: _Session, request_id: int, frames: list[bytes]
+                ) -> list[bytes]:
+        args, _ = self._arguments(frames)
+        consumer_id = args[0] if args else None
+        consumer = self._consumers.pop((session.identity, consumer_id), None)  # type: ignore[arg-type]
+        if consumer is None:
+            raise NotFound(f"consumer {consumer_id!r} does not exist on this connection")
+        session.consumers.discard(consumer.request_id)
+        return [protocol.encode_payload(None)]
+
+    def _deliver(self) -> None:
+        """Push to consumers with credit (round robin) and answer long polls that can be."""
+        if self._consumers:
+            consumers = list(self._consumers.values())
+            for consumer in consumers:
+                if consumer.credit <= 0:
+                    continue
+                try:
+                    payload, count = self._take(
+                        consumer.session, consumer.queue,
+                        min(consumer.credit, self._push_batch), consumer.visibility_timeout,
+                        consumer.lease)
+                except FastFanoutError as exc:
+                    self._consumers.pop((consumer.session.identity, consumer.request_id), None)
+                    self._send(consumer.session, Status.END, consumer.request_id,
+                               [protocol.encode_error(exc)])
+                    continue
+                if count:
+                    consumer.credit -= count
+                    self.counters["pushes"] += 1
+                    self.counters["pushed_messages"] += count
+                    self._send(consumer.session, Status.PUSH, consumer.request_id, payload)
+            # rotate so that the next round starts with another consumer
+            if len(self._consumers) > 1:
+                first = next(iter(self._consumers))
+                self._consumers[first] = self._consumers.pop(first)
+        if self._waiters:
+            now = time.monotonic()
+            still = []
+            for waiter in self._waiters:
+                try:
+                    payload, count = self._take(waiter.session, waiter.queue,
+                                                waiter.max_messages, waiter.visibility_timeout,
+                                                waiter.lease)
+                except FastFanoutError as exc:
+                    self._error(waiter.session, waiter.request_id, exc)
+                    continue
+                if count or now >= waiter.deadline:
+                    self._reply(waiter.session, waiter.request_id, payload)
+                else:
+                    still.append(waiter)
+            self._waiters = still
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def _housekeeping(self, now: float) -> None:
+        probing = now < self._probe_until
+        for session in list(self._sessions.values()):
+            if session.heartbeat and now - session.last_seen > self._heartbeat_timeout:
+                self.counters["sessions_expired"] += 1
+                self._end_session(session, "it missed its heartbeats")
+                continue
+            if probing and (session.consumers or session.leases):
+                self._send(session, Status.PING, 0, [])
+            while session.leases and session.leases[0][0] < now:
+                session.leases.popleft()
+
+    def _end_session(self, session: _Session, why: str, notify: bool = True) -> None:
+        """Forget a client: drop its consumers and long polls and release its leases."""
+        if self._sessions.pop(session.identity, None) is None:
+            return
+        released = 0
+        leases, session.leases = session.leases, deque()
+        for _, held in leases:
+            receipts = held if isinstance(held, list) else [
+                record.receipt for record in self._records(held)]
+            for receipt in receipts:
+                try:
+                    self.broker.nack(receipt, delay=0.0)
+                    released += 1
+                except (StaleReceipt, NotFound, InvalidArgument):
+                    pass
+        if released:
+            self._dirty = True
+        expired = protocol.SessionExpired(f"the broker ended this session: {why}")
+        for request_id in session.consumers:
+            consumer = self._consumers.pop((session.identity, request_id), None)
+            if consumer is not None and notify:
+                self._send(session, Status.END, request_id, [protocol.encode_error(expired)])
+        self._waiters = [w for w in self._waiters if w.session is not session]
+        log.info("session %s ended (%s); %d leases released", session.identity.hex(), why,
+                 released)
+        self.counters["leases_released"] += released
+
+
+def serve(endpoint: str | None = None, **options: Any) -> int:
+    """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
+
+    Args:
+        endpoint: command endpoint (default: the per-user ipc socket).
+        **options: any keyword argument of ``Server``.
+    """
+    server = Server(endpoint, **options)
+    server.bind()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        server.stop_nowait()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,451 @@
+"""The one module that imports ZeroMQ: sockets of the broker and of its clients.
+
+Design
+------
+Prior art: pyzmq itself keeps its native backend behind one module and layers friendly
+classes on top; fastfanout does the same one level up. Everything else in the package
+speaks in lists of ``bytes`` frames and in the small exceptions below, so the server and
+the clients can be read (and tested) without knowing socket options, and a future
+transport would replace this file only. ``zmq.asyncio`` lives here too (the
+``Async*`` classes), so "only one module imports zmq" holds for the asyncio face as well.
+
+Invariants:
+
+- The broker's ROUTER has ``ROUTER_MANDATORY``: a reply to a peer that is gone raises
+  (``Unroutable``) instead of vanishing, so the broker learns of every lost reply.
+- The broker's XPUB has ``XPUB_NODROP``: when a listener's queue is full the send fails
+  (``WouldBlock``) instead of libzmq dropping silently; the server applies its named
+  slow-listener policy and counts.
+- ``MAXMSGSIZE`` is set on the ROUTER: a bigger frame makes libzmq drop that peer's
+  connection; the monitor reports the disconnect, which the server counts.
+- Each socket is used by one thread at a time; the server's wake-up is a socketpair
+  (thread- and signal-safe), never a shared socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket as _socket
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import zmq
+import zmq.asyncio
+
+__all__ = [
+    "AsyncDealerTransport",
+    "AsyncSubTransport",
+    "CurveKeys",
+    "DealerTransport",
+    "ServerTransport",
+    "SubTransport",
+    "TransportError",
+    "Unroutable",
+    "WouldBlock",
+    "curve_keypair",
+    "is_loopback",
+    "load_curve_keys",
+]
+
+EVENT_DISCONNECTED: Final = zmq.EVENT_DISCONNECTED
+"""Monitor event: a peer connection closed (value: its file descriptor)."""
+
+
+class TransportError(Exception):
+    """A socket operation failed (bind refused, endpoint malformed, ...)."""
+
+
+class WouldBlock(TransportError):
+    """The peer's queue is full; the message was not sent."""
+
+
+class Unroutable(TransportError):
+    """The peer is not connected (any more); the message was not sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """CURVE key material, Z85-encoded (40 bytes each).
+
+    Attributes:
+        public_key: this side's public key.
+        secret_key: this side's secret key.
+        server_key: the broker's public key (clients only).
+    """
+
+    public_key: bytes
+    secret_key: bytes
+    server_key: bytes | None = None
+
+
+def curve_keypair() -> tuple[bytes, bytes]:
+    """Make a new CURVE key pair ``(public, secret)``, Z85-encoded."""
+    public, secret = zmq.curve_keypair()
+    return public, secret
+
+
+def load_curve_keys(secret_file: str, server_public_file: str | None = None) -> CurveKeys:
+    """Load keys from ``zmq.auth`` certificate files.
+
+    Args:
+        secret_file: a ``.key_secret`` certificate (public and secret key).
+        server_public_file: the broker's ``.key`` certificate (clients only).
+    """
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(secret_file)
+    if secret is None:
+        raise TransportError(f"{secret_file} holds no secret key")
+    server_key = None
+    if server_public_file is not None:
+        server_key, _ = zmq.auth.load_certificate(server_public_file)
+    return CurveKeys(public, secret, server_key)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ``ipc://`` / ``inproc://`` and for ``tcp://`` on a loopback address."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name: not provably loopback
+
+
+def _raise_from(exc: zmq.ZMQError, what: str) -> TransportError:
+    if exc.errno == zmq.EAGAIN:
+        return WouldBlock(what)
+    if exc.errno == zmq.EHOSTUNREACH:
+        return Unroutable(what)
+    return TransportError(f"{what}: {exc}")
+
+
+class ServerTransport:
+    """The broker's sockets: ROUTER (commands), XPUB (streams), a monitor and a waker.
+
+    Args:
+        endpoint: where the ROUTER binds.
+        stream_endpoint: where the XPUB binds.
+        max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes): a bigger frame drops the peer.
+        curve: the broker's CURVE keys, or None for no encryption.
+        reply_timeout: seconds a reply may wait for room in a slow client's queue.
+        stream_high_water_mark: messages queued per stream listener before XPUB_NODROP
+            refuses a send.
+    """
+
+    def __init__(self, endpoint: str, stream_endpoint: str, *, max_frame_bytes: int,
+                 curve: CurveKeys | None = None, reply_timeout: float = 1.0,
+                 stream_high_water_mark: int = 10_000) -> None:
+        self._context = zmq.Context()
+        self.router = self._context.socket(zmq.ROUTER)
+        self.xpub = self._context.socket(zmq.XPUB)
+        self._sockets: list[zmq.Socket[Any]] = [self.router, self.xpub]
+        try:
+            for sock in self._sockets:
+                sock.setsockopt(zmq.LINGER, 2000)
+                if curve is not None:
+                    sock.setsockopt(zmq.CURVE_SERVER, 1)
+                    sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+            self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+            self.router.setsockopt(zmq.SNDHWM, 100_000)
+            self.router.setsockopt(zmq.RCVHWM, 100_000)
+            self.router.setsockopt(zmq.SNDTIMEO, max(1, int(reply_timeout * 1000)))
+            self.xpub.setsockopt(zmq.XPUB_NODROP, 1)
+            self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+            self.xpub.setsockopt(zmq.SNDHWM, stream_high_water_mark)
+            self.router.bind(endpoint)
+            self.xpub.bind(stream_endpoint)
+            self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._sockets.append(self._monitor)
+        except zmq.ZMQError as exc:
+            self.close(linger=0)
+            raise TransportError(f"cannot bind {endpoint} / {stream_endpoint}: {exc}") from None
+        self._wake_reader, self._wake_writer = _socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._poller = zmq.Poller()
+        self._poller.register(self.router, zmq.POLLIN)
+        self._poller.register(self.xpub, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._poller.register(self._wake_reader.fileno(), zmq.POLLIN)
+        self.closed = False
+
+    def wait(self, timeout: float) -> tuple[bool, bool, bool, bool]:
+        """Block up to ``timeout`` seconds; returns (requests, subscriptions, monitor, wake)."""
+        try:
+            events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EINTR:
+                return False, False, False, False
+            raise
+        woke = self._wake_reader.fileno() in events
+        if woke:
+            try:
+                self._wake_reader.recv(4096)
+            except BlockingIOError:
+                pass
+        return (self.router in events, self.xpub in events, self._monitor in events, woke)
+
+    def wake(self) -> None:
+        """Make a ``wait`` in another thread return now (thread- and signal-safe)."""
+        try:
+            self._wake_writer.send(b"\x00")
+        except (BlockingIOError, OSError):
+            pass
+
+    def recv_request(self) -> list[bytes] | None:
+        """One request ``[routing_id, header, *payload]``, or None when none is queued."""
+        try:
+            return self.router.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def send_reply(self, frames: list[bytes]) -> None:
+        """Send ``[routing_id, header, *payload]``.
+
+        Raises:
+            Unroutable: the client is gone.
+            WouldBlock: the client's queue stayed full for ``reply_timeout``.
+        """
+        try:
+            self.router.send_multipart(frames, copy=len(frames[-1]) < 65536)
+        except zmq.ZMQError as exc:
+            raise _raise_from(exc, "reply") from None
+
+    def publish_stream(self, frames: list[bytes]) -> None:
+        """Send one stream message ``[topic, records]`` to every matching listener.
+
+        Raises:
+            WouldBlock: some listener's queue is full (nothing was sent to anyone).
+        """
+        try:
+            self.xpub.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+        except zmq.ZMQError as exc:
+            raise _raise_from(exc, "stream") from None
+
+    def recv_subscription(self) -> tuple[bool, bytes] | None:
+        """A listener's (un)subscription ``(subscribed, prefix)``, or None."""
+        try:
+            frame = self.xpub.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        if not frame or frame[0] not in (0, 1):
+            return (False, b"") if not frame else (frame[0] == 1, b"")
+        return frame[0] == 1, frame[1:]
+
+    def recv_monitor_event(self) -> int | None:
+        """The next monitor event number, or None."""
+        try:
+            frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        event: int = struct.unpack_from("<H", frames[0])[0]
+        return event
+
+    def close(self, linger: float = 2.0) -> None:
+        """Close every socket (waiting up to ``linger`` seconds for replies) and the context."""
+        if getattr(self, "closed", False):
+            return
+        self.closed = True
+        try:
+            self.router.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        for sock in self._sockets:
+            sock.close(linger=int(linger * 1000))
+        for end in (getattr(self, "_wake_reader", None), getattr(self, "_wake_writer", None)):
+            if end is not None:
+                end.close()
+        self._context.term()
+
+
+def _client_socket(context: zmq.Context[Any], kind: int, curve: CurveKeys | None
+                   ) -> Any:
+    sock: Any = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        if curve.server_key is None:
+            sock.close()
+            raise TransportError("CURVE client keys need the broker's public key")
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+    return sock
+
+
+class DealerTransport:
+    """A client's command connection (DEALER), blocking flavour.
+
+    Args:
+        endpoint: the broker's ROUTER endpoint.
+        curve: client keys (with ``server_key``) when the broker uses CURVE.
+    """
+
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
+        self._context = zmq.Context()
+        try:
+            self._socket = _client_socket(self._context, zmq.DEALER, curve)
+            self._socket.setsockopt(zmq.SNDHWM, 100_000)
+            self._socket.setsockopt(zmq.RCVHWM, 100_000)
+            self._socket.connect(endpoint)
+        except (zmq.ZMQError, TransportError) as exc:
+            self._context.destroy(linger=0)
+            raise TransportError(f"cannot connect to {endpoint}: {exc}") from None
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self.closed = False
+
+    def send(self, frames: list[bytes]) -> None:
+        """Queue a request (libzmq sends it in the background)."""
+        self._socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
+
+    def recv(self, timeout: float) -> list[bytes] | None:
+        """The next broker message, waiting up to ``timeout`` seconds, or None."""
+        if timeout > 0 and not self._poller.poll(int(timeout * 1000) or 1):
+            return None
+        try:
+            frames: list[bytes] = self._socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return frames
+
+    def close(self) -> None:
+        """Close the socket and its context (pending messages are dropped)."""
+        if not self.closed:
+            self.closed = True
+            self._socket.close(linger=0)
+            self._context.term()
+
+
+class SubTransport:
+    """A stream listener's SUB socket, blocking flavour.
+
+    Args:
+        endpoint: the broker's stream (XPUB) endpoint.
+        prefixes: topic-name prefixes to subscribe to (b"" for all).
+        curve: client keys when the broker uses CURVE.
+    """
+
+    def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None
+                 ) -> None:
+        self._context = zmq.Context()
+        try:
+            self._socket = _client_socket(self._context, zmq.SUB, curve)
+            self._socket.setsockopt(zmq.RCVHWM, 100_000)
+            for prefix in prefixes:
+                self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._socket.connect(endpoint)
+        except (zmq.ZMQError, TransportError) as exc:
+            self._context.destroy(linger=0)
+            raise TransportError(f"cannot listen on {endpoint}: {exc}") from None
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self.closed = False
+
+    def recv(self, timeout: float) -> list[bytes] | None:
+        """The next stream message ``[topic, records]``, waiting up to ``timeout`` s, or None."""
+        if not self._poller.poll(max(0, int(timeout * 1000))):
+            return None
+        try:
+            frames: list[bytes] = self._socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return frames
+
+    def close(self) -> None:
+        """Close the socket and its context."""
+        if not self.closed:
+            self.closed = True
+            self._socket.close(linger=0)
+            self._context.term()
+
+
+class AsyncDealerTransport:
+    """A client's command connection (DEALER) on ``zmq.asyncio``.
+
+    Args:
+        endpoint: the broker's ROUTER endpoint.
+        curve: client keys when the broker uses CURVE.
+    """
+
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
+        self._context = zmq.asyncio.Context()
+        try:
+            self._socket: Any = _client_socket(self._context, zmq.DEALER, curve)
+            self._socket.setsockopt(zmq.SNDHWM, 100_000)
+            self._socket.setsockopt(zmq.RCVHWM, 100_000)
+            self._socket.connect(endpoint)
+        except (zmq.ZMQError, TransportError) as exc:
+            self._context.destroy(linger=0)
+            raise TransportError(f"cannot connect to {endpoint}: {exc}") from None
+        self.closed = False
+
+    async def send(self, frames: list[bytes]) -> None:
+        """Queue a request."""
+        await self._socket.send_multipart(frames)
+
+    async def recv(self) -> list[bytes]:
+        """The next broker message (waits as long as it takes; cancel to stop)."""
+        frames: list[bytes] = await self._socket.recv_multipart()
+        return frames
+
+    def close(self) -> None:
+        """Close the socket and its context."""
+        if not self.closed:
+            self.closed = True
+            self._socket.close(linger=0)
+            self._context.term()
+
+
+class AsyncSubTransport:
+    """A stream listener's SUB socket on ``zmq.asyncio``.
+
+    Args:
+        endpoint: the broker's stream endpoint.
+        prefixes: topic-name prefixes to subscribe to.
+        curve: client keys when the broker uses CURVE.
+    """
+
+    def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None
+                 ) -> None:
+        self._context = zmq.asyncio.Context()
+        try:
+            self._socket: Any = _client_socket(self._context, zmq.SUB, curve)
+            self._socket.setsockopt(zmq.RCVHWM, 100_000)
+            for prefix in prefixes:
+                self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._socket.connect(endpoint)
+        except (zmq.ZMQError, TransportError) as exc:
+            self._context.destroy(linger=0)
+            raise TransportError(f"cannot listen on {endpoint}: {exc}") from None
+        self.closed = False
+
+    async def recv(self) -> list[bytes]:
+        """The next stream message ``[topic, records]``."""
+        frames: list[bytes] = await self._socket.recv_multipart()
+        return frames
+
+    def close(self) -> None:
+        """Close the socket and its context."""
+        if not self.closed:
+            self.closed = True
+            self._socket.close(linger=0)
+            self._context.term()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (used by the runtime lock's messages)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
