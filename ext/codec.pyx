@@ -119,6 +119,8 @@ cdef inline str _checked_text(object value, str field):
         raise InvalidArgument(f"{field} is not encodable as UTF-8: {error}") from None
     if size > FF_MAX_SHORT_FIELD:
         raise InvalidArgument(f"{field} is {size} bytes in UTF-8; the limit is 65535")
+    if type(value) is not str:
+        value = str.__str__(value)  # an exact str: subclasses could override behaviour
     return <str>value
 
 
@@ -179,6 +181,9 @@ cdef class Record:
                  group_id=None, dedup_id=None, priority=None, deliver_at_us=None,
                  receipt=None, receive_count=0):
         cdef uint64_t size
+        if self._encoded_size:
+            # Every initialised record has a non-zero size (the header alone is 56).
+            raise InvalidArgument("Record is immutable: __init__ may run only once")
         self.body = _checked_bytes(body, "body")
         self.attributes = _checked_bytes(attributes, "attributes")
         if PyBytes_GET_SIZE(self.body) > 0xFFFFFFFF:

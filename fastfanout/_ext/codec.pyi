@@ -1,5 +1,5 @@
 from collections.abc import Iterable
-from typing import TypeAlias
+from typing import TypeAlias, final
 
 _BytesLike: TypeAlias = bytes | bytearray | memoryview
 
@@ -7,6 +7,7 @@ BATCH_MAGIC: bytes
 BATCH_HEADER_SIZE: int
 RECORD_HEADER_SIZE: int
 
+@final
 class Record:
     @property
     def id(self) -> int: ...
@@ -45,7 +46,7 @@ class Record:
         receipt: int | None = ...,
         receive_count: int = ...,
     ) -> None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 def encode_batch(records: Iterable[Record]) -> bytes: ...

@@ -1,10 +1,11 @@
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import TypeAlias, final
 
 _BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 NOGIL_THRESHOLD_BYTES: int
 
+@final
 class Ring:
     def __init__(self, capacity: int, max_bytes: int) -> None: ...
     def offer(self, record: _BytesLike) -> bool: ...

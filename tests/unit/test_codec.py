@@ -193,6 +193,19 @@ def test_record_refuses_bad_fields(kwargs, fragment):
         Record(b"", **kwargs)
 
 
+def test_record_is_immutable_and_takes_str_subclasses():
+    class Name(str):
+        pass
+
+    record = Record(b"x", name=Name("topic"))
+    assert type(record.name) is str and record.name == "topic"
+    with pytest.raises(AttributeError):
+        record.body = b"y"  # type: ignore[misc]
+    with pytest.raises(InvalidArgument, match="immutable"):
+        record.__init__(b"y")  # type: ignore[misc]
+    assert record.body == b"x"
+
+
 def test_record_refuses_non_bytes_body():
     with pytest.raises(InvalidArgument, match="body must be bytes-like"):
         Record("text")  # type: ignore[arg-type]
