@@ -386,7 +386,7 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         if self._messages is None:
             dead = _dead_letters(self._frames)
             client = self._consumer._client
-            self._messages = [RemoteMessage(record, client, None, dead.get(index))
+            self._messages = [RemoteMessage(record, client, self._consumer, dead.get(index))
                               for index, record in enumerate(self._records)]
         return self._messages
 
@@ -413,7 +413,12 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         self._settled = True
         client = self._consumer._client
         pending = client._request(Opcode.ACK, [protocol.encode_receipts(self.receipts)])
-        self._consumer._return_credit(len(self._records))
+        unsettled = len(self._records)
+        if self._messages is not None:
+            unsettled = sum(1 for message in self._messages if message._consumer is not None)
+            for message in self._messages:
+                message._consumer = None
+        self._consumer._return_credit(unsettled)
         if wait:
             client._wait(pending, None)
         else:

@@ -1,87 +1,162 @@
-"""The fan-out demo: one topic, three subscribed queues, three consumers.
+"""The fan-out demo: a broker process, a producer process and three consumer processes.
 
-Run it with ``python -m fastfanout.demo`` (README: ``bash ci/demo.sh``). Two consumers
-ack what they receive; the third fails every message (nacks it), so after
-``max_receive_count`` deliveries each of its messages lands in its dead-letter queue,
-where the demo reads the dead-letter record and redrives the messages back.
+Run it with ``python -m fastfanout.demo`` (README: ``bash ci/demo.sh``). It starts
+``fastfanout serve`` on the default per-user ipc endpoint (or ``--endpoint``), creates one
+topic ``orders`` fanning out to ``billing``, ``shipping`` and ``audit``, then a producer
+publishes and three consumer processes consume with push delivery. ``billing`` and
+``shipping`` ack; ``audit`` fails every message (nacks it), so after
+``max_receive_count`` deliveries each lands in ``audit-dlq``. The demo prints what each
+process did and the queue counters, reads one dead letter, redrives, and stops every
+process it started (SIGTERM, then SIGKILL past a deadline). ``--embedded`` runs the old
+single-process version on an in-process ``Broker``.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from fastfanout.broker import Broker
-
-__all__ = ["main", "run_embedded"]
+__all__ = ["main", "run_embedded", "run_processes"]
 
 TOPIC = "orders"
 QUEUES = ("billing", "shipping", "audit")
 FAILING_QUEUE = "audit"
+DEADLINE = 60.0
 
 
-def _consume(broker: Broker, queue: str, expected: int, fail: bool, log: list[str]) -> None:
-    """Receive until ``expected`` messages are settled (acked, or dead-lettered)."""
-    settled = 0
-    deadline = time.monotonic() + 30.0
-    while settled < expected and time.monotonic() < deadline:
-        messages = broker.receive(queue, max_messages=50, wait=0.2, visibility_timeout=5.0)
-        if fail:
-            for message in messages:
-                broker.nack(message.receipt)
-            settled = broker.stats().queues[queue].dead_lettered
-        else:
-            broker.ack_batch([message.receipt for message in messages])
-            settled += len(messages)
-            if messages:
-                first, last = messages[0].id, messages[-1].id
-                log.append(f"{queue}: acked {len(messages)} (ids {first}..{last})")
+def _consume_process(endpoint: str, queue: str, expected: int, fail: bool,
+                     results: Any) -> None:
+    """A consumer process: push-consume ``queue`` until ``expected`` messages are settled."""
+    from fastfanout.client import connect
+
+    with connect(endpoint) as client:
+        consumer = client.consume(queue, prefetch=200, visibility_timeout=5.0)
+        acked = nacked = 0
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            if fail:
+                if client.stats().queues[queue].dead_lettered >= expected:
+                    break
+            elif acked >= expected:
+                break
+            batch = consumer.next_batch(timeout=0.2)
+            if batch is None:
+                continue
+            if fail:
+                for message in batch:
+                    message.nack()
+                    nacked += 1
+            else:
+                batch.ack()
+                acked += len(batch)
+        consumer.cancel()
+        results.put((queue, os.getpid(), acked, nacked))
 
 
-def run_embedded(messages: int, console: Console) -> Broker:
-    """Run the demo in this process with one consumer thread per queue; returns the broker."""
-    broker = Broker()
-    broker.create_queue(f"{FAILING_QUEUE}-dlq")
-    for queue in QUEUES:
-        failing = queue == FAILING_QUEUE
-        broker.create_queue(
-            queue,
-            max_receive_count=3 if failing else None,
-            dead_letter_queue=f"{FAILING_QUEUE}-dlq" if failing else None,
-        )
-        broker.create_topic(TOPIC)
-        broker.subscribe(TOPIC, queue)
-    log: list[str] = []
-    consumers = [
-        threading.Thread(
-            target=_consume, args=(broker, queue, messages, queue == FAILING_QUEUE, log),
-            name=f"consumer-{queue}")
-        for queue in QUEUES
-    ]
-    for thread in consumers:
-        thread.start()
+def _produce_process(endpoint: str, messages: int, results: Any) -> None:
+    """The producer process: pipelined publishes, batched by the client."""
+    from fastfanout.client import connect
+
     started = time.perf_counter()
-    bodies = [f"order {n}".encode() for n in range(messages)]
-    for start in range(0, messages, 1000):
-        broker.publish_batch(TOPIC, bodies[start:start + 1000])
-    for thread in consumers:
-        thread.join(timeout=60.0)
-    elapsed = time.perf_counter() - started
-    for line in log[:6]:
-        console.print(f"  {line}")
-    if len(log) > 6:
-        console.print(f"  ... {len(log) - 6} more batches")
-    console.print(
-        f"published {messages} messages to topic {TOPIC!r} -> {len(QUEUES)} queues "
-        f"in {elapsed * 1000:.1f} ms")
-    return broker
+    with connect(endpoint) as client:
+        futures = [client.publish_nowait(TOPIC, f"order {n}".encode(),
+                                         attributes={"n": n} if n % 1000 == 0 else None)
+                   for n in range(messages)]
+        client.flush()
+        deliveries = sum(future.result().deliveries for future in futures)
+    results.put(("producer", os.getpid(), deliveries, time.perf_counter() - started))
 
 
-def _report(broker: Broker, console: Console) -> None:
+def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5.0)
+
+
+def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
+    """Run the demo across processes; returns the exit status."""
+    from fastfanout.client import connect
+    from fastfanout.errors import FastFanoutError
+    from fastfanout.runtime import default_endpoint
+
+    endpoint = endpoint or default_endpoint()
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint,
+         "--log-level", "WARNING"])
+    context = multiprocessing.get_context("spawn")
+    children: list[Any] = []
+    try:
+        deadline = time.monotonic() + 15.0
+        client = None
+        while client is None:
+            if broker.poll() is not None:
+                console.print(f"[red]the broker exited with status {broker.returncode}[/red]")
+                return 1
+            try:
+                client = connect(endpoint, timeout=0.5)
+            except FastFanoutError:
+                if time.monotonic() > deadline:
+                    raise
+        console.print(f"[bold]fastfanout demo[/bold]: broker pid {broker.pid} on {endpoint}")
+        with client:
+            client.create_queue(f"{FAILING_QUEUE}-dlq")
+            client.create_topic(TOPIC)
+            for queue in QUEUES:
+                failing = queue == FAILING_QUEUE
+                client.create_queue(queue, max_receive_count=3 if failing else None,
+                                    dead_letter_queue=f"{FAILING_QUEUE}-dlq" if failing else None)
+                client.subscribe(TOPIC, queue)
+            results = context.Queue()
+            started = time.perf_counter()
+            for queue in QUEUES:
+                children.append(context.Process(
+                    target=_consume_process, name=f"consumer-{queue}",
+                    args=(endpoint, queue, messages, queue == FAILING_QUEUE, results)))
+            children.append(context.Process(target=_produce_process, name="producer",
+                                            args=(endpoint, messages, results)))
+            for child in children:
+                child.start()
+            reports = []
+            for _ in children:
+                reports.append(results.get(timeout=DEADLINE))
+            elapsed = time.perf_counter() - started
+            for name, pid, first, second in sorted(reports, key=lambda r: str(r[0])):
+                if name == "producer":
+                    console.print(f"  producer  (pid {pid}): {messages} messages -> "
+                                  f"{first} queue copies in {second * 1000:.0f} ms")
+                elif name == FAILING_QUEUE:
+                    console.print(f"  {name:9} (pid {pid}): nacked {second} deliveries "
+                                  f"(failing consumer)")
+                else:
+                    console.print(f"  {name:9} (pid {pid}): acked {first}")
+            console.print(f"all processes done in {elapsed * 1000:.0f} ms")
+            _report(client, console)
+        return 0
+    finally:
+        for child in children:
+            child.join(timeout=5.0)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5.0)
+        _stop(broker)
+        console.print(f"broker stopped (exit status {broker.returncode})")
+
+
+def _report(broker: Any, console: Console) -> None:
     stats = broker.stats()
     table = Table(title="queues after the run")
     for column in ("queue", "enqueued", "delivered", "acked", "redelivered", "dead-lettered",
@@ -98,22 +173,71 @@ def _report(broker: Broker, console: Console) -> None:
         console.print(
             f"dead letter: message {dead[0].id} {dead[0].body!r} from {info.source_queue!r}, "
             f"reason {info.reason!r} after {info.receive_count} deliveries")
+    if dead:
         broker.nack(dead[0].receipt)
     moved = broker.redrive(f"{FAILING_QUEUE}-dlq")
     console.print(f"redrive moved {moved} messages back to {FAILING_QUEUE!r}")
 
 
+def _consume_thread(broker: Any, queue: str, expected: int, fail: bool) -> None:
+    settled = 0
+    deadline = time.monotonic() + DEADLINE
+    while settled < expected and time.monotonic() < deadline:
+        messages = broker.receive(queue, max_messages=50, wait=0.2, visibility_timeout=5.0)
+        if fail:
+            for message in messages:
+                broker.nack(message.receipt)
+            settled = broker.stats().queues[queue].dead_lettered
+        else:
+            broker.ack_batch([message.receipt for message in messages])
+            settled += len(messages)
+
+
+def run_embedded(messages: int, console: Console) -> Any:
+    """Run the demo in this process with one consumer thread per queue; returns the broker."""
+    from fastfanout.broker import Broker
+
+    broker = Broker()
+    broker.create_queue(f"{FAILING_QUEUE}-dlq")
+    broker.create_topic(TOPIC)
+    for queue in QUEUES:
+        failing = queue == FAILING_QUEUE
+        broker.create_queue(queue, max_receive_count=3 if failing else None,
+                            dead_letter_queue=f"{FAILING_QUEUE}-dlq" if failing else None)
+        broker.subscribe(TOPIC, queue)
+    threads = [threading.Thread(target=_consume_thread,
+                                args=(broker, queue, messages, queue == FAILING_QUEUE))
+               for queue in QUEUES]
+    for thread in threads:
+        thread.start()
+    started = time.perf_counter()
+    bodies = [f"order {n}".encode() for n in range(messages)]
+    for start in range(0, messages, 1000):
+        broker.publish_batch(TOPIC, bodies[start:start + 1000])
+    for thread in threads:
+        thread.join(timeout=DEADLINE)
+    console.print(f"published {messages} messages to topic {TOPIC!r} -> {len(QUEUES)} queues "
+                  f"in {(time.perf_counter() - started) * 1000:.1f} ms")
+    return broker
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastfanout.demo``."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000, help="messages to publish")
+    parser.add_argument("--endpoint", default=None, help="broker endpoint (default: per user)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="one process, an in-process Broker and consumer threads")
     args = parser.parse_args(argv)
     console = Console()
-    console.print("[bold]fastfanout demo[/bold]: embedded broker, consumer threads")
-    broker = run_embedded(args.messages, console)
-    _report(broker, console)
-    broker.close()
-    return 0
+    if args.embedded:
+        console.print("[bold]fastfanout demo[/bold]: embedded broker, consumer threads")
+        broker = run_embedded(args.messages, console)
+        _report(broker, console)
+        broker.close()
+        return 0
+    return run_processes(args.messages, args.endpoint, console)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,295 @@
+"""The ``fastfanout`` command line: serve a broker, and talk to one.
+
+Every command but ``serve`` and ``demo`` is a thin client call (``fastfanout.client``);
+``--endpoint`` (or ``$FASTFANOUT_ENDPOINT``) picks the broker, the per-user ipc socket by
+default. Errors from the broker print as ``error [code]: message`` with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tomllib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from fastfanout.errors import FastFanoutError
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+endpoint_option = click.option(
+    "--endpoint", "-e", envvar="FASTFANOUT_ENDPOINT", default=None,
+    help="Broker endpoint (ipc://PATH or tcp://HOST:PORT); default: per-user ipc socket.")
+
+
+def _client(endpoint: str | None) -> Any:
+    from fastfanout.client import connect
+
+    return connect(endpoint, timeout=5.0)
+
+
+def _fail(error: FastFanoutError) -> None:
+    click.echo(f"error [{error.code}]: {error}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """fastfanout: an in-host SNS+SQS-style message broker."""
+
+
+@cli.command()
+@endpoint_option
+@click.option("--config", type=click.Path(exists=True, dir_okay=False),
+              help="TOML file with Server options (endpoint, heartbeat_timeout, ...).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--curve-secret-key", type=click.Path(exists=True, dir_okay=False),
+              help="zmq.auth secret certificate; required to bind tcp beyond loopback.")
+@click.option("--slow-listener", type=click.Choice(["drop", "wait"]), default=None,
+              help="Policy for stream listeners that fall behind (default drop).")
+def serve(endpoint: str | None, config: str | None, log_level: str,
+          curve_secret_key: str | None, slow_listener: str | None) -> None:
+    """Run a broker until SIGTERM or SIGINT (then exit 0)."""
+    from fastfanout.server import serve as run_server
+    from fastfanout.transport import load_curve_keys
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options: dict[str, Any] = {}
+    if config:
+        with open(config, "rb") as handle:
+            options.update(tomllib.load(handle))
+    if endpoint:
+        options["endpoint"] = endpoint
+    if slow_listener:
+        options["slow_listener"] = slow_listener
+    if curve_secret_key:
+        options["curve"] = load_curve_keys(curve_secret_key)
+    try:
+        sys.exit(run_server(**options))
+    except FastFanoutError as error:
+        _fail(error)
+
+
+def _parse_attributes(pairs: tuple[str, ...]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} must be NAME=VALUE", param_hint="--attr")
+        number: Any = value
+        try:
+            number = int(value)
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                number = value
+        attributes[name] = number
+    return attributes
+
+
+@cli.command()
+@endpoint_option
+@click.argument("topic")
+@click.argument("message", required=False, default="-")
+@click.option("--attr", "-a", multiple=True, help="Attribute NAME=VALUE (numbers stay numbers).")
+@click.option("--group-id", default=None, help="FIFO group id.")
+@click.option("--dedup-id", default=None, help="Deduplication id.")
+@click.option("--delay", type=float, default=None, help="Seconds before delivery.")
+def pub(endpoint: str | None, topic: str, message: str, attr: tuple[str, ...],
+        group_id: str | None, dedup_id: str | None, delay: float | None) -> None:
+    """Publish MESSAGE (or stdin when MESSAGE is - or absent) to TOPIC."""
+    body = sys.stdin.buffer.read() if message == "-" else message.encode()
+    try:
+        with _client(endpoint) as client:
+            result = client.publish(topic, body, attributes=_parse_attributes(attr) or None,
+                                    group_id=group_id, dedup_id=dedup_id, delay=delay)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"message {result.message_id}: {result.deliveries} deliveries"
+               + (" (duplicate)" if result.duplicate else ""))
+
+
+@cli.command()
+@endpoint_option
+@click.argument("topic_pattern")
+@click.option("--count", "-n", type=int, default=0, help="Stop after N messages (0: never).")
+def sub(endpoint: str | None, topic_pattern: str, count: int) -> None:
+    """Listen to the stream of TOPIC_PATTERN and print each message (Ctrl-C stops)."""
+    try:
+        with _client(endpoint) as client, client.listen(topic_pattern) as listener:
+            seen = 0
+            for message in listener:
+                click.echo(f"{message.topic} #{message.sequence} id={message.id} "
+                           f"{message.attributes or ''} {message.body!r}")
+                seen += 1
+                if count and seen >= count:
+                    break
+            if listener.gaps:
+                click.echo(f"missed {listener.gaps} messages", err=True)
+    except FastFanoutError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@endpoint_option
+@click.argument("queue")
+@click.option("--ack", is_flag=True, help="Ack what is received (default: leave it leased).")
+@click.option("--max-messages", "-n", type=int, default=10, show_default=True)
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Long-poll seconds (0 to 20).")
+def receive(endpoint: str | None, queue: str, ack: bool, max_messages: int,
+            wait: float) -> None:
+    """Receive up to N messages from QUEUE and print them."""
+    try:
+        with _client(endpoint) as client:
+            messages = client.receive(queue, max_messages=max_messages, wait=wait)
+            for message in messages:
+                click.echo(f"id={message.id} receive_count={message.receive_count} "
+                           f"receipt={message.receipt} {message.attributes or ''} "
+                           f"{message.body!r}")
+            if ack and messages:
+                client.ack_batch([message.receipt for message in messages])
+    except FastFanoutError as error:
+        _fail(error)
+
+
+@cli.command()
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def stats(endpoint: str | None, as_json: bool) -> None:
+    """Print per topic, queue and connection counters."""
+    import dataclasses
+
+    try:
+        with _client(endpoint) as client:
+            broker_stats = client.stats()
+            server_stats = client.server_stats()
+    except FastFanoutError as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps({"broker": dataclasses.asdict(broker_stats),
+                               "server": server_stats}, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    topics = Table(title="topics")
+    for column in ("topic", "published", "deliveries", "unrouted", "subscriptions"):
+        topics.add_column(column, justify="left" if column == "topic" else "right")
+    for name, topic in broker_stats.topics.items():
+        topics.add_row(name, str(topic.published), str(topic.deliveries), str(topic.unrouted),
+                       str(topic.subscriptions))
+    console.print(topics)
+    queues = Table(title="queues")
+    columns = ("queue", "visible", "leased", "delayed", "enqueued", "delivered", "acked",
+               "redelivered", "dead_lettered", "dropped")
+    for column in columns:
+        queues.add_column(column, justify="left" if column == "queue" else "right")
+    for name, queue in broker_stats.queues.items():
+        queues.add_row(name, *(str(getattr(queue, c)) for c in columns[1:-1]),
+                       str(sum(queue.dropped.values())))
+    console.print(queues)
+    server = Table(title="server (connections)")
+    server.add_column("counter")
+    server.add_column("value", justify="right")
+    for key, value in sorted(server_stats.items()):
+        server.add_row(key, str(value))
+    console.print(server)
+
+
+@cli.command("create-topic")
+@endpoint_option
+@click.argument("name")
+@click.option("--fifo", is_flag=True, help="FIFO topic (messages need a group id).")
+@click.option("--content-dedup", is_flag=True, help="Deduplicate by body hash.")
+@click.option("--dedup-window", type=float, default=300.0, show_default=True, help="Seconds.")
+def create_topic(endpoint: str | None, name: str, fifo: bool, content_dedup: bool,
+                 dedup_window: float) -> None:
+    """Create topic NAME (a no-op if it exists)."""
+    try:
+        with _client(endpoint) as client:
+            client.create_topic(name, fifo=fifo, content_dedup=content_dedup,
+                                dedup_window=dedup_window)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"topic {name}")
+
+
+@cli.command("create-queue")
+@endpoint_option
+@click.argument("name")
+@click.option("--visibility-timeout", type=float, default=30.0, show_default=True,
+              help="Lease seconds.")
+@click.option("--max-receive-count", type=int, default=None, help="Deliveries before DLQ.")
+@click.option("--dead-letter-queue", default=None, help="Name of the dead-letter queue.")
+@click.option("--delay", type=float, default=0.0, show_default=True, help="Seconds.")
+@click.option("--max-messages", type=int, default=None, help="Bound on messages held.")
+@click.option("--max-bytes", type=int, default=None, help="Bound on bytes held.")
+@click.option("--max-message-size", type=int, default=1_048_576, show_default=True,
+              help="Bytes.")
+@click.option("--retention", type=float, default=345_600.0, show_default=True,
+              help="Seconds.")
+@click.option("--overflow", type=click.Choice(["reject", "drop_oldest", "dead_letter"]),
+              default="reject", show_default=True)
+@click.option("--max-priority", type=int, default=0, show_default=True)
+@click.option("--fifo", is_flag=True, help="Strict order per group id.")
+@click.option("--content-dedup", is_flag=True, help="Deduplicate by body hash.")
+@click.option("--dedup-window", type=float, default=300.0, show_default=True, help="Seconds.")
+@click.option("--redelivery-backoff", default=None,
+              help="Comma-separated seconds waited before redelivery 1, 2, ...")
+def create_queue(endpoint: str | None, name: str, redelivery_backoff: str | None,
+                 **settings: Any) -> None:
+    """Create queue NAME with the given settings (a no-op if equal ones exist)."""
+    if redelivery_backoff:
+        settings["redelivery_backoff"] = tuple(
+            float(part) for part in redelivery_backoff.split(","))
+    try:
+        with _client(endpoint) as client:
+            client.create_queue(name, **settings)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"queue {name}")
+
+
+@cli.command()
+@endpoint_option
+@click.argument("topic")
+@click.argument("queue")
+@click.option("--filter-policy", default=None, help="SNS filter policy JSON.")
+@click.option("--filter-scope", type=click.Choice(["attributes", "body"]),
+              default="attributes", show_default=True)
+def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str | None,
+              filter_scope: str) -> None:
+    """Subscribe QUEUE to TOPIC (a name or pattern); prints the subscription id."""
+    try:
+        with _client(endpoint) as client:
+            subscription_id = client.subscribe(topic, queue, filter_policy=filter_policy,
+                                               filter_scope=filter_scope)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"subscription {subscription_id}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def demo(args: tuple[str, ...]) -> None:
+    """Run the cross-process fan-out demo (options: see fastfanout demo -- --help)."""
+    from fastfanout.demo import main as demo_main
+
+    sys.exit(demo_main(list(args)))
+
+
+def main() -> None:
+    """Console-script entry point (``fastfanout``)."""
+    cli()
