@@ -34,8 +34,9 @@ cdef enum:
     FF_FLAG_DELIVER_AT = 0x01
     FF_FLAG_PRIORITY = 0x02
     FF_FLAG_RECEIPT = 0x04
-    FF_FLAG_DEAD_LETTER = 0x08         # reserved: accepted and carried, not interpreted
-    FF_FLAGS_KNOWN = 0x0F
+    FF_FLAG_DEAD_LETTER = 0x08         # delivery record: name holds the dead-letter record (JSON)
+    FF_FLAG_EXPIRES = 0x10             # publish record: the receipt slot holds expires_at_us
+    FF_FLAGS_KNOWN = 0x1F
 
 # Status codes: 0 ok, 1 clean end of frame, negative = the specific malformation.
 cdef enum:
@@ -218,8 +219,11 @@ cdef inline int ff_reader_next(ff_frame_reader* reader, ff_record_view* view) no
     # An optional field must be zero when absent, for the same one-encoding reason.
     if ((not (view.flags & FF_FLAG_PRIORITY) and view.priority != 0)
             or (not (view.flags & FF_FLAG_DELIVER_AT) and view.deliver_at_us != 0)
-            or (not (view.flags & FF_FLAG_RECEIPT) and view.receipt != 0)):
+            or (not (view.flags & (FF_FLAG_RECEIPT | FF_FLAG_EXPIRES)) and view.receipt != 0)):
         return FF_CODEC_STRAY_FIELD
+    # The receipt slot carries a receipt or an expiry time, never both.
+    if view.flags & FF_FLAG_RECEIPT and view.flags & FF_FLAG_EXPIRES:
+        return FF_CODEC_BAD_FLAGS
     view.start = p
     view.record_len = record_len
     view.receive_count = ff_load_le32(p + 20)
@@ -403,6 +407,8 @@ cdef class Record:
     cdef readonly object deliver_at_us     # int or None
     cdef readonly object receipt           # int or None
     cdef readonly uint32_t receive_count
+    cdef readonly object expires_at_us     # int or None
+    cdef readonly bint dead_letter
     cdef uint64_t _encoded_size            # record_len once encoded (padding included)
 
     cdef int _fill_view(self, ff_record_view* view) except -1

@@ -75,15 +75,20 @@ cdef dict _FAULTS = {
     FF_CODEC_RECORD_OVERRUN: "record_len runs past the end of the frame",
     FF_CODEC_PARTS_OVERRUN: "variable parts exceed record_len",
     FF_CODEC_BAD_PADDING: "record padding is not the shortest run of zero bytes",
-    FF_CODEC_BAD_FLAGS: "unknown flag bits set (known: 0x0f)",
+    FF_CODEC_BAD_FLAGS: "unknown flag bits set (known: 0x1f), or receipt and expiry both set",
     FF_CODEC_COUNT_MISMATCH: "record count in the header does not match the records present",
-    FF_CODEC_STRAY_FIELD: "priority, deliver_at_us or receipt is non-zero without its flag",
+    FF_CODEC_STRAY_FIELD: "priority, deliver_at_us or receipt/expiry is non-zero without its flag",
 }
 
 cdef dict _RING_FAULTS = {
     FF_CODEC_SHORT_RECORD: "truncated u32 length prefix",
     FF_CODEC_RECORD_OVERRUN: "record length runs past the end of the buffer",
 }
+
+
+def status_text(int status):
+    """The human description of a codec status code (for error messages)."""
+    return _FAULTS.get(status, f"codec status {status}")
 
 
 cdef object _malformed(int status, size_t offset, str form="batch frame"):
@@ -171,6 +176,10 @@ cdef class Record:
         deliver_at_us: absolute delivery time, microseconds since the epoch, or None.
         receipt: lease receipt, 0..2**64-1, or None.
         receive_count: deliveries so far, 0..2**32-1.
+        expires_at_us: time-to-live end of a publish record, microseconds since the
+            epoch, or None. It shares the receipt slot: a record has at most one.
+        dead_letter: a delivery record's dead-letter flag: True when ``name`` holds the
+            dead-letter record as JSON text (see docs/protocol.md).
 
     Raises:
         InvalidArgument: a field has the wrong type or is out of range, or the whole
@@ -179,7 +188,7 @@ cdef class Record:
 
     def __init__(self, body=b"", *, id=0, timestamp_us=0, attributes=b"", name=None,
                  group_id=None, dedup_id=None, priority=None, deliver_at_us=None,
-                 receipt=None, receive_count=0):
+                 receipt=None, receive_count=0, expires_at_us=None, dead_letter=False):
         cdef uint64_t size
         if self._encoded_size:
             # Every initialised record has a non-zero size (the header alone is 56).
@@ -203,6 +212,13 @@ cdef class Record:
             deliver_at_us, -(1 << 63), (1 << 63) - 1, "deliver_at_us")
         self.receipt = None if receipt is None else _checked_int(
             receipt, 0, 0xFFFFFFFFFFFFFFFF, "receipt")
+        self.expires_at_us = None if expires_at_us is None else _checked_int(
+            expires_at_us, 0, (1 << 63) - 1, "expires_at_us")
+        if self.receipt is not None and self.expires_at_us is not None:
+            raise InvalidArgument("a record carries a receipt or an expires_at_us, not both")
+        if type(dead_letter) is not bool:
+            raise InvalidArgument(f"dead_letter must be a bool, got {dead_letter!r}")
+        self.dead_letter = dead_letter
         size = ff_align8(<uint64_t>FF_RECORD_HEADER_SIZE + _utf8_len(self.name)
                          + _utf8_len(self.group_id) + _utf8_len(self.dedup_id)
                          + <uint64_t>PyBytes_GET_SIZE(self.attributes)
@@ -228,6 +244,11 @@ cdef class Record:
         if self.receipt is not None:
             view.flags |= FF_FLAG_RECEIPT
             view.receipt = <uint64_t>self.receipt
+        if self.expires_at_us is not None:
+            view.flags |= FF_FLAG_EXPIRES
+            view.receipt = <uint64_t>self.expires_at_us
+        if self.dead_letter:
+            view.flags |= FF_FLAG_DEAD_LETTER
         view.receive_count = self.receive_count
         view.id = self.id
         view.timestamp_us = self.timestamp_us
@@ -246,7 +267,7 @@ cdef class Record:
     cdef tuple _key(self):
         return (self.id, self.timestamp_us, self.body, self.attributes, self.name,
                 self.group_id, self.dedup_id, self.priority, self.deliver_at_us,
-                self.receipt, self.receive_count)
+                self.receipt, self.receive_count, self.expires_at_us, self.dead_letter)
 
     def __eq__(self, other):
         if not isinstance(other, Record):
@@ -262,7 +283,8 @@ cdef class Record:
             f"attributes={self.attributes!r}, name={self.name!r}, "
             f"group_id={self.group_id!r}, dedup_id={self.dedup_id!r}, "
             f"priority={self.priority!r}, deliver_at_us={self.deliver_at_us!r}, "
-            f"receipt={self.receipt!r}, receive_count={self.receive_count})"
+            f"receipt={self.receipt!r}, receive_count={self.receive_count}, "
+            f"expires_at_us={self.expires_at_us!r}, dead_letter={self.dead_letter})"
         )
 
     def __reduce__(self):
@@ -271,7 +293,8 @@ cdef class Record:
             attributes=self.attributes, name=self.name, group_id=self.group_id,
             dedup_id=self.dedup_id, priority=self.priority,
             deliver_at_us=self.deliver_at_us, receipt=self.receipt,
-            receive_count=self.receive_count),))
+            receive_count=self.receive_count, expires_at_us=self.expires_at_us,
+            dead_letter=self.dead_letter),))
 
 
 def _record_from_kwargs(kwargs):
@@ -301,6 +324,8 @@ cdef Record _record_from_view(const ff_record_view* view, size_t offset):
     record.priority = view.priority if view.flags & FF_FLAG_PRIORITY else None
     record.deliver_at_us = view.deliver_at_us if view.flags & FF_FLAG_DELIVER_AT else None
     record.receipt = view.receipt if view.flags & FF_FLAG_RECEIPT else None
+    record.expires_at_us = <int64_t>view.receipt if view.flags & FF_FLAG_EXPIRES else None
+    record.dead_letter = bool(view.flags & FF_FLAG_DEAD_LETTER)
     record.receive_count = view.receive_count
     record._encoded_size = view.record_len
     return record

@@ -29,6 +29,17 @@ from libc.math cimport isfinite
 from libc.string cimport memset
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastfanout._ext.codec cimport (
+    FF_CODEC_OK,
+    FF_FLAG_DELIVER_AT,
+    FF_FLAG_EXPIRES,
+    FF_FLAG_PRIORITY,
+    ff_frame_reader,
+    ff_reader_next,
+    ff_reader_offset,
+    ff_reader_open,
+    ff_record_view,
+)
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
 from fastfanout._ext.store cimport Store, blob_new, blob_release, blob_t
@@ -38,6 +49,7 @@ from datetime import datetime
 from msgspec.msgpack import decode as _decode_attributes
 from msgspec.msgpack import encode as _encode_attributes
 
+from fastfanout._ext.codec import status_text as codec_status_text
 from fastfanout.errors import InvalidArgument, MessageTooLarge, QueueFull
 from fastfanout.records import PublishEntry, PublishResult
 
@@ -333,8 +345,13 @@ cdef class Dispatcher:
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
                                object entries, int64_t now_us, int64_t topic):
         cdef Store store = self.store
-        cdef list items = entries if type(entries) is list else list(entries)
-        cdef Py_ssize_t count = len(items)
+        cdef list items = None
+        cdef Py_buffer frame_view
+        cdef bint have_frame = False
+        cdef ff_frame_reader reader
+        cdef ff_record_view record
+        cdef int status
+        cdef Py_ssize_t count
         cdef Py_ssize_t made = 0
         cdef Py_ssize_t i
         cdef uint32_t t
@@ -355,23 +372,51 @@ cdef class Dispatcher:
         cdef DedupWindow window
         cdef DedupWindow in_batch
         cdef PublishBatch batch
+        if isinstance(entries, EncodedBatch):
+            # A codec frame (the wire's publish batch): blobs straight from the records.
+            PyObject_GetBuffer((<EncodedBatch>entries).frame, &frame_view, PyBUF_SIMPLE)
+            have_frame = True
+            status = ff_reader_open(&reader, <const char*>frame_view.buf, frame_view.len)
+            if status != FF_CODEC_OK:
+                PyBuffer_Release(&frame_view)
+                raise InvalidArgument(
+                    f"malformed batch frame: {codec_status_text(status)} at byte 0")
+            count = reader.count
+        else:
+            items = entries if type(entries) is list else list(entries)
+            count = len(items)
         if count == 0:
+            if have_frame:
+                PyBuffer_Release(&frame_view)
             return PublishBatch(0)
-        self._reserve_scratch(count, target_count)
+        try:
+            self._reserve_scratch(count, target_count)
+        except BaseException:
+            if have_frame:
+                PyBuffer_Release(&frame_view)
+            raise
         any_content_dedup = topic >= 0 and self.topics[topic].content_dedup
         for t in range(target_count):
             any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
         try:
             # Pass 1: validate and encode every entry into a blob.
             filtering = topic >= 0 and self.topic_filters[topic] is not None
-            if filtering:
+            if filtering and items is not None:
                 # The filter matcher reads attribute dicts: keep the caller's instead of
                 # decoding each blob's copy again.
                 self.batch_attributes = [
                     (<tuple>item)[1] if isinstance(item, PublishEntry) and (<tuple>item)[1]
                     else None for item in items]
             for i in range(count):
-                self.scratch[i] = _make_blob(items[i], i, now_us)
+                if have_frame:
+                    status = ff_reader_next(&reader, &record)
+                    if status != FF_CODEC_OK:
+                        raise InvalidArgument(
+                            f"malformed batch frame: record {i}: {codec_status_text(status)} "
+                            f"at byte {ff_reader_offset(&reader)}")
+                    self.scratch[i] = _blob_from_record(&record, i, now_us)
+                else:
+                    self.scratch[i] = _make_blob(items[i], i, now_us)
                 made += 1
                 blob = self.scratch[i]
                 self.original[i] = 0
@@ -403,6 +448,9 @@ cdef class Dispatcher:
                 blob_release(self.scratch[i])
             self.batch_attributes = None
             raise
+        finally:
+            if have_frame:
+                PyBuffer_Release(&frame_view)
         # Pass 3: commit. Ids go to accepted messages only, in entry order.
         next_id = store.next_message_id
         batch = PublishBatch(count)
@@ -603,6 +651,69 @@ cdef class Dispatcher:
                 f"{store.queue(queue).max_messages}, max_bytes={store.queue(queue).max_bytes}; "
                 f"{messages} more ({size_total} bytes) do not fit and overflow is reject")
         return 0
+
+
+@cython.final
+cdef class EncodedBatch:
+    """A publish batch already in the codec's frame layout (what clients send on the wire).
+
+    Pass one to ``publish_batch`` / ``send_batch`` instead of a list: the dispatcher
+    makes blobs straight from its records, with no Python object per message.
+    """
+
+    cdef readonly object frame
+
+    def __cinit__(self, frame):
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"a frame must be bytes-like, got {type(frame).__name__}")
+        self.frame = frame
+
+
+cdef blob_t* _blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us) except NULL:
+    """Validate one publish record of a frame and copy it into a new blob."""
+    cdef bytes encoded = None
+    cdef const char* attrs = NULL
+    cdef uint32_t attrs_len = 0
+    cdef int64_t due_us = INT64_MIN
+    cdef int64_t expires_us = INT64_MAX
+    cdef blob_t* blob
+    if record.body_len > MAX_BODY:
+        raise MessageTooLarge(
+            f"entry {i}: body of {record.body_len} bytes exceeds the hard limit of "
+            f"{MAX_BODY} bytes")
+    if record.attrs_len:
+        # Attributes arrive msgpack-encoded: check them like local ones (types, count,
+        # names), and store the canonical encoding.
+        try:
+            attributes = _decode_attributes(record.attrs[:record.attrs_len])
+        except Exception as error:
+            raise InvalidArgument(f"entry {i}: attributes are not valid msgpack: {error}")
+        encoded = _encode(attributes, i)
+        if encoded is not None:
+            attrs = PyBytes_AS_STRING(encoded)
+            attrs_len = <uint32_t>PyBytes_GET_SIZE(encoded)
+    if record.group_len > MAX_ID_LENGTH or record.dedup_len > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            f"entry {i}: group and dedup ids must be at most {MAX_ID_LENGTH} bytes")
+    if record.group_len:
+        record.group[:record.group_len].decode("utf-8")   # raises on bad UTF-8
+    if record.dedup_len:
+        record.dedup[:record.dedup_len].decode("utf-8")
+    if record.flags & FF_FLAG_DELIVER_AT:
+        if record.deliver_at_us - now_us > MAX_DELAY_US:
+            raise InvalidArgument(f"entry {i}: deliver_at is more than one year ahead")
+        due_us = max(record.deliver_at_us, now_us)
+    if record.flags & FF_FLAG_EXPIRES:
+        expires_us = <int64_t>record.receipt
+        if expires_us <= now_us:
+            raise InvalidArgument(f"entry {i}: the message expired before it was published")
+    blob = blob_new(0, now_us, due_us, expires_us, record.body, record.body_len,
+                    attrs, attrs_len, record.group, <uint16_t>record.group_len,
+                    record.dedup, <uint16_t>record.dedup_len,
+                    record.priority if record.flags & FF_FLAG_PRIORITY else 0)
+    if blob == NULL:
+        raise MemoryError()
+    return blob
 
 
 cdef inline const char* _dedup_id(blob_t* blob) noexcept:

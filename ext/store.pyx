@@ -33,16 +33,29 @@ calls back into Python code that could release it, except building result object
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+from fastfanout._ext.codec cimport (
+    FF_CODEC_OK,
+    FF_FLAG_DEAD_LETTER,
+    FF_FLAG_PRIORITY,
+    FF_FLAG_RECEIPT,
+    ff_out_append_record,
+    ff_out_buffer,
+    ff_out_free,
+    ff_out_init,
+    ff_record_view,
+)
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128
 from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.message cimport Message, make_message
 from fastfanout._ext.timers cimport TimerHeap
+
+from msgspec.json import encode as _encode_json
 
 from fastfanout.errors import InvalidArgument, StaleReceipt
 from fastfanout.records import DeadLetterInfo
@@ -644,29 +657,11 @@ cdef class Store:
             if slot == NIL:
                 level -= 1
                 continue
+            # Per-message TTL is checked when the message reaches the head (RabbitMQ's
+            # rule); a dead-lettered copy never expires again.
+            if not self._lease_head(qid, slot, lease_us, now_us):
+                continue
             entry = &self.entries[slot]
-            if entry.blob.expires_us <= now_us and entry.dead == NULL:
-                # Per-message TTL, checked when the message reaches the head (RabbitMQ's
-                # rule); a dead-lettered copy never expires again.
-                self._expire_entry(slot, now_us)
-                continue
-            if q.max_receive_count >= 0 and entry.receive_count + 1 > <uint64_t>q.max_receive_count:
-                self._dead_letter(slot, DEAD_MAX_RECEIVES, now_us)
-                continue
-            self._leave_visible(slot)
-            if entry.group != NIL:
-                (<GroupTable>self.group_tables[qid]).groups[entry.group].leased = slot
-            entry.state = STATE_LEASED
-            entry.generation += 1
-            entry.receive_count += 1
-            if entry.first_receive_us < 0:
-                entry.first_receive_us = now_us
-            entry.last_receive_us = now_us
-            q.leased += 1
-            q.delivered += 1
-            if entry.receive_count > 1:
-                q.redelivered += 1
-            self.timers.arm(slot, now_us + lease_us)
             blob = entry.blob
             attrs = None
             if blob.attrs_len:
@@ -693,6 +688,106 @@ cdef class Store:
         self._free_entry(slot)
         self.queues[qid].dropped[DROP_EXPIRED] += 1
         return 0
+
+    def receive_frame(self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
+                      int64_t now_us):
+        """Lease like ``receive`` but return one codec frame of delivery records.
+
+        Returns:
+            ``(frame, count)``. Each record carries id, timestamp, body, attributes,
+            group and dedup ids, priority (flag), receipt (flag) and receive count. A
+            dead-lettered copy has the dead-letter flag and its record's name part holds
+            the JSON text ``[reason, source_queue, receive_count, first_receive_us | null,
+            last_receive_us | null, time_us]``. No Python object is made per message
+            except for dead-letter records.
+        """
+        cdef ff_out_buffer out
+        cdef ff_record_view record
+        cdef queue_t* q
+        cdef entry_t* entry
+        cdef blob_t* blob
+        cdef uint32_t slot
+        cdef int level
+        cdef Py_ssize_t leased = 0
+        cdef bytes dead_info
+        cdef object frame
+        if ff_out_init(&out, 4096) != FF_CODEC_OK:
+            ff_out_free(&out)
+            raise MemoryError()
+        try:
+            level = self.queues[qid].levels - 1
+            while leased < max_messages and level >= 0:
+                q = &self.queues[qid]
+                slot = q.visible_head[level]
+                if slot == NIL:
+                    level -= 1
+                    continue
+                if not self._lease_head(qid, slot, lease_us, now_us):
+                    continue
+                entry = &self.entries[slot]
+                blob = entry.blob
+                record.flags = FF_FLAG_RECEIPT | (FF_FLAG_PRIORITY if blob.priority else 0)
+                record.priority = blob.priority
+                record.receive_count = entry.receive_count
+                record.id = blob.id
+                record.timestamp_us = blob.timestamp_us
+                record.deliver_at_us = 0
+                record.receipt = (<uint64_t>entry.generation << 32) | slot
+                record.name = NULL
+                record.name_len = 0
+                if entry.dead != NULL:
+                    dead_info = _encode_json([
+                        DEAD_LETTER_REASONS[entry.dead.reason],
+                        self.names[entry.dead.source_queue], entry.dead.receive_count,
+                        None if entry.dead.first_receive_us < 0 else entry.dead.first_receive_us,
+                        None if entry.dead.last_receive_us < 0 else entry.dead.last_receive_us,
+                        entry.dead.time_us])
+                    record.flags |= FF_FLAG_DEAD_LETTER
+                    record.name = PyBytes_AS_STRING(dead_info)
+                    record.name_len = <uint32_t>PyBytes_GET_SIZE(dead_info)
+                record.body = blob.data
+                record.body_len = blob.body_len
+                record.attrs = blob.data + blob.body_len
+                record.attrs_len = blob.attrs_len
+                record.group = record.attrs + blob.attrs_len
+                record.group_len = blob.group_len
+                record.dedup = record.group + blob.group_len
+                record.dedup_len = blob.dedup_len
+                if ff_out_append_record(&out, &record) != FF_CODEC_OK:
+                    raise MemoryError()
+                leased += 1
+            frame = PyBytes_FromStringAndSize(out.data, out.length)
+        finally:
+            ff_out_free(&out)
+        return frame, leased
+
+    cdef bint _lease_head(self, uint32_t qid, uint32_t slot, int64_t lease_us,
+                          int64_t now_us) except -1:
+        """Lease the listed visible entry ``slot`` (True), or settle it first when it
+        expired or ran out of receives (False: dead-lettered or dropped)."""
+        cdef queue_t* q = &self.queues[qid]
+        cdef entry_t* entry = &self.entries[slot]
+        if entry.blob.expires_us <= now_us and entry.dead == NULL:
+            self._expire_entry(slot, now_us)
+            return False
+        if q.max_receive_count >= 0 and entry.receive_count + 1 > <uint64_t>q.max_receive_count:
+            self._dead_letter(slot, DEAD_MAX_RECEIVES, now_us)
+            return False
+        self._leave_visible(slot)
+        if entry.group != NIL:
+            (<GroupTable>self.group_tables[qid]).groups[entry.group].leased = slot
+        entry.state = STATE_LEASED
+        entry.generation += 1
+        entry.receive_count += 1
+        if entry.first_receive_us < 0:
+            entry.first_receive_us = now_us
+        entry.last_receive_us = now_us
+        q.leased += 1
+        q.delivered += 1
+        if entry.receive_count > 1:
+            q.redelivered += 1
+        self.timers.arm(slot, now_us + lease_us)
+        return True
 
     cdef object _dead_letter_info(self, dead_letter_t* dead):
         return DeadLetterInfo(

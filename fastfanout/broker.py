@@ -23,7 +23,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final
 
-from fastfanout._ext.fanout import Dispatcher, PublishBatch
+from fastfanout._ext.fanout import Dispatcher, EncodedBatch, PublishBatch
 from fastfanout._ext.message import Message
 from fastfanout._ext.store import Store
 from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
@@ -726,6 +726,64 @@ class Broker:
             batch = self._dispatcher.send(self._queue_id(queue), entries, now_us)
             self._wake_receivers()
             return batch
+
+    # -- encoded fast paths (the server's) ---------------------------------------------
+
+    def publish_frame(self, topic: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
+        """Publish a batch given as one codec frame (see docs/protocol.md): all or none.
+
+        The records' body, attributes (msgpack), group and dedup ids, priority,
+        ``deliver_at_us`` (flag) and expiry (flag) are used; ids and timestamps are
+        assigned by the broker. No Python object is made per message.
+
+        Raises:
+            InvalidArgument: the frame or one of its records is malformed.
+        """
+        encoded = EncodedBatch(frame)
+        with self._lock:
+            now_us = self._now_us()
+            batch = self._dispatcher.publish(self._topic_id(topic), encoded, now_us)
+            self._wake_receivers()
+            return batch
+
+    def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
+        """Send a batch given as one codec frame straight to a queue: all or none."""
+        encoded = EncodedBatch(frame)
+        with self._lock:
+            now_us = self._now_us()
+            batch = self._dispatcher.send(self._queue_id(queue), encoded, now_us)
+            self._wake_receivers()
+            return batch
+
+    def receive_frame(
+        self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None
+    ) -> tuple[bytes, int]:
+        """Lease like ``receive`` (without waiting) and return one codec frame.
+
+        Returns:
+            ``(frame, count)``: delivery records with receipt and receive count set.
+        """
+        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+            raise InvalidArgument(
+                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        lease_us = None if visibility_timeout is None else _seconds_to_us(
+            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
+        with self._lock:
+            now_us = self._now_us()
+            queue_id = self._queue_id(queue)
+            if lease_us is None:
+                lease_us = round(self._queue_settings[queue].visibility_timeout * 1_000_000)
+            frame: bytes
+            count: int
+            frame, count = self._store.receive_frame(queue_id, max_messages, lease_us, now_us)
+            return frame, count
+
+    def next_due(self) -> float | None:
+        """Clock seconds when the next lease or delay ends (None: nothing pending)."""
+        with self._lock:
+            self._now_us()
+            due = self._store.next_due_us()
+            return None if due is None else due / 1_000_000
 
     # -- receive -----------------------------------------------------------------------
 

@@ -247,7 +247,7 @@ VALID = build_record(body=b"abc", name=b"t")  # 56 + 4 -> 64 bytes
         (frame_of(build_record(body=b"x" * 9, record_len=64, padding=b"")), "exceed", 8),
         (frame_of(build_record(body=b"x", padding=b"\0" * 15)), "padding", 8),
         (frame_of(build_record(body=b"x", padding=b"\0" * 6 + b"\1")), "padding", 8),
-        (frame_of(build_record(flags=0x10)), "unknown flag bits", 8),
+        (frame_of(build_record(flags=0x20)), "unknown flag bits", 8),
         (frame_of(build_record(name=b"\xff\xfe")), "name is not valid UTF-8", 8),
         (frame_of(build_record(group=b"\xc3")), "group_id is not valid UTF-8", 8),
         (frame_of(VALID, build_record(dedup=b"\x80")), "dedup_id is not valid UTF-8", 72),

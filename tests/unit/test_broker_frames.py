@@ -1,0 +1,93 @@
+"""The encoded fast paths the server uses: publish_frame, send_frame, receive_frame."""
+
+import json
+
+import msgspec
+import pytest
+
+from fastfanout import InvalidArgument, MessageTooLarge
+from fastfanout._ext.codec import Record, decode_batch, encode_batch
+
+
+def frame_of(*records):
+    return encode_batch(list(records))
+
+
+def test_publish_frame_fans_out_every_record(broker, clock):
+    broker.create_topic("t")
+    for name in ("a", "b"):
+        broker.create_queue(name)
+        broker.subscribe("t", name)
+    attributes = msgspec.msgpack.encode({"k": "v", "n": 2})
+    batch = broker.publish_frame("t", frame_of(
+        Record(b"one", attributes=attributes),
+        Record(b"two", priority=0, deliver_at_us=round((clock.now + 5) * 1e6)),
+    ))
+    assert [r.deliveries for r in batch] == [2, 2]
+    (first,) = broker.receive("a", max_messages=5)
+    assert first.body == b"one" and first.attributes == {"k": "v", "n": 2}
+    assert first.id == batch[0].message_id
+    clock.advance(5)
+    assert [m.body for m in broker.receive("b", max_messages=5)] == [b"one", b"two"]
+
+
+def test_receive_frame_carries_receipts_that_ack(broker, clock):
+    broker.create_queue("q")
+    broker.send_batch("q", [b"x", b"y"])
+    frame, count = broker.receive_frame("q", max_messages=10, visibility_timeout=5)
+    records = decode_batch(frame)
+    assert count == 2 and [r.body for r in records] == [b"x", b"y"]
+    assert all(r.receive_count == 1 and r.receipt for r in records)
+    assert records[0].timestamp_us == round(clock.now * 1e6)
+    broker.ack_batch([r.receipt for r in records])
+    assert broker.stats().queues["q"].acked == 2
+
+
+def test_receive_frame_describes_dead_letters(broker):
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    broker.send("q", b"bad")
+    broker.receive("q")[0].term()
+    frame, _ = broker.receive_frame("dlq")
+    (record,) = decode_batch(frame)
+    assert record.dead_letter
+    reason, source, receive_count, first, last, when = json.loads(record.name)
+    assert (reason, source, receive_count) == ("rejected", "q", 1)
+    assert first == last and when >= first
+
+
+def test_send_frame_with_ttl_group_and_dedup(broker, clock):
+    broker.create_queue("f", fifo=True)
+    now_us = round(clock.now * 1e6)
+    batch = broker.send_frame("f", frame_of(
+        Record(b"1", group_id="g", dedup_id="d1", expires_at_us=now_us + 1_000_000),
+        Record(b"2", group_id="g", dedup_id="d1"),
+    ))
+    assert [r.duplicate for r in batch] == [False, True]
+    clock.advance(1)
+    assert broker.receive("f") == []
+    assert broker.stats().queues["f"].dropped["expired"] == 1
+
+
+@pytest.mark.parametrize("frame", [b"", b"FFB1", b"XXXX\x00\x00\x00\x00", b"FFB1\x01\x00\x00\x00"])
+def test_malformed_frames_are_refused_and_change_nothing(broker, frame):
+    broker.create_queue("q")
+    with pytest.raises(InvalidArgument, match="malformed"):
+        broker.send_frame("q", frame)
+    assert broker.stats().queues["q"].enqueued == 0
+
+
+def test_bad_records_are_refused_atomically(broker):
+    broker.create_queue("q", max_message_size=10)
+    good = Record(b"ok")
+    bad_records = (Record(b"x", attributes=b"\xc1"),
+                   Record(b"x", attributes=msgspec.msgpack.encode([1])),
+                   Record(b"x", attributes=msgspec.msgpack.encode({"a": True})))
+    for bad in bad_records:
+        with pytest.raises(InvalidArgument):
+            broker.send_frame("q", frame_of(good, bad))
+    with pytest.raises(MessageTooLarge):
+        broker.send_frame("q", frame_of(good, Record(b"x" * 11)))
+    with pytest.raises(InvalidArgument):
+        broker.send_frame("q", "not bytes")
+    assert broker.stats().queues["q"].enqueued == 0
