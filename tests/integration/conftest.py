@@ -1,0 +1,153 @@
+"""Fixtures for server-mode tests: brokers in threads or processes, tracked and cleaned up.
+
+Every broker, client and process a test starts is registered here and closed or killed
+at teardown with a deadline; a test that leaves one behind fails naming what leaked.
+Endpoints are ipc:// under the test's tmp dir, or tcp://127.0.0.1 on a free port only.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastfanout.client import Client, connect
+from fastfanout.errors import FastFanoutError
+from fastfanout.server import Server
+
+DEADLINE = 10.0
+
+
+def free_tcp_endpoint() -> str:
+    # two consecutive free ports: command endpoint and its stream endpoint (port + 1)
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            with socket.socket() as second:
+                second.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return f"tcp://127.0.0.1:{port}"
+    raise RuntimeError("no two consecutive free tcp ports")
+
+
+class Tracker:
+    """Everything a test started, for teardown with a deadline."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.servers: list[Server] = []
+        self.clients: list[Client] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.closeables: list[Any] = []
+        self._count = 0
+
+    def endpoint(self, kind: str = "ipc") -> str:
+        self._count += 1
+        if kind == "tcp":
+            return free_tcp_endpoint()
+        return f"ipc://{self.tmp_path}/broker{self._count}.sock"
+
+    def server(self, endpoint: str | None = None, **options: Any) -> Server:
+        server = Server(endpoint or self.endpoint(), **options).start()
+        self.servers.append(server)
+        return server
+
+    def client(self, endpoint: str, **options: Any) -> Client:
+        options.setdefault("timeout", 5.0)
+        client = connect(endpoint, **options)
+        self.clients.append(client)
+        return client
+
+    def process(self, args: list[str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        self.processes.append(process)
+        return process
+
+    def broker_process(self, endpoint: str, *extra: str) -> subprocess.Popen[bytes]:
+        process = self.process(["-m", "fastfanout", "serve", "--endpoint", endpoint,
+                                "--log-level", "WARNING", *extra])
+        wait_for_broker(endpoint, process)
+        return process
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE,
+                   what: str = "condition") -> None:
+        wait_until(predicate, timeout, what)
+
+    def teardown(self) -> list[str]:
+        leaked: list[str] = []
+        for closeable in self.closeables:
+            closeable.close()
+        for client in self.clients:
+            client.close(timeout=1.0)
+        for server in self.servers:
+            try:
+                server.stop(DEADLINE)
+            except TimeoutError:
+                leaked.append(f"server on {server.endpoint} did not stop")
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(DEADLINE)
+                except subprocess.TimeoutExpired:
+                    leaked.append(f"process {process.args} ignored SIGTERM")
+                    process.kill()
+                    process.wait(DEADLINE)
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
+        stray = [t.name for t in threading.enumerate()
+                 if t.name.startswith("fastfanout") and t.is_alive()]
+        if stray:
+            leaked.append(f"threads {stray}")
+        return leaked
+
+
+def wait_for_broker(endpoint: str, process: subprocess.Popen[bytes] | None = None,
+                    timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"broker exited early with {process.returncode}: "
+                               f"{process.stderr.read() if process.stderr else b''!r}")
+        try:
+            with connect(endpoint, timeout=0.3):
+                return
+        except FastFanoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE,
+               what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def track(tmp_path: Path) -> Iterator[Tracker]:
+    tracker = Tracker(tmp_path)
+    yield tracker
+    leaked = tracker.teardown()
+    if leaked:
+        pytest.fail(f"leaked (cleaned up now): {', '.join(leaked)}")
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def endpoint(request: pytest.FixtureRequest, track: Tracker) -> str:
+    return track.endpoint(request.param)

@@ -1,0 +1,277 @@
+"""The broker server against real clients, raw sockets and real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import struct
+import textwrap
+from typing import Any as Tracker
+
+import msgspec
+import pytest
+import zmq
+
+import fastfanout
+from fastfanout import protocol
+from fastfanout._ext import codec
+from fastfanout.client import BrokenConnection
+from fastfanout.runtime import BrokerRunning, runtime_dir
+from fastfanout.server import Server
+
+
+def test_every_operation(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_queue("dlq")
+    client.create_queue("q", max_receive_count=2, dead_letter_queue="dlq",
+                        visibility_timeout=30.0, redelivery_backoff=(0.0,))
+    client.create_queue("other")
+    client.create_topic("t")
+    assert client.list_topics() == ["t"]
+    assert client.list_queues() == ["dlq", "other", "q"]
+    settings = client.queue_settings("q")
+    assert settings.dead_letter_queue == "dlq" and settings.redelivery_backoff == (0.0,)
+    sid = client.subscribe("t", "q")
+    assert client.subscribe("t", "q") == sid
+    other = client.subscribe("t", "other", filter_policy={"kind": ["x"]})
+    assert client.list_subscriptions() == {sid: ("t", "q"), other: ("t", "other")}
+    assert client.subscription(other).queue == "other"
+    client.set_filter_policy(other, None)
+    result = client.publish("t", b"one", attributes={"kind": "x", "n": 2})
+    assert result.deliveries == 2 and not result.duplicate
+    batch = client.publish_batch("t", [b"two", fastfanout.PublishEntry(b"three", {"a": "b"})])
+    assert batch.message_ids == [result.message_id + 1, result.message_id + 2]
+    assert client.send("other", b"direct").deliveries == 1
+    assert len(client.send_batch("other", [b"d1", b"d2"])) == 2
+    messages = client.receive("q", max_messages=10)
+    assert [m.body for m in messages] == [b"one", b"two", b"three"]
+    assert messages[0].attributes == {"kind": "x", "n": 2} and messages[0].queue == "q"
+    messages[0].ack()
+    with pytest.raises(fastfanout.StaleReceipt) as stale:
+        client.ack(messages[0].receipt)
+    assert stale.value.receipts == [messages[0].receipt]
+    messages[1].extend(60.0)
+    messages[1].nack()
+    messages[2].term()
+    dead = client.receive("dlq", max_messages=5)
+    assert dead[0].dead_letter is not None and dead[0].dead_letter.reason == "rejected"
+    client.ack_batch([m.receipt for m in dead])
+    assert client.purge("other") == 6
+    assert client.redrive("dlq") == 0
+    stats = client.stats()
+    assert stats.topics["t"].published == 3 and stats.queues["q"].acked == 1
+    assert client.check()
+    client.unsubscribe(other)
+    with pytest.raises(fastfanout.NotFound):
+        client.unsubscribe(other)
+    with pytest.raises(fastfanout.InvalidArgument):
+        client.create_queue("bad name")
+    with pytest.raises(fastfanout.AlreadyExists):
+        client.create_queue("q", visibility_timeout=1.0)
+    with pytest.raises(fastfanout.InvalidFilterPolicy):
+        client.subscribe("t", "other", filter_policy={"kind": [{"nonsense": 1}]})
+    waited = client.receive("other", max_messages=1, wait=0.2)
+    assert waited == []
+    client.delete_topic("t")
+    client.delete_queue("other")
+    assert client.server_stats()["connections"] == 1
+    client.close()
+
+
+def test_long_poll_wakes_on_publish(track: Tracker) -> None:
+    server = track.server()
+    producer = track.client(server.endpoint)
+    consumer = track.client(server.endpoint)
+    producer.create_queue("q")
+    pending = consumer._request(protocol.Opcode.RECEIVE, [protocol.encode_payload(
+        [[], {"queue": "q", "max_messages": 5, "wait": 10.0}])])
+    track.wait_until(lambda: server.counters["requests"] >= 4, what="the long poll to arrive")
+    producer.send("q", b"late")
+    frames = consumer._wait(pending, 5.0)
+    assert codec.decode_batch(frames[0])[0].body == b"late"
+    producer.close()
+    consumer.close()
+
+
+def test_push_consumer_respects_prefetch(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_queue("q")
+    client.send_batch("q", [b"m%d" % i for i in range(50)])
+    consumer = client.consume("q", prefetch=5)
+    held = []
+    while len(held) < 5:
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None
+        held.extend(batch)
+    assert consumer.next_batch(timeout=0.3) is None  # no credit left: nothing more pushed
+    assert client.stats().queues["q"].leased == 5
+    for message in held:
+        message.ack()
+    seen = 5
+    while seen < 50:
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None
+        seen += len(batch)
+        batch.ack()
+    consumer.cancel()
+    track.wait_until(lambda: client.stats().queues["q"].acked == 50, what="all acks")
+    client.close()
+
+
+def test_second_broker_on_same_endpoint_is_refused(track: Tracker) -> None:
+    server = track.server()
+    with pytest.raises(BrokerRunning, match="already serves"):
+        Server(server.endpoint).start()
+    client = track.client(server.endpoint)
+    client.create_topic("still-mine")
+    client.close()
+
+
+def test_non_loopback_tcp_needs_curve() -> None:
+    with pytest.raises(fastfanout.InvalidArgument, match="CURVE"):
+        Server("tcp://0.0.0.0:5999")
+
+
+def test_runtime_dir_is_private(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    path = runtime_dir()
+    assert path.parent == tmp_path and stat.S_IMODE(path.stat().st_mode) == 0o700
+    path.chmod(0o755)
+    with pytest.raises(fastfanout.FastFanoutError, match="mode 755"):
+        runtime_dir()
+
+
+def _raw_request(dealer: zmq.Socket[bytes], frames: list[bytes]) -> tuple[int, str]:
+    dealer.send_multipart(frames)
+    assert dealer.poll(5000), "no reply to a bad request"
+    reply = dealer.recv_multipart()
+    _, status, _ = protocol.decode_header(reply[0])
+    code = msgspec.msgpack.decode(reply[1])[0] if status == protocol.Status.ERROR else ""
+    return status, code
+
+
+def test_garbage_never_takes_the_broker_down(track: Tracker) -> None:
+    server = track.server(max_request_bytes=1 << 20, max_frame_bytes=4 << 20)
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(server.endpoint)
+    try:
+        header = protocol.encode_header
+        cases = [
+            ([b"junk"], "malformed_frame"),
+            ([b"XX" + bytes(10)], "malformed_frame"),
+            ([header(0x7F, 1)], "unknown_opcode"),
+            ([header(protocol.Opcode.LIST_TOPICS, 2, version=9)], "unsupported_version"),
+            ([header(protocol.Opcode.PUBLISH, 3), b"t", b"FFB1garbage"], "malformed_frame"),
+            ([header(protocol.Opcode.PUBLISH, 4), b"\xff\xfe", b""], "malformed_frame"),
+            ([header(protocol.Opcode.PUBLISH, 5)], "malformed_frame"),
+            ([header(protocol.Opcode.ACK, 6), b"abc"], "malformed_frame"),
+            ([header(protocol.Opcode.CREATE_TOPIC, 7), b"\xc1"], "malformed_frame"),
+            ([header(protocol.Opcode.CREATE_TOPIC, 8), msgspec.msgpack.encode([[1, 2], {}])],
+             "invalid_argument"),
+            ([header(protocol.Opcode.PUBLISH, 9), b"t", bytes(2 << 20)], "request_too_large"),
+        ]
+        for frames, code in cases:
+            status, got = _raw_request(dealer, frames)
+            assert (status, got) == (protocol.Status.ERROR, code), frames[:1]
+            assert client.publish("t", b"still fine").deliveries == 1
+        # above ZMQ_MAXMSGSIZE: libzmq drops this connection, the broker counts it
+        dealer.send_multipart([header(protocol.Opcode.PUBLISH, 10), b"t", bytes(5 << 20)])
+        track.wait_until(lambda: server.counters["disconnects"] >= 1, what="the disconnect")
+    finally:
+        dealer.close()
+        context.term()
+    stats = client.server_stats()
+    assert stats["error.malformed_frame"] == 7 and stats["error.unknown_opcode"] == 1
+    assert client.stats().queues["q"].enqueued == len(cases)
+    client.close()
+
+
+def test_stock_sub_socket_receives_a_stream(track: Tracker, endpoint: str) -> None:
+    server = track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("prices")
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"prices")
+    sub.connect(server.stream_endpoint)
+    try:
+        track.wait_until(lambda: bool(server._subscriptions), what="the subscription")
+        client.publish_batch("prices", [b"a", b"b", b"c"])
+        assert sub.poll(5000)
+        topic, frame = sub.recv_multipart()
+        records = codec.decode_batch(frame)
+        assert topic == b"prices" and [r.body for r in records] == [b"a", b"b", b"c"]
+        assert [r.receipt for r in records] == [1, 2, 3]  # the topic's sequence numbers
+    finally:
+        sub.close()
+        context.term()
+    client.close()
+
+
+CONSUMER = textwrap.dedent("""
+    import sys, time
+    from fastfanout.client import connect
+    client = connect(sys.argv[1])
+    consumer = client.consume("q", prefetch=10, visibility_timeout=60.0)
+    got = 0
+    while got < 10:
+        batch = consumer.next_batch(timeout=10.0)
+        got += len(batch)
+    print("leased", got, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_killed_consumer_leases_are_released(track: Tracker, endpoint: str) -> None:
+    broker = track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_queue("q")
+    client.send_batch("q", [b"m%d" % i for i in range(10)])
+    consumer = track.process(["-c", CONSUMER, endpoint])
+    assert consumer.stdout is not None
+    assert consumer.stdout.readline().split() == [b"leased", b"10"]
+    assert client.stats().queues["q"].leased == 10
+    consumer.send_signal(signal.SIGKILL)
+    consumer.wait(10)
+    again = client.receive("q", max_messages=10, wait=10.0)  # lease is 60 s; heartbeats win
+    while len(again) < 10:
+        again += client.receive("q", max_messages=10, wait=5.0)
+    assert all(m.receive_count == 2 for m in again)
+    client.close()
+    broker.terminate()
+    assert broker.wait(10) == 0
+
+
+def test_broker_restart_is_a_clear_error_then_reconnect(track: Tracker, endpoint: str) -> None:
+    broker = track.broker_process(endpoint)
+    client = track.client(endpoint, timeout=2.0)
+    client.create_topic("t")
+    broker.send_signal(signal.SIGTERM)
+    assert broker.wait(10) == 0
+    with pytest.raises(BrokenConnection):
+        client.list_topics()
+        client.list_topics()  # the goodbye may arrive only with the next exchange
+    track.broker_process(endpoint)
+    assert client.list_topics() == []  # a new broker: reconnected, state is fresh
+    client.close()
+
+
+def test_serve_exits_zero_on_sigint(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    broker = track.broker_process(endpoint)
+    os.kill(broker.pid, signal.SIGINT)
+    assert broker.wait(10) == 0
+
+
+def test_header_layout() -> None:
+    assert struct.calcsize("<2sBBQ") == protocol.HEADER.size == 12
