@@ -17,7 +17,11 @@ Layout (all integers little-endian)::
     off size field
     0   4   record_len     whole record incl. header and padding, a multiple of 8
     4   1   flags          bit0 deliver_at, bit1 priority, bit2 receipt,
-                           bit3 dead_letter (reserved, carried as-is)
+                           bit3 dead_letter (delivery records: the name part holds
+                           the JSON text [reason, source_queue, receive_count,
+                           first_receive_us|null, last_receive_us|null, time_us]),
+                           bit4 expires (publish records: the receipt slot holds
+                           expires_at_us, the time-to-live end; never with bit2)
     5   1   priority       0..255 (meaningful when bit1)
     6   2   group_len
     8   2   dedup_len
@@ -28,7 +32,7 @@ Layout (all integers little-endian)::
     24  8   id             u64, 0 = not assigned yet
     32  8   timestamp_us   i64
     40  8   deliver_at_us  i64 (meaningful when bit0)
-    48  8   receipt        u64 (meaningful when bit2)
+    48  8   receipt        u64 (meaningful when bit2; expires_at_us i64 when bit4)
     56  ... the variable parts, in that order, then 0..7 zero bytes
 
 Invariants the reader enforces (``ff_reader_next`` in codec.pxd), so that every view it
