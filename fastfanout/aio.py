@@ -1,0 +1,338 @@
+"""The asyncio face of the client (``async with``, ``async for``), on ``zmq.asyncio``.
+
+Design
+------
+Same wire protocol and the same payload helpers as ``fastfanout.client``; only the I/O
+differs. One reader task owns the DEALER socket's receive side and resolves a future per
+request id, so any number of coroutines may await calls at once (the asyncio analogue of
+many requests in flight). Pushes for a consumer go to its ``asyncio.Queue``. A heartbeat
+task keeps the session alive; if the broker says goodbye or the reader fails, every
+pending call raises ``BrokenConnection``. Sockets come from ``fastfanout.transport``,
+which remains the only module that imports ``zmq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from fastfanout import protocol
+from fastfanout.client import (
+    DeliveryBatch,
+    RemoteMessage,
+    RemotePublishBatch,
+    decode_delivery,
+    entry_record,
+    make_record,
+)
+from fastfanout.errors import Closed, FastFanoutError
+from fastfanout.protocol import BrokenConnection, Opcode, Status
+from fastfanout.records import PublishResult
+from fastfanout.runtime import default_endpoint
+from fastfanout.stats import BrokerStats
+from fastfanout.transport import AsyncDealerTransport, CurveKeys
+
+__all__ = ["AsyncClient", "connect"]
+
+
+class _SyncOwner:
+    """Lets ``RemoteMessage.ack()`` work from async code by scheduling the call."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def ack(self, receipt: int) -> None:
+        self._client._fire(Opcode.ACK, [protocol.encode_receipts([receipt])])
+
+    def nack(self, receipt: int, delay: float | None = None) -> None:
+        self._client._fire(Opcode.NACK, [protocol.encode_payload([[receipt], {"delay": delay}])])
+
+    def extend(self, receipt: int, seconds: float) -> None:
+        self._client._fire(Opcode.EXTEND, [protocol.encode_payload([[receipt, seconds], {}])])
+
+    def term(self, receipt: int) -> None:
+        self._client._fire(Opcode.TERM, [protocol.encode_payload([[receipt], {}])])
+
+
+class AsyncClient:
+    """An asyncio connection to a broker server (use ``await connect(...)``).
+
+    Args:
+        endpoint: the broker's command endpoint (default: the per-user ipc socket).
+        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
+        curve: client CURVE keys for a CURVE broker.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 curve: CurveKeys | None = None) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = timeout
+        self._transport = AsyncDealerTransport(self.endpoint, curve)
+        self._futures: dict[int, asyncio.Future[list[bytes]]] = {}
+        self._queues: dict[int, asyncio.Queue[list[bytes] | FastFanoutError]] = {}
+        self._next_id = 1
+        self._closed = False
+        self._owner = _SyncOwner(self)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumer_of: dict[int, int] = {}
+        self.info: dict[str, Any] = {}
+
+    async def _start(self) -> AsyncClient:
+        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
+        frames = await self._request(Opcode.HELLO, [protocol.encode_payload({})])
+        self.info = protocol.decode_payload(frames[0])
+        return self
+
+    def _send(self, opcode: int, payload: list[bytes]) -> int:
+        if self._closed:
+            raise Closed("the client is closed")
+        request_id = self._next_id
+        self._next_id += 1
+        task = asyncio.ensure_future(
+            self._transport.send([protocol.encode_header(opcode, request_id), *payload]))
+        task.add_done_callback(lambda t: t.exception())
+        return request_id
+
+    def _fire(self, opcode: int, payload: list[bytes]) -> None:
+        self._send(opcode, payload)  # the reply is read and dropped by the reader
+
+    async def _request(self, opcode: int, payload: list[bytes], extra: float = 0.0
+                       ) -> list[bytes]:
+        request_id = self._send(opcode, payload)
+        future = self._futures[request_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(future, self.timeout + extra)
+        except TimeoutError:
+            raise BrokenConnection(
+                f"no reply from the broker at {self.endpoint} within "
+                f"{self.timeout + extra:.1f} s; is it running?") from None
+        finally:
+            self._futures.pop(request_id, None)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                frames = await self._transport.recv()
+                _, status, request_id = protocol.decode_header(frames[0])
+                if status in (Status.OK, Status.ERROR):
+                    future = self._futures.get(request_id)
+                    if future is None or future.done():
+                        continue
+                    if status == Status.OK:
+                        future.set_result(frames[1:])
+                    else:
+                        future.set_exception(protocol.decode_error(frames[1]))
+                elif status in (Status.PUSH, Status.END):
+                    queue = self._queues.get(request_id)
+                    if queue is not None:
+                        queue.put_nowait(frames[1:] if status == Status.PUSH
+                                         else protocol.decode_error(frames[1]))
+                elif status == Status.GOODBYE:
+                    self._fail(protocol.ServerStopping("the broker is stopping"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(BrokenConnection(f"connection to {self.endpoint} failed: {exc}"))
+
+    def _fail(self, error: FastFanoutError) -> None:
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(error)
+        for queue in self._queues.values():
+            queue.put_nowait(error)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(float(self.info.get("heartbeat_interval", 0.25)))
+            self._fire(Opcode.HEARTBEAT, [])
+
+    async def _call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
+        frames = await self._request(opcode, [protocol.encode_payload([list(args), kwargs])])
+        return protocol.decode_payload(frames[0]) if frames else None
+
+    # -- the API (see fastfanout.client.Client for each method's contract) --------------
+
+    async def create_topic(self, name: str, **settings: Any) -> None:
+        """Create a topic; a no-op if it exists."""
+        await self._call(Opcode.CREATE_TOPIC, name, **settings)
+
+    async def create_queue(self, name: str, **settings: Any) -> None:
+        """Create a queue (settings as ``Broker.create_queue``)."""
+        if "redelivery_backoff" in settings:
+            settings["redelivery_backoff"] = protocol.backoff_to_wire(
+                settings["redelivery_backoff"])
+        await self._call(Opcode.CREATE_QUEUE, name, **settings)
+
+    async def subscribe(self, topic: str, queue: str, **options: Any) -> int:
+        """Subscribe ``queue`` to ``topic``; returns the subscription id."""
+        return int(await self._call(Opcode.SUBSCRIBE, topic, queue, **options))
+
+    async def list_topics(self) -> list[str]:
+        """Names of every topic."""
+        return list(await self._call(Opcode.LIST_TOPICS))
+
+    async def list_queues(self) -> list[str]:
+        """Names of every queue."""
+        return list(await self._call(Opcode.LIST_QUEUES))
+
+    async def publish(self, topic: str, body: bytes, **options: Any) -> PublishResult:
+        """Publish one message (options as ``Client.publish``)."""
+        return (await self.publish_batch(topic, [make_record(body, **options)]))[0]
+
+    async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Publish many messages at once: all enqueued, or none."""
+        return await self._batch(Opcode.PUBLISH, topic, entries)
+
+    async def send(self, queue: str, body: bytes, **options: Any) -> PublishResult:
+        """Send one message straight to a queue."""
+        return (await self.send_batch(queue, [make_record(body, **options)]))[0]
+
+    async def send_batch(self, queue: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Send many messages straight to a queue."""
+        return await self._batch(Opcode.SEND, queue, entries)
+
+    async def _batch(self, opcode: int, name: str, entries: Iterable[Any]
+                     ) -> RemotePublishBatch:
+        codec = protocol.codec_module()
+        records = [entry if isinstance(entry, codec.Record) else entry_record(entry)
+                   for entry in entries]
+        frames = await self._request(opcode, [name.encode(), codec.encode_batch(records)])
+        return RemotePublishBatch(frames[0])
+
+    async def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
+                      visibility_timeout: float | None = None) -> list[RemoteMessage]:
+        """Lease up to ``max_messages`` messages (``wait``: long-poll seconds)."""
+        extra = float(wait) if type(wait) in (int, float) and math.isfinite(wait) else 0.0
+        frames = await self._request(Opcode.RECEIVE, [protocol.encode_payload([[], {
+            "queue": queue, "max_messages": max_messages, "wait": wait,
+            "visibility_timeout": visibility_timeout}])], extra)
+        return decode_delivery(frames, self._owner)
+
+    async def ack(self, receipt: int) -> None:
+        """Delete the message of a delivery."""
+        await self._request(Opcode.ACK, [protocol.encode_receipts([receipt])])
+
+    async def ack_batch(self, receipts: Iterable[int]) -> None:
+        """Ack many deliveries: all, or none."""
+        await self._request(Opcode.ACK, [protocol.encode_receipts(list(receipts))])
+
+    async def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early."""
+        await self._call(Opcode.NACK, receipt, delay=delay)
+
+    async def stats(self) -> BrokerStats:
+        """Counters of every topic and queue."""
+        frames = await self._request(Opcode.STATS, [protocol.encode_payload([[], {}])])
+        return msgspec.msgpack.decode(frames[0], type=BrokerStats)
+
+    async def consume(self, queue: str, *, prefetch: int = 100,
+                      visibility_timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
+        """Iterate (``async for``) over pushed messages.
+
+        A batch's credit returns when the iteration moves past its last message.
+        """
+        async for frames in self._pushes(queue, prefetch, visibility_timeout):
+            messages = decode_delivery(frames, self._owner)
+            for message in messages:
+                yield message
+            self._credit(frames, len(messages))
+
+    async def consume_batches(self, queue: str, *, prefetch: int = 1000,
+                              visibility_timeout: float | None = None
+                              ) -> AsyncIterator[list[RemoteMessage]]:
+        """Iterate over pushed batches; credit returns when you ask for the next one."""
+        async for frames in self._pushes(queue, prefetch, visibility_timeout):
+            messages = decode_delivery(frames, self._owner)
+            yield messages
+            self._credit(frames, len(messages))
+
+    def _credit(self, frames: list[bytes], count: int) -> None:
+        consumer_id = self._consumer_of.get(id(frames))
+        if consumer_id is not None:
+            self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])
+
+    async def _pushes(self, queue: str, prefetch: int, visibility_timeout: float | None
+                      ) -> AsyncIterator[list[bytes]]:
+        request_id = self._send(Opcode.CONSUME, [protocol.encode_payload([[], {
+            "queue": queue, "prefetch": prefetch, "visibility_timeout": visibility_timeout}])])
+        future = self._futures[request_id] = asyncio.get_running_loop().create_future()
+        pushes: asyncio.Queue[list[bytes] | FastFanoutError] = asyncio.Queue()
+        self._queues[request_id] = pushes
+        try:
+            await asyncio.wait_for(future, self.timeout)
+            while True:
+                item = await pushes.get()
+                if isinstance(item, FastFanoutError):
+                    raise item
+                self._consumer_of[id(item)] = request_id
+                try:
+                    yield item
+                finally:
+                    self._consumer_of.pop(id(item), None)
+        finally:
+            self._futures.pop(request_id, None)
+            self._queues.pop(request_id, None)
+            if not self._closed:
+                self._fire(Opcode.CANCEL, [protocol.encode_payload([[request_id], {}])])
+
+    async def close(self) -> None:
+        """Say goodbye and close the socket."""
+        if self._closed:
+            return
+        with contextlib.suppress(FastFanoutError):
+            await self._request(Opcode.BYE, [])
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._transport.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    async def __aenter__(self) -> AsyncClient:
+        return self if self._tasks else await self._start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        await self.close()
+
+
+class _Connecting:
+    """What ``connect`` returns: await it, or use it in ``async with``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def __await__(self) -> Any:
+        return self._client._start().__await__()
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self._client._start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        await self._client.close()
+
+
+def connect(endpoint: str | None = None, **options: Any) -> _Connecting:
+    """Connect from asyncio code: ``await connect()`` or ``async with connect() as c``.
+
+    Args:
+        endpoint: the broker's command endpoint (default: the per-user ipc socket).
+        **options: keyword arguments of ``AsyncClient``.
+    """
+    return _Connecting(AsyncClient(endpoint, **options))
+
+
+_ = DeliveryBatch

@@ -1,0 +1,93 @@
+"""Client behaviour: pipelined publishes, listeners with gap counts, the asyncio face."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any as Tracker
+
+import pytest
+
+import fastfanout
+from fastfanout import aio
+
+
+def test_publish_nowait_batches_and_resolves(track: Tracker, endpoint: str) -> None:
+    server = track.server(endpoint)
+    client = track.client(endpoint, batch_messages=100, linger=0.001)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    futures = [client.publish_nowait("t", b"%d" % i) for i in range(1050)]
+    # 10 batches left on size; the last 50 go after the linger, with no flush() call
+    track.wait_until(lambda: futures[-1].done() or client._pump_once(0.01) is not None,
+                     what="the linger flush")
+    ids = [future.result().message_id for future in futures]
+    assert ids == sorted(ids) and len(set(ids)) == 1050
+    assert server.counters["requests"] < 100  # batched, not one request per message
+    assert client.stats().queues["q"].enqueued == 1050
+    client.close()
+
+
+def test_batch_error_reaches_every_future(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("small", max_messages=2)
+    futures = [client.send_nowait("small", b"x") for _ in range(3)]
+    client.flush()
+    for future in futures:
+        with pytest.raises(fastfanout.QueueFull):
+            future.result()
+    with pytest.raises(fastfanout.InvalidArgument):
+        client.publish("t", "not bytes")  # type: ignore[arg-type]
+    client.close()
+
+
+def test_listener_counts_gaps(track: Tracker, endpoint: str) -> None:
+    server = track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("ticks.a")
+    client.create_topic("ticks.b")
+    listener = client.listen("ticks.*")
+    track.closeables.append(listener)
+    track.wait_until(lambda: bool(server._subscriptions), what="the subscription")
+    client.publish_batch("ticks.a", [b"1", b"2"])
+    first = listener.recv_batch(5.0)
+    assert first is not None and [m.sequence for m in first] == [1, 2]
+    server._subscriptions.clear()  # make the broker believe nobody listens: 3 skipped
+    server._listened.clear()
+    client.publish_batch("ticks.a", [b"3", b"4", b"5"])
+    server._subscriptions[b"ticks."] = 1
+    server._listened.clear()
+    client.publish_batch("ticks.a", [b"6"])
+    client.publish("ticks.b", b"other topic")
+    got = listener.recv_batch(5.0)
+    assert got is not None and got[0].sequence == 6 and listener.gaps == 3
+    other = next(listener)
+    assert other.topic == "ticks.b" and other.body == b"other topic"
+    client.close()
+
+
+def test_asyncio_client(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_queue("q")
+            await client.create_topic("t")
+            await client.subscribe("t", "q")
+            result = await client.publish("t", b"hello", attributes={"k": "v"})
+            assert result.deliveries == 1
+            await client.publish_batch("t", [b"a", b"b"])
+            received = []
+            async for message in client.consume("q", prefetch=2):
+                received.append(message.body)
+                await client.ack(message.receipt)
+                if len(received) == 3:
+                    break
+            assert received == [b"hello", b"a", b"b"]
+            with pytest.raises(fastfanout.NotFound):
+                await client.receive("missing")
+            stats = await client.stats()
+            assert stats.queues["q"].acked == 3
+
+    asyncio.run(main())
