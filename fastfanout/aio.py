@@ -326,7 +326,7 @@ class _Connecting:
 
 
 def connect(endpoint: str | None = None, **options: Any) -> _Connecting:
-    """Connect from asyncio code: ``await connect()`` or ``async with connect() as c``.
+    """Open an asyncio connection: use ``await connect()`` or ``async with connect()``.
 
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
