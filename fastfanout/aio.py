@@ -326,7 +326,7 @@ class _Connecting:
 
 
 def connect(endpoint: str | None = None, **options: Any) -> _Connecting:
-    """Open an asyncio connection: use ``await connect()`` or ``async with connect()``.
+    """Open an asyncio connection (await it, or use it with ``async with``).
 
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
