@@ -299,10 +299,12 @@ cdef class Dispatcher:
         self.topic_filters[topic] = filter_set
 
     def topic_counters(self, uint32_t topic):
-        """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries)."""
+        """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries,
+        dedup evicted)."""
         return (self.topics[topic].published, self.topics[topic].deliveries,
                 self.topics[topic].unrouted, self.topics[topic].duplicates,
-                self.topics[topic].filtered_out, len(<DedupWindow>self.topic_dedup[topic]))
+                self.topics[topic].filtered_out, len(<DedupWindow>self.topic_dedup[topic]),
+                (<DedupWindow>self.topic_dedup[topic]).evicted)
 
     def publish(self, uint32_t topic, object entries, int64_t now_us):
         """Publish a batch to a topic; returns a PublishBatch."""
@@ -636,6 +638,7 @@ cdef class Dispatcher:
                 in_batch.remember(self.keys[i], <uint64_t>i + 1, now_us)
             size = store.message_size(blob)
             if size > <uint64_t>store.queue(queue).max_message_size:
+                store.queue(queue).oversized += 1
                 raise MessageTooLarge(
                     f"entry {i}: a message of {size} bytes (body + attributes) exceeds the "
                     f"max_message_size of {store.queue(queue).max_message_size} bytes of queue "

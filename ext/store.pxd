@@ -117,6 +117,7 @@ cdef struct queue_t:
     uint64_t rejected
     uint64_t purged
     uint64_t duplicates
+    uint64_t oversized         # messages refused with MessageTooLarge
     uint64_t dropped[6]
 
 

@@ -218,6 +218,7 @@ cdef class Store:
         q.fifo = fifo
         q.content_dedup = content_dedup
         q.duplicates = 0
+        q.oversized = 0
         q.arrival_head = NIL
         q.arrival_tail = NIL
         q.visible = q.leased = q.delayed = q.bytes = 0
@@ -967,7 +968,9 @@ cdef class Store:
         if q.arrival_head != NIL:
             oldest = (now_us - self.entries[q.arrival_head].entered_us) / 1e6
         return (q.enqueued, q.delivered, q.redelivered, q.acked, q.dead_lettered, q.redriven,
-                q.rejected, q.purged, q.duplicates, len(<DedupWindow>self.dedup_windows[qid]),
+                q.rejected, q.purged, q.duplicates, q.oversized,
+                len(<DedupWindow>self.dedup_windows[qid]),
+                (<DedupWindow>self.dedup_windows[qid]).evicted,
                 0 if self.group_tables[qid] is None else len(self.group_tables[qid]),
                 [q.dropped[i] for i in range(DROP_REASON_COUNT)],
                 q.visible, q.leased, q.delayed, q.visible + q.leased + q.delayed, q.bytes,

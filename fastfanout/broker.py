@@ -934,22 +934,25 @@ class Broker:
             now_us = self._now_us()
             topics = {}
             for name, topic_id in sorted(self._topics.items()):
-                (published, deliveries, unrouted, duplicates, filtered_out,
-                 dedup_entries) = self._dispatcher.topic_counters(topic_id)
+                (published, deliveries, unrouted, duplicates, filtered_out, dedup_entries,
+                 dedup_evicted) = self._dispatcher.topic_counters(topic_id)
                 topics[name] = TopicStats(
                     published=published, deliveries=deliveries, unrouted=unrouted,
                     subscriptions=len(self._topic_subscriptions[name]), duplicates=duplicates,
-                    filtered_out=filtered_out, dedup_entries=dedup_entries)
+                    filtered_out=filtered_out, dedup_entries=dedup_entries,
+                    dedup_evicted=dedup_evicted)
             queues = {}
             for name, queue_id in sorted(self._queues.items()):
                 (enqueued, delivered, redelivered, acked, dead_lettered, redriven, rejected,
-                 purged, duplicates, dedup_entries, groups, dropped, visible, leased, delayed,
+                 purged, duplicates, oversized, dedup_entries, dedup_evicted, groups, dropped,
+                 visible, leased, delayed,
                  messages, held_bytes, oldest_age) = self._store.counters(queue_id, now_us)
                 queues[name] = QueueStats(
                     enqueued=enqueued, delivered=delivered, redelivered=redelivered,
                     acked=acked, dead_lettered=dead_lettered, redriven=redriven,
                     rejected=rejected, purged=purged, duplicates=duplicates,
-                    dedup_entries=dedup_entries, groups=groups,
+                    oversized=oversized, dedup_entries=dedup_entries,
+                    dedup_evicted=dedup_evicted, groups=groups,
                     dropped=dict(zip(DROP_REASONS, dropped, strict=True)), visible=visible,
                     leased=leased, delayed=delayed, messages=messages, bytes=held_bytes,
                     oldest_age=oldest_age)

@@ -32,6 +32,7 @@ class TopicStats:
         duplicates: publishes recognised as duplicates (accepted, not delivered).
         filtered_out: copies a subscription's filter policy kept from its queue.
         dedup_entries: keys held by the topic's deduplication window.
+        dedup_evicted: keys its window forgot early because it was full (1,000,000).
     """
 
     published: int = 0
@@ -41,6 +42,7 @@ class TopicStats:
     duplicates: int = 0
     filtered_out: int = 0
     dedup_entries: int = 0
+    dedup_evicted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,9 @@ class QueueStats:
         rejected: messages refused with QueueFull.
         purged: messages removed by purge.
         duplicates: copies not enqueued because the queue's window had their key.
+        oversized: messages refused with MessageTooLarge (over ``max_message_size``).
         dedup_entries: keys held by the queue's deduplication window.
+        dedup_evicted: keys its window forgot early because it was full (1,000,000).
         groups: FIFO groups currently holding messages.
         dropped: reason -> messages dropped for it (every reason of DROP_REASONS present).
         visible: messages that can be received now.
@@ -77,7 +81,9 @@ class QueueStats:
     rejected: int = 0
     purged: int = 0
     duplicates: int = 0
+    oversized: int = 0
     dedup_entries: int = 0
+    dedup_evicted: int = 0
     groups: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     visible: int = 0

@@ -163,7 +163,9 @@ def test_message_too_large_checks_every_target(broker):
     with pytest.raises(MessageTooLarge):
         broker.send("small", b"x" * 5, attributes={"k": "vvvvvv"})
     broker.publish("t", b"x" * 10)
-    assert broker.stats().queues["small"].messages == 1
+    stats = broker.stats().queues
+    assert stats["small"].messages == 1 and stats["small"].oversized == 2
+    assert stats["big"].oversized == 0
 
 
 def test_lease_hides_message_and_expiry_redelivers(broker, clock):
