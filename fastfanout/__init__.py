@@ -7,6 +7,7 @@ Topics fan out to queues with leases, redelivery and dead-letter queues, in proc
 from fastfanout._ext.fanout import PublishBatch
 from fastfanout._ext.message import Message
 from fastfanout.broker import Broker, QueueSettings, TopicSettings
+from fastfanout.client import Client, connect
 from fastfanout.errors import (
     AlreadyExists,
     Closed,
@@ -19,6 +20,7 @@ from fastfanout.errors import (
     StaleReceipt,
 )
 from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
+from fastfanout.server import Server, serve
 from fastfanout.stats import BrokerStats, QueueStats, TopicStats
 
 __version__ = "0.1.0"
@@ -27,6 +29,7 @@ __all__ = [
     "AlreadyExists",
     "Broker",
     "BrokerStats",
+    "Client",
     "Closed",
     "DeadLetterInfo",
     "ExponentialBackoff",
@@ -42,8 +45,11 @@ __all__ = [
     "QueueFull",
     "QueueSettings",
     "QueueStats",
+    "Server",
     "StaleReceipt",
     "TopicSettings",
     "TopicStats",
     "__version__",
+    "connect",
+    "serve",
 ]
