@@ -36,6 +36,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.math cimport fabs, isfinite, nearbyint
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
@@ -625,6 +626,22 @@ cdef class Store:
                 q.delayed -= 1
             self._make_visible(slot)
         return 0
+
+    def tick(self, object clock):
+        """Read ``clock`` (seconds), apply everything due, return the time in microseconds.
+
+        Rounds like Python's ``round(seconds * 1e6)`` (ties to even).
+        """
+        cdef object now = clock()
+        cdef double seconds
+        if type(now) is not float and type(now) is not int:
+            raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
+        seconds = now
+        if not isfinite(seconds) or fabs(seconds) > 9.2e12:
+            raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
+        cdef int64_t now_us = <int64_t>nearbyint(seconds * 1e6)
+        self.advance_to(now_us)
+        return now_us
 
     def advance(self, int64_t now_us):
         """Apply everything due at ``now_us`` (retention, lease ends, delays)."""

@@ -246,11 +246,7 @@ class Broker:
         """Read the clock, check the broker is open and apply everything due."""
         if self._closed:
             raise Closed("the broker is closed")
-        now = self._clock()
-        if (type(now) is not float and type(now) is not int) or not math.isfinite(now):
-            raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
-        now_us = round(now * 1_000_000)
-        self._store.advance(now_us)
+        now_us: int = self._store.tick(self._clock)
         return now_us
 
     def _queue_id(self, name: object) -> int:
@@ -809,7 +805,8 @@ class Broker:
         if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
-        wait_us = _seconds_to_us("wait", wait, maximum=MAX_WAIT)
+        wait_us = 0 if wait == 0.0 and type(wait) is float else _seconds_to_us(
+            "wait", wait, maximum=MAX_WAIT)
         lease_us = None if visibility_timeout is None else _seconds_to_us(
             "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
