@@ -212,7 +212,7 @@ class AsyncClient:
         frames = await self._request(Opcode.RECEIVE, [protocol.encode_payload([[], {
             "queue": queue, "max_messages": max_messages, "wait": wait,
             "visibility_timeout": visibility_timeout}])], extra)
-        return decode_delivery(frames, self._owner)
+        return decode_delivery(frames, self._owner, None, queue)
 
     async def ack(self, receipt: int) -> None:
         """Delete the message of a delivery."""
@@ -238,7 +238,7 @@ class AsyncClient:
         A batch's credit returns when the iteration moves past its last message.
         """
         async for frames in self._pushes(queue, prefetch, visibility_timeout):
-            messages = decode_delivery(frames, self._owner)
+            messages = decode_delivery(frames, self._owner, None, queue)
             for message in messages:
                 yield message
             self._credit(frames, len(messages))
@@ -248,7 +248,7 @@ class AsyncClient:
                               ) -> AsyncIterator[list[RemoteMessage]]:
         """Iterate over pushed batches; credit returns when you ask for the next one."""
         async for frames in self._pushes(queue, prefetch, visibility_timeout):
-            messages = decode_delivery(frames, self._owner)
+            messages = decode_delivery(frames, self._owner, None, queue)
             yield messages
             self._credit(frames, len(messages))
 

@@ -28,6 +28,7 @@ Choices:
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -138,7 +139,7 @@ class RemoteMessage:
                  "receive_count", "timestamp")
 
     def __init__(self, record: Any, owner: Any, consumer: Consumer | None,
-                 dead_letter: DeadLetterInfo | None = None) -> None:
+                 dead_letter: DeadLetterInfo | None = None, queue: str = "") -> None:
         self.id: int = record.id
         self.body: bytes = record.body
         self._encoded: bytes = record.attributes
@@ -146,7 +147,7 @@ class RemoteMessage:
         self.timestamp: float = record.timestamp_us / 1e6
         self.receive_count: int = record.receive_count
         self.receipt: int = record.receipt
-        self.queue: str = record.name or ""
+        self.queue: str = queue or ("" if record.dead_letter else record.name or "")
         self.group_id: str | None = record.group_id
         self.dedup_id: str | None = record.dedup_id
         self.priority: int = record.priority or 0
@@ -198,19 +199,35 @@ class RemoteMessage:
                 f"receive_count={self.receive_count}, body={self.body[:32]!r})")
 
 
-def _dead_letters(frames: list[bytes]) -> dict[int, DeadLetterInfo]:
-    if len(frames) < 2:
-        return {}
-    raw = protocol.decode_payload(frames[1])
-    return {int(index): DeadLetterInfo(*fields) for index, fields in raw.items()}
+def _seconds(microseconds: int | None) -> float | None:
+    return None if microseconds is None else microseconds / 1e6
 
 
-def decode_delivery(frames: list[bytes], owner: Any, consumer: Consumer | None = None
-                    ) -> list[RemoteMessage]:
+def _dead_letters(frames: list[bytes], records: list[Any]) -> dict[int, DeadLetterInfo]:
+    """Dead-letter records of a delivery, by record index.
+
+    They come from the records' dead-letter flag (the name part holds ``[reason, source,
+    receive_count, first_us, last_us, time_us]`` as JSON), or from the optional second
+    frame (index -> DeadLetterInfo fields).
+    """
+    dead: dict[int, DeadLetterInfo] = {}
+    for index, record in enumerate(records):
+        if record.dead_letter:
+            reason, source, count, first, last, when = json.loads(record.name)
+            dead[index] = DeadLetterInfo(reason, source, count, _seconds(first),
+                                         _seconds(last), when / 1e6)
+    if len(frames) >= 2:
+        raw = protocol.decode_payload(frames[1])
+        dead.update({int(index): DeadLetterInfo(*fields) for index, fields in raw.items()})
+    return dead
+
+
+def decode_delivery(frames: list[bytes], owner: Any, consumer: Consumer | None = None,
+                    queue: str = "") -> list[RemoteMessage]:
     """Turn a delivery payload (records frame, optional dead-letter frame) into messages."""
     records = protocol.codec_module().decode_batch(frames[0])
-    dead = _dead_letters(frames)
-    return [RemoteMessage(record, owner, consumer, dead.get(index))
+    dead = _dead_letters(frames, records)
+    return [RemoteMessage(record, owner, consumer, dead.get(index), queue)
             for index, record in enumerate(records)]
 
 
@@ -341,7 +358,7 @@ class Consumer(Iterator[RemoteMessage]):
         if not self._messages:
             frames = self._next_frames(None)
             assert frames is not None
-            self._messages.extend(decode_delivery(frames, self._client, self))
+            self._messages.extend(decode_delivery(frames, self._client, self, self.queue))
         return self._messages.popleft()
 
     def next_batch(self, timeout: float | None = None) -> DeliveryBatch | None:
@@ -384,9 +401,10 @@ class DeliveryBatch(Sequence[RemoteMessage]):
 
     def _materialise(self) -> list[RemoteMessage]:
         if self._messages is None:
-            dead = _dead_letters(self._frames)
+            dead = _dead_letters(self._frames, self._records)
             client = self._consumer._client
-            self._messages = [RemoteMessage(record, client, self._consumer, dead.get(index))
+            self._messages = [RemoteMessage(record, client, self._consumer, dead.get(index),
+                                            self._consumer.queue)
                               for index, record in enumerate(self._records)]
         return self._messages
 
@@ -862,7 +880,7 @@ class Client:
             "queue": queue, "max_messages": max_messages, "wait": wait,
             "visibility_timeout": visibility_timeout}])])
         extra = float(wait) if type(wait) in (int, float) and math.isfinite(wait) else 0.0
-        return decode_delivery(self._wait(pending, None, extra=extra), self)
+        return decode_delivery(self._wait(pending, None, extra=extra), self, None, queue)
 
     def ack(self, receipt: int) -> None:
         """Delete the message of a delivery (raises ``StaleReceipt`` if its lease ended)."""
