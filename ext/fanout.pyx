@@ -23,7 +23,7 @@ Python step (``msgspec`` encodes a dict in C), and only for messages that carry 
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport isfinite
 from libc.string cimport memset
@@ -31,6 +31,13 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint3
 
 from fastfanout._ext.codec cimport (
     FF_CODEC_OK,
+    FF_FLAG_RECEIPT,
+    ff_out_append_record,
+    ff_out_buffer,
+    ff_out_free,
+    ff_out_init,
+    ff_store_le32,
+    ff_store_le64,
     FF_FLAG_DELIVER_AT,
     FF_FLAG_EXPIRES,
     FF_FLAG_PRIORITY,
@@ -181,6 +188,77 @@ cdef class PublishBatch:
     def message_ids(self):
         """Every message id of the batch, in entry order."""
         return [self.ids[i] for i in range(self.count)]
+
+    @property
+    def accepted(self):
+        """Entries that were not duplicates."""
+        cdef Py_ssize_t i
+        cdef Py_ssize_t total = 0
+        for i in range(self.count):
+            total += not self.duplicates[i]
+        return total
+
+    def to_wire(self):
+        """The results frame of the wire protocol: u32 n, n u64 ids, n u32 deliveries,
+        n u8 duplicate flags (little-endian)."""
+        cdef bytes frame = PyBytes_FromStringAndSize(NULL, 4 + 13 * self.count)
+        cdef char* out = PyBytes_AS_STRING(frame)
+        cdef Py_ssize_t i
+        ff_store_le32(out, <uint32_t>self.count)
+        out += 4
+        for i in range(self.count):
+            ff_store_le64(out + 8 * i, self.ids[i])
+        out += 8 * self.count
+        for i in range(self.count):
+            ff_store_le32(out + 4 * i, self.deliveries[i])
+        out += 4 * self.count
+        for i in range(self.count):
+            out[i] = 1 if self.duplicates[i] else 0
+        return frame
+
+    def stream_frame(self, frame, str topic, uint64_t first_sequence, int64_t now_us):
+        """The stream frame of a publish: the accepted records of ``frame`` (the publish
+        batch these results belong to) with their id, timestamp, the topic as name and
+        their topic sequence number (from ``first_sequence``) in the receipt slot.
+
+        Returns:
+            ``(stream_frame, count)``.
+        """
+        cdef Py_buffer buffer
+        cdef ff_frame_reader reader
+        cdef ff_record_view view
+        cdef ff_out_buffer out
+        cdef bytes name = topic.encode("utf-8")
+        cdef Py_ssize_t i = 0
+        cdef uint64_t sequence = first_sequence
+        cdef object result
+        PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+        if ff_out_init(&out, <size_t>buffer.len + 64 * self.count + 64) != FF_CODEC_OK:
+            ff_out_free(&out)
+            PyBuffer_Release(&buffer)
+            raise MemoryError()
+        try:
+            if ff_reader_open(&reader, <const char*>buffer.buf, buffer.len) != FF_CODEC_OK:
+                raise InvalidArgument("malformed publish frame")
+            while ff_reader_next(&reader, &view) == FF_CODEC_OK and i < self.count:
+                if not self.duplicates[i]:
+                    view.id = self.ids[i]
+                    view.timestamp_us = now_us
+                    view.flags = (view.flags & FF_FLAG_PRIORITY) | FF_FLAG_RECEIPT
+                    view.deliver_at_us = 0
+                    view.receipt = sequence
+                    view.receive_count = 0
+                    view.name = PyBytes_AS_STRING(name)
+                    view.name_len = <uint32_t>PyBytes_GET_SIZE(name)
+                    if ff_out_append_record(&out, &view) != FF_CODEC_OK:
+                        raise MemoryError()
+                    sequence += 1
+                i += 1
+            result = (PyBytes_FromStringAndSize(out.data, out.length), out.count)
+        finally:
+            ff_out_free(&out)
+            PyBuffer_Release(&buffer)
+        return result
 
 
 @cython.final

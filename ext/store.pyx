@@ -33,6 +33,7 @@ calls back into Python code that could release it, except building result object
 """
 
 cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -48,6 +49,7 @@ from fastfanout._ext.codec cimport (
     ff_out_append_record,
     ff_out_buffer,
     ff_out_free,
+    ff_load_le64,
     ff_out_init,
     ff_record_view,
 )
@@ -872,6 +874,44 @@ cdef class Store:
             if slot != NIL:   # NIL here only for a receipt repeated in this batch
                 self._ack_slot(slot)
         return count
+
+    def ack_packed(self, frame):
+        """Ack receipts packed as little-endian u64s: all of them, or none if any is stale.
+
+        Returns the number of receipts. Raises InvalidArgument when the length is not a
+        multiple of 8, StaleReceipt (listing the stale receipts) otherwise.
+        """
+        cdef Py_buffer buffer
+        cdef const char* data
+        cdef Py_ssize_t count
+        cdef Py_ssize_t index
+        cdef uint64_t receipt
+        cdef uint32_t slot
+        cdef list stale = None
+        PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+        try:
+            if buffer.len % 8:
+                raise InvalidArgument(
+                    f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
+            data = <const char*>buffer.buf
+            count = buffer.len // 8
+            for index in range(count):
+                receipt = ff_load_le64(data + 8 * index)
+                if self._lease_slot(receipt) == NIL:
+                    if stale is None:
+                        stale = []
+                    stale.append(receipt)
+            if stale is not None:
+                raise StaleReceipt(
+                    f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
+                    f"nothing was acked", stale)
+            for index in range(count):
+                slot = self._lease_slot(ff_load_le64(data + 8 * index))
+                if slot != NIL:
+                    self._ack_slot(slot)
+            return count
+        finally:
+            PyBuffer_Release(&buffer)
 
     def nack(self, object receipt, int64_t delay_us, int64_t now_us):
         """End the lease; visible again at once, or after ``delay_us`` (< 0: the backoff)."""

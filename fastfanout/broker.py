@@ -861,6 +861,21 @@ class Broker:
             self._now_us()
             self._store.ack_batch(receipt_list)
 
+    def ack_packed(self, receipts: bytes | bytearray | memoryview) -> int:
+        """Ack receipts packed as little-endian u64s (the wire's ACK payload): all or none.
+
+        Returns:
+            The number of receipts acked.
+
+        Raises:
+            InvalidArgument: the length is not a multiple of 8.
+            StaleReceipt: with ``receipts`` listing the stale ones; nothing was acked.
+        """
+        with self._lock:
+            self._now_us()
+            count: int = self._store.ack_packed(receipts)
+            return count
+
     def nack(self, receipt: int, *, delay: float | None = None) -> None:
         """End a lease early; the message is visible again after ``delay`` seconds.
 

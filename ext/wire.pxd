@@ -1,0 +1,7 @@
+# Frame building and reading for the wire, without a Python object per message.
+from fastfanout._ext.codec cimport ff_out_buffer
+
+
+cdef class FrameBuilder:
+    cdef ff_out_buffer out
+    cdef readonly Py_ssize_t body_bytes

@@ -1,0 +1,286 @@
+"""Building and reading wire frames without a Python object per message.
+
+Design
+------
+The codec (``codec.pyx``) defines the frame; ``Record`` objects are its Python edge,
+convenient and slow (one object per message). The client's publish path and both sides'
+ack paths run once per message, so they get native helpers here:
+
+- ``FrameBuilder`` appends publish records straight into a growing frame buffer (the
+  client's automatic batching: ``publish_nowait`` appends, a flush ``take()``\\ s the
+  frame);
+- ``encode_entries`` turns a whole ``publish_batch`` list into one frame in one call;
+- ``receipts_of`` / ``count_of`` read a delivery frame's receipts as packed little-endian
+  u64s (the ACK payload) without decoding records.
+
+Everything validates what the wire needs (lengths, UTF-8 ids, ranges) and raises
+``InvalidArgument``; the broker re-validates what it stores.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.math cimport isfinite
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+from fastfanout._ext.codec cimport (
+    FF_CODEC_END,
+    FF_CODEC_OK,
+    FF_FLAG_DELIVER_AT,
+    FF_FLAG_EXPIRES,
+    FF_FLAG_PRIORITY,
+    FF_FLAG_RECEIPT,
+    ff_frame_reader,
+    ff_out_append_record,
+    ff_out_free,
+    ff_out_init,
+    ff_out_reset,
+    ff_reader_next,
+    ff_reader_offset,
+    ff_reader_open,
+    ff_record_view,
+    ff_store_le64,
+)
+
+from datetime import datetime
+
+from msgspec.msgpack import encode as _encode_msgpack
+
+from fastfanout._ext.codec import status_text
+from fastfanout.errors import InvalidArgument
+from fastfanout.records import PublishEntry
+
+MAX_DELAY = 365 * 86400.0
+"""Longest delay or TTL the client accepts, in seconds (one year)."""
+
+
+cdef inline void _clear(ff_record_view* view) noexcept:
+    view.flags = 0
+    view.priority = 0
+    view.receive_count = 0
+    view.id = 0
+    view.timestamp_us = 0
+    view.deliver_at_us = 0
+    view.receipt = 0
+    view.name = NULL
+    view.name_len = 0
+    view.group = NULL
+    view.group_len = 0
+    view.dedup = NULL
+    view.dedup_len = 0
+    view.attrs = NULL
+    view.attrs_len = 0
+    view.body = NULL
+    view.body_len = 0
+
+
+cdef int64_t _seconds_us(object seconds, str what) except? -1:
+    if type(seconds) is not float and type(seconds) is not int:
+        raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
+    if not isfinite(seconds) or not 0 <= seconds <= MAX_DELAY:
+        raise InvalidArgument(f"{what}={seconds!r} must be finite and from 0 to {MAX_DELAY:g} s")
+    return <int64_t>round(seconds * 1e6)
+
+
+cdef bytes _id_bytes(object value, str what):
+    if value is None:
+        return None
+    if type(value) is not str or not value:
+        raise InvalidArgument(f"{what} must be a non-empty str, got {value!r}")
+    encoded = (<str>value).encode("utf-8")
+    if len(encoded) > 128:
+        raise InvalidArgument(f"{what} {value!r} is over 128 UTF-8 bytes")
+    return encoded
+
+
+@cython.final
+cdef class FrameBuilder:
+    """A publish batch being built: records appended in place, taken as one frame."""
+
+    def __cinit__(self):
+        if ff_out_init(&self.out, 16384) != FF_CODEC_OK:
+            ff_out_free(&self.out)
+            raise MemoryError()
+        self.body_bytes = 0
+
+    def __dealloc__(self):
+        ff_out_free(&self.out)
+
+    def __len__(self):
+        return self.out.count
+
+    @property
+    def nbytes(self):
+        """Bytes of the frame so far."""
+        return self.out.length
+
+    def append_body(self, body):
+        """Append a record with only a body (the fast path); returns its index."""
+        cdef ff_record_view view
+        cdef Py_buffer buffer
+        cdef int status
+        _clear(&view)
+        if type(body) is bytes:
+            view.body = PyBytes_AS_STRING(body)
+            view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
+            status = ff_out_append_record(&self.out, &view)
+        elif isinstance(body, (bytearray, memoryview)):
+            PyObject_GetBuffer(body, &buffer, PyBUF_SIMPLE)
+            try:
+                view.body = <const char*>buffer.buf
+                view.body_len = <uint32_t>buffer.len
+                status = ff_out_append_record(&self.out, &view)
+            finally:
+                PyBuffer_Release(&buffer)
+        else:
+            raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
+        if status != FF_CODEC_OK:
+            raise InvalidArgument(f"cannot add the record: {status_text(status)}")
+        self.body_bytes += view.body_len
+        return self.out.count - 1
+
+    def append(self, body, attributes=None, delay=None, deliver_at=None, group_id=None,
+               dedup_id=None, priority=None, ttl=None):
+        """Append one publish record (the arguments of ``publish``); returns its index."""
+        cdef ff_record_view view
+        cdef Py_buffer buffer
+        cdef bint have_buffer = False
+        cdef bytes attrs = None
+        cdef bytes group = _id_bytes(group_id, "group_id")
+        cdef bytes dedup = _id_bytes(dedup_id, "dedup_id")
+        cdef int status
+        cdef double now
+        _clear(&view)
+        if attributes:
+            if type(attributes) is not dict:
+                raise InvalidArgument(
+                    f"attributes must be a dict, got {type(attributes).__name__}")
+            attrs = _encode_msgpack(attributes)
+            view.attrs = PyBytes_AS_STRING(attrs)
+            view.attrs_len = <uint32_t>PyBytes_GET_SIZE(attrs)
+        if delay is not None and deliver_at is not None:
+            raise InvalidArgument("give delay or deliver_at, not both")
+        if delay is not None or ttl is not None:
+            from time import time
+            now = time()
+        if delay is not None:
+            view.flags |= FF_FLAG_DELIVER_AT
+            view.deliver_at_us = <int64_t>round(now * 1e6) + _seconds_us(delay, "delay")
+        elif deliver_at is not None:
+            if isinstance(deliver_at, datetime):
+                if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
+                    raise InvalidArgument(
+                        f"deliver_at datetime {deliver_at!r} must be timezone-aware")
+                deliver_at = deliver_at.timestamp()
+            if type(deliver_at) is not float and type(deliver_at) is not int or \
+                    not isfinite(deliver_at):
+                raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
+            view.flags |= FF_FLAG_DELIVER_AT
+            view.deliver_at_us = <int64_t>round(deliver_at * 1e6)
+        if ttl is not None:
+            view.flags |= FF_FLAG_EXPIRES
+            view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + _seconds_us(ttl, "ttl"))
+        if priority is not None:
+            if type(priority) is not int or not 0 <= priority <= 255:
+                raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
+            view.flags |= FF_FLAG_PRIORITY
+            view.priority = <uint8_t>priority
+        if group is not None:
+            view.group = PyBytes_AS_STRING(group)
+            view.group_len = <uint32_t>PyBytes_GET_SIZE(group)
+        if dedup is not None:
+            view.dedup = PyBytes_AS_STRING(dedup)
+            view.dedup_len = <uint32_t>PyBytes_GET_SIZE(dedup)
+        if type(body) is bytes:
+            view.body = PyBytes_AS_STRING(body)
+            view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
+        elif isinstance(body, (bytearray, memoryview)):
+            PyObject_GetBuffer(body, &buffer, PyBUF_SIMPLE)
+            have_buffer = True
+            view.body = <const char*>buffer.buf
+            view.body_len = <uint32_t>buffer.len
+        else:
+            raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
+        try:
+            status = ff_out_append_record(&self.out, &view)
+        finally:
+            if have_buffer:
+                PyBuffer_Release(&buffer)
+        if status != FF_CODEC_OK:
+            raise InvalidArgument(f"cannot add the record: {status_text(status)}")
+        self.body_bytes += view.body_len
+        return self.out.count - 1
+
+    def extend(self, entries):
+        """Append every entry of a ``publish_batch`` list (bodies or PublishEntry)."""
+        for entry in entries:
+            if type(entry) is bytes:
+                self.append_body(entry)
+            elif isinstance(entry, PublishEntry):
+                self.append(*entry)
+            else:
+                self.append_body(entry)
+
+    def take(self):
+        """The frame built so far (then the builder is empty again)."""
+        cdef bytes frame = PyBytes_FromStringAndSize(self.out.data, self.out.length)
+        ff_out_reset(&self.out)
+        self.body_bytes = 0
+        return frame
+
+
+def encode_entries(entries):
+    """One publish frame from a list of bodies or ``PublishEntry`` tuples."""
+    cdef FrameBuilder builder = FrameBuilder()
+    builder.extend(entries)
+    return builder.take()
+
+
+def receipts_of(frame):
+    """The receipts of a delivery frame as packed little-endian u64s (the ACK payload).
+
+    Raises:
+        InvalidArgument: the frame is malformed or a record has no receipt.
+    """
+    cdef Py_buffer buffer
+    cdef ff_frame_reader reader
+    cdef ff_record_view view
+    cdef int status
+    cdef bytes packed
+    cdef char* out
+    cdef uint32_t i = 0
+    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    try:
+        status = ff_reader_open(&reader, <const char*>buffer.buf, buffer.len)
+        if status != FF_CODEC_OK:
+            raise InvalidArgument(f"malformed delivery frame: {status_text(status)}")
+        packed = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>reader.count * 8)
+        out = PyBytes_AS_STRING(packed)
+        while True:
+            status = ff_reader_next(&reader, &view)
+            if status == FF_CODEC_END:
+                break
+            if status != FF_CODEC_OK:
+                raise InvalidArgument(
+                    f"malformed delivery frame: {status_text(status)} at byte "
+                    f"{ff_reader_offset(&reader)}")
+            if not view.flags & FF_FLAG_RECEIPT:
+                raise InvalidArgument(f"record {i} of the delivery frame has no receipt")
+            ff_store_le64(out + 8 * i, view.receipt)
+            i += 1
+        return packed
+    finally:
+        PyBuffer_Release(&buffer)
+
+
+def count_of(frame):
+    """Records in a frame, read from its header (not validated)."""
+    cdef Py_buffer buffer
+    cdef ff_frame_reader reader
+    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    try:
+        if ff_reader_open(&reader, <const char*>buffer.buf, buffer.len) != FF_CODEC_OK:
+            raise InvalidArgument("malformed frame header")
+        return reader.count
+    finally:
+        PyBuffer_Release(&buffer)

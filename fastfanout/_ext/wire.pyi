@@ -1,0 +1,33 @@
+from collections.abc import Iterable
+from datetime import datetime
+
+from fastfanout.records import Attributes, PublishEntry
+
+MAX_DELAY: float
+
+_BytesLike = bytes | bytearray | memoryview
+
+class FrameBuilder:
+    body_bytes: int
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def append_body(self, body: _BytesLike) -> int: ...
+    def append(
+        self,
+        body: _BytesLike,
+        attributes: Attributes | None = None,
+        delay: float | None = None,
+        deliver_at: float | datetime | None = None,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
+        priority: int | None = None,
+        ttl: float | None = None,
+    ) -> int: ...
+    def extend(self, entries: Iterable[_BytesLike | PublishEntry]) -> None: ...
+    def take(self) -> bytes: ...
+
+def encode_entries(entries: Iterable[_BytesLike | PublishEntry]) -> bytes: ...
+def receipts_of(frame: _BytesLike) -> bytes: ...
+def count_of(frame: _BytesLike) -> int: ...

@@ -1,0 +1,84 @@
+"""Native wire helpers: FrameBuilder, receipts_of, results and stream frames, packed acks."""
+
+import struct
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from fastfanout import InvalidArgument, PublishEntry, StaleReceipt
+from fastfanout._ext.codec import decode_batch
+from fastfanout._ext.wire import FrameBuilder, count_of, encode_entries, receipts_of
+from fastfanout.protocol import decode_results
+
+
+def test_frame_builder_round_trips_through_the_codec():
+    builder = FrameBuilder()
+    assert builder.append_body(b"a") == 0
+    assert builder.append(bytearray(b"b"), {"k": "v"}, group_id="g", dedup_id="d",
+                          priority=7) == 1
+    builder.append(b"c", deliver_at=datetime(2030, 1, 1, tzinfo=UTC), ttl=5)
+    assert len(builder) == 3 and builder.body_bytes == 3
+    frame = builder.take()
+    assert len(builder) == 0 and count_of(frame) == 3
+    first, second, third = decode_batch(frame)
+    assert first.body == b"a" and first.priority is None
+    assert msgspec.msgpack.decode(second.attributes) == {"k": "v"}
+    assert (second.group_id, second.dedup_id, second.priority) == ("g", "d", 7)
+    assert third.deliver_at_us == round(datetime(2030, 1, 1, tzinfo=UTC).timestamp() * 1e6)
+    assert third.expires_at_us is not None and third.receipt is None
+
+
+@pytest.mark.parametrize("call", [
+    lambda b: b.append_body("text"),
+    lambda b: b.append(b"x", delay=1, deliver_at=2),
+    lambda b: b.append(b"x", priority=256),
+    lambda b: b.append(b"x", group_id=""),
+    lambda b: b.append(b"x", ttl=-1),
+    lambda b: b.append(b"x", deliver_at=datetime(2030, 1, 1)),
+    lambda b: b.append(b"x", attributes=[1]),
+])
+def test_frame_builder_refuses_bad_entries(call):
+    builder = FrameBuilder()
+    with pytest.raises(InvalidArgument):
+        call(builder)
+    assert len(builder) == 0
+
+
+def test_publish_through_a_frame_and_ack_packed(broker):
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    batch = broker.publish_frame("t", encode_entries([b"1", PublishEntry(b"2", {"a": 1})]))
+    ids, deliveries, duplicates = decode_results(batch.to_wire())
+    assert ids == batch.message_ids and deliveries == [1, 1] and duplicates == [False, False]
+    assert batch.accepted == 2
+    frame, count = broker.receive_frame("q", max_messages=5)
+    packed = receipts_of(frame)
+    assert len(packed) == 8 * count
+    broker.ack_packed(packed)
+    assert broker.stats().queues["q"].acked == 2
+    with pytest.raises(StaleReceipt):
+        broker.ack_packed(packed)
+    with pytest.raises(InvalidArgument):
+        broker.ack_packed(b"1234")
+
+
+def test_stream_frame_stamps_ids_sequences_and_topic(broker):
+    broker.create_topic("t", content_dedup=True)
+    publish = encode_entries([b"a", b"a", b"b"])
+    batch = broker.publish_frame("t", publish)
+    frame, count = batch.stream_frame(publish, "t", 41, 123)
+    records = decode_batch(frame)
+    assert count == 2 and [r.body for r in records] == [b"a", b"b"]
+    assert [r.receipt for r in records] == [41, 42]
+    assert [r.id for r in records] == [batch[0].message_id, batch[2].message_id]
+    assert all(r.name == "t" and r.timestamp_us == 123 for r in records)
+
+
+def test_receipts_of_refuses_frames_without_receipts():
+    with pytest.raises(InvalidArgument):
+        receipts_of(encode_entries([b"x"]))
+    with pytest.raises(InvalidArgument):
+        receipts_of(b"junk")
+    assert receipts_of(b"FFB1" + struct.pack("<I", 0)) == b""
