@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from types import TracebackType
 from typing import Any, overload
 
 from fastfanout import protocol
+from fastfanout._ext.wire import FrameBuilder, count_of, encode_entries, receipts_of
 from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.protocol import BrokenConnection, Opcode, Status
@@ -86,8 +88,11 @@ def make_record(body: Any, attributes: Attributes | None = None, delay: float | 
     """Build one codec record for a publish or send (checks what only the client can)."""
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
+    expires_at_us = None
     if ttl is not None:
-        raise InvalidArgument("ttl is not carried by wire protocol version 1")
+        if type(ttl) not in (int, float) or not math.isfinite(ttl) or not 0 < ttl <= MAX_DELAY:
+            raise InvalidArgument(f"ttl={ttl!r} must be finite and from 0 to {MAX_DELAY:g} s")
+        expires_at_us = round((time.time() + ttl) * 1_000_000)
     if delay is not None and deliver_at is not None:
         raise InvalidArgument("give delay or deliver_at, not both")
     deliver_at_us = 0
@@ -108,7 +113,18 @@ def make_record(body: Any, attributes: Attributes | None = None, delay: float | 
         raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
     return protocol.codec_module().Record(
         body, attributes=_attributes_bytes(attributes), group_id=group_id,
-        dedup_id=dedup_id, priority=priority, deliver_at_us=deliver_at_us or None)
+        dedup_id=dedup_id, priority=priority, deliver_at_us=deliver_at_us or None,
+        expires_at_us=expires_at_us)
+
+
+def _options(attributes: Attributes | None, delay: float | None,
+             deliver_at: float | datetime | None, group_id: str | None, dedup_id: str | None,
+             priority: int | None, ttl: float | None) -> tuple[Any, ...] | None:
+    """FrameBuilder.append's options, or None when the body is all there is (fast path)."""
+    if (attributes is None and delay is None and deliver_at is None and group_id is None
+            and dedup_id is None and priority is None and ttl is None):
+        return None
+    return (attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
 
 
 def entry_record(entry: Any) -> Any:
@@ -271,12 +287,13 @@ class _Pending:
 
 
 class _Batch:
-    __slots__ = ("futures", "records", "size")
+    """A publish batch being filled: records go straight into a native frame builder."""
+
+    __slots__ = ("builder", "futures")
 
     def __init__(self) -> None:
-        self.records: list[Any] = []
+        self.builder = FrameBuilder()
         self.futures: list[PublishFuture] = []
-        self.size = 0
 
 
 class PublishFuture:
@@ -385,14 +402,29 @@ class DeliveryBatch(Sequence[RemoteMessage]):
     def __init__(self, frames: list[bytes], consumer: Consumer) -> None:
         self._frames = frames
         self._consumer = consumer
-        self._records: list[Any] = protocol.codec_module().decode_batch(frames[0])
+        # Records are decoded only when messages are looked at: a consumer that acks a
+        # whole batch never makes a Python object per message.
+        self._decoded: list[Any] | None = None
+        self._count = count_of(frames[0])
         self._messages: list[RemoteMessage] | None = None
         self._settled = False
 
     @property
+    def _records(self) -> list[Any]:
+        if self._decoded is None:
+            self._decoded = protocol.codec_module().decode_batch(self._frames[0])
+        return self._decoded
+
+    @property
+    def frame(self) -> bytes:
+        """The delivery frame as received (codec layout, see docs/protocol.md)."""
+        return self._frames[0]
+
+    @property
     def receipts(self) -> list[int]:
         """The receipt of every message of the batch."""
-        return [record.receipt for record in self._records]
+        packed = receipts_of(self._frames[0])
+        return list(struct.unpack(f"<{len(packed) // 8}Q", packed))
 
     @property
     def bodies(self) -> list[bytes]:
@@ -409,7 +441,7 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         return self._messages
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> RemoteMessage: ...
@@ -430,8 +462,8 @@ class DeliveryBatch(Sequence[RemoteMessage]):
             return
         self._settled = True
         client = self._consumer._client
-        pending = client._request(Opcode.ACK, [protocol.encode_receipts(self.receipts)])
-        unsettled = len(self._records)
+        pending = client._request(Opcode.ACK, [receipts_of(self._frames[0])])
+        unsettled = self._count
         if self._messages is not None:
             unsettled = sum(1 for message in self._messages if message._consumer is not None)
             for message in self._messages:
@@ -765,7 +797,11 @@ class Client:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def _enqueue(self, opcode: int, name: str, record: Any) -> PublishFuture:
+    def _enqueue(self, opcode: int, name: str, body: Any,
+                 options: tuple[Any, ...] | None) -> PublishFuture:
+        """Add one message to the batch of (opcode, name); ``options`` as FrameBuilder.append."""
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
         with self._lock:
             self._ensure()
             key = (opcode, name)
@@ -775,16 +811,17 @@ class Client:
                     self._oldest_batch = time.monotonic()
                     self._kick.set()
                 batch = self._batches[key] = _Batch()
-            future = PublishFuture(self, len(batch.records))
-            batch.records.append(record)
+            builder = batch.builder
+            index = (builder.append_body(body) if options is None
+                     else builder.append(body, *options))
+            future = PublishFuture(self, index)
             batch.futures.append(future)
-            batch.size += len(record.body) + 64
-            if len(batch.records) >= self.batch_messages or batch.size >= self.batch_bytes:
+            if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
                 self._send_batch(key, self._batches.pop(key))
             return future
 
     def _send_batch(self, key: tuple[int, str], batch: _Batch) -> None:
-        frame = protocol.codec_module().encode_batch(batch.records)
+        frame = batch.builder.take()
         pending = self._request(key[0], [key[1].encode(), frame], flush=False)
         results: list[RemotePublishBatch | None] = [None]
         for future in batch.futures:
@@ -806,22 +843,23 @@ class Client:
                        attributes: Attributes | None = None, delay: float | None = None,
                        deliver_at: float | datetime | None = None,
                        group_id: str | None = None, dedup_id: str | None = None,
-                       priority: int | None = None) -> PublishFuture:
+                       priority: int | None = None, ttl: float | None = None
+                       ) -> PublishFuture:
         """Add a message to the current batch of ``topic``; returns a future of its result.
 
         See ``publish`` for the arguments (``delay`` in seconds).
         """
-        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id, priority)
-        return self._enqueue(Opcode.PUBLISH, topic, record)
+        return self._enqueue(Opcode.PUBLISH, topic, body, _options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
     def send_nowait(self, queue: str, body: bytes | bytearray | memoryview, *,
                     attributes: Attributes | None = None, delay: float | None = None,
                     deliver_at: float | datetime | None = None, group_id: str | None = None,
-                    dedup_id: str | None = None, priority: int | None = None
-                    ) -> PublishFuture:
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> PublishFuture:
         """Add a message to the current batch of ``queue``; returns a future of its result."""
-        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id, priority)
-        return self._enqueue(Opcode.SEND, queue, record)
+        return self._enqueue(Opcode.SEND, queue, body, _options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
     def publish(self, topic: str, body: bytes | bytearray | memoryview, *,
                 attributes: Attributes | None = None, delay: float | None = None,
@@ -839,11 +877,10 @@ class Client:
             group_id: FIFO group.
             dedup_id: deduplication id.
             priority: 0 to 255.
-            ttl: not carried by protocol version 1 (raises ``InvalidArgument``).
+            ttl: seconds the message may wait before it expires.
         """
-        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id,
-                             priority, ttl)
-        return self._enqueue(Opcode.PUBLISH, topic, record).result()
+        return self._enqueue(Opcode.PUBLISH, topic, body, _options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
 
     def send(self, queue: str, body: bytes | bytearray | memoryview, *,
              attributes: Attributes | None = None, delay: float | None = None,
@@ -851,15 +888,13 @@ class Client:
              dedup_id: str | None = None, priority: int | None = None,
              ttl: float | None = None) -> PublishResult:
         """Send one message straight to a queue (see ``publish``)."""
-        record = make_record(body, attributes, delay, deliver_at, group_id, dedup_id,
-                             priority, ttl)
-        return self._enqueue(Opcode.SEND, queue, record).result()
+        return self._enqueue(Opcode.SEND, queue, body, _options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
 
     def _batch_call(self, opcode: int, name: str, entries: Iterable[Any]) -> RemotePublishBatch:
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
-        records = [entry_record(entry) for entry in entries]
-        frame = protocol.codec_module().encode_batch(records)
+        frame = encode_entries(entries)
         pending = self._request(opcode, [name.encode(), frame])
         return RemotePublishBatch(self._wait(pending, None)[0])
 

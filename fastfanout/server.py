@@ -173,6 +173,7 @@ class Server:
         self._native_publish = hasattr(self.broker, "publish_frame")
         self._native_send = hasattr(self.broker, "send_frame")
         self._native_receive = hasattr(self.broker, "receive_frame")
+        self._native_ack = hasattr(self.broker, "ack_packed")
         self._handlers = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
@@ -496,11 +497,14 @@ class Server:
         self._dirty = True
         reply = self._results(result)
         if self._is_listened(topic):
-            self._stream(topic, records if records is not None else self._records(batch_frame),
-                         result)
+            if records is None:
+                self._stream_native(topic, batch_frame, result)
+            else:
+                self._stream(topic, records, result)
         else:
-            self._sequences[topic] = self._sequences.get(topic, 0) + sum(
-                1 for entry in result if not entry.duplicate)
+            self._sequences[topic] = self._sequences.get(topic, 0) + (
+                result.accepted if hasattr(result, "accepted")
+                else sum(1 for entry in result if not entry.duplicate))
         return reply
 
     def _send_op(self, session: _Session, request_id: int, frames: list[bytes]
@@ -517,6 +521,8 @@ class Server:
 
     @staticmethod
     def _results(result: Any) -> list[bytes]:
+        if hasattr(result, "to_wire"):
+            return [result.to_wire()]   # the native batch writes the frame itself
         entries = list(result)
         return [protocol.encode_results(
             [entry.message_id for entry in entries], [entry.deliveries for entry in entries],
@@ -545,6 +551,14 @@ class Server:
                 name.startswith(prefix) for prefix in self._subscriptions)
         return listened
 
+    def _stream_native(self, topic: str, batch_frame: bytes, result: Any) -> None:
+        sequence = self._sequences.get(topic, 0)
+        frame, count = result.stream_frame(
+            batch_frame, topic, sequence + 1, round(time.time() * 1_000_000))
+        self._sequences[topic] = sequence + count
+        if count:
+            self._send_stream([topic.encode(), frame], count)
+
     def _stream(self, topic: str, records: list[Any], result: Any) -> None:
         codec = protocol.codec_module()
         sequence = self._sequences.get(topic, 0)
@@ -561,7 +575,10 @@ class Server:
         self._sequences[topic] = sequence
         if not stamped:
             return
-        frames = [topic.encode(), codec.encode_batch(stamped)]
+        self._send_stream([topic.encode(), codec.encode_batch(stamped)], len(stamped))
+
+    def _send_stream(self, frames: list[bytes], count: int) -> None:
+        """Send one stream batch, applying the slow-listener policy (counted)."""
         transport = self._transport
         assert transport is not None
         deadline = time.monotonic() + (self._stream_wait if self._slow_listener == "wait" else 0)
@@ -569,12 +586,12 @@ class Server:
             try:
                 transport.publish_stream(frames)
                 self.counters["stream_batches"] += 1
-                self.counters["stream_messages"] += len(stamped)
+                self.counters["stream_messages"] += count
                 return
             except WouldBlock:
                 if time.monotonic() >= deadline:
-                    self.counters["stream_dropped"] += len(stamped)
-                    self.counters[f"stream_dropped.{self._slow_listener}"] += len(stamped)
+                    self.counters["stream_dropped"] += count
+                    self.counters[f"stream_dropped.{self._slow_listener}"] += count
                     return
                 time.sleep(0.0005)
 
@@ -643,7 +660,14 @@ class Server:
         return None
 
     def _ack(self, session: _Session, request_id: int, frames: list[bytes]) -> list[bytes]:
-        receipts = protocol.decode_receipts(self._frame(frames, 0, "receipts"))
+        packed = self._frame(frames, 0, "receipts")
+        if self._native_ack:
+            if len(packed) % 8:
+                raise protocol.MalformedFrame(
+                    f"receipts frame of {len(packed)} bytes is not a multiple of 8")
+            self.broker.ack_packed(packed)
+            return []
+        receipts = protocol.decode_receipts(packed)
         if len(receipts) == 1:
             self.broker.ack(receipts[0])
         else:
