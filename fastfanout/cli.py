@@ -46,18 +46,24 @@ def cli() -> None:
 @cli.command()
 @endpoint_option
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
-              help="TOML file with Server options (endpoint, heartbeat_timeout, ...).")
+              help="TOML file with Server options (endpoint, heartbeat_timeout, ..., "
+                   "curve_secret_key, curve_clients); command-line options win.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--curve-secret-key", type=click.Path(exists=True, dir_okay=False),
-              help="zmq.auth secret certificate; required to bind tcp beyond loopback.")
+              help="The broker's zmq.auth secret certificate (.key_secret): turns on "
+                   "CURVE; required to bind tcp beyond loopback.")
+@click.option("--curve-clients", metavar="DIR|*", default=None,
+              help="With CURVE: directory of allowed clients' public certificates (*.key), "
+                   "or '*' to allow any client that knows the broker's public key.")
 @click.option("--slow-listener", type=click.Choice(["drop", "wait"]), default=None,
               help="Policy for stream listeners that fall behind (default drop).")
 def serve(endpoint: str | None, config: str | None, log_level: str,
-          curve_secret_key: str | None, slow_listener: str | None) -> None:
+          curve_secret_key: str | None, curve_clients: str | None,
+          slow_listener: str | None) -> None:
     """Run a broker until SIGTERM or SIGINT (then exit 0)."""
     from fastfanout.server import serve as run_server
-    from fastfanout.transport import load_curve_keys
+    from fastfanout.transport import TransportError, load_curve_keys
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -69,8 +75,15 @@ def serve(endpoint: str | None, config: str | None, log_level: str,
         options["endpoint"] = endpoint
     if slow_listener:
         options["slow_listener"] = slow_listener
-    if curve_secret_key:
-        options["curve"] = load_curve_keys(curve_secret_key)
+    configured_key = options.pop("curve_secret_key", None)
+    curve_secret_key = curve_secret_key or configured_key
+    if curve_clients:
+        options["curve_clients"] = curve_clients
+    try:
+        if curve_secret_key:
+            options["curve"] = load_curve_keys(str(curve_secret_key))
+    except (TransportError, OSError, ValueError) as error:
+        raise click.BadParameter(str(error), param_hint="--curve-secret-key") from None
     try:
         sys.exit(run_server(**options))
     except FastFanoutError as error:

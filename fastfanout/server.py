@@ -51,6 +51,7 @@ from fastfanout.transport import (
     TransportError,
     Unroutable,
     WouldBlock,
+    check_curve_clients,
     is_loopback,
 )
 
@@ -107,7 +108,12 @@ class Server:
         stream_endpoint: stream (XPUB) endpoint; default derived from ``endpoint``.
         broker: the embedded broker to serve (default: a new one on the real clock). The
             server closes it when it stops only if it made it.
-        curve: CURVE keys; required to bind tcp beyond loopback.
+        curve: the broker's CURVE keys (``transport.load_curve_keys``); required to bind
+            tcp beyond loopback. Every connection is then encrypted and authenticated.
+        curve_clients: with ``curve``, required: a directory of the allowed clients'
+            public certificates (``*.key``, read at bind), or ``"*"``
+            (``transport.CURVE_ALLOW_ANY``) to admit any client that knows the broker's
+            public key. A client not admitted completes no handshake and hears nothing.
         heartbeat_interval: seconds between client heartbeats (told to clients).
         heartbeat_timeout: seconds of silence after which a heartbeating client is gone
             and its leases are released.
@@ -126,6 +132,7 @@ class Server:
         stream_endpoint: str | None = None,
         broker: Broker | None = None,
         curve: CurveKeys | None = None,
+        curve_clients: str | None = None,
         heartbeat_interval: float = 0.25,
         heartbeat_timeout: float = 2.0,
         max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES,
@@ -144,11 +151,22 @@ class Server:
                 raise InvalidArgument(
                     f"refusing to bind {ep} beyond loopback without CURVE keys "
                     f"(pass curve=... / --curve-secret-key)")
+        if (curve is None) != (curve_clients is None):
+            raise InvalidArgument(
+                "CURVE needs both the broker's keys (curve / --curve-secret-key) and the "
+                "allowed clients (curve_clients / --curve-clients: a directory of client "
+                "*.key certificates, or '*' to allow any client)")
+        if curve_clients is not None:
+            try:
+                check_curve_clients(curve_clients)
+            except TransportError as exc:
+                raise InvalidArgument(str(exc)) from None
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
         self._own_broker = broker is None
         self.broker = broker if broker is not None else Broker()
         self._curve = curve
+        self._curve_clients = curve_clients
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self._max_request_bytes = max_request_bytes
@@ -198,7 +216,7 @@ class Server:
         try:
             self._transport = ServerTransport(
                 self.endpoint, self.stream_endpoint, max_frame_bytes=self._max_frame_bytes,
-                curve=self._curve)
+                curve=self._curve, curve_clients=self._curve_clients)
         except TransportError:
             lock.release()
             raise

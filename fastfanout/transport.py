@@ -20,22 +20,33 @@ Invariants:
   connection; the monitor reports the disconnect, which the server counts.
 - Each socket is used by one thread at a time; the server's wake-up is a socketpair
   (thread- and signal-safe), never a shared socket.
+- With CURVE, a ZAP handler (pyzmq's ``ThreadAuthenticator``) runs in the broker's
+  context before any socket binds, so no handshake is ever judged without it: a client
+  whose public key is not in the allowed directory (or a client without CURVE) completes
+  no handshake and hears nothing. "Allow any client" must be asked for by name
+  (``CURVE_ALLOW_ANY``); it still needs the broker's public key and encrypts everything.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket as _socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import zmq
 import zmq.asyncio
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 __all__ = [
+    "CURVE_ALLOW_ANY",
     "AsyncDealerTransport",
     "AsyncSubTransport",
     "CurveKeys",
@@ -45,6 +56,8 @@ __all__ = [
     "TransportError",
     "Unroutable",
     "WouldBlock",
+    "check_curve_clients",
+    "client_curve",
     "curve_keypair",
     "is_loopback",
     "load_curve_keys",
@@ -52,6 +65,8 @@ __all__ = [
 
 EVENT_DISCONNECTED: Final = zmq.EVENT_DISCONNECTED
 """Monitor event: a peer connection closed (value: its file descriptor)."""
+CURVE_ALLOW_ANY: Final = "*"
+"""``curve_clients`` value that admits any client knowing the broker's public key."""
 
 
 class TransportError(Exception):
@@ -93,16 +108,92 @@ def load_curve_keys(secret_file: str, server_public_file: str | None = None) -> 
     Args:
         secret_file: a ``.key_secret`` certificate (public and secret key).
         server_public_file: the broker's ``.key`` certificate (clients only).
-    """
-    import zmq.auth
 
-    public, secret = zmq.auth.load_certificate(secret_file)
+    Raises:
+        TransportError: a file is missing or is not a certificate, or the secret
+            certificate holds no secret key.
+    """
+    try:
+        public, secret = zmq.auth.load_certificate(secret_file)
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"cannot load CURVE keys from {secret_file}: {exc}") from None
     if secret is None:
-        raise TransportError(f"{secret_file} holds no secret key")
+        raise TransportError(
+            f"{secret_file} holds no secret key (give the .key_secret certificate)")
     server_key = None
     if server_public_file is not None:
-        server_key, _ = zmq.auth.load_certificate(server_public_file)
+        server_key = _load_public_key(server_public_file)
     return CurveKeys(public, secret, server_key)
+
+
+def _load_public_key(value: bytes | str | os.PathLike[str]) -> bytes:
+    """A Z85 public key given as 40 bytes / characters, or as a certificate file."""
+    if isinstance(value, bytes | str) and len(value) == 40 and not os.path.exists(value):
+        key = value.encode("ascii") if isinstance(value, str) else value
+        try:
+            z85.decode(key)
+        except (ValueError, KeyError):
+            raise TransportError(f"{value!r} is not a Z85-encoded CURVE key") from None
+        return key
+    path = os.fsdecode(value)
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"cannot load a CURVE public key from {path}: {exc}") from None
+    return public
+
+
+def client_curve(server_key: bytes | str | os.PathLike[str],
+                 keys: CurveKeys | tuple[bytes, bytes] | str | os.PathLike[str] | None = None
+                 ) -> CurveKeys:
+    """The CURVE material a client needs to talk to a CURVE broker.
+
+    Args:
+        server_key: the broker's public key: Z85 (40 characters) or its ``.key``
+            certificate file.
+        keys: this client's key pair: ``(public, secret)`` in Z85, a ``.key_secret``
+            certificate file (``zmq.auth.create_certificates``), ``CurveKeys``, or None
+            for a fresh pair (enough for a broker that allows any client).
+
+    Raises:
+        TransportError: a key or certificate cannot be read.
+    """
+    server = _load_public_key(server_key)
+    if keys is None:
+        public, secret = curve_keypair()
+    elif isinstance(keys, CurveKeys):
+        public, secret = keys.public_key, keys.secret_key
+    elif isinstance(keys, tuple):
+        public, secret = keys
+    else:
+        loaded = load_curve_keys(os.fsdecode(keys))
+        public, secret = loaded.public_key, loaded.secret_key
+    return CurveKeys(public, secret, server)
+
+
+def check_curve_clients(curve_clients: str | os.PathLike[str]) -> str:
+    """Validate a ``curve_clients`` setting; returns it as a string.
+
+    Args:
+        curve_clients: ``CURVE_ALLOW_ANY`` or a directory of allowed clients' public
+            certificates (``*.key`` files as ``zmq.auth.create_certificates`` writes).
+
+    Raises:
+        TransportError: the directory does not exist or holds no ``*.key`` file.
+    """
+    location = os.fsdecode(curve_clients)
+    if location == CURVE_ALLOW_ANY:
+        return location
+    directory = Path(location)
+    if not directory.is_dir():
+        raise TransportError(
+            f"curve_clients {location!r} must be a directory of client public "
+            f"certificates (*.key) or {CURVE_ALLOW_ANY!r} to allow any client")
+    if not any(directory.glob("*.key")):
+        raise TransportError(
+            f"curve_clients directory {location} holds no public certificate (*.key): "
+            f"no client could connect")
+    return location
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -134,15 +225,31 @@ class ServerTransport:
         stream_endpoint: where the XPUB binds.
         max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes): a bigger frame drops the peer.
         curve: the broker's CURVE keys, or None for no encryption.
+        curve_clients: with ``curve``: a directory of allowed clients' public
+            certificates, or ``CURVE_ALLOW_ANY``.
         reply_timeout: seconds a reply may wait for room in a slow client's queue.
         stream_high_water_mark: messages queued per stream listener before XPUB_NODROP
             refuses a send.
     """
 
     def __init__(self, endpoint: str, stream_endpoint: str, *, max_frame_bytes: int,
-                 curve: CurveKeys | None = None, reply_timeout: float = 1.0,
-                 stream_high_water_mark: int = 10_000) -> None:
+                 curve: CurveKeys | None = None, curve_clients: str | None = None,
+                 reply_timeout: float = 1.0, stream_high_water_mark: int = 10_000) -> None:
+        self._authenticator: ThreadAuthenticator | None = None
+        if curve is not None:
+            if curve_clients is None:
+                raise TransportError(
+                    f"CURVE needs curve_clients: a directory of allowed client public "
+                    f"certificates, or {CURVE_ALLOW_ANY!r} to allow any client")
+            location = check_curve_clients(curve_clients)
         self._context = zmq.Context()
+        if curve is not None:
+            # the ZAP handler must run before the first bind: a handshake that finds no
+            # handler is let through by libzmq
+            self._authenticator = ThreadAuthenticator(
+                self._context, log=logging.getLogger("fastfanout.auth"))
+            self._authenticator.start()
+            self._authenticator.configure_curve(domain="*", location=location)
         self.router = self._context.socket(zmq.ROUTER)
         self.xpub = self._context.socket(zmq.XPUB)
         self._sockets: list[zmq.Socket[Any]] = [self.router, self.xpub]
@@ -263,6 +370,8 @@ class ServerTransport:
         for end in (getattr(self, "_wake_reader", None), getattr(self, "_wake_writer", None)):
             if end is not None:
                 end.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()
 
 

@@ -1,0 +1,166 @@
+"""CURVE: encrypted, authenticated connections over tcp://127.0.0.1 with generated keys."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq.auth
+
+import fastfanout
+from fastfanout.client import BrokenConnection, connect
+from fastfanout.server import Server
+from fastfanout.transport import (
+    CURVE_ALLOW_ANY,
+    TransportError,
+    client_curve,
+    load_curve_keys,
+)
+
+Tracker = Any
+REFUSED_TIMEOUT = 1.0  # seconds an unadmitted client waits for a HELLO reply
+
+
+class Keys:
+    """Certificates made by zmq.auth in a test's tmp dir: a broker and two clients."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.directory = tmp_path / "keys"
+        self.clients = tmp_path / "clients"
+        self.directory.mkdir()
+        self.clients.mkdir()
+        for name in ("broker", "alice", "mallory"):
+            zmq.auth.create_certificates(self.directory, name)
+        shutil.copy(self.directory / "alice.key", self.clients)  # alice only is admitted
+
+    def secret(self, name: str) -> str:
+        return str(self.directory / f"{name}.key_secret")
+
+    def public(self, name: str) -> str:
+        return str(self.directory / f"{name}.key")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+def assert_no_answer(endpoint: str, **options: object) -> None:
+    started = time.monotonic()
+    with pytest.raises(BrokenConnection, match="no reply from the broker"):
+        connect(endpoint, timeout=REFUSED_TIMEOUT, **options)
+    assert time.monotonic() - started < REFUSED_TIMEOUT + 5.0
+
+
+def test_admitted_client_works_others_hear_nothing(track: Tracker, keys: Keys) -> None:
+    endpoint = track.endpoint("tcp")
+    server = track.server(endpoint, curve=load_curve_keys(keys.secret("broker")),
+                          curve_clients=str(keys.clients))
+    alice = track.client(endpoint, curve=client_curve(keys.public("broker"),
+                                                      keys.secret("alice")))
+    alice.create_topic("t")
+    alice.create_queue("q")
+    alice.subscribe("t", "q")
+    listener = alice.listen("t")  # the stream socket is a CURVE server too
+    track.closeables.append(listener)
+    track.wait_until(lambda: bool(server._subscriptions), what="the CURVE subscription")
+    assert alice.publish("t", b"secret").deliveries == 1
+    assert [m.body for m in alice.receive("q")] == [b"secret"]
+    streamed = listener.recv_batch(5.0)
+    assert streamed is not None and streamed[0].body == b"secret"
+    # a client whose key is not in the directory, one that expects another broker key,
+    # and one without CURVE: no handshake completes, so no reply ever comes
+    assert_no_answer(endpoint, curve=client_curve(keys.public("broker"),
+                                                  keys.secret("mallory")))
+    assert_no_answer(endpoint, curve=client_curve(keys.public("mallory"),
+                                                  keys.secret("alice")))
+    assert_no_answer(endpoint)
+    assert alice.list_topics() == ["t"]  # the admitted session is unaffected
+    alice.close()
+
+
+def test_allow_any_admits_fresh_keys_but_not_plain_clients(track: Tracker,
+                                                           keys: Keys) -> None:
+    endpoint = track.endpoint("tcp")
+    broker_keys = load_curve_keys(keys.secret("broker"))
+    track.server(endpoint, curve=broker_keys, curve_clients=CURVE_ALLOW_ANY)
+    client = track.client(endpoint, curve=client_curve(broker_keys.public_key))
+    client.create_topic("anyone")
+    assert client.list_topics() == ["anyone"]
+    assert_no_answer(endpoint)
+    client.close()
+
+
+def test_curve_settings_are_checked(tmp_path: Path, keys: Keys) -> None:
+    broker_keys = load_curve_keys(keys.secret("broker"))
+    with pytest.raises(fastfanout.InvalidArgument, match="allowed clients"):
+        Server("tcp://127.0.0.1:5999", curve=broker_keys)
+    with pytest.raises(fastfanout.InvalidArgument, match="allowed clients"):
+        Server("tcp://127.0.0.1:5999", curve_clients=CURVE_ALLOW_ANY)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(fastfanout.InvalidArgument, match=r"holds no public certificate"):
+        Server("tcp://127.0.0.1:5999", curve=broker_keys, curve_clients=str(empty))
+    with pytest.raises(fastfanout.InvalidArgument, match="must be a directory"):
+        Server("tcp://127.0.0.1:5999", curve=broker_keys, curve_clients=str(empty / "no"))
+    # with keys and a client policy, binding beyond loopback is allowed (not bound here)
+    Server("tcp://0.0.0.0:5999", curve=broker_keys, curve_clients=str(keys.clients)
+           ).broker.close()
+    with pytest.raises(TransportError, match="no secret key"):
+        load_curve_keys(keys.public("broker"))
+    with pytest.raises(TransportError, match="cannot load"):
+        load_curve_keys(str(tmp_path / "missing.key_secret"))
+    with pytest.raises(TransportError, match="not a Z85"):
+        client_curve("~" * 40)
+    public, secret = zmq.curve_keypair()
+    assert client_curve(public.decode(), (public, secret)).server_key == public
+
+
+def wait_for_curve_broker(endpoint: str, process: Any, **options: object) -> None:
+    deadline = time.monotonic() + 15.0
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"broker exited early with {process.returncode}: "
+                                 f"{process.stderr.read()!r}")
+        try:
+            with connect(endpoint, timeout=0.3, **options):
+                return
+        except BrokenConnection:
+            if time.monotonic() > deadline:
+                raise
+
+
+@pytest.mark.parametrize("via", ["config", "options"])
+def test_serve_with_curve(track: Tracker, keys: Keys, tmp_path: Path, via: str) -> None:
+    endpoint = track.endpoint("tcp")
+    if via == "config":
+        config = tmp_path / "broker.toml"
+        config.write_text(f'curve_secret_key = "{keys.secret("broker")}"\n'
+                          f'curve_clients = "{keys.clients}"\n')
+        extra = ["--config", str(config)]
+    else:
+        extra = ["--curve-secret-key", keys.secret("broker"), "--curve-clients",
+                 str(keys.clients)]
+    broker = track.process(["-m", "fastfanout", "serve", "--endpoint", endpoint,
+                            "--log-level", "WARNING", *extra])
+    alice = client_curve(keys.public("broker"), keys.secret("alice"))
+    wait_for_curve_broker(endpoint, broker, curve=alice)
+    client = track.client(endpoint, curve=alice)
+    client.create_queue("q")
+    assert client.list_queues() == ["q"]
+    assert_no_answer(endpoint, curve=client_curve(keys.public("broker"),
+                                                  keys.secret("mallory")))
+    client.close()
+    broker.terminate()
+    assert broker.wait(10) == 0
+
+
+def test_serve_refuses_a_public_certificate_as_secret(track: Tracker, keys: Keys) -> None:
+    broker = track.process(["-m", "fastfanout", "serve", "--endpoint", track.endpoint("tcp"),
+                            "--curve-secret-key", keys.public("broker"),
+                            "--curve-clients", CURVE_ALLOW_ANY])
+    _, stderr = broker.communicate(timeout=15)
+    assert broker.returncode == 2 and b"holds no secret key" in stderr
