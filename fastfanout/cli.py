@@ -294,6 +294,83 @@ def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str |
     click.echo(f"subscription {subscription_id}")
 
 
+@cli.command()
+@endpoint_option
+@click.argument("subscription_id", type=int)
+def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
+    """Remove subscription SUBSCRIPTION_ID (as printed by subscribe)."""
+    try:
+        with _client(endpoint) as client:
+            client.unsubscribe(subscription_id)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"unsubscribed {subscription_id}")
+
+
+@cli.command()
+@endpoint_option
+@click.argument("queue")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def purge(endpoint: str | None, queue: str, yes: bool) -> None:
+    """Remove every message of QUEUE (visible, leased and delayed); prints how many."""
+    if not yes:
+        click.confirm(f"Remove every message of queue {queue}?", abort=True)
+    try:
+        with _client(endpoint) as client:
+            removed = client.purge(queue)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"purged {removed} messages from {queue}")
+
+
+@cli.command()
+@endpoint_option
+@click.argument("dead_letter_queue", metavar="DLQ")
+@click.option("--to", "to", default=None,
+              help="Queue to move every message to (default: each message's source queue).")
+@click.option("--max-messages", "-n", type=int, default=None,
+              help="Move at most N messages (default: all).")
+def redrive(endpoint: str | None, dead_letter_queue: str, to: str | None,
+            max_messages: int | None) -> None:
+    """Move dead-lettered messages of DLQ back to their source queues (or to --to)."""
+    try:
+        with _client(endpoint) as client:
+            moved = client.redrive(dead_letter_queue, to=to, max_messages=max_messages)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"redrove {moved} messages from {dead_letter_queue}"
+               + (f" to {to}" if to else ""))
+
+
+@cli.command("delete-queue")
+@endpoint_option
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
+    """Delete queue NAME with its messages and subscriptions."""
+    if not yes:
+        click.confirm(f"Delete queue {name} and its messages?", abort=True)
+    try:
+        with _client(endpoint) as client:
+            client.delete_queue(name)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"deleted queue {name}")
+
+
+@cli.command("delete-topic")
+@endpoint_option
+@click.argument("name")
+def delete_topic(endpoint: str | None, name: str) -> None:
+    """Delete topic NAME and its subscriptions (messages already queued stay)."""
+    try:
+        with _client(endpoint) as client:
+            client.delete_topic(name)
+    except FastFanoutError as error:
+        _fail(error)
+    click.echo(f"deleted topic {name}")
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def demo(args: tuple[str, ...]) -> None:
