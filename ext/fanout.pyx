@@ -60,15 +60,23 @@ from fastfanout._ext.codec import status_text as codec_status_text
 from fastfanout.errors import InvalidArgument, MessageTooLarge, QueueFull
 from fastfanout.records import PublishEntry, PublishResult
 
-MAX_ATTRIBUTES = 10
+# The limits as C constants: the per-message checks below must not look up Python globals.
+cdef enum:
+    C_MAX_ATTRIBUTES = 10
+    C_MAX_ATTRIBUTE_NAME = 256
+    C_MAX_ID_LENGTH = 128
+    C_MAX_BODY = 256 * 1024 * 1024
+cdef int64_t C_MAX_DELAY_US = 365LL * 86400LL * 1000000LL
+
+MAX_ATTRIBUTES = C_MAX_ATTRIBUTES
 """Attributes one message may carry (the SNS limit)."""
-MAX_ATTRIBUTE_NAME = 256
+MAX_ATTRIBUTE_NAME = C_MAX_ATTRIBUTE_NAME
 """Characters in one attribute name."""
-MAX_ID_LENGTH = 128
+MAX_ID_LENGTH = C_MAX_ID_LENGTH
 """UTF-8 bytes in a group id or a dedup id (the SQS limit)."""
-MAX_DELAY_US = 365 * 86400 * 1_000_000
+MAX_DELAY_US = C_MAX_DELAY_US
 """Longest delay: one year, in microseconds."""
-MAX_BODY = 256 * 1024 * 1024
+MAX_BODY = C_MAX_BODY
 """Hard ceiling on one body, whatever a queue allows: 256 MiB."""
 
 # Marks a duplicate of an earlier entry of the same batch (low bits: that entry's index),
@@ -90,14 +98,14 @@ cdef bytes _encode(object attributes, Py_ssize_t index):
             f"entry {index}: attributes must be a dict, got {type(attributes).__name__}")
     if not attributes:
         return None
-    if len(attributes) > MAX_ATTRIBUTES:
+    if len(attributes) > C_MAX_ATTRIBUTES:
         raise InvalidArgument(
-            f"entry {index}: {len(attributes)} attributes, at most {MAX_ATTRIBUTES} allowed")
+            f"entry {index}: {len(attributes)} attributes, at most {C_MAX_ATTRIBUTES} allowed")
     for name, value in (<dict>attributes).items():
-        if type(name) is not str or not 0 < len(<str>name) <= MAX_ATTRIBUTE_NAME:
+        if type(name) is not str or not 0 < len(<str>name) <= C_MAX_ATTRIBUTE_NAME:
             raise InvalidArgument(
                 f"entry {index}: attribute name {name!r} must be a str of 1 to "
-                f"{MAX_ATTRIBUTE_NAME} characters")
+                f"{C_MAX_ATTRIBUTE_NAME} characters")
         kind = type(value)
         if kind is str or kind is int or kind is bytes:
             continue
@@ -120,9 +128,9 @@ cdef bytes _encode_id(object value, str what, Py_ssize_t index):
     if type(value) is not str:
         raise InvalidArgument(f"entry {index}: {what} must be a str, got {type(value).__name__}")
     encoded = (<str>value).encode("utf-8")
-    if not 0 < len(encoded) <= MAX_ID_LENGTH:
+    if not 0 < len(encoded) <= C_MAX_ID_LENGTH:
         raise InvalidArgument(
-            f"entry {index}: {what} {value!r} must be 1 to {MAX_ID_LENGTH} UTF-8 bytes")
+            f"entry {index}: {what} {value!r} must be 1 to {C_MAX_ID_LENGTH} UTF-8 bytes")
     return encoded
 
 
@@ -758,10 +766,10 @@ cdef blob_t* _blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now
     cdef int64_t due_us = INT64_MIN
     cdef int64_t expires_us = INT64_MAX
     cdef blob_t* blob
-    if record.body_len > MAX_BODY:
+    if record.body_len > C_MAX_BODY:
         raise MessageTooLarge(
             f"entry {i}: body of {record.body_len} bytes exceeds the hard limit of "
-            f"{MAX_BODY} bytes")
+            f"{C_MAX_BODY} bytes")
     if record.attrs_len:
         # Attributes arrive msgpack-encoded: check them like local ones (types, count,
         # names), and store the canonical encoding.
@@ -773,15 +781,15 @@ cdef blob_t* _blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now
         if encoded is not None:
             attrs = PyBytes_AS_STRING(encoded)
             attrs_len = <uint32_t>PyBytes_GET_SIZE(encoded)
-    if record.group_len > MAX_ID_LENGTH or record.dedup_len > MAX_ID_LENGTH:
+    if record.group_len > C_MAX_ID_LENGTH or record.dedup_len > C_MAX_ID_LENGTH:
         raise InvalidArgument(
-            f"entry {i}: group and dedup ids must be at most {MAX_ID_LENGTH} bytes")
+            f"entry {i}: group and dedup ids must be at most {C_MAX_ID_LENGTH} bytes")
     if record.group_len:
         record.group[:record.group_len].decode("utf-8")   # raises on bad UTF-8
     if record.dedup_len:
         record.dedup[:record.dedup_len].decode("utf-8")
     if record.flags & FF_FLAG_DELIVER_AT:
-        if record.deliver_at_us - now_us > MAX_DELAY_US:
+        if record.deliver_at_us - now_us > C_MAX_DELAY_US:
             raise InvalidArgument(f"entry {i}: deliver_at is more than one year ahead")
         due_us = max(record.deliver_at_us, now_us)
     if record.flags & FF_FLAG_EXPIRES:
@@ -825,11 +833,11 @@ cdef blob_t* _make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
             if delay is not None and deliver_at is not None:
                 raise InvalidArgument(f"entry {i}: give delay or deliver_at, not both")
             if delay is not None:
-                due_us = now_us + _duration_us(delay, "delay", i, MAX_DELAY_US)
+                due_us = now_us + _duration_us(delay, "delay", i, C_MAX_DELAY_US)
             elif deliver_at is not None:
                 due_us = _deliver_at_us(deliver_at, i, now_us)
             if ttl is not None:
-                expires_us = now_us + _duration_us(ttl, "ttl", i, MAX_DELAY_US)
+                expires_us = now_us + _duration_us(ttl, "ttl", i, C_MAX_DELAY_US)
                 if expires_us == now_us:
                     raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds")
             group = _encode_id(group_id, "group_id", i)
@@ -854,9 +862,9 @@ cdef blob_t* _make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
                 f"entry {i}: a body must be bytes, bytearray or memoryview, got "
                 f"{type(item).__name__}")
     try:
-        if body_len > MAX_BODY:
+        if body_len > C_MAX_BODY:
             raise MessageTooLarge(
-                f"entry {i}: body of {body_len} bytes exceeds the hard limit of {MAX_BODY} bytes")
+                f"entry {i}: body of {body_len} bytes exceeds the hard limit of {C_MAX_BODY} bytes")
         encoded = _encode(attributes, i)
         blob = blob_new(
             0, now_us, due_us, expires_us, body, <uint32_t>body_len,
@@ -885,7 +893,7 @@ cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) exc
         raise InvalidArgument(
             f"entry {i}: deliver_at must be clock seconds or an aware datetime, got "
             f"{type(deliver_at).__name__}")
-    if not isfinite(deliver_at) or deliver_at * 1e6 - now_us > MAX_DELAY_US:
+    if not isfinite(deliver_at) or deliver_at * 1e6 - now_us > C_MAX_DELAY_US:
         raise InvalidArgument(
             f"entry {i}: deliver_at={deliver_at!r} must be finite and at most one year from now")
     return max(<int64_t>round(deliver_at * 1e6), now_us)

@@ -913,6 +913,32 @@ cdef class Store:
         finally:
             PyBuffer_Release(&buffer)
 
+    def release_packed(self, frame, int64_t now_us):
+        """Return every still-leased delivery among packed u64 receipts to its queue at
+        once (no backoff); stale receipts are skipped. Returns how many were released.
+
+        The server calls this when a client vanishes, with every receipt it handed it.
+        """
+        cdef Py_buffer buffer
+        cdef const char* data
+        cdef Py_ssize_t index
+        cdef uint32_t slot
+        cdef Py_ssize_t released = 0
+        PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+        try:
+            if buffer.len % 8:
+                raise InvalidArgument(
+                    f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
+            data = <const char*>buffer.buf
+            for index in range(buffer.len // 8):
+                slot = self._lease_slot(ff_load_le64(data + 8 * index))
+                if slot != NIL:
+                    self._return(slot, 0, now_us)
+                    released += 1
+            return released
+        finally:
+            PyBuffer_Release(&buffer)
+
     def nack(self, object receipt, int64_t delay_us, int64_t now_us):
         """End the lease; visible again at once, or after ``delay_us`` (< 0: the backoff)."""
         cdef uint32_t slot = self._require_lease(receipt)

@@ -876,6 +876,19 @@ class Broker:
             count: int = self._store.ack_packed(receipts)
             return count
 
+    def release_packed(self, receipts: bytes | bytearray | memoryview) -> int:
+        """Return every still-leased delivery among packed u64 receipts at once.
+
+        Stale receipts are skipped (not an error): this is how a server gives back what a
+        vanished client held. Returns how many deliveries were released.
+        """
+        with self._lock:
+            now_us = self._now_us()
+            released: int = self._store.release_packed(receipts, now_us)
+            if released:
+                self._wake_receivers()
+            return released
+
     def nack(self, receipt: int, *, delay: float | None = None) -> None:
         """End a lease early; the message is visible again after ``delay`` seconds.
 

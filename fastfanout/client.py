@@ -275,9 +275,10 @@ class RemotePublishBatch(Sequence[PublishResult]):
 class _Pending:
     """One request in flight."""
 
-    __slots__ = ("error", "frames")
+    __slots__ = ("error", "frames", "request_id")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
         self.frames: list[bytes] | None = None
         self.error: FastFanoutError | None = None
 
@@ -294,6 +295,34 @@ class _Batch:
     def __init__(self) -> None:
         self.builder = FrameBuilder()
         self.futures: list[PublishFuture] = []
+
+
+class PublishBatchFuture:
+    """The eventual results of ``publish_batch_nowait`` / ``send_batch_nowait``."""
+
+    __slots__ = ("_client", "_pending", "_results")
+
+    def __init__(self, client: Client, pending: _Pending) -> None:
+        self._client = client
+        self._pending = pending
+        self._results: RemotePublishBatch | None = None
+
+    def done(self) -> bool:
+        """True once the broker answered."""
+        return self._pending.done
+
+    def result(self, timeout: float | None = None) -> RemotePublishBatch:
+        """Wait for the broker's answer and return the batch's results.
+
+        Args:
+            timeout: seconds to wait at most (default: the client's timeout).
+
+        Raises:
+            FastFanoutError: the error of the batch (nothing of it was enqueued).
+        """
+        if self._results is None:
+            self._results = RemotePublishBatch(self._client._wait(self._pending, timeout)[0])
+        return self._results
 
 
 class PublishFuture:
@@ -660,7 +689,7 @@ class Client:
         self._consumers.clear()
         for batch in self._batches.values():
             for future in batch.futures:
-                future._pending = _Pending()
+                future._pending = _Pending(0)
                 future._pending.error = error
                 future._batch_results = [None]
         self._batches.clear()
@@ -683,16 +712,14 @@ class Client:
             assert transport is not None
             request_id = self._next_id
             self._next_id += 1
-            pending = self._pending[request_id] = _Pending()
+            pending = self._pending[request_id] = _Pending(request_id)
             transport.send([protocol.encode_header(opcode, request_id), *payload])
             return pending
 
     def _discard(self, pending: _Pending) -> None:
         """Forget a pipelined request's reply (its errors are counted by the broker)."""
-        for request_id, other in self._pending.items():
-            if other is pending:
-                self._discarded.add(request_id)
-                break
+        if self._pending.get(pending.request_id) is pending:
+            self._discarded.add(pending.request_id)
 
     def _pump_once(self, timeout: float) -> None:
         """Read and dispatch broker messages for up to ``timeout`` seconds."""
@@ -897,6 +924,23 @@ class Client:
         frame = encode_entries(entries)
         pending = self._request(opcode, [name.encode(), frame])
         return RemotePublishBatch(self._wait(pending, None)[0])
+
+    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> PublishBatchFuture:
+        """Pipelined ``publish_batch``: send the batch now, get the results later.
+
+        The entries are encoded into one frame natively (no Python object per message).
+        """
+        if type(topic) is not str:
+            raise InvalidArgument(f"topic name {topic!r} must be a string")
+        return PublishBatchFuture(
+            self, self._request(Opcode.PUBLISH, [topic.encode(), encode_entries(entries)]))
+
+    def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> PublishBatchFuture:
+        """Pipelined ``send_batch``: send the batch now, get the results later."""
+        if type(queue) is not str:
+            raise InvalidArgument(f"queue name {queue!r} must be a string")
+        return PublishBatchFuture(
+            self, self._request(Opcode.SEND, [queue.encode(), encode_entries(entries)]))
 
     def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""

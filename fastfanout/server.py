@@ -40,8 +40,9 @@ from types import FrameType, TracebackType
 from typing import Any, Final
 
 from fastfanout import protocol
+from fastfanout._ext.wire import receipts_of
 from fastfanout.broker import Broker
-from fastfanout.errors import FastFanoutError, InvalidArgument, NotFound, StaleReceipt
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.protocol import Opcode, Status
 from fastfanout.records import PublishEntry
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
@@ -476,6 +477,16 @@ class Server:
         return records
 
     @staticmethod
+    def _native(call: Any, name: str, frame: bytes) -> Any:
+        """Run a native frame call; a frame the codec refuses is ``malformed_frame``."""
+        try:
+            return call(name, frame)
+        except InvalidArgument as exc:
+            if str(exc).startswith("malformed batch frame"):
+                raise protocol.MalformedFrame(str(exc)) from None
+            raise
+
+    @staticmethod
     def _count(frame: bytes) -> int:
         """Check a frame's structure (in C) so that a bad one is ``malformed_frame``."""
         try:
@@ -507,8 +518,7 @@ class Server:
         batch_frame = self._frame(frames, 1, "records")
         records = None
         if self._native_publish:
-            self._count(batch_frame)
-            result = self.broker.publish_frame(topic, batch_frame)
+            result = self._native(self.broker.publish_frame, topic, batch_frame)
         else:
             records = self._records(batch_frame)
             result = self.broker.publish_batch(topic, self._entries(records))
@@ -530,8 +540,7 @@ class Server:
         queue = self._text(self._frame(frames, 0, "queue"), "queue name")
         batch_frame = self._frame(frames, 1, "records")
         if self._native_send:
-            self._count(batch_frame)
-            result = self.broker.send_frame(queue, batch_frame)
+            result = self._native(self.broker.send_frame, queue, batch_frame)
         else:
             result = self.broker.send_batch(queue, self._entries(self._records(batch_frame)))
         self._dirty = True
@@ -792,14 +801,12 @@ class Server:
         released = 0
         leases, session.leases = session.leases, deque()
         for _, held in leases:
-            receipts = held if isinstance(held, list) else [
-                record.receipt for record in self._records(held)]
-            for receipt in receipts:
-                try:
-                    self.broker.nack(receipt, delay=0.0)
-                    released += 1
-                except (StaleReceipt, NotFound, InvalidArgument):
-                    pass
+            try:
+                packed = (protocol.encode_receipts(held) if isinstance(held, list)
+                          else receipts_of(held))
+                released += self.broker.release_packed(packed)
+            except (InvalidArgument, Closed):
+                pass
         if released:
             self._dirty = True
         expired = protocol.SessionExpired(f"the broker ended this session: {why}")
