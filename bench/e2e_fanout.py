@@ -17,6 +17,7 @@ import tempfile
 import time
 
 BODY = b"x" * 64
+PREFETCH = 4000
 
 
 def _pull(endpoint: str, count: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -72,7 +73,7 @@ def _consume(endpoint: str, queue: str, count: int, out: mp.Queue) -> None:  # t
     from fastfanout.client import connect
 
     with connect(endpoint) as client:
-        consumer = client.consume(queue, prefetch=4000)
+        consumer = client.consume(queue, prefetch=PREFETCH)
         out.put("ready")
         got = 0
         started = None
