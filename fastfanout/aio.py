@@ -16,29 +16,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterable
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 import msgspec
 
 from fastfanout import protocol
+from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.client import (
     DeliveryBatch,
     RemoteMessage,
     RemotePublishBatch,
+    StreamMessage,
     decode_delivery,
     entry_record,
     make_record,
+    stream_prefix,
 )
 from fastfanout.errors import Closed, FastFanoutError
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import PublishResult
 from fastfanout.runtime import default_endpoint
 from fastfanout.stats import BrokerStats
-from fastfanout.transport import AsyncDealerTransport, CurveKeys
+from fastfanout.topic_pattern import pattern_matches
+from fastfanout.transport import (
+    AsyncDealerTransport,
+    AsyncSubTransport,
+    CurveKeys,
+    TransportError,
+    client_curve,
+)
 
-__all__ = ["AsyncClient", "connect"]
+__all__ = ["AsyncClient", "AsyncListener", "connect"]
 
 
 class _SyncOwner:
@@ -60,19 +73,104 @@ class _SyncOwner:
         self._client._fire(Opcode.TERM, [protocol.encode_payload([[receipt], {}])])
 
 
+class AsyncListener:
+    """Stream messages of the topics matching a pattern (``AsyncClient.listen``).
+
+    Use ``async for message in listener`` or ``await listener.recv_batch(timeout)``;
+    close it (or use ``async with``) when done.
+
+    Attributes:
+        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
+        gaps: messages missed so far, counted from sequence numbers per topic.
+        received: messages received so far.
+    """
+
+    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None) -> None:
+        self.pattern = pattern
+        self._wildcard = stream_prefix(pattern) != pattern.encode()
+        try:
+            self._transport = AsyncSubTransport(stream_endpoint, [stream_prefix(pattern)],
+                                                curve)
+        except TransportError as exc:
+            raise BrokenConnection(str(exc)) from None
+        self._last: dict[str, int] = {}
+        self._pending: deque[StreamMessage] = deque()
+        self.gaps = 0
+        self.received = 0
+
+    async def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
+        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                frames = await asyncio.wait_for(self._transport.recv(), remaining)
+            except TimeoutError:
+                return None
+            if len(frames) != 2:
+                continue
+            topic = frames[0].decode(errors="replace")
+            if topic != self.pattern and not (
+                    self._wildcard and pattern_matches(self.pattern, topic)):
+                continue  # a longer topic sharing the subscribed prefix
+            records = protocol.codec_module().decode_batch(frames[1])
+            if not records:
+                continue
+            first, last = records[0].receipt or 0, records[-1].receipt or 0
+            previous = self._last.get(topic)
+            if previous is not None and first > previous + 1:
+                self.gaps += first - previous - 1
+            self._last[topic] = last
+            self.received += len(records)
+            return [StreamMessage(topic, record) for record in records]
+
+    def __aiter__(self) -> AsyncListener:
+        return self
+
+    async def __anext__(self) -> StreamMessage:
+        while not self._pending:
+            batch = await self.recv_batch(None)
+            if batch:
+                self._pending.extend(batch)
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        """Close the SUB socket."""
+        self._transport.close()
+
+    async def __aenter__(self) -> AsyncListener:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        self.close()
+
+
 class AsyncClient:
     """An asyncio connection to a broker server (use ``await connect(...)``).
 
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
         timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
-        curve: client CURVE keys for a CURVE broker.
+        curve: client CURVE keys for a CURVE broker (see ``transport.client_curve``).
+        curve_server_key: instead of ``curve``: the CURVE broker's public key (Z85, or
+            its ``.key`` certificate file).
+        curve_keys: with ``curve_server_key``: this client's key pair (``(public,
+            secret)``, or a ``.key_secret`` certificate file); None makes a fresh pair.
     """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
-                 curve: CurveKeys | None = None) -> None:
+                 curve: CurveKeys | None = None,
+                 curve_server_key: bytes | str | os.PathLike[str] | None = None,
+                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None
+                 ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
+        if curve_server_key is not None:
+            curve = client_curve(curve_server_key, curve_keys)
+        self._curve = curve
         self._transport = AsyncDealerTransport(self.endpoint, curve)
         self._futures: dict[int, asyncio.Future[list[bytes]]] = {}
         self._queues: dict[int, asyncio.Queue[list[bytes] | FastFanoutError]] = {}
@@ -226,10 +324,82 @@ class AsyncClient:
         """End a lease early."""
         await self._call(Opcode.NACK, receipt, delay=delay)
 
+    async def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (0: return the message at once)."""
+        await self._call(Opcode.EXTEND, receipt, seconds)
+
+    async def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now (reason ``rejected``)."""
+        await self._call(Opcode.TERM, receipt)
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+        await self._call(Opcode.DELETE_TOPIC, name)
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and its subscriptions."""
+        await self._call(Opcode.DELETE_QUEUE, name)
+
+    async def queue_settings(self, name: str) -> QueueSettings:
+        """The settings queue ``name`` was created with."""
+        raw = dict(await self._call(Opcode.QUEUE_SETTINGS, name))
+        raw["redelivery_backoff"] = protocol.backoff_from_wire(raw.get("redelivery_backoff"))
+        return QueueSettings(**raw)
+
+    async def unsubscribe(self, subscription_id: int) -> None:
+        """Remove a subscription."""
+        await self._call(Opcode.UNSUBSCRIBE, subscription_id)
+
+    async def set_filter_policy(self, subscription_id: int,
+                                filter_policy: Mapping[str, Any] | str | None, *,
+                                filter_scope: str = "attributes") -> None:
+        """Replace a subscription's filter policy (takes effect at once)."""
+        await self._call(Opcode.SET_FILTER_POLICY, subscription_id, filter_policy,
+                         filter_scope=filter_scope)
+
+    async def subscription(self, subscription_id: int) -> Subscription:
+        """One subscription's topic, queue and filter policy."""
+        return Subscription(**await self._call(Opcode.SUBSCRIPTION, subscription_id))
+
+    async def list_subscriptions(self) -> dict[int, tuple[str, str]]:
+        """Every subscription: id -> (topic, queue)."""
+        raw = await self._call(Opcode.LIST_SUBSCRIPTIONS)
+        return {int(key): (value[0], value[1]) for key, value in raw.items()}
+
+    async def redrive(self, dead_letter_queue: str, *, to: str | None = None,
+                      max_messages: int | None = None) -> int:
+        """Move dead-lettered messages back to their source queue (or to ``to``)."""
+        return int(await self._call(Opcode.REDRIVE, dead_letter_queue, to=to,
+                                    max_messages=max_messages))
+
+    async def purge(self, queue: str) -> int:
+        """Remove every message of a queue; returns how many."""
+        return int(await self._call(Opcode.PURGE, queue))
+
     async def stats(self) -> BrokerStats:
         """Counters of every topic and queue."""
         frames = await self._request(Opcode.STATS, [protocol.encode_payload([[], {}])])
         return msgspec.msgpack.decode(frames[0], type=BrokerStats)
+
+    async def server_stats(self) -> dict[str, Any]:
+        """The server's own counters: connections, consumers, errors by code, streams."""
+        frames = await self._request(Opcode.SERVER_STATS, [])
+        stats: dict[str, Any] = protocol.decode_payload(frames[0])
+        return stats
+
+    async def check(self) -> bool:
+        """Verify the broker core's internal invariants (slow; for tests)."""
+        return bool(await self._call(Opcode.CHECK))
+
+    def listen(self, topic_pattern: str) -> AsyncListener:
+        """Follow the stream of every topic matching ``topic_pattern`` (at most once).
+
+        Raises:
+            Closed: the client is closed.
+        """
+        if self._closed:
+            raise Closed("the client is closed")
+        return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern, self._curve)
 
     async def consume(self, queue: str, *, prefetch: int = 100,
                       visibility_timeout: float | None = None) -> AsyncIterator[RemoteMessage]:

@@ -1,0 +1,145 @@
+"""The asyncio client: every Broker operation the blocking client has, streams, CURVE."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Any as Tracker
+
+import pytest
+import zmq.auth
+
+import fastfanout
+from fastfanout import aio
+from fastfanout.client import Client
+from fastfanout.transport import load_curve_keys
+
+# client methods that are not Broker operations, or whose asyncio form is another call
+NOT_BROKER_OPERATIONS = {"closed", "close", "flush", "publish_nowait", "send_nowait",
+                         "publish_batch_nowait", "send_batch_nowait"}
+
+
+def test_asyncio_client_has_every_blocking_operation() -> None:
+    names = {name for name, _ in inspect.getmembers(Client) if not name.startswith("_")}
+    missing = sorted(name for name in names - NOT_BROKER_OPERATIONS
+                     if not hasattr(aio.AsyncClient, name))
+    assert missing == []
+    for name in names - NOT_BROKER_OPERATIONS - {"info", "listen", "consume",
+                                                 "consume_batches"}:
+        assert inspect.iscoroutinefunction(getattr(aio.AsyncClient, name)), name
+
+
+def test_asyncio_administration(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_queue("dlq")
+            await client.create_queue("q", max_receive_count=2, dead_letter_queue="dlq",
+                                      redelivery_backoff=fastfanout.ExponentialBackoff(
+                                          0.5, 2.0, 10.0))
+            await client.create_queue("other")
+            await client.create_topic("t")
+            settings = await client.queue_settings("q")
+            assert settings.dead_letter_queue == "dlq"
+            assert settings.redelivery_backoff == fastfanout.ExponentialBackoff(0.5, 2.0, 10.0)
+            sid = await client.subscribe("t", "q")
+            other = await client.subscribe("t", "other", filter_policy={"kind": ["x"]})
+            assert await client.list_subscriptions() == {sid: ("t", "q"), other: ("t", "other")}
+            assert (await client.subscription(other)).filter_policy is not None
+            await client.set_filter_policy(other, None)
+            assert (await client.subscription(other)).filter_policy is None
+            assert (await client.publish("t", b"one")).deliveries == 2
+            await client.unsubscribe(other)
+            with pytest.raises(fastfanout.NotFound):
+                await client.unsubscribe(other)
+            assert await client.list_subscriptions() == {sid: ("t", "q")}
+            assert (await client.publish("t", b"two")).deliveries == 1
+            assert await client.purge("other") == 1
+            await client.delete_topic("t")
+            await client.delete_queue("other")
+            assert await client.list_topics() == []
+            assert await client.list_queues() == ["dlq", "q"]
+            with pytest.raises(fastfanout.InvalidArgument, match="dead-letter"):
+                await client.delete_queue("dlq")  # q dead-letters into it
+            assert await client.check()
+            assert (await client.server_stats())["connections"] >= 1
+
+    asyncio.run(main())
+
+
+def test_asyncio_leases(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("dlq")
+            await client.create_queue("q", dead_letter_queue="dlq", max_receive_count=5,
+                                      visibility_timeout=30.0)
+            await client.send_batch("q", [b"a", b"b"])
+            first, second = await client.receive("q", max_messages=2)
+            await client.extend(first.receipt, 0)  # give it back at once
+            again = await client.receive("q", max_messages=1)
+            assert again[0].id == first.id and again[0].receive_count == 2
+            with pytest.raises(fastfanout.StaleReceipt):
+                await client.ack(first.receipt)  # that delivery's lease ended
+            await client.term(second.receipt)
+            dead = await client.receive("dlq")
+            assert dead[0].dead_letter is not None
+            assert dead[0].dead_letter.reason == "rejected"
+            await client.ack(dead[0].receipt)
+            await client.term(again[0].receipt)
+            assert await client.redrive("dlq", to="q", max_messages=5) == 1
+            back = await client.receive("q")
+            assert back[0].id == first.id
+            await client.ack(back[0].receipt)
+            stats = await client.stats()
+            assert stats.queues["q"].visible == 0 and stats.queues["dlq"].visible == 0
+
+    asyncio.run(main())
+
+
+def test_asyncio_listen(track: Tracker, endpoint: str) -> None:
+    server = track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_topic("ticks.a")
+            await client.create_topic("tickets")
+            async with client.listen("ticks.*") as listener:
+                deadline = asyncio.get_running_loop().time() + 10.0
+                while not server._subscriptions:  # the subscription reaches the broker
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.01)
+                assert await listener.recv_batch(0.05) is None
+                await client.publish("tickets", b"shares the prefix, not the pattern")
+                await client.publish_batch("ticks.a", [b"1", b"2"])
+                got = []
+                async for message in listener:
+                    got.append((message.topic, message.sequence, message.body))
+                    if len(got) == 2:
+                        break
+                assert got == [("ticks.a", 1, b"1"), ("ticks.a", 2, b"2")]
+                assert listener.received == 2 and listener.gaps == 0
+
+    asyncio.run(main())
+
+
+def test_asyncio_curve(track: Tracker, tmp_path: Path) -> None:
+    zmq.auth.create_certificates(tmp_path, "broker")
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    zmq.auth.create_certificates(clients, "alice")
+    endpoint = track.endpoint("tcp")
+    track.server(endpoint, curve=load_curve_keys(str(tmp_path / "broker.key_secret")),
+                 curve_clients=str(clients))
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0,
+                               curve_server_key=str(tmp_path / "broker.key"),
+                               curve_keys=str(clients / "alice.key_secret")) as client:
+            await client.create_topic("secret")
+            assert await client.list_topics() == ["secret"]
+
+    asyncio.run(main())
