@@ -1,0 +1,47 @@
+"""The README's code samples run as written."""
+
+import pathlib
+import re
+
+import pytest
+
+import fastfanout
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+
+def python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_the_readme_has_the_samples():
+    assert len(python_blocks()) >= 2
+
+
+def test_quick_start_runs_as_written(capsys):
+    exec(compile(python_blocks()[0], "README quick start", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "order 2" in printed and "acked=3" in printed
+
+
+def test_server_sample_runs_against_the_default_endpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    server = fastfanout.Server()
+    server.start()
+    try:
+        with fastfanout.connect() as client:
+            client.create_queue("billing")
+            client.create_topic("orders")
+            client.subscribe("orders", "billing")
+        namespace: dict[str, object] = {}
+        exec(compile(python_blocks()[1], "README server sample", "exec"), namespace)
+        with fastfanout.connect() as client:
+            stats = client.stats().queues["billing"]
+        assert stats.enqueued == 2 and stats.acked == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("command", ["bash ci/demo.sh", "bash ci/test.sh"])
+def test_the_two_commands_are_documented(command):
+    assert command in README.read_text()
