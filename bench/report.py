@@ -37,7 +37,8 @@ def main() -> int:
     print("|---|---|---:|---:|")
     for group, name, rate, ratio in rows(sys.argv[1]):
         shown = f"{ratio:.2f}x" if ratio is not None else "-"
-        print(f"| {group} | {name} | {rate / 1e6:.2f} M | {shown} |")
+        shown_rate = f"{rate / 1e6:.2f} M" if rate >= 10_000 else f"{rate:,.0f}"
+        print(f"| {group} | {name} | {shown_rate} | {shown} |")
     return 0
 
 
