@@ -63,6 +63,13 @@ from msgspec.json import encode as _encode_json
 from fastfanout.errors import InvalidArgument, StaleReceipt
 from fastfanout.records import DeadLetterInfo
 
+cdef extern from *:
+    int FASTFANOUT_DEBUG   # set by setup.py: 1 in the debug build
+
+DEBUG = bool(FASTFANOUT_DEBUG)
+"""True in the debug build (FASTFANOUT_DEBUG=1): the broker checks every invariant of the
+store before each call."""
+
 DEAD_LETTER_REASONS = ("max_receives", "rejected", "expired", "overflow")
 """Names of the dead-letter reasons, indexed by their code."""
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from fastfanout._ext.fanout import Dispatcher, EncodedBatch, PublishBatch
 from fastfanout._ext.message import Message
+from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store
 from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
 from fastfanout.filter_policy import SCOPES, CompiledPolicy, parse_policy
@@ -246,6 +247,8 @@ class Broker:
         """Read the clock, check the broker is open and apply everything due."""
         if self._closed:
             raise Closed("the broker is closed")
+        if STORE_DEBUG:
+            self._store.check()   # debug build: every invariant, before every call
         now_us: int = self._store.tick(self._clock)
         return now_us
 

@@ -3,6 +3,7 @@ from typing import Any
 
 from fastfanout._ext.message import Message
 
+DEBUG: bool
 DEAD_LETTER_REASONS: tuple[str, ...]
 
 class Store:
