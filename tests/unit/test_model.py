@@ -772,3 +772,15 @@ def test_random_workloads_lose_nothing(ops):
             pass
         model._check()
         assert_nothing_lost(model)
+
+
+def test_redrive_finds_the_source_queue_by_name(model):
+    model.create_queue("dlq")
+    model.create_queue("q", dead_letter_queue="dlq")
+    model.send("q", b"x")
+    model.term(model.receive("q")[0].receipt)
+    model.delete_queue("q")
+    assert model.redrive("dlq") == 0  # no queue of that name: the message stays
+    model.create_queue("q")
+    assert model.redrive("dlq") == 1
+    assert bodies(model.receive("q")) == [b"x"]
