@@ -68,5 +68,8 @@ setup(
         include_path=[INCLUDE_ROOT, "ext"],
         compiler_directives=DIRECTIVES,
         annotate=DEBUG,
+        # The two builds use different directives: keep their generated C apart, or one
+        # build would silently reuse the other's.
+        build_dir=os.path.join("build", "cython-debug") if DEBUG else None,
     ),
 )

@@ -9,3 +9,5 @@ py=$(bash ci/setup-venv.sh test | tail -n 1)
 # Two workers would fight over two cores with the threaded and multi-process tests;
 # the suite runs serially.
 "$py" -m pytest "$@"
+# The debug build (C asserts, bounds checks, invariant checks) runs the core suites too.
+bash ci/test-debug.sh
