@@ -42,3 +42,4 @@ cdef class DedupWindow:
     cdef void _delete_at(self, Py_ssize_t index) noexcept
     cdef int _grow(self) except -1
     cdef void _evict_oldest(self) noexcept
+    cdef bint _forget_front(self) noexcept

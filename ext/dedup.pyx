@@ -119,20 +119,26 @@ cdef class DedupWindow:
             return 0
         return self.slots[index].message_id
 
-    cdef void _evict_oldest(self) noexcept:
-        cdef dedup_order oldest
+    cdef bint _forget_front(self) noexcept:
+        """Pop the oldest ring entry and forget its key if the ring entry is current
+        (True), or skip it when the key was re-remembered since or is gone (False)."""
+        cdef dedup_order oldest = self.order[self.order_head]
         cdef ff_hash128_t key
         cdef Py_ssize_t index
+        self.order_head = (self.order_head + 1) % self.order_capacity
+        self.order_length -= 1
+        key.low = oldest.low
+        key.high = oldest.high
+        index = self._find(key)
+        if ((self.slots[index].low != 0 or self.slots[index].high != 0)
+                and self.slots[index].expires_us == oldest.expires_us):
+            self._delete_at(index)
+            return True
+        return False
+
+    cdef void _evict_oldest(self) noexcept:
         while self.order_length:
-            oldest = self.order[self.order_head]
-            self.order_head = (self.order_head + 1) % self.order_capacity
-            self.order_length -= 1
-            key.low = oldest.low
-            key.high = oldest.high
-            index = self._find(key)
-            if ((self.slots[index].low != 0 or self.slots[index].high != 0)
-                    and self.slots[index].expires_us == oldest.expires_us):
-                self._delete_at(index)
+            if self._forget_front():
                 return
 
     cdef int remember(self, ff_hash128_t key, uint64_t message_id, int64_t now_us) except -1:
@@ -173,21 +179,8 @@ cdef class DedupWindow:
 
     cdef void expire(self, int64_t now_us) noexcept:
         """Forget every key whose window ended at or before ``now_us``."""
-        cdef dedup_order oldest
-        cdef ff_hash128_t key
-        cdef Py_ssize_t index
-        while self.order_length:
-            oldest = self.order[self.order_head]
-            if oldest.expires_us > now_us:
-                return
-            self.order_head = (self.order_head + 1) % self.order_capacity
-            self.order_length -= 1
-            key.low = oldest.low
-            key.high = oldest.high
-            index = self._find(key)
-            if ((self.slots[index].low != 0 or self.slots[index].high != 0)
-                    and self.slots[index].expires_us == oldest.expires_us):
-                self._delete_at(index)
+        while self.order_length and self.order[self.order_head].expires_us <= now_us:
+            self._forget_front()
 
     # -- Python face, for tests ---------------------------------------------------------
 

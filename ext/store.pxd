@@ -163,6 +163,8 @@ cdef class Store:
     cdef void _group_promote(self, uint32_t qid, uint32_t group) noexcept
     cdef int64_t _backoff(self, uint32_t slot) noexcept
     cdef int _expire_entry(self, uint32_t slot, int64_t now_us) except -1
+    cdef uint32_t _lease_next(self, uint32_t qid, int* level, int64_t lease_us,
+                              int64_t now_us) except? 0xFFFFFFFE
     cdef bint _lease_head(self, uint32_t qid, uint32_t slot, int64_t lease_us,
                           int64_t now_us) except -1
     cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1

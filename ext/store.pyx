@@ -678,16 +678,10 @@ cdef class Store:
         cdef uint64_t receipt
         cdef const char* tail
         level = self.queues[qid].levels - 1
-        while len(received) < max_messages and level >= 0:
-            q = &self.queues[qid]
-            slot = q.visible_head[level]
+        while len(received) < max_messages:
+            slot = self._lease_next(qid, &level, lease_us, now_us)
             if slot == NIL:
-                level -= 1
-                continue
-            # Per-message TTL is checked when the message reaches the head (RabbitMQ's
-            # rule); a dead-lettered copy never expires again.
-            if not self._lease_head(qid, slot, lease_us, now_us):
-                continue
+                break
             entry = &self.entries[slot]
             blob = entry.blob
             attrs = None
@@ -743,14 +737,10 @@ cdef class Store:
             raise MemoryError()
         try:
             level = self.queues[qid].levels - 1
-            while leased < max_messages and level >= 0:
-                q = &self.queues[qid]
-                slot = q.visible_head[level]
+            while leased < max_messages:
+                slot = self._lease_next(qid, &level, lease_us, now_us)
                 if slot == NIL:
-                    level -= 1
-                    continue
-                if not self._lease_head(qid, slot, lease_us, now_us):
-                    continue
+                    break
                 entry = &self.entries[slot]
                 blob = entry.blob
                 record.flags = FF_FLAG_RECEIPT | (FF_FLAG_PRIORITY if blob.priority else 0)
@@ -787,6 +777,23 @@ cdef class Store:
         finally:
             ff_out_free(&out)
         return frame, leased
+
+    cdef uint32_t _lease_next(self, uint32_t qid, int* level, int64_t lease_us,
+                              int64_t now_us) except? 0xFFFFFFFE:
+        """Lease the next deliverable message, highest priority level first (``level``
+        is the caller's cursor); NIL when nothing is visible.
+
+        Per-message TTL and max_receive_count are settled on the way, when a message
+        reaches the head (RabbitMQ's rule for TTL); a dead-lettered copy never expires.
+        """
+        cdef uint32_t slot
+        while level[0] >= 0:
+            slot = self.queues[qid].visible_head[level[0]]
+            if slot == NIL:
+                level[0] -= 1
+            elif self._lease_head(qid, slot, lease_us, now_us):
+                return slot
+        return NIL
 
     cdef bint _lease_head(self, uint32_t qid, uint32_t slot, int64_t lease_us,
                           int64_t now_us) except -1:
