@@ -37,7 +37,7 @@ from fastfanout.client import (
     make_record,
     stream_prefix,
 )
-from fastfanout.errors import Closed, FastFanoutError
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import PublishResult
 from fastfanout.runtime import default_endpoint
@@ -251,7 +251,13 @@ class AsyncClient:
             self._fire(Opcode.HEARTBEAT, [])
 
     async def _call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
-        frames = await self._request(opcode, [protocol.encode_payload([list(args), kwargs])])
+        try:
+            payload = protocol.encode_payload([list(args), kwargs])
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            # Broker raises InvalidArgument for such values; so must a client
+            raise InvalidArgument(
+                f"{Opcode(opcode).name.lower()}: an argument cannot be sent: {exc}") from None
+        frames = await self._request(opcode, [payload])
         return protocol.decode_payload(frames[0]) if frames else None
 
     # -- the API (see fastfanout.client.Client for each method's contract) --------------

@@ -143,3 +143,15 @@ def test_asyncio_curve(track: Tracker, tmp_path: Path) -> None:
             assert await client.list_topics() == ["secret"]
 
     asyncio.run(main())
+
+
+def test_asyncio_unencodable_argument_is_invalid(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            for call in (client.nack(2**64), client.extend(2**64, 1.0), client.term(-(2**64))):
+                with pytest.raises(fastfanout.InvalidArgument, match="cannot be sent"):
+                    await call
+
+    asyncio.run(main())
