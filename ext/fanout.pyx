@@ -562,6 +562,7 @@ cdef class Dispatcher:
                     (<DedupWindow>self.topic_dedup[topic]).remember(
                         self.keys[i], batch.ids[i], now_us)
             store.next_message_id = next_id
+            store.deferring = True
             for t in range(target_count):
                 skip = self.skip + <Py_ssize_t>t * count
                 target_messages = target_bytes = 0
@@ -592,9 +593,11 @@ cdef class Dispatcher:
                     batch.deliveries[i] += 1
                     copies += 1
         finally:
+            store.deferring = False
             for i in range(made):
                 blob_release(self.scratch[i])
             self.batch_attributes = None
+        store.flush_deferred(now_us)
         if topic >= 0:
             self.topics[topic].published += accepted
             self.topics[topic].deliveries += copies

@@ -144,6 +144,8 @@ cdef class Store:
     cdef uint64_t next_message_id
     cdef list group_tables         # queue id -> GroupTable (FIFO queues) or None
     cdef list dedup_windows        # queue id -> DedupWindow
+    cdef bint deferring            # inside a publish: overflow dead letters wait
+    cdef list deferred             # detached overflow victims awaiting flush_deferred
 
     cdef inline queue_t* queue(self, uint32_t qid) noexcept:
         return &self.queues[qid]
@@ -170,6 +172,9 @@ cdef class Store:
     cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1
     cdef uint32_t _oldest_visible(self, uint32_t qid) noexcept
     cdef int _dead_letter(self, uint32_t slot, uint8_t reason, int64_t now_us) except -1
+    cdef int _dead_letter_detached(self, uint32_t slot, uint8_t reason,
+                                   int64_t now_us) except -1
+    cdef int flush_deferred(self, int64_t now_us) except -1
     cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept
     cdef uint32_t _require_lease(self, object receipt) except? 0xFFFFFFFF
     cdef void _ack_slot(self, uint32_t slot) noexcept

@@ -157,6 +157,8 @@ cdef class Store:
         self.next_message_id = 1
         self.group_tables = []
         self.dedup_windows = []
+        self.deferred = []
+        self.deferring = False
 
     def __dealloc__(self):
         cdef uint32_t slot
@@ -472,7 +474,13 @@ cdef class Store:
             slot = self._oldest_visible(qid)
             if slot == NIL:
                 return 0   # cannot happen after room_for; never loop forever
-            if q.overflow == OVERFLOW_DEAD_LETTER:
+            if q.overflow == OVERFLOW_DEAD_LETTER and self.deferring:
+                # Inside a publish: the victim leaves now, and reaches its dead-letter
+                # queue only after every copy of the publish is in (flush_deferred), so
+                # the room the publish was promised in that queue is not taken from it.
+                self._detach(slot)
+                self.deferred.append(slot)
+            elif q.overflow == OVERFLOW_DEAD_LETTER:
                 self._dead_letter(slot, DEAD_OVERFLOW, now_us)
             else:
                 self._detach(slot)
@@ -543,19 +551,31 @@ cdef class Store:
 
     cdef int _dead_letter(self, uint32_t slot, uint8_t reason, int64_t now_us) except -1:
         """Move a live entry to its queue's dead-letter queue (or drop it, counted)."""
+        self._detach(slot)
+        return self._dead_letter_detached(slot, reason, now_us)
+
+    cdef int flush_deferred(self, int64_t now_us) except -1:
+        """Dead-letter the overflow victims a publish set aside (see make_room)."""
+        cdef list victims = self.deferred
+        self.deferred = []
+        for slot in victims:
+            self._dead_letter_detached(slot, DEAD_OVERFLOW, now_us)
+        return 0
+
+    cdef int _dead_letter_detached(self, uint32_t slot, uint8_t reason,
+                                   int64_t now_us) except -1:
         cdef uint32_t source = self.entries[slot].queue
         cdef int64_t dlq = self.queues[source].dead_letter_queue
         cdef blob_t* blob = self.entries[slot].blob
         cdef dead_letter_t* dead
         cdef int room
-        self._detach(slot)
         if dlq < 0:
             self.queues[source].dropped[DROP_FOR_DEAD_REASON[reason]] += 1
             self._free_entry(slot)
             return 0
         room = self.room_for(<uint32_t>dlq, 1, self.message_size(blob))
         if room < 0:
-            self.queues[<uint32_t>dlq].rejected += 1
+            # Counted on the source only: `rejected` counts refused publishes and sends.
             self.queues[source].dropped[DROP_DEAD_LETTER_FULL] += 1
             self._free_entry(slot)
             return 0
@@ -871,17 +891,17 @@ cdef class Store:
         cdef Py_ssize_t count = len(receipts)
         cdef uint64_t receipt
         cdef uint32_t slot
-        cdef list stale = None
+        cdef dict stale = None
         for index in range(count):
             receipt = receipt_value(receipts[index])
             if self._lease_slot(receipt) == NIL:
                 if stale is None:
-                    stale = []
-                stale.append(receipt)
+                    stale = {}
+                stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
         if stale is not None:
             raise StaleReceipt(
-                f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
-                f"nothing was acked", stale)
+                f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
+                f"nothing was acked", list(stale))
         for index in range(count):
             receipt = receipts[index]
             slot = self._lease_slot(receipt)
@@ -901,7 +921,7 @@ cdef class Store:
         cdef Py_ssize_t index
         cdef uint64_t receipt
         cdef uint32_t slot
-        cdef list stale = None
+        cdef dict stale = None
         PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
         try:
             if buffer.len % 8:
@@ -913,12 +933,12 @@ cdef class Store:
                 receipt = ff_load_le64(data + 8 * index)
                 if self._lease_slot(receipt) == NIL:
                     if stale is None:
-                        stale = []
-                    stale.append(receipt)
+                        stale = {}
+                    stale[receipt] = None   # listed once, in order
             if stale is not None:
                 raise StaleReceipt(
-                    f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
-                    f"nothing was acked", stale)
+                    f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
+                    f"nothing was acked", list(stale))
             for index in range(count):
                 slot = self._lease_slot(ff_load_le64(data + 8 * index))
                 if slot != NIL:
@@ -991,8 +1011,14 @@ cdef class Store:
 
     # -- redrive and purge -------------------------------------------------------------
 
-    def redrive(self, uint32_t dlq, int64_t to, int64_t max_messages, int64_t now_us):
-        """Move dead-lettered visible messages back; returns how many moved."""
+    def redrive(self, uint32_t dlq, int64_t to, int64_t max_messages, int64_t now_us,
+                dict live_queues):
+        """Move dead-lettered visible messages back; returns how many moved.
+
+        Without ``to``, each goes to the queue now named like its source queue
+        (``live_queues``: name -> id), as SQS redrives to a queue re-created under the
+        same name; messages whose source name names no queue stay.
+        """
         cdef uint64_t moved = 0
         cdef uint32_t slot
         cdef uint32_t level
@@ -1020,15 +1046,13 @@ cdef class Store:
             dead = self.entries[slot].dead
             if to >= 0:
                 target = <uint32_t>to
-            elif (dead != NULL and self.queues[dead.source_queue].alive and
-                    self.queues[dead.source_queue].incarnation == dead.source_incarnation):
-                target = dead.source_queue
+            elif dead != NULL and self.names[dead.source_queue] in live_queues:
+                target = live_queues[self.names[dead.source_queue]]
             else:
                 continue
             blob = self.entries[slot].blob
             room = self.room_for(target, 1, self.message_size(blob))
             if room < 0:
-                self.queues[target].rejected += 1
                 break
             blob.refcount += 1
             self._detach(slot)
@@ -1126,6 +1150,7 @@ cdef class Store:
                 assert count == q.visible, "visible lists disagree with the visible gauge"
             live += visible + leased + delayed
         assert live == self.live_entries, "slab count disagrees with the queues"
+        assert not self.deferred, "overflow victims left undelivered"
         assert len(self.timers) == sum(
             self.queues[qid].leased + self.queues[qid].delayed
             for qid in range(self.queue_count) if self.queues[qid].alive), "stray timers"

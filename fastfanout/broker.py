@@ -243,6 +243,11 @@ class Broker:
 
     # -- plumbing ----------------------------------------------------------------------
 
+    def _ensure_open(self) -> None:
+        """Raise ``Closed`` after ``close()`` (before any argument is looked at)."""
+        if self._closed:
+            raise Closed("the broker is closed")
+
     def _now_us(self) -> int:
         """Read the clock, check the broker is open and apply everything due."""
         if self._closed:
@@ -292,6 +297,7 @@ class Broker:
         Raises:
             AlreadyExists: the topic exists with other settings.
         """
+        self._ensure_open()
         _check_name("topic", name)
         settings = TopicSettings(
             fifo=_check_flag("fifo", fifo),
@@ -383,6 +389,7 @@ class Broker:
             NotFound: ``dead_letter_queue`` does not exist.
             InvalidArgument: a setting is out of range or malformed.
         """
+        self._ensure_open()
         _check_name("queue", name)
         visibility_us = _seconds_to_us(
             "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
@@ -532,6 +539,7 @@ class Broker:
             InvalidFilterPolicy: the policy is malformed or over a limit.
             AlreadyExists: the pair is subscribed already with another policy.
         """
+        self._ensure_open()
         compiled, normalized = self._compile(filter_policy, filter_scope)
         with self._lock:
             self._now_us()
@@ -586,6 +594,7 @@ class Broker:
             filter_policy: the new policy, or None to deliver everything.
             filter_scope: ``"attributes"`` or ``"body"``.
         """
+        self._ensure_open()
         compiled, normalized = self._compile(filter_policy, filter_scope)
         with self._lock:
             self._now_us()
@@ -666,6 +675,7 @@ class Broker:
             QueueFull: a target queue with the ``reject`` policy has no room (no copy is
                 made anywhere).
         """
+        self._ensure_open()
         entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
         with self._lock:
             now_us = self._now_us()
@@ -709,6 +719,7 @@ class Broker:
         A duplicate (by ``dedup_id``, or body with ``content_dedup``) inside the queue's
         window returns ``duplicate=True`` and the original message id.
         """
+        self._ensure_open()
         entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
         with self._lock:
             now_us = self._now_us()
@@ -738,6 +749,7 @@ class Broker:
         Raises:
             InvalidArgument: the frame or one of its records is malformed.
         """
+        self._ensure_open()
         encoded = EncodedBatch(frame)
         with self._lock:
             now_us = self._now_us()
@@ -747,6 +759,7 @@ class Broker:
 
     def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
         """Send a batch given as one codec frame straight to a queue: all or none."""
+        self._ensure_open()
         encoded = EncodedBatch(frame)
         with self._lock:
             now_us = self._now_us()
@@ -762,6 +775,7 @@ class Broker:
         Returns:
             ``(frame, count)``: delivery records with receipt and receive count set.
         """
+        self._ensure_open()
         if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
@@ -805,6 +819,7 @@ class Broker:
         Returns:
             The leased messages, each with a fresh receipt (maybe none).
         """
+        self._ensure_open()
         if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
@@ -859,6 +874,7 @@ class Broker:
         Raises:
             StaleReceipt: with ``receipts`` listing the stale ones; nothing was acked.
         """
+        self._ensure_open()
         receipt_list = receipts if type(receipts) is list else list(receipts)
         with self._lock:
             self._now_us()
@@ -900,6 +916,7 @@ class Broker:
             delay: seconds before redelivery; None: the queue's redelivery backoff
                 (no wait without one).
         """
+        self._ensure_open()
         delay_us = -1 if delay is None else _seconds_to_us("delay", delay, maximum=MAX_DELAY)
         with self._lock:
             now_us = self._now_us()
@@ -908,6 +925,7 @@ class Broker:
 
     def extend(self, receipt: int, seconds: float) -> None:
         """Make the lease end ``seconds`` from now (0: return the message at once)."""
+        self._ensure_open()
         lease_us = _seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             now_us = self._now_us()
@@ -937,6 +955,7 @@ class Broker:
         Returns:
             The number of messages moved.
         """
+        self._ensure_open()
         limit = _optional_count("max_messages", max_messages)
         with self._lock:
             now_us = self._now_us()
@@ -944,7 +963,7 @@ class Broker:
             target_id = -1 if to is None else self._queue_id(to)
             if target_id == source_id:
                 raise InvalidArgument(f"redrive of {dead_letter_queue!r} into itself")
-            moved: int = self._store.redrive(source_id, target_id, limit, now_us)
+            moved: int = self._store.redrive(source_id, target_id, limit, now_us, self._queues)
             if moved:
                 self._wake_receivers()
             return moved

@@ -1,0 +1,82 @@
+"""Divergences the model-based state machine found, kept as plain regression tests."""
+
+import pytest
+
+from fastfanout import Broker, Closed, InvalidArgument, StaleReceipt
+
+
+@pytest.fixture
+def fixed():
+    broker = Broker(clock=lambda: 1000.0)
+    yield broker
+    if not broker.closed:
+        assert broker.check()
+
+
+def test_ack_batch_lists_each_stale_receipt_once(fixed):
+    fixed.create_queue("q")
+    fixed.send("q", b"x")
+    (message,) = fixed.receive("q")
+    fixed.ack(message.receipt)
+    with pytest.raises(StaleReceipt) as caught:
+        fixed.ack_batch([message.receipt, message.receipt])
+    assert caught.value.receipts == [message.receipt]
+
+
+def test_rejected_counts_only_refused_publishes_and_sends(fixed):
+    fixed.create_queue("dlq", max_messages=1)
+    fixed.create_queue("q", dead_letter_queue="dlq")
+    fixed.send("dlq", b"occupant")
+    fixed.send("q", b"x")
+    fixed.term(fixed.receive("q")[0].receipt)
+    stats = fixed.stats().queues
+    assert stats["q"].dropped["dead_letter_full"] == 1
+    assert stats["dlq"].rejected == 0
+    fixed.create_queue("full", max_messages=1)
+    fixed.send("full", b"occupant")
+    fixed.purge("dlq")
+    fixed.send("q", b"y")
+    fixed.term(fixed.receive("q")[0].receipt)
+    assert fixed.redrive("dlq", to="full") == 0  # no room: the redrive stops
+    assert fixed.stats().queues["full"].rejected == 0
+
+
+def test_a_publish_never_overfills_a_reject_queue(fixed):
+    fixed.create_queue("dlq", max_messages=2)
+    fixed.create_queue("src", max_messages=1, overflow="dead_letter", dead_letter_queue="dlq")
+    fixed.create_topic("t")
+    fixed.subscribe("t", "src")
+    fixed.subscribe("t", "dlq")
+    fixed.send("dlq", b"d0")
+    fixed.send("src", b"s0")
+    fixed.publish("t", b"new")
+    stats = fixed.stats().queues
+    assert stats["dlq"].messages == 2
+    assert stats["src"].dropped["dead_letter_full"] == 1
+
+
+def test_closed_comes_before_argument_checks(fixed):
+    fixed.close()
+    with pytest.raises(Closed):
+        fixed.receive("q", max_messages=0)
+    with pytest.raises(Closed):
+        fixed.create_queue("q", visibility_timeout=-1)
+    with pytest.raises(Closed):
+        fixed.publish("no such topic", "not bytes")
+
+
+def test_redrive_reaches_a_source_queue_created_again(fixed):
+    fixed.create_queue("dlq")
+    fixed.create_queue("q", dead_letter_queue="dlq")
+    fixed.send("q", b"x")
+    fixed.term(fixed.receive("q")[0].receipt)
+    fixed.delete_queue("q")
+    assert fixed.redrive("dlq") == 0  # no queue of that name: the message stays
+    fixed.create_queue("q")
+    assert fixed.redrive("dlq") == 1
+    assert [m.body for m in fixed.receive("q")] == [b"x"]
+
+
+def test_bad_arguments_still_raise_on_an_open_broker(fixed):
+    with pytest.raises(InvalidArgument):
+        fixed.receive("q", max_messages=0)
