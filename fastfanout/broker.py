@@ -13,15 +13,12 @@ publish or send and by the next timer due time.
 from __future__ import annotations
 
 import json
-import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 from fastfanout._ext.fanout import Dispatcher, EncodedBatch, PublishBatch
 from fastfanout._ext.message import Message
@@ -30,6 +27,24 @@ from fastfanout._ext.store import Store
 from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
 from fastfanout.filter_policy import SCOPES, CompiledPolicy, parse_policy
 from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry, PublishResult
+from fastfanout.settings import (
+    MAX_DEDUP_WINDOW,
+    MAX_DELAY,
+    MAX_MESSAGE_SIZE_LIMIT,
+    MAX_PRIORITY,
+    MAX_RECEIVE_BATCH,
+    MAX_VISIBILITY_TIMEOUT,
+    MAX_WAIT,
+    OVERFLOW_POLICIES,
+    QueueSettings,
+    Subscription,
+    TopicSettings,
+    backoff_us,
+    check_flag,
+    check_name,
+    optional_count,
+    seconds_to_us,
+)
 from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
 from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_pattern
 
@@ -41,155 +56,6 @@ __all__ = [
     "Subscription",
     "TopicSettings",
 ]
-
-MAX_VISIBILITY_TIMEOUT: Final = 43_200.0
-"""Longest lease, in seconds (12 hours, as SQS)."""
-MAX_DELAY: Final = 31_536_000.0
-"""Longest delay or retention, in seconds (365 days)."""
-MAX_WAIT: Final = 20.0
-"""Longest long-poll ``wait`` of one receive, in seconds (as SQS)."""
-MAX_RECEIVE_BATCH: Final = 10_000
-"""Most messages one receive may return."""
-MAX_MESSAGE_SIZE_LIMIT: Final = 256 * 1024 * 1024
-"""Largest ``max_message_size`` a queue may set, in bytes."""
-MAX_PRIORITY: Final = 255
-"""Highest ``max_priority`` a queue may set."""
-MAX_DEDUP_WINDOW: Final = 86_400.0
-"""Longest deduplication window, in seconds (one day)."""
-MAX_BACKOFF_STEPS: Final = 64
-"""Most steps a redelivery backoff may list."""
-
-_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
-_OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter")
-
-
-def _check_name(kind: str, name: object) -> str:
-    if type(name) is not str or not _NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"{kind} name {name!r} must be 1 to 256 characters from A-Z a-z 0-9 _ . : -")
-    return name
-
-
-def _seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float = 0.0) -> int:
-    if type(seconds) is not float and type(seconds) is not int:
-        raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
-    value = float(seconds)
-    if not math.isfinite(value) or value < minimum or value > maximum:
-        raise InvalidArgument(
-            f"{what}={seconds!r} must be finite and from {minimum:g} to {maximum:g} seconds")
-    return round(value * 1_000_000)
-
-
-def _optional_count(what: str, value: object, *, minimum: int = 1) -> int:
-    """A bound given as int or None; returns -1 for None (unbounded)."""
-    if value is None:
-        return -1
-    if type(value) is not int or value < minimum or value >= 2**62:
-        raise InvalidArgument(f"{what}={value!r} must be None or an int >= {minimum}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSettings:
-    """The settings a queue was created with (all times in seconds, sizes in bytes).
-
-    Attributes:
-        visibility_timeout: default lease of a receive.
-        max_receive_count: deliveries allowed before dead-lettering, or None.
-        dead_letter_queue: name of the dead-letter queue, or None.
-        delay: delay applied to every new message without its own.
-        max_messages: bound on messages held, or None.
-        max_bytes: bound on bytes held, or None.
-        max_message_size: bound on one message.
-        retention: how long a message may stay in the queue.
-        overflow: ``reject``, ``drop_oldest`` or ``dead_letter``.
-        max_priority: highest priority level (0: no priorities).
-        fifo: strict order per message group, one leased message per group.
-        content_dedup: deduplicate messages without a dedup id by a hash of the body.
-        dedup_window: seconds a dedup id (or body hash) is remembered.
-        redelivery_backoff: waits (seconds) before redelivery after failed delivery
-            1, 2, ... (the last repeats), or an ``ExponentialBackoff``; None: none.
-    """
-
-    visibility_timeout: float = 30.0
-    max_receive_count: int | None = None
-    dead_letter_queue: str | None = None
-    delay: float = 0.0
-    max_messages: int | None = None
-    max_bytes: int | None = None
-    max_message_size: int = 1_048_576
-    retention: float = 345_600.0
-    overflow: str = "reject"
-    max_priority: int = 0
-    fifo: bool = False
-    content_dedup: bool = False
-    dedup_window: float = 300.0
-    redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    """One subscription.
-
-    Attributes:
-        topic: the topic name or pattern it follows.
-        queue: the queue it feeds.
-        filter_policy: the filter policy as canonical JSON, or None (everything).
-        filter_scope: ``"attributes"`` or ``"body"``.
-        compiled: the compiled policy the dispatcher evaluates (None: no filter).
-    """
-
-    topic: str
-    queue: str
-    filter_policy: str | None
-    filter_scope: str
-    compiled: CompiledPolicy | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class TopicSettings:
-    """The settings a topic was created with.
-
-    Attributes:
-        fifo: FIFO topic: messages need a group id, and it feeds FIFO queues only.
-        content_dedup: deduplicate messages without a dedup id by a hash of the body.
-        dedup_window: seconds a dedup id (or body hash) is remembered.
-    """
-
-    fifo: bool = False
-    content_dedup: bool = False
-    dedup_window: float = 300.0
-
-
-def _backoff_us(backoff: object) -> list[int] | None:
-    if backoff is None:
-        return None
-    if isinstance(backoff, ExponentialBackoff):
-        if (not all(type(v) in (int, float) and math.isfinite(v) for v in backoff)
-                or backoff.initial <= 0 or backoff.multiplier < 1
-                or backoff.maximum < backoff.initial):
-            raise InvalidArgument(
-                f"redelivery_backoff={backoff!r} needs initial > 0, multiplier >= 1 and "
-                f"maximum >= initial")
-        waits: tuple[object, ...] = backoff.steps(MAX_BACKOFF_STEPS)
-    elif isinstance(backoff, tuple | list):
-        waits = tuple(backoff)
-    else:
-        raise InvalidArgument(
-            f"redelivery_backoff must be None, a sequence of seconds or an ExponentialBackoff, "
-            f"got {type(backoff).__name__}")
-    if not 1 <= len(waits) <= MAX_BACKOFF_STEPS:
-        raise InvalidArgument(
-            f"redelivery_backoff has {len(waits)} steps; give 1 to {MAX_BACKOFF_STEPS}")
-    return [_seconds_to_us("redelivery_backoff step", wait, maximum=MAX_VISIBILITY_TIMEOUT)
-            for wait in waits]
-
-
-def _check_flag(what: str, value: object) -> bool:
-    if type(value) is not bool:
-        raise InvalidArgument(f"{what} must be True or False, got {value!r}")
-    return value
-
 
 def _entry(
     body: bytes | bytearray | memoryview,
@@ -260,14 +126,14 @@ class Broker:
     def _queue_id(self, name: object) -> int:
         queue_id = self._queues.get(name) if type(name) is str else None
         if queue_id is None:
-            _check_name("queue", name)
+            check_name("queue", name)
             raise NotFound(f"queue {name!r} does not exist")
         return queue_id
 
     def _topic_id(self, name: object) -> int:
         topic_id = self._topics.get(name) if type(name) is str else None
         if topic_id is None:
-            _check_name("topic", name)
+            check_name("topic", name)
             raise NotFound(f"topic {name!r} does not exist")
         return topic_id
 
@@ -298,12 +164,12 @@ class Broker:
             AlreadyExists: the topic exists with other settings.
         """
         self._ensure_open()
-        _check_name("topic", name)
+        check_name("topic", name)
         settings = TopicSettings(
-            fifo=_check_flag("fifo", fifo),
-            content_dedup=_check_flag("content_dedup", content_dedup),
+            fifo=check_flag("fifo", fifo),
+            content_dedup=check_flag("content_dedup", content_dedup),
             dedup_window=dedup_window)
-        window_us = _seconds_to_us(
+        window_us = seconds_to_us(
             "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
         with self._lock:
             self._now_us()
@@ -390,36 +256,36 @@ class Broker:
             InvalidArgument: a setting is out of range or malformed.
         """
         self._ensure_open()
-        _check_name("queue", name)
-        visibility_us = _seconds_to_us(
+        check_name("queue", name)
+        visibility_us = seconds_to_us(
             "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
-        delay_us = _seconds_to_us("delay", delay, maximum=MAX_DELAY)
-        retention_us = _seconds_to_us("retention", retention, maximum=MAX_DELAY, minimum=1.0)
-        receive_limit = _optional_count("max_receive_count", max_receive_count)
-        message_limit = _optional_count("max_messages", max_messages)
-        byte_limit = _optional_count("max_bytes", max_bytes)
+        delay_us = seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        retention_us = seconds_to_us("retention", retention, maximum=MAX_DELAY, minimum=1.0)
+        receive_limit = optional_count("max_receive_count", max_receive_count)
+        message_limit = optional_count("max_messages", max_messages)
+        byte_limit = optional_count("max_bytes", max_bytes)
         if (type(max_message_size) is not int
                 or not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT):
             raise InvalidArgument(
                 f"max_message_size={max_message_size!r} must be an int from 1 to "
                 f"{MAX_MESSAGE_SIZE_LIMIT} bytes")
-        if overflow not in _OVERFLOW_POLICIES:
+        if overflow not in OVERFLOW_POLICIES:
             raise InvalidArgument(
-                f"overflow={overflow!r} must be one of {', '.join(_OVERFLOW_POLICIES)}")
+                f"overflow={overflow!r} must be one of {', '.join(OVERFLOW_POLICIES)}")
         if type(max_priority) is not int or not 0 <= max_priority <= MAX_PRIORITY:
             raise InvalidArgument(f"max_priority={max_priority!r} must be an int from 0 to 255")
-        _check_flag("fifo", fifo)
-        _check_flag("content_dedup", content_dedup)
+        check_flag("fifo", fifo)
+        check_flag("content_dedup", content_dedup)
         if fifo and max_priority:
             raise InvalidArgument(
                 f"queue {name!r}: priorities do not apply to FIFO queues (max_priority must be 0)")
-        window_us = _seconds_to_us(
+        window_us = seconds_to_us(
             "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
-        backoff_us = _backoff_us(redelivery_backoff)
+        backoff_steps_us = backoff_us(redelivery_backoff)
         if isinstance(redelivery_backoff, list):
             redelivery_backoff = tuple(redelivery_backoff)
         if dead_letter_queue is not None:
-            _check_name("dead_letter_queue", dead_letter_queue)
+            check_name("dead_letter_queue", dead_letter_queue)
             if dead_letter_queue == name:
                 raise InvalidArgument(f"queue {name!r} cannot be its own dead-letter queue")
         elif overflow == "dead_letter":
@@ -444,8 +310,8 @@ class Broker:
             queue_id = self._store.add_queue(
                 name, visibility_us, delay_us, retention_us, message_limit, byte_limit,
                 max_message_size, receive_limit, dlq_id,
-                _OVERFLOW_POLICIES.index(overflow), max_priority, fifo, content_dedup,
-                window_us, backoff_us)
+                OVERFLOW_POLICIES.index(overflow), max_priority, fifo, content_dedup,
+                window_us, backoff_steps_us)
             self._queues[name] = queue_id
             self._queue_names[queue_id] = name
             self._queue_settings[name] = settings
@@ -779,7 +645,7 @@ class Broker:
         if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
-        lease_us = None if visibility_timeout is None else _seconds_to_us(
+        lease_us = None if visibility_timeout is None else seconds_to_us(
             "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             now_us = self._now_us()
@@ -823,9 +689,9 @@ class Broker:
         if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
-        wait_us = 0 if wait == 0.0 and type(wait) is float else _seconds_to_us(
+        wait_us = 0 if wait == 0.0 and type(wait) is float else seconds_to_us(
             "wait", wait, maximum=MAX_WAIT)
-        lease_us = None if visibility_timeout is None else _seconds_to_us(
+        lease_us = None if visibility_timeout is None else seconds_to_us(
             "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             now_us = self._now_us()
@@ -917,7 +783,7 @@ class Broker:
                 (no wait without one).
         """
         self._ensure_open()
-        delay_us = -1 if delay is None else _seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        delay_us = -1 if delay is None else seconds_to_us("delay", delay, maximum=MAX_DELAY)
         with self._lock:
             now_us = self._now_us()
             self._store.nack(receipt, delay_us, now_us)
@@ -926,7 +792,7 @@ class Broker:
     def extend(self, receipt: int, seconds: float) -> None:
         """Make the lease end ``seconds`` from now (0: return the message at once)."""
         self._ensure_open()
-        lease_us = _seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
+        lease_us = seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             now_us = self._now_us()
             self._store.extend(receipt, lease_us, now_us)
@@ -956,7 +822,7 @@ class Broker:
             The number of messages moved.
         """
         self._ensure_open()
-        limit = _optional_count("max_messages", max_messages)
+        limit = optional_count("max_messages", max_messages)
         with self._lock:
             now_us = self._now_us()
             source_id = self._queue_id(dead_letter_queue)

@@ -1,0 +1,189 @@
+"""Settings records and the checks that turn user arguments into native values.
+
+The broker (and the model, the server and the clients) share these: limits with their
+names, name and duration checks that raise ``InvalidArgument`` naming the bad value and
+the expected form, and the frozen records a topic, queue or subscription was created with.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+from fastfanout.errors import InvalidArgument
+from fastfanout.filter_policy import CompiledPolicy
+from fastfanout.records import ExponentialBackoff
+
+__all__ = [
+    "MAX_BACKOFF_STEPS",
+    "MAX_DEDUP_WINDOW",
+    "MAX_DELAY",
+    "MAX_MESSAGE_SIZE_LIMIT",
+    "MAX_PRIORITY",
+    "MAX_RECEIVE_BATCH",
+    "MAX_VISIBILITY_TIMEOUT",
+    "MAX_WAIT",
+    "OVERFLOW_POLICIES",
+    "QueueSettings",
+    "Subscription",
+    "TopicSettings",
+    "backoff_us",
+    "check_flag",
+    "check_name",
+    "optional_count",
+    "seconds_to_us",
+]
+
+MAX_VISIBILITY_TIMEOUT: Final = 43_200.0
+"""Longest lease, in seconds (12 hours, as SQS)."""
+MAX_DELAY: Final = 31_536_000.0
+"""Longest delay or retention, in seconds (365 days)."""
+MAX_WAIT: Final = 20.0
+"""Longest long-poll ``wait`` of one receive, in seconds (as SQS)."""
+MAX_RECEIVE_BATCH: Final = 10_000
+"""Most messages one receive may return."""
+MAX_MESSAGE_SIZE_LIMIT: Final = 256 * 1024 * 1024
+"""Largest ``max_message_size`` a queue may set, in bytes."""
+MAX_PRIORITY: Final = 255
+"""Highest ``max_priority`` a queue may set."""
+MAX_DEDUP_WINDOW: Final = 86_400.0
+"""Longest deduplication window, in seconds (one day)."""
+MAX_BACKOFF_STEPS: Final = 64
+"""Most steps a redelivery backoff may list."""
+
+_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
+OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter")
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a valid topic or queue name, else raise InvalidArgument."""
+    if type(name) is not str or not _NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{kind} name {name!r} must be 1 to 256 characters from A-Z a-z 0-9 _ . : -")
+    return name
+
+
+def seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float = 0.0) -> int:
+    """Seconds (int or float, finite, in [minimum, maximum]) as integer microseconds."""
+    if type(seconds) is not float and type(seconds) is not int:
+        raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
+    value = float(seconds)
+    if not math.isfinite(value) or value < minimum or value > maximum:
+        raise InvalidArgument(
+            f"{what}={seconds!r} must be finite and from {minimum:g} to {maximum:g} seconds")
+    return round(value * 1_000_000)
+
+
+def optional_count(what: str, value: object, *, minimum: int = 1) -> int:
+    """A bound given as int or None; returns -1 for None (unbounded)."""
+    if value is None:
+        return -1
+    if type(value) is not int or value < minimum or value >= 2**62:
+        raise InvalidArgument(f"{what}={value!r} must be None or an int >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The settings a queue was created with (all times in seconds, sizes in bytes).
+
+    Attributes:
+        visibility_timeout: default lease of a receive.
+        max_receive_count: deliveries allowed before dead-lettering, or None.
+        dead_letter_queue: name of the dead-letter queue, or None.
+        delay: delay applied to every new message without its own.
+        max_messages: bound on messages held, or None.
+        max_bytes: bound on bytes held, or None.
+        max_message_size: bound on one message.
+        retention: how long a message may stay in the queue.
+        overflow: ``reject``, ``drop_oldest`` or ``dead_letter``.
+        max_priority: highest priority level (0: no priorities).
+        fifo: strict order per message group, one leased message per group.
+        content_dedup: deduplicate messages without a dedup id by a hash of the body.
+        dedup_window: seconds a dedup id (or body hash) is remembered.
+        redelivery_backoff: waits (seconds) before redelivery after failed delivery
+            1, 2, ... (the last repeats), or an ``ExponentialBackoff``; None: none.
+    """
+
+    visibility_timeout: float = 30.0
+    max_receive_count: int | None = None
+    dead_letter_queue: str | None = None
+    delay: float = 0.0
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    max_message_size: int = 1_048_576
+    retention: float = 345_600.0
+    overflow: str = "reject"
+    max_priority: int = 0
+    fifo: bool = False
+    content_dedup: bool = False
+    dedup_window: float = 300.0
+    redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One subscription.
+
+    Attributes:
+        topic: the topic name or pattern it follows.
+        queue: the queue it feeds.
+        filter_policy: the filter policy as canonical JSON, or None (everything).
+        filter_scope: ``"attributes"`` or ``"body"``.
+        compiled: the compiled policy the dispatcher evaluates (None: no filter).
+    """
+
+    topic: str
+    queue: str
+    filter_policy: str | None
+    filter_scope: str
+    compiled: CompiledPolicy | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """The settings a topic was created with.
+
+    Attributes:
+        fifo: FIFO topic: messages need a group id, and it feeds FIFO queues only.
+        content_dedup: deduplicate messages without a dedup id by a hash of the body.
+        dedup_window: seconds a dedup id (or body hash) is remembered.
+    """
+
+    fifo: bool = False
+    content_dedup: bool = False
+    dedup_window: float = 300.0
+
+
+def backoff_us(backoff: object) -> list[int] | None:
+    """A redelivery backoff (steps or ExponentialBackoff) as microsecond steps, or None."""
+    if backoff is None:
+        return None
+    if isinstance(backoff, ExponentialBackoff):
+        if (not all(type(v) in (int, float) and math.isfinite(v) for v in backoff)
+                or backoff.initial <= 0 or backoff.multiplier < 1
+                or backoff.maximum < backoff.initial):
+            raise InvalidArgument(
+                f"redelivery_backoff={backoff!r} needs initial > 0, multiplier >= 1 and "
+                f"maximum >= initial")
+        waits: tuple[object, ...] = backoff.steps(MAX_BACKOFF_STEPS)
+    elif isinstance(backoff, tuple | list):
+        waits = tuple(backoff)
+    else:
+        raise InvalidArgument(
+            f"redelivery_backoff must be None, a sequence of seconds or an ExponentialBackoff, "
+            f"got {type(backoff).__name__}")
+    if not 1 <= len(waits) <= MAX_BACKOFF_STEPS:
+        raise InvalidArgument(
+            f"redelivery_backoff has {len(waits)} steps; give 1 to {MAX_BACKOFF_STEPS}")
+    return [seconds_to_us("redelivery_backoff step", wait, maximum=MAX_VISIBILITY_TIMEOUT)
+            for wait in waits]
+
+
+def check_flag(what: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else raise InvalidArgument."""
+    if type(value) is not bool:
+        raise InvalidArgument(f"{what} must be True or False, got {value!r}")
+    return value
