@@ -10,8 +10,9 @@ silently slowing the schedule down (no coordinated omission). Both clocks are
 
 Baseline: PUSH -> ``zmq.proxy`` (libzmq's C forwarding device, PULL -> PUSH, its own
 process) -> PULL, over ipc.
-fastfanout: publisher (``publish_nowait`` + ``flush()`` per message, the client's
-lowest-latency path) -> broker process (topic -> one subscribed queue) -> push consumer
+fastfanout: publisher (``publish_nowait`` + ``flush()`` per message, or with
+``--publish batch`` a one-message ``publish_batch_nowait``: the client's two pipelined
+paths that send at once) -> broker process (topic -> one subscribed queue) -> push consumer
 (``consume(prefetch=16)``, batches acked pipelined), over ipc.
 
 Reports p50/p99/p99.9 (µs) per side as the median over runs, messages lost, and the
@@ -187,7 +188,7 @@ def _consume(endpoint: str, count: int, rate: float, warmup: float, prefetch: in
     out.put(("done", recorder.summary()))
 
 
-def _publish(endpoint: str, count: int, rate: float) -> None:
+def _publish(endpoint: str, count: int, rate: float, mode: str) -> None:
     from fastfanout.client import connect
 
     with connect(endpoint) as client:
@@ -195,7 +196,10 @@ def _publish(endpoint: str, count: int, rate: float) -> None:
             client.publish_nowait("t", body)
             client.flush()
 
-        _schedule(count, rate, send)
+        def send_batch(body: bytes) -> None:
+            client.publish_batch_nowait("t", [body])
+
+        _schedule(count, rate, send if mode == "nowait" else send_batch)
 
 
 def _connect_when_up(endpoint: str, broker: Any) -> Any:
@@ -213,7 +217,7 @@ def _connect_when_up(endpoint: str, broker: Any) -> Any:
                 raise
 
 
-def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int
+def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int, mode: str
                    ) -> tuple[list[float], int]:
     """One run through the broker: ([p50, p99, p99.9] µs, lost)."""
     ctx = mp.get_context("spawn")
@@ -223,7 +227,7 @@ def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int
         broker = ctx.Process(target=_serve, args=(endpoint,))
         consumer = ctx.Process(target=_consume,
                                args=(endpoint, count, rate, warmup, prefetch, out))
-        publisher = ctx.Process(target=_publish, args=(endpoint, count, rate))
+        publisher = ctx.Process(target=_publish, args=(endpoint, count, rate, mode))
         started: list[Any] = []
         try:
             broker.start()
@@ -257,6 +261,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds not recorded")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prefetch", type=int, default=16)
+    parser.add_argument("--publish", choices=["nowait", "batch"], default="nowait",
+                        help="nowait: publish_nowait + flush(); batch: publish_batch_nowait "
+                             "of one message")
     args = parser.parse_args()
     count = int(args.rate * args.seconds)
     header = " / ".join(f"p{p:g}" for p in PERCENTILES)
@@ -265,10 +272,11 @@ def main() -> int:
     print(f"baseline PUSH->zmq.proxy->PULL at {args.rate:g} msg/s: {header} "
           f"{' / '.join(f'{v:.1f}' for v in base_medians)} µs; lost {[r[1] for r in base]}; "
           f"runs {[[round(v, 1) for v in r[0]] for r in base]}")
-    runs = [fastfanout_run(count, args.rate, args.warmup, args.prefetch)
+    runs = [fastfanout_run(count, args.rate, args.warmup, args.prefetch, args.publish)
             for _ in range(args.runs)]
     medians = _medians(runs)
-    print(f"fastfanout pub -> broker -> consume(prefetch={args.prefetch}): {header} "
+    print(f"fastfanout pub ({args.publish}) -> broker -> consume(prefetch={args.prefetch}): "
+          f"{header} "
           f"{' / '.join(f'{v:.1f}' for v in medians)} µs; lost {[r[1] for r in runs]}; "
           f"runs {[[round(v, 1) for v in r[0]] for r in runs]}")
     print(f"p50 ratio fastfanout / zmq.proxy: {medians[0] / base_medians[0]:.2f}x "
