@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128_t
+from fastfanout._ext.batches cimport PublishBatch
 from fastfanout._ext.store cimport Store, blob_t
 
 
@@ -17,13 +18,6 @@ cdef struct topic_t:
     uint64_t filtered_out
     bint fifo
     bint content_dedup
-
-
-cdef class PublishBatch:
-    cdef uint64_t* ids
-    cdef uint32_t* deliveries
-    cdef unsigned char* duplicates
-    cdef Py_ssize_t count
 
 
 cdef class Dispatcher:

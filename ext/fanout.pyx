@@ -16,31 +16,21 @@ in three passes so that a batch is atomic — every copy is made or nothing chan
 3. **commit**: room is made where the policy drops, and every target gets a copy of every
    blob — a pointer and a refcount, never a Python object per message.
 
-Only the edge creates Python objects: a ``PublishBatch`` holds the ids in a C array and
-makes ``PublishResult`` tuples only when indexed. Attributes are the one per-message
-Python step (``msgspec`` encodes a dict in C), and only for messages that carry them.
+Only the edge creates Python objects: a ``PublishBatch`` (``batches.pyx``, beside the
+entry-to-blob conversion) holds the ids in a C array and makes ``PublishResult`` tuples
+only when indexed. Attributes are the one per-message Python step (``msgspec`` encodes a
+dict in C), and only for messages that carry them.
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.math cimport isfinite
+from libc.stdint cimport INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastfanout._ext.batches cimport EncodedBatch, PublishBatch, blob_from_record, make_blob
 from fastfanout._ext.codec cimport (
     FF_CODEC_OK,
-    FF_FLAG_RECEIPT,
-    ff_out_append_record,
-    ff_out_buffer,
-    ff_out_free,
-    ff_out_init,
-    ff_store_le32,
-    ff_store_le64,
-    FF_FLAG_DELIVER_AT,
-    FF_FLAG_EXPIRES,
-    FF_FLAG_PRIORITY,
     ff_frame_reader,
     ff_reader_next,
     ff_reader_offset,
@@ -49,35 +39,13 @@ from fastfanout._ext.codec cimport (
 )
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
-from fastfanout._ext.store cimport Store, blob_new, blob_release, blob_t
-
-from datetime import datetime
+from fastfanout._ext.store cimport Store, blob_release, blob_t
 
 from msgspec.msgpack import decode as _decode_attributes
-from msgspec.msgpack import encode as _encode_attributes
 
 from fastfanout._ext.codec import status_text as codec_status_text
 from fastfanout.errors import InvalidArgument, MessageTooLarge, QueueFull
-from fastfanout.records import PublishEntry, PublishResult
-
-# The limits as C constants: the per-message checks below must not look up Python globals.
-cdef enum:
-    C_MAX_ATTRIBUTES = 10
-    C_MAX_ATTRIBUTE_NAME = 256
-    C_MAX_ID_LENGTH = 128
-    C_MAX_BODY = 256 * 1024 * 1024
-cdef int64_t C_MAX_DELAY_US = 365LL * 86400LL * 1000000LL
-
-MAX_ATTRIBUTES = C_MAX_ATTRIBUTES
-"""Attributes one message may carry (the SNS limit)."""
-MAX_ATTRIBUTE_NAME = C_MAX_ATTRIBUTE_NAME
-"""Characters in one attribute name."""
-MAX_ID_LENGTH = C_MAX_ID_LENGTH
-"""UTF-8 bytes in a group id or a dedup id (the SQS limit)."""
-MAX_DELAY_US = C_MAX_DELAY_US
-"""Longest delay: one year, in microseconds."""
-MAX_BODY = C_MAX_BODY
-"""Hard ceiling on one body, whatever a queue allows: 256 MiB."""
+from fastfanout.records import PublishEntry
 
 # Marks a duplicate of an earlier entry of the same batch (low bits: that entry's index),
 # as opposed to a duplicate of a message id remembered in a window.
@@ -87,186 +55,6 @@ cdef uint64_t IN_BATCH = (<uint64_t>1) << 63
 cdef enum:
     SKIP_DUPLICATE = 1
     SKIP_FILTERED = 2
-
-
-cdef bytes _encode(object attributes, Py_ssize_t index):
-    """Validate attributes (SNS types) and encode them, or None when there are none."""
-    if attributes is None:
-        return None
-    if type(attributes) is not dict:
-        raise InvalidArgument(
-            f"entry {index}: attributes must be a dict, got {type(attributes).__name__}")
-    if not attributes:
-        return None
-    if len(attributes) > C_MAX_ATTRIBUTES:
-        raise InvalidArgument(
-            f"entry {index}: {len(attributes)} attributes, at most {C_MAX_ATTRIBUTES} allowed")
-    for name, value in (<dict>attributes).items():
-        if type(name) is not str or not 0 < len(<str>name) <= C_MAX_ATTRIBUTE_NAME:
-            raise InvalidArgument(
-                f"entry {index}: attribute name {name!r} must be a str of 1 to "
-                f"{C_MAX_ATTRIBUTE_NAME} characters")
-        kind = type(value)
-        if kind is str or kind is int or kind is bytes:
-            continue
-        if kind is float:
-            if not isfinite(value):
-                raise InvalidArgument(
-                    f"entry {index}: attribute {name!r} is {value!r}; numbers must be finite")
-            continue
-        if kind is list and all(type(item) is str for item in value):
-            continue
-        raise InvalidArgument(
-            f"entry {index}: attribute {name!r} has type {kind.__name__}; expected str, int, "
-            f"float, bytes or list[str]")
-    return _encode_attributes(attributes)
-
-
-cdef bytes _encode_id(object value, str what, Py_ssize_t index):
-    if value is None:
-        return None
-    if type(value) is not str:
-        raise InvalidArgument(f"entry {index}: {what} must be a str, got {type(value).__name__}")
-    encoded = (<str>value).encode("utf-8")
-    if not 0 < len(encoded) <= C_MAX_ID_LENGTH:
-        raise InvalidArgument(
-            f"entry {index}: {what} {value!r} must be 1 to {C_MAX_ID_LENGTH} UTF-8 bytes")
-    return encoded
-
-
-cdef int64_t _duration_us(object seconds, str what, Py_ssize_t index, int64_t limit_us) except? -1:
-    if type(seconds) is not float and type(seconds) is not int:
-        raise InvalidArgument(
-            f"entry {index}: {what} must be a number of seconds, got {type(seconds).__name__}")
-    if not isfinite(seconds) or seconds < 0 or seconds * 1e6 > limit_us:
-        raise InvalidArgument(
-            f"entry {index}: {what}={seconds!r} must be finite, >= 0 and <= {limit_us / 1e6:g} s")
-    return <int64_t>round(seconds * 1e6)
-
-
-@cython.final
-cdef class PublishBatch:
-    """The results of a batch publish: a read-only sequence of ``PublishResult``.
-
-    Results are made when indexed; ``message_ids`` gives all ids at once.
-    """
-
-    def __cinit__(self, Py_ssize_t count):
-        self.count = count
-        self.ids = <uint64_t*>PyMem_Malloc(max(count, 1) * sizeof(uint64_t))
-        self.deliveries = <uint32_t*>PyMem_Malloc(max(count, 1) * sizeof(uint32_t))
-        self.duplicates = <unsigned char*>PyMem_Malloc(max(count, 1))
-        if self.ids == NULL or self.deliveries == NULL or self.duplicates == NULL:
-            raise MemoryError()
-
-    def __dealloc__(self):
-        PyMem_Free(self.ids)
-        PyMem_Free(self.deliveries)
-        PyMem_Free(self.duplicates)
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, index):
-        cdef Py_ssize_t i
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        i = index
-        if i < 0:
-            i += self.count
-        if not 0 <= i < self.count:
-            raise IndexError(f"result index {index} out of range for {self.count} results")
-        return PublishResult(self.ids[i], self.deliveries[i], bool(self.duplicates[i]))
-
-    def __iter__(self):
-        cdef Py_ssize_t i
-        for i in range(self.count):
-            yield PublishResult(self.ids[i], self.deliveries[i], bool(self.duplicates[i]))
-
-    def __eq__(self, other):
-        try:
-            return list(self) == list(other)
-        except TypeError:
-            return NotImplemented
-
-    def __repr__(self):
-        return f"PublishBatch({list(self)!r})"
-
-    @property
-    def message_ids(self):
-        """Every message id of the batch, in entry order."""
-        return [self.ids[i] for i in range(self.count)]
-
-    @property
-    def accepted(self):
-        """Entries that were not duplicates."""
-        cdef Py_ssize_t i
-        cdef Py_ssize_t total = 0
-        for i in range(self.count):
-            total += not self.duplicates[i]
-        return total
-
-    def to_wire(self):
-        """The results frame of the wire protocol: u32 n, n u64 ids, n u32 deliveries,
-        n u8 duplicate flags (little-endian)."""
-        cdef bytes frame = PyBytes_FromStringAndSize(NULL, 4 + 13 * self.count)
-        cdef char* out = PyBytes_AS_STRING(frame)
-        cdef Py_ssize_t i
-        ff_store_le32(out, <uint32_t>self.count)
-        out += 4
-        for i in range(self.count):
-            ff_store_le64(out + 8 * i, self.ids[i])
-        out += 8 * self.count
-        for i in range(self.count):
-            ff_store_le32(out + 4 * i, self.deliveries[i])
-        out += 4 * self.count
-        for i in range(self.count):
-            out[i] = 1 if self.duplicates[i] else 0
-        return frame
-
-    def stream_frame(self, frame, str topic, uint64_t first_sequence, int64_t now_us):
-        """The stream frame of a publish: the accepted records of ``frame`` (the publish
-        batch these results belong to) with their id, timestamp, the topic as name and
-        their topic sequence number (from ``first_sequence``) in the receipt slot.
-
-        Returns:
-            ``(stream_frame, count)``.
-        """
-        cdef Py_buffer buffer
-        cdef ff_frame_reader reader
-        cdef ff_record_view view
-        cdef ff_out_buffer out
-        cdef bytes name = topic.encode("utf-8")
-        cdef Py_ssize_t i = 0
-        cdef uint64_t sequence = first_sequence
-        cdef object result
-        PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
-        if ff_out_init(&out, <size_t>buffer.len + 64 * self.count + 64) != FF_CODEC_OK:
-            ff_out_free(&out)
-            PyBuffer_Release(&buffer)
-            raise MemoryError()
-        try:
-            if ff_reader_open(&reader, <const char*>buffer.buf, buffer.len) != FF_CODEC_OK:
-                raise InvalidArgument("malformed publish frame")
-            while ff_reader_next(&reader, &view) == FF_CODEC_OK and i < self.count:
-                if not self.duplicates[i]:
-                    view.id = self.ids[i]
-                    view.timestamp_us = now_us
-                    view.flags = (view.flags & FF_FLAG_PRIORITY) | FF_FLAG_RECEIPT
-                    view.deliver_at_us = 0
-                    view.receipt = sequence
-                    view.receive_count = 0
-                    view.name = PyBytes_AS_STRING(name)
-                    view.name_len = <uint32_t>PyBytes_GET_SIZE(name)
-                    if ff_out_append_record(&out, &view) != FF_CODEC_OK:
-                        raise MemoryError()
-                    sequence += 1
-                i += 1
-            result = (PyBytes_FromStringAndSize(out.data, out.length), out.count)
-        finally:
-            ff_out_free(&out)
-            PyBuffer_Release(&buffer)
-        return result
 
 
 @cython.final
@@ -502,9 +290,9 @@ cdef class Dispatcher:
                         raise InvalidArgument(
                             f"malformed batch frame: record {i}: {codec_status_text(status)} "
                             f"at byte {ff_reader_offset(&reader)}")
-                    self.scratch[i] = _blob_from_record(&record, i, now_us)
+                    self.scratch[i] = blob_from_record(&record, i, now_us)
                 else:
-                    self.scratch[i] = _make_blob(items[i], i, now_us)
+                    self.scratch[i] = make_blob(items[i], i, now_us)
                 made += 1
                 blob = self.scratch[i]
                 self.original[i] = 0
@@ -745,158 +533,7 @@ cdef class Dispatcher:
         return 0
 
 
-@cython.final
-cdef class EncodedBatch:
-    """A publish batch already in the codec's frame layout (what clients send on the wire).
-
-    Pass one to ``publish_batch`` / ``send_batch`` instead of a list: the dispatcher
-    makes blobs straight from its records, with no Python object per message.
-    """
-
-    cdef readonly object frame
-
-    def __cinit__(self, frame):
-        if not isinstance(frame, (bytes, bytearray, memoryview)):
-            raise InvalidArgument(f"a frame must be bytes-like, got {type(frame).__name__}")
-        self.frame = frame
-
-
-cdef blob_t* _blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us) except NULL:
-    """Validate one publish record of a frame and copy it into a new blob."""
-    cdef bytes encoded = None
-    cdef const char* attrs = NULL
-    cdef uint32_t attrs_len = 0
-    cdef int64_t due_us = INT64_MIN
-    cdef int64_t expires_us = INT64_MAX
-    cdef blob_t* blob
-    if record.body_len > C_MAX_BODY:
-        raise MessageTooLarge(
-            f"entry {i}: body of {record.body_len} bytes exceeds the hard limit of "
-            f"{C_MAX_BODY} bytes")
-    if record.attrs_len:
-        # Attributes arrive msgpack-encoded: check them like local ones (types, count,
-        # names), and store the canonical encoding.
-        try:
-            attributes = _decode_attributes(record.attrs[:record.attrs_len])
-        except Exception as error:
-            raise InvalidArgument(f"entry {i}: attributes are not valid msgpack: {error}")
-        encoded = _encode(attributes, i)
-        if encoded is not None:
-            attrs = PyBytes_AS_STRING(encoded)
-            attrs_len = <uint32_t>PyBytes_GET_SIZE(encoded)
-    if record.group_len > C_MAX_ID_LENGTH or record.dedup_len > C_MAX_ID_LENGTH:
-        raise InvalidArgument(
-            f"entry {i}: group and dedup ids must be at most {C_MAX_ID_LENGTH} bytes")
-    if record.group_len:
-        record.group[:record.group_len].decode("utf-8")   # raises on bad UTF-8
-    if record.dedup_len:
-        record.dedup[:record.dedup_len].decode("utf-8")
-    if record.flags & FF_FLAG_DELIVER_AT:
-        if record.deliver_at_us - now_us > C_MAX_DELAY_US:
-            raise InvalidArgument(f"entry {i}: deliver_at is more than one year ahead")
-        due_us = max(record.deliver_at_us, now_us)
-    if record.flags & FF_FLAG_EXPIRES:
-        expires_us = <int64_t>record.receipt
-        if expires_us <= now_us:
-            raise InvalidArgument(f"entry {i}: the message expired before it was published")
-    blob = blob_new(0, now_us, due_us, expires_us, record.body, record.body_len,
-                    attrs, attrs_len, record.group, <uint16_t>record.group_len,
-                    record.dedup, <uint16_t>record.dedup_len,
-                    record.priority if record.flags & FF_FLAG_PRIORITY else 0)
-    if blob == NULL:
-        raise MemoryError()
-    return blob
-
-
 cdef inline const char* _dedup_id(blob_t* blob) noexcept:
     return blob.data + blob.body_len + blob.attrs_len + blob.group_len
 
 
-cdef blob_t* _make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
-    """Validate one entry (bytes-like body or PublishEntry) and copy it into a new blob."""
-    cdef object attributes = None
-    cdef bytes encoded
-    cdef bytes group = None
-    cdef bytes dedup = None
-    cdef int64_t due_us = INT64_MIN
-    cdef int64_t expires_us = INT64_MAX
-    cdef uint8_t priority = 0
-    cdef Py_buffer view
-    cdef bint have_view = False
-    cdef const char* body
-    cdef Py_ssize_t body_len
-    cdef blob_t* blob
-    if type(item) is bytes:
-        body = PyBytes_AS_STRING(item)
-        body_len = PyBytes_GET_SIZE(item)
-    else:
-        if isinstance(item, PublishEntry):
-            (payload, attributes, delay, deliver_at, group_id, dedup_id, priority_value,
-             ttl) = item
-            if delay is not None and deliver_at is not None:
-                raise InvalidArgument(f"entry {i}: give delay or deliver_at, not both")
-            if delay is not None:
-                due_us = now_us + _duration_us(delay, "delay", i, C_MAX_DELAY_US)
-            elif deliver_at is not None:
-                due_us = _deliver_at_us(deliver_at, i, now_us)
-            if ttl is not None:
-                expires_us = now_us + _duration_us(ttl, "ttl", i, C_MAX_DELAY_US)
-                if expires_us == now_us:
-                    raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds")
-            group = _encode_id(group_id, "group_id", i)
-            dedup = _encode_id(dedup_id, "dedup_id", i)
-            if priority_value is not None:
-                if type(priority_value) is not int or not 0 <= priority_value <= 255:
-                    raise InvalidArgument(
-                        f"entry {i}: priority must be an int from 0 to 255, got "
-                        f"{priority_value!r}")
-                priority = priority_value
-            item = payload
-        if type(item) is bytes:
-            body = PyBytes_AS_STRING(item)
-            body_len = PyBytes_GET_SIZE(item)
-        elif isinstance(item, (bytearray, memoryview)):
-            PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
-            have_view = True
-            body = <const char*>view.buf
-            body_len = view.len
-        else:
-            raise InvalidArgument(
-                f"entry {i}: a body must be bytes, bytearray or memoryview, got "
-                f"{type(item).__name__}")
-    try:
-        if body_len > C_MAX_BODY:
-            raise MessageTooLarge(
-                f"entry {i}: body of {body_len} bytes exceeds the hard limit of {C_MAX_BODY} bytes")
-        encoded = _encode(attributes, i)
-        blob = blob_new(
-            0, now_us, due_us, expires_us, body, <uint32_t>body_len,
-            PyBytes_AS_STRING(encoded) if encoded is not None else NULL,
-            <uint32_t>(PyBytes_GET_SIZE(encoded) if encoded is not None else 0),
-            PyBytes_AS_STRING(group) if group is not None else NULL,
-            <uint16_t>(len(group) if group is not None else 0),
-            PyBytes_AS_STRING(dedup) if dedup is not None else NULL,
-            <uint16_t>(len(dedup) if dedup is not None else 0), priority)
-    finally:
-        if have_view:
-            PyBuffer_Release(&view)
-    if blob == NULL:
-        raise MemoryError()
-    return blob
-
-
-cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) except? -1:
-    """An absolute due time (clock seconds or an aware datetime) in microseconds."""
-    if isinstance(deliver_at, datetime):
-        if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
-            raise InvalidArgument(
-                f"entry {i}: deliver_at datetime {deliver_at!r} must be timezone-aware")
-        deliver_at = deliver_at.timestamp()
-    if type(deliver_at) is not float and type(deliver_at) is not int:
-        raise InvalidArgument(
-            f"entry {i}: deliver_at must be clock seconds or an aware datetime, got "
-            f"{type(deliver_at).__name__}")
-    if not isfinite(deliver_at) or deliver_at * 1e6 - now_us > C_MAX_DELAY_US:
-        raise InvalidArgument(
-            f"entry {i}: deliver_at={deliver_at!r} must be finite and at most one year from now")
-    return max(<int64_t>round(deliver_at * 1e6), now_us)

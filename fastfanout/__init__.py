@@ -4,7 +4,7 @@ Topics fan out to queues with leases, redelivery and dead-letter queues, in proc
 (``Broker``) or across processes over ZeroMQ. This module only re-exports the public API.
 """
 
-from fastfanout._ext.fanout import PublishBatch
+from fastfanout._ext.batches import PublishBatch
 from fastfanout._ext.message import Message
 from fastfanout.broker import Broker, QueueSettings, TopicSettings
 from fastfanout.client import Client, connect

@@ -20,7 +20,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from fastfanout._ext.fanout import Dispatcher, EncodedBatch, PublishBatch
+from fastfanout._ext.batches import EncodedBatch, PublishBatch
+from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.message import Message
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store

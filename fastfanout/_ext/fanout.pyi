@@ -1,33 +1,11 @@
-from collections.abc import Iterable, Iterator
-from typing import overload
+from collections.abc import Iterable
 
+from fastfanout._ext.batches import EncodedBatch, PublishBatch
 from fastfanout._ext.store import Store
 from fastfanout.filter_policy import CompiledPolicy
-from fastfanout.records import PublishEntry, PublishResult
-
-MAX_ATTRIBUTES: int
-MAX_ATTRIBUTE_NAME: int
-MAX_ID_LENGTH: int
-MAX_DELAY_US: int
-MAX_BODY: int
+from fastfanout.records import PublishEntry
 
 _Entry = bytes | bytearray | memoryview | PublishEntry
-
-class PublishBatch:
-    def __len__(self) -> int: ...
-    @overload
-    def __getitem__(self, index: int) -> PublishResult: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PublishResult]: ...
-    def __iter__(self) -> Iterator[PublishResult]: ...
-    @property
-    def message_ids(self) -> list[int]: ...
-    @property
-    def accepted(self) -> int: ...
-    def to_wire(self) -> bytes: ...
-    def stream_frame(
-        self, frame: bytes | bytearray | memoryview, topic: str, first_sequence: int, now_us: int
-    ) -> tuple[bytes, int]: ...
 
 class Dispatcher:
     def __init__(self, store: Store) -> None: ...
@@ -45,7 +23,3 @@ class Dispatcher:
     def send(
         self, queue: int, entries: Iterable[_Entry] | EncodedBatch, now_us: int
     ) -> PublishBatch: ...
-
-class EncodedBatch:
-    frame: bytes | bytearray | memoryview
-    def __init__(self, frame: bytes | bytearray | memoryview) -> None: ...

@@ -1,0 +1,20 @@
+# Publish batches: entries validated into blobs, and the results of a batch.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from fastfanout._ext.codec cimport ff_record_view
+from fastfanout._ext.store cimport blob_t
+
+
+cdef class PublishBatch:
+    cdef uint64_t* ids
+    cdef uint32_t* deliveries
+    cdef unsigned char* duplicates
+    cdef Py_ssize_t count
+
+
+cdef class EncodedBatch:
+    cdef readonly object frame
+
+
+cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL
+cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us) except NULL
