@@ -712,7 +712,8 @@ class Broker:
                         return []
                     next_due = self._store.next_due_us()
                     if next_due is not None:
-                        remaining = min(remaining, max(next_due - now_us, 1_000) / 1_000_000)
+                        # Wake at the due time itself (a 20 µs floor keeps it from spinning).
+                        remaining = min(remaining, max(next_due - now_us, 20) / 1_000_000)
                     self._arrivals.wait(remaining)
                     now_us = self._now_us()
                     if queue not in self._queues or self._queues[queue] != queue_id:
