@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import threading
 import time
@@ -54,7 +55,13 @@ from fastfanout.records import (
 from fastfanout.runtime import default_endpoint
 from fastfanout.stats import BrokerStats
 from fastfanout.topic_pattern import pattern_matches
-from fastfanout.transport import CurveKeys, DealerTransport, SubTransport, TransportError
+from fastfanout.transport import (
+    CurveKeys,
+    DealerTransport,
+    SubTransport,
+    TransportError,
+    client_curve,
+)
 
 __all__ = [
     "BrokenConnection",
@@ -623,6 +630,10 @@ class Client:
         batch_messages: records per publish batch before it is sent.
         batch_bytes: body bytes per publish batch before it is sent.
         curve: client CURVE keys (with the broker's public key) for a CURVE broker.
+        curve_server_key: the CURVE broker's public key (Z85) or certificate file; the
+            simple alternative to ``curve``.
+        curve_keys: this client's key pair or certificate file, with
+            ``curve_server_key``; None makes a fresh pair (a broker admitting any client).
 
     Raises:
         BrokenConnection: no broker answered the handshake within ``timeout``.
@@ -630,7 +641,12 @@ class Client:
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  linger: float = 0.002, batch_messages: int = 1000,
-                 batch_bytes: int = 1 << 20, curve: CurveKeys | None = None) -> None:
+                 batch_bytes: int = 1 << 20, curve: CurveKeys | None = None,
+                 curve_server_key: bytes | str | os.PathLike[str] | None = None,
+                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None
+                 ) -> None:
+        if curve_server_key is not None:
+            curve = client_curve(curve_server_key, curve_keys)
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
         self.linger = linger
@@ -793,7 +809,13 @@ class Client:
         return pending.frames
 
     def _call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
-        pending = self._request(opcode, [protocol.encode_payload([list(args), kwargs])])
+        try:
+            payload = protocol.encode_payload([list(args), kwargs])
+        except (TypeError, ValueError, OverflowError) as exc:
+            # msgspec refuses what it cannot encode (an int beyond 64 bits, an object);
+            # the embedded broker would have refused it as a bad argument too.
+            raise InvalidArgument(f"an argument cannot be sent to the broker: {exc}") from None
+        pending = self._request(opcode, [payload])
         frames = self._wait(pending, None)
         return protocol.decode_payload(frames[0]) if frames else None
 

@@ -46,6 +46,7 @@ from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.protocol import Opcode, Status
 from fastfanout.records import PublishEntry
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
+from fastfanout.settings import MAX_RECEIVE_BATCH
 from fastfanout.transport import (
     CurveKeys,
     ServerTransport,
@@ -678,6 +679,10 @@ class Server:
             raise InvalidArgument(f"wait={wait!r} must be finite and from 0 to 20 seconds")
         if type(queue) is not str:
             raise InvalidArgument(f"queue name {queue!r} must be a string")
+        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+            # Checked before the queue is looked up, in the embedded broker's order.
+            raise InvalidArgument(
+                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
         lease = self._lease_seconds(queue, visibility_timeout)
         payload, count = self._take(session, queue, max_messages, visibility_timeout, lease)
         if count or not wait:

@@ -34,19 +34,10 @@ from fastfanout.server import Server
 WALL_CLOCK = time.time
 
 TOLERATED: list[tuple[tuple[str, ...], type[BaseException], type[BaseException]]] = [
-    # KNOWN DIVERGENCE (client): publish and send check the body, attributes and delay
-    # before any round trip, so a malformed message to a missing target is
+    # By design (documented in docs/protocol.md): a client checks the body, attributes
+    # and delay before any round trip, so a malformed message to a missing target is
     # InvalidArgument from a client where the embedded broker says NotFound first.
     (("publish(", "send("), InvalidArgument, NotFound),
-    # CLIENT BUG: Client._call lets msgspec's OverflowError out for an int argument
-    # beyond u64 (nack/extend/term of receipt 2**64) where Broker raises
-    # InvalidArgument; remove once Client._call turns encode errors into InvalidArgument.
-    (("nack(", "extend(", "term("), OverflowError, InvalidArgument),
-    # SERVER BUG: Server._receive reads the queue's visibility timeout (NotFound for a
-    # missing queue) before the broker checks max_messages, so receive(missing,
-    # max_messages=0) is NotFound where Broker raises InvalidArgument; remove once
-    # _receive validates (or takes) first and looks the lease up after.
-    (("receive(",), NotFound, InvalidArgument),
 ]
 
 
