@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=$(bash ci/setup-venv.sh test | tail -n 1)
+# The release build ran in pip's isolated build environment; this one runs setup.py here.
+"$py" -m pip install --quiet --disable-pip-version-check "Cython>=3.0.8" "setuptools>=77" \
+    "wheel>=0.41" >&2
 rm -rf build/debug
 mkdir -p build/debug
 cp -r fastfanout build/debug/
