@@ -273,6 +273,37 @@ def receipts_of(frame):
         PyBuffer_Release(&buffer)
 
 
+def receipt_span(frame):
+    """``(count, first, last)``: the records of a frame and the receipt slots of its first
+    and last record (a stream batch's topic sequence numbers), read without decoding.
+
+    Raises:
+        InvalidArgument: the frame is malformed.
+    """
+    cdef Py_buffer buffer
+    cdef ff_frame_reader reader
+    cdef ff_record_view view
+    cdef int status
+    cdef uint64_t first = 0
+    cdef uint64_t last = 0
+    cdef uint32_t count = 0
+    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    try:
+        status = ff_reader_open(&reader, <const char*>buffer.buf, buffer.len)
+        while status == FF_CODEC_OK:
+            status = ff_reader_next(&reader, &view)
+            if status == FF_CODEC_OK:
+                if count == 0:
+                    first = view.receipt
+                last = view.receipt
+                count += 1
+        if status != FF_CODEC_END:
+            raise InvalidArgument(f"malformed stream frame: {status_text(status)}")
+        return count, first, last
+    finally:
+        PyBuffer_Release(&buffer)
+
+
 def count_of(frame):
     """Records in a frame, read from its header (not validated)."""
     cdef Py_buffer buffer

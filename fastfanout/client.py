@@ -41,7 +41,13 @@ from types import TracebackType
 from typing import Any, overload
 
 from fastfanout import protocol
-from fastfanout._ext.wire import FrameBuilder, count_of, encode_entries, receipts_of
+from fastfanout._ext.wire import (
+    FrameBuilder,
+    count_of,
+    encode_entries,
+    receipt_span,
+    receipts_of,
+)
 from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.protocol import BrokenConnection, Opcode, Status
@@ -559,6 +565,38 @@ def stream_prefix(topic_pattern: str) -> bytes:
     return topic_pattern[:cut].encode()
 
 
+class StreamBatch(Sequence[StreamMessage]):
+    """One stream batch (one publish to a topic); messages are decoded on first access.
+
+    Attributes:
+        topic: the topic the batch was published to.
+        frame: the record batch as received (codec layout).
+    """
+
+    def __init__(self, topic: str, frame: bytes, count: int) -> None:
+        self.topic = topic
+        self.frame = frame
+        self._count = count
+        self._messages: list[StreamMessage] | None = None
+
+    def _materialise(self) -> list[StreamMessage]:
+        if self._messages is None:
+            self._messages = [StreamMessage(self.topic, record) for record
+                              in protocol.codec_module().decode_batch(self.frame)]
+        return self._messages
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> StreamMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[StreamMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> StreamMessage | list[StreamMessage]:
+        return self._materialise()[index]
+
+
 class Listener(Iterator[StreamMessage]):
     """Stream messages of the topics matching a pattern (``Client.listen``).
 
@@ -566,6 +604,7 @@ class Listener(Iterator[StreamMessage]):
         pattern: the topic name or pattern (``orders.*``, ``orders.>``).
         gaps: messages missed so far, counted from sequence numbers per topic.
         received: messages received so far.
+        malformed: stream frames dropped because they did not decode.
     """
 
     def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None) -> None:
@@ -576,9 +615,14 @@ class Listener(Iterator[StreamMessage]):
         self._pending: deque[StreamMessage] = deque()
         self.gaps = 0
         self.received = 0
+        self.malformed = 0
 
-    def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
-        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout."""
+    def recv_batch(self, timeout: float | None = None) -> StreamBatch | None:
+        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout.
+
+        The batch decodes its messages only when indexed or iterated: counting and gap
+        detection read the frame natively.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
@@ -591,16 +635,19 @@ class Listener(Iterator[StreamMessage]):
             if topic != self.pattern and not (
                     self._wildcard and pattern_matches(self.pattern, topic)):
                 continue  # a longer topic sharing the prefix
-            records = protocol.codec_module().decode_batch(frames[1])
-            if not records:
+            try:
+                count, first, last = receipt_span(frames[1])
+            except InvalidArgument:
+                self.malformed += 1
                 continue
-            first, last = records[0].receipt or 0, records[-1].receipt or 0
+            if not count:
+                continue
             previous = self._last.get(topic)
             if previous is not None and first > previous + 1:
                 self.gaps += first - previous - 1
             self._last[topic] = last
-            self.received += len(records)
-            return [StreamMessage(topic, record) for record in records]
+            self.received += count
+            return StreamBatch(topic, frames[1], count)
 
     def __next__(self) -> StreamMessage:
         while not self._pending:

@@ -82,3 +82,15 @@ def test_receipts_of_refuses_frames_without_receipts():
     with pytest.raises(InvalidArgument):
         receipts_of(b"junk")
     assert receipts_of(b"FFB1" + struct.pack("<I", 0)) == b""
+
+
+def test_receipt_span_reads_sequence_numbers_without_decoding(broker):
+    from fastfanout._ext.wire import receipt_span
+
+    broker.create_topic("t")
+    publish = encode_entries([b"a", b"b", b"c"])
+    frame, _ = broker.publish_frame("t", publish).stream_frame(publish, "t", 7, 0)
+    assert receipt_span(frame) == (3, 7, 9)
+    assert receipt_span(encode_entries([])) == (0, 0, 0)
+    with pytest.raises(InvalidArgument):
+        receipt_span(b"FFB1\x02\x00\x00\x00")
