@@ -777,7 +777,22 @@ class Client:
             self._next_id += 1
             pending = self._pending[request_id] = _Pending(request_id)
             transport.send([protocol.encode_header(opcode, request_id), *payload])
+            if len(self._pending) > 32:
+                # A pipelining caller never waits, so its replies pile up; read what has
+                # arrived now, a little at a time, rather than thousands at once later
+                # (a pause of milliseconds in the middle of a stream of publishes).
+                self._drain(transport)
             return pending
+
+    def _drain(self, transport: DealerTransport) -> None:
+        """Dispatch the replies that have arrived, without waiting."""
+        frames = transport.recv(0)
+        while frames is not None:
+            self._last_heard = time.monotonic()
+            self._dispatch(frames)
+            if self._transport is None:
+                return
+            frames = self._transport.recv(0)
 
     def _discard(self, pending: _Pending) -> None:
         """Forget a pipelined request's reply (its errors are counted by the broker)."""
