@@ -667,6 +667,11 @@ class Listener(Iterator[StreamMessage]):
         self.close()
 
 
+BUSY_TICKING = 0.05
+"""Seconds the background thread keeps ticking every ``linger`` after a publish batch
+was started (then it sleeps a heartbeat interval and is woken by the next batch)."""
+
+
 class Client:
     """A connection to a broker server, with the methods and errors of ``Broker``.
 
@@ -713,6 +718,7 @@ class Client:
         self._last_sent_heartbeat = 0.0
         self.info: dict[str, Any] = {}
         self._kick = threading.Event()
+        self._busy_until = 0.0
         self._connect()
         self._thread = threading.Thread(target=self._background, name="fastfanout-client",
                                         daemon=True)
@@ -885,7 +891,10 @@ class Client:
         """Heartbeats and linger flushes, until close."""
         while not self._closed:
             interval = float(self.info.get("heartbeat_interval", 0.25))
-            self._kick.wait(self.linger if self._batches else interval)
+            # While publishes come in, tick every linger instead of being woken for each
+            # new batch: a wake-up per message costs the publisher a thread switch.
+            self._kick.wait(self.linger if self._batches or time.monotonic() < self._busy_until
+                            else interval)
             self._kick.clear()
             if self._closed:
                 return
@@ -919,8 +928,10 @@ class Client:
             batch = self._batches.get(key)
             if batch is None:
                 if not self._batches:
-                    self._oldest_batch = time.monotonic()
-                    self._kick.set()
+                    self._oldest_batch = now = time.monotonic()
+                    if now >= self._busy_until:
+                        self._kick.set()   # the background thread sleeps long: wake it
+                    self._busy_until = now + BUSY_TICKING
                 batch = self._batches[key] = _Batch()
             builder = batch.builder
             index = (builder.append_body(body) if options is None
