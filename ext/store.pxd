@@ -179,7 +179,6 @@ cdef class Store:
     cdef uint32_t _require_lease(self, object receipt) except? 0xFFFFFFFF
     cdef void _ack_slot(self, uint32_t slot) noexcept
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept
-    cdef object _dead_letter_info(self, dead_letter_t* dead)
     cdef int _expire_retention(self, int64_t now_us) except -1
     cdef int advance_to(self, int64_t now_us) except -1
 cdef uint64_t receipt_value(object receipt) except? 0

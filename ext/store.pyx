@@ -34,34 +34,18 @@ calls back into Python code that could release it, except building result object
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport fabs, isfinite, nearbyint
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from fastfanout._ext.codec cimport (
-    FF_CODEC_OK,
-    FF_FLAG_DEAD_LETTER,
-    FF_FLAG_PRIORITY,
-    FF_FLAG_RECEIPT,
-    ff_out_append_record,
-    ff_out_buffer,
-    ff_out_free,
-    ff_load_le64,
-    ff_out_init,
-    ff_record_view,
-)
+from fastfanout._ext.codec cimport ff_load_le64
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128
 from fastfanout._ext.groups cimport GroupTable, fifo_group
-from fastfanout._ext.message cimport Message, make_message
 from fastfanout._ext.timers cimport TimerHeap
 
-from msgspec.json import encode as _encode_json
-
 from fastfanout.errors import InvalidArgument, StaleReceipt
-from fastfanout.records import DeadLetterInfo
 
 cdef extern from *:
     int FASTFANOUT_DEBUG   # set by setup.py: 1 in the debug build
@@ -127,16 +111,6 @@ cdef uint64_t receipt_value(object receipt) except? 0:
     if receipt < 0 or receipt >= 2**64:
         raise InvalidArgument(f"a receipt is an int in [0, 2**64), got {receipt}")
     return receipt
-
-
-cdef inline object _optional_text(const char* data, uint16_t length):
-    if length == 0:
-        return None
-    return data[:length].decode("utf-8")
-
-
-cdef inline object _seconds_or_none(int64_t us):
-    return None if us < 0 else us / 1e6
 
 
 @cython.final
@@ -681,44 +655,7 @@ cdef class Store:
         cdef int64_t due = self.timers.next_due()
         return None if due == INT64_MAX else due
 
-    # -- receive -----------------------------------------------------------------------
-
-    def receive(self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us, int64_t now_us,
-                object owner):
-        """Lease up to ``max_messages`` visible messages; returns a list of Message."""
-        cdef list received = []
-        cdef queue_t* q
-        cdef entry_t* entry
-        cdef blob_t* blob
-        cdef uint32_t slot
-        cdef int level
-        cdef str name = self.names[qid]
-        cdef object dead_info
-        cdef bytes attrs
-        cdef uint64_t receipt
-        cdef const char* tail
-        level = self.queues[qid].levels - 1
-        while len(received) < max_messages:
-            slot = self._lease_next(qid, &level, lease_us, now_us)
-            if slot == NIL:
-                break
-            entry = &self.entries[slot]
-            blob = entry.blob
-            attrs = None
-            if blob.attrs_len:
-                attrs = PyBytes_FromStringAndSize(blob.data + blob.body_len, blob.attrs_len)
-            dead_info = None
-            if entry.dead != NULL:
-                dead_info = self._dead_letter_info(entry.dead)
-            receipt = (<uint64_t>entry.generation << 32) | slot
-            tail = blob.data + blob.body_len + blob.attrs_len
-            received.append(make_message(
-                blob.id, PyBytes_FromStringAndSize(blob.data, blob.body_len), attrs,
-                blob.timestamp_us / 1e6, entry.receive_count, receipt, name,
-                _optional_text(tail, blob.group_len),
-                _optional_text(tail + blob.group_len, blob.dedup_len),
-                blob.priority, dead_info, owner))
-        return received
+    # -- leasing (deliveries.pyx builds what receive returns) ---------------------------
 
     cdef int _expire_entry(self, uint32_t slot, int64_t now_us) except -1:
         """A message outlived its TTL: dead-letter it (reason expired) or drop it, counted."""
@@ -729,74 +666,6 @@ cdef class Store:
         self._free_entry(slot)
         self.queues[qid].dropped[DROP_EXPIRED] += 1
         return 0
-
-    def receive_frame(self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                      int64_t now_us):
-        """Lease like ``receive`` but return one codec frame of delivery records.
-
-        Returns:
-            ``(frame, count)``. Each record carries id, timestamp, body, attributes,
-            group and dedup ids, priority (flag), receipt (flag) and receive count. A
-            dead-lettered copy has the dead-letter flag and its record's name part holds
-            the JSON text ``[reason, source_queue, receive_count, first_receive_us | null,
-            last_receive_us | null, time_us]``. No Python object is made per message
-            except for dead-letter records.
-        """
-        cdef ff_out_buffer out
-        cdef ff_record_view record
-        cdef queue_t* q
-        cdef entry_t* entry
-        cdef blob_t* blob
-        cdef uint32_t slot
-        cdef int level
-        cdef Py_ssize_t leased = 0
-        cdef bytes dead_info
-        cdef object frame
-        if ff_out_init(&out, 4096) != FF_CODEC_OK:
-            ff_out_free(&out)
-            raise MemoryError()
-        try:
-            level = self.queues[qid].levels - 1
-            while leased < max_messages:
-                slot = self._lease_next(qid, &level, lease_us, now_us)
-                if slot == NIL:
-                    break
-                entry = &self.entries[slot]
-                blob = entry.blob
-                record.flags = FF_FLAG_RECEIPT | (FF_FLAG_PRIORITY if blob.priority else 0)
-                record.priority = blob.priority
-                record.receive_count = entry.receive_count
-                record.id = blob.id
-                record.timestamp_us = blob.timestamp_us
-                record.deliver_at_us = 0
-                record.receipt = (<uint64_t>entry.generation << 32) | slot
-                record.name = NULL
-                record.name_len = 0
-                if entry.dead != NULL:
-                    dead_info = _encode_json([
-                        DEAD_LETTER_REASONS[entry.dead.reason],
-                        self.names[entry.dead.source_queue], entry.dead.receive_count,
-                        None if entry.dead.first_receive_us < 0 else entry.dead.first_receive_us,
-                        None if entry.dead.last_receive_us < 0 else entry.dead.last_receive_us,
-                        entry.dead.time_us])
-                    record.flags |= FF_FLAG_DEAD_LETTER
-                    record.name = PyBytes_AS_STRING(dead_info)
-                    record.name_len = <uint32_t>PyBytes_GET_SIZE(dead_info)
-                record.body = blob.data
-                record.body_len = blob.body_len
-                record.attrs = blob.data + blob.body_len
-                record.attrs_len = blob.attrs_len
-                record.group = record.attrs + blob.attrs_len
-                record.group_len = blob.group_len
-                record.dedup = record.group + blob.group_len
-                record.dedup_len = blob.dedup_len
-                if ff_out_append_record(&out, &record) != FF_CODEC_OK:
-                    raise MemoryError()
-                leased += 1
-            frame = PyBytes_FromStringAndSize(out.data, out.length)
-        finally:
-            ff_out_free(&out)
-        return frame, leased
 
     cdef uint32_t _lease_next(self, uint32_t qid, int* level, int64_t lease_us,
                               int64_t now_us) except? 0xFFFFFFFE:
@@ -842,12 +711,6 @@ cdef class Store:
             q.redelivered += 1
         self.timers.arm(slot, now_us + lease_us)
         return True
-
-    cdef object _dead_letter_info(self, dead_letter_t* dead):
-        return DeadLetterInfo(
-            DEAD_LETTER_REASONS[dead.reason], self.names[dead.source_queue],
-            dead.receive_count, _seconds_or_none(dead.first_receive_us),
-            _seconds_or_none(dead.last_receive_us), dead.time_us / 1e6)
 
     # -- receipts ----------------------------------------------------------------------
 

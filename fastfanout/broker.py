@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from fastfanout._ext.batches import EncodedBatch, PublishBatch
+from fastfanout._ext.deliveries import receive, receive_frame
 from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.message import Message
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
@@ -655,7 +656,7 @@ class Broker:
                 lease_us = round(self._queue_settings[queue].visibility_timeout * 1_000_000)
             frame: bytes
             count: int
-            frame, count = self._store.receive_frame(queue_id, max_messages, lease_us, now_us)
+            frame, count = receive_frame(self._store, queue_id, max_messages, lease_us, now_us)
             return frame, count
 
     def next_due(self) -> float | None:
@@ -699,7 +700,7 @@ class Broker:
             queue_id = self._queue_id(queue)
             if lease_us is None:
                 lease_us = round(self._queue_settings[queue].visibility_timeout * 1_000_000)
-            messages: list[Message] = self._store.receive(
+            messages: list[Message] = receive(self._store,
                 queue_id, max_messages, lease_us, now_us, self)
             if messages or not wait_us:
                 return messages
@@ -718,7 +719,7 @@ class Broker:
                     now_us = self._now_us()
                     if queue not in self._queues or self._queues[queue] != queue_id:
                         raise NotFound(f"queue {queue!r} was deleted while waiting")
-                    messages = self._store.receive(queue_id, max_messages, lease_us, now_us, self)
+                    messages = receive(self._store, queue_id, max_messages, lease_us, now_us, self)
                     if messages:
                         return messages
             finally:
