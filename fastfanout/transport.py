@@ -389,34 +389,26 @@ def _client_socket(context: zmq.Context[Any], kind: int, curve: CurveKeys | None
     return sock
 
 
-class DealerTransport:
-    """A client's command connection (DEALER), blocking flavour.
+class _ClientSocket:
+    """A connected client socket (DEALER or SUB) with its own context and poller."""
 
-    Args:
-        endpoint: the broker's ROUTER endpoint.
-        curve: client keys (with ``server_key``) when the broker uses CURVE.
-    """
-
-    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
+    def __init__(self, endpoint: str, kind: int, options: list[tuple[int, Any]],
+                 curve: CurveKeys | None, what: str) -> None:
         self._context = zmq.Context()
         try:
-            self._socket = _client_socket(self._context, zmq.DEALER, curve)
-            self._socket.setsockopt(zmq.SNDHWM, 100_000)
-            self._socket.setsockopt(zmq.RCVHWM, 100_000)
+            self._socket = _client_socket(self._context, kind, curve)
+            for option, value in options:
+                self._socket.setsockopt(option, value)
             self._socket.connect(endpoint)
         except (zmq.ZMQError, TransportError) as exc:
             self._context.destroy(linger=0)
-            raise TransportError(f"cannot connect to {endpoint}: {exc}") from None
+            raise TransportError(f"cannot {what} {endpoint}: {exc}") from None
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self.closed = False
 
-    def send(self, frames: list[bytes]) -> None:
-        """Queue a request (libzmq sends it in the background)."""
-        self._socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
-
     def recv(self, timeout: float) -> list[bytes] | None:
-        """The next broker message, waiting up to ``timeout`` seconds, or None."""
+        """The next message, waiting up to ``timeout`` seconds (0: only if one is here)."""
         if timeout > 0 and not self._poller.poll(int(timeout * 1000) or 1):
             return None
         try:
@@ -433,7 +425,24 @@ class DealerTransport:
             self._context.term()
 
 
-class SubTransport:
+class DealerTransport(_ClientSocket):
+    """A client's command connection (DEALER), blocking flavour.
+
+    Args:
+        endpoint: the broker's ROUTER endpoint.
+        curve: client keys (with ``server_key``) when the broker uses CURVE.
+    """
+
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
+        super().__init__(endpoint, zmq.DEALER,
+                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
+
+    def send(self, frames: list[bytes]) -> None:
+        """Queue a request (libzmq sends it in the background)."""
+        self._socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
+
+
+class SubTransport(_ClientSocket):
     """A stream listener's SUB socket, blocking flavour.
 
     Args:
@@ -444,36 +453,9 @@ class SubTransport:
 
     def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None
                  ) -> None:
-        self._context = zmq.Context()
-        try:
-            self._socket = _client_socket(self._context, zmq.SUB, curve)
-            self._socket.setsockopt(zmq.RCVHWM, 100_000)
-            for prefix in prefixes:
-                self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
-            self._socket.connect(endpoint)
-        except (zmq.ZMQError, TransportError) as exc:
-            self._context.destroy(linger=0)
-            raise TransportError(f"cannot listen on {endpoint}: {exc}") from None
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
-        self.closed = False
-
-    def recv(self, timeout: float) -> list[bytes] | None:
-        """The next stream message ``[topic, records]``, waiting up to ``timeout`` s, or None."""
-        if not self._poller.poll(max(0, int(timeout * 1000))):
-            return None
-        try:
-            frames: list[bytes] = self._socket.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
-        return frames
-
-    def close(self) -> None:
-        """Close the socket and its context."""
-        if not self.closed:
-            self.closed = True
-            self._socket.close(linger=0)
-            self._context.term()
+        super().__init__(endpoint, zmq.SUB,
+                         [(zmq.RCVHWM, 100_000), *((zmq.SUBSCRIBE, p) for p in prefixes)],
+                         curve, "listen on")
 
 
 class AsyncDealerTransport:
