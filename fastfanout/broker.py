@@ -506,6 +506,18 @@ class Broker:
 
     # -- publish and send --------------------------------------------------------------
 
+    def _enqueue(self, topic: str | None, queue: str | None,
+                 entries: Iterable[Any] | EncodedBatch) -> PublishBatch:
+        """Run one batch through the dispatcher: to a topic's queues, or to one queue."""
+        with self._lock:
+            now_us = self._now_us()
+            if topic is not None:
+                batch = self._dispatcher.publish(self._topic_id(topic), entries, now_us)
+            else:
+                batch = self._dispatcher.send(self._queue_id(queue), entries, now_us)
+            self._wake_receivers()
+            return batch
+
     def publish(
         self,
         topic: str,
@@ -545,11 +557,8 @@ class Broker:
         """
         self._ensure_open()
         entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
-        with self._lock:
-            now_us = self._now_us()
-            result = self._dispatcher.publish(self._topic_id(topic), [entry], now_us)[0]
-            self._wake_receivers()
-            return result
+        result: PublishResult = self._enqueue(topic, None, [entry])[0]
+        return result
 
     def publish_batch(
         self, topic: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
@@ -563,11 +572,7 @@ class Broker:
         Returns:
             A sequence of ``PublishResult``, one per entry, in order.
         """
-        with self._lock:
-            now_us = self._now_us()
-            batch = self._dispatcher.publish(self._topic_id(topic), entries, now_us)
-            self._wake_receivers()
-            return batch
+        return self._enqueue(topic, None, entries)
 
     def send(
         self,
@@ -589,21 +594,14 @@ class Broker:
         """
         self._ensure_open()
         entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
-        with self._lock:
-            now_us = self._now_us()
-            result = self._dispatcher.send(self._queue_id(queue), [entry], now_us)[0]
-            self._wake_receivers()
-            return result
+        result: PublishResult = self._enqueue(None, queue, [entry])[0]
+        return result
 
     def send_batch(
         self, queue: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
     ) -> PublishBatch:
         """Send many messages straight to a queue: all are enqueued, or none."""
-        with self._lock:
-            now_us = self._now_us()
-            batch = self._dispatcher.send(self._queue_id(queue), entries, now_us)
-            self._wake_receivers()
-            return batch
+        return self._enqueue(None, queue, entries)
 
     # -- encoded fast paths (the server's) ---------------------------------------------
 
@@ -618,22 +616,12 @@ class Broker:
             InvalidArgument: the frame or one of its records is malformed.
         """
         self._ensure_open()
-        encoded = EncodedBatch(frame)
-        with self._lock:
-            now_us = self._now_us()
-            batch = self._dispatcher.publish(self._topic_id(topic), encoded, now_us)
-            self._wake_receivers()
-            return batch
+        return self._enqueue(topic, None, EncodedBatch(frame))
 
     def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
         """Send a batch given as one codec frame straight to a queue: all or none."""
         self._ensure_open()
-        encoded = EncodedBatch(frame)
-        with self._lock:
-            now_us = self._now_us()
-            batch = self._dispatcher.send(self._queue_id(queue), encoded, now_us)
-            self._wake_receivers()
-            return batch
+        return self._enqueue(None, queue, EncodedBatch(frame))
 
     def receive_frame(
         self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None
