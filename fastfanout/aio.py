@@ -27,8 +27,11 @@ import msgspec
 
 from fastfanout import protocol
 from fastfanout.broker import QueueSettings, Subscription
-from fastfanout.client import (
-    DeliveryBatch,
+from fastfanout.client import DeliveryBatch
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
+from fastfanout.protocol import BrokenConnection, Opcode, Status
+from fastfanout.records import PublishResult
+from fastfanout.remote import (
     RemoteMessage,
     RemotePublishBatch,
     StreamMessage,
@@ -37,9 +40,6 @@ from fastfanout.client import (
     make_record,
     stream_prefix,
 )
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
-from fastfanout.protocol import BrokenConnection, Opcode, Status
-from fastfanout.records import PublishResult
 from fastfanout.runtime import default_endpoint
 from fastfanout.stats import BrokerStats
 from fastfanout.topic_pattern import pattern_matches

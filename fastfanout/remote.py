@@ -1,0 +1,319 @@
+"""What a client receives: remote messages, delivery and stream batches, publish results.
+
+These are the client-side edges of the wire format (docs/protocol.md): records stay in
+their codec frame until user code looks at them, and each object here mirrors its
+embedded twin (``RemoteMessage`` has the attributes of ``fastfanout.Message``,
+``RemotePublishBatch`` behaves like ``PublishBatch``). The blocking client
+(``fastfanout.client``) and the asyncio client (``fastfanout.aio``) share them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, overload
+
+from fastfanout import protocol
+from fastfanout.errors import InvalidArgument
+from fastfanout.records import Attributes, DeadLetterInfo, PublishEntry, PublishResult
+
+if TYPE_CHECKING:
+    from fastfanout.client import Consumer
+
+__all__ = [
+    "MAX_DELAY",
+    "RemoteMessage",
+    "RemotePublishBatch",
+    "StreamBatch",
+    "StreamMessage",
+    "decode_delivery",
+    "entry_record",
+    "make_record",
+    "stream_prefix",
+]
+
+MAX_DELAY = 31_536_000.0
+
+
+def _attributes_bytes(attributes: Attributes | None) -> bytes:
+    if not attributes:
+        return b""
+    try:
+        return protocol.encode_payload(attributes)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"attributes {attributes!r} cannot be encoded: {exc}") from None
+
+
+def make_record(body: Any, attributes: Attributes | None = None, delay: float | None = None,
+                deliver_at: float | datetime | None = None, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> Any:
+    """Build one codec record for a publish or send (checks what only the client can)."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
+    expires_at_us = None
+    if ttl is not None:
+        if type(ttl) not in (int, float) or not math.isfinite(ttl) or not 0 < ttl <= MAX_DELAY:
+            raise InvalidArgument(f"ttl={ttl!r} must be finite and from 0 to {MAX_DELAY:g} s")
+        expires_at_us = round((time.time() + ttl) * 1_000_000)
+    if delay is not None and deliver_at is not None:
+        raise InvalidArgument("give delay or deliver_at, not both")
+    deliver_at_us = 0
+    if delay is not None:
+        if (type(delay) not in (int, float) or not math.isfinite(delay)
+                or not 0 <= delay <= MAX_DELAY):
+            raise InvalidArgument(f"delay={delay!r} must be finite and from 0 to {MAX_DELAY:g} s")
+        deliver_at_us = round((time.time() + delay) * 1_000_000)
+    elif deliver_at is not None:
+        if isinstance(deliver_at, datetime):
+            if deliver_at.tzinfo is None:
+                raise InvalidArgument(f"deliver_at datetime {deliver_at!r} must be timezone-aware")
+            deliver_at = deliver_at.timestamp()
+        if type(deliver_at) not in (int, float) or not math.isfinite(deliver_at):
+            raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
+        deliver_at_us = max(1, round(deliver_at * 1_000_000))
+    if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):
+        raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
+    return protocol.codec_module().Record(
+        body, attributes=_attributes_bytes(attributes), group_id=group_id,
+        dedup_id=dedup_id, priority=priority, deliver_at_us=deliver_at_us or None,
+        expires_at_us=expires_at_us)
+
+
+def _options(attributes: Attributes | None, delay: float | None,
+             deliver_at: float | datetime | None, group_id: str | None, dedup_id: str | None,
+             priority: int | None, ttl: float | None) -> tuple[Any, ...] | None:
+    """FrameBuilder.append's options, or None when the body is all there is (fast path)."""
+    if (attributes is None and delay is None and deliver_at is None and group_id is None
+            and dedup_id is None and priority is None and ttl is None):
+        return None
+    return (attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
+
+
+def entry_record(entry: Any) -> Any:
+    """A record for one ``publish_batch`` entry (bytes-like or ``PublishEntry``)."""
+    if isinstance(entry, PublishEntry):
+        return make_record(*entry)
+    return make_record(entry)
+
+
+class RemoteMessage:
+    """A message received over the wire; the same attributes as ``fastfanout.Message``.
+
+    Attributes:
+        id: broker-unique, increasing message id.
+        body: the body bytes.
+        timestamp: clock seconds when it was published or sent.
+        receive_count: deliveries of this message by this queue, this one included.
+        receipt: the receipt of this delivery, for ack/nack/extend/term.
+        queue: the queue it was received from.
+        group_id: FIFO group, or None.
+        dedup_id: deduplication id, or None.
+        priority: priority (0 when the queue has none).
+        dead_letter: a DeadLetterInfo when it was dead-lettered into this queue, else None.
+    """
+
+    __slots__ = ("_attributes", "_consumer", "_encoded", "_owner", "body", "dead_letter",
+                 "dedup_id", "group_id", "id", "priority", "queue", "receipt",
+                 "receive_count", "timestamp")
+
+    def __init__(self, record: Any, owner: Any, consumer: Consumer | None,
+                 dead_letter: DeadLetterInfo | None = None, queue: str = "") -> None:
+        self.id: int = record.id
+        self.body: bytes = record.body
+        self._encoded: bytes = record.attributes
+        self._attributes: Attributes | None = None
+        self.timestamp: float = record.timestamp_us / 1e6
+        self.receive_count: int = record.receive_count
+        self.receipt: int = record.receipt
+        self.queue: str = queue or ("" if record.dead_letter else record.name or "")
+        self.group_id: str | None = record.group_id
+        self.dedup_id: str | None = record.dedup_id
+        self.priority: int = record.priority or 0
+        self.dead_letter = dead_letter
+        self._owner = owner
+        self._consumer = consumer
+
+    @property
+    def attributes(self) -> Attributes:
+        """Message attributes: name -> str | int | float | bytes | list[str]."""
+        if self._attributes is None:
+            self._attributes = protocol.decode_payload(self._encoded) if self._encoded else {}
+        return self._attributes
+
+    def _settled(self) -> None:
+        if self._consumer is not None:
+            self._consumer._return_credit(1)
+            self._consumer = None
+
+    def ack(self) -> None:
+        """Delete the message (its lease must still run); raises StaleReceipt otherwise."""
+        try:
+            self._owner.ack(self.receipt)
+        finally:
+            self._settled()
+
+    def nack(self, delay: float | None = None) -> None:
+        """End the lease; visible again after ``delay`` seconds (None: queue backoff)."""
+        try:
+            self._owner.nack(self.receipt, delay=delay)
+        finally:
+            self._settled()
+
+    def extend(self, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (0: give the message back)."""
+        self._owner.extend(self.receipt, seconds)
+        if seconds == 0:
+            self._settled()
+
+    def term(self) -> None:
+        """Dead-letter the message at once (reason ``rejected``)."""
+        try:
+            self._owner.term(self.receipt)
+        finally:
+            self._settled()
+
+    def __repr__(self) -> str:
+        return (f"RemoteMessage(id={self.id}, queue={self.queue!r}, "
+                f"receive_count={self.receive_count}, body={self.body[:32]!r})")
+
+
+def _seconds(microseconds: int | None) -> float | None:
+    return None if microseconds is None else microseconds / 1e6
+
+
+def _dead_letters(frames: list[bytes], records: list[Any]) -> dict[int, DeadLetterInfo]:
+    """Dead-letter records of a delivery, by record index.
+
+    They come from the records' dead-letter flag (the name part holds ``[reason, source,
+    receive_count, first_us, last_us, time_us]`` as JSON), or from the optional second
+    frame (index -> DeadLetterInfo fields).
+    """
+    dead: dict[int, DeadLetterInfo] = {}
+    for index, record in enumerate(records):
+        if record.dead_letter:
+            reason, source, count, first, last, when = json.loads(record.name)
+            dead[index] = DeadLetterInfo(reason, source, count, _seconds(first),
+                                         _seconds(last), when / 1e6)
+    if len(frames) >= 2:
+        raw = protocol.decode_payload(frames[1])
+        dead.update({int(index): DeadLetterInfo(*fields) for index, fields in raw.items()})
+    return dead
+
+
+def decode_delivery(frames: list[bytes], owner: Any, consumer: Consumer | None = None,
+                    queue: str = "") -> list[RemoteMessage]:
+    """Turn a delivery payload (records frame, optional dead-letter frame) into messages."""
+    records = protocol.codec_module().decode_batch(frames[0])
+    dead = _dead_letters(frames, records)
+    return [RemoteMessage(record, owner, consumer, dead.get(index), queue)
+            for index, record in enumerate(records)]
+
+
+class RemotePublishBatch(Sequence[PublishResult]):
+    """The results of a publish or send batch: a sequence of ``PublishResult``."""
+
+    def __init__(self, frame: bytes) -> None:
+        self._ids, self._deliveries, self._duplicates = protocol.decode_results(frame)
+
+    @property
+    def message_ids(self) -> list[int]:
+        """The message id of every entry, in order."""
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> PublishResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PublishResult]: ...
+
+    def __getitem__(self, index: int | slice) -> PublishResult | list[PublishResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return PublishResult(self._ids[index], self._deliveries[index], self._duplicates[index])
+
+
+
+class StreamMessage:
+    """A message received by a stream listener (at most once, no receipt).
+
+    Attributes:
+        topic: the topic it was published to.
+        sequence: its topic's sequence number (gaps mean missed messages).
+        id: broker-unique message id.
+        body: the body bytes.
+        timestamp: clock seconds when the broker streamed it.
+        group_id: FIFO group, or None.
+        dedup_id: deduplication id, or None.
+        priority: priority given by the publisher.
+    """
+
+    __slots__ = ("_encoded", "body", "dedup_id", "group_id", "id", "priority", "sequence",
+                 "timestamp", "topic")
+
+    def __init__(self, topic: str, record: Any) -> None:
+        self.topic = topic
+        self.sequence: int = record.receipt or 0
+        self.id: int = record.id
+        self.body: bytes = record.body
+        self._encoded: bytes = record.attributes
+        self.timestamp: float = record.timestamp_us / 1e6
+        self.group_id: str | None = record.group_id
+        self.dedup_id: str | None = record.dedup_id
+        self.priority: int = record.priority or 0
+
+    @property
+    def attributes(self) -> Attributes:
+        """Message attributes (decoded on access)."""
+        decoded: Attributes = protocol.decode_payload(self._encoded) if self._encoded else {}
+        return decoded
+
+    def __repr__(self) -> str:
+        return f"StreamMessage(topic={self.topic!r}, sequence={self.sequence}, id={self.id})"
+
+
+def stream_prefix(topic_pattern: str) -> bytes:
+    """The SUB prefix that covers a topic pattern: everything before the first wildcard."""
+    cut = len(topic_pattern)
+    for token in ("*", ">"):
+        position = topic_pattern.find(token)
+        if position >= 0:
+            cut = min(cut, position)
+    return topic_pattern[:cut].encode()
+
+
+class StreamBatch(Sequence[StreamMessage]):
+    """One stream batch (one publish to a topic); messages are decoded on first access.
+
+    Attributes:
+        topic: the topic the batch was published to.
+        frame: the record batch as received (codec layout).
+    """
+
+    def __init__(self, topic: str, frame: bytes, count: int) -> None:
+        self.topic = topic
+        self.frame = frame
+        self._count = count
+        self._messages: list[StreamMessage] | None = None
+
+    def _materialise(self) -> list[StreamMessage]:
+        if self._messages is None:
+            self._messages = [StreamMessage(self.topic, record) for record
+                              in protocol.codec_module().decode_batch(self.frame)]
+        return self._messages
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> StreamMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[StreamMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> StreamMessage | list[StreamMessage]:
+        return self._materialise()[index]
