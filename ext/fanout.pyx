@@ -238,15 +238,12 @@ cdef class Dispatcher:
         cdef uint64_t target_messages
         cdef uint64_t target_bytes
         cdef uint64_t found
-        cdef int room
         cdef bint any_content_dedup
         cdef bint with_keys = False
         cdef bint filtering
-        cdef bint keyed
         cdef blob_t* blob
         cdef unsigned char* skip
         cdef DedupWindow window
-        cdef DedupWindow in_batch
         cdef PublishBatch batch
         if isinstance(entries, EncodedBatch):
             # A codec frame (the wire's publish batch): blobs straight from the records.
