@@ -124,6 +124,11 @@ cdef int64_t _duration_us(object seconds, str what, Py_ssize_t index, int64_t li
     return <int64_t>round(seconds * 1e6)
 
 
+cdef inline object _result(uint64_t message_id, uint32_t deliveries, unsigned char duplicate):
+    # tuple.__new__ skips the NamedTuple's Python-level __new__ (a quarter microsecond).
+    return tuple.__new__(PublishResult, (message_id, deliveries, duplicate != 0))
+
+
 @cython.final
 cdef class PublishBatch:
     """The results of a batch publish: a read-only sequence of ``PublishResult``.
@@ -156,12 +161,12 @@ cdef class PublishBatch:
             i += self.count
         if not 0 <= i < self.count:
             raise IndexError(f"result index {index} out of range for {self.count} results")
-        return PublishResult(self.ids[i], self.deliveries[i], bool(self.duplicates[i]))
+        return _result(self.ids[i], self.deliveries[i], self.duplicates[i])
 
     def __iter__(self):
         cdef Py_ssize_t i
         for i in range(self.count):
-            yield PublishResult(self.ids[i], self.deliveries[i], bool(self.duplicates[i]))
+            yield _result(self.ids[i], self.deliveries[i], self.duplicates[i])
 
     def __eq__(self, other):
         try:

@@ -101,6 +101,7 @@ class Broker:
         self._queues: dict[str, int] = {}
         self._queue_settings: dict[str, QueueSettings] = {}
         self._queue_names: dict[int, str] = {}
+        self._visibility_us: dict[int, int] = {}   # queue id -> default lease, µs
         self._topics: dict[str, int] = {}
         self._topic_settings: dict[str, TopicSettings] = {}
         # subscription id -> Subscription; per topic the ids that feed it, in id order
@@ -316,6 +317,7 @@ class Broker:
                 window_us, backoff_steps_us)
             self._queues[name] = queue_id
             self._queue_names[queue_id] = name
+            self._visibility_us[queue_id] = visibility_us
             self._queue_settings[name] = settings
 
     def delete_queue(self, name: str) -> None:
@@ -509,13 +511,21 @@ class Broker:
     def _enqueue(self, topic: str | None, queue: str | None,
                  entries: Iterable[Any] | EncodedBatch) -> PublishBatch:
         """Run one batch through the dispatcher: to a topic's queues, or to one queue."""
+        # The hot path of every publish and send: lookups inlined, no helper calls.
         with self._lock:
             now_us = self._now_us()
             if topic is not None:
-                batch = self._dispatcher.publish(self._topic_id(topic), entries, now_us)
+                topic_id = self._topics.get(topic) if type(topic) is str else None
+                if topic_id is None:
+                    topic_id = self._topic_id(topic)   # raises the right error
+                batch = self._dispatcher.publish(topic_id, entries, now_us)
             else:
-                batch = self._dispatcher.send(self._queue_id(queue), entries, now_us)
-            self._wake_receivers()
+                queue_id = self._queues.get(queue) if type(queue) is str else None
+                if queue_id is None:
+                    queue_id = self._queue_id(queue)   # raises the right error
+                batch = self._dispatcher.send(queue_id, entries, now_us)
+            if self._waiters:
+                self._arrivals.notify_all()
             return batch
 
     def publish(
@@ -556,7 +566,10 @@ class Broker:
                 made anywhere).
         """
         self._ensure_open()
-        entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
+        entry = body if (attributes is None and delay is None and deliver_at is None
+                         and group_id is None and dedup_id is None and priority is None
+                         and ttl is None) else _entry(
+            body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
         result: PublishResult = self._enqueue(topic, None, [entry])[0]
         return result
 
@@ -593,7 +606,10 @@ class Broker:
         window returns ``duplicate=True`` and the original message id.
         """
         self._ensure_open()
-        entry = _entry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
+        entry = body if (attributes is None and delay is None and deliver_at is None
+                         and group_id is None and dedup_id is None and priority is None
+                         and ttl is None) else _entry(
+            body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
         result: PublishResult = self._enqueue(None, queue, [entry])[0]
         return result
 
@@ -641,7 +657,7 @@ class Broker:
             now_us = self._now_us()
             queue_id = self._queue_id(queue)
             if lease_us is None:
-                lease_us = round(self._queue_settings[queue].visibility_timeout * 1_000_000)
+                lease_us = self._visibility_us[queue_id]
             frame: bytes
             count: int
             frame, count = receive_frame(self._store, queue_id, max_messages, lease_us, now_us)
@@ -687,7 +703,7 @@ class Broker:
             now_us = self._now_us()
             queue_id = self._queue_id(queue)
             if lease_us is None:
-                lease_us = round(self._queue_settings[queue].visibility_timeout * 1_000_000)
+                lease_us = self._visibility_us[queue_id]
             messages: list[Message] = receive(self._store,
                 queue_id, max_messages, lease_us, now_us, self)
             if messages or not wait_us:
