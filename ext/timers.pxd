@@ -10,7 +10,8 @@ cdef struct timer_node:
 
 cdef class TimerHeap:
     cdef timer_node* nodes      # binary min-heap on (due_us, seq)
-    cdef Py_ssize_t size
+    cdef Py_ssize_t size           # nodes, dead ones included
+    cdef Py_ssize_t dead           # cancelled nodes not yet removed
     cdef Py_ssize_t node_capacity
     cdef uint32_t* position     # key -> heap index + 1 (0 = key not armed)
     cdef Py_ssize_t key_capacity
@@ -25,3 +26,6 @@ cdef class TimerHeap:
     cdef void _sift_up(self, Py_ssize_t index) noexcept
     cdef void _sift_down(self, Py_ssize_t index) noexcept
     cdef void _remove_at(self, Py_ssize_t index) noexcept
+    cdef void _drop_dead_top(self) noexcept
+    cdef void _compact(self) noexcept
+    cdef void _place(self, Py_ssize_t index) noexcept

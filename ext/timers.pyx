@@ -4,15 +4,19 @@ Design
 ------
 Every message copy held by a queue (an *entry*, named by its slot number) has at most
 one pending deadline: the end of its lease while it is leased, or its due time while it
-is delayed. The broker needs four operations on those deadlines: arm (O(log n)),
-disarm (O(log n): acks cancel most leases before they end, so lazy deletion would let
-cancelled leases pile up for a whole visibility timeout), read the next due time (O(1))
-and pop every timer due by "now" in order (O(log n) each).
+is delayed. The broker needs four operations on those deadlines: arm (O(log n)), disarm,
+read the next due time and pop every timer due by "now" in order (O(log n) each).
 
 An indexed binary min-heap does all four. It orders nodes by ``(due_us, seq)`` where
 ``seq`` is a counter of arm calls, so timers with equal deadlines fire in the order they
 were armed: the reference model relies on that to be deterministic. A side array maps
 each key to its heap index (+1, so 0 means "not armed"), updated on every swap.
+
+Disarm is O(1): acks cancel almost every lease, and the acked lease is usually near the
+top, where an eager removal sifts a replacement through the whole depth. A cancelled node
+is marked dead (it names no key any more), skipped when it reaches the top, and all dead
+nodes are compacted away (an O(n) rebuild) once they outnumber the live ones — so memory
+stays within twice the live timers and the cost per cancel stays O(1) amortised.
 
 Prior art: the indexed priority queues of Sedgewick; Netty's and Kafka's hierarchical
 timing wheels trade exact ordering for O(1) — we keep exact order because due times
@@ -28,6 +32,9 @@ from libc.string cimport memset
 
 from fastfanout.errors import InvalidArgument
 
+# The key of a cancelled node still in the heap (no entry slot reaches 2**32 - 1).
+cdef uint32_t DEAD = 0xFFFFFFFF
+
 
 cdef class TimerHeap:
     """A min-heap of deadlines keyed by unsigned 32-bit keys (entry slots).
@@ -40,6 +47,7 @@ cdef class TimerHeap:
         self.nodes = NULL
         self.position = NULL
         self.size = 0
+        self.dead = 0
         self.node_capacity = 0
         self.key_capacity = 0
         self.next_seq = 0
@@ -87,21 +95,40 @@ cdef class TimerHeap:
         return 0
 
     cdef bint disarm(self, uint32_t key) noexcept:
-        """Cancel the timer of ``key``; False if it was not armed."""
+        """Cancel the timer of ``key``; False if it was not armed.
+
+        O(1): the node is only marked dead (it no longer names a key) and is skipped when
+        it reaches the top. Acks cancel almost every lease, usually near the top of the
+        heap, where an eager removal would sift a replacement down the whole depth.
+        Dead nodes are compacted away once they outnumber the live ones.
+        """
+        cdef Py_ssize_t index
         if key >= self.key_capacity or self.position[key] == 0:
             return False
-        self._remove_at(self.position[key] - 1)
+        index = self.position[key] - 1
+        self.position[key] = 0
+        self.nodes[index].key = DEAD
+        self.dead += 1
+        if self.dead > 1024 and 2 * self.dead > self.size:
+            self._compact()
         return True
 
     cdef bint armed(self, uint32_t key) noexcept:
         return key < self.key_capacity and self.position[key] != 0
 
+    cdef void _drop_dead_top(self) noexcept:
+        while self.size and self.nodes[0].key == DEAD:
+            self._remove_at(0)
+            self.dead -= 1
+
     cdef int64_t next_due(self) noexcept:
         """The earliest deadline, or INT64_MAX when no timer is armed."""
+        self._drop_dead_top()
         return self.nodes[0].due_us if self.size else INT64_MAX
 
     cdef bint pop_due(self, int64_t now_us, uint32_t* key, int64_t* due_us) noexcept:
         """Pop the earliest timer if it is due at ``now_us``; False when none is."""
+        self._drop_dead_top()
         if self.size == 0 or self.nodes[0].due_us > now_us:
             return False
         key[0] = self.nodes[0].key
@@ -109,15 +136,39 @@ cdef class TimerHeap:
         self._remove_at(0)
         return True
 
+    cdef void _compact(self) noexcept:
+        """Drop every dead node and rebuild the heap (O(n), amortised over the cancels)."""
+        cdef Py_ssize_t read
+        cdef Py_ssize_t write = 0
+        cdef Py_ssize_t index
+        for read in range(self.size):
+            if self.nodes[read].key != DEAD:
+                self.nodes[write] = self.nodes[read]
+                write += 1
+        self.size = write
+        self.dead = 0
+        index = self.size // 2
+        while index > 0:
+            index -= 1
+            self._sift_down(index)
+        for index in range(self.size):
+            self.position[self.nodes[index].key] = <uint32_t>(index + 1)
+
     cdef void _remove_at(self, Py_ssize_t index) noexcept:
         cdef Py_ssize_t last = self.size - 1
         cdef uint32_t key = self.nodes[index].key
-        self.position[key] = 0
+        if key != DEAD:
+            self.position[key] = 0
         self.size = last
         if index == last:
             return
         self.nodes[index] = self.nodes[last]
         key = self.nodes[index].key
+        if key == DEAD:
+            # A dead node has no position to follow: sift it in place.
+            self._sift_up(index)
+            self._sift_down(index)
+            return
         self.position[key] = <uint32_t>(index + 1)
         # The moved node may belong above or below its new place; after sifting up, its
         # position array entry says where it landed, and sifting down from there is a no-op
@@ -135,10 +186,10 @@ cdef class TimerHeap:
                      self.nodes[parent].seq < moving.seq)):
                 break
             self.nodes[index] = self.nodes[parent]
-            self.position[self.nodes[index].key] = <uint32_t>(index + 1)
+            self._place(index)
             index = parent
         self.nodes[index] = moving
-        self.position[moving.key] = <uint32_t>(index + 1)
+        self._place(index)
 
     cdef void _sift_down(self, Py_ssize_t index) noexcept:
         cdef timer_node moving = self.nodes[index]
@@ -157,36 +208,41 @@ cdef class TimerHeap:
                      moving.seq < self.nodes[child].seq)):
                 break
             self.nodes[index] = self.nodes[child]
-            self.position[self.nodes[index].key] = <uint32_t>(index + 1)
+            self._place(index)
             index = child
         self.nodes[index] = moving
-        self.position[moving.key] = <uint32_t>(index + 1)
+        self._place(index)
+
+    cdef inline void _place(self, Py_ssize_t index) noexcept:
+        if self.nodes[index].key != DEAD:
+            self.position[self.nodes[index].key] = <uint32_t>(index + 1)
 
     # -- Python face, for tests and benchmarks ---------------------------------------
 
     def __len__(self):
-        return self.size
+        return self.size - self.dead
 
     def push(self, key, due_us):
         """Arm ``key`` (0 <= key < 2**32) to fire at ``due_us`` (int microseconds)."""
-        if not isinstance(key, int) or not 0 <= key < 2**32:
-            raise InvalidArgument(f"timer key must be an int in [0, 2**32), got {key!r}")
+        if not isinstance(key, int) or not 0 <= key < 2**32 - 1:
+            raise InvalidArgument(f"timer key must be an int in [0, 2**32 - 1), got {key!r}")
         if not isinstance(due_us, int) or not -2**63 <= due_us < 2**63:
             raise InvalidArgument(f"due_us must be a 64-bit int, got {due_us!r}")
         self.arm(key, due_us)
 
     def cancel(self, key):
         """Disarm ``key``; returns False if it was not armed."""
-        if not isinstance(key, int) or not 0 <= key < 2**32:
-            raise InvalidArgument(f"timer key must be an int in [0, 2**32), got {key!r}")
+        if not isinstance(key, int) or not 0 <= key < 2**32 - 1:
+            raise InvalidArgument(f"timer key must be an int in [0, 2**32 - 1), got {key!r}")
         return self.disarm(key)
 
     def __contains__(self, key):
-        return isinstance(key, int) and 0 <= key < 2**32 and self.armed(key)
+        return isinstance(key, int) and 0 <= key < 2**32 - 1 and self.armed(key)
 
     def peek(self):
         """The earliest due time in microseconds, or None when empty."""
-        return self.nodes[0].due_us if self.size else None
+        cdef int64_t due = self.next_due()
+        return None if due == INT64_MAX else due
 
     def pop_until(self, now_us, max_count=None):
         """Pop every timer due at ``now_us`` (at most ``max_count``) as (key, due_us) pairs."""

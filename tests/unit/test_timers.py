@@ -83,3 +83,37 @@ def test_large_random_workload_against_heapq():
         heapq.heappush(reference, (due, key))
     fired = heap.pop_until(10**9)
     assert fired == [(key, due) for due, key in sorted(reference)]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["arm", "cancel", "pop"]),
+                          st.integers(0, 3000), st.integers(0, 10_000)), max_size=6000))
+def test_many_cancels_compact_and_keep_the_order(operations):
+    # Enough cancels to cross the compaction threshold (1,024 dead nodes).
+    heap = TimerHeap()
+    model: dict[int, tuple[int, int]] = {}
+    seq = 0
+    for op, key, value in operations:
+        if op == "arm":
+            heap.push(key, value)
+            model[key] = (value, seq)
+            seq += 1
+        elif op == "cancel":
+            assert heap.cancel(key) == (model.pop(key, None) is not None)
+        elif value % 50 == 0:
+            expected = sorted((due, s, k) for k, (due, s) in model.items() if due <= value)
+            assert heap.pop_until(value) == [(k, due) for due, _, k in expected]
+            for _, _, k in expected:
+                del model[k]
+    assert len(heap) == len(model)
+    expected = sorted((due, s, k) for k, (due, s) in model.items())
+    assert heap.pop_until(10**9) == [(k, due) for due, _, k in expected]
+
+
+def test_cancel_storm_compacts():
+    heap = TimerHeap()
+    for key in range(5000):
+        heap.push(key, key)
+    for key in range(0, 5000, 2):
+        heap.cancel(key)
+    assert len(heap) == 2500 and heap.peek() == 1
+    assert [k for k, _ in heap.pop_until(10)] == [1, 3, 5, 7, 9]
