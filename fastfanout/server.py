@@ -181,6 +181,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped = threading.Event()
+        self._looping = False   # the loop runs (in start()'s thread or serve_forever's)
         self._sessions: dict[bytes, _Session] = {}
         self._consumers: dict[tuple[bytes, int], _Consumer] = {}
         self._waiters: list[_Waiter] = []
@@ -251,6 +252,10 @@ class Server:
             if self._thread.is_alive():
                 raise TimeoutError(f"server thread did not stop within {timeout} s")
             self._thread = None
+        elif self._looping:
+            # serve_forever() runs in some other thread: the loop shuts down itself.
+            if not self._stopped.wait(timeout):
+                raise TimeoutError(f"server loop did not stop within {timeout} s")
         elif self._transport is not None and not self._stopped.is_set():
             self._shutdown()
 
@@ -266,6 +271,7 @@ class Server:
     def _run(self) -> None:
         transport = self._transport
         assert transport is not None
+        self._looping = True
         next_housekeeping = 0.0
         try:
             while not self._stopping:

@@ -275,3 +275,23 @@ def test_serve_exits_zero_on_sigint(track: Tracker) -> None:
 
 def test_header_layout() -> None:
     assert struct.calcsize("<2sBBQ") == protocol.HEADER.size == 12
+
+
+def test_stop_from_another_thread_while_serve_forever_runs(tmp_path):
+    import threading
+
+    from fastfanout import Server, connect
+
+    server = Server(f"ipc://{tmp_path}/sf")
+    server.bind()
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    try:
+        with connect(f"ipc://{tmp_path}/sf") as client:
+            client.create_queue("q")
+            client.send("q", b"x")
+            assert client.receive("q")[0].body == b"x"
+    finally:
+        server.stop(timeout=10)
+        loop.join(10)
+    assert not loop.is_alive()
