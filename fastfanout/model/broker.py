@@ -49,7 +49,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -58,12 +58,10 @@ from fastfanout.errors import (
     AlreadyExists,
     Closed,
     InvalidArgument,
-    MessageTooLarge,
     NotFound,
-    QueueFull,
     StaleReceipt,
 )
-from fastfanout.filter_policy import SCOPES, parse_policy, reference_match
+from fastfanout.filter_policy import SCOPES, parse_policy
 from fastfanout.model.checks import (
     MAX_DEDUP_WINDOW_US,
     MAX_DELAY_US,
@@ -74,7 +72,6 @@ from fastfanout.model.checks import (
     MAX_WAIT_US,
     OVERFLOW_POLICIES,
     US,
-    Entry,
     backoff_steps_us,
     check_flag,
     check_name,
@@ -85,7 +82,8 @@ from fastfanout.model.checks import (
     parse_entry,
     to_us,
 )
-from fastfanout.model.dedup import DEFAULT_CAPACITY, DedupKey, DedupWindow
+from fastfanout.model.dedup import DEFAULT_CAPACITY, DedupWindow
+from fastfanout.model.publish import Subscription, Topic, check_batch, room_plan
 from fastfanout.model.queue import Copy, Queue, Settings
 from fastfanout.records import Attributes, DeadLetterInfo, ExponentialBackoff, PublishResult
 from fastfanout.stats import BrokerStats, QueueStats, TopicStats
@@ -125,50 +123,6 @@ class ModelMessage:
     priority: int = 0
 
 
-@dataclass
-class _Topic:
-    """A topic: its settings, its window and its counters."""
-
-    settings: tuple[bool, bool, float]  # fifo, content_dedup, dedup_window as given
-    window: DedupWindow
-    published: int = 0
-    deliveries: int = 0
-    unrouted: int = 0
-    duplicates: int = 0
-    filtered_out: int = 0
-
-    @property
-    def fifo(self) -> bool:
-        return self.settings[0]
-
-    @property
-    def content_dedup(self) -> bool:
-        return self.settings[1]
-
-
-@dataclass(frozen=True)
-class _Subscription:
-    """A subscription: topic name or pattern, queue, filter policy (decoded) and scope."""
-
-    topic: str
-    queue: str
-    policy: Any = field(compare=False)  # the decoded policy, or None: everything
-    canonical: str | None  # the policy as sorted JSON (for the same-policy check)
-    scope: str
-
-
-@dataclass
-class _Batch:
-    """What the checks of one publish found, per entry and per target."""
-
-    keys: list[DedupKey | None]
-    from_window: list[int | None]  # duplicate of this remembered message id
-    from_batch: list[int | None]  # duplicate of this earlier entry of the batch
-    skip: list[list[str | None]]  # per target, per entry: None, "duplicate", "filtered"
-
-    def duplicate(self, index: int) -> bool:
-        return self.from_window[index] is not None or self.from_batch[index] is not None
-
 
 class ModelBroker:
     """A slow, obviously correct broker following docs/semantics.md (the test oracle).
@@ -189,8 +143,8 @@ class ModelBroker:
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._dedup_capacity = dedup_capacity
         self._closed = False
-        self._topics: dict[str, _Topic] = {}
-        self._subscriptions: dict[int, _Subscription] = {}
+        self._topics: dict[str, Topic] = {}
+        self._subscriptions: dict[int, Subscription] = {}
         self._queues: dict[str, Queue] = {}
         self._leases: dict[int, Copy] = {}  # live receipt -> leased copy
         self._next_message_id = 1
@@ -261,32 +215,6 @@ class ModelBroker:
         else:
             queue.make_visible(copy)
 
-    @staticmethod
-    def _room_plan(queue: Queue, count: int, size: int) -> list[Copy] | None:
-        """Listed copies to evict (drop order) so ``count`` copies of ``size`` bytes fit.
-
-        Returns ``[]`` when they fit already, None when the queue must refuse them.
-        """
-        limit_messages = queue.settings.max_messages
-        limit_bytes = queue.settings.max_bytes
-        held, held_bytes = len(queue.copies), queue.bytes
-
-        def fits() -> bool:
-            return ((limit_messages is None or held + count <= limit_messages)
-                    and (limit_bytes is None or held_bytes + size <= limit_bytes))
-
-        if fits():
-            return []
-        if queue.settings.overflow == "reject":
-            return None
-        evictions = []
-        for copy in queue.listed_for_drop():
-            evictions.append(copy)
-            held -= 1
-            held_bytes -= copy.size
-            if fits():
-                return evictions
-        return None
 
     def _evict(self, queue: Queue, evictions: list[Copy], now_us: int,
                deferred: list[tuple[Queue, Copy]] | None = None) -> None:
@@ -312,7 +240,7 @@ class ModelBroker:
             queue.dropped[reason] += 1
             return
         dlq = self._queues[dlq_name]
-        evictions = self._room_plan(dlq, 1, copy.size)
+        evictions = room_plan(dlq, 1, copy.size)
         if evictions is None:
             queue.dropped["dead_letter_full"] += 1
             dlq.refused_moves += 1
@@ -354,7 +282,7 @@ class ModelBroker:
             if existing.settings != settings:
                 raise AlreadyExists(f"topic {name!r} exists with other settings")
             return
-        self._topics[name] = _Topic(settings, DedupWindow(window_us, self._dedup_capacity))
+        self._topics[name] = Topic(settings, DedupWindow(window_us, self._dedup_capacity))
 
     def _topic(self, name: object) -> str:
         checked = check_name("topic", name)
@@ -547,10 +475,10 @@ class ModelBroker:
                 return sid
         sid = self._next_subscription_id
         self._next_subscription_id += 1
-        self._subscriptions[sid] = _Subscription(topic, queue, policy, canonical, filter_scope)
+        self._subscriptions[sid] = Subscription(topic, queue, policy, canonical, filter_scope)
         return sid
 
-    def _subscription(self, subscription_id: object) -> _Subscription:
+    def _subscription(self, subscription_id: object) -> Subscription:
         if type(subscription_id) is not int:
             raise InvalidArgument(f"subscription_id {subscription_id!r} must be an int")
         sub = self._subscriptions.get(subscription_id)
@@ -565,7 +493,7 @@ class ModelBroker:
         self._begin()
         policy, canonical = self._compile(filter_policy, filter_scope)
         sub = self._subscription(subscription_id)
-        self._subscriptions[subscription_id] = _Subscription(
+        self._subscriptions[subscription_id] = Subscription(
             sub.topic, sub.queue, policy, canonical, filter_scope)
 
     def unsubscribe(self, subscription_id: int) -> None:
@@ -584,7 +512,7 @@ class ModelBroker:
         self._begin()
         return {sid: (sub.topic, sub.queue) for sid, sub in self._subscriptions.items()}
 
-    def _feeding(self, topic: str) -> list[tuple[Queue, _Subscription]]:
+    def _feeding(self, topic: str) -> list[tuple[Queue, Subscription]]:
         """The subscriptions feeding a topic, in id order.
 
         Direct ones, and matching patterns whose queue has the topic's FIFO-ness.
@@ -597,111 +525,13 @@ class ModelBroker:
 
     # -- publish and send --------------------------------------------------------------
 
-    def _check_batch(self, entries: list[Entry], targets: list[tuple[Queue, _Subscription | None]],
-                     topic: _Topic | None, now_us: int) -> _Batch:
-        """Every check of a publish, in the broker's order; raises on the first fault."""
-        count = len(entries)
-        content = (topic is not None and topic.content_dedup) or any(
-            queue.settings.content_dedup for queue, _ in targets)
-        batch = _Batch(
-            keys=[("id", entry.dedup_id) if entry.dedup_id is not None
-                  else ("body", entry.body) if content else None for entry in entries],
-            from_window=[None] * count, from_batch=[None] * count,
-            skip=[[None] * count for _ in targets])
-        if topic is not None:
-            self._topic_duplicates(entries, topic, batch, now_us)
-            for position, (_, sub) in enumerate(targets):
-                if sub is None or sub.policy is None:
-                    continue
-                for index, entry in enumerate(entries):
-                    if not batch.duplicate(index) and not reference_match(
-                            sub.policy, sub.scope, entry.attributes, entry.body):
-                        batch.skip[position][index] = "filtered"
-        for position, (queue, _) in enumerate(targets):
-            self._check_target(entries, queue, batch, position, now_us)
-        if topic is None:
-            # A duplicate for the only queue of a send is a duplicate of the send.
-            queue = targets[0][0]
-            for index, key in enumerate(batch.keys):
-                if batch.skip[0][index] != "duplicate" or batch.duplicate(index):
-                    continue
-                assert key is not None
-                found = queue.window.lookup(key, now_us)
-                if found is not None:
-                    batch.from_window[index] = found
-                else:
-                    batch.from_batch[index] = next(
-                        earlier for earlier in range(index) if batch.keys[earlier] == key
-                        and not batch.duplicate(earlier))
-        return batch
-
-    @staticmethod
-    def _topic_duplicates(entries: list[Entry], topic: _Topic, batch: _Batch,
-                          now_us: int) -> None:
-        """The topic's FIFO rules, then its window (and repeats inside the batch)."""
-        if topic.fifo:
-            for index, entry in enumerate(entries):
-                if entry.group_id is None:
-                    raise InvalidArgument(f"entry {index}: topic is FIFO: give a group_id")
-                if entry.dedup_id is None and not topic.content_dedup:
-                    raise InvalidArgument(
-                        f"entry {index}: FIFO topic without content_dedup: give a dedup_id")
-        first: dict[DedupKey, int] = {}
-        for index, entry in enumerate(entries):
-            key = batch.keys[index]
-            if key is None or not (entry.dedup_id is not None or topic.content_dedup):
-                continue
-            found = topic.window.lookup(key, now_us)
-            if found is not None:
-                batch.from_window[index] = found
-            elif key in first:
-                batch.from_batch[index] = first[key]
-            else:
-                first[key] = index
-
-    def _check_target(self, entries: list[Entry], queue: Queue, batch: _Batch,
-                      position: int, now_us: int) -> None:
-        """Which copies one target takes: its FIFO rules, window, size and room."""
-        skip = batch.skip[position]
-        seen: set[DedupKey] = set()
-        messages = size = 0
-        for index, entry in enumerate(entries):
-            if batch.duplicate(index) or skip[index] is not None:
-                continue
-            if queue.fifo:
-                if entry.group_id is None:
-                    raise InvalidArgument(
-                        f"entry {index}: queue {queue.name!r} is FIFO: give a group_id")
-                if entry.dedup_id is None and not queue.settings.content_dedup:
-                    raise InvalidArgument(
-                        f"entry {index}: FIFO queue {queue.name!r} without content_dedup: "
-                        f"give a dedup_id")
-            key = batch.keys[index]
-            if key is not None and (entry.dedup_id is not None or queue.settings.content_dedup):
-                if queue.window.lookup(key, now_us) is not None or key in seen:
-                    skip[index] = "duplicate"
-                    queue.duplicates += 1
-                    continue
-                seen.add(key)
-            if entry.size > queue.settings.max_message_size:
-                queue.oversized += 1
-                raise MessageTooLarge(
-                    f"entry {index}: message of {entry.size} bytes exceeds max_message_size "
-                    f"{queue.settings.max_message_size} of queue {queue.name!r}")
-            messages += 1
-            size += entry.size
-        if messages and self._room_plan(queue, messages, size) is None:
-            queue.rejected += messages
-            raise QueueFull(f"queue {queue.name!r} is full: no room for {messages} "
-                            f"message(s) of {size} bytes")
-
-    def _deliver(self, targets: list[tuple[Queue, _Subscription | None]], topic: _Topic | None,
+    def _deliver(self, targets: list[tuple[Queue, Subscription | None]], topic: Topic | None,
                  items: list[object], now_us: int, **single: object) -> list[PublishResult]:
         """Check a publish or send, then enqueue every copy, all or nothing."""
         entries = [parse_entry(item, now_us, **single) for item in items]
         if not entries:
             return []
-        batch = self._check_batch(entries, targets, topic, now_us)
+        batch = check_batch(entries, targets, topic, now_us)
         count = len(entries)
         ids = [0] * count
         for index in range(count):
@@ -731,7 +561,7 @@ class ModelBroker:
                                 if skip[index] == "filtered" and not batch.duplicate(index))
             if not taken:
                 continue
-            evictions = self._room_plan(queue, len(taken), sum(entries[i].size for i in taken))
+            evictions = room_plan(queue, len(taken), sum(entries[i].size for i in taken))
             self._evict(queue, evictions or [], now_us, deferred)
             for index in taken:
                 entry = entries[index]
@@ -762,7 +592,7 @@ class ModelBroker:
                  ) -> list[PublishResult]:
         now_us = self._begin()
         record = self._topics[self._topic(topic)]
-        targets: list[tuple[Queue, _Subscription | None]] = list(self._feeding(topic))
+        targets: list[tuple[Queue, Subscription | None]] = list(self._feeding(topic))
         return self._deliver(targets, record, items, now_us, **single)
 
     def publish(self, topic: str, body: bytes, *, attributes: Attributes | None = None,
@@ -969,7 +799,7 @@ class ModelBroker:
                 destination = self._queues.get(copy.dead_letter.source_queue)
             if destination is None:
                 continue
-            evictions = self._room_plan(destination, 1, copy.size)
+            evictions = room_plan(destination, 1, copy.size)
             if evictions is None:
                 destination.refused_moves += 1
                 break
