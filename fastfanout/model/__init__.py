@@ -2,7 +2,8 @@
 
 ``ModelBroker`` (``broker``) follows the semantics page as plainly as Python allows; its
 pieces are the argument checks (``checks``), one queue with its visible lists and FIFO
-groups (``queue``) and the deduplication window (``dedup``).
+groups (``queue``), the deduplication window (``dedup``) and topics, subscriptions and the
+checks of a publish (``publish``).
 """
 
 from fastfanout.model.broker import ModelBroker, ModelMessage
