@@ -51,6 +51,12 @@ from fastfanout.records import PublishEntry
 # as opposed to a duplicate of a message id remembered in a window.
 cdef uint64_t IN_BATCH = (<uint64_t>1) << 63
 
+# FilterSet ids of a topic's subscriptions: target position * stride + alternative.
+cdef enum:
+    FILTER_ID_STRIDE = 1024
+# XORed into the high half of a body's hash so body keys and dedup-id keys never meet.
+cdef uint64_t BODY_KEY_MARK = 0x9e3779b97f4a7c15ULL
+
 # Values of the per-(target, message) skip matrix.
 cdef enum:
     SKIP_DUPLICATE = 1
@@ -134,18 +140,30 @@ cdef class Dispatcher:
         Args:
             topic: the topic id.
             queue_ids: target queue ids.
-            policies: per target, a compiled filter policy or None (None: no filters).
+            policies: per target, None (no filter), a compiled filter policy, or a list
+                of them (a queue subscribed more than once: a copy goes if any matches).
         """
         cdef Py_ssize_t count = len(queue_ids)
         cdef uint32_t* targets = NULL
         cdef uint8_t* filtered = NULL
         cdef FilterSet filter_set = None
         cdef Py_ssize_t i
+        cdef Py_ssize_t k
+        cdef Py_ssize_t policy_count = 0
         if policies is not None and any(policy is not None for policy in policies):
             filter_set = FilterSet()
             for i in range(count):
-                if policies[i] is not None:
-                    filter_set.set(i, policies[i])
+                if policies[i] is None:
+                    continue
+                alternatives = policies[i] if type(policies[i]) is list else [policies[i]]
+                if len(alternatives) >= FILTER_ID_STRIDE:
+                    raise InvalidArgument(
+                        f"a queue may be subscribed to one topic at most "
+                        f"{FILTER_ID_STRIDE - 1} times")
+                for k in range(len(alternatives)):
+                    # Ids ascend with the target position: position = id // stride.
+                    filter_set.set(i * FILTER_ID_STRIDE + k, alternatives[k])
+                    policy_count += 1
         if count:
             targets = <uint32_t*>PyMem_Malloc(count * sizeof(uint32_t))
             filtered = <uint8_t*>PyMem_Malloc(count)
@@ -156,15 +174,15 @@ cdef class Dispatcher:
             for i in range(count):
                 targets[i] = queue_ids[i]
                 filtered[i] = filter_set is not None and policies[i] is not None
-            if count > self.match_capacity:
+            if policy_count > self.match_capacity:
                 PyMem_Free(self.matches)
-                self.matches = <int64_t*>PyMem_Malloc(count * sizeof(int64_t))
+                self.matches = <int64_t*>PyMem_Malloc(policy_count * sizeof(int64_t))
                 if self.matches == NULL:
                     self.match_capacity = 0
                     PyMem_Free(targets)
                     PyMem_Free(filtered)
                     raise MemoryError()
-                self.match_capacity = count
+                self.match_capacity = policy_count
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
         self.topics[topic].targets = targets
@@ -172,9 +190,10 @@ cdef class Dispatcher:
         self.topics[topic].target_count = <uint32_t>count
         self.topic_filters[topic] = filter_set
 
-    def topic_counters(self, uint32_t topic):
+    def topic_counters(self, uint32_t topic, int64_t now_us):
         """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries,
-        dedup evicted)."""
+        dedup evicted); dedup entries counts keys still inside their window."""
+        (<DedupWindow>self.topic_dedup[topic]).expire(now_us)
         return (self.topics[topic].published, self.topics[topic].deliveries,
                 self.topics[topic].unrouted, self.topics[topic].duplicates,
                 self.topics[topic].filtered_out, len(<DedupWindow>self.topic_dedup[topic]),
@@ -298,7 +317,9 @@ cdef class Dispatcher:
                     self.keys[i] = ff_hash128(_dedup_id(blob), blob.dedup_len)
                     with_keys = True
                 elif any_content_dedup:
+                    # A body key must never equal a dedup-id key: flip a constant into it.
                     self.keys[i] = ff_hash128(blob.data, blob.body_len)
+                    self.keys[i].high ^= BODY_KEY_MARK
                     with_keys = True
             memset(self.skip, 0, count * target_count)
             if topic >= 0:
@@ -418,9 +439,9 @@ cdef class Dispatcher:
             for t in range(record.target_count):
                 if not record.filtered[t]:
                     continue
-                while next_match < found and self.matches[next_match] < t:
+                while next_match < found and self.matches[next_match] // FILTER_ID_STRIDE < t:
                     next_match += 1
-                if next_match >= found or self.matches[next_match] != t:
+                if next_match >= found or self.matches[next_match] // FILTER_ID_STRIDE != t:
                     self.skip[<Py_ssize_t>t * count + i] = SKIP_FILTERED
         return 0
 

@@ -860,7 +860,8 @@ cdef class Store:
             self._make_visible(slot)
 
     def extend(self, object receipt, int64_t lease_us, int64_t now_us):
-        """Make the lease end ``lease_us`` from now; 0 returns the message at once."""
+        """Make the lease end ``lease_us`` from now; 0 returns the message at once
+        (like ``nack(delay=0)``: no backoff)."""
         cdef uint32_t slot = self._require_lease(receipt)
         if lease_us == 0:
             self._return(slot, 0, now_us)
@@ -948,6 +949,7 @@ cdef class Store:
     def counters(self, uint32_t qid, int64_t now_us):
         """The queue's counters and gauges as a tuple, in QueueStats field order."""
         cdef queue_t* q = &self.queues[qid]
+        (<DedupWindow>self.dedup_windows[qid]).expire(now_us)   # live keys only
         cdef double oldest = 0.0
         if q.arrival_head != NIL:
             oldest = (now_us - self.entries[q.arrival_head].entered_us) / 1e6

@@ -370,10 +370,25 @@ class Broker:
             and self._queue_settings[sub.queue].fifo == fifo
         ]
         self._topic_subscriptions[topic] = feeding
-        self._dispatcher.set_targets(
-            self._topics[topic],
-            [self._queues[self._subscriptions[sid].queue] for sid in feeding],
-            [self._subscriptions[sid].compiled for sid in feeding])
+        # One copy per queue, however many of its subscriptions feed this topic (a direct
+        # one and a pattern, say): it goes if any of them would let it through.
+        targets: list[int] = []
+        policies: list[Any] = []
+        position: dict[int, int] = {}
+        for sid in feeding:
+            sub = self._subscriptions[sid]
+            queue_id = self._queues[sub.queue]
+            if queue_id not in position:
+                position[queue_id] = len(targets)
+                targets.append(queue_id)
+                policies.append([])
+            alternatives = policies[position[queue_id]]
+            if alternatives is not None:
+                if sub.compiled is None:
+                    policies[position[queue_id]] = None   # an unfiltered one takes all
+                else:
+                    alternatives.append(sub.compiled)
+        self._dispatcher.set_targets(self._topics[topic], targets, policies)
 
     def _refresh_for(self, topic_or_pattern: str) -> None:
         if is_pattern(topic_or_pattern):
@@ -855,7 +870,7 @@ class Broker:
             topics = {}
             for name, topic_id in sorted(self._topics.items()):
                 (published, deliveries, unrouted, duplicates, filtered_out, dedup_entries,
-                 dedup_evicted) = self._dispatcher.topic_counters(topic_id)
+                 dedup_evicted) = self._dispatcher.topic_counters(topic_id, now_us)
                 topics[name] = TopicStats(
                     published=published, deliveries=deliveries, unrouted=unrouted,
                     subscriptions=len(self._topic_subscriptions[name]), duplicates=duplicates,

@@ -525,7 +525,8 @@ class ModelBroker:
 
     # -- publish and send --------------------------------------------------------------
 
-    def _deliver(self, targets: list[tuple[Queue, Subscription | None]], topic: Topic | None,
+    def _deliver(self, targets: list[tuple[Queue, list[Subscription] | None]],
+                 topic: Topic | None,
                  items: list[object], now_us: int, **single: object) -> list[PublishResult]:
         """Check a publish or send, then enqueue every copy, all or nothing."""
         entries = [parse_entry(item, now_us, **single) for item in items]
@@ -592,7 +593,12 @@ class ModelBroker:
                  ) -> list[PublishResult]:
         now_us = self._begin()
         record = self._topics[self._topic(topic)]
-        targets: list[tuple[Queue, Subscription | None]] = list(self._feeding(topic))
+        # One copy per queue however many of its subscriptions feed the topic; it goes if
+        # any of them lets it through (the first one's place in subscription order).
+        merged: dict[str, tuple[Queue, list[Subscription]]] = {}
+        for queue, sub in self._feeding(topic):
+            merged.setdefault(queue.name, (queue, []))[1].append(sub)
+        targets: list[tuple[Queue, list[Subscription] | None]] = list(merged.values())
         return self._deliver(targets, record, items, now_us, **single)
 
     def publish(self, topic: str, body: bytes, *, attributes: Attributes | None = None,
@@ -756,7 +762,7 @@ class ModelBroker:
         lease_us = duration_us("seconds", seconds, MAX_VISIBILITY_US)
         queue, copy = self._leased(receipt)
         if lease_us == 0:
-            self._return(queue, copy, None, now_us)
+            self._return(queue, copy, 0, now_us)   # like nack(delay=0): no backoff
         else:
             self._arm(copy, "leased", now_us + lease_us)
 

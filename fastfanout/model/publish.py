@@ -96,7 +96,7 @@ def room_plan(queue: Queue, count: int, size: int) -> list[Copy] | None:
     return None
 
 
-def check_batch(entries: list[Entry], targets: list[tuple[Queue, Subscription | None]],
+def check_batch(entries: list[Entry], targets: list[tuple[Queue, list[Subscription] | None]],
                 topic: Topic | None, now_us: int) -> Batch:
     """Every check of a publish, in the broker's order; raises on the first fault."""
     count = len(entries)
@@ -109,12 +109,13 @@ def check_batch(entries: list[Entry], targets: list[tuple[Queue, Subscription | 
         skip=[[None] * count for _ in targets])
     if topic is not None:
         _topic_checks(entries, topic, batch, now_us)
-        for position, (_, sub) in enumerate(targets):
-            if sub is None or sub.policy is None:
+        for position, (_, subs) in enumerate(targets):
+            if subs is None or any(sub.policy is None for sub in subs):
                 continue
             for index, entry in enumerate(entries):
-                if not batch.duplicate(index) and not reference_match(
-                        sub.policy, sub.scope, entry.attributes, entry.body):
+                if not batch.duplicate(index) and not any(
+                        reference_match(sub.policy, sub.scope, entry.attributes, entry.body)
+                        for sub in subs):
                     batch.skip[position][index] = "filtered"
     for position, (queue, _) in enumerate(targets):
         _check_target(entries, queue, batch, position, now_us)

@@ -3,6 +3,7 @@
 import pytest
 
 from fastfanout import Broker, Closed, InvalidArgument, StaleReceipt
+from fastfanout.model import ModelBroker
 
 
 @pytest.fixture
@@ -80,3 +81,62 @@ def test_redrive_reaches_a_source_queue_created_again(fixed):
 def test_bad_arguments_still_raise_on_an_open_broker(fixed):
     with pytest.raises(InvalidArgument):
         fixed.receive("q", max_messages=0)
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("make", [Broker, ModelBroker])
+def test_a_dedup_id_and_a_body_are_different_keys(make):
+    broker = make(clock=StepClock())
+    broker.create_queue("q", content_dedup=True)
+    first = broker.send("q", b"x", dedup_id="k")
+    second = broker.send("q", b"k")
+    assert not second.duplicate and second.message_id == first.message_id + 1
+
+
+@pytest.mark.parametrize("make", [Broker, ModelBroker])
+def test_dedup_entries_counts_live_keys_only(make):
+    clock = StepClock()
+    broker = make(clock=clock)
+    broker.create_queue("q", dedup_window=1.0)
+    broker.create_topic("t", dedup_window=1.0)
+    broker.send("q", b"x", dedup_id="k")
+    broker.publish("t", b"x", dedup_id="k")
+    assert broker.stats().queues["q"].dedup_entries == 1
+    clock.now += 2.0
+    stats = broker.stats()
+    assert stats.queues["q"].dedup_entries == 0 and stats.topics["t"].dedup_entries == 0
+
+
+@pytest.mark.parametrize("make", [Broker, ModelBroker])
+def test_extend_zero_returns_at_once_without_backoff(make):
+    broker = make(clock=StepClock())
+    broker.create_queue("q", redelivery_backoff=(5.0,))
+    broker.send("q", b"x")
+    broker.extend(broker.receive("q")[0].receipt, 0)
+    stats = broker.stats().queues["q"]
+    assert stats.visible == 1 and stats.delayed == 0
+
+
+@pytest.mark.parametrize("make", [Broker, ModelBroker])
+def test_a_queue_fed_twice_by_one_topic_gets_one_copy(make):
+    broker = make(clock=StepClock())
+    broker.create_topic("o.a")
+    broker.create_queue("q", max_messages=1)
+    broker.create_queue("f")
+    broker.subscribe("o.a", "q")
+    broker.subscribe("o.*", "q")
+    broker.subscribe("o.a", "f", filter_policy={"k": ["x"]})
+    broker.subscribe("o.*", "f", filter_policy={"k": ["y"]})
+    result = broker.publish("o.a", b"1", attributes={"k": "y"})
+    assert result.deliveries == 2
+    stats = broker.stats().queues
+    assert stats["q"].messages == 1 and stats["f"].messages == 1
+    broker.purge("q")
+    assert broker.publish("o.a", b"2", attributes={"k": "z"}).deliveries == 1  # only q

@@ -309,11 +309,12 @@ def test_backoff_after_an_expired_lease_counts_from_the_lease_end(
     assert queue_stats(model, "q").visible == 1
 
 
-def test_extend_zero_acts_as_nack_with_the_backoff(model: ModelBroker) -> None:
+def test_extend_zero_returns_at_once_without_the_backoff(model: ModelBroker) -> None:
+    # docs/semantics.md: extend(0) acts as nack(delay=0), as SQS's visibility 0.
     model.create_queue("q", redelivery_backoff=(1.0,))
     model.send("q", b"x")
     model.extend(model.receive("q")[0].receipt, 0.0)
-    assert queue_stats(model, "q").delayed == 1
+    assert queue_stats(model, "q").visible == 1 and queue_stats(model, "q").delayed == 0
 
 
 def test_bad_backoffs_are_refused(model: ModelBroker) -> None:
