@@ -5,3 +5,5 @@ from fastfanout._ext.codec cimport ff_out_buffer
 cdef class FrameBuilder:
     cdef ff_out_buffer out
     cdef readonly Py_ssize_t body_bytes
+
+    cdef int _append_bytes(self, bytes body) except -1

@@ -211,11 +211,23 @@ cdef class FrameBuilder:
         self.body_bytes += view.body_len
         return self.out.count - 1
 
+    cdef int _append_bytes(self, bytes body) except -1:
+        cdef ff_record_view view
+        cdef int status
+        _clear(&view)
+        view.body = PyBytes_AS_STRING(body)
+        view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
+        status = ff_out_append_record(&self.out, &view)
+        if status != FF_CODEC_OK:
+            raise InvalidArgument(f"cannot add the record: {status_text(status)}")
+        self.body_bytes += view.body_len
+        return 0
+
     def extend(self, entries):
         """Append every entry of a ``publish_batch`` list (bodies or PublishEntry)."""
         for entry in entries:
             if type(entry) is bytes:
-                self.append_body(entry)
+                self._append_bytes(<bytes>entry)   # the common case, without a Python call
             elif isinstance(entry, PublishEntry):
                 self.append(*entry)
             else:
