@@ -117,3 +117,48 @@ def test_queue_queue_two_threads_baseline(benchmark):
 
     benchmark.extra_info["items"] = count
     benchmark(run)
+
+
+@pytest.mark.benchmark(group="one call per message from a producer thread (messages)")
+def test_producer_offer_then_flush(benchmark, fanout_broker):
+    producer = fanout_broker.producer("t")
+    count = ROUNDS_PER_CALL * BATCH
+
+    def run():
+        for _ in range(count):
+            producer.offer(BODY)
+        producer.flush()
+        for name in ("a", "b", "c", "d"):
+            fanout_broker.purge(name)
+
+    benchmark.extra_info["items"] = count
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="one call per message from a producer thread (messages)")
+def test_broker_publish_per_message(benchmark, fanout_broker):
+    count = ROUNDS_PER_CALL * 10
+
+    def run():
+        for _ in range(count):
+            fanout_broker.publish("t", BODY)
+        for name in ("a", "b", "c", "d"):
+            fanout_broker.purge(name)
+
+    benchmark.extra_info["items"] = count
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="one call per message from a producer thread (messages)")
+def test_queue_queue_put_baseline(benchmark):
+    count = ROUNDS_PER_CALL * BATCH
+    channel: queue.Queue[bytes] = queue.Queue()
+
+    def run():
+        for _ in range(count):
+            channel.put(BODY)
+        while not channel.empty():
+            channel.get_nowait()
+
+    benchmark.extra_info["items"] = count
+    benchmark(run)

@@ -268,6 +268,17 @@ cdef class EncodedBatch:
         self.frame = frame
 
 
+@cython.final
+cdef class RingBatch:
+    """Bodies in the ring's batch form (u32 little-endian length + bytes, repeated), as
+    ``Ring.poll_batch`` returns them: what a ``Producer`` hands the dispatcher."""
+
+    def __cinit__(self, frame):
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"a frame must be bytes-like, got {type(frame).__name__}")
+        self.frame = frame
+
+
 cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us) except NULL:
     """Validate one publish record of a frame and copy it into a new blob."""
     cdef bytes encoded = None

@@ -25,12 +25,21 @@ dict in C), and only for messages that carry them.
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from fastfanout._ext.batches cimport EncodedBatch, PublishBatch, blob_from_record, make_blob
+from fastfanout._ext.batches cimport (
+    EncodedBatch,
+    PublishBatch,
+    RingBatch,
+    blob_from_record,
+    make_blob,
+)
 from fastfanout._ext.codec cimport (
     FF_CODEC_OK,
+    FF_RING_BATCH_PREFIX,
+    ff_load_le32,
+    ff_ring_batch_scan,
     ff_frame_reader,
     ff_reader_next,
     ff_reader_offset,
@@ -39,7 +48,7 @@ from fastfanout._ext.codec cimport (
 )
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
-from fastfanout._ext.store cimport Store, blob_release, blob_t
+from fastfanout._ext.store cimport Store, blob_new, blob_release, blob_t
 
 from msgspec.msgpack import decode as _decode_attributes
 
@@ -243,6 +252,12 @@ cdef class Dispatcher:
         cdef list items = None
         cdef Py_buffer frame_view
         cdef bint have_frame = False
+        cdef bint ring_batch = False
+        cdef size_t ring_offset = 0
+        cdef uint64_t ring_records
+        cdef uint64_t ring_largest
+        cdef size_t ring_fault
+        cdef uint32_t body_len
         cdef ff_frame_reader reader
         cdef ff_record_view record
         cdef int status
@@ -264,7 +279,17 @@ cdef class Dispatcher:
         cdef unsigned char* skip
         cdef DedupWindow window
         cdef PublishBatch batch
-        if isinstance(entries, EncodedBatch):
+        if isinstance(entries, RingBatch):
+            # Bodies from a Producer's ring: u32 length + bytes each, nothing else.
+            PyObject_GetBuffer((<RingBatch>entries).frame, &frame_view, PyBUF_SIMPLE)
+            have_frame = True
+            ring_batch = True
+            if ff_ring_batch_scan(<const char*>frame_view.buf, frame_view.len, &ring_records,
+                                  &ring_largest, &ring_fault) != FF_CODEC_OK:
+                PyBuffer_Release(&frame_view)
+                raise InvalidArgument(f"malformed ring batch at byte {ring_fault}")
+            count = <Py_ssize_t>ring_records
+        elif isinstance(entries, EncodedBatch):
             # A codec frame (the wire's publish batch): blobs straight from the records.
             PyObject_GetBuffer((<EncodedBatch>entries).frame, &frame_view, PyBUF_SIMPLE)
             have_frame = True
@@ -300,7 +325,16 @@ cdef class Dispatcher:
                     (<tuple>item)[1] if isinstance(item, PublishEntry) and (<tuple>item)[1]
                     else None for item in items]
             for i in range(count):
-                if have_frame:
+                if ring_batch:
+                    body_len = ff_load_le32(<const char*>frame_view.buf + ring_offset)
+                    self.scratch[i] = blob_new(
+                        0, now_us, INT64_MIN, INT64_MAX,
+                        <const char*>frame_view.buf + ring_offset + FF_RING_BATCH_PREFIX,
+                        body_len, NULL, 0, NULL, 0, NULL, 0, 0)
+                    if self.scratch[i] == NULL:
+                        raise MemoryError()
+                    ring_offset += FF_RING_BATCH_PREFIX + body_len
+                elif have_frame:
                     status = ff_reader_next(&reader, &record)
                     if status != FF_CODEC_OK:
                         raise InvalidArgument(

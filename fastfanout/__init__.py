@@ -19,6 +19,7 @@ from fastfanout.errors import (
     QueueFull,
     StaleReceipt,
 )
+from fastfanout.producer import Producer
 from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.server import Server, serve
 from fastfanout.stats import BrokerStats, QueueStats, TopicStats
@@ -39,6 +40,7 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "NotFound",
+    "Producer",
     "PublishBatch",
     "PublishEntry",
     "PublishResult",

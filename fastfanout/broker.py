@@ -20,7 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from fastfanout._ext.batches import EncodedBatch, PublishBatch
+from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.deliveries import receive, receive_frame
 from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.message import Message
@@ -28,6 +28,7 @@ from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store
 from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
 from fastfanout.filter_policy import SCOPES, CompiledPolicy, parse_policy
+from fastfanout.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
 from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.settings import (
     MAX_DEDUP_WINDOW,
@@ -524,7 +525,7 @@ class Broker:
     # -- publish and send --------------------------------------------------------------
 
     def _enqueue(self, topic: str | None, queue: str | None,
-                 entries: Iterable[Any] | EncodedBatch) -> PublishBatch:
+                 entries: Iterable[Any] | EncodedBatch | RingBatch) -> PublishBatch:
         """Run one batch through the dispatcher: to a topic's queues, or to one queue."""
         # The hot path of every publish and send: lookups inlined, no helper calls.
         with self._lock:
@@ -633,6 +634,32 @@ class Broker:
     ) -> PublishBatch:
         """Send many messages straight to a queue: all are enqueued, or none."""
         return self._enqueue(None, queue, entries)
+
+    # -- lock-free producers ------------------------------------------------------------
+
+    def producer(
+        self, topic: str, *, capacity: int = DEFAULT_CAPACITY, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> Producer:
+        """A producer for one thread: ``offer()`` copies into a ring, ``flush()`` publishes.
+
+        Args:
+            topic: the topic to publish to (it must exist now; it is looked up again at
+                each flush).
+            capacity: messages the ring holds (rounded up to a power of two).
+            max_bytes: body bytes the ring holds.
+
+        Returns:
+            A ``Producer`` (see ``fastfanout.producer``); use it as a context manager or
+            close it, which flushes.
+        """
+        self._ensure_open()
+        with self._lock:
+            self._now_us()
+            self._topic_id(topic)
+        return Producer(self, topic, capacity, max_bytes)
+
+    def _publish_ring(self, topic: str, batch: RingBatch) -> PublishBatch:
+        return self._enqueue(topic, None, batch)
 
     # -- encoded fast paths (the server's) ---------------------------------------------
 

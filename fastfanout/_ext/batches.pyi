@@ -25,6 +25,10 @@ class PublishBatch:
         self, frame: bytes | bytearray | memoryview, topic: str, first_sequence: int, now_us: int
     ) -> tuple[bytes, int]: ...
 
+class RingBatch:
+    frame: bytes | bytearray | memoryview
+    def __init__(self, frame: bytes | bytearray | memoryview) -> None: ...
+
 class EncodedBatch:
     frame: bytes | bytearray | memoryview
     def __init__(self, frame: bytes | bytearray | memoryview) -> None: ...

@@ -1,6 +1,6 @@
 from collections.abc import Iterable
 
-from fastfanout._ext.batches import EncodedBatch, PublishBatch
+from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.store import Store
 from fastfanout.filter_policy import CompiledPolicy
 from fastfanout.records import PublishEntry
@@ -23,8 +23,8 @@ class Dispatcher:
         self, topic: int, now_us: int
     ) -> tuple[int, int, int, int, int, int, int]: ...
     def publish(
-        self, topic: int, entries: Iterable[_Entry] | EncodedBatch, now_us: int
+        self, topic: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int
     ) -> PublishBatch: ...
     def send(
-        self, queue: int, entries: Iterable[_Entry] | EncodedBatch, now_us: int
+        self, queue: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int
     ) -> PublishBatch: ...

@@ -1,0 +1,104 @@
+"""The lock-free Producer of the embedded broker, from threads."""
+
+import threading
+
+import pytest
+
+from fastfanout import Broker, Closed, MessageTooLarge, NotFound, QueueFull
+
+JOIN_DEADLINE = 30.0
+
+
+def test_offers_are_published_on_flush_in_order(broker):
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    producer = broker.producer("t")
+    for n in range(5):
+        producer.offer(f"m{n}".encode())
+    assert producer.pending == 5 and broker.receive("q") == []
+    results = producer.flush()
+    assert results is not None and len(results) == 5
+    assert producer.pending == 0 and producer.published == 5
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [
+        f"m{n}".encode() for n in range(5)]
+    assert producer.flush() is None
+
+
+def test_a_full_ring_flushes_itself(broker):
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    with broker.producer("t", capacity=8) as producer:
+        for n in range(20):
+            producer.offer(bytes([n]))
+        assert producer.full_count >= 2
+    assert broker.stats().queues["q"].enqueued == 20  # close() flushed the rest
+    with pytest.raises(Closed):
+        producer.offer(b"late")
+
+
+def test_a_refused_batch_is_kept_and_retried(broker):
+    broker.create_topic("t")
+    broker.create_queue("q", max_messages=2)
+    broker.subscribe("t", "q")
+    producer = broker.producer("t")
+    for n in range(3):
+        producer.offer(bytes([n]))
+    with pytest.raises(QueueFull):
+        producer.flush()
+    assert producer.pending == 3 and broker.stats().queues["q"].messages == 0
+    broker.delete_queue("q")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    producer.flush()
+    assert [m.body for m in broker.receive("q", max_messages=5)] == [b"\0", b"\1", b"\2"]
+
+
+def test_bad_input(broker):
+    with pytest.raises(NotFound):
+        broker.producer("missing")
+    broker.create_topic("t")
+    producer = broker.producer("t", max_bytes=16)
+    with pytest.raises(MessageTooLarge):
+        producer.offer(b"x" * 17)
+    assert producer.pending == 0
+
+
+def test_a_producer_thread_and_consumer_threads():
+    broker = Broker()
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    total = 50_000
+    received: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def produce():
+        try:
+            with broker.producer("t", capacity=1024) as producer:
+                for n in range(total):
+                    producer.offer(n.to_bytes(4, "little"))
+                    if n % 5000 == 4999:
+                        producer.flush()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    def consume():
+        try:
+            while len(received) < total:
+                messages = broker.receive("q", max_messages=500, wait=0.05)
+                broker.ack_batch([m.receipt for m in messages])
+                received.extend(m.body for m in messages)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_DEADLINE)
+    assert not any(thread.is_alive() for thread in threads), "threads did not finish"
+    assert not errors
+    assert [int.from_bytes(body, "little") for body in received] == list(range(total))
+    assert broker.check()
