@@ -19,5 +19,6 @@ FASTFANOUT_DEBUG=1 "$py" setup.py -q build_ext --build-lib build/debug \
 PYTHONPATH=build/debug "$py" -P -X dev -c \
     'import fastfanout._ext.store as s, sys; sys.exit(0 if s.DEBUG else "not the debug build")'
 PYTHONPATH=build/debug "$py" -P -X dev -m pytest -p no:cacheprovider -q \
-    tests/unit tests/integration/test_embedded_threads.py tests/property/test_broker_model.py \
+    tests/unit tests/integration/test_embedded_threads.py tests/integration/test_producer.py \
+    tests/property/test_broker_model.py \
     tests/property/test_broker_features_model.py "$@"
