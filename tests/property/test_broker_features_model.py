@@ -20,9 +20,9 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_broker_model import Clock, outcome
+from test_broker_model import Clock, Comparing, outcome
 
-from fastfanout import Broker, Closed, ExponentialBackoff, PublishEntry, StaleReceipt
+from fastfanout import Broker, Closed, ExponentialBackoff, PublishEntry
 from fastfanout.model import ModelBroker
 
 QUEUE_SETTINGS: dict[str, list[dict[str, Any]]] = {
@@ -103,7 +103,7 @@ def message_fields(message: Any) -> tuple[Any, ...]:
             message.dedup_id, message.priority)
 
 
-class BrokerFeaturesMachine(RuleBasedStateMachine):
+class BrokerFeaturesMachine(Comparing, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = Clock()
@@ -122,31 +122,6 @@ class BrokerFeaturesMachine(RuleBasedStateMachine):
             real = outcome(lambda: getattr(self.real, method)(*args))  # noqa: B023
             model = outcome(lambda: getattr(self.model, method)(*args))  # noqa: B023
             assert type(real[1]) is Closed and type(model[1]) is Closed, (method, real, model)
-
-    # -- comparing ---------------------------------------------------------------------
-
-    def both(self, real_call: Any, model_call: Any, what: str) -> tuple[Any, Any] | None:
-        real = outcome(real_call)
-        model = outcome(model_call)
-        assert real[0] == model[0], f"{what}: real {real!r} but model {model!r}"
-        if real[0] == "error":
-            assert type(real[1]) is type(model[1]), f"{what}: real {real!r}, model {model!r}"
-            if isinstance(real[1], StaleReceipt):
-                assert [self.receipt_map.get(r, r) for r in real[1].receipts] == \
-                    model[1].receipts, what
-            return None
-        return real[1], model[1]
-
-    def same(self, method: str, *args: Any, **kwargs: Any) -> tuple[Any, Any] | None:
-        what = f"{method}{args}{kwargs}"
-        result = self.both(lambda: getattr(self.real, method)(*args, **kwargs),
-                           lambda: getattr(self.model, method)(*args, **kwargs), what)
-        if result is not None:
-            real, model = result
-            if method in ("publish_batch", "send_batch"):
-                real = list(real)
-            assert real == model, f"{what}: real {real!r} but model {model!r}"
-        return result
 
     # -- setup and topology ------------------------------------------------------------
 

@@ -135,33 +135,16 @@ def message_fields(message: Any) -> tuple[Any, ...]:
             message.receive_count, message.queue, message.dead_letter)
 
 
-class BrokerModelMachine(RuleBasedStateMachine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.clock = Clock()
-        self.real = Broker(clock=self.clock)
-        self.model = ModelBroker(clock=self.clock)
-        self.receipt_map: dict[int, int] = {}  # real receipt -> model receipt
-        self.model_receipts: set[int] = set()
-        self.published: dict[int, bytes] = {}  # message id -> body
-        self.pairs: list[tuple[int, int]] = []  # (real, model) receipts, stale ones too
-        self.subscription_ids: list[int] = [0, 1, 2, 3]
+class Comparing:
+    """Run each call on the real broker and on the model, and compare the outcomes.
 
-    def teardown(self) -> None:
-        self.real.close()
-        self.model.close()
-        # Closed both: every call now raises Closed on both sides.
-        for method, args in (("stats", ()), ("list_queues", ()), ("send", ("a", b"x")),
-                             ("publish", ("t1", b"x")), ("receive", ("a",)),
-                             ("ack", (2**64 - 1,)), ("purge", ("a",)), ("close", ())):
-            if method == "close":
-                self.same(method)  # closing again is a no-op
-                continue
-            real = outcome(lambda: getattr(self.real, method)(*args))  # noqa: B023
-            model = outcome(lambda: getattr(self.model, method)(*args))  # noqa: B023
-            assert type(real[1]) is Closed and type(model[1]) is Closed, (method, real, model)
+    The machines that use it set ``real``, ``model`` and ``receipt_map`` (real receipt ->
+    model receipt).
+    """
 
-    # -- comparing ---------------------------------------------------------------------
+    real: Any
+    model: Any
+    receipt_map: dict[int, int]
 
     def both(self, real_call: Callable[[], Any], model_call: Callable[[], Any],
              what: str) -> tuple[Any, Any] | None:
@@ -187,6 +170,33 @@ class BrokerModelMachine(RuleBasedStateMachine):
                 real = list(real)
             assert real == model, f"{what}: real {real!r} but model {model!r}"
         return result
+
+
+class BrokerModelMachine(Comparing, RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.real = Broker(clock=self.clock)
+        self.model = ModelBroker(clock=self.clock)
+        self.receipt_map: dict[int, int] = {}  # real receipt -> model receipt
+        self.model_receipts: set[int] = set()
+        self.published: dict[int, bytes] = {}  # message id -> body
+        self.pairs: list[tuple[int, int]] = []  # (real, model) receipts, stale ones too
+        self.subscription_ids: list[int] = [0, 1, 2, 3]
+
+    def teardown(self) -> None:
+        self.real.close()
+        self.model.close()
+        # Closed both: every call now raises Closed on both sides.
+        for method, args in (("stats", ()), ("list_queues", ()), ("send", ("a", b"x")),
+                             ("publish", ("t1", b"x")), ("receive", ("a",)),
+                             ("ack", (2**64 - 1,)), ("purge", ("a",)), ("close", ())):
+            if method == "close":
+                self.same(method)  # closing again is a no-op
+                continue
+            real = outcome(lambda: getattr(self.real, method)(*args))  # noqa: B023
+            model = outcome(lambda: getattr(self.model, method)(*args))  # noqa: B023
+            assert type(real[1]) is Closed and type(model[1]) is Closed, (method, real, model)
 
     def record_publish(self, results: list[Any], entries: list[Any]) -> None:
         for result, entry in zip(results, entries, strict=True):
