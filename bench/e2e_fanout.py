@@ -16,7 +16,8 @@ import sys
 import tempfile
 import time
 
-BODY = b"x" * 64
+from e2e_common import BODY, publish_run
+
 PREFETCH = 4000
 
 
@@ -89,27 +90,6 @@ def _consume(endpoint: str, queue: str, count: int, out: mp.Queue) -> None:  # t
         consumer.cancel()
 
 
-def _publish(endpoint: str, count: int, mode: str) -> None:
-    from collections import deque
-
-    from fastfanout.client import connect
-
-    with connect(endpoint, batch_messages=2000) as client:
-        if mode == "single":
-            # One publish_nowait call per message: the client batches on the wire.
-            for _ in range(count):
-                client.publish_nowait("t", BODY)
-            client.flush()
-            return
-        # Batches of 1,000 bodies, pipelined with at most 8 batches in flight.
-        chunk = [BODY] * 1000
-        window: deque = deque()
-        for start in range(0, count, len(chunk)):
-            window.append(client.publish_batch_nowait("t", chunk[: count - start]))
-            if len(window) >= 8:
-                window.popleft().result()
-        while window:
-            window.popleft().result()
 
 
 def fastfanout_run(count: int, consumers: int, mode: str) -> float:
@@ -140,7 +120,7 @@ def fastfanout_run(count: int, consumers: int, mode: str) -> float:
             p.start()
         for _ in procs:
             out.get(timeout=30)
-        pub = ctx.Process(target=_publish, args=(endpoint, count, mode))
+        pub = ctx.Process(target=publish_run, args=(endpoint, count, mode))
         pub.start()
         rates = [out.get(timeout=300) for _ in procs]
         pub.join(60)

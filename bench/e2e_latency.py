@@ -31,6 +31,8 @@ import tempfile
 import time
 from typing import Any
 
+from e2e_common import stop_processes
+
 STAMP = struct.Struct("<q")
 PADDING = b"x" * (64 - STAMP.size)
 IDLE = 3.0  # seconds without a message after which the consumer stops
@@ -38,16 +40,6 @@ START_DEADLINE = 30.0
 PERCENTILES = (50.0, 99.0, 99.9)
 
 
-def _stop(processes: list[Any]) -> None:
-    for process in processes:
-        process.join(10)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(10)
 
 
 def _schedule(count: int, rate: float, send: Any) -> None:
@@ -154,7 +146,7 @@ def baseline(count: int, rate: float, warmup: float) -> tuple[list[float], int]:
                 timeout=START_DEADLINE + count / rate + 2 * IDLE)[1]
         finally:
             proxy.terminate()
-            _stop(started)
+            stop_processes(started)
             out.close()
     return result
 
@@ -243,9 +235,9 @@ def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int, mode: 
             result: tuple[list[float], int] = out.get(
                 timeout=START_DEADLINE + count / rate + 2 * IDLE)[1]
         finally:
-            _stop(started)
+            stop_processes(started)
             broker.terminate()
-            _stop([broker])
+            stop_processes([broker])
             out.close()
     return result
 

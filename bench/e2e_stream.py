@@ -25,23 +25,14 @@ import tempfile
 import time
 from typing import Any
 
-BODY = b"x" * 64
+from e2e_common import BODY, publish_run, stop_processes
+
 HELLO = b"hello"
 IDLE = 3.0  # seconds without a message after which a listener stops counting
 START_DEADLINE = 30.0
 RUN_DEADLINE = 300.0
 
 
-def _stop(processes: list[Any]) -> None:
-    for process in processes:
-        process.join(10)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(10)
 
 
 # -- baseline: raw PUB -> SUB ---------------------------------------------------------------
@@ -128,7 +119,7 @@ def baseline(count: int, listeners: int) -> tuple[float, int]:
                     results.append(value)
         finally:
             go.set()
-            _stop([pub, *subs])
+            stop_processes([pub, *subs])
             out.close()
     return statistics.median(rate for rate, _ in results), sum(lost for _, lost in results)
 
@@ -165,25 +156,6 @@ def _listen(endpoint: str, count: int, out: Any) -> None:
         out.put(("done", (rate, listener.gaps, count - got)))
 
 
-def _publish(endpoint: str, count: int, mode: str) -> None:
-    from collections import deque
-
-    from fastfanout.client import connect
-
-    with connect(endpoint, batch_messages=2000) as client:
-        if mode == "single":
-            for _ in range(count):
-                client.publish_nowait("t", BODY)
-            client.flush()
-            return
-        chunk = [BODY] * 1000
-        window: deque[Any] = deque()
-        for start in range(0, count, len(chunk)):
-            window.append(client.publish_batch_nowait("t", chunk[: count - start]))
-            if len(window) >= 8:
-                window.popleft().result()
-        while window:
-            window.popleft().result()
 
 
 def _connect_when_up(endpoint: str, broker: Any) -> Any:
@@ -210,7 +182,7 @@ def fastfanout_run(count: int, listeners: int, mode: str) -> tuple[float, int, i
         broker = ctx.Process(target=_serve, args=(endpoint,))
         procs = [ctx.Process(target=_listen, args=(endpoint, count, out))
                  for _ in range(listeners)]
-        pub = ctx.Process(target=_publish, args=(endpoint, count, mode))
+        pub = ctx.Process(target=publish_run, args=(endpoint, count, mode))
         started: list[Any] = []
         try:
             broker.start()
@@ -234,9 +206,9 @@ def fastfanout_run(count: int, listeners: int, mode: str) -> tuple[float, int, i
                 pub.join(RUN_DEADLINE)
                 dropped = int(client.server_stats().get("stream_dropped", 0))
         finally:
-            _stop(started)
+            stop_processes(started)
             broker.terminate()
-            _stop([broker])
+            stop_processes([broker])
             out.close()
     rate = statistics.median(result[0] for result in results)
     return (rate, sum(result[1] for result in results), sum(result[2] for result in results),
