@@ -44,7 +44,6 @@ from fastfanout._ext.wire import receipts_of
 from fastfanout.broker import Broker
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.protocol import Opcode, Status
-from fastfanout.records import PublishEntry
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.settings import MAX_RECEIVE_BATCH
 from fastfanout.transport import (
@@ -191,10 +190,6 @@ class Server:
         self._probe_until = 0.0
         self._dirty = False
         self.counters: Counter[str] = Counter()
-        self._native_publish = hasattr(self.broker, "publish_frame")
-        self._native_send = hasattr(self.broker, "send_frame")
-        self._native_receive = hasattr(self.broker, "receive_frame")
-        self._native_ack = hasattr(self.broker, "ack_packed")
         self._handlers = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
@@ -476,13 +471,6 @@ class Server:
 
     # -- publish and send --------------------------------------------------------------
 
-    def _records(self, frame: bytes) -> list[Any]:
-        try:
-            records: list[Any] = protocol.codec_module().decode_batch(frame)
-        except (InvalidArgument, ValueError, TypeError) as exc:
-            raise protocol.MalformedFrame(f"record batch does not decode: {exc}") from None
-        return records
-
     @staticmethod
     def _native(call: Any, name: str, frame: bytes) -> Any:
         """Run a native frame call; a frame the codec refuses is ``malformed_frame``."""
@@ -493,74 +481,24 @@ class Server:
                 raise protocol.MalformedFrame(str(exc)) from None
             raise
 
-    @staticmethod
-    def _count(frame: bytes) -> int:
-        """Check a frame's structure (in C) so that a bad one is ``malformed_frame``."""
-        try:
-            count: int = protocol.codec_module().count_records(frame)
-        except (InvalidArgument, ValueError, TypeError) as exc:
-            raise protocol.MalformedFrame(f"record batch does not decode: {exc}") from None
-        return count
-
-    @staticmethod
-    def _entries(records: list[Any]) -> list[Any]:
-        entries: list[Any] = []
-        for record in records:
-            if (not record.attributes and record.deliver_at_us is None
-                    and record.group_id is None and record.dedup_id is None
-                    and record.priority is None):
-                entries.append(record.body)
-                continue
-            attributes = (protocol.decode_payload(record.attributes)
-                          if record.attributes else None)
-            entries.append(PublishEntry(
-                record.body, attributes, None,
-                record.deliver_at_us / 1e6 if record.deliver_at_us else None,
-                record.group_id, record.dedup_id, record.priority))
-        return entries
-
     def _publish(self, session: _Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:
         topic = self._text(self._frame(frames, 0, "topic"), "topic name")
         batch_frame = self._frame(frames, 1, "records")
-        records = None
-        if self._native_publish:
-            result = self._native(self.broker.publish_frame, topic, batch_frame)
-        else:
-            records = self._records(batch_frame)
-            result = self.broker.publish_batch(topic, self._entries(records))
+        result = self._native(self.broker.publish_frame, topic, batch_frame)
         self._dirty = True
-        reply = self._results(result)
         if self._is_listened(topic):
-            if records is None:
-                self._stream_native(topic, batch_frame, result)
-            else:
-                self._stream(topic, records, result)
+            self._stream(topic, batch_frame, result)
         else:
-            self._sequences[topic] = self._sequences.get(topic, 0) + (
-                result.accepted if hasattr(result, "accepted")
-                else sum(1 for entry in result if not entry.duplicate))
-        return reply
+            self._sequences[topic] = self._sequences.get(topic, 0) + result.accepted
+        return [result.to_wire()]   # the native batch writes the results frame itself
 
     def _send_op(self, session: _Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:
         queue = self._text(self._frame(frames, 0, "queue"), "queue name")
-        batch_frame = self._frame(frames, 1, "records")
-        if self._native_send:
-            result = self._native(self.broker.send_frame, queue, batch_frame)
-        else:
-            result = self.broker.send_batch(queue, self._entries(self._records(batch_frame)))
+        result = self._native(self.broker.send_frame, queue, self._frame(frames, 1, "records"))
         self._dirty = True
-        return self._results(result)
-
-    @staticmethod
-    def _results(result: Any) -> list[bytes]:
-        if hasattr(result, "to_wire"):
-            return [result.to_wire()]   # the native batch writes the frame itself
-        entries = list(result)
-        return [protocol.encode_results(
-            [entry.message_id for entry in entries], [entry.deliveries for entry in entries],
-            [entry.duplicate for entry in entries])]
+        return [result.to_wire()]
 
     # -- streams -----------------------------------------------------------------------
 
@@ -585,31 +523,14 @@ class Server:
                 name.startswith(prefix) for prefix in self._subscriptions)
         return listened
 
-    def _stream_native(self, topic: str, batch_frame: bytes, result: Any) -> None:
+    def _stream(self, topic: str, batch_frame: bytes, result: Any) -> None:
+        """Send the accepted records of a publish to stream listeners, with sequences."""
         sequence = self._sequences.get(topic, 0)
         frame, count = result.stream_frame(
             batch_frame, topic, sequence + 1, round(time.time() * 1_000_000))
         self._sequences[topic] = sequence + count
         if count:
             self._send_stream([topic.encode(), frame], count)
-
-    def _stream(self, topic: str, records: list[Any], result: Any) -> None:
-        codec = protocol.codec_module()
-        sequence = self._sequences.get(topic, 0)
-        now_us = round(time.time() * 1_000_000)
-        stamped = []
-        for record, entry in zip(records, result, strict=True):
-            if entry.duplicate:
-                continue
-            sequence += 1
-            stamped.append(codec.Record(
-                record.body, id=entry.message_id, timestamp_us=now_us,
-                attributes=record.attributes, name=topic, group_id=record.group_id,
-                dedup_id=record.dedup_id, priority=record.priority, receipt=sequence))
-        self._sequences[topic] = sequence
-        if not stamped:
-            return
-        self._send_stream([topic.encode(), codec.encode_batch(stamped)], len(stamped))
 
     def _send_stream(self, frames: list[bytes], count: int) -> None:
         """Send one stream batch, applying the slow-listener policy (counted)."""
@@ -639,35 +560,10 @@ class Server:
     def _take(self, session: _Session, queue: str, max_messages: int,
               visibility_timeout: float | None, lease: float) -> tuple[list[bytes], int]:
         """Lease up to ``max_messages`` for ``session``; returns (delivery frames, count)."""
-        if self._native_receive:
-            frame, count = self.broker.receive_frame(queue, max_messages, visibility_timeout)
-            if count:
-                session.leases.append((time.monotonic() + lease + 1.0, frame))
-            return [frame], count
-        messages = self.broker.receive(queue, max_messages=max_messages,
-                                       visibility_timeout=visibility_timeout)
-        if not messages:
-            return [self._empty_delivery()], 0
-        codec = protocol.codec_module()
-        records = []
-        dead_letters: dict[int, list[Any]] = {}
-        for index, message in enumerate(messages):
-            attributes = message.attributes
-            records.append(codec.Record(
-                message.body, id=message.id,
-                timestamp_us=round(message.timestamp * 1_000_000),
-                attributes=protocol.encode_payload(attributes) if attributes else b"",
-                name=queue, group_id=message.group_id, dedup_id=message.dedup_id,
-                priority=message.priority, receipt=message.receipt,
-                receive_count=message.receive_count))
-            if message.dead_letter is not None:
-                dead_letters[index] = list(message.dead_letter)
-        session.leases.append(
-            (time.monotonic() + lease + 1.0, [message.receipt for message in messages]))
-        frames = [codec.encode_batch(records)]
-        if dead_letters:
-            frames.append(protocol.encode_payload(dead_letters))
-        return frames, len(messages)
+        frame, count = self.broker.receive_frame(queue, max_messages, visibility_timeout)
+        if count:
+            session.leases.append((time.monotonic() + lease + 1.0, frame))
+        return [frame], count
 
     @staticmethod
     def _empty_delivery() -> bytes:
@@ -699,17 +595,10 @@ class Server:
 
     def _ack(self, session: _Session, request_id: int, frames: list[bytes]) -> list[bytes]:
         packed = self._frame(frames, 0, "receipts")
-        if self._native_ack:
-            if len(packed) % 8:
-                raise protocol.MalformedFrame(
-                    f"receipts frame of {len(packed)} bytes is not a multiple of 8")
-            self.broker.ack_packed(packed)
-            return []
-        receipts = protocol.decode_receipts(packed)
-        if len(receipts) == 1:
-            self.broker.ack(receipts[0])
-        else:
-            self.broker.ack_batch(receipts)
+        if len(packed) % 8:
+            raise protocol.MalformedFrame(
+                f"receipts frame of {len(packed)} bytes is not a multiple of 8")
+        self.broker.ack_packed(packed)
         return []
 
     def _consume(self, session: _Session, request_id: int, frames: list[bytes]
