@@ -279,7 +279,7 @@ class DeliveryBatch(Sequence[RemoteMessage]):
 
     def _materialise(self) -> list[RemoteMessage]:
         if self._messages is None:
-            dead = _dead_letters(self._frames, self._records)
+            dead = _dead_letters(self._records)
             client = self._consumer._client
             self._messages = [RemoteMessage(record, client, self._consumer, dead.get(index),
                                             self._consumer.queue)

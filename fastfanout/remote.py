@@ -185,12 +185,11 @@ def _seconds(microseconds: int | None) -> float | None:
     return None if microseconds is None else microseconds / 1e6
 
 
-def _dead_letters(frames: list[bytes], records: list[Any]) -> dict[int, DeadLetterInfo]:
+def _dead_letters(records: list[Any]) -> dict[int, DeadLetterInfo]:
     """Dead-letter records of a delivery, by record index.
 
-    They come from the records' dead-letter flag (the name part holds ``[reason, source,
-    receive_count, first_us, last_us, time_us]`` as JSON), or from the optional second
-    frame (index -> DeadLetterInfo fields).
+    A record with the dead-letter flag holds ``[reason, source, receive_count, first_us,
+    last_us, time_us]`` as JSON in its name part (docs/protocol.md).
     """
     dead: dict[int, DeadLetterInfo] = {}
     for index, record in enumerate(records):
@@ -198,17 +197,14 @@ def _dead_letters(frames: list[bytes], records: list[Any]) -> dict[int, DeadLett
             reason, source, count, first, last, when = json.loads(record.name)
             dead[index] = DeadLetterInfo(reason, source, count, _seconds(first),
                                          _seconds(last), when / 1e6)
-    if len(frames) >= 2:
-        raw = protocol.decode_payload(frames[1])
-        dead.update({int(index): DeadLetterInfo(*fields) for index, fields in raw.items()})
     return dead
 
 
 def decode_delivery(frames: list[bytes], owner: Any, consumer: Consumer | None = None,
                     queue: str = "") -> list[RemoteMessage]:
-    """Turn a delivery payload (records frame, optional dead-letter frame) into messages."""
+    """Turn a delivery payload (one record frame) into messages."""
     records = protocol.codec_module().decode_batch(frames[0])
-    dead = _dead_letters(frames, records)
+    dead = _dead_letters(records)
     return [RemoteMessage(record, owner, consumer, dead.get(index), queue)
             for index, record in enumerate(records)]
 
