@@ -40,7 +40,6 @@ cdef class Dispatcher:
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
                                object entries, int64_t now_us, int64_t topic)
-    cdef uint64_t _batch_original(self, Py_ssize_t index) noexcept
     cdef int _apply_filters(self, uint32_t topic, Py_ssize_t count) except -1
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
                           bint with_keys) except -1

@@ -362,15 +362,7 @@ cdef class Dispatcher:
                     self._apply_filters(<uint32_t>topic, count)
             # Pass 2: per target, which copies it takes, and whether they all fit.
             for t in range(target_count):
-                self._check_target(targets[t], t, count, now_us, with_keys,
-                                   topic < 0 or self.topics[topic].content_dedup)
-            if topic < 0 and target_count == 1:
-                # A duplicate for the only queue of a send is a duplicate of the send.
-                for i in range(count):
-                    if self.skip[i] == SKIP_DUPLICATE and not self.original[i]:
-                        found = (<DedupWindow>store.dedup_windows[targets[0]]).lookup(
-                            self.keys[i], now_us)
-                        self.original[i] = found if found else self._batch_original(i)
+                self._check_target(targets[t], t, count, now_us, with_keys, topic < 0)
         except BaseException:
             for i in range(made):
                 blob_release(self.scratch[i])
@@ -479,15 +471,6 @@ cdef class Dispatcher:
                     self.skip[<Py_ssize_t>t * count + i] = SKIP_FILTERED
         return 0
 
-    cdef uint64_t _batch_original(self, Py_ssize_t index) noexcept:
-        """IN_BATCH | the entry a message repeats inside its own batch (0: none)."""
-        cdef Py_ssize_t i
-        for i in range(index):
-            if (self.keys[i].low == self.keys[index].low and
-                    self.keys[i].high == self.keys[index].high and not self.original[i]):
-                return IN_BATCH | <uint64_t>i
-        return 0
-
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
                           bint with_keys) except -1:
         """FIFO rules and topic-level deduplication of a batch."""
@@ -530,13 +513,18 @@ cdef class Dispatcher:
 
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
                            int64_t now_us, bint with_keys, bint direct) except -1:
-        """Which copies queue ``queue`` takes (skip row), FIFO rules, size and room."""
+        """Which copies queue ``queue`` takes (skip row), FIFO rules, size and room.
+
+        ``direct``: the batch is a send to this queue alone, so a duplicate copy makes the
+        entry a duplicate of the send (its original id recorded now).
+        """
         cdef Store store = self.store
         cdef unsigned char* skip = self.skip + <Py_ssize_t>position * count
         cdef DedupWindow window = <DedupWindow>store.dedup_windows[queue]
         cdef DedupWindow in_batch = None
         cdef bint fifo = store.queue(queue).fifo
         cdef bint content = store.queue(queue).content_dedup
+        cdef uint64_t found
         cdef uint64_t messages = 0
         cdef uint64_t size_total = 0
         cdef uint64_t size
@@ -560,9 +548,18 @@ cdef class Dispatcher:
                         f"every message needs a dedup_id")
             if in_batch is not None and (self.keys[i].low | self.keys[i].high) and (
                     blob.dedup_len or content):
-                if window.lookup(self.keys[i], now_us) or in_batch.lookup(self.keys[i], now_us):
+                found = window.lookup(self.keys[i], now_us)
+                if not found:
+                    found = in_batch.lookup(self.keys[i], now_us)
+                    if found:
+                        found = IN_BATCH | (found - 1)   # the earlier entry's index
+                if found:
                     skip[i] = SKIP_DUPLICATE
                     store.queue(queue).duplicates += 1
+                    if direct:
+                        # A duplicate for the only queue of a send is a duplicate of the
+                        # send: it returns the original id.
+                        self.original[i] = found
                     continue
                 in_batch.remember(self.keys[i], <uint64_t>i + 1, now_us)
             size = store.message_size(blob)
