@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from fastfanout import protocol
+from fastfanout._ext.wire import FrameBuilder, encode_entries
 from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.client import DeliveryBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
@@ -36,8 +37,6 @@ from fastfanout.remote import (
     RemotePublishBatch,
     StreamMessage,
     decode_delivery,
-    entry_record,
-    make_record,
     stream_prefix,
 )
 from fastfanout.runtime import default_endpoint
@@ -287,7 +286,7 @@ class AsyncClient:
 
     async def publish(self, topic: str, body: bytes, **options: Any) -> PublishResult:
         """Publish one message (options as ``Client.publish``)."""
-        return (await self.publish_batch(topic, [make_record(body, **options)]))[0]
+        return (await self._one(Opcode.PUBLISH, topic, body, options))[0]
 
     async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages at once: all enqueued, or none."""
@@ -295,18 +294,29 @@ class AsyncClient:
 
     async def send(self, queue: str, body: bytes, **options: Any) -> PublishResult:
         """Send one message straight to a queue."""
-        return (await self.send_batch(queue, [make_record(body, **options)]))[0]
+        return (await self._one(Opcode.SEND, queue, body, options))[0]
 
     async def send_batch(self, queue: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Send many messages straight to a queue."""
         return await self._batch(Opcode.SEND, queue, entries)
 
+    async def _one(self, opcode: int, name: str, body: Any, options: dict[str, Any]
+                   ) -> RemotePublishBatch:
+        builder = FrameBuilder()
+        try:
+            builder.append(body, **options)
+        except TypeError as exc:   # an unknown option name
+            raise InvalidArgument(f"publish/send: {exc}") from None
+        return await self._frame(opcode, name, builder.take())
+
     async def _batch(self, opcode: int, name: str, entries: Iterable[Any]
                      ) -> RemotePublishBatch:
-        codec = protocol.codec_module()
-        records = [entry if isinstance(entry, codec.Record) else entry_record(entry)
-                   for entry in entries]
-        frames = await self._request(opcode, [name.encode(), codec.encode_batch(records)])
+        return await self._frame(opcode, name, encode_entries(entries))
+
+    async def _frame(self, opcode: int, name: str, frame: bytes) -> RemotePublishBatch:
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
+        frames = await self._request(opcode, [name.encode(), frame])
         return RemotePublishBatch(frames[0])
 
     async def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,

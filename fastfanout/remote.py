@@ -10,78 +10,24 @@ embedded twin (``RemoteMessage`` has the attributes of ``fastfanout.Message``,
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
 from fastfanout import protocol
-from fastfanout.errors import InvalidArgument
-from fastfanout.records import Attributes, DeadLetterInfo, PublishEntry, PublishResult
+from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
 
 if TYPE_CHECKING:
     from fastfanout.client import Consumer
 
 __all__ = [
-    "MAX_DELAY",
     "RemoteMessage",
     "RemotePublishBatch",
     "StreamBatch",
     "StreamMessage",
     "decode_delivery",
-    "entry_record",
-    "make_record",
     "stream_prefix",
 ]
-
-MAX_DELAY = 31_536_000.0
-
-
-def _attributes_bytes(attributes: Attributes | None) -> bytes:
-    if not attributes:
-        return b""
-    try:
-        return protocol.encode_payload(attributes)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"attributes {attributes!r} cannot be encoded: {exc}") from None
-
-
-def make_record(body: Any, attributes: Attributes | None = None, delay: float | None = None,
-                deliver_at: float | datetime | None = None, group_id: str | None = None,
-                dedup_id: str | None = None, priority: int | None = None,
-                ttl: float | None = None) -> Any:
-    """Build one codec record for a publish or send (checks what only the client can)."""
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
-    expires_at_us = None
-    if ttl is not None:
-        if type(ttl) not in (int, float) or not math.isfinite(ttl) or not 0 < ttl <= MAX_DELAY:
-            raise InvalidArgument(f"ttl={ttl!r} must be finite and from 0 to {MAX_DELAY:g} s")
-        expires_at_us = round((time.time() + ttl) * 1_000_000)
-    if delay is not None and deliver_at is not None:
-        raise InvalidArgument("give delay or deliver_at, not both")
-    deliver_at_us = 0
-    if delay is not None:
-        if (type(delay) not in (int, float) or not math.isfinite(delay)
-                or not 0 <= delay <= MAX_DELAY):
-            raise InvalidArgument(f"delay={delay!r} must be finite and from 0 to {MAX_DELAY:g} s")
-        deliver_at_us = round((time.time() + delay) * 1_000_000)
-    elif deliver_at is not None:
-        if isinstance(deliver_at, datetime):
-            if deliver_at.tzinfo is None:
-                raise InvalidArgument(f"deliver_at datetime {deliver_at!r} must be timezone-aware")
-            deliver_at = deliver_at.timestamp()
-        if type(deliver_at) not in (int, float) or not math.isfinite(deliver_at):
-            raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
-        deliver_at_us = max(1, round(deliver_at * 1_000_000))
-    if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):
-        raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
-    return protocol.codec_module().Record(
-        body, attributes=_attributes_bytes(attributes), group_id=group_id,
-        dedup_id=dedup_id, priority=priority, deliver_at_us=deliver_at_us or None,
-        expires_at_us=expires_at_us)
-
 
 def _options(attributes: Attributes | None, delay: float | None,
              deliver_at: float | datetime | None, group_id: str | None, dedup_id: str | None,
@@ -91,13 +37,6 @@ def _options(attributes: Attributes | None, delay: float | None,
             and dedup_id is None and priority is None and ttl is None):
         return None
     return (attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
-
-
-def entry_record(entry: Any) -> Any:
-    """A record for one ``publish_batch`` entry (bytes-like or ``PublishEntry``)."""
-    if isinstance(entry, PublishEntry):
-        return make_record(*entry)
-    return make_record(entry)
 
 
 class RemoteMessage:

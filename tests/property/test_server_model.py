@@ -10,7 +10,7 @@ clock is read by the server thread only while the test thread waits for the repl
 
 One seam: wire protocol version 1 carries a publish's ``delay`` as an absolute
 ``deliver_at`` that the *client* computes from the wall clock (``time.time()``, read by
-``fastfanout.client.make_record`` and by the native ``FrameBuilder.append``). The broker
+the native ``FrameBuilder.append``). The broker
 runs on the fake clock, so while a machine runs, ``time.time`` is the fake clock too
 (``monotonic``, which timeouts and heartbeats use, stays real). A ``clock`` option on
 ``Client`` would make this patch unnecessary.
