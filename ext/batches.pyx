@@ -47,7 +47,7 @@ from datetime import datetime
 from msgspec.msgpack import decode as _decode_attributes
 from msgspec.msgpack import encode as _encode_attributes
 
-from fastfanout.errors import InvalidArgument, MessageTooLarge
+from fastfanout.errors import InvalidArgument, MalformedBatch, MessageTooLarge
 from fastfanout.records import PublishEntry, PublishResult
 
 # The limits as C constants: the per-message checks below must not look up Python globals.
@@ -305,10 +305,13 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
     if record.group_len > C_MAX_ID_LENGTH or record.dedup_len > C_MAX_ID_LENGTH:
         raise InvalidArgument(
             f"entry {i}: group and dedup ids must be at most {C_MAX_ID_LENGTH} bytes")
-    if record.group_len:
-        record.group[:record.group_len].decode("utf-8")   # raises on bad UTF-8
-    if record.dedup_len:
-        record.dedup[:record.dedup_len].decode("utf-8")
+    try:
+        if record.group_len:
+            record.group[:record.group_len].decode("utf-8")
+        if record.dedup_len:
+            record.dedup[:record.dedup_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedBatch(f"entry {i}: a group or dedup id is not valid UTF-8") from None
     if record.flags & FF_FLAG_DELIVER_AT:
         if record.deliver_at_us - now_us > C_MAX_DELAY_US:
             raise InvalidArgument(f"entry {i}: deliver_at is more than one year ahead")

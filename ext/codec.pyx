@@ -61,7 +61,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from fastfanout.errors import InvalidArgument
+from fastfanout.errors import InvalidArgument, MalformedBatch
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
@@ -97,7 +97,7 @@ def status_text(int status):
 
 cdef object _malformed(int status, size_t offset, str form="batch frame"):
     faults = _RING_FAULTS if form == "ring batch" else _FAULTS
-    return InvalidArgument(
+    return MalformedBatch(
         f"malformed {form}: {faults.get(status, 'unknown fault')} at byte offset {offset}"
     )
 
@@ -311,7 +311,7 @@ cdef str _decode_text(const char* data, uint32_t length, str field, size_t offse
     try:
         return PyUnicode_DecodeUTF8(data, length, NULL)
     except UnicodeDecodeError:
-        raise InvalidArgument(
+        raise MalformedBatch(
             f"malformed batch frame: {field} is not valid UTF-8 in the record at byte "
             f"offset {offset}") from None
 

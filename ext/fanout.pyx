@@ -53,7 +53,7 @@ from fastfanout._ext.store cimport Store, blob_new, blob_release, blob_t
 from msgspec.msgpack import decode as _decode_attributes
 
 from fastfanout._ext.codec import status_text as codec_status_text
-from fastfanout.errors import InvalidArgument, MessageTooLarge, QueueFull
+from fastfanout.errors import InvalidArgument, MalformedBatch, MessageTooLarge, QueueFull
 from fastfanout.records import PublishEntry
 
 # Marks a duplicate of an earlier entry of the same batch (low bits: that entry's index),
@@ -287,7 +287,7 @@ cdef class Dispatcher:
             if ff_ring_batch_scan(<const char*>frame_view.buf, frame_view.len, &ring_records,
                                   &ring_largest, &ring_fault) != FF_CODEC_OK:
                 PyBuffer_Release(&frame_view)
-                raise InvalidArgument(f"malformed ring batch at byte {ring_fault}")
+                raise MalformedBatch(f"malformed ring batch at byte {ring_fault}")
             count = <Py_ssize_t>ring_records
         elif isinstance(entries, EncodedBatch):
             # A codec frame (the wire's publish batch): blobs straight from the records.
@@ -296,7 +296,7 @@ cdef class Dispatcher:
             status = ff_reader_open(&reader, <const char*>frame_view.buf, frame_view.len)
             if status != FF_CODEC_OK:
                 PyBuffer_Release(&frame_view)
-                raise InvalidArgument(
+                raise MalformedBatch(
                     f"malformed batch frame: {codec_status_text(status)} at byte 0")
             count = reader.count
         else:
@@ -337,7 +337,7 @@ cdef class Dispatcher:
                 elif have_frame:
                     status = ff_reader_next(&reader, &record)
                     if status != FF_CODEC_OK:
-                        raise InvalidArgument(
+                        raise MalformedBatch(
                             f"malformed batch frame: record {i}: {codec_status_text(status)} "
                             f"at byte {ff_reader_offset(&reader)}")
                     self.scratch[i] = blob_from_record(&record, i, now_us)

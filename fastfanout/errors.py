@@ -14,6 +14,7 @@ __all__ = [
     "FastFanoutError",
     "InvalidArgument",
     "InvalidFilterPolicy",
+    "MalformedBatch",
     "MessageTooLarge",
     "NotFound",
     "QueueFull",
@@ -50,6 +51,13 @@ class InvalidFilterPolicy(InvalidArgument):
     """A subscription filter policy is malformed or exceeds a limit."""
 
     code = "invalid_filter_policy"
+
+
+class MalformedBatch(InvalidArgument):
+    """A batch frame (the codec layout) does not decode: its bytes, not its values, are bad.
+
+    The server answers it with the wire code ``malformed_frame``.
+    """
 
 
 class MessageTooLarge(InvalidArgument):

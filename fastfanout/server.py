@@ -42,7 +42,13 @@ from typing import Any, Final
 from fastfanout import protocol
 from fastfanout._ext.wire import receipts_of
 from fastfanout.broker import Broker
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
+from fastfanout.errors import (
+    Closed,
+    FastFanoutError,
+    InvalidArgument,
+    MalformedBatch,
+    NotFound,
+)
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.settings import MAX_RECEIVE_BATCH
@@ -476,10 +482,8 @@ class Server:
         """Run a native frame call; a frame the codec refuses is ``malformed_frame``."""
         try:
             return call(name, frame)
-        except InvalidArgument as exc:
-            if str(exc).startswith("malformed batch frame"):
-                raise protocol.MalformedFrame(str(exc)) from None
-            raise
+        except MalformedBatch as exc:
+            raise protocol.MalformedFrame(str(exc)) from None
 
     def _publish(self, session: _Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:

@@ -91,3 +91,18 @@ def test_bad_records_are_refused_atomically(broker):
     with pytest.raises(InvalidArgument):
         broker.send_frame("q", "not bytes")
     assert broker.stats().queues["q"].enqueued == 0
+
+
+def test_a_bad_utf8_id_is_a_malformed_batch(broker):
+    import struct
+
+    from fastfanout import MalformedBatch
+
+    broker.create_queue("q")
+    frame = bytearray(frame_of(Record(b"x", group_id="g")))
+    # the group id byte follows the 56-byte header (no name part): make it invalid UTF-8
+    frame[8 + 56] = 0xFF
+    assert struct.unpack_from("<H", frame, 8 + 6)[0] == 1
+    with pytest.raises(MalformedBatch):
+        broker.send_frame("q", bytes(frame))
+    assert broker.stats().queues["q"].enqueued == 0
