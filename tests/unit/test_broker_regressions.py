@@ -1,6 +1,7 @@
 """Divergences the model-based state machine found, kept as plain regression tests."""
 
 import pytest
+from conftest import FakeClock
 
 from fastfanout import Broker, Closed, InvalidArgument, StaleReceipt
 from fastfanout.model import ModelBroker
@@ -83,17 +84,9 @@ def test_bad_arguments_still_raise_on_an_open_broker(fixed):
         fixed.receive("q", max_messages=0)
 
 
-class StepClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize("make", [Broker, ModelBroker])
 def test_a_dedup_id_and_a_body_are_different_keys(make):
-    broker = make(clock=StepClock())
+    broker = make(clock=FakeClock())
     broker.create_queue("q", content_dedup=True)
     first = broker.send("q", b"x", dedup_id="k")
     second = broker.send("q", b"k")
@@ -102,7 +95,7 @@ def test_a_dedup_id_and_a_body_are_different_keys(make):
 
 @pytest.mark.parametrize("make", [Broker, ModelBroker])
 def test_dedup_entries_counts_live_keys_only(make):
-    clock = StepClock()
+    clock = FakeClock()
     broker = make(clock=clock)
     broker.create_queue("q", dedup_window=1.0)
     broker.create_topic("t", dedup_window=1.0)
@@ -116,7 +109,7 @@ def test_dedup_entries_counts_live_keys_only(make):
 
 @pytest.mark.parametrize("make", [Broker, ModelBroker])
 def test_extend_zero_returns_at_once_without_backoff(make):
-    broker = make(clock=StepClock())
+    broker = make(clock=FakeClock())
     broker.create_queue("q", redelivery_backoff=(5.0,))
     broker.send("q", b"x")
     broker.extend(broker.receive("q")[0].receipt, 0)
@@ -126,7 +119,7 @@ def test_extend_zero_returns_at_once_without_backoff(make):
 
 @pytest.mark.parametrize("make", [Broker, ModelBroker])
 def test_a_queue_fed_twice_by_one_topic_gets_one_copy(make):
-    broker = make(clock=StepClock())
+    broker = make(clock=FakeClock())
     broker.create_topic("o.a")
     broker.create_queue("q", max_messages=1)
     broker.create_queue("f")

@@ -6,6 +6,7 @@ import math
 
 import msgspec
 import pytest
+from conftest import FakeClock as Clock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,22 +22,6 @@ from fastfanout.errors import (
 from fastfanout.model import ModelBroker, ModelMessage, attributes_size
 from fastfanout.records import DeadLetterInfo, PublishEntry, PublishResult
 from fastfanout.stats import DROP_REASONS
-
-
-class Clock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
