@@ -1,7 +1,7 @@
 """Divergences the model-based state machine found, kept as plain regression tests."""
 
 import pytest
-from conftest import FakeClock
+from clocks import FakeClock
 
 from fastfanout import Broker, Closed, InvalidArgument, StaleReceipt
 from fastfanout.model import ModelBroker

@@ -6,7 +6,7 @@ import math
 
 import msgspec
 import pytest
-from conftest import FakeClock as Clock
+from clocks import FakeClock as Clock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
