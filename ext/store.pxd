@@ -70,11 +70,14 @@ cdef struct entry_t:
     int64_t entered_us
     int64_t first_receive_us
     int64_t last_receive_us
+    int64_t lease_due_us       # while in its queue's lease list: when the lease ends
+    uint64_t lease_seq         # ... and its tie-break (the store's timer_seq when armed)
     uint32_t queue
     uint32_t generation        # bumped on every lease and on free: receipts go stale
     uint32_t receive_count
     uint32_t visible_prev      # links of the visible list of its priority level
-    uint32_t visible_next      # (also the free list's link while STATE_FREE)
+    uint32_t visible_next      # (the free list's link while STATE_FREE, the lease
+                               # list's links while leased and lease_listed)
     uint32_t arrival_prev      # links of the queue's arrival-ordered list of all copies
     uint32_t arrival_next
     uint32_t group             # FIFO group index in the queue's GroupTable, or NIL
@@ -82,6 +85,7 @@ cdef struct entry_t:
     uint8_t state
     uint8_t level              # priority level (0 .. queue levels - 1)
     uint8_t listed             # in its queue's visible list (FIFO: only group heads are)
+    uint8_t lease_listed       # leased, with its deadline in the queue's lease list
 
 cdef struct queue_t:
     bint alive
@@ -104,6 +108,8 @@ cdef struct queue_t:
     uint32_t* visible_tail
     uint32_t arrival_head
     uint32_t arrival_tail
+    uint32_t lease_head        # leases in (deadline, seq) order: almost all of them,
+    uint32_t lease_tail        # as a queue's leases mostly end in the order they began
     uint64_t visible
     uint64_t leased
     uint64_t delayed
@@ -139,7 +145,10 @@ cdef class Store:
     cdef uint32_t queue_count
     cdef uint32_t queue_capacity
     cdef list names                # queue id -> name
-    cdef TimerHeap timers
+    cdef TimerHeap timers          # slot -> delay end, or lease end out of list order
+    cdef TimerHeap lease_timers    # queue id -> its lease list head's (due, seq), or an
+                                   # earlier one after the head left (checked when due)
+    cdef uint64_t timer_seq        # tie-break of every deadline, in arming order
     cdef int64_t retention_due_us  # no retention work before this time
     cdef uint64_t next_message_id
     cdef list group_tables         # queue id -> GroupTable (FIFO queues) or None
@@ -181,4 +190,10 @@ cdef class Store:
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept
     cdef int _expire_retention(self, int64_t now_us) except -1
     cdef int advance_to(self, int64_t now_us) except -1
+    cdef int _arm(self, uint32_t slot, int64_t due_us) except -1
+    cdef int _arm_lease(self, uint32_t slot, int64_t due_us) except -1
+    cdef void _unlink_lease(self, uint32_t slot) noexcept
+    cdef void _disarm(self, uint32_t slot) noexcept
+    cdef int _settle_lease_timers(self, int64_t limit_us) except -1
+    cdef bint _pop_due(self, int64_t now_us, uint32_t* slot, int64_t* due_us) except -1
 cdef uint64_t receipt_value(object receipt) except? 0

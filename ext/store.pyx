@@ -14,7 +14,15 @@ and are named by their slot number. An entry sits in two intrusive doubly-linked
 its queue: the **arrival list** (every copy, oldest first: retention and ``oldest_age``
 read its head in O(1)) and, while visible, the **visible list** of its priority level
 (FIFO: receive takes the head, anything that becomes visible again goes to the tail).
-Leases and delays are deadlines in one ``TimerHeap`` keyed by slot.
+Delays are deadlines in a ``TimerHeap`` keyed by slot. Leases are too cheap for a heap:
+a queue's leases nearly always end in the order they began (one visibility timeout), so
+each queue keeps its leases in an intrusive **lease list** in (deadline, seq) order —
+O(1) to arm (append) and to end (unlink) — and a second heap holds one timer per queue,
+its list head's deadline. A lease that would break the list order (a shorter
+``visibility_timeout`` or an ``extend``) goes to the slot heap instead. When a list's head
+leaves, the queue's timer is left early (stale) and put right only when it comes due, so
+an ack touches no heap. Every deadline gets a sequence number from one counter and both
+sources are merged by (deadline, seq): they fire exactly in the order one heap would.
 
 Receipts: a receipt is ``generation << 32 | slot``. The slot's generation is bumped on
 every lease and on every free, so a receipt is valid only while the very delivery it
@@ -22,7 +30,10 @@ names holds its lease — checking one is two loads and two compares, no table l
 
 Invariants (checked by the debug build's ``check()`` and by the model tests):
 - every live entry is in exactly one state: visible (in one visible list, no timer),
-  leased (timer armed, in no visible list) or delayed (timer armed, in no visible list);
+  leased (in its lease list or with a slot timer, in no visible list) or delayed (slot
+  timer armed, in no visible list);
+- a lease list is in (deadline, seq) order, and a queue with a non-empty list has a
+  queue timer no later than its head;
 - a queue's gauges (visible, leased, delayed, bytes) equal what its lists hold;
 - ``enqueued == messages + acked + purged + dead_lettered + redriven + sum(dropped)``.
 
@@ -127,6 +138,8 @@ cdef class Store:
         self.queue_capacity = 0
         self.names = []
         self.timers = TimerHeap()
+        self.lease_timers = TimerHeap()
+        self.timer_seq = 0
         self.retention_due_us = INT64_MAX
         self.next_message_id = 1
         self.group_tables = []
@@ -207,6 +220,8 @@ cdef class Store:
         q.oversized = 0
         q.arrival_head = NIL
         q.arrival_tail = NIL
+        q.lease_head = NIL
+        q.lease_tail = NIL
         q.visible = q.leased = q.delayed = q.bytes = 0
         q.enqueued = q.delivered = q.redelivered = q.acked = 0
         q.dead_lettered = q.redriven = q.rejected = q.purged = 0
@@ -377,7 +392,7 @@ cdef class Store:
         if entry.state == STATE_VISIBLE:
             self._leave_visible(slot)
         elif entry.state == STATE_LEASED:
-            self.timers.disarm(slot)
+            self._disarm(slot)
             q.leased -= 1
         elif entry.state == STATE_DELAYED:
             self.timers.disarm(slot)
@@ -483,6 +498,7 @@ cdef class Store:
         entry.receive_count = 0
         entry.level = blob.priority if blob.priority < q.levels else q.levels - 1
         entry.listed = 0
+        entry.lease_listed = 0
         entry.group = NIL
         entry.group_next = NIL
         if q.fifo:
@@ -502,7 +518,7 @@ cdef class Store:
         if due_us > now_us:
             entry.state = STATE_DELAYED
             q.delayed += 1
-            self.timers.arm(slot, due_us)
+            self._arm(slot, due_us)
         else:
             self._make_visible(slot)
         return 0
@@ -610,7 +626,7 @@ cdef class Store:
         cdef int64_t backoff
         if now_us >= self.retention_due_us:
             self._expire_retention(now_us)
-        while self.timers.pop_due(now_us, &slot, &due):
+        while self._pop_due(now_us, &slot, &due):
             entry = &self.entries[slot]
             q = &self.queues[entry.queue]
             if entry.state == STATE_LEASED:
@@ -623,12 +639,118 @@ cdef class Store:
                 if backoff > 0:
                     entry.state = STATE_DELAYED
                     q.delayed += 1
-                    self.timers.arm(slot, due + backoff)
+                    self._arm(slot, due + backoff)
                     continue
             else:
                 q.delayed -= 1
             self._make_visible(slot)
         return 0
+
+    # -- deadlines -----------------------------------------------------------------------
+
+    cdef int _arm(self, uint32_t slot, int64_t due_us) except -1:
+        """Arm the slot timer of an entry (a delay, or a lease out of list order)."""
+        self.timers.arm_seq(slot, due_us, self.timer_seq)
+        self.timer_seq += 1
+        return 0
+
+    cdef int _arm_lease(self, uint32_t slot, int64_t due_us) except -1:
+        """Give a leased entry its deadline: appended to its queue's lease list when that
+        keeps the list in order (the usual case, O(1)), else a slot timer."""
+        cdef entry_t* entry = &self.entries[slot]
+        cdef uint32_t qid = entry.queue
+        cdef queue_t* q = &self.queues[qid]
+        cdef uint32_t tail = q.lease_tail
+        if tail != NIL and self.entries[tail].lease_due_us > due_us:
+            entry.lease_listed = 0
+            return self._arm(slot, due_us)
+        entry.lease_listed = 1
+        entry.lease_due_us = due_us
+        entry.lease_seq = self.timer_seq
+        self.timer_seq += 1
+        entry.visible_prev = tail
+        entry.visible_next = NIL
+        q.lease_tail = slot
+        if tail != NIL:
+            self.entries[tail].visible_next = slot
+            return 0
+        q.lease_head = slot
+        self.lease_timers.arm_seq(qid, due_us, entry.lease_seq)
+        return 0
+
+    cdef void _unlink_lease(self, uint32_t slot) noexcept:
+        """Take an entry out of its lease list (its queue timer may now be early)."""
+        cdef entry_t* entry = &self.entries[slot]
+        cdef queue_t* q = &self.queues[entry.queue]
+        entry.lease_listed = 0
+        if entry.visible_prev == NIL:
+            q.lease_head = entry.visible_next
+        else:
+            self.entries[entry.visible_prev].visible_next = entry.visible_next
+        if entry.visible_next == NIL:
+            q.lease_tail = entry.visible_prev
+        else:
+            self.entries[entry.visible_next].visible_prev = entry.visible_prev
+
+    cdef void _disarm(self, uint32_t slot) noexcept:
+        """Cancel whatever deadline a leased or delayed entry has."""
+        if self.entries[slot].lease_listed:
+            self._unlink_lease(slot)
+        else:
+            self.timers.disarm(slot)
+
+    cdef int _settle_lease_timers(self, int64_t limit_us) except -1:
+        """Put right the queue timers that are due by ``limit_us`` but early: each is
+        re-armed at its list's head, or dropped with an empty list."""
+        cdef int64_t due
+        cdef uint64_t seq
+        cdef uint32_t qid
+        cdef uint32_t head
+        while self.lease_timers.peek(&due, &seq, &qid) and due <= limit_us:
+            head = self.queues[qid].lease_head
+            if head == NIL:
+                self.lease_timers.pop_top()
+            elif self.entries[head].lease_seq != seq:
+                self.lease_timers.arm_seq(qid, self.entries[head].lease_due_us,
+                                          self.entries[head].lease_seq)
+            else:
+                return 0
+        return 0
+
+    cdef bint _pop_due(self, int64_t now_us, uint32_t* slot, int64_t* due_us) except -1:
+        """Pop the earliest deadline due at ``now_us`` across the slot heap and the lease
+        lists, by (deadline, seq); False when nothing is due."""
+        cdef int64_t slot_due
+        cdef uint64_t slot_seq
+        cdef uint32_t slot_key
+        cdef int64_t queue_due
+        cdef uint64_t queue_seq
+        cdef uint32_t qid
+        cdef uint32_t head
+        cdef bint has_slot = self.timers.peek(&slot_due, &slot_seq, &slot_key)
+        cdef bint has_queue
+        self._settle_lease_timers(now_us)
+        has_queue = self.lease_timers.peek(&queue_due, &queue_seq, &qid)
+        if has_queue and queue_due <= now_us and (
+                not has_slot or queue_due < slot_due or
+                (queue_due == slot_due and queue_seq < slot_seq)):
+            head = self.queues[qid].lease_head
+            self._unlink_lease(head)
+            slot[0] = head
+            due_us[0] = queue_due
+            head = self.queues[qid].lease_head
+            if head == NIL:
+                self.lease_timers.pop_top()
+            else:
+                self.lease_timers.arm_seq(qid, self.entries[head].lease_due_us,
+                                          self.entries[head].lease_seq)
+            return True
+        if has_slot and slot_due <= now_us:
+            self.timers.pop_top()
+            slot[0] = slot_key
+            due_us[0] = slot_due
+            return True
+        return False
 
     def tick(self, object clock):
         """Read ``clock`` (seconds), apply everything due, return the time in microseconds.
@@ -653,6 +775,12 @@ cdef class Store:
     def next_due_us(self):
         """The next time something becomes due (lease end, delay end), or None."""
         cdef int64_t due = self.timers.next_due()
+        cdef int64_t queue_due
+        cdef uint64_t seq
+        cdef uint32_t qid
+        self._settle_lease_timers(INT64_MAX)
+        if self.lease_timers.peek(&queue_due, &seq, &qid) and queue_due < due:
+            due = queue_due
         return None if due == INT64_MAX else due
 
     # -- leasing (deliveries.pyx builds what receive returns) ---------------------------
@@ -709,14 +837,14 @@ cdef class Store:
         q.delivered += 1
         if entry.receive_count > 1:
             q.redelivered += 1
-        self.timers.arm(slot, now_us + lease_us)
+        self._arm_lease(slot, now_us + lease_us)
         return True
 
     # -- receipts ----------------------------------------------------------------------
 
     cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept:
         """The slot a receipt names if its delivery still holds the lease, else NIL."""
-        cdef uint32_t slot = <uint32_t>(receipt & 0xFFFFFFFF)
+        cdef uint32_t slot = <uint32_t>receipt   # the low 32 bits (a C cast, no Python int)
         cdef uint32_t generation = <uint32_t>(receipt >> 32)
         if slot >= self.entry_capacity:
             return NIL
@@ -844,7 +972,7 @@ cdef class Store:
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept:
         """End a lease early: visible again, or delayed by ``delay_us`` (< 0: the backoff)."""
         cdef queue_t* q = &self.queues[self.entries[slot].queue]
-        self.timers.disarm(slot)
+        self._disarm(slot)
         q.leased -= 1
         if self.entries[slot].group != NIL:
             (<GroupTable>self.group_tables[self.entries[slot].queue]).groups[
@@ -854,8 +982,8 @@ cdef class Store:
         if delay_us > 0:
             self.entries[slot].state = STATE_DELAYED
             q.delayed += 1
-            # arm() can fail only on OOM growing the key index; the key exists already.
-            self.timers.arm(slot, now_us + delay_us)
+            # _arm() can fail only on OOM growing the heap; a lease just left it or a list.
+            self._arm(slot, now_us + delay_us)
         else:
             self._make_visible(slot)
 
@@ -866,7 +994,8 @@ cdef class Store:
         if lease_us == 0:
             self._return(slot, 0, now_us)
         else:
-            self.timers.arm(slot, now_us + lease_us)
+            self._disarm(slot)
+            self._arm_lease(slot, now_us + lease_us)
 
     def term(self, object receipt, int64_t now_us):
         """Dead-letter the leased message at once (reason ``rejected``)."""
@@ -992,7 +1121,8 @@ cdef class Store:
                     assert not self.timers.armed(slot), "a visible entry has a timer"
                 elif state == STATE_LEASED:
                     leased += 1
-                    assert self.timers.armed(slot), "a leased entry has no timer"
+                    assert self.entries[slot].lease_listed != self.timers.armed(slot), \
+                        "a leased entry has no deadline, or two"
                 elif state == STATE_DELAYED:
                     delayed += 1
                     assert self.timers.armed(slot), "a delayed entry has no timer"
@@ -1016,7 +1146,31 @@ cdef class Store:
             live += visible + leased + delayed
         assert live == self.live_entries, "slab count disagrees with the queues"
         assert not self.deferred, "overflow victims left undelivered"
-        assert len(self.timers) == sum(
+        listed = 0
+        for qid in range(self.queue_count):
+            q = &self.queues[qid]
+            slot = q.lease_head
+            if slot != NIL:
+                assert self.lease_timers.armed(qid), "a lease list without a queue timer"
+            level = 0   # the previous entry's slot + 1 (0: none yet)
+            while slot != NIL:
+                assert q.alive, "a deleted queue holds leases"
+                assert self.entries[slot].queue == qid, "lease in another queue's list"
+                assert self.entries[slot].state == STATE_LEASED, "a lease list holds a non-lease"
+                assert self.entries[slot].lease_listed, "unflagged entry in a lease list"
+                if level:
+                    assert (self.entries[level - 1].lease_due_us,
+                            self.entries[level - 1].lease_seq) < (
+                        self.entries[slot].lease_due_us, self.entries[slot].lease_seq), \
+                        "a lease list out of (deadline, seq) order"
+                    assert self.entries[slot].visible_prev == level - 1, "broken lease links"
+                else:
+                    assert self.entries[slot].visible_prev == NIL, "broken lease links"
+                level = slot + 1
+                listed += 1
+                slot = self.entries[slot].visible_next
+            assert q.lease_tail == (NIL if level == 0 else level - 1), "stale lease tail"
+        assert len(self.timers) + listed == sum(
             self.queues[qid].leased + self.queues[qid].delayed
             for qid in range(self.queue_count) if self.queues[qid].alive), "stray timers"
         return True

@@ -73,6 +73,16 @@ cdef class TimerHeap:
 
     cdef int arm(self, uint32_t key, int64_t due_us) except -1:
         """Arm (or re-arm) the timer of ``key`` to fire at ``due_us``."""
+        self.arm_seq(key, due_us, self.next_seq)
+        self.next_seq += 1
+        return 0
+
+    cdef int arm_seq(self, uint32_t key, int64_t due_us, uint64_t seq) except -1:
+        """Arm (or re-arm) ``key`` at ``due_us`` with the caller's tie-break ``seq``.
+
+        A caller that orders timers of several heaps together (the store merges this
+        heap with its per-queue lease lists) hands out the sequence numbers itself.
+        """
         cdef timer_node* grown
         cdef Py_ssize_t capacity
         self._reserve_keys(<Py_ssize_t>key + 1)
@@ -86,9 +96,8 @@ cdef class TimerHeap:
             self.nodes = grown
             self.node_capacity = capacity
         self.nodes[self.size].due_us = due_us
-        self.nodes[self.size].seq = self.next_seq
+        self.nodes[self.size].seq = seq
         self.nodes[self.size].key = key
-        self.next_seq += 1
         self.position[key] = <uint32_t>(self.size + 1)
         self.size += 1
         self._sift_up(self.size - 1)
@@ -135,6 +144,22 @@ cdef class TimerHeap:
         due_us[0] = self.nodes[0].due_us
         self._remove_at(0)
         return True
+
+    cdef bint peek(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept:
+        """The earliest live timer's (due, seq, key); False when none is armed."""
+        self._drop_dead_top()
+        if self.size == 0:
+            return False
+        due_us[0] = self.nodes[0].due_us
+        seq[0] = self.nodes[0].seq
+        key[0] = self.nodes[0].key
+        return True
+
+    cdef void pop_top(self) noexcept:
+        """Remove the earliest live timer (call after ``peek`` returned True)."""
+        self._drop_dead_top()
+        if self.size:
+            self._remove_at(0)
 
     cdef void _compact(self) noexcept:
         """Drop every dead node and rebuild the heap (O(n), amortised over the cancels)."""

@@ -195,6 +195,42 @@ def test_receive_overrides_visibility_timeout(broker, clock):
     assert len(broker.receive("q")) == 1
 
 
+def test_lease_ends_merge_in_deadline_then_arming_order(broker, clock):
+    # Leases in order go to the queue's lease list, a shorter one to the slot heap, a
+    # delay to the heap too: whatever their source, ends fire by (deadline, arm order).
+    broker.create_queue("q", visibility_timeout=10)
+    broker.send_batch("q", [b"a", b"b", b"c", b"d"])
+    start = clock.now
+    broker.receive("q")                                 # a ends at 10 (list)
+    clock.advance(5)
+    broker.receive("q", visibility_timeout=5)           # b ends at 10 (heap: before a's end)
+    broker.receive("q", visibility_timeout=5)           # c ends at 10 (list again)
+    (d,) = broker.receive("q")                          # d ends at 15 (list)
+    d.nack(delay=5)                                     # delayed to 10 (heap)
+    assert broker.next_due() == start + 10
+    clock.advance(5)
+    assert [m.body for m in broker.receive("q", max_messages=4)] == [b"a", b"b", b"c", b"d"]
+    assert broker.check()
+
+
+def test_extend_and_acks_keep_the_next_deadline_exact(broker, clock):
+    broker.create_queue("q", visibility_timeout=10)
+    broker.send_batch("q", [b"a", b"b", b"c"])
+    start = clock.now
+    a, b, c = broker.receive("q", max_messages=3)
+    clock.advance(1)
+    a.extend(20)                       # now ends at 21: out of the list order
+    assert broker.next_due() == start + 10     # b and c still end at 10
+    b.ack()
+    c.ack()
+    assert broker.next_due() == start + 21
+    clock.advance(19.999)
+    assert broker.receive("q") == []
+    clock.advance(0.001)
+    assert [m.body for m in broker.receive("q")] == [b"a"]
+    assert broker.check()
+
+
 def test_stale_and_bad_receipts(broker):
     broker.create_queue("q")
     broker.send("q", b"m")
