@@ -451,6 +451,7 @@ class Client:
     # -- connection --------------------------------------------------------------------
 
     def _connect(self) -> None:
+        self.info = {}
         try:
             self._transport = DealerTransport(self.endpoint, self._curve)
         except TransportError as exc:
@@ -529,12 +530,25 @@ class Client:
         if self._pending.get(pending.request_id) is pending:
             self._discarded.add(pending.request_id)
 
+    def _heartbeat_if_due(self, now: float) -> None:
+        """Send a heartbeat when one is due (call with the lock held)."""
+        if now - self._last_sent_heartbeat >= float(self.info.get("heartbeat_interval", 0.25)):
+            self._last_sent_heartbeat = now
+            self._discard(self._request(Opcode.HEARTBEAT, [], flush=False))
+
     def _pump_once(self, timeout: float) -> None:
-        """Read and dispatch broker messages for up to ``timeout`` seconds."""
+        """Read and dispatch broker messages for up to ``timeout`` seconds.
+
+        The pumping thread holds the socket for the whole wait, so it heartbeats itself:
+        the background thread may not get the lock in between.
+        """
         with self._lock:
             transport = self._ensure()
-            frames = transport.recv(timeout)
+            frames = transport.recv(
+                min(timeout, float(self.info.get("heartbeat_interval", 0.25))))
             now = time.monotonic()
+            if self.info:   # not during the handshake
+                self._heartbeat_if_due(now)
             if frames is None:
                 silence = now - self._last_heard
                 limit = float(self.info.get("heartbeat_timeout", 2.0)) * 1.5
@@ -631,8 +645,7 @@ class Client:
                 if self._batches and now - self._oldest_batch >= self.linger:
                     self._flush_batches()
                 if now - self._last_sent_heartbeat >= interval:
-                    self._last_sent_heartbeat = now
-                    self._discard(self._request(Opcode.HEARTBEAT, [], flush=False))
+                    self._heartbeat_if_due(now)
                     self._pump_once(0)
             except FastFanoutError:
                 pass
