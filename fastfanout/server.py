@@ -80,8 +80,12 @@ class _Session:
     identity: bytes
     last_seen: float
     heartbeat: bool = False
-    # (monotonic time after which every lease of this batch has ended, receipts or frame)
-    leases: deque[tuple[float, Any]] = field(default_factory=deque)
+    # What to release if the client vanishes, as packed receipts (8 bytes a delivery, never
+    # the bodies), each with the monotonic time after which all its leases have ended:
+    # delivery batches by their first receipt (an ack of the whole batch forgets it at
+    # once, so a steady consumer holds only what is in flight), and extended leases.
+    leases: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
+    extended: deque[tuple[float, bytes]] = field(default_factory=deque)
     consumers: set[int] = field(default_factory=set)
 
 
@@ -436,7 +440,8 @@ class Server:
             raise InvalidArgument(f"{protocol.CALLS[opcode]}: {exc}") from None
         if opcode == Opcode.EXTEND:
             seconds = args[1] if len(args) > 1 else kwargs.get("seconds", 0.0)
-            session.leases.append((time.monotonic() + float(seconds) + 1.0, [args[0]]))
+            session.extended.append((time.monotonic() + float(seconds) + 1.0,
+                                     protocol.encode_receipts([args[0]])))
         if opcode in (Opcode.NACK, Opcode.EXTEND, Opcode.TERM, Opcode.REDRIVE,
                       Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
             self._dirty = True
@@ -472,7 +477,11 @@ class Server:
         stats: dict[str, Any] = dict(self.counters)
         stats.update(connections=len(self._sessions), consumers=len(self._consumers),
                      long_polls=len(self._waiters),
-                     stream_subscriptions=sum(self._subscriptions.values()))
+                     stream_subscriptions=sum(self._subscriptions.values()),
+                     held_receipts=sum(
+                         (sum(len(p) for _, p in s.leases.values())
+                          + sum(len(p) for _, p in s.extended)) // 8
+                         for s in self._sessions.values()))
         return [protocol.encode_payload(stats)]
 
     # -- publish and send --------------------------------------------------------------
@@ -566,7 +575,8 @@ class Server:
         """Lease up to ``max_messages`` for ``session``; returns (delivery frames, count)."""
         frame, count = self.broker.receive_frame(queue, max_messages, visibility_timeout)
         if count:
-            session.leases.append((time.monotonic() + lease + 1.0, frame))
+            packed = receipts_of(frame)
+            session.leases[packed[:8]] = (time.monotonic() + lease + 1.0, packed)
         return [frame], count
 
     @staticmethod
@@ -603,6 +613,9 @@ class Server:
             raise protocol.MalformedFrame(
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
         self.broker.ack_packed(packed)
+        held = session.leases.get(packed[:8])
+        if held is not None and held[1] == packed:
+            del session.leases[packed[:8]]   # a whole delivery batch acked: nothing to release
         return []
 
     def _consume(self, session: _Session, request_id: int, frames: list[bytes]
@@ -693,21 +706,26 @@ class Server:
                 self.counters["sessions_expired"] += 1
                 self._end_session(session, "it missed its heartbeats")
                 continue
-            if probing and (session.consumers or session.leases):
+            if probing and (session.consumers or session.leases or session.extended):
                 self._send(session, Status.PING, 0, [])
-            while session.leases and session.leases[0][0] < now:
-                session.leases.popleft()
+            while session.leases:
+                first = next(iter(session.leases))
+                if session.leases[first][0] >= now:
+                    break
+                del session.leases[first]
+            while session.extended and session.extended[0][0] < now:
+                session.extended.popleft()
 
     def _end_session(self, session: _Session, why: str, notify: bool = True) -> None:
         """Forget a client: drop its consumers and long polls and release its leases."""
         if self._sessions.pop(session.identity, None) is None:
             return
         released = 0
-        leases, session.leases = session.leases, deque()
-        for _, held in leases:
+        held = [packed for _, packed in session.leases.values()]
+        held += [packed for _, packed in session.extended]
+        session.leases, session.extended = {}, deque()
+        for packed in held:
             try:
-                packed = (protocol.encode_receipts(held) if isinstance(held, list)
-                          else receipts_of(held))
                 released += self.broker.release_packed(packed)
             except (InvalidArgument, Closed):
                 pass

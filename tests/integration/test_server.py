@@ -295,3 +295,22 @@ def test_stop_from_another_thread_while_serve_forever_runs(tmp_path):
         server.stop(timeout=10)
         loop.join(10)
     assert not loop.is_alive()
+
+
+def test_acked_batches_are_forgotten_and_partial_acks_are_held(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send_batch("q", [b"m%d" % i for i in range(10)])
+    consumer = client.consume("q", prefetch=10)
+    whole = consumer.next_batch(timeout=10.0)
+    assert whole is not None and len(whole) == 10
+    assert client.server_stats()["held_receipts"] == 10
+    whole.ack(wait=True)
+    assert client.server_stats()["held_receipts"] == 0
+    client.send_batch("q", [b"n%d" % i for i in range(10)])
+    part = consumer.next_batch(timeout=10.0)
+    assert part is not None and len(part) == 10
+    part[0].ack()   # one receipt of ten: the record stays for a vanishing client
+    assert client.server_stats()["held_receipts"] == 10
+    consumer.cancel()
