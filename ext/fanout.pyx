@@ -48,7 +48,7 @@ from fastfanout._ext.codec cimport (
 )
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
-from fastfanout._ext.store cimport Store, blob_new, blob_release, blob_t
+from fastfanout._ext.store cimport OVERFLOW_HOLD, Store, blob_new, blob_release, blob_t
 
 from msgspec.msgpack import decode as _decode_attributes
 
@@ -573,12 +573,16 @@ cdef class Dispatcher:
             size_total += size
         if messages and store.room_for(queue, messages, size_total) < 0:
             store.queue(queue).rejected += messages
-            raise QueueFull(
+            hold = store.queue(queue).overflow == OVERFLOW_HOLD
+            error = QueueFull(
                 f"queue {store.names[queue]!r} is full: it holds "
                 f"{store.queue(queue).visible + store.queue(queue).leased + store.queue(queue).delayed}"
                 f" messages ({store.queue(queue).bytes} bytes) against max_messages="
                 f"{store.queue(queue).max_messages}, max_bytes={store.queue(queue).max_bytes}; "
-                f"{messages} more ({size_total} bytes) do not fit and overflow is reject")
+                f"{messages} more ({size_total} bytes) do not fit and overflow is "
+                f"{'hold' if hold else 'reject'}")
+            error.hold = hold
+            raise error
         return 0
 
 

@@ -20,6 +20,7 @@ cdef enum:
     OVERFLOW_REJECT = 0
     OVERFLOW_DROP_OLDEST = 1
     OVERFLOW_DEAD_LETTER = 2
+    OVERFLOW_HOLD = 3          # the store refuses like reject; the server waits for room
 
 # Indexes into QueueStats.dropped, in the order of fastfanout.stats.DROP_REASONS.
 cdef enum:

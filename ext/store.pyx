@@ -433,7 +433,7 @@ cdef class Store:
         if ((q.max_messages < 0 or held + count <= <uint64_t>q.max_messages) and
                 (q.max_bytes < 0 or held_bytes + size <= <uint64_t>q.max_bytes)):
             return 1
-        if q.overflow == OVERFLOW_REJECT:
+        if q.overflow == OVERFLOW_REJECT or q.overflow == OVERFLOW_HOLD:
             return -1
         # Walk the visible messages in drop order and see whether dropping them is enough.
         for level in range(q.levels):

@@ -241,7 +241,10 @@ class Broker:
                 (1 to 256 MiB).
             retention: seconds a message may stay in the queue (1 s to 1 year).
             overflow: what a full queue does: ``reject`` (raise ``QueueFull``),
-                ``drop_oldest`` or ``dead_letter`` (move the oldest visible to the DLQ).
+                ``drop_oldest``, ``dead_letter`` (move the oldest visible to the DLQ) or
+                ``hold`` (Pulsar's producer_request_hold: a broker server keeps the
+                publish until there is room; embedded, it raises ``QueueFull`` with
+                ``hold=True`` at once).
             max_priority: highest priority level, 0 to 255 (0: no priorities); a message
                 priority above it counts as it (RabbitMQ's rule). Not on FIFO queues.
             fifo: strict order per ``group_id``; while a message of a group is leased, no

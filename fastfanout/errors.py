@@ -67,9 +67,16 @@ class MessageTooLarge(InvalidArgument):
 
 
 class QueueFull(FastFanoutError):
-    """A queue with the ``reject`` overflow policy has no room: back pressure."""
+    """A queue with the ``reject`` or ``hold`` overflow policy has no room: back pressure.
+
+    Attributes:
+        hold: the full queue has the ``hold`` policy: a broker server keeps such a
+            publish and answers it once there is room (or after its ``hold_timeout``);
+            an embedded broker raises at once, like ``reject``.
+    """
 
     code = "queue_full"
+    hold: bool = False
 
 
 class StaleReceipt(FastFanoutError):

@@ -29,7 +29,13 @@ from typing import Any, Final
 
 import msgspec
 
-from fastfanout.errors import FastFanoutError, InvalidArgument, StaleReceipt, error_for_code
+from fastfanout.errors import (
+    FastFanoutError,
+    InvalidArgument,
+    QueueFull,
+    StaleReceipt,
+    error_for_code,
+)
 
 __all__ = [
     "HEADER",
@@ -237,22 +243,32 @@ def decode_payload(frame: bytes | memoryview) -> Any:
 
 
 def encode_error(error: BaseException) -> bytes:
-    """Encode an error reply payload: ``[code, message, receipts or None]``."""
+    """Encode an error reply payload: ``[code, message, receipts or None]``.
+
+    A ``queue_full`` error has a fourth element, ``{"hold": bool}``.
+    """
     code = getattr(error, "code", "internal")
     receipts = getattr(error, "receipts", None)
-    return _encoder.encode([code, str(error), list(receipts) if receipts else None])
+    parts: list[Any] = [code, str(error), list(receipts) if receipts else None]
+    if isinstance(error, QueueFull):
+        parts.append({"hold": bool(error.hold)})
+    return _encoder.encode(parts)
 
 
 def decode_error(frame: bytes) -> FastFanoutError:
     """Turn an error payload back into the typed exception it names."""
     try:
-        code, message, receipts = _decoder.decode(frame)
+        code, message, receipts, *extra = _decoder.decode(frame)
+        details = extra[0] if extra and isinstance(extra[0], dict) else {}
     except (msgspec.DecodeError, ValueError, TypeError):
         return MalformedFrame(f"undecodable error payload {bytes(frame[:64])!r}")
     cls = error_class(str(code))
     if issubclass(cls, StaleReceipt):
         return cls(str(message), list(receipts or []))
-    return cls(str(message))
+    error = cls(str(message))
+    if isinstance(error, QueueFull):
+        error.hold = details.get("hold") is True
+    return error
 
 
 _U64 = struct.Struct("<Q")

@@ -25,6 +25,9 @@ Invariants:
   message per publish batch: ``[topic, records]``, each record's ``receipt`` field holding
   the topic's sequence number. ``XPUB_NODROP`` turns a full listener queue into a failed
   send, which the named ``slow_listener`` policy handles and counts.
+- A publish or send refused by a full ``hold`` queue is not answered with the error: it
+  is held (``fastfanout.holds``) and run again as room appears, in each session's order,
+  and answered when it goes through or after ``hold_timeout``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Final
@@ -48,7 +52,9 @@ from fastfanout.errors import (
     InvalidArgument,
     MalformedBatch,
     NotFound,
+    QueueFull,
 )
+from fastfanout.holds import HeldRequests
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.settings import MAX_RECEIVE_BATCH
@@ -133,6 +139,8 @@ class Server:
         max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer.
         slow_listener: ``drop`` or ``wait`` (see ``SLOW_LISTENER_POLICIES``).
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
+        hold_timeout: seconds a publish to a full ``hold`` queue is held before it is
+            answered with ``QueueFull`` (0: answer at once, like ``reject``).
         push_batch: most messages in one push to a consumer.
     """
 
@@ -151,6 +159,7 @@ class Server:
         slow_listener: str = "drop",
         stream_wait: float = 1.0,
         push_batch: int = 1000,
+        hold_timeout: float = 30.0,
     ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
@@ -172,6 +181,9 @@ class Server:
                 check_curve_clients(curve_clients)
             except TransportError as exc:
                 raise InvalidArgument(str(exc)) from None
+        if (type(hold_timeout) not in (int, float) or not math.isfinite(hold_timeout)
+                or hold_timeout < 0):
+            raise InvalidArgument(f"hold_timeout={hold_timeout!r} must be finite seconds >= 0")
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
         self._own_broker = broker is None
@@ -185,6 +197,8 @@ class Server:
         self._slow_listener = slow_listener
         self._stream_wait = stream_wait
         self._push_batch = push_batch
+        self._held = HeldRequests(hold_timeout)
+        self._room = False   # messages left a queue since held requests were last tried
         self._transport: ServerTransport | None = None
         self._lock: EndpointLock | None = None
         self._thread: threading.Thread | None = None
@@ -199,6 +213,7 @@ class Server:
         self._sequences: dict[str, int] = {}
         self._probe_until = 0.0
         self._dirty = False
+        self._next_hold_check = 0.0
         self.counters: Counter[str] = Counter()
         self._handlers = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
@@ -280,7 +295,8 @@ class Server:
         next_housekeeping = 0.0
         try:
             while not self._stopping:
-                waiting = bool(self._waiters) or any(c.credit for c in self._consumers.values())
+                waiting = (bool(self._waiters) or bool(self._held)
+                           or any(c.credit for c in self._consumers.values()))
                 timeout = 0.0 if self._dirty else (TICK if waiting else IDLE_TICK)
                 requests, subscriptions, monitor, _ = transport.wait(timeout)
                 if requests:
@@ -299,6 +315,8 @@ class Server:
                     self._dirty = False
                     self._deliver()
                 now = time.monotonic()
+                if self._held and (self._room or now >= self._next_hold_check):
+                    self._retry_held(now)
                 if now >= next_housekeeping or now < self._probe_until:
                     next_housekeeping = now + IDLE_TICK
                     self._housekeeping(now)
@@ -332,6 +350,8 @@ class Server:
             self._reply(waiter.session, waiter.request_id, [self._empty_delivery()])
         self._waiters.clear()
         stopping = protocol.ServerStopping("the broker is stopping")
+        for held in self._held.take_all():
+            self._error(held.session, held.request_id, stopping)
         for consumer in list(self._consumers.values()):
             self._send(consumer.session, Status.END, consumer.request_id,
                        [protocol.encode_error(stopping)])
@@ -445,6 +465,7 @@ class Server:
         if opcode in (Opcode.NACK, Opcode.EXTEND, Opcode.TERM, Opcode.REDRIVE,
                       Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
             self._dirty = True
+        self._room = True   # an ack, purge, delete, term... may have made room
         if opcode == Opcode.STATS:
             return [protocol.encode_payload(result)]
         return [protocol.encode_payload(protocol.call_result_to_wire(result))]
@@ -476,7 +497,7 @@ class Server:
                       ) -> list[bytes]:
         stats: dict[str, Any] = dict(self.counters)
         stats.update(connections=len(self._sessions), consumers=len(self._consumers),
-                     long_polls=len(self._waiters),
+                     long_polls=len(self._waiters), held=len(self._held),
                      stream_subscriptions=sum(self._subscriptions.values()),
                      held_receipts=sum(
                          (sum(len(p) for _, p in s.leases.values())
@@ -494,10 +515,41 @@ class Server:
         except MalformedBatch as exc:
             raise protocol.MalformedFrame(str(exc)) from None
 
+    def _hold_or_run(self, session: _Session, request_id: int,
+                     run: Callable[[], list[bytes]]) -> list[bytes] | None:
+        """Run a publish or send now, or hold it; None: it will be answered later.
+
+        Held: behind the session's held requests, or refused by a full ``hold`` queue.
+        """
+        if self._held.waiting(session):
+            self._held.hold(session, request_id, run, time.monotonic())
+            self.counters["held_requests"] += 1
+            return None
+        try:
+            return run()
+        except QueueFull as exc:
+            if not exc.hold or self._held.timeout <= 0:
+                raise
+        self._held.hold(session, request_id, run, time.monotonic())
+        self.counters["held_requests"] += 1
+        return None
+
+    def _retry_held(self, now: float) -> None:
+        """Run held requests again (room may have appeared, or a deadline passed)."""
+        self._room = False
+        self._next_hold_check = now + TICK
+        self.counters["hold_timeouts"] += self._held.retry(
+            now, lambda held, payload: self._reply(held.session, held.request_id, payload),
+            lambda held, error: self._error(held.session, held.request_id, error))
+
     def _publish(self, session: _Session, request_id: int, frames: list[bytes]
-                 ) -> list[bytes]:
+                 ) -> list[bytes] | None:
         topic = self._text(self._frame(frames, 0, "topic"), "topic name")
         batch_frame = self._frame(frames, 1, "records")
+        return self._hold_or_run(session, request_id,
+                                 lambda: self._publish_now(topic, batch_frame))
+
+    def _publish_now(self, topic: str, batch_frame: bytes) -> list[bytes]:
         result = self._native(self.broker.publish_frame, topic, batch_frame)
         self._dirty = True
         if self._is_listened(topic):
@@ -507,9 +559,13 @@ class Server:
         return [result.to_wire()]   # the native batch writes the results frame itself
 
     def _send_op(self, session: _Session, request_id: int, frames: list[bytes]
-                 ) -> list[bytes]:
+                 ) -> list[bytes] | None:
         queue = self._text(self._frame(frames, 0, "queue"), "queue name")
-        result = self._native(self.broker.send_frame, queue, self._frame(frames, 1, "records"))
+        records = self._frame(frames, 1, "records")
+        return self._hold_or_run(session, request_id, lambda: self._send_now(queue, records))
+
+    def _send_now(self, queue: str, records: bytes) -> list[bytes]:
+        result = self._native(self.broker.send_frame, queue, records)
         self._dirty = True
         return [result.to_wire()]
 
@@ -613,6 +669,7 @@ class Server:
             raise protocol.MalformedFrame(
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
         self.broker.ack_packed(packed)
+        self._room = True
         held = session.leases.get(packed[:8])
         if held is not None and held[1] == packed:
             del session.leases[packed[:8]]   # a whole delivery batch acked: nothing to release
@@ -737,6 +794,7 @@ class Server:
             if consumer is not None and notify:
                 self._send(session, Status.END, request_id, [protocol.encode_error(expired)])
         self._waiters = [w for w in self._waiters if w.session is not session]
+        self._held.drop_session(session)
         log.info("session %s ended (%s); %d leases released", session.identity.hex(), why,
                  released)
         self.counters["leases_released"] += released

@@ -54,7 +54,7 @@ MAX_BACKOFF_STEPS: Final = 64
 """Most steps a redelivery backoff may list."""
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
-OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter")
+OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter", "hold")
 
 
 def check_name(kind: str, name: object) -> str:
@@ -98,7 +98,7 @@ class QueueSettings:
         max_bytes: bound on bytes held, or None.
         max_message_size: bound on one message.
         retention: how long a message may stay in the queue.
-        overflow: ``reject``, ``drop_oldest`` or ``dead_letter``.
+        overflow: ``reject``, ``drop_oldest``, ``dead_letter`` or ``hold``.
         max_priority: highest priority level (0: no priorities).
         fifo: strict order per message group, one leased message per group.
         content_dedup: deduplicate messages without a dedup id by a hash of the body.

@@ -54,7 +54,7 @@ MAX_ATTRIBUTES = 10
 MAX_ID_BYTES = 128
 MAX_PRIORITY = 255
 MAX_BACKOFF_STEPS = 64
-OVERFLOW_POLICIES = ("reject", "drop_oldest", "dead_letter")
+OVERFLOW_POLICIES = ("reject", "drop_oldest", "dead_letter", "hold")
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
 
 

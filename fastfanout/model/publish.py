@@ -84,7 +84,7 @@ def room_plan(queue: Queue, count: int, size: int) -> list[Copy] | None:
 
     if fits():
         return []
-    if queue.settings.overflow == "reject":
+    if queue.settings.overflow in ("reject", "hold"):   # hold: the server waits, not us
         return None
     evictions = []
     for copy in queue.listed_for_drop():
@@ -191,6 +191,8 @@ def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
         size += entry.size
     if messages and room_plan(queue, messages, size) is None:
         queue.rejected += messages
-        raise QueueFull(f"queue {queue.name!r} is full: no room for {messages} "
-                        f"message(s) of {size} bytes")
+        error = QueueFull(f"queue {queue.name!r} is full: no room for {messages} "
+                          f"message(s) of {size} bytes")
+        error.hold = queue.settings.overflow == "hold"
+        raise error
 

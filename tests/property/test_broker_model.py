@@ -27,7 +27,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fastfanout import Broker, Closed, PublishEntry, StaleReceipt
+from fastfanout import Broker, Closed, PublishEntry, QueueFull, StaleReceipt
 from fastfanout.model import ModelBroker
 
 START = 1_000_000.0
@@ -52,6 +52,7 @@ QUEUE_SETTINGS: dict[str, list[dict[str, Any]]] = {
         {"max_messages": 3},
         {"max_messages": 3, "overflow": "drop_oldest"},
         {"max_bytes": 24, "overflow": "dead_letter", "dead_letter_queue": "dlq"},
+        {"max_messages": 2, "overflow": "hold"},
     ],
     "c": [
         {"delay": 0.5, "retention": 5.0},
@@ -157,6 +158,8 @@ class Comparing:
             if isinstance(real[1], StaleReceipt):
                 mapped = [self.receipt_map.get(r, r) for r in real[1].receipts]
                 assert mapped == model[1].receipts, what
+            if isinstance(real[1], QueueFull):
+                assert real[1].hold == model[1].hold, what
             return None
         return real[1], model[1]
 

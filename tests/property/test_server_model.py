@@ -49,7 +49,10 @@ class ServerModelMachine(BrokerModelMachine):
         self.embedded: Broker = self.real
         # a short path: ipc endpoints are unix socket paths (at most 107 bytes)
         self.directory = tempfile.mkdtemp(prefix="ffsm")
-        self.server = Server(f"ipc://{self.directory}/x", broker=self.embedded)
+        # hold_timeout=0: a full ``hold`` queue is answered at once, as the model does
+        # (held publishes are tested in tests/integration/test_holds.py).
+        self.server = Server(f"ipc://{self.directory}/x", broker=self.embedded,
+                             hold_timeout=0)
         self.server.start()
         self.client: Client = connect(self.server.endpoint, timeout=10.0)
         self.real = self.client  # type: ignore[assignment]

@@ -524,3 +524,21 @@ def test_receive_argument_checks(broker):
                    {"visibility_timeout": -1}):
         with pytest.raises(InvalidArgument):
             broker.receive("q", **kwargs)
+
+
+def test_hold_queue_refuses_like_reject_and_says_so(broker):
+    broker.create_queue("held", max_messages=1, overflow="hold")
+    broker.create_queue("tight", max_messages=1)
+    broker.create_topic("t")
+    broker.subscribe("t", "held")
+    broker.publish("t", b"1")
+    with pytest.raises(QueueFull, match="overflow is hold") as held:
+        broker.publish("t", b"2")
+    assert held.value.hold is True
+    broker.send("tight", b"1")
+    with pytest.raises(QueueFull, match="overflow is reject") as rejected:
+        broker.send("tight", b"2")
+    assert rejected.value.hold is False
+    stats = broker.stats().queues
+    assert (stats["held"].messages, stats["held"].rejected) == (1, 1)
+    assert broker.queue_settings("held").overflow == "hold"

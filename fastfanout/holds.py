@@ -1,0 +1,118 @@
+"""Publishes the server keeps while a ``hold`` queue is full, answered once there is room.
+
+Prior art: Pulsar's ``producer_request_hold`` backlog policy (the broker holds a
+producer's sends while a backlog quota is exceeded), RabbitMQ's publisher flow control.
+A queue with ``overflow="hold"`` refuses like ``reject`` in the embedded broker
+(``QueueFull`` with ``hold=True``); the server, instead of answering with that error,
+keeps the request and runs it again whenever room may have appeared (an ack, a purge, a
+call that removes messages). The publisher's future simply resolves later: a pipelining
+client with a bounded window of batches in flight is paced to its consumers, and the
+broker's memory stays bounded, without a message lost or an error to retry.
+
+Order: a session's requests stay in the order it sent them. Once one of its publishes is
+held, its later publishes and sends wait behind it (they are held too, untried), so a
+later message never overtakes an earlier one; other sessions are not held up.
+
+Limits: a request is held at most ``timeout`` seconds, then answered with the
+``QueueFull`` it met (counted as ``hold_timeouts``); ``timeout=0`` turns holding off (the
+error is answered at once, as for ``reject``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastfanout.errors import FastFanoutError, QueueFull
+
+__all__ = ["HeldRequest", "HeldRequests"]
+
+
+@dataclass(eq=False)
+class HeldRequest:
+    """One held publish or send: who asked, and how to run it again."""
+
+    session: Any
+    request_id: int
+    run: Callable[[], list[bytes]]
+    deadline: float
+
+
+class HeldRequests:
+    """The held requests of a server, oldest first.
+
+    Args:
+        timeout: seconds a request may be held before it is answered with ``QueueFull``.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._held: deque[HeldRequest] = deque()
+        self._sessions: dict[Any, int] = {}   # session -> how many of its requests wait
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def waiting(self, session: Any) -> bool:
+        """Whether ``session`` has held requests (a new one must then wait behind them)."""
+        return session in self._sessions
+
+    def hold(self, session: Any, request_id: int, run: Callable[[], list[bytes]],
+             now: float) -> None:
+        """Keep a request to run again later."""
+        self._held.append(HeldRequest(session, request_id, run, now + self.timeout))
+        self._sessions[session] = self._sessions.get(session, 0) + 1
+
+    def retry(self, now: float, reply: Callable[[HeldRequest, list[bytes]], None],
+              fail: Callable[[HeldRequest, FastFanoutError], None]) -> int:
+        """Run the held requests again, oldest first, each session's in its order.
+
+        A request that goes through is answered with ``reply``; one that still meets a full
+        ``hold`` queue stays (with every later one of its session) until its deadline,
+        then is answered with ``fail`` like any other error. Returns how many timed out.
+        """
+        blocked: set[Any] = set()
+        kept: deque[HeldRequest] = deque()
+        timed_out = 0
+        for held in self._held:
+            if held.session in blocked:
+                kept.append(held)
+                continue
+            try:
+                payload = held.run()
+            except QueueFull as exc:
+                if exc.hold and now < held.deadline:
+                    blocked.add(held.session)
+                    kept.append(held)
+                    continue
+                timed_out += exc.hold
+                self._forget(held.session)
+                fail(held, exc)
+            except FastFanoutError as exc:
+                self._forget(held.session)
+                fail(held, exc)
+            else:
+                self._forget(held.session)
+                reply(held, payload)
+        self._held = kept
+        return timed_out
+
+    def drop_session(self, session: Any) -> None:
+        """Forget a vanished session's held requests (nobody is left to answer)."""
+        if self._sessions.pop(session, None) is not None:
+            self._held = deque(h for h in self._held if h.session is not session)
+
+    def take_all(self) -> list[HeldRequest]:
+        """Remove and return every held request (the server is stopping)."""
+        held, self._held = list(self._held), deque()
+        self._sessions.clear()
+        return held
+
+    def _forget(self, session: Any) -> None:
+        left = self._sessions[session] - 1
+        if left:
+            self._sessions[session] = left
+        else:
+            del self._sessions[session]

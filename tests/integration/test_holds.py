@@ -1,0 +1,90 @@
+"""Publishes held by the server while a ``hold`` queue is full (fastfanout.holds)."""
+
+from __future__ import annotations
+
+from typing import Any as Tracker
+
+import pytest
+
+from fastfanout import QueueFull
+from fastfanout.protocol import ServerStopping
+
+
+def _full_hold_queue(track: Tracker, **server_options: object) -> tuple[Tracker, Tracker]:
+    server = track.server(**server_options)
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q", max_messages=2, overflow="hold")
+    client.subscribe("t", "q")
+    client.publish_batch("t", [b"0", b"1"])
+    return server, client
+
+
+def test_held_publishes_go_through_in_order_as_acks_make_room(track: Tracker) -> None:
+    server, client = _full_hold_queue(track)
+    publisher = track.client(server.endpoint)
+    first = publisher.publish_batch_nowait("t", [b"2"])
+    second = publisher.publish_batch_nowait("t", [b"3", b"4"])
+    publisher.flush()
+    track.wait_until(lambda: client.server_stats()["held"] == 2, what="both held")
+    assert not first.done() and not second.done()
+    for expected in ([b"0", b"1"], [b"2"], [b"3", b"4"]):
+        got = client.receive("q", max_messages=10, wait=5.0)
+        assert [m.body for m in got] == expected
+        client.ack_batch([m.receipt for m in got])
+        if expected == [b"0", b"1"]:
+            assert len(first.result(timeout=5.0)) == 1
+        if expected == [b"2"]:
+            assert len(second.result(timeout=5.0)) == 2
+    stats = client.server_stats()
+    assert (stats["held"], stats["held_requests"], stats.get("hold_timeouts", 0)) == (0, 2, 0)
+
+
+def test_a_held_publish_times_out_with_queue_full(track: Tracker) -> None:
+    _, client = _full_hold_queue(track, hold_timeout=0.2)
+    with pytest.raises(QueueFull, match="overflow is hold") as caught:
+        client.publish("t", b"late")
+    assert caught.value.hold is True
+    assert client.server_stats()["hold_timeouts"] == 1
+    assert client.stats().queues["q"].messages == 2
+
+
+def test_hold_timeout_zero_answers_at_once(track: Tracker) -> None:
+    _, client = _full_hold_queue(track, hold_timeout=0)
+    with pytest.raises(QueueFull) as caught:
+        client.publish("t", b"late")
+    assert caught.value.hold is True
+    assert "held_requests" not in client.server_stats()
+
+
+def test_other_sessions_are_not_held_up(track: Tracker) -> None:
+    server, client = _full_hold_queue(track)
+    client.create_topic("free")
+    client.create_queue("other")
+    client.subscribe("free", "other")
+    publisher = track.client(server.endpoint)
+    held = publisher.publish_nowait("t", b"2")
+    publisher.flush()
+    track.wait_until(lambda: client.server_stats()["held"] == 1, what="held")
+    assert client.publish("free", b"x").deliveries == 1   # another session goes on
+    assert not held.done()
+
+
+def test_stopping_answers_held_publishes(track: Tracker) -> None:
+    server, _ = _full_hold_queue(track)
+    publisher = track.client(server.endpoint)
+    held = publisher.publish_nowait("t", b"2")
+    publisher.flush()
+    track.wait_until(lambda: server.counters["held_requests"] == 1, what="held")
+    server.stop()
+    with pytest.raises(ServerStopping):
+        held.result(timeout=5.0)
+
+
+def test_server_refuses_a_bad_hold_timeout(track: Tracker) -> None:
+    from fastfanout import InvalidArgument
+    from fastfanout.server import Server
+
+    for bad in (-1, float("nan"), "1"):
+        with pytest.raises(InvalidArgument):
+            Server(track.endpoint(), hold_timeout=bad)   # type: ignore[arg-type]
