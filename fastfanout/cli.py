@@ -58,9 +58,12 @@ def cli() -> None:
                    "or '*' to allow any client that knows the broker's public key.")
 @click.option("--slow-listener", type=click.Choice(["drop", "wait"]), default=None,
               help="Policy for stream listeners that fall behind (default drop).")
+@click.option("--hold-timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds a publish to a full overflow=hold queue is held before it is "
+                   "answered with queue_full (default 30; 0: at once).")
 def serve(endpoint: str | None, config: str | None, log_level: str,
           curve_secret_key: str | None, curve_clients: str | None,
-          slow_listener: str | None) -> None:
+          slow_listener: str | None, hold_timeout: float | None) -> None:
     """Run a broker until SIGTERM or SIGINT (then exit 0)."""
     from fastfanout.server import serve as run_server
     from fastfanout.transport import TransportError, load_curve_keys
@@ -75,6 +78,8 @@ def serve(endpoint: str | None, config: str | None, log_level: str,
         options["endpoint"] = endpoint
     if slow_listener:
         options["slow_listener"] = slow_listener
+    if hold_timeout is not None:
+        options["hold_timeout"] = hold_timeout
     configured_key = options.pop("curve_secret_key", None)
     curve_secret_key = curve_secret_key or configured_key
     if curve_clients:
@@ -253,7 +258,7 @@ def create_topic(endpoint: str | None, name: str, fifo: bool, content_dedup: boo
               help="Bytes.")
 @click.option("--retention", type=float, default=345_600.0, show_default=True,
               help="Seconds.")
-@click.option("--overflow", type=click.Choice(["reject", "drop_oldest", "dead_letter"]),
+@click.option("--overflow", type=click.Choice(["reject", "drop_oldest", "dead_letter", "hold"]),
               default="reject", show_default=True)
 @click.option("--max-priority", type=int, default=0, show_default=True)
 @click.option("--fifo", is_flag=True, help="Strict order per group id.")

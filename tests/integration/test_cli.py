@@ -83,3 +83,15 @@ def test_cli_admin_commands_have_help() -> None:
     for command in ("unsubscribe", "purge", "redrive", "delete-queue", "delete-topic"):
         result = runner.invoke(cli, [command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, command
+
+
+def test_cli_hold_queue_and_hold_timeout(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["create-queue", "h", "--max-messages", "1", "--overflow",
+                                 "hold", "--endpoint", server.endpoint])
+    assert result.exit_code == 0, result.output
+    assert client.queue_settings("h").overflow == "hold"
+    result = runner.invoke(cli, ["serve", "--hold-timeout", "-1"])
+    assert result.exit_code == 2 and "--hold-timeout" in result.output
