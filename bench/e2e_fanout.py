@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,11 @@ import time
 from e2e_common import BODY, publish_run
 
 PREFETCH = 4000
+# Each queue holds at most this many messages with overflow="hold": a publish that does
+# not fit is held by the broker until acks make room, so the publisher (8 batches in
+# flight) is paced to its consumers, as PUSH's high-water mark paces the baseline.
+# Unbounded queues would instead grow by the whole run and pay for fresh memory.
+QUEUE_BOUND = int(os.environ.get("FASTFANOUT_BENCH_QUEUE_BOUND", "65536"))
 
 
 def _pull(endpoint: str, count: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -111,7 +117,7 @@ def fastfanout_run(count: int, consumers: int, mode: str) -> float:
         with client:
             client.create_topic("t")
             for i in range(consumers):
-                client.create_queue(f"q{i}", max_messages=None)
+                client.create_queue(f"q{i}", max_messages=QUEUE_BOUND, overflow="hold")
                 client.subscribe("t", f"q{i}")
         out = ctx.Queue()
         procs = [ctx.Process(target=_consume, args=(endpoint, f"q{i}", count, out))
