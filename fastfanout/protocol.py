@@ -258,8 +258,12 @@ def encode_error(error: BaseException) -> bytes:
 def decode_error(frame: bytes) -> FastFanoutError:
     """Turn an error payload back into the typed exception it names."""
     try:
-        code, message, receipts, *extra = _decoder.decode(frame)
-        details = extra[0] if extra and isinstance(extra[0], dict) else {}
+        parts = _decoder.decode(frame)
+        if not isinstance(parts, list) or len(parts) not in (3, 4) or (
+                len(parts) == 4 and not isinstance(parts[3], dict)):
+            raise ValueError("not [code, message, receipts] or [..., details]")
+        code, message, receipts = parts[:3]
+        details: dict[str, Any] = parts[3] if len(parts) == 4 else {}
     except (msgspec.DecodeError, ValueError, TypeError):
         return MalformedFrame(f"undecodable error payload {bytes(frame[:64])!r}")
     cls = error_class(str(code))

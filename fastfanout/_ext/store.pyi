@@ -2,6 +2,10 @@ from collections.abc import Callable
 from typing import Any
 
 DEBUG: bool
+BLOB_POOL_MAX_BYTES: int
+
+def blob_pool_bytes() -> int:
+    """Bytes of freed blobs the pool keeps for reuse (at most ``BLOB_POOL_MAX_BYTES``)."""
 DEAD_LETTER_REASONS: tuple[str, ...]
 
 class Store:

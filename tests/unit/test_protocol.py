@@ -188,6 +188,15 @@ def test_stale_receipt_round_trip_keeps_the_receipts(receipts: list[int]) -> Non
     assert isinstance(decoded, errors.StaleReceipt) and decoded.receipts == receipts
 
 
+@pytest.mark.parametrize("hold", [True, False])
+def test_queue_full_round_trip_keeps_hold(hold: bool) -> None:
+    error = errors.QueueFull("full")
+    error.hold = hold
+    decoded = decode_error(encode_error(error))
+    assert isinstance(decoded, errors.QueueFull) and decoded.hold is hold
+    assert decode_error(encode_payload(["queue_full", "old", None])).hold is False
+
+
 def test_foreign_exception_is_sent_as_internal() -> None:
     code, message, receipts = msgspec.msgpack.decode(encode_error(RuntimeError("boom")))
     assert (code, message, receipts) == ("internal", "boom", None)
@@ -195,7 +204,8 @@ def test_foreign_exception_is_sent_as_internal() -> None:
 
 
 @pytest.mark.parametrize("frame", [b"", b"\xc1", encode_payload([1, 2]),
-                                   encode_payload("text"), encode_payload([1, 2, 3, 4])])
+                                   encode_payload("text"), encode_payload([1, 2, 3, 4]),
+                                   encode_payload([1, 2, 3, {}, 5])])
 def test_undecodable_error_payload_becomes_malformed_frame(frame: bytes) -> None:
     decoded = decode_error(frame)
     assert isinstance(decoded, MalformedFrame) and "undecodable error payload" in str(decoded)
