@@ -19,15 +19,15 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport (
+    FF_BATCH_HEADER_SIZE,
     FF_CODEC_OK,
     FF_FLAG_DEAD_LETTER,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
-    ff_out_append_record,
-    ff_out_buffer,
-    ff_out_free,
-    ff_out_init,
+    ff_record_size,
     ff_record_view,
+    ff_write_batch_header,
+    ff_write_record,
 )
 from fastfanout._ext.message cimport make_message
 from fastfanout._ext.store cimport NIL, Store, blob_t, dead_letter_t, entry_t, queue_t
@@ -86,6 +86,34 @@ def receive(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
     return received
 
 
+cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* record,
+                                bytes dead_info) noexcept:
+    """Fill ``record`` with the delivery of the just-leased entry ``slot``."""
+    cdef entry_t* entry = &self.entries[slot]
+    cdef blob_t* blob = entry.blob
+    record.flags = FF_FLAG_RECEIPT | (FF_FLAG_PRIORITY if blob.priority else 0)
+    record.priority = blob.priority
+    record.receive_count = entry.receive_count
+    record.id = blob.id
+    record.timestamp_us = blob.timestamp_us
+    record.deliver_at_us = 0
+    record.receipt = (<uint64_t>entry.generation << 32) | slot
+    record.name = NULL
+    record.name_len = 0
+    if dead_info is not None:
+        record.flags |= FF_FLAG_DEAD_LETTER
+        record.name = PyBytes_AS_STRING(dead_info)
+        record.name_len = <uint32_t>PyBytes_GET_SIZE(dead_info)
+    record.body = blob.data
+    record.body_len = blob.body_len
+    record.attrs = blob.data + blob.body_len
+    record.attrs_len = blob.attrs_len
+    record.group = record.attrs + blob.attrs_len
+    record.group_len = blob.group_len
+    record.dedup = record.group + blob.group_len
+    record.dedup_len = blob.dedup_len
+
+
 def receive_frame(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
                   int64_t now_us):
     """Lease like ``receive`` but return one codec frame of delivery records.
@@ -97,61 +125,55 @@ def receive_frame(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lea
         the JSON text ``[reason, source_queue, receive_count, first_receive_us | null,
         last_receive_us | null, time_us]``. No Python object is made per message
         except for dead-letter records.
+
+    Two passes: lease (noting slots and sizes), then write every record straight into
+    the frame's bytes object, sized exactly — no growing buffer, no second copy.
     """
-    cdef ff_out_buffer out
     cdef ff_record_view record
-    cdef queue_t* q
-    cdef entry_t* entry
-    cdef blob_t* blob
+    cdef uint32_t* slots = self.reserve_delivery_slots(max_messages)
     cdef uint32_t slot
-    cdef int level
+    cdef int level = self.queues[qid].levels - 1
     cdef Py_ssize_t leased = 0
+    cdef Py_ssize_t index
+    cdef uint64_t size
+    cdef uint64_t total = FF_BATCH_HEADER_SIZE
+    cdef dict dead_infos = None
     cdef bytes dead_info
-    cdef object frame
-    if ff_out_init(&out, 4096) != FF_CODEC_OK:
-        ff_out_free(&out)
-        raise MemoryError()
-    try:
-        level = self.queues[qid].levels - 1
-        while leased < max_messages:
-            slot = self._lease_next(qid, &level, lease_us, now_us)
-            if slot == NIL:
-                break
-            entry = &self.entries[slot]
-            blob = entry.blob
-            record.flags = FF_FLAG_RECEIPT | (FF_FLAG_PRIORITY if blob.priority else 0)
-            record.priority = blob.priority
-            record.receive_count = entry.receive_count
-            record.id = blob.id
-            record.timestamp_us = blob.timestamp_us
-            record.deliver_at_us = 0
-            record.receipt = (<uint64_t>entry.generation << 32) | slot
-            record.name = NULL
-            record.name_len = 0
-            if entry.dead != NULL:
-                dead_info = _encode_json([
-                    DEAD_LETTER_REASONS[entry.dead.reason],
-                    self.names[entry.dead.source_queue], entry.dead.receive_count,
-                    None if entry.dead.first_receive_us < 0 else entry.dead.first_receive_us,
-                    None if entry.dead.last_receive_us < 0 else entry.dead.last_receive_us,
-                    entry.dead.time_us])
-                record.flags |= FF_FLAG_DEAD_LETTER
-                record.name = PyBytes_AS_STRING(dead_info)
-                record.name_len = <uint32_t>PyBytes_GET_SIZE(dead_info)
-            record.body = blob.data
-            record.body_len = blob.body_len
-            record.attrs = blob.data + blob.body_len
-            record.attrs_len = blob.attrs_len
-            record.group = record.attrs + blob.attrs_len
-            record.group_len = blob.group_len
-            record.dedup = record.group + blob.group_len
-            record.dedup_len = blob.dedup_len
-            if ff_out_append_record(&out, &record) != FF_CODEC_OK:
-                raise MemoryError()
-            leased += 1
-        frame = PyBytes_FromStringAndSize(out.data, out.length)
-    finally:
-        ff_out_free(&out)
+    cdef dead_letter_t* dead
+    cdef bytes frame
+    cdef char* out
+    while leased < max_messages:
+        slot = self._lease_next(qid, &level, lease_us, now_us)
+        if slot == NIL:
+            break
+        dead_info = None
+        if self.entries[slot].dead != NULL:
+            dead = self.entries[slot].dead
+            dead_info = _encode_json([
+                DEAD_LETTER_REASONS[dead.reason],
+                self.names[dead.source_queue], dead.receive_count,
+                None if dead.first_receive_us < 0 else dead.first_receive_us,
+                None if dead.last_receive_us < 0 else dead.last_receive_us,
+                dead.time_us])
+            if dead_infos is None:
+                dead_infos = {}
+            dead_infos[leased] = dead_info
+        _delivery_view(self, slot, &record, dead_info)
+        if ff_record_size(&record, &size) != FF_CODEC_OK:
+            raise MemoryError()   # cannot happen: every part was checked at publish
+        total += size
+        slots[leased] = slot
+        leased += 1
+    frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    out = PyBytes_AS_STRING(frame)
+    ff_write_batch_header(out, <uint32_t>leased)
+    out += FF_BATCH_HEADER_SIZE
+    for index in range(leased):
+        _delivery_view(self, slots[index], &record,
+                       None if dead_infos is None else dead_infos.get(index))
+        ff_record_size(&record, &size)
+        ff_write_record(out, &record, <uint32_t>size)
+        out += size
     return frame, leased
 
 

@@ -155,12 +155,15 @@ cdef class Store:
     cdef list group_tables         # queue id -> GroupTable (FIFO queues) or None
     cdef list dedup_windows        # queue id -> DedupWindow
     cdef bint deferring            # inside a publish: overflow dead letters wait
+    cdef uint32_t* delivery_slots  # scratch of deliveries.receive_frame (grown on demand)
+    cdef Py_ssize_t delivery_slot_capacity
     cdef list deferred             # detached overflow victims awaiting flush_deferred
 
     cdef inline queue_t* queue(self, uint32_t qid) noexcept:
         return &self.queues[qid]
 
     cdef uint64_t message_size(self, blob_t* blob) noexcept
+    cdef uint32_t* reserve_delivery_slots(self, Py_ssize_t count) except NULL
     cdef int room_for(self, uint32_t qid, uint64_t count, uint64_t size) noexcept
     cdef int make_room(self, uint32_t qid, uint64_t count, uint64_t size, int64_t now_us) except -1
     cdef int enqueue(self, uint32_t qid, blob_t* blob, int64_t now_us, int64_t due_us,

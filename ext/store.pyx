@@ -190,10 +190,13 @@ cdef class Store:
         self.dedup_windows = []
         self.deferred = []
         self.deferring = False
+        self.delivery_slots = NULL
+        self.delivery_slot_capacity = 0
 
     def __dealloc__(self):
         cdef uint32_t slot
         cdef uint32_t qid
+        PyMem_Free(self.delivery_slots)
         if self.entries != NULL:
             for slot in range(self.entry_capacity):
                 if self.entries[slot].state != STATE_FREE:
@@ -330,6 +333,19 @@ cdef class Store:
         entry.visible_next = self.free_head
         self.free_head = slot
         self.live_entries -= 1
+
+    cdef uint32_t* reserve_delivery_slots(self, Py_ssize_t count) except NULL:
+        """A scratch array of at least ``count`` slots (kept between calls)."""
+        cdef uint32_t* grown
+        if count > self.delivery_slot_capacity:
+            grown = <uint32_t*>PyMem_Realloc(self.delivery_slots, count * sizeof(uint32_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.delivery_slots = grown
+            self.delivery_slot_capacity = count
+        if self.delivery_slots == NULL:
+            return self.reserve_delivery_slots(1)
+        return self.delivery_slots
 
     cdef uint64_t message_size(self, blob_t* blob) noexcept:
         return <uint64_t>blob.body_len + blob.attrs_len
