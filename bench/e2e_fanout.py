@@ -19,7 +19,7 @@ import time
 
 from e2e_common import BODY, publish_run
 
-PREFETCH = 4000
+PREFETCH = 16000   # pushes of up to 8,192 (the server's push_batch), two in flight
 # Each queue holds at most this many messages with overflow="hold": a publish that does
 # not fit is held by the broker until acks make room, so the publisher (8 batches in
 # flight) is paced to its consumers, as PUSH's high-water mark paces the baseline.

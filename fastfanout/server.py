@@ -141,7 +141,9 @@ class Server:
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
         hold_timeout: seconds a publish to a full ``hold`` queue is held before it is
             answered with ``QueueFull`` (0: answer at once, like ``reject``).
-        push_batch: most messages in one push to a consumer.
+        push_batch: most messages in one push to a consumer (1 to 10,000; a push never
+            exceeds the consumer's credit, so this only caps consumers with a large
+            prefetch: big pushes are what lets one consumer take millions a second).
     """
 
     def __init__(
@@ -158,7 +160,7 @@ class Server:
         max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES,
         slow_listener: str = "drop",
         stream_wait: float = 1.0,
-        push_batch: int = 1000,
+        push_batch: int = 8192,
         hold_timeout: float = 30.0,
     ) -> None:
         self.endpoint = endpoint or default_endpoint()
@@ -184,6 +186,9 @@ class Server:
         if (type(hold_timeout) not in (int, float) or not math.isfinite(hold_timeout)
                 or hold_timeout < 0):
             raise InvalidArgument(f"hold_timeout={hold_timeout!r} must be finite seconds >= 0")
+        if type(push_batch) is not int or not 1 <= push_batch <= MAX_RECEIVE_BATCH:
+            raise InvalidArgument(
+                f"push_batch={push_batch!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
         self._own_broker = broker is None

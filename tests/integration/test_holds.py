@@ -81,10 +81,13 @@ def test_stopping_answers_held_publishes(track: Tracker) -> None:
         held.result(timeout=5.0)
 
 
-def test_server_refuses_a_bad_hold_timeout(track: Tracker) -> None:
+def test_server_refuses_a_bad_hold_timeout_or_push_batch(track: Tracker) -> None:
     from fastfanout import InvalidArgument
     from fastfanout.server import Server
 
     for bad in (-1, float("nan"), "1"):
         with pytest.raises(InvalidArgument):
             Server(track.endpoint(), hold_timeout=bad)   # type: ignore[arg-type]
+    for bad_batch in (0, 10_001, 1.0):
+        with pytest.raises(InvalidArgument, match="push_batch"):
+            Server(track.endpoint(), push_batch=bad_batch)   # type: ignore[arg-type]
