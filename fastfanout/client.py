@@ -307,14 +307,22 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         if self._settled:
             return
         self._settled = True
-        client = self._consumer._client
-        pending = client._request(Opcode.ACK, [receipts_of(self._frames[0])])
+        consumer = self._consumer
+        client = consumer._client
         unsettled = self._count
         if self._messages is not None:
             unsettled = sum(1 for message in self._messages if message._consumer is not None)
             for message in self._messages:
                 message._consumer = None
-        self._consumer._return_credit(unsettled)
+        if not wait and not consumer.closed:
+            # One SETTLE (ack + credit, no reply unless the ack fails) instead of an ACK,
+            # its reply and a CREDIT: the broker counts a failure (error.stale_receipt).
+            client._settle(receipts_of(self._frames[0]), consumer._request_id,
+                           unsettled + consumer._credit_owed)
+            consumer._credit_owed = 0
+            return
+        pending = client._request(Opcode.ACK, [receipts_of(self._frames[0])])
+        consumer._return_credit(unsettled)
         if wait:
             client._wait(pending, None)
         else:
@@ -856,6 +864,17 @@ class Client:
             self._next_id += 1
             self._transport.send([protocol.encode_header(Opcode.CREDIT, request_id),
                                   protocol.encode_payload([consumer_id, count])])
+
+    def _settle(self, receipts: bytes, consumer_id: int, credit: int) -> None:
+        """Ack ``receipts`` and return ``credit`` to a consumer in one SETTLE request."""
+        with self._lock:
+            if self._batches:
+                self._flush_batches()
+            transport = self._ensure()
+            request_id = self._next_id
+            self._next_id += 1
+            transport.send([protocol.encode_header(Opcode.SETTLE, request_id), receipts,
+                            protocol.encode_payload([consumer_id, credit])])
 
     def _cancel(self, consumer_id: int) -> None:
         with self._lock:

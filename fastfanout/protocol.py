@@ -105,6 +105,7 @@ class Opcode(IntEnum):
     CONSUME = 0x40
     CREDIT = 0x41
     CANCEL = 0x42
+    SETTLE = 0x43
     REDRIVE = 0x50
     PURGE = 0x51
     STATS = 0x52

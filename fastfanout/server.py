@@ -213,6 +213,7 @@ class Server:
         self._sessions: dict[bytes, _Session] = {}
         self._consumers: dict[tuple[bytes, int], _Consumer] = {}
         self._waiters: list[_Waiter] = []
+        self._replies: list[tuple[_Session, int, list[bytes]]] = []
         self._subscriptions: Counter[bytes] = Counter()
         self._listened: dict[str, bool] = {}
         self._sequences: dict[str, int] = {}
@@ -226,6 +227,7 @@ class Server:
             Opcode.RECEIVE: self._receive, Opcode.ACK: self._ack,
             Opcode.CONSUME: self._consume, Opcode.CREDIT: self._credit,
             Opcode.CANCEL: self._cancel, Opcode.SERVER_STATS: self._server_stats,
+            Opcode.SETTLE: self._settle,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -319,6 +321,7 @@ class Server:
                 if self._dirty or waiting:
                     self._dirty = False
                     self._deliver()
+                self._send_replies()
                 now = time.monotonic()
                 if self._held and (self._room or now >= self._next_hold_check):
                     self._retry_held(now)
@@ -349,8 +352,15 @@ class Server:
             self._stopped.set()
             log.info("stopped %s", self.endpoint)
 
+    def _send_replies(self) -> None:
+        """Send the publish and send replies held back while this round pushed."""
+        replies, self._replies = self._replies, []
+        for session, request_id, payload in replies:
+            self._reply(session, request_id, payload)
+
     def _finish_in_flight(self) -> None:
         """Answer long polls (empty), end consumers, and tell every client goodbye."""
+        self._send_replies()
         for waiter in self._waiters:
             self._reply(waiter.session, waiter.request_id, [self._empty_delivery()])
         self._waiters.clear()
@@ -423,7 +433,12 @@ class Server:
                 payload = self._call(session, opcode, frames[2:])
             else:
                 raise protocol.UnknownOpcode(f"opcode 0x{opcode:02x} is unknown")
-            if payload is not None:
+            if payload is None:
+                pass
+            elif opcode == Opcode.PUBLISH or opcode == Opcode.SEND:
+                # answered after this round's pushes: consumers hear of a message first
+                self._replies.append((session, request_id, payload))
+            else:
                 self._reply(session, request_id, payload)
         except FastFanoutError as exc:
             self._error(session, request_id, exc)
@@ -679,6 +694,18 @@ class Server:
         if held is not None and held[1] == packed:
             del session.leases[packed[:8]]   # a whole delivery batch acked: nothing to release
         return []
+
+    def _settle(self, session: _Session, request_id: int, frames: list[bytes]) -> None:
+        """ACK and CREDIT in one request, answered only if the ack fails.
+
+        A consumer that settles a pushed batch so saves two messages a batch (the ack's
+        reply and a separate CREDIT); the credit comes back even if the ack fails.
+        """
+        credit = self._frame(frames, 1, "credit")
+        try:
+            self._ack(session, request_id, frames[:1])
+        finally:
+            self._credit(session, request_id, [credit])
 
     def _consume(self, session: _Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:

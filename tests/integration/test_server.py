@@ -314,3 +314,24 @@ def test_acked_batches_are_forgotten_and_partial_acks_are_held(track: Tracker) -
     part[0].ack()   # one receipt of ten: the record stays for a vanishing client
     assert client.server_stats()["held_receipts"] == 10
     consumer.cancel()
+
+
+def test_settle_acks_and_returns_credit_without_a_reply(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q", visibility_timeout=60.0)
+    client.send_batch("q", [b"m%d" % i for i in range(30)])
+    consumer = client.consume("q", prefetch=10)
+    got = 0
+    while got < 30:   # prefetch 10: each batch's credit must come back with its SETTLE
+        batch = consumer.next_batch(timeout=10.0)
+        assert batch is not None
+        got += len(batch)
+        batch.ack()
+    track.wait_until(lambda: client.stats().queues["q"].acked == 30, what="all acked")
+    assert server.counters["requests"] > 0 and "error.stale_receipt" not in server.counters
+    # A SETTLE whose ack fails is answered with an error, which is counted and ignored.
+    client._settle(protocol.encode_receipts([12345]), 999, 1)
+    track.wait_until(lambda: server.counters["error.stale_receipt"] == 1, what="counted")
+    assert client.list_queues() == ["q"]
+    consumer.cancel()
