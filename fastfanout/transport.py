@@ -78,7 +78,7 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 
 # pyzmq's Cython socket class: its send skips the Python wrapper of zmq.Socket.send (half
 # the cost of a small send); the frames here are always bytes, which it takes as they are.
-_base_send: Final = zmq.Socket.__mro__[1].send
+_base_send: Final[Any] = getattr(zmq.Socket.__mro__[1], "send")  # noqa: B009
 
 
 def _send_frames(sock: zmq.Socket[Any], frames: list[bytes], flags: int) -> None:
