@@ -140,7 +140,7 @@ def fastfanout_run(count: int, consumers: int, mode: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=300_000)
+    parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--consumers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--modes", nargs="+", default=["batch", "single"],
