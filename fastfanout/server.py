@@ -17,10 +17,10 @@ Invariants:
   messages: the broker only pushes while credit is positive, and the client returns
   credit as messages are settled.
 - Every lease handed to a session is remembered (as the receipts of each delivery batch,
-  dropped once its lease has surely ended). When the session ends — BYE, missed
-  heartbeats, or a reply that cannot be routed because its connection is gone — every
-  remembered receipt is nacked, so the messages are redelivered at once and a late ack
-  from that client is refused as stale.
+  dropped once the batch is acked whole or its lease has surely ended). When the session
+  ends — BYE, missed heartbeats, or a reply that cannot be routed because its connection
+  is gone — every remembered receipt is nacked, so the messages are redelivered at once
+  and a late ack from that client is refused as stale.
 - A publish to a topic that stream listeners follow is also sent on the XPUB, one
   message per publish batch: ``[topic, records]``, each record's ``receipt`` field holding
   the topic's sequence number. ``XPUB_NODROP`` turns a full listener queue into a failed
