@@ -88,6 +88,7 @@ def test_opcode_and_status_values_are_the_documented_ones() -> None:
         "LIST_SUBSCRIPTIONS": 0x19, "SET_FILTER_POLICY": 0x1A, "SUBSCRIPTION": 0x1B,
         "PUBLISH": 0x20, "SEND": 0x21, "RECEIVE": 0x30, "ACK": 0x31, "NACK": 0x32,
         "EXTEND": 0x33, "TERM": 0x34, "CONSUME": 0x40, "CREDIT": 0x41, "CANCEL": 0x42,
+        "SETTLE": 0x43,
         "REDRIVE": 0x50, "PURGE": 0x51, "STATS": 0x52, "CHECK": 0x53,
         "SERVER_STATS": 0x54,
     }
