@@ -766,7 +766,7 @@ cdef class Store:
         cdef uint64_t seq
         cdef uint32_t qid
         cdef uint32_t head
-        while self.lease_timers.peek(&due, &seq, &qid) and due <= limit_us:
+        while self.lease_timers.peek_top(&due, &seq, &qid) and due <= limit_us:
             head = self.queues[qid].lease_head
             if head == NIL:
                 self.lease_timers.pop_top()
@@ -787,10 +787,10 @@ cdef class Store:
         cdef uint64_t queue_seq
         cdef uint32_t qid
         cdef uint32_t head
-        cdef bint has_slot = self.timers.peek(&slot_due, &slot_seq, &slot_key)
+        cdef bint has_slot = self.timers.peek_top(&slot_due, &slot_seq, &slot_key)
         cdef bint has_queue
         self._settle_lease_timers(now_us)
-        has_queue = self.lease_timers.peek(&queue_due, &queue_seq, &qid)
+        has_queue = self.lease_timers.peek_top(&queue_due, &queue_seq, &qid)
         if has_queue and queue_due <= now_us and (
                 not has_slot or queue_due < slot_due or
                 (queue_due == slot_due and queue_seq < slot_seq)):
@@ -839,7 +839,7 @@ cdef class Store:
         cdef uint64_t seq
         cdef uint32_t qid
         self._settle_lease_timers(INT64_MAX)
-        if self.lease_timers.peek(&queue_due, &seq, &qid) and queue_due < due:
+        if self.lease_timers.peek_top(&queue_due, &seq, &qid) and queue_due < due:
             due = queue_due
         return None if due == INT64_MAX else due
 

@@ -19,7 +19,7 @@ cdef class TimerHeap:
 
     cdef int arm(self, uint32_t key, int64_t due_us) except -1
     cdef int arm_seq(self, uint32_t key, int64_t due_us, uint64_t seq) except -1
-    cdef bint peek(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept
+    cdef bint peek_top(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept
     cdef void pop_top(self) noexcept
     cdef bint disarm(self, uint32_t key) noexcept
     cdef bint armed(self, uint32_t key) noexcept

@@ -145,7 +145,7 @@ cdef class TimerHeap:
         self._remove_at(0)
         return True
 
-    cdef bint peek(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept:
+    cdef bint peek_top(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept:
         """The earliest live timer's (due, seq, key); False when none is armed."""
         self._drop_dead_top()
         if self.size == 0:
@@ -156,7 +156,7 @@ cdef class TimerHeap:
         return True
 
     cdef void pop_top(self) noexcept:
-        """Remove the earliest live timer (call after ``peek`` returned True)."""
+        """Remove the earliest live timer (call after ``peek_top`` returned True)."""
         self._drop_dead_top()
         if self.size:
             self._remove_at(0)
