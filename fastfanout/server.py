@@ -37,9 +37,8 @@ import math
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Final
 
@@ -57,6 +56,7 @@ from fastfanout.errors import (
 from fastfanout.holds import HeldRequests
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
+from fastfanout.sessions import Consumer, Session, Waiter
 from fastfanout.settings import MAX_RECEIVE_BATCH
 from fastfanout.transport import (
     CurveKeys,
@@ -79,41 +79,6 @@ TICK: Final = 0.005
 """Seconds between polls for due timers while consumers or long polls wait."""
 IDLE_TICK: Final = 0.1
 """Seconds between housekeeping passes (heartbeat expiry) when nobody waits."""
-
-
-@dataclass(eq=False)
-class _Session:
-    identity: bytes
-    last_seen: float
-    heartbeat: bool = False
-    # What to release if the client vanishes, as packed receipts (8 bytes a delivery, never
-    # the bodies), each with the monotonic time after which all its leases have ended:
-    # delivery batches by their first receipt (an ack of the whole batch forgets it at
-    # once, so a steady consumer holds only what is in flight), and extended leases.
-    leases: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
-    extended: deque[tuple[float, bytes]] = field(default_factory=deque)
-    consumers: set[int] = field(default_factory=set)
-
-
-@dataclass(eq=False)
-class _Consumer:
-    session: _Session
-    request_id: int
-    queue: str
-    credit: int
-    lease: float
-    visibility_timeout: float | None
-
-
-@dataclass(eq=False)
-class _Waiter:
-    session: _Session
-    request_id: int
-    queue: str
-    max_messages: int
-    lease: float
-    visibility_timeout: float | None
-    deadline: float
 
 
 class Server:
@@ -210,10 +175,10 @@ class Server:
         self._stopping = False
         self._stopped = threading.Event()
         self._looping = False   # the loop runs (in start()'s thread or serve_forever's)
-        self._sessions: dict[bytes, _Session] = {}
-        self._consumers: dict[tuple[bytes, int], _Consumer] = {}
-        self._waiters: list[_Waiter] = []
-        self._replies: list[tuple[_Session, int, list[bytes]]] = []
+        self._sessions: dict[bytes, Session] = {}
+        self._consumers: dict[tuple[bytes, int], Consumer] = {}
+        self._waiters: list[Waiter] = []
+        self._replies: list[tuple[Session, int, list[bytes]]] = []
         self._subscriptions: Counter[bytes] = Counter()
         self._listened: dict[str, bool] = {}
         self._sequences: dict[str, int] = {}
@@ -375,7 +340,7 @@ class Server:
 
     # -- sending -----------------------------------------------------------------------
 
-    def _send(self, session: _Session, status: int, request_id: int,
+    def _send(self, session: Session, status: int, request_id: int,
               payload: list[bytes]) -> bool:
         transport = self._transport
         assert transport is not None
@@ -391,20 +356,20 @@ class Server:
             self._end_session(session, "it did not read its replies")
         return False
 
-    def _reply(self, session: _Session, request_id: int, payload: list[bytes]) -> None:
+    def _reply(self, session: Session, request_id: int, payload: list[bytes]) -> None:
         self._send(session, Status.OK, request_id, payload)
 
-    def _error(self, session: _Session, request_id: int, error: BaseException) -> None:
+    def _error(self, session: Session, request_id: int, error: BaseException) -> None:
         code = getattr(error, "code", "internal")
         self.counters[f"error.{code}"] += 1
         self._send(session, Status.ERROR, request_id, [protocol.encode_error(error)])
 
     # -- requests ----------------------------------------------------------------------
 
-    def _session(self, identity: bytes) -> _Session:
+    def _session(self, identity: bytes) -> Session:
         session = self._sessions.get(identity)
         if session is None:
-            session = self._sessions[identity] = _Session(identity, time.monotonic())
+            session = self._sessions[identity] = Session(identity, time.monotonic())
             self.counters["sessions"] += 1
         else:
             session.last_seen = time.monotonic()
@@ -469,7 +434,7 @@ class Server:
             raise protocol.MalformedFrame("arguments must be a msgpack array [args, kwargs]")
         return value[0], value[1]
 
-    def _call(self, session: _Session, opcode: int, frames: list[bytes]) -> list[bytes]:
+    def _call(self, session: Session, opcode: int, frames: list[bytes]) -> list[bytes]:
         args, kwargs = self._arguments(frames)
         if "redelivery_backoff" in kwargs:
             kwargs["redelivery_backoff"] = protocol.backoff_from_wire(kwargs["redelivery_backoff"])
@@ -480,8 +445,8 @@ class Server:
             raise InvalidArgument(f"{protocol.CALLS[opcode]}: {exc}") from None
         if opcode == Opcode.EXTEND:
             seconds = args[1] if len(args) > 1 else kwargs.get("seconds", 0.0)
-            session.extended.append((time.monotonic() + float(seconds) + 1.0,
-                                     protocol.encode_receipts([args[0]])))
+            session.hold_extended(protocol.encode_receipts([args[0]]),
+                                  time.monotonic() + float(seconds) + 1.0)
         if opcode in (Opcode.NACK, Opcode.EXTEND, Opcode.TERM, Opcode.REDRIVE,
                       Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
             self._dirty = True
@@ -490,7 +455,7 @@ class Server:
             return [protocol.encode_payload(result)]
         return [protocol.encode_payload(protocol.call_result_to_wire(result))]
 
-    def _hello(self, session: _Session, request_id: int, frames: list[bytes]
+    def _hello(self, session: Session, request_id: int, frames: list[bytes]
                ) -> list[bytes]:
         options = protocol.decode_payload(frames[0]) if frames else {}
         session.heartbeat = bool(isinstance(options, dict) and options.get("heartbeat", True))
@@ -504,25 +469,22 @@ class Server:
             "max_request_bytes": self._max_request_bytes,
             "max_frame_bytes": self._max_frame_bytes})]
 
-    def _heartbeat(self, session: _Session, request_id: int, frames: list[bytes]
+    def _heartbeat(self, session: Session, request_id: int, frames: list[bytes]
                    ) -> list[bytes]:
         session.heartbeat = True
         return []
 
-    def _bye(self, session: _Session, request_id: int, frames: list[bytes]) -> None:
+    def _bye(self, session: Session, request_id: int, frames: list[bytes]) -> None:
         self._reply(session, request_id, [])
         self._end_session(session, "it said goodbye", notify=False)
 
-    def _server_stats(self, session: _Session, request_id: int, frames: list[bytes]
+    def _server_stats(self, session: Session, request_id: int, frames: list[bytes]
                       ) -> list[bytes]:
         stats: dict[str, Any] = dict(self.counters)
         stats.update(connections=len(self._sessions), consumers=len(self._consumers),
                      long_polls=len(self._waiters), held=len(self._held),
                      stream_subscriptions=sum(self._subscriptions.values()),
-                     held_receipts=sum(
-                         (sum(len(p) for _, p in s.leases.values())
-                          + sum(len(p) for _, p in s.extended)) // 8
-                         for s in self._sessions.values()))
+                     held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         return [protocol.encode_payload(stats)]
 
     # -- publish and send --------------------------------------------------------------
@@ -535,7 +497,7 @@ class Server:
         except MalformedBatch as exc:
             raise protocol.MalformedFrame(str(exc)) from None
 
-    def _hold_or_run(self, session: _Session, request_id: int,
+    def _hold_or_run(self, session: Session, request_id: int,
                      run: Callable[[], list[bytes]]) -> list[bytes] | None:
         """Run a publish or send now, or hold it; None: it will be answered later.
 
@@ -562,7 +524,7 @@ class Server:
             now, lambda held, payload: self._reply(held.session, held.request_id, payload),
             lambda held, error: self._error(held.session, held.request_id, error))
 
-    def _publish(self, session: _Session, request_id: int, frames: list[bytes]
+    def _publish(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
         topic = self._text(self._frame(frames, 0, "topic"), "topic name")
         batch_frame = self._frame(frames, 1, "records")
@@ -578,7 +540,7 @@ class Server:
             self._sequences[topic] = self._sequences.get(topic, 0) + result.accepted
         return [result.to_wire()]   # the native batch writes the results frame itself
 
-    def _send_op(self, session: _Session, request_id: int, frames: list[bytes]
+    def _send_op(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
         queue = self._text(self._frame(frames, 0, "queue"), "queue name")
         records = self._frame(frames, 1, "records")
@@ -646,20 +608,20 @@ class Server:
             return float(visibility_timeout)
         return float(self.broker.queue_settings(queue).visibility_timeout)
 
-    def _take(self, session: _Session, queue: str, max_messages: int,
+    def _take(self, session: Session, queue: str, max_messages: int,
               visibility_timeout: float | None, lease: float) -> tuple[list[bytes], int]:
         """Lease up to ``max_messages`` for ``session``; returns (delivery frames, count)."""
         frame, count = self.broker.receive_frame(queue, max_messages, visibility_timeout)
         if count:
             packed = receipts_of(frame)
-            session.leases[packed[:8]] = (time.monotonic() + lease + 1.0, packed)
+            session.hold_batch(packed, time.monotonic() + lease + 1.0)
         return [frame], count
 
     @staticmethod
     def _empty_delivery() -> bytes:
         return b"FFB1\x00\x00\x00\x00"
 
-    def _receive(self, session: _Session, request_id: int, frames: list[bytes]
+    def _receive(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
         args, kwargs = self._arguments(frames)
         queue = kwargs.get("queue", args[0] if args else None)
@@ -679,23 +641,21 @@ class Server:
         payload, count = self._take(session, queue, max_messages, visibility_timeout, lease)
         if count or not wait:
             return payload
-        self._waiters.append(_Waiter(session, request_id, queue, max_messages, lease,
+        self._waiters.append(Waiter(session, request_id, queue, max_messages, lease,
                                      visibility_timeout, time.monotonic() + wait))
         return None
 
-    def _ack(self, session: _Session, request_id: int, frames: list[bytes]) -> list[bytes]:
+    def _ack(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
         packed = self._frame(frames, 0, "receipts")
         if len(packed) % 8:
             raise protocol.MalformedFrame(
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
         self.broker.ack_packed(packed)
         self._room = True
-        held = session.leases.get(packed[:8])
-        if held is not None and held[1] == packed:
-            del session.leases[packed[:8]]   # a whole delivery batch acked: nothing to release
+        session.settled(packed)
         return []
 
-    def _settle(self, session: _Session, request_id: int, frames: list[bytes]) -> None:
+    def _settle(self, session: Session, request_id: int, frames: list[bytes]) -> None:
         """ACK and CREDIT in one request, answered only if the ack fails.
 
         A consumer that settles a pushed batch so saves two messages a batch (the ack's
@@ -707,7 +667,7 @@ class Server:
         finally:
             self._credit(session, request_id, [credit])
 
-    def _consume(self, session: _Session, request_id: int, frames: list[bytes]
+    def _consume(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:
         _, kwargs = self._arguments(frames)
         queue = kwargs.get("queue")
@@ -718,13 +678,13 @@ class Server:
         if type(prefetch) is not int or not 1 <= prefetch <= 1_000_000:
             raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to 1,000,000")
         lease = self._lease_seconds(queue, visibility_timeout)
-        self._consumers[(session.identity, request_id)] = _Consumer(
+        self._consumers[(session.identity, request_id)] = Consumer(
             session, request_id, queue, prefetch, lease, visibility_timeout)
         session.consumers.add(request_id)
         self._dirty = True
         return [protocol.encode_payload(None)]
 
-    def _credit(self, session: _Session, request_id: int, frames: list[bytes]) -> None:
+    def _credit(self, session: Session, request_id: int, frames: list[bytes]) -> None:
         value = protocol.decode_payload(self._frame(frames, 0, "credit"))
         if not isinstance(value, list) or len(value) != 2:
             raise protocol.MalformedFrame("credit payload must be [consumer_id, count]")
@@ -733,7 +693,7 @@ class Server:
             consumer.credit += value[1]
             self._dirty = True
 
-    def _cancel(self, session: _Session, request_id: int, frames: list[bytes]
+    def _cancel(self, session: Session, request_id: int, frames: list[bytes]
                 ) -> list[bytes]:
         args, _ = self._arguments(frames)
         consumer_id = args[0] if args else None
@@ -795,25 +755,16 @@ class Server:
                 self.counters["sessions_expired"] += 1
                 self._end_session(session, "it missed its heartbeats")
                 continue
-            if probing and (session.consumers or session.leases or session.extended):
+            if probing and (session.consumers or session.holds_leases()):
                 self._send(session, Status.PING, 0, [])
-            while session.leases:
-                first = next(iter(session.leases))
-                if session.leases[first][0] >= now:
-                    break
-                del session.leases[first]
-            while session.extended and session.extended[0][0] < now:
-                session.extended.popleft()
+            session.expire(now)
 
-    def _end_session(self, session: _Session, why: str, notify: bool = True) -> None:
+    def _end_session(self, session: Session, why: str, notify: bool = True) -> None:
         """Forget a client: drop its consumers and long polls and release its leases."""
         if self._sessions.pop(session.identity, None) is None:
             return
         released = 0
-        held = [packed for _, packed in session.leases.values()]
-        held += [packed for _, packed in session.extended]
-        session.leases, session.extended = {}, deque()
-        for packed in held:
+        for packed in session.take_receipts():
             try:
                 released += self.broker.release_packed(packed)
             except (InvalidArgument, Closed):

@@ -1,0 +1,104 @@
+"""What the server knows of each client connection: liveness, consumers, held leases.
+
+A session must be able to give back every lease it holds the moment its client vanishes
+(the server nacks them all at once). It keeps them as packed receipts — 8 bytes a
+delivery, never the bodies — with the monotonic time after which each lease has surely
+ended anyway:
+
+- delivery batches, keyed by their first receipt, so an ACK whose payload is exactly a
+  batch's receipts (what a client sends to settle a whole pushed batch) forgets it at
+  once: a steady consumer costs only what it has in flight, not rate times lease time;
+- leases made longer by ``extend``, one receipt each.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["Consumer", "Session", "Waiter"]
+
+
+@dataclass(eq=False)
+class Session:
+    """One DEALER connection of a client.
+
+    Attributes:
+        identity: the ROUTER routing id of the connection.
+        last_seen: monotonic time of its last request.
+        heartbeat: the client promised heartbeats (HELLO), so silence ends the session.
+        consumers: request ids of its CONSUMEs.
+    """
+
+    identity: bytes
+    last_seen: float
+    heartbeat: bool = False
+    consumers: set[int] = field(default_factory=set)
+    _batches: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
+    _extended: deque[tuple[float, bytes]] = field(default_factory=deque)
+
+    def hold_batch(self, receipts: bytes, until: float) -> None:
+        """Remember the receipts of a delivery batch until ``until`` (monotonic)."""
+        self._batches[receipts[:8]] = (until, receipts)
+
+    def hold_extended(self, receipts: bytes, until: float) -> None:
+        """Remember receipts whose lease ``extend`` pushed out to ``until``."""
+        self._extended.append((until, receipts))
+
+    def settled(self, receipts: bytes) -> None:
+        """An ack of ``receipts`` went through: forget the batch if it was a whole one."""
+        held = self._batches.get(receipts[:8])
+        if held is not None and held[1] == receipts:
+            del self._batches[receipts[:8]]
+
+    def expire(self, now: float) -> None:
+        """Forget what was held past its time (those leases have ended by themselves)."""
+        batches = self._batches
+        while batches:
+            first = next(iter(batches))
+            if batches[first][0] >= now:
+                break
+            del batches[first]
+        while self._extended and self._extended[0][0] < now:
+            self._extended.popleft()
+
+    def holds_leases(self) -> bool:
+        """Whether the session may still hold leases."""
+        return bool(self._batches or self._extended)
+
+    def held_receipts(self) -> int:
+        """How many receipts are remembered."""
+        return (sum(len(packed) for _, packed in self._batches.values())
+                + sum(len(packed) for _, packed in self._extended)) // 8
+
+    def take_receipts(self) -> list[bytes]:
+        """Every remembered receipts frame, forgetting them (the client is gone)."""
+        held = [packed for _, packed in self._batches.values()]
+        held += [packed for _, packed in self._extended]
+        self._batches, self._extended = {}, deque()
+        return held
+
+
+@dataclass(eq=False)
+class Consumer:
+    """A CONSUME of a session: where it reads and how much it may still be pushed."""
+
+    session: Session
+    request_id: int
+    queue: str
+    credit: int
+    lease: float
+    visibility_timeout: float | None
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A RECEIVE that waits (long poll) until messages come or its deadline passes."""
+
+    session: Session
+    request_id: int
+    queue: str
+    max_messages: int
+    lease: float
+    visibility_timeout: float | None
+    deadline: float

@@ -1,0 +1,31 @@
+"""The server's per-session record of leases to give back (fastfanout.sessions)."""
+
+from __future__ import annotations
+
+from fastfanout.protocol import encode_receipts
+from fastfanout.sessions import Session
+
+
+def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:
+    session = Session(b"id", 0.0)
+    whole = encode_receipts([1, 2, 3])
+    other = encode_receipts([7, 8])
+    session.hold_batch(whole, 10.0)
+    session.hold_batch(other, 10.0)
+    assert session.held_receipts() == 5
+    session.settled(encode_receipts([7]))          # same first receipt, not the batch
+    session.settled(encode_receipts([1, 2, 3]))
+    assert session.held_receipts() == 2 and session.holds_leases()
+    assert session.take_receipts() == [other]
+    assert session.held_receipts() == 0 and not session.holds_leases()
+
+
+def test_expire_drops_what_ended_by_itself_and_keeps_the_rest() -> None:
+    session = Session(b"id", 0.0)
+    session.hold_batch(encode_receipts([1]), 5.0)
+    session.hold_batch(encode_receipts([2]), 20.0)
+    session.hold_extended(encode_receipts([3]), 6.0)
+    session.hold_extended(encode_receipts([4]), 30.0)
+    session.expire(10.0)
+    assert sorted(session.take_receipts()) == sorted([encode_receipts([2]),
+                                                      encode_receipts([4])])
