@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastfanout.errors import FastFanoutError, QueueFull
+from fastfanout.errors import QueueFull
 
 __all__ = ["HeldRequest", "HeldRequests"]
 
@@ -66,12 +66,13 @@ class HeldRequests:
         self._sessions[session] = self._sessions.get(session, 0) + 1
 
     def retry(self, now: float, reply: Callable[[HeldRequest, list[bytes]], None],
-              fail: Callable[[HeldRequest, FastFanoutError], None]) -> int:
+              fail: Callable[[HeldRequest, BaseException], None]) -> int:
         """Run the held requests again, oldest first, each session's in its order.
 
         A request that goes through is answered with ``reply``; one that still meets a full
         ``hold`` queue stays (with every later one of its session) until its deadline,
-        then is answered with ``fail`` like any other error. Returns how many timed out.
+        then is answered with ``fail`` like any other error (an unexpected exception too:
+        the server answers it as ``internal``). Returns how many timed out.
         """
         blocked: set[Any] = set()
         kept: deque[HeldRequest] = deque()
@@ -90,7 +91,7 @@ class HeldRequests:
                 timed_out += exc.hold
                 self._forget(held.session)
                 fail(held, exc)
-            except FastFanoutError as exc:
+            except Exception as exc:   # answered like any request's failure
                 self._forget(held.session)
                 fail(held, exc)
             else:

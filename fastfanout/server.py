@@ -53,7 +53,7 @@ from fastfanout.errors import (
     NotFound,
     QueueFull,
 )
-from fastfanout.holds import HeldRequests
+from fastfanout.holds import HeldRequest, HeldRequests
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.sessions import Consumer, Session, Waiter
@@ -522,7 +522,12 @@ class Server:
         self._next_hold_check = now + TICK
         self.counters["hold_timeouts"] += self._held.retry(
             now, lambda held, payload: self._reply(held.session, held.request_id, payload),
-            lambda held, error: self._error(held.session, held.request_id, error))
+            self._held_failed)
+
+    def _held_failed(self, held: HeldRequest, error: BaseException) -> None:
+        if not isinstance(error, FastFanoutError):
+            log.error("held request 0x%x failed: %r", held.request_id, error)
+        self._error(held.session, held.request_id, error)
 
     def _publish(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
