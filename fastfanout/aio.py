@@ -28,7 +28,7 @@ import msgspec
 from fastfanout import protocol
 from fastfanout._ext.wire import FrameBuilder, encode_entries
 from fastfanout.broker import QueueSettings, Subscription
-from fastfanout.client import DeliveryBatch
+from fastfanout.consumers import DeliveryBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import PublishResult

@@ -30,24 +30,20 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, overload
+from typing import Any
 
 from fastfanout import protocol
 from fastfanout._ext.wire import (
     FrameBuilder,
-    count_of,
     encode_entries,
-    receipt_span,
-    receipts_of,
 )
 from fastfanout.broker import QueueSettings, Subscription
+from fastfanout.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import (
@@ -58,20 +54,15 @@ from fastfanout.records import (
 from fastfanout.remote import (
     RemoteMessage,
     RemotePublishBatch,
-    StreamBatch,
     StreamMessage,
-    _dead_letters,
     _options,
     decode_delivery,
-    stream_prefix,
 )
 from fastfanout.runtime import default_endpoint
 from fastfanout.stats import BrokerStats
-from fastfanout.topic_pattern import pattern_matches
 from fastfanout.transport import (
     CurveKeys,
     DealerTransport,
-    SubTransport,
     TransportError,
     client_curve,
 )
@@ -174,229 +165,6 @@ class PublishFuture:
             frames = self._client._wait(self._pending, timeout)
             results = self._batch_results[0] = RemotePublishBatch(frames[0])
         return results[self._index]
-
-
-class Consumer(Iterator[RemoteMessage]):
-    """Messages pushed by the broker for one queue, as an iterator (``Client.consume``).
-
-    Attributes:
-        queue: the queue consumed.
-        prefetch: most unsettled messages the broker pushes to this consumer.
-    """
-
-    def __init__(self, client: Client, queue: str, prefetch: int, request_id: int) -> None:
-        self.queue = queue
-        self.prefetch = prefetch
-        self._client = client
-        self._request_id = request_id
-        self._batches: deque[list[bytes]] = deque()
-        self._messages: deque[RemoteMessage] = deque()
-        self._credit_owed = 0
-        self.error: FastFanoutError | None = None
-        self.closed = False
-
-    def _return_credit(self, count: int) -> None:
-        self._credit_owed += count
-        if self._credit_owed >= max(1, self.prefetch // 4) and not self.closed:
-            self._client._grant(self._request_id, self._credit_owed)
-            self._credit_owed = 0
-
-    def _next_frames(self, timeout: float | None) -> list[bytes] | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._batches:
-            if self.error is not None:
-                raise self.error
-            if self.closed:
-                raise StopIteration
-            if self._credit_owed:
-                self._client._grant(self._request_id, self._credit_owed)
-                self._credit_owed = 0
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            self._client._pump_once(0.1 if remaining is None else min(0.1, remaining))
-        return self._batches.popleft()
-
-    def __next__(self) -> RemoteMessage:
-        if not self._messages:
-            frames = self._next_frames(None)
-            assert frames is not None
-            self._messages.extend(decode_delivery(frames, self._client, self, self.queue))
-        return self._messages.popleft()
-
-    def next_batch(self, timeout: float | None = None) -> DeliveryBatch | None:
-        """The next pushed batch, waiting up to ``timeout`` seconds (None: forever)."""
-        frames = self._next_frames(timeout)
-        return None if frames is None else DeliveryBatch(frames, self)
-
-    def cancel(self) -> None:
-        """Stop the pushes (messages already received stay leased until settled)."""
-        if not self.closed:
-            self.closed = True
-            self._client._cancel(self._request_id)
-
-    def __enter__(self) -> Consumer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cancel()
-
-
-class DeliveryBatch(Sequence[RemoteMessage]):
-    """One pushed batch: messages are built only when indexed or iterated."""
-
-    def __init__(self, frames: list[bytes], consumer: Consumer) -> None:
-        self._frames = frames
-        self._consumer = consumer
-        # Records are decoded only when messages are looked at: a consumer that acks a
-        # whole batch never makes a Python object per message.
-        self._decoded: list[Any] | None = None
-        self._count = count_of(frames[0])
-        self._messages: list[RemoteMessage] | None = None
-        self._settled = False
-
-    @property
-    def _records(self) -> list[Any]:
-        if self._decoded is None:
-            self._decoded = protocol.codec_module().decode_batch(self._frames[0])
-        return self._decoded
-
-    @property
-    def frame(self) -> bytes:
-        """The delivery frame as received (codec layout, see docs/protocol.md)."""
-        return self._frames[0]
-
-    @property
-    def receipts(self) -> list[int]:
-        """The receipt of every message of the batch."""
-        packed = receipts_of(self._frames[0])
-        return list(struct.unpack(f"<{len(packed) // 8}Q", packed))
-
-    @property
-    def bodies(self) -> list[bytes]:
-        """The body of every message of the batch."""
-        return [record.body for record in self._records]
-
-    def _materialise(self) -> list[RemoteMessage]:
-        if self._messages is None:
-            dead = _dead_letters(self._records)
-            client = self._consumer._client
-            self._messages = [RemoteMessage(record, client, self._consumer, dead.get(index),
-                                            self._consumer.queue)
-                              for index, record in enumerate(self._records)]
-        return self._messages
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> RemoteMessage: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[RemoteMessage]: ...
-
-    def __getitem__(self, index: int | slice) -> RemoteMessage | list[RemoteMessage]:
-        return self._materialise()[index]
-
-    def ack(self, wait: bool = False) -> None:
-        """Ack every message of the batch and return its credit.
-
-        Args:
-            wait: wait for the broker's answer (raising ``StaleReceipt``); by default the
-                ack is pipelined and a failure is only logged by the broker's counters.
-        """
-        if self._settled:
-            return
-        self._settled = True
-        consumer = self._consumer
-        client = consumer._client
-        unsettled = self._count
-        if self._messages is not None:
-            unsettled = sum(1 for message in self._messages if message._consumer is not None)
-            for message in self._messages:
-                message._consumer = None
-        if not wait and not consumer.closed:
-            # One SETTLE (ack + credit, no reply unless the ack fails) instead of an ACK,
-            # its reply and a CREDIT: the broker counts a failure (error.stale_receipt).
-            client._settle(receipts_of(self._frames[0]), consumer._request_id,
-                           unsettled + consumer._credit_owed)
-            consumer._credit_owed = 0
-            return
-        pending = client._request(Opcode.ACK, [receipts_of(self._frames[0])])
-        consumer._return_credit(unsettled)
-        if wait:
-            client._wait(pending, None)
-        else:
-            client._discard(pending)
-
-
-class Listener(Iterator[StreamMessage]):
-    """Stream messages of the topics matching a pattern (``Client.listen``).
-
-    Attributes:
-        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
-        gaps: messages missed so far, counted from sequence numbers per topic.
-        received: messages received so far.
-        malformed: stream frames dropped because they did not decode.
-    """
-
-    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None) -> None:
-        self.pattern = pattern
-        self._wildcard = stream_prefix(pattern) != pattern.encode()
-        self._transport = SubTransport(stream_endpoint, [stream_prefix(pattern)], curve)
-        self._last: dict[str, int] = {}
-        self._pending: deque[StreamMessage] = deque()
-        self.gaps = 0
-        self.received = 0
-        self.malformed = 0
-
-    def recv_batch(self, timeout: float | None = None) -> StreamBatch | None:
-        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout.
-
-        The batch decodes its messages only when indexed or iterated: counting and gap
-        detection read the frame natively.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = 1.0 if deadline is None else deadline - time.monotonic()
-            if remaining < 0:
-                return None
-            frames = self._transport.recv(min(remaining, 1.0))
-            if frames is None or len(frames) != 2:
-                continue
-            topic = frames[0].decode(errors="replace")
-            if topic != self.pattern and not (
-                    self._wildcard and pattern_matches(self.pattern, topic)):
-                continue  # a longer topic sharing the prefix
-            try:
-                count, first, last = receipt_span(frames[1])
-            except InvalidArgument:
-                self.malformed += 1
-                continue
-            if not count:
-                continue
-            previous = self._last.get(topic)
-            if previous is not None and first > previous + 1:
-                self.gaps += first - previous - 1
-            self._last[topic] = last
-            self.received += count
-            return StreamBatch(topic, frames[1], count)
-
-    def __next__(self) -> StreamMessage:
-        while not self._pending:
-            batch = self.recv_batch(None)
-            if batch:
-                self._pending.extend(batch)
-        return self._pending.popleft()
-
-    def close(self) -> None:
-        """Close the SUB socket."""
-        self._transport.close()
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 BUSY_TICKING = 0.05

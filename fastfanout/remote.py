@@ -18,7 +18,7 @@ from fastfanout import protocol
 from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
 
 if TYPE_CHECKING:
-    from fastfanout.client import Consumer
+    from fastfanout.consumers import Consumer
 
 __all__ = [
     "RemoteMessage",
