@@ -316,7 +316,9 @@ class AsyncClient:
     async def _frame(self, opcode: int, name: str, frame: bytes) -> RemotePublishBatch:
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
-        frames = await self._request(opcode, [name.encode(), frame])
+        # A full hold queue answers only when there is room: wait its hold_timeout more.
+        frames = await self._request(opcode, [name.encode(), frame],
+                                     float(self.info.get("hold_timeout", 0.0)))
         return RemotePublishBatch(frames[0])
 
     async def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,

@@ -129,7 +129,8 @@ class PublishBatchFuture:
             FastFanoutError: the error of the batch (nothing of it was enqueued).
         """
         if self._results is None:
-            self._results = RemotePublishBatch(self._client._wait(self._pending, timeout)[0])
+            self._results = RemotePublishBatch(self._client._wait(
+                self._pending, timeout, extra=self._client._hold_allowance(timeout))[0])
         return self._results
 
 
@@ -162,7 +163,8 @@ class PublishFuture:
         assert self._pending is not None and self._batch_results is not None
         results = self._batch_results[0]
         if results is None:
-            frames = self._client._wait(self._pending, timeout)
+            frames = self._client._wait(self._pending, timeout,
+                                        extra=self._client._hold_allowance(timeout))
             results = self._batch_results[0] = RemotePublishBatch(frames[0])
         return results[self._index]
 
@@ -390,6 +392,15 @@ class Client:
             raise BrokenConnection(f"no reply from the broker at {self.endpoint}")
         return pending.frames
 
+    def _hold_allowance(self, timeout: float | None) -> float:
+        """Extra seconds a publish or send may wait by default: the broker's hold_timeout.
+
+        A publish to a full ``overflow="hold"`` queue is answered only when there is room
+        (or after the broker's ``hold_timeout``), so the default wait stretches by that
+        much rather than declaring the connection broken. An explicit timeout is kept.
+        """
+        return float(self.info.get("hold_timeout", 0.0)) if timeout is None else 0.0
+
     def _call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
         try:
             payload = protocol.encode_payload([list(args), kwargs])
@@ -531,7 +542,7 @@ class Client:
             raise InvalidArgument(f"name {name!r} must be a string")
         frame = encode_entries(entries)
         pending = self._request(opcode, [name.encode(), frame])
-        return RemotePublishBatch(self._wait(pending, None)[0])
+        return RemotePublishBatch(self._wait(pending, None, extra=self._hold_allowance(None))[0])
 
     def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> PublishBatchFuture:
         """Pipelined ``publish_batch``: send the batch now, get the results later.

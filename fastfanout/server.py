@@ -467,7 +467,8 @@ class Server:
             "heartbeat_interval": self._heartbeat_interval,
             "heartbeat_timeout": self._heartbeat_timeout,
             "max_request_bytes": self._max_request_bytes,
-            "max_frame_bytes": self._max_frame_bytes})]
+            "max_frame_bytes": self._max_frame_bytes,
+            "hold_timeout": self._held.timeout})]
 
     def _heartbeat(self, session: Session, request_id: int, frames: list[bytes]
                    ) -> list[bytes]:

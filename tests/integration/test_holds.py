@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any as Tracker
 
 import pytest
 
-from fastfanout import QueueFull
+from fastfanout import QueueFull, aio
 from fastfanout.protocol import ServerStopping
 
 
@@ -91,3 +93,38 @@ def test_server_refuses_a_bad_hold_timeout_or_push_batch(track: Tracker) -> None
     for bad_batch in (0, 10_001, 1.0):
         with pytest.raises(InvalidArgument, match="push_batch"):
             Server(track.endpoint(), push_batch=bad_batch)   # type: ignore[arg-type]
+
+
+def test_a_blocking_publish_outlasts_the_client_timeout_while_held(track: Tracker) -> None:
+    # The client's default wait stretches by the broker's hold_timeout (told in HELLO),
+    # and heartbeats keep flowing: a long hold is not a broken connection.
+    server, client = _full_hold_queue(track, heartbeat_interval=0.05, heartbeat_timeout=0.3)
+    publisher = track.client(server.endpoint, timeout=0.5)
+    assert publisher.info["hold_timeout"] == 30.0
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(publisher.publish("t", b"2")))
+    thread.start()
+    track.wait_until(lambda: client.server_stats()["held"] == 1, what="held")
+    thread.join(1.5)          # three times the client's timeout, ten heartbeat timeouts
+    assert thread.is_alive() and not result
+    got = client.receive("q", max_messages=2)
+    client.ack_batch([m.receipt for m in got])
+    thread.join(10.0)
+    assert not thread.is_alive() and len(result) == 1
+    assert result[0].deliveries == 1   # type: ignore[attr-defined]
+    assert server.counters["sessions_expired"] == 0
+
+
+def test_asyncio_publish_waits_out_a_hold(track: Tracker) -> None:
+    server, client = _full_hold_queue(track)
+
+    async def publish_then_check() -> int:
+        async with aio.connect(server.endpoint, timeout=0.3) as publisher:
+            task = asyncio.ensure_future(publisher.publish("t", b"2"))
+            await asyncio.sleep(0.9)          # three times its timeout, still held
+            assert not task.done()
+            got = client.receive("q", max_messages=2)
+            client.ack_batch([m.receipt for m in got])
+            return (await asyncio.wait_for(task, 10.0)).deliveries
+
+    assert asyncio.run(publish_then_check()) == 1
