@@ -547,6 +547,12 @@ class Broker:
                 self._arrivals.notify_all()
             return batch
 
+    def _enqueue_one(self, topic: str | None, queue: str | None,
+                     entry: bytes | bytearray | memoryview | PublishEntry) -> PublishResult:
+        """``publish``/``send`` of one message: a batch of one."""
+        result: PublishResult = self._enqueue(topic, queue, [entry])[0]
+        return result
+
     def publish(
         self,
         topic: str,
@@ -585,12 +591,8 @@ class Broker:
                 made anywhere).
         """
         self._ensure_open()
-        entry = body if (attributes is None and delay is None and deliver_at is None
-                         and group_id is None and dedup_id is None and priority is None
-                         and ttl is None) else _entry(
-            body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
-        result: PublishResult = self._enqueue(topic, None, [entry])[0]
-        return result
+        return self._enqueue_one(topic, None, _entry(
+            body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
     def publish_batch(
         self, topic: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
@@ -625,12 +627,8 @@ class Broker:
         window returns ``duplicate=True`` and the original message id.
         """
         self._ensure_open()
-        entry = body if (attributes is None and delay is None and deliver_at is None
-                         and group_id is None and dedup_id is None and priority is None
-                         and ttl is None) else _entry(
-            body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
-        result: PublishResult = self._enqueue(None, queue, [entry])[0]
-        return result
+        return self._enqueue_one(None, queue, _entry(
+            body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
     def send_batch(
         self, queue: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
