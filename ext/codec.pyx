@@ -500,6 +500,24 @@ def pack_ring_batch(records):
     return packed
 
 
+def count_ring_batch(frame):
+    """Validate a ring batch buffer and return how many records it holds.
+
+    Raises:
+        InvalidArgument: a length prefix is truncated or runs past the end.
+    """
+    cdef _ReadBuffer source = _ReadBuffer(frame)
+    cdef uint64_t records
+    cdef uint64_t largest
+    cdef size_t fault = 0
+    cdef int status = ff_ring_batch_scan(<const char*>source.buffer.buf,
+                                         <size_t>source.buffer.len, &records, &largest,
+                                         &fault)
+    if status != FF_CODEC_OK:
+        raise _malformed(status, fault, "ring batch")
+    return records
+
+
 def unpack_ring_batch(frame):
     """Split a ring batch buffer into its records.
 

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from fastfanout._ext.batches import PublishBatch, RingBatch
+from fastfanout._ext.codec import count_ring_batch
 from fastfanout._ext.ring import Ring
 from fastfanout.errors import Closed, InvalidArgument
 
@@ -121,15 +122,7 @@ class Producer:
 
     def _held_count(self) -> int:
         """Messages in the batch the broker refused last (ring batch form)."""
-        if self._held is None:
-            return 0
-        count = 0
-        offset = 0
-        frame = self._held
-        while offset < len(frame):
-            count += 1
-            offset += 4 + int.from_bytes(frame[offset:offset + 4], "little")
-        return count
+        return 0 if self._held is None else count_ring_batch(self._held)
 
     def close(self) -> None:
         """Flush what is left, then refuse further offers."""

@@ -13,6 +13,7 @@ from fastfanout._ext.codec import (
     RECORD_HEADER_SIZE,
     Record,
     count_records,
+    count_ring_batch,
     decode_batch,
     encode_batch,
     pack_ring_batch,
@@ -351,6 +352,7 @@ def test_ring_batch_layout():
     packed = pack_ring_batch([b"ab", b"", bytearray(b"xyz")])
     assert packed == b"\2\0\0\0ab" + b"\0\0\0\0" + b"\3\0\0\0xyz"
     assert unpack_ring_batch(packed) == [b"ab", b"", b"xyz"]
+    assert count_ring_batch(packed) == 3 and count_ring_batch(b"") == 0
     assert pack_ring_batch([]) == b"" and unpack_ring_batch(b"") == []
 
 
@@ -365,6 +367,8 @@ def test_ring_batch_layout():
 def test_malformed_ring_batch(packed, fragment, offset):
     with pytest.raises(InvalidArgument, match=f"{fragment}.*byte offset {offset}"):
         unpack_ring_batch(packed)
+    with pytest.raises(InvalidArgument, match=f"{fragment}.*byte offset {offset}"):
+        count_ring_batch(packed)
 
 
 def test_pack_ring_batch_refuses_non_bytes():
