@@ -1,13 +1,38 @@
-"""Pieces the end-to-end scripts share: stopping their processes, publishing a run."""
+"""Pieces the end-to-end scripts share: the broker process, publishing a run, cleanup."""
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
 BODY = b"x" * 64
 PUBLISH_CHUNK = 1000
 IN_FLIGHT = 8
+START_DEADLINE = 30.0
+
+
+def serve_broker(endpoint: str) -> None:
+    """A broker process's target: serve ``endpoint`` with the default settings."""
+    from fastfanout.server import serve
+
+    serve(endpoint)
+
+
+def connect_when_up(endpoint: str, broker: Any) -> Any:
+    """A client of the broker process ``broker`` once it answers (START_DEADLINE at most)."""
+    from fastfanout.client import connect
+    from fastfanout.errors import FastFanoutError
+
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        if not broker.is_alive():
+            raise RuntimeError(f"the broker exited with {broker.exitcode}")
+        try:
+            return connect(endpoint, timeout=0.5)
+        except FastFanoutError:
+            if time.monotonic() > deadline:
+                raise
 
 
 def stop_processes(processes: list[Any]) -> None:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from e2e_common import BODY, publish_run
+from e2e_common import BODY, connect_when_up, publish_run, serve_broker
 
 PREFETCH = 16000   # pushes of up to 8,192 (the server's push_batch), two in flight
 # Each queue holds at most this many messages with overflow="hold": a publish that does
@@ -70,12 +70,6 @@ def baseline(count: int) -> float:
     return float(rate)
 
 
-def _serve(endpoint: str) -> None:
-    from fastfanout.server import serve
-
-    serve(endpoint)
-
-
 def _consume(endpoint: str, queue: str, count: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     from fastfanout.client import connect
 
@@ -99,22 +93,12 @@ def _consume(endpoint: str, queue: str, count: int, out: mp.Queue) -> None:  # t
 
 
 def fastfanout_run(count: int, consumers: int, mode: str) -> float:
-    from fastfanout.client import connect
-
     ctx = mp.get_context("spawn")
     endpoint = f"ipc://{tempfile.mkdtemp()}/ff.sock"
-    broker = ctx.Process(target=_serve, args=(endpoint,))
+    broker = ctx.Process(target=serve_broker, args=(endpoint,))
     broker.start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client = connect(endpoint, timeout=0.5)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-        with client:
+        with connect_when_up(endpoint, broker) as client:
             client.create_topic("t")
             for i in range(consumers):
                 client.create_queue(f"q{i}", max_messages=QUEUE_BOUND, overflow="hold")

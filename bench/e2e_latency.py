@@ -31,12 +31,11 @@ import tempfile
 import time
 from typing import Any
 
-from e2e_common import stop_processes
+from e2e_common import START_DEADLINE, connect_when_up, serve_broker, stop_processes
 
 STAMP = struct.Struct("<q")
 PADDING = b"x" * (64 - STAMP.size)
 IDLE = 3.0  # seconds without a message after which the consumer stops
-START_DEADLINE = 30.0
 PERCENTILES = (50.0, 99.0, 99.9)
 
 
@@ -154,12 +153,6 @@ def baseline(count: int, rate: float, warmup: float) -> tuple[list[float], int]:
 # -- fastfanout: publisher -> broker -> push consumer -------------------------------------
 
 
-def _serve(endpoint: str) -> None:
-    from fastfanout.server import serve
-
-    serve(endpoint)
-
-
 def _consume(endpoint: str, count: int, rate: float, warmup: float, prefetch: int,
              out: Any) -> None:
     from fastfanout.client import connect
@@ -194,21 +187,6 @@ def _publish(endpoint: str, count: int, rate: float, mode: str) -> None:
         _schedule(count, rate, send if mode == "nowait" else send_batch)
 
 
-def _connect_when_up(endpoint: str, broker: Any) -> Any:
-    from fastfanout.client import connect
-    from fastfanout.errors import FastFanoutError
-
-    deadline = time.monotonic() + START_DEADLINE
-    while True:
-        if not broker.is_alive():
-            raise RuntimeError(f"the broker exited with {broker.exitcode}")
-        try:
-            return connect(endpoint, timeout=0.5)
-        except FastFanoutError:
-            if time.monotonic() > deadline:
-                raise
-
-
 def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int, mode: str
                    ) -> tuple[list[float], int]:
     """One run through the broker: ([p50, p99, p99.9] µs, lost)."""
@@ -216,14 +194,14 @@ def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int, mode: 
     with tempfile.TemporaryDirectory() as directory:
         endpoint = f"ipc://{directory}/ff.sock"
         out = ctx.Queue()
-        broker = ctx.Process(target=_serve, args=(endpoint,))
+        broker = ctx.Process(target=serve_broker, args=(endpoint,))
         consumer = ctx.Process(target=_consume,
                                args=(endpoint, count, rate, warmup, prefetch, out))
         publisher = ctx.Process(target=_publish, args=(endpoint, count, rate, mode))
         started: list[Any] = []
         try:
             broker.start()
-            with _connect_when_up(endpoint, broker) as client:
+            with connect_when_up(endpoint, broker) as client:
                 client.create_topic("t")
                 client.create_queue("q")
                 client.subscribe("t", "q")

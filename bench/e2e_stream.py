@@ -25,11 +25,17 @@ import tempfile
 import time
 from typing import Any
 
-from e2e_common import BODY, publish_run, stop_processes
+from e2e_common import (
+    BODY,
+    START_DEADLINE,
+    connect_when_up,
+    publish_run,
+    serve_broker,
+    stop_processes,
+)
 
 HELLO = b"hello"
 IDLE = 3.0  # seconds without a message after which a listener stops counting
-START_DEADLINE = 30.0
 RUN_DEADLINE = 300.0
 
 
@@ -127,12 +133,6 @@ def baseline(count: int, listeners: int) -> tuple[float, int]:
 # -- fastfanout: publisher -> broker -> listen() --------------------------------------------
 
 
-def _serve(endpoint: str) -> None:
-    from fastfanout.server import serve
-
-    serve(endpoint)
-
-
 def _listen(endpoint: str, count: int, out: Any) -> None:
     from fastfanout.client import connect
 
@@ -158,35 +158,20 @@ def _listen(endpoint: str, count: int, out: Any) -> None:
 
 
 
-def _connect_when_up(endpoint: str, broker: Any) -> Any:
-    from fastfanout.client import connect
-    from fastfanout.errors import FastFanoutError
-
-    deadline = time.monotonic() + START_DEADLINE
-    while True:
-        if not broker.is_alive():
-            raise RuntimeError(f"the broker exited with {broker.exitcode}")
-        try:
-            return connect(endpoint, timeout=0.5)
-        except FastFanoutError:
-            if time.monotonic() > deadline:
-                raise
-
-
 def fastfanout_run(count: int, listeners: int, mode: str) -> tuple[float, int, int, int]:
     """One run through the broker: (median per-listener rate, gaps, missing, dropped)."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as directory:
         endpoint = f"ipc://{directory}/ff.sock"
         out = ctx.Queue()
-        broker = ctx.Process(target=_serve, args=(endpoint,))
+        broker = ctx.Process(target=serve_broker, args=(endpoint,))
         procs = [ctx.Process(target=_listen, args=(endpoint, count, out))
                  for _ in range(listeners)]
         pub = ctx.Process(target=publish_run, args=(endpoint, count, mode))
         started: list[Any] = []
         try:
             broker.start()
-            with _connect_when_up(endpoint, broker) as client:
+            with connect_when_up(endpoint, broker) as client:
                 client.create_topic("t")
                 for proc in procs:
                     proc.start()
