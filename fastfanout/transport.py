@@ -395,34 +395,53 @@ class ServerTransport:
         self._context.term()
 
 
-def _client_socket(context: zmq.Context[Any], kind: int, curve: CurveKeys | None
-                   ) -> Any:
-    sock: Any = context.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        if curve.server_key is None:
-            sock.close()
-            raise TransportError("CURVE client keys need the broker's public key")
-        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server_key)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+def _connect_client(context: zmq.Context[Any], kind: int, options: list[tuple[int, Any]],
+                    curve: CurveKeys | None, endpoint: str, what: str) -> Any:
+    """A client socket of ``kind`` with ``options`` (and CURVE), connected to ``endpoint``.
+
+    On failure the context is destroyed and ``TransportError`` says what could not be done.
+    """
+    try:
+        sock: Any = context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            if curve.server_key is None:
+                sock.close()
+                raise TransportError("CURVE client keys need the broker's public key")
+            sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+        for option, value in options:
+            sock.setsockopt(option, value)
+        sock.connect(endpoint)
+    except (zmq.ZMQError, TransportError) as exc:
+        context.destroy(linger=0)
+        raise TransportError(f"cannot {what} {endpoint}: {exc}") from None
     return sock
 
 
-class _ClientSocket:
+class _OwnedSocket:
+    """A socket with a context of its own, closed together."""
+
+    _socket: Any
+    _context: Any
+    closed: bool
+
+    def close(self) -> None:
+        """Close the socket and its context (pending messages are dropped)."""
+        if not self.closed:
+            self.closed = True
+            self._socket.close(linger=0)
+            self._context.term()
+
+
+class _ClientSocket(_OwnedSocket):
     """A connected client socket (DEALER or SUB) with its own context and poller."""
 
     def __init__(self, endpoint: str, kind: int, options: list[tuple[int, Any]],
                  curve: CurveKeys | None, what: str) -> None:
         self._context = zmq.Context()
-        try:
-            self._socket = _client_socket(self._context, kind, curve)
-            for option, value in options:
-                self._socket.setsockopt(option, value)
-            self._socket.connect(endpoint)
-        except (zmq.ZMQError, TransportError) as exc:
-            self._context.destroy(linger=0)
-            raise TransportError(f"cannot {what} {endpoint}: {exc}") from None
+        self._socket = _connect_client(self._context, kind, options, curve, endpoint, what)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self.closed = False
@@ -436,13 +455,6 @@ class _ClientSocket:
         except zmq.Again:
             return None
         return frames
-
-    def close(self) -> None:
-        """Close the socket and its context (pending messages are dropped)."""
-        if not self.closed:
-            self.closed = True
-            self._socket.close(linger=0)
-            self._context.term()
 
 
 class DealerTransport(_ClientSocket):
@@ -478,7 +490,22 @@ class SubTransport(_ClientSocket):
                          curve, "listen on")
 
 
-class AsyncDealerTransport:
+class _AsyncClientSocket(_OwnedSocket):
+    """A connected client socket on ``zmq.asyncio``, with its own context."""
+
+    def __init__(self, endpoint: str, kind: int, options: list[tuple[int, Any]],
+                 curve: CurveKeys | None, what: str) -> None:
+        self._context = zmq.asyncio.Context()
+        self._socket = _connect_client(self._context, kind, options, curve, endpoint, what)
+        self.closed = False
+
+    async def recv(self) -> list[bytes]:
+        """The next message (waits as long as it takes; cancel to stop)."""
+        frames: list[bytes] = await self._socket.recv_multipart()
+        return frames
+
+
+class AsyncDealerTransport(_AsyncClientSocket):
     """A client's command connection (DEALER) on ``zmq.asyncio``.
 
     Args:
@@ -487,36 +514,16 @@ class AsyncDealerTransport:
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
-        self._context = zmq.asyncio.Context()
-        try:
-            self._socket: Any = _client_socket(self._context, zmq.DEALER, curve)
-            self._socket.setsockopt(zmq.SNDHWM, 100_000)
-            self._socket.setsockopt(zmq.RCVHWM, 100_000)
-            self._socket.connect(endpoint)
-        except (zmq.ZMQError, TransportError) as exc:
-            self._context.destroy(linger=0)
-            raise TransportError(f"cannot connect to {endpoint}: {exc}") from None
-        self.closed = False
+        super().__init__(endpoint, zmq.DEALER,
+                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
 
     async def send(self, frames: list[bytes]) -> None:
         """Queue a request."""
         await self._socket.send_multipart(frames)
 
-    async def recv(self) -> list[bytes]:
-        """The next broker message (waits as long as it takes; cancel to stop)."""
-        frames: list[bytes] = await self._socket.recv_multipart()
-        return frames
 
-    def close(self) -> None:
-        """Close the socket and its context."""
-        if not self.closed:
-            self.closed = True
-            self._socket.close(linger=0)
-            self._context.term()
-
-
-class AsyncSubTransport:
-    """A stream listener's SUB socket on ``zmq.asyncio``.
+class AsyncSubTransport(_AsyncClientSocket):
+    """A stream listener's SUB socket on ``zmq.asyncio``; ``recv`` gives [topic, records].
 
     Args:
         endpoint: the broker's stream endpoint.
@@ -526,29 +533,9 @@ class AsyncSubTransport:
 
     def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None
                  ) -> None:
-        self._context = zmq.asyncio.Context()
-        try:
-            self._socket: Any = _client_socket(self._context, zmq.SUB, curve)
-            self._socket.setsockopt(zmq.RCVHWM, 100_000)
-            for prefix in prefixes:
-                self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
-            self._socket.connect(endpoint)
-        except (zmq.ZMQError, TransportError) as exc:
-            self._context.destroy(linger=0)
-            raise TransportError(f"cannot listen on {endpoint}: {exc}") from None
-        self.closed = False
-
-    async def recv(self) -> list[bytes]:
-        """The next stream message ``[topic, records]``."""
-        frames: list[bytes] = await self._socket.recv_multipart()
-        return frames
-
-    def close(self) -> None:
-        """Close the socket and its context."""
-        if not self.closed:
-            self.closed = True
-            self._socket.close(linger=0)
-            self._context.term()
+        super().__init__(endpoint, zmq.SUB,
+                         [(zmq.RCVHWM, 100_000), *((zmq.SUBSCRIBE, p) for p in prefixes)],
+                         curve, "listen on")
 
 
 def pid_alive(pid: int) -> bool:
