@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 import tomllib
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -27,15 +28,21 @@ endpoint_option = click.option(
     help="Broker endpoint (ipc://PATH or tcp://HOST:PORT); default: per-user ipc socket.")
 
 
-def _client(endpoint: str | None) -> Any:
-    from fastfanout.client import connect
-
-    return connect(endpoint, timeout=5.0)
-
-
-def _fail(error: FastFanoutError) -> None:
+def _fail(error: FastFanoutError) -> NoReturn:
     click.echo(f"error [{error.code}]: {error}", err=True)
     sys.exit(1)
+
+
+@contextmanager
+def _connected(endpoint: str | None) -> Iterator[Any]:
+    """A client of the broker at ``endpoint``; a broker error ends the command (exit 1)."""
+    from fastfanout.client import connect
+
+    try:
+        with connect(endpoint, timeout=5.0) as client:
+            yield client
+    except FastFanoutError as error:
+        _fail(error)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,12 +132,9 @@ def pub(endpoint: str | None, topic: str, message: str, attr: tuple[str, ...],
         group_id: str | None, dedup_id: str | None, delay: float | None) -> None:
     """Publish MESSAGE (or stdin when MESSAGE is - or absent) to TOPIC."""
     body = sys.stdin.buffer.read() if message == "-" else message.encode()
-    try:
-        with _client(endpoint) as client:
-            result = client.publish(topic, body, attributes=_parse_attributes(attr) or None,
-                                    group_id=group_id, dedup_id=dedup_id, delay=delay)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        result = client.publish(topic, body, attributes=_parse_attributes(attr) or None,
+                                group_id=group_id, dedup_id=dedup_id, delay=delay)
     click.echo(f"message {result.message_id}: {result.deliveries} deliveries"
                + (" (duplicate)" if result.duplicate else ""))
 
@@ -142,7 +146,7 @@ def pub(endpoint: str | None, topic: str, message: str, attr: tuple[str, ...],
 def sub(endpoint: str | None, topic_pattern: str, count: int) -> None:
     """Listen to the stream of TOPIC_PATTERN and print each message (Ctrl-C stops)."""
     try:
-        with _client(endpoint) as client, client.listen(topic_pattern) as listener:
+        with _connected(endpoint) as client, client.listen(topic_pattern) as listener:
             seen = 0
             for message in listener:
                 click.echo(f"{message.topic} #{message.sequence} id={message.id} "
@@ -152,8 +156,6 @@ def sub(endpoint: str | None, topic_pattern: str, count: int) -> None:
                     break
             if listener.gaps:
                 click.echo(f"missed {listener.gaps} messages", err=True)
-    except FastFanoutError as error:
-        _fail(error)
     except KeyboardInterrupt:
         pass
 
@@ -168,17 +170,14 @@ def sub(endpoint: str | None, topic_pattern: str, count: int) -> None:
 def receive(endpoint: str | None, queue: str, ack: bool, max_messages: int,
             wait: float) -> None:
     """Receive up to N messages from QUEUE and print them."""
-    try:
-        with _client(endpoint) as client:
-            messages = client.receive(queue, max_messages=max_messages, wait=wait)
-            for message in messages:
-                click.echo(f"id={message.id} receive_count={message.receive_count} "
-                           f"receipt={message.receipt} {message.attributes or ''} "
-                           f"{message.body!r}")
-            if ack and messages:
-                client.ack_batch([message.receipt for message in messages])
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        messages = client.receive(queue, max_messages=max_messages, wait=wait)
+        for message in messages:
+            click.echo(f"id={message.id} receive_count={message.receive_count} "
+                       f"receipt={message.receipt} {message.attributes or ''} "
+                       f"{message.body!r}")
+        if ack and messages:
+            client.ack_batch([message.receipt for message in messages])
 
 
 @cli.command()
@@ -188,12 +187,9 @@ def stats(endpoint: str | None, as_json: bool) -> None:
     """Print per topic, queue and connection counters."""
     import dataclasses
 
-    try:
-        with _client(endpoint) as client:
-            broker_stats = client.stats()
-            server_stats = client.server_stats()
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        broker_stats = client.stats()
+        server_stats = client.server_stats()
     if as_json:
         click.echo(json.dumps({"broker": dataclasses.asdict(broker_stats),
                                "server": server_stats}, indent=2, sort_keys=True))
@@ -235,12 +231,9 @@ def stats(endpoint: str | None, as_json: bool) -> None:
 def create_topic(endpoint: str | None, name: str, fifo: bool, content_dedup: bool,
                  dedup_window: float) -> None:
     """Create topic NAME (a no-op if it exists)."""
-    try:
-        with _client(endpoint) as client:
-            client.create_topic(name, fifo=fifo, content_dedup=content_dedup,
-                                dedup_window=dedup_window)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        client.create_topic(name, fifo=fifo, content_dedup=content_dedup,
+                            dedup_window=dedup_window)
     click.echo(f"topic {name}")
 
 
@@ -272,11 +265,8 @@ def create_queue(endpoint: str | None, name: str, redelivery_backoff: str | None
     if redelivery_backoff:
         settings["redelivery_backoff"] = tuple(
             float(part) for part in redelivery_backoff.split(","))
-    try:
-        with _client(endpoint) as client:
-            client.create_queue(name, **settings)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        client.create_queue(name, **settings)
     click.echo(f"queue {name}")
 
 
@@ -290,12 +280,9 @@ def create_queue(endpoint: str | None, name: str, redelivery_backoff: str | None
 def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str | None,
               filter_scope: str) -> None:
     """Subscribe QUEUE to TOPIC (a name or pattern); prints the subscription id."""
-    try:
-        with _client(endpoint) as client:
-            subscription_id = client.subscribe(topic, queue, filter_policy=filter_policy,
-                                               filter_scope=filter_scope)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        subscription_id = client.subscribe(topic, queue, filter_policy=filter_policy,
+                                           filter_scope=filter_scope)
     click.echo(f"subscription {subscription_id}")
 
 
@@ -304,11 +291,8 @@ def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str |
 @click.argument("subscription_id", type=int)
 def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
     """Remove subscription SUBSCRIPTION_ID (as printed by subscribe)."""
-    try:
-        with _client(endpoint) as client:
-            client.unsubscribe(subscription_id)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        client.unsubscribe(subscription_id)
     click.echo(f"unsubscribed {subscription_id}")
 
 
@@ -320,11 +304,8 @@ def purge(endpoint: str | None, queue: str, yes: bool) -> None:
     """Remove every message of QUEUE (visible, leased and delayed); prints how many."""
     if not yes:
         click.confirm(f"Remove every message of queue {queue}?", abort=True)
-    try:
-        with _client(endpoint) as client:
-            removed = client.purge(queue)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        removed = client.purge(queue)
     click.echo(f"purged {removed} messages from {queue}")
 
 
@@ -338,11 +319,8 @@ def purge(endpoint: str | None, queue: str, yes: bool) -> None:
 def redrive(endpoint: str | None, dead_letter_queue: str, to: str | None,
             max_messages: int | None) -> None:
     """Move dead-lettered messages of DLQ back to their source queues (or to --to)."""
-    try:
-        with _client(endpoint) as client:
-            moved = client.redrive(dead_letter_queue, to=to, max_messages=max_messages)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        moved = client.redrive(dead_letter_queue, to=to, max_messages=max_messages)
     click.echo(f"redrove {moved} messages from {dead_letter_queue}"
                + (f" to {to}" if to else ""))
 
@@ -355,11 +333,8 @@ def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
     """Delete queue NAME with its messages and subscriptions."""
     if not yes:
         click.confirm(f"Delete queue {name} and its messages?", abort=True)
-    try:
-        with _client(endpoint) as client:
-            client.delete_queue(name)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        client.delete_queue(name)
     click.echo(f"deleted queue {name}")
 
 
@@ -368,11 +343,8 @@ def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
 @click.argument("name")
 def delete_topic(endpoint: str | None, name: str) -> None:
     """Delete topic NAME and its subscriptions (messages already queued stay)."""
-    try:
-        with _client(endpoint) as client:
-            client.delete_topic(name)
-    except FastFanoutError as error:
-        _fail(error)
+    with _connected(endpoint) as client:
+        client.delete_topic(name)
     click.echo(f"deleted topic {name}")
 
 
