@@ -635,25 +635,27 @@ class Client:
         finally:
             consumer.cancel()
 
-    def _grant(self, consumer_id: int, count: int) -> None:
+    def _fire(self, opcode: int, payload: list[bytes]) -> None:
+        """Send a request that gets no reply (CREDIT, SETTLE).
+
+        Nothing is sent without a connection: the broker released that connection's
+        leases and credit when it went.
+        """
         with self._lock:
             if self._transport is None:
                 return
+            if self._batches:
+                self._flush_batches()
             request_id = self._next_id
             self._next_id += 1
-            self._transport.send([protocol.encode_header(Opcode.CREDIT, request_id),
-                                  protocol.encode_payload([consumer_id, count])])
+            self._transport.send([protocol.encode_header(opcode, request_id), *payload])
+
+    def _grant(self, consumer_id: int, count: int) -> None:
+        self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])
 
     def _settle(self, receipts: bytes, consumer_id: int, credit: int) -> None:
         """Ack ``receipts`` and return ``credit`` to a consumer in one SETTLE request."""
-        with self._lock:
-            if self._batches:
-                self._flush_batches()
-            transport = self._ensure()
-            request_id = self._next_id
-            self._next_id += 1
-            transport.send([protocol.encode_header(Opcode.SETTLE, request_id), receipts,
-                            protocol.encode_payload([consumer_id, credit])])
+        self._fire(Opcode.SETTLE, [receipts, protocol.encode_payload([consumer_id, credit])])
 
     def _cancel(self, consumer_id: int) -> None:
         with self._lock:

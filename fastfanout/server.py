@@ -504,15 +504,12 @@ class Server:
 
         Held: behind the session's held requests, or refused by a full ``hold`` queue.
         """
-        if self._held.waiting(session):
-            self._held.hold(session, request_id, run, time.monotonic())
-            self.counters["held_requests"] += 1
-            return None
-        try:
-            return run()
-        except QueueFull as exc:
-            if not exc.hold or self._held.timeout <= 0:
-                raise
+        if not self._held.waiting(session):
+            try:
+                return run()
+            except QueueFull as exc:
+                if not exc.hold or self._held.timeout <= 0:
+                    raise
         self._held.hold(session, request_id, run, time.monotonic())
         self.counters["held_requests"] += 1
         return None
