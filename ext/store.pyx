@@ -337,14 +337,14 @@ cdef class Store:
     cdef uint32_t* reserve_delivery_slots(self, Py_ssize_t count) except NULL:
         """A scratch array of at least ``count`` slots (kept between calls)."""
         cdef uint32_t* grown
+        if count < 1:
+            count = 1   # never hand out NULL, even for an empty receive
         if count > self.delivery_slot_capacity:
             grown = <uint32_t*>PyMem_Realloc(self.delivery_slots, count * sizeof(uint32_t))
             if grown == NULL:
                 raise MemoryError()
             self.delivery_slots = grown
             self.delivery_slot_capacity = count
-        if self.delivery_slots == NULL:
-            return self.reserve_delivery_slots(1)
         return self.delivery_slots
 
     cdef uint64_t message_size(self, blob_t* blob) noexcept:
