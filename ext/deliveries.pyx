@@ -139,7 +139,6 @@ def receive_frame(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lea
     cdef uint64_t total = FF_BATCH_HEADER_SIZE
     cdef dict dead_infos = None
     cdef bytes dead_info
-    cdef dead_letter_t* dead
     cdef bytes frame
     cdef char* out
     while leased < max_messages:
@@ -148,13 +147,7 @@ def receive_frame(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lea
             break
         dead_info = None
         if self.entries[slot].dead != NULL:
-            dead = self.entries[slot].dead
-            dead_info = _encode_json([
-                DEAD_LETTER_REASONS[dead.reason],
-                self.names[dead.source_queue], dead.receive_count,
-                None if dead.first_receive_us < 0 else dead.first_receive_us,
-                None if dead.last_receive_us < 0 else dead.last_receive_us,
-                dead.time_us])
+            dead_info = dead_letter_json(self, self.entries[slot].dead)
             if dead_infos is None:
                 dead_infos = {}
             dead_infos[leased] = dead_info
@@ -182,3 +175,11 @@ cdef object dead_letter_info(Store self, dead_letter_t* dead):
         DEAD_LETTER_REASONS[dead.reason], self.names[dead.source_queue],
         dead.receive_count, _seconds_or_none(dead.first_receive_us),
         _seconds_or_none(dead.last_receive_us), dead.time_us / 1e6)
+
+
+cdef bytes dead_letter_json(Store self, dead_letter_t* dead):
+    """A dead-letter record as a delivery record's name part (see ``receive_frame``)."""
+    return _encode_json([
+        DEAD_LETTER_REASONS[dead.reason], self.names[dead.source_queue], dead.receive_count,
+        None if dead.first_receive_us < 0 else dead.first_receive_us,
+        None if dead.last_receive_us < 0 else dead.last_receive_us, dead.time_us])
