@@ -170,8 +170,8 @@ class PublishFuture:
 
 
 BUSY_TICKING = 0.05
-"""Seconds the background thread keeps ticking every ``linger`` after a publish batch
-was started (then it sleeps a heartbeat interval and is woken by the next batch)."""
+"""Seconds the background thread keeps ticking every ``linger`` after a publish batch or
+a batch ack was queued (then it sleeps a heartbeat interval and is woken by the next)."""
 
 
 class Client:
@@ -180,7 +180,8 @@ class Client:
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
         timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
-        linger: seconds a pipelined publish may wait for more to batch with.
+        linger: seconds a pipelined publish, or a consumer's pipelined batch ack, may wait
+            for more to batch with.
         batch_messages: records per publish batch before it is sent.
         batch_bytes: body bytes per publish batch before it is sent.
         curve: client CURVE keys (with the broker's public key) for a CURVE broker.
@@ -431,6 +432,8 @@ class Client:
                 now = time.monotonic()
                 if self._batches and now - self._oldest_batch >= self.linger:
                     self._flush_batches()
+                for consumer in list(self._consumers.values()):
+                    consumer._settle_wait(now)
                 if now - self._last_sent_heartbeat >= interval:
                     self._heartbeat_if_due(now)
                     self._pump_once(0)
@@ -452,10 +455,7 @@ class Client:
             batch = self._batches.get(key)
             if batch is None:
                 if not self._batches:
-                    self._oldest_batch = now = time.monotonic()
-                    if now >= self._busy_until:
-                        self._kick.set()   # the background thread sleeps long: wake it
-                    self._busy_until = now + BUSY_TICKING
+                    self._oldest_batch = self._note_lingering()
                 batch = self._batches[key] = _Batch()
             builder = batch.builder
             index = (builder.append_body(body) if options is None
@@ -465,6 +465,18 @@ class Client:
             if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
                 self._send_batch(key, self._batches.pop(key))
             return future
+
+    def _note_lingering(self) -> float:
+        """Something waits for its linger (a publish batch, batch acks); returns now.
+
+        The background thread, which sends what is due, then ticks every linger for
+        ``BUSY_TICKING`` seconds rather than being woken for each new batch.
+        """
+        now = time.monotonic()
+        if now >= self._busy_until:
+            self._kick.set()   # the background thread sleeps long: wake it
+        self._busy_until = now + BUSY_TICKING
+        return now
 
     def _send_batch(self, key: tuple[int, str], batch: _Batch) -> None:
         frame = batch.builder.take()
@@ -785,6 +797,7 @@ class Client:
                     futures = [f for batch in self._batches.values() for f in batch.futures]
                     self._flush_batches()
                     for consumer in list(self._consumers.values()):
+                        consumer._send_settle()
                         consumer.closed = True
                     self._consumers.clear()
                     try:

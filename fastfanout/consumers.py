@@ -34,7 +34,10 @@ from fastfanout.transport import CurveKeys, SubTransport
 if TYPE_CHECKING:
     from fastfanout.client import Client
 
-__all__ = ["Consumer", "DeliveryBatch", "Listener"]
+__all__ = ["SETTLE_MAX_RECEIPTS", "Consumer", "DeliveryBatch", "Listener"]
+
+SETTLE_MAX_RECEIPTS = 65_536
+"""Most receipts one SETTLE request carries (512 KiB): queued batch acks go at this many."""
 
 
 class Consumer(Iterator[RemoteMessage]):
@@ -53,6 +56,11 @@ class Consumer(Iterator[RemoteMessage]):
         self._batches: deque[list[bytes]] = deque()
         self._messages: deque[RemoteMessage] = deque()
         self._credit_owed = 0
+        # pipelined batch acks not sent yet: sent together within the client's linger
+        self._unsent: list[bytes] = []
+        self._unsent_credit = 0
+        self._unsent_receipts = 0
+        self._unsent_since = 0.0
         self.error: FastFanoutError | None = None
         self.closed = False
 
@@ -61,6 +69,46 @@ class Consumer(Iterator[RemoteMessage]):
         if self._credit_owed >= max(1, self.prefetch // 4) and not self.closed:
             self._client._grant(self._request_id, self._credit_owed)
             self._credit_owed = 0
+
+    def _defer_settle(self, receipts: bytes, credit: int) -> None:
+        """Queue a pipelined batch ack returning ``credit``; sent within the client's linger.
+
+        It goes at once when the queued acks return half the prefetch (the broker must not
+        run out of credit), hold ``SETTLE_MAX_RECEIPTS`` receipts, or linger is 0. The
+        thread that waits for the next batch sends it when its linger is up; when no thread
+        waits, the client's background thread does, at its next heartbeat (it is not woken
+        for acks: waking it would take the socket from the consuming thread).
+        """
+        client = self._client
+        with client._lock:
+            if not self._unsent:
+                self._unsent_since = time.monotonic()
+            self._unsent.append(receipts)
+            self._unsent_credit += credit
+            self._unsent_receipts += len(receipts) >> 3
+            if (self._unsent_credit >= max(1, self.prefetch // 2)
+                    or self._unsent_receipts >= SETTLE_MAX_RECEIPTS or client.linger <= 0):
+                self._send_settle()
+
+    def _send_settle(self) -> None:
+        """Send the queued batch acks now, in one SETTLE (ack + credit, no reply)."""
+        with self._client._lock:
+            if not self._unsent:
+                return
+            unsent, credit = self._unsent, self._unsent_credit
+            self._unsent, self._unsent_credit, self._unsent_receipts = [], 0, 0
+            self._client._settle(unsent[0] if len(unsent) == 1 else b"".join(unsent),
+                                 self._request_id, credit)
+
+    def _settle_wait(self, now: float) -> float | None:
+        """Seconds until the queued acks are due (sending them if they are), or None."""
+        if not self._unsent:
+            return None
+        left = self._unsent_since + self._client.linger - now
+        if left > 0:
+            return left
+        self._send_settle()
+        return None
 
     def _next_frames(self, timeout: float | None) -> list[bytes] | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -72,10 +120,13 @@ class Consumer(Iterator[RemoteMessage]):
             if self._credit_owed:
                 self._client._grant(self._request_id, self._credit_owed)
                 self._credit_owed = 0
-            remaining = None if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = None if deadline is None else deadline - now
             if remaining is not None and remaining <= 0:
                 return None
-            self._client._pump_once(0.1 if remaining is None else min(0.1, remaining))
+            wait = 0.1 if remaining is None else min(0.1, remaining)
+            settle = self._settle_wait(now)
+            self._client._pump_once(wait if settle is None else min(wait, settle))
         return self._batches.popleft()
 
     def __next__(self) -> RemoteMessage:
@@ -92,6 +143,7 @@ class Consumer(Iterator[RemoteMessage]):
 
     def cancel(self) -> None:
         """Stop the pushes (messages already received stay leased until settled)."""
+        self._send_settle()
         if not self.closed:
             self.closed = True
             self._client._cancel(self._request_id)
@@ -176,10 +228,12 @@ class DeliveryBatch(Sequence[RemoteMessage]):
             for message in self._messages:
                 message._consumer = None
         if not wait and not consumer.closed:
-            # One SETTLE (ack + credit, no reply unless the ack fails) instead of an ACK,
-            # its reply and a CREDIT: the broker counts a failure (error.stale_receipt).
-            client._settle(receipts_of(self._frames[0]), consumer._request_id,
-                           unsettled + consumer._credit_owed)
+            # Queued with the consumer's other batch acks and sent within the client's
+            # linger as one SETTLE (ack + credit, no reply unless the ack fails) instead of
+            # an ACK, its reply and a CREDIT each: the broker counts a failure
+            # (error.stale_receipt).
+            consumer._defer_settle(receipts_of(self._frames[0]),
+                                   unsettled + consumer._credit_owed)
             consumer._credit_owed = 0
             return
         pending = client._request(Opcode.ACK, [receipts_of(self._frames[0])])

@@ -105,3 +105,77 @@ def test_idle_consumer_keeps_its_session(track: Tracker) -> None:
     client.send("q", b"late")
     batch = consumer.next_batch(timeout=5.0)
     assert batch is not None and batch.bodies == [b"late"]
+
+
+def _one_message_batches(client: Tracker, consumer: Tracker, count: int) -> None:
+    """Send ``count`` messages one by one, receiving and acking each as its own batch."""
+    for index in range(count):
+        client.send("q", b"m%d" % index)
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None and len(batch) == 1
+        batch.ack()
+
+
+def test_batch_acks_wait_for_the_linger_and_go_together(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, linger=30.0)
+    client.create_queue("q", visibility_timeout=60.0)
+    consumer = client.consume("q", prefetch=100)
+    settles: list[bytes] = []
+    settle = client._settle
+
+    def counted_settle(receipts: bytes, *rest: int) -> None:
+        settles.append(receipts)
+        settle(receipts, *rest)
+
+    client._settle = counted_settle
+    _one_message_batches(client, consumer, 3)
+    # three sends were answered; the three acks are still queued in the client
+    assert client.stats().queues["q"].leased == 3 and settles == []
+    consumer.cancel()   # sends the queued acks first, as one SETTLE
+    assert client.stats().queues["q"].acked == 3
+    assert [len(receipts) for receipts in settles] == [3 * 8]
+
+
+def test_batch_acks_go_at_once_when_half_the_prefetch_is_owed(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, linger=30.0)
+    client.create_queue("q", visibility_timeout=60.0)
+    consumer = client.consume("q", prefetch=4)
+    _one_message_batches(client, consumer, 1)
+    assert client.stats().queues["q"].leased == 1
+    _one_message_batches(client, consumer, 1)   # 2 of 4 credits owed: sent without linger
+    track.wait_until(lambda: client.stats().queues["q"].acked == 2, what="acks sent")
+    consumer.cancel()
+
+
+def test_batch_acks_go_when_the_linger_ends_during_a_wait(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, linger=0.05)
+    client.create_queue("q", visibility_timeout=60.0)
+    consumer = client.consume("q", prefetch=100)
+    _one_message_batches(client, consumer, 1)
+    assert consumer.next_batch(timeout=0.5) is None   # the wait sends the due ack
+    assert client.stats().queues["q"].acked == 1
+    consumer.cancel()
+
+
+def test_background_thread_sends_batch_acks_when_nobody_waits(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, linger=0.01)
+    client.create_queue("q", visibility_timeout=60.0)
+    consumer = client.consume("q", prefetch=100)
+    _one_message_batches(client, consumer, 1)
+    track.wait_until(lambda: client.stats().queues["q"].acked == 1, what="ack sent")
+    consumer.cancel()
+
+
+def test_close_sends_queued_batch_acks(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, linger=30.0)
+    client.create_queue("q", visibility_timeout=60.0)
+    consumer = client.consume("q", prefetch=100)
+    _one_message_batches(client, consumer, 2)
+    client.close()
+    observer = track.client(server.endpoint)
+    assert observer.stats().queues["q"].acked == 2
