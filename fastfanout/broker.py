@@ -33,18 +33,15 @@ from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry, Pub
 from fastfanout.settings import (
     MAX_DEDUP_WINDOW,
     MAX_DELAY,
-    MAX_MESSAGE_SIZE_LIMIT,
-    MAX_PRIORITY,
     MAX_RECEIVE_BATCH,
     MAX_VISIBILITY_TIMEOUT,
     MAX_WAIT,
-    OVERFLOW_POLICIES,
     QueueSettings,
     Subscription,
     TopicSettings,
-    backoff_us,
     check_flag,
     check_name,
+    check_queue_settings,
     optional_count,
     seconds_to_us,
 )
@@ -263,48 +260,13 @@ class Broker:
             InvalidArgument: a setting is out of range or malformed.
         """
         self._ensure_open()
-        check_name("queue", name)
-        visibility_us = seconds_to_us(
-            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
-        delay_us = seconds_to_us("delay", delay, maximum=MAX_DELAY)
-        retention_us = seconds_to_us("retention", retention, maximum=MAX_DELAY, minimum=1.0)
-        receive_limit = optional_count("max_receive_count", max_receive_count)
-        message_limit = optional_count("max_messages", max_messages)
-        byte_limit = optional_count("max_bytes", max_bytes)
-        if (type(max_message_size) is not int
-                or not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT):
-            raise InvalidArgument(
-                f"max_message_size={max_message_size!r} must be an int from 1 to "
-                f"{MAX_MESSAGE_SIZE_LIMIT} bytes")
-        if overflow not in OVERFLOW_POLICIES:
-            raise InvalidArgument(
-                f"overflow={overflow!r} must be one of {', '.join(OVERFLOW_POLICIES)}")
-        if type(max_priority) is not int or not 0 <= max_priority <= MAX_PRIORITY:
-            raise InvalidArgument(f"max_priority={max_priority!r} must be an int from 0 to 255")
-        check_flag("fifo", fifo)
-        check_flag("content_dedup", content_dedup)
-        if fifo and max_priority:
-            raise InvalidArgument(
-                f"queue {name!r}: priorities do not apply to FIFO queues (max_priority must be 0)")
-        window_us = seconds_to_us(
-            "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
-        backoff_steps_us = backoff_us(redelivery_backoff)
-        if isinstance(redelivery_backoff, list):
-            redelivery_backoff = tuple(redelivery_backoff)
-        if dead_letter_queue is not None:
-            check_name("dead_letter_queue", dead_letter_queue)
-            if dead_letter_queue == name:
-                raise InvalidArgument(f"queue {name!r} cannot be its own dead-letter queue")
-        elif overflow == "dead_letter":
-            raise InvalidArgument(
-                f"queue {name!r}: overflow='dead_letter' needs a dead_letter_queue")
-        settings = QueueSettings(
+        settings, native = check_queue_settings(name, QueueSettings(
             visibility_timeout=visibility_timeout, max_receive_count=max_receive_count,
             dead_letter_queue=dead_letter_queue, delay=delay, max_messages=max_messages,
             max_bytes=max_bytes, max_message_size=max_message_size, retention=retention,
             overflow=overflow, max_priority=max_priority, fifo=fifo,
             content_dedup=content_dedup, dedup_window=dedup_window,
-            redelivery_backoff=redelivery_backoff)
+            redelivery_backoff=redelivery_backoff))
         with self._lock:
             self._now_us()
             existing = self._queue_settings.get(name)
@@ -313,15 +275,16 @@ class Broker:
                     raise AlreadyExists(
                         f"queue {name!r} exists with other settings: {existing}")
                 return
-            dlq_id = -1 if dead_letter_queue is None else self._queue_id(dead_letter_queue)
+            dlq_id = (-1 if settings.dead_letter_queue is None
+                      else self._queue_id(settings.dead_letter_queue))
             queue_id = self._store.add_queue(
-                name, visibility_us, delay_us, retention_us, message_limit, byte_limit,
-                max_message_size, receive_limit, dlq_id,
-                OVERFLOW_POLICIES.index(overflow), max_priority, fifo, content_dedup,
-                window_us, backoff_steps_us)
+                name, native.visibility_us, native.delay_us, native.retention_us,
+                native.message_limit, native.byte_limit, native.max_message_size,
+                native.receive_limit, dlq_id, native.overflow, native.max_priority,
+                native.fifo, native.content_dedup, native.window_us, native.backoff_us)
             self._queues[name] = queue_id
             self._queue_names[queue_id] = name
-            self._visibility_us[queue_id] = visibility_us
+            self._visibility_us[queue_id] = native.visibility_us
             self._queue_settings[name] = settings
 
     def delete_queue(self, name: str) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass, field, replace
+from typing import Final, NamedTuple
 
 from fastfanout.errors import InvalidArgument
 from fastfanout.filter_policy import CompiledPolicy
@@ -26,12 +26,14 @@ __all__ = [
     "MAX_VISIBILITY_TIMEOUT",
     "MAX_WAIT",
     "OVERFLOW_POLICIES",
+    "NativeQueueSettings",
     "QueueSettings",
     "Subscription",
     "TopicSettings",
     "backoff_us",
     "check_flag",
     "check_name",
+    "check_queue_settings",
     "optional_count",
     "seconds_to_us",
 ]
@@ -187,3 +189,74 @@ def check_flag(what: str, value: object) -> bool:
     if type(value) is not bool:
         raise InvalidArgument(f"{what} must be True or False, got {value!r}")
     return value
+
+
+class NativeQueueSettings(NamedTuple):
+    """A queue's checked settings in the native core's units (µs; -1: unbounded)."""
+
+    visibility_us: int
+    delay_us: int
+    retention_us: int
+    message_limit: int
+    byte_limit: int
+    max_message_size: int
+    receive_limit: int
+    overflow: int
+    """Index into ``OVERFLOW_POLICIES``."""
+    max_priority: int
+    fifo: bool
+    content_dedup: bool
+    window_us: int
+    backoff_us: list[int] | None
+
+
+def check_queue_settings(name: str, settings: QueueSettings
+                         ) -> tuple[QueueSettings, NativeQueueSettings]:
+    """Check a new queue's name and settings (``InvalidArgument`` naming the bad one).
+
+    Returns the settings as the queue keeps them (a backoff list made a tuple) and their
+    native form.
+    """
+    check_name("queue", name)
+    visibility_us = seconds_to_us(
+        "visibility_timeout", settings.visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
+    delay_us = seconds_to_us("delay", settings.delay, maximum=MAX_DELAY)
+    retention_us = seconds_to_us("retention", settings.retention, maximum=MAX_DELAY,
+                                 minimum=1.0)
+    receive_limit = optional_count("max_receive_count", settings.max_receive_count)
+    message_limit = optional_count("max_messages", settings.max_messages)
+    byte_limit = optional_count("max_bytes", settings.max_bytes)
+    size = settings.max_message_size
+    if type(size) is not int or not 1 <= size <= MAX_MESSAGE_SIZE_LIMIT:
+        raise InvalidArgument(
+            f"max_message_size={size!r} must be an int from 1 to "
+            f"{MAX_MESSAGE_SIZE_LIMIT} bytes")
+    overflow = settings.overflow
+    if overflow not in OVERFLOW_POLICIES:
+        raise InvalidArgument(
+            f"overflow={overflow!r} must be one of {', '.join(OVERFLOW_POLICIES)}")
+    priority = settings.max_priority
+    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidArgument(f"max_priority={priority!r} must be an int from 0 to 255")
+    check_flag("fifo", settings.fifo)
+    check_flag("content_dedup", settings.content_dedup)
+    if settings.fifo and priority:
+        raise InvalidArgument(
+            f"queue {name!r}: priorities do not apply to FIFO queues (max_priority must be 0)")
+    window_us = seconds_to_us(
+        "dedup_window", settings.dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
+    steps_us = backoff_us(settings.redelivery_backoff)
+    if isinstance(settings.redelivery_backoff, list):
+        settings = replace(settings, redelivery_backoff=tuple(settings.redelivery_backoff))
+    dead_letter_queue = settings.dead_letter_queue
+    if dead_letter_queue is not None:
+        check_name("dead_letter_queue", dead_letter_queue)
+        if dead_letter_queue == name:
+            raise InvalidArgument(f"queue {name!r} cannot be its own dead-letter queue")
+    elif overflow == "dead_letter":
+        raise InvalidArgument(
+            f"queue {name!r}: overflow='dead_letter' needs a dead_letter_queue")
+    return settings, NativeQueueSettings(
+        visibility_us, delay_us, retention_us, message_limit, byte_limit, size,
+        receive_limit, OVERFLOW_POLICIES.index(overflow), priority, settings.fifo,
+        settings.content_dedup, window_us, steps_us)
