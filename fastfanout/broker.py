@@ -676,6 +676,13 @@ class Broker:
             due = self._store.next_due_us()
             return None if due is None else due / 1_000_000
 
+    def next_due_in(self) -> float | None:
+        """Seconds until the next lease or delay ends (0: due now; None: nothing pending)."""
+        with self._lock:
+            now_us = self._now_us()
+            due = self._store.next_due_us()
+            return None if due is None else max(0, due - now_us) / 1_000_000
+
     # -- receive -----------------------------------------------------------------------
 
     def receive(

@@ -76,9 +76,10 @@ SLOW_LISTENER_POLICIES: Final = ("drop", "wait")
 """``drop``: a stream batch no listener can take now is dropped (counted);
 ``wait``: the broker waits up to ``stream_wait`` seconds for room, then drops (counted)."""
 TICK: Final = 0.005
-"""Seconds between polls for due timers while consumers or long polls wait."""
+"""Seconds between passes while long polls or held publishes wait (their deadlines)."""
 IDLE_TICK: Final = 0.1
-"""Seconds between housekeeping passes (heartbeat expiry) when nobody waits."""
+"""Seconds between housekeeping passes (heartbeat expiry); the longest wait of the loop,
+which push consumers cut short to the next lease or delay end (``Broker.next_due_in``)."""
 
 
 class Server:
@@ -267,10 +268,9 @@ class Server:
         next_housekeeping = 0.0
         try:
             while not self._stopping:
-                waiting = (bool(self._waiters) or bool(self._held)
-                           or any(c.credit for c in self._consumers.values()))
-                timeout = 0.0 if self._dirty else (TICK if waiting else IDLE_TICK)
+                timeout, waiting = self._wait_timeout()
                 requests, subscriptions, monitor, _ = transport.wait(timeout)
+                self.counters["rounds"] += 1
                 if requests:
                     for _ in range(1000):
                         frames = transport.recv_request()
@@ -298,6 +298,24 @@ class Server:
             raise
         finally:
             self._shutdown()
+
+    def _wait_timeout(self) -> tuple[float, bool]:
+        """(Seconds the loop may sleep, whether anyone waits for messages).
+
+        Long polls and held publishes have deadlines: a tick. Push consumers with credit
+        wait for messages: sleep until the next lease or delay ends (a message may become
+        visible then). Nobody waiting: the housekeeping tick.
+        """
+        polling = bool(self._waiters) or bool(self._held)
+        waiting = polling or any(c.credit for c in self._consumers.values())
+        if self._dirty:
+            return 0.0, waiting
+        if polling:
+            return TICK, waiting
+        if waiting:
+            due = self.broker.next_due_in()
+            return (IDLE_TICK if due is None else min(due, IDLE_TICK)), waiting
+        return IDLE_TICK, waiting
 
     def _shutdown(self) -> None:
         if self._stopped.is_set():

@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import os
 import socket as _socket
 import struct
@@ -307,7 +308,9 @@ class ServerTransport:
     def wait(self, timeout: float) -> tuple[bool, bool, bool, bool]:
         """Block up to ``timeout`` seconds; returns (requests, subscriptions, monitor, wake)."""
         try:
-            events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+            # whole milliseconds, rounded up: a timer due in 0.4 ms is not polled for in a
+            # busy loop of 0 ms waits
+            events = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
         except zmq.ZMQError as exc:
             if exc.errno == errno.EINTR:
                 return False, False, False, False

@@ -7,18 +7,20 @@ import signal
 import stat
 import struct
 import textwrap
+import time
 from typing import Any as Tracker
 
 import msgspec
 import pytest
 import zmq
+from clocks import FakeClock
 
 import fastfanout
 from fastfanout import protocol
 from fastfanout._ext import codec
 from fastfanout.client import BrokenConnection
 from fastfanout.runtime import BrokerRunning, runtime_dir
-from fastfanout.server import Server
+from fastfanout.server import IDLE_TICK, Server
 
 
 def test_every_operation(track: Tracker, endpoint: str) -> None:
@@ -335,3 +337,26 @@ def test_settle_acks_and_returns_credit_without_a_reply(track: Tracker) -> None:
     track.wait_until(lambda: server.counters["error.stale_receipt"] == 1, what="counted")
     assert client.list_queues() == ["q"]
     consumer.cancel()
+
+
+def test_loop_sleeps_until_the_next_due_time_while_consumers_wait(track: Tracker) -> None:
+    # The broker's clock stands still (set by hand to the wall clock before each send, as
+    # the client turns a delay into a wall-clock deliver_at), so nothing below comes due.
+    clock = FakeClock(time.time())
+    server = track.server(broker=fastfanout.Broker(clock=clock))
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    assert server._wait_timeout() == (IDLE_TICK, False)    # nobody waits: housekeeping
+    consumer = client.consume("q", prefetch=10)
+    track.wait_until(lambda: server._wait_timeout()[1], what="the consumer registered")
+    assert server._wait_timeout() == (IDLE_TICK, True)     # nothing is due
+    clock.now = time.time()
+    client.send("q", b"soon", delay=0.04)
+    track.wait_until(lambda: not server._dirty, what="the send handled")
+    timeout, waiting = server._wait_timeout()
+    assert waiting and timeout == pytest.approx(0.04, abs=0.01)   # woken when it is due
+    client.send("q", b"later", delay=5.0)
+    assert server._wait_timeout()[0] == timeout                   # the earliest counts
+    consumer.cancel()
+    track.wait_until(lambda: server._wait_timeout() == (IDLE_TICK, False),
+                     what="the consumer gone")

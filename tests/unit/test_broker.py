@@ -542,3 +542,16 @@ def test_hold_queue_refuses_like_reject_and_says_so(broker):
     stats = broker.stats().queues
     assert (stats["held"].messages, stats["held"].rejected) == (1, 1)
     assert broker.queue_settings("held").overflow == "hold"
+
+
+def test_next_due_in_counts_from_the_broker_clock(broker, clock):
+    assert broker.next_due_in() is None
+    broker.create_queue("q", visibility_timeout=10)
+    broker.send("q", b"later", delay=3)
+    assert broker.next_due_in() == 3
+    clock.advance(2.5)
+    assert broker.next_due_in() == 0.5
+    broker.receive("q")                 # not visible yet: nothing leased
+    clock.advance(0.5)
+    assert [m.body for m in broker.receive("q")] == [b"later"]
+    assert broker.next_due_in() == 10   # the lease's end
