@@ -6,8 +6,9 @@ delivery, never the bodies — with the monotonic time after which each lease ha
 ended anyway:
 
 - delivery batches, keyed by their first receipt, so an ACK whose payload is exactly a
-  batch's receipts (what a client sends to settle a whole pushed batch) forgets it at
-  once: a steady consumer costs only what it has in flight, not rate times lease time;
+  batch's receipts, or several batches' back to back (what a client sends to settle whole
+  pushed batches), forgets them at once: a steady consumer costs only what it has in
+  flight, not rate times lease time;
 - leases made longer by ``extend``, one receipt each.
 """
 
@@ -46,10 +47,20 @@ class Session:
         self._extended.append((until, receipts))
 
     def settled(self, receipts: bytes) -> None:
-        """An ack of ``receipts`` went through: forget the batch if it was a whole one."""
-        held = self._batches.get(receipts[:8])
-        if held is not None and held[1] == receipts:
-            del self._batches[receipts[:8]]
+        """An ack of ``receipts`` went through: forget each whole batch it is made of.
+
+        A client settles whole pushed batches, one or several back to back in one
+        request; the scan stops at the first receipts that do not start a held batch.
+        """
+        batches = self._batches
+        offset, end = 0, len(receipts)
+        while offset < end:
+            key = receipts[offset:offset + 8]
+            held = batches.get(key)
+            if held is None or not receipts.startswith(held[1], offset):
+                return
+            del batches[key]
+            offset += len(held[1])
 
     def expire(self, now: float) -> None:
         """Forget what was held past its time (those leases have ended by themselves)."""

@@ -135,6 +135,8 @@ def test_batch_acks_wait_for_the_linger_and_go_together(track: Tracker) -> None:
     consumer.cancel()   # sends the queued acks first, as one SETTLE
     assert client.stats().queues["q"].acked == 3
     assert [len(receipts) for receipts in settles] == [3 * 8]
+    # the server forgot the three pushed batches' receipts with that one SETTLE
+    assert client.server_stats()["held_receipts"] == 0
 
 
 def test_batch_acks_go_at_once_when_half_the_prefetch_is_owed(track: Tracker) -> None:

@@ -20,6 +20,20 @@ def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:
     assert session.held_receipts() == 0 and not session.holds_leases()
 
 
+def test_batches_acked_back_to_back_in_one_request_are_all_forgotten() -> None:
+    session = Session(b"id", 0.0)
+    first, second, third = (encode_receipts(r) for r in ([1, 2], [3, 4, 5], [6]))
+    for batch in (first, second, third):
+        session.hold_batch(batch, 10.0)
+    session.settled(second + first)                 # any order
+    assert session.take_receipts() == [third]
+    for batch in (first, second, third):
+        session.hold_batch(batch, 10.0)
+    # the scan stops at receipts that do not start a held batch (here a partial one)
+    session.settled(first + encode_receipts([3, 4]) + third)
+    assert sorted(session.take_receipts()) == sorted([second, third])
+
+
 def test_expire_drops_what_ended_by_itself_and_keeps_the_rest() -> None:
     session = Session(b"id", 0.0)
     session.hold_batch(encode_receipts([1]), 5.0)
