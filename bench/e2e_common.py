@@ -54,8 +54,10 @@ def publish_run(endpoint: str, count: int, mode: str, topic: str = "t") -> None:
     ``single``: one ``publish_nowait`` per message (the client batches on the wire);
     ``batch``: ``publish_batch_nowait`` of 1,000 bodies, at most 8 batches in flight.
     """
+    from fastfanout import keep_freed_memory
     from fastfanout.client import connect
 
+    keep_freed_memory()   # frames of up to 128 KB: reuse freed memory (see allocator.py)
     with connect(endpoint, batch_messages=2000) as client:
         if mode == "single":
             for _ in range(count):

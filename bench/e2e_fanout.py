@@ -71,8 +71,10 @@ def baseline(count: int) -> float:
 
 
 def _consume(endpoint: str, queue: str, count: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    from fastfanout import keep_freed_memory
     from fastfanout.client import connect
 
+    keep_freed_memory()   # 1 MB delivery frames: reuse freed memory (see allocator.py)
     with connect(endpoint) as client:
         consumer = client.consume(queue, prefetch=PREFETCH)
         out.put("ready")

@@ -6,6 +6,7 @@ Topics fan out to queues with leases, redelivery and dead-letter queues, in proc
 
 from fastfanout._ext.batches import PublishBatch
 from fastfanout._ext.message import Message
+from fastfanout.allocator import keep_freed_memory
 from fastfanout.broker import Broker, QueueSettings, TopicSettings
 from fastfanout.client import Client, connect
 from fastfanout.errors import (
@@ -55,5 +56,6 @@ __all__ = [
     "TopicStats",
     "__version__",
     "connect",
+    "keep_freed_memory",
     "serve",
 ]
