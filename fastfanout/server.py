@@ -59,6 +59,7 @@ from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.sessions import Consumer, Session, Waiter
 from fastfanout.settings import MAX_RECEIVE_BATCH
+from fastfanout.streams import SLOW_LISTENER_POLICIES, Streams
 from fastfanout.transport import (
     CurveKeys,
     ServerTransport,
@@ -73,9 +74,6 @@ __all__ = ["SLOW_LISTENER_POLICIES", "Server", "serve"]
 
 log = logging.getLogger("fastfanout.server")
 
-SLOW_LISTENER_POLICIES: Final = ("drop", "wait")
-"""``drop``: a stream batch no listener can take now is dropped (counted);
-``wait``: the broker waits up to ``stream_wait`` seconds for room, then drops (counted)."""
 TICK: Final = 0.005
 """Seconds between passes while long polls or held publishes wait (their deadlines)."""
 IDLE_TICK: Final = 0.1
@@ -166,8 +164,6 @@ class Server:
         self._heartbeat_timeout = heartbeat_timeout
         self._max_request_bytes = max_request_bytes
         self._max_frame_bytes = max_frame_bytes
-        self._slow_listener = slow_listener
-        self._stream_wait = stream_wait
         self._push_batch = push_batch
         self._held = HeldRequests(hold_timeout)
         self._room = False   # messages left a queue since held requests were last tried
@@ -181,13 +177,11 @@ class Server:
         self._consumers: dict[tuple[bytes, int], Consumer] = {}
         self._waiters: list[Waiter] = []
         self._replies: list[tuple[Session, int, list[bytes]]] = []
-        self._subscriptions: Counter[bytes] = Counter()
-        self._listened: dict[str, bool] = {}
-        self._sequences: dict[str, int] = {}
         self._probe_until = 0.0
         self._dirty = False
         self._next_hold_check = 0.0
         self.counters: Counter[str] = Counter()
+        self._streams = Streams(self.counters, slow_listener, stream_wait)
         self._handlers = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
@@ -279,7 +273,7 @@ class Server:
                             break
                         self._handle(frames)
                 if subscriptions:
-                    self._read_subscriptions()
+                    self._streams.read_subscriptions(transport)
                 if monitor:
                     while transport.recv_monitor_event() is not None:
                         self.counters["disconnects"] += 1
@@ -503,7 +497,7 @@ class Server:
         stats: dict[str, Any] = dict(self.counters)
         stats.update(connections=len(self._sessions), consumers=len(self._consumers),
                      long_polls=len(self._waiters), held=len(self._held),
-                     stream_subscriptions=sum(self._subscriptions.values()),
+                     stream_subscriptions=self._streams.subscriptions(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         return [protocol.encode_payload(stats)]
 
@@ -556,10 +550,8 @@ class Server:
     def _publish_now(self, topic: str, batch_frame: bytes) -> list[bytes]:
         result = self._native(self.broker.publish_frame, topic, batch_frame)
         self._dirty = True
-        if self._is_listened(topic):
-            self._stream(topic, batch_frame, result)
-        else:
-            self._sequences[topic] = self._sequences.get(topic, 0) + result.accepted
+        assert self._transport is not None
+        self._streams.published(self._transport, topic, batch_frame, result)
         return [result.to_wire()]   # the native batch writes the results frame itself
 
     def _send_op(self, session: Session, request_id: int, frames: list[bytes]
@@ -572,56 +564,6 @@ class Server:
         result = self._native(self.broker.send_frame, queue, records)
         self._dirty = True
         return [result.to_wire()]
-
-    # -- streams -----------------------------------------------------------------------
-
-    def _read_subscriptions(self) -> None:
-        transport = self._transport
-        assert transport is not None
-        while (change := transport.recv_subscription()) is not None:
-            subscribed, prefix = change
-            if subscribed:
-                self._subscriptions[prefix] += 1
-            elif self._subscriptions[prefix] > 1:
-                self._subscriptions[prefix] -= 1
-            else:
-                self._subscriptions.pop(prefix, None)
-            self._listened.clear()
-
-    def _is_listened(self, topic: str) -> bool:
-        listened = self._listened.get(topic)
-        if listened is None:
-            name = topic.encode()
-            listened = self._listened[topic] = any(
-                name.startswith(prefix) for prefix in self._subscriptions)
-        return listened
-
-    def _stream(self, topic: str, batch_frame: bytes, result: Any) -> None:
-        """Send the accepted records of a publish to stream listeners, with sequences."""
-        sequence = self._sequences.get(topic, 0)
-        frame, count = result.stream_frame(
-            batch_frame, topic, sequence + 1, round(time.time() * 1_000_000))
-        self._sequences[topic] = sequence + count
-        if count:
-            self._send_stream([topic.encode(), frame], count)
-
-    def _send_stream(self, frames: list[bytes], count: int) -> None:
-        """Send one stream batch, applying the slow-listener policy (counted)."""
-        transport = self._transport
-        assert transport is not None
-        deadline = time.monotonic() + (self._stream_wait if self._slow_listener == "wait" else 0)
-        while True:
-            try:
-                transport.publish_stream(frames)
-                self.counters["stream_batches"] += 1
-                self.counters["stream_messages"] += count
-                return
-            except WouldBlock:
-                if time.monotonic() >= deadline:
-                    self.counters["stream_dropped"] += count
-                    self.counters[f"stream_dropped.{self._slow_listener}"] += count
-                    return
-                time.sleep(0.0005)
 
     # -- receive, consume, ack ---------------------------------------------------------
 

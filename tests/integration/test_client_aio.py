@@ -109,7 +109,7 @@ def test_asyncio_listen(track: Tracker, endpoint: str) -> None:
             await client.create_topic("tickets")
             async with client.listen("ticks.*") as listener:
                 deadline = asyncio.get_running_loop().time() + 10.0
-                while not server._subscriptions:  # the subscription reaches the broker
+                while not server._streams.subscriptions():  # the subscription reaches the broker
                     assert asyncio.get_running_loop().time() < deadline
                     await asyncio.sleep(0.01)
                 assert await listener.recv_batch(0.05) is None

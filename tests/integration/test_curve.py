@@ -66,7 +66,7 @@ def test_admitted_client_works_others_hear_nothing(track: Tracker, keys: Keys) -
     alice.subscribe("t", "q")
     listener = alice.listen("t")  # the stream socket is a CURVE server too
     track.closeables.append(listener)
-    track.wait_until(lambda: bool(server._subscriptions), what="the CURVE subscription")
+    track.wait_until(lambda: server._streams.subscriptions() > 0, what="the CURVE subscription")
     assert alice.publish("t", b"secret").deliveries == 1
     assert [m.body for m in alice.receive("q")] == [b"secret"]
     streamed = listener.recv_batch(5.0)

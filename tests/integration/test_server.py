@@ -207,7 +207,7 @@ def test_stock_sub_socket_receives_a_stream(track: Tracker, endpoint: str) -> No
     sub.setsockopt(zmq.SUBSCRIBE, b"prices")
     sub.connect(server.stream_endpoint)
     try:
-        track.wait_until(lambda: bool(server._subscriptions), what="the subscription")
+        track.wait_until(lambda: server._streams.subscriptions() > 0, what="the subscription")
         client.publish_batch("prices", [b"a", b"b", b"c"])
         assert sub.poll(5000)
         topic, frame = sub.recv_multipart()
