@@ -108,6 +108,14 @@ def test_idle_consumer_keeps_its_session(track: Tracker) -> None:
     assert batch is not None and batch.bodies == [b"late"]
 
 
+def _consumer_with_linger(track: Tracker, linger: float, prefetch: int
+                          ) -> tuple[Tracker, Tracker]:
+    """A client with ``linger`` of a new server, and its consumer of queue q (60 s leases)."""
+    client = track.client(track.server().endpoint, linger=linger)
+    client.create_queue("q", visibility_timeout=60.0)
+    return client, client.consume("q", prefetch=prefetch)
+
+
 def _one_message_batches(client: Tracker, consumer: Tracker, count: int) -> None:
     """Send ``count`` messages one by one, receiving and acking each as its own batch."""
     for index in range(count):
@@ -118,10 +126,7 @@ def _one_message_batches(client: Tracker, consumer: Tracker, count: int) -> None
 
 
 def test_batch_acks_wait_for_the_linger_and_go_together(track: Tracker) -> None:
-    server = track.server()
-    client = track.client(server.endpoint, linger=30.0)
-    client.create_queue("q", visibility_timeout=60.0)
-    consumer = client.consume("q", prefetch=100)
+    client, consumer = _consumer_with_linger(track, 30.0, 100)
     settles: list[bytes] = []
     settle = client._settle
 
@@ -141,10 +146,7 @@ def test_batch_acks_wait_for_the_linger_and_go_together(track: Tracker) -> None:
 
 
 def test_batch_acks_go_at_once_when_half_the_prefetch_is_owed(track: Tracker) -> None:
-    server = track.server()
-    client = track.client(server.endpoint, linger=30.0)
-    client.create_queue("q", visibility_timeout=60.0)
-    consumer = client.consume("q", prefetch=4)
+    client, consumer = _consumer_with_linger(track, 30.0, 4)
     _one_message_batches(client, consumer, 1)
     assert client.stats().queues["q"].leased == 1
     _one_message_batches(client, consumer, 1)   # 2 of 4 credits owed: sent without linger
@@ -153,10 +155,7 @@ def test_batch_acks_go_at_once_when_half_the_prefetch_is_owed(track: Tracker) ->
 
 
 def test_batch_acks_go_when_the_linger_ends_during_a_wait(track: Tracker) -> None:
-    server = track.server()
-    client = track.client(server.endpoint, linger=0.05)
-    client.create_queue("q", visibility_timeout=60.0)
-    consumer = client.consume("q", prefetch=100)
+    client, consumer = _consumer_with_linger(track, 0.05, 100)
     _one_message_batches(client, consumer, 1)
     assert consumer.next_batch(timeout=0.5) is None   # the wait sends the due ack
     assert client.stats().queues["q"].acked == 1
@@ -164,21 +163,15 @@ def test_batch_acks_go_when_the_linger_ends_during_a_wait(track: Tracker) -> Non
 
 
 def test_background_thread_sends_batch_acks_when_nobody_waits(track: Tracker) -> None:
-    server = track.server()
-    client = track.client(server.endpoint, linger=0.01)
-    client.create_queue("q", visibility_timeout=60.0)
-    consumer = client.consume("q", prefetch=100)
+    client, consumer = _consumer_with_linger(track, 0.01, 100)
     _one_message_batches(client, consumer, 1)
     track.wait_until(lambda: client.stats().queues["q"].acked == 1, what="ack sent")
     consumer.cancel()
 
 
 def test_close_sends_queued_batch_acks(track: Tracker) -> None:
-    server = track.server()
-    client = track.client(server.endpoint, linger=30.0)
-    client.create_queue("q", visibility_timeout=60.0)
-    consumer = client.consume("q", prefetch=100)
+    client, consumer = _consumer_with_linger(track, 30.0, 100)
     _one_message_batches(client, consumer, 2)
     client.close()
-    observer = track.client(server.endpoint)
+    observer = track.client(client.endpoint)
     assert observer.stats().queues["q"].acked == 2
