@@ -576,9 +576,9 @@ class Client:
     def _grant(self, consumer_id: int, count: int) -> None:
         self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])
 
-    def _settle(self, receipts: bytes, consumer_id: int, credit: int) -> None:
-        """Ack ``receipts`` and return ``credit`` to a consumer in one SETTLE request."""
-        self._fire(Opcode.SETTLE, [receipts, protocol.encode_payload([consumer_id, credit])])
+    def _settle(self, batches: list[bytes], consumer_id: int, credit: int) -> None:
+        """Ack pushed batches (a receipts frame each) and return credit in one SETTLE."""
+        self._fire(Opcode.SETTLE, [*batches, protocol.encode_payload([consumer_id, credit])])
 
     def _cancel(self, consumer_id: int) -> None:
         with self._lock:

@@ -91,14 +91,15 @@ class Consumer(Iterator[RemoteMessage]):
                 self._send_settle()
 
     def _send_settle(self) -> None:
-        """Send the queued batch acks now, in one SETTLE (ack + credit, no reply)."""
+        """Send the queued batch acks now, in one SETTLE (acks + credit, no reply)."""
         with self._client._lock:
             if not self._unsent:
                 return
             unsent, credit = self._unsent, self._unsent_credit
             self._unsent, self._unsent_credit, self._unsent_receipts = [], 0, 0
-            self._client._settle(unsent[0] if len(unsent) == 1 else b"".join(unsent),
-                                 self._request_id, credit)
+            # one receipts frame per batch: the broker acks each batch all or none, so a
+            # stale receipt fails its own batch only, as a SETTLE per batch would
+            self._client._settle(unsent, self._request_id, credit)
 
     def _settle_wait(self, now: float) -> float | None:
         """Seconds until the queued acks are due (sending them if they are), or None."""

@@ -53,6 +53,7 @@ from fastfanout.errors import (
     MalformedBatch,
     NotFound,
     QueueFull,
+    StaleReceipt,
 )
 from fastfanout.holds import HeldRequest, HeldRequests
 from fastfanout.protocol import Opcode, Status
@@ -620,16 +621,27 @@ class Server:
         return []
 
     def _settle(self, session: Session, request_id: int, frames: list[bytes]) -> None:
-        """ACK and CREDIT in one request, answered only if the ack fails.
+        """ACKs and a CREDIT in one request, answered only if an ack fails.
 
-        A consumer that settles a pushed batch so saves two messages a batch (the ack's
-        reply and a separate CREDIT); the credit comes back even if the ack fails.
+        Frames: the receipts of one or more pushed batches, one frame each, then the
+        credit. Each batch is acked on its own, all or none as an ACK, so a stale receipt
+        fails only its batch. A consumer that settles batches so saves two messages a
+        batch (the ack's reply and a separate CREDIT); the credit comes back either way.
         """
-        credit = self._frame(frames, 1, "credit")
+        self._frame(frames, 1, "credit")   # one receipts frame at least, then the credit
+        stale: list[int] = []
         try:
-            self._ack(session, request_id, frames[:1])
+            for packed in frames[:-1]:
+                try:
+                    self._ack(session, request_id, [packed])
+                except StaleReceipt as exc:
+                    stale += exc.receipts
+            if stale:
+                raise StaleReceipt(
+                    f"{len(stale)} receipts are stale (first: {stale[0]}); the batches "
+                    f"holding them were not acked", stale)
         finally:
-            self._credit(session, request_id, [credit])
+            self._credit(session, request_id, frames[-1:])
 
     def _consume(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:

@@ -127,12 +127,12 @@ def _one_message_batches(client: Tracker, consumer: Tracker, count: int) -> None
 
 def test_batch_acks_wait_for_the_linger_and_go_together(track: Tracker) -> None:
     client, consumer = _consumer_with_linger(track, 30.0, 100)
-    settles: list[bytes] = []
+    settles: list[list[bytes]] = []
     settle = client._settle
 
-    def counted_settle(receipts: bytes, *rest: int) -> None:
-        settles.append(receipts)
-        settle(receipts, *rest)
+    def counted_settle(batches: list[bytes], *rest: int) -> None:
+        settles.append(batches)
+        settle(batches, *rest)
 
     client._settle = counted_settle
     _one_message_batches(client, consumer, 3)
@@ -140,7 +140,7 @@ def test_batch_acks_wait_for_the_linger_and_go_together(track: Tracker) -> None:
     assert client.stats().queues["q"].leased == 3 and settles == []
     consumer.cancel()   # sends the queued acks first, as one SETTLE
     assert client.stats().queues["q"].acked == 3
-    assert [len(receipts) for receipts in settles] == [3 * 8]
+    assert [[len(receipts) for receipts in batches] for batches in settles] == [[8, 8, 8]]
     # the server forgot the three pushed batches' receipts with that one SETTLE
     assert client.server_stats()["held_receipts"] == 0
 
@@ -175,3 +175,19 @@ def test_close_sends_queued_batch_acks(track: Tracker) -> None:
     client.close()
     observer = track.client(client.endpoint)
     assert observer.stats().queues["q"].acked == 2
+
+
+def test_a_stale_batch_in_a_settle_fails_alone(track: Tracker) -> None:
+    client, consumer = _consumer_with_linger(track, 30.0, 100)
+    server = track.servers[-1]
+    client.send("q", b"a")
+    first = consumer.next_batch(timeout=5.0)
+    client.send("q", b"b")
+    second = consumer.next_batch(timeout=5.0)
+    assert first is not None and second is not None
+    client.ack(first[0].receipt)   # acked directly: the batch's receipt is now stale
+    first.ack()
+    second.ack()                   # queued with the stale one, in the same SETTLE
+    consumer.cancel()
+    track.wait_until(lambda: server.counters["error.stale_receipt"] == 1, what="counted")
+    assert client.stats().queues["q"].acked == 2 and client.stats().queues["q"].leased == 0
