@@ -9,6 +9,12 @@ many requests in flight). Pushes for a consumer go to its ``asyncio.Queue``. A h
 task keeps the session alive; if the broker says goodbye or the reader fails, every
 pending call raises ``BrokenConnection``. Sockets come from ``fastfanout.transport``,
 which remains the only module that imports ``zmq``.
+
+``message.ack()`` (synchronous, so it cannot await) queues the receipt; the acks of one
+event-loop iteration leave together, as one SETTLE with a frame per receipt (each acked
+on its own, so a stale one fails alone), and ``close()`` sends what is queued before its
+BYE. A consumer acking message by message so costs the broker one request per loop
+iteration, not one per message. ``await client.ack(...)`` still waits for its answer.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import math
 import os
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -52,6 +59,9 @@ from fastfanout.transport import (
 
 __all__ = ["AsyncClient", "AsyncListener", "connect"]
 
+_RECEIPT = struct.Struct("<Q")
+_NO_CREDIT = protocol.encode_payload([0, 0])
+
 
 class _SyncOwner:
     """Lets ``RemoteMessage.ack()`` work from async code by scheduling the call."""
@@ -60,7 +70,7 @@ class _SyncOwner:
         self._client = client
 
     def ack(self, receipt: int) -> None:
-        self._client._fire(Opcode.ACK, [protocol.encode_receipts([receipt])])
+        self._client._queue_ack(receipt)
 
     def nack(self, receipt: int, delay: float | None = None) -> None:
         self._client._fire(Opcode.NACK, [protocol.encode_payload([[receipt], {"delay": delay}])])
@@ -178,6 +188,7 @@ class AsyncClient:
         self._owner = _SyncOwner(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_of: dict[int, int] = {}
+        self._acks: list[int] = []   # message.ack() calls not sent yet (_send_acks)
         self.info: dict[str, Any] = {}
 
     async def _start(self) -> AsyncClient:
@@ -198,6 +209,28 @@ class AsyncClient:
 
     def _fire(self, opcode: int, payload: list[bytes]) -> None:
         self._send(opcode, payload)  # the reply is read and dropped by the reader
+
+    def _queue_ack(self, receipt: int) -> None:
+        """Queue a ``message.ack()``: the acks of one loop iteration go in one request."""
+        if self._closed:
+            raise Closed("the client is closed")
+        if not self._acks:
+            asyncio.get_running_loop().call_soon(self._send_acks)
+        self._acks.append(receipt)
+
+    def _send_acks(self) -> None:
+        """Send the queued acks: one ACK, or one SETTLE with a frame per receipt.
+
+        SETTLE acks each frame on its own (all or none per frame), so a stale receipt
+        fails alone, as separate ACKs would; consumer 0 gets no credit (there is none).
+        """
+        acks, self._acks = self._acks, []
+        if not acks or self._closed:
+            return
+        if len(acks) == 1:
+            self._fire(Opcode.ACK, [_RECEIPT.pack(acks[0])])
+        else:
+            self._fire(Opcode.SETTLE, [*map(_RECEIPT.pack, acks), _NO_CREDIT])
 
     async def _request(self, opcode: int, payload: list[bytes], extra: float = 0.0
                        ) -> list[bytes]:
@@ -473,6 +506,7 @@ class AsyncClient:
         """Say goodbye and close the socket."""
         if self._closed:
             return
+        self._send_acks()   # before BYE: after it, the broker has released their leases
         with contextlib.suppress(FastFanoutError):
             await self._request(Opcode.BYE, [])
         self._closed = True

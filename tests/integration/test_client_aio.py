@@ -13,6 +13,7 @@ import zmq.auth
 import fastfanout
 from fastfanout import aio
 from fastfanout.client import Client
+from fastfanout.protocol import Opcode
 from fastfanout.transport import load_curve_keys
 
 # client methods that are not Broker operations, or whose asyncio form is another call
@@ -155,3 +156,38 @@ def test_asyncio_unencodable_argument_is_invalid(track: Tracker) -> None:
                     await call
 
     asyncio.run(main())
+
+
+def test_message_acks_of_one_loop_iteration_go_in_one_request(track: Tracker,
+                                                              endpoint: str) -> None:
+    server = track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send_batch("q", [b"m%d" % i for i in range(20)])
+            messages = await client.receive("q", max_messages=20)
+            await client.ack(messages[0].receipt)   # acked already: its receipt is stale
+            fired: list[tuple[int, int]] = []
+            fire = client._fire
+
+            def counted_fire(opcode: int, payload: list[bytes]) -> None:
+                fired.append((opcode, len(payload)))
+                fire(opcode, payload)
+
+            client._fire = counted_fire   # type: ignore[method-assign]
+            for message in messages[:-1]:
+                message.ack()
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while (await client.stats()).queues["q"].acked < 19:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            # one SETTLE: a frame per receipt, then the (empty) credit; the stale receipt
+            # failed alone
+            assert fired == [(Opcode.SETTLE, 20)]
+            assert server.counters["error.stale_receipt"] == 1
+            messages[-1].ack()   # queued when close() begins: sent before its BYE
+
+    asyncio.run(main())
+    queue = track.client(endpoint).stats().queues["q"]
+    assert queue.acked == 20 and queue.leased == 0 and queue.visible == 0
