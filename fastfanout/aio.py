@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import math
 import os
-import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -59,7 +58,6 @@ from fastfanout.transport import (
 
 __all__ = ["AsyncClient", "AsyncListener", "connect"]
 
-_RECEIPT = struct.Struct("<Q")
 _NO_CREDIT = protocol.encode_payload([0, 0])
 
 
@@ -228,9 +226,9 @@ class AsyncClient:
         if not acks or self._closed:
             return
         if len(acks) == 1:
-            self._fire(Opcode.ACK, [_RECEIPT.pack(acks[0])])
+            self._fire(Opcode.ACK, [protocol.encode_receipt(acks[0])])
         else:
-            self._fire(Opcode.SETTLE, [*map(_RECEIPT.pack, acks), _NO_CREDIT])
+            self._fire(Opcode.SETTLE, [*map(protocol.encode_receipt, acks), _NO_CREDIT])
 
     async def _request(self, opcode: int, payload: list[bytes], extra: float = 0.0
                        ) -> list[bytes]:

@@ -224,20 +224,27 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         consumer = self._consumer
         client = consumer._client
         unsettled = self._count
+        receipts = receipts_of(self._frames[0])
         if self._messages is not None:
-            unsettled = sum(1 for message in self._messages if message._consumer is not None)
-            for message in self._messages:
+            live = [message for message in self._messages if message._consumer is not None]
+            for message in live:
                 message._consumer = None
+            if len(live) < unsettled:
+                # some were settled one by one: ack only the others (the batch's frame
+                # would be refused whole for the receipts already acked)
+                if not live:
+                    return
+                unsettled = len(live)
+                receipts = protocol.encode_receipts([message.receipt for message in live])
         if not wait and not consumer.closed:
             # Queued with the consumer's other batch acks and sent within the client's
             # linger as one SETTLE (ack + credit, no reply unless the ack fails) instead of
             # an ACK, its reply and a CREDIT each: the broker counts a failure
             # (error.stale_receipt).
-            consumer._defer_settle(receipts_of(self._frames[0]),
-                                   unsettled + consumer._credit_owed)
+            consumer._defer_settle(receipts, unsettled + consumer._credit_owed)
             consumer._credit_owed = 0
             return
-        pending = client._request(Opcode.ACK, [receipts_of(self._frames[0])])
+        pending = client._request(Opcode.ACK, [receipts])
         consumer._return_credit(unsettled)
         if wait:
             client._wait(pending, None)

@@ -59,6 +59,7 @@ __all__ = [
     "encode_error",
     "encode_header",
     "encode_payload",
+    "encode_receipt",
     "encode_receipts",
     "encode_results",
     "error_class",
@@ -286,6 +287,11 @@ def encode_receipts(receipts: list[int]) -> bytes:
     except struct.error:
         raise InvalidArgument(
             f"receipts must be ints in [0, 2**64), got {receipts[:5]!r}...") from None
+
+
+def encode_receipt(receipt: int) -> bytes:
+    """Pack one receipt (a receipts frame of one), for a receipt a message carries."""
+    return _U64.pack(receipt)
 
 
 def decode_receipts(frame: bytes) -> list[int]:

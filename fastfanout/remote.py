@@ -89,7 +89,22 @@ class RemoteMessage:
             self._consumer = None
 
     def ack(self) -> None:
-        """Delete the message (its lease must still run); raises StaleReceipt otherwise."""
+        """Delete the message (its lease must still run).
+
+        A message pushed to a blocking client's consumer (``consume``) is acked
+        pipelined, with that consumer's other acks and credit in one SETTLE within the
+        client's linger, as ``DeliveryBatch.ack()`` does: a stale receipt is then counted
+        by the broker (``error.stale_receipt``), not raised. Otherwise (``receive``, a
+        cancelled consumer) the call waits and raises ``StaleReceipt``; the asyncio client
+        queues it for its loop iteration. ``client.ack(message.receipt)`` always waits.
+        """
+        consumer = self._consumer
+        if consumer is not None and not consumer.closed:
+            self._consumer = None
+            consumer._defer_settle(protocol.encode_receipt(self.receipt),
+                                   1 + consumer._credit_owed)
+            consumer._credit_owed = 0
+            return
         try:
             self._owner.ack(self.receipt)
         finally:
