@@ -193,12 +193,17 @@ def test_a_stale_batch_in_a_settle_fails_alone(track: Tracker) -> None:
     assert client.stats().queues["q"].acked == 2 and client.stats().queues["q"].leased == 0
 
 
-def test_pushed_message_acks_are_pipelined_with_the_consumers_settles(track: Tracker) -> None:
-    client, consumer = _consumer_with_linger(track, 30.0, 100)
-    server = track.servers[-1]
+def _one_batch_of_three(track: Tracker, linger: float) -> tuple[Tracker, ...]:
+    """(server, client, consumer, batch): a, b and c pushed together to a consumer."""
+    client, consumer = _consumer_with_linger(track, linger, 100)
     client.send_batch("q", [b"a", b"b", b"c"])
     batch = consumer.next_batch(timeout=5.0)
     assert batch is not None and len(batch) == 3
+    return track.servers[-1], client, consumer, batch
+
+
+def test_pushed_message_acks_are_pipelined_with_the_consumers_settles(track: Tracker) -> None:
+    server, client, consumer, batch = _one_batch_of_three(track, 30.0)
     client.ack(batch[2].receipt)   # acked already: stale when the message acks it
     for message in batch:
         message.ack()              # queued: no round trip, and no StaleReceipt raised
@@ -209,11 +214,7 @@ def test_pushed_message_acks_are_pipelined_with_the_consumers_settles(track: Tra
 
 
 def test_a_batch_ack_after_single_settles_acks_only_the_rest(track: Tracker) -> None:
-    client, consumer = _consumer_with_linger(track, 0.0, 100)
-    server = track.servers[-1]
-    client.send_batch("q", [b"a", b"b", b"c"])
-    batch = consumer.next_batch(timeout=5.0)
-    assert batch is not None and len(batch) == 3
+    server, client, consumer, batch = _one_batch_of_three(track, 0.0)
     batch[0].nack(delay=60.0)      # settled on its own (waits for the answer)
     batch.ack(wait=True)           # b and c only: the batch's whole frame would be stale
     stats = client.stats().queues["q"]
