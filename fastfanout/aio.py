@@ -227,8 +227,10 @@ class AsyncClient:
             return
         if len(acks) == 1:
             self._fire(Opcode.ACK, [protocol.encode_receipt(acks[0])])
-        else:
-            self._fire(Opcode.SETTLE, [*map(protocol.encode_receipt, acks), _NO_CREDIT])
+            return
+        for start in range(0, len(acks), protocol.SETTLE_MAX_FRAMES):
+            chunk = acks[start:start + protocol.SETTLE_MAX_FRAMES]
+            self._fire(Opcode.SETTLE, [*map(protocol.encode_receipt, chunk), _NO_CREDIT])
 
     async def _request(self, opcode: int, payload: list[bytes], extra: float = 0.0
                        ) -> list[bytes]:

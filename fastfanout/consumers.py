@@ -74,7 +74,8 @@ class Consumer(Iterator[RemoteMessage]):
         """Queue a pipelined batch ack returning ``credit``; sent within the client's linger.
 
         It goes at once when the queued acks return half the prefetch (the broker must not
-        run out of credit), hold ``SETTLE_MAX_RECEIPTS`` receipts, or linger is 0. The
+        run out of credit), hold ``SETTLE_MAX_RECEIPTS`` receipts or
+        ``protocol.SETTLE_MAX_FRAMES`` frames, or linger is 0. The
         thread that waits for the next batch sends it when its linger is up; when no thread
         waits, the client's background thread does, at its next heartbeat (it is not woken
         for acks: waking it would take the socket from the consuming thread).
@@ -87,7 +88,8 @@ class Consumer(Iterator[RemoteMessage]):
             self._unsent_credit += credit
             self._unsent_receipts += len(receipts) >> 3
             if (self._unsent_credit >= max(1, self.prefetch // 2)
-                    or self._unsent_receipts >= SETTLE_MAX_RECEIPTS or client.linger <= 0):
+                    or self._unsent_receipts >= SETTLE_MAX_RECEIPTS
+                    or len(self._unsent) >= protocol.SETTLE_MAX_FRAMES or client.linger <= 0):
                 self._send_settle()
 
     def _send_settle(self) -> None:

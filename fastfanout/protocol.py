@@ -40,7 +40,9 @@ from fastfanout.errors import (
 __all__ = [
     "HEADER",
     "MAGIC",
+    "MAX_REQUEST_FRAMES",
     "PROTOCOL_VERSION",
+    "SETTLE_MAX_FRAMES",
     "BrokenConnection",
     "MalformedFrame",
     "Opcode",
@@ -74,6 +76,12 @@ HEADER: Final = struct.Struct("<2sBBQ")
 
 DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
 """Largest request a broker answers by default (bytes, all frames together)."""
+MAX_REQUEST_FRAMES: Final = 4096
+"""Most payload frames a request may carry (a SETTLE carries one per batch or message it
+acks; the Python clients send at most ``SETTLE_MAX_FRAMES``): the broker handles each in
+Python, so more would stall its loop. More are refused with ``request_too_large``."""
+SETTLE_MAX_FRAMES: Final = 1024
+"""Most receipts frames the Python clients put in one SETTLE (then they send it)."""
 DEFAULT_MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Default ``ZMQ_MAXMSGSIZE``: a bigger frame makes libzmq drop the connection."""
 
@@ -159,7 +167,7 @@ class UnsupportedVersion(ProtocolError):
 
 
 class RequestTooLarge(ProtocolError):
-    """The request is larger than the broker's ``max_request_bytes``."""
+    """The request exceeds ``max_request_bytes`` or ``MAX_REQUEST_FRAMES`` payload frames."""
 
     code = "request_too_large"
 

@@ -401,6 +401,10 @@ class Server:
                 raise protocol.UnsupportedVersion(
                     f"protocol version {version} is not supported; this broker speaks "
                     f"version {protocol.PROTOCOL_VERSION}")
+            if len(frames) - 2 > protocol.MAX_REQUEST_FRAMES:
+                raise protocol.RequestTooLarge(
+                    f"request of {len(frames) - 2} payload frames exceeds the protocol's "
+                    f"MAX_REQUEST_FRAMES={protocol.MAX_REQUEST_FRAMES}")
             if sum(len(frame) for frame in frames) > self._max_request_bytes:
                 raise protocol.RequestTooLarge(
                     f"request of {sum(len(f) for f in frames)} bytes exceeds the broker's "

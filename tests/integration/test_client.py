@@ -8,7 +8,7 @@ from typing import Any as Tracker
 import pytest
 
 import fastfanout
-from fastfanout import aio
+from fastfanout import aio, protocol
 
 
 def test_publish_nowait_batches_and_resolves(track: Tracker, endpoint: str) -> None:
@@ -221,3 +221,22 @@ def test_a_batch_ack_after_single_settles_acks_only_the_rest(track: Tracker) -> 
     assert stats.acked == 2 and stats.leased == 0 and stats.delayed == 1
     assert "error.stale_receipt" not in server.counters
     consumer.cancel()
+
+
+def test_queued_acks_go_at_settle_max_frames(track: Tracker) -> None:
+    client, consumer = _consumer_with_linger(track, 30.0, 5000)
+    count = protocol.SETTLE_MAX_FRAMES + 76
+    client.send_batch("q", [b"m"] * count)
+    acked = 0
+    while acked < count:
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None
+        for message in batch:
+            message.ack()          # a frame each; 2,500 credits would be half the prefetch
+        acked += len(batch)
+    # the first SETTLE_MAX_FRAMES went without the (30 s) linger, the rest wait for it
+    track.wait_until(
+        lambda: client.stats().queues["q"].acked == protocol.SETTLE_MAX_FRAMES,
+        what="the full SETTLE")
+    consumer.cancel()
+    assert client.stats().queues["q"].acked == count

@@ -11,7 +11,7 @@ import pytest
 import zmq.auth
 
 import fastfanout
-from fastfanout import aio
+from fastfanout import aio, protocol
 from fastfanout.client import Client
 from fastfanout.protocol import Opcode
 from fastfanout.transport import load_curve_keys
@@ -191,3 +191,33 @@ def test_message_acks_of_one_loop_iteration_go_in_one_request(track: Tracker,
     asyncio.run(main())
     queue = track.client(endpoint).stats().queues["q"]
     assert queue.acked == 20 and queue.leased == 0 and queue.visible == 0
+
+
+def test_one_iterations_acks_are_split_at_settle_max_frames(track: Tracker,
+                                                           endpoint: str) -> None:
+    track.server(endpoint)
+    count = protocol.SETTLE_MAX_FRAMES + 76
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send_batch("q", [b"m"] * count)
+            messages = await client.receive("q", max_messages=count)
+            fired: list[tuple[int, int]] = []
+            fire = client._fire
+
+            def counted_fire(opcode: int, payload: list[bytes]) -> None:
+                fired.append((opcode, len(payload)))
+                fire(opcode, payload)
+
+            client._fire = counted_fire   # type: ignore[method-assign]
+            for message in messages:
+                message.ack()
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while (await client.stats()).queues["q"].acked < count:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            assert fired == [(Opcode.SETTLE, protocol.SETTLE_MAX_FRAMES + 1),
+                             (Opcode.SETTLE, 76 + 1)]
+
+    asyncio.run(main())

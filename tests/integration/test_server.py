@@ -180,6 +180,10 @@ def test_garbage_never_takes_the_broker_down(track: Tracker) -> None:
             ([header(protocol.Opcode.CREATE_TOPIC, 8), msgspec.msgpack.encode([[1, 2], {}])],
              "invalid_argument"),
             ([header(protocol.Opcode.PUBLISH, 9), b"t", bytes(2 << 20)], "request_too_large"),
+            # a SETTLE of more frames than MAX_REQUEST_FRAMES: refused, none of it acked
+            ([header(protocol.Opcode.SETTLE, 11),
+              *[protocol.encode_receipts([1])] * protocol.MAX_REQUEST_FRAMES,
+              msgspec.msgpack.encode([0, 0])], "request_too_large"),
         ]
         for frames, code in cases:
             status, got = _raw_request(dealer, frames)
@@ -193,6 +197,7 @@ def test_garbage_never_takes_the_broker_down(track: Tracker) -> None:
         context.term()
     stats = client.server_stats()
     assert stats["error.malformed_frame"] == 7 and stats["error.unknown_opcode"] == 1
+    assert stats["error.request_too_large"] == 2 and "error.stale_receipt" not in stats
     assert client.stats().queues["q"].enqueued == len(cases)
     client.close()
 
