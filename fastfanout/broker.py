@@ -12,7 +12,6 @@ publish or send and by the next timer due time.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,9 +26,9 @@ from fastfanout._ext.message import Message
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store
 from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
-from fastfanout.filter_policy import SCOPES, CompiledPolicy, parse_policy
 from fastfanout.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
 from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry, PublishResult
+from fastfanout.routing import compile_policy, dispatch_targets, feeding_subscriptions
 from fastfanout.settings import (
     MAX_DEDUP_WINDOW,
     MAX_DELAY,
@@ -325,36 +324,12 @@ class Broker:
     # -- subscriptions -----------------------------------------------------------------
 
     def _refresh_targets(self, topic: str) -> None:
-        """Recompute which subscriptions feed ``topic`` and hand them to the dispatcher.
-
-        A pattern subscription feeds every topic its pattern matches, now or later, whose
-        FIFO-ness equals its queue's (others are passed over).
-        """
-        fifo = self._topic_settings[topic].fifo
-        feeding = [
-            sid for sid, sub in sorted(self._subscriptions.items())
-            if (sub.topic == topic or (is_pattern(sub.topic) and pattern_matches(sub.topic, topic)))
-            and self._queue_settings[sub.queue].fifo == fifo
-        ]
+        """Recompute which subscriptions feed ``topic`` and hand them to the dispatcher."""
+        feeding = feeding_subscriptions(
+            self._subscriptions, topic, self._topic_settings[topic].fifo,
+            lambda queue: self._queue_settings[queue].fifo)
         self._topic_subscriptions[topic] = feeding
-        # One copy per queue, however many of its subscriptions feed this topic (a direct
-        # one and a pattern, say): it goes if any of them would let it through.
-        targets: list[int] = []
-        policies: list[Any] = []
-        position: dict[int, int] = {}
-        for sid in feeding:
-            sub = self._subscriptions[sid]
-            queue_id = self._queues[sub.queue]
-            if queue_id not in position:
-                position[queue_id] = len(targets)
-                targets.append(queue_id)
-                policies.append([])
-            alternatives = policies[position[queue_id]]
-            if alternatives is not None:
-                if sub.compiled is None:
-                    policies[position[queue_id]] = None   # an unfiltered one takes all
-                else:
-                    alternatives.append(sub.compiled)
+        targets, policies = dispatch_targets(self._subscriptions, feeding, self._queues)
         self._dispatcher.set_targets(self._topics[topic], targets, policies)
 
     def _refresh_for(self, topic_or_pattern: str) -> None:
@@ -392,7 +367,7 @@ class Broker:
             AlreadyExists: the pair is subscribed already with another policy.
         """
         self._ensure_open()
-        compiled, normalized = self._compile(filter_policy, filter_scope)
+        compiled, normalized = compile_policy(filter_policy, filter_scope)
         with self._lock:
             self._now_us()
             if is_pattern(topic):
@@ -421,17 +396,6 @@ class Broker:
             self._refresh_for(topic)
             return sid
 
-    @staticmethod
-    def _compile(policy: object, scope: str) -> tuple[CompiledPolicy | None, str | None]:
-        """Validate a policy; returns it compiled and as canonical JSON (None: no filter)."""
-        if scope not in SCOPES:
-            raise InvalidArgument(f"filter_scope must be one of {SCOPES}, got {scope!r}")
-        if policy is None:
-            return None, None
-        compiled = parse_policy(policy, scope)  # type: ignore[arg-type]
-        decoded = json.loads(policy) if isinstance(policy, str | bytes) else policy
-        return compiled, json.dumps(decoded, sort_keys=True)
-
     def set_filter_policy(
         self,
         subscription_id: int,
@@ -447,7 +411,7 @@ class Broker:
             filter_scope: ``"attributes"`` or ``"body"``.
         """
         self._ensure_open()
-        compiled, normalized = self._compile(filter_policy, filter_scope)
+        compiled, normalized = compile_policy(filter_policy, filter_scope)
         with self._lock:
             self._now_us()
             sub = self._subscription(subscription_id)
