@@ -158,6 +158,19 @@ def test_asyncio_unencodable_argument_is_invalid(track: Tracker) -> None:
     asyncio.run(main())
 
 
+def _count_fires(client: aio.AsyncClient) -> list[tuple[int, int]]:
+    """Record (opcode, payload frames) of every request the client sends without a wait."""
+    fired: list[tuple[int, int]] = []
+    fire = client._fire
+
+    def counted_fire(opcode: int, payload: list[bytes]) -> None:
+        fired.append((opcode, len(payload)))
+        fire(opcode, payload)
+
+    client._fire = counted_fire   # type: ignore[method-assign]
+    return fired
+
+
 def test_message_acks_of_one_loop_iteration_go_in_one_request(track: Tracker,
                                                               endpoint: str) -> None:
     server = track.server(endpoint)
@@ -168,14 +181,7 @@ def test_message_acks_of_one_loop_iteration_go_in_one_request(track: Tracker,
             await client.send_batch("q", [b"m%d" % i for i in range(20)])
             messages = await client.receive("q", max_messages=20)
             await client.ack(messages[0].receipt)   # acked already: its receipt is stale
-            fired: list[tuple[int, int]] = []
-            fire = client._fire
-
-            def counted_fire(opcode: int, payload: list[bytes]) -> None:
-                fired.append((opcode, len(payload)))
-                fire(opcode, payload)
-
-            client._fire = counted_fire   # type: ignore[method-assign]
+            fired = _count_fires(client)
             for message in messages[:-1]:
                 message.ack()
             deadline = asyncio.get_running_loop().time() + 10.0
@@ -203,14 +209,7 @@ def test_one_iterations_acks_are_split_at_settle_max_frames(track: Tracker,
             await client.create_queue("q", visibility_timeout=60.0)
             await client.send_batch("q", [b"m"] * count)
             messages = await client.receive("q", max_messages=count)
-            fired: list[tuple[int, int]] = []
-            fire = client._fire
-
-            def counted_fire(opcode: int, payload: list[bytes]) -> None:
-                fired.append((opcode, len(payload)))
-                fire(opcode, payload)
-
-            client._fire = counted_fire   # type: ignore[method-assign]
+            fired = _count_fires(client)
             for message in messages:
                 message.ack()
             deadline = asyncio.get_running_loop().time() + 10.0
