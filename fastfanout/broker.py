@@ -641,11 +641,21 @@ class Broker:
             return None if due is None else due / 1_000_000
 
     def next_due_in(self) -> float | None:
-        """Seconds until the next lease or delay ends (0: due now; None: nothing pending)."""
+        """Seconds until the next lease or delay ends (0: due now; None: nothing pending).
+
+        It reads the clock without applying what is due (the next other call does), so a
+        caller that sleeps this long and then calls, say, ``receive`` finds it applied.
+        """
         with self._lock:
-            now_us = self._now_us()
+            self._ensure_open()
             due = self._store.next_due_us()
-            return None if due is None else max(0, due - now_us) / 1_000_000
+            if due is None:
+                return None
+            try:
+                now_us = round(self._clock() * 1_000_000)
+            except (TypeError, ValueError, OverflowError):
+                return 0.0   # a broken clock: the next call, which checks it, reports it
+            return max(0, due - now_us) / 1_000_000
 
     # -- receive -----------------------------------------------------------------------
 

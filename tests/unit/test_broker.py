@@ -552,6 +552,8 @@ def test_next_due_in_counts_from_the_broker_clock(broker, clock):
     clock.advance(2.5)
     assert broker.next_due_in() == 0.5
     broker.receive("q")                 # not visible yet: nothing leased
-    clock.advance(0.5)
+    clock.advance(1.0)
+    assert broker.next_due_in() == 0    # due, and not applied by asking: still 0
+    assert broker.next_due_in() == 0
     assert [m.body for m in broker.receive("q")] == [b"later"]
     assert broker.next_due_in() == 10   # the lease's end
