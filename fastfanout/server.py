@@ -309,7 +309,10 @@ class Server:
         if polling:
             return TICK, waiting
         if waiting:
-            due = self.broker.next_due_in()
+            try:
+                due = self.broker.next_due_in()
+            except Closed:   # an embedder closed its broker: requests will say so
+                due = None
             return (IDLE_TICK if due is None else min(due, IDLE_TICK)), waiting
         return IDLE_TICK, waiting
 

@@ -21,6 +21,8 @@ from fastfanout._ext import codec
 from fastfanout.client import BrokenConnection
 from fastfanout.runtime import BrokerRunning, runtime_dir
 from fastfanout.server import IDLE_TICK, Server
+from fastfanout.sessions import Consumer as SessionConsumer
+from fastfanout.sessions import Session
 
 
 def test_every_operation(track: Tracker, endpoint: str) -> None:
@@ -366,3 +368,14 @@ def test_loop_sleeps_until_the_next_due_time_while_consumers_wait(track: Tracker
     consumer.cancel()
     track.wait_until(lambda: server._wait_timeout() == (IDLE_TICK, False),
                      what="the consumer gone")
+
+
+def test_the_wait_of_a_loop_whose_broker_was_closed_is_the_idle_tick(track: Tracker) -> None:
+    # An embedder may close its broker while the server runs: the loop must not die
+    # asking it for the next due time (requests are then answered with Closed).
+    broker = fastfanout.Broker()
+    server = Server(track.endpoint(), broker=broker)   # not started: the loop's view only
+    session = Session(b"id", 0.0)
+    server._consumers[(b"id", 1)] = SessionConsumer(session, 1, "q", 10, 30.0, None)
+    broker.close()
+    assert server._wait_timeout() == (IDLE_TICK, True)
