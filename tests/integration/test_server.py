@@ -353,7 +353,9 @@ def test_loop_sleeps_until_the_next_due_time_while_consumers_wait(track: Tracker
     server = track.server(broker=fastfanout.Broker(clock=clock))
     client = track.client(server.endpoint)
     client.create_queue("q")
-    assert server._wait_timeout() == (IDLE_TICK, False)    # nobody waits: housekeeping
+    # nobody waits: housekeeping (once the round that created the queue is over)
+    track.wait_until(lambda: server._wait_timeout() == (IDLE_TICK, False),
+                     what="the queue created")
     consumer = client.consume("q", prefetch=10)
     # nothing is due (once the round that registered the consumer is over)
     track.wait_until(lambda: server._wait_timeout() == (IDLE_TICK, True),
