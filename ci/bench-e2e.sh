@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the end-to-end benchmarks (real processes over ipc://, side by side with their raw
 # pyzmq baselines) and print their tables: fan-out to queue consumers, stream fan-out to
-# listeners, open-loop latency at 10k msg/s, acking one by one, and one million scheduled
-# messages.
+# listeners, open-loop latency at 10k msg/s, acking one by one, asyncio publishing, and one
+# million scheduled messages.
 # Each script spawns and cleans up its own processes. Run it on an otherwise idle machine:
 # the figures are rates and latencies of processes sharing the cores.
 # Usage: ci/bench-e2e.sh   (environment: FASTFANOUT_VENV, PYTHON as for ci/setup-venv.sh)
@@ -19,4 +19,5 @@ run bench/e2e_fanout.py
 run bench/e2e_stream.py
 run bench/e2e_latency.py
 run bench/e2e_consume_ack.py
+run bench/e2e_aio_publish.py
 run bench/e2e_schedule.py --runs 3

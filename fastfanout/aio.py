@@ -10,6 +10,12 @@ task keeps the session alive; if the broker says goodbye or the reader fails, ev
 pending call raises ``BrokenConnection``. Sockets come from ``fastfanout.transport``,
 which remains the only module that imports ``zmq``.
 
+Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
+iteration (``asyncio.gather``, other tasks) and ``publish_nowait()``/``send_nowait()``
+join the batch of their target, which leaves as one request when the iteration ends (or
+at ``batch_messages``/``batch_bytes``); a batch is atomic on the broker, as in the
+blocking client, and ``close()`` sends what is pending and waits for the answers.
+
 ``message.ack()`` (synchronous, so it cannot await) queues the receipt; the acks of one
 event-loop iteration leave together, as one SETTLE with a frame per receipt (each acked
 on its own, so a stale one fails alone), and ``close()`` sends what is queued before its
@@ -78,6 +84,16 @@ class _SyncOwner:
 
     def term(self, receipt: int) -> None:
         self._client._fire(Opcode.TERM, [protocol.encode_payload([[receipt], {}])])
+
+
+class _PublishBatch:
+    """Publishes to one target in one loop iteration: records go straight into a frame."""
+
+    __slots__ = ("builder", "futures")
+
+    def __init__(self) -> None:
+        self.builder = FrameBuilder()
+        self.futures: list[asyncio.Future[PublishResult]] = []
 
 
 class AsyncListener:
@@ -166,15 +182,22 @@ class AsyncClient:
             its ``.key`` certificate file).
         curve_keys: with ``curve_server_key``: this client's key pair (``(public,
             secret)``, or a ``.key_secret`` certificate file); None makes a fresh pair.
+        batch_messages: records per publish batch before it is sent.
+        batch_bytes: body bytes per publish batch before it is sent.
     """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  curve: CurveKeys | None = None,
                  curve_server_key: bytes | str | os.PathLike[str] | None = None,
-                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None
-                 ) -> None:
+                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
+                 batch_messages: int = 1000, batch_bytes: int = 1 << 20) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        # publishes and sends of this loop iteration, per (opcode, target): one request each
+        self._batches: dict[tuple[int, str], _PublishBatch] = {}
+        self._in_flight: set[asyncio.Future[list[bytes]]] = set()
         if curve_server_key is not None:
             curve = client_curve(curve_server_key, curve_keys)
         self._curve = curve
@@ -318,29 +341,109 @@ class AsyncClient:
         return list(await self._call(Opcode.LIST_QUEUES))
 
     async def publish(self, topic: str, body: bytes, **options: Any) -> PublishResult:
-        """Publish one message (options as ``Client.publish``)."""
-        return (await self._one(Opcode.PUBLISH, topic, body, options))[0]
+        """Publish one message (options as ``Client.publish``) and wait for its result.
+
+        Publishes made in the same loop iteration (``asyncio.gather``, other tasks) travel
+        together, one request per topic, as ``publish_nowait`` ones do.
+        """
+        return await self._result(self._enqueue(Opcode.PUBLISH, topic, body, options))
 
     async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages at once: all enqueued, or none."""
         return await self._batch(Opcode.PUBLISH, topic, entries)
 
     async def send(self, queue: str, body: bytes, **options: Any) -> PublishResult:
-        """Send one message straight to a queue."""
-        return (await self._one(Opcode.SEND, queue, body, options))[0]
+        """Send one message straight to a queue (batched as ``publish``)."""
+        return await self._result(self._enqueue(Opcode.SEND, queue, body, options))
 
     async def send_batch(self, queue: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Send many messages straight to a queue."""
         return await self._batch(Opcode.SEND, queue, entries)
 
-    async def _one(self, opcode: int, name: str, body: Any, options: dict[str, Any]
-                   ) -> RemotePublishBatch:
-        builder = FrameBuilder()
+    def publish_nowait(self, topic: str, body: bytes, **options: Any
+                       ) -> asyncio.Future[PublishResult]:
+        """Add a message to this loop iteration's batch of ``topic``; a future of its result.
+
+        The batch leaves as one request when the iteration ends, or at
+        ``batch_messages`` / ``batch_bytes``. A batch is atomic on the broker: if it fails
+        (say ``QueueFull``), every future of it raises that error.
+        """
+        return self._enqueue(Opcode.PUBLISH, topic, body, options)
+
+    def send_nowait(self, queue: str, body: bytes, **options: Any
+                    ) -> asyncio.Future[PublishResult]:
+        """Add a message to this loop iteration's batch of ``queue`` (as ``publish_nowait``)."""
+        return self._enqueue(Opcode.SEND, queue, body, options)
+
+    def _enqueue(self, opcode: int, name: str, body: Any, options: dict[str, Any]
+                 ) -> asyncio.Future[PublishResult]:
+        if self._closed:
+            raise Closed("the client is closed")
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
+        loop = asyncio.get_running_loop()
+        key = (opcode, name)
+        batch = self._batches.get(key)
+        if batch is None:
+            if not self._batches:
+                loop.call_soon(self._flush_batches)
+            batch = self._batches[key] = _PublishBatch()
+        builder = batch.builder
         try:
-            builder.append(body, **options)
+            index = builder.append(body, **options) if options else builder.append_body(body)
         except TypeError as exc:   # an unknown option name
             raise InvalidArgument(f"publish/send: {exc}") from None
-        return await self._frame(opcode, name, builder.take())
+        future: asyncio.Future[PublishResult] = loop.create_future()
+        batch.futures.append(future)
+        if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
+            self._send_batch(key, self._batches.pop(key))
+        return future
+
+    def _flush_batches(self) -> None:
+        batches, self._batches = self._batches, {}
+        for key, batch in batches.items():
+            self._send_batch(key, batch)
+
+    def _send_batch(self, key: tuple[int, str], batch: _PublishBatch) -> None:
+        """Send one batch; its reply resolves the future of each of its messages."""
+        futures = batch.futures
+        if not futures:
+            return
+        if self._closed:
+            for future in futures:
+                future.set_exception(Closed("the client is closed"))
+            return
+        request_id = self._send(key[0], [key[1].encode(), batch.builder.take()])
+        reply = self._futures[request_id] = asyncio.get_running_loop().create_future()
+        self._in_flight.add(reply)
+
+        def resolve(reply: asyncio.Future[list[bytes]]) -> None:
+            self._futures.pop(request_id, None)
+            self._in_flight.discard(reply)
+            error = (BrokenConnection("the publish was cancelled") if reply.cancelled()
+                     else reply.exception())
+            if error is None:
+                results = RemotePublishBatch(reply.result()[0])
+            for index, future in enumerate(futures):
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(results[index])
+                else:
+                    future.set_exception(error)
+
+        reply.add_done_callback(resolve)
+
+    async def _result(self, future: asyncio.Future[PublishResult]) -> PublishResult:
+        # A full hold queue answers only when there is room: wait its hold_timeout more.
+        limit = self.timeout + float(self.info.get("hold_timeout", 0.0))
+        try:
+            async with asyncio.timeout(limit):   # no task per call, unlike wait_for
+                return await future
+        except TimeoutError:
+            raise BrokenConnection(
+                f"no reply from the broker at {self.endpoint} within {limit:.1f} s; "
+                f"is it running?") from None
 
     async def _batch(self, opcode: int, name: str, entries: Iterable[Any]
                      ) -> RemotePublishBatch:
@@ -507,6 +610,9 @@ class AsyncClient:
         if self._closed:
             return
         self._send_acks()   # before BYE: after it, the broker has released their leases
+        self._flush_batches()
+        if self._in_flight:   # publish answers may come after BYE's: wait for them first
+            await asyncio.wait(set(self._in_flight), timeout=self.timeout)
         with contextlib.suppress(FastFanoutError):
             await self._request(Opcode.BYE, [])
         self._closed = True

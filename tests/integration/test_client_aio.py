@@ -222,3 +222,53 @@ def test_one_iterations_acks_are_split_at_settle_max_frames(track: Tracker,
                              (Opcode.SETTLE, 76 + 1)]
 
     asyncio.run(main())
+
+
+def _count_sends(client: aio.AsyncClient) -> list[int]:
+    """Record the opcode of every request the client sends, heartbeats left out."""
+    sent: list[int] = []
+    send = client._send
+
+    def counted_send(opcode: int, payload: list[bytes]) -> int:
+        if opcode != Opcode.HEARTBEAT:
+            sent.append(opcode)
+        return send(opcode, payload)
+
+    client._send = counted_send   # type: ignore[method-assign]
+    return sent
+
+
+def test_publishes_of_one_loop_iteration_travel_in_one_request(track: Tracker,
+                                                               endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0, batch_messages=50) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            sent = _count_sends(client)
+            results = await asyncio.gather(
+                *(client.publish("t", b"m%d" % i) for i in range(40)),
+                client.send("q", b"direct"))
+            assert sent == [Opcode.PUBLISH, Opcode.SEND]    # one request per target
+            ids = [result.message_id for result in results[:40]]
+            assert ids == sorted(ids) and len(set(ids)) == 40
+            assert all(result.deliveries == 1 for result in results)
+            sent.clear()
+            futures = [client.publish_nowait("t", b"n") for _ in range(120)]
+            assert sent == [Opcode.PUBLISH, Opcode.PUBLISH]  # two full batches of 50 at once
+            assert len({(await f).message_id for f in futures}) == 120   # the rest: 1 more
+            assert sent == [Opcode.PUBLISH] * 3
+            # another target's batch fails alone, whole: every future of it raises
+            good = client.publish_nowait("t", b"ok")
+            bad = [client.publish_nowait("missing", b"x") for _ in range(3)]
+            assert (await good).deliveries == 1
+            for future in bad:
+                with pytest.raises(fastfanout.NotFound):
+                    await future
+            last = client.publish_nowait("t", b"at close")
+        assert last.done() and last.result().deliveries == 1   # close() sent and waited
+
+    asyncio.run(main())
+    assert track.client(endpoint).stats().queues["q"].enqueued == 40 + 1 + 120 + 1 + 1
