@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
-from e2e_common import BODY, connect_when_up, serve_broker, stop_processes
+from e2e_common import BODY, broker_process, print_rates
 
 
 async def _rate(endpoint: str, count: int, how: str) -> float:
@@ -47,27 +45,19 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    ctx = mp.get_context("spawn")
-    endpoint = f"ipc://{tempfile.mkdtemp()}/ff.sock"
-    broker = ctx.Process(target=serve_broker, args=(endpoint,))
-    broker.start()
-    try:
-        with connect_when_up(endpoint, broker) as client:
-            client.create_topic("t")
-            client.create_queue("q", max_messages=100_000_000)
-            client.subscribe("t", "q")
+    from fastfanout.client import connect
+
+    with broker_process() as (endpoint, _), connect(endpoint) as client:
+        client.create_topic("t")
+        client.create_queue("q", max_messages=100_000_000)
+        client.subscribe("t", "q")
         ways = {"await publish() one by one (baseline)": ("await", args.messages // 4),
                 "asyncio.gather of publish()": ("gather", args.messages),
                 "publish_nowait() then await the futures": ("nowait", args.messages)}
         rates = {name: statistics.median(asyncio.run(_rate(endpoint, count, how))
                                          for _ in range(args.runs))
                  for name, (how, count) in ways.items()}
-    finally:
-        broker.terminate()
-        stop_processes([broker])
-    base = next(iter(rates.values()))
-    for name, rate in rates.items():
-        print(f"{name}: median {rate:,.0f} msg/s, ratio {rate / base:.1f}x")
+    print_rates(rates)
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 BODY = b"x" * 64
@@ -72,3 +74,30 @@ def publish_run(endpoint: str, count: int, mode: str, topic: str = "t") -> None:
                 window.popleft().result()
         while window:
             window.popleft().result()
+
+
+@contextmanager
+def broker_process() -> Iterator[tuple[str, Any]]:
+    """A broker process on a fresh ipc endpoint, serving once it answers: (endpoint, process).
+
+    Terminated (and reaped) on exit.
+    """
+    import multiprocessing as mp
+    import tempfile
+
+    endpoint = f"ipc://{tempfile.mkdtemp()}/ff.sock"
+    broker = mp.get_context("spawn").Process(target=serve_broker, args=(endpoint,))
+    broker.start()
+    try:
+        connect_when_up(endpoint, broker).close()
+        yield endpoint, broker
+    finally:
+        broker.terminate()
+        stop_processes([broker])
+
+
+def print_rates(rates: dict[str, float]) -> None:
+    """Print each rate (msg/s) and its ratio to the first one, the baseline."""
+    base = next(iter(rates.values()))
+    for name, rate in rates.items():
+        print(f"{name}: median {rate:,.0f} msg/s, ratio {rate / base:.1f}x")

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from e2e_common import BODY, connect_when_up, serve_broker, stop_processes
+from e2e_common import BODY, broker_process, print_rates
 
 PREFETCH = 1000
 
@@ -97,12 +95,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    ctx = mp.get_context("spawn")
-    endpoint = f"ipc://{tempfile.mkdtemp()}/ff.sock"
-    broker = ctx.Process(target=serve_broker, args=(endpoint,))
-    broker.start()
-    try:
-        connect_when_up(endpoint, broker).close()
+    with broker_process() as (endpoint, _):
         ways: dict[str, Callable[[], float]] = {
             "receive() + message.ack() per message (baseline)":
                 lambda: _blocking(endpoint, args.messages // 10, "receive"),
@@ -113,12 +106,7 @@ def main() -> int:
         }
         rates = {name: statistics.median(way() for _ in range(args.runs))
                  for name, way in ways.items()}
-    finally:
-        broker.terminate()
-        stop_processes([broker])
-    base = next(iter(rates.values()))
-    for name, rate in rates.items():
-        print(f"{name}: median {rate:,.0f} msg/s, ratio {rate / base:.1f}x")
+    print_rates(rates)
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from e2e_common import BODY, connect_when_up, publish_run, serve_broker
+from e2e_common import BODY, broker_process, connect_when_up, publish_run
 
 PREFETCH = 16000   # pushes of up to 8,192 (the server's push_batch), two in flight
 # Each queue holds at most this many messages with overflow="hold": a publish that does
@@ -96,10 +96,7 @@ def _consume(endpoint: str, queue: str, count: int, out: mp.Queue) -> None:  # t
 
 def fastfanout_run(count: int, consumers: int, mode: str) -> float:
     ctx = mp.get_context("spawn")
-    endpoint = f"ipc://{tempfile.mkdtemp()}/ff.sock"
-    broker = ctx.Process(target=serve_broker, args=(endpoint,))
-    broker.start()
-    try:
+    with broker_process() as (endpoint, broker):
         with connect_when_up(endpoint, broker) as client:
             client.create_topic("t")
             for i in range(consumers):
@@ -119,9 +116,6 @@ def fastfanout_run(count: int, consumers: int, mode: str) -> float:
         for p in procs:
             p.join(30)
         return float(statistics.median(rates))
-    finally:
-        broker.terminate()
-        broker.join(30)
 
 
 def main() -> int:
