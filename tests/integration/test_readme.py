@@ -45,3 +45,22 @@ def test_server_sample_runs_against_the_default_endpoint(tmp_path, monkeypatch):
 @pytest.mark.parametrize("command", ["bash ci/demo.sh", "bash ci/test.sh"])
 def test_the_two_commands_are_documented(command):
     assert command in README.read_text()
+
+
+def test_asyncio_sample_runs_against_the_default_endpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    server = fastfanout.Server()
+    server.start()
+    try:
+        with fastfanout.connect() as client:
+            client.create_queue("billing")
+            client.create_topic("orders")
+            client.subscribe("orders", "billing")
+        exec(compile(python_blocks()[2], "README asyncio sample", "exec"), {})
+        ids = [int(n) for n in re.findall(r"\d+", capsys.readouterr().out)]
+        assert len(ids) == 3 and ids == sorted(ids)
+        with fastfanout.connect() as client:
+            stats = client.stats().queues["billing"]
+        assert stats.enqueued == 3 and stats.acked == 1
+    finally:
+        server.stop()
