@@ -24,7 +24,10 @@ def test_quick_start_runs_as_written(capsys):
     assert "order 2" in printed and "acked=3" in printed
 
 
-def test_server_sample_runs_against_the_default_endpoint(tmp_path, monkeypatch):
+@pytest.fixture
+def billing(tmp_path, monkeypatch):
+    """A server on the default endpoint (under tmp_path) with the README's topic and queue;
+    yields a function returning the billing queue's stats."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     server = fastfanout.Server()
     server.start()
@@ -33,13 +36,20 @@ def test_server_sample_runs_against_the_default_endpoint(tmp_path, monkeypatch):
             client.create_queue("billing")
             client.create_topic("orders")
             client.subscribe("orders", "billing")
-        namespace: dict[str, object] = {}
-        exec(compile(python_blocks()[1], "README server sample", "exec"), namespace)
-        with fastfanout.connect() as client:
-            stats = client.stats().queues["billing"]
-        assert stats.enqueued == 2 and stats.acked == 1
+
+        def stats():
+            with fastfanout.connect() as client:
+                return client.stats().queues["billing"]
+
+        yield stats
     finally:
         server.stop()
+
+
+def test_server_sample_runs_against_the_default_endpoint(billing):
+    exec(compile(python_blocks()[1], "README server sample", "exec"), {})
+    stats = billing()
+    assert stats.enqueued == 2 and stats.acked == 1
 
 
 @pytest.mark.parametrize("command", ["bash ci/demo.sh", "bash ci/test.sh"])
@@ -47,20 +57,9 @@ def test_the_two_commands_are_documented(command):
     assert command in README.read_text()
 
 
-def test_asyncio_sample_runs_against_the_default_endpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    server = fastfanout.Server()
-    server.start()
-    try:
-        with fastfanout.connect() as client:
-            client.create_queue("billing")
-            client.create_topic("orders")
-            client.subscribe("orders", "billing")
-        exec(compile(python_blocks()[2], "README asyncio sample", "exec"), {})
-        ids = [int(n) for n in re.findall(r"\d+", capsys.readouterr().out)]
-        assert len(ids) == 3 and ids == sorted(ids)
-        with fastfanout.connect() as client:
-            stats = client.stats().queues["billing"]
-        assert stats.enqueued == 3 and stats.acked == 1
-    finally:
-        server.stop()
+def test_asyncio_sample_runs_against_the_default_endpoint(billing, capsys):
+    exec(compile(python_blocks()[2], "README asyncio sample", "exec"), {})
+    ids = [int(n) for n in re.findall(r"\d+", capsys.readouterr().out)]
+    assert len(ids) == 3 and ids == sorted(ids)
+    stats = billing()
+    assert stats.enqueued == 3 and stats.acked == 1
