@@ -240,17 +240,13 @@ class AsyncClient:
         self._acks.append(receipt)
 
     def _send_acks(self) -> None:
-        """Send the queued acks: one ACK, or one SETTLE with a frame per receipt.
+        """Send the queued acks: a SETTLE with a frame per receipt (per 1,024 of them).
 
         SETTLE acks each frame on its own (all or none per frame), so a stale receipt
-        fails alone, as separate ACKs would; consumer 0 gets no credit (there is none).
+        fails alone, as separate ACKs would, and is answered only if one fails; consumer
+        0 gets no credit (there is none).
         """
         acks, self._acks = self._acks, []
-        if not acks or self._closed:
-            return
-        if len(acks) == 1:
-            self._fire(Opcode.ACK, [protocol.encode_receipt(acks[0])])
-            return
         for start in range(0, len(acks), protocol.SETTLE_MAX_FRAMES):
             chunk = acks[start:start + protocol.SETTLE_MAX_FRAMES]
             self._fire(Opcode.SETTLE, [*map(protocol.encode_receipt, chunk), _NO_CREDIT])
@@ -407,11 +403,7 @@ class AsyncClient:
     def _send_batch(self, key: tuple[int, str], batch: _PublishBatch) -> None:
         """Send one batch; its reply resolves the future of each of its messages."""
         futures = batch.futures
-        if not futures:
-            return
-        if self._closed:
-            for future in futures:
-                future.set_exception(Closed("the client is closed"))
+        if not futures:   # its only message was refused by the frame builder
             return
         request_id = self._send(key[0], [key[1].encode(), batch.builder.take()])
         reply = self._futures[request_id] = asyncio.get_running_loop().create_future()

@@ -81,8 +81,8 @@ __all__ = [
 ]
 
 BUSY_TICKING = 0.05
-"""Seconds the background thread keeps ticking every ``linger`` after a publish batch or
-a batch ack was queued (then it sleeps a heartbeat interval and is woken by the next)."""
+"""Seconds the background thread keeps ticking every ``linger`` after a publish batch
+was started (then it sleeps a heartbeat interval and is woken by the next batch)."""
 
 
 class Client:
@@ -366,7 +366,10 @@ class Client:
             batch = self._batches.get(key)
             if batch is None:
                 if not self._batches:
-                    self._oldest_batch = self._note_lingering()
+                    self._oldest_batch = now = time.monotonic()
+                    if now >= self._busy_until:
+                        self._kick.set()   # the background thread sleeps long: wake it
+                    self._busy_until = now + BUSY_TICKING
                 batch = self._batches[key] = _Batch()
             builder = batch.builder
             index = (builder.append_body(body) if options is None
@@ -376,18 +379,6 @@ class Client:
             if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
                 self._send_batch(key, self._batches.pop(key))
             return future
-
-    def _note_lingering(self) -> float:
-        """Something waits for its linger (a publish batch, batch acks); returns now.
-
-        The background thread, which sends what is due, then ticks every linger for
-        ``BUSY_TICKING`` seconds rather than being woken for each new batch.
-        """
-        now = time.monotonic()
-        if now >= self._busy_until:
-            self._kick.set()   # the background thread sleeps long: wake it
-        self._busy_until = now + BUSY_TICKING
-        return now
 
     def _send_batch(self, key: tuple[int, str], batch: _Batch) -> None:
         frame = batch.builder.take()

@@ -71,21 +71,23 @@ class Consumer(Iterator[RemoteMessage]):
             self._credit_owed = 0
 
     def _defer_settle(self, receipts: bytes, credit: int) -> None:
-        """Queue a pipelined batch ack returning ``credit``; sent within the client's linger.
+        """Queue a pipelined ack of a receipts frame; sent within the client's linger.
 
-        It goes at once when the queued acks return half the prefetch (the broker must not
-        run out of credit), hold ``SETTLE_MAX_RECEIPTS`` receipts or
-        ``protocol.SETTLE_MAX_FRAMES`` frames, or linger is 0. The
-        thread that waits for the next batch sends it when its linger is up; when no thread
-        waits, the client's background thread does, at its next heartbeat (it is not woken
-        for acks: waking it would take the socket from the consuming thread).
+        It returns ``credit``, and the credit owed from single settles (nack, term). It goes
+        at once when the queued acks return half the prefetch (the broker must not run out
+        of credit), hold ``SETTLE_MAX_RECEIPTS`` receipts or ``protocol.SETTLE_MAX_FRAMES``
+        frames, or linger is 0. The thread that waits for the next batch sends it when its
+        linger is up; when no thread waits, the client's background thread does, at its
+        next heartbeat (it is not woken for acks: waking it would take the socket from the
+        consuming thread).
         """
         client = self._client
         with client._lock:
             if not self._unsent:
                 self._unsent_since = time.monotonic()
             self._unsent.append(receipts)
-            self._unsent_credit += credit
+            self._unsent_credit += credit + self._credit_owed
+            self._credit_owed = 0
             self._unsent_receipts += len(receipts) >> 3
             if (self._unsent_credit >= max(1, self.prefetch // 2)
                     or self._unsent_receipts >= SETTLE_MAX_RECEIPTS
@@ -226,7 +228,7 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         consumer = self._consumer
         client = consumer._client
         unsettled = self._count
-        receipts = receipts_of(self._frames[0])
+        receipts = None
         if self._messages is not None:
             live = [message for message in self._messages if message._consumer is not None]
             for message in live:
@@ -238,13 +240,14 @@ class DeliveryBatch(Sequence[RemoteMessage]):
                     return
                 unsettled = len(live)
                 receipts = protocol.encode_receipts([message.receipt for message in live])
+        if receipts is None:
+            receipts = receipts_of(self._frames[0])
         if not wait and not consumer.closed:
             # Queued with the consumer's other batch acks and sent within the client's
             # linger as one SETTLE (ack + credit, no reply unless the ack fails) instead of
             # an ACK, its reply and a CREDIT each: the broker counts a failure
             # (error.stale_receipt).
-            consumer._defer_settle(receipts, unsettled + consumer._credit_owed)
-            consumer._credit_owed = 0
+            consumer._defer_settle(receipts, unsettled)
             return
         pending = client._request(Opcode.ACK, [receipts])
         consumer._return_credit(unsettled)

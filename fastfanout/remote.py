@@ -101,9 +101,7 @@ class RemoteMessage:
         consumer = self._consumer
         if consumer is not None and not consumer.closed:
             self._consumer = None
-            consumer._defer_settle(protocol.encode_receipt(self.receipt),
-                                   1 + consumer._credit_owed)
-            consumer._credit_owed = 0
+            consumer._defer_settle(protocol.encode_receipt(self.receipt), 1)
             return
         try:
             self._owner.ack(self.receipt)
