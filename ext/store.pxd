@@ -191,6 +191,7 @@ cdef class Store:
     cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept
     cdef uint32_t _require_lease(self, object receipt) except? 0xFFFFFFFF
     cdef void _ack_slot(self, uint32_t slot) noexcept
+    cdef list _ack_frame(self, object frame, Py_ssize_t* count)
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept
     cdef int _expire_retention(self, int64_t now_us) except -1
     cdef int advance_to(self, int64_t now_us) except -1

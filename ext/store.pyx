@@ -169,6 +169,18 @@ cdef uint64_t receipt_value(object receipt) except? 0:
 
 
 @cython.final
+cdef int64_t _clock_us(object clock) except? -1:
+    """Read ``clock`` (finite seconds) as microseconds, rounded half to even."""
+    cdef object now = clock()
+    cdef double seconds
+    if type(now) is not float and type(now) is not int:
+        raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
+    seconds = now
+    if not isfinite(seconds) or fabs(seconds) > 9.2e12:
+        raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
+    return <int64_t>nearbyint(seconds * 1e6)
+
+
 cdef class Store:
     """All queues of one broker. Used by the broker layer only, through these methods."""
 
@@ -817,16 +829,18 @@ cdef class Store:
 
         Rounds like Python's ``round(seconds * 1e6)`` (ties to even).
         """
-        cdef object now = clock()
-        cdef double seconds
-        if type(now) is not float and type(now) is not int:
-            raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
-        seconds = now
-        if not isfinite(seconds) or fabs(seconds) > 9.2e12:
-            raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
-        cdef int64_t now_us = <int64_t>nearbyint(seconds * 1e6)
+        cdef int64_t now_us = _clock_us(clock)
         self.advance_to(now_us)
         return now_us
+
+    def due_in_us(self, object clock):
+        """Microseconds from ``clock``'s now to the next lease or delay end (0: due now;
+        None: nothing pending), without applying what is due."""
+        due = self.next_due_us()
+        if due is None:
+            return None
+        cdef int64_t now_us = _clock_us(clock)
+        return 0 if due <= now_us else due - now_us
 
     def advance(self, int64_t now_us):
         """Apply everything due at ``now_us`` (retention, lease ends, delays)."""
@@ -966,9 +980,40 @@ cdef class Store:
         Returns the number of receipts. Raises InvalidArgument when the length is not a
         multiple of 8, StaleReceipt (listing the stale receipts) otherwise.
         """
+        cdef Py_ssize_t count
+        stale = self._ack_frame(frame, &count)
+        if stale is not None:
+            raise StaleReceipt(
+                f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
+                f"nothing was acked", stale)
+        return count
+
+    def ack_frames(self, list frames):
+        """Ack each receipts frame on its own, all of it or none (as ``ack_packed``).
+
+        Returns the stale receipts of the frames refused, in order (empty: all acked).
+        Raises InvalidArgument, acking nothing, when a frame is not a multiple of 8 bytes.
+        """
+        cdef list stale = []
+        cdef Py_ssize_t count
+        for frame in frames:
+            count = memoryview(frame).nbytes
+            if count % 8:
+                raise InvalidArgument(
+                    f"a receipts frame holds u64s: {count} bytes is not a multiple of 8")
+        for frame in frames:
+            refused = self._ack_frame(frame, &count)
+            if refused is not None:
+                stale += refused
+        return stale
+
+    cdef list _ack_frame(self, object frame, Py_ssize_t* count):
+        """Ack a receipts frame whole; None, or (nothing acked) its stale receipts in order.
+
+        ``count`` gets the number of receipts of the frame.
+        """
         cdef Py_buffer buffer
         cdef const char* data
-        cdef Py_ssize_t count
         cdef Py_ssize_t index
         cdef uint64_t receipt
         cdef uint32_t slot
@@ -979,22 +1024,20 @@ cdef class Store:
                 raise InvalidArgument(
                     f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
             data = <const char*>buffer.buf
-            count = buffer.len // 8
-            for index in range(count):
+            count[0] = buffer.len // 8
+            for index in range(count[0]):
                 receipt = ff_load_le64(data + 8 * index)
                 if self._lease_slot(receipt) == NIL:
                     if stale is None:
                         stale = {}
                     stale[receipt] = None   # listed once, in order
             if stale is not None:
-                raise StaleReceipt(
-                    f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
-                    f"nothing was acked", list(stale))
-            for index in range(count):
+                return list(stale)
+            for index in range(count[0]):
                 slot = self._lease_slot(ff_load_le64(data + 8 * index))
                 if slot != NIL:
                     self._ack_slot(slot)
-            return count
+            return None
         finally:
             PyBuffer_Release(&buffer)
 

@@ -648,14 +648,8 @@ class Broker:
         """
         with self._lock:
             self._ensure_open()
-            due = self._store.next_due_us()
-            if due is None:
-                return None
-            try:
-                now_us = round(self._clock() * 1_000_000)
-            except (TypeError, ValueError, OverflowError):
-                return 0.0   # a broken clock: the next call, which checks it, reports it
-            return max(0, due - now_us) / 1_000_000
+            due_in = self._store.due_in_us(self._clock)
+            return None if due_in is None else due_in / 1_000_000
 
     # -- receive -----------------------------------------------------------------------
 
@@ -754,6 +748,20 @@ class Broker:
             self._now_us()
             count: int = self._store.ack_packed(receipts)
             return count
+
+    def ack_frames(self, frames: list[bytes]) -> list[int]:
+        """Ack each receipts frame on its own, all of it or none (a SETTLE's frames).
+
+        Returns:
+            The stale receipts of the frames that were refused (empty: all acked).
+
+        Raises:
+            InvalidArgument: a frame's length is not a multiple of 8 (nothing acked).
+        """
+        with self._lock:
+            self._now_us()
+            stale: list[int] = self._store.ack_frames(frames)
+            return stale
 
     def release_packed(self, receipts: bytes | bytearray | memoryview) -> int:
         """Return every still-leased delivery among packed u64 receipts at once.

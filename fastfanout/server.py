@@ -311,7 +311,7 @@ class Server:
         if waiting:
             try:
                 due = self.broker.next_due_in()
-            except Closed:   # an embedder closed its broker: requests will say so
+            except FastFanoutError:   # a closed broker, a broken clock: requests say so
                 due = None
             return (IDLE_TICK if due is None else min(due, IDLE_TICK)), waiting
         return IDLE_TICK, waiting
@@ -630,22 +630,25 @@ class Server:
     def _settle(self, session: Session, request_id: int, frames: list[bytes]) -> None:
         """ACKs and a CREDIT in one request, answered only if an ack fails.
 
-        Frames: the receipts of one or more pushed batches, one frame each, then the
-        credit. Each batch is acked on its own, all or none as an ACK, so a stale receipt
-        fails only its batch. A consumer that settles batches so saves two messages a
-        batch (the ack's reply and a separate CREDIT); the credit comes back either way.
+        Frames: the receipts of one or more pushed batches (or single messages), one frame
+        each, then the credit. Each frame is acked on its own, all or none as an ACK, so a
+        stale receipt fails only its own frame; the loop over the frames is native. A
+        consumer that settles batches so saves two messages a batch (the ack's reply and a
+        separate CREDIT); the credit comes back either way.
         """
         self._frame(frames, 1, "credit")   # one receipts frame at least, then the credit
-        stale: list[int] = []
+        receipts = frames[:-1]
         try:
-            for packed in frames[:-1]:
-                try:
-                    self._ack(session, request_id, [packed])
-                except StaleReceipt as exc:
-                    stale += exc.receipts
+            try:
+                stale = self.broker.ack_frames(receipts)
+            except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
+                raise protocol.MalformedFrame(str(exc)) from None
+            self._room = True
+            for packed in receipts:
+                session.settled(packed)
             if stale:
                 raise StaleReceipt(
-                    f"{len(stale)} receipts are stale (first: {stale[0]}); the batches "
+                    f"{len(stale)} receipts are stale (first: {stale[0]}); the frames "
                     f"holding them were not acked", stale)
         finally:
             self._credit(session, request_id, frames[-1:])

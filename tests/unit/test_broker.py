@@ -17,6 +17,7 @@ from fastfanout import (
     QueueFull,
     StaleReceipt,
 )
+from fastfanout.protocol import encode_receipts
 
 
 def snapshot(broker):
@@ -557,3 +558,26 @@ def test_next_due_in_counts_from_the_broker_clock(broker, clock):
     assert broker.next_due_in() == 0
     assert [m.body for m in broker.receive("q")] == [b"later"]
     assert broker.next_due_in() == 10   # the lease's end
+
+
+def test_ack_frames_acks_each_frame_all_or_none(broker):
+    broker.create_queue("q")
+    broker.send_batch("q", [b"a", b"b", b"c", b"d"])
+    a, b, c, d = broker.receive("q", max_messages=4)
+    a.ack()
+    frames = [encode_receipts([a.receipt, b.receipt]), encode_receipts([c.receipt]),
+              encode_receipts([d.receipt])]
+    with pytest.raises(InvalidArgument):        # a malformed frame: nothing is acked
+        broker.ack_frames([frames[1], b"\x00" * 5])
+    assert broker.ack_frames(frames) == [a.receipt]   # b stays leased with its frame
+    stats = broker.stats().queues["q"]
+    assert stats.acked == 3 and stats.leased == 1
+
+
+def test_next_due_in_reports_a_broken_clock(clock):
+    broker = Broker(clock=lambda: float("nan") if clock.now < 0 else clock.now)
+    broker.create_queue("q")
+    broker.send("q", b"later", delay=1)
+    clock.now = -1.0
+    with pytest.raises(InvalidArgument, match="clock"):
+        broker.next_due_in()
