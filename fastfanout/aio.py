@@ -38,10 +38,11 @@ from typing import Any
 import msgspec
 
 from fastfanout import protocol
-from fastfanout._ext.wire import FrameBuilder, encode_entries
+from fastfanout._ext.wire import encode_entries
 from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.consumers import DeliveryBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
+from fastfanout.futures import PendingBatch
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import PublishResult
 from fastfanout.remote import (
@@ -84,16 +85,6 @@ class _SyncOwner:
 
     def term(self, receipt: int) -> None:
         self._client._fire(Opcode.TERM, [protocol.encode_payload([[receipt], {}])])
-
-
-class _PublishBatch:
-    """Publishes to one target in one loop iteration: records go straight into a frame."""
-
-    __slots__ = ("builder", "futures")
-
-    def __init__(self) -> None:
-        self.builder = FrameBuilder()
-        self.futures: list[asyncio.Future[PublishResult]] = []
 
 
 class AsyncListener:
@@ -196,7 +187,7 @@ class AsyncClient:
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes
         # publishes and sends of this loop iteration, per (opcode, target): one request each
-        self._batches: dict[tuple[int, str], _PublishBatch] = {}
+        self._batches: dict[tuple[int, str], PendingBatch[asyncio.Future[PublishResult]]] = {}
         self._in_flight: set[asyncio.Future[list[bytes]]] = set()
         if curve_server_key is not None:
             curve = client_curve(curve_server_key, curve_keys)
@@ -383,7 +374,7 @@ class AsyncClient:
         if batch is None:
             if not self._batches:
                 loop.call_soon(self._flush_batches)
-            batch = self._batches[key] = _PublishBatch()
+            batch = self._batches[key] = PendingBatch()
         builder = batch.builder
         try:
             index = builder.append(body, **options) if options else builder.append_body(body)
@@ -400,7 +391,8 @@ class AsyncClient:
         for key, batch in batches.items():
             self._send_batch(key, batch)
 
-    def _send_batch(self, key: tuple[int, str], batch: _PublishBatch) -> None:
+    def _send_batch(self, key: tuple[int, str],
+                    batch: PendingBatch[asyncio.Future[PublishResult]]) -> None:
         """Send one batch; its reply resolves the future of each of its messages."""
         futures = batch.futures
         if not futures:   # its only message was refused by the frame builder

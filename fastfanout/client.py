@@ -44,7 +44,7 @@ from fastfanout._ext.wire import (
 from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
-from fastfanout.futures import PublishBatchFuture, PublishFuture, _Batch, _Pending
+from fastfanout.futures import PendingBatch, PublishBatchFuture, PublishFuture, _Pending
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import (
     Attributes,
@@ -124,7 +124,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._discarded: set[int] = set()
         self._consumers: dict[int, Consumer] = {}
-        self._batches: dict[tuple[int, str], _Batch] = {}
+        self._batches: dict[tuple[int, str], PendingBatch[PublishFuture]] = {}
         self._oldest_batch = 0.0
         self._next_id = 1
         self._closed = False
@@ -370,7 +370,7 @@ class Client:
                     if now >= self._busy_until:
                         self._kick.set()   # the background thread sleeps long: wake it
                     self._busy_until = now + BUSY_TICKING
-                batch = self._batches[key] = _Batch()
+                batch = self._batches[key] = PendingBatch()
             builder = batch.builder
             index = (builder.append_body(body) if options is None
                      else builder.append(body, *options))
@@ -380,7 +380,7 @@ class Client:
                 self._send_batch(key, self._batches.pop(key))
             return future
 
-    def _send_batch(self, key: tuple[int, str], batch: _Batch) -> None:
+    def _send_batch(self, key: tuple[int, str], batch: PendingBatch[PublishFuture]) -> None:
         frame = batch.builder.take()
         pending = self._request(key[0], [key[1].encode(), frame], flush=False)
         results: list[RemotePublishBatch | None] = [None]

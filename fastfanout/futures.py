@@ -1,14 +1,15 @@
 """What a client's requests wait on: requests in flight and the futures of pipelined publishes.
 
-A pipelined publish (``publish_nowait``) joins the batch of its target (``_Batch``, records
-written straight into a native frame builder) and returns a ``PublishFuture``; when the
-batch is sent it becomes one request in flight (``_Pending``) shared by all its futures,
-which read their own result out of the batch's one reply.
+A pipelined publish (``publish_nowait``) joins the batch of its target (``PendingBatch``:
+records written straight into a native frame builder; the asyncio client fills the same
+kind) and returns a future; when the batch is sent it becomes one request in flight
+(``_Pending``) shared by all its futures, which read their own result out of the
+batch's one reply.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from fastfanout._ext.wire import FrameBuilder
 from fastfanout.errors import FastFanoutError
@@ -18,7 +19,9 @@ from fastfanout.remote import RemotePublishBatch
 if TYPE_CHECKING:
     from fastfanout.client import Client
 
-__all__ = ["PublishBatchFuture", "PublishFuture"]
+__all__ = ["PendingBatch", "PublishBatchFuture", "PublishFuture"]
+
+F = TypeVar("F")
 
 
 class _Pending:
@@ -36,14 +39,18 @@ class _Pending:
         return self.frames is not None or self.error is not None
 
 
-class _Batch:
-    """A publish batch being filled: records go straight into a native frame builder."""
+class PendingBatch(Generic[F]):
+    """A publish batch being filled: records go into a native frame builder.
+
+    A future per record (the blocking client's ``PublishFuture``, the asyncio client's
+    ``asyncio.Future``) waits for the batch's one reply.
+    """
 
     __slots__ = ("builder", "futures")
 
     def __init__(self) -> None:
         self.builder = FrameBuilder()
-        self.futures: list[PublishFuture] = []
+        self.futures: list[F] = []
 
 
 class PublishBatchFuture:
