@@ -13,8 +13,11 @@ which remains the only module that imports ``zmq``.
 Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
 iteration (``asyncio.gather``, other tasks) and ``publish_nowait()``/``send_nowait()``
 join the batch of their target, which leaves as one request when the iteration ends (or
-at ``batch_messages``/``batch_bytes``); a batch is atomic on the broker, as in the
-blocking client, and ``close()`` sends what is pending and waits for the answers.
+at ``batch_messages``/``batch_bytes``, on ``flush()``, or before any other request, so
+publishes keep their order); a batch is atomic on the broker, as in the blocking client,
+and ``close()`` sends what is pending and waits for the answers.
+``publish_batch_nowait()``/``send_batch_nowait()`` send a whole batch at once and return a
+future of its results, like the blocking client's.
 
 ``message.ack()`` (synchronous, so it cannot await) queues the receipt; the acks of one
 event-loop iteration leave together, as one SETTLE with a frame per receipt (each acked
@@ -31,7 +34,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -209,9 +212,14 @@ class AsyncClient:
         self.info = protocol.decode_payload(frames[0])
         return self
 
-    def _send(self, opcode: int, payload: list[bytes]) -> int:
+    def _send(self, opcode: int, payload: list[bytes], flush: bool = True) -> int:
+        """Queue a request; the publish batches of this iteration leave before it."""
         if self._closed:
             raise Closed("the client is closed")
+        if flush and self._batches:
+            # a request sent now must not overtake earlier publishes (per-topic order,
+            # FIFO groups), as in the blocking client
+            self._flush_batches()
         request_id = self._next_id
         self._next_id += 1
         task = asyncio.ensure_future(
@@ -220,7 +228,9 @@ class AsyncClient:
         return request_id
 
     def _fire(self, opcode: int, payload: list[bytes]) -> None:
-        self._send(opcode, payload)  # the reply is read and dropped by the reader
+        # the reply is read and dropped by the reader; acks, credit and heartbeats have no
+        # order to keep with publishes: this iteration's batches stay together
+        self._send(opcode, payload, flush=False)
 
     def _queue_ack(self, receipt: int) -> None:
         """Queue a ``message.ack()``: the acks of one loop iteration go in one request."""
@@ -397,26 +407,81 @@ class AsyncClient:
         futures = batch.futures
         if not futures:   # its only message was refused by the frame builder
             return
-        request_id = self._send(key[0], [key[1].encode(), batch.builder.take()])
+
+        def resolve(results: RemotePublishBatch | None, error: BaseException | None) -> None:
+            for index, future in enumerate(futures):
+                if future.done():
+                    continue
+                if results is not None:
+                    future.set_result(results[index])
+                else:
+                    future.set_exception(error)   # type: ignore[arg-type]
+
+        self._send_frame(key[0], key[1], batch.builder.take(), resolve, flush=False)
+
+    def _send_frame(self, opcode: int, name: str, frame: bytes,
+                    resolve: Callable[[RemotePublishBatch | None, BaseException | None], None],
+                    flush: bool = True) -> None:
+        """Send a PUBLISH/SEND of one record frame; ``resolve(results, error)`` on its reply.
+
+        ``close()`` waits for the reply (``_in_flight``); a lost connection resolves it
+        with the error.
+        """
+        request_id = self._send(opcode, [name.encode(), frame], flush)
         reply = self._futures[request_id] = asyncio.get_running_loop().create_future()
         self._in_flight.add(reply)
 
-        def resolve(reply: asyncio.Future[list[bytes]]) -> None:
+        def done(reply: asyncio.Future[list[bytes]]) -> None:
             self._futures.pop(request_id, None)
             self._in_flight.discard(reply)
             error = (BrokenConnection("the publish was cancelled") if reply.cancelled()
                      else reply.exception())
             if error is None:
-                results = RemotePublishBatch(reply.result()[0])
-            for index, future in enumerate(futures):
-                if future.done():
-                    continue
-                if error is None:
-                    future.set_result(results[index])
-                else:
-                    future.set_exception(error)
+                resolve(RemotePublishBatch(reply.result()[0]), None)
+            else:
+                resolve(None, error)
 
-        reply.add_done_callback(resolve)
+        reply.add_done_callback(done)
+
+    def flush(self) -> None:
+        """Send this loop iteration's publish batches now (does not wait for the answers)."""
+        self._flush_batches()
+
+    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]
+                             ) -> asyncio.Future[RemotePublishBatch]:
+        """Pipelined ``publish_batch``: the batch leaves now; a future of its results.
+
+        The entries are encoded into one frame natively (no Python object per message);
+        a bad entry raises here and nothing is sent. Batches of ``publish_nowait`` pending
+        in this iteration leave first, so the order of publishes is kept.
+        """
+        return self._batch_nowait(Opcode.PUBLISH, topic, entries)
+
+    def send_batch_nowait(self, queue: str, entries: Iterable[Any]
+                          ) -> asyncio.Future[RemotePublishBatch]:
+        """Pipelined ``send_batch``: the batch leaves now; a future of its results."""
+        return self._batch_nowait(Opcode.SEND, queue, entries)
+
+    def _batch_nowait(self, opcode: int, name: str, entries: Iterable[Any]
+                      ) -> asyncio.Future[RemotePublishBatch]:
+        if self._closed:
+            raise Closed("the client is closed")
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
+        frame = encode_entries(entries)
+        future: asyncio.Future[RemotePublishBatch] = (
+            asyncio.get_running_loop().create_future())
+
+        def resolve(results: RemotePublishBatch | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if results is not None:
+                future.set_result(results)
+            else:
+                future.set_exception(error)   # type: ignore[arg-type]
+
+        self._send_frame(opcode, name, frame, resolve)
+        return future
 
     async def _result(self, future: asyncio.Future[PublishResult]) -> PublishResult:
         # A full hold queue answers only when there is room: wait its hold_timeout more.

@@ -31,6 +31,13 @@ def test_asyncio_client_has_every_blocking_operation() -> None:
         assert inspect.iscoroutinefunction(getattr(aio.AsyncClient, name)), name
 
 
+def test_asyncio_client_has_the_pipelined_publishes_of_the_blocking_one() -> None:
+    for name in ("flush", "publish_nowait", "send_nowait", "publish_batch_nowait",
+                 "send_batch_nowait"):
+        assert hasattr(aio.AsyncClient, name), name
+        assert not inspect.iscoroutinefunction(getattr(aio.AsyncClient, name)), name
+
+
 def test_asyncio_administration(track: Tracker, endpoint: str) -> None:
     track.server(endpoint)
 
@@ -229,10 +236,10 @@ def _count_sends(client: aio.AsyncClient) -> list[int]:
     sent: list[int] = []
     send = client._send
 
-    def counted_send(opcode: int, payload: list[bytes]) -> int:
+    def counted_send(opcode: int, payload: list[bytes], flush: bool = True) -> int:
         if opcode != Opcode.HEARTBEAT:
             sent.append(opcode)
-        return send(opcode, payload)
+        return send(opcode, payload, flush)
 
     client._send = counted_send   # type: ignore[method-assign]
     return sent
@@ -272,3 +279,65 @@ def test_publishes_of_one_loop_iteration_travel_in_one_request(track: Tracker,
 
     asyncio.run(main())
     assert track.client(endpoint).stats().queues["q"].enqueued == 40 + 1 + 120 + 1 + 1
+
+
+def test_batch_nowait_and_flush(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            sent = _count_sends(client)
+            future = client.publish_batch_nowait(
+                "t", [b"a", fastfanout.PublishEntry(b"b", attributes={"k": "v"})])
+            direct = client.send_batch_nowait("q", [b"c"])
+            assert sent == [Opcode.PUBLISH, Opcode.SEND]   # both left at once
+            results = await future
+            assert [r.deliveries for r in results] == [1, 1]
+            assert (await direct)[0].deliveries == 1
+            # a bad entry raises at the call and sends nothing
+            sent.clear()
+            with pytest.raises(fastfanout.InvalidArgument):
+                client.publish_batch_nowait("t", [b"ok", 42])
+            with pytest.raises(fastfanout.InvalidArgument):
+                client.send_batch_nowait(7, [b"x"])   # type: ignore[arg-type]
+            assert sent == []
+            # a failing batch fails its future, whole
+            with pytest.raises(fastfanout.NotFound):
+                await client.publish_batch_nowait("missing", [b"x", b"y"])
+            # flush() sends this iteration's batch now, without waiting for the answer
+            sent.clear()
+            pending = client.publish_nowait("t", b"d")
+            assert sent == []
+            client.flush()
+            assert sent == [Opcode.PUBLISH] and not pending.done()
+            assert (await pending).deliveries == 1
+            last = client.publish_batch_nowait("t", [b"at close"])
+        assert last.done() and last.result()[0].deliveries == 1   # close() waited for it
+        assert [m.body for m in track.client(endpoint).receive("q", max_messages=10)] == [
+            b"a", b"b", b"c", b"d", b"at close"]
+
+    asyncio.run(main())
+
+
+def test_requests_do_not_overtake_earlier_publishes(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            client.publish_nowait("t", b"1")
+            await client.publish_batch("t", [b"2"])     # awaited: leaves after "1"
+            client.publish_nowait("t", b"3")
+            fourth = client.publish_batch_nowait("t", [b"4"])
+            client.send_nowait("q", b"5")
+            await client.send("q", b"6")
+            await fourth
+            bodies = [m.body for m in await client.receive("q", max_messages=10)]
+            assert bodies == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
+    asyncio.run(main())
