@@ -268,11 +268,12 @@ class Server:
                 requests, subscriptions, monitor, _ = transport.wait(timeout)
                 self.counters["rounds"] += 1
                 if requests:
-                    for _ in range(1000):
-                        frames = transport.recv_request()
+                    frames = transport.recv_request(polled=True)
+                    for left in range(999, -1, -1):   # at most 1,000 a round
                         if frames is None:
                             break
                         self._handle(frames)
+                        frames = transport.recv_request() if left else None
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:

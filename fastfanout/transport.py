@@ -90,6 +90,27 @@ def _send_frames(sock: zmq.Socket[Any], frames: list[bytes], flags: int) -> None
         _base_send(sock, frames[index], more)
     _base_send(sock, frames[last], flags, copy=len(frames[last]) < 65536)
 
+_POLLIN: Final = int(zmq.POLLIN)
+_EVENTS: Final = int(zmq.EVENTS)
+
+
+def _recv_ready(sock: zmq.Socket[Any], ask: bool = True) -> list[bytes] | None:
+    """A message if one is queued, else None.
+
+    ``ask``: ask the socket first. A receive that finds nothing raises ``zmq.Again``,
+    whose construction costs pyzmq more than the question, and the loops that drain a
+    socket end with such a miss each time they run. After a poll that saw the socket
+    readable, the question is skipped.
+    """
+    if ask and not sock.getsockopt(_EVENTS) & _POLLIN:
+        return None
+    try:
+        frames: list[bytes] = sock.recv_multipart(_NOBLOCK)
+    except zmq.Again:   # the message went away between the question and the receive
+        return None
+    return frames
+
+
 class TransportError(Exception):
     """A socket operation failed (bind refused, endpoint malformed, ...)."""
 
@@ -330,12 +351,12 @@ class ServerTransport:
         except (BlockingIOError, OSError):
             pass
 
-    def recv_request(self) -> list[bytes] | None:
-        """One request ``[routing_id, header, *payload]``, or None when none is queued."""
-        try:
-            return self.router.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
+    def recv_request(self, polled: bool = False) -> list[bytes] | None:
+        """One request ``[routing_id, header, *payload]``, or None when none is queued.
+
+        ``polled``: a poll just saw requests waiting (the socket is not asked again).
+        """
+        return _recv_ready(self.router, not polled)
 
     def send_reply(self, frames: list[bytes]) -> None:
         """Send ``[routing_id, header, *payload]``.
@@ -451,13 +472,11 @@ class _ClientSocket(_OwnedSocket):
 
     def recv(self, timeout: float) -> list[bytes] | None:
         """The next message, waiting up to ``timeout`` seconds (0: only if one is here)."""
-        if timeout > 0 and not self._poller.poll(int(timeout * 1000) or 1):
-            return None
-        try:
-            frames: list[bytes] = self._socket.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
-        return frames
+        if timeout > 0:
+            if not self._poller.poll(int(timeout * 1000) or 1):
+                return None
+            return _recv_ready(self._socket, ask=False)
+        return _recv_ready(self._socket)
 
 
 class DealerTransport(_ClientSocket):

@@ -382,3 +382,28 @@ def test_the_wait_of_a_loop_whose_broker_was_closed_is_the_idle_tick(track: Trac
     server._consumers[(b"id", 1)] = SessionConsumer(session, 1, "q", 10, 30.0, None)
     broker.close()
     assert server._wait_timeout() == (IDLE_TICK, True)
+
+
+def test_every_queued_request_is_answered_across_rounds(track: Tracker) -> None:
+    """More requests than one round handles (1,000): all are answered, none lost."""
+    server = track.server()
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(server.endpoint)
+    try:
+        count = 2_500
+        request = msgspec.msgpack.encode([[], {}])
+        for request_id in range(1, count + 1):
+            dealer.send_multipart(
+                [protocol.encode_header(protocol.Opcode.LIST_TOPICS, request_id), request])
+        answered = set()
+        while len(answered) < count:
+            assert dealer.poll(5000), f"{count - len(answered)} requests unanswered"
+            _, status, request_id = protocol.decode_header(dealer.recv_multipart()[0])
+            assert status == protocol.Status.OK
+            answered.add(request_id)
+        assert answered == set(range(1, count + 1))
+    finally:
+        dealer.close()
+        context.term()
