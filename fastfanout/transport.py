@@ -102,7 +102,7 @@ def _recv_ready(sock: zmq.Socket[Any], ask: bool = True) -> list[bytes] | None:
     socket end with such a miss each time they run. After a poll that saw the socket
     readable, the question is skipped.
     """
-    if ask and not sock.getsockopt(_EVENTS) & _POLLIN:
+    if ask and not int(sock.getsockopt(_EVENTS)) & _POLLIN:
         return None
     try:
         frames: list[bytes] = sock.recv_multipart(_NOBLOCK)
