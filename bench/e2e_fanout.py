@@ -123,10 +123,11 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--consumers", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--modes", nargs="+", default=["batch", "single"],
-                        choices=["batch", "single"],
+    parser.add_argument("--modes", nargs="+", default=["batch", "single", "producer"],
+                        choices=["batch", "single", "producer"],
                         help="batch: publish_batch_nowait of 1,000 bodies; single: one "
-                             "publish_nowait per message")
+                             "publish_nowait per message; producer: one offer per message "
+                             "to client.producer()")
     args = parser.parse_args()
     base = [baseline(args.messages) for _ in range(args.runs)]
     base_median = statistics.median(base)

@@ -1,6 +1,6 @@
 """End-to-end stream fan-out: fastfanout listeners through a broker vs raw pyzmq PUB->SUB.
 
-python bench/e2e_stream.py [--messages N] [--runs R] [--listeners L] [--modes batch single]
+python bench/e2e_stream.py [--messages N] [--runs R] [--listeners L] [--modes batch single producer]
 Baseline: one PUB process -> L SUB processes, one 64-byte message per send (one hop).
 fastfanout: one publisher process -> broker process -> L processes reading
 ``client.listen("t")`` batch by batch (``recv_batch``). The publisher either calls
@@ -205,10 +205,11 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--listeners", type=int, default=4)
-    parser.add_argument("--modes", nargs="+", default=["batch", "single"],
-                        choices=["batch", "single"],
+    parser.add_argument("--modes", nargs="+", default=["batch", "single", "producer"],
+                        choices=["batch", "single", "producer"],
                         help="batch: publish_batch_nowait of 1,000 bodies; single: one "
-                             "publish_nowait per message")
+                             "publish_nowait per message; producer: one offer per message "
+                             "to client.producer()")
     args = parser.parse_args()
     base = [baseline(args.messages, args.listeners) for _ in range(args.runs)]
     base_median = statistics.median(rate for rate, _ in base)

@@ -43,7 +43,7 @@ from fastfanout._ext.wire import (
 )
 from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.consumers import Consumer, DeliveryBatch, Listener
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.futures import PendingBatch, PublishBatchFuture, PublishFuture, _Pending
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import (
@@ -57,6 +57,11 @@ from fastfanout.remote import (
     StreamMessage,
     _options,
     decode_delivery,
+)
+from fastfanout.remote_producer import (
+    DEFAULT_MAX_IN_FLIGHT,
+    RemoteProducer,
+    check_producer_options,
 )
 from fastfanout.runtime import default_endpoint
 from fastfanout.stats import BrokerStats
@@ -474,6 +479,35 @@ class Client:
             raise InvalidArgument(f"queue name {queue!r} must be a string")
         return PublishBatchFuture(
             self, self._request(Opcode.SEND, [queue.encode(), encode_entries(entries)]))
+
+    def producer(self, topic: str, *, batch_messages: int | None = None,
+                 batch_bytes: int | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> RemoteProducer:
+        """A producer for one thread: ``offer()`` fills a frame, full frames are pipelined.
+
+        The remote form of ``Broker.producer``: no future and no lock per message (see
+        ``fastfanout.remote_producer``); ``flush()`` waits for every answer and raises a
+        refusal (the refused frames are kept and sent again).
+
+        Args:
+            topic: the topic to publish to (it must exist now).
+            batch_messages: messages per frame (default: the client's).
+            batch_bytes: body bytes per frame (default: the client's).
+            max_in_flight: frames sent and not yet answered before ``offer()`` waits;
+                1 keeps strict offer order even when a frame is refused.
+
+        Raises:
+            NotFound: the topic does not exist.
+            InvalidArgument: a limit is not a positive int.
+        """
+        batch_messages = self.batch_messages if batch_messages is None else batch_messages
+        batch_bytes = self.batch_bytes if batch_bytes is None else batch_bytes
+        check_producer_options(batch_messages, batch_bytes, max_in_flight)
+        if type(topic) is not str:
+            raise InvalidArgument(f"topic name {topic!r} must be a string")
+        if topic not in self.list_topics():
+            raise NotFound(f"topic {topic!r} does not exist")
+        return RemoteProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
 
     def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""

@@ -1,0 +1,128 @@
+"""Client.producer: offers fill frames, full frames are pipelined, refusals are kept."""
+
+from __future__ import annotations
+
+from typing import Any as Tracker
+
+import pytest
+
+import fastfanout
+from fastfanout.protocol import Opcode
+
+
+def _setup(client: fastfanout.Client, **queue_settings: Tracker) -> None:
+    client.create_topic("t")
+    client.create_queue("q", **queue_settings)
+    client.subscribe("t", "q")
+
+
+def _bodies(client: fastfanout.Client) -> list[bytes]:
+    bodies: list[bytes] = []
+    while batch := client.receive("q", max_messages=1000):
+        bodies += [m.body for m in batch]
+        client.ack_batch([m.receipt for m in batch])
+    return bodies
+
+
+def _count_publishes(client: fastfanout.Client) -> list[int]:
+    sent: list[int] = []
+    request = client._request
+
+    def counted(opcode: int, payload: list[bytes], **kwargs: Tracker) -> Tracker:
+        if opcode == Opcode.PUBLISH:
+            sent.append(opcode)
+        return request(opcode, payload, **kwargs)
+
+    client._request = counted   # type: ignore[method-assign]
+    return sent
+
+
+def test_offers_leave_in_full_frames_and_flush_sends_the_rest(track: Tracker,
+                                                              endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client)
+    sent = _count_publishes(client)
+    producer = client.producer("t", batch_messages=100, max_in_flight=2)
+    for n in range(250):
+        producer.offer(b"m%d" % n)
+    assert sent == [Opcode.PUBLISH] * 2          # two full frames left at once
+    assert producer.offered == 250 and producer.pending == 250 - producer.published
+    results = producer.flush()
+    assert results is not None and len(results) == 50   # the last frame: the open one
+    assert sent == [Opcode.PUBLISH] * 3
+    assert producer.published == 250 and producer.pending == 0
+    assert producer.flush() is None
+    assert _bodies(client) == [b"m%d" % n for n in range(250)]
+
+
+def test_frames_past_max_in_flight_wait_for_answers(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client)
+    with client.producer("t", batch_messages=10, max_in_flight=1) as producer:
+        for n in range(95):
+            producer.offer(b"%d" % n)
+            # with one frame in flight, every earlier frame has been answered
+            assert producer.published >= (producer.offered // 10 - 1) * 10
+    assert producer.published == 95                      # close() flushed
+    with pytest.raises(fastfanout.Closed):
+        producer.offer(b"late")
+    assert _bodies(client) == [b"%d" % n for n in range(95)]
+
+
+def test_a_refused_frame_is_kept_and_sent_again(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client, max_messages=15, overflow="reject")
+    producer = client.producer("t", batch_messages=10, max_in_flight=1)
+    for n in range(10):
+        producer.offer(b"a%d" % n)          # frame 1: accepted (10 of 15)
+    for n in range(10):
+        producer.offer(b"b%d" % n)          # frame 2 leaves; the broker refuses it...
+    with pytest.raises(fastfanout.QueueFull):
+        producer.flush()                    # ...and the next wait for answers says so
+    assert producer.refused_frames == 1 and producer.pending == 10
+    # while a refused frame is kept, offers flush first: still refused, body not added
+    with pytest.raises(fastfanout.QueueFull):
+        producer.offer(b"c0")
+    assert producer.offered == 20 and producer.pending == 10
+    assert _bodies(client)[:10] == [b"a%d" % n for n in range(10)]   # room again
+    producer.offer(b"c0")                   # the kept frame leaves first
+    producer.flush()
+    assert producer.published == 21 and producer.pending == 0
+    assert _bodies(client) == [b"b%d" % n for n in range(10)] + [b"c0"]
+
+
+def test_refusal_of_a_frame_in_flight_surfaces_at_flush(track: Tracker,
+                                                       endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client)
+    producer = client.producer("t", batch_messages=4, max_in_flight=8)
+    for n in range(4):
+        producer.offer(b"x%d" % n)          # in flight...
+    client.delete_topic("t")               # ...or refused, if the broker saw this first
+    producer.offer(b"y")
+    with pytest.raises(fastfanout.NotFound):
+        producer.flush()
+    client.create_topic("t")
+    client.subscribe("t", "q")
+    producer.flush()                        # kept frames, oldest first
+    assert producer.pending == 0
+    assert _bodies(client)[-1] == b"y"
+
+
+def test_bad_producer_arguments_are_refused(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client)
+    with pytest.raises(fastfanout.NotFound):
+        client.producer("missing")
+    for options in ({"batch_messages": 0}, {"batch_bytes": -1}, {"max_in_flight": 1.5}):
+        with pytest.raises(fastfanout.InvalidArgument):
+            client.producer("t", **options)
+    producer = client.producer("t")
+    with pytest.raises(fastfanout.InvalidArgument):
+        producer.offer("not bytes")   # type: ignore[arg-type]
+    assert producer.offered == 0 and producer.pending == 0
