@@ -42,9 +42,10 @@ import msgspec
 
 from fastfanout import protocol
 from fastfanout._ext.wire import encode_entries
+from fastfanout.aio_producer import AsyncProducer
 from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.consumers import DeliveryBatch
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.futures import PendingBatch
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import PublishResult
@@ -55,6 +56,7 @@ from fastfanout.remote import (
     decode_delivery,
     stream_prefix,
 )
+from fastfanout.remote_producer import DEFAULT_MAX_IN_FLIGHT, check_producer_options
 from fastfanout.runtime import default_endpoint
 from fastfanout.stats import BrokerStats
 from fastfanout.topic_pattern import pattern_matches
@@ -344,6 +346,26 @@ class AsyncClient:
         together, one request per topic, as ``publish_nowait`` ones do.
         """
         return await self._result(self._enqueue(Opcode.PUBLISH, topic, body, options))
+
+    async def producer(self, topic: str, *, batch_messages: int | None = None,
+                       batch_bytes: int | None = None,
+                       max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> AsyncProducer:
+        """A producer: synchronous ``offer()``, awaited ``drain()`` and ``flush()``.
+
+        See ``fastfanout.aio_producer``; the arguments are ``Client.producer``'s.
+
+        Raises:
+            NotFound: the topic does not exist.
+            InvalidArgument: a limit is not a positive int.
+        """
+        batch_messages = self.batch_messages if batch_messages is None else batch_messages
+        batch_bytes = self.batch_bytes if batch_bytes is None else batch_bytes
+        check_producer_options(batch_messages, batch_bytes, max_in_flight)
+        if type(topic) is not str:
+            raise InvalidArgument(f"topic name {topic!r} must be a string")
+        if topic not in await self.list_topics():
+            raise NotFound(f"topic {topic!r} does not exist")
+        return AsyncProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
 
     async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages at once: all enqueued, or none."""

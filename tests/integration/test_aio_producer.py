@@ -1,0 +1,144 @@
+"""AsyncClient.producer: synchronous offers, awaited drain and flush, refusals kept."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any as Tracker
+
+import pytest
+
+import fastfanout
+from fastfanout import aio
+from fastfanout.protocol import Opcode
+
+
+async def _setup(client: aio.AsyncClient, **queue_settings: Tracker) -> None:
+    await client.create_topic("t")
+    await client.create_queue("q", **queue_settings)
+    await client.subscribe("t", "q")
+
+
+async def _bodies(client: aio.AsyncClient) -> list[bytes]:
+    bodies: list[bytes] = []
+    while batch := await client.receive("q", max_messages=1000):
+        bodies += [m.body for m in batch]
+        await client.ack_batch([m.receipt for m in batch])
+    return bodies
+
+
+def _count_publishes(client: aio.AsyncClient) -> list[int]:
+    sent: list[int] = []
+    send = client._send
+
+    def counted(opcode: int, payload: list[bytes], flush: bool = True) -> int:
+        if opcode == Opcode.PUBLISH:
+            sent.append(opcode)
+        return send(opcode, payload, flush)
+
+    client._send = counted   # type: ignore[method-assign]
+    return sent
+
+
+def test_full_frames_leave_at_once_up_to_max_in_flight(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            sent = _count_publishes(client)
+            producer = await client.producer("t", batch_messages=10, max_in_flight=2)
+            for n in range(45):
+                producer.offer(b"m%d" % n)
+            assert len(sent) == 2            # two in flight, two more full frames queued
+            assert producer.pending == 45
+            await producer.drain()           # answers sent the queued frames
+            assert len(sent) == 4 and producer.published >= 20
+            results = await producer.flush()
+            assert results is not None and len(results) == 5     # the open frame
+            assert len(sent) == 5 and producer.published == 45 and producer.pending == 0
+            assert await producer.flush() is None
+            assert await _bodies(client) == [b"m%d" % n for n in range(45)]
+            async with await client.producer("t") as second:
+                second.offer(b"closing")
+            assert second.published == 1       # close() flushed
+            with pytest.raises(fastfanout.Closed):
+                second.offer(b"late")
+
+    asyncio.run(main())
+
+
+def test_a_refused_frame_is_kept_until_a_flush_succeeds(track: Tracker,
+                                                        endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client, max_messages=15, overflow="reject")
+            producer = await client.producer("t", batch_messages=10, max_in_flight=1)
+            for n in range(20):
+                producer.offer(b"a%d" % n)    # frame 1 leaves, frame 2 waits for room
+            for n in range(10):
+                producer.offer(b"b%d" % n)    # frame 3 waits too
+            with pytest.raises(fastfanout.QueueFull):
+                await producer.flush()        # frame 1 in (10 of 15), frame 2 refused
+            assert producer.refused_frames == 1 and producer.pending == 20
+            with pytest.raises(fastfanout.QueueFull):
+                producer.offer(b"c")          # while frames are kept: refused, not added
+            assert producer.offered == 30 and producer.pending == 20
+            assert len(await _bodies(client)) == 10          # room for one frame
+            with pytest.raises(fastfanout.QueueFull):
+                await producer.flush()        # frame 2 in, frame 3 refused again
+            assert producer.pending == 10
+            assert len(await _bodies(client)) == 10
+            assert await producer.flush() is not None        # frame 3 in
+            producer.offer(b"c")
+            await producer.close()
+            assert producer.published == 31 and producer.pending == 0
+            assert await _bodies(client) == [b"b%d" % n for n in range(10)] + [b"c"]
+
+    asyncio.run(main())
+
+
+def test_a_refusal_surfaces_at_drain(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            producer = await client.producer("t", batch_messages=10, max_in_flight=1)
+            await client.delete_topic("t")
+            for n in range(20):
+                producer.offer(b"x%d" % n)    # refused: no topic
+            with pytest.raises(fastfanout.NotFound):
+                await producer.drain()
+            with pytest.raises(fastfanout.NotFound):
+                producer.offer(b"y")
+            assert producer.pending == 20 and producer.offered == 20
+            await client.create_topic("t")
+            await client.subscribe("t", "q")
+            await producer.flush()            # kept frames, oldest first
+            producer.offer(b"y")
+            await producer.close()
+            assert producer.published == 21
+            assert await _bodies(client) == [b"x%d" % n for n in range(20)] + [b"y"]
+
+    asyncio.run(main())
+
+
+def test_bad_producer_arguments_are_refused(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            with pytest.raises(fastfanout.NotFound):
+                await client.producer("missing")
+            for options in ({"batch_messages": 0}, {"max_in_flight": "8"}):
+                with pytest.raises(fastfanout.InvalidArgument):
+                    await client.producer("t", **options)
+            producer = await client.producer("t")
+            with pytest.raises(fastfanout.InvalidArgument):
+                producer.offer(42)   # type: ignore[arg-type]
+            assert producer.offered == 0 and producer.pending == 0
+
+    asyncio.run(main())
