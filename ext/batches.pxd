@@ -2,7 +2,7 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport ff_record_view
-from fastfanout._ext.store cimport blob_t
+from fastfanout._ext.blobs cimport blob_t
 
 
 cdef class PublishBatch:

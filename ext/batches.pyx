@@ -40,7 +40,7 @@ from fastfanout._ext.codec cimport (
     ff_store_le32,
     ff_store_le64,
 )
-from fastfanout._ext.store cimport blob_new, blob_t
+from fastfanout._ext.blobs cimport blob_new, blob_t
 
 from datetime import datetime
 

@@ -30,7 +30,8 @@ from fastfanout._ext.codec cimport (
     ff_write_record,
 )
 from fastfanout._ext.message cimport make_message
-from fastfanout._ext.store cimport NIL, Store, blob_t, dead_letter_t, entry_t, queue_t
+from fastfanout._ext.blobs cimport blob_t
+from fastfanout._ext.store cimport NIL, Store, dead_letter_t, entry_t, queue_t
 
 from msgspec.json import encode as _encode_json
 

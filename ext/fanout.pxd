@@ -3,7 +3,8 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128_t
 from fastfanout._ext.batches cimport PublishBatch
-from fastfanout._ext.store cimport Store, blob_t
+from fastfanout._ext.blobs cimport blob_t
+from fastfanout._ext.store cimport Store
 
 
 cdef struct topic_t:

@@ -48,7 +48,8 @@ from fastfanout._ext.codec cimport (
 )
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
-from fastfanout._ext.store cimport OVERFLOW_HOLD, Store, blob_new, blob_release, blob_t
+from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t
+from fastfanout._ext.store cimport OVERFLOW_HOLD, Store
 
 from msgspec.msgpack import decode as _decode_attributes
 

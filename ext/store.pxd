@@ -1,6 +1,7 @@
 # The queue store: message blobs, per-queue entries, leases, dead-lettering.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastfanout._ext.blobs cimport blob_t
 from fastfanout._ext.dedup cimport DedupWindow
 from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.timers cimport TimerHeap
@@ -38,21 +39,6 @@ cdef enum:
     DEAD_REJECTED = 1
     DEAD_EXPIRED = 2
     DEAD_OVERFLOW = 3
-
-# One published message: immutable once made, shared by every queue copy (refcounted).
-# data holds body, encoded attributes, group id, dedup id back to back.
-cdef struct blob_t:
-    int64_t refcount
-    uint64_t id
-    int64_t timestamp_us
-    int64_t due_us            # explicit due time, or INT64_MIN: the queue's delay applies
-    int64_t expires_us        # time-to-live end, or INT64_MAX
-    uint32_t body_len
-    uint32_t attrs_len
-    uint16_t group_len
-    uint16_t dedup_len
-    uint8_t priority
-    char data[1]
 
 # Where a dead-lettered copy came from (owned by its entry).
 cdef struct dead_letter_t:
@@ -128,15 +114,6 @@ cdef struct queue_t:
     uint64_t dropped[6]
 
 
-cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
-                      const char* body, uint32_t body_len,
-                      const char* attrs, uint32_t attrs_len,
-                      const char* group, uint16_t group_len,
-                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil
-
-cdef void blob_release(blob_t* blob) noexcept nogil
-
-
 cdef class Store:
     cdef entry_t* entries
     cdef uint32_t entry_capacity
@@ -191,7 +168,6 @@ cdef class Store:
     cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept
     cdef uint32_t _require_lease(self, object receipt) except? 0xFFFFFFFF
     cdef void _ack_slot(self, uint32_t slot) noexcept
-    cdef list _ack_frame(self, object frame, Py_ssize_t* count)
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept
     cdef int _expire_retention(self, int64_t now_us) except -1
     cdef int advance_to(self, int64_t now_us) except -1

@@ -7,7 +7,7 @@ Prior art: Amazon SQS (leases, receipts, receive counts, redrive policies), Rabb
 intrusive-list layout of memcached and the Linux kernel.
 
 A published message is one immutable, reference-counted **blob** (body, encoded
-attributes, group and dedup ids in one malloc'd block). Fanning it out to N queues makes
+attributes, group and dedup ids in one block from ``blobs.pyx``'s pool). Fanning it out to N queues makes
 N **entries** that point at the same blob, so a copy costs a slab slot, not a body.
 Entries live in one slab (an array grown by doubling; free slots chained in a free list),
 and are named by their slot number. An entry sits in two intrusive doubly-linked lists of
@@ -28,7 +28,7 @@ Receipts: a receipt is ``generation << 32 | slot``. The slot's generation is bum
 every lease and on every free, so a receipt is valid only while the very delivery it
 names holds its lease — checking one is two loads and two compares, no table lookup.
 
-Invariants (checked by the debug build's ``check()`` and by the model tests):
+Invariants (checked by ``invariants.check`` in the debug build and by the model tests):
 - every live entry is in exactly one state: visible (in one visible list, no timer),
   leased (in its lease list or with a slot timer, in no visible list) or delayed (slot
   timer armed, in no visible list);
@@ -44,14 +44,11 @@ calls back into Python code that could release it, except building result object
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport fabs, isfinite, nearbyint
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
 
-from fastfanout._ext.codec cimport ff_load_le64
+from fastfanout._ext.blobs cimport blob_release, blob_t
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128
 from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.timers cimport TimerHeap
@@ -71,92 +68,6 @@ DEAD_LETTER_REASONS = ("max_receives", "rejected", "expired", "overflow")
 # Which drop reason counts a dead-lettering that found no dead-letter queue.
 cdef uint8_t[4] DROP_FOR_DEAD_REASON = [DROP_MAX_RECEIVES, DROP_REJECTED, DROP_EXPIRED,
                                         DROP_OVERFLOW]
-
-
-# The blob pool: freed small blobs are kept on a free list per size class (64-byte
-# steps up to BLOB_POOL_CLASSES * 64 bytes) and handed out again, so a steady stream of
-# messages costs no malloc/free per message (they were ~15% of a broker's time). Bounded:
-# at most BLOB_POOL_MAX_BYTES are kept; beyond that blobs go back to malloc. Every caller
-# of blob_new/blob_release holds the GIL, which guards the pool.
-cdef enum:
-    BLOB_POOL_CLASSES = 8
-BLOB_POOL_MAX_BYTES = 32 << 20
-cdef void* _pool_head[BLOB_POOL_CLASSES]
-cdef size_t _pool_bytes = 0
-cdef size_t _pool_limit = BLOB_POOL_MAX_BYTES
-
-
-cdef inline size_t _blob_class(size_t total) noexcept nogil:
-    """The pool class of an allocation of ``total`` bytes (>= BLOB_POOL_CLASSES: none)."""
-    return (total - 1) >> 6
-
-
-def blob_pool_bytes():
-    """Bytes of freed blobs the pool keeps for reuse (at most ``BLOB_POOL_MAX_BYTES``)."""
-    return _pool_bytes
-
-
-cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
-                      const char* body, uint32_t body_len,
-                      const char* attrs, uint32_t attrs_len,
-                      const char* group, uint16_t group_len,
-                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil:
-    """Allocate a blob with refcount 1 holding copies of the given parts (NULL on OOM)."""
-    global _pool_bytes
-    cdef size_t total = sizeof(blob_t) + <size_t>body_len + attrs_len + group_len + dedup_len
-    cdef size_t size_class = _blob_class(total)
-    cdef blob_t* blob
-    cdef char* cursor
-    if size_class < BLOB_POOL_CLASSES:
-        blob = <blob_t*>_pool_head[size_class]
-        if blob != NULL:
-            _pool_head[size_class] = (<void**>blob)[0]
-            _pool_bytes -= (size_class + 1) << 6
-        else:
-            blob = <blob_t*>malloc((size_class + 1) << 6)
-    else:
-        blob = <blob_t*>malloc(total)
-    if blob == NULL:
-        return NULL
-    blob.refcount = 1
-    blob.id = id
-    blob.timestamp_us = timestamp_us
-    blob.due_us = due_us
-    blob.expires_us = expires_us
-    blob.body_len = body_len
-    blob.attrs_len = attrs_len
-    blob.group_len = group_len
-    blob.dedup_len = dedup_len
-    blob.priority = priority
-    cursor = blob.data
-    if body_len:
-        memcpy(cursor, body, body_len)
-    cursor += body_len
-    if attrs_len:
-        memcpy(cursor, attrs, attrs_len)
-    cursor += attrs_len
-    if group_len:
-        memcpy(cursor, group, group_len)
-    cursor += group_len
-    if dedup_len:
-        memcpy(cursor, dedup, dedup_len)
-    return blob
-
-
-cdef void blob_release(blob_t* blob) noexcept nogil:
-    global _pool_bytes
-    cdef size_t size_class
-    blob.refcount -= 1
-    if blob.refcount != 0:
-        return
-    size_class = _blob_class(sizeof(blob_t) + <size_t>blob.body_len + blob.attrs_len
-                             + blob.group_len + blob.dedup_len)
-    if size_class < BLOB_POOL_CLASSES and _pool_bytes < _pool_limit:
-        (<void**>blob)[0] = _pool_head[size_class]
-        _pool_head[size_class] = blob
-        _pool_bytes += (size_class + 1) << 6
-    else:
-        free(blob)
 
 
 cdef uint64_t receipt_value(object receipt) except? 0:
@@ -914,7 +825,7 @@ cdef class Store:
         self._arm_lease(slot, now_us + lease_us)
         return True
 
-    # -- receipts ----------------------------------------------------------------------
+    # -- receipts (the primitives; the calls by receipt are in receipts.pyx) ------------
 
     cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept:
         """The slot a receipt names if its delivery still holds the lease, else NIL."""
@@ -935,142 +846,11 @@ cdef class Store:
                 f"redelivered, purged or its queue deleted)", [receipt])
         return slot
 
-    def receipt_queue(self, object receipt):
-        """The queue id of a valid receipt's delivery (raises StaleReceipt otherwise)."""
-        return self.entries[self._require_lease(receipt)].queue
-
-    def ack(self, object receipt):
-        """Delete the leased message of ``receipt``."""
-        cdef uint32_t slot = self._require_lease(receipt)
-        self._ack_slot(slot)
-
     cdef void _ack_slot(self, uint32_t slot) noexcept:
         cdef queue_t* q = &self.queues[self.entries[slot].queue]
         self._detach(slot)
         self._free_entry(slot)
         q.acked += 1
-
-    def ack_batch(self, list receipts):
-        """Ack every receipt, or none if any is stale (then StaleReceipt lists the stale)."""
-        cdef Py_ssize_t index
-        cdef Py_ssize_t count = len(receipts)
-        cdef uint64_t receipt
-        cdef uint32_t slot
-        cdef dict stale = None
-        for index in range(count):
-            receipt = receipt_value(receipts[index])
-            if self._lease_slot(receipt) == NIL:
-                if stale is None:
-                    stale = {}
-                stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
-        if stale is not None:
-            raise StaleReceipt(
-                f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
-                f"nothing was acked", list(stale))
-        for index in range(count):
-            receipt = receipts[index]
-            slot = self._lease_slot(receipt)
-            if slot != NIL:   # NIL here only for a receipt repeated in this batch
-                self._ack_slot(slot)
-        return count
-
-    def ack_packed(self, frame):
-        """Ack receipts packed as little-endian u64s: all of them, or none if any is stale.
-
-        Returns the number of receipts. Raises InvalidArgument when the length is not a
-        multiple of 8, StaleReceipt (listing the stale receipts) otherwise.
-        """
-        cdef Py_ssize_t count
-        stale = self._ack_frame(frame, &count)
-        if stale is not None:
-            raise StaleReceipt(
-                f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
-                f"nothing was acked", stale)
-        return count
-
-    def ack_frames(self, list frames):
-        """Ack each receipts frame on its own, all of it or none (as ``ack_packed``).
-
-        Returns the stale receipts of the frames refused, in order (empty: all acked).
-        Raises InvalidArgument, acking nothing, when a frame is not a multiple of 8 bytes.
-        """
-        cdef list stale = []
-        cdef Py_ssize_t count
-        for frame in frames:
-            count = memoryview(frame).nbytes
-            if count % 8:
-                raise InvalidArgument(
-                    f"a receipts frame holds u64s: {count} bytes is not a multiple of 8")
-        for frame in frames:
-            refused = self._ack_frame(frame, &count)
-            if refused is not None:
-                stale += refused
-        return stale
-
-    cdef list _ack_frame(self, object frame, Py_ssize_t* count):
-        """Ack a receipts frame whole; None, or (nothing acked) its stale receipts in order.
-
-        ``count`` gets the number of receipts of the frame.
-        """
-        cdef Py_buffer buffer
-        cdef const char* data
-        cdef Py_ssize_t index
-        cdef uint64_t receipt
-        cdef uint32_t slot
-        cdef dict stale = None
-        PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
-        try:
-            if buffer.len % 8:
-                raise InvalidArgument(
-                    f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
-            data = <const char*>buffer.buf
-            count[0] = buffer.len // 8
-            for index in range(count[0]):
-                receipt = ff_load_le64(data + 8 * index)
-                if self._lease_slot(receipt) == NIL:
-                    if stale is None:
-                        stale = {}
-                    stale[receipt] = None   # listed once, in order
-            if stale is not None:
-                return list(stale)
-            for index in range(count[0]):
-                slot = self._lease_slot(ff_load_le64(data + 8 * index))
-                if slot != NIL:
-                    self._ack_slot(slot)
-            return None
-        finally:
-            PyBuffer_Release(&buffer)
-
-    def release_packed(self, frame, int64_t now_us):
-        """Return every still-leased delivery among packed u64 receipts to its queue at
-        once (no backoff); stale receipts are skipped. Returns how many were released.
-
-        The server calls this when a client vanishes, with every receipt it handed it.
-        """
-        cdef Py_buffer buffer
-        cdef const char* data
-        cdef Py_ssize_t index
-        cdef uint32_t slot
-        cdef Py_ssize_t released = 0
-        PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
-        try:
-            if buffer.len % 8:
-                raise InvalidArgument(
-                    f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
-            data = <const char*>buffer.buf
-            for index in range(buffer.len // 8):
-                slot = self._lease_slot(ff_load_le64(data + 8 * index))
-                if slot != NIL:
-                    self._return(slot, 0, now_us)
-                    released += 1
-            return released
-        finally:
-            PyBuffer_Release(&buffer)
-
-    def nack(self, object receipt, int64_t delay_us, int64_t now_us):
-        """End the lease; visible again at once, or after ``delay_us`` (< 0: the backoff)."""
-        cdef uint32_t slot = self._require_lease(receipt)
-        self._return(slot, delay_us, now_us)
 
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept:
         """End a lease early: visible again, or delayed by ``delay_us`` (< 0: the backoff)."""
@@ -1089,21 +869,6 @@ cdef class Store:
             self._arm(slot, now_us + delay_us)
         else:
             self._make_visible(slot)
-
-    def extend(self, object receipt, int64_t lease_us, int64_t now_us):
-        """Make the lease end ``lease_us`` from now; 0 returns the message at once
-        (like ``nack(delay=0)``: no backoff)."""
-        cdef uint32_t slot = self._require_lease(receipt)
-        if lease_us == 0:
-            self._return(slot, 0, now_us)
-        else:
-            self._disarm(slot)
-            self._arm_lease(slot, now_us + lease_us)
-
-    def term(self, object receipt, int64_t now_us):
-        """Dead-letter the leased message at once (reason ``rejected``)."""
-        cdef uint32_t slot = self._require_lease(receipt)
-        self._dead_letter(slot, DEAD_REJECTED, now_us)
 
     # -- redrive and purge -------------------------------------------------------------
 
@@ -1197,86 +962,6 @@ cdef class Store:
     def count_rejected(self, uint32_t qid, uint64_t count):
         """Count ``count`` messages refused with QueueFull by queue ``qid``."""
         self.queues[qid].rejected += count
-
-    def check(self):
-        """Verify every invariant of the module docstring (slow; for tests and debug)."""
-        cdef uint32_t qid
-        cdef uint32_t slot
-        cdef uint32_t level
-        cdef uint64_t visible
-        cdef uint64_t leased
-        cdef uint64_t delayed
-        cdef uint64_t size
-        cdef uint64_t live = 0
-        cdef queue_t* q
-        for qid in range(self.queue_count):
-            q = &self.queues[qid]
-            if not q.alive:
-                assert q.arrival_head == NIL, "a deleted queue holds entries"
-                continue
-            visible = leased = delayed = size = 0
-            slot = q.arrival_head
-            while slot != NIL:
-                assert self.entries[slot].queue == qid, "entry in another queue's list"
-                state = self.entries[slot].state
-                if state == STATE_VISIBLE:
-                    visible += 1
-                    assert not self.timers.armed(slot), "a visible entry has a timer"
-                elif state == STATE_LEASED:
-                    leased += 1
-                    assert self.entries[slot].lease_listed != self.timers.armed(slot), \
-                        "a leased entry has no deadline, or two"
-                elif state == STATE_DELAYED:
-                    delayed += 1
-                    assert self.timers.armed(slot), "a delayed entry has no timer"
-                else:
-                    raise AssertionError("a free entry is in an arrival list")
-                size += self.message_size(self.entries[slot].blob)
-                slot = self.entries[slot].arrival_next
-            assert (visible, leased, delayed, size) == (q.visible, q.leased, q.delayed, q.bytes), \
-                f"gauges of queue {self.names[qid]} disagree with its lists"
-            count = 0
-            for level in range(q.levels):
-                slot = q.visible_head[level]
-                while slot != NIL:
-                    assert self.entries[slot].state == STATE_VISIBLE, "non-visible entry listed"
-                    count += 1
-                    slot = self.entries[slot].visible_next
-            if q.fifo:
-                assert count <= q.visible, "more listed than visible entries"
-            else:
-                assert count == q.visible, "visible lists disagree with the visible gauge"
-            live += visible + leased + delayed
-        assert live == self.live_entries, "slab count disagrees with the queues"
-        assert not self.deferred, "overflow victims left undelivered"
-        listed = 0
-        for qid in range(self.queue_count):
-            q = &self.queues[qid]
-            slot = q.lease_head
-            if slot != NIL:
-                assert self.lease_timers.armed(qid), "a lease list without a queue timer"
-            level = 0   # the previous entry's slot + 1 (0: none yet)
-            while slot != NIL:
-                assert q.alive, "a deleted queue holds leases"
-                assert self.entries[slot].queue == qid, "lease in another queue's list"
-                assert self.entries[slot].state == STATE_LEASED, "a lease list holds a non-lease"
-                assert self.entries[slot].lease_listed, "unflagged entry in a lease list"
-                if level:
-                    assert (self.entries[level - 1].lease_due_us,
-                            self.entries[level - 1].lease_seq) < (
-                        self.entries[slot].lease_due_us, self.entries[slot].lease_seq), \
-                        "a lease list out of (deadline, seq) order"
-                    assert self.entries[slot].visible_prev == level - 1, "broken lease links"
-                else:
-                    assert self.entries[slot].visible_prev == NIL, "broken lease links"
-                level = slot + 1
-                listed += 1
-                slot = self.entries[slot].visible_next
-            assert q.lease_tail == (NIL if level == 0 else level - 1), "stale lease tail"
-        assert len(self.timers) + listed == sum(
-            self.queues[qid].leased + self.queues[qid].delayed
-            for qid in range(self.queue_count) if self.queues[qid].alive), "stray timers"
-        return True
 
     def new_message_ids(self, uint64_t count):
         """Reserve ``count`` consecutive message ids; returns the first."""

@@ -5,6 +5,10 @@ arguments, keeps the name tables, reads the clock and serialises calls; the core
 everything per message. The server (``fastfanout.server``) wraps one ``Broker``, and the
 client offers the very same methods, so code written against one runs against the other.
 
+The broker's state and its administration (topics, queues, subscriptions) live in the
+base class, ``fastfanout.administration.Administration``; this module holds the message
+path: publish and send, receive, the settle calls, the server's encoded fast paths, stats.
+
 Thread safety: every call holds one lock for its whole duration (the core is not
 re-entrant). ``receive(wait=...)`` waits on a condition of that lock, woken by every
 publish or send and by the next timer due time.
@@ -12,25 +16,22 @@ publish or send and by the next timer due time.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+from fastfanout._ext import receipts as by_receipt
 from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.deliveries import receive, receive_frame
-from fastfanout._ext.fanout import Dispatcher
+from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
-from fastfanout._ext.store import DEBUG as STORE_DEBUG
-from fastfanout._ext.store import Store
-from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
+from fastfanout.administration import Administration
+from fastfanout.errors import InvalidArgument, NotFound
 from fastfanout.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
-from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry, PublishResult
-from fastfanout.routing import compile_policy, dispatch_targets, feeding_subscriptions
+from fastfanout.records import Attributes, PublishEntry, PublishResult
 from fastfanout.settings import (
-    MAX_DEDUP_WINDOW,
     MAX_DELAY,
     MAX_RECEIVE_BATCH,
     MAX_VISIBILITY_TIMEOUT,
@@ -38,14 +39,10 @@ from fastfanout.settings import (
     QueueSettings,
     Subscription,
     TopicSettings,
-    check_flag,
-    check_name,
-    check_queue_settings,
     optional_count,
     seconds_to_us,
 )
 from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
-from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_pattern
 
 __all__ = [
     "MAX_DELAY",
@@ -73,7 +70,7 @@ def _entry(
     return PublishEntry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)  # type: ignore[arg-type]
 
 
-class Broker:
+class Broker(Administration):
     """An in-process broker: topics, subscriptions and queues, no sockets.
 
     Args:
@@ -84,373 +81,6 @@ class Broker:
     Every method raises ``Closed`` after ``close()``. Bad arguments raise a subclass of
     ``FastFanoutError`` and change nothing.
     """
-
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
-        if clock is not None and not callable(clock):
-            raise InvalidArgument(f"clock must be a callable returning seconds, got {clock!r}")
-        self._clock: Callable[[], float] = clock if clock is not None else time.time
-        self._store = Store()
-        self._dispatcher = Dispatcher(self._store)
-        self._lock = threading.RLock()
-        self._arrivals = threading.Condition(self._lock)
-        self._waiters = 0
-        self._closed = False
-        self._queues: dict[str, int] = {}
-        self._queue_settings: dict[str, QueueSettings] = {}
-        self._queue_names: dict[int, str] = {}
-        self._visibility_us: dict[int, int] = {}   # queue id -> default lease, µs
-        self._topics: dict[str, int] = {}
-        self._topic_settings: dict[str, TopicSettings] = {}
-        # subscription id -> Subscription; per topic the ids that feed it, in id order
-        # (derived from the subscriptions: direct ones and matching patterns).
-        self._subscriptions: dict[int, Subscription] = {}
-        self._topic_subscriptions: dict[str, list[int]] = {}
-        self._next_subscription = 1
-
-    # -- plumbing ----------------------------------------------------------------------
-
-    def _ensure_open(self) -> None:
-        """Raise ``Closed`` after ``close()`` (before any argument is looked at)."""
-        if self._closed:
-            raise Closed("the broker is closed")
-
-    def _now_us(self) -> int:
-        """Read the clock, check the broker is open and apply everything due."""
-        if self._closed:
-            raise Closed("the broker is closed")
-        if STORE_DEBUG:
-            self._store.check()   # debug build: every invariant, before every call
-        now_us: int = self._store.tick(self._clock)
-        return now_us
-
-    def _queue_id(self, name: object) -> int:
-        queue_id = self._queues.get(name) if type(name) is str else None
-        if queue_id is None:
-            check_name("queue", name)
-            raise NotFound(f"queue {name!r} does not exist")
-        return queue_id
-
-    def _topic_id(self, name: object) -> int:
-        topic_id = self._topics.get(name) if type(name) is str else None
-        if topic_id is None:
-            check_name("topic", name)
-            raise NotFound(f"topic {name!r} does not exist")
-        return topic_id
-
-    def _wake_receivers(self) -> None:
-        if self._waiters:
-            self._arrivals.notify_all()
-
-    # -- topics ------------------------------------------------------------------------
-
-    def create_topic(
-        self,
-        name: str,
-        *,
-        fifo: bool = False,
-        content_dedup: bool = False,
-        dedup_window: float = 300.0,
-    ) -> None:
-        """Create a topic; a no-op if it exists with equal settings.
-
-        Args:
-            name: 1 to 256 characters from ``A-Z a-z 0-9 _ . : -``.
-            fifo: a FIFO topic: every message needs a ``group_id`` (and a ``dedup_id``
-                unless ``content_dedup``); only FIFO queues may subscribe.
-            content_dedup: deduplicate messages without a ``dedup_id`` by body hash.
-            dedup_window: seconds a dedup id is remembered (1 s to 1 day).
-
-        Raises:
-            AlreadyExists: the topic exists with other settings.
-        """
-        self._ensure_open()
-        check_name("topic", name)
-        settings = TopicSettings(
-            fifo=check_flag("fifo", fifo),
-            content_dedup=check_flag("content_dedup", content_dedup),
-            dedup_window=dedup_window)
-        window_us = seconds_to_us(
-            "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
-        with self._lock:
-            self._now_us()
-            existing = self._topic_settings.get(name)
-            if existing is not None:
-                if existing != settings:
-                    raise AlreadyExists(f"topic {name!r} exists with other settings: {existing}")
-                return
-            self._topics[name] = self._dispatcher.add_topic(fifo, content_dedup, window_us)
-            self._topic_settings[name] = settings
-            self._topic_subscriptions[name] = []
-            self._refresh_targets(name)
-
-    def delete_topic(self, name: str) -> None:
-        """Delete a topic and its subscriptions (messages already enqueued stay)."""
-        with self._lock:
-            self._now_us()
-            topic_id = self._topic_id(name)
-            for subscription_id in self._topic_subscriptions.pop(name):
-                if self._subscriptions[subscription_id].topic == name:
-                    del self._subscriptions[subscription_id]
-            self._dispatcher.remove_topic(topic_id)
-            del self._topics[name], self._topic_settings[name]
-
-    def list_topics(self) -> list[str]:
-        """Names of every topic, sorted."""
-        with self._lock:
-            self._now_us()
-            return sorted(self._topics)
-
-    # -- queues ------------------------------------------------------------------------
-
-    def create_queue(
-        self,
-        name: str,
-        *,
-        visibility_timeout: float = 30.0,
-        max_receive_count: int | None = None,
-        dead_letter_queue: str | None = None,
-        delay: float = 0.0,
-        max_messages: int | None = None,
-        max_bytes: int | None = None,
-        max_message_size: int = 1_048_576,
-        retention: float = 345_600.0,
-        overflow: str = "reject",
-        max_priority: int = 0,
-        fifo: bool = False,
-        content_dedup: bool = False,
-        dedup_window: float = 300.0,
-        redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None,
-    ) -> None:
-        """Create a queue; a no-op if it exists with equal settings.
-
-        Args:
-            name: 1 to 256 characters from ``A-Z a-z 0-9 _ . : -``.
-            visibility_timeout: default lease of a receive, seconds (0 to 43,200).
-            max_receive_count: deliveries allowed before the message is dead-lettered
-                (None: unlimited).
-            dead_letter_queue: name of an existing queue that receives dead letters.
-            delay: seconds every new message waits before it is visible (0 to 1 year),
-                unless the message gives its own delay.
-            max_messages: most messages held (visible + leased + delayed), or None.
-            max_bytes: most body + attribute bytes held, or None.
-            max_message_size: largest message (body + encoded attributes), bytes
-                (1 to 256 MiB).
-            retention: seconds a message may stay in the queue (1 s to 1 year).
-            overflow: what a full queue does: ``reject`` (raise ``QueueFull``),
-                ``drop_oldest``, ``dead_letter`` (move the oldest visible to the DLQ) or
-                ``hold`` (Pulsar's producer_request_hold: a broker server keeps the
-                publish until there is room; embedded, it raises ``QueueFull`` with
-                ``hold=True`` at once).
-            max_priority: highest priority level, 0 to 255 (0: no priorities); a message
-                priority above it counts as it (RabbitMQ's rule). Not on FIFO queues.
-            fifo: strict order per ``group_id``; while a message of a group is leased, no
-                later message of that group is delivered. Messages need a ``group_id``,
-                and a ``dedup_id`` unless ``content_dedup``.
-            content_dedup: deduplicate messages without a ``dedup_id`` by body hash.
-            dedup_window: seconds a dedup id is remembered (1 s to 1 day); a message
-                repeating one inside the window is accepted and not delivered again.
-            redelivery_backoff: waits in seconds before redelivery after failed
-                delivery 1, 2, ... (the last repeats), or an ``ExponentialBackoff``; it
-                applies when a lease expires and on ``nack`` without a ``delay``.
-
-        Raises:
-            AlreadyExists: the queue exists with other settings.
-            NotFound: ``dead_letter_queue`` does not exist.
-            InvalidArgument: a setting is out of range or malformed.
-        """
-        self._ensure_open()
-        settings, native = check_queue_settings(name, QueueSettings(
-            visibility_timeout=visibility_timeout, max_receive_count=max_receive_count,
-            dead_letter_queue=dead_letter_queue, delay=delay, max_messages=max_messages,
-            max_bytes=max_bytes, max_message_size=max_message_size, retention=retention,
-            overflow=overflow, max_priority=max_priority, fifo=fifo,
-            content_dedup=content_dedup, dedup_window=dedup_window,
-            redelivery_backoff=redelivery_backoff))
-        with self._lock:
-            self._now_us()
-            existing = self._queue_settings.get(name)
-            if existing is not None:
-                if existing != settings:
-                    raise AlreadyExists(
-                        f"queue {name!r} exists with other settings: {existing}")
-                return
-            dlq_id = (-1 if settings.dead_letter_queue is None
-                      else self._queue_id(settings.dead_letter_queue))
-            queue_id = self._store.add_queue(
-                name, native.visibility_us, native.delay_us, native.retention_us,
-                native.message_limit, native.byte_limit, native.max_message_size,
-                native.receive_limit, dlq_id, native.overflow, native.max_priority,
-                native.fifo, native.content_dedup, native.window_us, native.backoff_us)
-            self._queues[name] = queue_id
-            self._queue_names[queue_id] = name
-            self._visibility_us[queue_id] = native.visibility_us
-            self._queue_settings[name] = settings
-
-    def delete_queue(self, name: str) -> None:
-        """Delete a queue, its messages and its subscriptions.
-
-        Raises:
-            InvalidArgument: the queue is the dead-letter queue of another queue.
-        """
-        with self._lock:
-            self._now_us()
-            queue_id = self._queue_id(name)
-            users = sorted(other for other, settings in self._queue_settings.items()
-                           if settings.dead_letter_queue == name)
-            if users:
-                raise InvalidArgument(
-                    f"queue {name!r} is the dead-letter queue of {', '.join(users)}; "
-                    f"delete those first")
-            for sid in [sid for sid, sub in self._subscriptions.items() if sub.queue == name]:
-                del self._subscriptions[sid]
-            for topic in self._topics:
-                self._refresh_targets(topic)
-            self._store.remove_queue(queue_id)
-            del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
-
-    def list_queues(self) -> list[str]:
-        """Names of every queue, sorted."""
-        with self._lock:
-            self._now_us()
-            return sorted(self._queues)
-
-    def queue_settings(self, name: str) -> QueueSettings:
-        """The settings queue ``name`` was created with."""
-        with self._lock:
-            self._now_us()
-            self._queue_id(name)
-            return self._queue_settings[name]
-
-    # -- subscriptions -----------------------------------------------------------------
-
-    def _refresh_targets(self, topic: str) -> None:
-        """Recompute which subscriptions feed ``topic`` and hand them to the dispatcher."""
-        feeding = feeding_subscriptions(
-            self._subscriptions, topic, self._topic_settings[topic].fifo,
-            lambda queue: self._queue_settings[queue].fifo)
-        self._topic_subscriptions[topic] = feeding
-        targets, policies = dispatch_targets(self._subscriptions, feeding, self._queues)
-        self._dispatcher.set_targets(self._topics[topic], targets, policies)
-
-    def _refresh_for(self, topic_or_pattern: str) -> None:
-        if is_pattern(topic_or_pattern):
-            for topic in self._topics:
-                if pattern_matches(topic_or_pattern, topic):
-                    self._refresh_targets(topic)
-        elif topic_or_pattern in self._topics:
-            self._refresh_targets(topic_or_pattern)
-
-    def subscribe(
-        self,
-        topic: str,
-        queue: str,
-        *,
-        filter_policy: Mapping[str, Any] | str | None = None,
-        filter_scope: str = "attributes",
-    ) -> int:
-        """Subscribe ``queue`` to a topic, or to every topic a pattern matches.
-
-        Args:
-            topic: a topic name, or a NATS-style pattern (``orders.*`` matches one more
-                token, ``orders.>`` one or more) that also covers topics created later.
-            queue: the queue that receives a copy of each matching message.
-            filter_policy: an SNS filter policy (dict or JSON text); None delivers all.
-            filter_scope: ``"attributes"`` (match message attributes) or ``"body"``
-                (match the body parsed as a JSON object).
-
-        Returns:
-            The subscription id. Subscribing the same pair again with the same policy
-            returns the existing id.
-
-        Raises:
-            InvalidFilterPolicy: the policy is malformed or over a limit.
-            AlreadyExists: the pair is subscribed already with another policy.
-        """
-        self._ensure_open()
-        compiled, normalized = compile_policy(filter_policy, filter_scope)
-        with self._lock:
-            self._now_us()
-            if is_pattern(topic):
-                validate_pattern(topic)
-            else:
-                self._topic_id(topic)
-                topic_fifo = self._topic_settings[topic].fifo
-                if topic_fifo != self._queue_settings.get(queue, QueueSettings()).fifo:
-                    self._queue_id(queue)
-                    raise InvalidArgument(
-                        f"topic {topic!r} is {'FIFO' if topic_fifo else 'standard'} and queue "
-                        f"{queue!r} is not: a FIFO topic feeds FIFO queues only, and FIFO "
-                        f"queues subscribe to FIFO topics only")
-            self._queue_id(queue)
-            for sid, sub in self._subscriptions.items():
-                if sub.topic == topic and sub.queue == queue:
-                    if (sub.filter_policy, sub.filter_scope) != (normalized, filter_scope):
-                        raise AlreadyExists(
-                            f"queue {queue!r} is subscribed to {topic!r} already (subscription "
-                            f"{sid}) with another filter policy; use set_filter_policy")
-                    return sid
-            sid = self._next_subscription
-            self._next_subscription += 1
-            self._subscriptions[sid] = Subscription(
-                topic, queue, normalized, filter_scope, compiled)
-            self._refresh_for(topic)
-            return sid
-
-    def set_filter_policy(
-        self,
-        subscription_id: int,
-        filter_policy: Mapping[str, Any] | str | None,
-        *,
-        filter_scope: str = "attributes",
-    ) -> None:
-        """Replace a subscription's filter policy; it applies from the next publish on.
-
-        Args:
-            subscription_id: the subscription.
-            filter_policy: the new policy, or None to deliver everything.
-            filter_scope: ``"attributes"`` or ``"body"``.
-        """
-        self._ensure_open()
-        compiled, normalized = compile_policy(filter_policy, filter_scope)
-        with self._lock:
-            self._now_us()
-            sub = self._subscription(subscription_id)
-            self._subscriptions[subscription_id] = Subscription(
-                sub.topic, sub.queue, normalized, filter_scope, compiled)
-            self._refresh_for(sub.topic)
-
-    def _subscription(self, subscription_id: object) -> Subscription:
-        if type(subscription_id) is not int:
-            raise InvalidArgument(
-                f"subscription_id must be an int, got {type(subscription_id).__name__}")
-        sub = self._subscriptions.get(subscription_id)
-        if sub is None:
-            raise NotFound(f"subscription {subscription_id} does not exist")
-        return sub
-
-    def unsubscribe(self, subscription_id: int) -> None:
-        """Remove a subscription.
-
-        Raises:
-            NotFound: no subscription has this id.
-        """
-        with self._lock:
-            self._now_us()
-            sub = self._subscription(subscription_id)
-            del self._subscriptions[subscription_id]
-            self._refresh_for(sub.topic)
-
-    def list_subscriptions(self) -> dict[int, tuple[str, str]]:
-        """Every subscription: id -> (topic or pattern, queue)."""
-        with self._lock:
-            self._now_us()
-            return {sid: (sub.topic, sub.queue) for sid, sub in self._subscriptions.items()}
-
-    def subscription(self, subscription_id: int) -> Subscription:
-        """The record of one subscription (topic or pattern, queue, filter policy)."""
-        with self._lock:
-            self._now_us()
-            return self._subscription(subscription_id)
 
     # -- publish and send --------------------------------------------------------------
 
@@ -720,7 +350,7 @@ class Broker:
         """
         with self._lock:
             self._now_us()
-            self._store.ack(receipt)
+            by_receipt.ack(self._store, receipt)
 
     def ack_batch(self, receipts: Iterable[int]) -> None:
         """Ack many deliveries: all of them, or (if any receipt is stale) none.
@@ -732,7 +362,7 @@ class Broker:
         receipt_list = receipts if type(receipts) is list else list(receipts)
         with self._lock:
             self._now_us()
-            self._store.ack_batch(receipt_list)
+            by_receipt.ack_batch(self._store, receipt_list)
 
     def ack_packed(self, receipts: bytes | bytearray | memoryview) -> int:
         """Ack receipts packed as little-endian u64s (the wire's ACK payload): all or none.
@@ -746,7 +376,7 @@ class Broker:
         """
         with self._lock:
             self._now_us()
-            count: int = self._store.ack_packed(receipts)
+            count: int = by_receipt.ack_packed(self._store, receipts)
             return count
 
     def ack_frames(self, frames: list[bytes]) -> list[int]:
@@ -760,7 +390,7 @@ class Broker:
         """
         with self._lock:
             self._now_us()
-            stale: list[int] = self._store.ack_frames(frames)
+            stale: list[int] = by_receipt.ack_frames(self._store, frames)
             return stale
 
     def release_packed(self, receipts: bytes | bytearray | memoryview) -> int:
@@ -771,7 +401,7 @@ class Broker:
         """
         with self._lock:
             now_us = self._now_us()
-            released: int = self._store.release_packed(receipts, now_us)
+            released: int = by_receipt.release_packed(self._store, receipts, now_us)
             if released:
                 self._wake_receivers()
             return released
@@ -788,7 +418,7 @@ class Broker:
         delay_us = -1 if delay is None else seconds_to_us("delay", delay, maximum=MAX_DELAY)
         with self._lock:
             now_us = self._now_us()
-            self._store.nack(receipt, delay_us, now_us)
+            by_receipt.nack(self._store, receipt, delay_us, now_us)
             self._wake_receivers()
 
     def extend(self, receipt: int, seconds: float) -> None:
@@ -797,7 +427,7 @@ class Broker:
         lease_us = seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             now_us = self._now_us()
-            self._store.extend(receipt, lease_us, now_us)
+            by_receipt.extend(self._store, receipt, lease_us, now_us)
             if lease_us == 0:
                 self._wake_receivers()
 
@@ -805,7 +435,7 @@ class Broker:
         """Dead-letter a leased message now (reason ``rejected``)."""
         with self._lock:
             now_us = self._now_us()
-            self._store.term(receipt, now_us)
+            by_receipt.term(self._store, receipt, now_us)
             self._wake_receivers()
 
     # -- dead letters and housekeeping -------------------------------------------------
@@ -876,7 +506,7 @@ class Broker:
     def check(self) -> bool:
         """Verify the core's internal invariants (slow; for tests)."""
         with self._lock:
-            return bool(self._store.check())
+            return bool(check_store(self._store))
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -110,17 +110,17 @@ def test_a_bad_utf8_id_is_a_malformed_batch(broker):
 
 
 def test_freed_blobs_are_pooled_within_the_bound(broker):
-    from fastfanout._ext import store
+    from fastfanout._ext import blobs
 
     broker.create_queue("q", max_messages=None)
     broker.send_batch("q", [b"x" * 64] * 1000)
-    before = store.blob_pool_bytes()   # (the send may have taken blobs from the pool)
+    before = blobs.blob_pool_bytes()   # (the send may have taken blobs from the pool)
     got = broker.receive("q", max_messages=1000)
     broker.ack_batch([m.receipt for m in got])
-    pooled = store.blob_pool_bytes()
+    pooled = blobs.blob_pool_bytes()
     assert pooled >= before + 1000 * 64    # each freed blob kept, at least its body
     broker.send_batch("q", [b"y" * 64] * 1000)   # reuses them: the pool shrinks again
-    assert store.blob_pool_bytes() < pooled
+    assert blobs.blob_pool_bytes() < pooled
     assert [m.body for m in broker.receive("q", max_messages=2)] == [b"y" * 64] * 2
     # More freed than the bound: the pool stops at it and the rest goes back to malloc.
     for _ in range(40):
@@ -128,5 +128,5 @@ def test_freed_blobs_are_pooled_within_the_bound(broker):
     for _ in range(40):
         frame, _ = broker.receive_frame("q", 10_000)
         broker.ack_packed(receipts_of(frame))
-    assert store.BLOB_POOL_MAX_BYTES <= store.blob_pool_bytes() < (
-        store.BLOB_POOL_MAX_BYTES + 512)
+    assert blobs.BLOB_POOL_MAX_BYTES <= blobs.blob_pool_bytes() < (
+        blobs.BLOB_POOL_MAX_BYTES + 512)

@@ -1,0 +1,26 @@
+# Message blobs: one published message in one block, shared by its queue copies.
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+# One published message: immutable once made, shared by every queue copy (refcounted).
+# data holds body, encoded attributes, group id, dedup id back to back.
+cdef struct blob_t:
+    int64_t refcount
+    uint64_t id
+    int64_t timestamp_us
+    int64_t due_us            # explicit due time, or INT64_MIN: the queue's delay applies
+    int64_t expires_us        # time-to-live end, or INT64_MAX
+    uint32_t body_len
+    uint32_t attrs_len
+    uint16_t group_len
+    uint16_t dedup_len
+    uint8_t priority
+    char data[1]
+
+
+cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
+                      const char* body, uint32_t body_len,
+                      const char* attrs, uint32_t attrs_len,
+                      const char* group, uint16_t group_len,
+                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil
+
+cdef void blob_release(blob_t* blob) noexcept nogil

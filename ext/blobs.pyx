@@ -1,0 +1,102 @@
+"""Message blobs: a published message's body, attributes and ids in one block.
+
+Design
+------
+Prior art: the slab allocators of memcached and the Linux kernel (size classes, free
+lists, a bound on what is kept).
+
+A blob is immutable once made and reference-counted: fanning a message out to N queues
+makes N store entries pointing at one blob (``store.pyx``), so a copy costs no body.
+Blobs come from a pool: freed small blobs wait on a free list per 64-byte size class and
+are handed out again, so a steady stream of messages costs no malloc/free per message
+(they were ~15% of a broker's time). The pool keeps at most ``BLOB_POOL_MAX_BYTES``;
+beyond that blobs go back to malloc.
+
+Invariant: every caller of ``blob_new``/``blob_release`` holds the GIL, which guards the
+pool (no lock here).
+"""
+
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+# Size classes: 64-byte steps up to BLOB_POOL_CLASSES * 64 bytes.
+cdef enum:
+    BLOB_POOL_CLASSES = 8
+BLOB_POOL_MAX_BYTES = 32 << 20
+"""Bytes of freed blobs the pool keeps at most."""
+cdef void* _pool_head[BLOB_POOL_CLASSES]
+cdef size_t _pool_bytes = 0
+cdef size_t _pool_limit = BLOB_POOL_MAX_BYTES
+
+
+cdef inline size_t _blob_class(size_t total) noexcept nogil:
+    """The pool class of an allocation of ``total`` bytes (>= BLOB_POOL_CLASSES: none)."""
+    return (total - 1) >> 6
+
+
+def blob_pool_bytes():
+    """Bytes of freed blobs the pool keeps for reuse (at most ``BLOB_POOL_MAX_BYTES``)."""
+    return _pool_bytes
+
+
+cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
+                      const char* body, uint32_t body_len,
+                      const char* attrs, uint32_t attrs_len,
+                      const char* group, uint16_t group_len,
+                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil:
+    """Allocate a blob with refcount 1 holding copies of the given parts (NULL on OOM)."""
+    global _pool_bytes
+    cdef size_t total = sizeof(blob_t) + <size_t>body_len + attrs_len + group_len + dedup_len
+    cdef size_t size_class = _blob_class(total)
+    cdef blob_t* blob
+    cdef char* cursor
+    if size_class < BLOB_POOL_CLASSES:
+        blob = <blob_t*>_pool_head[size_class]
+        if blob != NULL:
+            _pool_head[size_class] = (<void**>blob)[0]
+            _pool_bytes -= (size_class + 1) << 6
+        else:
+            blob = <blob_t*>malloc((size_class + 1) << 6)
+    else:
+        blob = <blob_t*>malloc(total)
+    if blob == NULL:
+        return NULL
+    blob.refcount = 1
+    blob.id = id
+    blob.timestamp_us = timestamp_us
+    blob.due_us = due_us
+    blob.expires_us = expires_us
+    blob.body_len = body_len
+    blob.attrs_len = attrs_len
+    blob.group_len = group_len
+    blob.dedup_len = dedup_len
+    blob.priority = priority
+    cursor = blob.data
+    if body_len:
+        memcpy(cursor, body, body_len)
+    cursor += body_len
+    if attrs_len:
+        memcpy(cursor, attrs, attrs_len)
+    cursor += attrs_len
+    if group_len:
+        memcpy(cursor, group, group_len)
+    cursor += group_len
+    if dedup_len:
+        memcpy(cursor, dedup, dedup_len)
+    return blob
+
+
+cdef void blob_release(blob_t* blob) noexcept nogil:
+    global _pool_bytes
+    cdef size_t size_class
+    blob.refcount -= 1
+    if blob.refcount != 0:
+        return
+    size_class = _blob_class(sizeof(blob_t) + <size_t>blob.body_len + blob.attrs_len
+                             + blob.group_len + blob.dedup_len)
+    if size_class < BLOB_POOL_CLASSES and _pool_bytes < _pool_limit:
+        (<void**>blob)[0] = _pool_head[size_class]
+        _pool_head[size_class] = blob
+        _pool_bytes += (size_class + 1) << 6
+    else:
+        free(blob)

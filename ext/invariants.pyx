@@ -1,0 +1,99 @@
+"""The store's invariants, checked in full: for tests and the debug build.
+
+``check(store)`` walks every queue's lists and timers and asserts each invariant of
+``store.pyx``'s module essay (one state per live entry, lease lists in deadline order,
+gauges equal to what the lists hold, no stray timer). It is O(entries): the debug build
+runs it before every broker call, the tests after every step of the model comparison.
+"""
+
+from libc.stdint cimport uint32_t, uint64_t
+
+from fastfanout._ext.store cimport (
+    NIL,
+    STATE_DELAYED,
+    STATE_LEASED,
+    STATE_VISIBLE,
+    Store,
+    queue_t,
+)
+
+
+def check(Store store):
+    """Verify every invariant of the module docstring (slow; for tests and debug)."""
+    cdef uint32_t qid
+    cdef uint32_t slot
+    cdef uint32_t level
+    cdef uint64_t visible
+    cdef uint64_t leased
+    cdef uint64_t delayed
+    cdef uint64_t size
+    cdef uint64_t live = 0
+    cdef queue_t* q
+    for qid in range(store.queue_count):
+        q = &store.queues[qid]
+        if not q.alive:
+            assert q.arrival_head == NIL, "a deleted queue holds entries"
+            continue
+        visible = leased = delayed = size = 0
+        slot = q.arrival_head
+        while slot != NIL:
+            assert store.entries[slot].queue == qid, "entry in another queue's list"
+            state = store.entries[slot].state
+            if state == STATE_VISIBLE:
+                visible += 1
+                assert not store.timers.armed(slot), "a visible entry has a timer"
+            elif state == STATE_LEASED:
+                leased += 1
+                assert store.entries[slot].lease_listed != store.timers.armed(slot), \
+                    "a leased entry has no deadline, or two"
+            elif state == STATE_DELAYED:
+                delayed += 1
+                assert store.timers.armed(slot), "a delayed entry has no timer"
+            else:
+                raise AssertionError("a free entry is in an arrival list")
+            size += store.message_size(store.entries[slot].blob)
+            slot = store.entries[slot].arrival_next
+        assert (visible, leased, delayed, size) == (q.visible, q.leased, q.delayed, q.bytes), \
+            f"gauges of queue {store.names[qid]} disagree with its lists"
+        count = 0
+        for level in range(q.levels):
+            slot = q.visible_head[level]
+            while slot != NIL:
+                assert store.entries[slot].state == STATE_VISIBLE, "non-visible entry listed"
+                count += 1
+                slot = store.entries[slot].visible_next
+        if q.fifo:
+            assert count <= q.visible, "more listed than visible entries"
+        else:
+            assert count == q.visible, "visible lists disagree with the visible gauge"
+        live += visible + leased + delayed
+    assert live == store.live_entries, "slab count disagrees with the queues"
+    assert not store.deferred, "overflow victims left undelivered"
+    listed = 0
+    for qid in range(store.queue_count):
+        q = &store.queues[qid]
+        slot = q.lease_head
+        if slot != NIL:
+            assert store.lease_timers.armed(qid), "a lease list without a queue timer"
+        level = 0   # the previous entry's slot + 1 (0: none yet)
+        while slot != NIL:
+            assert q.alive, "a deleted queue holds leases"
+            assert store.entries[slot].queue == qid, "lease in another queue's list"
+            assert store.entries[slot].state == STATE_LEASED, "a lease list holds a non-lease"
+            assert store.entries[slot].lease_listed, "unflagged entry in a lease list"
+            if level:
+                assert (store.entries[level - 1].lease_due_us,
+                        store.entries[level - 1].lease_seq) < (
+                    store.entries[slot].lease_due_us, store.entries[slot].lease_seq), \
+                    "a lease list out of (deadline, seq) order"
+                assert store.entries[slot].visible_prev == level - 1, "broken lease links"
+            else:
+                assert store.entries[slot].visible_prev == NIL, "broken lease links"
+            level = slot + 1
+            listed += 1
+            slot = store.entries[slot].visible_next
+        assert q.lease_tail == (NIL if level == 0 else level - 1), "stale lease tail"
+    assert len(store.timers) + listed == sum(
+        store.queues[qid].leased + store.queues[qid].delayed
+        for qid in range(store.queue_count) if store.queues[qid].alive), "stray timers"
+    return True

@@ -1,0 +1,179 @@
+"""Settling deliveries by receipt: ack, nack, extend, term, and the packed forms.
+
+Design
+------
+Prior art: SQS's ``DeleteMessage`` / ``ChangeMessageVisibility`` by receipt handle and
+its batch forms; RabbitMQ's ``basic.ack`` / ``basic.nack``.
+
+Functions over a ``Store`` (``store.pyx`` keeps the entries and their lease state; the
+slot-level primitives — ``_lease_slot``, ``_ack_slot``, ``_return`` — live there). A
+receipt names one delivery: ``generation << 32 | slot``; a stale one (its lease ended)
+raises ``StaleReceipt`` listing it. The batch forms are all or none: every receipt is
+checked before the first is acked, so a stale receipt changes nothing. The packed forms
+read little-endian u64 receipts straight from a wire frame (the server's SETTLE and ACK)
+with no Python int per receipt.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from fastfanout._ext.codec cimport ff_load_le64
+from fastfanout._ext.store cimport DEAD_REJECTED, NIL, Store, receipt_value
+
+from fastfanout.errors import InvalidArgument, StaleReceipt
+
+
+def receipt_queue(Store store, object receipt):
+    """The queue id of a valid receipt's delivery (raises StaleReceipt otherwise)."""
+    return store.entries[store._require_lease(receipt)].queue
+
+
+def ack(Store store, object receipt):
+    """Delete the leased message of ``receipt``."""
+    cdef uint32_t slot = store._require_lease(receipt)
+    store._ack_slot(slot)
+
+
+def ack_batch(Store store, list receipts):
+    """Ack every receipt, or none if any is stale (then StaleReceipt lists the stale)."""
+    cdef Py_ssize_t index
+    cdef Py_ssize_t count = len(receipts)
+    cdef uint64_t receipt
+    cdef uint32_t slot
+    cdef dict stale = None
+    for index in range(count):
+        receipt = receipt_value(receipts[index])
+        if store._lease_slot(receipt) == NIL:
+            if stale is None:
+                stale = {}
+            stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
+    if stale is not None:
+        raise StaleReceipt(
+            f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
+            f"nothing was acked", list(stale))
+    for index in range(count):
+        receipt = receipts[index]
+        slot = store._lease_slot(receipt)
+        if slot != NIL:   # NIL here only for a receipt repeated in this batch
+            store._ack_slot(slot)
+    return count
+
+
+def ack_packed(Store store, frame):
+    """Ack receipts packed as little-endian u64s: all of them, or none if any is stale.
+
+    Returns the number of receipts. Raises InvalidArgument when the length is not a
+    multiple of 8, StaleReceipt (listing the stale receipts) otherwise.
+    """
+    cdef Py_ssize_t count
+    stale = _ack_frame(store, frame, &count)
+    if stale is not None:
+        raise StaleReceipt(
+            f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
+            f"nothing was acked", stale)
+    return count
+
+
+def ack_frames(Store store, list frames):
+    """Ack each receipts frame on its own, all of it or none (as ``ack_packed``).
+
+    Returns the stale receipts of the frames refused, in order (empty: all acked).
+    Raises InvalidArgument, acking nothing, when a frame is not a multiple of 8 bytes.
+    """
+    cdef list stale = []
+    cdef Py_ssize_t count
+    for frame in frames:
+        count = memoryview(frame).nbytes
+        if count % 8:
+            raise InvalidArgument(
+                f"a receipts frame holds u64s: {count} bytes is not a multiple of 8")
+    for frame in frames:
+        refused = _ack_frame(store, frame, &count)
+        if refused is not None:
+            stale += refused
+    return stale
+
+
+cdef list _ack_frame(Store store, object frame, Py_ssize_t* count):
+    """Ack a receipts frame whole; None, or (nothing acked) its stale receipts in order.
+
+    ``count`` gets the number of receipts of the frame.
+    """
+    cdef Py_buffer buffer
+    cdef const char* data
+    cdef Py_ssize_t index
+    cdef uint64_t receipt
+    cdef uint32_t slot
+    cdef dict stale = None
+    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    try:
+        if buffer.len % 8:
+            raise InvalidArgument(
+                f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
+        data = <const char*>buffer.buf
+        count[0] = buffer.len // 8
+        for index in range(count[0]):
+            receipt = ff_load_le64(data + 8 * index)
+            if store._lease_slot(receipt) == NIL:
+                if stale is None:
+                    stale = {}
+                stale[receipt] = None   # listed once, in order
+        if stale is not None:
+            return list(stale)
+        for index in range(count[0]):
+            slot = store._lease_slot(ff_load_le64(data + 8 * index))
+            if slot != NIL:
+                store._ack_slot(slot)
+        return None
+    finally:
+        PyBuffer_Release(&buffer)
+
+
+def release_packed(Store store, frame, int64_t now_us):
+    """Return every still-leased delivery among packed u64 receipts to its queue at
+    once (no backoff); stale receipts are skipped. Returns how many were released.
+
+    The server calls this when a client vanishes, with every receipt it handed it.
+    """
+    cdef Py_buffer buffer
+    cdef const char* data
+    cdef Py_ssize_t index
+    cdef uint32_t slot
+    cdef Py_ssize_t released = 0
+    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    try:
+        if buffer.len % 8:
+            raise InvalidArgument(
+                f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
+        data = <const char*>buffer.buf
+        for index in range(buffer.len // 8):
+            slot = store._lease_slot(ff_load_le64(data + 8 * index))
+            if slot != NIL:
+                store._return(slot, 0, now_us)
+                released += 1
+        return released
+    finally:
+        PyBuffer_Release(&buffer)
+
+
+def nack(Store store, object receipt, int64_t delay_us, int64_t now_us):
+    """End the lease; visible again at once, or after ``delay_us`` (< 0: the backoff)."""
+    cdef uint32_t slot = store._require_lease(receipt)
+    store._return(slot, delay_us, now_us)
+
+
+def extend(Store store, object receipt, int64_t lease_us, int64_t now_us):
+    """Make the lease end ``lease_us`` from now; 0 returns the message at once
+    (like ``nack(delay=0)``: no backoff)."""
+    cdef uint32_t slot = store._require_lease(receipt)
+    if lease_us == 0:
+        store._return(slot, 0, now_us)
+    else:
+        store._disarm(slot)
+        store._arm_lease(slot, now_us + lease_us)
+
+
+def term(Store store, object receipt, int64_t now_us):
+    """Dead-letter the leased message at once (reason ``rejected``)."""
+    cdef uint32_t slot = store._require_lease(receipt)
+    store._dead_letter(slot, DEAD_REJECTED, now_us)

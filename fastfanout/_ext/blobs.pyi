@@ -1,0 +1,4 @@
+BLOB_POOL_MAX_BYTES: int
+
+def blob_pool_bytes() -> int:
+    """Bytes of freed blobs the pool keeps for reuse (at most ``BLOB_POOL_MAX_BYTES``)."""
