@@ -23,6 +23,18 @@ from fastfanout._ext.store cimport DEAD_REJECTED, NIL, Store, receipt_value
 from fastfanout.errors import InvalidArgument, StaleReceipt
 
 
+cdef int _receipts_buffer(object frame, Py_buffer* buffer) except -1:
+    """Get ``frame``'s buffer; InvalidArgument (nothing held) unless it holds whole u64s."""
+    cdef Py_ssize_t length
+    PyObject_GetBuffer(frame, buffer, PyBUF_SIMPLE)
+    length = buffer.len
+    if length % 8:
+        PyBuffer_Release(buffer)
+        raise InvalidArgument(
+            f"a receipts frame holds u64s: {length} bytes is not a multiple of 8")
+    return 0
+
+
 def receipt_queue(Store store, object receipt):
     """The queue id of a valid receipt's delivery (raises StaleReceipt otherwise)."""
     return store.entries[store._require_lease(receipt)].queue
@@ -105,11 +117,8 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count):
     cdef uint64_t receipt
     cdef uint32_t slot
     cdef dict stale = None
-    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    _receipts_buffer(frame, &buffer)
     try:
-        if buffer.len % 8:
-            raise InvalidArgument(
-                f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
         data = <const char*>buffer.buf
         count[0] = buffer.len // 8
         for index in range(count[0]):
@@ -140,11 +149,8 @@ def release_packed(Store store, frame, int64_t now_us):
     cdef Py_ssize_t index
     cdef uint32_t slot
     cdef Py_ssize_t released = 0
-    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    _receipts_buffer(frame, &buffer)
     try:
-        if buffer.len % 8:
-            raise InvalidArgument(
-                f"a receipts frame holds u64s: {buffer.len} bytes is not a multiple of 8")
         data = <const char*>buffer.buf
         for index in range(buffer.len // 8):
             slot = store._lease_slot(ff_load_le64(data + 8 * index))

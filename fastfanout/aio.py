@@ -56,7 +56,7 @@ from fastfanout.remote import (
     decode_delivery,
     stream_prefix,
 )
-from fastfanout.remote_producer import DEFAULT_MAX_IN_FLIGHT, check_producer_options
+from fastfanout.remote_producer import DEFAULT_MAX_IN_FLIGHT, producer_limits
 from fastfanout.runtime import default_endpoint
 from fastfanout.stats import BrokerStats
 from fastfanout.topic_pattern import pattern_matches
@@ -358,11 +358,9 @@ class AsyncClient:
             NotFound: the topic does not exist.
             InvalidArgument: a limit is not a positive int.
         """
-        batch_messages = self.batch_messages if batch_messages is None else batch_messages
-        batch_bytes = self.batch_bytes if batch_bytes is None else batch_bytes
-        check_producer_options(batch_messages, batch_bytes, max_in_flight)
-        if type(topic) is not str:
-            raise InvalidArgument(f"topic name {topic!r} must be a string")
+        batch_messages, batch_bytes = producer_limits(
+            topic, batch_messages, batch_bytes, max_in_flight,
+            (self.batch_messages, self.batch_bytes))
         if topic not in await self.list_topics():
             raise NotFound(f"topic {topic!r} does not exist")
         return AsyncProducer(self, topic, batch_messages, batch_bytes, max_in_flight)

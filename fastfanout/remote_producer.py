@@ -47,7 +47,7 @@ from fastfanout.remote import RemotePublishBatch
 if TYPE_CHECKING:
     from fastfanout.client import Client
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "RemoteProducer", "check_producer_options"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "RemoteProducer", "producer_limits"]
 
 DEFAULT_MAX_IN_FLIGHT: Final = 8
 """Frames a producer may have sent and not yet seen answered."""
@@ -194,10 +194,19 @@ class RemoteProducer:
         self.close()
 
 
-def check_producer_options(batch_messages: object, batch_bytes: object,
-                           max_in_flight: object) -> None:
-    """Refuse producer limits that are not positive ints (``InvalidArgument``)."""
-    for name, value in (("batch_messages", batch_messages), ("batch_bytes", batch_bytes),
+def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int | None,
+                    max_in_flight: object, defaults: tuple[int, int]) -> tuple[int, int]:
+    """A producer's (batch_messages, batch_bytes): None takes the client's ``defaults``.
+
+    Raises:
+        InvalidArgument: ``topic`` is not a string, or a limit is not a positive int.
+    """
+    if type(topic) is not str:
+        raise InvalidArgument(f"topic name {topic!r} must be a string")
+    limits = (defaults[0] if batch_messages is None else batch_messages,
+              defaults[1] if batch_bytes is None else batch_bytes)
+    for name, value in (("batch_messages", limits[0]), ("batch_bytes", limits[1]),
                         ("max_in_flight", max_in_flight)):
         if type(value) is not int or value < 1:
             raise InvalidArgument(f"{name}={value!r} must be an int of 1 or more")
+    return limits

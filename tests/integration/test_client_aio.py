@@ -231,6 +231,13 @@ def test_one_iterations_acks_are_split_at_settle_max_frames(track: Tracker,
     asyncio.run(main())
 
 
+async def _topic_to_queue(client: aio.AsyncClient) -> None:
+    """Topic "t" feeding queue "q"."""
+    await client.create_topic("t")
+    await client.create_queue("q")
+    await client.subscribe("t", "q")
+
+
 def _count_sends(client: aio.AsyncClient) -> list[int]:
     """Record the opcode of every request the client sends, heartbeats left out."""
     sent: list[int] = []
@@ -251,9 +258,7 @@ def test_publishes_of_one_loop_iteration_travel_in_one_request(track: Tracker,
 
     async def main() -> None:
         async with aio.connect(endpoint, timeout=5.0, batch_messages=50) as client:
-            await client.create_topic("t")
-            await client.create_queue("q")
-            await client.subscribe("t", "q")
+            await _topic_to_queue(client)
             sent = _count_sends(client)
             results = await asyncio.gather(
                 *(client.publish("t", b"m%d" % i) for i in range(40)),
@@ -286,9 +291,7 @@ def test_batch_nowait_and_flush(track: Tracker, endpoint: str) -> None:
 
     async def main() -> None:
         async with aio.connect(endpoint, timeout=5.0) as client:
-            await client.create_topic("t")
-            await client.create_queue("q")
-            await client.subscribe("t", "q")
+            await _topic_to_queue(client)
             sent = _count_sends(client)
             future = client.publish_batch_nowait(
                 "t", [b"a", fastfanout.PublishEntry(b"b", attributes={"k": "v"})])
@@ -327,9 +330,7 @@ def test_requests_do_not_overtake_earlier_publishes(track: Tracker, endpoint: st
 
     async def main() -> None:
         async with aio.connect(endpoint, timeout=5.0) as client:
-            await client.create_topic("t")
-            await client.create_queue("q")
-            await client.subscribe("t", "q")
+            await _topic_to_queue(client)
             client.publish_nowait("t", b"1")
             await client.publish_batch("t", [b"2"])     # awaited: leaves after "1"
             client.publish_nowait("t", b"3")
