@@ -284,16 +284,7 @@ class Server:
                     while transport.recv_monitor_event() is not None:
                         self.counters["disconnects"] += 1
                     self._probe_until = time.monotonic() + 0.5
-                if len(self._replies) > 1:
-                    # Several publishes this round: the publishers are pipelining and wait
-                    # for these answers to send more. Answer before pushing, so they work
-                    # while this round pushes (a lone publish is answered after its push:
-                    # its consumer hears of it first).
-                    self._send_replies()
-                if self._dirty or waiting:
-                    self._dirty = False
-                    self._deliver()
-                self._send_replies()
+                self._push_and_answer(waiting)
                 now = time.monotonic()
                 if self._held and (self._room or now >= self._next_hold_check):
                     self._retry_held(now)
@@ -305,6 +296,21 @@ class Server:
             raise
         finally:
             self._shutdown()
+
+    def _push_and_answer(self, waiting: bool) -> None:
+        """End a round: push to consumers with credit, answer the round's publishes.
+
+        Several publishes this round: their publishers are pipelining and wait for these
+        answers to send more, so they are answered before the pushes and work while the
+        broker pushes. A lone publish is answered after its push: its consumer hears of
+        the message first.
+        """
+        if len(self._replies) > 1:
+            self._send_replies()
+        if self._dirty or waiting:
+            self._dirty = False
+            self._deliver()
+        self._send_replies()
 
     def _wait_timeout(self) -> tuple[float, bool]:
         """(Seconds the loop may sleep, whether anyone waits for messages).
