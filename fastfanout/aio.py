@@ -33,6 +33,7 @@ import contextlib
 import math
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
@@ -205,6 +206,7 @@ class AsyncClient:
         self._owner = _SyncOwner(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_of: dict[int, int] = {}
+        self._producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
         self._acks: list[int] = []   # message.ack() calls not sent yet (_send_acks)
         self.info: dict[str, Any] = {}
 
@@ -363,7 +365,9 @@ class AsyncClient:
             (self.batch_messages, self.batch_bytes))
         if topic not in await self.list_topics():
             raise NotFound(f"topic {topic!r} does not exist")
-        return AsyncProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
+        producer = AsyncProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
+        self._producers.add(producer)
+        return producer
 
     async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages at once: all enqueued, or none."""
@@ -675,9 +679,20 @@ class AsyncClient:
                 self._fire(Opcode.CANCEL, [protocol.encode_payload([[request_id], {}])])
 
     async def close(self) -> None:
-        """Say goodbye and close the socket."""
+        """Flush pending publishes and open producers, say goodbye and close the socket.
+
+        Raises:
+            FastFanoutError: a producer's frame was refused; the client is closed anyway
+                and that producer's refused messages are not published.
+        """
         if self._closed:
             return
+        refusal: FastFanoutError | None = None
+        for producer in list(self._producers):   # their open and kept frames first
+            try:
+                await producer.close()
+            except FastFanoutError as exc:
+                refusal = refusal or exc
         self._send_acks()   # before BYE: after it, the broker has released their leases
         self._flush_batches()
         if self._in_flight:   # publish answers may come after BYE's: wait for them first
@@ -691,6 +706,8 @@ class AsyncClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._transport.close()
+        if refusal is not None:
+            raise refusal
 
     @property
     def closed(self) -> bool:

@@ -19,6 +19,8 @@ Invariants:
   refusal is raised by the next ``drain()``/``flush()``/``offer()``, and ``flush()`` sends
   the kept frames again, oldest first. While frames are kept, ``offer()`` raises the
   refusal and adds nothing (await ``flush()`` to retry).
+- ``await client.close()`` closes the producers still open first (flushing them) and
+  raises a refusal met there, after closing.
 - Order as in the blocking producer: frames leave in offer order; frames already in
   flight behind a refused one are not held back (``max_in_flight=1`` keeps strict
   order).

@@ -32,6 +32,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -129,6 +130,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._discarded: set[int] = set()
         self._consumers: dict[int, Consumer] = {}
+        self._producers: weakref.WeakSet[RemoteProducer] = weakref.WeakSet()
         self._batches: dict[tuple[int, str], PendingBatch[PublishFuture]] = {}
         self._oldest_batch = 0.0
         self._next_id = 1
@@ -505,7 +507,9 @@ class Client:
             (self.batch_messages, self.batch_bytes))
         if topic not in self.list_topics():
             raise NotFound(f"topic {topic!r} does not exist")
-        return RemoteProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
+        producer = RemoteProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
+        self._producers.add(producer)
+        return producer
 
     def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
@@ -720,11 +724,23 @@ class Client:
     def close(self, timeout: float = 5.0) -> None:
         """Flush pending publishes, wait for their answers, say goodbye and disconnect.
 
+        Producers of this client still open are closed first (their messages flushed).
+
         Args:
             timeout: seconds to wait for the broker's answers at most.
+
+        Raises:
+            FastFanoutError: a producer's frame was refused; the client is closed anyway
+                and that producer's refused messages are not published.
         """
         if self._closed:
             return
+        refusal: FastFanoutError | None = None
+        for producer in list(self._producers):   # their open and kept frames first
+            try:
+                producer.close()
+            except FastFanoutError as exc:
+                refusal = refusal or exc
         try:
             with self._lock:
                 if self._transport is not None:
@@ -746,6 +762,8 @@ class Client:
             self._thread.join(timeout)
             with self._lock:
                 self._drop_transport()
+        if refusal is not None:
+            raise refusal
 
     def __enter__(self) -> Client:
         return self

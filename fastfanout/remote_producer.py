@@ -27,6 +27,8 @@ Invariants:
   across refusals. After a broken connection a kept frame may have been published before
   the connection broke: sending it again is at-least-once (dedup ids make it exactly
   once).
+- ``Client.close()`` closes the producers still open first (flushing them) and raises
+  a refusal met there, after closing: no message is left unpublished without an error.
 - A request of the same client never overtakes the producer's frames: the client sends
   pending ``publish_nowait`` batches before any request, and the producer's frames are
   requests.

@@ -142,3 +142,27 @@ def test_bad_producer_arguments_are_refused(track: Tracker, endpoint: str) -> No
             assert producer.offered == 0 and producer.pending == 0
 
     asyncio.run(main())
+
+
+def test_closing_the_client_flushes_its_open_producers(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client, max_messages=5, overflow="reject")
+            async with aio.connect(endpoint, timeout=5.0) as publisher:
+                producer = await publisher.producer("t")
+                for n in range(3):
+                    producer.offer(b"open %d" % n)
+            assert producer.published == 3
+            assert await _bodies(client) == [b"open 0", b"open 1", b"open 2"]
+            publisher = await aio.connect(endpoint, timeout=5.0)
+            producer = await publisher.producer("t")
+            for n in range(6):
+                producer.offer(b"%d" % n)
+            with pytest.raises(fastfanout.QueueFull):
+                await publisher.close()
+            assert publisher.closed and producer.pending == 6
+            assert await _bodies(client) == []
+
+    asyncio.run(main())

@@ -126,3 +126,24 @@ def test_bad_producer_arguments_are_refused(track: Tracker, endpoint: str) -> No
     with pytest.raises(fastfanout.InvalidArgument):
         producer.offer("not bytes")   # type: ignore[arg-type]
     assert producer.offered == 0 and producer.pending == 0
+
+
+def test_closing_the_client_flushes_its_open_producers(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client, max_messages=5, overflow="reject")
+    with fastfanout.connect(endpoint) as publisher:
+        producer = publisher.producer("t")
+        for n in range(3):
+            producer.offer(b"open %d" % n)   # an open frame, never flushed by hand
+    assert producer.published == 3
+    assert _bodies(client) == [b"open 0", b"open 1", b"open 2"]
+    # a refusal at close is raised, not dropped silently; the client is closed anyway
+    publisher = track.client(endpoint)
+    producer = publisher.producer("t")
+    for n in range(6):
+        producer.offer(b"%d" % n)           # six into a queue of five: refused whole
+    with pytest.raises(fastfanout.QueueFull):
+        publisher.close()
+    assert publisher.closed and producer.pending == 6
+    assert _bodies(client) == []
