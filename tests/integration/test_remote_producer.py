@@ -7,7 +7,7 @@ from typing import Any as Tracker
 import pytest
 
 import fastfanout
-from fastfanout.protocol import Opcode
+from fastfanout.protocol import BrokenConnection, Opcode
 
 
 def _setup(client: fastfanout.Client, **queue_settings: Tracker) -> None:
@@ -147,3 +147,21 @@ def test_closing_the_client_flushes_its_open_producers(track: Tracker, endpoint:
         publisher.close()
     assert publisher.closed and producer.pending == 6
     assert _bodies(client) == []
+
+
+def test_frames_survive_a_broker_restart(track: Tracker, endpoint: str) -> None:
+    server = track.server(endpoint)
+    client = track.client(endpoint, timeout=2.0)
+    _setup(client)
+    producer = client.producer("t", batch_messages=100)
+    for n in range(3):
+        producer.offer(b"m%d" % n)              # the open frame
+    server.stop()
+    with pytest.raises(BrokenConnection):
+        producer.flush()                         # kept, not lost
+    assert producer.pending == 3 and producer.published == 0
+    track.server(endpoint)                       # a fresh broker on the same endpoint
+    _setup(client)                               # (the client reconnects by itself)
+    producer.flush()                             # the kept frame, sent again
+    assert producer.pending == 0 and producer.published == 3
+    assert _bodies(client) == [b"m0", b"m1", b"m2"]
