@@ -37,6 +37,10 @@ Invariants (checked by ``invariants.check`` in the debug build and by the model 
 - a queue's gauges (visible, leased, delayed, bytes) equal what its lists hold;
 - ``enqueued == messages + acked + purged + dead_lettered + redriven + sum(dropped)``.
 
+This module is the per-message machinery; the calls that act on a whole queue (create,
+delete, purge, redrive, counters) are functions in ``queues.pyx``, settling by receipt is
+in ``receipts.pyx``, blobs come from ``blobs.pyx`` and ``invariants.pyx`` checks all of it.
+
 Time is integer microseconds (``now_us``) handed in by the caller, who has already
 called ``advance_to(now_us)``; the store never reads a clock. Nothing here takes a lock:
 the Python layer serialises calls (the GIL alone makes each call atomic, as none of them
@@ -133,89 +137,6 @@ cdef class Store:
                 PyMem_Free(self.queues[qid].visible_tail)
                 PyMem_Free(self.queues[qid].backoff_us)
             PyMem_Free(self.queues)
-
-    # -- queues ------------------------------------------------------------------------
-
-    def add_queue(self, str name, int64_t visibility_us, int64_t delay_us, int64_t retention_us,
-                  int64_t max_messages, int64_t max_bytes, int64_t max_message_size,
-                  int64_t max_receive_count, int64_t dead_letter_queue, int overflow,
-                  int max_priority, bint fifo=False, bint content_dedup=False,
-                  int64_t dedup_window_us=300_000_000, list backoff_us=None):
-        """Create a queue from validated settings; returns its id (ids are never reused)."""
-        cdef queue_t* grown
-        cdef queue_t* q
-        cdef uint32_t capacity
-        cdef uint32_t level
-        if self.queue_count == self.queue_capacity:
-            capacity = self.queue_capacity * 2 if self.queue_capacity else 16
-            grown = <queue_t*>PyMem_Realloc(self.queues, capacity * sizeof(queue_t))
-            if grown == NULL:
-                raise MemoryError()
-            self.queues = grown
-            self.queue_capacity = capacity
-        q = &self.queues[self.queue_count]
-        q.backoff_count = 0
-        q.backoff_us = NULL
-        if backoff_us:
-            q.backoff_us = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
-            if q.backoff_us == NULL:
-                raise MemoryError()
-            for level in range(len(backoff_us)):
-                q.backoff_us[level] = backoff_us[level]
-            q.backoff_count = len(backoff_us)
-        q.visible_head = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
-        q.visible_tail = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
-        if q.visible_head == NULL or q.visible_tail == NULL:
-            PyMem_Free(q.visible_head)
-            PyMem_Free(q.visible_tail)
-            raise MemoryError()
-        for level in range(max_priority + 1):
-            q.visible_head[level] = NIL
-            q.visible_tail[level] = NIL
-        q.levels = max_priority + 1
-        q.alive = True
-        q.incarnation = self.queue_count
-        q.visibility_us = visibility_us
-        q.delay_us = delay_us
-        q.retention_us = retention_us
-        q.max_messages = max_messages
-        q.max_bytes = max_bytes
-        q.max_message_size = max_message_size
-        q.max_receive_count = max_receive_count
-        q.dead_letter_queue = dead_letter_queue
-        q.overflow = overflow
-        q.fifo = fifo
-        q.content_dedup = content_dedup
-        q.duplicates = 0
-        q.oversized = 0
-        q.arrival_head = NIL
-        q.arrival_tail = NIL
-        q.lease_head = NIL
-        q.lease_tail = NIL
-        q.visible = q.leased = q.delayed = q.bytes = 0
-        q.enqueued = q.delivered = q.redelivered = q.acked = 0
-        q.dead_lettered = q.redriven = q.rejected = q.purged = 0
-        for level in range(DROP_REASON_COUNT):
-            q.dropped[level] = 0
-        self.names.append(name)
-        self.group_tables.append(GroupTable() if fifo else None)
-        self.dedup_windows.append(DedupWindow(dedup_window_us))
-        self.queue_count += 1
-        return self.queue_count - 1
-
-    def remove_queue(self, uint32_t qid):
-        """Delete a queue and every copy it holds (their receipts go stale)."""
-        cdef queue_t* q = &self.queues[qid]
-        cdef uint32_t slot
-        while q.arrival_head != NIL:
-            slot = q.arrival_head
-            self._detach(slot)
-            self._free_entry(slot)
-        q.alive = False
-
-    def max_message_size(self, uint32_t qid):
-        """The queue's bound on one message, in bytes."""
-        return self.queues[qid].max_message_size
 
     # -- entries -----------------------------------------------------------------------
 
@@ -869,99 +790,6 @@ cdef class Store:
             self._arm(slot, now_us + delay_us)
         else:
             self._make_visible(slot)
-
-    # -- redrive and purge -------------------------------------------------------------
-
-    def redrive(self, uint32_t dlq, int64_t to, int64_t max_messages, int64_t now_us,
-                dict live_queues):
-        """Move dead-lettered visible messages back; returns how many moved.
-
-        Without ``to``, each goes to the queue now named like its source queue
-        (``live_queues``: name -> id), as SQS redrives to a queue re-created under the
-        same name; messages whose source name names no queue stay.
-        """
-        cdef uint64_t moved = 0
-        cdef uint32_t slot
-        cdef uint32_t level
-        cdef uint32_t target
-        cdef uint32_t generation
-        cdef dead_letter_t* dead
-        cdef blob_t* blob
-        cdef int room
-        cdef list candidates = []
-        # Snapshot the visible messages first: making room in a target may dead-letter
-        # messages into this very queue, and those must not be visited in this call.
-        level = self.queues[dlq].levels
-        while level > 0:
-            level -= 1
-            slot = self.queues[dlq].visible_head[level]
-            while slot != NIL:
-                candidates.append((slot, self.entries[slot].generation))
-                slot = self.entries[slot].visible_next
-        for slot, generation in candidates:
-            if max_messages >= 0 and moved >= <uint64_t>max_messages:
-                break
-            if (self.entries[slot].state != STATE_VISIBLE or self.entries[slot].queue != dlq
-                    or self.entries[slot].generation != generation):
-                continue
-            dead = self.entries[slot].dead
-            if to >= 0:
-                target = <uint32_t>to
-            elif dead != NULL and self.names[dead.source_queue] in live_queues:
-                target = live_queues[self.names[dead.source_queue]]
-            else:
-                continue
-            blob = self.entries[slot].blob
-            room = self.room_for(target, 1, self.message_size(blob))
-            if room < 0:
-                break
-            blob.refcount += 1
-            self._detach(slot)
-            self._free_entry(slot)
-            self.queues[dlq].redriven += 1
-            try:
-                if room == 0:
-                    self.make_room(target, 1, self.message_size(blob), now_us)
-                self.enqueue(target, blob, now_us, INT64_MIN, NULL)
-            finally:
-                blob_release(blob)
-            moved += 1
-        return moved
-
-    def purge(self, uint32_t qid):
-        """Remove every message of the queue; returns how many."""
-        cdef queue_t* q = &self.queues[qid]
-        cdef uint64_t removed = 0
-        cdef uint32_t slot
-        while q.arrival_head != NIL:
-            slot = q.arrival_head
-            self._detach(slot)
-            self._free_entry(slot)
-            removed += 1
-        q.purged += removed
-        return removed
-
-    # -- stats -------------------------------------------------------------------------
-
-    def counters(self, uint32_t qid, int64_t now_us):
-        """The queue's counters and gauges as a tuple, in QueueStats field order."""
-        cdef queue_t* q = &self.queues[qid]
-        (<DedupWindow>self.dedup_windows[qid]).expire(now_us)   # live keys only
-        cdef double oldest = 0.0
-        if q.arrival_head != NIL:
-            oldest = (now_us - self.entries[q.arrival_head].entered_us) / 1e6
-        return (q.enqueued, q.delivered, q.redelivered, q.acked, q.dead_lettered, q.redriven,
-                q.rejected, q.purged, q.duplicates, q.oversized,
-                len(<DedupWindow>self.dedup_windows[qid]),
-                (<DedupWindow>self.dedup_windows[qid]).evicted,
-                0 if self.group_tables[qid] is None else len(self.group_tables[qid]),
-                [q.dropped[i] for i in range(DROP_REASON_COUNT)],
-                q.visible, q.leased, q.delayed, q.visible + q.leased + q.delayed, q.bytes,
-                oldest)
-
-    def count_rejected(self, uint32_t qid, uint64_t count):
-        """Count ``count`` messages refused with QueueFull by queue ``qid``."""
-        self.queues[qid].rejected += count
 
     def new_message_ids(self, uint64_t count):
         """Reserve ``count`` consecutive message ids; returns the first."""

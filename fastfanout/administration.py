@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fastfanout._ext import queues as queue_ops
 from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
@@ -235,8 +236,8 @@ class Administration:
                 return
             dlq_id = (-1 if settings.dead_letter_queue is None
                       else self._queue_id(settings.dead_letter_queue))
-            queue_id = self._store.add_queue(
-                name, native.visibility_us, native.delay_us, native.retention_us,
+            queue_id = queue_ops.add_queue(
+                self._store, name, native.visibility_us, native.delay_us, native.retention_us,
                 native.message_limit, native.byte_limit, native.max_message_size,
                 native.receive_limit, dlq_id, native.overflow, native.max_priority,
                 native.fifo, native.content_dedup, native.window_us, native.backoff_us)
@@ -264,7 +265,7 @@ class Administration:
                 del self._subscriptions[sid]
             for topic in self._topics:
                 self._refresh_targets(topic)
-            self._store.remove_queue(queue_id)
+            queue_ops.remove_queue(self._store, queue_id)
             del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
 
     def list_queues(self) -> list[str]:

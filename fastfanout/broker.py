@@ -22,6 +22,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+from fastfanout._ext import queues as queue_ops
 from fastfanout._ext import receipts as by_receipt
 from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.deliveries import receive, receive_frame
@@ -461,7 +462,8 @@ class Broker(Administration):
             target_id = -1 if to is None else self._queue_id(to)
             if target_id == source_id:
                 raise InvalidArgument(f"redrive of {dead_letter_queue!r} into itself")
-            moved: int = self._store.redrive(source_id, target_id, limit, now_us, self._queues)
+            moved: int = queue_ops.redrive(
+                self._store, source_id, target_id, limit, now_us, self._queues)
             if moved:
                 self._wake_receivers()
             return moved
@@ -470,7 +472,7 @@ class Broker(Administration):
         """Remove every message of a queue (visible, leased and delayed); returns how many."""
         with self._lock:
             self._now_us()
-            removed: int = self._store.purge(self._queue_id(queue))
+            removed: int = queue_ops.purge(self._store, self._queue_id(queue))
             return removed
 
     def stats(self) -> BrokerStats:
@@ -491,7 +493,8 @@ class Broker(Administration):
                 (enqueued, delivered, redelivered, acked, dead_lettered, redriven, rejected,
                  purged, duplicates, oversized, dedup_entries, dedup_evicted, groups, dropped,
                  visible, leased, delayed,
-                 messages, held_bytes, oldest_age) = self._store.counters(queue_id, now_us)
+                 messages, held_bytes, oldest_age) = queue_ops.counters(
+                    self._store, queue_id, now_us)
                 queues[name] = QueueStats(
                     enqueued=enqueued, delivered=delivered, redelivered=redelivered,
                     acked=acked, dead_lettered=dead_lettered, redriven=redriven,

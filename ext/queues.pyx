@@ -1,0 +1,194 @@
+"""Whole-queue operations of the store: create, delete, purge, redrive, counters.
+
+Design
+------
+Prior art: SQS's ``CreateQueue`` / ``DeleteQueue`` / ``PurgeQueue`` and its dead-letter
+redrive (``StartMessageMoveTask``); RabbitMQ's ``queue.purge``.
+
+Functions over a ``Store``: ``store.pyx`` holds the per-message machinery (entries,
+visible and lease lists, timers, enqueue and dead-lettering), this module the calls
+that act on a queue as a whole. Queue ids are never reused: a deleted queue stays in the
+table, dead, so receipts and dead-letter records naming it stay unambiguous.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
+
+from fastfanout._ext.blobs cimport blob_release, blob_t
+from fastfanout._ext.dedup cimport DedupWindow
+from fastfanout._ext.groups cimport GroupTable
+from fastfanout._ext.store cimport (
+    DROP_REASON_COUNT,
+    NIL,
+    STATE_VISIBLE,
+    Store,
+    dead_letter_t,
+    queue_t,
+)
+
+
+def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
+              int64_t retention_us, int64_t max_messages, int64_t max_bytes,
+              int64_t max_message_size, int64_t max_receive_count, int64_t dead_letter_queue,
+              int overflow, int max_priority, bint fifo=False, bint content_dedup=False,
+              int64_t dedup_window_us=300_000_000, list backoff_us=None):
+    """Create a queue from validated settings; returns its id (ids are never reused)."""
+    cdef queue_t* grown
+    cdef queue_t* q
+    cdef uint32_t capacity
+    cdef uint32_t level
+    if store.queue_count == store.queue_capacity:
+        capacity = store.queue_capacity * 2 if store.queue_capacity else 16
+        grown = <queue_t*>PyMem_Realloc(store.queues, capacity * sizeof(queue_t))
+        if grown == NULL:
+            raise MemoryError()
+        store.queues = grown
+        store.queue_capacity = capacity
+    q = &store.queues[store.queue_count]
+    q.backoff_count = 0
+    q.backoff_us = NULL
+    if backoff_us:
+        q.backoff_us = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
+        if q.backoff_us == NULL:
+            raise MemoryError()
+        for level in range(len(backoff_us)):
+            q.backoff_us[level] = backoff_us[level]
+        q.backoff_count = len(backoff_us)
+    q.visible_head = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
+    q.visible_tail = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
+    if q.visible_head == NULL or q.visible_tail == NULL:
+        PyMem_Free(q.visible_head)
+        PyMem_Free(q.visible_tail)
+        raise MemoryError()
+    for level in range(max_priority + 1):
+        q.visible_head[level] = NIL
+        q.visible_tail[level] = NIL
+    q.levels = max_priority + 1
+    q.alive = True
+    q.incarnation = store.queue_count
+    q.visibility_us = visibility_us
+    q.delay_us = delay_us
+    q.retention_us = retention_us
+    q.max_messages = max_messages
+    q.max_bytes = max_bytes
+    q.max_message_size = max_message_size
+    q.max_receive_count = max_receive_count
+    q.dead_letter_queue = dead_letter_queue
+    q.overflow = overflow
+    q.fifo = fifo
+    q.content_dedup = content_dedup
+    q.duplicates = 0
+    q.oversized = 0
+    q.arrival_head = NIL
+    q.arrival_tail = NIL
+    q.lease_head = NIL
+    q.lease_tail = NIL
+    q.visible = q.leased = q.delayed = q.bytes = 0
+    q.enqueued = q.delivered = q.redelivered = q.acked = 0
+    q.dead_lettered = q.redriven = q.rejected = q.purged = 0
+    for level in range(DROP_REASON_COUNT):
+        q.dropped[level] = 0
+    store.names.append(name)
+    store.group_tables.append(GroupTable() if fifo else None)
+    store.dedup_windows.append(DedupWindow(dedup_window_us))
+    store.queue_count += 1
+    return store.queue_count - 1
+
+
+def remove_queue(Store store, uint32_t qid):
+    """Delete a queue and every copy it holds (their receipts go stale)."""
+    cdef queue_t* q = &store.queues[qid]
+    cdef uint32_t slot
+    while q.arrival_head != NIL:
+        slot = q.arrival_head
+        store._detach(slot)
+        store._free_entry(slot)
+    q.alive = False
+
+
+def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t now_us,
+            dict live_queues):
+    """Move dead-lettered visible messages back; returns how many moved.
+
+    Without ``to``, each goes to the queue now named like its source queue
+    (``live_queues``: name -> id), as SQS redrives to a queue re-created under the
+    same name; messages whose source name names no queue stay.
+    """
+    cdef uint64_t moved = 0
+    cdef uint32_t slot
+    cdef uint32_t level
+    cdef uint32_t target
+    cdef uint32_t generation
+    cdef dead_letter_t* dead
+    cdef blob_t* blob
+    cdef int room
+    cdef list candidates = []
+    # Snapshot the visible messages first: making room in a target may dead-letter
+    # messages into this very queue, and those must not be visited in this call.
+    level = store.queues[dlq].levels
+    while level > 0:
+        level -= 1
+        slot = store.queues[dlq].visible_head[level]
+        while slot != NIL:
+            candidates.append((slot, store.entries[slot].generation))
+            slot = store.entries[slot].visible_next
+    for slot, generation in candidates:
+        if max_messages >= 0 and moved >= <uint64_t>max_messages:
+            break
+        if (store.entries[slot].state != STATE_VISIBLE or store.entries[slot].queue != dlq
+                or store.entries[slot].generation != generation):
+            continue
+        dead = store.entries[slot].dead
+        if to >= 0:
+            target = <uint32_t>to
+        elif dead != NULL and store.names[dead.source_queue] in live_queues:
+            target = live_queues[store.names[dead.source_queue]]
+        else:
+            continue
+        blob = store.entries[slot].blob
+        room = store.room_for(target, 1, store.message_size(blob))
+        if room < 0:
+            break
+        blob.refcount += 1
+        store._detach(slot)
+        store._free_entry(slot)
+        store.queues[dlq].redriven += 1
+        try:
+            if room == 0:
+                store.make_room(target, 1, store.message_size(blob), now_us)
+            store.enqueue(target, blob, now_us, INT64_MIN, NULL)
+        finally:
+            blob_release(blob)
+        moved += 1
+    return moved
+
+
+def purge(Store store, uint32_t qid):
+    """Remove every message of the queue; returns how many."""
+    cdef queue_t* q = &store.queues[qid]
+    cdef uint64_t removed = 0
+    cdef uint32_t slot
+    while q.arrival_head != NIL:
+        slot = q.arrival_head
+        store._detach(slot)
+        store._free_entry(slot)
+        removed += 1
+    q.purged += removed
+    return removed
+
+
+def counters(Store store, uint32_t qid, int64_t now_us):
+    """The queue's counters and gauges as a tuple, in QueueStats field order."""
+    cdef queue_t* q = &store.queues[qid]
+    (<DedupWindow>store.dedup_windows[qid]).expire(now_us)   # live keys only
+    cdef double oldest = 0.0
+    if q.arrival_head != NIL:
+        oldest = (now_us - store.entries[q.arrival_head].entered_us) / 1e6
+    return (q.enqueued, q.delivered, q.redelivered, q.acked, q.dead_lettered, q.redriven,
+            q.rejected, q.purged, q.duplicates, q.oversized,
+            len(<DedupWindow>store.dedup_windows[qid]),
+            (<DedupWindow>store.dedup_windows[qid]).evicted,
+            0 if store.group_tables[qid] is None else len(store.group_tables[qid]),
+            [q.dropped[i] for i in range(DROP_REASON_COUNT)],
+            q.visible, q.leased, q.delayed, q.visible + q.leased + q.delayed, q.bytes,
+            oldest)

@@ -1,0 +1,27 @@
+from typing import Any
+
+from fastfanout._ext.store import Store
+
+def add_queue(
+    store: Store, name: str, visibility_us: int, delay_us: int, retention_us: int,
+    max_messages: int, max_bytes: int, max_message_size: int, max_receive_count: int,
+    dead_letter_queue: int, overflow: int, max_priority: int, fifo: bool = False,
+    content_dedup: bool = False, dedup_window_us: int = 300_000_000,
+    backoff_us: list[int] | None = None,
+) -> int:
+    """Create a queue from validated settings; returns its id (ids are never reused)."""
+
+def remove_queue(store: Store, qid: int) -> None:
+    """Delete a queue and every copy it holds (their receipts go stale)."""
+
+def redrive(
+    store: Store, dlq: int, to: int, max_messages: int, now_us: int,
+    live_queues: dict[str, int],
+) -> int:
+    """Move dead-lettered visible messages back; returns how many moved."""
+
+def purge(store: Store, qid: int) -> int:
+    """Remove every message of the queue; returns how many."""
+
+def counters(store: Store, qid: int, now_us: int) -> tuple[Any, ...]:
+    """The queue's counters and gauges as a tuple, in QueueStats field order."""
