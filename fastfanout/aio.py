@@ -351,21 +351,25 @@ class AsyncClient:
 
     async def producer(self, topic: str, *, batch_messages: int | None = None,
                        batch_bytes: int | None = None,
-                       max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> AsyncProducer:
+                       max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                       linger: float | None = None) -> AsyncProducer:
         """A producer: synchronous ``offer()``, awaited ``drain()`` and ``flush()``.
 
-        See ``fastfanout.aio_producer``; the arguments are ``Client.producer``'s.
+        See ``fastfanout.aio_producer``; the arguments are ``Client.producer``'s, but
+        ``linger`` defaults to 0: a frame that is not full leaves when this event-loop
+        iteration ends, as ``publish_nowait`` batches do.
 
         Raises:
             NotFound: the topic does not exist.
             InvalidArgument: a limit is not a positive int.
         """
-        batch_messages, batch_bytes = producer_limits(
-            topic, batch_messages, batch_bytes, max_in_flight,
-            (self.batch_messages, self.batch_bytes))
+        batch_messages, batch_bytes, linger = producer_limits(
+            topic, batch_messages, batch_bytes, max_in_flight, linger,
+            (self.batch_messages, self.batch_bytes, 0.0))
         if topic not in await self.list_topics():
             raise NotFound(f"topic {topic!r} does not exist")
-        producer = AsyncProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
+        producer = AsyncProducer(self, topic, batch_messages, batch_bytes, max_in_flight,
+                                 linger)
         self._producers.add(producer)
         return producer
 

@@ -9,7 +9,9 @@ limits and refusal rules this follows.
 ``offer()`` cannot wait in asyncio without making every message a coroutine, so it only
 appends the body to a frame being built natively; a full frame is sent at once when
 fewer than ``max_in_flight`` frames are unanswered, and queued otherwise (an answer sends
-the next). ``await drain()`` waits until no frame is queued — call it now and then in a
+the next); a frame that does not fill leaves ``linger`` seconds after its first message
+(0 by default: when the event-loop iteration ends). ``await drain()`` waits until no
+frame is queued — call it now and then in a
 long loop of offers to bound the memory held — and ``await flush()`` sends the open frame
 and waits for every answer.
 
@@ -58,8 +60,11 @@ class AsyncProducer:
     """
 
     def __init__(self, client: AsyncClient, topic: str, batch_messages: int,
-                 batch_bytes: int, max_in_flight: int) -> None:
+                 batch_bytes: int, max_in_flight: int, linger: float) -> None:
         self.topic = topic
+        self._linger = linger
+        self._loop = asyncio.get_running_loop()
+        self._frames_opened = 0   # names the open frame for its linger timer
         self._client = client
         self._batch_messages = batch_messages
         self._batch_bytes = batch_bytes
@@ -94,8 +99,17 @@ class AsyncProducer:
             raise self._kept_error
         index = self._builder.append_body(body)
         self.offered += 1
+        if index == 0:   # a new frame: it leaves after linger if it does not fill first
+            self._frames_opened += 1
+            self._loop.call_later(self._linger, self._linger_send, self._frames_opened)
         if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
             self._queued.append(self._builder.take())
+            self._pump()
+
+    def _linger_send(self, frame_number: int) -> None:
+        """The open frame is ``linger`` old (if it is still the one the timer was for)."""
+        if frame_number == self._frames_opened and len(self._builder) and not self._closed:
+            (self._kept if self._kept else self._queued).append(self._builder.take())
             self._pump()
 
     async def drain(self) -> None:

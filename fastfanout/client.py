@@ -350,6 +350,8 @@ class Client:
                 now = time.monotonic()
                 if self._batches and now - self._oldest_batch >= self.linger:
                     self._flush_batches()
+                for producer in list(self._producers):
+                    producer._linger_send(now)
                 for consumer in list(self._consumers.values()):
                     consumer._settle_wait(now)
                 if now - self._last_sent_heartbeat >= interval:
@@ -386,6 +388,14 @@ class Client:
             if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
                 self._send_batch(key, self._batches.pop(key))
             return future
+
+    def _producing(self) -> float:
+        """A producer opened a frame: tick every linger for a while; returns the time."""
+        now = time.monotonic()
+        if now >= self._busy_until:
+            self._kick.set()   # the background thread sleeps long: wake it
+        self._busy_until = now + BUSY_TICKING
+        return now
 
     def _send_batch(self, key: tuple[int, str], batch: PendingBatch[PublishFuture]) -> None:
         frame = batch.builder.take()
@@ -483,8 +493,8 @@ class Client:
             self, self._request(Opcode.SEND, [queue.encode(), encode_entries(entries)]))
 
     def producer(self, topic: str, *, batch_messages: int | None = None,
-                 batch_bytes: int | None = None,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> RemoteProducer:
+                 batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 linger: float | None = None) -> RemoteProducer:
         """A producer for one thread: ``offer()`` fills a frame, full frames are pipelined.
 
         The remote form of ``Broker.producer``: no future and no lock per message (see
@@ -497,17 +507,20 @@ class Client:
             batch_bytes: body bytes per frame (default: the client's).
             max_in_flight: frames sent and not yet answered before ``offer()`` waits;
                 1 keeps strict offer order even when a frame is refused.
+            linger: seconds a frame that is not full waits before it is sent (default:
+                the client's ``linger``).
 
         Raises:
             NotFound: the topic does not exist.
             InvalidArgument: a limit is not a positive int.
         """
-        batch_messages, batch_bytes = producer_limits(
-            topic, batch_messages, batch_bytes, max_in_flight,
-            (self.batch_messages, self.batch_bytes))
+        batch_messages, batch_bytes, linger = producer_limits(
+            topic, batch_messages, batch_bytes, max_in_flight, linger,
+            (self.batch_messages, self.batch_bytes, self.linger))
         if topic not in self.list_topics():
             raise NotFound(f"topic {topic!r} does not exist")
-        producer = RemoteProducer(self, topic, batch_messages, batch_bytes, max_in_flight)
+        producer = RemoteProducer(self, topic, batch_messages, batch_bytes, max_in_flight,
+                                  linger)
         self._producers.add(producer)
         return producer
 

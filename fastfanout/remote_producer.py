@@ -11,7 +11,10 @@ topic and returns nothing per message: ``offer()`` appends the body to a record 
 being built natively (``fastfanout._ext.wire.FrameBuilder``); a frame that reaches
 ``batch_messages`` or ``batch_bytes`` goes out at once as one PUBLISH request, and up to
 ``max_in_flight`` frames may be unanswered — past that, ``offer()`` waits for the oldest
-answer (back pressure from the broker, e.g. a full ``hold`` queue).
+answer (back pressure from the broker, e.g. a full ``hold`` queue). A frame that does not
+fill leaves ``linger`` seconds after its first message (the client's, 2 ms by default),
+sent by the client's background thread, as ``publish_nowait`` batches do; a plain lock
+(uncontended: tens of ns an offer) keeps that thread and the producing one apart.
 
 Invariants:
 
@@ -36,6 +39,8 @@ Invariants:
 
 from __future__ import annotations
 
+import math
+import threading
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -68,8 +73,11 @@ class RemoteProducer:
     """
 
     def __init__(self, client: Client, topic: str, batch_messages: int, batch_bytes: int,
-                 max_in_flight: int) -> None:
+                 max_in_flight: int, linger: float) -> None:
         self.topic = topic
+        self._linger = linger
+        self._lock = threading.Lock()   # the producing thread vs the client's linger sends
+        self._opened_at = 0.0           # when the open frame got its first message
         self._client = client
         self._name = topic.encode()
         self._batch_messages = batch_messages
@@ -98,12 +106,15 @@ class RemoteProducer:
         """
         if self._closed:
             raise Closed(f"the producer of topic {self.topic!r} is closed")
-        if self._kept:
-            self.flush()
-        index = self._builder.append_body(body)
-        self.offered += 1
-        if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
-            self._send(self._builder.take())
+        with self._lock:
+            if self._kept:
+                self._flush()
+            index = self._builder.append_body(body)
+            self.offered += 1
+            if index == 0:   # a new frame: the client's background thread sends it after
+                self._opened_at = self._client._producing()   # linger if it is not full
+            if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
+                self._send(self._builder.take())
 
     def flush(self) -> RemotePublishBatch | None:
         """Send the open frame and wait until every frame is answered.
@@ -115,6 +126,10 @@ class RemoteProducer:
             FastFanoutError: the first refusal met; the refused frames are kept for the
                 next flush.
         """
+        with self._lock:
+            return self._flush()
+
+    def _flush(self) -> RemotePublishBatch | None:
         last, error = self._drain()   # refusals of frames in flight are kept, in order
         if len(self._builder):
             self._kept.append(self._builder.take())   # sent below, behind them
@@ -182,6 +197,36 @@ class RemoteProducer:
                 first = first or exc
         return last, first
 
+    def _linger_send(self, now: float) -> None:
+        """Send the open frame if it is ``linger`` old (the client's background thread).
+
+        Never waits: skipped while the producing thread holds the producer, while
+        refused frames are kept (the producing thread deals with those) or while
+        ``max_in_flight`` frames are still unanswered (answers that have arrived are read
+        first); a frame the client cannot send is kept.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not len(self._builder) or now - self._opened_at < self._linger or self._kept:
+                return
+            if len(self._in_flight) >= self._max_in_flight:
+                self._client._pump_once(0)   # dispatch the answers that have arrived
+                while self._in_flight and self._in_flight[0][0].done:
+                    self._settle_oldest()    # a refusal is kept, raised by the next flush
+                if self._kept or len(self._in_flight) >= self._max_in_flight:
+                    return
+            frame = self._builder.take()
+            try:
+                pending = self._client._request(Opcode.PUBLISH, [self._name, frame])
+            except FastFanoutError:
+                self._kept.append(frame)
+                self.refused_frames += 1
+                return
+            self._in_flight.append((pending, frame))
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         """Flush what is left, then refuse further offers."""
         if not self._closed:
@@ -197,18 +242,23 @@ class RemoteProducer:
 
 
 def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int | None,
-                    max_in_flight: object, defaults: tuple[int, int]) -> tuple[int, int]:
-    """A producer's (batch_messages, batch_bytes): None takes the client's ``defaults``.
+                    max_in_flight: object, linger: float | None,
+                    defaults: tuple[int, int, float]) -> tuple[int, int, float]:
+    """A producer's (batch_messages, batch_bytes, linger): None takes the client's.
 
     Raises:
-        InvalidArgument: ``topic`` is not a string, or a limit is not a positive int.
+        InvalidArgument: ``topic`` is not a string, a limit is not a positive int, or
+            ``linger`` is not a finite number of seconds >= 0.
     """
     if type(topic) is not str:
         raise InvalidArgument(f"topic name {topic!r} must be a string")
-    limits = (defaults[0] if batch_messages is None else batch_messages,
-              defaults[1] if batch_bytes is None else batch_bytes)
-    for name, value in (("batch_messages", limits[0]), ("batch_bytes", limits[1]),
+    messages = defaults[0] if batch_messages is None else batch_messages
+    size = defaults[1] if batch_bytes is None else batch_bytes
+    wait = defaults[2] if linger is None else linger
+    for name, value in (("batch_messages", messages), ("batch_bytes", size),
                         ("max_in_flight", max_in_flight)):
         if type(value) is not int or value < 1:
             raise InvalidArgument(f"{name}={value!r} must be an int of 1 or more")
-    return limits
+    if type(wait) not in (int, float) or not math.isfinite(wait) or wait < 0:
+        raise InvalidArgument(f"linger={wait!r} must be finite seconds, 0 or more")
+    return messages, size, float(wait)

@@ -46,7 +46,8 @@ def test_full_frames_leave_at_once_up_to_max_in_flight(track: Tracker, endpoint:
         async with aio.connect(endpoint, timeout=5.0) as client:
             await _setup(client)
             sent = _count_publishes(client)
-            producer = await client.producer("t", batch_messages=10, max_in_flight=2)
+            producer = await client.producer("t", batch_messages=10, max_in_flight=2,
+                                             linger=60)
             for n in range(45):
                 producer.offer(b"m%d" % n)
             assert len(sent) == 2            # two in flight, two more full frames queued
@@ -74,7 +75,8 @@ def test_a_refused_frame_is_kept_until_a_flush_succeeds(track: Tracker,
     async def main() -> None:
         async with aio.connect(endpoint, timeout=5.0) as client:
             await _setup(client, max_messages=15, overflow="reject")
-            producer = await client.producer("t", batch_messages=10, max_in_flight=1)
+            producer = await client.producer("t", batch_messages=10, max_in_flight=1,
+                                             linger=60)
             for n in range(20):
                 producer.offer(b"a%d" % n)    # frame 1 leaves, frame 2 waits for room
             for n in range(10):
@@ -105,7 +107,8 @@ def test_a_refusal_surfaces_at_drain(track: Tracker, endpoint: str) -> None:
     async def main() -> None:
         async with aio.connect(endpoint, timeout=5.0) as client:
             await _setup(client)
-            producer = await client.producer("t", batch_messages=10, max_in_flight=1)
+            producer = await client.producer("t", batch_messages=10, max_in_flight=1,
+                                             linger=60)
             await client.delete_topic("t")
             for n in range(20):
                 producer.offer(b"x%d" % n)    # refused: no topic
@@ -133,7 +136,7 @@ def test_bad_producer_arguments_are_refused(track: Tracker, endpoint: str) -> No
             await _setup(client)
             with pytest.raises(fastfanout.NotFound):
                 await client.producer("missing")
-            for options in ({"batch_messages": 0}, {"max_in_flight": "8"}):
+            for options in ({"batch_messages": 0}, {"max_in_flight": "8"}, {"linger": -1}):
                 with pytest.raises(fastfanout.InvalidArgument):
                     await client.producer("t", **options)
             producer = await client.producer("t")
@@ -157,12 +160,37 @@ def test_closing_the_client_flushes_its_open_producers(track: Tracker, endpoint:
             assert producer.published == 3
             assert await _bodies(client) == [b"open 0", b"open 1", b"open 2"]
             publisher = await aio.connect(endpoint, timeout=5.0)
-            producer = await publisher.producer("t")
+            producer = await publisher.producer("t", linger=60)
             for n in range(6):
                 producer.offer(b"%d" % n)
             with pytest.raises(fastfanout.QueueFull):
                 await publisher.close()
             assert publisher.closed and producer.pending == 6
             assert await _bodies(client) == []
+
+    asyncio.run(main())
+
+
+def test_a_frame_that_does_not_fill_leaves_after_linger(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def enqueued(client: aio.AsyncClient, count: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while (await client.stats()).queues["q"].enqueued < count:
+            assert asyncio.get_running_loop().time() < deadline, "the frame never left"
+            await asyncio.sleep(0.005)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            producer = await client.producer("t")    # linger 0: at the iteration's end
+            for n in range(3):
+                producer.offer(b"m%d" % n)
+            await enqueued(client, 3)
+            slow = await client.producer("t", linger=0.02)
+            slow.offer(b"late")
+            await enqueued(client, 4)
+            assert producer.published == 3 and slow.published == 1
+            assert await _bodies(client) == [b"m0", b"m1", b"m2", b"late"]
 
     asyncio.run(main())

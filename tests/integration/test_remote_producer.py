@@ -43,7 +43,7 @@ def test_offers_leave_in_full_frames_and_flush_sends_the_rest(track: Tracker,
     client = track.client(endpoint)
     _setup(client)
     sent = _count_publishes(client)
-    producer = client.producer("t", batch_messages=100, max_in_flight=2)
+    producer = client.producer("t", batch_messages=100, max_in_flight=2, linger=60)
     for n in range(250):
         producer.offer(b"m%d" % n)
     assert sent == [Opcode.PUBLISH] * 2          # two full frames left at once
@@ -60,7 +60,7 @@ def test_frames_past_max_in_flight_wait_for_answers(track: Tracker, endpoint: st
     track.server(endpoint)
     client = track.client(endpoint)
     _setup(client)
-    with client.producer("t", batch_messages=10, max_in_flight=1) as producer:
+    with client.producer("t", batch_messages=10, max_in_flight=1, linger=60) as producer:
         for n in range(95):
             producer.offer(b"%d" % n)
             # with one frame in flight, every earlier frame has been answered
@@ -75,7 +75,7 @@ def test_a_refused_frame_is_kept_and_sent_again(track: Tracker, endpoint: str) -
     track.server(endpoint)
     client = track.client(endpoint)
     _setup(client, max_messages=15, overflow="reject")
-    producer = client.producer("t", batch_messages=10, max_in_flight=1)
+    producer = client.producer("t", batch_messages=10, max_in_flight=1, linger=60)
     for n in range(10):
         producer.offer(b"a%d" % n)          # frame 1: accepted (10 of 15)
     for n in range(10):
@@ -99,7 +99,7 @@ def test_refusal_of_a_frame_in_flight_surfaces_at_flush(track: Tracker,
     track.server(endpoint)
     client = track.client(endpoint)
     _setup(client)
-    producer = client.producer("t", batch_messages=4, max_in_flight=8)
+    producer = client.producer("t", batch_messages=4, max_in_flight=8, linger=60)
     for n in range(4):
         producer.offer(b"x%d" % n)          # in flight...
     client.delete_topic("t")               # ...or refused, if the broker saw this first
@@ -119,7 +119,8 @@ def test_bad_producer_arguments_are_refused(track: Tracker, endpoint: str) -> No
     _setup(client)
     with pytest.raises(fastfanout.NotFound):
         client.producer("missing")
-    for options in ({"batch_messages": 0}, {"batch_bytes": -1}, {"max_in_flight": 1.5}):
+    for options in ({"batch_messages": 0}, {"batch_bytes": -1}, {"max_in_flight": 1.5},
+                    {"linger": -1.0}, {"linger": float("nan")}):
         with pytest.raises(fastfanout.InvalidArgument):
             client.producer("t", **options)
     producer = client.producer("t")
@@ -140,7 +141,7 @@ def test_closing_the_client_flushes_its_open_producers(track: Tracker, endpoint:
     assert _bodies(client) == [b"open 0", b"open 1", b"open 2"]
     # a refusal at close is raised, not dropped silently; the client is closed anyway
     publisher = track.client(endpoint)
-    producer = publisher.producer("t")
+    producer = publisher.producer("t", linger=60)
     for n in range(6):
         producer.offer(b"%d" % n)           # six into a queue of five: refused whole
     with pytest.raises(fastfanout.QueueFull):
@@ -153,7 +154,7 @@ def test_frames_survive_a_broker_restart(track: Tracker, endpoint: str) -> None:
     server = track.server(endpoint)
     client = track.client(endpoint, timeout=2.0)
     _setup(client)
-    producer = client.producer("t", batch_messages=100)
+    producer = client.producer("t", batch_messages=100, linger=60)
     for n in range(3):
         producer.offer(b"m%d" % n)              # the open frame
     server.stop()
@@ -165,3 +166,39 @@ def test_frames_survive_a_broker_restart(track: Tracker, endpoint: str) -> None:
     producer.flush()                             # the kept frame, sent again
     assert producer.pending == 0 and producer.published == 3
     assert _bodies(client) == [b"m0", b"m1", b"m2"]
+
+
+def test_a_frame_that_does_not_fill_leaves_after_linger(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client)
+    producer = client.producer("t", batch_messages=1000, linger=0.01)
+    for n in range(3):
+        producer.offer(b"m%d" % n)          # far from full, and no flush
+    track.wait_until(lambda: client.stats().queues["q"].enqueued == 3,
+                     what="the lingering frame")
+    producer.offer(b"m3")                   # a new frame, sent after linger too
+    track.wait_until(lambda: client.stats().queues["q"].enqueued == 4,
+                     what="the second lingering frame")
+    assert producer.flush() is not None     # answers read: counted as published
+    assert producer.published == 4 and producer.pending == 0
+    assert _bodies(client) == [b"m0", b"m1", b"m2", b"m3"]
+
+
+def test_lingering_frames_and_full_frames_interleave_in_order(track: Tracker,
+                                                             endpoint: str) -> None:
+    """Offers go on after the background thread sent a lingering frame: nothing is lost
+    or reordered."""
+    track.server(endpoint)
+    client = track.client(endpoint, linger=0.001)
+    _setup(client)
+    producer = client.producer("t", batch_messages=700, linger=0.0)
+    for burst in range(5):
+        for n in range(burst * 1000, burst * 1000 + 1000):
+            producer.offer(b"%d" % n)       # a full frame of 700 leaves, 300 stay open
+        expected = 1000 * (burst + 1)
+        track.wait_until(lambda expected=expected: client.stats().queues["q"].enqueued
+                         == expected, what="the lingering part of the burst")
+    producer.close()
+    assert producer.published == 5000 and producer.pending == 0
+    assert _bodies(client) == [b"%d" % n for n in range(5000)]
