@@ -13,8 +13,10 @@ being built natively (``fastfanout._ext.wire.FrameBuilder``); a frame that reach
 ``max_in_flight`` frames may be unanswered — past that, ``offer()`` waits for the oldest
 answer (back pressure from the broker, e.g. a full ``hold`` queue). A frame that does not
 fill leaves ``linger`` seconds after its first message (the client's, 2 ms by default),
-sent by the client's background thread, as ``publish_nowait`` batches do; a plain lock
-(uncontended: tens of ns an offer) keeps that thread and the producing one apart.
+sent by the client's background thread, as ``publish_nowait`` batches are. No lock is
+taken per message: appending a body and taking the frame are each one native call, atomic
+under the GIL, and both threads take *and send* a frame under the client's lock, so frames
+leave in order and every body is in exactly one of them.
 
 Invariants:
 
@@ -40,7 +42,6 @@ Invariants:
 from __future__ import annotations
 
 import math
-import threading
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -69,15 +70,14 @@ class RemoteProducer:
         topic: the topic published to.
         offered: messages offered so far.
         published: messages the broker accepted so far.
-        refused_frames: frames the broker refused (each kept and sent again by a flush).
     """
 
     def __init__(self, client: Client, topic: str, batch_messages: int, batch_bytes: int,
                  max_in_flight: int, linger: float) -> None:
         self.topic = topic
         self._linger = linger
-        self._lock = threading.Lock()   # the producing thread vs the client's linger sends
-        self._opened_at = 0.0           # when the open frame got its first message
+        self._opened_at = 0.0     # when the open frame got its first message
+        self._flushing = False    # the producing thread flushes: no linger sends
         self._client = client
         self._name = topic.encode()
         self._batch_messages = batch_messages
@@ -87,9 +87,10 @@ class RemoteProducer:
         self._in_flight: deque[tuple[_Pending, bytes]] = deque()
         self._kept: deque[bytes] = deque()   # refused frames, oldest first
         self._closed = False
+        self._refused = 0           # counted by the producing thread
+        self._linger_refused = 0    # counted by the client's background thread
         self.offered = 0
         self.published = 0
-        self.refused_frames = 0
 
     def offer(self, body: bytes | bytearray | memoryview) -> None:
         """Add a message; it leaves with its frame (when full, or at the next flush).
@@ -106,15 +107,16 @@ class RemoteProducer:
         """
         if self._closed:
             raise Closed(f"the producer of topic {self.topic!r} is closed")
-        with self._lock:
-            if self._kept:
-                self._flush()
-            index = self._builder.append_body(body)
-            self.offered += 1
-            if index == 0:   # a new frame: the client's background thread sends it after
-                self._opened_at = self._client._producing()   # linger if it is not full
-            if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
-                self._send(self._builder.take())
+        if self._kept:
+            self.flush()
+        # One native call, atomic under the GIL, as is the background thread's take(): a
+        # body lands in the frame it sends or in the next one, never in neither.
+        index = self._builder.append_body(body)
+        self.offered += 1
+        if index == 0:   # a new frame: the client's background thread sends it after linger
+            self._opened_at = self._client._producing()   # if it does not fill first
+        if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
+            self._send_open()
 
     def flush(self) -> RemotePublishBatch | None:
         """Send the open frame and wait until every frame is answered.
@@ -126,13 +128,30 @@ class RemoteProducer:
             FastFanoutError: the first refusal met; the refused frames are kept for the
                 next flush.
         """
-        with self._lock:
+        self._flushing = True
+        try:
             return self._flush()
+        finally:
+            self._flushing = False
+
+    @property
+    def refused_frames(self) -> int:
+        """Frames the broker refused (each kept and sent again by a flush)."""
+        return self._refused + self._linger_refused
 
     def _flush(self) -> RemotePublishBatch | None:
-        last, error = self._drain()   # refusals of frames in flight are kept, in order
-        if len(self._builder):
-            self._kept.append(self._builder.take())   # sent below, behind them
+        last: RemotePublishBatch | None = None
+        error: FastFanoutError | None = None
+        client = self._client
+        while True:
+            answered, refusal = self._drain()   # refusals in flight are kept, in order
+            last = answered or last
+            error = error or refusal
+            with client._lock:   # no linger send between these lines and after them
+                if len(self._builder):
+                    self._kept.append(self._builder.take())   # sent below, behind them
+                if not self._in_flight:
+                    break
         if error is not None:
             raise error
         while self._kept:
@@ -146,23 +165,34 @@ class RemoteProducer:
     @property
     def pending(self) -> int:
         """Messages offered and not yet accepted (open frame, in flight, kept)."""
-        return (len(self._builder) + sum(count_of(frame) for _, frame in self._in_flight)
-                + sum(count_of(frame) for frame in self._kept))
+        return (len(self._builder) + sum(count_of(frame) for _, frame in list(self._in_flight))
+                + sum(count_of(frame) for frame in list(self._kept)))
 
-    def _send(self, frame: bytes) -> None:
-        """Pipeline one frame, first waiting for the oldest answer if too many are out."""
+    def _send_open(self) -> None:
+        """Pipeline the open frame, first waiting for the oldest answer if too many are out.
+
+        The frame is taken and sent under the client's lock, which the background thread
+        holds for its linger sends: frames leave in the order they were taken.
+        """
+        client = self._client
         if len(self._in_flight) >= self._max_in_flight:
             error = self._settle_oldest()
             if error is not None:
-                self._kept.append(frame)
+                with client._lock:
+                    if len(self._builder):
+                        self._kept.append(self._builder.take())
                 raise error
-        try:
-            pending = self._client._request(Opcode.PUBLISH, [self._name, frame])
-        except FastFanoutError:
-            self._kept.append(frame)
-            self.refused_frames += 1
-            raise
-        self._in_flight.append((pending, frame))
+        with client._lock:
+            if not len(self._builder):
+                return   # the background thread sent it meanwhile
+            frame = self._builder.take()
+            try:
+                pending = client._request(Opcode.PUBLISH, [self._name, frame])
+            except FastFanoutError:
+                self._kept.append(frame)
+                self._refused += 1
+                raise
+            self._in_flight.append((pending, frame))
 
     def _answer(self, pending: _Pending) -> RemotePublishBatch:
         """Wait for one frame's answer (its refusal raises)."""
@@ -171,7 +201,7 @@ class RemoteProducer:
             return RemotePublishBatch(
                 client._wait(pending, None, extra=client._hold_allowance(None))[0])
         except FastFanoutError:
-            self.refused_frames += 1
+            self._refused += 1
             raise
 
     def _settle_oldest(self) -> FastFanoutError | None:
@@ -200,32 +230,31 @@ class RemoteProducer:
     def _linger_send(self, now: float) -> None:
         """Send the open frame if it is ``linger`` old (the client's background thread).
 
-        Never waits: skipped while the producing thread holds the producer, while
-        refused frames are kept (the producing thread deals with those) or while
-        ``max_in_flight`` frames are still unanswered (answers that have arrived are read
-        first); a frame the client cannot send is kept.
+        Called with the client's lock held, so no frame of the producing thread is taken
+        or sent meanwhile (it takes and sends under that lock too). Never waits: skipped
+        while the producing thread flushes, while refused frames are kept, or while
+        ``max_in_flight`` frames are unanswered (answers that have arrived are read
+        first). A frame the client cannot send is kept.
         """
-        if not self._lock.acquire(blocking=False):
+        if (self._flushing or self._closed or self._kept or not len(self._builder)
+                or now - self._opened_at < self._linger):
             return
+        if self._unanswered() >= self._max_in_flight:
+            self._client._pump_once(0)   # dispatch the answers that have arrived
+            if self._unanswered() >= self._max_in_flight:
+                return
+        frame = self._builder.take()
         try:
-            if not len(self._builder) or now - self._opened_at < self._linger or self._kept:
-                return
-            if len(self._in_flight) >= self._max_in_flight:
-                self._client._pump_once(0)   # dispatch the answers that have arrived
-                while self._in_flight and self._in_flight[0][0].done:
-                    self._settle_oldest()    # a refusal is kept, raised by the next flush
-                if self._kept or len(self._in_flight) >= self._max_in_flight:
-                    return
-            frame = self._builder.take()
-            try:
-                pending = self._client._request(Opcode.PUBLISH, [self._name, frame])
-            except FastFanoutError:
-                self._kept.append(frame)
-                self.refused_frames += 1
-                return
-            self._in_flight.append((pending, frame))
-        finally:
-            self._lock.release()
+            pending = self._client._request(Opcode.PUBLISH, [self._name, frame])
+        except FastFanoutError:
+            self._kept.append(frame)
+            self._linger_refused += 1
+            return
+        self._in_flight.append((pending, frame))
+
+    def _unanswered(self) -> int:
+        # a snapshot: the producing thread may pop answered frames meanwhile
+        return sum(1 for pending, _ in list(self._in_flight) if not pending.done)
 
     def close(self) -> None:
         """Flush what is left, then refuse further offers."""

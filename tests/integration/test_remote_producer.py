@@ -202,3 +202,25 @@ def test_lingering_frames_and_full_frames_interleave_in_order(track: Tracker,
     producer.close()
     assert producer.published == 5000 and producer.pending == 0
     assert _bodies(client) == [b"%d" % n for n in range(5000)]
+
+
+def test_linger_sends_racing_a_tight_offer_loop(track: Tracker, endpoint: str) -> None:
+    """Thread switches every 10 µs: the background thread takes frames in the middle of
+    the offers; every body still arrives once, in order."""
+    import sys
+
+    track.server(endpoint)
+    client = track.client(endpoint, linger=0.0002)
+    _setup(client)
+    count = 50_000
+    producer = client.producer("t", batch_messages=700, linger=0.0)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for n in range(count):
+            producer.offer(b"%d" % n)
+    finally:
+        sys.setswitchinterval(interval)
+    producer.close()
+    assert producer.published == count and producer.pending == 0
+    assert _bodies(client) == [b"%d" % n for n in range(count)]
