@@ -16,6 +16,9 @@ Choices:
   ``linger`` seconds, on ``flush()``, before any other request, and on ``close()``.
   A batch is atomic on the broker: if it fails (say ``QueueFull``), every future of
   that batch raises the error. Order is kept per target (topic or queue).
+- ``producer(topic)`` is the per-message fast path (``fastfanout.remote_producer``): no
+  future per message, full frames pipelined, a frame that does not fill sent by the
+  background thread after ``linger``; ``close()`` closes the producers still open.
 - Many requests may be in flight; replies are matched by request id. A ``Client`` may be
   used from several threads, but its calls are serialised by one lock.
 - Heartbeats: a background thread sends one every ``heartbeat_interval`` (the broker says
