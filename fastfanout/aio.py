@@ -17,7 +17,9 @@ at ``batch_messages``/``batch_bytes``, on ``flush()``, or before any other reque
 publishes keep their order); a batch is atomic on the broker, as in the blocking client,
 and ``close()`` sends what is pending and waits for the answers.
 ``publish_batch_nowait()``/``send_batch_nowait()`` send a whole batch at once and return a
-future of its results, like the blocking client's.
+future of its results, like the blocking client's. ``await producer(topic)`` is the
+per-message fast path (``fastfanout.aio_producer``: synchronous ``offer()``, awaited
+``drain()``/``flush()``); ``close()`` closes the producers still open first.
 
 ``message.ack()`` (synchronous, so it cannot await) queues the receipt; the acks of one
 event-loop iteration leave together, as one SETTLE with a frame per receipt (each acked
