@@ -38,6 +38,15 @@ from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_patte
 __all__ = ["Administration"]
 
 
+def _look_up(kind: str, ids: dict[str, int], name: object) -> int:
+    """The id of the ``kind`` named ``name``: InvalidArgument for a bad name, else NotFound."""
+    found = ids.get(name) if type(name) is str else None
+    if found is None:
+        check_name(kind, name)
+        raise NotFound(f"{kind} {name!r} does not exist")
+    return found
+
+
 class Administration:
     """A broker's state and its administration calls (the base of ``Broker``).
 
@@ -84,18 +93,10 @@ class Administration:
         return now_us
 
     def _queue_id(self, name: object) -> int:
-        queue_id = self._queues.get(name) if type(name) is str else None
-        if queue_id is None:
-            check_name("queue", name)
-            raise NotFound(f"queue {name!r} does not exist")
-        return queue_id
+        return _look_up("queue", self._queues, name)
 
     def _topic_id(self, name: object) -> int:
-        topic_id = self._topics.get(name) if type(name) is str else None
-        if topic_id is None:
-            check_name("topic", name)
-            raise NotFound(f"topic {name!r} does not exist")
-        return topic_id
+        return _look_up("topic", self._topics, name)
 
     def _wake_receivers(self) -> None:
         if self._waiters:

@@ -263,13 +263,34 @@ class AsyncClient:
         request_id = self._send(opcode, payload)
         future = self._futures[request_id] = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.wait_for(future, self.timeout + extra)
-        except TimeoutError:
-            raise BrokenConnection(
-                f"no reply from the broker at {self.endpoint} within "
-                f"{self.timeout + extra:.1f} s; is it running?") from None
+            async with self._deadline(extra):
+                frames: list[bytes] = await future
+            return frames
         finally:
             self._futures.pop(request_id, None)
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, extra: float = 0.0) -> AsyncIterator[None]:
+        """Wait for an answer at most the client's timeout (plus ``extra`` seconds).
+
+        Raises:
+            BrokenConnection: the time is up (no task per call, unlike ``wait_for``).
+        """
+        limit = self.timeout + extra
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError:
+            raise BrokenConnection(
+                f"no reply from the broker at {self.endpoint} within {limit:.1f} s; "
+                f"is it running?") from None
+
+    def _hold_allowance(self) -> float:
+        """Extra seconds a publish may take (the broker's ``hold_timeout``).
+
+        A full ``hold`` queue answers only when there is room, or after that long.
+        """
+        return float(self.info.get("hold_timeout", 0.0))
 
     async def _reader(self) -> None:
         try:
@@ -494,8 +515,6 @@ class AsyncClient:
 
     def _batch_nowait(self, opcode: int, name: str, entries: Iterable[Any]
                       ) -> asyncio.Future[RemotePublishBatch]:
-        if self._closed:
-            raise Closed("the client is closed")
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
         frame = encode_entries(entries)
@@ -514,15 +533,8 @@ class AsyncClient:
         return future
 
     async def _result(self, future: asyncio.Future[PublishResult]) -> PublishResult:
-        # A full hold queue answers only when there is room: wait its hold_timeout more.
-        limit = self.timeout + float(self.info.get("hold_timeout", 0.0))
-        try:
-            async with asyncio.timeout(limit):   # no task per call, unlike wait_for
-                return await future
-        except TimeoutError:
-            raise BrokenConnection(
-                f"no reply from the broker at {self.endpoint} within {limit:.1f} s; "
-                f"is it running?") from None
+        async with self._deadline(self._hold_allowance()):
+            return await future
 
     async def _batch(self, opcode: int, name: str, entries: Iterable[Any]
                      ) -> RemotePublishBatch:
@@ -531,9 +543,7 @@ class AsyncClient:
     async def _frame(self, opcode: int, name: str, frame: bytes) -> RemotePublishBatch:
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
-        # A full hold queue answers only when there is room: wait its hold_timeout more.
-        frames = await self._request(opcode, [name.encode(), frame],
-                                     float(self.info.get("hold_timeout", 0.0)))
+        frames = await self._request(opcode, [name.encode(), frame], self._hold_allowance())
         return RemotePublishBatch(frames[0])
 
     async def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,

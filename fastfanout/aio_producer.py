@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from fastfanout._ext.wire import FrameBuilder, count_of
 from fastfanout.errors import Closed, FastFanoutError
-from fastfanout.protocol import BrokenConnection, Opcode
+from fastfanout.protocol import Opcode
 from fastfanout.remote import RemotePublishBatch
 
 if TYPE_CHECKING:
@@ -194,15 +194,9 @@ class AsyncProducer:
     async def _wait_answer(self) -> None:
         """Wait for the next answer (the client's timeout, plus the broker's hold_timeout)."""
         client = self._client
-        limit = client.timeout + float(client.info.get("hold_timeout", 0.0))
         self._answered.clear()
-        try:
-            async with asyncio.timeout(limit):
-                await self._answered.wait()
-        except TimeoutError:
-            raise BrokenConnection(
-                f"no answer from the broker at {client.endpoint} within {limit:.1f} s; "
-                f"is it running?") from None
+        async with client._deadline(client._hold_allowance()):
+            await self._answered.wait()
 
     def _raise_refusal(self) -> None:
         """Raise the refusal not raised yet."""

@@ -314,14 +314,17 @@ class Client:
             raise BrokenConnection(f"no reply from the broker at {self.endpoint}")
         return pending.frames
 
-    def _hold_allowance(self, timeout: float | None) -> float:
-        """Extra seconds a publish or send may wait by default: the broker's hold_timeout.
+    def _publish_results(self, pending: _Pending, timeout: float | None = None
+                         ) -> RemotePublishBatch:
+        """Wait for a publish or send request's answer: its results frame, or its error.
 
         A publish to a full ``overflow="hold"`` queue is answered only when there is room
-        (or after the broker's ``hold_timeout``), so the default wait stretches by that
-        much rather than declaring the connection broken. An explicit timeout is kept.
+        (or after the broker's ``hold_timeout``), so the default wait (``timeout`` None)
+        stretches by that much rather than declaring the connection broken. An explicit
+        timeout is kept.
         """
-        return float(self.info.get("hold_timeout", 0.0)) if timeout is None else 0.0
+        allowance = float(self.info.get("hold_timeout", 0.0)) if timeout is None else 0.0
+        return RemotePublishBatch(self._wait(pending, timeout, extra=allowance)[0])
 
     def _call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -378,10 +381,7 @@ class Client:
             batch = self._batches.get(key)
             if batch is None:
                 if not self._batches:
-                    self._oldest_batch = now = time.monotonic()
-                    if now >= self._busy_until:
-                        self._kick.set()   # the background thread sleeps long: wake it
-                    self._busy_until = now + BUSY_TICKING
+                    self._oldest_batch = self._start_ticking()
                 batch = self._batches[key] = PendingBatch()
             builder = batch.builder
             index = (builder.append_body(body) if options is None
@@ -392,8 +392,12 @@ class Client:
                 self._send_batch(key, self._batches.pop(key))
             return future
 
-    def _producing(self) -> float:
-        """A producer opened a frame: tick every linger for a while; returns the time."""
+    def _start_ticking(self) -> float:
+        """A publish batch or a producer's frame was opened; returns the time.
+
+        The background thread ticks every linger for a while (to send it), woken if it
+        sleeps long.
+        """
         now = time.monotonic()
         if now >= self._busy_until:
             self._kick.set()   # the background thread sleeps long: wake it
@@ -476,7 +480,7 @@ class Client:
             raise InvalidArgument(f"name {name!r} must be a string")
         frame = encode_entries(entries)
         pending = self._request(opcode, [name.encode(), frame])
-        return RemotePublishBatch(self._wait(pending, None, extra=self._hold_allowance(None))[0])
+        return self._publish_results(pending)
 
     def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> PublishBatchFuture:
         """Pipelined ``publish_batch``: send the batch now, get the results later.

@@ -77,8 +77,7 @@ class PublishBatchFuture:
             FastFanoutError: the error of the batch (nothing of it was enqueued).
         """
         if self._results is None:
-            self._results = RemotePublishBatch(self._client._wait(
-                self._pending, timeout, extra=self._client._hold_allowance(timeout))[0])
+            self._results = self._client._publish_results(self._pending, timeout)
         return self._results
 
 
@@ -111,7 +110,6 @@ class PublishFuture:
         assert self._pending is not None and self._batch_results is not None
         results = self._batch_results[0]
         if results is None:
-            frames = self._client._wait(self._pending, timeout,
-                                        extra=self._client._hold_allowance(timeout))
-            results = self._batch_results[0] = RemotePublishBatch(frames[0])
+            results = self._batch_results[0] = self._client._publish_results(
+                self._pending, timeout)
         return results[self._index]

@@ -41,7 +41,6 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -51,6 +50,7 @@ from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.futures import _Pending
 from fastfanout.protocol import Opcode
 from fastfanout.remote import RemotePublishBatch
+from fastfanout.settings import MAX_DELAY, seconds_to_us
 
 if TYPE_CHECKING:
     from fastfanout.client import Client
@@ -114,7 +114,7 @@ class RemoteProducer:
         index = self._builder.append_body(body)
         self.offered += 1
         if index == 0:   # a new frame: the client's background thread sends it after linger
-            self._opened_at = self._client._producing()   # if it does not fill first
+            self._opened_at = self._client._start_ticking()   # if it does not fill first
         if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
             self._send_open()
 
@@ -176,7 +176,7 @@ class RemoteProducer:
         """
         client = self._client
         if len(self._in_flight) >= self._max_in_flight:
-            error = self._settle_oldest()
+            _, error = self._settle_oldest()
             if error is not None:
                 with client._lock:
                     if len(self._builder):
@@ -185,46 +185,49 @@ class RemoteProducer:
         with client._lock:
             if not len(self._builder):
                 return   # the background thread sent it meanwhile
-            frame = self._builder.take()
-            try:
-                pending = client._request(Opcode.PUBLISH, [self._name, frame])
-            except FastFanoutError:
-                self._kept.append(frame)
+            error = self._send_taken()
+            if error is not None:
                 self._refused += 1
-                raise
-            self._in_flight.append((pending, frame))
+                raise error
+
+    def _send_taken(self) -> FastFanoutError | None:
+        """Take the open frame and send it (client lock held); a frame not sent is kept."""
+        frame = self._builder.take()
+        try:
+            pending = self._client._request(Opcode.PUBLISH, [self._name, frame])
+        except FastFanoutError as exc:
+            self._kept.append(frame)
+            return exc
+        self._in_flight.append((pending, frame))
+        return None
 
     def _answer(self, pending: _Pending) -> RemotePublishBatch:
         """Wait for one frame's answer (its refusal raises)."""
-        client = self._client
         try:
-            return RemotePublishBatch(
-                client._wait(pending, None, extra=client._hold_allowance(None))[0])
+            return self._client._publish_results(pending)
         except FastFanoutError:
             self._refused += 1
             raise
 
-    def _settle_oldest(self) -> FastFanoutError | None:
+    def _settle_oldest(self) -> tuple[RemotePublishBatch | None, FastFanoutError | None]:
+        """Wait for the oldest frame in flight: (its results, or its refusal, kept)."""
         pending, frame = self._in_flight.popleft()
         try:
-            self.published += len(self._answer(pending))
+            results = self._answer(pending)
         except FastFanoutError as exc:
             self._kept.append(frame)
-            return exc
-        return None
+            return None, exc
+        self.published += len(results)
+        return results, None
 
     def _drain(self) -> tuple[RemotePublishBatch | None, FastFanoutError | None]:
         """Wait for every frame in flight: (last results, first refusal)."""
         last: RemotePublishBatch | None = None
         first: FastFanoutError | None = None
         while self._in_flight:
-            pending, frame = self._in_flight.popleft()
-            try:
-                last = self._answer(pending)
-                self.published += len(last)
-            except FastFanoutError as exc:
-                self._kept.append(frame)
-                first = first or exc
+            results, error = self._settle_oldest()
+            last = results or last
+            first = first or error
         return last, first
 
     def _linger_send(self, now: float) -> None:
@@ -243,14 +246,8 @@ class RemoteProducer:
             self._client._pump_once(0)   # dispatch the answers that have arrived
             if self._unanswered() >= self._max_in_flight:
                 return
-        frame = self._builder.take()
-        try:
-            pending = self._client._request(Opcode.PUBLISH, [self._name, frame])
-        except FastFanoutError:
-            self._kept.append(frame)
+        if self._send_taken() is not None:
             self._linger_refused += 1
-            return
-        self._in_flight.append((pending, frame))
 
     def _unanswered(self) -> int:
         # a snapshot: the producing thread may pop answered frames meanwhile
@@ -288,6 +285,5 @@ def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int 
                         ("max_in_flight", max_in_flight)):
         if type(value) is not int or value < 1:
             raise InvalidArgument(f"{name}={value!r} must be an int of 1 or more")
-    if type(wait) not in (int, float) or not math.isfinite(wait) or wait < 0:
-        raise InvalidArgument(f"linger={wait!r} must be finite seconds, 0 or more")
+    seconds_to_us("linger", wait, maximum=MAX_DELAY)   # finite, 0 to MAX_DELAY seconds
     return messages, size, float(wait)

@@ -79,6 +79,9 @@ __all__ = ["SLOW_LISTENER_POLICIES", "Server", "serve"]
 
 log = logging.getLogger("fastfanout.server")
 
+ROUND_REQUESTS: Final = 1000
+"""Most requests one round of the loop handles before it pushes and answers; the rest
+wait for the next round (one busy client cannot starve the consumers)."""
 TICK: Final = 0.005
 """Seconds between passes while long polls or held publishes wait (their deadlines)."""
 IDLE_TICK: Final = 0.1
@@ -273,11 +276,12 @@ class Server:
                 self.counters["rounds"] += 1
                 if requests:
                     frames = transport.recv_request(polled=True)
-                    for left in range(999, -1, -1):   # at most 1,000 a round
-                        if frames is None:
-                            break
+                    handled = 0
+                    while frames is not None:
                         self._handle(frames)
-                        frames = transport.recv_request() if left else None
+                        handled += 1
+                        frames = (transport.recv_request() if handled < ROUND_REQUESTS
+                                  else None)
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:
