@@ -89,20 +89,30 @@ def publish_run(endpoint: str, count: int, mode: str, topic: str = "t") -> None:
 def broker_process() -> Iterator[tuple[str, Any]]:
     """A broker process on a fresh ipc endpoint, serving once it answers: (endpoint, process).
 
-    Terminated (and reaped) on exit.
+    Terminated (and reaped) on exit, and its temporary directory removed.
     """
     import multiprocessing as mp
     import tempfile
 
-    endpoint = f"ipc://{tempfile.mkdtemp()}/ff.sock"
-    broker = mp.get_context("spawn").Process(target=serve_broker, args=(endpoint,))
-    broker.start()
-    try:
-        connect_when_up(endpoint, broker).close()
-        yield endpoint, broker
-    finally:
-        broker.terminate()
-        stop_processes([broker])
+    with tempfile.TemporaryDirectory() as directory:
+        endpoint = f"ipc://{directory}/ff.sock"
+        broker = mp.get_context("spawn").Process(target=serve_broker, args=(endpoint,))
+        broker.start()
+        try:
+            connect_when_up(endpoint, broker).close()
+            yield endpoint, broker
+        finally:
+            broker.terminate()
+            stop_processes([broker])
+
+
+def add_modes_argument(parser: Any) -> None:
+    """The ``--modes`` option of the fan-out scripts (see ``publish_run``)."""
+    parser.add_argument("--modes", nargs="+", default=["batch", "single", "producer"],
+                        choices=["batch", "single", "producer"],
+                        help="batch: publish_batch_nowait of 1,000 bodies; single: one "
+                             "publish_nowait per message; producer: one offer per message "
+                             "to client.producer()")
 
 
 def print_rates(rates: dict[str, float]) -> None:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from e2e_common import BODY, broker_process, connect_when_up, publish_run
+from e2e_common import BODY, add_modes_argument, broker_process, connect_when_up, publish_run
 
 PREFETCH = 16000   # pushes of up to 8,192 (the server's push_batch), two in flight
 # Each queue holds at most this many messages with overflow="hold": a publish that does
@@ -123,11 +123,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--consumers", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--modes", nargs="+", default=["batch", "single", "producer"],
-                        choices=["batch", "single", "producer"],
-                        help="batch: publish_batch_nowait of 1,000 bodies; single: one "
-                             "publish_nowait per message; producer: one offer per message "
-                             "to client.producer()")
+    add_modes_argument(parser)
     args = parser.parse_args()
     base = [baseline(args.messages) for _ in range(args.runs)]
     base_median = statistics.median(base)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from typing import Any
 
-from e2e_common import START_DEADLINE, connect_when_up, serve_broker, stop_processes
+from e2e_common import START_DEADLINE, broker_process, connect_when_up, stop_processes
 
 STAMP = struct.Struct("<q")
 PADDING = b"x" * (64 - STAMP.size)
@@ -191,16 +191,13 @@ def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int, mode: 
                    ) -> tuple[list[float], int]:
     """One run through the broker: ([p50, p99, p99.9] µs, lost)."""
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as directory:
-        endpoint = f"ipc://{directory}/ff.sock"
+    with broker_process() as (endpoint, broker):
         out = ctx.Queue()
-        broker = ctx.Process(target=serve_broker, args=(endpoint,))
         consumer = ctx.Process(target=_consume,
                                args=(endpoint, count, rate, warmup, prefetch, out))
         publisher = ctx.Process(target=_publish, args=(endpoint, count, rate, mode))
         started: list[Any] = []
         try:
-            broker.start()
             with connect_when_up(endpoint, broker) as client:
                 client.create_topic("t")
                 client.create_queue("q")
@@ -214,8 +211,6 @@ def fastfanout_run(count: int, rate: float, warmup: float, prefetch: int, mode: 
                 timeout=START_DEADLINE + count / rate + 2 * IDLE)[1]
         finally:
             stop_processes(started)
-            broker.terminate()
-            stop_processes([broker])
             out.close()
     return result
 

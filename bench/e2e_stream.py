@@ -28,9 +28,10 @@ from typing import Any
 from e2e_common import (
     BODY,
     START_DEADLINE,
+    add_modes_argument,
+    broker_process,
     connect_when_up,
     publish_run,
-    serve_broker,
     stop_processes,
 )
 
@@ -161,16 +162,13 @@ def _listen(endpoint: str, count: int, out: Any) -> None:
 def fastfanout_run(count: int, listeners: int, mode: str) -> tuple[float, int, int, int]:
     """One run through the broker: (median per-listener rate, gaps, missing, dropped)."""
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as directory:
-        endpoint = f"ipc://{directory}/ff.sock"
+    with broker_process() as (endpoint, broker):
         out = ctx.Queue()
-        broker = ctx.Process(target=serve_broker, args=(endpoint,))
         procs = [ctx.Process(target=_listen, args=(endpoint, count, out))
                  for _ in range(listeners)]
         pub = ctx.Process(target=publish_run, args=(endpoint, count, mode))
         started: list[Any] = []
         try:
-            broker.start()
             with connect_when_up(endpoint, broker) as client:
                 client.create_topic("t")
                 for proc in procs:
@@ -192,8 +190,6 @@ def fastfanout_run(count: int, listeners: int, mode: str) -> tuple[float, int, i
                 dropped = int(client.server_stats().get("stream_dropped", 0))
         finally:
             stop_processes(started)
-            broker.terminate()
-            stop_processes([broker])
             out.close()
     rate = statistics.median(result[0] for result in results)
     return (rate, sum(result[1] for result in results), sum(result[2] for result in results),
@@ -205,11 +201,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--listeners", type=int, default=4)
-    parser.add_argument("--modes", nargs="+", default=["batch", "single", "producer"],
-                        choices=["batch", "single", "producer"],
-                        help="batch: publish_batch_nowait of 1,000 bodies; single: one "
-                             "publish_nowait per message; producer: one offer per message "
-                             "to client.producer()")
+    add_modes_argument(parser)
     args = parser.parse_args()
     base = [baseline(args.messages, args.listeners) for _ in range(args.runs)]
     base_median = statistics.median(rate for rate, _ in base)

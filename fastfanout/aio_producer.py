@@ -103,14 +103,17 @@ class AsyncProducer:
             self._frames_opened += 1
             self._loop.call_later(self._linger, self._linger_send, self._frames_opened)
         if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
-            self._queued.append(self._builder.take())
-            self._pump()
+            self._close_frame()
 
     def _linger_send(self, frame_number: int) -> None:
         """The open frame is ``linger`` old (if it is still the one the timer was for)."""
         if frame_number == self._frames_opened and len(self._builder) and not self._closed:
-            (self._kept if self._kept else self._queued).append(self._builder.take())
-            self._pump()
+            self._close_frame()
+
+    def _close_frame(self) -> None:
+        """Queue the open frame (behind kept frames, if any) and send what can go."""
+        (self._kept if self._kept else self._queued).append(self._builder.take())
+        self._pump()
 
     async def drain(self) -> None:
         """Wait until every full frame has been sent (at most ``max_in_flight`` unanswered).
@@ -131,8 +134,7 @@ class AsyncProducer:
             FastFanoutError: the first refusal met; refused frames are kept.
         """
         if len(self._builder):
-            (self._kept if self._kept else self._queued).append(self._builder.take())
-            self._pump()
+            self._close_frame()
         while self._in_flight or (self._queued and not self._kept):
             await self._wait_answer()
         self._raise_refusal()
