@@ -84,4 +84,25 @@ static inline void ff_cpu_relax(void) {
 #endif
 }
 
+/* Sequentially consistent load, store and exchange: only for the sleep/wake handshake of
+ * the shared-memory rings (shmring.pyx). There, unlike everywhere else, a decision rests
+ * on the order of two different writers' stores (Dekker's pattern): the reader stores
+ * "I am going to sleep" and then loads the writer's position, while the writer stores its
+ * position and then loads (and clears) the flag. With release/acquire each side could
+ * miss the other's store and the reader would sleep on a message; in the single total
+ * order of seq_cst operations at least one side sees the other, so either the reader
+ * does not sleep or the writer rings its bell. Lock-free 64-bit atomics are address-free,
+ * so these work on memory two processes map. */
+static inline uint64_t ff_load_seq_cst_u64(const ff_atomic_u64 *position) {
+    return atomic_load_explicit((ff_atomic_u64 *)position, memory_order_seq_cst);
+}
+
+static inline void ff_store_seq_cst_u64(ff_atomic_u64 *position, uint64_t value) {
+    atomic_store_explicit(position, value, memory_order_seq_cst);
+}
+
+static inline uint64_t ff_exchange_u64(ff_atomic_u64 *position, uint64_t value) {
+    return atomic_exchange_explicit(position, value, memory_order_seq_cst);
+}
+
 #endif /* FASTFANOUT_ATOMICS_H */

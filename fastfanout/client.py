@@ -49,6 +49,7 @@ from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.futures import PendingBatch, PublishBatchFuture, PublishFuture, _Pending
+from fastfanout.local_channel import DEFAULT_RING_BYTES, LocalChannel, local_channels_supported
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import (
     Attributes,
@@ -72,6 +73,8 @@ from fastfanout.stats import BrokerStats
 from fastfanout.transport import (
     CurveKeys,
     DealerTransport,
+    LocalTransport,
+    PeerLost,
     TransportError,
     client_curve,
 )
@@ -109,6 +112,12 @@ class Client:
             simple alternative to ``curve``.
         curve_keys: this client's key pair or certificate file, with
             ``curve_server_key``; None makes a fresh pair (a broker admitting any client).
+        local_channel: talk to the broker through shared memory
+            (``fastfanout.local_channel``) instead of its socket: None (the default)
+            when the endpoint is ``ipc://`` and the broker offers it, True to insist
+            (``BrokenConnection`` when it cannot be had), False never.
+        ring_bytes: bytes of each of the channel's two rings (a power of two from 64 KiB
+            to 1 GiB); a message larger than half a ring goes over the socket.
 
     Raises:
         BrokenConnection: no broker answered the handshake within ``timeout``.
@@ -118,7 +127,8 @@ class Client:
                  linger: float = 0.002, batch_messages: int = 1000,
                  batch_bytes: int = 1 << 20, curve: CurveKeys | None = None,
                  curve_server_key: bytes | str | os.PathLike[str] | None = None,
-                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None
+                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
+                 local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
                  ) -> None:
         if curve_server_key is not None:
             curve = client_curve(curve_server_key, curve_keys)
@@ -128,8 +138,10 @@ class Client:
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes
         self._curve = curve
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
         self._lock = threading.RLock()
-        self._transport: DealerTransport | None = None
+        self._transport: DealerTransport | LocalTransport | None = None
         self._pending: dict[int, _Pending] = {}
         self._discarded: set[int] = set()
         self._consumers: dict[int, Consumer] = {}
@@ -165,6 +177,45 @@ class Client:
             self._drop_transport()
             raise
         self.info = protocol.decode_payload(frames[0])
+        if self.local_channel or (self.local_channel is None and self.info.get("local_channels")
+                                  and self.endpoint.startswith("ipc://")
+                                  and local_channels_supported()):
+            self._attach_local()
+
+    def _attach_local(self) -> None:
+        """Move this connection onto a local channel (``ATTACH``), or stay on the socket.
+
+        Staying is silent unless ``local_channel=True`` asked for the channel.
+        """
+        dealer = self._transport
+        assert isinstance(dealer, DealerTransport)
+        try:
+            channel = LocalChannel.create(self.ring_bytes)
+        except (OSError, ValueError) as exc:
+            if self.local_channel:
+                self._drop_transport()
+                raise BrokenConnection(f"cannot make a local channel: {exc}") from None
+            return
+        with self._lock:   # nothing else may use the socket until the channel is in place
+            try:
+                self._wait(self._request(
+                    Opcode.ATTACH, [protocol.encode_payload({"directory": channel.directory})],
+                    flush=False), self.timeout, handshake=True)
+                channel.attached()
+            except (FastFanoutError, OSError, ValueError) as exc:
+                channel.close()
+                if self.local_channel:
+                    self._drop_transport()
+                    raise BrokenConnection(f"the broker refused a local channel: {exc}"
+                                           ) from None
+                return
+            self._transport = LocalTransport(dealer, channel, self.timeout)
+
+    def _lost(self, exc: TransportError) -> BrokenConnection:
+        """The local channel's broker is gone: the connection is broken."""
+        error = BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}")
+        self._broken(error)
+        return error
 
     def _drop_transport(self) -> None:
         if self._transport is not None:
@@ -188,7 +239,7 @@ class Client:
                 future._batch_results = [None]
         self._batches.clear()
 
-    def _ensure(self) -> DealerTransport:
+    def _ensure(self) -> DealerTransport | LocalTransport:
         if self._closed:
             raise Closed("the client is closed")
         if self._transport is None:
@@ -207,7 +258,10 @@ class Client:
             request_id = self._next_id
             self._next_id += 1
             pending = self._pending[request_id] = _Pending(request_id)
-            transport.send([protocol.encode_header(opcode, request_id), *payload])
+            try:
+                transport.send([protocol.encode_header(opcode, request_id), *payload])
+            except PeerLost as exc:
+                raise self._lost(exc) from None
             if len(self._pending) > 32:
                 # A pipelining caller never waits, so its replies pile up; read what has
                 # arrived now, a little at a time, rather than thousands at once later
@@ -215,15 +269,18 @@ class Client:
                 self._drain(transport)
             return pending
 
-    def _drain(self, transport: DealerTransport) -> None:
+    def _drain(self, transport: DealerTransport | LocalTransport) -> None:
         """Dispatch the replies that have arrived, without waiting."""
-        frames = transport.recv(0)
-        while frames is not None:
-            self._last_heard = time.monotonic()
-            self._dispatch(frames)
-            if self._transport is None:
-                return
-            frames = self._transport.recv(0)
+        try:
+            frames = transport.recv(0)
+            while frames is not None:
+                self._last_heard = time.monotonic()
+                self._dispatch(frames)
+                if self._transport is None:
+                    return
+                frames = self._transport.recv(0)
+        except PeerLost as exc:
+            self._lost(exc)
 
     def _discard(self, pending: _Pending) -> None:
         """Forget a pipelined request's reply (its errors are counted by the broker)."""
@@ -244,8 +301,12 @@ class Client:
         """
         with self._lock:
             transport = self._ensure()
-            frames = transport.recv(
-                min(timeout, float(self.info.get("heartbeat_interval", 0.25))))
+            try:
+                frames = transport.recv(
+                    min(timeout, float(self.info.get("heartbeat_interval", 0.25))))
+            except PeerLost as exc:
+                self._lost(exc)
+                return
             now = time.monotonic()
             if self.info:   # not during the handshake
                 self._heartbeat_if_due(now)
@@ -258,11 +319,9 @@ class Client:
                         f"(heartbeat timeout {limit:.1f} s); is it running?"))
                 return
             self._last_heard = now
-            while frames is not None:
-                self._dispatch(frames)
-                if self._transport is None:
-                    return
-                frames = self._transport.recv(0)
+            self._dispatch(frames)
+            if self._transport is not None:
+                self._drain(self._transport)
 
     def _dispatch(self, frames: list[bytes]) -> None:
         try:
@@ -618,7 +677,10 @@ class Client:
                 self._flush_batches()
             request_id = self._next_id
             self._next_id += 1
-            self._transport.send([protocol.encode_header(opcode, request_id), *payload])
+            try:
+                self._transport.send([protocol.encode_header(opcode, request_id), *payload])
+            except PeerLost as exc:
+                raise self._lost(exc) from None
 
     def _grant(self, consumer_id: int, count: int) -> None:
         self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])

@@ -92,6 +92,7 @@ class Opcode(IntEnum):
     HELLO = 0x01
     HEARTBEAT = 0x02
     BYE = 0x03
+    ATTACH = 0x04
     CREATE_TOPIC = 0x10
     DELETE_TOPIC = 0x11
     LIST_TOPICS = 0x12

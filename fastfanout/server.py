@@ -60,6 +60,8 @@ from fastfanout.errors import (
     StaleReceipt,
 )
 from fastfanout.holds import HeldRequest, HeldRequests
+from fastfanout.local_channel import PeerGone, local_channels_supported
+from fastfanout.local_sessions import LocalSessions
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.sessions import Consumer, Session, Waiter
@@ -117,6 +119,9 @@ class Server:
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
             exceeds the consumer's credit, so this only caps consumers with a large
             prefetch: big pushes are what lets one consumer take millions a second).
+        local_channels: let clients on this host attach a shared-memory channel
+            (``ATTACH``, see ``fastfanout.local_channel``); only on an ``ipc://``
+            endpoint, where every client is on this host.
     """
 
     def __init__(
@@ -135,6 +140,7 @@ class Server:
         stream_wait: float = 1.0,
         push_batch: int = 8192,
         hold_timeout: float = 30.0,
+        local_channels: bool = True,
     ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
@@ -190,13 +196,17 @@ class Server:
         self._next_hold_check = 0.0
         self.counters: Counter[str] = Counter()
         self._streams = Streams(self.counters, slow_listener, stream_wait)
+        self._local_channels = (bool(local_channels) and self.endpoint.startswith("ipc://")
+                                and local_channels_supported())
+        self._local = LocalSessions(self.counters, self._watch, self._unwatch, self._spill)
+        self._ended: list[Session] = []
         self._handlers = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
             Opcode.RECEIVE: self._receive, Opcode.ACK: self._ack,
             Opcode.CONSUME: self._consume, Opcode.CREDIT: self._credit,
             Opcode.CANCEL: self._cancel, Opcode.SERVER_STATS: self._server_stats,
-            Opcode.SETTLE: self._settle,
+            Opcode.SETTLE: self._settle, Opcode.ATTACH: self._attach,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -272,16 +282,22 @@ class Server:
         try:
             while not self._stopping:
                 timeout, waiting = self._wait_timeout()
-                requests, subscriptions, monitor, _ = transport.wait(timeout)
+                if timeout > 0 and self._local and not self._local.may_sleep():
+                    timeout = 0.0
+                requests, subscriptions, monitor, bells = transport.wait(timeout)
                 self.counters["rounds"] += 1
                 if requests:
                     frames = transport.recv_request(polled=True)
                     handled = 0
                     while frames is not None:
+                        if self._local:
+                            self._before_socket_request(frames[0])
                         self._handle(frames)
                         handled += 1
                         frames = (transport.recv_request() if handled < ROUND_REQUESTS
                                   else None)
+                if self._local:
+                    self._local_round(bells)
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:
@@ -376,20 +392,91 @@ class Server:
         for session in list(self._sessions.values()):
             self._send(session, Status.GOODBYE, 0, [])
 
+    # -- local channels ----------------------------------------------------------------
+
+    def _watch(self, fd: int) -> None:
+        assert self._transport is not None
+        self._transport.watch(fd)
+
+    def _unwatch(self, fd: int) -> None:
+        if self._transport is not None:
+            self._transport.unwatch(fd)
+
+    def _spill(self, session: Session, frames: list[bytes]) -> None:
+        """A message too large for a session's ring goes over its socket (announced)."""
+        assert self._transport is not None
+        self._transport.send_reply([session.identity, *frames])
+
+    def _before_socket_request(self, identity: bytes) -> None:
+        session = self._sessions.get(identity)
+        if session is not None and session in self._local.sessions:
+            self._local.before_socket_message(session, self._handle, self._ended)
+            self._end_local_sessions()
+
+    def _local_round(self, bells: list[int]) -> None:
+        """Read the local sessions' rings and bells; end the sessions whose client left."""
+        if bells or self._local.has_backlog():
+            self._local.bells(bells, self._ended)
+        self._local.read_round(self._handle, self._ended)
+        self._end_local_sessions()
+
+    def _end_local_sessions(self) -> None:
+        while self._ended:
+            self._end_session(self._ended.pop(), "its process is gone (local channel)",
+                              notify=False)
+
+    def _attach(self, session: Session, request_id: int, frames: list[bytes]) -> None:
+        """ATTACH: map the client's local channel; answered over the socket."""
+        if not self._local_channels:
+            raise InvalidArgument(
+                "this broker offers no local channels (not an ipc:// endpoint, or "
+                "local_channels=False)")
+        options = protocol.decode_payload(self._frame(frames, 0, "attach"))
+        directory = options.get("directory") if isinstance(options, dict) else None
+        if type(directory) is not str:
+            raise protocol.MalformedFrame("attach payload must be {'directory': str}")
+        try:
+            self._local.attach(session, directory)
+        except (ValueError, OSError) as exc:
+            raise InvalidArgument(f"cannot attach the local channel {directory}: {exc}"
+                                  ) from None
+        self._socket_send(session, Status.OK, request_id, [protocol.encode_payload(None)])
+
     # -- sending -----------------------------------------------------------------------
 
     def _send(self, session: Session, status: int, request_id: int,
               payload: list[bytes]) -> bool:
+        if self._local:
+            try:
+                if self._local.send(
+                        session, [protocol.encode_header(status, request_id), *payload]):
+                    return True
+            except PeerGone:
+                self.counters["local_peer_gone"] += 1
+                self._end_session(session, "its process is gone (local channel)",
+                                  notify=False)
+                return False
+            except (Unroutable, WouldBlock) as exc:
+                return self._unsent(session, exc)
+        return self._socket_send(session, status, request_id, payload)
+
+    def _socket_send(self, session: Session, status: int, request_id: int,
+                     payload: list[bytes]) -> bool:
         transport = self._transport
         assert transport is not None
         try:
             transport.send_reply(
                 [session.identity, protocol.encode_header(status, request_id), *payload])
             return True
-        except Unroutable:
+        except (Unroutable, WouldBlock) as exc:
+            return self._unsent(session, exc)
+
+    def _unsent(self, session: Session, exc: Exception) -> bool:
+        """A reply could not be sent: end the session (counted by why)."""
+        if isinstance(exc, Unroutable):
             self.counters["unroutable"] += 1
             self._end_session(session, "its connection is gone")
-        except WouldBlock:
+        else:
             self.counters["slow_client"] += 1
             self._end_session(session, "it did not read its replies")
         return False
@@ -510,7 +597,8 @@ class Server:
             "heartbeat_timeout": self._heartbeat_timeout,
             "max_request_bytes": self._max_request_bytes,
             "max_frame_bytes": self._max_frame_bytes,
-            "hold_timeout": self._held.timeout})]
+            "hold_timeout": self._held.timeout,
+            "local_channels": self._local_channels})]
 
     def _heartbeat(self, session: Session, request_id: int, frames: list[bytes]
                    ) -> list[bytes]:
@@ -785,6 +873,7 @@ class Server:
                 self._send(session, Status.END, request_id, [protocol.encode_error(expired)])
         self._waiters = [w for w in self._waiters if w.session is not session]
         self._held.drop_session(session)
+        self._local.detach(session)
         log.info("session %s ended (%s); %d leases released", session.identity.hex(), why,
                  released)
         self.counters["leases_released"] += released

@@ -34,8 +34,11 @@ import ipaddress
 import logging
 import math
 import os
+import select
 import socket as _socket
 import struct
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -46,12 +49,16 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from fastfanout.local_channel import LocalChannel, PeerGone
+
 __all__ = [
     "CURVE_ALLOW_ANY",
     "AsyncDealerTransport",
     "AsyncSubTransport",
     "CurveKeys",
     "DealerTransport",
+    "LocalTransport",
+    "PeerLost",
     "ServerTransport",
     "SubTransport",
     "TransportError",
@@ -113,6 +120,10 @@ def _recv_ready(sock: zmq.Socket[Any], ask: bool = True) -> list[bytes] | None:
 
 class TransportError(Exception):
     """A socket operation failed (bind refused, endpoint malformed, ...)."""
+
+
+class PeerLost(TransportError):
+    """The broker behind a local channel is gone (or stopped reading)."""
 
 
 class WouldBlock(TransportError):
@@ -324,25 +335,42 @@ class ServerTransport:
         self._poller.register(self.xpub, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
         self._poller.register(self._wake_reader.fileno(), zmq.POLLIN)
+        self._watched: set[int] = set()
         self.closed = False
 
-    def wait(self, timeout: float) -> tuple[bool, bool, bool, bool]:
-        """Block up to ``timeout`` seconds; returns (requests, subscriptions, monitor, wake)."""
+    def wait(self, timeout: float) -> tuple[bool, bool, bool, list[int]]:
+        """Block up to ``timeout`` seconds.
+
+        Returns (requests waiting, subscriptions waiting, monitor events waiting, the
+        watched descriptors that are readable or hung up).
+        """
         try:
             # whole milliseconds, rounded up: a timer due in 0.4 ms is not polled for in a
             # busy loop of 0 ms waits
             events = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
         except zmq.ZMQError as exc:
             if exc.errno == errno.EINTR:
-                return False, False, False, False
+                return False, False, False, []
             raise
-        woke = self._wake_reader.fileno() in events
-        if woke:
+        wake = self._wake_reader.fileno()
+        if wake in events:
             try:
                 self._wake_reader.recv(4096)
             except BlockingIOError:
                 pass
-        return (self.router in events, self.xpub in events, self._monitor in events, woke)
+        ready = [fd for fd in events if type(fd) is int and fd != wake] if self._watched else []
+        return (self.router in events, self.xpub in events, self._monitor in events, ready)
+
+    def watch(self, fd: int) -> None:
+        """Also wake ``wait`` when ``fd`` is readable or hung up (a local channel's bell)."""
+        self._poller.register(fd, zmq.POLLIN)
+        self._watched.add(fd)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` (before it is closed)."""
+        if fd in self._watched:
+            self._watched.discard(fd)
+            self._poller.unregister(fd)
 
     def wake(self) -> None:
         """Make a ``wait`` in another thread return now (thread- and signal-safe)."""
@@ -494,6 +522,109 @@ class DealerTransport(_ClientSocket):
     def send(self, frames: list[bytes]) -> None:
         """Queue a request (libzmq sends it in the background)."""
         _send_frames(self._socket, frames, 0)
+
+
+class LocalTransport:
+    """A client's command connection through a local channel, blocking flavour.
+
+    The same ``send``/``recv``/``close`` as ``DealerTransport``, whose socket it keeps for
+    the messages too large for a ring (announced by a marker, see
+    ``fastfanout.local_channel``). ``recv`` waits on the channel's bell and the socket at
+    once. A send that finds the ring full waits for the broker to make room, up to
+    ``send_timeout`` seconds.
+
+    Raises (``send``, ``recv``):
+        PeerLost: the broker's process ended (its bell hung up) or it made no room in
+            time; messages it wrote before it went are still returned first.
+    """
+
+    def __init__(self, dealer: DealerTransport, channel: LocalChannel,
+                 send_timeout: float) -> None:
+        self._dealer = dealer
+        self.channel = channel
+        self._send_timeout = send_timeout
+        self._queue: deque[list[bytes]] = deque()
+        self._gone = False
+        self._bell = select.poll()
+        self._bell.register(channel.bell.fd, select.POLLIN)
+        self.closed = False
+
+    def _spill(self, frames: list[bytes]) -> None:
+        self._dealer.send(frames)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Write a request into the ring (waiting for room), or spill it."""
+        channel = self.channel
+        try:
+            if channel.try_send(frames, self._spill):
+                return
+            channel.full += 1
+            deadline = time.monotonic() + self._send_timeout
+            while not channel.try_send(frames, self._spill):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._gone:
+                    raise PeerLost("the broker made no room in its ring in "
+                                   f"{self._send_timeout:.1f} s")
+                if self._bell.poll(max(1, math.ceil(min(remaining, 0.1) * 1000))):
+                    self._ring_heard()
+        except PeerGone as exc:
+            raise PeerLost(str(exc)) from None
+
+    def _ring_heard(self) -> None:
+        try:
+            self.channel.bell.drain()
+        except PeerGone:
+            self._gone = True
+
+    def _read(self) -> bool:
+        """Move what the ring holds to the queue; True when there was anything."""
+        try:
+            messages = self.channel.read(256)
+        except PeerGone as exc:
+            raise PeerLost(str(exc)) from None
+        for message in messages:
+            if message is None:
+                self.channel.awaiting_socket = True
+            else:
+                self._queue.append(message)
+        return bool(messages)
+
+    def recv(self, timeout: float) -> list[bytes] | None:
+        """The next message, waiting up to ``timeout`` seconds (0: only if one is here).
+
+        After the channel is attached the broker sends nothing over the socket unless a
+        marker in the ring announced it, so the socket is read only then.
+        """
+        if self._queue:
+            return self._queue.popleft()
+        channel = self.channel
+        deadline = time.monotonic() + timeout
+        while True:
+            if channel.awaiting_socket:
+                frames = self._dealer.recv(max(0.0, deadline - time.monotonic()))
+                if frames is not None:
+                    channel.awaiting_socket = False
+                return frames
+            if self._read():
+                if self._queue:
+                    return self._queue.popleft()
+                continue   # a marker alone
+            if self._gone:
+                raise PeerLost("the broker's process ended (its bell hung up)")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not channel.incoming.sleep():
+                continue
+            if self._bell.poll(max(1, math.ceil(remaining * 1000))):
+                self._ring_heard()
+
+    def close(self) -> None:
+        """Close the channel and the socket."""
+        if not self.closed:
+            self.closed = True
+            self.channel.close()
+            self._dealer.close()
 
 
 class SubTransport(_ClientSocket):

@@ -81,7 +81,7 @@ def test_every_status_round_trips(status: Status) -> None:
 
 def test_opcode_and_status_values_are_the_documented_ones() -> None:
     assert {op.name: op.value for op in Opcode} == {
-        "HELLO": 0x01, "HEARTBEAT": 0x02, "BYE": 0x03,
+        "HELLO": 0x01, "HEARTBEAT": 0x02, "BYE": 0x03, "ATTACH": 0x04,
         "CREATE_TOPIC": 0x10, "DELETE_TOPIC": 0x11, "LIST_TOPICS": 0x12,
         "CREATE_QUEUE": 0x13, "DELETE_QUEUE": 0x14, "LIST_QUEUES": 0x15,
         "QUEUE_SETTINGS": 0x16, "SUBSCRIBE": 0x17, "UNSUBSCRIBE": 0x18,

@@ -1,0 +1,410 @@
+"""A ring of whole messages in a file two processes map: the local transport's channel.
+
+Design
+------
+The broker and a client on the same host can skip the sockets for their messages: each
+direction is one single-writer/single-reader ring in a shared file (``mmap``), and a
+message is copied once into it and once out of it. Prior art: Aeron's IPC log buffers
+and the ring buffers of Chronicle Queue; the positions follow the same single-writer
+rules as ``ring.pyx`` (atomics.h argues them), but the layout holds no pointer, so the
+ring means the same in both address spaces.
+
+Layout of the file (little-endian, every offset fixed)::
+
+    0    magic u64 = b"FFSHMR01"
+    8    version u32 = 1, header size u32 = 256
+    16   capacity u64: bytes of the data area, a power of two
+    64   head u64: bytes ever written (the writer's position)
+    72   writer_waiting u64: 1 while the writer waits for room
+    128  tail u64: bytes ever read (the reader's position)
+    136  reader_sleeping u64: 1 while the reader may sleep on an empty ring
+    256  data area, ``capacity`` bytes
+
+A message is one 8-aligned record: ``u32 frames, u32 length`` (the bytes after this
+8-byte header), ``frames`` u32 frame lengths padded to 8, then the frames back to back,
+padded to 8. A record never wraps: when it does not fit before the end of the data
+area, the writer fills the rest with a *wrap* record (``frames = 0xFFFFFFFF``) and
+starts again at offset 0. A *marker* record (``frames = 0xFFFFFFFE``) tells the reader
+that the next message of this direction travels over the socket instead (it is larger
+than half the ring, ``max_message``, which is what always fits once the ring drains);
+the reader takes that socket message before it reads on.
+
+Waking. Nobody spins: a reader that finds its ring empty announces that it will sleep
+(``sleep()``: ``reader_sleeping = 1``, then it looks once more) and waits on its bell, a
+FIFO the transport polls; a writer that publishes a message clears the flag and, if it
+was set, rings the bell (``write`` returns ``WROTE_WAKE``). A writer that finds no room
+sets ``writer_waiting`` and the reader, having made room, clears it and rings the
+writer's bell (``read`` says so). Both handshakes are Dekker's pattern and use seq_cst
+operations (atomics.h), so a wake-up is never lost; a spurious one costs a poll.
+
+Opening. ``create`` makes the file (``O_EXCL``, mode 0600) and writes the header;
+``SharedRing(path)`` maps an existing one after checking that it is a regular file owned
+by this user and that its header is intact and agrees with its size, so a stray or
+hostile path gives ``ValueError`` instead of a crash.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+from posix.fcntl cimport O_CREAT, O_EXCL, O_RDWR, open as c_open
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.stat cimport S_ISREG, fstat, struct_stat
+from posix.unistd cimport close as c_close, ftruncate, geteuid
+
+from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_store_le32
+
+import os
+
+cdef extern from "atomics.h" nogil:
+    ctypedef uint64_t ff_atomic_u64
+    uint64_t ff_load_acquire_u64(const ff_atomic_u64* position)
+    void ff_store_release_u64(ff_atomic_u64* position, uint64_t value)
+    uint64_t ff_load_relaxed_u64(const ff_atomic_u64* position)
+    uint64_t ff_load_seq_cst_u64(const ff_atomic_u64* position)
+    void ff_store_seq_cst_u64(ff_atomic_u64* position, uint64_t value)
+    uint64_t ff_exchange_u64(ff_atomic_u64* position, uint64_t value)
+
+cdef extern from "<fcntl.h>":
+    enum: O_NOFOLLOW
+    enum: O_CLOEXEC
+
+cdef enum:
+    HEADER_SIZE = 256
+    OFF_CAPACITY = 16
+    OFF_HEAD = 64
+    OFF_WRITER_WAITING = 72
+    OFF_TAIL = 128
+    OFF_READER_SLEEPING = 136
+    RECORD_HEADER = 8
+
+cdef extern from *:
+    """
+    #define FF_SHM_WRAP ((uint32_t)0xFFFFFFFFu)
+    #define FF_SHM_MARKER ((uint32_t)0xFFFFFFFEu)
+    #define FF_SHM_MAGIC ((uint64_t)0x3130524d48534646ull)
+    """
+    const uint32_t FF_SHM_WRAP
+    const uint32_t FF_SHM_MARKER
+    const uint64_t FF_SHM_MAGIC
+
+VERSION = 1
+MIN_CAPACITY = 1 << 16
+MAX_CAPACITY = 1 << 30
+MAX_FRAMES = 1 << 16
+"""Most frames one message may have (a record's frame table is bounded)."""
+
+FULL = 0
+"""``write``: no room now; ``writer_waiting`` is set, the reader will ring."""
+WROTE = 1
+"""``write``: written; the reader is awake."""
+WROTE_WAKE = 2
+"""``write``: written; the reader may sleep: ring its bell."""
+TOO_LARGE = -1
+"""``write``: larger than ``max_message``: send it over the socket after a marker."""
+
+
+cdef class SharedRing:
+    """One direction of a local channel, mapped from ``path`` (see the module essay).
+
+    ``SharedRing(path)`` maps an existing ring; ``SharedRing.create(path, capacity)``
+    makes one. Exactly one process writes and one reads.
+    """
+
+    cdef char* base
+    cdef char* data
+    cdef uint64_t capacity_
+    cdef uint64_t mask
+    cdef uint64_t map_size
+    cdef int fd
+    cdef ff_atomic_u64* head
+    cdef ff_atomic_u64* tail
+    cdef ff_atomic_u64* writer_waiting
+    cdef ff_atomic_u64* reader_sleeping
+    cdef readonly str path
+
+    def __cinit__(self):
+        self.base = NULL
+        self.fd = -1
+
+    def __init__(self, str path, uint64_t capacity=0):
+        cdef struct_stat info
+        cdef bytes encoded = os.fsencode(path)
+        cdef int flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC
+        self.path = path
+        if capacity:
+            if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
+                raise ValueError(f"ring capacity {capacity} must be a power of two from "
+                                 f"{MIN_CAPACITY} to {MAX_CAPACITY}")
+            flags |= O_CREAT | O_EXCL
+        self.fd = c_open(encoded, flags, 0o600)
+        if self.fd < 0:
+            raise OSError(_errno(), f"cannot open the shared ring {path}")
+        if capacity:
+            if ftruncate(self.fd, HEADER_SIZE + capacity) != 0:
+                raise OSError(_errno(), f"cannot size the shared ring {path}")
+        if fstat(self.fd, &info) != 0:
+            raise OSError(_errno(), f"cannot stat the shared ring {path}")
+        if not S_ISREG(info.st_mode) or info.st_uid != geteuid():
+            raise ValueError(f"{path} is not a regular file of this user")
+        if info.st_size < HEADER_SIZE + MIN_CAPACITY or info.st_size > HEADER_SIZE + MAX_CAPACITY:
+            raise ValueError(f"{path} has the wrong size for a shared ring")
+        self.map_size = <uint64_t>info.st_size
+        cdef void* mapped = mmap(NULL, self.map_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                                 self.fd, 0)
+        if mapped == MAP_FAILED:
+            raise OSError(_errno(), f"cannot map the shared ring {path}")
+        self.base = <char*>mapped
+        if capacity:
+            memset(self.base, 0, HEADER_SIZE)
+            _store_le64(self.base + OFF_CAPACITY, capacity)
+            ff_store_le32(self.base + 8, VERSION)
+            ff_store_le32(self.base + 12, HEADER_SIZE)
+            # the magic last: a reader that sees it sees a whole header
+            ff_store_release_u64(<ff_atomic_u64*>self.base, FF_SHM_MAGIC)
+        if (ff_load_acquire_u64(<ff_atomic_u64*>self.base) != FF_SHM_MAGIC
+                or ff_load_le32(self.base + 8) != VERSION
+                or ff_load_le32(self.base + 12) != HEADER_SIZE):
+            raise ValueError(f"{path} is not a shared ring of version {VERSION}")
+        self.capacity_ = _load_le64(self.base + OFF_CAPACITY)
+        if (self.capacity_ & (self.capacity_ - 1) or self.capacity_ < MIN_CAPACITY
+                or HEADER_SIZE + self.capacity_ != self.map_size):
+            raise ValueError(f"{path}: its header disagrees with its size")
+        self.mask = self.capacity_ - 1
+        self.data = self.base + HEADER_SIZE
+        self.head = <ff_atomic_u64*>(self.base + OFF_HEAD)
+        self.tail = <ff_atomic_u64*>(self.base + OFF_TAIL)
+        self.writer_waiting = <ff_atomic_u64*>(self.base + OFF_WRITER_WAITING)
+        self.reader_sleeping = <ff_atomic_u64*>(self.base + OFF_READER_SLEEPING)
+
+    @staticmethod
+    def create(str path, uint64_t capacity):
+        """Make the file ``path`` (which must not exist) as an empty ring of ``capacity``."""
+        if capacity == 0:
+            raise ValueError("ring capacity must be a power of two, not 0")
+        return SharedRing(path, capacity)
+
+    def __dealloc__(self):
+        self._unmap()
+
+    cdef void _unmap(self) noexcept:
+        if self.base != NULL:
+            munmap(self.base, self.map_size)
+            self.base = NULL
+        if self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
+
+    def close(self):
+        """Unmap the ring (either side; the other keeps its own mapping)."""
+        self._unmap()
+
+    cdef inline int _check(self) except -1:
+        if self.base == NULL:
+            raise ValueError("the shared ring is closed")
+        return 0
+
+    @property
+    def capacity(self):
+        """Bytes of the data area."""
+        return self.capacity_
+
+    @property
+    def max_message(self):
+        """Largest record that ``write`` accepts (half the ring, headers included)."""
+        return self.capacity_ // 2
+
+    @property
+    def closed(self):
+        """True after ``close``."""
+        return self.base == NULL
+
+    @property
+    def used(self):
+        """Bytes written and not yet read (records, padding and wrap fillers)."""
+        self._check()
+        return ff_load_acquire_u64(self.head) - ff_load_acquire_u64(self.tail)
+
+    def record_size(self, list frames):
+        """Bytes ``frames`` take in the ring as one record."""
+        return _record_size(frames)
+
+    # -- writer ------------------------------------------------------------------------
+
+    cdef int _reserve(self, uint64_t size, uint64_t* at) except -2:
+        """Room for a record of ``size`` at ``at`` (a wrap filler written), or FULL."""
+        cdef uint64_t head = ff_load_relaxed_u64(self.head)
+        cdef uint64_t offset = head & self.mask
+        cdef uint64_t need = size
+        if offset + size > self.capacity_:
+            need += self.capacity_ - offset
+        if self.capacity_ - (head - ff_load_acquire_u64(self.tail)) < need:
+            # announce the wait, then look again: the reader either sees the flag (and
+            # rings) or made room before this second look
+            ff_store_seq_cst_u64(self.writer_waiting, 1)
+            if self.capacity_ - (head - ff_load_seq_cst_u64(self.tail)) < need:
+                return FULL
+        if need != size:
+            ff_store_le32(self.data + offset, FF_SHM_WRAP)
+            ff_store_le32(self.data + offset + 4, <uint32_t>(self.capacity_ - offset - RECORD_HEADER))
+            head += self.capacity_ - offset
+        at[0] = head
+        return WROTE
+
+    cdef int _publish(self, uint64_t head) noexcept:
+        ff_store_seq_cst_u64(self.head, head)
+        return WROTE_WAKE if ff_exchange_u64(self.reader_sleeping, 0) else WROTE
+
+    def write(self, list frames):
+        """Append one message (a list of bytes frames).
+
+        Returns ``WROTE`` or ``WROTE_WAKE`` (ring the reader's bell), ``FULL`` (nothing
+        written; the reader rings this side's bell when it has made room) or
+        ``TOO_LARGE`` (never fits: send it over the socket after ``write_marker``).
+        """
+        self._check()
+        cdef Py_ssize_t count = len(frames)
+        cdef Py_ssize_t index
+        cdef uint64_t size = _record_size(frames)
+        cdef uint64_t head
+        cdef uint64_t table
+        cdef char* out
+        cdef bytes frame
+        if size > self.capacity_ // 2:
+            return TOO_LARGE
+        if self._reserve(size, &head) == FULL:
+            return FULL
+        out = self.data + (head & self.mask)
+        ff_store_le32(out, <uint32_t>count)
+        ff_store_le32(out + 4, <uint32_t>(size - RECORD_HEADER))
+        table = ff_align8(4 * <uint64_t>count)
+        memset(out + RECORD_HEADER + 4 * count, 0, table - 4 * count)
+        out += RECORD_HEADER
+        cdef char* body = out + table
+        for index in range(count):
+            frame = <bytes>frames[index]
+            ff_store_le32(out + 4 * index, <uint32_t>PyBytes_GET_SIZE(frame))
+            memcpy(body, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+            body += PyBytes_GET_SIZE(frame)
+        memset(body, 0, (self.data + (head & self.mask) + size) - body)
+        return self._publish(head + size)
+
+    def write_marker(self):
+        """Append a marker: this direction's next message travels over the socket."""
+        self._check()
+        cdef uint64_t head
+        if self._reserve(RECORD_HEADER, &head) == FULL:
+            return FULL
+        ff_store_le32(self.data + (head & self.mask), FF_SHM_MARKER)
+        ff_store_le32(self.data + (head & self.mask) + 4, 0)
+        return self._publish(head + RECORD_HEADER)
+
+    # -- reader ------------------------------------------------------------------------
+
+    def read(self, Py_ssize_t max_messages):
+        """Up to ``max_messages`` messages: ``(messages, wake_writer)``.
+
+        Each message is a list of bytes frames, or None for a marker (reading stops
+        after it: the socket's next message comes first). ``wake_writer``: the writer
+        waits for room and this read made some — ring the writer's bell.
+
+        Raises:
+            ValueError: a record is malformed (the ring is not one of ours, or the
+                peer wrote past its bounds); nothing after it is read.
+        """
+        self._check()
+        cdef list messages = []
+        cdef uint64_t tail = ff_load_relaxed_u64(self.tail)
+        cdef uint64_t head = ff_load_acquire_u64(self.head)
+        cdef uint64_t start = tail
+        cdef uint64_t offset
+        cdef uint32_t kind
+        cdef uint64_t length
+        cdef uint64_t table
+        cdef uint64_t frame_length
+        cdef uint64_t at
+        cdef uint32_t index
+        cdef list frames
+        cdef const char* record
+        while tail != head and len(messages) < max_messages:
+            offset = tail & self.mask
+            if head - tail < RECORD_HEADER or offset + RECORD_HEADER > self.capacity_:
+                raise ValueError(f"{self.path}: torn record at {tail}")
+            record = self.data + offset
+            kind = ff_load_le32(record)
+            length = ff_load_le32(record + 4)
+            if (length & 7 or offset + RECORD_HEADER + length > self.capacity_
+                    or head - tail < RECORD_HEADER + length):
+                raise ValueError(f"{self.path}: record at {tail} overruns the ring")
+            if kind == FF_SHM_WRAP:
+                tail += RECORD_HEADER + length
+                continue
+            if kind == FF_SHM_MARKER:
+                tail += RECORD_HEADER
+                messages.append(None)
+                break
+            table = ff_align8(4 * <uint64_t>kind)
+            if kind > MAX_FRAMES or table > length:
+                raise ValueError(f"{self.path}: record at {tail} has a bad frame table")
+            frames = []
+            at = RECORD_HEADER + table
+            for index in range(kind):
+                frame_length = ff_load_le32(record + RECORD_HEADER + 4 * index)
+                if at + frame_length > RECORD_HEADER + length:
+                    raise ValueError(f"{self.path}: record at {tail} overruns itself")
+                frames.append(PyBytes_FromStringAndSize(record + at, <Py_ssize_t>frame_length))
+                at += frame_length
+            messages.append(frames)
+            tail += RECORD_HEADER + length
+        if tail == start:
+            return messages, False
+        ff_store_seq_cst_u64(self.tail, tail)
+        return messages, ff_exchange_u64(self.writer_waiting, 0) != 0
+
+    def pending(self):
+        """True when a record (or marker) is waiting to be read."""
+        self._check()
+        return ff_load_acquire_u64(self.head) != ff_load_relaxed_u64(self.tail)
+
+    def sleep(self):
+        """Announce that the reader is about to wait on its bell.
+
+        Returns False when a message arrived meanwhile (read it; do not wait), True when
+        the writer is now bound to ring the bell for its next message.
+        """
+        self._check()
+        ff_store_seq_cst_u64(self.reader_sleeping, 1)
+        if ff_load_seq_cst_u64(self.head) != ff_load_relaxed_u64(self.tail):
+            ff_exchange_u64(self.reader_sleeping, 0)
+            return False
+        return True
+
+
+cdef uint64_t _record_size(list frames) except 0:
+    cdef Py_ssize_t count = len(frames)
+    cdef uint64_t size = RECORD_HEADER + ff_align8(4 * <uint64_t>count)
+    cdef object frame
+    if count > MAX_FRAMES:
+        raise ValueError(f"a message of {count} frames exceeds MAX_FRAMES={MAX_FRAMES}")
+    for frame in frames:
+        if type(frame) is not bytes:
+            raise TypeError(f"frames must be bytes, not {type(frame).__name__}")
+        size += <uint64_t>PyBytes_GET_SIZE(<bytes>frame)
+    return ff_align8(size)
+
+
+cdef inline uint64_t _load_le64(const char* p) noexcept:
+    cdef uint64_t value
+    memcpy(&value, p, 8)
+    return value
+
+
+cdef inline void _store_le64(char* p, uint64_t value) noexcept:
+    memcpy(p, &value, 8)
+
+
+cdef extern from "<errno.h>":
+    int errno
+
+
+cdef inline int _errno() noexcept:
+    return errno
