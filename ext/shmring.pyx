@@ -43,6 +43,7 @@ by this user and that its header is intact and agrees with its size, so a stray 
 hostile path gives ``ValueError`` instead of a crash.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -225,7 +226,7 @@ cdef class SharedRing:
         return ff_load_acquire_u64(self.head) - ff_load_acquire_u64(self.tail)
 
     def record_size(self, list frames):
-        """Bytes ``frames`` take in the ring as one record."""
+        """Bytes ``frames`` take in the ring as one record (header and padding included)."""
         return _record_size(frames)
 
     # -- writer ------------------------------------------------------------------------
@@ -255,20 +256,26 @@ cdef class SharedRing:
         return WROTE_WAKE if ff_exchange_u64(self.reader_sleeping, 0) else WROTE
 
     def write(self, list frames):
-        """Append one message (a list of bytes frames).
+        """Append one message (a list of frames: bytes or other contiguous buffers).
 
         Returns ``WROTE`` or ``WROTE_WAKE`` (ring the reader's bell), ``FULL`` (nothing
         written; the reader rings this side's bell when it has made room) or
-        ``TOO_LARGE`` (never fits: send it over the socket after ``write_marker``).
+        ``TOO_LARGE`` (larger than ``max_message``, or more than ``MAX_FRAMES`` frames:
+        send it over the socket after ``write_marker``).
         """
         self._check()
         cdef Py_ssize_t count = len(frames)
         cdef Py_ssize_t index
-        cdef uint64_t size = _record_size(frames)
+        cdef uint64_t size
         cdef uint64_t head
         cdef uint64_t table
         cdef char* out
-        cdef bytes frame
+        cdef char* body
+        cdef object frame
+        cdef Py_buffer view
+        if count > MAX_FRAMES:
+            return TOO_LARGE
+        size = _record_size(frames)
         if size > self.capacity_ // 2:
             return TOO_LARGE
         if self._reserve(size, &head) == FULL:
@@ -279,12 +286,19 @@ cdef class SharedRing:
         table = ff_align8(4 * <uint64_t>count)
         memset(out + RECORD_HEADER + 4 * count, 0, table - 4 * count)
         out += RECORD_HEADER
-        cdef char* body = out + table
+        body = out + table
         for index in range(count):
-            frame = <bytes>frames[index]
-            ff_store_le32(out + 4 * index, <uint32_t>PyBytes_GET_SIZE(frame))
-            memcpy(body, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
-            body += PyBytes_GET_SIZE(frame)
+            frame = frames[index]
+            if type(frame) is bytes:
+                ff_store_le32(out + 4 * index, <uint32_t>PyBytes_GET_SIZE(frame))
+                memcpy(body, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+                body += PyBytes_GET_SIZE(frame)
+            else:
+                PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
+                ff_store_le32(out + 4 * index, <uint32_t>view.len)
+                memcpy(body, view.buf, view.len)
+                body += view.len
+                PyBuffer_Release(&view)
         memset(body, 0, (self.data + (head & self.mask) + size) - body)
         return self._publish(head + size)
 
@@ -380,15 +394,18 @@ cdef class SharedRing:
 
 
 cdef uint64_t _record_size(list frames) except 0:
+    """Bytes of ``frames`` as one record; TypeError for a frame that is not a buffer."""
     cdef Py_ssize_t count = len(frames)
     cdef uint64_t size = RECORD_HEADER + ff_align8(4 * <uint64_t>count)
     cdef object frame
-    if count > MAX_FRAMES:
-        raise ValueError(f"a message of {count} frames exceeds MAX_FRAMES={MAX_FRAMES}")
+    cdef Py_buffer view
     for frame in frames:
-        if type(frame) is not bytes:
-            raise TypeError(f"frames must be bytes, not {type(frame).__name__}")
-        size += <uint64_t>PyBytes_GET_SIZE(<bytes>frame)
+        if type(frame) is bytes:
+            size += <uint64_t>PyBytes_GET_SIZE(<bytes>frame)
+        else:
+            PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
+            size += <uint64_t>view.len
+            PyBuffer_Release(&view)
     return ff_align8(size)
 
 

@@ -27,6 +27,7 @@ from functools import partial
 
 from fastfanout.local_channel import LocalChannel, PeerGone
 from fastfanout.sessions import Session
+from fastfanout.transport import Unroutable, WouldBlock
 
 __all__ = ["BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
 
@@ -67,6 +68,13 @@ class LocalSessions:
     def __bool__(self) -> bool:
         return bool(self.sessions)
 
+    def counts(self) -> dict[str, int]:
+        """Spills and full-ring waits so far, the open channels' included."""
+        live = self.sessions.values()
+        return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
+                "local_ring_full": self.counters["local_ring_full"] + sum(c.full for c in live),
+                "local_sessions": len(self.sessions)}
+
     def has_backlog(self) -> bool:
         """True while some session's messages wait for room in its ring."""
         return bool(self._backlogged)
@@ -97,6 +105,18 @@ class LocalSessions:
         self.counters["local_spills"] += channel.spills
         self.counters["local_ring_full"] += channel.full
         channel.close()
+
+    def close_all(self) -> None:
+        """Close every channel (the broker stops; what was written stays readable).
+
+        Messages still queued for room get one last try.
+        """
+        for session in list(self.sessions):
+            try:
+                self.sessions[session].flush_backlog(partial(self._spill, session), 0.0)
+            except (PeerGone, Unroutable, WouldBlock):   # the client is gone: close anyway
+                pass
+            self.detach(session)
 
     def send(self, session: Session, frames: list[bytes]) -> bool:
         """Send ``frames`` to a local session; False when it has no channel.

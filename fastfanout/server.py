@@ -360,6 +360,7 @@ class Server:
         try:
             if transport is not None:
                 self._finish_in_flight()
+                self._local.close_all()
                 transport.close(linger=2.0)
         finally:
             self._transport = None
@@ -616,6 +617,7 @@ class Server:
                      long_polls=len(self._waiters), held=len(self._held),
                      stream_subscriptions=self._streams.subscriptions(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
+        stats.update(self._local.counts())
         return [protocol.encode_payload(stats)]
 
     # -- publish and send --------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""Local channels against real brokers: when they attach, spills, full rings, lost peers."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+import threading
+from typing import Any as Tracker
+
+import msgspec
+import pytest
+import zmq
+
+from fastfanout import protocol
+from fastfanout._ext.shmring import MIN_CAPACITY
+from fastfanout.client import BrokenConnection
+from fastfanout.local_channel import LocalChannel
+from fastfanout.transport import DealerTransport, LocalTransport, PeerLost
+
+
+def is_local(client) -> bool:
+    return isinstance(client._transport, LocalTransport)
+
+
+def test_attached_by_default_over_ipc_only(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    assert client.info["local_channels"] is True and is_local(client)
+    assert client.server_stats()["local_sessions"] == 1
+    plain = track.client(server.endpoint, local_channel=False)
+    assert isinstance(plain._transport, DealerTransport)
+    assert plain.server_stats()["local_sessions"] == 1
+
+    tcp = track.server(track.endpoint("tcp"))
+    over_tcp = track.client(tcp.endpoint)
+    assert over_tcp.info["local_channels"] is False and not is_local(over_tcp)
+    with pytest.raises(BrokenConnection, match="local channel"):
+        track.client(tcp.endpoint, local_channel=True)
+
+
+def test_a_broker_without_local_channels(track: Tracker) -> None:
+    server = track.server(local_channels=False)
+    client = track.client(server.endpoint)
+    assert not is_local(client) and client.info["local_channels"] is False
+    with pytest.raises(BrokenConnection, match="refused a local channel"):
+        track.client(server.endpoint, local_channel=True)
+    client.create_topic("t")   # the refusal changed nothing for anyone
+    assert client.list_topics() == ["t"]
+
+
+def test_large_messages_spill_over_the_socket_in_order(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, ring_bytes=MIN_CAPACITY, local_channel=True)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    bodies = [b"small-1", b"B" * 100_000, b"small-2", b"C" * 50_000, b"small-3"]
+    for body in bodies:
+        client.publish_nowait("t", body)
+    client.flush()
+    consumer = client.consume("q", prefetch=1)   # one message per push: big pushes spill
+    got = []
+    while len(got) < len(bodies):
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None
+        got += batch.bodies
+        batch.ack()
+    assert got == bodies
+    stats = client.server_stats()
+    assert stats["local_spills"] >= 2          # the broker spilled the two big pushes
+    transport = client._transport
+    assert isinstance(transport, LocalTransport) and transport.channel.spills >= 1
+
+
+def test_a_client_that_does_not_read_is_queued_for_in_order(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    for number in range(20):
+        client.create_queue(f"a-queue-with-a-longish-name-{number}")
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(server.endpoint)
+    channel = LocalChannel.create(MIN_CAPACITY)
+    try:
+        dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 1),
+                               msgspec.msgpack.encode({"directory": channel.directory})])
+        assert dealer.poll(5000)
+        dealer.recv_multipart()
+        channel.attached()
+        # 2,000 requests whose replies (~700 bytes each) overflow a 64 KiB ring unread
+        payload = msgspec.msgpack.encode([[], {}])
+        for request_id in range(2, 2002):
+            frames = [protocol.encode_header(protocol.Opcode.LIST_QUEUES, request_id), payload]
+            while not channel.try_send(frames, dealer.send_multipart):
+                channel.read(0)   # nothing read: only wait for the broker to take requests
+        track.wait_until(lambda: server.counters["requests"] >= 2001, what="every request")
+        assert client.server_stats()["local_ring_full"] >= 1
+        answered = []
+        while len(answered) < 2000:
+            for reply in channel.read(100):
+                assert reply is not None
+                _, status, request_id = protocol.decode_header(reply[0])
+                assert status == protocol.Status.OK
+                answered.append(request_id)
+        assert answered == list(range(2, 2002))
+    finally:
+        channel.close()
+        dealer.close()
+        context.term()
+
+
+def test_a_send_waits_for_room_then_gives_up(track: Tracker) -> None:
+    # a fake broker side that reads only when told to
+    client_side = LocalChannel.create(MIN_CAPACITY)
+    broker_side = LocalChannel.attach(client_side.directory or "")
+    client_side.attached()
+    transport = LocalTransport(DealerTransport(track.endpoint()), client_side, send_timeout=0.3)
+    try:
+        body = b"r" * 10_000
+        sent = 0
+        while client_side.try_send([body], transport._spill):
+            sent += 1
+        with pytest.raises(PeerLost, match="no room"):
+            transport.send([body])
+        assert client_side.full == 1
+        taken: list = []
+        reader = threading.Timer(0.05, lambda: taken.extend(broker_side.read(100)))
+        reader.start()
+        transport.send([body, b"after room"])   # woken by the broker side's bell
+        reader.join()
+        assert len(taken) == sent >= 3
+        assert broker_side.read(100) == [[body, b"after room"]]
+    finally:
+        transport.close()
+        broker_side.close()
+
+
+KILLED = textwrap.dedent("""
+    import sys, time
+    from fastfanout.client import connect
+    client = connect(sys.argv[1])
+    assert type(client._transport).__name__ == "LocalTransport"
+    consumer = client.consume("q", prefetch=10, visibility_timeout=60.0)
+    got = 0
+    while got < 10:
+        got += len(consumer.next_batch(timeout=10.0))
+    print("leased", got, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_killed_client_is_noticed_by_its_bell(track: Tracker) -> None:
+    # heartbeats would take 60 s here: only the hung-up bell can release the leases
+    server = track.server(heartbeat_interval=30.0, heartbeat_timeout=60.0)
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send_batch("q", [b"m%d" % i for i in range(10)])
+    process = track.process(["-c", KILLED, server.endpoint])
+    assert process.stdout is not None
+    assert process.stdout.readline().split() == [b"leased", b"10"]
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    again = client.receive("q", max_messages=10, wait=10.0)
+    while len(again) < 10:
+        again += client.receive("q", max_messages=10, wait=5.0)
+    assert all(m.receive_count == 2 for m in again)
+    assert client.server_stats()["local_peer_gone"] == 1
+
+
+def test_a_killed_broker_is_a_clear_error_then_reconnect(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    broker = track.broker_process(endpoint)
+    client = track.client(endpoint, timeout=30.0)
+    assert is_local(client)
+    client.create_topic("t")
+    broker.send_signal(signal.SIGKILL)
+    broker.wait(10)
+    with pytest.raises(BrokenConnection, match="gone"):   # long before the 30 s timeout
+        client.list_topics()
+    track.broker_process(endpoint)
+    assert client.list_topics() == [] and is_local(client)
+
+
+def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(server.endpoint)
+    open_dir = tmp_path / "world-readable"
+    open_dir.mkdir()
+    open_dir.chmod(0o755)
+    cases = [
+        ([], "malformed_frame"),
+        ([msgspec.msgpack.encode({"directory": 7})], "malformed_frame"),
+        ([msgspec.msgpack.encode({"directory": str(tmp_path / "missing")})],
+         "invalid_argument"),
+        ([msgspec.msgpack.encode({"directory": str(open_dir)})], "invalid_argument"),
+    ]
+    try:
+        for request_id, (payload, code) in enumerate(cases, 1):
+            dealer.send_multipart(
+                [protocol.encode_header(protocol.Opcode.ATTACH, request_id), *payload])
+            assert dealer.poll(5000)
+            reply = dealer.recv_multipart()
+            _, status, answered = protocol.decode_header(reply[0])
+            assert (status, answered) == (protocol.Status.ERROR, request_id)
+            assert msgspec.msgpack.decode(reply[1])[0] == code
+        # a real channel attaches over the same raw socket, and is then used
+        channel = LocalChannel.create(MIN_CAPACITY)
+        dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 99),
+                               msgspec.msgpack.encode({"directory": channel.directory})])
+        assert dealer.poll(5000)
+        _, status, _ = protocol.decode_header(dealer.recv_multipart()[0])
+        assert status == protocol.Status.OK
+        channel.attached()
+        channel.try_send([protocol.encode_header(protocol.Opcode.LIST_TOPICS, 100),
+                          msgspec.msgpack.encode([[], {}])], dealer.send_multipart)
+        track.wait_until(lambda: channel.incoming.pending(), what="the reply in the ring")
+        [reply] = channel.read(1)
+        assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 100)
+        channel.close()
+    finally:
+        dealer.close()
+        context.term()
+    assert client.list_topics() == []
+    assert client.server_stats()["error.invalid_argument"] == 2
