@@ -38,7 +38,9 @@ writer's bell (``read`` says so). Both handshakes are Dekker's pattern and use s
 operations (atomics.h), so a wake-up is never lost; a spurious one costs a poll.
 
 Opening. ``create`` makes the file (``O_EXCL``, mode 0600) and writes the header;
-``SharedRing(path)`` maps an existing one after checking that it is a regular file owned
+its pages are reserved at once (``posix_fallocate``), so a full ``/dev/shm`` is an
+``OSError`` there rather than a ``SIGBUS`` at a later write. ``SharedRing(path)`` maps an
+existing one after checking that it is a regular file owned
 by this user and that its header is intact and agrees with its size, so a stray or
 hostile path gives ``ValueError`` instead of a crash.
 """
@@ -68,6 +70,7 @@ cdef extern from "atomics.h" nogil:
 cdef extern from "<fcntl.h>":
     enum: O_NOFOLLOW
     enum: O_CLOEXEC
+    int posix_fallocate(int fd, long offset, long length)
 
 cdef enum:
     HEADER_SIZE = 256
@@ -131,6 +134,7 @@ cdef class SharedRing:
         cdef struct_stat info
         cdef bytes encoded = os.fsencode(path)
         cdef int flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC
+        cdef int status
         self.path = path
         if capacity:
             if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
@@ -143,6 +147,12 @@ cdef class SharedRing:
         if capacity:
             if ftruncate(self.fd, HEADER_SIZE + capacity) != 0:
                 raise OSError(_errno(), f"cannot size the shared ring {path}")
+            # Reserve the pages now: on a full tmpfs this fails here (ENOSPC) instead of
+            # killing a process with SIGBUS at its first write to a missing page.
+            status = posix_fallocate(self.fd, 0, HEADER_SIZE + capacity)
+            if status != 0:
+                raise OSError(status, f"cannot reserve {capacity} bytes for {path}: "
+                                      f"{os.strerror(status)}")
         if fstat(self.fd, &info) != 0:
             raise OSError(_errno(), f"cannot stat the shared ring {path}")
         if not S_ISREG(info.st_mode) or info.st_uid != geteuid():

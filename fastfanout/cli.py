@@ -68,9 +68,13 @@ def cli() -> None:
 @click.option("--hold-timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds a publish to a full overflow=hold queue is held before it is "
                    "answered with queue_full (default 30; 0: at once).")
+@click.option("--local-channels/--no-local-channels", default=None,
+              help="Let clients on this host talk through shared memory (ipc:// only; "
+                   "default on).")
 def serve(endpoint: str | None, config: str | None, log_level: str,
           curve_secret_key: str | None, curve_clients: str | None,
-          slow_listener: str | None, hold_timeout: float | None) -> None:
+          slow_listener: str | None, hold_timeout: float | None,
+          local_channels: bool | None) -> None:
     """Run a broker until SIGTERM or SIGINT (then exit 0)."""
     from fastfanout.server import serve as run_server
     from fastfanout.transport import TransportError, load_curve_keys
@@ -87,6 +91,8 @@ def serve(endpoint: str | None, config: str | None, log_level: str,
         options["slow_listener"] = slow_listener
     if hold_timeout is not None:
         options["hold_timeout"] = hold_timeout
+    if local_channels is not None:
+        options["local_channels"] = local_channels
     configured_key = options.pop("curve_secret_key", None)
     curve_secret_key = curve_secret_key or configured_key
     if curve_clients:

@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Any
 
 from fastfanout import protocol
+from fastfanout._ext.shmring import MAX_CAPACITY, MIN_CAPACITY
 from fastfanout._ext.wire import (
     encode_entries,
 )
@@ -138,6 +139,12 @@ class Client:
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes
         self._curve = curve
+        if local_channel not in (None, True, False):
+            raise InvalidArgument(f"local_channel={local_channel!r} must be None, True or False")
+        if (type(ring_bytes) is not int or not MIN_CAPACITY <= ring_bytes <= MAX_CAPACITY
+                or ring_bytes & (ring_bytes - 1)):
+            raise InvalidArgument(f"ring_bytes={ring_bytes!r} must be a power of two from "
+                                  f"{MIN_CAPACITY} to {MAX_CAPACITY}")
         self.local_channel = local_channel
         self.ring_bytes = ring_bytes
         self._lock = threading.RLock()

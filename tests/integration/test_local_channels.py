@@ -14,6 +14,7 @@ import zmq
 from fastfanout import protocol
 from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.client import BrokenConnection
+from fastfanout.errors import InvalidArgument
 from fastfanout.local_channel import LocalChannel
 from fastfanout.transport import DealerTransport, LocalTransport, PeerLost
 
@@ -227,3 +228,38 @@ def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
         context.term()
     assert client.list_topics() == []
     assert client.server_stats()["error.invalid_argument"] == 2
+
+
+def test_serve_can_turn_local_channels_off(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    track.broker_process(endpoint, "--no-local-channels")
+    client = track.client(endpoint)
+    assert client.info["local_channels"] is False and not is_local(client)
+    client.create_topic("t")
+    assert client.list_topics() == ["t"]
+
+
+def test_a_channel_that_cannot_be_made_leaves_the_socket(track: Tracker, monkeypatch) -> None:
+    server = track.server()
+
+    def no_room(ring_bytes: int) -> LocalChannel:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalChannel, "create", staticmethod(no_room))
+    client = track.client(server.endpoint)
+    assert not is_local(client)
+    client.create_topic("t")
+    assert client.list_topics() == ["t"]
+    with pytest.raises(BrokenConnection, match="No space left"):
+        track.client(server.endpoint, local_channel=True)
+    assert server.counters["local_channels"] == 0
+
+
+@pytest.mark.parametrize("options", [{"ring_bytes": 1000}, {"ring_bytes": 1 << 15},
+                                     {"ring_bytes": 1 << 31}, {"ring_bytes": 65536.0},
+                                     {"local_channel": "yes"}])
+def test_bad_channel_options_are_refused_up_front(track: Tracker, options) -> None:
+    server = track.server()
+    with pytest.raises(InvalidArgument):
+        track.client(server.endpoint, **options)
+    assert server.counters["sessions"] == 0
