@@ -7,9 +7,11 @@ what the caller asked for, in one of two shapes:
 
 - ``receive``: a list of ``Message`` objects for user code (the edge of the embedded
   broker), attributes still msgpack-encoded until read;
-- ``receive_frame``: one codec frame of delivery records for the server to push as it
+- ``receive_push``: one codec frame of delivery records for the server to push as it
   is, with no Python object per message (a dead-lettered copy's record carries its
-  dead-letter record as JSON text in the name part).
+  dead-letter record as JSON text in the name part) — written straight into a local
+  channel's shared ring when the server gives one (``shmring.pyx``), else a bytes
+  object.
 
 Both lease through ``Store._lease_next``, which settles expired messages and exhausted
 receive counts on the way, so both shapes obey the same rules.
@@ -18,19 +20,25 @@ receive counts on the way, so both shapes obey the same rules.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
+from libc.string cimport memcpy, memset
+
 from fastfanout._ext.codec cimport (
     FF_BATCH_HEADER_SIZE,
     FF_CODEC_OK,
     FF_FLAG_DEAD_LETTER,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
+    ff_align8,
     ff_record_size,
     ff_record_view,
+    ff_store_le32,
+    ff_store_le64,
     ff_write_batch_header,
     ff_write_record,
 )
 from fastfanout._ext.message cimport make_message
 from fastfanout._ext.blobs cimport blob_t
+from fastfanout._ext.shmring cimport RING_WROTE, SharedRing
 from fastfanout._ext.store cimport NIL, Store, dead_letter_t, entry_t, queue_t
 
 from msgspec.json import encode as _encode_json
@@ -115,60 +123,113 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
     record.dedup_len = blob.dedup_len
 
 
-def receive_frame(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                  int64_t now_us):
-    """Lease like ``receive`` but return one codec frame of delivery records.
+def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
+                 int64_t now_us, SharedRing ring, bytes header):
+    """Lease like ``receive`` but as one codec frame of delivery records, for the server.
 
-    Returns:
-        ``(frame, count)``. Each record carries id, timestamp, body, attributes,
-        group and dedup ids, priority (flag), receipt (flag) and receive count. A
-        dead-lettered copy has the dead-letter flag and its record's name part holds
-        the JSON text ``[reason, source_queue, receive_count, first_receive_us | null,
-        last_receive_us | null, time_us]``. No Python object is made per message
-        except for dead-letter records.
+    Each record carries id, timestamp, body, attributes, group and dedup ids, priority
+    (flag), receipt (flag) and receive count. A dead-lettered copy has the dead-letter
+    flag and its record's name part holds the JSON text ``[reason, source_queue,
+    receive_count, first_receive_us | null, last_receive_us | null, time_us]``. No
+    Python object is made per message except for dead-letter records.
 
     Two passes: lease (noting slots and sizes), then write every record straight into
-    the frame's bytes object, sized exactly — no growing buffer, no second copy.
+    memory sized exactly — no growing buffer, no second copy. That memory is a new bytes
+    object, or, with a local channel's ``ring`` that has room, the ring itself: the push
+    ``[header, frame]`` is written in place as one ring record and committed.
+
+    Returns:
+        ``(frame, count, receipts, status)``: ``frame`` is None when the push went into
+        the ring, else the frame to send another way; ``receipts`` the leased receipts
+        packed as little-endian u64s (what the session holds); ``status`` the ring's
+        ``WROTE``/``WROTE_WAKE`` (ring the reader's bell), or ``FULL``/``TOO_LARGE``/
+        ``WROTE`` with a frame (not written: no ring, no room, too large, or nothing
+        leased — ``count`` 0 and an empty frame).
     """
+    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us)
+    cdef bytes receipts = PyBytes_FromStringAndSize(NULL, 8 * leased.count)
+    cdef Py_ssize_t header_len = PyBytes_GET_SIZE(header)
+    cdef uint64_t record_size = ff_align8(16 + <uint64_t>header_len + leased.total)
+    cdef uint64_t at
+    cdef char* out
+    cdef int status = RING_WROTE
+    cdef bint claimed = False
+    cdef bytes frame
+    if ring is not None and leased.count:
+        status = ring.claim(record_size, &out, &at)
+        claimed = status == RING_WROTE
+    if claimed:
+        ff_store_le32(out, 2)
+        ff_store_le32(out + 4, <uint32_t>(record_size - 8))
+        ff_store_le32(out + 8, <uint32_t>header_len)
+        ff_store_le32(out + 12, <uint32_t>leased.total)
+        memcpy(out + 16, PyBytes_AS_STRING(header), header_len)
+        _write_records(self, leased, out + 16 + header_len, PyBytes_AS_STRING(receipts))
+        memset(out + 16 + header_len + leased.total, 0,
+               record_size - 16 - <uint64_t>header_len - leased.total)
+        return None, leased.count, receipts, ring.commit(at + record_size)
+    frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>leased.total)
+    _write_records(self, leased, PyBytes_AS_STRING(frame), PyBytes_AS_STRING(receipts))
+    return frame, leased.count, receipts, status
+
+
+cdef class _Leased:
+    """What the leasing pass of a frame noted: slots, dead-letter texts, the frame size."""
+    cdef uint32_t* slots
+    cdef Py_ssize_t count
+    cdef uint64_t total
+    cdef dict dead_infos
+
+
+cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
+                    int64_t now_us):
+    """The first pass: lease up to ``max_messages``, noting each slot and the frame size."""
     cdef ff_record_view record
-    cdef uint32_t* slots = self.reserve_delivery_slots(max_messages)
+    cdef _Leased leased = _Leased.__new__(_Leased)
     cdef uint32_t slot
     cdef int level = self.queues[qid].levels - 1
-    cdef Py_ssize_t leased = 0
-    cdef Py_ssize_t index
     cdef uint64_t size
-    cdef uint64_t total = FF_BATCH_HEADER_SIZE
-    cdef dict dead_infos = None
     cdef bytes dead_info
-    cdef bytes frame
-    cdef char* out
-    while leased < max_messages:
+    leased.slots = self.reserve_delivery_slots(max_messages)
+    leased.count = 0
+    leased.total = FF_BATCH_HEADER_SIZE
+    leased.dead_infos = None
+    while leased.count < max_messages:
         slot = self._lease_next(qid, &level, lease_us, now_us)
         if slot == NIL:
             break
         dead_info = None
         if self.entries[slot].dead != NULL:
             dead_info = dead_letter_json(self, self.entries[slot].dead)
-            if dead_infos is None:
-                dead_infos = {}
-            dead_infos[leased] = dead_info
+            if leased.dead_infos is None:
+                leased.dead_infos = {}
+            leased.dead_infos[leased.count] = dead_info
         _delivery_view(self, slot, &record, dead_info)
         if ff_record_size(&record, &size) != FF_CODEC_OK:
             raise MemoryError()   # cannot happen: every part was checked at publish
-        total += size
-        slots[leased] = slot
-        leased += 1
-    frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
-    out = PyBytes_AS_STRING(frame)
-    ff_write_batch_header(out, <uint32_t>leased)
+        leased.total += size
+        leased.slots[leased.count] = slot
+        leased.count += 1
+    return leased
+
+
+cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) except -1:
+    """The second pass: the batch header and every record at ``out`` (``leased.total``
+    bytes), and each receipt as a little-endian u64 at ``receipts`` unless NULL."""
+    cdef ff_record_view record
+    cdef Py_ssize_t index
+    cdef uint64_t size
+    ff_write_batch_header(out, <uint32_t>leased.count)
     out += FF_BATCH_HEADER_SIZE
-    for index in range(leased):
-        _delivery_view(self, slots[index], &record,
-                       None if dead_infos is None else dead_infos.get(index))
+    for index in range(leased.count):
+        _delivery_view(self, leased.slots[index], &record,
+                       None if leased.dead_infos is None else leased.dead_infos.get(index))
         ff_record_size(&record, &size)
         ff_write_record(out, &record, <uint32_t>size)
         out += size
-    return frame, leased
+        if receipts != NULL:
+            ff_store_le64(receipts + 8 * index, record.receipt)
+    return 0
 
 
 cdef object dead_letter_info(Store self, dead_letter_t* dead):

@@ -59,7 +59,6 @@ from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_store_le32
 import os
 
 cdef extern from "atomics.h" nogil:
-    ctypedef uint64_t ff_atomic_u64
     uint64_t ff_load_acquire_u64(const ff_atomic_u64* position)
     void ff_store_release_u64(ff_atomic_u64* position, uint64_t value)
     uint64_t ff_load_relaxed_u64(const ff_atomic_u64* position)
@@ -97,13 +96,13 @@ MAX_CAPACITY = 1 << 30
 MAX_FRAMES = 1 << 16
 """Most frames one message may have (a record's frame table is bounded)."""
 
-FULL = 0
+FULL = RING_FULL
 """``write``: no room now; ``writer_waiting`` is set, the reader will ring."""
-WROTE = 1
+WROTE = RING_WROTE
 """``write``: written; the reader is awake."""
-WROTE_WAKE = 2
+WROTE_WAKE = RING_WROTE_WAKE
 """``write``: written; the reader may sleep: ring its bell."""
-TOO_LARGE = -1
+TOO_LARGE = RING_TOO_LARGE
 """``write``: larger than ``max_message``: send it over the socket after a marker."""
 
 
@@ -113,18 +112,6 @@ cdef class SharedRing:
     ``SharedRing(path)`` maps an existing ring; ``SharedRing.create(path, capacity)``
     makes one. Exactly one process writes and one reads.
     """
-
-    cdef char* base
-    cdef char* data
-    cdef uint64_t capacity_
-    cdef uint64_t mask
-    cdef uint64_t map_size
-    cdef int fd
-    cdef ff_atomic_u64* head
-    cdef ff_atomic_u64* tail
-    cdef ff_atomic_u64* writer_waiting
-    cdef ff_atomic_u64* reader_sleeping
-    cdef readonly str path
 
     def __cinit__(self):
         self.base = NULL
@@ -209,7 +196,7 @@ cdef class SharedRing:
         """Unmap the ring (either side; the other keeps its own mapping)."""
         self._unmap()
 
-    cdef inline int _check(self) except -1:
+    cdef int _check(self) except -1:
         if self.base == NULL:
             raise ValueError("the shared ring is closed")
         return 0
@@ -253,17 +240,32 @@ cdef class SharedRing:
             # rings) or made room before this second look
             ff_store_seq_cst_u64(self.writer_waiting, 1)
             if self.capacity_ - (head - ff_load_seq_cst_u64(self.tail)) < need:
-                return FULL
+                return RING_FULL
         if need != size:
             ff_store_le32(self.data + offset, FF_SHM_WRAP)
             ff_store_le32(self.data + offset + 4, <uint32_t>(self.capacity_ - offset - RECORD_HEADER))
             head += self.capacity_ - offset
         at[0] = head
-        return WROTE
+        return RING_WROTE
 
-    cdef int _publish(self, uint64_t head) noexcept:
-        ff_store_seq_cst_u64(self.head, head)
-        return WROTE_WAKE if ff_exchange_u64(self.reader_sleeping, 0) else WROTE
+    cdef int claim(self, uint64_t size, char** out, uint64_t* at) except -2:
+        """Room for a record of ``size`` bytes (8-aligned, header included) at ``out``.
+
+        Returns WROTE (fill ``out``, then ``commit(at + size)``), FULL or TOO_LARGE
+        (nothing claimed). Native writers use it to build a record in place.
+        """
+        self._check()
+        if size > self.capacity_ // 2:
+            return RING_TOO_LARGE
+        if self._reserve(size, at) == RING_FULL:
+            return RING_FULL
+        out[0] = self.data + (at[0] & self.mask)
+        return RING_WROTE
+
+    cdef int commit(self, uint64_t end) noexcept:
+        """Publish everything claimed up to ``end``: WROTE, or WROTE_WAKE (ring the bell)."""
+        ff_store_seq_cst_u64(self.head, end)
+        return RING_WROTE_WAKE if ff_exchange_u64(self.reader_sleeping, 0) else RING_WROTE
 
     def write(self, list frames):
         """Append one message (a list of frames: bytes or other contiguous buffers).
@@ -283,14 +285,13 @@ cdef class SharedRing:
         cdef char* body
         cdef object frame
         cdef Py_buffer view
+        cdef int status
         if count > MAX_FRAMES:
-            return TOO_LARGE
+            return RING_TOO_LARGE
         size = _record_size(frames)
-        if size > self.capacity_ // 2:
-            return TOO_LARGE
-        if self._reserve(size, &head) == FULL:
-            return FULL
-        out = self.data + (head & self.mask)
+        status = self.claim(size, &out, &head)
+        if status != RING_WROTE:
+            return status
         ff_store_le32(out, <uint32_t>count)
         ff_store_le32(out + 4, <uint32_t>(size - RECORD_HEADER))
         table = ff_align8(4 * <uint64_t>count)
@@ -310,17 +311,17 @@ cdef class SharedRing:
                 body += view.len
                 PyBuffer_Release(&view)
         memset(body, 0, (self.data + (head & self.mask) + size) - body)
-        return self._publish(head + size)
+        return self.commit(head + size)
 
     def write_marker(self):
         """Append a marker: this direction's next message travels over the socket."""
-        self._check()
         cdef uint64_t head
-        if self._reserve(RECORD_HEADER, &head) == FULL:
-            return FULL
+        self._check()
+        if self._reserve(RECORD_HEADER, &head) == RING_FULL:
+            return RING_FULL
         ff_store_le32(self.data + (head & self.mask), FF_SHM_MARKER)
         ff_store_le32(self.data + (head & self.mask) + 4, 0)
-        return self._publish(head + RECORD_HEADER)
+        return self.commit(head + RECORD_HEADER)
 
     # -- reader ------------------------------------------------------------------------
 

@@ -25,9 +25,10 @@ from typing import Any
 from fastfanout._ext import queues as queue_ops
 from fastfanout._ext import receipts as by_receipt
 from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
-from fastfanout._ext.deliveries import receive, receive_frame
+from fastfanout._ext.deliveries import receive, receive_push
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
+from fastfanout._ext.shmring import SharedRing
 from fastfanout.administration import Administration
 from fastfanout.errors import InvalidArgument, NotFound
 from fastfanout.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
@@ -248,6 +249,25 @@ class Broker(Administration):
         Returns:
             ``(frame, count)``: delivery records with receipt and receive count set.
         """
+        frame, count, _, _ = self.receive_push(queue, max_messages, visibility_timeout,
+                                               None, b"")
+        assert frame is not None   # no ring: always a frame
+        return frame, count
+
+    def receive_push(
+        self, queue: str, max_messages: int, visibility_timeout: float | None,
+        ring: SharedRing | None, header: bytes,
+    ) -> tuple[bytes | None, int, bytes, int]:
+        """The server's push: lease like ``receive_frame``, into ``ring`` when it has room.
+
+        With a local channel's ``ring``, the message ``[header, frame]`` is written in
+        place into it (``fastfanout._ext.deliveries.receive_push``).
+
+        Returns:
+            ``(frame, count, receipts, status)``: ``frame`` None when the push is in the
+            ring (``status`` WROTE_WAKE: ring the reader's bell), else the frame to send;
+            ``receipts`` packed little-endian u64s.
+        """
         self._ensure_open()
         if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
@@ -259,10 +279,9 @@ class Broker(Administration):
             queue_id = self._queue_id(queue)
             if lease_us is None:
                 lease_us = self._visibility_us[queue_id]
-            frame: bytes
-            count: int
-            frame, count = receive_frame(self._store, queue_id, max_messages, lease_us, now_us)
-            return frame, count
+            result: tuple[bytes | None, int, bytes, int] = receive_push(
+                self._store, queue_id, max_messages, lease_us, now_us, ring, header)
+            return result
 
     def next_due(self) -> float | None:
         """Clock seconds when the next lease or delay ends (None: nothing pending)."""

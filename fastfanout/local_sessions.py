@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 
+from fastfanout._ext.shmring import SharedRing
 from fastfanout.local_channel import LocalChannel, PeerGone
 from fastfanout.sessions import Session
 from fastfanout.transport import Unroutable, WouldBlock
@@ -74,6 +75,23 @@ class LocalSessions:
         return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
                 "local_ring_full": self.counters["local_ring_full"] + sum(c.full for c in live),
                 "local_sessions": len(self.sessions)}
+
+    def ring_for(self, session: Session) -> SharedRing | None:
+        """The ring a push to ``session`` may be written into now (None: send it)."""
+        channel = self.sessions.get(session)
+        if channel is None or channel.backlog:
+            return None   # behind a backlog, a push must queue too (order)
+        return channel.outgoing
+
+    def ring_bell(self, session: Session) -> None:
+        """Ring a local session's bell (something was written straight into its ring).
+
+        Raises:
+            PeerGone: the client's process has ended.
+        """
+        channel = self.sessions.get(session)
+        if channel is not None:
+            channel.ring_peer()
 
     def has_backlog(self) -> bool:
         """True while some session's messages wait for room in its ring."""

@@ -47,7 +47,7 @@ from types import FrameType, TracebackType
 from typing import Any, Final
 
 from fastfanout import protocol
-from fastfanout._ext.wire import receipts_of
+from fastfanout._ext.shmring import WROTE_WAKE, SharedRing
 from fastfanout.allocator import keep_freed_memory
 from fastfanout.broker import Broker
 from fastfanout.errors import (
@@ -691,14 +691,54 @@ class Server:
             return float(visibility_timeout)
         return float(self.broker.queue_settings(queue).visibility_timeout)
 
+    def _lease_for(self, session: Session, queue: str, max_messages: int,
+                   visibility_timeout: float | None, lease: float, ring: SharedRing | None,
+                   header: bytes) -> tuple[bytes | None, int, int]:
+        """Lease up to ``max_messages`` for ``session`` (see ``Broker.receive_push``).
+
+        Returns (frame, or None when written into ``ring``; count; the ring's status).
+        The session holds the receipts until the leases have surely ended.
+        """
+        frame, count, receipts, status = self.broker.receive_push(
+            queue, max_messages, visibility_timeout, ring, header)
+        if count:
+            session.hold_batch(receipts, time.monotonic() + lease + 1.0)
+        return frame, count, status
+
     def _take(self, session: Session, queue: str, max_messages: int,
               visibility_timeout: float | None, lease: float) -> tuple[list[bytes], int]:
         """Lease up to ``max_messages`` for ``session``; returns (delivery frames, count)."""
-        frame, count = self.broker.receive_frame(queue, max_messages, visibility_timeout)
-        if count:
-            packed = receipts_of(frame)
-            session.hold_batch(packed, time.monotonic() + lease + 1.0)
+        frame, count, _ = self._lease_for(session, queue, max_messages, visibility_timeout,
+                                          lease, None, b"")
+        assert frame is not None   # no ring: always a frame
         return [frame], count
+
+    def _push(self, consumer: Consumer) -> int:
+        """Push up to the consumer's credit (at most ``push_batch``); returns how many.
+
+        To a session with a local channel the push is written straight into its ring
+        when there is room (no frame object, no copy); otherwise it is sent.
+        """
+        session = consumer.session
+        frame, count, status = self._lease_for(
+            session, consumer.queue, min(consumer.credit, self._push_batch),
+            consumer.visibility_timeout, consumer.lease, self._local.ring_for(session),
+            protocol.encode_header(Status.PUSH, consumer.request_id))
+        if not count:
+            return 0
+        if frame is not None:
+            self._send(session, Status.PUSH, consumer.request_id, [frame])
+        elif status == WROTE_WAKE:
+            self._ring_bell(session)
+        return count
+
+    def _ring_bell(self, session: Session) -> None:
+        """Wake a local session's client (a push went straight into its ring)."""
+        try:
+            self._local.ring_bell(session)
+        except PeerGone:
+            self.counters["local_peer_gone"] += 1
+            self._end_session(session, "its process is gone (local channel)", notify=False)
 
     @staticmethod
     def _empty_delivery() -> bytes:
@@ -808,10 +848,7 @@ class Server:
                 if consumer.credit <= 0:
                     continue
                 try:
-                    payload, count = self._take(
-                        consumer.session, consumer.queue,
-                        min(consumer.credit, self._push_batch), consumer.visibility_timeout,
-                        consumer.lease)
+                    count = self._push(consumer)
                 except FastFanoutError as exc:
                     self._consumers.pop((consumer.session.identity, consumer.request_id), None)
                     self._send(consumer.session, Status.END, consumer.request_id,
@@ -821,7 +858,6 @@ class Server:
                     consumer.credit -= count
                     self.counters["pushes"] += 1
                     self.counters["pushed_messages"] += count
-                    self._send(consumer.session, Status.PUSH, consumer.request_id, payload)
             # rotate so that the next round starts with another consumer
             if len(self._consumers) > 1:
                 first = next(iter(self._consumers))

@@ -1,11 +1,13 @@
 from typing import Any
 
 from fastfanout._ext.message import Message
+from fastfanout._ext.shmring import SharedRing
 from fastfanout._ext.store import Store
 
 def receive(
     self: Store, qid: int, max_messages: int, lease_us: int, now_us: int, owner: Any
 ) -> list[Message]: ...
-def receive_frame(
-    self: Store, qid: int, max_messages: int, lease_us: int, now_us: int
-) -> tuple[bytes, int]: ...
+def receive_push(
+    self: Store, qid: int, max_messages: int, lease_us: int, now_us: int,
+    ring: SharedRing | None, header: bytes,
+) -> tuple[bytes | None, int, bytes, int]: ...

@@ -130,3 +130,53 @@ def test_freed_blobs_are_pooled_within_the_bound(broker):
         broker.ack_packed(receipts_of(frame))
     assert blobs.BLOB_POOL_MAX_BYTES <= blobs.blob_pool_bytes() < (
         blobs.BLOB_POOL_MAX_BYTES + 512)
+
+
+@pytest.fixture
+def ring_pair(tmp_path):
+    from fastfanout._ext.shmring import MIN_CAPACITY, SharedRing
+
+    writer = SharedRing.create(str(tmp_path / "ring"), MIN_CAPACITY)
+    reader = SharedRing(str(tmp_path / "ring"))
+    yield writer, reader
+    writer.close()
+    reader.close()
+
+
+def test_receive_push_writes_the_push_into_a_ring(broker, ring_pair):
+    from fastfanout._ext.shmring import WROTE, WROTE_WAKE
+
+    writer, reader = ring_pair
+    broker.create_queue("q")
+    assert broker.receive_push("q", 10, None, writer, b"HDR") == (
+        b"FFB1\x00\x00\x00\x00", 0, b"", WROTE)        # nothing leased: nothing written
+    assert writer.used == 0
+    broker.send_batch("q", [b"x", b"y" * 100])
+    assert reader.sleep()
+    frame, count, receipts, status = broker.receive_push("q", 10, 5.0, writer, b"HDR")
+    assert (frame, count, status) == (None, 2, WROTE_WAKE)
+    [[header, pushed]], _ = reader.read(10)
+    assert header == b"HDR" and receipts == receipts_of(pushed)
+    assert [r.body for r in decode_batch(pushed)] == [b"x", b"y" * 100]
+    broker.ack_packed(receipts)
+    assert broker.stats().queues["q"].acked == 2
+
+
+def test_receive_push_without_room_returns_the_frame(broker, ring_pair):
+    from fastfanout._ext.shmring import FULL, TOO_LARGE, WROTE
+
+    writer, _ = ring_pair
+    broker.create_queue("q")
+    broker.send_batch("q", [b"z" * 40_000])              # more than half the ring
+    frame, count, receipts, status = broker.receive_push("q", 10, None, writer, b"H")
+    assert status == TOO_LARGE and count == 1 and writer.used == 0
+    assert decode_batch(frame)[0].body == b"z" * 40_000 and receipts == receipts_of(frame)
+    for filler in (b"f" * 20_000, b"f"):                # leaves less than 24 bytes
+        while writer.write([filler]) != FULL:
+            pass
+    broker.send_batch("q", [b"small"])
+    frame, count, _, status = broker.receive_push("q", 10, None, writer, b"H")
+    assert status == FULL and [r.body for r in decode_batch(frame)] == [b"small"]
+    broker.send("q", b"no ring")
+    frame, count, receipts, status = broker.receive_push("q", 10, None, None, b"")
+    assert status == WROTE and count == 1 and receipts == receipts_of(frame)
