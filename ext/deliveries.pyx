@@ -240,7 +240,7 @@ cdef object dead_letter_info(Store self, dead_letter_t* dead):
 
 
 cdef bytes dead_letter_json(Store self, dead_letter_t* dead):
-    """A dead-letter record as a delivery record's name part (see ``receive_frame``)."""
+    """A dead-letter record as a delivery record's name part (see ``receive_push``)."""
     return _encode_json([
         DEAD_LETTER_REASONS[dead.reason], self.names[dead.source_queue], dead.receive_count,
         None if dead.first_receive_us < 0 else dead.first_receive_us,

@@ -191,9 +191,6 @@ cdef class Store:
             self.delivery_slot_capacity = count
         return self.delivery_slots
 
-    cdef uint64_t message_size(self, blob_t* blob) noexcept:
-        return <uint64_t>blob.body_len + blob.attrs_len
-
     cdef void _list_visible(self, uint32_t slot) noexcept:
         """Append a visible entry to the tail of its level's visible list."""
         cdef entry_t* entry = &self.entries[slot]
