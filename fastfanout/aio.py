@@ -50,6 +50,12 @@ from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.consumers import DeliveryBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.futures import PendingBatch
+from fastfanout.local_channel import (
+    DEFAULT_RING_BYTES,
+    LocalChannel,
+    check_channel_options,
+    wants_local_channel,
+)
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import PublishResult
 from fastfanout.remote import (
@@ -65,8 +71,10 @@ from fastfanout.stats import BrokerStats
 from fastfanout.topic_pattern import pattern_matches
 from fastfanout.transport import (
     AsyncDealerTransport,
+    AsyncLocalTransport,
     AsyncSubTransport,
     CurveKeys,
+    PeerLost,
     TransportError,
     client_curve,
 )
@@ -183,13 +191,22 @@ class AsyncClient:
             secret)``, or a ``.key_secret`` certificate file); None makes a fresh pair.
         batch_messages: records per publish batch before it is sent.
         batch_bytes: body bytes per publish batch before it is sent.
+        local_channel: talk to the broker through shared memory (see ``Client``): None
+            when the endpoint is ``ipc://`` and the broker offers it, True to insist,
+            False never.
+        ring_bytes: bytes of each of the channel's rings (a power of two, from 64 KiB to 1 GiB).
     """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  curve: CurveKeys | None = None,
                  curve_server_key: bytes | str | os.PathLike[str] | None = None,
                  curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
-                 batch_messages: int = 1000, batch_bytes: int = 1 << 20) -> None:
+                 batch_messages: int = 1000, batch_bytes: int = 1 << 20,
+                 local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
+                 ) -> None:
+        check_channel_options(local_channel, ring_bytes)
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
         self.batch_messages = batch_messages
@@ -200,7 +217,8 @@ class AsyncClient:
         if curve_server_key is not None:
             curve = client_curve(curve_server_key, curve_keys)
         self._curve = curve
-        self._transport = AsyncDealerTransport(self.endpoint, curve)
+        self._transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
+            self.endpoint, curve)
         self._futures: dict[int, asyncio.Future[list[bytes]]] = {}
         self._queues: dict[int, asyncio.Queue[list[bytes] | FastFanoutError]] = {}
         self._next_id = 1
@@ -216,7 +234,38 @@ class AsyncClient:
         self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         frames = await self._request(Opcode.HELLO, [protocol.encode_payload({})])
         self.info = protocol.decode_payload(frames[0])
+        if wants_local_channel(self.local_channel, self.info, self.endpoint):
+            await self._attach_local()
         return self
+
+    async def _attach_local(self) -> None:
+        """Move this connection onto a local channel (as ``Client._attach_local`` does)."""
+        dealer = self._transport
+        assert isinstance(dealer, AsyncDealerTransport)
+        try:
+            channel = LocalChannel.create(self.ring_bytes)
+        except (OSError, ValueError) as exc:
+            if self.local_channel:
+                await self.close()
+                raise BrokenConnection(f"cannot make a local channel: {exc}") from None
+            return
+        try:
+            await self._request(Opcode.ATTACH,
+                                [protocol.encode_payload({"directory": channel.directory})])
+            channel.attached()
+        except (FastFanoutError, OSError, ValueError) as exc:
+            channel.close()
+            if self.local_channel:
+                await self.close()
+                raise BrokenConnection(f"the broker refused a local channel: {exc}") from None
+            return
+        # The reader waits on the socket, where nothing more comes unannounced: move it.
+        reader = self._tasks[0]
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        self._transport = AsyncLocalTransport(dealer, channel, self.timeout)
+        self._tasks[0] = asyncio.create_task(self._reader())
 
     def _send(self, opcode: int, payload: list[bytes], flush: bool = True) -> int:
         """Queue a request; the publish batches of this iteration leave before it."""
@@ -228,8 +277,17 @@ class AsyncClient:
             self._flush_batches()
         request_id = self._next_id
         self._next_id += 1
-        task = asyncio.ensure_future(
-            self._transport.send([protocol.encode_header(opcode, request_id), *payload]))
+        frames = [protocol.encode_header(opcode, request_id), *payload]
+        transport = self._transport
+        if isinstance(transport, AsyncLocalTransport):
+            try:
+                transport.send_nowait(frames)   # into the ring now: no task per request
+            except PeerLost as exc:
+                error = BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}")
+                self._fail(error)
+                raise error from None
+            return request_id
+        task = asyncio.ensure_future(transport.send(frames))
         task.add_done_callback(lambda t: t.exception())
         return request_id
 
@@ -327,7 +385,10 @@ class AsyncClient:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(float(self.info.get("heartbeat_interval", 0.25)))
-            self._fire(Opcode.HEARTBEAT, [])
+            try:
+                self._fire(Opcode.HEARTBEAT, [])
+            except FastFanoutError:
+                return   # the connection is broken: every waiter has been told
 
     async def _call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
         try:

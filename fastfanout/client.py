@@ -42,7 +42,6 @@ from types import TracebackType
 from typing import Any
 
 from fastfanout import protocol
-from fastfanout._ext.shmring import MAX_CAPACITY, MIN_CAPACITY
 from fastfanout._ext.wire import (
     encode_entries,
 )
@@ -50,7 +49,12 @@ from fastfanout.broker import QueueSettings, Subscription
 from fastfanout.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.futures import PendingBatch, PublishBatchFuture, PublishFuture, _Pending
-from fastfanout.local_channel import DEFAULT_RING_BYTES, LocalChannel, local_channels_supported
+from fastfanout.local_channel import (
+    DEFAULT_RING_BYTES,
+    LocalChannel,
+    check_channel_options,
+    wants_local_channel,
+)
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import (
     Attributes,
@@ -139,12 +143,7 @@ class Client:
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes
         self._curve = curve
-        if local_channel not in (None, True, False):
-            raise InvalidArgument(f"local_channel={local_channel!r} must be None, True or False")
-        if (type(ring_bytes) is not int or not MIN_CAPACITY <= ring_bytes <= MAX_CAPACITY
-                or ring_bytes & (ring_bytes - 1)):
-            raise InvalidArgument(f"ring_bytes={ring_bytes!r} must be a power of two from "
-                                  f"{MIN_CAPACITY} to {MAX_CAPACITY}")
+        check_channel_options(local_channel, ring_bytes)
         self.local_channel = local_channel
         self.ring_bytes = ring_bytes
         self._lock = threading.RLock()
@@ -184,9 +183,7 @@ class Client:
             self._drop_transport()
             raise
         self.info = protocol.decode_payload(frames[0])
-        if self.local_channel or (self.local_channel is None and self.info.get("local_channels")
-                                  and self.endpoint.startswith("ipc://")
-                                  and local_channels_supported()):
+        if wants_local_channel(self.local_channel, self.info, self.endpoint):
             self._attach_local()
 
     def _attach_local(self) -> None:

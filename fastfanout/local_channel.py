@@ -36,10 +36,19 @@ import tempfile
 from collections import deque
 from collections.abc import Callable
 
-from fastfanout._ext.shmring import FULL, TOO_LARGE, WROTE_WAKE, SharedRing
+from fastfanout._ext.shmring import (
+    FULL,
+    MAX_CAPACITY,
+    MIN_CAPACITY,
+    TOO_LARGE,
+    WROTE_WAKE,
+    SharedRing,
+)
+from fastfanout.errors import InvalidArgument
 
 __all__ = [
-    "DEFAULT_RING_BYTES", "Bell", "LocalChannel", "PeerGone", "local_channels_supported",
+    "DEFAULT_RING_BYTES", "Bell", "LocalChannel", "PeerGone", "check_channel_options",
+    "local_channels_supported", "wants_local_channel",
 ]
 
 DEFAULT_RING_BYTES = 8 << 20
@@ -58,6 +67,34 @@ class PeerGone(Exception):
 def local_channels_supported() -> bool:
     """True where FIFOs and shared mappings behave as this module needs (Linux)."""
     return sys.platform.startswith("linux")
+
+
+def check_channel_options(local_channel: object, ring_bytes: object) -> None:
+    """Refuse bad ``local_channel`` / ``ring_bytes`` client options up front.
+
+    Raises:
+        InvalidArgument: ``local_channel`` is not None/True/False, or ``ring_bytes`` is
+            not a power of two from ``MIN_CAPACITY`` to ``MAX_CAPACITY``.
+    """
+    if local_channel not in (None, True, False):
+        raise InvalidArgument(f"local_channel={local_channel!r} must be None, True or False")
+    if (type(ring_bytes) is not int or not MIN_CAPACITY <= ring_bytes <= MAX_CAPACITY
+            or ring_bytes & (ring_bytes - 1)):
+        raise InvalidArgument(f"ring_bytes={ring_bytes!r} must be a power of two from "
+                              f"{MIN_CAPACITY} to {MAX_CAPACITY}")
+
+
+def wants_local_channel(local_channel: bool | None, info: dict[str, object],
+                        endpoint: str) -> bool:
+    """Whether a client should attach a channel after HELLO (``info``: its reply).
+
+    True: always try (a refusal is an error); None: when the endpoint is ``ipc://``, the
+    broker offers channels and this host supports them; False: never.
+    """
+    if local_channel is not None:
+        return local_channel
+    return (bool(info.get("local_channels")) and endpoint.startswith("ipc://")
+            and local_channels_supported())
 
 
 def _directory_root() -> str:

@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -54,6 +55,7 @@ from fastfanout.local_channel import LocalChannel, PeerGone
 __all__ = [
     "CURVE_ALLOW_ANY",
     "AsyncDealerTransport",
+    "AsyncLocalTransport",
     "AsyncSubTransport",
     "CurveKeys",
     "DealerTransport",
@@ -673,6 +675,126 @@ class AsyncDealerTransport(_AsyncClientSocket):
     async def send(self, frames: list[bytes]) -> None:
         """Queue a request."""
         await self._socket.send_multipart(frames)
+
+
+class AsyncLocalTransport:
+    """A client's command connection through a local channel, on asyncio.
+
+    The asyncio face of ``LocalTransport``: the channel's bell is watched with
+    ``loop.add_reader`` (no thread, no polling), ``recv`` awaits the next message,
+    ``send_nowait`` writes a request into the ring at once — or, when the ring is full,
+    queues it (in order, behind any queued before) for a task that writes it when the
+    broker has made room.
+
+    Raises (``recv``, ``send_nowait``):
+        PeerLost: the broker's process ended (its bell hung up), or it made no room in
+            ``send_timeout`` seconds; messages it wrote before it went come first.
+    """
+
+    def __init__(self, dealer: AsyncDealerTransport, channel: LocalChannel,
+                 send_timeout: float) -> None:
+        self._dealer = dealer
+        self.channel = channel
+        self._send_timeout = send_timeout
+        self._queue: deque[list[bytes]] = deque()
+        self._backlog: deque[list[bytes]] = deque()
+        self._flusher: asyncio.Future[None] | None = None
+        self._gone = False
+        self._data = asyncio.Event()   # the bell rang: a message, or room
+        self._room = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(channel.bell.fd, self._rang)
+        self.closed = False
+
+    def _rang(self) -> None:
+        try:
+            self.channel.bell.drain()
+        except PeerGone:
+            self._gone = True
+            self._loop.remove_reader(self.channel.bell.fd)  # a hung-up FIFO stays readable
+        self._data.set()
+        self._room.set()
+
+    def _spill(self, frames: list[bytes]) -> None:
+        self._dealer._socket.send_multipart(frames)
+
+    def send_nowait(self, frames: list[bytes]) -> None:
+        """Write a request into the ring now, or queue it until the broker makes room."""
+        if self._gone:
+            raise PeerLost("the broker's process ended (its bell hung up)")
+        try:
+            if not self._backlog and self.channel.try_send(frames, self._spill):
+                return
+        except PeerGone as exc:
+            raise PeerLost(str(exc)) from None
+        self._backlog.append(frames)
+        if self._flusher is None:
+            self.channel.full += 1
+            self._flusher = asyncio.ensure_future(self._flush())
+            self._flusher.add_done_callback(self._flushed)
+
+    def _flushed(self, flusher: asyncio.Future[None]) -> None:
+        self._flusher = None
+        if not flusher.cancelled() and flusher.exception() is not None:
+            self._gone = True   # no room in time: the connection is broken
+            self._data.set()    # recv raises now
+
+    async def _flush(self) -> None:
+        backlog = self._backlog
+        while backlog:
+            self._room.clear()
+            if self.channel.try_send(backlog[0], self._spill):
+                backlog.popleft()
+                continue
+            if self._gone:
+                raise PeerLost("the broker's process ended (its bell hung up)")
+            async with asyncio.timeout(self._send_timeout):
+                await self._room.wait()
+
+    async def send(self, frames: list[bytes]) -> None:
+        """``send_nowait`` (the coroutine form of ``AsyncDealerTransport.send``)."""
+        self.send_nowait(frames)
+
+    def _read(self) -> bool:
+        try:
+            messages = self.channel.read(256)
+        except PeerGone as exc:
+            raise PeerLost(str(exc)) from None
+        for message in messages:
+            if message is None:
+                self.channel.awaiting_socket = True
+            else:
+                self._queue.append(message)
+        return bool(messages)
+
+    async def recv(self) -> list[bytes]:
+        """The next message (waits as long as it takes; cancel to stop)."""
+        channel = self.channel
+        while True:
+            if self._queue:
+                return self._queue.popleft()
+            if channel.awaiting_socket:
+                frames = await self._dealer.recv()
+                channel.awaiting_socket = False
+                return frames
+            self._data.clear()
+            if self._read():
+                continue
+            if self._gone:
+                raise PeerLost("the broker's process ended (its bell hung up)")
+            if channel.incoming.sleep():
+                await self._data.wait()
+
+    def close(self) -> None:
+        """Stop watching the bell; close the channel and the socket."""
+        if not self.closed:
+            self.closed = True
+            if not self._gone:
+                self._loop.remove_reader(self.channel.bell.fd)
+            if self._flusher is not None:
+                self._flusher.cancel()
+            self.channel.close()
+            self._dealer.close()
 
 
 class AsyncSubTransport(_AsyncClientSocket):

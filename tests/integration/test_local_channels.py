@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import textwrap
 import threading
@@ -11,12 +12,19 @@ import msgspec
 import pytest
 import zmq
 
+import fastfanout.aio as aio
 from fastfanout import protocol
 from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.client import BrokenConnection
 from fastfanout.errors import InvalidArgument
 from fastfanout.local_channel import LocalChannel
-from fastfanout.transport import DealerTransport, LocalTransport, PeerLost
+from fastfanout.transport import (
+    AsyncDealerTransport,
+    AsyncLocalTransport,
+    DealerTransport,
+    LocalTransport,
+    PeerLost,
+)
 
 
 def is_local(client) -> bool:
@@ -263,3 +271,75 @@ def test_bad_channel_options_are_refused_up_front(track: Tracker, options) -> No
     with pytest.raises(InvalidArgument):
         track.client(server.endpoint, **options)
     assert server.counters["sessions"] == 0
+
+
+# -- the asyncio client -------------------------------------------------------------------
+
+
+def test_asyncio_client_attaches_and_keeps_order_through_spills(track: Tracker) -> None:
+    server = track.server()
+    tcp = track.server(track.endpoint("tcp"))
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, ring_bytes=MIN_CAPACITY) as client:
+            assert isinstance(client._transport, AsyncLocalTransport)
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            bodies = [b"small-1", b"B" * 100_000, b"small-2", b"C" * 50_000]
+            for body in bodies:     # the big ones spill over the socket, both ways
+                await client.publish("t", body)
+            got = []
+            async for message in client.consume("q", prefetch=1):
+                got.append(message.body)
+                message.ack()
+                if len(got) == len(bodies):
+                    break
+            assert got == bodies
+            assert client._transport.channel.spills == 2
+        async with aio.connect(server.endpoint, local_channel=False) as plain:
+            assert isinstance(plain._transport, AsyncDealerTransport)
+        async with aio.connect(tcp.endpoint) as over_tcp:
+            assert isinstance(over_tcp._transport, AsyncDealerTransport)
+        with pytest.raises(BrokenConnection, match="local channel"):
+            await aio.connect(tcp.endpoint, local_channel=True)
+
+    asyncio.run(main())
+    assert server.counters["local_spills"] >= 2
+
+
+def test_asyncio_client_waits_for_room_in_order(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, ring_bytes=MIN_CAPACITY) as client:
+            await client.create_queue("q")
+            bodies = [b"%05d" % i + b"." * 250 for i in range(10_000)]
+            futures = [client.send_batch_nowait("q", bodies[i:i + 100])
+                       for i in range(0, len(bodies), 100)]   # ~2.5 MB through 64 KiB
+            for future in futures:
+                await future
+            transport = client._transport
+            assert isinstance(transport, AsyncLocalTransport) and transport.channel.full >= 1
+            got = []
+            while len(got) < len(bodies):
+                got += [m.body for m in await client.receive("q", max_messages=1000)]
+            assert got == bodies
+
+    asyncio.run(main())
+
+
+def test_asyncio_client_sees_a_killed_broker(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    broker = track.broker_process(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=30.0) as client:
+            assert isinstance(client._transport, AsyncLocalTransport)
+            await client.create_topic("t")
+            broker.send_signal(signal.SIGKILL)
+            broker.wait(10)
+            with pytest.raises(BrokenConnection):   # long before the 30 s timeout
+                await client.list_topics()
+
+    asyncio.run(main())
