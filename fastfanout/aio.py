@@ -56,6 +56,7 @@ from fastfanout.local_channel import (
     check_channel_options,
     wants_local_channel,
 )
+from fastfanout.local_transport import AsyncLocalTransport
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import PublishResult
 from fastfanout.remote import (
@@ -71,7 +72,6 @@ from fastfanout.stats import BrokerStats
 from fastfanout.topic_pattern import pattern_matches
 from fastfanout.transport import (
     AsyncDealerTransport,
-    AsyncLocalTransport,
     AsyncSubTransport,
     CurveKeys,
     PeerLost,

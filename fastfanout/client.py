@@ -55,6 +55,7 @@ from fastfanout.local_channel import (
     check_channel_options,
     wants_local_channel,
 )
+from fastfanout.local_transport import LocalTransport
 from fastfanout.protocol import BrokenConnection, Opcode, Status
 from fastfanout.records import (
     Attributes,
@@ -78,7 +79,6 @@ from fastfanout.stats import BrokerStats
 from fastfanout.transport import (
     CurveKeys,
     DealerTransport,
-    LocalTransport,
     PeerLost,
     TransportError,
     client_curve,

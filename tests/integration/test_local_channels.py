@@ -18,13 +18,8 @@ from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.client import BrokenConnection
 from fastfanout.errors import InvalidArgument
 from fastfanout.local_channel import LocalChannel
-from fastfanout.transport import (
-    AsyncDealerTransport,
-    AsyncLocalTransport,
-    DealerTransport,
-    LocalTransport,
-    PeerLost,
-)
+from fastfanout.local_transport import AsyncLocalTransport, LocalTransport
+from fastfanout.transport import AsyncDealerTransport, DealerTransport, PeerLost
 
 
 def is_local(client) -> bool:

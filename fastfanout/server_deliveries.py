@@ -1,0 +1,247 @@
+"""The server's delivery side: receive and long polls, push consumers, acks and credit.
+
+``Deliveries`` is a base class of ``fastfanout.server.Server``, split off by concern as
+``Administration`` is from ``Broker``: one object, the server's state and loop; these
+are the request handlers that lease and settle messages and the round's push phase.
+
+A push leases up to the consumer's credit (at most ``push_batch``) in one native call
+(``Broker.receive_push``) that writes the delivery frame straight into a local session's
+ring when it has room — no frame object, no copy — or returns it to be sent. Either way
+the session keeps the receipts (8 bytes a message, never the bodies) until the leases
+have surely ended, so a vanished client's leases can be given back at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from fastfanout import protocol
+from fastfanout._ext.shmring import WROTE_WAKE, SharedRing
+from fastfanout.broker import Broker
+from fastfanout.errors import FastFanoutError, InvalidArgument, NotFound, StaleReceipt
+from fastfanout.local_channel import PeerGone
+from fastfanout.local_sessions import LocalSessions
+from fastfanout.protocol import Status
+from fastfanout.sessions import Consumer, Session, Waiter
+from fastfanout.settings import MAX_RECEIVE_BATCH
+
+__all__ = ["Deliveries"]
+
+
+class Deliveries:
+    """Leasing, pushing and settling for ``Server`` (its base class; see the module)."""
+
+    broker: Broker
+    counters: Counter[str]
+    _consumers: dict[tuple[bytes, int], Consumer]
+    _waiters: list[Waiter]
+    _push_batch: int
+    _local: LocalSessions
+    _dirty: bool
+    _room: bool
+
+    if TYPE_CHECKING:   # provided by Server
+        def _send(self, session: Session, status: int, request_id: int,
+                  payload: list[bytes]) -> bool: ...
+        def _reply(self, session: Session, request_id: int, payload: list[bytes]) -> None: ...
+        def _error(self, session: Session, request_id: int, error: BaseException) -> None: ...
+        def _end_session(self, session: Session, why: str, notify: bool = True) -> None: ...
+        @staticmethod
+        def _frame(frames: list[bytes], index: int, what: str) -> bytes: ...
+        def _arguments(self, frames: list[bytes]) -> tuple[list[Any], dict[str, Any]]: ...
+
+    def _lease_seconds(self, queue: str, visibility_timeout: float | None) -> float:
+        if visibility_timeout is not None:
+            return float(visibility_timeout)
+        return float(self.broker.queue_settings(queue).visibility_timeout)
+
+    def _lease_for(self, session: Session, queue: str, max_messages: int,
+                   visibility_timeout: float | None, lease: float, ring: SharedRing | None,
+                   header: bytes) -> tuple[bytes | None, int, int]:
+        """Lease up to ``max_messages`` for ``session`` (see ``Broker.receive_push``).
+
+        Returns (frame, or None when written into ``ring``; count; the ring's status).
+        The session holds the receipts until the leases have surely ended.
+        """
+        frame, count, receipts, status = self.broker.receive_push(
+            queue, max_messages, visibility_timeout, ring, header)
+        if count:
+            session.hold_batch(receipts, time.monotonic() + lease + 1.0)
+        return frame, count, status
+
+    def _take(self, session: Session, queue: str, max_messages: int,
+              visibility_timeout: float | None, lease: float) -> tuple[list[bytes], int]:
+        """Lease up to ``max_messages`` for ``session``; returns (delivery frames, count)."""
+        frame, count, _ = self._lease_for(session, queue, max_messages, visibility_timeout,
+                                          lease, None, b"")
+        assert frame is not None   # no ring: always a frame
+        return [frame], count
+
+    def _push(self, consumer: Consumer) -> int:
+        """Push up to the consumer's credit (at most ``push_batch``); returns how many.
+
+        To a session with a local channel the push is written straight into its ring
+        when there is room (no frame object, no copy); otherwise it is sent.
+        """
+        session = consumer.session
+        frame, count, status = self._lease_for(
+            session, consumer.queue, min(consumer.credit, self._push_batch),
+            consumer.visibility_timeout, consumer.lease, self._local.ring_for(session),
+            protocol.encode_header(Status.PUSH, consumer.request_id))
+        if not count:
+            return 0
+        if frame is not None:
+            self._send(session, Status.PUSH, consumer.request_id, [frame])
+        elif status == WROTE_WAKE:
+            self._ring_bell(session)
+        return count
+
+    def _ring_bell(self, session: Session) -> None:
+        """Wake a local session's client (a push went straight into its ring)."""
+        try:
+            self._local.ring_bell(session)
+        except PeerGone:
+            self.counters["local_peer_gone"] += 1
+            self._end_session(session, "its process is gone (local channel)", notify=False)
+
+    @staticmethod
+    def _empty_delivery() -> bytes:
+        return b"FFB1\x00\x00\x00\x00"
+
+    def _receive(self, session: Session, request_id: int, frames: list[bytes]
+                 ) -> list[bytes] | None:
+        args, kwargs = self._arguments(frames)
+        queue = kwargs.get("queue", args[0] if args else None)
+        max_messages = kwargs.get("max_messages", 1)
+        wait = kwargs.get("wait", 0.0)
+        visibility_timeout = kwargs.get("visibility_timeout")
+        if (type(wait) not in (int, float) or not math.isfinite(wait)
+                or not 0 <= wait <= 20):
+            raise InvalidArgument(f"wait={wait!r} must be finite and from 0 to 20 seconds")
+        if type(queue) is not str:
+            raise InvalidArgument(f"queue name {queue!r} must be a string")
+        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+            # Checked before the queue is looked up, in the embedded broker's order.
+            raise InvalidArgument(
+                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        lease = self._lease_seconds(queue, visibility_timeout)
+        payload, count = self._take(session, queue, max_messages, visibility_timeout, lease)
+        if count or not wait:
+            return payload
+        self._waiters.append(Waiter(session, request_id, queue, max_messages, lease,
+                                     visibility_timeout, time.monotonic() + wait))
+        return None
+
+    def _ack(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
+        packed = self._frame(frames, 0, "receipts")
+        if len(packed) % 8:
+            raise protocol.MalformedFrame(
+                f"receipts frame of {len(packed)} bytes is not a multiple of 8")
+        self.broker.ack_packed(packed)
+        self._room = True
+        session.settled(packed)
+        return []
+
+    def _settle(self, session: Session, request_id: int, frames: list[bytes]) -> None:
+        """ACKs and a CREDIT in one request, answered only if an ack fails.
+
+        Frames: the receipts of one or more pushed batches (or single messages), one frame
+        each, then the credit. Each frame is acked on its own, all or none as an ACK, so a
+        stale receipt fails only its own frame; the loop over the frames is native. A
+        consumer that settles batches so saves two messages a batch (the ack's reply and a
+        separate CREDIT); the credit comes back either way.
+        """
+        self._frame(frames, 1, "credit")   # one receipts frame at least, then the credit
+        receipts = frames[:-1]
+        try:
+            try:
+                stale = self.broker.ack_frames(receipts)
+            except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
+                raise protocol.MalformedFrame(str(exc)) from None
+            self._room = True
+            for packed in receipts:
+                session.settled(packed)
+            if stale:
+                raise StaleReceipt(
+                    f"{len(stale)} receipts are stale (first: {stale[0]}); the frames "
+                    f"holding them were not acked", stale)
+        finally:
+            self._credit(session, request_id, frames[-1:])
+
+    def _consume(self, session: Session, request_id: int, frames: list[bytes]
+                 ) -> list[bytes]:
+        _, kwargs = self._arguments(frames)
+        queue = kwargs.get("queue")
+        prefetch = kwargs.get("prefetch", 100)
+        visibility_timeout = kwargs.get("visibility_timeout")
+        if type(queue) is not str:
+            raise InvalidArgument(f"queue name {queue!r} must be a string")
+        if type(prefetch) is not int or not 1 <= prefetch <= 1_000_000:
+            raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to 1,000,000")
+        lease = self._lease_seconds(queue, visibility_timeout)
+        self._consumers[(session.identity, request_id)] = Consumer(
+            session, request_id, queue, prefetch, lease, visibility_timeout)
+        session.consumers.add(request_id)
+        self._dirty = True
+        return [protocol.encode_payload(None)]
+
+    def _credit(self, session: Session, request_id: int, frames: list[bytes]) -> None:
+        value = protocol.decode_payload(self._frame(frames, 0, "credit"))
+        if not isinstance(value, list) or len(value) != 2:
+            raise protocol.MalformedFrame("credit payload must be [consumer_id, count]")
+        consumer = self._consumers.get((session.identity, value[0]))
+        if consumer is not None and type(value[1]) is int and value[1] > 0:
+            consumer.credit += value[1]
+            self._dirty = True
+
+    def _cancel(self, session: Session, request_id: int, frames: list[bytes]
+                ) -> list[bytes]:
+        args, _ = self._arguments(frames)
+        consumer_id = args[0] if args else None
+        consumer = self._consumers.pop((session.identity, consumer_id), None)  # type: ignore[arg-type]
+        if consumer is None:
+            raise NotFound(f"consumer {consumer_id!r} does not exist on this connection")
+        session.consumers.discard(consumer.request_id)
+        return [protocol.encode_payload(None)]
+
+    def _deliver(self) -> None:
+        """Push to consumers with credit (round robin) and answer long polls that can be."""
+        if self._consumers:
+            consumers = list(self._consumers.values())
+            for consumer in consumers:
+                if consumer.credit <= 0:
+                    continue
+                try:
+                    count = self._push(consumer)
+                except FastFanoutError as exc:
+                    self._consumers.pop((consumer.session.identity, consumer.request_id), None)
+                    self._send(consumer.session, Status.END, consumer.request_id,
+                               [protocol.encode_error(exc)])
+                    continue
+                if count:
+                    consumer.credit -= count
+                    self.counters["pushes"] += 1
+                    self.counters["pushed_messages"] += count
+            # rotate so that the next round starts with another consumer
+            if len(self._consumers) > 1:
+                first = next(iter(self._consumers))
+                self._consumers[first] = self._consumers.pop(first)
+        if self._waiters:
+            now = time.monotonic()
+            still = []
+            for waiter in self._waiters:
+                try:
+                    payload, count = self._take(waiter.session, waiter.queue,
+                                                waiter.max_messages, waiter.visibility_timeout,
+                                                waiter.lease)
+                except FastFanoutError as exc:
+                    self._error(waiter.session, waiter.request_id, exc)
+                    continue
+                if count or now >= waiter.deadline:
+                    self._reply(waiter.session, waiter.request_id, payload)
+                else:
+                    still.append(waiter)
+            self._waiters = still
