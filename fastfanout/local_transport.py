@@ -22,7 +22,30 @@ from fastfanout.transport import AsyncDealerTransport, DealerTransport, PeerLost
 __all__ = ["AsyncLocalTransport", "LocalTransport"]
 
 
-class LocalTransport:
+class _ChannelReader:
+    """What both flavours share: the queue of messages read from the channel's ring."""
+
+    channel: LocalChannel
+    _queue: deque[list[bytes]]
+
+    def _read(self) -> bool:
+        """Move what the ring holds to the queue; True when there was anything.
+
+        A marker makes the socket's next message the next one (``awaiting_socket``).
+        """
+        try:
+            messages = self.channel.read(256)
+        except PeerGone as exc:
+            raise PeerLost(str(exc)) from None
+        for message in messages:
+            if message is None:
+                self.channel.awaiting_socket = True
+            else:
+                self._queue.append(message)
+        return bool(messages)
+
+
+class LocalTransport(_ChannelReader):
     """A client's command connection through a local channel, blocking flavour.
 
     The same ``send``/``recv``/``close`` as ``DealerTransport``, whose socket it keeps for
@@ -74,19 +97,6 @@ class LocalTransport:
         except PeerGone:
             self._gone = True
 
-    def _read(self) -> bool:
-        """Move what the ring holds to the queue; True when there was anything."""
-        try:
-            messages = self.channel.read(256)
-        except PeerGone as exc:
-            raise PeerLost(str(exc)) from None
-        for message in messages:
-            if message is None:
-                self.channel.awaiting_socket = True
-            else:
-                self._queue.append(message)
-        return bool(messages)
-
     def recv(self, timeout: float) -> list[bytes] | None:
         """The next message, waiting up to ``timeout`` seconds (0: only if one is here).
 
@@ -125,7 +135,7 @@ class LocalTransport:
             self._dealer.close()
 
 
-class AsyncLocalTransport:
+class AsyncLocalTransport(_ChannelReader):
     """A client's command connection through a local channel, on asyncio.
 
     The asyncio face of ``LocalTransport``: the channel's bell is watched with
@@ -202,18 +212,6 @@ class AsyncLocalTransport:
     async def send(self, frames: list[bytes]) -> None:
         """``send_nowait`` (the coroutine form of ``AsyncDealerTransport.send``)."""
         self.send_nowait(frames)
-
-    def _read(self) -> bool:
-        try:
-            messages = self.channel.read(256)
-        except PeerGone as exc:
-            raise PeerLost(str(exc)) from None
-        for message in messages:
-            if message is None:
-                self.channel.awaiting_socket = True
-            else:
-                self._queue.append(message)
-        return bool(messages)
 
     async def recv(self) -> list[bytes]:
         """The next message (waits as long as it takes; cancel to stop)."""
