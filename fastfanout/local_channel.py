@@ -51,8 +51,9 @@ __all__ = [
     "local_channels_supported", "wants_local_channel",
 ]
 
-DEFAULT_RING_BYTES = 8 << 20
-"""Bytes of each ring of a channel (8 MiB: a push of 8,192 small messages is ~1 MB)."""
+DEFAULT_RING_BYTES = 4 << 20
+"""Bytes of each ring of a channel (4 MiB: a push of 8,192 small messages, ~1 MB, fits in
+half of one; larger rings measured no faster)."""
 
 TO_BROKER = "to_broker.ring"
 TO_CLIENT = "to_client.ring"
