@@ -20,6 +20,7 @@ bookkeeping out of the server's loop:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from fastfanout.sessions import Session
 from fastfanout.transport import Unroutable, WouldBlock
 
 __all__ = ["BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
+
+log = logging.getLogger("fastfanout.server")
 
 ROUND_MESSAGES = 1000
 """Most messages one round reads from one session's ring (as ``ROUND_REQUESTS``)."""
@@ -183,8 +186,10 @@ class LocalSessions:
             except PeerGone:
                 ended.append(session)
                 return handled
-            except ValueError:
+            except ValueError as exc:
                 # a record the ring refuses: the client wrote past its bounds
+                log.warning("session %s: malformed record in its ring (%s); ending it",
+                            session.identity.hex(), exc)
                 self.counters["local_malformed"] += 1
                 ended.append(session)
                 return handled

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import struct
 import textwrap
 import threading
 from typing import Any as Tracker
@@ -17,7 +19,7 @@ from fastfanout import protocol
 from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.client import BrokenConnection
 from fastfanout.errors import InvalidArgument
-from fastfanout.local_channel import LocalChannel
+from fastfanout.local_channel import TO_BROKER, LocalChannel
 from fastfanout.local_transport import AsyncLocalTransport, LocalTransport
 from fastfanout.transport import AsyncDealerTransport, DealerTransport, PeerLost
 
@@ -338,3 +340,35 @@ def test_asyncio_client_sees_a_killed_broker(track: Tracker) -> None:
                 await client.list_topics()
 
     asyncio.run(main())
+
+
+def test_a_malformed_record_ends_only_its_session(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(server.endpoint)
+    channel = LocalChannel.create(MIN_CAPACITY)
+    assert channel.directory is not None
+    ring_file = open(os.path.join(channel.directory, TO_BROKER), "r+b")
+    try:
+        dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 1),
+                               msgspec.msgpack.encode({"directory": channel.directory})])
+        assert dealer.poll(5000)
+        dealer.recv_multipart()
+        channel.attached()
+        # a record claiming 2 frames and a length past the end of the ring, published
+        os.pwrite(ring_file.fileno(), struct.pack("<II", 2, 1 << 20), 256)
+        os.pwrite(ring_file.fileno(), struct.pack("<Q", 8), 64)
+        channel.ring_peer()
+        track.wait_until(lambda: server.counters["local_malformed"] == 1,
+                         what="the refusal")
+        track.wait_until(lambda: client.server_stats()["local_sessions"] == 1,
+                         what="the session's end")
+        assert client.list_topics() == []                  # everyone else is served
+    finally:
+        ring_file.close()
+        channel.close()
+        dealer.close()
+        context.term()
