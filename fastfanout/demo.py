@@ -144,6 +144,10 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
                 else:
                     console.print(f"  {name:9} (pid {pid}): acked {first}")
             console.print(f"all processes done in {elapsed * 1000:.0f} ms")
+            server = client.server_stats()
+            console.print(f"transport: {server.get('local_channels', 0)} of "
+                          f"{server.get('sessions', 0)} connections on local channels "
+                          f"(shared memory)")
             _report(client, console)
         return 0
     finally:
