@@ -18,7 +18,8 @@ reader takes it in its place.
 
 A bell also tells each side that the other is gone: when the last writer of a FIFO
 closes (its process exited, crashed or was killed), the reader's poll reports a hang-up
-at once, where a socket peer would be noticed only by its missing heartbeats.
+at once, where a socket peer would be noticed only by its missing heartbeats. Each side
+opens the other's bell read-write, so ringing a dead peer never raises ``SIGPIPE``.
 
 The client picks the ring size (``ring_bytes``, a power of two, default
 ``DEFAULT_RING_BYTES``); the broker refuses ``ATTACH`` when its own endpoint is not
@@ -110,8 +111,11 @@ class Bell:
 
     def __init__(self, path: str, *, reader: bool) -> None:
         flags = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-        # A FIFO opened for writing without a reader fails (ENXIO): the reader opens first.
-        self.fd = os.open(path, flags | (os.O_RDONLY if reader else os.O_WRONLY))
+        # The ringing side opens read-write (Linux): a write then never fails with EPIPE,
+        # so a process whose SIGPIPE is SIG_DFL is not killed by ringing a peer that
+        # died. The peer's death is seen on this side's own bell instead, whose only
+        # writer was the peer: its poll reports the hang-up.
+        self.fd = os.open(path, flags | (os.O_RDONLY if reader else os.O_RDWR))
         info = os.fstat(self.fd)
         if not stat.S_ISFIFO(info.st_mode) or info.st_uid != os.geteuid():
             os.close(self.fd)
@@ -119,13 +123,17 @@ class Bell:
         self.closed = False
 
     def ring(self) -> None:
-        """Wake the reader (a full FIFO already will: its pending bytes do)."""
+        """Wake the reader (a full FIFO already will: its pending bytes do).
+
+        Raises:
+            PeerGone: the write failed (this end is closed, or the FIFO is broken).
+        """
         try:
             os.write(self.fd, b"\x00")
         except BlockingIOError:
             pass
-        except (BrokenPipeError, OSError) as exc:
-            raise PeerGone(f"the bell's reader is gone: {exc}") from None
+        except OSError as exc:
+            raise PeerGone(f"cannot ring the bell: {exc}") from None
 
     def drain(self) -> None:
         """Read every pending ring.

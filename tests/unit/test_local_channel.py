@@ -2,6 +2,9 @@
 
 import os
 import select
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -90,8 +93,33 @@ def test_a_closed_peer_is_noticed_on_both_bells(sides):
     assert readable(broker.bell.fd)            # hung up
     with pytest.raises(PeerGone):
         broker.bell.drain()
+    broker.ring_peer()     # ringing the dead peer raises nothing (no EPIPE, no SIGPIPE)
+
+
+def test_the_client_sees_the_broker_side_close(sides):
+    client, broker = sides
+    broker.close()
+    assert readable(client.bell.fd)
     with pytest.raises(PeerGone):
-        broker.ring_peer()                     # nobody reads the client's bell any more
+        client.bell.drain()
+
+
+def test_ringing_a_dead_peer_cannot_kill_a_process_with_default_sigpipe(tmp_path):
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from fastfanout._ext.shmring import MIN_CAPACITY
+        from fastfanout.local_channel import LocalChannel
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # as many command-line tools do
+        client = LocalChannel.create(MIN_CAPACITY)
+        broker = LocalChannel.attach(client.directory)
+        client.attached()
+        client.close()
+        for _ in range(100_000):   # more than a FIFO holds
+            broker.ring_peer()
+        print("alive")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == [b"alive"], done.stderr
 
 
 def test_attach_refuses_what_is_not_a_private_channel(tmp_path):
