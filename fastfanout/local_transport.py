@@ -50,9 +50,9 @@ class LocalTransport(_ChannelReader):
 
     The same ``send``/``recv``/``close`` as ``DealerTransport``, whose socket it keeps for
     the messages too large for a ring (announced by a marker, see
-    ``fastfanout.local_channel``). ``recv`` waits on the channel's bell and the socket at
-    once. A send that finds the ring full waits for the broker to make room, up to
-    ``send_timeout`` seconds.
+    ``fastfanout.local_channel``). ``recv`` waits on the channel's bell (``poll``), and on
+    the socket only after a marker. A send that finds the ring full waits for the broker
+    to make room, up to ``send_timeout`` seconds.
 
     Raises (``send``, ``recv``):
         PeerLost: the broker's process ended (its bell hung up) or it made no room in
@@ -82,8 +82,10 @@ class LocalTransport(_ChannelReader):
             channel.full += 1
             deadline = time.monotonic() + self._send_timeout
             while not channel.try_send(frames, self._spill):
+                if self._gone:
+                    raise PeerLost("the broker's process ended (its bell hung up)")
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._gone:
+                if remaining <= 0:
                     raise PeerLost("the broker made no room in its ring in "
                                    f"{self._send_timeout:.1f} s")
                 if self._bell.poll(max(1, math.ceil(min(remaining, 0.1) * 1000))):
