@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import struct
 import textwrap
 import threading
+from collections.abc import Iterator
 from typing import Any as Tracker
 
 import msgspec
@@ -26,6 +28,30 @@ from fastfanout.transport import AsyncDealerTransport, DealerTransport, PeerLost
 
 def is_local(client) -> bool:
     return isinstance(client._transport, LocalTransport)
+
+
+@contextlib.contextmanager
+def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER connected to the broker (no client library), closed after."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    try:
+        yield dealer
+    finally:
+        dealer.close()
+        context.term()
+
+
+def attach_raw(dealer: zmq.Socket[bytes], channel: LocalChannel) -> None:
+    """ATTACH ``channel`` over ``dealer``, as a client in another language would."""
+    dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 1),
+                           msgspec.msgpack.encode({"directory": channel.directory})])
+    assert dealer.poll(5000)
+    _, status, _ = protocol.decode_header(dealer.recv_multipart()[0])
+    assert status == protocol.Status.OK
+    channel.attached()
 
 
 def test_attached_by_default_over_ipc_only(track: Tracker) -> None:
@@ -83,37 +109,29 @@ def test_a_client_that_does_not_read_is_queued_for_in_order(track: Tracker) -> N
     client = track.client(server.endpoint)
     for number in range(20):
         client.create_queue(f"a-queue-with-a-longish-name-{number}")
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(server.endpoint)
     channel = LocalChannel.create(MIN_CAPACITY)
-    try:
-        dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 1),
-                               msgspec.msgpack.encode({"directory": channel.directory})])
-        assert dealer.poll(5000)
-        dealer.recv_multipart()
-        channel.attached()
-        # 2,000 requests whose replies (~700 bytes each) overflow a 64 KiB ring unread
-        payload = msgspec.msgpack.encode([[], {}])
-        for request_id in range(2, 2002):
-            frames = [protocol.encode_header(protocol.Opcode.LIST_QUEUES, request_id), payload]
-            while not channel.try_send(frames, dealer.send_multipart):
-                channel.read(0)   # nothing read: only wait for the broker to take requests
-        track.wait_until(lambda: server.counters["requests"] >= 2001, what="every request")
-        assert client.server_stats()["local_ring_full"] >= 1
-        answered = []
-        while len(answered) < 2000:
-            for reply in channel.read(100):
-                assert reply is not None
-                _, status, request_id = protocol.decode_header(reply[0])
-                assert status == protocol.Status.OK
-                answered.append(request_id)
-        assert answered == list(range(2, 2002))
-    finally:
-        channel.close()
-        dealer.close()
-        context.term()
+    with raw_dealer(server.endpoint) as dealer:
+        try:
+            attach_raw(dealer, channel)
+            # 2,000 requests whose replies (~700 bytes each) overflow a 64 KiB ring unread
+            payload = msgspec.msgpack.encode([[], {}])
+            for request_id in range(2, 2002):
+                frames = [protocol.encode_header(protocol.Opcode.LIST_QUEUES, request_id),
+                          payload]
+                while not channel.try_send(frames, dealer.send_multipart):
+                    channel.read(0)   # nothing read: only wait for the broker to take some
+            track.wait_until(lambda: server.counters["requests"] >= 2001, what="every request")
+            assert client.server_stats()["local_ring_full"] >= 1
+            answered = []
+            while len(answered) < 2000:
+                for reply in channel.read(100):
+                    assert reply is not None
+                    _, status, request_id = protocol.decode_header(reply[0])
+                    assert status == protocol.Status.OK
+                    answered.append(request_id)
+            assert answered == list(range(2, 2002))
+        finally:
+            channel.close()
 
 
 def test_a_send_waits_for_room_then_gives_up(track: Tracker) -> None:
@@ -191,10 +209,6 @@ def test_a_killed_broker_is_a_clear_error_then_reconnect(track: Tracker) -> None
 def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
     server = track.server()
     client = track.client(server.endpoint)
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(server.endpoint)
     open_dir = tmp_path / "world-readable"
     open_dir.mkdir()
     open_dir.chmod(0o755)
@@ -205,7 +219,7 @@ def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
          "invalid_argument"),
         ([msgspec.msgpack.encode({"directory": str(open_dir)})], "invalid_argument"),
     ]
-    try:
+    with raw_dealer(server.endpoint) as dealer:
         for request_id, (payload, code) in enumerate(cases, 1):
             dealer.send_multipart(
                 [protocol.encode_header(protocol.Opcode.ATTACH, request_id), *payload])
@@ -216,21 +230,15 @@ def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
             assert msgspec.msgpack.decode(reply[1])[0] == code
         # a real channel attaches over the same raw socket, and is then used
         channel = LocalChannel.create(MIN_CAPACITY)
-        dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 99),
-                               msgspec.msgpack.encode({"directory": channel.directory})])
-        assert dealer.poll(5000)
-        _, status, _ = protocol.decode_header(dealer.recv_multipart()[0])
-        assert status == protocol.Status.OK
-        channel.attached()
-        channel.try_send([protocol.encode_header(protocol.Opcode.LIST_TOPICS, 100),
-                          msgspec.msgpack.encode([[], {}])], dealer.send_multipart)
-        track.wait_until(lambda: channel.incoming.pending(), what="the reply in the ring")
-        [reply] = channel.read(1)
-        assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 100)
-        channel.close()
-    finally:
-        dealer.close()
-        context.term()
+        try:
+            attach_raw(dealer, channel)
+            channel.try_send([protocol.encode_header(protocol.Opcode.LIST_TOPICS, 100),
+                              msgspec.msgpack.encode([[], {}])], dealer.send_multipart)
+            track.wait_until(lambda: channel.incoming.pending(), what="the reply in the ring")
+            [reply] = channel.read(1)
+            assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 100)
+        finally:
+            channel.close()
     assert client.list_topics() == []
     assert client.server_stats()["error.invalid_argument"] == 2
 
@@ -345,30 +353,21 @@ def test_asyncio_client_sees_a_killed_broker(track: Tracker) -> None:
 def test_a_malformed_record_ends_only_its_session(track: Tracker) -> None:
     server = track.server()
     client = track.client(server.endpoint)
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(server.endpoint)
     channel = LocalChannel.create(MIN_CAPACITY)
     assert channel.directory is not None
     ring_file = open(os.path.join(channel.directory, TO_BROKER), "r+b")
-    try:
-        dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 1),
-                               msgspec.msgpack.encode({"directory": channel.directory})])
-        assert dealer.poll(5000)
-        dealer.recv_multipart()
-        channel.attached()
-        # a record claiming 2 frames and a length past the end of the ring, published
-        os.pwrite(ring_file.fileno(), struct.pack("<II", 2, 1 << 20), 256)
-        os.pwrite(ring_file.fileno(), struct.pack("<Q", 8), 64)
-        channel.ring_peer()
-        track.wait_until(lambda: server.counters["local_malformed"] == 1,
-                         what="the refusal")
-        track.wait_until(lambda: client.server_stats()["local_sessions"] == 1,
-                         what="the session's end")
-        assert client.list_topics() == []                  # everyone else is served
-    finally:
-        ring_file.close()
-        channel.close()
-        dealer.close()
-        context.term()
+    with raw_dealer(server.endpoint) as dealer:
+        try:
+            attach_raw(dealer, channel)
+            # a record claiming 2 frames and a length past the end of the ring, published
+            os.pwrite(ring_file.fileno(), struct.pack("<II", 2, 1 << 20), 256)
+            os.pwrite(ring_file.fileno(), struct.pack("<Q", 8), 64)
+            channel.ring_peer()
+            track.wait_until(lambda: server.counters["local_malformed"] == 1,
+                             what="the refusal")
+            track.wait_until(lambda: client.server_stats()["local_sessions"] == 1,
+                             what="the session's end")
+            assert client.list_topics() == []                  # everyone else is served
+        finally:
+            ring_file.close()
+            channel.close()
