@@ -18,6 +18,7 @@ import zmq
 
 import fastfanout.aio as aio
 from fastfanout import protocol
+from fastfanout._ext import codec
 from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.client import BrokenConnection
 from fastfanout.errors import InvalidArgument
@@ -370,4 +371,50 @@ def test_a_malformed_record_ends_only_its_session(track: Tracker) -> None:
             assert client.list_topics() == []                  # everyone else is served
         finally:
             ring_file.close()
+            channel.close()
+
+
+def test_pushes_behind_a_full_ring_keep_their_order(track: Tracker) -> None:
+    # Pushes are written into the ring in place while it has room; once a push had to
+    # queue, a later small one that would fit in the gap must queue behind it instead.
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    channel = LocalChannel.create(MIN_CAPACITY)   # 64 KiB: two pushes of ~25 KB fit
+    sent: list[bytes] = []
+
+    def push(count: int) -> None:   # one send, so one push of ``count`` records
+        bodies = [b"%05d" % (len(sent) + i) + b"-" * 100 for i in range(count)]
+        client.send_batch("q", bodies)
+        sent.extend(bodies)
+
+    got: list[bytes] = []
+
+    def take(limit: int) -> bool:
+        """Read up to ``limit`` pushes into ``got``; True once everything sent is in."""
+        for message in channel.read(limit):
+            assert message is not None   # no push here exceeds half the ring
+            _, status, request_id = protocol.decode_header(message[0])
+            assert status == protocol.Status.PUSH and request_id == 7
+            got.extend(r.body for r in codec.decode_batch(message[1]))
+        return len(got) >= len(sent)
+
+    with raw_dealer(server.endpoint) as dealer:
+        try:
+            attach_raw(dealer, channel)
+            consume = [protocol.encode_header(protocol.Opcode.CONSUME, 7),
+                       msgspec.msgpack.encode([[], {"queue": "q", "prefetch": 100_000}])]
+            assert channel.try_send(consume, dealer.send_multipart)
+            track.wait_until(channel.incoming.pending, what="the consume reply")
+            [reply] = channel.read(1)
+            assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 7)
+            push(1)                       # small, in the ring
+            for _ in range(4):
+                push(150)                 # two fit, two queue (the ring is full)
+            assert client.server_stats()["local_ring_full"] == 1
+            take(1)                       # the small one: a gap too small for a queued one
+            push(1)                       # fits that gap, but must not overtake
+            track.wait_until(lambda: take(100), what="every push")
+            assert got == sent
+        finally:
             channel.close()
