@@ -39,6 +39,7 @@ def test_local_channel_write_read(benchmark):
     client = LocalChannel.create()
     broker = LocalChannel.attach(client.directory or "")
     client.attached()
+    client.spill = no_spill
     message = [HEADER, BODY]
     send = client.try_send
     read = broker.read
@@ -48,7 +49,7 @@ def test_local_channel_write_read(benchmark):
         nonlocal moved
         for _ in range(BATCHES_PER_CALL):
             for _ in range(BATCH):
-                send(message, no_spill)
+                send(message)
             moved += len(read(BATCH))
 
     try:

@@ -276,18 +276,12 @@ class AsyncClient(AsyncClientAdministration):
             self._flush_batches()
         request_id = self._next_id
         self._next_id += 1
-        frames = [protocol.encode_header(opcode, request_id), *payload]
-        transport = self._transport
-        if isinstance(transport, AsyncLocalTransport):
-            try:
-                transport.send_nowait(frames)   # into the ring now: no task per request
-            except PeerLost as exc:
-                error = BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}")
-                self._fail(error)
-                raise error from None
-            return request_id
-        task = asyncio.ensure_future(transport.send(frames))
-        task.add_done_callback(lambda t: t.exception())
+        try:   # sent now (into the ring, or to libzmq): no task per request
+            self._transport.send_nowait([protocol.encode_header(opcode, request_id), *payload])
+        except PeerLost as exc:
+            error = BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}")
+            self._fail(error)
+            raise error from None
         return request_id
 
     def _fire(self, opcode: int, payload: list[bytes]) -> None:

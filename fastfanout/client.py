@@ -258,19 +258,29 @@ class Client(ClientAdministration):
                 self._flush_batches()
             transport = self._transport if opcode == Opcode.HELLO else self._ensure()
             assert transport is not None
-            request_id = self._next_id
-            self._next_id += 1
+            request_id = self._transmit(transport, opcode, payload)
             pending = self._pending[request_id] = _Pending(request_id)
-            try:
-                transport.send([protocol.encode_header(opcode, request_id), *payload])
-            except PeerLost as exc:
-                raise self._lost(exc) from None
             if len(self._pending) > 32:
                 # A pipelining caller never waits, so its replies pile up; read what has
                 # arrived now, a little at a time, rather than thousands at once later
                 # (a pause of milliseconds in the middle of a stream of publishes).
                 self._drain(transport)
             return pending
+
+    def _transmit(self, transport: DealerTransport | LocalTransport, opcode: int,
+                  payload: list[bytes]) -> int:
+        """Send one request under a new id (client lock held); returns the id.
+
+        Raises:
+            BrokenConnection: the local channel's broker is gone.
+        """
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            transport.send([protocol.encode_header(opcode, request_id), *payload])
+        except PeerLost as exc:
+            raise self._lost(exc) from None
+        return request_id
 
     def _drain(self, transport: DealerTransport | LocalTransport) -> None:
         """Dispatch the replies that have arrived, without waiting."""
@@ -678,12 +688,7 @@ class Client(ClientAdministration):
                 return
             if self._batches:
                 self._flush_batches()
-            request_id = self._next_id
-            self._next_id += 1
-            try:
-                self._transport.send([protocol.encode_header(opcode, request_id), *payload])
-            except PeerLost as exc:
-                raise self._lost(exc) from None
+            self._transmit(self._transport, opcode, payload)
 
     def _grant(self, consumer_id: int, count: int) -> None:
         self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])

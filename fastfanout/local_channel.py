@@ -63,7 +63,11 @@ CLIENT_BELL = "client.bell"
 
 
 class PeerGone(Exception):
-    """The other side of a local channel closed its bell (its process ended)."""
+    """The other side of a local channel hung up its bell (its process ended).
+
+    Only a side's own bell tells: ringing the peer's bell never fails (it is opened
+    read-write, see ``Bell``).
+    """
 
 
 def local_channels_supported() -> bool:
@@ -125,15 +129,13 @@ class Bell:
     def ring(self) -> None:
         """Wake the reader (a full FIFO already will: its pending bytes do).
 
-        Raises:
-            PeerGone: the write failed (this end is closed, or the FIFO is broken).
+        Never fails for a peer that is gone: this end is also a reader, so there is no
+        ``EPIPE``; the bytes wait in the FIFO until it is closed.
         """
         try:
             os.write(self.fd, b"\x00")
         except BlockingIOError:
             pass
-        except OSError as exc:
-            raise PeerGone(f"cannot ring the bell: {exc}") from None
 
     def drain(self) -> None:
         """Read every pending ring.
@@ -166,6 +168,8 @@ class LocalChannel:
         incoming: the ring this side reads.
         bell: this side's bell (read end), polled beside the sockets.
         peer_bell: the other side's bell (write end); None until ``attached``.
+        spill: sends a message over the socket (set by the owner: one too large for
+            the ring goes there, announced by a marker).
         backlog: messages waiting for room in ``outgoing`` (in order).
         awaiting_socket: a marker was read; the socket's next message comes next.
         spills: messages sent over the socket because they exceed half a ring.
@@ -179,6 +183,7 @@ class LocalChannel:
         self.bell = bell
         self.peer_bell = peer_bell
         self.directory = directory
+        self.spill: Callable[[list[bytes]], object] | None = None
         self.backlog: deque[list[bytes]] = deque()
         self.backlog_since = 0.0
         self.awaiting_socket = False
@@ -233,7 +238,7 @@ class LocalChannel:
         shutil.rmtree(self.directory, ignore_errors=True)
         self.directory = None
 
-    def try_send(self, frames: list[bytes], spill: Callable[[list[bytes]], None]) -> bool:
+    def try_send(self, frames: list[bytes]) -> bool:
         """Write ``frames``; False when the ring is full and nothing was sent.
 
         A message too large for the ring goes as a marker, then ``spill(frames)`` sends
@@ -241,13 +246,14 @@ class LocalChannel:
         """
         status = self.outgoing.write(frames)
         if status == TOO_LARGE:
+            assert self.spill is not None, "the channel's owner sets spill"
             status = self.outgoing.write_marker()
             if status == FULL:
                 return False
             self.spills += 1
             if status == WROTE_WAKE:
                 self.ring_peer()
-            spill(frames)
+            self.spill(frames)
             return True
         if status == FULL:
             return False
@@ -255,21 +261,20 @@ class LocalChannel:
             self.ring_peer()
         return True
 
-    def send_or_queue(self, frames: list[bytes], spill: Callable[[list[bytes]], None],
-                      now: float) -> None:
+    def send_or_queue(self, frames: list[bytes], now: float) -> None:
         """Send now, or queue behind the backlog until the reader makes room (broker)."""
-        if not self.backlog and self.try_send(frames, spill):
+        if not self.backlog and self.try_send(frames):
             return
         if not self.backlog:
             self.backlog_since = now
             self.full += 1
         self.backlog.append(frames)
 
-    def flush_backlog(self, spill: Callable[[list[bytes]], None], now: float) -> bool:
+    def flush_backlog(self, now: float) -> bool:
         """Send what the backlog holds while there is room; True when it is empty."""
         backlog = self.backlog
         while backlog:
-            if not self.try_send(backlog[0], spill):
+            if not self.try_send(backlog[0]):
                 return False
             backlog.popleft()
             self.backlog_since = now

@@ -1,21 +1,23 @@
 """The broker's side of local channels: which sessions have one, and their rounds.
 
 A session with a local channel (``fastfanout.local_channel``) gets every message
-through its ring; the server hands requests read from the rings to the same ``_handle``
+through its ring; the server hands requests read from the rings to the same ``handle``
 as socket requests, so the two paths share every rule. This module keeps the
 bookkeeping out of the server's loop:
 
 - ``attach`` maps a client's channel (the ``ATTACH`` request) and watches its bell;
-- ``read_round`` reads the rings of every local session, up to a bound per round, in the
+- ``round`` drains the bells a poll saw, retries the messages that waited for room in a
+  ring, and reads the rings of every local session, up to a bound per round, in the
   order the client wrote; a marker stops a ring until the socket message it announces
   arrives (``before_socket_message``: a socket request of a local session first reads
   the ring up to its marker, so order holds across the two paths);
 - ``send`` writes (or spills, or queues when the ring is full) a message to a session;
-  ``flush`` retries the queues when a bell says the client made room;
 - ``may_sleep`` tells each ring's writer to ring the bell (and says whether a message
-  slipped in meanwhile); ``bells`` drains the bells a poll saw and reports the sessions
-  whose client process has ended (hung-up bell) or that left their queue unread longer
-  than ``backlog_seconds``: the server ends those sessions at once.
+  slipped in meanwhile).
+
+A session whose client process has ended (its bell hung up), that left its queue unread
+longer than ``backlog_seconds``, or that wrote a malformed record, is handed to ``end``
+at once.
 """
 
 from __future__ import annotations
@@ -41,29 +43,33 @@ BACKLOG_SECONDS = 10.0
 """Longest a session's queue may wait for room in its ring before the session is ended
 as a slow client (counted in ``slow_client``), as a socket's full queue would be."""
 
-Handle = Callable[[list[bytes]], None]
-Spill = Callable[[Session, list[bytes]], None]
-
 
 class LocalSessions:
     """The sessions that talk through local channels.
 
     Args:
         counters: the server's counters (``local_channels``, ``local_spills``,
-            ``local_ring_full``, ``local_peer_gone``).
+            ``local_ring_full``, ``local_peer_gone``, ``local_malformed``,
+            ``slow_client``).
         watch, unwatch: register / forget a bell with the server's poll.
         spill: send a message over a session's socket (too large for its ring).
+        handle: handle one request ``[identity, header, *payload]``.
+        end: end a session at once (its client is gone, slow or misbehaving).
         backlog_seconds: seconds a session's queue may wait for room before the session
             is ended as a slow client.
     """
 
-    def __init__(self, counters: Counter[str], watch: Callable[[int], None],
-                 unwatch: Callable[[int], None], spill: Spill,
+    def __init__(self, counters: Counter[str], *, watch: Callable[[int], None],
+                 unwatch: Callable[[int], None],
+                 spill: Callable[[Session, list[bytes]], None],
+                 handle: Callable[[list[bytes]], None], end: Callable[[Session], None],
                  backlog_seconds: float = BACKLOG_SECONDS) -> None:
         self.counters = counters
         self._watch = watch
         self._unwatch = unwatch
         self._spill = spill
+        self._handle = handle
+        self._end = end
         self.backlog_seconds = backlog_seconds
         self.sessions: dict[Session, LocalChannel] = {}
         self._by_bell: dict[int, Session] = {}
@@ -87,18 +93,10 @@ class LocalSessions:
         return channel.outgoing
 
     def ring_bell(self, session: Session) -> None:
-        """Ring a local session's bell (something was written straight into its ring).
-
-        Raises:
-            PeerGone: the client's process has ended.
-        """
+        """Ring a local session's bell (something was written straight into its ring)."""
         channel = self.sessions.get(session)
         if channel is not None:
             channel.ring_peer()
-
-    def has_backlog(self) -> bool:
-        """True while some session's messages wait for room in its ring."""
-        return bool(self._backlogged)
 
     def attach(self, session: Session, directory: str) -> None:
         """Map the client's channel in ``directory``; the session's messages use it.
@@ -110,6 +108,7 @@ class LocalSessions:
         if session in self.sessions:
             raise ValueError("this connection already has a local channel")
         channel = LocalChannel.attach(directory)
+        channel.spill = partial(self._spill, session)
         self.sessions[session] = channel
         self._by_bell[channel.bell.fd] = session
         self._watch(channel.bell.fd)
@@ -134,90 +133,24 @@ class LocalSessions:
         """
         for session in list(self.sessions):
             try:
-                self.sessions[session].flush_backlog(partial(self._spill, session), 0.0)
-            except (PeerGone, Unroutable, WouldBlock):   # the client is gone: close anyway
+                self.sessions[session].flush_backlog(0.0)
+            except (Unroutable, WouldBlock):   # a spill to a client that is gone
                 pass
             self.detach(session)
 
     def send(self, session: Session, frames: list[bytes]) -> bool:
-        """Send ``frames`` to a local session; False when it has no channel.
-
-        Raises:
-            PeerGone: the client's process has ended.
-        """
+        """Send ``frames`` to a local session; False when it has no channel."""
         channel = self.sessions.get(session)
         if channel is None:
             return False
-        channel.send_or_queue(frames, partial(self._spill, session), time.monotonic())
+        channel.send_or_queue(frames, time.monotonic())
         if channel.backlog:
             self._backlogged.add(session)
         return True
 
-    def read_round(self, handle: Handle, ended: list[Session]) -> int:
-        """Handle what every ring holds (up to ``ROUND_MESSAGES`` each); returns how many.
-
-        Sessions whose client is gone are appended to ``ended``.
-        """
-        handled = 0
-        for session, channel in list(self.sessions.items()):
-            if not channel.awaiting_socket and channel.incoming.pending():
-                handled += self._read(session, channel, handle, ended, until_marker=False)
-        return handled
-
-    def before_socket_message(self, session: Session, handle: Handle,
-                              ended: list[Session]) -> None:
-        """A socket request of ``session`` arrived: handle its ring up to the marker."""
-        channel = self.sessions.get(session)
-        if channel is None:
-            return
-        if channel.awaiting_socket:
-            channel.awaiting_socket = False
-            return
-        self._read(session, channel, handle, ended, until_marker=True)
-        channel.awaiting_socket = False
-
-    def _read(self, session: Session, channel: LocalChannel, handle: Handle,
-              ended: list[Session], until_marker: bool) -> int:
-        handled = 0
-        identity = session.identity
-        while True:
-            try:
-                messages = channel.read(ROUND_MESSAGES)
-            except PeerGone:
-                ended.append(session)
-                return handled
-            except ValueError as exc:
-                # a record the ring refuses: the client wrote past its bounds
-                log.warning("session %s: malformed record in its ring (%s); ending it",
-                            session.identity.hex(), exc)
-                self.counters["local_malformed"] += 1
-                ended.append(session)
-                return handled
-            for message in messages:
-                if message is None:
-                    channel.awaiting_socket = not until_marker
-                    return handled
-                handle([identity, *message])
-                handled += 1
-                if session not in self.sessions:
-                    return handled   # the request ended the session (BYE)
-            if not until_marker or not messages:
-                return handled
-
-    def may_sleep(self) -> bool:
-        """Ask every ring's writer to ring when it writes; False if one just did write."""
-        for channel in self.sessions.values():
-            if not channel.awaiting_socket and not channel.incoming.sleep():
-                return False
-        return True
-
-    def bells(self, fds: list[int], ended: list[Session]) -> None:
-        """Drain the bells a poll saw; flush the queues that waited for room.
-
-        Sessions whose client is gone, or whose queue stayed full longer than
-        ``backlog_seconds``, are appended to ``ended``.
-        """
-        for fd in fds:
+    def round(self, bells: list[int]) -> None:
+        """Drain the bells a poll saw, retry the queued messages, read every ring."""
+        for fd in bells:
             session = self._by_bell.get(fd)
             if session is None:
                 continue
@@ -225,20 +158,57 @@ class LocalSessions:
                 self.sessions[session].bell.drain()
             except PeerGone:
                 self.counters["local_peer_gone"] += 1
-                ended.append(session)
+                self._end(session)
         if self._backlogged:
-            now = time.monotonic()
-            for session in list(self._backlogged):
-                channel = self.sessions.get(session)
-                if channel is None:
-                    self._backlogged.discard(session)
-                    continue
-                try:
-                    if channel.flush_backlog(partial(self._spill, session), now):
-                        self._backlogged.discard(session)
-                    elif now - channel.backlog_since > self.backlog_seconds:
-                        self.counters["slow_client"] += 1
-                        ended.append(session)
-                except PeerGone:
-                    self.counters["local_peer_gone"] += 1
-                    ended.append(session)
+            self._flush_backlogs()
+        for session, channel in list(self.sessions.items()):
+            if not channel.awaiting_socket and channel.incoming.pending():
+                self._read(session, channel, until_marker=False)
+
+    def _flush_backlogs(self) -> None:
+        now = time.monotonic()
+        for session in list(self._backlogged):
+            channel = self.sessions.get(session)
+            if channel is None or channel.flush_backlog(now):
+                self._backlogged.discard(session)
+            elif now - channel.backlog_since > self.backlog_seconds:
+                self.counters["slow_client"] += 1
+                self._end(session)
+
+    def before_socket_message(self, session: Session | None) -> None:
+        """A socket request of ``session`` arrived: handle its ring up to the marker."""
+        channel = None if session is None else self.sessions.get(session)
+        if session is None or channel is None:
+            return
+        if not channel.awaiting_socket:
+            self._read(session, channel, until_marker=True)
+        channel.awaiting_socket = False
+
+    def _read(self, session: Session, channel: LocalChannel, until_marker: bool) -> None:
+        identity = session.identity
+        while True:
+            try:
+                messages = channel.read(ROUND_MESSAGES)
+            except ValueError as exc:
+                # a record the ring refuses: the client wrote past its bounds
+                log.warning("session %s: malformed record in its ring (%s); ending it",
+                            identity.hex(), exc)
+                self.counters["local_malformed"] += 1
+                self._end(session)
+                return
+            for message in messages:
+                if message is None:
+                    channel.awaiting_socket = not until_marker
+                    return
+                self._handle([identity, *message])
+                if session not in self.sessions:
+                    return   # the request ended the session (BYE)
+            if not until_marker or not messages:
+                return
+
+    def may_sleep(self) -> bool:
+        """Ask every ring's writer to ring when it writes; False if one just did write."""
+        for channel in self.sessions.values():
+            if not channel.awaiting_socket and not channel.incoming.sleep():
+                return False
+        return True

@@ -35,8 +35,8 @@ class _ChannelReader:
         """
         try:
             messages = self.channel.read(256)
-        except PeerGone as exc:
-            raise PeerLost(str(exc)) from None
+        except ValueError as exc:   # the broker wrote past the ring's bounds
+            raise PeerLost(f"a malformed record from the broker: {exc}") from None
         for message in messages:
             if message is None:
                 self.channel.awaiting_socket = True
@@ -64,34 +64,29 @@ class LocalTransport(_ChannelReader):
         self._dealer = dealer
         self.channel = channel
         self._send_timeout = send_timeout
+        channel.spill = dealer.send
         self._queue: deque[list[bytes]] = deque()
         self._gone = False
         self._bell = select.poll()
         self._bell.register(channel.bell.fd, select.POLLIN)
         self.closed = False
 
-    def _spill(self, frames: list[bytes]) -> None:
-        self._dealer.send(frames)
-
     def send(self, frames: list[bytes]) -> None:
         """Write a request into the ring (waiting for room), or spill it."""
         channel = self.channel
-        try:
-            if channel.try_send(frames, self._spill):
-                return
-            channel.full += 1
-            deadline = time.monotonic() + self._send_timeout
-            while not channel.try_send(frames, self._spill):
-                if self._gone:
-                    raise PeerLost("the broker's process ended (its bell hung up)")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PeerLost("the broker made no room in its ring in "
-                                   f"{self._send_timeout:.1f} s")
-                if self._bell.poll(max(1, math.ceil(min(remaining, 0.1) * 1000))):
-                    self._ring_heard()
-        except PeerGone as exc:
-            raise PeerLost(str(exc)) from None
+        if channel.try_send(frames):
+            return
+        channel.full += 1
+        deadline = time.monotonic() + self._send_timeout
+        while not channel.try_send(frames):
+            if self._gone:
+                raise PeerLost("the broker's process ended (its bell hung up)")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerLost("the broker made no room in its ring in "
+                               f"{self._send_timeout:.1f} s")
+            if self._bell.poll(max(1, math.ceil(min(remaining, 0.1) * 1000))):
+                self._ring_heard()
 
     def _ring_heard(self) -> None:
         try:
@@ -162,6 +157,7 @@ class AsyncLocalTransport(_ChannelReader):
         self._gone = False
         self._data = asyncio.Event()   # the bell rang: a message, or room
         self._room = asyncio.Event()
+        channel.spill = dealer.send_nowait
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(channel.bell.fd, self._rang)
         self.closed = False
@@ -175,18 +171,12 @@ class AsyncLocalTransport(_ChannelReader):
         self._data.set()
         self._room.set()
 
-    def _spill(self, frames: list[bytes]) -> None:
-        self._dealer.send_soon(frames)
-
     def send_nowait(self, frames: list[bytes]) -> None:
         """Write a request into the ring now, or queue it until the broker makes room."""
         if self._gone:
             raise PeerLost("the broker's process ended (its bell hung up)")
-        try:
-            if not self._backlog and self.channel.try_send(frames, self._spill):
-                return
-        except PeerGone as exc:
-            raise PeerLost(str(exc)) from None
+        if not self._backlog and self.channel.try_send(frames):
+            return
         self._backlog.append(frames)
         if self._flusher is None:
             self.channel.full += 1
@@ -203,17 +193,13 @@ class AsyncLocalTransport(_ChannelReader):
         backlog = self._backlog
         while backlog:
             self._room.clear()
-            if self.channel.try_send(backlog[0], self._spill):
+            if self.channel.try_send(backlog[0]):
                 backlog.popleft()
                 continue
             if self._gone:
                 raise PeerLost("the broker's process ended (its bell hung up)")
             async with asyncio.timeout(self._send_timeout):
                 await self._room.wait()
-
-    async def send(self, frames: list[bytes]) -> None:
-        """``send_nowait`` (the coroutine form of ``AsyncDealerTransport.send``)."""
-        self.send_nowait(frames)
 
     async def recv(self) -> list[bytes]:
         """The next message (waits as long as it takes; cancel to stop)."""

@@ -65,7 +65,7 @@ from fastfanout.errors import (
     QueueFull,
 )
 from fastfanout.holds import HeldRequest, HeldRequests
-from fastfanout.local_channel import PeerGone, local_channels_supported
+from fastfanout.local_channel import local_channels_supported
 from fastfanout.local_sessions import LocalSessions
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
@@ -204,8 +204,9 @@ class Server(Deliveries):
         self._streams = Streams(self.counters, slow_listener, stream_wait)
         self._local_channels = (bool(local_channels) and self.endpoint.startswith("ipc://")
                                 and local_channels_supported())
-        self._local = LocalSessions(self.counters, self._watch, self._unwatch, self._spill)
-        self._ended: list[Session] = []
+        self._local = LocalSessions(
+            self.counters, watch=self._watch, unwatch=self._unwatch, spill=self._spill,
+            handle=self._handle, end=self._end_local_session)
         self._handlers = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
@@ -297,13 +298,13 @@ class Server(Deliveries):
                     handled = 0
                     while frames is not None:
                         if self._local:
-                            self._before_socket_request(frames[0])
+                            self._local.before_socket_message(self._sessions.get(frames[0]))
                         self._handle(frames)
                         handled += 1
                         frames = (transport.recv_request() if handled < ROUND_REQUESTS
                                   else None)
                 if self._local:
-                    self._local_round(bells)
+                    self._local.round(bells)
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:
@@ -414,23 +415,9 @@ class Server(Deliveries):
         assert self._transport is not None
         self._transport.send_reply([session.identity, *frames])
 
-    def _before_socket_request(self, identity: bytes) -> None:
-        session = self._sessions.get(identity)
-        if session is not None and session in self._local.sessions:
-            self._local.before_socket_message(session, self._handle, self._ended)
-            self._end_local_sessions()
-
-    def _local_round(self, bells: list[int]) -> None:
-        """Read the local sessions' rings and bells; end the sessions whose client left."""
-        if bells or self._local.has_backlog():
-            self._local.bells(bells, self._ended)
-        self._local.read_round(self._handle, self._ended)
-        self._end_local_sessions()
-
-    def _end_local_sessions(self) -> None:
-        while self._ended:
-            self._end_session(self._ended.pop(), "its process is gone (local channel)",
-                              notify=False)
+    def _end_local_session(self, session: Session) -> None:
+        self._end_session(session, "its local channel ended (hung up, slow or malformed)",
+                          notify=False)
 
     def _attach(self, session: Session, request_id: int, frames: list[bytes]) -> None:
         """ATTACH: map the client's local channel; answered over the socket."""
@@ -458,12 +445,7 @@ class Server(Deliveries):
                 if self._local.send(
                         session, [protocol.encode_header(status, request_id), *payload]):
                     return True
-            except PeerGone:
-                self.counters["local_peer_gone"] += 1
-                self._end_session(session, "its process is gone (local channel)",
-                                  notify=False)
-                return False
-            except (Unroutable, WouldBlock) as exc:
+            except (Unroutable, WouldBlock) as exc:   # a spill to a client that is gone
                 return self._unsent(session, exc)
         return self._socket_send(session, status, request_id, payload)
 

@@ -22,7 +22,6 @@ from fastfanout import protocol
 from fastfanout._ext.shmring import WROTE_WAKE, SharedRing
 from fastfanout.broker import Broker
 from fastfanout.errors import FastFanoutError, InvalidArgument, NotFound, StaleReceipt
-from fastfanout.local_channel import PeerGone
 from fastfanout.local_sessions import LocalSessions
 from fastfanout.protocol import Status
 from fastfanout.sessions import Consumer, Session, Waiter
@@ -48,7 +47,6 @@ class Deliveries:
                   payload: list[bytes]) -> bool: ...
         def _reply(self, session: Session, request_id: int, payload: list[bytes]) -> None: ...
         def _error(self, session: Session, request_id: int, error: BaseException) -> None: ...
-        def _end_session(self, session: Session, why: str, notify: bool = True) -> None: ...
         @staticmethod
         def _frame(frames: list[bytes], index: int, what: str) -> bytes: ...
         def _arguments(self, frames: list[bytes]) -> tuple[list[Any], dict[str, Any]]: ...
@@ -96,16 +94,8 @@ class Deliveries:
         if frame is not None:
             self._send(session, Status.PUSH, consumer.request_id, [frame])
         elif status == WROTE_WAKE:
-            self._ring_bell(session)
-        return count
-
-    def _ring_bell(self, session: Session) -> None:
-        """Wake a local session's client (a push went straight into its ring)."""
-        try:
             self._local.ring_bell(session)
-        except PeerGone:
-            self.counters["local_peer_gone"] += 1
-            self._end_session(session, "its process is gone (local channel)", notify=False)
+        return count
 
     @staticmethod
     def _empty_delivery() -> bytes:

@@ -549,6 +549,11 @@ class _AsyncClientSocket(_OwnedSocket):
         return frames
 
 
+def _retrieve(future: Any) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class AsyncDealerTransport(_AsyncClientSocket):
     """A client's command connection (DEALER) on ``zmq.asyncio``.
 
@@ -561,13 +566,18 @@ class AsyncDealerTransport(_AsyncClientSocket):
         super().__init__(endpoint, zmq.DEALER,
                          [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
 
-    async def send(self, frames: list[bytes]) -> None:
-        """Queue a request."""
-        await self._socket.send_multipart(frames)
+    def send_nowait(self, frames: list[bytes]) -> None:
+        """Queue a request without awaiting (no task per request).
 
-    def send_soon(self, frames: list[bytes]) -> None:
-        """Queue a request from plain code (libzmq takes it now unless the queue is full)."""
-        self._socket.send_multipart(frames)
+        libzmq takes it at once unless the socket's queue is full; then ``zmq.asyncio``
+        sends it, in order, when there is room. A failure is dropped here (the client
+        learns of a dead connection from its missing replies).
+        """
+        sent = self._socket.send_multipart(frames)
+        if sent.done():
+            sent.exception()   # retrieved, so never logged as unretrieved
+        else:
+            sent.add_done_callback(_retrieve)
 
 
 class AsyncSubTransport(_AsyncClientSocket):

@@ -53,6 +53,7 @@ def attach_raw(dealer: zmq.Socket[bytes], channel: LocalChannel) -> None:
     _, status, _ = protocol.decode_header(dealer.recv_multipart()[0])
     assert status == protocol.Status.OK
     channel.attached()
+    channel.spill = dealer.send_multipart
 
 
 def test_attached_by_default_over_ipc_only(track: Tracker) -> None:
@@ -119,7 +120,7 @@ def test_a_client_that_does_not_read_is_queued_for_in_order(track: Tracker) -> N
             for request_id in range(2, 2002):
                 frames = [protocol.encode_header(protocol.Opcode.LIST_QUEUES, request_id),
                           payload]
-                while not channel.try_send(frames, dealer.send_multipart):
+                while not channel.try_send(frames):
                     channel.read(0)   # nothing read: only wait for the broker to take some
             track.wait_until(lambda: server.counters["requests"] >= 2001, what="every request")
             assert client.server_stats()["local_ring_full"] >= 1
@@ -144,7 +145,7 @@ def test_a_send_waits_for_room_then_gives_up(track: Tracker) -> None:
     try:
         body = b"r" * 10_000
         sent = 0
-        while client_side.try_send([body], transport._spill):
+        while client_side.try_send([body]):
             sent += 1
         with pytest.raises(PeerLost, match="no room"):
             transport.send([body])
@@ -234,7 +235,7 @@ def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
         try:
             attach_raw(dealer, channel)
             channel.try_send([protocol.encode_header(protocol.Opcode.LIST_TOPICS, 100),
-                              msgspec.msgpack.encode([[], {}])], dealer.send_multipart)
+                              msgspec.msgpack.encode([[], {}])])
             track.wait_until(lambda: channel.incoming.pending(), what="the reply in the ring")
             [reply] = channel.read(1)
             assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 100)
@@ -404,7 +405,7 @@ def test_pushes_behind_a_full_ring_keep_their_order(track: Tracker) -> None:
             attach_raw(dealer, channel)
             consume = [protocol.encode_header(protocol.Opcode.CONSUME, 7),
                        msgspec.msgpack.encode([[], {"queue": "q", "prefetch": 100_000}])]
-            assert channel.try_send(consume, dealer.send_multipart)
+            assert channel.try_send(consume)
             track.wait_until(channel.incoming.pending, what="the consume reply")
             [reply] = channel.read(1)
             assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 7)

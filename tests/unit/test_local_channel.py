@@ -16,6 +16,10 @@ def readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
+def no_spill(frames):
+    raise AssertionError(f"unexpected spill of {len(frames)} frames")
+
+
 @pytest.fixture
 def sides():
     """(client side, broker side) of one attached channel with rings of MIN_CAPACITY."""
@@ -25,20 +29,17 @@ def sides():
     broker = LocalChannel.attach(directory)
     client.attached()
     assert client.directory is None and not os.path.exists(directory)
+    client.spill = broker.spill = no_spill
     yield client, broker
     client.close()
     broker.close()
 
 
-def no_spill(frames):
-    raise AssertionError(f"unexpected spill of {len(frames)} frames")
-
-
 def test_messages_flow_both_ways(sides):
     client, broker = sides
-    assert client.try_send([b"request", b"1"], no_spill)
+    assert client.try_send([b"request", b"1"])
     assert broker.read(10) == [[b"request", b"1"]]
-    assert broker.try_send([b"reply"], no_spill)
+    assert broker.try_send([b"reply"])
     assert client.read(10) == [[b"reply"]]
 
 
@@ -46,8 +47,8 @@ def test_a_sleeping_reader_gets_one_ring(sides):
     client, broker = sides
     assert broker.incoming.sleep()
     assert not readable(broker.bell.fd)
-    client.try_send([b"a"], no_spill)
-    client.try_send([b"b"], no_spill)
+    client.try_send([b"a"])
+    client.try_send([b"b"])
     assert readable(broker.bell.fd)
     broker.bell.drain()
     assert not readable(broker.bell.fd)
@@ -58,10 +59,11 @@ def test_a_too_large_message_is_spilled_after_a_marker(sides):
     client, broker = sides
     spilled = []
     big = b"x" * MIN_CAPACITY
-    assert client.try_send([b"small"], no_spill)
-    assert client.try_send([big], spilled.append)
+    assert client.try_send([b"small"])
+    client.spill = spilled.append
+    assert client.try_send([big])
     assert spilled == [[big]] and client.spills == 1
-    assert client.try_send([b"after"], no_spill)
+    assert client.try_send([b"after"])
     assert broker.read(10) == [[b"small"], None]
     assert broker.read(10) == [[b"after"]]
 
@@ -70,19 +72,19 @@ def test_the_backlog_waits_for_room_and_keeps_order(sides):
     client, broker = sides
     body = b"q" * 5000
     sent = 0
-    while broker.try_send([body, b"%d" % sent], no_spill):
+    while broker.try_send([body, b"%d" % sent]):
         sent += 1
     for extra in range(sent, sent + 5):
-        broker.send_or_queue([body, b"%d" % extra], no_spill, now=1.0)
+        broker.send_or_queue([body, b"%d" % extra], now=1.0)
     assert len(broker.backlog) == 5 and broker.full == 1 and broker.backlog_since == 1.0
-    assert not broker.flush_backlog(no_spill, now=2.0)
+    assert not broker.flush_backlog(now=2.0)
     got = client.read(3)              # makes room, and rings the waiting broker's bell
     assert readable(broker.bell.fd)
-    broker.flush_backlog(no_spill, now=3.0)
+    broker.flush_backlog(now=3.0)
     assert len(broker.backlog) < 5 and broker.backlog_since == 3.0
     while broker.backlog:
         got += client.read(100)
-        broker.flush_backlog(no_spill, now=4.0)
+        broker.flush_backlog(now=4.0)
     got += client.read(100)
     assert [m[1] for m in got] == [b"%d" % i for i in range(sent + 5)]
 
