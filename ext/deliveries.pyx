@@ -20,18 +20,14 @@ receive counts on the way, so both shapes obey the same rules.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
-from libc.string cimport memcpy, memset
-
 from fastfanout._ext.codec cimport (
     FF_BATCH_HEADER_SIZE,
     FF_CODEC_OK,
     FF_FLAG_DEAD_LETTER,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
-    ff_align8,
     ff_record_size,
     ff_record_view,
-    ff_store_le32,
     ff_store_le64,
     ff_write_batch_header,
     ff_write_record,
@@ -148,26 +144,15 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
     """
     cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us)
     cdef bytes receipts = PyBytes_FromStringAndSize(NULL, 8 * leased.count)
-    cdef Py_ssize_t header_len = PyBytes_GET_SIZE(header)
-    cdef uint64_t record_size = ff_align8(16 + <uint64_t>header_len + leased.total)
-    cdef uint64_t at
+    cdef uint64_t end
     cdef char* out
     cdef int status = RING_WROTE
-    cdef bint claimed = False
     cdef bytes frame
     if ring is not None and leased.count:
-        status = ring.claim(record_size, &out, &at)
-        claimed = status == RING_WROTE
-    if claimed:
-        ff_store_le32(out, 2)
-        ff_store_le32(out + 4, <uint32_t>(record_size - 8))
-        ff_store_le32(out + 8, <uint32_t>header_len)
-        ff_store_le32(out + 12, <uint32_t>leased.total)
-        memcpy(out + 16, PyBytes_AS_STRING(header), header_len)
-        _write_records(self, leased, out + 16 + header_len, PyBytes_AS_STRING(receipts))
-        memset(out + 16 + header_len + leased.total, 0,
-               record_size - 16 - <uint64_t>header_len - leased.total)
-        return None, leased.count, receipts, ring.commit(at + record_size)
+        status = ring.claim_pair(header, leased.total, &out, &end)
+        if status == RING_WROTE:
+            _write_records(self, leased, out, PyBytes_AS_STRING(receipts))
+            return None, leased.count, receipts, ring.commit(end)
     frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>leased.total)
     _write_records(self, leased, PyBytes_AS_STRING(frame), PyBytes_AS_STRING(receipts))
     return frame, leased.count, receipts, status

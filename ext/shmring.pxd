@@ -1,6 +1,7 @@
 # The shared-memory ring of local channels (shmring.pyx has the layout and the rules).
 # Other native modules cimport it to write a record straight into a ring: `claim` room
-# for `size` bytes (the record header included), fill it, then `commit` — one writer only.
+# for `size` bytes (the record header included), or `claim_pair` a two-frame message
+# whose second frame they fill in place, then `commit` — one writer only.
 from libc.stdint cimport uint64_t
 
 cdef extern from "atomics.h" nogil:
@@ -30,4 +31,6 @@ cdef class SharedRing:
     cdef int _check(self) except -1
     cdef int _reserve(self, uint64_t size, uint64_t* at) except -2
     cdef int claim(self, uint64_t size, char** out, uint64_t* at) except -2
+    cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
+                        uint64_t* end) except -2
     cdef int commit(self, uint64_t end) noexcept

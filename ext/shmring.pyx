@@ -262,6 +262,31 @@ cdef class SharedRing:
         out[0] = self.data + (at[0] & self.mask)
         return RING_WROTE
 
+    cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
+                        uint64_t* end) except -2:
+        """Claim a record of two frames: ``first`` copied in, ``second_len`` bytes left
+        for the second frame at ``second`` (the caller fills them, then ``commit(end)``).
+
+        Returns WROTE, FULL or TOO_LARGE (nothing claimed) as ``claim``. The record
+        layout stays here: the server writes a push's frame in place through this.
+        """
+        cdef uint64_t first_len = <uint64_t>PyBytes_GET_SIZE(first)
+        cdef uint64_t size = ff_align8(RECORD_HEADER + 8 + first_len + second_len)
+        cdef char* out
+        cdef uint64_t at
+        cdef int status = self.claim(size, &out, &at)
+        if status != RING_WROTE:
+            return status
+        ff_store_le32(out, 2)
+        ff_store_le32(out + 4, <uint32_t>(size - RECORD_HEADER))
+        ff_store_le32(out + 8, <uint32_t>first_len)
+        ff_store_le32(out + 12, <uint32_t>second_len)
+        memcpy(out + RECORD_HEADER + 8, PyBytes_AS_STRING(first), first_len)
+        second[0] = out + RECORD_HEADER + 8 + first_len
+        memset(second[0] + second_len, 0, size - RECORD_HEADER - 8 - first_len - second_len)
+        end[0] = at + size
+        return RING_WROTE
+
     cdef int commit(self, uint64_t end) noexcept:
         """Publish everything claimed up to ``end``: WROTE, or WROTE_WAKE (ring the bell)."""
         ff_store_seq_cst_u64(self.head, end)
