@@ -57,6 +57,13 @@ def test_the_two_commands_are_documented(command):
     assert command in README.read_text()
 
 
+def test_ci_runs_the_readme_test_command():
+    commands = [line.strip() for line in (README.parent / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert commands[-1] == "exec bash ci/test.sh"   # the README's test command, as it is
+    assert "bash ci/test.sh" in README.read_text()
+
+
 def test_asyncio_sample_runs_against_the_default_endpoint(billing, capsys):
     exec(compile(python_blocks()[2], "README asyncio sample", "exec"), {})
     ids = [int(n) for n in re.findall(r"\d+", capsys.readouterr().out)]
