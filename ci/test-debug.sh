@@ -2,19 +2,35 @@
 # The debug leg: build the native core with FASTFANOUT_DEBUG=1 (C asserts, bounds checks,
 # the store's invariant checks before every broker call) into build/debug, apart from the
 # release build, and run the unit and embedded tests on it under `python -X dev`.
-# Usage: ci/test-debug.sh [pytest args]   (ci/test.sh calls it after the release suite)
+# The debug core is rebuilt only when ext/, setup.py or pyproject.toml changed.
+# Usage: ci/test-debug.sh [pytest args]   (ci/test.sh calls it after the release suite,
+# with FASTFANOUT_PY set to the venv's python so the venv is not set up twice)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=$(bash ci/setup-venv.sh test | tail -n 1)
-# The release build ran in pip's isolated build environment; this one runs setup.py here.
-"$py" -m pip install --quiet --disable-pip-version-check "Cython>=3.0.8" "setuptools>=77" \
-    "wheel>=0.41" >&2
-rm -rf build/debug
-mkdir -p build/debug
-cp -r fastfanout build/debug/
-find build/debug -name '*.so' -delete
-FASTFANOUT_DEBUG=1 "$py" setup.py -q build_ext --build-lib build/debug \
-    --build-temp build/debug-temp >/dev/null
+py=${FASTFANOUT_PY:-$(bash ci/setup-venv.sh test | tail -n 1)}
+say() { echo "test-debug: $*" >&2; }
+
+stamp_file=build/debug/.fastfanout-core
+stamp=$( { "$py" -c 'import sys; print(sys.version)'; cat setup.py pyproject.toml ext/*.pyx ext/*.pxd ext/*.h; } |
+         "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
+    say "building the debug core into build/debug (about a minute)"
+    # The release build ran in pip's isolated build environment; this one runs setup.py here.
+    if ! "$py" -c 'import Cython, setuptools, wheel' 2>/dev/null; then
+        "$py" -m pip install --quiet --disable-pip-version-check "Cython>=3.0.8" \
+            "setuptools>=77" "wheel>=0.41" 2>&1 |
+            { grep -v 'is ignored: it is neither a file nor a directory' || true; } >&2
+    fi
+    rm -rf build/debug
+    mkdir -p build/debug/fastfanout
+    FASTFANOUT_DEBUG=1 "$py" setup.py -q build_ext --build-lib build/debug \
+        --build-temp build/debug-temp >/dev/null
+    echo "$stamp" > "$stamp_file"
+fi
+# The Python layer is copied fresh each time (cheap); the built modules stay.
+find build/debug/fastfanout -name '*.py' -o -name '*.pyi' -o -name py.typed | xargs rm -f
+(cd fastfanout && find . \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) \
+    -exec cp --parents {} ../build/debug/fastfanout/ \;)
 # -P: do not put the working directory first on sys.path, so `fastfanout` is the debug copy.
 PYTHONPATH=build/debug "$py" -P -X dev -c \
     'import fastfanout._ext.store as s, sys; sys.exit(0 if s.DEBUG else "not the debug build")'

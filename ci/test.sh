@@ -1,13 +1,41 @@
 #!/usr/bin/env bash
-# The test command: set up the venv, build the native core, lint, type-check, run pytest.
-# Extra arguments go to pytest (e.g. ci/test.sh -k ring).
-set -euo pipefail
+# The test command: set up the venv (building the native core only when its sources
+# changed), lint, type-check, run the whole pytest suite, then the core suites again on the
+# debug build. Every step runs even when an earlier one failed; the last line sums them up
+# and the exit status is non-zero if any failed.
+# Extra arguments go to both pytest runs (e.g. ci/test.sh -k ring).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-py=$(bash ci/setup-venv.sh test | tail -n 1)
-"$py" -m ruff check fastfanout tests bench
-"$py" -m mypy fastfanout
+py=$(bash ci/setup-venv.sh test | tail -n 1) || exit 1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+summary=()
+failed=0
+
+step() {   # step LABEL COMMAND...: run it, remember "LABEL ok|failed" (with pytest's counts)
+    local label=$1
+    shift
+    echo "== $label" >&2
+    "$@" 2>&1 | tee "$log"
+    local status=${PIPESTATUS[0]}
+    local counts
+    counts=$(grep -E '^(=+ )?[0-9]+ (passed|failed|errors?)\b.* in [0-9.]+s' "$log" |
+             tail -n 1 | sed -E 's/^=+ //; s/ in [0-9.]+s.*//')
+    if [ "$status" = 0 ]; then
+        summary+=("$label ${counts:-ok}")
+    else
+        summary+=("$label FAILED${counts:+ ($counts)}")
+        failed=1
+    fi
+}
+
+step "ruff" "$py" -m ruff check fastfanout tests bench
+step "mypy" "$py" -m mypy fastfanout
 # Two workers would fight over two cores with the threaded and multi-process tests;
 # the suite runs serially.
-"$py" -m pytest "$@"
-# The debug build (C asserts, bounds checks, invariant checks) runs the core suites too.
-bash ci/test-debug.sh
+step "release build" "$py" -m pytest "$@"
+step "debug build" env FASTFANOUT_PY="$py" bash ci/test-debug.sh "$@"
+
+joined=$(printf '%s, ' "${summary[@]}")
+echo "summary: ${joined%, }"
+exit "$failed"

@@ -350,7 +350,7 @@ cdef inline int ff_out_reserve(ff_out_buffer* out, size_t extra) noexcept nogil:
 
 cdef inline int ff_out_append_record(ff_out_buffer* out, const ff_record_view* view) noexcept nogil:
     """Append one record (header, parts, zero padding) and bump the frame's count."""
-    cdef uint64_t size
+    cdef uint64_t size = 0   # ff_record_size sets it on success; gcc cannot see that
     cdef int status = ff_record_size(view, &size)
     if status != FF_CODEC_OK:
         return status

@@ -149,7 +149,7 @@ cdef class FrameBuilder:
         cdef bytes group = _id_bytes(group_id, "group_id")
         cdef bytes dedup = _id_bytes(dedup_id, "dedup_id")
         cdef int status
-        cdef double now
+        cdef double now = 0.0   # set when delay or ttl needs it; 0 keeps gcc from warning
         _clear(&view)
         if attributes:
             if type(attributes) is not dict:

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -94,6 +95,19 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
     from fastfanout.runtime import default_endpoint
 
     endpoint = endpoint or default_endpoint()
+    # The demo creates its topology on a broker of its own: one that already serves the
+    # endpoint may hold queues of the same names (or someone's real work).
+    try:
+        with connect(endpoint, timeout=0.5, local_channel=False) as running:
+            running.server_stats()
+    except FastFanoutError:
+        pass   # nobody serves it: start ours
+    else:
+        console.print(
+            f"[red]a broker already serves {endpoint}[/red]: stop it (the demo runs its own "
+            f"broker), or give the demo another endpoint, e.g. "
+            f"--endpoint ipc:///tmp/fastfanout-demo.sock")
+        return 1
     broker = subprocess.Popen(
         [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint,
          "--log-level", "WARNING"])
@@ -162,10 +176,12 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
 
 def _report(broker: Any, console: Console) -> None:
     stats = broker.stats()
-    table = Table(title="queues after the run")
-    for column in ("queue", "enqueued", "delivered", "acked", "redelivered", "dead-lettered",
-                   "visible", "leased"):
-        table.add_column(column, justify="right" if column != "queue" else "left")
+    # Short headers and a queue column that never wraps or cuts: fits 80 columns.
+    table = Table(title="queues after the run", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False)
+    table.add_column("queue", no_wrap=True, min_width=max(map(len, stats.queues), default=5))
+    for column in ("enqueued", "delivered", "acked", "redeliv.", "dead", "visible", "leased"):
+        table.add_column(column, justify="right")
     for name, queue in stats.queues.items():
         table.add_row(name, str(queue.enqueued), str(queue.delivered), str(queue.acked),
                       str(queue.redelivered), str(queue.dead_lettered), str(queue.visible),
