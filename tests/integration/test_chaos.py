@@ -1,0 +1,211 @@
+"""Chaos: hostile peers next to a real producer, consumer and listener.
+
+A broker process serves, while at once: a DEALER floods requests and never reads its
+replies, short-lived DEALERs send garbage, a raw XSUB sends garbage subscription frames,
+a listener stops reading, and consumer processes are SIGKILLed holding leases. The real
+producer publishes numbered messages with confirms, the real consumer acks what it gets,
+a real listener follows the stream. The real ones must lose nothing (every confirmed
+message is delivered, duplicates only from the killed consumers' leases), the listener
+must miss nothing, no call of theirs may wait more than a second, and the broker must
+survive.
+
+The default run lasts a few seconds; ``FASTFANOUT_CHAOS_SECONDS=60`` runs the full tier.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from fastfanout import protocol
+from fastfanout.client import connect
+
+SECONDS = float(os.environ.get("FASTFANOUT_CHAOS_SECONDS", "4"))
+SLOWEST_CALL = 1.0
+BATCH = 50
+
+KILLED_CONSUMER = """
+import os, sys, time
+from fastfanout.client import connect
+client = connect(sys.argv[1], timeout=5.0)
+consumer = client.consume("work", prefetch=20, visibility_timeout=60.0)
+batch = consumer.next_batch(timeout=5.0)
+print("leased", 0 if batch is None else len(batch), flush=True)
+time.sleep(60)   # killed holding its leases
+"""
+
+
+class Hostiles:
+    """The hostile peers, each a thread looping until ``stop`` is set."""
+
+    def __init__(self, endpoint: str, stream_endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.stream_endpoint = stream_endpoint
+        self.stop = threading.Event()
+        self.context = zmq.Context()
+        self.threads = [threading.Thread(target=self.run, args=(target,),
+                                         name=f"hostile-{target.__name__}")
+                        for target in (self.never_reads, self.garbage, self.bad_xsub)]
+        self.errors: list[BaseException] = []
+
+    def run(self, target: Any) -> None:
+        try:
+            target()
+        except BaseException as exc:   # reported by the test, never swallowed
+            self.errors.append(exc)
+
+    def __enter__(self) -> Hostiles:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10.0)
+        self.context.destroy(linger=0)
+
+    def never_reads(self) -> None:
+        """Requests whose replies are never read (server stats: a reply of some size)."""
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, 0)
+        dealer.setsockopt(zmq.RCVHWM, 1)
+        dealer.connect(self.endpoint)
+        request_id = 0
+        while not self.stop.is_set():
+            for _ in range(200):
+                request_id += 1
+                try:
+                    dealer.send_multipart(
+                        [protocol.encode_header(protocol.Opcode.SERVER_STATS, request_id)],
+                        zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            self.stop.wait(0.005)
+        dealer.close()
+
+    def garbage(self) -> None:
+        """Short-lived peers sending one malformed request each."""
+        while not self.stop.is_set():
+            dealer = self.context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(self.endpoint)
+            dealer.send_multipart([b"\xff\x00garbage", b"\x01" * 64])
+            self.stop.wait(0.002)
+            dealer.close()
+
+    def bad_xsub(self) -> None:
+        """Garbage frames on the stream socket, as a raw XSUB can send them."""
+        xsub = self.context.socket(zmq.XSUB)
+        xsub.setsockopt(zmq.LINGER, 0)
+        xsub.connect(self.stream_endpoint)
+        while not self.stop.is_set():
+            for frame in (b"\x02", b"", b"\x00", b"\x00ev", b"\x01zz", b"\x00zz"):
+                xsub.send(frame)
+            self.stop.wait(0.01)
+        xsub.close()
+
+
+def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
+    endpoint = track.endpoint()
+    broker = track.broker_process(endpoint)
+    admin = track.client(endpoint)
+    admin.create_queue("work", visibility_timeout=60.0)
+    admin.create_topic("events")
+    admin.subscribe("events", "work")
+    stream_endpoint = str(admin.info["stream_endpoint"])
+
+    slowest: dict[str, float] = {}
+    confirmed: set[int] = set()
+    received: list[int] = []
+    producing = threading.Event()
+    failures: list[BaseException] = []
+
+    def timed(name: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        result = call(*args, **kwargs)
+        elapsed = time.monotonic() - started
+        slowest[name] = max(slowest.get(name, 0.0), elapsed)
+        return result
+
+    def produce() -> None:
+        try:
+            with connect(endpoint, timeout=5.0) as client:
+                sequence = 0
+                producing.set()
+                deadline = time.monotonic() + SECONDS
+                while time.monotonic() < deadline:
+                    bodies = [b"%d" % n for n in range(sequence, sequence + BATCH)]
+                    timed("publish_batch", client.publish_batch, "events", bodies)
+                    confirmed.update(range(sequence, sequence + BATCH))
+                    sequence += BATCH
+                    time.sleep(0.002)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def consume(stop: threading.Event) -> None:
+        try:
+            with connect(endpoint, timeout=5.0) as client:
+                consumer = client.consume("work", prefetch=100)
+                while not stop.is_set():
+                    batch = timed("next_batch", consumer.next_batch, timeout=0.2)
+                    if batch is not None:
+                        received.extend(int(body) for body in batch.bodies)
+                        batch.ack()
+                consumer.cancel()
+        except BaseException as exc:
+            failures.append(exc)
+
+    listener_client = track.client(endpoint)
+    listener = listener_client.listen("events")
+    slow_listener = track.client(endpoint).listen("events")   # never read
+    stop_consuming = threading.Event()
+    threads = [threading.Thread(target=produce), threading.Thread(target=consume,
+                                                                  args=(stop_consuming,))]
+    killed = 0
+    streamed = 0
+    with Hostiles(endpoint, stream_endpoint) as hostiles:
+        for thread in threads:
+            thread.start()
+        producing.wait(10.0)
+        deadline = time.monotonic() + SECONDS
+        while time.monotonic() < deadline:
+            victim = track.process(["-c", KILLED_CONSUMER, endpoint])
+            assert victim.stdout is not None
+            victim.stdout.readline()       # it holds leases now (or found none)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10.0)
+            killed += 1
+            while (batch := listener.recv_batch(timeout=0)) is not None:
+                streamed += len(batch)
+            timed("stats", admin.stats)
+        threads[0].join(SECONDS + 30)
+        # everything confirmed must arrive: wait for it with a deadline
+        wanted = set(confirmed)
+        give_up = time.monotonic() + 30.0
+        while not wanted <= set(received) and time.monotonic() < give_up:
+            time.sleep(0.05)
+        stop_consuming.set()
+        threads[1].join(30.0)
+        while (batch := listener.recv_batch(timeout=0.5)) is not None:
+            streamed += len(batch)
+    assert not failures, failures
+    assert not hostiles.errors, hostiles.errors
+    assert broker.poll() is None, "the broker died"
+    assert killed >= 1
+    missing = wanted - set(received)
+    assert not missing, f"{len(missing)} confirmed messages never delivered"
+    duplicates = len(received) - len(set(received))
+    assert duplicates <= killed * 20, duplicates      # only the killed consumers' leases
+    assert listener.gaps == 0 and streamed == len(wanted), (listener.gaps, streamed)
+    assert max(slowest.values()) <= SLOWEST_CALL, slowest
+    stats = admin.server_stats()
+    assert stats.get("error.internal", 0) == 0, stats
+    slow_listener.close()
+    listener.close()
