@@ -19,6 +19,8 @@ __all__ = [
     "NotFound",
     "QueueFull",
     "StaleReceipt",
+    "StoreFailed",
+    "StoreFull",
     "error_for_code",
 ]
 
@@ -99,6 +101,24 @@ class Closed(FastFanoutError):
     code = "closed"
 
 
+class StoreFull(FastFanoutError):
+    """The disk of a durable broker is full: nothing of the refused request was stored.
+
+    Consumers keep draining; publishing works again once space returns.
+    """
+
+    code = "store_full"
+
+
+class StoreFailed(FastFanoutError):
+    """A durable broker's storage failed (a write or fsync error) and closed itself.
+
+    Nothing is confirmed any more until the broker is restarted and recovers.
+    """
+
+    code = "store_failed"
+
+
 _BY_CODE: dict[str, type[FastFanoutError]] = {
     cls.code: cls
     for cls in (
@@ -111,6 +131,8 @@ _BY_CODE: dict[str, type[FastFanoutError]] = {
         QueueFull,
         StaleReceipt,
         Closed,
+        StoreFull,
+        StoreFailed,
     )
 }
 

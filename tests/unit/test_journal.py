@@ -1,0 +1,331 @@
+"""The journal (ext/journal.pyx): records, segments, group commit, recovery, faults."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fastfanout._ext import journal
+from fastfanout.errors import InvalidArgument, StoreFailed, StoreFull
+
+
+def read_all(directory, repair=True):
+    records = []
+    report = journal.scan(directory, lambda seq, kind, payload: records.append(
+        (seq, kind, payload)), repair=repair)
+    return records, report
+
+
+def segment_paths(directory):
+    return [os.path.join(directory, name) for _, name in journal.segments(directory)]
+
+
+@pytest.fixture(autouse=True)
+def no_faults_left():
+    yield
+    journal.inject_fault("write", 0)
+    journal.inject_fault("fsync", 0)
+
+
+def test_crc32c_matches_the_rfc_3720_vectors():
+    assert journal.crc32c(b"123456789") == 0xE3069283
+    assert journal.crc32c(bytes(32)) == 0x8A9136AA
+    assert journal.crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert journal.crc32c(bytes(range(32))) == 0x46DD794E
+    assert journal.crc32c(b"6789", journal.crc32c(b"12345")) == 0xE3069283   # continued
+
+
+def test_records_round_trip_across_segments(tmp_path):
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    written = []
+    for commit in range(20):
+        for n in range(10):
+            payload = os.urandom(random.randrange(0, 300))
+            kind = 1 + (commit + n) % 255
+            assert writer.append(kind, payload) == len(written) + 1
+            written.append((len(written) + 1, kind, payload))
+        assert writer.commit() == len(written)
+    writer.close()
+    assert len(journal.segments(tmp_path)) > 3          # rolled
+    records, report = read_all(tmp_path)
+    assert records == written
+    assert (report.records, report.first_seq, report.last_seq) == (200, 1, 200)
+    assert report.torn_tail is None and report.skipped == [] and report.bad_segments == []
+    firsts = [base for base, _ in journal.segments(tmp_path)]   # named by first record
+    assert firsts[0] == 1 and set(firsts) <= {seq for seq, _, _ in records}
+
+
+def test_group_commit_is_one_fdatasync_for_the_batch(tmp_path):
+    writer = journal.Journal(tmp_path)
+    for n in range(1000):
+        writer.append(1, b"m%d" % n)
+    assert writer.written_seq == 0 and writer.synced_seq == 0     # buffered only
+    assert writer.commit() == 1000
+    assert writer.syncs == 1 and writer.synced_seq == 1000
+    writer.commit()                                                 # nothing new: no sync
+    assert writer.syncs == 1
+    writer.append(2, b"late")
+    assert writer.commit(sync=False) == 1001 and writer.synced_seq == 1000
+    writer.close()
+
+
+def test_a_reopened_journal_continues_the_sequence(tmp_path):
+    writer = journal.Journal(tmp_path)
+    for n in range(5):
+        writer.append(1, b"%d" % n)
+    writer.close()
+    _, report = read_all(tmp_path)
+    writer = journal.Journal(tmp_path, next_seq=report.last_seq + 1)
+    assert writer.append(1, b"5") == 6
+    writer.close()
+    records, report = read_all(tmp_path)
+    assert [seq for seq, _, _ in records] == [1, 2, 3, 4, 5, 6]
+    assert report.skipped == [] and report.torn_tail is None
+
+
+def test_a_torn_tail_is_cut_and_reported(tmp_path):
+    writer = journal.Journal(tmp_path)
+    for _ in range(10):
+        writer.append(1, b"x" * 40)
+    writer.close()
+    path = segment_paths(tmp_path)[-1]
+    good_size = os.path.getsize(path)
+    with open(path, "r+b") as file:   # tear the last record in half, then garbage
+        file.seek(good_size - 30)
+        file.write(os.urandom(100))
+    records, report = read_all(tmp_path)
+    assert [seq for seq, _, _ in records] == list(range(1, 10))
+    tail = report.torn_tail
+    assert tail is not None and tail["offset"] == good_size - 64 and tail["bytes"] == 134
+    assert os.path.getsize(path) == good_size - 64                 # cut at the bad record
+    writer = journal.Journal(tmp_path, next_seq=10)
+    writer.append(1, b"again")
+    writer.close()
+    records, report = read_all(tmp_path)
+    assert [seq for seq, _, _ in records] == list(range(1, 11)) and report.torn_tail is None
+
+
+def test_a_check_without_repair_changes_no_file(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(1, b"x" * 40)
+    writer.close()
+    path = segment_paths(tmp_path)[-1]
+    with open(path, "ab") as file:
+        file.write(b"\x01" * 40)
+    size = os.path.getsize(path)
+    _, report = read_all(tmp_path, repair=False)
+    assert report.torn_tail is not None and os.path.getsize(path) == size
+
+
+@pytest.mark.parametrize("where", ["payload", "length", "header"])
+def test_a_bad_record_in_an_older_segment_is_skipped_precisely(tmp_path, where):
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    for commit in range(6):
+        for n in range(20):
+            writer.append(1, b"record %d.%d" % (commit, n) + b"." * 40)
+        writer.commit()
+    writer.close()
+    before, _ = read_all(tmp_path)
+    victim = segment_paths(tmp_path)[1]
+    record_size = 24 + 56
+    # the 5th record of the second segment: flip a bit of its payload, its length or crc
+    offset = 32 + 4 * record_size + {"payload": 30, "length": 5, "header": 1}[where]
+    with open(victim, "r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)[0]
+        file.seek(offset)
+        file.write(bytes([byte ^ 0x10]))
+    after, report = read_all(tmp_path)
+    assert len(report.skipped) == 1
+    skipped = report.skipped[0]
+    assert skipped["segment"] == os.path.basename(victim)
+    assert skipped["offset"] == 32 + 4 * record_size and skipped["bytes"] == record_size
+    lost = skipped["after_seq"] + 1
+    assert skipped["next_seq"] == lost + 1
+    assert after == [record for record in before if record[0] != lost]   # all others kept
+    assert report.torn_tail is None
+
+
+def test_a_segment_cut_short_in_the_middle_keeps_the_later_segments(tmp_path):
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    for _ in range(6):
+        for _ in range(20):
+            writer.append(1, b"y" * 50)
+        writer.commit()
+    writer.close()
+    paths = segment_paths(tmp_path)
+    before, _ = read_all(tmp_path)
+    os.truncate(paths[1], os.path.getsize(paths[1]) - 100)
+    after, report = read_all(tmp_path)
+    assert report.torn_tail is None and len(report.skipped) == 1
+    assert report.skipped[0]["segment"] == os.path.basename(paths[1])
+    assert after[-1] == before[-1]                       # the later segments are whole
+    assert len(before) - len(after) == 2                 # the cut record and the torn one
+
+
+def test_a_file_that_is_not_a_segment_is_reported_and_left(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(1, b"x")
+    writer.close()
+    stray = tmp_path / journal.segment_name(99)
+    stray.write_bytes(b"not a segment at all, no magic" * 2)
+    records, report = read_all(tmp_path)
+    assert len(records) == 1 and report.bad_segments == [stray.name] and stray.exists()
+
+
+def simulate_power_loss(directory, synced_sizes, rng):
+    """The disk keeps what was fsynced; the unsynced tail of each segment is garbage."""
+    for path in segment_paths(directory):
+        name = os.path.basename(path)
+        keep = synced_sizes.get(name, 32)
+        size = os.path.getsize(path)
+        os.truncate(path, keep)
+        if size > keep and rng.random() < 0.7:
+            with open(path, "ab") as file:
+                file.write(rng.randbytes(rng.randrange(1, size - keep + 1)))
+
+
+def test_with_fsync_always_power_loss_loses_no_confirmed_record(tmp_path):
+    rng = random.Random(1234)
+    detected = injected = 0
+    for trial in range(200):
+        directory = tmp_path / f"trial{trial}"
+        writer = journal.Journal(directory, segment_bytes=4096)
+        confirmed = 0
+        for _ in range(rng.randrange(1, 8)):
+            for _ in range(rng.randrange(1, 12)):
+                writer.append(1 + rng.randrange(255), rng.randbytes(rng.randrange(0, 400)))
+            confirmed = writer.commit()                   # fsync=always: confirmed now
+        for _ in range(rng.randrange(0, 12)):             # in flight: never confirmed
+            writer.append(7, rng.randbytes(rng.randrange(0, 120)))
+        if rng.random() < 0.5:
+            writer.flush()                                # written, not synced
+        sizes = writer.synced_sizes_by_segment()
+        del writer                                        # the process "dies"
+        simulate_power_loss(directory, sizes, rng)
+        garbage = sum(os.path.getsize(path) for path in segment_paths(directory)) - sum(
+            sizes.get(os.path.basename(path), 32) for path in segment_paths(directory))
+        records, report = read_all(directory)
+        seqs = [seq for seq, _, _ in records]
+        assert seqs[:confirmed] == list(range(1, confirmed + 1)), trial   # none lost
+        assert seqs == list(range(1, len(seqs) + 1))      # nothing out of order or doubled
+        if garbage:
+            injected += 1
+            detected += report.torn_tail is not None
+    assert injected > 50 and detected == injected
+
+
+def test_an_fsync_error_fails_the_journal_closed(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(1, b"a")
+    writer.commit()
+    writer.append(1, b"b")
+    journal.inject_fault("fsync", errno.EIO)
+    with pytest.raises(StoreFailed, match="fdatasync"):
+        writer.commit()
+    for call in (lambda: writer.append(1, b"c"), writer.flush, writer.sync, writer.commit):
+        with pytest.raises(StoreFailed, match="failed closed"):
+            call()
+    assert writer.synced_seq == 1 and writer.failure is not None
+    writer.close()
+
+
+def test_a_write_error_fails_closed_and_leaves_whole_records(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(1, b"a")
+    writer.commit()
+    writer.append(1, b"b")
+    journal.inject_fault("write", errno.EIO)
+    with pytest.raises(StoreFailed, match="write"):
+        writer.commit()
+    with pytest.raises(StoreFailed):
+        writer.append(1, b"c")
+    writer.close()
+    records, report = read_all(tmp_path)
+    assert [payload for _, _, payload in records] == [b"a"] and report.torn_tail is None
+
+
+def test_a_full_disk_refuses_the_batch_and_recovers(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(1, b"a")
+    writer.commit()
+    writer.append(1, b"b")
+    journal.inject_fault("write", errno.ENOSPC)
+    with pytest.raises(StoreFull, match="full"):
+        writer.commit()
+    assert writer.failure is None and writer.full_refusals == 1
+    assert writer.append(1, b"c") == 2            # "b" was never stored: its seq is reused
+    assert writer.commit() == 2
+    writer.close()
+    records, _ = read_all(tmp_path)
+    assert [payload for _, _, payload in records] == [b"a", b"c"]
+
+
+def test_a_real_file_size_limit_is_a_full_disk(tmp_path):
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from fastfanout._ext import journal
+        from fastfanout.errors import StoreFull
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        writer = journal.Journal({str(tmp_path)!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+        confirmed = 0
+        try:
+            while True:
+                writer.append(1, b"z" * 1000)
+                confirmed = writer.commit()
+        except StoreFull:
+            pass
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        writer.append(1, b"after")
+        print(confirmed, writer.commit())
+        writer.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    confirmed, last = map(int, done.stdout.split())
+    assert confirmed > 5 and last == confirmed + 1
+    records, report = read_all(tmp_path)
+    assert [seq for seq, _, _ in records] == list(range(1, last + 1))
+    assert records[-1][2] == b"after" and report.torn_tail is None
+
+
+def test_whole_segments_before_a_sequence_are_removed(tmp_path):
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    for _ in range(6):
+        for _ in range(20):
+            writer.append(1, b"w" * 50)
+        writer.commit()
+    bases = [base for base, _ in journal.segments(tmp_path)]
+    removed = writer.remove_segments_before(bases[2])
+    assert removed == 2
+    assert [base for base, _ in journal.segments(tmp_path)] == bases[2:]
+    assert writer.remove_segments_before(10**9) == len(bases) - 3   # never the current one
+    writer.close()
+    records, report = read_all(tmp_path)
+    assert records and report.skipped == []
+
+
+@pytest.mark.parametrize("kind", [0, 256, -1])
+def test_bad_kinds_are_refused(tmp_path, kind):
+    writer = journal.Journal(tmp_path)
+    with pytest.raises(InvalidArgument, match="kind"):
+        writer.append(kind, b"x")
+    assert writer.next_seq == 1
+    writer.close()
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(InvalidArgument, match="segment_bytes"):
+        journal.Journal(tmp_path, segment_bytes=100)
+    with pytest.raises(InvalidArgument, match="next_seq"):
+        journal.Journal(tmp_path, next_seq=0)
+    with pytest.raises(InvalidArgument, match="operation"):
+        journal.inject_fault("read", errno.EIO)
