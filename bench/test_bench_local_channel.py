@@ -37,7 +37,7 @@ def no_spill(frames):
 @pytest.mark.benchmark(group=GROUP)
 def test_local_channel_write_read(benchmark):
     client = LocalChannel.create()
-    broker = LocalChannel.attach(client.directory or "")
+    broker = LocalChannel.attach(client.attach_request())
     client.attached()
     client.spill = no_spill
     message = [HEADER, BODY]

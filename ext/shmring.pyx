@@ -37,25 +37,33 @@ sets ``writer_waiting`` and the reader, having made room, clears it and rings th
 writer's bell (``read`` says so). Both handshakes are Dekker's pattern and use seq_cst
 operations (atomics.h), so a wake-up is never lost; a spurious one costs a poll.
 
-Opening. ``create`` makes the file (``O_EXCL``, mode 0600) and writes the header;
-its pages are reserved at once (``posix_fallocate``), so a full ``/dev/shm`` is an
-``OSError`` there rather than a ``SIGBUS`` at a later write. ``SharedRing(path)`` maps an
-existing one after checking that it is a regular file owned
-by this user and that its header is intact and agrees with its size, so a stray or
-hostile path gives ``ValueError`` instead of a crash.
+Opening. ``create`` makes the ring in an anonymous memory file (``memfd_create``): it
+has no name in any file system, so nothing of a channel is left behind by a process that
+dies, and it lives exactly as long as a mapping or a descriptor of it. Its pages are
+reserved at once (``posix_fallocate``), so a shortage is an ``OSError`` there rather than
+a ``SIGBUS`` at a later write, and it is then *sealed* against shrinking and growing
+(``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``): a mapped page can never vanish under a
+process that maps it, whatever the other side (or any process that can reach the file)
+does — truncating a mapped file is what would kill its mapper with ``SIGBUS``.
+``SharedRing(path)`` maps an existing one (the broker opens ``/proc/PID/fd/N`` of the
+client's descriptor) after checking that it is a regular file of this user, sealed
+against shrinking, whose header is intact and agrees with its size, so a stray or
+hostile file gives ``ValueError`` instead of a crash. The mapping is the same plain
+shared mapping as of any file: sealing costs the ring nothing per message.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
-from posix.fcntl cimport O_CREAT, O_EXCL, O_RDWR, open as c_open
+from posix.fcntl cimport O_NONBLOCK, O_RDWR, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.stat cimport S_ISREG, fstat, struct_stat
-from posix.unistd cimport close as c_close, ftruncate, geteuid
+from posix.unistd cimport close as c_close, geteuid
 
 from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_store_le32
 
+import fcntl
 import os
 
 cdef extern from "atomics.h" nogil:
@@ -67,9 +75,8 @@ cdef extern from "atomics.h" nogil:
     uint64_t ff_exchange_u64(ff_atomic_u64* position, uint64_t value)
 
 cdef extern from "<fcntl.h>":
-    enum: O_NOFOLLOW
     enum: O_CLOEXEC
-    int posix_fallocate(int fd, long offset, long length)
+    enum: O_NOCTTY
 
 cdef enum:
     HEADER_SIZE = 256
@@ -104,82 +111,70 @@ WROTE_WAKE = RING_WROTE_WAKE
 """``write``: written; the reader may sleep: ring its bell."""
 TOO_LARGE = RING_TOO_LARGE
 """``write``: larger than ``max_message``: send it over the socket after a marker."""
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+"""The seals ``create`` puts on a ring: its size can never change again."""
 
 
 cdef class SharedRing:
     """One direction of a local channel, mapped from ``path`` (see the module essay).
 
-    ``SharedRing(path)`` maps an existing ring; ``SharedRing.create(path, capacity)``
-    makes one. Exactly one process writes and one reads.
+    ``SharedRing(path)`` maps an existing ring (a sealed memory file, e.g. the
+    ``/proc/PID/fd/N`` of another process's ring); ``SharedRing.create(capacity)`` makes
+    one. Exactly one process writes and one reads.
+
+    Raises (``SharedRing(path)``):
+        OSError: ``path`` cannot be opened or mapped.
+        ValueError: it is not a ring of this user, or not sealed against shrinking.
     """
 
     def __cinit__(self):
         self.base = NULL
         self.fd = -1
 
-    def __init__(self, str path, uint64_t capacity=0):
-        cdef struct_stat info
+    def __init__(self, str path):
         cdef bytes encoded = os.fsencode(path)
-        cdef int flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC
-        cdef int status
         self.path = path
-        if capacity:
-            if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
-                raise ValueError(f"ring capacity {capacity} must be a power of two from "
-                                 f"{MIN_CAPACITY} to {MAX_CAPACITY}")
-            flags |= O_CREAT | O_EXCL
-        self.fd = c_open(encoded, flags, 0o600)
+        # no O_NOFOLLOW: the broker opens the magic link /proc/PID/fd/N; what it leads
+        # to is checked on the descriptor (a sealed regular file of this user)
+        self.fd = c_open(encoded, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0)
         if self.fd < 0:
             raise OSError(_errno(), f"cannot open the shared ring {path}")
-        if capacity:
-            if ftruncate(self.fd, HEADER_SIZE + capacity) != 0:
-                raise OSError(_errno(), f"cannot size the shared ring {path}")
-            # Reserve the pages now: on a full tmpfs this fails here (ENOSPC) instead of
-            # killing a process with SIGBUS at its first write to a missing page.
-            status = posix_fallocate(self.fd, 0, HEADER_SIZE + capacity)
-            if status != 0:
-                raise OSError(status, f"cannot reserve {capacity} bytes for {path}: "
-                                      f"{os.strerror(status)}")
-        if fstat(self.fd, &info) != 0:
-            raise OSError(_errno(), f"cannot stat the shared ring {path}")
-        if not S_ISREG(info.st_mode) or info.st_uid != geteuid():
-            raise ValueError(f"{path} is not a regular file of this user")
-        if info.st_size < HEADER_SIZE + MIN_CAPACITY or info.st_size > HEADER_SIZE + MAX_CAPACITY:
-            raise ValueError(f"{path} has the wrong size for a shared ring")
-        self.map_size = <uint64_t>info.st_size
-        cdef void* mapped = mmap(NULL, self.map_size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                                 self.fd, 0)
-        if mapped == MAP_FAILED:
-            raise OSError(_errno(), f"cannot map the shared ring {path}")
-        self.base = <char*>mapped
-        if capacity:
-            memset(self.base, 0, HEADER_SIZE)
-            _store_le64(self.base + OFF_CAPACITY, capacity)
-            ff_store_le32(self.base + 8, VERSION)
-            ff_store_le32(self.base + 12, HEADER_SIZE)
-            # the magic last: a reader that sees it sees a whole header
-            ff_store_release_u64(<ff_atomic_u64*>self.base, FF_SHM_MAGIC)
-        if (ff_load_acquire_u64(<ff_atomic_u64*>self.base) != FF_SHM_MAGIC
-                or ff_load_le32(self.base + 8) != VERSION
-                or ff_load_le32(self.base + 12) != HEADER_SIZE):
-            raise ValueError(f"{path} is not a shared ring of version {VERSION}")
-        self.capacity_ = _load_le64(self.base + OFF_CAPACITY)
-        if (self.capacity_ & (self.capacity_ - 1) or self.capacity_ < MIN_CAPACITY
-                or HEADER_SIZE + self.capacity_ != self.map_size):
-            raise ValueError(f"{path}: its header disagrees with its size")
-        self.mask = self.capacity_ - 1
-        self.data = self.base + HEADER_SIZE
-        self.head = <ff_atomic_u64*>(self.base + OFF_HEAD)
-        self.tail = <ff_atomic_u64*>(self.base + OFF_TAIL)
-        self.writer_waiting = <ff_atomic_u64*>(self.base + OFF_WRITER_WAITING)
-        self.reader_sleeping = <ff_atomic_u64*>(self.base + OFF_READER_SLEEPING)
+        _map_ring(self, 0)
 
     @staticmethod
-    def create(str path, uint64_t capacity):
-        """Make the file ``path`` (which must not exist) as an empty ring of ``capacity``."""
-        if capacity == 0:
-            raise ValueError("ring capacity must be a power of two, not 0")
-        return SharedRing(path, capacity)
+    def create(uint64_t capacity, str name="fastfanout-ring"):
+        """An empty ring of ``capacity`` bytes in a new sealed anonymous memory file.
+
+        Args:
+            capacity: bytes of the data area, a power of two from ``MIN_CAPACITY`` to
+                ``MAX_CAPACITY``.
+            name: the file's name in ``/proc/PID/fd`` listings (it has none elsewhere).
+
+        Raises:
+            ValueError: a bad ``capacity``.
+            OSError: no memory file, or no memory for its pages.
+        """
+        if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
+            raise ValueError(f"ring capacity {capacity} must be a power of two from "
+                             f"{MIN_CAPACITY} to {MAX_CAPACITY}")
+        cdef SharedRing ring = SharedRing.__new__(SharedRing)
+        ring.path = f"memfd:{name}"
+        ring.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(ring.fd, HEADER_SIZE + capacity)
+            # Reserve the pages now: short of memory this fails here (ENOSPC/ENOMEM)
+            # instead of killing a process with SIGBUS at its first write to a page.
+            os.posix_fallocate(ring.fd, 0, HEADER_SIZE + capacity)
+            fcntl.fcntl(ring.fd, fcntl.F_ADD_SEALS, SEALS)
+        except OSError:
+            ring._unmap()
+            raise
+        _map_ring(ring, capacity)
+        return ring
+
+    def fileno(self):
+        """The ring's descriptor (the client names it in ATTACH; -1 once closed)."""
+        return self.fd
 
     def __dealloc__(self):
         self._unmap()
@@ -427,6 +422,66 @@ cdef class SharedRing:
             ff_exchange_u64(self.reader_sleeping, 0)
             return False
         return True
+
+
+cdef int _map_ring(SharedRing ring, uint64_t capacity) except -1:
+    """Check ``ring.fd`` and map it; a ``capacity`` (a new ring) writes the header.
+
+    Anything wrong closes the descriptor and raises (ValueError: not a ring of ours,
+    or not sealed against shrinking; OSError: fstat or mmap failed).
+    """
+    try:
+        _map_checked(ring, capacity)
+    except BaseException:
+        ring._unmap()
+        raise
+    return 0
+
+
+cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
+    cdef struct_stat info
+    cdef str path = ring.path
+    if fstat(ring.fd, &info) != 0:
+        raise OSError(_errno(), f"cannot stat the shared ring {path}")
+    if not S_ISREG(info.st_mode) or info.st_uid != geteuid():
+        raise ValueError(f"{path} is not a regular file of this user")
+    try:
+        seals = fcntl.fcntl(ring.fd, fcntl.F_GET_SEALS)
+    except OSError:
+        seals = 0   # a file system without seals
+    if not seals & fcntl.F_SEAL_SHRINK:
+        # a file that may shrink under the mapping would SIGBUS this process
+        raise ValueError(f"{path} is not sealed against shrinking (F_SEAL_SHRINK)")
+    if info.st_size < HEADER_SIZE + MIN_CAPACITY or info.st_size > HEADER_SIZE + MAX_CAPACITY:
+        raise ValueError(f"{path} has the wrong size for a shared ring")
+    ring.map_size = <uint64_t>info.st_size
+    cdef void* mapped = mmap(NULL, ring.map_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                             ring.fd, 0)
+    if mapped == MAP_FAILED:
+        raise OSError(_errno(), f"cannot map the shared ring {path}")
+    ring.base = <char*>mapped
+    if capacity:
+        memset(ring.base, 0, HEADER_SIZE)
+        _store_le64(ring.base + OFF_CAPACITY, capacity)
+        ff_store_le32(ring.base + 8, VERSION)
+        ff_store_le32(ring.base + 12, HEADER_SIZE)
+        # the magic last: a reader that sees it sees a whole header
+        ff_store_release_u64(<ff_atomic_u64*>ring.base, FF_SHM_MAGIC)
+    if (ff_load_acquire_u64(<ff_atomic_u64*>ring.base) != FF_SHM_MAGIC
+            or ff_load_le32(ring.base + 8) != VERSION
+            or ff_load_le32(ring.base + 12) != HEADER_SIZE):
+        raise ValueError(f"{path} is not a shared ring of version {VERSION}")
+    ring.capacity_ = _load_le64(ring.base + OFF_CAPACITY)
+    if (ring.capacity_ & (ring.capacity_ - 1) or ring.capacity_ < MIN_CAPACITY
+            or HEADER_SIZE + ring.capacity_ != ring.map_size):
+        raise ValueError(f"{path}: its header disagrees with its size")
+    ring.mask = ring.capacity_ - 1
+    ring.data = ring.base + HEADER_SIZE
+    ring.head = <ff_atomic_u64*>(ring.base + OFF_HEAD)
+    ring.tail = <ff_atomic_u64*>(ring.base + OFF_TAIL)
+    ring.writer_waiting = <ff_atomic_u64*>(ring.base + OFF_WRITER_WAITING)
+    ring.reader_sleeping = <ff_atomic_u64*>(ring.base + OFF_READER_SLEEPING)
+    return 0
 
 
 cdef uint64_t _record_size(list frames) except 0:

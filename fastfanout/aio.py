@@ -250,7 +250,7 @@ class AsyncClient(AsyncClientAdministration):
             return
         try:
             await self._request(Opcode.ATTACH,
-                                [protocol.encode_payload({"directory": channel.directory})])
+                                [protocol.encode_payload(channel.attach_request())])
             channel.attached()
         except (FastFanoutError, OSError, ValueError) as exc:
             channel.close()

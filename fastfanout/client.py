@@ -202,7 +202,7 @@ class Client(ClientAdministration):
         with self._lock:   # nothing else may use the socket until the channel is in place
             try:
                 self._wait(self._request(
-                    Opcode.ATTACH, [protocol.encode_payload({"directory": channel.directory})],
+                    Opcode.ATTACH, [protocol.encode_payload(channel.attach_request())],
                     flush=False), self.timeout, handshake=True)
                 channel.attached()
             except (FastFanoutError, OSError, ValueError) as exc:

@@ -6,34 +6,46 @@ channel is one ring per direction in a shared file (``fastfanout._ext.shmring``)
 *bell* per side, a FIFO the side polls beside its sockets: a message is copied in and
 out once, and a sleeping peer is woken by one byte, only when it sleeps.
 
-How a channel is made (the ``ATTACH`` request, docs/protocol.md): the client makes a
-private directory (mode 0700, under ``/dev/shm`` when the host has it) holding the two
-rings and the two FIFOs, opens its own bell for reading, and sends ``ATTACH`` with the
-directory over its socket. The broker maps the rings, opens its bell for reading and the
-client's for writing, and answers; the client opens the broker's bell for writing and
-removes the directory (both sides keep their mappings and descriptors). From then on
-every message of that connection travels through the rings, in order; one larger than
-half a ring travels over the socket, announced by a marker in the ring so that the
-reader takes it in its place.
+How a channel is made (the ``ATTACH`` request, docs/protocol.md): nothing of it has a
+name in any file system. The client makes the two rings as sealed anonymous memory
+files (``SharedRing.create``: ``memfd_create``, sized, pages reserved, sealed so their
+size never changes) and the two bells as pipes, and sends ``ATTACH`` with its pid and
+the four descriptor numbers over its socket. The broker opens each through
+``/proc/PID/fd/N`` (only a process of the same user may), checks what it got (sealed
+memory files of its user for the rings, pipes for the bells), maps the rings, opens
+its bell for reading and the client's for writing, and answers; the client then closes
+its own copy of its bell's write end. Both sides keep their mappings and descriptors;
+when both are gone, so is the channel — a process killed at any point leaves nothing
+behind. From then on every message of that connection travels through the rings, in
+order; one larger than half a ring travels over the socket, announced by a marker in
+the ring so that the reader takes it in its place.
 
-A bell also tells each side that the other is gone: when the last writer of a FIFO
+Why sealed: a process that maps a file dies of ``SIGBUS`` when it touches a page past
+the file's end, so a client (or anything of the same user) that could shrink a ring
+could kill the broker. A ring's size is sealed before the broker ever sees it, and the
+broker refuses a ring without ``F_SEAL_SHRINK``.
+
+A bell also tells each side that the other is gone: when the last writer of a pipe
 closes (its process exited, crashed or was killed), the reader's poll reports a hang-up
-at once, where a socket peer would be noticed only by its missing heartbeats. Each side
-opens the other's bell read-write, so ringing a dead peer never raises ``SIGPIPE``.
+at once, where a socket peer would be noticed only by its missing heartbeats. A pipe has
+a writer from the moment it is made, so this holds from ``ATTACH`` on, whatever the
+client does next. The broker also watches the client's process itself (a ``pidfd``
+where the kernel has them): a child that inherited the bell's write end does not keep
+a session of a process that has ended. Each side can never get ``EPIPE`` when it rings:
+the broker opens the client's bell read-write, and the client keeps the read end of the
+broker's bell open beside its write end.
 
 The client picks the ring size (``ring_bytes``, a power of two, default
 ``DEFAULT_RING_BYTES``); the broker refuses ``ATTACH`` when its own endpoint is not
-``ipc://`` or ``local_channels`` is off, and checks that every file is a regular file
-or FIFO of its own user.
+``ipc://`` or ``local_channels`` is off. A broker's queue of messages waiting for room
+in a ring is bounded in bytes (``send_or_queue``'s ``max_backlog_bytes``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Callable
 
@@ -46,20 +58,24 @@ from fastfanout._ext.shmring import (
     SharedRing,
 )
 from fastfanout.errors import InvalidArgument
+from fastfanout.protocol import MalformedFrame
 
 __all__ = [
-    "DEFAULT_RING_BYTES", "Bell", "LocalChannel", "PeerGone", "check_channel_options",
-    "local_channels_supported", "wants_local_channel",
+    "ATTACH_FIELDS", "DEFAULT_RING_BYTES", "Bell", "LocalChannel", "PeerGone",
+    "check_channel_options", "local_channels_supported", "wants_local_channel",
 ]
 
 DEFAULT_RING_BYTES = 4 << 20
 """Bytes of each ring of a channel (4 MiB: a push of 8,192 small messages, ~1 MB, fits in
 half of one; larger rings measured no faster)."""
 
-TO_BROKER = "to_broker.ring"
-TO_CLIENT = "to_client.ring"
-BROKER_BELL = "broker.bell"
-CLIENT_BELL = "client.bell"
+ATTACH_FIELDS = ("pid", "to_broker", "to_client", "broker_bell", "client_bell")
+"""The ``ATTACH`` payload's keys: the client's pid and, in that process, the descriptors
+of the ring it writes, the ring it reads, the read end of the broker's bell and the
+write end of its own bell."""
+
+_PIPE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 class PeerGone(Exception):
@@ -103,28 +119,39 @@ def wants_local_channel(local_channel: bool | None, info: dict[str, object],
             and local_channels_supported())
 
 
-def _directory_root() -> str:
-    shm = "/dev/shm"
-    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
-        return shm
-    return tempfile.gettempdir()
-
-
 class Bell:
-    """One end of a FIFO: the reading side polls ``fd``; the writing side ``ring``s."""
+    """One end of a pipe: the reading side polls ``fd``; the writing side ``ring``s.
 
-    def __init__(self, path: str, *, reader: bool) -> None:
-        flags = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-        # The ringing side opens read-write (Linux): a write then never fails with EPIPE,
-        # so a process whose SIGPIPE is SIG_DFL is not killed by ringing a peer that
-        # died. The peer's death is seen on this side's own bell instead, whose only
-        # writer was the peer: its poll reports the hang-up.
-        self.fd = os.open(path, flags | (os.O_RDONLY if reader else os.O_RDWR))
-        info = os.fstat(self.fd)
-        if not stat.S_ISFIFO(info.st_mode) or info.st_uid != os.geteuid():
-            os.close(self.fd)
-            raise ValueError(f"{path} is not a FIFO of this user")
+    Args:
+        fd: the descriptor (non-blocking), owned from now on.
+        keep: another descriptor closed with this one: a ringing side keeps a read end
+            of its peer's bell open, so a write never fails with ``EPIPE`` (and a
+            process whose ``SIGPIPE`` is ``SIG_DFL`` is not killed by ringing a peer
+            that died). The peer's death is seen on this side's own bell instead,
+            whose only writer was the peer: its poll reports the hang-up.
+    """
+
+    def __init__(self, fd: int, *, keep: int | None = None) -> None:
+        self.fd = fd
+        self.keep = keep
         self.closed = False
+
+    @classmethod
+    def open(cls, path: str, *, reader: bool) -> Bell:
+        """Open the pipe at ``path`` (the broker: ``/proc/PID/fd/N`` of the client's).
+
+        The ringing side (``reader=False``) opens it read-write: it never gets ``EPIPE``.
+
+        Raises:
+            ValueError: ``path`` is not a pipe of this user.
+            OSError: it cannot be opened.
+        """
+        fd = os.open(path, _OPEN_FLAGS | (os.O_RDONLY if reader else os.O_RDWR))
+        info = os.fstat(fd)
+        if not stat.S_ISFIFO(info.st_mode) or info.st_uid != os.geteuid():
+            os.close(fd)
+            raise ValueError(f"{path} is not a pipe of this user")
+        return cls(fd)
 
     def ring(self) -> None:
         """Wake the reader (a full FIFO already will: its pending bytes do).
@@ -154,10 +181,12 @@ class Bell:
                 return
 
     def close(self) -> None:
-        """Close this end."""
+        """Close this end (and the kept one)."""
         if not self.closed:
             self.closed = True
             os.close(self.fd)
+            if self.keep is not None:
+                os.close(self.keep)
 
 
 class LocalChannel:
@@ -167,76 +196,130 @@ class LocalChannel:
         outgoing: the ring this side writes.
         incoming: the ring this side reads.
         bell: this side's bell (read end), polled beside the sockets.
-        peer_bell: the other side's bell (write end); None until ``attached``.
+        peer_bell: the other side's bell (write end).
+        process_fd: the broker's side: a ``pidfd`` of the client's process, readable
+            once it has ended (None where the kernel has none, and on the client's side).
         spill: sends a message over the socket (set by the owner: one too large for
             the ring goes there, announced by a marker).
         backlog: messages waiting for room in ``outgoing`` (in order).
+        backlog_bytes: bytes those messages take in the ring (``record_size``).
+        overflowed: a message was dropped because the backlog had reached its bound
+            (the owner ends the session).
         awaiting_socket: a marker was read; the socket's next message comes next.
         spills: messages sent over the socket because they exceed half a ring.
         full: sends that found the ring full and waited (or queued).
     """
 
     def __init__(self, outgoing: SharedRing, incoming: SharedRing, bell: Bell,
-                 peer_bell: Bell | None, directory: str | None) -> None:
+                 peer_bell: Bell, *, process_fd: int | None = None,
+                 handover: tuple[int, ...] = ()) -> None:
         self.outgoing = outgoing
         self.incoming = incoming
         self.bell = bell
         self.peer_bell = peer_bell
-        self.directory = directory
+        self.process_fd = process_fd
+        self._handover = handover   # the client's: closed once the broker has them
         self.spill: Callable[[list[bytes]], object] | None = None
         self.backlog: deque[list[bytes]] = deque()
+        self.backlog_bytes = 0
         self.backlog_since = 0.0
+        self.overflowed = False
         self.awaiting_socket = False
         self.spills = 0
         self.full = 0
 
     @classmethod
     def create(cls, ring_bytes: int = DEFAULT_RING_BYTES) -> LocalChannel:
-        """The client's side: make the directory, rings and FIFOs; open its own bell."""
-        directory = tempfile.mkdtemp(prefix="fastfanout-", dir=_directory_root())
-        try:
-            to_broker = SharedRing.create(os.path.join(directory, TO_BROKER), ring_bytes)
-            to_client = SharedRing.create(os.path.join(directory, TO_CLIENT), ring_bytes)
-            os.mkfifo(os.path.join(directory, BROKER_BELL), 0o600)
-            os.mkfifo(os.path.join(directory, CLIENT_BELL), 0o600)
-            bell = Bell(os.path.join(directory, CLIENT_BELL), reader=True)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        return cls(to_broker, to_client, bell, None, directory)
-
-    @classmethod
-    def attach(cls, directory: str) -> LocalChannel:
-        """The broker's side: map the client's rings and open both bells.
+        """The client's side: two sealed rings, two pipes; nothing named anywhere.
 
         Raises:
-            ValueError: ``directory`` is not a private directory of this user holding a
-                channel (or a file in it is not what it should be).
-            OSError: a file cannot be opened or mapped.
+            ValueError: a bad ``ring_bytes``.
+            OSError: no memory for the rings, or no descriptors.
         """
-        info = os.lstat(directory)
-        if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
-                or info.st_mode & 0o077):
-            raise ValueError(f"{directory} is not a private directory of this user")
-        incoming = SharedRing(os.path.join(directory, TO_BROKER))
-        outgoing = SharedRing(os.path.join(directory, TO_CLIENT))
-        bell = Bell(os.path.join(directory, BROKER_BELL), reader=True)
+        opened: list[int] = []
+        rings: list[SharedRing] = []
         try:
-            peer_bell = Bell(os.path.join(directory, CLIENT_BELL), reader=False)
+            rings.append(SharedRing.create(ring_bytes, "fastfanout-to-broker"))
+            rings.append(SharedRing.create(ring_bytes, "fastfanout-to-client"))
+            broker_read, broker_write = os.pipe2(_PIPE_FLAGS)
+            opened += (broker_read, broker_write)
+            client_read, client_write = os.pipe2(_PIPE_FLAGS)
+            opened += (client_read, client_write)
         except BaseException:
-            bell.close()
+            for ring in rings:
+                ring.close()
+            for fd in opened:
+                os.close(fd)
             raise
-        return cls(outgoing, incoming, bell, peer_bell, None)
+        return cls(rings[0], rings[1], Bell(client_read),
+                   Bell(broker_write, keep=broker_read), handover=(client_write,))
+
+    def attach_request(self) -> dict[str, int]:
+        """The client's ``ATTACH`` payload (``ATTACH_FIELDS``): its pid, descriptors."""
+        assert self._handover, "only the client's side, before attached()"
+        assert self.peer_bell.keep is not None
+        return {"pid": os.getpid(), "to_broker": self.outgoing.fileno(),
+                "to_client": self.incoming.fileno(), "broker_bell": self.peer_bell.keep,
+                "client_bell": self._handover[0]}
+
+    @classmethod
+    def attach(cls, request: object) -> LocalChannel:
+        """The broker's side: open the client's rings and bells named by ``request``.
+
+        Args:
+            request: the ``ATTACH`` payload, a map of ``ATTACH_FIELDS`` to ints.
+
+        Raises:
+            MalformedFrame: ``request`` is not such a map.
+            ValueError: a descriptor is not what it should be (the rings sealed memory
+                files of this user, the bells pipes of this user), or no such process.
+            OSError: a descriptor cannot be opened or mapped (another user's process,
+                or none).
+        """
+        if (not isinstance(request, dict) or set(request) != set(ATTACH_FIELDS)
+                or any(type(request[key]) is not int or request[key] < 0
+                       for key in ATTACH_FIELDS) or request["pid"] == 0):
+            raise MalformedFrame(
+                f"attach payload must be a map of {', '.join(ATTACH_FIELDS)} to ints >= 0 "
+                "(pid > 0)")
+        pid = request["pid"]
+
+        def path(key: str, kind: str) -> str:
+            link = f"/proc/{pid}/fd/{request[key]}"
+            # look before opening: the broker opens nothing but what it expects (no
+            # device, no named file); what it did open is checked again after
+            if not os.readlink(link).startswith(kind):
+                raise ValueError(f"{key}: descriptor {request[key]} of process {pid} is "
+                                 f"not a {kind.strip('/:')}")
+            return link
+
+        process_fd = _process_fd(pid)
+        closers: list[Callable[[], None]] = []
+        try:
+            incoming = SharedRing(path("to_broker", "/memfd:"))
+            closers.append(incoming.close)
+            outgoing = SharedRing(path("to_client", "/memfd:"))
+            closers.append(outgoing.close)
+            bell = Bell.open(path("broker_bell", "pipe:"), reader=True)
+            closers.append(bell.close)
+            peer_bell = Bell.open(path("client_bell", "pipe:"), reader=False)
+        except BaseException:
+            for close in reversed(closers):
+                close()
+            if process_fd is not None:
+                os.close(process_fd)
+            raise
+        return cls(outgoing, incoming, bell, peer_bell, process_fd=process_fd)
 
     def attached(self) -> None:
-        """The client's side, once the broker answered ATTACH: open the broker's bell.
+        """The client's side, once the broker answered ATTACH.
 
-        The directory is removed: both sides keep their mappings and descriptors.
+        The client closes its copy of its own bell's write end: the broker's is then
+        the only one, and its closing (the broker's process ended) hangs the bell up.
         """
-        assert self.directory is not None
-        self.peer_bell = Bell(os.path.join(self.directory, BROKER_BELL), reader=False)
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory = None
+        for fd in self._handover:
+            os.close(fd)
+        self._handover = ()
 
     def try_send(self, frames: list[bytes]) -> bool:
         """Write ``frames``; False when the ring is full and nothing was sent.
@@ -261,14 +344,33 @@ class LocalChannel:
             self.ring_peer()
         return True
 
-    def send_or_queue(self, frames: list[bytes], now: float) -> None:
-        """Send now, or queue behind the backlog until the reader makes room (broker)."""
+    def send_or_queue(self, frames: list[bytes], now: float, max_backlog_bytes: int) -> bool:
+        """Send now, or queue behind the backlog until the reader makes room (broker).
+
+        Args:
+            frames: the message.
+            now: the monotonic clock (seconds), noted when a backlog starts.
+            max_backlog_bytes: most bytes the backlog may hold (ring record sizes).
+
+        Returns:
+            False when the message would take the backlog past ``max_backlog_bytes``:
+            it is dropped, and so is every later one (``overflowed``: the reader is too
+            slow; its session is to be ended).
+        """
+        if self.overflowed:
+            return False
         if not self.backlog and self.try_send(frames):
-            return
+            return True
+        size = self.outgoing.record_size(frames)
+        if self.backlog_bytes + size > max_backlog_bytes:
+            self.overflowed = True
+            return False
         if not self.backlog:
             self.backlog_since = now
             self.full += 1
         self.backlog.append(frames)
+        self.backlog_bytes += size
+        return True
 
     def flush_backlog(self, now: float) -> bool:
         """Send what the backlog holds while there is room; True when it is empty."""
@@ -276,14 +378,13 @@ class LocalChannel:
         while backlog:
             if not self.try_send(backlog[0]):
                 return False
-            backlog.popleft()
+            self.backlog_bytes -= self.outgoing.record_size(backlog.popleft())
             self.backlog_since = now
         return True
 
     def ring_peer(self) -> None:
         """Ring the other side's bell."""
-        if self.peer_bell is not None:
-            self.peer_bell.ring()
+        self.peer_bell.ring()
 
     def read(self, max_messages: int) -> list[list[bytes] | None]:
         """Up to ``max_messages`` messages from ``incoming`` (None: a marker).
@@ -295,13 +396,44 @@ class LocalChannel:
             self.ring_peer()
         return messages
 
+    def heard(self, fd: int) -> None:
+        """A poll saw ``fd`` (the bell, or the client's process) ready: drain the bell.
+
+        Raises:
+            PeerGone: the bell hung up, or ``fd`` is the ended process's ``pidfd``.
+        """
+        if fd == self.process_fd:
+            raise PeerGone("the client's process ended")
+        self.bell.drain()
+
     def close(self) -> None:
-        """Unmap the rings, close the bells, remove the directory if it is still there."""
+        """Unmap the rings, close the bells and descriptors.
+
+        The channel itself is gone once the other side has done so too.
+        """
         self.outgoing.close()
         self.incoming.close()
         self.bell.close()
-        if self.peer_bell is not None:
-            self.peer_bell.close()
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
+        self.peer_bell.close()
+        self.attached()   # the client's: a channel never attached closes all
+        if self.process_fd is not None:
+            os.close(self.process_fd)
+            self.process_fd = None
+
+
+def _process_fd(pid: int) -> int | None:
+    """A ``pidfd`` of process ``pid`` (readable once it ends), None where unsupported.
+
+    Raises:
+        ValueError: there is no process ``pid``.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except ProcessLookupError:
+        raise ValueError(f"there is no process {pid}") from None
+    except OSError:   # a kernel without pidfds (before 5.3), or a restricted one
+        return None
+    return fd   # close-on-exec, as every pidfd

@@ -15,9 +15,11 @@ bookkeeping out of the server's loop:
 - ``may_sleep`` tells each ring's writer to ring the bell (and says whether a message
   slipped in meanwhile).
 
-A session whose client process has ended (its bell hung up), that left its queue unread
-longer than ``backlog_seconds``, or that wrote a malformed record, is handed to ``end``
-at once.
+A session whose client process has ended (its bell hung up, or its process's ``pidfd``
+became readable), that left its queue unread longer than ``backlog_seconds`` or let it
+grow past ``backlog_bytes``, or that wrote a malformed record, is handed to ``end`` in
+the next round (never in the middle of a send: the server may be iterating its
+consumers then).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from fastfanout.local_channel import LocalChannel, PeerGone
 from fastfanout.sessions import Session
 from fastfanout.transport import Unroutable, WouldBlock
 
-__all__ = ["BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
+__all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
 
 log = logging.getLogger("fastfanout.server")
 
@@ -42,6 +44,11 @@ ROUND_MESSAGES = 1000
 BACKLOG_SECONDS = 10.0
 """Longest a session's queue may wait for room in its ring before the session is ended
 as a slow client (counted in ``slow_client``), as a socket's full queue would be."""
+BACKLOG_BYTES = 64 << 20
+"""Most bytes (ring records) a session's queue may hold while it waits for room in its
+ring (64 MiB: 16 full default rings); a message past it is dropped and the session is
+ended as a slow client (counted in ``local_backlog_overflow`` and ``slow_client``), its
+leases released."""
 
 
 class LocalSessions:
@@ -50,20 +57,23 @@ class LocalSessions:
     Args:
         counters: the server's counters (``local_channels``, ``local_spills``,
             ``local_ring_full``, ``local_peer_gone``, ``local_malformed``,
-            ``slow_client``).
+            ``local_backlog_overflow``, ``slow_client``).
         watch, unwatch: register / forget a bell with the server's poll.
         spill: send a message over a session's socket (too large for its ring).
         handle: handle one request ``[identity, header, *payload]``.
         end: end a session at once (its client is gone, slow or misbehaving).
         backlog_seconds: seconds a session's queue may wait for room before the session
             is ended as a slow client.
+        backlog_bytes: bytes a session's queue may hold before the session is ended as
+            a slow client.
     """
 
     def __init__(self, counters: Counter[str], *, watch: Callable[[int], None],
                  unwatch: Callable[[int], None],
                  spill: Callable[[Session, list[bytes]], None],
                  handle: Callable[[list[bytes]], None], end: Callable[[Session], None],
-                 backlog_seconds: float = BACKLOG_SECONDS) -> None:
+                 backlog_seconds: float = BACKLOG_SECONDS,
+                 backlog_bytes: int = BACKLOG_BYTES) -> None:
         self.counters = counters
         self._watch = watch
         self._unwatch = unwatch
@@ -71,24 +81,34 @@ class LocalSessions:
         self._handle = handle
         self._end = end
         self.backlog_seconds = backlog_seconds
+        self.backlog_bytes = backlog_bytes
         self.sessions: dict[Session, LocalChannel] = {}
-        self._by_bell: dict[int, Session] = {}
+        self._by_bell: dict[int, Session] = {}   # bells and pidfds
         self._backlogged: set[Session] = set()
+        self._overflowed: set[Session] = set()
+        self.backlog_peak = 0   # most bytes one session's queue ever held
 
     def __bool__(self) -> bool:
         return bool(self.sessions)
 
     def counts(self) -> dict[str, int]:
-        """Spills and full-ring waits so far, the open channels' included."""
+        """Spills and full-ring waits so far (the open channels' included), bytes queued.
+
+        ``local_backlog_bytes``: bytes waiting for room in rings now, all sessions;
+        ``local_backlog_peak_bytes``: the most one session's queue has held (never
+        above ``backlog_bytes``).
+        """
         live = self.sessions.values()
         return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
                 "local_ring_full": self.counters["local_ring_full"] + sum(c.full for c in live),
-                "local_sessions": len(self.sessions)}
+                "local_sessions": len(self.sessions),
+                "local_backlog_bytes": sum(c.backlog_bytes for c in live),
+                "local_backlog_peak_bytes": self.backlog_peak}
 
     def ring_for(self, session: Session) -> SharedRing | None:
         """The ring a push to ``session`` may be written into now (None: send it)."""
         channel = self.sessions.get(session)
-        if channel is None or channel.backlog:
+        if channel is None or channel.backlog or channel.overflowed:
             return None   # behind a backlog, a push must queue too (order)
         return channel.outgoing
 
@@ -98,20 +118,24 @@ class LocalSessions:
         if channel is not None:
             channel.ring_peer()
 
-    def attach(self, session: Session, directory: str) -> None:
-        """Map the client's channel in ``directory``; the session's messages use it.
+    def attach(self, session: Session, request: object) -> None:
+        """Open the client's channel: its messages use it from now on.
+
+        ``request`` is the ATTACH payload (see ``LocalChannel.attach``).
 
         Raises:
-            ValueError, OSError: the directory or a file in it is not a channel of this
-                user (nothing is kept).
+            MalformedFrame: ``request`` does not have the payload's form.
+            ValueError, OSError: a descriptor it names is not a channel's of this user
+                (nothing is kept).
         """
         if session in self.sessions:
             raise ValueError("this connection already has a local channel")
-        channel = LocalChannel.attach(directory)
+        channel = LocalChannel.attach(request)
         channel.spill = partial(self._spill, session)
         self.sessions[session] = channel
-        self._by_bell[channel.bell.fd] = session
-        self._watch(channel.bell.fd)
+        for fd in _watched(channel):
+            self._by_bell[fd] = session
+            self._watch(fd)
         self.counters["local_channels"] += 1
 
     def detach(self, session: Session) -> None:
@@ -120,8 +144,10 @@ class LocalSessions:
         if channel is None:
             return
         self._backlogged.discard(session)
-        self._by_bell.pop(channel.bell.fd, None)
-        self._unwatch(channel.bell.fd)
+        self._overflowed.discard(session)
+        for fd in _watched(channel):
+            self._by_bell.pop(fd, None)
+            self._unwatch(fd)
         self.counters["local_spills"] += channel.spills
         self.counters["local_ring_full"] += channel.full
         channel.close()
@@ -143,22 +169,36 @@ class LocalSessions:
         channel = self.sessions.get(session)
         if channel is None:
             return False
-        channel.send_or_queue(frames, time.monotonic())
-        if channel.backlog:
+        if not channel.send_or_queue(frames, time.monotonic(), self.backlog_bytes):
+            self._overflowed.add(session)   # dropped: the session ends next round
+        elif channel.backlog:
             self._backlogged.add(session)
+            self.backlog_peak = max(self.backlog_peak, channel.backlog_bytes)
         return True
 
     def round(self, bells: list[int]) -> None:
-        """Drain the bells a poll saw, retry the queued messages, read every ring."""
+        """Drain the bells a poll saw, end what is gone or overflowed, read the rings.
+
+        Queued messages are retried before the rings are read.
+        """
         for fd in bells:
             session = self._by_bell.get(fd)
             if session is None:
                 continue
             try:
-                self.sessions[session].bell.drain()
+                self.sessions[session].heard(fd)
             except PeerGone:
                 self.counters["local_peer_gone"] += 1
                 self._end(session)
+        if self._overflowed:
+            for session in list(self._overflowed):
+                log.warning("session %s: more than %d bytes wait for room in its ring; "
+                            "ending it (slow client)", session.identity.hex(),
+                            self.backlog_bytes)
+                self.counters["local_backlog_overflow"] += 1
+                self.counters["slow_client"] += 1
+                self._end(session)
+            self._overflowed.clear()
         if self._backlogged:
             self._flush_backlogs()
         for session, channel in list(self.sessions.items()):
@@ -207,8 +247,20 @@ class LocalSessions:
                 return
 
     def may_sleep(self) -> bool:
-        """Ask every ring's writer to ring when it writes; False if one just did write."""
+        """Ask every ring's writer to ring when it writes; False if one just did write.
+
+        Also False while a session waits to be ended (the next round ends it).
+        """
+        if self._overflowed:
+            return False
         for channel in self.sessions.values():
             if not channel.awaiting_socket and not channel.incoming.sleep():
                 return False
         return True
+
+
+def _watched(channel: LocalChannel) -> list[int]:
+    """The descriptors the server polls for ``channel``: its bell, the client's pidfd."""
+    if channel.process_fd is None:
+        return [channel.bell.fd]
+    return [channel.bell.fd, channel.process_fd]

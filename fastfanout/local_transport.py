@@ -167,7 +167,7 @@ class AsyncLocalTransport(_ChannelReader):
             self.channel.bell.drain()
         except PeerGone:
             self._gone = True
-            self._loop.remove_reader(self.channel.bell.fd)  # a hung-up FIFO stays readable
+            self._loop.remove_reader(self.channel.bell.fd)  # a hung-up pipe stays readable
         self._data.set()
         self._room.set()
 

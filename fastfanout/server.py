@@ -66,6 +66,7 @@ from fastfanout.errors import (
 )
 from fastfanout.holds import HeldRequest, HeldRequests
 from fastfanout.local_channel import local_channels_supported
+from fastfanout.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.local_sessions import LocalSessions
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
@@ -128,6 +129,9 @@ class Server(Deliveries):
         local_channels: let clients on this host attach a shared-memory channel
             (``ATTACH``, see ``fastfanout.local_channel``); only on an ``ipc://``
             endpoint, where every client is on this host.
+        local_backlog_bytes: most bytes that may wait for room in one local session's
+            ring (``local_sessions.BACKLOG_BYTES``); past it the session is ended as a
+            slow client (``local_backlog_overflow``).
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class Server(Deliveries):
         push_batch: int = 8192,
         hold_timeout: float = 30.0,
         local_channels: bool = True,
+        local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
     ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
@@ -174,6 +179,9 @@ class Server(Deliveries):
         if type(push_batch) is not int or not 1 <= push_batch <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"push_batch={push_batch!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        if type(local_backlog_bytes) is not int or local_backlog_bytes < 1:
+            raise InvalidArgument(
+                f"local_backlog_bytes={local_backlog_bytes!r} must be an int >= 1 (bytes)")
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
         self._own_broker = broker is None
@@ -206,7 +214,8 @@ class Server(Deliveries):
                                 and local_channels_supported())
         self._local = LocalSessions(
             self.counters, watch=self._watch, unwatch=self._unwatch, spill=self._spill,
-            handle=self._handle, end=self._end_local_session)
+            handle=self._handle, end=self._end_local_session,
+            backlog_bytes=local_backlog_bytes)
         self._handlers = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
@@ -425,15 +434,11 @@ class Server(Deliveries):
             raise InvalidArgument(
                 "this broker offers no local channels (not an ipc:// endpoint, or "
                 "local_channels=False)")
-        options = protocol.decode_payload(self._frame(frames, 0, "attach"))
-        directory = options.get("directory") if isinstance(options, dict) else None
-        if type(directory) is not str:
-            raise protocol.MalformedFrame("attach payload must be {'directory': str}")
+        request = protocol.decode_payload(self._frame(frames, 0, "attach"))
         try:
-            self._local.attach(session, directory)
+            self._local.attach(session, request)
         except (ValueError, OSError) as exc:
-            raise InvalidArgument(f"cannot attach the local channel {directory}: {exc}"
-                                  ) from None
+            raise InvalidArgument(f"cannot attach the local channel: {exc}") from None
         self._socket_send(session, Status.OK, request_id, [protocol.encode_payload(None)])
 
     # -- sending -----------------------------------------------------------------------

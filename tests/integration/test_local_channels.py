@@ -7,6 +7,8 @@ import contextlib
 import os
 import signal
 import struct
+import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -22,8 +24,9 @@ from fastfanout._ext import codec
 from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.client import BrokenConnection
 from fastfanout.errors import InvalidArgument
-from fastfanout.local_channel import TO_BROKER, LocalChannel
+from fastfanout.local_channel import LocalChannel, PeerGone
 from fastfanout.local_transport import AsyncLocalTransport, LocalTransport
+from fastfanout.server import Server
 from fastfanout.transport import AsyncDealerTransport, DealerTransport, PeerLost
 
 
@@ -48,7 +51,7 @@ def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
 def attach_raw(dealer: zmq.Socket[bytes], channel: LocalChannel) -> None:
     """ATTACH ``channel`` over ``dealer``, as a client in another language would."""
     dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 1),
-                           msgspec.msgpack.encode({"directory": channel.directory})])
+                           msgspec.msgpack.encode(channel.attach_request())])
     assert dealer.poll(5000)
     _, status, _ = protocol.decode_header(dealer.recv_multipart()[0])
     assert status == protocol.Status.OK
@@ -139,7 +142,7 @@ def test_a_client_that_does_not_read_is_queued_for_in_order(track: Tracker) -> N
 def test_a_send_waits_for_room_then_gives_up(track: Tracker) -> None:
     # a fake broker side that reads only when told to
     client_side = LocalChannel.create(MIN_CAPACITY)
-    broker_side = LocalChannel.attach(client_side.directory or "")
+    broker_side = LocalChannel.attach(client_side.attach_request())
     client_side.attached()
     transport = LocalTransport(DealerTransport(track.endpoint()), client_side, send_timeout=0.3)
     try:
@@ -208,19 +211,22 @@ def test_a_killed_broker_is_a_clear_error_then_reconnect(track: Tracker) -> None
     assert client.list_topics() == [] and is_local(client)
 
 
-def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
+def test_bad_attach_requests_are_refused(track: Tracker) -> None:
     server = track.server()
     client = track.client(server.endpoint)
-    open_dir = tmp_path / "world-readable"
-    open_dir.mkdir()
-    open_dir.chmod(0o755)
+    unsealed = os.memfd_create("unsealed")   # a ring that could shrink under the broker
+    os.ftruncate(unsealed, 256 + MIN_CAPACITY)
+    made = LocalChannel.create(MIN_CAPACITY)
+    good = made.attach_request()
     cases = [
         ([], "malformed_frame"),
         ([msgspec.msgpack.encode({"directory": 7})], "malformed_frame"),
-        ([msgspec.msgpack.encode({"directory": str(tmp_path / "missing")})],
-         "invalid_argument"),
-        ([msgspec.msgpack.encode({"directory": str(open_dir)})], "invalid_argument"),
+        ([msgspec.msgpack.encode({"directory": "/dev/shm/fastfanout-x"})],
+         "malformed_frame"),   # the old form: nothing is opened by name any more
+        ([msgspec.msgpack.encode({**good, "to_broker": unsealed})], "invalid_argument"),
+        ([msgspec.msgpack.encode({**good, "pid": 2 ** 22 + 12345})], "invalid_argument"),
     ]
+    made.close()
     with raw_dealer(server.endpoint) as dealer:
         for request_id, (payload, code) in enumerate(cases, 1):
             dealer.send_multipart(
@@ -241,6 +247,7 @@ def test_bad_attach_requests_are_refused(track: Tracker, tmp_path) -> None:
             assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 100)
         finally:
             channel.close()
+    os.close(unsealed)
     assert client.list_topics() == []
     assert client.server_stats()["error.invalid_argument"] == 2
 
@@ -356,14 +363,13 @@ def test_a_malformed_record_ends_only_its_session(track: Tracker) -> None:
     server = track.server()
     client = track.client(server.endpoint)
     channel = LocalChannel.create(MIN_CAPACITY)
-    assert channel.directory is not None
-    ring_file = open(os.path.join(channel.directory, TO_BROKER), "r+b")
+    ring = channel.outgoing.fileno()
     with raw_dealer(server.endpoint) as dealer:
         try:
             attach_raw(dealer, channel)
             # a record claiming 2 frames and a length past the end of the ring, published
-            os.pwrite(ring_file.fileno(), struct.pack("<II", 2, 1 << 20), 256)
-            os.pwrite(ring_file.fileno(), struct.pack("<Q", 8), 64)
+            os.pwrite(ring, struct.pack("<II", 2, 1 << 20), 256)
+            os.pwrite(ring, struct.pack("<Q", 8), 64)
             channel.ring_peer()
             track.wait_until(lambda: server.counters["local_malformed"] == 1,
                              what="the refusal")
@@ -371,7 +377,6 @@ def test_a_malformed_record_ends_only_its_session(track: Tracker) -> None:
                              what="the session's end")
             assert client.list_topics() == []                  # everyone else is served
         finally:
-            ring_file.close()
             channel.close()
 
 
@@ -419,3 +424,192 @@ def test_pushes_behind_a_full_ring_keep_their_order(track: Tracker) -> None:
             assert got == sent
         finally:
             channel.close()
+
+
+# -- a client must not be able to harm the broker through its channel ---------------------
+
+TRUNCATE = textwrap.dedent("""
+    import os, sys
+    pid, descriptors = sys.argv[1], sys.argv[2:]
+    for fd in descriptors:   # another process of the same user reaches the client's rings
+        with open(f"/proc/{pid}/fd/{fd}", "r+b") as ring:
+            try:
+                os.ftruncate(ring.fileno(), 0)
+                print("truncated", flush=True)
+            except PermissionError:
+                print("refused", flush=True)
+""")
+
+
+def consume_request(request_id: int, queue: str, prefetch: int) -> list[bytes]:
+    return [protocol.encode_header(protocol.Opcode.CONSUME, request_id),
+            msgspec.msgpack.encode([[], {"queue": queue, "prefetch": prefetch}])]
+
+
+def test_truncating_a_ring_cannot_kill_the_broker(track: Tracker) -> None:
+    # Were a ring's file cut short under the broker's mapping, the broker's next write
+    # into it (a push) or read from it would die of SIGBUS, taking every session along.
+    endpoint = track.endpoint()
+    broker = track.broker_process(endpoint)
+    other = track.client(endpoint)
+    other.create_queue("q")
+    channel = LocalChannel.create(MIN_CAPACITY)
+    rings = [channel.outgoing.fileno(), channel.incoming.fileno()]
+    with raw_dealer(endpoint) as dealer:
+        try:
+            attach_raw(dealer, channel)
+            for fd in rings:
+                with pytest.raises(PermissionError):
+                    os.ftruncate(fd, 0)
+            done = subprocess.run(
+                [sys.executable, "-c", TRUNCATE, str(os.getpid()), *map(str, rings)],
+                capture_output=True, timeout=30)
+            assert done.stdout.split() == [b"refused", b"refused"], done.stderr
+            # the broker reads the ring it was given and pushes into the other
+            assert channel.try_send(consume_request(7, "q", 100))
+            other.send_batch("q", [b"after-%d" % i for i in range(50)])
+            got: list[bytes] = []
+
+            def pushed() -> bool:
+                for message in channel.read(100):
+                    assert message is not None
+                    status = protocol.decode_header(message[0])[1]
+                    if status == protocol.Status.PUSH:
+                        got.extend(r.body for r in codec.decode_batch(message[1]))
+                return len(got) == 50
+
+            track.wait_until(pushed, what="the pushes")
+            assert got == [b"after-%d" % i for i in range(50)]
+        finally:
+            channel.close()
+    assert broker.poll() is None
+    assert other.list_queues() == ["q"] and other.server_stats()["local_sessions"] == 1
+
+
+def test_a_session_that_never_reads_is_ended_at_its_backlog_bound(track: Tracker) -> None:
+    bound = 256 << 10
+    server = track.server(local_backlog_bytes=bound)
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    for number in range(20):
+        client.create_queue(f"a-queue-with-a-longish-name-{number}")
+    channel = LocalChannel.create(MIN_CAPACITY)
+    with raw_dealer(server.endpoint) as dealer:
+        try:
+            attach_raw(dealer, channel)
+            assert channel.try_send(consume_request(7, "q", 10))
+            client.send_batch("q", [b"m%d" % i for i in range(10)])
+            track.wait_until(lambda: channel.incoming.used > 200, what="the push")
+            # requests whose replies (~1 KB each) it never reads: 2 MB in all
+            payload = msgspec.msgpack.encode([[], {}])
+            overflowed = lambda: server.counters["local_backlog_overflow"] > 0  # noqa: E731
+            for request_id in range(100, 2100):
+                frames = [protocol.encode_header(protocol.Opcode.LIST_QUEUES, request_id),
+                          payload]
+                while not overflowed() and not channel.try_send(frames):
+                    track.wait_until(lambda: channel.outgoing.used < MIN_CAPACITY // 2
+                                     or overflowed(), what="room")
+                if overflowed():
+                    break
+            track.wait_until(overflowed, what="the backlog's bound")
+            track.wait_until(lambda: client.server_stats()["local_sessions"] == 1,
+                             what="the session's end")   # the one left is client's
+            stats = client.server_stats()
+            assert stats["slow_client"] == 1 and stats["local_backlog_overflow"] == 1
+            assert 0 < stats["local_backlog_peak_bytes"] <= bound
+            assert stats["local_backlog_bytes"] == 0 and stats["connections"] == 1
+            with pytest.raises(PeerGone):   # the broker closed its side
+                track.wait_until(lambda: bool(channel.bell.drain()), what="the hang-up")
+            # its leases were released at once (visibility was 30 s): all ten come back
+            again = client.receive("q", max_messages=10, wait=5.0)
+            assert sorted(m.body for m in again) == sorted(b"m%d" % i for i in range(10))
+        finally:
+            channel.close()
+
+
+def test_local_backlog_bytes_must_be_a_positive_int(track: Tracker) -> None:
+    for bad in (0, -1, 1.5, "1"):
+        with pytest.raises(InvalidArgument, match="local_backlog_bytes"):
+            Server(track.endpoint(), local_backlog_bytes=bad)
+
+
+ATTACH_THEN_VANISH = textwrap.dedent("""
+    import os, subprocess, sys
+    import msgspec, zmq
+    from fastfanout import protocol
+    from fastfanout._ext.shmring import MIN_CAPACITY
+    from fastfanout.local_channel import LocalChannel
+    dealer = zmq.Context().socket(zmq.DEALER)
+    dealer.connect(sys.argv[1])
+    dealer.send_multipart([protocol.encode_header(protocol.Opcode.HELLO, 1),
+                           msgspec.msgpack.encode({"heartbeat": False})])
+    dealer.recv_multipart()
+    channel = LocalChannel.create(MIN_CAPACITY)
+    request = channel.attach_request()
+    dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 2),
+                           msgspec.msgpack.encode(request)])
+    assert protocol.decode_header(dealer.recv_multipart()[0])[1] == protocol.Status.OK
+    if sys.argv[2] == "child-keeps-the-bell":   # a child inherits the bell's write end
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, pass_fds=[channel.peer_bell.fd])
+        print(child.pid, flush=True)
+    else:
+        print(0, flush=True)
+    os._exit(0)   # gone without a word: no attached(), no BYE, no heartbeats
+""")
+
+
+@pytest.mark.parametrize("how", ["exits", "child-keeps-the-bell"])
+def test_a_client_gone_right_after_attach_is_ended(track: Tracker, how: str) -> None:
+    server = track.server(heartbeat_interval=30.0, heartbeat_timeout=600.0)
+    client = track.client(server.endpoint)
+    process = track.process(["-c", ATTACH_THEN_VANISH, server.endpoint, how])
+    assert process.stdout is not None
+    child = int(process.stdout.readline())
+    try:
+        process.wait(30)
+        track.wait_until(lambda: client.server_stats()["connections"] == 1,
+                         what="the vanished client's session to end")
+        stats = client.server_stats()
+        assert stats["local_sessions"] == 1 and stats["local_peer_gone"] == 1
+        assert stats["local_channels"] == 2
+    finally:
+        if child:
+            os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, 0)
+
+
+KILLED_IN_CONNECT = textwrap.dedent("""
+    import os, signal, sys
+    from fastfanout.client import connect
+    from fastfanout.local_channel import LocalChannel
+    made = LocalChannel.create
+    def create_then_stop(ring_bytes):
+        channel = made(ring_bytes)
+        os.kill(os.getpid(), signal.SIGSTOP)   # the test looks, then kills it here
+        return channel
+    LocalChannel.create = staticmethod(create_then_stop)
+    connect(sys.argv[1], local_channel=True)
+""")
+
+
+def test_a_client_killed_in_connect_leaves_nothing_behind(track: Tracker) -> None:
+    server = track.server()
+    process = track.process(["-c", KILLED_IN_CONNECT, server.endpoint])
+
+    def stopped() -> bool:
+        with open(f"/proc/{process.pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+    track.wait_until(stopped, what="the client to stop inside connect()")
+    # between making its channel and attaching it: what it holds has no name anywhere
+    links = [os.readlink(f"/proc/{process.pid}/fd/{fd}")
+             for fd in os.listdir(f"/proc/{process.pid}/fd")]
+    assert sum(link.startswith("/memfd:fastfanout-") for link in links) == 2
+    assert not [link for link in links if "fastfanout-" in link
+                and not link.startswith("/memfd:")]
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    client = track.client(server.endpoint)   # the next connect has nothing to sweep
+    assert is_local(client) and client.server_stats()["local_channels"] == 1

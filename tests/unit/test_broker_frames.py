@@ -133,11 +133,11 @@ def test_freed_blobs_are_pooled_within_the_bound(broker):
 
 
 @pytest.fixture
-def ring_pair(tmp_path):
+def ring_pair():
     from fastfanout._ext.shmring import MIN_CAPACITY, SharedRing
 
-    writer = SharedRing.create(str(tmp_path / "ring"), MIN_CAPACITY)
-    reader = SharedRing(str(tmp_path / "ring"))
+    writer = SharedRing.create(MIN_CAPACITY)
+    reader = SharedRing(f"/proc/self/fd/{writer.fileno()}")
     yield writer, reader
     writer.close()
     reader.close()

@@ -1,5 +1,6 @@
 """Local channels in one process: making, attaching, bells, spills, backlogs, refusals."""
 
+import json
 import os
 import select
 import subprocess
@@ -9,7 +10,8 @@ import textwrap
 import pytest
 
 from fastfanout._ext.shmring import MIN_CAPACITY
-from fastfanout.local_channel import BROKER_BELL, TO_BROKER, LocalChannel, PeerGone
+from fastfanout.local_channel import ATTACH_FIELDS, LocalChannel, PeerGone
+from fastfanout.protocol import MalformedFrame
 
 
 def readable(fd: int) -> bool:
@@ -20,15 +22,23 @@ def no_spill(frames):
     raise AssertionError(f"unexpected spill of {len(frames)} frames")
 
 
+def descriptors() -> dict[int, str]:
+    """This process's open descriptors and what each leads to."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:   # the listing's own descriptor
+            pass
+    return found
+
+
 @pytest.fixture
 def sides():
     """(client side, broker side) of one attached channel with rings of MIN_CAPACITY."""
     client = LocalChannel.create(MIN_CAPACITY)
-    directory = client.directory
-    assert directory is not None and os.stat(directory).st_mode & 0o777 == 0o700
-    broker = LocalChannel.attach(directory)
+    broker = LocalChannel.attach(client.attach_request())
     client.attached()
-    assert client.directory is None and not os.path.exists(directory)
     client.spill = broker.spill = no_spill
     yield client, broker
     client.close()
@@ -75,8 +85,9 @@ def test_the_backlog_waits_for_room_and_keeps_order(sides):
     while broker.try_send([body, b"%d" % sent]):
         sent += 1
     for extra in range(sent, sent + 5):
-        broker.send_or_queue([body, b"%d" % extra], now=1.0)
+        assert broker.send_or_queue([body, b"%d" % extra], now=1.0, max_backlog_bytes=1 << 20)
     assert len(broker.backlog) == 5 and broker.full == 1 and broker.backlog_since == 1.0
+    assert broker.backlog_bytes == 5 * broker.outgoing.record_size([body, b"%d" % sent])
     assert not broker.flush_backlog(now=2.0)
     got = client.read(3)              # makes room, and rings the waiting broker's bell
     assert readable(broker.bell.fd)
@@ -87,6 +98,24 @@ def test_the_backlog_waits_for_room_and_keeps_order(sides):
         broker.flush_backlog(now=4.0)
     got += client.read(100)
     assert [m[1] for m in got] == [b"%d" % i for i in range(sent + 5)]
+    assert broker.backlog_bytes == 0
+
+
+def test_the_backlog_is_bounded_in_bytes(sides):
+    client, broker = sides
+    body = b"q" * 5000
+    while broker.try_send([body]):
+        pass
+    size = broker.outgoing.record_size([body])
+    bound = 3 * size + size // 2
+    for _ in range(3):
+        assert broker.send_or_queue([body], now=1.0, max_backlog_bytes=bound)
+    assert broker.backlog_bytes == 3 * size and not broker.overflowed
+    assert not broker.send_or_queue([body], now=1.0, max_backlog_bytes=bound)   # dropped
+    assert broker.overflowed and broker.backlog_bytes == 3 * size
+    client.read(100)   # room again: an overflowed channel still takes nothing more
+    assert not broker.send_or_queue([b"x"], now=2.0, max_backlog_bytes=bound)
+    assert len(broker.backlog) == 3
 
 
 def test_a_closed_peer_is_noticed_on_both_bells(sides):
@@ -106,54 +135,128 @@ def test_the_client_sees_the_broker_side_close(sides):
         client.bell.drain()
 
 
-def test_ringing_a_dead_peer_cannot_kill_a_process_with_default_sigpipe(tmp_path):
-    script = textwrap.dedent("""
-        import os, signal, sys
-        from fastfanout._ext.shmring import MIN_CAPACITY
-        from fastfanout.local_channel import LocalChannel
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # as many command-line tools do
-        client = LocalChannel.create(MIN_CAPACITY)
-        broker = LocalChannel.attach(client.directory)
-        client.attached()
-        client.close()
-        for _ in range(100_000):   # more than a FIFO holds
-            broker.ring_peer()
-        print("alive")
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+SIGPIPE_DEFAULT = textwrap.dedent("""
+    import os, signal, sys
+    from fastfanout._ext.shmring import MIN_CAPACITY
+    from fastfanout.local_channel import LocalChannel
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # as many command-line tools do
+    client = LocalChannel.create(MIN_CAPACITY)
+    broker = LocalChannel.attach(client.attach_request())
+    client.attached()
+    (broker if sys.argv[1] == "client" else client).close()
+    survivor = client if sys.argv[1] == "client" else broker
+    for _ in range(100_000):   # more than a pipe holds
+        survivor.ring_peer()
+    print("alive")
+""")
+
+
+@pytest.mark.parametrize("side", ["client", "broker"])
+def test_ringing_a_dead_peer_cannot_kill_a_process_with_default_sigpipe(side):
+    done = subprocess.run([sys.executable, "-c", SIGPIPE_DEFAULT, side], capture_output=True,
+                          timeout=60)
     assert done.returncode == 0 and done.stdout.split() == [b"alive"], done.stderr
 
 
-def test_attach_refuses_what_is_not_a_private_channel(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        LocalChannel.attach(str(tmp_path / "missing"))
-    open_dir = tmp_path / "open"
-    open_dir.mkdir(mode=0o755)
-    os.chmod(open_dir, 0o755)
-    with pytest.raises(ValueError, match="private"):
-        LocalChannel.attach(str(open_dir))
-    empty = tmp_path / "empty"
-    empty.mkdir(mode=0o700)
-    with pytest.raises(FileNotFoundError):
-        LocalChannel.attach(str(empty))
-    (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(ValueError):
-        LocalChannel.attach(str(tmp_path / "file"))
-
-
-def test_attach_refuses_a_regular_file_as_a_bell():
+def test_a_channel_has_no_name_anywhere():
+    before = descriptors()
     client = LocalChannel.create(MIN_CAPACITY)
     try:
-        assert client.directory is not None
-        os.remove(os.path.join(client.directory, BROKER_BELL))
-        with open(os.path.join(client.directory, BROKER_BELL), "wb"):
-            pass
-        with pytest.raises(ValueError, match="not a FIFO"):
-            LocalChannel.attach(client.directory)
-        os.remove(os.path.join(client.directory, TO_BROKER))
-        with pytest.raises(FileNotFoundError):
-            LocalChannel.attach(client.directory)
+        made = {fd: link for fd, link in descriptors().items() if fd not in before}
+        assert len(made) == 6   # two rings, two pipes of two ends
+        assert sorted(link.split(":")[0] for link in made.values()) == (
+            ["/memfd"] * 2 + ["pipe"] * 4)
+        assert all(link.endswith("(deleted)") for link in made.values()
+                   if link.startswith("/memfd"))
+        request = client.attach_request()
+        assert list(request) == list(ATTACH_FIELDS) and request["pid"] == os.getpid()
+        assert {request[key] for key in ATTACH_FIELDS[1:]} <= set(made)
     finally:
-        directory = client.directory
         client.close()
-    assert directory is not None and not os.path.exists(directory)
+    assert descriptors().keys() <= before.keys()   # closing an unattached one frees all
+
+
+KILLED_WHILE_MAKING = textwrap.dedent("""
+    import json, os
+    from fastfanout._ext.shmring import MIN_CAPACITY
+    from fastfanout.local_channel import LocalChannel
+    channel = LocalChannel.create(MIN_CAPACITY)
+    links = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{name}"))
+        except FileNotFoundError:   # the listing's own descriptor
+            pass
+    print(json.dumps(links), flush=True)
+    os._exit(9)   # killed between making the channel and attaching it
+""")
+
+
+def test_a_client_killed_while_making_its_channel_leaves_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "-c", KILLED_WHILE_MAKING], capture_output=True,
+                          timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 9, done.stderr
+    links = json.loads(done.stdout)
+    # the channel is two nameless memory files and pipes: with the process gone, nothing
+    # of it exists; no file or directory was made for it anywhere
+    assert sum(link.startswith("/memfd:fastfanout-") for link in links) == 2
+    assert not [link for link in links
+                if "fastfanout-" in link and not link.startswith("/memfd:")]
+    assert not os.listdir(tmp_path)
+
+
+def test_attach_refuses_what_is_not_a_channel():
+    bad_shapes = [None, [], {}, {"directory": "/dev/shm/x"},
+                  dict.fromkeys(ATTACH_FIELDS, "3"), dict.fromkeys(ATTACH_FIELDS, -1),
+                  {**dict.fromkeys(ATTACH_FIELDS, 3), "pid": 0},
+                  {**dict.fromkeys(ATTACH_FIELDS, 3), "extra": 1}]
+    for request in bad_shapes:
+        with pytest.raises(MalformedFrame):
+            LocalChannel.attach(request)
+    client = LocalChannel.create(MIN_CAPACITY)
+    good = client.attach_request()
+    unsealed = os.memfd_create("unsealed")
+    os.ftruncate(unsealed, 256 + MIN_CAPACITY)
+    read_end, write_end = os.pipe()
+    before = descriptors()
+    try:
+        cases = [({"to_broker": good["broker_bell"]}, "not a memfd"),      # rings: memfds
+                 ({"to_client": 0 if os.path.exists("/proc/self/fd/0") else 1}, None),
+                 ({"to_broker": unsealed}, "not sealed"),
+                 ({"broker_bell": good["to_broker"]}, "not a pipe"),        # bells: pipes
+                 ({"client_bell": 999_999}, None),                          # no such fd
+                 ({"pid": 2 ** 22 + 12345}, None)]                          # no such pid
+        for change, message in cases:
+            with pytest.raises((ValueError, OSError), match=message):
+                LocalChannel.attach({**good, **change})
+            assert descriptors().keys() <= before.keys()   # nothing kept open
+        broker = LocalChannel.attach({**good, "broker_bell": read_end})   # any pipe does
+        broker.close()
+    finally:
+        client.close()
+        for fd in (unsealed, read_end, write_end):
+            os.close(fd)
+
+
+def test_the_broker_side_hears_the_client_process_end():
+    local = LocalChannel.create(MIN_CAPACITY)
+    request = local.attach_request()
+    # the "client" is a child holding the same descriptors under the same numbers
+    client = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE,
+                              pass_fds=[request[key] for key in ATTACH_FIELDS[1:]])
+    try:
+        broker = LocalChannel.attach({**request, "pid": client.pid})
+        try:
+            assert broker.process_fd is not None and not readable(broker.process_fd)
+            client.communicate(timeout=30)
+            assert readable(broker.process_fd)
+            assert not readable(broker.bell.fd)   # this process still holds a writer
+            with pytest.raises(PeerGone, match="process ended"):
+                broker.heard(broker.process_fd)
+        finally:
+            broker.close()
+    finally:
+        local.close()
+        client.kill()
+        client.wait(30)

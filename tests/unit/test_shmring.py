@@ -1,7 +1,11 @@
 """The shared-memory ring of local channels: layout checks, wrap, room, markers, wake-ups."""
 
+import fcntl
 import os
 import struct
+import subprocess
+import sys
+import textwrap
 from collections import deque
 
 import pytest
@@ -21,15 +25,24 @@ from fastfanout._ext.shmring import (
 HEADER = 256
 
 
+def proc_path(ring) -> str:
+    """The path another process would open ``ring`` by (here: this process's)."""
+    return f"/proc/{os.getpid()}/fd/{ring.fileno()}"
+
+
 @pytest.fixture
-def pair(tmp_path):
+def pair():
     """(writer, reader): two mappings of one fresh ring of MIN_CAPACITY bytes."""
-    path = str(tmp_path / "ring")
-    writer = SharedRing.create(path, MIN_CAPACITY)
-    reader = SharedRing(path)
+    writer = SharedRing.create(MIN_CAPACITY)
+    reader = SharedRing(proc_path(writer))
     yield writer, reader
     writer.close()
     reader.close()
+
+
+def scribble(ring, offset: int, data: bytes) -> None:
+    """A third party writes ``data`` at ``offset`` of the ring's memory file."""
+    os.pwrite(ring.fileno(), data, offset)
 
 
 def read_all(reader):
@@ -39,40 +52,98 @@ def read_all(reader):
 
 @pytest.mark.parametrize("capacity", [0, MIN_CAPACITY - 8, MIN_CAPACITY + 8, 3 << 20,
                                       1 << 31])
-def test_capacity_must_be_a_power_of_two_in_range(tmp_path, capacity):
+def test_capacity_must_be_a_power_of_two_in_range(capacity):
+    before = set(os.listdir(f"/proc/{os.getpid()}/fd"))
     with pytest.raises(ValueError):
-        SharedRing.create(str(tmp_path / "r"), capacity)
-    assert not (tmp_path / "r").exists()
+        SharedRing.create(capacity)
+    assert set(os.listdir(f"/proc/{os.getpid()}/fd")) <= before   # no descriptor left
 
 
-def test_create_refuses_an_existing_path(tmp_path):
-    (tmp_path / "r").write_bytes(b"")
-    with pytest.raises(FileExistsError):
-        SharedRing.create(str(tmp_path / "r"), MIN_CAPACITY)
+def memory_file(size: int, seals: int = 0) -> int:
+    fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def test_a_ring_has_no_name_and_its_size_is_sealed():
+    ring = SharedRing.create(MIN_CAPACITY, "fastfanout-test")
+    try:
+        assert os.readlink(proc_path(ring)).startswith("/memfd:fastfanout-test")
+        assert fcntl.fcntl(ring.fileno(), fcntl.F_GET_SEALS) & (
+            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL) == (
+            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        with open(proc_path(ring), "r+b") as other:   # another opening of the same file
+            for size in (0, HEADER, HEADER + 2 * MIN_CAPACITY):
+                with pytest.raises(PermissionError):
+                    os.ftruncate(other.fileno(), size)
+            with pytest.raises(PermissionError):
+                fcntl.fcntl(other.fileno(), fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+        assert os.fstat(ring.fileno()).st_size == HEADER + MIN_CAPACITY
+    finally:
+        ring.close()
+    assert ring.fileno() == -1
+
+
+TRUNCATE_AND_READ = textwrap.dedent("""
+    import os, sys
+    from fastfanout._ext.shmring import SharedRing
+    reader = SharedRing(sys.argv[1])
+    try:
+        os.ftruncate(int(sys.argv[2]), 0)
+    except PermissionError:
+        print("refused", flush=True)
+    print(reader.read(10)[0], reader.used, flush=True)
+""")
+
+
+def test_a_truncation_cannot_kill_the_reader():
+    # The reader is another process: it maps the ring, then something tries to cut the
+    # file to nothing; its next read would die of SIGBUS if the file could shrink.
+    writer = SharedRing.create(MIN_CAPACITY)
+    try:
+        writer.write([b"before"])
+        result = subprocess.run(
+            [sys.executable, "-c", TRUNCATE_AND_READ, proc_path(writer),
+             str(writer.fileno())], pass_fds=[writer.fileno()], capture_output=True,
+            timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split(b"\n")[:2] == [b"refused", b"[[b'before']] 0"]
+    finally:
+        writer.close()
 
 
 def test_open_checks_the_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         SharedRing(str(tmp_path / "missing"))
-    (tmp_path / "small").write_bytes(b"\0" * 100)
-    with pytest.raises(ValueError, match="wrong size"):
-        SharedRing(str(tmp_path / "small"))
-    (tmp_path / "zeros").write_bytes(b"\0" * (HEADER + MIN_CAPACITY))
-    with pytest.raises(ValueError, match="not a shared ring"):
-        SharedRing(str(tmp_path / "zeros"))
-    ring = SharedRing.create(str(tmp_path / "good"), MIN_CAPACITY)
-    ring.close()
-    os.symlink(tmp_path / "good", tmp_path / "link")
-    with pytest.raises(OSError):
-        SharedRing(str(tmp_path / "link"))   # O_NOFOLLOW
     with pytest.raises(OSError):
         SharedRing(str(tmp_path))            # a directory
-    # a header whose capacity disagrees with the file's size
-    with open(tmp_path / "good", "r+b") as f:
-        f.seek(16)
-        f.write(struct.pack("<Q", MIN_CAPACITY * 2))
-    with pytest.raises(ValueError, match="disagrees"):
-        SharedRing(str(tmp_path / "good"))
+    full = HEADER + MIN_CAPACITY
+    (tmp_path / "file").write_bytes(b"\0" * full)
+    with pytest.raises(ValueError, match="not sealed"):   # a file that could shrink
+        SharedRing(str(tmp_path / "file"))
+    unsealed = memory_file(full)
+    small = memory_file(100, fcntl.F_SEAL_SHRINK)
+    zeros = memory_file(full, fcntl.F_SEAL_SHRINK)
+    try:
+        with pytest.raises(ValueError, match="not sealed"):
+            SharedRing(f"/proc/self/fd/{unsealed}")
+        with pytest.raises(ValueError, match="wrong size"):
+            SharedRing(f"/proc/self/fd/{small}")
+        with pytest.raises(ValueError, match="not a shared ring"):
+            SharedRing(f"/proc/self/fd/{zeros}")
+    finally:
+        for fd in (unsealed, small, zeros):
+            os.close(fd)
+    ring = SharedRing.create(MIN_CAPACITY)
+    try:
+        # a header whose capacity disagrees with the file's size
+        scribble(ring, 16, struct.pack("<Q", MIN_CAPACITY * 2))
+        with pytest.raises(ValueError, match="disagrees"):
+            SharedRing(proc_path(ring))
+    finally:
+        ring.close()
 
 
 def test_round_trip_keeps_frames_and_order(pair):
@@ -152,25 +223,21 @@ def test_sleep_handshake_asks_for_exactly_one_bell(pair):
     assert writer.write_marker() == WROTE_WAKE
 
 
-def test_a_malformed_record_is_refused(pair, tmp_path):
+def test_a_malformed_record_is_refused(pair):
     writer, reader = pair
     writer.write([b"fine"])
     writer.write([b"bad"])
     second = HEADER + writer.record_size([b"fine"])
-    with open(tmp_path / "ring", "r+b") as f:   # a third party scribbles on the length
-        f.seek(second + 4)
-        f.write(struct.pack("<I", 1 << 24))
+    scribble(writer, second + 4, struct.pack("<I", 1 << 24))   # on the length
     with pytest.raises(ValueError, match="overruns"):
         reader.read(10)
     assert reader.pending()                             # nothing was consumed
 
 
-def test_a_frame_table_that_overruns_its_record_is_refused(pair, tmp_path):
+def test_a_frame_table_that_overruns_its_record_is_refused(pair):
     writer, reader = pair
     writer.write([b"abc"])
-    with open(tmp_path / "ring", "r+b") as f:
-        f.seek(HEADER + 8)
-        f.write(struct.pack("<I", 5000))
+    scribble(writer, HEADER + 8, struct.pack("<I", 5000))
     with pytest.raises(ValueError, match="overruns itself"):
         reader.read(1)
 
@@ -196,10 +263,9 @@ def test_closed_and_bad_arguments(pair):
     st.integers(min_value=1, max_value=8),              # read up to n
     st.just(None),                                      # a marker
 ), max_size=80))
-def test_matches_a_queue_model(tmp_path_factory, steps):
-    path = str(tmp_path_factory.mktemp("model") / "ring")
-    writer = SharedRing.create(path, MIN_CAPACITY)
-    reader = SharedRing(path)
+def test_matches_a_queue_model(steps):
+    writer = SharedRing.create(MIN_CAPACITY)
+    reader = SharedRing(proc_path(writer))
     model: deque = deque()
     try:
         for step in steps:
