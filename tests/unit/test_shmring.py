@@ -1,5 +1,6 @@
 """The shared-memory ring of local channels: layout checks, wrap, room, markers, wake-ups."""
 
+import ctypes
 import fcntl
 import os
 import struct
@@ -112,6 +113,21 @@ def test_a_truncation_cannot_kill_the_reader():
         assert result.stdout.split(b"\n")[:2] == [b"refused", b"[[b'before']] 0"]
     finally:
         writer.close()
+
+
+def test_a_punched_hole_reads_as_zeros_not_a_crash(pair):
+    # The seals leave the contents writable, so a hostile peer may punch a hole (free
+    # the pages); inside the sealed size a page then reads as zeros, never SIGBUS.
+    writer, reader = pair
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    writer.write([b"lost"])
+    punch_hole_keep_size = 0x02 | 0x01
+    assert libc.fallocate(writer.fileno(), punch_hole_keep_size, 0,
+                          HEADER + MIN_CAPACITY) == 0, os.strerror(ctypes.get_errno())
+    assert reader.read(10) == ([], False)   # head and tail read as 0: nothing to read
+    assert writer.write([b"after"]) == WROTE
+    assert read_all(reader) == [[b"after"]]
 
 
 def test_open_checks_the_file(tmp_path):
