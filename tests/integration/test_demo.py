@@ -40,9 +40,13 @@ def test_the_demo_refuses_an_endpoint_another_broker_serves(track):
 @pytest.mark.skipif(pathlib.Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
                     reason="runs only inside the venv that ci/setup-venv.sh made")
 def test_setting_up_again_rebuilds_nothing():
-    done = subprocess.run(["bash", "ci/setup-venv.sh", "test"], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "FASTFANOUT_VENV": ".venv"})
+    def set_up() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "ci/setup-venv.sh", "test"], capture_output=True,
+                              text=True, timeout=300, cwd=ROOT,
+                              env={**os.environ, "FASTFANOUT_VENV": ".venv"})
+
+    set_up()   # builds if a source changed since the last set-up (never in ci/test.sh)
+    done = set_up()
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(".venv/bin/python")
     assert "building" not in done.stderr, done.stderr
