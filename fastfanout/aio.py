@@ -7,7 +7,8 @@ differs. One reader task owns the DEALER socket's receive side and resolves a fu
 request id, so any number of coroutines may await calls at once (the asyncio analogue of
 many requests in flight). Pushes for a consumer go to its ``asyncio.Queue``. A heartbeat
 task keeps the session alive; if the broker says goodbye or the reader fails, every
-pending call raises ``BrokenConnection``. Sockets come from ``fastfanout.transport``,
+pending call raises ``BrokenConnection`` (a goodbye that ends the session, ``SessionExpired``,
+also makes a new connection: a new session). Sockets come from ``fastfanout.transport``,
 which remains the only module that imports ``zmq``.
 
 Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
@@ -57,7 +58,13 @@ from fastfanout.local_channel import (
     wants_local_channel,
 )
 from fastfanout.local_transport import AsyncLocalTransport
-from fastfanout.protocol import BrokenConnection, Opcode, Status
+from fastfanout.protocol import (
+    BrokenConnection,
+    Opcode,
+    RequestTooLarge,
+    SessionExpired,
+    Status,
+)
 from fastfanout.records import PublishResult
 from fastfanout.remote import (
     RemoteMessage,
@@ -228,11 +235,13 @@ class AsyncClient(AsyncClientAdministration):
         self._producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
         self._acks: list[int] = []   # message.ack() calls not sent yet (_send_acks)
         self.info: dict[str, Any] = {}
+        self._limits: tuple[int, int] | None = None   # the broker's request size limits
 
     async def _start(self) -> AsyncClient:
         self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         frames = await self._request(Opcode.HELLO, [protocol.encode_payload({})])
         self.info = protocol.decode_payload(frames[0])
+        self._limits = protocol.request_limits(self.info)
         if wants_local_channel(self.local_channel, self.info, self.endpoint):
             await self._attach_local()
         return self
@@ -267,7 +276,12 @@ class AsyncClient(AsyncClientAdministration):
         self._tasks[0] = asyncio.create_task(self._reader())
 
     def _send(self, opcode: int, payload: list[bytes], flush: bool = True) -> int:
-        """Queue a request; the publish batches of this iteration leave before it."""
+        """Queue a request; the publish batches of this iteration leave before it.
+
+        Raises:
+            RequestTooLarge: the request exceeds the broker's ``max_request_bytes`` or
+                ``max_frame_bytes`` (told in its HELLO reply); nothing was sent.
+        """
         if self._closed:
             raise Closed("the client is closed")
         if flush and self._batches:
@@ -275,9 +289,14 @@ class AsyncClient(AsyncClientAdministration):
             # FIFO groups), as in the blocking client
             self._flush_batches()
         request_id = self._next_id
+        frames = [protocol.encode_header(opcode, request_id), *payload]
+        if self._limits is not None:   # refused here rather than dropped by the broker
+            too_large = protocol.request_size_error(frames, *self._limits)
+            if too_large is not None:
+                raise too_large
         self._next_id += 1
         try:   # sent now (into the ring, or to libzmq): no task per request
-            self._transport.send_nowait([protocol.encode_header(opcode, request_id), *payload])
+            self._transport.send_nowait(frames)
         except PeerLost as exc:
             error = BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}")
             self._fail(error)
@@ -362,11 +381,32 @@ class AsyncClient(AsyncClientAdministration):
                         queue.put_nowait(frames[1:] if status == Status.PUSH
                                          else protocol.decode_error(frames[1]))
                 elif status == Status.GOODBYE:
-                    self._fail(protocol.ServerStopping("the broker is stopping"))
+                    self._said_goodbye(frames)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._fail(BrokenConnection(f"connection to {self.endpoint} failed: {exc}"))
+
+    def _said_goodbye(self, frames: list[bytes]) -> None:
+        """GOODBYE: fail every waiter; if the broker ended this session, start a new one.
+
+        The broker serves no more requests of an ended session's connection (it ends a
+        session whose client read nothing for too long, or was silent past its
+        heartbeat timeout), so a fresh connection is made: a new session, announced
+        with HELLO. Without a payload the broker is stopping; the socket reconnects by
+        itself when it is back.
+        """
+        if len(frames) < 2:
+            self._fail(protocol.ServerStopping("the broker is stopping"))
+            return
+        error = protocol.decode_error(frames[1])
+        self._fail(error)
+        if isinstance(error, SessionExpired) and isinstance(self._transport,
+                                                            AsyncDealerTransport):
+            ended, self._transport = self._transport, AsyncDealerTransport(
+                self.endpoint, self._curve)
+            ended.close()
+            self._fire(Opcode.HELLO, [protocol.encode_payload({})])
 
     def _fail(self, error: FastFanoutError) -> None:
         for future in self._futures.values():
@@ -499,7 +539,10 @@ class AsyncClient(AsyncClientAdministration):
                 else:
                     future.set_exception(error)   # type: ignore[arg-type]
 
-        self._send_frame(key[0], key[1], batch.builder.take(), resolve, flush=False)
+        try:
+            self._send_frame(key[0], key[1], batch.builder.take(), resolve, flush=False)
+        except RequestTooLarge as exc:   # never sent: each future of the batch raises it
+            resolve(None, exc)
 
     def _send_frame(self, opcode: int, name: str, frame: bytes,
                     resolve: Callable[[RemotePublishBatch | None, BaseException | None], None],

@@ -56,7 +56,7 @@ from fastfanout.local_channel import (
     wants_local_channel,
 )
 from fastfanout.local_transport import LocalTransport
-from fastfanout.protocol import BrokenConnection, Opcode, Status
+from fastfanout.protocol import BrokenConnection, Opcode, RequestTooLarge, Status
 from fastfanout.records import (
     Attributes,
     ExponentialBackoff,
@@ -158,6 +158,7 @@ class Client(ClientAdministration):
         self._last_heard = 0.0
         self._last_sent_heartbeat = 0.0
         self.info: dict[str, Any] = {}
+        self._limits: tuple[int, int] | None = None   # the broker's request size limits
         self._kick = threading.Event()
         self._busy_until = 0.0
         self._connect()
@@ -169,6 +170,7 @@ class Client(ClientAdministration):
 
     def _connect(self) -> None:
         self.info = {}
+        self._limits = None
         try:
             self._transport = DealerTransport(self.endpoint, self._curve)
         except TransportError as exc:
@@ -182,6 +184,7 @@ class Client(ClientAdministration):
             self._drop_transport()
             raise
         self.info = protocol.decode_payload(frames[0])
+        self._limits = protocol.request_limits(self.info)
         if wants_local_channel(self.local_channel, self.info, self.endpoint):
             self._attach_local()
 
@@ -273,11 +276,18 @@ class Client(ClientAdministration):
 
         Raises:
             BrokenConnection: the local channel's broker is gone.
+            RequestTooLarge: the request exceeds the broker's ``max_request_bytes`` or
+                ``max_frame_bytes`` (told in its HELLO reply); nothing was sent.
         """
         request_id = self._next_id
+        frames = [protocol.encode_header(opcode, request_id), *payload]
+        if self._limits is not None:
+            too_large = protocol.request_size_error(frames, *self._limits)
+            if too_large is not None:
+                raise too_large
         self._next_id += 1
         try:
-            transport.send([protocol.encode_header(opcode, request_id), *payload])
+            transport.send(frames)
         except PeerLost as exc:
             raise self._lost(exc) from None
         return request_id
@@ -361,8 +371,13 @@ class Client(ClientAdministration):
             if consumer is not None:
                 consumer.error = protocol.decode_error(frames[1] if len(frames) > 1 else b"")
         elif status == Status.GOODBYE:
-            self._broken(protocol.ServerStopping(
-                f"the broker at {self.endpoint} is stopping; the next call reconnects"))
+            # no payload: the broker stops; an error: it ended this session (say, this
+            # client read nothing for too long). Either way, the next call reconnects
+            # (a new connection is a new session).
+            self._broken(protocol.decode_error(frames[1]) if len(frames) > 1
+                         else protocol.ServerStopping(
+                             f"the broker at {self.endpoint} is stopping; the next call "
+                             f"reconnects"))
 
     def _wait(self, pending: _Pending, timeout: float | None, *, extra: float = 0.0,
               handshake: bool = False) -> list[bytes]:
@@ -478,7 +493,11 @@ class Client(ClientAdministration):
 
     def _send_batch(self, key: tuple[int, str], batch: PendingBatch[PublishFuture]) -> None:
         frame = batch.builder.take()
-        pending = self._request(key[0], [key[1].encode(), frame], flush=False)
+        try:
+            pending = self._request(key[0], [key[1].encode(), frame], flush=False)
+        except RequestTooLarge as exc:   # never sent: each future of the batch raises it
+            pending = _Pending(0)
+            pending.error = exc
         results: list[RemotePublishBatch | None] = [None]
         for future in batch.futures:
             future._pending = pending

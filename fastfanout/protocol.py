@@ -65,6 +65,8 @@ __all__ = [
     "encode_receipts",
     "encode_results",
     "error_class",
+    "request_limits",
+    "request_size_error",
 ]
 
 MAGIC: Final = b"FF"
@@ -137,7 +139,9 @@ class Status(IntEnum):
     PING = 4
     """A liveness probe from the broker; clients ignore it."""
     GOODBYE = 5
-    """The broker is stopping: every request still unanswered will not be answered."""
+    """The broker is done with this session: every request still unanswered will not be
+    answered. No payload: the broker is stopping. One error frame (``session_expired``):
+    the broker ended this session; it serves no more requests of this connection."""
 
 
 # -- errors that exist only because there is a wire ------------------------------------
@@ -184,7 +188,12 @@ class BrokenConnection(FastFanoutError):
 
 
 class SessionExpired(BrokenConnection):
-    """The broker declared this client gone (missed heartbeats) and released its leases."""
+    """The broker ended this client's session and released its leases.
+
+    Why: it missed its heartbeats, it read nothing while ``max_queued_replies`` messages
+    waited for it, or it sent nothing for ``idle_session_timeout`` without heartbeats.
+    The broker serves no more requests of that connection; the clients connect anew.
+    """
 
     code = "session_expired"
 
@@ -193,6 +202,46 @@ class ServerStopping(BrokenConnection):
     """The broker is shutting down and ended this consumer or request."""
 
     code = "server_stopping"
+
+
+def request_limits(hello: Any) -> tuple[int, int] | None:
+    """``(max_request_bytes, max_frame_bytes)`` from a HELLO reply, or None if absent."""
+    if not isinstance(hello, dict):
+        return None
+    request, frame = hello.get("max_request_bytes"), hello.get("max_frame_bytes")
+    if type(request) is not int or type(frame) is not int:
+        return None
+    return request, frame
+
+
+def request_size_error(frames: list[bytes], max_request_bytes: int,
+                       max_frame_bytes: int) -> RequestTooLarge | None:
+    """Why a request ``[header, *payload]`` is too large for the broker, or None.
+
+    A client checks before sending: a frame above ``max_frame_bytes`` would make libzmq
+    drop the connection (seen as the broker going away), and a request above
+    ``max_request_bytes`` (all its frames, header included) would be refused anyway.
+
+    Args:
+        frames: the request's frames, header first.
+        max_request_bytes: the broker's limit (bytes, from its HELLO reply).
+        max_frame_bytes: the broker's per-frame limit (bytes, from its HELLO reply).
+    """
+    size = sum(map(len, frames))
+    if size <= max_request_bytes and size <= max_frame_bytes:
+        return None   # the usual case: no frame can be larger than the whole
+    if size > max_request_bytes:
+        return RequestTooLarge(
+            f"request of {size} bytes exceeds the broker's max_request_bytes="
+            f"{max_request_bytes}; send less per request (smaller batches or bodies) or "
+            f"raise the broker's max_request_bytes; nothing was sent")
+    largest = max(map(len, frames))
+    if largest > max_frame_bytes:
+        return RequestTooLarge(
+            f"a frame of {largest} bytes exceeds the broker's max_frame_bytes="
+            f"{max_frame_bytes}; send less per request or raise the broker's "
+            f"max_frame_bytes; nothing was sent")
+    return None
 
 
 _WIRE_ERRORS: dict[str, type[FastFanoutError]] = {

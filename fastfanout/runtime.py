@@ -17,10 +17,14 @@ Invariants:
   endpoint would steal each other's clients. An exclusive ``flock`` on
   ``<socket path>.lock`` (or a per-port lock file for tcp) prevents that; the kernel
   drops the lock when the holder dies, so a crashed broker never blocks the next one.
+- The lock file is opened with ``O_NOFOLLOW`` relative to its directory, which was
+  checked first (ours or root's, and not writable by others unless sticky, as ``/tmp``):
+  a planted symbolic link or another user's file there is refused, never written to.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -33,6 +37,7 @@ from fastfanout.errors import FastFanoutError, InvalidArgument
 __all__ = [
     "BrokerRunning",
     "EndpointLock",
+    "UnsafeLockFile",
     "default_endpoint",
     "runtime_dir",
     "stream_endpoint_for",
@@ -48,6 +53,16 @@ class BrokerRunning(FastFanoutError):
     """Another broker already serves this endpoint (it holds the endpoint's lock)."""
 
     code = "broker_running"
+
+
+class UnsafeLockFile(FastFanoutError):
+    """The endpoint's lock file, or its directory, could be someone else's to control.
+
+    A symbolic link, another user's file, or a directory others may write to (without
+    the sticky bit) is refused rather than followed or written to.
+    """
+
+    code = "unsafe_lock_file"
 
 
 def runtime_dir() -> Path:
@@ -110,6 +125,49 @@ def _lock_path(endpoint: str) -> Path:
     return runtime_dir() / f"{safe}.lock"
 
 
+def _open_lock_file(path: Path) -> int:
+    """Open (or create, mode 0600) the lock file at ``path`` safely; returns its fd.
+
+    The directory is opened and checked first, then the file is opened relative to that
+    very directory without following a link, and checked to be this user's regular file.
+
+    Raises:
+        UnsafeLockFile: see ``EndpointLock.acquire``.
+        OSError: the directory or the file cannot be opened (missing, no permission).
+    """
+    directory = path.parent
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(dir_fd)
+        if info.st_uid not in (os.getuid(), 0):
+            raise UnsafeLockFile(
+                f"the directory {directory} of the lock file belongs to another user "
+                f"(uid {info.st_uid}); choose an endpoint in a directory of yours")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+            raise UnsafeLockFile(
+                f"the directory {directory} of the lock file is writable by other users "
+                f"(mode {stat.S_IMODE(info.st_mode):o}, no sticky bit); choose an endpoint "
+                f"in a directory only you may write to")
+        try:
+            fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeLockFile(
+                    f"the lock file {path} is a symbolic link; refusing to follow it "
+                    f"(remove it if it is not meant to be there)") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        os.close(fd)
+        raise UnsafeLockFile(
+            f"the lock file {path} is not a regular file of yours (uid {info.st_uid}, "
+            f"mode {info.st_mode:o}); refusing to write to it")
+    return fd
+
+
 class EndpointLock:
     """An exclusive lock on an endpoint, held while a broker serves it.
 
@@ -127,8 +185,10 @@ class EndpointLock:
 
         Raises:
             BrokerRunning: another live process holds it.
+            UnsafeLockFile: the lock file is a symbolic link or not this user's regular
+                file, or its directory may be written to by other users.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_lock_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -142,11 +202,18 @@ class EndpointLock:
         self._fd = fd
 
     def release(self) -> None:
-        """Drop the lock (and remove the lock file)."""
+        """Drop the lock (and remove the lock file, if the name still is that file)."""
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            held = os.fstat(self._fd)
+            try:
+                named = self.path.lstat()
+            except FileNotFoundError:
+                pass
+            else:
+                if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                    self.path.unlink(missing_ok=True)
         finally:
             os.close(self._fd)
             self._fd = None

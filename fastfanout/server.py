@@ -71,7 +71,7 @@ from fastfanout.local_sessions import LocalSessions
 from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.server_deliveries import Deliveries
-from fastfanout.sessions import Consumer, Session, Waiter
+from fastfanout.sessions import Consumer, EndedSessions, Session, Waiter
 from fastfanout.settings import MAX_RECEIVE_BATCH
 from fastfanout.streams import SLOW_LISTENER_POLICIES, Streams
 from fastfanout.transport import (
@@ -96,6 +96,17 @@ TICK: Final = 0.005
 IDLE_TICK: Final = 0.1
 """Seconds between housekeeping passes (heartbeat expiry); the longest wait of the loop,
 which push consumers cut short to the next lease or delay end (``Broker.next_due_in``)."""
+DEFAULT_MAX_QUEUED_REPLIES: Final = 10_000
+"""Default ``max_queued_replies``: messages queued for one socket client that reads
+nothing before its session is ended as a slow client (its clients' own receive queue
+holds 100,000 more)."""
+DEFAULT_IDLE_SESSION_TIMEOUT: Final = 60.0
+"""Default ``idle_session_timeout`` (seconds)."""
+ENDED_SESSION_MEMORY: Final = 60.0
+"""Seconds the identity of an ended session is remembered: its requests are dropped
+(counted in ``ended_session_requests``) instead of starting a session again."""
+MAX_ENDED_SESSIONS: Final = 100_000
+"""Most ended identities remembered at once (the oldest are forgotten first)."""
 
 
 class Server(Deliveries):
@@ -132,6 +143,13 @@ class Server(Deliveries):
         local_backlog_bytes: most bytes that may wait for room in one local session's
             ring (``local_sessions.BACKLOG_BYTES``); past it the session is ended as a
             slow client (``local_backlog_overflow``).
+        max_queued_replies: messages (replies and pushes) queued for one socket client
+            that does not read them; one more ends its session (counted in
+            ``slow_client``): the broker never waits for a client.
+        idle_session_timeout: seconds after which a session that does not heartbeat (it
+            never said HELLO, or said HELLO without heartbeats) is ended when it sent
+            nothing and holds nothing (no consumer, lease, long poll or held publish);
+            counted in ``sessions_idle``.
     """
 
     def __init__(
@@ -152,6 +170,8 @@ class Server(Deliveries):
         hold_timeout: float = 30.0,
         local_channels: bool = True,
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
+        max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
+        idle_session_timeout: float = DEFAULT_IDLE_SESSION_TIMEOUT,
     ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
@@ -184,6 +204,13 @@ class Server(Deliveries):
                 f"local_backlog_bytes={local_backlog_bytes!r} must be an int >= 1 (bytes)")
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
+        if type(max_queued_replies) is not int or max_queued_replies < 1:
+            raise InvalidArgument(
+                f"max_queued_replies={max_queued_replies!r} must be an int >= 1 (messages)")
+        if (type(idle_session_timeout) not in (int, float)
+                or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
+            raise InvalidArgument(
+                f"idle_session_timeout={idle_session_timeout!r} must be finite seconds > 0")
         self._own_broker = broker is None
         self.broker = broker if broker is not None else Broker()
         self._curve = curve
@@ -192,6 +219,9 @@ class Server(Deliveries):
         self._heartbeat_timeout = heartbeat_timeout
         self._max_request_bytes = max_request_bytes
         self._max_frame_bytes = max_frame_bytes
+        self._max_queued_replies = max_queued_replies
+        self._idle_session_timeout = float(idle_session_timeout)
+        self._ended = EndedSessions(ENDED_SESSION_MEMORY, MAX_ENDED_SESSIONS)
         self._push_batch = push_batch
         self._held = HeldRequests(hold_timeout)
         self._room = False   # messages left a queue since held requests were last tried
@@ -241,7 +271,8 @@ class Server(Deliveries):
         try:
             self._transport = ServerTransport(
                 self.endpoint, self.stream_endpoint, max_frame_bytes=self._max_frame_bytes,
-                curve=self._curve, curve_clients=self._curve_clients)
+                curve=self._curve, curve_clients=self._curve_clients,
+                reply_high_water_mark=self._max_queued_replies)
         except TransportError:
             lock.release()
             raise
@@ -466,7 +497,9 @@ class Server(Deliveries):
             return self._unsent(session, exc)
 
     def _unsent(self, session: Session, exc: Exception) -> bool:
-        """A reply could not be sent: end the session (counted by why)."""
+        """A reply could not be sent: end the session (counted by why, once)."""
+        if self._sessions.get(session.identity) is not session:
+            return False   # ended already (say, while ending it: its consumers' END)
         if isinstance(exc, Unroutable):
             self.counters["unroutable"] += 1
             self._end_session(session, "its connection is gone")
@@ -496,6 +529,9 @@ class Server(Deliveries):
 
     def _handle(self, frames: list[bytes]) -> None:
         self.counters["requests"] += 1
+        if self._ended and frames[0] in self._ended:
+            self._refuse_ended(frames[0])
+            return
         session = self._session(frames[0])
         request_id = 0
         try:
@@ -510,9 +546,10 @@ class Server(Deliveries):
                 raise protocol.RequestTooLarge(
                     f"request of {len(frames) - 2} payload frames exceeds the protocol's "
                     f"MAX_REQUEST_FRAMES={protocol.MAX_REQUEST_FRAMES}")
-            if sum(len(frame) for frame in frames) > self._max_request_bytes:
+            size = sum(map(len, frames)) - len(frames[0])   # header and payload, as sent
+            if size > self._max_request_bytes:
                 raise protocol.RequestTooLarge(
-                    f"request of {sum(len(f) for f in frames)} bytes exceeds the broker's "
+                    f"request of {size} bytes exceeds the broker's "
                     f"max_request_bytes={self._max_request_bytes}")
             handler = self._handlers.get(opcode)  # type: ignore[call-overload]
             if handler is not None:
@@ -606,7 +643,8 @@ class Server(Deliveries):
     def _server_stats(self, session: Session, request_id: int, frames: list[bytes]
                       ) -> list[bytes]:
         stats: dict[str, Any] = dict(self.counters)
-        stats.update(connections=len(self._sessions), consumers=len(self._consumers),
+        stats.update(connections=len(self._sessions), ended_sessions=len(self._ended),
+                     consumers=len(self._consumers),
                      long_polls=len(self._waiters), held=len(self._held),
                      stream_subscriptions=self._streams.subscriptions(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
@@ -681,6 +719,8 @@ class Server(Deliveries):
 
     def _housekeeping(self, now: float) -> None:
         probing = now < self._probe_until
+        idle_since = now - self._idle_session_timeout
+        polling: set[Session] | None = None   # sessions with a long poll, when needed
         for session in list(self._sessions.values()):
             if session.heartbeat and now - session.last_seen > self._heartbeat_timeout:
                 self.counters["sessions_expired"] += 1
@@ -689,6 +729,40 @@ class Server(Deliveries):
             if probing and (session.consumers or session.holds_leases()):
                 self._send(session, Status.PING, 0, [])
             session.expire(now)
+            if (not session.heartbeat and session.last_seen < idle_since
+                    and not session.consumers and not session.holds_leases()
+                    and not self._held.waiting(session)):
+                if polling is None:
+                    polling = {waiter.session for waiter in self._waiters}
+                if session not in polling:
+                    self.counters["sessions_idle"] += 1
+                    self._end_session(session, "it sent nothing for its "
+                                      "idle_session_timeout and does not heartbeat")
+        if self._ended:
+            self._ended.expire(now)
+
+    def _refuse_ended(self, identity: bytes) -> None:
+        """A request of an ended session: dropped (counted); the client told once.
+
+        A client that reads again learns from the GOODBYE that its session ended and
+        connects anew; one that does not read is not waited for.
+        """
+        self.counters["ended_session_requests"] += 1
+        why = self._ended[identity][1]
+        if why is not None and self._goodbye(identity, why):
+            self._ended.said_goodbye(identity)
+
+    def _goodbye(self, identity: bytes, why: str) -> bool:
+        """Try (never waiting) to tell a socket client its session ended; True if sent."""
+        assert self._transport is not None
+        expired = protocol.SessionExpired(
+            f"the broker ended this session ({why}); the next call connects anew")
+        try:
+            self._transport.send_reply([identity, protocol.encode_header(Status.GOODBYE, 0),
+                                        protocol.encode_error(expired)])
+        except (Unroutable, WouldBlock):
+            return False
+        return True
 
     def _end_session(self, session: Session, why: str, notify: bool = True) -> None:
         """Forget a client: drop its consumers and long polls and release its leases."""
@@ -709,7 +783,14 @@ class Server(Deliveries):
                 self._send(session, Status.END, request_id, [protocol.encode_error(expired)])
         self._waiters = [w for w in self._waiters if w.session is not session]
         self._held.drop_session(session)
+        # A GOODBYE over the socket: never to a local channel's client, which reads its
+        # socket only where its ring announces a message.
+        socket_client = self._local.ring_for(session) is None
         self._local.detach(session)
+        owed: str | None = None   # why it ended, while its client is still to be told
+        if notify and socket_client and not self._goodbye(session.identity, why):
+            owed = why
+        self._ended.remember(session.identity, time.monotonic(), owed)
         log.info("session %s ended (%s); %d leases released", session.identity.hex(), why,
                  released)
         self.counters["leases_released"] += released

@@ -14,10 +14,10 @@ ended anyway:
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-__all__ = ["Consumer", "Session", "Waiter"]
+__all__ = ["Consumer", "EndedSessions", "Session", "Waiter"]
 
 
 @dataclass(eq=False)
@@ -113,3 +113,47 @@ class Waiter:
     lease: float
     visibility_timeout: float | None
     deadline: float
+
+
+class EndedSessions(OrderedDict[bytes, tuple[float, str | None]]):
+    """The identities of sessions the broker ended, remembered for a while.
+
+    A connection keeps its identity, so the requests its client still sends (or had
+    queued) after its session ended would silently start a new session, with none of
+    the old one's consumers: they are dropped instead, and the client is told to start
+    a new connection. Identity -> (monotonic time it is forgotten, why the session
+    ended while a GOODBYE saying so is still owed, else None), oldest first; a plain
+    mapping, so the server's check per request is one dictionary lookup.
+
+    Args:
+        memory: seconds an identity is remembered.
+        limit: most identities remembered (the oldest are forgotten first).
+    """
+
+    def __init__(self, memory: float, limit: int) -> None:
+        super().__init__()
+        self.memory = memory
+        self.limit = limit
+
+    def remember(self, identity: bytes, now: float, goodbye_owed: str | None) -> None:
+        """Remember an ended session's identity from ``now`` (monotonic seconds).
+
+        ``goodbye_owed``: why it ended, when its client is still to be told.
+        """
+        self.pop(identity, None)
+        self[identity] = (now + self.memory, goodbye_owed)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+    def said_goodbye(self, identity: bytes) -> None:
+        """The GOODBYE owed to ``identity`` was sent."""
+        until, _ = self[identity]
+        self[identity] = (until, None)
+
+    def expire(self, now: float) -> None:
+        """Forget the identities remembered long enough."""
+        while self:
+            identity, (until, _) = next(iter(self.items()))
+            if until > now:
+                return
+            del self[identity]

@@ -13,6 +13,12 @@ Invariants:
 
 - The broker's ROUTER has ``ROUTER_MANDATORY``: a reply to a peer that is gone raises
   (``Unroutable``) instead of vanishing, so the broker learns of every lost reply.
+- The broker never waits to send a reply: each peer has a queue of at most
+  ``reply_high_water_mark`` messages (``SNDHWM``), and a send that finds it full fails
+  at once (``WouldBlock``); the server then ends that client's session. One client that
+  stops reading never stalls the others.
+- The broker's ipc socket files are mode 0600 whatever the umask: only this user may
+  connect (the umask is narrowed around the ``bind`` that creates them).
 - The broker's XPUB has ``XPUB_NODROP``: when a listener's queue is full the send fails
   (``WouldBlock``) instead of libzmq dropping silently; the server applies its named
   slow-listener policy and counts.
@@ -274,14 +280,16 @@ class ServerTransport:
         curve: the broker's CURVE keys, or None for no encryption.
         curve_clients: with ``curve``: a directory of allowed clients' public
             certificates, or ``CURVE_ALLOW_ANY``.
-        reply_timeout: seconds a reply may wait for room in a slow client's queue.
+        reply_high_water_mark: messages (replies and pushes) queued for one client
+            before a reply to it fails with ``WouldBlock`` (the client does not read).
         stream_high_water_mark: messages queued per stream listener before XPUB_NODROP
             refuses a send.
     """
 
     def __init__(self, endpoint: str, stream_endpoint: str, *, max_frame_bytes: int,
                  curve: CurveKeys | None = None, curve_clients: str | None = None,
-                 reply_timeout: float = 1.0, stream_high_water_mark: int = 10_000) -> None:
+                 reply_high_water_mark: int = 10_000,
+                 stream_high_water_mark: int = 10_000) -> None:
         self._authenticator: ThreadAuthenticator | None = None
         if curve is not None:
             if curve_clients is None:
@@ -308,14 +316,13 @@ class ServerTransport:
                     sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
-            self.router.setsockopt(zmq.SNDHWM, 100_000)
+            self.router.setsockopt(zmq.SNDHWM, reply_high_water_mark)
             self.router.setsockopt(zmq.RCVHWM, 100_000)
-            self.router.setsockopt(zmq.SNDTIMEO, max(1, int(reply_timeout * 1000)))
             self.xpub.setsockopt(zmq.XPUB_NODROP, 1)
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             self.xpub.setsockopt(zmq.SNDHWM, stream_high_water_mark)
-            self.router.bind(endpoint)
-            self.xpub.bind(stream_endpoint)
+            _bind_private(self.router, endpoint)
+            _bind_private(self.xpub, stream_endpoint)
             self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self._sockets.append(self._monitor)
         except zmq.ZMQError as exc:
@@ -381,14 +388,17 @@ class ServerTransport:
         return _recv_ready(self.router, not polled)
 
     def send_reply(self, frames: list[bytes]) -> None:
-        """Send ``[routing_id, header, *payload]``.
+        """Send ``[routing_id, header, *payload]`` without waiting.
+
+        Only the routing frame can fail (libzmq checks the peer's queue there), so a
+        message is sent whole or not at all.
 
         Raises:
             Unroutable: the client is gone.
-            WouldBlock: the client's queue stayed full for ``reply_timeout``.
+            WouldBlock: the client's queue holds ``reply_high_water_mark`` messages.
         """
         try:
-            _send_frames(self.router, frames, 0)
+            _send_frames(self.router, frames, _NOBLOCK)
         except zmq.ZMQError as exc:
             raise _raise_from(exc, "reply") from None
 
@@ -439,6 +449,30 @@ class ServerTransport:
         if self._authenticator is not None:
             self._authenticator.stop()
         self._context.term()
+
+
+PRIVATE_SOCKET_UMASK: Final = 0o177
+"""The umask of the ``bind`` that creates an ipc socket file: mode 0600 (this user)."""
+
+
+def _bind_private(sock: zmq.Socket[Any], endpoint: str) -> None:
+    """Bind; an ipc socket file is created with mode 0600 whatever the process umask.
+
+    libzmq's ``bind`` creates the file in this thread with the process umask, which may
+    let other users connect (0777 under umask 000). A ``chmod`` after the bind would
+    leave a window in which they could; the umask is narrowed for the ``bind`` instead
+    (process-wide for that moment: a file another thread creates meanwhile only gets a
+    narrower mode).
+    """
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+    if not path or path.startswith("@") or path == "*":   # tcp, abstract, wildcard
+        sock.bind(endpoint)
+        return
+    previous = os.umask(PRIVATE_SOCKET_UMASK)
+    try:
+        sock.bind(endpoint)
+    finally:
+        os.umask(previous)
 
 
 def _connect_client(context: zmq.Context[Any], kind: int, options: list[tuple[int, Any]],
