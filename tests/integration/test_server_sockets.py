@@ -1,0 +1,354 @@
+"""The broker's socket side under misbehaving peers: slow readers, silent sessions,
+planted lock files, the umask, oversized requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from typing import Any as Tracker
+
+import msgspec
+import pytest
+import zmq
+
+from fastfanout import aio, protocol
+from fastfanout.errors import InvalidArgument
+from fastfanout.protocol import Opcode, RequestTooLarge, Status
+from fastfanout.runtime import UnsafeLockFile
+from fastfanout.server import Server
+
+
+def _raw_dealer(context: zmq.Context[Any], endpoint: str, **options: int) -> zmq.Socket[Any]:
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    for name, value in options.items():
+        dealer.setsockopt(getattr(zmq, name), value)
+    dealer.connect(endpoint)
+    return dealer
+
+
+_CALL = msgspec.msgpack.encode([[], {}])
+
+
+# -- a client that reads nothing --------------------------------------------------------
+
+
+def test_a_client_that_reads_nothing_never_stalls_the_others(track: Tracker) -> None:
+    server = track.server(max_queued_replies=50)
+    client = track.client(server.endpoint, local_channel=False, timeout=5.0)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        # sends requests as fast as the broker takes them and never reads a reply
+        context = zmq.Context()
+        dealer = _raw_dealer(context, server.endpoint, RCVHWM=1, RCVBUF=4096)
+        try:
+            header = protocol.encode_header
+            while not stop.is_set():
+                try:
+                    dealer.send_multipart([header(Opcode.LIST_TOPICS, sent[0] + 1), _CALL],
+                                          zmq.NOBLOCK)
+                    sent[0] += 1
+                except zmq.Again:
+                    time.sleep(0.001)
+        finally:
+            dealer.close()
+            context.term()
+
+    flooder = threading.Thread(target=flood, name="raw-flood")
+    flooder.start()
+    slowest = 0.0
+    calls = 0
+    try:
+        deadline = time.monotonic() + 20.0
+        while calls < 40 or server.counters["ended_session_requests"] < 1000:
+            assert time.monotonic() < deadline, (server.counters, sent[0])
+            started = time.monotonic()
+            assert client.publish("t", b"m%d" % calls).deliveries == 1
+            messages = client.receive("q", max_messages=1)
+            messages[0].ack()
+            slowest = max(slowest, time.monotonic() - started)
+            calls += 1
+    finally:
+        stop.set()
+        flooder.join(10)
+    assert slowest < 1.0, f"a call of the reading client waited {slowest:.2f} s"
+    stats = client.server_stats()
+    assert stats["slow_client"] == 1   # ended once; its later requests started nothing
+    assert stats["connections"] == 1 and stats["sessions"] == 2
+    assert stats["ended_session_requests"] >= 1000
+    assert client.stats().queues["q"].acked == calls
+
+
+def test_an_ended_session_is_told_goodbye_and_serves_no_more_requests(track: Tracker) -> None:
+    server = track.server(heartbeat_interval=0.05, heartbeat_timeout=0.3)
+    context = zmq.Context()
+    dealer = _raw_dealer(context, server.endpoint)
+    try:
+        header = protocol.encode_header
+        dealer.send_multipart([header(Opcode.HELLO, 1),
+                               msgspec.msgpack.encode({"heartbeat": True})])
+        assert dealer.poll(5000)
+        dealer.recv_multipart()
+        track.wait_until(lambda: server.counters["sessions_expired"] == 1,
+                         what="the silent session to end")
+        assert dealer.poll(5000)
+        goodbye = dealer.recv_multipart()
+        assert protocol.decode_header(goodbye[0])[1:] == (Status.GOODBYE, 0)
+        error = protocol.decode_error(goodbye[1])
+        assert isinstance(error, protocol.SessionExpired) and "heartbeats" in str(error)
+        dealer.send_multipart([header(Opcode.LIST_TOPICS, 2), _CALL])
+        track.wait_until(lambda: server.counters["ended_session_requests"] == 1,
+                         what="the request to be dropped")
+        assert not dealer.poll(200), "a request of an ended session was answered"
+        assert server.counters["sessions"] == 1   # no new session for that connection
+    finally:
+        dealer.close()
+        context.term()
+
+
+PAUSED_CLIENT = textwrap.dedent("""
+    import asyncio, json, sys, time
+    import fastfanout
+    from fastfanout import aio
+
+    endpoint, flavour = sys.argv[1], sys.argv[2]
+
+    def report(started, outcome):
+        print(json.dumps([outcome, time.monotonic() - started]), flush=True)
+
+    def blocking():
+        client = fastfanout.connect(endpoint, local_channel=False, timeout=5.0)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            started = time.monotonic()
+            try:
+                client.list_queues()
+                report(started, "ok")
+            except fastfanout.FastFanoutError as exc:
+                report(started, type(exc).__name__)
+
+    async def asynchronous():
+        client = await aio.connect(endpoint, local_channel=False, timeout=5.0)
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, sys.stdin.readline):
+            started = time.monotonic()
+            try:
+                await client.list_queues()
+                report(started, "ok")
+            except fastfanout.FastFanoutError as exc:
+                report(started, type(exc).__name__)
+
+    blocking() if flavour == "blocking" else asyncio.run(asynchronous())
+""")
+
+
+@pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
+def test_a_client_whose_session_ended_connects_anew(track: Tracker, flavour: str) -> None:
+    """A client paused past its heartbeat timeout: its session ends. Resumed, it learns
+    so from the broker's GOODBYE (no waiting for its own timeout), and a new session
+    serves its next call."""
+    server = track.server(heartbeat_interval=0.05, heartbeat_timeout=0.3)
+    child = subprocess.Popen([sys.executable, "-c", PAUSED_CLIENT, server.endpoint, flavour],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    track.processes.append(child)
+    assert child.stdin is not None and child.stdout is not None
+
+    def call() -> tuple[str, float]:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(b"call\n")
+        child.stdin.flush()
+        outcome, seconds = json.loads(child.stdout.readline())
+        return outcome, seconds
+
+    assert child.stdout.readline().strip() == b"ready"
+    assert call()[0] == "ok"
+    child.send_signal(signal.SIGSTOP)
+    try:
+        track.wait_until(lambda: server.counters["sessions_expired"] == 1,
+                         what="the paused client's session to end")
+    finally:
+        child.send_signal(signal.SIGCONT)
+    outcomes = [call()]
+    if outcomes[0][0] != "ok":   # the call left before the client read the GOODBYE
+        outcomes.append(call())
+    assert outcomes[0][0] in ("ok", "SessionExpired") and outcomes[-1][0] == "ok", outcomes
+    assert max(seconds for _, seconds in outcomes) < 2.0, outcomes
+    assert server.counters["sessions"] == 2 and server.counters["sessions_expired"] == 1
+    child.stdin.close()
+    assert child.wait(10) == 0, child.stderr.read() if child.stderr else b""
+
+
+# -- sessions nobody releases -----------------------------------------------------------
+
+
+def test_garbage_peers_without_heartbeats_are_released_after_the_idle_timeout(
+        track: Tracker) -> None:
+    server = track.server(idle_session_timeout=0.5)
+    client = track.client(server.endpoint, local_channel=False)
+    client.create_queue("q")
+    context = zmq.Context()
+    garbage = [_raw_dealer(context, server.endpoint) for _ in range(200)]
+    # a session without heartbeats that holds a consumer is kept: ending it would
+    # take the consumer from a client that may still be there
+    holder = _raw_dealer(context, server.endpoint)
+    try:
+        for dealer in garbage:
+            dealer.send_multipart([b"junk"])
+        holder.send_multipart([protocol.encode_header(Opcode.HELLO, 1),
+                               msgspec.msgpack.encode({"heartbeat": False})])
+        holder.send_multipart([protocol.encode_header(Opcode.CONSUME, 2), msgspec.msgpack.encode(
+            [[], {"queue": "q", "prefetch": 1, "visibility_timeout": None}])])
+        track.wait_until(lambda: server.counters["error.malformed_frame"] == 200,
+                         what="every garbage frame to be answered")
+        track.wait_until(lambda: client.server_stats()["connections"] == 2,
+                         what="the garbage sessions to end")
+        stats = client.server_stats()
+        assert stats["sessions_idle"] == 200 and stats["consumers"] == 1
+    finally:
+        for dealer in [*garbage, holder]:
+            dealer.close()
+        context.term()
+
+
+def test_idle_session_timeout_is_checked() -> None:
+    for bad in (0, -1.0, float("inf"), "1"):
+        with pytest.raises(InvalidArgument, match="idle_session_timeout"):
+            Server("ipc:///nonexistent/x.sock", idle_session_timeout=bad)  # type: ignore[arg-type]
+    for bad in (0, 1.5):
+        with pytest.raises(InvalidArgument, match="max_queued_replies"):
+            Server("ipc:///nonexistent/x.sock", max_queued_replies=bad)  # type: ignore[arg-type]
+
+
+# -- the lock file and the socket files -------------------------------------------------
+
+
+def test_a_planted_lock_file_link_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    victim = tmp_path / "precious"
+    victim.write_bytes(b"precious contents\n")
+    endpoint = f"ipc://{tmp_path}/broker.sock"
+    (tmp_path / "broker.sock.lock").symlink_to(victim)
+    with pytest.raises(UnsafeLockFile, match="symbolic link"):
+        Server(endpoint).start()
+    assert victim.read_bytes() == b"precious contents\n"
+    dangling = tmp_path / "other.sock.lock"
+    dangling.symlink_to(tmp_path / "created-by-the-broker")
+    with pytest.raises(UnsafeLockFile, match="symbolic link"):
+        Server(f"ipc://{tmp_path}/other.sock").start()
+    assert not (tmp_path / "created-by-the-broker").exists()
+
+
+def test_serve_refuses_a_planted_lock_file_link(track: Tracker, tmp_path: Path) -> None:
+    victim = tmp_path / "precious"
+    victim.write_bytes(b"precious contents\n")
+    (tmp_path / "cli.sock.lock").symlink_to(victim)
+    serve = track.process(["-m", "fastfanout", "serve", "--endpoint",
+                           f"ipc://{tmp_path}/cli.sock"])
+    assert serve.wait(15) != 0
+    assert serve.stderr is not None and b"symbolic link" in serve.stderr.read()
+    assert victim.read_bytes() == b"precious contents\n"
+
+
+def test_a_lock_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UnsafeLockFile, match="writable by other users"):
+        Server(f"ipc://{shared}/broker.sock").start()
+    shared.chmod(0o1777)   # sticky, as /tmp: nobody may replace another's file
+    Server(f"ipc://{shared}/broker.sock").start().stop()
+
+
+def test_socket_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/open.sock"
+    previous = os.umask(0)
+    try:
+        server = Server(endpoint).start()
+    finally:
+        os.umask(previous)
+    try:
+        for name in ("open.sock", "open.sock.stream", "open.sock.lock"):
+            mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+            assert mode == 0o600, f"{name} has mode {mode:o}"
+    finally:
+        server.stop()
+
+
+# -- requests too large to send -----------------------------------------------------------
+
+
+def test_an_oversized_request_is_refused_before_it_is_sent(track: Tracker) -> None:
+    server = track.server(max_request_bytes=64 * 1024, max_frame_bytes=256 * 1024)
+    client = track.client(server.endpoint, local_channel=False, timeout=2.0)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    just_above = bytes(64 * 1024)
+    with pytest.raises(RequestTooLarge, match=r"exceeds the broker's max_request_bytes=65536"):
+        client.publish("t", just_above)
+    with pytest.raises(RequestTooLarge, match=r"request of \d+ bytes"):
+        client.publish_batch("t", [just_above])
+    waiting = client.publish_nowait("t", b"small")
+    refused = client.send_nowait("q", just_above)
+    with pytest.raises(RequestTooLarge):
+        refused.result()
+    assert waiting.result().deliveries == 1   # the other batch went through
+    assert client.publish("t", bytes(32 * 1024)).deliveries == 1   # still connected
+    producer = client.producer("t")
+    producer.offer(just_above)
+    with pytest.raises(RequestTooLarge):
+        producer.flush()   # the frame is kept, as any frame the broker refuses
+    stats = client.server_stats()
+    assert "error.request_too_large" not in stats and stats.get("disconnects", 0) == 0
+    assert client.stats().queues["q"].enqueued == 2
+    with pytest.raises(RequestTooLarge):
+        client.close()   # closes the producer, whose kept frame is refused again
+
+
+def test_a_frame_above_max_frame_bytes_is_refused_not_a_lost_broker(track: Tracker) -> None:
+    server = track.server(max_request_bytes=1 << 20, max_frame_bytes=64 * 1024)
+    client = track.client(server.endpoint, local_channel=False, timeout=2.0)
+    client.create_queue("q")
+    with pytest.raises(RequestTooLarge, match=r"max_frame_bytes=65536"):
+        client.send("q", bytes(100 * 1024))
+    assert client.send("q", b"fine").deliveries == 1
+    assert server.counters["disconnects"] == 0
+
+
+def test_the_asyncio_client_refuses_an_oversized_request(track: Tracker) -> None:
+    server = track.server(max_request_bytes=64 * 1024)
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, local_channel=False, timeout=2.0) as client:
+            await client.create_queue("q")
+            with pytest.raises(RequestTooLarge, match="max_request_bytes=65536"):
+                await client.send("q", bytes(64 * 1024))
+            with pytest.raises(RequestTooLarge):
+                await client.send_batch("q", [bytes(64 * 1024)])
+            await client.create_queue("r")
+            small = client.send_nowait("r", b"small")   # another batch: not refused
+            with pytest.raises(RequestTooLarge):
+                await client.send("q", bytes(64 * 1024))
+            assert (await small).deliveries == 1
+            assert (await client.send("q", b"fine")).deliveries == 1   # still connected
+            assert (await client.stats()).queues["q"].enqueued == 1
+
+    asyncio.run(main())
+    assert server.counters["error.request_too_large"] == 0
+
