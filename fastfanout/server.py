@@ -10,9 +10,10 @@ and SQS long polling.
 Invariants:
 
 - One thread owns the ``Broker`` and every socket; requests are handled in arrival order
-  and each gets exactly one reply (or, for CONSUME, a stream of PUSH messages after the
-  reply), matched by request id. Nothing a client sends can raise out of the loop: every
-  failure becomes an error reply with a stable code, and is counted.
+  and each request of a live session gets exactly one reply (or, for CONSUME, a stream
+  of PUSH messages after the reply), matched by request id. Nothing a client sends can
+  raise out of the loop: every failure becomes an error reply with a stable code, and is
+  counted.
 - A consumer never holds more than its credit (``prefetch``) of unsettled pushed
   messages: the broker only pushes while credit is positive, and the client returns
   credit as messages are settled.
@@ -21,6 +22,13 @@ Invariants:
   ends — BYE, missed heartbeats, or a reply that cannot be routed because its connection
   is gone — every remembered receipt is nacked, so the messages are redelivered at once
   and a late ack from that client is refused as stale.
+- The loop never waits for one client: a reply or push that finds the client's queue
+  full (``max_queued_replies``) is not sent, and that session ends (``slow_client``).
+  A session without heartbeats that sent nothing for ``idle_session_timeout`` and holds
+  nothing ends too (``sessions_idle``). An ended session's connection is remembered for
+  ``ENDED_SESSION_MEMORY``: its later requests are dropped (``ended_session_requests``),
+  never served by a new session, and its client is told once, with a GOODBYE carrying
+  ``session_expired``, as soon as that can be sent without waiting.
 - A publish to a topic that stream listeners follow is also sent on the XPUB, one
   message per publish batch: ``[topic, records]``, each record's ``receipt`` field holding
   the topic's sequence number. ``XPUB_NODROP`` turns a full listener queue into a failed
@@ -98,8 +106,8 @@ IDLE_TICK: Final = 0.1
 which push consumers cut short to the next lease or delay end (``Broker.next_due_in``)."""
 DEFAULT_MAX_QUEUED_REPLIES: Final = 10_000
 """Default ``max_queued_replies``: messages queued for one socket client that reads
-nothing before its session is ended as a slow client (its clients' own receive queue
-holds 100,000 more)."""
+nothing before its session is ended as a slow client (the Python clients' own receive
+queue holds 100,000 more)."""
 DEFAULT_IDLE_SESSION_TIMEOUT: Final = 60.0
 """Default ``idle_session_timeout`` (seconds)."""
 ENDED_SESSION_MEMORY: Final = 60.0
