@@ -308,3 +308,17 @@ def test_codec_module_is_the_native_codec() -> None:
     from fastfanout._ext import codec
 
     assert protocol.codec_module() is codec
+
+
+def test_request_size_error_names_the_size_the_limit_and_the_fix() -> None:
+    header = protocol.encode_header(protocol.Opcode.PUBLISH, 1)
+    frames = [header, b"t", bytes(100 - len(header) - 1)]   # 100 bytes in all
+    assert protocol.request_size_error(frames, 100, 100) is None
+    error = protocol.request_size_error(frames, 99, 100)
+    assert isinstance(error, protocol.RequestTooLarge)
+    assert "100 bytes" in str(error) and "max_request_bytes=99" in str(error)
+    error = protocol.request_size_error(frames, 1000, 50)
+    assert error is not None and "max_frame_bytes=50" in str(error)
+    assert "frame of 87 bytes" in str(error)
+    assert protocol.request_limits({"max_request_bytes": 5, "max_frame_bytes": 6}) == (5, 6)
+    assert protocol.request_limits({"max_request_bytes": 5}) is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastfanout.protocol import encode_receipts
-from fastfanout.sessions import Session
+from fastfanout.sessions import EndedSessions, Session
 
 
 def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:
@@ -43,3 +43,19 @@ def test_expire_drops_what_ended_by_itself_and_keeps_the_rest() -> None:
     session.expire(10.0)
     assert sorted(session.take_receipts()) == sorted([encode_receipts([2]),
                                                       encode_receipts([4])])
+
+
+def test_ended_identities_are_bounded_and_forgotten_in_time() -> None:
+    ended = EndedSessions(memory=10.0, limit=3)
+    for number, identity in enumerate([b"a", b"b", b"c", b"d"]):
+        ended.remember(identity, float(number), "slow" if identity != b"c" else None)
+    assert list(ended) == [b"b", b"c", b"d"]   # the oldest went past the limit
+    assert ended[b"b"] == (11.0, "slow") and ended[b"c"] == (12.0, None)
+    ended.said_goodbye(b"b")
+    assert ended[b"b"] == (11.0, None) and list(ended) == [b"b", b"c", b"d"]
+    ended.remember(b"b", 5.0, "idle")   # ended again: remembered from now, last
+    assert list(ended) == [b"c", b"d", b"b"]
+    ended.expire(12.0)
+    assert list(ended) == [b"d", b"b"]
+    ended.expire(15.0)
+    assert not ended
