@@ -762,7 +762,8 @@ class Server(Deliveries):
 
     def _goodbye(self, identity: bytes, why: str) -> bool:
         """Try (never waiting) to tell a socket client its session ended; True if sent."""
-        assert self._transport is not None
+        if self._transport is None:   # stopped: the sockets are closed
+            return False
         expired = protocol.SessionExpired(
             f"the broker ended this session ({why}); the next call connects anew")
         try:
