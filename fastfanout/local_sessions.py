@@ -209,9 +209,18 @@ class LocalSessions:
         now = time.monotonic()
         for session in list(self._backlogged):
             channel = self.sessions.get(session)
-            if channel is None or channel.flush_backlog(now):
+            try:
+                flushed = channel is None or channel.flush_backlog(now)
+            except (Unroutable, WouldBlock):
+                # a queued message too large for the ring found the client's socket gone
+                # or full: the session cannot be served in order any more
+                self.counters["slow_client"] += 1
                 self._backlogged.discard(session)
-            elif now - channel.backlog_since > self.backlog_seconds:
+                self._end(session)
+                continue
+            if flushed:
+                self._backlogged.discard(session)
+            elif channel is not None and now - channel.backlog_since > self.backlog_seconds:
                 self.counters["slow_client"] += 1
                 self._end(session)
 
