@@ -49,7 +49,18 @@ from fastfanout._ext.wire import encode_entries
 from fastfanout.aio_admin import AsyncClientAdministration
 from fastfanout.aio_producer import AsyncProducer
 from fastfanout.consumers import DeliveryBatch
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
+from fastfanout.errors import (
+    BrokenConnection,
+    Closed,
+    FastFanoutError,
+    InvalidArgument,
+    NotFound,
+    PeerLost,
+    RequestTooLarge,
+    ServerStopping,
+    SessionExpired,
+    TransportError,
+)
 from fastfanout.futures import PendingBatch
 from fastfanout.local_channel import (
     DEFAULT_RING_BYTES,
@@ -58,13 +69,7 @@ from fastfanout.local_channel import (
     wants_local_channel,
 )
 from fastfanout.local_transport import AsyncLocalTransport
-from fastfanout.protocol import (
-    BrokenConnection,
-    Opcode,
-    RequestTooLarge,
-    SessionExpired,
-    Status,
-)
+from fastfanout.protocol import Opcode, Status
 from fastfanout.records import PublishResult
 from fastfanout.remote import (
     RemoteMessage,
@@ -80,8 +85,6 @@ from fastfanout.transport import (
     AsyncDealerTransport,
     AsyncSubTransport,
     CurveKeys,
-    PeerLost,
-    TransportError,
     client_curve,
 )
 
@@ -397,7 +400,7 @@ class AsyncClient(AsyncClientAdministration):
         itself when it is back.
         """
         if len(frames) < 2:
-            self._fail(protocol.ServerStopping("the broker is stopping"))
+            self._fail(ServerStopping("the broker is stopping"))
             return
         error = protocol.decode_error(frames[1])
         self._fail(error)

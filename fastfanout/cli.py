@@ -77,7 +77,7 @@ def serve(endpoint: str | None, config: str | None, log_level: str,
           local_channels: bool | None) -> None:
     """Run a broker until SIGTERM or SIGINT (then exit 0)."""
     from fastfanout.server import serve as run_server
-    from fastfanout.transport import TransportError, load_curve_keys
+    from fastfanout.transport import load_curve_keys
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -100,7 +100,7 @@ def serve(endpoint: str | None, config: str | None, log_level: str,
     try:
         if curve_secret_key:
             options["curve"] = load_curve_keys(str(curve_secret_key))
-    except (TransportError, OSError, ValueError) as error:
+    except (OSError, ValueError) as error:   # TransportError is an OSError
         raise click.BadParameter(str(error), param_hint="--curve-secret-key") from None
     try:
         sys.exit(run_server(**options))

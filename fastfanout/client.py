@@ -47,7 +47,18 @@ from fastfanout._ext.wire import (
 )
 from fastfanout.client_admin import ClientAdministration
 from fastfanout.consumers import Consumer, DeliveryBatch, Listener
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
+from fastfanout.errors import (
+    BrokenConnection,
+    Closed,
+    FastFanoutError,
+    InvalidArgument,
+    MalformedFrame,
+    NotFound,
+    PeerLost,
+    RequestTooLarge,
+    ServerStopping,
+    TransportError,
+)
 from fastfanout.futures import PendingBatch, PublishBatchFuture, PublishFuture, _Pending
 from fastfanout.local_channel import (
     DEFAULT_RING_BYTES,
@@ -56,7 +67,7 @@ from fastfanout.local_channel import (
     wants_local_channel,
 )
 from fastfanout.local_transport import LocalTransport
-from fastfanout.protocol import BrokenConnection, Opcode, RequestTooLarge, Status
+from fastfanout.protocol import Opcode, Status
 from fastfanout.records import (
     Attributes,
     ExponentialBackoff,
@@ -78,13 +89,10 @@ from fastfanout.runtime import default_endpoint
 from fastfanout.transport import (
     CurveKeys,
     DealerTransport,
-    PeerLost,
-    TransportError,
     client_curve,
 )
 
 __all__ = [
-    "BrokenConnection",
     "Client",
     "Consumer",
     "DeliveryBatch",
@@ -349,7 +357,7 @@ class Client(ClientAdministration):
     def _dispatch(self, frames: list[bytes]) -> None:
         try:
             _, status, request_id = protocol.decode_header(frames[0])
-        except protocol.MalformedFrame:
+        except MalformedFrame:
             return
         if status == Status.OK or status == Status.ERROR:
             pending = self._pending.pop(request_id, None)
@@ -375,7 +383,7 @@ class Client(ClientAdministration):
             # client read nothing for too long). Either way, the next call reconnects
             # (a new connection is a new session).
             self._broken(protocol.decode_error(frames[1]) if len(frames) > 1
-                         else protocol.ServerStopping(
+                         else ServerStopping(
                              f"the broker at {self.endpoint} is stopping; the next call "
                              f"reconnects"))
 

@@ -1,26 +1,42 @@
-"""The typed errors of fastfanout.
+"""The typed errors of fastfanout: every exception class the package defines is here.
 
 Every error is a :class:`FastFanoutError`. Each carries a stable ``code`` string, the
 same one the wire protocol sends, so that a client re-raises a remote failure as the
-very class the embedded broker would have raised. Messages name the bad value and the
-limit or the form that was expected.
+very class the embedded broker would have raised (the transport's own errors have a code
+too, though they never cross the wire). Messages name the bad value and the limit or the
+form that was expected. ``docs/errors.md`` lists them all: code, cause, remedy.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "BrokenConnection",
+    "BrokerRunning",
     "Closed",
     "FastFanoutError",
     "InvalidArgument",
     "InvalidFilterPolicy",
     "MalformedBatch",
+    "MalformedFrame",
     "MessageTooLarge",
     "NotFound",
+    "PeerGone",
+    "PeerLost",
+    "ProtocolError",
     "QueueFull",
+    "RequestTooLarge",
+    "ServerStopping",
+    "SessionExpired",
     "StaleReceipt",
     "StoreFailed",
     "StoreFull",
+    "TransportError",
+    "UnknownOpcode",
+    "Unroutable",
+    "UnsafeLockFile",
+    "UnsupportedVersion",
+    "WouldBlock",
     "error_for_code",
 ]
 
@@ -119,6 +135,127 @@ class StoreFailed(FastFanoutError):
     code = "store_failed"
 
 
+# -- errors that exist only because there is a wire ------------------------------------
+
+
+class ProtocolError(FastFanoutError):
+    """A message broke the wire protocol (the broker says which rule)."""
+
+    code = "protocol_error"
+
+
+class MalformedFrame(ProtocolError):
+    """A frame is missing, too short, or does not decode as its opcode requires."""
+
+    code = "malformed_frame"
+
+
+class UnknownOpcode(ProtocolError):
+    """The request's opcode is not one this broker knows."""
+
+    code = "unknown_opcode"
+
+
+class UnsupportedVersion(ProtocolError):
+    """The request's protocol version is not the broker's."""
+
+    code = "unsupported_version"
+
+
+class RequestTooLarge(ProtocolError):
+    """The request exceeds ``max_request_bytes`` or ``MAX_REQUEST_FRAMES`` payload frames."""
+
+    code = "request_too_large"
+
+
+class BrokenConnection(FastFanoutError):
+    """The peer vanished: the broker stopped answering (or said goodbye) mid-call.
+
+    Unlike ``Closed`` (you closed the client), this is not your doing; the next call
+    reconnects.
+    """
+
+    code = "broken"
+
+
+class SessionExpired(BrokenConnection):
+    """The broker ended this client's session and released its leases.
+
+    Why: it missed its heartbeats, it read nothing while ``max_queued_replies`` messages
+    waited for it, or it sent nothing for ``idle_session_timeout`` without heartbeats.
+    The broker serves no more requests of that connection; the clients connect anew.
+    """
+
+    code = "session_expired"
+
+
+class ServerStopping(BrokenConnection):
+    """The broker is shutting down and ended this consumer or request."""
+
+    code = "server_stopping"
+
+
+# -- errors of the process and its transports (never sent on the wire) ------------------
+
+
+class BrokerRunning(FastFanoutError):
+    """Another broker already serves this endpoint (it holds the endpoint's lock)."""
+
+    code = "broker_running"
+
+
+class UnsafeLockFile(FastFanoutError):
+    """The endpoint's lock file, or its directory, could be someone else's to control.
+
+    A symbolic link, another user's file, or a directory others may write to (without
+    the sticky bit) is refused rather than followed or written to.
+    """
+
+    code = "unsafe_lock_file"
+
+
+class TransportError(FastFanoutError, OSError):
+    """A socket operation failed (bind refused, endpoint malformed, keys unreadable, ...).
+
+    An ``OSError`` too. The clients turn it into ``BrokenConnection`` when it happens
+    while connecting; a server or a ``load_curve_keys`` call raises it as it is.
+    """
+
+    code = "transport_error"
+
+
+class PeerLost(TransportError, ConnectionError):
+    """The broker behind a local channel is gone (or stopped reading).
+
+    Raised by the local transports; the clients turn it into ``BrokenConnection``.
+    """
+
+    code = "peer_lost"
+
+
+class WouldBlock(TransportError):
+    """The peer's queue is full; the message was not sent (the server's own signal)."""
+
+    code = "would_block"
+
+
+class Unroutable(TransportError):
+    """The peer is not connected (any more); the message was not sent (the server's)."""
+
+    code = "unroutable"
+
+
+class PeerGone(FastFanoutError, ConnectionError):
+    """The other side of a local channel hung up its bell (its process ended).
+
+    Only a side's own bell tells: ringing the peer's bell never fails (it is opened
+    read-write, see ``fastfanout.local_channel.Bell``). The transports turn it into
+    ``PeerLost`` (clients) or end the session (broker).
+    """
+
+    code = "peer_gone"
+
+
 _BY_CODE: dict[str, type[FastFanoutError]] = {
     cls.code: cls
     for cls in (
@@ -133,8 +270,17 @@ _BY_CODE: dict[str, type[FastFanoutError]] = {
         Closed,
         StoreFull,
         StoreFailed,
+        ProtocolError,
+        MalformedFrame,
+        UnknownOpcode,
+        UnsupportedVersion,
+        RequestTooLarge,
+        BrokenConnection,
+        SessionExpired,
+        ServerStopping,
     )
 }
+"""The classes of the codes a broker sends (``internal`` is the base class)."""
 
 
 def error_for_code(code: str) -> type[FastFanoutError]:

@@ -57,11 +57,10 @@ from fastfanout._ext.shmring import (
     WROTE_WAKE,
     SharedRing,
 )
-from fastfanout.errors import InvalidArgument
-from fastfanout.protocol import MalformedFrame
+from fastfanout.errors import InvalidArgument, MalformedFrame, PeerGone
 
 __all__ = [
-    "ATTACH_FIELDS", "DEFAULT_RING_BYTES", "Bell", "LocalChannel", "PeerGone",
+    "ATTACH_FIELDS", "DEFAULT_RING_BYTES", "Bell", "LocalChannel",
     "check_channel_options", "local_channels_supported", "wants_local_channel",
 ]
 
@@ -76,14 +75,6 @@ write end of its own bell."""
 
 _PIPE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-
-
-class PeerGone(Exception):
-    """The other side of a local channel hung up its bell (its process ended).
-
-    Only a side's own bell tells: ringing the peer's bell never fails (it is opened
-    read-write, see ``Bell``).
-    """
 
 
 def local_channels_supported() -> bool:

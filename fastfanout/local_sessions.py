@@ -31,9 +31,9 @@ from collections.abc import Callable
 from functools import partial
 
 from fastfanout._ext.shmring import SharedRing
-from fastfanout.local_channel import LocalChannel, PeerGone
+from fastfanout.errors import PeerGone, Unroutable, WouldBlock
+from fastfanout.local_channel import LocalChannel
 from fastfanout.sessions import Session
-from fastfanout.transport import Unroutable, WouldBlock
 
 __all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
 

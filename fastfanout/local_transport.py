@@ -16,8 +16,9 @@ import select
 import time
 from collections import deque
 
-from fastfanout.local_channel import LocalChannel, PeerGone
-from fastfanout.transport import AsyncDealerTransport, DealerTransport, PeerLost
+from fastfanout.errors import PeerGone, PeerLost
+from fastfanout.local_channel import LocalChannel
+from fastfanout.transport import AsyncDealerTransport, DealerTransport
 
 __all__ = ["AsyncLocalTransport", "LocalTransport"]
 

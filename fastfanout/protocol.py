@@ -32,7 +32,9 @@ import msgspec
 from fastfanout.errors import (
     FastFanoutError,
     InvalidArgument,
+    MalformedFrame,
     QueueFull,
+    RequestTooLarge,
     StaleReceipt,
     error_for_code,
 )
@@ -43,16 +45,8 @@ __all__ = [
     "MAX_REQUEST_FRAMES",
     "PROTOCOL_VERSION",
     "SETTLE_MAX_FRAMES",
-    "BrokenConnection",
-    "MalformedFrame",
     "Opcode",
-    "ProtocolError",
-    "RequestTooLarge",
-    "ServerStopping",
-    "SessionExpired",
     "Status",
-    "UnknownOpcode",
-    "UnsupportedVersion",
     "decode_error",
     "decode_header",
     "decode_payload",
@@ -64,7 +58,6 @@ __all__ = [
     "encode_receipt",
     "encode_receipts",
     "encode_results",
-    "error_class",
     "request_limits",
     "request_size_error",
 ]
@@ -144,66 +137,6 @@ class Status(IntEnum):
     the broker ended this session; it serves no more requests of this connection."""
 
 
-# -- errors that exist only because there is a wire ------------------------------------
-
-
-class ProtocolError(FastFanoutError):
-    """A message broke the wire protocol (the broker says which rule)."""
-
-    code = "protocol_error"
-
-
-class MalformedFrame(ProtocolError):
-    """A frame is missing, too short, or does not decode as its opcode requires."""
-
-    code = "malformed_frame"
-
-
-class UnknownOpcode(ProtocolError):
-    """The request's opcode is not one this broker knows."""
-
-    code = "unknown_opcode"
-
-
-class UnsupportedVersion(ProtocolError):
-    """The request's protocol version is not the broker's."""
-
-    code = "unsupported_version"
-
-
-class RequestTooLarge(ProtocolError):
-    """The request exceeds ``max_request_bytes`` or ``MAX_REQUEST_FRAMES`` payload frames."""
-
-    code = "request_too_large"
-
-
-class BrokenConnection(FastFanoutError):
-    """The peer vanished: the broker stopped answering (or said goodbye) mid-call.
-
-    Unlike ``Closed`` (you closed the client), this is not your doing; the next call
-    reconnects.
-    """
-
-    code = "broken"
-
-
-class SessionExpired(BrokenConnection):
-    """The broker ended this client's session and released its leases.
-
-    Why: it missed its heartbeats, it read nothing while ``max_queued_replies`` messages
-    waited for it, or it sent nothing for ``idle_session_timeout`` without heartbeats.
-    The broker serves no more requests of that connection; the clients connect anew.
-    """
-
-    code = "session_expired"
-
-
-class ServerStopping(BrokenConnection):
-    """The broker is shutting down and ended this consumer or request."""
-
-    code = "server_stopping"
-
-
 def request_limits(hello: Any) -> tuple[int, int] | None:
     """``(max_request_bytes, max_frame_bytes)`` from a HELLO reply, or None if absent."""
     if not isinstance(hello, dict):
@@ -242,19 +175,6 @@ def request_size_error(frames: list[bytes], max_request_bytes: int,
             f"{max_frame_bytes}; send less per request or raise the broker's "
             f"max_frame_bytes; nothing was sent")
     return None
-
-
-_WIRE_ERRORS: dict[str, type[FastFanoutError]] = {
-    cls.code: cls
-    for cls in (ProtocolError, MalformedFrame, UnknownOpcode, UnsupportedVersion,
-                RequestTooLarge, BrokenConnection, SessionExpired, ServerStopping)
-}
-
-
-def error_class(code: str) -> type[FastFanoutError]:
-    """The error class for a stable wire ``code`` (``FastFanoutError`` when unknown)."""
-    cls = _WIRE_ERRORS.get(code)
-    return cls if cls is not None else error_for_code(code)
 
 
 # -- headers ---------------------------------------------------------------------------
@@ -326,7 +246,7 @@ def decode_error(frame: bytes) -> FastFanoutError:
         details: dict[str, Any] = parts[3] if len(parts) == 4 else {}
     except (msgspec.DecodeError, ValueError, TypeError):
         return MalformedFrame(f"undecodable error payload {bytes(frame[:64])!r}")
-    cls = error_class(str(code))
+    cls = error_for_code(str(code))
     if issubclass(cls, StaleReceipt):
         return cls(str(message), list(receipts or []))
     error = cls(str(message))

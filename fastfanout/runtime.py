@@ -32,12 +32,10 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from fastfanout.errors import FastFanoutError, InvalidArgument
+from fastfanout.errors import BrokerRunning, FastFanoutError, InvalidArgument, UnsafeLockFile
 
 __all__ = [
-    "BrokerRunning",
     "EndpointLock",
-    "UnsafeLockFile",
     "default_endpoint",
     "runtime_dir",
     "stream_endpoint_for",
@@ -47,22 +45,6 @@ SOCKET_NAME: Final = "broker.sock"
 """File name of the default ipc socket inside the runtime directory."""
 ENDPOINT_ENV: Final = "FASTFANOUT_ENDPOINT"
 """Environment variable that overrides the default endpoint (clients and server)."""
-
-
-class BrokerRunning(FastFanoutError):
-    """Another broker already serves this endpoint (it holds the endpoint's lock)."""
-
-    code = "broker_running"
-
-
-class UnsafeLockFile(FastFanoutError):
-    """The endpoint's lock file, or its directory, could be someone else's to control.
-
-    A symbolic link, another user's file, or a directory others may write to (without
-    the sticky bit) is refused rather than followed or written to.
-    """
-
-    code = "unsafe_lock_file"
 
 
 def runtime_dir() -> Path:

@@ -70,7 +70,16 @@ from fastfanout.errors import (
     FastFanoutError,
     InvalidArgument,
     MalformedBatch,
+    MalformedFrame,
     QueueFull,
+    RequestTooLarge,
+    ServerStopping,
+    SessionExpired,
+    TransportError,
+    UnknownOpcode,
+    Unroutable,
+    UnsupportedVersion,
+    WouldBlock,
 )
 from fastfanout.holds import HeldRequest, HeldRequests
 from fastfanout.local_channel import local_channels_supported
@@ -85,9 +94,6 @@ from fastfanout.streams import SLOW_LISTENER_POLICIES, Streams
 from fastfanout.transport import (
     CurveKeys,
     ServerTransport,
-    TransportError,
-    Unroutable,
-    WouldBlock,
     check_curve_clients,
     is_loopback,
 )
@@ -439,7 +445,7 @@ class Server(Deliveries):
         for waiter in self._waiters:
             self._reply(waiter.session, waiter.request_id, [self._empty_delivery()])
         self._waiters.clear()
-        stopping = protocol.ServerStopping("the broker is stopping")
+        stopping = ServerStopping("the broker is stopping")
         for held in self._held.take_all():
             self._error(held.session, held.request_id, stopping)
         for consumer in list(self._consumers.values()):
@@ -544,19 +550,19 @@ class Server(Deliveries):
         request_id = 0
         try:
             if len(frames) < 2:
-                raise protocol.MalformedFrame("a request needs a header frame")
+                raise MalformedFrame("a request needs a header frame")
             version, opcode, request_id = protocol.decode_header(frames[1])
             if version != protocol.PROTOCOL_VERSION:
-                raise protocol.UnsupportedVersion(
+                raise UnsupportedVersion(
                     f"protocol version {version} is not supported; this broker speaks "
                     f"version {protocol.PROTOCOL_VERSION}")
             if len(frames) - 2 > protocol.MAX_REQUEST_FRAMES:
-                raise protocol.RequestTooLarge(
+                raise RequestTooLarge(
                     f"request of {len(frames) - 2} payload frames exceeds the protocol's "
                     f"MAX_REQUEST_FRAMES={protocol.MAX_REQUEST_FRAMES}")
             size = sum(map(len, frames)) - len(frames[0])   # header and payload, as sent
             if size > self._max_request_bytes:
-                raise protocol.RequestTooLarge(
+                raise RequestTooLarge(
                     f"request of {size} bytes exceeds the broker's "
                     f"max_request_bytes={self._max_request_bytes}")
             handler = self._handlers.get(opcode)  # type: ignore[call-overload]
@@ -565,7 +571,7 @@ class Server(Deliveries):
             elif opcode in protocol.CALLS:
                 payload = self._call(session, opcode, frames[2:])
             else:
-                raise protocol.UnknownOpcode(f"opcode 0x{opcode:02x} is unknown")
+                raise UnknownOpcode(f"opcode 0x{opcode:02x} is unknown")
             if payload is None:
                 pass
             elif opcode == Opcode.PUBLISH or opcode == Opcode.SEND:
@@ -584,7 +590,7 @@ class Server(Deliveries):
     @staticmethod
     def _frame(frames: list[bytes], index: int, what: str) -> bytes:
         if len(frames) <= index:
-            raise protocol.MalformedFrame(f"missing payload frame {index} ({what})")
+            raise MalformedFrame(f"missing payload frame {index} ({what})")
         return frames[index]
 
     @staticmethod
@@ -592,14 +598,14 @@ class Server(Deliveries):
         try:
             return frame.decode()
         except UnicodeDecodeError:
-            raise protocol.MalformedFrame(f"{what} is not UTF-8") from None
+            raise MalformedFrame(f"{what} is not UTF-8") from None
 
     def _arguments(self, frames: list[bytes]) -> tuple[list[Any], dict[str, Any]]:
         value = protocol.decode_payload(self._frame(frames, 0, "arguments")) if frames else [
             [], {}]
         if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], list)
                 or not isinstance(value[1], dict)):
-            raise protocol.MalformedFrame("arguments must be a msgpack array [args, kwargs]")
+            raise MalformedFrame("arguments must be a msgpack array [args, kwargs]")
         return value[0], value[1]
 
     def _call(self, session: Session, opcode: int, frames: list[bytes]) -> list[bytes]:
@@ -667,7 +673,7 @@ class Server(Deliveries):
         try:
             return call(name, frame)
         except MalformedBatch as exc:
-            raise protocol.MalformedFrame(str(exc)) from None
+            raise MalformedFrame(str(exc)) from None
 
     def _hold_or_run(self, session: Session, request_id: int,
                      run: Callable[[], list[bytes]]) -> list[bytes] | None:
@@ -764,7 +770,7 @@ class Server(Deliveries):
         """Try (never waiting) to tell a socket client its session ended; True if sent."""
         if self._transport is None:   # stopped: the sockets are closed
             return False
-        expired = protocol.SessionExpired(
+        expired = SessionExpired(
             f"the broker ended this session ({why}); the next call connects anew")
         try:
             self._transport.send_reply([identity, protocol.encode_header(Status.GOODBYE, 0),
@@ -785,7 +791,7 @@ class Server(Deliveries):
                 pass
         if released:
             self._dirty = True
-        expired = protocol.SessionExpired(f"the broker ended this session: {why}")
+        expired = SessionExpired(f"the broker ended this session: {why}")
         for request_id in session.consumers:
             consumer = self._consumers.pop((session.identity, request_id), None)
             if consumer is not None and notify:

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 from fastfanout import protocol
 from fastfanout._ext.shmring import WROTE_WAKE, SharedRing
 from fastfanout.broker import Broker
-from fastfanout.errors import FastFanoutError, InvalidArgument, NotFound, StaleReceipt
+from fastfanout.errors import (
+    FastFanoutError,
+    InvalidArgument,
+    MalformedFrame,
+    NotFound,
+    StaleReceipt,
+)
 from fastfanout.local_sessions import LocalSessions
 from fastfanout.protocol import Status
 from fastfanout.sessions import Consumer, Session, Waiter
@@ -128,7 +134,7 @@ class Deliveries:
     def _ack(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
         packed = self._frame(frames, 0, "receipts")
         if len(packed) % 8:
-            raise protocol.MalformedFrame(
+            raise MalformedFrame(
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
         self.broker.ack_packed(packed)
         self._room = True
@@ -150,7 +156,7 @@ class Deliveries:
             try:
                 stale = self.broker.ack_frames(receipts)
             except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
-                raise protocol.MalformedFrame(str(exc)) from None
+                raise MalformedFrame(str(exc)) from None
             self._room = True
             for packed in receipts:
                 session.settled(packed)
@@ -181,7 +187,7 @@ class Deliveries:
     def _credit(self, session: Session, request_id: int, frames: list[bytes]) -> None:
         value = protocol.decode_payload(self._frame(frames, 0, "credit"))
         if not isinstance(value, list) or len(value) != 2:
-            raise protocol.MalformedFrame("credit payload must be [consumer_id, count]")
+            raise MalformedFrame("credit payload must be [consumer_id, count]")
         consumer = self._consumers.get((session.identity, value[0]))
         if consumer is not None and type(value[1]) is int and value[1] > 0:
             consumer.credit += value[1]

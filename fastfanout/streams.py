@@ -14,7 +14,8 @@ import time
 from collections import Counter
 from typing import Any, Final
 
-from fastfanout.transport import ServerTransport, WouldBlock
+from fastfanout.errors import WouldBlock
+from fastfanout.transport import ServerTransport
 
 __all__ = ["SLOW_LISTENER_POLICIES", "Streams"]
 

@@ -4,7 +4,8 @@ Design
 ------
 Prior art: pyzmq itself keeps its native backend behind one module and layers friendly
 classes on top; fastfanout does the same one level up. Everything else in the package
-speaks in lists of ``bytes`` frames and in the small exceptions below, so the server and
+speaks in lists of ``bytes`` frames and in the small transport exceptions of
+``fastfanout.errors``, so the server and
 the clients can be read (and tested) without knowing socket options, and a future
 transport would replace this file only. ``zmq.asyncio`` lives here too (the
 ``Async*`` classes), so "only one module imports zmq" holds for the asyncio face as well.
@@ -52,18 +53,16 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from fastfanout.errors import TransportError, Unroutable, WouldBlock
+
 __all__ = [
     "CURVE_ALLOW_ANY",
     "AsyncDealerTransport",
     "AsyncSubTransport",
     "CurveKeys",
     "DealerTransport",
-    "PeerLost",
     "ServerTransport",
     "SubTransport",
-    "TransportError",
-    "Unroutable",
-    "WouldBlock",
     "check_curve_clients",
     "client_curve",
     "curve_keypair",
@@ -116,22 +115,6 @@ def _recv_ready(sock: zmq.Socket[Any], ask: bool = True) -> list[bytes] | None:
     except zmq.Again:   # the message went away between the question and the receive
         return None
     return frames
-
-
-class TransportError(Exception):
-    """A socket operation failed (bind refused, endpoint malformed, ...)."""
-
-
-class PeerLost(TransportError):
-    """The broker behind a local channel is gone (or stopped reading)."""
-
-
-class WouldBlock(TransportError):
-    """The peer's queue is full; the message was not sent."""
-
-
-class Unroutable(TransportError):
-    """The peer is not connected (any more); the message was not sent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,11 @@ import pytest
 import zmq.auth
 
 import fastfanout
-from fastfanout.client import BrokenConnection, connect
+from fastfanout.client import connect
+from fastfanout.errors import BrokenConnection, TransportError
 from fastfanout.server import Server
 from fastfanout.transport import (
     CURVE_ALLOW_ANY,
-    TransportError,
     client_curve,
     load_curve_keys,
 )

@@ -8,8 +8,7 @@ from typing import Any as Tracker
 
 import pytest
 
-from fastfanout import QueueFull, aio
-from fastfanout.protocol import ServerStopping
+from fastfanout import QueueFull, ServerStopping, aio
 
 
 def _full_hold_queue(track: Tracker, **server_options: object) -> tuple[Tracker, Tracker]:

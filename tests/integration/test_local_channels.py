@@ -22,12 +22,11 @@ import fastfanout.aio as aio
 from fastfanout import protocol
 from fastfanout._ext import codec
 from fastfanout._ext.shmring import MIN_CAPACITY
-from fastfanout.client import BrokenConnection
-from fastfanout.errors import InvalidArgument
-from fastfanout.local_channel import LocalChannel, PeerGone
+from fastfanout.errors import BrokenConnection, InvalidArgument, PeerGone, PeerLost
+from fastfanout.local_channel import LocalChannel
 from fastfanout.local_transport import AsyncLocalTransport, LocalTransport
 from fastfanout.server import Server
-from fastfanout.transport import AsyncDealerTransport, DealerTransport, PeerLost
+from fastfanout.transport import AsyncDealerTransport, DealerTransport
 
 
 def is_local(client) -> bool:

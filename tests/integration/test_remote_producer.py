@@ -7,7 +7,8 @@ from typing import Any as Tracker
 import pytest
 
 import fastfanout
-from fastfanout.protocol import BrokenConnection, Opcode
+from fastfanout.errors import BrokenConnection
+from fastfanout.protocol import Opcode
 
 
 def _setup(client: fastfanout.Client, **queue_settings: Tracker) -> None:

@@ -18,8 +18,8 @@ from clocks import FakeClock
 import fastfanout
 from fastfanout import protocol
 from fastfanout._ext import codec
-from fastfanout.client import BrokenConnection
-from fastfanout.runtime import BrokerRunning, runtime_dir
+from fastfanout.errors import BrokenConnection, BrokerRunning
+from fastfanout.runtime import runtime_dir
 from fastfanout.server import IDLE_TICK, Server
 from fastfanout.sessions import Consumer as SessionConsumer
 from fastfanout.sessions import Session

@@ -21,10 +21,9 @@ import msgspec
 import pytest
 import zmq
 
-from fastfanout import aio, protocol
-from fastfanout.errors import InvalidArgument
-from fastfanout.protocol import Opcode, RequestTooLarge, Status
-from fastfanout.runtime import UnsafeLockFile
+from fastfanout import aio, errors, protocol
+from fastfanout.errors import InvalidArgument, RequestTooLarge, UnsafeLockFile
+from fastfanout.protocol import Opcode, Status
 from fastfanout.server import Server
 
 
@@ -110,7 +109,7 @@ def test_an_ended_session_is_told_goodbye_and_serves_no_more_requests(track: Tra
         goodbye = dealer.recv_multipart()
         assert protocol.decode_header(goodbye[0])[1:] == (Status.GOODBYE, 0)
         error = protocol.decode_error(goodbye[1])
-        assert isinstance(error, protocol.SessionExpired) and "heartbeats" in str(error)
+        assert isinstance(error, errors.SessionExpired) and "heartbeats" in str(error)
         dealer.send_multipart([header(Opcode.LIST_TOPICS, 2), _CALL])
         track.wait_until(lambda: server.counters["ended_session_requests"] == 1,
                          what="the request to be dropped")

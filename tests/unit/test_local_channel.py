@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from fastfanout._ext.shmring import MIN_CAPACITY
-from fastfanout.local_channel import ATTACH_FIELDS, LocalChannel, PeerGone
-from fastfanout.protocol import MalformedFrame
+from fastfanout.errors import MalformedFrame, PeerGone
+from fastfanout.local_channel import ATTACH_FIELDS, LocalChannel
 
 
 def readable(fd: int) -> bool:

@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastfanout import errors, protocol
+from fastfanout.errors import MalformedFrame, error_for_code
 from fastfanout.protocol import (
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,
-    MalformedFrame,
     Opcode,
     Status,
     decode_error,
@@ -28,7 +28,6 @@ from fastfanout.protocol import (
     encode_payload,
     encode_receipts,
     encode_results,
-    error_class,
 )
 from fastfanout.records import ExponentialBackoff
 
@@ -46,14 +45,14 @@ CODES: dict[str, type[errors.FastFanoutError]] = {
     "queue_full": errors.QueueFull,
     "stale_receipt": errors.StaleReceipt,
     "closed": errors.Closed,
-    "protocol_error": protocol.ProtocolError,
-    "malformed_frame": protocol.MalformedFrame,
-    "unknown_opcode": protocol.UnknownOpcode,
-    "unsupported_version": protocol.UnsupportedVersion,
-    "request_too_large": protocol.RequestTooLarge,
-    "broken": protocol.BrokenConnection,
-    "session_expired": protocol.SessionExpired,
-    "server_stopping": protocol.ServerStopping,
+    "protocol_error": errors.ProtocolError,
+    "malformed_frame": errors.MalformedFrame,
+    "unknown_opcode": errors.UnknownOpcode,
+    "unsupported_version": errors.UnsupportedVersion,
+    "request_too_large": errors.RequestTooLarge,
+    "broken": errors.BrokenConnection,
+    "session_expired": errors.SessionExpired,
+    "server_stopping": errors.ServerStopping,
     "error": errors.FastFanoutError,
 }
 
@@ -159,19 +158,19 @@ def test_invalid_msgpack_is_malformed(frame: bytes) -> None:
 
 @pytest.mark.parametrize("code", list(CODES))
 def test_error_class_for_every_code(code: str) -> None:
-    cls = error_class(code)
+    cls = error_for_code(code)
     assert cls is CODES[code] and cls.code == code
 
 
 def test_error_class_of_an_unknown_code_is_the_base_class() -> None:
-    assert error_class("no_such_code") is errors.FastFanoutError
-    assert error_class("") is errors.FastFanoutError
+    assert error_for_code("no_such_code") is errors.FastFanoutError
+    assert error_for_code("") is errors.FastFanoutError
 
 
 def test_wire_errors_are_fastfanout_errors() -> None:
-    assert issubclass(protocol.MalformedFrame, protocol.ProtocolError)
-    assert issubclass(protocol.SessionExpired, protocol.BrokenConnection)
-    assert issubclass(protocol.ServerStopping, protocol.BrokenConnection)
+    assert issubclass(errors.MalformedFrame, errors.ProtocolError)
+    assert issubclass(errors.SessionExpired, errors.BrokenConnection)
+    assert issubclass(errors.ServerStopping, errors.BrokenConnection)
     for cls in CODES.values():
         assert issubclass(cls, errors.FastFanoutError)
 
@@ -315,7 +314,7 @@ def test_request_size_error_names_the_size_the_limit_and_the_fix() -> None:
     frames = [header, b"t", bytes(100 - len(header) - 1)]   # 100 bytes in all
     assert protocol.request_size_error(frames, 100, 100) is None
     error = protocol.request_size_error(frames, 99, 100)
-    assert isinstance(error, protocol.RequestTooLarge)
+    assert isinstance(error, errors.RequestTooLarge)
     assert "100 bytes" in str(error) and "max_request_bytes=99" in str(error)
     error = protocol.request_size_error(frames, 1000, 50)
     assert error is not None and "max_frame_bytes=50" in str(error)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from fastfanout.errors import WouldBlock
 from fastfanout.streams import Streams
-from fastfanout.transport import WouldBlock
 
 
 class FakeXpub:
