@@ -7,7 +7,6 @@ cdef enum text_kind:
     TEXT_PREFIX = 0
     TEXT_SUFFIX = 1
     TEXT_NOT_PREFIX = 2     # anything-but {"prefix": ...}
-    TEXT_NOT_SUFFIX = 3     # anything-but {"suffix": ...}
 
 
 cdef struct text_pred:

@@ -53,7 +53,6 @@ from fastfanout.errors import InvalidArgument
 from fastfanout.filter_policy import (
     AnythingBut,
     AnythingButPrefix,
-    AnythingButSuffix,
     Cidr,
     CompiledPolicy,
     EqualsIgnoreCase,
@@ -178,8 +177,6 @@ cdef class _FieldBuilder:
             self.texts.append((TEXT_SUFFIX, condition.text, clause))
         elif kind is AnythingButPrefix:
             self.texts.append((TEXT_NOT_PREFIX, condition.text, clause))
-        elif kind is AnythingButSuffix:
-            self.texts.append((TEXT_NOT_SUFFIX, condition.text, clause))
         elif kind is EqualsIgnoreCase:
             self.lowered_clauses.setdefault(condition.text, []).append(clause)
         elif kind is AnythingBut:

@@ -53,7 +53,6 @@ __all__ = [
     "SCOPES",
     "AnythingBut",
     "AnythingButPrefix",
-    "AnythingButSuffix",
     "Cidr",
     "Clause",
     "CompiledPolicy",
@@ -145,13 +144,6 @@ class AnythingButPrefix:
 
 
 @dataclass(frozen=True, slots=True)
-class AnythingButSuffix:
-    """A string value that does not end with ``text``."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
 class Numeric:
     """A number inside an interval; an open side is an inclusive ``-inf`` / ``inf``.
 
@@ -193,7 +185,6 @@ Condition = (
     | EqualsIgnoreCase
     | AnythingBut
     | AnythingButPrefix
-    | AnythingButSuffix
     | Numeric
     | Exists
     | Cidr
@@ -272,6 +263,14 @@ def _compile_numeric(spec: object, where: str) -> Numeric:
             where,
             f'"numeric" needs [op, number] or [op, number, op, number], got {spec!r}',
         )
+    if len(spec) == 4 and spec[0] in _UPPER_BOUNDS:
+        # SNS reads a range only lower bound first ("Too many elements in numeric
+        # expression" otherwise): refused here too, so a policy means the same on both
+        raise _fail(
+            where,
+            f'a "numeric" range gives its lower bound (>, >=) first, then its upper '
+            f'(<, <=): got {spec!r}',
+        )
     if spec[0] == "=":
         if len(spec) != 2:
             raise _fail(where, '"=" cannot be combined with another comparison')
@@ -289,9 +288,7 @@ def _compile_numeric(spec: object, where: str) -> Numeric:
             if seen_lower:
                 raise _fail(where, f"more than one lower bound in {spec!r}")
             seen_lower, lower, lower_inclusive = True, value, operator == ">="
-        elif operator in _UPPER_BOUNDS:
-            if seen_upper:
-                raise _fail(where, f"more than one upper bound in {spec!r}")
+        elif operator in _UPPER_BOUNDS:   # the last (or only) comparison: never twice
             seen_upper, upper, upper_inclusive = True, value, operator == "<="
         elif operator == "=":
             raise _fail(where, '"=" cannot be combined with another comparison')
@@ -307,14 +304,13 @@ def _compile_numeric(spec: object, where: str) -> Numeric:
 def _compile_anything_but(spec: object, where: str) -> Condition:
     if isinstance(spec, dict):
         if len(spec) != 1:
-            raise _fail(where, '"anything-but" object needs exactly one of prefix, suffix')
+            raise _fail(where, f'"anything-but" object needs exactly one "prefix", got {spec!r}')
         ((operator, text),) = spec.items()
         if operator == "prefix":
             return AnythingButPrefix(_policy_text(text, where, "anything-but/prefix"))
-        if operator == "suffix":
-            return AnythingButSuffix(_policy_text(text, where, "anything-but/suffix"))
+        # SNS refuses {"suffix": ...} here ("Unsupported anything-but pattern: suffix")
         raise _fail(
-            where, f'unknown "anything-but" operator {operator!r} (expected prefix, suffix)'
+            where, f'unsupported "anything-but" pattern {operator!r} (only "prefix")'
         )
     items = spec if isinstance(spec, list) else [spec]
     if not items:
@@ -555,10 +551,8 @@ def _operator_matches(operator: str, spec: Any, value: object) -> bool:
         return isinstance(value, str) and value.lower() == spec.lower()
     if operator == "anything-but":
         if isinstance(spec, dict):
-            ((kind, text),) = spec.items()
-            if not isinstance(value, str):
-                return False
-            return not (value.startswith(text) if kind == "prefix" else value.endswith(text))
+            (text,) = spec.values()   # {"prefix": text}, the only form parse_policy takes
+            return isinstance(value, str) and not value.startswith(text)
         excluded = spec if isinstance(spec, list) else [spec]
         return not any(_same_literal(value, literal) for literal in excluded)
     if operator == "numeric":

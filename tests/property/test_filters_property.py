@@ -44,7 +44,6 @@ def conditions(body: bool) -> st.SearchStrategy[Any]:
         st.one_of(texts, numbers, st.lists(texts, min_size=1, max_size=3),
                   st.lists(numbers, min_size=1, max_size=3)).map(lambda v: {"anything-but": v}),
         texts.map(lambda t: {"anything-but": {"prefix": t}}),
-        texts.map(lambda t: {"anything-but": {"suffix": t}}),
         numeric_specs().map(lambda spec: {"numeric": spec}),
         st.booleans().map(lambda b: {"exists": b}),
         st.sampled_from(CIDRS).map(lambda c: {"cidr": c}),

@@ -5,16 +5,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from typing import Any
 
 import pytest
 
+from fastfanout import Broker
 from fastfanout.errors import InvalidArgument, InvalidFilterPolicy
 from fastfanout.filter_policy import (
     MAX_POLICY_BYTES,
     AnythingBut,
     AnythingButPrefix,
-    AnythingButSuffix,
     Cidr,
     Clause,
     EqualsIgnoreCase,
@@ -46,14 +47,21 @@ INVALID: list[tuple[Any, str, str]] = [
     ({"e": [{"anything-but": ["a", 1]}]}, "attributes", "only one of them"),
     ({"e": [{"anything-but": [None]}]}, "attributes", "only one of them"),
     ({"e": [{"anything-but": {"wildcard": "a*"}}]}, "attributes",
-     'unknown "anything-but" operator'),
+     "unsupported \"anything-but\" pattern 'wildcard'"),
     ({"e": [{"anything-but": {"prefix": "a", "suffix": "b"}}]}, "attributes",
-     "exactly one of prefix"),
+     'exactly one "prefix"'),
+    # AWS: "Unsupported anything-but pattern: suffix"
+    ({"e": [{"anything-but": {"suffix": "b"}}]}, "attributes",
+     "unsupported \"anything-but\" pattern 'suffix'"),
+    # AWS: "Too many elements in numeric expression"
+    ({"e": [{"numeric": ["<", 100, ">", 10]}]}, "attributes",
+     'a "numeric" range gives its lower bound'),
+    ({"e": [{"numeric": ["<=", 100, ">=", 10]}]}, "attributes", "lower bound (>, >=) first"),
     ({"e": [{"anything-but": {"prefix": 1}}]}, "attributes", "needs a string"),
     ({"e": [{"numeric": [">", 5, "<", 5]}]}, "attributes", "bottom 5 must be below top 5"),
     ({"e": [{"numeric": [">", 6, "<=", 5]}]}, "attributes", "must be below top"),
     ({"e": [{"numeric": [">", 1, ">=", 5]}]}, "attributes", "more than one lower bound"),
-    ({"e": [{"numeric": ["<", 1, "<=", 5]}]}, "attributes", "more than one upper bound"),
+    ({"e": [{"numeric": ["<", 1, "<=", 5]}]}, "attributes", "lower bound (>, >=) first"),
     ({"e": [{"numeric": ["=", 1, "<", 5]}]}, "attributes", '"=" cannot be combined'),
     ({"e": [{"numeric": [">", 1, "=", 5]}]}, "attributes", '"=" cannot be combined'),
     ({"e": [{"numeric": ["!=", 1]}]}, "attributes", "unknown numeric comparison '!='"),
@@ -162,7 +170,7 @@ def test_compiled_conditions() -> None:
         "e": ["a", 5, True, None, {"prefix": "p"}, {"suffix": "s"},
               {"equals-ignore-case": "MiXed"}, {"anything-but": "x"},
               {"anything-but": [1, 2]}, {"anything-but": {"prefix": "q"}},
-              {"anything-but": {"suffix": "r"}}, {"exists": False}],
+              {"exists": False}],
         "n": [{"numeric": [">", 0, "<=", 150]}, {"numeric": ["=", 3]},
               {"numeric": ["<", 7]}, {"cidr": "10.0.0.9/24"}],
     })
@@ -170,7 +178,7 @@ def test_compiled_conditions() -> None:
     assert branch[0] == Clause("e", (
         Exact("a"), Exact(5.0), Exact(True), Exact(None), Prefix("p"), Suffix("s"),
         EqualsIgnoreCase("mixed"), AnythingBut(("x",)), AnythingBut((1.0, 2.0)),
-        AnythingButPrefix("q"), AnythingButSuffix("r"), Exists(False),
+        AnythingButPrefix("q"), Exists(False),
     ))
     assert branch[1] == Clause("n", (
         Numeric(0.0, False, 150.0, True), Numeric(3.0, True, 3.0, True),
@@ -199,3 +207,16 @@ def test_reference_match_validates_first() -> None:
         reference_match({"e": []}, "attributes", {"e": "a"}, None)
     with pytest.raises(InvalidArgument):
         reference_match({}, "MessageAttributes", {}, None)
+
+
+@pytest.mark.parametrize(("policy", "fragment"), [
+    ({"price": [{"numeric": ["<", 100, ">", 10]}]}, "lower bound (>, >=) first"),
+    ({"name": [{"anything-but": {"suffix": ".tmp"}}]}, "unsupported \"anything-but\""),
+])
+def test_subscribe_refuses_what_aws_refuses(policy: dict[str, Any], fragment: str) -> None:
+    with Broker() as broker:
+        broker.create_topic("t")
+        broker.create_queue("q")
+        with pytest.raises(InvalidFilterPolicy, match=re.escape(fragment)):
+            broker.subscribe("t", "q", filter_policy=policy)
+        assert broker.list_subscriptions() == {}
