@@ -41,6 +41,7 @@ from fastfanout._ext.codec cimport (
     ff_store_le64,
 )
 from fastfanout._ext.blobs cimport blob_new, blob_t
+from fastfanout._ext.bodies cimport ff_body_buffer
 
 from datetime import datetime
 
@@ -330,7 +331,7 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
 
 
 cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
-    """Validate one entry (bytes-like body or PublishEntry) and copy it into a new blob."""
+    """Validate one entry (a body: any C-contiguous buffer, or a PublishEntry) into a new blob."""
     cdef object attributes = None
     cdef bytes encoded
     cdef bytes group = None
@@ -372,15 +373,11 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
         if type(item) is bytes:
             body = PyBytes_AS_STRING(item)
             body_len = PyBytes_GET_SIZE(item)
-        elif isinstance(item, (bytearray, memoryview)):
-            PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
+        else:
+            ff_body_buffer(item, &view, i)
             have_view = True
             body = <const char*>view.buf
             body_len = view.len
-        else:
-            raise InvalidArgument(
-                f"entry {i}: a body must be bytes, bytearray or memoryview, got "
-                f"{type(item).__name__}")
     try:
         if body_len > C_MAX_BODY:
             raise MessageTooLarge(

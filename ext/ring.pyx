@@ -57,6 +57,7 @@ from fastfanout._ext.codec cimport (
     ff_ring_batch_scan,
     ff_store_le32,
 )
+from fastfanout._ext.bodies cimport ff_body_buffer
 
 from fastfanout.errors import FastFanoutError, InvalidArgument, MessageTooLarge
 
@@ -424,7 +425,8 @@ cdef class Ring:
         """Append one record if there is room.
 
         Args:
-            record: the record (bytes-like), at most ``min(max_bytes, 2**32 - 1)`` bytes.
+            record: the record: bytes, or any C-contiguous buffer (read as its bytes), at
+                most ``min(max_bytes, 2**32 - 1)`` bytes.
 
         Returns:
             True if the record was committed; False if the ring is full by record count
@@ -432,7 +434,8 @@ cdef class Ring:
 
         Raises:
             MessageTooLarge: the record is longer than the largest record the ring holds.
-            InvalidArgument: record is not bytes-like.
+            InvalidArgument: record is not a C-contiguous buffer (worded as a body's
+                refusal in a publish).
         """
         cdef Py_buffer view
         cdef const char* data
@@ -445,7 +448,7 @@ cdef class Ring:
                 length = <size_t>PyBytes_GET_SIZE(record)
                 status = ff_ring_offer(self.ring, data, length)
             else:
-                _get_buffer(record, &view, "record")
+                ff_body_buffer(record, &view, 0)
                 status = ff_ring_offer(self.ring, <const char*>view.buf, <size_t>view.len)
                 length = <size_t>view.len
                 PyBuffer_Release(&view)

@@ -41,6 +41,7 @@ from fastfanout._ext.codec cimport (
     ff_record_view,
     ff_store_le64,
 )
+from fastfanout._ext.bodies cimport ff_body_buffer
 
 from datetime import datetime
 
@@ -114,8 +115,11 @@ cdef class FrameBuilder:
         """Bytes of the frame so far."""
         return self.out.length
 
-    def append_body(self, body):
-        """Append a record with only a body (the fast path); returns its index."""
+    def append_body(self, body, Py_ssize_t index=0):
+        """Append a record with only a body (the fast path); returns its index.
+
+        ``index``: the body's position in the caller's list, named in an error.
+        """
         cdef ff_record_view view
         cdef Py_buffer buffer
         cdef int status
@@ -124,24 +128,25 @@ cdef class FrameBuilder:
             view.body = PyBytes_AS_STRING(body)
             view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
             status = ff_out_append_record(&self.out, &view)
-        elif isinstance(body, (bytearray, memoryview)):
-            PyObject_GetBuffer(body, &buffer, PyBUF_SIMPLE)
+        else:
+            ff_body_buffer(body, &buffer, index)
             try:
                 view.body = <const char*>buffer.buf
                 view.body_len = <uint32_t>buffer.len
                 status = ff_out_append_record(&self.out, &view)
             finally:
                 PyBuffer_Release(&buffer)
-        else:
-            raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
         if status != FF_CODEC_OK:
             raise InvalidArgument(f"cannot add the record: {status_text(status)}")
         self.body_bytes += view.body_len
         return self.out.count - 1
 
     def append(self, body, attributes=None, delay=None, deliver_at=None, group_id=None,
-               dedup_id=None, priority=None, ttl=None):
-        """Append one publish record (the arguments of ``publish``); returns its index."""
+               dedup_id=None, priority=None, ttl=None, Py_ssize_t index=0):
+        """Append one publish record (the arguments of ``publish``); returns its index.
+
+        ``index``: the entry's position in the caller's list, named in a body's error.
+        """
         cdef ff_record_view view
         cdef Py_buffer buffer
         cdef bint have_buffer = False
@@ -194,13 +199,11 @@ cdef class FrameBuilder:
         if type(body) is bytes:
             view.body = PyBytes_AS_STRING(body)
             view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
-        elif isinstance(body, (bytearray, memoryview)):
-            PyObject_GetBuffer(body, &buffer, PyBUF_SIMPLE)
+        else:
+            ff_body_buffer(body, &buffer, index)
             have_buffer = True
             view.body = <const char*>buffer.buf
             view.body_len = <uint32_t>buffer.len
-        else:
-            raise InvalidArgument(f"body must be bytes-like, got {type(body).__name__}")
         try:
             status = ff_out_append_record(&self.out, &view)
         finally:
@@ -225,13 +228,15 @@ cdef class FrameBuilder:
 
     def extend(self, entries):
         """Append every entry of a ``publish_batch`` list (bodies or PublishEntry)."""
+        cdef Py_ssize_t index = 0
         for entry in entries:
             if type(entry) is bytes:
                 self._append_bytes(<bytes>entry)   # the common case, without a Python call
             elif isinstance(entry, PublishEntry):
-                self.append(*entry)
+                self.append(*entry, index=index)
             else:
-                self.append_body(entry)
+                self.append_body(entry, index)
+            index += 1
 
     def take(self):
         """The frame built so far (then the builder is empty again)."""

@@ -70,7 +70,7 @@ from fastfanout.local_channel import (
 )
 from fastfanout.local_transport import AsyncLocalTransport
 from fastfanout.protocol import Opcode, Status
-from fastfanout.records import PublishResult
+from fastfanout.records import Body, PublishResult
 from fastfanout.remote import (
     RemoteMessage,
     RemotePublishBatch,
@@ -438,7 +438,7 @@ class AsyncClient(AsyncClientAdministration):
 
     # -- the API (see fastfanout.client.Client for each method's contract) --------------
 
-    async def publish(self, topic: str, body: bytes, **options: Any) -> PublishResult:
+    async def publish(self, topic: str, body: Body, **options: Any) -> PublishResult:
         """Publish one message (options as ``Client.publish``) and wait for its result.
 
         Publishes made in the same loop iteration (``asyncio.gather``, other tasks) travel
@@ -474,7 +474,7 @@ class AsyncClient(AsyncClientAdministration):
         """Publish many messages at once: all enqueued, or none."""
         return await self._batch(Opcode.PUBLISH, topic, entries)
 
-    async def send(self, queue: str, body: bytes, **options: Any) -> PublishResult:
+    async def send(self, queue: str, body: Body, **options: Any) -> PublishResult:
         """Send one message straight to a queue (batched as ``publish``)."""
         return await self._result(self._enqueue(Opcode.SEND, queue, body, options))
 
@@ -482,7 +482,7 @@ class AsyncClient(AsyncClientAdministration):
         """Send many messages straight to a queue."""
         return await self._batch(Opcode.SEND, queue, entries)
 
-    def publish_nowait(self, topic: str, body: bytes, **options: Any
+    def publish_nowait(self, topic: str, body: Body, **options: Any
                        ) -> asyncio.Future[PublishResult]:
         """Add a message to this loop iteration's batch of ``topic``; a future of its result.
 
@@ -492,7 +492,7 @@ class AsyncClient(AsyncClientAdministration):
         """
         return self._enqueue(Opcode.PUBLISH, topic, body, options)
 
-    def send_nowait(self, queue: str, body: bytes, **options: Any
+    def send_nowait(self, queue: str, body: Body, **options: Any
                     ) -> asyncio.Future[PublishResult]:
         """Add a message to this loop iteration's batch of ``queue`` (as ``publish_nowait``)."""
         return self._enqueue(Opcode.SEND, queue, body, options)

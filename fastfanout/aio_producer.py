@@ -43,6 +43,7 @@ from fastfanout.remote import RemotePublishBatch
 
 if TYPE_CHECKING:
     from fastfanout.aio import AsyncClient
+    from fastfanout.records import Body
 
 __all__ = ["AsyncProducer"]
 
@@ -83,7 +84,7 @@ class AsyncProducer:
         self.published = 0
         self.refused_frames = 0
 
-    def offer(self, body: bytes | bytearray | memoryview) -> None:
+    def offer(self, body: Body) -> None:
         """Add a message; it leaves with its frame (when full, or at the next flush).
 
         Raises:

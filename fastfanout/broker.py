@@ -32,7 +32,7 @@ from fastfanout._ext.shmring import SharedRing
 from fastfanout.administration import Administration
 from fastfanout.errors import InvalidArgument, NotFound
 from fastfanout.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
-from fastfanout.records import Attributes, PublishEntry, PublishResult
+from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
 from fastfanout.settings import (
     MAX_DELAY,
     MAX_RECEIVE_BATCH,
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 def _entry(
-    body: bytes | bytearray | memoryview,
+    body: Body,
     attributes: Attributes | None,
     delay: float | None,
     deliver_at: float | datetime | None,
@@ -64,7 +64,7 @@ def _entry(
     dedup_id: str | None,
     priority: int | None,
     ttl: float | None,
-) -> bytes | bytearray | memoryview | PublishEntry:
+) -> Body | PublishEntry:
     """A bare body when nothing else is given (the fast path), else a PublishEntry."""
     if (attributes is None and delay is None and deliver_at is None and group_id is None
             and dedup_id is None and priority is None and ttl is None):
@@ -107,7 +107,7 @@ class Broker(Administration):
             return batch
 
     def _enqueue_one(self, topic: str | None, queue: str | None,
-                     entry: bytes | bytearray | memoryview | PublishEntry) -> PublishResult:
+                     entry: Body | PublishEntry) -> PublishResult:
         """``publish``/``send`` of one message: a batch of one."""
         result: PublishResult = self._enqueue(topic, queue, [entry])[0]
         return result
@@ -115,7 +115,7 @@ class Broker(Administration):
     def publish(
         self,
         topic: str,
-        body: bytes | bytearray | memoryview,
+        body: Body,
         *,
         attributes: Attributes | None = None,
         delay: float | None = None,
@@ -154,7 +154,7 @@ class Broker(Administration):
             body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
     def publish_batch(
-        self, topic: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
+        self, topic: str, entries: Iterable[Body | PublishEntry]
     ) -> PublishBatch:
         """Publish many messages at once: all are enqueued, or none.
 
@@ -170,7 +170,7 @@ class Broker(Administration):
     def send(
         self,
         queue: str,
-        body: bytes | bytearray | memoryview,
+        body: Body,
         *,
         attributes: Attributes | None = None,
         delay: float | None = None,
@@ -190,7 +190,7 @@ class Broker(Administration):
             body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
     def send_batch(
-        self, queue: str, entries: Iterable[bytes | bytearray | memoryview | PublishEntry]
+        self, queue: str, entries: Iterable[Body | PublishEntry]
     ) -> PublishBatch:
         """Send many messages straight to a queue: all are enqueued, or none."""
         return self._enqueue(None, queue, entries)

@@ -70,6 +70,7 @@ from fastfanout.local_transport import LocalTransport
 from fastfanout.protocol import Opcode, Status
 from fastfanout.records import (
     Attributes,
+    Body,
     ExponentialBackoff,
     PublishResult,
 )
@@ -522,7 +523,7 @@ class Client(ClientAdministration):
             if self._batches:
                 self._flush_batches()
 
-    def publish_nowait(self, topic: str, body: bytes | bytearray | memoryview, *,
+    def publish_nowait(self, topic: str, body: Body, *,
                        attributes: Attributes | None = None, delay: float | None = None,
                        deliver_at: float | datetime | None = None,
                        group_id: str | None = None, dedup_id: str | None = None,
@@ -535,7 +536,7 @@ class Client(ClientAdministration):
         return self._enqueue(Opcode.PUBLISH, topic, body, _options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
-    def send_nowait(self, queue: str, body: bytes | bytearray | memoryview, *,
+    def send_nowait(self, queue: str, body: Body, *,
                     attributes: Attributes | None = None, delay: float | None = None,
                     deliver_at: float | datetime | None = None, group_id: str | None = None,
                     dedup_id: str | None = None, priority: int | None = None,
@@ -544,7 +545,7 @@ class Client(ClientAdministration):
         return self._enqueue(Opcode.SEND, queue, body, _options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
-    def publish(self, topic: str, body: bytes | bytearray | memoryview, *,
+    def publish(self, topic: str, body: Body, *,
                 attributes: Attributes | None = None, delay: float | None = None,
                 deliver_at: float | datetime | None = None, group_id: str | None = None,
                 dedup_id: str | None = None, priority: int | None = None,
@@ -565,7 +566,7 @@ class Client(ClientAdministration):
         return self._enqueue(Opcode.PUBLISH, topic, body, _options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
 
-    def send(self, queue: str, body: bytes | bytearray | memoryview, *,
+    def send(self, queue: str, body: Body, *,
              attributes: Attributes | None = None, delay: float | None = None,
              deliver_at: float | datetime | None = None, group_id: str | None = None,
              dedup_id: str | None = None, priority: int | None = None,

@@ -38,6 +38,7 @@ from fastfanout.errors import Closed, InvalidArgument
 
 if TYPE_CHECKING:
     from fastfanout.broker import Broker
+    from fastfanout.records import Body
 
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_MAX_BYTES", "Producer"]
 
@@ -72,7 +73,7 @@ class Producer:
         self.published = 0
         self.full_count = 0
 
-    def offer(self, body: bytes | bytearray | memoryview) -> None:
+    def offer(self, body: Body) -> None:
         """Add a message; it is published by the next flush (or when the ring is full).
 
         Args:

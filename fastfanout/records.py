@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = [
     "AttributeValue",
     "Attributes",
+    "Body",
     "DeadLetterInfo",
     "ExponentialBackoff",
     "PublishEntry",
@@ -19,12 +23,16 @@ AttributeValue = str | int | float | bytes | list[str]
 Attributes = dict[str, AttributeValue]
 """Message attributes: name -> value."""
 
+Body: TypeAlias = "Buffer"
+"""A message body: bytes, or any C-contiguous buffer read as its bytes (bytearray, a
+memoryview of any format, ``array.array``, numpy arrays); copied when published."""
+
 
 class PublishEntry(NamedTuple):
     """One entry of ``publish_batch`` / ``send_batch`` when a bare body is not enough.
 
     Attributes:
-        body: the message body (bytes-like).
+        body: the message body (bytes or any C-contiguous buffer, see ``Body``).
         attributes: message attributes, or None.
         delay: seconds to hold the message before it becomes visible, or None for the
             queue's default delay.
@@ -35,7 +43,7 @@ class PublishEntry(NamedTuple):
         ttl: seconds the message may wait before it expires, or None.
     """
 
-    body: bytes | bytearray | memoryview
+    body: Body
     attributes: Attributes | None = None
     delay: float | None = None
     deliver_at: float | None = None

@@ -54,6 +54,7 @@ from fastfanout.settings import MAX_DELAY, seconds_to_us
 
 if TYPE_CHECKING:
     from fastfanout.client import Client
+    from fastfanout.records import Body
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "RemoteProducer", "producer_limits"]
 
@@ -92,7 +93,7 @@ class RemoteProducer:
         self.offered = 0
         self.published = 0
 
-    def offer(self, body: bytes | bytearray | memoryview) -> None:
+    def offer(self, body: Body) -> None:
         """Add a message; it leaves with its frame (when full, or at the next flush).
 
         Args:

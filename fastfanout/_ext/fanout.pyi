@@ -1,11 +1,13 @@
 from collections.abc import Iterable
 
+from typing_extensions import Buffer
+
 from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.store import Store
 from fastfanout.filter_policy import CompiledPolicy
 from fastfanout.records import PublishEntry
 
-_Entry = bytes | bytearray | memoryview | PublishEntry
+_Entry = Buffer | PublishEntry
 
 class Dispatcher:
     def __init__(self, store: Store) -> None: ...

@@ -137,8 +137,10 @@ def test_bytes_like_records():
     ring = Ring(4, 64)
     assert ring.offer(bytearray(b"ab")) and ring.offer(memoryview(b"cd"))
     assert ring.poll_many(2) == [b"ab", b"cd"]
-    with pytest.raises(InvalidArgument, match="record must be bytes-like"):
+    with pytest.raises(InvalidArgument, match="a body must be bytes-like"):
         ring.offer("text")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="a body must be a C-contiguous buffer"):
+        ring.offer(memoryview(b"abcd")[::2])
 
 
 # ---------------------------------------------------------------- batch forms
