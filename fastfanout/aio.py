@@ -18,9 +18,17 @@ at ``batch_messages``/``batch_bytes``, on ``flush()``, or before any other reque
 publishes keep their order); a batch is atomic on the broker, as in the blocking client,
 and ``close()`` sends what is pending and waits for the answers.
 ``publish_batch_nowait()``/``send_batch_nowait()`` send a whole batch at once and return a
-future of its results, like the blocking client's. ``await producer(topic)`` is the
-per-message fast path (``fastfanout.aio_producer``: synchronous ``offer()``, awaited
-``drain()``/``flush()``); ``close()`` closes the producers still open first.
+future of its results, like the blocking client's. ``async with client.producer(topic)``
+(or ``await client.producer(topic)``) is the per-message fast path
+(``fastfanout.aio_producer``: synchronous ``offer()``, awaited ``drain()``/``flush()``);
+``close()`` closes the producers still open first.
+
+Every call is awaitable except the iterators (``consume``, ``consume_batches``: use
+``async for``) and ``closed``. The plain calls return something awaitable: futures
+(``*_nowait``, ``flush()``, whose future is its answers), ``Opening`` (``producer``,
+``connect``), the listener itself (``listen``), or the already-complete ``DONE``
+(``message.ack()`` and its kind, ``listener.close()``, ``producer.offer()``), so
+``await`` works on each as it reads.
 
 ``message.ack()`` (synchronous, so it cannot await) queues the receipt; the acks of one
 event-loop iteration leave together, as one SETTLE with a frame per receipt (each acked
@@ -38,9 +46,9 @@ import os
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -48,7 +56,7 @@ from fastfanout import protocol
 from fastfanout._ext.wire import encode_entries
 from fastfanout.aio_admin import AsyncClientAdministration
 from fastfanout.aio_producer import AsyncProducer
-from fastfanout.consumers import DeliveryBatch
+from fastfanout.consumers import DeliveryBatch, check_inactivity_timeout
 from fastfanout.errors import (
     BrokenConnection,
     Closed,
@@ -72,6 +80,8 @@ from fastfanout.local_transport import AsyncLocalTransport
 from fastfanout.protocol import Opcode, Status
 from fastfanout.records import Body, PublishResult
 from fastfanout.remote import (
+    DONE,
+    Done,
     RemoteMessage,
     RemotePublishBatch,
     StreamMessage,
@@ -88,7 +98,7 @@ from fastfanout.transport import (
     client_curve,
 )
 
-__all__ = ["AsyncClient", "AsyncListener", "connect"]
+__all__ = ["AsyncClient", "AsyncListener", "Opening", "connect"]
 
 _NO_CREDIT = protocol.encode_payload([0, 0])
 
@@ -175,9 +185,17 @@ class AsyncListener:
                 self._pending.extend(batch)
         return self._pending.popleft()
 
-    def close(self) -> None:
-        """Close the SUB socket."""
+    def __await__(self) -> Generator[Any, None, AsyncListener]:
+        """``await client.listen(...)`` is the listener itself (it is ready at once)."""
+        return self._ready().__await__()
+
+    async def _ready(self) -> AsyncListener:
+        return self
+
+    def close(self) -> Done:
+        """Close the SUB socket (at once); returns ``DONE``, so it may be awaited."""
         self._transport.close()
+        return DONE
 
     async def __aenter__(self) -> AsyncListener:
         return self
@@ -446,20 +464,28 @@ class AsyncClient(AsyncClientAdministration):
         """
         return await self._result(self._enqueue(Opcode.PUBLISH, topic, body, options))
 
-    async def producer(self, topic: str, *, batch_messages: int | None = None,
-                       batch_bytes: int | None = None,
-                       max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                       linger: float | None = None) -> AsyncProducer:
+    def producer(self, topic: str, *, batch_messages: int | None = None,
+                 batch_bytes: int | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 linger: float | None = None) -> Opening[AsyncProducer]:
         """A producer: synchronous ``offer()``, awaited ``drain()`` and ``flush()``.
 
-        See ``fastfanout.aio_producer``; the arguments are ``Client.producer``'s, but
+        ``async with client.producer(topic) as producer:`` (closed, so flushed, at the
+        end), or ``producer = await client.producer(topic)``. See
+        ``fastfanout.aio_producer``; the arguments are ``Client.producer``'s, but
         ``linger`` defaults to 0: a frame that is not full leaves when this event-loop
         iteration ends, as ``publish_nowait`` batches do.
 
         Raises:
-            NotFound: the topic does not exist.
-            InvalidArgument: a limit is not a positive int.
+            NotFound: the topic does not exist (when awaited or entered).
+            InvalidArgument: a limit is not a positive int (when awaited or entered).
         """
+        return Opening(lambda: self._open_producer(topic, batch_messages, batch_bytes,
+                                                   max_in_flight, linger))
+
+    async def _open_producer(self, topic: str, batch_messages: int | None,
+                             batch_bytes: int | None, max_in_flight: int,
+                             linger: float | None) -> AsyncProducer:
         batch_messages, batch_bytes, linger = producer_limits(
             topic, batch_messages, batch_bytes, max_in_flight, linger,
             (self.batch_messages, self.batch_bytes, 0.0))
@@ -571,9 +597,30 @@ class AsyncClient(AsyncClientAdministration):
 
         reply.add_done_callback(done)
 
-    def flush(self) -> None:
-        """Send this loop iteration's publish batches now (does not wait for the answers)."""
+    def flush(self) -> asyncio.Future[None]:
+        """Send this loop iteration's publish batches now; a future of their answers.
+
+        A plain call sends and returns at once, as the blocking client's ``flush()``;
+        ``await client.flush()`` also waits until every publish frame sent so far (these
+        batches, ``*_batch_nowait`` ones, producers' frames) has its answer, or the
+        connection is lost. It does not raise a publish's refusal: each publish's own
+        future holds its result or error.
+        """
         self._flush_batches()
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = set(self._in_flight)
+        if not waiting:
+            answered.set_result(None)
+            return answered
+
+        def one_answered(reply: asyncio.Future[list[bytes]]) -> None:
+            waiting.discard(reply)
+            if not waiting and not answered.done():
+                answered.set_result(None)
+
+        for reply in list(waiting):
+            reply.add_done_callback(one_answered)
+        return answered
 
     def publish_batch_nowait(self, topic: str, entries: Iterable[Any]
                              ) -> asyncio.Future[RemotePublishBatch]:
@@ -663,22 +710,34 @@ class AsyncClient(AsyncClientAdministration):
         return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern, self._curve)
 
     async def consume(self, queue: str, *, prefetch: int = 100,
-                      visibility_timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
-        """Iterate (``async for``) over pushed messages.
+                      visibility_timeout: float | None = None,
+                      timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
+        """Iterate (``async for``) over pushed messages: a plain call, not awaited.
 
         A batch's credit returns when the iteration moves past its last message.
+        Arguments as ``Client.consume``: with ``timeout``, the iteration ends (and the
+        consumer is cancelled) when no message arrives within that many seconds.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not None or finite seconds > 0 (on the first
+                step of the iteration).
         """
-        async for frames in self._pushes(queue, prefetch, visibility_timeout):
+        async for frames in self._pushes(queue, prefetch, visibility_timeout, timeout):
             messages = decode_delivery(frames, self._owner, None, queue)
             for message in messages:
                 yield message
             self._credit(frames, len(messages))
 
     async def consume_batches(self, queue: str, *, prefetch: int = 1000,
-                              visibility_timeout: float | None = None
+                              visibility_timeout: float | None = None,
+                              timeout: float | None = None
                               ) -> AsyncIterator[list[RemoteMessage]]:
-        """Iterate over pushed batches; credit returns when you ask for the next one."""
-        async for frames in self._pushes(queue, prefetch, visibility_timeout):
+        """Iterate (``async for``) over pushed batches (a plain call, not awaited).
+
+        A batch's credit returns when you ask for the next one; ``timeout`` as
+        ``consume``'s.
+        """
+        async for frames in self._pushes(queue, prefetch, visibility_timeout, timeout):
             messages = decode_delivery(frames, self._owner, None, queue)
             yield messages
             self._credit(frames, len(messages))
@@ -688,8 +747,9 @@ class AsyncClient(AsyncClientAdministration):
         if consumer_id is not None:
             self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])
 
-    async def _pushes(self, queue: str, prefetch: int, visibility_timeout: float | None
-                      ) -> AsyncIterator[list[bytes]]:
+    async def _pushes(self, queue: str, prefetch: int, visibility_timeout: float | None,
+                      timeout: float | None) -> AsyncIterator[list[bytes]]:
+        timeout = check_inactivity_timeout(timeout)
         request_id = self._send(Opcode.CONSUME, [protocol.encode_payload([[], {
             "queue": queue, "prefetch": prefetch, "visibility_timeout": visibility_timeout}])])
         future = self._futures[request_id] = asyncio.get_running_loop().create_future()
@@ -698,7 +758,14 @@ class AsyncClient(AsyncClientAdministration):
         try:
             await asyncio.wait_for(future, self.timeout)
             while True:
-                item = await pushes.get()
+                if timeout is None or not pushes.empty():
+                    item = await pushes.get()
+                else:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            item = await pushes.get()
+                    except TimeoutError:   # nothing came in time: the iteration ends
+                        return
                 if isinstance(item, FastFanoutError):
                     raise item
                 self._consumer_of[id(item)] = request_id
@@ -756,31 +823,45 @@ class AsyncClient(AsyncClientAdministration):
         await self.close()
 
 
-class _Connecting:
-    """What ``connect`` returns: await it, or use it in ``async with``."""
+class _Closeable(Protocol):
+    async def close(self) -> None: ...
 
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
 
-    def __await__(self) -> Any:
-        return self._client._start().__await__()
+_Opened = TypeVar("_Opened", bound=_Closeable)
 
-    async def __aenter__(self) -> AsyncClient:
-        return await self._client._start()
+
+class Opening(Generic[_Opened]):
+    """What a call that opens something returns (``connect``, ``AsyncClient.producer``).
+
+    ``await`` it for the opened thing, or use it in ``async with``, which awaits
+    ``close()`` at the end. Nothing happens until one or the other.
+    """
+
+    def __init__(self, open_: Callable[[], Coroutine[Any, Any, _Opened]]) -> None:
+        self._open = open_
+        self._opened: _Opened | None = None
+
+    def __await__(self) -> Generator[Any, None, _Opened]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> _Opened:
+        self._opened = await self._open()
+        return self._opened
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, traceback: TracebackType | None) -> None:
-        await self._client.close()
+        if self._opened is not None:
+            await self._opened.close()
 
 
-def connect(endpoint: str | None = None, **options: Any) -> _Connecting:
+def connect(endpoint: str | None = None, **options: Any) -> Opening[AsyncClient]:
     """Open an asyncio connection (await it, or use it with ``async with``).
 
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
         **options: keyword arguments of ``AsyncClient``.
     """
-    return _Connecting(AsyncClient(endpoint, **options))
+    return Opening(AsyncClient(endpoint, **options)._start)
 
 
 _ = DeliveryBatch

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from fastfanout._ext.wire import FrameBuilder, count_of
 from fastfanout.errors import Closed, FastFanoutError
 from fastfanout.protocol import Opcode
-from fastfanout.remote import RemotePublishBatch
+from fastfanout.remote import DONE, Done, RemotePublishBatch
 
 if TYPE_CHECKING:
     from fastfanout.aio import AsyncClient
@@ -50,6 +50,8 @@ __all__ = ["AsyncProducer"]
 
 class AsyncProducer:
     """Offers messages to one topic; made by ``AsyncClient.producer(topic)``.
+
+    ``async with client.producer(topic) as producer:`` closes (so flushes) it at the end.
 
     Use from one task at a time.
 
@@ -84,12 +86,15 @@ class AsyncProducer:
         self.published = 0
         self.refused_frames = 0
 
-    def offer(self, body: Body) -> None:
+    def offer(self, body: Body) -> Done:
         """Add a message; it leaves with its frame (when full, or at the next flush).
+
+        A plain call that never waits (``await drain()`` bounds the frames held); it
+        returns ``DONE``, so ``await producer.offer(body)`` works as well.
 
         Raises:
             Closed: the producer was closed.
-            InvalidArgument: ``body`` is not bytes-like.
+            InvalidArgument: ``body`` is not bytes or a C-contiguous buffer.
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
         """
         if self._closed:
@@ -105,6 +110,7 @@ class AsyncProducer:
             self._loop.call_later(self._linger, self._linger_send, self._frames_opened)
         if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
             self._close_frame()
+        return DONE
 
     def _linger_send(self, frame_number: int) -> None:
         """The open frame is ``linger`` old (if it is still the one the timer was for)."""

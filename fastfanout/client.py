@@ -46,7 +46,7 @@ from fastfanout._ext.wire import (
     encode_entries,
 )
 from fastfanout.client_admin import ClientAdministration
-from fastfanout.consumers import Consumer, DeliveryBatch, Listener
+from fastfanout.consumers import Consumer, DeliveryBatch, Listener, check_inactivity_timeout
 from fastfanout.errors import (
     BrokenConnection,
     Closed,
@@ -672,20 +672,29 @@ class Client(ClientAdministration):
         self._call(Opcode.TERM, receipt)
 
     def consume(self, queue: str, *, prefetch: int = 100,
-                visibility_timeout: float | None = None) -> Consumer:
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> Consumer:
         """Start a push consumer: iterate it for messages, ``next_batch()`` for batches.
 
         Args:
             queue: the queue to consume.
             prefetch: most unsettled messages the broker pushes at once (credit).
             visibility_timeout: lease of each pushed message, seconds (default: queue's).
+            timeout: end the iteration when no message arrives within this many seconds
+                of asking for the next one (the consumer is then cancelled), as pika's
+                ``inactivity_timeout``; None (the default) waits forever.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not None or finite seconds > 0.
         """
+        timeout = check_inactivity_timeout(timeout)
         pending = self._request(Opcode.CONSUME, [protocol.encode_payload([[], {
             "queue": queue, "prefetch": prefetch,
             "visibility_timeout": visibility_timeout}])])
         with self._lock:
             request_id = next(rid for rid, other in self._pending.items() if other is pending)
-            consumer = self._consumers[request_id] = Consumer(self, queue, prefetch, request_id)
+            consumer = self._consumers[request_id] = Consumer(self, queue, prefetch, request_id,
+                                                              timeout)
         try:
             self._wait(pending, None)
         except FastFanoutError:
@@ -694,14 +703,20 @@ class Client(ClientAdministration):
         return consumer
 
     def consume_batches(self, queue: str, *, prefetch: int = 1000,
-                        visibility_timeout: float | None = None) -> Iterator[DeliveryBatch]:
-        """Iterate over pushed batches; ``batch.ack()`` settles a batch and returns credit."""
-        consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout)
+                        visibility_timeout: float | None = None,
+                        timeout: float | None = None) -> Iterator[DeliveryBatch]:
+        """Iterate over pushed batches; ``batch.ack()`` settles a batch and returns credit.
+
+        ``timeout``: as ``consume``'s, the iteration ends when no batch arrives in time.
+        """
+        consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout,
+                                timeout=timeout)
         try:
             while True:
-                batch = consumer.next_batch(None)
-                if batch is not None:
-                    yield batch
+                batch = consumer.next_batch(consumer.timeout)
+                if batch is None:   # only with a timeout: nothing came in time
+                    return
+                yield batch
         finally:
             consumer.cancel()
 

@@ -10,6 +10,7 @@ makes no Python object per message.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections import deque
@@ -34,10 +35,26 @@ from fastfanout.transport import CurveKeys, SubTransport
 if TYPE_CHECKING:
     from fastfanout.client import Client
 
-__all__ = ["SETTLE_MAX_RECEIPTS", "Consumer", "DeliveryBatch", "Listener"]
+__all__ = [
+    "SETTLE_MAX_RECEIPTS",
+    "Consumer",
+    "DeliveryBatch",
+    "Listener",
+    "check_inactivity_timeout",
+]
 
 SETTLE_MAX_RECEIPTS = 65_536
 """Most receipts one SETTLE request carries (512 KiB): queued batch acks go at this many."""
+
+
+def check_inactivity_timeout(timeout: object) -> float | None:
+    """A consumer's ``timeout`` (seconds > 0, or None), or ``InvalidArgument``."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not (
+            math.isfinite(timeout) and timeout > 0):
+        raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0, or None")
+    return float(timeout)
 
 
 class Consumer(Iterator[RemoteMessage]):
@@ -46,11 +63,15 @@ class Consumer(Iterator[RemoteMessage]):
     Attributes:
         queue: the queue consumed.
         prefetch: most unsettled messages the broker pushes to this consumer.
+        timeout: seconds the iteration waits for a message before it ends (and the
+            consumer is cancelled), as pika's ``inactivity_timeout``; None: forever.
     """
 
-    def __init__(self, client: Client, queue: str, prefetch: int, request_id: int) -> None:
+    def __init__(self, client: Client, queue: str, prefetch: int, request_id: int,
+                 timeout: float | None = None) -> None:
         self.queue = queue
         self.prefetch = prefetch
+        self.timeout = timeout
         self._client = client
         self._request_id = request_id
         self._batches: deque[list[bytes]] = deque()
@@ -136,8 +157,10 @@ class Consumer(Iterator[RemoteMessage]):
 
     def __next__(self) -> RemoteMessage:
         if not self._messages:
-            frames = self._next_frames(None)
-            assert frames is not None
+            frames = self._next_frames(self.timeout)
+            if frames is None:   # nothing came for ``timeout`` seconds: the iteration ends
+                self.cancel()
+                raise StopIteration
             self._messages.extend(decode_delivery(frames, self._client, self, self.queue))
         return self._messages.popleft()
 

@@ -10,9 +10,9 @@ embedded twin (``RemoteMessage`` has the attributes of ``fastfanout.Message``,
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Final, overload
 
 from fastfanout import protocol
 from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from fastfanout.consumers import Consumer
 
 __all__ = [
+    "DONE",
+    "Done",
     "RemoteMessage",
     "RemotePublishBatch",
     "StreamBatch",
@@ -28,6 +30,28 @@ __all__ = [
     "decode_delivery",
     "stream_prefix",
 ]
+
+class Done:
+    """An awaitable that is already complete (``await`` it: None at once, no allocation).
+
+    What the plain calls that code may await return: ``message.ack()`` and its kind, and
+    the asyncio listener's ``close()``. They act at once (an asyncio message's ack is
+    queued for this loop iteration's SETTLE); ``await message.ack()`` then works as it
+    reads, in asyncio code, and a blocking caller just ignores the value.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+    def __repr__(self) -> str:
+        return "DONE"
+
+
+DONE: Final = Done()
+"""The one ``Done`` instance."""
+
 
 def _options(attributes: Attributes | None, delay: float | None,
              deliver_at: float | datetime | None, group_id: str | None, dedup_id: str | None,
@@ -88,45 +112,53 @@ class RemoteMessage:
             self._consumer._return_credit(1)
             self._consumer = None
 
-    def ack(self) -> None:
-        """Delete the message (its lease must still run).
+    def ack(self) -> Done:
+        """Delete the message (its lease must still run); returns ``DONE`` (awaitable).
 
         A message pushed to a blocking client's consumer (``consume``) is acked
         pipelined, with that consumer's other acks and credit in one SETTLE within the
         client's linger, as ``DeliveryBatch.ack()`` does: a stale receipt is then counted
         by the broker (``error.stale_receipt``), not raised. Otherwise (``receive``, a
         cancelled consumer) the call waits and raises ``StaleReceipt``; the asyncio client
-        queues it for its loop iteration. ``client.ack(message.receipt)`` always waits.
+        queues it for its loop iteration (``await message.ack()`` works too, and does not
+        wait for the broker). ``await client.ack(message.receipt)`` always waits.
         """
         consumer = self._consumer
         if consumer is not None and not consumer.closed:
             self._consumer = None
             consumer._defer_settle(protocol.encode_receipt(self.receipt), 1)
-            return
+            return DONE
         try:
             self._owner.ack(self.receipt)
         finally:
             self._settled()
+        return DONE
 
-    def nack(self, delay: float | None = None) -> None:
-        """End the lease; visible again after ``delay`` seconds (None: queue backoff)."""
+    def nack(self, delay: float | None = None) -> Done:
+        """End the lease; visible again after ``delay`` seconds (None: queue backoff).
+
+        Returns ``DONE`` (awaitable; the asyncio client sends the request at once).
+        """
         try:
             self._owner.nack(self.receipt, delay=delay)
         finally:
             self._settled()
+        return DONE
 
-    def extend(self, seconds: float) -> None:
-        """Make the lease end ``seconds`` from now (0: give the message back)."""
+    def extend(self, seconds: float) -> Done:
+        """Make the lease end ``seconds`` from now (0: give the message back); ``DONE``."""
         self._owner.extend(self.receipt, seconds)
         if seconds == 0:
             self._settled()
+        return DONE
 
-    def term(self) -> None:
-        """Dead-letter the message at once (reason ``rejected``)."""
+    def term(self) -> Done:
+        """Dead-letter the message at once (reason ``rejected``); returns ``DONE``."""
         try:
             self._owner.term(self.receipt)
         finally:
             self._settled()
+        return DONE
 
     def __repr__(self) -> str:
         return (f"RemoteMessage(id={self.id}, queue={self.queue!r}, "
