@@ -10,7 +10,7 @@ embedded twin (``RemoteMessage`` has the attributes of ``fastfanout.Message``,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, overload
 
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 class Done:
-    """An awaitable that is already complete (``await`` it: None at once, no allocation).
+    """An awaitable that is already complete (``await`` it: None at once).
 
     What the plain calls that code may await return: ``message.ack()`` and its kind, and
     the asyncio listener's ``close()``. They act at once (an asyncio message's ack is
@@ -42,8 +42,9 @@ class Done:
 
     __slots__ = ()
 
-    def __await__(self) -> Iterator[None]:
-        return iter(())
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield   # a generator that ends at once: ``await DONE`` is None, without suspending
 
     def __repr__(self) -> str:
         return "DONE"
