@@ -94,6 +94,104 @@ cdef bytes _id_bytes(object value, str what):
     return encoded
 
 
+cdef Py_ssize_t _append_body(FrameBuilder self, object body, Py_ssize_t index) except -1:
+    """Append a record with only a body; returns its index (``index``: the body's
+    position in the caller's list, named in an error)."""
+    cdef ff_record_view view
+    cdef Py_buffer buffer
+    cdef int status
+    _clear(&view)
+    if type(body) is bytes:
+        view.body = PyBytes_AS_STRING(body)
+        view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
+        status = ff_out_append_record(&self.out, &view)
+    else:
+        ff_body_buffer(body, &buffer, index)
+        try:
+            view.body = <const char*>buffer.buf
+            view.body_len = <uint32_t>buffer.len
+            status = ff_out_append_record(&self.out, &view)
+        finally:
+            PyBuffer_Release(&buffer)
+    if status != FF_CODEC_OK:
+        raise InvalidArgument(f"cannot add the record: {status_text(status)}")
+    self.body_bytes += view.body_len
+    return self.out.count - 1
+
+
+cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes, object delay,
+                              object deliver_at, object group_id, object dedup_id,
+                              object priority, object ttl, Py_ssize_t index) except -1:
+    """Append one publish record; returns its index (``index``: the entry's position in
+    the caller's list, named in a body's error)."""
+    cdef ff_record_view view
+    cdef Py_buffer buffer
+    cdef bint have_buffer = False
+    cdef bytes attrs = None
+    cdef bytes group = _id_bytes(group_id, "group_id")
+    cdef bytes dedup = _id_bytes(dedup_id, "dedup_id")
+    cdef int status
+    cdef double now = 0.0   # set when delay or ttl needs it; 0 keeps gcc from warning
+    _clear(&view)
+    if attributes:
+        if type(attributes) is not dict:
+            raise InvalidArgument(
+                f"attributes must be a dict, got {type(attributes).__name__}")
+        attrs = _encode_msgpack(attributes)
+        view.attrs = PyBytes_AS_STRING(attrs)
+        view.attrs_len = <uint32_t>PyBytes_GET_SIZE(attrs)
+    if delay is not None and deliver_at is not None:
+        raise InvalidArgument("give delay or deliver_at, not both")
+    if delay is not None or ttl is not None:
+        from time import time
+        now = time()
+    if delay is not None:
+        view.flags |= FF_FLAG_DELIVER_AT
+        view.deliver_at_us = <int64_t>round(now * 1e6) + _seconds_us(delay, "delay")
+    elif deliver_at is not None:
+        if isinstance(deliver_at, datetime):
+            if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
+                raise InvalidArgument(
+                    f"deliver_at datetime {deliver_at!r} must be timezone-aware")
+            deliver_at = deliver_at.timestamp()
+        if type(deliver_at) is not float and type(deliver_at) is not int or \
+                not isfinite(deliver_at):
+            raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
+        view.flags |= FF_FLAG_DELIVER_AT
+        view.deliver_at_us = <int64_t>round(deliver_at * 1e6)
+    if ttl is not None:
+        view.flags |= FF_FLAG_EXPIRES
+        view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + _seconds_us(ttl, "ttl"))
+    if priority is not None:
+        if type(priority) is not int or not 0 <= priority <= 255:
+            raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
+        view.flags |= FF_FLAG_PRIORITY
+        view.priority = <uint8_t>priority
+    if group is not None:
+        view.group = PyBytes_AS_STRING(group)
+        view.group_len = <uint32_t>PyBytes_GET_SIZE(group)
+    if dedup is not None:
+        view.dedup = PyBytes_AS_STRING(dedup)
+        view.dedup_len = <uint32_t>PyBytes_GET_SIZE(dedup)
+    if type(body) is bytes:
+        view.body = PyBytes_AS_STRING(body)
+        view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
+    else:
+        ff_body_buffer(body, &buffer, index)
+        have_buffer = True
+        view.body = <const char*>buffer.buf
+        view.body_len = <uint32_t>buffer.len
+    try:
+        status = ff_out_append_record(&self.out, &view)
+    finally:
+        if have_buffer:
+            PyBuffer_Release(&buffer)
+    if status != FF_CODEC_OK:
+        raise InvalidArgument(f"cannot add the record: {status_text(status)}")
+    self.body_bytes += view.body_len
+    return self.out.count - 1
+
+
 @cython.final
 cdef class FrameBuilder:
     """A publish batch being built: records appended in place, taken as one frame."""
@@ -115,104 +213,15 @@ cdef class FrameBuilder:
         """Bytes of the frame so far."""
         return self.out.length
 
-    def append_body(self, body, Py_ssize_t index=0):
-        """Append a record with only a body (the fast path); returns its index.
-
-        ``index``: the body's position in the caller's list, named in an error.
-        """
-        cdef ff_record_view view
-        cdef Py_buffer buffer
-        cdef int status
-        _clear(&view)
-        if type(body) is bytes:
-            view.body = PyBytes_AS_STRING(body)
-            view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
-            status = ff_out_append_record(&self.out, &view)
-        else:
-            ff_body_buffer(body, &buffer, index)
-            try:
-                view.body = <const char*>buffer.buf
-                view.body_len = <uint32_t>buffer.len
-                status = ff_out_append_record(&self.out, &view)
-            finally:
-                PyBuffer_Release(&buffer)
-        if status != FF_CODEC_OK:
-            raise InvalidArgument(f"cannot add the record: {status_text(status)}")
-        self.body_bytes += view.body_len
-        return self.out.count - 1
+    def append_body(self, body):
+        """Append a record with only a body (the fast path); returns its index."""
+        return _append_body(self, body, 0)
 
     def append(self, body, attributes=None, delay=None, deliver_at=None, group_id=None,
-               dedup_id=None, priority=None, ttl=None, Py_ssize_t index=0):
-        """Append one publish record (the arguments of ``publish``); returns its index.
-
-        ``index``: the entry's position in the caller's list, named in a body's error.
-        """
-        cdef ff_record_view view
-        cdef Py_buffer buffer
-        cdef bint have_buffer = False
-        cdef bytes attrs = None
-        cdef bytes group = _id_bytes(group_id, "group_id")
-        cdef bytes dedup = _id_bytes(dedup_id, "dedup_id")
-        cdef int status
-        cdef double now = 0.0   # set when delay or ttl needs it; 0 keeps gcc from warning
-        _clear(&view)
-        if attributes:
-            if type(attributes) is not dict:
-                raise InvalidArgument(
-                    f"attributes must be a dict, got {type(attributes).__name__}")
-            attrs = _encode_msgpack(attributes)
-            view.attrs = PyBytes_AS_STRING(attrs)
-            view.attrs_len = <uint32_t>PyBytes_GET_SIZE(attrs)
-        if delay is not None and deliver_at is not None:
-            raise InvalidArgument("give delay or deliver_at, not both")
-        if delay is not None or ttl is not None:
-            from time import time
-            now = time()
-        if delay is not None:
-            view.flags |= FF_FLAG_DELIVER_AT
-            view.deliver_at_us = <int64_t>round(now * 1e6) + _seconds_us(delay, "delay")
-        elif deliver_at is not None:
-            if isinstance(deliver_at, datetime):
-                if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
-                    raise InvalidArgument(
-                        f"deliver_at datetime {deliver_at!r} must be timezone-aware")
-                deliver_at = deliver_at.timestamp()
-            if type(deliver_at) is not float and type(deliver_at) is not int or \
-                    not isfinite(deliver_at):
-                raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
-            view.flags |= FF_FLAG_DELIVER_AT
-            view.deliver_at_us = <int64_t>round(deliver_at * 1e6)
-        if ttl is not None:
-            view.flags |= FF_FLAG_EXPIRES
-            view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + _seconds_us(ttl, "ttl"))
-        if priority is not None:
-            if type(priority) is not int or not 0 <= priority <= 255:
-                raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
-            view.flags |= FF_FLAG_PRIORITY
-            view.priority = <uint8_t>priority
-        if group is not None:
-            view.group = PyBytes_AS_STRING(group)
-            view.group_len = <uint32_t>PyBytes_GET_SIZE(group)
-        if dedup is not None:
-            view.dedup = PyBytes_AS_STRING(dedup)
-            view.dedup_len = <uint32_t>PyBytes_GET_SIZE(dedup)
-        if type(body) is bytes:
-            view.body = PyBytes_AS_STRING(body)
-            view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
-        else:
-            ff_body_buffer(body, &buffer, index)
-            have_buffer = True
-            view.body = <const char*>buffer.buf
-            view.body_len = <uint32_t>buffer.len
-        try:
-            status = ff_out_append_record(&self.out, &view)
-        finally:
-            if have_buffer:
-                PyBuffer_Release(&buffer)
-        if status != FF_CODEC_OK:
-            raise InvalidArgument(f"cannot add the record: {status_text(status)}")
-        self.body_bytes += view.body_len
-        return self.out.count - 1
+               dedup_id=None, priority=None, ttl=None):
+        """Append one publish record (the arguments of ``publish``); returns its index."""
+        return _append_entry(self, body, attributes, delay, deliver_at, group_id, dedup_id,
+                             priority, ttl, 0)
 
     cdef int _append_bytes(self, bytes body) except -1:
         cdef ff_record_view view
@@ -233,9 +242,11 @@ cdef class FrameBuilder:
             if type(entry) is bytes:
                 self._append_bytes(<bytes>entry)   # the common case, without a Python call
             elif isinstance(entry, PublishEntry):
-                self.append(*entry, index=index)
+                body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl = entry
+                _append_entry(self, body, attributes, delay, deliver_at, group_id, dedup_id,
+                              priority, ttl, index)
             else:
-                self.append_body(entry, index)
+                _append_body(self, entry, index)
             index += 1
 
     def take(self):
