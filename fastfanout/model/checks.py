@@ -249,9 +249,22 @@ def parse_entry(item: object, now_us: int, *, attributes: object = None,
         if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
             raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
         level = priority
-    if not isinstance(item, bytes | bytearray | memoryview):
-        raise InvalidArgument(f"a body must be bytes-like, got {type(item).__name__}")
-    body = bytes(item)
+    body = _body_bytes(item)
     checked = check_attributes(attributes)
     return Entry(body, checked, len(body) + attributes_size(checked), due_us, expires_us,
                  checked_group, checked_dedup, level)
+
+
+def _body_bytes(item: object) -> bytes:
+    """A body's bytes: any C-contiguous buffer, whatever its item format."""
+    if type(item) is bytes:
+        return item
+    try:
+        view = memoryview(item)   # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgument(f"a body must be bytes-like, got {type(item).__name__}") from None
+    with view:
+        if not view.c_contiguous:
+            raise InvalidArgument(
+                f"a body must be a C-contiguous buffer; this {type(item).__name__} is not")
+        return view.tobytes()

@@ -16,6 +16,7 @@ import pytest
 
 import fastfanout
 from fastfanout import aio
+from fastfanout.model import ModelBroker
 
 # every body as its flat bytes, in the exporter's memory order
 GOOD_BODIES: list[Any] = [
@@ -81,6 +82,22 @@ def test_the_embedded_broker_takes_any_contiguous_buffer() -> None:
             with pytest.raises(fastfanout.InvalidArgument, match=CONTIGUOUS_FAULT):
                 producer.offer(NON_CONTIGUOUS[0])
         assert broker.stats().queues["q"].visible == 0   # nothing of a refused call
+
+
+def test_the_reference_model_takes_and_refuses_the_same_bodies() -> None:
+    model = ModelBroker()
+    model.create_topic("t")
+    model.create_queue("q")
+    model.subscribe("t", "q")
+    for body in GOOD_BODIES:
+        model.publish("t", body)
+    assert [m.body for m in model.receive("q", max_messages=100)] == EXPECTED
+    for body in NON_CONTIGUOUS:
+        with pytest.raises(fastfanout.InvalidArgument, match="C-contiguous"):
+            model.publish("t", body)
+    for body in ("text", 5):
+        with pytest.raises(fastfanout.InvalidArgument, match="bytes-like"):
+            model.publish("t", body)
 
 
 def test_clients_take_and_refuse_the_bodies_the_broker_does(track: Tracker) -> None:
