@@ -33,7 +33,7 @@ cdef inline int ff_body_buffer(object body, Py_buffer* view, Py_ssize_t index) e
         try:
             PyObject_GetBuffer(body, view, PyBUF_SIMPLE)
             return 0
-        except Exception:   # BufferError (memoryview), ValueError (numpy), ...
+        except (BufferError, ValueError, TypeError):   # memoryview, numpy, others: refused
             pass
         _refuse_body(body, index, True)
     _refuse_body(body, index, False)
