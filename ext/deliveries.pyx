@@ -14,7 +14,10 @@ what the caller asked for, in one of two shapes:
   object.
 
 Both lease through ``Store._lease_next``, which settles expired messages and exhausted
-receive counts on the way, so both shapes obey the same rules.
+receive counts on the way, so both shapes obey the same rules. ``receive`` leases for
+owner 0 (the embedded broker); ``receive_push`` for the owner tag it is given, and never
+past that owner's credit (its prefetch minus the leases it holds, counted by the store),
+so the push path's flow control costs no Python per message.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -69,7 +72,7 @@ def receive(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
     cdef const char* tail
     level = self.queues[qid].levels - 1
     while len(received) < max_messages:
-        slot = self._lease_next(qid, &level, lease_us, now_us)
+        slot = self._lease_next(qid, &level, lease_us, now_us, 0)
         if slot == NIL:
             break
         entry = &self.entries[slot]
@@ -120,8 +123,11 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
 
 
 def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                 int64_t now_us, SharedRing ring, bytes header):
+                 int64_t now_us, SharedRing ring, bytes header, object owner=0):
     """Lease like ``receive`` but as one codec frame of delivery records, for the server.
+
+    The leases are ``owner``'s (an open owner tag): at most its credit of them (its
+    ``limit`` minus the leases it holds), so a consumer never holds more than its prefetch.
 
     Each record carries id, timestamp, body, attributes, group and dedup ids, priority
     (flag), receipt (flag) and receive count. A dead-lettered copy has the dead-letter
@@ -142,7 +148,11 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
         ``WROTE`` with a frame (not written: no ring, no room, too large, or nothing
         leased — ``count`` 0 and an empty frame).
     """
-    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us)
+    cdef uint32_t tag = self.require_owner(owner)
+    cdef uint64_t credit = self.owner_credit(tag)
+    if <uint64_t>max_messages > credit:
+        max_messages = <Py_ssize_t>credit
+    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us, tag)
     cdef bytes receipts = PyBytes_FromStringAndSize(NULL, 8 * leased.count)
     cdef uint64_t end
     cdef char* out
@@ -167,7 +177,7 @@ cdef class _Leased:
 
 
 cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                    int64_t now_us):
+                    int64_t now_us, uint32_t owner):
     """The first pass: lease up to ``max_messages``, noting each slot and the frame size."""
     cdef ff_record_view record
     cdef _Leased leased = _Leased.__new__(_Leased)
@@ -180,7 +190,7 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
     leased.total = FF_BATCH_HEADER_SIZE
     leased.dead_infos = None
     while leased.count < max_messages:
-        slot = self._lease_next(qid, &level, lease_us, now_us)
+        slot = self._lease_next(qid, &level, lease_us, now_us, owner)
         if slot == NIL:
             break
         dead_info = None

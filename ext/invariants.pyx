@@ -2,7 +2,8 @@
 
 ``check(store)`` walks every queue's lists and timers and asserts each invariant of
 ``store.pyx``'s module essay (one state per live entry, lease lists in deadline order,
-gauges equal to what the lists hold, no stray timer). It is O(entries): the debug build
+gauges equal to what the lists hold, no stray timer, each owner's lease count equal to
+the leases tagged with it). It is O(entries): the debug build
 runs it before every broker call, the tests after every step of the model comparison.
 """
 
@@ -29,6 +30,7 @@ def check(Store store):
     cdef uint64_t size
     cdef uint64_t live = 0
     cdef queue_t* q
+    cdef dict owned = {}
     for qid in range(store.queue_count):
         q = &store.queues[qid]
         if not q.alive:
@@ -44,6 +46,10 @@ def check(Store store):
                 assert not store.timers.armed(slot), "a visible entry has a timer"
             elif state == STATE_LEASED:
                 leased += 1
+                owner = store.entries[slot].owner
+                assert owner < store.owner_capacity and store.owners[owner].session != NIL, \
+                    "a lease of a free owner"
+                owned[owner] = owned.get(owner, 0) + 1
                 assert store.entries[slot].lease_listed != store.timers.armed(slot), \
                     "a leased entry has no deadline, or two"
             elif state == STATE_DELAYED:
@@ -68,6 +74,13 @@ def check(Store store):
             assert count == q.visible, "visible lists disagree with the visible gauge"
         live += visible + leased + delayed
     assert live == store.live_entries, "slab count disagrees with the queues"
+    for owner in range(store.owner_capacity):
+        if store.owners[owner].session != NIL:
+            assert store.owners[owner].outstanding == owned.get(owner, 0), \
+                f"owner {owner} counts {store.owners[owner].outstanding} leases, holds " \
+                f"{owned.get(owner, 0)}"
+            assert store.owners[owner].open or store.owners[owner].outstanding or \
+                store.owners[owner].children, f"owner {owner} is closed and idle, not free"
     assert not store.deferred, "overflow victims left undelivered"
     listed = 0
     for qid in range(store.queue_count):

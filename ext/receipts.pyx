@@ -8,7 +8,10 @@ its batch forms; RabbitMQ's ``basic.ack`` / ``basic.nack``.
 Functions over a ``Store`` (``store.pyx`` keeps the entries and their lease state; the
 slot-level primitives — ``_lease_slot``, ``_ack_slot``, ``_return`` — live there). A
 receipt names one delivery: ``generation << 32 | slot``; a stale one (its lease ended)
-raises ``StaleReceipt`` listing it. The batch forms are all or none: every receipt is
+raises ``StaleReceipt`` listing it. Every call takes the caller's ``session`` tag: the
+server passes the session a request came from, and a receipt of a lease made for another
+session is stale to it (see "Owners" in ``store.pyx``); ``ANY_SESSION`` (0, the default:
+the embedded broker's own calls) may settle any lease. The batch forms are all or none: every receipt is
 checked before the first is acked, so a stale receipt changes nothing. The packed forms
 read little-endian u64 receipts straight from a wire frame (the server's SETTLE and ACK)
 with no Python int per receipt.
@@ -18,7 +21,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport ff_load_le64
-from fastfanout._ext.store cimport DEAD_REJECTED, NIL, Store, receipt_value
+from fastfanout._ext.store cimport ANY_SESSION, DEAD_REJECTED, NIL, Store, receipt_value
 
 from fastfanout.errors import InvalidArgument, StaleReceipt
 
@@ -35,19 +38,20 @@ cdef int _receipts_buffer(object frame, Py_buffer* buffer) except -1:
     return 0
 
 
-def receipt_queue(Store store, object receipt):
+def receipt_queue(Store store, object receipt, object session=ANY_SESSION):
     """The queue id of a valid receipt's delivery (raises StaleReceipt otherwise)."""
-    return store.entries[store._require_lease(receipt)].queue
+    return store.entries[store._require_lease(receipt, store.require_session(session))].queue
 
 
-def ack(Store store, object receipt):
+def ack(Store store, object receipt, object session=ANY_SESSION):
     """Delete the leased message of ``receipt``."""
-    cdef uint32_t slot = store._require_lease(receipt)
+    cdef uint32_t slot = store._require_lease(receipt, store.require_session(session))
     store._ack_slot(slot)
 
 
-def ack_batch(Store store, list receipts):
+def ack_batch(Store store, list receipts, object session=ANY_SESSION):
     """Ack every receipt, or none if any is stale (then StaleReceipt lists the stale)."""
+    cdef uint32_t tag = store.require_session(session)
     cdef Py_ssize_t index
     cdef Py_ssize_t count = len(receipts)
     cdef uint64_t receipt
@@ -55,7 +59,7 @@ def ack_batch(Store store, list receipts):
     cdef dict stale = None
     for index in range(count):
         receipt = receipt_value(receipts[index])
-        if store._lease_slot(receipt) == NIL:
+        if store._lease_slot(receipt, tag) == NIL:
             if stale is None:
                 stale = {}
             stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
@@ -65,20 +69,20 @@ def ack_batch(Store store, list receipts):
             f"nothing was acked", list(stale))
     for index in range(count):
         receipt = receipts[index]
-        slot = store._lease_slot(receipt)
+        slot = store._lease_slot(receipt, tag)
         if slot != NIL:   # NIL here only for a receipt repeated in this batch
             store._ack_slot(slot)
     return count
 
 
-def ack_packed(Store store, frame):
+def ack_packed(Store store, frame, object session=ANY_SESSION):
     """Ack receipts packed as little-endian u64s: all of them, or none if any is stale.
 
     Returns the number of receipts. Raises InvalidArgument when the length is not a
     multiple of 8, StaleReceipt (listing the stale receipts) otherwise.
     """
     cdef Py_ssize_t count
-    stale = _ack_frame(store, frame, &count)
+    stale = _ack_frame(store, frame, &count, store.require_session(session))
     if stale is not None:
         raise StaleReceipt(
             f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
@@ -86,7 +90,7 @@ def ack_packed(Store store, frame):
     return count
 
 
-def ack_frames(Store store, list frames):
+def ack_frames(Store store, list frames, object session=ANY_SESSION):
     """Ack each receipts frame on its own, all of it or none (as ``ack_packed``).
 
     Returns the stale receipts of the frames refused, in order (empty: all acked).
@@ -94,19 +98,20 @@ def ack_frames(Store store, list frames):
     """
     cdef list stale = []
     cdef Py_ssize_t count
+    cdef uint32_t tag = store.require_session(session)
     for frame in frames:
         count = memoryview(frame).nbytes
         if count % 8:
             raise InvalidArgument(
                 f"a receipts frame holds u64s: {count} bytes is not a multiple of 8")
     for frame in frames:
-        refused = _ack_frame(store, frame, &count)
+        refused = _ack_frame(store, frame, &count, tag)
         if refused is not None:
             stale += refused
     return stale
 
 
-cdef list _ack_frame(Store store, object frame, Py_ssize_t* count):
+cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t session):
     """Ack a receipts frame whole; None, or (nothing acked) its stale receipts in order.
 
     ``count`` gets the number of receipts of the frame.
@@ -123,14 +128,14 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count):
         count[0] = buffer.len // 8
         for index in range(count[0]):
             receipt = ff_load_le64(data + 8 * index)
-            if store._lease_slot(receipt) == NIL:
+            if store._lease_slot(receipt, session) == NIL:
                 if stale is None:
                     stale = {}
                 stale[receipt] = None   # listed once, in order
         if stale is not None:
             return list(stale)
         for index in range(count[0]):
-            slot = store._lease_slot(ff_load_le64(data + 8 * index))
+            slot = store._lease_slot(ff_load_le64(data + 8 * index), session)
             if slot != NIL:
                 store._ack_slot(slot)
         return None
@@ -138,7 +143,7 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count):
         PyBuffer_Release(&buffer)
 
 
-def release_packed(Store store, frame, int64_t now_us):
+def release_packed(Store store, frame, int64_t now_us, object session=ANY_SESSION):
     """Return every still-leased delivery among packed u64 receipts to its queue at
     once (no backoff); stale receipts are skipped. Returns how many were released.
 
@@ -149,11 +154,12 @@ def release_packed(Store store, frame, int64_t now_us):
     cdef Py_ssize_t index
     cdef uint32_t slot
     cdef Py_ssize_t released = 0
+    cdef uint32_t tag = store.require_session(session)
     _receipts_buffer(frame, &buffer)
     try:
         data = <const char*>buffer.buf
         for index in range(buffer.len // 8):
-            slot = store._lease_slot(ff_load_le64(data + 8 * index))
+            slot = store._lease_slot(ff_load_le64(data + 8 * index), tag)
             if slot != NIL:
                 store._return(slot, 0, now_us)
                 released += 1
@@ -162,16 +168,16 @@ def release_packed(Store store, frame, int64_t now_us):
         PyBuffer_Release(&buffer)
 
 
-def nack(Store store, object receipt, int64_t delay_us, int64_t now_us):
+def nack(Store store, object receipt, int64_t delay_us, int64_t now_us, object session=ANY_SESSION):
     """End the lease; visible again at once, or after ``delay_us`` (< 0: the backoff)."""
-    cdef uint32_t slot = store._require_lease(receipt)
+    cdef uint32_t slot = store._require_lease(receipt, store.require_session(session))
     store._return(slot, delay_us, now_us)
 
 
-def extend(Store store, object receipt, int64_t lease_us, int64_t now_us):
+def extend(Store store, object receipt, int64_t lease_us, int64_t now_us, object session=ANY_SESSION):
     """Make the lease end ``lease_us`` from now; 0 returns the message at once
     (like ``nack(delay=0)``: no backoff)."""
-    cdef uint32_t slot = store._require_lease(receipt)
+    cdef uint32_t slot = store._require_lease(receipt, store.require_session(session))
     if lease_us == 0:
         store._return(slot, 0, now_us)
     else:
@@ -179,7 +185,7 @@ def extend(Store store, object receipt, int64_t lease_us, int64_t now_us):
         store._arm_lease(slot, now_us + lease_us)
 
 
-def term(Store store, object receipt, int64_t now_us):
+def term(Store store, object receipt, int64_t now_us, object session=ANY_SESSION):
     """Dead-letter the leased message at once (reason ``rejected``)."""
-    cdef uint32_t slot = store._require_lease(receipt)
+    cdef uint32_t slot = store._require_lease(receipt, store.require_session(session))
     store._dead_letter(slot, DEAD_REJECTED, now_us)

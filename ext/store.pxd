@@ -51,6 +51,16 @@ cdef struct dead_letter_t:
     int64_t last_receive_us
     int64_t time_us
 
+# Who holds leases (see "Owners" in store.pyx): the embedded broker (owner 0), a server
+# session, or a push consumer of a session. Slot number = owner tag.
+cdef struct owner_t:
+    uint64_t outstanding       # leases it holds now (made for it and not yet ended)
+    uint32_t session           # the session it belongs to (itself for a session); NIL: free
+    uint32_t limit             # most leases a push may leave it holding (0: no limit)
+    uint32_t children          # its consumers whose slot is not free yet (a session's)
+    uint32_t next_free         # the free list's link while free
+    uint8_t open               # not closed yet (freed once closed, childless, no leases)
+
 # One copy of a message in one queue.
 cdef struct entry_t:
     blob_t* blob
@@ -70,6 +80,7 @@ cdef struct entry_t:
     uint32_t arrival_next
     uint32_t group             # FIFO group index in the queue's GroupTable, or NIL
     uint32_t group_next        # next pending entry of the same group
+    uint32_t owner             # who holds the lease (valid while leased): an owner slot
     uint8_t state
     uint8_t level              # priority level (0 .. queue levels - 1)
     uint8_t listed             # in its queue's visible list (FIFO: only group heads are)
@@ -139,9 +150,27 @@ cdef class Store:
     cdef uint32_t* delivery_slots  # scratch of deliveries.receive_push (grown on demand)
     cdef Py_ssize_t delivery_slot_capacity
     cdef list deferred             # detached overflow victims awaiting flush_deferred
+    cdef owner_t* owners           # owner tag -> its lease count and session (slot 0: the
+    cdef uint32_t owner_capacity   # embedded broker's, never closed)
+    cdef uint32_t owner_free_head
 
     cdef inline queue_t* queue(self, uint32_t qid) noexcept:
         return &self.queues[qid]
+
+    cdef inline void _lease_ended(self, uint32_t slot) noexcept:
+        # inline: every ack, nack, expiry... ends a lease; the owner is freed (rarely)
+        # only once it was closed and this was its last lease
+        cdef owner_t* owner = &self.owners[self.entries[slot].owner]
+        owner.outstanding -= 1
+        if owner.outstanding == 0 and not owner.open and owner.children == 0:
+            self._free_owner(self.entries[slot].owner)
+
+    cdef inline uint64_t owner_credit(self, uint32_t owner) noexcept:
+        """How many more leases a push may make for ``owner`` (an open owner's slot)."""
+        cdef owner_t* o = &self.owners[owner]
+        if o.limit == 0:
+            return 0xFFFFFFFFFFFFFFFF
+        return 0 if o.outstanding >= o.limit else o.limit - o.outstanding
 
     cdef inline uint64_t message_size(self, blob_t* blob) noexcept:
         # inline: the fan-out sums it per message and target (a vtable call each was ~3 %
@@ -164,17 +193,20 @@ cdef class Store:
     cdef int64_t _backoff(self, uint32_t slot) noexcept
     cdef int _expire_entry(self, uint32_t slot, int64_t now_us) except -1
     cdef uint32_t _lease_next(self, uint32_t qid, int* level, int64_t lease_us,
-                              int64_t now_us) except? 0xFFFFFFFE
+                              int64_t now_us, uint32_t owner) except? 0xFFFFFFFE
     cdef bint _lease_head(self, uint32_t qid, uint32_t slot, int64_t lease_us,
-                          int64_t now_us) except -1
+                          int64_t now_us, uint32_t owner) except -1
     cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1
     cdef uint32_t _oldest_visible(self, uint32_t qid) noexcept
     cdef int _dead_letter(self, uint32_t slot, uint8_t reason, int64_t now_us) except -1
     cdef int _dead_letter_detached(self, uint32_t slot, uint8_t reason,
                                    int64_t now_us) except -1
     cdef int flush_deferred(self, int64_t now_us) except -1
-    cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept
-    cdef uint32_t _require_lease(self, object receipt) except? 0xFFFFFFFF
+    cdef uint32_t _lease_slot(self, uint64_t receipt, uint32_t session) noexcept
+    cdef uint32_t _require_lease(self, object receipt, uint32_t session) except? 0xFFFFFFFF
+    cdef uint32_t require_owner(self, object owner) except? 0xFFFFFFFF
+    cdef uint32_t require_session(self, object session) except? 0xFFFFFFFF
+    cdef void _free_owner(self, uint32_t owner) noexcept
     cdef void _ack_slot(self, uint32_t slot) noexcept
     cdef void _return(self, uint32_t slot, int64_t delay_us, int64_t now_us) noexcept
     cdef int _expire_retention(self, int64_t now_us) except -1
@@ -186,3 +218,7 @@ cdef class Store:
     cdef int _settle_lease_timers(self, int64_t limit_us) except -1
     cdef bint _pop_due(self, int64_t now_us, uint32_t* slot, int64_t* due_us) except -1
 cdef uint64_t receipt_value(object receipt) except? 0
+
+# The session tag of a caller that may settle any lease: the embedded broker's own calls.
+cdef enum:
+    ANY_SESSION = 0

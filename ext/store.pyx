@@ -28,6 +28,19 @@ Receipts: a receipt is ``generation << 32 | slot``. The slot's generation is bum
 every lease and on every free, so a receipt is valid only while the very delivery it
 names holds its lease — checking one is two loads and two compares, no table lookup.
 
+Owners (RabbitMQ's ``basic.qos``, counted where the leases are): every lease carries an
+**owner** tag, the slot of an ``owner_t`` — 0 for the embedded broker's own receives, a
+server session, or a push consumer of a session — and each owner counts its
+``outstanding`` leases. The count goes up where a lease begins (``_lease_head``) and
+down wherever one ends, whatever ends it (ack, nack, extend to 0, term, expiry, purge,
+queue deletion, release): the three places a leased entry changes state (``_detach``,
+``_return``, ``advance_to``) call ``_lease_ended``. A consumer's credit is its
+``limit`` (prefetch) minus that count, so a push never leaves it holding more than its
+prefetch, however its messages get settled. A session settles a lease only when the
+lease's owner belongs to it (``_lease_slot`` with its session tag); any other receipt is
+stale to it. Owner slots are reused: a closed owner stays until its last lease has ended
+(and a session until its consumers are gone), so no tag names two holders at once.
+
 Invariants (checked by ``invariants.check`` in the debug build and by the model tests):
 - every live entry is in exactly one state: visible (in one visible list, no timer),
   leased (in its lease list or with a slot timer, in no visible list) or delayed (slot
@@ -119,11 +132,24 @@ cdef class Store:
         self.deferring = False
         self.delivery_slots = NULL
         self.delivery_slot_capacity = 0
+        self.owners = <owner_t*>PyMem_Malloc(sizeof(owner_t))
+        if self.owners == NULL:
+            raise MemoryError()
+        self.owner_capacity = 1
+        self.owner_free_head = NIL
+        # owner 0: the embedded broker's receives; never closed, its session is itself
+        self.owners[0].outstanding = 0
+        self.owners[0].session = 0
+        self.owners[0].limit = 0
+        self.owners[0].children = 0
+        self.owners[0].next_free = NIL
+        self.owners[0].open = 1
 
     def __dealloc__(self):
         cdef uint32_t slot
         cdef uint32_t qid
         PyMem_Free(self.delivery_slots)
+        PyMem_Free(self.owners)
         if self.entries != NULL:
             for slot in range(self.entry_capacity):
                 if self.entries[slot].state != STATE_FREE:
@@ -295,6 +321,7 @@ cdef class Store:
         elif entry.state == STATE_LEASED:
             self._disarm(slot)
             q.leased -= 1
+            self._lease_ended(slot)
         elif entry.state == STATE_DELAYED:
             self.timers.disarm(slot)
             q.delayed -= 1
@@ -535,6 +562,7 @@ cdef class Store:
                 # (from the lease end, so the schedule does not depend on when we looked).
                 backoff = self._backoff(slot)
                 q.leased -= 1
+                self._lease_ended(slot)
                 if entry.group != NIL:
                     (<GroupTable>self.group_tables[entry.queue]).groups[entry.group].leased = NIL
                 if backoff > 0:
@@ -699,9 +727,10 @@ cdef class Store:
         return 0
 
     cdef uint32_t _lease_next(self, uint32_t qid, int* level, int64_t lease_us,
-                              int64_t now_us) except? 0xFFFFFFFE:
-        """Lease the next deliverable message, highest priority level first (``level``
-        is the caller's cursor); NIL when nothing is visible.
+                              int64_t now_us, uint32_t owner) except? 0xFFFFFFFE:
+        """Lease the next deliverable message for ``owner`` (an open owner's slot),
+        highest priority level first (``level`` is the caller's cursor); NIL when nothing
+        is visible.
 
         Per-message TTL and max_receive_count are settled on the way, when a message
         reaches the head (RabbitMQ's rule for TTL); a dead-lettered copy never expires.
@@ -711,12 +740,12 @@ cdef class Store:
             slot = self.queues[qid].visible_head[level[0]]
             if slot == NIL:
                 level[0] -= 1
-            elif self._lease_head(qid, slot, lease_us, now_us):
+            elif self._lease_head(qid, slot, lease_us, now_us, owner):
                 return slot
         return NIL
 
     cdef bint _lease_head(self, uint32_t qid, uint32_t slot, int64_t lease_us,
-                          int64_t now_us) except -1:
+                          int64_t now_us, uint32_t owner) except -1:
         """Lease the listed visible entry ``slot`` (True), or settle it first when it
         expired or ran out of receives (False: dead-lettered or dropped)."""
         cdef queue_t* q = &self.queues[qid]
@@ -732,6 +761,8 @@ cdef class Store:
             (<GroupTable>self.group_tables[qid]).groups[entry.group].leased = slot
         entry.state = STATE_LEASED
         entry.generation += 1
+        entry.owner = owner
+        self.owners[owner].outstanding += 1
         entry.receive_count += 1
         if entry.first_receive_us < 0:
             entry.first_receive_us = now_us
@@ -745,24 +776,111 @@ cdef class Store:
 
     # -- receipts (the primitives; the calls by receipt are in receipts.pyx) ------------
 
-    cdef uint32_t _lease_slot(self, uint64_t receipt) noexcept:
-        """The slot a receipt names if its delivery still holds the lease, else NIL."""
+    cdef uint32_t _lease_slot(self, uint64_t receipt, uint32_t session) noexcept:
+        """The slot a receipt names if its delivery still holds the lease and ``session``
+        may settle it (``ANY_SESSION``, or the session of the lease's owner), else NIL."""
         cdef uint32_t slot = <uint32_t>receipt   # the low 32 bits (a C cast, no Python int)
         cdef uint32_t generation = <uint32_t>(receipt >> 32)
         if slot >= self.entry_capacity:
             return NIL
         if self.entries[slot].state != STATE_LEASED or self.entries[slot].generation != generation:
             return NIL
+        if session != ANY_SESSION and self.owners[self.entries[slot].owner].session != session:
+            return NIL   # another session's delivery: as stale to this one as an ended lease
         return slot
 
-    cdef uint32_t _require_lease(self, object receipt_object) except? 0xFFFFFFFF:
+    cdef uint32_t _require_lease(self, object receipt_object,
+                                 uint32_t session) except? 0xFFFFFFFF:
         cdef uint64_t receipt = receipt_value(receipt_object)
-        cdef uint32_t slot = self._lease_slot(receipt)
+        cdef uint32_t slot = self._lease_slot(receipt, session)
         if slot == NIL:
             raise StaleReceipt(
                 f"receipt {receipt} is stale: its lease ended (acked, nacked, expired, "
-                f"redelivered, purged or its queue deleted)", [receipt])
+                f"redelivered, purged or its queue deleted) or was made for another "
+                f"session", [receipt])
         return slot
+
+    # -- owners (see the module essay) --------------------------------------------------
+
+    cdef uint32_t require_owner(self, object owner) except? 0xFFFFFFFF:
+        """``owner`` as the slot of an open owner; InvalidArgument otherwise."""
+        if type(owner) is not int or not 0 <= owner < self.owner_capacity or \
+                not self.owners[<uint32_t>owner].open:
+            raise InvalidArgument(f"owner {owner!r} is not an open owner tag")
+        return <uint32_t>owner
+
+    cdef uint32_t require_session(self, object session) except? 0xFFFFFFFF:
+        """``session`` as the tag of an open session (``ANY_SESSION`` included)."""
+        cdef uint32_t tag = self.require_owner(session)
+        if self.owners[tag].session != tag:
+            raise InvalidArgument(f"owner {session!r} is a consumer, not a session")
+        return tag
+
+    cdef void _free_owner(self, uint32_t owner) noexcept:
+        """Recycle a closed owner's slot (no lease, no consumer left); a consumer's going
+        may free its closed session in turn."""
+        cdef uint32_t session = self.owners[owner].session
+        self.owners[owner].session = NIL
+        self.owners[owner].next_free = self.owner_free_head
+        self.owner_free_head = owner
+        if session != owner:
+            self.owners[session].children -= 1
+            if (self.owners[session].children == 0 and not self.owners[session].open
+                    and self.owners[session].outstanding == 0):
+                self._free_owner(session)
+
+    def open_owner(self, object session=None, uint32_t limit=0):
+        """A new owner tag: a session's (``session`` None) or a push consumer's of the
+        open session ``session``, whose pushes leave it at most ``limit`` leases (0: no
+        limit)."""
+        cdef uint32_t parent = NIL if session is None else self.require_session(session)
+        cdef uint32_t owner
+        cdef uint32_t capacity
+        cdef owner_t* grown
+        if self.owner_free_head == NIL:
+            if self.owner_capacity >= 0x7FFFFFFF:
+                raise MemoryError("2**31 owners are open: the store's hard limit")
+            capacity = self.owner_capacity * 2
+            grown = <owner_t*>PyMem_Realloc(self.owners, capacity * sizeof(owner_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.owners = grown
+            for owner in range(self.owner_capacity, capacity):
+                grown[owner].session = NIL
+                grown[owner].open = 0
+                grown[owner].next_free = owner + 1 if owner + 1 < capacity else NIL
+            self.owner_free_head = self.owner_capacity
+            self.owner_capacity = capacity
+        owner = self.owner_free_head
+        self.owner_free_head = self.owners[owner].next_free
+        self.owners[owner].outstanding = 0
+        self.owners[owner].session = owner if parent == NIL else parent
+        self.owners[owner].limit = limit
+        self.owners[owner].children = 0
+        self.owners[owner].next_free = NIL
+        self.owners[owner].open = 1
+        if parent != NIL:
+            self.owners[parent].children += 1
+        return owner
+
+    def close_owner(self, object owner):
+        """Close an owner: it takes no new lease; its slot is reused once its last lease
+        has ended (and, for a session, its consumers' slots are free)."""
+        cdef uint32_t tag = self.require_owner(owner)
+        if tag == 0:
+            raise InvalidArgument("owner 0 (the embedded broker's) is never closed")
+        self.owners[tag].open = 0
+        if self.owners[tag].outstanding == 0 and self.owners[tag].children == 0:
+            self._free_owner(tag)
+
+    def outstanding(self, object owner):
+        """Leases an open owner holds now."""
+        return self.owners[self.require_owner(owner)].outstanding
+
+    def credit(self, object owner):
+        """Leases a push may still make for an open owner (None: no limit)."""
+        cdef uint64_t credit = self.owner_credit(self.require_owner(owner))
+        return None if credit == 0xFFFFFFFFFFFFFFFF else credit
 
     cdef void _ack_slot(self, uint32_t slot) noexcept:
         cdef queue_t* q = &self.queues[self.entries[slot].queue]
@@ -775,6 +893,7 @@ cdef class Store:
         cdef queue_t* q = &self.queues[self.entries[slot].queue]
         self._disarm(slot)
         q.leased -= 1
+        self._lease_ended(slot)
         if self.entries[slot].group != NIL:
             (<GroupTable>self.group_tables[self.entries[slot].queue]).groups[
                 self.entries[slot].group].leased = NIL

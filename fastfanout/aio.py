@@ -100,8 +100,6 @@ from fastfanout.transport import (
 
 __all__ = ["AsyncClient", "AsyncListener", "Opening", "connect"]
 
-_NO_CREDIT = protocol.encode_payload([0, 0])
-
 
 class _SyncOwner:
     """Lets ``RemoteMessage.ack()`` work from async code by scheduling the call."""
@@ -252,7 +250,6 @@ class AsyncClient(AsyncClientAdministration):
         self._closed = False
         self._owner = _SyncOwner(self)
         self._tasks: list[asyncio.Task[None]] = []
-        self._consumer_of: dict[int, int] = {}
         self._producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
         self._acks: list[int] = []   # message.ack() calls not sent yet (_send_acks)
         self.info: dict[str, Any] = {}
@@ -325,7 +322,7 @@ class AsyncClient(AsyncClientAdministration):
         return request_id
 
     def _fire(self, opcode: int, payload: list[bytes]) -> None:
-        # the reply is read and dropped by the reader; acks, credit and heartbeats have no
+        # the reply is read and dropped by the reader; acks and heartbeats have no
         # order to keep with publishes: this iteration's batches stay together
         self._send(opcode, payload, flush=False)
 
@@ -341,13 +338,12 @@ class AsyncClient(AsyncClientAdministration):
         """Send the queued acks: a SETTLE with a frame per receipt (per 1,024 of them).
 
         SETTLE acks each frame on its own (all or none per frame), so a stale receipt
-        fails alone, as separate ACKs would, and is answered only if one fails; consumer
-        0 gets no credit (there is none).
+        fails alone, as separate ACKs would, and is answered only if one fails.
         """
         acks, self._acks = self._acks, []
         for start in range(0, len(acks), protocol.SETTLE_MAX_FRAMES):
             chunk = acks[start:start + protocol.SETTLE_MAX_FRAMES]
-            self._fire(Opcode.SETTLE, [*map(protocol.encode_receipt, chunk), _NO_CREDIT])
+            self._fire(Opcode.SETTLE, [*map(protocol.encode_receipt, chunk), protocol.NO_CREDIT])
 
     async def _request(self, opcode: int, payload: list[bytes], extra: float = 0.0
                        ) -> list[bytes]:
@@ -714,19 +710,19 @@ class AsyncClient(AsyncClientAdministration):
                       timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
         """Iterate (``async for``) over pushed messages: a plain call, not awaited.
 
-        A batch's credit returns when the iteration moves past its last message.
-        Arguments as ``Client.consume``: with ``timeout``, the iteration ends (and the
-        consumer is cancelled) when no message arrives within that many seconds.
+        Arguments as ``Client.consume``: ``prefetch`` is the most unsettled messages the
+        consumer holds (the broker pushes more as the ones it holds are settled, any way:
+        ``message.ack()``, by receipt, or by their leases ending); with ``timeout``, the
+        iteration ends (and the consumer is cancelled) when no message arrives within
+        that many seconds.
 
         Raises:
             InvalidArgument: ``timeout`` is not None or finite seconds > 0 (on the first
                 step of the iteration).
         """
         async for frames in self._pushes(queue, prefetch, visibility_timeout, timeout):
-            messages = decode_delivery(frames, self._owner, None, queue)
-            for message in messages:
+            for message in decode_delivery(frames, self._owner, None, queue):
                 yield message
-            self._credit(frames, len(messages))
 
     async def consume_batches(self, queue: str, *, prefetch: int = 1000,
                               visibility_timeout: float | None = None,
@@ -734,18 +730,10 @@ class AsyncClient(AsyncClientAdministration):
                               ) -> AsyncIterator[list[RemoteMessage]]:
         """Iterate (``async for``) over pushed batches (a plain call, not awaited).
 
-        A batch's credit returns when you ask for the next one; ``timeout`` as
-        ``consume``'s.
+        ``prefetch`` and ``timeout`` as ``consume``'s.
         """
         async for frames in self._pushes(queue, prefetch, visibility_timeout, timeout):
-            messages = decode_delivery(frames, self._owner, None, queue)
-            yield messages
-            self._credit(frames, len(messages))
-
-    def _credit(self, frames: list[bytes], count: int) -> None:
-        consumer_id = self._consumer_of.get(id(frames))
-        if consumer_id is not None:
-            self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])
+            yield decode_delivery(frames, self._owner, None, queue)
 
     async def _pushes(self, queue: str, prefetch: int, visibility_timeout: float | None,
                       timeout: float | None) -> AsyncIterator[list[bytes]]:
@@ -768,11 +756,7 @@ class AsyncClient(AsyncClientAdministration):
                         return
                 if isinstance(item, FastFanoutError):
                     raise item
-                self._consumer_of[id(item)] = request_id
-                try:
-                    yield item
-                finally:
-                    self._consumer_of.pop(id(item), None)
+                yield item
         finally:
             self._futures.pop(request_id, None)
             self._queues.pop(request_id, None)

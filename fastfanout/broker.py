@@ -256,12 +256,14 @@ class Broker(Administration):
 
     def receive_push(
         self, queue: str, max_messages: int, visibility_timeout: float | None,
-        ring: SharedRing | None, header: bytes,
+        ring: SharedRing | None, header: bytes, *, owner: int = 0,
     ) -> tuple[bytes | None, int, bytes, int]:
         """The server's push: lease like ``receive_frame``, into ``ring`` when it has room.
 
         With a local channel's ``ring``, the message ``[header, frame]`` is written in
-        place into it (``fastfanout._ext.deliveries.receive_push``).
+        place into it (``fastfanout._ext.deliveries.receive_push``). The leases are
+        ``owner``'s (``open_owner``): at most its credit of them, its ``prefetch`` minus
+        the leases it holds.
 
         Returns:
             ``(frame, count, receipts, status)``: ``frame`` None when the push is in the
@@ -280,8 +282,51 @@ class Broker(Administration):
             if lease_us is None:
                 lease_us = self._visibility_us[queue_id]
             result: tuple[bytes | None, int, bytes, int] = receive_push(
-                self._store, queue_id, max_messages, lease_us, now_us, ring, header)
+                self._store, queue_id, max_messages, lease_us, now_us, ring, header, owner)
             return result
+
+    # -- owners (the server's sessions and push consumers) -----------------------------
+
+    def open_owner(self, session: int | None = None, prefetch: int = 0) -> int:
+        """A new owner tag for the leases the server makes (RabbitMQ's ``basic.qos``).
+
+        Every lease carries the tag of its owner, and the store counts each owner's
+        leases until they end, however they end (ack, nack, extend to 0, term, expiry,
+        purge, queue deletion, release). A push (``receive_push``) never leaves an owner
+        holding more than its ``prefetch``; a settle call with ``session=S`` works only
+        on leases whose owner belongs to session S (others are stale to it).
+
+        Args:
+            session: None for a new session's tag; else the open session whose push
+                consumer this tag is.
+            prefetch: most leases a push may leave this owner holding (0: no limit),
+                at most 1,000,000.
+
+        Raises:
+            InvalidArgument: ``session`` is not an open session tag, or ``prefetch`` is out
+                of range.
+        """
+        if type(prefetch) is not int or not 0 <= prefetch <= 1_000_000:
+            raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 0 to 1,000,000")
+        with self._lock:
+            owner: int = self._store.open_owner(session, prefetch)
+            return owner
+
+    def close_owner(self, owner: int) -> None:
+        """Close an owner tag: it takes no more leases.
+
+        Those it holds run on, and can still be settled by its session; the tag is reused
+        once they have all ended.
+        """
+        with self._lock:
+            self._store.close_owner(owner)
+
+    def outstanding(self, owner: int) -> int:
+        """How many leases an open owner holds now."""
+        with self._lock:
+            self._now_us()   # leases due to end by now have ended
+            count: int = self._store.outstanding(owner)
+            return count
 
     def next_due(self) -> float | None:
         """Clock seconds when the next lease or delay ends (None: nothing pending)."""
@@ -362,17 +407,21 @@ class Broker(Administration):
 
     # -- settle ------------------------------------------------------------------------
 
-    def ack(self, receipt: int) -> None:
+    def ack(self, receipt: int, *, session: int = 0) -> None:
         """Delete the message of a delivery.
 
+        Every settle call takes ``session``: 0 (the default, in-process code) may settle
+        any delivery; the server passes the tag of the session a request came from
+        (``open_owner``), and a delivery made for another session is stale to it.
+
         Raises:
-            StaleReceipt: the lease of that delivery has ended.
+            StaleReceipt: the lease of that delivery has ended (or is another session's).
         """
         with self._lock:
             self._now_us()
-            by_receipt.ack(self._store, receipt)
+            by_receipt.ack(self._store, receipt, session)
 
-    def ack_batch(self, receipts: Iterable[int]) -> None:
+    def ack_batch(self, receipts: Iterable[int], *, session: int = 0) -> None:
         """Ack many deliveries: all of them, or (if any receipt is stale) none.
 
         Raises:
@@ -382,9 +431,10 @@ class Broker(Administration):
         receipt_list = receipts if type(receipts) is list else list(receipts)
         with self._lock:
             self._now_us()
-            by_receipt.ack_batch(self._store, receipt_list)
+            by_receipt.ack_batch(self._store, receipt_list, session)
 
-    def ack_packed(self, receipts: bytes | bytearray | memoryview) -> int:
+    def ack_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                   ) -> int:
         """Ack receipts packed as little-endian u64s (the wire's ACK payload): all or none.
 
         Returns:
@@ -396,10 +446,10 @@ class Broker(Administration):
         """
         with self._lock:
             self._now_us()
-            count: int = by_receipt.ack_packed(self._store, receipts)
+            count: int = by_receipt.ack_packed(self._store, receipts, session)
             return count
 
-    def ack_frames(self, frames: list[bytes]) -> list[int]:
+    def ack_frames(self, frames: list[bytes], *, session: int = 0) -> list[int]:
         """Ack each receipts frame on its own, all of it or none (a SETTLE's frames).
 
         Returns:
@@ -410,10 +460,11 @@ class Broker(Administration):
         """
         with self._lock:
             self._now_us()
-            stale: list[int] = by_receipt.ack_frames(self._store, frames)
+            stale: list[int] = by_receipt.ack_frames(self._store, frames, session)
             return stale
 
-    def release_packed(self, receipts: bytes | bytearray | memoryview) -> int:
+    def release_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                       ) -> int:
         """Return every still-leased delivery among packed u64 receipts at once.
 
         Stale receipts are skipped (not an error): this is how a server gives back what a
@@ -421,41 +472,42 @@ class Broker(Administration):
         """
         with self._lock:
             now_us = self._now_us()
-            released: int = by_receipt.release_packed(self._store, receipts, now_us)
+            released: int = by_receipt.release_packed(self._store, receipts, now_us, session)
             if released:
                 self._wake_receivers()
             return released
 
-    def nack(self, receipt: int, *, delay: float | None = None) -> None:
+    def nack(self, receipt: int, *, delay: float | None = None, session: int = 0) -> None:
         """End a lease early; the message is visible again after ``delay`` seconds.
 
         Args:
             receipt: the delivery's receipt.
             delay: seconds before redelivery; None: the queue's redelivery backoff
                 (no wait without one).
+            session: the caller's session tag (see ``ack``).
         """
         self._ensure_open()
         delay_us = -1 if delay is None else seconds_to_us("delay", delay, maximum=MAX_DELAY)
         with self._lock:
             now_us = self._now_us()
-            by_receipt.nack(self._store, receipt, delay_us, now_us)
+            by_receipt.nack(self._store, receipt, delay_us, now_us, session)
             self._wake_receivers()
 
-    def extend(self, receipt: int, seconds: float) -> None:
+    def extend(self, receipt: int, seconds: float, *, session: int = 0) -> None:
         """Make the lease end ``seconds`` from now (0: return the message at once)."""
         self._ensure_open()
         lease_us = seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             now_us = self._now_us()
-            by_receipt.extend(self._store, receipt, lease_us, now_us)
+            by_receipt.extend(self._store, receipt, lease_us, now_us, session)
             if lease_us == 0:
                 self._wake_receivers()
 
-    def term(self, receipt: int) -> None:
+    def term(self, receipt: int, *, session: int = 0) -> None:
         """Dead-letter a leased message now (reason ``rejected``)."""
         with self._lock:
             now_us = self._now_us()
-            by_receipt.term(self._store, receipt, now_us)
+            by_receipt.term(self._store, receipt, now_us, session)
             self._wake_receivers()
 
     # -- dead letters and housekeeping -------------------------------------------------

@@ -4,7 +4,8 @@ Design
 ------
 Prior art: the Kafka producer (records accumulate per target and are sent when a batch
 is full, after ``linger``, or on ``flush()``; each send returns a future), RabbitMQ's
-``basic.qos`` prefetch (the broker pushes while the consumer has credit), and trio's
+``basic.qos`` prefetch (the broker pushes while the consumer holds fewer than its
+prefetch of unsettled messages, counted by the broker however they are settled), and trio's
 ``*_nowait`` core under each blocking call.
 
 Choices:
@@ -678,7 +679,9 @@ class Client(ClientAdministration):
 
         Args:
             queue: the queue to consume.
-            prefetch: most unsettled messages the broker pushes at once (credit).
+            prefetch: most unsettled messages the consumer holds: the broker pushes more
+                as the ones it holds are settled (any way: through the consumer, by
+                receipt, or by their leases ending).
             visibility_timeout: lease of each pushed message, seconds (default: queue's).
             timeout: end the iteration when no message arrives within this many seconds
                 of asking for the next one (the consumer is then cancelled), as pika's
@@ -705,9 +708,10 @@ class Client(ClientAdministration):
     def consume_batches(self, queue: str, *, prefetch: int = 1000,
                         visibility_timeout: float | None = None,
                         timeout: float | None = None) -> Iterator[DeliveryBatch]:
-        """Iterate over pushed batches; ``batch.ack()`` settles a batch and returns credit.
+        """Iterate over pushed batches; ``batch.ack()`` settles a batch.
 
-        ``timeout``: as ``consume``'s, the iteration ends when no batch arrives in time.
+        ``prefetch``, ``visibility_timeout`` and ``timeout`` are as for ``consume``: the
+        iteration ends when no batch arrives within ``timeout``.
         """
         consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout,
                                 timeout=timeout)
@@ -721,10 +725,10 @@ class Client(ClientAdministration):
             consumer.cancel()
 
     def _fire(self, opcode: int, payload: list[bytes]) -> None:
-        """Send a request that gets no reply (CREDIT, SETTLE).
+        """Send a request that gets no reply (SETTLE).
 
         Nothing is sent without a connection: the broker released that connection's
-        leases and credit when it went.
+        leases when it went.
         """
         with self._lock:
             if self._transport is None:
@@ -733,12 +737,12 @@ class Client(ClientAdministration):
                 self._flush_batches()
             self._transmit(self._transport, opcode, payload)
 
-    def _grant(self, consumer_id: int, count: int) -> None:
-        self._fire(Opcode.CREDIT, [protocol.encode_payload([consumer_id, count])])
+    def _settle(self, batches: list[bytes]) -> None:
+        """Ack pushed batches (a receipts frame each) in one SETTLE.
 
-    def _settle(self, batches: list[bytes], consumer_id: int, credit: int) -> None:
-        """Ack pushed batches (a receipts frame each) and return credit in one SETTLE."""
-        self._fire(Opcode.SETTLE, [*batches, protocol.encode_payload([consumer_id, credit])])
+        Its last frame is ``protocol.NO_CREDIT``: the broker counts credit itself.
+        """
+        self._fire(Opcode.SETTLE, [*batches, protocol.NO_CREDIT])
 
     def _cancel(self, consumer_id: int) -> None:
         with self._lock:

@@ -1,8 +1,10 @@
 """What a client receives: push consumers, their delivery batches, stream listeners.
 
 ``Client.consume`` returns a ``Consumer`` (messages the broker pushes for one queue, under
-credit-based flow control: the broker pushes while the consumer has credit, the consumer
-returns credit as it settles); ``Client.listen`` returns a ``Listener`` (a SUB socket on
+credit-based flow control: the broker pushes while the consumer holds fewer than
+``prefetch`` unsettled messages, counting them itself, so a message settled any way —
+through the consumer, by receipt, or by its lease ending — gives its credit back and the
+client keeps no credit of its own); ``Client.listen`` returns a ``Listener`` (a SUB socket on
 the broker's stream endpoint, counting sequence gaps per topic). Deliveries stay in the
 codec's record form until user code looks at them: a consumer that acks whole batches
 makes no Python object per message.
@@ -76,28 +78,20 @@ class Consumer(Iterator[RemoteMessage]):
         self._request_id = request_id
         self._batches: deque[list[bytes]] = deque()
         self._messages: deque[RemoteMessage] = deque()
-        self._credit_owed = 0
         # pipelined batch acks not sent yet: sent together within the client's linger
         self._unsent: list[bytes] = []
-        self._unsent_credit = 0
         self._unsent_receipts = 0
         self._unsent_since = 0.0
         self.error: FastFanoutError | None = None
         self.closed = False
 
-    def _return_credit(self, count: int) -> None:
-        self._credit_owed += count
-        if self._credit_owed >= max(1, self.prefetch // 4) and not self.closed:
-            self._client._grant(self._request_id, self._credit_owed)
-            self._credit_owed = 0
-
-    def _defer_settle(self, receipts: bytes, credit: int) -> None:
+    def _defer_settle(self, receipts: bytes) -> None:
         """Queue a pipelined ack of a receipts frame; sent within the client's linger.
 
-        It returns ``credit``, and the credit owed from single settles (nack, term). It goes
-        at once when the queued acks return half the prefetch (the broker must not run out
-        of credit), hold ``SETTLE_MAX_RECEIPTS`` receipts or ``protocol.SETTLE_MAX_FRAMES``
-        frames, or linger is 0. The thread that waits for the next batch sends it when its
+        It goes at once when the queued acks hold half the prefetch (the broker counts
+        them as unsettled until they arrive: it must not run out of credit), hold
+        ``SETTLE_MAX_RECEIPTS`` receipts or ``protocol.SETTLE_MAX_FRAMES`` frames, or
+        linger is 0. The thread that waits for the next batch sends it when its
         linger is up; when no thread waits, the client's background thread does, at its
         next heartbeat (it is not woken for acks: waking it would take the socket from the
         consuming thread).
@@ -107,24 +101,22 @@ class Consumer(Iterator[RemoteMessage]):
             if not self._unsent:
                 self._unsent_since = time.monotonic()
             self._unsent.append(receipts)
-            self._unsent_credit += credit + self._credit_owed
-            self._credit_owed = 0
             self._unsent_receipts += len(receipts) >> 3
-            if (self._unsent_credit >= max(1, self.prefetch // 2)
+            if (self._unsent_receipts >= max(1, self.prefetch // 2)
                     or self._unsent_receipts >= SETTLE_MAX_RECEIPTS
                     or len(self._unsent) >= protocol.SETTLE_MAX_FRAMES or client.linger <= 0):
                 self._send_settle()
 
     def _send_settle(self) -> None:
-        """Send the queued batch acks now, in one SETTLE (acks + credit, no reply)."""
+        """Send the queued batch acks now, in one SETTLE (no reply unless one fails)."""
         with self._client._lock:
             if not self._unsent:
                 return
-            unsent, credit = self._unsent, self._unsent_credit
-            self._unsent, self._unsent_credit, self._unsent_receipts = [], 0, 0
+            unsent = self._unsent
+            self._unsent, self._unsent_receipts = [], 0
             # one receipts frame per batch: the broker acks each batch all or none, so a
             # stale receipt fails its own batch only, as a SETTLE per batch would
-            self._client._settle(unsent, self._request_id, credit)
+            self._client._settle(unsent)
 
     def _settle_wait(self, now: float) -> float | None:
         """Seconds until the queued acks are due (sending them if they are), or None."""
@@ -143,9 +135,6 @@ class Consumer(Iterator[RemoteMessage]):
                 raise self.error
             if self.closed:
                 raise StopIteration
-            if self._credit_owed:
-                self._client._grant(self._request_id, self._credit_owed)
-                self._credit_owed = 0
             now = time.monotonic()
             remaining = None if deadline is None else deadline - now
             if remaining is not None and remaining <= 0:
@@ -239,7 +228,7 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         return self._materialise()[index]
 
     def ack(self, wait: bool = False) -> None:
-        """Ack every message of the batch and return its credit.
+        """Ack every message of the batch (its credit returns when the broker has it).
 
         Args:
             wait: wait for the broker's answer (raising ``StaleReceipt``); by default the
@@ -250,30 +239,26 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         self._settled = True
         consumer = self._consumer
         client = consumer._client
-        unsettled = self._count
         receipts = None
         if self._messages is not None:
             live = [message for message in self._messages if message._consumer is not None]
             for message in live:
                 message._consumer = None
-            if len(live) < unsettled:
+            if len(live) < self._count:
                 # some were settled one by one: ack only the others (the batch's frame
                 # would be refused whole for the receipts already acked)
                 if not live:
                     return
-                unsettled = len(live)
                 receipts = protocol.encode_receipts([message.receipt for message in live])
         if receipts is None:
             receipts = receipts_of(self._frames[0])
         if not wait and not consumer.closed:
             # Queued with the consumer's other batch acks and sent within the client's
-            # linger as one SETTLE (ack + credit, no reply unless the ack fails) instead of
-            # an ACK, its reply and a CREDIT each: the broker counts a failure
-            # (error.stale_receipt).
-            consumer._defer_settle(receipts, unsettled)
+            # linger as one SETTLE (no reply unless the ack fails) instead of an ACK and
+            # its reply each: the broker counts a failure (error.stale_receipt).
+            consumer._defer_settle(receipts)
             return
         pending = client._request(Opcode.ACK, [receipts])
-        consumer._return_credit(unsettled)
         if wait:
             client._wait(pending, None)
         else:

@@ -43,6 +43,7 @@ __all__ = [
     "HEADER",
     "MAGIC",
     "MAX_REQUEST_FRAMES",
+    "NO_CREDIT",
     "PROTOCOL_VERSION",
     "SETTLE_MAX_FRAMES",
     "Opcode",
@@ -77,6 +78,9 @@ acks; the Python clients send at most ``SETTLE_MAX_FRAMES``): the broker handles
 Python, so more would stall its loop. More are refused with ``request_too_large``."""
 SETTLE_MAX_FRAMES: Final = 1024
 """Most receipts frames the Python clients put in one SETTLE (then they send it)."""
+NO_CREDIT: Final = b"\x92\x00\x00"
+"""SETTLE's last frame as the Python clients send it: msgpack ``[0, 0]``. The broker counts
+each consumer's credit itself and ignores that frame (older clients put credit there)."""
 DEFAULT_MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Default ``ZMQ_MAXMSGSIZE``: a bigger frame makes libzmq drop the connection."""
 

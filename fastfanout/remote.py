@@ -109,15 +109,14 @@ class RemoteMessage:
         return self._attributes
 
     def _settled(self) -> None:
-        if self._consumer is not None:
-            self._consumer._return_credit(1)
-            self._consumer = None
+        # settled apart from its batch: a later DeliveryBatch.ack() leaves it out
+        self._consumer = None
 
     def ack(self) -> Done:
         """Delete the message (its lease must still run); returns ``DONE`` (awaitable).
 
         A message pushed to a blocking client's consumer (``consume``) is acked
-        pipelined, with that consumer's other acks and credit in one SETTLE within the
+        pipelined, with that consumer's other acks in one SETTLE within the
         client's linger, as ``DeliveryBatch.ack()`` does: a stale receipt is then counted
         by the broker (``error.stale_receipt``), not raised. Otherwise (``receive``, a
         cancelled consumer) the call waits and raises ``StaleReceipt``; the asyncio client
@@ -127,7 +126,7 @@ class RemoteMessage:
         consumer = self._consumer
         if consumer is not None and not consumer.closed:
             self._consumer = None
-            consumer._defer_settle(protocol.encode_receipt(self.receipt), 1)
+            consumer._defer_settle(protocol.encode_receipt(self.receipt))
             return DONE
         try:
             self._owner.ack(self.receipt)

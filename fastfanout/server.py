@@ -14,9 +14,11 @@ Invariants:
   of PUSH messages after the reply), matched by request id. Nothing a client sends can
   raise out of the loop: every failure becomes an error reply with a stable code, and is
   counted.
-- A consumer never holds more than its credit (``prefetch``) of unsettled pushed
-  messages: the broker only pushes while credit is positive, and the client returns
-  credit as messages are settled.
+- A consumer never holds more than its ``prefetch`` of unsettled pushed messages: the
+  store counts each consumer's leases until they end, however they end, and a push
+  leases at most ``prefetch`` minus that count (``fastfanout.server_deliveries``).
+- A lease is settled only by the session it was made for: every settle passes the
+  session's owner tag, and another session's receipt is ``stale_receipt``.
 - Every lease handed to a session is remembered (as the receipts of each delivery batch,
   dropped once the batch is acked whole or its lease has surely ended). When the session
   ends — BYE, missed heartbeats, or a reply that cannot be routed because its connection
@@ -267,6 +269,7 @@ class Server(Deliveries):
             Opcode.CONSUME: self._consume, Opcode.CREDIT: self._credit,
             Opcode.CANCEL: self._cancel, Opcode.SERVER_STATS: self._server_stats,
             Opcode.SETTLE: self._settle, Opcode.ATTACH: self._attach,
+            Opcode.NACK: self._nack, Opcode.EXTEND: self._extend, Opcode.TERM: self._term,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -396,12 +399,13 @@ class Server(Deliveries):
     def _wait_timeout(self) -> tuple[float, bool]:
         """(Seconds the loop may sleep, whether anyone waits for messages).
 
-        Long polls and held publishes have deadlines: a tick. Push consumers with credit
-        wait for messages: sleep until the next lease or delay ends (a message may become
-        visible then). Nobody waiting: the housekeeping tick.
+        Long polls and held publishes have deadlines: a tick. Push consumers wait for
+        messages, or for credit: sleep until the next lease or delay ends (a message may
+        become visible then, or a lease's end give a consumer credit). Nobody waiting:
+        the housekeeping tick.
         """
         polling = bool(self._waiters) or bool(self._held)
-        waiting = polling or any(c.credit for c in self._consumers.values())
+        waiting = polling or bool(self._consumers)
         if self._dirty:
             return 0.0, waiting
         if polling:
@@ -535,7 +539,8 @@ class Server(Deliveries):
     def _session(self, identity: bytes) -> Session:
         session = self._sessions.get(identity)
         if session is None:
-            session = self._sessions[identity] = Session(identity, time.monotonic())
+            session = self._sessions[identity] = Session(
+                identity, time.monotonic(), self.broker.open_owner())
             self.counters["sessions"] += 1
         else:
             session.last_seen = time.monotonic()
@@ -617,12 +622,7 @@ class Server(Deliveries):
             result = method(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArgument(f"{protocol.CALLS[opcode]}: {exc}") from None
-        if opcode == Opcode.EXTEND:
-            seconds = args[1] if len(args) > 1 else kwargs.get("seconds", 0.0)
-            session.hold_extended(protocol.encode_receipts([args[0]]),
-                                  time.monotonic() + float(seconds) + 1.0)
-        if opcode in (Opcode.NACK, Opcode.EXTEND, Opcode.TERM, Opcode.REDRIVE,
-                      Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
+        if opcode in (Opcode.REDRIVE, Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
             self._dirty = True
         self._room = True   # an ack, purge, delete, term... may have made room
         if opcode == Opcode.STATS:
@@ -786,16 +786,20 @@ class Server(Deliveries):
         released = 0
         for packed in session.take_receipts():
             try:
-                released += self.broker.release_packed(packed)
+                released += self.broker.release_packed(packed, session=session.owner)
             except (InvalidArgument, Closed):
                 pass
         if released:
             self._dirty = True
         expired = SessionExpired(f"the broker ended this session: {why}")
-        for request_id in session.consumers:
-            consumer = self._consumers.pop((session.identity, request_id), None)
-            if consumer is not None and notify:
-                self._send(session, Status.END, request_id, [protocol.encode_error(expired)])
+        for request_id in list(session.consumers):
+            consumer = self._consumers.get((session.identity, request_id))
+            if consumer is not None:
+                self._drop_consumer(consumer)
+                if notify:
+                    self._send(session, Status.END, request_id,
+                               [protocol.encode_error(expired)])
+        self.broker.close_owner(session.owner)   # its tag is reused once its leases end
         self._waiters = [w for w in self._waiters if w.session is not session]
         self._held.drop_session(session)
         # A GOODBYE over the socket: never to a local channel's client, which reads its

@@ -1,4 +1,4 @@
-"""The server's delivery side: receive and long polls, push consumers, acks and credit.
+"""The server's delivery side: receive and long polls, push consumers, settling.
 
 ``Deliveries`` is a base class of ``fastfanout.server.Server``, split off by concern as
 ``Administration`` is from ``Broker``: one object, the server's state and loop; these
@@ -9,6 +9,17 @@ A push leases up to the consumer's credit (at most ``push_batch``) in one native
 ring when it has room — no frame object, no copy — or returns it to be sent. Either way
 the session keeps the receipts (8 bytes a message, never the bodies) until the leases
 have surely ended, so a vanished client's leases can be given back at once.
+
+Credit is the broker's own count (RabbitMQ's ``basic.qos``): each consumer has an owner
+tag in the store (``Broker.open_owner(session, prefetch)``), every lease pushed to it
+carries the tag, and the store counts them until they end, however they end — acked
+through the consumer or by receipt, nacked, extended to 0, terminated, expired, purged,
+released. A push leases at most ``prefetch`` minus that count, in C, so the push and
+ack paths do no per-message Python work for it. Every round offers each consumer a push
+(the native call returns at once without credit); the loop wakes when a request comes
+or a lease or delay ends. The clients' CREDIT (and SETTLE's credit frame) are accepted
+and ignored. Every settle passes the session's tag, so a receipt of another session's
+delivery is ``stale_receipt`` and changes nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from fastfanout.errors import (
     StaleReceipt,
 )
 from fastfanout.local_sessions import LocalSessions
-from fastfanout.protocol import Status
+from fastfanout.protocol import Opcode, Status
 from fastfanout.sessions import Consumer, Session, Waiter
 from fastfanout.settings import MAX_RECEIVE_BATCH
 
@@ -64,14 +75,16 @@ class Deliveries:
 
     def _lease_for(self, session: Session, queue: str, max_messages: int,
                    visibility_timeout: float | None, lease: float, ring: SharedRing | None,
-                   header: bytes) -> tuple[bytes | None, int, int]:
-        """Lease up to ``max_messages`` for ``session`` (see ``Broker.receive_push``).
+                   header: bytes, owner: int) -> tuple[bytes | None, int, int]:
+        """Lease up to ``max_messages`` for ``session`` as ``owner``.
 
-        Returns (frame, or None when written into ``ring``; count; the ring's status).
-        The session holds the receipts until the leases have surely ended.
+        ``owner`` is the session's own tag or one of its consumers': at most that owner's
+        credit is leased (see ``Broker.receive_push``). Returns (frame, or None when
+        written into ``ring``; count; the ring's status). The session holds the receipts
+        until the leases have surely ended.
         """
         frame, count, receipts, status = self.broker.receive_push(
-            queue, max_messages, visibility_timeout, ring, header)
+            queue, max_messages, visibility_timeout, ring, header, owner=owner)
         if count:
             session.hold_batch(receipts, time.monotonic() + lease + 1.0)
         return frame, count, status
@@ -80,21 +93,22 @@ class Deliveries:
               visibility_timeout: float | None, lease: float) -> tuple[list[bytes], int]:
         """Lease up to ``max_messages`` for ``session``; returns (delivery frames, count)."""
         frame, count, _ = self._lease_for(session, queue, max_messages, visibility_timeout,
-                                          lease, None, b"")
+                                          lease, None, b"", session.owner)
         assert frame is not None   # no ring: always a frame
         return [frame], count
 
     def _push(self, consumer: Consumer) -> int:
         """Push up to the consumer's credit (at most ``push_batch``); returns how many.
 
-        To a session with a local channel the push is written straight into its ring
-        when there is room (no frame object, no copy); otherwise it is sent.
+        Without credit it returns 0 at once (the store counts it). To a session with a
+        local channel the push is written straight into its ring when there is room (no
+        frame object, no copy); otherwise it is sent.
         """
         session = consumer.session
         frame, count, status = self._lease_for(
-            session, consumer.queue, min(consumer.credit, self._push_batch),
+            session, consumer.queue, self._push_batch,
             consumer.visibility_timeout, consumer.lease, self._local.ring_for(session),
-            protocol.encode_header(Status.PUSH, consumer.request_id))
+            protocol.encode_header(Status.PUSH, consumer.request_id), consumer.owner)
         if not count:
             return 0
         if frame is not None:
@@ -136,36 +150,62 @@ class Deliveries:
         if len(packed) % 8:
             raise MalformedFrame(
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
-        self.broker.ack_packed(packed)
+        self.broker.ack_packed(packed, session=session.owner)
         self._room = True
         session.settled(packed)
         return []
 
     def _settle(self, session: Session, request_id: int, frames: list[bytes]) -> None:
-        """ACKs and a CREDIT in one request, answered only if an ack fails.
+        """ACKs in one request, answered only if an ack fails.
 
         Frames: the receipts of one or more pushed batches (or single messages), one frame
-        each, then the credit. Each frame is acked on its own, all or none as an ACK, so a
-        stale receipt fails only its own frame; the loop over the frames is native. A
-        consumer that settles batches so saves two messages a batch (the ack's reply and a
-        separate CREDIT); the credit comes back either way.
+        each, then a credit frame, ignored (the broker counts credit itself; the frame
+        stays so that SETTLEs of older clients still parse). Each frame is acked on its
+        own, all or none as an ACK, so a stale receipt fails only its own frame; the loop
+        over the frames is native. A consumer that settles batches so saves a message a
+        batch (the ack's reply).
         """
         self._frame(frames, 1, "credit")   # one receipts frame at least, then the credit
         receipts = frames[:-1]
         try:
-            try:
-                stale = self.broker.ack_frames(receipts)
-            except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
-                raise MalformedFrame(str(exc)) from None
-            self._room = True
-            for packed in receipts:
-                session.settled(packed)
-            if stale:
-                raise StaleReceipt(
-                    f"{len(stale)} receipts are stale (first: {stale[0]}); the frames "
-                    f"holding them were not acked", stale)
-        finally:
-            self._credit(session, request_id, frames[-1:])
+            stale = self.broker.ack_frames(receipts, session=session.owner)
+        except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
+            raise MalformedFrame(str(exc)) from None
+        self._room = True
+        for packed in receipts:
+            session.settled(packed)
+        if stale:
+            raise StaleReceipt(
+                f"{len(stale)} receipts are stale (first: {stale[0]}); the frames "
+                f"holding them were not acked", stale)
+
+    def _by_receipt(self, session: Session, opcode: Opcode, frames: list[bytes]
+                    ) -> list[bytes]:
+        """NACK, EXTEND or TERM: the broker's call, as this session (``session=``)."""
+        args, kwargs = self._arguments(frames)
+        name = protocol.CALLS[opcode]
+        try:
+            # a ``session`` in the request's kwargs is a TypeError (given twice)
+            getattr(self.broker, name)(*args, session=session.owner, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgument(f"{name}: {exc}") from None
+        if opcode == Opcode.EXTEND:
+            seconds = args[1] if len(args) > 1 else kwargs.get("seconds", 0.0)
+            session.hold_extended(protocol.encode_receipts([args[0]]),
+                                  time.monotonic() + float(seconds) + 1.0)
+        self._dirty = True    # a message may be visible again
+        self._room = True     # or gone (term)
+        return [protocol.encode_payload(None)]
+
+    def _nack(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
+        return self._by_receipt(session, Opcode.NACK, frames)
+
+    def _extend(self, session: Session, request_id: int, frames: list[bytes]
+                ) -> list[bytes]:
+        return self._by_receipt(session, Opcode.EXTEND, frames)
+
+    def _term(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
+        return self._by_receipt(session, Opcode.TERM, frames)
 
     def _consume(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:
@@ -178,29 +218,34 @@ class Deliveries:
         if type(prefetch) is not int or not 1 <= prefetch <= 1_000_000:
             raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to 1,000,000")
         lease = self._lease_seconds(queue, visibility_timeout)
+        owner = self.broker.open_owner(session.owner, prefetch)
         self._consumers[(session.identity, request_id)] = Consumer(
-            session, request_id, queue, prefetch, lease, visibility_timeout)
+            session, request_id, queue, owner, lease, visibility_timeout)
         session.consumers.add(request_id)
         self._dirty = True
         return [protocol.encode_payload(None)]
 
     def _credit(self, session: Session, request_id: int, frames: list[bytes]) -> None:
+        """CREDIT, from older clients: checked and ignored (the broker counts credit)."""
         value = protocol.decode_payload(self._frame(frames, 0, "credit"))
         if not isinstance(value, list) or len(value) != 2:
             raise MalformedFrame("credit payload must be [consumer_id, count]")
-        consumer = self._consumers.get((session.identity, value[0]))
-        if consumer is not None and type(value[1]) is int and value[1] > 0:
-            consumer.credit += value[1]
-            self._dirty = True
+
+    def _drop_consumer(self, consumer: Consumer) -> None:
+        """Forget a consumer; its leases run on (settled by its session or expiring)."""
+        if self._consumers.pop((consumer.session.identity, consumer.request_id),
+                               None) is consumer:
+            consumer.session.consumers.discard(consumer.request_id)
+            self.broker.close_owner(consumer.owner)
 
     def _cancel(self, session: Session, request_id: int, frames: list[bytes]
                 ) -> list[bytes]:
         args, _ = self._arguments(frames)
         consumer_id = args[0] if args else None
-        consumer = self._consumers.pop((session.identity, consumer_id), None)  # type: ignore[arg-type]
+        consumer = self._consumers.get((session.identity, consumer_id))  # type: ignore[arg-type]
         if consumer is None:
             raise NotFound(f"consumer {consumer_id!r} does not exist on this connection")
-        session.consumers.discard(consumer.request_id)
+        self._drop_consumer(consumer)
         return [protocol.encode_payload(None)]
 
     def _deliver(self) -> None:
@@ -208,17 +253,17 @@ class Deliveries:
         if self._consumers:
             consumers = list(self._consumers.values())
             for consumer in consumers:
-                if consumer.credit <= 0:
-                    continue
+                if (self._consumers.get((consumer.session.identity, consumer.request_id))
+                        is not consumer):
+                    continue   # its session ended during this round
                 try:
                     count = self._push(consumer)
                 except FastFanoutError as exc:
-                    self._consumers.pop((consumer.session.identity, consumer.request_id), None)
+                    self._drop_consumer(consumer)
                     self._send(consumer.session, Status.END, consumer.request_id,
                                [protocol.encode_error(exc)])
                     continue
                 if count:
-                    consumer.credit -= count
                     self.counters["pushes"] += 1
                     self.counters["pushed_messages"] += count
             # rotate so that the next round starts with another consumer

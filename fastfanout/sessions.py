@@ -1,5 +1,10 @@
 """What the server knows of each client connection: liveness, consumers, held leases.
 
+Each session and each of its push consumers has an owner tag in the broker's store
+(``Broker.open_owner``): the store counts the leases made for each tag, so a consumer's
+credit is its prefetch minus that count (no bookkeeping here), and only the session a
+lease was made for may settle it.
+
 A session must be able to give back every lease it holds the moment its client vanishes
 (the server nacks them all at once). It keeps them as packed receipts — 8 bytes a
 delivery, never the bodies — with the monotonic time after which each lease has surely
@@ -27,12 +32,15 @@ class Session:
     Attributes:
         identity: the ROUTER routing id of the connection.
         last_seen: monotonic time of its last request.
+        owner: its owner tag in the broker (``Broker.open_owner``): the leases of its
+            receives carry it, and its settle calls pass it as their ``session``.
         heartbeat: the client promised heartbeats (HELLO), so silence ends the session.
         consumers: request ids of its CONSUMEs.
     """
 
     identity: bytes
     last_seen: float
+    owner: int
     heartbeat: bool = False
     consumers: set[int] = field(default_factory=set)
     _batches: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
@@ -92,12 +100,15 @@ class Session:
 
 @dataclass(eq=False)
 class Consumer:
-    """A CONSUME of a session: where it reads and how much it may still be pushed."""
+    """A CONSUME of a session: where it reads, and its owner tag in the broker.
+
+    The store counts the owner's leases; a push never takes them past its prefetch.
+    """
 
     session: Session
     request_id: int
     queue: str
-    credit: int
+    owner: int
     lease: float
     visibility_timeout: float | None
 

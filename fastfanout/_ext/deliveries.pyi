@@ -9,5 +9,5 @@ def receive(
 ) -> list[Message]: ...
 def receive_push(
     self: Store, qid: int, max_messages: int, lease_us: int, now_us: int,
-    ring: SharedRing | None, header: bytes,
+    ring: SharedRing | None, header: bytes, owner: int = 0,
 ) -> tuple[bytes | None, int, bytes, int]: ...

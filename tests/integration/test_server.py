@@ -340,7 +340,7 @@ def test_settle_acks_and_returns_credit_without_a_reply(track: Tracker) -> None:
     track.wait_until(lambda: client.stats().queues["q"].acked == 30, what="all acked")
     assert server.counters["requests"] > 0 and "error.stale_receipt" not in server.counters
     # A SETTLE whose ack fails is answered with an error, which is counted and ignored.
-    client._settle([protocol.encode_receipts([12345])], 999, 1)
+    client._settle([protocol.encode_receipts([12345])])
     track.wait_until(lambda: server.counters["error.stale_receipt"] == 1, what="counted")
     assert client.list_queues() == ["q"]
     consumer.cancel()
@@ -378,7 +378,7 @@ def test_the_wait_of_a_loop_whose_broker_was_closed_is_the_idle_tick(track: Trac
     # asking it for the next due time (requests are then answered with Closed).
     broker = fastfanout.Broker()
     server = Server(track.endpoint(), broker=broker)   # not started: the loop's view only
-    session = Session(b"id", 0.0)
+    session = Session(b"id", 0.0, 0)
     server._consumers[(b"id", 1)] = SessionConsumer(session, 1, "q", 10, 30.0, None)
     broker.close()
     assert server._wait_timeout() == (IDLE_TICK, True)

@@ -7,7 +7,7 @@ from fastfanout.sessions import EndedSessions, Session
 
 
 def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:
-    session = Session(b"id", 0.0)
+    session = Session(b"id", 0.0, 0)
     whole = encode_receipts([1, 2, 3])
     other = encode_receipts([7, 8])
     session.hold_batch(whole, 10.0)
@@ -21,7 +21,7 @@ def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:
 
 
 def test_batches_acked_back_to_back_in_one_request_are_all_forgotten() -> None:
-    session = Session(b"id", 0.0)
+    session = Session(b"id", 0.0, 0)
     first, second, third = (encode_receipts(r) for r in ([1, 2], [3, 4, 5], [6]))
     for batch in (first, second, third):
         session.hold_batch(batch, 10.0)
@@ -35,7 +35,7 @@ def test_batches_acked_back_to_back_in_one_request_are_all_forgotten() -> None:
 
 
 def test_expire_drops_what_ended_by_itself_and_keeps_the_rest() -> None:
-    session = Session(b"id", 0.0)
+    session = Session(b"id", 0.0, 0)
     session.hold_batch(encode_receipts([1]), 5.0)
     session.hold_batch(encode_receipts([2]), 20.0)
     session.hold_extended(encode_receipts([3]), 6.0)
