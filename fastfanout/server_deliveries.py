@@ -189,9 +189,10 @@ class Deliveries:
             getattr(self.broker, name)(*args, session=session.owner, **kwargs)
         except TypeError as exc:
             raise InvalidArgument(f"{name}: {exc}") from None
-        if opcode == Opcode.EXTEND:
-            seconds = args[1] if len(args) > 1 else kwargs.get("seconds", 0.0)
-            session.hold_extended(protocol.encode_receipts([args[0]]),
+        if opcode == Opcode.EXTEND:   # the call took them: a receipt and finite seconds
+            receipt = args[0] if args else kwargs["receipt"]
+            seconds = args[1] if len(args) > 1 else kwargs["seconds"]
+            session.hold_extended(protocol.encode_receipts([receipt]),
                                   time.monotonic() + float(seconds) + 1.0)
         self._dirty = True    # a message may be visible again
         self._room = True     # or gone (term)

@@ -18,7 +18,8 @@ from clocks import FakeClock
 import fastfanout
 from fastfanout import protocol
 from fastfanout._ext import codec
-from fastfanout.errors import BrokenConnection, BrokerRunning
+from fastfanout.errors import BrokenConnection, BrokerRunning, InvalidArgument
+from fastfanout.protocol import Opcode
 from fastfanout.runtime import runtime_dir
 from fastfanout.server import IDLE_TICK, Server
 from fastfanout.sessions import Consumer as SessionConsumer
@@ -407,3 +408,17 @@ def test_every_queued_request_is_answered_across_rounds(track: Tracker) -> None:
     finally:
         dealer.close()
         context.term()
+
+
+def test_settle_calls_run_as_their_session(track: Tracker) -> None:
+    """NACK/EXTEND/TERM take their arguments in args or by name, but never a session."""
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send("q", b"a")
+    (message,) = client.receive("q")
+    assert client._call(Opcode.EXTEND, receipt=message.receipt, seconds=30.0) is None
+    with pytest.raises(InvalidArgument):   # a client may not name the session it acts as
+        client._call(Opcode.NACK, message.receipt, session=0)
+    assert client.stats().queues["q"].leased == 1
+    client.ack(message.receipt)
