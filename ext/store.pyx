@@ -877,11 +877,6 @@ cdef class Store:
         """Leases an open owner holds now."""
         return self.owners[self.require_owner(owner)].outstanding
 
-    def credit(self, object owner):
-        """Leases a push may still make for an open owner (None: no limit)."""
-        cdef uint64_t credit = self.owner_credit(self.require_owner(owner))
-        return None if credit == 0xFFFFFFFFFFFFFFFF else credit
-
     cdef void _ack_slot(self, uint32_t slot) noexcept:
         cdef queue_t* q = &self.queues[self.entries[slot].queue]
         self._detach(slot)
