@@ -100,6 +100,8 @@ class QueueFull(FastFanoutError):
 class StaleReceipt(FastFanoutError):
     """A receipt no longer names a leased delivery (acked, expired or redelivered).
 
+    From a client, a receipt of a delivery made for another session is stale too.
+
     Attributes:
         receipts: the stale receipts of the call.
     """
