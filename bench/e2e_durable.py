@@ -35,7 +35,9 @@ publish), producer and consumer running together; "publish" is the producer's co
 rate alone. The ceiling of a scenario is the disk loop with the same durability: an
 fdatasync per message (NATS always), per group of P (Redis always, pipelines of P: Redis
 syncs once per event-loop round), per frame of 1,000 (fastfanout always: one fdatasync per
-broker round at best), or none (page cache: write/1000).
+broker round at best), or none (page cache: write/1000). Each scenario runs right after
+its ceiling in every run (a shared disk's sync rate drifts), and a ratio is the median of
+the per-run ratios.
 
 Message counts: ``--messages`` (100,000) for the end-to-end scenarios and the loops with
 G = 1 or 100; ``--local-messages`` (1,000,000) for the loops with G = 1000 (so they run
@@ -555,7 +557,7 @@ def print_table(rows: list[Row]) -> None:
     """The markdown table of every row that ran; ratios are medians of per-run ratios."""
     by_name = {row.name: row for row in rows}
     durable = {row.peer_class: row for row in rows
-               if row.name.startswith("fastfanout") and row.rates}
+               if row.name.startswith("fastfanout") and row.rates and row.peer_class}
     print("| scenario | durability | messages | msg/s median (min-max) | publish msg/s | "
           "ceiling | ratio to ceiling | fastfanout/peer |")
     print("|---|---|---:|---:|---:|---|---:|---:|")
@@ -564,7 +566,7 @@ def print_table(rows: list[Row]) -> None:
             continue
         ceiling = by_name.get(row.ceiling or "")
         ratio = paired(row.rates, ceiling.rates) if ceiling is not None else None
-        ours = durable.get(row.peer_class)
+        ours = durable.get(row.peer_class) if row.peer_class else None
         versus = None
         if ours is not None and not row.name.startswith("fastfanout"):
             versus = paired(ours.rates, row.rates)

@@ -152,3 +152,26 @@ def test_filesystem_of_names_the_mount_holding_a_path(durable: ModuleType,
     with open("/proc/mounts") as mounts:
         assert any(line.split()[1:3] == [point, kind] for line in mounts)
     assert kind in durable.describe_disk(str(tmp_path))
+
+
+def test_table_compares_fastfanout_only_with_peers_of_the_same_durability(
+        durable: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    row = durable.Row
+    durable.print_table([
+        row("fastfanout memory", "none", None, 10, rates=[50.0], publish=[50.0]),
+        row("disk sync/1", "fdatasync", None, 10, rates=[4.0]),
+        row("redis always pipeline 100", "always", "disk sync/1", 10, rates=[1.0],
+            publish=[1.0], peer_class="always"),
+        row("redis everysec pipeline 100", "everysec", None, 10, rates=[5.0],
+            peer_class="relaxed"),
+        row("fastfanout always", "--fsync always", "disk sync/1", 10, rates=[2.0],
+            publish=[2.0], peer_class="always"),
+    ])
+    lines = {line.split(" | ")[0].strip("| "): line
+             for line in capsys.readouterr().out.splitlines()[2:]}
+    assert lines["disk sync/1"].endswith("| - | - | - |")
+    assert lines["fastfanout memory"].endswith("| - | - | - |")
+    assert lines["redis always pipeline 100"].endswith(
+        "| disk sync/1 | 0.25x | 2.00x (fastfanout always) |")
+    assert lines["redis everysec pipeline 100"].endswith("| - | - | - |")
+    assert lines["fastfanout always"].endswith("| disk sync/1 | 0.50x | - |")
