@@ -20,7 +20,13 @@ from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store
-from fastfanout.errors import AlreadyExists, Closed, InvalidArgument, NotFound
+from fastfanout.errors import (
+    AlreadyExists,
+    Closed,
+    InvalidArgument,
+    InvalidFilterPolicy,
+    NotFound,
+)
 from fastfanout.records import ExponentialBackoff
 from fastfanout.routing import compile_policy, dispatch_targets, feeding_subscriptions
 from fastfanout.settings import (
@@ -38,13 +44,39 @@ from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_patte
 __all__ = ["Administration"]
 
 
-def _look_up(kind: str, ids: dict[str, int], name: object) -> int:
-    """The id of the ``kind`` named ``name``: InvalidArgument for a bad name, else NotFound."""
+def _look_up(kind: str, ids: dict[str, int], name: object, argument: str) -> int:
+    """The id of the ``kind`` named ``name``: InvalidArgument for a bad name, else NotFound.
+
+    ``argument`` is the name of the caller's argument, for the message.
+    """
     found = ids.get(name) if type(name) is str else None
     if found is None:
+        _check_text(argument, name, f"a {kind} name")
         check_name(kind, name)
         raise NotFound(f"{kind} {name!r} does not exist")
     return found
+
+
+def _check_text(argument: str, value: object, expected: str) -> str:
+    """Return ``value`` if it is a ``str``, else raise InvalidArgument naming ``argument``.
+
+    Args:
+        argument: the argument's name, for the message.
+        value: what the caller gave.
+        expected: what a good value is, e.g. ``"a queue name"``.
+    """
+    if type(value) is not str:
+        raise InvalidArgument(
+            f"{argument} must be {expected} (str), got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _check_filter_policy(filter_policy: object) -> None:
+    """InvalidFilterPolicy (naming the argument) for a policy of a type no policy has."""
+    if filter_policy is not None and not isinstance(filter_policy, Mapping | str | bytes):
+        raise InvalidFilterPolicy(
+            f"filter_policy must be None, a map (dict) or JSON text (str), got "
+            f"{type(filter_policy).__name__} {filter_policy!r:.80}")
 
 
 class Administration:
@@ -92,11 +124,13 @@ class Administration:
         now_us: int = self._store.tick(self._clock)
         return now_us
 
-    def _queue_id(self, name: object) -> int:
-        return _look_up("queue", self._queues, name)
+    def _queue_id(self, name: object, argument: str = "queue") -> int:
+        """The id of queue ``name`` (given as the caller's ``argument``), or raise."""
+        return _look_up("queue", self._queues, name, argument)
 
-    def _topic_id(self, name: object) -> int:
-        return _look_up("topic", self._topics, name)
+    def _topic_id(self, name: object, argument: str = "topic") -> int:
+        """The id of topic ``name`` (given as the caller's ``argument``), or raise."""
+        return _look_up("topic", self._topics, name, argument)
 
     def _wake_receivers(self) -> None:
         if self._waiters:
@@ -148,7 +182,7 @@ class Administration:
         """Delete a topic and its subscriptions (messages already enqueued stay)."""
         with self._lock:
             self._now_us()
-            topic_id = self._topic_id(name)
+            topic_id = self._topic_id(name, "name")
             for subscription_id in self._topic_subscriptions.pop(name):
                 if self._subscriptions[subscription_id].topic == name:
                     del self._subscriptions[subscription_id]
@@ -236,7 +270,7 @@ class Administration:
                         f"queue {name!r} exists with other settings: {existing}")
                 return
             dlq_id = (-1 if settings.dead_letter_queue is None
-                      else self._queue_id(settings.dead_letter_queue))
+                      else self._queue_id(settings.dead_letter_queue, "dead_letter_queue"))
             queue_id = queue_ops.add_queue(
                 self._store, name, native.visibility_us, native.delay_us, native.retention_us,
                 native.message_limit, native.byte_limit, native.max_message_size,
@@ -255,7 +289,7 @@ class Administration:
         """
         with self._lock:
             self._now_us()
-            queue_id = self._queue_id(name)
+            queue_id = self._queue_id(name, "name")
             users = sorted(other for other, settings in self._queue_settings.items()
                            if settings.dead_letter_queue == name)
             if users:
@@ -279,7 +313,7 @@ class Administration:
         """The settings queue ``name`` was created with."""
         with self._lock:
             self._now_us()
-            self._queue_id(name)
+            self._queue_id(name, "name")
             return self._queue_settings[name]
 
     # -- subscriptions -----------------------------------------------------------------
@@ -328,6 +362,9 @@ class Administration:
             AlreadyExists: the pair is subscribed already with another policy.
         """
         self._ensure_open()
+        _check_text("topic", topic, "a topic name or pattern")
+        _check_text("queue", queue, "a queue name")
+        _check_filter_policy(filter_policy)
         compiled, normalized = compile_policy(filter_policy, filter_scope)
         with self._lock:
             self._now_us()
@@ -372,6 +409,7 @@ class Administration:
             filter_scope: ``"attributes"`` or ``"body"``.
         """
         self._ensure_open()
+        _check_filter_policy(filter_policy)
         compiled, normalized = compile_policy(filter_policy, filter_scope)
         with self._lock:
             self._now_us()

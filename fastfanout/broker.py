@@ -529,8 +529,8 @@ class Broker(Administration):
         limit = optional_count("max_messages", max_messages)
         with self._lock:
             now_us = self._now_us()
-            source_id = self._queue_id(dead_letter_queue)
-            target_id = -1 if to is None else self._queue_id(to)
+            source_id = self._queue_id(dead_letter_queue, "dead_letter_queue")
+            target_id = -1 if to is None else self._queue_id(to, "to")
             if target_id == source_id:
                 raise InvalidArgument(f"redrive of {dead_letter_queue!r} into itself")
             moved: int = queue_ops.redrive(

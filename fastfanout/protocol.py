@@ -367,10 +367,22 @@ def backoff_to_wire(backoff: Any) -> Any:
 
 
 def backoff_from_wire(value: Any) -> Any:
-    """The inverse of ``backoff_to_wire``."""
+    """The inverse of ``backoff_to_wire``.
+
+    A map becomes an ``ExponentialBackoff`` and a list a tuple of seconds; any other value
+    is returned as it is, for the broker to refuse (the values are checked there).
+
+    Raises:
+        InvalidArgument: a map has a key that is not a field of ``ExponentialBackoff``.
+    """
     from fastfanout.records import ExponentialBackoff
 
     if isinstance(value, dict):
+        unknown = [key for key in value if key not in ExponentialBackoff._fields]
+        if unknown:
+            raise InvalidArgument(
+                f"redelivery_backoff map has unknown keys {unknown!r:.80}; its keys are "
+                f"{', '.join(ExponentialBackoff._fields)} (numbers of seconds and a factor)")
         return ExponentialBackoff(**value)
     if isinstance(value, list):
         return tuple(value)

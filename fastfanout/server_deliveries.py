@@ -42,7 +42,7 @@ from fastfanout.errors import (
 from fastfanout.local_sessions import LocalSessions
 from fastfanout.protocol import Opcode, Status
 from fastfanout.sessions import Consumer, Session, Waiter
-from fastfanout.settings import MAX_RECEIVE_BATCH
+from fastfanout.settings import MAX_RECEIVE_BATCH, MAX_VISIBILITY_TIMEOUT, seconds_to_us
 
 __all__ = ["Deliveries"]
 
@@ -70,6 +70,8 @@ class Deliveries:
 
     def _lease_seconds(self, queue: str, visibility_timeout: float | None) -> float:
         if visibility_timeout is not None:
+            seconds_to_us("visibility_timeout", visibility_timeout,
+                          maximum=MAX_VISIBILITY_TIMEOUT)   # InvalidArgument if bad
             return float(visibility_timeout)
         return float(self.broker.queue_settings(queue).visibility_timeout)
 
@@ -243,7 +245,10 @@ class Deliveries:
                 ) -> list[bytes]:
         args, _ = self._arguments(frames)
         consumer_id = args[0] if args else None
-        consumer = self._consumers.get((session.identity, consumer_id))  # type: ignore[arg-type]
+        if type(consumer_id) is not int:
+            raise InvalidArgument(f"cancel consumer_id must be an int (the CONSUME request "
+                                  f"id), got {type(consumer_id).__name__} {consumer_id!r:.80}")
+        consumer = self._consumers.get((session.identity, consumer_id))
         if consumer is None:
             raise NotFound(f"consumer {consumer_id!r} does not exist on this connection")
         self._drop_consumer(consumer)

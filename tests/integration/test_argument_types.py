@@ -1,0 +1,212 @@
+"""Arguments of the wrong type: ``InvalidArgument`` embedded, ``invalid_argument`` on the wire.
+
+Every administration and generic call operation (``protocol.CALLS``) is tried with values
+of the wrong type for each of its arguments, in turn: through the embedded broker and as
+a raw request from a bare DEALER (as a client in another language would send it). Each
+must be refused with ``InvalidArgument`` (or a subclass), never ``internal`` nor a
+``TypeError``, and must change nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+
+from fastfanout import Broker, InvalidArgument, protocol
+from fastfanout.server import Server
+
+# Values of the wrong type for every argument, unless ``WRONG`` names others.
+WRONG_EVERYWHERE: list[Any] = [[1], {"k": 1}, b"x"]
+WRONG: dict[str, list[Any]] = {
+    # a map is a policy and a list is no type error here: a number or bytes are
+    "filter_policy": [[1], 7, 1.5, True],
+    "filter_scope": [[1], {"k": 1}, 1],
+    # a list is a backoff, a map is an exponential backoff (on the wire)
+    "redelivery_backoff": [{"k": 1}, {"initial": [1]}, {1: 2}, "1", b"x", 1.5, True],
+    "name": [*WRONG_EVERYWHERE, 7, 1.5, None, True],
+    "topic": [*WRONG_EVERYWHERE, 7, None],
+    "queue": [*WRONG_EVERYWHERE, 7, None],
+    "dead_letter_queue": [*WRONG_EVERYWHERE, 7],
+    "to": [*WRONG_EVERYWHERE, 7],
+    "fifo": [*WRONG_EVERYWHERE, 1, "yes", None],
+    "content_dedup": [*WRONG_EVERYWHERE, 1, "yes", None],
+    "overflow": [*WRONG_EVERYWHERE, 1, None],
+    "subscription_id": [*WRONG_EVERYWHERE, "1", 1.0, None],
+    "receipt": [*WRONG_EVERYWHERE, "1", 1.5, None],
+    "max_messages": [*WRONG_EVERYWHERE, "1", 1.5],
+    "max_bytes": [*WRONG_EVERYWHERE, "1", 1.5],
+    "max_receive_count": [*WRONG_EVERYWHERE, "1", 1.5],
+    "max_message_size": [*WRONG_EVERYWHERE, "1", 1.5, None],
+    "max_priority": [*WRONG_EVERYWHERE, "1", 1.5, None],
+    "seconds": [*WRONG_EVERYWHERE, "1", None],
+    "delay": [*WRONG_EVERYWHERE, "1"],
+}
+DURATIONS = ("visibility_timeout", "retention", "dedup_window")
+for _duration in DURATIONS:
+    WRONG[_duration] = [*WRONG_EVERYWHERE, "1", None]
+
+
+def cases() -> list[tuple[str, str, Any]]:
+    """(method, argument, wrong value) for every argument of every generic call."""
+    found = []
+    for method in protocol.CALLS.values():
+        for argument in inspect.signature(getattr(Broker, method)).parameters:
+            if argument != "self":
+                found.extend((method, argument, value)
+                             for value in WRONG.get(argument, WRONG_EVERYWHERE))
+    return found
+
+
+CASES = cases()
+
+
+def case_id(case: tuple[str, str, Any]) -> str:
+    method, argument, value = case
+    return f"{method}-{argument}-{type(value).__name__}"
+
+
+def valid_arguments(method: str, receipt: int, subscription_id: int) -> dict[str, Any]:
+    """Valid values for the required arguments of ``method`` (a new name to create)."""
+    valid: dict[str, Any] = {"topic": "t", "queue": "q", "receipt": receipt, "seconds": 5.0,
+                             "subscription_id": subscription_id, "filter_policy": None,
+                             "dead_letter_queue": "dlq"}
+    valid["name"] = ("fresh" if method.startswith("create") else
+                     "t" if method == "delete_topic" else "q")
+    parameters = inspect.signature(getattr(Broker, method)).parameters.values()
+    return {p.name: valid[p.name] for p in parameters
+            if p.name != "self" and p.default is inspect.Parameter.empty}
+
+
+def shape(broker: Broker) -> tuple[Any, ...]:
+    """Everything the calls under test could change."""
+    stats = broker.stats()
+    return (broker.list_topics(), broker.list_queues(), broker.list_subscriptions(),
+            [broker.subscription(sid) for sid in broker.list_subscriptions()],
+            [broker.queue_settings(name) for name in broker.list_queues()],
+            {name: (q.visible, q.leased, q.delayed, q.dead_lettered, q.purged)
+             for name, q in stats.queues.items()})
+
+
+def prepared(broker: Broker) -> tuple[int, int]:
+    """Set ``broker`` up; returns (receipt of a leased message, subscription id)."""
+    broker.create_topic("t")
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq", max_receive_count=3)
+    sid = broker.subscribe("t", "q")
+    broker.publish("t", b"m")
+    (message,) = broker.receive("q", visibility_timeout=60.0)
+    return message.receipt, sid
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_embedded_refuses_wrong_types(case: tuple[str, str, Any]) -> None:
+    method, argument, value = case
+    with Broker() as broker:
+        receipt, sid = prepared(broker)
+        before = shape(broker)
+        arguments = valid_arguments(method, receipt, sid)
+        arguments[argument] = value
+        with pytest.raises(InvalidArgument, match=argument):
+            getattr(broker, method)(**arguments)
+        assert shape(broker) == before
+        assert broker.check()
+
+
+@contextlib.contextmanager
+def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER connected to the broker (no client library), closed after."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    try:
+        yield dealer
+    finally:
+        dealer.close()
+        context.term()
+
+
+def raw_call(dealer: zmq.Socket[bytes], request_id: int, method: str,
+             arguments: dict[str, Any]) -> tuple[int, list[Any]]:
+    """Send a generic call as ``[[], kwargs]``; returns (status, decoded payload)."""
+    opcode = next(op for op, name in protocol.CALLS.items() if name == method)
+    dealer.send_multipart([protocol.encode_header(opcode, request_id),
+                           msgspec.msgpack.encode([[], arguments])])
+    assert dealer.poll(5000), f"no reply to {method}"
+    reply = dealer.recv_multipart()
+    _, status, replied_to = protocol.decode_header(reply[0])
+    assert replied_to == request_id
+    return status, msgspec.msgpack.decode(reply[1])
+
+
+def test_wire_refuses_wrong_types(track: Any) -> None:
+    server: Server = track.server(local_channels=False)
+    broker = server.broker
+    receipt, sid = prepared(broker)
+    before = shape(broker)
+    refused = []
+    with raw_dealer(server.endpoint) as dealer:
+        for number, (method, argument, value) in enumerate(CASES, 1):
+            arguments = valid_arguments(method, receipt, sid)
+            arguments[argument] = value
+            status, payload = raw_call(dealer, number, method, arguments)
+            what = f"{method}({argument}={value!r})"
+            assert status == protocol.Status.ERROR, what
+            code, message = payload[0], payload[1]
+            assert issubclass(protocol.error_class(code), InvalidArgument), (what, payload)
+            assert argument in message, (what, message)
+            refused.append(what)
+        # a backoff map of unknown fields names them
+        status, payload = raw_call(dealer, 0, "create_queue", {
+            "name": "fresh", "redelivery_backoff": {"initial": 1, "growth": 2}})
+        assert (status, payload[0]) == (protocol.Status.ERROR, "invalid_argument")
+        assert "redelivery_backoff" in payload[1] and "growth" in payload[1]
+        # EXTEND's arguments by name (the server reads them for its held receipts)
+        status, payload = raw_call(dealer, 0, "extend", {"receipt": receipt, "seconds": 60.0})
+        assert (status, payload) == (protocol.Status.OK, None)
+    assert len(refused) == len(CASES)
+    assert shape(broker) == before
+
+
+RAW_CASES: list[tuple[protocol.Opcode, list[Any], dict[str, Any], str]] = [
+    (protocol.Opcode.RECEIVE, [], {"queue": [1]}, "queue"),
+    (protocol.Opcode.RECEIVE, [{"k": 1}], {}, "queue"),
+    (protocol.Opcode.RECEIVE, [], {"queue": "q", "max_messages": "1"}, "max_messages"),
+    (protocol.Opcode.RECEIVE, [], {"queue": "q", "wait": [1]}, "wait"),
+    (protocol.Opcode.RECEIVE, [], {"queue": "q", "visibility_timeout": [1]},
+     "visibility_timeout"),
+    (protocol.Opcode.CONSUME, [], {"queue": {"k": 1}}, "queue"),
+    (protocol.Opcode.CONSUME, [], {"queue": "q", "prefetch": [1]}, "prefetch"),
+    (protocol.Opcode.CONSUME, [], {"queue": "q", "visibility_timeout": "1"},
+     "visibility_timeout"),
+    (protocol.Opcode.CANCEL, [[1]], {}, "consumer"),
+    (protocol.Opcode.CANCEL, [{"k": 1}], {}, "consumer"),
+]
+
+
+@pytest.mark.parametrize("opcode, args, kwargs, argument", RAW_CASES,
+                         ids=[f"{c[0].name}-{c[3]}-{i}" for i, c in enumerate(RAW_CASES)])
+def test_wire_refuses_wrong_types_of_the_other_requests(
+        track: Any, opcode: protocol.Opcode, args: list[Any], kwargs: dict[str, Any],
+        argument: str) -> None:
+    server: Server = track.server(local_channels=False)
+    receipt, _ = prepared(server.broker)
+    before = shape(server.broker)
+    with raw_dealer(server.endpoint) as dealer:
+        dealer.send_multipart([protocol.encode_header(opcode, 1),
+                               msgspec.msgpack.encode([args, kwargs])])
+        assert dealer.poll(5000)
+        reply = dealer.recv_multipart()
+        _, status, _ = protocol.decode_header(reply[0])
+        code, message, _ = msgspec.msgpack.decode(reply[1])
+        assert status == protocol.Status.ERROR
+        assert issubclass(protocol.error_class(code), InvalidArgument), (code, message)
+        assert argument in message
+    assert shape(server.broker) == before
+    assert server.broker.ack(receipt) is None
