@@ -570,6 +570,14 @@ cdef class Dispatcher:
                     f"entry {i}: a message of {size} bytes (body + attributes) exceeds the "
                     f"max_message_size of {store.queue(queue).max_message_size} bytes of queue "
                     f"{store.names[queue]!r}")
+            if (blob.due_us != INT64_MIN
+                    and blob.due_us - now_us >= store.queue(queue).retention_us):
+                # Accepted, it would be dropped by retention before it is ever visible.
+                raise InvalidArgument(
+                    f"entry {i}: due in {(blob.due_us - now_us) / 1e6:g} s (its delay or "
+                    f"deliver_at) but queue {store.names[queue]!r} keeps messages for "
+                    f"retention={store.queue(queue).retention_us / 1e6:g} s: it would be "
+                    f"dropped before delivery")
             messages += 1
             size_total += size
         if messages and store.room_for(queue, messages, size_total) < 0:

@@ -223,6 +223,11 @@ def check_queue_settings(name: str, settings: QueueSettings
     delay_us = seconds_to_us("delay", settings.delay, maximum=MAX_DELAY)
     retention_us = seconds_to_us("retention", settings.retention, maximum=MAX_DELAY,
                                  minimum=1.0)
+    if delay_us >= retention_us:
+        raise InvalidArgument(
+            f"queue {name!r}: delay={settings.delay!r} s is not shorter than "
+            f"retention={settings.retention!r} s: every message would be dropped before "
+            f"delivery")
     receive_limit = optional_count("max_receive_count", settings.max_receive_count)
     message_limit = optional_count("max_messages", settings.max_messages)
     byte_limit = optional_count("max_bytes", settings.max_bytes)

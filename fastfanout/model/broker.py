@@ -358,7 +358,11 @@ class ModelBroker:
         check_name("queue", name)
         duration_us("visibility_timeout", visibility_timeout, MAX_VISIBILITY_US)
         duration_us("delay", delay, MAX_DELAY_US)
-        duration_us("retention", retention, MAX_DELAY_US, minimum_us=US)
+        if (duration_us("delay", delay, MAX_DELAY_US)
+                >= duration_us("retention", retention, MAX_DELAY_US, minimum_us=US)):
+            raise InvalidArgument(
+                f"queue {name!r}: delay={delay!r} s is not shorter than retention="
+                f"{retention!r} s")
         optional_count("max_receive_count", max_receive_count)
         optional_count("max_messages", max_messages)
         optional_count("max_bytes", max_bytes)

@@ -187,6 +187,10 @@ def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
             raise MessageTooLarge(
                 f"entry {index}: message of {entry.size} bytes exceeds max_message_size "
                 f"{queue.settings.max_message_size} of queue {queue.name!r}")
+        if entry.due_us is not None and entry.due_us - now_us >= queue.retention_us:
+            raise InvalidArgument(
+                f"entry {index}: due in {(entry.due_us - now_us) / 1e6:g} s but queue "
+                f"{queue.name!r} has retention={queue.settings.retention:g} s")
         messages += 1
         size += entry.size
     if messages and room_plan(queue, messages, size) is None:

@@ -648,9 +648,10 @@ def test_dead_letter_overflow(model):
 
 def test_retention_removes_every_state(model, clock):
     model.create_queue("q", retention=10)
+    model.send("q", b"delayed")   # a send's own delay must end before retention: a nack's not
+    model.nack(model.receive("q")[0].receipt, delay=20)
     model.send("q", b"leased")
     model.send("q", b"visible")
-    model.send("q", b"delayed", delay=20)
     model.receive("q")
     clock.advance(9.999999)
     assert queue_stats(model, "q").messages == 3
