@@ -60,7 +60,14 @@ from fastfanout.errors import (
     ServerStopping,
     TransportError,
 )
-from fastfanout.futures import PendingBatch, PublishBatchFuture, PublishFuture, _Pending
+from fastfanout.futures import (
+    REPLY_POLL,
+    PendingBatch,
+    PublishBatchFuture,
+    PublishFuture,
+    _Pending,
+    bind,
+)
 from fastfanout.local_channel import (
     DEFAULT_RING_BYTES,
     LocalChannel,
@@ -242,17 +249,16 @@ class Client(ClientAdministration):
         """The broker vanished: fail every pending call and consumer; reconnect later."""
         self._drop_transport()
         for pending in self._pending.values():
-            pending.error = error
+            pending.fail(error)
         self._pending.clear()
         self._discarded.clear()
         for consumer in self._consumers.values():
             consumer.error = error
         self._consumers.clear()
         for batch in self._batches.values():
-            for future in batch.futures:
-                future._pending = _Pending(0)
-                future._pending.error = error
-                future._batch_results = [None]
+            failed = _Pending(0)
+            failed.fail(error)
+            bind(batch.futures, failed)
         self._batches.clear()
 
     def _ensure(self) -> DealerTransport | LocalTransport:
@@ -369,9 +375,9 @@ class Client(ClientAdministration):
                 self._discarded.discard(request_id)
                 return
             if status == Status.OK:
-                pending.frames = frames[1:]
+                pending.answer(frames[1:])
             else:
-                pending.error = protocol.decode_error(frames[1] if len(frames) > 1 else b"")
+                pending.fail(protocol.decode_error(frames[1] if len(frames) > 1 else b""))
         elif status == Status.PUSH:
             consumer = self._consumers.get(request_id)
             if consumer is not None:
@@ -439,9 +445,11 @@ class Client(ClientAdministration):
         while not self._closed:
             interval = float(self.info.get("heartbeat_interval", 0.25))
             # While publishes come in, tick every linger instead of being woken for each
-            # new batch: a wake-up per message costs the publisher a thread switch.
+            # new batch: a wake-up per message costs the publisher a thread switch. While
+            # requests are in flight, look for their replies every REPLY_POLL: a pipelined
+            # publish's future must complete (and run its callbacks) with nobody calling.
             self._kick.wait(self.linger if self._batches or time.monotonic() < self._busy_until
-                            else interval)
+                            else REPLY_POLL if self._pending else interval)
             self._kick.clear()
             if self._closed:
                 return
@@ -460,6 +468,8 @@ class Client(ClientAdministration):
                 if now - self._last_sent_heartbeat >= interval:
                     self._heartbeat_if_due(now)
                     self._pump_once(0)
+                elif self._pending:
+                    self._drain(self._transport)
             except FastFanoutError:
                 pass
             finally:
@@ -507,11 +517,8 @@ class Client(ClientAdministration):
             pending = self._request(key[0], [key[1].encode(), frame], flush=False)
         except RequestTooLarge as exc:   # never sent: each future of the batch raises it
             pending = _Pending(0)
-            pending.error = exc
-        results: list[RemotePublishBatch | None] = [None]
-        for future in batch.futures:
-            future._pending = pending
-            future._batch_results = results
+            pending.fail(exc)
+        bind(batch.futures, pending)
 
     def _flush_batches(self) -> None:
         batches, self._batches = self._batches, {}
