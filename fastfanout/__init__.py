@@ -36,6 +36,7 @@ from fastfanout.errors import (
     Unroutable,
     UnsafeLockFile,
     UnsupportedVersion,
+    UsedAfterFork,
     WouldBlock,
 )
 from fastfanout.producer import Producer
@@ -87,6 +88,7 @@ __all__ = [
     "Unroutable",
     "UnsafeLockFile",
     "UnsupportedVersion",
+    "UsedAfterFork",
     "WouldBlock",
     "__version__",
     "connect",

@@ -52,7 +52,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
-from fastfanout import protocol
+from fastfanout import forks, protocol
 from fastfanout._ext.wire import encode_entries
 from fastfanout.aio_admin import AsyncClientAdministration
 from fastfanout.aio_producer import AsyncProducer
@@ -254,6 +254,20 @@ class AsyncClient(AsyncClientAdministration):
         self._acks: list[int] = []   # message.ack() calls not sent yet (_send_acks)
         self.info: dict[str, Any] = {}
         self._limits: tuple[int, int] | None = None   # the broker's request size limits
+        self._pid = os.getpid()   # the process that owns the connection (fastfanout.forks)
+        self._forked = False
+        forks.watch(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the next call must refuse, and the reader stop reading."""
+        self._forked = True
+
+    def _check_open(self) -> None:
+        """Raise ``UsedAfterFork`` in a forked child, ``Closed`` after ``close()``."""
+        if self._forked:
+            raise forks.used_after_fork("client", self._pid)
+        if self._closed:
+            raise Closed("the client is closed")
 
     async def _start(self) -> AsyncClient:
         self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
@@ -300,8 +314,9 @@ class AsyncClient(AsyncClientAdministration):
             RequestTooLarge: the request exceeds the broker's ``max_request_bytes`` or
                 ``max_frame_bytes`` (told in its HELLO reply); nothing was sent.
         """
-        if self._closed:
-            raise Closed("the client is closed")
+        if self._closed or self._forked:
+            self._check_open()
+        forks.check_process("client", self._pid)   # a fork that bypassed os.fork
         if flush and self._batches:
             # a request sent now must not overtake earlier publishes (per-topic order,
             # FIFO groups), as in the blocking client
@@ -328,8 +343,8 @@ class AsyncClient(AsyncClientAdministration):
 
     def _queue_ack(self, receipt: int) -> None:
         """Queue a ``message.ack()``: the acks of one loop iteration go in one request."""
-        if self._closed:
-            raise Closed("the client is closed")
+        if self._closed or self._forked:
+            self._check_open()
         if not self._acks:
             asyncio.get_running_loop().call_soon(self._send_acks)
         self._acks.append(receipt)
@@ -383,6 +398,8 @@ class AsyncClient(AsyncClientAdministration):
         try:
             while True:
                 frames = await self._transport.recv()
+                if self._forked:
+                    return   # a forked child's copy: the replies are the parent's
                 _, status, request_id = protocol.decode_header(frames[0])
                 if status in (Status.OK, Status.ERROR):
                     future = self._futures.get(request_id)
@@ -521,8 +538,8 @@ class AsyncClient(AsyncClientAdministration):
 
     def _enqueue(self, opcode: int, name: str, body: Any, options: dict[str, Any]
                  ) -> asyncio.Future[PublishResult]:
-        if self._closed:
-            raise Closed("the client is closed")
+        if self._closed or self._forked:
+            self._check_open()
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
         loop = asyncio.get_running_loop()
@@ -766,11 +783,18 @@ class AsyncClient(AsyncClientAdministration):
     async def close(self) -> None:
         """Flush pending publishes and open producers, say goodbye and close the socket.
 
+        In a forked child it only marks the client closed: the connection is the
+        parent's, and nothing of it is sent, flushed or closed.
+
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway
                 and that producer's refused messages are not published.
         """
         if self._closed:
+            return
+        if self._forked or os.getpid() != self._pid:
+            # a forked child: the connection is the parent's, leave all of it alone
+            self._forked = self._closed = True
             return
         refusal: FastFanoutError | None = None
         for producer in list(self._producers):   # their open and kept frames first

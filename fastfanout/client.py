@@ -26,6 +26,8 @@ Choices:
   how often), so the broker learns quickly when this process dies and releases its
   leases. If the broker stays silent for its ``heartbeat_timeout``, pending calls raise
   ``BrokenConnection`` and the next call reconnects.
+- ``fork()``: a child that calls a client its parent connected gets ``UsedAfterFork``
+  (``fastfanout.forks``); its ``close()`` leaves the parent's connection alone.
 - Deliveries stay in the codec's record form until user code iterates; ``consume``
   yields ``RemoteMessage`` objects, ``consume_batches`` yields whole ``DeliveryBatch``es.
 """
@@ -42,7 +44,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from fastfanout import protocol
+from fastfanout import forks, protocol
 from fastfanout._ext.wire import (
     encode_entries,
 )
@@ -178,10 +180,22 @@ class Client(ClientAdministration):
         self._limits: tuple[int, int] | None = None   # the broker's request size limits
         self._kick = threading.Event()
         self._busy_until = 0.0
+        self._pid = os.getpid()   # the process that owns the connection (fastfanout.forks)
+        self._forked = False
+        forks.watch(self._after_fork)
         self._connect()
         self._thread = threading.Thread(target=self._background, name="fastfanout-client",
                                         daemon=True)
         self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child, before anything else runs: the next call must refuse.
+
+        The lock and event are new: a parent thread may have held them at the fork.
+        """
+        self._forked = True
+        self._lock = threading.RLock()
+        self._kick = threading.Event()
 
     # -- connection --------------------------------------------------------------------
 
@@ -262,6 +276,8 @@ class Client(ClientAdministration):
         self._batches.clear()
 
     def _ensure(self) -> DealerTransport | LocalTransport:
+        if self._forked:
+            raise forks.used_after_fork("client", self._pid)
         if self._closed:
             raise Closed("the client is closed")
         if self._transport is None:
@@ -272,6 +288,7 @@ class Client(ClientAdministration):
     # -- requests and replies -----------------------------------------------------------
 
     def _request(self, opcode: int, payload: list[bytes], *, flush: bool = True) -> _Pending:
+        forks.check_process("client", self._pid)   # a fork that bypassed os.fork
         with self._lock:
             if flush and self._batches:
                 self._flush_batches()
@@ -777,6 +794,8 @@ class Client(ClientAdministration):
         """Flush pending publishes, wait for their answers, say goodbye and disconnect.
 
         Producers of this client still open are closed first (their messages flushed).
+        In a forked child it only marks the client closed: the connection is the
+        parent's, and nothing of it is sent, flushed or closed.
 
         Args:
             timeout: seconds to wait for the broker's answers at most.
@@ -786,6 +805,10 @@ class Client(ClientAdministration):
                 and that producer's refused messages are not published.
         """
         if self._closed:
+            return
+        if self._forked or os.getpid() != self._pid:
+            # a forked child: the connection is the parent's, leave all of it alone
+            self._forked = self._closed = True
             return
         refusal: FastFanoutError | None = None
         for producer in list(self._producers):   # their open and kept frames first

@@ -36,6 +36,7 @@ __all__ = [
     "Unroutable",
     "UnsafeLockFile",
     "UnsupportedVersion",
+    "UsedAfterFork",
     "WouldBlock",
     "error_for_code",
 ]
@@ -258,6 +259,17 @@ class PeerGone(FastFanoutError, ConnectionError):
     code = "peer_gone"
 
 
+class UsedAfterFork(FastFanoutError):
+    """A client was used in a child process of the process that connected it (``fork()``).
+
+    A connection (its ZeroMQ socket, its local channel's rings, its lock and background
+    thread) belongs to the process that made it; the child must connect a client of its
+    own. Raised by the child's first call; nothing of the parent's connection is touched.
+    """
+
+    code = "used_after_fork"
+
+
 _BY_CODE: dict[str, type[FastFanoutError]] = {
     cls.code: cls
     for cls in (
@@ -272,14 +284,15 @@ _BY_CODE: dict[str, type[FastFanoutError]] = {
         Closed,
         StoreFull,
         StoreFailed,
-        ProtocolError,
+        BrokenConnection,
         MalformedFrame,
+        ProtocolError,
+        RequestTooLarge,
+        ServerStopping,
+        SessionExpired,
         UnknownOpcode,
         UnsupportedVersion,
-        RequestTooLarge,
-        BrokenConnection,
-        SessionExpired,
-        ServerStopping,
+        UsedAfterFork,
     )
 }
 """The classes of the codes a broker sends (``internal`` is the base class)."""
