@@ -229,7 +229,7 @@ cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) e
 
 cdef object dead_letter_info(Store self, dead_letter_t* dead):
     return DeadLetterInfo(
-        DEAD_LETTER_REASONS[dead.reason], self.names[dead.source_queue],
+        DEAD_LETTER_REASONS[dead.reason], <object>dead.source_name,
         dead.receive_count, _seconds_or_none(dead.first_receive_us),
         _seconds_or_none(dead.last_receive_us), dead.time_us / 1e6)
 
@@ -237,6 +237,6 @@ cdef object dead_letter_info(Store self, dead_letter_t* dead):
 cdef bytes dead_letter_json(Store self, dead_letter_t* dead):
     """A dead-letter record as a delivery record's name part (see ``receive_push``)."""
     return _encode_json([
-        DEAD_LETTER_REASONS[dead.reason], self.names[dead.source_queue], dead.receive_count,
+        DEAD_LETTER_REASONS[dead.reason], <object>dead.source_name, dead.receive_count,
         None if dead.first_receive_us < 0 else dead.first_receive_us,
         None if dead.last_receive_us < 0 else dead.last_receive_us, dead.time_us])

@@ -24,8 +24,9 @@ cdef struct topic_t:
 cdef class Dispatcher:
     cdef Store store
     cdef topic_t* topics
-    cdef uint32_t topic_count
+    cdef uint32_t topic_count      # ids handed out: live topics and deleted ones
     cdef uint32_t topic_capacity
+    cdef list free_topic_ids       # deleted topics' ids, taken again by add_topic
     cdef list topic_dedup          # topic id -> DedupWindow
     cdef list topic_filters        # topic id -> FilterSet over target positions, or None
     cdef list batch_attributes     # per entry of the batch being filtered: dict or None

@@ -90,6 +90,7 @@ cdef class Dispatcher:
         self.skip_capacity = 0
         self.topic_dedup = []
         self.topic_filters = []
+        self.free_topic_ids = []
         self.matches = NULL
         self.match_capacity = 0
 
@@ -108,34 +109,46 @@ cdef class Dispatcher:
 
     def add_topic(self, bint fifo=False, bint content_dedup=False,
                   int64_t dedup_window_us=300_000_000):
-        """Create a topic with no subscriptions; returns its id (never reused)."""
+        """Create a topic with no subscriptions; returns its id.
+
+        The id of a deleted topic is taken again (topic ids live only in the broker's
+        name table and in this dispatcher), else a new one.
+        """
         cdef topic_t* grown
         cdef uint32_t capacity
-        if self.topic_count == self.topic_capacity:
-            capacity = self.topic_capacity * 2 if self.topic_capacity else 16
-            grown = <topic_t*>PyMem_Realloc(self.topics, capacity * sizeof(topic_t))
-            if grown == NULL:
-                raise MemoryError()
-            self.topics = grown
-            self.topic_capacity = capacity
-        self.topics[self.topic_count].alive = True
-        self.topics[self.topic_count].targets = NULL
-        self.topics[self.topic_count].filtered = NULL
-        self.topics[self.topic_count].target_count = 0
-        self.topics[self.topic_count].published = 0
-        self.topics[self.topic_count].deliveries = 0
-        self.topics[self.topic_count].unrouted = 0
-        self.topics[self.topic_count].duplicates = 0
-        self.topics[self.topic_count].filtered_out = 0
-        self.topics[self.topic_count].fifo = fifo
-        self.topics[self.topic_count].content_dedup = content_dedup
-        self.topic_dedup.append(DedupWindow(dedup_window_us))
-        self.topic_filters.append(None)
-        self.topic_count += 1
-        return self.topic_count - 1
+        cdef uint32_t topic
+        cdef DedupWindow window = DedupWindow(dedup_window_us)
+        if self.free_topic_ids:
+            topic = self.free_topic_ids.pop()
+            self.topic_dedup[topic] = window
+            self.topic_filters[topic] = None
+        else:
+            if self.topic_count == self.topic_capacity:
+                capacity = self.topic_capacity * 2 if self.topic_capacity else 16
+                grown = <topic_t*>PyMem_Realloc(self.topics, capacity * sizeof(topic_t))
+                if grown == NULL:
+                    raise MemoryError()
+                self.topics = grown
+                self.topic_capacity = capacity
+            topic = self.topic_count
+            self.topic_dedup.append(window)
+            self.topic_filters.append(None)
+            self.topic_count += 1
+        self.topics[topic].alive = True
+        self.topics[topic].targets = NULL
+        self.topics[topic].filtered = NULL
+        self.topics[topic].target_count = 0
+        self.topics[topic].published = 0
+        self.topics[topic].deliveries = 0
+        self.topics[topic].unrouted = 0
+        self.topics[topic].duplicates = 0
+        self.topics[topic].filtered_out = 0
+        self.topics[topic].fifo = fifo
+        self.topics[topic].content_dedup = content_dedup
+        return topic
 
     def remove_topic(self, uint32_t topic):
-        """Delete a topic (its subscriptions go with it)."""
+        """Delete a topic (its subscriptions go with it); its id is free for reuse."""
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
         self.topics[topic].targets = NULL
@@ -143,6 +156,8 @@ cdef class Dispatcher:
         self.topics[topic].target_count = 0
         self.topics[topic].alive = False
         self.topic_filters[topic] = None
+        self.topic_dedup[topic] = None
+        self.free_topic_ids.append(topic)
 
     def set_targets(self, uint32_t topic, list queue_ids, list policies=None):
         """Replace the target queues of ``topic`` (in subscription order).

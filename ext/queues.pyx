@@ -7,8 +7,10 @@ redrive (``StartMessageMoveTask``); RabbitMQ's ``queue.purge``.
 
 Functions over a ``Store``: ``store.pyx`` holds the per-message machinery (entries,
 visible and lease lists, timers, enqueue and dead-lettering), this module the calls
-that act on a queue as a whole. Queue ids are never reused: a deleted queue stays in the
-table, dead, so receipts and dead-letter records naming it stay unambiguous.
+that act on a queue as a whole. A deleted queue frees its allocations and its id is
+taken by the next queue created (its ``incarnation`` bumped): receipts name entry slots
+and generations, not queues, and a dead-letter record holds its source's name, so a
+reused id confuses neither (short-lived queues keep the broker's memory flat).
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -32,40 +34,66 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
               int64_t max_message_size, int64_t max_receive_count, int64_t dead_letter_queue,
               int overflow, int max_priority, bint fifo=False, bint content_dedup=False,
               int64_t dedup_window_us=300_000_000, list backoff_us=None):
-    """Create a queue from validated settings; returns its id (ids are never reused)."""
+    """Create a queue from validated settings; returns its id.
+
+    The id of a deleted queue is taken again (its incarnation bumped), else a new one.
+    """
     cdef queue_t* grown
     cdef queue_t* q
     cdef uint32_t capacity
     cdef uint32_t level
-    if store.queue_count == store.queue_capacity:
+    cdef uint32_t qid
+    cdef uint32_t incarnation = 0
+    cdef int64_t* backoff = NULL
+    cdef uint32_t* visible_head = NULL
+    cdef uint32_t* visible_tail = NULL
+    cdef bint reused = len(store.free_queue_ids) > 0
+    if not reused and store.queue_count == store.queue_capacity:
         capacity = store.queue_capacity * 2 if store.queue_capacity else 16
         grown = <queue_t*>PyMem_Realloc(store.queues, capacity * sizeof(queue_t))
         if grown == NULL:
             raise MemoryError()
         store.queues = grown
         store.queue_capacity = capacity
-    q = &store.queues[store.queue_count]
-    q.backoff_count = 0
-    q.backoff_us = NULL
     if backoff_us:
-        q.backoff_us = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
-        if q.backoff_us == NULL:
+        backoff = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
+        if backoff == NULL:
             raise MemoryError()
         for level in range(len(backoff_us)):
-            q.backoff_us[level] = backoff_us[level]
-        q.backoff_count = len(backoff_us)
-    q.visible_head = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
-    q.visible_tail = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
-    if q.visible_head == NULL or q.visible_tail == NULL:
-        PyMem_Free(q.visible_head)
-        PyMem_Free(q.visible_tail)
+            backoff[level] = backoff_us[level]
+    visible_head = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
+    visible_tail = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
+    if visible_head == NULL or visible_tail == NULL:
+        PyMem_Free(visible_head)
+        PyMem_Free(visible_tail)
+        PyMem_Free(backoff)
         raise MemoryError()
+    group_table = GroupTable() if fifo else None
+    window = DedupWindow(dedup_window_us)
+    # Nothing can fail from here on.
+    if reused:
+        qid = store.free_queue_ids.pop()
+        incarnation = store.queues[qid].incarnation + 1
+        store.names[qid] = name
+        store.group_tables[qid] = group_table
+        store.dedup_windows[qid] = window
+    else:
+        qid = store.queue_count
+        store.names.append(name)
+        store.group_tables.append(group_table)
+        store.dedup_windows.append(window)
+        store.queue_count += 1
+    q = &store.queues[qid]
+    q.backoff_us = backoff
+    q.backoff_count = len(backoff_us) if backoff_us else 0
+    q.visible_head = visible_head
+    q.visible_tail = visible_tail
     for level in range(max_priority + 1):
         q.visible_head[level] = NIL
         q.visible_tail[level] = NIL
     q.levels = max_priority + 1
     q.alive = True
-    q.incarnation = store.queue_count
+    q.incarnation = incarnation
     q.visibility_us = visibility_us
     q.delay_us = delay_us
     q.retention_us = retention_us
@@ -88,22 +116,35 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
     q.dead_lettered = q.redriven = q.rejected = q.purged = 0
     for level in range(DROP_REASON_COUNT):
         q.dropped[level] = 0
-    store.names.append(name)
-    store.group_tables.append(GroupTable() if fifo else None)
-    store.dedup_windows.append(DedupWindow(dedup_window_us))
-    store.queue_count += 1
-    return store.queue_count - 1
+    return qid
 
 
 def remove_queue(Store store, uint32_t qid):
-    """Delete a queue and every copy it holds (their receipts go stale)."""
+    """Delete a queue and every copy it holds (their receipts go stale).
+
+    Its allocations are freed and its id is kept for the next ``add_queue``: a receipt
+    names an entry slot and generation, not a queue, and a dead-letter record keeps its
+    source's name, so neither can be confused by the reuse.
+    """
     cdef queue_t* q = &store.queues[qid]
     cdef uint32_t slot
     while q.arrival_head != NIL:
         slot = q.arrival_head
         store._detach(slot)
         store._free_entry(slot)
+    store.lease_timers.disarm(qid)   # a stale queue timer must not outlive its queue
+    PyMem_Free(q.visible_head)
+    PyMem_Free(q.visible_tail)
+    PyMem_Free(q.backoff_us)
+    q.visible_head = q.visible_tail = NULL
+    q.backoff_us = NULL
+    q.backoff_count = 0
+    q.levels = 0
     q.alive = False
+    store.names[qid] = None
+    store.group_tables[qid] = None
+    store.dedup_windows[qid] = None
+    store.free_queue_ids.append(qid)
 
 
 def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t now_us,
@@ -141,8 +182,8 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
         dead = store.entries[slot].dead
         if to >= 0:
             target = <uint32_t>to
-        elif dead != NULL and store.names[dead.source_queue] in live_queues:
-            target = live_queues[store.names[dead.source_queue]]
+        elif dead != NULL and <object>dead.source_name in live_queues:
+            target = live_queues[<object>dead.source_name]
         else:
             continue
         blob = store.entries[slot].blob

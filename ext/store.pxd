@@ -1,5 +1,7 @@
 # The queue store: message blobs, per-queue entries, leases, dead-lettering.
 cimport cython
+from cpython.mem cimport PyMem_Free
+from cpython.ref cimport PyObject, Py_XDECREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastfanout._ext.blobs cimport blob_t
@@ -46,6 +48,8 @@ cdef struct dead_letter_t:
     uint8_t reason
     uint32_t source_queue
     uint32_t source_incarnation
+    PyObject* source_name      # a reference to the source's name (str): a deleted
+                               # queue's id is reused, so the id alone cannot name it
     uint32_t receive_count
     int64_t first_receive_us   # -1 when never received
     int64_t last_receive_us
@@ -88,7 +92,7 @@ cdef struct entry_t:
 
 cdef struct queue_t:
     bint alive
-    uint32_t incarnation
+    uint32_t incarnation       # bumped each time a deleted queue's id is reused
     int64_t visibility_us
     int64_t delay_us
     int64_t retention_us
@@ -135,8 +139,9 @@ cdef class Store:
     cdef uint32_t free_head
     cdef uint64_t live_entries
     cdef queue_t* queues
-    cdef uint32_t queue_count
+    cdef uint32_t queue_count      # ids handed out: live queues and deleted ones
     cdef uint32_t queue_capacity
+    cdef list free_queue_ids       # deleted queues' ids, taken again by add_queue
     cdef list names                # queue id -> name
     cdef TimerHeap timers          # slot -> delay end, or lease end out of list order
     cdef TimerHeap lease_timers    # queue id -> its lease list head's (due, seq), or an
@@ -222,3 +227,9 @@ cdef uint64_t receipt_value(object receipt) except? 0
 # The session tag of a caller that may settle any lease: the embedded broker's own calls.
 cdef enum:
     ANY_SESSION = 0
+
+cdef inline void dead_letter_free(dead_letter_t* dead) noexcept:
+    """Free a dead-letter record (NULL: nothing) and its reference to the source's name."""
+    if dead != NULL:
+        Py_XDECREF(dead.source_name)
+        PyMem_Free(dead)

@@ -62,6 +62,7 @@ calls back into Python code that could release it, except building result object
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport fabs, isfinite, nearbyint
 
@@ -120,6 +121,7 @@ cdef class Store:
         self.queues = NULL
         self.queue_count = 0
         self.queue_capacity = 0
+        self.free_queue_ids = []
         self.names = []
         self.timers = TimerHeap()
         self.lease_timers = TimerHeap()
@@ -154,8 +156,7 @@ cdef class Store:
             for slot in range(self.entry_capacity):
                 if self.entries[slot].state != STATE_FREE:
                     blob_release(self.entries[slot].blob)
-                    if self.entries[slot].dead != NULL:
-                        PyMem_Free(self.entries[slot].dead)
+                    dead_letter_free(self.entries[slot].dead)
             PyMem_Free(self.entries)
         if self.queues != NULL:
             for qid in range(self.queue_count):
@@ -196,7 +197,7 @@ cdef class Store:
         blob_release(entry.blob)
         entry.blob = NULL
         if entry.dead != NULL:
-            PyMem_Free(entry.dead)
+            dead_letter_free(entry.dead)
             entry.dead = NULL
         entry.state = STATE_FREE
         entry.generation += 1
@@ -503,6 +504,8 @@ cdef class Store:
         dead.reason = reason
         dead.source_queue = source
         dead.source_incarnation = self.queues[source].incarnation
+        dead.source_name = <PyObject*>self.names[source]
+        Py_INCREF(<object>dead.source_name)
         dead.receive_count = self.entries[slot].receive_count
         dead.first_receive_us = self.entries[slot].first_receive_us
         dead.last_receive_us = self.entries[slot].last_receive_us
@@ -515,7 +518,7 @@ cdef class Store:
                 self.make_room(<uint32_t>dlq, 1, self.message_size(blob), now_us)
             self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
         except BaseException:
-            PyMem_Free(dead)
+            dead_letter_free(dead)
             blob_release(blob)
             raise
         blob_release(blob)

@@ -302,6 +302,7 @@ class Administration:
                 self._refresh_targets(topic)
             queue_ops.remove_queue(self._store, queue_id)
             del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
+            del self._visibility_us[queue_id]
 
     def list_queues(self) -> list[str]:
         """Names of every queue, sorted."""

@@ -9,7 +9,7 @@ def add_queue(
     content_dedup: bool = False, dedup_window_us: int = 300_000_000,
     backoff_us: list[int] | None = None,
 ) -> int:
-    """Create a queue from validated settings; returns its id (ids are never reused)."""
+    """Create a queue from validated settings; returns its id (a deleted queue's, if any)."""
 
 def remove_queue(store: Store, qid: int) -> None:
     """Delete a queue and every copy it holds (their receipts go stale)."""
