@@ -41,6 +41,7 @@ from fastfanout.settings import (
     QueueSettings,
     Subscription,
     TopicSettings,
+    check_iterable,
     optional_count,
     seconds_to_us,
 )
@@ -165,6 +166,7 @@ class Broker(Administration):
         Returns:
             A sequence of ``PublishResult``, one per entry, in order.
         """
+        check_iterable("entries", entries)
         return self._enqueue(topic, None, entries)
 
     def send(
@@ -193,6 +195,7 @@ class Broker(Administration):
         self, queue: str, entries: Iterable[Body | PublishEntry]
     ) -> PublishBatch:
         """Send many messages straight to a queue: all are enqueued, or none."""
+        check_iterable("entries", entries)
         return self._enqueue(None, queue, entries)
 
     # -- lock-free producers ------------------------------------------------------------
@@ -428,6 +431,7 @@ class Broker(Administration):
             StaleReceipt: with ``receipts`` listing the stale ones; nothing was acked.
         """
         self._ensure_open()
+        check_iterable("receipts", receipts)
         receipt_list = receipts if type(receipts) is list else list(receipts)
         with self._lock:
             self._now_us()

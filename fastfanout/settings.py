@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
@@ -32,6 +33,7 @@ __all__ = [
     "TopicSettings",
     "backoff_us",
     "check_flag",
+    "check_iterable",
     "check_name",
     "check_queue_settings",
     "optional_count",
@@ -182,6 +184,14 @@ def backoff_us(backoff: object) -> list[int] | None:
             f"redelivery_backoff has {len(waits)} steps; give 1 to {MAX_BACKOFF_STEPS}")
     return [seconds_to_us("redelivery_backoff step", wait, maximum=MAX_VISIBILITY_TIMEOUT)
             for wait in waits]
+
+
+def check_iterable(what: str, value: object) -> None:
+    """Raise InvalidArgument (naming ``what``) unless ``value`` can be iterated."""
+    if type(value) is not list and not isinstance(value, Iterable):
+        raise InvalidArgument(
+            f"{what} must be an iterable (a list, say), got {type(value).__name__} "
+            f"{value!r:.80}")
 
 
 def check_flag(what: str, value: object) -> bool:

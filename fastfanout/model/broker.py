@@ -74,6 +74,7 @@ from fastfanout.model.checks import (
     US,
     backoff_steps_us,
     check_flag,
+    check_iterable,
     check_name,
     check_receipt,
     duration_us,
@@ -632,6 +633,7 @@ class ModelBroker:
 
     def publish_batch(self, topic: str, entries: Iterable[object]) -> list[PublishResult]:
         """Publish many messages (bodies or PublishEntry): every copy is enqueued, or none."""
+        check_iterable("entries", entries)
         return self._publish(topic, list(entries))
 
     def send(self, queue: str, body: bytes, *, attributes: Attributes | None = None,
@@ -648,6 +650,7 @@ class ModelBroker:
     def send_batch(self, queue: str, entries: Iterable[object]) -> list[PublishResult]:
         """Send many messages straight to a queue: all are enqueued, or none."""
         now_us = self._begin()
+        check_iterable("entries", entries)
         return self._deliver([(self._queue(queue), None)], None, list(entries), now_us)
 
     # -- receive and settle ------------------------------------------------------------
@@ -733,6 +736,7 @@ class ModelBroker:
     def ack_batch(self, receipts: Iterable[int]) -> None:
         """Ack every receipt, or none when any is stale (listed in the error's ``receipts``)."""
         self._begin()
+        check_iterable("receipts", receipts)
         unique = list(dict.fromkeys(check_receipt(receipt) for receipt in receipts))
         stale = [receipt for receipt in unique if receipt not in self._leases]
         if stale:

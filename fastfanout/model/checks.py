@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,6 +35,7 @@ __all__ = [
     "backoff_steps_us",
     "check_attributes",
     "check_flag",
+    "check_iterable",
     "check_name",
     "check_receipt",
     "duration_us",
@@ -93,6 +95,12 @@ def optional_count(what: str, value: object) -> int | None:
     if type(value) is not int or value < 1:
         raise InvalidArgument(f"{what}={value!r} must be None or an int >= 1")
     return value
+
+
+def check_iterable(what: str, value: object) -> None:
+    """An argument that must be iterable (a batch's entries or receipts)."""
+    if not isinstance(value, Iterable):
+        raise InvalidArgument(f"{what} must be an iterable, got {type(value).__name__}")
 
 
 def check_flag(what: str, value: object) -> bool:

@@ -210,3 +210,31 @@ def test_wire_refuses_wrong_types_of_the_other_requests(
         assert argument in message
     assert shape(server.broker) == before
     assert server.broker.ack(receipt) is None
+
+
+MESSAGE_PATH: list[tuple[str, Any]] = [
+    ("topic", lambda b, v: b.publish(v, b"x")),
+    ("entries", lambda b, v: b.publish_batch("t", v)),
+    ("topic", lambda b, v: b.publish_batch(v, [b"x"])),
+    ("entries", lambda b, v: b.send_batch("q", v)),
+    ("queue", lambda b, v: b.send(v, b"x")),
+    ("queue", lambda b, v: b.receive(v)),
+    ("max_messages", lambda b, v: b.receive("q", max_messages=v)),
+    ("receipt", lambda b, v: b.ack(v)),
+    ("receipts", lambda b, v: b.ack_batch(v)),
+    ("queue", lambda b, v: b.purge(v)),
+    ("topic", lambda b, v: b.producer(v)),
+]
+
+
+@pytest.mark.parametrize("argument, call", MESSAGE_PATH,
+                         ids=[f"{i}-{a}" for i, (a, _) in enumerate(MESSAGE_PATH)])
+@pytest.mark.parametrize("value", [1.5, None, object()], ids=["float", "None", "object"])
+def test_embedded_message_path_refuses_wrong_types(argument: str, call: Any,
+                                                   value: Any) -> None:
+    with Broker() as broker:
+        prepared(broker)
+        before = shape(broker)
+        with pytest.raises(InvalidArgument):
+            call(broker, value)
+        assert shape(broker) == before
