@@ -16,7 +16,7 @@ import pytest
 
 from fastfanout import NotFound, PublishResult
 
-PROMPTLY = 1.0   # seconds; the broker's heartbeats (every 5 s here) must not be what helps
+PROMPTLY = 2.0   # seconds; the broker's heartbeats (every 5 s here) must not be what helps
 
 
 def quiet_server(track: Tracker) -> Tracker:
