@@ -167,11 +167,12 @@ def test_wire_refuses_wrong_types(track: Any) -> None:
             "name": "fresh", "redelivery_backoff": {"initial": 1, "growth": 2}})
         assert (status, payload[0]) == (protocol.Status.ERROR, "invalid_argument")
         assert "redelivery_backoff" in payload[1] and "growth" in payload[1]
-        # EXTEND's arguments by name (the server reads them for its held receipts)
+        assert len(refused) == len(CASES)
+        assert shape(broker) == before
+        # EXTEND's arguments by name (the server reads them for its held receipts; this
+        # session then holds the lease, released when it ends)
         status, payload = raw_call(dealer, 0, "extend", {"receipt": receipt, "seconds": 60.0})
         assert (status, payload) == (protocol.Status.OK, None)
-    assert len(refused) == len(CASES)
-    assert shape(broker) == before
 
 
 RAW_CASES: list[tuple[protocol.Opcode, list[Any], dict[str, Any], str]] = [
