@@ -19,6 +19,7 @@ import pytest
 import zmq
 
 from fastfanout import Broker, InvalidArgument, protocol
+from fastfanout.errors import error_for_code
 from fastfanout.server import Server
 
 # Values of the wrong type for every argument, unless ``WRONG`` names others.
@@ -159,7 +160,7 @@ def test_wire_refuses_wrong_types(track: Any) -> None:
             what = f"{method}({argument}={value!r})"
             assert status == protocol.Status.ERROR, what
             code, message = payload[0], payload[1]
-            assert issubclass(protocol.error_class(code), InvalidArgument), (what, payload)
+            assert issubclass(error_for_code(code), InvalidArgument), (what, payload)
             assert argument in message, (what, message)
             refused.append(what)
         # a backoff map of unknown fields names them
@@ -207,7 +208,7 @@ def test_wire_refuses_wrong_types_of_the_other_requests(
         _, status, _ = protocol.decode_header(reply[0])
         code, message, _ = msgspec.msgpack.decode(reply[1])
         assert status == protocol.Status.ERROR
-        assert issubclass(protocol.error_class(code), InvalidArgument), (code, message)
+        assert issubclass(error_for_code(code), InvalidArgument), (code, message)
         assert argument in message
     assert shape(server.broker) == before
     assert server.broker.ack(receipt) is None
