@@ -715,11 +715,13 @@ class Client(ClientAdministration):
             InvalidArgument: ``timeout`` is not None or finite seconds > 0.
         """
         timeout = check_inactivity_timeout(timeout)
-        pending = self._request(Opcode.CONSUME, [protocol.encode_payload([[], {
-            "queue": queue, "prefetch": prefetch,
-            "visibility_timeout": visibility_timeout}])])
+        # Registered before the lock is let go: the background thread reads replies (and
+        # the first pushes) as soon as it can take it.
         with self._lock:
-            request_id = next(rid for rid, other in self._pending.items() if other is pending)
+            pending = self._request(Opcode.CONSUME, [protocol.encode_payload([[], {
+                "queue": queue, "prefetch": prefetch,
+                "visibility_timeout": visibility_timeout}])])
+            request_id = pending.request_id
             consumer = self._consumers[request_id] = Consumer(self, queue, prefetch, request_id,
                                                               timeout)
         try:

@@ -48,6 +48,9 @@ WRONG: dict[str, list[Any]] = {
     "seconds": [*WRONG_EVERYWHERE, "1", None],
     "delay": [*WRONG_EVERYWHERE, "1"],
 }
+# How a message names an argument when not by its own name: ``session`` (nack, extend and
+# term, the server's tag of its caller) is an owner tag of the store.
+SAID = {"session": "owner"}
 DURATIONS = ("visibility_timeout", "retention", "dedup_window")
 for _duration in DURATIONS:
     WRONG[_duration] = [*WRONG_EVERYWHERE, "1", None]
@@ -113,7 +116,7 @@ def test_embedded_refuses_wrong_types(case: tuple[str, str, Any]) -> None:
         before = shape(broker)
         arguments = valid_arguments(method, receipt, sid)
         arguments[argument] = value
-        with pytest.raises(InvalidArgument, match=argument):
+        with pytest.raises(InvalidArgument, match=SAID.get(argument, argument)):
             getattr(broker, method)(**arguments)
         assert shape(broker) == before
         assert broker.check()
@@ -170,10 +173,6 @@ def test_wire_refuses_wrong_types(track: Any) -> None:
         assert "redelivery_backoff" in payload[1] and "growth" in payload[1]
         assert len(refused) == len(CASES)
         assert shape(broker) == before
-        # EXTEND's arguments by name (the server reads them for its held receipts; this
-        # session then holds the lease, released when it ends)
-        status, payload = raw_call(dealer, 0, "extend", {"receipt": receipt, "seconds": 60.0})
-        assert (status, payload) == (protocol.Status.OK, None)
 
 
 RAW_CASES: list[tuple[protocol.Opcode, list[Any], dict[str, Any], str]] = [
