@@ -2,35 +2,133 @@
 
 Every command but ``serve`` and ``demo`` is a thin client call (``fastfanout.client``);
 ``--endpoint`` (or ``$FASTFANOUT_ENDPOINT``) picks the broker, the per-user ipc socket by
-default. Errors from the broker print as ``error [code]: message`` with exit status 1.
+default.
+
+Invariants: a mistake — a malformed option, a bad config file, an endpoint that cannot be
+bound or reached, an error from the broker — ends the command with one line on stderr
+that names the problem and the way out, and a non-zero exit status (2 for a malformed
+command line, 1 for the rest); never a traceback. A command against an endpoint where no
+broker runs fails within a few seconds: at once when the ipc socket file does not exist,
+after the client's handshake timeout otherwise.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
+import os
+import shutil
 import sys
-import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from fastfanout.errors import FastFanoutError
+from fastfanout import __version__
+from fastfanout.config import LOG_LEVELS, endpoint_problem, load_config, server_options
+from fastfanout.errors import FastFanoutError, NotFound
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+ENDPOINT_HELP = ("Broker endpoint: ipc://PATH or tcp://HOST:PORT (default: "
+                 "$FASTFANOUT_ENDPOINT, else the per-user ipc socket).")
+
+
+class _Commands(click.Group):
+    """A group whose every failure prints one line (click's usage errors print four)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as error:
+            where = f" (see: {error.ctx.command_path} --help)" if error.ctx else ""
+            _exit_with(f"error: {error.format_message()}{where}", error.exit_code)
+        except click.ClickException as error:
+            _exit_with(f"error: {error.format_message()}", error.exit_code)
+        except click.Abort:
+            _exit_with("aborted", 1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def _exit_with(line: str, status: int) -> NoReturn:
+    click.echo(" ".join(line.split()), err=True)
+    sys.exit(status)
+
+
+class _Endpoint(click.ParamType[str]):
+    """``ipc://PATH`` or ``tcp://HOST:PORT``, checked for form (not reachability)."""
+
+    name = "endpoint"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        problem = endpoint_problem(str(value))
+        if problem is not None:
+            self.fail(f"{value!r}: {problem}", param, ctx)
+        return str(value)
+
+
+class _Time(click.ParamType[float]):
+    """An absolute time: ISO 8601 (``2026-05-01T12:00:00Z``, local without a zone) or seconds."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                seconds = datetime.fromisoformat(str(value)).astimezone().timestamp()
+            except ValueError:
+                self.fail(f"{value!r} is neither an ISO 8601 time "
+                          f"(2026-05-01T12:00:00Z) nor Unix seconds", param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite time", param, ctx)
+        return seconds
+
+
+ENDPOINT = _Endpoint()
+
 endpoint_option = click.option(
-    "--endpoint", "-e", envvar="FASTFANOUT_ENDPOINT", default=None,
-    help="Broker endpoint (ipc://PATH or tcp://HOST:PORT); default: per-user ipc socket.")
+    "--endpoint", "-e", envvar="FASTFANOUT_ENDPOINT", default=None, type=ENDPOINT,
+    show_envvar=True, help=ENDPOINT_HELP)
+
+
+def _hint(error: FastFanoutError) -> str:
+    if isinstance(error, NotFound):
+        kind = str(error).split(" ", 1)[0]
+        if kind in ("topic", "queue", "subscription"):
+            return f"; fastfanout list-{kind}s shows those that exist"
+    if error.code == "broken":
+        return (" If not, start one (fastfanout serve), or point --endpoint "
+                "(or $FASTFANOUT_ENDPOINT) at the one running." if str(error).endswith("?")
+                else "; is a broker running there? Start one with fastfanout serve, or "
+                "point --endpoint (or $FASTFANOUT_ENDPOINT) at the one running")
+    return ""
 
 
 def _fail(error: FastFanoutError) -> NoReturn:
-    click.echo(f"error [{error.code}]: {error}", err=True)
-    sys.exit(1)
+    _exit_with(f"error [{error.code}]: {error}{_hint(error)}", 1)
+
+
+def _resolve(endpoint: str | None) -> str:
+    from fastfanout.runtime import default_endpoint
+
+    try:
+        return endpoint or default_endpoint()
+    except FastFanoutError as error:
+        _fail(error)
 
 
 @contextmanager
@@ -38,6 +136,11 @@ def _connected(endpoint: str | None) -> Iterator[Any]:
     """A client of the broker at ``endpoint``; a broker error ends the command (exit 1)."""
     from fastfanout.client import connect
 
+    endpoint = _resolve(endpoint)
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
+        _exit_with(f"error: no broker at {endpoint} (no such socket file); start one with "
+                   f"fastfanout serve --endpoint {endpoint}, or point --endpoint (or "
+                   f"$FASTFANOUT_ENDPOINT) at the one running", 1)
     try:
         with connect(endpoint, timeout=5.0) as client:
             yield client
@@ -45,18 +148,30 @@ def _connected(endpoint: str | None) -> Iterator[Any]:
         _fail(error)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="fastfanout")
 def cli() -> None:
-    """fastfanout: an in-host SNS+SQS-style message broker."""
+    """fastfanout: an in-host SNS+SQS-style message broker.
+
+    Every command but serve talks to a running broker: the one at --endpoint, else at
+    $FASTFANOUT_ENDPOINT, else at the per-user ipc socket that a plain `fastfanout serve`
+    binds.
+    """
+
+
+# -- serve ---------------------------------------------------------------------------------
 
 
 @cli.command()
 @endpoint_option
-@click.option("--config", type=click.Path(exists=True, dir_okay=False),
-              help="TOML file with Server options (endpoint, heartbeat_timeout, ..., "
-                   "curve_secret_key, curve_clients); command-line options win.")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML file of broker settings (keys: see docs/configuration.md); "
+                   "options given here win over it.")
+@click.option("--log-level", default=None, type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Logging threshold (default INFO).")
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=None,
+              help="Largest request the broker answers, all frames together (bytes; default "
+                   "67108864 = 64 MiB); bigger ones are refused with request_too_large.")
 @click.option("--curve-secret-key", type=click.Path(exists=True, dir_okay=False),
               help="The broker's zmq.auth secret certificate (.key_secret): turns on "
                    "CURVE; required to bind tcp beyond loopback.")
@@ -71,48 +186,65 @@ def cli() -> None:
 @click.option("--local-channels/--no-local-channels", default=None,
               help="Let clients on this host talk through shared memory (ipc:// only; "
                    "default on).")
-def serve(endpoint: str | None, config: str | None, log_level: str,
-          curve_secret_key: str | None, curve_clients: str | None,
-          slow_listener: str | None, hold_timeout: float | None,
-          local_channels: bool | None) -> None:
-    """Run a broker until SIGTERM or SIGINT (then exit 0)."""
-    from fastfanout.server import serve as run_server
-    from fastfanout.transport import load_curve_keys
+def serve(config_path: str | None, **given: Any) -> None:
+    """Run a broker until SIGTERM or SIGINT (then exit 0).
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options: dict[str, Any] = {}
-    if config:
-        with open(config, "rb") as handle:
-            options.update(tomllib.load(handle))
-    if endpoint:
-        options["endpoint"] = endpoint
-    if slow_listener:
-        options["slow_listener"] = slow_listener
-    if hold_timeout is not None:
-        options["hold_timeout"] = hold_timeout
-    if local_channels is not None:
-        options["local_channels"] = local_channels
-    configured_key = options.pop("curve_secret_key", None)
-    curve_secret_key = curve_secret_key or configured_key
-    if curve_clients:
-        options["curve_clients"] = curve_clients
+    It binds --endpoint for commands and a stream endpoint beside it: PATH.stream for
+    ipc://PATH, port PORT+1 for tcp://HOST:PORT (so both must be free).
+    """
+    from fastfanout.errors import InvalidArgument
+    from fastfanout.server import serve as run_server
+    from fastfanout.transport import TransportError, load_curve_keys
+
     try:
-        if curve_secret_key:
-            options["curve"] = load_curve_keys(str(curve_secret_key))
-    except (OSError, ValueError) as error:   # TransportError is an OSError
-        raise click.BadParameter(str(error), param_hint="--curve-secret-key") from None
+        config = load_config(config_path, given)
+    except InvalidArgument as error:
+        _exit_with(f"error: {error}", 1)
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = server_options(config)
+    endpoint = options["endpoint"] = _resolve(config.endpoint)
+    for key in ("endpoint", "stream_endpoint"):
+        value = options.get(key, "")
+        if value.startswith("ipc://"):
+            directory = os.path.dirname(os.path.abspath(value[len("ipc://"):]))
+            if not os.path.isdir(directory):
+                _exit_with(f"error: cannot bind {value}: directory {directory} does not "
+                           f"exist; create it (mkdir -p {directory}) or choose another "
+                           f"--endpoint", 1)
+    if config.curve_secret_key:
+        try:
+            options["curve"] = load_curve_keys(config.curve_secret_key)
+        except (TransportError, OSError, ValueError) as error:
+            _exit_with(f"error: curve_secret_key: {error}", 1)
     try:
         sys.exit(run_server(**options))
     except FastFanoutError as error:
         _fail(error)
+    except TransportError as error:
+        if endpoint.startswith("tcp://") and "stream_endpoint" not in options:
+            port = int(endpoint.rpartition(":")[2])
+            hint = (f"the broker needs ports {port} and {port + 1} (its streams) free: "
+                    f"choose other ports with --endpoint, or stop the program holding them")
+        elif endpoint.startswith("tcp://"):
+            hint = "choose free ports with --endpoint, or stop the program holding them"
+        else:
+            hint = ("choose a writable directory and a shorter path with --endpoint "
+                    "(ipc paths are limited to 107 bytes)")
+        _exit_with(f"error: {error}; {hint}", 1)
+    except OSError as error:
+        _exit_with(f"error: cannot serve {endpoint}: {error.strerror}"
+                   + (f": {error.filename}" if error.filename else ""), 1)
+
+
+# -- messages ------------------------------------------------------------------------------
 
 
 def _parse_attributes(pairs: tuple[str, ...]) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not name:
             raise click.BadParameter(f"{pair!r} must be NAME=VALUE", param_hint="--attr")
         number: Any = value
         try:
@@ -126,21 +258,99 @@ def _parse_attributes(pairs: tuple[str, ...]) -> dict[str, Any]:
     return attributes
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _body_fields(body: bytes) -> dict[str, Any]:
+    try:
+        return {"body": body.decode()}
+    except UnicodeDecodeError:
+        return {"body_base64": base64.b64encode(body).decode()}
+
+
+def _text_body(body: bytes) -> str:
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return f"<{len(body)} bytes, not UTF-8: see them with --raw or --json>"
+
+
+def _describe(fields: dict[str, Any], message: Any) -> str:
+    """One message as ``key=value ... body`` (the body as text, as it is)."""
+    if message.group_id is not None:
+        fields["group_id"] = message.group_id
+    if message.priority:
+        fields["priority"] = message.priority
+    if message.attributes:
+        fields["attributes"] = json.dumps(message.attributes, default=_json_value,
+                                          ensure_ascii=False, separators=(",", ":"))
+    head = " ".join(f"{key}={value}" for key, value in fields.items())
+    return f"{head} {_text_body(message.body)}"
+
+
+def _as_json(fields: dict[str, Any], message: Any) -> str:
+    fields.update(id=message.id, timestamp=message.timestamp, group_id=message.group_id,
+                  dedup_id=message.dedup_id, priority=message.priority,
+                  attributes=message.attributes)
+    fields.update(_body_fields(message.body))
+    return json.dumps(fields, default=_json_value, ensure_ascii=False)
+
+
+def _output_options(function: F) -> F:
+    function = click.option("--json", "as_json", is_flag=True,
+                            help="One JSON object a line: metadata, attributes and the body "
+                                 "(body_base64 when it is not UTF-8).")(function)
+    return click.option("--raw", is_flag=True,
+                        help="Write the bodies only, byte for byte, with nothing between "
+                             "them (-n 1 for one body).")(function)
+
+
+def _printer(raw: bool, as_json: bool) -> Callable[[dict[str, Any], Any], None]:
+    if raw and as_json:
+        raise click.UsageError("--raw and --json exclude each other")
+    if raw:
+        stdout = sys.stdout.buffer
+
+        def write_raw(fields: dict[str, Any], message: Any) -> None:
+            stdout.write(message.body)
+            stdout.flush()
+        return write_raw
+    render = _as_json if as_json else _describe
+    return lambda fields, message: click.echo(render(fields, message))
+
+
 @cli.command()
 @endpoint_option
 @click.argument("topic")
-@click.argument("message", required=False, default="-")
-@click.option("--attr", "-a", multiple=True, help="Attribute NAME=VALUE (numbers stay numbers).")
+@click.argument("message", required=False, default=None)
+@click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
+              help="An attribute (repeatable; numbers stay numbers).")
 @click.option("--group-id", default=None, help="FIFO group id.")
 @click.option("--dedup-id", default=None, help="Deduplication id.")
-@click.option("--delay", type=float, default=None, help="Seconds before delivery.")
-def pub(endpoint: str | None, topic: str, message: str, attr: tuple[str, ...],
-        group_id: str | None, dedup_id: str | None, delay: float | None) -> None:
-    """Publish MESSAGE (or stdin when MESSAGE is - or absent) to TOPIC."""
-    body = sys.stdin.buffer.read() if message == "-" else message.encode()
+@click.option("--priority", type=click.IntRange(0, 255), default=None,
+              help="0 to 255 (higher first, on a queue with max_priority).")
+@click.option("--delay", type=click.FloatRange(min=0), default=None,
+              help="Seconds before the message becomes visible.")
+@click.option("--deliver-at", type=_Time(), default=None,
+              help="Time it becomes visible: ISO 8601 (2026-05-01T12:00:00Z) or Unix seconds.")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds it may wait in a queue before it expires.")
+def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, ...],
+        **options: Any) -> None:
+    """Publish MESSAGE (or stdin, when MESSAGE is - or absent) to TOPIC."""
+    if message is None or message == "-":
+        stdin = sys.stdin.buffer
+        if message is None and stdin.isatty():
+            raise click.UsageError("give MESSAGE, or pipe the body on stdin")
+        body = stdin.read()
+    else:
+        body = message.encode()
+    attributes = _parse_attributes(attr) or None
     with _connected(endpoint) as client:
-        result = client.publish(topic, body, attributes=_parse_attributes(attr) or None,
-                                group_id=group_id, dedup_id=dedup_id, delay=delay)
+        result = client.publish(topic, body, attributes=attributes, **options)
     click.echo(f"message {result.message_id}: {result.deliveries} deliveries"
                + (" (duplicate)" if result.duplicate else ""))
 
@@ -148,15 +358,21 @@ def pub(endpoint: str | None, topic: str, message: str, attr: tuple[str, ...],
 @cli.command()
 @endpoint_option
 @click.argument("topic_pattern")
-@click.option("--count", "-n", type=int, default=0, help="Stop after N messages (0: never).")
-def sub(endpoint: str | None, topic_pattern: str, count: int) -> None:
-    """Listen to the stream of TOPIC_PATTERN and print each message (Ctrl-C stops)."""
+@click.option("--count", "-n", type=click.IntRange(min=0), default=0,
+              help="Stop after N messages (0: never).")
+@_output_options
+def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
+        as_json: bool) -> None:
+    """Listen to the stream of TOPIC_PATTERN and print each message (Ctrl-C stops).
+
+    A stream is at most once: messages published while nobody listens are not kept.
+    """
+    show = _printer(raw, as_json)
     try:
         with _connected(endpoint) as client, client.listen(topic_pattern) as listener:
             seen = 0
             for message in listener:
-                click.echo(f"{message.topic} #{message.sequence} id={message.id} "
-                           f"{message.attributes or ''} {message.body!r}")
+                show({"topic": message.topic, "sequence": message.sequence}, message)
                 seen += 1
                 if count and seen >= count:
                     break
@@ -169,28 +385,92 @@ def sub(endpoint: str | None, topic_pattern: str, count: int) -> None:
 @cli.command()
 @endpoint_option
 @click.argument("queue")
-@click.option("--ack", is_flag=True, help="Ack what is received (default: leave it leased).")
-@click.option("--max-messages", "-n", type=int, default=10, show_default=True)
-@click.option("--wait", type=float, default=0.0, show_default=True,
-              help="Long-poll seconds (0 to 20).")
-def receive(endpoint: str | None, queue: str, ack: bool, max_messages: int,
-            wait: float) -> None:
-    """Receive up to N messages from QUEUE and print them."""
+@click.option("--ack", "settle", flag_value="ack",
+              help="Ack what is received: the messages are deleted.")
+@click.option("--nack", "settle", flag_value="nack",
+              help="Nack it: visible again after the queue's redelivery backoff.")
+@click.option("--term", "settle", flag_value="term",
+              help="Dead-letter it now (reason rejected), or drop it without a DLQ.")
+@click.option("--max-messages", "-n", type=click.IntRange(1, 10_000), default=10,
+              show_default=True, help="Most messages to receive.")
+@click.option("--wait", type=click.FloatRange(0, 20), default=0.0, show_default=True,
+              help="Long-poll seconds when none is visible (0 to 20).")
+@_output_options
+def receive(endpoint: str | None, queue: str, settle: str | None, max_messages: int,
+            wait: float, raw: bool, as_json: bool) -> None:
+    """Receive up to N messages from QUEUE and print them.
+
+    Without --ack, --nack or --term, this is a peek: the leases end when the command
+    exits (its connection closes), so the messages are visible again at once, their
+    receive count one higher (and max_receive_count closer).
+    """
+    show = _printer(raw, as_json)
     with _connected(endpoint) as client:
         messages = client.receive(queue, max_messages=max_messages, wait=wait)
         for message in messages:
-            click.echo(f"id={message.id} receive_count={message.receive_count} "
-                       f"receipt={message.receipt} {message.attributes or ''} "
-                       f"{message.body!r}")
-        if ack and messages:
-            client.ack_batch([message.receipt for message in messages])
+            show({"id": message.id, "queue": queue, "receive_count": message.receive_count,
+                  "receipt": message.receipt} if as_json else
+                 {"id": message.id, "receive_count": message.receive_count}, message)
+        receipts = [message.receipt for message in messages]
+        if settle == "ack" and receipts:
+            client.ack_batch(receipts)
+        elif settle == "nack":
+            for receipt in receipts:
+                client.nack(receipt)
+        elif settle == "term":
+            for receipt in receipts:
+                client.term(receipt)
+
+
+# -- inspection ----------------------------------------------------------------------------
+
+
+def _columns(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
+             width: int) -> list[str]:
+    """A text table: names (column 0) left, never cut; numbers right.
+
+    Number columns that do not fit beside the names in ``width`` go to further tables
+    (each repeating the names); a name too long for even one number column beside it
+    gets a line of its own.
+    """
+    if not rows:
+        return [f"{title}: none", ""]
+    widths = [max([len(header), *(len(row[index]) for row in rows)])
+              for index, header in enumerate(headers)]
+    lines: list[str] = []
+    rest = list(range(1, len(headers)))
+    own_line = widths[0] + 2 + (widths[1] if len(widths) > 1 else 0) > width
+    while rest:
+        start = 2 if own_line else widths[0] + 2
+        chunk: list[int] = []
+        while rest and (not chunk or start + sum(widths[i] + 2 for i in chunk)
+                        + widths[rest[0]] <= width):
+            chunk.append(rest.pop(0))
+        lines.append(title if not lines else f"{title} (continued)")
+        numbers = "  ".join(headers[i].rjust(widths[i]) for i in chunk)
+        if own_line:
+            lines += [headers[0], f"  {numbers}"]
+        else:
+            lines.append(f"{headers[0].ljust(widths[0])}  {numbers}")
+        for row in rows:
+            numbers = "  ".join(row[i].rjust(widths[i]) for i in chunk)
+            if own_line:
+                lines += [row[0], f"  {numbers}"]
+            else:
+                lines.append(f"{row[0].ljust(widths[0])}  {numbers}")
+        lines.append("")
+    return lines
 
 
 @cli.command()
 @endpoint_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def stats(endpoint: str | None, as_json: bool) -> None:
-    """Print per topic, queue and connection counters."""
+    """Print per topic, queue and connection counters.
+
+    Tables fit the terminal's width (80 columns when not a terminal): counters that do
+    not fit go to a further table; names are never cut.
+    """
     import dataclasses
 
     with _connected(endpoint) as client:
@@ -200,32 +480,70 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"broker": dataclasses.asdict(broker_stats),
                                "server": server_stats}, indent=2, sort_keys=True))
         return
-    from rich.console import Console
-    from rich.table import Table
+    width = shutil.get_terminal_size((80, 24)).columns
+    topic_columns = ("published", "deliveries", "unrouted", "subscriptions")
+    lines = _columns(
+        "topics", ("topic", *topic_columns),
+        [(name, *(str(getattr(topic, c)) for c in topic_columns))
+         for name, topic in broker_stats.topics.items()], width)
+    queue_columns = ("visible", "leased", "delayed", "enqueued", "delivered", "acked",
+                     "redelivered", "dead_lettered")
+    lines += _columns(
+        "queues", ("queue", *queue_columns, "dropped"),
+        [(name, *(str(getattr(queue, c)) for c in queue_columns),
+          str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
+        width)
+    lines += _columns("server", ("counter", "value"),
+                      [(key, str(value)) for key, value in sorted(server_stats.items())], width)
+    click.echo("\n".join(lines).rstrip("\n"))
 
-    console = Console()
-    topics = Table(title="topics")
-    for column in ("topic", "published", "deliveries", "unrouted", "subscriptions"):
-        topics.add_column(column, justify="left" if column == "topic" else "right")
-    for name, topic in broker_stats.topics.items():
-        topics.add_row(name, str(topic.published), str(topic.deliveries), str(topic.unrouted),
-                       str(topic.subscriptions))
-    console.print(topics)
-    queues = Table(title="queues")
-    columns = ("queue", "visible", "leased", "delayed", "enqueued", "delivered", "acked",
-               "redelivered", "dead_lettered", "dropped")
-    for column in columns:
-        queues.add_column(column, justify="left" if column == "queue" else "right")
-    for name, queue in broker_stats.queues.items():
-        queues.add_row(name, *(str(getattr(queue, c)) for c in columns[1:-1]),
-                       str(sum(queue.dropped.values())))
-    console.print(queues)
-    server = Table(title="server (connections)")
-    server.add_column("counter")
-    server.add_column("value", justify="right")
-    for key, value in sorted(server_stats.items()):
-        server.add_row(key, str(value))
-    console.print(server)
+
+def _listing(as_json: bool, names: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(names))
+    for name in [] if as_json else names:
+        click.echo(name)
+
+
+@cli.command("list-topics")
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_topics(endpoint: str | None, as_json: bool) -> None:
+    """Print the name of every topic, one a line."""
+    with _connected(endpoint) as client:
+        names = client.list_topics()
+    _listing(as_json, names)
+
+
+@cli.command("list-queues")
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_queues(endpoint: str | None, as_json: bool) -> None:
+    """Print the name of every queue, one a line."""
+    with _connected(endpoint) as client:
+        names = client.list_queues()
+    _listing(as_json, names)
+
+
+@cli.command("list-subscriptions")
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+def list_subscriptions(endpoint: str | None, as_json: bool) -> None:
+    """Print every subscription: its id (for unsubscribe), topic and queue."""
+    with _connected(endpoint) as client:
+        subscriptions = client.list_subscriptions()
+    if as_json:
+        click.echo(json.dumps([{"id": sid, "topic": topic, "queue": queue}
+                               for sid, (topic, queue) in sorted(subscriptions.items())]))
+        return
+    rows = [(str(sid), topic, queue) for sid, (topic, queue) in sorted(subscriptions.items())]
+    widths = [max([len(header), *(len(row[i]) for row in rows)])
+              for i, header in enumerate(("id", "topic", "queue"))]
+    for row in [("id", "topic", "queue"), *rows] if rows else []:
+        click.echo(f"{row[0].rjust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
+
+
+# -- administration ------------------------------------------------------------------------
 
 
 @cli.command("create-topic")
@@ -233,7 +551,8 @@ def stats(endpoint: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--fifo", is_flag=True, help="FIFO topic (messages need a group id).")
 @click.option("--content-dedup", is_flag=True, help="Deduplicate by body hash.")
-@click.option("--dedup-window", type=float, default=300.0, show_default=True, help="Seconds.")
+@click.option("--dedup-window", type=float, default=300.0,
+              show_default=True, help="Seconds.")
 def create_topic(endpoint: str | None, name: str, fifo: bool, content_dedup: bool,
                  dedup_window: float) -> None:
     """Create topic NAME (a no-op if it exists)."""
@@ -243,34 +562,50 @@ def create_topic(endpoint: str | None, name: str, fifo: bool, content_dedup: boo
     click.echo(f"topic {name}")
 
 
+def _backoff(ctx: click.Context, param: click.Parameter, value: str | None
+             ) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        seconds = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} must be comma-separated seconds, like 1,5,30"
+                                 ) from None
+    return seconds
+
+
 @cli.command("create-queue")
 @endpoint_option
 @click.argument("name")
-@click.option("--visibility-timeout", type=float, default=30.0, show_default=True,
-              help="Lease seconds.")
-@click.option("--max-receive-count", type=int, default=None, help="Deliveries before DLQ.")
+@click.option("--visibility-timeout", type=float,
+              default=30.0, show_default=True, help="Lease seconds.")
+@click.option("--max-receive-count", type=int, default=None,
+              help="Deliveries before DLQ.")
 @click.option("--dead-letter-queue", default=None, help="Name of the dead-letter queue.")
-@click.option("--delay", type=float, default=0.0, show_default=True, help="Seconds.")
-@click.option("--max-messages", type=int, default=None, help="Bound on messages held.")
-@click.option("--max-bytes", type=int, default=None, help="Bound on bytes held.")
-@click.option("--max-message-size", type=int, default=1_048_576, show_default=True,
-              help="Bytes.")
-@click.option("--retention", type=float, default=345_600.0, show_default=True,
+@click.option("--delay", type=float, default=0.0, show_default=True,
               help="Seconds.")
+@click.option("--max-messages", type=int, default=None,
+              help="Bound on messages held.")
+@click.option("--max-bytes", type=int, default=None,
+              help="Bound on bytes held.")
+@click.option("--max-message-size", type=int, default=1_048_576,
+              show_default=True, help="Bytes.")
+@click.option("--retention", type=float, default=345_600.0,
+              show_default=True, help="Seconds.")
 @click.option("--overflow", type=click.Choice(["reject", "drop_oldest", "dead_letter", "hold"]),
               default="reject", show_default=True)
 @click.option("--max-priority", type=int, default=0, show_default=True)
 @click.option("--fifo", is_flag=True, help="Strict order per group id.")
 @click.option("--content-dedup", is_flag=True, help="Deduplicate by body hash.")
-@click.option("--dedup-window", type=float, default=300.0, show_default=True, help="Seconds.")
-@click.option("--redelivery-backoff", default=None,
+@click.option("--dedup-window", type=float, default=300.0,
+              show_default=True, help="Seconds.")
+@click.option("--redelivery-backoff", default=None, callback=_backoff,
               help="Comma-separated seconds waited before redelivery 1, 2, ...")
-def create_queue(endpoint: str | None, name: str, redelivery_backoff: str | None,
+def create_queue(endpoint: str | None, name: str, redelivery_backoff: tuple[float, ...] | None,
                  **settings: Any) -> None:
     """Create queue NAME with the given settings (a no-op if equal ones exist)."""
-    if redelivery_backoff:
-        settings["redelivery_backoff"] = tuple(
-            float(part) for part in redelivery_backoff.split(","))
+    if redelivery_backoff is not None:
+        settings["redelivery_backoff"] = redelivery_backoff
     with _connected(endpoint) as client:
         client.create_queue(name, **settings)
     click.echo(f"queue {name}")
@@ -285,7 +620,10 @@ def create_queue(endpoint: str | None, name: str, redelivery_backoff: str | None
               default="attributes", show_default=True)
 def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str | None,
               filter_scope: str) -> None:
-    """Subscribe QUEUE to TOPIC (a name or pattern); prints the subscription id."""
+    """Subscribe QUEUE to TOPIC (a name or pattern); prints the subscription id.
+
+    fastfanout list-subscriptions prints the ids again.
+    """
     with _connected(endpoint) as client:
         subscription_id = client.subscribe(topic, queue, filter_policy=filter_policy,
                                            filter_scope=filter_scope)
@@ -294,9 +632,9 @@ def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str |
 
 @cli.command()
 @endpoint_option
-@click.argument("subscription_id", type=int)
+@click.argument("subscription_id", type=click.IntRange(min=0))
 def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
-    """Remove subscription SUBSCRIPTION_ID (as printed by subscribe)."""
+    """Remove subscription SUBSCRIPTION_ID (see fastfanout list-subscriptions)."""
     with _connected(endpoint) as client:
         client.unsubscribe(subscription_id)
     click.echo(f"unsubscribed {subscription_id}")
@@ -320,7 +658,7 @@ def purge(endpoint: str | None, queue: str, yes: bool) -> None:
 @click.argument("dead_letter_queue", metavar="DLQ")
 @click.option("--to", "to", default=None,
               help="Queue to move every message to (default: each message's source queue).")
-@click.option("--max-messages", "-n", type=int, default=None,
+@click.option("--max-messages", "-n", type=click.IntRange(min=1), default=None,
               help="Move at most N messages (default: all).")
 def redrive(endpoint: str | None, dead_letter_queue: str, to: str | None,
             max_messages: int | None) -> None:
@@ -364,5 +702,5 @@ def demo(args: tuple[str, ...]) -> None:
 
 
 def main() -> None:
-    """Console-script entry point (``fastfanout``)."""
-    cli()
+    """Console-script entry point (``fastfanout``, and ``python -m fastfanout``)."""
+    cli(prog_name="fastfanout")

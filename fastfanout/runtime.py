@@ -96,6 +96,10 @@ def stream_endpoint_for(endpoint: str) -> str:
         host, _, port = endpoint[len("tcp://"):].rpartition(":")
         if port.isdigit() and 0 < int(port) < 65535:
             return f"tcp://{host}:{int(port) + 1}"
+        if port.isdigit() and int(port) == 65535:
+            raise InvalidArgument(
+                f"endpoint {endpoint!r}: the stream endpoint takes the next port, and 65535 "
+                f"is the last one: choose a port from 1 to 65534")
     raise InvalidArgument(
         f"endpoint {endpoint!r} must be ipc://PATH or tcp://HOST:PORT (with a port number)")
 

@@ -569,7 +569,7 @@ class Server(Deliveries):
             if size > self._max_request_bytes:
                 raise RequestTooLarge(
                     f"request of {size} bytes exceeds the broker's "
-                    f"max_request_bytes={self._max_request_bytes}")
+                    f"max_request_bytes={self._max_request_bytes} (see serve --max-request-bytes)")
             handler = self._handlers.get(opcode)  # type: ignore[call-overload]
             if handler is not None:
                 payload = handler(session, request_id, frames[2:])

@@ -1,0 +1,201 @@
+"""The broker's configuration: the keys of ``fastfanout serve --config FILE``, checked up front.
+
+Design
+------
+Prior art: Cargo's and Ruff's TOML files (one flat table of documented keys; an unknown
+key is an error that names it, not something silently ignored), and msgspec's typed
+decoding (a ``Struct`` with ``forbid_unknown_fields`` checks every key and type at once).
+
+Invariants:
+
+- Every key a file may hold is a field of ``ServerConfig``, with a type, a default and a
+  line in ``docs/configuration.md``. A file with a syntax error, a table, an unknown key,
+  or a value of the wrong type or out of range is refused before anything binds, with
+  one ``InvalidArgument`` line naming the file, the key and the expected form.
+- A command-line option and its key share a name (``--max-request-bytes`` is
+  ``max_request_bytes``); an option given on the command line wins over the file, and
+  both go through the same check.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from fastfanout.errors import InvalidArgument
+from fastfanout.protocol import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REQUEST_BYTES
+from fastfanout.settings import MAX_RECEIVE_BATCH
+
+__all__ = ["EXPECTED", "LOG_LEVELS", "ServerConfig", "endpoint_problem", "load_config",
+           "server_options"]
+
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""The accepted ``log_level`` values (any case)."""
+
+_Seconds = Annotated[float, msgspec.Meta(ge=0)]
+_PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+_Bytes = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Every key of a ``fastfanout serve --config`` file (see docs/configuration.md).
+
+    Attributes:
+        endpoint: command endpoint, ``ipc://PATH`` or ``tcp://HOST:PORT`` (None: the
+            per-user ipc socket, or ``$FASTFANOUT_ENDPOINT``).
+        stream_endpoint: stream endpoint (None: ``PATH.stream``, or tcp port PORT+1).
+        log_level: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
+        heartbeat_interval: seconds between client heartbeats.
+        heartbeat_timeout: seconds of silence after which a client is gone.
+        max_request_bytes: largest request answered (bytes, all frames together).
+        max_frame_bytes: largest frame accepted (bytes; None: 256 MiB, or
+            ``max_request_bytes`` when that is larger).
+        slow_listener: ``drop`` or ``wait``: what a stream listener that falls behind gets.
+        stream_wait: seconds the ``wait`` policy waits for a slow listener.
+        push_batch: most messages in one push to a consumer (1 to 10,000).
+        hold_timeout: seconds a publish to a full ``hold`` queue is held.
+        local_channels: let clients on this host use shared memory (ipc:// only).
+        curve_secret_key: path of the broker's ``.key_secret`` certificate (turns on CURVE).
+        curve_clients: with CURVE: a directory of allowed client ``*.key`` files, or ``*``.
+    """
+
+    endpoint: str | None = None
+    stream_endpoint: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    heartbeat_interval: _PositiveSeconds = 0.25
+    heartbeat_timeout: _PositiveSeconds = 2.0
+    max_request_bytes: _Bytes = DEFAULT_MAX_REQUEST_BYTES
+    max_frame_bytes: _Bytes | None = None
+    slow_listener: Literal["drop", "wait"] = "drop"
+    stream_wait: _Seconds = 1.0
+    push_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECEIVE_BATCH)] = 8192
+    hold_timeout: _Seconds = 30.0
+    local_channels: bool = True
+    curve_secret_key: str | None = None
+    curve_clients: str | None = None
+
+
+EXPECTED: Final[dict[str, str]] = {
+    "endpoint": "a string, ipc://PATH or tcp://HOST:PORT",
+    "stream_endpoint": "a string, ipc://PATH or tcp://HOST:PORT",
+    "log_level": "one of " + ", ".join(f'"{level}"' for level in LOG_LEVELS),
+    "heartbeat_interval": "a number of seconds > 0",
+    "heartbeat_timeout": "a number of seconds > 0",
+    "max_request_bytes": "an integer number of bytes >= 1",
+    "max_frame_bytes": "an integer number of bytes >= 1",
+    "slow_listener": 'one of "drop", "wait"',
+    "stream_wait": "a number of seconds >= 0",
+    "push_batch": f"an integer from 1 to {MAX_RECEIVE_BATCH}",
+    "hold_timeout": "a number of seconds >= 0",
+    "local_channels": "true or false",
+    "curve_secret_key": "a string: the path of a .key_secret certificate",
+    "curve_clients": 'a string: a directory of client *.key certificates, or "*"',
+}
+"""Each key's expected form, as error messages state it."""
+
+_HELP: Final = "see docs/configuration.md"
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with the form of ``endpoint``, or None when it is well formed.
+
+    Well formed is ``ipc://PATH`` with a path, or ``tcp://HOST:PORT`` with a host and a
+    port from 1 to 65535. Whether it can be bound or reached is not checked.
+    """
+    if endpoint.startswith("ipc://"):
+        return None if endpoint[len("ipc://"):] else "ipc:// needs a socket path"
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+        if not sep or not host:
+            return "tcp:// needs HOST:PORT"
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            return f"port {port!r} is not a number from 1 to 65535"
+        return None
+    return "it must be ipc://PATH or tcp://HOST:PORT"
+
+
+def _refuse_unknown(source: str, data: Mapping[str, Any]) -> None:
+    known = ServerConfig.__struct_fields__
+    for key, value in data.items():
+        if key in known:
+            continue
+        if isinstance(value, dict):
+            raise InvalidArgument(
+                f"{source}: table [{key}] is not allowed: the keys go at the top level of "
+                f"the file (remove the line [{key}]); {_HELP}")
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InvalidArgument(
+            f"{source}: unknown key {key!r}: {hint}known keys: {', '.join(known)}")
+
+
+def _read(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise InvalidArgument(f"{path}: cannot read the config file: {error.strerror}"
+                              ) from None
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(f"{path}: not UTF-8 text ({error.reason}); {_HELP}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidArgument(f"{path}: not valid TOML: {error}; {_HELP}") from None
+
+
+def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None
+                ) -> ServerConfig:
+    """Read and check a config file, then apply command-line ``overrides`` over it.
+
+    Args:
+        path: a TOML file of ``ServerConfig`` keys, or None for the defaults.
+        overrides: key -> value given on the command line; None values are not given.
+
+    Raises:
+        InvalidArgument: the file cannot be read, is not TOML, holds a table or an
+            unknown key, or a value (its or an override's) has the wrong type or range;
+            one line naming the file and the key.
+    """
+    data = _read(path) if path is not None else {}
+    source = path or "the command line"
+    _refuse_unknown(source, data)
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    merged = {**data, **given}
+    if isinstance(merged.get("log_level"), str):
+        merged["log_level"] = merged["log_level"].upper()
+    try:
+        config = msgspec.convert(merged, ServerConfig)
+    except msgspec.ValidationError as error:
+        detail, _, where = str(error).partition(" - at `$.")
+        key = where.rstrip("`")
+        origin = f"--{key.replace('_', '-')}" if key in given else source
+        raise InvalidArgument(
+            f"{origin}: {key} = {merged.get(key)!r} is not {EXPECTED.get(key, 'valid')} "
+            f"({detail}); {_HELP}") from None
+    for key in ("endpoint", "stream_endpoint"):
+        value = getattr(config, key)
+        problem = endpoint_problem(value) if value is not None else None
+        if problem is not None:
+            origin = f"--{key.replace('_', '-')}" if key in given else source
+            raise InvalidArgument(f"{origin}: {key} = {value!r} is malformed: {problem}")
+    return config
+
+
+def server_options(config: ServerConfig) -> dict[str, Any]:
+    """The ``Server`` keyword arguments of ``config``.
+
+    ``log_level`` and ``curve_secret_key`` (a file the caller loads into
+    ``Server(curve=...)``) are left out, and so are keys left at None (``Server`` then
+    picks its default). ``max_frame_bytes`` left at None becomes the larger of 256 MiB
+    and ``max_request_bytes``, so a raised request limit is not undercut by the frame
+    limit.
+    """
+    options = {key: getattr(config, key) for key in config.__struct_fields__
+               if key not in ("log_level", "curve_secret_key")
+               and getattr(config, key) is not None}
+    if config.max_frame_bytes is None:
+        options["max_frame_bytes"] = max(DEFAULT_MAX_FRAME_BYTES, config.max_request_bytes)
+    return options
