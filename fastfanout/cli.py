@@ -385,25 +385,26 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
 @cli.command()
 @endpoint_option
 @click.argument("queue")
-@click.option("--ack", "settle", flag_value="ack",
-              help="Ack what is received: the messages are deleted.")
-@click.option("--nack", "settle", flag_value="nack",
+@click.option("--ack", is_flag=True, help="Ack what is received: the messages are deleted.")
+@click.option("--nack", is_flag=True,
               help="Nack it: visible again after the queue's redelivery backoff.")
-@click.option("--term", "settle", flag_value="term",
+@click.option("--term", is_flag=True,
               help="Dead-letter it now (reason rejected), or drop it without a DLQ.")
 @click.option("--max-messages", "-n", type=click.IntRange(1, 10_000), default=10,
               show_default=True, help="Most messages to receive.")
 @click.option("--wait", type=click.FloatRange(0, 20), default=0.0, show_default=True,
               help="Long-poll seconds when none is visible (0 to 20).")
 @_output_options
-def receive(endpoint: str | None, queue: str, settle: str | None, max_messages: int,
-            wait: float, raw: bool, as_json: bool) -> None:
+def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
+            max_messages: int, wait: float, raw: bool, as_json: bool) -> None:
     """Receive up to N messages from QUEUE and print them.
 
     Without --ack, --nack or --term, this is a peek: the leases end when the command
     exits (its connection closes), so the messages are visible again at once, their
     receive count one higher (and max_receive_count closer).
     """
+    if ack + nack + term > 1:
+        raise click.UsageError("--ack, --nack and --term exclude each other")
     show = _printer(raw, as_json)
     with _connected(endpoint) as client:
         messages = client.receive(queue, max_messages=max_messages, wait=wait)
@@ -412,12 +413,12 @@ def receive(endpoint: str | None, queue: str, settle: str | None, max_messages: 
                   "receipt": message.receipt} if as_json else
                  {"id": message.id, "receive_count": message.receive_count}, message)
         receipts = [message.receipt for message in messages]
-        if settle == "ack" and receipts:
+        if ack and receipts:
             client.ack_batch(receipts)
-        elif settle == "nack":
+        elif nack:
             for receipt in receipts:
                 client.nack(receipt)
-        elif settle == "term":
+        elif term:
             for receipt in receipts:
                 client.term(receipt)
 
@@ -692,13 +693,20 @@ def delete_topic(endpoint: str | None, name: str) -> None:
     click.echo(f"deleted topic {name}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def demo(args: tuple[str, ...]) -> None:
-    """Run the cross-process fan-out demo (options: see fastfanout demo -- --help)."""
+@cli.command()
+@click.option("--messages", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Messages to publish.")
+@click.option("--endpoint", "-e", type=ENDPOINT, default=None,
+              help="Endpoint of the demo's own broker (default: a fresh one per user).")
+@click.option("--embedded", is_flag=True,
+              help="One process: an in-process Broker and consumer threads.")
+def demo(messages: int, endpoint: str | None, embedded: bool) -> None:
+    """Run the cross-process fan-out demo (python -m fastfanout.demo)."""
     from fastfanout.demo import main as demo_main
 
-    sys.exit(demo_main(list(args)))
+    argv = ["--messages", str(messages), *(["--endpoint", endpoint] if endpoint else []),
+            *(["--embedded"] if embedded else [])]
+    sys.exit(demo_main(argv))
 
 
 def main() -> None:

@@ -1,13 +1,50 @@
-"""The command line against a live server (click's runner, in process)."""
+"""The command line: click's runner for parsing and for commands against a broker thread,
+real ``fastfanout`` processes where a process's own exit and output matter (serve, sub)."""
 
 from __future__ import annotations
 
+import inspect
 import json
-from typing import Any as Tracker
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
 
+import fastfanout
 from fastfanout.cli import cli
+from fastfanout.config import ServerConfig, load_config, server_options
+from fastfanout.errors import InvalidArgument
+from fastfanout.protocol import DEFAULT_MAX_FRAME_BYTES, RequestTooLarge
+from fastfanout.server import Server
+
+Tracker = Any
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def run(args: list[str], timeout: float = 20.0, **options: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m fastfanout ARGS`` to its end (killed at ``timeout``)."""
+    return subprocess.run([sys.executable, "-m", "fastfanout", *args], capture_output=True,
+                          text=True, timeout=timeout, **options)
+
+
+def assert_one_line_error(output: str, status: int, what: str = "") -> None:
+    assert status != 0, f"{what}: exit status 0: {output!r}"
+    assert "Traceback" not in output, f"{what}: {output}"
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, f"{what}: {len(lines)} lines: {output!r}"
+    assert lines[0].startswith(("error", "aborted")), f"{what}: {output!r}"
+
+
+def assert_runner_one_line_error(result: Result, what: str = "") -> None:
+    assert isinstance(result.exception, SystemExit), f"{what}: {result.exception!r}"
+    assert_one_line_error(result.output, result.exit_code, what)
 
 
 def test_cli_round_trip(track: Tracker) -> None:
@@ -21,14 +58,16 @@ def test_cli_round_trip(track: Tracker) -> None:
     result = runner.invoke(cli, ["pub", "t", "hello", "--attr", "n=1", *ep])
     assert result.exit_code == 0 and "1 deliveries" in result.output
     result = runner.invoke(cli, ["receive", "q", "--ack", *ep])
-    assert result.exit_code == 0 and "b'hello'" in result.output and "{'n': 1}" in result.output
+    assert result.exit_code == 0, result.output
+    assert result.output == 'id=1 receive_count=1 attributes={"n":1} hello\n'
     result = runner.invoke(cli, ["stats", "--json", *ep])
     assert json.loads(result.output)["broker"]["queues"]["q"]["acked"] == 1
     assert runner.invoke(cli, ["stats", *ep]).exit_code == 0
     result = runner.invoke(cli, ["receive", "missing", *ep])
     assert result.exit_code == 1 and "not_found" in result.output
+    assert "list-queues" in result.output
     for command in ("serve", "pub", "sub", "receive", "stats", "create-topic", "create-queue",
-                    "subscribe", "demo"):
+                    "subscribe", "demo", "list-topics", "list-queues", "list-subscriptions"):
         assert runner.invoke(cli, [command, "--help"]).exit_code == 0
 
 
@@ -95,3 +134,353 @@ def test_cli_hold_queue_and_hold_timeout(track: Tracker) -> None:
     assert client.queue_settings("h").overflow == "hold"
     result = runner.invoke(cli, ["serve", "--hold-timeout", "-1"])
     assert result.exit_code == 2 and "--hold-timeout" in result.output
+
+
+# -- mistakes: one line, a non-zero status, no traceback -----------------------------------
+
+
+def config_file(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_wrong_command_lines_fail_in_one_line(tmp_path: Path) -> None:
+    """Every malformed command line, bad config file or unreachable endpoint, in process."""
+    nowhere = f"ipc://{tmp_path}/nobody.sock"
+    ep = ["--endpoint", nowhere]
+    cases: list[tuple[list[str], str]] = [
+        (["nosuch"], "No such command"),
+        (["pub"], "Missing argument"),
+        (["demo", "--bogus"], "No such option"),
+        (["demo", "--messages", "0"], "--messages"),
+        (["pub", "t", "x", "--endpoint", "foo"], "ipc://PATH or tcp://HOST:PORT"),
+        (["pub", "t", "x", "--endpoint", "tcp://127.0.0.1:http"], "port 'http'"),
+        (["pub", "t", "x", "--endpoint", "tcp://127.0.0.1:70000"], "port '70000'"),
+        (["pub", "t", "x", "--endpoint", "ipc://"], "socket path"),
+        (["pub", "t", "x", "--priority", "300", *ep], "--priority"),
+        (["pub", "t", "x", "--delay", "-1", *ep], "--delay"),
+        (["pub", "t", "x", "--deliver-at", "tomorrow", *ep], "ISO 8601"),
+        (["pub", "t", "x", "--ttl", "0", *ep], "--ttl"),
+        (["pub", "t", "x", "--attr", "novalue", *ep], "NAME=VALUE"),
+        (["pub", "t", "x", *ep], "no broker at"),
+        (["receive", "q", "-n", "0", *ep], "--max-messages"),
+        (["receive", "q", "--wait", "21", *ep], "--wait"),
+        (["receive", "q", "--raw", "--json", *ep], "exclude each other"),
+        (["receive", "q", "--wait", "x", *ep], "--wait"),
+        (["sub", "t", "-n", "-1", *ep], "--count"),
+        (["stats", *ep], "no broker at"),
+        (["list-topics", *ep], "no broker at"),
+        (["unsubscribe", "x", *ep], "SUBSCRIPTION_ID"),
+        (["create-queue", "q", "--redelivery-backoff", "1,x", *ep], "comma-separated"),
+        (["create-queue", "q", "--overflow", "spill", *ep], "--overflow"),
+        (["serve", "--max-request-bytes", "0"], "--max-request-bytes"),
+        (["serve", "--max-request-bytes", "lots"], "--max-request-bytes"),
+        (["serve", "--log-level", "LOUD"], "--log-level"),
+        (["serve", "--endpoint", "udp://127.0.0.1:5000"], "ipc://PATH or tcp://HOST:PORT"),
+        (["serve", "--config", str(tmp_path / "missing.toml")], "cannot read"),
+        (["serve", "--config", config_file(tmp_path, "syntax.toml", 'endpoint = "ipc://x\n')],
+         "not valid TOML"),
+        (["serve", "--config", config_file(tmp_path, "unknown.toml", "endpont = 'ipc://x'\n")],
+         "unknown key 'endpont': did you mean 'endpoint'?"),
+        (["serve", "--config", config_file(tmp_path, "type.toml", "heartbeat_timeout = 'x'\n")],
+         "heartbeat_timeout = 'x' is not a number of seconds > 0"),
+        (["serve", "--config", config_file(tmp_path, "bool.toml", "push_batch = true\n")],
+         "push_batch = True is not an integer from 1 to 10000"),
+        (["serve", "--config", config_file(tmp_path, "range.toml", "hold_timeout = -1\n")],
+         "hold_timeout = -1"),
+        (["serve", "--config", config_file(tmp_path, "enum.toml", "slow_listener = 'nap'\n")],
+         'one of "drop", "wait"'),
+        (["serve", "--config", config_file(tmp_path, "table.toml",
+                                           "[server]\nendpoint = 'ipc://x'\n")],
+         "table [server] is not allowed"),
+        (["serve", "--config", config_file(tmp_path, "ep.toml", "endpoint = 'tcp://x'\n")],
+         "endpoint = 'tcp://x' is malformed"),
+    ]
+    runner = CliRunner()
+    for args, expected in cases:
+        result = runner.invoke(cli, args)
+        assert_runner_one_line_error(result, " ".join(args))
+        assert expected in result.output, (args, result.output)
+    result = runner.invoke(cli, ["list-queues"], env={"FASTFANOUT_ENDPOINT": "nowhere"})
+    assert_runner_one_line_error(result, "bad $FASTFANOUT_ENDPOINT")
+    assert "FASTFANOUT_ENDPOINT" in result.output
+
+
+def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None:
+    """Real ``fastfanout serve`` processes: bind failures and a bad config file."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for endpoint, ports in ((f"tcp://127.0.0.1:{port}", f"{port} and {port + 1}"),
+                                (f"tcp://127.0.0.1:{port - 1}", f"{port - 1} and {port}")):
+            done = run(["serve", "--endpoint", endpoint])
+            assert_one_line_error(done.stdout + done.stderr, done.returncode, endpoint)
+            assert "in use" in done.stderr and f"needs ports {ports}" in done.stderr
+    done = run(["serve", "--endpoint", "tcp://127.0.0.1:65535"])
+    assert_one_line_error(done.stderr, done.returncode, "port 65535")
+    assert "choose a port from 1 to 65534" in done.stderr and "no port" not in done.stderr
+    missing = tmp_path / "no" / "such" / "dir"
+    done = run(["serve", "--endpoint", f"ipc://{missing}/broker.sock"])
+    assert_one_line_error(done.stderr, done.returncode, "missing directory")
+    assert f"directory {missing} does not exist" in done.stderr and "mkdir -p" in done.stderr
+    done = run(["serve", "--config", config_file(tmp_path, "c.toml", "log_level = 3\n")])
+    assert_one_line_error(done.stderr, done.returncode, "log_level = 3")
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    done = run(["serve", "--endpoint", endpoint])
+    assert_one_line_error(done.stderr, done.returncode, "second broker")
+    assert "already serves" in done.stderr
+
+
+def test_broker_errors_fail_in_one_line(track: Tracker) -> None:
+    """Mistakes a broker refuses, through real processes; no broker: a quick failure."""
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    ep = ["--endpoint", endpoint]
+    assert run(["create-queue", "q", *ep]).returncode == 0
+    cases: list[tuple[list[str], str]] = [
+        (["receive", "missing", *ep], "error [not_found]: queue 'missing' does not exist"),
+        (["pub", "missing", "x", *ep], "list-topics"),
+        (["unsubscribe", "99", *ep], "list-subscriptions"),
+        (["delete-topic", "missing", *ep], "error [not_found]"),
+        (["create-queue", "bad name", *ep], "error [invalid_argument]"),
+        (["create-queue", "q2", "--max-priority", "300", *ep], "max_priority=300"),
+        (["create-queue", "q", "--visibility-timeout", "5", *ep], "error [already_exists]"),
+        (["subscribe", "t", "q", "--filter-policy", "{bad", *ep], "invalid_filter_policy"),
+        (["purge", "q", *ep], "aborted"),   # no answer on stdin
+    ]
+    for args, expected in cases:
+        done = run(args, stdin=subprocess.DEVNULL)
+        assert_one_line_error(done.stderr, done.returncode, " ".join(args))
+        assert expected in done.stderr, (args, done.stderr)
+    started = time.monotonic()
+    with socket.socket() as probe:   # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = run(["stats", "--endpoint", f"tcp://127.0.0.1:{port}"])
+    assert time.monotonic() - started < 10.0
+    assert_one_line_error(done.stderr, done.returncode, "no broker on tcp")
+    assert "fastfanout serve" in done.stderr
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def test_config_defaults_are_the_servers() -> None:
+    defaults = {name: parameter.default for name, parameter
+                in inspect.signature(Server.__init__).parameters.items()}
+    config = ServerConfig()
+    for key in ServerConfig.__struct_fields__:
+        if key in ("log_level", "curve_secret_key", "max_frame_bytes"):
+            continue
+        assert getattr(config, key) == defaults[key], key
+    assert server_options(config)["max_frame_bytes"] == DEFAULT_MAX_FRAME_BYTES
+    raised = load_config(None, {"max_request_bytes": DEFAULT_MAX_FRAME_BYTES * 2})
+    assert server_options(raised)["max_frame_bytes"] == DEFAULT_MAX_FRAME_BYTES * 2
+
+
+def test_every_config_key_is_documented() -> None:
+    text = DOCS.read_text()
+    for key in ServerConfig.__struct_fields__:
+        assert f"| `{key}` |" in text, key
+
+
+def test_config_file_and_options(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "b.toml", "log_level = 'warning'\nhold_timeout = 5\n"
+                                           "max_request_bytes = 1000\n")
+    config = load_config(path, {"max_request_bytes": 2000, "slow_listener": None})
+    assert (config.log_level, config.hold_timeout, config.max_request_bytes) == (
+        "WARNING", 5.0, 2000)
+    with pytest.raises(InvalidArgument, match="--hold-timeout"):
+        load_config(path, {"hold_timeout": -1.0})
+
+
+def test_serve_reads_the_config_and_max_request_bytes(track: Tracker, tmp_path: Path) -> None:
+    endpoint = track.endpoint()
+    path = config_file(tmp_path, "broker.toml",
+                       f'endpoint = "{endpoint}"\nmax_request_bytes = 200_000\n'
+                       f'log_level = "WARNING"\n')
+    track.broker_process(endpoint, "--config", path, "--max-request-bytes", "100000")
+    client = track.client(endpoint)
+    client.create_queue("q")
+    client.send("q", b"x" * 90_000)
+    with pytest.raises(RequestTooLarge, match="serve --max-request-bytes"):
+        client.send("q", b"x" * 150_000)   # under the file's limit, over the option's
+    done = run(["pub", "t", "-", "--endpoint", endpoint], input="x" * 150_000)
+    assert_one_line_error(done.stderr, done.returncode, "too large")
+    assert "request_too_large" in done.stderr and "--max-request-bytes" in done.stderr
+
+
+# -- what the commands print ---------------------------------------------------------------
+
+
+def test_version_and_help() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and fastfanout.__version__ in result.output
+    assert "FASTFANOUT_ENDPOINT" in runner.invoke(cli, ["--help"]).output
+    assert "FASTFANOUT_ENDPOINT" in runner.invoke(cli, ["pub", "--help"]).output
+    receive_help = " ".join(runner.invoke(cli, ["receive", "--help"]).output.split())
+    assert "leave it leased" not in receive_help
+    assert "the leases end when the command exits" in receive_help
+    assert "--max-request-bytes" in runner.invoke(cli, ["serve", "--help"]).output
+
+
+def test_receive_prints_bodies_as_they_are(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    big = b"y" * 1_000_000
+    binary = bytes(range(256))
+    client.send("q", big)
+    client.send("q", binary, attributes={"kind": "bin", "n": 2, "raw": b"\x00\xff"})
+    runner = CliRunner()
+    ep = ["--endpoint", server.endpoint]
+
+    result = runner.invoke(cli, ["receive", "q", "-n", "1", *ep])
+    assert result.exit_code == 0
+    assert result.output == f"id=1 receive_count=1 {'y' * 1_000_000}\n"   # not a bytes repr
+    result = runner.invoke(cli, ["receive", "q", "-n", "2", "--json", *ep])
+    first, second = sorted((json.loads(line) for line in result.output.splitlines()),
+                           key=lambda printed: printed["id"])
+    assert first["body"] == big.decode() and first["receive_count"] == 2
+    assert second["attributes"] == {"kind": "bin", "n": 2, "raw": {"base64": "AP8="}}
+    assert "body" not in second and second["queue"] == "q"
+    import base64
+    assert base64.b64decode(second["body_base64"]) == binary
+    result = runner.invoke(cli, ["receive", "q", "-n", "2", *ep])
+    assert "id=2 receive_count=2 attributes=" in result.output
+    assert '{"kind":"bin","n":2,"raw":{"base64":"AP8="}} <256 bytes, not UTF-8: see them ' \
+           'with --raw or --json>\n' in result.output
+    result = runner.invoke(cli, ["receive", "q", "-n", "2", "--raw", *ep])
+    assert result.stdout_bytes in (big + binary, binary + big)
+
+
+def test_receive_settles_or_leaves_the_messages(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("dlq")
+    client.create_queue("q", dead_letter_queue="dlq", max_receive_count=10,
+                        redelivery_backoff=(30.0,))
+    client.send_batch("q", [b"a", b"b"])
+    runner = CliRunner()
+    ep = ["--endpoint", server.endpoint]
+
+    result = runner.invoke(cli, ["receive", "q", *ep])   # a peek: released at exit
+    assert result.exit_code == 0 and result.output.count("receive_count=1") == 2
+    assert client.stats().queues["q"].visible == 2
+    result = runner.invoke(cli, ["receive", "q", "-n", "1", "--nack", *ep])
+    assert result.exit_code == 0 and "receive_count=2" in result.output
+    queue = client.stats().queues["q"]
+    assert (queue.visible, queue.delayed) == (1, 1)   # nacked: the queue's backoff
+    result = runner.invoke(cli, ["receive", "q", "-n", "1", "--term", *ep])
+    assert result.exit_code == 0 and client.stats().queues["dlq"].visible == 1
+    client.purge("q")
+    client.send("q", b"c")
+    result = runner.invoke(cli, ["receive", "q", "--ack", *ep])
+    assert result.exit_code == 0 and client.stats().queues["q"].acked == 1
+    assert client.stats().queues["q"].messages == 0
+    result = runner.invoke(cli, ["receive", "q", "--ack", "--term", *ep])
+    assert_runner_one_line_error(result, "--ack --term")
+
+
+def test_pub_options(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q", max_priority=9)
+    client.subscribe("t", "q")
+    client.create_topic("f", fifo=True)
+    client.create_queue("fq", fifo=True)
+    client.subscribe("f", "fq")
+    runner = CliRunner()
+    ep = ["--endpoint", server.endpoint]
+
+    def pub(*args: str) -> str:
+        result = runner.invoke(cli, ["pub", *args, *ep])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    pub("t", "low", "--priority", "1")
+    pub("t", "high", "--priority", "8", "--ttl", "60")
+    assert [m.body for m in client.receive("q", max_messages=2)] == [b"high", b"low"]
+    pub("t", "later", "--delay", "30")
+    in_an_hour = datetime.now(UTC) + timedelta(hours=1)
+    pub("t", "at", "--deliver-at", in_an_hour.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    pub("t", "at-seconds", "--deliver-at", str(time.time() + 60))
+    assert client.stats().queues["q"].delayed == 3
+    assert "1 deliveries" in pub("f", "one", "--group-id", "g", "--dedup-id", "d1")
+    assert "(duplicate)" in pub("f", "one", "--group-id", "g", "--dedup-id", "d1")
+    [message] = client.receive("fq", max_messages=10)
+    assert message.group_id == "g" and message.dedup_id == "d1"
+    result = runner.invoke(cli, ["pub", "t", *ep], input="from stdin")
+    assert result.exit_code == 0
+
+
+def test_list_commands(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    for name in ("b", "a"):
+        client.create_topic(name)
+        client.create_queue(f"q{name}")
+    first = client.subscribe("a", "qa")
+    second = client.subscribe("b.*", "qb")
+    runner = CliRunner()
+    ep = ["--endpoint", server.endpoint]
+    assert runner.invoke(cli, ["list-topics", *ep]).output == "a\nb\n"
+    assert json.loads(runner.invoke(cli, ["list-queues", "--json", *ep]).output) == ["qa", "qb"]
+    lines = runner.invoke(cli, ["list-subscriptions", *ep]).output.splitlines()
+    assert lines[0].split() == ["id", "topic", "queue"]
+    assert [line.split() for line in lines[1:]] == [[str(first), "a", "qa"],
+                                                    [str(second), "b.*", "qb"]]
+    listed = json.loads(runner.invoke(cli, ["list-subscriptions", "--json", *ep]).output)
+    assert listed[1] == {"id": second, "topic": "b.*", "queue": "qb"}
+    client.unsubscribe(first)
+    client.unsubscribe(second)
+    assert runner.invoke(cli, ["list-subscriptions", *ep]).output == ""
+
+
+def test_stats_fit_80_columns_and_never_cut_names(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    names = ["array-of-events-from-the-first-sensor", "array-of-events-from-the-second-one",
+             "short"]
+    for name in names:
+        client.create_queue(name)
+    client.create_topic("t")
+    client.subscribe("t", "short")
+    client.publish("t", b"x")
+    runner = CliRunner()
+    for width in (80, 40):
+        result = runner.invoke(cli, ["stats", "--endpoint", server.endpoint],
+                               env={"COLUMNS": str(width)})
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines if not line.startswith(tuple(names))) <= width
+        for name in names:
+            assert any(line.split()[:1] == [name] for line in lines), (name, result.output)
+        assert "…" not in result.output
+        for header in ("visible", "enqueued", "dead_lettered", "dropped", "published"):
+            assert header in result.output
+    empty = track.server()
+    result = runner.invoke(cli, ["stats", "--endpoint", empty.endpoint])
+    assert "topics: none" in result.output and "queues: none" in result.output
+
+
+def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listener = track.process(["-m", "fastfanout", "sub", "t", "-n", "1", "--json",
+                              "--endpoint", endpoint])
+    track.wait_until(lambda: client.server_stats()["stream_subscriptions"] >= 1,
+                     what="the listener's subscription")
+    client.publish("t", "héllo".encode(), attributes={"n": 1})
+    out, err = listener.communicate(timeout=10)
+    assert listener.returncode == 0, err
+    printed = json.loads(out)
+    assert printed["body"] == "héllo" and printed["attributes"] == {"n": 1}
+    assert printed["topic"] == "t" and printed["sequence"] == 1
