@@ -36,6 +36,8 @@ __all__ = ["cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+IPC_PATH_MAX = 107
+"""Longest ipc socket path, in bytes (``sockaddr_un.sun_path`` less its NUL on Linux)."""
 ENDPOINT_HELP = ("Broker endpoint: ipc://PATH or tcp://HOST:PORT (default: "
                  "$FASTFANOUT_ENDPOINT, else the per-user ipc socket).")
 
@@ -204,19 +206,26 @@ def serve(config_path: str | None, **given: Any) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = server_options(config)
     endpoint = options["endpoint"] = _resolve(config.endpoint)
-    for key in ("endpoint", "stream_endpoint"):
-        value = options.get(key, "")
+    stream = options.get("stream_endpoint") or (
+        f"{endpoint}.stream" if endpoint.startswith("ipc://") else "")
+    for value in (endpoint, stream):
         if value.startswith("ipc://"):
-            directory = os.path.dirname(os.path.abspath(value[len("ipc://"):]))
+            path = value[len("ipc://"):]
+            directory = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(directory):
                 _exit_with(f"error: cannot bind {value}: directory {directory} does not "
                            f"exist; create it (mkdir -p {directory}) or choose another "
                            f"--endpoint", 1)
+            if len(os.fsencode(path)) > IPC_PATH_MAX:
+                _exit_with(f"error: cannot bind {value}: its path is {len(os.fsencode(path))} "
+                           f"bytes, over the {IPC_PATH_MAX} an ipc socket may have (the "
+                           f"stream socket adds '.stream'); choose a shorter --endpoint", 1)
     if config.curve_secret_key:
         try:
             options["curve"] = load_curve_keys(config.curve_secret_key)
         except (TransportError, OSError, ValueError) as error:
-            _exit_with(f"error: curve_secret_key: {error}", 1)
+            _exit_with(f"error: curve_secret_key: {error} (a zmq.auth .key_secret "
+                       f"certificate, made by zmq.auth.create_certificates)", 1)
     try:
         sys.exit(run_server(**options))
     except FastFanoutError as error:
@@ -229,8 +238,7 @@ def serve(config_path: str | None, **given: Any) -> None:
         elif endpoint.startswith("tcp://"):
             hint = "choose free ports with --endpoint, or stop the program holding them"
         else:
-            hint = ("choose a writable directory and a shorter path with --endpoint "
-                    "(ipc paths are limited to 107 bytes)")
+            hint = "choose a writable directory with --endpoint"
         _exit_with(f"error: {error}; {hint}", 1)
     except OSError as error:
         _exit_with(f"error: cannot serve {endpoint}: {error.strerror}"

@@ -225,8 +225,16 @@ def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None
     done = run(["serve", "--endpoint", f"ipc://{missing}/broker.sock"])
     assert_one_line_error(done.stderr, done.returncode, "missing directory")
     assert f"directory {missing} does not exist" in done.stderr and "mkdir -p" in done.stderr
+    long_path = tmp_path / ("a" * (110 - len(str(tmp_path))))
+    done = run(["serve", "--endpoint", f"ipc://{long_path}"])
+    assert_one_line_error(done.stderr, done.returncode, "long ipc path")
+    assert "over the 107 an ipc socket may have" in done.stderr
     done = run(["serve", "--config", config_file(tmp_path, "c.toml", "log_level = 3\n")])
     assert_one_line_error(done.stderr, done.returncode, "log_level = 3")
+    done = run(["serve", "--endpoint", track.endpoint(), "--config",
+                config_file(tmp_path, "k.toml", "curve_secret_key = 'no.key_secret'\n")])
+    assert_one_line_error(done.stderr, done.returncode, "missing CURVE key")
+    assert "curve_secret_key: cannot load CURVE keys" in done.stderr
     endpoint = track.endpoint()
     track.broker_process(endpoint)
     done = run(["serve", "--endpoint", endpoint])
