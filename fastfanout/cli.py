@@ -224,8 +224,11 @@ def serve(config_path: str | None, **given: Any) -> None:
         try:
             options["curve"] = load_curve_keys(config.curve_secret_key)
         except (TransportError, OSError, ValueError) as error:
-            _exit_with(f"error: curve_secret_key: {error} (a zmq.auth .key_secret "
-                       f"certificate, made by zmq.auth.create_certificates)", 1)
+            problem = (f"{error} (a zmq.auth .key_secret certificate, made by "
+                       f"zmq.auth.create_certificates)")
+            if given["curve_secret_key"]:   # a usage error, as click's own checks are
+                raise click.BadParameter(problem, param_hint="--curve-secret-key") from None
+            _exit_with(f"error: {config_path}: curve_secret_key: {problem}", 1)
     try:
         sys.exit(run_server(**options))
     except FastFanoutError as error:

@@ -234,7 +234,7 @@ def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None
     done = run(["serve", "--endpoint", track.endpoint(), "--config",
                 config_file(tmp_path, "k.toml", "curve_secret_key = 'no.key_secret'\n")])
     assert_one_line_error(done.stderr, done.returncode, "missing CURVE key")
-    assert "curve_secret_key: cannot load CURVE keys" in done.stderr
+    assert "k.toml: curve_secret_key: cannot load CURVE keys" in done.stderr
     endpoint = track.endpoint()
     track.broker_process(endpoint)
     done = run(["serve", "--endpoint", endpoint])
