@@ -194,9 +194,9 @@ def serve(config_path: str | None, **given: Any) -> None:
     It binds --endpoint for commands and a stream endpoint beside it: PATH.stream for
     ipc://PATH, port PORT+1 for tcp://HOST:PORT (so both must be free).
     """
-    from fastfanout.errors import InvalidArgument
+    from fastfanout.errors import InvalidArgument, TransportError
     from fastfanout.server import serve as run_server
-    from fastfanout.transport import TransportError, load_curve_keys
+    from fastfanout.transport import load_curve_keys
 
     try:
         config = load_config(config_path, given)
@@ -223,7 +223,7 @@ def serve(config_path: str | None, **given: Any) -> None:
     if config.curve_secret_key:
         try:
             options["curve"] = load_curve_keys(config.curve_secret_key)
-        except (TransportError, OSError, ValueError) as error:
+        except (OSError, ValueError) as error:   # TransportError is an OSError
             problem = (f"{error} (a zmq.auth .key_secret certificate, made by "
                        f"zmq.auth.create_certificates)")
             if given["curve_secret_key"]:   # a usage error, as click's own checks are
@@ -231,8 +231,6 @@ def serve(config_path: str | None, **given: Any) -> None:
             _exit_with(f"error: {config_path}: curve_secret_key: {problem}", 1)
     try:
         sys.exit(run_server(**options))
-    except FastFanoutError as error:
-        _fail(error)
     except TransportError as error:
         if endpoint.startswith("tcp://") and "stream_endpoint" not in options:
             port = int(endpoint.rpartition(":")[2])
@@ -242,7 +240,9 @@ def serve(config_path: str | None, **given: Any) -> None:
             hint = "choose free ports with --endpoint, or stop the program holding them"
         else:
             hint = "choose a writable directory with --endpoint"
-        _exit_with(f"error: {error}; {hint}", 1)
+        _exit_with(f"error [{error.code}]: {error}; {hint}", 1)
+    except FastFanoutError as error:
+        _fail(error)
     except OSError as error:
         _exit_with(f"error: cannot serve {endpoint}: {error.strerror}"
                    + (f": {error.filename}" if error.filename else ""), 1)

@@ -171,7 +171,7 @@ def request_size_error(frames: list[bytes], max_request_bytes: int,
         return RequestTooLarge(
             f"request of {size} bytes exceeds the broker's max_request_bytes="
             f"{max_request_bytes}; send less per request (smaller batches or bodies) or "
-            f"raise the broker's max_request_bytes; nothing was sent")
+            f"raise the broker's (serve --max-request-bytes); nothing was sent")
     largest = max(map(len, frames))
     if largest > max_frame_bytes:
         return RequestTooLarge(
