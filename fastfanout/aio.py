@@ -84,13 +84,13 @@ from fastfanout.remote import (
     Done,
     RemoteMessage,
     RemotePublishBatch,
+    StreamBatch,
     StreamMessage,
     decode_delivery,
-    stream_prefix,
 )
 from fastfanout.remote_producer import DEFAULT_MAX_IN_FLIGHT, producer_limits
 from fastfanout.runtime import default_endpoint
-from fastfanout.topic_pattern import pattern_matches
+from fastfanout.streams import StreamFollower
 from fastfanout.transport import (
     AsyncDealerTransport,
     AsyncSubTransport,
@@ -123,31 +123,87 @@ class _SyncOwner:
 class AsyncListener:
     """Stream messages of the topics matching a pattern (``AsyncClient.listen``).
 
-    Use ``async for message in listener`` or ``await listener.recv_batch(timeout)``;
-    close it (or use ``async with``) when done.
+    ``await`` it, or enter it (``async with``), before publishing what it must see: that
+    returns once the broker applies the subscription (its probe came back, see
+    ``fastfanout.streams``). Then use ``async for message in listener`` or
+    ``await listener.recv_batch(timeout)``; close it (or leave ``async with``) when done.
+
+    Args:
+        stream_endpoint: the broker's stream endpoint.
+        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
+        curve: client keys when the broker uses CURVE.
+        timeout: seconds to wait for the broker to apply the subscription.
+        high_water_mark: stream batches this listener's socket queues; beyond them the
+            broker drops batches for this listener only (counted here as ``gaps``).
 
     Attributes:
-        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
-        gaps: messages missed so far, counted from sequence numbers per topic.
-        received: messages received so far.
+        pattern: the topic name or pattern.
     """
 
-    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None) -> None:
+    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
+                 timeout: float = 10.0, high_water_mark: int = 100_000) -> None:
         self.pattern = pattern
-        self._wildcard = stream_prefix(pattern) != pattern.encode()
+        self._stream_endpoint = stream_endpoint
+        self._timeout = timeout
+        self._follower = follower = StreamFollower(pattern)
         try:
-            self._transport = AsyncSubTransport(stream_endpoint, [stream_prefix(pattern)],
-                                                curve)
+            self._transport = AsyncSubTransport(
+                stream_endpoint, [follower.prefix, follower.probe], curve, high_water_mark)
         except TransportError as exc:
             raise BrokenConnection(str(exc)) from None
-        self._last: dict[str, int] = {}
+        self._early: deque[StreamBatch] = deque()   # batches that came before the probe
         self._pending: deque[StreamMessage] = deque()
-        self.gaps = 0
-        self.received = 0
+
+    @property
+    def gaps(self) -> int:
+        """Messages missed so far, from sequence numbers and beacons per topic."""
+        return self._follower.gaps
+
+    @property
+    def received(self) -> int:
+        """Messages received so far."""
+        return self._follower.received
+
+    @property
+    def malformed(self) -> int:
+        """Stream messages dropped because they did not decode."""
+        return self._follower.malformed
+
+    async def ready(self) -> AsyncListener:
+        """Wait until the broker applies the subscription; returns self.
+
+        Raises:
+            BrokenConnection: it did not within the client's ``timeout``.
+        """
+        follower = self._follower
+        if follower.live:
+            return self
+        try:
+            async with asyncio.timeout(self._timeout):
+                while not follower.live:
+                    batch = follower.accept(await self._transport.recv())
+                    if batch is not None:
+                        self._early.append(batch)
+        except TimeoutError:
+            raise BrokenConnection(
+                f"the broker at {self._stream_endpoint} did not apply the stream "
+                f"subscription to {self.pattern!r} within {self._timeout} s; is it "
+                f"running?") from None
+        self._transport.unsubscribe(follower.probe)
+        return self
+
+    def __await__(self) -> Generator[Any, None, AsyncListener]:
+        """``await client.listen(...)`` is the listener once its subscription is live."""
+        return self.ready().__await__()
 
     async def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
         """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout."""
+        if not self._follower.live:
+            await self.ready()
+        if self._early:
+            return list(self._early.popleft())
         deadline = None if timeout is None else time.monotonic() + timeout
+        accept = self._follower.accept
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -156,22 +212,9 @@ class AsyncListener:
                 frames = await asyncio.wait_for(self._transport.recv(), remaining)
             except TimeoutError:
                 return None
-            if len(frames) != 2:
-                continue
-            topic = frames[0].decode(errors="replace")
-            if topic != self.pattern and not (
-                    self._wildcard and pattern_matches(self.pattern, topic)):
-                continue  # a longer topic sharing the subscribed prefix
-            records = protocol.codec_module().decode_batch(frames[1])
-            if not records:
-                continue
-            first, last = records[0].receipt or 0, records[-1].receipt or 0
-            previous = self._last.get(topic)
-            if previous is not None and first > previous + 1:
-                self.gaps += first - previous - 1
-            self._last[topic] = last
-            self.received += len(records)
-            return [StreamMessage(topic, record) for record in records]
+            batch = accept(frames)
+            if batch is not None:
+                return list(batch)
 
     def __aiter__(self) -> AsyncListener:
         return self
@@ -183,20 +226,17 @@ class AsyncListener:
                 self._pending.extend(batch)
         return self._pending.popleft()
 
-    def __await__(self) -> Generator[Any, None, AsyncListener]:
-        """``await client.listen(...)`` is the listener itself (it is ready at once)."""
-        return self._ready().__await__()
-
-    async def _ready(self) -> AsyncListener:
-        return self
-
     def close(self) -> Done:
         """Close the SUB socket (at once); returns ``DONE``, so it may be awaited."""
         self._transport.close()
         return DONE
 
     async def __aenter__(self) -> AsyncListener:
-        return self
+        try:
+            return await self.ready()
+        except BaseException:
+            self.close()
+            raise
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, traceback: TracebackType | None) -> None:
@@ -712,15 +752,33 @@ class AsyncClient(AsyncClientAdministration):
         """Dead-letter a leased message now (reason ``rejected``)."""
         await self._call(Opcode.TERM, receipt)
 
-    def listen(self, topic_pattern: str) -> AsyncListener:
+    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000
+               ) -> AsyncListener:
         """Follow the stream of every topic matching ``topic_pattern`` (at most once).
+
+        ``listener = await client.listen(pattern)`` (or ``async with
+        client.listen(pattern) as listener``) returns once the broker applies the
+        subscription: every message published after that reaches the listener, unless
+        its queue overflows.
+
+        Args:
+            topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
+            high_water_mark: stream batches the listener's socket queues; beyond them the
+                broker drops batches for this listener only (counted in its ``gaps``).
 
         Raises:
             Closed: the client is closed.
+            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
+            BrokenConnection: (when awaited) the broker did not apply the subscription
+                within the client's ``timeout``.
         """
         if self._closed:
             raise Closed("the client is closed")
-        return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern, self._curve)
+        if type(high_water_mark) is not int or high_water_mark < 1:
+            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
+                                  f"or more")
+        return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern, self._curve,
+                             timeout=self.timeout, high_water_mark=high_water_mark)
 
     async def consume(self, queue: str, *, prefetch: int = 100,
                       visibility_timeout: float | None = None,

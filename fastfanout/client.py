@@ -780,10 +780,28 @@ class Client(ClientAdministration):
         except FastFanoutError:
             pass
 
-    def listen(self, topic_pattern: str) -> Listener:
-        """Follow the stream of every topic matching ``topic_pattern`` (at most once)."""
+    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Listener:
+        """Follow the stream of every topic matching ``topic_pattern`` (at most once).
+
+        Returns once the broker applies the subscription: every message published after
+        this returns reaches the listener, unless its queue overflows.
+
+        Args:
+            topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
+            high_water_mark: stream batches the listener's socket queues; beyond them the
+                broker drops batches for this listener only (counted in its ``gaps``).
+
+        Raises:
+            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
+            BrokenConnection: the broker did not apply the subscription within the
+                client's ``timeout``.
+        """
+        if type(high_water_mark) is not int or high_water_mark < 1:
+            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
+                                  f"or more")
         self._ensure()
-        return Listener(str(self.info["stream_endpoint"]), topic_pattern, self._curve)
+        return Listener(str(self.info["stream_endpoint"]), topic_pattern, self._curve,
+                        timeout=self.timeout, high_water_mark=high_water_mark)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from fastfanout import protocol
-from fastfanout._ext.wire import count_of, receipt_span, receipts_of
-from fastfanout.errors import FastFanoutError, InvalidArgument
+from fastfanout._ext.wire import count_of, receipts_of
+from fastfanout.errors import BrokenConnection, FastFanoutError, InvalidArgument
 from fastfanout.protocol import Opcode
 from fastfanout.remote import (
     RemoteMessage,
@@ -29,9 +29,8 @@ from fastfanout.remote import (
     StreamMessage,
     _dead_letters,
     decode_delivery,
-    stream_prefix,
 )
-from fastfanout.topic_pattern import pattern_matches
+from fastfanout.streams import StreamFollower
 from fastfanout.transport import CurveKeys, SubTransport
 
 if TYPE_CHECKING:
@@ -268,22 +267,63 @@ class DeliveryBatch(Sequence[RemoteMessage]):
 class Listener(Iterator[StreamMessage]):
     """Stream messages of the topics matching a pattern (``Client.listen``).
 
-    Attributes:
+    Live when made: the constructor returns once the broker applies the subscription
+    (its probe came back, see ``fastfanout.streams``), so every message published
+    afterwards reaches this listener unless its queue overflows.
+
+    Args:
+        stream_endpoint: the broker's stream endpoint.
         pattern: the topic name or pattern (``orders.*``, ``orders.>``).
-        gaps: messages missed so far, counted from sequence numbers per topic.
-        received: messages received so far.
-        malformed: stream frames dropped because they did not decode.
+        curve: client keys when the broker uses CURVE.
+        timeout: seconds to wait for the broker to apply the subscription.
+        high_water_mark: stream batches this listener's socket queues; beyond them the
+            broker drops batches for this listener only (counted here as ``gaps``).
+
+    Raises:
+        BrokenConnection: the broker did not apply the subscription within ``timeout``.
+
+    Attributes:
+        pattern: the topic name or pattern.
     """
 
-    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None) -> None:
+    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
+                 timeout: float = 10.0, high_water_mark: int = 100_000) -> None:
         self.pattern = pattern
-        self._wildcard = stream_prefix(pattern) != pattern.encode()
-        self._transport = SubTransport(stream_endpoint, [stream_prefix(pattern)], curve)
-        self._last: dict[str, int] = {}
+        self._follower = follower = StreamFollower(pattern)
+        self._transport = SubTransport(stream_endpoint, [follower.prefix, follower.probe],
+                                       curve, high_water_mark)
+        self._early: deque[StreamBatch] = deque()   # batches that came before the probe
         self._pending: deque[StreamMessage] = deque()
-        self.gaps = 0
-        self.received = 0
-        self.malformed = 0
+        deadline = time.monotonic() + timeout
+        while not follower.live:
+            remaining = deadline - time.monotonic()
+            frames = self._transport.recv(remaining) if remaining > 0 else None
+            if frames is None:
+                if time.monotonic() >= deadline:
+                    self._transport.close()
+                    raise BrokenConnection(
+                        f"the broker at {stream_endpoint} did not apply the stream "
+                        f"subscription to {pattern!r} within {timeout} s; is it running?")
+                continue
+            batch = follower.accept(frames)
+            if batch is not None:
+                self._early.append(batch)
+        self._transport.unsubscribe(follower.probe)
+
+    @property
+    def gaps(self) -> int:
+        """Messages missed so far, from sequence numbers and beacons per topic."""
+        return self._follower.gaps
+
+    @property
+    def received(self) -> int:
+        """Messages received so far."""
+        return self._follower.received
+
+    @property
+    def malformed(self) -> int:
+        """Stream messages dropped because they did not decode."""
+        return self._follower.malformed
 
     def recv_batch(self, timeout: float | None = None) -> StreamBatch | None:
         """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout.
@@ -291,31 +331,20 @@ class Listener(Iterator[StreamMessage]):
         The batch decodes its messages only when indexed or iterated: counting and gap
         detection read the frame natively.
         """
+        if self._early:
+            return self._early.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
+        accept = self._follower.accept
         while True:
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining < 0:
                 return None
             frames = self._transport.recv(min(remaining, 1.0))
-            if frames is None or len(frames) != 2:
+            if frames is None:
                 continue
-            topic = frames[0].decode(errors="replace")
-            if topic != self.pattern and not (
-                    self._wildcard and pattern_matches(self.pattern, topic)):
-                continue  # a longer topic sharing the prefix
-            try:
-                count, first, last = receipt_span(frames[1])
-            except InvalidArgument:
-                self.malformed += 1
-                continue
-            if not count:
-                continue
-            previous = self._last.get(topic)
-            if previous is not None and first > previous + 1:
-                self.gaps += first - previous - 1
-            self._last[topic] = last
-            self.received += count
-            return StreamBatch(topic, frames[1], count)
+            batch = accept(frames)
+            if batch is not None:
+                return batch
 
     def __next__(self) -> StreamMessage:
         while not self._pending:

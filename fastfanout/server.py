@@ -33,8 +33,8 @@ Invariants:
   ``session_expired``, as soon as that can be sent without waiting.
 - A publish to a topic that stream listeners follow is also sent on the XPUB, one
   message per publish batch: ``[topic, records]``, each record's ``receipt`` field holding
-  the topic's sequence number. ``XPUB_NODROP`` turns a full listener queue into a failed
-  send, which the named ``slow_listener`` policy handles and counts.
+  the topic's sequence number. The named ``slow_listener`` policy decides who pays for a
+  full listener queue (``fastfanout.streams``: that listener alone, or everyone).
 - The answers to a round's publishes and sends go out after its pushes when there is
   one (its consumer hears of the message first: latency), before them when there are
   several (their pipelining publishers send the next batches while the broker pushes:
@@ -148,6 +148,8 @@ class Server(Deliveries):
         max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer.
         slow_listener: ``drop`` or ``wait`` (see ``SLOW_LISTENER_POLICIES``).
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
+        stream_high_water_mark: stream messages queued per listener in the broker before
+            the ``slow_listener`` policy applies.
         hold_timeout: seconds a publish to a full ``hold`` queue is held before it is
             answered with ``QueueFull`` (0: answer at once, like ``reject``).
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
@@ -182,6 +184,7 @@ class Server(Deliveries):
         max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES,
         slow_listener: str = "drop",
         stream_wait: float = 1.0,
+        stream_high_water_mark: int = 10_000,
         push_batch: int = 8192,
         hold_timeout: float = 30.0,
         local_channels: bool = True,
@@ -218,6 +221,9 @@ class Server(Deliveries):
         if type(local_backlog_bytes) is not int or local_backlog_bytes < 1:
             raise InvalidArgument(
                 f"local_backlog_bytes={local_backlog_bytes!r} must be an int >= 1 (bytes)")
+        if type(stream_high_water_mark) is not int or stream_high_water_mark < 1:
+            raise InvalidArgument(
+                f"stream_high_water_mark={stream_high_water_mark!r} must be an int of 1 or more")
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
         if type(max_queued_replies) is not int or max_queued_replies < 1:
@@ -256,6 +262,7 @@ class Server(Deliveries):
         self._next_hold_check = 0.0
         self.counters: Counter[str] = Counter()
         self._streams = Streams(self.counters, slow_listener, stream_wait)
+        self._stream_high_water_mark = stream_high_water_mark
         self._local_channels = (bool(local_channels) and self.endpoint.startswith("ipc://")
                                 and local_channels_supported())
         self._local = LocalSessions(
@@ -289,7 +296,9 @@ class Server(Deliveries):
             self._transport = ServerTransport(
                 self.endpoint, self.stream_endpoint, max_frame_bytes=self._max_frame_bytes,
                 curve=self._curve, curve_clients=self._curve_clients,
-                reply_high_water_mark=self._max_queued_replies)
+                reply_high_water_mark=self._max_queued_replies,
+                stream_high_water_mark=self._stream_high_water_mark,
+                stream_no_drop=self._streams.no_drop)
         except TransportError:
             lock.release()
             raise
@@ -375,6 +384,7 @@ class Server(Deliveries):
                 if now >= next_housekeeping or now < self._probe_until:
                     next_housekeeping = now + IDLE_TICK
                     self._housekeeping(now)
+                    self._streams.tick(transport, now)
         except Exception:
             log.exception("server loop failed")
             raise

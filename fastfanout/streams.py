@@ -1,35 +1,116 @@
-"""The broker's stream side: who listens (XPUB subscriptions), topic sequences, sending.
+"""Streams: the broker's side (who listens, sequences, probes, beacons) and a listener's.
 
-Stream listeners subscribe to topic prefixes on the broker's XPUB socket; the server reads
-each (un)subscription (``XPUB_VERBOSER``: every one, duplicates included) and counts
-listeners per prefix, so a publish to a topic nobody listens to builds no stream frame.
-Every accepted record of a topic takes the topic's next sequence number whether or not
-anyone listens, so a listener counts what it missed as gaps. A send that XPUB_NODROP
-refuses (a listener's queue is full) follows the slow-listener policy and is counted.
+Design
+------
+Prior art: ZeroMQ's PUB/SUB (prefix subscriptions on the subscriber's side, filtered by
+the publisher's XPUB), NATS core subjects (at most once; a slow consumer pays alone), and
+Aeron's sequence numbers with heartbeats that carry the last position, so a receiver
+learns of a loss at the tail, too.
+
+A stream message is two frames, ``[topic, records]``: one per publish batch, each
+record's receipt slot holding the topic's sequence number (every accepted record of a
+topic takes the next number whether or not anyone listens). Two control messages share
+the socket, both documented in docs/protocol.md so that a stock SUB can follow a stream:
+
+- **Probe** ``[PROBE_PREFIX + token, b""]``. A listener's SUB subscribes its topic
+  prefix, then ``PROBE_PREFIX + token``; the broker answers each probe subscription it
+  reads with one probe message on that prefix. libzmq's XPUB adds a subscription to its
+  filter before it hands it to the broker, and one SUB's subscriptions arrive in order
+  (a connecting SUB sends them in byte order, and ``0xFF`` sorts after every UTF-8
+  byte), so once the probe arrives the topic subscription is in force: ``listen()``
+  returns then, and nothing published afterwards misses the listener. ``0xFF`` never
+  occurs in UTF-8, so no topic name starts with the probe prefix; only a SUB of the empty
+  prefix sees others' probes (``StreamFollower`` drops them).
+- **Beacon** ``[topic, BEACON_MAGIC + u64 last sequence]``. A listener that loses the
+  end of a burst (its queue was full) sees no later sequence number and would count no
+  gap; so when a streamed topic goes quiet the broker sends its last sequence number on
+  the next housekeeping tick, and again every ``BEACON_INTERVAL`` for ``BEACON_SPAN``
+  (a listener that was full the first time hears a later one).
+
+Listeners are counted per peer. The server reads every (un)subscription
+(``XPUB_VERBOSER``) with the file descriptor of the connection it came from (libzmq
+message metadata), and counts prefixes per peer, as libzmq's own filter does: a
+duplicate subscription changes nothing, an unsubscription of a prefix the peer does not
+hold is ignored (counted), and a frame that is neither a subscription (``0x01``) nor an
+unsubscription (``0x00``) is ignored (counted). So no peer's frames can change another
+peer's subscriptions. The only unsubscriptions without a peer are libzmq's own, one per
+prefix of a connection that ended; the count of that prefix goes down, and since the
+broker cannot tell which connection it was, no peer keeps that prefix on record (so a
+reconnection on the same descriptor starts clean). The count errs only upwards (a
+stream frame built for nobody), never downwards (a listener silenced).
+
+Slow listeners: with ``drop`` the XPUB has no ``XPUB_NODROP``, so libzmq drops a batch
+only for a listener whose queue is full: that listener pays alone, and counts the loss
+from sequence numbers and beacons (the broker cannot count it). With ``wait`` the XPUB
+has ``XPUB_NODROP``: a send that some matching listener's full queue refuses is retried
+for up to ``stream_wait`` seconds (the broker waits, every listener with it), then the
+batch is dropped for everyone and counted.
 """
 
 from __future__ import annotations
 
+import secrets
+import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Final
 
-from fastfanout.errors import WouldBlock
+from fastfanout._ext.wire import receipt_span
+from fastfanout.errors import InvalidArgument, WouldBlock
+from fastfanout.remote import StreamBatch, stream_prefix
+from fastfanout.topic_pattern import pattern_matches
 from fastfanout.transport import ServerTransport
 
-__all__ = ["SLOW_LISTENER_POLICIES", "Streams"]
+__all__ = [
+    "BEACON_INTERVAL",
+    "BEACON_MAGIC",
+    "BEACON_QUIET",
+    "BEACON_SPAN",
+    "MAX_PROBE_BYTES",
+    "PROBE_PREFIX",
+    "PROBE_RETRY",
+    "SLOW_LISTENER_POLICIES",
+    "StreamFollower",
+    "Streams",
+]
 
 SLOW_LISTENER_POLICIES: Final = ("drop", "wait")
-"""``drop``: a stream batch no listener can take now is dropped (counted);
-``wait``: the broker waits up to ``stream_wait`` seconds for room, then drops (counted)."""
+"""``drop``: a listener whose queue is full loses the batch alone (it counts the gap);
+``wait``: the broker waits up to ``stream_wait`` seconds for room in every matching
+listener's queue, then drops the batch for everyone (counted)."""
+
+PROBE_PREFIX: Final = b"\xffprobe."
+"""Topic-frame prefix of subscription probes (never a UTF-8 topic name)."""
+MAX_PROBE_BYTES: Final = 64
+"""Longest probe prefix the broker answers (bytes, ``PROBE_PREFIX`` included)."""
+PROBE_RETRY: Final = 10.0
+"""Seconds the broker retries a probe that a full queue refused (``wait`` policy)."""
+BEACON_MAGIC: Final = b"FFSQ"
+"""First bytes of a beacon frame: ``BEACON_MAGIC`` + u64 last sequence (little-endian)."""
+BEACON_QUIET: Final = 0.05
+"""Least seconds between two beacon passes (the server's housekeeping runs them every
+0.1 s): a topic without a stream batch between two passes is quiet."""
+BEACON_INTERVAL: Final = 1.0
+"""Seconds between the beacons of a quiet topic."""
+BEACON_SPAN: Final = 60.0
+"""Seconds after a topic's last stream batch during which its beacons repeat."""
+
+_BEACON = struct.Struct("<4sQ")
+
+
+def beacon_frame(sequence: int) -> bytes:
+    """The second frame of a beacon: the topic's last sequence number."""
+    return _BEACON.pack(BEACON_MAGIC, sequence)
 
 
 class Streams:
-    """Listeners' prefixes, per-topic sequence numbers and the slow-listener policy.
+    """Listeners' prefixes per peer, per-topic sequences, probes, beacons, the policy.
 
     Args:
         counters: the server's counters (``stream_batches``, ``stream_messages``,
-            ``stream_dropped``, ``stream_dropped.<policy>``).
+            ``stream_dropped``, ``stream_dropped.wait``, ``stream_probes``,
+            ``stream_probes_dropped``, ``stream_beacons``, ``stream_bad_frames``,
+            ``stream_unknown_unsubscribes``).
         slow_listener: one of ``SLOW_LISTENER_POLICIES``.
         stream_wait: seconds the ``wait`` policy waits for room.
     """
@@ -38,25 +119,77 @@ class Streams:
         self._counters = counters
         self._slow_listener = slow_listener
         self._stream_wait = stream_wait
-        self._prefixes: Counter[bytes] = Counter()
+        self._holders: Counter[bytes] = Counter()   # prefix -> peers holding it
+        self._peers: dict[int | None, Counter[bytes]] = {}   # peer -> its subscriptions
         self._listened: dict[str, bool] = {}
         self._sequences: dict[str, int] = {}
+        self._streamed: set[str] = set()   # topics streamed since the last tick
+        self._beacons: dict[str, tuple[float, float]] = {}   # topic -> (due, until)
+        self._probes: deque[tuple[bytes, float]] = deque()   # refused probes, retried
+        self._next_tick = 0.0
+
+    @property
+    def no_drop(self) -> bool:
+        """Whether the XPUB needs ``XPUB_NODROP`` (the ``wait`` policy)."""
+        return self._slow_listener == "wait"
 
     def subscriptions(self) -> int:
-        """Listener subscriptions in force (one per listener and prefix)."""
-        return sum(self._prefixes.values())
+        """Listener subscriptions in force (one per listener and prefix; probes aside).
+
+        An upper bound: see the module's notes on connections that ended.
+        """
+        return sum(self._holders.values())
 
     def read_subscriptions(self, transport: ServerTransport) -> None:
-        """Apply every (un)subscription waiting on the XPUB socket."""
+        """Apply every (un)subscription waiting on the XPUB socket; answer probes."""
+        counters = self._counters
         while (change := transport.recv_subscription()) is not None:
-            subscribed, prefix = change
-            if subscribed:
-                self._prefixes[prefix] += 1
-            elif self._prefixes[prefix] > 1:
-                self._prefixes[prefix] -= 1
+            subscribe, prefix, peer = change
+            if subscribe is None:
+                counters["stream_bad_frames"] += 1
+                continue
+            if prefix.startswith(PROBE_PREFIX):
+                if subscribe:
+                    self._probe(transport, prefix, time.monotonic() + PROBE_RETRY)
+                continue
+            if subscribe:
+                # counted each time, even a peer's duplicates: a descriptor may belong to a
+                # new connection before libzmq reports the end of the old one
+                self._peers.setdefault(peer, Counter())[prefix] += 1
+                self._holders[prefix] += 1
+            elif peer is None and self._holders[prefix] > 0:
+                # libzmq's own, for a connection that ended: which one is unknown, so no
+                # peer keeps the prefix on record (its own unsubscription is then ignored)
+                for held in self._peers.values():
+                    held.pop(prefix, None)
+                self._drop_holder(prefix)
+            elif peer is not None and self._peers.get(peer, {}).get(prefix, 0) > 0:
+                self._peers[peer][prefix] -= 1
+                self._drop_holder(prefix)
             else:
-                self._prefixes.pop(prefix, None)
+                counters["stream_unknown_unsubscribes"] += 1
+                continue
             self._listened.clear()
+
+    def _drop_holder(self, prefix: bytes) -> None:
+        if self._holders[prefix] > 1:
+            self._holders[prefix] -= 1
+        else:
+            del self._holders[prefix]
+
+    def _probe(self, transport: ServerTransport, prefix: bytes, until: float) -> None:
+        """Send a probe to the subscribers of ``prefix`` (retried while refused)."""
+        if len(prefix) > MAX_PROBE_BYTES:
+            self._counters["stream_bad_frames"] += 1
+            return
+        try:
+            transport.publish_stream([prefix, b""])
+            self._counters["stream_probes"] += 1
+        except WouldBlock:
+            if time.monotonic() < until:
+                self._probes.append((prefix, until))
+            else:
+                self._counters["stream_probes_dropped"] += 1
 
     def listened(self, topic: str) -> bool:
         """Whether some listener's prefix matches ``topic`` (cached until a change)."""
@@ -64,7 +197,7 @@ class Streams:
         if listened is None:
             name = topic.encode()
             listened = self._listened[topic] = any(
-                name.startswith(prefix) for prefix in self._prefixes)
+                name.startswith(prefix) for prefix in self._holders)
         return listened
 
     def published(self, transport: ServerTransport, topic: str, batch_frame: bytes,
@@ -78,7 +211,44 @@ class Streams:
             batch_frame, topic, sequence + 1, round(time.time() * 1_000_000))
         self._sequences[topic] = sequence + count
         if count:
+            self._streamed.add(topic)
             self._send(transport, [topic.encode(), frame], count)
+
+    def tick(self, transport: ServerTransport, now: float) -> None:
+        """Housekeeping: retry refused probes, send the beacons that are due.
+
+        Runs at most every ``BEACON_QUIET`` seconds. A topic streamed since the last
+        run is not quiet yet: its first beacon goes with the next run that finds it
+        quiet, then one every ``BEACON_INTERVAL`` seconds for ``BEACON_SPAN`` seconds,
+        while anyone listens.
+
+        Args:
+            transport: the server's sockets.
+            now: ``time.monotonic()`` seconds.
+        """
+        if now < self._next_tick:
+            return
+        self._next_tick = now + BEACON_QUIET
+        for _ in range(len(self._probes)):
+            prefix, until = self._probes.popleft()
+            self._probe(transport, prefix, until)
+        streamed = self._streamed
+        for topic, (due, until) in list(self._beacons.items()):
+            if due > now or topic in streamed:
+                continue
+            if now > until or not self.listened(topic):
+                del self._beacons[topic]
+                continue
+            try:
+                transport.publish_stream([topic.encode(),
+                                          beacon_frame(self._sequences.get(topic, 0))])
+                self._counters["stream_beacons"] += 1
+            except WouldBlock:
+                pass   # a listener's queue is full (``wait``): the next beacon, then
+            self._beacons[topic] = (now + BEACON_INTERVAL, until)
+        for topic in streamed:
+            self._beacons[topic] = (now, now + BEACON_SPAN)
+        streamed.clear()
 
     def _send(self, transport: ServerTransport, frames: list[bytes], count: int) -> None:
         """Send one stream batch, applying the slow-listener policy (counted)."""
@@ -96,3 +266,80 @@ class Streams:
                     counters[f"stream_dropped.{self._slow_listener}"] += count
                     return
                 time.sleep(0.0005)
+
+
+class StreamFollower:
+    """A listener's side of a stream, without I/O: probe, filter, gaps (sans-I/O).
+
+    Feed it each message of the SUB socket (``accept``); it says which are the
+    listener's stream batches. The blocking and asyncio listeners drive it.
+
+    Args:
+        pattern: the topic name or pattern followed (``orders.*``, ``orders.>``).
+
+    Attributes:
+        pattern: as given.
+        prefix: the topic-name prefix to subscribe to.
+        probe: this follower's probe prefix (subscribe to it after ``prefix``).
+        live: the probe came back: the broker applies the subscription.
+        gaps: messages missed so far, from sequence numbers and beacons per topic.
+        received: messages received so far.
+        malformed: stream frames dropped because they did not decode.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.prefix = stream_prefix(pattern)
+        self._topic = pattern.encode()
+        self._wildcard = self.prefix != self._topic
+        self.probe = PROBE_PREFIX + secrets.token_hex(8).encode()
+        self.live = False
+        self._last: dict[str, int] = {}
+        self.gaps = 0
+        self.received = 0
+        self.malformed = 0
+
+    def accept(self, frames: list[bytes]) -> StreamBatch | None:
+        """The stream batch in a SUB message, or None for anything else.
+
+        Anything else: this follower's probe (``live`` becomes True), others' probes, a
+        topic that only shares the prefix, a beacon (gaps counted), a malformed message.
+        """
+        if len(frames) != 2:
+            self.malformed += 1
+            return None
+        name, records = frames
+        if name == self._topic:
+            topic = self.pattern
+        elif name.startswith(PROBE_PREFIX):
+            if name == self.probe:
+                self.live = True
+            return None
+        else:
+            topic = name.decode(errors="replace")
+            if not (self._wildcard and pattern_matches(self.pattern, topic)):
+                return None   # a longer topic sharing the prefix
+        try:
+            count, first, last = receipt_span(records)
+        except InvalidArgument:
+            if len(records) == _BEACON.size and records.startswith(BEACON_MAGIC):
+                self._seen(topic, _BEACON.unpack(records)[1] + 1, 0)
+            else:
+                self.malformed += 1
+            return None
+        if not count:
+            return None
+        self._seen(topic, first, last)
+        self.received += count
+        return StreamBatch(topic, records, count)
+
+    def _seen(self, topic: str, first: int, last: int) -> None:
+        """Records ``first``..``last`` of ``topic`` arrived (a beacon: ``last`` 0)."""
+        previous = self._last.get(topic)
+        if previous is None:
+            self._last[topic] = max(first - 1, last)
+            return
+        if first > previous + 1:
+            self.gaps += first - previous - 1
+        if max(first - 1, last) > previous:
+            self._last[topic] = max(first - 1, last)

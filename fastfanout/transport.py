@@ -20,9 +20,12 @@ Invariants:
   stops reading never stalls the others.
 - The broker's ipc socket files are mode 0600 whatever the umask: only this user may
   connect (the umask is narrowed around the ``bind`` that creates them).
-- The broker's XPUB has ``XPUB_NODROP``: when a listener's queue is full the send fails
-  (``WouldBlock``) instead of libzmq dropping silently; the server applies its named
-  slow-listener policy and counts.
+- The broker's XPUB has ``XPUB_NODROP`` under the ``wait`` slow-listener policy: when a
+  listener's queue is full the send fails (``WouldBlock``) and the server waits, then
+  drops and counts. Under ``drop`` it has not: libzmq drops for that listener alone.
+- Each (un)subscription the XPUB reads comes with the file descriptor of the connection
+  that sent it (libzmq's message metadata), so the server counts prefixes per peer; only
+  libzmq's own unsubscriptions for a connection that ended come without one.
 - ``MAXMSGSIZE`` is set on the ROUTER: a bigger frame makes libzmq drop that peer's
   connection; the monitor reports the disconnect, which the server counts.
 - Each socket is used by one thread at a time; the server's wake-up is a socketpair
@@ -265,14 +268,16 @@ class ServerTransport:
             certificates, or ``CURVE_ALLOW_ANY``.
         reply_high_water_mark: messages (replies and pushes) queued for one client
             before a reply to it fails with ``WouldBlock`` (the client does not read).
-        stream_high_water_mark: messages queued per stream listener before XPUB_NODROP
-            refuses a send.
+        stream_high_water_mark: stream messages queued per listener before libzmq drops
+            for it (or, with ``stream_no_drop``, refuses the send).
+        stream_no_drop: set ``XPUB_NODROP``: a send that a full listener queue cannot take
+            fails (``WouldBlock``) for everyone instead of being dropped for that listener.
     """
 
     def __init__(self, endpoint: str, stream_endpoint: str, *, max_frame_bytes: int,
                  curve: CurveKeys | None = None, curve_clients: str | None = None,
                  reply_high_water_mark: int = 10_000,
-                 stream_high_water_mark: int = 10_000) -> None:
+                 stream_high_water_mark: int = 10_000, stream_no_drop: bool = True) -> None:
         self._authenticator: ThreadAuthenticator | None = None
         if curve is not None:
             if curve_clients is None:
@@ -301,7 +306,7 @@ class ServerTransport:
             self.router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
             self.router.setsockopt(zmq.SNDHWM, reply_high_water_mark)
             self.router.setsockopt(zmq.RCVHWM, 100_000)
-            self.xpub.setsockopt(zmq.XPUB_NODROP, 1)
+            self.xpub.setsockopt(zmq.XPUB_NODROP, int(stream_no_drop))
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             self.xpub.setsockopt(zmq.SNDHWM, stream_high_water_mark)
             _bind_private(self.router, endpoint)
@@ -396,15 +401,27 @@ class ServerTransport:
         except zmq.ZMQError as exc:
             raise _raise_from(exc, "stream") from None
 
-    def recv_subscription(self) -> tuple[bool, bytes] | None:
-        """A listener's (un)subscription ``(subscribed, prefix)``, or None."""
+    def recv_subscription(self) -> tuple[bool | None, bytes, int | None] | None:
+        """The next frame a listener sent, or None when none is waiting.
+
+        Returns ``(subscribe, prefix, peer)``: ``subscribe`` True for a subscription
+        (``0x01`` + prefix), False for an unsubscription (``0x00`` + prefix), None for any
+        other frame (``prefix`` is then the whole frame); ``peer`` the file descriptor of
+        the connection it came from, or None for libzmq's own unsubscriptions of a
+        connection that ended (and on transports without metadata).
+        """
         try:
-            frame = self.xpub.recv(zmq.NOBLOCK)
+            message = self.xpub.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
-        if not frame or frame[0] not in (0, 1):
-            return (False, b"") if not frame else (frame[0] == 1, b"")
-        return frame[0] == 1, frame[1:]
+        frame = message.bytes
+        try:
+            peer: int | None = int(message.get(zmq.SRCFD))
+        except zmq.ZMQError:
+            peer = None
+        if not frame or frame[0] > 1:
+            return None, frame, peer
+        return frame[0] == 1, frame[1:], peer
 
     def recv_monitor_event(self) -> int | None:
         """The next monitor event number, or None."""
@@ -540,15 +557,22 @@ class SubTransport(_ClientSocket):
 
     Args:
         endpoint: the broker's stream (XPUB) endpoint.
-        prefixes: topic-name prefixes to subscribe to (b"" for all).
+        prefixes: topic-name prefixes to subscribe to (b"" for all), in this order.
         curve: client keys when the broker uses CURVE.
+        high_water_mark: stream messages queued here before the broker drops for this
+            listener.
     """
 
-    def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None
-                 ) -> None:
+    def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None,
+                 high_water_mark: int = 100_000) -> None:
         super().__init__(endpoint, zmq.SUB,
-                         [(zmq.RCVHWM, 100_000), *((zmq.SUBSCRIBE, p) for p in prefixes)],
+                         [(zmq.RCVHWM, high_water_mark),
+                          *((zmq.SUBSCRIBE, p) for p in prefixes)],
                          curve, "listen on")
+
+    def unsubscribe(self, prefix: bytes) -> None:
+        """Drop one of the subscribed prefixes."""
+        self._socket.setsockopt(zmq.UNSUBSCRIBE, prefix)
 
 
 class _AsyncClientSocket(_OwnedSocket):
@@ -602,15 +626,22 @@ class AsyncSubTransport(_AsyncClientSocket):
 
     Args:
         endpoint: the broker's stream endpoint.
-        prefixes: topic-name prefixes to subscribe to.
+        prefixes: topic-name prefixes to subscribe to, in this order.
         curve: client keys when the broker uses CURVE.
+        high_water_mark: stream messages queued here before the broker drops for this
+            listener.
     """
 
-    def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None
-                 ) -> None:
+    def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None,
+                 high_water_mark: int = 100_000) -> None:
         super().__init__(endpoint, zmq.SUB,
-                         [(zmq.RCVHWM, 100_000), *((zmq.SUBSCRIBE, p) for p in prefixes)],
+                         [(zmq.RCVHWM, high_water_mark),
+                          *((zmq.SUBSCRIBE, p) for p in prefixes)],
                          curve, "listen on")
+
+    def unsubscribe(self, prefix: bytes) -> None:
+        """Drop one of the subscribed prefixes."""
+        self._socket.setsockopt(zmq.UNSUBSCRIBE, prefix)
 
 
 def pid_alive(pid: int) -> bool:

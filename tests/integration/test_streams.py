@@ -1,0 +1,191 @@
+"""Stream listeners against a real broker: live on return, other peers' frames, slow ones."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+import zmq
+
+from fastfanout import aio
+from fastfanout.streams import PROBE_PREFIX
+from tests.integration.conftest import DEADLINE, Tracker
+
+TRIALS = 60
+
+
+def test_listen_returns_once_the_subscription_is_live(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    for trial in range(TRIALS):
+        with client.listen("t") as listener:
+            client.publish("t", b"%d" % trial)   # at once: no wait for the subscription
+            batch = listener.recv_batch(DEADLINE)
+            assert batch is not None, f"trial {trial}: the first message was lost"
+            assert batch[0].body == b"%d" % trial and listener.gaps == 0
+    client.close()
+
+
+def test_asyncio_listen_returns_once_the_subscription_is_live(track: Tracker,
+                                                               endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_topic("t")
+            for trial in range(TRIALS):
+                async with client.listen("t") as listener:
+                    await client.publish("t", b"%d" % trial)
+                    batch = await listener.recv_batch(DEADLINE)
+                    assert batch is not None, f"trial {trial}: the first message was lost"
+                    assert batch[0].body == b"%d" % trial
+            listener = await client.listen("t")   # awaited instead of entered
+            try:
+                client.publish_nowait("t", b"now")
+                batch = await listener.recv_batch(DEADLINE)
+                assert batch is not None and batch[0].body == b"now"
+            finally:
+                listener.close()
+
+    asyncio.run(main())
+
+
+class RawPeer:
+    """A hand-made ZMTP 3.0 SUB peer over tcp: sends whatever frames it is given."""
+
+    def __init__(self, endpoint: str) -> None:
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        self._socket = socket.create_connection((host, int(port)), timeout=DEADLINE)
+        greeting = b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00") + bytes(32)
+        self._socket.sendall(greeting)
+        self._exactly(64)
+        ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 3) + b"SUB"
+        self._socket.sendall(bytes([0x04, len(ready)]) + ready)
+        self._frame()   # the broker's READY
+
+    def send(self, frame: bytes) -> None:
+        self._socket.sendall(bytes([0x00, len(frame)]) + frame)
+
+    def recv(self) -> list[bytes]:
+        frames = []
+        while True:
+            flags, body = self._frame()
+            frames.append(body)
+            if not flags & 0x01:
+                return frames
+
+    def _frame(self) -> tuple[int, bytes]:
+        flags = self._exactly(1)[0]
+        size = (struct.unpack(">Q", self._exactly(8))[0] if flags & 0x02
+                else self._exactly(1)[0])
+        return flags, self._exactly(size)
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self._socket.recv(size - len(data))
+            assert chunk, "the broker closed the connection"
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def test_other_peers_frames_leave_listeners_subscribed(track: Tracker) -> None:
+    endpoint = track.endpoint("tcp")
+    server = track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    everything = client.listen(">")
+    exact = client.listen("t")
+    track.closeables += [everything, exact]
+    # a stock XSUB sending frames that are neither subscriptions nor unsubscriptions
+    context = zmq.Context()
+    xsub = context.socket(zmq.XSUB)
+    xsub.setsockopt(zmq.LINGER, 0)
+    xsub.connect(server.stream_endpoint)
+    # a peer that unsubscribes what it never subscribed (libzmq's XSUB would not send it)
+    raw = RawPeer(server.stream_endpoint)
+    try:
+        for frame in (b"\x02", b""):
+            xsub.send(frame)
+        xsub.send(b"\x01" + PROBE_PREFIX + b"xsub")
+        assert xsub.poll(DEADLINE * 1000), "no probe: the broker did not read the frames"
+        assert xsub.recv_multipart() == [PROBE_PREFIX + b"xsub", b""]
+        for frame in (b"\x00", b"\x00t", b"\x00tt", b"\x02", b""):
+            raw.send(frame)
+        raw.send(b"\x01" + PROBE_PREFIX + b"raw")
+        assert raw.recv() == [PROBE_PREFIX + b"raw", b""]
+        client.publish("t", b"after")
+        for listener in (everything, exact):   # others' probes are not the user's
+            batch = listener.recv_batch(DEADLINE)
+            assert batch is not None and batch[0].body == b"after"
+            assert listener.recv_batch(0.05) is None
+        stats = client.server_stats()
+        assert stats["stream_bad_frames"] == 4
+        assert stats["stream_unknown_unsubscribes"] == 3
+        assert stats["stream_subscriptions"] == 2
+    finally:
+        raw.close()
+        xsub.close()
+        context.term()
+    client.close()
+
+
+def test_a_slow_listener_loses_alone_and_learns_the_tail(track: Tracker,
+                                                         endpoint: str) -> None:
+    server = track.server(endpoint, stream_high_water_mark=10)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    slow = client.listen("t", high_water_mark=10)   # never reads while messages flow
+    fast = client.listen("t")                       # queues up to 100,000 batches
+    track.closeables += [slow, fast]
+    count, body = 400, bytes(16 * 1024)             # far more than the slow one can hold
+    for _ in range(count):
+        client.publish("t", body)
+    sequences = []
+    while len(sequences) < count:
+        batch = fast.recv_batch(DEADLINE)
+        assert batch is not None
+        sequences += [message.sequence for message in batch]
+    assert sequences == list(range(1, count + 1)) and fast.gaps == 0
+    last = 0
+    deadline = time.monotonic() + DEADLINE
+    while slow.received + slow.gaps < count:   # the tail is counted on a beacon
+        assert time.monotonic() < deadline, (slow.received, slow.gaps)
+        batch = slow.recv_batch(0.1)
+        if batch is not None:
+            last = batch[-1].sequence
+    assert slow.received + slow.gaps == count and slow.gaps > 0
+    assert last < count   # the end of the burst was lost: only the beacon told
+    stats = client.server_stats()
+    assert stats["stream_messages"] == count and stats.get("stream_dropped", 0) == 0
+    assert stats["stream_beacons"] >= 1
+    assert server.counters["stream_probes"] == 2
+    client.close()
+
+
+def test_wait_policy_drops_for_everyone_and_counts(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint, slow_listener="wait", stream_wait=0.01, stream_high_water_mark=10)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    slow = client.listen("t", high_water_mark=10)
+    fast = client.listen("t")
+    track.closeables += [slow, fast]
+    count = 200
+    for _ in range(count):
+        client.publish("t", bytes(16 * 1024))
+    dropped = client.server_stats()["stream_dropped.wait"]
+    assert 0 < dropped < count   # the broker waited, then dropped for everyone (counted)
+    while slow.recv_batch(0.3) is not None:
+        pass   # the slow one catches up: the stream (its beacons too) flows again
+    deadline = time.monotonic() + DEADLINE
+    while fast.received + fast.gaps < count:
+        assert time.monotonic() < deadline, (fast.received, fast.gaps)
+        fast.recv_batch(0.1)
+    assert fast.received == count - dropped and fast.gaps == dropped
+    client.close()
