@@ -163,8 +163,10 @@ class Streams:
                 for held in self._peers.values():
                     held.pop(prefix, None)
                 self._drop_holder(prefix)
-            elif peer is not None and self._peers.get(peer, {}).get(prefix, 0) > 0:
-                self._peers[peer][prefix] -= 1
+            elif peer is not None and (own := self._peers.get(peer)) and own[prefix] > 0:
+                own[prefix] -= 1
+                if not own[prefix]:
+                    del own[prefix]
                 self._drop_holder(prefix)
             else:
                 counters["stream_unknown_unsubscribes"] += 1

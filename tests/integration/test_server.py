@@ -24,6 +24,7 @@ from fastfanout.runtime import runtime_dir
 from fastfanout.server import IDLE_TICK, Server
 from fastfanout.sessions import Consumer as SessionConsumer
 from fastfanout.sessions import Session
+from fastfanout.streams import PROBE_PREFIX
 
 
 def test_every_operation(track: Tracker, endpoint: str) -> None:
@@ -213,9 +214,12 @@ def test_stock_sub_socket_receives_a_stream(track: Tracker, endpoint: str) -> No
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"prices")
+    sub.setsockopt(zmq.SUBSCRIBE, PROBE_PREFIX + b"stock")   # after the topic prefix
     sub.connect(server.stream_endpoint)
     try:
-        track.wait_until(lambda: server._streams.subscriptions() > 0, what="the subscription")
+        assert sub.poll(5000)   # the probe: the broker applies the subscriptions now
+        assert sub.recv_multipart() == [PROBE_PREFIX + b"stock", b""]
+        sub.setsockopt(zmq.UNSUBSCRIBE, PROBE_PREFIX + b"stock")
         client.publish_batch("prices", [b"a", b"b", b"c"])
         assert sub.poll(5000)
         topic, frame = sub.recv_multipart()
