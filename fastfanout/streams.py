@@ -29,15 +29,18 @@ the socket, both documented in docs/protocol.md so that a stock SUB can follow a
 
 Listeners are counted per peer. The server reads every (un)subscription
 (``XPUB_VERBOSER``) with the file descriptor of the connection it came from (libzmq
-message metadata), and counts prefixes per peer, as libzmq's own filter does: a
-duplicate subscription changes nothing, an unsubscription of a prefix the peer does not
-hold is ignored (counted), and a frame that is neither a subscription (``0x01``) nor an
-unsubscription (``0x00``) is ignored (counted). So no peer's frames can change another
-peer's subscriptions. The only unsubscriptions without a peer are libzmq's own, one per
-prefix of a connection that ended; the count of that prefix goes down, and since the
-broker cannot tell which connection it was, no peer keeps that prefix on record (so a
-reconnection on the same descriptor starts clean). The count errs only upwards (a
-stream frame built for nobody), never downwards (a listener silenced).
+message metadata). A frame that is neither a subscription (``0x01``) nor an
+unsubscription (``0x00``) is ignored (counted), and a peer's unsubscription counts down
+only what that peer subscribed (else ignored, counted): no peer's frames change another
+peer's subscriptions. Every subscription counts, a peer's duplicates too, because a
+descriptor may already belong to a new connection when libzmq reports the end of the old
+one: libzmq's own unsubscriptions, one per prefix of a connection that ended, come
+without a peer; each counts its prefix down once, and since the broker cannot tell
+which connection it was, no peer keeps that prefix on record (a later unsubscription of
+it by a live peer is then ignored). So the count errs only upwards (a stream frame built
+for nobody), never downwards (a listener silenced) -- with one exception it cannot
+rule out: a peer that connects on the descriptor of a connection that just ended, before
+libzmq reports that end, and unsubscribes a prefix the old connection held.
 
 Slow listeners: with ``drop`` the XPUB has no ``XPUB_NODROP``, so libzmq drops a batch
 only for a listener whose queue is full: that listener pays alone, and counts the loss
@@ -325,23 +328,23 @@ class StreamFollower:
             count, first, last = receipt_span(records)
         except InvalidArgument:
             if len(records) == _BEACON.size and records.startswith(BEACON_MAGIC):
-                self._seen(topic, _BEACON.unpack(records)[1] + 1, 0)
+                self._beacon(topic, _BEACON.unpack(records)[1])
             else:
                 self.malformed += 1
             return None
         if not count:
             return None
-        self._seen(topic, first, last)
+        previous = self._last.get(topic)   # inline: once per batch on the listener's path
+        if previous is not None and first > previous + 1:
+            self.gaps += first - previous - 1
+        self._last[topic] = last
         self.received += count
         return StreamBatch(topic, records, count)
 
-    def _seen(self, topic: str, first: int, last: int) -> None:
-        """Records ``first``..``last`` of ``topic`` arrived (a beacon: ``last`` 0)."""
+    def _beacon(self, topic: str, sequence: int) -> None:
+        """The broker's last sequence number of ``topic``: what came after ours is lost."""
         previous = self._last.get(topic)
-        if previous is None:
-            self._last[topic] = max(first - 1, last)
-            return
-        if first > previous + 1:
-            self.gaps += first - previous - 1
-        if max(first - 1, last) > previous:
-            self._last[topic] = max(first - 1, last)
+        if previous is not None and sequence > previous:
+            self.gaps += sequence - previous
+        if previous is None or sequence > previous:
+            self._last[topic] = sequence
