@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+import zmq
 
 from fastfanout._ext import codec
 from fastfanout.errors import WouldBlock
@@ -15,6 +19,7 @@ from fastfanout.streams import (
     Streams,
     beacon_frame,
 )
+from fastfanout.transport import ServerTransport
 
 Change = tuple[bool | None, bytes, int | None]
 
@@ -192,3 +197,43 @@ def test_follower_takes_only_its_own_topics_and_probe() -> None:
     assert exact.accept([b"t", b"garbage"]) is None and exact.malformed == 1
     assert exact.accept([b"t"]) is None and exact.malformed == 2
     assert exact.accept([b"t", batch(1)]) is not None and exact.received == 1
+
+
+def test_the_xpub_reads_frames_with_their_peer(tmp_path: Path) -> None:
+    transport = ServerTransport(f"ipc://{tmp_path}/c.sock", f"ipc://{tmp_path}/s.sock",
+                                max_frame_bytes=1 << 20, stream_no_drop=False)
+    context = zmq.Context()
+    try:
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"t")
+        sub.connect(f"ipc://{tmp_path}/s.sock")
+        xsub = context.socket(zmq.XSUB)
+        xsub.setsockopt(zmq.LINGER, 0)
+        xsub.connect(f"ipc://{tmp_path}/s.sock")
+        for frame in (b"\x02", b"", b"\x01u"):
+            xsub.send(frame)
+        changes = read_changes(transport, 4)
+        subscribed = [change for change in changes if change[:2] == (True, b"t")]
+        assert len(subscribed) == 1 and isinstance(subscribed[0][2], int)
+        raw = [change for change in changes if change not in subscribed]
+        assert [change[:2] for change in raw] == [(None, b"\x02"), (None, b""), (True, b"u")]
+        assert len({change[2] for change in raw}) == 1        # one peer
+        assert raw[0][2] != subscribed[0][2]                  # another peer
+        sub.close()   # libzmq's own unsubscription, without a peer
+        assert read_changes(transport, 1) == [(False, b"t", None)]
+        xsub.close()
+    finally:
+        context.term()
+        transport.close(linger=0)
+
+
+def read_changes(transport: ServerTransport, count: int) -> list[Change]:
+    changes: list[Change] = []
+    deadline = time.monotonic() + 10.0
+    while len(changes) < count:
+        assert time.monotonic() < deadline, changes
+        transport.wait(0.05)
+        while (change := transport.recv_subscription()) is not None:
+            changes.append(change)
+    return changes
