@@ -139,13 +139,14 @@ def test_other_peers_frames_leave_listeners_subscribed(track: Tracker) -> None:
 
 def test_a_slow_listener_loses_alone_and_learns_the_tail(track: Tracker,
                                                          endpoint: str) -> None:
-    server = track.server(endpoint, stream_high_water_mark=10)
+    server = track.server(endpoint, stream_high_water_mark=50)
     client = track.client(endpoint)
     client.create_topic("t")
     slow = client.listen("t", high_water_mark=10)   # never reads while messages flow
     fast = client.listen("t")                       # queues up to 100,000 batches
     track.closeables += [slow, fast]
-    count, body = 400, bytes(16 * 1024)             # far more than the slow one can hold
+    # 16 MB: far more than the slow one's queues and socket buffers hold (a few MB)
+    count, body = 1000, bytes(16 * 1024)
     for _ in range(count):
         client.publish("t", body)
     sequences = []
@@ -179,7 +180,7 @@ def test_wait_policy_drops_for_everyone_and_counts(track: Tracker, endpoint: str
     track.closeables += [slow, fast]
     count = 200
     for _ in range(count):
-        client.publish("t", bytes(16 * 1024))
+        client.publish("t", bytes(64 * 1024))
     dropped = client.server_stats()["stream_dropped.wait"]
     assert 0 < dropped < count   # the broker waited, then dropped for everyone (counted)
     while slow.recv_batch(0.3) is not None:
