@@ -28,9 +28,10 @@ the socket, both documented in docs/protocol.md so that a stock SUB can follow a
   (a listener that was full the first time hears a later one).
 
 Listeners are counted per peer. The server reads every (un)subscription
-(``XPUB_VERBOSER``) with the file descriptor of the connection it came from (libzmq
-message metadata). A frame that is neither a subscription (``0x01``) nor an
-unsubscription (``0x00``) is ignored (counted), and a peer's unsubscription counts down
+(``XPUB_VERBOSER``) with the connection it came from (libzmq message metadata: the file
+descriptor, the peer address -- over ipc, the peer's process -- and the CURVE user). A
+frame that is neither a subscription (``0x01``) nor an unsubscription (``0x00``) is
+ignored (counted), and a peer's unsubscription counts down
 only what that peer subscribed (else ignored, counted): no peer's frames change another
 peer's subscriptions. Every subscription counts, a peer's duplicates too, because a
 descriptor may already belong to a new connection when libzmq reports the end of the old
@@ -39,8 +40,9 @@ without a peer; each counts its prefix down once, and since the broker cannot te
 which connection it was, no peer keeps that prefix on record (a later unsubscription of
 it by a live peer is then ignored). So the count errs only upwards (a stream frame built
 for nobody), never downwards (a listener silenced) -- with one exception it cannot
-rule out: a peer that connects on the descriptor of a connection that just ended, before
-libzmq reports that end, and unsubscribes a prefix the old connection held.
+rule out: a peer that connects on the descriptor of a connection that just ended, from
+the same process (ipc) or host (tcp without CURVE; with CURVE, with the same key),
+before libzmq reports that end, and unsubscribes a prefix the old connection held.
 
 Slow listeners: with ``drop`` the XPUB has no ``XPUB_NODROP``, so libzmq drops a batch
 only for a listener whose queue is full: that listener pays alone, and counts the loss
@@ -62,7 +64,7 @@ from fastfanout._ext.wire import receipt_span
 from fastfanout.errors import InvalidArgument, WouldBlock
 from fastfanout.remote import StreamBatch, stream_prefix
 from fastfanout.topic_pattern import pattern_matches
-from fastfanout.transport import ServerTransport
+from fastfanout.transport import Peer, ServerTransport
 
 __all__ = [
     "BEACON_INTERVAL",
@@ -123,7 +125,7 @@ class Streams:
         self._slow_listener = slow_listener
         self._stream_wait = stream_wait
         self._holders: Counter[bytes] = Counter()   # prefix -> peers holding it
-        self._peers: dict[int | None, Counter[bytes]] = {}   # peer -> its subscriptions
+        self._peers: dict[Peer | None, Counter[bytes]] = {}   # peer -> its subscriptions
         self._listened: dict[str, bool] = {}
         self._sequences: dict[str, int] = {}
         self._streamed: set[str] = set()   # topics streamed since the last tick

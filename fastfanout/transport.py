@@ -64,6 +64,7 @@ __all__ = [
     "AsyncSubTransport",
     "CurveKeys",
     "DealerTransport",
+    "Peer",
     "ServerTransport",
     "SubTransport",
     "check_curve_clients",
@@ -256,6 +257,20 @@ def _raise_from(exc: zmq.ZMQError, what: str) -> TransportError:
     return TransportError(f"{what}: {exc}")
 
 
+Peer = tuple[int, str, str]
+"""A stream peer's connection, as the XPUB tells it: (file descriptor, peer address, CURVE
+user id or ""). The descriptor alone may be reused by a new connection as soon as one
+ends; over ipc the address names the peer's process (``host:uid:gid:pid``)."""
+
+
+def _property(message: Any, name: str) -> str:
+    """A metadata property of a received message, or "" when it has none."""
+    try:
+        return str(message.get(name))
+    except zmq.ZMQError:
+        return ""
+
+
 class ServerTransport:
     """The broker's sockets: ROUTER (commands), XPUB (streams), a monitor and a waker.
 
@@ -401,13 +416,13 @@ class ServerTransport:
         except zmq.ZMQError as exc:
             raise _raise_from(exc, "stream") from None
 
-    def recv_subscription(self) -> tuple[bool | None, bytes, int | None] | None:
+    def recv_subscription(self) -> tuple[bool | None, bytes, Peer | None] | None:
         """The next frame a listener sent, or None when none is waiting.
 
         Returns ``(subscribe, prefix, peer)``: ``subscribe`` True for a subscription
         (``0x01`` + prefix), False for an unsubscription (``0x00`` + prefix), None for any
-        other frame (``prefix`` is then the whole frame); ``peer`` the file descriptor of
-        the connection it came from, or None for libzmq's own unsubscriptions of a
+        other frame (``prefix`` is then the whole frame); ``peer`` names the connection it
+        came from (see ``Peer``), or is None for libzmq's own unsubscriptions of a
         connection that ended (and on transports without metadata).
         """
         try:
@@ -416,7 +431,9 @@ class ServerTransport:
             return None
         frame = message.bytes
         try:
-            peer: int | None = int(message.get(zmq.SRCFD))
+            peer: Peer | None = (int(message.get(zmq.SRCFD)),
+                                 _property(message, "Peer-Address"),
+                                 _property(message, "User-Id"))
         except zmq.ZMQError:
             peer = None
         if not frame or frame[0] > 1:

@@ -14,6 +14,7 @@ from fastfanout import aio
 from fastfanout.streams import PROBE_PREFIX
 
 TRIALS = 60
+WINDOW = 100   # batches the slow-listener test publishes before the fast one reads them
 DEADLINE = 10.0
 
 
@@ -139,21 +140,22 @@ def test_other_peers_frames_leave_listeners_subscribed(track: Tracker) -> None:
 
 def test_a_slow_listener_loses_alone_and_learns_the_tail(track: Tracker,
                                                          endpoint: str) -> None:
-    server = track.server(endpoint, stream_high_water_mark=50)
+    server = track.server(endpoint, stream_high_water_mark=2 * WINDOW)
     client = track.client(endpoint)
     client.create_topic("t")
     slow = client.listen("t", high_water_mark=10)   # never reads while messages flow
     fast = client.listen("t")                       # queues up to 100,000 batches
     track.closeables += [slow, fast]
-    # 16 MB: far more than the slow one's queues and socket buffers hold (a few MB)
+    # 16 MB: far more than the slow one's queues (3 MB) and socket buffers (4 MB) hold
     count, body = 1000, bytes(16 * 1024)
-    for _ in range(count):
-        client.publish("t", body)
-    sequences = []
-    while len(sequences) < count:
-        batch = fast.recv_batch(DEADLINE)
-        assert batch is not None
-        sequences += [message.sequence for message in batch]
+    sequences: list[int] = []
+    for sent in range(WINDOW, count + 1, WINDOW):
+        for _ in range(WINDOW):
+            client.publish("t", body)
+        while len(sequences) < sent:   # the fast one keeps up: never WINDOW behind
+            batch = fast.recv_batch(DEADLINE)
+            assert batch is not None
+            sequences += [message.sequence for message in batch]
     assert sequences == list(range(1, count + 1)) and fast.gaps == 0
     last = 0
     deadline = time.monotonic() + DEADLINE

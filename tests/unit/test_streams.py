@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,9 +20,14 @@ from fastfanout.streams import (
     Streams,
     beacon_frame,
 )
-from fastfanout.transport import ServerTransport
+from fastfanout.transport import Peer, ServerTransport
 
-Change = tuple[bool | None, bytes, int | None]
+Change = tuple[bool | None, bytes, Peer | None]
+
+
+def peer(fd: int, address: str = "localhost:0:0:1") -> Peer:
+    """A stand-in connection: descriptor ``fd`` of a process."""
+    return fd, address, ""
 
 
 class FakeXpub:
@@ -61,10 +67,11 @@ def streams_on(policy: str = "drop", wait: float = 0.0) -> tuple[Streams, FakeXp
 def test_listeners_are_counted_per_peer_and_prefix() -> None:
     streams, xpub, transport, _ = streams_on()
     assert not streams.listened("ticks.a")
-    xpub.changes = [(True, b"ticks.", 7), (True, b"ticks.", 8), (True, b"", 9)]
+    xpub.changes = [(True, b"ticks.", peer(7)), (True, b"ticks.", peer(8)),
+                    (True, b"", peer(9))]
     streams.read_subscriptions(transport)
     assert streams.subscriptions() == 3 and streams.listened("ticks.a")
-    xpub.changes = [(False, b"ticks.", 7), (False, b"", 9)]
+    xpub.changes = [(False, b"ticks.", peer(7)), (False, b"", peer(9))]
     streams.read_subscriptions(transport)
     assert streams.subscriptions() == 1 and streams.listened("ticks.a")
     assert not streams.listened("other")
@@ -75,21 +82,22 @@ def test_listeners_are_counted_per_peer_and_prefix() -> None:
 
 def test_no_peer_changes_another_peers_subscriptions() -> None:
     streams, xpub, transport, counters = streams_on()
-    xpub.changes = [(True, b"", 7), (True, b"t", 7)]
+    xpub.changes = [(True, b"", peer(7)), (True, b"t", peer(7))]
     streams.read_subscriptions(transport)
-    xpub.changes = [(None, b"\x02", 8), (None, b"", 8),   # neither 0x01 nor 0x00
-                    (False, b"", 8), (False, b"t", 8),    # never subscribed by peer 8
-                    (True, b"t", 8), (False, b"t", 8), (False, b"t", 8)]
+    xpub.changes = [(None, b"\x02", peer(8)), (None, b"", peer(8)),   # neither 0x01 nor 0x00
+                    (False, b"", peer(8)), (False, b"t", peer(8)),    # never subscribed
+                    (True, b"t", peer(8)), (False, b"t", peer(8)), (False, b"t", peer(8)),
+                    (False, b"t", peer(7, "localhost:0:0:2"))]   # 7 in another process
     streams.read_subscriptions(transport)
     assert counters["stream_bad_frames"] == 2
-    assert counters["stream_unknown_unsubscribes"] == 3
+    assert counters["stream_unknown_unsubscribes"] == 4
     assert streams.subscriptions() == 2 and streams.listened("anything")
 
 
 def test_a_reused_descriptor_never_hides_a_new_connection() -> None:
     streams, xpub, transport, _ = streams_on()
     # the new connection on descriptor 7 subscribes before libzmq reports the old one's end
-    xpub.changes = [(True, b"t", 7), (True, b"t", 7), (False, b"t", None)]
+    xpub.changes = [(True, b"t", peer(7)), (True, b"t", peer(7)), (False, b"t", None)]
     streams.read_subscriptions(transport)
     assert streams.listened("t") and streams.subscriptions() == 1
 
@@ -97,8 +105,8 @@ def test_a_reused_descriptor_never_hides_a_new_connection() -> None:
 def test_probe_subscriptions_are_answered_not_counted() -> None:
     streams, xpub, transport, counters = streams_on()
     probe = PROBE_PREFIX + b"abc"
-    xpub.changes = [(True, b"t", 7), (True, probe, 7), (False, probe, 7),
-                    (True, PROBE_PREFIX + bytes(64), 8)]   # too long: not answered
+    xpub.changes = [(True, b"t", peer(7)), (True, probe, peer(7)), (False, probe, peer(7)),
+                    (True, PROBE_PREFIX + bytes(64), peer(8))]   # too long: not answered
     streams.read_subscriptions(transport)
     assert xpub.sent == [[probe, b""]] and counters["stream_probes"] == 1
     assert counters["stream_bad_frames"] == 1 and streams.subscriptions() == 1
@@ -107,7 +115,7 @@ def test_probe_subscriptions_are_answered_not_counted() -> None:
 def test_a_refused_probe_is_retried_on_the_tick() -> None:
     streams, xpub, transport, counters = streams_on("wait", 0.01)
     xpub.full = True
-    xpub.changes = [(True, PROBE_PREFIX + b"x", 7)]
+    xpub.changes = [(True, PROBE_PREFIX + b"x", peer(7))]
     streams.read_subscriptions(transport)
     assert xpub.sent == []
     xpub.full = False
@@ -118,7 +126,7 @@ def test_a_refused_probe_is_retried_on_the_tick() -> None:
 def test_sequences_advance_whether_or_not_anyone_listens() -> None:
     streams, xpub, transport, counters = streams_on()
     streams.published(transport, "t", b"", Result(3))        # nobody listens: 1..3 pass
-    xpub.changes = [(True, b"t", 7)]
+    xpub.changes = [(True, b"t", peer(7))]
     streams.read_subscriptions(transport)
     streams.published(transport, "t", b"", Result(2))
     streams.published(transport, "u", b"", Result(1))         # its own sequence
@@ -129,7 +137,7 @@ def test_sequences_advance_whether_or_not_anyone_listens() -> None:
 def test_wait_drops_a_batch_a_full_listener_cannot_take_and_counts_it() -> None:
     streams, xpub, transport, counters = streams_on("wait", 0.01)
     assert streams.no_drop
-    xpub.changes = [(True, b"", 7)]
+    xpub.changes = [(True, b"", peer(7))]
     streams.read_subscriptions(transport)
     xpub.full = True
     streams.published(transport, "t", b"", Result(5))
@@ -143,7 +151,7 @@ def test_wait_drops_a_batch_a_full_listener_cannot_take_and_counts_it() -> None:
 def test_a_quiet_topic_sends_its_last_sequence() -> None:
     streams, xpub, transport, counters = streams_on()
     assert not streams.no_drop
-    xpub.changes = [(True, b"t", 7)]
+    xpub.changes = [(True, b"t", peer(7))]
     streams.read_subscriptions(transport)
     streams.published(transport, "t", b"", Result(3))
     xpub.sent.clear()
@@ -160,7 +168,7 @@ def test_a_quiet_topic_sends_its_last_sequence() -> None:
     now += BEACON_INTERVAL
     streams.tick(transport, now)
     assert len(xpub.sent) == 2
-    xpub.changes = [(False, b"t", 7)]                # nobody listens: no more beacons
+    xpub.changes = [(False, b"t", peer(7))]                # nobody listens: no more beacons
     streams.read_subscriptions(transport)
     streams.tick(transport, now + 2 * BEACON_INTERVAL)
     assert len(xpub.sent) == 2
@@ -215,7 +223,8 @@ def test_the_xpub_reads_frames_with_their_peer(tmp_path: Path) -> None:
             xsub.send(frame)
         changes = read_changes(transport, 4)
         subscribed = [change for change in changes if change[:2] == (True, b"t")]
-        assert len(subscribed) == 1 and isinstance(subscribed[0][2], int)
+        assert len(subscribed) == 1 and subscribed[0][2] is not None
+        assert subscribed[0][2][1].endswith(f":{os.getpid()}")   # ipc: the process
         raw = [change for change in changes if change not in subscribed]
         assert [change[:2] for change in raw] == [(None, b"\x02"), (None, b""), (True, b"u")]
         assert len({change[2] for change in raw}) == 1        # one peer
