@@ -27,7 +27,9 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from fastfanout.errors import InvalidArgument
+from fastfanout.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.protocol import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REQUEST_BYTES
+from fastfanout.server import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
 from fastfanout.settings import MAX_RECEIVE_BATCH
 
 __all__ = ["EXPECTED", "LOG_LEVELS", "ServerConfig", "endpoint_problem", "load_config",
@@ -39,6 +41,7 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 _Seconds = Annotated[float, msgspec.Meta(ge=0)]
 _PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 _Bytes = Annotated[int, msgspec.Meta(ge=1)]
+_Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -59,6 +62,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         push_batch: most messages in one push to a consumer (1 to 10,000).
         hold_timeout: seconds a publish to a full ``hold`` queue is held.
         local_channels: let clients on this host use shared memory (ipc:// only).
+        stream_high_water_mark: stream batches queued per listener before the broker
+            drops (``drop``) or waits (``wait``).
+        local_backlog_bytes: bytes a local-channel session may have queued for room in
+            its ring before it is ended as a slow client.
+        max_queued_replies: replies queued per socket client before it is ended as a
+            slow client.
+        idle_session_timeout: seconds after which a session without heartbeats that
+            holds nothing (no consumer, lease, long poll or held publish) is ended.
         curve_secret_key: path of the broker's ``.key_secret`` certificate (turns on CURVE).
         curve_clients: with CURVE: a directory of allowed client ``*.key`` files, or ``*``.
     """
@@ -75,6 +86,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     push_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECEIVE_BATCH)] = 8192
     hold_timeout: _Seconds = 30.0
     local_channels: bool = True
+    stream_high_water_mark: _Count = 10_000
+    local_backlog_bytes: _Bytes = LOCAL_BACKLOG_BYTES
+    max_queued_replies: _Count = DEFAULT_MAX_QUEUED_REPLIES
+    idle_session_timeout: _PositiveSeconds = DEFAULT_IDLE_SESSION_TIMEOUT
     curve_secret_key: str | None = None
     curve_clients: str | None = None
 
@@ -92,6 +107,10 @@ EXPECTED: Final[dict[str, str]] = {
     "push_batch": f"an integer from 1 to {MAX_RECEIVE_BATCH}",
     "hold_timeout": "a number of seconds >= 0",
     "local_channels": "true or false",
+    "stream_high_water_mark": "an integer count >= 1",
+    "local_backlog_bytes": "an integer number of bytes >= 1",
+    "max_queued_replies": "an integer count >= 1",
+    "idle_session_timeout": "a number of seconds > 0",
     "curve_secret_key": "a string: the path of a .key_secret certificate",
     "curve_clients": 'a string: a directory of client *.key certificates, or "*"',
 }

@@ -289,6 +289,14 @@ def test_config_defaults_are_the_servers() -> None:
     assert server_options(raised)["max_frame_bytes"] == DEFAULT_MAX_FRAME_BYTES * 2
 
 
+def test_every_server_setting_is_a_config_key() -> None:
+    # the objects a config file cannot hold, and curve (a file: curve_secret_key)
+    not_settings = {"self", "endpoint", "broker", "curve"}
+    settings = set(inspect.signature(Server.__init__).parameters) - not_settings
+    assert settings <= set(ServerConfig.__struct_fields__), settings - set(
+        ServerConfig.__struct_fields__)
+
+
 def test_every_config_key_is_documented() -> None:
     text = DOCS.read_text()
     for key in ServerConfig.__struct_fields__:
