@@ -114,7 +114,9 @@ class Hostiles:
 
 def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
     endpoint = track.endpoint()
-    broker = track.broker_process(endpoint)
+    config = track.tmp_path / "chaos.toml"
+    config.write_text("idle_session_timeout = 1.0\n")   # garbage peers go after a second
+    broker = track.broker_process(endpoint, "--config", str(config))
     admin = track.client(endpoint)
     admin.create_queue("work", visibility_timeout=60.0)
     admin.create_topic("events")
@@ -207,5 +209,10 @@ def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
     assert max(slowest.values()) <= SLOWEST_CALL, slowest
     stats = admin.server_stats()
     assert stats.get("error.internal", 0) == 0, stats
+    assert stats["slow_client"] >= 1                 # the peer that never reads was ended
+    assert stats["stream_bad_frames"] > 0            # the garbage XSUB was heard, and ignored
+    # every hostile session is released: left are the admin and the two listeners' clients
+    track.wait_until(lambda: admin.server_stats()["connections"] <= 3, 15.0,
+                     "hostile sessions to be released")
     slow_listener.close()
     listener.close()
