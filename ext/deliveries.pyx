@@ -183,7 +183,7 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
     cdef _Leased leased = _Leased.__new__(_Leased)
     cdef uint32_t slot
     cdef int level = self.queues[qid].levels - 1
-    cdef uint64_t size
+    cdef uint64_t size = 0   # ff_record_size sets it; gcc cannot see that on every path
     cdef bytes dead_info
     leased.slots = self.reserve_delivery_slots(max_messages)
     leased.count = 0
@@ -213,7 +213,7 @@ cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) e
     bytes), and each receipt as a little-endian u64 at ``receipts`` unless NULL."""
     cdef ff_record_view record
     cdef Py_ssize_t index
-    cdef uint64_t size
+    cdef uint64_t size = 0   # as above
     ff_write_batch_header(out, <uint32_t>leased.count)
     out += FF_BATCH_HEADER_SIZE
     for index in range(leased.count):

@@ -295,6 +295,8 @@ cdef class Dispatcher:
         cdef unsigned char* skip
         cdef DedupWindow window
         cdef PublishBatch batch
+        # only a codec frame opens the reader; gcc cannot see that it is read only then
+        memset(&reader, 0, sizeof(reader))
         if isinstance(entries, RingBatch):
             # Bodies from a Producer's ring: u32 length + bytes each, nothing else.
             PyObject_GetBuffer((<RingBatch>entries).frame, &frame_view, PyBUF_SIMPLE)

@@ -114,7 +114,7 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
     q.visible = q.leased = q.delayed = q.bytes = 0
     q.enqueued = q.delivered = q.redelivered = q.acked = 0
     q.dead_lettered = q.redriven = q.rejected = q.purged = 0
-    for level in range(DROP_REASON_COUNT):
+    for level in range(<uint32_t>DROP_REASON_COUNT):
         q.dropped[level] = 0
     return qid
 
