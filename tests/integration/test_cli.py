@@ -500,3 +500,15 @@ def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
     printed = json.loads(out)
     assert printed["body"] == "héllo" and printed["attributes"] == {"n": 1}
     assert printed["topic"] == "t" and printed["sequence"] == 1
+
+
+def test_a_stale_socket_file_fails_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.close()                      # the file stays, nobody listens: a dead broker's
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["stats", "--endpoint", f"ipc://{path}"])
+    assert result.exit_code == 1
+    assert "stale" in result.output and len(result.output.strip().splitlines()) == 1
+    assert time.monotonic() - started < 2.0
