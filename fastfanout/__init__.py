@@ -43,6 +43,7 @@ from fastfanout.producer import Producer
 from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.server import Server, serve
 from fastfanout.stats import BrokerStats, QueueStats, TopicStats
+from fastfanout.workers import Worker
 
 __version__ = "0.1.0"
 
@@ -89,6 +90,7 @@ __all__ = [
     "UnsafeLockFile",
     "UnsupportedVersion",
     "UsedAfterFork",
+    "Worker",
     "WouldBlock",
     "__version__",
     "connect",

@@ -727,6 +727,70 @@ def delete_topic(endpoint: str | None, name: str) -> None:
     click.echo(f"deleted topic {name}")
 
 
+# -- worker --------------------------------------------------------------------------------
+
+
+def _load_worker(target: str) -> Any:
+    """The ``Worker`` named by ``module:attribute`` (the current directory importable)."""
+    import importlib
+
+    from fastfanout.workers import Worker
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"{target!r} is not MODULE:ATTRIBUTE (say, myapp.tasks:app)",
+                                 param_hint="'APP'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise click.BadParameter(f"cannot import {module_name!r}: {error}",
+                                 param_hint="'APP'") from None
+    value: Any = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise click.BadParameter(f"module {module_name!r} has no attribute {attribute!r}",
+                                     param_hint="'APP'")
+        value = getattr(value, part)
+    if not isinstance(value, Worker):
+        raise click.BadParameter(f"{target} is a {type(value).__name__}, not a "
+                                 f"fastfanout.Worker", param_hint="'APP'")
+    return value
+
+
+@cli.command()
+@click.argument("app", metavar="MODULE:APP")
+@endpoint_option
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=None,
+              help="Calls at once per handler and process, for handlers without their own "
+                   "(default: the Worker's, 4).")
+@click.option("--processes", "-p", type=click.IntRange(1, 256), default=None,
+              help="Worker processes per handler, for handlers without their own "
+                   "(default: the Worker's, 1).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds running handlers get to finish on SIGTERM or SIGINT (default: "
+                   "the Worker's, 30); then their messages are nacked for redelivery.")
+@click.option("--log-level", default="INFO", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Logging threshold (default INFO).")
+def worker(app: str, endpoint: str | None, concurrency: int | None, processes: int | None,
+           shutdown_timeout: float | None, log_level: str) -> None:
+    """Run the handlers of the fastfanout.Worker at MODULE:APP until SIGTERM or SIGINT.
+
+    On a signal it takes no more messages, lets running handlers finish within the
+    shutdown timeout, nacks the rest so they are redelivered at once, and exits 0.
+    """
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    app_worker = _load_worker(app)
+    try:
+        app_worker.configure(endpoint=endpoint, concurrency=concurrency, processes=processes,
+                             shutdown_timeout=shutdown_timeout)
+        app_worker.run()
+    except FastFanoutError as error:
+        _fail(error)
+
+
 @cli.command()
 @click.option("--messages", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Messages to publish.")

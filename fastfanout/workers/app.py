@@ -1,0 +1,559 @@
+"""``Worker``: functions as subscribers, run on the messages of queues.
+
+Design
+------
+Prior art: AWS Lambda's SQS event source mappings (a function per queue, batches with a
+window, ``ReportBatchItemFailures`` for partial batch failure, the message's visibility
+extended while the function runs, failures retried with the queue's redrive policy),
+SNS → Lambda subscriptions (``subscribe``: a topic invokes a function), dramatiq and
+Celery workers (a decorator per actor or task, a thread pool per process, ``processes``
+for CPU-bound work, SIGTERM as a warm shutdown).
+
+Semantics: a call that returns acks its message(s); one that raises nacks them with the
+queue's ``redelivery_backoff``, and the queue's ``max_receive_count`` dead-letters a
+message that failed that many times. Sync handlers run on threads
+(``fastfanout.workers.threads``), async ones on an event loop in its own thread
+(``fastfanout.workers.coroutines``), a handler with ``processes=N`` in N child processes
+(``fastfanout.workers.processes``). Stopping (``stop()``, or SIGTERM/SIGINT in ``run()``)
+takes no more messages, lets running calls finish within ``shutdown_timeout``, and nacks
+the rest with no delay, so they are redelivered at once: no message is acked unprocessed
+and none waits for a lease to end.
+
+A ``Worker`` talks to a broker server (an endpoint: each thread its own connection) or
+to an embedded ``Broker`` (``Worker(broker)``, one process, long polls woken by
+publishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing.connection
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import FrameType, TracebackType
+from typing import Any, TypeVar
+
+from fastfanout.broker import Broker
+from fastfanout.client import Client
+from fastfanout.errors import AlreadyExists, InvalidArgument, NotFound
+from fastfanout.workers.coroutines import AsyncRunner
+from fastfanout.workers.handlers import (
+    MAX_CONCURRENCY,
+    MAX_PROCESSES,
+    Handler,
+    check_count,
+    check_seconds,
+    make_handler,
+)
+from fastfanout.workers.processes import STATS_INTERVAL, ProcessGroup
+from fastfanout.workers.sources import (
+    AsyncBrokerSource,
+    AsyncClientSource,
+    BrokerSource,
+    ClientSource,
+    Source,
+)
+from fastfanout.workers.stats import WorkerStats
+from fastfanout.workers.threads import LeaseKeeper, ThreadRunner
+
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_SHUTDOWN_TIMEOUT", "Worker", "run_child"]
+
+log = logging.getLogger("fastfanout.worker")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_CONCURRENCY = 4
+"""Calls at once per handler and process when neither the handler nor the worker says."""
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+"""Seconds running calls get to finish when the worker stops."""
+START_TIMEOUT = 30.0
+"""Seconds ``start()`` waits for every connection and consumer to open."""
+
+
+def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
+               shutdown_timeout: float, log_level: int,
+               report: multiprocessing.connection.Connection) -> None:
+    """A worker process: run one handler until SIGTERM, reporting stats to the parent."""
+    logging.basicConfig(level=log_level,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns Ctrl-C into SIGTERM
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker = Worker(endpoint, shutdown_timeout=shutdown_timeout, **options)
+    worker.add(replace(handler, processes=1))
+    worker.start()
+    try:
+        while not stop.wait(STATS_INTERVAL):
+            report.send(worker.stats().handlers[handler.name])
+    finally:
+        worker.stop()
+        report.send(worker.stats().handlers[handler.name])
+        report.close()
+
+
+class _Subscription:
+    __slots__ = ("dead_letter_queue", "filter_policy", "filter_scope", "queue",
+                 "queue_settings", "topic")
+
+    def __init__(self, topic: str, queue: str, dead_letter_queue: str | None,
+                 filter_policy: Mapping[str, Any] | str | None, filter_scope: str,
+                 queue_settings: dict[str, Any]) -> None:
+        self.topic = topic
+        self.queue = queue
+        self.dead_letter_queue = dead_letter_queue
+        self.filter_policy = filter_policy
+        self.filter_scope = filter_scope
+        self.queue_settings = queue_settings
+
+
+class Worker:
+    """Runs handler functions on the messages of queues.
+
+    Args:
+        broker: an endpoint (``ipc://``, ``tcp://``; None: the default endpoint) or an
+            embedded ``Broker`` to run in this process.
+        concurrency: calls at once per handler and process, for handlers that do not
+            set their own (1 to 1,024).
+        processes: worker processes per handler, for handlers that do not set their own
+            (1: this process). Not with an embedded broker.
+        shutdown_timeout: seconds running calls get to finish when the worker stops.
+        **client_options: keyword arguments of ``fastfanout.Client`` for the worker's
+            connections (``timeout``, ``curve_server_key``, ``local_channel`` ...).
+
+    Raises:
+        InvalidArgument: an option is out of range.
+    """
+
+    def __init__(self, broker: Broker | str | None = None, *,
+                 concurrency: int = DEFAULT_CONCURRENCY, processes: int = 1,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+                 **client_options: Any) -> None:
+        if broker is not None and not isinstance(broker, (Broker, str)):
+            raise InvalidArgument(f"broker={broker!r} must be an endpoint string, a Broker, "
+                                  f"or None (the default endpoint)")
+        self.broker = broker
+        self.client_options = client_options
+        self._handlers: dict[str, Handler] = {}
+        self._subscriptions: list[_Subscription] = []
+        self.configure(concurrency=concurrency, processes=processes,
+                       shutdown_timeout=shutdown_timeout)
+        self._stopping = threading.Event()
+        self._stop_requested = threading.Event()
+        self._started = False
+        self._stopped = False
+        self._threads: list[ThreadRunner] = []
+        self._asyncs: list[AsyncRunner] = []
+        self._groups: list[ProcessGroup] = []
+        self._keeper: LeaseKeeper | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_stop: asyncio.Event | None = None
+        self._loop_ready = threading.Event()
+        self._loop_error: BaseException | None = None
+
+    # -- configuration -----------------------------------------------------------------
+
+    def configure(self, *, endpoint: str | None = None, concurrency: int | None = None,
+                  processes: int | None = None, shutdown_timeout: float | None = None
+                  ) -> Worker:
+        """Change the worker's defaults before it starts (the command line's options).
+
+        Args:
+            endpoint: the broker endpoint (not for a worker of an embedded broker).
+            concurrency: the default calls at once per handler and process.
+            processes: the default processes per handler.
+            shutdown_timeout: seconds running calls get when the worker stops.
+
+        Returns:
+            The worker.
+
+        Raises:
+            InvalidArgument: a value is out of range, or the worker has started.
+        """
+        if getattr(self, "_started", False):
+            raise InvalidArgument("a worker cannot be configured once started")
+        if endpoint is not None:
+            if isinstance(self.broker, Broker):
+                raise InvalidArgument("this worker runs on an embedded Broker; it has no "
+                                      "endpoint")
+            self.broker = endpoint
+        if concurrency is not None:
+            self.concurrency = check_count("concurrency", concurrency, MAX_CONCURRENCY)
+        if processes is not None:
+            self.processes = check_count("processes", processes, MAX_PROCESSES)
+            if processes > 1 and isinstance(self.broker, Broker):
+                raise InvalidArgument("processes > 1 needs a broker server: an embedded "
+                                      "Broker lives in one process")
+        if shutdown_timeout is not None:
+            self.shutdown_timeout = check_seconds("shutdown_timeout", shutdown_timeout,
+                                                  allow_zero=True)
+        return self
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        """The registered handlers, by name."""
+        return dict(self._handlers)
+
+    def add(self, handler: Handler) -> Handler:
+        """Register a ``Handler`` made elsewhere (``make_handler``, a child process).
+
+        Raises:
+            InvalidArgument: a handler of that name or for that queue is registered.
+        """
+        if self._started:
+            raise InvalidArgument("handlers must be registered before the worker starts")
+        if handler.name in self._handlers:
+            raise InvalidArgument(f"a handler named {handler.name!r} is registered already")
+        for other in self._handlers.values():
+            if other.queue == handler.queue:
+                raise InvalidArgument(f"queue {handler.queue!r} has a handler already "
+                                      f"({other.name}); one handler per queue")
+        if (isinstance(self.broker, Broker) and handler.processes is not None
+                and handler.processes > 1):
+            raise InvalidArgument("processes > 1 needs a broker server: an embedded Broker "
+                                  "lives in one process")
+        self._handlers[handler.name] = handler
+        return handler
+
+    def handler(self, queue: str, *, concurrency: int | None = None, batch_size: int = 1,
+                batch_window: float = 0.0, timeout: float | None = None,
+                processes: int | None = None, prefetch: int | None = None,
+                visibility_timeout: float | None = None) -> Callable[[F], F]:
+        """Decorator: run the function on every message of ``queue``.
+
+        The function takes one message (or, with ``batch_size`` > 1, a list of up to that
+        many). Returning acks; raising nacks with the queue's backoff, and the queue's
+        ``max_receive_count`` dead-letters a message that failed that often. A batch
+        handler may return the messages (or message ids) that failed: only those are
+        nacked, the others acked (SQS's ``ReportBatchItemFailures``).
+
+        Args:
+            queue: the queue to consume (it must exist when the worker starts).
+            concurrency: calls at once in each process (None: the worker's).
+            batch_size: messages per call (1: one message, not a list), up to 10,000.
+            batch_window: seconds to wait for a batch to fill after its first message
+                (0: call with what is there), up to 20.
+            timeout: seconds a call may run; past it the call is abandoned and its
+                messages nacked (async calls are cancelled; a thread runs on, its result
+                ignored).
+            processes: worker processes for this handler (None: the worker's).
+            prefetch: most unsettled messages per connection (None: 2 x concurrency x
+                batch_size; each thread of a sync handler has its own connection and
+                takes 2 x batch_size).
+            visibility_timeout: lease seconds, renewed while calls run (None: the
+                queue's).
+
+        Raises:
+            InvalidArgument: the function does not take one positional argument, an
+                option is out of range, or the queue has a handler already.
+        """
+        def register(function: F) -> F:
+            self.add(make_handler(function, queue, concurrency=concurrency,
+                                  batch_size=batch_size, batch_window=batch_window,
+                                  timeout=timeout, processes=processes, prefetch=prefetch,
+                                  visibility_timeout=visibility_timeout))
+            return function
+        return register
+
+    def subscribe(self, topic: str, function: Callable[..., Any] | None = None, *,
+                  filter_policy: Mapping[str, Any] | str | None = None,
+                  filter_scope: str = "attributes", queue: str | None = None,
+                  dead_letter_queue: str | None = None, max_receive_count: int = 3,
+                  visibility_timeout: float = 30.0,
+                  redelivery_backoff: Any = None, **options: Any) -> Any:
+        """Run a function on every message of a topic, as SNS → Lambda subscribes one.
+
+        When the worker starts it creates (or reuses, when it exists with the same
+        settings) a queue named after the function, its dead-letter queue, and the
+        subscription of the queue to the topic with ``filter_policy``. Usable as
+        ``app.subscribe(topic, function)`` or as a decorator ``@app.subscribe(topic)``.
+
+        Args:
+            topic: the topic (or pattern) to follow; it must exist at start.
+            function: the handler; None returns a decorator.
+            filter_policy: an SNS filter policy (dict or JSON); None: every message.
+            filter_scope: ``"attributes"`` or ``"body"``.
+            queue: the queue's name (default: the function's ``__name__``).
+            dead_letter_queue: its dead-letter queue (default: ``<queue>-dlq``).
+            max_receive_count: deliveries before a message is dead-lettered.
+            visibility_timeout: the queue's lease, seconds.
+            redelivery_backoff: the queue's backoff (see ``Broker.create_queue``).
+            **options: the handler's options (see ``handler``).
+
+        Raises:
+            InvalidArgument: as ``handler``.
+        """
+        if function is None:
+            def register(given: F) -> F:
+                self.subscribe(topic, given, filter_policy=filter_policy,
+                               filter_scope=filter_scope, queue=queue,
+                               dead_letter_queue=dead_letter_queue,
+                               max_receive_count=max_receive_count,
+                               visibility_timeout=visibility_timeout,
+                               redelivery_backoff=redelivery_backoff, **options)
+                return given
+            return register
+        if type(topic) is not str or not topic:
+            raise InvalidArgument(f"topic {topic!r} must be a non-empty string")
+        name = queue or getattr(function, "__name__", None)
+        if not isinstance(name, str) or not name or name == "<lambda>":
+            raise InvalidArgument("name the queue (queue=...) of a function without a name")
+        dead = dead_letter_queue or f"{name}-dlq"
+        self.handler(name, **options)(function)
+        settings = {"visibility_timeout": visibility_timeout,
+                    "max_receive_count": max_receive_count, "dead_letter_queue": dead}
+        if redelivery_backoff is not None:
+            settings["redelivery_backoff"] = redelivery_backoff
+        self._subscriptions.append(_Subscription(topic, name, dead, filter_policy,
+                                                 filter_scope, settings))
+        return function
+
+    # -- running -----------------------------------------------------------------------
+
+    def _admin(self) -> Broker | Client:
+        if isinstance(self.broker, Broker):
+            return self.broker
+        return Client(self.broker, **self.client_options)
+
+    def _prepare(self, admin: Broker | Client) -> dict[str, tuple[int | None, float]]:
+        """Create the subscriptions' topology; the (max_receive_count, lease) of each queue.
+
+        Raises:
+            NotFound: a handler's queue, or a subscription's topic, does not exist.
+        """
+        for subscription in self._subscriptions:
+            if subscription.dead_letter_queue is not None:
+                try:
+                    admin.create_queue(subscription.dead_letter_queue)
+                except AlreadyExists:
+                    pass   # it exists with settings of its own: used as it is
+            admin.create_queue(subscription.queue, **subscription.queue_settings)
+            try:
+                admin.subscribe(subscription.topic, subscription.queue,
+                                filter_policy=subscription.filter_policy,
+                                filter_scope=subscription.filter_scope)
+            except NotFound:
+                raise NotFound(f"topic {subscription.topic!r} does not exist; create it "
+                               f"before the worker subscribes {subscription.queue!r} to "
+                               f"it") from None
+        queues: dict[str, tuple[int | None, float]] = {}
+        for handler in self._handlers.values():
+            try:
+                settings = admin.queue_settings(handler.queue)
+            except NotFound:
+                raise NotFound(f"queue {handler.queue!r} of handler {handler.name} does not "
+                               f"exist; create it first (fastfanout create-queue "
+                               f"{handler.queue}) or use Worker.subscribe") from None
+            lease = handler.visibility_timeout or settings.visibility_timeout
+            queues[handler.queue] = (settings.max_receive_count, lease)
+        return queues
+
+    def start(self) -> Worker:
+        """Create the topology, open the connections and start handling; returns at once.
+
+        Raises:
+            NotFound: a handler's queue (or a subscription's topic) does not exist.
+            BrokenConnection: the broker cannot be reached.
+            InvalidArgument: no handler is registered, or the worker ran already.
+        """
+        if self._started:
+            raise InvalidArgument("a worker starts once")
+        if not self._handlers:
+            raise InvalidArgument("the worker has no handler: register one with "
+                                  "@worker.handler(queue) or worker.subscribe(topic, f)")
+        admin = self._admin()
+        try:
+            queues = self._prepare(admin)
+        finally:
+            if isinstance(admin, Client):
+                admin.close()
+        self._started = True
+        try:
+            self._start_runners(queues)
+        except BaseException:
+            self.stop(0.0)
+            raise
+        log.info("worker started: %s", ", ".join(
+            f"{h.name} on {h.queue}" for h in self._handlers.values()))
+        return self
+
+    def _start_runners(self, queues: dict[str, tuple[int | None, float]]) -> None:
+        endpoint = None if isinstance(self.broker, Broker) else self.broker
+        resolved = [h.resolved(self.concurrency, self.processes)
+                    for h in self._handlers.values()]
+        for handler in resolved:
+            if (handler.processes or 1) > 1:
+                group = ProcessGroup(handler, endpoint, self.client_options,
+                                     self.shutdown_timeout, run_child)
+                self._groups.append(group)
+        for group in self._groups:
+            group.start()
+        leases = []
+        for handler in resolved:
+            if (handler.processes or 1) > 1 or handler.is_async:
+                continue
+            max_receive_count, lease = queues[handler.queue]
+            runner = ThreadRunner(handler, self._source_factory(handler, lease),
+                                  max_receive_count, self._stopping)
+            self._threads.append(runner)
+            leases.append((runner, lease))
+            runner.start()
+        for runner in self._threads:
+            if not runner.started.wait(START_TIMEOUT) or runner.error is not None:
+                raise runner.error or TimeoutError("worker connections did not open")
+        if leases:
+            self._keeper = LeaseKeeper(leases)
+            self._keeper.start()
+        asyncs = [h for h in resolved if h.is_async and (h.processes or 1) == 1]
+        if asyncs:
+            self._loop_thread = threading.Thread(
+                target=self._run_loop, args=(asyncs, queues), daemon=True,
+                name="fastfanout-worker-loop")
+            self._loop_thread.start()
+            self._loop_ready.wait(START_TIMEOUT)
+            if self._loop_error is not None:
+                raise self._loop_error
+
+    def _source_factory(self, handler: Handler, lease: float) -> Callable[[], Source]:
+        broker = self.broker
+        if isinstance(broker, Broker):
+            return lambda: BrokerSource(broker, handler.queue, lease)
+        prefetch = handler.prefetch_for(1)
+        return lambda: ClientSource(broker, self.client_options, handler.queue, prefetch,
+                                    lease)
+
+    def _run_loop(self, handlers: list[Handler],
+                  queues: dict[str, tuple[int | None, float]]) -> None:
+        asyncio.run(self._main(handlers, queues))
+
+    async def _main(self, handlers: list[Handler],
+                    queues: dict[str, tuple[int | None, float]]) -> None:
+        self._loop = asyncio.get_running_loop()
+        stop = self._loop_stop = asyncio.Event()
+        runners = []
+        broker = self.broker
+        for handler in handlers:
+            max_receive_count, lease = queues[handler.queue]
+            if isinstance(broker, Broker):
+                source: Any = AsyncBrokerSource(broker, handler.queue, lease)
+            else:
+                source = AsyncClientSource(broker, self.client_options, handler.queue,
+                                           handler.prefetch_for(handler.concurrency or 1),
+                                           lease)
+            runner = AsyncRunner(handler, source.open, max_receive_count, lease)
+            runners.append(runner)
+        self._asyncs = runners
+        try:
+            for runner in runners:
+                await runner.open()
+        except BaseException as exc:   # raised by start()
+            self._loop_error = exc
+            self._loop_ready.set()
+            for runner in runners:
+                await runner.stop(time.monotonic())
+            return
+        self._loop_ready.set()
+        await asyncio.gather(*(runner.run(stop) for runner in runners))
+        deadline = time.monotonic() + self.shutdown_timeout
+        await asyncio.gather(*(runner.stop(deadline) for runner in runners))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: take no more, let running calls finish, nack the rest.
+
+        Args:
+            timeout: seconds running calls get (None: ``shutdown_timeout``); calls still
+                running then are abandoned and their messages nacked with no delay
+                (redelivered at once), as is every message taken and not started.
+        """
+        if self._stopped or not self._started:
+            self._stopped = True
+            return
+        self._stopped = True
+        seconds = self.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + seconds
+        log.info("worker stopping: running calls get %g s", seconds)
+        self._stopping.set()
+        if self._loop is not None and self._loop_stop is not None:
+            self._loop.call_soon_threadsafe(self._loop_stop.set)
+        for runner in self._threads:
+            for slot in runner.join(deadline):
+                runner.abandon(slot, 0.0, "was still running at the shutdown deadline")
+                if slot.source is not None:
+                    slot.source.close()
+        if self._keeper is not None:
+            self._keeper.stop()
+        if self._loop_thread is not None:
+            self._loop_thread.join()
+        for group in self._groups:
+            group.stop(seconds)
+        log.info("worker stopped")
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to stop (what SIGTERM and SIGINT do); returns at once."""
+        self._stop_requested.set()
+
+    def run(self) -> None:
+        """Start, run until SIGTERM or SIGINT (or ``request_stop()``), then stop gracefully.
+
+        In the main thread it installs handlers for SIGTERM and SIGINT (the previous ones
+        come back when it returns).
+
+        Raises:
+            NotFound, BrokenConnection, InvalidArgument: as ``start()``.
+        """
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            def on_signal(number: int, frame: FrameType | None) -> None:
+                log.info("worker got %s", signal.Signals(number).name)
+                self._stop_requested.set()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, on_signal)
+        try:
+            self.start()
+            while not self._stop_requested.wait(0.5):
+                if self._dead():
+                    log.error("every worker thread stopped (is the broker gone?)")
+                    break
+        finally:
+            self.stop()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _dead(self) -> bool:
+        """True when nothing runs any more (every thread ended on its own)."""
+        threads = [slot.thread for runner in self._threads for slot in runner.slots]
+        alive = any(t is not None and t.is_alive() for t in threads)
+        loop = self._loop_thread is not None and self._loop_thread.is_alive()
+        return bool(threads or self._loop_thread) and not (alive or loop or self._groups)
+
+    def stats(self) -> WorkerStats:
+        """Every handler's counters and handler times (see ``HandlerStats``).
+
+        Stats are kept after ``stop()``.
+        """
+        handlers = {}
+        for runner in self._threads:
+            handlers[runner.handler.name] = runner.stats()
+        for async_runner in self._asyncs:
+            handlers[async_runner.handler.name] = async_runner.stats()
+        for group in self._groups:
+            handlers[group.handler.name] = group.stats()
+        return WorkerStats(handlers=handlers,
+                           restarts=sum(group.restarts for group in self._groups))
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the worker processes (``processes`` > 1)."""
+        return [pid for group in self._groups for pid in group.pids]
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+

@@ -1,0 +1,192 @@
+"""Async handlers on the worker's event loop.
+
+One task per handler takes messages from its source and starts a task per call, at most
+``concurrency`` at once (a semaphore); each call acks on return and nacks with the
+queue's backoff on an exception, on a reported failure (batch handlers) or when it passes
+``timeout`` (the call is cancelled: asyncio can, threads cannot). A keeper task extends
+the leases of every message the handler holds (taken or running) every half lease.
+
+Stopping: the taker stops, what is buffered and not started is nacked with no delay
+(redelivered at once), running calls get until the deadline, then are cancelled and
+their messages nacked with no delay too; the connection's BYE releases anything left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastfanout.workers.handlers import Handler
+from fastfanout.workers.sources import AsyncBrokerSource, AsyncClientSource, settle_quietly
+from fastfanout.workers.stats import HandlerStats, Tally
+from fastfanout.workers.threads import POLL, failed_messages
+
+__all__ = ["AsyncRunner"]
+
+log = logging.getLogger("fastfanout.worker")
+
+
+class AsyncRunner:
+    """Runs one async handler on the running event loop.
+
+    Args:
+        handler: the handler (defaults resolved).
+        open_source: makes the handler's source (awaited on the loop).
+        max_receive_count: the queue's, to count failures as retried or dead-lettered.
+        lease: seconds of each lease, renewed every half lease.
+    """
+
+    def __init__(self, handler: Handler,
+                 open_source: Callable[[], Awaitable[AsyncClientSource | AsyncBrokerSource]],
+                 max_receive_count: int | None, lease: float) -> None:
+        self.handler = handler
+        self._open_source = open_source
+        self._max_receive_count = max_receive_count
+        self._lease = lease
+        self.tally = Tally()
+        self._held: dict[int, Any] = {}   # id(message) -> message: taken, not settled
+        self._calls: set[asyncio.Task[None]] = set()
+        self._source: AsyncClientSource | AsyncBrokerSource | None = None
+
+    async def open(self) -> None:
+        """Open the source (raises what the connection or the consumer raises)."""
+        self._source = await self._open_source()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Take and handle messages until ``stopping`` is set."""
+        assert self._source is not None
+        source = self._source
+        handler = self.handler
+        slots = asyncio.Semaphore(handler.concurrency or 1)
+        keeper = asyncio.create_task(self._keep())
+        try:
+            while not stopping.is_set():
+                await slots.acquire()
+                if stopping.is_set():
+                    slots.release()
+                    break
+                messages = await self._take(source, handler.batch_size, handler.batch_window)
+                if not messages:
+                    slots.release()
+                    continue
+                if stopping.is_set():
+                    slots.release()
+                    self._give_back(messages)
+                    break
+                task = asyncio.create_task(self._call(messages, slots))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _take(self, source: AsyncClientSource | AsyncBrokerSource, batch_size: int,
+                    window: float) -> list[Any]:
+        messages = await source.take(batch_size, POLL)
+        if messages and window > 0 and len(messages) < batch_size:
+            deadline = time.monotonic() + window
+            while len(messages) < batch_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                messages.extend(await source.take(batch_size - len(messages), left))
+        for message in messages:
+            self._held[id(message)] = message
+        return messages
+
+    async def _call(self, messages: list[Any], slots: asyncio.Semaphore) -> None:
+        handler = self.handler
+        tally = self.tally
+        tally.in_flight += len(messages)
+        started = time.monotonic()
+        failed: list[Any]
+        timed_out = False
+        try:
+            argument = messages if handler.batched else messages[0]
+            if handler.timeout is None:
+                result = await handler.function(argument)
+            else:
+                async with asyncio.timeout(handler.timeout):
+                    result = await handler.function(argument)
+        except asyncio.CancelledError:   # stopping, past the deadline: back at once
+            tally.in_flight -= len(messages)
+            self._give_back(messages)
+            slots.release()
+            raise
+        except TimeoutError:
+            timed_out = True
+            failed = messages
+        except Exception:
+            log.exception("handler %s failed on %d message(s)", handler.name, len(messages))
+            failed = messages
+        else:
+            failed = failed_messages(result, messages) if handler.batched else []
+        tally.times.append(time.monotonic() - started)
+        tally.in_flight -= len(messages)
+        slots.release()
+        if timed_out:
+            tally.timed_out += 1
+            log.warning("handler %s passed its timeout of %g s: %d message(s) nacked",
+                        handler.name, handler.timeout, len(messages))
+        self._settle(messages, failed)
+
+    def _settle(self, messages: list[Any], failed: list[Any]) -> None:
+        held = self._held
+        for message in messages:
+            held.pop(id(message), None)
+        if failed:
+            self.tally.failures([m.receive_count for m in failed], self._max_receive_count)
+            for message in failed:
+                settle_quietly(message.nack)
+            failed_ids = {id(m) for m in failed}
+            messages = [m for m in messages if id(m) not in failed_ids]
+        for message in messages:
+            settle_quietly(message.ack)
+        self.tally.processed += len(messages)
+
+    def _give_back(self, messages: list[Any]) -> None:
+        """Nack with no delay: redelivered at once (stopping)."""
+        for message in messages:
+            if self._held.pop(id(message), None) is not None:
+                settle_quietly(message.nack, delay=0.0)
+
+    async def _keep(self) -> None:
+        """Extend every held message's lease each half lease."""
+        if self._lease <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._lease / 2)
+            source = self._source
+            buffered = source.buffered() if source is not None else []
+            for message in [*self._held.values(), *buffered]:
+                if settle_quietly(message.extend, self._lease):
+                    self.tally.extended += 1
+
+    async def stop(self, deadline: float) -> None:
+        """Finish (after ``run``): running calls get until ``deadline``, then are cancelled.
+
+        What is buffered is given back at once, then the source closes.
+        """
+        source = self._source
+        if source is not None:
+            self._give_back(source.buffered())
+        calls = set(self._calls)
+        if calls:
+            _, late = await asyncio.wait(calls, timeout=max(0.0, deadline - time.monotonic()))
+            if late:
+                log.warning("handler %s: %d call(s) still running at the shutdown deadline;"
+                            " their messages are nacked", self.handler.name, len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late)
+        if source is not None:
+            await source.close()
+
+    def stats(self) -> HandlerStats:
+        """The handler's stats in this process."""
+        return HandlerStats.of(self.handler.queue, [self.tally])

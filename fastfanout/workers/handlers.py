@@ -1,0 +1,161 @@
+"""What a worker runs: a handler's function and its options, checked once.
+
+A ``Handler`` is the registration record ``Worker.handler`` and ``Worker.subscribe``
+make: the function, the queue it consumes and how (concurrency, batches, timeout,
+processes, prefetch, lease). Everything is checked here, when the handler is registered,
+so that a bad signature or option fails at import time with a clear ``InvalidArgument``,
+never in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fastfanout.errors import InvalidArgument
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_BATCH_WINDOW",
+    "MAX_CONCURRENCY",
+    "MAX_PROCESSES",
+    "Handler",
+    "check_count",
+    "check_seconds",
+    "make_handler",
+]
+
+MAX_CONCURRENCY = 1024
+"""Most handler calls one handler may run at once in one process."""
+MAX_PROCESSES = 256
+"""Most worker processes one handler may be spread over."""
+MAX_BATCH_SIZE = 10_000
+"""Most messages in one call of a batch handler (a receive's own limit)."""
+MAX_BATCH_WINDOW = 20.0
+"""Longest wait, in seconds, for a batch to fill (a long poll's own limit)."""
+
+
+def check_count(name: str, value: object, maximum: int) -> int:
+    """``value`` as an int from 1 to ``maximum``, or ``InvalidArgument``."""
+    if type(value) is not int or not 1 <= value <= maximum:
+        raise InvalidArgument(f"{name}={value!r} must be an int from 1 to {maximum:,}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, maximum: float = math.inf,
+                  allow_zero: bool = False) -> float:
+    """``value`` as finite seconds > 0 (>= 0 with ``allow_zero``) up to ``maximum``."""
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)
+            or value > maximum):
+        low = ">= 0" if allow_zero else "> 0"
+        high = "" if maximum == math.inf else f" and <= {maximum:g}"
+        raise InvalidArgument(f"{name}={value!r} must be finite seconds {low}{high}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """One registered handler (made by ``Worker.handler`` and ``Worker.subscribe``).
+
+    Attributes:
+        function: the function called per message (or per batch).
+        queue: the queue it consumes.
+        name: the handler's name in stats and logs (the function's ``__qualname__``).
+        is_async: True for a coroutine function (run on the event loop), else it runs on
+            a thread.
+        concurrency: most calls running at once per process (None: the worker's).
+        batch_size: messages per call; 1 calls the function with one message, more
+            with a list of up to that many.
+        batch_window: seconds to wait for a batch to fill after its first message.
+        timeout: seconds a call may run before it is abandoned and its messages nacked
+            (None: no limit).
+        processes: worker processes the handler is spread over (None: the worker's).
+        prefetch: most unsettled messages each connection holds (None: twice the
+            concurrency times the batch size, as dramatiq's ``worker_threads * 2``).
+        visibility_timeout: seconds of each lease, renewed while the call runs (None:
+            the queue's).
+    """
+
+    function: Callable[..., Any]
+    queue: str
+    name: str
+    is_async: bool
+    concurrency: int | None = None
+    batch_size: int = 1
+    batch_window: float = 0.0
+    timeout: float | None = None
+    processes: int | None = None
+    prefetch: int | None = None
+    visibility_timeout: float | None = None
+
+    @property
+    def batched(self) -> bool:
+        """True when the function takes a list of messages (``batch_size`` > 1)."""
+        return self.batch_size > 1
+
+    def resolved(self, concurrency: int, processes: int) -> Handler:
+        """The handler with the worker's defaults filled in."""
+        return replace(self, concurrency=self.concurrency or concurrency,
+                       processes=self.processes or processes)
+
+    def prefetch_for(self, slots: int) -> int:
+        """Prefetch of one connection feeding ``slots`` concurrent calls."""
+        return self.prefetch or min(1_000_000, 2 * slots * self.batch_size)
+
+
+def _check_signature(function: Callable[..., Any]) -> None:
+    """The function must accept exactly one positional argument (a message or a batch)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return   # a builtin without a signature: trust it
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    required_keywords = [p.name for p in signature.parameters.values()
+                         if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if required_keywords or len(required) > 1 or (not positional and not varargs):
+        raise InvalidArgument(
+            f"handler {getattr(function, '__qualname__', function)!r} has the signature "
+            f"{signature}; a handler takes one positional argument (the message, or the "
+            f"list of messages of a batch handler)")
+
+
+def make_handler(function: object, queue: object, *, concurrency: int | None = None,
+                 batch_size: int = 1, batch_window: float = 0.0,
+                 timeout: float | None = None, processes: int | None = None,
+                 prefetch: int | None = None, visibility_timeout: float | None = None
+                 ) -> Handler:
+    """A checked ``Handler`` (see its attributes for the arguments).
+
+    Raises:
+        InvalidArgument: the function is not callable or does not take one positional
+            argument, the queue is not a non-empty string, or an option is out of range.
+    """
+    if not callable(function):
+        raise InvalidArgument(f"handler {function!r} is not callable")
+    if type(queue) is not str or not queue:
+        raise InvalidArgument(f"queue {queue!r} must be a non-empty string")
+    _check_signature(function)
+    if concurrency is not None:
+        check_count("concurrency", concurrency, MAX_CONCURRENCY)
+    if processes is not None:
+        check_count("processes", processes, MAX_PROCESSES)
+    if prefetch is not None:
+        check_count("prefetch", prefetch, 1_000_000)
+    check_count("batch_size", batch_size, MAX_BATCH_SIZE)
+    window = check_seconds("batch_window", batch_window, maximum=MAX_BATCH_WINDOW,
+                           allow_zero=True)
+    seconds = None if timeout is None else check_seconds("timeout", timeout)
+    lease = None if visibility_timeout is None else check_seconds(
+        "visibility_timeout", visibility_timeout, maximum=43_200.0)
+    is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        type(function).__call__)
+    name = str(getattr(function, "__qualname__", None) or type(function).__name__)
+    return Handler(function, queue, name, is_async, concurrency, batch_size, window, seconds,
+                   processes, prefetch, lease)

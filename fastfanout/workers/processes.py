@@ -1,0 +1,158 @@
+"""``processes=N``: a handler spread over worker processes, each with its own connection.
+
+For CPU-bound handlers (the GIL lets one thread run Python at a time). The parent starts
+N children with the ``spawn`` method (a fresh interpreter: no thread or lock of the
+parent is inherited, unlike ``fork``); each imports the handler's module, connects, and
+runs that one handler as a one-process worker. A child reports its stats through a pipe
+every ``STATS_INTERVAL``; a child that dies is started again (counted in ``restarts``);
+the broker redelivers what the dead one held at once, as it does for any client that
+vanishes. Stopping sends SIGTERM to each child, which shuts down gracefully within the
+worker's ``shutdown_timeout``; one still running after that and ``KILL_GRACE`` more is
+killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from fastfanout.errors import InvalidArgument
+from fastfanout.workers.handlers import Handler
+from fastfanout.workers.stats import HandlerStats, combine
+
+__all__ = ["KILL_GRACE", "STATS_INTERVAL", "ChildMain", "ProcessGroup"]
+
+log = logging.getLogger("fastfanout.worker")
+
+ChildMain = Callable[..., None]
+"""A child's main function (``fastfanout.workers.app.run_child``): it gets the endpoint,
+the client options, the handler, the shutdown timeout, the log level and the pipe to
+report stats on."""
+
+STATS_INTERVAL = 0.25
+"""Seconds between a child's stats reports."""
+KILL_GRACE = 5.0
+"""Seconds past ``shutdown_timeout`` before a child that ignored SIGTERM is killed."""
+
+
+class _Child:
+    __slots__ = ("latest", "process", "reader")
+
+    def __init__(self, process: BaseProcess, reader: multiprocessing.connection.Connection
+                 ) -> None:
+        self.process = process
+        self.reader = reader
+        self.latest: HandlerStats | None = None
+
+
+class ProcessGroup:
+    """The children running one handler (``processes`` of them), supervised.
+
+    Args:
+        handler: the handler, with ``processes`` > 1.
+        endpoint: the broker's endpoint.
+        options: the worker's client options.
+        shutdown_timeout: each child's graceful-stop deadline, seconds.
+        target: the children's main function (importable by name).
+    """
+
+    def __init__(self, handler: Handler, endpoint: str | None, options: dict[str, Any],
+                 shutdown_timeout: float, target: ChildMain) -> None:
+        try:
+            pickle.dumps(handler.function)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"handler {handler.name!r} has processes={handler.processes}: its function "
+                f"must be importable by name (a module-level function), not {exc}") from None
+        self.handler = handler
+        self._target = target
+        self._args = (endpoint, options, handler, shutdown_timeout,
+                      logging.getLogger().getEffectiveLevel())
+        self._context = multiprocessing.get_context("spawn")
+        self._children: list[_Child] = []
+        self._finished: list[HandlerStats] = []   # the last stats of dead children
+        self._stopping = False
+        self._lock = threading.Lock()
+        self.restarts = 0
+        self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                         name=f"fastfanout-worker-{handler.name}-processes")
+
+    def _spawn(self) -> _Child:
+        reader, writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=self._target, args=(*self._args, writer), daemon=True,
+            name=f"fastfanout-worker-{self.handler.name}")
+        process.start()
+        writer.close()
+        return _Child(process, reader)
+
+    def start(self) -> None:
+        """Start the children and the thread that collects stats and restarts them."""
+        self._children = [self._spawn() for _ in range(self.handler.processes or 1)]
+        self._watcher.start()
+
+    @property
+    def pids(self) -> list[int]:
+        """The children's process ids."""
+        return [child.process.pid or 0 for child in self._children]
+
+    def _drain(self, child: _Child) -> None:
+        try:
+            while child.reader.poll():
+                child.latest = child.reader.recv()
+        except (EOFError, OSError):
+            pass
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            multiprocessing.connection.wait(
+                [child.reader for child in self._children]
+                + [child.process.sentinel for child in self._children], STATS_INTERVAL)
+            with self._lock:
+                for number, child in enumerate(self._children):
+                    self._drain(child)
+                    if not child.process.is_alive() and not self._stopping:
+                        log.warning("worker process %s of %s exited with %s; starting another",
+                                    child.process.pid, self.handler.name,
+                                    child.process.exitcode)
+                        if child.latest is not None:
+                            self._finished.append(child.latest)
+                        child.reader.close()
+                        self._children[number] = self._spawn()
+                        self.restarts += 1
+
+    def stop(self, shutdown_timeout: float) -> None:
+        """SIGTERM every child; wait for its graceful stop, then kill what is left."""
+        self._stopping = True
+        self._watcher.join()
+        for child in self._children:
+            if child.process.is_alive():
+                child.process.terminate()
+        deadline = time.monotonic() + shutdown_timeout + KILL_GRACE
+        for child in self._children:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                log.warning("worker process %s ignored SIGTERM; killed", child.process.pid)
+                child.process.kill()
+                child.process.join()
+            self._drain(child)
+            child.reader.close()
+
+    def stats(self) -> HandlerStats:
+        """The handler's stats over its processes (``combine``)."""
+        with self._lock:
+            for child in self._children:
+                if not child.reader.closed:
+                    self._drain(child)
+            parts = [*self._finished,
+                     *(child.latest or HandlerStats(self.handler.queue)
+                       for child in self._children)]
+        return replace(combine(self.handler.queue, parts), processes=len(self._children))

@@ -1,0 +1,238 @@
+"""Where a worker takes messages from: a broker server over a connection, or a ``Broker``.
+
+Each runner thread (or the event loop, for async handlers) takes messages through one
+source. Over a connection that is a push consumer (``Client.consume``, credit-based: the
+broker pushes while the consumer holds fewer than ``prefetch`` unsettled messages, and
+credit comes back however a message is settled), one connection per thread so that a
+thread never waits for another's socket. An embedded ``Broker`` has no connection: the
+source leases with ``Broker.receive(wait=...)``, which sleeps on the broker's condition
+and is woken by the next publish (a long poll, not a polling loop), asking for no more
+than the credit left.
+
+Every message a source yields has ``ack()``, ``nack(delay)``, ``extend(seconds)`` and
+``receive_count``, embedded or remote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from fastfanout.broker import Broker
+from fastfanout.client import Client
+from fastfanout.errors import FastFanoutError
+
+__all__ = [
+    "WORKER_RING_BYTES",
+    "AsyncBrokerSource",
+    "AsyncClientSource",
+    "AsyncSource",
+    "BrokerSource",
+    "ClientSource",
+    "Source",
+    "settle_quietly",
+]
+
+WORKER_RING_BYTES = 1 << 18
+"""Bytes of each ring of a worker connection's local channel (256 KiB: a worker holds
+no more than its prefetch; a thread per connection makes the default 4 MiB costly)."""
+
+
+def settle_quietly(action: Any, *args: Any, **kwargs: Any) -> bool:
+    """Call a settle method; False (not an error) when the broker refused it.
+
+    A stale receipt or a closed connection is not the worker's failure: the message is
+    redelivered anyway.
+    """
+    try:
+        action(*args, **kwargs)
+    except FastFanoutError:
+        return False
+    return True
+
+
+class Source(Protocol):
+    """What a runner thread takes messages from."""
+
+    def take(self, max_messages: int, timeout: float) -> list[Any]:
+        """Up to ``max_messages`` messages, waiting up to ``timeout`` seconds for one."""
+        ...
+
+    def close(self) -> None:
+        """Stop taking; whatever is still leased is released by the caller (or BYE)."""
+        ...
+
+
+class ClientSource:
+    """A push consumer on its own connection (``Client.consume``)."""
+
+    def __init__(self, endpoint: str | None, options: dict[str, Any], queue: str,
+                 prefetch: int, lease: float) -> None:
+        options = {"ring_bytes": WORKER_RING_BYTES, **options}
+        self.client = Client(endpoint, **options)
+        try:
+            self._consumer = self.client.consume(queue, prefetch=prefetch,
+                                                 visibility_timeout=lease)
+        except BaseException:
+            self.client.close()
+            raise
+        self._buffer: deque[Any] = deque()
+
+    def take(self, max_messages: int, timeout: float) -> list[Any]:
+        """Messages pushed (the buffered ones first), waiting up to ``timeout`` s."""
+        buffer = self._buffer
+        if not buffer:
+            batch = self._consumer.next_batch(timeout)
+            if batch is None:
+                return []
+            if len(batch) <= max_messages:
+                return list(batch)
+            buffer.extend(batch)
+        count = min(max_messages, len(buffer))
+        return [buffer.popleft() for _ in range(count)]
+
+    def close(self) -> None:
+        """Close the connection: its BYE makes the broker release every lease at once."""
+        with contextlib.suppress(FastFanoutError):
+            self.client.close(timeout=2.0)
+
+
+class BrokerSource:
+    """Leases from an embedded broker with a long poll, within a credit."""
+
+    def __init__(self, broker: Broker, queue: str, lease: float) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._lease = lease
+
+    def take(self, max_messages: int, timeout: float) -> list[Any]:
+        """Lease up to ``max_messages``, waiting (woken by publishes) up to ``timeout`` s."""
+        return self._broker.receive(self._queue, max_messages=min(max_messages, 10_000),
+                                    wait=min(timeout, 20.0), visibility_timeout=self._lease)
+
+    def close(self) -> None:
+        """Nothing to close: leases still held are released by the runner."""
+
+
+class AsyncSource(Protocol):
+    """What the event loop takes messages from (for async handlers)."""
+
+    async def take(self, max_messages: int, timeout: float) -> list[Any]:
+        """Up to ``max_messages`` messages, waiting up to ``timeout`` seconds for one."""
+        ...
+
+    async def close(self) -> None:
+        """Stop taking and let go of the connection."""
+        ...
+
+
+class AsyncClientSource:
+    """A push consumer of an asyncio connection (``AsyncClient.consume_batches``)."""
+
+    def __init__(self, endpoint: str | None, options: dict[str, Any], queue: str,
+                 prefetch: int, lease: float) -> None:
+        self._endpoint = endpoint
+        self._options = {"ring_bytes": WORKER_RING_BYTES, **options}
+        self._queue = queue
+        self._prefetch = prefetch
+        self._lease = lease
+        self._buffer: deque[Any] = deque()
+        self._arrived = asyncio.Event()
+        self._client: Any = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+
+    async def open(self) -> AsyncClientSource:
+        """Connect and start consuming; returns self."""
+        from fastfanout.aio import connect
+
+        self._client = await connect(self._endpoint, **self._options)
+        pushes = self._client.consume_batches(self._queue, prefetch=self._prefetch,
+                                              visibility_timeout=self._lease)
+        ready = asyncio.get_running_loop().create_future()
+        self._feeder = asyncio.create_task(self._feed(pushes, ready))
+        await ready
+        return self
+
+    async def _feed(self, pushes: AsyncIterator[list[Any]], ready: asyncio.Future[None]
+                    ) -> None:
+        # The first step sends CONSUME and waits for its answer (NotFound raises here).
+        first = asyncio.ensure_future(pushes.__anext__())
+        ready.set_result(None)
+        try:
+            batch = await first
+            while True:
+                self._buffer.extend(batch)
+                self._arrived.set()
+                batch = await pushes.__anext__()
+        except StopAsyncIteration:
+            pass
+        except Exception as exc:   # handed to the taker
+            self._error = exc
+            self._arrived.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await pushes.aclose()   # type: ignore[attr-defined]
+
+    async def take(self, max_messages: int, timeout: float) -> list[Any]:
+        """Messages pushed (oldest first), waiting up to ``timeout`` s for one."""
+        if not self._buffer:
+            if self._error is not None:
+                raise self._error
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+            if self._error is not None and not self._buffer:
+                raise self._error
+        buffer = self._buffer
+        return [buffer.popleft() for _ in range(min(max_messages, len(buffer)))]
+
+    def buffered(self) -> list[Any]:
+        """Messages pushed and not taken yet (they are leased)."""
+        return list(self._buffer)
+
+    async def close(self) -> None:
+        """Cancel the consumer, send the queued acks and close the connection.
+
+        Its BYE makes the broker release every lease the connection still holds.
+        """
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._feeder
+        if self._client is not None:
+            with contextlib.suppress(FastFanoutError):
+                await self._client.close()
+
+
+class AsyncBrokerSource:
+    """Leases from an embedded broker for the event loop, in one helper thread."""
+
+    def __init__(self, broker: Broker, queue: str, lease: float) -> None:
+        self._source = BrokerSource(broker, queue, lease)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fastfanout-worker-receive")
+
+    async def open(self) -> AsyncBrokerSource:
+        """Nothing to open; returns self."""
+        return self
+
+    async def take(self, max_messages: int, timeout: float) -> list[Any]:
+        """Lease up to ``max_messages``, the long poll running in the helper thread."""
+        loop = asyncio.get_running_loop()
+        result: list[Any] = await loop.run_in_executor(
+            self._pool, functools.partial(self._source.take, max_messages, timeout))
+        return result
+
+    def buffered(self) -> list[Any]:
+        """Nothing is buffered: every message taken was handed over."""
+        return []
+
+    async def close(self) -> None:
+        """Stop the helper thread (after its current long poll)."""
+        self._pool.shutdown(wait=True)

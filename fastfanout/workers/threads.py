@@ -1,0 +1,310 @@
+"""Sync handlers on threads: each thread its own source, its own loop, its own tally.
+
+A handler with ``concurrency=N`` gets N threads. Each takes messages from its own source
+(over a connection: its own connection and push consumer, so no thread waits for
+another's socket), calls the function, then acks (it returned) or nacks with the queue's
+backoff (it raised, or, for a batch handler, reported the message failed). A thread
+holds at most its prefetch of messages; the ones not yet handled stay leased to it.
+
+The ``LeaseKeeper`` thread, one per worker process, watches every slot: it extends the
+leases of the messages a slot holds every half lease (as SQS → Lambda and NATS's
+"in progress" do, so a slow handler never causes a second delivery) and abandons a call
+that passed its ``timeout`` (its messages nacked, counted and logged; a Python thread
+cannot be killed, so the slot stays busy until the call returns, and then settles
+nothing).
+
+Invariant: every message a slot took is settled exactly once, by the slot under its lock
+(ack, nack, or, when stopping, a nack with no delay so it is redelivered at once), or by
+the keeper under the same lock when the call is abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastfanout.workers.handlers import Handler
+from fastfanout.workers.sources import Source, settle_quietly
+from fastfanout.workers.stats import HandlerStats, Tally
+
+__all__ = ["POLL", "LeaseKeeper", "Slot", "ThreadRunner", "failed_messages"]
+
+log = logging.getLogger("fastfanout.worker")
+
+POLL = 0.1
+"""Seconds a runner waits for messages before it looks at the stop flag again."""
+
+
+def failed_messages(result: object, messages: list[Any]) -> list[Any]:
+    """The messages a batch handler reported failed (SQS's ReportBatchItemFailures).
+
+    ``result`` is None (all succeeded), or an iterable of messages of the batch or of
+    their ids; anything else names no message and counts as all failed.
+    """
+    if result is None:
+        return []
+    try:
+        named = list(result)  # type: ignore[call-overload]
+    except TypeError:
+        return list(messages)
+    ids = {item if type(item) is int else getattr(item, "id", None) for item in named}
+    return [message for message in messages if message.id in ids]
+
+
+class Slot:
+    """One thread's state, shared with the lease keeper under ``lock``.
+
+    Attributes:
+        held: the messages taken and not settled (``held[index:]``).
+        current: the messages of the call running now, or None.
+        started: ``time.monotonic()`` when the current call started.
+        abandoned: the keeper gave up on the current call and settled its messages.
+    """
+
+    __slots__ = ("abandoned", "current", "held", "index", "lock", "source", "started",
+                 "tally", "thread")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held: list[Any] = []
+        self.index = 0
+        self.current: list[Any] | None = None
+        self.started = 0.0
+        self.abandoned = False
+        self.tally = Tally()
+        self.thread: threading.Thread | None = None
+        self.source: Source | None = None
+
+    def unsettled(self) -> list[Any]:
+        """The messages this slot holds and has not settled (call with the lock held)."""
+        return self.held[self.index:]
+
+
+class ThreadRunner:
+    """Runs one sync handler on ``handler.concurrency`` threads.
+
+    Args:
+        handler: the handler (defaults resolved).
+        open_source: makes a thread's source (called in that thread).
+        max_receive_count: the queue's, to count failures as retried or dead-lettered.
+        stopping: set when the worker stops taking messages.
+    """
+
+    def __init__(self, handler: Handler, open_source: Callable[[], Source],
+                 max_receive_count: int | None, stopping: threading.Event) -> None:
+        self.handler = handler
+        self._open_source = open_source
+        self._max_receive_count = max_receive_count
+        self._stopping = stopping
+        self.slots = [Slot() for _ in range(handler.concurrency or 1)]
+        self.started = threading.Event()
+        self._ready = 0
+        self._ready_lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the threads (each opens its source first)."""
+        for number, slot in enumerate(self.slots):
+            slot.thread = threading.Thread(
+                target=self._run, args=(slot,), daemon=True,
+                name=f"fastfanout-worker-{self.handler.name}-{number}")
+            slot.thread.start()
+
+    def _opened(self) -> None:
+        with self._ready_lock:
+            self._ready += 1
+            if self._ready == len(self.slots):
+                self.started.set()
+
+    def _run(self, slot: Slot) -> None:
+        try:
+            slot.source = self._open_source()
+        except BaseException as exc:   # reported by Worker.start
+            self.error = exc
+            self.started.set()
+            return
+        self._opened()
+        handler = self.handler
+        batch_size = handler.batch_size
+        take = max(batch_size, handler.prefetch_for(1))
+        try:
+            while not self._stopping.is_set():
+                if handler.batched:
+                    messages = self._collect(slot.source, batch_size, handler.batch_window)
+                else:
+                    messages = slot.source.take(take, POLL)
+                if not messages:
+                    continue
+                with slot.lock:
+                    slot.held, slot.index = messages, 0
+                if handler.batched:
+                    self._call(slot, messages)
+                else:
+                    for message in messages:
+                        if self._stopping.is_set() or not self._call(slot, [message]):
+                            break
+                self._release(slot, 0.0)
+        except Exception:   # the source failed (the broker went away): the slot stops
+            log.exception("worker thread of %s stopped", handler.name)
+        finally:
+            self._release(slot, 0.0)
+            slot.source.close()
+
+    def _collect(self, source: Source, batch_size: int, window: float) -> list[Any]:
+        """One batch: up to ``batch_size`` messages within ``window`` s of the first."""
+        messages = source.take(batch_size, POLL)
+        if not messages or window <= 0:
+            return messages
+        deadline = time.monotonic() + window
+        while len(messages) < batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            messages.extend(source.take(batch_size - len(messages), left))
+        return messages
+
+    def _call(self, slot: Slot, messages: list[Any]) -> bool:
+        """Run the function on a message (or a batch) and settle; False: stop the batch."""
+        tally = slot.tally
+        with slot.lock:
+            slot.current = messages
+            slot.started = started = time.monotonic()
+            tally.in_flight += len(messages)
+        failed: list[Any]
+        try:
+            result = self.handler.function(messages if self.handler.batched else messages[0])
+        except Exception:
+            log.exception("handler %s failed on %d message(s)", self.handler.name,
+                          len(messages))
+            failed = messages
+        else:
+            failed = failed_messages(result, messages) if self.handler.batched else []
+        with slot.lock:
+            tally.times.append(time.monotonic() - started)
+            tally.in_flight -= len(messages)
+            slot.current = None
+            if slot.abandoned:   # the keeper settled this call (and the rest) already
+                slot.abandoned = False
+                slot.held, slot.index = [], 0
+                return False
+            slot.index += len(messages)
+            self._settle(tally, messages, failed)
+            return True
+
+    def _settle(self, tally: Tally, messages: list[Any], failed: list[Any]) -> None:
+        if failed:
+            tally.failures([m.receive_count for m in failed], self._max_receive_count)
+            for message in failed:
+                settle_quietly(message.nack)
+            if len(failed) == len(messages):
+                return
+            failed_ids = {id(m) for m in failed}
+            messages = [m for m in messages if id(m) not in failed_ids]
+        for message in messages:
+            settle_quietly(message.ack)
+        tally.processed += len(messages)
+
+    def _release(self, slot: Slot, delay: float) -> None:
+        """Give back, for redelivery after ``delay`` s, what the slot holds unsettled."""
+        with slot.lock:
+            rest = [] if slot.current is not None else slot.unsettled()
+            slot.held, slot.index = ([], 0) if slot.current is None else (slot.held,
+                                                                          slot.index)
+        for message in rest:
+            settle_quietly(message.nack, delay=delay)
+
+    def abandon(self, slot: Slot, delay: float | None, reason: str) -> bool:
+        """Settle the messages of a running call and of its batch, without the call.
+
+        Args:
+            slot: the slot.
+            delay: seconds before the call's messages are redelivered (None: the queue's
+                backoff, as a failure); the rest of the slot's messages come back at once.
+            reason: for the log.
+
+        Returns:
+            True if a call was abandoned.
+        """
+        with slot.lock:
+            if slot.current is None or slot.abandoned:
+                return False
+            slot.abandoned = True
+            current, rest = slot.current, slot.held[slot.index + len(slot.current):]
+            if delay is None:
+                slot.tally.failures([m.receive_count for m in current],
+                                    self._max_receive_count)
+                slot.tally.timed_out += 1
+            log.warning("handler %s %s: %d message(s) nacked", self.handler.name, reason,
+                        len(current))
+            for message in current:
+                settle_quietly(message.nack, delay=delay)
+            for message in rest:
+                settle_quietly(message.nack, delay=0.0)
+            slot.held, slot.index = [], 0
+            return True
+
+    def join(self, deadline: float) -> list[Slot]:
+        """Wait for the threads until ``deadline`` (monotonic); returns the busy slots."""
+        for slot in self.slots:
+            if slot.thread is not None:
+                slot.thread.join(max(0.0, deadline - time.monotonic()))
+        return [slot for slot in self.slots
+                if slot.thread is not None and slot.thread.is_alive()]
+
+    def stats(self) -> HandlerStats:
+        """The handler's stats in this process."""
+        return HandlerStats.of(self.handler.queue, [slot.tally for slot in self.slots])
+
+
+class LeaseKeeper:
+    """One thread extending the leases of held messages and enforcing call timeouts.
+
+    Args:
+        runners: (runner, lease seconds) pairs to watch.
+    """
+
+    def __init__(self, runners: list[tuple[ThreadRunner, float]]) -> None:
+        self._runners = runners
+        self._stop = threading.Event()
+        ticks = [lease / 4 for _, lease in runners if lease > 0]
+        ticks += [runner.handler.timeout / 4 for runner, _ in runners
+                  if runner.handler.timeout is not None]
+        self._tick = max(0.005, min([1.0, *ticks]))
+        self._extended = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="fastfanout-worker-leases")
+
+    def start(self) -> None:
+        """Start watching."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (the leases then run out on their own)."""
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        last: dict[int, float] = {id(runner): time.monotonic() for runner, _ in self._runners}
+        while not self._stop.wait(self._tick):
+            now = time.monotonic()
+            for runner, lease in self._runners:
+                timeout = runner.handler.timeout
+                if timeout is not None:
+                    for slot in runner.slots:
+                        if slot.current is not None and now - slot.started > timeout:
+                            runner.abandon(slot, None, f"passed its timeout of {timeout:g} s")
+                if lease > 0 and now - last[id(runner)] >= lease / 2:
+                    last[id(runner)] = now
+                    for slot in runner.slots:
+                        self._extend(slot, lease)
+
+    @staticmethod
+    def _extend(slot: Slot, lease: float) -> None:
+        with slot.lock:
+            held = slot.unsettled()
+            for message in held:
+                if settle_quietly(message.extend, lease):
+                    slot.tally.extended += 1
