@@ -64,7 +64,7 @@ class Handler:
     Attributes:
         function: the function called per message (or per batch).
         queue: the queue it consumes.
-        name: the handler's name in stats and logs (the function's ``__qualname__``).
+        name: the handler's name in stats and logs (the function's ``__name__``).
         is_async: True for a coroutine function (run on the event loop), else it runs on
             a thread.
         concurrency: most calls running at once per process (None: the worker's).
@@ -156,6 +156,6 @@ def make_handler(function: object, queue: object, *, concurrency: int | None = N
         "visibility_timeout", visibility_timeout, maximum=43_200.0)
     is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
         type(function).__call__)
-    name = str(getattr(function, "__qualname__", None) or type(function).__name__)
+    name = str(getattr(function, "__name__", None) or type(function).__name__)
     return Handler(function, queue, name, is_async, concurrency, batch_size, window, seconds,
                    processes, prefetch, lease)

@@ -127,7 +127,7 @@ class WorkerStats:
     """``Worker.stats()``: every handler's stats, by handler name.
 
     Attributes:
-        handlers: handler name (the function's qualified name) -> its stats.
+        handlers: handler name (the function's ``__name__``) -> its stats.
         restarts: worker processes started again after they died.
     """
 

@@ -1,0 +1,409 @@
+"""Workers against a real broker: handlers, failures, batches, leases, stopping, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Tracker, wait_until
+
+import fastfanout
+from fastfanout import Broker, InvalidArgument, NotFound, Worker
+from fastfanout.workers.handlers import make_handler
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+class Concurrency:
+    """Counts calls running at once (the most seen) and the calls made."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+        self.calls = 0
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def _setup(track: Tracker, queue: str = "jobs", **settings: Any) -> tuple[str, Any]:
+    server = track.server()
+    client = track.client(server.endpoint)
+    if "dead_letter_queue" in settings:
+        client.create_queue(settings["dead_letter_queue"])
+    client.create_queue(queue, **settings)
+    return server.endpoint, client
+
+
+def _worker(track: Tracker, *args: Any, **options: Any) -> Worker:
+    worker = Worker(*args, **options)
+    track.closeables.append(_Stopper(worker))
+    return worker
+
+
+class _Stopper:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def close(self) -> None:
+        self.worker.stop(2.0)
+
+
+def test_sync_handler_acks_what_returns_with_bounded_concurrency(track: Tracker) -> None:
+    endpoint, client = _setup(track)
+    seen = Concurrency()
+    worker = _worker(track, endpoint, concurrency=3)
+
+    @worker.handler("jobs")
+    def handle(message: Any) -> None:
+        seen.enter()
+        time.sleep(0.01)
+        seen.leave()
+
+    client.send_batch("jobs", [b"m%d" % n for n in range(40)])
+    worker.start()
+    wait_until(lambda: worker.stats().handlers["handle"].processed == 40, what="40 processed")
+    assert seen.most == 3   # three threads, and never more
+    assert seen.calls == 40
+    wait_until(lambda: client.stats().queues["jobs"].acked == 40, what="40 acked")
+    stats = worker.stats().handlers["handle"]
+    assert (stats.failed, stats.in_flight) == (0, 0)
+    assert stats.p50 is not None and stats.p99 is not None and stats.p50 <= stats.p99
+
+
+def test_failures_retry_with_backoff_then_dead_letter(track: Tracker) -> None:
+    endpoint, client = _setup(track, max_receive_count=3, dead_letter_queue="jobs-dlq",
+                              redelivery_backoff=(0.1,))
+    attempts: dict[bytes, list[float]] = {}
+    worker = _worker(track, endpoint, concurrency=2)
+
+    @worker.handler("jobs")
+    def fail(message: Any) -> None:
+        attempts.setdefault(message.body, []).append(time.monotonic())
+        raise RuntimeError("boom")
+
+    client.send_batch("jobs", [b"a", b"b"])
+    worker.start()
+    wait_until(lambda: client.stats().queues["jobs-dlq"].messages == 2, what="dead letters")
+    stats = worker.stats().handlers["fail"]
+    assert (stats.failed, stats.retried, stats.dead_lettered, stats.processed) == (6, 4, 2, 0)
+    for times in attempts.values():
+        assert len(times) == 3
+        assert all(later - earlier >= 0.09 for earlier, later in zip(times, times[1:]))
+    assert client.stats().queues["jobs"].messages == 0
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_batch_handler_partial_failure(track: Tracker, is_async: bool) -> None:
+    endpoint, client = _setup(track)
+    sizes: list[int] = []
+    handled: list[bytes] = []
+
+    def partial(batch: list[Any]) -> list[Any]:
+        sizes.append(len(batch))
+        failed = [m for m in batch if int(m.body) % 2 and m.receive_count == 1]
+        handled.extend(m.body for m in batch if m not in failed)
+        return failed
+
+    async def partial_async(batch: list[Any]) -> list[Any]:
+        return partial(batch)
+
+    worker = _worker(track, endpoint, concurrency=1)
+    worker.handler("jobs", batch_size=10, batch_window=0.05)(
+        partial_async if is_async else partial)
+    client.send_batch("jobs", [b"%d" % n for n in range(30)])
+    worker.start()
+    name = "partial_async" if is_async else "partial"
+    wait_until(lambda: worker.stats().handlers[name].processed == 30, what="all processed")
+    stats = worker.stats().handlers[name]
+    assert (stats.failed, stats.retried) == (15, 15)
+    assert sorted(handled) == sorted(b"%d" % n for n in range(30))
+    assert max(sizes) == 10 and all(size <= 10 for size in sizes)
+    wait_until(lambda: client.stats().queues["jobs"].acked == 30, what="30 acked")
+
+
+def test_async_handlers_run_on_the_loop_with_bounded_concurrency(track: Tracker) -> None:
+    endpoint, client = _setup(track)
+    seen = Concurrency()
+    threads: set[str] = set()
+    worker = _worker(track, endpoint, concurrency=5)
+
+    @worker.handler("jobs")
+    async def handle(message: Any) -> None:
+        threads.add(threading.current_thread().name)
+        seen.enter()
+        await asyncio.sleep(0.02)
+        seen.leave()
+
+    client.send_batch("jobs", [b"m%d" % n for n in range(30)])
+    worker.start()
+    wait_until(lambda: worker.stats().handlers["handle"].processed == 30, what="processed")
+    assert seen.most == 5
+    assert threads == {"fastfanout-worker-loop"}
+    wait_until(lambda: client.stats().queues["jobs"].acked == 30, what="acked")
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_call_past_its_timeout_is_abandoned_and_nacked(track: Tracker,
+                                                         is_async: bool) -> None:
+    endpoint, client = _setup(track)
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow(message: Any) -> None:
+        calls.append(message.receive_count)
+        if message.receive_count == 1:
+            release.wait(5.0)
+
+    async def slow_async(message: Any) -> None:
+        calls.append(message.receive_count)
+        if message.receive_count == 1:
+            await asyncio.sleep(5.0)
+
+    worker = _worker(track, endpoint, concurrency=2)
+    handler = slow_async if is_async else slow
+    worker.handler("jobs", timeout=0.2)(handler)
+    client.send("jobs", b"x")
+    worker.start()
+    name = handler.__name__
+    wait_until(lambda: worker.stats().handlers[name].processed == 1, what="second try")
+    stats = worker.stats().handlers[name]
+    assert (stats.timed_out, stats.failed, stats.retried) == (1, 1, 1)
+    assert calls == [1, 2]
+    release.set()
+
+
+def test_a_slow_handler_keeps_its_lease(track: Tracker) -> None:
+    endpoint, client = _setup(track, visibility_timeout=0.3)
+    calls: list[int] = []
+    worker = _worker(track, endpoint, concurrency=2)
+
+    @worker.handler("jobs")
+    def slow(message: Any) -> None:
+        calls.append(message.receive_count)
+        time.sleep(1.0)
+
+    client.send("jobs", b"x")
+    worker.start()
+    wait_until(lambda: worker.stats().handlers["slow"].processed == 1, what="processed")
+    assert calls == [1]   # the lease never ran out: no second delivery
+    assert worker.stats().handlers["slow"].extended >= 2
+    assert client.stats().queues["jobs"].redelivered == 0
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_stop_finishes_in_flight_and_gives_back_the_rest_at_once(
+        track: Tracker, is_async: bool) -> None:
+    endpoint, client = _setup(track)
+    started = threading.Event()
+    release = threading.Event()
+    done: list[bytes] = []
+
+    def blocking(message: Any) -> None:
+        started.set()
+        release.wait(5.0)
+        done.append(message.body)
+
+    async def blocking_async(message: Any) -> None:
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        done.append(message.body)
+
+    worker = _worker(track, endpoint, concurrency=1)
+    worker.handler("jobs", prefetch=5)(blocking_async if is_async else blocking)
+    client.send_batch("jobs", [b"m%d" % n for n in range(5)])
+    worker.start()
+    assert started.wait(5.0)
+    threading.Timer(0.2, release.set).start()
+    worker.stop(3.0)   # the running call finishes in time: acked; the rest given back
+    assert done == [b"m0"]
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (1, 0, 4)
+
+
+def test_stop_past_the_deadline_nacks_the_running_call(track: Tracker) -> None:
+    endpoint, client = _setup(track)
+    started = threading.Event()
+    release = threading.Event()
+    worker = _worker(track, endpoint, concurrency=1)
+
+    @worker.handler("jobs")
+    def stuck(message: Any) -> None:
+        started.set()
+        release.wait(10.0)
+
+    client.send("jobs", b"x")
+    worker.start()
+    assert started.wait(5.0)
+    begun = time.monotonic()
+    worker.stop(0.2)
+    assert time.monotonic() - begun < 2.0
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)   # back at once
+    release.set()
+    assert worker.stats().handlers["stuck"].processed == 0
+
+
+def test_embedded_worker_sync_and_async() -> None:
+    with Broker() as broker:
+        broker.create_queue("sync-jobs")
+        broker.create_queue("async-jobs")
+        got: list[bytes] = []
+        worker = Worker(broker, concurrency=2)
+
+        @worker.handler("sync-jobs")
+        def on_sync(message: Any) -> None:
+            got.append(message.body)
+
+        @worker.handler("async-jobs", batch_size=5)
+        async def on_async(batch: list[Any]) -> None:
+            got.extend(m.body for m in batch)
+
+        with worker:
+            broker.send_batch("sync-jobs", [b"s%d" % n for n in range(10)])
+            broker.send_batch("async-jobs", [b"a%d" % n for n in range(10)])
+            wait_until(lambda: len(got) == 20, what="20 handled")
+            wait_until(lambda: broker.stats().queues["async-jobs"].acked == 10, what="acked")
+        assert broker.stats().queues["sync-jobs"].acked == 10
+        with pytest.raises(InvalidArgument, match="processes"):
+            Worker(broker, processes=2)
+
+
+def test_subscribe_creates_the_queue_its_dead_letter_queue_and_filter(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("orders")
+    got: list[bytes] = []
+    worker = _worker(track, server.endpoint)
+
+    def billing(message: Any) -> None:
+        got.append(message.body)
+
+    worker.subscribe("orders", billing, filter_policy={"kind": ["new"]})
+    worker.start()
+    client.publish("orders", b"new", attributes={"kind": "new"})
+    client.publish("orders", b"old", attributes={"kind": "old"})
+    wait_until(lambda: got == [b"new"], what="the filtered message")
+    settings = client.queue_settings("billing")
+    assert (settings.dead_letter_queue, settings.max_receive_count) == ("billing-dlq", 3)
+    assert "billing-dlq" in client.list_queues()
+    worker.stop()
+    again = _worker(track, server.endpoint)   # a second start reuses all of it
+    again.subscribe("orders", billing, filter_policy={"kind": ["new"]})
+    again.start()
+    assert len(client.list_subscriptions()) == 1
+
+
+def test_bad_handlers_and_unknown_queues_are_refused(track: Tracker) -> None:
+    worker = Worker("ipc:///nowhere")
+    with pytest.raises(InvalidArgument, match="one positional argument"):
+        worker.handler("jobs")(lambda a, b: None)
+    with pytest.raises(InvalidArgument, match="one positional argument"):
+        worker.handler("jobs")(lambda: None)
+    with pytest.raises(InvalidArgument, match="not callable"):
+        make_handler(3, "jobs")
+    with pytest.raises(InvalidArgument, match="concurrency"):
+        worker.handler("jobs", concurrency=0)(print)
+    with pytest.raises(InvalidArgument, match="batch_window"):
+        worker.handler("jobs", batch_window=-1)(print)
+    worker.handler("jobs")(print)
+    with pytest.raises(InvalidArgument, match="has a handler already"):
+        worker.handler("jobs")(repr)
+    assert list(worker.handlers) == ["print"]
+
+    endpoint, _ = _setup(track)
+    unknown = _worker(track, endpoint)
+    unknown.handler("nope")(print)
+    with pytest.raises(NotFound, match="queue 'nope' of handler print does not exist"):
+        unknown.start()
+
+
+def test_processes_spread_a_handler_over_processes(track: Tracker, tmp_path: Path) -> None:
+    import worker_app
+
+    endpoint, client = _setup(track)
+    worker = _worker(track, endpoint, shutdown_timeout=5.0)
+    worker.handler("jobs", processes=2, concurrency=1, prefetch=1)(worker_app.record)
+    worker.start()
+    client.send_batch("jobs", [f"{tmp_path}|0.05".encode() for _ in range(20)])
+    wait_until(lambda: len(list(tmp_path.glob("*-*"))) == 20, timeout=30, what="20 files")
+    pids = {int(path.name.split("-")[0]) for path in tmp_path.glob("*-*")}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert set(worker.pids) == pids
+    wait_until(lambda: worker.stats().handlers["record"].processed == 20, what="stats")
+    assert worker.stats().handlers["record"].processes == 2
+    worker.stop()
+    assert client.stats().queues["jobs"].acked == 20
+
+
+def _cli_worker(track: Tracker, endpoint: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastfanout", "worker", "worker_app:app", "--endpoint",
+         endpoint, "--log-level", "WARNING", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    track.processes.append(process)
+    return process
+
+
+def test_cli_worker_stops_on_sigterm_losing_nothing(track: Tracker, tmp_path: Path) -> None:
+    endpoint, client = _setup(track)
+    client.send_batch("jobs", [f"{tmp_path}|0.3".encode() for _ in range(10)])
+    process = _cli_worker(track, endpoint, "--concurrency", "2", "--shutdown-timeout", "5")
+    wait_until(lambda: len(list(tmp_path.glob("*-*"))) >= 2, timeout=20, what="a call")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0, process.stderr.read() if process.stderr else b""
+    queue = client.stats().queues["jobs"]
+    handled = len(list(tmp_path.glob("*-*")))
+    assert queue.acked == handled   # everything handled was acked, nothing else
+    assert queue.leased == 0 and queue.visible == 10 - handled   # the rest back at once
+
+
+def test_a_killed_worker_process_gets_its_messages_redelivered(track: Tracker,
+                                                               tmp_path: Path) -> None:
+    endpoint, client = _setup(track)
+    client.send("jobs", f"{tmp_path}|30".encode())
+    process = _cli_worker(track, endpoint, "--concurrency", "1")
+    wait_until(lambda: client.stats().queues["jobs"].leased == 1, timeout=20, what="leased")
+    process.kill()
+    process.wait(10)
+    wait_until(lambda: client.stats().queues["jobs"].visible == 1, timeout=10,
+               what="redelivery")
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("worker_app", "is not MODULE:ATTRIBUTE"),
+    ("no_such_module:app", "cannot import 'no_such_module'"),
+    ("worker_app:nothing", "has no attribute 'nothing'"),
+    ("worker_app:record", "is a function, not a fastfanout.Worker"),
+])
+def test_cli_worker_refuses_a_bad_target_in_one_line(track: Tracker, target: str,
+                                                     expected: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    result = subprocess.run([sys.executable, "-m", "fastfanout", "worker", target],
+                            capture_output=True, env=env, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_worker_is_exported() -> None:
+    assert fastfanout.Worker is Worker
