@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastfanout.errors import FastFanoutError
 from fastfanout.workers.handlers import Handler
 from fastfanout.workers.sources import Source, settle_quietly
 from fastfanout.workers.stats import HandlerStats, Tally
@@ -143,8 +144,10 @@ class ThreadRunner:
                 if handler.batched:
                     self._call(slot, messages)
                 else:
+                    call_one = self._call_one
+                    stopping = self._stopping
                     for message in messages:
-                        if self._stopping.is_set() or not self._call(slot, [message]):
+                        if stopping.is_set() or not call_one(slot, message):
                             break
                 self._release(slot, 0.0)
         except Exception:   # the source failed (the broker went away): the slot stops
@@ -165,6 +168,41 @@ class ThreadRunner:
                 break
             messages.extend(source.take(batch_size - len(messages), left))
         return messages
+
+    def _call_one(self, slot: Slot, message: Any) -> bool:
+        """``_call`` for one message: the per-message path, kept short."""
+        tally = slot.tally
+        lock = slot.lock
+        with lock:
+            slot.current = [message]
+            slot.started = started = time.monotonic()
+            tally.in_flight += 1
+        try:
+            self.handler.function(message)
+        except Exception:
+            log.exception("handler %s failed on message %d", self.handler.name, message.id)
+            failed = True
+        else:
+            failed = False
+        with lock:
+            tally.times.append(time.monotonic() - started)
+            tally.in_flight -= 1
+            slot.current = None
+            if slot.abandoned:   # the keeper settled this call (and the rest) already
+                slot.abandoned = False
+                slot.held, slot.index = [], 0
+                return False
+            slot.index += 1
+            if failed:
+                tally.failures((message.receive_count,), self._max_receive_count)
+                settle_quietly(message.nack)
+                return True
+            try:
+                message.ack()
+            except FastFanoutError:
+                pass   # its lease ended: redelivered anyway
+            tally.processed += 1
+            return True
 
     def _call(self, slot: Slot, messages: list[Any]) -> bool:
         """Run the function on a message (or a batch) and settle; False: stop the batch."""
