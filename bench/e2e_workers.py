@@ -192,8 +192,8 @@ def main() -> int:
     if isinstance(dramatiq, str):
         print(f"dramatiq + Redis: skipped: {dramatiq}")
     else:
-        print(f"per message: dramatiq + Redis, 1 process, {DRAMATIQ_THREADS} threads: {dramatiq:,.0f} msg/s; "
-              f"fastfanout worker is {rates[names[1]] / dramatiq:.1f}x")
+        print(f"per message: dramatiq + Redis, 1 process, {DRAMATIQ_THREADS} threads: "
+              f"{dramatiq:,.0f} msg/s; fastfanout worker is {rates[names[1]] / dramatiq:.1f}x")
     return 0
 
 

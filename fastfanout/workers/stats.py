@@ -28,7 +28,8 @@ class Tally:
         dead_lettered: failed messages on their last allowed delivery (the nack moved
             them to the dead-letter queue).
         timed_out: calls abandoned after the handler's ``timeout``.
-        in_flight: messages being handled now.
+        in_flight: messages being handled now (async runners; thread runners read it
+            from their slots).
         extended: lease extensions sent for messages held.
         times: the most recent handler durations, seconds.
     """
@@ -94,13 +95,18 @@ class HandlerStats:
     processes: int = 1
 
     @classmethod
-    def of(cls, queue: str, tallies: Iterable[Tally]) -> HandlerStats:
-        """The sum of a handler's tallies in this process."""
+    def of(cls, queue: str, tallies: Iterable[Tally], in_flight: int | None = None
+           ) -> HandlerStats:
+        """The sum of a handler's tallies in this process.
+
+        ``in_flight``: the count when the runner knows it better than its tallies do.
+        """
         tallies = list(tallies)
         times = sorted(t for tally in tallies for t in list(tally.times))
         return cls(queue, sum(t.processed for t in tallies), sum(t.failed for t in tallies),
                    sum(t.retried for t in tallies), sum(t.dead_lettered for t in tallies),
-                   sum(t.timed_out for t in tallies), sum(t.in_flight for t in tallies),
+                   sum(t.timed_out for t in tallies),
+                   sum(t.in_flight for t in tallies) if in_flight is None else in_flight,
                    sum(t.extended for t in tallies), _percentile(times, 0.5),
                    _percentile(times, 0.99))
 

@@ -170,13 +170,15 @@ class ThreadRunner:
         return messages
 
     def _call_one(self, slot: Slot, message: Any) -> bool:
-        """``_call`` for one message: the per-message path, kept short."""
+        """``_call`` for one message: the per-message path, kept short.
+
+        No lock before the call: ``started`` is written before ``current``, so the keeper,
+        which reads them the other way round under the lock, never sees a new call with
+        an old start time.
+        """
         tally = slot.tally
-        lock = slot.lock
-        with lock:
-            slot.current = [message]
-            slot.started = started = time.monotonic()
-            tally.in_flight += 1
+        slot.started = started = time.monotonic()
+        slot.current = [message]
         try:
             self.handler.function(message)
         except Exception:
@@ -184,9 +186,8 @@ class ThreadRunner:
             failed = True
         else:
             failed = False
-        with lock:
+        with slot.lock:
             tally.times.append(time.monotonic() - started)
-            tally.in_flight -= 1
             slot.current = None
             if slot.abandoned:   # the keeper settled this call (and the rest) already
                 slot.abandoned = False
@@ -207,10 +208,8 @@ class ThreadRunner:
     def _call(self, slot: Slot, messages: list[Any]) -> bool:
         """Run the function on a message (or a batch) and settle; False: stop the batch."""
         tally = slot.tally
-        with slot.lock:
-            slot.current = messages
-            slot.started = started = time.monotonic()
-            tally.in_flight += len(messages)
+        slot.started = started = time.monotonic()
+        slot.current = messages
         failed: list[Any]
         try:
             result = self.handler.function(messages if self.handler.batched else messages[0])
@@ -222,7 +221,6 @@ class ThreadRunner:
             failed = failed_messages(result, messages) if self.handler.batched else []
         with slot.lock:
             tally.times.append(time.monotonic() - started)
-            tally.in_flight -= len(messages)
             slot.current = None
             if slot.abandoned:   # the keeper settled this call (and the rest) already
                 slot.abandoned = False
@@ -294,7 +292,12 @@ class ThreadRunner:
 
     def stats(self) -> HandlerStats:
         """The handler's stats in this process."""
-        return HandlerStats.of(self.handler.queue, [slot.tally for slot in self.slots])
+        in_flight = 0
+        for slot in self.slots:
+            current = slot.current
+            in_flight += 0 if current is None else len(current)
+        return HandlerStats.of(self.handler.queue, [slot.tally for slot in self.slots],
+                               in_flight)
 
 
 class LeaseKeeper:
