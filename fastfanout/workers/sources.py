@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from fastfanout.broker import Broker
 from fastfanout.client import Client
 from fastfanout.errors import FastFanoutError
+from fastfanout.local_channel import DEFAULT_RING_BYTES
 
 __all__ = [
     "WORKER_RING_BYTES",
@@ -35,12 +36,24 @@ __all__ = [
     "BrokerSource",
     "ClientSource",
     "Source",
+    "ring_bytes_for",
     "settle_quietly",
 ]
 
 WORKER_RING_BYTES = 1 << 18
-"""Bytes of each ring of a worker connection's local channel (256 KiB: a worker holds
-no more than its prefetch; a thread per connection makes the default 4 MiB costly)."""
+"""Fewest bytes of each ring of a worker connection's local channel (256 KiB): a thread
+per connection makes the client's default of 4 MiB costly, and a worker holds no more
+than its prefetch (``ring_bytes_for``)."""
+
+
+def ring_bytes_for(prefetch: int) -> int:
+    """Ring bytes for a connection holding ``prefetch`` messages.
+
+    A whole push of small messages (~256 bytes each, headers included) fits in half a
+    ring; from ``WORKER_RING_BYTES`` to the client's default of 4 MiB.
+    """
+    wanted = max(WORKER_RING_BYTES, prefetch * 512)
+    return min(DEFAULT_RING_BYTES, 1 << (wanted - 1).bit_length())
 
 
 def settle_quietly(action: Any, *args: Any, **kwargs: Any) -> bool:
@@ -73,7 +86,7 @@ class ClientSource:
 
     def __init__(self, endpoint: str | None, options: dict[str, Any], queue: str,
                  prefetch: int, lease: float) -> None:
-        options = {"ring_bytes": WORKER_RING_BYTES, **options}
+        options = {"ring_bytes": ring_bytes_for(prefetch), **options}
         self.client = Client(endpoint, **options)
         try:
             self._consumer = self.client.consume(queue, prefetch=prefetch,
@@ -137,7 +150,7 @@ class AsyncClientSource:
     def __init__(self, endpoint: str | None, options: dict[str, Any], queue: str,
                  prefetch: int, lease: float) -> None:
         self._endpoint = endpoint
-        self._options = {"ring_bytes": WORKER_RING_BYTES, **options}
+        self._options = {"ring_bytes": ring_bytes_for(prefetch), **options}
         self._queue = queue
         self._prefetch = prefetch
         self._lease = lease

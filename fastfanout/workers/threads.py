@@ -144,11 +144,7 @@ class ThreadRunner:
                 if handler.batched:
                     self._call(slot, messages)
                 else:
-                    call_one = self._call_one
-                    stopping = self._stopping
-                    for message in messages:
-                        if stopping.is_set() or not call_one(slot, message):
-                            break
+                    self._call_each(slot, messages)
                 self._release(slot, 0.0)
         except Exception:   # the source failed (the broker went away): the slot stops
             log.exception("worker thread of %s stopped", handler.name)
@@ -169,41 +165,50 @@ class ThreadRunner:
             messages.extend(source.take(batch_size - len(messages), left))
         return messages
 
-    def _call_one(self, slot: Slot, message: Any) -> bool:
-        """``_call`` for one message: the per-message path, kept short.
+    def _call_each(self, slot: Slot, messages: list[Any]) -> None:
+        """Call the function on each message in turn and settle it: the per-message path.
 
-        No lock before the call: ``started`` is written before ``current``, so the keeper,
-        which reads them the other way round under the lock, never sees a new call with
-        an old start time.
+        Kept short, names bound once. No lock before a call: ``started`` is written
+        before ``current``, so the keeper, which reads them the other way round under the
+        lock, never sees a new call with an old start time.
         """
+        function = self.handler.function
+        stopping = self._stopping
         tally = slot.tally
-        slot.started = started = time.monotonic()
-        slot.current = [message]
-        try:
-            self.handler.function(message)
-        except Exception:
-            log.exception("handler %s failed on message %d", self.handler.name, message.id)
-            failed = True
-        else:
-            failed = False
-        with slot.lock:
-            tally.times.append(time.monotonic() - started)
-            slot.current = None
-            if slot.abandoned:   # the keeper settled this call (and the rest) already
-                slot.abandoned = False
-                slot.held, slot.index = [], 0
-                return False
-            slot.index += 1
-            if failed:
-                tally.failures((message.receive_count,), self._max_receive_count)
-                settle_quietly(message.nack)
-                return True
+        lock = slot.lock
+        times = tally.times
+        clock = time.monotonic
+        max_receive_count = self._max_receive_count
+        for message in messages:
+            if stopping.is_set():
+                return
+            slot.started = started = clock()
+            slot.current = [message]
             try:
-                message.ack()
-            except FastFanoutError:
-                pass   # its lease ended: redelivered anyway
-            tally.processed += 1
-            return True
+                function(message)
+            except Exception:
+                log.exception("handler %s failed on message %d", self.handler.name,
+                              message.id)
+                failed = True
+            else:
+                failed = False
+            with lock:
+                times.append(clock() - started)
+                slot.current = None
+                if slot.abandoned:   # the keeper settled this call (and the rest) already
+                    slot.abandoned = False
+                    slot.held, slot.index = [], 0
+                    return
+                slot.index += 1
+                if failed:
+                    tally.failures((message.receive_count,), max_receive_count)
+                    settle_quietly(message.nack)
+                    continue
+                try:
+                    message.ack()
+                except FastFanoutError:
+                    pass   # its lease ended: redelivered anyway
+                tally.processed += 1
 
     def _call(self, slot: Slot, messages: list[Any]) -> bool:
         """Run the function on a message (or a batch) and settle; False: stop the batch."""
