@@ -1,0 +1,121 @@
+"""The pure parts of workers: handler registration checks, partial failures, stats."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from fastfanout import InvalidArgument, Worker
+from fastfanout.workers.handlers import make_handler
+from fastfanout.workers.sources import WORKER_RING_BYTES, ring_bytes_for
+from fastfanout.workers.stats import HandlerStats, Tally, combine
+from fastfanout.workers.threads import failed_messages
+
+
+def one(message: Any) -> None:
+    """A handler."""
+
+
+async def one_async(message: Any) -> None:
+    """An async handler."""
+
+
+def test_a_handler_records_its_options_and_kind() -> None:
+    handler = make_handler(one, "jobs", concurrency=3, batch_size=10, batch_window=0.5,
+                           timeout=2, processes=2, prefetch=7, visibility_timeout=60)
+    assert (handler.name, handler.queue, handler.is_async, handler.batched) == (
+        "one", "jobs", False, True)
+    assert (handler.concurrency, handler.batch_window, handler.timeout, handler.processes,
+            handler.prefetch, handler.visibility_timeout) == (3, 0.5, 2.0, 2, 7, 60.0)
+    assert make_handler(one_async, "jobs").is_async
+    default = make_handler(one, "jobs").resolved(concurrency=4, processes=1)
+    assert (default.concurrency, default.processes, default.prefetch_for(4)) == (4, 1, 8)
+
+
+@pytest.mark.parametrize("function", [
+    lambda: None, lambda a, b: None, lambda *, key: None, 42,
+])
+def test_a_handler_must_take_one_positional_argument(function: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        make_handler(function, "jobs")
+
+
+def test_signatures_that_take_one_argument_are_accepted() -> None:
+    make_handler(lambda message, extra=1: None, "jobs")
+    make_handler(lambda *messages: None, "jobs")
+    make_handler(print, "jobs")
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("concurrency", 0), ("concurrency", 1025), ("concurrency", 1.5), ("processes", 0),
+    ("batch_size", 0), ("batch_size", 10_001), ("batch_window", -0.1),
+    ("batch_window", 21), ("batch_window", float("nan")), ("timeout", 0),
+    ("timeout", float("inf")), ("prefetch", 0), ("visibility_timeout", True),
+])
+def test_options_out_of_range_are_refused(option: str, value: Any) -> None:
+    with pytest.raises(InvalidArgument, match=option):
+        make_handler(one, "jobs", **{option: value})
+
+
+def test_the_queue_must_be_a_name() -> None:
+    for queue in ("", None, 3):
+        with pytest.raises(InvalidArgument, match="queue"):
+            make_handler(one, queue)
+
+
+def test_a_worker_refuses_bad_options_and_a_second_handler_per_queue() -> None:
+    with pytest.raises(InvalidArgument, match="concurrency"):
+        Worker("ipc:///x", concurrency=0)
+    with pytest.raises(InvalidArgument, match="shutdown_timeout"):
+        Worker("ipc:///x", shutdown_timeout=-1)
+    with pytest.raises(InvalidArgument, match="endpoint string"):
+        Worker(3)   # type: ignore[arg-type]
+    worker = Worker("ipc:///x")
+    worker.handler("jobs")(one)
+    with pytest.raises(InvalidArgument, match="has a handler already"):
+        worker.handler("jobs")(one_async)
+    with pytest.raises(InvalidArgument, match="no handler"):
+        Worker("ipc:///x").start()
+    with pytest.raises(InvalidArgument, match="queue"):
+        Worker("ipc:///x").subscribe("orders", lambda message: None)
+
+
+def _messages(count: int) -> list[Any]:
+    return [SimpleNamespace(id=100 + n) for n in range(count)]
+
+
+def test_failed_messages_of_a_batch() -> None:
+    batch = _messages(4)
+    assert failed_messages(None, batch) == []
+    assert failed_messages([], batch) == []
+    assert failed_messages([batch[1], batch[3]], batch) == [batch[1], batch[3]]
+    assert failed_messages([102], batch) == [batch[2]]   # by message id
+    assert failed_messages(7, batch) == batch            # names nothing: all failed
+
+
+def test_failures_count_as_retried_or_dead_lettered() -> None:
+    tally = Tally()
+    tally.failures([1, 2, 3, 3], max_receive_count=3)
+    assert (tally.failed, tally.retried, tally.dead_lettered) == (4, 2, 2)
+    tally.failures([50], max_receive_count=None)
+    assert (tally.failed, tally.retried, tally.dead_lettered) == (5, 3, 2)
+
+
+def test_stats_sum_tallies_and_read_percentiles() -> None:
+    first, second = Tally(), Tally()
+    first.processed, second.processed = 3, 4
+    first.times.extend(n / 100 for n in range(1, 51))
+    second.times.extend(n / 100 for n in range(51, 101))
+    stats = HandlerStats.of("jobs", [first, second])
+    assert (stats.queue, stats.processed, stats.p50, stats.p99) == ("jobs", 7, 0.51, 1.0)
+    assert HandlerStats.of("jobs", []).p50 is None
+    merged = combine("jobs", [stats, HandlerStats("jobs", processed=1, p50=2.0, p99=3.0)])
+    assert (merged.processed, merged.p50, merged.p99, merged.processes) == (8, 2.0, 3.0, 2)
+
+
+def test_ring_bytes_follow_the_prefetch() -> None:
+    assert ring_bytes_for(1) == WORKER_RING_BYTES
+    assert ring_bytes_for(1000) == 1 << 19
+    assert ring_bytes_for(1_000_000) == 4 << 20
