@@ -94,20 +94,21 @@ class ClientSource:
         except BaseException:
             self.client.close()
             raise
-        self._buffer: deque[Any] = deque()
+        self._pushed: list[Any] = []   # the last push, taken in slices
+        self._taken = 0
 
     def take(self, max_messages: int, timeout: float) -> list[Any]:
         """Messages pushed (the buffered ones first), waiting up to ``timeout`` s."""
-        buffer = self._buffer
-        if not buffer:
+        if self._taken >= len(self._pushed):
             batch = self._consumer.next_batch(timeout)
             if batch is None:
                 return []
             if len(batch) <= max_messages:
                 return list(batch)
-            buffer.extend(batch)
-        count = min(max_messages, len(buffer))
-        return [buffer.popleft() for _ in range(count)]
+            self._pushed, self._taken = list(batch), 0
+        start = self._taken
+        self._taken = start + max_messages
+        return self._pushed[start:start + max_messages]
 
     def close(self) -> None:
         """Close the connection: its BYE makes the broker release every lease at once."""

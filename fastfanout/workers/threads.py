@@ -245,7 +245,10 @@ class ThreadRunner:
             failed_ids = {id(m) for m in failed}
             messages = [m for m in messages if id(m) not in failed_ids]
         for message in messages:
-            settle_quietly(message.ack)
+            try:
+                message.ack()
+            except FastFanoutError:
+                pass   # its lease ended: redelivered anyway
         tally.processed += len(messages)
 
     def _release(self, slot: Slot, delay: float) -> None:
