@@ -57,9 +57,21 @@ cdef inline object _seconds_or_none(int64_t us):
 
 
 def receive(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us, int64_t now_us,
-            object owner):
-    """Lease up to ``max_messages`` visible messages; returns a list of Message."""
+            object owner, object tag=0):
+    """Lease up to ``max_messages`` visible messages; returns a list of Message.
+
+    ``owner`` is the object the messages' ``ack()`` and kin call. ``tag`` (an open owner
+    tag, ``Store.open_owner``; 0: none) makes the leases that owner's: at most its credit
+    of them, as ``receive_push`` (an embedded push consumer's prefetch).
+    """
     cdef list received = []
+    cdef uint32_t owner_tag = 0
+    cdef uint64_t credit
+    if tag != 0:
+        owner_tag = self.require_owner(tag)
+        credit = self.owner_credit(owner_tag)
+        if <uint64_t>max_messages > credit:
+            max_messages = <Py_ssize_t>credit
     cdef queue_t* q
     cdef entry_t* entry
     cdef blob_t* blob
@@ -72,7 +84,7 @@ def receive(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
     cdef const char* tail
     level = self.queues[qid].levels - 1
     while len(received) < max_messages:
-        slot = self._lease_next(qid, &level, lease_us, now_us, 0)
+        slot = self._lease_next(qid, &level, lease_us, now_us, owner_tag)
         if slot == NIL:
             break
         entry = &self.entries[slot]

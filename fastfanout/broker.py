@@ -30,6 +30,7 @@ from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
 from fastfanout._ext.shmring import SharedRing
 from fastfanout.administration import Administration
+from fastfanout.broker_consumer import BrokerConsumer
 from fastfanout.errors import InvalidArgument, NotFound
 from fastfanout.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
 from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
@@ -358,6 +359,7 @@ class Broker(Administration):
         max_messages: int = 1,
         wait: float = 0.0,
         visibility_timeout: float | None = None,
+        owner: int = 0,
     ) -> list[Message]:
         """Lease up to ``max_messages`` visible messages.
 
@@ -366,6 +368,8 @@ class Broker(Administration):
             max_messages: 1 to 10,000.
             wait: seconds (real time, 0 to 20) to wait for a message when none is visible.
             visibility_timeout: lease length in seconds (default: the queue's).
+            owner: an open owner tag (``open_owner``) whose leases these are: at most its
+                credit of them (its prefetch less the leases it holds); 0: none.
 
         Returns:
             The leased messages, each with a fresh receipt (maybe none).
@@ -384,7 +388,7 @@ class Broker(Administration):
             if lease_us is None:
                 lease_us = self._visibility_us[queue_id]
             messages: list[Message] = receive(self._store,
-                queue_id, max_messages, lease_us, now_us, self)
+                queue_id, max_messages, lease_us, now_us, self, owner)
             if messages or not wait_us:
                 return messages
             deadline = time.monotonic() + wait_us / 1_000_000
@@ -402,11 +406,41 @@ class Broker(Administration):
                     now_us = self._now_us()
                     if queue not in self._queues or self._queues[queue] != queue_id:
                         raise NotFound(f"queue {queue!r} was deleted while waiting")
-                    messages = receive(self._store, queue_id, max_messages, lease_us, now_us, self)
+                    messages = receive(self._store, queue_id, max_messages, lease_us, now_us,
+                                       self, owner)
                     if messages:
                         return messages
             finally:
                 self._waiters -= 1
+
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> BrokerConsumer:
+        """Consume a queue in process: iterate for messages as they become visible.
+
+        The embedded twin of ``Client.consume`` (``fastfanout.broker_consumer``): no
+        polling (each wait is woken by publishes and settles), and never more than
+        ``prefetch`` unsettled messages, however they are settled.
+
+        Args:
+            queue: the queue to consume.
+            prefetch: most unsettled messages the consumer holds (1 to 1,000,000).
+            visibility_timeout: lease of each message, seconds (default: the queue's).
+            timeout: end the iteration when no message comes within this many seconds
+                (None: wait forever).
+
+        Raises:
+            NotFound: the queue does not exist.
+            InvalidArgument: ``prefetch``, ``visibility_timeout`` or ``timeout`` is out of
+                range.
+        """
+        self._ensure_open()
+        if visibility_timeout is not None:
+            seconds_to_us("visibility_timeout", visibility_timeout,
+                          maximum=MAX_VISIBILITY_TIMEOUT)
+        with self._lock:
+            self._queue_id(queue)
+        return BrokerConsumer(self, queue, prefetch, visibility_timeout, timeout)
 
     # -- settle ------------------------------------------------------------------------
 
@@ -423,6 +457,8 @@ class Broker(Administration):
         with self._lock:
             self._now_us()
             by_receipt.ack(self._store, receipt, session)
+            if self._waiters:   # a consumer out of credit may take more now
+                self._arrivals.notify_all()
 
     def ack_batch(self, receipts: Iterable[int], *, session: int = 0) -> None:
         """Ack many deliveries: all of them, or (if any receipt is stale) none.
@@ -436,6 +472,8 @@ class Broker(Administration):
         with self._lock:
             self._now_us()
             by_receipt.ack_batch(self._store, receipt_list, session)
+            if self._waiters:
+                self._arrivals.notify_all()
 
     def ack_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
                    ) -> int:

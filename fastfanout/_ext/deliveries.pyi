@@ -5,7 +5,8 @@ from fastfanout._ext.shmring import SharedRing
 from fastfanout._ext.store import Store
 
 def receive(
-    self: Store, qid: int, max_messages: int, lease_us: int, now_us: int, owner: Any
+    self: Store, qid: int, max_messages: int, lease_us: int, now_us: int, owner: Any,
+    tag: int = 0,
 ) -> list[Message]: ...
 def receive_push(
     self: Store, qid: int, max_messages: int, lease_us: int, now_us: int,

@@ -420,9 +420,9 @@ class Worker:
 
     def _source_factory(self, handler: Handler, lease: float) -> Callable[[], Source]:
         broker = self.broker
-        if isinstance(broker, Broker):
-            return lambda: BrokerSource(broker, handler.queue, lease)
         prefetch = handler.prefetch_for(1)
+        if isinstance(broker, Broker):
+            return lambda: BrokerSource(broker, handler.queue, prefetch, lease)
         return lambda: ClientSource(broker, self.client_options, handler.queue, prefetch,
                                     lease)
 
@@ -439,7 +439,9 @@ class Worker:
         for handler in handlers:
             max_receive_count, lease = queues[handler.queue]
             if isinstance(broker, Broker):
-                source: Any = AsyncBrokerSource(broker, handler.queue, lease)
+                source: Any = AsyncBrokerSource(
+                    broker, handler.queue, handler.prefetch_for(handler.concurrency or 1),
+                    lease)
             else:
                 source = AsyncClientSource(broker, self.client_options, handler.queue,
                                            handler.prefetch_for(handler.concurrency or 1),

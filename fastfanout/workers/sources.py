@@ -5,9 +5,9 @@ source. Over a connection that is a push consumer (``Client.consume``, credit-ba
 broker pushes while the consumer holds fewer than ``prefetch`` unsettled messages, and
 credit comes back however a message is settled), one connection per thread so that a
 thread never waits for another's socket. An embedded ``Broker`` has no connection: the
-source leases with ``Broker.receive(wait=...)``, which sleeps on the broker's condition
-and is woken by the next publish (a long poll, not a polling loop), asking for no more
-than the credit left.
+source is its push consumer, ``Broker.consume`` (``fastfanout.broker_consumer``), which
+waits on the broker's condition, woken by publishes and settles (no polling loop), with
+the same credit.
 
 Every message a source yields has ``ack()``, ``nack(delay)``, ``extend(seconds)`` and
 ``receive_count``, embedded or remote.
@@ -117,20 +117,32 @@ class ClientSource:
 
 
 class BrokerSource:
-    """Leases from an embedded broker with a long poll, within a credit."""
+    """An embedded broker's push consumer (``Broker.consume``), within a prefetch."""
 
-    def __init__(self, broker: Broker, queue: str, lease: float) -> None:
-        self._broker = broker
-        self._queue = queue
-        self._lease = lease
+    def __init__(self, broker: Broker, queue: str, prefetch: int, lease: float) -> None:
+        self._consumer = broker.consume(queue, prefetch=prefetch, visibility_timeout=lease)
+        self._pushed: list[Any] = []
+        self._taken = 0
 
     def take(self, max_messages: int, timeout: float) -> list[Any]:
-        """Lease up to ``max_messages``, waiting (woken by publishes) up to ``timeout`` s."""
-        return self._broker.receive(self._queue, max_messages=min(max_messages, 10_000),
-                                    wait=min(timeout, 20.0), visibility_timeout=self._lease)
+        """Up to ``max_messages``, waiting (woken by publishes and settles) up to ``timeout``."""
+        if self._taken >= len(self._pushed):
+            batch = self._consumer.next_batch(timeout)
+            if batch is None:
+                return []
+            if len(batch) <= max_messages:
+                return batch
+            self._pushed, self._taken = batch, 0
+        start = self._taken
+        self._taken = start + max_messages
+        return self._pushed[start:start + max_messages]
 
     def close(self) -> None:
-        """Nothing to close: leases still held are released by the runner."""
+        """Stop consuming; what was received and not taken comes back at once."""
+        self._consumer.cancel()
+        rest, self._pushed = self._pushed[self._taken:], []
+        for message in rest:
+            settle_quietly(message.nack, delay=0.0)
 
 
 class AsyncSource(Protocol):
@@ -228,8 +240,8 @@ class AsyncClientSource:
 class AsyncBrokerSource:
     """Leases from an embedded broker for the event loop, in one helper thread."""
 
-    def __init__(self, broker: Broker, queue: str, lease: float) -> None:
-        self._source = BrokerSource(broker, queue, lease)
+    def __init__(self, broker: Broker, queue: str, prefetch: int, lease: float) -> None:
+        self._source = BrokerSource(broker, queue, prefetch, lease)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fastfanout-worker-receive")
 
     async def open(self) -> AsyncBrokerSource:
@@ -248,5 +260,6 @@ class AsyncBrokerSource:
         return []
 
     async def close(self) -> None:
-        """Stop the helper thread (after its current long poll)."""
+        """Stop the helper thread (after its current wait), then the consumer."""
         self._pool.shutdown(wait=True)
+        self._source.close()

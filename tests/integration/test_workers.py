@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -106,7 +107,7 @@ def test_failures_retry_with_backoff_then_dead_letter(track: Tracker) -> None:
     assert (stats.failed, stats.retried, stats.dead_lettered, stats.processed) == (6, 4, 2, 0)
     for times in attempts.values():
         assert len(times) == 3
-        assert all(later - earlier >= 0.09 for earlier, later in zip(times, times[1:]))
+        assert all(later - earlier >= 0.09 for earlier, later in itertools.pairwise(times))
     assert client.stats().queues["jobs"].messages == 0
 
 
