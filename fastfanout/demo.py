@@ -3,8 +3,9 @@
 Run it with ``python -m fastfanout.demo`` (README: ``bash ci/demo.sh``). It starts
 ``fastfanout serve`` on the default per-user ipc endpoint (or ``--endpoint``), creates one
 topic ``orders`` fanning out to ``billing``, ``shipping`` and ``audit``, then a producer
-publishes and three consumer processes consume with push delivery. ``billing`` and
-``shipping`` ack; ``audit`` fails every message (nacks it), so after
+publishes and three consumer processes, each a ``fastfanout.Worker`` running one handler
+on push delivery, consume. ``billing`` and ``shipping`` return (the worker acks); the
+``audit`` handler raises on every message (the worker nacks it), so after
 ``max_receive_count`` deliveries each lands in ``audit-dlq``. The demo prints what each
 process did and the queue counters, reads one dead letter, redrives, and stops every
 process it started (SIGTERM, then SIGKILL past a deadline). ``--embedded`` runs the old
@@ -35,33 +36,43 @@ FAILING_QUEUE = "audit"
 DEADLINE = 60.0
 
 
+def _handle(message: Any) -> None:
+    """The handler of ``billing`` and ``shipping``: the work is done, the message acked."""
+
+
+def _fail(message: Any) -> None:
+    """The handler of ``audit``: it raises, so the worker nacks until the DLQ takes it."""
+    raise RuntimeError(f"audit is down; message {message.id} is nacked")
+
+
 def _consume_process(endpoint: str, queue: str, expected: int, fail: bool,
                      results: Any) -> None:
-    """A consumer process: push-consume ``queue`` until ``expected`` messages are settled."""
-    from fastfanout.client import connect
+    """A consumer process: a ``fastfanout.Worker`` running one handler on ``queue``.
 
-    with connect(endpoint) as client:
-        consumer = client.consume(queue, prefetch=200, visibility_timeout=5.0)
-        acked = nacked = 0
+    It stops (gracefully) once ``expected`` messages were acked or, for the failing
+    queue, dead-lettered.
+    """
+    import logging
+
+    from fastfanout.client import connect
+    from fastfanout.workers import Worker
+
+    # the audit failures are the demo's point: one log line each would drown it
+    logging.getLogger("fastfanout.worker").setLevel(logging.CRITICAL)
+    worker = Worker(endpoint, concurrency=2, shutdown_timeout=5.0)
+    worker.handler(queue, prefetch=200, visibility_timeout=5.0)(_fail if fail else _handle)
+    name = (_fail if fail else _handle).__name__
+    with connect(endpoint) as client, worker:
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline:
             if fail:
                 if client.stats().queues[queue].dead_lettered >= expected:
                     break
-            elif acked >= expected:
+            elif worker.stats().handlers[name].processed >= expected:
                 break
-            batch = consumer.next_batch(timeout=0.2)
-            if batch is None:
-                continue
-            if fail:
-                for message in batch:
-                    message.nack()
-                    nacked += 1
-            else:
-                batch.ack()
-                acked += len(batch)
-        consumer.cancel()
-        results.put((queue, os.getpid(), acked, nacked))
+            time.sleep(0.05)
+    stats = worker.stats().handlers[name]
+    results.put((queue, os.getpid(), stats.processed, stats.failed))
 
 
 def _produce_process(endpoint: str, messages: int, results: Any) -> None:
