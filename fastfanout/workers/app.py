@@ -32,7 +32,7 @@ import multiprocessing.connection
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
@@ -426,6 +426,19 @@ class Worker:
         return lambda: ClientSource(broker, self.client_options, handler.queue, prefetch,
                                     lease)
 
+    def _async_source_factory(self, handler: Handler, lease: float
+                              ) -> Callable[[], Awaitable[AsyncClientSource | AsyncBrokerSource]]:
+        """Opens a new source for an async handler each time it is called."""
+        broker = self.broker
+        prefetch = handler.prefetch_for(handler.concurrency or 1)
+
+        async def open_source() -> AsyncClientSource | AsyncBrokerSource:
+            if isinstance(broker, Broker):
+                return await AsyncBrokerSource(broker, handler.queue, prefetch, lease).open()
+            return await AsyncClientSource(broker, self.client_options, handler.queue,
+                                           prefetch, lease).open()
+        return open_source
+
     def _run_loop(self, handlers: list[Handler],
                   queues: dict[str, tuple[int | None, float]]) -> None:
         asyncio.run(self._main(handlers, queues))
@@ -435,18 +448,10 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         stop = self._loop_stop = asyncio.Event()
         runners = []
-        broker = self.broker
         for handler in handlers:
             max_receive_count, lease = queues[handler.queue]
-            if isinstance(broker, Broker):
-                source: Any = AsyncBrokerSource(
-                    broker, handler.queue, handler.prefetch_for(handler.concurrency or 1),
-                    lease)
-            else:
-                source = AsyncClientSource(broker, self.client_options, handler.queue,
-                                           handler.prefetch_for(handler.concurrency or 1),
-                                           lease)
-            runner = AsyncRunner(handler, source.open, max_receive_count, lease)
+            runner = AsyncRunner(handler, self._async_source_factory(handler, lease),
+                                 max_receive_count, lease)
             runners.append(runner)
         self._asyncs = runners
         try:

@@ -20,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastfanout.errors import FastFanoutError
 from fastfanout.workers.handlers import Handler
 from fastfanout.workers.sources import AsyncBrokerSource, AsyncClientSource, settle_quietly
 from fastfanout.workers.stats import HandlerStats, Tally
-from fastfanout.workers.threads import POLL, failed_messages
+from fastfanout.workers.threads import POLL, RECONNECT_DELAY, failed_messages
 
 __all__ = ["AsyncRunner"]
 
@@ -35,7 +36,8 @@ class AsyncRunner:
 
     Args:
         handler: the handler (defaults resolved).
-        open_source: makes the handler's source (awaited on the loop).
+        open_source: opens a new source for the handler (awaited on the loop), at start
+            and again after the broker went away.
         max_receive_count: the queue's, to count failures as retried or dead-lettered.
         lease: seconds of each lease, renewed every half lease.
     """
@@ -69,7 +71,18 @@ class AsyncRunner:
                 if stopping.is_set():
                     slots.release()
                     break
-                messages = await self._take(source, handler.batch_size, handler.batch_window)
+                try:
+                    messages = await self._take(source, handler.batch_size,
+                                                handler.batch_window)
+                except FastFanoutError as exc:   # the broker went away: connect again
+                    slots.release()
+                    log.warning("handler %s lost its source (%s); reconnecting",
+                                handler.name, exc)
+                    reopened = await self._reopen(source, stopping)
+                    if reopened is None:
+                        break
+                    source = self._source = reopened
+                    continue
                 if not messages:
                     slots.release()
                     continue
@@ -84,6 +97,26 @@ class AsyncRunner:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+
+    async def _reopen(self, source: AsyncClientSource | AsyncBrokerSource,
+                      stopping: asyncio.Event
+                      ) -> AsyncClientSource | AsyncBrokerSource | None:
+        """Close a failed source and open another (None: the worker stopped first).
+
+        Tries every ``RECONNECT_DELAY`` seconds until one opens.
+        """
+        self._held.clear()   # the broker released the old connection's leases
+        await source.close()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONNECT_DELAY):
+                    await stopping.wait()
+            if stopping.is_set():
+                return None
+            try:
+                return await self._open_source()
+            except FastFanoutError as exc:
+                log.warning("handler %s cannot reconnect yet: %s", self.handler.name, exc)
 
     async def _take(self, source: AsyncClientSource | AsyncBrokerSource, batch_size: int,
                     window: float) -> list[Any]:

@@ -31,12 +31,14 @@ from fastfanout.workers.handlers import Handler
 from fastfanout.workers.sources import Source, settle_quietly
 from fastfanout.workers.stats import HandlerStats, Tally
 
-__all__ = ["POLL", "LeaseKeeper", "Slot", "ThreadRunner", "failed_messages"]
+__all__ = ["POLL", "RECONNECT_DELAY", "LeaseKeeper", "Slot", "ThreadRunner", "failed_messages"]
 
 log = logging.getLogger("fastfanout.worker")
 
 POLL = 0.1
 """Seconds a runner waits for messages before it looks at the stop flag again."""
+RECONNECT_DELAY = 1.0
+"""Seconds between attempts to reconnect after the broker went away."""
 
 
 def failed_messages(result: object, messages: list[Any]) -> list[Any]:
@@ -128,29 +130,44 @@ class ThreadRunner:
             self.started.set()
             return
         self._opened()
+        while not self._stopping.is_set():
+            try:
+                self._loop(slot, slot.source)
+            except FastFanoutError as exc:   # the broker went away: connect again
+                log.warning("worker thread of %s lost its source (%s); reconnecting in "
+                            "%g s", self.handler.name, exc, RECONNECT_DELAY)
+            finally:
+                self._release(slot, 0.0)
+                slot.source.close()
+            while not self._stopping.wait(RECONNECT_DELAY):
+                try:
+                    slot.source = self._open_source()
+                    break
+                except FastFanoutError as exc:
+                    log.warning("worker thread of %s cannot reconnect yet: %s",
+                                self.handler.name, exc)
+            else:
+                return
+
+    def _loop(self, slot: Slot, source: Source) -> None:
+        """Take and handle messages until the worker stops (or the source fails)."""
         handler = self.handler
         batch_size = handler.batch_size
         take = max(batch_size, handler.prefetch_for(1))
-        try:
-            while not self._stopping.is_set():
-                if handler.batched:
-                    messages = self._collect(slot.source, batch_size, handler.batch_window)
-                else:
-                    messages = slot.source.take(take, POLL)
-                if not messages:
-                    continue
-                with slot.lock:
-                    slot.held, slot.index = messages, 0
-                if handler.batched:
-                    self._call(slot, messages)
-                else:
-                    self._call_each(slot, messages)
-                self._release(slot, 0.0)
-        except Exception:   # the source failed (the broker went away): the slot stops
-            log.exception("worker thread of %s stopped", handler.name)
-        finally:
+        while not self._stopping.is_set():
+            if handler.batched:
+                messages = self._collect(source, batch_size, handler.batch_window)
+            else:
+                messages = source.take(take, POLL)
+            if not messages:
+                continue
+            with slot.lock:
+                slot.held, slot.index = messages, 0
+            if handler.batched:
+                self._call(slot, messages)
+            else:
+                self._call_each(slot, messages)
             self._release(slot, 0.0)
-            slot.source.close()
 
     def _collect(self, source: Source, batch_size: int, window: float) -> list[Any]:
         """One batch: up to ``batch_size`` messages within ``window`` s of the first."""

@@ -408,3 +408,33 @@ def test_cli_worker_refuses_a_bad_target_in_one_line(track: Tracker, target: str
 
 def test_worker_is_exported() -> None:
     assert fastfanout.Worker is Worker
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_worker_reconnects_when_its_broker_comes_back(track: Tracker,
+                                                        is_async: bool) -> None:
+    server = track.server()
+    endpoint = server.endpoint
+    client = track.client(endpoint)
+    client.create_queue("jobs")
+    got: list[bytes] = []
+
+    def handle(message: Any) -> None:
+        got.append(message.body)
+
+    async def handle_async(message: Any) -> None:
+        got.append(message.body)
+
+    worker = _worker(track, endpoint, concurrency=1)
+    worker.handler("jobs")(handle_async if is_async else handle)
+    worker.start()
+    client.send("jobs", b"before")
+    wait_until(lambda: got == [b"before"], what="the first message")
+    server.stop(5.0)
+    track.servers.remove(server)
+    again = track.server(endpoint)   # an empty broker on the same endpoint
+    admin = track.client(endpoint)
+    admin.create_queue("jobs")
+    admin.send("jobs", b"after")
+    wait_until(lambda: got == [b"before", b"after"], timeout=20, what="after the restart")
+    assert again.endpoint == endpoint
