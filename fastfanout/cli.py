@@ -747,6 +747,10 @@ def _load_worker(target: str) -> Any:
     except ModuleNotFoundError as error:
         raise click.BadParameter(f"cannot import {module_name!r}: {error}",
                                  param_hint="'APP'") from None
+    except Exception as error:   # the module's own code failed: one line, no traceback
+        raise click.BadParameter(f"importing {module_name!r} raised "
+                                 f"{type(error).__name__}: {error}", param_hint="'APP'"
+                                 ) from None
     value: Any = module
     for part in attribute.split("."):
         if not hasattr(value, part):

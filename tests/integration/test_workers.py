@@ -406,6 +406,20 @@ def test_cli_worker_refuses_a_bad_target_in_one_line(track: Tracker, target: str
     assert len(lines) == 1 and expected in lines[0], lines
 
 
+def test_cli_worker_imports_from_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text("raise ValueError('no config')\n")
+    (tmp_path / "handlerless.py").write_text("import fastfanout\napp = fastfanout.Worker()\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for target, expected, status in (
+            ("broken_app:app", "importing 'broken_app' raised ValueError: no config", 2),
+            ("handlerless:app", "the worker has no handler", 1)):
+        result = subprocess.run([sys.executable, "-m", "fastfanout", "worker", target],
+                                capture_output=True, env=env, timeout=30, cwd=tmp_path)
+        lines = result.stderr.decode().strip().splitlines()
+        assert result.returncode == status, lines
+        assert len(lines) == 1 and expected in lines[0], lines
+
+
 def test_worker_is_exported() -> None:
     assert fastfanout.Worker is Worker
 
