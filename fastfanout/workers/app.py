@@ -3,8 +3,9 @@
 Design
 ------
 Prior art: AWS Lambda's SQS event source mappings (a function per queue, batches with a
-window, ``ReportBatchItemFailures`` for partial batch failure, the message's visibility
-extended while the function runs, failures retried with the queue's redrive policy),
+window, ``ReportBatchItemFailures`` for partial batch failure, failures retried with the
+queue's redrive policy), leases renewed while a call runs (NATS's "in progress", Google
+Pub/Sub's client lease management),
 SNS → Lambda subscriptions (``subscribe``: a topic invokes a function), dramatiq and
 Celery workers (a decorator per actor or task, a thread pool per process, ``processes``
 for CPU-bound work, SIGTERM as a warm shutdown).

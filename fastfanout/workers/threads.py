@@ -7,8 +7,9 @@ backoff (it raised, or, for a batch handler, reported the message failed). A thr
 holds at most its prefetch of messages; the ones not yet handled stay leased to it.
 
 The ``LeaseKeeper`` thread, one per worker process, watches every slot: it extends the
-leases of the messages a slot holds every half lease (as SQS → Lambda and NATS's
-"in progress" do, so a slow handler never causes a second delivery) and abandons a call
+leases of the messages a slot holds every half lease (as NATS's "in progress" and
+Google Pub/Sub's client lease management do, so a slow handler never causes a second
+delivery) and abandons a call
 that passed its ``timeout`` (its messages nacked, counted and logged; a Python thread
 cannot be killed, so the slot stays busy until the call returns, and then settles
 nothing).
