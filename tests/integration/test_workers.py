@@ -75,7 +75,7 @@ def test_sync_handler_acks_what_returns_with_bounded_concurrency(track: Tracker)
     @worker.handler("jobs")
     def handle(message: Any) -> None:
         seen.enter()
-        time.sleep(0.01)
+        time.sleep(0.05)
         seen.leave()
 
     client.send_batch("jobs", [b"m%d" % n for n in range(40)])
@@ -192,14 +192,14 @@ def test_a_call_past_its_timeout_is_abandoned_and_nacked(track: Tracker,
 
 
 def test_a_slow_handler_keeps_its_lease(track: Tracker) -> None:
-    endpoint, client = _setup(track, visibility_timeout=0.3)
+    endpoint, client = _setup(track, visibility_timeout=1.0)
     calls: list[int] = []
     worker = _worker(track, endpoint, concurrency=2)
 
     @worker.handler("jobs")
-    def slow(message: Any) -> None:
+    def slow(message: Any) -> None:   # 2.5 leases long
         calls.append(message.receive_count)
-        time.sleep(1.0)
+        time.sleep(2.5)
 
     client.send("jobs", b"x")
     worker.start()
@@ -238,6 +238,33 @@ def test_stop_finishes_in_flight_and_gives_back_the_rest_at_once(
     assert done == [b"m0"]
     queue = client.stats().queues["jobs"]
     assert (queue.acked, queue.leased, queue.visible) == (1, 0, 4)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_stopping_mid_stream_loses_nothing(track: Tracker, is_async: bool) -> None:
+    endpoint, client = _setup(track)
+    handled: list[bytes] = []
+    lock = threading.Lock()
+
+    def handle(message: Any) -> None:
+        time.sleep(0.005)
+        with lock:
+            handled.append(message.body)
+
+    async def handle_async(message: Any) -> None:
+        await asyncio.sleep(0.005)
+        handled.append(message.body)
+
+    worker = _worker(track, endpoint, concurrency=4)
+    worker.handler("jobs")(handle_async if is_async else handle)
+    client.send_batch("jobs", [b"%d" % n for n in range(300)])
+    worker.start()
+    wait_until(lambda: len(handled) >= 40, what="some handled")
+    worker.stop(5.0)
+    queue = client.stats().queues["jobs"]
+    assert len(set(handled)) == len(handled) < 300      # each handled once, and not all
+    assert queue.acked == len(handled)                  # acked exactly what was handled
+    assert (queue.leased, queue.visible) == (0, 300 - len(handled))   # the rest is back
 
 
 def test_stop_past_the_deadline_nacks_the_running_call(track: Tracker) -> None:
@@ -344,6 +371,8 @@ def test_processes_spread_a_handler_over_processes(track: Tracker, tmp_path: Pat
     worker = _worker(track, endpoint, shutdown_timeout=5.0)
     worker.handler("jobs", processes=2, concurrency=1, prefetch=1)(worker_app.record)
     worker.start()
+    wait_until(lambda: client.server_stats()["consumers"] == 2, timeout=30,
+               what="both processes consuming")
     client.send_batch("jobs", [f"{tmp_path}|0.05".encode() for _ in range(20)])
     wait_until(lambda: len(list(tmp_path.glob("*-*"))) == 20, timeout=30, what="20 files")
     pids = {int(path.name.split("-")[0]) for path in tmp_path.glob("*-*")}
