@@ -28,6 +28,7 @@ publishes).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import multiprocessing.connection
 import signal
@@ -126,7 +127,8 @@ class Worker:
             connections (``timeout``, ``curve_server_key``, ``local_channel`` ...).
 
     Raises:
-        InvalidArgument: an option is out of range.
+        InvalidArgument: an option is out of range, or a client option is not one of
+            ``Client``'s.
     """
 
     def __init__(self, broker: Broker | str | None = None, *,
@@ -136,6 +138,14 @@ class Worker:
         if broker is not None and not isinstance(broker, (Broker, str)):
             raise InvalidArgument(f"broker={broker!r} must be an endpoint string, a Broker, "
                                   f"or None (the default endpoint)")
+        if client_options:
+            if isinstance(broker, Broker):
+                raise InvalidArgument(f"client options {sorted(client_options)} need a "
+                                      f"broker server, not an embedded Broker")
+            try:
+                inspect.signature(Client).bind(None, **client_options)
+            except TypeError as exc:
+                raise InvalidArgument(f"bad client option: {exc}") from None
         self.broker = broker
         self.client_options = client_options
         self._handlers: dict[str, Handler] = {}

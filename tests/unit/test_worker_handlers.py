@@ -72,6 +72,8 @@ def test_a_worker_refuses_bad_options_and_a_second_handler_per_queue() -> None:
         Worker("ipc:///x", shutdown_timeout=-1)
     with pytest.raises(InvalidArgument, match="endpoint string"):
         Worker(3)   # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="client option"):
+        Worker("ipc:///x", timeuot=3)
     worker = Worker("ipc:///x")
     worker.handler("jobs")(one)
     with pytest.raises(InvalidArgument, match="has a handler already"):
