@@ -28,6 +28,7 @@ publishes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import multiprocessing.connection
@@ -84,8 +85,14 @@ def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns Ctrl-C into SIGTERM
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker = Worker(endpoint, shutdown_timeout=shutdown_timeout, **options)
+
+    def on_sigterm(number: int, frame: FrameType | None) -> None:
+        if stop.is_set():   # the second one: the parent's stop_now()
+            worker.stop_now()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     worker.add(replace(handler, processes=1))
     worker.start()
     try:
@@ -154,6 +161,9 @@ class Worker:
                        shutdown_timeout=shutdown_timeout)
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
+        self._hurry = threading.Event()
+        self._stop_deadline = 0.0   # monotonic: when running calls are abandoned
+        self._loop_hurry: asyncio.Event | None = None
         self._started = False
         self._stopped = False
         self._threads: list[ThreadRunner] = []
@@ -458,6 +468,7 @@ class Worker:
                     queues: dict[str, tuple[int | None, float]]) -> None:
         self._loop = asyncio.get_running_loop()
         stop = self._loop_stop = asyncio.Event()
+        hurry = self._loop_hurry = asyncio.Event()
         runners = []
         for handler in handlers:
             max_receive_count, lease = queues[handler.queue]
@@ -472,12 +483,12 @@ class Worker:
             self._loop_error = exc
             self._loop_ready.set()
             for runner in runners:
-                await runner.stop(time.monotonic())
+                await runner.stop(time.monotonic(), hurry)
             return
         self._loop_ready.set()
         await asyncio.gather(*(runner.run(stop) for runner in runners))
-        deadline = time.monotonic() + self.shutdown_timeout
-        await asyncio.gather(*(runner.stop(deadline) for runner in runners))
+        deadline = self._stop_deadline   # set by stop() before it set ``stop``
+        await asyncio.gather(*(runner.stop(deadline, hurry) for runner in runners))
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: take no more, let running calls finish, nack the rest.
@@ -492,13 +503,13 @@ class Worker:
             return
         self._stopped = True
         seconds = self.shutdown_timeout if timeout is None else timeout
-        deadline = time.monotonic() + seconds
+        deadline = self._stop_deadline = time.monotonic() + seconds
         log.info("worker stopping: running calls get %g s", seconds)
         self._stopping.set()
         if self._loop is not None and self._loop_stop is not None:
             self._loop.call_soon_threadsafe(self._loop_stop.set)
         for runner in self._threads:
-            for slot in runner.join(deadline):
+            for slot in runner.join(deadline, self._hurry):
                 runner.abandon(slot, 0.0, "was still running at the shutdown deadline")
                 if slot.source is not None:
                     slot.source.close()
@@ -510,6 +521,21 @@ class Worker:
             group.stop(seconds)
         log.info("worker stopped")
 
+    def stop_now(self) -> None:
+        """Stop without waiting for running calls (what a second SIGTERM or SIGINT does).
+
+        Their messages are nacked with no delay, as at the shutdown deadline; a ``stop()``
+        in progress in another thread returns promptly.
+        """
+        self._hurry.set()
+        loop, hurry = self._loop, self._loop_hurry
+        if loop is not None and hurry is not None:
+            with contextlib.suppress(RuntimeError):   # the loop has ended already
+                loop.call_soon_threadsafe(hurry.set)
+        for group in self._groups:
+            group.hurry()
+        self.stop(0.0)
+
     def request_stop(self) -> None:
         """Ask ``run()`` to stop (what SIGTERM and SIGINT do); returns at once."""
         self._stop_requested.set()
@@ -517,8 +543,9 @@ class Worker:
     def run(self) -> None:
         """Start, run until SIGTERM or SIGINT (or ``request_stop()``), then stop gracefully.
 
-        In the main thread it installs handlers for SIGTERM and SIGINT (the previous ones
-        come back when it returns).
+        A second SIGTERM or SIGINT while it stops is ``stop_now()``. In the main thread it
+        installs handlers for SIGTERM and SIGINT (the previous ones come back when it
+        returns).
 
         Raises:
             NotFound, BrokenConnection, InvalidArgument: as ``start()``.
@@ -526,6 +553,11 @@ class Worker:
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             def on_signal(number: int, frame: FrameType | None) -> None:
+                if self._stop_requested.is_set():
+                    log.warning("worker got %s again: running calls are not waited for",
+                                signal.Signals(number).name)
+                    self.stop_now()
+                    return
                 log.info("worker got %s", signal.Signals(number).name)
                 self._stop_requested.set()
             for signum in (signal.SIGTERM, signal.SIGINT):

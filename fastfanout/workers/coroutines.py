@@ -31,6 +31,26 @@ __all__ = ["AsyncRunner"]
 log = logging.getLogger("fastfanout.worker")
 
 
+async def _acquire(slots: asyncio.Semaphore, stopping: asyncio.Event) -> bool:
+    """Take a slot, unless the worker stops first (False: no slot taken)."""
+    if not slots.locked():
+        await slots.acquire()   # free: returns at once
+        return True
+    acquiring = asyncio.ensure_future(slots.acquire())
+    stopped = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not acquiring.done():
+        acquiring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquiring
+    if acquiring.done() and not acquiring.cancelled():
+        if not stopping.is_set():
+            return True
+        slots.release()
+    return False
+
+
 class AsyncRunner:
     """Runs one async handler on the running event loop.
 
@@ -67,9 +87,7 @@ class AsyncRunner:
         keeper = asyncio.create_task(self._keep())
         try:
             while not stopping.is_set():
-                await slots.acquire()
-                if stopping.is_set():
-                    slots.release()
+                if not await _acquire(slots, stopping):
                     break
                 try:
                     messages = await self._take(source, handler.batch_size,
@@ -200,7 +218,7 @@ class AsyncRunner:
                 if settle_quietly(message.extend, self._lease):
                     self.tally.extended += 1
 
-    async def stop(self, deadline: float) -> None:
+    async def stop(self, deadline: float, hurry: asyncio.Event) -> None:
         """Finish (after ``run``): running calls get until ``deadline``, then are cancelled.
 
         What is buffered is given back at once, then the source closes.
@@ -208,9 +226,17 @@ class AsyncRunner:
         source = self._source
         if source is not None:
             self._give_back(source.buffered())
-        calls = set(self._calls)
-        if calls:
-            _, late = await asyncio.wait(calls, timeout=max(0.0, deadline - time.monotonic()))
+        late: set[asyncio.Task[None]] = set(self._calls)
+        if late:
+            hurried = asyncio.ensure_future(hurry.wait())
+            while late and not hurry.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                done, _ = await asyncio.wait({*late, hurried}, timeout=left,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                late -= done
+            hurried.cancel()
             if late:
                 log.warning("handler %s: %d call(s) still running at the shutdown deadline;"
                             " their messages are nacked", self.handler.name, len(late))

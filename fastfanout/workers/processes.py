@@ -129,6 +129,12 @@ class ProcessGroup:
                         self._children[number] = self._spawn()
                         self.restarts += 1
 
+    def hurry(self) -> None:
+        """SIGTERM the children again: each stops without waiting for running calls."""
+        for child in self._children:
+            if child.process.is_alive():
+                child.process.terminate()
+
     def stop(self, shutdown_timeout: float) -> None:
         """SIGTERM every child; wait for its graceful stop, then kill what is left."""
         self._stopping = True

@@ -308,11 +308,17 @@ class ThreadRunner:
             slot.held, slot.index = [], 0
             return True
 
-    def join(self, deadline: float) -> list[Slot]:
-        """Wait for the threads until ``deadline`` (monotonic); returns the busy slots."""
+    def join(self, deadline: float, hurry: threading.Event) -> list[Slot]:
+        """Wait for the threads until ``deadline`` (monotonic) or ``hurry``.
+
+        Returns:
+            The slots whose thread still runs.
+        """
         for slot in self.slots:
-            if slot.thread is not None:
-                slot.thread.join(max(0.0, deadline - time.monotonic()))
+            thread = slot.thread
+            while (thread is not None and thread.is_alive() and not hurry.is_set()
+                   and time.monotonic() < deadline):
+                thread.join(min(POLL, max(0.0, deadline - time.monotonic())))
         return [slot for slot in self.slots
                 if slot.thread is not None and slot.thread.is_alive()]
 

@@ -267,16 +267,23 @@ def test_stopping_mid_stream_loses_nothing(track: Tracker, is_async: bool) -> No
     assert (queue.leased, queue.visible) == (0, 300 - len(handled))   # the rest is back
 
 
-def test_stop_past_the_deadline_nacks_the_running_call(track: Tracker) -> None:
+@pytest.mark.parametrize("is_async", [False, True])
+def test_stop_past_the_deadline_nacks_the_running_call(track: Tracker, is_async: bool
+                                                       ) -> None:
     endpoint, client = _setup(track)
     started = threading.Event()
     release = threading.Event()
     worker = _worker(track, endpoint, concurrency=1)
 
-    @worker.handler("jobs")
     def stuck(message: Any) -> None:
         started.set()
         release.wait(10.0)
+
+    async def stuck_async(message: Any) -> None:
+        started.set()
+        await asyncio.sleep(10.0)
+
+    worker.handler("jobs")(stuck_async if is_async else stuck)
 
     client.send("jobs", b"x")
     worker.start()
@@ -287,7 +294,32 @@ def test_stop_past_the_deadline_nacks_the_running_call(track: Tracker) -> None:
     queue = client.stats().queues["jobs"]
     assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)   # back at once
     release.set()
-    assert worker.stats().handlers["stuck"].processed == 0
+    assert worker.stats().handlers["stuck_async" if is_async else "stuck"].processed == 0
+
+
+def test_stop_now_cuts_a_graceful_stop_short(track: Tracker) -> None:
+    endpoint, client = _setup(track)
+    started = threading.Event()
+    worker = _worker(track, endpoint, concurrency=1)
+
+    @worker.handler("jobs")
+    async def stuck(message: Any) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    client.send("jobs", b"x")
+    worker.start()
+    assert started.wait(5.0)
+    stopper = threading.Thread(target=worker.stop, args=(60.0,))
+    stopper.start()
+    wait_until(lambda: stopper.is_alive() and worker.stats().handlers["stuck"].in_flight == 1,
+               what="a stop in progress")
+    begun = time.monotonic()
+    worker.stop_now()
+    stopper.join(10.0)
+    assert not stopper.is_alive() and time.monotonic() - begun < 5.0
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)
 
 
 def test_embedded_worker_sync_and_async() -> None:
@@ -405,6 +437,22 @@ def test_cli_worker_stops_on_sigterm_losing_nothing(track: Tracker, tmp_path: Pa
     handled = len(list(tmp_path.glob("*-*")))
     assert queue.acked == handled   # everything handled was acked, nothing else
     assert queue.leased == 0 and queue.visible == 10 - handled   # the rest back at once
+
+
+def test_a_second_sigterm_stops_without_waiting(track: Tracker, tmp_path: Path) -> None:
+    endpoint, client = _setup(track)
+    client.send("jobs", f"{tmp_path}|30".encode())   # a call of 30 s
+    process = _cli_worker(track, endpoint, "--concurrency", "1", "--shutdown-timeout", "60")
+    wait_until(lambda: client.stats().queues["jobs"].leased == 1, timeout=20, what="leased")
+    process.send_signal(signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(0.5)   # the first one waits for the running call
+    begun = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+    assert time.monotonic() - begun < 5.0
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)   # back at once
 
 
 def test_a_killed_worker_process_gets_its_messages_redelivered(track: Tracker,
