@@ -412,8 +412,18 @@ def test_processes_spread_a_handler_over_processes(track: Tracker, tmp_path: Pat
     assert set(worker.pids) == pids
     wait_until(lambda: worker.stats().handlers["record"].processed == 20, what="stats")
     assert worker.stats().handlers["record"].processes == 2
+    killed = worker.pids[0]
+    os.kill(killed, signal.SIGKILL)   # a dead worker process is started again
+    wait_until(lambda: worker.stats().restarts == 1 and killed not in worker.pids,
+               timeout=30, what="a new process")
+    wait_until(lambda: client.server_stats()["consumers"] == 2, timeout=30,
+               what="the new process consuming")
+    client.send("jobs", f"{tmp_path}|0".encode())
+    wait_until(lambda: len(list(tmp_path.glob("*-*"))) == 21, timeout=30, what="one more")
+    wait_until(lambda: worker.stats().handlers["record"].processed == 21,   # dead one's kept
+               what="stats of 21")
     worker.stop()
-    assert client.stats().queues["jobs"].acked == 20
+    assert client.stats().queues["jobs"].acked == 21
 
 
 def _cli_worker(track: Tracker, endpoint: str, *extra: str) -> subprocess.Popen[bytes]:
