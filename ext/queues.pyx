@@ -93,6 +93,7 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
         q.visible_tail[level] = NIL
     q.levels = max_priority + 1
     q.alive = True
+    q.durable = False
     q.incarnation = incarnation
     q.visibility_us = visibility_us
     q.delay_us = delay_us
