@@ -629,6 +629,42 @@ cdef class Store:
         """Live durable copies whose message record is in segment ``segment``."""
         return self.segment_live[segment] if segment < self.segment_live_capacity else 0
 
+    def copy_forward(self, uint32_t below, Py_ssize_t max_copies):
+        """Journal afresh the live durable copies whose message record is in a segment
+        below ``below`` (a remove record, then a new enqueue record holding the message,
+        its receive count, due time and dead-letter info), oldest first, so those
+        segments hold nothing live and can be removed. Nothing is moved when there are
+        more than ``max_copies``; returns how many were moved (-count when too many).
+        """
+        cdef list found = []
+        cdef uint32_t slot
+        cdef entry_t* entry
+        cdef uint32_t index
+        cdef int64_t due
+        for slot in range(self.entry_capacity):
+            entry = &self.entries[slot]
+            if entry.state != STATE_FREE and entry.journal_seq and \
+                    entry.journal_segment < below:
+                found.append((entry.journal_seq, slot))
+        if len(found) > max_copies:
+            return -len(found)
+        found.sort()
+        for _, slot in found:
+            entry = &self.entries[slot]
+            due = INT64_MIN
+            if entry.state == STATE_DELAYED:
+                index = self.timers.position[slot] if slot < self.timers.key_capacity else 0
+                if index:
+                    due = self.timers.nodes[index - 1].due_us
+            self._journal_copy(RECORD_REMOVE, slot, 0)
+            self._journal_live(entry.journal_segment, -1)
+            entry.blob.journal_copies -= 1
+            if entry.blob.journal_segment < below or entry.blob.journal_copies == 0:
+                entry.blob.journal_seq = 0   # the new record holds the message again
+            entry.journal_seq = 0
+            self._journal_enqueue(slot, due)
+        return len(found)
+
     def forget_journal_after(self, uint64_t seq):
         """The journal dropped its records after ``seq`` (a full disk): the copies they
         described are in memory only from now on (no record names them)."""

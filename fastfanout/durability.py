@@ -54,6 +54,11 @@ FSYNC_POLICIES = ("always", "interval", "never")
 SEGMENT_BYTES = 64 << 20
 """A segment is closed (and a new one begun with a snapshot) once it holds this many
 bytes; with ``max_disk_bytes`` set, at most a quarter of it."""
+COPY_FORWARD_COPIES = 10_000
+"""At each segment roll, the live copies of the oldest segment are journaled afresh
+(copied forward) when they are at most this many and at most a quarter of its records,
+so a few long-lived messages do not keep old segments on disk; a
+backlog stays where it is (it is live data, and rewriting it would cost more)."""
 FLUSH_BYTES = 1 << 20
 """Records of settle calls are buffered until the next commit, or until this many bytes
 wait (then the next call flushes them)."""
@@ -331,6 +336,7 @@ class Durability:
         self._failure_logged = False
         self.store_full = 0          # publishes refused with StoreFull
         self.removed_segments = 0
+        self.copied_forward = 0      # live copies journaled afresh by compaction
         self.snapshots = 0
         self.recovery: dict[str, Any] = {}
 
@@ -413,7 +419,9 @@ class Durability:
         broker._next_subscription = max(broker._next_subscription, replay.next_subscription)
         store = broker._store
         restored = 0
-        for copy_seq in sorted(replay.copies):
+        # Arrival order: copies journaled afresh by compaction have later sequences
+        # than the copies that followed them, but keep their entry time.
+        for copy_seq in sorted(replay.copies, key=lambda seq: (replay.copies[seq][2], seq)):
             queue, message_seq, entered, due, receive_count, dead = replay.copies[copy_seq]
             queue_id = broker._queues.get(queue)
             if queue_id is None or not broker._queue_settings[queue].durable:
@@ -586,6 +594,7 @@ class Durability:
             self.journal_directory, journal_ops.segment_name(self._segment_bases[closed])))
         self._segment_bases[journal.segment_index] = int(journal.segment[:20])
         self._write_snapshot()
+        self._copy_forward()
         try:
             journal.flush()
         except StoreFull:
@@ -596,6 +605,25 @@ class Durability:
         if self.fsync != "never":
             self._sync()
         self._compact()
+
+    def _copy_forward(self) -> None:
+        """Move the few live copies of the oldest segments into the new one."""
+        journal = self.journal
+        assert journal is not None and self._broker is not None
+        store = self._broker._store
+        budget = COPY_FORWARD_COPIES
+        while budget > 0:
+            oldest = store.oldest_live_segment(journal.segment_index)
+            if oldest >= journal.segment_index - 1:
+                return   # the segment just closed is left as it is
+            records = self._segment_bases[oldest + 1] - self._segment_bases[oldest]
+            if store.segment_live_count(oldest) * 4 > records:
+                return   # still mostly live: rewriting it would cost more than it frees
+            moved = store.copy_forward(oldest + 1, budget)
+            if moved < 0:
+                return
+            budget -= moved
+            self.copied_forward += moved
 
     def _compact(self) -> None:
         """Remove the oldest segments once no live durable copy has its message there."""
@@ -632,10 +660,12 @@ class Durability:
             "segments": len(self._segment_sizes) + 1,
             "records": journal.next_seq - self._first_seq,
             "bytes_written": journal.bytes_written, "syncs": journal.syncs,
+            "buffered_bytes": journal.buffered_bytes,
             "written_seq": journal.written_seq, "synced_seq": journal.synced_seq,
             "store_full": self.store_full + journal.full_refusals,
             "failures": 0 if journal.failure is None else 1, "failure": journal.failure,
             "removed_segments": self.removed_segments, "snapshots": self.snapshots,
+            "copied_forward": self.copied_forward,
             "recovery": dict(self.recovery),
         }
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from fastfanout import Broker
+from fastfanout import Broker, durability
 from fastfanout._ext import journal as journal_ops
 from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
 from fastfanout.records import ExponentialBackoff
@@ -264,7 +265,7 @@ def test_a_second_broker_on_the_same_directory_is_refused(open_broker: Open) -> 
 
 
 def test_disk_follows_live_data(open_broker: Open, tmp_path: Path) -> None:
-    broker = open_broker(max_disk_bytes=2 << 20)   # segments of 512 KiB
+    broker = open_broker(max_disk_bytes=2 << 20, fsync="never")   # segments of 512 KiB
     broker.create_queue("q")
     body = b"x" * 4000
     for _ in range(350):
@@ -283,6 +284,44 @@ def test_disk_follows_live_data(open_broker: Open, tmp_path: Path) -> None:
         broker.send("q", b"small" * 1000)   # writes on: segments roll
     broker = restart(broker, open_broker, max_disk_bytes=2 << 20)
     assert broker.stats().queues["q"].messages == 151
+
+
+def test_long_lived_messages_are_copied_forward(
+        open_broker: Open, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_topic("t")
+    broker.create_queue("dlq")
+    broker.create_queue("q", max_receive_count=5, dead_letter_queue="dlq")
+    broker.create_queue("r")
+    broker.subscribe("t", "q")
+    broker.subscribe("t", "r")
+    broker.publish("t", b"delayed", delay=500.0, dedup_id="k")
+    broker.send("q", b"received twice")
+    for _ in range(2):
+        (message,) = broker.receive("q")
+        broker.extend(message.receipt, 0)
+    broker.send("q", b"dead")
+    leased = {m.body: m for m in broker.receive("q", max_messages=10)}
+    broker.term(leased[b"dead"].receipt)   # "received twice" stays leased
+    for i in range(300):
+        broker.send("r", b"busy %d" % i)
+        for message in broker.receive("r", max_messages=10):
+            if message.body != b"delayed":
+                broker.ack(message.receipt)
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["copied_forward"] >= 4 and storage["removed_segments"] > 10
+    assert storage["segments"] <= 4
+    broker = restart(broker, open_broker)
+    assert broker.publish("t", b"delayed", dedup_id="k").duplicate
+    messages = broker.receive("q", max_messages=10)
+    assert [(m.body, m.receive_count) for m in messages] == [(b"received twice", 4)]
+    broker.ack(messages[0].receipt)
+    dead = broker.receive("dlq")
+    assert [(m.body, m.dead_letter.reason) for m in dead] == [(b"dead", "rejected")]
+    clock.advance(500.0)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"delayed"]
 
 
 def test_max_disk_bytes_refuses_publishes_until_consumers_drain(
@@ -351,3 +390,126 @@ def test_every_policy_writes_before_returning(open_broker: Open, tmp_path: Path,
     if fsync == "always":
         assert journal["synced_seq"] == journal["written_seq"]
     assert result.message_id
+
+
+def test_a_full_disk_refuses_the_publish_and_the_next_one_works(open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"before")
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    broker.send("q", b"after")
+    storage = broker.stats().storage
+    assert storage is not None and storage["store_full"] >= 1 and storage["failures"] == 0
+    broker = restart(broker, open_broker)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
+
+
+def _drain(broker: Broker, queues: list[str]) -> list[tuple[object, ...]]:
+    found: list[tuple[object, ...]] = []
+    for queue in queues:
+        while messages := broker.receive(queue, max_messages=100, visibility_timeout=3600):
+            for m in messages:
+                dead = m.dead_letter
+                found.append((queue, m.id, m.body, m.receive_count, m.priority, m.group_id,
+                              None if dead is None else (dead.reason, dead.source_queue,
+                                                         dead.receive_count)))
+    return sorted(found, key=repr)
+
+
+@pytest.mark.parametrize("segment_bytes", [durability.SEGMENT_BYTES, 4096])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_restart_restores_what_an_in_memory_twin_holds(
+        tmp_path: Path, seed: int, segment_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random work on a durable broker and an in-memory twin in lockstep; after the
+    durable one restarts (and the twin's leases are returned), both hold the same.
+    Small segments: they roll (snapshots) and are removed as messages settle."""
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", segment_bytes)
+    rng = random.Random(seed)
+    clock = FakeClock()
+    twin = Broker(clock=clock)
+    durable = Broker(clock=clock, data_dir=tmp_path / "data", fsync="never")
+    queues = ["dlq", "a", "b", "short"]
+    brokers = (twin, durable)
+    for broker in brokers:
+        broker.create_topic("t")
+        broker.create_queue("dlq")
+        broker.create_queue("a", max_receive_count=3, dead_letter_queue="dlq",
+                            max_priority=3)
+        broker.create_queue("b", max_messages=40, overflow="drop_oldest", content_dedup=True)
+        broker.create_queue("short", retention=300.0, max_receive_count=2,
+                            dead_letter_queue="dlq")
+        broker.subscribe("t", "a")
+        broker.subscribe("t", "b", filter_policy={"k": ["x"]})
+        broker.subscribe("t", "short")
+    held: list[tuple[int, int]] = []   # receipts of the twin, of the durable broker
+    for _ in range(400):
+        op = rng.random()
+        body = f"m{rng.randrange(60)}".encode()
+        if op < 0.3:
+            options = {"attributes": {"k": rng.choice("xy")}, "priority": rng.randrange(4)}
+            if rng.random() < 0.2:
+                options["dedup_id"] = f"d{rng.randrange(20)}"
+            if rng.random() < 0.2:
+                options["delay"] = rng.choice([5.0, 50.0])
+            results = [broker.publish("t", body, **options) for broker in brokers]
+            assert results[0] == results[1]
+        elif op < 0.4:
+            queue = rng.choice(queues[1:])
+            results = [broker.send(queue, body) for broker in brokers]
+            assert results[0] == results[1]
+        elif op < 0.6:
+            queue = rng.choice(queues)
+            count = rng.randrange(1, 5)
+            got = [broker.receive(queue, max_messages=count, visibility_timeout=30.0)
+                   for broker in brokers]
+            assert [m.id for m in got[0]] == [m.id for m in got[1]]
+            held += [(x.receipt, y.receipt) for x, y in zip(*got, strict=True)]
+        elif op < 0.85 and held:
+            pair = held.pop(rng.randrange(len(held)))
+            action = rng.random()
+            delay = rng.choice([0.0, 20.0])
+            for broker, receipt in zip(brokers, pair, strict=True):
+                try:
+                    if action < 0.5:
+                        broker.ack(receipt)
+                    elif action < 0.75:
+                        broker.nack(receipt, delay=delay)
+                    elif action < 0.9:
+                        broker.term(receipt)
+                    else:
+                        broker.extend(receipt, 0)
+                except Exception as exc:   # a lease ended in both, the same way
+                    assert type(exc).__name__ == "StaleReceipt"
+        elif op < 0.9:
+            clock.advance(rng.choice([1.0, 10.0, 40.0]))
+        elif op < 0.93:
+            assert twin.redrive("dlq", max_messages=3) == durable.redrive("dlq", max_messages=3)
+        elif op < 0.94:
+            assert twin.purge("b") == durable.purge("b")
+    for receipt, _ in held:
+        try:
+            twin.extend(receipt, 0)
+        except Exception as exc:
+            assert type(exc).__name__ == "StaleReceipt"
+    before = {q: s.messages for q, s in twin.stats().queues.items()}
+    storage = durable.stats().storage
+    assert storage is not None
+    if segment_bytes == 4096:
+        assert storage["snapshots"] > 10
+    durable.close()
+    durable = Broker(clock=clock, data_dir=tmp_path / "data")
+    try:
+        assert {q: s.messages for q, s in durable.stats().queues.items()} == before
+        storage = durable.stats().storage
+        assert storage is not None and storage["recovery"]["skipped"] == []
+        assert storage["recovery"]["torn_tail"] is None
+        clock.advance(60.0)
+        assert _drain(durable, queues) == _drain(twin, queues)
+    finally:
+        durable.close()
