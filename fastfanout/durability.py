@@ -151,9 +151,17 @@ class _Replay:
         self.topic_keys: list[tuple[str, int, int, int, int]] = []
         self.queue_keys: list[tuple[str, int, int, int, int]] = []
         self.orphans = 0     # records naming a queue or copy recovery does not know
+        self._segment = 0
+        if not bases:
+            self.bases = [0]
 
     def segment_of(self, seq: int) -> int:
-        return max(bisect.bisect_right(self.bases, seq) - 1, 0)
+        """The index of the segment holding record ``seq`` (records come in order)."""
+        bases = self.bases
+        index = self._segment
+        if index + 1 < len(bases) and bases[index + 1] <= seq or bases[index] > seq:
+            index = self._segment = max(bisect.bisect_right(bases, seq) - 1, 0)
+        return index
 
     def record(self, seq: int, kind: int, payload: bytes) -> None:
         if kind == _ENQUEUE:
@@ -196,15 +204,21 @@ class _Replay:
             self.orphans += 1
             return
         message = found[0]
-        message_id = int.from_bytes(message[:8], "little")
-        if message_id >= self.next_message_id:
-            self.next_message_id = message_id + 1
+        if flags & _INLINE:
+            message_id = int.from_bytes(message[:8], "little")
+            if message_id >= self.next_message_id:
+                self.next_message_id = message_id + 1
         self.copies[seq] = [queue, message_seq, entered, due, receive_count, dead]
         if dead is None:
             self._remember_keys(message, queue, topic)
 
     def _remember_keys(self, message: bytes, queue: str, topic: int) -> None:
         """Dedup keys this copy's publish left in its queue's (and topic's) window."""
+        topic_name = self.topic_by_id.get(topic - 1) if topic else None
+        dedup_length = int.from_bytes(message[42:44], "little")
+        if not dedup_length and not self.queues[queue][1].get("content_dedup") and (
+                topic_name is None or not self.topics[topic_name].get("content_dedup")):
+            return   # the common case: no key anywhere
         (message_id, timestamp, _due, _expires, body_length, attrs_length, group_length,
          dedup_length, _priority) = _MESSAGE_HEADER.unpack_from(message, 0)
         start = _MESSAGE_HEADER.size
@@ -219,7 +233,6 @@ class _Replay:
             body_key if settings.get("content_dedup") else None)
         if key is not None:
             self.queue_keys.append((queue, key & _LOW64, key >> 64, message_id, timestamp))
-        topic_name = self.topic_by_id.get(topic - 1) if topic else None
         if topic_name is not None:
             key = dedup_key if dedup_key is not None else (
                 body_key if self.topics[topic_name].get("content_dedup") else None)
@@ -421,8 +434,8 @@ class Durability:
         restored = 0
         # Arrival order: copies journaled afresh by compaction have later sequences
         # than the copies that followed them, but keep their entry time.
-        for copy_seq in sorted(replay.copies, key=lambda seq: (replay.copies[seq][2], seq)):
-            queue, message_seq, entered, due, receive_count, dead = replay.copies[copy_seq]
+        copies = sorted((copy[2], seq, copy) for seq, copy in replay.copies.items())
+        for _, copy_seq, (queue, message_seq, entered, due, receive_count, dead) in copies:
             queue_id = broker._queues.get(queue)
             if queue_id is None or not broker._queue_settings[queue].durable:
                 continue

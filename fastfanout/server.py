@@ -713,8 +713,10 @@ class Server(Deliveries):
         """Run held requests again (room may have appeared, or a deadline passed)."""
         self._room = False
         self._next_hold_check = now + TICK
+        # A retried publish is answered with the next round's replies, after its commit.
         self.counters["hold_timeouts"] += self._held.retry(
-            now, lambda held, payload: self._reply(held.session, held.request_id, payload),
+            now, lambda held, payload: self._replies.append(
+                (held.session, held.request_id, payload)),
             self._held_failed)
 
     def _held_failed(self, held: HeldRequest, error: BaseException) -> None:
