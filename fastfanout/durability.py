@@ -159,7 +159,7 @@ class _Replay:
         """The index of the segment holding record ``seq`` (records come in order)."""
         bases = self.bases
         index = self._segment
-        if index + 1 < len(bases) and bases[index + 1] <= seq or bases[index] > seq:
+        if (index + 1 < len(bases) and bases[index + 1] <= seq) or bases[index] > seq:
             index = self._segment = max(bisect.bisect_right(bases, seq) - 1, 0)
         return index
 
