@@ -233,11 +233,7 @@ cdef class Store:
         """Release a detached entry: drop its blob reference and recycle the slot."""
         cdef entry_t* entry = &self.entries[slot]
         if entry.journal_seq:
-            self._journal_copy(RECORD_REMOVE, slot, 0)
-            self._journal_live(entry.journal_segment, -1)
-            entry.blob.journal_copies -= 1
-            if entry.blob.journal_copies == 0:
-                entry.blob.journal_seq = 0   # its record may go with its segment
+            self._journal_release(entry.journal_seq, entry.journal_segment, entry.blob)
             entry.journal_seq = 0
         blob_release(entry.blob)
         entry.blob = NULL
@@ -586,6 +582,24 @@ cdef class Store:
         entry.journal_segment = blob.journal_segment
         self._journal_live(entry.journal_segment, 1)
 
+    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept:
+        """A durable copy went: its remove record, and it no longer counts as live.
+
+        Moves (dead-lettering, redrive, copy-forward) call it after the enqueue record of
+        the new copy, so a crash between the two leaves a duplicate, never a loss."""
+        cdef char* p
+        if seq == 0:
+            return
+        if self.journal is not None and not self.restoring:
+            p = self.journal.reserve(RECORD_REMOVE, 8)
+            if p != NULL:
+                ff_store_le64(p, seq)
+                self.journal.finish()
+        self._journal_live(segment, -1)
+        blob.journal_copies -= 1
+        if blob.journal_copies == 0:
+            blob.journal_seq = 0   # its record may go with its segment
+
     cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept:
         """Append a small record about a durable copy: lease, remove, or delay (until
         ``value``)."""
@@ -641,6 +655,8 @@ cdef class Store:
         cdef entry_t* entry
         cdef uint32_t index
         cdef int64_t due
+        cdef uint64_t moved_seq
+        cdef uint32_t moved_segment
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state != STATE_FREE and entry.journal_seq and \
@@ -656,13 +672,13 @@ cdef class Store:
                 index = self.timers.position[slot] if slot < self.timers.key_capacity else 0
                 if index:
                     due = self.timers.nodes[index - 1].due_us
-            self._journal_copy(RECORD_REMOVE, slot, 0)
-            self._journal_live(entry.journal_segment, -1)
-            entry.blob.journal_copies -= 1
-            if entry.blob.journal_segment < below or entry.blob.journal_copies == 0:
+            moved_seq = entry.journal_seq
+            moved_segment = entry.journal_segment
+            if entry.blob.journal_segment < below:
                 entry.blob.journal_seq = 0   # the new record holds the message again
             entry.journal_seq = 0
-            self._journal_enqueue(slot, due)
+            self._journal_enqueue(slot, due)   # first the new record, then the remove
+            self._journal_release(moved_seq, moved_segment, entry.blob)
         return len(found)
 
     def forget_journal_after(self, uint64_t seq):
@@ -800,6 +816,8 @@ cdef class Store:
         cdef blob_t* blob = self.entries[slot].blob
         cdef dead_letter_t* dead
         cdef int room
+        cdef uint64_t moved_seq
+        cdef uint32_t moved_segment
         if dlq < 0:
             self.queues[source].dropped[DROP_FOR_DEAD_REASON[reason]] += 1
             self._free_entry(slot)
@@ -822,8 +840,12 @@ cdef class Store:
         dead.first_receive_us = self.entries[slot].first_receive_us
         dead.last_receive_us = self.entries[slot].last_receive_us
         dead.time_us = now_us
-        # Keep the blob alive while the source entry is freed and room is made.
+        # Keep the blob alive while the source entry is freed and room is made; the
+        # source copy's remove record follows the dead letter's enqueue record.
         blob.refcount += 1
+        moved_seq = self.entries[slot].journal_seq
+        moved_segment = self.entries[slot].journal_segment
+        self.entries[slot].journal_seq = 0
         self._free_entry(slot)
         try:
             if room == 0:
@@ -831,8 +853,10 @@ cdef class Store:
             self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
         except BaseException:
             dead_letter_free(dead)
+            self._journal_release(moved_seq, moved_segment, blob)
             blob_release(blob)
             raise
+        self._journal_release(moved_seq, moved_segment, blob)
         blob_release(blob)
         self.queues[source].dead_lettered += 1
         return 0

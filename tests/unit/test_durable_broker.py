@@ -513,3 +513,28 @@ def test_a_restart_restores_what_an_in_memory_twin_holds(
         assert _drain(durable, queues) == _drain(twin, queues)
     finally:
         durable.close()
+
+
+def test_a_move_writes_the_new_copy_before_removing_the_old(
+        open_broker: Open, tmp_path: Path) -> None:
+    """A crash between the two records of a move leaves a duplicate, never a loss."""
+    broker = open_broker()
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    broker.send("q", b"m")
+    (message,) = broker.receive("q")
+    kinds: list[int] = []
+
+    def tail() -> list[int]:
+        kinds.clear()
+        journal_ops.scan(journal_dir(tmp_path), lambda seq, kind, payload: kinds.append(kind),
+                         repair=False)
+        return kinds[-2:]
+
+    broker.term(message.receipt)
+    broker.commit()
+    enqueue, remove = 2, 4
+    assert tail() == [enqueue, remove]
+    broker.redrive("dlq")
+    broker.commit()
+    assert tail() == [enqueue, remove]
