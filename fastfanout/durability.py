@@ -555,16 +555,7 @@ class Durability:
             return
         if journal.failure is not None:
             raise self._failed()
-        try:
-            journal.flush()
-        except StoreFull:
-            assert self._broker is not None
-            self._broker._store.forget_journal_after(journal.written_seq)
-            self._snapshot_needed = True
-            self.store_full += 1
-            raise
-        except StoreFailed:
-            raise self._failed() from None
+        self._flush()
         if sync and (self.fsync == "always" or (
                 self.fsync == "interval"
                 and time.monotonic() - self._last_sync >= self.fsync_interval)):
@@ -573,6 +564,22 @@ class Durability:
             self._roll()
         else:
             self._compact()
+
+    def _flush(self) -> None:
+        """Write the buffer; a full disk drops it: the copies its records described are
+        in memory only from then on, and the next segment begins with a snapshot.
+        """
+        journal = self.journal
+        assert journal is not None and self._broker is not None
+        try:
+            journal.flush()
+        except StoreFull:
+            self._broker._store.forget_journal_after(journal.written_seq)
+            self._snapshot_needed = True
+            self.store_full += 1
+            raise
+        except StoreFailed:
+            raise self._failed() from None
 
     def sync_due(self) -> None:
         """With ``interval``: flush, and fdatasync if ``fsync_interval`` has passed."""
@@ -596,8 +603,12 @@ class Durability:
         journal = self.journal
         assert journal is not None
         try:
-            journal.roll()
+            self._flush()   # (a full disk is counted there)
         except StoreFull:
+            return
+        try:
+            journal.roll()   # nothing left to flush: a sync, then the new segment
+        except StoreFull:    # no room for the new segment: the old one goes on
             self.store_full += 1
             return
         except StoreFailed:
@@ -609,10 +620,8 @@ class Durability:
         self._write_snapshot()
         self._copy_forward()
         try:
-            journal.flush()
+            self._flush()
         except StoreFull:
-            self._snapshot_needed = True
-            self.store_full += 1
             return
         self._snapshot_needed = False
         if self.fsync != "never":
