@@ -566,8 +566,10 @@ class Durability:
             self._compact()
 
     def _flush(self) -> None:
-        """Write the buffer; a full disk drops it: the copies its records described are
-        in memory only from then on, and the next segment begins with a snapshot.
+        """Write the buffer (a full disk drops it).
+
+        After a full disk the copies its records described are in memory only, and the
+        next segment begins with a snapshot.
         """
         journal = self.journal
         assert journal is not None and self._broker is not None
