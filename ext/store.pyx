@@ -1257,3 +1257,137 @@ cdef class Store:
     def entries_live(self):
         """Message copies held across all queues."""
         return self.live_entries
+
+
+cdef class Replay:
+    """Recovery's reader of a durable broker's journal records (docs/storage.md).
+
+    ``record(seq, kind, payload)`` is ``journal.scan``'s callback: the per-message
+    records (enqueue, lease, remove, delay) are read here, in C; topology records and
+    snapshots go to ``other_record(kind, payload)`` and the dedup keys of an enqueue to
+    ``remember_keys(message, queue, topic)``, both of a subclass
+    (``fastfanout.durability``).
+
+    Attributes:
+        copies: copy sequence -> ``[queue name, message sequence, entered_us, due_us,
+            receive count, dead]`` (dead: None or ``(reason, receive count,
+            first_receive_us, last_receive_us, time_us, source name)``).
+        messages: message sequence -> ``(message part, segment index)``.
+        queue_by_id: queue id -> name, as the topology records left it (kept by the
+            subclass; changed in place).
+        content_queues: names of the queues with ``content_dedup``.
+        content_topics: ids of the topics with ``content_dedup``.
+        next_message_id: above every message id read.
+        orphans: enqueue records naming a queue or message recovery does not know.
+    """
+
+    cdef public dict copies
+    cdef public dict messages
+    cdef public dict queue_by_id
+    cdef public set content_queues
+    cdef public set content_topics
+    cdef public list bases
+    cdef public uint64_t next_message_id
+    cdef public Py_ssize_t orphans
+    cdef Py_ssize_t segment
+
+    def __init__(self, list bases):
+        self.bases = list(bases) if bases else [0]
+        self.copies = {}
+        self.messages = {}
+        self.queue_by_id = {}
+        self.content_queues = set()
+        self.content_topics = set()
+        self.next_message_id = 1
+        self.orphans = 0
+        self.segment = 0
+
+    def segment_of(self, uint64_t seq):
+        """The index of the segment holding record ``seq`` (asked in increasing order)."""
+        cdef Py_ssize_t count = len(self.bases)
+        while self.segment + 1 < count and <uint64_t>self.bases[self.segment + 1] <= seq:
+            self.segment += 1
+        return self.segment
+
+    def record(self, uint64_t seq, int kind, bytes payload):
+        """Apply one good record (``journal.scan``'s callback)."""
+        cdef const char* p = payload
+        cdef Py_ssize_t size = len(payload)
+        cdef list copy
+        if kind == RECORD_LEASE or kind == RECORD_DELAY:
+            if size < (16 if kind == RECORD_DELAY else 8):
+                self.orphans += 1
+                return
+            found = self.copies.get(ff_load_le64(p))
+            if found is not None:
+                copy = <list>found
+                if kind == RECORD_LEASE:
+                    copy[4] = copy[4] + 1
+                else:
+                    copy[3] = <int64_t>ff_load_le64(p + 8)
+        elif kind == RECORD_REMOVE:
+            if size >= 8:
+                self.copies.pop(ff_load_le64(p), None)
+        elif kind == RECORD_ENQUEUE:
+            self._enqueue(seq, payload)
+        else:
+            self.other_record(kind, payload)
+
+    cdef _enqueue(self, uint64_t seq, bytes payload):
+        cdef const char* p = payload
+        cdef Py_ssize_t size = len(payload)
+        cdef Py_ssize_t position = ENQUEUE_HEADER
+        cdef uint32_t flags
+        cdef uint32_t name_length
+        cdef uint64_t message_seq
+        cdef uint64_t message_id
+        cdef uint32_t topic
+        cdef bytes message
+        dead = None
+        if size < ENQUEUE_HEADER:
+            self.orphans += 1
+            return
+        flags = ff_load_le32(p + 4)
+        message_seq = ff_load_le64(p + 8)
+        topic = ff_load_le32(p + 36)
+        if flags & ENQUEUE_DEAD_LETTER:
+            if size < position + ENQUEUE_DEAD:
+                self.orphans += 1
+                return
+            name_length = ff_load_le32(p + position + 36)
+            if size < position + ENQUEUE_DEAD + name_length:
+                self.orphans += 1
+                return
+            dead = (<uint8_t>p[position], ff_load_le32(p + position + 4),
+                    <int64_t>ff_load_le64(p + position + 8),
+                    <int64_t>ff_load_le64(p + position + 16),
+                    <int64_t>ff_load_le64(p + position + 24),
+                    p[position + ENQUEUE_DEAD:position + ENQUEUE_DEAD + name_length]
+                    .decode("utf-8"))
+            position += ENQUEUE_DEAD + ff_align8(name_length)
+        if flags & ENQUEUE_INLINE:
+            if size < position + MESSAGE_HEADER:
+                self.orphans += 1
+                return
+            message_seq = seq
+            message = payload[position:]
+            self.messages[seq] = (message, self.segment_of(seq))
+            message_id = ff_load_le64(p + position)
+            if message_id >= self.next_message_id:
+                self.next_message_id = message_id + 1
+        else:
+            found = self.messages.get(message_seq)
+            if found is None:
+                self.orphans += 1
+                return
+            message = <bytes>(<tuple>found)[0]
+        queue = self.queue_by_id.get(ff_load_le32(p))
+        if queue is None:
+            self.orphans += 1
+            return
+        self.copies[seq] = [queue, message_seq, <int64_t>ff_load_le64(p + 16),
+                            <int64_t>ff_load_le64(p + 24), ff_load_le32(p + 32), dead]
+        if dead is None and (ff_load_le16(<const char*>message + 42) or
+                             queue in self.content_queues or
+                             (topic and (topic - 1) in self.content_topics)):
+            self.remember_keys(message, queue, topic)

@@ -22,7 +22,6 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import errno
 import fcntl
 import logging
@@ -36,7 +35,7 @@ import msgspec
 
 from fastfanout._ext import journal as journal_ops
 from fastfanout._ext.dedup import hash128
-from fastfanout._ext.store import RECORD_KINDS
+from fastfanout._ext.store import RECORD_KINDS, Replay
 from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
 from fastfanout.records import ExponentialBackoff
 from fastfanout.settings import QueueSettings
@@ -66,17 +65,9 @@ JOURNAL_DIRECTORY = "journal"
 LOCK_FILE = "lock"
 
 _TOPOLOGY = RECORD_KINDS["topology"]
-_ENQUEUE = RECORD_KINDS["enqueue"]
-_LEASE = RECORD_KINDS["lease"]
-_REMOVE = RECORD_KINDS["remove"]
-_DELAY = RECORD_KINDS["delay"]
 _SNAPSHOT = RECORD_KINDS["snapshot"]
 
-_ENQUEUE_HEADER = struct.Struct("<IIQqqII")          # 40 bytes
-_DEAD_HEADER = struct.Struct("<B3xIqqqII8x")         # 48 bytes
-_MESSAGE_HEADER = struct.Struct("<QqqqIIHHB3x")      # 48 bytes
-_INLINE = 1
-_DEAD = 2
+_MESSAGE_HEADER = struct.Struct("<QqqqIIHHB3x")      # an enqueue record's message part
 _BODY_KEY_MARK = 0x9E3779B97F4A7C15   # as in ext/fanout.pyx: body keys never meet id keys
 _LOW64 = (1 << 64) - 1
 
@@ -133,92 +124,41 @@ def _lock(directory: str) -> int:
     return fd
 
 
-class _Replay:
-    """What the journal's records add up to (built record by record by ``scan``)."""
+class _Replay(Replay):
+    """What the journal's records add up to, built record by record by ``scan``.
+
+    The per-message records are read by ``Replay`` (C), topology and snapshots here.
+    """
 
     def __init__(self, bases: list[int]) -> None:
-        self.bases = bases
+        super().__init__(bases)
         self.topics: dict[str, dict[str, Any]] = {}
         self.topic_by_id: dict[int, str] = {}
         self.queues: dict[str, tuple[bool, dict[str, Any]]] = {}
-        self.queue_by_id: dict[int, str] = {}
         self.subscriptions: dict[int, tuple[str, str, str | None, str]] = {}
         self.next_subscription = 1
-        self.next_message_id = 1
-        self.messages: dict[int, tuple[bytes, int]] = {}   # seq -> (message part, segment)
-        self.copies: dict[int, list[Any]] = {}   # copy seq -> [queue, message seq, entered,
-                                                  # due, receive count, dead]
         self.topic_keys: list[tuple[str, int, int, int, int]] = []
         self.queue_keys: list[tuple[str, int, int, int, int]] = []
-        self.orphans = 0     # records naming a queue or copy recovery does not know
-        self._segment = 0
-        if not bases:
-            self.bases = [0]
 
-    def segment_of(self, seq: int) -> int:
-        """The index of the segment holding record ``seq`` (records come in order)."""
-        bases = self.bases
-        index = self._segment
-        if (index + 1 < len(bases) and bases[index + 1] <= seq) or bases[index] > seq:
-            index = self._segment = max(bisect.bisect_right(bases, seq) - 1, 0)
-        return index
-
-    def record(self, seq: int, kind: int, payload: bytes) -> None:
-        if kind == _ENQUEUE:
-            self._enqueue(seq, payload)
-        elif kind == _LEASE:
-            copy = self.copies.get(int.from_bytes(payload[:8], "little"))
-            if copy is not None:
-                copy[4] += 1
-        elif kind == _REMOVE:
-            self.copies.pop(int.from_bytes(payload[:8], "little"), None)
-        elif kind == _DELAY:
-            copy = self.copies.get(int.from_bytes(payload[:8], "little"))
-            if copy is not None:
-                copy[3] = int.from_bytes(payload[8:16], "little", signed=True)
-        elif kind == _TOPOLOGY:
+    def other_record(self, kind: int, payload: bytes) -> None:
+        """A record that is not about one copy: topology or a snapshot."""
+        if kind == _TOPOLOGY:
             self._topology(_decode(payload))
         elif kind == _SNAPSHOT:
             self._snapshot(_decode(payload))
         else:
             self.orphans += 1
+        self.content_queues.clear()
+        self.content_queues.update(
+            name for name, (_, settings) in self.queues.items() if settings.get("content_dedup"))
+        self.content_topics.clear()
+        self.content_topics.update(
+            topic_id for topic_id, name in self.topic_by_id.items()
+            if self.topics[name].get("content_dedup"))
 
-    def _enqueue(self, seq: int, payload: bytes) -> None:
-        qid, flags, message_seq, entered, due, receive_count, topic = \
-            _ENQUEUE_HEADER.unpack_from(payload, 0)
-        position = _ENQUEUE_HEADER.size
-        dead = None
-        if flags & _DEAD:
-            reason, dead_count, first, last, when, _source, name_length = \
-                _DEAD_HEADER.unpack_from(payload, position)
-            position += _DEAD_HEADER.size
-            source = payload[position:position + name_length].decode()
-            position += (name_length + 7) & ~7
-            dead = (reason, dead_count, first, last, when, source)
-        if flags & _INLINE:
-            message_seq = seq
-            self.messages[seq] = (payload[position:], self.segment_of(seq))
-        found = self.messages.get(message_seq)
-        queue = self.queue_by_id.get(qid)
-        if found is None or queue is None:
-            self.orphans += 1
-            return
-        message = found[0]
-        if flags & _INLINE:
-            message_id = int.from_bytes(message[:8], "little")
-            if message_id >= self.next_message_id:
-                self.next_message_id = message_id + 1
-        self.copies[seq] = [queue, message_seq, entered, due, receive_count, dead]
-        if dead is None:
-            self._remember_keys(message, queue, topic)
-
-    def _remember_keys(self, message: bytes, queue: str, topic: int) -> None:
+    def remember_keys(self, message: bytes, queue: str, topic: int) -> None:
         """Dedup keys this copy's publish left in its queue's (and topic's) window."""
         topic_name = self.topic_by_id.get(topic - 1) if topic else None
-        dedup_length = int.from_bytes(message[42:44], "little")
-        if not dedup_length and not self.queues[queue][1].get("content_dedup") and (
-                topic_name is None or not self.topics[topic_name].get("content_dedup")):
-            return   # the common case: no key anywhere
         (message_id, timestamp, _due, _expires, body_length, attrs_length, group_length,
          dedup_length, _priority) = _MESSAGE_HEADER.unpack_from(message, 0)
         start = _MESSAGE_HEADER.size
@@ -287,7 +227,9 @@ class _Replay:
         self.topic_by_id = {topic_id: name for name, topic_id, _ in record["topics"]}
         self.queues = {name: (durable, settings)
                        for name, _, durable, settings in record["queues"]}
-        self.queue_by_id = {queue_id: name for name, queue_id, _, _ in record["queues"]}
+        self.queue_by_id.clear()
+        self.queue_by_id.update(
+            (queue_id, name) for name, queue_id, _, _ in record["queues"])
         self.subscriptions = {sid: (topic, queue, policy, scope)
                               for sid, topic, queue, policy, scope in record["subscriptions"]}
         self.next_subscription = max(self.next_subscription, record["next_subscription"])

@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from typing import Any
 
 from fastfanout._ext.dedup import DedupWindow
 from fastfanout._ext.journal import Journal
@@ -31,3 +32,16 @@ class Store:
     def outstanding(self, owner: int) -> int: ...
     @property
     def entries_live(self) -> int: ...
+
+class Replay:
+    copies: dict[int, list[Any]]
+    messages: dict[int, tuple[bytes, int]]
+    queue_by_id: dict[int, str]
+    content_queues: set[str]
+    content_topics: set[int]
+    bases: list[int]
+    next_message_id: int
+    orphans: int
+    def __init__(self, bases: list[int]) -> None: ...
+    def segment_of(self, seq: int) -> int: ...
+    def record(self, seq: int, kind: int, payload: bytes) -> None: ...
