@@ -389,6 +389,8 @@ def test_every_policy_writes_before_returning(open_broker: Open, tmp_path: Path,
     assert 2 in seen   # the enqueue record is in the file
     if fsync == "always":
         assert journal["synced_seq"] == journal["written_seq"]
+    else:   # interval (60 s not up yet) and never: written, not synced yet
+        assert journal["synced_seq"] < journal["written_seq"]
     assert result.message_id
 
 
