@@ -415,6 +415,9 @@ cdef class Dispatcher:
                         self.scratch[i].dedup_len or self.topics[topic].content_dedup):
                     (<DedupWindow>self.topic_dedup[topic]).remember(
                         self.keys[i], batch.ids[i], now_us)
+                    if store.journal is not None:
+                        store.journal_topic_key(<uint32_t>topic, self.keys[i].low,
+                                                self.keys[i].high, batch.ids[i], now_us)
             store.next_message_id = next_id
             store.deferring = True
             store.publishing_topic = <uint32_t>(topic + 1) if topic >= 0 else 0

@@ -200,6 +200,8 @@ cdef class Store:
     cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept
     cdef void _journal_live(self, uint32_t segment, int delta) noexcept
     cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept
+    cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
+                                uint64_t message_id, int64_t now_us) noexcept
     cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFF
     cdef void _free_entry(self, uint32_t slot) noexcept
     cdef void _detach(self, uint32_t slot) noexcept

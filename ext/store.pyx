@@ -101,6 +101,7 @@ cdef enum:
     RECORD_REMOVE = 4
     RECORD_DELAY = 5
     RECORD_SNAPSHOT = 6
+    RECORD_TOPIC_KEY = 7
     ENQUEUE_HEADER = 40        # fixed part of an enqueue record
     ENQUEUE_DEAD = 48          # its dead-letter part (then the source's name, 8-aligned)
     MESSAGE_HEADER = 48        # its message part (then body, attributes, group, dedup id)
@@ -109,7 +110,7 @@ cdef enum:
 
 RECORD_KINDS = {"topology": RECORD_TOPOLOGY, "enqueue": RECORD_ENQUEUE,
                 "lease": RECORD_LEASE, "remove": RECORD_REMOVE, "delay": RECORD_DELAY,
-                "snapshot": RECORD_SNAPSHOT}
+                "snapshot": RECORD_SNAPSHOT, "topic_key": RECORD_TOPIC_KEY}
 """Journal record kinds by name (see docs/storage.md)."""
 
 DEAD_LETTER_REASONS = ("max_receives", "rejected", "expired", "overflow")
@@ -599,6 +600,21 @@ cdef class Store:
         blob.journal_copies -= 1
         if blob.journal_copies == 0:
             blob.journal_seq = 0   # its record may go with its segment
+
+    cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
+                                uint64_t message_id, int64_t now_us) noexcept:
+        """A topic's dedup window remembered a key (a publish with a dedup id, or a body
+        on a content_dedup topic): its record, so a retry after a restart is still a
+        duplicate whatever queues the publish reached."""
+        cdef char* p = self.journal.reserve(RECORD_TOPIC_KEY, 40)
+        if p == NULL:
+            return
+        ff_store_le32(p, topic)
+        ff_store_le64(p + 8, low)
+        ff_store_le64(p + 16, high)
+        ff_store_le64(p + 24, message_id)
+        ff_store_le64(p + 32, <uint64_t>now_us)
+        self.journal.finish()
 
     cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept:
         """Append a small record about a durable copy: lease, remove, or delay (until
@@ -1265,7 +1281,7 @@ cdef class Replay:
     ``record(seq, kind, payload)`` is ``journal.scan``'s callback: the per-message
     records (enqueue, lease, remove, delay) are read here, in C; topology records and
     snapshots go to ``other_record(kind, payload)`` and the dedup keys of an enqueue to
-    ``remember_keys(message, queue, topic)``, both of a subclass
+    ``remember_keys(message, queue, topic)`` (the queue's window), both of a subclass
     (``fastfanout.durability``).
 
     Attributes:
@@ -1276,7 +1292,6 @@ cdef class Replay:
         queue_by_id: queue id -> name, as the topology records left it (kept by the
             subclass; changed in place).
         content_queues: names of the queues with ``content_dedup``.
-        content_topics: ids of the topics with ``content_dedup``.
         next_message_id: above every message id read.
         orphans: enqueue records naming a queue or message recovery does not know.
     """
@@ -1285,7 +1300,6 @@ cdef class Replay:
     cdef public dict messages
     cdef public dict queue_by_id
     cdef public set content_queues
-    cdef public set content_topics
     cdef public list bases
     cdef public uint64_t next_message_id
     cdef public Py_ssize_t orphans
@@ -1297,7 +1311,6 @@ cdef class Replay:
         self.messages = {}
         self.queue_by_id = {}
         self.content_queues = set()
-        self.content_topics = set()
         self.next_message_id = 1
         self.orphans = 0
         self.segment = 0
@@ -1388,6 +1401,5 @@ cdef class Replay:
         self.copies[seq] = [queue, message_seq, <int64_t>ff_load_le64(p + 16),
                             <int64_t>ff_load_le64(p + 24), ff_load_le32(p + 32), dead]
         if dead is None and (ff_load_le16(<const char*>message + 42) or
-                             queue in self.content_queues or
-                             (topic and (topic - 1) in self.content_topics)):
+                             queue in self.content_queues):
             self.remember_keys(message, queue, topic)

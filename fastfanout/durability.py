@@ -66,7 +66,9 @@ LOCK_FILE = "lock"
 
 _TOPOLOGY = RECORD_KINDS["topology"]
 _SNAPSHOT = RECORD_KINDS["snapshot"]
+_TOPIC_KEY = RECORD_KINDS["topic_key"]
 
+_TOPIC_KEY_RECORD = struct.Struct("<I4xQQQq")
 _MESSAGE_HEADER = struct.Struct("<QqqqIIHHB3x")      # an enqueue record's message part
 _BODY_KEY_MARK = 0x9E3779B97F4A7C15   # as in ext/fanout.pyx: body keys never meet id keys
 _LOW64 = (1 << 64) - 1
@@ -146,19 +148,20 @@ class _Replay(Replay):
             self._topology(_decode(payload))
         elif kind == _SNAPSHOT:
             self._snapshot(_decode(payload))
+        elif kind == _TOPIC_KEY:
+            topic_id, low, high, message_id, when = _TOPIC_KEY_RECORD.unpack(payload)
+            name = self.topic_by_id.get(topic_id)
+            if name is not None:
+                self.topic_keys.append((name, low, high, message_id, when))
+            return
         else:
             self.orphans += 1
         self.content_queues.clear()
         self.content_queues.update(
             name for name, (_, settings) in self.queues.items() if settings.get("content_dedup"))
-        self.content_topics.clear()
-        self.content_topics.update(
-            topic_id for topic_id, name in self.topic_by_id.items()
-            if self.topics[name].get("content_dedup"))
 
     def remember_keys(self, message: bytes, queue: str, topic: int) -> None:
         """Dedup keys this copy's publish left in its queue's (and topic's) window."""
-        topic_name = self.topic_by_id.get(topic - 1) if topic else None
         (message_id, timestamp, _due, _expires, body_length, attrs_length, group_length,
          dedup_length, _priority) = _MESSAGE_HEADER.unpack_from(message, 0)
         start = _MESSAGE_HEADER.size
@@ -173,12 +176,6 @@ class _Replay(Replay):
             body_key if settings.get("content_dedup") else None)
         if key is not None:
             self.queue_keys.append((queue, key & _LOW64, key >> 64, message_id, timestamp))
-        if topic_name is not None:
-            key = dedup_key if dedup_key is not None else (
-                body_key if self.topics[topic_name].get("content_dedup") else None)
-            if key is not None:
-                self.topic_keys.append(
-                    (topic_name, key & _LOW64, key >> 64, message_id, timestamp))
 
     def _topology(self, record: dict[str, Any]) -> None:
         op = record["op"]

@@ -38,7 +38,6 @@ class Replay:
     messages: dict[int, tuple[bytes, int]]
     queue_by_id: dict[int, str]
     content_queues: set[str]
-    content_topics: set[int]
     bases: list[int]
     next_message_id: int
     orphans: int

@@ -540,3 +540,20 @@ def test_a_move_writes_the_new_copy_before_removing_the_old(
     broker.redrive("dlq")
     broker.commit()
     assert tail() == [enqueue, remove]
+
+
+def test_a_topic_remembers_dedup_ids_whatever_queues_the_publish_reached(
+        open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_topic("t", content_dedup=True)
+    broker.create_queue("mem", durable=False)
+    broker.subscribe("t", "mem")
+    first = broker.publish("t", b"to memory only", dedup_id="k")
+    body = broker.publish("t", b"same body")
+    broker.unsubscribe(1)
+    unrouted = broker.publish("t", b"nowhere", dedup_id="u")
+    broker = restart(broker, open_broker)
+    assert broker.publish("t", b"x", dedup_id="k").message_id == first.message_id
+    assert broker.publish("t", b"same body").message_id == body.message_id
+    assert broker.publish("t", b"y", dedup_id="u").message_id == unrouted.message_id
+    assert broker.stats().topics["t"].duplicates == 3
