@@ -150,6 +150,7 @@ class _Replay(Replay):
             self._snapshot(_decode(payload))
         elif kind == _TOPIC_KEY:
             topic_id, low, high, message_id, when = _TOPIC_KEY_RECORD.unpack(payload)
+            self.next_message_id = max(self.next_message_id, message_id + 1)
             name = self.topic_by_id.get(topic_id)
             if name is not None:
                 self.topic_keys.append((name, low, high, message_id, when))
