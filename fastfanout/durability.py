@@ -324,16 +324,18 @@ class Durability:
         self.journal.commit()
         self._last_sync = time.monotonic()
         self._compact()
+        torn = report.torn_tail
+        if torn is not None:   # the cut records were the ones after the last good one
+            torn = {**torn, "after_seq": report.last_seq}
         self.recovery = {
             "records": report.records, "bytes": report.bytes,
             "seconds": round(time.monotonic() - started, 6),
-            "torn_tail": report.torn_tail, "skipped": list(report.skipped),
+            "torn_tail": torn, "skipped": list(report.skipped),
             "bad_segments": list(report.bad_segments), "messages": restored,
             "orphan_records": replay.orphans,
         }
-        if report.torn_tail is not None:
-            log.warning("journal %s: cut a torn tail: %s", self.journal_directory,
-                        report.torn_tail)
+        if torn is not None:
+            log.warning("journal %s: cut a torn tail: %s", self.journal_directory, torn)
         for stretch in report.skipped:
             log.error("journal %s: skipped a bad stretch: %s", self.journal_directory, stretch)
         for name in report.bad_segments:

@@ -372,6 +372,7 @@ def test_a_torn_tail_is_reported(open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()
     storage = broker.stats().storage
     assert storage is not None and storage["recovery"]["torn_tail"]["bytes"] == 35
+    assert storage["recovery"]["torn_tail"]["after_seq"] == storage["recovery"]["records"]
     assert [m.body for m in broker.receive("q")] == [b"whole"]
 
 
