@@ -14,6 +14,9 @@ cdef struct blob_t:
     uint16_t group_len
     uint16_t dedup_len
     uint8_t priority
+    uint32_t journal_copies   # durable copies alive (0: journal_seq may name nothing)
+    uint64_t journal_seq      # the journal record holding this message (0: none yet)
+    uint32_t journal_segment  # the index of that record's segment
     char data[1]
 
 

@@ -71,6 +71,9 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     blob.group_len = group_len
     blob.dedup_len = dedup_len
     blob.priority = priority
+    blob.journal_copies = 0
+    blob.journal_seq = 0
+    blob.journal_segment = 0
     cursor = blob.data
     if body_len:
         memcpy(cursor, body, body_len)

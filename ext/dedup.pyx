@@ -199,6 +199,38 @@ cdef class DedupWindow:
             raise InvalidArgument("message_id must be > 0")
         self.remember(ff_hash128(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)), message_id, now_us)
 
+    def remember_key(self, uint64_t low, uint64_t high, uint64_t message_id, int64_t now_us):
+        """Remember the 128-bit key ``(low, high)`` for ``message_id`` from ``now_us``
+        (recovery puts back what a journal or a snapshot held)."""
+        cdef ff_hash128_t key
+        if message_id == 0 or (low == 0 and high == 0):
+            raise InvalidArgument("message_id and the key must not be 0")
+        key.low = low
+        key.high = high
+        if self.lookup(key, now_us) == 0:
+            self.remember(key, message_id, now_us)
+
+    def live_entries(self, int64_t now_us):
+        """``(low, high, message_id, remembered_us)`` of every key still inside its
+        window at ``now_us``, oldest first (what a snapshot keeps)."""
+        cdef list found = []
+        cdef Py_ssize_t i
+        cdef Py_ssize_t index
+        cdef dedup_order entry
+        cdef ff_hash128_t key
+        for i in range(self.order_length):
+            entry = self.order[(self.order_head + i) % self.order_capacity]
+            if entry.expires_us <= now_us:
+                continue
+            key.low = entry.low
+            key.high = entry.high
+            index = self._find(key)
+            if self.slots[index].expires_us == entry.expires_us and (
+                    self.slots[index].low or self.slots[index].high):
+                found.append((entry.low, entry.high, self.slots[index].message_id,
+                              entry.expires_us - self.window_us))
+        return found
+
     def forget_expired(self, int64_t now_us):
         """Drop every key expired at ``now_us``."""
         self.expire(now_us)

@@ -147,6 +147,10 @@ cdef class Dispatcher:
         self.topics[topic].content_dedup = content_dedup
         return topic
 
+    def dedup_window(self, uint32_t topic):
+        """The dedup window of topic ``topic`` (recovery and snapshots)."""
+        return self.topic_dedup[topic]
+
     def remove_topic(self, uint32_t topic):
         """Delete a topic (its subscriptions go with it); its id is free for reuse."""
         PyMem_Free(self.topics[topic].targets)
@@ -411,8 +415,12 @@ cdef class Dispatcher:
                         self.scratch[i].dedup_len or self.topics[topic].content_dedup):
                     (<DedupWindow>self.topic_dedup[topic]).remember(
                         self.keys[i], batch.ids[i], now_us)
+                    if store.journal is not None:
+                        store.journal_topic_key(<uint32_t>topic, self.keys[i].low,
+                                                self.keys[i].high, batch.ids[i], now_us)
             store.next_message_id = next_id
             store.deferring = True
+            store.publishing_topic = <uint32_t>(topic + 1) if topic >= 0 else 0
             for t in range(target_count):
                 skip = self.skip + <Py_ssize_t>t * count
                 target_messages = target_bytes = 0
@@ -444,6 +452,7 @@ cdef class Dispatcher:
                     copies += 1
         finally:
             store.deferring = False
+            store.publishing_topic = 0
             for i in range(made):
                 blob_release(self.scratch[i])
             self.batch_attributes = None

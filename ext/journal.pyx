@@ -297,32 +297,19 @@ cdef class Journal:
         next_seq: the sequence of the next record (``ScanReport.last_seq + 1``).
         segment_bytes: a segment is closed and a new one begun once it holds this many
             bytes (default 64 MiB).
+        segment_index: the index given to the first segment this writer opens (the
+            index counts up by one per segment; the broker's live counts use it).
+        auto_roll: ``flush`` begins a new segment when the current one is full; False
+            leaves that to the caller (``roll``), so it can begin each segment with
+            records of its own.
     """
-
-    cdef readonly str directory
-    cdef readonly uint64_t next_seq
-    cdef readonly uint64_t segment_bytes
-    cdef readonly uint64_t written_seq     # last sequence handed to the kernel
-    cdef readonly uint64_t synced_seq      # last sequence on disk (fdatasync)
-    cdef readonly uint64_t bytes_written
-    cdef readonly uint64_t syncs
-    cdef readonly uint64_t full_refusals   # flushes refused by a full disk
-    cdef readonly object failure           # None, or why the journal failed closed
-    cdef readonly str segment               # current segment's file name
-    cdef uint64_t segment_size              # bytes in the current segment file
-    cdef uint64_t synced_size               # of those, bytes covered by an fdatasync
-    cdef int fd
-    cdef char* buffer
-    cdef size_t buffered
-    cdef size_t capacity
-    cdef uint64_t buffered_last_seq
-    cdef dict synced_sizes                  # segment name -> bytes known to be on disk
 
     def __cinit__(self):
         self.fd = -1
         self.buffer = NULL
 
-    def __init__(self, directory, uint64_t next_seq=1, uint64_t segment_bytes=64 << 20):
+    def __init__(self, directory, uint64_t next_seq=1, uint64_t segment_bytes=64 << 20,
+                 uint32_t segment_index=0, bint auto_roll=True):
         if next_seq < 1:
             raise InvalidArgument(f"next_seq={next_seq} must be >= 1")
         if segment_bytes < 4096:
@@ -335,6 +322,8 @@ cdef class Journal:
         self.buffered_last_seq = next_seq - 1
         self.synced_sizes = {}
         self.failure = None
+        self.auto_roll = auto_roll
+        self.segment_index = segment_index
         self._begin_segment()
 
     def __dealloc__(self):
@@ -379,6 +368,8 @@ cdef class Journal:
         _sync_directory(self.directory)
         if self.fd >= 0:
             c_close(self.fd)
+        if self.fd >= 0 or self.segment is not None:
+            self.segment_index += 1
         self.fd = fd
         self.segment = name
         self.segment_size = self.synced_size = SEGMENT_HEADER
@@ -399,6 +390,55 @@ cdef class Journal:
             self.buffer = grown
             self.capacity = capacity
         return self.buffer + self.buffered
+
+    cdef char* reserve(self, uint8_t kind, uint32_t length) noexcept:
+        """Begin a record of ``length`` payload bytes in the buffer (C callers): returns
+        where its payload goes, to be filled before ``finish``; NULL when the journal
+        has failed or memory ran out (nothing begun; ``failure`` says why)."""
+        cdef size_t size
+        cdef char* record
+        if self.failure is not None or self.fd < 0 or kind == 0 or length > MAX_PAYLOAD:
+            return NULL
+        size = ff_align8(RECORD_HEADER + <uint64_t>length)
+        try:
+            record = self._reserve(size)
+        except MemoryError:
+            self.failure = "out of memory for the journal's buffer"
+            return NULL
+        memset(record, 0, size)
+        ff_store_le32(record + 4, length)
+        ff_store_le64(record + 8, self.next_seq)
+        record[16] = <char>kind
+        self.reserved = size
+        return record + RECORD_HEADER
+
+    cdef uint64_t finish(self) noexcept:
+        """End the record begun by ``reserve`` (checksum); returns its sequence."""
+        cdef char* record = self.buffer + self.buffered
+        cdef uint64_t seq = self.next_seq
+        ff_store_le32(record, record_crc(record, ff_load_le32(record + 4)))
+        self.buffered += self.reserved
+        self.reserved = 0
+        self.next_seq = seq + 1
+        self.buffered_last_seq = seq
+        return seq
+
+    @property
+    def buffered_bytes(self):
+        """Bytes appended and not yet flushed."""
+        return self.buffered
+
+    @property
+    def current_segment_bytes(self):
+        """Bytes in the current segment file (written, not counting the buffer)."""
+        return self.segment_size
+
+    def roll(self):
+        """Flush and sync, then begin a new segment at the next sequence (its index one
+        more): the caller's next records are the new segment's first."""
+        self.flush()
+        self.sync()
+        self._begin_segment_at(self.written_seq + 1)
 
     def append(self, int kind, payload):
         """Append a record (buffered: nothing is written yet); returns its sequence.
@@ -444,7 +484,7 @@ cdef class Journal:
         self._check_open()
         if not self.buffered:
             return self.written_seq
-        if self.segment_size > SEGMENT_HEADER and \
+        if self.auto_roll and self.segment_size > SEGMENT_HEADER and \
                 self.segment_size + self.buffered > self.segment_bytes:
             self.sync()
             self._begin_segment_at(self.written_seq + 1)

@@ -93,6 +93,7 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
         q.visible_tail[level] = NIL
     q.levels = max_priority + 1
     q.alive = True
+    q.durable = False
     q.incarnation = incarnation
     q.visibility_us = visibility_us
     q.delay_us = delay_us
@@ -156,6 +157,8 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
     same name; messages whose source name names no queue stay.
     """
     cdef uint64_t moved = 0
+    cdef uint64_t moved_seq
+    cdef uint32_t moved_segment
     cdef uint32_t slot
     cdef uint32_t level
     cdef uint32_t target
@@ -192,6 +195,10 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
             break
         blob.refcount += 1
         store._detach(slot)
+        # The dead letter's remove record follows the new copy's enqueue record.
+        moved_seq = store.entries[slot].journal_seq
+        moved_segment = store.entries[slot].journal_segment
+        store.entries[slot].journal_seq = 0
         store._free_entry(slot)
         store.queues[dlq].redriven += 1
         try:
@@ -199,6 +206,7 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
                 store.make_room(target, 1, store.message_size(blob), now_us)
             store.enqueue(target, blob, now_us, INT64_MIN, NULL)
         finally:
+            store._journal_release(moved_seq, moved_segment, blob)
             blob_release(blob)
         moved += 1
     return moved

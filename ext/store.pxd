@@ -7,6 +7,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from fastfanout._ext.blobs cimport blob_t
 from fastfanout._ext.dedup cimport DedupWindow
 from fastfanout._ext.groups cimport GroupTable, fifo_group
+from fastfanout._ext.journal cimport Journal
 from fastfanout._ext.timers cimport TimerHeap
 
 # An entry slot number that names no entry.
@@ -85,6 +86,8 @@ cdef struct entry_t:
     uint32_t group             # FIFO group index in the queue's GroupTable, or NIL
     uint32_t group_next        # next pending entry of the same group
     uint32_t owner             # who holds the lease (valid while leased): an owner slot
+    uint64_t journal_seq       # durable copy: the sequence of its enqueue record (0: none)
+    uint32_t journal_segment   # durable copy: the segment index of its message record
     uint8_t state
     uint8_t level              # priority level (0 .. queue levels - 1)
     uint8_t listed             # in its queue's visible list (FIFO: only group heads are)
@@ -92,6 +95,7 @@ cdef struct entry_t:
 
 cdef struct queue_t:
     bint alive
+    bint durable               # journaled (a broker with a data directory)
     uint32_t incarnation       # bumped each time a deleted queue's id is reused
     int64_t visibility_us
     int64_t delay_us
@@ -158,6 +162,11 @@ cdef class Store:
     cdef owner_t* owners           # owner tag -> its lease count and session (slot 0: the
     cdef uint32_t owner_capacity   # embedded broker's, never closed)
     cdef uint32_t owner_free_head
+    cdef Journal journal           # None: nothing is journaled (in memory)
+    cdef bint restoring            # recovery is putting copies back: journal nothing
+    cdef uint32_t publishing_topic # topic id + 1 of the publish running (0: a send)
+    cdef uint64_t* segment_live    # segment index -> durable copies whose message
+    cdef uint32_t segment_live_capacity  # record is in that segment
 
     cdef inline queue_t* queue(self, uint32_t qid) noexcept:
         return &self.queues[qid]
@@ -187,6 +196,12 @@ cdef class Store:
     cdef int make_room(self, uint32_t qid, uint64_t count, uint64_t size, int64_t now_us) except -1
     cdef int enqueue(self, uint32_t qid, blob_t* blob, int64_t now_us, int64_t due_us,
                      dead_letter_t* dead) except -1
+    cdef void _journal_enqueue(self, uint32_t slot, int64_t due_us) noexcept
+    cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept
+    cdef void _journal_live(self, uint32_t segment, int delta) noexcept
+    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept
+    cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
+                                uint64_t message_id, int64_t now_us) noexcept
     cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFF
     cdef void _free_entry(self, uint32_t slot) noexcept
     cdef void _detach(self, uint32_t slot) noexcept

@@ -66,7 +66,20 @@ from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport fabs, isfinite, nearbyint
 
-from fastfanout._ext.blobs cimport blob_release, blob_t
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.string cimport memcpy
+
+from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t
+from fastfanout._ext.codec cimport (
+    ff_align8,
+    ff_load_le16,
+    ff_load_le32,
+    ff_load_le64,
+    ff_store_le16,
+    ff_store_le32,
+    ff_store_le64,
+)
+from fastfanout._ext.journal cimport Journal
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128
 from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.timers cimport TimerHeap
@@ -79,6 +92,26 @@ cdef extern from *:
 DEBUG = bool(FASTFANOUT_DEBUG)
 """True in the debug build (FASTFANOUT_DEBUG=1): the broker checks every invariant of the
 store before each call."""
+
+# Journal record kinds of a durable broker (docs/storage.md has their payloads).
+cdef enum:
+    RECORD_TOPOLOGY = 1
+    RECORD_ENQUEUE = 2
+    RECORD_LEASE = 3
+    RECORD_REMOVE = 4
+    RECORD_DELAY = 5
+    RECORD_SNAPSHOT = 6
+    RECORD_TOPIC_KEY = 7
+    ENQUEUE_HEADER = 40        # fixed part of an enqueue record
+    ENQUEUE_DEAD = 48          # its dead-letter part (then the source's name, 8-aligned)
+    MESSAGE_HEADER = 48        # its message part (then body, attributes, group, dedup id)
+    ENQUEUE_INLINE = 1         # flags: the message is in this record
+    ENQUEUE_DEAD_LETTER = 2    # flags: the copy is a dead letter
+
+RECORD_KINDS = {"topology": RECORD_TOPOLOGY, "enqueue": RECORD_ENQUEUE,
+                "lease": RECORD_LEASE, "remove": RECORD_REMOVE, "delay": RECORD_DELAY,
+                "snapshot": RECORD_SNAPSHOT, "topic_key": RECORD_TOPIC_KEY}
+"""Journal record kinds by name (see docs/storage.md)."""
 
 DEAD_LETTER_REASONS = ("max_receives", "rejected", "expired", "overflow")
 """Names of the dead-letter reasons, indexed by their code."""
@@ -146,12 +179,18 @@ cdef class Store:
         self.owners[0].children = 0
         self.owners[0].next_free = NIL
         self.owners[0].open = 1
+        self.journal = None
+        self.restoring = False
+        self.publishing_topic = 0
+        self.segment_live = NULL
+        self.segment_live_capacity = 0
 
     def __dealloc__(self):
         cdef uint32_t slot
         cdef uint32_t qid
         PyMem_Free(self.delivery_slots)
         PyMem_Free(self.owners)
+        PyMem_Free(self.segment_live)
         if self.entries != NULL:
             for slot in range(self.entry_capacity):
                 if self.entries[slot].state != STATE_FREE:
@@ -194,6 +233,9 @@ cdef class Store:
     cdef void _free_entry(self, uint32_t slot) noexcept:
         """Release a detached entry: drop its blob reference and recycle the slot."""
         cdef entry_t* entry = &self.entries[slot]
+        if entry.journal_seq:
+            self._journal_release(entry.journal_seq, entry.journal_segment, entry.blob)
+            entry.journal_seq = 0
         blob_release(entry.blob)
         entry.blob = NULL
         if entry.dead != NULL:
@@ -420,6 +462,7 @@ cdef class Store:
         blob.refcount += 1
         entry.blob = blob
         entry.dead = dead
+        entry.journal_seq = 0
         entry.entered_us = now_us
         entry.first_receive_us = -1
         entry.last_receive_us = -1
@@ -450,7 +493,308 @@ cdef class Store:
             self._arm(slot, due_us)
         else:
             self._make_visible(slot)
+        if self.queues[qid].durable and not self.restoring:
+            self._journal_enqueue(slot, due_us)
         return 0
+
+    # -- the journal (durable queues; see docs/storage.md) -----------------------------
+
+    cdef void _journal_live(self, uint32_t segment, int delta) noexcept:
+        """Count a durable copy in (1) or out (-1) of its message record's segment."""
+        cdef uint32_t capacity
+        cdef uint32_t index
+        cdef uint64_t* grown
+        if segment >= self.segment_live_capacity:
+            capacity = self.segment_live_capacity * 2 if self.segment_live_capacity else 64
+            while capacity <= segment:
+                capacity *= 2
+            grown = <uint64_t*>PyMem_Realloc(self.segment_live, capacity * sizeof(uint64_t))
+            if grown == NULL:
+                if self.journal is not None:
+                    self.journal.failure = "out of memory for the segment live counts"
+                return
+            for index in range(self.segment_live_capacity, capacity):
+                grown[index] = 0
+            self.segment_live = grown
+            self.segment_live_capacity = capacity
+        self.segment_live[segment] += delta
+
+    cdef void _journal_enqueue(self, uint32_t slot, int64_t due_us) noexcept:
+        """Append the enqueue record of a durable copy (and its message, unless a live
+        durable copy's record holds it already)."""
+        cdef entry_t* entry = &self.entries[slot]
+        cdef blob_t* blob = entry.blob
+        cdef dead_letter_t* dead = entry.dead
+        cdef bint inline = blob.journal_seq == 0
+        cdef uint32_t data_len = (blob.body_len + blob.attrs_len + blob.group_len
+                                  + blob.dedup_len)
+        cdef Py_ssize_t name_len = 0
+        cdef const char* name = NULL
+        cdef uint64_t length = ENQUEUE_HEADER
+        cdef char* p
+        cdef char* cursor
+        cdef uint64_t seq
+        if self.journal is None:
+            return
+        if dead != NULL:
+            name = PyUnicode_AsUTF8AndSize(<object>dead.source_name, &name_len)
+            length += ENQUEUE_DEAD + ff_align8(<uint64_t>name_len)
+        if inline:
+            length += MESSAGE_HEADER + data_len
+        p = self.journal.reserve(RECORD_ENQUEUE, <uint32_t>length)
+        if p == NULL:
+            return   # the journal failed: the broker fails closed (journal.failure)
+        ff_store_le32(p, entry.queue)
+        ff_store_le32(p + 4, (ENQUEUE_INLINE if inline else 0) |
+                      (ENQUEUE_DEAD_LETTER if dead != NULL else 0))
+        ff_store_le64(p + 8, 0 if inline else blob.journal_seq)
+        ff_store_le64(p + 16, <uint64_t>entry.entered_us)
+        ff_store_le64(p + 24, <uint64_t>due_us)
+        ff_store_le32(p + 32, entry.receive_count)
+        ff_store_le32(p + 36, self.publishing_topic)
+        cursor = p + ENQUEUE_HEADER
+        if dead != NULL:
+            cursor[0] = <char>dead.reason
+            ff_store_le32(cursor + 4, dead.receive_count)
+            ff_store_le64(cursor + 8, <uint64_t>dead.first_receive_us)
+            ff_store_le64(cursor + 16, <uint64_t>dead.last_receive_us)
+            ff_store_le64(cursor + 24, <uint64_t>dead.time_us)
+            ff_store_le32(cursor + 32, dead.source_queue)
+            ff_store_le32(cursor + 36, <uint32_t>name_len)
+            memcpy(cursor + ENQUEUE_DEAD, name, name_len)
+            cursor += ENQUEUE_DEAD + ff_align8(<uint64_t>name_len)
+        if inline:
+            ff_store_le64(cursor, blob.id)
+            ff_store_le64(cursor + 8, <uint64_t>blob.timestamp_us)
+            ff_store_le64(cursor + 16, <uint64_t>blob.due_us)
+            ff_store_le64(cursor + 24, <uint64_t>blob.expires_us)
+            ff_store_le32(cursor + 32, blob.body_len)
+            ff_store_le32(cursor + 36, blob.attrs_len)
+            ff_store_le16(cursor + 40, blob.group_len)
+            ff_store_le16(cursor + 42, blob.dedup_len)
+            cursor[44] = <char>blob.priority
+            memcpy(cursor + MESSAGE_HEADER, blob.data, data_len)
+        seq = self.journal.finish()
+        if inline:
+            blob.journal_seq = seq
+            blob.journal_segment = self.journal.segment_index
+        blob.journal_copies += 1
+        entry.journal_seq = seq
+        entry.journal_segment = blob.journal_segment
+        self._journal_live(entry.journal_segment, 1)
+
+    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept:
+        """A durable copy went: its remove record, and it no longer counts as live.
+
+        Moves (dead-lettering, redrive, copy-forward) call it after the enqueue record of
+        the new copy, so a crash between the two leaves a duplicate, never a loss."""
+        cdef char* p
+        if seq == 0:
+            return
+        if self.journal is not None and not self.restoring:
+            p = self.journal.reserve(RECORD_REMOVE, 8)
+            if p != NULL:
+                ff_store_le64(p, seq)
+                self.journal.finish()
+        self._journal_live(segment, -1)
+        blob.journal_copies -= 1
+        if blob.journal_copies == 0:
+            blob.journal_seq = 0   # its record may go with its segment
+
+    cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
+                                uint64_t message_id, int64_t now_us) noexcept:
+        """A topic's dedup window remembered a key (a publish with a dedup id, or a body
+        on a content_dedup topic): its record, so a retry after a restart is still a
+        duplicate whatever queues the publish reached."""
+        cdef char* p = self.journal.reserve(RECORD_TOPIC_KEY, 40)
+        if p == NULL:
+            return
+        ff_store_le32(p, topic)
+        ff_store_le64(p + 8, low)
+        ff_store_le64(p + 16, high)
+        ff_store_le64(p + 24, message_id)
+        ff_store_le64(p + 32, <uint64_t>now_us)
+        self.journal.finish()
+
+    cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept:
+        """Append a small record about a durable copy: lease, remove, or delay (until
+        ``value``)."""
+        cdef char* p
+        if self.journal is None or self.restoring:
+            return
+        p = self.journal.reserve(kind, 16 if kind == RECORD_DELAY else 8)
+        if p == NULL:
+            return
+        ff_store_le64(p, self.entries[slot].journal_seq)
+        if kind == RECORD_DELAY:
+            ff_store_le64(p + 8, <uint64_t>value)
+        self.journal.finish()
+
+    def attach_journal(self, Journal journal):
+        """Journal every change of a durable queue's copies from now on."""
+        self.journal = journal
+
+    def dedup_window(self, uint32_t qid):
+        """The dedup window of queue ``qid`` (recovery and snapshots)."""
+        return self.dedup_windows[qid]
+
+    def set_durable(self, uint32_t qid, bint durable):
+        """Mark a queue durable (its copies are journaled) or not."""
+        self.queues[qid].durable = durable
+
+    def set_publishing_topic(self, uint32_t topic_plus_one):
+        """The topic (id + 1; 0: none) the next enqueue records name (recovery tests)."""
+        self.publishing_topic = topic_plus_one
+
+    def oldest_live_segment(self, uint32_t upto):
+        """The lowest segment index below ``upto`` holding the message record of a live
+        durable copy, else ``upto``."""
+        cdef uint32_t index
+        for index in range(min(upto, self.segment_live_capacity)):
+            if self.segment_live[index]:
+                return index
+        return upto
+
+    def segment_live_count(self, uint32_t segment):
+        """Live durable copies whose message record is in segment ``segment``."""
+        return self.segment_live[segment] if segment < self.segment_live_capacity else 0
+
+    def copy_forward(self, uint32_t below, Py_ssize_t max_copies):
+        """Journal afresh the live durable copies whose message record is in a segment
+        below ``below`` (a remove record, then a new enqueue record holding the message,
+        its receive count, due time and dead-letter info), oldest first, so those
+        segments hold nothing live and can be removed. Nothing is moved when there are
+        more than ``max_copies``; returns how many were moved (-count when too many).
+        """
+        cdef list found = []
+        cdef uint32_t slot
+        cdef entry_t* entry
+        cdef uint32_t index
+        cdef int64_t due
+        cdef uint64_t moved_seq
+        cdef uint32_t moved_segment
+        for slot in range(self.entry_capacity):
+            entry = &self.entries[slot]
+            if entry.state != STATE_FREE and entry.journal_seq and \
+                    entry.journal_segment < below:
+                found.append((entry.journal_seq, slot))
+        if len(found) > max_copies:
+            return -len(found)
+        found.sort()
+        for _, slot in found:
+            entry = &self.entries[slot]
+            due = INT64_MIN
+            if entry.state == STATE_DELAYED:
+                index = self.timers.position[slot] if slot < self.timers.key_capacity else 0
+                if index:
+                    due = self.timers.nodes[index - 1].due_us
+            moved_seq = entry.journal_seq
+            moved_segment = entry.journal_segment
+            if entry.blob.journal_segment < below:
+                entry.blob.journal_seq = 0   # the new record holds the message again
+            entry.journal_seq = 0
+            self._journal_enqueue(slot, due)   # first the new record, then the remove
+            self._journal_release(moved_seq, moved_segment, entry.blob)
+        return len(found)
+
+    def forget_journal_after(self, uint64_t seq):
+        """The journal dropped its records after ``seq`` (a full disk): the copies they
+        described are in memory only from now on (no record names them)."""
+        cdef uint32_t slot
+        cdef entry_t* entry
+        for slot in range(self.entry_capacity):
+            entry = &self.entries[slot]
+            if entry.state == STATE_FREE or entry.journal_seq <= seq:
+                continue
+            self._journal_live(entry.journal_segment, -1)
+            entry.blob.journal_copies -= 1
+            if entry.blob.journal_copies == 0 or entry.blob.journal_seq > seq:
+                entry.blob.journal_seq = 0
+            entry.journal_seq = 0
+
+    def raise_message_ids(self, uint64_t next_id):
+        """Make the next message id at least ``next_id`` (recovery)."""
+        if next_id > self.next_message_id:
+            self.next_message_id = next_id
+
+    def restore_copy(self, uint32_t qid, uint64_t copy_seq, uint64_t message_seq,
+                     uint32_t segment, bytes message, int64_t entered_us, int64_t due_us,
+                     uint32_t receive_count, object dead):
+        """Put back a durable copy found by recovery (journaling nothing).
+
+        Args:
+            qid: its queue.
+            copy_seq: the sequence of its enqueue record.
+            message_seq: the sequence of the record holding its message.
+            segment: the index of that record's segment.
+            message: the message part of that record (header, then the data).
+            entered_us: when it entered its queue.
+            due_us: when it becomes visible (<= entered_us: at once).
+            receive_count: deliveries so far.
+            dead: None, or (reason, receive_count, first_receive_us, last_receive_us,
+                time_us, source name).
+        """
+        cdef const char* m = message
+        cdef uint32_t body_len
+        cdef uint32_t attrs_len
+        cdef uint16_t group_len
+        cdef uint16_t dedup_len
+        cdef blob_t* blob
+        cdef dead_letter_t* record = NULL
+        cdef uint32_t slot
+        if len(message) < MESSAGE_HEADER:
+            raise InvalidArgument("a message part shorter than its header")
+        body_len = ff_load_le32(m + 32)
+        attrs_len = ff_load_le32(m + 36)
+        group_len = ff_load_le16(m + 40)
+        dedup_len = ff_load_le16(m + 42)
+        if MESSAGE_HEADER + <uint64_t>body_len + attrs_len + group_len + dedup_len > \
+                <uint64_t>len(message):
+            raise InvalidArgument("a message part shorter than its lengths")
+        m += MESSAGE_HEADER
+        blob = blob_new(ff_load_le64(message), <int64_t>ff_load_le64(<const char*>message + 8),
+                        <int64_t>ff_load_le64(<const char*>message + 16),
+                        <int64_t>ff_load_le64(<const char*>message + 24),
+                        m, body_len, m + body_len, attrs_len,
+                        m + body_len + attrs_len, group_len,
+                        m + body_len + attrs_len + group_len, dedup_len,
+                        <uint8_t>(<const char*>message)[44])
+        if blob == NULL:
+            raise MemoryError()
+        if dead is not None:
+            record = <dead_letter_t*>PyMem_Malloc(sizeof(dead_letter_t))
+            if record == NULL:
+                blob_release(blob)
+                raise MemoryError()
+            record.reason = dead[0]
+            record.receive_count = dead[1]
+            record.first_receive_us = dead[2]
+            record.last_receive_us = dead[3]
+            record.time_us = dead[4]
+            source = dead[5]
+            record.source_name = <PyObject*>source
+            Py_INCREF(source)
+            record.source_queue = NIL
+            record.source_incarnation = 0
+        self.restoring = True
+        try:
+            self.enqueue(qid, blob, entered_us, due_us, record)
+        except BaseException:
+            dead_letter_free(record)
+            raise
+        finally:
+            self.restoring = False
+            blob_release(blob)
+        slot = self.queues[qid].arrival_tail
+        self.entries[slot].receive_count = receive_count
+        self.entries[slot].journal_seq = copy_seq
+        self.entries[slot].journal_segment = segment
+        blob.journal_seq = message_seq
+        blob.journal_segment = segment
+        blob.journal_copies += 1
+        self._journal_live(segment, 1)
+        if blob.id >= self.next_message_id:
+            self.next_message_id = blob.id + 1
 
     cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1:
         cdef GroupTable table = <GroupTable>self.group_tables[qid]
@@ -488,6 +832,8 @@ cdef class Store:
         cdef blob_t* blob = self.entries[slot].blob
         cdef dead_letter_t* dead
         cdef int room
+        cdef uint64_t moved_seq
+        cdef uint32_t moved_segment
         if dlq < 0:
             self.queues[source].dropped[DROP_FOR_DEAD_REASON[reason]] += 1
             self._free_entry(slot)
@@ -510,8 +856,12 @@ cdef class Store:
         dead.first_receive_us = self.entries[slot].first_receive_us
         dead.last_receive_us = self.entries[slot].last_receive_us
         dead.time_us = now_us
-        # Keep the blob alive while the source entry is freed and room is made.
+        # Keep the blob alive while the source entry is freed and room is made; the
+        # source copy's remove record follows the dead letter's enqueue record.
         blob.refcount += 1
+        moved_seq = self.entries[slot].journal_seq
+        moved_segment = self.entries[slot].journal_segment
+        self.entries[slot].journal_seq = 0
         self._free_entry(slot)
         try:
             if room == 0:
@@ -519,8 +869,10 @@ cdef class Store:
             self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
         except BaseException:
             dead_letter_free(dead)
+            self._journal_release(moved_seq, moved_segment, blob)
             blob_release(blob)
             raise
+        self._journal_release(moved_seq, moved_segment, blob)
         blob_release(blob)
         self.queues[source].dead_lettered += 1
         return 0
@@ -571,6 +923,8 @@ cdef class Store:
                 if backoff > 0:
                     entry.state = STATE_DELAYED
                     q.delayed += 1
+                    if entry.journal_seq:
+                        self._journal_copy(RECORD_DELAY, slot, due + backoff)
                     self._arm(slot, due + backoff)
                     continue
             else:
@@ -770,6 +1124,8 @@ cdef class Store:
         if entry.first_receive_us < 0:
             entry.first_receive_us = now_us
         entry.last_receive_us = now_us
+        if entry.journal_seq:
+            self._journal_copy(RECORD_LEASE, slot, 0)
         q.leased += 1
         q.delivered += 1
         if entry.receive_count > 1:
@@ -900,6 +1256,8 @@ cdef class Store:
         if delay_us > 0:
             self.entries[slot].state = STATE_DELAYED
             q.delayed += 1
+            if self.entries[slot].journal_seq:
+                self._journal_copy(RECORD_DELAY, slot, now_us + delay_us)
             # _arm() can fail only on OOM growing the heap; a lease just left it or a list.
             self._arm(slot, now_us + delay_us)
         else:
@@ -915,3 +1273,133 @@ cdef class Store:
     def entries_live(self):
         """Message copies held across all queues."""
         return self.live_entries
+
+
+cdef class Replay:
+    """Recovery's reader of a durable broker's journal records (docs/storage.md).
+
+    ``record(seq, kind, payload)`` is ``journal.scan``'s callback: the per-message
+    records (enqueue, lease, remove, delay) are read here, in C; topology records and
+    snapshots go to ``other_record(kind, payload)`` and the dedup keys of an enqueue to
+    ``remember_keys(message, queue, topic)`` (the queue's window), both of a subclass
+    (``fastfanout.durability``).
+
+    Attributes:
+        copies: copy sequence -> ``[queue name, message sequence, entered_us, due_us,
+            receive count, dead]`` (dead: None or ``(reason, receive count,
+            first_receive_us, last_receive_us, time_us, source name)``).
+        messages: message sequence -> ``(message part, segment index)``.
+        queue_by_id: queue id -> name, as the topology records left it (kept by the
+            subclass; changed in place).
+        content_queues: names of the queues with ``content_dedup``.
+        next_message_id: above every message id read.
+        orphans: enqueue records naming a queue or message recovery does not know.
+    """
+
+    cdef public dict copies
+    cdef public dict messages
+    cdef public dict queue_by_id
+    cdef public set content_queues
+    cdef public list bases
+    cdef public uint64_t next_message_id
+    cdef public Py_ssize_t orphans
+    cdef Py_ssize_t segment
+
+    def __init__(self, list bases):
+        self.bases = list(bases) if bases else [0]
+        self.copies = {}
+        self.messages = {}
+        self.queue_by_id = {}
+        self.content_queues = set()
+        self.next_message_id = 1
+        self.orphans = 0
+        self.segment = 0
+
+    def segment_of(self, uint64_t seq):
+        """The index of the segment holding record ``seq`` (asked in increasing order)."""
+        cdef Py_ssize_t count = len(self.bases)
+        while self.segment + 1 < count and <uint64_t>self.bases[self.segment + 1] <= seq:
+            self.segment += 1
+        return self.segment
+
+    def record(self, uint64_t seq, int kind, bytes payload):
+        """Apply one good record (``journal.scan``'s callback)."""
+        cdef const char* p = payload
+        cdef Py_ssize_t size = len(payload)
+        cdef list copy
+        if kind == RECORD_LEASE or kind == RECORD_DELAY:
+            if size < (16 if kind == RECORD_DELAY else 8):
+                self.orphans += 1
+                return
+            found = self.copies.get(ff_load_le64(p))
+            if found is not None:
+                copy = <list>found
+                if kind == RECORD_LEASE:
+                    copy[4] = copy[4] + 1
+                else:
+                    copy[3] = <int64_t>ff_load_le64(p + 8)
+        elif kind == RECORD_REMOVE:
+            if size >= 8:
+                self.copies.pop(ff_load_le64(p), None)
+        elif kind == RECORD_ENQUEUE:
+            self._enqueue(seq, payload)
+        else:
+            self.other_record(kind, payload)
+
+    cdef _enqueue(self, uint64_t seq, bytes payload):
+        cdef const char* p = payload
+        cdef Py_ssize_t size = len(payload)
+        cdef Py_ssize_t position = ENQUEUE_HEADER
+        cdef uint32_t flags
+        cdef uint32_t name_length
+        cdef uint64_t message_seq
+        cdef uint64_t message_id
+        cdef uint32_t topic
+        cdef bytes message
+        dead = None
+        if size < ENQUEUE_HEADER:
+            self.orphans += 1
+            return
+        flags = ff_load_le32(p + 4)
+        message_seq = ff_load_le64(p + 8)
+        topic = ff_load_le32(p + 36)
+        if flags & ENQUEUE_DEAD_LETTER:
+            if size < position + ENQUEUE_DEAD:
+                self.orphans += 1
+                return
+            name_length = ff_load_le32(p + position + 36)
+            if size < position + ENQUEUE_DEAD + name_length:
+                self.orphans += 1
+                return
+            dead = (<uint8_t>p[position], ff_load_le32(p + position + 4),
+                    <int64_t>ff_load_le64(p + position + 8),
+                    <int64_t>ff_load_le64(p + position + 16),
+                    <int64_t>ff_load_le64(p + position + 24),
+                    p[position + ENQUEUE_DEAD:position + ENQUEUE_DEAD + name_length]
+                    .decode("utf-8"))
+            position += ENQUEUE_DEAD + ff_align8(name_length)
+        if flags & ENQUEUE_INLINE:
+            if size < position + MESSAGE_HEADER:
+                self.orphans += 1
+                return
+            message_seq = seq
+            message = payload[position:]
+            self.messages[seq] = (message, self.segment_of(seq))
+            message_id = ff_load_le64(p + position)
+            if message_id >= self.next_message_id:
+                self.next_message_id = message_id + 1
+        else:
+            found = self.messages.get(message_seq)
+            if found is None:
+                self.orphans += 1
+                return
+            message = <bytes>(<tuple>found)[0]
+        queue = self.queue_by_id.get(ff_load_le32(p))
+        if queue is None:
+            self.orphans += 1
+            return
+        self.copies[seq] = [queue, message_seq, <int64_t>ff_load_le64(p + 16),
+                            <int64_t>ff_load_le64(p + 24), ff_load_le32(p + 32), dead]
+        if dead is None and (ff_load_le16(<const char*>message + 42) or
+                             queue in self.content_queues):
+            self.remember_keys(message, queue, topic)

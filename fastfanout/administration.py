@@ -10,6 +10,7 @@ one object, one lock; every rule of ``fastfanout.broker``'s module essay holds h
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store
+from fastfanout.durability import Durability, settings_record
 from fastfanout.errors import (
     AlreadyExists,
     Closed,
@@ -84,11 +86,26 @@ class Administration:
 
     Args:
         clock: a callable returning the time in seconds (float); ``time.time`` if None.
+        data_dir: None keeps everything in memory; else the data directory of a durable
+            broker (see ``fastfanout.broker.Broker``).
+        fsync: ``always``, ``interval`` or ``never`` (a durable broker's fsync policy).
+        fsync_interval: seconds between fdatasyncs with ``interval``.
+        max_disk_bytes: most journal bytes on disk before publishes are refused with
+            ``StoreFull`` (None: no limit).
     """
 
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, *, clock: Callable[[], float] | None = None,
+                 data_dir: str | os.PathLike[str] | None = None, fsync: str = "always",
+                 fsync_interval: float = 1.0, max_disk_bytes: int | None = None) -> None:
         if clock is not None and not callable(clock):
             raise InvalidArgument(f"clock must be a callable returning seconds, got {clock!r}")
+        durable: Durability | None = None
+        if data_dir is not None:
+            if not isinstance(data_dir, str | os.PathLike):
+                raise InvalidArgument(f"data_dir must be a path (str), got {data_dir!r:.80}")
+            durable = Durability(data_dir, fsync, fsync_interval, max_disk_bytes)
+        elif fsync != "always" or fsync_interval != 1.0 or max_disk_bytes is not None:
+            raise InvalidArgument("fsync, fsync_interval and max_disk_bytes need a data_dir")
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._store = Store()
         self._dispatcher = Dispatcher(self._store)
@@ -107,6 +124,13 @@ class Administration:
         self._subscriptions: dict[int, Subscription] = {}
         self._topic_subscriptions: dict[str, list[int]] = {}
         self._next_subscription = 1
+        self._durable = durable
+        if durable is not None:
+            try:
+                durable.recover(self)
+            except BaseException:
+                durable.close()
+                raise
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -121,6 +145,8 @@ class Administration:
             raise Closed("the broker is closed")
         if STORE_DEBUG:
             check_store(self._store)   # debug build: every invariant, before every call
+        if self._durable is not None:
+            self._durable.after_call()   # records of the last call: flushed when many
         now_us: int = self._store.tick(self._clock)
         return now_us
 
@@ -177,6 +203,11 @@ class Administration:
             self._topic_settings[name] = settings
             self._topic_subscriptions[name] = []
             self._refresh_targets(name)
+            if self._durable is not None:
+                self._durable.topology({
+                    "op": "create_topic", "name": name, "id": self._topics[name],
+                    "settings": {"fifo": settings.fifo, "content_dedup": settings.content_dedup,
+                                 "dedup_window": settings.dedup_window}})
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its subscriptions (messages already enqueued stay)."""
@@ -188,6 +219,8 @@ class Administration:
                     del self._subscriptions[subscription_id]
             self._dispatcher.remove_topic(topic_id)
             del self._topics[name], self._topic_settings[name]
+            if self._durable is not None:
+                self._durable.topology({"op": "delete_topic", "name": name, "id": topic_id})
 
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
@@ -215,6 +248,7 @@ class Administration:
         content_dedup: bool = False,
         dedup_window: float = 300.0,
         redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None,
+        durable: bool | None = None,
     ) -> None:
         """Create a queue; a no-op if it exists with equal settings.
 
@@ -247,6 +281,8 @@ class Administration:
             redelivery_backoff: waits in seconds before redelivery after failed
                 delivery 1, 2, ... (the last repeats), or an ``ExponentialBackoff``; it
                 applies when a lease expires and on ``nack`` without a ``delay``.
+            durable: its messages are journaled and survive a restart. None: True on a
+                broker with a data directory, else False (True there is InvalidArgument).
 
         Raises:
             AlreadyExists: the queue exists with other settings.
@@ -254,13 +290,20 @@ class Administration:
             InvalidArgument: a setting is out of range or malformed.
         """
         self._ensure_open()
+        if durable is None:
+            durable = self._durable is not None
+        elif type(durable) is not bool:
+            raise InvalidArgument(f"durable must be None, True or False, got {durable!r:.80}")
+        elif durable and self._durable is None:
+            raise InvalidArgument(
+                "durable=True needs a broker with a data_dir (this one is in memory)")
         settings, native = check_queue_settings(name, QueueSettings(
             visibility_timeout=visibility_timeout, max_receive_count=max_receive_count,
             dead_letter_queue=dead_letter_queue, delay=delay, max_messages=max_messages,
             max_bytes=max_bytes, max_message_size=max_message_size, retention=retention,
             overflow=overflow, max_priority=max_priority, fifo=fifo,
             content_dedup=content_dedup, dedup_window=dedup_window,
-            redelivery_backoff=redelivery_backoff))
+            redelivery_backoff=redelivery_backoff, durable=durable))
         with self._lock:
             self._now_us()
             existing = self._queue_settings.get(name)
@@ -280,6 +323,11 @@ class Administration:
             self._queue_names[queue_id] = name
             self._visibility_us[queue_id] = native.visibility_us
             self._queue_settings[name] = settings
+            if self._durable is not None:
+                self._store.set_durable(queue_id, durable)
+                self._durable.topology({
+                    "op": "create_queue", "name": name, "id": queue_id, "durable": durable,
+                    "settings": settings_record(settings)})
 
     def delete_queue(self, name: str) -> None:
         """Delete a queue, its messages and its subscriptions.
@@ -303,6 +351,8 @@ class Administration:
             queue_ops.remove_queue(self._store, queue_id)
             del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
             del self._visibility_us[queue_id]
+            if self._durable is not None:
+                self._durable.topology({"op": "delete_queue", "name": name, "id": queue_id})
 
     def list_queues(self) -> list[str]:
         """Names of every queue, sorted."""
@@ -393,6 +443,10 @@ class Administration:
             self._subscriptions[sid] = Subscription(
                 topic, queue, normalized, filter_scope, compiled)
             self._refresh_for(topic)
+            if self._durable is not None:
+                self._durable.topology({
+                    "op": "subscribe", "id": sid, "topic": topic, "queue": queue,
+                    "filter_policy": normalized, "filter_scope": filter_scope})
             return sid
 
     def set_filter_policy(
@@ -418,6 +472,10 @@ class Administration:
             self._subscriptions[subscription_id] = Subscription(
                 sub.topic, sub.queue, normalized, filter_scope, compiled)
             self._refresh_for(sub.topic)
+            if self._durable is not None:
+                self._durable.topology({
+                    "op": "set_filter_policy", "id": subscription_id,
+                    "filter_policy": normalized, "filter_scope": filter_scope})
 
     def _subscription(self, subscription_id: object) -> Subscription:
         if type(subscription_id) is not int:
@@ -439,6 +497,8 @@ class Administration:
             sub = self._subscription(subscription_id)
             del self._subscriptions[subscription_id]
             self._refresh_for(sub.topic)
+            if self._durable is not None:
+                self._durable.topology({"op": "unsubscribe", "id": subscription_id})
 
     def list_subscriptions(self) -> dict[int, tuple[str, str]]:
         """Every subscription: id -> (topic or pattern, queue)."""

@@ -81,6 +81,16 @@ class Broker(Administration):
         clock: a callable returning the time in seconds (float). Defaults to
             ``time.time``. Tests pass a fake clock to move time by hand; every lease,
             delay and retention is measured on it.
+        data_dir: None (the default) keeps everything in memory. A directory makes the
+            broker durable: it locks ``DATA_DIR/lock`` (``BrokerRunning`` if another
+            broker holds it), recovers topology and messages from the journal before
+            returning, and journals every change from then on (docs/storage.md).
+        fsync: ``always`` (default: a publish or send returns once it is on disk),
+            ``interval`` (fdatasync at most every ``fsync_interval``) or ``never``.
+            Under every policy a returned publish is in the file (survives kill -9).
+        fsync_interval: seconds between fdatasyncs with ``interval`` (default 1.0).
+        max_disk_bytes: journal bytes on disk beyond which publishes and sends are
+            refused with ``StoreFull`` (settles are always allowed); None: no limit.
 
     Every method raises ``Closed`` after ``close()``. Bad arguments raise a subclass of
     ``FastFanoutError`` and change nothing.
@@ -89,11 +99,19 @@ class Broker(Administration):
     # -- publish and send --------------------------------------------------------------
 
     def _enqueue(self, topic: str | None, queue: str | None,
-                 entries: Iterable[Any] | EncodedBatch | RingBatch) -> PublishBatch:
-        """Run one batch through the dispatcher: to a topic's queues, or to one queue."""
+                 entries: Iterable[Any] | EncodedBatch | RingBatch,
+                 commit: bool = True) -> PublishBatch:
+        """Run one batch through the dispatcher: to a topic's queues, or to one queue.
+
+        A durable broker refuses it when its store is full or failed, and (``commit``)
+        commits before returning, so the result is a confirm.
+        """
         # The hot path of every publish and send: lookups inlined, no helper calls.
+        durable = self._durable
         with self._lock:
             now_us = self._now_us()
+            if durable is not None:
+                durable.before_publish()
             if topic is not None:
                 topic_id = self._topics.get(topic) if type(topic) is str else None
                 if topic_id is None:
@@ -106,6 +124,11 @@ class Broker(Administration):
                 batch = self._dispatcher.send(queue_id, entries, now_us)
             if self._waiters:
                 self._arrivals.notify_all()
+            if durable is not None:
+                if commit:
+                    durable.commit()
+                else:
+                    durable.after_call()
             return batch
 
     def _enqueue_one(self, topic: str | None, queue: str | None,
@@ -238,12 +261,12 @@ class Broker(Administration):
             InvalidArgument: the frame or one of its records is malformed.
         """
         self._ensure_open()
-        return self._enqueue(topic, None, EncodedBatch(frame))
+        return self._enqueue(topic, None, EncodedBatch(frame), commit=False)
 
     def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
         """Send a batch given as one codec frame straight to a queue: all or none."""
         self._ensure_open()
-        return self._enqueue(None, queue, EncodedBatch(frame))
+        return self._enqueue(None, queue, EncodedBatch(frame), commit=False)
 
     def receive_frame(
         self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None
@@ -617,12 +640,47 @@ class Broker(Administration):
                     dropped=dict(zip(DROP_REASONS, dropped, strict=True)), visible=visible,
                     leased=leased, delayed=delayed, messages=messages, bytes=held_bytes,
                     oldest_age=oldest_age)
-            return BrokerStats(topics=topics, queues=queues)
+            storage = None if self._durable is None else self._durable.stats()
+            return BrokerStats(topics=topics, queues=queues, storage=storage)
 
     def check(self) -> bool:
         """Verify the core's internal invariants (slow; for tests)."""
         with self._lock:
             return bool(check_store(self._store))
+
+    # -- durability --------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Make everything done so far as durable as the fsync policy promises.
+
+        Flushes the journal (then it survives ``kill -9``) and, with ``fsync="always"``,
+        fdatasyncs it (then it survives power loss); with ``interval`` a sync happens at
+        most every ``fsync_interval`` seconds. The embedded publish and send calls commit
+        before returning; the server calls this once per round before its publish and
+        send replies (group commit). A no-op in memory.
+
+        Raises:
+            StoreFull: the disk is full: what was done since the last commit is not
+                stored (and was not confirmed).
+            StoreFailed: a write or fsync error: the store failed closed.
+        """
+        if self._durable is None:
+            return
+        with self._lock:
+            self._ensure_open()
+            self._durable.commit()
+
+    def sync_due(self) -> None:
+        """Housekeeping of a durable broker: flush, and sync when ``fsync_interval`` is up.
+
+        With ``fsync="interval"`` the fdatasync happens once ``fsync_interval`` has
+        passed since the last one. A no-op in memory.
+        """
+        if self._durable is None:
+            return
+        with self._lock:
+            if not self._closed:
+                self._durable.sync_due()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -634,6 +692,8 @@ class Broker(Administration):
     def close(self) -> None:
         """Close the broker: later calls, and receives still waiting, raise ``Closed``."""
         with self._lock:
+            if not self._closed and self._durable is not None:
+                self._durable.close()
             self._closed = True
             self._arrivals.notify_all()
 

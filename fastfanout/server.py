@@ -397,8 +397,16 @@ class Server(Deliveries):
         Several publishes this round: their publishers are pipelining and wait for these
         answers to send more, so they are answered before the pushes and work while the
         broker pushes. A lone publish is answered after its push: its consumer hears of
-        the message first.
+        the message first. A durable broker commits the round first (group commit: one
+        fdatasync for every publish of the round); if that fails, they are answered with
+        the error.
         """
+        try:
+            self.broker.commit()
+        except FastFanoutError as exc:
+            replies, self._replies = self._replies, []
+            for session, request_id, _ in replies:
+                self._error(session, request_id, exc)
         if len(self._replies) > 1:
             self._send_replies()
         if self._dirty or waiting:
@@ -705,8 +713,10 @@ class Server(Deliveries):
         """Run held requests again (room may have appeared, or a deadline passed)."""
         self._room = False
         self._next_hold_check = now + TICK
+        # A retried publish is answered with the next round's replies, after its commit.
         self.counters["hold_timeouts"] += self._held.retry(
-            now, lambda held, payload: self._reply(held.session, held.request_id, payload),
+            now, lambda held, payload: self._replies.append(
+                (held.session, held.request_id, payload)),
             self._held_failed)
 
     def _held_failed(self, held: HeldRequest, error: BaseException) -> None:
@@ -742,6 +752,10 @@ class Server(Deliveries):
     # -- sessions ----------------------------------------------------------------------
 
     def _housekeeping(self, now: float) -> None:
+        try:
+            self.broker.sync_due()   # a durable broker's fsync_interval
+        except FastFanoutError:
+            log.exception("the broker's storage failed")
         probing = now < self._probe_until
         idle_since = now - self._idle_session_timeout
         polling: set[Session] | None = None   # sessions with a long poll, when needed

@@ -109,6 +109,8 @@ class QueueSettings:
         dedup_window: seconds a dedup id (or body hash) is remembered.
         redelivery_backoff: waits (seconds) before redelivery after failed delivery
             1, 2, ... (the last repeats), or an ``ExponentialBackoff``; None: none.
+        durable: its messages are journaled and survive a restart (a broker with a
+            data directory).
     """
 
     visibility_timeout: float = 30.0
@@ -125,6 +127,7 @@ class QueueSettings:
     content_dedup: bool = False
     dedup_window: float = 300.0
     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+    durable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ Every counter is O(1) to read: the native core keeps them as it works.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DROP_REASONS", "BrokerStats", "QueueStats", "TopicStats"]
 
@@ -101,7 +102,12 @@ class BrokerStats:
     Attributes:
         topics: topic name -> its counters.
         queues: queue name -> its counters.
+        storage: a durable broker's storage counters (None in memory): journal_bytes,
+            segments, records, bytes_written, syncs, store_full (refusals), failures,
+            failure, removed_segments, snapshots, and recovery (records, bytes, seconds,
+            torn_tail, skipped, bad_segments, messages restored, orphan_records).
     """
 
     topics: dict[str, TopicStats]
     queues: dict[str, QueueStats]
+    storage: dict[str, Any] | None = None

@@ -3,6 +3,7 @@ from collections.abc import Iterable
 from typing_extensions import Buffer
 
 from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
+from fastfanout._ext.dedup import DedupWindow
 from fastfanout._ext.store import Store
 from fastfanout.filter_policy import CompiledPolicy
 from fastfanout.records import PublishEntry
@@ -15,6 +16,7 @@ class Dispatcher:
         self, fifo: bool = False, content_dedup: bool = False, dedup_window_us: int = 300_000_000
     ) -> int: ...
     def remove_topic(self, topic: int) -> None: ...
+    def dedup_window(self, topic: int) -> DedupWindow: ...
     def set_targets(
         self,
         topic: int,

@@ -1,0 +1,34 @@
+# The journal: an append-only log of checksummed records in segment files.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+
+cdef class Journal:
+    cdef readonly str directory
+    cdef readonly uint64_t next_seq
+    cdef readonly uint64_t segment_bytes
+    cdef readonly uint64_t written_seq     # last sequence handed to the kernel
+    cdef readonly uint64_t synced_seq      # last sequence on disk (fdatasync)
+    cdef readonly uint64_t bytes_written
+    cdef readonly uint64_t syncs
+    cdef readonly uint64_t full_refusals   # flushes refused by a full disk
+    cdef readonly object failure           # None, or why the journal failed closed
+    cdef readonly str segment               # current segment's file name
+    cdef readonly uint32_t segment_index    # current segment's index (counts up per roll)
+    cdef readonly bint auto_roll            # flush begins a new segment when one is full
+    cdef readonly uint64_t segment_size     # bytes in the current segment file
+    cdef uint64_t synced_size               # of those, bytes covered by an fdatasync
+    cdef int fd
+    cdef char* buffer
+    cdef size_t buffered
+    cdef size_t capacity
+    cdef size_t reserved                    # payload bytes of the record begun (reserve)
+    cdef uint64_t buffered_last_seq
+    cdef dict synced_sizes                  # segment name -> bytes known to be on disk
+
+    cdef char* _reserve(self, size_t size) except NULL
+    cdef char* reserve(self, uint8_t kind, uint32_t length) noexcept
+    cdef uint64_t finish(self) noexcept
+    cdef _check_open(self)
+    cdef _fail(self, str why)
+    cdef _begin_segment(self)
+    cdef _begin_segment_at(self, uint64_t seq)

