@@ -811,6 +811,16 @@ def demo(messages: int, endpoint: str | None, embedded: bool) -> None:
     sys.exit(demo_main(argv))
 
 
+def _add_bench() -> None:
+    """Register ``fastfanout bench`` (fastfanout.bench.cli)."""
+    from fastfanout.bench.cli import bench
+
+    cli.add_command(bench)
+
+
+_add_bench()
+
+
 def main() -> None:
     """Console-script entry point (``fastfanout``, and ``python -m fastfanout``)."""
     cli(prog_name="fastfanout")

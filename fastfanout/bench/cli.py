@@ -1,0 +1,339 @@
+"""``fastfanout bench``: the benchmark harness's commands (registered in fastfanout.cli).
+
+``fastfanout bench SCENARIO [options]`` runs a scenario (``fastfanout.bench.scenarios``)
+for fastfanout and each available peer, every message size, every topology asked for,
+``--runs`` times, shows live progress and a summary table, and writes ``--json`` and
+``--plot`` files. ``fastfanout bench compare OLD.json NEW.json`` flags regressions.
+
+Every wrong input is one line on stderr and a non-zero status (the ``fastfanout`` group
+turns click's usage errors into one line); a run that fails is reported in its row and
+ends the command with status 1 once the rest ran.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from fastfanout.bench.scenarios import DESCRIPTIONS, SCENARIOS, TRANSPORTS, Spec, topology
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2}
+
+
+def parse_size(text: str) -> int:
+    """``64``, ``64B``, ``1KiB`` (1024), ``1k``/``1kB`` (1000), ``1MiB``: bytes.
+
+    Raises:
+        ValueError: not a size, or outside ``payload.MIN_SIZE``..``payload.MAX_SIZE``.
+    """
+    from fastfanout.bench.payload import MAX_SIZE, MIN_SIZE
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size (examples: 64, 1KiB, 16kB)")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"{text!r}: a message size must be {MIN_SIZE} bytes (the "
+                         f"sequence/time header) to {MAX_SIZE} bytes")
+    return size
+
+
+class _Size(click.ParamType[int]):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def _peer_names() -> list[str]:
+    from fastfanout.bench.adapters import ADAPTERS
+
+    return list(ADAPTERS)
+
+
+def _systems(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    names = _peer_names()
+    if value.strip() in ("all", ""):
+        return names
+    if value.strip() == "none":
+        return ["fastfanout"]
+    chosen = ["fastfanout"]
+    for name in (part.strip() for part in value.split(",")):
+        if name not in names:
+            raise click.BadParameter(f"unknown peer {name!r} (one of: {', '.join(names)})",
+                                     ctx, param)
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def _writable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(value)) or "."
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value!r} is a directory", ctx, param)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"cannot write {value!r}: {folder} is not a writable "
+                                 "directory", ctx, param)
+    return value
+
+
+def _plot_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    value = _writable(ctx, param, value)
+    if value is None:
+        return None
+    if not value.lower().endswith(".png"):
+        raise click.BadParameter(f"{value!r}: the plot is a PNG file (name it *.png)",
+                                 ctx, param)
+    from fastfanout.bench.plot import plot_unavailable
+
+    reason = plot_unavailable()
+    if reason:
+        raise click.BadParameter(reason, ctx, param)
+    return value
+
+
+def _hdr_available() -> None:
+    try:
+        import hdrh  # noqa: F401
+    except ImportError:
+        raise click.ClickException("hdrhistogram is not installed (pip install "
+                                   "'fastfanout[bench]')") from None
+
+
+def _options(function: F) -> F:
+    options = [
+        click.option("--size", "-s", "sizes", type=_Size(), multiple=True,
+                     help="Message size, repeatable (64, 1KiB, ...; at least 16 B). "
+                          "[default: 64]"),
+        click.option("--count", "-n", type=click.IntRange(min=1), default=None,
+                     help="Messages per publisher per run [default: 100000; latency: "
+                          "rate x duration]."),
+        click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True),
+                     default=None,
+                     help="Seconds each publisher publishes (instead of --count) "
+                          "[latency default: 5]."),
+        click.option("--rate", "-r", type=click.FloatRange(min=0, min_open=True),
+                     default=None,
+                     help="Messages per second over all publishers, open loop [default: "
+                          "as fast as possible; latency: 10000]."),
+        click.option("--batch", "-b", type=click.IntRange(min=1, max=100_000), default=None,
+                     help="Messages per publish call [default: 1000; latency: 1]."),
+        click.option("--publishers", "-p", type=click.IntRange(min=1, max=64), default=1,
+                     show_default=True, help="Publisher processes (not for latency)."),
+        click.option("--transport", "-t", type=click.Choice(TRANSPORTS), default="local",
+                     show_default=True,
+                     help="fastfanout's transport: local channel (shared memory over an "
+                          "ipc socket), ipc socket, tcp on 127.0.0.1 (zmq peers: ipc or tcp)."),
+        click.option("--runs", type=click.IntRange(min=1, max=100), default=3,
+                     show_default=True, help="Runs of each measurement (the table shows "
+                                             "medians, min-max)."),
+        click.option("--warmup", type=click.FloatRange(min=0), default=None,
+                     help="Seconds at the start of each run not measured [default: 0.2; "
+                          "latency: 0.5]."),
+        click.option("--peers", "systems", default="all", callback=_systems,
+                     show_default=True,
+                     help="Peers beside fastfanout: all, none, or names separated by commas "
+                          "(zmq, mpqueue, redis-pubsub, redis-streams, nats, nats-jetstream, "
+                          "faster-fifo, rabbitmq)."),
+        click.option("--baseline", default="fastfanout", show_default=True,
+                     help="The system the ratio column compares with."),
+        click.option("--durable", is_flag=True,
+                     help="Durable variants: fastfanout with a data directory (once it has "
+                          "storage), Redis with appendfsync always; others skipped."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False),
+                     callback=_writable, default=None,
+                     help="Write every run, percentiles and the environment to this file."),
+        click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+                     callback=_plot_file, default=None,
+                     help="Draw throughput bars and latency curves into this PNG file "
+                          "(needs matplotlib)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def bench() -> None:
+    """Benchmark fastfanout beside its peers (pyzmq, queues, Redis, NATS) on one topology.
+
+    Scenarios: fanout, workqueue, stream, latency; compare two result files with
+    `fastfanout bench compare OLD.json NEW.json`. See docs/bench.md.
+    """
+
+
+def _scenario_command(scenario: str) -> click.Command:
+    extra: list[Callable[[F], F]] = []
+    if scenario == "fanout":
+        extra = [click.option("--queues", "-q", type=click.IntRange(min=1, max=64),
+                              multiple=True, help="Queues subscribed to the topic, "
+                                                  "repeatable [default: 1]."),
+                 click.option("--consumers", "-c", type=click.IntRange(min=1, max=64),
+                              default=1, show_default=True,
+                              help="Competing consumers per queue.")]
+    elif scenario == "stream":
+        extra = [click.option("--listeners", "-l", type=click.IntRange(min=1, max=64),
+                              multiple=True, help="Stream listeners, repeatable "
+                                                  "[default: 1].")]
+    else:
+        extra = [click.option("--consumers", "-c", type=click.IntRange(min=1, max=64),
+                              multiple=True, help="Competing consumers, repeatable "
+                                                  "[default: 1].")]
+
+    def command(**options: Any) -> None:
+        _run(scenario, options)
+
+    command.__doc__ = f"{DESCRIPTIONS[scenario]}."
+    function: Any = command
+    for option in reversed(extra):
+        function = option(function)
+    return click.command(scenario)(_options(function))
+
+
+def _grid(scenario: str, options: dict[str, Any]) -> list[tuple[int, int, int]]:
+    publishers = options["publishers"]
+    if scenario == "fanout":
+        return [topology(scenario, publishers, q, options["consumers"], 1)
+                for q in options["queues"] or (1,)]
+    if scenario == "stream":
+        return [topology(scenario, publishers, 1, 1, listeners)
+                for listeners in options["listeners"] or (1,)]
+    return [topology(scenario, publishers, 1, c, 1) for c in options["consumers"] or (1,)]
+
+
+def _specs(scenario: str, options: dict[str, Any]) -> list[Spec]:
+    latency = scenario == "latency"
+    count, duration, rate = options["count"], options["duration"], options["rate"]
+    if count is not None and duration is not None:
+        raise click.UsageError("give --count or --duration, not both")
+    if latency:
+        rate = rate or 10_000.0
+        if count is None and duration is None:
+            duration = 5.0
+        if options["publishers"] != 1:
+            raise click.UsageError("the latency scenario has one publisher (no --publishers)")
+    elif count is None and duration is None:
+        count = 100_000
+    if options["baseline"] not in options["systems"]:
+        raise click.UsageError(f"--baseline {options['baseline']!r} is not among the "
+                               f"systems run ({', '.join(options['systems'])})")
+    warmup = options["warmup"] if options["warmup"] is not None else (0.5 if latency else 0.2)
+    batch = options["batch"] or (1 if latency else 1000)
+    return [Spec(scenario=scenario, size=size, count=count, duration=duration, rate=rate,
+                 batch=batch, publishers=p, groups=g, members=m,
+                 transport=options["transport"], warmup=warmup, durable=options["durable"])
+            for size in sorted(set(options["sizes"] or (64,)))
+            for p, g, m in _grid(scenario, options)]
+
+
+def _run(scenario: str, options: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from fastfanout.bench.adapters import ADAPTERS
+    from fastfanout.bench.display import Live, skipped_lines, summary_table
+    from fastfanout.bench.results import (
+        Measurement,
+        document,
+        set_ratios,
+        size_label,
+        write,
+    )
+    from fastfanout.bench.runner import RunFailed, run_once
+
+    specs = _specs(scenario, options)
+    _hdr_available()
+    console = Console(stderr=True)
+    measurements: list[Measurement] = []
+    failed = False
+    with Live(console) as live:
+        for spec in specs:
+            for name in options["systems"]:
+                adapter = ADAPTERS[name]
+                item = Measurement(spec, name, adapter.label)
+                measurements.append(item)
+                item.skipped = adapter.unavailable(spec)
+                if item.skipped:
+                    continue
+                for run in range(options["runs"]):
+                    label = f"{scenario} {size_label(spec.size)} {adapter.label} run {run + 1}"
+                    try:
+                        with live.run(label) as progress:
+                            item.runs.append(run_once(name, spec, run, progress))
+                    except (RunFailed, OSError, RuntimeError, TimeoutError) as error:
+                        failed = True
+                        item.skipped = f"failed: {' '.join(str(error).split())}"
+                        item.runs.clear()
+                        live.progress.console.print(f"{adapter.label}: {item.skipped}")
+                        break
+    set_ratios(measurements, options["baseline"])
+    output = Console()
+    if not output.is_terminal:
+        output = Console(width=140)
+    output.print(summary_table(measurements, options["baseline"]))
+    for line in skipped_lines(measurements):
+        click.echo(line)
+    command = shlex.join(["fastfanout", *sys.argv[1:]])
+    if options["json_path"]:
+        data = document(measurements, command)
+        data["options"] = {key: list(value) if isinstance(value, tuple) else value
+                           for key, value in options.items()}
+        write(options["json_path"], data)
+        click.echo(f"wrote {options['json_path']}")
+    if options["plot_path"]:
+        from fastfanout.bench.plot import plot
+
+        plot(measurements, options["plot_path"])
+        click.echo(f"wrote {options['plot_path']}")
+    if failed:
+        raise click.ClickException("a run failed (see its row)")
+
+
+for _name in SCENARIOS:
+    bench.add_command(_scenario_command(_name))
+
+
+@bench.command()
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--threshold", type=click.FloatRange(min=0, max=10), default=0.10,
+              show_default=True,
+              help="Relative change below which a difference is noise (0.10: 10%).")
+def compare(old: str, new: str, threshold: float) -> None:
+    """Compare two --json files; exit 1 when NEW regressed beyond the noise threshold."""
+    from fastfanout.bench.results import ResultsError, load
+    from fastfanout.bench.results import compare as changes_of
+
+    try:
+        before, after = load(old), load(new)
+    except ResultsError as error:
+        raise click.ClickException(str(error)) from None
+    changes = changes_of(before, after, threshold)
+    if not changes:
+        raise click.ClickException("the two files have no measurement in common")
+    for change in changes:
+        mark = "REGRESSION" if change.regression else "ok"
+        click.echo(f"{mark:10} {change.key}: {change.old:,.1f} -> {change.new:,.1f} "
+                   f"{change.unit} ({change.change:+.1%})")
+    regressions = sum(change.regression for change in changes)
+    if regressions:
+        raise click.ClickException(f"{regressions} regression(s) beyond "
+                                   f"{threshold:.0%} (and the old runs' spread)")
+    click.echo(f"no regression beyond {threshold:.0%}")
