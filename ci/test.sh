@@ -6,7 +6,7 @@
 # Extra arguments go to both pytest runs (e.g. ci/test.sh -k ring).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-py=$(bash ci/setup-venv.sh test | tail -n 1) || exit 1
+py=$(bash ci/setup-venv.sh test,bench,peers | tail -n 1) || exit 1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 summary=()

@@ -467,7 +467,8 @@ class _RedisPubSubReceiver:
         import redis
 
         self.client = redis.Redis(host=env["host"], port=env["port"])
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = self.client.pubsub(  # type: ignore[no-untyped-call,unused-ignore]
+            ignore_subscribe_messages=True)
         self.pubsub.subscribe("t")
         self.pubsub.get_message(timeout=START_DEADLINE)   # the subscribe confirmation
 
@@ -731,9 +732,9 @@ class Skipped(Adapter):
 
 
 def _faster_fifo() -> str:
-    try:
-        import faster_fifo  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("faster_fifo") is None:
         return "faster-fifo is not installed (pip install faster-fifo)"
     return "faster-fifo is installed but has no adapter in this version"
 

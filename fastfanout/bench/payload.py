@@ -27,6 +27,7 @@ MIN_SIZE = HEADER.size
 MAX_SIZE = 16 * 1024 * 1024
 """The largest message size a benchmark accepts, in bytes."""
 
+_np: Any
 try:   # optional: the bench extra
     import numpy as _np
 except ImportError:   # pragma: no cover - exercised when numpy is absent

@@ -246,7 +246,7 @@ def _check_error(message: tuple[Any, ...]) -> None:
 
 def _collect(out: Any, count: int, kind: str, timeout: float, children: list[Any]
              ) -> list[Any]:
-    got = []
+    got: list[Any] = []
     deadline = time.monotonic() + timeout
     while len(got) < count:
         try:

