@@ -123,6 +123,11 @@ def test_sequence_check_counts_losses_and_duplicates_across_receivers() -> None:
     second.record([*make_bodies(1, 4, 1, 32), *make_bodies(0, 9, 1, 64)])
     assert first.received == 12 and second.received == 3
     assert merge([first.export(), second.export()], [10, 5]) == (13, 2, 2)
+    # large bodies (headers joined), two publishers in one batch, a duplicate in the batch
+    large = SequenceCheck(2, 4)
+    large.record([*make_bodies(1, 0, 3, 1024), *make_bodies(0, 1, 2, 1024),
+                  *make_bodies(1, 0, 1, 1024)])
+    assert merge([large.export()], [4, 4]) == (5, 3, 1)
     # a sequence number past what the publisher says it sent is an extra delivery
     third = SequenceCheck(1, 2)
     third.record(make_bodies(0, 0, 3, 16))
