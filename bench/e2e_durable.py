@@ -68,6 +68,8 @@ from typing import Any
 
 import peers
 
+from fastfanout.bench.adapters import nats_acks
+
 BODY = b"x" * 64
 RECORD_BYTES = 24 + 64          # the journal's record header + the 64-byte payload
 GROUPS = (1, 100, 1000)
@@ -311,34 +313,6 @@ def redis_run(appendfsync: str, pipeline: int, count: int, base: str) -> tuple[f
 # -- NATS JetStream ---------------------------------------------------------------------
 
 NATS_PUBLISH = b"PUB s _INBOX.bench.ack 64\r\n" + BODY + b"\r\n"
-
-
-def nats_acks(sock: socket.socket, data: bytes) -> tuple[int, bytes]:
-    """Read what has arrived: (PubAcks in it, the bytes of an incomplete frame left over).
-
-    Answers the server's PING; an error frame or a PubAck with an error raises.
-    """
-    data += sock.recv(1 << 16)
-    acks = position = 0
-    while True:
-        end = data.find(b"\r\n", position)
-        if end < 0:
-            return acks, data[position:]
-        line = data[position:end]
-        if line.startswith(b"MSG "):
-            stop = end + 2 + int(line.rsplit(b" ", 1)[1]) + 2
-            if stop > len(data):
-                return acks, data[position:]
-            if b'"error"' in data[end + 2:stop]:
-                raise RuntimeError(f"nats refused a publish: {data[end + 2:stop - 2]!r}")
-            acks += 1
-            position = stop
-            continue
-        if line == b"PING":
-            sock.sendall(b"PONG\r\n")
-        elif line.startswith(b"-ERR"):
-            raise RuntimeError(f"nats answered {line!r}")
-        position = end + 2
 
 
 def nats_producer(port: int, window: int, count: int, out: Any) -> None:

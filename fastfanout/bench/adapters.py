@@ -10,8 +10,8 @@ a topology the system does not have).
 
 Peers: raw pyzmq (PUB/SUB one hop; PUSH -> ``zmq.proxy`` -> PULL), ``multiprocessing``
 queues, Redis (pub/sub; Streams with consumer groups and XACK), NATS core (subjects and
-queue groups). faster-fifo, NATS JetStream and RabbitMQ are named with the reason they
-are skipped.
+queue groups), NATS JetStream (durable pull consumers, acks). faster-fifo and RabbitMQ
+are named with the reason they are skipped.
 """
 
 from __future__ import annotations
@@ -718,6 +718,158 @@ class NatsCore(Adapter):
         return _NatsReceiver(env, spec, group)
 
 
+# -- NATS JetStream -----------------------------------------------------------------------
+
+JETSTREAM_WINDOW = 4096
+"""Publishes a JetStream publisher keeps without their PubAck."""
+
+
+def nats_acks(sock: socket.socket, data: bytes) -> tuple[int, bytes]:
+    """Read what has arrived: (PubAcks in it, the bytes of an incomplete frame left over).
+
+    Answers the server's PING; an error frame or a PubAck with an error raises.
+
+    Raises:
+        RuntimeError: the server refused a publish or answered ``-ERR``.
+    """
+    data += sock.recv(1 << 16)
+    acks = position = 0
+    while True:
+        end = data.find(b"\r\n", position)
+        if end < 0:
+            return acks, data[position:]
+        line = data[position:end]
+        if line.startswith(b"MSG "):
+            stop = end + 2 + int(line.rsplit(b" ", 1)[1]) + 2
+            if stop > len(data):
+                return acks, data[position:]
+            if b'"error"' in data[end + 2:stop]:
+                raise RuntimeError(f"nats refused a publish: {data[end + 2:stop - 2]!r}")
+            acks += 1
+            position = stop
+            continue
+        if line == b"PING":
+            sock.sendall(b"PONG\r\n")
+        elif line.startswith(b"-ERR"):
+            raise RuntimeError(f"nats answered {line!r}")
+        position = end + 2
+
+
+class _JetStreamSender(_NatsConnection):
+    def __init__(self, env: dict[str, Any]) -> None:
+        super().__init__(env)
+        self.sock.sendall(b"SUB _INBOX.bench.ack 1\r\n")
+        self.ping()
+        self.sock.settimeout(None)
+        self.sent = self.acked = 0
+        self.left = self.buffer
+
+    def send(self, bodies: list[bytes]) -> None:
+        self.sock.sendall(b"".join(b"PUB s _INBOX.bench.ack %d\r\n%b\r\n" % (len(body), body)
+                                   for body in bodies))
+        self.sent += len(bodies)
+        while self.sent - self.acked > JETSTREAM_WINDOW:
+            got, self.left = nats_acks(self.sock, self.left)
+            self.acked += got
+
+    def close(self) -> None:
+        while self.acked < self.sent:   # every message stored
+            got, self.left = nats_acks(self.sock, self.left)
+            self.acked += got
+        super().close()
+
+
+class _JetStreamReceiver:
+    def __init__(self, env: dict[str, Any], group: int) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.connection, self.subscription = self.loop.run_until_complete(
+            self._connect(env, group))
+
+    @staticmethod
+    async def _connect(env: dict[str, Any], group: int) -> tuple[Any, Any]:
+        import nats
+
+        connection = await nats.connect(f"nats://{env['host']}:{env['port']}")
+        subscription = await connection.jetstream().pull_subscribe_bind(f"c{group}",
+                                                                         stream="S")
+        return connection, subscription
+
+    async def _fetch(self, timeout: float) -> list[bytes]:
+        from nats.errors import TimeoutError as FetchTimeout
+
+        try:
+            messages = await self.subscription.fetch(FETCH, timeout=max(0.1, timeout))
+        except (TimeoutError, FetchTimeout):
+            return []
+        if messages:
+            await messages[-1].ack()   # AckPolicy.ALL: settles the whole fetch
+        return [message.data for message in messages]
+
+    def poll(self, timeout: float) -> list[bytes]:
+        return self.loop.run_until_complete(self._fetch(timeout))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self._close())
+        self.loop.close()
+
+    async def _close(self) -> None:
+        await self.connection.flush()   # the last ack reached the server
+        await self.connection.close()
+
+
+class JetStream(Adapter):
+    """NATS JetStream: PUBs with a PubAck each, a durable pull consumer per group.
+
+    At most JETSTREAM_WINDOW publishes wait for their PubAck; receivers fetch 1000 at a
+    time with AckPolicy.ALL (one ack settles a fetch).
+    """
+
+    name = "nats-jetstream"
+    label = "NATS JetStream"
+    scenarios = frozenset({"fanout", "workqueue", "latency"})
+    durable = True
+
+    def missing(self) -> str | None:
+        """nats-server and nats-py."""
+        from fastfanout.bench.servers import nats_unavailable
+
+        return nats_unavailable()
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A nats-server (file store synced always when durable), stream S, consumers."""
+        import asyncio
+
+        from fastfanout.bench.servers import nats_server
+
+        with nats_server("always" if spec.durable else "default") as peer:
+            asyncio.run(self._setup(peer.host, peer.port, spec.groups))
+            yield {"host": peer.host, "port": peer.port}
+
+    @staticmethod
+    async def _setup(host: str, port: int, groups: int) -> None:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig, StorageType
+
+        connection = await nats.connect(f"nats://{host}:{port}")
+        stream = connection.jetstream()
+        await stream.add_stream(name="S", subjects=["s"], storage=StorageType.FILE)
+        for group in range(groups):
+            await stream.add_consumer("S", ConsumerConfig(
+                durable_name=f"c{group}", ack_policy=AckPolicy.ALL, max_ack_pending=-1))
+        await connection.close()
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """Pre-encoded PUBs with a reply subject; PubAcks read as the window fills."""
+        return _JetStreamSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """nats-py: fetch from durable pull consumer ``c<group>``."""
+        return _JetStreamReceiver(env, group)
+
+
 class Skipped(Adapter):
     """A peer named for completeness, skipped with its reason."""
 
@@ -749,8 +901,7 @@ def _rabbitmq() -> str:
 
 ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
     FastFanout(), Zmq(), MpQueue(), RedisPubSub(), RedisStreams(), NatsCore(),
-    Skipped("nats-jetstream", "NATS JetStream",
-            lambda: "no JetStream adapter in this version (bench/e2e_durable.py measures it)"),
+    JetStream(),
     Skipped("faster-fifo", "faster-fifo", _faster_fifo),
     Skipped("rabbitmq", "RabbitMQ", _rabbitmq),
 )}

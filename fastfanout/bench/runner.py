@@ -188,6 +188,8 @@ def _receiver_main(name: str, env: dict[str, Any], spec: Spec, group: int, membe
     except BaseException as error:
         out.put(("error", f"receiver {group}.{member}: {type(error).__name__}: {error}",
                  traceback.format_exc()))
+        if os.environ.get("FASTFANOUT_BENCH_DEBUG"):
+            traceback.print_exc()
 
 
 Progress = Callable[[int, int, int], None]

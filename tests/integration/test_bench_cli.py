@@ -153,6 +153,20 @@ def test_a_peer_that_is_absent_is_skipped_with_a_reason(tmp_path: Path) -> None:
     assert skipped["fastfanout"] is None and skipped["redis-streams"].startswith("redis-server")
 
 
+def test_durable_variant_runs_or_is_skipped_with_one_line(tmp_path: Path) -> None:
+    from fastfanout.bench.adapters import durable_unavailable
+
+    reason = durable_unavailable()
+    done = bench(["workqueue", "--durable", "-n", "1000", "--runs", "1", "--peers", "zmq"],
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("skipped")]
+    expected = ["skipped pyzmq: no durable variant"]
+    if reason is not None:
+        expected.insert(0, f"skipped fastfanout: {reason}")
+    assert skipped == expected
+
+
 def _tiny(scenario: str, groups: int, members: int, rate: float | None = None) -> Spec:
     return Spec(scenario=scenario, size=64, count=None if rate else 2000,
                 duration=0.4 if rate else None, rate=rate, batch=1 if rate else 100,
@@ -165,6 +179,7 @@ PEER_RUNS = [
     ("mpqueue", _tiny("fanout", 2, 2)), ("redis-pubsub", _tiny("stream", 2, 1)),
     ("redis-streams", _tiny("fanout", 2, 2)), ("nats", _tiny("fanout", 2, 2)),
     ("nats", _tiny("latency", 1, 1, rate=1000.0)),
+    ("nats-jetstream", _tiny("workqueue", 1, 2)),
 ]
 
 
