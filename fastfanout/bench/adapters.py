@@ -42,6 +42,8 @@ ZMQ_HWM = 1_000_000
 """High-water mark of the zmq sockets (messages); PUB drops past it (counted as lost)."""
 FETCH = 1000
 """Messages a Redis or queue receiver takes per call."""
+REDIS_WINDOW = 4096
+"""Commands a Redis publisher keeps without their reply."""
 PEERS_EXTRA = "pip install 'fastfanout[peers]'"
 
 
@@ -442,24 +444,82 @@ class MpQueue(Adapter):
 # -- Redis --------------------------------------------------------------------------------
 
 
-class _RedisSender:
-    def __init__(self, env: dict[str, Any]) -> None:
-        import redis
+def resp_command(*parts: bytes) -> bytes:
+    """One Redis command in RESP (an array of bulk strings)."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(part), part)
+                                                for part in parts)
 
-        self.client = redis.Redis(host=env["host"], port=env["port"])
+
+def resp_replies(data: bytes) -> tuple[int, bytes]:
+    """(complete replies at the start of ``data``, the bytes left over).
+
+    Integers, simple strings and bulk strings only (PUBLISH and XADD answer those).
+
+    Raises:
+        RuntimeError: an error reply.
+    """
+    replies = position = 0
+    while True:
+        end = data.find(b"\r\n", position)
+        if end < 0:
+            return replies, data[position:]
+        kind = data[position:position + 1]
+        if kind == b"-":
+            raise RuntimeError(f"redis answered {data[position:end]!r}")
+        if kind == b"$":
+            length = int(data[position + 1:end])
+            stop = end + 2 + (length + 2 if length >= 0 else 0)
+            if stop > len(data):
+                return replies, data[position:]
+            position = stop
+        else:
+            position = end + 2
+        replies += 1
+
+
+class _RedisSender:
+    """Pre-encoded PUBLISH or XADD commands; replies read as they come, not waited for.
+
+    Like fastfanout's ``publish_nowait``, a send does not wait for its answer; at most
+    REDIS_WINDOW commands are unanswered, and ``close`` reads every reply.
+    """
+
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.sock = socket.create_connection((env["host"], env["port"]),
+                                             timeout=START_DEADLINE)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.streams = env["mode"] == "streams"
+        self.sent = self.answered = 0
+        self.left = b""
+
+    def _read(self, block: bool) -> None:
+        self.sock.setblocking(block)
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        finally:
+            self.sock.setblocking(True)
+        if not chunk:
+            raise ConnectionError("redis-server closed the connection")
+        got, self.left = resp_replies(self.left + chunk)
+        self.answered += got
 
     def send(self, bodies: list[bytes]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for body in bodies:
-            if self.streams:
-                pipe.xadd("s", {"b": body})
-            else:
-                pipe.publish("t", body)
-        pipe.execute()
+        if self.streams:
+            data = b"".join(resp_command(b"XADD", b"s", b"*", b"b", body) for body in bodies)
+        else:
+            data = b"".join(resp_command(b"PUBLISH", b"t", body) for body in bodies)
+        self.sock.sendall(data)
+        self.sent += len(bodies)
+        self._read(block=False)
+        while self.sent - self.answered > REDIS_WINDOW:
+            self._read(block=True)
 
     def close(self) -> None:
-        self.client.close()
+        while self.answered < self.sent:
+            self._read(block=True)
+        self.sock.close()
 
 
 class _RedisPubSubReceiver:
@@ -520,7 +580,7 @@ def _redis_missing() -> str | None:
 
 
 class RedisPubSub(Adapter):
-    """Redis pub/sub (PUBLISH in pipelines, one subscriber per group), memory only."""
+    """Redis pub/sub (pre-encoded PUBLISH, one subscriber per group), memory only."""
 
     name = "redis-pubsub"
     label = "Redis pub/sub"
@@ -552,7 +612,7 @@ class RedisPubSub(Adapter):
                       "the subscribers did not subscribe")
 
     def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
-        """PUBLISH, one pipeline per batch."""
+        """PUBLISH, pre-encoded, one write per batch, replies not waited for."""
         return _RedisSender(env)
 
     def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
@@ -561,7 +621,7 @@ class RedisPubSub(Adapter):
 
 
 class RedisStreams(Adapter):
-    """Redis Streams: XADD in pipelines; a consumer group per group, XREADGROUP + XACK."""
+    """Redis Streams: pre-encoded XADD; a consumer group per group, XREADGROUP + XACK."""
 
     name = "redis-streams"
     label = "Redis Streams"
@@ -586,7 +646,7 @@ class RedisStreams(Adapter):
             yield {"host": peer.host, "port": peer.port, "mode": "streams"}
 
     def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
-        """XADD, one pipeline per batch."""
+        """XADD, pre-encoded, one write per batch, replies not waited for."""
         return _RedisSender(env)
 
     def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:

@@ -277,9 +277,14 @@ def _run(scenario: str, options: dict[str, Any]) -> None:
                     try:
                         with live.run(label) as progress:
                             item.runs.append(run_once(name, spec, run, progress))
-                    except (RunFailed, OSError, RuntimeError, TimeoutError) as error:
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as error:   # one line per failed run, then the rest
                         failed = True
-                        item.skipped = f"failed: {' '.join(str(error).split())}"
+                        text = " ".join(str(error).split())
+                        if not isinstance(error, RunFailed):
+                            text = f"{type(error).__name__}: {text}"
+                        item.skipped = f"failed: {text}"
                         item.runs.clear()
                         live.progress.console.print(f"{adapter.label}: {item.skipped}")
                         break

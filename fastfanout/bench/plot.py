@@ -68,6 +68,11 @@ def _bars(axis: Any, items: list[Measurement]) -> None:
             low.append(median - min(rates))
             high.append(max(rates) - median)
         axis.bar(xs, heights, width, yerr=[low, high], capsize=3, label=system)
+    from matplotlib.ticker import FuncFormatter
+
+    from fastfanout.bench.display import rate_text
+
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: rate_text(value)))
     axis.set_xticks(range(len(cells)), cells)
     axis.set_ylabel("messages/s per group (median, min-max)")
     axis.set_title("throughput")

@@ -42,7 +42,7 @@ from fastfanout.bench.payload import (
 from fastfanout.bench.processes import START_DEADLINE, spawn, stop_processes
 from fastfanout.bench.scenarios import Spec
 
-IDLE = 2.0
+IDLE = 5.0
 """Seconds without a message, once every publisher is done, after which a receiver stops."""
 RUN_DEADLINE = 600.0
 """Seconds a run may take past its publishers' expected time before it is stopped."""

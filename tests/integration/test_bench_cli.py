@@ -238,5 +238,16 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_redis_replies_are_counted_across_reads() -> None:
+    from fastfanout.bench.adapters import resp_command, resp_replies
+
+    assert resp_command(b"PUBLISH", b"t", b"ab") == (
+        b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nt\r\n$2\r\nab\r\n")
+    assert resp_replies(b":1\r\n$3\r\nabc\r\n$3\r\nx") == (2, b"$3\r\nx")
+    assert resp_replies(b"$3\r\nxyz\r\n:0\r") == (1, b":0\r")
+    with pytest.raises(RuntimeError, match="OOM"):
+        resp_replies(b":1\r\n-OOM command not allowed\r\n")
+
+
 def test_percentiles_of_no_histogram_is_none() -> None:
     assert percentiles([]) is None
