@@ -522,29 +522,82 @@ class _RedisSender:
         self.sock.close()
 
 
-class _RedisPubSubReceiver:
-    def __init__(self, env: dict[str, Any]) -> None:
-        import redis
+def resp_pushes(data: bytes) -> tuple[list[list[bytes | int]], bytes]:
+    """(complete RESP arrays at the start of ``data``, the bytes left over).
 
-        self.client = redis.Redis(host=env["host"], port=env["port"])
-        self.pubsub = self.client.pubsub(  # type: ignore[no-untyped-call,unused-ignore]
-            ignore_subscribe_messages=True)
-        self.pubsub.subscribe("t")
-        self.pubsub.get_message(timeout=START_DEADLINE)   # the subscribe confirmation
+    Their elements are bulk strings (bytes) or integers (a pub/sub connection's pushes:
+    ``message``, ``subscribe`` confirmations).
+
+    Raises:
+        RuntimeError: an error reply or something that is not an array.
+    """
+    arrays: list[list[bytes | int]] = []
+    position = 0
+    while True:
+        start = position
+        end = data.find(b"\r\n", position)
+        if end < 0:
+            return arrays, data[start:]
+        if data[position:position + 1] != b"*":
+            raise RuntimeError(f"redis sent {data[position:end][:80]!r}")
+        items: list[bytes | int] = []
+        position = end + 2
+        for _ in range(int(data[start + 1:end])):
+            end = data.find(b"\r\n", position)
+            if end < 0:
+                return arrays, data[start:]
+            kind = data[position:position + 1]
+            if kind == b":":
+                items.append(int(data[position + 1:end]))
+                position = end + 2
+            elif kind == b"$":
+                stop = end + 2 + int(data[position + 1:end])
+                if stop + 2 > len(data):
+                    return arrays, data[start:]
+                items.append(data[end + 2:stop])
+                position = stop + 2
+            else:
+                raise RuntimeError(f"redis sent {data[position:end][:80]!r}")
+        arrays.append(items)
+
+
+class _RedisPubSubReceiver:
+    """SUBSCRIBE on a plain socket; pushes parsed as they arrive (RESP).
+
+    redis-py's ``get_message(timeout)`` drops the connection (and the messages in it)
+    when a timeout ends in the middle of a large message, then subscribes again.
+    """
+
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.sock = socket.create_connection((env["host"], env["port"]),
+                                             timeout=START_DEADLINE)
+        self.sock.sendall(resp_command(b"SUBSCRIBE", b"t"))
+        self.buffer = b""
+        while True:   # the confirmation: the server has the subscription
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("redis-server closed the connection")
+            arrays, self.buffer = resp_pushes(self.buffer + chunk)
+            if arrays:
+                break
+        self.sock.settimeout(None)
 
     def poll(self, timeout: float) -> list[bytes]:
-        message = self.pubsub.get_message(timeout=timeout)
-        bodies = []
-        while message is not None:
-            bodies.append(message["data"])
-            if len(bodies) >= FETCH:
-                break
-            message = self.pubsub.get_message(timeout=0)
-        return bodies
+        import select
+
+        if select.select([self.sock], [], [], timeout)[0]:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("redis-server closed the connection")
+            self.buffer += chunk
+        if not self.buffer:
+            return []
+        arrays, self.buffer = resp_pushes(self.buffer)
+        return [items[2] for items in arrays  # type: ignore[misc]
+                if items and items[0] == b"message"]
 
     def close(self) -> None:
-        self.pubsub.close()
-        self.client.close()
+        self.sock.close()
 
 
 class _RedisStreamReceiver:
@@ -580,7 +633,7 @@ def _redis_missing() -> str | None:
 
 
 class RedisPubSub(Adapter):
-    """Redis pub/sub (pre-encoded PUBLISH, one subscriber per group), memory only."""
+    """Redis pub/sub (PUBLISH and SUBSCRIBE in RESP on sockets), memory only."""
 
     name = "redis-pubsub"
     label = "Redis pub/sub"
@@ -616,7 +669,7 @@ class RedisPubSub(Adapter):
         return _RedisSender(env)
 
     def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
-        """SUBSCRIBE; get_message."""
+        """SUBSCRIBE on a plain socket."""
         return _RedisPubSubReceiver(env)
 
 

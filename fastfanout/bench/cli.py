@@ -308,7 +308,7 @@ def _run(scenario: str, options: dict[str, Any]) -> None:
         plot(measurements, options["plot_path"])
         click.echo(f"wrote {options['plot_path']}")
     if failed:
-        raise click.ClickException("a run failed (see its row)")
+        raise click.ClickException("a run failed (see its \"skipped ...: failed\" line)")
 
 
 for _name in SCENARIOS:

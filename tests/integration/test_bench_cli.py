@@ -153,6 +153,21 @@ def test_a_peer_that_is_absent_is_skipped_with_a_reason(tmp_path: Path) -> None:
     assert skipped["fastfanout"] is None and skipped["redis-streams"].startswith("redis-server")
 
 
+def test_a_failing_run_is_one_line_and_the_others_still_run(tmp_path: Path) -> None:
+    environment = {**os.environ, "FASTFANOUT_NATS_SERVER": "/bin/false"}
+    done = bench(["workqueue", "-n", "1000", "--runs", "1", "--peers", "nats,zmq",
+                  "--json", str(tmp_path / "r.json")], env=environment, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        'error: a run failed (see its "skipped ...: failed" line)')
+    assert "Traceback" not in done.stderr
+    failed = [line for line in done.stdout.splitlines() if line.startswith("skipped")]
+    assert len(failed) == 1 and failed[0].startswith("skipped NATS core: failed: ")
+    assert "nats exited with 1" in failed[0]
+    runs = {m["system"]: len(m["runs"]) for m in load(str(tmp_path / "r.json"))["measurements"]}
+    assert runs == {"fastfanout": 1, "zmq": 1, "nats": 0}
+
+
 def test_durable_variant_runs_or_is_skipped_with_one_line(tmp_path: Path) -> None:
     from fastfanout.bench.adapters import durable_unavailable
 
@@ -247,6 +262,20 @@ def test_redis_replies_are_counted_across_reads() -> None:
     assert resp_replies(b"$3\r\nxyz\r\n:0\r") == (1, b":0\r")
     with pytest.raises(RuntimeError, match="OOM"):
         resp_replies(b":1\r\n-OOM command not allowed\r\n")
+
+
+def test_redis_pushes_are_parsed_across_reads() -> None:
+    from fastfanout.bench.adapters import resp_pushes
+
+    confirm = b"*3\r\n$9\r\nsubscribe\r\n$1\r\nt\r\n:1\r\n"
+    message = b"*3\r\n$7\r\nmessage\r\n$1\r\nt\r\n$4\r\nab\r\n\r\n"
+    data = confirm + message + message[:-3]
+    arrays, left = resp_pushes(data)
+    assert arrays == [[b"subscribe", b"t", 1], [b"message", b"t", b"ab\r\n"]]
+    assert left == message[:-3]
+    assert resp_pushes(left + message[-3:]) == ([[b"message", b"t", b"ab\r\n"]], b"")
+    with pytest.raises(RuntimeError, match="ERR"):
+        resp_pushes(b"-ERR wrong\r\n")
 
 
 def test_percentiles_of_no_histogram_is_none() -> None:
