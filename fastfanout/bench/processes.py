@@ -31,15 +31,16 @@ def serve_broker(endpoint: str, data_dir: str | None = None) -> None:
 
     Args:
         endpoint: ``ipc://PATH`` or ``tcp://127.0.0.1:PORT``.
-        data_dir: a directory for durable storage, or None for a memory-only broker
-            (only passed on when given, for brokers without storage).
+        data_dir: a directory for durable storage (``Broker(data_dir=...)``, fsync
+            ``always``), or None for a memory-only broker.
     """
+    from fastfanout import Broker
     from fastfanout.server import serve
 
     if data_dir is None:
         serve(endpoint)
-    else:
-        serve(endpoint, data_dir=data_dir)   # type: ignore[call-arg,unused-ignore]
+    else:   # fsync "always": a publish is confirmed once on disk
+        serve(endpoint, broker=Broker(data_dir=data_dir))
 
 
 def connect_when_up(endpoint: str, broker: Any, **options: Any) -> Any:
