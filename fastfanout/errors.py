@@ -23,6 +23,7 @@ __all__ = [
     "NotFound",
     "PeerGone",
     "PeerLost",
+    "PeerUnavailable",
     "ProtocolError",
     "QueueFull",
     "RequestTooLarge",
@@ -268,6 +269,16 @@ class UsedAfterFork(FastFanoutError):
     """
 
     code = "used_after_fork"
+
+
+class PeerUnavailable(FastFanoutError, RuntimeError):
+    """A benchmark peer server cannot run here: its binary or client library is missing.
+
+    Raised by ``fastfanout.bench.servers`` before anything starts; ``str()`` is the one-line
+    reason, with what to install.
+    """
+
+    code = "peer_unavailable"
 
 
 _BY_CODE: dict[str, type[FastFanoutError]] = {

@@ -256,7 +256,7 @@ def _run(scenario: str, options: dict[str, Any]) -> None:
         size_label,
         write,
     )
-    from fastfanout.bench.runner import RunFailed, run_once
+    from fastfanout.bench.runner import run_once
 
     specs = _specs(scenario, options)
     _hdr_available()
@@ -282,7 +282,7 @@ def _run(scenario: str, options: dict[str, Any]) -> None:
                     except Exception as error:   # one line per failed run, then the rest
                         failed = True
                         text = " ".join(str(error).split())
-                        if not isinstance(error, RunFailed):
+                        if type(error) is not RuntimeError:
                             text = f"{type(error).__name__}: {text}"
                         item.skipped = f"failed: {text}"
                         item.runs.clear()
@@ -323,12 +323,12 @@ for _name in SCENARIOS:
               help="Relative change below which a difference is noise (0.10: 10%).")
 def compare(old: str, new: str, threshold: float) -> None:
     """Compare two --json files; exit 1 when NEW regressed beyond the noise threshold."""
-    from fastfanout.bench.results import ResultsError, load
     from fastfanout.bench.results import compare as changes_of
+    from fastfanout.bench.results import load
 
     try:
         before, after = load(old), load(new)
-    except ResultsError as error:
+    except ValueError as error:
         raise click.ClickException(str(error)) from None
     changes = changes_of(before, after, threshold)
     if not changes:

@@ -40,10 +40,6 @@ PACKAGES = ("fastfanout", "pyzmq", "msgspec", "redis", "hiredis", "nats-py", "na
             "hdrhistogram", "numpy", "matplotlib", "rich", "click")
 
 
-class ResultsError(ValueError):
-    """A results file cannot be read or is not a fastfanout bench file; str: one line."""
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as handle:
@@ -218,18 +214,18 @@ def load(path: str) -> dict[str, Any]:
     """A results file, checked for its format.
 
     Raises:
-        ResultsError: unreadable, not JSON, or not a fastfanout bench file.
+        ValueError: unreadable, not JSON, or not a fastfanout bench file (one line).
     """
     try:
         with open(path) as handle:
             data = json.load(handle)
     except OSError as error:
-        raise ResultsError(f"cannot read {path}: {error.strerror or error}") from None
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ResultsError(f"{path} is not JSON: {error}") from None
+        raise ValueError(f"{path} is not JSON: {error}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(
             data.get("measurements"), list):
-        raise ResultsError(f"{path} is not a fastfanout bench results file "
+        raise ValueError(f"{path} is not a fastfanout bench results file "
                            f"(format {FORMAT!r})")
     return data
 

@@ -56,10 +56,6 @@ _GO, _STOP = 0, 1
 _HEAD = 2
 
 
-class RunFailed(RuntimeError):
-    """A child of the run failed or the run passed its deadline; str: one line."""
-
-
 @dataclass
 class RunResult:
     """One run of one spec on one system.
@@ -201,7 +197,7 @@ def run_once(system: str, spec: Spec, run: int, progress: Progress | None = None
     """Run ``spec`` once on ``system``; every child is stopped by the time it returns.
 
     Raises:
-        RunFailed: a child failed, or the run passed its deadline.
+        RuntimeError: a child failed, or the run passed its deadline (one line).
     """
     adapter = ADAPTERS[system]
     ctx = spawn()
@@ -243,7 +239,7 @@ def run_once(system: str, spec: Spec, run: int, progress: Progress | None = None
 
 def _check_error(message: tuple[Any, ...]) -> None:
     if message[0] == "error":
-        raise RunFailed(message[1])
+        raise RuntimeError(message[1])
 
 
 def _collect(out: Any, count: int, kind: str, timeout: float, children: list[Any]
@@ -255,10 +251,10 @@ def _collect(out: Any, count: int, kind: str, timeout: float, children: list[Any
             message = out.get(timeout=0.1)
         except queue.Empty:
             if time.monotonic() > deadline:
-                raise RunFailed(f"children not {kind} within {timeout} s") from None
+                raise RuntimeError(f"children not {kind} within {timeout} s") from None
             dead = [child for child in children if child.exitcode not in (None, 0)]
             if dead:
-                raise RunFailed(f"a child exited with {dead[0].exitcode}") from None
+                raise RuntimeError(f"a child exited with {dead[0].exitcode}") from None
             continue
         _check_error(message)
         got.append(message)
@@ -274,14 +270,14 @@ def _finish(out: Any, spec: Spec, shared: Any, deadline: float, children: list[A
     received_slots = range(_HEAD + 2 * spec.publishers, len(shared))
     while len(publishers) + len(receivers) < want:
         if time.monotonic() > deadline:
-            raise RunFailed(f"the run did not end within its deadline ({RUN_DEADLINE} s "
+            raise RuntimeError(f"the run did not end within its deadline ({RUN_DEADLINE} s "
                             "past its expected time)")
         try:
             message = out.get(timeout=0.1)
         except queue.Empty:
             dead = [child for child in children if child.exitcode not in (None, 0)]
             if dead:
-                raise RunFailed(f"a child exited with {dead[0].exitcode}") from None
+                raise RuntimeError(f"a child exited with {dead[0].exitcode}") from None
             message = None
         if message is not None:
             _check_error(message)

@@ -31,16 +31,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastfanout.errors import PeerUnavailable
+
+__all__ = ["HOST", "Peer", "PeerUnavailable", "find_binary", "free_port", "nats_args",
+           "nats_config", "nats_server", "nats_unavailable", "redis_args", "redis_server",
+           "redis_unavailable", "stop_process"]
+
 HOST = "127.0.0.1"
 START_DEADLINE = 20.0   # seconds for a server to answer
 STOP_DEADLINE = 10.0    # seconds after SIGTERM before SIGKILL
 START_ATTEMPTS = 3      # a port picked free may be taken before the server binds it
 REDIS_FSYNC = ("always", "everysec", "no", "off")
 NATS_SYNC = ("always", "default")
-
-
-class PeerUnavailable(RuntimeError):
-    """A peer server cannot run here (binary or client library missing); str: the reason."""
 
 
 @dataclass
