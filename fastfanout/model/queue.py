@@ -41,6 +41,7 @@ class Settings:
     content_dedup: bool = False
     dedup_window: float = 300.0
     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+    durable: bool = False
 
 
 @dataclass(eq=False)
@@ -206,6 +207,37 @@ class Queue:
         head = group.members[0]
         if group.leased is None and head.state == "visible" and not head.listed:
             self._list(head)
+
+    def restart(self) -> None:
+        """What a broker restart leaves of this queue (see ``ModelBroker.restart``).
+
+        A durable queue keeps every copy in arrival order: leased copies become visible
+        (receive counts kept), delayed ones keep their due time, visible ones are listed
+        again in arrival order, FIFO groups are free. A queue that is not durable is
+        emptied and forgets its dedup keys. Every counter starts afresh: ``enqueued`` is
+        the copies held, the others 0 (``dedup_evicted`` too).
+        """
+        if not self.settings.durable:
+            for copy in self.copies:
+                copy.state = "detached"
+            self.copies = []
+            self.groups = {}
+            self.window.keys.clear()
+        self.lists = [[] for _ in self.lists]
+        for group in self.groups.values():
+            group.leased = None
+        for copy in self.copies:
+            copy.listed = False
+            copy.receipt = None
+        for copy in self.copies:
+            if copy.state != "delayed":
+                self.make_visible(copy)
+        self.enqueued = len(self.copies)
+        self.delivered = self.redelivered = self.acked = self.dead_lettered = 0
+        self.redriven = self.rejected = self.purged = self.duplicates = self.oversized = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.refused_moves = 0
+        self.window.evicted = 0
 
     def backoff_after_failure(self, copy: Copy) -> int:
         """Microseconds to wait after the copy's latest failed delivery (0: none)."""
