@@ -223,9 +223,9 @@ def cli() -> None:
                    "confirmed once on disk; interval: every --fsync-interval seconds; "
                    "never: the OS decides). Every policy survives kill -9; only always "
                    "survives power loss.")
-@click.option("--fsync-interval", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--fsync-interval", type=click.FloatRange(0.001, 3600), default=None,
               help="Seconds between syncs with --fsync interval (default 1).")
-@click.option("--max-disk-bytes", type=click.IntRange(min=1), default=None,
+@click.option("--max-disk-bytes", type=click.IntRange(min=65536), default=None,
               help="Most bytes the journal may hold; past it publishes to durable queues "
                    "are refused with store_full (default: no limit but the disk).")
 def serve(config_path: str | None, **given: Any) -> None:

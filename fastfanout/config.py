@@ -103,8 +103,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     data_dir: str | None = None
     in_memory: bool = False
     fsync: Literal["always", "interval", "never"] = "always"
-    fsync_interval: _PositiveSeconds = 1.0
-    max_disk_bytes: _Bytes | None = None
+    fsync_interval: Annotated[float, msgspec.Meta(ge=0.001, le=3600)] = 1.0
+    max_disk_bytes: Annotated[int, msgspec.Meta(ge=65536)] | None = None
 
 
 EXPECTED: Final[dict[str, str]] = {
@@ -129,8 +129,8 @@ EXPECTED: Final[dict[str, str]] = {
     "data_dir": "a string: the path of the broker's data directory",
     "in_memory": "true or false",
     "fsync": 'one of "always", "interval", "never"',
-    "fsync_interval": "a number of seconds > 0",
-    "max_disk_bytes": "an integer number of bytes >= 1",
+    "fsync_interval": "a number of seconds from 0.001 to 3600",
+    "max_disk_bytes": "an integer number of bytes >= 65536",
 }
 """Each key's expected form, as error messages state it."""
 

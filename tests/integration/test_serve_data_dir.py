@@ -58,10 +58,10 @@ def test_storage_keys_and_options(tmp_path: Path) -> None:
     assert (config.data_dir, config.in_memory, config.fsync, config.fsync_interval,
             config.max_disk_bytes) == (None, False, "always", 1.0, None)
     path = config_file(tmp_path, "d.toml", "data_dir = 'here'\nfsync = 'interval'\n"
-                                           "fsync_interval = 0.5\nmax_disk_bytes = 4096\n")
+                                           "fsync_interval = 0.5\nmax_disk_bytes = 65536\n")
     config = load_config(path, {})
     assert (config.data_dir, config.fsync, config.fsync_interval, config.max_disk_bytes) == (
-        "here", "interval", 0.5, 4096)
+        "here", "interval", 0.5, 65536)
     # one choice: the command line wins over the file, both in one place is an error
     assert load_config(path, {"in_memory": True}).data_dir is None
     memory = config_file(tmp_path, "m.toml", "in_memory = true\n")
@@ -71,7 +71,7 @@ def test_storage_keys_and_options(tmp_path: Path) -> None:
     both = config_file(tmp_path, "both.toml", "in_memory = true\ndata_dir = 'x'\n")
     with pytest.raises(InvalidArgument, match=r"both\.toml: in_memory = true and data_dir"):
         load_config(both, {})
-    for key, value in (("fsync", "sometimes"), ("fsync_interval", 0), ("max_disk_bytes", 0),
+    for key, value in (("fsync", "sometimes"), ("fsync_interval", 0), ("max_disk_bytes", 65535),
                        ("in_memory", "yes")):
         with pytest.raises(InvalidArgument, match=f"--{key.replace('_', '-')}: {key} = "):
             load_config(None, {key: value})
@@ -82,7 +82,7 @@ def test_serve_storage_options_fail_in_one_line(tmp_path: Path) -> None:
             (["--in-memory", "--data-dir", str(tmp_path / "d")], "--in-memory and --data-dir"),
             (["--fsync", "sometimes"], "--fsync"),
             (["--fsync-interval", "0"], "--fsync-interval"),
-            (["--max-disk-bytes", "0"], "--max-disk-bytes")):
+            (["--max-disk-bytes", "65535"], "--max-disk-bytes")):
         done = run(["serve", "--endpoint", f"ipc://{tmp_path}/x.sock", *args])
         assert_one_line_error(done.stderr, done.returncode, " ".join(args))
         assert expected in done.stderr, (args, done.stderr)
