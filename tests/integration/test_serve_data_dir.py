@@ -163,3 +163,26 @@ def test_demo_runs_twice_in_a_row(tmp_path: Path) -> None:
         assert "AlreadyExists" not in done.stdout + done.stderr
     assert not list(temp.iterdir())   # its data directory removed
     assert not list(Path(os.environ["XDG_STATE_HOME"]).iterdir())
+
+
+def test_server_refuses_a_broker_and_a_data_dir(tmp_path: Path) -> None:
+    from fastfanout import Broker
+    from fastfanout.server import Server
+
+    with Broker() as broker, pytest.raises(InvalidArgument, match="not both"):
+        Server(f"ipc://{tmp_path}/s.sock", broker=broker, data_dir=tmp_path / "d")
+
+
+@requires_durable
+def test_server_makes_a_durable_broker_of_its_data_dir(track: Tracker, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    endpoint = track.endpoint()
+    server = track.server(endpoint, data_dir=data_dir, fsync="interval", fsync_interval=0.05)
+    client = track.client(endpoint)
+    client.create_queue("q")
+    client.send("q", b"kept")
+    client.close()
+    server.stop(10.0)
+    server = track.server(endpoint, data_dir=data_dir)
+    client = track.client(endpoint)
+    assert [m.body for m in client.receive("q", max_messages=5, wait=2.0)] == [b"kept"]
