@@ -249,15 +249,10 @@ class Server(Deliveries):
                 "give either broker= or data_dir= (the data directory of the broker the "
                 "server makes), not both")
         self._own_broker = broker is None
-        # INTERIM (durops): until the durable broker lands, a data_dir is ignored.
-        import inspect
-        if data_dir is not None and "data_dir" not in inspect.signature(Broker).parameters:
-            log.debug("this build keeps no data on disk yet: %s unused", data_dir)
-            data_dir = None
         self.broker = broker if broker is not None else (
             Broker() if data_dir is None else
             Broker(data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval,
-                   max_disk_bytes=max_disk_bytes))  # type: ignore[call-arg]  # INTERIM
+                   max_disk_bytes=max_disk_bytes))
         self._curve = curve
         self._curve_clients = curve_clients
         self._heartbeat_interval = heartbeat_interval
