@@ -226,8 +226,9 @@ def cli() -> None:
 @click.option("--fsync-interval", type=click.FloatRange(0.001, 3600), default=None,
               help="Seconds between syncs with --fsync interval (default 1).")
 @click.option("--max-disk-bytes", type=click.IntRange(min=65536), default=None,
-              help="Most bytes the journal may hold; past it publishes to durable queues "
-                   "are refused with store_full (default: no limit but the disk).")
+              help="Journal bytes at which publishes are refused with store_full until "
+                   "consumers settle messages (at least 65536; default: no limit but "
+                   "the disk).")
 def serve(config_path: str | None, **given: Any) -> None:
     """Run a broker until SIGTERM or SIGINT (then exit 0).
 
