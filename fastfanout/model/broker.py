@@ -43,12 +43,14 @@ the one the native broker makes):
   before any argument is checked.
 
 Restart (``restart()``, docs/semantics.md "Durability"): what a broker with a data
-directory holds after it is closed and opened again on the same directory. Where the
-issue is silent the model chooses: a durable queue's copies come back in the order they
-entered it (its journal order: a nack's move to the tail is not kept), leased ones
-visible at once without a redelivery backoff; delayed ones keep their due time (timers
-re-armed in arrival order, queue by queue in creation order); retention still counts
-from the first entry; every stats counter starts afresh (``enqueued`` = copies held).
+directory holds after it is closed and opened again on the same directory, as the
+journal records it. Where the issue is silent the model follows the native broker: a
+durable queue's copies come back in the order they entered it (a nack's move to the
+tail is not kept); a copy that never waited is visible at once, leased ones too, without
+a redelivery backoff; a copy that waited (it entered delayed, or a nack or backoff
+delayed it) waits again for its last due time, so once that passed it is visible right
+after the others; retention still counts from the first entry; every stats counter
+starts afresh (``enqueued`` = copies held).
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ class ModelBroker:
             queue.make_visible(copy)
 
     def _arm(self, copy: Copy, state: str, due_us: int) -> None:
+        if state == "delayed":
+            copy.journal_due_us = due_us
         copy.state = state
         copy.due_us = due_us
         copy.armed = self._next_armed
@@ -224,6 +228,7 @@ class ModelBroker:
     # -- enqueueing, room and dead letters ---------------------------------------------
 
     def _enqueue(self, queue: Queue, copy: Copy, due_us: int, now_us: int) -> None:
+        copy.journal_due_us = due_us
         queue.add(copy, now_us)
         if due_us > now_us:
             self._arm(copy, "delayed", due_us)
@@ -941,15 +946,12 @@ class ModelBroker:
             return
         self._leases.clear()
         for queue in self._queues.values():
-            queue.restart()
+            for copy in queue.restart():
+                self._arm(copy, "delayed", copy.journal_due_us)
         for topic in self._topics.values():
             topic.published = topic.deliveries = topic.unrouted = 0
             topic.duplicates = topic.filtered_out = 0
             topic.window.evicted = 0
-        for queue in self._queues.values():
-            for copy in queue.copies:
-                if copy.state == "delayed":
-                    self._arm(copy, "delayed", copy.due_us)
         self._advance(now_us)
 
     @property

@@ -12,7 +12,9 @@ file. The test kills the broker, then these processes, at random moments.
   after ``ack_batch`` returned it logs ``K KEY KEY ...`` (keys as ``PRODUCER:SEQ``), and
   ``X KEY`` for a body that is not the one published.
 
-Either runs until it is killed, or until the broker is gone (then it exits 3).
+Either runs until it is killed, or until the broker is gone (then it exits 3). With
+``--go PATH`` it first waits (up to a minute) until PATH exists: the test starts the
+workers while the broker recovers, and lets them go once it checked what was recovered.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 
 from fastfanout.client import connect
 from fastfanout.errors import FastFanoutError
@@ -74,6 +77,13 @@ def consume(endpoint: str, queue: str, log: str) -> None:
 
 def main(argv: list[str]) -> int:
     """Run ``produce`` or ``consume`` with the command line's arguments."""
+    if "--go" in argv:
+        go = argv[argv.index("--go") + 1]
+        deadline = time.monotonic() + 60.0
+        while not os.path.exists(go):
+            if time.monotonic() > deadline:
+                return 4
+            time.sleep(0.005)
     try:
         if argv[0] == "produce":
             produce(argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5]), argv[6],
