@@ -8,9 +8,10 @@ file. The test kills the broker, then these processes, at random moments.
   batches of 1 to 20 messages, the body of message ``seq`` being ``body(PRODUCER, seq)``,
   with sequences from FIRST up. Before a batch it logs ``A PRODUCER FIRST LAST``
   (attempted), after ``publish_batch`` returned ``C PRODUCER FIRST LAST`` (confirmed).
-- ``consume ENDPOINT QUEUE LOG``: receives up to 100 messages at a time and acks them;
-  after ``ack_batch`` returned it logs ``K KEY KEY ...`` (keys as ``PRODUCER:SEQ``), and
-  ``X KEY`` for a body that is not the one published.
+- ``consume ENDPOINT QUEUE LOG``: receives up to 100 messages at a time and acks them:
+  before ``ack_batch`` it logs ``R KEY KEY ...`` (keys as ``PRODUCER:SEQ``), after it
+  returned ``K KEY KEY ...`` (an ``R`` line without its ``K`` is an ack in flight when
+  the process was killed), and ``X KEY`` for a body that is not the one published.
 
 Either runs until it is killed, or until the broker is gone (then it exits 3). With
 ``--go PATH`` it first waits (up to a minute) until PATH exists: the test starts the
@@ -66,8 +67,9 @@ def consume(endpoint: str, queue: str, log: str) -> None:
                                       visibility_timeout=60.0)
             if not messages:
                 continue
-            client.ack_batch([message.receipt for message in messages])
             keys = [key(bytes(message.body)) for message in messages]
+            _log(fd, "R " + " ".join(keys))
+            client.ack_batch([message.receipt for message in messages])
             _log(fd, "K " + " ".join(keys))
             for name, message in zip(keys, messages, strict=True):
                 producer, seq = map(int, name.split(":"))
