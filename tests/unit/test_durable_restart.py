@@ -39,3 +39,18 @@ def test_a_topic_keeps_every_dedup_key_across_a_restart(tmp_path: Path) -> None:
         assert broker.stats().topics["t"].dedup_entries == 1
         again = broker.publish("t", b"x", dedup_id="k")
         assert again.duplicate and again.message_id == first.message_id
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: recovery files the dedup keys of a "
+                   "deleted queue under its name, so a queue re-created with that name "
+                   "gets them (with its own window) after a restart and refuses fresh "
+                   "messages as duplicates (lost messages)")
+def test_a_recreated_queue_has_none_of_the_old_ones_dedup_keys(tmp_path: Path) -> None:
+    with Broker(data_dir=tmp_path) as broker:
+        broker.create_queue("q", content_dedup=True)
+        broker.send("q", b"body")
+        broker.delete_queue("q")
+        broker.create_queue("q", content_dedup=True)
+    with Broker(data_dir=tmp_path) as broker:
+        assert broker.stats().queues["q"].dedup_entries == 0
+        assert not broker.send("q", b"body").duplicate
