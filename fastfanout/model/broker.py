@@ -42,7 +42,7 @@ the one the native broker makes):
 - ``close()`` is idempotent; every other call on a closed broker raises ``Closed``
   before any argument is checked.
 
-Restart (``restart()``, docs/semantics.md "Durability"): what a broker with a data
+Restart (``restart()``, docs/semantics.md "Durable queues"): what a broker with a data
 directory holds after it is closed and opened again on the same directory, as the
 journal records it. Where the issue is silent the model follows the native broker: a
 durable queue's copies come back in the order they entered it (a nack's move to the

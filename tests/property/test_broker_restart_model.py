@@ -3,7 +3,7 @@
 The two machines of tests/property (the core semantics and the issue-3 features) run
 again on a broker with a data directory, and gain a ``restart`` rule: the real broker is
 closed and opened again on the same directory (recovering from its journal), the model
-applies ``ModelBroker.restart()`` (docs/semantics.md, "Durability"), and from then on
+applies ``ModelBroker.restart()`` (docs/semantics.md, "Durable queues"), and from then on
 every answer and ``stats()`` must agree as before. One queue of each machine is created
 ``durable=False``: it must come back empty. Receipts of before the restart are forgotten
 by the machines (the new broker may hand out the same numbers again).
