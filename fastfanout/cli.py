@@ -211,13 +211,34 @@ def cli() -> None:
 @click.option("--local-channels/--no-local-channels", default=None,
               help="Let clients on this host talk through shared memory (ipc:// only; "
                    "default on).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory of the broker's journal: topics, queues, subscriptions and "
+                   "messages of durable queues survive a restart (default: "
+                   "$XDG_STATE_HOME/fastfanout/<name>, else ~/.local/state/fastfanout/<name>, "
+                   "one <name> per endpoint).")
+@click.option("--in-memory", is_flag=True, default=None,
+              help="Keep nothing on disk: a restart loses every topic, queue and message.")
+@click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default=None,
+              help="When the journal reaches the disk (default always: a publish is "
+                   "confirmed once on disk; interval: every --fsync-interval seconds; "
+                   "never: the OS decides). Every policy survives kill -9; only always "
+                   "survives power loss.")
+@click.option("--fsync-interval", type=click.FloatRange(0.001, 3600), default=None,
+              help="Seconds between syncs with --fsync interval (default 1).")
+@click.option("--max-disk-bytes", type=click.IntRange(min=65536), default=None,
+              help="Journal bytes at which publishes are refused with store_full until "
+                   "consumers settle messages (at least 65536; default: no limit but "
+                   "the disk).")
 def serve(config_path: str | None, **given: Any) -> None:
     """Run a broker until SIGTERM or SIGINT (then exit 0).
 
     It binds --endpoint for commands and a stream endpoint beside it: PATH.stream for
-    ipc://PATH, port PORT+1 for tcp://HOST:PORT (so both must be free).
+    ipc://PATH, port PORT+1 for tcp://HOST:PORT (so both must be free). It keeps its
+    state in --data-dir (by default a directory of the endpoint's own under the per-user
+    state directory) and recovers it at start; --in-memory keeps nothing.
     """
     from fastfanout.errors import InvalidArgument, TransportError
+    from fastfanout.runtime import default_data_dir
     from fastfanout.server import serve as run_server
     from fastfanout.transport import load_curve_keys
 
@@ -253,6 +274,11 @@ def serve(config_path: str | None, **given: Any) -> None:
                 raise click.BadParameter(problem, param_hint="--curve-secret-key") from None
             _exit_with(f"error: {config_path}: curve_secret_key: {problem}", 1)
     try:
+        if config.in_memory:
+            for key in ("fsync", "fsync_interval", "max_disk_bytes"):
+                options.pop(key, None)
+        elif config.data_dir is None:
+            options["data_dir"] = str(default_data_dir(endpoint))
         sys.exit(run_server(**options))
     except TransportError as error:
         if endpoint.startswith("tcp://") and "stream_endpoint" not in options:

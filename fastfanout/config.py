@@ -14,7 +14,9 @@ Invariants:
   one ``InvalidArgument`` line naming the file, the key and the expected form.
 - A command-line option and its key share a name (``--max-request-bytes`` is
   ``max_request_bytes``); an option given on the command line wins over the file, and
-  both go through the same check.
+  both go through the same check. ``--in-memory`` and ``--data-dir`` are one choice:
+  either on the command line wins over the other in the file; both in one place is an
+  error.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
             holds nothing (no consumer, lease, long poll or held publish) is ended.
         curve_secret_key: path of the broker's ``.key_secret`` certificate (turns on CURVE).
         curve_clients: with CURVE: a directory of allowed client ``*.key`` files, or ``*``.
+        data_dir: the broker's data directory (None: the per-user state directory's
+            sub-directory of the endpoint, see ``runtime.default_data_dir``).
+        in_memory: keep nothing on disk (today's in-memory broker); not with ``data_dir``.
+        fsync: ``always``, ``interval`` or ``never``: when the journal is synced to disk.
+        fsync_interval: with ``interval``, seconds between syncs.
+        max_disk_bytes: most bytes the journal may hold (None: no limit but the disk).
     """
 
     endpoint: str | None = None
@@ -92,6 +100,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     idle_session_timeout: _PositiveSeconds = DEFAULT_IDLE_SESSION_TIMEOUT
     curve_secret_key: str | None = None
     curve_clients: str | None = None
+    data_dir: str | None = None
+    in_memory: bool = False
+    fsync: Literal["always", "interval", "never"] = "always"
+    fsync_interval: Annotated[float, msgspec.Meta(ge=0.001, le=3600)] = 1.0
+    max_disk_bytes: Annotated[int, msgspec.Meta(ge=65536)] | None = None
 
 
 EXPECTED: Final[dict[str, str]] = {
@@ -113,6 +126,11 @@ EXPECTED: Final[dict[str, str]] = {
     "idle_session_timeout": "a number of seconds > 0",
     "curve_secret_key": "a string: the path of a .key_secret certificate",
     "curve_clients": 'a string: a directory of client *.key certificates, or "*"',
+    "data_dir": "a string: the path of the broker's data directory",
+    "in_memory": "true or false",
+    "fsync": 'one of "always", "interval", "never"',
+    "fsync_interval": "a number of seconds from 0.001 to 3600",
+    "max_disk_bytes": "an integer number of bytes >= 65536",
 }
 """Each key's expected form, as error messages state it."""
 
@@ -183,6 +201,12 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
     _refuse_unknown(source, data)
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     merged = {**data, **given}
+    # --in-memory and --data-dir are one choice: either one on the command line wins
+    # over the other in the file.
+    if given.get("in_memory") is True and "data_dir" not in given:
+        merged.pop("data_dir", None)
+    if "data_dir" in given and "in_memory" not in given:
+        merged.pop("in_memory", None)
     if isinstance(merged.get("log_level"), str):
         merged["log_level"] = merged["log_level"].upper()
     try:
@@ -200,20 +224,26 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         if problem is not None:
             origin = f"--{key.replace('_', '-')}" if key in given else source
             raise InvalidArgument(f"{origin}: {key} = {value!r} is malformed: {problem}")
+    if config.in_memory and config.data_dir is not None:
+        origin = "--in-memory and --data-dir" if "data_dir" in given else source
+        raise InvalidArgument(
+            f"{origin}: in_memory = true and data_dir: a broker keeps its data either in "
+            f"memory or in a data directory; give one of them")
     return config
 
 
 def server_options(config: ServerConfig) -> dict[str, Any]:
     """The ``Server`` keyword arguments of ``config``.
 
-    ``log_level`` and ``curve_secret_key`` (a file the caller loads into
-    ``Server(curve=...)``) are left out, and so are keys left at None (``Server`` then
+    ``log_level``, ``curve_secret_key`` (a file the caller loads into
+    ``Server(curve=...)``) and ``in_memory`` (the caller picks ``data_dir``: see
+    ``fastfanout serve``) are left out, and so are keys left at None (``Server`` then
     picks its default). ``max_frame_bytes`` left at None becomes the larger of 256 MiB
     and ``max_request_bytes``, so a raised request limit is not undercut by the frame
     limit.
     """
     options = {key: getattr(config, key) for key in config.__struct_fields__
-               if key not in ("log_level", "curve_secret_key")
+               if key not in ("log_level", "curve_secret_key", "in_memory")
                and getattr(config, key) is not None}
     if config.max_frame_bytes is None:
         options["max_frame_bytes"] = max(DEFAULT_MAX_FRAME_BYTES, config.max_request_bytes)

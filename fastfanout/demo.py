@@ -8,8 +8,9 @@ on push delivery, consume. ``billing`` and ``shipping`` return (the worker acks)
 ``audit`` handler raises on every message (the worker nacks it), so after
 ``max_receive_count`` deliveries each lands in ``audit-dlq``. The demo prints what each
 process did and the queue counters, reads one dead letter, redrives, and stops every
-process it started (SIGTERM, then SIGKILL past a deadline). ``--embedded`` runs the old
-single-process version on an in-process ``Broker``.
+process it started (SIGTERM, then SIGKILL past a deadline). Its broker keeps its data in
+a temporary directory removed at the end, so every run starts from an empty broker.
+``--embedded`` runs the old single-process version on an in-process ``Broker``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -119,9 +122,10 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
             f"broker), or give the demo another endpoint, e.g. "
             f"--endpoint ipc:///tmp/fastfanout-demo.sock")
         return 1
+    data_dir = tempfile.mkdtemp(prefix="fastfanout-demo-")
     broker = subprocess.Popen(
         [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint,
-         "--log-level", "WARNING"])
+         "--data-dir", data_dir, "--log-level", "WARNING"])
     context = multiprocessing.get_context("spawn")
     children: list[Any] = []
     try:
@@ -182,7 +186,9 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
                 child.kill()
                 child.join(timeout=5.0)
         _stop(broker)
-        console.print(f"broker stopped (exit status {broker.returncode})")
+        shutil.rmtree(data_dir, ignore_errors=True)
+        console.print(f"broker stopped (exit status {broker.returncode}); its data "
+                      f"directory removed")
 
 
 def _report(broker: Any, console: Console) -> None:

@@ -17,6 +17,10 @@ Invariants:
   endpoint would steal each other's clients. An exclusive ``flock`` on
   ``<socket path>.lock`` (or a per-port lock file for tcp) prevents that; the kernel
   drops the lock when the holder dies, so a crashed broker never blocks the next one.
+- ``fastfanout serve`` keeps its data (``Broker(data_dir=...)``) by default in the per-user
+  state directory, ``$XDG_STATE_HOME/fastfanout`` else ``~/.local/state/fastfanout``
+  (mode 0700, ours), one sub-directory per endpoint, named by ``data_dir_name``: two
+  distinct endpoints never share a data directory.
 - The lock file is opened with ``O_NOFOLLOW`` relative to its directory, which was
   checked first (ours or root's, and not writable by others unless sticky, as ``/tmp``):
   a planted symbolic link or another user's file there is refused, never written to.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 import tempfile
@@ -36,8 +41,11 @@ from fastfanout.errors import BrokerRunning, FastFanoutError, InvalidArgument, U
 
 __all__ = [
     "EndpointLock",
+    "data_dir_name",
+    "default_data_dir",
     "default_endpoint",
     "runtime_dir",
+    "state_dir",
     "stream_endpoint_for",
 ]
 
@@ -61,17 +69,89 @@ def runtime_dir() -> Path:
         path = Path(base) / "fastfanout"
     else:
         path = Path(tempfile.gettempdir()) / f"fastfanout-{os.getuid()}"
+    return _private_dir(path, "runtime directory")
+
+
+def _private_dir(path: Path, what: str) -> Path:
+    """Create ``path`` (mode 0700) if missing; refuse one not ours or wider than 0700."""
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
         pass
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise FastFanoutError(f"runtime directory {path} is not a directory owned by you")
+        raise FastFanoutError(f"{what} {path} is not a directory owned by you")
     if stat.S_IMODE(info.st_mode) != 0o700:
         raise FastFanoutError(
-            f"runtime directory {path} has mode {stat.S_IMODE(info.st_mode):o}; expected 700")
+            f"{what} {path} has mode {stat.S_IMODE(info.st_mode):o}; expected 700 "
+            f"(chmod 700 {path})")
     return path
+
+
+def state_dir() -> Path:
+    """The per-user state directory of fastfanout, created with mode 0700 if missing.
+
+    ``$XDG_STATE_HOME/fastfanout`` when that variable is set to an absolute path (the
+    XDG base-directory spec ignores a relative one), else ``~/.local/state/fastfanout``;
+    missing parents are created with mode 0700, as the spec asks.
+
+    Raises:
+        FastFanoutError: the directory exists but is not this user's or not mode 0700.
+    """
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    missing = []
+    parent = root
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    return _private_dir(root / "fastfanout", "state directory")
+
+
+def data_dir_name(endpoint: str) -> str:
+    """The name of ``endpoint``'s data directory inside ``state_dir()``.
+
+    ``<scheme>-<readable part>-<hash>``: the scheme (``ipc`` or ``tcp``), the socket's
+    file name (ipc) or ``HOST_PORT`` (tcp) with every character but letters, digits,
+    ``.``, ``-`` and ``_`` replaced by ``_`` (at most 48 of them), and the first 16 hex
+    digits of the SHA-256 of the whole endpoint, an ipc path made absolute first. The
+    hash tells apart endpoints whose readable parts agree (``/a/broker.sock`` and
+    ``/b/broker.sock``), so distinct endpoints never share a directory; the same
+    endpoint always finds its own again. Two spellings of one address
+    (``tcp://localhost:5000``, ``tcp://127.0.0.1:5000``) are distinct endpoints here.
+
+    Example: ``ipc:///run/user/1000/fastfanout/broker.sock`` ->
+    ``ipc-broker.sock-<16 hex digits>``.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        scheme, rest = "endpoint", endpoint
+    if scheme == "ipc":
+        rest = os.path.abspath(rest)
+        readable = os.path.basename(rest) or "root"
+    else:
+        readable = rest.replace(":", "_")
+    endpoint = f"{scheme}://{rest}"
+    readable = "".join(ch if ch.isalnum() or ch in ".-_" else "_" for ch in readable)[:48]
+    digest = hashlib.sha256(endpoint.encode()).hexdigest()[:16]
+    return f"{scheme}-{readable.lstrip('.') or '_'}-{digest}"
+
+
+def default_data_dir(endpoint: str) -> Path:
+    """The data directory ``fastfanout serve`` uses for ``endpoint`` without --data-dir.
+
+    ``state_dir() / data_dir_name(endpoint)``, created with mode 0700 if missing.
+
+    Raises:
+        FastFanoutError: the state directory or the data directory exists but is not
+            this user's, or its mode is not 0700.
+    """
+    return _private_dir(state_dir() / data_dir_name(endpoint), "data directory")
 
 
 def default_endpoint() -> str:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -132,8 +133,14 @@ class Server(Deliveries):
         endpoint: command endpoint (``ipc://PATH`` or ``tcp://HOST:PORT``); default the
             per-user ipc socket (see ``fastfanout.runtime``).
         stream_endpoint: stream (XPUB) endpoint; default derived from ``endpoint``.
-        broker: the embedded broker to serve (default: a new one on the real clock). The
+        broker: the embedded broker to serve (default: a new one on the real clock, made
+            with ``data_dir``, ``fsync``, ``fsync_interval`` and ``max_disk_bytes``). The
             server closes it when it stops only if it made it.
+        data_dir: the data directory of the broker the server makes (None: in memory);
+            see ``Broker``. Not with ``broker``.
+        fsync: ``always``, ``interval`` or ``never``: the made broker's fsync policy.
+        fsync_interval: with ``interval``, seconds between syncs.
+        max_disk_bytes: most bytes the made broker's journal may hold (None: no limit).
         curve: the broker's CURVE keys (``transport.load_curve_keys``); required to bind
             tcp beyond loopback. Every connection is then encrypted and authenticated.
         curve_clients: with ``curve``, required: a directory of the allowed clients'
@@ -191,6 +198,10 @@ class Server(Deliveries):
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
         max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
         idle_session_timeout: float = DEFAULT_IDLE_SESSION_TIMEOUT,
+        data_dir: str | os.PathLike[str] | None = None,
+        fsync: str = "always",
+        fsync_interval: float = 1.0,
+        max_disk_bytes: int | None = None,
     ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
@@ -233,8 +244,15 @@ class Server(Deliveries):
                 or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
                 f"idle_session_timeout={idle_session_timeout!r} must be finite seconds > 0")
+        if broker is not None and data_dir is not None:
+            raise InvalidArgument(
+                "give either broker= or data_dir= (the data directory of the broker the "
+                "server makes), not both")
         self._own_broker = broker is None
-        self.broker = broker if broker is not None else Broker()
+        self.broker = broker if broker is not None else (
+            Broker() if data_dir is None else
+            Broker(data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval,
+                   max_disk_bytes=max_disk_bytes))
         self._curve = curve
         self._curve_clients = curve_clients
         self._heartbeat_interval = heartbeat_interval
@@ -850,7 +868,12 @@ def serve(endpoint: str | None = None, **options: Any) -> int:
         **options: any keyword argument of ``Server``.
     """
     server = Server(endpoint, **options)
-    server.bind()
+    try:
+        server.bind()
+    except BaseException:
+        if server._own_broker:
+            server.broker.close()   # its data directory's lock, at once
+        raise
     keep_freed_memory()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

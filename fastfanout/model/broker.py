@@ -41,12 +41,23 @@ the one the native broker makes):
 - ``extend(receipt, 0)`` acts as ``nack(receipt)``, so the redelivery backoff applies;
 - ``close()`` is idempotent; every other call on a closed broker raises ``Closed``
   before any argument is checked.
+
+Restart (``restart()``, docs/semantics.md "Durable queues"): what a broker with a data
+directory holds after it is closed and opened again on the same directory, as the
+journal records it. Where the issue is silent the model follows the native broker: a
+durable queue's copies come back in the order they entered it (a nack's move to the
+tail is not kept); a copy that never waited is visible at once, leased ones too, without
+a redelivery backoff; a copy that waited (it entered delayed, or a nack or backoff
+delayed it) waits again for its last due time, so once that passed it is visible right
+after the others; retention still counts from the first entry; every stats counter
+starts afresh (``enqueued`` = copies held).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -132,17 +143,22 @@ class ModelBroker:
         clock: a callable returning the time in seconds (float); ``time.time`` by default.
         dedup_capacity: live keys per deduplication window before the oldest is
             forgotten early (1,000,000 as the broker; smaller for tests).
+        data_dir: None for a broker in memory; any other value makes the model act as a
+            broker with a data directory (queues durable by default, ``restart()``
+            keeps them). The model writes nothing there.
 
     The API and the errors are those of ``fastfanout.Broker``; ``receive(wait=...)``
     only validates ``wait`` (the model has no threads, so it never blocks).
     """
 
     def __init__(self, *, clock: Callable[[], float] | None = None,
-                 dedup_capacity: int = DEFAULT_CAPACITY) -> None:
+                 dedup_capacity: int = DEFAULT_CAPACITY,
+                 data_dir: str | os.PathLike[str] | None = None) -> None:
         if clock is not None and not callable(clock):
             raise InvalidArgument(f"clock must be a callable returning seconds, got {clock!r}")
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._dedup_capacity = dedup_capacity
+        self._durable = data_dir is not None
         self._closed = False
         self._topics: dict[str, Topic] = {}
         self._subscriptions: dict[int, Subscription] = {}
@@ -192,6 +208,8 @@ class ModelBroker:
             queue.make_visible(copy)
 
     def _arm(self, copy: Copy, state: str, due_us: int) -> None:
+        if state == "delayed":
+            copy.journal_due_us = due_us
         copy.state = state
         copy.due_us = due_us
         copy.armed = self._next_armed
@@ -210,6 +228,7 @@ class ModelBroker:
     # -- enqueueing, room and dead letters ---------------------------------------------
 
     def _enqueue(self, queue: Queue, copy: Copy, due_us: int, now_us: int) -> None:
+        copy.journal_due_us = due_us
         queue.add(copy, now_us)
         if due_us > now_us:
             self._arm(copy, "delayed", due_us)
@@ -329,6 +348,7 @@ class ModelBroker:
         content_dedup: bool = False,
         dedup_window: float = 300.0,
         redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None,
+        durable: bool | None = None,
     ) -> None:
         """Create a queue; a no-op if it exists with equal settings.
 
@@ -349,9 +369,11 @@ class ModelBroker:
             dedup_window: seconds a key is remembered (1 s to 1 day).
             redelivery_backoff: waits in seconds after failed delivery 1, 2, ... (the
                 last repeats), or an ``ExponentialBackoff``.
+            durable: its messages survive a restart; None: True with a data directory.
 
         Raises:
-            InvalidArgument: a setting is out of range or malformed.
+            InvalidArgument: a setting is out of range or malformed, or ``durable=True``
+                on a broker in memory.
             AlreadyExists: the queue exists with other settings.
             NotFound: ``dead_letter_queue`` does not exist.
         """
@@ -381,6 +403,12 @@ class ModelBroker:
         if fifo and max_priority:
             raise InvalidArgument(f"queue {name!r}: priorities do not apply to FIFO queues")
         duration_us("dedup_window", dedup_window, MAX_DEDUP_WINDOW_US, US)
+        if durable is None:
+            durable = self._durable
+        check_flag("durable", durable)
+        if durable and not self._durable:
+            raise InvalidArgument(
+                f"queue {name!r}: durable=True needs a broker with a data directory")
         backoff_us = backoff_steps_us(redelivery_backoff)
         if isinstance(redelivery_backoff, list):
             redelivery_backoff = tuple(redelivery_backoff)
@@ -393,7 +421,7 @@ class ModelBroker:
         settings = Settings(visibility_timeout, max_receive_count, dead_letter_queue, delay,
                             max_messages, max_bytes, max_message_size, retention, overflow,
                             max_priority, fifo, content_dedup, dedup_window,
-                            redelivery_backoff)
+                            redelivery_backoff, durable)
         existing = self._queues.get(name)
         if existing is not None:
             if existing.settings != settings:
@@ -896,6 +924,35 @@ class ModelBroker:
         assert all(live[receipt] is self._leases[receipt] for receipt in live)
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def restart(self) -> None:
+        """Act as the broker closed and opened again on its data directory.
+
+        Kept: every topic (its dedup window too), queue (with its settings) and
+        subscription, the next message and subscription ids. Each durable queue keeps
+        its copies (``Queue.restart``: arrival order, leased -> visible with the receive
+        count kept, delayed keep their due time); a queue that is not durable, or every
+        queue of a broker without a data directory, is emptied. Every receipt is stale
+        and every counter starts afresh (``enqueued`` = copies held). A model without a
+        data directory is a new, empty broker afterwards (message ids from 1 again).
+
+        Raises:
+            Closed: the model broker was closed.
+        """
+        now_us = self._begin()
+        if not self._durable:
+            self.__init__(clock=self._clock,   # type: ignore[misc]
+                          dedup_capacity=self._dedup_capacity)
+            return
+        self._leases.clear()
+        for queue in self._queues.values():
+            for copy in queue.restart():
+                self._arm(copy, "delayed", copy.journal_due_us)
+        for topic in self._topics.values():
+            topic.published = topic.deliveries = topic.unrouted = 0
+            topic.duplicates = topic.filtered_out = 0
+            topic.window.evicted = 0
+        self._advance(now_us)
 
     @property
     def closed(self) -> bool:

@@ -41,6 +41,7 @@ class Settings:
     content_dedup: bool = False
     dedup_window: float = 300.0
     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+    durable: bool = False
 
 
 @dataclass(eq=False)
@@ -67,6 +68,9 @@ class Copy:
     due_us: int = 0  # lease end or delay end (leased / delayed only)
     armed: int = 0  # arming order of the running timer
     receipt: int | None = None  # live receipt while leased
+    # the due time a durable broker's journal holds: at entry (its delay), then that of
+    # every later delay (a nack's, a backoff's); a restart re-arms it (Queue.restart)
+    journal_due_us: int = 0
 
     def moved(self, dead_letter: DeadLetterInfo | None) -> Copy:
         """A new copy of the same message for another queue (receive state reset)."""
@@ -206,6 +210,44 @@ class Queue:
         head = group.members[0]
         if group.leased is None and head.state == "visible" and not head.listed:
             self._list(head)
+
+    def restart(self) -> list[Copy]:
+        """What a broker restart leaves of this queue (see ``ModelBroker.restart``).
+
+        A durable queue keeps every copy, in arrival order, with its receive count. A
+        copy whose journaled due time is not after its entry (it never waited) is
+        visible at once; every other one (it entered delayed, or a nack or a backoff
+        delayed it later) waits for that due time again: returned, in arrival order,
+        for the caller to arm (a due time passed makes it visible at the next step,
+        behind the others). FIFO groups are free. A queue that is not durable is
+        emptied and forgets its dedup keys. Every counter starts afresh: ``enqueued``
+        is the copies held, the others 0 (``dedup_evicted`` too).
+        """
+        if not self.settings.durable:
+            for copy in self.copies:
+                copy.state = "detached"
+            self.copies = []
+            self.groups = {}
+            self.window.keys.clear()
+        self.lists = [[] for _ in self.lists]
+        for group in self.groups.values():
+            group.leased = None
+        waiting = []
+        for copy in self.copies:
+            copy.listed = False
+            copy.receipt = None
+            if copy.journal_due_us > copy.entered_us:
+                copy.state = "delayed"
+                waiting.append(copy)
+            else:
+                self.make_visible(copy)
+        self.enqueued = len(self.copies)
+        self.delivered = self.redelivered = self.acked = self.dead_lettered = 0
+        self.redriven = self.rejected = self.purged = self.duplicates = self.oversized = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.refused_moves = 0
+        self.window.evicted = 0
+        return waiting
 
     def backoff_after_failure(self, copy: Copy) -> int:
         """Microseconds to wait after the copy's latest failed delivery (0: none)."""

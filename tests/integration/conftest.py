@@ -75,8 +75,10 @@ class Tracker:
         return process
 
     def broker_process(self, endpoint: str, *extra: str) -> subprocess.Popen[bytes]:
+        """``fastfanout serve`` on ``endpoint``: in memory unless ``extra`` names a data dir."""
+        storage = [] if "--data-dir" in extra or "--in-memory" in extra else ["--in-memory"]
         process = self.process(["-m", "fastfanout", "serve", "--endpoint", endpoint,
-                                "--log-level", "WARNING", *extra])
+                                "--log-level", "WARNING", *storage, *extra])
         wait_for_broker(endpoint, process)
         return process
 

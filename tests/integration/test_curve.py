@@ -144,7 +144,7 @@ def test_serve_with_curve(track: Tracker, keys: Keys, tmp_path: Path, via: str) 
         extra = ["--curve-secret-key", keys.secret("broker"), "--curve-clients",
                  str(keys.clients)]
     broker = track.process(["-m", "fastfanout", "serve", "--endpoint", endpoint,
-                            "--log-level", "WARNING", *extra])
+                            "--log-level", "WARNING", "--in-memory", *extra])
     alice = client_curve(keys.public("broker"), keys.secret("alice"))
     wait_for_curve_broker(endpoint, broker, curve=alice)
     client = track.client(endpoint, curve=alice)
@@ -158,7 +158,8 @@ def test_serve_with_curve(track: Tracker, keys: Keys, tmp_path: Path, via: str) 
 
 
 def test_serve_refuses_a_public_certificate_as_secret(track: Tracker, keys: Keys) -> None:
-    broker = track.process(["-m", "fastfanout", "serve", "--endpoint", track.endpoint("tcp"),
+    broker = track.process(["-m", "fastfanout", "serve", "--in-memory",
+                            "--endpoint", track.endpoint("tcp"),
                             "--curve-secret-key", keys.public("broker"),
                             "--curve-clients", CURVE_ALLOW_ANY])
     _, stderr = broker.communicate(timeout=15)

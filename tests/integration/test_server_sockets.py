@@ -257,7 +257,7 @@ def test_serve_refuses_a_planted_lock_file_link(track: Tracker, tmp_path: Path) 
     victim = tmp_path / "precious"
     victim.write_bytes(b"precious contents\n")
     (tmp_path / "cli.sock.lock").symlink_to(victim)
-    serve = track.process(["-m", "fastfanout", "serve", "--endpoint",
+    serve = track.process(["-m", "fastfanout", "serve", "--in-memory", "--endpoint",
                            f"ipc://{tmp_path}/cli.sock"])
     assert serve.wait(15) != 0
     assert serve.stderr is not None and b"symbolic link" in serve.stderr.read()

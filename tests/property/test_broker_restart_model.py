@@ -1,0 +1,133 @@
+"""Durable brokers against the model across restarts (hypothesis state machines).
+
+The two machines of tests/property (the core semantics and the issue-3 features) run
+again on a broker with a data directory, and gain a ``restart`` rule: the real broker is
+closed and opened again on the same directory (recovering from its journal), the model
+applies ``ModelBroker.restart()`` (docs/semantics.md, "Durable queues"), and from then on
+every answer and ``stats()`` must agree as before. One queue of each machine is created
+``durable=False``: it must come back empty. Receipts of before the restart are forgotten
+by the machines (the new broker may hand out the same numbers again).
+
+The features machine found three core bugs (tests/unit/test_durable_restart.py, all
+about dedup keys after a restart); while two are open it runs twice: whole, as a
+non-strict xfail, and without the rules that reach them (redrive, delete_queue,
+create_or_delete_topic), where it must pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
+from test_broker_features_model import BrokerFeaturesMachine
+from test_broker_model import QUEUE_SETTINGS, BrokerModelMachine
+
+from fastfanout import Broker
+from fastfanout.model import ModelBroker
+
+pytestmark = pytest.mark.skipif("data_dir" not in inspect.signature(Broker).parameters,
+                                reason="the durable broker has not landed yet")
+
+FSYNC = "never"
+"""The machines test what a restart keeps, not the disk: no fdatasync (fast)."""
+
+
+class Restarting:
+    """A restart rule for a machine comparing ``real`` with ``model``."""
+
+    clock: object
+    real: Broker
+    model: ModelBroker
+    receipt_map: dict[int, int]
+    pairs: list[tuple[int, int]]
+
+    def open_durable(self) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="fastfanout-restart-")
+        self.real.close()
+        self.model.close()
+        self.real = Broker(clock=self.clock, data_dir=self.data_dir, fsync=FSYNC)
+        self.model = ModelBroker(clock=self.clock, data_dir=self.data_dir)
+        self.restarts = 0
+
+    def restart_both(self) -> None:
+        self.real.close()
+        self.real = Broker(clock=self.clock, data_dir=self.data_dir, fsync=FSYNC)
+        self.model.restart()
+        self.receipt_map.clear()
+        self.pairs.clear()
+        self.restarts += 1
+
+    def remove_data_dir(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class DurableModelMachine(Restarting, BrokerModelMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_durable()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            self.remove_data_dir()
+
+    @rule()
+    def restart(self) -> None:
+        self.restart_both()
+
+    @rule(name=st.sampled_from(sorted(QUEUE_SETTINGS)))
+    def create_queue_in_memory(self, name: str) -> None:
+        self.same("create_queue", name, durable=False)
+
+
+class DurableFeaturesMachine(Restarting, BrokerFeaturesMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_durable()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            self.remove_data_dir()
+
+    @rule()
+    def restart(self) -> None:
+        self.restart_both()
+
+
+class DurableFeaturesKnownBugsAvoided(DurableFeaturesMachine):
+    """The features machine without the rules that reach the open core bugs.
+
+    Overriding a rule with a plain method removes it from the machine.
+    """
+
+    def redrive(self, *args: object, **kwargs: object) -> None:
+        """Not a rule here (bug: dedup keys of redriven copies)."""
+
+    def delete_queue(self, *args: object, **kwargs: object) -> None:
+        """Not a rule here (bug: a re-created queue gets the old one's dedup keys)."""
+
+    def create_or_delete_topic(self, *args: object, **kwargs: object) -> None:
+        """Not a rule here (bug: a re-created topic gets the old one's dedup keys)."""
+
+
+SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much]
+DurableModelMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=50, deadline=None, suppress_health_check=SUPPRESS)
+DurableFeaturesMachine.TestCase.settings = settings(   # no shrinking while it fails
+    max_examples=30, stateful_step_count=60, deadline=None, suppress_health_check=SUPPRESS,
+    phases=[Phase.generate])
+DurableFeaturesKnownBugsAvoided.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=60, deadline=None, suppress_health_check=SUPPRESS)
+TestDurableBrokerModel = DurableModelMachine.TestCase
+TestDurableBrokerFeatures = pytest.mark.xfail(
+    reason="open core bugs, see tests/unit/test_durable_restart.py", strict=False)(
+    DurableFeaturesMachine.TestCase)
+TestDurableBrokerFeaturesKnownBugsAvoided = DurableFeaturesKnownBugsAvoided.TestCase
