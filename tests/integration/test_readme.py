@@ -70,3 +70,27 @@ def test_asyncio_sample_runs_against_the_default_endpoint(billing, capsys):
     assert len(ids) == 3 and ids == sorted(ids)
     stats = billing()
     assert stats.enqueued == 3 and stats.acked == 1
+
+
+def test_worker_sample_runs_against_the_default_endpoint(billing, capsys):
+    import time
+
+    with fastfanout.connect() as client:
+        client.create_queue("thumbnails")
+    namespace: dict[str, object] = {}
+    exec(compile(python_blocks()[3], "README worker sample", "exec"), namespace)
+    app = namespace["app"]
+    assert isinstance(app, fastfanout.Worker)
+    app.start()
+    try:
+        with fastfanout.connect() as client:
+            client.publish("orders", b"order for the worker")
+            client.send("thumbnails", b"")            # fails: comes back for a retry
+            client.send("thumbnails", b"picture")
+        deadline = time.monotonic() + 10.0
+        while billing().acked < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        app.stop(timeout=5.0)
+    assert billing().acked == 1
+    assert "order for the worker" in capsys.readouterr().out
