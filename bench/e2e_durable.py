@@ -188,30 +188,43 @@ def journal_scan(path: str) -> float:
 
 def run_pair(producer: Callable[..., None], consumer: Callable[..., None],
              producer_args: tuple[Any, ...], consumer_args: tuple[Any, ...],
-             count: int) -> tuple[float, float]:
-    """Run a consumer process, then a producer process: (end-to-end msg/s, publish msg/s).
+             count: int, consumers: int = 1) -> tuple[float, float]:
+    """Run the consumer processes, then a producer process: (end-to-end msg/s per
+    consumer, publish msg/s).
 
     Each child puts its (start, end) ``time.monotonic()`` on a queue (the clock is the
-    machine's, the same in every process); the consumer puts "ready" first.
+    machine's, the same in every process); each consumer puts "ready" first. With
+    several consumers (``consumer_args`` gets the consumer's index appended), each takes
+    every message (a queue each): the rate is ``count`` over the time to the last one's
+    end.
     """
     ctx = mp.get_context("spawn")
     out: Any = ctx.Queue()
-    take = ctx.Process(target=consumer, args=(*consumer_args, count, out))
-    take.start()
+    takers = []
+    for index in range(consumers):
+        extra = (index,) if consumers > 1 else ()
+        takers.append(ctx.Process(target=consumer,
+                                  args=(*consumer_args, *extra, count, out)))
+        takers[-1].start()
     give = None
     try:
-        if out.get(timeout=60) != "ready":
-            raise RuntimeError("the consumer failed to start")
+        for _ in takers:
+            if out.get(timeout=60) != "ready":
+                raise RuntimeError("a consumer failed to start")
         give = ctx.Process(target=producer, args=(*producer_args, count, out))
         give.start()
+        ends = []
         times = {}
-        for _ in range(2):
+        for _ in range(1 + consumers):
             role, start, end = out.get(timeout=CHILD_DEADLINE)
             if role == "error":
                 raise RuntimeError(start)
-            times[role] = (start, end)
+            if role == "consumer":
+                ends.append(end)
+            else:
+                times[role] = (start, end)
     finally:
-        for process in (give, take):
+        for process in (give, *takers):
             if process is None:
                 continue
             process.join(30)
@@ -222,7 +235,7 @@ def run_pair(producer: Callable[..., None], consumer: Callable[..., None],
                 process.kill()
                 process.join(10)
     first, published = times["producer"]
-    return count / (times["consumer"][1] - first), count / (published - first)
+    return count / (max(ends) - first), count / (published - first)
 
 
 def _report_error(role: str, out: Any, error: BaseException) -> None:
@@ -438,14 +451,17 @@ def fastfanout_producer(endpoint: str, count: int, out: Any) -> None:
         _report_error("fastfanout producer", out, error)
 
 
-def fastfanout_consumer(endpoint: str, count: int, out: Any) -> None:
+def fastfanout_consumer(endpoint: str, *rest: Any) -> None:
+    """A consumer of queue ``q`` (or ``q<index>`` when given an index before count)."""
+    *index, count, out = rest
+    queue = f"q{index[0]}" if index else "q"
     try:
         from fastfanout import keep_freed_memory
         from fastfanout.client import connect
 
         keep_freed_memory()
         with connect(endpoint) as client:
-            consumer = client.consume("q", prefetch=PREFETCH)
+            consumer = client.consume(queue, prefetch=PREFETCH)
             out.put("ready")
             got = 0
             while got < count:
@@ -461,9 +477,11 @@ def fastfanout_consumer(endpoint: str, count: int, out: Any) -> None:
         _report_error("fastfanout consumer", out, error)
 
 
-def fastfanout_run(fsync: str | None, count: int, base: str) -> tuple[float, float]:
+def fastfanout_run(fsync: str | None, count: int, base: str,
+                   consumers: int = 1) -> tuple[float, float]:
     """The broker process (``fsync`` None: without --data-dir, in memory), a producer
-    process and a consumer process: (end-to-end msg/s, publish msg/s)."""
+    process and ``consumers`` consumer processes, each on its own queue of the topic:
+    (end-to-end msg/s per consumer, publish msg/s)."""
     from fastfanout.client import connect
     from fastfanout.errors import FastFanoutError
 
@@ -488,14 +506,53 @@ def fastfanout_run(fsync: str | None, count: int, base: str) -> tuple[float, flo
                     raise
         with client:
             client.create_topic("t")
-            client.create_queue("q", max_messages=QUEUE_BOUND, overflow="hold")
-            client.subscribe("t", "q")
+            for queue in (["q"] if consumers == 1 else [f"q{n}" for n in range(consumers)]):
+                client.create_queue(queue, max_messages=QUEUE_BOUND, overflow="hold")
+                client.subscribe("t", queue)
         return run_pair(fastfanout_producer, fastfanout_consumer, (endpoint,), (endpoint,),
-                        count)
+                        count, consumers)
     finally:
         peers.stop_process(server)
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def recovery_run(count: int, base: str) -> tuple[float, float]:
+    """Store ``count`` messages in a durable queue of an embedded broker, close it, and
+    time a new broker recovering them; then read the same segment files sequentially.
+
+    Returns (records recovered per second, records per second of a plain sequential
+    read of the same bytes).
+    """
+    from fastfanout import Broker
+
+    data = tempfile.mkdtemp(prefix="recovery-", dir=base)
+    try:
+        with Broker(data_dir=data, fsync="never") as broker:
+            broker.create_queue("q", max_messages=None)
+            bodies = [BODY] * 10_000
+            for _ in range(count // len(bodies)):
+                broker.send_batch("q", bodies)
+        started = time.perf_counter()
+        with Broker(data_dir=data, fsync="never") as broker:
+            elapsed = time.perf_counter() - started
+            recovered = broker.stats().queues["q"].visible
+        if recovered != count // len(bodies) * len(bodies):
+            raise RuntimeError(f"recovered {recovered} of {count} messages")
+        files = [os.path.join(where, name) for where, _, names in os.walk(data)
+                 for name in sorted(names) if name.endswith(".seg")]
+        size = sum(os.path.getsize(path) for path in files)
+        started = time.perf_counter()
+        for path in files:
+            with open(path, "rb", buffering=0) as file:
+                while file.read(1 << 20):
+                    pass
+        read = time.perf_counter() - started
+        if not size:
+            raise RuntimeError(f"no segment file under {data}")
+        return recovered / elapsed, recovered / read
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 # -- the table --------------------------------------------------------------------------
@@ -577,9 +634,14 @@ def main() -> int:
                         help="where data goes (default: a temp dir under the repo's build/)")
     parser.add_argument("--window", type=int, default=1000,
                         help="NATS: unanswered PubAcks at most (default 1,000)")
+    parser.add_argument("--recovery-messages", type=int, default=10_000_000,
+                        help="messages stored before the recovery is timed (default "
+                             "10,000,000)")
     parser.add_argument("--only", nargs="+",
-                        choices=["disk", "journal", "redis", "nats", "fastfanout"],
-                        default=["disk", "journal", "redis", "nats", "fastfanout"])
+                        choices=["disk", "journal", "redis", "nats", "fastfanout",
+                                 "recovery"],
+                        default=["disk", "journal", "redis", "nats", "fastfanout",
+                                 "recovery"])
     args = parser.parse_args()
     count, few, many = args.messages, args.sync_messages, args.local_messages
 
@@ -666,9 +728,11 @@ def main() -> int:
     run_nats = "nats" in args.only and not nats_reason
     run_durable = "fastfanout" in args.only and not durable_reason
     if "fastfanout" in args.only:
-        # Not durable: what the same producer and consumer reach without a disk.
+        # Not durable: what the same producer and consumers reach without a disk.
         add(Row("fastfanout memory", "none (no --data-dir)", None, count),
             lambda: fastfanout_run(None, count, base))
+        add(Row("fastfanout memory x4", "none (no --data-dir)", None, count),
+            lambda: fastfanout_run(None, count, base, 4))
 
     def redis_row(policy: str, pipeline: int) -> None:
         add(Row(f"redis {policy} pipeline {pipeline}", f"appendfsync {policy}",
@@ -688,6 +752,10 @@ def main() -> int:
                 "disk sync/1000" if fsync == "always" else "disk write/1000", count,
                 peer_class={"always": "always", "interval": "relaxed"}.get(fsync)),
             lambda: fastfanout_run(fsync, count, base))
+        # one topic fanning out to four durable queues, a consumer each (rate per consumer)
+        add(Row(f"fastfanout {fsync} x4", f"--fsync {fsync}",
+                "disk sync/1000" if fsync == "always" else "disk write/1000", count),
+            lambda: fastfanout_run(fsync, count, base, 4))
 
     # Each scenario runs right after its ceiling: the shared disk's sync rate drifts.
     for sync in (True, False):
@@ -712,6 +780,13 @@ def main() -> int:
                     durable_row("interval")
                     durable_row("never")
 
+    recovery: list[tuple[float, float]] = []
+    if "recovery" in args.only and not durable_unavailable():
+        def recover() -> float:
+            recovery.append(recovery_run(args.recovery_messages, base))
+            return recovery[-1][0]
+
+        jobs.append((Row("", "", None, 0), recover))
     try:
         for run in range(args.runs):
             started = time.monotonic()
@@ -730,6 +805,12 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     print()
     print_table(rows)
+    if recovery:
+        ratio = statistics.median(rate / read for rate, read in recovery)
+        print(f"\nrecovery of {args.recovery_messages:,} stored messages: "
+              f"{spread([rate for rate, _ in recovery])} records/s; sequential read of "
+              f"the same files {spread([read for _, read in recovery])} records/s; "
+              f"ratio {ratio:.3f}x")
     return 0
 
 
