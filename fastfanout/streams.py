@@ -58,11 +58,13 @@ import secrets
 import struct
 import time
 from collections import Counter, deque
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, overload
 
+from fastfanout import protocol
 from fastfanout._ext.wire import receipt_span
 from fastfanout.errors import InvalidArgument, WouldBlock
-from fastfanout.remote import StreamBatch, stream_prefix
+from fastfanout.records import Attributes
 from fastfanout.topic_pattern import pattern_matches
 from fastfanout.transport import Peer, ServerTransport
 
@@ -75,8 +77,11 @@ __all__ = [
     "PROBE_PREFIX",
     "PROBE_RETRY",
     "SLOW_LISTENER_POLICIES",
+    "StreamBatch",
     "StreamFollower",
+    "StreamMessage",
     "Streams",
+    "stream_prefix",
 ]
 
 SLOW_LISTENER_POLICIES: Final = ("drop", "wait")
@@ -350,3 +355,83 @@ class StreamFollower:
             self.gaps += sequence - previous
         if previous is None or sequence > previous:
             self._last[topic] = sequence
+
+
+class StreamMessage:
+    """A message received by a stream listener (at most once, no receipt).
+
+    Attributes:
+        topic: the topic it was published to.
+        sequence: its topic's sequence number (gaps mean missed messages).
+        id: broker-unique message id.
+        body: the body bytes.
+        timestamp: clock seconds when the broker streamed it.
+        group_id: FIFO group, or None.
+        dedup_id: deduplication id, or None.
+        priority: priority given by the publisher.
+    """
+
+    __slots__ = ("_encoded", "body", "dedup_id", "group_id", "id", "priority", "sequence",
+                 "timestamp", "topic")
+
+    def __init__(self, topic: str, record: Any) -> None:
+        self.topic = topic
+        self.sequence: int = record.receipt or 0
+        self.id: int = record.id
+        self.body: bytes = record.body
+        self._encoded: bytes = record.attributes
+        self.timestamp: float = record.timestamp_us / 1e6
+        self.group_id: str | None = record.group_id
+        self.dedup_id: str | None = record.dedup_id
+        self.priority: int = record.priority or 0
+
+    @property
+    def attributes(self) -> Attributes:
+        """Message attributes (decoded on access)."""
+        decoded: Attributes = protocol.decode_payload(self._encoded) if self._encoded else {}
+        return decoded
+
+    def __repr__(self) -> str:
+        return f"StreamMessage(topic={self.topic!r}, sequence={self.sequence}, id={self.id})"
+
+
+def stream_prefix(topic_pattern: str) -> bytes:
+    """The SUB prefix that covers a topic pattern: everything before the first wildcard."""
+    cut = len(topic_pattern)
+    for token in ("*", ">"):
+        position = topic_pattern.find(token)
+        if position >= 0:
+            cut = min(cut, position)
+    return topic_pattern[:cut].encode()
+
+
+class StreamBatch(Sequence[StreamMessage]):
+    """One stream batch (one publish to a topic); messages are decoded on first access.
+
+    Attributes:
+        topic: the topic the batch was published to.
+        frame: the record batch as received (codec layout).
+    """
+
+    def __init__(self, topic: str, frame: bytes, count: int) -> None:
+        self.topic = topic
+        self.frame = frame
+        self._count = count
+        self._messages: list[StreamMessage] | None = None
+
+    def _materialise(self) -> list[StreamMessage]:
+        if self._messages is None:
+            self._messages = [StreamMessage(self.topic, record) for record
+                              in protocol.codec_module().decode_batch(self.frame)]
+        return self._messages
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> StreamMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[StreamMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> StreamMessage | list[StreamMessage]:
+        return self._materialise()[index]

@@ -28,14 +28,12 @@ async def _bodies(client: aio.AsyncClient) -> list[bytes]:
 
 def _count_publishes(client: aio.AsyncClient) -> list[int]:
     sent: list[int] = []
-    send = client._send
 
-    def counted(opcode: int, payload: list[bytes], flush: bool = True) -> int:
+    def counted(opcode: int, payload: list[bytes]) -> None:
         if opcode == Opcode.PUBLISH:
             sent.append(opcode)
-        return send(opcode, payload, flush)
 
-    client._send = counted   # type: ignore[method-assign]
+    client.connection.core.on_request = counted
     return sent
 
 

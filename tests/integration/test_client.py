@@ -9,6 +9,7 @@ import pytest
 
 import fastfanout
 from fastfanout import aio, protocol
+from fastfanout.protocol import Opcode
 
 
 def test_publish_nowait_batches_and_resolves(track: Tracker, endpoint: str) -> None:
@@ -19,7 +20,7 @@ def test_publish_nowait_batches_and_resolves(track: Tracker, endpoint: str) -> N
     client.subscribe("t", "q")
     futures = [client.publish_nowait("t", b"%d" % i) for i in range(1050)]
     # 10 batches left on size; the last 50 go after the linger, with no flush() call
-    track.wait_until(lambda: futures[-1].done() or client._pump_once(0.01) is not None,
+    track.wait_until(lambda: futures[-1].done() or client.connection.pump(0.01) is not None,
                      what="the linger flush")
     ids = [future.result().message_id for future in futures]
     assert ids == sorted(ids) and len(set(ids)) == 1050
@@ -120,13 +121,12 @@ def _one_message_batches(client: Tracker, consumer: Tracker, count: int) -> None
 def test_batch_acks_wait_for_the_linger_and_go_together(track: Tracker) -> None:
     client, consumer = _consumer_with_linger(track, 30.0, 100)
     settles: list[list[bytes]] = []
-    settle = client._settle
 
-    def counted_settle(batches: list[bytes], *rest: int) -> None:
-        settles.append(batches)
-        settle(batches, *rest)
+    def counted_settle(opcode: int, payload: list[bytes]) -> None:
+        if opcode == Opcode.SETTLE:
+            settles.append(payload[:-1])   # the receipts frames (NO_CREDIT last)
 
-    client._settle = counted_settle
+    client.connection.core.on_request = counted_settle
     _one_message_batches(client, consumer, 3)
     # three sends were answered; the three acks are still queued in the client
     assert client.stats().queues["q"].leased == 3 and settles == []

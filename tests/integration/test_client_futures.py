@@ -89,7 +89,7 @@ def test_batch_futures_and_successes_call_back_too(track: Tracker,
     futures[0].add_done_callback(broken_callback)   # logged; the others still run
     for future in futures:
         future.add_done_callback(collect)
-    with caplog.at_level(logging.ERROR, logger="fastfanout.futures"):
+    with caplog.at_level(logging.ERROR, logger="fastfanout.client.futures"):
         assert all_done.wait(PROMPTLY)
     assert sorted(r.message_id for r in results) == [f.result().message_id for f in futures]
     assert all(f.exception() is None for f in futures)

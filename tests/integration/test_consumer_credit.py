@@ -15,7 +15,7 @@ import pytest
 from conftest import DEADLINE, Tracker
 
 from fastfanout import StaleReceipt, aio
-from fastfanout.remote import RemoteMessage
+from fastfanout.client.messages import RemoteMessage
 
 T = TypeVar("T")
 

@@ -30,7 +30,7 @@ from fastfanout.transport import AsyncDealerTransport, DealerTransport
 
 
 def is_local(client) -> bool:
-    return isinstance(client._transport, LocalTransport)
+    return isinstance(client.connection.transport, LocalTransport)
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def test_attached_by_default_over_ipc_only(track: Tracker) -> None:
     assert client.info["local_channels"] is True and is_local(client)
     assert client.server_stats()["local_sessions"] == 1
     plain = track.client(server.endpoint, local_channel=False)
-    assert isinstance(plain._transport, DealerTransport)
+    assert isinstance(plain.connection.transport, DealerTransport)
     assert plain.server_stats()["local_sessions"] == 1
 
     tcp = track.server(track.endpoint("tcp"))
@@ -104,7 +104,7 @@ def test_large_messages_spill_over_the_socket_in_order(track: Tracker) -> None:
     assert got == bodies
     stats = client.server_stats()
     assert stats["local_spills"] >= 2          # the broker spilled the two big pushes
-    transport = client._transport
+    transport = client.connection.transport
     assert isinstance(transport, LocalTransport) and transport.channel.spills >= 1
 
 
@@ -168,7 +168,7 @@ KILLED = textwrap.dedent("""
     import sys, time
     from fastfanout.client import connect
     client = connect(sys.argv[1])
-    assert type(client._transport).__name__ == "LocalTransport"
+    assert type(client.connection.transport).__name__ == "LocalTransport"
     consumer = client.consume("q", prefetch=10, visibility_timeout=60.0)
     got = 0
     while got < 10:
@@ -295,7 +295,7 @@ def test_asyncio_client_attaches_and_keeps_order_through_spills(track: Tracker) 
 
     async def main() -> None:
         async with aio.connect(server.endpoint, ring_bytes=MIN_CAPACITY) as client:
-            assert isinstance(client._transport, AsyncLocalTransport)
+            assert isinstance(client.connection.transport, AsyncLocalTransport)
             await client.create_topic("t")
             await client.create_queue("q")
             await client.subscribe("t", "q")
@@ -309,11 +309,11 @@ def test_asyncio_client_attaches_and_keeps_order_through_spills(track: Tracker) 
                 if len(got) == len(bodies):
                     break
             assert got == bodies
-            assert client._transport.channel.spills == 2
+            assert client.connection.transport.channel.spills == 2
         async with aio.connect(server.endpoint, local_channel=False) as plain:
-            assert isinstance(plain._transport, AsyncDealerTransport)
+            assert isinstance(plain.connection.transport, AsyncDealerTransport)
         async with aio.connect(tcp.endpoint) as over_tcp:
-            assert isinstance(over_tcp._transport, AsyncDealerTransport)
+            assert isinstance(over_tcp.connection.transport, AsyncDealerTransport)
         with pytest.raises(BrokenConnection, match="local channel"):
             await aio.connect(tcp.endpoint, local_channel=True)
 
@@ -332,7 +332,7 @@ def test_asyncio_client_waits_for_room_in_order(track: Tracker) -> None:
                        for i in range(0, len(bodies), 100)]   # ~2.5 MB through 64 KiB
             for future in futures:
                 await future
-            transport = client._transport
+            transport = client.connection.transport
             assert isinstance(transport, AsyncLocalTransport) and transport.channel.full >= 1
             got = []
             while len(got) < len(bodies):
@@ -348,7 +348,7 @@ def test_asyncio_client_sees_a_killed_broker(track: Tracker) -> None:
 
     async def main() -> None:
         async with aio.connect(endpoint, timeout=30.0) as client:
-            assert isinstance(client._transport, AsyncLocalTransport)
+            assert isinstance(client.connection.transport, AsyncLocalTransport)
             await client.create_topic("t")
             broker.send_signal(signal.SIGKILL)
             broker.wait(10)

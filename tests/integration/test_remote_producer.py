@@ -27,14 +27,12 @@ def _bodies(client: fastfanout.Client) -> list[bytes]:
 
 def _count_publishes(client: fastfanout.Client) -> list[int]:
     sent: list[int] = []
-    request = client._request
 
-    def counted(opcode: int, payload: list[bytes], **kwargs: Tracker) -> Tracker:
+    def counted(opcode: int, payload: list[bytes]) -> None:
         if opcode == Opcode.PUBLISH:
             sent.append(opcode)
-        return request(opcode, payload, **kwargs)
 
-    client._request = counted   # type: ignore[method-assign]
+    client.connection.core.on_request = counted
     return sent
 
 

@@ -91,11 +91,11 @@ def test_long_poll_wakes_on_publish(track: Tracker) -> None:
     producer = track.client(server.endpoint)
     consumer = track.client(server.endpoint)
     producer.create_queue("q")
-    pending = consumer._request(protocol.Opcode.RECEIVE, [protocol.encode_payload(
+    pending = consumer.connection.request(protocol.Opcode.RECEIVE, [protocol.encode_payload(
         [[], {"queue": "q", "max_messages": 5, "wait": 10.0}])])
     track.wait_until(lambda: server.counters["requests"] >= 4, what="the long poll to arrive")
     producer.send("q", b"late")
-    frames = consumer._wait(pending, 5.0)
+    frames = consumer.connection.wait(pending, 5.0)
     assert codec.decode_batch(frames[0])[0].body == b"late"
     producer.close()
     consumer.close()
@@ -345,7 +345,8 @@ def test_settle_acks_and_returns_credit_without_a_reply(track: Tracker) -> None:
     track.wait_until(lambda: client.stats().queues["q"].acked == 30, what="all acked")
     assert server.counters["requests"] > 0 and "error.stale_receipt" not in server.counters
     # A SETTLE whose ack fails is answered with an error, which is counted and ignored.
-    client._settle([protocol.encode_receipts([12345])])
+    client.connection.request(Opcode.SETTLE, [protocol.encode_receipts([12345]),
+                                              protocol.NO_CREDIT])
     track.wait_until(lambda: server.counters["error.stale_receipt"] == 1, what="counted")
     assert client.list_queues() == ["q"]
     consumer.cancel()
@@ -421,8 +422,8 @@ def test_settle_calls_run_as_their_session(track: Tracker) -> None:
     client.create_queue("q")
     client.send("q", b"a")
     (message,) = client.receive("q")
-    assert client._call(Opcode.EXTEND, receipt=message.receipt, seconds=30.0) is None
+    assert client.connection.call(Opcode.EXTEND, receipt=message.receipt, seconds=30.0) is None
     with pytest.raises(InvalidArgument):   # a client may not name the session it acts as
-        client._call(Opcode.NACK, message.receipt, session=0)
+        client.connection.call(Opcode.NACK, message.receipt, session=0)
     assert client.stats().queues["q"].leased == 1
     client.ack(message.receipt)

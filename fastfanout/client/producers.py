@@ -43,18 +43,16 @@ from __future__ import annotations
 
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from fastfanout._ext.wire import FrameBuilder, count_of
+from fastfanout.client.core import Request
+from fastfanout.client.driver import BlockingDriver
+from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
-from fastfanout.futures import _Pending
 from fastfanout.protocol import Opcode
-from fastfanout.remote import RemotePublishBatch
+from fastfanout.records import Body
 from fastfanout.settings import MAX_DELAY, seconds_to_us
-
-if TYPE_CHECKING:
-    from fastfanout.client import Client
-    from fastfanout.records import Body
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "RemoteProducer", "producer_limits"]
 
@@ -73,7 +71,7 @@ class RemoteProducer:
         published: messages the broker accepted so far.
     """
 
-    def __init__(self, client: Client, topic: str, batch_messages: int, batch_bytes: int,
+    def __init__(self, client: BlockingDriver, topic: str, batch_messages: int, batch_bytes: int,
                  max_in_flight: int, linger: float) -> None:
         self.topic = topic
         self._linger = linger
@@ -85,7 +83,7 @@ class RemoteProducer:
         self._batch_bytes = batch_bytes
         self._max_in_flight = max_in_flight
         self._builder = FrameBuilder()
-        self._in_flight: deque[tuple[_Pending, bytes]] = deque()
+        self._in_flight: deque[tuple[Request, bytes]] = deque()
         self._kept: deque[bytes] = deque()   # refused frames, oldest first
         self._closed = False
         self._refused = 0           # counted by the producing thread
@@ -115,7 +113,7 @@ class RemoteProducer:
         index = self._builder.append_body(body)
         self.offered += 1
         if index == 0:   # a new frame: the client's background thread sends it after linger
-            self._opened_at = self._client._start_ticking()   # if it does not fill first
+            self._opened_at = self._client.start_ticking()   # if it does not fill first
         if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
             self._send_open()
 
@@ -148,7 +146,7 @@ class RemoteProducer:
             answered, refusal = self._drain()   # refusals in flight are kept, in order
             last = answered or last
             error = error or refusal
-            with client._lock:   # no linger send between these lines and after them
+            with client.lock:   # no linger send between these lines and after them
                 if len(self._builder):
                     self._kept.append(self._builder.take())   # sent below, behind them
                 if not self._in_flight:
@@ -157,7 +155,7 @@ class RemoteProducer:
             raise error
         while self._kept:
             frame = self._kept[0]
-            results = self._answer(self._client._request(Opcode.PUBLISH, [self._name, frame]))
+            results = self._answer(self._client.request(Opcode.PUBLISH, [self._name, frame]))
             self._kept.popleft()
             self.published += len(results)
             last = results
@@ -179,11 +177,11 @@ class RemoteProducer:
         if len(self._in_flight) >= self._max_in_flight:
             _, error = self._settle_oldest()
             if error is not None:
-                with client._lock:
+                with client.lock:
                     if len(self._builder):
                         self._kept.append(self._builder.take())
                 raise error
-        with client._lock:
+        with client.lock:
             if not len(self._builder):
                 return   # the background thread sent it meanwhile
             error = self._send_taken()
@@ -195,17 +193,17 @@ class RemoteProducer:
         """Take the open frame and send it (client lock held); a frame not sent is kept."""
         frame = self._builder.take()
         try:
-            pending = self._client._request(Opcode.PUBLISH, [self._name, frame])
+            pending = self._client.request(Opcode.PUBLISH, [self._name, frame])
         except FastFanoutError as exc:
             self._kept.append(frame)
             return exc
         self._in_flight.append((pending, frame))
         return None
 
-    def _answer(self, pending: _Pending) -> RemotePublishBatch:
+    def _answer(self, pending: Request) -> RemotePublishBatch:
         """Wait for one frame's answer (its refusal raises)."""
         try:
-            return self._client._publish_results(pending)
+            return self._client.publish_results(pending)
         except FastFanoutError:
             self._refused += 1
             raise
@@ -231,7 +229,7 @@ class RemoteProducer:
             first = first or error
         return last, first
 
-    def _linger_send(self, now: float) -> None:
+    def linger_send(self, now: float) -> None:
         """Send the open frame if it is ``linger`` old (the client's background thread).
 
         Called with the client's lock held, so no frame of the producing thread is taken
@@ -244,7 +242,7 @@ class RemoteProducer:
                 or now - self._opened_at < self._linger):
             return
         if self._unanswered() >= self._max_in_flight:
-            self._client._pump_once(0)   # dispatch the answers that have arrived
+            self._client.pump(0)   # dispatch the answers that have arrived
             if self._unanswered() >= self._max_in_flight:
                 return
         if self._send_taken() is not None:

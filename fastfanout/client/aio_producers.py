@@ -3,7 +3,7 @@
 Design
 ------
 Prior art: ``asyncio.StreamWriter`` (``write()`` buffers at once, ``await drain()``
-waits for room) and the blocking client's ``fastfanout.remote_producer``, whose frames,
+waits for room) and the blocking client's ``fastfanout.client.producers``, whose frames,
 limits and refusal rules this follows.
 
 ``offer()`` cannot wait in asyncio without making every message a coroutine, so it only
@@ -34,16 +34,14 @@ import asyncio
 import functools
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from fastfanout._ext.wire import FrameBuilder, count_of
+from fastfanout.client.core import Request
+from fastfanout.client.driver import AsyncDriver
+from fastfanout.client.messages import DONE, Done, RemotePublishBatch
 from fastfanout.errors import Closed, FastFanoutError
 from fastfanout.protocol import Opcode
-from fastfanout.remote import DONE, Done, RemotePublishBatch
-
-if TYPE_CHECKING:
-    from fastfanout.aio import AsyncClient
-    from fastfanout.records import Body
+from fastfanout.records import Body
 
 __all__ = ["AsyncProducer"]
 
@@ -62,7 +60,7 @@ class AsyncProducer:
         refused_frames: frames the broker refused (each kept and sent again by a flush).
     """
 
-    def __init__(self, client: AsyncClient, topic: str, batch_messages: int,
+    def __init__(self, client: AsyncDriver, topic: str, batch_messages: int,
                  batch_bytes: int, max_in_flight: int, linger: float) -> None:
         self.topic = topic
         self._linger = linger
@@ -147,7 +145,9 @@ class AsyncProducer:
         self._raise_refusal()
         while self._kept:
             try:
-                results = await self._client._frame(Opcode.PUBLISH, self.topic, self._kept[0])
+                client = self._client
+                results = await client.publish_results(client.submit(
+                    client.core.publish_frame, Opcode.PUBLISH, self.topic, self._kept[0]))
             except FastFanoutError as exc:
                 self.refused_frames += 1
                 self._kept_error = exc
@@ -171,22 +171,24 @@ class AsyncProducer:
             key = self._next
             self._next += 1
             self._in_flight[key] = frame
+            client = self._client
             try:
-                self._client._send_frame(Opcode.PUBLISH, self.topic, frame,
-                                         functools.partial(self._answer, key))
+                request = client.submit(client.core.publish_frame, Opcode.PUBLISH,
+                                        self.topic, frame)
             except FastFanoutError as exc:   # the client is closed or broken
                 del self._in_flight[key]
                 self._refused(frame, exc)
+            else:
+                request.watch(functools.partial(self._answer, key, request))
 
-    def _answer(self, key: int, results: RemotePublishBatch | None,
-                error: BaseException | None) -> None:
+    def _answer(self, key: int, request: Request) -> None:
         frame = self._in_flight.pop(key)
-        if results is not None:
+        if request.error is None:
+            results = RemotePublishBatch(request.value()[0])
             self.published += len(results)
             self._last = results
         else:
-            self._refused(frame, error if isinstance(error, FastFanoutError)
-                          else FastFanoutError(f"publish failed: {error!r}"))
+            self._refused(frame, request.error)
         self._answered.set()
         self._pump()
 
@@ -204,7 +206,7 @@ class AsyncProducer:
         """Wait for the next answer (the client's timeout, plus the broker's hold_timeout)."""
         client = self._client
         self._answered.clear()
-        async with client._deadline(client._hold_allowance()):
+        async with client.deadline(client.core.hold_timeout):
             await self._answered.wait()
 
     def _raise_refusal(self) -> None:

@@ -12,50 +12,28 @@ makes no Python object per message.
 
 from __future__ import annotations
 
-import math
 import struct
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 from fastfanout import protocol
 from fastfanout._ext.wire import count_of, receipts_of
-from fastfanout.errors import BrokenConnection, FastFanoutError, InvalidArgument
-from fastfanout.protocol import Opcode
-from fastfanout.remote import (
+from fastfanout.client.core import ConsumerState
+from fastfanout.client.driver import BlockingDriver
+from fastfanout.client.messages import (
+    Owner,
     RemoteMessage,
-    StreamBatch,
-    StreamMessage,
-    _dead_letters,
+    dead_letters,
     decode_delivery,
 )
-from fastfanout.streams import StreamFollower
+from fastfanout.errors import BrokenConnection
+from fastfanout.protocol import Opcode
+from fastfanout.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.transport import CurveKeys, SubTransport
 
-if TYPE_CHECKING:
-    from fastfanout.client import Client
-
-__all__ = [
-    "SETTLE_MAX_RECEIPTS",
-    "Consumer",
-    "DeliveryBatch",
-    "Listener",
-    "check_inactivity_timeout",
-]
-
-SETTLE_MAX_RECEIPTS = 65_536
-"""Most receipts one SETTLE request carries (512 KiB): queued batch acks go at this many."""
-
-
-def check_inactivity_timeout(timeout: object) -> float | None:
-    """A consumer's ``timeout`` (seconds > 0, or None), or ``InvalidArgument``."""
-    if timeout is None:
-        return None
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not (
-            math.isfinite(timeout) and timeout > 0):
-        raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0, or None")
-    return float(timeout)
+__all__ = ["Consumer", "DeliveryBatch", "Listener"]
 
 
 class Consumer(Iterator[RemoteMessage]):
@@ -68,80 +46,41 @@ class Consumer(Iterator[RemoteMessage]):
             consumer is cancelled), as pika's ``inactivity_timeout``; None: forever.
     """
 
-    def __init__(self, client: Client, queue: str, prefetch: int, request_id: int,
-                 timeout: float | None = None) -> None:
-        self.queue = queue
-        self.prefetch = prefetch
-        self.timeout = timeout
-        self._client = client
-        self._request_id = request_id
-        self._batches: deque[list[bytes]] = deque()
+    def __init__(self, connection: BlockingDriver, state: ConsumerState, owner: Owner) -> None:
+        self.queue = state.queue
+        self.prefetch = state.prefetch
+        self.timeout = state.timeout
+        self.connection = connection
+        self.owner = owner
+        self._state = state
         self._messages: deque[RemoteMessage] = deque()
-        # pipelined batch acks not sent yet: sent together within the client's linger
-        self._unsent: list[bytes] = []
-        self._unsent_receipts = 0
-        self._unsent_since = 0.0
-        self.error: FastFanoutError | None = None
-        self.closed = False
 
-    def _defer_settle(self, receipts: bytes) -> None:
-        """Queue a pipelined ack of a receipts frame; sent within the client's linger.
+    @property
+    def closed(self) -> bool:
+        """True once cancelled (or its client closed)."""
+        return self._state.closed
 
-        It goes at once when the queued acks hold half the prefetch (the broker counts
-        them as unsettled until they arrive: it must not run out of credit), hold
-        ``SETTLE_MAX_RECEIPTS`` receipts or ``protocol.SETTLE_MAX_FRAMES`` frames, or
-        linger is 0. The thread that waits for the next batch sends it when its
-        linger is up; when no thread waits, the client's background thread does, at its
-        next heartbeat (it is not woken for acks: waking it would take the socket from the
-        consuming thread).
-        """
-        client = self._client
-        with client._lock:
-            if not self._unsent:
-                self._unsent_since = time.monotonic()
-            self._unsent.append(receipts)
-            self._unsent_receipts += len(receipts) >> 3
-            if (self._unsent_receipts >= max(1, self.prefetch // 2)
-                    or self._unsent_receipts >= SETTLE_MAX_RECEIPTS
-                    or len(self._unsent) >= protocol.SETTLE_MAX_FRAMES or client.linger <= 0):
-                self._send_settle()
-
-    def _send_settle(self) -> None:
-        """Send the queued batch acks now, in one SETTLE (no reply unless one fails)."""
-        with self._client._lock:
-            if not self._unsent:
-                return
-            unsent = self._unsent
-            self._unsent, self._unsent_receipts = [], 0
-            # one receipts frame per batch: the broker acks each batch all or none, so a
-            # stale receipt fails its own batch only, as a SETTLE per batch would
-            self._client._settle(unsent)
-
-    def _settle_wait(self, now: float) -> float | None:
-        """Seconds until the queued acks are due (sending them if they are), or None."""
-        if not self._unsent:
-            return None
-        left = self._unsent_since + self._client.linger - now
-        if left > 0:
-            return left
-        self._send_settle()
-        return None
+    def defer_settle(self, receipts: bytes) -> None:
+        """Queue a pipelined ack of a receipts frame (``ConnectionCore.defer_settle``)."""
+        self.connection.defer_settle(self._state, receipts)
 
     def _next_frames(self, timeout: float | None) -> list[bytes] | None:
+        state = self._state
+        connection = self.connection
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._batches:
-            if self.error is not None:
-                raise self.error
-            if self.closed:
+        while not state.batches:
+            if state.error is not None:
+                raise state.error
+            if state.closed:
                 raise StopIteration
             now = time.monotonic()
             remaining = None if deadline is None else deadline - now
             if remaining is not None and remaining <= 0:
                 return None
             wait = 0.1 if remaining is None else min(0.1, remaining)
-            settle = self._settle_wait(now)
-            self._client._pump_once(wait if settle is None else min(wait, settle))
-        return self._batches.popleft()
+            settle = connection.settle(state, now) if state.unsent else None
+            connection.pump(wait if settle is None else min(wait, settle))
+        return state.batches.popleft()
 
     def __next__(self) -> RemoteMessage:
         if not self._messages:
@@ -149,7 +88,7 @@ class Consumer(Iterator[RemoteMessage]):
             if frames is None:   # nothing came for ``timeout`` seconds: the iteration ends
                 self.cancel()
                 raise StopIteration
-            self._messages.extend(decode_delivery(frames, self._client, self, self.queue))
+            self._messages.extend(decode_delivery(frames, self.owner, self, self.queue))
         return self._messages.popleft()
 
     def next_batch(self, timeout: float | None = None) -> DeliveryBatch | None:
@@ -159,10 +98,7 @@ class Consumer(Iterator[RemoteMessage]):
 
     def cancel(self) -> None:
         """Stop the pushes (messages already received stay leased until settled)."""
-        self._send_settle()
-        if not self.closed:
-            self.closed = True
-            self._client._cancel(self._request_id)
+        self.connection.cancel(self._state)
 
     def __enter__(self) -> Consumer:
         return self
@@ -208,9 +144,9 @@ class DeliveryBatch(Sequence[RemoteMessage]):
 
     def _materialise(self) -> list[RemoteMessage]:
         if self._messages is None:
-            dead = _dead_letters(self._records)
-            client = self._consumer._client
-            self._messages = [RemoteMessage(record, client, self._consumer, dead.get(index),
+            dead = dead_letters(self._records)
+            owner = self._consumer.owner
+            self._messages = [RemoteMessage(record, owner, self._consumer, dead.get(index),
                                             self._consumer.queue)
                               for index, record in enumerate(self._records)]
         return self._messages
@@ -237,12 +173,10 @@ class DeliveryBatch(Sequence[RemoteMessage]):
             return
         self._settled = True
         consumer = self._consumer
-        client = consumer._client
+        connection = consumer.connection
         receipts = None
         if self._messages is not None:
-            live = [message for message in self._messages if message._consumer is not None]
-            for message in live:
-                message._consumer = None
+            live = [message for message in self._messages if message.detach()]
             if len(live) < self._count:
                 # some were settled one by one: ack only the others (the batch's frame
                 # would be refused whole for the receipts already acked)
@@ -255,13 +189,11 @@ class DeliveryBatch(Sequence[RemoteMessage]):
             # Queued with the consumer's other batch acks and sent within the client's
             # linger as one SETTLE (no reply unless the ack fails) instead of an ACK and
             # its reply each: the broker counts a failure (error.stale_receipt).
-            consumer._defer_settle(receipts)
+            consumer.defer_settle(receipts)
             return
-        pending = client._request(Opcode.ACK, [receipts])
+        request = connection.request(Opcode.ACK, [receipts])
         if wait:
-            client._wait(pending, None)
-        else:
-            client._discard(pending)
+            connection.wait(request, None)
 
 
 class Listener(Iterator[StreamMessage]):

@@ -3,8 +3,9 @@
 These are the client-side edges of the wire format (docs/protocol.md): records stay in
 their codec frame until user code looks at them, and each object here mirrors its
 embedded twin (``RemoteMessage`` has the attributes of ``fastfanout.Message``,
-``RemotePublishBatch`` behaves like ``PublishBatch``). The blocking client
-(``fastfanout.client``) and the asyncio client (``fastfanout.aio``) share them.
+``RemotePublishBatch`` behaves like ``PublishBatch``). Both drivers (the blocking
+``Client`` and the asyncio ``AsyncClient``) share them: a message settles through its
+``Settler`` (a consumer's pipelined acks) or its ``Owner`` (the client's calls).
 """
 
 from __future__ import annotations
@@ -12,24 +13,50 @@ from __future__ import annotations
 import json
 from collections.abc import Generator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import Any, Final, Protocol, overload
 
 from fastfanout import protocol
 from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
 
-if TYPE_CHECKING:
-    from fastfanout.consumers import Consumer
-
 __all__ = [
     "DONE",
     "Done",
+    "Owner",
     "RemoteMessage",
     "RemotePublishBatch",
-    "StreamBatch",
-    "StreamMessage",
+    "Settler",
+    "dead_letters",
     "decode_delivery",
-    "stream_prefix",
+    "publish_options",
 ]
+
+
+class Settler(Protocol):
+    """Where a consumer's pushed messages queue their pipelined acks (``defer_settle``)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the consumer is cancelled: acks then go through the ``Owner``."""
+
+    def defer_settle(self, receipts: bytes) -> None:
+        """Queue a pipelined ack of a receipts frame (sent with the consumer's others)."""
+
+
+class Owner(Protocol):
+    """What settles a message by receipt: the client (or the asyncio client's settler)."""
+
+    def ack(self, receipt: int) -> Any:
+        """Delete the message of a delivery."""
+
+    def nack(self, receipt: int, *, delay: float | None = None) -> Any:
+        """End a lease early."""
+
+    def extend(self, receipt: int, seconds: float) -> Any:
+        """Make the lease end ``seconds`` from now."""
+
+    def term(self, receipt: int) -> Any:
+        """Dead-letter a leased message now."""
+
 
 class Done:
     """An awaitable that is already complete (``await`` it: None at once).
@@ -54,7 +81,7 @@ DONE: Final = Done()
 """The one ``Done`` instance."""
 
 
-def _options(attributes: Attributes | None, delay: float | None,
+def publish_options(attributes: Attributes | None, delay: float | None,
              deliver_at: float | datetime | None, group_id: str | None, dedup_id: str | None,
              priority: int | None, ttl: float | None) -> tuple[Any, ...] | None:
     """FrameBuilder.append's options, or None when the body is all there is (fast path)."""
@@ -84,7 +111,7 @@ class RemoteMessage:
                  "dedup_id", "group_id", "id", "priority", "queue", "receipt",
                  "receive_count", "timestamp")
 
-    def __init__(self, record: Any, owner: Any, consumer: Consumer | None,
+    def __init__(self, record: Any, owner: Owner, consumer: Settler | None,
                  dead_letter: DeadLetterInfo | None = None, queue: str = "") -> None:
         self.id: int = record.id
         self.body: bytes = record.body
@@ -112,6 +139,12 @@ class RemoteMessage:
         # settled apart from its batch: a later DeliveryBatch.ack() leaves it out
         self._consumer = None
 
+    def detach(self) -> bool:
+        """For its batch's ack: True (and now settled) unless settled on its own before."""
+        live = self._consumer is not None
+        self._consumer = None
+        return live
+
     def ack(self) -> Done:
         """Delete the message (its lease must still run); returns ``DONE`` (awaitable).
 
@@ -126,7 +159,7 @@ class RemoteMessage:
         consumer = self._consumer
         if consumer is not None and not consumer.closed:
             self._consumer = None
-            consumer._defer_settle(protocol.encode_receipt(self.receipt))
+            consumer.defer_settle(protocol.encode_receipt(self.receipt))
             return DONE
         try:
             self._owner.ack(self.receipt)
@@ -169,7 +202,7 @@ def _seconds(microseconds: int | None) -> float | None:
     return None if microseconds is None else microseconds / 1e6
 
 
-def _dead_letters(records: list[Any]) -> dict[int, DeadLetterInfo]:
+def dead_letters(records: list[Any]) -> dict[int, DeadLetterInfo]:
     """Dead-letter records of a delivery, by record index.
 
     A record with the dead-letter flag holds ``[reason, source, receive_count, first_us,
@@ -184,11 +217,11 @@ def _dead_letters(records: list[Any]) -> dict[int, DeadLetterInfo]:
     return dead
 
 
-def decode_delivery(frames: list[bytes], owner: Any, consumer: Consumer | None = None,
+def decode_delivery(frames: list[bytes], owner: Owner, consumer: Settler | None = None,
                     queue: str = "") -> list[RemoteMessage]:
     """Turn a delivery payload (one record frame) into messages."""
     records = protocol.codec_module().decode_batch(frames[0])
-    dead = _dead_letters(records)
+    dead = dead_letters(records)
     return [RemoteMessage(record, owner, consumer, dead.get(index), queue)
             for index, record in enumerate(records)]
 
@@ -216,84 +249,3 @@ class RemotePublishBatch(Sequence[PublishResult]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return PublishResult(self._ids[index], self._deliveries[index], self._duplicates[index])
-
-
-
-class StreamMessage:
-    """A message received by a stream listener (at most once, no receipt).
-
-    Attributes:
-        topic: the topic it was published to.
-        sequence: its topic's sequence number (gaps mean missed messages).
-        id: broker-unique message id.
-        body: the body bytes.
-        timestamp: clock seconds when the broker streamed it.
-        group_id: FIFO group, or None.
-        dedup_id: deduplication id, or None.
-        priority: priority given by the publisher.
-    """
-
-    __slots__ = ("_encoded", "body", "dedup_id", "group_id", "id", "priority", "sequence",
-                 "timestamp", "topic")
-
-    def __init__(self, topic: str, record: Any) -> None:
-        self.topic = topic
-        self.sequence: int = record.receipt or 0
-        self.id: int = record.id
-        self.body: bytes = record.body
-        self._encoded: bytes = record.attributes
-        self.timestamp: float = record.timestamp_us / 1e6
-        self.group_id: str | None = record.group_id
-        self.dedup_id: str | None = record.dedup_id
-        self.priority: int = record.priority or 0
-
-    @property
-    def attributes(self) -> Attributes:
-        """Message attributes (decoded on access)."""
-        decoded: Attributes = protocol.decode_payload(self._encoded) if self._encoded else {}
-        return decoded
-
-    def __repr__(self) -> str:
-        return f"StreamMessage(topic={self.topic!r}, sequence={self.sequence}, id={self.id})"
-
-
-def stream_prefix(topic_pattern: str) -> bytes:
-    """The SUB prefix that covers a topic pattern: everything before the first wildcard."""
-    cut = len(topic_pattern)
-    for token in ("*", ">"):
-        position = topic_pattern.find(token)
-        if position >= 0:
-            cut = min(cut, position)
-    return topic_pattern[:cut].encode()
-
-
-class StreamBatch(Sequence[StreamMessage]):
-    """One stream batch (one publish to a topic); messages are decoded on first access.
-
-    Attributes:
-        topic: the topic the batch was published to.
-        frame: the record batch as received (codec layout).
-    """
-
-    def __init__(self, topic: str, frame: bytes, count: int) -> None:
-        self.topic = topic
-        self.frame = frame
-        self._count = count
-        self._messages: list[StreamMessage] | None = None
-
-    def _materialise(self) -> list[StreamMessage]:
-        if self._messages is None:
-            self._messages = [StreamMessage(self.topic, record) for record
-                              in protocol.codec_module().decode_batch(self.frame)]
-        return self._messages
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> StreamMessage: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[StreamMessage]: ...
-
-    def __getitem__(self, index: int | slice) -> StreamMessage | list[StreamMessage]:
-        return self._materialise()[index]

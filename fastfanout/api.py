@@ -1,0 +1,375 @@
+"""The broker API, declared once: what ``Broker``, ``Client`` and ``AsyncClient`` offer.
+
+Design
+------
+Prior art: ``typing.Protocol`` as a structural interface (PEP 544), and trio's habit of
+one API with a blocking and an awaitable face. ``BrokerAPI`` is the embedded broker's
+API, which the blocking ``Client`` offers over the wire with the same parameters,
+defaults and errors; ``AsyncBrokerAPI`` is its awaitable twin (``AsyncClient``).
+``ClientAPI`` and ``AsyncClientAPI`` add what only a client has (pipelined publishes,
+push consumers, stream listeners, producers with frames in flight, ``close(timeout)``).
+
+Invariants, checked by ``tests/unit/test_api_parity.py``: every operation has the same
+parameters, kinds and defaults in each implementation (``session``, the server's way to
+act for a connection, is the one parameter only ``Broker`` has); a parameter added to one
+implementation only fails the check. Result types differ where the wire does: a client
+returns ``RemoteMessage`` and ``RemotePublishBatch`` where ``Broker`` returns ``Message``
+and ``PublishBatch`` (the same attributes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult
+from fastfanout.settings import QueueSettings, Subscription
+from fastfanout.stats import BrokerStats
+
+__all__ = [
+    "BROKER_OPERATIONS",
+    "CLIENT_OPERATIONS",
+    "SERVER_ONLY_PARAMETERS",
+    "AsyncBrokerAPI",
+    "AsyncClientAPI",
+    "BrokerAPI",
+    "ClientAPI",
+]
+
+BROKER_OPERATIONS: Final = (
+    "create_topic", "delete_topic", "list_topics", "create_queue", "delete_queue",
+    "list_queues", "queue_settings", "subscribe", "unsubscribe", "set_filter_policy",
+    "subscription", "list_subscriptions", "redrive", "purge", "stats", "check",
+    "publish", "send", "publish_batch", "send_batch", "receive", "ack", "ack_batch",
+    "nack", "extend", "term",
+)
+"""The operations of ``BrokerAPI`` (and ``AsyncBrokerAPI``), in declaration order."""
+
+CLIENT_OPERATIONS: Final = (
+    "publish_nowait", "send_nowait", "publish_batch_nowait", "send_batch_nowait", "flush",
+    "producer", "consume", "consume_batches", "listen", "server_stats", "close",
+)
+"""The operations only clients have (``ClientAPI`` and ``AsyncClientAPI``)."""
+
+SERVER_ONLY_PARAMETERS: Final = frozenset({"session"})
+"""Parameters of ``Broker``'s operations that only the server passes (it acts for a
+connection); no client offers them."""
+
+
+class BrokerAPI(Protocol):
+    """The broker API: topics, queues, subscriptions, publishing, receiving, settling.
+
+    Times are in seconds, sizes in bytes; see ``fastfanout.Broker`` for each contract.
+    """
+
+    def create_topic(self, name: str, *, fifo: bool = False, content_dedup: bool = False,
+                     dedup_window: float = 300.0) -> None:
+        """Create a topic; a no-op if it exists."""
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+
+    def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+
+    def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
+                     max_receive_count: int | None = None,
+                     dead_letter_queue: str | None = None, delay: float = 0.0,
+                     max_messages: int | None = None, max_bytes: int | None = None,
+                     max_message_size: int = 1048576, retention: float = 345600.0,
+                     overflow: str = "reject", max_priority: int = 0, fifo: bool = False,
+                     content_dedup: bool = False, dedup_window: float = 300.0,
+                     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+                     ) -> None:
+        """Create a queue."""
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and its subscriptions."""
+
+    def list_queues(self) -> list[str]:
+        """Names of every queue, sorted."""
+
+    def queue_settings(self, name: str) -> QueueSettings:
+        """The settings queue ``name`` was created with."""
+
+    def subscribe(self, topic: str, queue: str, *,
+                  filter_policy: Mapping[str, Any] | str | None = None,
+                  filter_scope: str = "attributes") -> int:
+        """Subscribe ``queue`` to ``topic``; returns the subscription id."""
+
+    def unsubscribe(self, subscription_id: int) -> None:
+        """Remove a subscription."""
+
+    def set_filter_policy(self, subscription_id: int,
+                          filter_policy: Mapping[str, Any] | str | None, *,
+                          filter_scope: str = "attributes") -> None:
+        """Replace a subscription's filter policy."""
+
+    def subscription(self, subscription_id: int) -> Subscription:
+        """One subscription's topic, queue and filter policy."""
+
+    def list_subscriptions(self) -> dict[int, tuple[str, str]]:
+        """Every subscription: id -> (topic, queue)."""
+
+    def redrive(self, dead_letter_queue: str, *, to: str | None = None,
+                max_messages: int | None = None) -> int:
+        """Move dead-lettered messages back; returns how many."""
+
+    def purge(self, queue: str) -> int:
+        """Remove every message of a queue; returns how many."""
+
+    def stats(self) -> BrokerStats:
+        """Counters of every topic and queue."""
+
+    def check(self) -> bool:
+        """Verify the broker core's internal invariants."""
+
+    def publish(self, topic: str, body: Body, *, attributes: Attributes | None = None,
+                delay: float | None = None, deliver_at: float | datetime | None = None,
+                group_id: str | None = None, dedup_id: str | None = None,
+                priority: int | None = None, ttl: float | None = None) -> PublishResult:
+        """Publish one message to every queue subscribed to ``topic``."""
+
+    def send(self, queue: str, body: Body, *, attributes: Attributes | None = None,
+             delay: float | None = None, deliver_at: float | datetime | None = None,
+             group_id: str | None = None, dedup_id: str | None = None,
+             priority: int | None = None, ttl: float | None = None) -> PublishResult:
+        """Send one message straight to a queue."""
+
+    def publish_batch(self, topic: str, entries: Iterable[Any]) -> Sequence[PublishResult]:
+        """Publish many messages: all enqueued, or none."""
+
+    def send_batch(self, queue: str, entries: Iterable[Any]) -> Sequence[PublishResult]:
+        """Send many messages straight to a queue: all enqueued, or none."""
+
+    def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
+                visibility_timeout: float | None = None) -> Sequence[Any]:
+        """Lease up to ``max_messages`` visible messages."""
+
+    def ack(self, receipt: int) -> None:
+        """Delete the message of a delivery."""
+
+    def ack_batch(self, receipts: Iterable[int]) -> None:
+        """Ack many deliveries: all, or none."""
+
+    def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early."""
+
+    def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now."""
+
+    def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now."""
+
+
+class ClientAPI(BrokerAPI, Protocol):
+    """The blocking client: the broker API and what only a client has."""
+
+    def publish_nowait(self, topic: str, body: Body, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None, ttl: float | None = None) -> Any:
+        """Add a message to the current batch of ``topic``; a future of its result."""
+
+    def send_nowait(self, queue: str, body: Body, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> Any:
+        """Add a message to the current batch of ``queue``; a future of its result."""
+
+    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> Any:
+        """Send a batch now; a future of its results."""
+
+    def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> Any:
+        """Send a batch straight to a queue now; a future of its results."""
+
+    def flush(self) -> Any:
+        """Send the publish batches being filled."""
+
+    def producer(self, topic: str, *, batch_messages: int | None = None,
+                 batch_bytes: int | None = None, max_in_flight: int = 8,
+                 linger: float | None = None) -> Any:
+        """A producer: ``offer()`` fills a frame, full frames are pipelined."""
+
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> Iterator[Any]:
+        """Messages pushed by the broker."""
+
+    def consume_batches(self, queue: str, *, prefetch: int = 1000,
+                        visibility_timeout: float | None = None,
+                        timeout: float | None = None) -> Iterator[Any]:
+        """Batches pushed by the broker."""
+
+    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:
+        """Follow the stream of every topic matching ``topic_pattern``."""
+
+    def server_stats(self) -> dict[str, Any]:
+        """The server's own counters."""
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""
+
+
+class AsyncBrokerAPI(Protocol):
+    """The awaitable twin of ``BrokerAPI`` (``AsyncClient``)."""
+
+    async def create_topic(self, name: str, *, fifo: bool = False,
+                           content_dedup: bool = False, dedup_window: float = 300.0) -> None:
+        """Create a topic; a no-op if it exists."""
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+
+    async def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+
+    async def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
+                           max_receive_count: int | None = None,
+                           dead_letter_queue: str | None = None, delay: float = 0.0,
+                           max_messages: int | None = None, max_bytes: int | None = None,
+                           max_message_size: int = 1048576, retention: float = 345600.0,
+                           overflow: str = "reject", max_priority: int = 0,
+                           fifo: bool = False, content_dedup: bool = False,
+                           dedup_window: float = 300.0,
+                           redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None
+                           = None) -> None:
+        """Create a queue."""
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and its subscriptions."""
+
+    async def list_queues(self) -> list[str]:
+        """Names of every queue, sorted."""
+
+    async def queue_settings(self, name: str) -> QueueSettings:
+        """The settings queue ``name`` was created with."""
+
+    async def subscribe(self, topic: str, queue: str, *,
+                        filter_policy: Mapping[str, Any] | str | None = None,
+                        filter_scope: str = "attributes") -> int:
+        """Subscribe ``queue`` to ``topic``; returns the subscription id."""
+
+    async def unsubscribe(self, subscription_id: int) -> None:
+        """Remove a subscription."""
+
+    async def set_filter_policy(self, subscription_id: int,
+                                filter_policy: Mapping[str, Any] | str | None, *,
+                                filter_scope: str = "attributes") -> None:
+        """Replace a subscription's filter policy."""
+
+    async def subscription(self, subscription_id: int) -> Subscription:
+        """One subscription's topic, queue and filter policy."""
+
+    async def list_subscriptions(self) -> dict[int, tuple[str, str]]:
+        """Every subscription: id -> (topic, queue)."""
+
+    async def redrive(self, dead_letter_queue: str, *, to: str | None = None,
+                      max_messages: int | None = None) -> int:
+        """Move dead-lettered messages back; returns how many."""
+
+    async def purge(self, queue: str) -> int:
+        """Remove every message of a queue; returns how many."""
+
+    async def stats(self) -> BrokerStats:
+        """Counters of every topic and queue."""
+
+    async def check(self) -> bool:
+        """Verify the broker core's internal invariants."""
+
+    async def publish(self, topic: str, body: Body, *, attributes: Attributes | None = None,
+                      delay: float | None = None, deliver_at: float | datetime | None = None,
+                      group_id: str | None = None, dedup_id: str | None = None,
+                      priority: int | None = None, ttl: float | None = None
+                      ) -> PublishResult:
+        """Publish one message to every queue subscribed to ``topic``."""
+
+    async def send(self, queue: str, body: Body, *, attributes: Attributes | None = None,
+                   delay: float | None = None, deliver_at: float | datetime | None = None,
+                   group_id: str | None = None, dedup_id: str | None = None,
+                   priority: int | None = None, ttl: float | None = None) -> PublishResult:
+        """Send one message straight to a queue."""
+
+    async def publish_batch(self, topic: str, entries: Iterable[Any]
+                            ) -> Sequence[PublishResult]:
+        """Publish many messages: all enqueued, or none."""
+
+    async def send_batch(self, queue: str, entries: Iterable[Any]) -> Sequence[PublishResult]:
+        """Send many messages straight to a queue: all enqueued, or none."""
+
+    async def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
+                      visibility_timeout: float | None = None) -> Sequence[Any]:
+        """Lease up to ``max_messages`` visible messages."""
+
+    async def ack(self, receipt: int) -> None:
+        """Delete the message of a delivery."""
+
+    async def ack_batch(self, receipts: Iterable[int]) -> None:
+        """Ack many deliveries: all, or none."""
+
+    async def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early."""
+
+    async def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now."""
+
+    async def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now."""
+
+
+class AsyncClientAPI(AsyncBrokerAPI, Protocol):
+    """The asyncio client: the awaitable broker API and what only a client has.
+
+    The pipelined calls are plain calls returning futures, the consumers async
+    iterators (``async for``), as ``ClientAPI``'s are blocking ones.
+    """
+
+    def publish_nowait(self, topic: str, body: Body, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None, ttl: float | None = None) -> Any:
+        """Add a message to this loop iteration's batch of ``topic``; a future."""
+
+    def send_nowait(self, queue: str, body: Body, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> Any:
+        """Add a message to this loop iteration's batch of ``queue``; a future."""
+
+    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> Any:
+        """Send a batch now; a future of its results."""
+
+    def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> Any:
+        """Send a batch straight to a queue now; a future of its results."""
+
+    def flush(self) -> Any:
+        """Send this iteration's batches; a future of their answers."""
+
+    def producer(self, topic: str, *, batch_messages: int | None = None,
+                 batch_bytes: int | None = None, max_in_flight: int = 8,
+                 linger: float | None = None) -> Any:
+        """A producer (await it, or ``async with``)."""
+
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> AsyncIterator[Any]:
+        """Messages pushed by the broker (``async for``)."""
+
+    def consume_batches(self, queue: str, *, prefetch: int = 1000,
+                        visibility_timeout: float | None = None,
+                        timeout: float | None = None) -> AsyncIterator[Any]:
+        """Batches pushed by the broker (``async for``)."""
+
+    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:
+        """Follow the stream of every topic matching ``topic_pattern``."""
+
+    async def server_stats(self) -> dict[str, Any]:
+        """The server's own counters."""
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""

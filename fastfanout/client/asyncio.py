@@ -1,0 +1,1062 @@
+"""The asyncio face of the client (``async with``, ``async for``), on ``zmq.asyncio``.
+
+Design
+------
+Same wire protocol and the same payload helpers as ``fastfanout.client``; only the I/O
+differs. One reader task owns the DEALER socket's receive side and resolves a future per
+request id, so any number of coroutines may await calls at once (the asyncio analogue of
+many requests in flight). Pushes for a consumer go to its ``asyncio.Queue``. A heartbeat
+task keeps the session alive; if the broker says goodbye or the reader fails, every
+pending call raises ``BrokenConnection`` (a goodbye that ends the session, ``SessionExpired``,
+also makes a new connection: a new session). Sockets come from ``fastfanout.transport``,
+which remains the only module that imports ``zmq``.
+
+Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
+iteration (``asyncio.gather``, other tasks) and ``publish_nowait()``/``send_nowait()``
+join the batch of their target, which leaves as one request when the iteration ends (or
+at ``batch_messages``/``batch_bytes``, on ``flush()``, or before any other request, so
+publishes keep their order); a batch is atomic on the broker, as in the blocking client,
+and ``close()`` sends what is pending and waits for the answers.
+``publish_batch_nowait()``/``send_batch_nowait()`` send a whole batch at once and return a
+future of its results, like the blocking client's. ``async with client.producer(topic)``
+(or ``await client.producer(topic)``) is the per-message fast path
+(``fastfanout.client.aio_producers``: synchronous ``offer()``, awaited ``drain()``/``flush()``);
+``close()`` closes the producers still open first.
+
+Every call is awaitable except the iterators (``consume``, ``consume_batches``: use
+``async for``) and ``closed``. The plain calls return something awaitable: futures
+(``*_nowait``, ``flush()``, whose future is its answers), ``Opening`` (``producer``,
+``connect``), the listener itself (``listen``), or the already-complete ``DONE``
+(``message.ack()`` and its kind, ``listener.close()``, ``producer.offer()``), so
+``await`` works on each as it reads.
+
+``message.ack()`` (synchronous, so it cannot await) queues the receipt; the acks of one
+event-loop iteration leave together, as one SETTLE with a frame per receipt (each acked
+on its own, so a stale one fails alone), and ``close()`` sends what is queued before its
+BYE. A consumer acking message by message so costs the broker one request per loop
+iteration, not one per message. ``await client.ack(...)`` still waits for its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+
+from fastfanout import forks, protocol
+from fastfanout.client.aio_producers import AsyncProducer
+from fastfanout.client.core import (
+    ConnectionCore,
+    Request,
+    decode_queue_settings,
+    decode_subscriptions,
+    decode_value,
+    encode_call,
+    queue_settings_payload,
+)
+from fastfanout.client.messages import (
+    DONE,
+    Done,
+    RemoteMessage,
+    RemotePublishBatch,
+    decode_delivery,
+    publish_options,
+)
+from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, producer_limits
+from fastfanout.errors import (
+    BrokenConnection,
+    FastFanoutError,
+    InvalidArgument,
+    NotFound,
+    PeerLost,
+    SessionExpired,
+    TransportError,
+)
+from fastfanout.local_channel import (
+    DEFAULT_RING_BYTES,
+    LocalChannel,
+    check_channel_options,
+    wants_local_channel,
+)
+from fastfanout.local_transport import AsyncLocalTransport
+from fastfanout.protocol import Opcode
+from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult
+from fastfanout.runtime import default_endpoint
+from fastfanout.settings import QueueSettings, Subscription
+from fastfanout.stats import BrokerStats
+from fastfanout.streams import StreamBatch, StreamFollower, StreamMessage
+from fastfanout.transport import (
+    AsyncDealerTransport,
+    AsyncSubTransport,
+    CurveKeys,
+    client_curve,
+)
+
+R = TypeVar("R")
+
+__all__ = ["AsyncClient", "AsyncConnection", "AsyncListener", "AsyncSettler", "Opening",
+           "connect"]
+
+
+class AsyncListener:
+    """Stream messages of the topics matching a pattern (``AsyncClient.listen``).
+
+    ``await`` it, or enter it (``async with``), before publishing what it must see: that
+    returns once the broker applies the subscription (its probe came back, see
+    ``fastfanout.streams``). Then use ``async for message in listener`` or
+    ``await listener.recv_batch(timeout)``; close it (or leave ``async with``) when done.
+
+    Args:
+        stream_endpoint: the broker's stream endpoint.
+        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
+        curve: client keys when the broker uses CURVE.
+        timeout: seconds to wait for the broker to apply the subscription.
+        high_water_mark: stream batches this listener's socket queues; beyond them the
+            broker drops batches for this listener only (counted here as ``gaps``).
+
+    Attributes:
+        pattern: the topic name or pattern.
+    """
+
+    def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
+                 timeout: float = 10.0, high_water_mark: int = 100_000) -> None:
+        self.pattern = pattern
+        self._stream_endpoint = stream_endpoint
+        self._timeout = timeout
+        self._follower = follower = StreamFollower(pattern)
+        try:
+            self._transport = AsyncSubTransport(
+                stream_endpoint, [follower.prefix, follower.probe], curve, high_water_mark)
+        except TransportError as exc:
+            raise BrokenConnection(str(exc)) from None
+        self._early: deque[StreamBatch] = deque()   # batches that came before the probe
+        self._pending: deque[StreamMessage] = deque()
+
+    @property
+    def gaps(self) -> int:
+        """Messages missed so far, from sequence numbers and beacons per topic."""
+        return self._follower.gaps
+
+    @property
+    def received(self) -> int:
+        """Messages received so far."""
+        return self._follower.received
+
+    @property
+    def malformed(self) -> int:
+        """Stream messages dropped because they did not decode."""
+        return self._follower.malformed
+
+    async def ready(self) -> AsyncListener:
+        """Wait until the broker applies the subscription; returns self.
+
+        Raises:
+            BrokenConnection: it did not within the client's ``timeout``.
+        """
+        follower = self._follower
+        if follower.live:
+            return self
+        try:
+            async with asyncio.timeout(self._timeout):
+                while not follower.live:
+                    batch = follower.accept(await self._transport.recv())
+                    if batch is not None:
+                        self._early.append(batch)
+        except TimeoutError:
+            raise BrokenConnection(
+                f"the broker at {self._stream_endpoint} did not apply the stream "
+                f"subscription to {self.pattern!r} within {self._timeout} s; is it "
+                f"running?") from None
+        self._transport.unsubscribe(follower.probe)
+        return self
+
+    def __await__(self) -> Generator[Any, None, AsyncListener]:
+        """``await client.listen(...)`` is the listener once its subscription is live."""
+        return self.ready().__await__()
+
+    async def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
+        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout."""
+        if not self._follower.live:
+            await self.ready()
+        if self._early:
+            return list(self._early.popleft())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        accept = self._follower.accept
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                frames = await asyncio.wait_for(self._transport.recv(), remaining)
+            except TimeoutError:
+                return None
+            batch = accept(frames)
+            if batch is not None:
+                return list(batch)
+
+    def __aiter__(self) -> AsyncListener:
+        return self
+
+    async def __anext__(self) -> StreamMessage:
+        while not self._pending:
+            batch = await self.recv_batch(None)
+            if batch:
+                self._pending.extend(batch)
+        return self._pending.popleft()
+
+    def close(self) -> Done:
+        """Close the SUB socket (at once); returns ``DONE``, so it may be awaited."""
+        self._transport.close()
+        return DONE
+
+    async def __aenter__(self) -> AsyncListener:
+        try:
+            return await self.ready()
+        except BaseException:
+            self.close()
+            raise
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncSettler:
+    """Settles messages of the asyncio client from synchronous code (``message.ack()``).
+
+    An ack is queued for this loop iteration's SETTLE; nack, extend and term are sent at
+    once, their answers dropped (the broker counts a failure).
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    def ack(self, receipt: int) -> None:
+        """Queue the ack of a receipt (sent when this loop iteration ends)."""
+        self._connection.queue_ack(receipt)
+
+    def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early (sent at once)."""
+        self._connection.fire(Opcode.NACK, receipt, delay=delay)
+
+    def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (sent at once)."""
+        self._connection.fire(Opcode.EXTEND, receipt, seconds)
+
+    def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now (sent at once)."""
+        self._connection.fire(Opcode.TERM, receipt)
+
+
+def bind(futures: list[asyncio.Future[PublishResult]], request: Request) -> None:
+    """Resolve the futures of a sent batch from its request's answer (or error)."""
+
+    def resolve() -> None:
+        error: BaseException | None = request.error
+        results = None if error is not None else RemotePublishBatch(request.value()[0])
+        for index, future in enumerate(futures):
+            if future.done():
+                continue
+            if results is not None:
+                future.set_result(results[index])
+            else:
+                future.set_exception(error)   # type: ignore[arg-type]
+
+    request.watch(resolve)
+
+
+class AsyncConnection:
+    """The asyncio I/O driver of a ``ConnectionCore``: a reader task and a heartbeat task.
+
+    Producers and the ``AsyncClient`` work through it; its methods are a documented
+    internal interface (and a test hook), not the broker API.
+
+    Attributes:
+        core: the connection's protocol state.
+        transport: the DEALER socket or local channel.
+    """
+
+    def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
+                 batch_messages: int, batch_bytes: int, local_channel: bool | None,
+                 ring_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.curve = curve
+        self.timeout = timeout
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
+        # publishes of one loop iteration travel together: linger is "this iteration"
+        self.core = ConnectionCore(endpoint, linger=0.0, batch_messages=batch_messages,
+                                   batch_bytes=batch_bytes, bind=bind)
+        self.transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
+            endpoint, curve)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
+        self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
+        self.settler = AsyncSettler(self)
+        self.pid = os.getpid()   # the process that owns the connection (fastfanout.forks)
+        self.forked = False
+        forks.watch(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the next call must refuse, and the reader stop reading."""
+        self.forked = True
+
+    def check_open(self) -> None:
+        """Raise ``UsedAfterFork`` in a forked child, ``Closed`` after ``close()``."""
+        if self.forked:
+            raise forks.used_after_fork("client", self.pid)
+        self.core.check_open()
+
+    async def start(self) -> None:
+        """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
+        self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
+        request = self.core.start(time.monotonic())
+        self.send_out()
+        self.core.hello(await self.wait(request))
+        if wants_local_channel(self.local_channel, self.core.info, self.endpoint):
+            await self._attach_local()
+
+    async def _attach_local(self) -> None:
+        """Move this connection onto a local channel (as the blocking driver does)."""
+        dealer = self.transport
+        assert isinstance(dealer, AsyncDealerTransport)
+        try:
+            channel = LocalChannel.create(self.ring_bytes)
+        except (OSError, ValueError) as exc:
+            if self.local_channel:
+                await self.close()
+                raise BrokenConnection(f"cannot make a local channel: {exc}") from None
+            return
+        try:
+            await self.wait(self.submit(self.core.request, Opcode.ATTACH,
+                                        [protocol.encode_payload(channel.attach_request())]))
+            channel.attached()
+        except (FastFanoutError, OSError, ValueError) as exc:
+            channel.close()
+            if self.local_channel:
+                await self.close()
+                raise BrokenConnection(f"the broker refused a local channel: {exc}") from None
+            return
+        # The reader waits on the socket, where nothing more comes unannounced: move it.
+        reader = self.tasks[0]
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        self.transport = AsyncLocalTransport(dealer, channel, self.timeout)
+        self.tasks[0] = asyncio.create_task(self._reader())
+
+    # -- requests ------------------------------------------------------------------------
+
+    def send_out(self) -> None:
+        """Send what the core queued (into the ring, or to libzmq: no task per request)."""
+        outbox = self.core.outbox
+        try:
+            for frames in outbox:
+                self.transport.send_nowait(frames)
+        except PeerLost as exc:
+            error = self.broken(BrokenConnection(f"the broker at {self.endpoint} is gone: "
+                                                 f"{exc}"))
+            raise error from None
+        finally:
+            outbox.clear()
+
+    def submit(self, make: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
+        if self.core.closed or self.forked:
+            self.check_open()
+        forks.check_process("client", self.pid)   # a fork that bypassed os.fork
+        try:
+            return make(*args, **kwargs)
+        finally:
+            self.send_out()
+
+    def fire(self, opcode: int, *args: Any, **kwargs: Any) -> None:
+        """Send a control call whose answer is dropped (the broker counts a failure)."""
+        payload = encode_call(opcode, args, kwargs)
+        self.submit(self.core.queue_frames, opcode, [payload], False)
+
+    async def wait(self, request: Request, extra: float = 0.0) -> list[bytes]:
+        """Wait for a request's answer, at most the client's timeout plus ``extra``."""
+        if not request.done:
+            answered = asyncio.get_running_loop().create_future()
+
+            def done() -> None:
+                if not answered.done():
+                    answered.set_result(None)
+
+            request.watch(done)
+            async with self.deadline(extra):
+                await answered
+        return request.value()
+
+    async def call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
+        """A control call: its decoded answer."""
+        return decode_value(await self.wait(self.submit(self.core.call, opcode, *args,
+                                                        **kwargs)))
+
+    async def publish_results(self, request: Request) -> RemotePublishBatch:
+        """Wait for a publish's answer (a full ``hold`` queue may take ``hold_timeout``)."""
+        return RemotePublishBatch((await self.wait(request, self.core.hold_timeout))[0])
+
+    def batch_future(self, request: Request) -> asyncio.Future[RemotePublishBatch]:
+        """A future of a publish request's results, completed by its answer."""
+        future: asyncio.Future[RemotePublishBatch] = asyncio.get_running_loop().create_future()
+
+        def resolve() -> None:
+            if future.done():
+                return
+            if request.error is not None:
+                future.set_exception(request.error)
+            else:
+                future.set_result(RemotePublishBatch(request.value()[0]))
+
+        request.watch(resolve)
+        return future
+
+    @contextlib.asynccontextmanager
+    async def deadline(self, extra: float = 0.0) -> AsyncIterator[None]:
+        """Wait for an answer at most the client's timeout (plus ``extra`` seconds).
+
+        Raises:
+            BrokenConnection: the time is up (no task per call, unlike ``wait_for``).
+        """
+        limit = self.timeout + extra
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError:
+            raise BrokenConnection(
+                f"no reply from the broker at {self.endpoint} within {limit:.1f} s; "
+                f"is it running?") from None
+
+    # -- batches and acks ----------------------------------------------------------------
+
+    def enqueue(self, opcode: int, name: str, body: Any, options: tuple[Any, ...] | None
+                ) -> asyncio.Future[PublishResult]:
+        """Add one message to this loop iteration's batch of (opcode, name)."""
+        if self.core.closed or self.forked:
+            self.check_open()
+        core = self.core
+        loop = asyncio.get_running_loop()
+        if not core.batches:
+            loop.call_soon(self.flush_batches)
+        try:
+            return core.enqueue(opcode, name, body, options, lambda index: loop.create_future(),
+                                0.0)
+        finally:
+            if core.outbox:
+                self.send_out()
+
+    def flush_batches(self) -> None:
+        """Send the batches being filled."""
+        if self.core.batches:
+            self.core.flush_batches()
+            self.send_out()
+
+    def queue_ack(self, receipt: int) -> None:
+        """Queue a ``message.ack()``: the acks of one loop iteration go in one request.
+
+        SETTLE acks each frame on its own (all or none per frame), so a stale receipt
+        fails alone, as separate ACKs would, and is answered only if one fails.
+        """
+        if self.core.closed or self.forked:
+            self.check_open()
+        if not self.core.loose_acks:
+            asyncio.get_running_loop().call_soon(self.send_acks)
+        self.core.loose_acks.append(protocol.encode_receipt(receipt))
+
+    def send_acks(self) -> None:
+        """Send the queued acks."""
+        if self.core.loose_acks:
+            self.core.settle_loose()
+            self.send_out()
+
+    # -- what arrives --------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        core = self.core
+        try:
+            while True:
+                frames = await self.transport.recv()
+                if self.forked:
+                    return   # a forked child's copy: the replies are the parent's
+                consumer = core.receive(frames, time.monotonic())
+                if consumer is not None:
+                    waker = self.wakers.get(consumer.consumer_id)
+                    if waker is not None:
+                        waker.set()
+                elif core.ended is not None:
+                    self._said_goodbye(core.ended)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.broken(BrokenConnection(f"connection to {self.endpoint} failed: {exc}"))
+
+    def _said_goodbye(self, error: FastFanoutError) -> None:
+        """GOODBYE failed every waiter; if the broker ended this session, start a new one.
+
+        The broker serves no more requests of an ended session's connection (it ends a
+        session whose client read nothing for too long, or was silent past its
+        heartbeat timeout), so a fresh connection is made: a new session, announced
+        with HELLO. Without a payload the broker is stopping; the socket reconnects by
+        itself when it is back.
+        """
+        self._wake_all()
+        self.core.ended = None
+        if isinstance(error, SessionExpired) and isinstance(self.transport,
+                                                            AsyncDealerTransport):
+            ended, self.transport = self.transport, AsyncDealerTransport(
+                self.endpoint, self.curve)
+            ended.close()
+            self.core.queue_frames(Opcode.HELLO, [protocol.encode_payload({})], False)
+            self.send_out()
+
+    def broken(self, error: FastFanoutError) -> FastFanoutError:
+        """The connection failed: every waiter gets ``error``."""
+        self.core.broken(error)
+        self._wake_all()
+        return error
+
+    def _wake_all(self) -> None:
+        for waker in self.wakers.values():
+            waker.set()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.core.heartbeat_interval)
+            try:
+                self.submit(self.core.heartbeat, time.monotonic())
+            except FastFanoutError:
+                return   # the connection is broken: every waiter has been told
+
+    async def pushes(self, queue: str, prefetch: int, visibility_timeout: float | None,
+                     timeout: float | None) -> AsyncIterator[list[bytes]]:
+        """The payloads pushed to a new consumer, as they come (see ``consume``)."""
+        core = self.core
+        request = self.submit(core.consume, queue, prefetch, visibility_timeout, timeout)
+        state = core.consumers[request.request_id]
+        waker = self.wakers[state.consumer_id] = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.wait(request), self.timeout)
+            while True:
+                while not state.batches:
+                    if state.error is not None:
+                        raise state.error
+                    waker.clear()
+                    if state.timeout is None:
+                        await waker.wait()
+                        continue
+                    try:
+                        async with asyncio.timeout(state.timeout):
+                            await waker.wait()
+                    except TimeoutError:   # nothing came in time: the iteration ends
+                        return
+                yield state.batches.popleft()
+        finally:
+            self.wakers.pop(state.consumer_id, None)
+            if core.cancel(state):
+                self.fire(Opcode.CANCEL, state.consumer_id)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what is pending, say goodbye, stop the tasks and close the transport.
+
+        Args:
+            timeout: seconds to wait for the broker's answers at most.
+        """
+        core = self.core
+        self.send_acks()   # before BYE: after it, the broker has released their leases
+        self.flush_batches()
+        with contextlib.suppress(FastFanoutError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                # publish answers may come after BYE's: wait for them first
+                for request in list(core.publishes):
+                    with contextlib.suppress(FastFanoutError):
+                        await self.wait(request)
+                await self.wait(self.submit(core.request, Opcode.BYE, []))
+        core.closed = True
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.transport.close()
+
+
+class AsyncClient:
+    """An asyncio connection to a broker server (use ``await connect(...)``).
+
+    Args:
+        endpoint: the broker's command endpoint (default: the per-user ipc socket).
+        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
+        curve: client CURVE keys for a CURVE broker (see ``transport.client_curve``).
+        curve_server_key: instead of ``curve``: the CURVE broker's public key (Z85, or
+            its ``.key`` certificate file).
+        curve_keys: with ``curve_server_key``: this client's key pair (``(public,
+            secret)``, or a ``.key_secret`` certificate file); None makes a fresh pair.
+        batch_messages: records per publish batch before it is sent.
+        batch_bytes: body bytes per publish batch before it is sent.
+        local_channel: talk to the broker through shared memory (see ``Client``): None
+            when the endpoint is ``ipc://`` and the broker offers it, True to insist,
+            False never.
+        ring_bytes: bytes of each of the channel's rings (a power of two, from 64 KiB to 1 GiB).
+
+    Attributes:
+        connection: the I/O driver (``AsyncConnection``) over the protocol core.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 curve: CurveKeys | None = None,
+                 curve_server_key: bytes | str | os.PathLike[str] | None = None,
+                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
+                 batch_messages: int = 1000, batch_bytes: int = 1 << 20,
+                 local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
+                 ) -> None:
+        check_channel_options(local_channel, ring_bytes)
+        if curve_server_key is not None:
+            curve = client_curve(curve_server_key, curve_keys)
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = timeout
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        self.connection = AsyncConnection(
+            self.endpoint, curve, timeout=timeout, batch_messages=batch_messages,
+            batch_bytes=batch_bytes, local_channel=local_channel, ring_bytes=ring_bytes)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The broker's HELLO reply (its settings and limits)."""
+        return self.connection.core.info
+
+    async def _start(self) -> AsyncClient:
+        await self.connection.start()
+        return self
+
+    # -- administration (each one request: arguments and errors as ``Broker``'s) --------
+
+    async def create_topic(self, name: str, *, fifo: bool = False,
+                           content_dedup: bool = False, dedup_window: float = 300.0) -> None:
+        """Create a topic; a no-op if it exists (see ``Broker.create_topic``)."""
+        await self.connection.call(Opcode.CREATE_TOPIC, name, fifo=fifo,
+                                   content_dedup=content_dedup, dedup_window=dedup_window)
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+        await self.connection.call(Opcode.DELETE_TOPIC, name)
+
+    async def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+        return list(await self.connection.call(Opcode.LIST_TOPICS))
+
+    async def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
+                           max_receive_count: int | None = None,
+                           dead_letter_queue: str | None = None, delay: float = 0.0,
+                           max_messages: int | None = None, max_bytes: int | None = None,
+                           max_message_size: int = 1048576, retention: float = 345600.0,
+                           overflow: str = "reject", max_priority: int = 0,
+                           fifo: bool = False, content_dedup: bool = False,
+                           dedup_window: float = 300.0,
+                           redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None
+                           = None) -> None:
+        """Create a queue; the settings are those of ``Broker.create_queue`` (seconds, bytes)."""
+        settings = dict(locals())
+        del settings["self"], settings["name"]
+        await self.connection.call(Opcode.CREATE_QUEUE, name,
+                                   **queue_settings_payload(settings))
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and its subscriptions."""
+        await self.connection.call(Opcode.DELETE_QUEUE, name)
+
+    async def list_queues(self) -> list[str]:
+        """Names of every queue, sorted."""
+        return list(await self.connection.call(Opcode.LIST_QUEUES))
+
+    async def queue_settings(self, name: str) -> QueueSettings:
+        """The settings queue ``name`` was created with."""
+        return decode_queue_settings(await self.connection.call(Opcode.QUEUE_SETTINGS, name))
+
+    async def subscribe(self, topic: str, queue: str, *,
+                        filter_policy: Mapping[str, Any] | str | None = None,
+                        filter_scope: str = "attributes") -> int:
+        """Subscribe ``queue`` to ``topic`` (a name or pattern); returns the subscription id."""
+        return int(await self.connection.call(Opcode.SUBSCRIBE, topic, queue,
+                                              filter_policy=filter_policy,
+                                              filter_scope=filter_scope))
+
+    async def unsubscribe(self, subscription_id: int) -> None:
+        """Remove a subscription."""
+        await self.connection.call(Opcode.UNSUBSCRIBE, subscription_id)
+
+    async def set_filter_policy(self, subscription_id: int,
+                                filter_policy: Mapping[str, Any] | str | None, *,
+                                filter_scope: str = "attributes") -> None:
+        """Replace a subscription's filter policy (takes effect at once)."""
+        await self.connection.call(Opcode.SET_FILTER_POLICY, subscription_id, filter_policy,
+                                   filter_scope=filter_scope)
+
+    async def subscription(self, subscription_id: int) -> Subscription:
+        """One subscription's topic, queue and filter policy."""
+        return Subscription(**await self.connection.call(Opcode.SUBSCRIPTION,
+                                                         subscription_id))
+
+    async def list_subscriptions(self) -> dict[int, tuple[str, str]]:
+        """Every subscription: id -> (topic, queue)."""
+        return decode_subscriptions(await self.connection.call(Opcode.LIST_SUBSCRIPTIONS))
+
+    async def redrive(self, dead_letter_queue: str, *, to: str | None = None,
+                      max_messages: int | None = None) -> int:
+        """Move dead-lettered messages back to their source queue (or to ``to``)."""
+        return int(await self.connection.call(Opcode.REDRIVE, dead_letter_queue, to=to,
+                                              max_messages=max_messages))
+
+    async def purge(self, queue: str) -> int:
+        """Remove every message of a queue; returns how many."""
+        return int(await self.connection.call(Opcode.PURGE, queue))
+
+    async def stats(self) -> BrokerStats:
+        """Counters of every topic and queue."""
+        connection = self.connection
+        frames = await connection.wait(connection.submit(
+            connection.core.request, Opcode.STATS, [protocol.encode_payload([[], {}])]))
+        return msgspec.msgpack.decode(frames[0], type=BrokerStats)
+
+    async def server_stats(self) -> dict[str, Any]:
+        """The server's own counters: connections, consumers, errors by code, streams."""
+        connection = self.connection
+        frames = await connection.wait(connection.submit(
+            connection.core.request, Opcode.SERVER_STATS, []))
+        stats: dict[str, Any] = protocol.decode_payload(frames[0])
+        return stats
+
+    async def check(self) -> bool:
+        """Verify the broker core's internal invariants (slow; for tests)."""
+        return bool(await self.connection.call(Opcode.CHECK))
+
+    # -- publishing (see ``Client`` for each method's contract) -------------------------
+
+    def publish_nowait(self, topic: str, body: Body, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None, ttl: float | None = None
+                       ) -> asyncio.Future[PublishResult]:
+        """Add a message to this loop iteration's batch of ``topic``; a future of its result.
+
+        The batch leaves as one request when the iteration ends, or at
+        ``batch_messages`` / ``batch_bytes``. A batch is atomic on the broker: if it fails
+        (say ``QueueFull``), every future of it raises that error.
+        """
+        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def send_nowait(self, queue: str, body: Body, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> asyncio.Future[PublishResult]:
+        """Add a message to this loop iteration's batch of ``queue`` (as ``publish_nowait``)."""
+        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    async def publish(self, topic: str, body: Body, *,
+                      attributes: Attributes | None = None, delay: float | None = None,
+                      deliver_at: float | datetime | None = None,
+                      group_id: str | None = None, dedup_id: str | None = None,
+                      priority: int | None = None, ttl: float | None = None
+                      ) -> PublishResult:
+        """Publish one message (options as ``Client.publish``) and wait for its result.
+
+        Publishes made in the same loop iteration (``asyncio.gather``, other tasks) travel
+        together, one request per topic, as ``publish_nowait`` ones do.
+        """
+        future = self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+        async with self.connection.deadline(self.connection.core.hold_timeout):
+            return await future
+
+    async def send(self, queue: str, body: Body, *,
+                   attributes: Attributes | None = None, delay: float | None = None,
+                   deliver_at: float | datetime | None = None, group_id: str | None = None,
+                   dedup_id: str | None = None, priority: int | None = None,
+                   ttl: float | None = None) -> PublishResult:
+        """Send one message straight to a queue (batched as ``publish``)."""
+        future = self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+        async with self.connection.deadline(self.connection.core.hold_timeout):
+            return await future
+
+    def _entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
+        connection = self.connection
+        return connection.submit(connection.core.publish_entries, opcode, name, entries)
+
+    async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
+        return await self.connection.publish_results(
+            self._entries(Opcode.PUBLISH, topic, entries))
+
+    async def send_batch(self, queue: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Send many messages straight to a queue: all enqueued, or none."""
+        return await self.connection.publish_results(
+            self._entries(Opcode.SEND, queue, entries))
+
+    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]
+                             ) -> asyncio.Future[RemotePublishBatch]:
+        """Pipelined ``publish_batch``: the batch leaves now; a future of its results.
+
+        The entries are encoded into one frame natively (no Python object per message);
+        a bad entry raises here and nothing is sent. Batches of ``publish_nowait`` pending
+        in this iteration leave first, so the order of publishes is kept.
+        """
+        return self.connection.batch_future(self._entries(Opcode.PUBLISH, topic, entries))
+
+    def send_batch_nowait(self, queue: str, entries: Iterable[Any]
+                          ) -> asyncio.Future[RemotePublishBatch]:
+        """Pipelined ``send_batch``: the batch leaves now; a future of its results."""
+        return self.connection.batch_future(self._entries(Opcode.SEND, queue, entries))
+
+    def producer(self, topic: str, *, batch_messages: int | None = None,
+                 batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 linger: float | None = None) -> Opening[AsyncProducer]:
+        """A producer: synchronous ``offer()``, awaited ``drain()`` and ``flush()``.
+
+        ``async with client.producer(topic) as producer:`` (closed, so flushed, at the
+        end), or ``producer = await client.producer(topic)``. See
+        ``fastfanout.client.aio_producers``; the arguments are ``Client.producer``'s, but
+        ``linger`` defaults to 0: a frame that is not full leaves when this event-loop
+        iteration ends, as ``publish_nowait`` batches do.
+
+        Raises:
+            NotFound: the topic does not exist (when awaited or entered).
+            InvalidArgument: a limit is not a positive int (when awaited or entered).
+        """
+        return Opening(lambda: self._open_producer(topic, batch_messages, batch_bytes,
+                                                   max_in_flight, linger))
+
+    async def _open_producer(self, topic: str, batch_messages: int | None,
+                             batch_bytes: int | None, max_in_flight: int,
+                             linger: float | None) -> AsyncProducer:
+        batch_messages, batch_bytes, linger = producer_limits(
+            topic, batch_messages, batch_bytes, max_in_flight, linger,
+            (self.batch_messages, self.batch_bytes, 0.0))
+        if topic not in await self.list_topics():
+            raise NotFound(f"topic {topic!r} does not exist")
+        producer = AsyncProducer(self.connection, topic, batch_messages, batch_bytes,
+                                 max_in_flight, linger)
+        self.connection.producers.add(producer)
+        return producer
+
+    def flush(self) -> asyncio.Future[None]:
+        """Send this loop iteration's publish batches now; a future of their answers.
+
+        A plain call sends and returns at once, as the blocking client's ``flush()``;
+        ``await client.flush()`` also waits until every publish frame sent so far (these
+        batches, ``*_batch_nowait`` ones, producers' frames) has its answer, or the
+        connection is lost. It does not raise a publish's refusal: each publish's own
+        future holds its result or error.
+        """
+        self.connection.flush_batches()
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = set(self.connection.core.publishes)
+        if not waiting:
+            answered.set_result(None)
+            return answered
+
+        def one_answered(request: Request) -> None:
+            waiting.discard(request)
+            if not waiting and not answered.done():
+                answered.set_result(None)
+
+        for request in list(waiting):
+            request.watch(functools.partial(one_answered, request))
+        return answered
+
+    # -- receiving and settling ----------------------------------------------------------
+
+    async def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
+                      visibility_timeout: float | None = None) -> list[RemoteMessage]:
+        """Lease up to ``max_messages`` visible messages (``wait``: long-poll seconds)."""
+        connection = self.connection
+        request = connection.submit(connection.core.receive_request, queue, max_messages,
+                                    wait, visibility_timeout)
+        frames = await connection.wait(request, connection.core.receive_allowance(wait))
+        return decode_delivery(frames, connection.settler, None, queue)
+
+    async def ack(self, receipt: int) -> None:
+        """Delete the message of a delivery (raises ``StaleReceipt`` if its lease ended)."""
+        await self.ack_batch((receipt,))
+
+    async def ack_batch(self, receipts: Iterable[int]) -> None:
+        """Ack many deliveries: all, or (if any receipt is stale) none."""
+        connection = self.connection
+        await connection.wait(connection.submit(connection.core.ack_request, receipts))
+
+    async def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early; visible again after ``delay`` seconds."""
+        await self.connection.call(Opcode.NACK, receipt, delay=delay)
+
+    async def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (0: return the message at once)."""
+        await self.connection.call(Opcode.EXTEND, receipt, seconds)
+
+    async def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now (reason ``rejected``)."""
+        await self.connection.call(Opcode.TERM, receipt)
+
+    async def consume(self, queue: str, *, prefetch: int = 100,
+                      visibility_timeout: float | None = None,
+                      timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
+        """Iterate (``async for``) over pushed messages: a plain call, not awaited.
+
+        Arguments as ``Client.consume``: ``prefetch`` is the most unsettled messages the
+        consumer holds (the broker pushes more as the ones it holds are settled, any way:
+        ``message.ack()``, by receipt, or by their leases ending); with ``timeout``, the
+        iteration ends (and the consumer is cancelled) when no message arrives within
+        that many seconds.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not None or finite seconds > 0 (on the first
+                step of the iteration).
+        """
+        connection = self.connection
+        async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
+            for message in decode_delivery(frames, connection.settler, None, queue):
+                yield message
+
+    async def consume_batches(self, queue: str, *, prefetch: int = 1000,
+                              visibility_timeout: float | None = None,
+                              timeout: float | None = None
+                              ) -> AsyncIterator[list[RemoteMessage]]:
+        """Iterate (``async for``) over pushed batches (a plain call, not awaited).
+
+        ``prefetch`` and ``timeout`` as ``consume``'s.
+        """
+        connection = self.connection
+        async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
+            yield decode_delivery(frames, connection.settler, None, queue)
+
+    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000
+               ) -> AsyncListener:
+        """Follow the stream of every topic matching ``topic_pattern`` (at most once).
+
+        ``listener = await client.listen(pattern)`` (or ``async with
+        client.listen(pattern) as listener``) returns once the broker applies the
+        subscription: every message published after that reaches the listener, unless
+        its queue overflows.
+
+        Args:
+            topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
+            high_water_mark: stream batches the listener's socket queues; beyond them the
+                broker drops batches for this listener only (counted in its ``gaps``).
+
+        Raises:
+            Closed: the client is closed.
+            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
+            BrokenConnection: (when awaited) the broker did not apply the subscription
+                within the client's ``timeout``.
+        """
+        self.connection.core.check_open()
+        if type(high_water_mark) is not int or high_water_mark < 1:
+            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
+                                  f"or more")
+        return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern,
+                             self.connection.curve, timeout=self.timeout,
+                             high_water_mark=high_water_mark)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush pending publishes and open producers, say goodbye and close the socket.
+
+        Args:
+            timeout: seconds to wait for the broker's answers at most.
+
+        In a forked child it only marks the client closed: the connection is the
+        parent's, and nothing of it is sent, flushed or closed.
+
+        Raises:
+            FastFanoutError: a producer's frame was refused; the client is closed anyway
+                and that producer's refused messages are not published.
+        """
+        connection = self.connection
+        if connection.core.closed:
+            return
+        if connection.forked or os.getpid() != connection.pid:
+            # a forked child: the connection is the parent's, leave all of it alone
+            connection.forked = connection.core.closed = True
+            return
+        refusal: FastFanoutError | None = None
+        for producer in list(connection.producers):   # their open and kept frames first
+            try:
+                await producer.close()
+            except FastFanoutError as exc:
+                refusal = refusal or exc
+        await connection.close(timeout)
+        if refusal is not None:
+            raise refusal
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self.connection.core.closed
+
+    async def __aenter__(self) -> AsyncClient:
+        return self if self.connection.tasks else await self._start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        await self.close()
+
+
+class _Closeable(Protocol):
+    async def close(self) -> None: ...
+
+
+_Opened = TypeVar("_Opened", bound=_Closeable)
+
+
+class Opening(Generic[_Opened]):
+    """What a call that opens something returns (``connect``, ``AsyncClient.producer``).
+
+    ``await`` it for the opened thing, or use it in ``async with``, which awaits
+    ``close()`` at the end. Nothing happens until one or the other.
+    """
+
+    def __init__(self, open_: Callable[[], Coroutine[Any, Any, _Opened]]) -> None:
+        self._open = open_
+        self._opened: _Opened | None = None
+
+    def __await__(self) -> Generator[Any, None, _Opened]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> _Opened:
+        self._opened = await self._open()
+        return self._opened
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        if self._opened is not None:
+            await self._opened.close()
+
+
+def connect(endpoint: str | None = None, **options: Any) -> Opening[AsyncClient]:
+    """Open an asyncio connection (await it, or use it with ``async with``).
+
+    Args:
+        endpoint: the broker's command endpoint (default: the per-user ipc socket).
+        **options: keyword arguments of ``AsyncClient``.
+    """
+    return Opening(AsyncClient(endpoint, **options)._start)
+
+

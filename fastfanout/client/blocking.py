@@ -1,0 +1,901 @@
+"""The blocking client: the ``Broker`` API over ZeroMQ, with batching and push consumers.
+
+Design
+------
+Prior art: the Kafka producer (records accumulate per target and are sent when a batch
+is full, after ``linger``, or on ``flush()``; each send returns a future), RabbitMQ's
+``basic.qos`` prefetch (the broker pushes while the consumer holds fewer than its
+prefetch of unsettled messages, counted by the broker however they are settled), and trio's
+``*_nowait`` core under each blocking call.
+
+The protocol lives in ``fastfanout.client.core.ConnectionCore``; this module is its
+blocking I/O driver (``Connection``: a socket or local channel, a lock, a background
+thread) and the API over it (``Client``). Choices:
+
+- ``publish()`` / ``send()`` return the ``PublishResult``, as ``Broker`` does: they join
+  the current batch of their target, flush it and wait. The pipelined form is
+  ``publish_nowait()`` / ``send_nowait()``, which return a ``PublishFuture`` and send
+  the batch when it holds ``batch_messages`` records or ``batch_bytes`` bytes, after
+  ``linger`` seconds, on ``flush()``, before any other request, and on ``close()``.
+  A batch is atomic on the broker: if it fails (say ``QueueFull``), every future of
+  that batch raises the error. Order is kept per target (topic or queue).
+- ``producer(topic)`` is the per-message fast path (``fastfanout.client.producers``): no
+  future per message, full frames pipelined, a frame that does not fill sent by the
+  background thread after ``linger``; ``close()`` closes the producers still open.
+- Many requests may be in flight; replies are matched by request id. A ``Client`` may be
+  used from several threads, but its calls are serialised by one lock.
+- Heartbeats: a background thread sends one every ``heartbeat_interval`` (the broker says
+  how often), so the broker learns quickly when this process dies and releases its
+  leases. If the broker stays silent for its ``heartbeat_timeout``, pending calls raise
+  ``BrokenConnection`` and the next call reconnects.
+- ``fork()``: a child that calls a client its parent connected gets ``UsedAfterFork``
+  (``fastfanout.forks``); its ``close()`` leaves the parent's connection alone.
+- Deliveries stay in the codec's record form until user code iterates; ``consume``
+  yields ``RemoteMessage`` objects, ``consume_batches`` yields whole ``DeliveryBatch``es.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from fastfanout import forks, protocol
+from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
+from fastfanout.client.core import (
+    PIPELINE_READ,
+    ConnectionCore,
+    ConsumerState,
+    Request,
+    decode_queue_settings,
+    decode_subscriptions,
+    decode_value,
+    queue_settings_payload,
+)
+from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture, bind
+from fastfanout.client.messages import (
+    RemoteMessage,
+    RemotePublishBatch,
+    decode_delivery,
+    publish_options,
+)
+from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, RemoteProducer, producer_limits
+from fastfanout.errors import (
+    BrokenConnection,
+    FastFanoutError,
+    InvalidArgument,
+    NotFound,
+    PeerLost,
+    TransportError,
+)
+from fastfanout.local_channel import (
+    DEFAULT_RING_BYTES,
+    LocalChannel,
+    check_channel_options,
+    wants_local_channel,
+)
+from fastfanout.local_transport import LocalTransport
+from fastfanout.protocol import Opcode
+from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult
+from fastfanout.runtime import default_endpoint
+from fastfanout.settings import QueueSettings, Subscription
+from fastfanout.stats import BrokerStats
+from fastfanout.transport import CurveKeys, DealerTransport, client_curve
+
+__all__ = ["Client", "Connection", "connect"]
+
+BUSY_TICKING = 0.05
+"""Seconds the background thread keeps ticking every ``linger`` after a publish batch
+was started (then it sleeps a heartbeat interval and is woken by the next batch)."""
+
+
+class Connection:
+    """The blocking I/O driver of a ``ConnectionCore``: transport, lock, background thread.
+
+    Consumers, producers and futures of a ``Client`` work through it; its methods are a
+    documented internal interface (and a test hook), not the broker API.
+
+    Attributes:
+        core: the connection's protocol state.
+        transport: the DEALER socket or local channel; None while disconnected.
+        lock: serialises every use of the core and the transport (reentrant).
+    """
+
+    def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
+                 linger: float, batch_messages: int, batch_bytes: int,
+                 local_channel: bool | None, ring_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.curve = curve
+        self.timeout = timeout
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
+        self.core = ConnectionCore(endpoint, linger=linger, batch_messages=batch_messages,
+                                   batch_bytes=batch_bytes, bind=bind)
+        self.lock = threading.RLock()
+        self.transport: DealerTransport | LocalTransport | None = None
+        self.producers: weakref.WeakSet[RemoteProducer] = weakref.WeakSet()
+        self._kick = threading.Event()
+        self._busy_until = 0.0
+        self.pid = os.getpid()   # the process that owns the connection (fastfanout.forks)
+        self.forked = False
+        forks.watch(self._after_fork)
+        self.connect()
+        self._thread = threading.Thread(target=self._background, name="fastfanout-client",
+                                        daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child, before anything else runs: the next call must refuse.
+
+        The lock and event are new: a parent thread may have held them at the fork.
+        """
+        self.forked = True
+        self.lock = threading.RLock()
+        self._kick = threading.Event()
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the socket and say HELLO (then ATTACH a local channel if wanted)."""
+        try:
+            self.transport = DealerTransport(self.endpoint, self.curve)
+        except TransportError as exc:
+            raise BrokenConnection(str(exc)) from None
+        request = self.core.start(time.monotonic())
+        try:
+            self.send_out()
+            self.core.hello(self.wait(request, self.timeout, handshake=True))
+        except BrokenConnection:
+            self.drop_transport()
+            raise
+        if wants_local_channel(self.local_channel, self.core.info, self.endpoint):
+            self._attach_local()
+
+    def _attach_local(self) -> None:
+        """Move this connection onto a local channel (``ATTACH``), or stay on the socket.
+
+        Staying is silent unless ``local_channel=True`` asked for the channel.
+        """
+        dealer = self.transport
+        assert isinstance(dealer, DealerTransport)
+        try:
+            channel = LocalChannel.create(self.ring_bytes)
+        except (OSError, ValueError) as exc:
+            if self.local_channel:
+                self.drop_transport()
+                raise BrokenConnection(f"cannot make a local channel: {exc}") from None
+            return
+        with self.lock:   # nothing else may use the socket until the channel is in place
+            try:
+                request = self.core.request(
+                    Opcode.ATTACH, [protocol.encode_payload(channel.attach_request())],
+                    flush=False)
+                self.send_out()
+                self.wait(request, self.timeout, handshake=True)
+                channel.attached()
+            except (FastFanoutError, OSError, ValueError) as exc:
+                channel.close()
+                if self.local_channel:
+                    self.drop_transport()
+                    raise BrokenConnection(f"the broker refused a local channel: {exc}"
+                                           ) from None
+                return
+            self.transport = LocalTransport(dealer, channel, self.timeout)
+
+    def drop_transport(self) -> None:
+        """Close the transport (the next call reconnects)."""
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def broken(self, error: FastFanoutError) -> FastFanoutError:
+        """The broker vanished: fail every pending call and consumer; reconnect later."""
+        self.drop_transport()
+        self.core.broken(error)
+        return error
+
+    def _lost(self, exc: TransportError) -> FastFanoutError:
+        """The local channel's broker is gone: the connection is broken."""
+        return self.broken(BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}"))
+
+    def ensure(self) -> DealerTransport | LocalTransport:
+        """The transport, connecting first if needed.
+
+        Raises:
+            UsedAfterFork: in a forked child.
+            Closed: the client is closed.
+        """
+        if self.forked:
+            raise forks.used_after_fork("client", self.pid)
+        self.core.check_open()
+        if self.transport is None:
+            self.connect()
+        assert self.transport is not None
+        return self.transport
+
+    # -- requests and replies ------------------------------------------------------------
+
+    def send_out(self) -> None:
+        """Send what the core queued (lock held); nothing without a connection."""
+        outbox = self.core.outbox
+        if not outbox:
+            return
+        transport = self.transport
+        if transport is None:
+            outbox.clear()
+            return
+        try:
+            for frames in outbox:
+                transport.send(frames)
+        except PeerLost as exc:
+            raise self._lost(exc) from None
+        finally:
+            outbox.clear()
+
+    def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
+        """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
+        forks.check_process("client", self.pid)   # a fork that bypassed os.fork
+        with self.lock:
+            self.ensure()
+            try:
+                request = make(*args, **kwargs)
+            finally:
+                self.send_out()
+            if len(self.core.pending) > PIPELINE_READ:
+                # A pipelining caller never waits, so its replies pile up; read what has
+                # arrived now, a little at a time, rather than thousands at once later
+                # (a pause of milliseconds in the middle of a stream of publishes).
+                self.drain()
+            return request
+
+    def request(self, opcode: int, payload: list[bytes], *, flush: bool = True) -> Request:
+        """Send a request (the publish batches being filled first, with ``flush``)."""
+        return self.submit(self.core.request, opcode, payload, flush=flush)
+
+    def call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
+        """A control call: its decoded answer."""
+        return decode_value(self.wait(self.submit(self.core.call, opcode, *args, **kwargs),
+                                      None))
+
+    def drain(self) -> None:
+        """Feed the core what has arrived, without waiting (lock held)."""
+        core = self.core
+        try:
+            while self.transport is not None:
+                frames = self.transport.recv(0)
+                if frames is None:
+                    break
+                core.receive(frames, time.monotonic())
+                if core.ended is not None:
+                    self.drop_transport()
+        except PeerLost as exc:
+            self._lost(exc)
+
+    def pump(self, timeout: float) -> None:
+        """Read and feed broker messages for up to ``timeout`` seconds.
+
+        The pumping thread holds the socket for the whole wait, so it heartbeats itself:
+        the background thread may not get the lock in between.
+        """
+        core = self.core
+        with self.lock:
+            transport = self.ensure()
+            try:
+                frames = transport.recv(min(timeout, core.heartbeat_interval))
+            except PeerLost as exc:
+                self._lost(exc)
+                return
+            now = time.monotonic()
+            if core.info:   # not during the handshake
+                core.heartbeat(now)
+                self.send_out()
+            if frames is None:
+                silence = core.silence(now)
+                if silence is not None:
+                    self.broken(silence)
+                return
+            core.receive(frames, now)
+            if core.ended is not None:
+                self.drop_transport()
+            else:
+                self.drain()
+
+    def wait(self, request: Request, timeout: float | None, *, extra: float = 0.0,
+             handshake: bool = False) -> list[bytes]:
+        """Pump until ``request`` is answered; returns its payload or raises its error."""
+        limit = (self.timeout if timeout is None else timeout) + extra
+        deadline = time.monotonic() + limit
+        while not request.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                with self.lock:
+                    self.broken(BrokenConnection(
+                        f"no reply from the broker at {self.endpoint} within {limit:.1f} s"
+                        + ("; is it running?" if handshake else "")))
+                break
+            self.pump(min(remaining, 0.05))
+            if handshake and self.transport is None and not request.done:
+                break
+        if request.error is not None:
+            raise request.error
+        if request.frames is None:
+            raise BrokenConnection(f"no reply from the broker at {self.endpoint}")
+        return request.frames
+
+    def publish_results(self, request: Request, timeout: float | None = None
+                        ) -> RemotePublishBatch:
+        """Wait for a publish or send request's answer: its results frame, or its error.
+
+        A publish to a full ``overflow="hold"`` queue is answered only when there is room
+        (or after the broker's ``hold_timeout``), so the default wait (``timeout`` None)
+        stretches by that much rather than declaring the connection broken. An explicit
+        timeout is kept.
+        """
+        allowance = self.core.hold_timeout if timeout is None else 0.0
+        return RemotePublishBatch(self.wait(request, timeout, extra=allowance)[0])
+
+    # -- publish batches and settling -----------------------------------------------------
+
+    def enqueue(self, opcode: int, name: str, body: Any,
+                options: tuple[Any, ...] | None) -> PublishFuture:
+        """Add one message to the batch of (opcode, name); returns its future."""
+        with self.lock:
+            self.ensure()
+            core = self.core
+            now = self.start_ticking() if not core.batches else 0.0
+            try:
+                return core.enqueue(opcode, name, body, options,
+                                    lambda index: PublishFuture(self, index), now)
+            finally:
+                if core.outbox:
+                    self.send_out()
+
+    def start_ticking(self) -> float:
+        """A publish batch or a producer's frame was opened; returns the time.
+
+        The background thread ticks every linger for a while (to send it), woken if it
+        sleeps long.
+        """
+        now = time.monotonic()
+        if now >= self._busy_until:
+            self._kick.set()   # the background thread sleeps long: wake it
+        self._busy_until = now + BUSY_TICKING
+        return now
+
+    def flush(self) -> None:
+        """Send every pending publish batch now (does not wait for the answers)."""
+        with self.lock:
+            if self.core.batches:
+                self.core.flush_batches()
+                self.send_out()
+
+    def defer_settle(self, consumer: ConsumerState, receipts: bytes) -> None:
+        """Queue a consumer's pipelined ack (sent within linger, or now when due).
+
+        The thread that waits for the consumer's next batch sends it when its linger is
+        up; when no thread waits, the background thread does, at its next heartbeat (it
+        is not woken for acks: waking it would take the socket from the consuming thread).
+        """
+        with self.lock:
+            self.core.defer_settle(consumer, receipts, time.monotonic())
+            self.send_out()
+
+    def settle(self, consumer: ConsumerState, now: float | None = None) -> float | None:
+        """Send the consumer's queued acks if due (now when ``now`` is None).
+
+        Returns the seconds until they are due, or None.
+        """
+        with self.lock:
+            if now is None:
+                self.core.settle(consumer)
+                left = None
+            else:
+                left = self.core.settle_wait(consumer, now)
+            self.send_out()
+            return left
+
+    def cancel(self, consumer: ConsumerState) -> None:
+        """Cancel a consumer (its queued acks sent first)."""
+        with self.lock:
+            ask = self.core.cancel(consumer) and self.transport is not None
+            self.send_out()
+        if ask:
+            try:
+                self.call(Opcode.CANCEL, consumer.consumer_id)
+            except FastFanoutError:
+                pass
+
+    def _background(self) -> None:
+        """Heartbeats and linger flushes, until close."""
+        core = self.core
+        while not core.closed:
+            interval = core.heartbeat_interval
+            # While publishes come in, tick every linger instead of being woken for each
+            # new batch: a wake-up per message costs the publisher a thread switch. While
+            # requests are in flight, look for their replies every REPLY_POLL: a pipelined
+            # publish's future must complete (and run its callbacks) with nobody calling.
+            self._kick.wait(core.linger if core.batches or time.monotonic() < self._busy_until
+                            else REPLY_POLL if core.pending else interval)
+            self._kick.clear()
+            if core.closed:
+                return
+            if not self.lock.acquire(timeout=interval):
+                continue  # another thread is busy with the socket; it heartbeats too
+            try:
+                if self.transport is None:
+                    continue
+                now = time.monotonic()
+                if core.batch_due(now):
+                    core.flush_batches()
+                for producer in list(self.producers):
+                    producer.linger_send(now)
+                for consumer in list(core.consumers.values()):
+                    core.settle_wait(consumer, now)
+                self.send_out()
+                if now - core.last_sent_heartbeat >= interval:
+                    self.pump(0)
+                elif core.pending:
+                    self.drain()
+            except FastFanoutError:
+                pass
+            finally:
+                self.lock.release()
+
+    def close(self, timeout: float) -> None:
+        """Flush, say goodbye and disconnect (see ``Client.close``)."""
+        core = self.core
+        try:
+            with self.lock:
+                if self.transport is not None:
+                    core.flush_batches()
+                    for consumer in list(core.consumers.values()):
+                        core.settle(consumer)
+                        consumer.closed = True
+                    core.consumers.clear()
+                    publishes = list(core.publishes)
+                    try:
+                        self.send_out()
+                        for request in publishes:
+                            self.wait(request, timeout)
+                        self.wait(self.request(Opcode.BYE, [], flush=False), timeout)
+                    except FastFanoutError:
+                        pass
+        finally:
+            core.closed = True
+            self._kick.set()
+            self._thread.join(timeout)
+            with self.lock:
+                self.drop_transport()
+
+
+class Client:
+    """A connection to a broker server, with the methods and errors of ``Broker``.
+
+    Args:
+        endpoint: the broker's command endpoint (default: the per-user ipc socket).
+        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
+        linger: seconds a pipelined publish, or a consumer's pipelined batch ack, may wait
+            for more to batch with.
+        batch_messages: records per publish batch before it is sent.
+        batch_bytes: body bytes per publish batch before it is sent.
+        curve: client CURVE keys (with the broker's public key) for a CURVE broker.
+        curve_server_key: the CURVE broker's public key (Z85) or certificate file; the
+            simple alternative to ``curve``.
+        curve_keys: this client's key pair or certificate file, with
+            ``curve_server_key``; None makes a fresh pair (a broker admitting any client).
+        local_channel: talk to the broker through shared memory
+            (``fastfanout.local_channel``) instead of its socket: None (the default)
+            when the endpoint is ``ipc://`` and the broker offers it, True to insist
+            (``BrokenConnection`` when it cannot be had), False never.
+        ring_bytes: bytes of each of the channel's two rings (a power of two from 64 KiB
+            to 1 GiB); a message larger than half a ring goes over the socket.
+
+    Attributes:
+        connection: the I/O driver (``Connection``) over the protocol core.
+
+    Raises:
+        BrokenConnection: no broker answered the handshake within ``timeout``.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 linger: float = 0.002, batch_messages: int = 1000,
+                 batch_bytes: int = 1 << 20, curve: CurveKeys | None = None,
+                 curve_server_key: bytes | str | os.PathLike[str] | None = None,
+                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
+                 local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
+                 ) -> None:
+        if curve_server_key is not None:
+            curve = client_curve(curve_server_key, curve_keys)
+        check_channel_options(local_channel, ring_bytes)
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = timeout
+        self.linger = linger
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
+        self.connection = Connection(
+            self.endpoint, curve, timeout=timeout, linger=linger,
+            batch_messages=batch_messages, batch_bytes=batch_bytes,
+            local_channel=local_channel, ring_bytes=ring_bytes)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The broker's HELLO reply (its settings and limits)."""
+        return self.connection.core.info
+
+    # -- administration (each one request: arguments and errors as ``Broker``'s) --------
+
+    def create_topic(self, name: str, *, fifo: bool = False, content_dedup: bool = False,
+                     dedup_window: float = 300.0) -> None:
+        """Create a topic; a no-op if it exists (see ``Broker.create_topic``)."""
+        self.connection.call(Opcode.CREATE_TOPIC, name, fifo=fifo,
+                             content_dedup=content_dedup, dedup_window=dedup_window)
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+        self.connection.call(Opcode.DELETE_TOPIC, name)
+
+    def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+        return list(self.connection.call(Opcode.LIST_TOPICS))
+
+    def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
+                     max_receive_count: int | None = None,
+                     dead_letter_queue: str | None = None, delay: float = 0.0,
+                     max_messages: int | None = None, max_bytes: int | None = None,
+                     max_message_size: int = 1048576, retention: float = 345600.0,
+                     overflow: str = "reject", max_priority: int = 0, fifo: bool = False,
+                     content_dedup: bool = False, dedup_window: float = 300.0,
+                     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
+                     ) -> None:
+        """Create a queue; the settings are those of ``Broker.create_queue`` (seconds, bytes)."""
+        settings = dict(locals())
+        del settings["self"], settings["name"]
+        self.connection.call(Opcode.CREATE_QUEUE, name, **queue_settings_payload(settings))
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and its subscriptions."""
+        self.connection.call(Opcode.DELETE_QUEUE, name)
+
+    def list_queues(self) -> list[str]:
+        """Names of every queue, sorted."""
+        return list(self.connection.call(Opcode.LIST_QUEUES))
+
+    def queue_settings(self, name: str) -> QueueSettings:
+        """The settings queue ``name`` was created with."""
+        return decode_queue_settings(self.connection.call(Opcode.QUEUE_SETTINGS, name))
+
+    def subscribe(self, topic: str, queue: str, *,
+                  filter_policy: Mapping[str, Any] | str | None = None,
+                  filter_scope: str = "attributes") -> int:
+        """Subscribe ``queue`` to ``topic`` (a name or pattern); returns the subscription id."""
+        return int(self.connection.call(Opcode.SUBSCRIBE, topic, queue,
+                                        filter_policy=filter_policy,
+                                        filter_scope=filter_scope))
+
+    def unsubscribe(self, subscription_id: int) -> None:
+        """Remove a subscription."""
+        self.connection.call(Opcode.UNSUBSCRIBE, subscription_id)
+
+    def set_filter_policy(self, subscription_id: int,
+                          filter_policy: Mapping[str, Any] | str | None, *,
+                          filter_scope: str = "attributes") -> None:
+        """Replace a subscription's filter policy (takes effect at once)."""
+        self.connection.call(Opcode.SET_FILTER_POLICY, subscription_id, filter_policy,
+                             filter_scope=filter_scope)
+
+    def subscription(self, subscription_id: int) -> Subscription:
+        """One subscription's topic, queue and filter policy."""
+        return Subscription(**self.connection.call(Opcode.SUBSCRIPTION, subscription_id))
+
+    def list_subscriptions(self) -> dict[int, tuple[str, str]]:
+        """Every subscription: id -> (topic, queue)."""
+        return decode_subscriptions(self.connection.call(Opcode.LIST_SUBSCRIPTIONS))
+
+    def redrive(self, dead_letter_queue: str, *, to: str | None = None,
+                max_messages: int | None = None) -> int:
+        """Move dead-lettered messages back to their source queue (or to ``to``)."""
+        return int(self.connection.call(Opcode.REDRIVE, dead_letter_queue, to=to,
+                                        max_messages=max_messages))
+
+    def purge(self, queue: str) -> int:
+        """Remove every message of a queue; returns how many."""
+        return int(self.connection.call(Opcode.PURGE, queue))
+
+    def stats(self) -> BrokerStats:
+        """Counters of every topic and queue."""
+        frames = self.connection.wait(self.connection.request(
+            Opcode.STATS, [protocol.encode_payload([[], {}])]), None)
+        return msgspec.msgpack.decode(frames[0], type=BrokerStats)
+
+    def server_stats(self) -> dict[str, Any]:
+        """The server's own counters: connections, consumers, errors by code, streams."""
+        frames = self.connection.wait(self.connection.request(Opcode.SERVER_STATS, []), None)
+        stats: dict[str, Any] = protocol.decode_payload(frames[0])
+        return stats
+
+    def check(self) -> bool:
+        """Verify the broker core's internal invariants (slow; for tests)."""
+        return bool(self.connection.call(Opcode.CHECK))
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish_nowait(self, topic: str, body: Body, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None, ttl: float | None = None
+                       ) -> PublishFuture:
+        """Add a message to the current batch of ``topic``; returns a future of its result.
+
+        See ``publish`` for the arguments (``delay`` in seconds).
+        """
+        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def send_nowait(self, queue: str, body: Body, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> PublishFuture:
+        """Add a message to the current batch of ``queue``; returns a future of its result."""
+        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def publish(self, topic: str, body: Body, *,
+                attributes: Attributes | None = None, delay: float | None = None,
+                deliver_at: float | datetime | None = None, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> PublishResult:
+        """Publish one message to every queue subscribed to ``topic`` and wait for the result.
+
+        Args:
+            topic: the topic name.
+            body: the body (bytes-like).
+            attributes: name -> str | int | float | bytes | list[str].
+            delay: seconds before the copies become visible.
+            deliver_at: absolute clock seconds (or an aware datetime) of visibility.
+            group_id: FIFO group.
+            dedup_id: deduplication id.
+            priority: 0 to 255.
+            ttl: seconds the message may wait before it expires.
+        """
+        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
+
+    def send(self, queue: str, body: Body, *,
+             attributes: Attributes | None = None, delay: float | None = None,
+             deliver_at: float | datetime | None = None, group_id: str | None = None,
+             dedup_id: str | None = None, priority: int | None = None,
+             ttl: float | None = None) -> PublishResult:
+        """Send one message straight to a queue (see ``publish``)."""
+        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
+
+    def _entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
+        connection = self.connection
+        return connection.submit(connection.core.publish_entries, opcode, name, entries)
+
+    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> PublishBatchFuture:
+        """Pipelined ``publish_batch``: send the batch now, get the results later.
+
+        The entries are encoded into one frame natively (no Python object per message).
+        """
+        return PublishBatchFuture(self.connection, self._entries(Opcode.PUBLISH, topic, entries))
+
+    def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> PublishBatchFuture:
+        """Pipelined ``send_batch``: send the batch now, get the results later."""
+        return PublishBatchFuture(self.connection, self._entries(Opcode.SEND, queue, entries))
+
+    def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
+        return self.connection.publish_results(self._entries(Opcode.PUBLISH, topic, entries))
+
+    def send_batch(self, queue: str, entries: Iterable[Any]) -> RemotePublishBatch:
+        """Send many messages straight to a queue: all enqueued, or none."""
+        return self.connection.publish_results(self._entries(Opcode.SEND, queue, entries))
+
+    def producer(self, topic: str, *, batch_messages: int | None = None,
+                 batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 linger: float | None = None) -> RemoteProducer:
+        """A producer for one thread: ``offer()`` fills a frame, full frames are pipelined.
+
+        The remote form of ``Broker.producer``: no future and no lock per message (see
+        ``fastfanout.client.producers``); ``flush()`` waits for every answer and raises a
+        refusal (the refused frames are kept and sent again).
+
+        Args:
+            topic: the topic to publish to (it must exist now).
+            batch_messages: messages per frame (default: the client's).
+            batch_bytes: body bytes per frame (default: the client's).
+            max_in_flight: frames sent and not yet answered before ``offer()`` waits;
+                1 keeps strict offer order even when a frame is refused.
+            linger: seconds a frame that is not full waits before it is sent (default:
+                the client's ``linger``).
+
+        Raises:
+            NotFound: the topic does not exist.
+            InvalidArgument: a limit is not a positive int.
+        """
+        batch_messages, batch_bytes, linger = producer_limits(
+            topic, batch_messages, batch_bytes, max_in_flight, linger,
+            (self.batch_messages, self.batch_bytes, self.linger))
+        if topic not in self.list_topics():
+            raise NotFound(f"topic {topic!r} does not exist")
+        producer = RemoteProducer(self.connection, topic, batch_messages, batch_bytes,
+                                  max_in_flight, linger)
+        self.connection.producers.add(producer)
+        return producer
+
+    def flush(self) -> None:
+        """Send every pending publish batch now (does not wait for the answers)."""
+        self.connection.flush()
+
+    # -- receiving and settling ----------------------------------------------------------
+
+    def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
+                visibility_timeout: float | None = None) -> list[RemoteMessage]:
+        """Lease up to ``max_messages`` visible messages (``wait``: long-poll seconds)."""
+        connection = self.connection
+        extra = connection.core.receive_allowance(wait)
+        request = connection.submit(connection.core.receive_request, queue, max_messages,
+                                    wait, visibility_timeout)
+        return decode_delivery(connection.wait(request, None, extra=extra), self, None, queue)
+
+    def ack(self, receipt: int) -> None:
+        """Delete the message of a delivery (raises ``StaleReceipt`` if its lease ended)."""
+        self.ack_batch((receipt,))
+
+    def ack_batch(self, receipts: Iterable[int]) -> None:
+        """Ack many deliveries: all, or (if any receipt is stale) none."""
+        connection = self.connection
+        connection.wait(connection.submit(connection.core.ack_request, receipts), None)
+
+    def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early; visible again after ``delay`` seconds."""
+        self.connection.call(Opcode.NACK, receipt, delay=delay)
+
+    def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (0: return the message at once)."""
+        self.connection.call(Opcode.EXTEND, receipt, seconds)
+
+    def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now (reason ``rejected``)."""
+        self.connection.call(Opcode.TERM, receipt)
+
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> Consumer:
+        """Start a push consumer: iterate it for messages, ``next_batch()`` for batches.
+
+        Args:
+            queue: the queue to consume.
+            prefetch: most unsettled messages the consumer holds: the broker pushes more
+                as the ones it holds are settled (any way: through the consumer, by
+                receipt, or by their leases ending).
+            visibility_timeout: lease of each pushed message, seconds (default: queue's).
+            timeout: end the iteration when no message arrives within this many seconds
+                of asking for the next one (the consumer is then cancelled), as pika's
+                ``inactivity_timeout``; None (the default) waits forever.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not None or finite seconds > 0.
+        """
+        connection = self.connection
+        # the consumer is registered with its request: pushes may come before the answer
+        request = connection.submit(connection.core.consume, queue, prefetch,
+                                    visibility_timeout, timeout)
+        state = connection.core.consumers[request.request_id]
+        try:
+            connection.wait(request, None)
+        except FastFanoutError:
+            connection.core.consumers.pop(state.consumer_id, None)
+            raise
+        return Consumer(connection, state, self)
+
+    def consume_batches(self, queue: str, *, prefetch: int = 1000,
+                        visibility_timeout: float | None = None,
+                        timeout: float | None = None) -> Iterator[DeliveryBatch]:
+        """Iterate over pushed batches; ``batch.ack()`` settles a batch.
+
+        ``prefetch``, ``visibility_timeout`` and ``timeout`` are as for ``consume``: the
+        iteration ends when no batch arrives within ``timeout``.
+        """
+        consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout,
+                                timeout=timeout)
+        try:
+            while True:
+                batch = consumer.next_batch(consumer.timeout)
+                if batch is None:   # only with a timeout: nothing came in time
+                    return
+                yield batch
+        finally:
+            consumer.cancel()
+
+    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Listener:
+        """Follow the stream of every topic matching ``topic_pattern`` (at most once).
+
+        Returns once the broker applies the subscription: every message published after
+        this returns reaches the listener, unless its queue overflows.
+
+        Args:
+            topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
+            high_water_mark: stream batches the listener's socket queues; beyond them the
+                broker drops batches for this listener only (counted in its ``gaps``).
+
+        Raises:
+            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
+            BrokenConnection: the broker did not apply the subscription within the
+                client's ``timeout``.
+        """
+        if type(high_water_mark) is not int or high_water_mark < 1:
+            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
+                                  f"or more")
+        with self.connection.lock:
+            self.connection.ensure()
+        return Listener(str(self.info["stream_endpoint"]), topic_pattern,
+                        self.connection.curve, timeout=self.timeout,
+                        high_water_mark=high_water_mark)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self.connection.core.closed
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush pending publishes, wait for their answers, say goodbye and disconnect.
+
+        Producers of this client still open are closed first (their messages flushed).
+        In a forked child it only marks the client closed: the connection is the
+        parent's, and nothing of it is sent, flushed or closed.
+
+        Args:
+            timeout: seconds to wait for the broker's answers at most.
+
+        Raises:
+            FastFanoutError: a producer's frame was refused; the client is closed anyway
+                and that producer's refused messages are not published.
+        """
+        connection = self.connection
+        if connection.core.closed:
+            return
+        if connection.forked or os.getpid() != connection.pid:
+            # a forked child: the connection is the parent's, leave all of it alone
+            connection.forked = connection.core.closed = True
+            return
+        refusal: FastFanoutError | None = None
+        for producer in list(connection.producers):   # their open and kept frames first
+            try:
+                producer.close()
+            except FastFanoutError as exc:
+                refusal = refusal or exc
+        connection.close(timeout)
+        if refusal is not None:
+            raise refusal
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def connect(endpoint: str | None = None, **options: Any) -> Client:
+    """Connect to a broker server (default: the per-user ipc endpoint).
+
+    Args:
+        endpoint: ``ipc://PATH`` or ``tcp://HOST:PORT``.
+        **options: keyword arguments of ``Client`` (``timeout``, ``linger``, ...).
+    """
+    return Client(endpoint, **options)

@@ -1,0 +1,588 @@
+"""The connection core: a client connection's whole protocol state, with no I/O.
+
+Design
+------
+Prior art: h11 and wsproto (a protocol is a state machine fed events, tested with no
+socket; the blocking and async faces are small drivers over it) and asyncpg's
+``CoreProtocol`` under its I/O layer.
+
+``ConnectionCore`` turns API calls into request frames (``outbox``) and received frames
+into results (``Request``), consumer pushes (``ConsumerState``) and session events. It
+holds no socket, thread, lock or event loop: time is passed in (``now``, monotonic
+seconds), and the driver sends what the outbox holds and feeds in what arrives. The
+blocking ``Client`` (``fastfanout.client.blocking``) and the asyncio ``AsyncClient``
+(``fastfanout.client.asyncio``) are drivers over it: they differ in how they wait, never
+in a rule of the protocol.
+
+Rules kept here, once:
+
+- Request ids grow from 1; a request's size is checked against the broker's limits (told
+  in its HELLO reply) before anything is queued (``RequestTooLarge``, nothing sent).
+- Publishes of ``publish_nowait``/``send_nowait`` join the batch of their target (opcode,
+  name), which leaves at ``batch_messages`` records or ``batch_bytes`` bytes, on
+  ``flush``, and before any other request (``flush=True``): a request never overtakes an
+  earlier publish, so order per target and FIFO groups hold.
+- Prefetch is the broker's own count of unsettled pushed messages (``CONSUME``); a
+  client keeps no credit. Pipelined acks of a consumer's pushes queue in its settle queue
+  and leave as one ``SETTLE`` (a receipts frame per batch or message, ``NO_CREDIT``
+  last) within ``linger``, at half the prefetch, at ``SETTLE_MAX_RECEIPTS`` receipts or
+  ``protocol.SETTLE_MAX_FRAMES`` frames.
+- A ``GOODBYE`` fails every waiter: without a payload the broker stops, with an error it
+  ended the session (``SessionExpired``); ``ended`` tells the driver which.
+- Heartbeats are due every ``heartbeat_interval`` (the broker's); a broker silent past
+  1.5 times its ``heartbeat_timeout`` while calls wait breaks the connection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Generic, TypeVar
+
+import msgspec
+
+from fastfanout import protocol
+from fastfanout._ext.wire import FrameBuilder, encode_entries
+from fastfanout.errors import (
+    BrokenConnection,
+    Closed,
+    FastFanoutError,
+    InvalidArgument,
+    MalformedFrame,
+    RequestTooLarge,
+    ServerStopping,
+)
+from fastfanout.protocol import Opcode, Status
+from fastfanout.settings import QueueSettings
+
+__all__ = [
+    "SETTLE_MAX_RECEIPTS",
+    "ConnectionCore",
+    "ConsumerState",
+    "PendingBatch",
+    "Request",
+    "check_inactivity_timeout",
+    "decode_queue_settings",
+    "decode_subscriptions",
+    "decode_value",
+    "encode_call",
+    "queue_settings_payload",
+]
+
+F = TypeVar("F")
+
+SETTLE_MAX_RECEIPTS: Final = 65_536
+"""Most receipts one SETTLE request carries (512 KiB): queued batch acks go at this many."""
+
+PIPELINE_READ: Final = 32
+"""Requests in flight past which a driver reads the replies that have arrived before it
+sends more (a pipelining caller never waits, so its replies would pile up)."""
+
+
+def check_inactivity_timeout(timeout: object) -> float | None:
+    """A consumer's ``timeout`` (seconds > 0, or None), or ``InvalidArgument``."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not (
+            math.isfinite(timeout) and timeout > 0):
+        raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0, or None")
+    return float(timeout)
+
+
+def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> bytes:
+    """The payload of a control call, or ``InvalidArgument`` if it cannot be encoded.
+
+    msgspec refuses what it cannot encode (an int beyond 64 bits, an object); the
+    embedded broker would have refused it as a bad argument too.
+    """
+    try:
+        return protocol.encode_payload([list(args), kwargs])
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: an argument cannot be sent "
+                              f"to the broker: {exc}") from None
+
+
+def decode_value(frames: list[bytes]) -> Any:
+    """The result of a control call: its msgpack payload, or None."""
+    return protocol.decode_payload(frames[0]) if frames else None
+
+
+def queue_settings_payload(settings: dict[str, Any]) -> dict[str, Any]:
+    """``create_queue``'s settings as sent: those that differ from the defaults.
+
+    The broker applies its own defaults to the others (a value of another type than its
+    default is sent, so the broker refuses it).
+    """
+    sent = {}
+    for name, value in settings.items():
+        default = getattr(_DEFAULT_QUEUE, name)
+        if type(value) is not type(default) or value != default:
+            sent[name] = value
+    if "redelivery_backoff" in sent:
+        sent["redelivery_backoff"] = protocol.backoff_to_wire(sent["redelivery_backoff"])
+    return sent
+
+
+def decode_queue_settings(raw: Mapping[str, Any]) -> QueueSettings:
+    """A QUEUE_SETTINGS answer."""
+    settings = dict(raw)
+    settings["redelivery_backoff"] = protocol.backoff_from_wire(
+        settings.get("redelivery_backoff"))
+    return QueueSettings(**settings)
+
+
+def decode_subscriptions(raw: Mapping[Any, Any]) -> dict[int, tuple[str, str]]:
+    """A LIST_SUBSCRIPTIONS answer."""
+    return {int(key): (value[0], value[1]) for key, value in raw.items()}
+
+
+_DEFAULT_QUEUE: Final = QueueSettings()
+
+
+class Request:
+    """One request in flight; ``answer`` or ``fail`` completes it once.
+
+    ``watchers`` run at completion, in the driver's context (the thread or task that fed
+    the reply in): the driver serialises ``watch`` with completion.
+    """
+
+    __slots__ = ("error", "frames", "publish", "request_id", "watchers")
+
+    def __init__(self, request_id: int, publish: bool = False) -> None:
+        self.request_id = request_id
+        self.publish = publish   # a PUBLISH/SEND: close() and flush() wait for its answer
+        self.frames: list[bytes] | None = None
+        self.error: FastFanoutError | None = None
+        self.watchers: list[Callable[[], None]] | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once answered or failed."""
+        return self.frames is not None or self.error is not None
+
+    def answer(self, frames: list[bytes]) -> None:
+        """The broker answered: complete with its payload frames."""
+        self.frames = frames
+        if self.watchers is not None:
+            self._notify()
+
+    def fail(self, error: FastFanoutError) -> None:
+        """The request failed (error reply, broken connection): complete with ``error``."""
+        self.error = error
+        if self.watchers is not None:
+            self._notify()
+
+    def _notify(self) -> None:
+        watchers, self.watchers = self.watchers, None
+        for watcher in watchers or ():
+            watcher()
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        """Call ``watcher()`` once done (now, if it is)."""
+        if self.done:
+            watcher()
+            return
+        if self.watchers is None:
+            self.watchers = []
+        self.watchers.append(watcher)
+
+    def value(self) -> list[bytes]:
+        """The answer's payload frames, or the request's error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.frames is not None
+        return self.frames
+
+
+def failed(error: FastFanoutError) -> Request:
+    """A request that never left (say, too large), completed with ``error``."""
+    request = Request(0)
+    request.fail(error)
+    return request
+
+
+class PendingBatch(Generic[F]):
+    """A publish batch being filled: records go into a native frame builder.
+
+    A future per record (the driver's kind) waits for the batch's one reply.
+    """
+
+    __slots__ = ("builder", "futures")
+
+    def __init__(self) -> None:
+        self.builder = FrameBuilder()
+        self.futures: list[F] = []
+
+
+class ConsumerState:
+    """One push consumer's state: received batches, its error, its settle queue.
+
+    Attributes:
+        consumer_id: the CONSUME request's id (the broker's name for the consumer).
+        queue: the queue consumed.
+        prefetch: most unsettled pushed messages the broker lets it hold.
+        timeout: seconds an iteration waits for a push before it ends; None: forever.
+        batches: pushed payloads not yet taken by the consumer.
+        error: why the consumer ended (END, a broken connection), or None.
+        closed: cancelled (or its client closed).
+    """
+
+    __slots__ = ("batches", "closed", "consumer_id", "error", "prefetch", "queue",
+                 "timeout", "unsent", "unsent_receipts", "unsent_since")
+
+    def __init__(self, consumer_id: int, queue: str, prefetch: int,
+                 timeout: float | None) -> None:
+        self.consumer_id = consumer_id
+        self.queue = queue
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self.batches: deque[list[bytes]] = deque()
+        self.error: FastFanoutError | None = None
+        self.closed = False
+        # pipelined acks not sent yet: a receipts frame each, sent together within linger
+        self.unsent: list[bytes] = []
+        self.unsent_receipts = 0
+        self.unsent_since = 0.0
+
+
+class ConnectionCore:
+    """The protocol state of one client connection (see the module's essay).
+
+    Args:
+        endpoint: the broker's endpoint (for error messages).
+        linger: seconds a pipelined publish batch or a queued ack may wait.
+        batch_messages: records per publish batch before it is sent.
+        batch_bytes: body bytes per publish batch before it is sent.
+        bind: ties a sent batch's futures to its request (the driver's futures).
+
+    Attributes:
+        outbox: requests queued to send (header first), in order; the driver sends and
+            clears it.
+        info: the broker's HELLO reply (empty until the handshake).
+        pending: requests in flight by id.
+        consumers: consumers by id.
+        batches: publish batches being filled, by (opcode, target name).
+        ended: why the session ended (GOODBYE or a broken connection), until the driver
+            reconnects (``start``); None while it lives.
+        on_request: a test and tracing hook: called with ``(opcode, payload)`` of every
+            request queued.
+    """
+
+    def __init__(self, endpoint: str, *, linger: float, batch_messages: int,
+                 batch_bytes: int, bind: Callable[[list[Any], Request], None]) -> None:
+        self.endpoint = endpoint
+        self.linger = linger
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        self.bind = bind
+        self.outbox: list[list[bytes]] = []
+        self.info: dict[str, Any] = {}
+        self.limits: tuple[int, int] | None = None
+        self.next_id = 1
+        self.pending: dict[int, Request] = {}
+        self.consumers: dict[int, ConsumerState] = {}
+        self.batches: dict[tuple[int, str], PendingBatch[Any]] = {}
+        self.oldest_batch = 0.0
+        self.publishes: set[Request] = set()   # PUBLISH/SEND requests not answered yet
+        self.loose_acks: list[bytes] = []      # acks of messages of no consumer (asyncio)
+        self.last_heard = 0.0
+        self.last_sent_heartbeat = 0.0
+        self.ended: FastFanoutError | None = None
+        self.closed = False
+        self.on_request: Callable[[int, list[bytes]], None] | None = None
+
+    # -- session -------------------------------------------------------------------------
+
+    def start(self, now: float) -> Request:
+        """A new connection (a new session): queue HELLO; returns its request."""
+        self.info = {}
+        self.limits = None
+        self.ended = None
+        self.last_heard = now
+        return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
+                            flush=False)
+
+    def hello(self, frames: list[bytes]) -> None:
+        """The HELLO reply: the broker's settings and request limits."""
+        self.info = protocol.decode_payload(frames[0])
+        self.limits = protocol.request_limits(self.info)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeats (the broker's, 0.25 before the handshake)."""
+        return float(self.info.get("heartbeat_interval", 0.25))
+
+    @property
+    def hold_timeout(self) -> float:
+        """Extra seconds a publish may wait for its answer (the broker's ``hold_timeout``).
+
+        A full ``hold`` queue answers only when there is room, or after that long.
+        """
+        return float(self.info.get("hold_timeout", 0.0))
+
+    def check_open(self) -> None:
+        """Raise ``Closed`` after ``close()``."""
+        if self.closed:
+            raise Closed("the client is closed")
+
+    # -- requests ------------------------------------------------------------------------
+
+    def request(self, opcode: int, payload: list[bytes], *, flush: bool = True) -> Request:
+        """Queue a request; the publish batches being filled leave before it (``flush``).
+
+        Raises:
+            RequestTooLarge: it exceeds the broker's ``max_request_bytes`` or
+                ``max_frame_bytes`` (told in its HELLO reply); it was not queued.
+        """
+        request_id = self.queue_frames(opcode, payload, flush)
+        request = self.pending[request_id] = Request(
+            request_id, opcode == Opcode.PUBLISH or opcode == Opcode.SEND)
+        if request.publish:
+            self.publishes.add(request)
+        return request
+
+    def queue_frames(self, opcode: int, payload: list[bytes], flush: bool) -> int:
+        """Queue a request with no ``Request`` to wait on (its reply is dropped)."""
+        if flush and self.batches:
+            self.flush_batches()
+        request_id = self.next_id
+        frames = [protocol.encode_header(opcode, request_id), *payload]
+        if self.limits is not None:
+            too_large = protocol.request_size_error(frames, *self.limits)
+            if too_large is not None:
+                raise too_large
+        self.next_id = request_id + 1
+        self.outbox.append(frames)
+        if self.on_request is not None:
+            self.on_request(opcode, payload)
+        return request_id
+
+    def call(self, opcode: int, *args: Any, **kwargs: Any) -> Request:
+        """Queue a control call (msgpack ``[args, kwargs]``); ``decode_value`` its answer."""
+        return self.request(opcode, [encode_call(opcode, args, kwargs)])
+
+    def publish_frame(self, opcode: int, name: str, frame: bytes, *,
+                      flush: bool = True) -> Request:
+        """Queue a PUBLISH/SEND of one record frame."""
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
+        return self.request(opcode, [name.encode(), frame], flush=flush)
+
+    def publish_entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
+        """Queue a whole batch (bodies or ``PublishEntry``), encoded natively in one frame."""
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
+        return self.publish_frame(opcode, name, encode_entries(entries))
+
+    def receive_request(self, queue: str, max_messages: int, wait: float,
+                        visibility_timeout: float | None) -> Request:
+        """Queue a RECEIVE (its answer may take ``receive_allowance(wait)`` more)."""
+        return self.request(Opcode.RECEIVE, [protocol.encode_payload([[], {
+            "queue": queue, "max_messages": max_messages, "wait": wait,
+            "visibility_timeout": visibility_timeout}])])
+
+    @staticmethod
+    def receive_allowance(wait: Any) -> float:
+        """Extra seconds a RECEIVE's answer may take: its long-poll ``wait``."""
+        return float(wait) if type(wait) in (int, float) and math.isfinite(wait) else 0.0
+
+    def ack_request(self, receipts: Iterable[int]) -> Request:
+        """Queue an ACK of receipts (all, or none if one is stale)."""
+        return self.request(Opcode.ACK, [protocol.encode_receipts(list(receipts))])
+
+    # -- publish batches -----------------------------------------------------------------
+
+    def enqueue(self, opcode: int, name: str, body: Any, options: tuple[Any, ...] | None,
+                make_future: Callable[[int], F], now: float) -> F:
+        """Add one message to the batch of (opcode, name); returns its future.
+
+        ``options`` are ``FrameBuilder.append``'s (None: the body alone, the fast path);
+        a full batch is queued at once.
+        """
+        if type(name) is not str:
+            raise InvalidArgument(f"name {name!r} must be a string")
+        key = (opcode, name)
+        batch = self.batches.get(key)
+        if batch is None:
+            if not self.batches:
+                self.oldest_batch = now
+            batch = self.batches[key] = PendingBatch()
+        builder = batch.builder
+        index = (builder.append_body(body) if options is None
+                 else builder.append(body, *options))
+        future = make_future(index)
+        batch.futures.append(future)
+        if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
+            self.send_batch(key, self.batches.pop(key))
+        return future
+
+    def send_batch(self, key: tuple[int, str], batch: PendingBatch[Any]) -> None:
+        """Queue one batch; ``bind`` ties its futures to the request (or to its refusal)."""
+        if not batch.futures:   # its only message was refused by the frame builder
+            return
+        try:
+            request = self.request(key[0], [key[1].encode(), batch.builder.take()],
+                                   flush=False)
+        except RequestTooLarge as exc:   # never sent: each future of the batch raises it
+            request = failed(exc)
+        self.bind(batch.futures, request)
+
+    def flush_batches(self) -> None:
+        """Queue every batch being filled."""
+        batches, self.batches = self.batches, {}
+        for key, batch in batches.items():
+            self.send_batch(key, batch)
+
+    def batch_due(self, now: float) -> bool:
+        """True when the oldest batch being filled has waited ``linger``."""
+        return bool(self.batches) and now - self.oldest_batch >= self.linger
+
+    # -- consumers and settling ----------------------------------------------------------
+
+    def consume(self, queue: str, prefetch: int, visibility_timeout: float | None,
+                timeout: object) -> Request:
+        """Queue a CONSUME; the consumer is registered at once (pushes may come first)."""
+        inactivity = check_inactivity_timeout(timeout)
+        request = self.request(Opcode.CONSUME, [protocol.encode_payload([[], {
+            "queue": queue, "prefetch": prefetch,
+            "visibility_timeout": visibility_timeout}])])
+        self.consumers[request.request_id] = ConsumerState(
+            request.request_id, queue, prefetch, inactivity)
+        return request
+
+    def cancel(self, consumer: ConsumerState) -> bool:
+        """Close a consumer, its queued acks first; True if a CANCEL should be awaited."""
+        self.settle(consumer)
+        if consumer.closed:
+            return False
+        consumer.closed = True
+        self.consumers.pop(consumer.consumer_id, None)
+        return self.ended is None and not self.closed
+
+    def defer_settle(self, consumer: ConsumerState, receipts: bytes, now: float) -> None:
+        """Queue a pipelined ack of a receipts frame (queued at once when due).
+
+        It goes at once when the queued acks hold half the prefetch (the broker counts
+        them as unsettled until they arrive: it must not run out of credit), hold
+        ``SETTLE_MAX_RECEIPTS`` receipts or ``protocol.SETTLE_MAX_FRAMES`` frames, or
+        linger is 0; otherwise within ``linger`` (``settle_wait``).
+        """
+        if not consumer.unsent:
+            consumer.unsent_since = now
+        consumer.unsent.append(receipts)
+        consumer.unsent_receipts += len(receipts) >> 3
+        if (consumer.unsent_receipts >= max(1, consumer.prefetch // 2)
+                or consumer.unsent_receipts >= SETTLE_MAX_RECEIPTS
+                or len(consumer.unsent) >= protocol.SETTLE_MAX_FRAMES or self.linger <= 0):
+            self.settle(consumer)
+
+    def settle(self, consumer: ConsumerState) -> None:
+        """Queue the consumer's queued acks now, in one SETTLE.
+
+        One receipts frame per batch: the broker acks each frame all or none, so a stale
+        receipt fails its own batch only, as a SETTLE per batch would. Nothing is queued
+        once the session ended: the broker released its leases.
+        """
+        if not consumer.unsent:
+            return
+        unsent = consumer.unsent
+        consumer.unsent, consumer.unsent_receipts = [], 0
+        if self.ended is None:
+            self.queue_frames(Opcode.SETTLE, [*unsent, protocol.NO_CREDIT], False)
+
+    def settle_wait(self, consumer: ConsumerState, now: float) -> float | None:
+        """Seconds until the consumer's queued acks are due (queuing them if they are)."""
+        if not consumer.unsent:
+            return None
+        left = consumer.unsent_since + self.linger - now
+        if left > 0:
+            return left
+        self.settle(consumer)
+        return None
+
+    def settle_loose(self) -> None:
+        """Queue the acks of messages of no consumer: SETTLEs of one frame per receipt."""
+        acks, self.loose_acks = self.loose_acks, []
+        for start in range(0, len(acks), protocol.SETTLE_MAX_FRAMES):
+            self.queue_frames(Opcode.SETTLE, [*acks[start:start + protocol.SETTLE_MAX_FRAMES],
+                                              protocol.NO_CREDIT], False)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def heartbeat(self, now: float) -> None:
+        """Queue a heartbeat if one is due (its reply is dropped)."""
+        if now - self.last_sent_heartbeat >= self.heartbeat_interval:
+            self.last_sent_heartbeat = now
+            self.request(Opcode.HEARTBEAT, [], flush=False)
+
+    def silence(self, now: float) -> BrokenConnection | None:
+        """The broken connection, if the broker was silent too long; else None.
+
+        Too long: past 1.5 times its heartbeat timeout while requests or consumers wait.
+        """
+        silence = now - self.last_heard
+        limit = float(self.info.get("heartbeat_timeout", 2.0)) * 1.5
+        if silence > limit and (self.pending or self.consumers):
+            return BrokenConnection(
+                f"the broker at {self.endpoint} sent nothing for {silence:.1f} s "
+                f"(heartbeat timeout {limit:.1f} s); is it running?")
+        return None
+
+    # -- what arrives --------------------------------------------------------------------
+
+    def receive(self, frames: list[bytes], now: float) -> ConsumerState | None:
+        """Feed one message from the broker in; returns the consumer it was for, if any.
+
+        A GOODBYE ends the session: every waiter fails and ``ended`` says why.
+        """
+        self.last_heard = now
+        try:
+            _, status, request_id = protocol.decode_header(frames[0])
+        except MalformedFrame:
+            return None
+        if status == Status.OK or status == Status.ERROR:
+            request = self.pending.pop(request_id, None)
+            if request is not None:
+                if request.publish:
+                    self.publishes.discard(request)
+                if status == Status.OK:
+                    request.answer(frames[1:])
+                else:
+                    request.fail(protocol.decode_error(frames[1] if len(frames) > 1 else b""))
+        elif status == Status.PUSH:
+            consumer = self.consumers.get(request_id)
+            if consumer is not None:
+                consumer.batches.append(frames[1:])
+                return consumer
+        elif status == Status.END:
+            consumer = self.consumers.pop(request_id, None)
+            if consumer is not None:
+                consumer.error = protocol.decode_error(frames[1] if len(frames) > 1 else b"")
+                return consumer
+        elif status == Status.GOODBYE:
+            # no payload: the broker stops; an error: it ended this session (say, this
+            # client read nothing for too long). A new connection is a new session.
+            self.broken(protocol.decode_error(frames[1]) if len(frames) > 1
+                        else ServerStopping(f"the broker at {self.endpoint} is stopping; "
+                                            f"the next call reconnects"))
+        return None
+
+    def broken(self, error: FastFanoutError) -> list[ConsumerState]:
+        """The session ended: fail every request, consumer and batch; returns the consumers."""
+        self.ended = error
+        self.outbox.clear()
+        pending, self.pending = self.pending, {}
+        self.publishes.clear()
+        for request in pending.values():
+            request.fail(error)
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        for consumer in consumers:
+            consumer.error = error
+            consumer.unsent, consumer.unsent_receipts = [], 0
+        self.loose_acks.clear()
+        batches, self.batches = self.batches, {}
+        for batch in batches.values():
+            self.bind(batch.futures, failed(error))
+        return consumers

@@ -1,0 +1,253 @@
+"""The client's connection core with no I/O: API calls in, frames out; frames in, results out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fastfanout import protocol
+from fastfanout.client.core import (
+    SETTLE_MAX_RECEIPTS,
+    ConnectionCore,
+    Request,
+    decode_value,
+    queue_settings_payload,
+)
+from fastfanout.client.messages import RemotePublishBatch
+from fastfanout.errors import (
+    BrokenConnection,
+    InvalidArgument,
+    QueueFull,
+    RequestTooLarge,
+    ServerStopping,
+    SessionExpired,
+    StaleReceipt,
+)
+from fastfanout.protocol import Opcode, Status
+
+
+class Bound:
+    """A ``bind`` that records which futures went with which request."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[Any], Request]] = []
+
+    def __call__(self, futures: list[Any], request: Request) -> None:
+        self.batches.append((futures, request))
+
+
+def make_core(linger: float = 0.01, batch_messages: int = 3,
+              batch_bytes: int = 1 << 20) -> tuple[ConnectionCore, Bound]:
+    bound = Bound()
+    core = ConnectionCore("ipc://test", linger=linger, batch_messages=batch_messages,
+                          batch_bytes=batch_bytes, bind=bound)
+    return core, bound
+
+
+def sent(core: ConnectionCore) -> list[tuple[int, int, list[bytes]]]:
+    """Take the outbox: (opcode, request id, payload) of each request queued."""
+    out = []
+    for frames in core.outbox:
+        _, opcode, request_id = protocol.decode_header(frames[0])
+        out.append((opcode, request_id, frames[1:]))
+    core.outbox.clear()
+    return out
+
+
+def reply(status: int, request_id: int, *payload: bytes) -> list[bytes]:
+    return [protocol.encode_header(status, request_id), *payload]
+
+
+def hello(core: ConnectionCore, **info: Any) -> None:
+    """The handshake: HELLO out, its answer in."""
+    request = core.start(0.0)
+    ((opcode, request_id, payload),) = sent(core)
+    assert (opcode, request_id) == (Opcode.HELLO, 1)
+    assert protocol.decode_payload(payload[0]) == {"heartbeat": True}
+    core.receive(reply(Status.OK, request_id, protocol.encode_payload(
+        {"heartbeat_interval": 0.25, "heartbeat_timeout": 2.0, **info})), 0.0)
+    core.hello(request.value())
+
+
+def test_requests_get_increasing_ids_and_answers_complete_them() -> None:
+    core, _ = make_core()
+    hello(core)
+    first = core.call(Opcode.LIST_TOPICS)
+    second = core.call(Opcode.PURGE, "q")
+    out = sent(core)
+    assert [(opcode, request_id) for opcode, request_id, _ in out] == [
+        (Opcode.LIST_TOPICS, 2), (Opcode.PURGE, 3)]
+    assert protocol.decode_payload(out[1][2][0]) == [["q"], {}]
+    assert not first.done and not second.done
+    core.receive(reply(Status.ERROR, 3, protocol.encode_error(QueueFull("full"))), 1.0)
+    core.receive(reply(Status.OK, 2, protocol.encode_payload(["a", "b"])), 1.0)
+    assert decode_value(first.value()) == ["a", "b"]
+    with pytest.raises(QueueFull, match="full"):
+        second.value()
+    assert core.pending == {} and core.last_heard == 1.0
+
+
+def test_watchers_run_once_at_completion_or_at_once_when_done() -> None:
+    core, _ = make_core()
+    request = core.call(Opcode.CHECK)
+    seen: list[str] = []
+    request.watch(lambda: seen.append("first"))
+    core.receive(reply(Status.OK, request.request_id, protocol.encode_payload(True)), 0.0)
+    request.watch(lambda: seen.append("late"))
+    assert seen == ["first", "late"]
+
+
+def test_an_unencodable_argument_is_refused_and_nothing_is_queued() -> None:
+    core, _ = make_core()
+    with pytest.raises(InvalidArgument, match="cannot be sent"):
+        core.call(Opcode.NACK, 2**64)
+    assert core.outbox == [] and core.next_id == 1 and core.pending == {}
+
+
+def test_a_request_beyond_the_brokers_limits_is_refused_before_it_is_queued() -> None:
+    core, _ = make_core()
+    hello(core, max_request_bytes=100, max_frame_bytes=1000)
+    with pytest.raises(RequestTooLarge, match="max_request_bytes=100"):
+        core.publish_frame(Opcode.PUBLISH, "t", b"x" * 200)
+    assert core.outbox == [] and core.pending == {}
+    request = core.publish_frame(Opcode.PUBLISH, "t", b"x" * 10)
+    assert request.request_id == 2 and request.publish and core.publishes == {request}
+
+
+def test_publishes_batch_per_target_and_leave_before_any_other_request() -> None:
+    core, bound = make_core(batch_messages=3)
+    futures = [core.enqueue(Opcode.PUBLISH, "t", b"m%d" % i, None, lambda i: i, 0.5)
+               for i in range(4)]
+    assert futures == [0, 1, 2, 0]   # a future per message: here its index in the batch
+    out = sent(core)   # the full batch left at once
+    assert [(opcode, payload[0]) for opcode, _, payload in out] == [(Opcode.PUBLISH, b"t")]
+    assert core.oldest_batch == 0.5 and not core.batch_due(0.505) and core.batch_due(0.52)
+    core.enqueue(Opcode.SEND, "q", b"s", None, lambda i: i, 0.6)
+    core.call(Opcode.STATS)   # the open batches leave first: no request overtakes them
+    assert [(opcode, payload[0]) for opcode, _, payload in sent(core)[:2]] == [
+        (Opcode.PUBLISH, b"t"), (Opcode.SEND, b"q")]
+    assert [futures for futures, _ in bound.batches] == [[0, 1, 2], [0], [0]]
+    # the batch's one answer serves every future bound to it
+    request = bound.batches[0][1]
+    results = protocol.encode_results([7, 8, 9], [1, 1, 1], [False, False, False])
+    core.receive(reply(Status.OK, request.request_id, results), 1.0)
+    assert RemotePublishBatch(request.value()[0]).message_ids == [7, 8, 9]
+    assert request not in core.publishes
+
+
+def test_a_batch_too_large_fails_its_futures_without_being_sent() -> None:
+    core, bound = make_core(batch_messages=2)
+    hello(core, max_request_bytes=64, max_frame_bytes=64)
+    core.enqueue(Opcode.PUBLISH, "t", b"x" * 100, None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"y", None, lambda i: i, 0.0)
+    assert core.outbox == []
+    ((futures, request),) = bound.batches
+    assert futures == [0, 1] and isinstance(request.error, RequestTooLarge)
+
+
+def test_pushes_go_to_their_consumer_and_end_ends_it() -> None:
+    core, _ = make_core()
+    request = core.consume("q", 10, None, None)
+    ((opcode, consumer_id, payload),) = sent(core)
+    assert opcode == Opcode.CONSUME and protocol.decode_payload(payload[0]) == [
+        [], {"queue": "q", "prefetch": 10, "visibility_timeout": None}]
+    consumer = core.consumers[consumer_id]
+    assert core.receive(reply(Status.PUSH, consumer_id, b"batch"), 0.0) is consumer
+    assert core.receive(reply(Status.PUSH, 99, b"nobody's"), 0.0) is None
+    core.receive(reply(Status.OK, consumer_id), 0.0)
+    assert request.value() == [] and list(consumer.batches) == [[b"batch"]]
+    core.receive(reply(Status.END, consumer_id, protocol.encode_error(
+        StaleReceipt("queue deleted"))), 0.0)
+    assert isinstance(consumer.error, StaleReceipt) and core.consumers == {}
+
+
+def test_an_invalid_inactivity_timeout_is_refused_before_anything_is_queued() -> None:
+    core, _ = make_core()
+    with pytest.raises(InvalidArgument, match="finite seconds"):
+        core.consume("q", 10, None, -1.0)
+    assert core.outbox == [] and core.consumers == {}
+
+
+def test_pipelined_acks_leave_in_one_settle_within_linger_or_at_half_the_prefetch() -> None:
+    core, _ = make_core(linger=0.01)
+    core.consume("q", 6, None, None)
+    consumer = next(iter(core.consumers.values()))
+    sent(core)
+    core.defer_settle(consumer, protocol.encode_receipts([1]), 1.0)
+    core.defer_settle(consumer, protocol.encode_receipts([2]), 1.002)
+    assert core.outbox == [] and core.settle_wait(consumer, 1.005) == pytest.approx(0.005)
+    assert core.settle_wait(consumer, 1.011) is None   # due: queued now
+    ((opcode, _, payload),) = sent(core)
+    assert opcode == Opcode.SETTLE and payload == [
+        protocol.encode_receipts([1]), protocol.encode_receipts([2]), protocol.NO_CREDIT]
+    # half the prefetch (3 receipts) queued: sent at once, the broker must not starve
+    core.defer_settle(consumer, protocol.encode_receipts([3, 4, 5]), 2.0)
+    assert [opcode for opcode, _, _ in sent(core)] == [Opcode.SETTLE]
+    assert consumer.unsent == [] and SETTLE_MAX_RECEIPTS == 65_536
+
+
+def test_cancel_sends_the_queued_acks_first() -> None:
+    core, _ = make_core(linger=10.0)
+    core.consume("q", 100, None, None)
+    consumer = next(iter(core.consumers.values()))
+    sent(core)
+    core.defer_settle(consumer, protocol.encode_receipts([1]), 0.0)
+    assert core.cancel(consumer) is True   # the driver asks the broker to CANCEL
+    assert [opcode for opcode, _, _ in sent(core)] == [Opcode.SETTLE]
+    assert consumer.closed and core.consumers == {} and core.cancel(consumer) is False
+
+
+def test_acks_of_no_consumer_split_at_settle_max_frames() -> None:
+    core, _ = make_core()
+    core.loose_acks.extend(protocol.encode_receipt(n) for n in range(
+        protocol.SETTLE_MAX_FRAMES + 5))
+    core.settle_loose()
+    assert [(opcode, len(payload)) for opcode, _, payload in sent(core)] == [
+        (Opcode.SETTLE, protocol.SETTLE_MAX_FRAMES + 1), (Opcode.SETTLE, 6)]
+
+
+def test_goodbye_fails_every_waiter_and_says_why() -> None:
+    core, bound = make_core()
+    hello(core)
+    waiting = core.call(Opcode.LIST_QUEUES)
+    core.consume("q", 10, None, None)
+    consumer = next(iter(core.consumers.values()))
+    core.enqueue(Opcode.PUBLISH, "t", b"open", None, lambda i: i, 0.0)
+    core.receive(reply(Status.GOODBYE, 0, protocol.encode_error(
+        SessionExpired("read nothing for too long"))), 1.0)
+    assert isinstance(core.ended, SessionExpired) and isinstance(waiting.error, SessionExpired)
+    assert isinstance(consumer.error, SessionExpired) and core.consumers == {}
+    assert isinstance(bound.batches[-1][1].error, SessionExpired) and core.batches == {}
+    assert core.pending == {} and core.outbox == []
+    core.start(2.0)   # a new connection is a new session
+    assert core.ended is None
+    core.receive(reply(Status.GOODBYE, 0), 3.0)   # no payload: the broker stops
+    assert isinstance(core.ended, ServerStopping)
+
+
+def test_heartbeats_fall_due_and_silence_breaks_a_waiting_connection() -> None:
+    core, _ = make_core()
+    hello(core)
+    core.heartbeat(0.3)
+    core.heartbeat(0.4)   # not due again yet
+    assert [opcode for opcode, _, _ in sent(core)] == [Opcode.HEARTBEAT]
+    core.receive(reply(Status.OK, core.next_id - 1), 0.3)
+    assert core.silence(10.0) is None   # nothing waits: silence is fine
+    core.call(Opcode.CHECK)
+    assert core.silence(3.0) is None
+    assert isinstance(core.silence(3.4), BrokenConnection)
+
+
+def test_a_malformed_frame_is_ignored() -> None:
+    core, _ = make_core()
+    request = core.call(Opcode.CHECK)
+    assert core.receive([b"garbage"], 0.0) is None
+    assert not request.done and core.ended is None
+
+
+def test_create_queue_sends_only_the_settings_that_differ_from_the_defaults() -> None:
+    assert queue_settings_payload({"visibility_timeout": 30.0, "fifo": False}) == {}
+    assert queue_settings_payload({"visibility_timeout": 5, "fifo": 0,
+                                   "redelivery_backoff": (1.0, 2.0)}) == {
+        "visibility_timeout": 5, "fifo": 0, "redelivery_backoff": [1.0, 2.0]}
