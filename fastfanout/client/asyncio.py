@@ -46,23 +46,26 @@ import os
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+)
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
-
-import msgspec
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from fastfanout import forks, protocol
+from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client.aio_producers import AsyncProducer
 from fastfanout.client.core import (
     ConnectionCore,
+    ControlCall,
     Request,
-    decode_queue_settings,
-    decode_subscriptions,
     decode_value,
     encode_call,
-    queue_settings_payload,
 )
 from fastfanout.client.messages import (
     DONE,
@@ -90,10 +93,8 @@ from fastfanout.local_channel import (
 )
 from fastfanout.local_transport import AsyncLocalTransport
 from fastfanout.protocol import Opcode
-from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult
+from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.runtime import default_endpoint
-from fastfanout.settings import QueueSettings, Subscription
-from fastfanout.stats import BrokerStats
 from fastfanout.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.transport import (
     AsyncDealerTransport,
@@ -102,6 +103,7 @@ from fastfanout.transport import (
     client_curve,
 )
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["AsyncClient", "AsyncConnection", "AsyncListener", "AsyncSettler", "Opening",
@@ -592,6 +594,23 @@ class AsyncConnection:
         self.transport.close()
 
 
+def control(declared: Callable[P, Coroutine[Any, Any, R]]
+            ) -> Callable[P, Coroutine[Any, Any, R]]:
+    """An ``AsyncClient`` method for a control call declared in ``fastfanout.api``.
+
+    The method sends one request (``ControlCall``) and returns its decoded answer.
+    """
+    call = ControlCall(declared)
+
+    @functools.wraps(declared)
+    async def method(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
+        connection = self.connection
+        return call.decode(await connection.wait(
+            connection.submit(call.request, connection.core, args, kwargs)))
+
+    return cast("Callable[P, Coroutine[Any, Any, R]]", method)
+
+
 class AsyncClient:
     """An asyncio connection to a broker server (use ``await connect(...)``).
 
@@ -643,94 +662,27 @@ class AsyncClient:
         await self.connection.start()
         return self
 
-    # -- administration (each one request: arguments and errors as ``Broker``'s) --------
+    # -- control calls: declared once in fastfanout.api, one request each ---------------
 
-    async def create_topic(self, name: str, *, fifo: bool = False,
-                           content_dedup: bool = False, dedup_window: float = 300.0) -> None:
-        """Create a topic; a no-op if it exists (see ``Broker.create_topic``)."""
-        await self.connection.call(Opcode.CREATE_TOPIC, name, fifo=fifo,
-                                   content_dedup=content_dedup, dedup_window=dedup_window)
-
-    async def delete_topic(self, name: str) -> None:
-        """Delete a topic and its subscriptions."""
-        await self.connection.call(Opcode.DELETE_TOPIC, name)
-
-    async def list_topics(self) -> list[str]:
-        """Names of every topic, sorted."""
-        return list(await self.connection.call(Opcode.LIST_TOPICS))
-
-    async def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
-                           max_receive_count: int | None = None,
-                           dead_letter_queue: str | None = None, delay: float = 0.0,
-                           max_messages: int | None = None, max_bytes: int | None = None,
-                           max_message_size: int = 1048576, retention: float = 345600.0,
-                           overflow: str = "reject", max_priority: int = 0,
-                           fifo: bool = False, content_dedup: bool = False,
-                           dedup_window: float = 300.0,
-                           redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None
-                           = None) -> None:
-        """Create a queue; the settings are those of ``Broker.create_queue`` (seconds, bytes)."""
-        settings = dict(locals())
-        del settings["self"], settings["name"]
-        await self.connection.call(Opcode.CREATE_QUEUE, name,
-                                   **queue_settings_payload(settings))
-
-    async def delete_queue(self, name: str) -> None:
-        """Delete a queue, its messages and its subscriptions."""
-        await self.connection.call(Opcode.DELETE_QUEUE, name)
-
-    async def list_queues(self) -> list[str]:
-        """Names of every queue, sorted."""
-        return list(await self.connection.call(Opcode.LIST_QUEUES))
-
-    async def queue_settings(self, name: str) -> QueueSettings:
-        """The settings queue ``name`` was created with."""
-        return decode_queue_settings(await self.connection.call(Opcode.QUEUE_SETTINGS, name))
-
-    async def subscribe(self, topic: str, queue: str, *,
-                        filter_policy: Mapping[str, Any] | str | None = None,
-                        filter_scope: str = "attributes") -> int:
-        """Subscribe ``queue`` to ``topic`` (a name or pattern); returns the subscription id."""
-        return int(await self.connection.call(Opcode.SUBSCRIBE, topic, queue,
-                                              filter_policy=filter_policy,
-                                              filter_scope=filter_scope))
-
-    async def unsubscribe(self, subscription_id: int) -> None:
-        """Remove a subscription."""
-        await self.connection.call(Opcode.UNSUBSCRIBE, subscription_id)
-
-    async def set_filter_policy(self, subscription_id: int,
-                                filter_policy: Mapping[str, Any] | str | None, *,
-                                filter_scope: str = "attributes") -> None:
-        """Replace a subscription's filter policy (takes effect at once)."""
-        await self.connection.call(Opcode.SET_FILTER_POLICY, subscription_id, filter_policy,
-                                   filter_scope=filter_scope)
-
-    async def subscription(self, subscription_id: int) -> Subscription:
-        """One subscription's topic, queue and filter policy."""
-        return Subscription(**await self.connection.call(Opcode.SUBSCRIPTION,
-                                                         subscription_id))
-
-    async def list_subscriptions(self) -> dict[int, tuple[str, str]]:
-        """Every subscription: id -> (topic, queue)."""
-        return decode_subscriptions(await self.connection.call(Opcode.LIST_SUBSCRIPTIONS))
-
-    async def redrive(self, dead_letter_queue: str, *, to: str | None = None,
-                      max_messages: int | None = None) -> int:
-        """Move dead-lettered messages back to their source queue (or to ``to``)."""
-        return int(await self.connection.call(Opcode.REDRIVE, dead_letter_queue, to=to,
-                                              max_messages=max_messages))
-
-    async def purge(self, queue: str) -> int:
-        """Remove every message of a queue; returns how many."""
-        return int(await self.connection.call(Opcode.PURGE, queue))
-
-    async def stats(self) -> BrokerStats:
-        """Counters of every topic and queue."""
-        connection = self.connection
-        frames = await connection.wait(connection.submit(
-            connection.core.request, Opcode.STATS, [protocol.encode_payload([[], {}])]))
-        return msgspec.msgpack.decode(frames[0], type=BrokerStats)
+    create_topic = control(AsyncBrokerAPI.create_topic)
+    delete_topic = control(AsyncBrokerAPI.delete_topic)
+    list_topics = control(AsyncBrokerAPI.list_topics)
+    create_queue = control(AsyncBrokerAPI.create_queue)
+    delete_queue = control(AsyncBrokerAPI.delete_queue)
+    list_queues = control(AsyncBrokerAPI.list_queues)
+    queue_settings = control(AsyncBrokerAPI.queue_settings)
+    subscribe = control(AsyncBrokerAPI.subscribe)
+    unsubscribe = control(AsyncBrokerAPI.unsubscribe)
+    set_filter_policy = control(AsyncBrokerAPI.set_filter_policy)
+    subscription = control(AsyncBrokerAPI.subscription)
+    list_subscriptions = control(AsyncBrokerAPI.list_subscriptions)
+    redrive = control(AsyncBrokerAPI.redrive)
+    purge = control(AsyncBrokerAPI.purge)
+    stats = control(AsyncBrokerAPI.stats)
+    check = control(AsyncBrokerAPI.check)
+    nack = control(AsyncBrokerAPI.nack)
+    extend = control(AsyncBrokerAPI.extend)
+    term = control(AsyncBrokerAPI.term)
 
     async def server_stats(self) -> dict[str, Any]:
         """The server's own counters: connections, consumers, errors by code, streams."""
@@ -739,10 +691,6 @@ class AsyncClient:
             connection.core.request, Opcode.SERVER_STATS, []))
         stats: dict[str, Any] = protocol.decode_payload(frames[0])
         return stats
-
-    async def check(self) -> bool:
-        """Verify the broker core's internal invariants (slow; for tests)."""
-        return bool(await self.connection.call(Opcode.CHECK))
 
     # -- publishing (see ``Client`` for each method's contract) -------------------------
 
@@ -901,18 +849,6 @@ class AsyncClient:
         """Ack many deliveries: all, or (if any receipt is stale) none."""
         connection = self.connection
         await connection.wait(connection.submit(connection.core.ack_request, receipts))
-
-    async def nack(self, receipt: int, *, delay: float | None = None) -> None:
-        """End a lease early; visible again after ``delay`` seconds."""
-        await self.connection.call(Opcode.NACK, receipt, delay=delay)
-
-    async def extend(self, receipt: int, seconds: float) -> None:
-        """Make the lease end ``seconds`` from now (0: return the message at once)."""
-        await self.connection.call(Opcode.EXTEND, receipt, seconds)
-
-    async def term(self, receipt: int) -> None:
-        """Dead-letter a leased message now (reason ``rejected``)."""
-        await self.connection.call(Opcode.TERM, receipt)
 
     async def consume(self, queue: str, *, prefetch: int = 100,
                       visibility_timeout: float | None = None,

@@ -36,28 +36,26 @@ thread) and the API over it (``Client``). Choices:
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import Any
-
-import msgspec
+from typing import Any, ParamSpec, TypeVar, cast
 
 from fastfanout import forks, protocol
+from fastfanout.api import BrokerAPI
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.client.core import (
     PIPELINE_READ,
     ConnectionCore,
     ConsumerState,
+    ControlCall,
     Request,
-    decode_queue_settings,
-    decode_subscriptions,
     decode_value,
-    queue_settings_payload,
 )
 from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture, bind
 from fastfanout.client.messages import (
@@ -83,13 +81,14 @@ from fastfanout.local_channel import (
 )
 from fastfanout.local_transport import LocalTransport
 from fastfanout.protocol import Opcode
-from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult
+from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.runtime import default_endpoint
-from fastfanout.settings import QueueSettings, Subscription
-from fastfanout.stats import BrokerStats
 from fastfanout.transport import CurveKeys, DealerTransport, client_curve
 
-__all__ = ["Client", "Connection", "connect"]
+__all__ = ["Client", "Connection", "connect", "control"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 BUSY_TICKING = 0.05
 """Seconds the background thread keeps ticking every ``linger`` after a publish batch
@@ -475,6 +474,22 @@ class Connection:
                 self.drop_transport()
 
 
+def control(declared: Callable[P, R]) -> Callable[P, R]:
+    """A ``Client`` method for a control call declared in ``fastfanout.api``.
+
+    The method sends one request (``ControlCall``) and returns its decoded answer.
+    """
+    call = ControlCall(declared)
+
+    @functools.wraps(declared)
+    def method(self: Client, *args: Any, **kwargs: Any) -> Any:
+        connection = self.connection
+        return call.decode(connection.wait(
+            connection.submit(call.request, connection.core, args, kwargs), None))
+
+    return cast("Callable[P, R]", method)
+
+
 class Client:
     """A connection to a broker server, with the methods and errors of ``Broker``.
 
@@ -531,100 +546,33 @@ class Client:
         """The broker's HELLO reply (its settings and limits)."""
         return self.connection.core.info
 
-    # -- administration (each one request: arguments and errors as ``Broker``'s) --------
+    # -- control calls: declared once in fastfanout.api, one request each ---------------
 
-    def create_topic(self, name: str, *, fifo: bool = False, content_dedup: bool = False,
-                     dedup_window: float = 300.0) -> None:
-        """Create a topic; a no-op if it exists (see ``Broker.create_topic``)."""
-        self.connection.call(Opcode.CREATE_TOPIC, name, fifo=fifo,
-                             content_dedup=content_dedup, dedup_window=dedup_window)
-
-    def delete_topic(self, name: str) -> None:
-        """Delete a topic and its subscriptions."""
-        self.connection.call(Opcode.DELETE_TOPIC, name)
-
-    def list_topics(self) -> list[str]:
-        """Names of every topic, sorted."""
-        return list(self.connection.call(Opcode.LIST_TOPICS))
-
-    def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
-                     max_receive_count: int | None = None,
-                     dead_letter_queue: str | None = None, delay: float = 0.0,
-                     max_messages: int | None = None, max_bytes: int | None = None,
-                     max_message_size: int = 1048576, retention: float = 345600.0,
-                     overflow: str = "reject", max_priority: int = 0, fifo: bool = False,
-                     content_dedup: bool = False, dedup_window: float = 300.0,
-                     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
-                     ) -> None:
-        """Create a queue; the settings are those of ``Broker.create_queue`` (seconds, bytes)."""
-        settings = dict(locals())
-        del settings["self"], settings["name"]
-        self.connection.call(Opcode.CREATE_QUEUE, name, **queue_settings_payload(settings))
-
-    def delete_queue(self, name: str) -> None:
-        """Delete a queue, its messages and its subscriptions."""
-        self.connection.call(Opcode.DELETE_QUEUE, name)
-
-    def list_queues(self) -> list[str]:
-        """Names of every queue, sorted."""
-        return list(self.connection.call(Opcode.LIST_QUEUES))
-
-    def queue_settings(self, name: str) -> QueueSettings:
-        """The settings queue ``name`` was created with."""
-        return decode_queue_settings(self.connection.call(Opcode.QUEUE_SETTINGS, name))
-
-    def subscribe(self, topic: str, queue: str, *,
-                  filter_policy: Mapping[str, Any] | str | None = None,
-                  filter_scope: str = "attributes") -> int:
-        """Subscribe ``queue`` to ``topic`` (a name or pattern); returns the subscription id."""
-        return int(self.connection.call(Opcode.SUBSCRIBE, topic, queue,
-                                        filter_policy=filter_policy,
-                                        filter_scope=filter_scope))
-
-    def unsubscribe(self, subscription_id: int) -> None:
-        """Remove a subscription."""
-        self.connection.call(Opcode.UNSUBSCRIBE, subscription_id)
-
-    def set_filter_policy(self, subscription_id: int,
-                          filter_policy: Mapping[str, Any] | str | None, *,
-                          filter_scope: str = "attributes") -> None:
-        """Replace a subscription's filter policy (takes effect at once)."""
-        self.connection.call(Opcode.SET_FILTER_POLICY, subscription_id, filter_policy,
-                             filter_scope=filter_scope)
-
-    def subscription(self, subscription_id: int) -> Subscription:
-        """One subscription's topic, queue and filter policy."""
-        return Subscription(**self.connection.call(Opcode.SUBSCRIPTION, subscription_id))
-
-    def list_subscriptions(self) -> dict[int, tuple[str, str]]:
-        """Every subscription: id -> (topic, queue)."""
-        return decode_subscriptions(self.connection.call(Opcode.LIST_SUBSCRIPTIONS))
-
-    def redrive(self, dead_letter_queue: str, *, to: str | None = None,
-                max_messages: int | None = None) -> int:
-        """Move dead-lettered messages back to their source queue (or to ``to``)."""
-        return int(self.connection.call(Opcode.REDRIVE, dead_letter_queue, to=to,
-                                        max_messages=max_messages))
-
-    def purge(self, queue: str) -> int:
-        """Remove every message of a queue; returns how many."""
-        return int(self.connection.call(Opcode.PURGE, queue))
-
-    def stats(self) -> BrokerStats:
-        """Counters of every topic and queue."""
-        frames = self.connection.wait(self.connection.request(
-            Opcode.STATS, [protocol.encode_payload([[], {}])]), None)
-        return msgspec.msgpack.decode(frames[0], type=BrokerStats)
+    create_topic = control(BrokerAPI.create_topic)
+    delete_topic = control(BrokerAPI.delete_topic)
+    list_topics = control(BrokerAPI.list_topics)
+    create_queue = control(BrokerAPI.create_queue)
+    delete_queue = control(BrokerAPI.delete_queue)
+    list_queues = control(BrokerAPI.list_queues)
+    queue_settings = control(BrokerAPI.queue_settings)
+    subscribe = control(BrokerAPI.subscribe)
+    unsubscribe = control(BrokerAPI.unsubscribe)
+    set_filter_policy = control(BrokerAPI.set_filter_policy)
+    subscription = control(BrokerAPI.subscription)
+    list_subscriptions = control(BrokerAPI.list_subscriptions)
+    redrive = control(BrokerAPI.redrive)
+    purge = control(BrokerAPI.purge)
+    stats = control(BrokerAPI.stats)
+    check = control(BrokerAPI.check)
+    nack = control(BrokerAPI.nack)
+    extend = control(BrokerAPI.extend)
+    term = control(BrokerAPI.term)
 
     def server_stats(self) -> dict[str, Any]:
         """The server's own counters: connections, consumers, errors by code, streams."""
         frames = self.connection.wait(self.connection.request(Opcode.SERVER_STATS, []), None)
         stats: dict[str, Any] = protocol.decode_payload(frames[0])
         return stats
-
-    def check(self) -> bool:
-        """Verify the broker core's internal invariants (slow; for tests)."""
-        return bool(self.connection.call(Opcode.CHECK))
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -758,18 +706,6 @@ class Client:
         """Ack many deliveries: all, or (if any receipt is stale) none."""
         connection = self.connection
         connection.wait(connection.submit(connection.core.ack_request, receipts), None)
-
-    def nack(self, receipt: int, *, delay: float | None = None) -> None:
-        """End a lease early; visible again after ``delay`` seconds."""
-        self.connection.call(Opcode.NACK, receipt, delay=delay)
-
-    def extend(self, receipt: int, seconds: float) -> None:
-        """Make the lease end ``seconds`` from now (0: return the message at once)."""
-        self.connection.call(Opcode.EXTEND, receipt, seconds)
-
-    def term(self, receipt: int) -> None:
-        """Dead-letter a leased message now (reason ``rejected``)."""
-        self.connection.call(Opcode.TERM, receipt)
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,

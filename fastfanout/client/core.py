@@ -35,6 +35,7 @@ Rules kept here, once:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -54,12 +55,15 @@ from fastfanout.errors import (
     ServerStopping,
 )
 from fastfanout.protocol import Opcode, Status
-from fastfanout.settings import QueueSettings
+from fastfanout.settings import QueueSettings, Subscription
+from fastfanout.stats import BrokerStats
 
 __all__ = [
+    "CONTROL_CALLS",
     "SETTLE_MAX_RECEIPTS",
     "ConnectionCore",
     "ConsumerState",
+    "ControlCall",
     "PendingBatch",
     "Request",
     "check_inactivity_timeout",
@@ -138,6 +142,73 @@ def decode_subscriptions(raw: Mapping[Any, Any]) -> dict[int, tuple[str, str]]:
 
 
 _DEFAULT_QUEUE: Final = QueueSettings()
+
+
+def _value(convert: Callable[[Any], Any]) -> Callable[[list[bytes]], Any]:
+    return lambda frames: convert(decode_value(frames))
+
+
+def _nothing(frames: list[bytes]) -> None:
+    return None
+
+
+CONTROL_CALLS: Final[dict[str, tuple[int, Callable[[list[bytes]], Any]]]] = {
+    "create_topic": (Opcode.CREATE_TOPIC, _nothing),
+    "delete_topic": (Opcode.DELETE_TOPIC, _nothing),
+    "list_topics": (Opcode.LIST_TOPICS, _value(list)),
+    "create_queue": (Opcode.CREATE_QUEUE, _nothing),
+    "delete_queue": (Opcode.DELETE_QUEUE, _nothing),
+    "list_queues": (Opcode.LIST_QUEUES, _value(list)),
+    "queue_settings": (Opcode.QUEUE_SETTINGS, _value(decode_queue_settings)),
+    "subscribe": (Opcode.SUBSCRIBE, _value(int)),
+    "unsubscribe": (Opcode.UNSUBSCRIBE, _nothing),
+    "set_filter_policy": (Opcode.SET_FILTER_POLICY, _nothing),
+    "subscription": (Opcode.SUBSCRIPTION, _value(lambda raw: Subscription(**raw))),
+    "list_subscriptions": (Opcode.LIST_SUBSCRIPTIONS, _value(decode_subscriptions)),
+    "redrive": (Opcode.REDRIVE, _value(int)),
+    "purge": (Opcode.PURGE, _value(int)),
+    "stats": (Opcode.STATS, lambda frames: msgspec.msgpack.decode(frames[0],
+                                                                  type=BrokerStats)),
+    "check": (Opcode.CHECK, _value(bool)),
+    "nack": (Opcode.NACK, _nothing),
+    "extend": (Opcode.EXTEND, _nothing),
+    "term": (Opcode.TERM, _nothing),
+}
+"""The API operations that travel as control calls (msgpack ``[args, kwargs]``): each
+one's opcode and how its answer reads."""
+
+
+class ControlCall:
+    """One API operation as a control call: opcode, answer decoder, declared signature.
+
+    The signature (``fastfanout.api``'s) maps a call's arguments to the request's args
+    (positional parameters) and kwargs (keyword-only ones).
+
+    Args:
+        declared: the operation as ``fastfanout.api`` declares it.
+    """
+
+    __slots__ = ("decode", "opcode", "signature")
+
+    def __init__(self, declared: Callable[..., Any]) -> None:
+        self.opcode, self.decode = CONTROL_CALLS[declared.__name__]
+        self.signature = inspect.signature(declared)
+
+    def request(self, core: ConnectionCore, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Request:
+        """Queue the call on ``core`` (``TypeError`` for arguments the API does not take)."""
+        bound = self.signature.bind(None, *args, **kwargs)   # None: the API's ``self``
+        bound.apply_defaults()
+        positional: list[Any] = []
+        keywords: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            if self.signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY:
+                keywords[name] = value
+            else:
+                positional.append(value)
+        if self.opcode == Opcode.CREATE_QUEUE:
+            keywords = queue_settings_payload(keywords)
+        return core.request(self.opcode, [encode_call(self.opcode, positional, keywords)])
 
 
 class Request:
