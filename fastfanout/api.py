@@ -35,6 +35,7 @@ __all__ = [
     "AsyncClientAPI",
     "BrokerAPI",
     "ClientAPI",
+    "PipelineAPI",
 ]
 
 BROKER_OPERATIONS: Final = (
@@ -163,8 +164,12 @@ class BrokerAPI(Protocol):
         """Dead-letter a leased message now."""
 
 
-class ClientAPI(BrokerAPI, Protocol):
-    """The blocking client: the broker API and what only a client has."""
+class PipelineAPI(Protocol):
+    """What both clients offer as plain calls: pipelined publishes, producers, listeners.
+
+    Their results differ by driver (a ``PublishFuture`` or an ``asyncio.Future``, a
+    blocking or an asyncio producer and listener).
+    """
 
     def publish_nowait(self, topic: str, body: Body, *,
                        attributes: Attributes | None = None, delay: float | None = None,
@@ -187,12 +192,19 @@ class ClientAPI(BrokerAPI, Protocol):
         """Send a batch straight to a queue now; a future of its results."""
 
     def flush(self) -> Any:
-        """Send the publish batches being filled."""
+        """Send the publish batches being filled (asyncio: a future of their answers)."""
 
     def producer(self, topic: str, *, batch_messages: int | None = None,
                  batch_bytes: int | None = None, max_in_flight: int = 8,
                  linger: float | None = None) -> Any:
         """A producer: ``offer()`` fills a frame, full frames are pipelined."""
+
+    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:
+        """Follow the stream of every topic matching ``topic_pattern``."""
+
+
+class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
+    """The blocking client: the broker API and what only a client has."""
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
@@ -203,9 +215,6 @@ class ClientAPI(BrokerAPI, Protocol):
                         visibility_timeout: float | None = None,
                         timeout: float | None = None) -> Iterator[Any]:
         """Batches pushed by the broker."""
-
-    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:
-        """Follow the stream of every topic matching ``topic_pattern``."""
 
     def server_stats(self) -> dict[str, Any]:
         """The server's own counters."""
@@ -320,40 +329,12 @@ class AsyncBrokerAPI(Protocol):
         """Dead-letter a leased message now."""
 
 
-class AsyncClientAPI(AsyncBrokerAPI, Protocol):
+class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
     """The asyncio client: the awaitable broker API and what only a client has.
 
     The pipelined calls are plain calls returning futures, the consumers async
     iterators (``async for``), as ``ClientAPI``'s are blocking ones.
     """
-
-    def publish_nowait(self, topic: str, body: Body, *,
-                       attributes: Attributes | None = None, delay: float | None = None,
-                       deliver_at: float | datetime | None = None,
-                       group_id: str | None = None, dedup_id: str | None = None,
-                       priority: int | None = None, ttl: float | None = None) -> Any:
-        """Add a message to this loop iteration's batch of ``topic``; a future."""
-
-    def send_nowait(self, queue: str, body: Body, *,
-                    attributes: Attributes | None = None, delay: float | None = None,
-                    deliver_at: float | datetime | None = None, group_id: str | None = None,
-                    dedup_id: str | None = None, priority: int | None = None,
-                    ttl: float | None = None) -> Any:
-        """Add a message to this loop iteration's batch of ``queue``; a future."""
-
-    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> Any:
-        """Send a batch now; a future of its results."""
-
-    def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> Any:
-        """Send a batch straight to a queue now; a future of its results."""
-
-    def flush(self) -> Any:
-        """Send this iteration's batches; a future of their answers."""
-
-    def producer(self, topic: str, *, batch_messages: int | None = None,
-                 batch_bytes: int | None = None, max_in_flight: int = 8,
-                 linger: float | None = None) -> Any:
-        """A producer (await it, or ``async with``)."""
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
@@ -364,9 +345,6 @@ class AsyncClientAPI(AsyncBrokerAPI, Protocol):
                         visibility_timeout: float | None = None,
                         timeout: float | None = None) -> AsyncIterator[Any]:
         """Batches pushed by the broker (``async for``)."""
-
-    def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:
-        """Follow the stream of every topic matching ``topic_pattern``."""
 
     async def server_stats(self) -> dict[str, Any]:
         """The server's own counters."""

@@ -45,7 +45,6 @@ import functools
 import os
 import time
 import weakref
-from collections import deque
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -60,6 +59,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 from fastfanout import forks, protocol
 from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client.aio_producers import AsyncProducer
+from fastfanout.client.consumers import StreamListening
 from fastfanout.client.core import (
     ConnectionCore,
     ControlCall,
@@ -95,7 +95,7 @@ from fastfanout.local_transport import AsyncLocalTransport
 from fastfanout.protocol import Opcode
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.runtime import default_endpoint
-from fastfanout.streams import StreamBatch, StreamFollower, StreamMessage
+from fastfanout.streams import StreamMessage
 from fastfanout.transport import (
     AsyncDealerTransport,
     AsyncSubTransport,
@@ -110,7 +110,7 @@ __all__ = ["AsyncClient", "AsyncConnection", "AsyncListener", "AsyncSettler", "O
            "connect"]
 
 
-class AsyncListener:
+class AsyncListener(StreamListening):
     """Stream messages of the topics matching a pattern (``AsyncClient.listen``).
 
     ``await`` it, or enter it (``async with``), before publishing what it must see: that
@@ -132,32 +132,15 @@ class AsyncListener:
 
     def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
                  timeout: float = 10.0, high_water_mark: int = 100_000) -> None:
-        self.pattern = pattern
+        super().__init__(pattern)
         self._stream_endpoint = stream_endpoint
         self._timeout = timeout
-        self._follower = follower = StreamFollower(pattern)
+        follower = self.follower
         try:
             self._transport = AsyncSubTransport(
                 stream_endpoint, [follower.prefix, follower.probe], curve, high_water_mark)
         except TransportError as exc:
             raise BrokenConnection(str(exc)) from None
-        self._early: deque[StreamBatch] = deque()   # batches that came before the probe
-        self._pending: deque[StreamMessage] = deque()
-
-    @property
-    def gaps(self) -> int:
-        """Messages missed so far, from sequence numbers and beacons per topic."""
-        return self._follower.gaps
-
-    @property
-    def received(self) -> int:
-        """Messages received so far."""
-        return self._follower.received
-
-    @property
-    def malformed(self) -> int:
-        """Stream messages dropped because they did not decode."""
-        return self._follower.malformed
 
     async def ready(self) -> AsyncListener:
         """Wait until the broker applies the subscription; returns self.
@@ -165,7 +148,7 @@ class AsyncListener:
         Raises:
             BrokenConnection: it did not within the client's ``timeout``.
         """
-        follower = self._follower
+        follower = self.follower
         if follower.live:
             return self
         try:
@@ -173,12 +156,9 @@ class AsyncListener:
                 while not follower.live:
                     batch = follower.accept(await self._transport.recv())
                     if batch is not None:
-                        self._early.append(batch)
+                        self.early.append(batch)
         except TimeoutError:
-            raise BrokenConnection(
-                f"the broker at {self._stream_endpoint} did not apply the stream "
-                f"subscription to {self.pattern!r} within {self._timeout} s; is it "
-                f"running?") from None
+            raise self.not_live(self._stream_endpoint, self._timeout) from None
         self._transport.unsubscribe(follower.probe)
         return self
 
@@ -188,12 +168,12 @@ class AsyncListener:
 
     async def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
         """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout."""
-        if not self._follower.live:
+        if not self.follower.live:
             await self.ready()
-        if self._early:
-            return list(self._early.popleft())
+        if self.early:
+            return list(self.early.popleft())
         deadline = None if timeout is None else time.monotonic() + timeout
-        accept = self._follower.accept
+        accept = self.follower.accept
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -210,11 +190,11 @@ class AsyncListener:
         return self
 
     async def __anext__(self) -> StreamMessage:
-        while not self._pending:
+        while not self.unread:
             batch = await self.recv_batch(None)
             if batch:
-                self._pending.extend(batch)
-        return self._pending.popleft()
+                self.unread.extend(batch)
+        return self.unread.popleft()
 
     def close(self) -> Done:
         """Close the SUB socket (at once); returns ``DONE``, so it may be awaited."""

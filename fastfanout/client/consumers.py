@@ -33,7 +33,7 @@ from fastfanout.protocol import Opcode
 from fastfanout.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.transport import CurveKeys, SubTransport
 
-__all__ = ["Consumer", "DeliveryBatch", "Listener"]
+__all__ = ["Consumer", "DeliveryBatch", "Listener", "StreamListening"]
 
 
 class Consumer(Iterator[RemoteMessage]):
@@ -196,7 +196,48 @@ class DeliveryBatch(Sequence[RemoteMessage]):
             connection.wait(request, None)
 
 
-class Listener(Iterator[StreamMessage]):
+class StreamListening:
+    """What both listeners share: the pattern, its follower and the batches not read yet.
+
+    Args:
+        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
+
+    Attributes:
+        pattern: the topic name or pattern.
+        follower: the subscription's state (``fastfanout.streams.StreamFollower``).
+        early: batches that came before the probe, read first.
+        unread: messages of the current batch not iterated yet.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.follower = StreamFollower(pattern)
+        self.early: deque[StreamBatch] = deque()
+        self.unread: deque[StreamMessage] = deque()
+
+    @property
+    def gaps(self) -> int:
+        """Messages missed so far, from sequence numbers and beacons per topic."""
+        return self.follower.gaps
+
+    @property
+    def received(self) -> int:
+        """Messages received so far."""
+        return self.follower.received
+
+    @property
+    def malformed(self) -> int:
+        """Stream messages dropped because they did not decode."""
+        return self.follower.malformed
+
+    def not_live(self, stream_endpoint: str, timeout: float) -> BrokenConnection:
+        """The error when the broker did not apply the subscription within ``timeout``."""
+        return BrokenConnection(
+            f"the broker at {stream_endpoint} did not apply the stream subscription to "
+            f"{self.pattern!r} within {timeout} s; is it running?")
+
+
+class Listener(StreamListening, Iterator[StreamMessage]):
     """Stream messages of the topics matching a pattern (``Client.listen``).
 
     Live when made: the constructor returns once the broker applies the subscription
@@ -220,12 +261,10 @@ class Listener(Iterator[StreamMessage]):
 
     def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
                  timeout: float = 10.0, high_water_mark: int = 100_000) -> None:
-        self.pattern = pattern
-        self._follower = follower = StreamFollower(pattern)
+        super().__init__(pattern)
+        follower = self.follower
         self._transport = SubTransport(stream_endpoint, [follower.prefix, follower.probe],
                                        curve, high_water_mark)
-        self._early: deque[StreamBatch] = deque()   # batches that came before the probe
-        self._pending: deque[StreamMessage] = deque()
         deadline = time.monotonic() + timeout
         while not follower.live:
             remaining = deadline - time.monotonic()
@@ -233,29 +272,12 @@ class Listener(Iterator[StreamMessage]):
             if frames is None:
                 if time.monotonic() >= deadline:
                     self._transport.close()
-                    raise BrokenConnection(
-                        f"the broker at {stream_endpoint} did not apply the stream "
-                        f"subscription to {pattern!r} within {timeout} s; is it running?")
+                    raise self.not_live(stream_endpoint, timeout)
                 continue
             batch = follower.accept(frames)
             if batch is not None:
-                self._early.append(batch)
+                self.early.append(batch)
         self._transport.unsubscribe(follower.probe)
-
-    @property
-    def gaps(self) -> int:
-        """Messages missed so far, from sequence numbers and beacons per topic."""
-        return self._follower.gaps
-
-    @property
-    def received(self) -> int:
-        """Messages received so far."""
-        return self._follower.received
-
-    @property
-    def malformed(self) -> int:
-        """Stream messages dropped because they did not decode."""
-        return self._follower.malformed
 
     def recv_batch(self, timeout: float | None = None) -> StreamBatch | None:
         """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout.
@@ -263,10 +285,10 @@ class Listener(Iterator[StreamMessage]):
         The batch decodes its messages only when indexed or iterated: counting and gap
         detection read the frame natively.
         """
-        if self._early:
-            return self._early.popleft()
+        if self.early:
+            return self.early.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
-        accept = self._follower.accept
+        accept = self.follower.accept
         while True:
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining < 0:
@@ -279,11 +301,11 @@ class Listener(Iterator[StreamMessage]):
                 return batch
 
     def __next__(self) -> StreamMessage:
-        while not self._pending:
+        while not self.unread:
             batch = self.recv_batch(None)
             if batch:
-                self._pending.extend(batch)
-        return self._pending.popleft()
+                self.unread.extend(batch)
+        return self.unread.popleft()
 
     def close(self) -> None:
         """Close the SUB socket."""
