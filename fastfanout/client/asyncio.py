@@ -278,26 +278,18 @@ class AsyncConnection:
         self.ring_bytes = ring_bytes
         # publishes of one loop iteration travel together: linger is "this iteration"
         self.core = ConnectionCore(endpoint, linger=0.0, batch_messages=batch_messages,
-                                   batch_bytes=batch_bytes, bind=bind)
+                                   batch_bytes=batch_bytes, bind=bind, pid=os.getpid())
         self.transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
         self.producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
-        self.pid = os.getpid()   # the process that owns the connection (fastfanout.forks)
-        self.forked = False
         forks.watch(self._after_fork)
 
     def _after_fork(self) -> None:
         """In a forked child: the next call must refuse, and the reader stop reading."""
-        self.forked = True
-
-    def check_open(self) -> None:
-        """Raise ``UsedAfterFork`` in a forked child, ``Closed`` after ``close()``."""
-        if self.forked:
-            raise forks.used_after_fork("client", self.pid)
-        self.core.check_open()
+        self.core.forked = True
 
     async def start(self) -> None:
         """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
@@ -354,9 +346,9 @@ class AsyncConnection:
 
     def submit(self, make: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
-        if self.core.closed or self.forked:
-            self.check_open()
-        forks.check_process("client", self.pid)   # a fork that bypassed os.fork
+        if self.core.closed or self.core.forked:
+            self.core.check_open()
+        forks.check_process("client", self.core.pid)   # a fork that bypassed os.fork
         try:
             return make(*args, **kwargs)
         finally:
@@ -426,8 +418,8 @@ class AsyncConnection:
     def enqueue(self, opcode: int, name: str, body: Any, options: tuple[Any, ...] | None
                 ) -> asyncio.Future[PublishResult]:
         """Add one message to this loop iteration's batch of (opcode, name)."""
-        if self.core.closed or self.forked:
-            self.check_open()
+        if self.core.closed or self.core.forked:
+            self.core.check_open()
         core = self.core
         loop = asyncio.get_running_loop()
         if not core.batches:
@@ -451,8 +443,8 @@ class AsyncConnection:
         SETTLE acks each frame on its own (all or none per frame), so a stale receipt
         fails alone, as separate ACKs would, and is answered only if one fails.
         """
-        if self.core.closed or self.forked:
-            self.check_open()
+        if self.core.closed or self.core.forked:
+            self.core.check_open()
         if not self.core.loose_acks:
             asyncio.get_running_loop().call_soon(self.send_acks)
         self.core.loose_acks.append(protocol.encode_receipt(receipt))
@@ -470,7 +462,7 @@ class AsyncConnection:
         try:
             while True:
                 frames = await self.transport.recv()
-                if self.forked:
+                if core.forked:
                     return   # a forked child's copy: the replies are the parent's
                 consumer = core.receive(frames, time.monotonic())
                 if consumer is not None:
@@ -906,11 +898,7 @@ class AsyncClient:
                 and that producer's refused messages are not published.
         """
         connection = self.connection
-        if connection.core.closed:
-            return
-        if connection.forked or os.getpid() != connection.pid:
-            # a forked child: the connection is the parent's, leave all of it alone
-            connection.forked = connection.core.closed = True
+        if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
         refusal: FastFanoutError | None = None
         for producer in list(connection.producers):   # their open and kept frames first

@@ -116,14 +116,12 @@ class Connection:
         self.local_channel = local_channel
         self.ring_bytes = ring_bytes
         self.core = ConnectionCore(endpoint, linger=linger, batch_messages=batch_messages,
-                                   batch_bytes=batch_bytes, bind=bind)
+                                   batch_bytes=batch_bytes, bind=bind, pid=os.getpid())
         self.lock = threading.RLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self.producers: weakref.WeakSet[RemoteProducer] = weakref.WeakSet()
         self._kick = threading.Event()
         self._busy_until = 0.0
-        self.pid = os.getpid()   # the process that owns the connection (fastfanout.forks)
-        self.forked = False
         forks.watch(self._after_fork)
         self.connect()
         self._thread = threading.Thread(target=self._background, name="fastfanout-client",
@@ -135,7 +133,7 @@ class Connection:
 
         The lock and event are new: a parent thread may have held them at the fork.
         """
-        self.forked = True
+        self.core.forked = True
         self.lock = threading.RLock()
         self._kick = threading.Event()
 
@@ -211,8 +209,6 @@ class Connection:
             UsedAfterFork: in a forked child.
             Closed: the client is closed.
         """
-        if self.forked:
-            raise forks.used_after_fork("client", self.pid)
         self.core.check_open()
         if self.transport is None:
             self.connect()
@@ -240,7 +236,7 @@ class Connection:
 
     def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
         """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
-        forks.check_process("client", self.pid)   # a fork that bypassed os.fork
+        forks.check_process("client", self.core.pid)   # a fork that bypassed os.fork
         with self.lock:
             self.ensure()
             try:
@@ -803,11 +799,7 @@ class Client:
                 and that producer's refused messages are not published.
         """
         connection = self.connection
-        if connection.core.closed:
-            return
-        if connection.forked or os.getpid() != connection.pid:
-            # a forked child: the connection is the parent's, leave all of it alone
-            connection.forked = connection.core.closed = True
+        if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
         refusal: FastFanoutError | None = None
         for producer in list(connection.producers):   # their open and kept frames first

@@ -43,7 +43,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from fastfanout import protocol
+from fastfanout import forks, protocol
 from fastfanout._ext.wire import FrameBuilder, encode_entries
 from fastfanout.errors import (
     BrokenConnection,
@@ -326,6 +326,7 @@ class ConnectionCore:
         batch_messages: records per publish batch before it is sent.
         batch_bytes: body bytes per publish batch before it is sent.
         bind: ties a sent batch's futures to its request (the driver's futures).
+        pid: the process that owns the connection: a forked child must not use it.
 
     Attributes:
         outbox: requests queued to send (header first), in order; the driver sends and
@@ -341,7 +342,8 @@ class ConnectionCore:
     """
 
     def __init__(self, endpoint: str, *, linger: float, batch_messages: int,
-                 batch_bytes: int, bind: Callable[[list[Any], Request], None]) -> None:
+                 batch_bytes: int, bind: Callable[[list[Any], Request], None],
+                 pid: int = 0) -> None:
         self.endpoint = endpoint
         self.linger = linger
         self.batch_messages = batch_messages
@@ -361,6 +363,8 @@ class ConnectionCore:
         self.last_sent_heartbeat = 0.0
         self.ended: FastFanoutError | None = None
         self.closed = False
+        self.pid = pid   # the process that owns the connection (fastfanout.forks)
+        self.forked = False
         self.on_request: Callable[[int, list[bytes]], None] | None = None
 
     # -- session -------------------------------------------------------------------------
@@ -393,9 +397,21 @@ class ConnectionCore:
         return float(self.info.get("hold_timeout", 0.0))
 
     def check_open(self) -> None:
-        """Raise ``Closed`` after ``close()``."""
+        """Raise ``UsedAfterFork`` in a forked child, ``Closed`` after ``close()``."""
+        if self.forked:
+            raise forks.used_after_fork("client", self.pid)
         if self.closed:
             raise Closed("the client is closed")
+
+    def left_to_parent(self, pid: int) -> bool:
+        """True, and closed, in a forked child (``pid`` is not the owner's).
+
+        Nothing of the connection is then sent, flushed or closed: it is the parent's.
+        """
+        if self.forked or pid != self.pid:
+            self.forked = self.closed = True
+            return True
+        return False
 
     # -- requests ------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from fastfanout.errors import (
     ServerStopping,
     SessionExpired,
     StaleReceipt,
+    UsedAfterFork,
 )
 from fastfanout.protocol import Opcode, Status
 
@@ -251,3 +252,14 @@ def test_create_queue_sends_only_the_settings_that_differ_from_the_defaults() ->
     assert queue_settings_payload({"visibility_timeout": 5, "fifo": 0,
                                    "redelivery_backoff": (1.0, 2.0)}) == {
         "visibility_timeout": 5, "fifo": 0, "redelivery_backoff": [1.0, 2.0]}
+
+
+def test_a_forked_child_refuses_and_leaves_the_connection_to_its_parent() -> None:
+    bound = Bound()
+    core = ConnectionCore("ipc://test", linger=0.0, batch_messages=10, batch_bytes=1 << 20,
+                          bind=bound, pid=100)
+    core.check_open()
+    assert core.left_to_parent(100) is False and not core.closed
+    assert core.left_to_parent(101) is True and core.closed and core.forked
+    with pytest.raises(UsedAfterFork, match="100"):
+        core.check_open()
