@@ -10,10 +10,10 @@ defaults and errors; ``AsyncBrokerAPI`` is its awaitable twin (``AsyncClient``).
 push consumers, stream listeners, producers with frames in flight, ``close(timeout)``).
 
 Invariants, checked by ``tests/unit/test_api_parity.py``: every operation has the same
-parameters, kinds and defaults in each implementation (``session``, the server's way to
-act for a connection, is the one parameter only ``Broker`` has); a parameter added to one
-implementation only fails the check. Result types differ where the wire does: a client
-returns ``RemoteMessage`` and ``RemotePublishBatch`` where ``Broker`` returns ``Message``
+parameters, kinds and defaults in each implementation (``session`` and ``owner``, the
+server's and the embedded consumer's plumbing, are the parameters only ``Broker`` has);
+a parameter added to one implementation only fails the check. Result types differ
+where the wire does: a client returns ``RemoteMessage`` and ``RemotePublishBatch`` where ``Broker`` returns ``Message``
 and ``PublishBatch`` (the same attributes).
 """
 
@@ -43,19 +43,19 @@ BROKER_OPERATIONS: Final = (
     "list_queues", "queue_settings", "subscribe", "unsubscribe", "set_filter_policy",
     "subscription", "list_subscriptions", "redrive", "purge", "stats", "check",
     "publish", "send", "publish_batch", "send_batch", "receive", "ack", "ack_batch",
-    "nack", "extend", "term",
+    "nack", "extend", "term", "consume",
 )
 """The operations of ``BrokerAPI`` (and ``AsyncBrokerAPI``), in declaration order."""
 
 CLIENT_OPERATIONS: Final = (
     "publish_nowait", "send_nowait", "publish_batch_nowait", "send_batch_nowait", "flush",
-    "producer", "consume", "consume_batches", "listen", "server_stats", "close",
+    "producer", "consume_batches", "listen", "server_stats", "close",
 )
 """The operations only clients have (``ClientAPI`` and ``AsyncClientAPI``)."""
 
-SERVER_ONLY_PARAMETERS: Final = frozenset({"session"})
-"""Parameters of ``Broker``'s operations that only the server passes (it acts for a
-connection); no client offers them."""
+SERVER_ONLY_PARAMETERS: Final = frozenset({"session", "owner"})
+"""Parameters of ``Broker``'s operations that only the server (acting for a connection)
+or the embedded consumer (tagging its leases) passes; no client offers them."""
 
 
 class BrokerAPI(Protocol):
@@ -163,6 +163,11 @@ class BrokerAPI(Protocol):
     def term(self, receipt: int) -> None:
         """Dead-letter a leased message now."""
 
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> Iterator[Any]:
+        """Messages as the broker pushes them, at most ``prefetch`` unsettled."""
+
 
 class PipelineAPI(Protocol):
     """What both clients offer as plain calls: pipelined publishes, producers, listeners.
@@ -205,11 +210,6 @@ class PipelineAPI(Protocol):
 
 class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
     """The blocking client: the broker API and what only a client has."""
-
-    def consume(self, queue: str, *, prefetch: int = 100,
-                visibility_timeout: float | None = None,
-                timeout: float | None = None) -> Iterator[Any]:
-        """Messages pushed by the broker."""
 
     def consume_batches(self, queue: str, *, prefetch: int = 1000,
                         visibility_timeout: float | None = None,
@@ -328,6 +328,11 @@ class AsyncBrokerAPI(Protocol):
     async def term(self, receipt: int) -> None:
         """Dead-letter a leased message now."""
 
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> AsyncIterator[Any]:
+        """Messages pushed by the broker (``async for``)."""
+
 
 class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
     """The asyncio client: the awaitable broker API and what only a client has.
@@ -335,11 +340,6 @@ class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
     The pipelined calls are plain calls returning futures, the consumers async
     iterators (``async for``), as ``ClientAPI``'s are blocking ones.
     """
-
-    def consume(self, queue: str, *, prefetch: int = 100,
-                visibility_timeout: float | None = None,
-                timeout: float | None = None) -> AsyncIterator[Any]:
-        """Messages pushed by the broker (``async for``)."""
 
     def consume_batches(self, queue: str, *, prefetch: int = 1000,
                         visibility_timeout: float | None = None,
