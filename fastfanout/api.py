@@ -13,8 +13,8 @@ Invariants, checked by ``tests/unit/test_api_parity.py``: every operation has th
 parameters, kinds and defaults in each implementation (``session`` and ``owner``, the
 server's and the embedded consumer's plumbing, are the parameters only ``Broker`` has);
 a parameter added to one implementation only fails the check. Result types differ
-where the wire does: a client returns ``RemoteMessage`` and ``RemotePublishBatch`` where ``Broker`` returns ``Message``
-and ``PublishBatch`` (the same attributes).
+where the wire does: a client returns ``RemoteMessage`` and ``RemotePublishBatch`` where
+``Broker`` returns ``Message`` and ``PublishBatch`` (the same attributes).
 """
 
 from __future__ import annotations
