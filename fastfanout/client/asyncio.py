@@ -2,15 +2,14 @@
 
 Design
 ------
-The protocol lives in ``fastfanout.client.core.ConnectionCore``, as for the blocking
-client; this module is its asyncio driver (``AsyncConnection``) and the API over it. One
-reader task owns the transport's receive side and feeds the core, which completes the
-request of each reply, so any number of coroutines may await calls at once (the asyncio
-analogue of many requests in flight). A push wakes its consumer's iteration. A
-heartbeat task keeps the session alive; if the broker says goodbye or the reader fails,
-every pending call raises ``BrokenConnection`` (a goodbye that ends the session,
-``SessionExpired``, also makes a new connection: a new session). Sockets come from
-``fastfanout.transport``, which remains the only module that imports ``zmq``.
+Same wire protocol and the same payload helpers as ``fastfanout.client``; only the I/O
+differs. One reader task owns the DEALER socket's receive side and resolves a future per
+request id, so any number of coroutines may await calls at once (the asyncio analogue of
+many requests in flight). Pushes for a consumer go to its ``asyncio.Queue``. A heartbeat
+task keeps the session alive; if the broker says goodbye or the reader fails, every
+pending call raises ``BrokenConnection`` (a goodbye that ends the session, ``SessionExpired``,
+also makes a new connection: a new session). Sockets come from ``fastfanout.transport``,
+which remains the only module that imports ``zmq``.
 
 Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
 iteration (``asyncio.gather``, other tasks) and ``publish_nowait()``/``send_nowait()``
@@ -43,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import os
 import time
 import weakref
@@ -54,11 +52,12 @@ from collections.abc import (
     Generator,
     Iterable,
 )
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from fastfanout import forks, protocol
-from fastfanout.api import AsyncBrokerAPI, PipelineAPI
+from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client.aio_producers import AsyncProducer
 from fastfanout.client.consumers import StreamListening
 from fastfanout.client.core import (
@@ -67,7 +66,6 @@ from fastfanout.client.core import (
     Request,
     decode_value,
     encode_call,
-    publish_arguments,
 )
 from fastfanout.client.messages import (
     DONE,
@@ -75,6 +73,7 @@ from fastfanout.client.messages import (
     RemoteMessage,
     RemotePublishBatch,
     decode_delivery,
+    publish_options,
 )
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, producer_limits
 from fastfanout.errors import (
@@ -94,7 +93,7 @@ from fastfanout.local_channel import (
 )
 from fastfanout.local_transport import AsyncLocalTransport
 from fastfanout.protocol import Opcode
-from fastfanout.records import PublishResult
+from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.runtime import default_endpoint
 from fastfanout.streams import StreamMessage
 from fastfanout.transport import (
@@ -584,41 +583,6 @@ def control(declared: Callable[P, Coroutine[Any, Any, R]]
     return cast("Callable[P, Coroutine[Any, Any, R]]", method)
 
 
-def enqueuing(declared: Callable[P, R]) -> Callable[P, R]:
-    """An ``AsyncClient`` ``*_nowait`` method declared in ``fastfanout.api``.
-
-    The message joins this loop iteration's batch of its target; the method returns
-    its ``asyncio.Future``.
-    """
-    target = list(inspect.signature(declared).parameters)[1]   # topic or queue
-    opcode = Opcode.PUBLISH if target == "topic" else Opcode.SEND
-
-    @functools.wraps(declared)
-    def method(self: AsyncClient, *args: Any, **options: Any) -> Any:
-        return self.connection.enqueue(opcode, *publish_arguments(target, args, options))
-
-    return cast("Callable[P, R]", method)
-
-
-def published(declared: Callable[P, Coroutine[Any, Any, R]]
-              ) -> Callable[P, Coroutine[Any, Any, R]]:
-    """An ``AsyncClient`` publish or send declared in ``fastfanout.api``.
-
-    As ``enqueuing``'s, awaited (within the timeout and the broker's ``hold_timeout``).
-    """
-    target = list(inspect.signature(declared).parameters)[1]
-    opcode = Opcode.PUBLISH if target == "topic" else Opcode.SEND
-
-    @functools.wraps(declared)
-    async def method(self: AsyncClient, *args: Any, **options: Any) -> Any:
-        connection = self.connection
-        future = connection.enqueue(opcode, *publish_arguments(target, args, options))
-        async with connection.deadline(connection.core.hold_timeout):
-            return await future
-
-    return cast("Callable[P, Coroutine[Any, Any, R]]", method)
-
-
 class AsyncClient:
     """An asyncio connection to a broker server (use ``await connect(...)``).
 
@@ -702,10 +666,56 @@ class AsyncClient:
 
     # -- publishing (see ``Client`` for each method's contract) -------------------------
 
-    publish_nowait = enqueuing(PipelineAPI.publish_nowait)
-    send_nowait = enqueuing(PipelineAPI.send_nowait)
-    publish = published(AsyncBrokerAPI.publish)
-    send = published(AsyncBrokerAPI.send)
+    def publish_nowait(self, topic: str, body: Body, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None, ttl: float | None = None
+                       ) -> asyncio.Future[PublishResult]:
+        """Add a message to this loop iteration's batch of ``topic``; a future of its result.
+
+        The batch leaves as one request when the iteration ends, or at
+        ``batch_messages`` / ``batch_bytes``. A batch is atomic on the broker: if it fails
+        (say ``QueueFull``), every future of it raises that error.
+        """
+        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def send_nowait(self, queue: str, body: Body, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> asyncio.Future[PublishResult]:
+        """Add a message to this loop iteration's batch of ``queue`` (as ``publish_nowait``)."""
+        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    async def publish(self, topic: str, body: Body, *,
+                      attributes: Attributes | None = None, delay: float | None = None,
+                      deliver_at: float | datetime | None = None,
+                      group_id: str | None = None, dedup_id: str | None = None,
+                      priority: int | None = None, ttl: float | None = None
+                      ) -> PublishResult:
+        """Publish one message (options as ``Client.publish``) and wait for its result.
+
+        Publishes made in the same loop iteration (``asyncio.gather``, other tasks) travel
+        together, one request per topic, as ``publish_nowait`` ones do.
+        """
+        future = self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+        async with self.connection.deadline(self.connection.core.hold_timeout):
+            return await future
+
+    async def send(self, queue: str, body: Body, *,
+                   attributes: Attributes | None = None, delay: float | None = None,
+                   deliver_at: float | datetime | None = None, group_id: str | None = None,
+                   dedup_id: str | None = None, priority: int | None = None,
+                   ttl: float | None = None) -> PublishResult:
+        """Send one message straight to a queue (batched as ``publish``)."""
+        future = self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+        async with self.connection.deadline(self.connection.core.hold_timeout):
+            return await future
 
     def _entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
         connection = self.connection

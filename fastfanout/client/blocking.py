@@ -37,17 +37,17 @@ thread) and the API over it (``Client``). Choices:
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from fastfanout import forks, protocol
-from fastfanout.api import BrokerAPI, PipelineAPI
+from fastfanout.api import BrokerAPI
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.client.core import (
     PIPELINE_READ,
@@ -56,13 +56,13 @@ from fastfanout.client.core import (
     ControlCall,
     Request,
     decode_value,
-    publish_arguments,
 )
 from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture, bind
 from fastfanout.client.messages import (
     RemoteMessage,
     RemotePublishBatch,
     decode_delivery,
+    publish_options,
 )
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, RemoteProducer, producer_limits
 from fastfanout.errors import (
@@ -81,6 +81,7 @@ from fastfanout.local_channel import (
 )
 from fastfanout.local_transport import LocalTransport
 from fastfanout.protocol import Opcode
+from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.runtime import default_endpoint
 from fastfanout.transport import CurveKeys, DealerTransport, client_curve
 
@@ -485,23 +486,6 @@ def control(declared: Callable[P, R]) -> Callable[P, R]:
     return cast("Callable[P, R]", method)
 
 
-def enqueuing(declared: Callable[P, R], *, wait: bool) -> Callable[P, R]:
-    """A ``Client`` publish or send method declared in ``fastfanout.api``.
-
-    The message joins the batch of its target (``ConnectionCore.enqueue``); the method
-    returns its ``PublishFuture``, or with ``wait`` its result.
-    """
-    target = list(inspect.signature(declared).parameters)[1]   # topic or queue
-    opcode = Opcode.PUBLISH if target == "topic" else Opcode.SEND
-
-    @functools.wraps(declared)
-    def method(self: Client, *args: Any, **options: Any) -> Any:
-        future = self.connection.enqueue(opcode, *publish_arguments(target, args, options))
-        return future.result() if wait else future
-
-    return cast("Callable[P, R]", method)
-
-
 class Client:
     """A connection to a broker server, with the methods and errors of ``Broker``.
 
@@ -588,10 +572,57 @@ class Client:
 
     # -- publishing ----------------------------------------------------------------------
 
-    publish_nowait = enqueuing(PipelineAPI.publish_nowait, wait=False)
-    send_nowait = enqueuing(PipelineAPI.send_nowait, wait=False)
-    publish = enqueuing(BrokerAPI.publish, wait=True)
-    send = enqueuing(BrokerAPI.send, wait=True)
+    def publish_nowait(self, topic: str, body: Body, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None, ttl: float | None = None
+                       ) -> PublishFuture:
+        """Add a message to the current batch of ``topic``; returns a future of its result.
+
+        See ``publish`` for the arguments (``delay`` in seconds).
+        """
+        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def send_nowait(self, queue: str, body: Body, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> PublishFuture:
+        """Add a message to the current batch of ``queue``; returns a future of its result."""
+        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def publish(self, topic: str, body: Body, *,
+                attributes: Attributes | None = None, delay: float | None = None,
+                deliver_at: float | datetime | None = None, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> PublishResult:
+        """Publish one message to every queue subscribed to ``topic`` and wait for the result.
+
+        Args:
+            topic: the topic name.
+            body: the body (bytes-like).
+            attributes: name -> str | int | float | bytes | list[str].
+            delay: seconds before the copies become visible.
+            deliver_at: absolute clock seconds (or an aware datetime) of visibility.
+            group_id: FIFO group.
+            dedup_id: deduplication id.
+            priority: 0 to 255.
+            ttl: seconds the message may wait before it expires.
+        """
+        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
+
+    def send(self, queue: str, body: Body, *,
+             attributes: Attributes | None = None, delay: float | None = None,
+             deliver_at: float | datetime | None = None, group_id: str | None = None,
+             dedup_id: str | None = None, priority: int | None = None,
+             ttl: float | None = None) -> PublishResult:
+        """Send one message straight to a queue (see ``publish``)."""
+        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
 
     def _entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
         connection = self.connection

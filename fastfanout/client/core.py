@@ -60,7 +60,6 @@ from fastfanout.stats import BrokerStats
 
 __all__ = [
     "CONTROL_CALLS",
-    "PUBLISH_OPTIONS",
     "SETTLE_MAX_RECEIPTS",
     "ConnectionCore",
     "ConsumerState",
@@ -72,7 +71,6 @@ __all__ = [
     "decode_subscriptions",
     "decode_value",
     "encode_call",
-    "publish_arguments",
     "queue_settings_payload",
 ]
 
@@ -144,42 +142,6 @@ def decode_subscriptions(raw: Mapping[Any, Any]) -> dict[int, tuple[str, str]]:
 
 
 _DEFAULT_QUEUE: Final = QueueSettings()
-
-
-PUBLISH_OPTIONS: Final = ("attributes", "delay", "deliver_at", "group_id", "dedup_id",
-                          "priority", "ttl")
-"""The keyword options of a publish or send, in ``FrameBuilder.append``'s order."""
-
-
-def publish_arguments(target: str, args: tuple[Any, ...], options: dict[str, Any]
-                      ) -> tuple[str, Any, tuple[Any, ...] | None]:
-    """``(name, body, options)`` of a publish or send call.
-
-    ``options`` are ``FrameBuilder.append``'s, or None when the body is all there is
-    (the fast path: no Python work per option).
-
-    Args:
-        target: the name's parameter (``topic`` or ``queue``).
-        args: the call's positional arguments.
-        options: its keyword arguments (consumed).
-
-    Raises:
-        TypeError: arguments the API does not take, as for any Python call.
-    """
-    if len(args) == 2 and not options:
-        return args[0], args[1], None
-    if len(args) > 2:
-        raise TypeError(f"takes 2 positional arguments ({target}, body) but {len(args)} "
-                        f"were given")
-    given = list(args)
-    for name in (target, "body")[len(args):]:
-        if name not in options:
-            raise TypeError(f"missing a required argument: {name!r}")
-        given.append(options.pop(name))
-    values = tuple(options.pop(name, None) for name in PUBLISH_OPTIONS)
-    if options:
-        raise TypeError(f"got an unexpected keyword argument {next(iter(options))!r}")
-    return given[0], given[1], None if values.count(None) == len(values) else values
 
 
 def _value(convert: Callable[[Any], Any]) -> Callable[[list[bytes]], Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Sequence
+from datetime import datetime
 from typing import Any, Final, Protocol, overload
 
 from fastfanout import protocol
@@ -26,6 +27,7 @@ __all__ = [
     "Settler",
     "dead_letters",
     "decode_delivery",
+    "publish_options",
 ]
 
 
@@ -77,6 +79,16 @@ class Done:
 
 DONE: Final = Done()
 """The one ``Done`` instance."""
+
+
+def publish_options(attributes: Attributes | None, delay: float | None,
+             deliver_at: float | datetime | None, group_id: str | None, dedup_id: str | None,
+             priority: int | None, ttl: float | None) -> tuple[Any, ...] | None:
+    """FrameBuilder.append's options, or None when the body is all there is (fast path)."""
+    if (attributes is None and delay is None and deliver_at is None and group_id is None
+            and dedup_id is None and priority is None and ttl is None):
+        return None
+    return (attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)
 
 
 class RemoteMessage:

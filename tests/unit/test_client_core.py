@@ -12,7 +12,6 @@ from fastfanout.client.core import (
     ConnectionCore,
     Request,
     decode_value,
-    publish_arguments,
     queue_settings_payload,
 )
 from fastfanout.client.messages import RemotePublishBatch
@@ -264,16 +263,3 @@ def test_a_forked_child_refuses_and_leaves_the_connection_to_its_parent() -> Non
     assert core.left_to_parent(101) is True and core.closed and core.forked
     with pytest.raises(UsedAfterFork, match="100"):
         core.check_open()
-
-
-def test_publish_arguments_take_the_fast_path_or_bind_like_a_python_call() -> None:
-    assert publish_arguments("topic", ("t", b"x"), {}) == ("t", b"x", None)
-    assert publish_arguments("queue", (), {"queue": "q", "body": b"x"}) == ("q", b"x", None)
-    assert publish_arguments("topic", ("t", b"x"), {"ttl": 5.0, "group_id": "g"}) == (
-        "t", b"x", (None, None, None, "g", None, None, 5.0))
-    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
-        publish_arguments("topic", ("t", b"x"), {"colour": 1})
-    with pytest.raises(TypeError, match="'body'"):
-        publish_arguments("topic", ("t",), {})
-    with pytest.raises(TypeError, match="2 positional arguments"):
-        publish_arguments("topic", ("t", b"x", 3), {})
