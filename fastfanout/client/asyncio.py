@@ -2,14 +2,15 @@
 
 Design
 ------
-Same wire protocol and the same payload helpers as ``fastfanout.client``; only the I/O
-differs. One reader task owns the DEALER socket's receive side and resolves a future per
-request id, so any number of coroutines may await calls at once (the asyncio analogue of
-many requests in flight). Pushes for a consumer go to its ``asyncio.Queue``. A heartbeat
-task keeps the session alive; if the broker says goodbye or the reader fails, every
-pending call raises ``BrokenConnection`` (a goodbye that ends the session, ``SessionExpired``,
-also makes a new connection: a new session). Sockets come from ``fastfanout.transport``,
-which remains the only module that imports ``zmq``.
+The protocol lives in ``fastfanout.client.core.ConnectionCore``, as for the blocking
+client; this module is its asyncio driver (``AsyncConnection``) and the API over it. One
+reader task owns the transport's receive side and feeds the core, which completes the
+request of each reply, so any number of coroutines may await calls at once (the asyncio
+analogue of many requests in flight). A push wakes its consumer's iteration. A
+heartbeat task keeps the session alive; if the broker says goodbye or the reader fails,
+every pending call raises ``BrokenConnection`` (a goodbye that ends the session,
+``SessionExpired``, also makes a new connection: a new session). Sockets come from
+``fastfanout.transport``, which remains the only module that imports ``zmq``.
 
 Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
 iteration (``asyncio.gather``, other tasks) and ``publish_nowait()``/``send_nowait()``
