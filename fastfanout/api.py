@@ -81,9 +81,9 @@ class BrokerAPI(Protocol):
                      max_message_size: int = 1048576, retention: float = 345600.0,
                      overflow: str = "reject", max_priority: int = 0, fifo: bool = False,
                      content_dedup: bool = False, dedup_window: float = 300.0,
-                     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None
-                     ) -> None:
-        """Create a queue."""
+                     redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None = None,
+                     durable: bool | None = None) -> None:
+        """Create a queue (``durable`` None: the broker's default)."""
 
     def delete_queue(self, name: str) -> None:
         """Delete a queue, its messages and its subscriptions."""
@@ -245,8 +245,8 @@ class AsyncBrokerAPI(Protocol):
                            fifo: bool = False, content_dedup: bool = False,
                            dedup_window: float = 300.0,
                            redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None
-                           = None) -> None:
-        """Create a queue."""
+                           = None, durable: bool | None = None) -> None:
+        """Create a queue (``durable`` None: the broker's default)."""
 
     async def delete_queue(self, name: str) -> None:
         """Delete a queue, its messages and its subscriptions."""

@@ -112,15 +112,16 @@ def decode_value(frames: list[bytes]) -> Any:
     return protocol.decode_payload(frames[0]) if frames else None
 
 
-def queue_settings_payload(settings: dict[str, Any]) -> dict[str, Any]:
-    """``create_queue``'s settings as sent: those that differ from the defaults.
+def queue_settings_payload(settings: dict[str, Any], defaults: Mapping[str, Any]
+                           ) -> dict[str, Any]:
+    """``create_queue``'s settings as sent: those that differ from their ``defaults``.
 
     The broker applies its own defaults to the others (a value of another type than its
     default is sent, so the broker refuses it).
     """
     sent = {}
     for name, value in settings.items():
-        default = getattr(_DEFAULT_QUEUE, name)
+        default = defaults[name]
         if type(value) is not type(default) or value != default:
             sent[name] = value
     if "redelivery_backoff" in sent:
@@ -139,9 +140,6 @@ def decode_queue_settings(raw: Mapping[str, Any]) -> QueueSettings:
 def decode_subscriptions(raw: Mapping[Any, Any]) -> dict[int, tuple[str, str]]:
     """A LIST_SUBSCRIPTIONS answer."""
     return {int(key): (value[0], value[1]) for key, value in raw.items()}
-
-
-_DEFAULT_QUEUE: Final = QueueSettings()
 
 
 def _value(convert: Callable[[Any], Any]) -> Callable[[list[bytes]], Any]:
@@ -188,11 +186,13 @@ class ControlCall:
         declared: the operation as ``fastfanout.api`` declares it.
     """
 
-    __slots__ = ("decode", "opcode", "signature")
+    __slots__ = ("decode", "defaults", "opcode", "signature")
 
     def __init__(self, declared: Callable[..., Any]) -> None:
         self.opcode, self.decode = CONTROL_CALLS[declared.__name__]
         self.signature = inspect.signature(declared)
+        self.defaults = {name: parameter.default
+                         for name, parameter in self.signature.parameters.items()}
 
     def request(self, core: ConnectionCore, args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Request:
@@ -207,7 +207,7 @@ class ControlCall:
             else:
                 positional.append(value)
         if self.opcode == Opcode.CREATE_QUEUE:
-            keywords = queue_settings_payload(keywords)
+            keywords = queue_settings_payload(keywords, self.defaults)
         return core.request(self.opcode, [encode_call(self.opcode, positional, keywords)])
 
 

@@ -248,9 +248,10 @@ def test_a_malformed_frame_is_ignored() -> None:
 
 
 def test_create_queue_sends_only_the_settings_that_differ_from_the_defaults() -> None:
-    assert queue_settings_payload({"visibility_timeout": 30.0, "fifo": False}) == {}
+    defaults = {"visibility_timeout": 30.0, "fifo": False, "redelivery_backoff": None}
+    assert queue_settings_payload({"visibility_timeout": 30.0, "fifo": False}, defaults) == {}
     assert queue_settings_payload({"visibility_timeout": 5, "fifo": 0,
-                                   "redelivery_backoff": (1.0, 2.0)}) == {
+                                   "redelivery_backoff": (1.0, 2.0)}, defaults) == {
         "visibility_timeout": 5, "fifo": 0, "redelivery_backoff": [1.0, 2.0]}
 
 
