@@ -241,6 +241,10 @@ class AsyncSettler:
         self._connection.fire(Opcode.TERM, receipt)
 
 
+def _no_loop(index: int) -> asyncio.Future[PublishResult]:
+    raise RuntimeError("the client is not started: await connect(...) or async with it")
+
+
 def bind(futures: list[asyncio.Future[PublishResult]], request: Request) -> None:
     """Resolve the futures of a sent batch from its request's answer (or error)."""
 
@@ -283,6 +287,7 @@ class AsyncConnection:
         self.transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
+        self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
@@ -294,6 +299,8 @@ class AsyncConnection:
 
     async def start(self) -> None:
         """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
+        create_future = asyncio.get_running_loop().create_future
+        self._new_future = lambda index: create_future()   # one per publish: made once
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         request = self.core.start(time.monotonic())
         self.send_out()
@@ -419,18 +426,16 @@ class AsyncConnection:
     def enqueue(self, opcode: int, name: str, body: Any, options: tuple[Any, ...] | None
                 ) -> asyncio.Future[PublishResult]:
         """Add one message to this loop iteration's batch of (opcode, name)."""
-        if self.core.closed or self.core.forked:
-            self.core.check_open()
         core = self.core
-        loop = asyncio.get_running_loop()
+        if core.closed or core.forked:
+            core.check_open()
         if not core.batches:
-            loop.call_soon(self.flush_batches)
-        try:
-            return core.enqueue(opcode, name, body, options, lambda index: loop.create_future(),
-                                0.0)
-        finally:
-            if core.outbox:
-                self.send_out()
+            asyncio.get_running_loop().call_soon(self.flush_batches)
+        # a bad name or body raises before anything is queued
+        future = core.enqueue(opcode, name, body, options, self._new_future, 0.0)
+        if core.outbox:   # a full batch
+            self.send_out()
+        return future
 
     def flush_batches(self) -> None:
         """Send the batches being filled."""

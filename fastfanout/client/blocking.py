@@ -120,6 +120,7 @@ class Connection:
         self.lock = threading.RLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self.producers: weakref.WeakSet[RemoteProducer] = weakref.WeakSet()
+        self._new_future = functools.partial(PublishFuture, self)
         self._kick = threading.Event()
         self._busy_until = 0.0
         forks.watch(self._after_fork)
@@ -345,12 +346,11 @@ class Connection:
             self.ensure()
             core = self.core
             now = self.start_ticking() if not core.batches else 0.0
-            try:
-                return core.enqueue(opcode, name, body, options,
-                                    lambda index: PublishFuture(self, index), now)
-            finally:
-                if core.outbox:
-                    self.send_out()
+            # a bad name or body raises before anything is queued
+            future = core.enqueue(opcode, name, body, options, self._new_future, now)
+            if core.outbox:   # a full batch
+                self.send_out()
+            return future
 
     def start_ticking(self) -> float:
         """A publish batch or a producer's frame was opened; returns the time.
