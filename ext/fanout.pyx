@@ -444,15 +444,18 @@ cdef class Dispatcher:
                     if self.keys[i].low | self.keys[i].high and (
                             blob.dedup_len or store.queue(targets[t]).content_dedup):
                         window.remember(self.keys[i], blob.id, now_us)
+                        store.enqueue_keyed = True   # journaled: recovery re-remembers it
                     store.enqueue(
                         targets[t], blob, now_us,
                         blob.due_us if blob.due_us != INT64_MIN
                         else now_us + store.queue(targets[t]).delay_us, NULL)
+                    store.enqueue_keyed = False
                     batch.deliveries[i] += 1
                     copies += 1
         finally:
             store.deferring = False
             store.publishing_topic = 0
+            store.enqueue_keyed = False
             for i in range(made):
                 blob_release(self.scratch[i])
             self.batch_attributes = None

@@ -165,6 +165,8 @@ cdef class Store:
     cdef Journal journal           # None: nothing is journaled (in memory)
     cdef bint restoring            # recovery is putting copies back: journal nothing
     cdef uint32_t publishing_topic # topic id + 1 of the publish running (0: a send)
+    cdef bint enqueue_keyed        # the next enqueue's copy left its dedup key in the
+                                   # queue's window (a publish or send; journaled)
     cdef uint64_t* segment_live    # segment index -> durable copies whose message
     cdef uint32_t segment_live_capacity  # record is in that segment
 

@@ -107,6 +107,8 @@ cdef enum:
     MESSAGE_HEADER = 48        # its message part (then body, attributes, group, dedup id)
     ENQUEUE_INLINE = 1         # flags: the message is in this record
     ENQUEUE_DEAD_LETTER = 2    # flags: the copy is a dead letter
+    ENQUEUE_KEYED = 4          # flags: its publish or send left its dedup key in the
+                               # queue's window (never a move: redrive, dead letter)
 
 RECORD_KINDS = {"topology": RECORD_TOPOLOGY, "enqueue": RECORD_ENQUEUE,
                 "lease": RECORD_LEASE, "remove": RECORD_REMOVE, "delay": RECORD_DELAY,
@@ -182,6 +184,7 @@ cdef class Store:
         self.journal = None
         self.restoring = False
         self.publishing_topic = 0
+        self.enqueue_keyed = False
         self.segment_live = NULL
         self.segment_live_capacity = 0
 
@@ -546,7 +549,8 @@ cdef class Store:
             return   # the journal failed: the broker fails closed (journal.failure)
         ff_store_le32(p, entry.queue)
         ff_store_le32(p + 4, (ENQUEUE_INLINE if inline else 0) |
-                      (ENQUEUE_DEAD_LETTER if dead != NULL else 0))
+                      (ENQUEUE_DEAD_LETTER if dead != NULL else 0) |
+                      (ENQUEUE_KEYED if self.enqueue_keyed else 0))
         ff_store_le64(p + 8, 0 if inline else blob.journal_seq)
         ff_store_le64(p + 16, <uint64_t>entry.entered_us)
         ff_store_le64(p + 24, <uint64_t>due_us)
@@ -1281,7 +1285,8 @@ cdef class Replay:
     ``record(seq, kind, payload)`` is ``journal.scan``'s callback: the per-message
     records (enqueue, lease, remove, delay) are read here, in C; topology records and
     snapshots go to ``other_record(kind, payload)`` and the dedup keys of an enqueue to
-    ``remember_keys(message, queue, topic)`` (the queue's window), both of a subclass
+    ``remember_keys(message, queue, topic)`` (the queue's window; only for a copy whose
+    record says its publish or send left the key there), both of a subclass
     (``fastfanout.durability``).
 
     Attributes:
@@ -1291,7 +1296,6 @@ cdef class Replay:
         messages: message sequence -> ``(message part, segment index)``.
         queue_by_id: queue id -> name, as the topology records left it (kept by the
             subclass; changed in place).
-        content_queues: names of the queues with ``content_dedup``.
         next_message_id: above every message id read.
         orphans: enqueue records naming a queue or message recovery does not know.
     """
@@ -1299,7 +1303,6 @@ cdef class Replay:
     cdef public dict copies
     cdef public dict messages
     cdef public dict queue_by_id
-    cdef public set content_queues
     cdef public list bases
     cdef public uint64_t next_message_id
     cdef public Py_ssize_t orphans
@@ -1310,7 +1313,6 @@ cdef class Replay:
         self.copies = {}
         self.messages = {}
         self.queue_by_id = {}
-        self.content_queues = set()
         self.next_message_id = 1
         self.orphans = 0
         self.segment = 0
@@ -1400,6 +1402,5 @@ cdef class Replay:
             return
         self.copies[seq] = [queue, message_seq, <int64_t>ff_load_le64(p + 16),
                             <int64_t>ff_load_le64(p + 24), ff_load_le32(p + 32), dead]
-        if dead is None and (ff_load_le16(<const char*>message + 42) or
-                             queue in self.content_queues):
+        if flags & ENQUEUE_KEYED:
             self.remember_keys(message, queue, topic)

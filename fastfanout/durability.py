@@ -139,8 +139,10 @@ class _Replay(Replay):
         self.queues: dict[str, tuple[bool, dict[str, Any]]] = {}
         self.subscriptions: dict[int, tuple[str, str, str | None, str]] = {}
         self.next_subscription = 1
-        self.topic_keys: list[tuple[str, int, int, int, int]] = []
-        self.queue_keys: list[tuple[str, int, int, int, int]] = []
+        # name -> (key low, key high, message id, remembered at) of the topic or queue
+        # now live under that name, in journal order
+        self.topic_keys: dict[str, list[tuple[int, int, int, int]]] = {}
+        self.queue_keys: dict[str, list[tuple[int, int, int, int]]] = {}
 
     def other_record(self, kind: int, payload: bytes) -> None:
         """A record that is not about one copy: topology or a snapshot."""
@@ -153,30 +155,27 @@ class _Replay(Replay):
             self.next_message_id = max(self.next_message_id, message_id + 1)
             name = self.topic_by_id.get(topic_id)
             if name is not None:
-                self.topic_keys.append((name, low, high, message_id, when))
+                self.topic_keys.setdefault(name, []).append((low, high, message_id, when))
             return
         else:
             self.orphans += 1
-        self.content_queues.clear()
-        self.content_queues.update(
-            name for name, (_, settings) in self.queues.items() if settings.get("content_dedup"))
 
     def remember_keys(self, message: bytes, queue: str, topic: int) -> None:
-        """Dedup keys this copy's publish left in its queue's (and topic's) window."""
+        """The dedup key this copy's publish or send left in its queue's window.
+
+        Called only for an enqueue record flagged so (a dedup id, or a body in a
+        ``content_dedup`` queue); a moved copy (redrive, dead letter) left none.
+        """
         (message_id, timestamp, _due, _expires, body_length, attrs_length, group_length,
          dedup_length, _priority) = _MESSAGE_HEADER.unpack_from(message, 0)
         start = _MESSAGE_HEADER.size
-        dedup_key = body_key = None
         if dedup_length:
             begin = start + body_length + attrs_length + group_length
-            dedup_key = hash128(message[begin:begin + dedup_length])
+            key = hash128(message[begin:begin + dedup_length])
         else:
-            body_key = hash128(message[start:start + body_length]) ^ (_BODY_KEY_MARK << 64)
-        settings = self.queues[queue][1]
-        key = dedup_key if dedup_key is not None else (
-            body_key if settings.get("content_dedup") else None)
-        if key is not None:
-            self.queue_keys.append((queue, key & _LOW64, key >> 64, message_id, timestamp))
+            key = hash128(message[start:start + body_length]) ^ (_BODY_KEY_MARK << 64)
+        self.queue_keys.setdefault(queue, []).append(
+            (key & _LOW64, key >> 64, message_id, timestamp))
 
     def _topology(self, record: dict[str, Any]) -> None:
         op = record["op"]
@@ -184,8 +183,10 @@ class _Replay(Replay):
             self.topics[record["name"]] = record["settings"]
             self.topic_by_id[record["id"]] = record["name"]
         elif op == "delete_topic":
+            # Its window goes with it: a topic re-created with this name starts empty.
             self.topics.pop(record["name"], None)
             self.topic_by_id.pop(record["id"], None)
+            self.topic_keys.pop(record["name"], None)
             for sid, sub in list(self.subscriptions.items()):
                 if sub[0] == record["name"]:
                     del self.subscriptions[sid]
@@ -196,6 +197,8 @@ class _Replay(Replay):
             name = record["name"]
             self.queues.pop(name, None)
             self.queue_by_id.pop(record["id"], None)
+            # Its window goes with it: a queue re-created with this name starts empty.
+            self.queue_keys.pop(name, None)
             for sid, sub in list(self.subscriptions.items()):
                 if sub[1] == name:
                     del self.subscriptions[sid]
@@ -232,10 +235,14 @@ class _Replay(Replay):
                               for sid, topic, queue, policy, scope in record["subscriptions"]}
         self.next_subscription = max(self.next_subscription, record["next_subscription"])
         self.next_message_id = max(self.next_message_id, record["next_message_id"])
-        for name, entries in record["dedup_topics"]:
-            self.topic_keys.extend((name, *entry) for entry in entries)
-        for name, entries in record["dedup_queues"]:
-            self.queue_keys.extend((name, *entry) for entry in entries)
+        # The windows as they were (of the topics and queues then live), replacing the
+        # keys of earlier records.
+        self.topic_keys = {name: [(low, high, message_id, when)
+                                  for low, high, message_id, when in entries]
+                           for name, entries in record["dedup_topics"]}
+        self.queue_keys = {name: [(low, high, message_id, when)
+                                  for low, high, message_id, when in entries]
+                           for name, entries in record["dedup_queues"]}
 
 
 class Durability:
@@ -386,14 +393,20 @@ class Durability:
                                due, receive_count, dead)
             restored += 1
         store.raise_message_ids(replay.next_message_id)
-        for topic, low, high, message_id, when in replay.topic_keys:
-            if topic in broker._topics and message_id:
-                broker._dispatcher.dedup_window(broker._topics[topic]).remember_key(
-                    low, high, message_id, when)
-        for queue, low, high, message_id, when in replay.queue_keys:
-            if queue in broker._queues and message_id:
-                store.dedup_window(broker._queues[queue]).remember_key(
-                    low, high, message_id, when)
+        # The keys of the topic or queue live under each name (a deleted one's went
+        # with it), each from a publish or send that left it in that window.
+        for topic, entries in replay.topic_keys.items():
+            if topic in broker._topics:
+                window = broker._dispatcher.dedup_window(broker._topics[topic])
+                for low, high, message_id, when in entries:
+                    if message_id:
+                        window.remember_key(low, high, message_id, when)
+        for queue, entries in replay.queue_keys.items():
+            if queue in broker._queues:
+                window = store.dedup_window(broker._queues[queue])
+                for low, high, message_id, when in entries:
+                    if message_id:
+                        window.remember_key(low, high, message_id, when)
         return restored
 
     # -- records -----------------------------------------------------------------------

@@ -37,7 +37,6 @@ class Replay:
     copies: dict[int, list[Any]]
     messages: dict[int, tuple[bytes, int]]
     queue_by_id: dict[int, str]
-    content_queues: set[str]
     bases: list[int]
     next_message_id: int
     orphans: int

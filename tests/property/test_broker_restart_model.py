@@ -8,10 +8,8 @@ every answer and ``stats()`` must agree as before. One queue of each machine is 
 ``durable=False``: it must come back empty. Receipts of before the restart are forgotten
 by the machines (the new broker may hand out the same numbers again).
 
-The features machine found three core bugs (tests/unit/test_durable_restart.py, all
-about dedup keys after a restart); while two are open it runs twice: whole, as a
-non-strict xfail, and without the rules that reach them (redrive, delete_queue,
-create_or_delete_topic), where it must pass.
+The features machine found core bugs about dedup keys after a restart, now fixed and
+kept as regression tests in tests/unit/test_durable_restart.py.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import shutil
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
 from test_broker_features_model import BrokerFeaturesMachine
@@ -102,32 +100,10 @@ class DurableFeaturesMachine(Restarting, BrokerFeaturesMachine):
         self.restart_both()
 
 
-class DurableFeaturesKnownBugsAvoided(DurableFeaturesMachine):
-    """The features machine without the rules that reach the open core bugs.
-
-    Overriding a rule with a plain method removes it from the machine.
-    """
-
-    def redrive(self, *args: object, **kwargs: object) -> None:
-        """Not a rule here (bug: dedup keys of redriven copies)."""
-
-    def delete_queue(self, *args: object, **kwargs: object) -> None:
-        """Not a rule here (bug: a re-created queue gets the old one's dedup keys)."""
-
-    def create_or_delete_topic(self, *args: object, **kwargs: object) -> None:
-        """Not a rule here (bug: a re-created topic gets the old one's dedup keys)."""
-
-
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 DurableModelMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=50, deadline=None, suppress_health_check=SUPPRESS)
-DurableFeaturesMachine.TestCase.settings = settings(   # no shrinking while it fails
-    max_examples=30, stateful_step_count=60, deadline=None, suppress_health_check=SUPPRESS,
-    phases=[Phase.generate])
-DurableFeaturesKnownBugsAvoided.TestCase.settings = settings(
+DurableFeaturesMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=60, deadline=None, suppress_health_check=SUPPRESS)
 TestDurableBrokerModel = DurableModelMachine.TestCase
-TestDurableBrokerFeatures = pytest.mark.xfail(
-    reason="open core bugs, see tests/unit/test_durable_restart.py", strict=False)(
-    DurableFeaturesMachine.TestCase)
-TestDurableBrokerFeaturesKnownBugsAvoided = DurableFeaturesKnownBugsAvoided.TestCase
+TestDurableBrokerFeatures = DurableFeaturesMachine.TestCase

@@ -1,6 +1,6 @@
 """Divergences of the durable broker's restart from docs/semantics.md, found by
-tests/property/test_broker_restart_model.py (reported to the core; xfail until fixed,
-then kept as regression tests)."""
+tests/property/test_broker_restart_model.py, fixed in the core, kept as regression
+tests."""
 
 from __future__ import annotations
 
@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fastfanout import Broker
+from fastfanout import Broker, durability
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: recovery remembers the dedup key of a "
-                   "redriven (or dead-lettered) copy in its new queue's window, which the "
-                   "live broker never did: a fresh message with that body is then refused "
-                   "as a duplicate after a restart (a lost message)")
 def test_a_redriven_copy_leaves_no_dedup_key_after_a_restart(tmp_path: Path) -> None:
     with Broker(data_dir=tmp_path) as broker:
         broker.create_queue("dlq")
@@ -40,10 +36,6 @@ def test_a_topic_keeps_every_dedup_key_across_a_restart(tmp_path: Path) -> None:
         assert again.duplicate and again.message_id == first.message_id
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: recovery files the dedup keys of a "
-                   "deleted queue under its name, so a queue re-created with that name "
-                   "gets them (with its own window) after a restart and refuses fresh "
-                   "messages as duplicates (lost messages)")
 def test_a_recreated_queue_has_none_of_the_old_ones_dedup_keys(tmp_path: Path) -> None:
     with Broker(data_dir=tmp_path) as broker:
         broker.create_queue("q", content_dedup=True)
@@ -55,9 +47,6 @@ def test_a_recreated_queue_has_none_of_the_old_ones_dedup_keys(tmp_path: Path) -
         assert not broker.send("q", b"body").duplicate
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: as for queues, a topic re-created with "
-                   "a deleted one's name gets that one's dedup keys after a restart, and "
-                   "refuses fresh publishes as duplicates")
 def test_a_recreated_topic_has_none_of_the_old_ones_dedup_keys(tmp_path: Path) -> None:
     with Broker(data_dir=tmp_path) as broker:
         broker.create_topic("t", content_dedup=True)
@@ -67,3 +56,53 @@ def test_a_recreated_topic_has_none_of_the_old_ones_dedup_keys(tmp_path: Path) -
     with Broker(data_dir=tmp_path) as broker:
         assert broker.stats().topics["t"].dedup_entries == 0
         assert not broker.publish("t", b"body").duplicate
+
+
+def test_a_dead_lettered_copy_leaves_no_dedup_key_after_a_restart(tmp_path: Path) -> None:
+    """As for a redrive: dead-lettering moves a copy, it leaves no key in the dead-letter
+    queue's window (live or after a restart)."""
+    with Broker(data_dir=tmp_path) as broker:
+        broker.create_queue("dlq", content_dedup=True)
+        broker.create_queue("q", dead_letter_queue="dlq", max_receive_count=1)
+        broker.send("q", b"same body")
+        for message in broker.receive("q"):
+            broker.nack(message.receipt)
+        assert broker.receive("q") == []   # past max_receive_count: dead-lettered
+        assert broker.stats().queues["dlq"].messages == 1
+        assert broker.stats().queues["dlq"].dedup_entries == 0
+    with Broker(data_dir=tmp_path) as broker:
+        assert broker.stats().queues["dlq"].dedup_entries == 0
+        assert not broker.send("dlq", b"same body").duplicate
+
+
+def test_dedup_windows_are_rebuilt_exactly_across_segments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small segments (each begins with a snapshot, live copies are copied forward): a
+    queue and a topic deleted and re-created in later segments start empty after a
+    restart, and every key the live windows hold is kept."""
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    with Broker(data_dir=tmp_path, fsync="never") as broker:
+        broker.create_topic("t", content_dedup=True)
+        broker.create_queue("q", content_dedup=True)
+        broker.subscribe("t", "q")
+        broker.publish("t", b"old")
+        for i in range(200):   # many segments
+            broker.publish("t", f"filler {i}".encode() * 8)
+            broker.ack_batch([m.receipt for m in broker.receive("q")])
+        broker.delete_topic("t")
+        broker.delete_queue("q")
+        broker.create_topic("t", content_dedup=True)
+        broker.create_queue("q", content_dedup=True)
+        broker.subscribe("t", "q")
+        kept = broker.publish("t", b"new")
+        sent = broker.send("q", b"sent")
+        for i in range(200):
+            broker.send("q", f"more {i}".encode() * 8)
+        entries = broker.stats().queues["q"].dedup_entries, broker.stats().topics["t"].dedup_entries
+        assert broker.stats().storage["removed_segments"] > 0
+    with Broker(data_dir=tmp_path) as broker:
+        assert (broker.stats().queues["q"].dedup_entries,
+                broker.stats().topics["t"].dedup_entries) == entries == (202, 1)
+        assert not broker.publish("t", b"old").duplicate
+        assert broker.publish("t", b"new").message_id == kept.message_id
+        assert broker.send("q", b"sent").message_id == sent.message_id
