@@ -220,7 +220,8 @@ class Queue:
         delayed it later) waits for that due time again: returned, in arrival order,
         for the caller to arm (a due time passed makes it visible at the next step,
         behind the others). FIFO groups are free. A queue that is not durable is
-        emptied and forgets its dedup keys. Every counter starts afresh: ``enqueued``
+        emptied and forgets its dedup keys. Receive times are not kept (the journal has
+        none), receive counts are. Every counter starts afresh: ``enqueued``
         is the copies held, the others 0 (``dedup_evicted`` too).
         """
         if not self.settings.durable:
@@ -236,6 +237,9 @@ class Queue:
         for copy in self.copies:
             copy.listed = False
             copy.receipt = None
+            # receive times are not journaled: a copy received before the restart has
+            # none after it (docs/semantics.md, durable queues)
+            copy.first_receive_us = copy.last_receive_us = None
             if copy.journal_due_us > copy.entered_us:
                 copy.state = "delayed"
                 waiting.append(copy)
