@@ -7,6 +7,7 @@ Endpoints are ipc:// under the test's tmp dir, or tcp://127.0.0.1 on a free port
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from fastfanout.client import Client, connect
 from fastfanout.errors import FastFanoutError
@@ -115,6 +117,20 @@ class Tracker:
         if stray:
             leaked.append(f"threads {stray}")
         return leaked
+
+
+@contextlib.contextmanager
+def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER connected to the broker (no client library), closed after."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    try:
+        yield dealer
+    finally:
+        dealer.close()
+        context.term()
 
 
 def wait_for_broker(endpoint: str, process: subprocess.Popen[bytes] | None = None,

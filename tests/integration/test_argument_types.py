@@ -9,14 +9,13 @@ must be refused with ``InvalidArgument`` (or a subclass), never ``internal`` nor
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import pytest
 import zmq
+from conftest import raw_dealer
 
 from fastfanout import Broker, InvalidArgument, protocol
 from fastfanout.errors import error_for_code
@@ -120,20 +119,6 @@ def test_embedded_refuses_wrong_types(case: tuple[str, str, Any]) -> None:
             getattr(broker, method)(**arguments)
         assert shape(broker) == before
         assert broker.check()
-
-
-@contextlib.contextmanager
-def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
-    """A bare DEALER connected to the broker (no client library), closed after."""
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(endpoint)
-    try:
-        yield dealer
-    finally:
-        dealer.close()
-        context.term()
 
 
 def raw_call(dealer: zmq.Socket[bytes], request_id: int, method: str,

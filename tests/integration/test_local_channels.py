@@ -11,12 +11,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from typing import Any as Tracker
 
 import msgspec
 import pytest
 import zmq
+from conftest import raw_dealer
 
 import fastfanout.aio as aio
 from fastfanout import protocol
@@ -31,20 +31,6 @@ from fastfanout.transport import AsyncDealerTransport, DealerTransport
 
 def is_local(client) -> bool:
     return isinstance(client.connection.transport, LocalTransport)
-
-
-@contextlib.contextmanager
-def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
-    """A bare DEALER connected to the broker (no client library), closed after."""
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(endpoint)
-    try:
-        yield dealer
-    finally:
-        dealer.close()
-        context.term()
 
 
 def attach_raw(dealer: zmq.Socket[bytes], channel: LocalChannel) -> None:
