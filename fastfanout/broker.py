@@ -243,7 +243,7 @@ class Broker(Administration):
         with self._lock:
             self._now_us()
             self._topic_id(topic)
-        return Producer(self, topic, capacity, max_bytes)
+        return Producer(self._publish_ring, topic, capacity, max_bytes)
 
     def _publish_ring(self, topic: str, batch: RingBatch) -> PublishBatch:
         return self._enqueue(topic, None, batch)

@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -37,8 +38,10 @@ from fastfanout._ext.ring import Ring
 from fastfanout.errors import Closed, InvalidArgument
 
 if TYPE_CHECKING:
-    from fastfanout.broker import Broker
     from fastfanout.records import Body
+
+PublishRing = Callable[[str, RingBatch], PublishBatch]
+"""How a producer publishes a drained batch: the broker's ring-batch publish."""
 
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_MAX_BYTES", "Producer"]
 
@@ -62,9 +65,10 @@ class Producer:
         full_count: offers that found the ring full and flushed it first.
     """
 
-    def __init__(self, broker: Broker, topic: str, capacity: int, max_bytes: int) -> None:
+    def __init__(self, publish_ring: PublishRing, topic: str, capacity: int,
+                 max_bytes: int) -> None:
         self.topic = topic
-        self._broker = broker
+        self._publish_ring = publish_ring
         self._ring = Ring(capacity, max_bytes)
         self._drain_lock = threading.Lock()
         self._held: bytes | None = None   # a drained batch the broker refused
@@ -112,7 +116,7 @@ class Producer:
                         return last
                     frame = self._ring.poll_batch(DRAIN_BATCH)
                 self._held = frame
-                last = self._broker._publish_ring(self.topic, RingBatch(frame))
+                last = self._publish_ring(self.topic, RingBatch(frame))
                 self._held = None
                 self.published += len(last)
 
