@@ -7,11 +7,11 @@ import errno
 from pathlib import Path
 
 import pytest
+from conftest import Tracker
 
 from fastfanout import Broker
 from fastfanout._ext import journal as journal_ops
 from fastfanout.errors import StoreFailed
-from tests.integration.conftest import Tracker
 
 
 def test_confirmed_messages_survive_a_server_restart(track: Tracker, tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from clocks import FakeClock
 
 from fastfanout import Broker, durability
 from fastfanout._ext import journal as journal_ops
 from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
 from fastfanout.records import ExponentialBackoff
-from tests.clocks import FakeClock
 
 Open = Callable[..., Broker]
 
