@@ -21,16 +21,12 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv" >&2
 fi
 py="$venv/bin/python"
-# pip's warnings about find-links folders this machine does not have are noise here.
-pip() {
-    "$py" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 |
-        { grep -v 'is ignored: it is neither a file nor a directory' || true; } >&2
-}
+source ci/lib.sh
+pip() { quiet_pip "$py" "$@"; }
 
 # What the native core is built from; the stamp remembers the build it made.
 stamp_file="$venv/.fastfanout-core"
-stamp=$( { "$py" -c 'import sys; print(sys.version)'; cat setup.py pyproject.toml ext/*.pyx ext/*.pxd ext/*.h; } |
-         "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+stamp=$(core_stamp "$py")
 built=1
 for pyx in ext/*.pyx; do
     name=$(basename "$pyx" .pyx)

@@ -11,15 +11,13 @@ py=${FASTFANOUT_PY:-$(bash ci/setup-venv.sh test | tail -n 1)}
 say() { echo "test-debug: $*" >&2; }
 
 stamp_file=build/debug/.fastfanout-core
-stamp=$( { "$py" -c 'import sys; print(sys.version)'; cat setup.py pyproject.toml ext/*.pyx ext/*.pxd ext/*.h; } |
-         "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+source ci/lib.sh
+stamp=$(core_stamp "$py")
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
     say "building the debug core into build/debug (about a minute)"
     # The release build ran in pip's isolated build environment; this one runs setup.py here.
     if ! "$py" -c 'import Cython, setuptools, wheel' 2>/dev/null; then
-        "$py" -m pip install --quiet --disable-pip-version-check "Cython>=3.0.8" \
-            "setuptools>=77" "wheel>=0.41" 2>&1 |
-            { grep -v 'is ignored: it is neither a file nor a directory' || true; } >&2
+        quiet_pip "$py" "Cython>=3.0.8" "setuptools>=77" "wheel>=0.41"
     fi
     rm -rf build/debug
     mkdir -p build/debug/fastfanout
