@@ -5,7 +5,7 @@ import random
 import pytest
 
 from fastfanout import Broker, PublishEntry
-from fastfanout.filter_policy import parse_policy, reference_match
+from fastfanout.semantics.filter_policy import parse_policy, reference_match
 
 SUBSCRIPTIONS = 100
 MESSAGES = 1_000

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fastfanout._ext.filters import FilterSet
-from fastfanout.filter_policy import parse_policy, reference_match
+from fastfanout.semantics.filter_policy import parse_policy, reference_match
 
 BATCH = 1_000
 SUBSCRIPTIONS = 100

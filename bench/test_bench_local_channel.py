@@ -12,7 +12,7 @@ import tempfile
 import pytest
 import zmq
 
-from fastfanout.local_channel import LocalChannel
+from fastfanout.transport.local_channel import LocalChannel
 
 HEADER = b"FF\x01\x00" + bytes(8)
 BODY = b"m" * 64

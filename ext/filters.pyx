@@ -2,7 +2,7 @@
 
 Design
 ------
-`fastfanout.filter_policy.parse_policy` validates a policy and expands it into an OR of
+`fastfanout.semantics.filter_policy.parse_policy` validates a policy and expands it into an OR of
 *branches*, each an AND of *clauses* (one field, an OR of conditions). A `FilterSet` holds
 the compiled policies of many subscriptions and indexes them by field, the way
 content-based routers (Siena, Gryphon, EventBridge's event-ruler) do: the cost of a
@@ -50,7 +50,7 @@ from libc.math cimport INFINITY
 import msgspec
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.filter_policy import (
+from fastfanout.semantics.filter_policy import (
     AnythingBut,
     AnythingButPrefix,
     Cidr,
@@ -493,7 +493,7 @@ cdef inline int _field_present(_Field field, uint8_t* state) noexcept:
 cdef class FilterSet:
     """The compiled filter policies of many subscriptions, matched natively.
 
-    Policies are compiled by :func:`fastfanout.filter_policy.parse_policy`. Changes take
+    Policies are compiled by :func:`fastfanout.semantics.filter_policy.parse_policy`. Changes take
     effect for the next message (the index is rebuilt lazily on the next match).
     Not thread-safe: one owner (the dispatcher) calls it.
     """
@@ -530,7 +530,7 @@ cdef class FilterSet:
 
         Args:
             sub_id: the subscription id (a signed 64-bit integer).
-            compiled: the policy, from :func:`~fastfanout.filter_policy.parse_policy`.
+            compiled: the policy, from :func:`~fastfanout.semantics.filter_policy.parse_policy`.
 
         Raises:
             InvalidArgument: ``compiled`` is not a CompiledPolicy or ``sub_id`` is not

@@ -1287,7 +1287,7 @@ cdef class Replay:
     snapshots go to ``other_record(kind, payload)`` and the dedup keys of an enqueue to
     ``remember_keys(message, queue, topic)`` (the queue's window; only for a copy whose
     record says its publish or send left the key there), both of a subclass
-    (``fastfanout.durability``).
+    (``fastfanout.storage.durability``).
 
     Attributes:
         copies: copy sequence -> ``[queue name, message sequence, entered_us, due_us,

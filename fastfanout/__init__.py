@@ -6,8 +6,8 @@ Topics fan out to queues with leases, redelivery and dead-letter queues, in proc
 
 from fastfanout._ext.batches import PublishBatch
 from fastfanout._ext.message import Message
-from fastfanout.allocator import keep_freed_memory
-from fastfanout.broker import Broker, QueueSettings, TopicSettings
+from fastfanout.broker.embedded import Broker, QueueSettings, TopicSettings
+from fastfanout.broker.producer import Producer
 from fastfanout.client import Client, connect
 from fastfanout.errors import (
     AlreadyExists,
@@ -40,9 +40,9 @@ from fastfanout.errors import (
     UsedAfterFork,
     WouldBlock,
 )
-from fastfanout.producer import Producer
 from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
-from fastfanout.server import Server, serve
+from fastfanout.server.allocator import keep_freed_memory
+from fastfanout.server.loop import Server, serve
 from fastfanout.stats import BrokerStats, QueueStats, TopicStats
 from fastfanout.workers import Worker
 

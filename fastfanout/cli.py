@@ -30,8 +30,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from fastfanout import __version__
-from fastfanout.config import LOG_LEVELS, endpoint_problem, load_config, server_options
 from fastfanout.errors import FastFanoutError, NotFound
+from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
 
 __all__ = ["cli", "main"]
 
@@ -239,8 +239,8 @@ def serve(config_path: str | None, **given: Any) -> None:
     """
     from fastfanout.errors import InvalidArgument, TransportError
     from fastfanout.runtime import default_data_dir
-    from fastfanout.server import serve as run_server
-    from fastfanout.transport import load_curve_keys
+    from fastfanout.server.loop import serve as run_server
+    from fastfanout.transport.sockets import load_curve_keys
 
     try:
         config = load_config(config_path, given)

@@ -232,7 +232,7 @@ def _consume_thread(broker: Any, queue: str, expected: int, fail: bool) -> None:
 
 def run_embedded(messages: int, console: Console) -> Any:
     """Run the demo in this process with one consumer thread per queue; returns the broker."""
-    from fastfanout.broker import Broker
+    from fastfanout.broker.embedded import Broker
 
     broker = Broker()
     broker.create_queue(f"{FAILING_QUEUE}-dlq")

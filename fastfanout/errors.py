@@ -253,7 +253,7 @@ class PeerGone(FastFanoutError, ConnectionError):
     """The other side of a local channel hung up its bell (its process ended).
 
     Only a side's own bell tells: ringing the peer's bell never fails (it is opened
-    read-write, see ``fastfanout.local_channel.Bell``). The transports turn it into
+    read-write, see ``fastfanout.transport.local_channel.Bell``). The transports turn it into
     ``PeerLost`` (clients) or end the session (broker).
     """
 

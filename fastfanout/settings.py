@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.filter_policy import CompiledPolicy
 from fastfanout.records import ExponentialBackoff
+from fastfanout.semantics.filter_policy import CompiledPolicy
 
 __all__ = [
     "MAX_BACKOFF_STEPS",

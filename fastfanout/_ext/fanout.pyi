@@ -5,8 +5,8 @@ from typing_extensions import Buffer
 from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.dedup import DedupWindow
 from fastfanout._ext.store import Store
-from fastfanout.filter_policy import CompiledPolicy
 from fastfanout.records import PublishEntry
+from fastfanout.semantics.filter_policy import CompiledPolicy
 
 _Entry = Buffer | PublishEntry
 

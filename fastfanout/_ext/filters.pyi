@@ -1,6 +1,6 @@
 from collections.abc import Mapping
 
-from fastfanout.filter_policy import CompiledPolicy
+from fastfanout.semantics.filter_policy import CompiledPolicy
 
 class FilterSet:
     def __init__(self) -> None: ...

@@ -35,7 +35,7 @@ def serve_broker(endpoint: str, data_dir: str | None = None) -> None:
             ``always``), or None for a memory-only broker.
     """
     from fastfanout import Broker
-    from fastfanout.server import serve
+    from fastfanout.server.loop import serve
 
     if data_dir is None:
         serve(endpoint)

@@ -40,8 +40,8 @@ from fastfanout.client.core import Request
 from fastfanout.client.driver import AsyncDriver
 from fastfanout.client.messages import DONE, Done, RemotePublishBatch
 from fastfanout.errors import Closed, FastFanoutError
-from fastfanout.protocol import Opcode
 from fastfanout.records import Body
+from fastfanout.wire.protocol import Opcode
 
 __all__ = ["AsyncProducer"]
 

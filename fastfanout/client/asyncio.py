@@ -10,7 +10,7 @@ analogue of many requests in flight). A push wakes its consumer's iteration. A
 heartbeat task keeps the session alive; if the broker says goodbye or the reader fails,
 every pending call raises ``BrokenConnection`` (a goodbye that ends the session,
 ``SessionExpired``, also makes a new connection: a new session). Sockets come from
-``fastfanout.transport``, which remains the only module that imports ``zmq``.
+``fastfanout.transport.sockets``, which remains the only module that imports ``zmq``.
 
 Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
 iteration (``asyncio.gather``, other tasks) and ``publish_nowait()``/``send_nowait()``
@@ -57,8 +57,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
-from fastfanout import forks, protocol
 from fastfanout.api import AsyncBrokerAPI
+from fastfanout.client import forks
 from fastfanout.client.aio_producers import AsyncProducer
 from fastfanout.client.consumers import StreamListening
 from fastfanout.client.core import (
@@ -86,23 +86,24 @@ from fastfanout.errors import (
     SessionExpired,
     TransportError,
 )
-from fastfanout.local_channel import (
+from fastfanout.records import Attributes, Body, PublishResult
+from fastfanout.runtime import default_endpoint
+from fastfanout.server.streams import StreamMessage
+from fastfanout.transport.local import AsyncLocalTransport
+from fastfanout.transport.local_channel import (
     DEFAULT_RING_BYTES,
     LocalChannel,
     check_channel_options,
     wants_local_channel,
 )
-from fastfanout.local_transport import AsyncLocalTransport
-from fastfanout.protocol import Opcode
-from fastfanout.records import Attributes, Body, PublishResult
-from fastfanout.runtime import default_endpoint
-from fastfanout.streams import StreamMessage
-from fastfanout.transport import (
+from fastfanout.transport.sockets import (
     AsyncDealerTransport,
     AsyncSubTransport,
     CurveKeys,
     client_curve,
 )
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -116,7 +117,7 @@ class AsyncListener(StreamListening):
 
     ``await`` it, or enter it (``async with``), before publishing what it must see: that
     returns once the broker applies the subscription (its probe came back, see
-    ``fastfanout.streams``). Then use ``async for message in listener`` or
+    ``fastfanout.server.streams``). Then use ``async for message in listener`` or
     ``await listener.recv_batch(timeout)``; close it (or leave ``async with``) when done.
 
     Args:

@@ -29,7 +29,7 @@ thread) and the API over it (``Client``). Choices:
   leases. If the broker stays silent for its ``heartbeat_timeout``, pending calls raise
   ``BrokenConnection`` and the next call reconnects.
 - ``fork()``: a child that calls a client its parent connected gets ``UsedAfterFork``
-  (``fastfanout.forks``); its ``close()`` leaves the parent's connection alone.
+  (``fastfanout.client.forks``); its ``close()`` leaves the parent's connection alone.
 - Deliveries stay in the codec's record form until user code iterates; ``consume``
   yields ``RemoteMessage`` objects, ``consume_batches`` yields whole ``DeliveryBatch``es.
 """
@@ -46,8 +46,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from fastfanout import forks, protocol
 from fastfanout.api import BrokerAPI
+from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.client.core import (
     PIPELINE_READ,
@@ -73,17 +73,18 @@ from fastfanout.errors import (
     PeerLost,
     TransportError,
 )
-from fastfanout.local_channel import (
+from fastfanout.records import Attributes, Body, PublishResult
+from fastfanout.runtime import default_endpoint
+from fastfanout.transport.local import LocalTransport
+from fastfanout.transport.local_channel import (
     DEFAULT_RING_BYTES,
     LocalChannel,
     check_channel_options,
     wants_local_channel,
 )
-from fastfanout.local_transport import LocalTransport
-from fastfanout.protocol import Opcode
-from fastfanout.records import Attributes, Body, PublishResult
-from fastfanout.runtime import default_endpoint
-from fastfanout.transport import CurveKeys, DealerTransport, client_curve
+from fastfanout.transport.sockets import CurveKeys, DealerTransport, client_curve
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 __all__ = ["Client", "Connection", "connect", "control"]
 
@@ -502,7 +503,7 @@ class Client:
         curve_keys: this client's key pair or certificate file, with
             ``curve_server_key``; None makes a fresh pair (a broker admitting any client).
         local_channel: talk to the broker through shared memory
-            (``fastfanout.local_channel``) instead of its socket: None (the default)
+            (``fastfanout.transport.local_channel``) instead of its socket: None (the default)
             when the endpoint is ``ipc://`` and the broker offers it, True to insist
             (``BrokenConnection`` when it cannot be had), False never.
         ring_bytes: bytes of each of the channel's two rings (a power of two from 64 KiB

@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-from fastfanout import protocol
 from fastfanout._ext.wire import count_of, receipts_of
 from fastfanout.client.core import ConsumerState
 from fastfanout.client.driver import BlockingDriver
@@ -29,9 +28,10 @@ from fastfanout.client.messages import (
     decode_delivery,
 )
 from fastfanout.errors import BrokenConnection
-from fastfanout.protocol import Opcode
-from fastfanout.streams import StreamBatch, StreamFollower, StreamMessage
-from fastfanout.transport import CurveKeys, SubTransport
+from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
+from fastfanout.transport.sockets import CurveKeys, SubTransport
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 __all__ = ["Consumer", "DeliveryBatch", "Listener", "StreamListening"]
 
@@ -204,7 +204,7 @@ class StreamListening:
 
     Attributes:
         pattern: the topic name or pattern.
-        follower: the subscription's state (``fastfanout.streams.StreamFollower``).
+        follower: the subscription's state (``fastfanout.server.streams.StreamFollower``).
         early: batches that came before the probe, read first.
         unread: messages of the current batch not iterated yet.
     """
@@ -241,7 +241,7 @@ class Listener(StreamListening, Iterator[StreamMessage]):
     """Stream messages of the topics matching a pattern (``Client.listen``).
 
     Live when made: the constructor returns once the broker applies the subscription
-    (its probe came back, see ``fastfanout.streams``), so every message published
+    (its probe came back, see ``fastfanout.server.streams``), so every message published
     afterwards reaches this listener unless its queue overflows.
 
     Args:

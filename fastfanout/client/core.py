@@ -43,8 +43,8 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from fastfanout import forks, protocol
 from fastfanout._ext.wire import FrameBuilder, encode_entries
+from fastfanout.client import forks
 from fastfanout.errors import (
     BrokenConnection,
     Closed,
@@ -54,9 +54,10 @@ from fastfanout.errors import (
     RequestTooLarge,
     ServerStopping,
 )
-from fastfanout.protocol import Opcode, Status
 from fastfanout.settings import QueueSettings, Subscription
 from fastfanout.stats import BrokerStats
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
 
 __all__ = [
     "CONTROL_CALLS",
@@ -363,7 +364,7 @@ class ConnectionCore:
         self.last_sent_heartbeat = 0.0
         self.ended: FastFanoutError | None = None
         self.closed = False
-        self.pid = pid   # the process that owns the connection (fastfanout.forks)
+        self.pid = pid   # the process that owns the connection (fastfanout.client.forks)
         self.forked = False
         self.on_request: Callable[[int, list[bytes]], None] | None = None
 

@@ -15,8 +15,8 @@ from collections.abc import Generator, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol, overload
 
-from fastfanout import protocol
 from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
+from fastfanout.wire import protocol
 
 __all__ = [
     "DONE",

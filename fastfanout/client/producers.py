@@ -2,7 +2,7 @@
 
 Design
 ------
-Prior art: the embedded ``fastfanout.producer.Producer`` (whose calls this mirrors) and
+Prior art: the embedded ``fastfanout.broker.producer.Producer`` (whose calls this mirrors) and
 the Kafka producer's accumulator with ``max.in.flight.requests.per.connection``.
 
 ``Client.publish_nowait`` pays for a lock, a future and a dictionary lookup on every
@@ -50,9 +50,9 @@ from fastfanout.client.core import Request
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
-from fastfanout.protocol import Opcode
 from fastfanout.records import Body
 from fastfanout.settings import MAX_DELAY, seconds_to_us
+from fastfanout.wire.protocol import Opcode
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "RemoteProducer", "producer_limits"]
 

@@ -72,7 +72,6 @@ from fastfanout.errors import (
     NotFound,
     StaleReceipt,
 )
-from fastfanout.filter_policy import SCOPES, parse_policy
 from fastfanout.model.checks import (
     MAX_DEDUP_WINDOW_US,
     MAX_DELAY_US,
@@ -98,8 +97,9 @@ from fastfanout.model.dedup import DEFAULT_CAPACITY, DedupWindow
 from fastfanout.model.publish import Subscription, Topic, check_batch, room_plan
 from fastfanout.model.queue import Copy, Queue, Settings
 from fastfanout.records import Attributes, DeadLetterInfo, ExponentialBackoff, PublishResult
+from fastfanout.semantics.filter_policy import SCOPES, parse_policy
+from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches, validate_pattern
 from fastfanout.stats import BrokerStats, QueueStats, TopicStats
-from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_pattern
 
 __all__ = ["ModelBroker", "ModelMessage"]
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastfanout.errors import InvalidArgument, MessageTooLarge, QueueFull
-from fastfanout.filter_policy import reference_match
 from fastfanout.model.checks import Entry
 from fastfanout.model.dedup import DedupKey, DedupWindow
 from fastfanout.model.queue import Copy, Queue
+from fastfanout.semantics.filter_policy import reference_match
 
 __all__ = ["Batch", "Subscription", "Topic", "check_batch", "room_plan"]
 

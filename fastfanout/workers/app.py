@@ -40,7 +40,7 @@ from dataclasses import replace
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from fastfanout.broker import Broker
+from fastfanout.broker.embedded import Broker
 from fastfanout.client import Client
 from fastfanout.errors import AlreadyExists, InvalidArgument, NotFound
 from fastfanout.workers.coroutines import AsyncRunner

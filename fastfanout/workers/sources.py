@@ -5,7 +5,7 @@ source. Over a connection that is a push consumer (``Client.consume``, credit-ba
 broker pushes while the consumer holds fewer than ``prefetch`` unsettled messages, and
 credit comes back however a message is settled), one connection per thread so that a
 thread never waits for another's socket. An embedded ``Broker`` has no connection: the
-source is its push consumer, ``Broker.consume`` (``fastfanout.broker_consumer``), which
+source is its push consumer, ``Broker.consume`` (``fastfanout.broker.consumer``), which
 waits on the broker's condition, woken by publishes and settles (no polling loop), with
 the same credit.
 
@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from fastfanout.broker import Broker
+from fastfanout.broker.embedded import Broker
 from fastfanout.client import Client
 from fastfanout.errors import FastFanoutError
-from fastfanout.local_channel import DEFAULT_RING_BYTES
+from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 
 __all__ = [
     "WORKER_RING_BYTES",

@@ -22,7 +22,7 @@ import zmq
 
 from fastfanout.client import Client, connect
 from fastfanout.errors import FastFanoutError
-from fastfanout.server import Server
+from fastfanout.server.loop import Server
 
 DEADLINE = 10.0
 

@@ -9,7 +9,7 @@ import pytest
 
 import fastfanout
 from fastfanout import aio
-from fastfanout.protocol import Opcode
+from fastfanout.wire.protocol import Opcode
 
 
 async def _setup(client: aio.AsyncClient, **queue_settings: Tracker) -> None:

@@ -17,9 +17,10 @@ import pytest
 import zmq
 from conftest import raw_dealer
 
-from fastfanout import Broker, InvalidArgument, protocol
+from fastfanout import Broker, InvalidArgument
 from fastfanout.errors import error_for_code
-from fastfanout.server import Server
+from fastfanout.server.loop import Server
+from fastfanout.wire import protocol
 
 # Values of the wrong type for every argument, unless ``WRONG`` names others.
 WRONG_EVERYWHERE: list[Any] = [[1], {"k": 1}, b"x"]

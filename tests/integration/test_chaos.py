@@ -22,8 +22,8 @@ from typing import Any
 
 import zmq
 
-from fastfanout import protocol
 from fastfanout.client import connect
+from fastfanout.wire import protocol
 
 SECONDS = float(os.environ.get("FASTFANOUT_CHAOS_SECONDS", "4"))
 SLOWEST_CALL = 1.0

@@ -18,10 +18,10 @@ from click.testing import CliRunner, Result
 
 import fastfanout
 from fastfanout.cli import cli
-from fastfanout.config import ServerConfig, load_config, server_options
 from fastfanout.errors import InvalidArgument
-from fastfanout.protocol import DEFAULT_MAX_FRAME_BYTES, RequestTooLarge
-from fastfanout.server import Server
+from fastfanout.server.config import ServerConfig, load_config, server_options
+from fastfanout.server.loop import Server
+from fastfanout.wire.protocol import DEFAULT_MAX_FRAME_BYTES, RequestTooLarge
 
 Tracker = Any
 

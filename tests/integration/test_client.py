@@ -8,8 +8,9 @@ from typing import Any as Tracker
 import pytest
 
 import fastfanout
-from fastfanout import aio, protocol
-from fastfanout.protocol import Opcode
+from fastfanout import aio
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 
 def test_publish_nowait_batches_and_resolves(track: Tracker, endpoint: str) -> None:

@@ -11,10 +11,11 @@ import pytest
 import zmq.auth
 
 import fastfanout
-from fastfanout import aio, protocol
+from fastfanout import aio
 from fastfanout.client import Client
-from fastfanout.protocol import Opcode
-from fastfanout.transport import load_curve_keys
+from fastfanout.transport.sockets import load_curve_keys
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 # client methods that are not Broker operations, or whose asyncio form is another call
 NOT_BROKER_OPERATIONS = {"closed", "close", "flush", "publish_nowait", "send_nowait",

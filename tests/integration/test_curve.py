@@ -13,8 +13,8 @@ import zmq.auth
 import fastfanout
 from fastfanout.client import connect
 from fastfanout.errors import BrokenConnection, TransportError
-from fastfanout.server import Server
-from fastfanout.transport import (
+from fastfanout.server.loop import Server
+from fastfanout.transport.sockets import (
     CURVE_ALLOW_ANY,
     client_curve,
     load_curve_keys,

@@ -1,4 +1,4 @@
-"""Publishes held by the server while a ``hold`` queue is full (fastfanout.holds)."""
+"""Publishes held by the server while a ``hold`` queue is full (fastfanout.server.holds)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_stopping_answers_held_publishes(track: Tracker) -> None:
 
 def test_server_refuses_a_bad_hold_timeout_or_push_batch(track: Tracker) -> None:
     from fastfanout import InvalidArgument
-    from fastfanout.server import Server
+    from fastfanout.server.loop import Server
 
     for bad in (-1, float("nan"), "1"):
         with pytest.raises(InvalidArgument):

@@ -19,14 +19,14 @@ import zmq
 from conftest import raw_dealer
 
 import fastfanout.aio as aio
-from fastfanout import protocol
 from fastfanout._ext import codec
 from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.errors import BrokenConnection, InvalidArgument, PeerGone, PeerLost
-from fastfanout.local_channel import LocalChannel
-from fastfanout.local_transport import AsyncLocalTransport, LocalTransport
-from fastfanout.server import Server
-from fastfanout.transport import AsyncDealerTransport, DealerTransport
+from fastfanout.server.loop import Server
+from fastfanout.transport.local import AsyncLocalTransport, LocalTransport
+from fastfanout.transport.local_channel import LocalChannel
+from fastfanout.transport.sockets import AsyncDealerTransport, DealerTransport
+from fastfanout.wire import protocol
 
 
 def is_local(client) -> bool:
@@ -521,9 +521,9 @@ def test_local_backlog_bytes_must_be_a_positive_int(track: Tracker) -> None:
 ATTACH_THEN_VANISH = textwrap.dedent("""
     import os, subprocess, sys
     import msgspec, zmq
-    from fastfanout import protocol
+    from fastfanout.wire import protocol
     from fastfanout._ext.shmring import MIN_CAPACITY
-    from fastfanout.local_channel import LocalChannel
+    from fastfanout.transport.local_channel import LocalChannel
     dealer = zmq.Context().socket(zmq.DEALER)
     dealer.connect(sys.argv[1])
     dealer.send_multipart([protocol.encode_header(protocol.Opcode.HELLO, 1),
@@ -568,7 +568,7 @@ def test_a_client_gone_right_after_attach_is_ended(track: Tracker, how: str) -> 
 KILLED_IN_CONNECT = textwrap.dedent("""
     import os, signal, sys
     from fastfanout.client import connect
-    from fastfanout.local_channel import LocalChannel
+    from fastfanout.transport.local_channel import LocalChannel
     made = LocalChannel.create
     def create_then_stop(ring_bytes):
         channel = made(ring_bytes)

@@ -8,7 +8,7 @@ import pytest
 
 import fastfanout
 from fastfanout.errors import BrokenConnection
-from fastfanout.protocol import Opcode
+from fastfanout.wire.protocol import Opcode
 
 
 def _setup(client: fastfanout.Client, **queue_settings: Tracker) -> None:

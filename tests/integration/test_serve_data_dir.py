@@ -12,9 +12,9 @@ import pytest
 from conftest import Tracker, wait_for_broker
 from test_cli import assert_one_line_error, config_file, run
 
-from fastfanout.config import load_config
 from fastfanout.errors import FastFanoutError, InvalidArgument
 from fastfanout.runtime import data_dir_name, default_data_dir, state_dir
+from fastfanout.server.config import load_config
 
 
 def test_state_dir_follows_xdg_state_home(private_state_dir: Path,
@@ -167,7 +167,7 @@ def test_demo_runs_twice_in_a_row(tmp_path: Path) -> None:
 
 def test_server_refuses_a_broker_and_a_data_dir(tmp_path: Path) -> None:
     from fastfanout import Broker
-    from fastfanout.server import Server
+    from fastfanout.server.loop import Server
 
     with Broker() as broker, pytest.raises(InvalidArgument, match="not both"):
         Server(f"ipc://{tmp_path}/s.sock", broker=broker, data_dir=tmp_path / "d")

@@ -16,15 +16,15 @@ import zmq
 from clocks import FakeClock
 
 import fastfanout
-from fastfanout import protocol
 from fastfanout._ext import codec
 from fastfanout.errors import BrokenConnection, BrokerRunning, InvalidArgument
-from fastfanout.protocol import Opcode
 from fastfanout.runtime import runtime_dir
-from fastfanout.server import IDLE_TICK, Server
-from fastfanout.sessions import Consumer as SessionConsumer
-from fastfanout.sessions import Session
-from fastfanout.streams import PROBE_PREFIX
+from fastfanout.server.loop import IDLE_TICK, Server
+from fastfanout.server.sessions import Consumer as SessionConsumer
+from fastfanout.server.sessions import Session
+from fastfanout.server.streams import PROBE_PREFIX
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 
 def test_every_operation(track: Tracker, endpoint: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastfanout import protocol
 from fastfanout._ext.wire import encode_entries
-from fastfanout.protocol import Opcode, Status
-from fastfanout.server import Server
+from fastfanout.server.loop import Server
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
 
 
 def _bound_server(tmp_path: Path) -> tuple[Server, list[int]]:

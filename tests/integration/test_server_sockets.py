@@ -21,10 +21,11 @@ import msgspec
 import pytest
 import zmq
 
-from fastfanout import aio, errors, protocol
+from fastfanout import aio, errors
 from fastfanout.errors import InvalidArgument, RequestTooLarge, UnsafeLockFile
-from fastfanout.protocol import Opcode, Status
-from fastfanout.server import Server
+from fastfanout.server.loop import Server
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
 
 
 def _raw_dealer(context: zmq.Context[Any], endpoint: str, **options: int) -> zmq.Socket[Any]:

@@ -11,7 +11,7 @@ from typing import Any as Tracker
 import zmq
 
 from fastfanout import aio
-from fastfanout.streams import PROBE_PREFIX
+from fastfanout.server.streams import PROBE_PREFIX
 
 TRIALS = 60
 WINDOW = 100   # batches the slow-listener test publishes before the fast one reads them

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fastfanout._ext.filters import FilterSet
 from fastfanout.errors import InvalidFilterPolicy
-from fastfanout.filter_policy import parse_policy, reference_match
+from fastfanout.semantics.filter_policy import parse_policy, reference_match
 
 KEYS = ["a", "b", "c", "a.b"]
 TEXTS = ["x", "y", "xy", "Xy", "yx", "", "10.0.0.1", "10.0.0.5", "2001:db8::1", "é"]

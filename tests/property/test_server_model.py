@@ -29,7 +29,7 @@ from test_broker_model import BrokerModelMachine, outcome
 
 from fastfanout import Broker, InvalidArgument, NotFound
 from fastfanout.client import Client, connect
-from fastfanout.server import Server
+from fastfanout.server.loop import Server
 
 WALL_CLOCK = time.time
 

@@ -1,4 +1,4 @@
-"""keep_freed_memory: glibc's allocator keeps freed frames for reuse (fastfanout.allocator)."""
+"""keep_freed_memory: glibc's allocator keeps freed frames for reuse (server.allocator)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from fastfanout.allocator import keep_freed_memory
+from fastfanout.server.allocator import keep_freed_memory
 
 # Allocate and free 1 MiB then 3 MiB in a fresh process; print whether the second block
 # came back at the first one's address (reused from the heap, not a new mapping).
 PROBE = """
 import ctypes, sys
-from fastfanout.allocator import keep_freed_memory
+from fastfanout.server.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 libc = ctypes.CDLL(None)

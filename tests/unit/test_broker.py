@@ -17,7 +17,7 @@ from fastfanout import (
     QueueFull,
     StaleReceipt,
 )
-from fastfanout.protocol import encode_receipts
+from fastfanout.wire.protocol import encode_receipts
 
 
 def snapshot(broker):

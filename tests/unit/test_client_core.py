@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from fastfanout import protocol
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     ConnectionCore,
@@ -25,7 +24,8 @@ from fastfanout.errors import (
     StaleReceipt,
     UsedAfterFork,
 )
-from fastfanout.protocol import Opcode, Status
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
 
 
 class Bound:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from clocks import FakeClock
 
-from fastfanout import Broker, durability
+from fastfanout import Broker
 from fastfanout._ext import journal as journal_ops
 from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
 from fastfanout.records import ExponentialBackoff
+from fastfanout.storage import durability
 
 Open = Callable[..., Broker]
 

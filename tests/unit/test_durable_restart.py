@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fastfanout import Broker, durability
+from fastfanout import Broker
+from fastfanout.storage import durability
 
 
 def test_a_redriven_copy_leaves_no_dedup_key_after_a_restart(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from fastfanout import Broker
 from fastfanout.errors import InvalidArgument, InvalidFilterPolicy
-from fastfanout.filter_policy import (
+from fastfanout.semantics.filter_policy import (
     MAX_POLICY_BYTES,
     AnythingBut,
     AnythingButPrefix,

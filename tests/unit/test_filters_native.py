@@ -12,7 +12,7 @@ import pytest
 
 from fastfanout._ext.filters import FilterSet
 from fastfanout.errors import InvalidArgument
-from fastfanout.filter_policy import parse_policy, reference_match
+from fastfanout.semantics.filter_policy import parse_policy, reference_match
 
 A = "attributes"
 B = "body"

@@ -1,11 +1,11 @@
-"""The server's held publishes (fastfanout.holds), without a server."""
+"""The server's held publishes (fastfanout.server.holds), without a server."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastfanout import NotFound, QueueFull
-from fastfanout.holds import HeldRequest, HeldRequests
+from fastfanout.server.holds import HeldRequest, HeldRequests
 
 
 def _full() -> QueueFull:

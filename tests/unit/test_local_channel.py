@@ -11,7 +11,7 @@ import pytest
 
 from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout.errors import MalformedFrame, PeerGone
-from fastfanout.local_channel import ATTACH_FIELDS, LocalChannel
+from fastfanout.transport.local_channel import ATTACH_FIELDS, LocalChannel
 
 
 def readable(fd: int) -> bool:
@@ -138,7 +138,7 @@ def test_the_client_sees_the_broker_side_close(sides):
 SIGPIPE_DEFAULT = textwrap.dedent("""
     import os, signal, sys
     from fastfanout._ext.shmring import MIN_CAPACITY
-    from fastfanout.local_channel import LocalChannel
+    from fastfanout.transport.local_channel import LocalChannel
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # as many command-line tools do
     client = LocalChannel.create(MIN_CAPACITY)
     broker = LocalChannel.attach(client.attach_request())
@@ -179,7 +179,7 @@ def test_a_channel_has_no_name_anywhere():
 KILLED_WHILE_MAKING = textwrap.dedent("""
     import json, os
     from fastfanout._ext.shmring import MIN_CAPACITY
-    from fastfanout.local_channel import LocalChannel
+    from fastfanout.transport.local_channel import LocalChannel
     channel = LocalChannel.create(MIN_CAPACITY)
     links = []
     for name in os.listdir("/proc/self/fd"):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from fastfanout import Broker, InvalidArgument, StaleReceipt
-from fastfanout.protocol import encode_receipts
+from fastfanout.wire.protocol import encode_receipts
 
 
 def push(broker: Broker, owner: int, max_messages: int = 100,

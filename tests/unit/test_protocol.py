@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastfanout import errors, protocol
+from fastfanout import errors
 from fastfanout.errors import MalformedFrame, error_for_code
-from fastfanout.protocol import (
+from fastfanout.records import ExponentialBackoff
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import (
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,
@@ -29,7 +31,6 @@ from fastfanout.protocol import (
     encode_receipts,
     encode_results,
 )
-from fastfanout.records import ExponentialBackoff
 
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -95,7 +96,7 @@ def test_opcode_and_status_values_are_the_documented_ones() -> None:
 
 
 def test_every_call_opcode_names_a_broker_method() -> None:
-    from fastfanout.broker import Broker
+    from fastfanout.broker.embedded import Broker
 
     for opcode, name in protocol.CALLS.items():
         assert callable(getattr(Broker, name)), (opcode, name)
@@ -288,7 +289,7 @@ def test_backoff_round_trips_through_msgpack(backoff: Any) -> None:
 
 
 def test_settings_travel_without_the_compiled_filter() -> None:
-    from fastfanout.broker import Broker
+    from fastfanout.broker.embedded import Broker
 
     with Broker() as broker:
         broker.create_topic("t")

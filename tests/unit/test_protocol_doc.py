@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastfanout.protocol import CALLS, Opcode
+from fastfanout.wire.protocol import CALLS, Opcode
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 

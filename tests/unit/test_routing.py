@@ -1,11 +1,11 @@
-"""Subscriptions resolved into dispatcher targets, alone (fastfanout.routing)."""
+"""Subscriptions resolved into dispatcher targets, alone (fastfanout.semantics.routing)."""
 
 from __future__ import annotations
 
 import pytest
 
 from fastfanout.errors import InvalidArgument, InvalidFilterPolicy
-from fastfanout.routing import compile_policy, dispatch_targets, feeding_subscriptions
+from fastfanout.semantics.routing import compile_policy, dispatch_targets, feeding_subscriptions
 from fastfanout.settings import Subscription
 
 

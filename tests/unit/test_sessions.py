@@ -1,9 +1,9 @@
-"""The server's per-session record of leases to give back (fastfanout.sessions)."""
+"""The server's per-session record of leases to give back (fastfanout.server.sessions)."""
 
 from __future__ import annotations
 
-from fastfanout.protocol import encode_receipts
-from fastfanout.sessions import EndedSessions, Session
+from fastfanout.server.sessions import EndedSessions, Session
+from fastfanout.wire.protocol import encode_receipts
 
 
 def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:

@@ -12,7 +12,7 @@ import zmq
 
 from fastfanout._ext import codec
 from fastfanout.errors import WouldBlock
-from fastfanout.streams import (
+from fastfanout.server.streams import (
     BEACON_INTERVAL,
     BEACON_QUIET,
     PROBE_PREFIX,
@@ -20,7 +20,7 @@ from fastfanout.streams import (
     Streams,
     beacon_frame,
 )
-from fastfanout.transport import Peer, ServerTransport
+from fastfanout.transport.sockets import Peer, ServerTransport
 
 Change = tuple[bool | None, bytes, Peer | None]
 

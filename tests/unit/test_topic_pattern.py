@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_pattern
+from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches, validate_pattern
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from fastfanout import InvalidArgument, PublishEntry, StaleReceipt
 from fastfanout._ext.codec import decode_batch
 from fastfanout._ext.wire import FrameBuilder, count_of, encode_entries, receipts_of
-from fastfanout.protocol import decode_results
+from fastfanout.wire.protocol import decode_results
 
 
 def test_frame_builder_round_trips_through_the_codec():

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.filter_policy import SCOPES, CompiledPolicy, parse_policy
+from fastfanout.semantics.filter_policy import SCOPES, CompiledPolicy, parse_policy
+from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches
 from fastfanout.settings import Subscription
-from fastfanout.topic_pattern import is_pattern, pattern_matches
 
 __all__ = ["compile_policy", "dispatch_targets", "feeding_subscriptions"]
 

@@ -16,7 +16,7 @@ Invariants:
   counted.
 - A consumer never holds more than its ``prefetch`` of unsettled pushed messages: the
   store counts each consumer's leases until they end, however they end, and a push
-  leases at most ``prefetch`` minus that count (``fastfanout.server_deliveries``).
+  leases at most ``prefetch`` minus that count (``fastfanout.server.deliveries``).
 - A lease is settled only by the session it was made for: every settle passes the
   session's owner tag, and another session's receipt is ``stale_receipt``.
 - Every lease handed to a session is remembered (as the receipts of each delivery batch,
@@ -34,22 +34,22 @@ Invariants:
 - A publish to a topic that stream listeners follow is also sent on the XPUB, one
   message per publish batch: ``[topic, records]``, each record's ``receipt`` field holding
   the topic's sequence number. The named ``slow_listener`` policy decides who pays for a
-  full listener queue (``fastfanout.streams``: that listener alone, or everyone).
+  full listener queue (``fastfanout.server.streams``: that listener alone, or everyone).
 - The answers to a round's publishes and sends go out after its pushes when there is
   one (its consumer hears of the message first: latency), before them when there are
   several (their pipelining publishers send the next batches while the broker pushes:
   throughput; ~10-20 % more messages a second through the fan-out benchmark).
 - A publish or send refused by a full ``hold`` queue is not answered with the error: it
-  is held (``fastfanout.holds``) and run again as room appears, in each session's order,
+  is held (``fastfanout.server.holds``) and run again as room appears, in each session's order,
   and answered when it goes through or after ``hold_timeout``.
 - A client on this host may move its session onto a local channel (``ATTACH``,
-  ``fastfanout.local_sessions``): each round reads its ring and hands the requests to
+  ``fastfanout.server.local_sessions``): each round reads its ring and hands the requests to
   the same ``_handle`` as socket requests; its replies and pushes go into its ring in
   order (a push is written there in place); when its bell hangs up — the client's
   process ended — the session ends at once.
 
 The request handlers that lease and settle messages, and the push phase, are in
-``fastfanout.server_deliveries`` (the base class ``Deliveries``).
+``fastfanout.server.deliveries`` (the base class ``Deliveries``).
 """
 
 from __future__ import annotations
@@ -65,9 +65,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, Final
 
-from fastfanout import protocol
-from fastfanout.allocator import keep_freed_memory
-from fastfanout.broker import Broker
+from fastfanout.broker.embedded import Broker
 from fastfanout.errors import (
     Closed,
     FastFanoutError,
@@ -84,26 +82,28 @@ from fastfanout.errors import (
     UnsupportedVersion,
     WouldBlock,
 )
-from fastfanout.holds import HeldRequest, HeldRequests
-from fastfanout.local_channel import local_channels_supported
-from fastfanout.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
-from fastfanout.local_sessions import LocalSessions
-from fastfanout.protocol import Opcode, Status
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
-from fastfanout.server_deliveries import Deliveries
-from fastfanout.sessions import Consumer, EndedSessions, Session, Waiter
+from fastfanout.server.allocator import keep_freed_memory
+from fastfanout.server.deliveries import Deliveries
+from fastfanout.server.holds import HeldRequest, HeldRequests
+from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
+from fastfanout.server.local_sessions import LocalSessions
+from fastfanout.server.sessions import Consumer, EndedSessions, Session, Waiter
+from fastfanout.server.streams import SLOW_LISTENER_POLICIES, Streams
 from fastfanout.settings import MAX_RECEIVE_BATCH
-from fastfanout.streams import SLOW_LISTENER_POLICIES, Streams
-from fastfanout.transport import (
+from fastfanout.transport.local_channel import local_channels_supported
+from fastfanout.transport.sockets import (
     CurveKeys,
     ServerTransport,
     check_curve_clients,
     is_loopback,
 )
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
 
 __all__ = ["SLOW_LISTENER_POLICIES", "Server", "serve"]
 
-log = logging.getLogger("fastfanout.server")
+log = logging.getLogger("fastfanout.server.loop")
 
 ROUND_REQUESTS: Final = 1000
 """Most requests one round of the loop handles before it pushes and answers; the rest
@@ -163,7 +163,7 @@ class Server(Deliveries):
             exceeds the consumer's credit, so this only caps consumers with a large
             prefetch: big pushes are what lets one consumer take millions a second).
         local_channels: let clients on this host attach a shared-memory channel
-            (``ATTACH``, see ``fastfanout.local_channel``); only on an ``ipc://``
+            (``ATTACH``, see ``fastfanout.transport.local_channel``); only on an ``ipc://``
             endpoint, where every client is on this host.
         local_backlog_bytes: most bytes that may wait for room in one local session's
             ring (``local_sessions.BACKLOG_BYTES``); past it the session is ended as a

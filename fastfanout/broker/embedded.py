@@ -2,11 +2,11 @@
 
 ``Broker`` is the thin, typed face of the native core (``fastfanout._ext``): it checks
 arguments, keeps the name tables, reads the clock and serialises calls; the core does
-everything per message. The server (``fastfanout.server``) wraps one ``Broker``, and the
+everything per message. The server (``fastfanout.server.loop``) wraps one ``Broker``, and the
 client offers the very same methods, so code written against one runs against the other.
 
 The broker's state and its administration (topics, queues, subscriptions) live in the
-base class, ``fastfanout.administration.Administration``; this module holds the message
+base class, ``fastfanout.broker.administration.Administration``; this module holds the message
 path: publish and send, receive, the settle calls, the server's encoded fast paths, stats.
 
 Thread safety: every call holds one lock for its whole duration (the core is not
@@ -29,10 +29,10 @@ from fastfanout._ext.deliveries import receive, receive_push
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
 from fastfanout._ext.shmring import SharedRing
-from fastfanout.administration import Administration
-from fastfanout.broker_consumer import BrokerConsumer
+from fastfanout.broker.administration import Administration
+from fastfanout.broker.consumer import BrokerConsumer
+from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
 from fastfanout.errors import InvalidArgument, NotFound
-from fastfanout.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
 from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
 from fastfanout.settings import (
     MAX_DELAY,
@@ -236,7 +236,7 @@ class Broker(Administration):
             max_bytes: body bytes the ring holds.
 
         Returns:
-            A ``Producer`` (see ``fastfanout.producer``); use it as a context manager or
+            A ``Producer`` (see ``fastfanout.broker.producer``); use it as a context manager or
             close it, which flushes.
         """
         self._ensure_open()
@@ -441,7 +441,7 @@ class Broker(Administration):
                 timeout: float | None = None) -> BrokerConsumer:
         """Consume a queue in process: iterate for messages as they become visible.
 
-        The embedded twin of ``Client.consume`` (``fastfanout.broker_consumer``): no
+        The embedded twin of ``Client.consume`` (``fastfanout.broker.consumer``): no
         polling (each wait is woken by publishes and settles), and never more than
         ``prefetch`` unsettled messages, however they are settled.
 

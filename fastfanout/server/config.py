@@ -29,10 +29,10 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
-from fastfanout.protocol import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REQUEST_BYTES
-from fastfanout.server import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
+from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
+from fastfanout.server.loop import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
 from fastfanout.settings import MAX_RECEIVE_BATCH
+from fastfanout.wire.protocol import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REQUEST_BYTES
 
 __all__ = ["EXPECTED", "LOG_LEVELS", "ServerConfig", "endpoint_problem", "load_config",
            "server_options"]

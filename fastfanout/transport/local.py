@@ -1,8 +1,8 @@
 """Client transports over local channels: the blocking and the asyncio flavour.
 
-Both keep the interface of their socket counterparts in ``fastfanout.transport``
+Both keep the interface of their socket counterparts in ``fastfanout.transport.sockets``
 (``send``/``recv``/``close``), so the clients use either without knowing which: the
-channel (``fastfanout.local_channel``) carries every message, the DEALER socket only the
+channel (``fastfanout.transport.local_channel``) carries every message, the DEALER socket only the
 messages too large for a ring, announced by a marker. The broker's process ending is
 seen at once, on the channel's bell, and reported as ``PeerLost``. Neither imports
 ZeroMQ: the sockets they keep are the transport module's.
@@ -17,8 +17,8 @@ import time
 from collections import deque
 
 from fastfanout.errors import PeerGone, PeerLost
-from fastfanout.local_channel import LocalChannel
-from fastfanout.transport import AsyncDealerTransport, DealerTransport
+from fastfanout.transport.local_channel import LocalChannel
+from fastfanout.transport.sockets import AsyncDealerTransport, DealerTransport
 
 __all__ = ["AsyncLocalTransport", "LocalTransport"]
 
@@ -51,7 +51,7 @@ class LocalTransport(_ChannelReader):
 
     The same ``send``/``recv``/``close`` as ``DealerTransport``, whose socket it keeps for
     the messages too large for a ring (announced by a marker, see
-    ``fastfanout.local_channel``). ``recv`` waits on the channel's bell (``poll``), and on
+    ``fastfanout.transport.local_channel``). ``recv`` waits on the channel's bell (``poll``), and on
     the socket only after a marker. A send that finds the ring full waits for the broker
     to make room, up to ``send_timeout`` seconds.
 

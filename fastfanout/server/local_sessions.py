@@ -1,6 +1,6 @@
 """The broker's side of local channels: which sessions have one, and their rounds.
 
-A session with a local channel (``fastfanout.local_channel``) gets every message
+A session with a local channel (``fastfanout.transport.local_channel``) gets every message
 through its ring; the server hands requests read from the rings to the same ``handle``
 as socket requests, so the two paths share every rule. This module keeps the
 bookkeeping out of the server's loop:
@@ -32,12 +32,12 @@ from functools import partial
 
 from fastfanout._ext.shmring import SharedRing
 from fastfanout.errors import PeerGone, Unroutable, WouldBlock
-from fastfanout.local_channel import LocalChannel
-from fastfanout.sessions import Session
+from fastfanout.server.sessions import Session
+from fastfanout.transport.local_channel import LocalChannel
 
 __all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
 
-log = logging.getLogger("fastfanout.server")
+log = logging.getLogger("fastfanout.server.loop")
 
 ROUND_MESSAGES = 1000
 """Most messages one round reads from one session's ring (as ``ROUND_REQUESTS``)."""

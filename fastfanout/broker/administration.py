@@ -1,11 +1,11 @@
 """The broker's state and its name tables: topics, queues, subscriptions.
 
-``Administration`` is the base class of ``fastfanout.broker.Broker``: it owns what a
+``Administration`` is the base class of ``fastfanout.broker.embedded.Broker``: it owns what a
 broker is made of (the native store and dispatcher, the lock, the clock) and the calls
 that change its shape — creating and deleting topics and queues, subscribing, filter
 policies — which keep the name tables and hand the dispatcher its targets. ``Broker``
 adds the message path (publish, receive, settle, stats) on top. Split by concern only:
-one object, one lock; every rule of ``fastfanout.broker``'s module essay holds here.
+one object, one lock; every rule of ``fastfanout.broker.embedded``'s module essay holds here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store
-from fastfanout.durability import Durability, settings_record
 from fastfanout.errors import (
     AlreadyExists,
     Closed,
@@ -30,7 +29,8 @@ from fastfanout.errors import (
     NotFound,
 )
 from fastfanout.records import ExponentialBackoff
-from fastfanout.routing import compile_policy, dispatch_targets, feeding_subscriptions
+from fastfanout.semantics.routing import compile_policy, dispatch_targets, feeding_subscriptions
+from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches, validate_pattern
 from fastfanout.settings import (
     MAX_DEDUP_WINDOW,
     QueueSettings,
@@ -41,7 +41,7 @@ from fastfanout.settings import (
     check_queue_settings,
     seconds_to_us,
 )
-from fastfanout.topic_pattern import is_pattern, pattern_matches, validate_pattern
+from fastfanout.storage.durability import Durability, settings_record
 
 __all__ = ["Administration"]
 
@@ -87,7 +87,7 @@ class Administration:
     Args:
         clock: a callable returning the time in seconds (float); ``time.time`` if None.
         data_dir: None keeps everything in memory; else the data directory of a durable
-            broker (see ``fastfanout.broker.Broker``).
+            broker (see ``fastfanout.broker.embedded.Broker``).
         fsync: ``always``, ``interval`` or ``never`` (a durable broker's fsync policy).
         fsync_interval: seconds between fdatasyncs with ``interval``.
         max_disk_bytes: most journal bytes on disk before publishes are refused with

@@ -1,6 +1,6 @@
 """The server's delivery side: receive and long polls, push consumers, settling.
 
-``Deliveries`` is a base class of ``fastfanout.server.Server``, split off by concern as
+``Deliveries`` is a base class of ``fastfanout.server.loop.Server``, split off by concern as
 ``Administration`` is from ``Broker``: one object, the server's state and loop; these
 are the request handlers that lease and settle messages and the round's push phase.
 
@@ -29,9 +29,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from fastfanout import protocol
 from fastfanout._ext.shmring import WROTE_WAKE, SharedRing
-from fastfanout.broker import Broker
+from fastfanout.broker.embedded import Broker
 from fastfanout.errors import (
     FastFanoutError,
     InvalidArgument,
@@ -39,10 +38,11 @@ from fastfanout.errors import (
     NotFound,
     StaleReceipt,
 )
-from fastfanout.local_sessions import LocalSessions
-from fastfanout.protocol import Opcode, Status
-from fastfanout.sessions import Consumer, Session, Waiter
+from fastfanout.server.local_sessions import LocalSessions
+from fastfanout.server.sessions import Consumer, Session, Waiter
 from fastfanout.settings import MAX_RECEIVE_BATCH, MAX_VISIBILITY_TIMEOUT, seconds_to_us
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
 
 __all__ = ["Deliveries"]
 

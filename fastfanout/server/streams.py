@@ -61,12 +61,12 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any, Final, overload
 
-from fastfanout import protocol
 from fastfanout._ext.wire import receipt_span
 from fastfanout.errors import InvalidArgument, WouldBlock
 from fastfanout.records import Attributes
-from fastfanout.topic_pattern import pattern_matches
-from fastfanout.transport import Peer, ServerTransport
+from fastfanout.semantics.topic_pattern import pattern_matches
+from fastfanout.transport.sockets import Peer, ServerTransport
+from fastfanout.wire import protocol
 
 __all__ = [
     "BEACON_INTERVAL",

@@ -38,15 +38,15 @@ from fastfanout._ext.dedup import hash128
 from fastfanout._ext.store import RECORD_KINDS, Replay
 from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
 from fastfanout.records import ExponentialBackoff
+from fastfanout.semantics.topic_pattern import is_pattern
 from fastfanout.settings import QueueSettings
-from fastfanout.topic_pattern import is_pattern
 
 if TYPE_CHECKING:
-    from fastfanout.administration import Administration
+    from fastfanout.broker.administration import Administration
 
 __all__ = ["FSYNC_POLICIES", "SEGMENT_BYTES", "Durability"]
 
-log = logging.getLogger("fastfanout.durability")
+log = logging.getLogger("fastfanout.storage.durability")
 
 FSYNC_POLICIES = ("always", "interval", "never")
 """The fsync policies of a durable broker."""
