@@ -45,7 +45,6 @@ import contextlib
 import functools
 import os
 import time
-import weakref
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -59,15 +58,15 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client import forks
-from fastfanout.client.aio_producers import AsyncProducer
 from fastfanout.client.consumers import StreamListening
 from fastfanout.client.core import (
-    ConnectionCore,
     ControlCall,
     Request,
     decode_value,
     encode_call,
 )
+from fastfanout.client.driver import DriverBase
+from fastfanout.client.face import ClientFace
 from fastfanout.client.messages import (
     DONE,
     Done,
@@ -76,31 +75,25 @@ from fastfanout.client.messages import (
     decode_delivery,
     publish_options,
 )
-from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, producer_limits
+from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, AsyncProducer
 from fastfanout.errors import (
     BrokenConnection,
     FastFanoutError,
-    InvalidArgument,
     NotFound,
     PeerLost,
     SessionExpired,
     TransportError,
 )
 from fastfanout.records import Attributes, Body, PublishResult
-from fastfanout.runtime import default_endpoint
 from fastfanout.server.streams import StreamMessage
 from fastfanout.transport.local import AsyncLocalTransport
 from fastfanout.transport.local_channel import (
     DEFAULT_RING_BYTES,
-    LocalChannel,
-    check_channel_options,
-    wants_local_channel,
 )
 from fastfanout.transport.sockets import (
     AsyncDealerTransport,
     AsyncSubTransport,
     CurveKeys,
-    client_curve,
 )
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -263,7 +256,7 @@ def bind(futures: list[asyncio.Future[PublishResult]], request: Request) -> None
     request.watch(resolve)
 
 
-class AsyncConnection:
+class AsyncConnection(DriverBase):
     """The asyncio I/O driver of a ``ConnectionCore``: a reader task and a heartbeat task.
 
     Producers and the ``AsyncClient`` work through it; its methods are a documented
@@ -277,19 +270,14 @@ class AsyncConnection:
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
                  batch_messages: int, batch_bytes: int, local_channel: bool | None,
                  ring_bytes: int) -> None:
-        self.endpoint = endpoint
-        self.curve = curve
-        self.timeout = timeout
-        self.local_channel = local_channel
-        self.ring_bytes = ring_bytes
         # publishes of one loop iteration travel together: linger is "this iteration"
-        self.core = ConnectionCore(endpoint, linger=0.0, batch_messages=batch_messages,
-                                   batch_bytes=batch_bytes, bind=bind, pid=os.getpid())
+        super().__init__(endpoint, curve, timeout=timeout, local_channel=local_channel,
+                         ring_bytes=ring_bytes, linger=0.0, batch_messages=batch_messages,
+                         batch_bytes=batch_bytes, bind=bind)
         self.transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
-        self.producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
         forks.watch(self._after_fork)
@@ -306,29 +294,24 @@ class AsyncConnection:
         request = self.core.start(time.monotonic())
         self.send_out()
         self.core.hello(await self.wait(request))
-        if wants_local_channel(self.local_channel, self.core.info, self.endpoint):
+        try:
             await self._attach_local()
+        except BrokenConnection:
+            await self.close()
+            raise
 
     async def _attach_local(self) -> None:
-        """Move this connection onto a local channel (as the blocking driver does)."""
+        """Move onto a local channel if wanted (as the blocking driver does)."""
         dealer = self.transport
         assert isinstance(dealer, AsyncDealerTransport)
-        try:
-            channel = LocalChannel.create(self.ring_bytes)
-        except (OSError, ValueError) as exc:
-            if self.local_channel:
-                await self.close()
-                raise BrokenConnection(f"cannot make a local channel: {exc}") from None
+        channel = self.new_channel()
+        if channel is None:
             return
         try:
-            await self.wait(self.submit(self.core.request, Opcode.ATTACH,
-                                        [protocol.encode_payload(channel.attach_request())]))
+            await self.wait(self.submit(self.attach_request, channel))
             channel.attached()
         except (FastFanoutError, OSError, ValueError) as exc:
-            channel.close()
-            if self.local_channel:
-                await self.close()
-                raise BrokenConnection(f"the broker refused a local channel: {exc}") from None
+            self.attach_refused(channel, exc)
             return
         # The reader waits on the socket, where nothing more comes unannounced: move it.
         reader = self.tasks[0]
@@ -590,27 +573,19 @@ def control(declared: Callable[P, Coroutine[Any, Any, R]]
     return cast("Callable[P, Coroutine[Any, Any, R]]", method)
 
 
-class AsyncClient:
+class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
+                              "asyncio.Future[RemotePublishBatch]"]):
     """An asyncio connection to a broker server (use ``await connect(...)``).
 
-    Args:
-        endpoint: the broker's command endpoint (default: the per-user ipc socket).
-        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
-        curve: client CURVE keys for a CURVE broker (see ``transport.client_curve``).
-        curve_server_key: instead of ``curve``: the CURVE broker's public key (Z85, or
-            its ``.key`` certificate file).
-        curve_keys: with ``curve_server_key``: this client's key pair (``(public,
-            secret)``, or a ``.key_secret`` certificate file); None makes a fresh pair.
-        batch_messages: records per publish batch before it is sent.
-        batch_bytes: body bytes per publish batch before it is sent.
-        local_channel: talk to the broker through shared memory (see ``Client``): None
-            when the endpoint is ``ipc://`` and the broker offers it, True to insist,
-            False never.
-        ring_bytes: bytes of each of the channel's rings (a power of two, from 64 KiB to 1 GiB).
+    The awaitable twin of ``Client``: the same options but ``linger`` (a publish batch
+    leaves when the event-loop iteration ends), each operation documented where it is
+    declared, in ``fastfanout.api``.
 
     Attributes:
         connection: the I/O driver (``AsyncConnection``) over the protocol core.
     """
+
+    connection: AsyncConnection
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  curve: CurveKeys | None = None,
@@ -619,29 +594,15 @@ class AsyncClient:
                  batch_messages: int = 1000, batch_bytes: int = 1 << 20,
                  local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
                  ) -> None:
-        check_channel_options(local_channel, ring_bytes)
-        if curve_server_key is not None:
-            curve = client_curve(curve_server_key, curve_keys)
-        self.local_channel = local_channel
-        self.ring_bytes = ring_bytes
-        self.endpoint = endpoint or default_endpoint()
-        self.timeout = timeout
-        self.batch_messages = batch_messages
-        self.batch_bytes = batch_bytes
+        curve = self._options(endpoint, timeout, batch_messages, batch_bytes, curve,
+                              curve_server_key, curve_keys, local_channel, ring_bytes)
         self.connection = AsyncConnection(
             self.endpoint, curve, timeout=timeout, batch_messages=batch_messages,
             batch_bytes=batch_bytes, local_channel=local_channel, ring_bytes=ring_bytes)
 
-    @property
-    def info(self) -> dict[str, Any]:
-        """The broker's HELLO reply (its settings and limits)."""
-        return self.connection.core.info
-
     async def _start(self) -> AsyncClient:
         await self.connection.start()
         return self
-
-    # -- control calls: declared once in fastfanout.api, one request each ---------------
 
     create_topic = control(AsyncBrokerAPI.create_topic)
     delete_topic = control(AsyncBrokerAPI.delete_topic)
@@ -671,43 +632,13 @@ class AsyncClient:
         stats: dict[str, Any] = protocol.decode_payload(frames[0])
         return stats
 
-    # -- publishing (see ``Client`` for each method's contract) -------------------------
-
-    def publish_nowait(self, topic: str, body: Body, *,
-                       attributes: Attributes | None = None, delay: float | None = None,
-                       deliver_at: float | datetime | None = None,
-                       group_id: str | None = None, dedup_id: str | None = None,
-                       priority: int | None = None, ttl: float | None = None
-                       ) -> asyncio.Future[PublishResult]:
-        """Add a message to this loop iteration's batch of ``topic``; a future of its result.
-
-        The batch leaves as one request when the iteration ends, or at
-        ``batch_messages`` / ``batch_bytes``. A batch is atomic on the broker: if it fails
-        (say ``QueueFull``), every future of it raises that error.
-        """
-        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
-            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
-
-    def send_nowait(self, queue: str, body: Body, *,
-                    attributes: Attributes | None = None, delay: float | None = None,
-                    deliver_at: float | datetime | None = None, group_id: str | None = None,
-                    dedup_id: str | None = None, priority: int | None = None,
-                    ttl: float | None = None) -> asyncio.Future[PublishResult]:
-        """Add a message to this loop iteration's batch of ``queue`` (as ``publish_nowait``)."""
-        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
-            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
-
     async def publish(self, topic: str, body: Body, *,
                       attributes: Attributes | None = None, delay: float | None = None,
                       deliver_at: float | datetime | None = None,
                       group_id: str | None = None, dedup_id: str | None = None,
                       priority: int | None = None, ttl: float | None = None
                       ) -> PublishResult:
-        """Publish one message (options as ``Client.publish``) and wait for its result.
-
-        Publishes made in the same loop iteration (``asyncio.gather``, other tasks) travel
-        together, one request per topic, as ``publish_nowait`` ones do.
-        """
+        """Publish one message and wait for its result (this loop iteration's batch)."""
         future = self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
         async with self.connection.deadline(self.connection.core.hold_timeout):
@@ -718,15 +649,11 @@ class AsyncClient:
                    deliver_at: float | datetime | None = None, group_id: str | None = None,
                    dedup_id: str | None = None, priority: int | None = None,
                    ttl: float | None = None) -> PublishResult:
-        """Send one message straight to a queue (batched as ``publish``)."""
+        """Send one message straight to a queue and wait for its result."""
         future = self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
         async with self.connection.deadline(self.connection.core.hold_timeout):
             return await future
-
-    def _entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
-        connection = self.connection
-        return connection.submit(connection.core.publish_entries, opcode, name, entries)
 
     async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
@@ -738,35 +665,13 @@ class AsyncClient:
         return await self.connection.publish_results(
             self._entries(Opcode.SEND, queue, entries))
 
-    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]
-                             ) -> asyncio.Future[RemotePublishBatch]:
-        """Pipelined ``publish_batch``: the batch leaves now; a future of its results.
-
-        The entries are encoded into one frame natively (no Python object per message);
-        a bad entry raises here and nothing is sent. Batches of ``publish_nowait`` pending
-        in this iteration leave first, so the order of publishes is kept.
-        """
-        return self.connection.batch_future(self._entries(Opcode.PUBLISH, topic, entries))
-
-    def send_batch_nowait(self, queue: str, entries: Iterable[Any]
-                          ) -> asyncio.Future[RemotePublishBatch]:
-        """Pipelined ``send_batch``: the batch leaves now; a future of its results."""
-        return self.connection.batch_future(self._entries(Opcode.SEND, queue, entries))
-
     def producer(self, topic: str, *, batch_messages: int | None = None,
                  batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  linger: float | None = None) -> Opening[AsyncProducer]:
-        """A producer: synchronous ``offer()``, awaited ``drain()`` and ``flush()``.
+        """A producer (``async with``, or ``await``); ``linger`` defaults to 0.
 
-        ``async with client.producer(topic) as producer:`` (closed, so flushed, at the
-        end), or ``producer = await client.producer(topic)``. See
-        ``fastfanout.client.aio_producers``; the arguments are ``Client.producer``'s, but
-        ``linger`` defaults to 0: a frame that is not full leaves when this event-loop
-        iteration ends, as ``publish_nowait`` batches do.
-
-        Raises:
-            NotFound: the topic does not exist (when awaited or entered).
-            InvalidArgument: a limit is not a positive int (when awaited or entered).
+        See ``fastfanout.api.PipelineAPI.producer``; its errors are raised when it is
+        awaited or entered.
         """
         return Opening(lambda: self._open_producer(topic, batch_messages, batch_bytes,
                                                    max_in_flight, linger))
@@ -774,24 +679,19 @@ class AsyncClient:
     async def _open_producer(self, topic: str, batch_messages: int | None,
                              batch_bytes: int | None, max_in_flight: int,
                              linger: float | None) -> AsyncProducer:
-        batch_messages, batch_bytes, linger = producer_limits(
-            topic, batch_messages, batch_bytes, max_in_flight, linger,
-            (self.batch_messages, self.batch_bytes, 0.0))
+        core = self._producer_core(topic, batch_messages, batch_bytes, max_in_flight, linger,
+                                   0.0)
         if topic not in await self.list_topics():
             raise NotFound(f"topic {topic!r} does not exist")
-        producer = AsyncProducer(self.connection, topic, batch_messages, batch_bytes,
-                                 max_in_flight, linger)
+        producer = AsyncProducer(self.connection, core)
         self.connection.producers.add(producer)
         return producer
 
     def flush(self) -> asyncio.Future[None]:
         """Send this loop iteration's publish batches now; a future of their answers.
 
-        A plain call sends and returns at once, as the blocking client's ``flush()``;
-        ``await client.flush()`` also waits until every publish frame sent so far (these
-        batches, ``*_batch_nowait`` ones, producers' frames) has its answer, or the
-        connection is lost. It does not raise a publish's refusal: each publish's own
-        future holds its result or error.
+        ``await client.flush()`` also waits until every publish frame sent so far has
+        its answer, or the connection is lost; it does not raise a publish's refusal.
         """
         self.connection.flush_batches()
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -808,8 +708,6 @@ class AsyncClient:
         for request in list(waiting):
             request.watch(functools.partial(one_answered, request))
         return answered
-
-    # -- receiving and settling ----------------------------------------------------------
 
     async def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
                       visibility_timeout: float | None = None) -> list[RemoteMessage]:
@@ -834,15 +732,8 @@ class AsyncClient:
                       timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
         """Iterate (``async for``) over pushed messages: a plain call, not awaited.
 
-        Arguments as ``Client.consume``: ``prefetch`` is the most unsettled messages the
-        consumer holds (the broker pushes more as the ones it holds are settled, any way:
-        ``message.ack()``, by receipt, or by their leases ending); with ``timeout``, the
-        iteration ends (and the consumer is cancelled) when no message arrives within
-        that many seconds.
-
-        Raises:
-            InvalidArgument: ``timeout`` is not None or finite seconds > 0 (on the first
-                step of the iteration).
+        See ``fastfanout.api.BrokerAPI.consume``; a bad ``timeout`` raises
+        ``InvalidArgument`` on the first step of the iteration.
         """
         connection = self.connection
         async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
@@ -853,10 +744,7 @@ class AsyncClient:
                               visibility_timeout: float | None = None,
                               timeout: float | None = None
                               ) -> AsyncIterator[list[RemoteMessage]]:
-        """Iterate (``async for``) over pushed batches (a plain call, not awaited).
-
-        ``prefetch`` and ``timeout`` as ``consume``'s.
-        """
+        """Iterate (``async for``) over pushed batches (a plain call, not awaited)."""
         connection = self.connection
         async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
             yield decode_delivery(frames, connection.settler, None, queue)
@@ -865,40 +753,17 @@ class AsyncClient:
                ) -> AsyncListener:
         """Follow the stream of every topic matching ``topic_pattern`` (at most once).
 
-        ``listener = await client.listen(pattern)`` (or ``async with
-        client.listen(pattern) as listener``) returns once the broker applies the
-        subscription: every message published after that reaches the listener, unless
-        its queue overflows.
-
-        Args:
-            topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
-            high_water_mark: stream batches the listener's socket queues; beyond them the
-                broker drops batches for this listener only (counted in its ``gaps``).
-
-        Raises:
-            Closed: the client is closed.
-            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
-            BrokenConnection: (when awaited) the broker did not apply the subscription
-                within the client's ``timeout``.
+        ``await`` the listener (or enter it) before publishing what it must see; see
+        ``fastfanout.api.PipelineAPI.listen``.
         """
-        self.connection.core.check_open()
-        if type(high_water_mark) is not int or high_water_mark < 1:
-            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
-                                  f"or more")
-        return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern,
-                             self.connection.curve, timeout=self.timeout,
+        stream_endpoint, curve = self._stream_options(high_water_mark)
+        return AsyncListener(stream_endpoint, topic_pattern, curve, timeout=self.timeout,
                              high_water_mark=high_water_mark)
-
-    # -- lifecycle -----------------------------------------------------------------------
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush pending publishes and open producers, say goodbye and close the socket.
 
-        Args:
-            timeout: seconds to wait for the broker's answers at most.
-
-        In a forked child it only marks the client closed: the connection is the
-        parent's, and nothing of it is sent, flushed or closed.
+        As ``Client.close`` (in a forked child it only marks the client closed).
 
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway
@@ -916,11 +781,6 @@ class AsyncClient:
         await connection.close(timeout)
         if refusal is not None:
             raise refusal
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` was called."""
-        return self.connection.core.closed
 
     async def __aenter__(self) -> AsyncClient:
         return self if self.connection.tasks else await self._start()

@@ -40,7 +40,6 @@ import functools
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
@@ -49,14 +48,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 from fastfanout.api import BrokerAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
-from fastfanout.client.core import (
-    PIPELINE_READ,
-    ConnectionCore,
-    ConsumerState,
-    ControlCall,
-    Request,
-    decode_value,
-)
+from fastfanout.client.core import PIPELINE_READ, ConsumerState, ControlCall, Request, decode_value
+from fastfanout.client.driver import DriverBase
+from fastfanout.client.face import ClientFace
 from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture, bind
 from fastfanout.client.messages import (
     RemoteMessage,
@@ -64,25 +58,12 @@ from fastfanout.client.messages import (
     decode_delivery,
     publish_options,
 )
-from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, RemoteProducer, producer_limits
-from fastfanout.errors import (
-    BrokenConnection,
-    FastFanoutError,
-    InvalidArgument,
-    NotFound,
-    PeerLost,
-    TransportError,
-)
+from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, RemoteProducer
+from fastfanout.errors import BrokenConnection, FastFanoutError, NotFound, PeerLost, TransportError
 from fastfanout.records import Attributes, Body, PublishResult
-from fastfanout.runtime import default_endpoint
 from fastfanout.transport.local import LocalTransport
-from fastfanout.transport.local_channel import (
-    DEFAULT_RING_BYTES,
-    LocalChannel,
-    check_channel_options,
-    wants_local_channel,
-)
-from fastfanout.transport.sockets import CurveKeys, DealerTransport, client_curve
+from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
+from fastfanout.transport.sockets import CurveKeys, DealerTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
@@ -96,7 +77,7 @@ BUSY_TICKING = 0.05
 was started (then it sleeps a heartbeat interval and is woken by the next batch)."""
 
 
-class Connection:
+class Connection(DriverBase):
     """The blocking I/O driver of a ``ConnectionCore``: transport, lock, background thread.
 
     Consumers, producers and futures of a ``Client`` work through it; its methods are a
@@ -111,16 +92,11 @@ class Connection:
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
                  linger: float, batch_messages: int, batch_bytes: int,
                  local_channel: bool | None, ring_bytes: int) -> None:
-        self.endpoint = endpoint
-        self.curve = curve
-        self.timeout = timeout
-        self.local_channel = local_channel
-        self.ring_bytes = ring_bytes
-        self.core = ConnectionCore(endpoint, linger=linger, batch_messages=batch_messages,
-                                   batch_bytes=batch_bytes, bind=bind, pid=os.getpid())
+        super().__init__(endpoint, curve, timeout=timeout, local_channel=local_channel,
+                         ring_bytes=ring_bytes, linger=linger, batch_messages=batch_messages,
+                         batch_bytes=batch_bytes, bind=bind)
         self.lock = threading.RLock()
         self.transport: DealerTransport | LocalTransport | None = None
-        self.producers: weakref.WeakSet[RemoteProducer] = weakref.WeakSet()
         self._new_future = functools.partial(PublishFuture, self)
         self._kick = threading.Event()
         self._busy_until = 0.0
@@ -151,40 +127,26 @@ class Connection:
         try:
             self.send_out()
             self.core.hello(self.wait(request, self.timeout, handshake=True))
+            self._attach_local()
         except BrokenConnection:
             self.drop_transport()
             raise
-        if wants_local_channel(self.local_channel, self.core.info, self.endpoint):
-            self._attach_local()
 
     def _attach_local(self) -> None:
-        """Move this connection onto a local channel (``ATTACH``), or stay on the socket.
-
-        Staying is silent unless ``local_channel=True`` asked for the channel.
-        """
+        """Move onto a local channel (``ATTACH``) if wanted, or stay on the socket."""
         dealer = self.transport
         assert isinstance(dealer, DealerTransport)
-        try:
-            channel = LocalChannel.create(self.ring_bytes)
-        except (OSError, ValueError) as exc:
-            if self.local_channel:
-                self.drop_transport()
-                raise BrokenConnection(f"cannot make a local channel: {exc}") from None
+        channel = self.new_channel()
+        if channel is None:
             return
         with self.lock:   # nothing else may use the socket until the channel is in place
             try:
-                request = self.core.request(
-                    Opcode.ATTACH, [protocol.encode_payload(channel.attach_request())],
-                    flush=False)
+                request = self.attach_request(channel)
                 self.send_out()
                 self.wait(request, self.timeout, handshake=True)
                 channel.attached()
             except (FastFanoutError, OSError, ValueError) as exc:
-                channel.close()
-                if self.local_channel:
-                    self.drop_transport()
-                    raise BrokenConnection(f"the broker refused a local channel: {exc}"
-                                           ) from None
+                self.attach_refused(channel, exc)
                 return
             self.transport = LocalTransport(dealer, channel, self.timeout)
 
@@ -353,6 +315,10 @@ class Connection:
                 self.send_out()
             return future
 
+    def batch_future(self, request: Request) -> PublishBatchFuture:
+        """A future of a publish request's results."""
+        return PublishBatchFuture(self, request)
+
     def start_ticking(self) -> float:
         """A publish batch or a producer's frame was opened; returns the time.
 
@@ -487,8 +453,10 @@ def control(declared: Callable[P, R]) -> Callable[P, R]:
     return cast("Callable[P, R]", method)
 
 
-class Client:
+class Client(ClientFace[PublishFuture, PublishBatchFuture]):
     """A connection to a broker server, with the methods and errors of ``Broker``.
+
+    Each operation is documented where it is declared, in ``fastfanout.api``.
 
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
@@ -516,6 +484,8 @@ class Client:
         BrokenConnection: no broker answered the handshake within ``timeout``.
     """
 
+    connection: Connection
+
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  linger: float = 0.002, batch_messages: int = 1000,
                  batch_bytes: int = 1 << 20, curve: CurveKeys | None = None,
@@ -523,27 +493,13 @@ class Client:
                  curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
                  local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
                  ) -> None:
-        if curve_server_key is not None:
-            curve = client_curve(curve_server_key, curve_keys)
-        check_channel_options(local_channel, ring_bytes)
-        self.endpoint = endpoint or default_endpoint()
-        self.timeout = timeout
+        curve = self._options(endpoint, timeout, batch_messages, batch_bytes, curve,
+                              curve_server_key, curve_keys, local_channel, ring_bytes)
         self.linger = linger
-        self.batch_messages = batch_messages
-        self.batch_bytes = batch_bytes
-        self.local_channel = local_channel
-        self.ring_bytes = ring_bytes
         self.connection = Connection(
             self.endpoint, curve, timeout=timeout, linger=linger,
             batch_messages=batch_messages, batch_bytes=batch_bytes,
             local_channel=local_channel, ring_bytes=ring_bytes)
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The broker's HELLO reply (its settings and limits)."""
-        return self.connection.core.info
-
-    # -- control calls: declared once in fastfanout.api, one request each ---------------
 
     create_topic = control(BrokerAPI.create_topic)
     delete_topic = control(BrokerAPI.delete_topic)
@@ -571,48 +527,12 @@ class Client:
         stats: dict[str, Any] = protocol.decode_payload(frames[0])
         return stats
 
-    # -- publishing ----------------------------------------------------------------------
-
-    def publish_nowait(self, topic: str, body: Body, *,
-                       attributes: Attributes | None = None, delay: float | None = None,
-                       deliver_at: float | datetime | None = None,
-                       group_id: str | None = None, dedup_id: str | None = None,
-                       priority: int | None = None, ttl: float | None = None
-                       ) -> PublishFuture:
-        """Add a message to the current batch of ``topic``; returns a future of its result.
-
-        See ``publish`` for the arguments (``delay`` in seconds).
-        """
-        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
-            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
-
-    def send_nowait(self, queue: str, body: Body, *,
-                    attributes: Attributes | None = None, delay: float | None = None,
-                    deliver_at: float | datetime | None = None, group_id: str | None = None,
-                    dedup_id: str | None = None, priority: int | None = None,
-                    ttl: float | None = None) -> PublishFuture:
-        """Add a message to the current batch of ``queue``; returns a future of its result."""
-        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
-            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
-
     def publish(self, topic: str, body: Body, *,
                 attributes: Attributes | None = None, delay: float | None = None,
                 deliver_at: float | datetime | None = None, group_id: str | None = None,
                 dedup_id: str | None = None, priority: int | None = None,
                 ttl: float | None = None) -> PublishResult:
-        """Publish one message to every queue subscribed to ``topic`` and wait for the result.
-
-        Args:
-            topic: the topic name.
-            body: the body (bytes-like).
-            attributes: name -> str | int | float | bytes | list[str].
-            delay: seconds before the copies become visible.
-            deliver_at: absolute clock seconds (or an aware datetime) of visibility.
-            group_id: FIFO group.
-            dedup_id: deduplication id.
-            priority: 0 to 255.
-            ttl: seconds the message may wait before it expires.
-        """
+        """Publish one message and wait for its result (``publish_nowait``'s batch)."""
         return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
 
@@ -621,24 +541,9 @@ class Client:
              deliver_at: float | datetime | None = None, group_id: str | None = None,
              dedup_id: str | None = None, priority: int | None = None,
              ttl: float | None = None) -> PublishResult:
-        """Send one message straight to a queue (see ``publish``)."""
+        """Send one message straight to a queue and wait for its result."""
         return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
-
-    def _entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
-        connection = self.connection
-        return connection.submit(connection.core.publish_entries, opcode, name, entries)
-
-    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> PublishBatchFuture:
-        """Pipelined ``publish_batch``: send the batch now, get the results later.
-
-        The entries are encoded into one frame natively (no Python object per message).
-        """
-        return PublishBatchFuture(self.connection, self._entries(Opcode.PUBLISH, topic, entries))
-
-    def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> PublishBatchFuture:
-        """Pipelined ``send_batch``: send the batch now, get the results later."""
-        return PublishBatchFuture(self.connection, self._entries(Opcode.SEND, queue, entries))
 
     def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
@@ -651,40 +556,18 @@ class Client:
     def producer(self, topic: str, *, batch_messages: int | None = None,
                  batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  linger: float | None = None) -> RemoteProducer:
-        """A producer for one thread: ``offer()`` fills a frame, full frames are pipelined.
-
-        The remote form of ``Broker.producer``: no future and no lock per message (see
-        ``fastfanout.client.producers``); ``flush()`` waits for every answer and raises a
-        refusal (the refused frames are kept and sent again).
-
-        Args:
-            topic: the topic to publish to (it must exist now).
-            batch_messages: messages per frame (default: the client's).
-            batch_bytes: body bytes per frame (default: the client's).
-            max_in_flight: frames sent and not yet answered before ``offer()`` waits;
-                1 keeps strict offer order even when a frame is refused.
-            linger: seconds a frame that is not full waits before it is sent (default:
-                the client's ``linger``).
-
-        Raises:
-            NotFound: the topic does not exist.
-            InvalidArgument: a limit is not a positive int.
-        """
-        batch_messages, batch_bytes, linger = producer_limits(
-            topic, batch_messages, batch_bytes, max_in_flight, linger,
-            (self.batch_messages, self.batch_bytes, self.linger))
+        """A producer for one thread (see ``fastfanout.api.PipelineAPI.producer``)."""
+        core = self._producer_core(topic, batch_messages, batch_bytes, max_in_flight, linger,
+                                   self.linger)
         if topic not in self.list_topics():
             raise NotFound(f"topic {topic!r} does not exist")
-        producer = RemoteProducer(self.connection, topic, batch_messages, batch_bytes,
-                                  max_in_flight, linger)
+        producer = RemoteProducer(self.connection, core)
         self.connection.producers.add(producer)
         return producer
 
     def flush(self) -> None:
         """Send every pending publish batch now (does not wait for the answers)."""
         self.connection.flush()
-
-    # -- receiving and settling ----------------------------------------------------------
 
     def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
                 visibility_timeout: float | None = None) -> list[RemoteMessage]:
@@ -707,20 +590,9 @@ class Client:
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
                 timeout: float | None = None) -> Consumer:
-        """Start a push consumer: iterate it for messages, ``next_batch()`` for batches.
+        """Start a push consumer (see ``fastfanout.api.BrokerAPI.consume``).
 
-        Args:
-            queue: the queue to consume.
-            prefetch: most unsettled messages the consumer holds: the broker pushes more
-                as the ones it holds are settled (any way: through the consumer, by
-                receipt, or by their leases ending).
-            visibility_timeout: lease of each pushed message, seconds (default: queue's).
-            timeout: end the iteration when no message arrives within this many seconds
-                of asking for the next one (the consumer is then cancelled), as pika's
-                ``inactivity_timeout``; None (the default) waits forever.
-
-        Raises:
-            InvalidArgument: ``timeout`` is not None or finite seconds > 0.
+        Iterate it for messages, or call ``next_batch()`` for batches.
         """
         connection = self.connection
         # the consumer is registered with its request: pushes may come before the answer
@@ -737,11 +609,7 @@ class Client:
     def consume_batches(self, queue: str, *, prefetch: int = 1000,
                         visibility_timeout: float | None = None,
                         timeout: float | None = None) -> Iterator[DeliveryBatch]:
-        """Iterate over pushed batches; ``batch.ack()`` settles a batch.
-
-        ``prefetch``, ``visibility_timeout`` and ``timeout`` are as for ``consume``: the
-        iteration ends when no batch arrives within ``timeout``.
-        """
+        """Iterate over pushed batches; ``batch.ack()`` settles a batch."""
         consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout,
                                 timeout=timeout)
         try:
@@ -756,44 +624,20 @@ class Client:
     def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Listener:
         """Follow the stream of every topic matching ``topic_pattern`` (at most once).
 
-        Returns once the broker applies the subscription: every message published after
-        this returns reaches the listener, unless its queue overflows.
-
-        Args:
-            topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
-            high_water_mark: stream batches the listener's socket queues; beyond them the
-                broker drops batches for this listener only (counted in its ``gaps``).
-
-        Raises:
-            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
-            BrokenConnection: the broker did not apply the subscription within the
-                client's ``timeout``.
+        Returns once the broker applies the subscription (see
+        ``fastfanout.api.PipelineAPI.listen``).
         """
-        if type(high_water_mark) is not int or high_water_mark < 1:
-            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
-                                  f"or more")
         with self.connection.lock:
             self.connection.ensure()
-        return Listener(str(self.info["stream_endpoint"]), topic_pattern,
-                        self.connection.curve, timeout=self.timeout,
+        stream_endpoint, curve = self._stream_options(high_water_mark)
+        return Listener(stream_endpoint, topic_pattern, curve, timeout=self.timeout,
                         high_water_mark=high_water_mark)
 
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` was called."""
-        return self.connection.core.closed
-
     def close(self, timeout: float = 5.0) -> None:
-        """Flush pending publishes, wait for their answers, say goodbye and disconnect.
+        """Flush, wait for the answers, say goodbye and disconnect (``fastfanout.api``).
 
-        Producers of this client still open are closed first (their messages flushed).
-        In a forked child it only marks the client closed: the connection is the
-        parent's, and nothing of it is sent, flushed or closed.
-
-        Args:
-            timeout: seconds to wait for the broker's answers at most.
+        Producers of this client still open are closed first; in a forked child it only
+        marks the client closed (the connection is the parent's).
 
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway

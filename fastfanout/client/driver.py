@@ -1,21 +1,87 @@
-"""The blocking driver's interface, as its consumers, producers and futures see it.
+"""What the blocking and the asyncio drivers share, and their interfaces as others see them.
 
-``fastfanout.client.blocking.Connection`` implements it; the modules that work through a
-connection depend on this protocol rather than on the driver module, so the package has
-no import cycle.
+``DriverBase`` holds a driver's options, its ``ConnectionCore`` and its producers, and the
+steps of moving onto a local channel; ``fastfanout.client.blocking.Connection`` and
+``fastfanout.client.asyncio.AsyncConnection`` add how they send, read and wait. Consumers,
+producers and futures depend on the protocols ``BlockingDriver`` and ``AsyncDriver``
+rather than on the driver modules, so the package has no import cycle.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from fastfanout.client.core import ConnectionCore, ConsumerState, Request
 from fastfanout.client.messages import RemotePublishBatch
+from fastfanout.errors import BrokenConnection
+from fastfanout.transport.local_channel import LocalChannel, wants_local_channel
+from fastfanout.transport.sockets import CurveKeys
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
-__all__ = ["AsyncDriver", "BlockingDriver"]
+__all__ = ["AsyncDriver", "BlockingDriver", "DriverBase"]
+
+
+class DriverBase:
+    """A driver's options, protocol core and producers (see the module's essay).
+
+    Args:
+        endpoint: the broker's endpoint.
+        curve: client CURVE keys, or None.
+        timeout: seconds a call waits for its reply.
+        local_channel: use a local channel: None if offered, True insist, False never.
+        ring_bytes: bytes of each of a local channel's rings.
+        **core: ``ConnectionCore``'s options (``linger``, ``batch_messages``...).
+
+    Attributes:
+        core: the connection's protocol state.
+        producers: the producers of the connection still open (closed with it).
+    """
+
+    def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
+                 local_channel: bool | None, ring_bytes: int, **core: Any) -> None:
+        self.endpoint = endpoint
+        self.curve = curve
+        self.timeout = timeout
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
+        self.core = ConnectionCore(endpoint, pid=os.getpid(), **core)
+        self.producers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def new_channel(self) -> LocalChannel | None:
+        """A local channel to attach after HELLO, or None to stay on the socket.
+
+        Raises:
+            BrokenConnection: ``local_channel=True`` and none can be made.
+        """
+        if not wants_local_channel(self.local_channel, self.core.info, self.endpoint):
+            return None
+        try:
+            return LocalChannel.create(self.ring_bytes)
+        except (OSError, ValueError) as exc:
+            if self.local_channel:
+                raise BrokenConnection(f"cannot make a local channel: {exc}") from None
+            return None
+
+    def attach_request(self, channel: LocalChannel) -> Request:
+        """Queue the ATTACH of ``channel``."""
+        return self.core.request(
+            Opcode.ATTACH, [protocol.encode_payload(channel.attach_request())], flush=False)
+
+    def attach_refused(self, channel: LocalChannel, error: Exception) -> None:
+        """The broker refused the channel: stay on the socket, unless insisted on.
+
+        Raises:
+            BrokenConnection: ``local_channel=True``.
+        """
+        channel.close()
+        if self.local_channel:
+            raise BrokenConnection(f"the broker refused a local channel: {error}") from None
 
 
 class BlockingDriver(Protocol):

@@ -1,269 +1,61 @@
-"""A producer over the client's connection: offers fill a frame, full frames are pipelined.
+"""Producers over a client's connection: offers fill a frame, full frames are pipelined.
 
 Design
 ------
-Prior art: the embedded ``fastfanout.broker.producer.Producer`` (whose calls this mirrors) and
-the Kafka producer's accumulator with ``max.in.flight.requests.per.connection``.
+Prior art: the embedded ``fastfanout.producer.Producer`` (whose calls this mirrors), the
+Kafka producer's accumulator with ``max.in.flight.requests.per.connection``, and
+``asyncio.StreamWriter`` (``write()`` buffers, ``await drain()`` waits for room).
 
-``Client.publish_nowait`` pays for a lock, a future and a dictionary lookup on every
-message (about a microsecond of Python). A ``RemoteProducer`` serves one thread and one
-topic and returns nothing per message: ``offer()`` appends the body to a record frame
-being built natively (``fastfanout._ext.wire.FrameBuilder``); a frame that reaches
-``batch_messages`` or ``batch_bytes`` goes out at once as one PUBLISH request, and up to
-``max_in_flight`` frames may be unanswered — past that, ``offer()`` waits for the oldest
-answer (back pressure from the broker, e.g. a full ``hold`` queue). A frame that does not
-fill leaves ``linger`` seconds after its first message (the client's, 2 ms by default),
-sent by the client's background thread, as ``publish_nowait`` batches are. No lock is
-taken per message: appending a body and taking the frame are each one native call, atomic
-under the GIL, and both threads take *and send* a frame under the client's lock, so frames
-leave in order and every body is in exactly one of them.
+``publish_nowait`` pays for a future and a dictionary lookup per message; a producer
+serves one thread (or task) and one topic and returns nothing per message: ``offer()``
+appends the body to a record frame built natively (``FrameBuilder``); a frame that reaches
+``batch_messages`` or ``batch_bytes`` leaves as one PUBLISH request, and up to
+``max_in_flight`` frames may be unanswered. A frame that does not fill leaves ``linger``
+seconds after its first message. ``ProducerCore`` holds the rules with no I/O (the open
+frame, frames in flight, refused frames kept, counters); ``RemoteProducer`` (blocking)
+and ``AsyncProducer`` drive it:
 
-Invariants:
+- Blocking: past ``max_in_flight``, ``offer()`` waits for the oldest answer; a lingering
+  frame is sent by the client's background thread. Appending a body and taking the frame
+  are each one native call, atomic under the GIL, and both threads take *and send* a frame
+  under the client's lock, so frames leave in order and each body is in exactly one.
+  While frames are kept, ``offer()`` flushes before it appends and raises if that fails.
+- Asyncio: ``offer()`` never waits; a full frame past ``max_in_flight`` is queued (an
+  answer sends the next), ``await drain()`` waits until none is queued, ``linger``
+  defaults to 0 (the frame leaves when the event-loop iteration ends). A refusal keeps
+  the frame and every frame queued behind it; ``offer()`` then raises it and adds nothing.
 
-- Nothing is lost. A frame the broker refuses (``QueueFull`` of a ``reject`` queue,
-  ``MessageTooLarge``, a deleted topic, a broken connection) is kept, the error is raised
-  to the call that learned of it, and the next ``flush()`` sends the kept frames first,
-  oldest first. While frames are kept, ``offer()`` flushes before it appends and raises
-  if that fails (the body is not added), as the embedded producer does when its ring is
-  full.
-- Order: frames leave in offer order. With ``max_in_flight`` above 1, a refused frame is
-  published again after frames that were already in flight behind it (Kafka's behaviour
-  with several requests in flight); ``max_in_flight=1`` keeps strict offer order even
-  across refusals. After a broken connection a kept frame may have been published before
-  the connection broke: sending it again is at-least-once (dedup ids make it exactly
-  once).
-- ``Client.close()`` closes the producers still open first (flushing them) and raises
-  a refusal met there, after closing: no message is left unpublished without an error.
-- A request of the same client never overtakes the producer's frames: the client sends
-  pending ``publish_nowait`` batches before any request, and the producer's frames are
-  requests.
+Invariants: nothing is lost (a refused frame is kept, its error raised to the call that
+learns of it, and the next ``flush()`` sends kept frames again, oldest first); frames
+leave in offer order, a refused one published again after frames already in flight behind
+it (``max_in_flight=1`` keeps strict order; after a broken connection a kept frame may be
+published twice: dedup ids make it once); the client's ``close()`` closes its open
+producers first and raises a refusal met there; a request of the client never overtakes a
+producer's frames (they are requests, and batches leave before any request).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections import deque
 from types import TracebackType
 from typing import Final
 
 from fastfanout._ext.wire import FrameBuilder, count_of
 from fastfanout.client.core import Request
-from fastfanout.client.driver import BlockingDriver
-from fastfanout.client.messages import RemotePublishBatch
+from fastfanout.client.driver import AsyncDriver, BlockingDriver
+from fastfanout.client.messages import DONE, Done, RemotePublishBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.records import Body
 from fastfanout.settings import MAX_DELAY, seconds_to_us
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "RemoteProducer", "producer_limits"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "AsyncProducer", "ProducerCore", "RemoteProducer",
+           "producer_limits"]
 
 DEFAULT_MAX_IN_FLIGHT: Final = 8
 """Frames a producer may have sent and not yet seen answered."""
-
-
-class RemoteProducer:
-    """Offers messages to one topic of a broker; made by ``Client.producer(topic)``.
-
-    Use from one producing thread. Other threads may use the same client meanwhile.
-
-    Attributes:
-        topic: the topic published to.
-        offered: messages offered so far.
-        published: messages the broker accepted so far.
-    """
-
-    def __init__(self, client: BlockingDriver, topic: str, batch_messages: int, batch_bytes: int,
-                 max_in_flight: int, linger: float) -> None:
-        self.topic = topic
-        self._linger = linger
-        self._opened_at = 0.0     # when the open frame got its first message
-        self._flushing = False    # the producing thread flushes: no linger sends
-        self._client = client
-        self._name = topic.encode()
-        self._batch_messages = batch_messages
-        self._batch_bytes = batch_bytes
-        self._max_in_flight = max_in_flight
-        self._builder = FrameBuilder()
-        self._in_flight: deque[tuple[Request, bytes]] = deque()
-        self._kept: deque[bytes] = deque()   # refused frames, oldest first
-        self._closed = False
-        self._refused = 0           # counted by the producing thread
-        self._linger_refused = 0    # counted by the client's background thread
-        self.offered = 0
-        self.published = 0
-
-    def offer(self, body: Body) -> None:
-        """Add a message; it leaves with its frame (when full, or at the next flush).
-
-        Args:
-            body: the message body (bytes-like, copied).
-
-        Raises:
-            Closed: the producer was closed.
-            InvalidArgument: ``body`` is not bytes-like.
-            FastFanoutError: the broker refused a frame of this producer (it is kept; see
-                the module's invariants). The body was added unless the refusal came from
-                the flush of kept frames that precedes it.
-        """
-        if self._closed:
-            raise Closed(f"the producer of topic {self.topic!r} is closed")
-        if self._kept:
-            self.flush()
-        # One native call, atomic under the GIL, as is the background thread's take(): a
-        # body lands in the frame it sends or in the next one, never in neither.
-        index = self._builder.append_body(body)
-        self.offered += 1
-        if index == 0:   # a new frame: the client's background thread sends it after linger
-            self._opened_at = self._client.start_ticking()   # if it does not fill first
-        if index + 1 >= self._batch_messages or self._builder.nbytes >= self._batch_bytes:
-            self._send_open()
-
-    def flush(self) -> RemotePublishBatch | None:
-        """Send the open frame and wait until every frame is answered.
-
-        Kept (refused) frames are sent again first, oldest first. Returns the results of
-        the last frame answered by this call, or None if there was nothing to send.
-
-        Raises:
-            FastFanoutError: the first refusal met; the refused frames are kept for the
-                next flush.
-        """
-        self._flushing = True
-        try:
-            return self._flush()
-        finally:
-            self._flushing = False
-
-    @property
-    def refused_frames(self) -> int:
-        """Frames the broker refused (each kept and sent again by a flush)."""
-        return self._refused + self._linger_refused
-
-    def _flush(self) -> RemotePublishBatch | None:
-        last: RemotePublishBatch | None = None
-        error: FastFanoutError | None = None
-        client = self._client
-        while True:
-            answered, refusal = self._drain()   # refusals in flight are kept, in order
-            last = answered or last
-            error = error or refusal
-            with client.lock:   # no linger send between these lines and after them
-                if len(self._builder):
-                    self._kept.append(self._builder.take())   # sent below, behind them
-                if not self._in_flight:
-                    break
-        if error is not None:
-            raise error
-        while self._kept:
-            frame = self._kept[0]
-            results = self._answer(self._client.request(Opcode.PUBLISH, [self._name, frame]))
-            self._kept.popleft()
-            self.published += len(results)
-            last = results
-        return last
-
-    @property
-    def pending(self) -> int:
-        """Messages offered and not yet accepted (open frame, in flight, kept)."""
-        return (len(self._builder) + sum(count_of(frame) for _, frame in list(self._in_flight))
-                + sum(count_of(frame) for frame in list(self._kept)))
-
-    def _send_open(self) -> None:
-        """Pipeline the open frame, first waiting for the oldest answer if too many are out.
-
-        The frame is taken and sent under the client's lock, which the background thread
-        holds for its linger sends: frames leave in the order they were taken.
-        """
-        client = self._client
-        if len(self._in_flight) >= self._max_in_flight:
-            _, error = self._settle_oldest()
-            if error is not None:
-                with client.lock:
-                    if len(self._builder):
-                        self._kept.append(self._builder.take())
-                raise error
-        with client.lock:
-            if not len(self._builder):
-                return   # the background thread sent it meanwhile
-            error = self._send_taken()
-            if error is not None:
-                self._refused += 1
-                raise error
-
-    def _send_taken(self) -> FastFanoutError | None:
-        """Take the open frame and send it (client lock held); a frame not sent is kept."""
-        frame = self._builder.take()
-        try:
-            pending = self._client.request(Opcode.PUBLISH, [self._name, frame])
-        except FastFanoutError as exc:
-            self._kept.append(frame)
-            return exc
-        self._in_flight.append((pending, frame))
-        return None
-
-    def _answer(self, pending: Request) -> RemotePublishBatch:
-        """Wait for one frame's answer (its refusal raises)."""
-        try:
-            return self._client.publish_results(pending)
-        except FastFanoutError:
-            self._refused += 1
-            raise
-
-    def _settle_oldest(self) -> tuple[RemotePublishBatch | None, FastFanoutError | None]:
-        """Wait for the oldest frame in flight: (its results, or its refusal, kept)."""
-        pending, frame = self._in_flight.popleft()
-        try:
-            results = self._answer(pending)
-        except FastFanoutError as exc:
-            self._kept.append(frame)
-            return None, exc
-        self.published += len(results)
-        return results, None
-
-    def _drain(self) -> tuple[RemotePublishBatch | None, FastFanoutError | None]:
-        """Wait for every frame in flight: (last results, first refusal)."""
-        last: RemotePublishBatch | None = None
-        first: FastFanoutError | None = None
-        while self._in_flight:
-            results, error = self._settle_oldest()
-            last = results or last
-            first = first or error
-        return last, first
-
-    def linger_send(self, now: float) -> None:
-        """Send the open frame if it is ``linger`` old (the client's background thread).
-
-        Called with the client's lock held, so no frame of the producing thread is taken
-        or sent meanwhile (it takes and sends under that lock too). Never waits: skipped
-        while the producing thread flushes, while refused frames are kept, or while
-        ``max_in_flight`` frames are unanswered (answers that have arrived are read
-        first). A frame the client cannot send is kept.
-        """
-        if (self._flushing or self._closed or self._kept or not len(self._builder)
-                or now - self._opened_at < self._linger):
-            return
-        if self._unanswered() >= self._max_in_flight:
-            self._client.pump(0)   # dispatch the answers that have arrived
-            if self._unanswered() >= self._max_in_flight:
-                return
-        if self._send_taken() is not None:
-            self._linger_refused += 1
-
-    def _unanswered(self) -> int:
-        # a snapshot: the producing thread may pop answered frames meanwhile
-        return sum(1 for pending, _ in list(self._in_flight) if not pending.done)
-
-    def close(self) -> None:
-        """Flush what is left, then refuse further offers."""
-        if not self._closed:
-            self.flush()
-            self._closed = True
-
-    def __enter__(self) -> RemoteProducer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
 
 
 def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int | None,
@@ -286,3 +78,420 @@ def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int 
             raise InvalidArgument(f"{name}={value!r} must be an int of 1 or more")
     seconds_to_us("linger", wait, maximum=MAX_DELAY)   # finite, 0 to MAX_DELAY seconds
     return messages, size, float(wait)
+
+
+class ProducerCore:
+    """A producer's state with no I/O: the open frame, frames in flight and kept.
+
+    Args:
+        topic: the topic published to.
+        batch_messages: messages per frame.
+        batch_bytes: body bytes per frame.
+        max_in_flight: frames sent and not yet answered at most.
+        linger: seconds a frame that is not full waits before it is sent.
+
+    Attributes:
+        builder: the open frame.
+        in_flight: frames sent, by their request, oldest first.
+        queued: full frames waiting for room (asyncio only).
+        kept: refused frames (asyncio: and those queued behind them), oldest first.
+        offered: messages offered so far.
+        published: messages the broker accepted so far.
+        refused_frames: frames the broker refused (each kept and sent again by a flush).
+    """
+
+    __slots__ = ("batch_bytes", "batch_messages", "builder", "closed", "in_flight", "kept",
+                 "linger", "max_in_flight", "offered", "published", "queued",
+                 "refused_frames", "topic")
+
+    def __init__(self, topic: str, batch_messages: int, batch_bytes: int,
+                 max_in_flight: int, linger: float) -> None:
+        self.topic = topic
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        self.max_in_flight = max_in_flight
+        self.linger = linger
+        self.builder = FrameBuilder()
+        self.in_flight: dict[Request, bytes] = {}
+        self.queued: deque[bytes] = deque()
+        self.kept: deque[bytes] = deque()
+        self.closed = False
+        self.offered = self.published = self.refused_frames = 0
+
+    def append(self, body: Body) -> int:
+        """Add a body to the open frame; its index there (0: the frame is new).
+
+        Raises:
+            Closed: the producer was closed.
+            InvalidArgument: ``body`` is not bytes-like.
+        """
+        if self.closed:
+            raise Closed(f"the producer of topic {self.topic!r} is closed")
+        # one native call, atomic under the GIL, as is take(): a body lands in exactly
+        # one frame even while another thread takes the open frame
+        index = self.builder.append_body(body)
+        self.offered += 1
+        return index
+
+    def full(self, index: int) -> bool:
+        """True when the open frame, whose last body is at ``index``, must leave."""
+        return index + 1 >= self.batch_messages or self.builder.nbytes >= self.batch_bytes
+
+    def sent(self, request: Request, frame: bytes) -> None:
+        """A frame left as ``request``."""
+        self.in_flight[request] = frame
+
+    def answered(self, request: Request) -> RemotePublishBatch | FastFanoutError:
+        """A frame in flight was answered: its results, or its refusal (the frame kept)."""
+        frame = self.in_flight.pop(request)
+        if request.error is not None:
+            self.refused(frame)
+            return request.error
+        results = RemotePublishBatch(request.value()[0])
+        self.published += len(results)
+        return results
+
+    def refused(self, frame: bytes) -> None:
+        """Keep a frame that was refused (or could not be sent)."""
+        self.refused_frames += 1
+        self.kept.append(frame)
+
+    def unanswered(self) -> int:
+        """Frames in flight whose answer has not arrived (a snapshot)."""
+        return sum(1 for request in list(self.in_flight) if not request.done)
+
+    @property
+    def pending(self) -> int:
+        """Messages offered and not yet accepted (open, queued, in flight, kept)."""
+        frames = [*list(self.in_flight.values()), *list(self.queued), *list(self.kept)]
+        return len(self.builder) + sum(count_of(frame) for frame in frames)
+
+
+class ProducerFace:
+    """What both producers show of their ``ProducerCore``.
+
+    Attributes:
+        core: the producer's state.
+        topic: the topic published to.
+    """
+
+    def __init__(self, core: ProducerCore) -> None:
+        self.core = core
+        self.topic = core.topic
+
+    @property
+    def offered(self) -> int:
+        """Messages offered so far."""
+        return self.core.offered
+
+    @property
+    def published(self) -> int:
+        """Messages the broker accepted so far."""
+        return self.core.published
+
+    @property
+    def refused_frames(self) -> int:
+        """Frames the broker refused (each kept and sent again by a flush)."""
+        return self.core.refused_frames
+
+    @property
+    def pending(self) -> int:
+        """Messages offered and not yet accepted (open, queued, in flight, kept)."""
+        return self.core.pending
+
+
+class RemoteProducer(ProducerFace):
+    """Offers messages to one topic of a broker; made by ``Client.producer(topic)``.
+
+    Use from one producing thread; other threads may use the same client meanwhile.
+    """
+
+    def __init__(self, connection: BlockingDriver, core: ProducerCore) -> None:
+        super().__init__(core)
+        self._connection = connection
+        self._opened_at = 0.0     # when the open frame got its first message
+        self._flushing = False    # the producing thread flushes: no linger sends
+
+    def offer(self, body: Body) -> None:
+        """Add a message; it leaves with its frame (when full, or at the next flush).
+
+        Raises:
+            Closed: the producer was closed.
+            InvalidArgument: ``body`` is not bytes-like.
+            FastFanoutError: the broker refused a frame of this producer (it is kept). The
+                body was added unless the refusal came from the flush of kept frames
+                that precedes it.
+        """
+        core = self.core
+        if core.kept and not core.closed:
+            self.flush()
+        index = core.append(body)
+        if index == 0:   # a new frame: the background thread sends it after linger
+            self._opened_at = self._connection.start_ticking()
+        if core.full(index):
+            self._send_open()
+
+    def _send_open(self) -> None:
+        """Pipeline the open frame, first waiting for the oldest answer if too many are out."""
+        core, lock = self.core, self._connection.lock
+        if len(core.in_flight) >= core.max_in_flight:
+            answer = self._wait_oldest()
+            if isinstance(answer, FastFanoutError):
+                with lock:
+                    if len(core.builder):
+                        core.kept.append(core.builder.take())
+                raise answer
+        with lock:
+            if len(core.builder):   # else the background thread sent it meanwhile
+                error = self._send_taken()
+                if error is not None:
+                    raise error
+
+    def _send_taken(self) -> FastFanoutError | None:
+        """Take the open frame and send it (client lock held); a frame not sent is kept."""
+        frame = self.core.builder.take()
+        connection = self._connection
+        try:
+            request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
+                                        self.topic, frame)
+        except FastFanoutError as exc:
+            self.core.refused(frame)
+            return exc
+        self.core.sent(request, frame)
+        return None
+
+    def _wait_oldest(self) -> RemotePublishBatch | FastFanoutError:
+        """Wait for the oldest frame in flight: its results, or its refusal (kept)."""
+        connection = self._connection
+        request = next(iter(self.core.in_flight))
+        try:
+            connection.publish_results(request)
+        except FastFanoutError as exc:
+            if not request.done:
+                request.fail(exc)
+        with connection.lock:
+            return self.core.answered(request)
+
+    def flush(self) -> RemotePublishBatch | None:
+        """Send the open frame and wait until every frame is answered.
+
+        Kept (refused) frames are sent again first, oldest first. Returns the results of
+        the last frame answered by this call, or None if there was nothing to send.
+
+        Raises:
+            FastFanoutError: the first refusal met; the refused frames are kept.
+        """
+        core, connection = self.core, self._connection
+        last: RemotePublishBatch | None = None
+        error: FastFanoutError | None = None
+        self._flushing = True
+        try:
+            while True:
+                while core.in_flight:
+                    answer = self._wait_oldest()
+                    if isinstance(answer, FastFanoutError):
+                        error = error or answer
+                    else:
+                        last = answer
+                with connection.lock:   # no linger send between these lines and after
+                    if len(core.builder):
+                        core.kept.append(core.builder.take())   # sent below, behind them
+                    if not core.in_flight:
+                        break
+            if error is not None:
+                raise error
+            while core.kept:
+                request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
+                                            self.topic, core.kept[0])
+                core.sent(request, core.kept.popleft())
+                answer = self._wait_oldest()
+                if isinstance(answer, FastFanoutError):
+                    core.kept.rotate(1)   # the refused frame stays first
+                    raise answer
+                last = answer
+            return last
+        finally:
+            self._flushing = False
+
+    def linger_send(self, now: float) -> None:
+        """Send the open frame if it is ``linger`` old (the client's background thread).
+
+        Called with the client's lock held. Never waits: skipped while the producing
+        thread flushes, while refused frames are kept, or while ``max_in_flight`` frames
+        are unanswered (answers that have arrived are read first).
+        """
+        core = self.core
+        if (self._flushing or core.closed or core.kept or not len(core.builder)
+                or now - self._opened_at < core.linger):
+            return
+        if core.unanswered() >= core.max_in_flight:
+            self._connection.pump(0)   # dispatch the answers that have arrived
+            if core.unanswered() >= core.max_in_flight:
+                return
+        self._send_taken()
+
+    def close(self) -> None:
+        """Flush what is left, then refuse further offers."""
+        if not self.core.closed:
+            self.flush()
+            self.core.closed = True
+
+    def __enter__(self) -> RemoteProducer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncProducer(ProducerFace):
+    """Offers messages to one topic; made by ``AsyncClient.producer(topic)``.
+
+    ``async with client.producer(topic) as producer:`` closes (so flushes) it at the end.
+    Use from one task at a time.
+    """
+
+    def __init__(self, connection: AsyncDriver, core: ProducerCore) -> None:
+        super().__init__(core)
+        self._connection = connection
+        self._loop = asyncio.get_running_loop()
+        self._frames_opened = 0   # names the open frame for its linger timer
+        self._refusal: FastFanoutError | None = None      # not raised yet
+        self._kept_error: FastFanoutError | None = None   # why the kept frames are kept
+        self._answered = asyncio.Event()
+        self._last: RemotePublishBatch | None = None
+
+    def offer(self, body: Body) -> Done:
+        """Add a message; it leaves with its frame (when full, or at the next flush).
+
+        A plain call that never waits (``await drain()`` bounds the frames held); it
+        returns ``DONE``, so ``await producer.offer(body)`` works as well.
+
+        Raises:
+            Closed: the producer was closed.
+            InvalidArgument: ``body`` is not bytes or a C-contiguous buffer.
+            FastFanoutError: a refused frame is kept (its refusal); nothing was added.
+        """
+        core = self.core
+        if core.kept and not core.closed:
+            self._refusal = None   # raised now
+            assert self._kept_error is not None
+            raise self._kept_error
+        index = core.append(body)
+        if index == 0:   # a new frame: it leaves after linger if it does not fill first
+            self._frames_opened += 1
+            self._loop.call_later(core.linger, self._linger_send, self._frames_opened)
+        if core.full(index):
+            self._close_frame()
+        return DONE
+
+    def _linger_send(self, frame_number: int) -> None:
+        """The open frame is ``linger`` old (if it is still the one the timer was for)."""
+        if frame_number == self._frames_opened and len(self.core.builder):
+            self._close_frame()
+
+    def _close_frame(self) -> None:
+        """Queue the open frame (behind kept frames, if any) and send what can go."""
+        core = self.core
+        (core.kept if core.kept else core.queued).append(core.builder.take())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send queued frames while there is room (none while frames are kept)."""
+        core, connection = self.core, self._connection
+        while core.queued and not core.kept and len(core.in_flight) < core.max_in_flight:
+            frame = core.queued.popleft()
+            try:
+                request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
+                                            self.topic, frame)
+            except FastFanoutError as exc:   # the client is closed or broken
+                core.refused(frame)
+                self._keep_queued(exc)
+            else:
+                core.sent(request, frame)
+                request.watch(functools.partial(self._answer, request))
+
+    def _answer(self, request: Request) -> None:
+        answer = self.core.answered(request)
+        if isinstance(answer, FastFanoutError):
+            self._keep_queued(answer)
+        else:
+            self._last = answer
+        self._answered.set()
+        self._pump()
+
+    def _keep_queued(self, error: FastFanoutError) -> None:
+        """A frame was refused (and kept): keep every frame not yet sent behind it."""
+        core = self.core
+        core.kept.extend(core.queued)
+        core.queued.clear()
+        self._kept_error = error
+        if self._refusal is None:
+            self._refusal = error
+
+    async def _wait_answer(self) -> None:
+        """Wait for the next answer (the client's timeout, plus the broker's hold_timeout)."""
+        connection = self._connection
+        self._answered.clear()
+        async with connection.deadline(connection.core.hold_timeout):
+            await self._answered.wait()
+
+    def _raise_refusal(self) -> None:
+        error, self._refusal = self._refusal, None
+        if error is not None:
+            raise error
+
+    async def drain(self) -> None:
+        """Wait until every full frame has been sent (at most ``max_in_flight`` unanswered).
+
+        Raises:
+            FastFanoutError: a frame was refused (it is kept for ``flush()``).
+        """
+        while self.core.queued and not self.core.kept:
+            await self._wait_answer()
+        self._raise_refusal()
+
+    async def flush(self) -> RemotePublishBatch | None:
+        """Send the open frame and wait for every answer; kept frames are sent again first.
+
+        Returns the results of the last frame answered since the previous flush, or None.
+
+        Raises:
+            FastFanoutError: the first refusal met; refused frames are kept.
+        """
+        core, connection = self.core, self._connection
+        if len(core.builder):
+            self._close_frame()
+        while core.in_flight or (core.queued and not core.kept):
+            await self._wait_answer()
+        self._raise_refusal()
+        while core.kept:
+            request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
+                                        self.topic, core.kept[0])
+            core.sent(request, core.kept.popleft())
+            try:
+                await connection.publish_results(request)
+            except FastFanoutError as exc:
+                if not request.done:   # timed out: count it as refused
+                    request.fail(exc)
+            answer = core.answered(request)
+            if isinstance(answer, FastFanoutError):
+                core.kept.rotate(1)   # the refused frame stays first
+                self._kept_error = answer
+                raise answer
+            self._last = answer
+        last, self._last = self._last, None
+        return last
+
+    async def close(self) -> None:
+        """Flush what is left, then refuse further offers."""
+        if not self.core.closed:
+            await self.flush()
+            self.core.closed = True
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        await self.close()

@@ -19,7 +19,7 @@ import pytest
 import fastfanout
 from fastfanout import aio
 from fastfanout.client import Client
-from fastfanout.client.aio_producers import AsyncProducer
+from fastfanout.client.producers import AsyncProducer
 
 # public calls of AsyncClient that are plain (not coroutine) functions, and what each
 # returns instead: every one of them is still awaitable

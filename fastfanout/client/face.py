@@ -1,0 +1,149 @@
+"""What the blocking ``Client`` and the ``AsyncClient`` share: options and plain calls.
+
+The calls that are plain (not awaited) in both clients live here once: the pipelined
+publishes (``publish_nowait``...: their futures are the driver's kind), the checks of a
+producer's and a listener's arguments, and the client options. The control calls are
+made from their declaration in ``fastfanout.api`` by each driver (``ControlCall``); what
+remains in each client is how it waits. Docstrings of the operations live on the
+declared API (``fastfanout.api``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from fastfanout.client.core import ConnectionCore, Request
+from fastfanout.client.messages import publish_options
+from fastfanout.client.producers import ProducerCore, producer_limits
+from fastfanout.errors import InvalidArgument
+from fastfanout.records import Attributes, Body
+from fastfanout.runtime import default_endpoint
+from fastfanout.transport.local_channel import check_channel_options
+from fastfanout.transport.sockets import CurveKeys, client_curve
+from fastfanout.wire.protocol import Opcode
+
+__all__ = ["ClientFace", "FaceDriver"]
+
+F_co = TypeVar("F_co", covariant=True)
+BF_co = TypeVar("BF_co", covariant=True)
+F = TypeVar("F")
+BF = TypeVar("BF")
+
+
+class FaceDriver(Protocol[F_co, BF_co]):
+    """A driver as ``ClientFace`` uses it: futures of kind ``F_co`` and ``BF_co``.
+
+    Attributes:
+        core: the protocol state.
+    """
+
+    core: ConnectionCore
+    curve: CurveKeys | None
+
+    def submit(self, make: Any, *args: Any, **kwargs: Any) -> Any:
+        """Queue a request made by ``make`` (a core method) and send it."""
+
+    def enqueue(self, opcode: int, name: str, body: Any,
+                options: tuple[Any, ...] | None) -> F_co:
+        """Add one message to the batch of (opcode, name); its future."""
+
+    def batch_future(self, request: Request) -> BF_co:
+        """A future of a publish request's results."""
+
+
+class ClientFace(Generic[F, BF]):
+    """The options and plain calls of both clients (see the module's essay).
+
+    Attributes:
+        endpoint: the broker's command endpoint.
+        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
+        connection: the I/O driver over the protocol core.
+    """
+
+    connection: FaceDriver[F, BF]
+
+    def _options(self, endpoint: str | None, timeout: float, batch_messages: int,
+                 batch_bytes: int, curve: CurveKeys | None,
+                 curve_server_key: bytes | str | os.PathLike[str] | None,
+                 curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None,
+                 local_channel: bool | None, ring_bytes: int) -> CurveKeys | None:
+        """Check and keep the client options; returns the CURVE keys to use."""
+        check_channel_options(local_channel, ring_bytes)
+        if curve_server_key is not None:
+            curve = client_curve(curve_server_key, curve_keys)
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = timeout
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        self.local_channel = local_channel
+        self.ring_bytes = ring_bytes
+        return curve
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The broker's HELLO reply (its settings and limits)."""
+        return self.connection.core.info
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self.connection.core.closed
+
+    def publish_nowait(self, topic: str, body: Body, *,
+                       attributes: Attributes | None = None, delay: float | None = None,
+                       deliver_at: float | datetime | None = None,
+                       group_id: str | None = None, dedup_id: str | None = None,
+                       priority: int | None = None, ttl: float | None = None) -> F:
+        """Add a message to the current batch of ``topic``; a future of its result.
+
+        See ``fastfanout.api.PipelineAPI.publish_nowait``.
+        """
+        return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def send_nowait(self, queue: str, body: Body, *,
+                    attributes: Attributes | None = None, delay: float | None = None,
+                    deliver_at: float | datetime | None = None, group_id: str | None = None,
+                    dedup_id: str | None = None, priority: int | None = None,
+                    ttl: float | None = None) -> F:
+        """Add a message to the current batch of ``queue``; a future of its result."""
+        return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
+            attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def _entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
+        """Send a whole batch now, encoded natively in one frame; its request."""
+        connection = self.connection
+        request: Request = connection.submit(connection.core.publish_entries, opcode, name,
+                                             entries)
+        return request
+
+    def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> BF:
+        """Pipelined ``publish_batch``: the batch leaves now; a future of its results.
+
+        See ``fastfanout.api.PipelineAPI.publish_batch_nowait``.
+        """
+        return self.connection.batch_future(self._entries(Opcode.PUBLISH, topic, entries))
+
+    def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> BF:
+        """Pipelined ``send_batch``: the batch leaves now; a future of its results."""
+        return self.connection.batch_future(self._entries(Opcode.SEND, queue, entries))
+
+    def _producer_core(self, topic: str, batch_messages: int | None,
+                       batch_bytes: int | None, max_in_flight: int, linger: float | None,
+                       default_linger: float) -> ProducerCore:
+        """A new producer's state, its arguments checked (``InvalidArgument``)."""
+        batch_messages, batch_bytes, linger = producer_limits(
+            topic, batch_messages, batch_bytes, max_in_flight, linger,
+            (self.batch_messages, self.batch_bytes, default_linger))
+        return ProducerCore(topic, batch_messages, batch_bytes, max_in_flight, linger)
+
+    def _stream_options(self, high_water_mark: object) -> tuple[str, CurveKeys | None]:
+        """A listener's stream endpoint and keys, its ``high_water_mark`` checked."""
+        self.connection.core.check_open()
+        if type(high_water_mark) is not int or high_water_mark < 1:
+            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
+                                  f"or more")
+        return str(self.info["stream_endpoint"]), self.connection.curve
