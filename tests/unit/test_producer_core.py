@@ -1,0 +1,111 @@
+"""The producers' core with no I/O: offers in, frames out; answers in, counters and kept frames."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastfanout import protocol
+from fastfanout._ext.wire import count_of
+from fastfanout.client.core import ConnectionCore, Request
+from fastfanout.client.producers import ProducerCore, producer_limits
+from fastfanout.errors import Closed, InvalidArgument, QueueFull
+from fastfanout.protocol import Opcode, Status
+
+
+def make(batch_messages: int = 3, batch_bytes: int = 1 << 20,
+         max_in_flight: int = 2) -> tuple[ProducerCore, ConnectionCore]:
+    connection = ConnectionCore("ipc://test", linger=0.01, batch_messages=10,
+                                batch_bytes=1 << 20, bind=lambda futures, request: None)
+    return ProducerCore("t", batch_messages, batch_bytes, max_in_flight, 0.01), connection
+
+
+def send(core: ProducerCore, connection: ConnectionCore) -> tuple[Request, bytes]:
+    """Take the open frame and queue it as a PUBLISH, as a driver does."""
+    frame = core.builder.take()
+    request = connection.publish_frame(Opcode.PUBLISH, core.topic, frame)
+    core.sent(request, frame)
+    return request, frame
+
+
+def answer(connection: ConnectionCore, request: Request, count: int) -> None:
+    connection.receive([protocol.encode_header(Status.OK, request.request_id),
+                        protocol.encode_results(list(range(count)), [1] * count,
+                                                [False] * count)], 0.0)
+
+
+def test_offers_fill_a_frame_that_is_full_at_batch_messages() -> None:
+    core, connection = make(batch_messages=3)
+    indexes = [core.append(b"m%d" % n) for n in range(3)]
+    assert indexes == [0, 1, 2]
+    assert [core.full(index) for index in indexes] == [False, False, True]
+    request, frame = send(core, connection)
+    (sent,) = connection.outbox
+    assert protocol.decode_header(sent[0])[1:] == (Opcode.PUBLISH, request.request_id)
+    assert sent[1:] == [b"t", frame] and count_of(frame) == 3
+    assert (core.offered, core.pending, core.unanswered()) == (3, 3, 1)
+
+
+def test_a_frame_is_full_at_batch_bytes_too() -> None:
+    core, _ = make(batch_messages=100, batch_bytes=1 << 20)
+    core.append(b"x" * 20)
+    one = core.builder.nbytes                      # one record, its framing included
+    core.batch_bytes = 2 * one
+    assert not core.full(0)
+    assert core.full(core.append(b"y" * 20))
+
+
+def test_an_answer_counts_the_published_and_frees_the_slot() -> None:
+    core, connection = make()
+    for n in range(3):
+        core.append(b"%d" % n)
+    request, _ = send(core, connection)
+    answer(connection, request, 3)
+    assert core.unanswered() == 0
+    results = core.answered(request)
+    assert not isinstance(results, Exception) and len(results) == 3
+    assert (core.published, core.pending, core.in_flight) == (3, 0, {})
+
+
+def test_a_refusal_keeps_the_frame_and_counts_it() -> None:
+    core, connection = make()
+    core.append(b"a")
+    request, frame = send(core, connection)
+    connection.receive([protocol.encode_header(Status.ERROR, request.request_id),
+                        protocol.encode_error(QueueFull("full"))], 0.0)
+    error = core.answered(request)
+    assert isinstance(error, QueueFull)
+    assert list(core.kept) == [frame]
+    assert (core.refused_frames, core.published, core.pending) == (1, 0, 1)
+
+
+def test_pending_counts_open_queued_in_flight_and_kept_frames() -> None:
+    core, connection = make(batch_messages=2)
+    for n in range(2):
+        core.append(b"%d" % n)
+    send(core, connection)                         # 2 in flight
+    for n in range(2):
+        core.append(b"%d" % n)
+    core.queued.append(core.builder.take())        # 2 queued
+    core.append(b"x")
+    core.refused(core.builder.take())              # 1 kept
+    core.append(b"y")                              # 1 open
+    assert core.pending == 6 and core.refused_frames == 1
+
+
+def test_a_closed_producer_refuses_offers_and_adds_nothing() -> None:
+    core, _ = make()
+    core.closed = True
+    with pytest.raises(Closed):
+        core.append(b"late")
+    assert core.offered == 0 and core.pending == 0
+
+
+def test_producer_limits_take_the_clients_defaults_and_refuse_bad_ones() -> None:
+    assert producer_limits("t", None, None, 8, None, (10, 100, 0.5)) == (10, 100, 0.5)
+    assert producer_limits("t", 2, 3, 1, 0, (10, 100, 0.5)) == (2, 3, 0.0)
+    for bad in ({"batch_messages": 0}, {"batch_bytes": True}, {"max_in_flight": 1.5},
+                {"linger": -1.0}, {"topic": b"t"}):
+        arguments = {"topic": "t", "batch_messages": None, "batch_bytes": None,
+                     "max_in_flight": 8, "linger": None, **bad}
+        with pytest.raises(InvalidArgument):
+            producer_limits(defaults=(10, 100, 0.5), **arguments)  # type: ignore[arg-type]
