@@ -49,7 +49,7 @@ def test_a_frame_is_full_at_batch_bytes_too() -> None:
     core, _ = make(batch_messages=100, batch_bytes=1 << 20)
     core.append(b"x" * 20)
     one = core.builder.nbytes                      # one record, its framing included
-    core.batch_bytes = 2 * one
+    core.batch_bytes = one + 1
     assert not core.full(0)
     assert core.full(core.append(b"y" * 20))
 
