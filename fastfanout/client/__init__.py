@@ -7,9 +7,11 @@ Layout (one concept per module):
   heartbeats, session end), fed frames and time, with no I/O;
 - ``blocking``: the blocking driver (``Connection``) and the ``Client`` API over it;
 - ``asyncio``: the asyncio driver and the ``AsyncClient`` API over it;
-- ``driver``: the blocking driver's interface as consumers, producers and futures see it;
+- ``driver``: what both drivers share, and their interfaces as others see them;
+- ``face``: what both clients share (options, the plain pipelined calls);
 - ``consumers``: blocking push consumers, delivery batches, stream listeners;
-- ``producers``: the per-message fast path (``RemoteProducer``, ``AsyncProducer``);
+- ``producers``: the per-message fast path (``ProducerCore`` under ``RemoteProducer``
+  and ``AsyncProducer``);
 - ``futures``: the blocking client's publish futures;
 - ``messages``: what both receive (remote messages, publish results, stream batches).
 

@@ -3,39 +3,19 @@
 Design
 ------
 The protocol lives in ``fastfanout.client.core.ConnectionCore``, as for the blocking
-client; this module is its asyncio driver (``AsyncConnection``) and the API over it. One
-reader task owns the transport's receive side and feeds the core, which completes the
-request of each reply, so any number of coroutines may await calls at once (the asyncio
-analogue of many requests in flight). A push wakes its consumer's iteration. A
-heartbeat task keeps the session alive; if the broker says goodbye or the reader fails,
-every pending call raises ``BrokenConnection`` (a goodbye that ends the session,
-``SessionExpired``, also makes a new connection: a new session). Sockets come from
-``fastfanout.transport.sockets``, which remains the only module that imports ``zmq``.
+client; this module is its asyncio driver (``AsyncConnection``: a reader task that feeds
+the core, so any number of coroutines may await calls at once, and a heartbeat task) and
+the API over it (``AsyncClient``, each operation documented in ``fastfanout.api``). A
+goodbye that ends the session (``SessionExpired``) makes a new connection. Sockets come
+from ``fastfanout.transport.sockets``, still the only module that imports ``zmq``.
 
-Publishes batch per event-loop iteration: ``publish()``/``send()`` calls made in one
-iteration (``asyncio.gather``, other tasks) and ``publish_nowait()``/``send_nowait()``
-join the batch of their target, which leaves as one request when the iteration ends (or
-at ``batch_messages``/``batch_bytes``, on ``flush()``, or before any other request, so
-publishes keep their order); a batch is atomic on the broker, as in the blocking client,
-and ``close()`` sends what is pending and waits for the answers.
-``publish_batch_nowait()``/``send_batch_nowait()`` send a whole batch at once and return a
-future of its results, like the blocking client's. ``async with client.producer(topic)``
-(or ``await client.producer(topic)``) is the per-message fast path
-(``fastfanout.client.aio_producers``: synchronous ``offer()``, awaited ``drain()``/``flush()``);
-``close()`` closes the producers still open first.
-
-Every call is awaitable except the iterators (``consume``, ``consume_batches``: use
-``async for``) and ``closed``. The plain calls return something awaitable: futures
-(``*_nowait``, ``flush()``, whose future is its answers), ``Opening`` (``producer``,
-``connect``), the listener itself (``listen``), or the already-complete ``DONE``
-(``message.ack()`` and its kind, ``listener.close()``, ``producer.offer()``), so
-``await`` works on each as it reads.
-
-``message.ack()`` (synchronous, so it cannot await) queues the receipt; the acks of one
-event-loop iteration leave together, as one SETTLE with a frame per receipt (each acked
-on its own, so a stale one fails alone), and ``close()`` sends what is queued before its
-BYE. A consumer acking message by message so costs the broker one request per loop
-iteration, not one per message. ``await client.ack(...)`` still waits for its answer.
+Publishes batch per event-loop iteration: ``publish()``/``send()`` of one iteration and
+``publish_nowait()``/``send_nowait()`` join the batch of their target, which leaves when
+the iteration ends (or when full, on ``flush()``, before any other request). Every call
+is awaitable except the iterators (``consume``, ``consume_batches``: ``async for``) and
+``closed``; the plain calls return something awaitable (futures, ``Opening``, the
+listener, or the complete ``DONE``). ``message.ack()`` queues the receipt: the acks of
+one iteration leave as one SETTLE with a frame per receipt (a stale one fails alone).
 """
 
 from __future__ import annotations
@@ -538,15 +518,13 @@ class AsyncConnection(DriverBase):
             timeout: seconds to wait for the broker's answers at most.
         """
         core = self.core
-        self.send_acks()   # before BYE: after it, the broker has released their leases
-        self.flush_batches()
         with contextlib.suppress(FastFanoutError, TimeoutError):
+            publishes = self.submit(core.closing)   # acks before BYE, which releases leases
             async with asyncio.timeout(timeout):
-                # publish answers may come after BYE's: wait for them first
-                for request in list(core.publishes):
+                for request in publishes:
                     with contextlib.suppress(FastFanoutError):
                         await self.wait(request)
-                await self.wait(self.submit(core.request, Opcode.BYE, []))
+                await self.wait(self.submit(core.request, Opcode.BYE, [], flush=False))
         core.closed = True
         for task in self.tasks:
             task.cancel()

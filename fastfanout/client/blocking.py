@@ -2,36 +2,25 @@
 
 Design
 ------
-Prior art: the Kafka producer (records accumulate per target and are sent when a batch
-is full, after ``linger``, or on ``flush()``; each send returns a future), RabbitMQ's
-``basic.qos`` prefetch (the broker pushes while the consumer holds fewer than its
-prefetch of unsettled messages, counted by the broker however they are settled), and trio's
-``*_nowait`` core under each blocking call.
+Prior art: the Kafka producer (records batch per target, sent when full, after
+``linger`` or on ``flush()``; each send returns a future), RabbitMQ's ``basic.qos``
+prefetch, and trio's ``*_nowait`` core under each blocking call.
 
-The protocol lives in ``fastfanout.client.core.ConnectionCore``; this module is its
-blocking I/O driver (``Connection``: a socket or local channel, a lock, a background
-thread) and the API over it (``Client``). Choices:
+The protocol lives in ``fastfanout.client.core.ConnectionCore`` (publish batching, credit,
+settling, heartbeats); this module is its blocking I/O driver (``Connection``: a socket or
+local channel, a reentrant lock, a background thread) and the API over it (``Client``,
+each operation documented in ``fastfanout.api``). Choices:
 
-- ``publish()`` / ``send()`` return the ``PublishResult``, as ``Broker`` does: they join
-  the current batch of their target, flush it and wait. The pipelined form is
-  ``publish_nowait()`` / ``send_nowait()``, which return a ``PublishFuture`` and send
-  the batch when it holds ``batch_messages`` records or ``batch_bytes`` bytes, after
-  ``linger`` seconds, on ``flush()``, before any other request, and on ``close()``.
-  A batch is atomic on the broker: if it fails (say ``QueueFull``), every future of
-  that batch raises the error. Order is kept per target (topic or queue).
-- ``producer(topic)`` is the per-message fast path (``fastfanout.client.producers``): no
-  future per message, full frames pipelined, a frame that does not fill sent by the
-  background thread after ``linger``; ``close()`` closes the producers still open.
-- Many requests may be in flight; replies are matched by request id. A ``Client`` may be
-  used from several threads, but its calls are serialised by one lock.
-- Heartbeats: a background thread sends one every ``heartbeat_interval`` (the broker says
-  how often), so the broker learns quickly when this process dies and releases its
-  leases. If the broker stays silent for its ``heartbeat_timeout``, pending calls raise
-  ``BrokenConnection`` and the next call reconnects.
-- ``fork()``: a child that calls a client its parent connected gets ``UsedAfterFork``
-  (``fastfanout.client.forks``); its ``close()`` leaves the parent's connection alone.
-- Deliveries stay in the codec's record form until user code iterates; ``consume``
-  yields ``RemoteMessage`` objects, ``consume_batches`` yields whole ``DeliveryBatch``es.
+- ``publish()``/``send()`` join the current batch of their target, flush it and wait;
+  ``publish_nowait()``/``send_nowait()`` return a ``PublishFuture`` (``fastfanout.client
+  .futures``) and the background thread sends the batch after ``linger``. A batch is
+  atomic on the broker: if it fails, every future of it raises the error.
+- A ``Client`` may be used from several threads; its calls are serialised by the lock,
+  many requests may be in flight. The background thread heartbeats, sends lingering
+  batches, producer frames and acks, and reads replies while requests are in flight.
+- A broker silent past its ``heartbeat_timeout`` fails pending calls with
+  ``BrokenConnection``; the next call reconnects. A forked child that uses its parent's
+  client gets ``UsedAfterFork`` (``fastfanout.client.forks``).
 """
 
 from __future__ import annotations
@@ -416,12 +405,7 @@ class Connection(DriverBase):
         try:
             with self.lock:
                 if self.transport is not None:
-                    core.flush_batches()
-                    for consumer in list(core.consumers.values()):
-                        core.settle(consumer)
-                        consumer.closed = True
-                    core.consumers.clear()
-                    publishes = list(core.publishes)
+                    publishes = core.closing()
                     try:
                         self.send_out()
                         for request in publishes:

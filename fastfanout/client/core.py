@@ -589,6 +589,19 @@ class ConnectionCore:
         self.settle(consumer)
         return None
 
+    def closing(self) -> list[Request]:
+        """Queue what must leave before BYE: the batches, the queued acks (consumers closed).
+
+        Returns the publishes to wait for (their answers may come after BYE's).
+        """
+        self.settle_loose()
+        self.flush_batches()
+        for consumer in list(self.consumers.values()):
+            self.settle(consumer)
+            consumer.closed = True
+        self.consumers.clear()
+        return list(self.publishes)
+
     def settle_loose(self) -> None:
         """Queue the acks of messages of no consumer: SETTLEs of one frame per receipt."""
         acks, self.loose_acks = self.loose_acks, []
