@@ -118,24 +118,17 @@ class ProducerCore:
         self.closed = False
         self.offered = self.published = self.refused_frames = 0
 
-    def append(self, body: Body) -> int:
-        """Add a body to the open frame; its index there (0: the frame is new).
+    def check_open(self) -> None:
+        """Raise ``Closed`` once the producer is closed.
 
-        Raises:
-            Closed: the producer was closed.
-            InvalidArgument: ``body`` is not bytes-like.
+        A driver's ``offer()`` calls it only when ``closed`` or ``kept`` is set; it then
+        appends with ``builder.append_body`` (one native call, atomic under the GIL, as
+        is ``take()``: a body lands in exactly one frame even while another thread takes
+        the open frame), counts ``offered`` and sends the frame once it holds
+        ``batch_messages`` bodies or ``batch_bytes`` bytes: inline, no call per message.
         """
         if self.closed:
             raise Closed(f"the producer of topic {self.topic!r} is closed")
-        # one native call, atomic under the GIL, as is take(): a body lands in exactly
-        # one frame even while another thread takes the open frame
-        index = self.builder.append_body(body)
-        self.offered += 1
-        return index
-
-    def full(self, index: int) -> bool:
-        """True when the open frame, whose last body is at ``index``, must leave."""
-        return index + 1 >= self.batch_messages or self.builder.nbytes >= self.batch_bytes
 
     def sent(self, request: Request, frame: bytes) -> None:
         """A frame left as ``request``."""
@@ -223,12 +216,14 @@ class RemoteProducer(ProducerFace):
                 that precedes it.
         """
         core = self.core
-        if core.kept and not core.closed:
+        if core.kept or core.closed:
+            core.check_open()
             self.flush()
-        index = core.append(body)
+        index = core.builder.append_body(body)
+        core.offered += 1
         if index == 0:   # a new frame: the background thread sends it after linger
             self._opened_at = self._connection.start_ticking()
-        if core.full(index):
+        if index + 1 >= core.batch_messages or core.builder.nbytes >= core.batch_bytes:
             self._send_open()
 
     def _send_open(self) -> None:
@@ -373,15 +368,17 @@ class AsyncProducer(ProducerFace):
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
         """
         core = self.core
-        if core.kept and not core.closed:
+        if core.kept or core.closed:
+            core.check_open()
             self._refusal = None   # raised now
             assert self._kept_error is not None
             raise self._kept_error
-        index = core.append(body)
+        index = core.builder.append_body(body)
+        core.offered += 1
         if index == 0:   # a new frame: it leaves after linger if it does not fill first
             self._frames_opened += 1
             self._loop.call_later(core.linger, self._linger_send, self._frames_opened)
-        if core.full(index):
+        if index + 1 >= core.batch_messages or core.builder.nbytes >= core.batch_bytes:
             self._close_frame()
         return DONE
 

@@ -33,31 +33,21 @@ def answer(connection: ConnectionCore, request: Request, count: int) -> None:
                                                 [False] * count)], 0.0)
 
 
-def test_offers_fill_a_frame_that_is_full_at_batch_messages() -> None:
+def test_a_frame_leaves_as_one_publish_and_counts_as_in_flight() -> None:
     core, connection = make(batch_messages=3)
-    indexes = [core.append(b"m%d" % n) for n in range(3)]
-    assert indexes == [0, 1, 2]
-    assert [core.full(index) for index in indexes] == [False, False, True]
+    for n in range(3):
+        core.builder.append_body(b"m%d" % n)
     request, frame = send(core, connection)
     (sent,) = connection.outbox
     assert protocol.decode_header(sent[0])[1:] == (Opcode.PUBLISH, request.request_id)
     assert sent[1:] == [b"t", frame] and count_of(frame) == 3
-    assert (core.offered, core.pending, core.unanswered()) == (3, 3, 1)
-
-
-def test_a_frame_is_full_at_batch_bytes_too() -> None:
-    core, _ = make(batch_messages=100, batch_bytes=1 << 20)
-    core.append(b"x" * 20)
-    one = core.builder.nbytes                      # one record, its framing included
-    core.batch_bytes = one + 1
-    assert not core.full(0)
-    assert core.full(core.append(b"y" * 20))
+    assert (core.pending, core.unanswered(), list(core.in_flight)) == (3, 1, [request])
 
 
 def test_an_answer_counts_the_published_and_frees_the_slot() -> None:
     core, connection = make()
     for n in range(3):
-        core.append(b"%d" % n)
+        core.builder.append_body(b"%d" % n)
     request, _ = send(core, connection)
     answer(connection, request, 3)
     assert core.unanswered() == 0
@@ -68,7 +58,7 @@ def test_an_answer_counts_the_published_and_frees_the_slot() -> None:
 
 def test_a_refusal_keeps_the_frame_and_counts_it() -> None:
     core, connection = make()
-    core.append(b"a")
+    core.builder.append_body(b"a")
     request, frame = send(core, connection)
     connection.receive([protocol.encode_header(Status.ERROR, request.request_id),
                         protocol.encode_error(QueueFull("full"))], 0.0)
@@ -81,23 +71,23 @@ def test_a_refusal_keeps_the_frame_and_counts_it() -> None:
 def test_pending_counts_open_queued_in_flight_and_kept_frames() -> None:
     core, connection = make(batch_messages=2)
     for n in range(2):
-        core.append(b"%d" % n)
+        core.builder.append_body(b"%d" % n)
     send(core, connection)                         # 2 in flight
     for n in range(2):
-        core.append(b"%d" % n)
+        core.builder.append_body(b"%d" % n)
     core.queued.append(core.builder.take())        # 2 queued
-    core.append(b"x")
+    core.builder.append_body(b"x")
     core.refused(core.builder.take())              # 1 kept
-    core.append(b"y")                              # 1 open
+    core.builder.append_body(b"y")                 # 1 open
     assert core.pending == 6 and core.refused_frames == 1
 
 
-def test_a_closed_producer_refuses_offers_and_adds_nothing() -> None:
+def test_a_closed_producer_refuses_offers() -> None:
     core, _ = make()
+    core.check_open()
     core.closed = True
     with pytest.raises(Closed):
-        core.append(b"late")
-    assert core.offered == 0 and core.pending == 0
+        core.check_open()
 
 
 def test_producer_limits_take_the_clients_defaults_and_refuse_bad_ones() -> None:
