@@ -219,8 +219,11 @@ def _no_loop(index: int) -> asyncio.Future[PublishResult]:
     raise RuntimeError("the client is not started: await connect(...) or async with it")
 
 
-def bind(futures: list[asyncio.Future[PublishResult]], request: Request) -> None:
-    """Resolve the futures of a sent batch from its request's answer (or error)."""
+def bind(futures: list[asyncio.Future[Any]], request: Request, whole: bool = False) -> None:
+    """Resolve the futures of a sent batch from its request's answer (or error).
+
+    Each future gets its own result, or (``whole``) the batch's results.
+    """
 
     def resolve() -> None:
         error: BaseException | None = request.error
@@ -228,10 +231,10 @@ def bind(futures: list[asyncio.Future[PublishResult]], request: Request) -> None
         for index, future in enumerate(futures):
             if future.done():
                 continue
-            if results is not None:
-                future.set_result(results[index])
-            else:
+            if results is None:
                 future.set_exception(error)   # type: ignore[arg-type]
+            else:
+                future.set_result(results if whole else results[index])
 
     request.watch(resolve)
 
@@ -357,16 +360,7 @@ class AsyncConnection(DriverBase):
     def batch_future(self, request: Request) -> asyncio.Future[RemotePublishBatch]:
         """A future of a publish request's results, completed by its answer."""
         future: asyncio.Future[RemotePublishBatch] = asyncio.get_running_loop().create_future()
-
-        def resolve() -> None:
-            if future.done():
-                return
-            if request.error is not None:
-                future.set_exception(request.error)
-            else:
-                future.set_result(RemotePublishBatch(request.value()[0]))
-
-        request.watch(resolve)
+        bind([future], request, whole=True)
         return future
 
     @contextlib.asynccontextmanager
