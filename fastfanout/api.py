@@ -130,7 +130,22 @@ class BrokerAPI(Protocol):
                 delay: float | None = None, deliver_at: float | datetime | None = None,
                 group_id: str | None = None, dedup_id: str | None = None,
                 priority: int | None = None, ttl: float | None = None) -> PublishResult:
-        """Publish one message to every queue subscribed to ``topic``."""
+        """Publish one message to every queue subscribed to ``topic``.
+
+        A client's ``publish`` joins the current batch of ``topic`` (``publish_nowait``),
+        flushes it and waits for the result.
+
+        Args:
+            topic: the topic name.
+            body: the body (bytes-like).
+            attributes: name -> str | int | float | bytes | list[str].
+            delay: seconds before the copies become visible.
+            deliver_at: absolute clock seconds (or an aware datetime) of visibility.
+            group_id: FIFO group.
+            dedup_id: deduplication id.
+            priority: 0 to 255.
+            ttl: seconds the message may wait before it expires.
+        """
 
     def send(self, queue: str, body: Body, *, attributes: Attributes | None = None,
              delay: float | None = None, deliver_at: float | datetime | None = None,
@@ -166,7 +181,21 @@ class BrokerAPI(Protocol):
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
                 timeout: float | None = None) -> Iterator[Any]:
-        """Messages as the broker pushes them, at most ``prefetch`` unsettled."""
+        """Messages as the broker pushes them, at most ``prefetch`` unsettled.
+
+        Args:
+            queue: the queue to consume.
+            prefetch: most unsettled messages the consumer holds: the broker pushes more
+                as the ones it holds are settled (any way: through the consumer, by
+                receipt, or by their leases ending), as RabbitMQ's ``basic.qos``.
+            visibility_timeout: lease of each pushed message, seconds (default: queue's).
+            timeout: end the iteration when no message arrives within this many seconds
+                of asking for the next one (the consumer is then cancelled), as pika's
+                ``inactivity_timeout``; None (the default) waits forever.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not None or finite seconds > 0.
+        """
 
 
 class PipelineAPI(Protocol):
@@ -181,7 +210,14 @@ class PipelineAPI(Protocol):
                        deliver_at: float | datetime | None = None,
                        group_id: str | None = None, dedup_id: str | None = None,
                        priority: int | None = None, ttl: float | None = None) -> Any:
-        """Add a message to the current batch of ``topic``; a future of its result."""
+        """Add a message to the current batch of ``topic``; a future of its result.
+
+        The batch leaves at ``batch_messages`` records or ``batch_bytes`` bytes, after
+        ``linger`` (asyncio: when the event-loop iteration ends), on ``flush()`` and
+        before any other request, so order per target holds. A batch is atomic on the
+        broker: if it fails (say ``QueueFull``), every future of it raises the error.
+        Arguments as ``BrokerAPI.publish``'s.
+        """
 
     def send_nowait(self, queue: str, body: Body, *,
                     attributes: Attributes | None = None, delay: float | None = None,
@@ -191,7 +227,11 @@ class PipelineAPI(Protocol):
         """Add a message to the current batch of ``queue``; a future of its result."""
 
     def publish_batch_nowait(self, topic: str, entries: Iterable[Any]) -> Any:
-        """Send a batch now; a future of its results."""
+        """Send a batch now; a future of its results.
+
+        The entries (bodies or ``PublishEntry``) are encoded into one frame natively (no
+        Python object per message); a bad entry raises here and nothing is sent.
+        """
 
     def send_batch_nowait(self, queue: str, entries: Iterable[Any]) -> Any:
         """Send a batch straight to a queue now; a future of its results."""
@@ -202,10 +242,44 @@ class PipelineAPI(Protocol):
     def producer(self, topic: str, *, batch_messages: int | None = None,
                  batch_bytes: int | None = None, max_in_flight: int = 8,
                  linger: float | None = None) -> Any:
-        """A producer: ``offer()`` fills a frame, full frames are pipelined."""
+        """A producer: ``offer()`` fills a frame, full frames are pipelined.
+
+        No future and no lock per message (``fastfanout.client.producers``); ``flush()``
+        waits for every answer and raises a refusal (the refused frames are kept and
+        sent again). The asyncio client's is opened by ``await`` or ``async with``.
+
+        Args:
+            topic: the topic to publish to (it must exist now).
+            batch_messages: messages per frame (default: the client's).
+            batch_bytes: body bytes per frame (default: the client's).
+            max_in_flight: frames sent and not yet answered before ``offer()`` waits
+                (asyncio: queues); 1 keeps strict offer order even when one is refused.
+            linger: seconds a frame that is not full waits before it is sent (default:
+                the client's ``linger``; asyncio: 0, the end of the loop iteration).
+
+        Raises:
+            NotFound: the topic does not exist.
+            InvalidArgument: a limit is not a positive int.
+        """
 
     def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:
-        """Follow the stream of every topic matching ``topic_pattern``."""
+        """Follow the stream of every topic matching ``topic_pattern`` (at most once).
+
+        Once the broker applies the subscription (the blocking listener when it is
+        made, the asyncio one when awaited or entered), every message published after
+        reaches the listener, unless its queue overflows.
+
+        Args:
+            topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
+            high_water_mark: stream batches the listener's socket queues; beyond them the
+                broker drops batches for this listener only (counted in its ``gaps``).
+
+        Raises:
+            Closed: the client is closed.
+            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
+            BrokenConnection: the broker did not apply the subscription within the
+                client's ``timeout``.
+        """
 
 
 class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
