@@ -728,8 +728,10 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         ``await`` the listener (or enter it) before publishing what it must see; see
         ``fastfanout.api.PipelineAPI.listen``.
         """
-        stream_endpoint, curve = self._stream_options(high_water_mark)
-        return AsyncListener(stream_endpoint, topic_pattern, curve, timeout=self.timeout,
+        self.connection.core.check_open()
+        self._check_listen(high_water_mark)
+        return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern,
+                             self.connection.curve, timeout=self.timeout,
                              high_water_mark=high_water_mark)
 
     async def close(self, timeout: float = 5.0) -> None:

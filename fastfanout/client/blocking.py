@@ -611,10 +611,11 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         Returns once the broker applies the subscription (see
         ``fastfanout.api.PipelineAPI.listen``).
         """
+        self._check_listen(high_water_mark)
         with self.connection.lock:
             self.connection.ensure()
-        stream_endpoint, curve = self._stream_options(high_water_mark)
-        return Listener(stream_endpoint, topic_pattern, curve, timeout=self.timeout,
+        return Listener(str(self.info["stream_endpoint"]), topic_pattern,
+                        self.connection.curve, timeout=self.timeout,
                         high_water_mark=high_water_mark)
 
     def close(self, timeout: float = 5.0) -> None:

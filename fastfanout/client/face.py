@@ -140,10 +140,9 @@ class ClientFace(Generic[F, BF]):
             (self.batch_messages, self.batch_bytes, default_linger))
         return ProducerCore(topic, batch_messages, batch_bytes, max_in_flight, linger)
 
-    def _stream_options(self, high_water_mark: object) -> tuple[str, CurveKeys | None]:
-        """A listener's stream endpoint and keys, its ``high_water_mark`` checked."""
-        self.connection.core.check_open()
+    @staticmethod
+    def _check_listen(high_water_mark: object) -> None:
+        """``InvalidArgument`` unless ``high_water_mark`` is an int of 1 or more."""
         if type(high_water_mark) is not int or high_water_mark < 1:
             raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
                                   f"or more")
-        return str(self.info["stream_endpoint"]), self.connection.curve
