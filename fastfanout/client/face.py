@@ -41,7 +41,6 @@ class FaceDriver(Protocol[F_co, BF_co]):
     """
 
     core: ConnectionCore
-    curve: CurveKeys | None
 
     def submit(self, make: Any, *args: Any, **kwargs: Any) -> Any:
         """Queue a request made by ``make`` (a core method) and send it."""
