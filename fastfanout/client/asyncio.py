@@ -25,13 +25,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import (
-    AsyncIterator,
-    Callable,
-    Coroutine,
-    Generator,
-    Iterable,
-)
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
@@ -39,12 +33,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import StreamListening
-from fastfanout.client.core import (
-    ControlCall,
-    Request,
-    decode_value,
-    encode_call,
-)
+from fastfanout.client.core import ControlCall, Request, decode_value, encode_call
 from fastfanout.client.driver import DriverBase
 from fastfanout.client.face import ClientFace
 from fastfanout.client.messages import (
@@ -67,14 +56,8 @@ from fastfanout.errors import (
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.server.streams import StreamMessage
 from fastfanout.transport.local import AsyncLocalTransport
-from fastfanout.transport.local_channel import (
-    DEFAULT_RING_BYTES,
-)
-from fastfanout.transport.sockets import (
-    AsyncDealerTransport,
-    AsyncSubTransport,
-    CurveKeys,
-)
+from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
+from fastfanout.transport.sockets import AsyncDealerTransport, AsyncSubTransport, CurveKeys
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from fastfanout import protocol
 from fastfanout._ext.wire import count_of
 from fastfanout.client.core import ConnectionCore, Request
 from fastfanout.client.producers import ProducerCore, producer_limits
 from fastfanout.errors import Closed, InvalidArgument, QueueFull
-from fastfanout.protocol import Opcode, Status
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
 
 
 def make(batch_messages: int = 3, batch_bytes: int = 1 << 20,
