@@ -75,17 +75,7 @@ class AsyncListener(StreamListening):
     returns once the broker applies the subscription (its probe came back, see
     ``fastfanout.server.streams``). Then use ``async for message in listener`` or
     ``await listener.recv_batch(timeout)``; close it (or leave ``async with``) when done.
-
-    Args:
-        stream_endpoint: the broker's stream endpoint.
-        pattern: the topic name or pattern (``orders.*``, ``orders.>``).
-        curve: client keys when the broker uses CURVE.
-        timeout: seconds to wait for the broker to apply the subscription.
-        high_water_mark: stream batches this listener's socket queues; beyond them the
-            broker drops batches for this listener only (counted here as ``gaps``).
-
-    Attributes:
-        pattern: the topic name or pattern.
+    The arguments are the blocking ``Listener``'s (``fastfanout.client.consumers``).
     """
 
     def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
