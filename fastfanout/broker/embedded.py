@@ -28,7 +28,7 @@ from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.deliveries import receive, receive_push
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
-from fastfanout._ext.shmring import SharedRing
+from fastfanout._ext.sinks import FrameSink
 from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
@@ -283,18 +283,19 @@ class Broker(Administration):
 
     def receive_push(
         self, queue: str, max_messages: int, visibility_timeout: float | None,
-        ring: SharedRing | None, header: bytes, *, owner: int = 0,
+        sink: FrameSink | None, header: bytes, *, owner: int = 0,
     ) -> tuple[bytes | None, int, bytes, int]:
-        """The server's push: lease like ``receive_frame``, into ``ring`` when it has room.
+        """The server's push: lease like ``receive_frame``, into ``sink`` when it has room.
 
-        With a local channel's ``ring``, the message ``[header, frame]`` is written in
-        place into it (``fastfanout._ext.deliveries.receive_push``). The leases are
+        With a ``sink`` (a local channel's shared ring), the message ``[header, frame]``
+        is written in place into it (``fastfanout._ext.deliveries.receive_push``). The
+        leases are
         ``owner``'s (``open_owner``): at most its credit of them, its ``prefetch`` minus
         the leases it holds.
 
         Returns:
             ``(frame, count, receipts, status)``: ``frame`` None when the push is in the
-            ring (``status`` WROTE_WAKE: ring the reader's bell), else the frame to send;
+            sink (``status`` WROTE_WAKE: ring the reader's bell), else the frame to send;
             ``receipts`` packed little-endian u64s.
         """
         self._ensure_open()
@@ -309,7 +310,7 @@ class Broker(Administration):
             if lease_us is None:
                 lease_us = self._visibility_us[queue_id]
             result: tuple[bytes | None, int, bytes, int] = receive_push(
-                self._store, queue_id, max_messages, lease_us, now_us, ring, header, owner)
+                self._store, queue_id, max_messages, lease_us, now_us, sink, header, owner)
             return result
 
     # -- owners (the server's sessions and push consumers) -----------------------------

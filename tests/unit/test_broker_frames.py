@@ -180,3 +180,15 @@ def test_receive_push_without_room_returns_the_frame(broker, ring_pair):
     broker.send("q", b"no ring")
     frame, count, receipts, status = broker.receive_push("q", 10, None, None, b"")
     assert status == WROTE and count == 1 and receipts == receipts_of(frame)
+
+
+def test_receive_push_writes_into_any_sink_and_a_sink_without_room_gets_a_frame(broker):
+    from fastfanout._ext.shmring import SharedRing
+    from fastfanout._ext.sinks import FULL, FrameSink
+
+    assert issubclass(SharedRing, FrameSink)       # the ring is one sink among others
+    broker.create_queue("q")
+    broker.send_batch("q", [b"a", b"b"])
+    frame, count, receipts, status = broker.receive_push("q", 10, None, FrameSink(), b"H")
+    assert status == FULL and count == 2 and receipts == receipts_of(frame)
+    assert [r.body for r in decode_batch(frame)] == [b"a", b"b"]
