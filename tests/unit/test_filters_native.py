@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from fastfanout.semantics import filter_policy
 from fastfanout._ext import filters
 from fastfanout._ext.filters import FilterSet
 from fastfanout.errors import InvalidArgument
+from fastfanout.semantics import filter_policy
 from fastfanout.semantics.filter_policy import parse_policy, reference_match
 
 A = "attributes"

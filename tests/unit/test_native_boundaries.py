@@ -43,5 +43,5 @@ def test_the_delivery_core_writes_into_the_sink_interface() -> None:
 
 def test_the_filter_matcher_imports_nothing_of_the_policy_compiler() -> None:
     source = (EXT / "filters.pyx").read_text()
-    assert "fastfanout.filter_policy" not in re.findall(
-        r"^\s*(?:from|import) ([\w.]+)", source, re.MULTILINE)
+    imported = re.findall(r"^\s*(?:from|import) ([\w.]+)", source, re.MULTILINE)
+    assert imported and not [name for name in imported if name.endswith("filter_policy")]
