@@ -9,9 +9,10 @@ what the caller asked for, in one of two shapes:
   broker), attributes still msgpack-encoded until read;
 - ``receive_push``: one codec frame of delivery records for the server to push as it
   is, with no Python object per message (a dead-lettered copy's record carries its
-  dead-letter record as JSON text in the name part) — written straight into a local
-  channel's shared ring when the server gives one (``shmring.pyx``), else a bytes
-  object.
+  dead-letter record as JSON text in the name part) — written straight into a sink
+  when the server gives one (``sinks.pxd``: claim, fill, commit; a local channel's
+  shared ring is one), else a bytes object. This module knows the sink interface only,
+  never a transport.
 
 Both lease through ``Store._lease_next``, which settles expired messages and exhausted
 receive counts on the way, so both shapes obey the same rules. ``receive`` leases for
@@ -37,7 +38,7 @@ from fastfanout._ext.codec cimport (
 )
 from fastfanout._ext.message cimport make_message
 from fastfanout._ext.blobs cimport blob_t
-from fastfanout._ext.shmring cimport RING_WROTE, SharedRing
+from fastfanout._ext.sinks cimport SINK_WROTE, FrameSink
 from fastfanout._ext.store cimport NIL, Store, dead_letter_t, entry_t, queue_t
 
 from msgspec.json import encode as _encode_json
@@ -135,7 +136,7 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
 
 
 def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                 int64_t now_us, SharedRing ring, bytes header, object owner=0):
+                 int64_t now_us, FrameSink sink, bytes header, object owner=0):
     """Lease like ``receive`` but as one codec frame of delivery records, for the server.
 
     The leases are ``owner``'s (an open owner tag): at most its credit of them (its
@@ -149,16 +150,17 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
 
     Two passes: lease (noting slots and sizes), then write every record straight into
     memory sized exactly — no growing buffer, no second copy. That memory is a new bytes
-    object, or, with a local channel's ``ring`` that has room, the ring itself: the push
-    ``[header, frame]`` is written in place as one ring record and committed.
+    object, or, with a ``sink`` that has room (a ``FrameSink``, e.g. a local channel's
+    shared ring), the sink itself: the push ``[header, frame]`` is claimed there as one
+    two-frame message, written in place and committed.
 
     Returns:
         ``(frame, count, receipts, status)``: ``frame`` is None when the push went into
-        the ring, else the frame to send another way; ``receipts`` the leased receipts
-        packed as little-endian u64s (what the session holds); ``status`` the ring's
+        the sink, else the frame to send another way; ``receipts`` the leased receipts
+        packed as little-endian u64s (what the session holds); ``status`` the sink's
         ``WROTE``/``WROTE_WAKE`` (ring the reader's bell), or ``FULL``/``TOO_LARGE``/
-        ``WROTE`` with a frame (not written: no ring, no room, too large, or nothing
-        leased — ``count`` 0 and an empty frame).
+        ``WROTE`` with a frame (not written: no sink, no room, too large, or nothing
+        leased — ``count`` 0 and an empty frame); ``fastfanout._ext.sinks`` names them.
     """
     cdef uint32_t tag = self.require_owner(owner)
     cdef uint64_t credit = self.owner_credit(tag)
@@ -168,13 +170,13 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
     cdef bytes receipts = PyBytes_FromStringAndSize(NULL, 8 * leased.count)
     cdef uint64_t end
     cdef char* out
-    cdef int status = RING_WROTE
+    cdef int status = SINK_WROTE
     cdef bytes frame
-    if ring is not None and leased.count:
-        status = ring.claim_pair(header, leased.total, &out, &end)
-        if status == RING_WROTE:
+    if sink is not None and leased.count:
+        status = sink.claim_pair(header, leased.total, &out, &end)
+        if status == SINK_WROTE:
             _write_records(self, leased, out, PyBytes_AS_STRING(receipts))
-            return None, leased.count, receipts, ring.commit(end)
+            return None, leased.count, receipts, sink.commit(end)
     frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>leased.total)
     _write_records(self, leased, PyBytes_AS_STRING(frame), PyBytes_AS_STRING(receipts))
     return frame, leased.count, receipts, status

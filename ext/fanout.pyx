@@ -169,8 +169,9 @@ cdef class Dispatcher:
         Args:
             topic: the topic id.
             queue_ids: target queue ids.
-            policies: per target, None (no filter), a compiled filter policy, or a list
-                of them (a queue subscribed more than once: a copy goes if any matches).
+            policies: per target, None (no filter), a plain compiled filter policy
+                (``CompiledPolicy.plain``), or a list of them (a queue subscribed more
+                than once: a copy goes if any matches).
         """
         cdef Py_ssize_t count = len(queue_ids)
         cdef uint32_t* targets = NULL

@@ -3,6 +3,20 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
+# The kinds leading each condition tuple of the plain compiled form that
+# fastfanout.semantics.filter_policy emits (its KIND_* constants; a unit test checks they agree).
+cdef enum condition_kind:
+    KIND_EXACT = 0
+    KIND_PREFIX = 1
+    KIND_SUFFIX = 2
+    KIND_ANYTHING_BUT_PREFIX = 3
+    KIND_EQUALS_IGNORE_CASE = 4
+    KIND_ANYTHING_BUT = 5
+    KIND_NUMERIC = 6
+    KIND_EXISTS = 7
+    KIND_CIDR = 8
+
+
 cdef enum text_kind:
     TEXT_PREFIX = 0
     TEXT_SUFFIX = 1
@@ -73,7 +87,7 @@ cdef class _Field:
 
 
 cdef class FilterSet:
-    cdef dict policies              # sub_id -> CompiledPolicy
+    cdef dict policies              # sub_id -> plain compiled policy (body_scope, branches)
     cdef bint dirty                 # policies changed since the last index build
     cdef dict attribute_fields      # attribute name -> _Field
     cdef dict body_fields           # dotted body path -> _Field

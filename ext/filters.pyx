@@ -3,7 +3,10 @@
 Design
 ------
 `fastfanout.semantics.filter_policy.parse_policy` validates a policy and expands it into an OR of
-*branches*, each an AND of *clauses* (one field, an OR of conditions). A `FilterSet` holds
+*branches*, each an AND of *clauses* (one field, an OR of conditions), and hands it over
+as plain data (``CompiledPolicy.plain``: nested tuples, each condition led by a kind
+number that ``filters.pxd`` mirrors), so this module imports no Python policy class and
+dispatches on numbers. A `FilterSet` holds
 the compiled policies of many subscriptions and indexes them by field, the way
 content-based routers (Siena, Gryphon, EventBridge's event-ruler) do: the cost of a
 message grows with the fields it carries and the predicates on those fields, not with a
@@ -50,18 +53,19 @@ from libc.math cimport INFINITY
 import msgspec
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.semantics.filter_policy import (
-    AnythingBut,
-    AnythingButPrefix,
-    Cidr,
-    CompiledPolicy,
-    EqualsIgnoreCase,
-    Exact,
-    Exists,
-    Numeric,
-    Prefix,
-    Suffix,
-)
+
+CONDITION_KINDS = {
+    "exact": KIND_EXACT,
+    "prefix": KIND_PREFIX,
+    "suffix": KIND_SUFFIX,
+    "anything-but-prefix": KIND_ANYTHING_BUT_PREFIX,
+    "equals-ignore-case": KIND_EQUALS_IGNORE_CASE,
+    "anything-but": KIND_ANYTHING_BUT,
+    "numeric": KIND_NUMERIC,
+    "exists": KIND_EXISTS,
+    "cidr": KIND_CIDR,
+}
+"""The condition kinds this matcher reads, by name (``fastfanout.semantics.filter_policy`` emits)."""
 
 
 cdef extern from "Python.h":
@@ -147,8 +151,8 @@ cdef class _FieldBuilder:
     cdef dict exact_excluded        # key -> [anything-but slot]
     cdef dict lowered_clauses       # lower-cased text -> [clause]
     cdef list texts                 # (kind, str, clause)
-    cdef list ranges                # (Numeric, clause)
-    cdef list cidrs                 # (network, clause)
+    cdef list ranges                # (plain numeric condition, clause)
+    cdef list cidrs                 # (plain cidr condition, clause)
     cdef list anything_but          # slot -> clause
     cdef list present
     cdef list absent
@@ -164,37 +168,36 @@ cdef class _FieldBuilder:
         self.present = []
         self.absent = []
 
-    cdef add(self, object condition, int32_t clause):
+    cdef add(self, tuple condition, int32_t clause):
+        """Note one plain condition (already checked by ``_check_condition``)."""
         cdef object key
         cdef int32_t slot
-        cdef type kind = type(condition)
-        if kind is Exact:
-            key = _literal_key(condition.value)
+        cdef long kind = condition[0]
+        if kind == KIND_EXACT:
+            key = _literal_key(condition[1])
             self.exact_clauses.setdefault(key, []).append(clause)
-        elif kind is Prefix:
-            self.texts.append((TEXT_PREFIX, condition.text, clause))
-        elif kind is Suffix:
-            self.texts.append((TEXT_SUFFIX, condition.text, clause))
-        elif kind is AnythingButPrefix:
-            self.texts.append((TEXT_NOT_PREFIX, condition.text, clause))
-        elif kind is EqualsIgnoreCase:
-            self.lowered_clauses.setdefault(condition.text, []).append(clause)
-        elif kind is AnythingBut:
+        elif kind == KIND_PREFIX:
+            self.texts.append((TEXT_PREFIX, condition[1], clause))
+        elif kind == KIND_SUFFIX:
+            self.texts.append((TEXT_SUFFIX, condition[1], clause))
+        elif kind == KIND_ANYTHING_BUT_PREFIX:
+            self.texts.append((TEXT_NOT_PREFIX, condition[1], clause))
+        elif kind == KIND_EQUALS_IGNORE_CASE:
+            self.lowered_clauses.setdefault(condition[1], []).append(clause)
+        elif kind == KIND_ANYTHING_BUT:
             slot = len(self.anything_but)
             self.anything_but.append(clause)
-            for value in condition.values:
+            for value in condition[1]:
                 key = _literal_key(value)
                 excluded = self.exact_excluded.setdefault(key, [])
                 if not excluded or excluded[len(excluded) - 1] != slot:
                     excluded.append(slot)
-        elif kind is Numeric:
+        elif kind == KIND_NUMERIC:
             self.ranges.append((condition, clause))
-        elif kind is Exists:
-            (self.present if condition.present else self.absent).append(clause)
-        elif kind is Cidr:
-            self.cidrs.append((condition.network, clause))
-        else:
-            raise InvalidArgument(f"unknown filter condition {condition!r}")
+        elif kind == KIND_EXISTS:
+            (self.present if condition[1] else self.absent).append(clause)
+        else:   # KIND_CIDR
+            self.cidrs.append((condition, clause))
 
     cdef _Field build(self):
         cdef _Field field = _Field.__new__(_Field)
@@ -233,10 +236,10 @@ cdef class _FieldBuilder:
                 raise MemoryError()
         for i in range(count):
             numeric, clause = self.ranges[i]
-            field.ranges[i].lower = numeric.lower
-            field.ranges[i].upper = numeric.upper
-            field.ranges[i].lower_inclusive = numeric.lower_inclusive
-            field.ranges[i].upper_inclusive = numeric.upper_inclusive
+            field.ranges[i].lower = numeric[1]
+            field.ranges[i].lower_inclusive = numeric[2]
+            field.ranges[i].upper = numeric[3]
+            field.ranges[i].upper_inclusive = numeric[4]
             field.ranges[i].clause = clause
             field.range_count = i + 1
 
@@ -246,12 +249,12 @@ cdef class _FieldBuilder:
             if field.cidrs == NULL:
                 raise MemoryError()
         for i in range(count):
-            network, clause = self.cidrs[i]
-            packed = network.network_address.packed
+            cidr, clause = self.cidrs[i]
+            packed = cidr[3]
             memset(field.cidrs[i].network, 0, 16)
             memcpy(field.cidrs[i].network, <const char*>packed, len(packed))
-            field.cidrs[i].family = network.version
-            field.cidrs[i].prefix_bits = network.prefixlen
+            field.cidrs[i].family = cidr[1]
+            field.cidrs[i].prefix_bits = cidr[2]
             field.cidrs[i].clause = clause
             field.cidr_count = i + 1
 
@@ -490,10 +493,76 @@ cdef inline int _field_present(_Field field, uint8_t* state) noexcept:
     return 0
 
 
+cdef inline bint _is_literal(object value):
+    return value is None or PyBool_Check(value) or PyUnicode_Check(value) or PyFloat_Check(value)
+
+
+cdef int _check_condition(object condition, object path) except -1:
+    """Raise InvalidArgument unless ``condition`` is a well-formed plain condition."""
+    cdef Py_ssize_t size
+    cdef long kind
+    if type(condition) is not tuple or len(<tuple>condition) < 2 or not PyLong_Check(
+            condition[0]) or PyBool_Check(condition[0]):
+        raise InvalidArgument(
+            f"filter condition on {path!r} must be a tuple (kind, operands...), "
+            f"got {condition!r}")
+    size = len(<tuple>condition)
+    kind = condition[0] if KIND_EXACT <= condition[0] <= KIND_CIDR else -1
+    if kind == KIND_EXACT:
+        ok = size == 2 and _is_literal(condition[1])
+    elif kind in (KIND_PREFIX, KIND_SUFFIX, KIND_ANYTHING_BUT_PREFIX,
+                  KIND_EQUALS_IGNORE_CASE):
+        ok = size == 2 and PyUnicode_Check(condition[1])
+    elif kind == KIND_ANYTHING_BUT:
+        ok = size == 2 and type(condition[1]) is tuple and all(
+            PyUnicode_Check(value) or PyFloat_Check(value) for value in condition[1])
+    elif kind == KIND_NUMERIC:
+        ok = (size == 5 and PyFloat_Check(condition[1]) and PyBool_Check(condition[2])
+              and PyFloat_Check(condition[3]) and PyBool_Check(condition[4]))
+    elif kind == KIND_EXISTS:
+        ok = size == 2 and PyBool_Check(condition[1])
+    elif kind == KIND_CIDR:
+        ok = (size == 4 and type(condition[3]) is bytes and PyLong_Check(condition[2])
+              and ((condition[1] == 4 and len(condition[3]) == 4
+                    and 0 <= condition[2] <= 32)
+                   or (condition[1] == 6 and len(condition[3]) == 16
+                       and 0 <= condition[2] <= 128)))
+    else:
+        raise InvalidArgument(
+            f"unknown filter condition kind {condition[0]!r} on {path!r} (expected one of "
+            f"{sorted(CONDITION_KINDS.values())})")
+    if not ok:
+        raise InvalidArgument(f"malformed filter condition on {path!r}: {condition!r}")
+    return 0
+
+
+cdef int _check_plain(object policy) except -1:
+    """Raise InvalidArgument unless ``policy`` is a well-formed plain compiled policy."""
+    if (type(policy) is not tuple or len(<tuple>policy) != 2
+            or not PyBool_Check(policy[0]) or type(policy[1]) is not tuple):
+        raise InvalidArgument(
+            f"FilterSet.set needs a plain compiled policy (body_scope, branches), "
+            f"CompiledPolicy.plain from parse_policy; got {policy!r:.200}")
+    for branch in policy[1]:
+        if type(branch) is not tuple:
+            raise InvalidArgument(f"a filter branch must be a tuple of clauses, got {branch!r}")
+        for clause in branch:
+            if (type(clause) is not tuple or len(<tuple>clause) != 2
+                    or not PyUnicode_Check(clause[0]) or type(clause[1]) is not tuple
+                    or not clause[1]):
+                raise InvalidArgument(
+                    f"a filter clause must be (path, non-empty tuple of conditions), "
+                    f"got {clause!r}")
+            for condition in clause[1]:
+                _check_condition(condition, clause[0])
+    return 0
+
+
 cdef class FilterSet:
     """The compiled filter policies of many subscriptions, matched natively.
 
-    Policies are compiled by :func:`fastfanout.semantics.filter_policy.parse_policy`. Changes take
+    Policies are compiled by :func:`fastfanout.semantics.filter_policy.parse_policy` and given in
+    their plain form (``CompiledPolicy.plain``). Changes take
     effect for the next message (the index is rebuilt lazily on the next match).
     Not thread-safe: one owner (the dispatcher) calls it.
     """
@@ -525,24 +594,25 @@ cdef class FilterSet:
     def __contains__(self, sub_id):
         return sub_id in self.policies
 
-    def set(self, sub_id, compiled):
+    def set(self, sub_id, policy):
         """Add or replace the filter policy of a subscription.
 
         Args:
             sub_id: the subscription id (a signed 64-bit integer).
-            compiled: the policy, from :func:`~fastfanout.semantics.filter_policy.parse_policy`.
+            policy: the policy in plain form, ``CompiledPolicy.plain`` from
+                :func:`~fastfanout.semantics.filter_policy.parse_policy`: ``(body_scope,
+                branches)``, each branch a tuple of ``(path, conditions)`` clauses, each
+                condition a tuple led by its kind (:data:`CONDITION_KINDS`).
 
         Raises:
-            InvalidArgument: ``compiled`` is not a CompiledPolicy or ``sub_id`` is not
-                a 64-bit integer.
+            InvalidArgument: ``policy`` is not a well-formed plain policy or ``sub_id``
+                is not a 64-bit integer; nothing changed.
         """
-        if not isinstance(compiled, CompiledPolicy):
-            raise InvalidArgument(
-                f"FilterSet.set needs a CompiledPolicy (see parse_policy), got {compiled!r}")
         if not PyLong_Check(sub_id) or PyBool_Check(sub_id) or not (
                 -(1 << 63) <= sub_id < (1 << 63)):
             raise InvalidArgument(f"subscription id must be a 64-bit int, got {sub_id!r}")
-        self.policies[sub_id] = compiled
+        _check_plain(policy)
+        self.policies[sub_id] = policy
         self.dirty = True
 
     def remove(self, sub_id):
@@ -601,20 +671,19 @@ cdef class FilterSet:
         cdef Py_ssize_t i, count
         cdef bint body_scope
         for sub_id in sorted(self.policies):
-            compiled = self.policies[sub_id]
-            body_scope = compiled.scope == "body"
-            for branch in compiled.branches:
+            body_scope, policy_branches = self.policies[sub_id]
+            for branch in policy_branches:
                 branch_rows.append((sub_id, clause_index, len(branch), body_scope))
-                for clause in branch:
-                    key = (body_scope, clause.path)
+                for path, conditions in branch:
+                    key = (body_scope, path)
                     builder = builders.get(key)
                     if builder is None:
                         builder = _FieldBuilder.__new__(_FieldBuilder)
                         builders[key] = builder
                     absent_ok = False
-                    for condition in clause.conditions:
+                    for condition in conditions:
                         builder.add(condition, clause_index)
-                        if type(condition) is Exists and not condition.present:
+                        if condition[0] == KIND_EXISTS and not condition[1]:
                             absent_ok = True
                     initial.append(absent_ok)
                     clause_index += 1

@@ -1,20 +1,30 @@
 # The shared-memory ring of local channels (shmring.pyx has the layout and the rules).
-# Other native modules cimport it to write a record straight into a ring: `claim` room
-# for `size` bytes (the record header included), or `claim_pair` a two-frame message
-# whose second frame they fill in place, then `commit` — one writer only.
+# It is a FrameSink (sinks.pxd): the delivery core writes a push straight into it through
+# that interface (`claim_pair` a two-frame message whose second frame it fills in place,
+# then `commit` — one writer only) without cimporting this file; `claim` takes room for
+# `size` bytes (the record header included).
 from libc.stdint cimport uint64_t
+
+from fastfanout._ext.sinks cimport (
+    FrameSink,
+    SINK_FULL,
+    SINK_TOO_LARGE,
+    SINK_WROTE,
+    SINK_WROTE_WAKE,
+)
 
 cdef extern from "atomics.h" nogil:
     ctypedef uint64_t ff_atomic_u64
 
-# Outcomes of writing (the Python constants FULL, WROTE, WROTE_WAKE, TOO_LARGE).
+# Outcomes of writing (the Python constants FULL, WROTE, WROTE_WAKE, TOO_LARGE): the
+# sink's outcomes, since claim_pair and commit answer as a FrameSink.
 cdef enum:
-    RING_FULL = 0
-    RING_WROTE = 1
-    RING_WROTE_WAKE = 2
-    RING_TOO_LARGE = -1
+    RING_FULL = SINK_FULL
+    RING_WROTE = SINK_WROTE
+    RING_WROTE_WAKE = SINK_WROTE_WAKE
+    RING_TOO_LARGE = SINK_TOO_LARGE
 
-cdef class SharedRing:
+cdef class SharedRing(FrameSink):
     cdef char* base
     cdef char* data
     cdef uint64_t capacity_

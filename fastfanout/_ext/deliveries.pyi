@@ -1,7 +1,7 @@
 from typing import Any
 
 from fastfanout._ext.message import Message
-from fastfanout._ext.shmring import SharedRing
+from fastfanout._ext.sinks import FrameSink
 from fastfanout._ext.store import Store
 
 def receive(
@@ -10,5 +10,5 @@ def receive(
 ) -> list[Message]: ...
 def receive_push(
     self: Store, qid: int, max_messages: int, lease_us: int, now_us: int,
-    ring: SharedRing | None, header: bytes, owner: int = 0,
+    sink: FrameSink | None, header: bytes, owner: int = 0,
 ) -> tuple[bytes | None, int, bytes, int]: ...

@@ -6,7 +6,7 @@ from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.dedup import DedupWindow
 from fastfanout._ext.store import Store
 from fastfanout.records import PublishEntry
-from fastfanout.semantics.filter_policy import CompiledPolicy
+from fastfanout.semantics.filter_policy import PlainPolicy
 
 _Entry = Buffer | PublishEntry
 
@@ -21,7 +21,7 @@ class Dispatcher:
         self,
         topic: int,
         queue_ids: list[int],
-        policies: list[CompiledPolicy | list[CompiledPolicy] | None] | None = None,
+        policies: list[PlainPolicy | list[PlainPolicy] | None] | None = None,
     ) -> None: ...
     def topic_counters(
         self, topic: int, now_us: int

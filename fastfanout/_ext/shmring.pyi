@@ -1,5 +1,7 @@
 from typing import Final, final
 
+from fastfanout._ext.sinks import FrameSink
+
 VERSION: Final[int]
 MIN_CAPACITY: Final[int]
 MAX_CAPACITY: Final[int]
@@ -11,7 +13,7 @@ TOO_LARGE: Final[int]
 SEALS: Final[int]
 
 @final
-class SharedRing:
+class SharedRing(FrameSink):
     """One direction of a local channel, in a sealed memory file (see ext/shmring.pyx)."""
 
     path: str

@@ -3,7 +3,8 @@
 An embedded ``Broker`` has no connection to push over, so its consumer is the receiving
 side of one: it leases with ``Broker.receive(wait=..., owner=...)``, which sleeps on the
 broker's condition and is woken by every publish, send, nack, ack and timer due time —
-no polling loop. The leases carry the consumer's owner tag (``Broker.open_owner``), so
+no polling loop. The leases carry the consumer's owner tag (``ServerPort.open_owner``,
+the broker's internal port, which ``Broker.consume`` hands it), so
 the broker counts the unsettled messages it holds however they are settled (the
 message's ``ack()``, ``broker.ack(receipt)``, a nack, its lease ending) and never leases
 it more than ``prefetch``: the same credit a broker server's push consumer has
@@ -34,6 +35,8 @@ class _Receiver(Protocol):
                 visibility_timeout: float | None = None, owner: int = 0
                 ) -> list[Message]: ...
 
+
+class _Owners(Protocol):
     def open_owner(self, session: int | None = None, prefetch: int = 0) -> int: ...
 
     def close_owner(self, owner: int) -> None: ...
@@ -51,7 +54,7 @@ class BrokerConsumer(Iterator[Message]):
             consumer is cancelled); None: forever.
     """
 
-    def __init__(self, broker: _Receiver, queue: str, prefetch: int,
+    def __init__(self, broker: _Receiver, owners: _Owners, queue: str, prefetch: int,
                  visibility_timeout: float | None, timeout: float | None) -> None:
         if type(prefetch) is not int or not 1 <= prefetch <= MAX_PREFETCH:
             raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to "
@@ -64,8 +67,9 @@ class BrokerConsumer(Iterator[Message]):
         self.prefetch = prefetch
         self.timeout = None if timeout is None else float(timeout)
         self._broker = broker
+        self._owners = owners
         self._visibility_timeout = visibility_timeout
-        self._owner = broker.open_owner(None, prefetch)
+        self._owner = owners.open_owner(None, prefetch)
         self._messages: deque[Message] = deque()
         self.closed = False
 
@@ -110,7 +114,7 @@ class BrokerConsumer(Iterator[Message]):
         """
         if not self.closed:
             self.closed = True
-            self._broker.close_owner(self._owner)
+            self._owners.close_owner(self._owner)
 
     def drain(self) -> list[Message]:
         """The messages received and not yet yielded (they are leased); empties the buffer."""

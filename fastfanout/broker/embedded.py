@@ -6,8 +6,12 @@ everything per message. The server (``fastfanout.server.loop``) wraps one ``Brok
 client offers the very same methods, so code written against one runs against the other.
 
 The broker's state and its administration (topics, queues, subscriptions) live in the
-base class, ``fastfanout.broker.administration.Administration``; this module holds the message
-path: publish and send, receive, the settle calls, the server's encoded fast paths, stats.
+base class, ``fastfanout.broker.administration.Administration``; this module holds the
+message path: publish and send, receive, the settle calls, stats. The server's calls
+(encoded fast paths, settling by packed receipts, owner tags) are no part of the broker
+API: they live on ``ServerPort``, which the server gets through one documented internal
+handle, ``Broker.server_port()``, so ``Broker``'s public surface is the declared API
+(``fastfanout.api``) and a few extras of the embedded broker.
 
 Thread safety: every call holds one lock for its whole duration (the core is not
 re-entrant). ``receive(wait=...)`` waits on a condition of that lock, woken by every
@@ -28,7 +32,7 @@ from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.deliveries import receive, receive_push
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
-from fastfanout._ext.shmring import SharedRing
+from fastfanout._ext.sinks import FrameSink
 from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
@@ -53,6 +57,7 @@ __all__ = [
     "MAX_VISIBILITY_TIMEOUT",
     "Broker",
     "QueueSettings",
+    "ServerPort",
     "Subscription",
     "TopicSettings",
 ]
@@ -248,112 +253,18 @@ class Broker(Administration):
     def _publish_ring(self, topic: str, batch: RingBatch) -> PublishBatch:
         return self._enqueue(topic, None, batch)
 
-    # -- encoded fast paths (the server's) ---------------------------------------------
+    # -- the server's port -------------------------------------------------------------
 
-    def publish_frame(self, topic: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
-        """Publish a batch given as one codec frame (see docs/protocol.md): all or none.
+    def server_port(self) -> ServerPort:
+        """The broker's internal port: the server's encoded fast paths and owner tags.
 
-        The records' body, attributes (msgpack), group and dedup ids, priority,
-        ``deliver_at_us`` (flag) and expiry (flag) are used; ids and timestamps are
-        assigned by the broker. No Python object is made per message.
-
-        Raises:
-            InvalidArgument: the frame or one of its records is malformed.
+        The one documented internal handle (see ``ServerPort``): what the server and the
+        embedded consumer call besides the broker API. Not part of that API; a client
+        has no such calls.
         """
-        self._ensure_open()
-        return self._enqueue(topic, None, EncodedBatch(frame), commit=False)
+        return ServerPort(self)
 
-    def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
-        """Send a batch given as one codec frame straight to a queue: all or none."""
-        self._ensure_open()
-        return self._enqueue(None, queue, EncodedBatch(frame), commit=False)
-
-    def receive_frame(
-        self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None
-    ) -> tuple[bytes, int]:
-        """Lease like ``receive`` (without waiting) and return one codec frame.
-
-        Returns:
-            ``(frame, count)``: delivery records with receipt and receive count set.
-        """
-        frame, count, _, _ = self.receive_push(queue, max_messages, visibility_timeout,
-                                               None, b"")
-        assert frame is not None   # no ring: always a frame
-        return frame, count
-
-    def receive_push(
-        self, queue: str, max_messages: int, visibility_timeout: float | None,
-        ring: SharedRing | None, header: bytes, *, owner: int = 0,
-    ) -> tuple[bytes | None, int, bytes, int]:
-        """The server's push: lease like ``receive_frame``, into ``ring`` when it has room.
-
-        With a local channel's ``ring``, the message ``[header, frame]`` is written in
-        place into it (``fastfanout._ext.deliveries.receive_push``). The leases are
-        ``owner``'s (``open_owner``): at most its credit of them, its ``prefetch`` minus
-        the leases it holds.
-
-        Returns:
-            ``(frame, count, receipts, status)``: ``frame`` None when the push is in the
-            ring (``status`` WROTE_WAKE: ring the reader's bell), else the frame to send;
-            ``receipts`` packed little-endian u64s.
-        """
-        self._ensure_open()
-        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
-            raise InvalidArgument(
-                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
-        lease_us = None if visibility_timeout is None else seconds_to_us(
-            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
-        with self._lock:
-            now_us = self._now_us()
-            queue_id = self._queue_id(queue)
-            if lease_us is None:
-                lease_us = self._visibility_us[queue_id]
-            result: tuple[bytes | None, int, bytes, int] = receive_push(
-                self._store, queue_id, max_messages, lease_us, now_us, ring, header, owner)
-            return result
-
-    # -- owners (the server's sessions and push consumers) -----------------------------
-
-    def open_owner(self, session: int | None = None, prefetch: int = 0) -> int:
-        """A new owner tag for the leases the server makes (RabbitMQ's ``basic.qos``).
-
-        Every lease carries the tag of its owner, and the store counts each owner's
-        leases until they end, however they end (ack, nack, extend to 0, term, expiry,
-        purge, queue deletion, release). A push (``receive_push``) never leaves an owner
-        holding more than its ``prefetch``; a settle call with ``session=S`` works only
-        on leases whose owner belongs to session S (others are stale to it).
-
-        Args:
-            session: None for a new session's tag; else the open session whose push
-                consumer this tag is.
-            prefetch: most leases a push may leave this owner holding (0: no limit),
-                at most 1,000,000.
-
-        Raises:
-            InvalidArgument: ``session`` is not an open session tag, or ``prefetch`` is out
-                of range.
-        """
-        if type(prefetch) is not int or not 0 <= prefetch <= 1_000_000:
-            raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 0 to 1,000,000")
-        with self._lock:
-            owner: int = self._store.open_owner(session, prefetch)
-            return owner
-
-    def close_owner(self, owner: int) -> None:
-        """Close an owner tag: it takes no more leases.
-
-        Those it holds run on, and can still be settled by its session; the tag is reused
-        once they have all ended.
-        """
-        with self._lock:
-            self._store.close_owner(owner)
-
-    def outstanding(self, owner: int) -> int:
-        """How many leases an open owner holds now."""
-        with self._lock:
-            self._now_us()   # leases due to end by now have ended
-            count: int = self._store.outstanding(owner)
-            return count
+    # -- timers ------------------------------------------------------------------------
 
     def next_due(self) -> float | None:
         """Clock seconds when the next lease or delay ends (None: nothing pending)."""
@@ -391,8 +302,8 @@ class Broker(Administration):
             max_messages: 1 to 10,000.
             wait: seconds (real time, 0 to 20) to wait for a message when none is visible.
             visibility_timeout: lease length in seconds (default: the queue's).
-            owner: an open owner tag (``open_owner``) whose leases these are: at most its
-                credit of them (its prefetch less the leases it holds); 0: none.
+            owner: an open owner tag (``ServerPort.open_owner``) whose leases these are:
+                at most its credit of them (its prefetch less the leases it holds); 0: none.
 
         Returns:
             The leased messages, each with a fresh receipt (maybe none).
@@ -463,7 +374,8 @@ class Broker(Administration):
                           maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             self._queue_id(queue)
-        return BrokerConsumer(self, queue, prefetch, visibility_timeout, timeout)
+        return BrokerConsumer(self, ServerPort(self), queue, prefetch, visibility_timeout,
+                              timeout)
 
     # -- settle ------------------------------------------------------------------------
 
@@ -472,7 +384,8 @@ class Broker(Administration):
 
         Every settle call takes ``session``: 0 (the default, in-process code) may settle
         any delivery; the server passes the tag of the session a request came from
-        (``open_owner``), and a delivery made for another session is stale to it.
+        (``ServerPort.open_owner``), and a delivery made for another session is stale to
+        it.
 
         Raises:
             StaleReceipt: the lease of that delivery has ended (or is another session's).
@@ -497,50 +410,6 @@ class Broker(Administration):
             by_receipt.ack_batch(self._store, receipt_list, session)
             if self._waiters:
                 self._arrivals.notify_all()
-
-    def ack_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
-                   ) -> int:
-        """Ack receipts packed as little-endian u64s (the wire's ACK payload): all or none.
-
-        Returns:
-            The number of receipts acked.
-
-        Raises:
-            InvalidArgument: the length is not a multiple of 8.
-            StaleReceipt: with ``receipts`` listing the stale ones; nothing was acked.
-        """
-        with self._lock:
-            self._now_us()
-            count: int = by_receipt.ack_packed(self._store, receipts, session)
-            return count
-
-    def ack_frames(self, frames: list[bytes], *, session: int = 0) -> list[int]:
-        """Ack each receipts frame on its own, all of it or none (a SETTLE's frames).
-
-        Returns:
-            The stale receipts of the frames that were refused (empty: all acked).
-
-        Raises:
-            InvalidArgument: a frame's length is not a multiple of 8 (nothing acked).
-        """
-        with self._lock:
-            self._now_us()
-            stale: list[int] = by_receipt.ack_frames(self._store, frames, session)
-            return stale
-
-    def release_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
-                       ) -> int:
-        """Return every still-leased delivery among packed u64 receipts at once.
-
-        Stale receipts are skipped (not an error): this is how a server gives back what a
-        vanished client held. Returns how many deliveries were released.
-        """
-        with self._lock:
-            now_us = self._now_us()
-            released: int = by_receipt.release_packed(self._store, receipts, now_us, session)
-            if released:
-                self._wake_receivers()
-            return released
 
     def nack(self, receipt: int, *, delay: float | None = None, session: int = 0) -> None:
         """End a lease early; the message is visible again after ``delay`` seconds.
@@ -707,3 +576,205 @@ class Broker(Administration):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class ServerPort:
+    """The broker's internal port: the calls a server makes for its sessions and consumers.
+
+    Obtained with ``Broker.server_port()``. These calls are no part of the broker API
+    (``fastfanout.api``): they take and give encoded frames and packed receipts (the
+    wire's forms, so that no Python object is made per message), and owner tags (the
+    store's count of each session's and consumer's leases). The server calls them, and
+    the embedded consumer takes its owner tag here. Each call holds the broker's lock,
+    as the broker's own calls do.
+
+    Args:
+        broker: the broker this port serves.
+    """
+
+    __slots__ = ("_broker",)
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    # -- encoded fast paths ------------------------------------------------------------
+
+    def publish_frame(self, topic: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
+        """Publish a batch given as one codec frame (see docs/protocol.md): all or none.
+
+        The records' body, attributes (msgpack), group and dedup ids, priority,
+        ``deliver_at_us`` (flag) and expiry (flag) are used; ids and timestamps are
+        assigned by the broker. No Python object is made per message. A durable broker
+        journals it without committing: the server commits once per round
+        (``Broker.commit``).
+
+        Raises:
+            InvalidArgument: the frame or one of its records is malformed.
+        """
+        broker = self._broker
+        broker._ensure_open()
+        return broker._enqueue(topic, None, EncodedBatch(frame), commit=False)
+
+    def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
+        """Send a batch given as one codec frame straight to a queue: all or none."""
+        broker = self._broker
+        broker._ensure_open()
+        return broker._enqueue(None, queue, EncodedBatch(frame), commit=False)
+
+    def receive_frame(
+        self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None
+    ) -> tuple[bytes, int]:
+        """Lease like ``Broker.receive`` (without waiting) and return one codec frame.
+
+        Args:
+            queue: the queue name.
+            max_messages: 1 to 10,000.
+            visibility_timeout: lease length in seconds (default: the queue's).
+
+        Returns:
+            ``(frame, count)``: delivery records with receipt and receive count set.
+        """
+        frame, count, _, _ = self.receive_push(queue, max_messages, visibility_timeout,
+                                               None, b"")
+        assert frame is not None   # no sink: always a frame
+        return frame, count
+
+    def receive_push(
+        self, queue: str, max_messages: int, visibility_timeout: float | None,
+        sink: FrameSink | None, header: bytes, *, owner: int = 0,
+    ) -> tuple[bytes | None, int, bytes, int]:
+        """The server's push: lease like ``receive_frame``, into ``sink`` when it has room.
+
+        With a ``sink`` (a local channel's shared ring), the message ``[header, frame]``
+        is written in place into it (``fastfanout._ext.deliveries.receive_push``). The
+        leases are ``owner``'s (``open_owner``): at most its credit of them, its
+        ``prefetch`` minus the leases it holds.
+
+        Args:
+            queue: the queue name.
+            max_messages: 1 to 10,000.
+            visibility_timeout: lease length in seconds (None: the queue's).
+            sink: where to write the push in place, or None (return a frame).
+            header: the push's first frame, written before the delivery frame.
+            owner: an open owner tag (0: none).
+
+        Returns:
+            ``(frame, count, receipts, status)``: ``frame`` None when the push is in the
+            sink (``status`` WROTE_WAKE: ring the reader's bell), else the frame to send;
+            ``receipts`` packed little-endian u64s.
+        """
+        broker = self._broker
+        broker._ensure_open()
+        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+            raise InvalidArgument(
+                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        lease_us = None if visibility_timeout is None else seconds_to_us(
+            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
+        with broker._lock:
+            now_us = broker._now_us()
+            queue_id = broker._queue_id(queue)
+            if lease_us is None:
+                lease_us = broker._visibility_us[queue_id]
+            result: tuple[bytes | None, int, bytes, int] = receive_push(
+                broker._store, queue_id, max_messages, lease_us, now_us, sink, header, owner)
+            return result
+
+    # -- settling by packed receipts ---------------------------------------------------
+
+    def ack_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                   ) -> int:
+        """Ack receipts packed as little-endian u64s (the wire's ACK payload): all or none.
+
+        Args:
+            receipts: the packed receipts.
+            session: the caller's session tag (see ``Broker.ack``).
+
+        Returns:
+            The number of receipts acked.
+
+        Raises:
+            InvalidArgument: the length is not a multiple of 8.
+            StaleReceipt: with ``receipts`` listing the stale ones; nothing was acked.
+        """
+        broker = self._broker
+        with broker._lock:
+            broker._now_us()
+            count: int = by_receipt.ack_packed(broker._store, receipts, session)
+            return count
+
+    def ack_frames(self, frames: list[bytes], *, session: int = 0) -> list[int]:
+        """Ack each receipts frame on its own, all of it or none (a SETTLE's frames).
+
+        Returns:
+            The stale receipts of the frames that were refused (empty: all acked).
+
+        Raises:
+            InvalidArgument: a frame's length is not a multiple of 8 (nothing acked).
+        """
+        broker = self._broker
+        with broker._lock:
+            broker._now_us()
+            stale: list[int] = by_receipt.ack_frames(broker._store, frames, session)
+            return stale
+
+    def release_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                       ) -> int:
+        """Return every still-leased delivery among packed u64 receipts at once.
+
+        Stale receipts are skipped (not an error): this is how a server gives back what a
+        vanished client held. Returns how many deliveries were released.
+        """
+        broker = self._broker
+        with broker._lock:
+            now_us = broker._now_us()
+            released: int = by_receipt.release_packed(broker._store, receipts, now_us,
+                                                      session)
+            if released:
+                broker._wake_receivers()
+            return released
+
+    # -- owners (the server's sessions and push consumers) -----------------------------
+
+    def open_owner(self, session: int | None = None, prefetch: int = 0) -> int:
+        """A new owner tag for the leases the server makes (RabbitMQ's ``basic.qos``).
+
+        Every lease carries the tag of its owner, and the store counts each owner's
+        leases until they end, however they end (ack, nack, extend to 0, term, expiry,
+        purge, queue deletion, release). A push (``receive_push``) never leaves an owner
+        holding more than its ``prefetch``; a settle call with ``session=S`` works only
+        on leases whose owner belongs to session S (others are stale to it).
+
+        Args:
+            session: None for a new session's tag; else the open session whose push
+                consumer this tag is.
+            prefetch: most leases a push may leave this owner holding (0: no limit),
+                at most 1,000,000.
+
+        Raises:
+            InvalidArgument: ``session`` is not an open session tag, or ``prefetch`` is out
+                of range.
+        """
+        if type(prefetch) is not int or not 0 <= prefetch <= 1_000_000:
+            raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 0 to 1,000,000")
+        broker = self._broker
+        with broker._lock:
+            owner: int = broker._store.open_owner(session, prefetch)
+            return owner
+
+    def close_owner(self, owner: int) -> None:
+        """Close an owner tag: it takes no more leases.
+
+        Those it holds run on, and can still be settled by its session; the tag is reused
+        once they have all ended.
+        """
+        broker = self._broker
+        with broker._lock:
+            broker._store.close_owner(owner)
+
+    def outstanding(self, owner: int) -> int:
+        """How many leases an open owner holds now."""
+        broker = self._broker
+        with broker._lock:
+            broker._now_us()   # leases due to end by now have ended
+            count: int = broker._store.outstanding(owner)
+            return count

@@ -15,6 +15,12 @@ path with an OR of *conditions* on that field. That is the shape the native matc
 wants (one truth bit per clause, one AND per branch) and also the shape in which SNS
 counts its limits: keys per expanded branch, value combinations summed over branches.
 
+The native matcher does not read these classes: it reads `CompiledPolicy.plain`, the
+same structure as nested tuples of ``str``, ``float``, ``int``, ``bool``, ``bytes`` and
+``None`` (`PlainPolicy`), each condition a tuple led by its kind (``KIND_*``). So the
+native boundary is data, not Python types: the matcher imports nothing from here, and
+``ext/filters.pxd`` mirrors the kind numbers (a unit test checks that they agree).
+
 Invariants:
 
 * Every policy that :func:`parse_policy` returns is within the SNS limits; every fault is
@@ -46,6 +52,16 @@ import msgspec
 from fastfanout.errors import InvalidArgument, InvalidFilterPolicy
 
 __all__ = [
+    "CONDITION_KINDS",
+    "KIND_ANYTHING_BUT",
+    "KIND_ANYTHING_BUT_PREFIX",
+    "KIND_CIDR",
+    "KIND_EQUALS_IGNORE_CASE",
+    "KIND_EXACT",
+    "KIND_EXISTS",
+    "KIND_NUMERIC",
+    "KIND_PREFIX",
+    "KIND_SUFFIX",
     "MAX_COMBINATIONS",
     "MAX_KEYS",
     "MAX_NUMBER",
@@ -61,6 +77,9 @@ __all__ = [
     "Exact",
     "Exists",
     "Numeric",
+    "PlainClause",
+    "PlainCondition",
+    "PlainPolicy",
     "Prefix",
     "Suffix",
     "flatten_body",
@@ -86,6 +105,51 @@ _LOWER_BOUNDS: Final = frozenset({">", ">="})
 _UPPER_BOUNDS: Final = frozenset({"<", "<="})
 
 
+# --------------------------------------------------------------------------- plain form
+
+# The kind that leads each plain condition tuple; ext/filters.pxd mirrors these numbers.
+KIND_EXACT: Final = 0
+"""``(KIND_EXACT, value)``: ``value`` a ``str``, ``float``, ``bool`` or ``None``."""
+KIND_PREFIX: Final = 1
+"""``(KIND_PREFIX, text)``: a string value starting with ``text``."""
+KIND_SUFFIX: Final = 2
+"""``(KIND_SUFFIX, text)``: a string value ending with ``text``."""
+KIND_ANYTHING_BUT_PREFIX: Final = 3
+"""``(KIND_ANYTHING_BUT_PREFIX, text)``: a string value not starting with ``text``."""
+KIND_EQUALS_IGNORE_CASE: Final = 4
+"""``(KIND_EQUALS_IGNORE_CASE, lowered_text)``: a string equal to it once lower-cased."""
+KIND_ANYTHING_BUT: Final = 5
+"""``(KIND_ANYTHING_BUT, values)``: any value equal to none of the tuple ``values``."""
+KIND_NUMERIC: Final = 6
+"""``(KIND_NUMERIC, lower, lower_inclusive, upper, upper_inclusive)``: floats and bools."""
+KIND_EXISTS: Final = 7
+"""``(KIND_EXISTS, present)``: the field is present (``True``) or absent (``False``)."""
+KIND_CIDR: Final = 8
+"""``(KIND_CIDR, version, prefix_bits, network)``: ``version`` 4 or 6, ``network`` the
+packed network address (4 or 16 bytes, host bits zero)."""
+
+CONDITION_KINDS: Final = {
+    "exact": KIND_EXACT,
+    "prefix": KIND_PREFIX,
+    "suffix": KIND_SUFFIX,
+    "anything-but-prefix": KIND_ANYTHING_BUT_PREFIX,
+    "equals-ignore-case": KIND_EQUALS_IGNORE_CASE,
+    "anything-but": KIND_ANYTHING_BUT,
+    "numeric": KIND_NUMERIC,
+    "exists": KIND_EXISTS,
+    "cidr": KIND_CIDR,
+}
+"""Every condition kind of the plain form by name (the native matcher has the same)."""
+
+PlainCondition = tuple[Any, ...]
+"""One condition of the plain form: a ``KIND_*`` followed by its operands."""
+PlainClause = tuple[str, tuple[PlainCondition, ...]]
+"""One clause of the plain form: ``(path, conditions)``."""
+PlainPolicy = tuple[bool, tuple[tuple[PlainClause, ...], ...]]
+"""A compiled policy as plain data: ``(body_scope, branches)``, each branch a tuple of
+clauses; what :class:`fastfanout._ext.filters.FilterSet` reads."""
+
+
 # --------------------------------------------------------------------------- conditions
 
 
@@ -99,6 +163,10 @@ class Exact:
 
     value: str | float | bool | None
 
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (see :data:`KIND_EXACT`)."""
+        return (KIND_EXACT, self.value)
+
 
 @dataclass(frozen=True, slots=True)
 class Prefix:
@@ -106,12 +174,20 @@ class Prefix:
 
     text: str
 
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (see :data:`KIND_PREFIX`)."""
+        return (KIND_PREFIX, self.text)
+
 
 @dataclass(frozen=True, slots=True)
 class Suffix:
     """A string value that ends with ``text``."""
 
     text: str
+
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (see :data:`KIND_SUFFIX`)."""
+        return (KIND_SUFFIX, self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +200,10 @@ class EqualsIgnoreCase:
 
     text: str
 
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (:data:`KIND_EQUALS_IGNORE_CASE`)."""
+        return (KIND_EQUALS_IGNORE_CASE, self.text)
+
 
 @dataclass(frozen=True, slots=True)
 class AnythingBut:
@@ -135,12 +215,20 @@ class AnythingBut:
 
     values: tuple[str | float, ...]
 
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (see :data:`KIND_ANYTHING_BUT`)."""
+        return (KIND_ANYTHING_BUT, self.values)
+
 
 @dataclass(frozen=True, slots=True)
 class AnythingButPrefix:
     """A string value that does not start with ``text``."""
 
     text: str
+
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (:data:`KIND_ANYTHING_BUT_PREFIX`)."""
+        return (KIND_ANYTHING_BUT_PREFIX, self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +247,21 @@ class Numeric:
     upper: float
     upper_inclusive: bool
 
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (see :data:`KIND_NUMERIC`)."""
+        return (KIND_NUMERIC, self.lower, self.lower_inclusive, self.upper,
+                self.upper_inclusive)
+
 
 @dataclass(frozen=True, slots=True)
 class Exists:
     """The field is present (``present=True``) or absent (``present=False``)."""
 
     present: bool
+
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (see :data:`KIND_EXISTS`)."""
+        return (KIND_EXISTS, self.present)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +273,11 @@ class Cidr:
     """
 
     network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    def plain(self) -> PlainCondition:
+        """The condition as the native matcher reads it (see :data:`KIND_CIDR`)."""
+        return (KIND_CIDR, self.network.version, self.network.prefixlen,
+                self.network.network_address.packed)
 
 
 Condition = (
@@ -217,6 +319,8 @@ class CompiledPolicy:
         key_count: the most leaf keys in one branch (limit :data:`MAX_KEYS`).
         combinations: value combinations summed over branches (limit
             :data:`MAX_COMBINATIONS`).
+        plain: ``scope`` and ``branches`` as plain data (:data:`PlainPolicy`), what
+            :class:`fastfanout._ext.filters.FilterSet` reads.
     """
 
     scope: str
@@ -224,6 +328,7 @@ class CompiledPolicy:
     branches: tuple[tuple[Clause, ...], ...]
     key_count: int
     combinations: int
+    plain: PlainPolicy
 
 
 # --------------------------------------------------------------------------- parsing
@@ -422,7 +527,7 @@ def _expand(node: dict[str, Any], prefix: str, scope: str, depth: int) -> _Branc
 def parse_policy(
     policy: Mapping[str, Any] | str | bytes, scope: str = "attributes"
 ) -> CompiledPolicy:
-    """Validate a filter policy and compile it for :class:`fastfanout._ext.filters.FilterSet`.
+    """Validate a filter policy and compile it (``.plain`` is what ``FilterSet`` reads).
 
     Args:
         policy: the policy, as a dict or as JSON text (``str`` or UTF-8 ``bytes``).
@@ -470,8 +575,13 @@ def parse_policy(
         combinations += product
     if combinations > MAX_COMBINATIONS:
         raise _fail("", f"{combinations} value combinations; the limit is {MAX_COMBINATIONS}")
+    plain: PlainPolicy = (scope == "body", tuple(
+        tuple((clause.path, tuple(condition.plain() for condition in clause.conditions))
+              for clause in branch)
+        for branch in branches))
     return CompiledPolicy(
-        scope, as_dict, tuple(tuple(branch) for branch in branches), key_count, combinations
+        scope, as_dict, tuple(tuple(branch) for branch in branches), key_count, combinations,
+        plain,
     )
 
 

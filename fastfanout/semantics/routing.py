@@ -51,7 +51,7 @@ def feeding_subscriptions(subscriptions: Mapping[int, Subscription], topic: str,
 
 def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[int],
                      queue_ids: Mapping[str, int]) -> tuple[list[int], list[Any]]:
-    """(queue ids, per queue a list of alternative compiled policies or None: no filter)."""
+    """(queue ids, per queue a list of alternative plain compiled policies or None: no filter)."""
     targets: list[int] = []
     policies: list[Any] = []
     position: dict[int, int] = {}
@@ -67,5 +67,5 @@ def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[in
             if sub.compiled is None:
                 policies[position[queue_id]] = None   # an unfiltered one takes all
             else:
-                alternatives.append(sub.compiled)
+                alternatives.append(sub.compiled.plain)
     return targets, policies

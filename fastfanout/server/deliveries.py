@@ -5,13 +5,13 @@
 are the request handlers that lease and settle messages and the round's push phase.
 
 A push leases up to the consumer's credit (at most ``push_batch``) in one native call
-(``Broker.receive_push``) that writes the delivery frame straight into a local session's
+(``ServerPort.receive_push``) that writes the delivery frame straight into a local session's
 ring when it has room — no frame object, no copy — or returns it to be sent. Either way
 the session keeps the receipts (8 bytes a message, never the bodies) until the leases
 have surely ended, so a vanished client's leases can be given back at once.
 
 Credit is the broker's own count (RabbitMQ's ``basic.qos``): each consumer has an owner
-tag in the store (``Broker.open_owner(session, prefetch)``), every lease pushed to it
+tag in the store (``ServerPort.open_owner(session, prefetch)``), every lease pushed to it
 carries the tag, and the store counts them until they end, however they end — acked
 through the consumer or by receipt, nacked, extended to 0, terminated, expired, purged,
 released. A push leases at most ``prefetch`` minus that count, in C, so the push and
@@ -30,7 +30,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from fastfanout._ext.shmring import WROTE_WAKE, SharedRing
-from fastfanout.broker.embedded import Broker
+from fastfanout.broker.embedded import Broker, ServerPort
 from fastfanout.errors import (
     FastFanoutError,
     InvalidArgument,
@@ -51,6 +51,7 @@ class Deliveries:
     """Leasing, pushing and settling for ``Server`` (its base class; see the module)."""
 
     broker: Broker
+    _port: ServerPort
     counters: Counter[str]
     _consumers: dict[tuple[bytes, int], Consumer]
     _waiters: list[Waiter]
@@ -81,11 +82,11 @@ class Deliveries:
         """Lease up to ``max_messages`` for ``session`` as ``owner``.
 
         ``owner`` is the session's own tag or one of its consumers': at most that owner's
-        credit is leased (see ``Broker.receive_push``). Returns (frame, or None when
+        credit is leased (see ``ServerPort.receive_push``). Returns (frame, or None when
         written into ``ring``; count; the ring's status). The session holds the receipts
         until the leases have surely ended.
         """
-        frame, count, receipts, status = self.broker.receive_push(
+        frame, count, receipts, status = self._port.receive_push(
             queue, max_messages, visibility_timeout, ring, header, owner=owner)
         if count:
             session.hold_batch(receipts, time.monotonic() + lease + 1.0)
@@ -152,7 +153,7 @@ class Deliveries:
         if len(packed) % 8:
             raise MalformedFrame(
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
-        self.broker.ack_packed(packed, session=session.owner)
+        self._port.ack_packed(packed, session=session.owner)
         self._room = True
         session.settled(packed)
         return []
@@ -170,7 +171,7 @@ class Deliveries:
         self._frame(frames, 1, "credit")   # one receipts frame at least, then the credit
         receipts = frames[:-1]
         try:
-            stale = self.broker.ack_frames(receipts, session=session.owner)
+            stale = self._port.ack_frames(receipts, session=session.owner)
         except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
             raise MalformedFrame(str(exc)) from None
         self._room = True
@@ -221,7 +222,7 @@ class Deliveries:
         if type(prefetch) is not int or not 1 <= prefetch <= 1_000_000:
             raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to 1,000,000")
         lease = self._lease_seconds(queue, visibility_timeout)
-        owner = self.broker.open_owner(session.owner, prefetch)
+        owner = self._port.open_owner(session.owner, prefetch)
         self._consumers[(session.identity, request_id)] = Consumer(
             session, request_id, queue, owner, lease, visibility_timeout)
         session.consumers.add(request_id)
@@ -239,7 +240,7 @@ class Deliveries:
         if self._consumers.pop((consumer.session.identity, consumer.request_id),
                                None) is consumer:
             consumer.session.consumers.discard(consumer.request_id)
-            self.broker.close_owner(consumer.owner)
+            self._port.close_owner(consumer.owner)
 
     def _cancel(self, session: Session, request_id: int, frames: list[bytes]
                 ) -> list[bytes]:

@@ -253,6 +253,7 @@ class Server(Deliveries):
             Broker() if data_dir is None else
             Broker(data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval,
                    max_disk_bytes=max_disk_bytes))
+        self._port = self.broker.server_port()   # the broker's calls for sessions
         self._curve = curve
         self._curve_clients = curve_clients
         self._heartbeat_interval = heartbeat_interval
@@ -576,7 +577,7 @@ class Server(Deliveries):
         session = self._sessions.get(identity)
         if session is None:
             session = self._sessions[identity] = Session(
-                identity, time.monotonic(), self.broker.open_owner())
+                identity, time.monotonic(), self._port.open_owner())
             self.counters["sessions"] += 1
         else:
             session.last_seen = time.monotonic()
@@ -750,7 +751,7 @@ class Server(Deliveries):
                                  lambda: self._publish_now(topic, batch_frame))
 
     def _publish_now(self, topic: str, batch_frame: bytes) -> list[bytes]:
-        result = self._native(self.broker.publish_frame, topic, batch_frame)
+        result = self._native(self._port.publish_frame, topic, batch_frame)
         self._dirty = True
         assert self._transport is not None
         self._streams.published(self._transport, topic, batch_frame, result)
@@ -763,7 +764,7 @@ class Server(Deliveries):
         return self._hold_or_run(session, request_id, lambda: self._send_now(queue, records))
 
     def _send_now(self, queue: str, records: bytes) -> list[bytes]:
-        result = self._native(self.broker.send_frame, queue, records)
+        result = self._native(self._port.send_frame, queue, records)
         self._dirty = True
         return [result.to_wire()]
 
@@ -828,7 +829,7 @@ class Server(Deliveries):
         released = 0
         for packed in session.take_receipts():
             try:
-                released += self.broker.release_packed(packed, session=session.owner)
+                released += self._port.release_packed(packed, session=session.owner)
             except (InvalidArgument, Closed):
                 pass
         if released:
@@ -841,7 +842,7 @@ class Server(Deliveries):
                 if notify:
                     self._send(session, Status.END, request_id,
                                [protocol.encode_error(expired)])
-        self.broker.close_owner(session.owner)   # its tag is reused once its leases end
+        self._port.close_owner(session.owner)   # its tag is reused once its leases end
         self._waiters = [w for w in self._waiters if w.session is not session]
         self._held.drop_session(session)
         # A GOODBYE over the socket: never to a local channel's client, which reads its

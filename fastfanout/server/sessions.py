@@ -1,7 +1,7 @@
 """What the server knows of each client connection: liveness, consumers, held leases.
 
 Each session and each of its push consumers has an owner tag in the broker's store
-(``Broker.open_owner``): the store counts the leases made for each tag, so a consumer's
+(``ServerPort.open_owner``): the store counts the leases made for each tag, so a consumer's
 credit is its prefetch minus that count (no bookkeeping here), and only the session a
 lease was made for may settle it.
 
@@ -32,7 +32,7 @@ class Session:
     Attributes:
         identity: the ROUTER routing id of the connection.
         last_seen: monotonic time of its last request.
-        owner: its owner tag in the broker (``Broker.open_owner``): the leases of its
+        owner: its owner tag in the broker (``ServerPort.open_owner``): the leases of its
             receives carry it, and its settle calls pass it as their ``session``.
         heartbeat: the client promised heartbeats (HELLO), so silence ends the session.
         consumers: request ids of its CONSUMEs.

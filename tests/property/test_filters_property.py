@@ -110,7 +110,7 @@ def test_native_matches_reference(
 ) -> None:
     filter_set = FilterSet()
     for sub_id, (policy, scope) in enumerate(subs):
-        filter_set.set(sub_id * 3 - 5, parse_policy(policy, scope))
+        filter_set.set(sub_id * 3 - 5, parse_policy(policy, scope).plain)
     for attrs, body in messages:
         expected = [
             sub_id * 3 - 5
@@ -134,7 +134,7 @@ def test_set_and_remove_sequences(
                 compiled = parse_policy(policy)
             except InvalidFilterPolicy:
                 continue
-            filter_set.set(sub_id, compiled)
+            filter_set.set(sub_id, compiled.plain)
             model[sub_id] = policy
         else:
             assert filter_set.remove(sub_id) is (model.pop(sub_id, None) is not None)

@@ -15,12 +15,13 @@ def frame_of(*records):
 
 
 def test_publish_frame_fans_out_every_record(broker, clock):
+    port = broker.server_port()
     broker.create_topic("t")
     for name in ("a", "b"):
         broker.create_queue(name)
         broker.subscribe("t", name)
     attributes = msgspec.msgpack.encode({"k": "v", "n": 2})
-    batch = broker.publish_frame("t", frame_of(
+    batch = port.publish_frame("t", frame_of(
         Record(b"one", attributes=attributes),
         Record(b"two", priority=0, deliver_at_us=round((clock.now + 5) * 1e6)),
     ))
@@ -33,9 +34,10 @@ def test_publish_frame_fans_out_every_record(broker, clock):
 
 
 def test_receive_frame_carries_receipts_that_ack(broker, clock):
+    port = broker.server_port()
     broker.create_queue("q")
     broker.send_batch("q", [b"x", b"y"])
-    frame, count = broker.receive_frame("q", max_messages=10, visibility_timeout=5)
+    frame, count = port.receive_frame("q", max_messages=10, visibility_timeout=5)
     records = decode_batch(frame)
     assert count == 2 and [r.body for r in records] == [b"x", b"y"]
     assert all(r.receive_count == 1 and r.receipt for r in records)
@@ -45,11 +47,12 @@ def test_receive_frame_carries_receipts_that_ack(broker, clock):
 
 
 def test_receive_frame_describes_dead_letters(broker):
+    port = broker.server_port()
     broker.create_queue("dlq")
     broker.create_queue("q", dead_letter_queue="dlq")
     broker.send("q", b"bad")
     broker.receive("q")[0].term()
-    frame, _ = broker.receive_frame("dlq")
+    frame, _ = port.receive_frame("dlq")
     (record,) = decode_batch(frame)
     assert record.dead_letter
     reason, source, receive_count, first, last, when = json.loads(record.name)
@@ -58,9 +61,10 @@ def test_receive_frame_describes_dead_letters(broker):
 
 
 def test_send_frame_with_ttl_group_and_dedup(broker, clock):
+    port = broker.server_port()
     broker.create_queue("f", fifo=True)
     now_us = round(clock.now * 1e6)
-    batch = broker.send_frame("f", frame_of(
+    batch = port.send_frame("f", frame_of(
         Record(b"1", group_id="g", dedup_id="d1", expires_at_us=now_us + 1_000_000),
         Record(b"2", group_id="g", dedup_id="d1"),
     ))
@@ -72,13 +76,15 @@ def test_send_frame_with_ttl_group_and_dedup(broker, clock):
 
 @pytest.mark.parametrize("frame", [b"", b"FFB1", b"XXXX\x00\x00\x00\x00", b"FFB1\x01\x00\x00\x00"])
 def test_malformed_frames_are_refused_and_change_nothing(broker, frame):
+    port = broker.server_port()
     broker.create_queue("q")
     with pytest.raises(InvalidArgument, match="malformed"):
-        broker.send_frame("q", frame)
+        port.send_frame("q", frame)
     assert broker.stats().queues["q"].enqueued == 0
 
 
 def test_bad_records_are_refused_atomically(broker):
+    port = broker.server_port()
     broker.create_queue("q", max_message_size=10)
     good = Record(b"ok")
     bad_records = (Record(b"x", attributes=b"\xc1"),
@@ -86,15 +92,16 @@ def test_bad_records_are_refused_atomically(broker):
                    Record(b"x", attributes=msgspec.msgpack.encode({"a": True})))
     for bad in bad_records:
         with pytest.raises(InvalidArgument):
-            broker.send_frame("q", frame_of(good, bad))
+            port.send_frame("q", frame_of(good, bad))
     with pytest.raises(MessageTooLarge):
-        broker.send_frame("q", frame_of(good, Record(b"x" * 11)))
+        port.send_frame("q", frame_of(good, Record(b"x" * 11)))
     with pytest.raises(InvalidArgument):
-        broker.send_frame("q", "not bytes")
+        port.send_frame("q", "not bytes")
     assert broker.stats().queues["q"].enqueued == 0
 
 
 def test_a_bad_utf8_id_is_a_malformed_batch(broker):
+    port = broker.server_port()
     import struct
 
     from fastfanout import MalformedBatch
@@ -105,11 +112,12 @@ def test_a_bad_utf8_id_is_a_malformed_batch(broker):
     frame[8 + 56] = 0xFF
     assert struct.unpack_from("<H", frame, 8 + 6)[0] == 1
     with pytest.raises(MalformedBatch):
-        broker.send_frame("q", bytes(frame))
+        port.send_frame("q", bytes(frame))
     assert broker.stats().queues["q"].enqueued == 0
 
 
 def test_freed_blobs_are_pooled_within_the_bound(broker):
+    port = broker.server_port()
     from fastfanout._ext import blobs
 
     broker.create_queue("q", max_messages=None)
@@ -126,8 +134,8 @@ def test_freed_blobs_are_pooled_within_the_bound(broker):
     for _ in range(40):
         broker.send_batch("q", [b"z" * 64] * 10_000)
     for _ in range(40):
-        frame, _ = broker.receive_frame("q", 10_000)
-        broker.ack_packed(receipts_of(frame))
+        frame, _ = port.receive_frame("q", 10_000)
+        port.ack_packed(receipts_of(frame))
     assert blobs.BLOB_POOL_MAX_BYTES <= blobs.blob_pool_bytes() < (
         blobs.BLOB_POOL_MAX_BYTES + 512)
 
@@ -144,39 +152,54 @@ def ring_pair():
 
 
 def test_receive_push_writes_the_push_into_a_ring(broker, ring_pair):
+    port = broker.server_port()
     from fastfanout._ext.shmring import WROTE, WROTE_WAKE
 
     writer, reader = ring_pair
     broker.create_queue("q")
-    assert broker.receive_push("q", 10, None, writer, b"HDR") == (
+    assert port.receive_push("q", 10, None, writer, b"HDR") == (
         b"FFB1\x00\x00\x00\x00", 0, b"", WROTE)        # nothing leased: nothing written
     assert writer.used == 0
     broker.send_batch("q", [b"x", b"y" * 100])
     assert reader.sleep()
-    frame, count, receipts, status = broker.receive_push("q", 10, 5.0, writer, b"HDR")
+    frame, count, receipts, status = port.receive_push("q", 10, 5.0, writer, b"HDR")
     assert (frame, count, status) == (None, 2, WROTE_WAKE)
     [[header, pushed]], _ = reader.read(10)
     assert header == b"HDR" and receipts == receipts_of(pushed)
     assert [r.body for r in decode_batch(pushed)] == [b"x", b"y" * 100]
-    broker.ack_packed(receipts)
+    port.ack_packed(receipts)
     assert broker.stats().queues["q"].acked == 2
 
 
 def test_receive_push_without_room_returns_the_frame(broker, ring_pair):
+    port = broker.server_port()
     from fastfanout._ext.shmring import FULL, TOO_LARGE, WROTE
 
     writer, _ = ring_pair
     broker.create_queue("q")
     broker.send_batch("q", [b"z" * 40_000])              # more than half the ring
-    frame, count, receipts, status = broker.receive_push("q", 10, None, writer, b"H")
+    frame, count, receipts, status = port.receive_push("q", 10, None, writer, b"H")
     assert status == TOO_LARGE and count == 1 and writer.used == 0
     assert decode_batch(frame)[0].body == b"z" * 40_000 and receipts == receipts_of(frame)
     for filler in (b"f" * 20_000, b"f"):                # leaves less than 24 bytes
         while writer.write([filler]) != FULL:
             pass
     broker.send_batch("q", [b"small"])
-    frame, count, _, status = broker.receive_push("q", 10, None, writer, b"H")
+    frame, count, _, status = port.receive_push("q", 10, None, writer, b"H")
     assert status == FULL and [r.body for r in decode_batch(frame)] == [b"small"]
     broker.send("q", b"no ring")
-    frame, count, receipts, status = broker.receive_push("q", 10, None, None, b"")
+    frame, count, receipts, status = port.receive_push("q", 10, None, None, b"")
     assert status == WROTE and count == 1 and receipts == receipts_of(frame)
+
+
+def test_receive_push_writes_into_any_sink_and_a_sink_without_room_gets_a_frame(broker):
+    port = broker.server_port()
+    from fastfanout._ext.shmring import SharedRing
+    from fastfanout._ext.sinks import FULL, FrameSink
+
+    assert issubclass(SharedRing, FrameSink)       # the ring is one sink among others
+    broker.create_queue("q")
+    broker.send_batch("q", [b"a", b"b"])
+    frame, count, receipts, status = port.receive_push("q", 10, None, FrameSink(), b"H")
+    assert status == FULL and count == 2 and receipts == receipts_of(frame)
+    assert [r.body for r in decode_batch(frame)] == [b"a", b"b"]

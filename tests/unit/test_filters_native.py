@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from fastfanout._ext import filters
 from fastfanout._ext.filters import FilterSet
 from fastfanout.errors import InvalidArgument
+from fastfanout.semantics import filter_policy
 from fastfanout.semantics.filter_policy import parse_policy, reference_match
 
 A = "attributes"
@@ -149,17 +151,17 @@ def test_native_and_reference(
 ) -> None:
     assert reference_match(policy, scope, attributes, body) is expected
     filter_set = FilterSet()
-    filter_set.set(7, parse_policy(policy, scope))
+    filter_set.set(7, parse_policy(policy, scope).plain)
     assert filter_set.match(attributes, body) == ([7] if expected else [])
 
 
 def test_many_subscriptions_ascending_and_deduplicated() -> None:
     filter_set = FilterSet()
-    filter_set.set(30, parse_policy({"e": ["a"]}))
-    filter_set.set(-4, parse_policy({"$or": [{"e": ["a"]}, {"f": ["b"]}]}))
-    filter_set.set(12, parse_policy({"e": [{"anything-but": "a"}]}))
-    filter_set.set(2**62, parse_policy({}))
-    filter_set.set(5, parse_policy({"e": ["a"]}, "body"))
+    filter_set.set(30, parse_policy({"e": ["a"]}).plain)
+    filter_set.set(-4, parse_policy({"$or": [{"e": ["a"]}, {"f": ["b"]}]}).plain)
+    filter_set.set(12, parse_policy({"e": [{"anything-but": "a"}]}).plain)
+    filter_set.set(2**62, parse_policy({}).plain)
+    filter_set.set(5, parse_policy({"e": ["a"]}, "body").plain)
     assert len(filter_set) == 5
     assert filter_set.match({"e": "a", "f": "b"}) == [-4, 30, 2**62]
     assert filter_set.match({"e": "z"}, b'{"e": "a"}') == [5, 12, 2**62]
@@ -167,9 +169,9 @@ def test_many_subscriptions_ascending_and_deduplicated() -> None:
 
 def test_set_replaces_and_remove_forgets() -> None:
     filter_set = FilterSet()
-    filter_set.set(1, parse_policy({"e": ["a"]}))
+    filter_set.set(1, parse_policy({"e": ["a"]}).plain)
     assert filter_set.match({"e": "a"}) == [1]
-    filter_set.set(1, parse_policy({"e": ["b"]}))
+    filter_set.set(1, parse_policy({"e": ["b"]}).plain)
     assert filter_set.match({"e": "a"}) == []
     assert filter_set.match({"e": "b"}) == [1]
     assert 1 in filter_set
@@ -182,18 +184,20 @@ def test_set_replaces_and_remove_forgets() -> None:
 
 def test_set_refuses_bad_arguments() -> None:
     filter_set = FilterSet()
-    with pytest.raises(InvalidArgument, match="CompiledPolicy"):
+    with pytest.raises(InvalidArgument, match="plain compiled policy"):
         filter_set.set(1, {"e": ["a"]})
+    with pytest.raises(InvalidArgument, match="plain compiled policy"):
+        filter_set.set(1, parse_policy({"e": ["a"]}))  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="64-bit"):
-        filter_set.set(2**63, parse_policy({}))
+        filter_set.set(2**63, parse_policy({}).plain)
     with pytest.raises(InvalidArgument, match="64-bit"):
-        filter_set.set("1", parse_policy({}))
+        filter_set.set("1", parse_policy({}).plain)
 
 
 def test_match_accepts_mappings_and_buffers() -> None:
     filter_set = FilterSet()
-    filter_set.set(1, parse_policy({"a": ["x"]}, "body"))
-    filter_set.set(2, parse_policy({"e": ["a"]}))
+    filter_set.set(1, parse_policy({"a": ["x"]}, "body").plain)
+    filter_set.set(2, parse_policy({"e": ["a"]}).plain)
     assert filter_set.match(None, bytearray(b'{"a": "x"}')) == [1]
     assert filter_set.match(None, memoryview(b'{"a": "x"}')) == [1]
     from types import MappingProxyType
@@ -203,8 +207,54 @@ def test_match_accepts_mappings_and_buffers() -> None:
 
 def test_ignores_unused_attributes_and_unknown_types() -> None:
     filter_set = FilterSet()
-    filter_set.set(1, parse_policy({"e": [{"exists": True}]}))
-    filter_set.set(2, parse_policy({"e": [{"anything-but": "x"}]}))
+    filter_set.set(1, parse_policy({"e": [{"exists": True}]}).plain)
+    filter_set.set(2, parse_policy({"e": [{"anything-but": "x"}]}).plain)
     assert filter_set.match({"other": "x", "e": object()}) == [1]
     assert filter_set.match({"e": None}) == [1]
     assert filter_set.match({"e": True}) == [1]
+
+
+@pytest.mark.parametrize("policy", [
+    (False, ((("e", ((99, "a"),)),),)),                       # unknown kind
+    (False, ((("e", ((True, "a"),)),),)),                     # a bool is no kind
+    (False, ((("e", ((filter_policy.KIND_EXACT, 1),)),),)),   # numbers come as floats
+    (False, ((("e", ((filter_policy.KIND_PREFIX, b"a"),)),),)),
+    (False, ((("e", ((filter_policy.KIND_NUMERIC, 0.0, True, 1.0),)),),)),
+    (False, ((("e", ((filter_policy.KIND_ANYTHING_BUT, ["a"]),)),),)),
+    (False, ((("e", ((filter_policy.KIND_EXISTS, 1),)),),)),
+    (False, ((("e", ((filter_policy.KIND_CIDR, 4, 33, bytes(4)),)),),)),
+    (False, ((("e", ((filter_policy.KIND_CIDR, 6, 8, bytes(4)),)),),)),
+    (False, ((("e", ()),),)),                                 # a clause needs a condition
+    (False, (((1, ((filter_policy.KIND_EXACT, "a"),)),),)),   # paths are str
+    (False, [(("e", ((filter_policy.KIND_EXACT, "a"),)),)]),  # tuples, not lists
+    ("body", ()),
+    (False,),
+])
+def test_set_refuses_a_malformed_plain_policy_and_changes_nothing(policy: Any) -> None:
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy({"e": ["a"]}).plain)
+    with pytest.raises(InvalidArgument):
+        filter_set.set(1, policy)
+    with pytest.raises(InvalidArgument):
+        filter_set.set(2, policy)
+    assert len(filter_set) == 1 and 2 not in filter_set
+    assert filter_set.match({"e": "a"}) == [1]
+
+
+def test_the_plain_form_is_plain_data_with_the_kinds_the_matcher_reads() -> None:
+    assert filters.CONDITION_KINDS == filter_policy.CONDITION_KINDS
+    compiled = parse_policy({"e": ["a", 1, {"numeric": [">", 0, "<=", 5]},
+                                   {"cidr": "10.0.0.0/8"}, {"exists": False}]})
+    assert compiled.plain == (False, ((("e", (
+        (filter_policy.KIND_EXACT, "a"),
+        (filter_policy.KIND_EXACT, 1.0),
+        (filter_policy.KIND_NUMERIC, 0.0, False, 5.0, True),
+        (filter_policy.KIND_CIDR, 4, 8, bytes([10, 0, 0, 0])),
+        (filter_policy.KIND_EXISTS, False),
+    )),),))
+
+
+def test_the_native_matcher_holds_no_policy_class() -> None:
+    """The matcher reads plain data: no class of the Python compiler is in its namespace."""
+    assert not [name for name, value in vars(filters).items()
+                if getattr(value, "__module__", None) == filter_policy.__name__]

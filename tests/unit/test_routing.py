@@ -31,7 +31,7 @@ def test_one_target_per_queue_whose_policies_are_alternatives() -> None:
             3: _sub("t", "b", {"k": ["x"]}), 4: _sub("t.*", "b"), 5: _sub("t", "c")}
     targets, policies = dispatch_targets(subs, [1, 2, 3, 4, 5], {"a": 10, "b": 11, "c": 12})
     assert targets == [10, 11, 12]
-    assert policies[0] == [subs[1].compiled, subs[2].compiled]
+    assert policies[0] == [subs[1].compiled.plain, subs[2].compiled.plain]
     assert policies[1] is None and policies[2] is None   # an unfiltered one takes all
 
 

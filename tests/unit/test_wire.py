@@ -46,28 +46,30 @@ def test_frame_builder_refuses_bad_entries(call):
 
 
 def test_publish_through_a_frame_and_ack_packed(broker):
+    port = broker.server_port()
     broker.create_topic("t")
     broker.create_queue("q")
     broker.subscribe("t", "q")
-    batch = broker.publish_frame("t", encode_entries([b"1", PublishEntry(b"2", {"a": 1})]))
+    batch = port.publish_frame("t", encode_entries([b"1", PublishEntry(b"2", {"a": 1})]))
     ids, deliveries, duplicates = decode_results(batch.to_wire())
     assert ids == batch.message_ids and deliveries == [1, 1] and duplicates == [False, False]
     assert batch.accepted == 2
-    frame, count = broker.receive_frame("q", max_messages=5)
+    frame, count = port.receive_frame("q", max_messages=5)
     packed = receipts_of(frame)
     assert len(packed) == 8 * count
-    broker.ack_packed(packed)
+    port.ack_packed(packed)
     assert broker.stats().queues["q"].acked == 2
     with pytest.raises(StaleReceipt):
-        broker.ack_packed(packed)
+        port.ack_packed(packed)
     with pytest.raises(InvalidArgument):
-        broker.ack_packed(b"1234")
+        port.ack_packed(b"1234")
 
 
 def test_stream_frame_stamps_ids_sequences_and_topic(broker):
+    port = broker.server_port()
     broker.create_topic("t", content_dedup=True)
     publish = encode_entries([b"a", b"a", b"b"])
-    batch = broker.publish_frame("t", publish)
+    batch = port.publish_frame("t", publish)
     frame, count = batch.stream_frame(publish, "t", 41, 123)
     records = decode_batch(frame)
     assert count == 2 and [r.body for r in records] == [b"a", b"b"]
@@ -85,11 +87,12 @@ def test_receipts_of_refuses_frames_without_receipts():
 
 
 def test_receipt_span_reads_sequence_numbers_without_decoding(broker):
+    port = broker.server_port()
     from fastfanout._ext.wire import receipt_span
 
     broker.create_topic("t")
     publish = encode_entries([b"a", b"b", b"c"])
-    frame, _ = broker.publish_frame("t", publish).stream_frame(publish, "t", 7, 0)
+    frame, _ = port.publish_frame("t", publish).stream_frame(publish, "t", 7, 0)
     assert receipt_span(frame) == (3, 7, 9)
     assert receipt_span(encode_entries([])) == (0, 0, 0)
     with pytest.raises(InvalidArgument):

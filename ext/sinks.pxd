@@ -1,0 +1,16 @@
+# The sink interface: where the native delivery path writes a push in place, whatever the
+# transport behind it (sinks.pyx has the contract). A transport's writer subclasses
+# FrameSink and overrides both methods; the delivery core cimports only this file.
+from libc.stdint cimport uint64_t
+
+# Outcomes of a claim or a commit (a subclass's Python constants may name them too).
+cdef enum:
+    SINK_FULL = 0           # no room now: nothing claimed
+    SINK_WROTE = 1          # claimed (fill it, then commit) / committed
+    SINK_WROTE_WAKE = 2     # committed; the reader may sleep: ring its bell
+    SINK_TOO_LARGE = -1     # can never fit: nothing claimed
+
+cdef class FrameSink:
+    cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
+                        uint64_t* end) except -2
+    cdef int commit(self, uint64_t end) noexcept

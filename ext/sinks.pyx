@@ -1,0 +1,48 @@
+"""The sink interface of the native delivery path: a place to write one message in place.
+
+Design
+------
+The delivery core (``deliveries.pyx``) builds a push frame straight into the memory its
+consumer will read, when the server gives it such memory; the local channel's shared
+ring (``shmring.pyx``) is one. So that the core does not depend on a transport, it writes
+into this interface instead, as Aeron's publications and the Disruptor's sequencers do:
+*claim* room for a message, fill it, *commit*. ``FrameSink`` declares the two calls
+(``sinks.pxd``, ``cdef`` methods, so a call is one indirect C call and no Python);
+``SharedRing`` implements them. Invariants every implementation keeps: one writer; a
+claim that does not return ``SINK_WROTE`` claimed nothing; what is claimed is not
+visible to the reader before ``commit``; claims are committed in order.
+
+The base class is a sink that never has room (every claim is ``SINK_FULL``): a writer
+given one falls back to building the frame as a bytes object, as with no sink at all.
+"""
+
+from libc.stdint cimport uint64_t
+
+FULL = SINK_FULL
+"""A claim found no room now; nothing was claimed."""
+WROTE = SINK_WROTE
+"""A claim succeeded (fill it, then commit), or a commit published without a wake-up."""
+WROTE_WAKE = SINK_WROTE_WAKE
+"""A commit published the message and the reader may sleep: ring its bell."""
+TOO_LARGE = SINK_TOO_LARGE
+"""A claim can never fit this sink; nothing was claimed."""
+
+
+cdef class FrameSink:
+    """Where a native writer puts one two-frame message in place (see the module essay).
+
+    This base has no room ever; transports subclass it (``SharedRing``).
+    """
+
+    cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
+                        uint64_t* end) except -2:
+        """Claim a message of two frames: ``first`` copied in, ``second_len`` bytes left
+        for the second frame at ``second`` (the caller fills them, then ``commit(end)``).
+
+        Returns ``SINK_WROTE``, or ``SINK_FULL``/``SINK_TOO_LARGE`` (nothing claimed).
+        """
+        return SINK_FULL
+
+    cdef int commit(self, uint64_t end) noexcept:
+        """Publish everything claimed up to ``end``: ``SINK_WROTE`` or ``SINK_WROTE_WAKE``."""
+        return SINK_WROTE

@@ -1,0 +1,11 @@
+from typing import Final
+
+FULL: Final[int]
+WROTE: Final[int]
+WROTE_WAKE: Final[int]
+TOO_LARGE: Final[int]
+
+class FrameSink:
+    """Where the native delivery path writes a push in place (see ext/sinks.pyx)."""
+
+    def __init__(self) -> None: ...
