@@ -1,14 +1,16 @@
 """The server's delivery side: receive and long polls, push consumers, settling.
 
-``Deliveries`` is a base class of ``fastfanout.server.loop.Server``, split off by concern as
-``Administration`` is from ``Broker``: one object, the server's state and loop; these
-are the request handlers that lease and settle messages and the round's push phase.
+``Deliveries`` is a part of ``fastfanout.server.loop.Server``, composed, not mixed in: the
+server owns the sockets, the sessions and the loop, and hands each leasing and settling
+request to it (``handlers()``), calls ``deliver()`` at the end of a round, and tells it
+when a session ends (``end_session``). It reaches the server only through the three
+callables it is given (send, reply, error) and the broker through its ``ServerPort``.
 
 A push leases up to the consumer's credit (at most ``push_batch``) in one native call
-(``ServerPort.receive_push``) that writes the delivery frame straight into a local session's
-ring when it has room — no frame object, no copy — or returns it to be sent. Either way
-the session keeps the receipts (8 bytes a message, never the bodies) until the leases
-have surely ended, so a vanished client's leases can be given back at once.
+(``ServerPort.receive_push``) that writes the delivery frame straight into a local
+session's ring when it has room — no frame object, no copy — or returns it to be sent.
+Either way the session keeps the receipts (8 bytes a message, never the bodies) until
+the leases have surely ended, so a vanished client's leases can be given back at once.
 
 Credit is the broker's own count (RabbitMQ's ``basic.qos``): each consumer has an owner
 tag in the store (``ServerPort.open_owner(session, prefetch)``), every lease pushed to it
@@ -27,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from fastfanout._ext.shmring import WROTE_WAKE, SharedRing
 from fastfanout.broker.embedded import Broker, ServerPort
@@ -39,6 +41,7 @@ from fastfanout.errors import (
     StaleReceipt,
 )
 from fastfanout.server.local_sessions import LocalSessions
+from fastfanout.server.requests import arguments, frame
 from fastfanout.server.sessions import Consumer, Session, Waiter
 from fastfanout.settings import MAX_RECEIVE_BATCH, MAX_VISIBILITY_TIMEOUT, seconds_to_us
 from fastfanout.wire import protocol
@@ -47,27 +50,92 @@ from fastfanout.wire.protocol import Opcode, Status
 __all__ = ["Deliveries"]
 
 
+Send = Callable[[Session, int, int, list[bytes]], bool]
+"""The server's send: (session, status, request id, payload frames) -> sent or queued."""
+Reply = Callable[[Session, int, list[bytes]], None]
+"""The server's reply to a request: (session, request id, payload frames)."""
+Fail = Callable[[Session, int, BaseException], None]
+"""The server's error answer to a request: (session, request id, error)."""
+Handler = Callable[[Session, int, list[bytes]], "list[bytes] | None"]
+"""A request handler: (session, request id, payload frames) -> reply frames, or None
+when the reply comes later (a long poll) or never (a SETTLE that succeeded)."""
+
+EMPTY_DELIVERY = b"FFB1\x00\x00\x00\x00"
+"""A delivery frame of no message: the answer to a long poll that ends empty."""
+
+
 class Deliveries:
-    """Leasing, pushing and settling for ``Server`` (its base class; see the module)."""
+    """Leasing, pushing and settling for ``Server`` (see the module).
 
-    broker: Broker
-    _port: ServerPort
-    counters: Counter[str]
-    _consumers: dict[tuple[bytes, int], Consumer]
-    _waiters: list[Waiter]
-    _push_batch: int
-    _local: LocalSessions
-    _dirty: bool
-    _room: bool
+    Args:
+        broker: the server's broker (queue settings, nack/extend/term by receipt).
+        port: its ``ServerPort`` (the frame and owner calls).
+        local: the server's local-channel sessions (rings and bells).
+        counters: the server's counters (``pushes``, ``pushed_messages``).
+        push_batch: the most messages one push leases.
+        send, reply, error: how to answer on a session (the server's own).
+    """
 
-    if TYPE_CHECKING:   # provided by Server
-        def _send(self, session: Session, status: int, request_id: int,
-                  payload: list[bytes]) -> bool: ...
-        def _reply(self, session: Session, request_id: int, payload: list[bytes]) -> None: ...
-        def _error(self, session: Session, request_id: int, error: BaseException) -> None: ...
-        @staticmethod
-        def _frame(frames: list[bytes], index: int, what: str) -> bytes: ...
-        def _arguments(self, frames: list[bytes]) -> tuple[list[Any], dict[str, Any]]: ...
+    def __init__(self, broker: Broker, port: ServerPort, local: LocalSessions,
+                 counters: Counter[str], push_batch: int, *, send: Send, reply: Reply,
+                 error: Fail) -> None:
+        self.broker = broker
+        self._port = port
+        self._local = local
+        self.counters = counters
+        self._push_batch = push_batch
+        self._send = send
+        self._reply = reply
+        self._error = error
+        self._consumers: dict[tuple[bytes, int], Consumer] = {}
+        self._waiters: list[Waiter] = []
+        self.dirty = False
+        """A message may have become visible (or credit freed) since the last round."""
+        self.room = False
+        """Messages left a queue since held publishes were last tried."""
+
+    def handlers(self) -> dict[int, Handler]:
+        """The requests this part answers, by opcode."""
+        return {
+            Opcode.RECEIVE: self._receive, Opcode.ACK: self._ack,
+            Opcode.CONSUME: self._consume, Opcode.CREDIT: self._credit,
+            Opcode.CANCEL: self._cancel, Opcode.SETTLE: self._settle,
+            Opcode.NACK: self._nack, Opcode.EXTEND: self._extend, Opcode.TERM: self._term,
+        }
+
+    @property
+    def consumers(self) -> int:
+        """Push consumers open on every session."""
+        return len(self._consumers)
+
+    @property
+    def long_polls(self) -> int:
+        """Receives waiting for messages (long polls)."""
+        return len(self._waiters)
+
+    def polling_sessions(self) -> set[Session]:
+        """The sessions with a long poll waiting."""
+        return {waiter.session for waiter in self._waiters}
+
+    def end_session(self, session: Session, expired: BaseException | None) -> None:
+        """Drop a session's consumers (telling it ``expired`` if given) and long polls."""
+        for request_id in list(session.consumers):
+            consumer = self._consumers.get((session.identity, request_id))
+            if consumer is not None:
+                self._drop_consumer(consumer)
+                if expired is not None:
+                    self._send(session, Status.END, request_id,
+                               [protocol.encode_error(expired)])
+        self._waiters = [w for w in self._waiters if w.session is not session]
+
+    def stop(self, stopping: BaseException) -> None:
+        """The server stops: long polls answered empty, consumers ended with ``stopping``."""
+        for waiter in self._waiters:
+            self._reply(waiter.session, waiter.request_id, [EMPTY_DELIVERY])
+        self._waiters.clear()
+        for consumer in list(self._consumers.values()):
+            self._send(consumer.session, Status.END, consumer.request_id,
+                       [protocol.encode_error(stopping)])
 
     def _lease_seconds(self, queue: str, visibility_timeout: float | None) -> float:
         if visibility_timeout is not None:
@@ -120,13 +188,9 @@ class Deliveries:
             self._local.ring_bell(session)
         return count
 
-    @staticmethod
-    def _empty_delivery() -> bytes:
-        return b"FFB1\x00\x00\x00\x00"
-
     def _receive(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
-        args, kwargs = self._arguments(frames)
+        args, kwargs = arguments(frames)
         queue = kwargs.get("queue", args[0] if args else None)
         max_messages = kwargs.get("max_messages", 1)
         wait = kwargs.get("wait", 0.0)
@@ -149,12 +213,12 @@ class Deliveries:
         return None
 
     def _ack(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
-        packed = self._frame(frames, 0, "receipts")
+        packed = frame(frames, 0, "receipts")
         if len(packed) % 8:
             raise MalformedFrame(
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
         self._port.ack_packed(packed, session=session.owner)
-        self._room = True
+        self.room = True
         session.settled(packed)
         return []
 
@@ -168,13 +232,13 @@ class Deliveries:
         over the frames is native. A consumer that settles batches so saves a message a
         batch (the ack's reply).
         """
-        self._frame(frames, 1, "credit")   # one receipts frame at least, then the credit
+        frame(frames, 1, "credit")   # one receipts frame at least, then the credit
         receipts = frames[:-1]
         try:
             stale = self._port.ack_frames(receipts, session=session.owner)
         except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
             raise MalformedFrame(str(exc)) from None
-        self._room = True
+        self.room = True
         for packed in receipts:
             session.settled(packed)
         if stale:
@@ -185,7 +249,7 @@ class Deliveries:
     def _by_receipt(self, session: Session, opcode: Opcode, frames: list[bytes]
                     ) -> list[bytes]:
         """NACK, EXTEND or TERM: the broker's call, as this session (``session=``)."""
-        args, kwargs = self._arguments(frames)
+        args, kwargs = arguments(frames)
         name = protocol.CALLS[opcode]
         try:
             # a ``session`` in the request's kwargs is a TypeError (given twice)
@@ -197,8 +261,8 @@ class Deliveries:
             seconds = args[1] if len(args) > 1 else kwargs["seconds"]
             session.hold_extended(protocol.encode_receipts([receipt]),
                                   time.monotonic() + float(seconds) + 1.0)
-        self._dirty = True    # a message may be visible again
-        self._room = True     # or gone (term)
+        self.dirty = True    # a message may be visible again
+        self.room = True     # or gone (term)
         return [protocol.encode_payload(None)]
 
     def _nack(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
@@ -213,7 +277,7 @@ class Deliveries:
 
     def _consume(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:
-        _, kwargs = self._arguments(frames)
+        _, kwargs = arguments(frames)
         queue = kwargs.get("queue")
         prefetch = kwargs.get("prefetch", 100)
         visibility_timeout = kwargs.get("visibility_timeout")
@@ -226,12 +290,12 @@ class Deliveries:
         self._consumers[(session.identity, request_id)] = Consumer(
             session, request_id, queue, owner, lease, visibility_timeout)
         session.consumers.add(request_id)
-        self._dirty = True
+        self.dirty = True
         return [protocol.encode_payload(None)]
 
     def _credit(self, session: Session, request_id: int, frames: list[bytes]) -> None:
         """CREDIT, from older clients: checked and ignored (the broker counts credit)."""
-        value = protocol.decode_payload(self._frame(frames, 0, "credit"))
+        value = protocol.decode_payload(frame(frames, 0, "credit"))
         if not isinstance(value, list) or len(value) != 2:
             raise MalformedFrame("credit payload must be [consumer_id, count]")
 
@@ -244,7 +308,7 @@ class Deliveries:
 
     def _cancel(self, session: Session, request_id: int, frames: list[bytes]
                 ) -> list[bytes]:
-        args, _ = self._arguments(frames)
+        args, _ = arguments(frames)
         consumer_id = args[0] if args else None
         if type(consumer_id) is not int:
             raise InvalidArgument(f"cancel consumer_id must be an int (the CONSUME request "
@@ -255,7 +319,7 @@ class Deliveries:
         self._drop_consumer(consumer)
         return [protocol.encode_payload(None)]
 
-    def _deliver(self) -> None:
+    def deliver(self) -> None:
         """Push to consumers with credit (round robin) and answer long polls that can be."""
         if self._consumers:
             consumers = list(self._consumers.values())

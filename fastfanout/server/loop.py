@@ -48,8 +48,9 @@ Invariants:
   order (a push is written there in place); when its bell hangs up — the client's
   process ended — the session ends at once.
 
-The request handlers that lease and settle messages, and the push phase, are in
-``fastfanout.server.deliveries`` (the base class ``Deliveries``).
+The request handlers that lease and settle messages, and the push phase, are a part the
+server holds (``fastfanout.server.deliveries.Deliveries``), as are held publishes
+(``holds``), stream listeners (``streams``) and local channels (``local_sessions``).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ from fastfanout.server.deliveries import Deliveries
 from fastfanout.server.holds import HeldRequest, HeldRequests
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.server.local_sessions import LocalSessions
-from fastfanout.server.sessions import Consumer, EndedSessions, Session, Waiter
+from fastfanout.server.requests import arguments, frame, text
+from fastfanout.server.sessions import EndedSessions, Session
 from fastfanout.server.streams import SLOW_LISTENER_POLICIES, Streams
 from fastfanout.settings import MAX_RECEIVE_BATCH
 from fastfanout.transport.local_channel import local_channels_supported
@@ -126,7 +128,7 @@ MAX_ENDED_SESSIONS: Final = 100_000
 """Most ended identities remembered at once (the oldest are forgotten first)."""
 
 
-class Server(Deliveries):
+class Server:
     """A broker served over ZeroMQ; ``start()`` runs it in a thread, ``serve_forever()`` here.
 
     Args:
@@ -265,7 +267,6 @@ class Server(Deliveries):
         self._ended = EndedSessions(ENDED_SESSION_MEMORY, MAX_ENDED_SESSIONS)
         self._push_batch = push_batch
         self._held = HeldRequests(hold_timeout)
-        self._room = False   # messages left a queue since held requests were last tried
         self._transport: ServerTransport | None = None
         self._lock: EndpointLock | None = None
         self._thread: threading.Thread | None = None
@@ -273,11 +274,8 @@ class Server(Deliveries):
         self._stopped = threading.Event()
         self._looping = False   # the loop runs (in start()'s thread or serve_forever's)
         self._sessions: dict[bytes, Session] = {}
-        self._consumers: dict[tuple[bytes, int], Consumer] = {}
-        self._waiters: list[Waiter] = []
         self._replies: list[tuple[Session, int, list[bytes]]] = []
         self._probe_until = 0.0
-        self._dirty = False
         self._next_hold_check = 0.0
         self.counters: Counter[str] = Counter()
         self._streams = Streams(self.counters, slow_listener, stream_wait)
@@ -288,14 +286,14 @@ class Server(Deliveries):
             self.counters, watch=self._watch, unwatch=self._unwatch, spill=self._spill,
             handle=self._handle, end=self._end_local_session,
             backlog_bytes=local_backlog_bytes)
-        self._handlers = {
+        self._deliveries = Deliveries(self.broker, self._port, self._local, self.counters,
+                                      push_batch, send=self._send, reply=self._reply,
+                                      error=self._error)
+        self._handlers: dict[int, Callable[[Session, int, list[bytes]], Any]] = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
-            Opcode.RECEIVE: self._receive, Opcode.ACK: self._ack,
-            Opcode.CONSUME: self._consume, Opcode.CREDIT: self._credit,
-            Opcode.CANCEL: self._cancel, Opcode.SERVER_STATS: self._server_stats,
-            Opcode.SETTLE: self._settle, Opcode.ATTACH: self._attach,
-            Opcode.NACK: self._nack, Opcode.EXTEND: self._extend, Opcode.TERM: self._term,
+            Opcode.SERVER_STATS: self._server_stats, Opcode.ATTACH: self._attach,
+            **self._deliveries.handlers(),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -398,7 +396,7 @@ class Server(Deliveries):
                     self._probe_until = time.monotonic() + 0.5
                 self._push_and_answer(waiting)
                 now = time.monotonic()
-                if self._held and (self._room or now >= self._next_hold_check):
+                if self._held and (self._deliveries.room or now >= self._next_hold_check):
                     self._retry_held(now)
                 if now >= next_housekeeping or now < self._probe_until:
                     next_housekeeping = now + IDLE_TICK
@@ -428,9 +426,10 @@ class Server(Deliveries):
                 self._error(session, request_id, exc)
         if len(self._replies) > 1:
             self._send_replies()
-        if self._dirty or waiting:
-            self._dirty = False
-            self._deliver()
+        deliveries = self._deliveries
+        if deliveries.dirty or waiting:
+            deliveries.dirty = False
+            deliveries.deliver()
         self._send_replies()
 
     def _wait_timeout(self) -> tuple[float, bool]:
@@ -441,9 +440,9 @@ class Server(Deliveries):
         become visible then, or a lease's end give a consumer credit). Nobody waiting:
         the housekeeping tick.
         """
-        polling = bool(self._waiters) or bool(self._held)
-        waiting = polling or bool(self._consumers)
-        if self._dirty:
+        polling = bool(self._deliveries.long_polls) or bool(self._held)
+        waiting = polling or bool(self._deliveries.consumers)
+        if self._deliveries.dirty:
             return 0.0, waiting
         if polling:
             return TICK, waiting
@@ -483,15 +482,10 @@ class Server(Deliveries):
     def _finish_in_flight(self) -> None:
         """Answer long polls (empty), end consumers, and tell every client goodbye."""
         self._send_replies()
-        for waiter in self._waiters:
-            self._reply(waiter.session, waiter.request_id, [self._empty_delivery()])
-        self._waiters.clear()
         stopping = ServerStopping("the broker is stopping")
         for held in self._held.take_all():
             self._error(held.session, held.request_id, stopping)
-        for consumer in list(self._consumers.values()):
-            self._send(consumer.session, Status.END, consumer.request_id,
-                       [protocol.encode_error(stopping)])
+        self._deliveries.stop(stopping)
         for session in list(self._sessions.values()):
             self._send(session, Status.GOODBYE, 0, [])
 
@@ -520,7 +514,7 @@ class Server(Deliveries):
             raise InvalidArgument(
                 "this broker offers no local channels (not an ipc:// endpoint, or "
                 "local_channels=False)")
-        request = protocol.decode_payload(self._frame(frames, 0, "attach"))
+        request = protocol.decode_payload(frame(frames, 0, "attach"))
         try:
             self._local.attach(session, request)
         except (ValueError, OSError) as exc:
@@ -607,7 +601,7 @@ class Server(Deliveries):
                 raise RequestTooLarge(
                     f"request of {size} bytes exceeds the broker's "
                     f"max_request_bytes={self._max_request_bytes} (see serve --max-request-bytes)")
-            handler = self._handlers.get(opcode)  # type: ignore[call-overload]
+            handler = self._handlers.get(opcode)
             if handler is not None:
                 payload = handler(session, request_id, frames[2:])
             elif opcode in protocol.CALLS:
@@ -629,29 +623,8 @@ class Server(Deliveries):
             error.code = "internal"
             self._error(session, request_id, error)
 
-    @staticmethod
-    def _frame(frames: list[bytes], index: int, what: str) -> bytes:
-        if len(frames) <= index:
-            raise MalformedFrame(f"missing payload frame {index} ({what})")
-        return frames[index]
-
-    @staticmethod
-    def _text(frame: bytes, what: str) -> str:
-        try:
-            return frame.decode()
-        except UnicodeDecodeError:
-            raise MalformedFrame(f"{what} is not UTF-8") from None
-
-    def _arguments(self, frames: list[bytes]) -> tuple[list[Any], dict[str, Any]]:
-        value = protocol.decode_payload(self._frame(frames, 0, "arguments")) if frames else [
-            [], {}]
-        if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], list)
-                or not isinstance(value[1], dict)):
-            raise MalformedFrame("arguments must be a msgpack array [args, kwargs]")
-        return value[0], value[1]
-
     def _call(self, session: Session, opcode: int, frames: list[bytes]) -> list[bytes]:
-        args, kwargs = self._arguments(frames)
+        args, kwargs = arguments(frames)
         if "redelivery_backoff" in kwargs:
             kwargs["redelivery_backoff"] = protocol.backoff_from_wire(kwargs["redelivery_backoff"])
         method = getattr(self.broker, protocol.CALLS[opcode])
@@ -660,8 +633,8 @@ class Server(Deliveries):
         except TypeError as exc:
             raise InvalidArgument(f"{protocol.CALLS[opcode]}: {exc}") from None
         if opcode in (Opcode.REDRIVE, Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
-            self._dirty = True
-        self._room = True   # an ack, purge, delete, term... may have made room
+            self._deliveries.dirty = True
+        self._deliveries.room = True   # an ack, purge, delete, term... may have made room
         if opcode == Opcode.STATS:
             return [protocol.encode_payload(result)]
         return [protocol.encode_payload(protocol.call_result_to_wire(result))]
@@ -695,8 +668,8 @@ class Server(Deliveries):
                       ) -> list[bytes]:
         stats: dict[str, Any] = dict(self.counters)
         stats.update(connections=len(self._sessions), ended_sessions=len(self._ended),
-                     consumers=len(self._consumers),
-                     long_polls=len(self._waiters), held=len(self._held),
+                     consumers=self._deliveries.consumers,
+                     long_polls=self._deliveries.long_polls, held=len(self._held),
                      stream_subscriptions=self._streams.subscriptions(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())
@@ -730,7 +703,7 @@ class Server(Deliveries):
 
     def _retry_held(self, now: float) -> None:
         """Run held requests again (room may have appeared, or a deadline passed)."""
-        self._room = False
+        self._deliveries.room = False
         self._next_hold_check = now + TICK
         # A retried publish is answered with the next round's replies, after its commit.
         self.counters["hold_timeouts"] += self._held.retry(
@@ -745,27 +718,27 @@ class Server(Deliveries):
 
     def _publish(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
-        topic = self._text(self._frame(frames, 0, "topic"), "topic name")
-        batch_frame = self._frame(frames, 1, "records")
+        topic = text(frame(frames, 0, "topic"), "topic name")
+        batch_frame = frame(frames, 1, "records")
         return self._hold_or_run(session, request_id,
                                  lambda: self._publish_now(topic, batch_frame))
 
     def _publish_now(self, topic: str, batch_frame: bytes) -> list[bytes]:
         result = self._native(self._port.publish_frame, topic, batch_frame)
-        self._dirty = True
+        self._deliveries.dirty = True
         assert self._transport is not None
         self._streams.published(self._transport, topic, batch_frame, result)
         return [result.to_wire()]   # the native batch writes the results frame itself
 
     def _send_op(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
-        queue = self._text(self._frame(frames, 0, "queue"), "queue name")
-        records = self._frame(frames, 1, "records")
+        queue = text(frame(frames, 0, "queue"), "queue name")
+        records = frame(frames, 1, "records")
         return self._hold_or_run(session, request_id, lambda: self._send_now(queue, records))
 
     def _send_now(self, queue: str, records: bytes) -> list[bytes]:
         result = self._native(self._port.send_frame, queue, records)
-        self._dirty = True
+        self._deliveries.dirty = True
         return [result.to_wire()]
 
     # -- sessions ----------------------------------------------------------------------
@@ -790,7 +763,7 @@ class Server(Deliveries):
                     and not session.consumers and not session.holds_leases()
                     and not self._held.waiting(session)):
                 if polling is None:
-                    polling = {waiter.session for waiter in self._waiters}
+                    polling = self._deliveries.polling_sessions()
                 if session not in polling:
                     self.counters["sessions_idle"] += 1
                     self._end_session(session, "it sent nothing for its "
@@ -833,17 +806,10 @@ class Server(Deliveries):
             except (InvalidArgument, Closed):
                 pass
         if released:
-            self._dirty = True
+            self._deliveries.dirty = True
         expired = SessionExpired(f"the broker ended this session: {why}")
-        for request_id in list(session.consumers):
-            consumer = self._consumers.get((session.identity, request_id))
-            if consumer is not None:
-                self._drop_consumer(consumer)
-                if notify:
-                    self._send(session, Status.END, request_id,
-                               [protocol.encode_error(expired)])
+        self._deliveries.end_session(session, expired if notify else None)
         self._port.close_owner(session.owner)   # its tag is reused once its leases end
-        self._waiters = [w for w in self._waiters if w.session is not session]
         self._held.drop_session(session)
         # A GOODBYE over the socket: never to a local channel's client, which reads its
         # socket only where its ring announces a message.

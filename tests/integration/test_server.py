@@ -20,7 +20,6 @@ from fastfanout._ext import codec
 from fastfanout.errors import BrokenConnection, BrokerRunning, InvalidArgument
 from fastfanout.runtime import runtime_dir
 from fastfanout.server.loop import IDLE_TICK, Server
-from fastfanout.server.sessions import Consumer as SessionConsumer
 from fastfanout.server.sessions import Session
 from fastfanout.server.streams import PROBE_PREFIX
 from fastfanout.wire import protocol
@@ -368,7 +367,7 @@ def test_loop_sleeps_until_the_next_due_time_while_consumers_wait(track: Tracker
                      what="the consumer registered")
     clock.now = time.time()
     client.send("q", b"soon", delay=0.02)
-    track.wait_until(lambda: not server._dirty, what="the send handled")
+    track.wait_until(lambda: not server._deliveries.dirty, what="the send handled")
     timeout, waiting = server._wait_timeout()
     # woken when it is due: 0.02 s plus however long the client took to stamp its send
     assert waiting and 0.019 <= timeout < IDLE_TICK
@@ -384,8 +383,11 @@ def test_the_wait_of_a_loop_whose_broker_was_closed_is_the_idle_tick(track: Trac
     # asking it for the next due time (requests are then answered with Closed).
     broker = fastfanout.Broker()
     server = Server(track.endpoint(), broker=broker)   # not started: the loop's view only
-    session = Session(b"id", 0.0, 0)
-    server._consumers[(b"id", 1)] = SessionConsumer(session, 1, "q", 10, 30.0, None)
+    broker.create_queue("q")
+    consume = server._deliveries.handlers()[Opcode.CONSUME]
+    consume(Session(b"id", 0.0, 0), 1, [protocol.encode_payload([[], {"queue": "q"}])])
+    assert server._deliveries.consumers == 1
+    server._deliveries.dirty = False   # as after the round that offered it a push
     broker.close()
     assert server._wait_timeout() == (IDLE_TICK, True)
 
