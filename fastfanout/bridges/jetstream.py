@@ -404,11 +404,19 @@ class Bridge:
             async def reconnected() -> None:
                 log.info("NATS reconnected")
 
-            connection = await nats.connect(
-                rules.servers, connect_timeout=rules.connect_timeout,
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                error_cb=quiet, disconnected_cb=disconnected, reconnected_cb=reconnected,
-                name=f"fastfanout-bridge {self.identity}", **options)
+            # Unlimited reconnects make nats-py's first connect wait forever for a server:
+            # bounded here, so a rule counts the failure and backs off.
+            try:
+                connection = await asyncio.wait_for(nats.connect(
+                    rules.servers, connect_timeout=rules.connect_timeout,
+                    allow_reconnect=True, max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25, error_cb=quiet, disconnected_cb=disconnected,
+                    reconnected_cb=reconnected, name=f"fastfanout-bridge {self.identity}",
+                    **options), rules.connect_timeout * (len(rules.servers) + 1))
+            except TimeoutError:
+                raise BridgeUnavailable(
+                    f"no NATS server of {', '.join(rules.servers)} answered within "
+                    f"{rules.connect_timeout * (len(rules.servers) + 1):g} s") from None
             publisher = _Publisher(connection)
             await publisher.start()
             self._nats, self._publisher = connection, publisher

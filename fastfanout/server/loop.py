@@ -873,8 +873,8 @@ def serve(endpoint: str | None = None, *,
     Args:
         endpoint: command endpoint (default: the per-user ipc socket).
         companion: called once the endpoint is bound, before the loop runs (say, to
-            start the NATS bridge's thread); returns what stops it, called when the loop
-            has ended.
+            start the NATS bridge's thread); returns what stops it, called on SIGTERM or
+            SIGINT before the loop is told to stop (and again, a no-op, after it ended).
         **options: any keyword argument of ``Server``.
     """
     server = Server(endpoint, **options)
@@ -887,9 +887,18 @@ def serve(endpoint: str | None = None, *,
     keep_freed_memory()
     stop_companion = companion(server) if companion is not None else None
 
+    def stop_both() -> None:
+        # The companion first: the bridge settles what it can while the broker serves.
+        if stop_companion is not None:
+            stop_companion()
+        server.stop_nowait()
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
-        server.stop_nowait()
+        if stop_companion is None:
+            server.stop_nowait()
+        else:   # a handler must not block: the companion stops in a thread of its own
+            threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
