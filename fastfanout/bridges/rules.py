@@ -256,7 +256,8 @@ def parse_rules(data: dict[str, Any], source: str) -> BridgeRules:
         rules = msgspec.convert(data, BridgeRules)
     except msgspec.ValidationError as error:
         detail, _, where = str(error).partition(" - at `")
-        raise _problem(source, where.rstrip("`") or "the file", detail) from None
+        raise _problem(source, where.rstrip("`").removeprefix("$.") or "the file", detail
+                       ) from None
     _check_rules(source, rules)
     return rules
 
