@@ -283,6 +283,71 @@ class _Publisher:
             del self.waiting[token]
 
 
+class _Puller:
+    """A durable pull consumer's messages, pulled in batches and taken in by a callback.
+
+    nats-py's ``fetch`` waits for each message of a batch with a timeout of its own (a
+    task per message); here one pull request asks for a batch, the subscription's
+    callback appends what arrives, and ``fetch`` hands over what has arrived, at most one
+    wait per batch. The next request leaves as soon as the previous one is used up or
+    ended (JetStream's 404/408/409 status messages end a request).
+    """
+
+    def __init__(self, connection: Any, stream: str, consumer: str) -> None:
+        self.connection = connection
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.inbox = ""
+        self.messages: list[Any] = []
+        self.outstanding = 0   # messages the current request may still bring
+        self.arrived = asyncio.Event()
+        self.subscription: Any = None
+        self.failure: str | None = None
+
+    async def start(self) -> None:
+        self.inbox = self.connection.new_inbox()
+        self.subscription = await self.connection.subscribe(
+            self.inbox, cb=self._on_message, pending_msgs_limit=-1, pending_bytes_limit=-1)
+
+    async def close(self) -> None:
+        if self.subscription is not None:
+            try:
+                await self.subscription.unsubscribe()
+            except Exception as error:   # the connection is gone: nothing to undo
+                log.debug("unsubscribing the pull inbox: %s", error)
+
+    async def _on_message(self, msg: Any) -> None:
+        headers = msg.headers
+        if headers and not msg.data and "Status" in headers:
+            status = headers["Status"]
+            if status == "100":   # idle heartbeat
+                return
+            description = headers.get("Description", "")
+            if status == "409" and "Deleted" in description:
+                self.failure = f"the JetStream consumer was deleted ({description})"
+            self.outstanding = 0   # 404 no messages, 408 expired, 409: the request ended
+        else:
+            self.messages.append(msg)
+            self.outstanding -= 1
+        self.arrived.set()
+
+    async def fetch(self, batch: int, wait: float) -> list[Any]:
+        """What has arrived (at most ``wait`` seconds for the first message)."""
+        if self.failure is not None:
+            raise BridgeUnavailable(self.failure)
+        if self.outstanding <= 0:
+            self.outstanding = batch
+            await self.connection.publish(self.subject, json.dumps(
+                {"batch": batch, "expires": int(wait * 1e9)}).encode(), reply=self.inbox)
+        if not self.messages:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), wait + 1.0)
+            except TimeoutError:   # the request was lost (a reconnect): ask again
+                self.outstanding = 0
+        taken, self.messages = self.messages, []
+        return taken
+
+
 class Bridge:
     """The rules of one rule file, run in a thread of their own beside a broker server.
 
@@ -311,7 +376,8 @@ class Bridge:
         self._nats: Any = None
         self._publisher: _Publisher | None = None
         self._nats_lock: asyncio.Lock | None = None
-        self._subscriptions: dict[str, Any] = {}   # import rule -> its pull subscription
+        # import rule -> (JetStream context, stream, durable consumer), for the lag
+        self._consumers: dict[str, tuple[Any, str, str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -545,34 +611,39 @@ class Bridge:
 
     async def _import(self, rule: ImportRule, stats: RuleStats, backoff: _Backoff) -> None:
         """One run of an import rule: until a failure ends it (the caller retries)."""
-        from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
 
         values = stats.values
         client = await self._client()
+        puller = None
         try:
             await self._import_targets(client, rule)
             connection, _ = await self._connection()
             js = connection.jetstream(timeout=5.0)
-            subscription = await js.pull_subscribe(
-                rule.filter_subject or "", durable=rule.durable_name, stream=rule.stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=rule.ack_wait, max_ack_pending=rule.max_in_flight,
-                    filter_subject=rule.filter_subject))
-            self._subscriptions[rule.name] = subscription
+            try:
+                await js.consumer_info(rule.stream, rule.durable_name)
+            except NotFoundError:
+                await js.add_consumer(rule.stream, ConsumerConfig(
+                    durable_name=rule.durable_name, ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL, ack_wait=rule.ack_wait,
+                    max_ack_pending=rule.max_in_flight, filter_subject=rule.filter_subject))
+            puller = _Puller(connection, rule.stream, rule.durable_name)
+            await puller.start()
+            self._consumers[rule.name] = (js, rule.stream, rule.durable_name)
             values["connected"] = 1
             while True:
-                try:
-                    msgs = await subscription.fetch(rule.batch, timeout=FETCH_WAIT)
-                except (NatsTimeout, TimeoutError):
+                msgs = await puller.fetch(rule.batch, FETCH_WAIT)
+                if not msgs:
                     continue
                 values["in_flight"] = len(msgs)
                 await self._deliver(client, rule, values, msgs)
                 values["in_flight"] = 0
                 backoff.reset()
         finally:
-            self._subscriptions.pop(rule.name, None)
+            self._consumers.pop(rule.name, None)
+            if puller is not None:
+                await puller.close()
             await client.close(timeout=2.0)
 
     @staticmethod
@@ -693,6 +764,6 @@ class Bridge:
             queue = queues.get(rule.queue_name)
             if queue is not None:
                 self._stats[f"export:{rule.name}"].values["lag"] = queue.messages
-        for name, subscription in list(self._subscriptions.items()):
-            info = await subscription.consumer_info()
+        for name, (js, stream, durable) in list(self._consumers.items()):
+            info = await js.consumer_info(stream, durable)
             self._stats[f"import:{name}"].values["lag"] = info.num_pending
