@@ -16,8 +16,8 @@ from fastfanout.bridges.jetstream import (
     encode_attributes,
     message_headers,
 )
-from fastfanout.config import load_config
 from fastfanout.errors import InvalidArgument
+from fastfanout.server.config import load_config
 
 GOOD = """
 servers = ["nats://127.0.0.1:4222"]
