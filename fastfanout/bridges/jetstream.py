@@ -63,7 +63,6 @@ from fastfanout.errors import (
     BridgeUnavailable,
     FastFanoutError,
     InvalidArgument,
-    NotFound,
     QueueFull,
     StoreFailed,
     StoreFull,
@@ -90,9 +89,10 @@ STOP_DEADLINE: Final = 5.0
 """Seconds ``Bridge.stop`` waits for the rules to end and the connections to close."""
 FETCH_WAIT: Final = 1.0
 """Seconds an import's fetch waits for messages before it asks again."""
-PERMANENT: Final = (InvalidArgument, NotFound)
+PERMANENT: Final = (InvalidArgument,)
 """Refusals for good: retrying cannot help (``MessageTooLarge`` and ``MalformedBatch``
-are ``InvalidArgument``s; a target deleted under the rule is ``NotFound``)."""
+are ``InvalidArgument``s). A target deleted under the rule (``NotFound``) is not one:
+the rule's next run creates it again."""
 FOR_NOW: Final = (QueueFull, StoreFull, StoreFailed)
 """Refusals for now: the broker may take the message later."""
 COUNTERS: Final = ("messages", "rate", "lag", "in_flight", "retries", "errors",
@@ -681,6 +681,9 @@ class Bridge:
                 return
             except PERMANENT:
                 pass   # one at a time below: only the bad ones go to the DLQ
+            except Exception as error:   # the broker went away, the target was deleted
+                await self._nak(rule, values, msgs, error)
+                raise
             else:
                 values["duplicates"] += sum(1 for result in results if result.duplicate)
                 for msg in msgs:
@@ -701,6 +704,9 @@ class Bridge:
                 return
             except PERMANENT as error:
                 reason = f"{error.code}: {error}"
+            except Exception as error:
+                await self._nak(rule, values, [msg], error)
+                raise
             else:
                 values["duplicates"] += results[0].duplicate
                 await msg.ack()
