@@ -547,9 +547,14 @@ class Bridge:
         plain = "*" not in rule.topic.split(".") and ">" not in rule.topic.split(".")
         if plain and rule.topic not in await client.list_topics():
             await client.create_topic(rule.topic, fifo=rule.fifo)
-        if queue not in await client.list_queues():
+        queues = await client.list_queues()
+        if queue + ".dlq" not in queues:
+            await client.create_queue(queue + ".dlq", durable=True, fifo=rule.fifo,
+                                      max_message_size=256 * 1024 * 1024)
+        if queue not in queues:
             await client.create_queue(
                 queue, durable=True, fifo=rule.fifo, visibility_timeout=rule.lease,
+                dead_letter_queue=queue + ".dlq",
                 max_messages=rule.max_messages, max_bytes=rule.max_bytes,
                 overflow=rule.overflow, max_priority=0 if rule.fifo else 255,
                 max_message_size=256 * 1024 * 1024)
@@ -581,16 +586,23 @@ class Bridge:
             values["in_flight"] -= len(batch)
             backoff.reset()
 
+        limit = publisher.connection.max_payload
+        room = limit - 65536   # below this a body fits with any headers: no sum needed
+
         async def feed() -> None:
             async for batch in client.consume_batches(
                     rule.queue_name, prefetch=rule.max_in_flight,
                     visibility_timeout=rule.lease):
                 if failed.done():
                     return
+                items = [(message.body, message_headers(identity, message))
+                         for message in batch]
+                if any(len(body) > room for body, _ in items):
+                    batch, items = self._too_large(rule, values, batch, items, limit)
+                    if not batch:
+                        continue
                 values["in_flight"] += len(batch)
-                ticket = await publisher.publish(
-                    subject, [(message.body, message_headers(identity, message))
-                              for message in batch])
+                ticket = await publisher.publish(subject, items)
                 task = asyncio.create_task(settle(batch, ticket))
                 settling.add(task)
                 task.add_done_callback(settling.discard)
@@ -608,6 +620,26 @@ class Bridge:
                 task.cancel()
             if not failed.done():
                 failed.cancel()
+
+    @staticmethod
+    def _too_large(rule: ExportRule, values: dict[str, float], batch: list[Any],
+                   items: list[tuple[bytes, dict[str, str]]], limit: int
+                   ) -> tuple[list[Any], list[tuple[bytes, dict[str, str]]]]:
+        """Dead-letter the messages NATS cannot carry (over its ``max_payload``)."""
+        kept: list[Any] = []
+        kept_items: list[tuple[bytes, dict[str, str]]] = []
+        for message, (body, headers) in zip(batch, items, strict=True):
+            size = len(body) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+            if size <= limit:
+                kept.append(message)
+                kept_items.append((body, headers))
+                continue
+            message.term()   # to the export queue's dead-letter queue, reason rejected
+            values["dead_lettered"] += 1
+            log.warning("bridge export %s: message %d is %d bytes with its headers, over "
+                        "the NATS server's max_payload %d: dead-lettered to %s.dlq",
+                        rule.name, message.id, size, limit, rule.queue_name)
+        return kept, kept_items
 
     async def _import(self, rule: ImportRule, stats: RuleStats, backoff: _Backoff) -> None:
         """One run of an import rule: until a failure ends it (the caller retries)."""

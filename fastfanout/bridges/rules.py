@@ -59,7 +59,8 @@ class ExportRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
         duplicate_window: the created stream's dedup window, seconds (JetStream's
             default is 120).
         queue: the durable local queue that buffers the topic for the bridge (default:
-            ``bridge.export.`` and the rule's name).
+            ``bridge.export.`` and the rule's name); its dead-letter queue, for messages
+            over NATS's ``max_payload``, is its name and ``.dlq``.
         fifo: make that queue FIFO (needed for a FIFO topic; one message of a group in
             flight at a time).
         max_messages: most messages the queue buffers while NATS is away (None: no
@@ -221,9 +222,10 @@ def _check_export(source: str, where: str, rule: ExportRule) -> None:
     if not _SUBJECT.fullmatch(rule.subject_name):
         raise _problem(source, f"{where} subject", f"{rule.subject_name!r} is not a NATS "
                        f"subject (tokens of A-Z a-z 0-9 _ - split on '.', no wildcard)")
-    if not _LOCAL.fullmatch(rule.queue_name):
-        raise _problem(source, f"{where} queue", f"{rule.queue_name!r} must be 1 to 256 "
-                       f"characters from A-Z a-z 0-9 _ . : -")
+    if not _LOCAL.fullmatch(rule.queue_name) or len(rule.queue_name) > 252:
+        raise _problem(source, f"{where} queue", f"{rule.queue_name!r} must be 1 to 252 "
+                       f"characters from A-Z a-z 0-9 _ . : - (its dead-letter queue "
+                       f"adds .dlq)")
 
 
 def _check_import(source: str, where: str, rule: ImportRule) -> None:

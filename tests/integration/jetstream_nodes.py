@@ -38,12 +38,13 @@ class NatsNode:
     """One nats-server process; ``start`` again after ``kill`` reuses port and store."""
 
     def __init__(self, directory: Path, name: str, cluster: list[int] | None = None,
-                 index: int = 0) -> None:
+                 index: int = 0, extra: str = "") -> None:
         self.directory = directory
         self.name = name
         self.port = free_port()
         self.cluster = cluster     # every node's cluster port, this one's at ``index``
         self.index = index
+        self.extra = extra         # more lines of the config file
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -54,7 +55,8 @@ class NatsNode:
     def _config(self) -> Path:
         store = str(self.directory / "jetstream")
         lines = [f'server_name: "{self.name}"', f"listen: {HOST}:{self.port}",
-                 "jetstream {", f'  store_dir: "{store}"', "  sync_interval: always", "}"]
+                 "jetstream {", f'  store_dir: "{store}"', "  sync_interval: always", "}",
+                 self.extra]
         if self.cluster is not None:
             routes = ", ".join(f"nats://{HOST}:{port}" for port in self.cluster)
             lines += ["cluster {", '  name: "bridge-test"',

@@ -193,6 +193,27 @@ def test_nats_down_the_export_queue_buffers_bounded(track: Tracker, tmp_path: Pa
         node.stop()
 
 
+def test_a_message_over_the_nats_max_payload_is_dead_lettered_on_a(
+        track: Tracker, tmp_path: Path) -> None:
+    node = NatsNode(tmp_path / "nats", "n0", extra="max_payload: 8192").start()
+    try:
+        endpoint_a, _ = broker(track, "a", export_rules(track.tmp_path / "a.toml",
+                                                        [node.url]))
+        endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml",
+                                                        [node.url]))
+        client_a = track.client(endpoint_a)
+        wait_until(lambda: "bridge.export.orders" in client_a.list_queues(),
+                   what="export queue")
+        client_a.publish_batch("orders", [b"small 1", b"x" * 10_000, b"small 2"])
+        received = consume_all(track.client(endpoint_b), "orders-in", 2)
+        assert [m.body for m in received] == [b"small 1", b"small 2"]
+        (dead,) = client_a.receive("bridge.export.orders.dlq", max_messages=10, wait=5.0)
+        assert len(dead.body) == 10_000 and dead.dead_letter.reason == "rejected"
+        assert bridge_stats(client_a)["export:orders"]["dead_lettered"] == 1
+    finally:
+        node.stop()
+
+
 @pytest.mark.slow
 def test_three_node_cluster_survives_a_node_kill(track: Tracker, tmp_path: Path) -> None:
     nodes = cluster(tmp_path / "nats")
