@@ -214,18 +214,30 @@ class _Backoff:
 
 
 class _Ticket:
-    """The PubAcks one export batch waits for."""
+    """The PubAcks one export batch waits for (its publishes have consecutive tokens)."""
 
-    __slots__ = ("duplicates", "future", "remaining")
+    __slots__ = ("duplicates", "first", "future", "refused", "remaining")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, first: int) -> None:
         self.remaining = count
+        self.first = first          # the token of the batch's first message
         self.duplicates = 0
+        self.refused: list[int] = []   # indexes JetStream refused for good
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+
+    def answered(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+REFUSED_FOR_GOOD: Final = frozenset({10054})
+"""JetStream error codes a publish cannot recover from by retrying: 10054, the message
+is over the stream's ``max_msg_size``."""
 
 
 class _Publisher:
@@ -248,11 +260,16 @@ class _Publisher:
                                         pending_msgs_limit=-1, pending_bytes_limit=-1)
 
     async def _on_reply(self, msg: Any) -> None:
-        ticket = self.waiting.pop(msg.subject[len(self.prefix):], None)
+        token = msg.subject[len(self.prefix):]
+        ticket = self.waiting.pop(token, None)
         if ticket is None:
             return
         data = msg.data
         if not data or b'"error"' in data:
+            if data and self._refused_for_good(data):
+                ticket.refused.append(int(token) - ticket.first)
+                ticket.answered()
+                return
             status = (msg.headers or {}).get("Status", "")
             ticket.fail(BridgeUnavailable(
                 f"JetStream refused a publish: {data[:200]!r}" if data else
@@ -260,14 +277,19 @@ class _Publisher:
             return
         if b'"duplicate":true' in data:
             ticket.duplicates += 1
-        ticket.remaining -= 1
-        if ticket.remaining == 0 and not ticket.future.done():
-            ticket.future.set_result(None)
+        ticket.answered()
+
+    @staticmethod
+    def _refused_for_good(data: bytes) -> bool:
+        try:
+            return json.loads(data)["error"].get("err_code") in REFUSED_FOR_GOOD
+        except (ValueError, KeyError, AttributeError, TypeError):
+            return False
 
     async def publish(self, subject: str, items: list[tuple[bytes, dict[str, str]]]
                       ) -> _Ticket:
         """Publish every ``(body, headers)``; the ticket's future ends with the last ack."""
-        ticket = _Ticket(len(items))
+        ticket = _Ticket(len(items), self.next_token)
         publish = self.connection.publish
         prefix = self.prefix
         for body, headers in items:
@@ -579,9 +601,18 @@ class Bridge:
                                          BridgeUnavailable(
                                              f"no PubAck within {rule.publish_timeout} s"))
                 return
-            for message in batch:
-                message.ack()
-            values["messages"] += len(batch)
+            refused = set(ticket.refused)
+            for index, message in enumerate(batch):
+                if index in refused:   # over the stream's max_msg_size: dead-lettered
+                    message.term()
+                else:
+                    message.ack()
+            if refused:
+                values["dead_lettered"] += len(refused)
+                log.warning("bridge export %s: JetStream refused %d messages for good (over "
+                            "the stream's max_msg_size): dead-lettered to %s.dlq",
+                            rule.name, len(refused), rule.queue_name)
+            values["messages"] += len(batch) - len(refused)
             values["duplicates"] += ticket.duplicates
             values["in_flight"] -= len(batch)
             backoff.reset()

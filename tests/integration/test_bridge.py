@@ -214,6 +214,33 @@ def test_a_message_over_the_nats_max_payload_is_dead_lettered_on_a(
         node.stop()
 
 
+def test_a_message_over_the_stream_max_msg_size_is_dead_lettered_on_a(
+        track: Tracker, nats_node: NatsNode) -> None:
+    import nats
+
+    async def create() -> None:
+        connection = await nats.connect(nats_node.url)
+        await connection.jetstream().add_stream(name="ORDERS", subjects=["fastfanout.orders"],
+                                                max_msg_size=2000)
+        await connection.close()
+
+    asyncio.run(create())
+    endpoint_a, _ = broker(track, "a", export_rules(track.tmp_path / "a.toml",
+                                                    [nats_node.url]))
+    endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml",
+                                                    [nats_node.url]))
+    client_a = track.client(endpoint_a)
+    wait_until(lambda: "bridge.export.orders" in client_a.list_queues(), what="export queue")
+    client_a.publish_batch("orders", [b"small 1", b"x" * 5000, b"small 2"])
+    received = consume_all(track.client(endpoint_b), "orders-in", 2)
+    assert [m.body for m in received] == [b"small 1", b"small 2"]
+    (dead,) = client_a.receive("bridge.export.orders.dlq", max_messages=10, wait=5.0)
+    assert len(dead.body) == 5000
+    wait_until(lambda: bridge_stats(client_a)["export:orders"]["dead_lettered"] == 1,
+               what="the refusal counted")
+    assert bridge_stats(client_a)["export:orders"]["messages"] == 2
+
+
 @pytest.mark.slow
 def test_three_node_cluster_survives_a_node_kill(track: Tracker, tmp_path: Path) -> None:
     nodes = cluster(tmp_path / "nats")

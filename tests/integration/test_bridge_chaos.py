@@ -130,6 +130,7 @@ class Load:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900 if FULL else 120)
 def test_kill_9_of_nats_and_both_brokers_loses_nothing_confirmed(
         track: Tracker, tmp_path: Path) -> None:
     node = NatsNode(tmp_path / "nats", "n0").start()
