@@ -29,10 +29,10 @@ Invariants:
 - Import: a rule reads a durable pull consumer; each fetched batch is sent (queue) or
   published (topic) locally in one call with each message's ``Nats-Msg-Id`` (else
   ``STREAM:SEQUENCE``) as its dedup id, and acked to JetStream only after the broker
-  confirmed it. A batch the broker refuses for good (too large, invalid) is retried
-  one message at a time; a message refused for good goes to the rule's local dead-letter
-  queue and is terminated on JetStream; a refusal for now (a full queue, a full disk) is
-  nacked with ``nak_delay`` (counted in ``retries``).
+  confirmed it. A batch the broker refuses is retried one message at a time: a message
+  refused for good (too large, invalid) goes to the rule's local dead-letter queue and
+  is terminated on JetStream; from the first one refused for now (a full queue, a full
+  disk), the rest is nacked with ``nak_delay``, in order (counted in ``retries``).
 - Failures: an unreachable NATS or broker makes a rule back off (doubling up to
   ``max_backoff``) and retry, counted in ``retries`` and ``errors``; meanwhile an export
   queue buffers, bounded by its own ``max_messages``/``max_bytes`` and ``overflow``
@@ -740,8 +740,11 @@ class Bridge:
             try:
                 results = await self._enqueue(client, rule, entries)  # type: ignore[arg-type]
             except FOR_NOW as error:
-                await self._nak(rule, values, msgs, error)
-                return
+                if len(msgs) == 1:
+                    await self._nak(rule, values, msgs, error)
+                    return
+                # One at a time below: what fits goes in (a batch larger than the
+                # room left would never fit whole), the rest is nacked in order.
             except PERMANENT:
                 pass   # one at a time below: only the bad ones go to the DLQ
             except Exception as error:   # the broker went away, the target was deleted
@@ -753,18 +756,21 @@ class Bridge:
                     await msg.ack()
                 values["messages"] += len(msgs)
                 return
-        for msg, entry in zip(msgs, entries, strict=True):
-            await self._deliver_one(client, rule, values, msg, entry)
+        for index, (msg, entry) in enumerate(zip(msgs, entries, strict=True)):
+            refusal = await self._deliver_one(client, rule, values, msg, entry)
+            if refusal is not None:   # the rest waits too, so that order is kept
+                await self._nak(rule, values, msgs[index:], refusal)
+                return
 
     async def _deliver_one(self, client: Any, rule: ImportRule, values: dict[str, float],
-                           msg: Any, entry: PublishEntry | None) -> None:
+                           msg: Any, entry: PublishEntry | None) -> BaseException | None:
+        """Enqueue one message, or dead-letter it; the refusal for now, if any."""
         reason = "its headers are malformed"
         if entry is not None:
             try:
                 results = await self._enqueue(client, rule, [entry])
             except FOR_NOW as error:
-                await self._nak(rule, values, [msg], error)
-                return
+                return error
             except PERMANENT as error:
                 reason = f"{error.code}: {error}"
             except Exception as error:
@@ -774,7 +780,7 @@ class Bridge:
                 values["duplicates"] += results[0].duplicate
                 await msg.ack()
                 values["messages"] += 1
-                return
+                return None
         headers = msg.headers or {}
         dedup_id = headers.get(HEADER_MESSAGE_ID) or \
             f"{rule.stream}:{msg.metadata.sequence.stream}"
@@ -784,13 +790,12 @@ class Bridge:
                 "nats_subject": msg.subject, "nats_stream": rule.stream,
                 "nats_sequence": msg.metadata.sequence.stream})
         except FastFanoutError as error:
-            # Not even the dead-letter queue takes it: JetStream keeps it for later.
-            await self._nak(rule, values, [msg], error)
-            return
+            return error   # not even the dead-letter queue takes it: JetStream keeps it
         await msg.term()
         values["dead_lettered"] += 1
         log.warning("bridge import %s: message %s refused for good (%s): dead-lettered to "
                     "%s", rule.name, dedup_id, reason, rule.dead_letter_name)
+        return None
 
     @staticmethod
     async def _nak(rule: ImportRule, values: dict[str, float], msgs: list[Any],

@@ -167,6 +167,33 @@ def test_refused_for_good_goes_to_the_dead_letter_queue(track: Tracker,
     wait_until(lambda: asyncio.run(pending()) == (0, 0), what="every message settled")
 
 
+def test_a_full_target_is_nacked_and_redelivered_later(track: Tracker,
+                                                      nats_node: NatsNode) -> None:
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for n in range(30):
+            await js.publish("orders.x", b"%d" % n, headers={"Nats-Msg-Id": f"m{n}"})
+        await connection.close()
+
+    asyncio.run(publish())
+    prepare(track, "b", orders_in={"max_messages": 10})
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url],
+                                                  nak_delay=0.2))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["retries"] >= 1,
+               what="a batch refused for now (the queue holds 10)")
+    # what fits went in, in order (a batch of 30 would never fit whole)
+    wait_until(lambda: client.stats().queues["orders-in"].messages == 10, timeout=5.0,
+               what="the first 10 in")
+    received = consume_all(client, "orders-in", 30)
+    assert sorted(int(m.body) for m in received) == list(range(30))
+    assert bridge_stats(client)["import:orders"]["dead_lettered"] == 0
+
+
 def test_nats_down_the_export_queue_buffers_bounded(track: Tracker, tmp_path: Path) -> None:
     node = NatsNode(tmp_path / "nats", "n0")   # not started yet: NATS is down
     endpoint_a, _ = broker(track, "a", export_rules(
