@@ -27,11 +27,12 @@ from fastfanout.client import Client
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 
 BRIDGE_DEADLINE = 30.0
+QUICK = "max_backoff = 1.0\nconnect_timeout = 0.5\n"   # retries a test can wait for
 
 
 def export_rules(path: Path, urls: list[str], **extra: Any) -> Path:
     options = "".join(f"{key} = {json.dumps(value)}\n" for key, value in extra.items())
-    path.write_text(f'servers = {json.dumps(urls)}\nidentity = "host-a"\nmax_backoff = 1.0\n'
+    path.write_text(f"servers = {json.dumps(urls)}\n{QUICK}identity = \"host-a\"\n"
                     f'[[export]]\nname = "orders"\ntopic = "orders"\nstream = "ORDERS"\n'
                     f"{options}")
     return path
@@ -39,7 +40,7 @@ def export_rules(path: Path, urls: list[str], **extra: Any) -> Path:
 
 def import_rules(path: Path, urls: list[str], **extra: Any) -> Path:
     options = "".join(f"{key} = {json.dumps(value)}\n" for key, value in extra.items())
-    path.write_text(f"servers = {json.dumps(urls)}\nmax_backoff = 1.0\n"
+    path.write_text(f"servers = {json.dumps(urls)}\n{QUICK}"
                     f'[[import]]\nname = "orders"\nstream = "ORDERS"\nqueue = "orders-in"\n'
                     f"{options}")
     return path
