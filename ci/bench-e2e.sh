@@ -26,3 +26,4 @@ run bench/e2e_workers.py      # dramatiq + Redis beside it (skipped without redi
 run bench/e2e_aio_publish.py
 run bench/e2e_schedule.py --runs 3
 run bench/e2e_durable.py --runs 3   # finds nats-server beside the venv's python
+run bench/e2e_bridge.py --runs 3    # two brokers through JetStream vs nats-py alone

@@ -11,6 +11,7 @@ from fastfanout.broker.producer import Producer
 from fastfanout.client import Client, connect
 from fastfanout.errors import (
     AlreadyExists,
+    BridgeUnavailable,
     BrokenConnection,
     BrokerRunning,
     Closed,
@@ -50,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "BridgeUnavailable",
     "BrokenConnection",
     "Broker",
     "BrokerRunning",

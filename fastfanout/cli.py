@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -229,6 +230,9 @@ def cli() -> None:
               help="Journal bytes at which publishes are refused with store_full until "
                    "consumers settle messages (at least 65536; default: no limit but "
                    "the disk).")
+@click.option("--bridge", type=click.Path(dir_okay=False), default=None,
+              help="Rule file of the NATS JetStream bridge run beside the broker (export "
+                   "and import rules: see docs/bridge.md); needs nats-py.")
 def serve(config_path: str | None, **given: Any) -> None:
     """Run a broker until SIGTERM or SIGINT (then exit 0).
 
@@ -279,7 +283,10 @@ def serve(config_path: str | None, **given: Any) -> None:
                 options.pop(key, None)
         elif config.data_dir is None:
             options["data_dir"] = str(default_data_dir(endpoint))
-        sys.exit(run_server(**options))
+        companion = (_bridge_companion(config.bridge, endpoint, config.in_memory,
+                                       config.curve_secret_key is not None)
+                     if config.bridge is not None else None)
+        sys.exit(run_server(companion=companion, **options))
     except TransportError as error:
         if endpoint.startswith("tcp://") and "stream_endpoint" not in options:
             port = int(endpoint.rpartition(":")[2])
@@ -295,6 +302,38 @@ def serve(config_path: str | None, **given: Any) -> None:
     except OSError as error:
         _exit_with(f"error: cannot serve {endpoint}: {error.strerror}"
                    + (f": {error.filename}" if error.filename else ""), 1)
+
+
+def _bridge_companion(path: str, endpoint: str, in_memory: bool, curve: bool
+                      ) -> Callable[[Any], Callable[[], None]]:
+    """Check the bridge's rule file and client now; what starts the bridge once bound."""
+    from fastfanout.bridges import Bridge, bridge_unavailable, load_rules
+    from fastfanout.errors import InvalidArgument
+    from fastfanout.runtime import data_dir_name
+
+    try:
+        rules = load_rules(path)
+    except InvalidArgument as error:
+        _exit_with(f"error: {error}", 1)
+    reason = bridge_unavailable()
+    if reason:
+        _exit_with(f"error: --bridge {path}: {reason}", 1)
+    if curve:
+        _exit_with(f"error: --bridge {path}: the bridge does not run beside a CURVE broker "
+                   f"yet: serve the bridged broker on ipc:// or loopback tcp:// without "
+                   f"CURVE", 1)
+    # Nats-Msg-Id is IDENTITY:MESSAGE_ID: the default identity names the host and the
+    # endpoint; message ids restart at 1 in memory, so such a broker adds its start time.
+    identity = f"{socket.gethostname()}-{data_dir_name(endpoint)}"
+    if in_memory:
+        identity += f"-{int(time.time() * 1000)}"
+
+    def start(server: Any) -> Callable[[], None]:
+        bridge = Bridge(rules, endpoint, identity=identity).start()
+        server.stats_sources["bridge"] = bridge.stats
+        return bridge.stop
+
+    return start
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -554,6 +593,13 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         [(name, *(str(getattr(queue, c)) for c in queue_columns),
           str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
         width)
+    bridge = server_stats.pop("bridge", None) or {}
+    bridge_columns = ("messages", "rate", "lag", "in_flight", "retries", "errors",
+                      "duplicates", "dead_lettered", "connected")
+    lines += _columns(
+        "bridge", ("rule", *bridge_columns),
+        [(name, *(f"{rule.get(c, 0):g}" for c in bridge_columns))
+         for name, rule in sorted(bridge.items())], width) if bridge else []
     lines += _columns("server", ("counter", "value"),
                       [(key, str(value)) for key, value in sorted(server_stats.items())], width)
     click.echo("\n".join(lines).rstrip("\n"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "BridgeUnavailable",
     "BrokenConnection",
     "BrokerRunning",
     "Closed",
@@ -269,6 +270,17 @@ class UsedAfterFork(FastFanoutError):
     """
 
     code = "used_after_fork"
+
+
+class BridgeUnavailable(FastFanoutError, RuntimeError):
+    """The NATS bridge cannot run or cannot reach JetStream now.
+
+    Raised before the broker starts when the nats-py client is missing (``str()`` says
+    what to install); inside a running bridge, a JetStream publish that was refused or
+    not acknowledged in time (the rule backs off and retries, counted in its stats).
+    """
+
+    code = "bridge_unavailable"
 
 
 class PeerUnavailable(FastFanoutError, RuntimeError):

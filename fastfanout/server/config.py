@@ -80,6 +80,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         fsync: ``always``, ``interval`` or ``never``: when the journal is synced to disk.
         fsync_interval: with ``interval``, seconds between syncs.
         max_disk_bytes: most bytes the journal may hold (None: no limit but the disk).
+        bridge: path of a NATS JetStream bridge rule file (docs/bridge.md), or None.
     """
 
     endpoint: str | None = None
@@ -105,6 +106,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     fsync: Literal["always", "interval", "never"] = "always"
     fsync_interval: Annotated[float, msgspec.Meta(ge=0.001, le=3600)] = 1.0
     max_disk_bytes: Annotated[int, msgspec.Meta(ge=65536)] | None = None
+    bridge: str | None = None
 
 
 EXPECTED: Final[dict[str, str]] = {
@@ -131,6 +133,7 @@ EXPECTED: Final[dict[str, str]] = {
     "fsync": 'one of "always", "interval", "never"',
     "fsync_interval": "a number of seconds from 0.001 to 3600",
     "max_disk_bytes": "an integer number of bytes >= 65536",
+    "bridge": "a string: the path of a bridge rule file (docs/bridge.md)",
 }
 """Each key's expected form, as error messages state it."""
 
@@ -236,14 +239,15 @@ def server_options(config: ServerConfig) -> dict[str, Any]:
     """The ``Server`` keyword arguments of ``config``.
 
     ``log_level``, ``curve_secret_key`` (a file the caller loads into
-    ``Server(curve=...)``) and ``in_memory`` (the caller picks ``data_dir``: see
-    ``fastfanout serve``) are left out, and so are keys left at None (``Server`` then
+    ``Server(curve=...)``), ``in_memory`` (the caller picks ``data_dir``: see
+    ``fastfanout serve``) and ``bridge`` (the caller runs it beside the server) are
+    left out, and so are keys left at None (``Server`` then
     picks its default). ``max_frame_bytes`` left at None becomes the larger of 256 MiB
     and ``max_request_bytes``, so a raised request limit is not undercut by the frame
     limit.
     """
     options = {key: getattr(config, key) for key in config.__struct_fields__
-               if key not in ("log_level", "curve_secret_key", "in_memory")
+               if key not in ("log_level", "curve_secret_key", "in_memory", "bridge")
                and getattr(config, key) is not None}
     if config.max_frame_bytes is None:
         options["max_frame_bytes"] = max(DEFAULT_MAX_FRAME_BYTES, config.max_request_bytes)

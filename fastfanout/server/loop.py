@@ -278,6 +278,9 @@ class Server:
         self._probe_until = 0.0
         self._next_hold_check = 0.0
         self.counters: Counter[str] = Counter()
+        self.stats_sources: dict[str, Callable[[], Any]] = {}
+        """Extra ``server_stats`` entries: key -> a callable run on the server thread
+        (``fastfanout serve --bridge`` adds ``bridge``: each rule's counters)."""
         self._streams = Streams(self.counters, slow_listener, stream_wait)
         self._stream_high_water_mark = stream_high_water_mark
         self._local_channels = (bool(local_channels) and self.endpoint.startswith("ipc://")
@@ -673,6 +676,8 @@ class Server:
                      stream_subscriptions=self._streams.subscriptions(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())
+        for key, source in self.stats_sources.items():
+            stats[key] = source()
         return [protocol.encode_payload(stats)]
 
     # -- publish and send --------------------------------------------------------------
@@ -824,7 +829,9 @@ class Server:
         self.counters["leases_released"] += released
 
 
-def serve(endpoint: str | None = None, **options: Any) -> int:
+def serve(endpoint: str | None = None, *,
+          companion: Callable[[Server], Callable[[], None]] | None = None,
+          **options: Any) -> int:
     """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
 
     This thread's process is a broker: its C allocator keeps freed delivery frames for
@@ -832,6 +839,9 @@ def serve(endpoint: str | None = None, **options: Any) -> int:
 
     Args:
         endpoint: command endpoint (default: the per-user ipc socket).
+        companion: called once the endpoint is bound, before the loop runs (say, to
+            start the NATS bridge's thread); returns what stops it, called on SIGTERM or
+            SIGINT before the loop is told to stop (and again, a no-op, after it ended).
         **options: any keyword argument of ``Server``.
     """
     server = Server(endpoint, **options)
@@ -842,10 +852,20 @@ def serve(endpoint: str | None = None, **options: Any) -> int:
             server.broker.close()   # its data directory's lock, at once
         raise
     keep_freed_memory()
+    stop_companion = companion(server) if companion is not None else None
+
+    def stop_both() -> None:
+        # The companion first: the bridge settles what it can while the broker serves.
+        if stop_companion is not None:
+            stop_companion()
+        server.stop_nowait()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
-        server.stop_nowait()
+        if stop_companion is None:
+            server.stop_nowait()
+        else:   # a handler must not block: the companion stops in a thread of its own
+            threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -853,4 +873,6 @@ def serve(endpoint: str | None = None, **options: Any) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if stop_companion is not None:
+            stop_companion()
     return 0

@@ -281,7 +281,7 @@ def test_config_defaults_are_the_servers() -> None:
                 in inspect.signature(Server.__init__).parameters.items()}
     config = ServerConfig()
     for key in ServerConfig.__struct_fields__:
-        if key in ("log_level", "curve_secret_key", "max_frame_bytes", "in_memory"):
+        if key in ("log_level", "curve_secret_key", "max_frame_bytes", "in_memory", "bridge"):
             continue
         assert getattr(config, key) == defaults[key], key
     assert server_options(config)["max_frame_bytes"] == DEFAULT_MAX_FRAME_BYTES

@@ -1,0 +1,843 @@
+"""The NATS JetStream bridge: export and import rules, run in the broker's process.
+
+Design
+------
+Prior art: RabbitMQ's Shovel (a source queue, a destination, acks only after the
+destination confirmed: ``on-confirm``), Kafka MirrorMaker 2 (the source broker's id in
+each copied record), and JetStream's own contracts: ``Nats-Msg-Id`` dedup inside a
+stream's ``duplicate_window``, durable pull consumers with explicit acks, ``nak`` and
+``term``.
+
+The bridge is one thread with its own asyncio loop inside ``fastfanout serve``. It talks
+to the local broker through the ordinary asyncio client (``fastfanout.aio``), over the
+broker's own endpoint: the server thread alone owns the ``Broker`` (a second thread
+calling it would race the server's rounds), and the client path brings every local
+guarantee with it at no extra cost — a send is confirmed after the broker's group
+commit (on disk for a durable queue with ``fsync = "always"``), pushes are credit-based,
+and a session that ends releases its leases at once. On an ipc endpoint the client
+moves to a shared-memory channel, so the hop costs microseconds.
+
+Invariants:
+
+- Export: a rule owns a durable local queue subscribed to its topic or pattern; the
+  bridge consumes it (credit ``max_in_flight``) and publishes each message to
+  JetStream, pipelined, with ``Nats-Msg-Id = IDENTITY:MESSAGE_ID``. A local message is
+  acked only after JetStream's PubAck for it. A publish that fails or waits past
+  ``publish_timeout`` ends the rule's broker session, so every unacked message is
+  leased again at once and published again later with the same ``Nats-Msg-Id``:
+  JetStream's dedup window absorbs what had been stored (counted in ``duplicates``).
+- Import: a rule reads a durable pull consumer; each fetched batch is sent (queue) or
+  published (topic) locally in one call with each message's ``Nats-Msg-Id`` (else
+  ``STREAM:SEQUENCE``) as its dedup id, and acked to JetStream only after the broker
+  confirmed it. A batch the broker refuses is retried one message at a time: a message
+  refused for good (too large, invalid) goes to the rule's local dead-letter queue and
+  is terminated on JetStream; from the first one refused for now (a full queue, a full
+  disk), the rest is nacked with ``nak_delay``, in order (counted in ``retries``).
+- Failures: an unreachable NATS or broker makes a rule back off (doubling up to
+  ``max_backoff``) and retry, counted in ``retries`` and ``errors``; meanwhile an export
+  queue buffers, bounded by its own ``max_messages``/``max_bytes`` and ``overflow``
+  (its drops counted in the queue's stats). Nothing is acked on either side before the
+  other side confirmed, so nothing confirmed is lost; duplicates are suppressed by the
+  two dedup windows.
+- Order: messages go out in queue order, and JetStream and the import keep it; after a
+  failure, released messages are published again after those still queued unless the
+  export queue is FIFO (``fifo = true``: a group's message returns to its group's head).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from base64 import b64decode, b64encode
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from fastfanout.bridges.rules import BridgeRules, ExportRule, ImportRule
+from fastfanout.errors import (
+    BridgeUnavailable,
+    FastFanoutError,
+    InvalidArgument,
+    QueueFull,
+    StoreFailed,
+    StoreFull,
+)
+from fastfanout.records import Attributes, PublishEntry
+
+__all__ = ["HEADER_ATTRIBUTES", "HEADER_DEDUP_ID", "HEADER_GROUP_ID", "HEADER_MESSAGE_ID",
+           "HEADER_PRIORITY", "Bridge", "bridge_unavailable", "decode_attributes",
+           "encode_attributes", "message_headers"]
+
+log = logging.getLogger("fastfanout.bridge")
+
+HEADER_MESSAGE_ID: Final = "Nats-Msg-Id"
+"""JetStream's dedup header: ``IDENTITY:MESSAGE_ID`` on export."""
+HEADER_ATTRIBUTES: Final = "Fastfanout-Attributes"
+"""The message's attributes as a JSON object (bytes values as ``{"base64": ...}``)."""
+HEADER_GROUP_ID: Final = "Fastfanout-Group-Id"
+"""The message's FIFO group id."""
+HEADER_PRIORITY: Final = "Fastfanout-Priority"
+"""The message's priority (decimal), when not 0."""
+HEADER_DEDUP_ID: Final = "Fastfanout-Dedup-Id"
+"""The dedup id the message was published with on its source broker."""
+STOP_DEADLINE: Final = 5.0
+"""Seconds ``Bridge.stop`` waits for the rules to end and the connections to close."""
+FETCH_WAIT: Final = 1.0
+"""Seconds an import's fetch waits for messages before it asks again."""
+PERMANENT: Final = (InvalidArgument,)
+"""Refusals for good: retrying cannot help (``MessageTooLarge`` and ``MalformedBatch``
+are ``InvalidArgument``s). A target deleted under the rule (``NotFound``) is not one:
+the rule's next run creates it again."""
+FOR_NOW: Final = (QueueFull, StoreFull, StoreFailed)
+"""Refusals for now: the broker may take the message later."""
+COUNTERS: Final = ("messages", "rate", "lag", "in_flight", "retries", "errors",
+                   "duplicates", "dead_lettered", "connected")
+"""Every rule's stats keys (``fastfanout stats``, table ``bridge``)."""
+
+
+def bridge_unavailable() -> str | None:
+    """Why the bridge cannot run here (one line: what to install), or None if it can."""
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return ("the bridge needs the nats-py client: pip install 'fastfanout[bridge]' "
+                "(or pip install 'nats-py>=2.6')")
+    return None
+
+
+def encode_attributes(attributes: Attributes) -> str:
+    """Attributes as the JSON of ``HEADER_ATTRIBUTES`` (bytes as ``{"base64": ...}``)."""
+    return json.dumps({name: {"base64": b64encode(value).decode()} if isinstance(value, bytes)
+                       else value for name, value in attributes.items()},
+                      separators=(",", ":"))
+
+
+def decode_attributes(text: str) -> Attributes:
+    """The attributes of a ``HEADER_ATTRIBUTES`` JSON text.
+
+    Raises:
+        InvalidArgument: the text is not a JSON object of attribute values.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise InvalidArgument(f"{HEADER_ATTRIBUTES} is not JSON: {text[:64]!r}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{HEADER_ATTRIBUTES} is not a JSON object: {text[:64]!r}")
+    attributes: Attributes = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and isinstance(value.get("base64"), str):
+            try:
+                attributes[name] = b64decode(value["base64"], validate=True)
+            except ValueError:
+                raise InvalidArgument(f"attribute {name!r}: bad base64") from None
+        else:
+            attributes[name] = value
+    return attributes
+
+
+def message_headers(identity: str, message: Any) -> dict[str, str]:
+    """The NATS headers of a local message exported by broker ``identity``."""
+    headers = {HEADER_MESSAGE_ID: f"{identity}:{message.id}"}
+    attributes = message.attributes
+    if attributes:
+        headers[HEADER_ATTRIBUTES] = encode_attributes(attributes)
+    if message.group_id is not None:
+        headers[HEADER_GROUP_ID] = message.group_id
+    if message.priority:
+        headers[HEADER_PRIORITY] = str(message.priority)
+    if message.dedup_id is not None:
+        headers[HEADER_DEDUP_ID] = message.dedup_id
+    return headers
+
+
+def _entry(msg: Any, stream: str) -> PublishEntry:
+    """The local entry of a JetStream message: its body, attributes, group, priority."""
+    headers = msg.headers or {}
+    dedup_id = headers.get(HEADER_MESSAGE_ID) or f"{stream}:{msg.metadata.sequence.stream}"
+    text = headers.get(HEADER_ATTRIBUTES)
+    priority = headers.get(HEADER_PRIORITY)
+    try:
+        priority_value = None if priority is None else int(priority)
+    except ValueError:
+        raise InvalidArgument(f"{HEADER_PRIORITY} {priority!r} is not an integer") from None
+    return PublishEntry(msg.data, decode_attributes(text) if text else None, None, None,
+                        headers.get(HEADER_GROUP_ID), dedup_id, priority_value, None)
+
+
+@dataclass
+class RuleStats:
+    """One rule's counters, read by the server thread (``Bridge.stats``).
+
+    Attributes:
+        values: ``COUNTERS`` -> number: ``messages`` copied, ``rate`` (messages a second
+            over the last ``stats_interval``), ``lag`` (messages waiting: the export
+            queue's, or the import consumer's pending ones), ``in_flight`` (sent, not yet
+            confirmed), ``retries``, ``errors``, ``duplicates`` (copies a dedup window
+            absorbed), ``dead_lettered`` (imports refused for good), ``connected`` (1
+            while the rule runs).
+    """
+
+    values: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    last_messages: float = 0.0
+    last_time: float = field(default_factory=time.monotonic)
+
+    def sample(self) -> None:
+        """Update ``rate`` from the messages copied since the last sample."""
+        now = time.monotonic()
+        elapsed = now - self.last_time
+        if elapsed > 0:
+            messages = self.values["messages"]
+            self.values["rate"] = round((messages - self.last_messages) / elapsed, 1)
+            self.last_messages, self.last_time = messages, now
+
+
+class _Backoff:
+    """Doubling waits with jitter: 0.1 s, 0.2 s, ... up to ``maximum`` seconds."""
+
+    def __init__(self, maximum: float) -> None:
+        self.maximum = maximum
+        self.wait = 0.1
+
+    def reset(self) -> None:
+        self.wait = 0.1
+
+    def next(self) -> float:
+        wait = self.wait
+        self.wait = min(self.wait * 2, self.maximum)
+        return wait * random.uniform(0.5, 1.0)
+
+
+class _Ticket:
+    """The PubAcks one export batch waits for (its publishes have consecutive tokens)."""
+
+    __slots__ = ("duplicates", "first", "future", "refused", "remaining")
+
+    def __init__(self, count: int, first: int) -> None:
+        self.remaining = count
+        self.first = first          # the token of the batch's first message
+        self.duplicates = 0
+        self.refused: list[int] = []   # indexes JetStream refused for good
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def answered(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+REFUSED_FOR_GOOD: Final = frozenset({10054})
+"""JetStream error codes a publish cannot recover from by retrying: 10054, the message
+is over the stream's ``max_msg_size``."""
+
+
+class _Publisher:
+    """Pipelined JetStream publishes on one NATS connection, PubAcks matched by token.
+
+    ``js.publish_async`` makes a future, a semaphore slot and a random token per message;
+    a batch needs one future: each publish's reply subject is this publisher's inbox and
+    a counter, and the reply handler counts the batch down.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.prefix = ""
+        self.next_token = 0
+        self.waiting: dict[str, _Ticket] = {}
+
+    async def start(self) -> None:
+        self.prefix = self.connection.new_inbox() + "."
+        await self.connection.subscribe(self.prefix + "*", cb=self._on_reply,
+                                        pending_msgs_limit=-1, pending_bytes_limit=-1)
+
+    async def _on_reply(self, msg: Any) -> None:
+        token = msg.subject[len(self.prefix):]
+        ticket = self.waiting.pop(token, None)
+        if ticket is None:
+            return
+        data = msg.data
+        if not data or b'"error"' in data:
+            if data and self._refused_for_good(data):
+                ticket.refused.append(int(token) - ticket.first)
+                ticket.answered()
+                return
+            status = (msg.headers or {}).get("Status", "")
+            ticket.fail(BridgeUnavailable(
+                f"JetStream refused a publish: {data[:200]!r}" if data else
+                f"no JetStream stream answered (status {status or 'none'})"))
+            return
+        if b'"duplicate":true' in data:
+            ticket.duplicates += 1
+        ticket.answered()
+
+    @staticmethod
+    def _refused_for_good(data: bytes) -> bool:
+        try:
+            return json.loads(data)["error"].get("err_code") in REFUSED_FOR_GOOD
+        except (ValueError, KeyError, AttributeError, TypeError):
+            return False
+
+    async def publish(self, subject: str, items: list[tuple[bytes, dict[str, str]]]
+                      ) -> _Ticket:
+        """Publish every ``(body, headers)``; the ticket's future ends with the last ack."""
+        ticket = _Ticket(len(items), self.next_token)
+        publish = self.connection.publish
+        prefix = self.prefix
+        for body, headers in items:
+            token = str(self.next_token)
+            self.next_token += 1
+            self.waiting[token] = ticket
+            await publish(subject, body, reply=prefix + token, headers=headers)
+        return ticket
+
+    def forget(self, ticket: _Ticket) -> None:
+        """Drop a ticket's waiting tokens (it timed out or failed)."""
+        for token in [t for t, held in self.waiting.items() if held is ticket]:
+            del self.waiting[token]
+
+
+class _Puller:
+    """A durable pull consumer's messages, pulled in batches and taken in by a callback.
+
+    nats-py's ``fetch`` waits for each message of a batch with a timeout of its own (a
+    task per message); here one pull request asks for a batch, the subscription's
+    callback appends what arrives, and ``fetch`` hands over what has arrived, at most one
+    wait per batch. The next request leaves as soon as the previous one is used up or
+    ended (JetStream's 404/408/409 status messages end a request).
+    """
+
+    def __init__(self, connection: Any, stream: str, consumer: str) -> None:
+        self.connection = connection
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.inbox = ""
+        self.messages: list[Any] = []
+        self.outstanding = 0   # messages the current request may still bring
+        self.arrived = asyncio.Event()
+        self.subscription: Any = None
+        self.failure: str | None = None
+
+    async def start(self) -> None:
+        self.inbox = self.connection.new_inbox()
+        self.subscription = await self.connection.subscribe(
+            self.inbox, cb=self._on_message, pending_msgs_limit=-1, pending_bytes_limit=-1)
+
+    async def close(self) -> None:
+        if self.subscription is not None:
+            try:
+                await self.subscription.unsubscribe()
+            except Exception as error:   # the connection is gone: nothing to undo
+                log.debug("unsubscribing the pull inbox: %s", error)
+
+    async def _on_message(self, msg: Any) -> None:
+        headers = msg.headers
+        if headers and not msg.data and "Status" in headers:
+            status = headers["Status"]
+            if status == "100":   # idle heartbeat
+                return
+            description = headers.get("Description", "")
+            if status == "409" and "Deleted" in description:
+                self.failure = f"the JetStream consumer was deleted ({description})"
+            self.outstanding = 0   # 404 no messages, 408 expired, 409: the request ended
+        else:
+            self.messages.append(msg)
+            self.outstanding -= 1
+        self.arrived.set()
+
+    async def fetch(self, batch: int, wait: float) -> list[Any]:
+        """What has arrived (at most ``wait`` seconds for the first message)."""
+        if self.failure is not None:
+            raise BridgeUnavailable(self.failure)
+        if self.outstanding <= 0:
+            self.outstanding = batch
+            await self.connection.publish(self.subject, json.dumps(
+                {"batch": batch, "expires": int(wait * 1e9)}).encode(), reply=self.inbox)
+        if not self.messages:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), wait + 1.0)
+            except TimeoutError:   # the request was lost (a reconnect): ask again
+                self.outstanding = 0
+        taken, self.messages = self.messages, []
+        return taken
+
+
+class Bridge:
+    """The rules of one rule file, run in a thread of their own beside a broker server.
+
+    Args:
+        rules: the checked rule file (``load_rules``).
+        endpoint: the local broker's command endpoint.
+        identity: this broker's name in ``Nats-Msg-Id`` when the rules give none.
+        client_options: keyword arguments of every local ``fastfanout.aio`` client.
+    """
+
+    def __init__(self, rules: BridgeRules, endpoint: str, *, identity: str | None = None,
+                 client_options: dict[str, Any] | None = None) -> None:
+        reason = bridge_unavailable()
+        if reason:
+            raise BridgeUnavailable(reason)
+        self.rules = rules
+        self.endpoint = endpoint
+        self.identity = rules.identity or identity or socket.gethostname()
+        self.client_options = {"timeout": 10.0, **(client_options or {})}
+        self._stats = {f"export:{rule.name}": RuleStats() for rule in rules.export}
+        self._stats.update({f"import:{rule.name}": RuleStats() for rule in rules.import_})
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._nats: Any = None
+        self._publisher: _Publisher | None = None
+        self._nats_lock: asyncio.Lock | None = None
+        # import rule -> (JetStream context, stream, durable consumer), for the lag
+        self._consumers: dict[str, tuple[Any, str, str]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Bridge:
+        """Run the rules in a new thread (``fastfanout-bridge``); returns self."""
+        self._thread = threading.Thread(target=self._run, name="fastfanout-bridge",
+                                        daemon=True)
+        self._thread.start()
+        self._started.wait(STOP_DEADLINE)
+        return self
+
+    def stop(self, timeout: float = STOP_DEADLINE) -> None:
+        """Stop every rule, close the connections, join the thread (``timeout`` seconds).
+
+        Unacked messages are safe: local leases are released when the bridge's sessions
+        end, and JetStream redelivers what was not acked after ``ack_wait``.
+        """
+        loop, stopping, thread = self._loop, self._stopping, self._thread
+        if loop is not None and stopping is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stopping.set)
+            except RuntimeError:   # the loop closed meanwhile
+                pass
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the bridge thread did not stop within %.1f s", timeout)
+            self._thread = None
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Each rule's counters (``export:NAME`` / ``import:NAME`` -> ``COUNTERS``)."""
+        return {name: dict(rule.values) for name, rule in self._stats.items()}
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:   # logged, never raised into the server
+            log.exception("the bridge stopped on an unexpected error")
+        finally:
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._nats_lock = asyncio.Lock()
+        self._started.set()
+        tasks = [asyncio.create_task(self._keep(self._export, rule),
+                                     name=f"bridge-export-{rule.name}")
+                 for rule in self.rules.export]
+        tasks += [asyncio.create_task(self._keep(self._import, rule),
+                                      name=f"bridge-import-{rule.name}")
+                  for rule in self.rules.import_]
+        tasks.append(asyncio.create_task(self._sampler(), name="bridge-stats"))
+        await self._stopping.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=STOP_DEADLINE)
+        if self._nats is not None:
+            try:
+                await asyncio.wait_for(self._nats.close(), STOP_DEADLINE)
+            except Exception as error:   # closing: nothing left to save
+                log.debug("closing the NATS connection: %s", error)
+
+    # -- NATS --------------------------------------------------------------------------
+
+    async def _connection(self) -> tuple[Any, _Publisher]:
+        """The shared NATS connection and publisher, connecting (once) when needed."""
+        import nats
+
+        assert self._nats_lock is not None
+        async with self._nats_lock:
+            if self._nats is not None and not self._nats.is_closed:
+                assert self._publisher is not None
+                return self._nats, self._publisher
+            rules = self.rules
+            options: dict[str, Any] = {}
+            if rules.user is not None:
+                options.update(user=rules.user, password=rules.password)
+            if rules.token is not None:
+                options["token"] = rules.token
+            if rules.credentials is not None:
+                options["user_credentials"] = rules.credentials
+
+            async def quiet(error: Exception) -> None:
+                log.debug("NATS: %s", error)
+
+            async def disconnected() -> None:
+                log.warning("NATS disconnected; the bridge buffers and retries")
+
+            async def reconnected() -> None:
+                log.info("NATS reconnected")
+
+            # Unlimited reconnects make nats-py's first connect wait forever for a server:
+            # bounded here, so a rule counts the failure and backs off.
+            try:
+                connection = await asyncio.wait_for(nats.connect(
+                    rules.servers, connect_timeout=rules.connect_timeout,
+                    allow_reconnect=True, max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25, error_cb=quiet, disconnected_cb=disconnected,
+                    reconnected_cb=reconnected, name=f"fastfanout-bridge {self.identity}",
+                    **options), rules.connect_timeout * (len(rules.servers) + 1))
+            except TimeoutError:
+                raise BridgeUnavailable(
+                    f"no NATS server of {', '.join(rules.servers)} answered within "
+                    f"{rules.connect_timeout * (len(rules.servers) + 1):g} s") from None
+            publisher = _Publisher(connection)
+            await publisher.start()
+            self._nats, self._publisher = connection, publisher
+            return connection, publisher
+
+    # -- the rules ---------------------------------------------------------------------
+
+    async def _keep(self, run: Callable[[Any, RuleStats, _Backoff], Any], rule: Any) -> None:
+        """Run a rule until the bridge stops, backing off and retrying after failures."""
+        kind = "export" if isinstance(rule, ExportRule) else "import"
+        stats = self._stats[f"{kind}:{rule.name}"]
+        backoff = _Backoff(self.rules.max_backoff)
+        while True:
+            try:
+                await run(rule, stats, backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                stats.values["errors"] += 1
+                stats.values["retries"] += 1
+                log.warning("bridge %s %s: %s: %s (retrying)", kind, rule.name,
+                            type(error).__name__, error)
+            finally:
+                stats.values["connected"] = 0
+                stats.values["in_flight"] = 0
+            await asyncio.sleep(backoff.next())
+
+    async def _client(self) -> Any:
+        from fastfanout.aio import connect
+
+        return await connect(self.endpoint, **self.client_options)
+
+    async def _export(self, rule: ExportRule, stats: RuleStats, backoff: _Backoff) -> None:
+        """One run of an export rule: until a failure ends it (the caller retries)."""
+        from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
+
+        client = await self._client()
+        try:
+            await self._export_queue(client, rule)
+            connection, publisher = await self._connection()
+            if rule.create_stream:
+                js = connection.jetstream(timeout=rule.publish_timeout)
+                try:
+                    await js.stream_info(rule.stream)
+                except NotFoundError:
+                    await js.add_stream(StreamConfig(
+                        name=rule.stream, subjects=[rule.subject_name],
+                        storage=StorageType.FILE, num_replicas=rule.replicas,
+                        duplicate_window=rule.duplicate_window))
+            stats.values["connected"] = 1
+            await self._pump(client, publisher, rule, stats, backoff)
+        finally:
+            # Ending the session releases every lease not acked: those messages are
+            # published again by the next run (same Nats-Msg-Id).
+            await client.close(timeout=2.0)
+
+    @staticmethod
+    async def _export_queue(client: Any, rule: ExportRule) -> None:
+        """Create the rule's durable queue, its subscription and a plain topic if missing."""
+        queue = rule.queue_name
+        plain = "*" not in rule.topic.split(".") and ">" not in rule.topic.split(".")
+        if plain and rule.topic not in await client.list_topics():
+            await client.create_topic(rule.topic, fifo=rule.fifo)
+        queues = await client.list_queues()
+        if queue + ".dlq" not in queues:
+            await client.create_queue(queue + ".dlq", durable=True, fifo=rule.fifo,
+                                      max_message_size=256 * 1024 * 1024)
+        if queue not in queues:
+            await client.create_queue(
+                queue, durable=True, fifo=rule.fifo, visibility_timeout=rule.lease,
+                dead_letter_queue=queue + ".dlq",
+                max_messages=rule.max_messages, max_bytes=rule.max_bytes,
+                overflow=rule.overflow, max_priority=0 if rule.fifo else 255,
+                max_message_size=256 * 1024 * 1024)
+        if (rule.topic, queue) not in (await client.list_subscriptions()).values():
+            await client.subscribe(rule.topic, queue)
+
+    async def _pump(self, client: Any, publisher: _Publisher, rule: ExportRule,
+                    stats: RuleStats, backoff: _Backoff) -> None:
+        values = stats.values
+        identity = self.identity
+        subject = rule.subject_name
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        settling: set[asyncio.Task[None]] = set()
+
+        async def settle(batch: list[Any], ticket: _Ticket) -> None:
+            try:
+                await asyncio.wait_for(asyncio.shield(ticket.future), rule.publish_timeout)
+            except Exception as error:
+                publisher.forget(ticket)
+                if not failed.done():
+                    failed.set_exception(error if not isinstance(error, TimeoutError) else
+                                         BridgeUnavailable(
+                                             f"no PubAck within {rule.publish_timeout} s"))
+                return
+            refused = set(ticket.refused)
+            for index, message in enumerate(batch):
+                if index in refused:   # over the stream's max_msg_size: dead-lettered
+                    message.term()
+                else:
+                    message.ack()
+            if refused:
+                values["dead_lettered"] += len(refused)
+                log.warning("bridge export %s: JetStream refused %d messages for good (over "
+                            "the stream's max_msg_size): dead-lettered to %s.dlq",
+                            rule.name, len(refused), rule.queue_name)
+            values["messages"] += len(batch) - len(refused)
+            values["duplicates"] += ticket.duplicates
+            values["in_flight"] -= len(batch)
+            backoff.reset()
+
+        limit = publisher.connection.max_payload
+        room = limit - 65536   # below this a body fits with any headers: no sum needed
+
+        async def feed() -> None:
+            async for batch in client.consume_batches(
+                    rule.queue_name, prefetch=rule.max_in_flight,
+                    visibility_timeout=rule.lease):
+                if failed.done():
+                    return
+                items = [(message.body, message_headers(identity, message))
+                         for message in batch]
+                if any(len(body) > room for body, _ in items):
+                    batch, items = self._too_large(rule, values, batch, items, limit)
+                    if not batch:
+                        continue
+                values["in_flight"] += len(batch)
+                ticket = await publisher.publish(subject, items)
+                task = asyncio.create_task(settle(batch, ticket))
+                settling.add(task)
+                task.add_done_callback(settling.discard)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            await asyncio.wait([feeder, failed], return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                failed.result()
+            feeder.result()   # the consumer ended: the broker went away
+            raise BridgeUnavailable(f"the local consumer of {rule.queue_name} ended")
+        finally:
+            feeder.cancel()
+            for task in list(settling):
+                task.cancel()
+            if not failed.done():
+                failed.cancel()
+
+    @staticmethod
+    def _too_large(rule: ExportRule, values: dict[str, float], batch: list[Any],
+                   items: list[tuple[bytes, dict[str, str]]], limit: int
+                   ) -> tuple[list[Any], list[tuple[bytes, dict[str, str]]]]:
+        """Dead-letter the messages NATS cannot carry (over its ``max_payload``)."""
+        kept: list[Any] = []
+        kept_items: list[tuple[bytes, dict[str, str]]] = []
+        for message, (body, headers) in zip(batch, items, strict=True):
+            size = len(body) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+            if size <= limit:
+                kept.append(message)
+                kept_items.append((body, headers))
+                continue
+            message.term()   # to the export queue's dead-letter queue, reason rejected
+            values["dead_lettered"] += 1
+            log.warning("bridge export %s: message %d is %d bytes with its headers, over "
+                        "the NATS server's max_payload %d: dead-lettered to %s.dlq",
+                        rule.name, message.id, size, limit, rule.queue_name)
+        return kept, kept_items
+
+    async def _import(self, rule: ImportRule, stats: RuleStats, backoff: _Backoff) -> None:
+        """One run of an import rule: until a failure ends it (the caller retries)."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        values = stats.values
+        client = await self._client()
+        puller = None
+        try:
+            await self._import_targets(client, rule)
+            connection, _ = await self._connection()
+            js = connection.jetstream(timeout=5.0)
+            try:
+                await js.consumer_info(rule.stream, rule.durable_name)
+            except NotFoundError:
+                await js.add_consumer(rule.stream, ConsumerConfig(
+                    durable_name=rule.durable_name, ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL, ack_wait=rule.ack_wait,
+                    max_ack_pending=rule.max_in_flight, filter_subject=rule.filter_subject))
+            puller = _Puller(connection, rule.stream, rule.durable_name)
+            await puller.start()
+            self._consumers[rule.name] = (js, rule.stream, rule.durable_name)
+            values["connected"] = 1
+            while True:
+                msgs = await puller.fetch(rule.batch, FETCH_WAIT)
+                if not msgs:
+                    continue
+                values["in_flight"] = len(msgs)
+                await self._deliver(client, rule, values, msgs)
+                values["in_flight"] = 0
+                backoff.reset()
+        finally:
+            self._consumers.pop(rule.name, None)
+            if puller is not None:
+                await puller.close()
+            await client.close(timeout=2.0)
+
+    @staticmethod
+    async def _import_targets(client: Any, rule: ImportRule) -> None:
+        """Create the rule's target and dead-letter queue when missing (default settings)."""
+        queues = await client.list_queues()
+        if rule.topic is not None and rule.topic not in await client.list_topics():
+            await client.create_topic(rule.topic)
+        if rule.queue is not None and rule.queue not in queues:
+            await client.create_queue(rule.queue)
+        if rule.dead_letter_name not in queues:
+            await client.create_queue(rule.dead_letter_name, durable=True,
+                                      max_message_size=256 * 1024 * 1024)
+
+    async def _enqueue(self, client: Any, rule: ImportRule, entries: list[PublishEntry]
+                       ) -> Any:
+        if rule.queue is not None:
+            return await client.send_batch(rule.queue, entries)
+        return await client.publish_batch(rule.topic, entries)
+
+    async def _deliver(self, client: Any, rule: ImportRule, values: dict[str, float],
+                       msgs: list[Any]) -> None:
+        """Enqueue a fetched batch locally, then settle each message on JetStream."""
+        entries: list[PublishEntry | None] = []
+        for msg in msgs:
+            try:
+                entries.append(_entry(msg, rule.stream))
+            except InvalidArgument:
+                entries.append(None)
+        if all(entry is not None for entry in entries):
+            try:
+                results = await self._enqueue(client, rule, entries)  # type: ignore[arg-type]
+            except FOR_NOW as error:
+                if len(msgs) == 1:
+                    await self._nak(rule, values, msgs, error)
+                    return
+                # One at a time below: what fits goes in (a batch larger than the
+                # room left would never fit whole), the rest is nacked in order.
+            except PERMANENT:
+                pass   # one at a time below: only the bad ones go to the DLQ
+            except Exception as error:   # the broker went away, the target was deleted
+                await self._nak(rule, values, msgs, error)
+                raise
+            else:
+                values["duplicates"] += sum(1 for result in results if result.duplicate)
+                for msg in msgs:
+                    await msg.ack()
+                values["messages"] += len(msgs)
+                return
+        for index, (msg, entry) in enumerate(zip(msgs, entries, strict=True)):
+            refusal = await self._deliver_one(client, rule, values, msg, entry)
+            if refusal is not None:   # the rest waits too, so that order is kept
+                await self._nak(rule, values, msgs[index:], refusal)
+                return
+
+    async def _deliver_one(self, client: Any, rule: ImportRule, values: dict[str, float],
+                           msg: Any, entry: PublishEntry | None) -> BaseException | None:
+        """Enqueue one message, or dead-letter it; the refusal for now, if any."""
+        reason = "its headers are malformed"
+        if entry is not None:
+            try:
+                results = await self._enqueue(client, rule, [entry])
+            except FOR_NOW as error:
+                return error
+            except PERMANENT as error:
+                reason = f"{error.code}: {error}"
+            except Exception as error:
+                await self._nak(rule, values, [msg], error)
+                raise
+            else:
+                values["duplicates"] += results[0].duplicate
+                await msg.ack()
+                values["messages"] += 1
+                return None
+        headers = msg.headers or {}
+        dedup_id = headers.get(HEADER_MESSAGE_ID) or \
+            f"{rule.stream}:{msg.metadata.sequence.stream}"
+        try:
+            await client.send(rule.dead_letter_name, msg.data, dedup_id=dedup_id, attributes={
+                "bridge_rule": rule.name, "bridge_error": reason[:1000],
+                "nats_subject": msg.subject, "nats_stream": rule.stream,
+                "nats_sequence": msg.metadata.sequence.stream})
+        except FastFanoutError as error:
+            return error   # not even the dead-letter queue takes it: JetStream keeps it
+        await msg.term()
+        values["dead_lettered"] += 1
+        log.warning("bridge import %s: message %s refused for good (%s): dead-lettered to "
+                    "%s", rule.name, dedup_id, reason, rule.dead_letter_name)
+        return None
+
+    @staticmethod
+    async def _nak(rule: ImportRule, values: dict[str, float], msgs: list[Any],
+                   error: BaseException) -> None:
+        values["retries"] += 1
+        log.info("bridge import %s: the broker refused %d messages for now (%s); "
+                 "JetStream redelivers them in %.1f s", rule.name, len(msgs), error,
+                 rule.nak_delay)
+        for msg in msgs:
+            await msg.nak(delay=rule.nak_delay)
+
+    # -- stats -------------------------------------------------------------------------
+
+    async def _sampler(self) -> None:
+        """Every ``stats_interval``: each rule's rate, and its lag from either side."""
+        client: Any = None
+        try:
+            while True:
+                await asyncio.sleep(self.rules.stats_interval)
+                for stats in self._stats.values():
+                    stats.sample()
+                try:
+                    if client is None:
+                        client = await self._client()
+                    await self._sample_lag(client)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:   # a sample missed: the next one tries again
+                    log.debug("bridge stats: %s", error)
+                    if client is not None:
+                        await client.close(timeout=1.0)
+                        client = None
+        finally:
+            if client is not None:
+                await client.close(timeout=1.0)
+
+    async def _sample_lag(self, client: Any) -> None:
+        queues = (await client.stats()).queues
+        for rule in self.rules.export:
+            queue = queues.get(rule.queue_name)
+            if queue is not None:
+                self._stats[f"export:{rule.name}"].values["lag"] = queue.messages
+        for name, (js, stream, durable) in list(self._consumers.items()):
+            info = await js.consumer_info(stream, durable)
+            self._stats[f"import:{name}"].values["lag"] = info.num_pending

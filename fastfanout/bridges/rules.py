@@ -1,0 +1,284 @@
+"""The bridge's rule file: export and import rules, checked whole before anything starts.
+
+Design
+------
+Prior art: RabbitMQ's Shovel definitions (a source, a destination, an ack mode, one per
+named rule) and the broker's own config file (``fastfanout.config``: msgspec structs
+with ``forbid_unknown_fields``, one ``InvalidArgument`` line naming the file and the key).
+
+Invariants:
+
+- Every key a rule file may hold is a field below, with a type, a default and a line in
+  docs/bridge.md. A syntax error, an unknown key, a value of the wrong type or out of
+  range, two rules of one name, an import rule with both or neither of ``topic`` and
+  ``queue``, or a name that is not a valid local name or NATS token is refused before
+  the broker binds, with one ``InvalidArgument`` line naming the file and the key.
+- Every limit the bridge keeps has a name and a default here (``max_in_flight``,
+  ``batch``, ``publish_timeout``, ``max_messages`` of the export queue, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from fastfanout.errors import InvalidArgument
+
+__all__ = ["EXPORT_QUEUE_PREFIX", "BridgeRules", "ExportRule", "ImportRule", "load_rules"]
+
+EXPORT_QUEUE_PREFIX: Final = "bridge.export."
+"""An export rule's local queue is named this prefix and the rule's name (unless set)."""
+
+_HELP: Final = "see docs/bridge.md"
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
+_FILTER = re.compile(r"([A-Za-z0-9_\-]+|\*)(\.([A-Za-z0-9_\-]+|\*))*(\.>)?|>")
+_LOCAL = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
+_TOPIC = re.compile(r"[A-Za-z0-9_:\-]+|\*|>")
+
+_Seconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
+_Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+
+class ExportRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A local topic (or pattern) copied into a JetStream stream (RabbitMQ Shovel's contract).
+
+    Attributes:
+        name: the rule's name (a NATS token: letters, digits, ``_``, ``-``), unique.
+        topic: the local topic name or NATS-style pattern (``orders.*``, ``orders.>``).
+        stream: the JetStream stream the messages are stored in.
+        subject: the subject each message is published on; it must be one the stream
+            takes (default: ``fastfanout.`` and the topic, for a plain topic name; a
+            pattern rule must give one).
+        create_stream: create the stream (file storage, subject ``subject``) when it
+            does not exist.
+        replicas: the created stream's replicas (1, or 3 on a cluster).
+        duplicate_window: the created stream's dedup window, seconds (JetStream's
+            default is 120).
+        queue: the durable local queue that buffers the topic for the bridge (default:
+            ``bridge.export.`` and the rule's name); its dead-letter queue, for messages
+            over NATS's ``max_payload``, is its name and ``.dlq``.
+        fifo: make that queue FIFO (needed for a FIFO topic; one message of a group in
+            flight at a time).
+        max_messages: most messages the queue buffers while NATS is away (None: no
+            bound but the disk); past it ``overflow`` applies and drops are counted.
+        max_bytes: most body bytes the queue buffers (None: no bound).
+        overflow: the queue's overflow policy: ``reject`` (the local publish fails),
+            ``drop_oldest``, ``dead_letter`` or ``hold`` (back pressure on publishers).
+        max_in_flight: most messages published to JetStream and not yet acknowledged.
+        publish_timeout: seconds a publish waits for its PubAck before it is retried.
+        lease: seconds the bridge leases a local message (its visibility timeout).
+    """
+
+    name: str
+    topic: str
+    stream: str
+    subject: str | None = None
+    create_stream: bool = True
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    duplicate_window: _Seconds = 120.0
+    queue: str | None = None
+    fifo: bool = False
+    max_messages: _Count | None = None
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    overflow: Literal["reject", "drop_oldest", "dead_letter", "hold"] = "reject"
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 4096
+    publish_timeout: _Seconds = 5.0
+    lease: _Seconds = 60.0
+
+    @property
+    def queue_name(self) -> str:
+        """The local queue that buffers this rule's messages."""
+        return self.queue or EXPORT_QUEUE_PREFIX + self.name
+
+    @property
+    def subject_name(self) -> str:
+        """The JetStream subject this rule publishes on."""
+        return self.subject or "fastfanout." + self.topic
+
+
+class ImportRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A durable JetStream pull consumer feeding a local topic or queue.
+
+    Attributes:
+        name: the rule's name (a NATS token), unique.
+        stream: the JetStream stream read.
+        durable: the durable consumer's name (default: the rule's name); a restart
+            resumes from it.
+        filter_subject: only the stream's messages on this subject (None: all).
+        topic: the local topic the messages are published to (or ``queue``).
+        queue: the local queue the messages are sent to (or ``topic``).
+        dead_letter_queue: the local queue a message refused for good goes to (None:
+            ``bridge.import.`` and the rule's name and ``.dlq``); created if missing.
+        batch: most messages fetched and enqueued locally at once.
+        max_in_flight: most messages fetched and not yet acknowledged to JetStream
+            (the consumer's ``max_ack_pending``).
+        ack_wait: seconds JetStream waits for an ack before it redelivers.
+        nak_delay: seconds before JetStream redelivers a message the broker could not
+            take for now (a full queue, a full disk).
+    """
+
+    name: str
+    stream: str
+    durable: str | None = None
+    filter_subject: str | None = None
+    topic: str | None = None
+    queue: str | None = None
+    dead_letter_queue: str | None = None
+    batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20_000
+    ack_wait: _Seconds = 30.0
+    nak_delay: _Seconds = 1.0
+
+    @property
+    def durable_name(self) -> str:
+        """The JetStream durable consumer's name."""
+        return self.durable or self.name
+
+    @property
+    def dead_letter_name(self) -> str:
+        """The local dead-letter queue of this rule."""
+        return self.dead_letter_queue or f"bridge.import.{self.name}.dlq"
+
+
+class BridgeRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A whole rule file: the NATS servers, the broker's identity, the rules.
+
+    Attributes:
+        servers: NATS URLs (``nats://HOST:PORT``), any node of a cluster.
+        identity: this broker's name in ``Nats-Msg-Id`` (``IDENTITY:MESSAGE_ID``):
+            unique among the brokers exporting into one stream and kept across
+            restarts (None: the host name and the broker's endpoint).
+        user: NATS user name (with ``password``), or None.
+        password: NATS password, or None.
+        token: NATS token, or None.
+        credentials: path of a NATS ``.creds`` file, or None.
+        connect_timeout: seconds one connection attempt may take.
+        max_backoff: longest wait between attempts while NATS is away (seconds).
+        stats_interval: seconds between lag and rate samples.
+        export: the export rules (``[[export]]`` tables).
+        import_: the import rules (``[[import]]`` tables).
+    """
+
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    identity: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    credentials: str | None = None
+    connect_timeout: _Seconds = 2.0
+    max_backoff: _Seconds = 5.0
+    stats_interval: _Seconds = 1.0
+    export: list[ExportRule] = msgspec.field(default_factory=list)
+    import_: list[ImportRule] = msgspec.field(default_factory=list, name="import")
+
+
+def _problem(source: str, where: str, what: str) -> InvalidArgument:
+    return InvalidArgument(f"{source}: {where}: {what}; {_HELP}")
+
+
+def _check_rules(source: str, rules: BridgeRules) -> None:
+    if not rules.export and not rules.import_:
+        raise _problem(source, "the file", "no [[export]] or [[import]] rule")
+    if not rules.servers:
+        raise _problem(source, "servers", "give at least one nats://HOST:PORT")
+    for url in rules.servers:
+        if not re.fullmatch(r"(nats|tls)://[^\s/]+(:\d{1,5})?", url):
+            raise _problem(source, "servers", f"{url!r} is not nats://HOST:PORT")
+    if rules.identity is not None and not re.fullmatch(r"[^\s:]{1,128}", rules.identity):
+        raise _problem(source, "identity", f"{rules.identity!r} must be 1 to 128 characters, "
+                       f"no space or ':'")
+    seen: set[str] = set()
+    for kind, rule in [("export", r) for r in rules.export] + [
+            ("import", r) for r in rules.import_]:
+        where = f"[[{kind}]] {rule.name!r}"
+        if not _TOKEN.fullmatch(rule.name):
+            raise _problem(source, f"[[{kind}]] name", f"{rule.name!r} must be 1 to 128 "
+                           f"characters from A-Z a-z 0-9 _ -")
+        if rule.name in seen:
+            raise _problem(source, where, "two rules have this name")
+        seen.add(rule.name)
+        if not _TOKEN.fullmatch(rule.stream):
+            raise _problem(source, f"{where} stream", f"{rule.stream!r} must be 1 to 128 "
+                           f"characters from A-Z a-z 0-9 _ -")
+        if isinstance(rule, ExportRule):
+            _check_export(source, where, rule)
+        else:
+            _check_import(source, where, rule)
+
+
+def _check_export(source: str, where: str, rule: ExportRule) -> None:
+    tokens = rule.topic.split(".")
+    if not all(_TOPIC.fullmatch(token) for token in tokens) or ">" in tokens[:-1]:
+        raise _problem(source, f"{where} topic", f"{rule.topic!r} is not a topic name or "
+                       f"pattern (tokens split on '.', '*' one token, '>' the last)")
+    pattern = "*" in tokens or ">" in tokens
+    if pattern and rule.subject is None:
+        raise _problem(source, f"{where} subject", "a pattern rule needs a subject: its "
+                       "queue's messages do not carry their topic")
+    if not _SUBJECT.fullmatch(rule.subject_name):
+        raise _problem(source, f"{where} subject", f"{rule.subject_name!r} is not a NATS "
+                       f"subject (tokens of A-Z a-z 0-9 _ - split on '.', no wildcard)")
+    if not _LOCAL.fullmatch(rule.queue_name) or len(rule.queue_name) > 252:
+        raise _problem(source, f"{where} queue", f"{rule.queue_name!r} must be 1 to 252 "
+                       f"characters from A-Z a-z 0-9 _ . : - (its dead-letter queue "
+                       f"adds .dlq)")
+
+
+def _check_import(source: str, where: str, rule: ImportRule) -> None:
+    if (rule.topic is None) == (rule.queue is None):
+        raise _problem(source, where, "give exactly one of topic = ... and queue = ...")
+    for key in ("topic", "queue", "dead_letter_queue"):
+        value = getattr(rule, key)
+        if value is not None and not _LOCAL.fullmatch(value):
+            raise _problem(source, f"{where} {key}", f"{value!r} must be 1 to 256 "
+                           f"characters from A-Z a-z 0-9 _ . : -")
+    if not _LOCAL.fullmatch(rule.dead_letter_name):
+        raise _problem(source, f"{where} dead_letter_queue",
+                       f"{rule.dead_letter_name!r} is too long: name one")
+    if not _TOKEN.fullmatch(rule.durable_name):
+        raise _problem(source, f"{where} durable", f"{rule.durable_name!r} must be 1 to 128 "
+                       f"characters from A-Z a-z 0-9 _ -")
+    if rule.filter_subject is not None and not _FILTER.fullmatch(rule.filter_subject):
+        raise _problem(source, f"{where} filter_subject",
+                       f"{rule.filter_subject!r} is not a NATS subject filter")
+
+
+def parse_rules(data: dict[str, Any], source: str) -> BridgeRules:
+    """Check the decoded TOML ``data`` of a rule file (``source`` names it in errors).
+
+    Raises:
+        InvalidArgument: an unknown key, a wrong type or range, or a rule that does not
+            hold together; one line naming ``source`` and the key.
+    """
+    try:
+        rules = msgspec.convert(data, BridgeRules)
+    except msgspec.ValidationError as error:
+        detail, _, where = str(error).partition(" - at `")
+        raise _problem(source, where.rstrip("`").removeprefix("$.") or "the file", detail
+                       ) from None
+    _check_rules(source, rules)
+    return rules
+
+
+def load_rules(path: str) -> BridgeRules:
+    """Read and check the bridge rule file at ``path`` (TOML; see docs/bridge.md).
+
+    Raises:
+        InvalidArgument: the file cannot be read, is not TOML, or its rules are wrong;
+            one line naming the file and the key.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise InvalidArgument(f"{path}: cannot read the bridge rule file: {error.strerror}"
+                              ) from None
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(f"{path}: not UTF-8 text ({error.reason}); {_HELP}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidArgument(f"{path}: not valid TOML: {error}; {_HELP}") from None
+    return parse_rules(data, path)

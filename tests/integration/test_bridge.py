@@ -1,0 +1,299 @@
+"""The NATS JetStream bridge between two brokers ("two hosts" on one machine).
+
+Broker A exports topic ``orders`` into the JetStream stream ``ORDERS``; broker B imports
+the stream into its queue ``orders-in``. Each broker is a ``fastfanout serve --bridge``
+process with its own ipc endpoint and data directory; NATS is ``nats-server`` with
+JetStream's file store (``jetstream_nodes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Tracker, wait_until
+from jetstream_nodes import NatsNode, cluster, unavailable, wait_for_jetstream
+
+from fastfanout import PublishEntry, QueueFull
+from fastfanout.client import Client
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+
+BRIDGE_DEADLINE = 30.0
+QUICK = "max_backoff = 1.0\nconnect_timeout = 0.5\n"   # retries a test can wait for
+
+
+def export_rules(path: Path, urls: list[str], **extra: Any) -> Path:
+    options = "".join(f"{key} = {json.dumps(value)}\n" for key, value in extra.items())
+    path.write_text(f"servers = {json.dumps(urls)}\n{QUICK}identity = \"host-a\"\n"
+                    f'[[export]]\nname = "orders"\ntopic = "orders"\nstream = "ORDERS"\n'
+                    f"{options}")
+    return path
+
+
+def import_rules(path: Path, urls: list[str], **extra: Any) -> Path:
+    options = "".join(f"{key} = {json.dumps(value)}\n" for key, value in extra.items())
+    path.write_text(f"servers = {json.dumps(urls)}\n{QUICK}"
+                    f'[[import]]\nname = "orders"\nstream = "ORDERS"\nqueue = "orders-in"\n'
+                    f"{options}")
+    return path
+
+
+def broker(track: Tracker, name: str, rules: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    endpoint = f"ipc://{track.tmp_path}/{name}.sock"
+    process = track.broker_process(endpoint, "--data-dir", str(track.tmp_path / name),
+                                   "--bridge", str(rules))
+    return endpoint, process
+
+
+def prepare(track: Tracker, name: str, **queues: dict[str, Any]) -> None:
+    """Create queues on broker ``name``'s data directory before its bridge runs."""
+    endpoint = f"ipc://{track.tmp_path}/{name}.sock"
+    process = track.broker_process(endpoint, "--data-dir", str(track.tmp_path / name))
+    client = track.client(endpoint)
+    for queue, settings in queues.items():
+        client.create_queue(queue.replace("_", "-"), **settings)
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    process.wait(10)
+
+
+def bridge_stats(client: Client) -> dict[str, dict[str, float]]:
+    return client.server_stats().get("bridge", {})
+
+
+def consume_all(client: Client, queue: str, count: int,
+                timeout: float = BRIDGE_DEADLINE) -> list[Any]:
+    received: list[Any] = []
+    deadline = time.monotonic() + timeout
+    for message in client.consume(queue, prefetch=1000, timeout=timeout):
+        received.append(message)
+        message.ack()
+        if len(received) >= count or time.monotonic() > deadline:
+            break
+    return received
+
+
+@pytest.fixture
+def nats_node(tmp_path: Path) -> Any:
+    node = NatsNode(tmp_path / "nats", "n0").start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_every_message_once_in_order_per_group(track: Tracker, nats_node: NatsNode) -> None:
+    endpoint_a, _ = broker(track, "a", export_rules(track.tmp_path / "a.toml",
+                                                    [nats_node.url]))
+    prepare(track, "b", orders_in={"max_priority": 9})   # the bridge keeps a queue that exists
+    endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client_a = track.client(endpoint_a)
+    client_b = track.client(endpoint_b)
+    wait_until(lambda: "bridge.export.orders" in client_a.list_queues(), what="export queue")
+
+    groups, count = 5, 3000
+    results = []
+    for start in range(0, count, 500):
+        results += client_a.publish_batch("orders", [
+            PublishEntry(b"%d" % n, {"n": n, "raw": b"\x00\xff"}, group_id=f"g{n % groups}",
+                         priority=n % groups % 4) for n in range(start, start + 500)])
+    received = consume_all(client_b, "orders-in", count)
+
+    assert sorted(int(m.body) for m in received) == list(range(count))   # each once
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for message in received:
+        by_group[message.group_id].append(int(message.body))
+    assert all(numbers == sorted(numbers) for numbers in by_group.values())
+    first = next(m for m in received if m.body == b"7")
+    assert first.attributes == {"n": 7, "raw": b"\x00\xff"}
+    assert first.priority == 2   # 7 % 5 % 4: one priority per group keeps its order
+    assert first.dedup_id == f"host-a:{results[7].message_id}"
+    wait_until(lambda: bridge_stats(client_a)["export:orders"]["messages"] == count,
+               what="export counters")
+    stats_b = bridge_stats(client_b)["import:orders"]
+    assert stats_b["messages"] == count and stats_b["dead_lettered"] == 0
+
+    # fastfanout stats shows each rule: messages, lag, retries, errors
+    shown = subprocess.run([sys.executable, "-m", "fastfanout", "stats", "-e", endpoint_b],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "import:orders" in shown.stdout and "retries" in shown.stdout
+
+
+def test_refused_for_good_goes_to_the_dead_letter_queue(track: Tracker,
+                                                        nats_node: NatsNode) -> None:
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.publish("orders.x", b"fits", headers={"Nats-Msg-Id": "m1"})
+        await js.publish("orders.x", b"x" * 500, headers={"Nats-Msg-Id": "m2"})
+        await js.publish("orders.x", b"bad header",
+                         headers={"Nats-Msg-Id": "m3", "Fastfanout-Attributes": "{oops"})
+        await js.publish("orders.x", b"no msg id")
+        await connection.close()
+
+    asyncio.run(publish())
+    prepare(track, "b", orders_in={"max_message_size": 100})
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    received = consume_all(client, "orders-in", 2)
+    assert sorted(m.body for m in received) == [b"fits", b"no msg id"]
+    assert sorted(m.dedup_id for m in received) == ["ORDERS:4", "m1"]
+    dead = consume_all(client, "bridge.import.orders.dlq", 2)
+    assert sorted(m.dedup_id for m in dead) == ["m2", "m3"]
+    assert {m.attributes["bridge_rule"] for m in dead} == {"orders"}
+    assert "message_too_large" in next(m for m in dead if m.dedup_id == "m2"
+                                       ).attributes["bridge_error"]
+    stats = bridge_stats(client)["import:orders"]
+    assert stats["dead_lettered"] == 2 and stats["messages"] == 2
+
+    async def pending() -> tuple[int, int]:
+        connection = await nats.connect(nats_node.url)
+        info = await connection.jetstream().consumer_info("ORDERS", "orders")
+        await connection.close()
+        return info.num_pending, info.num_ack_pending
+
+    wait_until(lambda: asyncio.run(pending()) == (0, 0), what="every message settled")
+
+
+def test_a_full_target_is_nacked_and_redelivered_later(track: Tracker,
+                                                      nats_node: NatsNode) -> None:
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for n in range(30):
+            await js.publish("orders.x", b"%d" % n, headers={"Nats-Msg-Id": f"m{n}"})
+        await connection.close()
+
+    asyncio.run(publish())
+    prepare(track, "b", orders_in={"max_messages": 10})
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url],
+                                                  nak_delay=0.2))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["retries"] >= 1,
+               what="a batch refused for now (the queue holds 10)")
+    # what fits went in, in order (a batch of 30 would never fit whole)
+    wait_until(lambda: client.stats().queues["orders-in"].messages == 10, timeout=5.0,
+               what="the first 10 in")
+    received = consume_all(client, "orders-in", 30)
+    assert sorted(int(m.body) for m in received) == list(range(30))
+    assert bridge_stats(client)["import:orders"]["dead_lettered"] == 0
+
+
+def test_nats_down_the_export_queue_buffers_bounded(track: Tracker, tmp_path: Path) -> None:
+    node = NatsNode(tmp_path / "nats", "n0")   # not started yet: NATS is down
+    endpoint_a, _ = broker(track, "a", export_rules(
+        track.tmp_path / "a.toml", [node.url], max_messages=600))
+    endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [node.url]))
+    client_a = track.client(endpoint_a)
+    wait_until(lambda: "bridge.export.orders" in client_a.list_queues(), what="export queue")
+    client_a.publish_batch("orders", [b"%d" % n for n in range(600)])
+    with pytest.raises(QueueFull):   # the bound holds, and the refusal is counted
+        client_a.publish("orders", b"one too many")
+    assert client_a.stats().queues["bridge.export.orders"].rejected == 1
+    wait_until(lambda: bridge_stats(client_a)["export:orders"]["retries"] >= 2,
+               what="retries while NATS is down")
+    wait_until(lambda: bridge_stats(client_a)["export:orders"]["lag"] == 600,
+               what="the lag shown")
+    try:
+        node.start()
+        client_b = track.client(endpoint_b)
+        received = consume_all(client_b, "orders-in", 600)
+        assert sorted(int(m.body) for m in received) == list(range(600))
+        wait_until(lambda: bridge_stats(client_a)["export:orders"]["lag"] == 0,
+                   what="the export queue drained")
+    finally:
+        node.stop()
+
+
+def test_a_message_over_the_nats_max_payload_is_dead_lettered_on_a(
+        track: Tracker, tmp_path: Path) -> None:
+    node = NatsNode(tmp_path / "nats", "n0", extra="max_payload: 8192").start()
+    try:
+        endpoint_a, _ = broker(track, "a", export_rules(track.tmp_path / "a.toml",
+                                                        [node.url]))
+        endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml",
+                                                        [node.url]))
+        client_a = track.client(endpoint_a)
+        wait_until(lambda: "bridge.export.orders" in client_a.list_queues(),
+                   what="export queue")
+        client_a.publish_batch("orders", [b"small 1", b"x" * 10_000, b"small 2"])
+        received = consume_all(track.client(endpoint_b), "orders-in", 2)
+        assert [m.body for m in received] == [b"small 1", b"small 2"]
+        (dead,) = client_a.receive("bridge.export.orders.dlq", max_messages=10, wait=5.0)
+        assert len(dead.body) == 10_000 and dead.dead_letter.reason == "rejected"
+        assert bridge_stats(client_a)["export:orders"]["dead_lettered"] == 1
+    finally:
+        node.stop()
+
+
+def test_a_message_over_the_stream_max_msg_size_is_dead_lettered_on_a(
+        track: Tracker, nats_node: NatsNode) -> None:
+    import nats
+
+    async def create() -> None:
+        connection = await nats.connect(nats_node.url)
+        await connection.jetstream().add_stream(name="ORDERS", subjects=["fastfanout.orders"],
+                                                max_msg_size=2000)
+        await connection.close()
+
+    asyncio.run(create())
+    endpoint_a, _ = broker(track, "a", export_rules(track.tmp_path / "a.toml",
+                                                    [nats_node.url]))
+    endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml",
+                                                    [nats_node.url]))
+    client_a = track.client(endpoint_a)
+    wait_until(lambda: "bridge.export.orders" in client_a.list_queues(), what="export queue")
+    client_a.publish_batch("orders", [b"small 1", b"x" * 5000, b"small 2"])
+    received = consume_all(track.client(endpoint_b), "orders-in", 2)
+    assert [m.body for m in received] == [b"small 1", b"small 2"]
+    (dead,) = client_a.receive("bridge.export.orders.dlq", max_messages=10, wait=5.0)
+    assert len(dead.body) == 5000
+    wait_until(lambda: bridge_stats(client_a)["export:orders"]["dead_lettered"] == 1,
+               what="the refusal counted")
+    assert bridge_stats(client_a)["export:orders"]["messages"] == 2
+
+
+@pytest.mark.slow
+def test_three_node_cluster_survives_a_node_kill(track: Tracker, tmp_path: Path) -> None:
+    nodes = cluster(tmp_path / "nats")
+    try:
+        for node in nodes:
+            node.start()
+        urls = [node.url for node in nodes]
+        wait_for_jetstream(urls)
+        endpoint_a, _ = broker(track, "a", export_rules(
+            track.tmp_path / "a.toml", [urls[0], urls[1]], replicas=3))
+        endpoint_b, _ = broker(track, "b", import_rules(
+            track.tmp_path / "b.toml", [urls[2], urls[1]]))
+        client_a = track.client(endpoint_a)
+        client_b = track.client(endpoint_b)
+        wait_until(lambda: bridge_stats(client_a)["export:orders"]["connected"] == 1,
+                   timeout=BRIDGE_DEADLINE, what="the export rule connected")
+        count = 2000
+        for start in range(0, count // 2, 250):
+            client_a.publish_batch("orders", [b"%d" % n for n in range(start, start + 250)])
+        nodes[0].kill()   # A's server: the bridge fails over to another node
+        for start in range(count // 2, count, 250):
+            client_a.publish_batch("orders", [b"%d" % n for n in range(start, start + 250)])
+        received = consume_all(client_b, "orders-in", count, timeout=60.0)
+        assert sorted({int(m.body) for m in received}) == list(range(count))
+        assert len(received) == count   # retried copies were absorbed by the dedup ids
+    finally:
+        for node in nodes:
+            node.stop()

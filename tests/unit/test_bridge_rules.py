@@ -1,0 +1,131 @@
+"""The bridge's rule file and header mapping, checked without NATS or a broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fastfanout.bridges import load_rules
+from fastfanout.bridges.jetstream import (
+    HEADER_MESSAGE_ID,
+    decode_attributes,
+    encode_attributes,
+    message_headers,
+)
+from fastfanout.errors import InvalidArgument
+from fastfanout.server.config import load_config
+
+GOOD = """
+servers = ["nats://127.0.0.1:4222"]
+[[export]]
+name = "orders"
+topic = "orders"
+stream = "ORDERS"
+[[import]]
+name = "back"
+stream = "ORDERS"
+queue = "orders-in"
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "bridge.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_good_file_and_its_defaults(tmp_path: Path) -> None:
+    rules = load_rules(write(tmp_path, GOOD))
+    (export,), (imported,) = rules.export, rules.import_
+    assert export.queue_name == "bridge.export.orders"
+    assert export.subject_name == "fastfanout.orders"
+    assert export.max_in_flight == 4096 and export.publish_timeout == 5.0
+    assert imported.durable_name == "back"
+    assert imported.dead_letter_name == "bridge.import.back.dlq"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (GOOD + "bogus = 1\n", "unknown field `bogus`"),
+    (GOOD.replace('queue = "orders-in"', 'queue = "q"\ntopic = "t"'), "exactly one of"),
+    (GOOD.replace('queue = "orders-in"', ""), "exactly one of"),
+    (GOOD.replace('topic = "orders"', 'topic = "orders.>"'), "a pattern rule needs a subject"),
+    (GOOD.replace('name = "back"', 'name = "orders"'), "two rules have this name"),
+    (GOOD.replace('stream = "ORDERS"\n[[import]]', 'stream = "OR.DERS"\n[[import]]'),
+     "stream"),
+    (GOOD.replace("[[import]]", "batch = 0\n[[import]]"), "export"),
+    (GOOD.replace('queue = "orders-in"', 'queue = "orders-in"\nbatch = 0'), "batch"),
+    (GOOD.replace("nats://127.0.0.1:4222", "http://x"), "servers"),
+    ('servers = ["nats://h:1"]\n', r"no \[\[export\]\] or \[\[import\]\] rule"),
+    ("servers = [", "not valid TOML"),
+])
+def test_bad_files_are_refused_with_one_line(tmp_path: Path, text: str, expected: str
+                                             ) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(InvalidArgument, match=expected) as raised:
+        load_rules(path)
+    assert str(raised.value).startswith(path) and "\n" not in str(raised.value)
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="cannot read the bridge rule file"):
+        load_rules(str(tmp_path / "absent.toml"))
+
+
+def test_the_config_file_names_the_rule_file(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text('bridge = "bridge.toml"\n')
+    assert load_config(str(config)).bridge == "bridge.toml"
+    assert load_config(str(config), {"bridge": "other.toml"}).bridge == "other.toml"
+
+
+def test_headers_carry_id_attributes_group_priority_and_dedup_id() -> None:
+    message = SimpleNamespace(id=42, attributes={"n": 1, "f": 0.5, "b": b"\x00", "l": ["x"]},
+                              group_id="g", priority=7, dedup_id="d")
+    headers = message_headers("host-a", message)
+    assert headers[HEADER_MESSAGE_ID] == "host-a:42"
+    assert headers["Fastfanout-Group-Id"] == "g"
+    assert headers["Fastfanout-Priority"] == "7"
+    assert headers["Fastfanout-Dedup-Id"] == "d"
+    assert decode_attributes(headers["Fastfanout-Attributes"]) == message.attributes
+    bare = message_headers("h", SimpleNamespace(id=1, attributes={}, group_id=None,
+                                                priority=0, dedup_id=None))
+    assert bare == {HEADER_MESSAGE_ID: "h:1"}
+
+
+@pytest.mark.parametrize("text", ["{oops", "[1]", '{"b": {"base64": "!!"}}'])
+def test_malformed_attribute_headers_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        decode_attributes(text)
+    assert decode_attributes(encode_attributes({})) == {}
+
+
+BLOCK_NATS = """
+import sys
+sys.modules["nats"] = None   # as if nats-py were not installed
+from fastfanout.cli import main
+sys.argv = ["fastfanout", "serve", "--in-memory", "--endpoint", sys.argv[1], "--bridge",
+            sys.argv[2]]
+main()
+"""
+
+
+def test_serve_bridge_without_nats_py_says_what_to_install(tmp_path: Path) -> None:
+    rules = write(tmp_path, GOOD)
+    done = subprocess.run([sys.executable, "-c", BLOCK_NATS, f"ipc://{tmp_path}/b.sock",
+                           rules], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "pip install 'fastfanout[bridge]'" in done.stderr
+
+
+def test_serve_bridge_with_a_bad_rule_file_fails_before_binding(tmp_path: Path) -> None:
+    rules = write(tmp_path, GOOD + "bogus = 1\n")
+    done = subprocess.run([sys.executable, "-m", "fastfanout", "serve", "--in-memory",
+                           "--endpoint", f"ipc://{tmp_path}/b.sock", "--bridge", rules],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: {rules}: ") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "b.sock").exists()
