@@ -258,7 +258,9 @@ class RemoteProducer(ProducerFace):
     def _wait_oldest(self) -> RemotePublishBatch | FastFanoutError:
         """Wait for the oldest frame in flight: its results, or its refusal (kept)."""
         connection = self._connection
-        request = next(iter(self.core.in_flight))
+        # list() copies the keys in one step: the connection's linger thread may send a
+        # frame (adding to in_flight) between an iter() and its next()
+        request = list(self.core.in_flight)[0]
         try:
             connection.publish_results(request)
         except FastFanoutError as exc:
