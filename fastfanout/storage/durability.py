@@ -4,8 +4,15 @@
 (a copy enqueued, leased, delayed, removed) are appended in C by the store
 (``ext/store.pyx``) for durable queues only; this module writes the rare ones (topology
 changes, snapshots) as msgpack, commits by the fsync policy, recovers the broker from the
-journal before it serves anything, and removes segments once nothing live is in them.
-The on-disk format and the recovery steps are in docs/storage.md.
+journal before it serves anything (the records are replayed in C by
+``ext/recovery.pyx``; this module works per queue), and removes segments once nothing
+live is in them. The on-disk format and the recovery steps are in docs/storage.md.
+
+It meets the broker through a small interface in each direction (docs/storage.md, "The
+broker and its storage"): it needs ``BrokerState`` of the broker (implemented by
+``fastfanout.broker.administration.StorageView``), and the broker reports its changes
+of shape through ``Durability.topic_created`` ... ``unsubscribed``. It imports nothing
+of the broker.
 
 Invariants:
 
