@@ -509,43 +509,45 @@ class Durability:
     # store journals the per-message changes itself, in C).
 
     def topic_created(self, name: str, topic_id: int, settings: TopicSettings) -> None:
-        """Journal a new topic (see ``topology``)."""
-        self.topology({"op": "create_topic", "name": name, "id": topic_id,
-                       "settings": {"fifo": settings.fifo,
-                                    "content_dedup": settings.content_dedup,
-                                    "dedup_window": settings.dedup_window}})
+        """Journal a new topic (a topology record, committed before it returns)."""
+        self._journal_topology({
+            "op": "create_topic", "name": name, "id": topic_id,
+            "settings": {"fifo": settings.fifo, "content_dedup": settings.content_dedup,
+                         "dedup_window": settings.dedup_window}})
 
     def topic_deleted(self, name: str, topic_id: int) -> None:
         """Journal a deleted topic."""
-        self.topology({"op": "delete_topic", "name": name, "id": topic_id})
+        self._journal_topology({"op": "delete_topic", "name": name, "id": topic_id})
 
     def queue_created(self, name: str, queue_id: int, settings: QueueSettings) -> None:
         """Journal a new queue, durable or not (its settings say)."""
-        self.topology({"op": "create_queue", "name": name, "id": queue_id,
-                       "durable": settings.durable, "settings": settings_record(settings)})
+        self._journal_topology({
+            "op": "create_queue", "name": name, "id": queue_id,
+            "durable": settings.durable, "settings": settings_record(settings)})
 
     def queue_deleted(self, name: str, queue_id: int) -> None:
         """Journal a deleted queue (its copies go with it)."""
-        self.topology({"op": "delete_queue", "name": name, "id": queue_id})
+        self._journal_topology({"op": "delete_queue", "name": name, "id": queue_id})
 
     def subscribed(self, subscription_id: int, subscription: Subscription) -> None:
         """Journal a new subscription."""
-        self.topology({"op": "subscribe", "id": subscription_id,
-                       "topic": subscription.topic, "queue": subscription.queue,
-                       "filter_policy": subscription.filter_policy,
-                       "filter_scope": subscription.filter_scope})
+        self._journal_topology({
+            "op": "subscribe", "id": subscription_id, "topic": subscription.topic,
+            "queue": subscription.queue, "filter_policy": subscription.filter_policy,
+            "filter_scope": subscription.filter_scope})
 
     def filter_policy_set(self, subscription_id: int, subscription: Subscription) -> None:
         """Journal a subscription's new filter policy."""
-        self.topology({"op": "set_filter_policy", "id": subscription_id,
-                       "filter_policy": subscription.filter_policy,
-                       "filter_scope": subscription.filter_scope})
+        self._journal_topology({
+            "op": "set_filter_policy", "id": subscription_id,
+            "filter_policy": subscription.filter_policy,
+            "filter_scope": subscription.filter_scope})
 
     def unsubscribed(self, subscription_id: int) -> None:
         """Journal a removed subscription."""
-        self.topology({"op": "unsubscribe", "id": subscription_id})
+        self._journal_topology({"op": "unsubscribe", "id": subscription_id})
 
-    def topology(self, record: dict[str, Any]) -> None:
+    def _journal_topology(self, record: dict[str, Any]) -> None:
         """Journal a topology record (docs/storage.md, kind 1) and commit it.
 
         Nothing while recovering (the records are there already).
