@@ -2,6 +2,13 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 
+# A reader of the records ``scan`` finds, called in C (no bytes object, no Python call
+# per record): recovery's replay (recovery.pyx) is one.
+cdef class RecordSink:
+    cdef int record(self, uint64_t seq, uint8_t kind, const char* payload, uint32_t length,
+                    uint32_t segment) except -1
+
+
 cdef class Journal:
     cdef readonly str directory
     cdef readonly uint64_t next_seq

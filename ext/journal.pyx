@@ -49,8 +49,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.errno cimport EFBIG, EINTR, ENOSPC, errno
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.fcntl cimport O_APPEND, O_CREAT, O_EXCL, O_WRONLY, open as c_open
+from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_PRIVATE, PROT_READ, mmap, munmap
 from posix.unistd cimport close as c_close, ftruncate, write as c_write
 
 from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_load_le64, ff_store_le32, ff_store_le64
@@ -195,60 +196,101 @@ def segments(directory):
     return found
 
 
+cdef class RecordSink:
+    """A reader of the good records ``scan`` finds, called from C.
+
+    ``scan(directory, sink)`` calls ``sink.record(seq, kind, payload, length, segment)``
+    (a ``cdef`` method: Cython subclasses override it) for each good record, in order,
+    with a pointer into the segment's bytes (valid during the call) and the index of
+    its segment in ``segments(directory)``: no bytes object and no Python call per
+    record. This base class ignores every record.
+    """
+
+    cdef int record(self, uint64_t seq, uint8_t kind, const char* payload, uint32_t length,
+                    uint32_t segment) except -1:
+        return 0
+
+
 def scan(directory, callback=None, bint repair=True):
     """Read every good record of the journal in ``directory``, in sequence order.
 
     Args:
         directory: the journal's directory.
         callback: called as ``callback(seq, kind, payload)`` for each good record
-            (``payload``: bytes); None to only check.
+            (``payload``: bytes); a ``RecordSink`` gets them in C instead; None to only
+            check.
         repair: cut a torn tail from the last segment (``ftruncate``); False leaves the
             files as they are (a read-only check).
 
     Returns:
         A ``ScanReport``.
     """
+    cdef uint64_t totals[3]     # records, first_seq, last_seq
+    cdef const char* data
+    cdef size_t size
     report = ScanReport()
     found = segments(directory)
+    totals[0] = totals[1] = totals[2] = 0
     for index, (base_seq, name) in enumerate(found):
         path = os.path.join(directory, name)
-        with open(path, "rb") as file:
-            data = file.read()
-        report.bytes += len(data)
-        if not _header_ok(data, base_seq):
-            report.bad_segments.append(name)
-            continue
-        _scan_segment(data, name, path, index == len(found) - 1, repair, callback, report)
+        with open(path, "rb", buffering=0) as file:
+            # Mapped, its pages mapped at once (MAP_POPULATE): the page cache's own
+            # pages, no copy and no fault per page.
+            size = os.fstat(file.fileno()).st_size
+            data = <const char*>MAP_FAILED
+            if size:
+                data = <const char*>mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE,
+                                         file.fileno(), 0)
+                if data == <const char*>MAP_FAILED:
+                    code = errno
+                    raise OSError(code, strerror(code).decode(), path)
+        try:
+            report.bytes += size
+            if not _header_ok(data, size, base_seq):
+                report.bad_segments.append(name)
+                continue
+            _scan_segment(data, size, name, path, index == len(found) - 1, repair,
+                          callback, report, index, totals)
+        finally:
+            if data != <const char*>MAP_FAILED:
+                munmap(<void*>data, size)
+    report.records = totals[0]
+    report.first_seq = totals[1]
+    report.last_seq = totals[2]
     return report
 
 
-cdef bint _header_ok(bytes data, uint64_t base_seq):
-    cdef const char* raw = data
-    if len(data) < SEGMENT_HEADER or data[:8] != MAGIC:
+cdef bint _header_ok(const char* raw, size_t size, uint64_t base_seq) noexcept:
+    if size < SEGMENT_HEADER or memcmp(raw, MAGIC_BYTES, 8) != 0:
         return False
     return (ff_load_le64(raw + 8) == base_seq and ff_load_le32(raw + 16) == 1
             and ff_load_le32(raw + 24) == ff_crc32c(0, raw, 24))
 
 
-cdef _scan_segment(bytes data, str name, str path, bint last, bint repair, callback, report):
-    cdef const char* raw = data
-    cdef uint64_t size = len(data)
+cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last,
+                   bint repair, callback, report, uint32_t index, uint64_t* totals):
+    # totals: records, first_seq, last_seq of the whole scan so far (kept in C: no Python
+    # object per record)
     cdef uint64_t offset = SEGMENT_HEADER
     cdef uint64_t resync
     cdef uint64_t seq
     cdef uint64_t expected = 0      # 0: any sequence (the first record of the segment)
     cdef uint32_t length = 0
     cdef uint64_t headers
+    cdef RecordSink sink = callback if isinstance(callback, RecordSink) else None
     while offset < size:
         if record_ok(raw, offset, size, expected, &length):
             seq = ff_load_le64(raw + offset + 8)
-            if callback is not None:
+            if sink is not None:
+                sink.record(seq, <uint8_t>raw[offset + 16], raw + offset + RECORD_HEADER,
+                            length, index)
+            elif callback is not None:
                 callback(seq, <uint8_t>raw[offset + 16],
                          PyBytes_FromStringAndSize(raw + offset + RECORD_HEADER, length))
-            report.records += 1
-            if not report.first_seq:
-                report.first_seq = seq
-            report.last_seq = seq
+            totals[0] += 1
+            if not totals[1]:
+                totals[1] = seq
+            totals[2] = seq
             expected = seq + 1
             offset += ff_align8(RECORD_HEADER + length)
             continue
@@ -262,7 +304,7 @@ cdef _scan_segment(bytes data, str name, str path, bint last, bint repair, callb
         if resync < size:
             report.skipped.append({
                 "segment": name, "offset": offset, "bytes": resync - offset,
-                "after_seq": expected - 1 if expected else report.last_seq,
+                "after_seq": expected - 1 if expected else totals[2],
                 "next_seq": ff_load_le64(raw + resync + 8)})
             offset = resync
             expected = 0
@@ -282,7 +324,7 @@ cdef _scan_segment(bytes data, str name, str path, bint last, bint repair, callb
                 os.truncate(path, offset)
         else:
             report.skipped.append({"segment": name, "offset": offset, "bytes": size - offset,
-                                   "after_seq": report.last_seq, "next_seq": 0})
+                                   "after_seq": totals[2], "next_seq": 0})
         return
 
 

@@ -10,6 +10,24 @@ from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.journal cimport Journal
 from fastfanout._ext.timers cimport TimerHeap
 
+# Journal record kinds of a durable broker and the layout of an enqueue record
+# (docs/storage.md has their payloads): written by store.pyx, read by recovery.pyx.
+cdef enum:
+    RECORD_TOPOLOGY = 1
+    RECORD_ENQUEUE = 2
+    RECORD_LEASE = 3
+    RECORD_REMOVE = 4
+    RECORD_DELAY = 5
+    RECORD_SNAPSHOT = 6
+    RECORD_TOPIC_KEY = 7
+    ENQUEUE_HEADER = 40        # fixed part of an enqueue record
+    ENQUEUE_DEAD = 48          # its dead-letter part (then the source's name, 8-aligned)
+    MESSAGE_HEADER = 48        # its message part (then body, attributes, group, dedup id)
+    ENQUEUE_INLINE = 1         # flags: the message is in this record
+    ENQUEUE_DEAD_LETTER = 2    # flags: the copy is a dead letter
+    ENQUEUE_KEYED = 4          # flags: its publish or send left its dedup key in the
+                               # queue's window (never a move: redrive, dead letter)
+
 # An entry slot number that names no entry.
 cdef enum:
     NIL = 0xFFFFFFFF
@@ -202,6 +220,9 @@ cdef class Store:
     cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept
     cdef void _journal_live(self, uint32_t segment, int delta) noexcept
     cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept
+    cdef int restore_entry(self, uint32_t qid, blob_t* blob, uint64_t copy_seq,
+                           int64_t entered_us, int64_t due_us, uint32_t receive_count,
+                           dead_letter_t* dead) except -1
     cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
                                 uint64_t message_id, int64_t now_us) noexcept
     cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFF

@@ -69,12 +69,9 @@ from libc.math cimport fabs, isfinite, nearbyint
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy
 
-from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t
+from fastfanout._ext.blobs cimport blob_release, blob_t
 from fastfanout._ext.codec cimport (
     ff_align8,
-    ff_load_le16,
-    ff_load_le32,
-    ff_load_le64,
     ff_store_le16,
     ff_store_le32,
     ff_store_le64,
@@ -92,23 +89,6 @@ cdef extern from *:
 DEBUG = bool(FASTFANOUT_DEBUG)
 """True in the debug build (FASTFANOUT_DEBUG=1): the broker checks every invariant of the
 store before each call."""
-
-# Journal record kinds of a durable broker (docs/storage.md has their payloads).
-cdef enum:
-    RECORD_TOPOLOGY = 1
-    RECORD_ENQUEUE = 2
-    RECORD_LEASE = 3
-    RECORD_REMOVE = 4
-    RECORD_DELAY = 5
-    RECORD_SNAPSHOT = 6
-    RECORD_TOPIC_KEY = 7
-    ENQUEUE_HEADER = 40        # fixed part of an enqueue record
-    ENQUEUE_DEAD = 48          # its dead-letter part (then the source's name, 8-aligned)
-    MESSAGE_HEADER = 48        # its message part (then body, attributes, group, dedup id)
-    ENQUEUE_INLINE = 1         # flags: the message is in this record
-    ENQUEUE_DEAD_LETTER = 2    # flags: the copy is a dead letter
-    ENQUEUE_KEYED = 4          # flags: its publish or send left its dedup key in the
-                               # queue's window (never a move: redrive, dead letter)
 
 RECORD_KINDS = {"topology": RECORD_TOPOLOGY, "enqueue": RECORD_ENQUEUE,
                 "lease": RECORD_LEASE, "remove": RECORD_REMOVE, "delay": RECORD_DELAY,
@@ -721,84 +701,33 @@ cdef class Store:
         if next_id > self.next_message_id:
             self.next_message_id = next_id
 
-    def restore_copy(self, uint32_t qid, uint64_t copy_seq, uint64_t message_seq,
-                     uint32_t segment, bytes message, int64_t entered_us, int64_t due_us,
-                     uint32_t receive_count, object dead):
-        """Put back a durable copy found by recovery (journaling nothing).
+    cdef int restore_entry(self, uint32_t qid, blob_t* blob, uint64_t copy_seq,
+                           int64_t entered_us, int64_t due_us, uint32_t receive_count,
+                           dead_letter_t* dead) except -1:
+        """Put back a durable copy found by recovery (``recovery.pyx``), journaling
+        nothing.
 
-        Args:
-            qid: its queue.
-            copy_seq: the sequence of its enqueue record.
-            message_seq: the sequence of the record holding its message.
-            segment: the index of that record's segment.
-            message: the message part of that record (header, then the data).
-            entered_us: when it entered its queue.
-            due_us: when it becomes visible (<= entered_us: at once).
-            receive_count: deliveries so far.
-            dead: None, or (reason, receive_count, first_receive_us, last_receive_us,
-                time_us, source name).
+        ``blob``: its message, with ``journal_seq`` and ``journal_segment`` naming the
+        record holding it (the entry takes a reference); ``copy_seq``: the sequence of
+        its enqueue record; ``due_us``: when it becomes visible (<= ``entered_us``: at
+        once); ``dead``: NULL or its dead-letter record, taken over on success (left to
+        the caller on an exception).
         """
-        cdef const char* m = message
-        cdef uint32_t body_len
-        cdef uint32_t attrs_len
-        cdef uint16_t group_len
-        cdef uint16_t dedup_len
-        cdef blob_t* blob
-        cdef dead_letter_t* record = NULL
         cdef uint32_t slot
-        if len(message) < MESSAGE_HEADER:
-            raise InvalidArgument("a message part shorter than its header")
-        body_len = ff_load_le32(m + 32)
-        attrs_len = ff_load_le32(m + 36)
-        group_len = ff_load_le16(m + 40)
-        dedup_len = ff_load_le16(m + 42)
-        if MESSAGE_HEADER + <uint64_t>body_len + attrs_len + group_len + dedup_len > \
-                <uint64_t>len(message):
-            raise InvalidArgument("a message part shorter than its lengths")
-        m += MESSAGE_HEADER
-        blob = blob_new(ff_load_le64(message), <int64_t>ff_load_le64(<const char*>message + 8),
-                        <int64_t>ff_load_le64(<const char*>message + 16),
-                        <int64_t>ff_load_le64(<const char*>message + 24),
-                        m, body_len, m + body_len, attrs_len,
-                        m + body_len + attrs_len, group_len,
-                        m + body_len + attrs_len + group_len, dedup_len,
-                        <uint8_t>(<const char*>message)[44])
-        if blob == NULL:
-            raise MemoryError()
-        if dead is not None:
-            record = <dead_letter_t*>PyMem_Malloc(sizeof(dead_letter_t))
-            if record == NULL:
-                blob_release(blob)
-                raise MemoryError()
-            record.reason = dead[0]
-            record.receive_count = dead[1]
-            record.first_receive_us = dead[2]
-            record.last_receive_us = dead[3]
-            record.time_us = dead[4]
-            source = dead[5]
-            record.source_name = <PyObject*>source
-            Py_INCREF(source)
-            record.source_queue = NIL
-            record.source_incarnation = 0
         self.restoring = True
         try:
-            self.enqueue(qid, blob, entered_us, due_us, record)
-        except BaseException:
-            dead_letter_free(record)
-            raise
+            self.enqueue(qid, blob, entered_us, due_us, dead)
         finally:
             self.restoring = False
-            blob_release(blob)
         slot = self.queues[qid].arrival_tail
         self.entries[slot].receive_count = receive_count
         self.entries[slot].journal_seq = copy_seq
-        self.entries[slot].journal_segment = segment
-        blob.journal_seq = message_seq
-        blob.journal_segment = segment
+        self.entries[slot].journal_segment = blob.journal_segment
         blob.journal_copies += 1
-        self._journal_live(segment, 1)
+        self._journal_live(blob.journal_segment, 1)
         if blob.id >= self.next_message_id:
             self.next_message_id = blob.id + 1
+        return 0
 
     cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1:
         cdef GroupTable table = <GroupTable>self.group_tables[qid]
@@ -1277,130 +1206,3 @@ cdef class Store:
     def entries_live(self):
         """Message copies held across all queues."""
         return self.live_entries
-
-
-cdef class Replay:
-    """Recovery's reader of a durable broker's journal records (docs/storage.md).
-
-    ``record(seq, kind, payload)`` is ``journal.scan``'s callback: the per-message
-    records (enqueue, lease, remove, delay) are read here, in C; topology records and
-    snapshots go to ``other_record(kind, payload)`` and the dedup keys of an enqueue to
-    ``remember_keys(message, queue, topic)`` (the queue's window; only for a copy whose
-    record says its publish or send left the key there), both of a subclass
-    (``fastfanout.storage.durability``).
-
-    Attributes:
-        copies: copy sequence -> ``[queue name, message sequence, entered_us, due_us,
-            receive count, dead]`` (dead: None or ``(reason, receive count,
-            first_receive_us, last_receive_us, time_us, source name)``).
-        messages: message sequence -> ``(message part, segment index)``.
-        queue_by_id: queue id -> name, as the topology records left it (kept by the
-            subclass; changed in place).
-        next_message_id: above every message id read.
-        orphans: enqueue records naming a queue or message recovery does not know.
-    """
-
-    cdef public dict copies
-    cdef public dict messages
-    cdef public dict queue_by_id
-    cdef public list bases
-    cdef public uint64_t next_message_id
-    cdef public Py_ssize_t orphans
-    cdef Py_ssize_t segment
-
-    def __init__(self, list bases):
-        self.bases = list(bases) if bases else [0]
-        self.copies = {}
-        self.messages = {}
-        self.queue_by_id = {}
-        self.next_message_id = 1
-        self.orphans = 0
-        self.segment = 0
-
-    def segment_of(self, uint64_t seq):
-        """The index of the segment holding record ``seq`` (asked in increasing order)."""
-        cdef Py_ssize_t count = len(self.bases)
-        while self.segment + 1 < count and <uint64_t>self.bases[self.segment + 1] <= seq:
-            self.segment += 1
-        return self.segment
-
-    def record(self, uint64_t seq, int kind, bytes payload):
-        """Apply one good record (``journal.scan``'s callback)."""
-        cdef const char* p = payload
-        cdef Py_ssize_t size = len(payload)
-        cdef list copy
-        if kind == RECORD_LEASE or kind == RECORD_DELAY:
-            if size < (16 if kind == RECORD_DELAY else 8):
-                self.orphans += 1
-                return
-            found = self.copies.get(ff_load_le64(p))
-            if found is not None:
-                copy = <list>found
-                if kind == RECORD_LEASE:
-                    copy[4] = copy[4] + 1
-                else:
-                    copy[3] = <int64_t>ff_load_le64(p + 8)
-        elif kind == RECORD_REMOVE:
-            if size >= 8:
-                self.copies.pop(ff_load_le64(p), None)
-        elif kind == RECORD_ENQUEUE:
-            self._enqueue(seq, payload)
-        else:
-            self.other_record(kind, payload)
-
-    cdef _enqueue(self, uint64_t seq, bytes payload):
-        cdef const char* p = payload
-        cdef Py_ssize_t size = len(payload)
-        cdef Py_ssize_t position = ENQUEUE_HEADER
-        cdef uint32_t flags
-        cdef uint32_t name_length
-        cdef uint64_t message_seq
-        cdef uint64_t message_id
-        cdef uint32_t topic
-        cdef bytes message
-        dead = None
-        if size < ENQUEUE_HEADER:
-            self.orphans += 1
-            return
-        flags = ff_load_le32(p + 4)
-        message_seq = ff_load_le64(p + 8)
-        topic = ff_load_le32(p + 36)
-        if flags & ENQUEUE_DEAD_LETTER:
-            if size < position + ENQUEUE_DEAD:
-                self.orphans += 1
-                return
-            name_length = ff_load_le32(p + position + 36)
-            if size < position + ENQUEUE_DEAD + name_length:
-                self.orphans += 1
-                return
-            dead = (<uint8_t>p[position], ff_load_le32(p + position + 4),
-                    <int64_t>ff_load_le64(p + position + 8),
-                    <int64_t>ff_load_le64(p + position + 16),
-                    <int64_t>ff_load_le64(p + position + 24),
-                    p[position + ENQUEUE_DEAD:position + ENQUEUE_DEAD + name_length]
-                    .decode("utf-8"))
-            position += ENQUEUE_DEAD + ff_align8(name_length)
-        if flags & ENQUEUE_INLINE:
-            if size < position + MESSAGE_HEADER:
-                self.orphans += 1
-                return
-            message_seq = seq
-            message = payload[position:]
-            self.messages[seq] = (message, self.segment_of(seq))
-            message_id = ff_load_le64(p + position)
-            if message_id >= self.next_message_id:
-                self.next_message_id = message_id + 1
-        else:
-            found = self.messages.get(message_seq)
-            if found is None:
-                self.orphans += 1
-                return
-            message = <bytes>(<tuple>found)[0]
-        queue = self.queue_by_id.get(ff_load_le32(p))
-        if queue is None:
-            self.orphans += 1
-            return
-        self.copies[seq] = [queue, message_seq, <int64_t>ff_load_le64(p + 16),
-                            <int64_t>ff_load_le64(p + 24), ff_load_le32(p + 32), dead]
-        if flags & ENQUEUE_KEYED:
-            self.remember_keys(message, queue, topic)

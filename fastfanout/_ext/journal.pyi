@@ -24,7 +24,10 @@ class ScanReport:
     skipped: list[dict[str, Any]]
     bad_segments: list[str]
 
-def scan(directory: str | Any, callback: Callable[[int, int, bytes], object] | None = None,
+class RecordSink: ...
+
+def scan(directory: str | Any,
+         callback: Callable[[int, int, bytes], object] | RecordSink | None = None,
          repair: bool = True) -> ScanReport: ...
 
 class Journal:

@@ -41,9 +41,9 @@ from fastfanout.settings import (
     check_queue_settings,
     seconds_to_us,
 )
-from fastfanout.storage.durability import Durability, settings_record
+from fastfanout.storage.durability import Durability, QueueState, TopicState, Topology
 
-__all__ = ["Administration"]
+__all__ = ["Administration", "StorageView"]
 
 
 def _look_up(kind: str, ids: dict[str, int], name: object, argument: str) -> int:
@@ -127,7 +127,7 @@ class Administration:
         self._durable = durable
         if durable is not None:
             try:
-                durable.recover(self)
+                durable.recover(StorageView(self))
             except BaseException:
                 durable.close()
                 raise
@@ -204,10 +204,7 @@ class Administration:
             self._topic_subscriptions[name] = []
             self._refresh_targets(name)
             if self._durable is not None:
-                self._durable.topology({
-                    "op": "create_topic", "name": name, "id": self._topics[name],
-                    "settings": {"fifo": settings.fifo, "content_dedup": settings.content_dedup,
-                                 "dedup_window": settings.dedup_window}})
+                self._durable.topic_created(name, self._topics[name], settings)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its subscriptions (messages already enqueued stay)."""
@@ -220,7 +217,7 @@ class Administration:
             self._dispatcher.remove_topic(topic_id)
             del self._topics[name], self._topic_settings[name]
             if self._durable is not None:
-                self._durable.topology({"op": "delete_topic", "name": name, "id": topic_id})
+                self._durable.topic_deleted(name, topic_id)
 
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
@@ -325,9 +322,7 @@ class Administration:
             self._queue_settings[name] = settings
             if self._durable is not None:
                 self._store.set_durable(queue_id, durable)
-                self._durable.topology({
-                    "op": "create_queue", "name": name, "id": queue_id, "durable": durable,
-                    "settings": settings_record(settings)})
+                self._durable.queue_created(name, queue_id, settings)
 
     def delete_queue(self, name: str) -> None:
         """Delete a queue, its messages and its subscriptions.
@@ -352,7 +347,7 @@ class Administration:
             del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
             del self._visibility_us[queue_id]
             if self._durable is not None:
-                self._durable.topology({"op": "delete_queue", "name": name, "id": queue_id})
+                self._durable.queue_deleted(name, queue_id)
 
     def list_queues(self) -> list[str]:
         """Names of every queue, sorted."""
@@ -444,9 +439,7 @@ class Administration:
                 topic, queue, normalized, filter_scope, compiled)
             self._refresh_for(topic)
             if self._durable is not None:
-                self._durable.topology({
-                    "op": "subscribe", "id": sid, "topic": topic, "queue": queue,
-                    "filter_policy": normalized, "filter_scope": filter_scope})
+                self._durable.subscribed(sid, self._subscriptions[sid])
             return sid
 
     def set_filter_policy(
@@ -473,9 +466,8 @@ class Administration:
                 sub.topic, sub.queue, normalized, filter_scope, compiled)
             self._refresh_for(sub.topic)
             if self._durable is not None:
-                self._durable.topology({
-                    "op": "set_filter_policy", "id": subscription_id,
-                    "filter_policy": normalized, "filter_scope": filter_scope})
+                self._durable.filter_policy_set(
+                    subscription_id, self._subscriptions[subscription_id])
 
     def _subscription(self, subscription_id: object) -> Subscription:
         if type(subscription_id) is not int:
@@ -498,7 +490,7 @@ class Administration:
             del self._subscriptions[subscription_id]
             self._refresh_for(sub.topic)
             if self._durable is not None:
-                self._durable.topology({"op": "unsubscribe", "id": subscription_id})
+                self._durable.unsubscribed(subscription_id)
 
     def list_subscriptions(self) -> dict[int, tuple[str, str]]:
         """Every subscription: id -> (topic or pattern, queue)."""
@@ -511,3 +503,66 @@ class Administration:
         with self._lock:
             self._now_us()
             return self._subscription(subscription_id)
+
+
+class StorageView:
+    """The broker's side of the interface to its storage (``durability.BrokerState``).
+
+    A durable broker's storage (``fastfanout.storage.durability.Durability``) reads and restores
+    the broker's state through this view only: the native store, the clock, the
+    topology with its ids and dedup windows, and ``restore_topology`` for recovery.
+    The broker reports its changes to storage through ``Durability``'s
+    ``topic_created`` ... ``unsubscribed``; the store journals per-message changes
+    itself. Nothing here takes the broker's lock: storage calls it from the broker's
+    own calls (which hold it) or while the broker is being built.
+
+    Args:
+        broker: the broker whose state it shows.
+    """
+
+    def __init__(self, broker: Administration) -> None:
+        self._broker = broker
+
+    @property
+    def store(self) -> Store:
+        """The broker's native store (journal, copies, live segments)."""
+        return self._broker._store
+
+    def now_us(self) -> int:
+        """The broker's clock, microseconds, after applying everything due."""
+        now_us: int = self._broker._store.tick(self._broker._clock)
+        return now_us
+
+    def topology(self) -> Topology:
+        """Topics, queues (in creation order) and subscriptions, with ids and windows."""
+        broker = self._broker
+        return Topology(
+            topics=[TopicState(name, topic_id, broker._topic_settings[name],
+                               broker._dispatcher.dedup_window(topic_id))
+                    for name, topic_id in broker._topics.items()],
+            queues=[QueueState(name, queue_id, broker._queue_settings[name],
+                               broker._store.dedup_window(queue_id))
+                    for name, queue_id in broker._queues.items()],
+            subscriptions=dict(broker._subscriptions),
+            next_subscription=broker._next_subscription)
+
+    def restore_topology(self, topology: Topology) -> None:
+        """Create ``topology`` in this (new, empty) broker; see ``BrokerState``."""
+        broker = self._broker
+        for topic in topology.topics:
+            settings = topic.settings
+            broker.create_topic(topic.name, fifo=settings.fifo,
+                                content_dedup=settings.content_dedup,
+                                dedup_window=settings.dedup_window)
+        for queue in topology.queues:
+            arguments = {field: getattr(queue.settings, field)
+                         for field in QueueSettings.__dataclass_fields__}
+            broker.create_queue(queue.name, **arguments)
+        for sid, sub in sorted(topology.subscriptions.items()):
+            if sub.queue not in broker._queues or (
+                    sub.topic not in broker._topics and not is_pattern(sub.topic)):
+                continue
+            broker._next_subscription = sid
+            broker.subscribe(sub.topic, sub.queue, filter_policy=sub.filter_policy,
+                             filter_scope=sub.filter_scope)
+        broker._next_subscription = max(broker._next_subscription, topology.next_subscription)

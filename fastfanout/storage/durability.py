@@ -4,8 +4,15 @@
 (a copy enqueued, leased, delayed, removed) are appended in C by the store
 (``ext/store.pyx``) for durable queues only; this module writes the rare ones (topology
 changes, snapshots) as msgpack, commits by the fsync policy, recovers the broker from the
-journal before it serves anything, and removes segments once nothing live is in them.
-The on-disk format and the recovery steps are in docs/storage.md.
+journal before it serves anything (the records are replayed in C by
+``ext/recovery.pyx``; this module works per queue), and removes segments once nothing
+live is in them. The on-disk format and the recovery steps are in docs/storage.md.
+
+It meets the broker through a small interface in each direction (docs/storage.md, "The
+broker and its storage"): it needs ``BrokerState`` of the broker (implemented by
+``fastfanout.broker.administration.StorageView``), and the broker reports its changes
+of shape through ``Durability.topic_created`` ... ``unsubscribed``. It imports nothing
+of the broker.
 
 Invariants:
 
@@ -26,25 +33,22 @@ import errno
 import fcntl
 import logging
 import os
-import struct
 import time
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import msgspec
 
 from fastfanout._ext import journal as journal_ops
-from fastfanout._ext.dedup import hash128
-from fastfanout._ext.store import RECORD_KINDS, Replay
+from fastfanout._ext.dedup import DedupWindow
+from fastfanout._ext.recovery import Replay
+from fastfanout._ext.store import RECORD_KINDS, Store
 from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
 from fastfanout.records import ExponentialBackoff
-from fastfanout.semantics.topic_pattern import is_pattern
-from fastfanout.settings import QueueSettings
+from fastfanout.settings import QueueSettings, Subscription, TopicSettings
 
-if TYPE_CHECKING:
-    from fastfanout.broker.administration import Administration
-
-__all__ = ["FSYNC_POLICIES", "SEGMENT_BYTES", "Durability"]
+__all__ = ["FSYNC_POLICIES", "SEGMENT_BYTES", "BrokerState", "Durability", "QueueState",
+           "TopicState", "Topology"]
 
 log = logging.getLogger("fastfanout.storage.durability")
 
@@ -66,12 +70,6 @@ LOCK_FILE = "lock"
 
 _TOPOLOGY = RECORD_KINDS["topology"]
 _SNAPSHOT = RECORD_KINDS["snapshot"]
-_TOPIC_KEY = RECORD_KINDS["topic_key"]
-
-_TOPIC_KEY_RECORD = struct.Struct("<I4xQQQq")
-_MESSAGE_HEADER = struct.Struct("<QqqqIIHHB3x")      # an enqueue record's message part
-_BODY_KEY_MARK = 0x9E3779B97F4A7C15   # as in ext/fanout.pyx: body keys never meet id keys
-_LOW64 = (1 << 64) - 1
 
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
@@ -126,23 +124,114 @@ def _lock(directory: str) -> int:
     return fd
 
 
+# -- the interface between the broker and its storage ------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    """One topic of a broker, as its storage sees it.
+
+    Attributes:
+        name: the topic's name.
+        id: its id in the broker (``restore_topology`` ignores it: ids are new).
+        settings: what it was created with.
+        window: its dedup window (None in a topology given to ``restore_topology``).
+    """
+
+    name: str
+    id: int
+    settings: TopicSettings
+    window: DedupWindow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """One queue of a broker, as its storage sees it.
+
+    Attributes:
+        name: the queue's name.
+        id: its id in the broker (``restore_topology`` ignores it: ids are new).
+        settings: what it was created with (``durable`` included).
+        window: its dedup window (None in a topology given to ``restore_topology``).
+    """
+
+    name: str
+    id: int
+    settings: QueueSettings
+    window: DedupWindow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """A broker's shape: what a snapshot records and what recovery restores.
+
+    Attributes:
+        topics: every topic.
+        queues: every queue, a dead-letter queue before the queues that use it.
+        subscriptions: every subscription by id (``compiled`` may be None).
+        next_subscription: the id the next subscription gets.
+    """
+
+    topics: list[TopicState]
+    queues: list[QueueState]
+    subscriptions: dict[int, Subscription]
+    next_subscription: int
+
+
+class BrokerState(Protocol):
+    """What a durable broker's storage needs of the broker it keeps.
+
+    The broker's state owner (``fastfanout.broker.administration``) implements it; storage
+    uses nothing else of the broker. The other direction — the broker telling storage
+    what changed — is ``Durability``'s ``topic_created`` ... ``unsubscribed`` and the
+    records the store appends itself (docs/storage.md, "The broker and its storage").
+    """
+
+    @property
+    def store(self) -> Store:
+        """The broker's native store.
+
+        Storage attaches its journal to it, restores the copies into it and asks it
+        which segments hold live messages.
+        """
+        ...
+
+    def now_us(self) -> int:
+        """The broker's clock, microseconds (what the dedup windows count in)."""
+        ...
+
+    def topology(self) -> Topology:
+        """The broker's topics, queues and subscriptions now, with ids and windows."""
+        ...
+
+    def restore_topology(self, topology: Topology) -> None:
+        """Create ``topology`` in a new, empty broker.
+
+        Its topics, its queues in the order given (their ``durable`` setting kept),
+        the subscriptions whose topic (or pattern) and queue exist, with their ids,
+        and the next subscription id. Storage journals none of it (it is recovering).
+        """
+        ...
+
+
 class _Replay(Replay):
     """What the journal's records add up to, built record by record by ``scan``.
 
-    The per-message records are read by ``Replay`` (C), topology and snapshots here.
+    The per-message records are applied by ``Replay`` (C, ``ext/recovery.pyx``);
+    topology records and snapshots here, by name, telling ``Replay`` which queues live
+    (its replay queues, one per queue by name: a queue keeps its copies when a restart
+    gives it a new id) and which ids name them and the topics, and what dedup keys a
+    snapshot holds.
     """
 
-    def __init__(self, bases: list[int]) -> None:
-        super().__init__(bases)
+    def __init__(self) -> None:
+        super().__init__()
         self.topics: dict[str, dict[str, Any]] = {}
         self.topic_by_id: dict[int, str] = {}
         self.queues: dict[str, tuple[bool, dict[str, Any]]] = {}
+        self.queue_by_id: dict[int, str] = {}
+        self.replay_queues: dict[str, int] = {}   # live queue name -> its replay queue
         self.subscriptions: dict[int, tuple[str, str, str | None, str]] = {}
         self.next_subscription = 1
-        # name -> (key low, key high, message id, remembered at) of the topic or queue
-        # now live under that name, in journal order
-        self.topic_keys: dict[str, list[tuple[int, int, int, int]]] = {}
-        self.queue_keys: dict[str, list[tuple[int, int, int, int]]] = {}
 
     def other_record(self, kind: int, payload: bytes) -> None:
         """A record that is not about one copy: topology or a snapshot."""
@@ -150,60 +239,42 @@ class _Replay(Replay):
             self._topology(_decode(payload))
         elif kind == _SNAPSHOT:
             self._snapshot(_decode(payload))
-        elif kind == _TOPIC_KEY:
-            topic_id, low, high, message_id, when = _TOPIC_KEY_RECORD.unpack(payload)
-            self.next_message_id = max(self.next_message_id, message_id + 1)
-            name = self.topic_by_id.get(topic_id)
-            if name is not None:
-                self.topic_keys.setdefault(name, []).append((low, high, message_id, when))
-            return
         else:
             self.orphans += 1
-
-    def remember_keys(self, message: bytes, queue: str, topic: int) -> None:
-        """The dedup key this copy's publish or send left in its queue's window.
-
-        Called only for an enqueue record flagged so (a dedup id, or a body in a
-        ``content_dedup`` queue); a moved copy (redrive, dead letter) left none.
-        """
-        (message_id, timestamp, _due, _expires, body_length, attrs_length, group_length,
-         dedup_length, _priority) = _MESSAGE_HEADER.unpack_from(message, 0)
-        start = _MESSAGE_HEADER.size
-        if dedup_length:
-            begin = start + body_length + attrs_length + group_length
-            key = hash128(message[begin:begin + dedup_length])
-        else:
-            key = hash128(message[start:start + body_length]) ^ (_BODY_KEY_MARK << 64)
-        self.queue_keys.setdefault(queue, []).append(
-            (key & _LOW64, key >> 64, message_id, timestamp))
 
     def _topology(self, record: dict[str, Any]) -> None:
         op = record["op"]
         if op == "create_topic":
             self.topics[record["name"]] = record["settings"]
             self.topic_by_id[record["id"]] = record["name"]
+            self.topic_created(record["id"])
         elif op == "delete_topic":
             # Its window goes with it: a topic re-created with this name starts empty.
             self.topics.pop(record["name"], None)
             self.topic_by_id.pop(record["id"], None)
-            self.topic_keys.pop(record["name"], None)
+            self.topic_deleted(record["id"])
             for sid, sub in list(self.subscriptions.items()):
                 if sub[0] == record["name"]:
                     del self.subscriptions[sid]
         elif op == "create_queue":
-            self.queues[record["name"]] = (record["durable"], record["settings"])
-            self.queue_by_id[record["id"]] = record["name"]
+            name = record["name"]
+            if name in self.replay_queues:   # (only when a stretch was lost)
+                self.drop_queue(self.replay_queues[name])
+            self.queues[name] = (record["durable"], record["settings"])
+            self.queue_by_id[record["id"]] = name
+            self.replay_queues[name] = self.new_queue()
+            self.bind_queue(record["id"], self.replay_queues[name])
         elif op == "delete_queue":
             name = record["name"]
             self.queues.pop(name, None)
             self.queue_by_id.pop(record["id"], None)
-            # Its window goes with it: a queue re-created with this name starts empty.
-            self.queue_keys.pop(name, None)
+            # Its copies and its window go with it: one re-created with this name (or
+            # this id) starts empty.
+            if name in self.replay_queues:
+                self.drop_queue(self.replay_queues.pop(name))
             for sid, sub in list(self.subscriptions.items()):
                 if sub[1] == name:
                     del self.subscriptions[sid]
-            for seq in [seq for seq, copy in self.copies.items() if copy[0] == name]:
-                del self.copies[seq]
         elif op in ("subscribe", "set_filter_policy"):
             sid = record["id"]
             if op == "subscribe":
@@ -219,30 +290,81 @@ class _Replay(Replay):
         elif op == "unsubscribe":
             self.subscriptions.pop(record["id"], None)
         elif op == "ids":
-            self.next_message_id = max(self.next_message_id, record["next_message_id"])
+            self.raise_message_id(record["next_message_id"])
 
     def _snapshot(self, record: dict[str, Any]) -> None:
         # A snapshot is the topology as the records before it left it: load it (the
-        # first record recovery reads is always one), keep the copies.
+        # first record recovery reads is always one). A queue keeps its copies by name
+        # (a restart may have given it another id); the ids are bound anew.
+        topic_by_id = {topic_id: name for name, topic_id, _ in record["topics"]}
+        queue_by_id = {queue_id: name for name, queue_id, _, _ in record["queues"]}
+        for topic_id, name in self.topic_by_id.items():
+            if topic_by_id.get(topic_id) != name:
+                self.topic_deleted(topic_id)
+        for topic_id, name in topic_by_id.items():
+            if self.topic_by_id.get(topic_id) != name:
+                self.topic_created(topic_id)
+        named = set(queue_by_id.values())
+        for name in [name for name in self.replay_queues if name not in named]:
+            self.drop_queue(self.replay_queues.pop(name))
+        self.unbind_queues()
+        for queue_id, name in queue_by_id.items():
+            if name not in self.replay_queues:
+                self.replay_queues[name] = self.new_queue()
+            self.bind_queue(queue_id, self.replay_queues[name])
+        self.topic_by_id = topic_by_id
+        self.queue_by_id = queue_by_id
         self.topics = {name: settings for name, _, settings in record["topics"]}
-        self.topic_by_id = {topic_id: name for name, topic_id, _ in record["topics"]}
         self.queues = {name: (durable, settings)
                        for name, _, durable, settings in record["queues"]}
-        self.queue_by_id.clear()
-        self.queue_by_id.update(
-            (queue_id, name) for name, queue_id, _, _ in record["queues"])
         self.subscriptions = {sid: (topic, queue, policy, scope)
                               for sid, topic, queue, policy, scope in record["subscriptions"]}
         self.next_subscription = max(self.next_subscription, record["next_subscription"])
-        self.next_message_id = max(self.next_message_id, record["next_message_id"])
+        self.raise_message_id(record["next_message_id"])
         # The windows as they were (of the topics and queues then live), replacing the
         # keys of earlier records.
-        self.topic_keys = {name: [(low, high, message_id, when)
-                                  for low, high, message_id, when in entries]
-                           for name, entries in record["dedup_topics"]}
-        self.queue_keys = {name: [(low, high, message_id, when)
-                                  for low, high, message_id, when in entries]
-                           for name, entries in record["dedup_queues"]}
+        self.clear_keys()
+        topic_ids = {name: topic_id for topic_id, name in topic_by_id.items()}
+        for name, entries in record["dedup_topics"]:
+            if name in topic_ids:
+                self.set_topic_keys(topic_ids[name], entries)
+        for name, entries in record["dedup_queues"]:
+            if name in self.replay_queues:
+                self.set_queue_keys(self.replay_queues[name], entries)
+
+    def topology(self) -> Topology:
+        """The topology the records left, a dead-letter queue before its users.
+
+        A queue whose dead-letter queue is gone (a stretch of the journal was lost)
+        comes back without one (``overflow="dead_letter"`` becomes ``reject``).
+        """
+        topics = [TopicState(name, topic_id, TopicSettings(**self.topics[name]))
+                  for topic_id, name in self.topic_by_id.items() if name in self.topics]
+        ids = {name: queue_id for queue_id, name in self.queue_by_id.items()}
+        queues: list[QueueState] = []
+        created: set[str] = set()
+        pending = dict(self.queues)
+        while pending:
+            progress = False
+            for name, (durable, settings) in list(pending.items()):
+                dlq = settings.get("dead_letter_queue")
+                if dlq is not None and dlq in pending:
+                    continue
+                if dlq is not None and dlq not in created:
+                    settings = {**settings, "dead_letter_queue": None,
+                                "overflow": "reject" if settings.get("overflow") ==
+                                "dead_letter" else settings.get("overflow", "reject")}
+                queues.append(QueueState(name, ids.get(name, -1), QueueSettings(
+                    **settings_arguments(settings), durable=durable)))
+                created.add(name)
+                del pending[name]
+                progress = True
+            if not progress:   # a cycle cannot be created; never loop forever
+                break
+        subscriptions = {sid: Subscription(topic, queue, policy, scope)
+                         for sid, (topic, queue, policy, scope)
+                         in self.subscriptions.items()}
+        return Topology(topics, queues, subscriptions, self.next_subscription)
 
 
 class Durability:
@@ -286,7 +408,7 @@ class Durability:
         self._lock_fd: int | None = _lock(self.directory)
         self.journal: journal_ops.Journal | None = None
         self.recovering = False
-        self._broker: Administration | None = None
+        self._state: BrokerState | None = None
         self._segment_bases: dict[int, int] = {}    # segment index -> its base sequence
         self._segment_sizes: dict[int, int] = {}    # closed segments' bytes
         self._first_segment = 0                      # the oldest segment index on disk
@@ -302,18 +424,21 @@ class Durability:
 
     # -- recovery ----------------------------------------------------------------------
 
-    def recover(self, broker: Administration) -> None:
-        """Rebuild ``broker`` (new, empty) from the journal, then open the journal."""
+    def recover(self, state: BrokerState) -> None:
+        """Rebuild a new, empty broker from the journal, then open the journal.
+
+        See docs/storage.md, "Recovery".
+        """
         started = time.monotonic()
-        self._broker = broker
+        self._state = state
         os.makedirs(self.journal_directory, mode=0o700, exist_ok=True)
         found = journal_ops.segments(self.journal_directory)
         bases = [base for base, _ in found]
-        replay = _Replay(bases)
-        report = journal_ops.scan(self.journal_directory, replay.record)
+        replay = _Replay()
+        report = journal_ops.scan(self.journal_directory, replay)
         self.recovering = True
         try:
-            restored = self._rebuild(broker, replay)
+            restored = self._rebuild(state, replay)
         finally:
             self.recovering = False
         next_seq = max(report.last_seq, bases[-1] if bases else 0) + 1
@@ -326,7 +451,7 @@ class Durability:
             segment_index=len(found), auto_roll=False)
         self._first_seq = next_seq
         self._segment_bases[self.journal.segment_index] = next_seq
-        broker._store.attach_journal(self.journal)
+        state.store.attach_journal(self.journal)
         self._write_snapshot()
         self.journal.commit()
         self._last_sync = time.monotonic()
@@ -352,97 +477,107 @@ class Durability:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",
                      restored, report.records, report.bytes, self.recovery["seconds"])
 
-    def _rebuild(self, broker: Administration, replay: _Replay) -> int:
-        """Create the replayed topology and put back every live durable copy."""
-        for name, settings in replay.topics.items():
-            broker.create_topic(name, **settings)
-        pending = dict(replay.queues)
-        while pending:
-            progress = False
-            for name, (durable, settings) in list(pending.items()):
-                dlq = settings.get("dead_letter_queue")
-                if dlq is not None and dlq in pending:
-                    continue
-                if dlq is not None and dlq not in broker._queues:
-                    settings = {**settings, "dead_letter_queue": None,
-                                "overflow": "reject" if settings.get("overflow") ==
-                                "dead_letter" else settings.get("overflow", "reject")}
-                broker.create_queue(name, durable=durable, **settings_arguments(settings))
-                del pending[name]
-                progress = True
-            if not progress:   # a cycle cannot be created; never loop forever
-                break
-        for sid, (topic, queue, policy, scope) in sorted(replay.subscriptions.items()):
-            if queue not in broker._queues or (
-                    topic not in broker._topics and not is_pattern(topic)):
-                continue
-            broker._next_subscription = sid
-            broker.subscribe(topic, queue, filter_policy=policy, filter_scope=scope)
-        broker._next_subscription = max(broker._next_subscription, replay.next_subscription)
-        store = broker._store
-        restored = 0
-        # Arrival order: copies journaled afresh by compaction have later sequences
-        # than the copies that followed them, but keep their entry time.
-        copies = sorted((copy[2], seq, copy) for seq, copy in replay.copies.items())
-        for _, copy_seq, (queue, message_seq, entered, due, receive_count, dead) in copies:
-            queue_id = broker._queues.get(queue)
-            if queue_id is None or not broker._queue_settings[queue].durable:
-                continue
-            message, segment = replay.messages[message_seq]
-            store.restore_copy(queue_id, copy_seq, message_seq, segment, message, entered,
-                               due, receive_count, dead)
-            restored += 1
-        store.raise_message_ids(replay.next_message_id)
-        # The keys of the topic or queue live under each name (a deleted one's went
-        # with it), each from a publish or send that left it in that window.
-        for topic, entries in replay.topic_keys.items():
-            if topic in broker._topics:
-                window = broker._dispatcher.dedup_window(broker._topics[topic])
-                for low, high, message_id, when in entries:
-                    if message_id:
-                        window.remember_key(low, high, message_id, when)
-        for queue, entries in replay.queue_keys.items():
-            if queue in broker._queues:
-                window = store.dedup_window(broker._queues[queue])
-                for low, high, message_id, when in entries:
-                    if message_id:
-                        window.remember_key(low, high, message_id, when)
+    def _rebuild(self, state: BrokerState, replay: _Replay) -> int:
+        """Create the replayed topology, put back every live copy and the dedup keys.
+
+        Per queue and per topic here; per copy and per key in C (``Replay``).
+        """
+        state.restore_topology(replay.topology())
+        now = state.topology()
+        topics = {topic.name: topic for topic in now.topics}
+        queues = {queue.name: queue for queue in now.queues}
+        topic_windows: list[DedupWindow | None] = [None] * (max(replay.topic_by_id, default=-1) + 1)
+        for topic_id, name in replay.topic_by_id.items():
+            if name in topics:
+                topic_windows[topic_id] = topics[name].window
+        size = max(replay.replay_queues.values(), default=-1) + 1
+        targets: list[int | None] = [None] * size
+        queue_windows: list[DedupWindow | None] = [None] * size
+        for name, number in replay.replay_queues.items():
+            queue = queues.get(name)
+            if queue is not None:
+                queue_windows[number] = queue.window
+                if queue.settings.durable:
+                    targets[number] = queue.id
+        restored: int = replay.restore(state.store, targets)
+        replay.restore_keys(topic_windows, queue_windows)
         return restored
 
     # -- records -----------------------------------------------------------------------
 
-    def topology(self, record: dict[str, Any]) -> None:
-        """Journal a topology change and commit it (nothing during recovery)."""
+    # The broker tells its storage about every change of its shape through these (the
+    # store journals the per-message changes itself, in C).
+
+    def topic_created(self, name: str, topic_id: int, settings: TopicSettings) -> None:
+        """Journal a new topic (a topology record, committed before it returns)."""
+        self._journal_topology({
+            "op": "create_topic", "name": name, "id": topic_id,
+            "settings": {"fifo": settings.fifo, "content_dedup": settings.content_dedup,
+                         "dedup_window": settings.dedup_window}})
+
+    def topic_deleted(self, name: str, topic_id: int) -> None:
+        """Journal a deleted topic."""
+        self._journal_topology({"op": "delete_topic", "name": name, "id": topic_id})
+
+    def queue_created(self, name: str, queue_id: int, settings: QueueSettings) -> None:
+        """Journal a new queue, durable or not (its settings say)."""
+        self._journal_topology({
+            "op": "create_queue", "name": name, "id": queue_id,
+            "durable": settings.durable, "settings": settings_record(settings)})
+
+    def queue_deleted(self, name: str, queue_id: int) -> None:
+        """Journal a deleted queue (its copies go with it)."""
+        self._journal_topology({"op": "delete_queue", "name": name, "id": queue_id})
+
+    def subscribed(self, subscription_id: int, subscription: Subscription) -> None:
+        """Journal a new subscription."""
+        self._journal_topology({
+            "op": "subscribe", "id": subscription_id, "topic": subscription.topic,
+            "queue": subscription.queue, "filter_policy": subscription.filter_policy,
+            "filter_scope": subscription.filter_scope})
+
+    def filter_policy_set(self, subscription_id: int, subscription: Subscription) -> None:
+        """Journal a subscription's new filter policy."""
+        self._journal_topology({
+            "op": "set_filter_policy", "id": subscription_id,
+            "filter_policy": subscription.filter_policy,
+            "filter_scope": subscription.filter_scope})
+
+    def unsubscribed(self, subscription_id: int) -> None:
+        """Journal a removed subscription."""
+        self._journal_topology({"op": "unsubscribe", "id": subscription_id})
+
+    def _journal_topology(self, record: dict[str, Any]) -> None:
+        """Journal a topology record (docs/storage.md, kind 1) and commit it.
+
+        Nothing while recovering (the records are there already).
+        """
         if self.recovering or self.journal is None:
             return
         self.journal.append(_TOPOLOGY, _encode(record))
         self.commit()
 
     def _snapshot_record(self) -> dict[str, Any]:
-        broker = self._broker
-        assert broker is not None
-        now_us = broker._store.tick(broker._clock)
-        topics = [[name, topic_id, {"fifo": settings.fifo,
-                                    "content_dedup": settings.content_dedup,
-                                    "dedup_window": settings.dedup_window}]
-                  for name, topic_id in broker._topics.items()
-                  for settings in (broker._topic_settings[name],)]
-        queues = [[name, queue_id, broker._queue_settings[name].durable,
-                   settings_record(broker._queue_settings[name])]
-                  for name, queue_id in broker._queues.items()]
-        subscriptions = [[sid, sub.topic, sub.queue, sub.filter_policy, sub.filter_scope]
-                         for sid, sub in sorted(broker._subscriptions.items())]
+        state = self._state
+        assert state is not None
+        now_us = state.now_us()
+        topology = state.topology()
         return {
-            "topics": topics, "queues": queues, "subscriptions": subscriptions,
-            "next_subscription": broker._next_subscription,
-            "next_message_id": broker._store.new_message_ids(0),
-            "dedup_topics": [
-                [name, broker._dispatcher.dedup_window(topic_id).live_entries(now_us)]
-                for name, topic_id in broker._topics.items()],
-            "dedup_queues": [
-                [name, broker._store.dedup_window(queue_id).live_entries(now_us)]
-                for name, queue_id in broker._queues.items()
-                if broker._queue_settings[name].durable],
+            "topics": [[topic.name, topic.id, {"fifo": topic.settings.fifo,
+                                               "content_dedup": topic.settings.content_dedup,
+                                               "dedup_window": topic.settings.dedup_window}]
+                       for topic in topology.topics],
+            "queues": [[queue.name, queue.id, queue.settings.durable,
+                        settings_record(queue.settings)] for queue in topology.queues],
+            "subscriptions": [[sid, sub.topic, sub.queue, sub.filter_policy, sub.filter_scope]
+                              for sid, sub in sorted(topology.subscriptions.items())],
+            "next_subscription": topology.next_subscription,
+            "next_message_id": state.store.new_message_ids(0),
+            "dedup_topics": [[topic.name, topic.window.live_entries(now_us)]
+                             for topic in topology.topics if topic.window is not None],
+            "dedup_queues": [[queue.name, queue.window.live_entries(now_us)]
+                             for queue in topology.queues
+                             if queue.settings.durable and queue.window is not None],
         }
 
     def _write_snapshot(self) -> None:
@@ -527,11 +662,11 @@ class Durability:
         next segment begins with a snapshot.
         """
         journal = self.journal
-        assert journal is not None and self._broker is not None
+        assert journal is not None and self._state is not None
         try:
             journal.flush()
         except StoreFull:
-            self._broker._store.forget_journal_after(journal.written_seq)
+            self._state.store.forget_journal_after(journal.written_seq)
             self._snapshot_needed = True
             self.store_full += 1
             raise
@@ -588,8 +723,8 @@ class Durability:
     def _copy_forward(self) -> None:
         """Move the few live copies of the oldest segments into the new one."""
         journal = self.journal
-        assert journal is not None and self._broker is not None
-        store = self._broker._store
+        assert journal is not None and self._state is not None
+        store = self._state.store
         budget = COPY_FORWARD_COPIES
         while budget > 0:
             oldest = store.oldest_live_segment(journal.segment_index)
@@ -607,8 +742,8 @@ class Durability:
     def _compact(self) -> None:
         """Remove the oldest segments once no live durable copy has its message there."""
         journal = self.journal
-        assert journal is not None and self._broker is not None
-        oldest = self._broker._store.oldest_live_segment(journal.segment_index)
+        assert journal is not None and self._state is not None
+        oldest = self._state.store.oldest_live_segment(journal.segment_index)
         if oldest <= self._first_segment:
             return
         journal.remove_segments_before(self._segment_bases[oldest])
@@ -652,11 +787,11 @@ class Durability:
         """Write the next ids, commit and close the journal, release the lock."""
         try:
             journal = self.journal
-            if journal is not None and journal.failure is None and self._broker is not None:
+            if journal is not None and journal.failure is None and self._state is not None:
                 try:
                     journal.append(_TOPOLOGY, _encode(
                         {"op": "ids",
-                         "next_message_id": self._broker._store.new_message_ids(0)}))
+                         "next_message_id": self._state.store.new_message_ids(0)}))
                     journal.close()
                 except (StoreFull, StoreFailed) as exc:
                     log.error("closing the journal in %s: %s", self.journal_directory, exc)

@@ -1,0 +1,156 @@
+"""Recovery of a durable broker: the journal is replayed in C (``ext/recovery.pyx``), and
+storage reaches the broker only through its documented interface (``BrokerState``)."""
+
+from __future__ import annotations
+
+import ast
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clocks import FakeClock
+
+from fastfanout import Broker
+from fastfanout._ext import journal
+from fastfanout.storage import durability
+
+
+def fill(broker: Broker, count: int) -> None:
+    """``count`` messages of every kind a durable queue journals: plain, delayed,
+    leased, returned with a delay, acked, dead-lettered, keyed in a queue and a topic."""
+    broker.create_topic("t")
+    broker.create_queue("dlq")
+    broker.create_queue("q", max_receive_count=1, dead_letter_queue="dlq")
+    broker.create_queue("keyed", content_dedup=True)
+    broker.subscribe("t", "q")
+    for i in range(count):
+        broker.publish("t", b"message %d" % i, dedup_id=f"id-{i}")
+        broker.send("keyed", b"body %d" % i)
+        broker.send("q", b"later %d" % i, delay=60.0)
+    leased = broker.receive("q", max_messages=count)
+    for message in leased[: count // 4]:
+        broker.ack(message.receipt)
+    for message in leased[count // 4: count // 2]:
+        broker.nack(message.receipt, delay=30.0)
+    for message in leased[count // 2: 3 * count // 4]:
+        broker.term(message.receipt)   # dead-lettered
+
+
+def python_calls_while(action: Callable[[], Any]) -> int:
+    """How many Python-level calls (functions and builtins) ``action`` makes."""
+    calls = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_recovery_makes_no_python_call_per_message(tmp_path: Path) -> None:
+    """Every per-message record is replayed in C: recovering 40 times the messages
+    makes (about) as many Python calls, not 40 times as many."""
+    calls = {}
+    for count in (50, 2000):
+        directory = tmp_path / str(count)
+        with Broker(data_dir=directory, fsync="never") as broker:
+            fill(broker, count)
+            expected = broker.stats().queues
+        opened: list[Broker] = []
+        calls[count] = python_calls_while(
+            lambda directory=directory, opened=opened: opened.append(
+                Broker(data_dir=directory)))
+        with opened[0] as broker:
+            got = broker.stats().queues
+            for name in ("q", "dlq", "keyed"):
+                assert (got[name].messages, got[name].delayed, got[name].dedup_entries) == (
+                    expected[name].messages, expected[name].delayed,
+                    expected[name].dedup_entries)
+            assert broker.stats().topics["t"].dedup_entries == count
+    assert calls[2000] - calls[50] < 100, calls
+
+
+def test_a_queue_keeps_its_messages_when_a_restart_renumbers_it(tmp_path: Path) -> None:
+    """Queue ids are given again at each restart: the journal names a queue by one id
+    before a restart and by another after it, and its copies follow its name."""
+    with Broker(data_dir=tmp_path) as broker:
+        broker.create_queue("gone")          # id 0
+        broker.create_queue("kept")          # id 1
+        broker.delete_queue("gone")
+        broker.create_queue("other")         # id 0 again
+        broker.send("kept", b"old")          # journaled under id 1
+    with Broker(data_dir=tmp_path) as broker:   # kept is id 0 now, other id 1
+        broker.send("other", b"new")
+    with Broker(data_dir=tmp_path) as broker:   # replays both numberings
+        assert [m.body for m in broker.receive("kept", max_messages=5)] == [b"old"]
+        assert [m.body for m in broker.receive("other", max_messages=5)] == [b"new"]
+
+
+def test_copies_come_back_in_entry_order_after_a_copy_forward(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compaction journals an old copy afresh (a later record than newer copies): the
+    restart still puts the queue back in the order its copies entered it."""
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+
+    def churn(broker: Broker, rounds: int) -> None:
+        for i in range(rounds):
+            broker.send("busy", b"x" * 200 + b"%d" % i)
+            for message in broker.receive("busy", max_messages=10):
+                broker.ack(message.receipt)
+
+    with Broker(data_dir=tmp_path, fsync="never") as broker:
+        broker.create_queue("q")
+        broker.create_queue("busy")
+        broker.send("q", b"first")
+        churn(broker, 30)
+        broker.send("q", b"second")
+        churn(broker, 100)
+        storage = broker.stats().storage
+        assert storage is not None and storage["copied_forward"] >= 1
+    enqueued: list[bytes] = []
+
+    def record(seq: int, kind: int, payload: bytes) -> None:
+        if kind == 2:
+            enqueued.extend(body for body in (b"first", b"second") if body in payload)
+
+    journal.scan(tmp_path / "journal", record, repair=False)
+    assert enqueued[-2:] == [b"second", b"first"]   # first journaled afresh, after second
+    with Broker(data_dir=tmp_path) as broker:
+        assert [m.body for m in broker.receive("q", max_messages=5)] == [b"first", b"second"]
+
+
+def test_the_restore_order_is_by_entry_time_then_journal_order(tmp_path: Path) -> None:
+    """Many out-of-order runs (a clock stepping back and forth): the restored queue is in
+    entry-time order, ties in the order the copies were journaled (a stable sort)."""
+    clock = FakeClock()
+    start = clock.now
+    steps = random.Random(14).choices(range(40), k=3000)
+    with Broker(data_dir=tmp_path, clock=clock, fsync="never") as broker:
+        broker.create_queue("q", max_messages=None, retention=86_400.0)
+        for i, step in enumerate(steps):
+            clock.now = start + step
+            broker.send("q", b"%d" % i)
+    clock.now = start + 100
+    with Broker(data_dir=tmp_path, clock=clock) as broker:
+        got = [int(m.body) for m in broker.receive("q", max_messages=10_000)]
+    assert got == sorted(range(len(steps)), key=lambda i: steps[i])
+
+
+def test_storage_reaches_no_private_name_of_the_broker() -> None:
+    """durability.py uses the broker only through ``BrokerState`` (public names): no
+    ``other._name`` anywhere in it."""
+    tree = ast.parse(Path(durability.__file__).read_text())
+    reaches = [f"line {node.lineno}: {ast.unparse(node)}" for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+               and not node.attr.startswith("__")
+               and not (isinstance(node.value, ast.Name) and node.value.id == "self")]
+    assert reaches == []
