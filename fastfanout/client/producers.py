@@ -260,7 +260,7 @@ class RemoteProducer(ProducerFace):
         connection = self._connection
         # list() copies the keys in one step: the connection's linger thread may send a
         # frame (adding to in_flight) between an iter() and its next()
-        request = list(self.core.in_flight)[0]
+        request = list(self.core.in_flight)[0]  # noqa: RUF015 (atomic copy, see above)
         try:
             connection.publish_results(request)
         except FastFanoutError as exc:
