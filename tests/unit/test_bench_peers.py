@@ -87,6 +87,31 @@ def test_a_missing_binary_is_one_line_reason(peers: ModuleType,
     assert list(tmp_path.iterdir()) == []   # nothing started, nothing left
 
 
+def test_rabbitmq_node_keeps_to_loopback_and_its_own_directory(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fastfanout.bench import servers
+
+    env = servers.rabbitmq_environment(5700, 5701, 5702, "/data/node")
+    assert env["RABBITMQ_NODE_IP_ADDRESS"] == "127.0.0.1"
+    assert env["RABBITMQ_NODE_PORT"] == "5700" and env["RABBITMQ_DIST_PORT"] == "5701"
+    # its own epmd on a port of its own, on loopback, never the host's 4369
+    assert env["ERL_EPMD_PORT"] == "5702" and env["ERL_EPMD_ADDRESS"] == "127.0.0.1"
+    assert "{127,0,0,1}" in env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    for name in ("HOME", "RABBITMQ_MNESIA_BASE", "RABBITMQ_LOG_BASE", "RABBITMQ_CONFIG_FILE",
+                 "RABBITMQ_ENABLED_PLUGINS_FILE", "RABBITMQ_CONF_ENV_FILE"):
+        assert env[name].startswith("/data/node"), name
+    assert env["RABBITMQ_NODENAME"].startswith("ffbench5700@")
+    # the Erlang VM replaces the script: the started PID is the one stopped
+    assert env["RUNNING_UNDER_SYSTEMD"] == "1"
+    monkeypatch.setenv("FASTFANOUT_RABBITMQ_SERVER", str(tmp_path / "absent"))
+    assert servers.rabbitmq_unavailable() == (
+        "rabbitmq-server not found (apt-get install rabbitmq-server)")
+    with pytest.raises(servers.PeerUnavailable, match="rabbitmq-server not found"):
+        with servers.rabbitmq_server(base=str(tmp_path)):
+            pass
+    assert [path.name for path in tmp_path.iterdir()] == []
+
+
 def test_find_binary_takes_the_named_executable(peers: ModuleType,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
