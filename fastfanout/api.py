@@ -49,7 +49,8 @@ BROKER_OPERATIONS: Final = (
 
 CLIENT_OPERATIONS: Final = (
     "publish_nowait", "send_nowait", "publish_batch_nowait", "send_batch_nowait", "flush",
-    "producer", "consume_batches", "listen", "server_stats", "close",
+    "producer", "consume_batches", "listen", "server_stats", "report_worker",
+    "worker_stats", "close",
 )
 """The operations only clients have (``ClientAPI`` and ``AsyncClientAPI``)."""
 
@@ -293,6 +294,12 @@ class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
     def server_stats(self) -> dict[str, Any]:
         """The server's own counters."""
 
+    def report_worker(self, report: dict[str, Any]) -> None:
+        """Tell the server this connection's worker report (kept while it is open)."""
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        """The last report of every open connection that sent one."""
+
     def close(self, timeout: float = 5.0) -> None:
         """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""
 
@@ -422,6 +429,12 @@ class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
 
     async def server_stats(self) -> dict[str, Any]:
         """The server's own counters."""
+
+    async def report_worker(self, report: dict[str, Any]) -> None:
+        """Tell the server this connection's worker report (kept while it is open)."""
+
+    async def worker_stats(self) -> list[dict[str, Any]]:
+        """The last report of every open connection that sent one."""
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""

@@ -576,9 +576,11 @@ def stats(endpoint: str | None, as_json: bool) -> None:
     with _connected(endpoint) as client:
         broker_stats = client.stats()
         server_stats = client.server_stats()
+        reports = client.worker_stats()
     if as_json:
         click.echo(json.dumps({"broker": dataclasses.asdict(broker_stats),
-                               "server": server_stats}, indent=2, sort_keys=True))
+                               "server": server_stats, "workers": reports},
+                              indent=2, sort_keys=True))
         return
     width = shutil.get_terminal_size((80, 24)).columns
     topic_columns = ("published", "deliveries", "unrouted", "subscriptions")
@@ -600,9 +602,43 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         "bridge", ("rule", *bridge_columns),
         [(name, *(f"{rule.get(c, 0):g}" for c in bridge_columns))
          for name, rule in sorted(bridge.items())], width) if bridge else []
+    lines += _columns("handlers", ("worker/handler", "queue", *HANDLER_COLUMNS),
+                      _handler_rows(reports), width)
     lines += _columns("server", ("counter", "value"),
                       [(key, str(value)) for key, value in sorted(server_stats.items())], width)
     click.echo("\n".join(lines).rstrip("\n"))
+
+
+HANDLER_COLUMNS = ("processes", "processed", "failed", "retried", "dead_lettered",
+                   "in_flight", "p50_ms", "p99_ms")
+"""The columns of ``fastfanout stats``' handlers table (from the workers' reports)."""
+
+
+def _handler_rows(reports: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The handlers table's rows: one per worker name and handler.
+
+    Counters are summed over the reports of that name (one per worker process that
+    reports), times are the largest (an upper bound: the samples stay in the workers).
+    """
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for report in reports:
+        for handler, entry in report["handlers"].items():
+            row = merged.setdefault((report["worker"], handler), {
+                "queue": entry["queue"], **dict.fromkeys(HANDLER_COLUMNS[:6], 0),
+                "p50": None, "p99": None})
+            for column in HANDLER_COLUMNS[:6]:
+                row[column] += entry[column]
+            for key in ("p50", "p99"):
+                if entry[key] is not None:
+                    row[key] = max(entry[key], row[key] or 0.0)
+
+    def milliseconds(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds * 1000:.3g}"
+
+    return [(f"{worker}/{handler}", row["queue"],
+             *(str(row[column]) for column in HANDLER_COLUMNS[:6]),
+             milliseconds(row["p50"]), milliseconds(row["p99"]))
+            for (worker, handler), row in sorted(merged.items())]
 
 
 def _listing(as_json: bool, names: list[str]) -> None:
@@ -861,7 +897,7 @@ def worker(app: str, endpoint: str | None, concurrency: int | None, processes: i
     app_worker = _load_worker(app)
     try:
         app_worker.configure(endpoint=endpoint, concurrency=concurrency, processes=processes,
-                             shutdown_timeout=shutdown_timeout)
+                             shutdown_timeout=shutdown_timeout, name=app)
         app_worker.run()
     except FastFanoutError as error:
         _fail(error)

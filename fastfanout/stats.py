@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DROP_REASONS", "BrokerStats", "QueueStats", "TopicStats"]
+__all__ = ["DROP_REASONS", "HANDLER_COUNTERS", "HANDLER_TIMES", "MAX_REPORTED_HANDLERS",
+           "MAX_REPORT_NAME", "BrokerStats", "QueueStats", "TopicStats",
+           "check_worker_report"]
 
 DROP_REASONS: tuple[str, ...] = (
     "overflow",
@@ -111,3 +113,70 @@ class BrokerStats:
     topics: dict[str, TopicStats]
     queues: dict[str, QueueStats]
     storage: dict[str, Any] | None = None
+
+
+# -- worker reports (REPORT / WORKERS on the wire, ``fastfanout stats``) ------------------
+
+MAX_REPORTED_HANDLERS = 1024
+"""Most handlers one worker report may name (the server refuses a larger report and counts
+it in ``worker_reports_refused``)."""
+MAX_REPORT_NAME = 1024
+"""Longest worker, handler or queue name in a worker report, characters."""
+HANDLER_COUNTERS: tuple[str, ...] = ("processed", "failed", "retried", "dead_lettered",
+                                     "timed_out", "in_flight", "extended", "processes")
+"""The integer counters of a handler in a worker report (``HandlerStats``' fields)."""
+HANDLER_TIMES: tuple[str, ...] = ("p50", "p99")
+"""The handler-time percentiles of a handler in a worker report (seconds, or None)."""
+
+
+def _report_name(value: Any, what: str) -> str:
+    if type(value) is not str or not value or len(value) > MAX_REPORT_NAME:
+        raise ValueError(f"{what} must be a non-empty string of at most {MAX_REPORT_NAME} "
+                         f"characters, not {value!r:.80}")
+    return value
+
+
+def check_worker_report(value: Any) -> dict[str, Any]:
+    """A worker report as the server keeps it, checked and with only the known keys.
+
+    A report is a map ``{worker: str, pid: int, handlers: {name: {queue: str,
+    processed, failed, retried, dead_lettered, timed_out, in_flight, extended, processes:
+    int >= 0, p50, p99: seconds or None}}}`` (missing counters are 0, missing times None).
+
+    Raises:
+        ValueError: naming what is wrong (the server answers ``invalid_argument``).
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"a worker report must be a map, not {type(value).__name__}")
+    pid = value.get("pid", 0)
+    if type(pid) is not int or pid < 0:
+        raise ValueError(f"pid must be an integer >= 0, not {pid!r:.80}")
+    handlers = value.get("handlers", {})
+    if not isinstance(handlers, dict):
+        raise ValueError("handlers must be a map of handler name to its counters")
+    if len(handlers) > MAX_REPORTED_HANDLERS:
+        raise ValueError(f"a worker report names {len(handlers)} handlers, more than "
+                         f"MAX_REPORTED_HANDLERS={MAX_REPORTED_HANDLERS}")
+    checked: dict[str, Any] = {}
+    for name, counters in handlers.items():
+        _report_name(name, "a handler name")
+        if not isinstance(counters, dict):
+            raise ValueError(f"handler {name!r}: its counters must be a map")
+        entry: dict[str, Any] = {"queue": _report_name(counters.get("queue"),
+                                                       f"handler {name!r}: queue")}
+        for key in HANDLER_COUNTERS:
+            number = counters.get(key, 0)
+            if type(number) is not int or number < 0:
+                raise ValueError(f"handler {name!r}: {key} must be an integer >= 0, not "
+                                 f"{number!r:.80}")
+            entry[key] = number
+        for key in HANDLER_TIMES:
+            seconds = counters.get(key)
+            if seconds is not None and (type(seconds) not in (int, float) or not
+                                        0 <= seconds < float("inf")):
+                raise ValueError(f"handler {name!r}: {key} must be seconds >= 0 or nil, "
+                                 f"not {seconds!r:.80}")
+            entry[key] = None if seconds is None else float(seconds)
+        checked[name] = entry
+    return {"worker": _report_name(value.get("worker"), "worker"), "pid": pid,
+            "handlers": checked}

@@ -577,6 +577,20 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         stats: dict[str, Any] = protocol.decode_payload(frames[0])
         return stats
 
+    async def report_worker(self, report: dict[str, Any]) -> None:
+        """Tell the server this connection's worker report (see ``Client.report_worker``)."""
+        connection = self.connection
+        await connection.wait(connection.submit(
+            connection.core.request, Opcode.REPORT, [protocol.encode_payload(report)]))
+
+    async def worker_stats(self) -> list[dict[str, Any]]:
+        """The last worker report of every open connection that sent one (WORKERS)."""
+        connection = self.connection
+        frames = await connection.wait(connection.submit(
+            connection.core.request, Opcode.WORKERS, []))
+        reports: list[dict[str, Any]] = protocol.decode_payload(frames[0])
+        return reports
+
     async def publish(self, topic: str, body: Body, *,
                       attributes: Attributes | None = None, delay: float | None = None,
                       deliver_at: float | datetime | None = None,

@@ -511,6 +511,30 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         stats: dict[str, Any] = protocol.decode_payload(frames[0])
         return stats
 
+    def report_worker(self, report: dict[str, Any]) -> None:
+        """Tell the server this connection's worker report (REPORT; ``Worker`` sends it).
+
+        The server keeps the last one while this connection is open and shows it in
+        ``worker_stats()`` (``fastfanout stats``).
+
+        Args:
+            report: ``{worker: name, pid: int, handlers: {name: {queue, processed,
+                failed, retried, dead_lettered, timed_out, in_flight, extended, processes,
+                p50, p99}}}`` (counters are integers, p50/p99 seconds or None).
+
+        Raises:
+            InvalidArgument: the report is not one (see ``fastfanout.stats``'s
+                ``check_worker_report``).
+        """
+        self.connection.wait(self.connection.request(
+            Opcode.REPORT, [protocol.encode_payload(report)]), None)
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        """The last worker report of every open connection that sent one (WORKERS)."""
+        frames = self.connection.wait(self.connection.request(Opcode.WORKERS, []), None)
+        reports: list[dict[str, Any]] = protocol.decode_payload(frames[0])
+        return reports
+
     def publish(self, topic: str, body: Body, *,
                 attributes: Attributes | None = None, delay: float | None = None,
                 deliver_at: float | datetime | None = None, group_id: str | None = None,

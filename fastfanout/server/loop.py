@@ -93,6 +93,7 @@ from fastfanout.server.requests import arguments, frame, text
 from fastfanout.server.sessions import EndedSessions, Session
 from fastfanout.server.streams import SLOW_LISTENER_POLICIES, Streams
 from fastfanout.settings import MAX_RECEIVE_BATCH
+from fastfanout.stats import check_worker_report
 from fastfanout.transport.local_channel import local_channels_supported
 from fastfanout.transport.sockets import (
     CurveKeys,
@@ -297,6 +298,7 @@ class Server:
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
             Opcode.SERVER_STATS: self._server_stats, Opcode.ATTACH: self._attach,
             **self._deliveries.handlers(),
+            Opcode.REPORT: self._report, Opcode.WORKERS: self._workers,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -679,6 +681,25 @@ class Server:
         for key, source in self.stats_sources.items():
             stats[key] = source()
         return [protocol.encode_payload(stats)]
+
+    def _report(self, session: Session, request_id: int, frames: list[bytes]
+                ) -> list[bytes]:
+        """REPORT: keep the session's worker report (replacing its last one)."""
+        try:
+            report = check_worker_report(
+                protocol.decode_payload(frame(frames, 0, "report")))
+        except ValueError as exc:
+            self.counters["worker_reports_refused"] += 1
+            raise InvalidArgument(f"report: {exc}") from None
+        session.report = report
+        self.counters["worker_reports"] += 1
+        return []
+
+    def _workers(self, session: Session, request_id: int, frames: list[bytes]
+                 ) -> list[bytes]:
+        """WORKERS: the last report of every session that sent one and is open."""
+        return [protocol.encode_payload(
+            [s.report for s in self._sessions.values() if s.report is not None])]
 
     # -- publish and send --------------------------------------------------------------
 

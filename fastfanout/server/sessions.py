@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Consumer", "EndedSessions", "Session", "Waiter"]
 
@@ -36,6 +37,8 @@ class Session:
             receives carry it, and its settle calls pass it as their ``session``.
         heartbeat: the client promised heartbeats (HELLO), so silence ends the session.
         consumers: request ids of its CONSUMEs.
+        report: the last worker report it sent (REPORT), shown by WORKERS while the
+            session lasts.
     """
 
     identity: bytes
@@ -43,6 +46,7 @@ class Session:
     owner: int
     heartbeat: bool = False
     consumers: set[int] = field(default_factory=set)
+    report: dict[str, Any] | None = None
     _batches: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
     _extended: deque[tuple[float, bytes]] = field(default_factory=deque)
 

@@ -92,6 +92,7 @@ class Opcode(IntEnum):
     HEARTBEAT = 0x02
     BYE = 0x03
     ATTACH = 0x04
+    REPORT = 0x05
     CREATE_TOPIC = 0x10
     DELETE_TOPIC = 0x11
     LIST_TOPICS = 0x12
@@ -120,6 +121,7 @@ class Opcode(IntEnum):
     STATS = 0x52
     CHECK = 0x53
     SERVER_STATS = 0x54
+    WORKERS = 0x55
 
 
 class Status(IntEnum):

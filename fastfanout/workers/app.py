@@ -32,7 +32,9 @@ import contextlib
 import inspect
 import logging
 import multiprocessing.connection
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,6 +45,7 @@ from typing import Any, TypeVar
 from fastfanout.broker.embedded import Broker
 from fastfanout.client import Client
 from fastfanout.errors import AlreadyExists, InvalidArgument, NotFound
+from fastfanout.stats import MAX_REPORT_NAME
 from fastfanout.workers.coroutines import AsyncRunner
 from fastfanout.workers.handlers import (
     MAX_CONCURRENCY,
@@ -53,6 +56,7 @@ from fastfanout.workers.handlers import (
     make_handler,
 )
 from fastfanout.workers.processes import STATS_INTERVAL, ProcessGroup
+from fastfanout.workers.reports import REPORT_INTERVAL, Reporter, worker_report
 from fastfanout.workers.sources import (
     AsyncBrokerSource,
     AsyncClientSource,
@@ -85,7 +89,9 @@ def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns Ctrl-C into SIGTERM
     stop = threading.Event()
-    worker = Worker(endpoint, shutdown_timeout=shutdown_timeout, **options)
+    # its parent reports the handler's stats to the broker, combined over the processes
+    worker = Worker(endpoint, shutdown_timeout=shutdown_timeout, report_interval=None,
+                    **options)
 
     def on_sigterm(number: int, frame: FrameType | None) -> None:
         if stop.is_set():   # the second one: the parent's stop_now()
@@ -130,6 +136,10 @@ class Worker:
         processes: worker processes per handler, for handlers that do not set their own
             (1: this process). Not with an embedded broker.
         shutdown_timeout: seconds running calls get to finish when the worker stops.
+        name: the worker's name in ``fastfanout stats`` (None: ``host:pid``;
+            ``fastfanout worker`` names it ``MODULE:APP``).
+        report_interval: seconds between the reports of its handlers' stats to a broker
+            server (shown by ``fastfanout stats``); None: no reports.
         **client_options: keyword arguments of ``fastfanout.Client`` for the worker's
             connections (``timeout``, ``curve_server_key``, ``local_channel`` ...).
 
@@ -141,6 +151,7 @@ class Worker:
     def __init__(self, broker: Broker | str | None = None, *,
                  concurrency: int = DEFAULT_CONCURRENCY, processes: int = 1,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+                 name: str | None = None, report_interval: float | None = REPORT_INTERVAL,
                  **client_options: Any) -> None:
         if broker is not None and not isinstance(broker, (Broker, str)):
             raise InvalidArgument(f"broker={broker!r} must be an endpoint string, a Broker, "
@@ -155,10 +166,14 @@ class Worker:
                 raise InvalidArgument(f"bad client option: {exc}") from None
         self.broker = broker
         self.client_options = client_options
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.report_interval = (None if report_interval is None else
+                                check_seconds("report_interval", report_interval))
+        self._reporter: Reporter | None = None
         self._handlers: dict[str, Handler] = {}
         self._subscriptions: list[_Subscription] = []
         self.configure(concurrency=concurrency, processes=processes,
-                       shutdown_timeout=shutdown_timeout)
+                       shutdown_timeout=shutdown_timeout, name=name)
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
         self._hurry = threading.Event()
@@ -179,12 +194,13 @@ class Worker:
     # -- configuration -----------------------------------------------------------------
 
     def configure(self, *, endpoint: str | None = None, concurrency: int | None = None,
-                  processes: int | None = None, shutdown_timeout: float | None = None
-                  ) -> Worker:
+                  processes: int | None = None, shutdown_timeout: float | None = None,
+                  name: str | None = None) -> Worker:
         """Change the worker's defaults before it starts (the command line's options).
 
         Args:
             endpoint: the broker endpoint (not for a worker of an embedded broker).
+            name: the worker's name in ``fastfanout stats``.
             concurrency: the default calls at once per handler and process.
             processes: the default processes per handler.
             shutdown_timeout: seconds running calls get when the worker stops.
@@ -212,6 +228,11 @@ class Worker:
         if shutdown_timeout is not None:
             self.shutdown_timeout = check_seconds("shutdown_timeout", shutdown_timeout,
                                                   allow_zero=True)
+        if name is not None:
+            if type(name) is not str or not name or len(name) > MAX_REPORT_NAME:
+                raise InvalidArgument(f"name={name!r:.80} must be a non-empty string of at "
+                                      f"most {MAX_REPORT_NAME} characters")
+            self.name = name
         return self
 
     @property
@@ -438,6 +459,11 @@ class Worker:
             self._loop_ready.wait(START_TIMEOUT)
             if self._loop_error is not None:
                 raise self._loop_error
+        if self.report_interval is not None and not isinstance(self.broker, Broker):
+            pid = os.getpid()
+            self._reporter = Reporter(endpoint, self.client_options, self.report_interval,
+                                      lambda: worker_report(self.name, pid, self.stats()))
+            self._reporter.start()
 
     def _source_factory(self, handler: Handler, lease: float) -> Callable[[], Source]:
         broker = self.broker
@@ -519,6 +545,8 @@ class Worker:
             self._loop_thread.join()
         for group in self._groups:
             group.stop(seconds)
+        if self._reporter is not None:
+            self._reporter.stop()
         log.info("worker stopped")
 
     def stop_now(self) -> None:

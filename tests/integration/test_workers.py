@@ -539,3 +539,96 @@ def test_a_worker_reconnects_when_its_broker_comes_back(track: Tracker,
     admin.send("jobs", b"after")
     wait_until(lambda: got == [b"before", b"after"], timeout=20, what="after the restart")
     assert again.endpoint == endpoint
+
+
+def _stats_json(endpoint: str) -> dict[str, Any]:
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "fastfanout", "stats", "--endpoint",
+                           endpoint, "--json"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def _workers_row(data: dict[str, Any], worker: str, handler: str) -> dict[str, Any] | None:
+    for report in data["workers"]:
+        if report["worker"] == worker and handler in report["handlers"]:
+            entry: dict[str, Any] = report["handlers"][handler]
+            return entry
+    return None
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_fastfanout_stats_shows_each_handler_of_the_workers_connected(
+        track: Tracker, is_async: bool) -> None:
+    endpoint, client = _setup(track, max_receive_count=2, dead_letter_queue="jobs-dlq")
+    client.create_queue("other")
+    worker = _worker(track, endpoint, concurrency=2, name="billing-app", report_interval=0.05)
+
+    if is_async:
+        @worker.handler("jobs")
+        async def bill(message: Any) -> None:
+            if message.body.startswith(b"bad"):
+                raise RuntimeError("boom")
+    else:
+        @worker.handler("jobs")
+        def bill(message: Any) -> None:
+            if message.body.startswith(b"bad"):
+                raise RuntimeError("boom")
+
+    @worker.handler("other")
+    def idle(message: Any) -> None:
+        pass
+
+    client.send_batch("jobs", [b"ok-%d" % i for i in range(5)] + [b"bad-1"])
+    worker.start()
+    wait_until(lambda: client.stats().queues["jobs-dlq"].messages == 1, what="a dead letter")
+    # processed 5, the bad one failed twice: once retried, then dead-lettered
+    want = {"processed": 5, "failed": 2, "retried": 1, "dead_lettered": 1, "in_flight": 0}
+
+    def reported() -> bool:
+        entry = _workers_row(_stats_json(endpoint), "billing-app", "bill")
+        return entry is not None and all(entry[k] == v for k, v in want.items())
+
+    wait_until(reported, what="the worker's report")
+    data = _stats_json(endpoint)
+    entry = _workers_row(data, "billing-app", "bill")
+    assert entry is not None and entry["queue"] == "jobs" and entry["processes"] == 1
+    assert 0 <= entry["p50"] <= entry["p99"] < 5
+    idle_entry = _workers_row(data, "billing-app", "idle")
+    assert idle_entry is not None and idle_entry["processed"] == 0
+    assert idle_entry["p50"] is None
+    [report] = data["workers"]
+    assert report["pid"] == os.getpid()
+    assert data["server"]["worker_reports"] >= 1
+    text = subprocess.run([sys.executable, "-m", "fastfanout", "stats", "--endpoint",
+                           endpoint], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("worker/handler"))
+    assert header.split() == ["worker/handler", "queue", "processes", "processed", "failed",
+                              "retried", "dead_lettered", "in_flight", "p50_ms", "p99_ms"]
+    row = next(line for line in lines if line.startswith("billing-app/bill "))
+    assert row.split()[1:8] == ["jobs", "1", "5", "2", "1", "1", "0"]
+    # a worker that stops leaves the table with its connection
+    worker.stop()
+    wait_until(lambda: _stats_json(endpoint)["workers"] == [], what="the report to go")
+
+
+def test_a_bad_worker_report_is_refused_and_counted(track: Tracker) -> None:
+    _, client = _setup(track)
+    good = {"worker": "w", "pid": 7, "handlers": {"h": {"queue": "jobs", "processed": 3}}}
+    for bad in ([1, 2], {"pid": 1, "handlers": {}}, {**good, "pid": -1},
+                {**good, "handlers": {"h": {"queue": "jobs", "failed": "many"}}},
+                {**good, "handlers": {"h": {"queue": "jobs", "p99": -1.0}}},
+                {**good, "handlers": {f"h{i}": {"queue": "q"} for i in range(1025)}}):
+        with pytest.raises(InvalidArgument, match="report"):
+            client.report_worker(bad)   # type: ignore[arg-type]
+    assert client.worker_stats() == []
+    assert client.server_stats()["worker_reports_refused"] == 6
+    client.report_worker(good)
+    [report] = client.worker_stats()
+    assert report["handlers"]["h"]["processed"] == 3 and report["handlers"]["h"]["p50"] is None
+    assert report["handlers"]["h"]["failed"] == 0
