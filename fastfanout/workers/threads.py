@@ -32,7 +32,8 @@ from fastfanout.workers.handlers import Handler
 from fastfanout.workers.sources import Source, settle_quietly
 from fastfanout.workers.stats import HandlerStats, Tally
 
-__all__ = ["POLL", "RECONNECT_DELAY", "LeaseKeeper", "Slot", "ThreadRunner", "failed_messages"]
+__all__ = ["ACK_LINGER", "POLL", "RECONNECT_DELAY", "LeaseKeeper", "Slot", "ThreadRunner",
+           "failed_messages"]
 
 log = logging.getLogger("fastfanout.worker")
 
@@ -40,6 +41,8 @@ POLL = 0.1
 """Seconds a runner waits for messages before it looks at the stop flag again."""
 RECONNECT_DELAY = 1.0
 """Seconds between attempts to reconnect after the broker went away."""
+ACK_LINGER = 0.01
+"""Most seconds a per-message handler's success waits to be acked with the next ones."""
 
 
 def failed_messages(result: object, messages: list[Any]) -> list[Any]:
@@ -188,45 +191,63 @@ class ThreadRunner:
 
         Kept short, names bound once. No lock before a call: ``started`` is written
         before ``current``, so the keeper, which reads them the other way round under the
-        lock, never sees a new call with an old start time.
+        lock, never sees a new call with an old start time. Once ``index`` has moved past
+        a message (under the lock) no one else settles it, so it is settled outside the
+        lock: a failure is nacked at once; successes are acked together, when the slice
+        ends or ``ACK_LINGER`` seconds after the first of them (``Source.ack``: one
+        receipts frame for a whole push), not one SETTLE entry per message.
         """
         function = self.handler.function
         stopping = self._stopping
         tally = slot.tally
-        lock = slot.lock
+        acquire, release = slot.lock.acquire, slot.lock.release
         times = tally.times
         clock = time.monotonic
         max_receive_count = self._max_receive_count
-        for message in messages:
-            if stopping.is_set():
-                return
-            slot.started = started = clock()
-            slot.current = [message]
-            try:
-                function(message)
-            except Exception:
-                log.exception("handler %s failed on message %d", self.handler.name,
-                              message.id)
-                failed = True
-            else:
-                failed = False
-            with lock:
-                times.append(clock() - started)
+        source = slot.source
+        assert source is not None
+        done: list[Any] = []   # returned: acked together
+        first_done = 0.0
+        try:
+            for message in messages:
+                if stopping.is_set():
+                    return
+                slot.started = started = clock()
+                slot.current = [message]
+                try:
+                    function(message)
+                except Exception:
+                    log.exception("handler %s failed on message %d", self.handler.name,
+                                  message.id)
+                    failed = True
+                else:
+                    failed = False
+                now = clock()
+                acquire()
+                times.append(now - started)
                 slot.current = None
                 if slot.abandoned:   # the keeper settled this call (and the rest) already
                     slot.abandoned = False
                     slot.held, slot.index = [], 0
+                    release()
                     return
                 slot.index += 1
+                release()
                 if failed:
                     tally.failures((message.receive_count,), max_receive_count)
                     settle_quietly(message.nack)
                     continue
-                try:
-                    message.ack()
-                except FastFanoutError:
-                    pass   # its lease ended: redelivered anyway
                 tally.processed += 1
+                if not done:
+                    first_done = now
+                elif now - first_done >= ACK_LINGER:
+                    source.ack(done)
+                    done = []
+                    first_done = now
+                done.append(message)
+        finally:
+            if done:
+                source.ack(done)
 
     def _call(self, slot: Slot, messages: list[Any]) -> bool:
         """Run the function on a message (or a batch) and settle; False: stop the batch."""
@@ -250,10 +271,13 @@ class ThreadRunner:
                 slot.held, slot.index = [], 0
                 return False
             slot.index += len(messages)
-            self._settle(tally, messages, failed)
-            return True
+        # past ``index`` (under the lock) no one else settles these messages
+        self._settle(slot, messages, failed)
+        return True
 
-    def _settle(self, tally: Tally, messages: list[Any], failed: list[Any]) -> None:
+    def _settle(self, slot: Slot, messages: list[Any], failed: list[Any]) -> None:
+        """Nack the failed messages, ack the others together (``Source.ack``)."""
+        tally = slot.tally
         if failed:
             tally.failures([m.receive_count for m in failed], self._max_receive_count)
             for message in failed:
@@ -262,12 +286,9 @@ class ThreadRunner:
                 return
             failed_ids = {id(m) for m in failed}
             messages = [m for m in messages if id(m) not in failed_ids]
-        for message in messages:
-            try:
-                message.ack()
-            except FastFanoutError:
-                pass   # its lease ended: redelivered anyway
         tally.processed += len(messages)
+        if slot.source is not None:
+            slot.source.ack(messages)
 
     def _release(self, slot: Slot, delay: float) -> None:
         """Give back, for redelivery after ``delay`` s, what the slot holds unsettled."""
