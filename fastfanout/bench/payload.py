@@ -10,6 +10,9 @@ so a message delivered to two competing consumers is a duplicate as well.
 
 Counting is done per batch with numpy when it is installed (the ``bench`` extra), so the
 check costs the receiver little per message; without numpy a plain loop does the same.
+A receiver may hand over the batch's headers as columns (``Headers``) instead of its
+bodies: fastfanout's receivers read them from the delivery frame at a fixed stride
+(``frame_headers``), without a Python object per message.
 """
 
 from __future__ import annotations
@@ -39,10 +42,81 @@ except ImportError:   # pragma: no cover - exercised when numpy is absent
 
 def make_bodies(publisher: int, first: int, count: int, size: int, stamp: int = 0
                 ) -> list[bytes]:
-    """``count`` bodies of ``size`` bytes from sequence ``first`` of ``publisher``."""
+    """``count`` bodies of ``size`` bytes from sequence ``first`` of ``publisher``.
+
+    With numpy the headers are written as columns into one buffer that is then cut
+    into the bodies (no packing per body).
+    """
+    if _np is not None and count >= 16:
+        rows = _np.full((count, size), ord("x"), dtype=_np.uint8)
+        columns = _np.empty(count, dtype=_np.dtype(
+            [("publisher", "<u4"), ("seq", "<u4"), ("stamp", "<i8")]))
+        columns["publisher"] = publisher
+        columns["seq"] = _np.arange(first, first + count, dtype=_np.uint32)
+        columns["stamp"] = stamp
+        rows[:, :HEADER.size] = columns.view(_np.uint8).reshape(count, HEADER.size)
+        data = rows.tobytes()
+        return [data[start:start + size] for start in range(0, count * size, size)]
     pad = b"x" * (size - HEADER.size)
     pack = HEADER.pack
     return [pack(publisher, seq, stamp) + pad for seq in range(first, first + count)]
+
+
+class Headers:
+    """The body headers of one received batch as numpy columns (no bytes per body).
+
+    ``SequenceCheck.record`` and ``LatencyRecorder.record`` take it in place of the
+    bodies.
+
+    Attributes:
+        publishers: the publisher index of each body (uint32).
+        seqs: the sequence number of each body (uint32).
+        stamps: the intended send time of each body (int64 ns, 0 when not stamped).
+    """
+
+    __slots__ = ("publishers", "seqs", "stamps")
+
+    def __init__(self, publishers: Any, seqs: Any, stamps: Any) -> None:
+        self.publishers = publishers
+        self.seqs = seqs
+        self.stamps = stamps
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+FRAME_MAGIC = b"FFB1"
+"""The first bytes of a fastfanout record batch (docs/protocol.md, Record batch)."""
+RECORD_HEADER = 56
+"""Bytes of a record's fixed header; its name, group id, dedup id, attributes and body
+follow in that order."""
+
+
+def frame_headers(frame: bytes) -> Headers | None:
+    """The body headers of a fastfanout delivery frame, read with numpy at a fixed stride.
+
+    Only when every record has the same layout (lengths, flags) — as in a benchmark,
+    where every body has one size — so record i starts at ``8 + i * record_len``; None
+    otherwise, or without numpy (then the caller decodes the bodies).
+    """
+    if _np is None or len(frame) < 8 + RECORD_HEADER or frame[:4] != FRAME_MAGIC:
+        return None
+    count, record_len = struct.unpack_from("<II", frame, 4)
+    if count == 0 or record_len * count != len(frame) - 8:
+        return None
+    group_len, dedup_len, name_len, attrs_len, body_len = struct.unpack_from(
+        "<HHHII", frame, 8 + 6)
+    start = RECORD_HEADER + name_len + group_len + dedup_len + attrs_len
+    if body_len < HEADER.size or start + HEADER.size > record_len:
+        return None
+    rows = _np.frombuffer(frame, dtype=_np.uint8, count=count * record_len,
+                          offset=8).reshape(count, record_len)
+    lengths = rows[:, :20]   # record_len, flags, priority and every field's length
+    if count > 1 and not bool((lengths == lengths[0]).all()):
+        return None
+    columns = _np.ascontiguousarray(rows[:, start:start + HEADER.size]).view(
+        _np.dtype([("publisher", "<u4"), ("seq", "<u4"), ("stamp", "<i8")])).reshape(count)
+    return Headers(columns["publisher"], columns["seq"], columns["stamp"])
 
 
 def make_body(publisher: int, seq: int, size: int, stamp: int) -> bytes:
@@ -74,11 +148,14 @@ class SequenceCheck:
         new[: len(old)] = old
         self.counts[publisher] = new
 
-    def record(self, bodies: Sequence[bytes]) -> None:
+    def record(self, bodies: Sequence[bytes] | Headers) -> None:
         """Count every body of one batch (all of one size, or of any sizes without numpy)."""
-        if not bodies:
+        if not len(bodies):
             return
         self.received += len(bodies)
+        if isinstance(bodies, Headers):
+            self._count_columns(bodies.publishers, bodies.seqs)
+            return
         size = len(bodies[0])
         if _np is not None and len(bodies[-1]) == size:
             # small bodies: one join of the batch; large ones: of their headers only
@@ -89,18 +166,20 @@ class SequenceCheck:
                 fields = [("publisher", "<u4"), ("seq", "<u4")]
                 rows = _np.frombuffer(joined, dtype=_np.dtype(
                     [*fields, ("rest", f"V{width - 8}")] if width > 8 else fields))
-                publishers, seqs = rows["publisher"], rows["seq"]
-                first = int(publishers[0])
-                if (publishers == first).all():
-                    self._count_numpy(first, seqs)
-                else:
-                    for publisher in _np.unique(publishers).tolist():
-                        self._count_numpy(int(publisher), seqs[publishers == publisher])
+                self._count_columns(rows["publisher"], rows["seq"])
                 return
         unpack = HEADER.unpack_from
         for body in bodies:
             publisher, seq, _ = unpack(body)
             self._count_one(publisher, seq)
+
+    def _count_columns(self, publishers: Any, seqs: Any) -> None:
+        first = int(publishers[0])
+        if (publishers == first).all():
+            self._count_numpy(first, seqs)
+        else:
+            for publisher in _np.unique(publishers).tolist():
+                self._count_numpy(int(publisher), seqs[publishers == publisher])
 
     def _count_numpy(self, publisher: int, seqs: Any) -> None:
         if publisher >= len(self.counts):
@@ -185,13 +264,16 @@ class LatencyRecorder:
         self.histogram = HdrHistogram(self.LOWEST, self.HIGHEST, self.DIGITS)
         self.skip_before = skip_before
 
-    def record(self, bodies: Sequence[bytes]) -> None:
+    def record(self, bodies: Sequence[bytes] | Headers) -> None:
         """Record each body's latency, measured now from its intended send time."""
         now = time.monotonic_ns()
-        unpack = HEADER.unpack_from
         record = self.histogram.record_value
-        for body in bodies:
-            stamp = unpack(body)[2]
+        if isinstance(bodies, Headers):
+            stamps = bodies.stamps.tolist()
+        else:
+            unpack = HEADER.unpack_from
+            stamps = [unpack(body)[2] for body in bodies]
+        for stamp in stamps:
             if stamp >= self.skip_before:
                 record(min(self.HIGHEST, max(1, now - stamp)))
 
