@@ -1,11 +1,15 @@
-"""Pieces the end-to-end scripts share: publishing a run, printing rates.
+"""Pieces the end-to-end scripts share: publishing a run, printing rates, the harness.
 
 The broker process, the client that waits for it and the cleanup of child processes are
-the installed harness's (``fastfanout.bench.processes``), re-exported here.
+the installed harness's (``fastfanout.bench.processes``), re-exported here. The scripts
+whose scenario the harness has (e2e_fanout.py, e2e_stream.py, e2e_latency.py) run it
+(``harness``): their options become ``fastfanout bench`` options.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import deque
 from typing import Any
 
@@ -71,3 +75,33 @@ def print_rates(rates: dict[str, float]) -> None:
     base = next(iter(rates.values()))
     for name, rate in rates.items():
         print(f"{name}: median {rate:,.0f} msg/s, ratio {rate / base:.1f}x")
+
+
+def harness(args: list[str]) -> int:
+    """Run ``fastfanout bench ARGS`` (the installed harness), printing what it prints.
+
+    Returns its exit status (0: every run went through).
+    """
+    print("$ fastfanout bench " + " ".join(args), flush=True)
+    return subprocess.call([sys.executable, "-m", "fastfanout", "bench", *args])
+
+
+def add_harness_arguments(parser: Any, peers: str) -> None:
+    """``--peers`` (default ``peers``), ``--transport``, ``--json`` and ``--plot``, passed on."""
+    parser.add_argument("--peers", default=peers,
+                        help=f"peers beside fastfanout (fastfanout bench --peers; default "
+                             f"{peers})")
+    parser.add_argument("--transport", default="local", choices=["local", "ipc", "tcp"],
+                        help="fastfanout's transport (default local: a local channel)")
+    parser.add_argument("--json", help="write the harness's JSON result file")
+    parser.add_argument("--plot", help="write the harness's PNG figure")
+
+
+def harness_options(args: Any) -> list[str]:
+    """The ``fastfanout bench`` options of ``add_harness_arguments``' arguments."""
+    options = ["--peers", args.peers, "--transport", args.transport]
+    if args.json:
+        options += ["--json", args.json]
+    if args.plot:
+        options += ["--plot", args.plot]
+    return options

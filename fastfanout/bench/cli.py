@@ -173,7 +173,7 @@ def _options(function: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
-    """Benchmark fastfanout beside its peers (pyzmq, queues, Redis, NATS) on one topology.
+    """Benchmark fastfanout beside its peers (pyzmq, queues, Redis, NATS, RabbitMQ) on one topology.
 
     Scenarios: fanout, workqueue, stream, latency; compare two result files with
     `fastfanout bench compare OLD.json NEW.json`. See docs/bench.md.
