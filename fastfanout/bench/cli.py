@@ -3,7 +3,9 @@
 ``fastfanout bench SCENARIO [options]`` runs a scenario (``fastfanout.bench.scenarios``)
 for fastfanout and each available peer, every message size, every topology asked for,
 ``--runs`` times, shows live progress and a summary table, and writes ``--json`` and
-``--plot`` files. ``fastfanout bench compare OLD.json NEW.json`` flags regressions.
+``--plot`` files. ``fastfanout bench compare OLD.json NEW.json`` flags regressions;
+``fastfanout bench report FILE.json`` prints a file's table in markdown
+(docs/benchmarks.md).
 
 Every wrong input is one line on stderr and a non-zero status (the ``fastfanout`` group
 turns click's usage errors into one line); a run that fails is reported in its row and
@@ -342,3 +344,18 @@ def compare(old: str, new: str, threshold: float) -> None:
         raise click.ClickException(f"{regressions} regression(s) beyond "
                                    f"{threshold:.0%} (and the old runs' spread)")
     click.echo(f"no regression beyond {threshold:.0%}")
+
+
+@bench.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def report(files: tuple[str, ...]) -> None:
+    """Print the table of each --json FILE in markdown (what docs/benchmarks.md shows)."""
+    from fastfanout.bench.markdown import markdown
+    from fastfanout.bench.results import load
+
+    for number, path in enumerate(files):
+        try:
+            document = load(path)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(("\n" if number else "") + markdown(document))

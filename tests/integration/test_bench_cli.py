@@ -306,3 +306,16 @@ def test_frame_headers_read_every_body_header_of_a_uniform_delivery_frame() -> N
     # records of different layouts (a body of another size): decoded instead
     assert frame_headers(frame([*make_bodies(0, 0, 2, 64), *make_bodies(0, 2, 1, 80)])) is None
     assert frame_headers(b"FFB1\x00\x00\x00\x00") is None
+
+
+def test_report_prints_a_markdown_table_of_a_result_file(tmp_path: Path) -> None:
+    path = _document([1000.0, 1200.0, 900.0], tmp_path / "r.json")
+    result = CliRunner().invoke(cli, ["bench", "report", path])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "| scenario | size | system | msg/s | min-max | lost | dup | ratio |"
+    assert lines[1].startswith("|---|---:|---|---:|")
+    assert lines[2].startswith("| fanout 1x1 | 64B | fastfanout | 1k | 900-1k | 0 | 0 |")
+    (tmp_path / "bad.json").write_text("[]")
+    assert_one_line_error(CliRunner().invoke(cli, ["bench", "report",
+                                                   str(tmp_path / "bad.json")]), "bad")
