@@ -81,7 +81,7 @@ def test_every_status_round_trips(status: Status) -> None:
 
 def test_opcode_and_status_values_are_the_documented_ones() -> None:
     assert {op.name: op.value for op in Opcode} == {
-        "HELLO": 0x01, "HEARTBEAT": 0x02, "BYE": 0x03, "ATTACH": 0x04,
+        "HELLO": 0x01, "HEARTBEAT": 0x02, "BYE": 0x03, "ATTACH": 0x04, "REPORT": 0x05,
         "CREATE_TOPIC": 0x10, "DELETE_TOPIC": 0x11, "LIST_TOPICS": 0x12,
         "CREATE_QUEUE": 0x13, "DELETE_QUEUE": 0x14, "LIST_QUEUES": 0x15,
         "QUEUE_SETTINGS": 0x16, "SUBSCRIBE": 0x17, "UNSUBSCRIBE": 0x18,
@@ -90,7 +90,7 @@ def test_opcode_and_status_values_are_the_documented_ones() -> None:
         "EXTEND": 0x33, "TERM": 0x34, "CONSUME": 0x40, "CREDIT": 0x41, "CANCEL": 0x42,
         "SETTLE": 0x43,
         "REDRIVE": 0x50, "PURGE": 0x51, "STATS": 0x52, "CHECK": 0x53,
-        "SERVER_STATS": 0x54,
+        "SERVER_STATS": 0x54, "WORKERS": 0x55,
     }
     assert [status.value for status in Status] == [0, 1, 2, 3, 4, 5]
 
