@@ -412,6 +412,11 @@ def test_processes_spread_a_handler_over_processes(track: Tracker, tmp_path: Pat
     assert set(worker.pids) == pids
     wait_until(lambda: worker.stats().handlers["record"].processed == 20, what="stats")
     assert worker.stats().handlers["record"].processes == 2
+    # the parent reports its children's combined stats; the children report nothing
+    wait_until(lambda: [r["handlers"]["record"]["processed"]
+                        for r in client.worker_stats()] == [20], what="the parent's report")
+    [report] = client.worker_stats()
+    assert report["pid"] == os.getpid() and report["handlers"]["record"]["processes"] == 2
     killed = worker.pids[0]
     os.kill(killed, signal.SIGKILL)   # a dead worker process is started again
     wait_until(lambda: worker.stats().restarts == 1 and killed not in worker.pids,
