@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: set up the venv (building the native core only when its sources
-# changed), lint, type-check, run the whole pytest suite, then the core suites again on the
-# debug build. Every step runs even when an earlier one failed; the last line sums them up
-# and the exit status is non-zero if any failed.
+# The test command: install the Debian peers when root (ci/debian-peers.sh), set up the
+# venv (building the native core only when its sources changed), lint, type-check, run
+# the whole pytest suite, then the core suites again on the debug build. Every step runs
+# even when an earlier one failed; the last line sums them up and the exit status is
+# non-zero if any failed.
 # Extra arguments go to both pytest runs (e.g. ci/test.sh -k ring).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+bash ci/debian-peers.sh
 py=$(bash ci/setup-venv.sh test,bench,peers | tail -n 1) || exit 1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
