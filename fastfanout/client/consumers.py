@@ -18,14 +18,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
+from fastfanout._ext.received import AckBuffer, MessageCursor
 from fastfanout._ext.wire import count_of, receipts_of
-from fastfanout.client.core import ConsumerState
+from fastfanout.client.core import SETTLE_MAX_RECEIPTS, ConsumerState
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
     dead_letters,
-    decode_delivery,
 )
 from fastfanout.errors import BrokenConnection
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
@@ -33,11 +33,26 @@ from fastfanout.transport.sockets import CurveKeys, SubTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["Consumer", "DeliveryBatch", "Listener", "StreamListening"]
+__all__ = ["Consumer", "DeliveryBatch", "Listener", "StreamListening", "ack_limit"]
+
+
+def ack_limit(prefetch: int, linger: float) -> int:
+    """Single messages' acks a consumer queues before it sends them at once.
+
+    Half the prefetch (the broker counts queued acks as unsettled: it must not run out of
+    credit), at most ``SETTLE_MAX_RECEIPTS``; 1 (each at once) with no linger.
+    """
+    if linger <= 0:
+        return 1
+    return max(1, min(prefetch // 2, SETTLE_MAX_RECEIPTS))
 
 
 class Consumer(Iterator[RemoteMessage]):
     """Messages pushed by the broker for one queue, as an iterator (``Client.consume``).
+
+    Iterating it steps a native cursor (``fastfanout._ext.received.MessageCursor``): each
+    message is made in C from the pushed frame, and ``message.ack()`` queues its receipt
+    in C (sent with the consumer's other acks, see ``Client.consume``).
 
     Attributes:
         queue: the queue consumed.
@@ -53,7 +68,11 @@ class Consumer(Iterator[RemoteMessage]):
         self.connection = connection
         self.owner = owner
         self._state = state
-        self._messages: deque[RemoteMessage] = deque()
+        # message.ack() queues its receipt here, in C; the core sends them (its settle)
+        state.acks = AckBuffer(state, ack_limit(state.prefetch, connection.core.linger),
+                               self._send_acks)
+        # the messages are made and iterated in C, a frame at a time (``_refill``)
+        self._cursor = MessageCursor(owner, state.acks, self.queue, self._refill)
 
     @property
     def closed(self) -> bool:
@@ -64,9 +83,14 @@ class Consumer(Iterator[RemoteMessage]):
         """Queue a pipelined ack of a receipts frame (``ConnectionCore.defer_settle``)."""
         self.connection.defer_settle(self._state, receipts)
 
+    def _send_acks(self) -> None:
+        """The queued acks reached their limit (``ack_limit``): send them now."""
+        self.connection.settle(self._state)
+
     def _next_frames(self, timeout: float | None) -> list[bytes] | None:
         state = self._state
         connection = self.connection
+        acks = state.acks
         deadline = None if timeout is None else time.monotonic() + timeout
         while not state.batches:
             if state.error is not None:
@@ -78,18 +102,25 @@ class Consumer(Iterator[RemoteMessage]):
             if remaining is not None and remaining <= 0:
                 return None
             wait = 0.1 if remaining is None else min(0.1, remaining)
-            settle = connection.settle(state, now) if state.unsent else None
+            settle = (connection.settle(state, now)
+                      if state.unsent or (acks is not None and acks.count) else None)
             connection.pump(wait if settle is None else min(wait, settle))
         return state.batches.popleft()
 
+    def _refill(self) -> bytes:
+        """The cursor used up its frame: the next pushed one (waiting up to ``timeout``)."""
+        frames = self._next_frames(self.timeout)
+        if frames is None:   # nothing came for ``timeout`` seconds: the iteration ends
+            self.cancel()
+            raise StopIteration
+        return frames[0]
+
+    def __iter__(self) -> Iterator[RemoteMessage]:
+        """The native iterator over the pushed messages (one C step per message)."""
+        return self._cursor
+
     def __next__(self) -> RemoteMessage:
-        if not self._messages:
-            frames = self._next_frames(self.timeout)
-            if frames is None:   # nothing came for ``timeout`` seconds: the iteration ends
-                self.cancel()
-                raise StopIteration
-            self._messages.extend(decode_delivery(frames, self.owner, self, self.queue))
-        return self._messages.popleft()
+        return next(self._cursor)
 
     def next_batch(self, timeout: float | None = None) -> DeliveryBatch | None:
         """The next pushed batch, waiting up to ``timeout`` seconds (None: forever)."""

@@ -43,6 +43,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
+from fastfanout._ext.received import AckBuffer
 from fastfanout._ext.wire import FrameBuilder, encode_entries
 from fastfanout.client import forks
 from fastfanout.errors import (
@@ -300,7 +301,7 @@ class ConsumerState:
         closed: cancelled (or its client closed).
     """
 
-    __slots__ = ("batches", "closed", "consumer_id", "error", "prefetch", "queue",
+    __slots__ = ("acks", "batches", "closed", "consumer_id", "error", "prefetch", "queue",
                  "timeout", "unsent", "unsent_receipts", "unsent_since")
 
     def __init__(self, consumer_id: int, queue: str, prefetch: int,
@@ -316,6 +317,9 @@ class ConsumerState:
         self.unsent: list[bytes] = []
         self.unsent_receipts = 0
         self.unsent_since = 0.0
+        # pipelined acks of single messages (``message.ack()``), packed natively by its
+        # consumer (``fastfanout._ext.received.AckBuffer``): sent with the others
+        self.acks: AckBuffer | None = None
 
 
 class ConnectionCore:
@@ -572,6 +576,9 @@ class ConnectionCore:
         receipt fails its own batch only, as a SETTLE per batch would. Nothing is queued
         once the session ended: the broker released its leases.
         """
+        acks = consumer.acks
+        if acks is not None and acks.count:
+            self.settle_each(acks.take())
         if not consumer.unsent:
             return
         unsent = consumer.unsent
@@ -579,11 +586,28 @@ class ConnectionCore:
         if self.ended is None:
             self.queue_frames(Opcode.SETTLE, [*unsent, protocol.NO_CREDIT], False)
 
+    def settle_each(self, frames: list[bytes]) -> None:
+        """Queue SETTLEs of single messages' acks (``AckBuffer.take``'s frames).
+
+        They end with ``protocol.SETTLE_EACH``: a stale receipt fails alone.
+        """
+        if self.ended is not None:
+            return
+        for start in range(0, len(frames), protocol.SETTLE_MAX_FRAMES):
+            self.queue_frames(Opcode.SETTLE, [*frames[start:start + protocol.SETTLE_MAX_FRAMES],
+                                              protocol.SETTLE_EACH], False)
+
     def settle_wait(self, consumer: ConsumerState, now: float) -> float | None:
         """Seconds until the consumer's queued acks are due (queuing them if they are)."""
-        if not consumer.unsent:
+        acks = consumer.acks
+        if acks is not None and acks.count:
+            since = acks.since if not consumer.unsent else min(acks.since,
+                                                                consumer.unsent_since)
+        elif consumer.unsent:
+            since = consumer.unsent_since
+        else:
             return None
-        left = consumer.unsent_since + self.linger - now
+        left = since + self.linger - now
         if left > 0:
             return left
         self.settle(consumer)
@@ -682,6 +706,8 @@ class ConnectionCore:
         for consumer in consumers:
             consumer.error = error
             consumer.unsent, consumer.unsent_receipts = [], 0
+            if consumer.acks is not None:
+                consumer.acks.clear()
         self.loose_acks.clear()
         batches, self.batches = self.batches, {}
         for batch in batches.values():

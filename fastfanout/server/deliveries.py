@@ -238,6 +238,8 @@ class Deliveries:
             stale = self._port.ack_frames(receipts, session=session.owner)
         except InvalidArgument as exc:   # a frame not a multiple of 8: nothing acked
             raise MalformedFrame(str(exc)) from None
+        if stale and frames[-1] == protocol.SETTLE_EACH:
+            self._ack_each(session, receipts, stale)
         self.room = True
         for packed in receipts:
             session.settled(packed)
@@ -245,6 +247,21 @@ class Deliveries:
             raise StaleReceipt(
                 f"{len(stale)} receipts are stale (first: {stale[0]}); the frames "
                 f"holding them were not acked", stale)
+
+    def _ack_each(self, session: Session, frames: list[bytes], stale: list[int]) -> None:
+        """A SETTLE of single messages' acks: the fresh receipts of refused frames, one by one.
+
+        Their frames were refused whole for the stale receipts among them (``SETTLE_EACH``).
+        """
+        known = set(stale)
+        fresh: list[int] = []
+        for packed in frames:
+            receipts = protocol.decode_receipts(packed)
+            if not known.isdisjoint(receipts):   # refused whole: its other receipts
+                fresh += [receipt for receipt in receipts if receipt not in known]
+        if fresh:
+            self._port.ack_frames([protocol.encode_receipt(receipt) for receipt in fresh],
+                                  session=session.owner)
 
     def _by_receipt(self, session: Session, opcode: Opcode, frames: list[bytes]
                     ) -> list[bytes]:

@@ -45,6 +45,7 @@ __all__ = [
     "MAX_REQUEST_FRAMES",
     "NO_CREDIT",
     "PROTOCOL_VERSION",
+    "SETTLE_EACH",
     "SETTLE_MAX_FRAMES",
     "Opcode",
     "Status",
@@ -81,6 +82,10 @@ SETTLE_MAX_FRAMES: Final = 1024
 NO_CREDIT: Final = b"\x92\x00\x00"
 """SETTLE's last frame as the Python clients send it: msgpack ``[0, 0]``. The broker counts
 each consumer's credit itself and ignores that frame (older clients put credit there)."""
+SETTLE_EACH: Final = b"\x93\x00\x00\x01"
+"""SETTLE's last frame when its receipts frames are acks of single messages, msgpack
+``[0, 0, 1]``: each frame is acked whole when it can be; a frame refused for a stale
+receipt then has its other receipts acked one by one (a stale receipt fails alone)."""
 DEFAULT_MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Default ``ZMQ_MAXMSGSIZE``: a bigger frame makes libzmq drop the connection."""
 

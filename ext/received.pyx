@@ -1,0 +1,632 @@
+"""Received messages made in C at the client's edge, and the acks they queue.
+
+Design
+------
+A delivery frame (one codec batch, see codec.pyx) arrives as a bytes object. The
+per-message loop users write — ``for message in consumer: message.ack()`` — used to
+decode the frame into codec ``Record`` objects, then build a pure-Python
+``RemoteMessage`` from each, then queue a Python receipts frame per ack. Here every step
+of that loop is C:
+
+- ``MessageCursor`` walks a frame with the codec's bounds-checked reader and makes one
+  ``RemoteMessage`` per step (its ``tp_iternext`` is C: no generator, no deque), asking
+  its ``refill`` callable for the next frame only when one is used up;
+- a ``RemoteMessage`` holds its frame and a pointer to its record: id, receipt, receive
+  count, priority and timestamp are copied at once (plain C fields); the body,
+  attributes, group and dedup ids and the dead-letter record are made on first access;
+  the body is a ``bytes`` copy made once and kept (``memoryview(message)`` is a
+  zero-copy view of the body in the frame, which the view keeps alive);
+- ``message.ack()`` of a pushed message appends its receipt to an ``AckBuffer`` (C
+  array); the buffer's frames leave in one SETTLE, each frame the receipts acked one
+  after another from one delivery (so a consumer that acks every message of a push in
+  order settles exactly that push, which the broker forgets at once).
+
+Why bytes for the body: for a 64-byte body a ``bytes`` copy costs less than a
+``memoryview`` slice (about 30 ns against 90 ns here, see docs/benchmarks.md), and most
+bodies are small; it is made only when read, so a loop that never reads it pays nothing.
+Large bodies can be read without a copy through ``memoryview(message)``.
+
+The acks of single messages go as ``SETTLE`` with ``protocol.SETTLE_EACH`` as its last
+frame: the broker acks each frame whole, and if one is refused it acks that frame's
+fresh receipts one by one, so a stale receipt fails alone, as a frame per receipt did.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+from fastfanout._ext.codec cimport (
+    FF_CODEC_END,
+    FF_CODEC_OK,
+    FF_FLAG_DEAD_LETTER,
+    FF_FLAG_PRIORITY,
+    FF_RECORD_HEADER_SIZE,
+    ff_frame_reader,
+    ff_load_le16,
+    ff_load_le32,
+    ff_reader_next,
+    ff_reader_offset,
+    ff_reader_open,
+    ff_record_view,
+    ff_store_le64,
+)
+
+import json
+
+from fastfanout._ext.codec import status_text
+from fastfanout.errors import InvalidArgument, MalformedBatch
+from fastfanout.records import DeadLetterInfo
+
+from msgspec.msgpack import Decoder as _MsgpackDecoder
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeUTF8(const char* data, Py_ssize_t size, const char* errors)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef int clockid_t
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clock, timespec* now)
+    clockid_t CLOCK_MONOTONIC
+
+__all__ = ["DONE", "AckBuffer", "Done", "MessageCursor", "RemoteMessage", "messages_of"]
+
+cdef object _decode_attributes = _MsgpackDecoder().decode
+cdef object _UNSET = object()   # a lazily made field not made yet
+
+
+@cython.final
+cdef class Done:
+    """An awaitable that is already complete (``await`` it: None at once).
+
+    What the plain calls that code may await return: ``message.ack()`` and its kind, and
+    the asyncio listener's ``close()``. They act at once (an asyncio message's ack is
+    queued for this loop iteration's SETTLE); ``await message.ack()`` then works as it
+    reads, in asyncio code, and a blocking caller just ignores the value.
+    """
+
+    def __await__(self):
+        return iter(())   # an iterator that ends at once: ``await DONE`` is None
+
+    def __repr__(self):
+        return "DONE"
+
+
+DONE = Done()
+cdef Done _DONE = DONE
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
+@cython.final
+cdef class AckBuffer:
+    """Pipelined acks of single messages, packed in C until they are sent.
+
+    Each ``add`` appends a receipt; consecutive acks of messages of one delivery frame
+    share one receipts frame, a new frame starting whenever the delivery changes.
+
+    Args:
+        state: what tells whether acks may still be queued: an object with a ``closed``
+            attribute (a consumer's state, a connection's core). Once it is closed,
+            ``message.ack()`` goes to the message's owner instead (and waits).
+        limit: receipts queued at which ``on_full`` is called (at least 1).
+        on_full: called with no argument when ``limit`` receipts are queued (it sends
+            them), or None.
+        on_first: called with no argument when the first receipt is queued into an
+            empty buffer (say, to schedule the send), or None.
+    """
+
+    cdef uint64_t* _receipts
+    cdef Py_ssize_t _count
+    cdef Py_ssize_t _capacity
+    cdef Py_ssize_t* _cuts          # index of the first receipt of each frame after the first
+    cdef Py_ssize_t _cut_count
+    cdef Py_ssize_t _cut_capacity
+    cdef const void* _last_delivery
+    cdef double _since
+    cdef readonly Py_ssize_t limit
+    cdef readonly object state
+    cdef object _on_full
+    cdef object _on_first
+
+    def __cinit__(self, object state, Py_ssize_t limit, object on_full=None,
+                  object on_first=None):
+        if limit < 1:
+            raise InvalidArgument(f"limit={limit} must be at least 1")
+        self.state = state
+        self.limit = limit
+        self._on_full = on_full
+        self._on_first = on_first
+        self._receipts = NULL
+        self._cuts = NULL
+        self._count = self._capacity = self._cut_count = self._cut_capacity = 0
+        self._last_delivery = NULL
+        self._since = 0.0
+
+    def __dealloc__(self):
+        PyMem_Free(self._receipts)
+        PyMem_Free(self._cuts)
+
+    @property
+    def count(self):
+        """Receipts queued and not taken yet."""
+        return self._count
+
+    @property
+    def since(self):
+        """Monotonic seconds (``time.monotonic``) when the oldest queued ack was queued."""
+        return self._since
+
+    @property
+    def closed(self):
+        """True once its ``state`` is closed: acks then go through the message's owner."""
+        return bool(self.state.closed)
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t capacity = self._capacity * 2 if self._capacity else 256
+        cdef uint64_t* grown = <uint64_t*>PyMem_Realloc(self._receipts,
+                                                         capacity * sizeof(uint64_t))
+        if grown == NULL:
+            raise MemoryError()
+        self._receipts = grown
+        self._capacity = capacity
+        return 0
+
+    cdef int _cut(self) except -1:
+        cdef Py_ssize_t capacity
+        cdef Py_ssize_t* grown
+        if self._cut_count == self._cut_capacity:
+            capacity = self._cut_capacity * 2 if self._cut_capacity else 16
+            grown = <Py_ssize_t*>PyMem_Realloc(self._cuts, capacity * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._cuts = grown
+            self._cut_capacity = capacity
+        self._cuts[self._cut_count] = self._count
+        self._cut_count += 1
+        return 0
+
+    cdef int add(self, uint64_t receipt, const void* delivery) except -1:
+        """Queue one receipt of the delivery ``delivery`` (an identity, or NULL)."""
+        cdef bint first = self._count == 0
+        if self._count == self._capacity:
+            self._grow()
+        if first:
+            self._since = _monotonic()
+            self._cut_count = 0
+        elif delivery != self._last_delivery or delivery == NULL:
+            self._cut()
+        self._last_delivery = delivery
+        self._receipts[self._count] = receipt
+        self._count += 1
+        if first and self._on_first is not None:
+            self._on_first()
+        if self._count >= self.limit and self._on_full is not None:
+            self._on_full()
+        return 0
+
+    def append(self, receipt):
+        """Queue the ack of one receipt on its own frame (from Python code)."""
+        self.add(<uint64_t>receipt, NULL)
+
+    def take(self):
+        """The queued acks as receipts frames (u64 little-endian), and empty the buffer.
+
+        Returns:
+            A list of bytes: one frame per run of acks of one delivery, in ack order.
+        """
+        cdef list frames = []
+        cdef Py_ssize_t start = 0
+        cdef Py_ssize_t end
+        cdef Py_ssize_t cut
+        for cut in range(self._cut_count + 1):
+            end = self._cuts[cut] if cut < self._cut_count else self._count
+            if end > start:
+                frames.append(_pack(self._receipts + start, end - start))
+            start = end
+        self._count = 0
+        self._cut_count = 0
+        self._last_delivery = NULL
+        return frames
+
+    def clear(self):
+        """Drop the queued acks (the session they were for has ended)."""
+        self._count = 0
+        self._cut_count = 0
+        self._last_delivery = NULL
+
+
+cdef bytes _pack(const uint64_t* receipts, Py_ssize_t count):
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, 8 * count)
+    cdef char* out = PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t index
+    for index in range(count):
+        ff_store_le64(out + 8 * index, receipts[index])
+    return frame
+
+
+cdef inline object _text(const char* data, uint32_t length):
+    if length == 0:
+        return None
+    return PyUnicode_DecodeUTF8(data, length, NULL)
+
+
+cdef inline object _seconds(object microseconds):
+    return None if microseconds is None else microseconds / 1e6
+
+
+@cython.final
+@cython.freelist(64)
+cdef class RemoteMessage:
+    """A message received over the wire; the same attributes as ``fastfanout.Message``.
+
+    Made in C from the delivery frame (see the module's essay); the constructor is the
+    slow path, from a decoded codec ``Record``.
+
+    Args:
+        record: a codec ``Record`` of a delivery.
+        owner: what settles it by receipt (the client).
+        consumer: the consumer whose pipelined acks it joins (an ``AckBuffer`` or an
+            object with ``closed`` and ``defer_settle``), or None.
+        dead_letter: its ``DeadLetterInfo`` when it was dead-lettered, else None.
+        queue: the queue it was received from.
+
+    Attributes:
+        id: broker-unique, increasing message id.
+        body: the body bytes (``memoryview(message)``: the body without a copy).
+        timestamp: clock seconds when it was published or sent.
+        receive_count: deliveries of this message by this queue, this one included.
+        receipt: the receipt of this delivery, for ack/nack/extend/term.
+        queue: the queue it was received from.
+        group_id: FIFO group, or None.
+        dedup_id: deduplication id, or None.
+        priority: priority (0 when the queue has none).
+        dead_letter: a DeadLetterInfo when it was dead-lettered into this queue, else None.
+    """
+
+    cdef readonly uint64_t id
+    cdef readonly uint64_t receipt
+    cdef readonly uint32_t receive_count
+    cdef readonly int priority
+    cdef int64_t _timestamp_us
+    cdef uint8_t _flags
+    cdef object _frame            # the delivery frame (bytes) its record is in, or None
+    cdef const char* _record      # its record's header in _frame
+    cdef object _body
+    cdef object _encoded          # encoded attributes (constructor path)
+    cdef object _attributes
+    cdef object _group_id
+    cdef object _dedup_id
+    cdef object _dead_letter
+    cdef object _queue
+    cdef object _owner
+    cdef object _consumer
+
+    def __init__(self, record, owner, consumer, dead_letter=None, queue=""):
+        self.id = record.id
+        self.receipt = record.receipt or 0
+        self.receive_count = record.receive_count
+        self.priority = record.priority or 0
+        self._timestamp_us = record.timestamp_us
+        self._flags = FF_FLAG_DEAD_LETTER if record.dead_letter else 0
+        self._frame = None
+        self._record = NULL
+        self._body = record.body
+        self._encoded = record.attributes
+        self._attributes = _UNSET
+        self._group_id = record.group_id
+        self._dedup_id = record.dedup_id
+        self._dead_letter = dead_letter
+        self._queue = queue or ("" if record.dead_letter else record.name or "")
+        self._owner = owner
+        self._consumer = consumer
+
+    cdef inline const char* _part(self, int which, uint32_t* length) noexcept:
+        """A variable part of the record: 0 name, 1 group, 2 dedup, 3 attrs, 4 body."""
+        cdef const char* p = self._record
+        cdef uint32_t name_len = ff_load_le16(p + 10)
+        cdef uint32_t group_len = ff_load_le16(p + 6)
+        cdef uint32_t dedup_len = ff_load_le16(p + 8)
+        cdef uint32_t attrs_len = ff_load_le32(p + 12)
+        cdef uint32_t body_len = ff_load_le32(p + 16)
+        cdef const char* part = p + FF_RECORD_HEADER_SIZE
+        if which == 0:
+            length[0] = name_len
+            return part
+        part += name_len
+        if which == 1:
+            length[0] = group_len
+            return part
+        part += group_len
+        if which == 2:
+            length[0] = dedup_len
+            return part
+        part += dedup_len
+        if which == 3:
+            length[0] = attrs_len
+            return part
+        length[0] = body_len
+        return part + attrs_len
+
+    @property
+    def body(self):
+        """The body bytes (made on first access, then kept)."""
+        cdef const char* data
+        cdef uint32_t length
+        if self._body is None:
+            data = self._part(4, &length)
+            self._body = PyBytes_FromStringAndSize(data, length)
+        return self._body
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        cdef const char* data
+        cdef uint32_t length
+        if self._record == NULL:
+            body = self.body
+            PyBuffer_FillInfo(buffer, body, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body),
+                              1, flags)
+            return
+        data = self._part(4, &length)
+        PyBuffer_FillInfo(buffer, self, <void*>data, length, 1, flags)
+
+    @property
+    def timestamp(self):
+        """Clock seconds when it was published or sent."""
+        return self._timestamp_us / 1e6
+
+    @property
+    def queue(self):
+        """The queue it was received from."""
+        cdef const char* data
+        cdef uint32_t length
+        if self._queue is None:
+            if self._flags & FF_FLAG_DEAD_LETTER:
+                self._queue = ""
+            else:
+                data = self._part(0, &length)
+                self._queue = _text(data, length) or ""
+        return self._queue
+
+    @property
+    def group_id(self):
+        """FIFO group, or None."""
+        cdef const char* data
+        cdef uint32_t length
+        if self._group_id is _UNSET:
+            data = self._part(1, &length)
+            self._group_id = _text(data, length)
+        return self._group_id
+
+    @property
+    def dedup_id(self):
+        """Deduplication id, or None."""
+        cdef const char* data
+        cdef uint32_t length
+        if self._dedup_id is _UNSET:
+            data = self._part(2, &length)
+            self._dedup_id = _text(data, length)
+        return self._dedup_id
+
+    @property
+    def attributes(self):
+        """Message attributes: name -> str | int | float | bytes | list[str]."""
+        cdef const char* data
+        cdef uint32_t length
+        if self._attributes is _UNSET:
+            if self._record != NULL:
+                data = self._part(3, &length)
+                self._attributes = _decode_attributes(
+                    PyBytes_FromStringAndSize(data, length)) if length else {}
+            else:
+                self._attributes = _decode_attributes(self._encoded) if self._encoded else {}
+        return self._attributes
+
+    @property
+    def dead_letter(self):
+        """A DeadLetterInfo when it was dead-lettered into this queue, else None.
+
+        A dead-lettered copy's record holds ``[reason, source, receive_count, first_us,
+        last_us, time_us]`` as JSON in its name part (docs/protocol.md).
+        """
+        cdef const char* data
+        cdef uint32_t length
+        if self._dead_letter is _UNSET:
+            if not self._flags & FF_FLAG_DEAD_LETTER:
+                self._dead_letter = None
+            else:
+                data = self._part(0, &length)
+                reason, source, count, first, last, when = json.loads(data[:length])
+                self._dead_letter = DeadLetterInfo(reason, source, count, _seconds(first),
+                                                   _seconds(last), when / 1e6)
+        return self._dead_letter
+
+    def _settled(self):
+        # settled apart from its batch: a later DeliveryBatch.ack() leaves it out
+        self._consumer = None
+
+    def detach(self):
+        """For its batch's ack: True (and now settled) unless settled on its own before."""
+        live = self._consumer is not None
+        self._consumer = None
+        return live
+
+    def ack(self):
+        """Delete the message (its lease must still run); returns ``DONE`` (awaitable).
+
+        A message pushed to a consumer (``consume``) is acked pipelined, with that
+        consumer's other acks in one SETTLE within the client's linger, as
+        ``DeliveryBatch.ack()`` does: a stale receipt is then counted by the broker
+        (``error.stale_receipt``), not raised. Otherwise (``receive``, a cancelled
+        consumer) the call waits and raises ``StaleReceipt``; the asyncio client queues
+        it for its loop iteration (``await message.ack()`` works too, and does not wait
+        for the broker). ``await client.ack(message.receipt)`` always waits.
+        """
+        cdef object consumer = self._consumer
+        cdef AckBuffer acks
+        cdef const void* delivery = NULL
+        if consumer is not None:
+            if type(consumer) is AckBuffer:
+                acks = <AckBuffer>consumer
+                if not acks.state.closed:
+                    self._consumer = None
+                    if self._frame is not None:
+                        delivery = <const void*>self._frame
+                    acks.add(self.receipt, delivery)
+                    return _DONE
+            elif not consumer.closed:
+                self._consumer = None
+                consumer.defer_settle(_pack(&self.receipt, 1))
+                return _DONE
+        try:
+            self._owner.ack(self.receipt)
+        finally:
+            self._consumer = None
+        return _DONE
+
+    def nack(self, delay=None):
+        """End the lease; visible again after ``delay`` seconds (None: queue backoff).
+
+        Returns ``DONE`` (awaitable; the asyncio client sends the request at once).
+        """
+        try:
+            self._owner.nack(self.receipt, delay=delay)
+        finally:
+            self._consumer = None
+        return _DONE
+
+    def extend(self, seconds):
+        """Make the lease end ``seconds`` from now (0: give the message back); ``DONE``."""
+        self._owner.extend(self.receipt, seconds)
+        if seconds == 0:
+            self._consumer = None
+        return _DONE
+
+    def term(self):
+        """Dead-letter the message at once (reason ``rejected``); returns ``DONE``."""
+        try:
+            self._owner.term(self.receipt)
+        finally:
+            self._consumer = None
+        return _DONE
+
+    def __repr__(self):
+        return (f"RemoteMessage(id={self.id}, queue={self.queue!r}, "
+                f"receive_count={self.receive_count}, body={self.body[:32]!r})")
+
+
+cdef inline RemoteMessage _make(const ff_record_view* view, object frame, object owner,
+                                object consumer, object queue):
+    cdef RemoteMessage message = RemoteMessage.__new__(RemoteMessage)
+    message.id = view.id
+    message.receipt = view.receipt
+    message.receive_count = view.receive_count
+    message.priority = view.priority if view.flags & FF_FLAG_PRIORITY else 0
+    message._timestamp_us = view.timestamp_us
+    message._flags = view.flags
+    message._frame = frame
+    message._record = view.start
+    message._attributes = _UNSET
+    message._group_id = _UNSET
+    message._dedup_id = _UNSET
+    message._dead_letter = _UNSET
+    message._queue = queue if queue else None
+    message._owner = owner
+    message._consumer = consumer
+    return message
+
+
+cdef object _malformed(int status, size_t offset):
+    return MalformedBatch(
+        f"malformed batch frame: {status_text(status)} at byte offset {offset}")
+
+
+@cython.final
+cdef class MessageCursor:
+    """Iterates the messages of delivery frames, one ``RemoteMessage`` per step, in C.
+
+    Args:
+        owner: what the messages settle through by receipt (the client).
+        consumer: their consumer's ``AckBuffer`` (or a settler), or None.
+        queue: the queue they come from.
+        refill: called with no argument when a frame is used up: the next delivery
+            frame (bytes), or None to end the iteration (it may raise StopIteration).
+    """
+
+    cdef object _frame
+    cdef ff_frame_reader _reader
+    cdef readonly object owner
+    cdef readonly object consumer
+    cdef readonly str queue
+    cdef object _refill
+
+    def __cinit__(self, object owner, object consumer, str queue, object refill=None):
+        self.owner = owner
+        self.consumer = consumer
+        self.queue = queue
+        self._refill = refill
+        self._frame = None
+        self._reader.count = self._reader.index = 0
+        self._reader.remaining = 0
+
+    cdef int load(self, object frame) except -1:
+        cdef int status
+        if type(frame) is not bytes:
+            frame = bytes(frame)
+        status = ff_reader_open(&self._reader, PyBytes_AS_STRING(frame),
+                                <size_t>PyBytes_GET_SIZE(frame))
+        if status != FF_CODEC_OK:
+            self._frame = None
+            self._reader.count = self._reader.index = 0
+            raise _malformed(status, ff_reader_offset(&self._reader))
+        self._frame = frame
+        return 0
+
+    def feed(self, frame):
+        """Start on a delivery frame (the rest of the current one is dropped)."""
+        self.load(frame)
+
+    @property
+    def pending(self):
+        """Messages of the current frame not yet made."""
+        return self._reader.count - self._reader.index if self._frame is not None else 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef ff_record_view view
+        cdef int status
+        cdef size_t offset
+        while True:
+            if self._frame is not None:
+                offset = ff_reader_offset(&self._reader)
+                status = ff_reader_next(&self._reader, &view)
+                if status == FF_CODEC_OK:
+                    return _make(&view, self._frame, self.owner, self.consumer, self.queue)
+                self._frame = None
+                if status != FF_CODEC_END:
+                    raise _malformed(status, offset)
+            if self._refill is None:
+                raise StopIteration
+            frame = self._refill()
+            if frame is None:
+                raise StopIteration
+            self.load(frame)
+
+
+def messages_of(frame, owner, consumer=None, str queue=""):
+    """Every message of a delivery frame, made in C (a list of ``RemoteMessage``).
+
+    Raises:
+        MalformedBatch: the frame is malformed (nothing is returned).
+    """
+    cdef MessageCursor cursor = MessageCursor(owner, consumer, queue)
+    cursor.load(frame)
+    return list(cursor)
