@@ -177,7 +177,8 @@ def main() -> int:
               flush=True)
         for mode in args.modes:
             for consumers in args.consumers if mode == "producer" else [1]:
-                rate = median_rate(lambda: remote_run(count, consumers, mode), args.runs)
+                rate = statistics.median(remote_run(count, consumers, mode)
+                                         for _ in range(args.runs))
                 call = "producer.offer()" if mode == "producer" else "publish_nowait()"
                 report(f"{call} per message -> broker -> {consumers} consumer(s), "
                        f"message.ack() each (per consumer)", rate, base)

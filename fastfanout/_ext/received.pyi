@@ -9,7 +9,7 @@ __all__ = ["DONE", "AckBuffer", "Done", "MessageCursor", "RemoteMessage", "messa
 
 @final
 class Done:
-    def __await__(self) -> Generator[None, None, None]: ...
+    def __await__(self) -> Generator[None]: ...
 
 DONE: Final[Done]
 

@@ -1,0 +1,108 @@
+"""The per-message loop over the wire: messages made in C, acks queued in C (issue 15)."""
+
+from __future__ import annotations
+
+from typing import Any as Tracker
+
+from fastfanout import protocol
+from fastfanout._ext.received import MessageCursor, RemoteMessage
+from fastfanout.protocol import Opcode
+
+
+def _consumer_of_three(track: Tracker) -> tuple[Tracker, Tracker, Tracker, list[bytes]]:
+    """(server, client, consumer, settles): a, b and c pushed together, nothing acked.
+
+    ``settles`` collects the payload of every SETTLE the client queues.
+    """
+    server = track.server()
+    client = track.client(server.endpoint, linger=30.0)
+    client.create_queue("q", visibility_timeout=60.0)
+    settles: list[list[bytes]] = []
+
+    def counted(opcode: int, payload: list[bytes]) -> None:
+        if opcode == Opcode.SETTLE:
+            settles.append(payload)
+
+    client.connection.core.on_request = counted
+    client.send_batch("q", [b"a", b"b", b"c"])
+    consumer = client.consume("q", prefetch=100, timeout=5.0)
+    return server, client, consumer, settles
+
+
+def test_iterating_a_consumer_steps_a_native_cursor(track: Tracker) -> None:
+    consumer = _consumer_of_three(track)[2]
+    iterator = iter(consumer)
+    assert type(iterator) is MessageCursor   # no Python frame per message
+    messages = [next(iterator) for _ in range(3)]
+    assert all(type(message) is RemoteMessage for message in messages)
+    assert [message.body for message in messages] == [b"a", b"b", b"c"]
+    assert [bytes(memoryview(message)) for message in messages] == [b"a", b"b", b"c"]
+    assert [message.queue for message in messages] == ["q", "q", "q"]
+    assert [message.receive_count for message in messages] == [1, 1, 1]
+    assert messages[0].attributes == {} and messages[0].dead_letter is None
+    consumer.cancel()
+
+
+def test_acks_of_every_message_of_a_push_settle_it_whole(track: Tracker) -> None:
+    _, client, consumer, settles = _consumer_of_three(track)
+    for got, message in enumerate(consumer, 1):
+        message.ack()
+        if got == 3:
+            break
+    assert settles == []                 # queued in C within the linger
+    consumer.cancel()                    # sends them
+    # one receipts frame for the push, in delivery order: the server forgets it at once
+    assert [[len(frame) for frame in payload[:-1]] for payload in settles] == [[24]]
+    assert settles[0][-1] == protocol.SETTLE_EACH
+    assert client.stats().queues["q"].acked == 3
+    assert client.server_stats()["held_receipts"] == 0
+
+
+def test_a_stale_receipt_among_message_acks_fails_alone(track: Tracker) -> None:
+    server, client, consumer, _ = _consumer_of_three(track)
+    a, b, c = (next(consumer) for _ in range(3))
+    client.ack(b.receipt)                # acked by receipt: b's receipt is now stale
+    for message in (a, b, c):
+        message.ack()                    # one frame a, b, c: refused whole at first
+    consumer.cancel()
+    track.wait_until(lambda: server.counters["error.stale_receipt"] == 1, what="counted")
+    stats = client.stats().queues["q"]
+    assert stats.acked == 3 and stats.leased == 0
+
+
+def test_message_acks_go_at_once_at_half_the_prefetch(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, linger=30.0)
+    client.create_queue("q", visibility_timeout=60.0)
+    client.send_batch("q", [b"%d" % index for index in range(4)])
+    consumer = client.consume("q", prefetch=4, timeout=5.0)
+    next(consumer).ack()
+    assert client.stats().queues["q"].acked == 0    # 1 of 4 owed: queued
+    next(consumer).ack()                            # 2 of 4: sent without the linger
+    track.wait_until(lambda: client.stats().queues["q"].acked == 2, what="acks sent")
+    consumer.cancel()
+
+
+def test_background_thread_sends_message_acks_when_nobody_waits(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, linger=0.01)
+    client.create_queue("q", visibility_timeout=60.0)
+    client.send("q", b"a")
+    consumer = client.consume("q", prefetch=100, timeout=5.0)
+    next(consumer).ack()
+    track.wait_until(lambda: client.stats().queues["q"].acked == 1, what="ack sent")
+    consumer.cancel()
+
+
+def test_receive_makes_native_messages(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send("q", b"body", attributes={"k": "v"}, group_id=None, dedup_id="d1",
+                priority=None)
+    (message,) = client.receive("q")
+    assert type(message) is RemoteMessage
+    assert (message.body, message.attributes, message.dedup_id, message.group_id,
+            message.queue) == (b"body", {"k": "v"}, "d1", None, "q")
+    message.ack()    # a received message's ack waits for the broker
+    assert client.stats().queues["q"].acked == 1
