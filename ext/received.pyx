@@ -72,7 +72,69 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(clockid_t clock, timespec* now)
     clockid_t CLOCK_MONOTONIC
 
-__all__ = ["DONE", "AckBuffer", "Done", "MessageCursor", "RemoteMessage", "messages_of"]
+__all__ = ["DONE", "AckBuffer", "AsyncMessageCursor", "Done", "MessageCursor", "RemoteMessage",
+           "messages_of"]
+
+# An awaitable already complete with a value, for ``__anext__`` when a message is at hand:
+# ``await`` takes the value through ``am_send`` (no StopIteration raised, no frame).
+cdef extern from *:
+    """
+    typedef struct { PyObject_HEAD PyObject* value; } ff_ready;
+
+    static PyObject* ff_ready_await(PyObject* self) { Py_INCREF(self); return self; }
+
+    static PySendResult ff_ready_send(PyObject* self, PyObject* arg, PyObject** result) {
+        ff_ready* ready = (ff_ready*)self;
+        *result = ready->value ? ready->value : Py_NewRef(Py_None);
+        ready->value = NULL;
+        return PYGEN_RETURN;
+    }
+
+    static PyObject* ff_ready_next(PyObject* self) {
+        ff_ready* ready = (ff_ready*)self;
+        PyObject* value = ready->value;
+        PyObject* stop;
+        if (value == NULL) { PyErr_SetNone(PyExc_StopIteration); return NULL; }
+        ready->value = NULL;
+        stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+        Py_DECREF(value);
+        if (stop != NULL) { PyErr_SetObject(PyExc_StopIteration, stop); Py_DECREF(stop); }
+        return NULL;
+    }
+
+    static void ff_ready_dealloc(PyObject* self) {
+        Py_XDECREF(((ff_ready*)self)->value);
+        PyObject_Free(self);
+    }
+
+    static PyAsyncMethods ff_ready_async = {ff_ready_await, 0, 0, ff_ready_send};
+
+    static PyTypeObject ff_ready_type = {
+        PyVarObject_HEAD_INIT(NULL, 0)
+        .tp_name = "fastfanout._ext.received.Ready",
+        .tp_basicsize = sizeof(ff_ready),
+        .tp_dealloc = ff_ready_dealloc,
+        .tp_as_async = &ff_ready_async,
+        .tp_flags = Py_TPFLAGS_DEFAULT,
+        .tp_doc = "An awaitable already complete with its value.",
+        .tp_iter = PyObject_SelfIter,
+        .tp_iternext = ff_ready_next,
+    };
+
+    static PyObject* ff_ready_new(PyObject* value) {
+        ff_ready* ready = PyObject_New(ff_ready, &ff_ready_type);
+        if (ready == NULL) return NULL;
+        Py_INCREF(value);
+        ready->value = value;
+        return (PyObject*)ready;
+    }
+
+    static int ff_ready_init(void) { return PyType_Ready(&ff_ready_type); }
+    """
+    int ff_ready_init() except -1
+    object ff_ready_new(object value)
+
+ff_ready_init()
 
 cdef object _decode_attributes = _MsgpackDecoder().decode
 cdef object _UNSET = object()   # a lazily made field not made yet
@@ -600,25 +662,89 @@ cdef class MessageCursor:
     def __iter__(self):
         return self
 
-    def __next__(self):
+    cdef object _next_here(self):
+        """The next message of the current frame, or None once it is used up."""
         cdef ff_record_view view
-        cdef int status
-        cdef size_t offset
+        cdef size_t offset = ff_reader_offset(&self._reader)
+        cdef int status = ff_reader_next(&self._reader, &view)
+        if status == FF_CODEC_OK:
+            return _make(&view, self._frame, self.owner, self.consumer, self.queue)
+        self._frame = None
+        if status != FF_CODEC_END:
+            raise _malformed(status, offset)
+        return None
+
+    def __next__(self):
+        cdef object message
         while True:
             if self._frame is not None:
-                offset = ff_reader_offset(&self._reader)
-                status = ff_reader_next(&self._reader, &view)
-                if status == FF_CODEC_OK:
-                    return _make(&view, self._frame, self.owner, self.consumer, self.queue)
-                self._frame = None
-                if status != FF_CODEC_END:
-                    raise _malformed(status, offset)
+                message = self._next_here()
+                if message is not None:
+                    return message
             if self._refill is None:
                 raise StopIteration
             frame = self._refill()
             if frame is None:
                 raise StopIteration
             self.load(frame)
+
+
+@cython.final
+cdef class AsyncMessageCursor:
+    """Iterates (``async for``) the messages of delivery frames, one per step, in C.
+
+    A step with a message at hand returns an awaitable already complete (no coroutine,
+    no generator); only when a frame is used up does it await ``refill``.
+
+    Args:
+        owner: what the messages settle through by receipt (the client's settler).
+        consumer: their ``AckBuffer`` (or a settler), or None.
+        queue: the queue they come from.
+        refill: an async iterator of delivery payloads (lists of frames, the first one
+            the delivery frame); its end ends the iteration.
+    """
+
+    cdef MessageCursor _cursor
+    cdef object _refill
+
+    def __cinit__(self, object owner, object consumer, str queue, object refill):
+        self._cursor = MessageCursor(owner, consumer, queue)
+        self._refill = refill
+
+    @property
+    def pending(self):
+        """Messages of the current frame not yet made."""
+        return self._cursor.pending
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        cdef MessageCursor cursor = self._cursor
+        cdef object message
+        if cursor._frame is not None:
+            message = cursor._next_here()
+            if message is not None:
+                return ff_ready_new(message)
+        return _refilled(self)
+
+    def aclose(self):
+        """Close the iteration at once (its consumer is cancelled): an awaitable."""
+        return self._refill.aclose()
+
+
+async def _refilled(AsyncMessageCursor self):
+    """The next message once the current frame is used up: awaits the next frame(s)."""
+    cdef object message
+    while True:
+        try:
+            frames = await self._refill.__anext__()
+        except StopAsyncIteration:
+            raise StopAsyncIteration from None
+        self._cursor.load(frames[0])
+        message = self._cursor._next_here()
+        if message is not None:
+            return message
 
 
 def messages_of(frame, owner, consumer=None, str queue=""):

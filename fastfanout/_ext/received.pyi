@@ -1,11 +1,18 @@
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+)
 from typing import Any, Final, final
 
 from typing_extensions import Buffer
 
 from fastfanout.records import Attributes, DeadLetterInfo
 
-__all__ = ["DONE", "AckBuffer", "Done", "MessageCursor", "RemoteMessage", "messages_of"]
+__all__ = ["DONE", "AckBuffer", "AsyncMessageCursor", "Done", "MessageCursor", "RemoteMessage",
+           "messages_of"]
 
 @final
 class Done:
@@ -80,6 +87,16 @@ class MessageCursor(Iterator[RemoteMessage]):
     def feed(self, frame: bytes) -> None: ...
     def __iter__(self) -> MessageCursor: ...
     def __next__(self) -> RemoteMessage: ...
+
+@final
+class AsyncMessageCursor(AsyncIterator[RemoteMessage]):
+    @property
+    def pending(self) -> int: ...
+    def __init__(self, owner: Any, consumer: Any, queue: str,
+                 refill: AsyncIterator[list[bytes]]) -> None: ...
+    def __aiter__(self) -> AsyncMessageCursor: ...
+    def __anext__(self) -> Awaitable[RemoteMessage]: ...
+    def aclose(self) -> Awaitable[None]: ...
 
 def messages_of(frame: bytes, owner: Any, consumer: Any = None,
                 queue: str = "") -> list[RemoteMessage]: ...

@@ -30,10 +30,17 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
+from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
 from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import StreamListening
-from fastfanout.client.core import ControlCall, Request, decode_value, encode_call
+from fastfanout.client.core import (
+    SETTLE_MAX_RECEIPTS,
+    ControlCall,
+    Request,
+    decode_value,
+    encode_call,
+)
 from fastfanout.client.driver import DriverBase
 from fastfanout.client.face import ClientFace
 from fastfanout.client.messages import (
@@ -236,11 +243,17 @@ class AsyncConnection(DriverBase):
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
+        # message.ack() of a received or pushed message queues its receipt here, in C;
+        # the acks of one loop iteration leave together (``send_acks``)
+        self.acks = AckBuffer(self.core, SETTLE_MAX_RECEIPTS, self.send_acks,
+                              self._acks_started)
         forks.watch(self._after_fork)
 
     def _after_fork(self) -> None:
         """In a forked child: the next call must refuse, and the reader stop reading."""
         self.core.forked = True
+        self.core.closed = True   # a message's ack then raises UsedAfterFork, as calls do
+        self.acks.clear()
 
     async def start(self) -> None:
         """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
@@ -386,10 +399,17 @@ class AsyncConnection(DriverBase):
             asyncio.get_running_loop().call_soon(self.send_acks)
         self.core.loose_acks.append(protocol.encode_receipt(receipt))
 
+    def _acks_started(self) -> None:
+        """A ``message.ack()`` queued the first ack of this loop iteration."""
+        asyncio.get_running_loop().call_soon(self.send_acks)
+
     def send_acks(self) -> None:
         """Send the queued acks."""
         if self.core.loose_acks:
             self.core.settle_loose()
+            self.send_out()
+        if self.acks.count:
+            self.core.settle_each(self.acks.take())
             self.send_out()
 
     # -- what arrives --------------------------------------------------------------------
@@ -435,6 +455,7 @@ class AsyncConnection(DriverBase):
     def broken(self, error: FastFanoutError) -> FastFanoutError:
         """The connection failed: every waiter gets ``error``."""
         self.core.broken(error)
+        self.acks.clear()
         self._wake_all()
         return error
 
@@ -486,6 +507,7 @@ class AsyncConnection(DriverBase):
         """
         core = self.core
         with contextlib.suppress(FastFanoutError, TimeoutError):
+            self.send_acks()   # the messages' queued acks, before BYE too
             publishes = self.submit(core.closing)   # acks before BYE, which releases leases
             async with asyncio.timeout(timeout):
                 for request in publishes:
@@ -675,7 +697,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         request = connection.submit(connection.core.receive_request, queue, max_messages,
                                     wait, visibility_timeout)
         frames = await connection.wait(request, connection.core.receive_allowance(wait))
-        return decode_delivery(frames, connection.settler, None, queue)
+        return decode_delivery(frames, connection.settler, connection.acks, queue)
 
     async def ack(self, receipt: int) -> None:
         """Delete the message of a delivery (raises ``StaleReceipt`` if its lease ended)."""
@@ -686,18 +708,18 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         connection = self.connection
         await connection.wait(connection.submit(connection.core.ack_request, receipts))
 
-    async def consume(self, queue: str, *, prefetch: int = 100,
-                      visibility_timeout: float | None = None,
-                      timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
+    def consume(self, queue: str, *, prefetch: int = 100,
+                visibility_timeout: float | None = None,
+                timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
         """Iterate (``async for``) over pushed messages: a plain call, not awaited.
 
         See ``fastfanout.api.BrokerAPI.consume``; a bad ``timeout`` raises
         ``InvalidArgument`` on the first step of the iteration.
         """
         connection = self.connection
-        async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
-            for message in decode_delivery(frames, connection.settler, None, queue):
-                yield message
+        # a native iterator: one C step per message, awaiting only for the next push
+        return AsyncMessageCursor(connection.settler, connection.acks, queue, connection.pushes(
+            queue, prefetch, visibility_timeout, timeout))
 
     async def consume_batches(self, queue: str, *, prefetch: int = 1000,
                               visibility_timeout: float | None = None,
@@ -706,7 +728,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         """Iterate (``async for``) over pushed batches (a plain call, not awaited)."""
         connection = self.connection
         async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
-            yield decode_delivery(frames, connection.settler, None, queue)
+            yield decode_delivery(frames, connection.settler, connection.acks, queue)
 
     def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000
                ) -> AsyncListener:

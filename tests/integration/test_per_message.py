@@ -106,3 +106,44 @@ def test_receive_makes_native_messages(track: Tracker) -> None:
             message.queue) == (b"body", {"k": "v"}, "d1", None, "q")
     message.ack()    # a received message's ack waits for the broker
     assert client.stats().queues["q"].acked == 1
+
+
+def test_the_asyncio_consumer_is_a_native_iterator(track: Tracker) -> None:
+    import asyncio
+
+    from fastfanout import aio
+    from fastfanout._ext.received import AsyncMessageCursor
+
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send_batch("q", [b"a", b"b", b"c"])
+            settles: list[list[bytes]] = []
+
+            def counted(opcode: int, payload: list[bytes]) -> None:
+                if opcode == Opcode.SETTLE:
+                    settles.append(payload)
+
+            client.connection.core.on_request = counted
+            messages = client.consume("q", prefetch=100, timeout=5.0)
+            assert type(messages) is AsyncMessageCursor
+            bodies = []
+            async for message in messages:
+                assert type(message) is RemoteMessage
+                bodies.append(message.body)
+                await message.ack()
+                if len(bodies) == 3:
+                    break
+            await messages.aclose()   # cancels the consumer
+            assert bodies == [b"a", b"b", b"c"]
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while (await client.stats()).queues["q"].acked < 3:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            # acked in one loop iteration: one SETTLE of one frame (the push), SETTLE_EACH
+            assert [[len(frame) for frame in payload] for payload in settles] == [[24, 4]]
+            assert settles[0][-1] == protocol.SETTLE_EACH
+
+    asyncio.run(main())
