@@ -42,6 +42,7 @@ from collections import deque
 from types import TracebackType
 from typing import Final
 
+from fastfanout._ext.offers import OfferGate
 from fastfanout._ext.wire import FrameBuilder, count_of
 from fastfanout.client.core import Request
 from fastfanout.client.driver import AsyncDriver, BlockingDriver
@@ -95,13 +96,12 @@ class ProducerCore:
         in_flight: frames sent, by their request, oldest first.
         queued: full frames waiting for room (asyncio only).
         kept: refused frames (asyncio: and those queued behind them), oldest first.
-        offered: messages offered so far.
         published: messages the broker accepted so far.
         refused_frames: frames the broker refused (each kept and sent again by a flush).
     """
 
     __slots__ = ("batch_bytes", "batch_messages", "builder", "closed", "in_flight", "kept",
-                 "linger", "max_in_flight", "offered", "published", "queued",
+                 "linger", "max_in_flight", "published", "queued",
                  "refused_frames", "topic")
 
     def __init__(self, topic: str, batch_messages: int, batch_bytes: int,
@@ -116,16 +116,16 @@ class ProducerCore:
         self.queued: deque[bytes] = deque()
         self.kept: deque[bytes] = deque()
         self.closed = False
-        self.offered = self.published = self.refused_frames = 0
+        self.published = self.refused_frames = 0
 
     def check_open(self) -> None:
         """Raise ``Closed`` once the producer is closed.
 
-        A driver's ``offer()`` calls it only when ``closed`` or ``kept`` is set; it then
-        appends with ``builder.append_body`` (one native call, atomic under the GIL, as
-        is ``take()``: a body lands in exactly one frame even while another thread takes
-        the open frame), counts ``offered`` and sends the frame once it holds
-        ``batch_messages`` bodies or ``batch_bytes`` bytes: inline, no call per message.
+        A driver's ``offer()`` (one native call, ``fastfanout._ext.offers.OfferGate``)
+        calls it only when ``closed`` or ``kept`` is set; it then appends to ``builder``
+        (atomic under the GIL, as is ``take()``: a body lands in exactly one frame even
+        while another thread takes the open frame), counts the offer and sends the frame
+        once it holds ``batch_messages`` bodies or ``batch_bytes`` bytes.
         """
         if self.closed:
             raise Closed(f"the producer of topic {self.topic!r} is closed")
@@ -168,6 +168,8 @@ class ProducerFace:
         topic: the topic published to.
     """
 
+    _gate: OfferGate   # the driver's offer(), in C: it counts the offers
+
     def __init__(self, core: ProducerCore) -> None:
         self.core = core
         self.topic = core.topic
@@ -175,7 +177,7 @@ class ProducerFace:
     @property
     def offered(self) -> int:
         """Messages offered so far."""
-        return self.core.offered
+        return self._gate.offered
 
     @property
     def published(self) -> int:
@@ -204,6 +206,10 @@ class RemoteProducer(ProducerFace):
         self._connection = connection
         self._opened_at = 0.0     # when the open frame got its first message
         self._flushing = False    # the producing thread flushes: no linger sends
+        # offer() is one native call, back in Python only at a frame's edges
+        self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
+                               core.kept, self._blocked, self._opened, self._send_open)
+        self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> None:
         """Add a message; it leaves with its frame (when full, or at the next flush).
@@ -215,16 +221,16 @@ class RemoteProducer(ProducerFace):
                 body was added unless the refusal came from the flush of kept frames
                 that precedes it.
         """
-        core = self.core
-        if core.kept or core.closed:
-            core.check_open()
-            self.flush()
-        index = core.builder.append_body(body)
-        core.offered += 1
-        if index == 0:   # a new frame: the background thread sends it after linger
-            self._opened_at = self._connection.start_ticking()
-        if index + 1 >= core.batch_messages or core.builder.nbytes >= core.batch_bytes:
-            self._send_open()
+        self._gate.offer(body)   # what the instance's ``offer`` is: one native call
+
+    def _blocked(self) -> None:
+        """Before an offer while the producer is closed (raises) or keeps refused frames."""
+        self.core.check_open()
+        self.flush()
+
+    def _opened(self) -> None:
+        """A body opened a new frame: the background thread sends it after linger."""
+        self._opened_at = self._connection.start_ticking()
 
     def _send_open(self) -> None:
         """Pipeline the open frame, first waiting for the oldest answer if too many are out."""
@@ -331,7 +337,7 @@ class RemoteProducer(ProducerFace):
         """Flush what is left, then refuse further offers."""
         if not self.core.closed:
             self.flush()
-            self.core.closed = True
+            self.core.closed = self._gate.closed = True
 
     def __enter__(self) -> RemoteProducer:
         return self
@@ -357,6 +363,11 @@ class AsyncProducer(ProducerFace):
         self._kept_error: FastFanoutError | None = None   # why the kept frames are kept
         self._answered = asyncio.Event()
         self._last: RemotePublishBatch | None = None
+        # offer() is one native call, back in Python only at a frame's edges
+        self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
+                               core.kept, self._blocked, self._opened, self._close_frame,
+                               DONE)
+        self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> Done:
         """Add a message; it leaves with its frame (when full, or at the next flush).
@@ -369,20 +380,20 @@ class AsyncProducer(ProducerFace):
             InvalidArgument: ``body`` is not bytes or a C-contiguous buffer.
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
         """
-        core = self.core
-        if core.kept or core.closed:
-            core.check_open()
-            self._refusal = None   # raised now
-            assert self._kept_error is not None
-            raise self._kept_error
-        index = core.builder.append_body(body)
-        core.offered += 1
-        if index == 0:   # a new frame: it leaves after linger if it does not fill first
-            self._frames_opened += 1
-            self._loop.call_later(core.linger, self._linger_send, self._frames_opened)
-        if index + 1 >= core.batch_messages or core.builder.nbytes >= core.batch_bytes:
-            self._close_frame()
-        return DONE
+        result: Done = self._gate.offer(body)   # what the instance's ``offer`` is
+        return result
+
+    def _blocked(self) -> None:
+        """Before an offer while the producer is closed or keeps refused frames: raise."""
+        self.core.check_open()
+        self._refusal = None   # raised now
+        assert self._kept_error is not None
+        raise self._kept_error
+
+    def _opened(self) -> None:
+        """A body opened a new frame: it leaves after linger if it does not fill first."""
+        self._frames_opened += 1
+        self._loop.call_later(self.core.linger, self._linger_send, self._frames_opened)
 
     def _linger_send(self, frame_number: int) -> None:
         """The open frame is ``linger`` old (if it is still the one the timer was for)."""
@@ -486,7 +497,7 @@ class AsyncProducer(ProducerFace):
         """Flush what is left, then refuse further offers."""
         if not self.core.closed:
             await self.flush()
-            self.core.closed = True
+            self.core.closed = self._gate.closed = True
 
     async def __aenter__(self) -> AsyncProducer:
         return self

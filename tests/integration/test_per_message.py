@@ -147,3 +147,29 @@ def test_the_asyncio_consumer_is_a_native_iterator(track: Tracker) -> None:
             assert settles[0][-1] == protocol.SETTLE_EACH
 
     asyncio.run(main())
+
+
+def test_a_producers_offer_is_one_native_call(track: Tracker) -> None:
+    import types
+
+    import pytest
+
+    from fastfanout.errors import Closed, InvalidArgument
+
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    producer = client.producer("t", batch_messages=3)
+    assert isinstance(producer.offer, types.BuiltinMethodType)   # no Python frame
+    for index in range(7):
+        producer.offer(b"%d" % index)
+    producer.offer(bytearray(b"7"))
+    with pytest.raises(InvalidArgument):
+        producer.offer("not bytes")
+    assert producer.offered == 8
+    producer.close()
+    with pytest.raises(Closed):
+        producer.offer(b"late")
+    assert producer.offered == 8 and client.stats().queues["q"].enqueued == 8
