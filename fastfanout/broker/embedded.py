@@ -20,8 +20,9 @@ publish or send and by the next timer due time.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -32,7 +33,9 @@ from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.deliveries import receive, receive_push
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
+from fastfanout._ext.single import SingleCalls
 from fastfanout._ext.sinks import FrameSink
+from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
@@ -100,6 +103,20 @@ class Broker(Administration):
     Every method raises ``Closed`` after ``close()``. Bad arguments raise a subclass of
     ``FastFanoutError`` and change nothing.
     """
+
+    def __init__(self, *, clock: Callable[[], float] | None = None,
+                 data_dir: str | os.PathLike[str] | None = None, fsync: str = "always",
+                 fsync_interval: float = 1.0, max_disk_bytes: int | None = None) -> None:
+        super().__init__(clock=clock, data_dir=data_dir, fsync=fsync,
+                         fsync_interval=fsync_interval, max_disk_bytes=max_disk_bytes)
+        # One-message publish, send, receive and ack in one C call each (not durable,
+        # not the debug build: those take the Python path, which journals and checks).
+        self._single: SingleCalls | None = None
+        if self._durable is None and not STORE_DEBUG:
+            self._single = SingleCalls(
+                self, self._lock, self._arrivals, self._store, self._dispatcher,
+                self._topics, self._queues, self._queue_names, self._visibility_us,
+                self._clock, self._topic_id, self._queue_id)
 
     # -- publish and send --------------------------------------------------------------
 
@@ -179,6 +196,12 @@ class Broker(Administration):
             QueueFull: a target queue with the ``reject`` policy has no room (no copy is
                 made anywhere).
         """
+        single = self._single
+        if (single is not None and attributes is None and delay is None
+                and deliver_at is None and group_id is None and dedup_id is None
+                and priority is None and ttl is None):
+            result: PublishResult = single.publish(topic, body)   # one C call
+            return result
         self._ensure_open()
         return self._enqueue_one(topic, None, _entry(
             body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
@@ -216,6 +239,12 @@ class Broker(Administration):
         A duplicate (by ``dedup_id``, or body with ``content_dedup``) inside the queue's
         window returns ``duplicate=True`` and the original message id.
         """
+        single = self._single
+        if (single is not None and attributes is None and delay is None
+                and deliver_at is None and group_id is None and dedup_id is None
+                and priority is None and ttl is None):
+            result: PublishResult = single.send(queue, body)   # one C call
+            return result
         self._ensure_open()
         return self._enqueue_one(None, queue, _entry(
             body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
@@ -308,6 +337,12 @@ class Broker(Administration):
         Returns:
             The leased messages, each with a fresh receipt (maybe none).
         """
+        single = self._single
+        if (single is not None and max_messages == 1 and type(max_messages) is int
+                and wait == 0.0 and type(wait) is float and visibility_timeout is None
+                and owner == 0):
+            received: list[Message] = single.receive(queue)   # one C call
+            return received
         self._ensure_open()
         if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
@@ -327,6 +362,8 @@ class Broker(Administration):
                 return messages
             deadline = time.monotonic() + wait_us / 1_000_000
             self._waiters += 1
+            if self._single is not None:
+                self._single.waiters += 1
             try:
                 while True:
                     remaining = deadline - time.monotonic()
@@ -346,6 +383,8 @@ class Broker(Administration):
                         return messages
             finally:
                 self._waiters -= 1
+                if self._single is not None:
+                    self._single.waiters -= 1
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
@@ -564,6 +603,8 @@ class Broker(Administration):
             if not self._closed and self._durable is not None:
                 self._durable.close()
             self._closed = True
+            if self._single is not None:
+                self._single.closed = True
             self._arrivals.notify_all()
 
     def __enter__(self) -> Broker:
