@@ -3,7 +3,7 @@ from typing import Any, final
 
 from fastfanout._ext.wire import FrameBuilder
 
-__all__ = ["OfferGate"]
+__all__ = ["NowaitGate", "OfferGate"]
 
 @final
 class OfferGate:
@@ -14,3 +14,10 @@ class OfferGate:
                  kept: Sized, blocked: Callable[[], object], opened: Callable[[], object],
                  full: Callable[[], object], result: Any = None) -> None: ...
     def offer(self, body: object) -> Any: ...
+
+@final
+class NowaitGate:
+    def __init__(self, core: Any, new_future: Callable[[int], Any],
+                 send_out: Callable[[], object], opened: Callable[[], float],
+                 connection: Any = None) -> None: ...
+    def enqueue(self, opcode: int, name: str, body: object) -> Any: ...

@@ -30,6 +30,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
+from fastfanout._ext.offers import NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
 from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client import forks
@@ -243,6 +244,8 @@ class AsyncConnection(DriverBase):
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
+        self.nowait: Callable[[int, str, Any], asyncio.Future[PublishResult]] = (
+            lambda opcode, name, body: self.enqueue(opcode, name, body, None))   # started
         # message.ack() of a received or pushed message queues its receipt here, in C;
         # the acks of one loop iteration leave together (``send_acks``)
         self.acks = AckBuffer(self.core, SETTLE_MAX_RECEIPTS, self.send_acks,
@@ -259,6 +262,9 @@ class AsyncConnection(DriverBase):
         """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
         create_future = asyncio.get_running_loop().create_future
         self._new_future = lambda index: create_future()   # one per publish: made once
+        # publish_nowait/send_nowait of a bare body: one native call into an open batch
+        self.nowait = NowaitGate(self.core, self._new_future, self.send_out,
+                                 self._batches_opened).enqueue
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         request = self.core.start(time.monotonic())
         self.send_out()
@@ -380,6 +386,11 @@ class AsyncConnection(DriverBase):
         if core.outbox:   # a full batch
             self.send_out()
         return future
+
+    def _batches_opened(self) -> float:
+        """The first batch of this loop iteration was opened: it leaves at its end."""
+        asyncio.get_running_loop().call_soon(self.flush_batches)
+        return 0.0
 
     def flush_batches(self) -> None:
         """Send the batches being filled."""

@@ -34,6 +34,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
+from fastfanout._ext.offers import NowaitGate
 from fastfanout.api import BrokerAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
@@ -87,6 +88,9 @@ class Connection(DriverBase):
         self.lock = threading.RLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self._new_future = functools.partial(PublishFuture, self)
+        # publish_nowait/send_nowait of a bare body: one native call into an open batch
+        self.nowait = NowaitGate(self.core, self._new_future, self.send_out,
+                                 self.start_ticking, self).enqueue
         self._kick = threading.Event()
         self._busy_until = 0.0
         forks.watch(self._after_fork)

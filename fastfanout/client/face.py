@@ -49,6 +49,9 @@ class FaceDriver(Protocol[F_co, BF_co]):
                 options: tuple[Any, ...] | None) -> F_co:
         """Add one message to the batch of (opcode, name); its future."""
 
+    def nowait(self, opcode: int, name: str, body: Any) -> F_co:
+        """``enqueue`` of a bare body: one native call into an open batch (``NowaitGate``)."""
+
     def batch_future(self, request: Request) -> BF_co:
         """A future of a publish request's results."""
 
@@ -100,6 +103,9 @@ class ClientFace(Generic[F, BF]):
 
         See ``fastfanout.api.PipelineAPI.publish_nowait``.
         """
+        if (attributes is None and delay is None and deliver_at is None and group_id is None
+                and dedup_id is None and priority is None and ttl is None):
+            return self.connection.nowait(Opcode.PUBLISH, topic, body)   # one C call
         return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
@@ -109,6 +115,9 @@ class ClientFace(Generic[F, BF]):
                     dedup_id: str | None = None, priority: int | None = None,
                     ttl: float | None = None) -> F:
         """Add a message to the current batch of ``queue``; a future of its result."""
+        if (attributes is None and delay is None and deliver_at is None and group_id is None
+                and dedup_id is None and priority is None and ttl is None):
+            return self.connection.nowait(Opcode.SEND, queue, body)   # one C call
         return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 

@@ -173,3 +173,27 @@ def test_a_producers_offer_is_one_native_call(track: Tracker) -> None:
     with pytest.raises(Closed):
         producer.offer(b"late")
     assert producer.offered == 8 and client.stats().queues["q"].enqueued == 8
+
+
+def test_publish_nowait_of_a_bare_body_fills_open_batches_natively(track: Tracker) -> None:
+    import pytest
+
+    from fastfanout.errors import InvalidArgument
+
+    server = track.server()
+    client = track.client(server.endpoint, batch_messages=10, linger=30.0)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    sent: list[int] = []
+    client.connection.core.on_request = lambda opcode, payload: sent.append(opcode)
+    futures = [client.publish_nowait("t", b"%d" % index) for index in range(25)]
+    futures.append(client.send_nowait("q", bytearray(b"direct")))
+    with pytest.raises(InvalidArgument):
+        client.publish_nowait("t", "text")   # refused before anything is queued
+    with pytest.raises(InvalidArgument):
+        client.publish_nowait(7, b"x")       # type: ignore[arg-type]
+    assert sent.count(Opcode.PUBLISH) == 2   # two full batches left at once; 5 wait
+    ids = [future.result().message_id for future in futures]
+    assert ids == sorted(ids) and len(set(ids)) == 26
+    assert client.stats().queues["q"].enqueued == 26
