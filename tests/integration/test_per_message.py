@@ -197,3 +197,26 @@ def test_publish_nowait_of_a_bare_body_fills_open_batches_natively(track: Tracke
     ids = [future.result().message_id for future in futures]
     assert ids == sorted(ids) and len(set(ids)) == 26
     assert client.stats().queues["q"].enqueued == 26
+
+
+def test_asyncio_publish_nowait_of_bare_bodies_goes_in_one_request(track: Tracker) -> None:
+    import asyncio
+
+    from fastfanout import aio
+
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0, batch_messages=10) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            sent: list[int] = []
+            client.connection.core.on_request = lambda opcode, payload: sent.append(opcode)
+            futures = [client.publish_nowait("t", b"%d" % index) for index in range(25)]
+            assert sent.count(Opcode.PUBLISH) == 2   # full batches at once; 5 at the end
+            ids = [(await future).message_id for future in futures]
+            assert sent.count(Opcode.PUBLISH) == 3
+            assert ids == sorted(ids) and len(set(ids)) == 25
+
+    asyncio.run(main())
