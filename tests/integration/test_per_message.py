@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any as Tracker
 
-from fastfanout import protocol
 from fastfanout._ext.received import MessageCursor, RemoteMessage
-from fastfanout.protocol import Opcode
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 
 def _consumer_of_three(track: Tracker) -> tuple[Tracker, Tracker, Tracker, list[bytes]]:
