@@ -4,6 +4,9 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from fastfanout._ext.codec cimport ff_record_view
 from fastfanout._ext.blobs cimport blob_t
 
+cdef enum:
+    C_MAX_BODY = 256 * 1024 * 1024   # hard ceiling on one body (batches.MAX_BODY)
+
 
 cdef class PublishBatch:
     cdef uint64_t* ids

@@ -29,6 +29,7 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint32_t, uint6
 from libc.string cimport memset
 
 from fastfanout._ext.batches cimport (
+    C_MAX_BODY,
     EncodedBatch,
     PublishBatch,
     RingBatch,
@@ -50,6 +51,7 @@ from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
 from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t
 from fastfanout._ext.store cimport OVERFLOW_HOLD, Store
+from fastfanout._ext.rows cimport ff_rows, ff_rows_close, ff_rows_get, ff_rows_open
 
 from msgspec.msgpack import decode as _decode_attributes
 
@@ -300,6 +302,10 @@ cdef class Dispatcher:
         cdef unsigned char* skip
         cdef DedupWindow window
         cdef PublishBatch batch
+        cdef ff_rows rows
+        cdef bint array_batch = False
+        cdef const char* row_body
+        cdef Py_ssize_t row_len
         # only a codec frame opens the reader; gcc cannot see that it is read only then
         memset(&reader, 0, sizeof(reader))
         if isinstance(entries, RingBatch):
@@ -322,18 +328,26 @@ cdef class Dispatcher:
                 raise MalformedBatch(
                     f"malformed batch frame: {codec_status_text(status)} at byte 0")
             count = reader.count
+        elif ff_rows_open(entries, &rows):
+            # An array batch (ext/rows.pxd): bodies straight from the caller's buffer.
+            array_batch = True
+            count = rows.count
         else:
             items = entries if type(entries) is list else list(entries)
             count = len(items)
         if count == 0:
             if have_frame:
                 PyBuffer_Release(&frame_view)
+            if array_batch:
+                ff_rows_close(&rows)
             return PublishBatch(0)
         try:
             self._reserve_scratch(count, target_count)
         except BaseException:
             if have_frame:
                 PyBuffer_Release(&frame_view)
+            if array_batch:
+                ff_rows_close(&rows)
             raise
         any_content_dedup = topic >= 0 and self.topics[topic].content_dedup
         for t in range(target_count):
@@ -357,6 +371,17 @@ cdef class Dispatcher:
                     if self.scratch[i] == NULL:
                         raise MemoryError()
                     ring_offset += FF_RING_BATCH_PREFIX + body_len
+                elif array_batch:
+                    ff_rows_get(&rows, i, &row_body, &row_len)
+                    if row_len > C_MAX_BODY:
+                        raise MessageTooLarge(
+                            f"entry {i}: body of {row_len} bytes exceeds the hard limit of "
+                            f"{C_MAX_BODY} bytes")
+                    self.scratch[i] = blob_new(
+                        0, now_us, INT64_MIN, INT64_MAX, row_body, <uint32_t>row_len,
+                        NULL, 0, NULL, 0, NULL, 0, 0)
+                    if self.scratch[i] == NULL:
+                        raise MemoryError()
                 elif have_frame:
                     status = ff_reader_next(&reader, &record)
                     if status != FF_CODEC_OK:
@@ -394,6 +419,8 @@ cdef class Dispatcher:
         finally:
             if have_frame:
                 PyBuffer_Release(&frame_view)
+            if array_batch:
+                ff_rows_close(&rows)
         # Pass 3: commit. Ids go to accepted messages only, in entry order.
         next_id = store.next_message_id
         batch = PublishBatch(count)

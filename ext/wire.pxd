@@ -7,3 +7,4 @@ cdef class FrameBuilder:
     cdef readonly Py_ssize_t body_bytes
 
     cdef int _append_bytes(self, bytes body) except -1
+    cdef int _append_row(self, const char* body, Py_ssize_t length, Py_ssize_t index) except -1

@@ -18,7 +18,13 @@ Everything validates what the wire needs (lengths, UTF-8 ids, ranges) and raises
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (
+    PyBUF_RECORDS_RO,
+    PyBUF_SIMPLE,
+    PyBuffer_Release,
+    PyObject_CheckBuffer,
+    PyObject_GetBuffer,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -42,6 +48,14 @@ from fastfanout._ext.codec cimport (
     ff_store_le64,
 )
 from fastfanout._ext.bodies cimport ff_body_buffer
+from fastfanout._ext.rows cimport (
+    ff_int_kind,
+    ff_load_int,
+    ff_rows,
+    ff_rows_close,
+    ff_rows_get,
+    ff_rows_open,
+)
 
 from datetime import datetime
 
@@ -235,9 +249,72 @@ cdef class FrameBuilder:
         self.body_bytes += view.body_len
         return 0
 
+    cdef int _append_row(self, const char* body, Py_ssize_t length, Py_ssize_t index) except -1:
+        cdef ff_record_view view
+        cdef int status
+        if length > 0xFFFFFFFF:
+            raise InvalidArgument(f"entry {index}: a body of {length} bytes is too long for "
+                                  f"a record")
+        _clear(&view)
+        view.body = body
+        view.body_len = <uint32_t>length
+        status = ff_out_append_record(&self.out, &view)
+        if status != FF_CODEC_OK:
+            raise InvalidArgument(f"entry {index}: cannot add the record: {status_text(status)}")
+        self.body_bytes += view.body_len
+        return 0
+
+    def extend_rows(self, entries, Py_ssize_t start=0, Py_ssize_t max_messages=-1,
+                    Py_ssize_t max_bytes=-1):
+        """Append the bodies of an array batch from row ``start`` until this frame holds
+        ``max_messages`` records or ``max_bytes`` bytes (-1: no bound; at least one row is
+        appended when any is left).
+
+        ``entries``: a 2-D (or structured) array or a ``(buffer, offsets)`` pair (see
+        ``ext/rows.pxd``); no Python object is made per row.
+
+        Returns:
+            ``(next_row, rows)``: the first row not appended and the batch's row count.
+
+        Raises:
+            InvalidArgument: ``entries`` is not an array batch, or cannot be read.
+        """
+        cdef ff_rows rows
+        cdef const char* body
+        cdef Py_ssize_t length
+        cdef Py_ssize_t i
+        if not ff_rows_open(entries, &rows):
+            raise InvalidArgument(
+                f"an array batch must be a 2-D or structured array or a (buffer, offsets) "
+                f"pair, got {type(entries).__name__}")
+        try:
+            i = max(start, 0)
+            while i < rows.count:
+                if i > start and (0 <= max_messages <= self.out.count
+                                  or 0 <= max_bytes <= <Py_ssize_t>self.out.length):
+                    break
+                ff_rows_get(&rows, i, &body, &length)
+                self._append_row(body, length, i)
+                i += 1
+            return i, rows.count
+        finally:
+            ff_rows_close(&rows)
+
     def extend(self, entries):
-        """Append every entry of a ``publish_batch`` list (bodies or PublishEntry)."""
+        """Append every entry of a ``publish_batch``: a list of bodies or PublishEntry,
+        or an array batch (``extend_rows``)."""
         cdef Py_ssize_t index = 0
+        cdef ff_rows rows
+        cdef const char* body
+        cdef Py_ssize_t length
+        if ff_rows_open(entries, &rows):
+            try:
+                for index in range(rows.count):
+                    ff_rows_get(&rows, index, &body, &length)
+                    self._append_row(body, length, index)
+            finally:
+                ff_rows_close(&rows)
+            return
         for entry in entries:
             if type(entry) is bytes:
                 self._append_bytes(<bytes>entry)   # the common case, without a Python call
@@ -262,6 +339,72 @@ def encode_entries(entries):
     cdef FrameBuilder builder = FrameBuilder()
     builder.extend(entries)
     return builder.take()
+
+
+def pack_receipts(receipts):
+    """Receipts as packed little-endian u64s (the ACK payload).
+
+    Args:
+        receipts: a 1-D integer array (``uint64``, or a signed or 4-byte integer type
+            holding no negative value: read with no Python object per receipt), or an
+            iterable of ints.
+
+    Raises:
+        InvalidArgument: a receipt is not an int in [0, 2**64), or the array is not 1-D
+            integers.
+    """
+    cdef Py_buffer view
+    cdef bytes packed
+    cdef char* out
+    cdef Py_ssize_t i
+    cdef Py_ssize_t n
+    cdef int kind
+    cdef bint signed
+    cdef int64_t value
+    cdef uint64_t receipt
+    if type(receipts) is not list and type(receipts) is not tuple \
+            and type(receipts) is not bytes and type(receipts) is not bytearray \
+            and PyObject_CheckBuffer(receipts):
+        PyObject_GetBuffer(receipts, &view, PyBUF_RECORDS_RO)
+        try:
+            kind = ff_int_kind(view.format, view.itemsize)
+            if view.ndim != 1 or kind == 0:
+                raise InvalidArgument(
+                    f"receipts must be a 1-D array of integers (uint64), got "
+                    f"{view.ndim}-D items of format {(<bytes>view.format).decode()!r}")
+            n = view.shape[0]
+            signed = kind in b"qlin"
+            packed = PyBytes_FromStringAndSize(NULL, n * 8)
+            out = PyBytes_AS_STRING(packed)
+            for i in range(n):
+                value = ff_load_int(<const char*>view.buf + i * view.strides[0],
+                                    <int>view.itemsize, signed)
+                if signed and value < 0:
+                    raise InvalidArgument(f"receipts[{i}]={value} must be >= 0")
+                ff_store_le64(out + 8 * i, <uint64_t>value)
+            return packed
+        finally:
+            PyBuffer_Release(&view)
+    try:
+        items = receipts if type(receipts) is list else list(receipts)
+    except TypeError:
+        raise InvalidArgument(
+            f"receipts must be an iterable of ints or a uint64 array, got "
+            f"{type(receipts).__name__}") from None
+    n = len(items)
+    packed = PyBytes_FromStringAndSize(NULL, n * 8)
+    out = PyBytes_AS_STRING(packed)
+    for i in range(n):
+        item = items[i]
+        try:
+            if type(item) is not int and not hasattr(item, "__index__"):
+                raise TypeError
+            receipt = item
+        except (TypeError, OverflowError):
+            raise InvalidArgument(
+                f"receipts must be ints in [0, 2**64), got {items[:5]!r}...") from None
+        ff_store_le64(out + 8 * i, receipt)
+    return packed
 
 
 def receipts_of(frame):

@@ -36,6 +36,7 @@ from fastfanout._ext.message import Message
 from fastfanout._ext.single import SingleCalls
 from fastfanout._ext.sinks import FrameSink
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
+from fastfanout._ext.wire import pack_receipts
 from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
@@ -438,15 +439,24 @@ class Broker(Administration):
     def ack_batch(self, receipts: Iterable[int], *, session: int = 0) -> None:
         """Ack many deliveries: all of them, or (if any receipt is stale) none.
 
+        Args:
+            receipts: ints, or a 1-D ``uint64`` array (read natively, no Python object
+                per receipt).
+            session: the server's session tag (see ``ack``).
+
         Raises:
             StaleReceipt: with ``receipts`` listing the stale ones; nothing was acked.
+            InvalidArgument: a receipt is not an int in [0, 2**64).
         """
         self._ensure_open()
         check_iterable("receipts", receipts)
-        receipt_list = receipts if type(receipts) is list else list(receipts)
+        packed = None if type(receipts) is list else pack_receipts(receipts)
         with self._lock:
             self._now_us()
-            by_receipt.ack_batch(self._store, receipt_list, session)
+            if packed is None:
+                by_receipt.ack_batch(self._store, receipts, session)
+            else:
+                by_receipt.ack_packed(self._store, packed, session)
             if self._waiters:
                 self._arrivals.notify_all()
 

@@ -44,7 +44,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 
 from fastfanout._ext.received import AckBuffer
-from fastfanout._ext.wire import FrameBuilder, encode_entries
+from fastfanout._ext.wire import FrameBuilder, encode_entries, pack_receipts
 from fastfanout.client import forks
 from fastfanout.errors import (
     BrokenConnection,
@@ -481,7 +481,7 @@ class ConnectionCore:
 
     def ack_request(self, receipts: Iterable[int]) -> Request:
         """Queue an ACK of receipts (all, or none if one is stale)."""
-        return self.request(Opcode.ACK, [protocol.encode_receipts(list(receipts))])
+        return self.request(Opcode.ACK, [pack_receipts(receipts)])
 
     # -- publish batches -----------------------------------------------------------------
 
