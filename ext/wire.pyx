@@ -475,6 +475,90 @@ def receipt_span(frame):
         PyBuffer_Release(&buffer)
 
 
+def frame_columns(frame):
+    """Where the columns of a delivery frame are, for zero-copy array views
+    (``fastfanout.arrays``), read natively in one pass.
+
+    Returns:
+        ``(count, stride, first_body, body_len, index)``. When every record has the same
+        length, body position and body length (a batch of fixed-size bodies, no dead
+        letters), ``stride`` is the record length, ``first_body`` the frame offset of
+        the first body, ``body_len`` the common body length and ``index`` None: record
+        ``i``'s fields sit at ``8 + i * stride`` plus their header offset. Otherwise
+        ``stride`` is 0, ``body_len`` the common body length or -1, and ``index`` packs
+        the columns gathered: ``count`` i64 body offsets, i64 body lengths, u64 ids, u64
+        receipts, u32 receive counts (little-endian, in that order).
+
+    Raises:
+        InvalidArgument: the frame is malformed.
+    """
+    cdef Py_buffer buffer
+    cdef ff_frame_reader reader
+    cdef ff_record_view view
+    cdef int status
+    cdef Py_ssize_t n
+    cdef Py_ssize_t i = 0
+    cdef size_t before
+    cdef size_t after
+    cdef int64_t body_at
+    cdef int64_t stride = -1
+    cdef int64_t first_body = -1
+    cdef int64_t first_rel = -1
+    cdef int64_t body_len = -1
+    cdef bint uniform = True
+    cdef bint same_len = True
+    cdef bytes index = None
+    cdef char* out = NULL
+    PyObject_GetBuffer(frame, &buffer, PyBUF_SIMPLE)
+    try:
+        status = ff_reader_open(&reader, <const char*>buffer.buf, buffer.len)
+        if status != FF_CODEC_OK:
+            raise InvalidArgument(f"malformed delivery frame: {status_text(status)}")
+        n = reader.count
+        for _ in range(2):   # a second pass gathers the columns when the first found no layout
+            if not uniform:
+                index = PyBytes_FromStringAndSize(NULL, n * 36)
+                out = PyBytes_AS_STRING(index)
+                ff_reader_open(&reader, <const char*>buffer.buf, buffer.len)
+            i = 0
+            while True:
+                before = ff_reader_offset(&reader)
+                status = ff_reader_next(&reader, &view)
+                if status == FF_CODEC_END:
+                    break
+                if status != FF_CODEC_OK:
+                    raise InvalidArgument(
+                        f"malformed delivery frame: {status_text(status)} at byte "
+                        f"{ff_reader_offset(&reader)}")
+                after = ff_reader_offset(&reader)
+                body_at = <int64_t>(view.body - <const char*>buffer.buf)
+                if out != NULL:
+                    ff_store_le64(out + 8 * i, <uint64_t>body_at)
+                    ff_store_le64(out + 8 * (n + i), <uint64_t>view.body_len)
+                    ff_store_le64(out + 8 * (2 * n + i), view.id)
+                    ff_store_le64(out + 8 * (3 * n + i), view.receipt)
+                    (<uint32_t*>(out + 32 * n))[i] = <uint32_t>view.receive_count
+                elif i == 0:
+                    stride = <int64_t>(after - before)
+                    first_body = body_at
+                    first_rel = body_at - <int64_t>before
+                    body_len = view.body_len
+                else:
+                    if view.body_len != body_len:
+                        same_len = False
+                    if <int64_t>(after - before) != stride or \
+                            body_at - <int64_t>before != first_rel or not same_len:
+                        uniform = False
+                i += 1
+            if uniform:
+                break
+        if uniform:
+            return n, (stride if n else 0), first_body, body_len, None
+        return n, 0, first_body, (body_len if same_len else -1), index
+    finally:
+        PyBuffer_Release(&buffer)
+
+
 def count_of(frame):
     """Records in a frame, read from its header (not validated)."""
     cdef Py_buffer buffer

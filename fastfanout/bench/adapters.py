@@ -179,7 +179,7 @@ class _FastFanoutConsumer:
         # a consumer that acks whole batches pays (bodies decoded when the layout varies)
         bodies: list[bytes] | Headers | None = frame_headers(batch.frame)
         if bodies is None:
-            bodies = batch.bodies
+            bodies = batch.body_list()
         batch.ack()
         return bodies
 

@@ -18,12 +18,13 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, cast
 
 from fastfanout._ext.message import Message
+from fastfanout.arrays import MessageBatch
 from fastfanout.errors import InvalidArgument
 
-__all__ = ["MAX_PREFETCH", "BrokerConsumer"]
+__all__ = ["MAX_PREFETCH", "BrokerBatch", "BrokerConsumer"]
 
 MAX_PREFETCH = 1_000_000
 """Most unsettled messages one consumer may hold (the store's owner limit)."""
@@ -35,11 +36,66 @@ class _Receiver(Protocol):
                 visibility_timeout: float | None = None, owner: int = 0
                 ) -> list[Message]: ...
 
+    def ack(self, receipt: int, *, session: int = 0) -> None: ...
+
+    def nack(self, receipt: int, *, delay: float | None = None, session: int = 0) -> None: ...
+
+    def extend(self, receipt: int, seconds: float, *, session: int = 0) -> None: ...
+
+    def term(self, receipt: int, *, session: int = 0) -> None: ...
+
 
 class _Owners(Protocol):
     def open_owner(self, session: int | None = None, prefetch: int = 0) -> int: ...
 
     def close_owner(self, owner: int) -> None: ...
+
+    def receive_frame(self, queue: str, max_messages: int = 1,
+                      visibility_timeout: float | None = None, *, wait: float = 0.0,
+                      owner: int = 0) -> tuple[bytes, int]: ...
+
+    def ack_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                   ) -> int: ...
+
+
+class BrokerBatch(MessageBatch):
+    """One batch of an embedded consumer (``BrokerConsumer.next_batch``).
+
+    A sequence of messages built only when indexed or iterated (``RemoteMessage``:
+    the fields and settle calls of ``Message``), with numpy views of the delivery frame
+    (``ids``, ``receipts``, ``bodies``, ``as_array``: ``fastfanout.arrays``).
+    ``ack()`` acks the messages not settled on their own, all or none (raising
+    ``StaleReceipt``).
+
+    Args:
+        frame: the delivery frame (``ServerPort.receive_frame``).
+        broker: the broker the leases are of (its messages settle through it).
+        port: the broker's server port (packed acks).
+        queue: the queue consumed.
+    """
+
+    def __init__(self, frame: bytes, broker: _Receiver, port: _Owners, queue: str) -> None:
+        super().__init__(frame, broker, self, queue)
+        self._port = port
+
+    @property
+    def closed(self) -> bool:
+        """Never: a message's ``ack()`` goes straight to the broker (``Settler``)."""
+        return False
+
+    def defer_settle(self, receipts: bytes) -> None:
+        """A message's ``ack()`` (``Settler``): done at once, in process."""
+        self._port.ack_packed(receipts)
+
+    def ack(self) -> None:
+        """Ack every message of the batch not settled on its own: all, or none.
+
+        Raises:
+            StaleReceipt: a lease ended before (nothing was acked).
+        """
+        receipts = self._unsettled()
+        if receipts is not None:
+            self._port.ack_packed(receipts)
 
 
 class BrokerConsumer(Iterator[Message]):
@@ -73,16 +129,35 @@ class BrokerConsumer(Iterator[Message]):
         self._messages: deque[Message] = deque()
         self.closed = False
 
-    def next_batch(self, timeout: float | None = None) -> list[Message] | None:
+    def next_batch(self, timeout: float | None = None) -> BrokerBatch | None:
         """The messages visible now, up to the credit left, waiting for one.
 
         Args:
             timeout: seconds to wait for a message (None: forever).
 
         Returns:
+            The leased messages as a ``BrokerBatch`` (a sequence of messages with numpy
+            views of its frame), or None when none came within ``timeout`` or the
+            consumer is cancelled.
+        """
+        taken = self._take(timeout, True)
+        if taken is None:
+            return None
+        return BrokerBatch(cast("tuple[bytes, int]", taken)[0], self._broker, self._owners,
+                           self.queue)
+
+    def next_messages(self, timeout: float | None = None) -> list[Message] | None:
+        """``next_batch`` as a list of ``Message`` (made natively, as ``receive`` does).
+
+        Returns:
             The leased messages, or None when none came within ``timeout`` or the
             consumer is cancelled.
         """
+        return cast("list[Message] | None", self._take(timeout, False))
+
+    def _take(self, timeout: float | None, frame: bool
+              ) -> tuple[bytes, int] | list[Message] | None:
+        """Lease what is visible (a frame, or messages), waiting up to ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         max_messages = min(self.prefetch, 10_000)
         while not self.closed:
@@ -90,6 +165,13 @@ class BrokerConsumer(Iterator[Message]):
                 _LONGEST_WAIT, deadline - time.monotonic())
             if wait <= 0:
                 return None
+            if frame:
+                taken = self._owners.receive_frame(
+                    self.queue, max_messages, self._visibility_timeout, wait=wait,
+                    owner=self._owner)
+                if taken[1]:
+                    return taken
+                continue
             messages = self._broker.receive(
                 self.queue, max_messages=max_messages, wait=wait,
                 visibility_timeout=self._visibility_timeout, owner=self._owner)
@@ -99,7 +181,7 @@ class BrokerConsumer(Iterator[Message]):
 
     def __next__(self) -> Message:
         if not self._messages:
-            batch = self.next_batch(self.timeout)
+            batch = self.next_messages(self.timeout)
             if batch is None:
                 self.cancel()
                 raise StopIteration

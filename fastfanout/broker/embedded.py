@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fastfanout._ext import queues as queue_ops
 from fastfanout._ext import receipts as by_receipt
@@ -55,6 +55,9 @@ from fastfanout.settings import (
     seconds_to_us,
 )
 from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
+
+_Taken = TypeVar("_Taken")
+_EMPTY_FRAME = b"FFB1" + bytes(4)   # a delivery frame of no record
 
 __all__ = [
     "MAX_DELAY",
@@ -280,7 +283,7 @@ class Broker(Administration):
             self._topic_id(topic)
         return Producer(self._publish_ring, topic, capacity, max_bytes)
 
-    def _publish_ring(self, topic: str, batch: RingBatch) -> PublishBatch:
+    def _publish_ring(self, topic: str, batch: RingBatch | Any) -> PublishBatch:
         return self._enqueue(topic, None, batch)
 
     # -- the server's port -------------------------------------------------------------
@@ -387,6 +390,51 @@ class Broker(Administration):
                 if self._single is not None:
                     self._single.waiters -= 1
 
+    def _receive_waiting(self, queue: str, max_messages: int, wait: float,
+                         visibility_timeout: float | None,
+                         take: Callable[[int, int, int], _Taken | None]) -> _Taken | None:
+        """``receive``'s checks and wait for another form of result (``receive_frame``).
+
+        Calls ``take(queue_id, lease_us, now_us)`` under the lock until it finds
+        something or ``wait`` seconds pass (None then).
+        """
+        self._ensure_open()
+        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+            raise InvalidArgument(
+                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        wait_us = 0 if wait == 0.0 and type(wait) is float else seconds_to_us(
+            "wait", wait, maximum=MAX_WAIT)
+        lease_us = None if visibility_timeout is None else seconds_to_us(
+            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
+        with self._lock:
+            now_us = self._now_us()
+            queue_id = self._queue_id(queue)
+            if lease_us is None:
+                lease_us = self._visibility_us[queue_id]
+            found = take(queue_id, lease_us, now_us)
+            if found is not None or not wait_us:
+                return found
+            deadline = time.monotonic() + wait_us / 1_000_000
+            self._waiters += 1
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    next_due = self._store.next_due_us()
+                    if next_due is not None:
+                        # Wake at the due time itself (a 20 µs floor keeps it from spinning).
+                        remaining = min(remaining, max(next_due - now_us, 20) / 1_000_000)
+                    self._arrivals.wait(remaining)
+                    now_us = self._now_us()
+                    if queue not in self._queues or self._queues[queue] != queue_id:
+                        raise NotFound(f"queue {queue!r} was deleted while waiting")
+                    found = take(queue_id, lease_us, now_us)
+                    if found is not None:
+                        return found
+            finally:
+                self._waiters -= 1
+
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
                 timeout: float | None = None) -> BrokerConsumer:
@@ -454,7 +502,7 @@ class Broker(Administration):
         with self._lock:
             self._now_us()
             if packed is None:
-                by_receipt.ack_batch(self._store, receipts, session)
+                by_receipt.ack_batch(self._store, cast("list[int]", receipts), session)
             else:
                 by_receipt.ack_packed(self._store, packed, session)
             if self._waiters:
@@ -673,22 +721,37 @@ class ServerPort:
         return broker._enqueue(None, queue, EncodedBatch(frame), commit=False)
 
     def receive_frame(
-        self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None
+        self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None,
+        *, wait: float = 0.0, owner: int = 0,
     ) -> tuple[bytes, int]:
-        """Lease like ``Broker.receive`` (without waiting) and return one codec frame.
+        """Lease like ``Broker.receive`` and return one codec frame (the embedded
+        consumer's batches: no Python object per message).
 
         Args:
             queue: the queue name.
             max_messages: 1 to 10,000.
             visibility_timeout: lease length in seconds (default: the queue's).
+            wait: seconds (0 to 20) to wait for a message when none is visible.
+            owner: an open owner tag whose leases these are (0: none).
 
         Returns:
-            ``(frame, count)``: delivery records with receipt and receive count set.
+            ``(frame, count)``: delivery records with receipt and receive count set
+            (``count`` 0: nothing came within ``wait``).
         """
-        frame, count, _, _ = self.receive_push(queue, max_messages, visibility_timeout,
-                                               None, b"")
-        assert frame is not None   # no sink: always a frame
-        return frame, count
+        if not wait:
+            frame, count, _, _ = self.receive_push(queue, max_messages, visibility_timeout,
+                                                   None, b"", owner=owner)
+            assert frame is not None   # no sink: always a frame
+            return frame, count
+        broker = self._broker
+
+        def take(queue_id: int, lease_us: int, now_us: int) -> tuple[bytes, int] | None:
+            frame, count, _, _ = receive_push(broker._store, queue_id, max_messages, lease_us,
+                                              now_us, None, b"", owner)
+            return (frame, count) if count and frame is not None else None
+
+        found = broker._receive_waiting(queue, max_messages, wait, visibility_timeout, take)
+        return found if found is not None else (_EMPTY_FRAME, 0)
 
     def receive_push(
         self, queue: str, max_messages: int, visibility_timeout: float | None,

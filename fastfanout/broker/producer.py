@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fastfanout._ext.batches import PublishBatch, RingBatch
 from fastfanout._ext.codec import count_ring_batch
@@ -40,8 +40,8 @@ from fastfanout.errors import Closed, InvalidArgument
 if TYPE_CHECKING:
     from fastfanout.records import Body
 
-PublishRing = Callable[[str, RingBatch], PublishBatch]
-"""How a producer publishes a drained batch: the broker's ring-batch publish."""
+PublishRing = Callable[[str, Any], PublishBatch]
+"""How a producer publishes a drained batch (or an array batch): the broker's publish."""
 
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_MAX_BYTES", "Producer"]
 
@@ -99,6 +99,36 @@ class Producer:
                     "the producer's ring is full right after a flush: is another thread "
                     "offering too? A producer serves one thread")
         self.offered += 1
+
+    def offer_batch(self, bodies: Any) -> PublishBatch:
+        """Publish every row of an array batch now, after everything offered before.
+
+        Args:
+            bodies: a 2-D (``uint8``, or any C-contiguous rows) or structured numpy array
+                (one row = one body), or a ``(buffer, offsets)`` pair (body ``i`` is
+                ``buffer[offsets[i]:offsets[i + 1]]``); read natively, no Python object
+                per message.
+
+        Returns:
+            The batch's results.
+
+        Raises:
+            Closed: the producer was closed.
+            InvalidArgument: ``bodies`` cannot be read as an array batch (nothing was
+                published from it).
+            FastFanoutError: what the broker raised for the earlier offers' flush or
+                for the batch (all of it or none is published).
+        """
+        if self._closed:
+            raise Closed(f"the producer of topic {self.topic!r} is closed")
+        if isinstance(bodies, list):
+            raise InvalidArgument("offer_batch takes an array batch; offer() each body of a "
+                                  "list")
+        self.flush()
+        results = self._publish_ring(self.topic, bodies)
+        self.offered += len(results)
+        self.published += len(results)
+        return results
 
     def flush(self) -> PublishBatch | None:
         """Publish everything offered so far, in batches; returns the last batch's results.

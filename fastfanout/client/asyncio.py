@@ -34,7 +34,7 @@ from fastfanout._ext.offers import NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
 from fastfanout.api import AsyncBrokerAPI
 from fastfanout.client import forks
-from fastfanout.client.consumers import StreamListening
+from fastfanout.client.consumers import AsyncDeliveryBatch, StreamListening
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     ControlCall,
@@ -414,6 +414,17 @@ class AsyncConnection(DriverBase):
         """A ``message.ack()`` queued the first ack of this loop iteration."""
         asyncio.get_running_loop().call_soon(self.send_acks)
 
+    def queue_receipts(self, receipts: bytes) -> None:
+        """Queue the ack of a receipts frame with this loop iteration's other acks.
+
+        A batch's receipts: acked all or none, as one frame of the SETTLE.
+        """
+        if self.core.closed or self.core.forked:
+            self.core.check_open()
+        if not self.core.loose_acks:
+            asyncio.get_running_loop().call_soon(self.send_acks)
+        self.core.loose_acks.append(receipts)
+
     def send_acks(self) -> None:
         """Send the queued acks."""
         if self.core.loose_acks:
@@ -735,11 +746,16 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
     async def consume_batches(self, queue: str, *, prefetch: int = 1000,
                               visibility_timeout: float | None = None,
                               timeout: float | None = None
-                              ) -> AsyncIterator[list[RemoteMessage]]:
-        """Iterate (``async for``) over pushed batches (a plain call, not awaited)."""
+                              ) -> AsyncIterator[AsyncDeliveryBatch]:
+        """Iterate (``async for``) over pushed batches (a plain call, not awaited).
+
+        ``prefetch`` and ``timeout`` as ``consume``'s. Each batch is a sequence of
+        messages with numpy views of the frame (``ids``, ``receipts``, ``bodies``,
+        ``as_array``: ``fastfanout.arrays``); ``batch.ack()`` acks it whole.
+        """
         connection = self.connection
         async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
-            yield decode_delivery(frames, connection.settler, connection.acks, queue)
+            yield AsyncDeliveryBatch(frames[0], connection.settler, connection, queue)
 
     def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000
                ) -> AsyncListener:

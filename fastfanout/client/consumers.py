@@ -12,19 +12,22 @@ makes no Python object per message.
 
 from __future__ import annotations
 
-import struct
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any, overload
+from typing import Protocol, overload
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
 from fastfanout._ext.wire import count_of, receipts_of
+from fastfanout.arrays import FrameViews
 from fastfanout.client.core import SETTLE_MAX_RECEIPTS, ConsumerState
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import (
+    DONE,
+    Done,
     Owner,
     RemoteMessage,
+    Settler,
     dead_letters,
 )
 from fastfanout.errors import BrokenConnection
@@ -33,7 +36,8 @@ from fastfanout.transport.sockets import CurveKeys, SubTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["Consumer", "DeliveryBatch", "Listener", "StreamListening", "ack_limit"]
+__all__ = ["AsyncDeliveryBatch", "Consumer", "DeliveryBatch", "Listener", "MessageBatch",
+           "StreamListening", "ack_limit"]
 
 
 def ack_limit(prefetch: int, linger: float) -> int:
@@ -138,48 +142,46 @@ class Consumer(Iterator[RemoteMessage]):
         self.cancel()
 
 
-class DeliveryBatch(Sequence[RemoteMessage]):
-    """One pushed batch: messages are built only when indexed or iterated."""
+class MessageBatch(FrameViews, Sequence[RemoteMessage]):
+    """A delivery frame as a sequence of messages, built only when indexed or iterated.
 
-    def __init__(self, frames: list[bytes], consumer: Consumer) -> None:
-        self._frames = frames
-        self._consumer = consumer
+    The array views of ``FrameViews`` (``bodies`` with ``offsets`` and ``lengths``,
+    ``ids``, ``receipts``, ``receive_counts``, ``as_array``) read the frame itself, with
+    no Python object per message (see ``fastfanout.arrays``). The base of the blocking
+    client's ``DeliveryBatch``, the asyncio client's ``AsyncDeliveryBatch`` and the
+    embedded broker's ``BrokerBatch``.
+
+    Args:
+        frame: the delivery frame.
+        owner: what settles a message by receipt (the client, or the broker).
+        settler: where the messages' pipelined acks go (``defer_settle``).
+        queue: the queue the batch came from.
+    """
+
+    def __init__(self, frame: bytes, owner: Owner, settler: Settler, queue: str) -> None:
+        super().__init__(frame)
+        self._owner = owner
+        self._settler = settler
+        self._queue = queue
         # Records are decoded only when messages are looked at: a consumer that acks a
         # whole batch never makes a Python object per message.
-        self._decoded: list[Any] | None = None
-        self._count = count_of(frames[0])
+        self._count = count_of(frame)
         self._messages: list[RemoteMessage] | None = None
         self._settled = False
 
     @property
-    def _records(self) -> list[Any]:
-        if self._decoded is None:
-            self._decoded = protocol.codec_module().decode_batch(self._frames[0])
-        return self._decoded
-
-    @property
     def frame(self) -> bytes:
         """The delivery frame as received (codec layout, see docs/protocol.md)."""
-        return self._frames[0]
-
-    @property
-    def receipts(self) -> list[int]:
-        """The receipt of every message of the batch."""
-        packed = receipts_of(self._frames[0])
-        return list(struct.unpack(f"<{len(packed) // 8}Q", packed))
-
-    @property
-    def bodies(self) -> list[bytes]:
-        """The body of every message of the batch."""
-        return [record.body for record in self._records]
+        frame: bytes = self._frame
+        return frame
 
     def _materialise(self) -> list[RemoteMessage]:
         if self._messages is None:
-            dead = dead_letters(self._records)
-            owner = self._consumer.owner
-            self._messages = [RemoteMessage(record, owner, self._consumer, dead.get(index),
-                                            self._consumer.queue)
-                              for index, record in enumerate(self._records)]
+            records = protocol.codec_module().decode_batch(self._frame)
+            dead = dead_letters(records)
+            self._messages = [RemoteMessage(record, self._owner, self._settler,
+                                            dead.get(index), self._queue)
+                              for index, record in enumerate(records)]
         return self._messages
 
     def __len__(self) -> int:
@@ -193,6 +195,32 @@ class DeliveryBatch(Sequence[RemoteMessage]):
     def __getitem__(self, index: int | slice) -> RemoteMessage | list[RemoteMessage]:
         return self._materialise()[index]
 
+    def _unsettled(self) -> bytes | None:
+        """The receipts a batch ack settles (packed), or None: nothing to do.
+
+        Marks the batch settled.
+        """
+        if self._settled:
+            return None
+        self._settled = True
+        if self._messages is not None:
+            live = [message for message in self._messages if message.detach()]
+            if len(live) < self._count:
+                # some were settled one by one: ack only the others (the batch's frame
+                # would be refused whole for the receipts already acked)
+                if not live:
+                    return None
+                return protocol.encode_receipts([message.receipt for message in live])
+        return receipts_of(self._frame)
+
+
+class DeliveryBatch(MessageBatch):
+    """One batch pushed to a blocking client's consumer (``Consumer.next_batch``)."""
+
+    def __init__(self, frames: list[bytes], consumer: Consumer) -> None:
+        super().__init__(frames[0], consumer.owner, consumer, consumer.queue)
+        self._consumer = consumer
+
     def ack(self, wait: bool = False) -> None:
         """Ack every message of the batch (its credit returns when the broker has it).
 
@@ -200,22 +228,11 @@ class DeliveryBatch(Sequence[RemoteMessage]):
             wait: wait for the broker's answer (raising ``StaleReceipt``); by default the
                 ack is pipelined and a failure is only logged by the broker's counters.
         """
-        if self._settled:
+        receipts = self._unsettled()
+        if receipts is None:
             return
-        self._settled = True
         consumer = self._consumer
         connection = consumer.connection
-        receipts = None
-        if self._messages is not None:
-            live = [message for message in self._messages if message.detach()]
-            if len(live) < self._count:
-                # some were settled one by one: ack only the others (the batch's frame
-                # would be refused whole for the receipts already acked)
-                if not live:
-                    return
-                receipts = protocol.encode_receipts([message.receipt for message in live])
-        if receipts is None:
-            receipts = receipts_of(self._frames[0])
         if not wait and not consumer.closed:
             # Queued with the consumer's other batch acks and sent within the client's
             # linger as one SETTLE (no reply unless the ack fails) instead of an ACK and
@@ -225,6 +242,44 @@ class DeliveryBatch(Sequence[RemoteMessage]):
         request = connection.request(Opcode.ACK, [receipts])
         if wait:
             connection.wait(request, None)
+
+
+class AsyncAcks(Protocol):
+    """Where an asyncio batch queues its ack: ``AsyncConnection.queue_receipts``."""
+
+    def queue_receipts(self, receipts: bytes) -> None:
+        """Queue a receipts frame for this loop iteration's SETTLE."""
+
+
+class AsyncDeliveryBatch(MessageBatch):
+    """One batch pushed to an asyncio consumer (``AsyncClient.consume_batches``).
+
+    Its messages' ``ack()`` and the batch's ``ack()`` are queued for the loop
+    iteration's SETTLE, as the asyncio client's ``message.ack()`` is.
+    """
+
+    def __init__(self, frame: bytes, owner: Owner, acks: AsyncAcks, queue: str) -> None:
+        super().__init__(frame, owner, self, queue)
+        self._acks = acks
+
+    @property
+    def closed(self) -> bool:
+        """Never: its acks go through the connection (``Settler``)."""
+        return False
+
+    def defer_settle(self, receipts: bytes) -> None:
+        """Queue a message's ack (``Settler``)."""
+        self._acks.queue_receipts(receipts)
+
+    def ack(self) -> Done:
+        """Ack every message not settled on its own, queued for this loop iteration.
+
+        Returns ``DONE`` (awaitable). A stale receipt is counted by the broker.
+        """
+        receipts = self._unsettled()
+        if receipts is not None:
+            self._acks.queue_receipts(receipts)
+        return DONE
 
 
 class StreamListening:

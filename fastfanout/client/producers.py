@@ -40,7 +40,7 @@ import asyncio
 import functools
 from collections import deque
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from fastfanout._ext.offers import OfferGate
 from fastfanout._ext.wire import FrameBuilder, count_of
@@ -232,6 +232,37 @@ class RemoteProducer(ProducerFace):
         """A body opened a new frame: the background thread sends it after linger."""
         self._opened_at = self._connection.start_ticking()
 
+    def offer_batch(self, bodies: Any) -> None:
+        """Add every row of an array batch; full frames leave as ``offer`` fills them.
+
+        Args:
+            bodies: a 2-D (``uint8``, or any C-contiguous rows) or structured numpy array
+                (one row = one body), or a ``(buffer, offsets)`` pair (body ``i`` is
+                ``buffer[offsets[i]:offsets[i + 1]]``); copied natively into frames of
+                ``batch_messages`` / ``batch_bytes``, no Python object per message.
+
+        Raises:
+            Closed: the producer was closed.
+            InvalidArgument: ``bodies`` cannot be read as an array batch (nothing added).
+            FastFanoutError: the broker refused a frame of this producer (as ``offer``).
+        """
+        core = self.core
+        if core.kept or core.closed:
+            core.check_open()
+            self.flush()
+        builder = core.builder
+        start, total = 0, 1
+        while start < total:
+            opened = not len(builder)
+            done, total = builder.extend_rows(bodies, start, core.batch_messages,
+                                              core.batch_bytes)
+            core.offered += done - start
+            start = done
+            if opened and len(builder):
+                self._opened_at = self._connection.start_ticking()
+            if len(builder) >= core.batch_messages or builder.nbytes >= core.batch_bytes:
+                self._send_open()
+
     def _send_open(self) -> None:
         """Pipeline the open frame, first waiting for the oldest answer if too many are out."""
         core, lock = self.core, self._connection.lock
@@ -394,6 +425,44 @@ class AsyncProducer(ProducerFace):
         """A body opened a new frame: it leaves after linger if it does not fill first."""
         self._frames_opened += 1
         self._loop.call_later(self.core.linger, self._linger_send, self._frames_opened)
+
+    def offer_batch(self, bodies: Any) -> Done:
+        """Add every row of an array batch; full frames leave as ``offer`` fills them.
+
+        Args:
+            bodies: a 2-D (``uint8``, or any C-contiguous rows) or structured numpy array
+                (one row = one body), or a ``(buffer, offsets)`` pair (body ``i`` is
+                ``buffer[offsets[i]:offsets[i + 1]]``); copied natively into frames, no
+                Python object per message.
+
+        Returns:
+            ``DONE`` (a plain call; awaiting it works too).
+
+        Raises:
+            Closed: the producer was closed.
+            InvalidArgument: ``bodies`` cannot be read as an array batch (nothing added).
+            FastFanoutError: a refused frame is kept (its refusal); nothing was added.
+        """
+        core = self.core
+        if core.kept or core.closed:
+            core.check_open()
+            self._refusal = None   # raised now
+            assert self._kept_error is not None
+            raise self._kept_error
+        builder = core.builder
+        start, total = 0, 1
+        while start < total:
+            opened = not len(builder)
+            done, total = builder.extend_rows(bodies, start, core.batch_messages,
+                                              core.batch_bytes)
+            core.offered += done - start
+            start = done
+            if opened and len(builder):
+                self._frames_opened += 1
+                self._loop.call_later(core.linger, self._linger_send, self._frames_opened)
+            if len(builder) >= core.batch_messages or builder.nbytes >= core.batch_bytes:
+                self._close_frame()
+        return DONE
 
     def _linger_send(self, frame_number: int) -> None:
         """The open frame is ``linger`` old (if it is still the one the timer was for)."""

@@ -169,7 +169,7 @@ class BrokerSource:
     def take(self, max_messages: int, timeout: float) -> list[Any]:
         """Up to ``max_messages``, waiting (woken by publishes and settles) up to ``timeout``."""
         if self._taken >= len(self._pushed):
-            batch = self._consumer.next_batch(timeout)
+            batch = self._consumer.next_messages(timeout)
             if batch is None:
                 return []
             if len(batch) <= max_messages:

@@ -1,0 +1,164 @@
+"""numpy views of a delivery batch: bodies, ids, receipts and receive counts as arrays.
+
+A delivery batch arrives as one codec frame (docs/protocol.md): records of a 56-byte
+header, the optional parts, the body, padding. ``FrameViews`` reads the frame's layout
+natively once (``fastfanout._ext.wire.frame_columns``) and hands out numpy arrays that
+view the frame itself, with no Python object per message:
+
+- a batch of fixed-size bodies (every record the same length: no attributes or ids of
+  varying size, no dead-letter record) is a strided table: ``ids``, ``receipts``,
+  ``receive_counts`` are strided views of the record headers, and ``as_array`` views the
+  bodies as one ``(n, *shape)`` array (zero-copy, read-only);
+- any other batch gets its columns gathered natively into one small index (8 bytes per
+  column per message); ``as_array`` then copies equal-size bodies into a new array.
+
+``bodies`` is the frame as one read-only buffer, ``offsets`` and ``lengths`` where each
+body lies in it: body ``i`` is ``bodies[offsets[i]:offsets[i] + lengths[i]]``. The
+arrays keep the frame alive; they are read-only (the frame is the broker's delivery).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fastfanout._ext.wire import frame_columns
+from fastfanout.errors import InvalidArgument
+
+__all__ = ["FrameViews"]
+
+_HEADER = 8            # "FFB1" + u32 count
+_ID_AT = 24            # offsets in a record header (docs/protocol.md)
+_RECEIPT_AT = 48
+_RECEIVE_COUNT_AT = 20
+
+
+class FrameViews:
+    """Array views of one delivery frame (the base of the delivery batch classes).
+
+    Args:
+        frame: the delivery frame (any buffer holding exactly one record batch).
+    """
+
+    def __init__(self, frame: Any) -> None:
+        self._frame = frame
+        self._layout: tuple[int, int, int, int, bytes | None] | None = None
+
+    def _columns(self) -> tuple[int, int, int, int, bytes | None]:
+        if self._layout is None:
+            self._layout = frame_columns(self._frame)
+        return self._layout
+
+    def _header_view(self, dtype: str, at: int, column: int) -> npt.NDArray[Any]:
+        count, stride, _, _, index = self._columns()
+        if index is None:
+            return np.ndarray((count,), dtype=dtype, buffer=self._frame,
+                              offset=_HEADER + at if count else 0,
+                              strides=(stride,))
+        itemsize = np.dtype(dtype).itemsize
+        return np.frombuffer(index, dtype=dtype, count=count, offset=8 * column * count
+                             if itemsize == 8 else 32 * count)
+
+    @property
+    def bodies(self) -> memoryview:
+        """The frame as one read-only byte buffer holding every body (see ``offsets``)."""
+        return memoryview(self._frame).cast("B").toreadonly()
+
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]:
+        """Where each body starts in ``bodies`` (int64, one per message)."""
+        count, stride, first_body, _, index = self._columns()
+        if index is None:
+            return first_body + stride * np.arange(count, dtype=np.int64)
+        return np.frombuffer(index, dtype="<i8", count=count)
+
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """The length of each body in bytes (int64, one per message)."""
+        count, _, _, body_len, index = self._columns()
+        if index is None:
+            return np.full(count, max(body_len, 0), dtype=np.int64)
+        return np.frombuffer(index, dtype="<i8", count=count, offset=8 * count)
+
+    @property
+    def ids(self) -> npt.NDArray[np.uint64]:
+        """The message id of every message (uint64), a view of the frame when it can be."""
+        return self._header_view("<u8", _ID_AT, 2)
+
+    @property
+    def receipts(self) -> npt.NDArray[np.uint64]:
+        """The receipt of every message (uint64): ``ack_batch`` takes it as it is."""
+        return self._header_view("<u8", _RECEIPT_AT, 3)
+
+    @property
+    def receive_counts(self) -> npt.NDArray[np.uint32]:
+        """How many times each message was delivered, this time included (uint32)."""
+        return self._header_view("<u4", _RECEIVE_COUNT_AT, 4)
+
+    def body(self, index: int) -> memoryview:
+        """Body ``index`` as a read-only view of the frame (``bytes(...)`` copies it)."""
+        count = self._columns()[0]
+        if not -count <= index < count:
+            raise IndexError(f"body index {index} out of range for {count} messages")
+        start = int(self.offsets[index])
+        return self.bodies[start:start + int(self.lengths[index])]
+
+    def body_list(self) -> list[bytes]:
+        """Every body as ``bytes`` (a copy each: for code that wants Python objects)."""
+        frame = self.bodies
+        return [bytes(frame[start:start + length])
+                for start, length in zip(self.offsets.tolist(), self.lengths.tolist(),
+                                         strict=True)]
+
+    def as_array(self, dtype: npt.DTypeLike, shape: int | tuple[int, ...] | None = None
+                 ) -> npt.NDArray[Any]:
+        """The bodies as one ``(n, *shape)`` array of ``dtype``: one row per message.
+
+        A zero-copy, read-only view of the frame when its records are all alike (fixed-
+        size bodies without attributes or ids of varying size); otherwise a copy.
+
+        Args:
+            dtype: the item type of a body (``numpy.float32``, a structured dtype ...).
+            shape: the shape of one body in items (default: ``(body_len // itemsize,)``).
+
+        Raises:
+            InvalidArgument: the bodies differ in size, or a body's size is not that of
+                ``shape`` items of ``dtype``.
+        """
+        count, stride, first_body, body_len, index = self._columns()
+        item = np.dtype(dtype)
+        if count and body_len < 0:
+            lengths = self.lengths
+            raise InvalidArgument(
+                f"as_array needs bodies of one size; this batch's run from "
+                f"{int(lengths.min())} to {int(lengths.max())} bytes")
+        size = max(body_len, 0)
+        if shape is None:
+            if item.itemsize == 0 or size % item.itemsize:
+                raise InvalidArgument(
+                    f"a body of {size} bytes is not a whole number of {item} items "
+                    f"({item.itemsize} bytes each)")
+            dims: tuple[int, ...] = (size // item.itemsize,)
+        else:
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            if any(type(d) is not int or d < 0 for d in dims) or \
+                    math.prod(dims) * item.itemsize != size:
+                raise InvalidArgument(
+                    f"shape {shape!r} of {item} items is not a body of {size} bytes")
+        if count == 0:
+            return np.empty((0, *dims), dtype=item)
+        if index is None:
+            inner: list[int] = []
+            step = item.itemsize
+            for dim in reversed(dims):
+                inner.append(step)
+                step *= dim
+            return np.ndarray((count, *dims), dtype=item, buffer=self._frame,
+                              offset=first_body, strides=(stride, *reversed(inner)))
+        raw = np.frombuffer(self._frame, dtype=np.uint8)
+        rows = raw[self.offsets[:, None] + np.arange(size, dtype=np.int64)]
+        table: npt.NDArray[Any] = rows.view(item).reshape((count, *dims))
+        return table
