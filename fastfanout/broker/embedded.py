@@ -814,6 +814,8 @@ class ServerPort:
         with broker._lock:
             broker._now_us()
             count: int = by_receipt.ack_packed(broker._store, receipts, session)
+            if broker._waiters:   # a consumer out of credit may take more now
+                broker._arrivals.notify_all()
             return count
 
     def ack_frames(self, frames: list[bytes], *, session: int = 0) -> list[int]:

@@ -158,7 +158,7 @@ def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
                 while not stop.is_set():
                     batch = timed("next_batch", consumer.next_batch, timeout=0.2)
                     if batch is not None:
-                        received.extend(int(body) for body in batch.bodies)
+                        received.extend(int(body) for body in batch.body_list())
                         batch.ack()
                 consumer.cancel()
         except BaseException as exc:

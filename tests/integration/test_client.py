@@ -99,7 +99,7 @@ def test_idle_consumer_keeps_its_session(track: Tracker) -> None:
     assert server.counters["sessions_expired"] == 0
     client.send("q", b"late")
     batch = consumer.next_batch(timeout=5.0)
-    assert batch is not None and batch.bodies == [b"late"]
+    assert batch is not None and batch.body_list() == [b"late"]
 
 
 def _consumer_with_linger(track: Tracker, linger: float, prefetch: int

@@ -72,7 +72,7 @@ def test_blocking_consume_batches_ends_after_the_inactivity_timeout(track: Track
     started = time.monotonic()
     bodies = []
     for batch in client.consume_batches("q", timeout=TIMEOUT):
-        bodies.extend(batch.bodies)
+        bodies.extend(batch.body_list())
         batch.ack()
     sender.join(LATE)
     assert bodies == [b"a", b"b", b"c"]

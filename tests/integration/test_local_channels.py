@@ -85,7 +85,7 @@ def test_large_messages_spill_over_the_socket_in_order(track: Tracker) -> None:
     while len(got) < len(bodies):
         batch = consumer.next_batch(timeout=5.0)
         assert batch is not None
-        got += batch.bodies
+        got += batch.body_list()
         batch.ack()
     assert got == bodies
     stats = client.server_stats()

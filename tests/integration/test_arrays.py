@@ -1,0 +1,118 @@
+"""Array batches through a broker server: the blocking and asyncio clients and their
+producers publish numpy arrays and (buffer, offsets) pairs, consumers read each pushed
+batch as numpy views of its frame and ack it with a uint64 array."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from typing import Any as Tracker
+
+import numpy as np
+import pytest
+
+from fastfanout import InvalidArgument, aio
+from fastfanout.client.consumers import DeliveryBatch
+
+DATA = np.arange(40 * 256, dtype=np.float32).reshape(40, 256)
+
+
+def setup(client: Any) -> None:
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+
+
+def test_the_blocking_client_publishes_arrays_and_views_batches(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    setup(client)
+    assert len(client.publish_batch("t", DATA[:10])) == 10
+    assert len(client.send_batch("q", (DATA[10:].tobytes(), 1024 * np.arange(31)))) == 30
+    with pytest.raises(InvalidArgument, match="rows must each be C-contiguous"):
+        client.publish_batch("t", np.asfortranarray(DATA))
+    consumer = client.consume("q", prefetch=100)
+    tables = []
+    while sum(len(t) for t in tables) < 40:
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None
+        table = batch.as_array(np.float32, (256,))
+        assert np.shares_memory(table, np.frombuffer(batch.frame, np.uint8))
+        assert batch.receive_counts.tolist() == [1] * len(batch)
+        tables.append(table)
+        batch.ack()
+    assert (np.concatenate(tables) == DATA).all()
+    consumer.cancel()
+    track.wait_until(lambda: client.stats().queues["q"].acked == 40, what="40 acks")
+
+
+def test_the_blocking_client_acks_a_uint64_array(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    setup(client)
+    client.send_batch("q", DATA[:4].view(np.uint8))
+    receipts = np.array([m.receipt for m in client.receive("q", max_messages=4)], np.uint64)
+    with pytest.raises(InvalidArgument, match="must be >= 0"):
+        client.ack_batch(np.append(receipts.astype(np.int64), -1))
+    client.ack_batch(receipts)
+    assert client.stats().queues["q"].acked == 4
+
+
+def test_the_remote_producer_cuts_an_array_batch_into_frames(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    setup(client)
+    with client.producer("t", batch_messages=7) as producer:
+        producer.offer(b"first")
+        producer.offer_batch(DATA[:20])
+        producer.offer_batch((b"abcdef", np.array([0, 2, 6], dtype=np.int32)))
+        with pytest.raises(InvalidArgument, match="2-D or structured array"):
+            producer.offer_batch([b"a list"])
+        assert producer.offered == 23
+    messages = client.receive("q", max_messages=100)
+    assert [m.body for m in messages] == [b"first", *(r.tobytes() for r in DATA[:20]),
+                                          b"ab", b"cdef"]
+
+
+def test_the_asyncio_client_views_batches_and_acks_arrays(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            setup_results = [await client.create_topic("t"), await client.create_queue("q"),
+                             await client.subscribe("t", "q")]
+            assert setup_results[0] is None
+            await client.send_batch("q", DATA[:3])
+            receipts = [m.receipt for m in await client.receive("q", max_messages=3, wait=5.0)]
+            assert len(receipts) == 3
+            await client.ack_batch(np.array(receipts, dtype=np.uint64))
+            assert len(await client.publish_batch("t", DATA[:8])) == 8
+            async with client.producer("t", batch_messages=5) as producer:
+                await producer.offer_batch(DATA[8:20])
+            got: list[np.ndarray[Any, Any]] = []
+            async for batch in client.consume_batches("q", prefetch=100, timeout=1.0):
+                got.append(batch.as_array(np.float32).copy())
+                assert batch.ids.dtype == np.uint64 and len(batch.ids) == len(batch)
+                if len(got) == 1:
+                    batch[0].ack()        # settled on its own: the batch ack skips it
+                await batch.ack()
+                if sum(len(t) for t in got) == 20:
+                    break
+            assert (np.concatenate(got) == DATA[:20]).all()
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while (await client.stats()).queues["q"].acked < 23:
+                assert asyncio.get_running_loop().time() < deadline, "acks missing"
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+
+
+def test_body_list_gives_the_bodies_as_bytes(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    setup(client)
+    client.publish_batch("t", [b"a", b"b"])
+    batch = client.consume("q").next_batch(timeout=5.0)
+    assert batch is not None and batch.body_list() == [b"a", b"b"]
+    assert isinstance(batch, DeliveryBatch) and bytes(batch.body(1)) == b"b"
+    batch.ack()

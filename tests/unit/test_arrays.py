@@ -1,0 +1,195 @@
+"""Array batches in the embedded broker: numpy arrays and (buffer, offsets) pairs in, numpy
+views of the delivery frame out, uint64 receipts arrays to ack_batch."""
+
+from __future__ import annotations
+
+import array
+
+import numpy as np
+import pytest
+
+import fastfanout
+from fastfanout import InvalidArgument, PublishEntry, StaleReceipt
+from fastfanout._ext.wire import encode_entries, pack_receipts
+
+ROWS = np.arange(24, dtype=np.uint8).reshape(4, 6)
+RECORD = np.dtype([("x", "<f4"), ("n", "<i4")])
+
+
+def make_broker() -> fastfanout.Broker:
+    broker = fastfanout.Broker()
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    return broker
+
+
+def bodies(broker: fastfanout.Broker) -> list[bytes]:
+    return [m.body for m in broker.receive("q", max_messages=100)]
+
+
+@pytest.mark.parametrize("entries, expected", [
+    (ROWS, [bytes(row) for row in ROWS]),
+    (ROWS[::2], [bytes(ROWS[0]), bytes(ROWS[2])]),                    # strided rows
+    (np.arange(8, dtype=np.float32).reshape(2, 4),
+     [np.arange(4, dtype=np.float32).tobytes(), np.arange(4, 8, dtype=np.float32).tobytes()]),
+    (np.array([(1.5, 7), (2.5, 8)], dtype=RECORD),
+     [np.array([(1.5, 7)], RECORD).tobytes(), np.array([(2.5, 8)], RECORD).tobytes()]),
+    ((b"helloworld!", np.array([0, 5, 10, 11])), [b"hello", b"world", b"!"]),
+    ((bytearray(b"abcd"), np.array([0, 0, 4], dtype=np.uint32)), [b"", b"abcd"]),
+    ((memoryview(b"xyz"), array.array("q", [1, 3])), [b"yz"]),
+    (np.zeros((0, 4), dtype=np.uint8), []),
+])
+def test_publish_and_send_batch_take_array_batches(entries: object, expected: list[bytes]
+                                                    ) -> None:
+    with make_broker() as broker:
+        assert len(broker.publish_batch("t", entries)) == len(expected)
+        assert bodies(broker) == expected
+        assert len(broker.send_batch("q", entries)) == len(expected)
+        assert bodies(broker) == expected
+
+
+def test_an_array_batch_encodes_as_its_rows_would() -> None:
+    assert encode_entries(ROWS) == encode_entries([bytes(row) for row in ROWS])
+    pair = (b"abcdef", np.array([0, 2, 6]))
+    assert encode_entries(pair) == encode_entries([b"ab", b"cdef"])
+
+
+@pytest.mark.parametrize("entries, message", [
+    (np.zeros((3, 4), dtype=np.float32, order="F"), "rows must each be C-contiguous"),
+    (np.zeros((3, 4, 2), dtype=np.uint8)[:, ::2], "rows must each be C-contiguous"),
+    ((b"abcdef", np.array([0, 4, 2])), "offsets must not decrease"),
+    ((b"abcdef", np.array([0, 7])), "beyond the buffer's 6 bytes"),
+    ((b"abcdef", np.array([-1, 2])), r"offsets\[0\]=-1 must be >= 0"),
+    ((b"abcdef", np.array([], dtype=np.int64)), "needs n \\+ 1 offsets"),
+    ((np.zeros(8, np.uint8)[::2], np.array([0, 2])), "must be C-contiguous"),
+    ((5, np.array([0, 1])), "needs a buffer first"),
+])
+def test_a_bad_array_batch_is_refused_and_changes_nothing(entries: object, message: str
+                                                          ) -> None:
+    with make_broker() as broker:
+        with pytest.raises(InvalidArgument, match=message):
+            broker.publish_batch("t", entries)
+        with pytest.raises(InvalidArgument, match=message):
+            encode_entries(entries)
+        assert broker.stats().queues["q"].enqueued == 0
+
+
+def test_a_batch_of_fixed_size_bodies_is_viewed_in_place() -> None:
+    data = np.arange(5 * 256, dtype=np.float32).reshape(5, 256)
+    with make_broker() as broker:
+        ids = broker.publish_batch("t", data).message_ids
+        consumer = broker.consume("q", prefetch=100)
+        batch = consumer.next_batch(1.0)
+        assert batch is not None and len(batch) == 5
+        assert batch.ids.tolist() == ids and batch.ids.dtype == np.uint64
+        assert batch.receive_counts.tolist() == [1] * 5
+        assert batch.receipts.dtype == np.uint64
+        assert batch.lengths.tolist() == [1024] * 5
+        frame = batch.bodies
+        assert [bytes(frame[o:o + n]) for o, n in zip(batch.offsets, batch.lengths,
+                                                       strict=True)] == [r.tobytes()
+                                                                         for r in data]
+        table = batch.as_array(np.float32)
+        assert table.shape == (5, 256) and (table == data).all()
+        assert np.shares_memory(table, np.frombuffer(batch.frame, np.uint8))   # a view
+        assert not table.flags.writeable
+        assert batch.as_array("<f4", (16, 16)).shape == (5, 16, 16)
+        assert [m.body for m in batch] == [r.tobytes() for r in data]
+        assert bytes(batch.body(-1)) == data[-1].tobytes()
+        batch.ack()
+        assert broker.stats().queues["q"].acked == 5
+        consumer.cancel()
+
+
+def test_as_array_refuses_bodies_of_other_sizes() -> None:
+    with make_broker() as broker:
+        broker.publish_batch("t", [b"abcd", b"abcdefgh"])
+        batch = broker.consume("q").next_batch(1.0)
+        assert batch is not None
+        with pytest.raises(InvalidArgument, match="bodies of one size; .* from 4 to 8 bytes"):
+            batch.as_array(np.uint8)
+        assert batch.lengths.tolist() == [4, 8]
+        assert batch.body_list() == [b"abcd", b"abcdefgh"]
+        with pytest.raises(InvalidArgument, match="not a whole number"):
+            make_batch_of(broker, [b"abc"]).as_array(np.float32)
+        with pytest.raises(InvalidArgument, match=r"shape \(2,\)"):
+            make_batch_of(broker, [b"abcd"]).as_array(np.float32, (2,))
+
+
+def make_batch_of(broker: fastfanout.Broker, entries: list[bytes]) -> object:
+    broker.send_batch("q", entries)
+    batch = broker.consume("q").next_batch(1.0)
+    assert batch is not None
+    return batch
+
+
+def test_records_of_varying_layout_get_gathered_columns() -> None:
+    with make_broker() as broker:
+        results = broker.send_batch("q", [
+            PublishEntry(b"\x01\x00\x00\x00", attributes={"k": "v"}),
+            b"\x02\x00\x00\x00",
+            PublishEntry(b"\x03\x00\x00\x00", group_id="a-longer-group")])
+        batch = broker.consume("q").next_batch(1.0)
+        assert batch is not None
+        assert batch.ids.tolist() == results.message_ids
+        assert batch.as_array(np.int32).ravel().tolist() == [1, 2, 3]   # a copy
+        assert batch.body_list() == [b"\x01\x00\x00\x00", b"\x02\x00\x00\x00",
+                                     b"\x03\x00\x00\x00"]
+        assert batch[0].attributes == {"k": "v"}
+        broker.ack_batch(batch.receipts)
+        assert broker.stats().queues["q"].acked == 3
+
+
+def test_a_batch_ack_skips_messages_settled_on_their_own() -> None:
+    with make_broker() as broker:
+        broker.send_batch("q", ROWS)
+        batch = broker.consume("q", prefetch=10).next_batch(1.0)
+        assert batch is not None
+        batch[1].nack(delay=0.0)
+        batch.ack()
+        stats = broker.stats().queues["q"]
+        assert (stats.acked, stats.visible) == (3, 1)
+
+
+def test_ack_batch_takes_a_uint64_array_all_or_none() -> None:
+    with make_broker() as broker:
+        broker.send_batch("q", ROWS)
+        receipts = np.array([m.receipt for m in broker.receive("q", max_messages=4)],
+                            dtype=np.uint64)
+        with pytest.raises(InvalidArgument, match="must be >= 0"):
+            broker.ack_batch(np.array([int(receipts[0]), -1], dtype=np.int64))
+        with pytest.raises(StaleReceipt):
+            broker.ack_batch(np.append(receipts, np.uint64(999_999)))
+        with pytest.raises(InvalidArgument, match="1-D array of integers"):
+            broker.ack_batch(receipts.astype(np.float64))
+        assert broker.stats().queues["q"].acked == 0
+        broker.ack_batch(receipts[::2])          # strided: read as it is
+        broker.ack_batch(receipts[1::2].astype(np.int64))
+        assert broker.stats().queues["q"].acked == 4
+
+
+def test_pack_receipts_reads_arrays_and_ints_alike() -> None:
+    packed = pack_receipts([1, 2**64 - 1])
+    assert pack_receipts(np.array([1, 2**64 - 1], dtype=np.uint64)) == packed
+    assert pack_receipts(np.array([1, 2], dtype=np.int32)) == pack_receipts([1, 2])
+    for bad in ([-1], [2**64], ["1"]):
+        with pytest.raises(InvalidArgument):
+            pack_receipts(bad)
+    with pytest.raises(InvalidArgument, match="iterable of ints or a uint64 array"):
+        pack_receipts(5)
+
+
+def test_the_embedded_producer_offers_array_batches_in_order() -> None:
+    with make_broker() as broker:
+        with broker.producer("t") as producer:
+            producer.offer(b"first")
+            results = producer.offer_batch((b"abcdef", np.array([0, 3, 6])))
+            assert len(results) == 2 and producer.pending == 0
+            producer.offer_batch(ROWS[:1])
+            with pytest.raises(InvalidArgument, match="offsets must not decrease"):
+                producer.offer_batch((b"ab", np.array([1, 0])))
+            with pytest.raises(InvalidArgument, match="takes an array batch"):
+                producer.offer_batch([b"x"])
+            assert producer.offered == 4
+        assert bodies(broker) == [b"first", b"abc", b"def", bytes(ROWS[0])]
