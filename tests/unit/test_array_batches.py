@@ -107,7 +107,7 @@ def test_as_array_refuses_bodies_of_other_sizes() -> None:
         broker.publish_batch("t", [b"abcd", b"abcdefgh"])
         batch = broker.consume("q").next_batch(1.0)
         assert batch is not None
-        with pytest.raises(InvalidArgument, match="bodies of one size; .* from 4 to 8 bytes"):
+        with pytest.raises(InvalidArgument, match=r"bodies of one size; .* from 4 to 8 bytes"):
             batch.as_array(np.uint8)
         assert batch.lengths.tolist() == [4, 8]
         assert batch.body_list() == [b"abcd", b"abcdefgh"]
