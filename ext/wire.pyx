@@ -30,6 +30,12 @@ from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport (
+    FF_BATCH_HEADER_SIZE,
+    FF_RECORD_HEADER_SIZE,
+    ff_align8,
+    ff_record_size,
+    ff_write_batch_header,
+    ff_write_record,
     FF_CODEC_END,
     FF_CODEC_OK,
     FF_FLAG_DELIVER_AT,
@@ -334,9 +340,52 @@ cdef class FrameBuilder:
         return frame
 
 
+cdef bytes _encode_rows(ff_rows* rows):
+    """The publish frame of an open array batch, written in place into a bytes object of
+    its exact size (one copy of each body)."""
+    cdef ff_record_view view
+    cdef uint64_t total = FF_BATCH_HEADER_SIZE
+    cdef uint64_t size = 0
+    cdef Py_ssize_t i
+    cdef const char* body
+    cdef Py_ssize_t length
+    cdef bytes frame
+    cdef char* out
+    _clear(&view)
+    for i in range(rows.count):
+        ff_rows_get(rows, i, &body, &length)
+        if length > 0xFFFFFFF0:
+            raise InvalidArgument(f"entry {i}: a body of {length} bytes is too long for a "
+                                  f"record")
+        total += ff_align8(<uint64_t>FF_RECORD_HEADER_SIZE + <uint64_t>length)
+    if rows.count > 0xFFFFFFFF or total > 0x7FFFFFFFFFFFFFFF:
+        raise InvalidArgument(f"an array batch of {rows.count} bodies is too large for a frame")
+    frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    out = PyBytes_AS_STRING(frame)
+    ff_write_batch_header(out, <uint32_t>rows.count)
+    out += FF_BATCH_HEADER_SIZE
+    for i in range(rows.count):
+        ff_rows_get(rows, i, &body, &length)
+        view.body = body
+        view.body_len = <uint32_t>length
+        ff_record_size(&view, &size)
+        ff_write_record(out, &view, <uint32_t>size)
+        out += size
+    return frame
+
+
 def encode_entries(entries):
-    """One publish frame from a list of bodies or ``PublishEntry`` tuples."""
-    cdef FrameBuilder builder = FrameBuilder()
+    """One publish frame from a list of bodies or ``PublishEntry`` tuples, or from an array
+    batch (a 2-D or structured array, a ``(buffer, offsets)`` pair: ``ext/rows.pxd``),
+    which is written straight into a frame of its exact size."""
+    cdef FrameBuilder builder
+    cdef ff_rows rows
+    if ff_rows_open(entries, &rows):
+        try:
+            return _encode_rows(&rows)
+        finally:
+            ff_rows_close(&rows)
+    builder = FrameBuilder()
     builder.extend(entries)
     return builder.take()
 
