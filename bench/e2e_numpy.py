@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,10 @@ from collections import deque
 from typing import Any
 
 from e2e_common import IN_FLIGHT, broker_process, connect_when_up
+
+# numpy's BLAS threads spin while idle: on a small machine they would take the cores the
+# three processes of each path need (set before numpy loads, inherited by the children).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 ROW_ITEMS = 256          # float32 items a row: 1 KiB
 PREFETCH = 16_384        # pushes of up to 8,192 rows, two in flight

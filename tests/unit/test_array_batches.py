@@ -193,3 +193,14 @@ def test_the_embedded_producer_offers_array_batches_in_order() -> None:
                 producer.offer_batch([b"x"])
             assert producer.offered == 4
         assert bodies(broker) == [b"first", b"abc", b"def", bytes(ROWS[0])]
+
+
+def test_a_blob_asks_malloc_for_a_whole_chunk_and_no_more() -> None:
+    # glibc chunks are 16 k bytes holding 16 k - 8: a 64-byte body and the 69-byte header
+    # fit one 144-byte chunk (136 asked); the 64-byte classes took a 208-byte chunk
+    from fastfanout._ext.blobs import blob_bytes
+
+    assert blob_bytes(64) == 136
+    assert blob_bytes(0) == 72 and blob_bytes(3) == 72 and blob_bytes(4) == 88
+    assert all((blob_bytes(n) - 8) % 16 == 0 and blob_bytes(n) >= 69 + n
+               for n in range(0, 600, 7))
