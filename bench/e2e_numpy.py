@@ -4,8 +4,8 @@ python bench/e2e_numpy.py [--rows 200000] [--chunk 1000] [--runs 3]
 
 The data: a float32 array of ``--rows`` rows of 256 items (1 KiB a row), sent in chunks
 of ``--chunk`` rows; the consumer turns each chunk it gets into one ``(n, 256)`` float32
-array and sums its first column (a read of every row). Three ways, in the same run, each from one producer
-process to one consumer process:
+array and sums its first column (a read of every row). Three ways, in the same run,
+each from one producer process to one consumer process:
 
 - fastfanout: ``publish_batch_nowait(topic, chunk)`` (a 2-D array: one row = one
   message, encoded natively), at most 8 batches in flight -> broker process -> a push
