@@ -20,15 +20,20 @@ arrays keep the frame alive; they are read-only (the frame is the broker's deliv
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from fastfanout._ext.wire import frame_columns
+from fastfanout._ext.wire import count_of, frame_columns, receipts_of
 from fastfanout.errors import InvalidArgument
+from fastfanout.wire import protocol
 
-__all__ = ["FrameViews"]
+if TYPE_CHECKING:
+    from fastfanout.client.messages import Owner, RemoteMessage, Settler
+
+__all__ = ["FrameViews", "MessageBatch"]
 
 _HEADER = 8            # "FFB1" + u32 count
 _ID_AT = 24            # offsets in a record header (docs/protocol.md)
@@ -162,3 +167,80 @@ class FrameViews:
         rows = raw[self.offsets[:, None] + np.arange(size, dtype=np.int64)]
         table: npt.NDArray[Any] = rows.view(item).reshape((count, *dims))
         return table
+
+
+class MessageBatch(FrameViews, Sequence["RemoteMessage"]):
+    r"""A delivery frame as a sequence of messages, built only when indexed or iterated.
+
+    The array views of ``FrameViews`` (``bodies`` with ``offsets`` and ``lengths``,
+    ``ids``, ``receipts``, ``receive_counts``, ``as_array``) read the frame itself, with
+    no Python object per message (see ``fastfanout.arrays``). The base of the blocking
+    client's ``DeliveryBatch``, the asyncio client's ``AsyncDeliveryBatch`` and the
+    embedded broker's ``BrokerBatch``. Its messages are ``RemoteMessage``\ s (the fields
+    and settle calls of ``fastfanout.Message``).
+
+    Args:
+        frame: the delivery frame.
+        owner: what settles a message by receipt (the client, or the broker).
+        settler: where the messages' pipelined acks go (``defer_settle``).
+        queue: the queue the batch came from.
+    """
+
+    def __init__(self, frame: bytes, owner: Owner, settler: Settler, queue: str) -> None:
+        super().__init__(frame)
+        self._owner = owner
+        self._settler = settler
+        self._queue = queue
+        # Records are decoded only when messages are looked at: a consumer that acks a
+        # whole batch never makes a Python object per message.
+        self._count = count_of(frame)
+        self._messages: list[RemoteMessage] | None = None
+        self._settled = False
+
+    @property
+    def frame(self) -> bytes:
+        """The delivery frame as received (codec layout, see docs/protocol.md)."""
+        frame: bytes = self._frame
+        return frame
+
+    def _materialise(self) -> list[RemoteMessage]:
+        if self._messages is None:
+            # The client's message class, imported when first needed: the embedded broker
+            # (BrokerBatch) must not load the client package while it loads itself.
+            from fastfanout.client.messages import RemoteMessage, dead_letters
+
+            records = protocol.codec_module().decode_batch(self._frame)
+            dead = dead_letters(records)
+            self._messages = [RemoteMessage(record, self._owner, self._settler,
+                                            dead.get(index), self._queue)
+                              for index, record in enumerate(records)]
+        return self._messages
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> RemoteMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RemoteMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> RemoteMessage | list[RemoteMessage]:
+        return self._materialise()[index]
+
+    def _unsettled(self) -> bytes | None:
+        """The receipts a batch ack settles (packed), or None: nothing to do.
+
+        Marks the batch settled.
+        """
+        if self._settled:
+            return None
+        self._settled = True
+        if self._messages is not None:
+            live = [message for message in self._messages if message.detach()]
+            if len(live) < self._count:
+                # some were settled one by one: ack only the others (the batch's frame
+                # would be refused whole for the receipts already acked)
+                if not live:
+                    return None
+                return protocol.encode_receipts([message.receipt for message in live])
+        return receipts_of(self._frame)

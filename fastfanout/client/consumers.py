@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import Protocol, overload
+from collections.abc import Iterator
+from typing import Protocol
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
-from fastfanout._ext.wire import count_of, receipts_of
-from fastfanout.arrays import FrameViews
+from fastfanout.arrays import MessageBatch
 from fastfanout.client.core import SETTLE_MAX_RECEIPTS, ConsumerState
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import (
@@ -27,16 +26,13 @@ from fastfanout.client.messages import (
     Done,
     Owner,
     RemoteMessage,
-    Settler,
-    dead_letters,
 )
 from fastfanout.errors import BrokenConnection
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.transport.sockets import CurveKeys, SubTransport
-from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["AsyncDeliveryBatch", "Consumer", "DeliveryBatch", "Listener", "MessageBatch",
+__all__ = ["AsyncDeliveryBatch", "Consumer", "DeliveryBatch", "Listener",
            "StreamListening", "ack_limit"]
 
 
@@ -140,78 +136,6 @@ class Consumer(Iterator[RemoteMessage]):
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
-
-
-class MessageBatch(FrameViews, Sequence[RemoteMessage]):
-    """A delivery frame as a sequence of messages, built only when indexed or iterated.
-
-    The array views of ``FrameViews`` (``bodies`` with ``offsets`` and ``lengths``,
-    ``ids``, ``receipts``, ``receive_counts``, ``as_array``) read the frame itself, with
-    no Python object per message (see ``fastfanout.arrays``). The base of the blocking
-    client's ``DeliveryBatch``, the asyncio client's ``AsyncDeliveryBatch`` and the
-    embedded broker's ``BrokerBatch``.
-
-    Args:
-        frame: the delivery frame.
-        owner: what settles a message by receipt (the client, or the broker).
-        settler: where the messages' pipelined acks go (``defer_settle``).
-        queue: the queue the batch came from.
-    """
-
-    def __init__(self, frame: bytes, owner: Owner, settler: Settler, queue: str) -> None:
-        super().__init__(frame)
-        self._owner = owner
-        self._settler = settler
-        self._queue = queue
-        # Records are decoded only when messages are looked at: a consumer that acks a
-        # whole batch never makes a Python object per message.
-        self._count = count_of(frame)
-        self._messages: list[RemoteMessage] | None = None
-        self._settled = False
-
-    @property
-    def frame(self) -> bytes:
-        """The delivery frame as received (codec layout, see docs/protocol.md)."""
-        frame: bytes = self._frame
-        return frame
-
-    def _materialise(self) -> list[RemoteMessage]:
-        if self._messages is None:
-            records = protocol.codec_module().decode_batch(self._frame)
-            dead = dead_letters(records)
-            self._messages = [RemoteMessage(record, self._owner, self._settler,
-                                            dead.get(index), self._queue)
-                              for index, record in enumerate(records)]
-        return self._messages
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> RemoteMessage: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[RemoteMessage]: ...
-
-    def __getitem__(self, index: int | slice) -> RemoteMessage | list[RemoteMessage]:
-        return self._materialise()[index]
-
-    def _unsettled(self) -> bytes | None:
-        """The receipts a batch ack settles (packed), or None: nothing to do.
-
-        Marks the batch settled.
-        """
-        if self._settled:
-            return None
-        self._settled = True
-        if self._messages is not None:
-            live = [message for message in self._messages if message.detach()]
-            if len(live) < self._count:
-                # some were settled one by one: ack only the others (the batch's frame
-                # would be refused whole for the receipts already acked)
-                if not live:
-                    return None
-                return protocol.encode_receipts([message.receipt for message in live])
-        return receipts_of(self._frame)
 
 
 class DeliveryBatch(MessageBatch):
