@@ -217,7 +217,9 @@ class Broker(Administration):
 
         Args:
             topic: the topic name.
-            entries: bodies, or ``PublishEntry`` tuples for attributes and delays.
+            entries: bodies, or ``PublishEntry`` tuples for attributes and delays; or an
+                array batch, read natively: a 2-D or structured numpy array (one row =
+                one body) or a ``(buffer, offsets)`` pair (docs/arrays.md).
 
         Returns:
             A sequence of ``PublishResult``, one per entry, in order.

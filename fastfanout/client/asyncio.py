@@ -659,7 +659,11 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             return await future
 
     async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
-        """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
+        """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none.
+
+        ``entries`` may be an array batch instead (a 2-D or structured numpy array, one
+        row a body, or a ``(buffer, offsets)`` pair), encoded natively (docs/arrays.md).
+        """
         return await self.connection.publish_results(
             self._entries(Opcode.PUBLISH, topic, entries))
 
@@ -726,7 +730,11 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         await self.ack_batch((receipt,))
 
     async def ack_batch(self, receipts: Iterable[int]) -> None:
-        """Ack many deliveries: all, or (if any receipt is stale) none."""
+        """Ack many deliveries: all, or (if any receipt is stale) none.
+
+        ``receipts``: ints, or a 1-D ``uint64`` array (a batch's ``receipts``), packed
+        natively.
+        """
         connection = self.connection
         await connection.wait(connection.submit(connection.core.ack_request, receipts))
 

@@ -558,7 +558,11 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
 
     def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
-        """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none."""
+        """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none.
+
+        ``entries`` may be an array batch instead (a 2-D or structured numpy array, one
+        row a body, or a ``(buffer, offsets)`` pair), encoded natively (docs/arrays.md).
+        """
         return self.connection.publish_results(self._entries(Opcode.PUBLISH, topic, entries))
 
     def send_batch(self, queue: str, entries: Iterable[Any]) -> RemotePublishBatch:
@@ -595,7 +599,11 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         self.ack_batch((receipt,))
 
     def ack_batch(self, receipts: Iterable[int]) -> None:
-        """Ack many deliveries: all, or (if any receipt is stale) none."""
+        """Ack many deliveries: all, or (if any receipt is stale) none.
+
+        ``receipts``: ints, or a 1-D ``uint64`` array (a batch's ``receipts``), packed
+        natively.
+        """
         connection = self.connection
         connection.wait(connection.submit(connection.core.ack_request, receipts), None)
 
