@@ -726,8 +726,9 @@ class ServerPort:
         self, queue: str, max_messages: int = 1, visibility_timeout: float | None = None,
         *, wait: float = 0.0, owner: int = 0,
     ) -> tuple[bytes, int]:
-        """Lease like ``Broker.receive`` and return one codec frame (the embedded
-        consumer's batches: no Python object per message).
+        """Lease like ``Broker.receive`` and return one codec frame.
+
+        The embedded consumer's batches: no Python object per message.
 
         Args:
             queue: the queue name.
