@@ -311,13 +311,14 @@ cdef class FrameBuilder:
         or an array batch (``extend_rows``)."""
         cdef Py_ssize_t index = 0
         cdef ff_rows rows
-        cdef const char* body
-        cdef Py_ssize_t length
+        # C names of their own: the loop below unpacks a PublishEntry's ``body`` object
+        cdef const char* row_body
+        cdef Py_ssize_t row_len
         if ff_rows_open(entries, &rows):
             try:
                 for index in range(rows.count):
-                    ff_rows_get(&rows, index, &body, &length)
-                    self._append_row(body, length, index)
+                    ff_rows_get(&rows, index, &row_body, &row_len)
+                    self._append_row(row_body, row_len, index)
             finally:
                 ff_rows_close(&rows)
             return

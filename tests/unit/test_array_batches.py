@@ -55,6 +55,16 @@ def test_an_array_batch_encodes_as_its_rows_would() -> None:
     assert encode_entries(pair) == encode_entries([b"ab", b"cdef"])
 
 
+def test_entries_keep_their_zero_bytes_beside_the_array_path() -> None:
+    # extend() reads array rows through C pointers; a PublishEntry's body must stay bytes
+    from fastfanout.wire import protocol
+
+    entries = [PublishEntry(b"\x00"), PublishEntry(b"a\x00b", priority=1), b"\x00\x00"]
+    frame = encode_entries(entries)
+    assert [r.body for r in protocol.codec_module().decode_batch(frame)] == [
+        b"\x00", b"a\x00b", b"\x00\x00"]
+
+
 @pytest.mark.parametrize("entries, message", [
     (np.zeros((3, 4), dtype=np.float32, order="F"), "rows must each be C-contiguous"),
     (np.zeros((3, 4, 2), dtype=np.uint8)[:, ::2], "rows must each be C-contiguous"),
