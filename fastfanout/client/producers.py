@@ -173,11 +173,12 @@ class ProducerFace:
     def __init__(self, core: ProducerCore) -> None:
         self.core = core
         self.topic = core.topic
+        self._rows_offered = 0   # offered by offer_batch (the gate counts offer())
 
     @property
     def offered(self) -> int:
         """Messages offered so far."""
-        return self._gate.offered
+        return self._gate.offered + self._rows_offered
 
     @property
     def published(self) -> int:
@@ -256,7 +257,7 @@ class RemoteProducer(ProducerFace):
             opened = not len(builder)
             done, total = builder.extend_rows(bodies, start, core.batch_messages,
                                               core.batch_bytes)
-            core.offered += done - start
+            self._rows_offered += done - start
             start = done
             if opened and len(builder):
                 self._opened_at = self._connection.start_ticking()
@@ -455,7 +456,7 @@ class AsyncProducer(ProducerFace):
             opened = not len(builder)
             done, total = builder.extend_rows(bodies, start, core.batch_messages,
                                               core.batch_bytes)
-            core.offered += done - start
+            self._rows_offered += done - start
             start = done
             if opened and len(builder):
                 self._frames_opened += 1
