@@ -36,6 +36,9 @@ cdef class Journal:
     cdef bint job_active                    # a batch is with the writer (commit_begin)
     cdef uint64_t job_last_seq              # the last sequence of that batch
     cdef size_t job_capacity                # bytes allocated for the writer's buffer
+    cdef set removing                       # segment names the remover thread unlinks
+    cdef object remover                     # that thread (started with the first), or None
+    cdef object removals                    # its queue of name lists (None: stop)
 
     cdef char* _reserve(self, size_t size) except NULL
     cdef char* reserve(self, uint8_t kind, uint32_t length) noexcept
@@ -49,3 +52,4 @@ cdef class Journal:
     cdef _drop_buffered(self)
     cdef _write_failed(self, int code)
     cdef _stop_writer(self)
+    cdef _stop_remover(self)

@@ -58,6 +58,8 @@ from posix.unistd cimport close as c_close, ftruncate, read as c_read, write as 
 from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_load_le64, ff_store_le32, ff_store_le64
 
 import os
+import queue
+import threading
 
 from fastfanout.errors import InvalidArgument, StoreFailed, StoreFull
 
@@ -452,6 +454,9 @@ cdef class Journal:
         self.written_seq = self.synced_seq = next_seq - 1
         self.buffered_last_seq = next_seq - 1
         self.synced_sizes = {}
+        self.removing = set()
+        self.remover = None
+        self.removals = None
         self.failure = None
         self.auto_roll = auto_roll
         self.segment_index = segment_index
@@ -857,17 +862,37 @@ cdef class Journal:
         """Delete every closed segment whose records all precede ``seq``; returns how
         many files were removed (the current segment is never removed)."""
         found = segments(self.directory)
-        removed = 0
+        names = []
         for index in range(len(found) - 1):
             base, name = found[index]
             next_base = found[index + 1][0]
-            if next_base <= seq and name != self.segment:
-                os.unlink(os.path.join(self.directory, name))
+            if next_base <= seq and name != self.segment and name not in self.removing:
+                names.append(name)
                 self.synced_sizes.pop(name, None)
-                removed += 1
-        if removed:
+        if not names:
+            return 0
+        if self.writer == NULL:
+            for name in names:
+                os.unlink(os.path.join(self.directory, name))
             _sync_directory(self.directory)
-        return removed
+        else:
+            # With a writer (a server): unlinking a 64 MiB segment takes tens of ms of
+            # kernel time; a thread does it (the GIL released meanwhile), not the loop.
+            self.removing.update(names)
+            if self.remover is None:
+                self.removals = queue.SimpleQueue()
+                self.remover = threading.Thread(
+                    target=_remove_files, args=(self.directory, self.removals, self.removing),
+                    name="fastfanout-journal-remover", daemon=True)
+                self.remover.start()
+            self.removals.put(names)
+        return len(names)
+
+    cdef _stop_remover(self):
+        if self.remover is not None:
+            self.removals.put(None)
+            self.remover.join()
+            self.remover = None
 
     def close(self):
         """Flush and sync what is buffered (if the journal has not failed), then close."""
@@ -879,6 +904,7 @@ cdef class Journal:
         finally:
             try:
                 self._stop_writer()
+                self._stop_remover()
             finally:
                 c_close(self.fd)
                 self.fd = -1
@@ -895,6 +921,23 @@ cdef void _writer_stop(writer_t* w) noexcept nogil:
     pthread_mutex_destroy(&w.lock)
     pthread_cond_destroy(&w.cond)
     c_close(w.event_fd)
+
+
+def _remove_files(directory, removals, removing):
+    """The remover thread: unlink each batch of segment names, then sync the directory."""
+    while (names := removals.get()) is not None:
+        for name in names:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass   # left in place: the next compaction lists it again
+        try:
+            _sync_directory(directory)
+        except OSError:
+            pass
+        removing.difference_update(names)
 
 
 def _sync_directory(directory):

@@ -417,3 +417,16 @@ def test_an_fsync_error_under_the_writer_fails_the_journal_closed(tmp_path):
     with pytest.raises(StoreFailed):
         writer.append(2, b"y")
     writer.close()
+
+
+def test_with_a_writer_old_segments_are_unlinked_by_a_thread(tmp_path):
+    writer = journal.Journal(tmp_path, segment_bytes=4096, auto_roll=False)
+    writer.start_writer()
+    for _ in range(3):
+        writer.append(2, b"x" * 100)
+        writer.roll()
+    assert len(journal.segments(tmp_path)) == 4
+    assert writer.remove_segments_before(writer.next_seq) == 3
+    assert writer.remove_segments_before(writer.next_seq) == 0   # not listed twice
+    writer.close()   # waits for the remover
+    assert [name for _, name in journal.segments(tmp_path)] == [writer.segment]
