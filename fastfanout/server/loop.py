@@ -383,7 +383,10 @@ class Server:
         self._looping = True
         next_housekeeping = 0.0
         try:
-            self._commit_fd = self._port.start_commit_writer()
+            try:
+                self._commit_fd = self._port.start_commit_writer()
+            except FastFanoutError:   # a closed broker: requests say so
+                self._commit_fd = -1
             if self._commit_fd >= 0:
                 transport.watch(self._commit_fd)
             while not self._stopping:
