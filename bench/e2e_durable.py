@@ -24,11 +24,11 @@ turn, and the table gives the median (min-max) of the runs and ratios:
   consumer process (nats-py) on a durable pull consumer (fetch 1000, AckPolicy.ALL: one
   ack settles the fetch, the batch ack).
 - ``fastfanout``: ``fastfanout serve --data-dir DIR --fsync always|interval|never`` with
-  one producer process (``client.producer``, frames of 1,000, confirmed) and one consumer
-  process (``consume`` + batch ack). It runs only once ``fastfanout.Broker`` accepts
-  ``data_dir``; until then it prints one line saying it was skipped. ``fastfanout
-  memory`` runs the same processes against a broker without ``--data-dir`` (the rate
-  without a disk, and a check of the scenario's code today).
+  one producer process (``client.producer``, frames of 1,000, at most 16 unanswered,
+  confirmed) and one consumer process (``consume`` + batch ack). It runs only once
+  ``fastfanout.Broker`` accepts ``data_dir``; until then it prints one line saying it
+  was skipped. ``fastfanout memory`` runs the same processes against a broker without
+  ``--data-dir`` (the rate without a disk, and a check of the scenario's code today).
 
 For the end-to-end scenarios, "msg/s" is end to end: messages / (last ack - first
 publish), producer and consumer running together; "publish" is the producer's confirmed
@@ -91,6 +91,8 @@ READ_CHUNK = 1 << 20
 FETCH = 1000
 QUEUE_BOUND = 65536             # fastfanout: overflow="hold" paces the producer (e2e_fanout)
 PREFETCH = 16000
+IN_FLIGHT = 16                  # fastfanout producer frames unanswered at most: a round
+                                # being gathered and one being synced both stay full
 CHILD_DEADLINE = 600.0          # seconds a producer or consumer may take
 
 
@@ -457,7 +459,7 @@ def fastfanout_producer(endpoint: str, count: int, out: Any) -> None:
         keep_freed_memory()
         with connect(endpoint) as client:
             started = time.monotonic()
-            with client.producer("t", batch_messages=1000, max_in_flight=8) as producer:
+            with client.producer("t", batch_messages=1000, max_in_flight=IN_FLIGHT) as producer:
                 offer = producer.offer
                 for _ in range(count):
                     offer(BODY)
