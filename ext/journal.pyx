@@ -47,7 +47,7 @@ Segment header (32 bytes): magic ``FFJRNL01``, ``base_seq`` u64, ``version`` u32
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from libc.errno cimport EAGAIN, EFBIG, EINTR, ENOSPC, errno
+from libc.errno cimport EFBIG, EINTR, ENOSPC, errno
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strerror
@@ -798,7 +798,6 @@ cdef class Journal:
         cdef bint done
         if not self.job_active:
             return True
-        c_read(w.event_fd, &count, 8)   # drain the eventfd (EAGAIN when not done)
         if wait:
             with nogil:
                 pthread_mutex_lock(&w.lock)
@@ -810,6 +809,9 @@ cdef class Journal:
         pthread_mutex_unlock(&w.lock)
         if not done:
             return False
+        # The thread wrote the eventfd before it let go of the lock: drain it now, so a
+        # poller is not woken again for this batch.
+        c_read(w.event_fd, &count, 8)
         self._complete_job()
         return True
 

@@ -354,6 +354,7 @@ def test_the_writer_thread_writes_a_batch_while_the_next_is_appended(tmp_path):
     assert wait_readable(fd)          # the eventfd says the batch is done
     assert writer.poll()
     assert not writer.busy
+    assert not wait_readable(fd, 0)   # drained: a poller is not woken again for it
     assert (writer.written_seq, writer.synced_seq, writer.syncs) == (100, 100, 1)
     assert writer.commit_begin(sync=False) == 150   # written, not synced
     assert writer.poll(wait=True)
