@@ -24,20 +24,25 @@ turn, and the table gives the median (min-max) of the runs and ratios:
   consumer process (nats-py) on a durable pull consumer (fetch 1000, AckPolicy.ALL: one
   ack settles the fetch, the batch ack).
 - ``fastfanout``: ``fastfanout serve --data-dir DIR --fsync always|interval|never`` with
-  one producer process (``client.producer``, frames of 1,000, confirmed) and one consumer
-  process (``consume`` + batch ack). It runs only once ``fastfanout.Broker`` accepts
-  ``data_dir``; until then it prints one line saying it was skipped. ``fastfanout
-  memory`` runs the same processes against a broker without ``--data-dir`` (the rate
-  without a disk, and a check of the scenario's code today).
+  one producer process (``client.producer``, frames of 1,000, at most 16 unanswered,
+  confirmed) and one consumer process (``consume`` + batch ack). It runs only once
+  ``fastfanout.Broker`` accepts ``data_dir``; until then it prints one line saying it
+  was skipped. ``fastfanout memory`` runs the same processes against a broker without
+  ``--data-dir`` (the rate without a disk, and a check of the scenario's code today).
 
 For the end-to-end scenarios, "msg/s" is end to end: messages / (last ack - first
 publish), producer and consumer running together; "publish" is the producer's confirmed
 rate alone. The ceiling of a scenario is the disk loop with the same durability: an
 fdatasync per message (NATS always), per group of P (Redis always, pipelines of P: Redis
-syncs once per event-loop round), per frame of 1,000 (fastfanout always: one fdatasync per
-broker round at best), or none (page cache: write/1000). Each scenario runs right after
-its ceiling in every run (a shared disk's sync rate drifts), and a ratio is the median of
-the per-run ratios.
+syncs once per event-loop round), per frame of 1,000 (fastfanout always), or none (page
+cache: write/1000). fastfanout always is held to the disk loop writing *the same bytes*
+as its journal, 1,000 messages per fdatasync: 240 bytes per message with one queue (the
+enqueue record holding the message, its lease, its ack's remove), 624 with four
+(``DURABLE_BYTES``; the table shows the broker's own count, storage ``bytes_written``
+per message), measured right before and right after the scenario (their mean). Each
+scenario runs right after its ceiling in every run (a shared disk's sync rate drifts),
+and a ratio is the median of the per-run ratios; the lines under the table give the
+durable rows against disk sync/1000 of 88-byte records and the same run in memory.
 
 Message counts: ``--messages`` (100,000) for the end-to-end scenarios and the loops with
 G = 1 or 100; ``--local-messages`` (1,000,000) for the loops with G = 1000 (so they run
@@ -72,12 +77,22 @@ from fastfanout.bench.adapters import nats_acks
 
 BODY = b"x" * 64
 RECORD_BYTES = 24 + 64          # the journal's record header + the 64-byte payload
+# What a durable broker's journal writes per message (docs/storage.md), for the ceilings
+# "for the same bytes": an enqueue record holding the message (24-byte header + 40 +
+# 48-byte message part + the 64-byte body = 176), its lease (24 + 8) and its remove (the
+# ack, 24 + 8). With four queues the other three enqueue records name the message
+# (24 + 40 each) and each copy has its lease and remove. The run checks these against
+# the broker's own count (storage bytes_written).
+DURABLE_BYTES = 176 + 32 + 32                 # 240: one queue
+DURABLE_BYTES_X4 = 176 + 3 * 64 + 4 * (32 + 32)   # 624: four queues
 GROUPS = (1, 100, 1000)
 PIPELINES = (100, 1000)
 READ_CHUNK = 1 << 20
 FETCH = 1000
 QUEUE_BOUND = 65536             # fastfanout: overflow="hold" paces the producer (e2e_fanout)
 PREFETCH = 16000
+IN_FLIGHT = 16                  # fastfanout producer frames unanswered at most: a round
+                                # being gathered and one being synced both stay full
 CHILD_DEADLINE = 600.0          # seconds a producer or consumer may take
 
 
@@ -91,6 +106,7 @@ class Row:
     messages: int
     rates: list[float] = field(default_factory=list)
     publish: list[float] = field(default_factory=list)
+    journal_bytes: list[float] = field(default_factory=list)   # per message (durable)
     peer_class: str | None = None   # "always" / "relaxed": which fastfanout row compares
 
 
@@ -125,10 +141,12 @@ def describe_disk(path: str) -> str:
 
 # -- the disk's limit -------------------------------------------------------------------
 
-def disk_write(directory: str, count: int, group: int, sync: bool) -> tuple[float, str]:
-    """Write ``count`` records of 88 bytes, ``group`` per write (+ fdatasync): (msg/s, file)."""
+def disk_write(directory: str, count: int, group: int, sync: bool,
+               record_bytes: int = RECORD_BYTES) -> tuple[float, str]:
+    """Write ``count`` records of ``record_bytes`` (88), ``group`` per write (+ fdatasync):
+    (msg/s, file)."""
     path = tempfile.mktemp(prefix="disk-", dir=directory)
-    chunk = b"\x01" * (RECORD_BYTES * group)
+    chunk = b"\x01" * (record_bytes * group)
     writes = count // group
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
     try:
@@ -441,7 +459,7 @@ def fastfanout_producer(endpoint: str, count: int, out: Any) -> None:
         keep_freed_memory()
         with connect(endpoint) as client:
             started = time.monotonic()
-            with client.producer("t", batch_messages=1000, max_in_flight=8) as producer:
+            with client.producer("t", batch_messages=1000, max_in_flight=IN_FLIGHT) as producer:
                 offer = producer.offer
                 for _ in range(count):
                     offer(BODY)
@@ -478,10 +496,11 @@ def fastfanout_consumer(endpoint: str, *rest: Any) -> None:
 
 
 def fastfanout_run(fsync: str | None, count: int, base: str,
-                   consumers: int = 1) -> tuple[float, float]:
+                   consumers: int = 1) -> tuple[float, float] | tuple[float, float, float]:
     """The broker process (``fsync`` None: without --data-dir, in memory), a producer
     process and ``consumers`` consumer processes, each on its own queue of the topic:
-    (end-to-end msg/s per consumer, publish msg/s)."""
+    (end-to-end msg/s per consumer, publish msg/s), and for a durable broker the
+    journal bytes it wrote per message published."""
     from fastfanout.client import connect
     from fastfanout.errors import FastFanoutError
 
@@ -509,8 +528,14 @@ def fastfanout_run(fsync: str | None, count: int, base: str,
             for queue in (["q"] if consumers == 1 else [f"q{n}" for n in range(consumers)]):
                 client.create_queue(queue, max_messages=QUEUE_BOUND, overflow="hold")
                 client.subscribe("t", queue)
-        return run_pair(fastfanout_producer, fastfanout_consumer, (endpoint,), (endpoint,),
-                        count, consumers)
+            written = (client.stats().storage or {}).get("bytes_written", 0)
+            rates = run_pair(fastfanout_producer, fastfanout_consumer, (endpoint,),
+                             (endpoint,), count, consumers)
+            if fsync is None:
+                return rates
+            # every ack is in: the records of the last settles are written by now
+            written = (client.stats().storage or {}).get("bytes_written", 0) - written
+            return (*rates, written / count)
     finally:
         peers.stop_process(server)
         shutil.rmtree(data, ignore_errors=True)
@@ -601,10 +626,27 @@ def print_table(rows: list[Row]) -> None:
         versus = None
         if ours is not None and not row.name.startswith("fastfanout"):
             versus = paired(ours.rates, row.rates)
-        print(f"| {row.name} | {row.durability} | {row.messages:,} | {spread(row.rates)} | "
+        durability = row.durability
+        if row.journal_bytes:
+            durability += f", {statistics.median(row.journal_bytes):.0f} B/msg journaled"
+        print(f"| {row.name} | {durability} | {row.messages:,} | {spread(row.rates)} | "
               f"{spread(row.publish)} | {row.ceiling or '-'} | "
               f"{'-' if ratio is None else f'{ratio:.2f}x'} | "
               f"{'-' if versus is None else f'{versus:.2f}x ({ours.name})'} |")
+    for row in rows:   # the durable rows against the other yardsticks of the same runs
+        if not row.name.startswith("fastfanout ") or "memory" in row.name or not row.rates:
+            continue
+        others = [(row.name.replace(row.name.split()[1], "memory"), "the same run in memory")]
+        if "sync/" in (row.ceiling or ""):
+            others.insert(0, ("disk sync/1000", "disk sync/1000 of 88-byte records"))
+        said = []
+        for name, what in others:
+            other = by_name.get(name)
+            ratio = paired(row.rates, other.rates) if other is not None else None
+            if ratio is not None and row.ceiling != name:
+                said.append(f"{ratio:.2f}x {what}")
+        if said:
+            print(f"{row.name}: {', '.join(said)}")
 
 
 # -- main -------------------------------------------------------------------------------
@@ -655,9 +697,10 @@ def main() -> int:
           f"write, {few:,} where each is synced; {args.runs} runs")
 
     rows: list[Row] = []
-    jobs: list[tuple[Row, Callable[[], tuple[float, float] | float]]] = []
+    jobs: list[tuple[Row, Callable[[], tuple[float, ...] | float]]] = []
+    after: list[tuple[Row, Callable[[], tuple[float, ...] | float]]] = []
 
-    def add(row: Row, job: Callable[[], tuple[float, float] | float]) -> None:
+    def add(row: Row, job: Callable[[], tuple[float, ...] | float]) -> None:
         rows.append(row)
         jobs.append((row, job))
 
@@ -747,15 +790,41 @@ def main() -> int:
                 peer_class="always" if sync == "always" else "relaxed"),
             lambda: nats_run(sync, args.window, n, base))
 
+    def same_bytes_ceiling(record_bytes: int) -> str:
+        """A "disk sync/1000" row writing the journal's bytes per message; measured
+        right before the scenario added next and again right after it (the mean of the
+        two is the run's ceiling: the shared disk's sync rate drifts)."""
+        name = f"disk sync/1000, {record_bytes} B"
+        row = Row(name, f"fdatasync, 1000 per write of {record_bytes}-byte records", None,
+                  many)
+
+        def measure() -> float:
+            rate, path = disk_write(base, many, 1000, True, record_bytes)
+            os.unlink(path)
+            return rate
+
+        def again() -> float:
+            row.rates[-1] = (row.rates[-1] + measure()) / 2
+            return 0.0
+
+        add(row, measure)
+        after.append((Row("", "", None, 0), again))
+        return name
+
     def durable_row(fsync: str) -> None:
-        add(Row(f"fastfanout {fsync}", f"--fsync {fsync}",
-                "disk sync/1000" if fsync == "always" else "disk write/1000", count,
+        always = fsync == "always"
+        ceiling = same_bytes_ceiling(DURABLE_BYTES) if always else "disk write/1000"
+        add(Row(f"fastfanout {fsync}", f"--fsync {fsync}", ceiling, count,
                 peer_class={"always": "always", "interval": "relaxed"}.get(fsync)),
             lambda: fastfanout_run(fsync, count, base))
+        jobs.extend(after)
+        after.clear()
         # one topic fanning out to four durable queues, a consumer each (rate per consumer)
-        add(Row(f"fastfanout {fsync} x4", f"--fsync {fsync}",
-                "disk sync/1000" if fsync == "always" else "disk write/1000", count),
+        ceiling = same_bytes_ceiling(DURABLE_BYTES_X4) if always else "disk write/1000"
+        add(Row(f"fastfanout {fsync} x4", f"--fsync {fsync}", ceiling, count),
             lambda: fastfanout_run(fsync, count, base, 4))
+        jobs.extend(after)
+        after.clear()
 
     # Each scenario runs right after its ceiling: the shared disk's sync rate drifts.
     for sync in (True, False):
@@ -797,6 +866,8 @@ def main() -> int:
                 if isinstance(result, tuple):
                     row.rates.append(result[0])
                     row.publish.append(result[1])
+                    if len(result) > 2:
+                        row.journal_bytes.append(result[2])
                 else:
                     row.rates.append(result)
             print(f"run {run + 1}/{args.runs}: {time.monotonic() - started:.1f} s",

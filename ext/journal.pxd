@@ -31,6 +31,14 @@ cdef class Journal:
     cdef size_t reserved                    # payload bytes of the record begun (reserve)
     cdef uint64_t buffered_last_seq
     cdef dict synced_sizes                  # segment name -> bytes known to be on disk
+    cdef readonly uint64_t drops            # times buffered records were dropped (full disk)
+    cdef void* writer                       # the background writer (writer_t*), or NULL
+    cdef bint job_active                    # a batch is with the writer (commit_begin)
+    cdef uint64_t job_last_seq              # the last sequence of that batch
+    cdef size_t job_capacity                # bytes allocated for the writer's buffer
+    cdef set removing                       # segment names the remover thread unlinks
+    cdef object remover                     # that thread (started with the first), or None
+    cdef object removals                    # its queue of name lists (None: stop)
 
     cdef char* _reserve(self, size_t size) except NULL
     cdef char* reserve(self, uint8_t kind, uint32_t length) noexcept
@@ -39,3 +47,9 @@ cdef class Journal:
     cdef _fail(self, str why)
     cdef _begin_segment(self)
     cdef _begin_segment_at(self, uint64_t seq)
+    cdef _join(self)
+    cdef _complete_job(self)
+    cdef _drop_buffered(self)
+    cdef _write_failed(self, int code)
+    cdef _stop_writer(self)
+    cdef _stop_remover(self)

@@ -49,14 +49,17 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.errno cimport EFBIG, EINTR, ENOSPC, errno
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.fcntl cimport O_APPEND, O_CREAT, O_EXCL, O_WRONLY, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_PRIVATE, PROT_READ, mmap, munmap
-from posix.unistd cimport close as c_close, ftruncate, write as c_write
+from posix.unistd cimport close as c_close, ftruncate, read as c_read, write as c_write
 
 from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_load_le64, ff_store_le32, ff_store_le64
 
 import os
+import queue
+import threading
 
 from fastfanout.errors import InvalidArgument, StoreFailed, StoreFull
 
@@ -69,6 +72,29 @@ cdef extern from "crc32c.h":
 cdef extern from "<unistd.h>" nogil:
     int fdatasync(int fd)
     int fsync(int fd)
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_create(pthread_t* thread, const void* attr,
+                       void* (*start)(void*) noexcept nogil, void* arg)
+    int pthread_join(pthread_t thread, void** result)
+    int pthread_mutex_init(pthread_mutex_t* mutex, const void* attr)
+    int pthread_mutex_destroy(pthread_mutex_t* mutex)
+    int pthread_mutex_lock(pthread_mutex_t* mutex)
+    int pthread_mutex_unlock(pthread_mutex_t* mutex)
+    int pthread_cond_init(pthread_cond_t* cond, const void* attr)
+    int pthread_cond_destroy(pthread_cond_t* cond)
+    int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex)
+    int pthread_cond_broadcast(pthread_cond_t* cond)
 
 ff_crc32c_init()
 
@@ -151,6 +177,70 @@ cdef int write_all(int fd, const char* data, size_t length) noexcept nogil:
         data += done
         length -= <size_t>done
     return 0
+
+
+cdef void frame_records(char* data, size_t length) noexcept nogil:
+    """Checksum every record of a buffer of whole records (``append`` and ``finish``
+    leave the crc to this pass: it runs where the buffer is written, off the caller's
+    thread when a writer is started)."""
+    cdef size_t offset = 0
+    cdef uint32_t size
+    while offset + RECORD_HEADER <= length:
+        size = ff_load_le32(data + offset + 4)
+        ff_store_le32(data + offset, record_crc(data + offset, size))
+        offset += ff_align8(RECORD_HEADER + <uint64_t>size)
+
+
+cdef struct writer_t:
+    # Shared by the journal (its owner, holding the GIL) and the writer thread (never
+    # holding it); every field below the lock is handed over under it.
+    pthread_mutex_t lock
+    pthread_cond_t cond
+    pthread_t thread
+    int event_fd          # written (eventfd +1) when a batch is done
+    int state             # WRITER_IDLE, WRITER_QUEUED (the thread's), WRITER_DONE
+    bint stop
+    int fd                # the segment the batch goes to
+    char* buffer          # the batch: whole records, crc left to the thread
+    size_t length
+    bint sync             # fdatasync after the write
+    int write_fault       # errno injected instead of the write (tests), 0: none
+    int sync_fault        # errno injected instead of the fdatasync (tests), 0: none
+    int write_error       # results: errno of a failed write, 0: written
+    int sync_error        # errno of a failed fdatasync, 0: synced (or not asked)
+
+cdef enum:
+    WRITER_IDLE = 0
+    WRITER_QUEUED = 1
+    WRITER_DONE = 2
+
+
+cdef void* writer_main(void* argument) noexcept nogil:
+    """The writer thread: checksum, write and fdatasync each batch handed over, then
+    signal (condition and eventfd). It never touches a Python object."""
+    cdef writer_t* w = <writer_t*>argument
+    cdef uint64_t one = 1
+    pthread_mutex_lock(&w.lock)
+    while True:
+        while w.state != WRITER_QUEUED and not w.stop:
+            pthread_cond_wait(&w.cond, &w.lock)
+        if w.state != WRITER_QUEUED:
+            break   # stopping, nothing queued
+        pthread_mutex_unlock(&w.lock)
+        frame_records(w.buffer, w.length)
+        w.write_error = w.write_fault if w.write_fault else write_all(w.fd, w.buffer, w.length)
+        w.sync_error = 0
+        if w.write_error == 0 and w.sync:
+            if w.sync_fault:
+                w.sync_error = w.sync_fault
+            elif fdatasync(w.fd) != 0:
+                w.sync_error = errno
+        pthread_mutex_lock(&w.lock)
+        w.state = WRITER_DONE
+        pthread_cond_broadcast(&w.cond)
+        c_write(w.event_fd, &one, 8)
+    pthread_mutex_unlock(&w.lock)
+    return NULL
 
 
 class ScanReport:
@@ -349,6 +439,7 @@ cdef class Journal:
     def __cinit__(self):
         self.fd = -1
         self.buffer = NULL
+        self.writer = NULL
 
     def __init__(self, directory, uint64_t next_seq=1, uint64_t segment_bytes=64 << 20,
                  uint32_t segment_index=0, bint auto_roll=True):
@@ -363,12 +454,21 @@ cdef class Journal:
         self.written_seq = self.synced_seq = next_seq - 1
         self.buffered_last_seq = next_seq - 1
         self.synced_sizes = {}
+        self.removing = set()
+        self.remover = None
+        self.removals = None
         self.failure = None
         self.auto_roll = auto_roll
         self.segment_index = segment_index
         self._begin_segment()
 
     def __dealloc__(self):
+        cdef writer_t* w = <writer_t*>self.writer
+        if w != NULL:
+            self.writer = NULL
+            _writer_stop(w)
+            PyMem_Free(w.buffer)
+            free(w)
         if self.fd >= 0:
             c_close(self.fd)
         PyMem_Free(self.buffer)
@@ -455,10 +555,9 @@ cdef class Journal:
         return record + RECORD_HEADER
 
     cdef uint64_t finish(self) noexcept:
-        """End the record begun by ``reserve`` (checksum); returns its sequence."""
-        cdef char* record = self.buffer + self.buffered
+        """End the record begun by ``reserve``; returns its sequence. (Its checksum is
+        computed where the buffer is written: ``frame_records``.)"""
         cdef uint64_t seq = self.next_seq
-        ff_store_le32(record, record_crc(record, ff_load_le32(record + 4)))
         self.buffered += self.reserved
         self.reserved = 0
         self.next_seq = seq + 1
@@ -509,8 +608,7 @@ cdef class Journal:
             ff_store_le64(record + 8, seq)
             record[16] = <char>kind
             memcpy(record + RECORD_HEADER, view.buf, <size_t>view.len)
-            ff_store_le32(record, record_crc(record, <uint32_t>view.len))
-            self.buffered += size
+            self.buffered += size   # checksummed when written (frame_records)
             self.next_seq = seq + 1
             self.buffered_last_seq = seq
             return seq
@@ -523,6 +621,7 @@ cdef class Journal:
         (none of them is in the file; their sequences are given out again); any other
         error fails the journal closed (``StoreFailed``)."""
         cdef int code
+        self._join()
         self._check_open()
         if not self.buffered:
             return self.written_seq
@@ -532,23 +631,35 @@ cdef class Journal:
             self._begin_segment_at(self.written_seq + 1)
         code = _fault("write")
         if code == 0:
-            code = write_all(self.fd, self.buffer, self.buffered)
+            with nogil:
+                frame_records(self.buffer, self.buffered)
+                code = write_all(self.fd, self.buffer, self.buffered)
         if code:
-            # Undo a partial write, so the file ends with a whole record.
-            if ftruncate(self.fd, self.segment_size) != 0:
-                self._fail(f"cannot undo a failed write: {strerror(errno).decode()}")
-            self.next_seq = self.written_seq + 1
-            self.buffered = 0
-            if code in (ENOSPC, EFBIG):
-                self.full_refusals += 1
-                raise StoreFull(f"the disk of {self.directory} is full "
-                                f"({strerror(code).decode()}): nothing of this batch was stored")
-            self._fail(f"write to {self.segment} failed: {strerror(code).decode()}")
+            self._write_failed(code)
         self.segment_size += self.buffered
         self.bytes_written += self.buffered
         self.buffered = 0
         self.written_seq = self.buffered_last_seq
         return self.written_seq
+
+    cdef _drop_buffered(self):
+        """Forget every record not in the file (their sequences are given out again)."""
+        self.next_seq = self.written_seq + 1
+        self.buffered_last_seq = self.written_seq
+        self.buffered = 0
+        self.drops += 1
+
+    cdef _write_failed(self, int code):
+        # Undo a partial write, so the file ends with a whole record; what was buffered
+        # after the failed batch is dropped too (its sequences would leave a gap).
+        if ftruncate(self.fd, self.segment_size) != 0:
+            self._fail(f"cannot undo a failed write: {strerror(errno).decode()}")
+        self._drop_buffered()
+        if code in (ENOSPC, EFBIG):
+            self.full_refusals += 1
+            raise StoreFull(f"the disk of {self.directory} is full "
+                            f"({strerror(code).decode()}): nothing of this batch was stored")
+        self._fail(f"write to {self.segment} failed: {strerror(code).decode()}")
 
     cdef _begin_segment_at(self, uint64_t seq):
         saved = self.next_seq
@@ -562,12 +673,15 @@ cdef class Journal:
         """``fdatasync`` what was written; returns the last sequence on disk. An error
         fails the journal closed (``StoreFailed``): it is never retried."""
         cdef int code
+        self._join()
         self._check_open()
         if self.synced_seq == self.written_seq and self.synced_size == self.segment_size:
             return self.synced_seq
         code = _fault("fsync")
-        if code == 0 and fdatasync(self.fd) != 0:
-            code = errno
+        if code == 0:
+            with nogil:
+                if fdatasync(self.fd) != 0:
+                    code = errno
         if code:
             self._fail(f"fdatasync of {self.segment} failed: {strerror(code).decode()}")
         self.syncs += 1
@@ -582,6 +696,165 @@ cdef class Journal:
         self.flush()
         return self.sync() if sync else self.written_seq
 
+    # -- the background writer (pipelined group commit) -------------------------------
+
+    def start_writer(self):
+        """Start the background writer thread (once); returns its eventfd.
+
+        With it, ``commit_begin`` hands the buffered records to the thread, which
+        checksums, writes and (when asked) fdatasyncs them without the GIL, while the
+        caller goes on appending the next batch; the eventfd becomes readable when the
+        batch is done (``poll`` then finishes it). Every other call (``flush``, ``sync``,
+        ``commit``, ``roll``, ``close``) first waits for a batch in flight, so the file
+        only ever grows in sequence order.
+        """
+        cdef writer_t* w
+        self._check_open()
+        if self.writer != NULL:
+            return (<writer_t*>self.writer).event_fd
+        w = <writer_t*>calloc(1, sizeof(writer_t))
+        if w == NULL:
+            raise MemoryError()
+        w.event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if w.event_fd < 0:
+            free(w)
+            raise OSError(errno, f"eventfd: {strerror(errno).decode()}")
+        pthread_mutex_init(&w.lock, NULL)
+        pthread_cond_init(&w.cond, NULL)
+        if pthread_create(&w.thread, NULL, writer_main, w) != 0:
+            pthread_mutex_destroy(&w.lock)
+            pthread_cond_destroy(&w.cond)
+            c_close(w.event_fd)
+            free(w)
+            raise OSError("cannot start the journal's writer thread")
+        self.writer = w
+        return w.event_fd
+
+    @property
+    def writer_fd(self):
+        """The eventfd readable when a batch handed to the writer is done (-1: none)."""
+        return -1 if self.writer == NULL else (<writer_t*>self.writer).event_fd
+
+    @property
+    def busy(self):
+        """Whether a batch is with the writer (``commit_begin`` until ``poll`` ends it)."""
+        return bool(self.job_active)
+
+    def commit_begin(self, bint sync=True):
+        """Hand everything appended to the writer thread: write it and (``sync``)
+        fdatasync it, while the caller appends the next batch. Returns the last
+        sequence handed; ``poll`` says when it is written (``written_seq``) and synced
+        (``synced_seq``). Waits first for a batch still in flight. Without a writer
+        (``start_writer``) this is ``commit``.
+        """
+        cdef writer_t* w = <writer_t*>self.writer
+        cdef char* spare
+        cdef size_t capacity
+        cdef int write_fault = 0
+        cdef int sync_fault = 0
+        if w == NULL:
+            return self.commit(sync)
+        self._join()
+        self._check_open()
+        if not self.buffered and (not sync or (self.synced_seq == self.written_seq
+                                               and self.synced_size == self.segment_size)):
+            return self.written_seq   # nothing to write or sync
+        if self.auto_roll and self.buffered and self.segment_size > SEGMENT_HEADER and \
+                self.segment_size + self.buffered > self.segment_bytes:
+            self.sync()
+            self._begin_segment_at(self.written_seq + 1)
+        if self.buffered:
+            write_fault = _fault("write")
+        if sync:
+            sync_fault = _fault("fsync")
+        # Swap buffers: the thread gets the batch, the caller the spare one.
+        spare, capacity = w.buffer, self.job_capacity
+        w.buffer, self.job_capacity = self.buffer, self.capacity
+        self.buffer, self.capacity = spare, capacity
+        pthread_mutex_lock(&w.lock)
+        w.fd = self.fd
+        w.length = self.buffered
+        w.sync = sync
+        w.write_fault = write_fault
+        w.sync_fault = sync_fault
+        w.state = WRITER_QUEUED
+        pthread_cond_broadcast(&w.cond)
+        pthread_mutex_unlock(&w.lock)
+        self.buffered = 0
+        self.job_active = True
+        self.job_last_seq = self.buffered_last_seq
+        return self.job_last_seq
+
+    def poll(self, bint wait=False):
+        """Finish the batch handed to the writer if it is done (``wait``: once it is).
+
+        Returns True when no batch is in flight any more. A full disk raises
+        ``StoreFull`` (the batch and everything appended since are dropped, as for
+        ``flush``); a write or fdatasync error fails the journal closed
+        (``StoreFailed``).
+        """
+        cdef writer_t* w = <writer_t*>self.writer
+        cdef uint64_t count
+        cdef bint done
+        if not self.job_active:
+            return True
+        if wait:
+            with nogil:
+                pthread_mutex_lock(&w.lock)
+                while w.state == WRITER_QUEUED:
+                    pthread_cond_wait(&w.cond, &w.lock)
+                pthread_mutex_unlock(&w.lock)
+        pthread_mutex_lock(&w.lock)
+        done = w.state == WRITER_DONE
+        pthread_mutex_unlock(&w.lock)
+        if not done:
+            return False
+        # The thread wrote the eventfd before it let go of the lock: drain it now, so a
+        # poller is not woken again for this batch.
+        c_read(w.event_fd, &count, 8)
+        self._complete_job()
+        return True
+
+    cdef _join(self):
+        """Wait for and finish a batch in flight (its errors raise here)."""
+        if self.job_active:
+            self.poll(True)
+
+    cdef _complete_job(self):
+        cdef writer_t* w = <writer_t*>self.writer
+        cdef size_t length = w.length
+        w.state = WRITER_IDLE
+        self.job_active = False
+        if w.write_error:
+            self._write_failed(w.write_error)
+        self.segment_size += length
+        self.bytes_written += length
+        self.written_seq = self.job_last_seq
+        if w.sync:
+            if w.sync_error:
+                self._fail(f"fdatasync of {self.segment} failed: "
+                           f"{strerror(w.sync_error).decode()}")
+            self.syncs += 1
+            self.synced_seq = self.written_seq
+            self.synced_size = self.segment_size
+            self.synced_sizes[self.segment] = self.segment_size
+
+    cdef _stop_writer(self):
+        """Wait for a batch in flight, stop the thread, free what it used."""
+        cdef writer_t* w = <writer_t*>self.writer
+        if w == NULL:
+            return
+        try:
+            self._join()
+        except (StoreFull, StoreFailed):
+            pass   # closing: the batch's records are dropped, or the journal failed
+        finally:
+            self.writer = NULL
+            with nogil:
+                _writer_stop(w)
+            PyMem_Free(w.buffer)
+            free(w)
+
     def synced_sizes_by_segment(self):
         """Segment name -> bytes known to be on disk (what power loss cannot take):
         what a test's simulated power loss keeps."""
@@ -591,17 +864,37 @@ cdef class Journal:
         """Delete every closed segment whose records all precede ``seq``; returns how
         many files were removed (the current segment is never removed)."""
         found = segments(self.directory)
-        removed = 0
+        names = []
         for index in range(len(found) - 1):
             base, name = found[index]
             next_base = found[index + 1][0]
-            if next_base <= seq and name != self.segment:
-                os.unlink(os.path.join(self.directory, name))
+            if next_base <= seq and name != self.segment and name not in self.removing:
+                names.append(name)
                 self.synced_sizes.pop(name, None)
-                removed += 1
-        if removed:
+        if not names:
+            return 0
+        if self.writer == NULL:
+            for name in names:
+                os.unlink(os.path.join(self.directory, name))
             _sync_directory(self.directory)
-        return removed
+        else:
+            # With a writer (a server): unlinking a 64 MiB segment takes tens of ms of
+            # kernel time; a thread does it (the GIL released meanwhile), not the loop.
+            self.removing.update(names)
+            if self.remover is None:
+                self.removals = queue.SimpleQueue()
+                self.remover = threading.Thread(
+                    target=_remove_files, args=(self.directory, self.removals, self.removing),
+                    name="fastfanout-journal-remover", daemon=True)
+                self.remover.start()
+            self.removals.put(names)
+        return len(names)
+
+    cdef _stop_remover(self):
+        if self.remover is not None:
+            self.removals.put(None)
+            self.remover.join()
+            self.remover = None
 
     def close(self):
         """Flush and sync what is buffered (if the journal has not failed), then close."""
@@ -611,8 +904,42 @@ cdef class Journal:
             if self.failure is None:
                 self.commit()
         finally:
-            c_close(self.fd)
-            self.fd = -1
+            try:
+                self._stop_writer()
+                self._stop_remover()
+            finally:
+                c_close(self.fd)
+                self.fd = -1
+
+
+cdef void _writer_stop(writer_t* w) noexcept nogil:
+    """Let the writer finish a queued batch, stop and join it (its buffer and the
+    struct are the caller's to free)."""
+    pthread_mutex_lock(&w.lock)
+    w.stop = True
+    pthread_cond_broadcast(&w.cond)
+    pthread_mutex_unlock(&w.lock)
+    pthread_join(w.thread, NULL)
+    pthread_mutex_destroy(&w.lock)
+    pthread_cond_destroy(&w.cond)
+    c_close(w.event_fd)
+
+
+def _remove_files(directory, removals, removing):
+    """The remover thread: unlink each batch of segment names, then sync the directory."""
+    while (names := removals.get()) is not None:
+        for name in names:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass   # left in place: the next compaction lists it again
+        try:
+            _sync_directory(directory)
+        except OSError:
+            pass
+        removing.difference_update(names)
 
 
 def _sync_directory(directory):

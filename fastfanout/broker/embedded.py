@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fastfanout._ext import queues as queue_ops
 from fastfanout._ext import receipts as by_receipt
@@ -55,6 +55,9 @@ from fastfanout.settings import (
     seconds_to_us,
 )
 from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
+
+if TYPE_CHECKING:
+    from fastfanout.storage.durability import CommitTicket
 
 _Taken = TypeVar("_Taken")
 _EMPTY_FRAME = b"FFB1" + bytes(4)   # a delivery frame of no record
@@ -897,3 +900,59 @@ class ServerPort:
             broker._now_us()   # leases due to end by now have ended
             count: int = broker._store.outstanding(owner)
             return count
+
+    # -- pipelined commits (a durable broker's group commit, the server's) ------------
+
+    def start_commit_writer(self) -> int:
+        """Start the journal's writer thread, for pipelined commits (the server's).
+
+        Returns a descriptor readable when a batch begun by ``commit_begin`` is done;
+        -1 in memory (nothing to wait for).
+        """
+        broker = self._broker
+        if broker._durable is None:
+            return -1
+        with broker._lock:
+            broker._ensure_open()
+            return broker._durable.start_writer()
+
+    def commit_begin(self, confirms: bool = True) -> CommitTicket | None:
+        """Begin a commit of everything done so far without waiting for the disk.
+
+        The journal's writer thread writes the records (and, when ``confirms`` and the
+        fsync policy ask, fdatasyncs them) while the caller goes on; ``commit_end``
+        says when it is done. One commit at a time: begin the next after ``commit_end``
+        returned True. None in memory.
+
+        Args:
+            confirms: the batch holds records that a reply will confirm (a publish or a
+                send): sync it by the policy. Settles alone are only written.
+
+        Raises:
+            StoreFull: the disk is full: what was done since the last commit is not
+                stored (and must not be confirmed).
+            StoreFailed: a write or fsync error: the store failed closed.
+        """
+        broker = self._broker
+        if broker._durable is None:
+            return None
+        with broker._lock:
+            broker._ensure_open()
+            return broker._durable.commit_begin(confirms)
+
+    def commit_end(self, ticket: CommitTicket | None, wait: bool = False) -> bool:
+        """Whether the commit ``ticket`` began is done (``wait``: block until it is).
+
+        True: its records are written, and synced when the policy asked (the replies
+        it covers may go). Always True for None (in memory).
+
+        Raises:
+            StoreFull: the disk was full: the commit's records are not stored.
+            StoreFailed: a write or fsync error: the store failed closed.
+        """
+        broker = self._broker
+        if ticket is None or broker._durable is None:
+            return True
+        with broker._lock:
+            broker._ensure_open()
+            return broker._durable.commit_end(ticket, wait)

@@ -64,7 +64,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fastfanout.broker.embedded import Broker
 from fastfanout.errors import (
@@ -103,6 +103,9 @@ from fastfanout.transport.sockets import (
 )
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
+
+if TYPE_CHECKING:
+    from fastfanout.storage.durability import CommitTicket
 
 __all__ = ["SLOW_LISTENER_POLICIES", "Server", "serve"]
 
@@ -276,6 +279,11 @@ class Server:
         self._looping = False   # the loop runs (in start()'s thread or serve_forever's)
         self._sessions: dict[bytes, Session] = {}
         self._replies: list[tuple[Session, int, list[bytes]]] = []
+        # A durable broker's pipelined commit: the replies its batch confirms, its ticket
+        # (None: no commit in flight) and the descriptor readable when it is done.
+        self._committing: list[tuple[Session, int, list[bytes]]] = []
+        self._commit_ticket: CommitTicket | None = None
+        self._commit_fd = -1
         self._probe_until = 0.0
         self._next_hold_check = 0.0
         self.counters: Counter[str] = Counter()
@@ -375,6 +383,12 @@ class Server:
         self._looping = True
         next_housekeeping = 0.0
         try:
+            try:
+                self._commit_fd = self._port.start_commit_writer()
+            except FastFanoutError:   # a closed broker: requests say so
+                self._commit_fd = -1
+            if self._commit_fd >= 0:
+                transport.watch(self._commit_fd)
             while not self._stopping:
                 timeout, waiting = self._wait_timeout()
                 if timeout > 0 and self._local and not self._local.may_sleep():
@@ -419,23 +433,79 @@ class Server:
         Several publishes this round: their publishers are pipelining and wait for these
         answers to send more, so they are answered before the pushes and work while the
         broker pushes. A lone publish is answered after its push: its consumer hears of
-        the message first. A durable broker commits the round first (group commit: one
-        fdatasync for every publish of the round); if that fails, they are answered with
-        the error.
+        the message first. A durable broker pipelines its commits (``_commit_round``):
+        the replies that go are those whose batch is on disk.
         """
-        try:
-            self.broker.commit()
-        except FastFanoutError as exc:
-            replies, self._replies = self._replies, []
-            for session, request_id, _ in replies:
-                self._error(session, request_id, exc)
-        if len(self._replies) > 1:
-            self._send_replies()
+        if self._commit_fd >= 0:
+            ready = self._commit_round()
+        else:
+            ready, self._replies = self._replies, []
+        if len(ready) > 1:
+            self._answer(ready)
+            ready = []
         deliveries = self._deliveries
         if deliveries.dirty or waiting:
             deliveries.dirty = False
             deliveries.deliver()
-        self._send_replies()
+        self._answer(ready)
+
+    def _commit_round(self) -> list[tuple[Session, int, list[bytes]]]:
+        """A durable broker's group commit, pipelined; returns the replies that may go.
+
+        Ends the commit in flight if it is done (its replies may go), then hands this
+        round's records to the journal's writer thread (one write, and one fdatasync for
+        every publish of the round) and keeps their replies until that is done, while
+        the loop serves the next round. A failed commit answers its publishes with the
+        error.
+        """
+        port = self._port
+        ready: list[tuple[Session, int, list[bytes]]] = []
+        if self._commit_ticket is not None:
+            try:
+                if not port.commit_end(self._commit_ticket):
+                    return ready   # still writing: this round's records wait for the next
+                ready = self._committing
+            except FastFanoutError as exc:
+                self._errors(self._committing, exc)
+            self._commit_ticket = None
+            self._committing = []
+        batch, self._replies = self._replies, []
+        try:
+            ticket = port.commit_begin(confirms=bool(batch))
+            if port.commit_end(ticket):   # nothing to wait for (or done already)
+                ready.extend(batch)
+            else:
+                self._commit_ticket, self._committing = ticket, batch
+        except FastFanoutError as exc:
+            self._errors(batch, exc)
+        return ready
+
+    def _errors(self, replies: list[tuple[Session, int, list[bytes]]],
+                error: FastFanoutError) -> None:
+        """Answer held publish and send replies with ``error`` instead."""
+        for session, request_id, _ in replies:
+            self._error(session, request_id, error)
+
+    def _end_commit(self) -> None:
+        """Wait for the commit in flight, then commit the rest (the loop is stopping).
+
+        ``self._replies`` then holds what may be answered.
+        """
+        ready: list[tuple[Session, int, list[bytes]]] = []
+        if self._commit_ticket is not None:
+            try:
+                self._port.commit_end(self._commit_ticket, wait=True)
+                ready = self._committing
+            except FastFanoutError as exc:
+                self._errors(self._committing, exc)
+            self._commit_ticket = None
+            self._committing = []
+        try:
+            self.broker.commit()
+        except FastFanoutError as exc:
+            self._errors(self._replies, exc)
+            self._replies = []
+        self._replies[:0] = ready
 
     def _wait_timeout(self) -> tuple[float, bool]:
         """(Seconds the loop may sleep, whether anyone waits for messages).
@@ -481,11 +551,16 @@ class Server:
     def _send_replies(self) -> None:
         """Send the publish and send replies held back while this round pushed."""
         replies, self._replies = self._replies, []
+        self._answer(replies)
+
+    def _answer(self, replies: list[tuple[Session, int, list[bytes]]]) -> None:
+        """Send publish and send replies."""
         for session, request_id, payload in replies:
             self._reply(session, request_id, payload)
 
     def _finish_in_flight(self) -> None:
         """Answer long polls (empty), end consumers, and tell every client goodbye."""
+        self._end_commit()
         self._send_replies()
         stopping = ServerStopping("the broker is stopping")
         for held in self._held.take_all():

@@ -47,13 +47,16 @@ from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, Store
 from fastfanout.records import ExponentialBackoff
 from fastfanout.settings import QueueSettings, Subscription, TopicSettings
 
-__all__ = ["FSYNC_POLICIES", "SEGMENT_BYTES", "BrokerState", "Durability", "QueueState",
-           "TopicState", "Topology"]
+__all__ = ["FSYNC_POLICIES", "SEGMENT_BYTES", "BrokerState", "CommitTicket", "Durability",
+           "QueueState", "TopicState", "Topology"]
 
 log = logging.getLogger("fastfanout.storage.durability")
 
 FSYNC_POLICIES = ("always", "interval", "never")
 """The fsync policies of a durable broker."""
+CommitTicket = tuple[int, bool]
+"""What ``commit_begin`` returns for ``commit_end``: the journal's drop count when the
+batch began to gather, and whether it is synced."""
 SEGMENT_BYTES = 64 << 20
 """A segment is closed (and a new one begun with a snapshot) once it holds this many
 bytes; with ``max_disk_bytes`` set, at most a quarter of it."""
@@ -416,6 +419,7 @@ class Durability:
         self._first_seq = 1
         self._snapshot_needed = False
         self._failure_logged = False
+        self._drops_begun = 0        # the journal's drops when the batch begun last began
         self.store_full = 0          # publishes refused with StoreFull
         self.removed_segments = 0
         self.copied_forward = 0      # live copies journaled afresh by compaction
@@ -626,6 +630,8 @@ class Durability:
         journal = self.journal
         if journal is None or journal.failure is not None:
             return   # a failed store refuses publishes (before_publish); others go on
+        if journal.busy:
+            return   # a pipelined commit is in flight: the server's next one takes these
         if journal.buffered_bytes > FLUSH_BYTES:
             try:
                 self.commit(sync=False)
@@ -655,6 +661,88 @@ class Durability:
         else:
             self._compact()
 
+    def start_writer(self) -> int:
+        """Start the journal's writer thread (pipelined commits).
+
+        Returns its eventfd, readable when a batch begun by ``commit_begin`` is done.
+        """
+        assert self.journal is not None
+        return int(self.journal.start_writer())
+
+    def commit_begin(self, confirms: bool) -> CommitTicket:
+        """Hand what was journaled to the writer thread; the caller goes on meanwhile.
+
+        The thread writes it, and fdatasyncs it by the policy when ``confirms`` (the
+        batch holds records a reply will confirm). Returns a ticket for ``commit_end``.
+
+        Raises:
+            StoreFull: the disk is full (the records are dropped, as for ``commit``).
+            StoreFailed: the journal failed closed.
+        """
+        journal = self.journal
+        assert journal is not None
+        if journal.failure is not None:
+            raise self._failed()
+        sync = confirms and (self.fsync == "always" or (
+            self.fsync == "interval"
+            and time.monotonic() - self._last_sync >= self.fsync_interval))
+        drops, self._drops_begun = self._drops_begun, journal.drops
+        try:
+            journal.commit_begin(sync)
+        except StoreFull:
+            self._dropped()
+            self._drops_begun = journal.drops
+            raise
+        except StoreFailed:
+            raise self._failed() from None
+        return drops, sync
+
+    def commit_end(self, ticket: CommitTicket, wait: bool = False) -> bool:
+        """Whether the batch of ``ticket`` is done (``wait``: block until it is).
+
+        Done: written, and synced when it was to be; then roll and compact as
+        ``commit`` does.
+
+        Raises:
+            StoreFull: the disk was full: the batch's records (and those appended while
+                it was written) are not in the file.
+            StoreFailed: a write or fsync error: the journal failed closed.
+        """
+        journal = self.journal
+        assert journal is not None
+        try:
+            if not journal.poll(wait):
+                return False
+        except StoreFull:
+            self._dropped()
+        except StoreFailed:
+            raise self._failed() from None
+        if journal.failure is not None:
+            raise self._failed()
+        drops, sync = ticket
+        if journal.drops != drops:
+            raise StoreFull(f"the disk of {self.journal_directory} was full: the records "
+                            f"of this batch were not stored")
+        if sync:
+            self._last_sync = time.monotonic()
+        if self._snapshot_needed or journal.current_segment_bytes >= self.segment_bytes:
+            self._roll()
+        else:
+            self._compact()
+        return True
+
+    def _dropped(self) -> None:
+        """The journal dropped what was not in the file (a full disk).
+
+        The copies its records described are in memory only; the next segment begins
+        with a snapshot.
+        """
+        journal = self.journal
+        assert journal is not None and self._state is not None
+        self._state.store.forget_journal_after(journal.written_seq)
+        self._snapshot_needed = True
+        self.store_full += 1
+
     def _flush(self) -> None:
         """Write the buffer (a full disk drops it).
 
@@ -666,9 +754,7 @@ class Durability:
         try:
             journal.flush()
         except StoreFull:
-            self._state.store.forget_journal_after(journal.written_seq)
-            self._snapshot_needed = True
-            self.store_full += 1
+            self._dropped()
             raise
         except StoreFailed:
             raise self._failed() from None
@@ -676,8 +762,8 @@ class Durability:
     def sync_due(self) -> None:
         """With ``interval``: flush, and fdatasync if ``fsync_interval`` has passed."""
         journal = self.journal
-        if journal is None or journal.failure is not None:
-            return
+        if journal is None or journal.failure is not None or journal.busy:
+            return   # (busy: the server's pipelined commit in flight ends it)
         if journal.buffered_bytes or (
                 self.fsync == "interval" and journal.synced_seq < journal.written_seq):
             self.commit()

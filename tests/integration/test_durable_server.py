@@ -4,6 +4,7 @@ commit), and what it confirmed is there after a restart."""
 from __future__ import annotations
 
 import errno
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,37 @@ def test_a_publish_is_answered_after_its_round_is_committed(
             client.send("q", b"refused from now on")
         assert [m.body for m in client.receive("q", max_messages=10)] == [
             b"confirmed", b"its fdatasync fails"]   # consumers still drain memory
+    finally:
+        for server in track.servers:
+            server.stop()
+        broker.close()
+
+
+def test_settles_alone_are_written_without_an_fdatasync(track: Tracker, tmp_path: Path) -> None:
+    broker = Broker(data_dir=tmp_path / "data")
+    try:
+        endpoint = track.endpoint()
+        track.server(endpoint, broker=broker)
+        client = track.client(endpoint)
+        client.create_queue("q")
+        client.send("q", b"m")   # confirmed: on disk
+        before = broker.stats().storage
+        assert before is not None and before["synced_seq"] == before["written_seq"]
+        for message in client.receive("q", max_messages=1):
+            client.ack(message.receipt)   # a lease and a remove record
+        deadline = time.monotonic() + 10
+        while True:
+            after = broker.stats().storage
+            assert after is not None
+            if after["written_seq"] >= before["written_seq"] + 2:
+                break
+            assert time.monotonic() < deadline, after
+            client.list_queues()          # another round of the server's loop
+        assert after["syncs"] == before["syncs"]   # a crash may forget an ack: no sync
+        client.send("q", b"n")    # the next publish's fdatasync covers them too
+        synced = broker.stats().storage
+        assert synced is not None and synced["synced_seq"] == synced["written_seq"]
+        assert synced["syncs"] == before["syncs"] + 1
     finally:
         for server in track.servers:
             server.stop()

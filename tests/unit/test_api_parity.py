@@ -99,7 +99,8 @@ BROKER_ONLY = {"close", "producer", "next_due", "next_due_in", "commit", "sync_d
 # The server's plumbing: on the broker's internal port, off the public class.
 SERVER_PLUMBING = {"receive_push", "publish_frame", "send_frame", "receive_frame",
                    "ack_frames", "ack_packed", "release_packed", "open_owner",
-                   "close_owner", "outstanding"}
+                   "close_owner", "outstanding",
+                   "start_commit_writer", "commit_begin", "commit_end"}   # pipelined commits
 
 
 def test_the_broker_offers_the_api_and_its_own_calls_only() -> None:

@@ -329,3 +329,105 @@ def test_bad_options_are_refused(tmp_path):
         journal.Journal(tmp_path, next_seq=0)
     with pytest.raises(InvalidArgument, match="operation"):
         journal.inject_fault("read", errno.EIO)
+
+
+# -- the writer thread (pipelined group commit) -------------------------------------------
+
+def wait_readable(fd, seconds=10.0):
+    import select
+
+    readable, _, _ = select.select([fd], [], [], seconds)
+    return bool(readable)
+
+
+def test_the_writer_thread_writes_a_batch_while_the_next_is_appended(tmp_path):
+    writer = journal.Journal(tmp_path)
+    fd = writer.start_writer()
+    assert writer.start_writer() == fd == writer.writer_fd   # once
+    payloads = [os.urandom(random.randrange(0, 200)) for _ in range(150)]
+    for payload in payloads[:100]:
+        writer.append(2, payload)
+    assert writer.commit_begin(sync=True) == 100
+    assert writer.busy
+    for payload in payloads[100:]:   # the next batch gathers meanwhile
+        writer.append(3, payload)
+    assert wait_readable(fd)          # the eventfd says the batch is done
+    assert writer.poll()
+    assert not writer.busy
+    assert not wait_readable(fd, 0)   # drained: a poller is not woken again for it
+    assert (writer.written_seq, writer.synced_seq, writer.syncs) == (100, 100, 1)
+    assert writer.commit_begin(sync=False) == 150   # written, not synced
+    assert writer.poll(wait=True)
+    assert (writer.written_seq, writer.synced_seq, writer.syncs) == (150, 100, 1)
+    assert writer.commit_begin(sync=True) == 150     # nothing to write: only the sync
+    assert writer.poll(wait=True) and writer.synced_seq == 150
+    writer.close()
+    records, report = read_all(tmp_path)
+    assert report.torn_tail is None and not report.skipped
+    assert [(seq, payload) for seq, _, payload in records] == list(
+        enumerate(payloads, start=1))
+    assert [kind for _, kind, _ in records] == [2] * 100 + [3] * 50
+
+
+def test_every_other_call_waits_for_the_batch_in_flight(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.start_writer()
+    writer.append(2, b"first")
+    writer.commit_begin(sync=False)
+    writer.append(2, b"second")
+    assert writer.commit() == 2      # the batch in flight first, then the rest
+    assert not writer.busy and writer.synced_seq == 2
+    writer.append(2, b"third")
+    writer.commit_begin(sync=True)
+    writer.close()                   # waits for it, stops the thread
+    assert [payload for _, _, payload in read_all(tmp_path)[0]] == [
+        b"first", b"second", b"third"]
+
+
+def test_a_full_disk_under_the_writer_drops_the_batch_and_what_followed(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.start_writer()
+    writer.append(2, b"kept")
+    writer.commit_begin(sync=True)
+    assert writer.poll(wait=True)
+    journal.inject_fault("write", errno.ENOSPC)
+    writer.append(2, b"refused")
+    writer.commit_begin(sync=True)
+    writer.append(2, b"gathered meanwhile")   # its sequence follows the refused one
+    with pytest.raises(StoreFull):
+        writer.poll(wait=True)
+    assert (writer.drops, writer.full_refusals, writer.buffered_bytes) == (1, 1, 0)
+    assert writer.next_seq == 2               # both sequences are given out again
+    writer.append(2, b"after")
+    writer.commit_begin(sync=True)
+    assert writer.poll(wait=True)
+    writer.close()
+    assert [(seq, payload) for seq, _, payload in read_all(tmp_path)[0]] == [
+        (1, b"kept"), (2, b"after")]
+
+
+def test_an_fsync_error_under_the_writer_fails_the_journal_closed(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.start_writer()
+    journal.inject_fault("fsync", errno.EIO)
+    writer.append(2, b"x")
+    writer.commit_begin(sync=True)
+    with pytest.raises(StoreFailed):
+        writer.poll(wait=True)
+    assert writer.synced_seq == 0 and writer.failure is not None
+    with pytest.raises(StoreFailed):
+        writer.append(2, b"y")
+    writer.close()
+
+
+def test_with_a_writer_old_segments_are_unlinked_by_a_thread(tmp_path):
+    writer = journal.Journal(tmp_path, segment_bytes=4096, auto_roll=False)
+    writer.start_writer()
+    for _ in range(3):
+        writer.append(2, b"x" * 100)
+        writer.roll()
+    assert len(journal.segments(tmp_path)) == 4
+    assert writer.remove_segments_before(writer.next_seq) == 3
+    assert writer.remove_segments_before(writer.next_seq) == 0   # not listed twice
+    writer.close()   # waits for the remover
+    assert [name for _, name in journal.segments(tmp_path)] == [writer.segment]
