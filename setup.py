@@ -10,6 +10,7 @@ import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("FASTFANOUT_DEBUG", "") not in ("", "0")
@@ -62,9 +63,23 @@ ONLY = {name for name in os.environ.get("FASTFANOUT_ONLY", "").split(",") if nam
 if ONLY:
     extensions = [ext for ext in extensions if ext.name.rsplit(".", 1)[1] in ONLY]
 
+
+
+class ParallelBuildExt(build_ext):
+    """Compile the extension modules on every core, unless ``-j N`` says otherwise."""
+
+    def finalize_options(self) -> None:
+        """Default ``parallel`` to the number of cores."""
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+
 setup(
+    cmdclass={"build_ext": ParallelBuildExt},
     ext_modules=cythonize(
         extensions,
+        nthreads=os.cpu_count() or 1,
         include_path=[INCLUDE_ROOT, "ext"],
         compiler_directives=DIRECTIVES,
         annotate=DEBUG,
