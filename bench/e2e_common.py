@@ -105,3 +105,52 @@ def harness_options(args: Any) -> list[str]:
     if args.plot:
         options += ["--plot", args.plot]
     return options
+
+
+def _pull(endpoint: str, count: int, out: Any) -> None:
+    import time
+
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.PULL)
+    sock.bind(endpoint)
+    out.put("ready")
+    sock.recv()
+    started = time.perf_counter()
+    for _ in range(count - 1):
+        sock.recv()
+    out.put(count / (time.perf_counter() - started))
+    sock.close()
+    context.term()
+
+
+def _push(endpoint: str, count: int) -> None:
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.connect(endpoint)
+    for _ in range(count):
+        sock.send(BODY)
+    sock.close(linger=-1)
+    context.term()
+
+
+def push_pull_baseline(count: int) -> float:
+    """Raw pyzmq PUSH -> PULL over ipc, one 64-byte message per send: msg/s received."""
+    import multiprocessing as mp
+    import tempfile
+
+    ctx = mp.get_context("spawn")
+    endpoint = f"ipc://{tempfile.mkdtemp()}/pp"
+    out = ctx.Queue()
+    pull = ctx.Process(target=_pull, args=(endpoint, count, out))
+    pull.start()
+    out.get(timeout=30)
+    push = ctx.Process(target=_push, args=(endpoint, count))
+    push.start()
+    rate = out.get(timeout=120)
+    push.join(30)
+    pull.join(30)
+    return float(rate)

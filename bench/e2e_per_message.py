@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from e2e_common import BODY, broker_process, connect_when_up, publish_run
-from e2e_fanout import baseline
+from e2e_common import push_pull_baseline as baseline
 
 PREFETCH = 16000
 QUEUE_BOUND = int(os.environ.get("FASTFANOUT_BENCH_QUEUE_BOUND", "65536"))

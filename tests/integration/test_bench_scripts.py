@@ -1,0 +1,29 @@
+"""Every end-to-end script in bench/ starts: its imports resolve and its options parse.
+
+The scripts share helpers (bench/e2e_common.py) and some run the harness; a helper moved
+or renamed must not leave a script that fails at import, unseen until someone runs it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[2] / "bench"
+SCRIPTS = sorted(path.name for path in BENCH.glob("e2e_*.py")
+                 if path.name not in ("e2e_common.py", "e2e_dramatiq_app.py"))
+
+
+def test_the_scripts_are_found() -> None:
+    assert "e2e_fanout.py" in SCRIPTS and "e2e_per_message.py" in SCRIPTS
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_script_starts_and_prints_its_help(script: str) -> None:
+    done = subprocess.run([sys.executable, str(BENCH / script), "--help"],
+                          capture_output=True, text=True, timeout=60, cwd=BENCH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
