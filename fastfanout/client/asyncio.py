@@ -278,7 +278,12 @@ class AsyncConnection(DriverBase):
     async def _attach_local(self) -> None:
         """Move onto a local channel if wanted (as the blocking driver does)."""
         dealer = self.transport
-        assert isinstance(dealer, AsyncDealerTransport)
+        if not isinstance(dealer, AsyncDealerTransport):
+            # The handshake met an ended session and the transport changed meanwhile (as
+            # in the blocking driver): that connection's transport stays, or none.
+            if dealer is None:
+                raise BrokenConnection("the connection was lost during its handshake")
+            return
         channel = self.new_channel()
         if channel is None:
             return

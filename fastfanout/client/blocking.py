@@ -128,7 +128,12 @@ class Connection(DriverBase):
     def _attach_local(self) -> None:
         """Move onto a local channel (``ATTACH``) if wanted, or stay on the socket."""
         dealer = self.transport
-        assert isinstance(dealer, DealerTransport)
+        if not isinstance(dealer, DealerTransport):
+            # The handshake's wait met an ended session and reconnected already: the
+            # transport in place is that connection's (attached or not), or none.
+            if dealer is None:
+                raise BrokenConnection("the connection was lost during its handshake")
+            return
         channel = self.new_channel()
         if channel is None:
             return
