@@ -109,41 +109,35 @@ cdef class SingleCalls:
             self._arrivals.notify_all()
         return None
 
-    def publish(self, topic, body):
-        """``Broker.publish(topic, body)``: one message, no options; its PublishResult."""
-        cdef object topic_id
+    cdef object _one(self, bint to_topic, object name, object body):
+        """One bare message to a topic (``to_topic``) or a queue: its PublishResult."""
+        cdef object target_id
         cdef int64_t now_us
         if self.closed:
             raise Closed("the broker is closed")
+        names = self._topics if to_topic else self._queues
         self._acquire()
         try:
             now_us = self._now_us()
-            topic_id = self._topics.get(topic) if type(topic) is str else None
-            if topic_id is None:
-                topic_id = self._topic_id(topic)   # raises the right error
-            batch = self._publish(topic_id, [body], now_us)
+            target_id = names.get(name) if type(name) is str else None
+            if target_id is None:   # raises the right error
+                target_id = self._topic_id(name) if to_topic else self._queue_id(name)
+            if to_topic:
+                batch = self._publish(target_id, [body], now_us)
+            else:
+                batch = self._send(target_id, [body], now_us)
             self._wake()
         finally:
             self._release()
         return batch[0]
 
+    def publish(self, topic, body):
+        """``Broker.publish(topic, body)``: one message, no options; its PublishResult."""
+        return self._one(True, topic, body)
+
     def send(self, queue, body):
         """``Broker.send(queue, body)``: one message, no options; its PublishResult."""
-        cdef object queue_id
-        cdef int64_t now_us
-        if self.closed:
-            raise Closed("the broker is closed")
-        self._acquire()
-        try:
-            now_us = self._now_us()
-            queue_id = self._queues.get(queue) if type(queue) is str else None
-            if queue_id is None:
-                queue_id = self._queue_id(queue)
-            batch = self._send(queue_id, [body], now_us)
-            self._wake()
-        finally:
-            self._release()
-        return batch[0]
+        return self._one(False, queue, body)
 
     def receive(self, queue):
         """``Broker.receive(queue)`` with its defaults: a list of at most one Message.

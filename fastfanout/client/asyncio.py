@@ -42,7 +42,7 @@ from fastfanout.client.core import (
     decode_value,
     encode_call,
 )
-from fastfanout.client.driver import DriverBase
+from fastfanout.client.driver import DriverBase, dealer_to_attach
 from fastfanout.client.face import ClientFace
 from fastfanout.client.messages import (
     DONE,
@@ -277,12 +277,8 @@ class AsyncConnection(DriverBase):
 
     async def _attach_local(self) -> None:
         """Move onto a local channel if wanted (as the blocking driver does)."""
-        dealer = self.transport
-        if not isinstance(dealer, AsyncDealerTransport):
-            # The handshake met an ended session and the transport changed meanwhile (as
-            # in the blocking driver): that connection's transport stays, or none.
-            if dealer is None:
-                raise BrokenConnection("the connection was lost during its handshake")
+        dealer = dealer_to_attach(self.transport, AsyncDealerTransport)
+        if dealer is None:
             return
         channel = self.new_channel()
         if channel is None:

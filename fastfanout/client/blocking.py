@@ -39,7 +39,7 @@ from fastfanout.api import BrokerAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.client.core import PIPELINE_READ, ConsumerState, ControlCall, Request, decode_value
-from fastfanout.client.driver import DriverBase
+from fastfanout.client.driver import DriverBase, dealer_to_attach
 from fastfanout.client.face import ClientFace
 from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture, bind
 from fastfanout.client.messages import (
@@ -127,12 +127,8 @@ class Connection(DriverBase):
 
     def _attach_local(self) -> None:
         """Move onto a local channel (``ATTACH``) if wanted, or stay on the socket."""
-        dealer = self.transport
-        if not isinstance(dealer, DealerTransport):
-            # The handshake's wait met an ended session and reconnected already: the
-            # transport in place is that connection's (attached or not), or none.
-            if dealer is None:
-                raise BrokenConnection("the connection was lost during its handshake")
+        dealer = dealer_to_attach(self.transport, DealerTransport)
+        if dealer is None:
             return
         channel = self.new_channel()
         if channel is None:

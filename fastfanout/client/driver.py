@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastfanout.client.core import ConnectionCore, ConsumerState, Request
 from fastfanout.client.messages import RemotePublishBatch
@@ -25,6 +25,25 @@ from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
 __all__ = ["AsyncDriver", "BlockingDriver", "DriverBase"]
+
+
+_Dealer = TypeVar("_Dealer")
+
+
+def dealer_to_attach(transport: object, socket_type: type[_Dealer]) -> _Dealer | None:
+    """The socket a local channel is attached over, right after HELLO.
+
+    None: the handshake met an ended session and a reconnect put its own transport in
+    place meanwhile (attached or not), which stays.
+
+    Raises:
+        BrokenConnection: the handshake left no transport at all.
+    """
+    if isinstance(transport, socket_type):
+        return transport
+    if transport is None:
+        raise BrokenConnection("the connection was lost during its handshake")
+    return None
 
 
 class DriverBase:
