@@ -1,11 +1,15 @@
 """The broker's state and its name tables: topics, queues, subscriptions.
 
-``Administration`` is the base class of ``fastfanout.broker.embedded.Broker``: it owns what a
-broker is made of (the native store and dispatcher, the lock, the clock) and the calls
-that change its shape — creating and deleting topics and queues, subscribing, filter
-policies — which keep the name tables and hand the dispatcher its targets. ``Broker``
-adds the message path (publish, receive, settle, stats) on top. Split by concern only:
-one object, one lock; every rule of ``fastfanout.broker.embedded``'s module essay holds here.
+``Administration`` is a part that ``fastfanout.broker.embedded.Broker`` holds (composed,
+not inherited): it owns what a broker is made of (the native store and dispatcher, the
+lock, the clock, the name tables, the durable storage) and the calls that change its
+shape — creating and deleting topics and queues, subscribing, filter policies — which
+keep the name tables and hand the dispatcher its targets. ``Broker`` offers those calls
+by delegation and adds the message path (publish, receive, settle, stats), working on
+the parts this class exposes as public attributes (``store``, ``lock``, ``queues``...):
+the very objects, never rebound after construction, so the broker may keep references
+to them for its hot paths. One broker, one lock; every rule of
+``fastfanout.broker.embedded``'s module essay holds here.
 """
 
 from __future__ import annotations
@@ -82,7 +86,24 @@ def _check_filter_policy(filter_policy: object) -> None:
 
 
 class Administration:
-    """A broker's state and its administration calls (the base of ``Broker``).
+    """A broker's state and its administration calls (a part ``Broker`` holds).
+
+    The attributes are the broker's parts, shared with the message path of ``Broker``
+    (which takes the lock before using any of them); none is rebound after ``__init__``.
+
+    Attributes:
+        clock: the clock, seconds (``time.time`` unless a test's fake clock).
+        store: the native store (queues, copies, leases, timers).
+        dispatcher: the native fan-out of topics to their queues.
+        lock: the broker's one lock (re-entrant); every call holds it throughout.
+        arrivals: a condition of ``lock``, notified when messages may have arrived.
+        queues: queue name -> id.
+        queue_names: queue id -> name.
+        visibility_us: queue id -> its default lease, microseconds.
+        topics: topic name -> id.
+        topic_subscriptions: topic name -> ids of the subscriptions feeding it, in order.
+        durable: the journal and its policies of a durable broker (None in memory).
+        closed: True once ``close()`` was called.
 
     Args:
         clock: a callable returning the time in seconds (float); ``time.time`` if None.
@@ -106,25 +127,24 @@ class Administration:
             durable = Durability(data_dir, fsync, fsync_interval, max_disk_bytes)
         elif fsync != "always" or fsync_interval != 1.0 or max_disk_bytes is not None:
             raise InvalidArgument("fsync, fsync_interval and max_disk_bytes need a data_dir")
-        self._clock: Callable[[], float] = clock if clock is not None else time.time
-        self._store = Store()
-        self._dispatcher = Dispatcher(self._store)
-        self._lock = threading.RLock()
-        self._arrivals = threading.Condition(self._lock)
-        self._waiters = 0
-        self._closed = False
-        self._queues: dict[str, int] = {}
+        self.clock: Callable[[], float] = clock if clock is not None else time.time
+        self.store = Store()
+        self.dispatcher = Dispatcher(self.store)
+        self.lock = threading.RLock()
+        self.arrivals = threading.Condition(self.lock)
+        self.closed = False
+        self.queues: dict[str, int] = {}
         self._queue_settings: dict[str, QueueSettings] = {}
-        self._queue_names: dict[int, str] = {}
-        self._visibility_us: dict[int, int] = {}   # queue id -> default lease, µs
-        self._topics: dict[str, int] = {}
+        self.queue_names: dict[int, str] = {}
+        self.visibility_us: dict[int, int] = {}   # queue id -> default lease, µs
+        self.topics: dict[str, int] = {}
         self._topic_settings: dict[str, TopicSettings] = {}
         # subscription id -> Subscription; per topic the ids that feed it, in id order
         # (derived from the subscriptions: direct ones and matching patterns).
         self._subscriptions: dict[int, Subscription] = {}
-        self._topic_subscriptions: dict[str, list[int]] = {}
+        self.topic_subscriptions: dict[str, list[int]] = {}
         self._next_subscription = 1
-        self._durable = durable
+        self.durable = durable
         if durable is not None:
             try:
                 durable.recover(StorageView(self))
@@ -134,33 +154,56 @@ class Administration:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _ensure_open(self) -> None:
-        """Raise ``Closed`` after ``close()`` (before any argument is looked at)."""
-        if self._closed:
+    def ensure_open(self) -> None:
+        """Raise ``Closed`` after ``close()`` (before any argument is looked at).
+
+        Raises:
+            Closed: the broker is closed.
+        """
+        if self.closed:
             raise Closed("the broker is closed")
 
-    def _now_us(self) -> int:
-        """Read the clock, check the broker is open and apply everything due."""
-        if self._closed:
+    def now_us(self) -> int:
+        """Read the clock, check the broker is open and apply everything due.
+
+        The caller holds ``lock``. Returns the clock in microseconds.
+
+        Raises:
+            Closed: the broker is closed.
+        """
+        if self.closed:
             raise Closed("the broker is closed")
         if STORE_DEBUG:
-            check_store(self._store)   # debug build: every invariant, before every call
-        if self._durable is not None:
-            self._durable.after_call()   # records of the last call: flushed when many
-        now_us: int = self._store.tick(self._clock)
+            check_store(self.store)   # debug build: every invariant, before every call
+        if self.durable is not None:
+            self.durable.after_call()   # records of the last call: flushed when many
+        now_us: int = self.store.tick(self.clock)
         return now_us
 
-    def _queue_id(self, name: object, argument: str = "queue") -> int:
-        """The id of queue ``name`` (given as the caller's ``argument``), or raise."""
-        return _look_up("queue", self._queues, name, argument)
+    def queue_id(self, name: object, argument: str = "queue") -> int:
+        """The id of queue ``name`` (given as the caller's ``argument``).
 
-    def _topic_id(self, name: object, argument: str = "topic") -> int:
-        """The id of topic ``name`` (given as the caller's ``argument``), or raise."""
-        return _look_up("topic", self._topics, name, argument)
+        Raises:
+            InvalidArgument: ``name`` is not a valid queue name.
+            NotFound: no queue has that name.
+        """
+        return _look_up("queue", self.queues, name, argument)
 
-    def _wake_receivers(self) -> None:
-        if self._waiters:
-            self._arrivals.notify_all()
+    def topic_id(self, name: object, argument: str = "topic") -> int:
+        """The id of topic ``name`` (given as the caller's ``argument``).
+
+        Raises:
+            InvalidArgument: ``name`` is not a valid topic name.
+            NotFound: no topic has that name.
+        """
+        return _look_up("topic", self.topics, name, argument)
+
+    def close(self) -> None:
+        """Close the storage of a durable broker (once); every later call raises ``Closed``."""
+        with self.lock:
+            if not self.closed and self.durable is not None:
+                self.durable.close()
+            self.closed = True
 
     # -- topics ------------------------------------------------------------------------
 
@@ -184,7 +227,7 @@ class Administration:
         Raises:
             AlreadyExists: the topic exists with other settings.
         """
-        self._ensure_open()
+        self.ensure_open()
         check_name("topic", name)
         settings = TopicSettings(
             fifo=check_flag("fifo", fifo),
@@ -192,38 +235,38 @@ class Administration:
             dedup_window=dedup_window)
         window_us = seconds_to_us(
             "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
-        with self._lock:
-            self._now_us()
+        with self.lock:
+            self.now_us()
             existing = self._topic_settings.get(name)
             if existing is not None:
                 if existing != settings:
                     raise AlreadyExists(f"topic {name!r} exists with other settings: {existing}")
                 return
-            self._topics[name] = self._dispatcher.add_topic(fifo, content_dedup, window_us)
+            self.topics[name] = self.dispatcher.add_topic(fifo, content_dedup, window_us)
             self._topic_settings[name] = settings
-            self._topic_subscriptions[name] = []
+            self.topic_subscriptions[name] = []
             self._refresh_targets(name)
-            if self._durable is not None:
-                self._durable.topic_created(name, self._topics[name], settings)
+            if self.durable is not None:
+                self.durable.topic_created(name, self.topics[name], settings)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its subscriptions (messages already enqueued stay)."""
-        with self._lock:
-            self._now_us()
-            topic_id = self._topic_id(name, "name")
-            for subscription_id in self._topic_subscriptions.pop(name):
+        with self.lock:
+            self.now_us()
+            topic_id = self.topic_id(name, "name")
+            for subscription_id in self.topic_subscriptions.pop(name):
                 if self._subscriptions[subscription_id].topic == name:
                     del self._subscriptions[subscription_id]
-            self._dispatcher.remove_topic(topic_id)
-            del self._topics[name], self._topic_settings[name]
-            if self._durable is not None:
-                self._durable.topic_deleted(name, topic_id)
+            self.dispatcher.remove_topic(topic_id)
+            del self.topics[name], self._topic_settings[name]
+            if self.durable is not None:
+                self.durable.topic_deleted(name, topic_id)
 
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
-        with self._lock:
-            self._now_us()
-            return sorted(self._topics)
+        with self.lock:
+            self.now_us()
+            return sorted(self.topics)
 
     # -- queues ------------------------------------------------------------------------
 
@@ -286,12 +329,12 @@ class Administration:
             NotFound: ``dead_letter_queue`` does not exist.
             InvalidArgument: a setting is out of range or malformed.
         """
-        self._ensure_open()
+        self.ensure_open()
         if durable is None:
-            durable = self._durable is not None
+            durable = self.durable is not None
         elif type(durable) is not bool:
             raise InvalidArgument(f"durable must be None, True or False, got {durable!r:.80}")
-        elif durable and self._durable is None:
+        elif durable and self.durable is None:
             raise InvalidArgument(
                 "durable=True needs a broker with a data_dir (this one is in memory)")
         settings, native = check_queue_settings(name, QueueSettings(
@@ -301,8 +344,8 @@ class Administration:
             overflow=overflow, max_priority=max_priority, fifo=fifo,
             content_dedup=content_dedup, dedup_window=dedup_window,
             redelivery_backoff=redelivery_backoff, durable=durable))
-        with self._lock:
-            self._now_us()
+        with self.lock:
+            self.now_us()
             existing = self._queue_settings.get(name)
             if existing is not None:
                 if existing != settings:
@@ -310,19 +353,19 @@ class Administration:
                         f"queue {name!r} exists with other settings: {existing}")
                 return
             dlq_id = (-1 if settings.dead_letter_queue is None
-                      else self._queue_id(settings.dead_letter_queue, "dead_letter_queue"))
+                      else self.queue_id(settings.dead_letter_queue, "dead_letter_queue"))
             queue_id = queue_ops.add_queue(
-                self._store, name, native.visibility_us, native.delay_us, native.retention_us,
+                self.store, name, native.visibility_us, native.delay_us, native.retention_us,
                 native.message_limit, native.byte_limit, native.max_message_size,
                 native.receive_limit, dlq_id, native.overflow, native.max_priority,
                 native.fifo, native.content_dedup, native.window_us, native.backoff_us)
-            self._queues[name] = queue_id
-            self._queue_names[queue_id] = name
-            self._visibility_us[queue_id] = native.visibility_us
+            self.queues[name] = queue_id
+            self.queue_names[queue_id] = name
+            self.visibility_us[queue_id] = native.visibility_us
             self._queue_settings[name] = settings
-            if self._durable is not None:
-                self._store.set_durable(queue_id, durable)
-                self._durable.queue_created(name, queue_id, settings)
+            if self.durable is not None:
+                self.store.set_durable(queue_id, durable)
+                self.durable.queue_created(name, queue_id, settings)
 
     def delete_queue(self, name: str) -> None:
         """Delete a queue, its messages and its subscriptions.
@@ -330,9 +373,9 @@ class Administration:
         Raises:
             InvalidArgument: the queue is the dead-letter queue of another queue.
         """
-        with self._lock:
-            self._now_us()
-            queue_id = self._queue_id(name, "name")
+        with self.lock:
+            self.now_us()
+            queue_id = self.queue_id(name, "name")
             users = sorted(other for other, settings in self._queue_settings.items()
                            if settings.dead_letter_queue == name)
             if users:
@@ -341,25 +384,25 @@ class Administration:
                     f"delete those first")
             for sid in [sid for sid, sub in self._subscriptions.items() if sub.queue == name]:
                 del self._subscriptions[sid]
-            for topic in self._topics:
+            for topic in self.topics:
                 self._refresh_targets(topic)
-            queue_ops.remove_queue(self._store, queue_id)
-            del self._queues[name], self._queue_settings[name], self._queue_names[queue_id]
-            del self._visibility_us[queue_id]
-            if self._durable is not None:
-                self._durable.queue_deleted(name, queue_id)
+            queue_ops.remove_queue(self.store, queue_id)
+            del self.queues[name], self._queue_settings[name], self.queue_names[queue_id]
+            del self.visibility_us[queue_id]
+            if self.durable is not None:
+                self.durable.queue_deleted(name, queue_id)
 
     def list_queues(self) -> list[str]:
         """Names of every queue, sorted."""
-        with self._lock:
-            self._now_us()
-            return sorted(self._queues)
+        with self.lock:
+            self.now_us()
+            return sorted(self.queues)
 
     def queue_settings(self, name: str) -> QueueSettings:
         """The settings queue ``name`` was created with."""
-        with self._lock:
-            self._now_us()
-            self._queue_id(name, "name")
+        with self.lock:
+            self.now_us()
+            self.queue_id(name, "name")
             return self._queue_settings[name]
 
     # -- subscriptions -----------------------------------------------------------------
@@ -369,16 +412,16 @@ class Administration:
         feeding = feeding_subscriptions(
             self._subscriptions, topic, self._topic_settings[topic].fifo,
             lambda queue: self._queue_settings[queue].fifo)
-        self._topic_subscriptions[topic] = feeding
-        targets, policies = dispatch_targets(self._subscriptions, feeding, self._queues)
-        self._dispatcher.set_targets(self._topics[topic], targets, policies)
+        self.topic_subscriptions[topic] = feeding
+        targets, policies = dispatch_targets(self._subscriptions, feeding, self.queues)
+        self.dispatcher.set_targets(self.topics[topic], targets, policies)
 
     def _refresh_for(self, topic_or_pattern: str) -> None:
         if is_pattern(topic_or_pattern):
-            for topic in self._topics:
+            for topic in self.topics:
                 if pattern_matches(topic_or_pattern, topic):
                     self._refresh_targets(topic)
-        elif topic_or_pattern in self._topics:
+        elif topic_or_pattern in self.topics:
             self._refresh_targets(topic_or_pattern)
 
     def subscribe(
@@ -407,25 +450,25 @@ class Administration:
             InvalidFilterPolicy: the policy is malformed or over a limit.
             AlreadyExists: the pair is subscribed already with another policy.
         """
-        self._ensure_open()
+        self.ensure_open()
         _check_text("topic", topic, "a topic name or pattern")
         _check_text("queue", queue, "a queue name")
         _check_filter_policy(filter_policy)
         compiled, normalized = compile_policy(filter_policy, filter_scope)
-        with self._lock:
-            self._now_us()
+        with self.lock:
+            self.now_us()
             if is_pattern(topic):
                 validate_pattern(topic)
             else:
-                self._topic_id(topic)
+                self.topic_id(topic)
                 topic_fifo = self._topic_settings[topic].fifo
                 if topic_fifo != self._queue_settings.get(queue, QueueSettings()).fifo:
-                    self._queue_id(queue)
+                    self.queue_id(queue)
                     raise InvalidArgument(
                         f"topic {topic!r} is {'FIFO' if topic_fifo else 'standard'} and queue "
                         f"{queue!r} is not: a FIFO topic feeds FIFO queues only, and FIFO "
                         f"queues subscribe to FIFO topics only")
-            self._queue_id(queue)
+            self.queue_id(queue)
             for sid, sub in self._subscriptions.items():
                 if sub.topic == topic and sub.queue == queue:
                     if (sub.filter_policy, sub.filter_scope) != (normalized, filter_scope):
@@ -438,8 +481,8 @@ class Administration:
             self._subscriptions[sid] = Subscription(
                 topic, queue, normalized, filter_scope, compiled)
             self._refresh_for(topic)
-            if self._durable is not None:
-                self._durable.subscribed(sid, self._subscriptions[sid])
+            if self.durable is not None:
+                self.durable.subscribed(sid, self._subscriptions[sid])
             return sid
 
     def set_filter_policy(
@@ -456,17 +499,17 @@ class Administration:
             filter_policy: the new policy, or None to deliver everything.
             filter_scope: ``"attributes"`` or ``"body"``.
         """
-        self._ensure_open()
+        self.ensure_open()
         _check_filter_policy(filter_policy)
         compiled, normalized = compile_policy(filter_policy, filter_scope)
-        with self._lock:
-            self._now_us()
+        with self.lock:
+            self.now_us()
             sub = self._subscription(subscription_id)
             self._subscriptions[subscription_id] = Subscription(
                 sub.topic, sub.queue, normalized, filter_scope, compiled)
             self._refresh_for(sub.topic)
-            if self._durable is not None:
-                self._durable.filter_policy_set(
+            if self.durable is not None:
+                self.durable.filter_policy_set(
                     subscription_id, self._subscriptions[subscription_id])
 
     def _subscription(self, subscription_id: object) -> Subscription:
@@ -484,24 +527,24 @@ class Administration:
         Raises:
             NotFound: no subscription has this id.
         """
-        with self._lock:
-            self._now_us()
+        with self.lock:
+            self.now_us()
             sub = self._subscription(subscription_id)
             del self._subscriptions[subscription_id]
             self._refresh_for(sub.topic)
-            if self._durable is not None:
-                self._durable.unsubscribed(subscription_id)
+            if self.durable is not None:
+                self.durable.unsubscribed(subscription_id)
 
     def list_subscriptions(self) -> dict[int, tuple[str, str]]:
         """Every subscription: id -> (topic or pattern, queue)."""
-        with self._lock:
-            self._now_us()
+        with self.lock:
+            self.now_us()
             return {sid: (sub.topic, sub.queue) for sid, sub in self._subscriptions.items()}
 
     def subscription(self, subscription_id: int) -> Subscription:
         """The record of one subscription (topic or pattern, queue, filter policy)."""
-        with self._lock:
-            self._now_us()
+        with self.lock:
+            self.now_us()
             return self._subscription(subscription_id)
 
 
@@ -526,11 +569,11 @@ class StorageView:
     @property
     def store(self) -> Store:
         """The broker's native store (journal, copies, live segments)."""
-        return self._broker._store
+        return self._broker.store
 
     def now_us(self) -> int:
         """The broker's clock, microseconds, after applying everything due."""
-        now_us: int = self._broker._store.tick(self._broker._clock)
+        now_us: int = self._broker.store.tick(self._broker.clock)
         return now_us
 
     def topology(self) -> Topology:
@@ -538,11 +581,11 @@ class StorageView:
         broker = self._broker
         return Topology(
             topics=[TopicState(name, topic_id, broker._topic_settings[name],
-                               broker._dispatcher.dedup_window(topic_id))
-                    for name, topic_id in broker._topics.items()],
+                               broker.dispatcher.dedup_window(topic_id))
+                    for name, topic_id in broker.topics.items()],
             queues=[QueueState(name, queue_id, broker._queue_settings[name],
-                               broker._store.dedup_window(queue_id))
-                    for name, queue_id in broker._queues.items()],
+                               broker.store.dedup_window(queue_id))
+                    for name, queue_id in broker.queues.items()],
             subscriptions=dict(broker._subscriptions),
             next_subscription=broker._next_subscription)
 
@@ -559,8 +602,8 @@ class StorageView:
                          for field in QueueSettings.__dataclass_fields__}
             broker.create_queue(queue.name, **arguments)
         for sid, sub in sorted(topology.subscriptions.items()):
-            if sub.queue not in broker._queues or (
-                    sub.topic not in broker._topics and not is_pattern(sub.topic)):
+            if sub.queue not in broker.queues or (
+                    sub.topic not in broker.topics and not is_pattern(sub.topic)):
                 continue
             broker._next_subscription = sid
             broker.subscribe(sub.topic, sub.queue, filter_policy=sub.filter_policy,

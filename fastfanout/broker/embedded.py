@@ -5,13 +5,15 @@ arguments, keeps the name tables, reads the clock and serialises calls; the core
 everything per message. The server (``fastfanout.server.loop``) wraps one ``Broker``, and the
 client offers the very same methods, so code written against one runs against the other.
 
-The broker's state and its administration (topics, queues, subscriptions) live in the
-base class, ``fastfanout.broker.administration.Administration``; this module holds the
-message path: publish and send, receive, the settle calls, stats. The server's calls
-(encoded fast paths, settling by packed receipts, owner tags) are no part of the broker
-API: they live on ``ServerPort``, which the server gets through one documented internal
-handle, ``Broker.server_port()``, so ``Broker``'s public surface is the declared API
-(``fastfanout.api``) and a few extras of the embedded broker.
+The broker's state and its administration (topics, queues, subscriptions) live in a part
+the broker holds, ``fastfanout.broker.administration.Administration`` (composed, not
+inherited): ``Broker``'s administration calls are that part's, delegated with the same
+signatures and docstrings, and the broker's message path works on the parts it exposes.
+This module holds the message path: publish and send, receive, the settle calls, stats.
+The server's calls (encoded fast paths, settling by packed receipts, owner tags) are no
+part of the broker API: they live on ``ServerPort``, which the server gets through one
+documented internal handle, ``Broker.server_port()``, so ``Broker``'s public surface is
+the declared API (``fastfanout.api``) and a few extras of the embedded broker.
 
 Thread safety: every call holds one lock for its whole duration (the core is not
 re-entrant). ``receive(wait=...)`` waits on a condition of that lock, woken by every
@@ -20,12 +22,13 @@ publish or send and by the next timer due time.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 from fastfanout._ext import queues as queue_ops
 from fastfanout._ext import receipts as by_receipt
@@ -60,6 +63,8 @@ if TYPE_CHECKING:
     from fastfanout.storage.durability import CommitTicket
 
 _Taken = TypeVar("_Taken")
+_Arguments = ParamSpec("_Arguments")
+_Result = TypeVar("_Result")
 _EMPTY_FRAME = b"FFB1" + bytes(4)   # a delivery frame of no record
 
 __all__ = [
@@ -89,7 +94,25 @@ def _entry(
     return PublishEntry(body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)  # type: ignore[arg-type]
 
 
-class Broker(Administration):
+def _administration(
+    method: Callable[Concatenate[Administration, _Arguments], _Result],
+) -> Callable[Concatenate[Broker, _Arguments], _Result]:
+    """``Broker``'s twin of an ``Administration`` call: the call of the part it holds.
+
+    The twin keeps the call's name, docstring and signature (``inspect.signature`` reads
+    it through ``__wrapped__``), so the API parity check and ``help()`` see the call
+    itself; it costs one Python call more (these calls are not on a hot path).
+    """
+    @functools.wraps(method)
+    def delegated(broker: Broker, /, *args: _Arguments.args,
+                  **kwargs: _Arguments.kwargs) -> _Result:
+        return method(broker._admin, *args, **kwargs)
+
+    delegated.__qualname__ = f"Broker.{method.__name__}"
+    return delegated
+
+
+class Broker:
     """An in-process broker: topics, subscriptions and queues, no sockets.
 
     Args:
@@ -114,8 +137,27 @@ class Broker(Administration):
     def __init__(self, *, clock: Callable[[], float] | None = None,
                  data_dir: str | os.PathLike[str] | None = None, fsync: str = "always",
                  fsync_interval: float = 1.0, max_disk_bytes: int | None = None) -> None:
-        super().__init__(clock=clock, data_dir=data_dir, fsync=fsync,
-                         fsync_interval=fsync_interval, max_disk_bytes=max_disk_bytes)
+        admin = Administration(clock=clock, data_dir=data_dir, fsync=fsync,
+                               fsync_interval=fsync_interval, max_disk_bytes=max_disk_bytes)
+        self._admin = admin
+        # The parts the message path works on: the administration's own objects (never
+        # rebound), held here so that the hot paths look them up on ``self`` alone.
+        self._clock = admin.clock
+        self._store = admin.store
+        self._dispatcher = admin.dispatcher
+        self._lock = admin.lock
+        self._arrivals = admin.arrivals
+        self._queues = admin.queues
+        self._queue_names = admin.queue_names
+        self._visibility_us = admin.visibility_us
+        self._topics = admin.topics
+        self._topic_subscriptions = admin.topic_subscriptions
+        self._durable = admin.durable
+        self._ensure_open = admin.ensure_open
+        self._now_us = admin.now_us
+        self._queue_id = admin.queue_id
+        self._topic_id = admin.topic_id
+        self._waiters = 0   # receivers waiting in receive(wait=...)
         # One-message publish, send, receive and ack in one C call each (not durable,
         # not the debug build: those take the Python path, which journals and checks).
         self._single: SingleCalls | None = None
@@ -124,6 +166,25 @@ class Broker(Administration):
                 self, self._lock, self._arrivals, self._store, self._dispatcher,
                 self._topics, self._queues, self._queue_names, self._visibility_us,
                 self._clock, self._topic_id, self._queue_id)
+
+    # -- administration (the part the broker holds) -------------------------------------
+
+    create_topic = _administration(Administration.create_topic)
+    delete_topic = _administration(Administration.delete_topic)
+    list_topics = _administration(Administration.list_topics)
+    create_queue = _administration(Administration.create_queue)
+    delete_queue = _administration(Administration.delete_queue)
+    list_queues = _administration(Administration.list_queues)
+    queue_settings = _administration(Administration.queue_settings)
+    subscribe = _administration(Administration.subscribe)
+    set_filter_policy = _administration(Administration.set_filter_policy)
+    unsubscribe = _administration(Administration.unsubscribe)
+    list_subscriptions = _administration(Administration.list_subscriptions)
+    subscription = _administration(Administration.subscription)
+
+    def _wake_receivers(self) -> None:
+        if self._waiters:
+            self._arrivals.notify_all()
 
     # -- publish and send --------------------------------------------------------------
 
@@ -650,7 +711,7 @@ class Broker(Administration):
         if self._durable is None:
             return
         with self._lock:
-            if not self._closed:
+            if not self._admin.closed:
                 self._durable.sync_due()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -658,14 +719,12 @@ class Broker(Administration):
     @property
     def closed(self) -> bool:
         """True once ``close()`` was called."""
-        return self._closed
+        return self._admin.closed
 
     def close(self) -> None:
         """Close the broker: later calls, and receives still waiting, raise ``Closed``."""
         with self._lock:
-            if not self._closed and self._durable is not None:
-                self._durable.close()
-            self._closed = True
+            self._admin.close()
             if self._single is not None:
                 self._single.closed = True
             self._arrivals.notify_all()
