@@ -710,7 +710,8 @@ cdef class Ring:
 # The SPSC protocol is only really exercised when both sides run at once, which two
 # Python threads never do while either holds the GIL. These pumps run a whole producer
 # or consumer loop in C with the GIL released, so a test can start one of each on two
-# threads and check that every record arrives once, in order and intact.
+# threads and check that every record arrives once, in order and intact. They are
+# documented test hooks (docs/testing.md): public, stable, for tests and tools only.
 
 cdef inline double _now() noexcept nogil:
     cdef timespec now
@@ -743,8 +744,10 @@ cdef inline bint _pump_check(const char* record, uint64_t length, uint64_t seque
     return True
 
 
-def _pump_produce(Ring ring not None, uint64_t count, uint32_t max_extra, double timeout):
-    """Test hook: offer records 0..count-1 from C, GIL released; returns records offered.
+def pump_produce(Ring ring not None, uint64_t count, uint32_t max_extra, double timeout):
+    """Test hook (docs/testing.md): offer records 0..count-1 from C, GIL released.
+
+    Returns the number of records offered.
 
     Record ``n`` is ``8 + n % (max_extra + 1)`` bytes: ``n`` as u64 LE, then a pattern.
     Single offers and batches of 1..16 alternate. Stops early at the deadline.
@@ -803,8 +806,8 @@ def _pump_produce(Ring ring not None, uint64_t count, uint32_t max_extra, double
     return sequence
 
 
-def _pump_consume(Ring ring not None, uint64_t count, uint32_t max_extra, double timeout):
-    """Test hook: poll `count` records from C, GIL released, checking each one.
+def pump_consume(Ring ring not None, uint64_t count, uint32_t max_extra, double timeout):
+    """Test hook (docs/testing.md): poll ``count`` records from C, GIL released, checking each.
 
     Alternates ff_ring_poll, ff_ring_peek/release and ff_ring_poll_batch. Returns
     ``(received, first_bad)``: records received in order and intact, and the sequence

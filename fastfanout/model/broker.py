@@ -890,8 +890,18 @@ class ModelBroker:
                 messages=len(states), bytes=queue.bytes, oldest_age=(now_us - oldest) / US)
         return BrokerStats(topics=topics, queues=queues)
 
-    def _check(self) -> None:
-        """Assert the model's own invariants (for tests)."""
+    def leased_receipts(self) -> set[int]:
+        """The receipts of every lease that has not ended (for tests comparing brokers)."""
+        return set(self._leases)
+
+    def check(self) -> bool:
+        """Assert the model's own invariants (for tests); True when they hold.
+
+        The model's twin of ``Broker.check``.
+
+        Raises:
+            AssertionError: an invariant does not hold.
+        """
         live = {}
         for queue in self._queues.values():
             listed = queue.listed_for_drop()
@@ -922,6 +932,7 @@ class ModelBroker:
             assert queue.enqueued == held, queue.name
         assert live.keys() == self._leases.keys()
         assert all(live[receipt] is self._leases[receipt] for receipt in live)
+        return True
 
     # -- lifecycle ---------------------------------------------------------------------
 

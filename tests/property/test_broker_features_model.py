@@ -275,7 +275,8 @@ class BrokerFeaturesMachine(Comparing, RuleBasedStateMachine):
             self.pairs.append((real_message.receipt, model_message.receipt))
 
     def receipt(self, data: st.DataObject) -> tuple[int, int]:
-        live = [pair for pair in self.pairs if pair[1] in self.model._leases]
+        leased = self.model.leased_receipts()
+        live = [pair for pair in self.pairs if pair[1] in leased]
         if live and data.draw(st.integers(0, 3)):
             return data.draw(st.sampled_from(live))
         return data.draw(st.sampled_from(self.pairs))
@@ -343,7 +344,7 @@ class BrokerFeaturesMachine(Comparing, RuleBasedStateMachine):
     @invariant()
     def internal_invariants(self) -> None:
         assert self.real.check()
-        self.model._check()
+        assert self.model.check()
 
 
 BrokerFeaturesMachine.TestCase.settings = settings(

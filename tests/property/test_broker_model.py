@@ -300,7 +300,8 @@ class BrokerModelMachine(Comparing, RuleBasedStateMachine):
     def receipt(self, data: st.DataObject) -> tuple[int, int]:
         # Mostly receipts the model holds as live (their lease may still end at the
         # next call), sometimes any receipt ever issued (stale ones).
-        live = [pair for pair in self.pairs if pair[1] in self.model._leases]
+        leased = self.model.leased_receipts()
+        live = [pair for pair in self.pairs if pair[1] in leased]
         if live and data.draw(st.integers(0, 3)):
             return data.draw(st.sampled_from(live))
         return data.draw(st.sampled_from(self.pairs))
@@ -441,7 +442,7 @@ class BrokerModelMachine(Comparing, RuleBasedStateMachine):
     @invariant()
     def internal_invariants(self) -> None:
         assert self.real.check()
-        self.model._check()
+        assert self.model.check()
 
 
 BrokerModelMachine.TestCase.settings = settings(

@@ -29,7 +29,7 @@ def model(clock: Clock) -> ModelBroker:
     broker = ModelBroker(clock=clock)
     yield broker
     if not broker.closed:
-        broker._check()
+        assert broker.check()
         assert_nothing_lost(broker)
 
 
@@ -756,7 +756,7 @@ def test_random_workloads_lose_nothing(ops):
                     getattr(model, op)(receipt)
         except (QueueFull, StaleReceipt):
             pass
-        model._check()
+        assert model.check()
         assert_nothing_lost(model)
 
 

@@ -36,7 +36,7 @@ def model(clock: Clock) -> Iterator[ModelBroker]:
     broker = ModelBroker(clock=clock)
     yield broker
     if not broker.closed:
-        broker._check()
+        assert broker.check()
         for name, queue in broker.stats().queues.items():
             assert queue.enqueued == (queue.messages + queue.acked + queue.purged
                                       + queue.dead_lettered + queue.redriven

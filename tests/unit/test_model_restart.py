@@ -15,7 +15,7 @@ def durable(clock: FakeClock) -> ModelBroker:
     model = ModelBroker(clock=clock, data_dir="unused")
     yield model
     if not model.closed:
-        model._check()
+        assert model.check()
 
 
 def test_queues_are_durable_by_default_only_with_a_data_dir(clock: FakeClock,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastfanout._ext.codec import pack_ring_batch, unpack_ring_batch
-from fastfanout._ext.ring import NOGIL_THRESHOLD_BYTES, Ring, _pump_consume, _pump_produce
+from fastfanout._ext.ring import NOGIL_THRESHOLD_BYTES, Ring, pump_consume, pump_produce
 from fastfanout.errors import FastFanoutError, InvalidArgument, MessageTooLarge
 
 JOIN_TIMEOUT = 60.0
@@ -314,8 +314,8 @@ def test_two_threads_in_c_without_the_gil(max_bytes):
     count = 200_000
     ring = Ring(64, max_bytes)
     results = run_pair(
-        lambda: _pump_produce(ring, count, 99, JOIN_TIMEOUT),
-        lambda: _pump_consume(ring, count, 99, JOIN_TIMEOUT),
+        lambda: pump_produce(ring, count, 99, JOIN_TIMEOUT),
+        lambda: pump_consume(ring, count, 99, JOIN_TIMEOUT),
     )
     assert results["producer"] == count
     assert results["consumer"] == (count, -1)
@@ -370,7 +370,7 @@ def test_second_consumer_is_refused_while_one_runs():
     ring = Ring(4, 64)
     results: dict[str, object] = {}
     consumer = threading.Thread(
-        target=lambda: results.update(pump=_pump_consume(ring, 1, 0, JOIN_TIMEOUT)),
+        target=lambda: results.update(pump=pump_consume(ring, 1, 0, JOIN_TIMEOUT)),
         daemon=True,
     )
     consumer.start()
@@ -393,7 +393,7 @@ def test_second_producer_is_refused_while_one_runs():
     assert ring.offer(b"blocker")
     results: dict[str, object] = {}
     producer = threading.Thread(
-        target=lambda: results.update(pump=_pump_produce(ring, 1, 0, JOIN_TIMEOUT)),
+        target=lambda: results.update(pump=pump_produce(ring, 1, 0, JOIN_TIMEOUT)),
         daemon=True,
     )
     producer.start()
