@@ -721,6 +721,15 @@ class Broker:
         """True once ``close()`` was called."""
         return self._admin.closed
 
+    @property
+    def waiting_receivers(self) -> int:
+        """How many calls wait for messages now: a gauge, for tests and monitoring.
+
+        Counts ``receive(wait=...)`` calls and embedded consumers parked until a message
+        arrives or their wait ends (they hold no lock while parked).
+        """
+        return self._waiters
+
     def close(self) -> None:
         """Close the broker: later calls, and receives still waiting, raise ``Closed``."""
         with self._lock:

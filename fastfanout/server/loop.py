@@ -62,7 +62,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -375,6 +375,39 @@ class Server:
                  traceback: TracebackType | None) -> None:
         self.stop()
 
+    # -- test hooks (docs/testing.md) --------------------------------------------------
+
+    @property
+    def transport(self) -> ServerTransport | None:
+        """The server's sockets once bound (None before ``bind``): a test hook.
+
+        Tests that drive a bound server by hand (``run_round``) read or intercept its
+        replies here (``transport.send_reply``); see docs/testing.md.
+        """
+        return self._transport
+
+    def run_round(self, requests: Iterable[list[bytes]], *, waiting: bool = True) -> None:
+        """Handle ``requests`` as one round of the loop, then push and answer: a test hook.
+
+        For tests that drive a bound server whose loop does not run, so that they fix
+        which requests share a round (docs/testing.md). Each request is a message as the
+        ROUTER reads it, ``[identity, header, *payload]`` (docs/protocol.md); the replies
+        and pushes go out through ``transport`` in the loop's order.
+
+        Args:
+            requests: the round's request messages, in arrival order.
+            waiting: offer pushes even when no request made a message visible, as the
+                loop does while someone waits for messages (``next_wait``).
+
+        Raises:
+            RuntimeError: the server is not bound, or its loop runs.
+        """
+        if self._transport is None or self._looping:
+            raise RuntimeError("run_round drives a bound server whose loop does not run")
+        for frames in requests:
+            self._handle(frames)
+        self._push_and_answer(waiting)
+
     # -- the loop ----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -390,7 +423,7 @@ class Server:
             if self._commit_fd >= 0:
                 transport.watch(self._commit_fd)
             while not self._stopping:
-                timeout, waiting = self._wait_timeout()
+                timeout, waiting = self.next_wait()
                 if timeout > 0 and self._local and not self._local.may_sleep():
                     timeout = 0.0
                 requests, subscriptions, monitor, bells = transport.wait(timeout)
@@ -507,13 +540,16 @@ class Server:
             self._replies = []
         self._replies[:0] = ready
 
-    def _wait_timeout(self) -> tuple[float, bool]:
-        """(Seconds the loop may sleep, whether anyone waits for messages).
+    def next_wait(self) -> tuple[float, bool]:
+        """The loop's next wait: (seconds it may sleep, whether anyone waits for messages).
 
-        Long polls and held publishes have deadlines: a tick. Push consumers wait for
-        messages, or for credit: sleep until the next lease or delay ends (a message may
-        become visible then, or a lease's end give a consumer credit). Nobody waiting:
-        the housekeeping tick.
+        Requests handled but not yet pushed for: 0. Long polls and held publishes have
+        deadlines: ``TICK``. Push consumers wait for messages, or for credit: sleep until
+        the next lease or delay ends (a message may become visible then, or a lease's end
+        give a consumer credit), at most ``IDLE_TICK``. Nobody waiting: ``IDLE_TICK``.
+
+        The loop asks this before each round; it reads only, so a test or a tool may ask
+        it from any thread, as a gauge of what the loop does (docs/testing.md).
         """
         polling = bool(self._deliveries.long_polls) or bool(self._held)
         waiting = polling or bool(self._deliveries.consumers)

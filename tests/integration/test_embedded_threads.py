@@ -117,11 +117,13 @@ def test_close_releases_waiters():
     thread.start()
     assert started.wait(JOIN_DEADLINE)
     deadline = time.monotonic() + JOIN_DEADLINE
-    while broker._waiters == 0 and time.monotonic() < deadline:  # poll until parked
+    while broker.waiting_receivers == 0 and time.monotonic() < deadline:  # until parked
         time.sleep(0.001)
+    assert broker.waiting_receivers == 1
     broker.close()
     join_all([thread])
     assert outcome == ["closed"]
+    assert broker.waiting_receivers == 0
 
 
 @pytest.mark.parametrize("queue_count", [1, 4])

@@ -8,6 +8,7 @@ import stat
 import struct
 import textwrap
 import time
+from typing import Any
 from typing import Any as Tracker
 
 import msgspec
@@ -20,10 +21,9 @@ from fastfanout._ext import codec
 from fastfanout.errors import BrokenConnection, BrokerRunning, InvalidArgument
 from fastfanout.runtime import runtime_dir
 from fastfanout.server.loop import IDLE_TICK, Server
-from fastfanout.server.sessions import Session
 from fastfanout.server.streams import PROBE_PREFIX
 from fastfanout.wire import protocol
-from fastfanout.wire.protocol import Opcode
+from fastfanout.wire.protocol import Opcode, Status
 
 
 def test_every_operation(track: Tracker, endpoint: str) -> None:
@@ -359,37 +359,46 @@ def test_loop_sleeps_until_the_next_due_time_while_consumers_wait(track: Tracker
     client = track.client(server.endpoint)
     client.create_queue("q")
     # nobody waits: housekeeping (once the round that created the queue is over)
-    track.wait_until(lambda: server._wait_timeout() == (IDLE_TICK, False),
+    track.wait_until(lambda: server.next_wait() == (IDLE_TICK, False),
                      what="the queue created")
     consumer = client.consume("q", prefetch=10)
     # nothing is due (once the round that registered the consumer is over)
-    track.wait_until(lambda: server._wait_timeout() == (IDLE_TICK, True),
+    track.wait_until(lambda: server.next_wait() == (IDLE_TICK, True),
                      what="the consumer registered")
     clock.now = time.time()
     client.send("q", b"soon", delay=0.02)
-    track.wait_until(lambda: not server._deliveries.dirty, what="the send handled")
-    timeout, waiting = server._wait_timeout()
+    # handled and pushed for (the wait is 0 while a round's requests wait for their push)
+    track.wait_until(lambda: server.next_wait()[0] > 0, what="the send handled")
+    timeout, waiting = server.next_wait()
     # woken when it is due: 0.02 s plus however long the client took to stamp its send
     assert waiting and 0.019 <= timeout < IDLE_TICK
     client.send("q", b"later", delay=5.0)
-    assert server._wait_timeout()[0] == timeout                   # the earliest counts
+    assert server.next_wait()[0] == timeout                   # the earliest counts
     consumer.cancel()
-    track.wait_until(lambda: server._wait_timeout() == (IDLE_TICK, False),
+    track.wait_until(lambda: server.next_wait() == (IDLE_TICK, False),
                      what="the consumer gone")
 
 
 def test_the_wait_of_a_loop_whose_broker_was_closed_is_the_idle_tick(track: Tracker) -> None:
     # An embedder may close its broker while the server runs: the loop must not die
-    # asking it for the next due time (requests are then answered with Closed).
+    # asking it for the next due time (requests are then answered with Closed). A bound
+    # server driven by hand (Server.run_round): its loop's view, with a consumer waiting.
     broker = fastfanout.Broker()
-    server = Server(track.endpoint(), broker=broker)   # not started: the loop's view only
-    broker.create_queue("q")
-    consume = server._deliveries.handlers()[Opcode.CONSUME]
-    consume(Session(b"id", 0.0, 0), 1, [protocol.encode_payload([[], {"queue": "q"}])])
-    assert server._deliveries.consumers == 1
-    server._deliveries.dirty = False   # as after the round that offered it a push
-    broker.close()
-    assert server._wait_timeout() == (IDLE_TICK, True)
+    server = Server(track.endpoint(), broker=broker)
+    server.bind()
+    try:
+        replies: list[list[bytes]] = []
+        transport: Any = server.transport
+        transport.send_reply = replies.append
+        broker.create_queue("q")
+        consume = protocol.encode_payload([[], {"queue": "q"}])
+        server.run_round([[b"id", protocol.encode_header(Opcode.CONSUME, 1), consume]])
+        assert [protocol.decode_header(reply[1])[1] for reply in replies] == [Status.OK]
+        assert server.next_wait() == (IDLE_TICK, True)   # a consumer waits; nothing due
+        broker.close()
+        assert server.next_wait() == (IDLE_TICK, True)
+    finally:
+        server.stop()
 
 
 def test_every_queued_request_is_answered_across_rounds(track: Tracker) -> None:
