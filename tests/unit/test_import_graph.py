@@ -246,3 +246,18 @@ def test_the_private_name_check_sees_every_reach(source: str, reaches: list[str]
                                         or name in ("fastfanout.aio", "fastfanout.api")))
 def test_each_client_module_imports_on_its_own(name: str) -> None:
     subprocess.run([sys.executable, "-c", f"import {name}"], check=True, timeout=60)
+
+
+def test_the_broker_and_the_server_hold_their_parts() -> None:
+    """Composed, not inherited or mixed in: ``Broker`` holds its ``Administration``, the
+    ``Server`` its handlers' parts (deliveries, holds, streams, local sessions)."""
+    from fastfanout.broker.administration import Administration
+    from fastfanout.broker.embedded import Broker
+    from fastfanout.server.loop import Server
+
+    assert Broker.__bases__ == (object,)
+    assert Server.__bases__ == (object,)
+    assert Administration not in Broker.__mro__
+    with Broker() as broker:
+        broker.create_queue("q")
+        assert broker.list_queues() == ["q"]
