@@ -283,8 +283,7 @@ def serve(config_path: str | None, **given: Any) -> None:
                 options.pop(key, None)
         elif config.data_dir is None:
             options["data_dir"] = str(default_data_dir(endpoint))
-        companion = (_bridge_companion(config.bridge, endpoint, config.in_memory,
-                                       config.curve_secret_key is not None)
+        companion = (_bridge_companion(config.bridge, endpoint, config.in_memory)
                      if config.bridge is not None else None)
         sys.exit(run_server(companion=companion, **options))
     except TransportError as error:
@@ -304,7 +303,7 @@ def serve(config_path: str | None, **given: Any) -> None:
                    + (f": {error.filename}" if error.filename else ""), 1)
 
 
-def _bridge_companion(path: str, endpoint: str, in_memory: bool, curve: bool
+def _bridge_companion(path: str, endpoint: str, in_memory: bool
                       ) -> Callable[[Any], Callable[[], None]]:
     """Check the bridge's rule file and client now; what starts the bridge once bound."""
     from fastfanout.bridges import Bridge, bridge_unavailable, load_rules
@@ -318,10 +317,6 @@ def _bridge_companion(path: str, endpoint: str, in_memory: bool, curve: bool
     reason = bridge_unavailable()
     if reason:
         _exit_with(f"error: --bridge {path}: {reason}", 1)
-    if curve:
-        _exit_with(f"error: --bridge {path}: the bridge does not run beside a CURVE broker "
-                   f"yet: serve the bridged broker on ipc:// or loopback tcp:// without "
-                   f"CURVE", 1)
     # Nats-Msg-Id is IDENTITY:MESSAGE_ID: the default identity names the host and the
     # endpoint; message ids restart at 1 in memory, so such a broker adds its start time.
     identity = f"{socket.gethostname()}-{data_dir_name(endpoint)}"
@@ -329,7 +324,11 @@ def _bridge_companion(path: str, endpoint: str, in_memory: bool, curve: bool
         identity += f"-{int(time.time() * 1000)}"
 
     def start(server: Any) -> Callable[[], None]:
-        bridge = Bridge(rules, endpoint, identity=identity).start()
+        # Beside a CURVE broker the bridge's own clients use a key pair made now and
+        # admitted by the server in memory (never on disk): see docs/bridge.md.
+        curve = server.companion_curve()
+        bridge = Bridge(rules, endpoint, identity=identity,
+                        client_options=None if curve is None else {"curve": curve}).start()
         server.stats_sources["bridge"] = bridge.stats
         return bridge.stop
 

@@ -99,6 +99,7 @@ from fastfanout.transport.sockets import (
     CurveKeys,
     ServerTransport,
     check_curve_clients,
+    curve_keypair,
     is_loopback,
 )
 from fastfanout.wire import protocol
@@ -334,6 +335,23 @@ class Server:
             raise
         self._lock = lock
         log.info("serving on %s (streams on %s)", self.endpoint, self.stream_endpoint)
+
+    def companion_curve(self) -> CurveKeys | None:
+        """CURVE keys for a client in this process (the NATS bridge), or None without CURVE.
+
+        A new key pair, admitted by this server in memory only: never written to disk,
+        gone when the server stops. The server must be bound (``bind``).
+
+        Returns:
+            The client keys with the server's public key (``connect(curve=...)``).
+        """
+        if self._curve is None:
+            return None
+        if self._transport is None:
+            raise RuntimeError("bind the server before admitting a companion's key")
+        public, secret = curve_keypair()
+        self._transport.admit_curve_client(public)
+        return CurveKeys(public, secret, self._curve.public_key)
 
     def start(self) -> Server:
         """Bind, then serve in a background thread; returns self."""

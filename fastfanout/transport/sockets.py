@@ -376,6 +376,29 @@ class ServerTransport:
             self._watched.discard(fd)
             self._poller.unregister(fd)
 
+    def admit_curve_client(self, public_key: bytes) -> None:
+        """Admit one more CURVE client key, in memory only (nothing is written to disk).
+
+        The ZAP handler checks its allowed set on every handshake, so the key is admitted
+        from the next connection on, for as long as this transport lives. A no-op when
+        any client is admitted (``CURVE_ALLOW_ANY``).
+
+        Args:
+            public_key: the client's public key, Z85-encoded (40 bytes).
+
+        Raises:
+            TransportError: this transport has no CURVE, or the key is not Z85.
+        """
+        if self._authenticator is None:
+            raise TransportError("this broker has no CURVE: there is no key to admit")
+        if len(public_key) != 40:
+            raise TransportError(f"{public_key!r} is not a Z85-encoded CURVE public key "
+                                 f"(40 bytes)")
+        if not self._authenticator.allow_any:
+            # pyzmq's handler looks keys up in certs[domain] (Z85 bytes -> truthy); one
+            # dict store, atomic under the GIL, while its thread reads the dict
+            self._authenticator.certs.setdefault("*", {})[public_key] = True
+
     def wake(self) -> None:
         """Make a ``wait`` in another thread return now (thread- and signal-safe)."""
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Tracker, wait_until
+import zmq.auth
+from conftest import Tracker, free_tcp_endpoint, wait_until
 from jetstream_nodes import NatsNode, cluster, unavailable, wait_for_jetstream
 
-from fastfanout import PublishEntry, QueueFull
-from fastfanout.client import Client
+from fastfanout import FastFanoutError, PublishEntry, QueueFull
+from fastfanout.client import Client, connect
+from fastfanout.transport.sockets import client_curve
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 
@@ -80,6 +83,32 @@ def consume_all(client: Client, queue: str, count: int,
         if len(received) >= count or time.monotonic() > deadline:
             break
     return received
+
+
+def stored(url: str, stream: str, count: int, timeout: float = BRIDGE_DEADLINE
+           ) -> list[Any]:
+    """The first ``count`` messages of JetStream ``stream`` (waits until it holds them)."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def read() -> list[Any]:
+        connection = await nats.connect(url)
+        try:
+            js = connection.jetstream()
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if (await js.stream_info(stream)).state.messages >= count:
+                        break
+                except NotFoundError:
+                    pass
+                assert time.monotonic() < deadline, f"{stream} holds fewer than {count}"
+                await asyncio.sleep(0.02)
+            return [await js.get_msg(stream, seq) for seq in range(1, count + 1)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
 
 
 @pytest.fixture
@@ -303,3 +332,41 @@ def test_three_node_cluster_survives_a_node_kill(track: Tracker, tmp_path: Path)
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_a_curve_broker_exports_to_jetstream(track: Tracker, nats_node: NatsNode) -> None:
+    keys, admitted = track.tmp_path / "keys", track.tmp_path / "admitted"
+    keys.mkdir()
+    admitted.mkdir()
+    for name in ("broker", "alice"):
+        zmq.auth.create_certificates(keys, name)
+    shutil.copy(keys / "alice.key", admitted)
+    endpoint = free_tcp_endpoint()
+    rules = export_rules(track.tmp_path / "a.toml", [nats_node.url])
+    process = track.process([
+        "-m", "fastfanout", "serve", "--endpoint", endpoint, "--data-dir",
+        str(track.tmp_path / "a"), "--log-level",
+        "WARNING", "--curve-secret-key", str(keys / "broker.key_secret"), "--curve-clients",
+        str(admitted), "--bridge", str(rules)])
+    curve = client_curve(str(keys / "broker.key"), str(keys / "alice.key_secret"))
+
+    def serving() -> bool:
+        assert process.poll() is None, process.stderr.read() if process.stderr else b""
+        try:
+            connect(endpoint, timeout=0.3, curve=curve).close()
+        except FastFanoutError:
+            return False
+        return True
+
+    wait_until(serving, timeout=15.0, what="the CURVE broker")
+    client = track.client(endpoint, curve=curve)
+    wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the export rule connected")
+    results = client.publish_batch("orders", [b"one", b"two", b"three"])
+    messages = stored(nats_node.url, "ORDERS", 3)
+    assert [m.data for m in messages] == [b"one", b"two", b"three"]
+    assert [m.subject for m in messages] == ["fastfanout.orders"] * 3
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == [
+        f"host-a:{result.message_id}" for result in results]
+    # the bridge's key pair was admitted in memory: nothing was written beside alice's
+    assert sorted(p.name for p in admitted.iterdir()) == ["alice.key"]

@@ -164,3 +164,18 @@ def test_serve_refuses_a_public_certificate_as_secret(track: Tracker, keys: Keys
                             "--curve-clients", CURVE_ALLOW_ANY])
     _, stderr = broker.communicate(timeout=15)
     assert broker.returncode == 2 and b"holds no secret key" in stderr
+
+
+def test_a_companion_key_is_admitted_in_memory_only(track: Tracker, keys: Keys) -> None:
+    endpoint = track.endpoint("tcp")
+    server = track.server(endpoint, curve=load_curve_keys(keys.secret("broker")),
+                          curve_clients=str(keys.clients))
+    companion = server.companion_curve()
+    assert companion is not None and companion.server_key is not None
+    client = track.client(endpoint, curve=companion)
+    client.create_topic("t")
+    assert client.list_topics() == ["t"]
+    # only the key pair handed out is admitted, and nothing was written to the directory
+    assert_no_answer(endpoint, curve=client_curve(keys.public("broker")))
+    assert sorted(p.name for p in keys.clients.iterdir()) == ["alice.key"]
+    assert track.server(track.endpoint()).companion_curve() is None   # no CURVE: no key
