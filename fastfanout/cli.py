@@ -327,7 +327,7 @@ def _bridge_companion(path: str, endpoint: str, in_memory: bool
         # Beside a CURVE broker the bridge's own clients use a key pair made now and
         # admitted by the server in memory (never on disk): see docs/bridge.md.
         curve = server.companion_curve()
-        bridge = Bridge(rules, endpoint, identity=identity,
+        bridge = Bridge(rules, endpoint, identity=identity, durable=not in_memory,
                         client_options=None if curve is None else {"curve": curve}).start()
         server.stats_sources["bridge"] = bridge.stats
         return bridge.stop

@@ -370,3 +370,49 @@ def test_a_curve_broker_exports_to_jetstream(track: Tracker, nats_node: NatsNode
         f"host-a:{result.message_id}" for result in results]
     # the bridge's key pair was admitted in memory: nothing was written beside alice's
     assert sorted(p.name for p in admitted.iterdir()) == ["alice.key"]
+
+
+def test_a_running_bridge_shortens_the_gil_switch_interval(track: Tracker,
+                                                           nats_node: NatsNode) -> None:
+    from fastfanout.bridges import Bridge, load_rules
+    from fastfanout.bridges.jetstream import SWITCH_INTERVAL
+
+    server = track.server(data_dir=str(track.tmp_path / "a"))
+    path = export_rules(track.tmp_path / "a.toml", [nats_node.url])
+    # no stats sample while the test runs: a bridge stops between two connects
+    path.write_text("stats_interval = 3600.0\n" + path.read_text())
+    rules = load_rules(str(path))
+
+    def run(**options: Any) -> None:
+        bridge = Bridge(rules, server.endpoint, **options).start()
+        try:
+            wait_until(lambda: bridge.stats()["export:orders"]["connected"] == 1,
+                       timeout=BRIDGE_DEADLINE, what="the export rule connected")
+        finally:
+            bridge.stop()
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)   # Python's default
+        run(switch_interval=None)
+        assert sys.getswitchinterval() == 0.005   # None: left alone
+        run()
+        assert sys.getswitchinterval() == SWITCH_INTERVAL   # lowered...
+        sys.setswitchinterval(SWITCH_INTERVAL / 2)
+        run()
+        assert sys.getswitchinterval() == SWITCH_INTERVAL / 2   # ...never raised
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_an_in_memory_broker_exports_to_jetstream(track: Tracker, nats_node: NatsNode) -> None:
+    # its bridge's queues are in memory too: a durable queue needs a data directory
+    endpoint = f"ipc://{track.tmp_path}/a.sock"
+    track.broker_process(endpoint, "--in-memory", "--bridge",
+                         str(export_rules(track.tmp_path / "a.toml", [nats_node.url])))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the export rule connected")
+    assert not client.queue_settings("bridge.export.orders").durable
+    client.publish_batch("orders", [b"one", b"two"])
+    assert [m.data for m in stored(nats_node.url, "ORDERS", 2)] == [b"one", b"two"]
