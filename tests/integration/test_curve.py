@@ -179,3 +179,8 @@ def test_a_companion_key_is_admitted_in_memory_only(track: Tracker, keys: Keys) 
     assert_no_answer(endpoint, curve=client_curve(keys.public("broker")))
     assert sorted(p.name for p in keys.clients.iterdir()) == ["alice.key"]
     assert track.server(track.endpoint()).companion_curve() is None   # no CURVE: no key
+    # a broker that admits any client admits the companion's key as it is
+    open_endpoint = track.endpoint("tcp")
+    open_server = track.server(open_endpoint, curve=load_curve_keys(keys.secret("broker")),
+                               curve_clients=CURVE_ALLOW_ANY)
+    assert track.client(open_endpoint, curve=open_server.companion_curve()).list_topics() == []
