@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from fastfanout.api import ClientAPI
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     ConnectionCore,
+    ControlCall,
     Request,
     decode_value,
     queue_settings_payload,
@@ -253,6 +255,26 @@ def test_create_queue_sends_only_the_settings_that_differ_from_the_defaults() ->
     assert queue_settings_payload({"visibility_timeout": 5, "fifo": 0,
                                    "redelivery_backoff": (1.0, 2.0)}, defaults) == {
         "visibility_timeout": 5, "fifo": 0, "redelivery_backoff": [1.0, 2.0]}
+
+
+def test_plain_calls_send_each_argument_as_a_frame_of_its_own() -> None:
+    core, _ = make_core()
+    hello(core)
+    report = {"worker": "w", "pid": 1, "handlers": {}}
+    reported = ControlCall(ClientAPI.report_worker)
+    request = reported.request(core, (report,), {})
+    stats = ControlCall(ClientAPI.server_stats)
+    asked = stats.request(core, (), {})
+    assert [(opcode, [protocol.decode_payload(frame) for frame in payload])
+            for opcode, _, payload in sent(core)] == [(Opcode.REPORT, [report]),
+                                                      (Opcode.SERVER_STATS, [])]
+    with pytest.raises(TypeError):
+        reported.request(core, (), {})   # the declared signature binds the arguments
+    core.receive(reply(Status.OK, request.request_id), 0.0)
+    core.receive(reply(Status.OK, asked.request_id, protocol.encode_payload(
+        {"connections": 1})), 0.0)
+    assert reported.decode(request.value()) is None
+    assert stats.decode(asked.value()) == {"connections": 1}
 
 
 def test_a_forked_child_refuses_and_leaves_the_connection_to_its_parent() -> None:
