@@ -54,7 +54,6 @@ from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.transport.local import LocalTransport
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 from fastfanout.transport.sockets import CurveKeys, DealerTransport
-from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
 __all__ = ["Client", "Connection", "connect", "control"]

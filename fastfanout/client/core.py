@@ -610,7 +610,7 @@ class ConnectionCore:
             self._settle_frames(frames, protocol.SETTLE_EACH)
 
     def _settle_frames(self, frames: list[bytes], last: bytes) -> None:
-        """Queue SETTLEs of ``frames``, ``protocol.SETTLE_MAX_FRAMES`` each, ``last`` ending each."""
+        """Queue SETTLEs of ``frames`` (``SETTLE_MAX_FRAMES`` each), ``last`` ending each."""
         for start in range(0, len(frames), protocol.SETTLE_MAX_FRAMES):
             self.queue_frames(Opcode.SETTLE, [*frames[start:start + protocol.SETTLE_MAX_FRAMES],
                                               last], False)
