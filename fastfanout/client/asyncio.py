@@ -39,7 +39,6 @@ from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     ControlCall,
     Request,
-    decode_value,
     encode_call,
 )
 from fastfanout.client.driver import DriverBase, dealer_to_attach
@@ -110,9 +109,7 @@ class AsyncListener(StreamListening):
         try:
             async with asyncio.timeout(self._timeout):
                 while not follower.live:
-                    batch = follower.accept(await self._transport.recv())
-                    if batch is not None:
-                        self.early.append(batch)
+                    self.until_live(await self._transport.recv())
         except TimeoutError:
             raise self.not_live(self._stream_endpoint, self._timeout) from None
         self._transport.unsubscribe(follower.probe)
@@ -340,11 +337,6 @@ class AsyncConnection(DriverBase):
             async with self.deadline(extra):
                 await answered
         return request.value()
-
-    async def call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
-        """A control call: its decoded answer."""
-        return decode_value(await self.wait(self.submit(self.core.call, opcode, *args,
-                                                        **kwargs)))
 
     async def publish_results(self, request: Request) -> RemotePublishBatch:
         """Wait for a publish's answer (a full ``hold`` queue may take ``hold_timeout``)."""

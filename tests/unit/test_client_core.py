@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from fastfanout._ext import codec
 from fastfanout.api import ClientAPI
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
@@ -15,6 +16,7 @@ from fastfanout.client.core import (
     decode_value,
     queue_settings_payload,
 )
+from fastfanout.client.consumers import StreamListening
 from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import (
     BrokenConnection,
@@ -286,3 +288,13 @@ def test_a_forked_child_refuses_and_leaves_the_connection_to_its_parent() -> Non
     assert core.left_to_parent(101) is True and core.closed and core.forked
     with pytest.raises(UsedAfterFork, match="100"):
         core.check_open()
+
+
+def test_a_listener_keeps_the_batches_that_come_before_its_probe() -> None:
+    listening = StreamListening("ticks.*")
+    early = codec.encode_batch([codec.Record(body=b"m", receipt=1)])
+    assert listening.until_live([b"ticks.a", early]) is False
+    assert listening.until_live([b"ticks.a"]) is False   # malformed: counted, dropped
+    assert listening.until_live([listening.follower.probe, b""]) is True
+    assert [[m.body for m in batch] for batch in listening.early] == [[b"m"]]
+    assert (listening.received, listening.malformed, listening.gaps) == (1, 1, 0)
