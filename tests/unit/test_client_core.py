@@ -8,6 +8,7 @@ import pytest
 
 from fastfanout._ext import codec
 from fastfanout.api import ClientAPI
+from fastfanout.client.consumers import StreamListening
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     ConnectionCore,
@@ -16,7 +17,6 @@ from fastfanout.client.core import (
     decode_value,
     queue_settings_payload,
 )
-from fastfanout.client.consumers import StreamListening
 from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import (
     BrokenConnection,
