@@ -292,13 +292,26 @@ class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
         """Batches pushed by the broker."""
 
     def server_stats(self) -> dict[str, Any]:
-        """The server's own counters."""
+        """The server's own counters: connections, consumers, errors by code, streams."""
 
     def report_worker(self, report: dict[str, Any]) -> None:
-        """Tell the server this connection's worker report (kept while it is open)."""
+        """Tell the server this connection's worker report (REPORT; ``Worker`` sends it).
+
+        The server keeps the last one while this connection is open and shows it in
+        ``worker_stats()`` (``fastfanout stats``).
+
+        Args:
+            report: ``{worker: name, pid: int, handlers: {name: {queue, processed,
+                failed, retried, dead_lettered, timed_out, in_flight, extended, processes,
+                p50, p99}}}`` (counters are integers, p50/p99 seconds or None).
+
+        Raises:
+            InvalidArgument: the report is not one (see ``fastfanout.stats``'s
+                ``check_worker_report``).
+        """
 
     def worker_stats(self) -> list[dict[str, Any]]:
-        """The last report of every open connection that sent one."""
+        """The last worker report of every open connection that sent one (WORKERS)."""
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""
@@ -428,13 +441,26 @@ class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
         """Batches pushed by the broker (``async for``)."""
 
     async def server_stats(self) -> dict[str, Any]:
-        """The server's own counters."""
+        """The server's own counters: connections, consumers, errors by code, streams."""
 
     async def report_worker(self, report: dict[str, Any]) -> None:
-        """Tell the server this connection's worker report (kept while it is open)."""
+        """Tell the server this connection's worker report (REPORT; ``Worker`` sends it).
+
+        The server keeps the last one while this connection is open and shows it in
+        ``worker_stats()`` (``fastfanout stats``).
+
+        Args:
+            report: ``{worker: name, pid: int, handlers: {name: {queue, processed,
+                failed, retried, dead_lettered, timed_out, in_flight, extended, processes,
+                p50, p99}}}`` (counters are integers, p50/p99 seconds or None).
+
+        Raises:
+            InvalidArgument: the report is not one (see ``fastfanout.stats``'s
+                ``check_worker_report``).
+        """
 
     async def worker_stats(self) -> list[dict[str, Any]]:
-        """The last report of every open connection that sent one."""
+        """The last worker report of every open connection that sent one (WORKERS)."""
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""

@@ -32,14 +32,13 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from fastfanout._ext.offers import NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
-from fastfanout.api import AsyncBrokerAPI
+from fastfanout.api import AsyncBrokerAPI, AsyncClientAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import AsyncDeliveryBatch, StreamListening
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     ControlCall,
     Request,
-    decode_value,
     encode_call,
 )
 from fastfanout.client.driver import DriverBase, dealer_to_attach
@@ -49,7 +48,7 @@ from fastfanout.client.messages import (
     Done,
     RemoteMessage,
     RemotePublishBatch,
-    decode_delivery,
+    messages_of,
     publish_options,
 )
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, AsyncProducer
@@ -110,9 +109,7 @@ class AsyncListener(StreamListening):
         try:
             async with asyncio.timeout(self._timeout):
                 while not follower.live:
-                    batch = follower.accept(await self._transport.recv())
-                    if batch is not None:
-                        self.early.append(batch)
+                    self.until_live(await self._transport.recv())
         except TimeoutError:
             raise self.not_live(self._stream_endpoint, self._timeout) from None
         self._transport.unsubscribe(follower.probe)
@@ -181,7 +178,7 @@ class AsyncSettler:
 
     def ack(self, receipt: int) -> None:
         """Queue the ack of a receipt (sent when this loop iteration ends)."""
-        self._connection.queue_ack(receipt)
+        self._connection.queue_receipts(protocol.encode_receipt(receipt))
 
     def nack(self, receipt: int, *, delay: float | None = None) -> None:
         """End a lease early (sent at once)."""
@@ -341,11 +338,6 @@ class AsyncConnection(DriverBase):
                 await answered
         return request.value()
 
-    async def call(self, opcode: int, *args: Any, **kwargs: Any) -> Any:
-        """A control call: its decoded answer."""
-        return decode_value(await self.wait(self.submit(self.core.call, opcode, *args,
-                                                        **kwargs)))
-
     async def publish_results(self, request: Request) -> RemotePublishBatch:
         """Wait for a publish's answer (a full ``hold`` queue may take ``hold_timeout``)."""
         return RemotePublishBatch((await self.wait(request, self.core.hold_timeout))[0])
@@ -399,32 +391,22 @@ class AsyncConnection(DriverBase):
             self.core.flush_batches()
             self.send_out()
 
-    def queue_ack(self, receipt: int) -> None:
-        """Queue a ``message.ack()``: the acks of one loop iteration go in one request.
-
-        SETTLE acks each frame on its own (all or none per frame), so a stale receipt
-        fails alone, as separate ACKs would, and is answered only if one fails.
-        """
-        if self.core.closed or self.core.forked:
-            self.core.check_open()
-        if not self.core.loose_acks:
-            asyncio.get_running_loop().call_soon(self.send_acks)
-        self.core.loose_acks.append(protocol.encode_receipt(receipt))
-
-    def _acks_started(self) -> None:
-        """A ``message.ack()`` queued the first ack of this loop iteration."""
-        asyncio.get_running_loop().call_soon(self.send_acks)
-
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue the ack of a receipts frame with this loop iteration's other acks.
 
-        A batch's receipts: acked all or none, as one frame of the SETTLE.
+        The acks of one loop iteration leave as one SETTLE, which acks each frame on its
+        own (a batch's receipts all or none; a stale receipt fails its frame alone, as
+        separate ACKs would), answered only if one fails.
         """
         if self.core.closed or self.core.forked:
             self.core.check_open()
         if not self.core.loose_acks:
-            asyncio.get_running_loop().call_soon(self.send_acks)
+            self._acks_started()
         self.core.loose_acks.append(receipts)
+
+    def _acks_started(self) -> None:
+        """The first ack of this loop iteration was queued: they leave at its end."""
+        asyncio.get_running_loop().call_soon(self.send_acks)
 
     def send_acks(self) -> None:
         """Send the queued acks."""
@@ -613,28 +595,9 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
     nack = control(AsyncBrokerAPI.nack)
     extend = control(AsyncBrokerAPI.extend)
     term = control(AsyncBrokerAPI.term)
-
-    async def server_stats(self) -> dict[str, Any]:
-        """The server's own counters: connections, consumers, errors by code, streams."""
-        connection = self.connection
-        frames = await connection.wait(connection.submit(
-            connection.core.request, Opcode.SERVER_STATS, []))
-        stats: dict[str, Any] = protocol.decode_payload(frames[0])
-        return stats
-
-    async def report_worker(self, report: dict[str, Any]) -> None:
-        """Tell the server this connection's worker report (see ``Client.report_worker``)."""
-        connection = self.connection
-        await connection.wait(connection.submit(
-            connection.core.request, Opcode.REPORT, [protocol.encode_payload(report)]))
-
-    async def worker_stats(self) -> list[dict[str, Any]]:
-        """The last worker report of every open connection that sent one (WORKERS)."""
-        connection = self.connection
-        frames = await connection.wait(connection.submit(
-            connection.core.request, Opcode.WORKERS, []))
-        reports: list[dict[str, Any]] = protocol.decode_payload(frames[0])
-        return reports
+    server_stats = control(AsyncClientAPI.server_stats)
+    report_worker = control(AsyncClientAPI.report_worker)
+    worker_stats = control(AsyncClientAPI.worker_stats)
 
     async def publish(self, topic: str, body: Body, *,
                       attributes: Attributes | None = None, delay: float | None = None,
@@ -724,7 +687,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         request = connection.submit(connection.core.receive_request, queue, max_messages,
                                     wait, visibility_timeout)
         frames = await connection.wait(request, connection.core.receive_allowance(wait))
-        return decode_delivery(frames, connection.settler, connection.acks, queue)
+        return messages_of(frames[0], connection.settler, connection.acks, queue)
 
     async def ack(self, receipt: int) -> None:
         """Delete the message of a delivery (raises ``StaleReceipt`` if its lease ended)."""

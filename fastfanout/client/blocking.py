@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from fastfanout._ext.offers import NowaitGate
-from fastfanout.api import BrokerAPI
+from fastfanout.api import BrokerAPI, ClientAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
 from fastfanout.client.core import PIPELINE_READ, ConsumerState, ControlCall, Request, decode_value
@@ -45,7 +45,7 @@ from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFut
 from fastfanout.client.messages import (
     RemoteMessage,
     RemotePublishBatch,
-    decode_delivery,
+    messages_of,
     publish_options,
 )
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, RemoteProducer
@@ -54,7 +54,6 @@ from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.transport.local import LocalTransport
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 from fastfanout.transport.sockets import CurveKeys, DealerTransport
-from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
 __all__ = ["Client", "Connection", "connect", "control"]
@@ -509,36 +508,9 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
     nack = control(BrokerAPI.nack)
     extend = control(BrokerAPI.extend)
     term = control(BrokerAPI.term)
-
-    def server_stats(self) -> dict[str, Any]:
-        """The server's own counters: connections, consumers, errors by code, streams."""
-        frames = self.connection.wait(self.connection.request(Opcode.SERVER_STATS, []), None)
-        stats: dict[str, Any] = protocol.decode_payload(frames[0])
-        return stats
-
-    def report_worker(self, report: dict[str, Any]) -> None:
-        """Tell the server this connection's worker report (REPORT; ``Worker`` sends it).
-
-        The server keeps the last one while this connection is open and shows it in
-        ``worker_stats()`` (``fastfanout stats``).
-
-        Args:
-            report: ``{worker: name, pid: int, handlers: {name: {queue, processed,
-                failed, retried, dead_lettered, timed_out, in_flight, extended, processes,
-                p50, p99}}}`` (counters are integers, p50/p99 seconds or None).
-
-        Raises:
-            InvalidArgument: the report is not one (see ``fastfanout.stats``'s
-                ``check_worker_report``).
-        """
-        self.connection.wait(self.connection.request(
-            Opcode.REPORT, [protocol.encode_payload(report)]), None)
-
-    def worker_stats(self) -> list[dict[str, Any]]:
-        """The last worker report of every open connection that sent one (WORKERS)."""
-        frames = self.connection.wait(self.connection.request(Opcode.WORKERS, []), None)
-        reports: list[dict[str, Any]] = protocol.decode_payload(frames[0])
-        return reports
+    server_stats = control(ClientAPI.server_stats)
+    report_worker = control(ClientAPI.report_worker)
+    worker_stats = control(ClientAPI.worker_stats)
 
     def publish(self, topic: str, body: Body, *,
                 attributes: Attributes | None = None, delay: float | None = None,
@@ -593,7 +565,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         extra = connection.core.receive_allowance(wait)
         request = connection.submit(connection.core.receive_request, queue, max_messages,
                                     wait, visibility_timeout)
-        return decode_delivery(connection.wait(request, None, extra=extra), self, None, queue)
+        return messages_of(connection.wait(request, None, extra=extra)[0], self, None, queue)
 
     def ack(self, receipt: int) -> None:
         """Delete the message of a delivery (raises ``StaleReceipt`` if its lease ended)."""

@@ -240,6 +240,16 @@ class StreamListening:
         """Stream messages dropped because they did not decode."""
         return self.follower.malformed
 
+    def until_live(self, frames: list[bytes]) -> bool:
+        """Feed a SUB message that came while waiting for the probe; True once live.
+
+        A stream batch that came before the probe is kept in ``early`` (read first).
+        """
+        batch = self.follower.accept(frames)
+        if batch is not None:
+            self.early.append(batch)
+        return self.follower.live
+
     def not_live(self, stream_endpoint: str, timeout: float) -> BrokenConnection:
         """The error when the broker did not apply the subscription within ``timeout``."""
         return BrokenConnection(
@@ -278,15 +288,12 @@ class Listener(StreamListening, Iterator[StreamMessage]):
         deadline = time.monotonic() + timeout
         while not follower.live:
             remaining = deadline - time.monotonic()
-            frames = self._transport.recv(remaining) if remaining > 0 else None
-            if frames is None:
-                if time.monotonic() >= deadline:
-                    self._transport.close()
-                    raise self.not_live(stream_endpoint, timeout)
-                continue
-            batch = follower.accept(frames)
-            if batch is not None:
-                self.early.append(batch)
+            if remaining <= 0:
+                self._transport.close()
+                raise self.not_live(stream_endpoint, timeout)
+            frames = self._transport.recv(remaining)
+            if frames is not None:
+                self.until_live(frames)
         self._transport.unsubscribe(follower.probe)
 
     def recv_batch(self, timeout: float | None = None) -> StreamBatch | None:

@@ -62,6 +62,7 @@ from fastfanout.wire.protocol import Opcode, Status
 
 __all__ = [
     "CONTROL_CALLS",
+    "PLAIN_CALLS",
     "SETTLE_MAX_RECEIPTS",
     "ConnectionCore",
     "ConsumerState",
@@ -177,21 +178,32 @@ CONTROL_CALLS: Final[dict[str, tuple[int, Callable[[list[bytes]], Any]]]] = {
 """The API operations that travel as control calls (msgpack ``[args, kwargs]``): each
 one's opcode and how its answer reads."""
 
+PLAIN_CALLS: Final[dict[str, tuple[int, Callable[[list[bytes]], Any]]]] = {
+    "server_stats": (Opcode.SERVER_STATS, decode_value),
+    "report_worker": (Opcode.REPORT, _nothing),
+    "worker_stats": (Opcode.WORKERS, decode_value),
+}
+"""The client-only operations whose arguments travel as one msgpack frame each (no
+``[args, kwargs]``): each one's opcode and how its answer reads."""
+
 
 class ControlCall:
     """One API operation as a control call: opcode, answer decoder, declared signature.
 
     The signature (``fastfanout.api``'s) maps a call's arguments to the request's args
-    (positional parameters) and kwargs (keyword-only ones).
+    (positional parameters) and kwargs (keyword-only ones); a ``PLAIN_CALLS`` operation
+    sends each argument as a msgpack frame of its own.
 
     Args:
         declared: the operation as ``fastfanout.api`` declares it.
     """
 
-    __slots__ = ("decode", "defaults", "opcode", "signature")
+    __slots__ = ("decode", "defaults", "opcode", "plain", "signature")
 
     def __init__(self, declared: Callable[..., Any]) -> None:
-        self.opcode, self.decode = CONTROL_CALLS[declared.__name__]
+        self.plain = declared.__name__ in PLAIN_CALLS
+        self.opcode, self.decode = (PLAIN_CALLS if self.plain
+                                    else CONTROL_CALLS)[declared.__name__]
         self.signature = inspect.signature(declared)
         self.defaults = {name: parameter.default
                          for name, parameter in self.signature.parameters.items()}
@@ -208,6 +220,9 @@ class ControlCall:
                 keywords[name] = value
             else:
                 positional.append(value)
+        if self.plain:
+            return core.request(self.opcode, [protocol.encode_payload(value)
+                                              for value in positional])
         if self.opcode == Opcode.CREATE_QUEUE:
             keywords = queue_settings_payload(keywords, self.defaults)
         return core.request(self.opcode, [encode_call(self.opcode, positional, keywords)])
@@ -591,11 +606,14 @@ class ConnectionCore:
 
         They end with ``protocol.SETTLE_EACH``: a stale receipt fails alone.
         """
-        if self.ended is not None:
-            return
+        if self.ended is None:
+            self._settle_frames(frames, protocol.SETTLE_EACH)
+
+    def _settle_frames(self, frames: list[bytes], last: bytes) -> None:
+        """Queue SETTLEs of ``frames`` (``SETTLE_MAX_FRAMES`` each), ``last`` ending each."""
         for start in range(0, len(frames), protocol.SETTLE_MAX_FRAMES):
             self.queue_frames(Opcode.SETTLE, [*frames[start:start + protocol.SETTLE_MAX_FRAMES],
-                                              protocol.SETTLE_EACH], False)
+                                              last], False)
 
     def settle_wait(self, consumer: ConsumerState, now: float) -> float | None:
         """Seconds until the consumer's queued acks are due (queuing them if they are)."""
@@ -629,9 +647,7 @@ class ConnectionCore:
     def settle_loose(self) -> None:
         """Queue the acks of messages of no consumer: SETTLEs of one frame per receipt."""
         acks, self.loose_acks = self.loose_acks, []
-        for start in range(0, len(acks), protocol.SETTLE_MAX_FRAMES):
-            self.queue_frames(Opcode.SETTLE, [*acks[start:start + protocol.SETTLE_MAX_FRAMES],
-                                              protocol.NO_CREDIT], False)
+        self._settle_frames(acks, protocol.NO_CREDIT)
 
     # -- heartbeats ----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from fastfanout.client.core import Request
 from fastfanout.client.driver import BlockingDriver
@@ -63,15 +63,34 @@ def bind(futures: list[PublishFuture], request: Request) -> None:
                 request.watch(partial(_run_callback, future, callback))
 
 
-class _FutureFace:
-    """The ``concurrent.futures.Future`` methods both publish futures share."""
+class _PublishFutureBase:
+    """What both publish futures share: a batch's one request and its results, read once.
 
-    __slots__ = ()
+    Args:
+        client: the blocking driver.
+        request: the request carrying the batch, or None while the batch is being filled
+            (``bind`` sets it when the batch is sent).
+    """
 
-    _request: Request | None
+    __slots__ = ("_batch_results", "_callbacks", "_client", "_request")
 
-    def result(self, timeout: float | None = None) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def __init__(self, client: BlockingDriver, request: Request | None) -> None:
+        self._client = client
+        self._request = request
+        self._batch_results: list[RemotePublishBatch | None] | None = (
+            None if request is None else [None])
+        self._callbacks: list[Callable[[Any], object]] | None = None
+
+    def _results(self, timeout: float | None) -> RemotePublishBatch:
+        """Wait for the batch's answer (flushing the batch if needed): its results."""
+        if self._request is None:
+            self._client.flush()
+        assert self._request is not None and self._batch_results is not None
+        results = self._batch_results[0]
+        if results is None:
+            results = self._batch_results[0] = self._client.publish_results(
+                self._request, timeout)
+        return results
 
     def done(self) -> bool:
         """True once the broker answered (or the request failed)."""
@@ -97,85 +116,12 @@ class _FutureFace:
                 connection counts as broken and ``BrokenConnection`` is returned.
         """
         try:
-            self.result(timeout)
+            self._results(timeout)
         except FastFanoutError as error:
             return error
         return None
 
-
-class PublishBatchFuture(_FutureFace):
-    """The eventual results of ``publish_batch_nowait`` / ``send_batch_nowait``.
-
-    It offers the ``concurrent.futures.Future`` methods (see ``PublishFuture``).
-    """
-
-    __slots__ = ("_client", "_request", "_results")
-
-    def __init__(self, client: BlockingDriver, request: Request) -> None:
-        self._client = client
-        self._request: Request = request
-        self._results: RemotePublishBatch | None = None
-
-    def result(self, timeout: float | None = None) -> RemotePublishBatch:
-        """Wait for the broker's answer and return the batch's results.
-
-        Args:
-            timeout: seconds to wait at most (default: the client's timeout).
-
-        Raises:
-            FastFanoutError: the error of the batch (nothing of it was enqueued).
-        """
-        if self._results is None:
-            self._results = self._client.publish_results(self._request, timeout)
-        return self._results
-
-    def add_done_callback(self, callback: Callable[[PublishBatchFuture], object]) -> None:
-        """Call ``callback(self)`` once the broker answered (at once if it has).
-
-        It runs in the thread that reads the answer (usually the client's background
-        thread) with the client's lock held; an exception it raises is logged.
-        """
-        with self._client.lock:
-            self._request.watch(partial(_run_callback, self, callback))
-
-
-class PublishFuture(_FutureFace):
-    """The eventual result of ``publish_nowait`` / ``send_nowait``.
-
-    It offers the methods of ``concurrent.futures.Future``: ``result``, ``exception``,
-    ``done``, ``add_done_callback``, ``running``, ``cancel`` and ``cancelled`` (a publish
-    cannot be cancelled). It completes without further calls to the client: the
-    client's background thread sends its batch after ``linger`` and reads the answer.
-    """
-
-    __slots__ = ("_batch_results", "_callbacks", "_client", "_index", "_request")
-
-    def __init__(self, client: BlockingDriver, index: int) -> None:
-        self._client = client
-        self._index = index
-        self._request: Request | None = None
-        self._batch_results: list[RemotePublishBatch | None] | None = None
-        self._callbacks: list[Callable[[Any], object]] | None = None
-
-    def result(self, timeout: float | None = None) -> PublishResult:
-        """Wait for the broker's answer (flushing the batch if needed) and return it.
-
-        Args:
-            timeout: seconds to wait at most (default: the client's timeout).
-
-        Raises:
-            FastFanoutError: the error of the whole batch this publish travelled in.
-        """
-        if self._request is None:
-            self._client.flush()
-        assert self._request is not None and self._batch_results is not None
-        results = self._batch_results[0]
-        if results is None:
-            results = self._batch_results[0] = self._client.publish_results(
-                self._request, timeout)
-        return results[self._index]
-
-    def add_done_callback(self, callback: Callable[[PublishFuture], object]) -> None:
+    def add_done_callback(self, callback: Callable[[Self], object]) -> None:
         """Call ``callback(self)`` once the broker answered its batch (at once if it has).
 
         It runs in the thread that reads the answer (usually the client's background
@@ -190,3 +136,54 @@ class PublishFuture(_FutureFace):
                 self._callbacks.append(callback)
                 return
             request.watch(partial(_run_callback, self, callback))
+
+
+class PublishBatchFuture(_PublishFutureBase):
+    """The eventual results of ``publish_batch_nowait`` / ``send_batch_nowait``.
+
+    It offers the ``concurrent.futures.Future`` methods (see ``PublishFuture``).
+    """
+
+    __slots__ = ()
+
+    def result(self, timeout: float | None = None) -> RemotePublishBatch:
+        """Wait for the broker's answer and return the batch's results.
+
+        Args:
+            timeout: seconds to wait at most (default: the client's timeout).
+
+        Raises:
+            FastFanoutError: the error of the batch (nothing of it was enqueued).
+        """
+        return self._results(timeout)
+
+
+class PublishFuture(_PublishFutureBase):
+    """The eventual result of ``publish_nowait`` / ``send_nowait``.
+
+    It offers the methods of ``concurrent.futures.Future``: ``result``, ``exception``,
+    ``done``, ``add_done_callback``, ``running``, ``cancel`` and ``cancelled`` (a publish
+    cannot be cancelled). It completes without further calls to the client: the
+    client's background thread sends its batch after ``linger`` and reads the answer.
+    """
+
+    __slots__ = ("_index",)
+
+    def __init__(self, client: BlockingDriver, index: int) -> None:
+        # one per pipelined publish: the slots are set here, without the base's call
+        self._client = client
+        self._index = index
+        self._request = None
+        self._batch_results = None
+        self._callbacks = None
+
+    def result(self, timeout: float | None = None) -> PublishResult:
+        """Wait for the broker's answer (flushing the batch if needed) and return it.
+
+        Args:
+            timeout: seconds to wait at most (default: the client's timeout).
+
+        Raises:
+            FastFanoutError: the error of the whole batch this publish travelled in.
+        """
+        return self._results(timeout)[self._index]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, overload
 
-from fastfanout._ext.received import DONE, AckBuffer, Done, RemoteMessage, messages_of
+from fastfanout._ext.received import DONE, Done, RemoteMessage, messages_of
 from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
 from fastfanout.wire import protocol
 
@@ -28,7 +28,7 @@ __all__ = [
     "RemotePublishBatch",
     "Settler",
     "dead_letters",
-    "decode_delivery",
+    "messages_of",
     "publish_options",
 ]
 
@@ -87,16 +87,6 @@ def dead_letters(records: list[Any]) -> dict[int, DeadLetterInfo]:
             dead[index] = DeadLetterInfo(reason, source, count, _seconds(first),
                                          _seconds(last), when / 1e6)
     return dead
-
-
-def decode_delivery(frames: list[bytes], owner: Owner, consumer: Settler | AckBuffer | None = None,
-                    queue: str = "") -> list[RemoteMessage]:
-    """Turn a delivery payload (one record frame) into messages, made natively.
-
-    Raises:
-        MalformedBatch: the frame is malformed (no message is made).
-    """
-    return messages_of(frames[0], owner, consumer, queue)
 
 
 class RemotePublishBatch(Sequence[PublishResult]):

@@ -6,9 +6,13 @@ from typing import Any
 
 import pytest
 
+from fastfanout._ext import codec
+from fastfanout.api import ClientAPI
+from fastfanout.client.consumers import StreamListening
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     ConnectionCore,
+    ControlCall,
     Request,
     decode_value,
     queue_settings_payload,
@@ -255,6 +259,26 @@ def test_create_queue_sends_only_the_settings_that_differ_from_the_defaults() ->
         "visibility_timeout": 5, "fifo": 0, "redelivery_backoff": [1.0, 2.0]}
 
 
+def test_plain_calls_send_each_argument_as_a_frame_of_its_own() -> None:
+    core, _ = make_core()
+    hello(core)
+    report = {"worker": "w", "pid": 1, "handlers": {}}
+    reported = ControlCall(ClientAPI.report_worker)
+    request = reported.request(core, (report,), {})
+    stats = ControlCall(ClientAPI.server_stats)
+    asked = stats.request(core, (), {})
+    assert [(opcode, [protocol.decode_payload(frame) for frame in payload])
+            for opcode, _, payload in sent(core)] == [(Opcode.REPORT, [report]),
+                                                      (Opcode.SERVER_STATS, [])]
+    with pytest.raises(TypeError):
+        reported.request(core, (), {})   # the declared signature binds the arguments
+    core.receive(reply(Status.OK, request.request_id), 0.0)
+    core.receive(reply(Status.OK, asked.request_id, protocol.encode_payload(
+        {"connections": 1})), 0.0)
+    assert reported.decode(request.value()) is None
+    assert stats.decode(asked.value()) == {"connections": 1}
+
+
 def test_a_forked_child_refuses_and_leaves_the_connection_to_its_parent() -> None:
     bound = Bound()
     core = ConnectionCore("ipc://test", linger=0.0, batch_messages=10, batch_bytes=1 << 20,
@@ -264,3 +288,13 @@ def test_a_forked_child_refuses_and_leaves_the_connection_to_its_parent() -> Non
     assert core.left_to_parent(101) is True and core.closed and core.forked
     with pytest.raises(UsedAfterFork, match="100"):
         core.check_open()
+
+
+def test_a_listener_keeps_the_batches_that_come_before_its_probe() -> None:
+    listening = StreamListening("ticks.*")
+    early = codec.encode_batch([codec.Record(body=b"m", receipt=1)])
+    assert listening.until_live([b"ticks.a", early]) is False
+    assert listening.until_live([b"ticks.a"]) is False   # malformed: counted, dropped
+    assert listening.until_live([listening.follower.probe, b""]) is True
+    assert [[m.body for m in batch] for batch in listening.early] == [[b"m"]]
+    assert (listening.received, listening.malformed, listening.gaps) == (1, 1, 0)
