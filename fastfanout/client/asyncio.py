@@ -264,12 +264,12 @@ class AsyncConnection(DriverBase):
                                  self._batches_opened).enqueue
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         request = self.core.start(time.monotonic())
-        self.send_out()
-        self.core.hello(await self.wait(request))
         try:
+            self.send_out()
+            self.core.hello(await self.wait(request))
             await self._attach_local()
-        except BrokenConnection:
-            await self.close()
+        except BaseException:   # refused, timed out or cancelled: nothing stays open
+            await self._stop_io()
             raise
 
     async def _attach_local(self) -> None:
@@ -519,7 +519,11 @@ class AsyncConnection(DriverBase):
                     with contextlib.suppress(FastFanoutError):
                         await self.wait(request)
                 await self.wait(self.submit(core.request, Opcode.BYE, [], flush=False))
-        core.closed = True
+        await self._stop_io()
+
+    async def _stop_io(self) -> None:
+        """Stop the reader and heartbeat tasks and close the transport (no word sent)."""
+        self.core.closed = True
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -177,3 +177,24 @@ def test_readme_asyncio_sample_forms(track: Tracker) -> None:
             assert queue.acked == 103 and queue.messages == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_a_connect_that_never_completes_leaves_no_socket_open(tmp_path: Any, how: str) -> None:
+    # nobody serves this endpoint: the HELLO is never answered
+    endpoint = f"ipc://{tmp_path}/nobody.sock"
+
+    async def main() -> aio.AsyncClient:
+        client = aio.AsyncClient(endpoint, timeout=0.2 if how == "timeout" else 30.0)
+        opening = asyncio.ensure_future(client.connection.start())
+        if how == "cancel":
+            done, _ = await asyncio.wait([opening], timeout=0.2)
+            assert not done
+            opening.cancel()
+        with pytest.raises((asyncio.CancelledError, fastfanout.FastFanoutError)):
+            await opening
+        return client
+
+    client = asyncio.run(main())
+    assert client.connection.transport.closed
+    assert client.connection.tasks and all(task.done() for task in client.connection.tasks)
