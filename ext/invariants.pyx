@@ -11,6 +11,8 @@ from libc.stdint cimport uint32_t, uint64_t
 
 from fastfanout._ext.store cimport (
     NIL,
+    PENDING_MASK,
+    PENDING_TAG,
     STATE_DELAYED,
     STATE_LEASED,
     STATE_VISIBLE,
@@ -31,6 +33,9 @@ def check(Store store):
     cdef uint64_t live = 0
     cdef queue_t* q
     cdef dict owned = {}
+    cdef uint32_t previous
+    cdef uint32_t pending
+    cdef uint64_t pending_seen = 0
     for qid in range(store.queue_count):
         q = &store.queues[qid]
         if not q.alive:
@@ -38,7 +43,23 @@ def check(Store store):
             continue
         visible = leased = delayed = size = 0
         slot = q.arrival_head
+        previous = NIL
         while slot != NIL:
+            if slot & PENDING_TAG:
+                pending = slot & PENDING_MASK
+                assert pending < store.pending_capacity and \
+                    store.pendings[pending].blob != NULL, "a free pending copy is listed"
+                assert store.pendings[pending].queue == qid, \
+                    "pending copy in another queue's list"
+                assert store.pendings[pending].arrival_prev == previous, "broken arrival links"
+                assert store.pending_timers.armed(pending), "a pending copy has no timer"
+                delayed += 1
+                pending_seen += 1
+                size += store.message_size(store.pendings[pending].blob)
+                previous = slot
+                slot = store.pendings[pending].arrival_next
+                continue
+            assert store.entries[slot].arrival_prev == previous, "broken arrival links"
             assert store.entries[slot].queue == qid, "entry in another queue's list"
             state = store.entries[slot].state
             if state == STATE_VISIBLE:
@@ -58,7 +79,9 @@ def check(Store store):
             else:
                 raise AssertionError("a free entry is in an arrival list")
             size += store.message_size(store.entries[slot].blob)
+            previous = slot
             slot = store.entries[slot].arrival_next
+        assert q.arrival_tail == previous, "stale arrival tail"
         assert (visible, leased, delayed, size) == (q.visible, q.leased, q.delayed, q.bytes), \
             f"gauges of queue {store.names[qid]} disagree with its lists"
         count = 0
@@ -73,7 +96,10 @@ def check(Store store):
         else:
             assert count == q.visible, "visible lists disagree with the visible gauge"
         live += visible + leased + delayed
-    assert live == store.live_entries, "slab count disagrees with the queues"
+    assert live == store.live_entries + store.pending_live, \
+        "slab count disagrees with the queues"
+    assert pending_seen == store.pending_live == <uint64_t>len(store.pending_timers), \
+        "pending copies, their count and their timers disagree"
     for owner in range(store.owner_capacity):
         if store.owners[owner].session != NIL:
             assert store.owners[owner].outstanding == owned.get(owner, 0), \
@@ -106,7 +132,7 @@ def check(Store store):
             listed += 1
             slot = store.entries[slot].visible_next
         assert q.lease_tail == (NIL if level == 0 else level - 1), "stale lease tail"
-    assert len(store.timers) + listed == sum(
+    assert len(store.timers) + len(store.pending_timers) + listed == sum(
         store.queues[qid].leased + store.queues[qid].delayed
         for qid in range(store.queue_count) if store.queues[qid].alive), "stray timers"
     return True

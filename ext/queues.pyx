@@ -128,11 +128,8 @@ def remove_queue(Store store, uint32_t qid):
     source's name, so neither can be confused by the reuse.
     """
     cdef queue_t* q = &store.queues[qid]
-    cdef uint32_t slot
     while q.arrival_head != NIL:
-        slot = q.arrival_head
-        store._detach(slot)
-        store._free_entry(slot)
+        store.discard(q.arrival_head)
     store.lease_timers.disarm(qid)   # a stale queue timer must not outlive its queue
     PyMem_Free(q.visible_head)
     PyMem_Free(q.visible_tail)
@@ -216,11 +213,8 @@ def purge(Store store, uint32_t qid):
     """Remove every message of the queue; returns how many."""
     cdef queue_t* q = &store.queues[qid]
     cdef uint64_t removed = 0
-    cdef uint32_t slot
     while q.arrival_head != NIL:
-        slot = q.arrival_head
-        store._detach(slot)
-        store._free_entry(slot)
+        store.discard(q.arrival_head)
         removed += 1
     q.purged += removed
     return removed
@@ -232,7 +226,7 @@ def counters(Store store, uint32_t qid, int64_t now_us):
     (<DedupWindow>store.dedup_windows[qid]).expire(now_us)   # live keys only
     cdef double oldest = 0.0
     if q.arrival_head != NIL:
-        oldest = (now_us - store.entries[q.arrival_head].entered_us) / 1e6
+        oldest = (now_us - store.arrival_entered_us(q.arrival_head)) / 1e6
     return (q.enqueued, q.delivered, q.redelivered, q.acked, q.dead_lettered, q.redriven,
             q.rejected, q.purged, q.duplicates, q.oversized,
             len(<DedupWindow>store.dedup_windows[qid]),

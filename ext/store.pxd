@@ -84,6 +84,20 @@ cdef struct owner_t:
     uint32_t next_free         # the free list's link while free
     uint8_t open               # not closed yet (freed once closed, childless, no leases)
 
+# A delayed copy held compactly until it is due (see "Pending copies" in store.pyx): no
+# entry slot, no receipt, just its blob reference and a place in its queue's arrival list.
+cdef struct pending_t:
+    blob_t* blob               # NULL while free
+    uint32_t queue
+    uint32_t arrival_prev      # links of its queue's arrival list (ids, see PENDING_TAG)
+    uint32_t arrival_next      # (the free list's link while free)
+
+# An arrival list links entries (their slot numbers) and pending copies (their index with
+# this bit set); neither reaches 2**31 - 1, so no id equals NIL.
+cdef enum:
+    PENDING_TAG = 0x80000000
+    PENDING_MASK = 0x7FFFFFFF
+
 # One copy of a message in one queue.
 cdef struct entry_t:
     blob_t* blob
@@ -187,6 +201,11 @@ cdef class Store:
                                    # queue's window (a publish or send; journaled)
     cdef uint64_t* segment_live    # segment index -> durable copies whose message
     cdef uint32_t segment_live_capacity  # record is in that segment
+    cdef pending_t* pendings       # delayed copies not yet due, held without an entry
+    cdef uint32_t pending_capacity
+    cdef uint32_t pending_free_head
+    cdef uint64_t pending_live
+    cdef TimerHeap pending_timers  # pending index -> its due time
 
     cdef inline queue_t* queue(self, uint32_t qid) noexcept:
         return &self.queues[qid]
@@ -198,6 +217,17 @@ cdef class Store:
         owner.outstanding -= 1
         if owner.outstanding == 0 and not owner.open and owner.children == 0:
             self._free_owner(self.entries[slot].owner)
+
+    cdef inline uint32_t* _arrival_prev_of(self, uint32_t id) noexcept:
+        # an arrival list's link field of an entry or (tagged) pending copy
+        if id & PENDING_TAG:
+            return &self.pendings[id & PENDING_MASK].arrival_prev
+        return &self.entries[id].arrival_prev
+
+    cdef inline uint32_t* _arrival_next_of(self, uint32_t id) noexcept:
+        if id & PENDING_TAG:
+            return &self.pendings[id & PENDING_MASK].arrival_next
+        return &self.entries[id].arrival_next
 
     cdef inline uint64_t owner_credit(self, uint32_t owner) noexcept:
         """How many more leases a push may make for ``owner`` (an open owner's slot)."""
@@ -226,6 +256,16 @@ cdef class Store:
     cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
                                 uint64_t message_id, int64_t now_us) noexcept
     cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFF
+    cdef int _enqueue_pending(self, uint32_t qid, blob_t* blob, int64_t now_us,
+                              int64_t due_us) except -1
+    cdef void _arrival_append(self, uint32_t qid, uint32_t id, int64_t now_us) noexcept
+    cdef void _arrival_unlink(self, uint32_t qid, uint32_t id) noexcept
+    cdef void _arrival_replace(self, uint32_t qid, uint32_t old, uint32_t new) noexcept
+    cdef int64_t arrival_entered_us(self, uint32_t id) noexcept
+    cdef uint32_t arrival_next(self, uint32_t id) noexcept
+    cdef void discard(self, uint32_t id) noexcept
+    cdef void _drop_pending(self, uint32_t index) noexcept
+    cdef uint32_t _materialize(self, uint32_t index) except? 0xFFFFFFFF
     cdef void _free_entry(self, uint32_t slot) noexcept
     cdef void _detach(self, uint32_t slot) noexcept
     cdef void _make_visible(self, uint32_t slot) noexcept

@@ -24,6 +24,20 @@ leaves, the queue's timer is left early (stale) and put right only when it comes
 an ack touches no heap. Every deadline gets a sequence number from one counter and both
 sources are merged by (deadline, seq): they fire exactly in the order one heap would.
 
+Pending copies: a delayed message waits far longer than it is leased, and a scheduling
+workload holds millions of them, so a new delayed copy of a plain queue (not FIFO, not
+durable) takes no entry: it is a 24-byte **pending copy** (its blob reference, queue and
+arrival links) in a second slab, with its due time in a third heap keyed by its index.
+It sits in its queue's arrival list like an entry (an arrival list links entry slots and
+pending indexes tagged with ``PENDING_TAG``), so retention, ``oldest_age``, purge and
+queue deletion see it in its place, and the gauges count it as delayed. When it comes
+due (merged with the other deadlines by (deadline, seq)) it becomes an entry in its very
+place of the arrival list, and goes on from there like any delayed entry. A delayed copy
+that is anything else — a redelivery's backoff, a FIFO or durable queue's, a dead letter,
+a recovered copy — is an entry from the start. A pending copy has no receipt (nothing
+can settle a delayed copy). Its entry time is its message's timestamp: only a copy made
+by the publish or send that made its message is held pending.
+
 Receipts: a receipt is ``generation << 32 | slot``. The slot's generation is bumped on
 every lease and on every free, so a receipt is valid only while the very delivery it
 names holds its lease — checking one is two loads and two compares, no table lookup.
@@ -44,7 +58,8 @@ stale to it. Owner slots are reused: a closed owner stays until its last lease h
 Invariants (checked by ``invariants.check`` in the debug build and by the model tests):
 - every live entry is in exactly one state: visible (in one visible list, no timer),
   leased (in its lease list or with a slot timer, in no visible list) or delayed (slot
-  timer armed, in no visible list);
+  timer armed, in no visible list); every pending copy is in its queue's arrival list
+  with its pending timer armed;
 - a lease list is in (deadline, seq) order, and a queue with a non-empty list has a
   queue timer no later than its head;
 - a queue's gauges (visible, leased, delayed, bytes) equal what its lists hold;
@@ -167,6 +182,11 @@ cdef class Store:
         self.enqueue_keyed = False
         self.segment_live = NULL
         self.segment_live_capacity = 0
+        self.pendings = NULL
+        self.pending_capacity = 0
+        self.pending_free_head = NIL
+        self.pending_live = 0
+        self.pending_timers = TimerHeap()
 
     def __dealloc__(self):
         cdef uint32_t slot
@@ -174,6 +194,11 @@ cdef class Store:
         PyMem_Free(self.delivery_slots)
         PyMem_Free(self.owners)
         PyMem_Free(self.segment_live)
+        if self.pendings != NULL:
+            for slot in range(self.pending_capacity):
+                if self.pendings[slot].blob != NULL:
+                    blob_release(self.pendings[slot].blob)
+            PyMem_Free(self.pendings)
         if self.entries != NULL:
             for slot in range(self.entry_capacity):
                 if self.entries[slot].state != STATE_FREE:
@@ -229,6 +254,152 @@ cdef class Store:
         entry.visible_next = self.free_head
         self.free_head = slot
         self.live_entries -= 1
+
+    # -- pending copies and arrival lists (see "Pending copies" above) ------------------
+
+    cdef int _enqueue_pending(self, uint32_t qid, blob_t* blob, int64_t now_us,
+                              int64_t due_us) except -1:
+        """Hold a delayed copy of ``blob`` in queue ``qid`` as a pending copy until
+        ``due_us`` (the caller checked it may: see ``enqueue``)."""
+        cdef uint32_t index
+        cdef uint32_t capacity
+        cdef pending_t* grown
+        cdef queue_t* q
+        if self.pending_free_head == NIL:
+            if self.pending_capacity >= 0x7FFFFFFF:
+                raise MemoryError("the store holds 2**31 pending copies: its hard limit")
+            capacity = self.pending_capacity * 2 if self.pending_capacity else 1024
+            grown = <pending_t*>PyMem_Realloc(self.pendings, capacity * sizeof(pending_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.pendings = grown
+            for index in range(self.pending_capacity, capacity):
+                grown[index].blob = NULL
+                grown[index].arrival_next = index + 1 if index + 1 < capacity else NIL
+            self.pending_free_head = self.pending_capacity
+            self.pending_capacity = capacity
+        index = self.pending_free_head
+        # Arm first: it is the one step that can fail (growing the heap).
+        self.pending_timers.arm_seq(index, due_us, self.timer_seq)
+        self.timer_seq += 1
+        self.pending_free_head = self.pendings[index].arrival_next
+        self.pending_live += 1
+        blob.refcount += 1
+        self.pendings[index].blob = blob
+        self.pendings[index].queue = qid
+        self._arrival_append(qid, index | PENDING_TAG, now_us)
+        q = &self.queues[qid]
+        q.bytes += self.message_size(blob)
+        q.enqueued += 1
+        q.delayed += 1
+        return 0
+
+    cdef void _drop_pending(self, uint32_t index) noexcept:
+        """Remove a pending copy from its queue (gauges included) and free it."""
+        cdef pending_t* pending = &self.pendings[index]
+        cdef queue_t* q = &self.queues[pending.queue]
+        self._arrival_unlink(pending.queue, index | PENDING_TAG)
+        self.pending_timers.disarm(index)
+        q.delayed -= 1
+        q.bytes -= self.message_size(pending.blob)
+        blob_release(pending.blob)
+        pending.blob = NULL
+        pending.arrival_next = self.pending_free_head
+        self.pending_free_head = index
+        self.pending_live -= 1
+
+    cdef uint32_t _materialize(self, uint32_t index) except? 0xFFFFFFFF:
+        """Turn a due pending copy into a delayed entry in its place of the arrival list
+        (its timer already popped); returns the entry's slot."""
+        cdef uint32_t slot = self._alloc_entry()   # may grow (move) the entries
+        cdef entry_t* entry = &self.entries[slot]
+        cdef pending_t* pending = &self.pendings[index]
+        cdef uint32_t qid = pending.queue
+        cdef queue_t* q = &self.queues[qid]
+        cdef blob_t* blob = pending.blob
+        entry.blob = blob   # the pending copy's reference passes to the entry
+        entry.dead = NULL
+        entry.journal_seq = 0
+        entry.entered_us = blob.timestamp_us
+        entry.first_receive_us = -1
+        entry.last_receive_us = -1
+        entry.queue = qid
+        entry.receive_count = 0
+        entry.level = blob.priority if blob.priority < q.levels else q.levels - 1
+        entry.listed = 0
+        entry.lease_listed = 0
+        entry.group = NIL
+        entry.group_next = NIL
+        entry.state = STATE_DELAYED
+        self._arrival_replace(qid, index | PENDING_TAG, slot)
+        pending.blob = NULL
+        pending.arrival_next = self.pending_free_head
+        self.pending_free_head = index
+        self.pending_live -= 1
+        return slot
+
+    cdef uint32_t arrival_next(self, uint32_t id) noexcept:
+        """The next id of an arrival list after ``id`` (an entry slot or a tagged pending
+        copy), or NIL."""
+        return self._arrival_next_of(id)[0]
+
+    cdef int64_t arrival_entered_us(self, uint32_t id) noexcept:
+        """When the copy ``id`` of an arrival list entered its queue."""
+        if id & PENDING_TAG:
+            # A pending copy entered when its message was made (enqueue checks it).
+            return self.pendings[id & PENDING_MASK].blob.timestamp_us
+        return self.entries[id].entered_us
+
+    cdef void _arrival_append(self, uint32_t qid, uint32_t id, int64_t now_us) noexcept:
+        """Append ``id`` (entered at ``now_us``) to the tail of ``qid``'s arrival list."""
+        cdef queue_t* q = &self.queues[qid]
+        self._arrival_next_of(id)[0] = NIL
+        self._arrival_prev_of(id)[0] = q.arrival_tail
+        if q.arrival_tail == NIL:
+            q.arrival_head = id
+            if now_us + q.retention_us < self.retention_due_us:
+                self.retention_due_us = now_us + q.retention_us
+        else:
+            self._arrival_next_of(q.arrival_tail)[0] = id
+        q.arrival_tail = id
+
+    cdef void _arrival_unlink(self, uint32_t qid, uint32_t id) noexcept:
+        cdef queue_t* q = &self.queues[qid]
+        cdef uint32_t prev = self._arrival_prev_of(id)[0]
+        cdef uint32_t next = self._arrival_next_of(id)[0]
+        if prev == NIL:
+            q.arrival_head = next
+        else:
+            self._arrival_next_of(prev)[0] = next
+        if next == NIL:
+            q.arrival_tail = prev
+        else:
+            self._arrival_prev_of(next)[0] = prev
+
+    cdef void _arrival_replace(self, uint32_t qid, uint32_t old, uint32_t new) noexcept:
+        """Put ``new`` in ``old``'s place of ``qid``'s arrival list."""
+        cdef queue_t* q = &self.queues[qid]
+        cdef uint32_t prev = self._arrival_prev_of(old)[0]
+        cdef uint32_t next = self._arrival_next_of(old)[0]
+        self._arrival_prev_of(new)[0] = prev
+        self._arrival_next_of(new)[0] = next
+        if prev == NIL:
+            q.arrival_head = new
+        else:
+            self._arrival_next_of(prev)[0] = new
+        if next == NIL:
+            q.arrival_tail = new
+        else:
+            self._arrival_prev_of(next)[0] = new
+
+    cdef void discard(self, uint32_t id) noexcept:
+        """Remove the copy ``id`` of an arrival list from its queue and free it (the
+        caller counts why)."""
+        if id & PENDING_TAG:
+            self._drop_pending(id & PENDING_MASK)
+        else:
+            self._detach(id)
+            self._free_entry(id)
 
     cdef uint32_t* reserve_delivery_slots(self, Py_ssize_t count) except NULL:
         """A scratch array of at least ``count`` slots (kept between calls)."""
@@ -355,14 +526,7 @@ cdef class Store:
         entry.state = STATE_DETACHED
         if entry.group != NIL:
             self._group_remove(slot)
-        if entry.arrival_prev == NIL:
-            q.arrival_head = entry.arrival_next
-        else:
-            self.entries[entry.arrival_prev].arrival_next = entry.arrival_next
-        if entry.arrival_next == NIL:
-            q.arrival_tail = entry.arrival_prev
-        else:
-            self.entries[entry.arrival_next].arrival_prev = entry.arrival_prev
+        self._arrival_unlink(entry.queue, slot)
         q.bytes -= self.message_size(entry.blob)
 
     cdef uint32_t _oldest_visible(self, uint32_t qid) noexcept:
@@ -438,10 +602,20 @@ cdef class Store:
 
         ``due_us``: when it becomes visible (<= now: at once). ``dead``: a dead-letter
         record the entry takes ownership of, or NULL.
+
+        A new delayed copy of a plain queue (not FIFO, not durable; made by this very
+        publish or send, so it entered when its message was made) waits as a pending
+        copy, without an entry, until it is due.
         """
-        cdef uint32_t slot = self._alloc_entry()
-        cdef entry_t* entry = &self.entries[slot]
+        cdef uint32_t slot
+        cdef entry_t* entry
         cdef queue_t* q = &self.queues[qid]
+        if (due_us > now_us and dead == NULL and not q.fifo and not q.durable
+                and not self.restoring and blob.timestamp_us == now_us):
+            return self._enqueue_pending(qid, blob, now_us, due_us)
+        slot = self._alloc_entry()
+        entry = &self.entries[slot]
+        q = &self.queues[qid]
         blob.refcount += 1
         entry.blob = blob
         entry.dead = dead
@@ -459,15 +633,7 @@ cdef class Store:
         if q.fifo:
             self._group_append(slot, qid, blob)
             q = &self.queues[qid]
-        entry.arrival_next = NIL
-        entry.arrival_prev = q.arrival_tail
-        if q.arrival_tail == NIL:
-            q.arrival_head = slot
-            if now_us + q.retention_us < self.retention_due_us:
-                self.retention_due_us = now_us + q.retention_us
-        else:
-            self.entries[q.arrival_tail].arrival_next = slot
-        q.arrival_tail = slot
+        self._arrival_append(qid, slot, now_us)
         q.bytes += self.message_size(blob)
         q.enqueued += 1
         if due_us > now_us:
@@ -817,18 +983,19 @@ cdef class Store:
         cdef uint32_t slot
         cdef queue_t* q
         cdef int64_t next_due = INT64_MAX
+        cdef int64_t end
         for qid in range(self.queue_count):
             q = &self.queues[qid]
             if not q.alive:
                 continue
             while q.arrival_head != NIL:
                 slot = q.arrival_head
-                if self.entries[slot].entered_us + q.retention_us > now_us:
-                    if self.entries[slot].entered_us + q.retention_us < next_due:
-                        next_due = self.entries[slot].entered_us + q.retention_us
+                end = self.arrival_entered_us(slot) + q.retention_us
+                if end > now_us:
+                    if end < next_due:
+                        next_due = end
                     break
-                self._detach(slot)
-                self._free_entry(slot)
+                self.discard(slot)
                 q.dropped[DROP_RETENTION] += 1
         self.retention_due_us = next_due
         return 0
@@ -946,8 +1113,22 @@ cdef class Store:
         cdef uint64_t queue_seq
         cdef uint32_t qid
         cdef uint32_t head
+        cdef int64_t pending_due
+        cdef uint64_t pending_seq
+        cdef uint32_t pending_key
         cdef bint has_slot = self.timers.peek_top(&slot_due, &slot_seq, &slot_key)
         cdef bint has_queue
+        cdef bint has_pending = self.pending_timers.peek_top(
+            &pending_due, &pending_seq, &pending_key)
+        if has_pending and pending_due <= now_us and (
+                not has_slot or pending_due < slot_due or
+                (pending_due == slot_due and pending_seq < slot_seq)):
+            # The pending copy beats every slot timer; it stands for the slot heap below.
+            has_slot = True
+            slot_due = pending_due
+            slot_seq = pending_seq
+        else:
+            has_pending = False
         self._settle_lease_timers(now_us)
         has_queue = self.lease_timers.peek_top(&queue_due, &queue_seq, &qid)
         if has_queue and queue_due <= now_us and (
@@ -963,6 +1144,11 @@ cdef class Store:
             else:
                 self.lease_timers.arm_seq(qid, self.entries[head].lease_due_us,
                                           self.entries[head].lease_seq)
+            return True
+        if has_pending:
+            slot[0] = self._materialize(pending_key)   # before the pop: it may fail
+            self.pending_timers.pop_top()
+            due_us[0] = pending_due
             return True
         if has_slot and slot_due <= now_us:
             self.timers.pop_top()
@@ -996,12 +1182,15 @@ cdef class Store:
     def next_due_us(self):
         """The next time something becomes due (lease end, delay end), or None."""
         cdef int64_t due = self.timers.next_due()
+        cdef int64_t pending_due = self.pending_timers.next_due()
         cdef int64_t queue_due
         cdef uint64_t seq
         cdef uint32_t qid
         self._settle_lease_timers(INT64_MAX)
         if self.lease_timers.peek_top(&queue_due, &seq, &qid) and queue_due < due:
             due = queue_due
+        if pending_due < due:
+            due = pending_due
         return None if due == INT64_MAX else due
 
     # -- leasing (deliveries.pyx builds what receive returns) ---------------------------
@@ -1204,5 +1393,10 @@ cdef class Store:
 
     @property
     def entries_live(self):
-        """Message copies held across all queues."""
-        return self.live_entries
+        """Message copies held across all queues (pending copies included)."""
+        return self.live_entries + self.pending_live
+
+    @property
+    def pending_copies(self):
+        """Delayed copies held as pending copies (no entry yet; see the module essay)."""
+        return self.pending_live
