@@ -1,25 +1,42 @@
 # Message blobs: one published message in one block, shared by its queue copies.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 # One published message: immutable once made, shared by every queue copy (refcounted).
-# data holds body, encoded attributes, group id, dedup id back to back. The fields go from
-# widest to narrowest so that no padding comes before data (offset 69): a blob takes
-# BLOB_HEADER + its parts, rounded to what malloc hands out (blobs.pyx).
+# data holds body, encoded attributes, group id, dedup id back to back, then the
+# time-to-live end when the message has one (BLOB_EXPIRES; 8 unaligned bytes, read with
+# blob_expires_us). The fields go from widest to narrowest so that no padding comes before
+# data (offset 56): a blob takes BLOB_HEADER + its parts (+ 8), rounded to what malloc
+# hands out (blobs.pyx). Group and dedup ids are at most 255 bytes (callers validate
+# C_MAX_ID_LENGTH, 128, first).
 cdef struct blob_t:
-    int64_t refcount
     uint64_t id
     int64_t timestamp_us
     int64_t due_us            # explicit due time, or INT64_MIN: the queue's delay applies
-    int64_t expires_us        # time-to-live end, or INT64_MAX
     uint64_t journal_seq      # the journal record holding this message (0: none yet)
+    uint32_t refcount
     uint32_t body_len
     uint32_t attrs_len
     uint32_t journal_copies   # durable copies alive (0: journal_seq may name nothing)
     uint32_t journal_segment  # the index of that record's segment
-    uint16_t group_len
-    uint16_t dedup_len
+    uint8_t group_len
+    uint8_t dedup_len
     uint8_t priority
+    uint8_t flags             # BLOB_EXPIRES
     char data[1]
+
+cdef enum:
+    BLOB_EXPIRES = 1          # flags: a time-to-live end follows the parts in data
+
+
+cdef inline int64_t blob_expires_us(blob_t* blob) noexcept nogil:
+    """The message's time-to-live end (clock microseconds), or INT64_MAX: none."""
+    cdef int64_t expires
+    if not blob.flags & BLOB_EXPIRES:
+        return INT64_MAX
+    memcpy(&expires, blob.data + blob.body_len + blob.attrs_len + blob.group_len
+           + blob.dedup_len, 8)
+    return expires
 
 
 cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,

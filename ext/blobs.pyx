@@ -16,13 +16,14 @@ Invariant: every caller of ``blob_new``/``blob_release`` holds the GIL, which gu
 pool (no lock here).
 """
 
+from libc.stdint cimport INT64_MAX, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 # Size classes: the sizes malloc serves without waste. glibc hands out chunks of 16 k
-# bytes holding 16 k - 8 (its size word), so a blob asks for 24, 40, 56 ... bytes: a
-# 64-byte body with its 69-byte header takes one 144-byte chunk (a 64-byte step and
-# sizeof(blob_t) made it a 208-byte chunk). Classes go in 16-byte steps up to 520 bytes.
+# bytes holding 16 k - 8, so a blob asks for 24, 40, 56 ... bytes: a 64-byte body with
+# its 56-byte header takes one 128-byte chunk (the 69-byte header of before took 144; a
+# 64-byte step and sizeof(blob_t) took 208). Classes go in 16-byte steps up to 520 bytes.
 cdef enum:
     BLOB_POOL_CLASSES = 32
 BLOB_POOL_MAX_BYTES = 32 << 20
@@ -65,11 +66,13 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
                       const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil:
     """Allocate a blob with refcount 1 holding copies of the given parts (NULL on OOM)."""
     global _pool_bytes
-    cdef size_t size = _blob_size(
-        BLOB_HEADER + <size_t>body_len + attrs_len + group_len + dedup_len)
+    cdef size_t parts = <size_t>body_len + attrs_len + group_len + dedup_len
+    cdef size_t size = _blob_size(BLOB_HEADER + parts + (8 if expires_us != INT64_MAX else 0))
     cdef size_t size_class = _blob_class(size)
     cdef blob_t* blob
     cdef char* cursor
+    if group_len > 255 or dedup_len > 255:
+        return NULL   # unreachable: every caller validates C_MAX_ID_LENGTH (128) first
     if size_class < BLOB_POOL_CLASSES:
         blob = <blob_t*>_pool_head[size_class]
         if blob != NULL:
@@ -85,12 +88,12 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     blob.id = id
     blob.timestamp_us = timestamp_us
     blob.due_us = due_us
-    blob.expires_us = expires_us
     blob.body_len = body_len
     blob.attrs_len = attrs_len
-    blob.group_len = group_len
-    blob.dedup_len = dedup_len
+    blob.group_len = <uint8_t>group_len
+    blob.dedup_len = <uint8_t>dedup_len
     blob.priority = priority
+    blob.flags = BLOB_EXPIRES if expires_us != INT64_MAX else 0
     blob.journal_copies = 0
     blob.journal_seq = 0
     blob.journal_segment = 0
@@ -106,6 +109,9 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     cursor += group_len
     if dedup_len:
         memcpy(cursor, dedup, dedup_len)
+    cursor += dedup_len
+    if expires_us != INT64_MAX:
+        memcpy(cursor, &expires_us, 8)
     return blob
 
 
@@ -117,7 +123,8 @@ cdef void blob_release(blob_t* blob) noexcept nogil:
     if blob.refcount != 0:
         return
     size = _blob_size(BLOB_HEADER + <size_t>blob.body_len + blob.attrs_len
-                      + blob.group_len + blob.dedup_len)
+                      + blob.group_len + blob.dedup_len
+                      + (8 if blob.flags & BLOB_EXPIRES else 0))
     size_class = _blob_class(size)
     if size_class < BLOB_POOL_CLASSES and _pool_bytes < _pool_limit:
         (<void**>blob)[0] = _pool_head[size_class]

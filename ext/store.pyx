@@ -84,7 +84,7 @@ from libc.math cimport fabs, isfinite, nearbyint
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy
 
-from fastfanout._ext.blobs cimport blob_release, blob_t
+from fastfanout._ext.blobs cimport BLOB_EXPIRES, blob_expires_us, blob_release, blob_t
 from fastfanout._ext.codec cimport (
     ff_align8,
     ff_store_le16,
@@ -717,7 +717,7 @@ cdef class Store:
             ff_store_le64(cursor, blob.id)
             ff_store_le64(cursor + 8, <uint64_t>blob.timestamp_us)
             ff_store_le64(cursor + 16, <uint64_t>blob.due_us)
-            ff_store_le64(cursor + 24, <uint64_t>blob.expires_us)
+            ff_store_le64(cursor + 24, <uint64_t>blob_expires_us(blob))
             ff_store_le32(cursor + 32, blob.body_len)
             ff_store_le32(cursor + 36, blob.attrs_len)
             ff_store_le16(cursor + 40, blob.group_len)
@@ -1229,7 +1229,8 @@ cdef class Store:
         expired or ran out of receives (False: dead-lettered or dropped)."""
         cdef queue_t* q = &self.queues[qid]
         cdef entry_t* entry = &self.entries[slot]
-        if entry.blob.expires_us <= now_us and entry.dead == NULL:
+        if entry.blob.flags & BLOB_EXPIRES and blob_expires_us(entry.blob) <= now_us \
+                and entry.dead == NULL:
             self._expire_entry(slot, now_us)
             return False
         if q.max_receive_count >= 0 and entry.receive_count + 1 > <uint64_t>q.max_receive_count:

@@ -1,0 +1,107 @@
+"""Delayed copies held compactly until due (the store's "pending copies"): what they cost
+and that every observable behaviour of a delayed message stays as it was."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from clocks import FakeClock
+
+from fastfanout import Broker, PublishEntry
+
+
+def test_a_pending_delayed_message_costs_no_entry(clock: FakeClock) -> None:
+    # The store's arrays come from PyMem (traced); blobs from malloc (not traced). An
+    # entry (112 bytes) and a slot timer (24 + 4) per delayed copy were 140 bytes; a
+    # pending copy is 24 bytes and its timer 28. 16384 copies fill the arrays exactly.
+    count = 16384
+    with Broker(clock=clock) as broker:
+        broker.create_queue("q")
+        # Grow the publish path's scratch arrays to the batch's size first (a topic with
+        # no subscriber: no copy, so the entry slab stays as small as it was).
+        broker.create_topic("warm")
+        broker.publish_batch("warm", [b"warm"] * count)
+        entries = [PublishEntry(b"x" * 64, delay=60.0) for _ in range(count)]
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            broker.send_batch("q", entries)
+            traced = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert traced / count <= 56
+        assert broker.stats().queues["q"].delayed == count
+        clock.advance(60.0)
+        stats = broker.stats().queues["q"]
+        assert (stats.visible, stats.delayed) == (count, 0)
+        assert broker.receive("q")[0].body == b"x" * 64
+        assert broker.check()
+
+
+def test_due_pending_copies_and_delayed_entries_fire_in_arming_order(
+        broker: Broker, clock: FakeClock) -> None:
+    broker.create_queue("q")
+    broker.send("q", b"a")
+    (a,) = broker.receive("q")
+    broker.nack(a.receipt, delay=5.0)        # a delayed entry, due at +5
+    broker.send("q", b"b", delay=5.0)        # a pending copy, due at +5, armed later
+    broker.send("q", b"c", delay=4.0)        # due first
+    clock.advance(2.0)
+    broker.send("q", b"d", delay=3.0)        # due at +5 too, armed last
+    assert broker.stats().queues["q"].delayed == 4
+    clock.advance(3.0)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"c", b"a", b"b", b"d"]
+
+
+def test_pending_copies_count_for_oldest_age_and_retention_in_arrival_order(
+        broker: Broker, clock: FakeClock) -> None:
+    broker.create_queue("q", retention=10.0)
+    broker.send("q", b"x", delay=3.0)     # entered at 0
+    clock.advance(1.0)
+    assert broker.stats().queues["q"].oldest_age == 1.0
+    broker.send("q", b"y")                # entered at 1, visible
+    clock.advance(2.0)                    # x is due: an entry in its arrival place
+    stats = broker.stats().queues["q"]
+    assert (stats.visible, stats.delayed, stats.oldest_age) == (2, 0, 3.0)
+    clock.advance(7.0)                    # x's retention ends (entered at 0), y's not
+    stats = broker.stats().queues["q"]
+    assert (stats.messages, stats.dropped["retention"], stats.oldest_age) == (1, 1, 9.0)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"y"]
+
+
+def test_retention_drops_a_pending_copy_that_was_never_due_yet(
+        broker: Broker, clock: FakeClock) -> None:
+    broker.create_queue("q", retention=10.0)
+    broker.send("q", b"x", delay=9.0)
+    clock.advance(30.0)   # one step past its due time and its retention end
+    stats = broker.stats().queues["q"]
+    assert (stats.messages, stats.delayed, stats.dropped["retention"]) == (0, 0, 1)
+    assert broker.receive("q") == []
+
+
+def test_purge_and_delete_remove_pending_copies(broker: Broker, clock: FakeClock) -> None:
+    broker.create_queue("q")
+    broker.send_batch("q", [PublishEntry(b"p", delay=5.0)] * 3 + [b"now"])
+    assert broker.purge("q") == 4
+    stats = broker.stats().queues["q"]
+    assert (stats.messages, stats.delayed, stats.bytes, stats.purged) == (0, 0, 0, 4)
+    broker.send_batch("q", [PublishEntry(b"p", delay=5.0)] * 3)
+    broker.delete_queue("q")
+    broker.create_queue("q")              # takes the deleted queue's id again
+    clock.advance(10.0)
+    assert broker.receive("q") == []
+    assert broker.stats().queues["q"].messages == 0
+
+
+def test_a_delayed_fanout_copy_per_queue_shares_its_message(
+        broker: Broker, clock: FakeClock) -> None:
+    broker.create_topic("t")
+    for name in ("a", "b"):
+        broker.create_queue(name, delay=2.0)
+        broker.subscribe("t", name)
+    broker.publish("t", b"m", ttl=5.0)
+    clock.advance(2.0)
+    assert [m.body for m in broker.receive("a")] == [b"m"]
+    clock.advance(3.0)                    # the ttl ran out for the copy still in b
+    assert broker.receive("b") == []
+    assert broker.stats().queues["b"].dropped["expired"] == 1
