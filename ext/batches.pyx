@@ -279,7 +279,8 @@ cdef class RingBatch:
         self.frame = frame
 
 
-cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us) except NULL:
+cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us,
+                               bint journaled) except NULL:
     """Validate one publish record of a frame and copy it into a new blob."""
     cdef bytes encoded = None
     cdef const char* attrs = NULL
@@ -323,13 +324,13 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
     blob = blob_new(0, now_us, due_us, expires_us, record.body, record.body_len,
                     attrs, attrs_len, record.group, <uint16_t>record.group_len,
                     record.dedup, <uint16_t>record.dedup_len,
-                    record.priority if record.flags & FF_FLAG_PRIORITY else 0)
+                    record.priority if record.flags & FF_FLAG_PRIORITY else 0, journaled)
     if blob == NULL:
         raise MemoryError()
     return blob
 
 
-cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
+cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled) except NULL:
     """Validate one entry (a body: any C-contiguous buffer, or a PublishEntry) into a new blob."""
     cdef object attributes = None
     cdef bytes encoded
@@ -389,7 +390,7 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us) except NULL:
             PyBytes_AS_STRING(group) if group is not None else NULL,
             <uint16_t>(len(group) if group is not None else 0),
             PyBytes_AS_STRING(dedup) if dedup is not None else NULL,
-            <uint16_t>(len(dedup) if dedup is not None else 0), priority)
+            <uint16_t>(len(dedup) if dedup is not None else 0), priority, journaled)
     finally:
         if have_view:
             PyBuffer_Release(&view)

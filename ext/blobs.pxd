@@ -5,28 +5,33 @@ from libc.string cimport memcpy
 # One published message: immutable once made, shared by every queue copy (refcounted).
 # data holds body, encoded attributes, group id, dedup id back to back, then the
 # time-to-live end when the message has one (BLOB_EXPIRES; 8 unaligned bytes, read with
-# blob_expires_us). The fields go from widest to narrowest so that no padding comes before
-# data (offset 56): a blob takes BLOB_HEADER + its parts (+ 8), rounded to what malloc
-# hands out (blobs.pyx). Group and dedup ids are at most 255 bytes (callers validate
-# C_MAX_ID_LENGTH, 128, first).
+# blob_expires_us). A blob made for a broker with a journal has its journal part
+# (blob_journal_t) right before the header (BLOB_JOURNAL). The fields go from widest to
+# narrowest so that no padding comes before data (offset 40): a blob takes (16 +)
+# BLOB_HEADER + its parts (+ 8), rounded to what malloc hands out (blobs.pyx). Group and
+# dedup ids are at most 255 bytes (callers validate C_MAX_ID_LENGTH, 128, first).
 cdef struct blob_t:
     uint64_t id
     int64_t timestamp_us
     int64_t due_us            # explicit due time, or INT64_MIN: the queue's delay applies
-    uint64_t journal_seq      # the journal record holding this message (0: none yet)
     uint32_t refcount
     uint32_t body_len
     uint32_t attrs_len
-    uint32_t journal_copies   # durable copies alive (0: journal_seq may name nothing)
-    uint32_t journal_segment  # the index of that record's segment
     uint8_t group_len
     uint8_t dedup_len
     uint8_t priority
-    uint8_t flags             # BLOB_EXPIRES
+    uint8_t flags             # BLOB_EXPIRES, BLOB_JOURNAL
     char data[1]
+
+# Where a durable message's record is (blob_journal).
+cdef struct blob_journal_t:
+    uint64_t seq              # the journal record holding this message (0: none yet)
+    uint32_t copies           # durable copies alive (0: seq may name nothing)
+    uint32_t segment          # the index of that record's segment
 
 cdef enum:
     BLOB_EXPIRES = 1          # flags: a time-to-live end follows the parts in data
+    BLOB_JOURNAL = 2          # flags: a blob_journal_t comes right before the header
 
 
 cdef inline int64_t blob_expires_us(blob_t* blob) noexcept nogil:
@@ -39,10 +44,25 @@ cdef inline int64_t blob_expires_us(blob_t* blob) noexcept nogil:
     return expires
 
 
+cdef inline blob_journal_t* blob_journal(blob_t* blob) noexcept nogil:
+    """The journal part of a blob made ``journaled``; NULL for any other blob."""
+    if blob.flags & BLOB_JOURNAL:
+        return <blob_journal_t*>(<char*>blob - sizeof(blob_journal_t))
+    return NULL
+
+
+cdef inline uint64_t blob_journal_seq(blob_t* blob) noexcept nogil:
+    """The journal record holding the message (0: none, or no journal part)."""
+    if blob.flags & BLOB_JOURNAL:
+        return (<blob_journal_t*>(<char*>blob - sizeof(blob_journal_t))).seq
+    return 0
+
+
 cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
                       const char* body, uint32_t body_len,
                       const char* attrs, uint32_t attrs_len,
                       const char* group, uint16_t group_len,
-                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil
+                      const char* dedup, uint16_t dedup_len, uint8_t priority,
+                      bint journaled) noexcept nogil
 
 cdef void blob_release(blob_t* blob) noexcept nogil

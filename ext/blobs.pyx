@@ -22,8 +22,10 @@ from libc.string cimport memcpy
 
 # Size classes: the sizes malloc serves without waste. glibc hands out chunks of 16 k
 # bytes holding 16 k - 8, so a blob asks for 24, 40, 56 ... bytes: a 64-byte body with
-# its 56-byte header takes one 128-byte chunk (the 69-byte header of before took 144; a
-# 64-byte step and sizeof(blob_t) took 208). Classes go in 16-byte steps up to 520 bytes.
+# its 40-byte header takes one 112-byte chunk (the 69-byte header of before took 144; a
+# 64-byte step and sizeof(blob_t) took 208); with a journal part, 128. Classes go in
+# 16-byte steps up to 520 bytes. The pool keeps each chunk's start (a journaled blob's
+# header is 16 bytes into its chunk).
 cdef enum:
     BLOB_POOL_CLASSES = 32
 BLOB_POOL_MAX_BYTES = 32 << 20
@@ -48,10 +50,11 @@ cdef inline size_t _blob_class(size_t size) noexcept nogil:
     return (size - 24) >> 4
 
 
-def blob_bytes(Py_ssize_t parts):
-    """Bytes one blob takes for ``parts`` bytes of body, attributes and ids (header and
-    rounding included: what malloc is asked for)."""
-    return _blob_size(BLOB_HEADER + <size_t>parts)
+def blob_bytes(Py_ssize_t parts, bint journaled=False):
+    """Bytes one blob takes for ``parts`` bytes of body, attributes and ids (header, the
+    journal part of a ``journaled`` one and rounding included: what malloc is asked for)."""
+    return _blob_size((sizeof(blob_journal_t) if journaled else 0) + BLOB_HEADER
+                      + <size_t>parts)
 
 
 def blob_pool_bytes():
@@ -63,27 +66,37 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
                       const char* body, uint32_t body_len,
                       const char* attrs, uint32_t attrs_len,
                       const char* group, uint16_t group_len,
-                      const char* dedup, uint16_t dedup_len, uint8_t priority) noexcept nogil:
-    """Allocate a blob with refcount 1 holding copies of the given parts (NULL on OOM)."""
+                      const char* dedup, uint16_t dedup_len, uint8_t priority,
+                      bint journaled) noexcept nogil:
+    """Allocate a blob with refcount 1 holding copies of the given parts (NULL on OOM).
+
+    ``journaled``: made for a broker with a journal, so it gets a journal part
+    (``blob_journal``), zeroed.
+    """
     global _pool_bytes
+    cdef size_t prefix = sizeof(blob_journal_t) if journaled else 0
     cdef size_t parts = <size_t>body_len + attrs_len + group_len + dedup_len
-    cdef size_t size = _blob_size(BLOB_HEADER + parts + (8 if expires_us != INT64_MAX else 0))
+    cdef size_t size = _blob_size(
+        prefix + BLOB_HEADER + parts + (8 if expires_us != INT64_MAX else 0))
     cdef size_t size_class = _blob_class(size)
+    cdef char* chunk
     cdef blob_t* blob
+    cdef blob_journal_t* journal
     cdef char* cursor
     if group_len > 255 or dedup_len > 255:
         return NULL   # unreachable: every caller validates C_MAX_ID_LENGTH (128) first
     if size_class < BLOB_POOL_CLASSES:
-        blob = <blob_t*>_pool_head[size_class]
-        if blob != NULL:
-            _pool_head[size_class] = (<void**>blob)[0]
+        chunk = <char*>_pool_head[size_class]
+        if chunk != NULL:
+            _pool_head[size_class] = (<void**>chunk)[0]
             _pool_bytes -= size
         else:
-            blob = <blob_t*>malloc(size)
+            chunk = <char*>malloc(size)
     else:
-        blob = <blob_t*>malloc(size)
-    if blob == NULL:
+        chunk = <char*>malloc(size)
+    if chunk == NULL:
         return NULL
+    blob = <blob_t*>(chunk + prefix)
     blob.refcount = 1
     blob.id = id
     blob.timestamp_us = timestamp_us
@@ -93,10 +106,13 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     blob.group_len = <uint8_t>group_len
     blob.dedup_len = <uint8_t>dedup_len
     blob.priority = priority
-    blob.flags = BLOB_EXPIRES if expires_us != INT64_MAX else 0
-    blob.journal_copies = 0
-    blob.journal_seq = 0
-    blob.journal_segment = 0
+    blob.flags = ((BLOB_EXPIRES if expires_us != INT64_MAX else 0)
+                  | (BLOB_JOURNAL if journaled else 0))
+    if journaled:
+        journal = <blob_journal_t*>chunk
+        journal.seq = 0
+        journal.copies = 0
+        journal.segment = 0
     cursor = blob.data
     if body_len:
         memcpy(cursor, body, body_len)
@@ -119,16 +135,20 @@ cdef void blob_release(blob_t* blob) noexcept nogil:
     global _pool_bytes
     cdef size_t size
     cdef size_t size_class
+    cdef size_t prefix
+    cdef void* chunk
     blob.refcount -= 1
     if blob.refcount != 0:
         return
-    size = _blob_size(BLOB_HEADER + <size_t>blob.body_len + blob.attrs_len
+    prefix = sizeof(blob_journal_t) if blob.flags & BLOB_JOURNAL else 0
+    size = _blob_size(prefix + BLOB_HEADER + <size_t>blob.body_len + blob.attrs_len
                       + blob.group_len + blob.dedup_len
                       + (8 if blob.flags & BLOB_EXPIRES else 0))
     size_class = _blob_class(size)
+    chunk = <char*>blob - prefix
     if size_class < BLOB_POOL_CLASSES and _pool_bytes < _pool_limit:
-        (<void**>blob)[0] = _pool_head[size_class]
-        _pool_head[size_class] = blob
+        (<void**>chunk)[0] = _pool_head[size_class]
+        _pool_head[size_class] = chunk
         _pool_bytes += size
     else:
-        free(blob)
+        free(chunk)

@@ -306,6 +306,7 @@ cdef class Dispatcher:
         cdef bint array_batch = False
         cdef const char* row_body
         cdef Py_ssize_t row_len
+        cdef bint journaled = store.journal is not None   # blobs with a journal part
         # only a codec frame opens the reader; gcc cannot see that it is read only then
         memset(&reader, 0, sizeof(reader))
         if isinstance(entries, RingBatch):
@@ -367,7 +368,7 @@ cdef class Dispatcher:
                     self.scratch[i] = blob_new(
                         0, now_us, INT64_MIN, INT64_MAX,
                         <const char*>frame_view.buf + ring_offset + FF_RING_BATCH_PREFIX,
-                        body_len, NULL, 0, NULL, 0, NULL, 0, 0)
+                        body_len, NULL, 0, NULL, 0, NULL, 0, 0, journaled)
                     if self.scratch[i] == NULL:
                         raise MemoryError()
                     ring_offset += FF_RING_BATCH_PREFIX + body_len
@@ -379,7 +380,7 @@ cdef class Dispatcher:
                             f"{C_MAX_BODY} bytes")
                     self.scratch[i] = blob_new(
                         0, now_us, INT64_MIN, INT64_MAX, row_body, <uint32_t>row_len,
-                        NULL, 0, NULL, 0, NULL, 0, 0)
+                        NULL, 0, NULL, 0, NULL, 0, 0, journaled)
                     if self.scratch[i] == NULL:
                         raise MemoryError()
                 elif have_frame:
@@ -388,9 +389,9 @@ cdef class Dispatcher:
                         raise MalformedBatch(
                             f"malformed batch frame: record {i}: {codec_status_text(status)} "
                             f"at byte {ff_reader_offset(&reader)}")
-                    self.scratch[i] = blob_from_record(&record, i, now_us)
+                    self.scratch[i] = blob_from_record(&record, i, now_us, journaled)
                 else:
-                    self.scratch[i] = make_blob(items[i], i, now_us)
+                    self.scratch[i] = make_blob(items[i], i, now_us, journaled)
                 made += 1
                 blob = self.scratch[i]
                 self.original[i] = 0

@@ -30,7 +30,7 @@ Invariants:
   sequence) order; ``index[seq - index_base]`` is the copy made by record ``seq``
   (``NO_COPY`` for any other record).
 - A live copy holds one reference to its blob (``blob != NULL``); a removed one holds
-  none. During replay ``blob.journal_copies`` counts the live copies of a blob, and the
+  none. During replay ``blob_journal(blob).copies`` counts the live copies of a blob, and the
   copy whose record holds the message keeps it findable (``held``) exactly while that
   count is above 0: the writer names a message by its record only while a durable copy
   of it lives (``store.pyx``'s ``_journal_release``), so a later record never needs one
@@ -62,7 +62,7 @@ from posix.mman cimport (
     munmap,
 )
 
-from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t
+from fastfanout._ext.blobs cimport blob_journal, blob_new, blob_release, blob_t
 from fastfanout._ext.codec cimport ff_align8, ff_load_le16, ff_load_le32, ff_load_le64
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.journal cimport RecordSink
@@ -506,9 +506,9 @@ cdef class Replay(RecordSink):
         dead_letter_free(copy.dead)
         copy.dead = NULL
         self.live -= 1
-        blob.journal_copies -= 1
-        if blob.journal_copies == 0:
-            holder = self._find(blob.journal_seq)
+        blob_journal(blob).copies -= 1   # recovery's blobs are made journaled
+        if blob_journal(blob).copies == 0:
+            holder = self._find(blob_journal(blob).seq)
             if holder != NULL:
                 holder.held = NULL   # no later record names it
         blob_release(blob)
@@ -663,11 +663,11 @@ cdef class Replay(RecordSink):
                             m, body_len, m + body_len, attrs_len,
                             m + body_len + attrs_len, group_len,
                             m + body_len + attrs_len + group_len, dedup_len,
-                            <uint8_t>(m - MESSAGE_HEADER)[44])
+                            <uint8_t>(m - MESSAGE_HEADER)[44], True)
             if blob == NULL:
                 raise MemoryError()
-            blob.journal_seq = seq
-            blob.journal_segment = segment
+            blob_journal(blob).seq = seq
+            blob_journal(blob).segment = segment
         else:
             blob.refcount += 1
         copy = &self.copies[self.copy_count]
@@ -682,7 +682,7 @@ cdef class Replay(RecordSink):
         self.index[seq - self.index_base] = <uint32_t>self.copy_count
         self.copy_count += 1
         self.live += 1
-        blob.journal_copies += 1
+        blob_journal(blob).copies += 1
         if flags & ENQUEUE_DEAD_LETTER:
             copy.dead = self._dead(p + dead_at)
         if flags & ENQUEUE_KEYED:
@@ -739,7 +739,7 @@ cdef class Replay(RecordSink):
                 blob = copy.blob
                 if blob == NULL:
                     continue
-                blob.journal_copies = 0
+                blob_journal(blob).copies = 0
                 if copy.queue < count and qids[copy.queue] != NO_COPY \
                         and self.queues[copy.queue].live:
                     order[n] = <uint32_t>i

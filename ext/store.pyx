@@ -84,7 +84,14 @@ from libc.math cimport fabs, isfinite, nearbyint
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy
 
-from fastfanout._ext.blobs cimport BLOB_EXPIRES, blob_expires_us, blob_release, blob_t
+from fastfanout._ext.blobs cimport (
+    BLOB_EXPIRES,
+    blob_expires_us,
+    blob_journal,
+    blob_journal_t,
+    blob_release,
+    blob_t,
+)
 from fastfanout._ext.codec cimport (
     ff_align8,
     ff_store_le16,
@@ -674,7 +681,8 @@ cdef class Store:
         cdef entry_t* entry = &self.entries[slot]
         cdef blob_t* blob = entry.blob
         cdef dead_letter_t* dead = entry.dead
-        cdef bint inline = blob.journal_seq == 0
+        cdef blob_journal_t* journaled = blob_journal(blob)
+        cdef bint inline = journaled == NULL or journaled.seq == 0
         cdef uint32_t data_len = (blob.body_len + blob.attrs_len + blob.group_len
                                   + blob.dedup_len)
         cdef Py_ssize_t name_len = 0
@@ -684,6 +692,10 @@ cdef class Store:
         cdef char* cursor
         cdef uint64_t seq
         if self.journal is None:
+            return
+        if journaled == NULL:
+            # Cannot happen: a broker with a journal makes every blob with a journal part.
+            self.journal.failure = "a durable copy's message has no journal part"
             return
         if dead != NULL:
             name = PyUnicode_AsUTF8AndSize(<object>dead.source_name, &name_len)
@@ -697,7 +709,7 @@ cdef class Store:
         ff_store_le32(p + 4, (ENQUEUE_INLINE if inline else 0) |
                       (ENQUEUE_DEAD_LETTER if dead != NULL else 0) |
                       (ENQUEUE_KEYED if self.enqueue_keyed else 0))
-        ff_store_le64(p + 8, 0 if inline else blob.journal_seq)
+        ff_store_le64(p + 8, 0 if inline else journaled.seq)
         ff_store_le64(p + 16, <uint64_t>entry.entered_us)
         ff_store_le64(p + 24, <uint64_t>due_us)
         ff_store_le32(p + 32, entry.receive_count)
@@ -726,11 +738,11 @@ cdef class Store:
             memcpy(cursor + MESSAGE_HEADER, blob.data, data_len)
         seq = self.journal.finish()
         if inline:
-            blob.journal_seq = seq
-            blob.journal_segment = self.journal.segment_index
-        blob.journal_copies += 1
+            journaled.seq = seq
+            journaled.segment = self.journal.segment_index
+        journaled.copies += 1
         entry.journal_seq = seq
-        entry.journal_segment = blob.journal_segment
+        entry.journal_segment = journaled.segment
         self._journal_live(entry.journal_segment, 1)
 
     cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept:
@@ -739,6 +751,7 @@ cdef class Store:
         Moves (dead-lettering, redrive, copy-forward) call it after the enqueue record of
         the new copy, so a crash between the two leaves a duplicate, never a loss."""
         cdef char* p
+        cdef blob_journal_t* journaled = blob_journal(blob)
         if seq == 0:
             return
         if self.journal is not None and not self.restoring:
@@ -747,9 +760,9 @@ cdef class Store:
                 ff_store_le64(p, seq)
                 self.journal.finish()
         self._journal_live(segment, -1)
-        blob.journal_copies -= 1
-        if blob.journal_copies == 0:
-            blob.journal_seq = 0   # its record may go with its segment
+        journaled.copies -= 1   # a journaled copy's blob has its journal part
+        if journaled.copies == 0:
+            journaled.seq = 0   # its record may go with its segment
 
     cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
                                 uint64_t message_id, int64_t now_us) noexcept:
@@ -840,8 +853,8 @@ cdef class Store:
                     due = self.timers.nodes[index - 1].due_us
             moved_seq = entry.journal_seq
             moved_segment = entry.journal_segment
-            if entry.blob.journal_segment < below:
-                entry.blob.journal_seq = 0   # the new record holds the message again
+            if blob_journal(entry.blob).segment < below:
+                blob_journal(entry.blob).seq = 0   # the new record holds the message again
             entry.journal_seq = 0
             self._journal_enqueue(slot, due)   # first the new record, then the remove
             self._journal_release(moved_seq, moved_segment, entry.blob)
@@ -852,14 +865,16 @@ cdef class Store:
         described are in memory only from now on (no record names them)."""
         cdef uint32_t slot
         cdef entry_t* entry
+        cdef blob_journal_t* journaled
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state == STATE_FREE or entry.journal_seq <= seq:
                 continue
             self._journal_live(entry.journal_segment, -1)
-            entry.blob.journal_copies -= 1
-            if entry.blob.journal_copies == 0 or entry.blob.journal_seq > seq:
-                entry.blob.journal_seq = 0
+            journaled = blob_journal(entry.blob)   # a journaled copy's: not NULL
+            journaled.copies -= 1
+            if journaled.copies == 0 or journaled.seq > seq:
+                journaled.seq = 0
             entry.journal_seq = 0
 
     def raise_message_ids(self, uint64_t next_id):
@@ -873,7 +888,7 @@ cdef class Store:
         """Put back a durable copy found by recovery (``recovery.pyx``), journaling
         nothing.
 
-        ``blob``: its message, with ``journal_seq`` and ``journal_segment`` naming the
+        ``blob``: its message, its journal part's ``seq`` and ``segment`` naming the
         record holding it (the entry takes a reference); ``copy_seq``: the sequence of
         its enqueue record; ``due_us``: when it becomes visible (<= ``entered_us``: at
         once); ``dead``: NULL or its dead-letter record, taken over on success (left to
@@ -888,9 +903,9 @@ cdef class Store:
         slot = self.queues[qid].arrival_tail
         self.entries[slot].receive_count = receive_count
         self.entries[slot].journal_seq = copy_seq
-        self.entries[slot].journal_segment = blob.journal_segment
-        blob.journal_copies += 1
-        self._journal_live(blob.journal_segment, 1)
+        self.entries[slot].journal_segment = blob_journal(blob).segment
+        blob_journal(blob).copies += 1
+        self._journal_live(blob_journal(blob).segment, 1)
         if blob.id >= self.next_message_id:
             self.next_message_id = blob.id + 1
         return 0
