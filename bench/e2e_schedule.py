@@ -2,9 +2,10 @@
 
 Run: python bench/e2e_schedule.py [--messages 1000000] [--spread 5] [--lead 10] [--runs 3]
 
-fastfanout holds each scheduled message as a C blob + entry + timer node, no Python
-object. The baseline is the usual pure-Python scheduler: a ``heapq`` of
-``(due, sequence, body)`` tuples drained by a loop that sleeps until the next due time.
+fastfanout holds each scheduled message as a C blob + pending copy + timer node (an entry
+only once it is due), no Python object. The baseline is the usual pure-Python scheduler:
+a ``heapq`` of ``(due, sequence, body)`` tuples drained by a loop that sleeps until the
+next due time.
 Both schedule the same messages over ``--spread`` seconds (real clock) starting
 ``--lead`` seconds after the first is scheduled, then a consumer takes each message as
 soon as it is due; lateness = taken - due. Memory is the growth of the process's
