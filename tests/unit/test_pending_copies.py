@@ -4,6 +4,7 @@ and that every observable behaviour of a delayed message stays as it was."""
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 from clocks import FakeClock
 
@@ -105,3 +106,38 @@ def test_a_delayed_fanout_copy_per_queue_shares_its_message(
     clock.advance(3.0)                    # the ttl ran out for the copy still in b
     assert broker.receive("b") == []
     assert broker.stats().queues["b"].dropped["expired"] == 1
+
+
+def test_the_narrower_blob_header_keeps_the_longest_ids_priority_and_ttl(
+        broker: Broker, clock: FakeClock) -> None:
+    # group and dedup id lengths are 8-bit (ids are at most 128 UTF-8 bytes), the ttl
+    # end is stored after the parts only when there is one
+    group, dedup = "g" * 128, "é" * 64
+    broker.create_queue("f", fifo=True)
+    broker.send("f", b"x", group_id=group, dedup_id=dedup, ttl=5.0)
+    broker.create_queue("p", max_priority=255)
+    broker.send("p", b"y" * 300, attributes={"k": "v"}, priority=255)
+    (m,) = broker.receive("f")
+    assert (m.body, m.group_id, m.dedup_id) == (b"x", group, dedup)
+    m.nack()
+    clock.advance(5.0)
+    assert broker.receive("f") == []
+    (p,) = broker.receive("p")
+    assert (p.body, p.attributes, p.priority) == (b"y" * 300, {"k": "v"}, 255)
+
+
+def test_a_durable_queue_s_delayed_copy_is_journaled_and_comes_back(
+        clock: FakeClock, tmp_path: Path) -> None:
+    # a durable queue's delayed copy is an entry (journaled); an in-memory queue's of the
+    # same broker is a pending copy, and goes with the process like any in-memory copy
+    with Broker(clock=clock, data_dir=tmp_path / "data") as broker:
+        broker.create_queue("d")
+        broker.create_queue("m", durable=False)
+        broker.send("d", b"kept", delay=5.0, ttl=60.0)
+        broker.send("m", b"gone", delay=5.0)
+        assert broker.check()
+    with Broker(clock=clock, data_dir=tmp_path / "data") as broker:
+        assert broker.stats().queues["d"].delayed == 1
+        clock.advance(5.0)
+        assert [m.body for m in broker.receive("d")] == [b"kept"]
+        assert broker.receive("m") == []
