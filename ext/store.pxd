@@ -262,7 +262,6 @@ cdef class Store:
     cdef void _arrival_unlink(self, uint32_t qid, uint32_t id) noexcept
     cdef void _arrival_replace(self, uint32_t qid, uint32_t old, uint32_t new) noexcept
     cdef int64_t arrival_entered_us(self, uint32_t id) noexcept
-    cdef uint32_t arrival_next(self, uint32_t id) noexcept
     cdef void discard(self, uint32_t id) noexcept
     cdef void _drop_pending(self, uint32_t index) noexcept
     cdef uint32_t _materialize(self, uint32_t index) except? 0xFFFFFFFF

@@ -345,11 +345,6 @@ cdef class Store:
         self.pending_live -= 1
         return slot
 
-    cdef uint32_t arrival_next(self, uint32_t id) noexcept:
-        """The next id of an arrival list after ``id`` (an entry slot or a tagged pending
-        copy), or NIL."""
-        return self._arrival_next_of(id)[0]
-
     cdef int64_t arrival_entered_us(self, uint32_t id) noexcept:
         """When the copy ``id`` of an arrival list entered its queue."""
         if id & PENDING_TAG:
