@@ -162,7 +162,8 @@ def _options(function: F) -> F:
         click.option("--peers", "systems", default="all", callback=_systems,
                      show_default=True,
                      help="Peers beside fastfanout: all, none, or names separated by commas "
-                          "(zmq, mpqueue, redis-pubsub, redis-streams, nats, nats-jetstream, "
+                          "(zmq, zmq-push, mpqueue, redis-pubsub, redis-streams, nats, "
+                          "nats-jetstream, "
                           "faster-fifo, rabbitmq)."),
         click.option("--baseline", default="fastfanout", show_default=True,
                      help="The system the ratio column compares with."),

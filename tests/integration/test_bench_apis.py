@@ -68,16 +68,26 @@ def test_push_pull_peer_delivers_everything_once(spec: Spec) -> None:
     assert result.lost == 0 and result.duplicates == 0
 
 
-def test_durable_fsync_policies_run(tmp_path: Path) -> None:
+def test_durable_fsync_policies_run_and_show_in_the_table(tmp_path: Path) -> None:
     from fastfanout.bench.adapters import durable_unavailable
 
     if durable_unavailable():
         pytest.skip(durable_unavailable() or "")
-    for fsync in ("interval", "never"):
-        spec = replace(TINY, scenario="workqueue", groups=1, durable=True, fsync=fsync,
-                       count=500)
-        result = run_once("fastfanout", spec, 0)
-        assert result.delivered == [500] and result.lost == 0
+    spec = replace(TINY, scenario="workqueue", groups=1, durable=True, fsync="interval",
+                   count=500)
+    result = run_once("fastfanout", spec, 0)
+    assert result.delivered == [500] and result.lost == 0
+    # the journal's bytes, read from the broker after the run (e2e_durable's column)
+    assert result.extra["storage_bytes_written"] >= 500 * 64
+    path = tmp_path / "durable.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "fastfanout", "bench", "workqueue", "--durable", "--fsync",
+         "never", "-n", "500", "--runs", "1", "--peers", "none", "--json", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (item,) = load(str(path))["measurements"]
+    assert item["key"].endswith("/durable-never/64B/fastfanout")
+    assert "durable, fsync never" in done.stdout
 
 
 def test_several_apis_in_one_run_share_their_peer_and_baseline(tmp_path: Path) -> None:
@@ -96,3 +106,10 @@ def test_several_apis_in_one_run_share_their_peer_and_baseline(tmp_path: Path) -
     assert measurements[1]["summary"]["ratio"] == pytest.approx(1.0)
     assert all(m["summary"]["ratio"] > 0 for m in measurements)
     assert "fastfanout offer/each" in done.stdout
+    report = subprocess.run([sys.executable, "-m", "fastfanout", "bench", "report", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    rows = [line for line in report.stdout.splitlines() if line.startswith("| fanout 1x1")]
+    assert [row.split(" | ")[2] for row in rows] == [
+        "fastfanout offer/each", "pyzmq PUSH->PULL", "fastfanout publish_nowait/each"]
+    assert rows[1].endswith("| 1.00 |")
