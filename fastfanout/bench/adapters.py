@@ -297,9 +297,11 @@ class _FastFanoutConsumer:
 
 
 EACH_WAIT = 2.0
-"""Seconds a per-message consumer's iteration waits for a message before it ends (and
-is cancelled; the receiver then consumes again). Long: a poll waits only when nothing is
-at hand, and a cancel racing a push would leave that push leased to the old consumer."""
+"""Seconds the blocking per-message consumer's iteration waits for a message once the
+first one came (``Consumer.timeout``; until then START_DEADLINE): past it the iteration
+ends and cancels the consumer, the receiver consumes again. A cancel racing a push
+leaves that push leased to the old consumer, so the wait is long: it happens at the end
+of a run (a competing consumer with nothing left) or after a stall of that long."""
 
 
 class _FastFanoutEach:
@@ -316,21 +318,22 @@ class _FastFanoutEach:
         keep_freed_memory()
         self.client = connect(env["endpoint"], local_channel=env["local"])
         self.queue, self.prefetch = f"q{group}", _prefetch(spec)
-        self._consume()
+        self._consume(START_DEADLINE)   # the publishers start within it
 
-    def _consume(self) -> None:
+    def _consume(self, wait: float) -> None:
         self.consumer = self.client.consume(self.queue, prefetch=self.prefetch,
-                                            timeout=EACH_WAIT)
+                                            timeout=wait)
         self.messages = iter(self.consumer)
 
     def poll(self, timeout: float) -> list[bytes]:
         bodies: list[bytes] = []
         append, messages = bodies.append, self.messages
         try:
-            message = next(messages)   # waits up to EACH_WAIT for a push
+            message = next(messages)   # waits for a push: see EACH_WAIT
         except StopIteration:   # nothing came: the consumer was cancelled, consume again
-            self._consume()
+            self._consume(EACH_WAIT)
             return bodies
+        self.consumer.timeout = EACH_WAIT
         append(message.body)
         message.ack()
         for _ in range(messages.pending):   # type: ignore[attr-defined]
@@ -345,7 +348,11 @@ class _FastFanoutEach:
 
 
 class _FastFanoutAsyncEach:
-    """``--receive aio-each``: ``async for message in client.consume(q): message.ack()``."""
+    """``--receive aio-each``: ``async for message in client.consume(q): message.ack()``.
+
+    The iteration has no timeout: a poll waits for the next message up to its timeout
+    without cancelling the step (the task waiting for it carries over to the next poll).
+    """
 
     def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
         import asyncio
@@ -353,24 +360,22 @@ class _FastFanoutAsyncEach:
         from fastfanout import aio, keep_freed_memory
 
         keep_freed_memory()
+        self.asyncio = asyncio
         self.loop = asyncio.new_event_loop()
         self.client = self.loop.run_until_complete(
             aio.connect(env["endpoint"], local_channel=env["local"]))
-        self.queue, self.prefetch = f"q{group}", _prefetch(spec)
-        self._consume()
+        self.messages = self.client.consume(f"q{group}", prefetch=_prefetch(spec))
+        self.step: Any = None   # the task waiting for the next message, if one waits
 
-    def _consume(self) -> None:
-        self.messages = self.client.consume(self.queue, prefetch=self.prefetch,
-                                            timeout=EACH_WAIT)
-
-    async def _poll(self) -> list[bytes]:
+    async def _poll(self, timeout: float) -> list[bytes]:
         bodies: list[bytes] = []
         messages = self.messages
-        try:
-            message = await messages.__anext__()
-        except StopAsyncIteration:
-            self._consume()
+        if self.step is None:
+            self.step = self.asyncio.ensure_future(messages.__anext__())
+        done, _ = await self.asyncio.wait({self.step}, timeout=timeout)
+        if not done:
             return bodies
+        message, self.step = self.step.result(), None
         bodies.append(message.body)
         message.ack()
         for _ in range(messages.pending):   # type: ignore[attr-defined]
@@ -380,9 +385,11 @@ class _FastFanoutAsyncEach:
         return bodies
 
     def poll(self, timeout: float) -> list[bytes]:
-        return self.loop.run_until_complete(self._poll())
+        return self.loop.run_until_complete(self._poll(timeout))
 
     def close(self) -> None:
+        if self.step is not None:
+            self.step.cancel()
         self.loop.run_until_complete(self.client.close())
         self.loop.close()
 
@@ -431,27 +438,34 @@ class _FastFanoutWorker:
     """``--receive worker`` and ``worker-batch``: a ``fastfanout.Worker`` in this process.
 
     Its handler hands each message's body to the receiver (a deque: appends and pops are
-    atomic); the worker acks when the handler returns.
+    atomic), waking it when the deque was empty; the worker acks when the handler
+    returns.
     """
 
     def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        import threading
+
         from fastfanout import Worker, keep_freed_memory
 
         keep_freed_memory()
         self.bodies: deque[bytes] = deque()
-        append, extend = self.bodies.append, self.bodies.extend
+        self.ready = threading.Event()
+        bodies, ready = self.bodies, self.ready
         self.worker = Worker(env["endpoint"], report_interval=None,
                              local_channel=env["local"])
         prefetch = LATENCY_PREFETCH if spec.scenario == "latency" else FETCH
         if spec.receive == "worker-batch":
             def handle_batch(messages: list[Any]) -> None:
-                extend([message.body for message in messages])
+                bodies.extend([message.body for message in messages])
+                ready.set()
 
             self.worker.handler(f"q{group}", concurrency=1, batch_size=WORKER_BATCH,
                                 prefetch=max(prefetch, 2 * WORKER_BATCH))(handle_batch)
         else:
             def handle(message: Any) -> None:
-                append(message.body)
+                bodies.append(message.body)
+                if len(bodies) == 1:
+                    ready.set()
 
             self.worker.handler(f"q{group}", concurrency=1, prefetch=prefetch)(handle)
         self.worker.start()
@@ -459,7 +473,9 @@ class _FastFanoutWorker:
     def poll(self, timeout: float) -> list[bytes]:
         bodies = self.bodies
         if not bodies:
-            time.sleep(min(timeout, 0.002))
+            self.ready.clear()
+            if not bodies:   # looked at again after the clear: no wake-up is missed
+                self.ready.wait(timeout)
         popleft = bodies.popleft
         return [popleft() for _ in range(len(bodies))]
 
