@@ -163,8 +163,7 @@ def _options(function: F) -> F:
                      show_default=True,
                      help="Peers beside fastfanout: all, none, or names separated by commas "
                           "(zmq, zmq-push, mpqueue, redis-pubsub, redis-streams, nats, "
-                          "nats-jetstream, "
-                          "faster-fifo, rabbitmq)."),
+                          "nats-jetstream, faster-fifo, rabbitmq)."),
         click.option("--baseline", default="fastfanout", show_default=True,
                      help="The system the ratio column compares with."),
         click.option("--durable", is_flag=True,
