@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
 from fastfanout.bench.payload import Headers, array_headers, frame_headers
@@ -87,6 +88,7 @@ class Adapter:
     label = ""
     scenarios: frozenset[str] = frozenset()
     competing = True            # whether groups may have several members
+    in_all = True               # whether ``--peers all`` runs it
     durable = False             # whether it has a durable variant
 
     def unavailable(self, spec: Spec) -> str | None:
@@ -575,6 +577,125 @@ def _has_numpy() -> bool:
     except ImportError:
         return False
     return True
+
+
+BRIDGE_STREAM = "BENCH"
+"""The JetStream stream the ``bridge`` system's brokers share."""
+
+
+def _serve_bridged(directory: str, name: str, rules: str, fsync: str) -> tuple[str, Any]:
+    """``fastfanout serve --data-dir --fsync --bridge RULES`` on an ipc endpoint, answering."""
+    import subprocess
+    import sys
+
+    from fastfanout.client import connect
+    from fastfanout.errors import FastFanoutError
+
+    endpoint = f"ipc://{os.path.join(directory, name)}.sock"
+    config = os.path.join(directory, f"{name}.toml")
+    with open(config, "w") as handle:
+        handle.write(rules)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint, "--data-dir",
+         os.path.join(directory, f"{name}-data"), "--fsync", fsync, "--bridge", config,
+         "--log-level", "ERROR"], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        try:
+            connect(endpoint, timeout=0.5).close()
+            return endpoint, process
+        except FastFanoutError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                from fastfanout.bench.servers import stop_process
+
+                stop_process(process)
+                raise RuntimeError(f"broker {name} (with a bridge) did not start") from None
+
+
+class Bridge(FastFanout):
+    """Two fastfanout brokers through NATS JetStream (docs/bridge.md).
+
+    Broker A exports topic ``t`` to the stream (its durable export queue, a PubAck per
+    message); broker B imports it into queue ``q<g>``, one import rule (a durable pull
+    consumer) per group. Publishers use A, consumers B, with fastfanout's ``--api`` and
+    ``--receive``. Both brokers have a data directory (the export queue is durable):
+    ``--fsync`` with ``--durable``, else ``never`` (as the NATS server's default sync).
+    """
+
+    name = "bridge"
+    label = "fastfanout bridge"
+    scenarios = frozenset({"fanout", "workqueue", "latency"})
+    in_all = False   # three servers per run: asked for by name (--peers bridge,...)
+
+    def unavailable(self, spec: Spec) -> str | None:
+        """No streams (listeners are local); nats-server, nats-py and storage needed."""
+        if spec.scenario not in self.scenarios:
+            return f"no {spec.scenario} scenario"
+        from fastfanout.bench.servers import nats_unavailable
+
+        return (nats_unavailable() or durable_unavailable()
+                or super().unavailable(replace(spec, durable=False)))
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A nats-server, the stream, broker A (export) and broker B (imports)."""
+        import asyncio
+
+        from fastfanout.bench.servers import nats_server, stop_process
+        from fastfanout.client import connect
+
+        fsync = spec.fsync if spec.durable else "never"
+        with nats_server("always" if spec.durable and spec.fsync == "always"
+                         else "default") as peer, \
+                tempfile.TemporaryDirectory(prefix="ffbench-bridge-") as directory:
+            asyncio.run(self._stream(peer.host, peer.port))
+            servers = f'servers = ["nats://{peer.host}:{peer.port}"]\n'
+            export = (f'[[export]]\nname = "t"\ntopic = "t"\nstream = "{BRIDGE_STREAM}"\n'
+                      f'subject = "fastfanout.t"\n')
+            imports = "".join(
+                f'[[import]]\nname = "g{group}"\nstream = "{BRIDGE_STREAM}"\n'
+                f'queue = "q{group}"\nfilter_subject = "fastfanout.t"\n'
+                for group in range(spec.groups))
+            brokers = []
+            try:
+                endpoint_a, process = _serve_bridged(directory, "a", servers + export, fsync)
+                brokers.append(process)
+                endpoint_b, process = _serve_bridged(directory, "b", servers + imports, fsync)
+                brokers.append(process)
+                with connect(endpoint_a) as client:
+                    _wait_for(lambda: "bridge.export.t" in client.list_queues(),
+                              "broker A's export queue did not appear")
+                with connect(endpoint_b) as client:
+                    _wait_for(lambda: all(f"q{group}" in client.list_queues()
+                                          for group in range(spec.groups)),
+                              "broker B's import queues did not appear")
+                local = spec.transport == "local"
+                yield {"endpoint": endpoint_a, "local": local,
+                       "receivers": {"endpoint": endpoint_b, "local": local}}
+            finally:
+                for process in reversed(brokers):
+                    stop_process(process)
+
+    @staticmethod
+    async def _stream(host: str, port: int) -> None:
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        connection = await nats.connect(f"nats://{host}:{port}")
+        await connection.jetstream().add_stream(StreamConfig(
+            name=BRIDGE_STREAM, subjects=["fastfanout.t"], storage=StorageType.FILE))
+        await connection.close()
+
+    def before_publish(self, env: dict[str, Any], spec: Spec) -> None:
+        """Nothing to wait for: B's queues exist before the receivers start."""
+
+    def after_run(self, env: dict[str, Any], spec: Spec) -> dict[str, Any]:
+        """None: two brokers' counters would not be one figure."""
+        return {}
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """The fastfanout receiver of ``--receive``, on broker B."""
+        return super().receiver(env["receivers"], spec, group, member)
 
 
 # -- raw pyzmq ----------------------------------------------------------------------------
@@ -1558,7 +1679,7 @@ class RabbitMQ(Adapter):
 
 
 ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
-    FastFanout(), Zmq(), ZmqPushPull(), MpQueue(), RedisPubSub(), RedisStreams(), NatsCore(),
-    JetStream(), FasterFifo(), RabbitMQ(),
+    FastFanout(), Bridge(), Zmq(), ZmqPushPull(), MpQueue(), RedisPubSub(), RedisStreams(),
+    NatsCore(), JetStream(), FasterFifo(), RabbitMQ(),
 )}
 """Every adapter by name; ``fastfanout`` first."""

@@ -79,9 +79,11 @@ def _peer_names() -> list[str]:
 
 
 def _systems(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from fastfanout.bench.adapters import ADAPTERS
+
     names = _peer_names()
     if value.strip() in ("all", ""):
-        return names
+        return [name for name in names if ADAPTERS[name].in_all]
     if value.strip() == "none":
         return ["fastfanout"]
     chosen = ["fastfanout"]
@@ -163,7 +165,8 @@ def _options(function: F) -> F:
                      show_default=True,
                      help="Peers beside fastfanout: all, none, or names separated by commas "
                           "(zmq, zmq-push, mpqueue, redis-pubsub, redis-streams, nats, "
-                          "nats-jetstream, faster-fifo, rabbitmq)."),
+                          "nats-jetstream, faster-fifo, rabbitmq; and bridge: two fastfanout "
+                          "brokers through JetStream, not in all)."),
         click.option("--baseline", default="fastfanout", show_default=True,
                      help="The system the ratio column compares with."),
         click.option("--durable", is_flag=True,

@@ -113,3 +113,28 @@ def test_several_apis_in_one_run_share_their_peer_and_baseline(tmp_path: Path) -
     assert [row.split(" | ")[2] for row in rows] == [
         "fastfanout offer/each", "pyzmq PUSH->PULL", "fastfanout publish_nowait/each"]
     assert rows[1].endswith("| 1.00 |")
+
+
+def test_the_bridge_system_delivers_everything_once_through_jetstream() -> None:
+    spec = replace(TINY, scenario="workqueue", groups=1, members=2, count=600,
+                   receive="each")
+    reason = ADAPTERS["bridge"].unavailable(spec)
+    if reason:
+        pytest.skip(reason)
+    result = run_once("bridge", spec, 0)
+    assert result.delivered == [600]
+    assert result.lost == 0 and result.duplicates == 0
+
+
+def test_the_bridge_runs_only_when_asked_for() -> None:
+    from click.testing import CliRunner
+
+    from fastfanout.cli import cli
+
+    # the refusal of a baseline not run names the systems that would run
+    result = CliRunner().invoke(cli, ["bench", "fanout", "--baseline", "bridge"])
+    assert result.exit_code != 0
+    assert "zmq-push" in result.output and "bridge, " not in result.output
+    result = CliRunner().invoke(cli, ["bench", "fanout", "--peers", "bridge",
+                                      "--baseline", "zmq"])
+    assert "(fastfanout, bridge)" in result.output
