@@ -1,76 +1,47 @@
-"""Publishing from asyncio: one awaited publish at a time vs many in one loop iteration.
+"""Publishing from asyncio: ``fastfanout bench fanout --api aio-...``, four ways.
 
-python bench/e2e_aio_publish.py [--messages 20000] [--runs 3]
-A broker process (topic -> one queue); this process publishes 64-byte messages with the
-asyncio client, four ways in the same run:
+python bench/e2e_aio_publish.py [--messages 20000] [--runs 3] [--transport local]
+    [--json FILE] [--plot FILE]
 
-- baseline: ``await client.publish(...)`` one after another (a round trip each);
-- ``asyncio.gather`` of ``client.publish(...)`` calls (they travel as one request per
-  loop iteration and topic);
-- ``client.publish_nowait(...)`` for each message, then awaiting the futures;
-- ``producer.offer(...)`` for each message (``await client.producer("t")``, frames of
-  1,000, ``await producer.drain()`` every 10,000 offers), then ``await producer.flush()``.
+Runs the installed harness (``fastfanout.bench``): one publisher process with the
+asyncio client -> broker process -> topic -> one queue -> one consumer process (batches
+acked), 64-byte messages, each numbered and checked, published four ways in the same
+run (``--api``, batches of 1,000 bodies), the first the baseline of the ratios:
 
-Reports messages per second (median of the runs) and the ratio to the baseline.
+- ``aio-publish``: ``await client.publish(...)`` one after another (a round trip each);
+- ``aio-gather``: ``asyncio.gather`` of ``client.publish(...)`` per batch (they travel
+  as one request per loop iteration and topic);
+- ``aio-nowait``: ``client.publish_nowait(...)`` for each message, then the batch's
+  futures awaited;
+- ``aio-offer``: ``producer.offer(...)`` for each message (``await
+  client.producer("t")``, frames of 1,000, 8 in flight), ``await producer.drain()`` per
+  batch, ``await producer.close()`` at the end.
+
+The same as::
+
+    fastfanout bench fanout -n N --runs R --api aio-publish --api aio-gather \\
+        --api aio-nowait --api aio-offer --peers none
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
 import sys
-import time
-from typing import Any
 
-from e2e_common import BODY, broker_process, print_rates
+from e2e_common import add_harness_arguments, harness, harness_options
 
-
-async def _rate(endpoint: str, count: int, how: str) -> float:
-    from fastfanout import aio
-
-    async with aio.connect(endpoint) as client:
-        started = time.perf_counter()
-        if how == "await":
-            for _ in range(count):
-                await client.publish("t", BODY)
-        elif how == "gather":
-            await asyncio.gather(*(client.publish("t", BODY) for _ in range(count)))
-        elif how == "nowait":
-            futures: list[Any] = [client.publish_nowait("t", BODY) for _ in range(count)]
-            await asyncio.gather(*futures)
-        else:
-            producer = await client.producer("t")
-            started = time.perf_counter()   # the topic lookup is not a publish
-            offer = producer.offer
-            for index in range(count):
-                offer(BODY)
-                if index % 10_000 == 9_999:
-                    await producer.drain()
-            await producer.flush()
-        return count / (time.perf_counter() - started)
+APIS = ("aio-publish", "aio-gather", "aio-nowait", "aio-offer")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
+    add_harness_arguments(parser, "none")
     args = parser.parse_args()
-    from fastfanout.client import connect
-
-    with broker_process() as (endpoint, _), connect(endpoint) as client:
-        client.create_topic("t")
-        client.create_queue("q", max_messages=100_000_000)
-        client.subscribe("t", "q")
-        ways = {"await publish() one by one (baseline)": ("await", args.messages // 4),
-                "asyncio.gather of publish()": ("gather", args.messages),
-                "publish_nowait() then await the futures": ("nowait", args.messages),
-                "producer.offer() each, then await flush()": ("producer", args.messages * 5)}
-        rates = {name: statistics.median(asyncio.run(_rate(endpoint, count, how))
-                                         for _ in range(args.runs))
-                 for name, (how, count) in ways.items()}
-    print_rates(rates)
-    return 0
+    apis = [option for name in APIS for option in ("--api", name)]
+    return harness(["fanout", "-n", str(args.messages), "--runs", str(args.runs), *apis,
+                    *harness_options(args)])
 
 
 if __name__ == "__main__":

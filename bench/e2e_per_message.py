@@ -1,163 +1,67 @@
-"""The per-message Python path, side by side with its baselines in one run.
+"""The per-message Python path beside raw pyzmq PUSH->PULL: ``fastfanout bench`` runs.
 
-python bench/e2e_per_message.py [--messages N] [--runs R] [--parts remote embedded]
+python bench/e2e_per_message.py [--messages N] [--runs R] [--consumers 1 4]
+    [--modes producer single] [--parts remote embedded] [--transport local]
+    [--json FILE] [--plot FILE]
 
-Remote (one broker process, 64-byte messages, each pipeline against raw pyzmq PUSH->PULL
-with one message per send, measured in the same run):
+Remote (``--parts remote``): the installed harness (``fastfanout.bench``) with 64-byte
+messages, one publisher process -> broker process -> C queues subscribed to one topic
+(``--consumers``: each count is a topology), one consumer process each, and the loop
+users write on both ends:
 
-- ``producer.offer(body)`` per message -> broker -> ``for m in client.consume(q):
-  m.ack()``, with 1 consumer, and with 4 consumers (one queue each, subscribed to the
-  topic; the rate is per consumer);
-- one ``client.publish_nowait(topic, body)`` per message -> broker -> the same consumer.
+- ``producer.offer(body)`` per message (``--modes producer``: ``--api offer``) or one
+  ``client.publish_nowait(topic, body)`` per message (``single``: ``--api
+  publish_nowait``);
+- ``for m in client.consume(q): m.ack()`` in each consumer (``--receive each``);
 
-Embedded (one process):
+beside raw pyzmq PUSH -> PULL, one hop, one message per send (the ``zmq-push`` peer), the
+baseline of every ratio (rates per queue). Every message is numbered and checked. The
+same as::
 
-- ``Broker.publish(topic, body)`` one call per message against ``queue.Queue.put``;
-- ``Broker.receive(queue)`` + ``message.ack()`` one message at a time against
-  ``queue.Queue`` put/get between two threads.
+    fastfanout bench fanout -n N --runs R -q 1 -q 4 --api offer --api publish_nowait \\
+        --receive each --peers zmq-push --baseline zmq-push
 
-Reports each median (of ``--runs``) in messages per second and its ratio to its baseline.
+Embedded (``--parts embedded``, one process): ``Broker.publish`` one call per message
+against ``queue.Queue.put``, and a one-message send/receive/ack cycle against
+``queue.Queue`` put/get between two threads, are pytest-benchmark micro-benchmarks
+(bench/test_bench_broker.py, not a harness scenario: no processes, no transport); this
+runs them and prints their rates and ratios (bench/report.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
-import queue
-import statistics
+import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
+import tempfile
+from pathlib import Path
 
-from e2e_common import BODY, broker_process, connect_when_up, publish_run
-from e2e_common import push_pull_baseline as baseline
+from e2e_common import add_harness_arguments, harness, harness_options
 
-PREFETCH = 16000
-QUEUE_BOUND = int(os.environ.get("FASTFANOUT_BENCH_QUEUE_BOUND", "65536"))
-
-
-def _consume_each(endpoint: str, queue_name: str, count: int,
-                  out: mp.Queue) -> None:  # type: ignore[type-arg]
-    """The loop users write: ``for message in consume(q): message.ack()``."""
-    from fastfanout import keep_freed_memory
-    from fastfanout.client import connect
-
-    keep_freed_memory()
-    with connect(endpoint) as client:
-        consumer = client.consume(queue_name, prefetch=PREFETCH, timeout=30)
-        out.put("ready")
-        got = 0
-        started = 0.0
-        for message in consumer:
-            if not got:
-                started = time.perf_counter()
-            message.ack()
-            got += 1
-            if got == count:
-                break
-        out.put(got / (time.perf_counter() - started))
-        consumer.cancel()
+HERE = Path(__file__).resolve().parent
+API = {"producer": "offer", "single": "publish_nowait"}
+"""``--modes`` -> the harness's ``--api``."""
+EMBEDDED = ("broker_publish_per_message or queue_queue_put_baseline or "
+            "single_send_receive_ack_cycle or queue_queue_two_threads_baseline")
+"""The micro-benchmarks of the embedded part (bench/test_bench_broker.py)."""
 
 
-def remote_run(count: int, consumers: int, mode: str) -> float:
-    """Median per-consumer rate of one run: 1 publisher (``mode``) -> broker -> consumers."""
-    ctx = mp.get_context("spawn")
-    with broker_process() as (endpoint, broker):
-        with connect_when_up(endpoint, broker) as client:
-            client.create_topic("t")
-            for i in range(consumers):
-                client.create_queue(f"q{i}", max_messages=QUEUE_BOUND, overflow="hold")
-                client.subscribe("t", f"q{i}")
-        out = ctx.Queue()
-        procs = [ctx.Process(target=_consume_each, args=(endpoint, f"q{i}", count, out))
-                 for i in range(consumers)]
-        for proc in procs:
-            proc.start()
-        for _ in procs:
-            out.get(timeout=30)
-        publisher = ctx.Process(target=publish_run, args=(endpoint, count, mode))
-        publisher.start()
-        rates = [out.get(timeout=300) for _ in procs]
-        publisher.join(60)
-        for proc in procs:
-            proc.join(30)
-        return float(statistics.median(rates))
-
-
-def queue_put(count: int) -> float:
-    """``queue.Queue.put`` per message (the embedded publish's baseline)."""
-    channel: queue.Queue[bytes] = queue.Queue()
-    put = channel.put
-    started = time.perf_counter()
-    for _ in range(count):
-        put(BODY)
-    return count / (time.perf_counter() - started)
-
-
-def broker_publish(count: int) -> float:
-    """``Broker.publish`` one call per message, to a topic with one queue."""
-    from fastfanout import Broker
-
-    broker = Broker()
-    broker.create_topic("t")
-    broker.create_queue("q", max_messages=10_000_000)
-    broker.subscribe("t", "q")
-    publish = broker.publish
-    started = time.perf_counter()
-    for _ in range(count):
-        publish("t", BODY)
-    rate = count / (time.perf_counter() - started)
-    broker.close()
-    return rate
-
-
-def queue_put_get(count: int) -> float:
-    """``queue.Queue`` put in this thread, get in another (the embedded receive's baseline)."""
-    channel: queue.Queue[bytes] = queue.Queue()
-
-    def consume() -> None:
-        get = channel.get
-        for _ in range(count):
-            get()
-
-    consumer = threading.Thread(target=consume)
-    started = time.perf_counter()
-    consumer.start()
-    put = channel.put
-    for _ in range(count):
-        put(BODY)
-    consumer.join(60)
-    return count / (time.perf_counter() - started)
-
-
-def broker_receive_ack(count: int) -> float:
-    """``Broker.receive`` + ``message.ack()`` one message at a time, from a full queue."""
-    from fastfanout import Broker
-
-    broker = Broker()
-    broker.create_queue("q", max_messages=10_000_000)
-    for start in range(0, count, 10_000):
-        broker.send_batch("q", [BODY] * min(10_000, count - start))
-    receive = broker.receive
-    started = time.perf_counter()
-    for _ in range(count):
-        for message in receive("q"):
-            message.ack()
-    rate = count / (time.perf_counter() - started)
-    broker.close()
-    return rate
-
-
-def median_rate(way: Callable[[], float], runs: int) -> float:
-    """The median of ``runs`` runs of ``way``."""
-    return statistics.median(way() for _ in range(runs))
-
-
-def report(name: str, rate: float, base: float) -> None:
-    """Print one row: its median rate and the ratio to its baseline."""
-    print(f"{name}: median {rate / 1e6:.3f} M msg/s, ratio {rate / base:.2f}x", flush=True)
+def embedded(runs: int) -> int:
+    """Run the embedded micro-benchmarks ``runs`` times, then print their table."""
+    with tempfile.TemporaryDirectory(prefix="ffbench-micro-") as directory:
+        files = []
+        for run in range(runs):
+            path = str(Path(directory) / f"micro-{run}.json")
+            status = subprocess.call(
+                [sys.executable, "-m", "pytest", str(HERE / "test_bench_broker.py"), "-q",
+                 "-p", "no:cacheprovider", "-o", "addopts=", "--benchmark-only",
+                 "--benchmark-min-rounds=7", "-k", EMBEDDED, f"--benchmark-json={path}"],
+                cwd=HERE, stdout=subprocess.DEVNULL)
+            if status:
+                print(f"the embedded micro-benchmarks failed (status {status})")
+                return status
+            files.append(path)
+        return subprocess.call([sys.executable, str(HERE / "report.py"), *files])
 
 
 def main() -> int:
@@ -168,32 +72,22 @@ def main() -> int:
                         choices=["remote", "embedded"])
     parser.add_argument("--consumers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--modes", nargs="+", default=["producer", "single"],
-                        choices=["producer", "single"])
+                        choices=list(API),
+                        help="producer: producer.offer per message; single: "
+                             "publish_nowait per message")
+    add_harness_arguments(parser, "zmq-push")
     args = parser.parse_args()
-    count = args.messages
+    status = 0
     if "remote" in args.parts:
-        base = median_rate(lambda: baseline(count), args.runs)
-        print(f"baseline PUSH->PULL, one message per send: median {base / 1e6:.3f} M msg/s",
-              flush=True)
-        for mode in args.modes:
-            for consumers in args.consumers if mode == "producer" else [1]:
-                rate = statistics.median(remote_run(count, consumers, mode)
-                                         for _ in range(args.runs))
-                call = "producer.offer()" if mode == "producer" else "publish_nowait()"
-                report(f"{call} per message -> broker -> {consumers} consumer(s), "
-                       f"message.ack() each (per consumer)", rate, base)
+        queues = [option for count in args.consumers for option in ("-q", str(count))]
+        apis = [option for mode in args.modes for option in ("--api", API[mode])]
+        baseline = ["--baseline", "zmq-push"] if "zmq-push" in args.peers.split(",") else []
+        status |= harness(["fanout", "-n", str(args.messages), "--runs", str(args.runs),
+                           *queues, "--batch", "1000", *apis, "--receive", "each",
+                           *harness_options(args), *baseline])
     if "embedded" in args.parts:
-        embedded = min(count, 500_000)
-        base = median_rate(lambda: queue_put(embedded), args.runs)
-        print(f"baseline queue.Queue.put: median {base / 1e6:.3f} M msg/s", flush=True)
-        report("Broker.publish one call per message",
-               median_rate(lambda: broker_publish(embedded), args.runs), base)
-        base = median_rate(lambda: queue_put_get(embedded), args.runs)
-        print(f"baseline queue.Queue put/get between two threads: median "
-              f"{base / 1e6:.3f} M msg/s", flush=True)
-        report("Broker.receive + message.ack() one message at a time",
-               median_rate(lambda: broker_receive_ack(embedded), args.runs), base)
-    return 0
+        status |= embedded(args.runs)
+    return status
 
 
 if __name__ == "__main__":

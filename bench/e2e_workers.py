@@ -1,21 +1,29 @@
-"""Workers: a no-op handler through ``fastfanout worker`` vs a hand-written consume loop.
+"""Workers: a no-op handler through ``fastfanout.Worker`` vs a hand-written consume loop.
 
 python bench/e2e_workers.py [--messages 100000] [--runs 3] [--dramatiq-messages 10000]
-A broker process; each way runs in its own process, started on an empty queue, then
-``--messages`` 64-byte messages are sent and the time until the broker counts them all
-acked is measured (the same clock for every way):
+    [--transport local] [--json FILE] [--plot FILE]
 
-- per message: a hand-written loop (``client.consume(prefetch=1000)``, call the no-op
-  function, ``message.ack()``) — the baseline — and ``fastfanout worker`` with a no-op
-  handler (``concurrency=1``, ``prefetch=1000``);
-- per batch of 100: the hand-written loop collecting 100 messages, calling the function
-  with the list and acking each; ``fastfanout worker`` with ``batch_size=100``;
-- the per-message no-op through dramatiq with its Redis broker (``redis-server`` started
-  on loopback, stopped by PID; skipped with the reason when absent), one process with
-  dramatiq's default 8 threads, timed from its first ack (its start is not counted).
+Runs the installed harness (``fastfanout.bench``): one publisher process
+(``publish_batch_nowait`` of 1,000) -> broker process -> one queue -> one consumer
+process, 64-byte messages, each numbered and checked, consumed three ways in the same
+run (``--receive``), the first the baseline of the ratios:
 
-Reports messages per second (median of the runs) and ratios: each worker against its
-hand-written loop (the worker's overhead), and fastfanout's worker against dramatiq.
+- ``each``: the hand-written loop, ``for message in client.consume(q): message.ack()``;
+- ``worker``: a ``fastfanout.Worker`` handler per message (``concurrency=1``,
+  ``prefetch=1000``) in the consumer process, acked when it returns;
+- ``worker-batch``: a handler of ``batch_size=100``.
+
+Every handler hands each body to the harness's check (what a no-op handler does not).
+The same as::
+
+    fastfanout bench workqueue -n N --runs R --receive each --receive worker \
+        --receive worker-batch --peers none
+
+Then, with its own code (dramatiq is not a harness peer: its workers are processes of
+its own, started by its command line): the per-message no-op through dramatiq with its
+Redis broker (``redis-server`` started on loopback, stopped by PID; skipped with the
+reason when absent), one process with dramatiq's default 8 threads, timed from its first
+ack (its start is not counted), and fastfanout's worker with a no-op handler against it.
 """
 
 from __future__ import annotations
@@ -30,57 +38,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e_common import BODY, broker_process
+from e2e_common import (
+    BODY,
+    add_harness_arguments,
+    broker_process,
+    harness,
+    harness_options,
+)
 
 import fastfanout
 
 HERE = Path(__file__).resolve().parent
 PREFETCH = 1000
-BATCH = 100
 DRAMATIQ_THREADS = "8"   # dramatiq's default; with 1 thread it was 8x slower still
 
 # -- what the worker processes run (imported by name: fastfanout worker e2e_workers:app) --
 
 single = fastfanout.Worker(os.environ.get("BENCH_ENDPOINT"))
-batched = fastfanout.Worker(os.environ.get("BENCH_ENDPOINT"))
 
 
 def noop(message: Any) -> None:
     """The handler: nothing."""
 
 
-def noop_batch(batch: list[Any]) -> None:
-    """The batch handler: nothing."""
-
-
 single.handler("q", concurrency=1, prefetch=PREFETCH)(noop)
-batched.handler("q", concurrency=1, batch_size=BATCH, prefetch=PREFETCH)(noop_batch)
-
-
-def consume_loop(endpoint: str, how: str) -> None:
-    """The hand-written baseline: consume, call, ack, until SIGTERM."""
-    from fastfanout.client import connect
-
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    with connect(endpoint) as client:
-        consumer = client.consume("q", prefetch=PREFETCH)
-        while not stop:
-            delivery = consumer.next_batch(0.1)
-            if delivery is None:
-                continue
-            if how == "single":
-                for message in delivery:
-                    noop(message)
-                    message.ack()
-                continue
-            messages = list(delivery)
-            for start in range(0, len(messages), BATCH):
-                chunk = messages[start:start + BATCH]
-                noop_batch(chunk)
-                for message in chunk:
-                    message.ack()
-        consumer.cancel()
 
 
 # -- the runs ------------------------------------------------------------------------------
@@ -163,38 +144,24 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--dramatiq-messages", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    add_harness_arguments(parser, "none")
     args = parser.parse_args()
-    python = sys.executable
-    rates: dict[str, float] = {}
-    with broker_process() as (endpoint, _):
-        ways = {
-            "per message: hand-written consume loop (baseline)":
-                [python, "-c", f"import e2e_workers as b; b.consume_loop({endpoint!r}, 'single')"],
-            "per message: fastfanout worker":
-                [python, "-m", "fastfanout", "worker", "e2e_workers:single", "--log-level",
-                 "WARNING"],
-            "per batch of 100: hand-written consume loop (baseline)":
-                [python, "-c", f"import e2e_workers as b; b.consume_loop({endpoint!r}, 'batch')"],
-            "per batch of 100: fastfanout worker":
-                [python, "-m", "fastfanout", "worker", "e2e_workers:batched", "--log-level",
-                 "WARNING"],
-        }
-        for name, command in ways.items():
-            rates[name] = statistics.median(
-                _timed(endpoint, command, args.messages) for _ in range(args.runs))
-    for name, rate in rates.items():
-        print(f"{name}: median {rate:,.0f} msg/s")
-    names = list(rates)
-    for baseline, worker in ((names[0], names[1]), (names[2], names[3])):
-        overhead = rates[baseline] / rates[worker] - 1
-        print(f"{worker}: {overhead:+.1%} time per message against its baseline")
+    status = harness(["workqueue", "-n", str(args.messages), "--runs", str(args.runs),
+                      "--receive", "each", "--receive", "worker", "--receive",
+                      "worker-batch", *harness_options(args)])
     dramatiq = _dramatiq(args.dramatiq_messages)
     if isinstance(dramatiq, str):
         print(f"dramatiq + Redis: skipped: {dramatiq}")
-    else:
-        print(f"per message: dramatiq + Redis, 1 process, {DRAMATIQ_THREADS} threads: "
-              f"{dramatiq:,.0f} msg/s; fastfanout worker is {rates[names[1]] / dramatiq:.1f}x")
-    return 0
+        return status
+    with broker_process() as (endpoint, _):
+        worker = statistics.median(
+            _timed(endpoint, [sys.executable, "-m", "fastfanout", "worker",
+                              "e2e_workers:single", "--log-level", "WARNING"],
+                   args.dramatiq_messages) for _ in range(args.runs))
+    print(f"per message: dramatiq + Redis, 1 process, {DRAMATIQ_THREADS} threads: "
+          f"{dramatiq:,.0f} msg/s; fastfanout worker (no-op handler) {worker:,.0f} msg/s, "
+          f"{worker / dramatiq:.1f}x")
+    return status
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
-from fastfanout.bench.payload import Headers, frame_headers
+from fastfanout.bench.payload import Headers, array_headers, frame_headers
 from fastfanout.bench.processes import START_DEADLINE, broker_process, connect_when_up, spawn
 from fastfanout.bench.scenarios import Spec
 
@@ -38,7 +39,12 @@ PREFETCH = 16000
 LATENCY_PREFETCH = 16
 """Prefetch of fastfanout's consumers in the latency scenario."""
 IN_FLIGHT = 8
-"""Publish batches a fastfanout publisher keeps unanswered."""
+"""Publish batches (or producer frames) a fastfanout publisher keeps unanswered."""
+DURABLE_IN_FLIGHT = 16
+"""The same with ``--durable``: a round of frames being synced and the next one being
+gathered both stay full (the journal's group commit)."""
+PRODUCER_BATCH = 1000
+"""Messages per frame of a fastfanout producer (``--api offer`` and ``aio-offer``)."""
 ZMQ_HWM = 1_000_000
 """High-water mark of the zmq sockets (messages); PUB drops past it (counted as lost)."""
 FETCH = 1000
@@ -46,6 +52,9 @@ FETCH = 1000
 REDIS_WINDOW = 4096
 """Commands a Redis publisher keeps without their reply."""
 PEERS_EXTRA = "pip install 'fastfanout[peers]'"
+REDIS_FSYNC = {"always": "always", "interval": "everysec", "never": "no"}
+"""Redis's ``appendfsync`` for each ``--fsync`` of the durable variants (JetStream:
+``sync_interval: always`` for ``always``, its default, a sync every 2 minutes, else)."""
 
 
 class Sender(Protocol):
@@ -79,6 +88,7 @@ class Adapter:
     label = ""
     scenarios: frozenset[str] = frozenset()
     competing = True            # whether groups may have several members
+    in_all = True               # whether ``--peers all`` runs it
     durable = False             # whether it has a durable variant
 
     def unavailable(self, spec: Spec) -> str | None:
@@ -95,6 +105,10 @@ class Adapter:
         """Why the system cannot run at all here (package, binary), or None."""
         return None
 
+    def label_of(self, spec: Spec) -> str:
+        """The system's name in the table for ``spec``."""
+        return self.label
+
     @contextmanager
     def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
         """Start the system and its topology; yields what the children need (picklable)."""
@@ -102,6 +116,13 @@ class Adapter:
 
     def before_publish(self, env: dict[str, Any], spec: Spec) -> None:
         """Wait (with a deadline) until every receiver's subscription is in place."""
+
+    def after_run(self, env: dict[str, Any], spec: Spec) -> dict[str, Any]:
+        """The system's own figures once a run ended (``RunResult.extra``); none here.
+
+        Called while the system still runs, after the run's children stopped.
+        """
+        return {}
 
     def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
         """A sender for publisher ``index`` (called in its process)."""
@@ -134,6 +155,8 @@ def durable_unavailable() -> str | None:
 
 
 class _FastFanoutSender:
+    """``--api batch``, ``publish_nowait``, ``offer``, ``publish`` and ``numpy``."""
+
     def __init__(self, env: dict[str, Any], spec: Spec) -> None:
         from fastfanout import keep_freed_memory
         from fastfanout.client import connect
@@ -143,38 +166,125 @@ class _FastFanoutSender:
                               local_channel=env["local"])
         self.window: deque[Any] = deque()
         self.flush_each = spec.scenario == "latency"
+        self.api = spec.api
+        self.rows = spec.api == "numpy"   # the runner hands over a 2-D array (make_rows)
+        self.in_flight = DURABLE_IN_FLIGHT if spec.durable else IN_FLIGHT
+        self.producer = (self.client.producer("t", batch_messages=PRODUCER_BATCH,
+                                              max_in_flight=self.in_flight)
+                         if spec.api == "offer" else None)
 
-    def send(self, bodies: list[bytes]) -> None:
-        if len(bodies) == 1:
-            self.client.publish_nowait("t", bodies[0])
-            if self.flush_each:
-                self.client.flush()
+    def send(self, bodies: Any) -> None:
+        api, client = self.api, self.client
+        if api == "offer":
+            offer = self.producer.offer   # type: ignore[union-attr]
+            for body in bodies:
+                offer(body)   # frames leave when full, or after the client's linger
             return
-        self.window.append(self.client.publish_batch_nowait("t", bodies))
-        if len(self.window) >= IN_FLIGHT:
+        if api == "publish":
+            publish = client.publish
+            for body in bodies:
+                publish("t", body)
+            return
+        if api == "publish_nowait" or (api == "batch" and len(bodies) == 1):
+            publish_nowait = client.publish_nowait
+            for body in bodies:
+                publish_nowait("t", body)
+            if self.flush_each:
+                client.flush()
+            return
+        self.window.append(client.publish_batch_nowait("t", bodies))
+        if len(self.window) >= self.in_flight:
             self.window.popleft().result()
 
     def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close()
         self.client.flush()
         while self.window:
             self.window.popleft().result()
         self.client.close()
 
 
+class _FastFanoutAsyncSender:
+    """``--api aio-publish``, ``aio-gather``, ``aio-nowait`` and ``aio-offer``.
+
+    The asyncio client, its loop run for each batch (``run_until_complete``).
+    """
+
+    def __init__(self, env: dict[str, Any], spec: Spec) -> None:
+        import asyncio
+
+        from fastfanout import aio, keep_freed_memory
+
+        keep_freed_memory()
+        self.asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self.api = spec.api
+        self.flush_each = spec.scenario == "latency"
+        self.client = self.loop.run_until_complete(
+            aio.connect(env["endpoint"], local_channel=env["local"]))
+        in_flight = DURABLE_IN_FLIGHT if spec.durable else IN_FLIGHT
+        self.producer = (self.loop.run_until_complete(self.client.producer(
+            "t", batch_messages=PRODUCER_BATCH, max_in_flight=in_flight))
+            if spec.api == "aio-offer" else None)
+
+    async def _send(self, bodies: list[bytes]) -> None:
+        client = self.client
+        if self.api == "aio-publish":
+            for body in bodies:
+                await client.publish("t", body)
+        elif self.api == "aio-gather":
+            await self.asyncio.gather(*(client.publish("t", body) for body in bodies))
+        elif self.api == "aio-nowait":
+            publish_nowait = client.publish_nowait
+            await self.asyncio.gather(*[publish_nowait("t", body) for body in bodies])
+        else:
+            producer = self.producer
+            assert producer is not None
+            offer = producer.offer
+            for body in bodies:
+                offer(body)
+            if self.flush_each:
+                await producer.flush()
+            else:
+                await producer.drain()
+
+    def send(self, bodies: list[bytes]) -> None:
+        self.loop.run_until_complete(self._send(bodies))
+
+    async def _close(self) -> None:
+        if self.producer is not None:
+            await self.producer.close()
+        await self.client.close()
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self._close())
+        self.loop.close()
+
+
 class _FastFanoutConsumer:
+    """``--receive batch`` and ``array``: a pushed batch at a time, acked whole."""
+
     def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
         from fastfanout import keep_freed_memory
         from fastfanout.client import connect
 
         keep_freed_memory()
         self.client = connect(env["endpoint"], local_channel=env["local"])
-        prefetch = LATENCY_PREFETCH if spec.scenario == "latency" else PREFETCH
-        self.consumer = self.client.consume(f"q{group}", prefetch=prefetch)
+        self.consumer = self.client.consume(f"q{group}", prefetch=_prefetch(spec))
+        self.array = spec.receive == "array"
+        self.size = spec.size
 
     def poll(self, timeout: float) -> list[bytes] | Headers:
         batch = self.consumer.next_batch(timeout)
         if batch is None:
             return []
+        if self.array:   # what a numpy consumer does: one (n, size) view of the frame
+            import numpy
+
+            headers = array_headers(batch.as_array(numpy.uint8, (self.size,)))
+            batch.ack()
+            return headers
         # the headers straight from the delivery frame: no message object per body, as
         # a consumer that acks whole batches pays (bodies decoded when the layout varies)
         bodies: list[bytes] | Headers | None = frame_headers(batch.frame)
@@ -185,6 +295,124 @@ class _FastFanoutConsumer:
 
     def close(self) -> None:
         self.consumer.cancel()
+        self.client.close()
+
+
+EACH_WAIT = 2.0
+"""Seconds the blocking per-message consumer's iteration waits for a message once the
+first one came (``Consumer.timeout``; until then START_DEADLINE): past it the iteration
+ends and cancels the consumer, the receiver consumes again. A cancel racing a push
+leaves that push leased to the old consumer, so the wait is long: it happens at the end
+of a run (a competing consumer with nothing left) or after a stall of that long."""
+
+
+class _FastFanoutEach:
+    """``--receive each``: ``for message in consume(q): message.ack()``.
+
+    The consumer's own iterator (a native cursor, acks queued in C); a poll takes the
+    messages of the pushed frame at hand (``pending``), waiting only when it has none.
+    """
+
+    def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        from fastfanout import keep_freed_memory
+        from fastfanout.client import connect
+
+        keep_freed_memory()
+        self.client = connect(env["endpoint"], local_channel=env["local"])
+        self.queue, self.prefetch = f"q{group}", _prefetch(spec)
+        self._consume(START_DEADLINE)   # the publishers start within it
+
+    def _consume(self, wait: float) -> None:
+        self.consumer = self.client.consume(self.queue, prefetch=self.prefetch,
+                                            timeout=wait)
+        self.messages = iter(self.consumer)
+
+    def poll(self, timeout: float) -> list[bytes]:
+        bodies: list[bytes] = []
+        append, messages = bodies.append, self.messages
+        try:
+            message = next(messages)   # waits for a push: see EACH_WAIT
+        except StopIteration:   # nothing came: the consumer was cancelled, consume again
+            self._consume(EACH_WAIT)
+            return bodies
+        self.consumer.timeout = EACH_WAIT
+        append(message.body)
+        message.ack()
+        for _ in range(messages.pending):   # type: ignore[attr-defined]
+            message = next(messages)
+            append(message.body)
+            message.ack()
+        return bodies
+
+    def close(self) -> None:
+        self.consumer.cancel()
+        self.client.close()
+
+
+class _FastFanoutAsyncEach:
+    """``--receive aio-each``: ``async for message in client.consume(q): message.ack()``.
+
+    The iteration has no timeout: a poll waits for the next message up to its timeout
+    without cancelling the step (the task waiting for it carries over to the next poll).
+    """
+
+    def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        import asyncio
+
+        from fastfanout import aio, keep_freed_memory
+
+        keep_freed_memory()
+        self.asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self.client = self.loop.run_until_complete(
+            aio.connect(env["endpoint"], local_channel=env["local"]))
+        self.messages = self.client.consume(f"q{group}", prefetch=_prefetch(spec))
+        self.step: Any = None   # the task waiting for the next message, if one waits
+
+    async def _poll(self, timeout: float) -> list[bytes]:
+        bodies: list[bytes] = []
+        messages = self.messages
+        if self.step is None:
+            self.step = self.asyncio.ensure_future(messages.__anext__())
+        done, _ = await self.asyncio.wait({self.step}, timeout=timeout)
+        if not done:
+            return bodies
+        message, self.step = self.step.result(), None
+        bodies.append(message.body)
+        message.ack()
+        for _ in range(messages.pending):   # type: ignore[attr-defined]
+            message = await messages.__anext__()
+            bodies.append(message.body)
+            message.ack()
+        return bodies
+
+    def poll(self, timeout: float) -> list[bytes]:
+        return self.loop.run_until_complete(self._poll(timeout))
+
+    def close(self) -> None:
+        if self.step is not None:
+            self.step.cancel()
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+
+class _FastFanoutReceive:
+    """``--receive receive``: ``client.receive(max_messages=FETCH)``, an ack each."""
+
+    def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        from fastfanout.client import connect
+
+        self.client = connect(env["endpoint"], local_channel=env["local"])
+        self.queue = f"q{group}"
+
+    def poll(self, timeout: float) -> list[bytes]:
+        bodies = []
+        for message in self.client.receive(self.queue, max_messages=FETCH, wait=timeout):
+            bodies.append(message.body)
+            message.ack()
+        return bodies
+
+    def close(self) -> None:
         self.client.close()
 
 
@@ -204,6 +432,67 @@ class _FastFanoutListener:
         self.client.close()
 
 
+WORKER_BATCH = 100
+"""Messages per call of the ``worker-batch`` handler."""
+
+
+class _FastFanoutWorker:
+    """``--receive worker`` and ``worker-batch``: a ``fastfanout.Worker`` in this process.
+
+    Its handler hands each message's body to the receiver (a deque: appends and pops are
+    atomic), waking it when the deque was empty; the worker acks when the handler
+    returns.
+    """
+
+    def __init__(self, env: dict[str, Any], spec: Spec, group: int) -> None:
+        import threading
+
+        from fastfanout import Worker, keep_freed_memory
+
+        keep_freed_memory()
+        self.bodies: deque[bytes] = deque()
+        self.ready = threading.Event()
+        bodies, ready = self.bodies, self.ready
+        self.worker = Worker(env["endpoint"], report_interval=None,
+                             local_channel=env["local"])
+        prefetch = LATENCY_PREFETCH if spec.scenario == "latency" else FETCH
+        if spec.receive == "worker-batch":
+            def handle_batch(messages: list[Any]) -> None:
+                bodies.extend([message.body for message in messages])
+                ready.set()
+
+            self.worker.handler(f"q{group}", concurrency=1, batch_size=WORKER_BATCH,
+                                prefetch=max(prefetch, 2 * WORKER_BATCH))(handle_batch)
+        else:
+            def handle(message: Any) -> None:
+                bodies.append(message.body)
+                if len(bodies) == 1:
+                    ready.set()
+
+            self.worker.handler(f"q{group}", concurrency=1, prefetch=prefetch)(handle)
+        self.worker.start()
+
+    def poll(self, timeout: float) -> list[bytes]:
+        bodies = self.bodies
+        if not bodies:
+            self.ready.clear()
+            if not bodies:   # looked at again after the clear: no wake-up is missed
+                self.ready.wait(timeout)
+        popleft = bodies.popleft
+        return [popleft() for _ in range(len(bodies))]
+
+    def close(self) -> None:
+        self.worker.stop(JOIN_TIMEOUT)
+
+
+JOIN_TIMEOUT = 5.0
+"""Seconds a worker's running calls get when its receiver closes."""
+
+
+def _prefetch(spec: Spec) -> int:
+    return LATENCY_PREFETCH if spec.scenario == "latency" else PREFETCH
+
+
 class FastFanout(Adapter):
     """fastfanout: a broker process; the spec's transport (local channel, ipc, tcp)."""
 
@@ -213,19 +502,28 @@ class FastFanout(Adapter):
     durable = True
 
     def unavailable(self, spec: Spec) -> str | None:
-        """Why fastfanout cannot run ``spec`` (only a durable spec without storage)."""
+        """Why fastfanout cannot run ``spec``: a durable spec without storage, numpy absent."""
         if spec.durable and spec.scenario == "stream":
             return "streams are not durable"
+        if (spec.api == "numpy" or spec.receive == "array") and not _has_numpy():
+            return "numpy is not installed (pip install 'fastfanout[bench]')"
         if spec.durable:
             return durable_unavailable()
         return super().unavailable(spec)
+
+    def label_of(self, spec: Spec) -> str:
+        """``fastfanout``, or with the APIs when not the defaults: ``fastfanout offer/each``."""
+        if spec.api == "batch" and spec.receive == "batch":
+            return self.label
+        receive = "listen" if spec.scenario == "stream" else spec.receive
+        return f"{self.label} {spec.api}/{receive}"
 
     @contextmanager
     def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
         """A broker process with topic ``t`` and queues ``q0``.. subscribed to it."""
         with tempfile.TemporaryDirectory(prefix="ffbench-data-") as data:
-            with broker_process(spec.transport, data if spec.durable else None) as (
-                    endpoint, broker):
+            with broker_process(spec.transport, data if spec.durable else None,
+                                spec.fsync) as (endpoint, broker):
                 with connect_when_up(endpoint, broker) as client:
                     client.create_topic("t")
                     if spec.scenario != "stream":
@@ -245,15 +543,159 @@ class FastFanout(Adapter):
             _wait_for(lambda: client.server_stats().get("stream_subscriptions", 0)
                       >= spec.groups, "the listeners' subscriptions did not arrive")
 
+    def after_run(self, env: dict[str, Any], spec: Spec) -> dict[str, Any]:
+        """Durable: the broker's journal bytes written (``storage_bytes_written``)."""
+        if not spec.durable:
+            return {}
+        from fastfanout.client import connect
+
+        with connect(env["endpoint"], local_channel=False) as client:
+            storage = client.stats().storage or {}
+        return {"storage_bytes_written": storage.get("bytes_written", 0)}
+
     def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
-        """``publish_batch_nowait`` (8 in flight), or ``publish_nowait`` for batches of 1."""
+        """The ``--api``'s calls (``scenarios.APIS``); ``batch`` by default."""
+        if spec.api.startswith("aio-"):
+            return _FastFanoutAsyncSender(env, spec)
         return _FastFanoutSender(env, spec)
 
     def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
-        """``consume`` + ``DeliveryBatch.ack()``, or ``listen`` for streams."""
+        """The ``--receive``'s loop (``scenarios.RECEIVES``), or ``listen`` for streams."""
         if spec.scenario == "stream":
             return _FastFanoutListener(env)
-        return _FastFanoutConsumer(env, spec, group)
+        kinds: dict[str, Any] = {
+            "each": _FastFanoutEach, "aio-each": _FastFanoutAsyncEach,
+            "receive": _FastFanoutReceive, "worker": _FastFanoutWorker,
+            "worker-batch": _FastFanoutWorker}
+        receiver: Receiver = kinds.get(spec.receive, _FastFanoutConsumer)(env, spec, group)
+        return receiver
+
+
+def _has_numpy() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+BRIDGE_STREAM = "BENCH"
+"""The JetStream stream the ``bridge`` system's brokers share."""
+
+
+def _serve_bridged(directory: str, name: str, rules: str, fsync: str) -> tuple[str, Any]:
+    """``fastfanout serve --data-dir --fsync --bridge RULES`` on an ipc endpoint, answering."""
+    import subprocess
+    import sys
+
+    from fastfanout.client import connect
+    from fastfanout.errors import FastFanoutError
+
+    endpoint = f"ipc://{os.path.join(directory, name)}.sock"
+    config = os.path.join(directory, f"{name}.toml")
+    with open(config, "w") as handle:
+        handle.write(rules)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint, "--data-dir",
+         os.path.join(directory, f"{name}-data"), "--fsync", fsync, "--bridge", config,
+         "--log-level", "ERROR"], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        try:
+            connect(endpoint, timeout=0.5).close()
+            return endpoint, process
+        except FastFanoutError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                from fastfanout.bench.servers import stop_process
+
+                stop_process(process)
+                raise RuntimeError(f"broker {name} (with a bridge) did not start") from None
+
+
+class Bridge(FastFanout):
+    """Two fastfanout brokers through NATS JetStream (docs/bridge.md).
+
+    Broker A exports topic ``t`` to the stream (its durable export queue, a PubAck per
+    message); broker B imports it into queue ``q<g>``, one import rule (a durable pull
+    consumer) per group. Publishers use A, consumers B, with fastfanout's ``--api`` and
+    ``--receive``. Both brokers have a data directory (the export queue is durable):
+    ``--fsync`` with ``--durable``, else ``never`` (as the NATS server's default sync).
+    """
+
+    name = "bridge"
+    label = "fastfanout bridge"
+    scenarios = frozenset({"fanout", "workqueue", "latency"})
+    in_all = False   # three servers per run: asked for by name (--peers bridge,...)
+
+    def unavailable(self, spec: Spec) -> str | None:
+        """No streams (listeners are local); nats-server, nats-py and storage needed."""
+        if spec.scenario not in self.scenarios:
+            return f"no {spec.scenario} scenario"
+        from fastfanout.bench.servers import nats_unavailable
+
+        return (nats_unavailable() or durable_unavailable()
+                or super().unavailable(replace(spec, durable=False)))
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """A nats-server, the stream, broker A (export) and broker B (imports)."""
+        import asyncio
+
+        from fastfanout.bench.servers import nats_server, stop_process
+        from fastfanout.client import connect
+
+        fsync = spec.fsync if spec.durable else "never"
+        with nats_server("always" if spec.durable and spec.fsync == "always"
+                         else "default") as peer, \
+                tempfile.TemporaryDirectory(prefix="ffbench-bridge-") as directory:
+            asyncio.run(self._stream(peer.host, peer.port))
+            servers = f'servers = ["nats://{peer.host}:{peer.port}"]\n'
+            export = (f'[[export]]\nname = "t"\ntopic = "t"\nstream = "{BRIDGE_STREAM}"\n'
+                      f'subject = "fastfanout.t"\n')
+            imports = "".join(
+                f'[[import]]\nname = "g{group}"\nstream = "{BRIDGE_STREAM}"\n'
+                f'queue = "q{group}"\nfilter_subject = "fastfanout.t"\n'
+                for group in range(spec.groups))
+            brokers = []
+            try:
+                endpoint_a, process = _serve_bridged(directory, "a", servers + export, fsync)
+                brokers.append(process)
+                endpoint_b, process = _serve_bridged(directory, "b", servers + imports, fsync)
+                brokers.append(process)
+                with connect(endpoint_a) as client:
+                    _wait_for(lambda: "bridge.export.t" in client.list_queues(),
+                              "broker A's export queue did not appear")
+                with connect(endpoint_b) as client:
+                    _wait_for(lambda: all(f"q{group}" in client.list_queues()
+                                          for group in range(spec.groups)),
+                              "broker B's import queues did not appear")
+                local = spec.transport == "local"
+                yield {"endpoint": endpoint_a, "local": local,
+                       "receivers": {"endpoint": endpoint_b, "local": local}}
+            finally:
+                for process in reversed(brokers):
+                    stop_process(process)
+
+    @staticmethod
+    async def _stream(host: str, port: int) -> None:
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        connection = await nats.connect(f"nats://{host}:{port}")
+        await connection.jetstream().add_stream(StreamConfig(
+            name=BRIDGE_STREAM, subjects=["fastfanout.t"], storage=StorageType.FILE))
+        await connection.close()
+
+    def before_publish(self, env: dict[str, Any], spec: Spec) -> None:
+        """Nothing to wait for: B's queues exist before the receivers start."""
+
+    def after_run(self, env: dict[str, Any], spec: Spec) -> dict[str, Any]:
+        """None: two brokers' counters would not be one figure."""
+        return {}
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """The fastfanout receiver of ``--receive``, on broker B."""
+        return super().receiver(env["receivers"], spec, group, member)
 
 
 # -- raw pyzmq ----------------------------------------------------------------------------
@@ -381,6 +823,77 @@ class Zmq(Adapter):
         """SUB connected to every publisher, or PULL from the proxy."""
         return _ZmqReceiver(env)
 
+
+
+class _PushSender:
+    def __init__(self, env: dict[str, Any]) -> None:
+        import zmq
+
+        self.context = zmq.Context()
+        self.socks = []
+        for members in env["groups"]:   # one PUSH per group, round robin to its members
+            sock = self.context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, ZMQ_HWM)
+            for endpoint in members:
+                sock.connect(endpoint)
+            self.socks.append(sock)
+
+    def send(self, bodies: list[bytes]) -> None:
+        for sock in self.socks:
+            send = sock.send
+            for body in bodies:
+                send(body)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close(linger=-1)
+        self.context.term()
+
+
+class _PullReceiver(_ZmqReceiver):
+    def __init__(self, env: dict[str, Any], group: int, member: int) -> None:
+        import zmq
+
+        self.zmq = zmq
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.RCVHWM, ZMQ_HWM)
+        self.sock.bind(env["groups"][group][member])
+
+
+class ZmqPushPull(Adapter):
+    """Raw pyzmq PUSH -> PULL, one hop, one message per send: the per-message baseline.
+
+    Each receiver binds a PULL; each publisher has a PUSH per group connected to the
+    group's members (PUSH deals round robin: competing consumers), and sends every
+    message to every group.
+    """
+
+    name = "zmq-push"
+    label = "pyzmq PUSH->PULL"
+    scenarios = frozenset({"fanout", "workqueue", "stream", "latency"})
+
+    @contextmanager
+    def serve(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        """An endpoint per receiver (ipc under a temp dir, or tcp on 127.0.0.1)."""
+        from fastfanout.bench.processes import free_tcp_endpoint
+
+        with tempfile.TemporaryDirectory(prefix="ffbench-push-") as directory:
+            def endpoint(group: int, member: int) -> str:
+                if spec.transport == "tcp":
+                    return free_tcp_endpoint()
+                return f"ipc://{os.path.join(directory, f'pull{group}.{member}')}"
+
+            yield {"groups": [[endpoint(g, m) for m in range(spec.members)]
+                              for g in range(spec.groups)]}
+
+    def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
+        """A PUSH per group, ``send`` per message."""
+        return _PushSender(env)
+
+    def receiver(self, env: dict[str, Any], spec: Spec, group: int, member: int) -> Receiver:
+        """A bound PULL."""
+        return _PullReceiver(env, group, member)
 
 # -- multiprocessing.Queue ----------------------------------------------------------------
 
@@ -701,7 +1214,7 @@ class RedisStreams(Adapter):
 
         from fastfanout.bench.servers import redis_server
 
-        with redis_server("always" if spec.durable else "off") as peer:
+        with redis_server(REDIS_FSYNC[spec.fsync] if spec.durable else "off") as peer:
             with redis.Redis(host=peer.host, port=peer.port) as client:
                 for group in range(spec.groups):
                     client.xgroup_create("s", f"g{group}", id="$", mkstream=True)
@@ -966,7 +1479,8 @@ class JetStream(Adapter):
 
         from fastfanout.bench.servers import nats_server
 
-        with nats_server("always" if spec.durable else "default") as peer:
+        with nats_server("always" if spec.durable and spec.fsync == "always" else "default"
+                         ) as peer:
             asyncio.run(self._setup(peer.host, peer.port, spec.groups))
             yield {"host": peer.host, "port": peer.port}
 
@@ -1165,7 +1679,7 @@ class RabbitMQ(Adapter):
 
 
 ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
-    FastFanout(), Zmq(), MpQueue(), RedisPubSub(), RedisStreams(), NatsCore(),
-    JetStream(), FasterFifo(), RabbitMQ(),
+    FastFanout(), Bridge(), Zmq(), ZmqPushPull(), MpQueue(), RedisPubSub(), RedisStreams(),
+    NatsCore(), JetStream(), FasterFifo(), RabbitMQ(),
 )}
 """Every adapter by name; ``fastfanout`` first."""

@@ -23,7 +23,16 @@ from typing import Any, TypeVar
 
 import click
 
-from fastfanout.bench.scenarios import DESCRIPTIONS, SCENARIOS, TRANSPORTS, Spec, topology
+from fastfanout.bench.scenarios import (
+    APIS,
+    DESCRIPTIONS,
+    FSYNC,
+    RECEIVES,
+    SCENARIOS,
+    TRANSPORTS,
+    Spec,
+    topology,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,9 +79,11 @@ def _peer_names() -> list[str]:
 
 
 def _systems(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from fastfanout.bench.adapters import ADAPTERS
+
     names = _peer_names()
     if value.strip() in ("all", ""):
-        return names
+        return [name for name in names if ADAPTERS[name].in_all]
     if value.strip() == "none":
         return ["fastfanout"]
     chosen = ["fastfanout"]
@@ -153,13 +164,29 @@ def _options(function: F) -> F:
         click.option("--peers", "systems", default="all", callback=_systems,
                      show_default=True,
                      help="Peers beside fastfanout: all, none, or names separated by commas "
-                          "(zmq, mpqueue, redis-pubsub, redis-streams, nats, nats-jetstream, "
-                          "faster-fifo, rabbitmq)."),
+                          "(zmq, zmq-push, mpqueue, redis-pubsub, redis-streams, nats, "
+                          "nats-jetstream, faster-fifo, rabbitmq; and bridge: two fastfanout "
+                          "brokers through JetStream, not in all)."),
         click.option("--baseline", default="fastfanout", show_default=True,
                      help="The system the ratio column compares with."),
         click.option("--durable", is_flag=True,
                      help="Durable variants: fastfanout with a data directory (once it has "
-                          "storage), Redis with appendfsync always; others skipped."),
+                          "storage), Redis with an append-only file, JetStream; others "
+                          "skipped."),
+        click.option("--fsync", type=click.Choice(FSYNC), default=None,
+                     help="The durable variants' fsync policy (with --durable): fastfanout's "
+                          "Broker(fsync=...), Redis appendfsync always/everysec/no, "
+                          "JetStream sync_interval always/its default [default: always]."),
+        click.option("--api", "apis", type=click.Choice(list(APIS)), multiple=True,
+                     help="fastfanout's publishing API, repeatable (peers keep theirs): "
+                          + "; ".join(f"{name}: {text}" for name, text in APIS.items())
+                          + " [default: batch]."),
+        click.option("--receive", "receives", type=click.Choice(list(RECEIVES)),
+                     multiple=True,
+                     help="fastfanout's receiving API, repeatable (peers keep theirs; not "
+                          "for stream): "
+                          + "; ".join(f"{name}: {text}" for name, text in RECEIVES.items())
+                          + " [default: batch]."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      callback=_writable, default=None,
                      help="Write every run, percentiles and the environment to this file."),
@@ -237,13 +264,26 @@ def _specs(scenario: str, options: dict[str, Any]) -> list[Spec]:
     if options["baseline"] not in options["systems"]:
         raise click.UsageError(f"--baseline {options['baseline']!r} is not among the "
                                f"systems run ({', '.join(options['systems'])})")
+    if options["fsync"] is not None and not options["durable"]:
+        raise click.UsageError("--fsync is the durable variants' policy: give --durable")
+    receives = list(dict.fromkeys(options["receives"] or ("batch",)))
+    if scenario == "stream" and receives != ["batch"]:
+        raise click.UsageError("stream listeners have no --receive (they listen)")
     warmup = options["warmup"] if options["warmup"] is not None else (0.5 if latency else 0.2)
     batch = options["batch"] or (1 if latency else 1000)
     return [Spec(scenario=scenario, size=size, count=count, duration=duration, rate=rate,
                  batch=batch, publishers=p, groups=g, members=m,
-                 transport=options["transport"], warmup=warmup, durable=options["durable"])
+                 transport=options["transport"], warmup=warmup, durable=options["durable"],
+                 api=api, receive=receive, fsync=options["fsync"] or "always")
             for size in sorted(set(options["sizes"] or (64,)))
-            for p, g, m in _grid(scenario, options)]
+            for p, g, m in _grid(scenario, options)
+            for api in dict.fromkeys(options["apis"] or ("batch",))
+            for receive in receives]
+
+
+def _cell(spec: Spec) -> tuple[Any, ...]:
+    """What the systems of one row group share: everything but fastfanout's APIs."""
+    return (spec.size, spec.publishers, spec.groups, spec.members)
 
 
 def _run(scenario: str, options: dict[str, Any]) -> None:
@@ -265,17 +305,23 @@ def _run(scenario: str, options: dict[str, Any]) -> None:
     console = Console(stderr=True)
     measurements: list[Measurement] = []
     failed = False
+    # peers keep their own API: they run once per cell, beside its first spec
+    first: dict[tuple[Any, ...], Spec] = {}
+    for spec in specs:
+        first.setdefault(_cell(spec), spec)
     with Live(console) as live:
         for spec in specs:
             for name in options["systems"]:
+                if name != "fastfanout" and first[_cell(spec)] is not spec:
+                    continue
                 adapter = ADAPTERS[name]
-                item = Measurement(spec, name, adapter.label)
+                item = Measurement(spec, name, adapter.label_of(spec))
                 measurements.append(item)
                 item.skipped = adapter.unavailable(spec)
                 if item.skipped:
                     continue
                 for run in range(options["runs"]):
-                    label = f"{scenario} {size_label(spec.size)} {adapter.label} run {run + 1}"
+                    label = f"{scenario} {size_label(spec.size)} {item.label} run {run + 1}"
                     try:
                         with live.run(label) as progress:
                             item.runs.append(run_once(name, spec, run, progress))

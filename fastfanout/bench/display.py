@@ -75,6 +75,8 @@ def summary_table(measurements: list[Measurement], baseline: str) -> Table:
         spec = item.spec
         scenario = spec.scenario + (f" {spec.groups}x{spec.members}"
                                     if spec.scenario != "latency" else f" @{spec.rate:g}/s")
+        if spec.durable:
+            scenario += f" durable, fsync {spec.fsync}"
         summary = item.summary() or {}
         rate = summary["rate"]
         latency = summary.get("latency", {})

@@ -18,8 +18,12 @@ __all__ = ["markdown"]
 def _scenario(item: dict[str, Any]) -> str:
     spec = item["spec"]
     if item["scenario"] == "latency":
-        return f"latency @{spec['rate']:g}/s"
-    return f"{item['scenario']} {spec['groups']}x{spec['members']}"
+        text = f"latency @{spec['rate']:g}/s"
+    else:
+        text = f"{item['scenario']} {spec['groups']}x{spec['members']}"
+    if spec.get("durable"):
+        text += f" durable, fsync {spec.get('fsync', 'always')}"
+    return text
 
 
 def markdown(document: dict[str, Any]) -> str:

@@ -38,6 +38,8 @@ try:   # optional: the bench extra
     import numpy as _np
 except ImportError:   # pragma: no cover - exercised when numpy is absent
     _np = None
+_HEADER_DTYPE: Any = None if _np is None else _np.dtype(
+    [("publisher", "<u4"), ("seq", "<u4"), ("stamp", "<i8")])
 
 
 def make_bodies(publisher: int, first: int, count: int, size: int, stamp: int = 0
@@ -48,18 +50,35 @@ def make_bodies(publisher: int, first: int, count: int, size: int, stamp: int = 
     into the bodies (no packing per body).
     """
     if _np is not None and count >= 16:
-        rows = _np.full((count, size), ord("x"), dtype=_np.uint8)
-        columns = _np.empty(count, dtype=_np.dtype(
-            [("publisher", "<u4"), ("seq", "<u4"), ("stamp", "<i8")]))
-        columns["publisher"] = publisher
-        columns["seq"] = _np.arange(first, first + count, dtype=_np.uint32)
-        columns["stamp"] = stamp
-        rows[:, :HEADER.size] = columns.view(_np.uint8).reshape(count, HEADER.size)
-        data = rows.tobytes()
+        data = make_rows(publisher, first, count, size, stamp).tobytes()
         return [data[start:start + size] for start in range(0, count * size, size)]
     pad = b"x" * (size - HEADER.size)
     pack = HEADER.pack
     return [pack(publisher, seq, stamp) + pad for seq in range(first, first + count)]
+
+
+def make_rows(publisher: int, first: int, count: int, size: int, stamp: int = 0) -> Any:
+    """``make_bodies``' bodies as one ``(count, size)`` uint8 numpy array, a row a body.
+
+    Raises:
+        RuntimeError: numpy is not installed.
+    """
+    if _np is None:
+        raise RuntimeError("numpy is not installed (pip install 'fastfanout[bench]')")
+    rows = _np.full((count, size), ord("x"), dtype=_np.uint8)
+    columns = _np.empty(count, dtype=_HEADER_DTYPE)
+    columns["publisher"] = publisher
+    columns["seq"] = _np.arange(first, first + count, dtype=_np.uint32)
+    columns["stamp"] = stamp
+    rows[:, :HEADER.size] = columns.view(_np.uint8).reshape(count, HEADER.size)
+    return rows
+
+
+def array_headers(rows: Any) -> Headers:
+    """The headers of a ``(n, size)`` uint8 array of bodies (``MessageBatch.as_array``)."""
+    columns = _np.ascontiguousarray(rows[:, :HEADER.size]).view(_HEADER_DTYPE).reshape(
+        len(rows))
+    return Headers(columns["publisher"], columns["seq"], columns["stamp"])
 
 
 class Headers:

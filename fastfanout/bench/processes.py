@@ -26,21 +26,24 @@ def spawn() -> Any:
     return mp.get_context("spawn")
 
 
-def serve_broker(endpoint: str, data_dir: str | None = None) -> None:
+def serve_broker(endpoint: str, data_dir: str | None = None, fsync: str = "always"
+                 ) -> None:
     """A broker process's target: serve ``endpoint`` with the default settings.
 
     Args:
         endpoint: ``ipc://PATH`` or ``tcp://127.0.0.1:PORT``.
-        data_dir: a directory for durable storage (``Broker(data_dir=...)``, fsync
-            ``always``), or None for a memory-only broker.
+        data_dir: a directory for durable storage (``Broker(data_dir=...)``), or None for
+            a memory-only broker.
+        fsync: the durable broker's fsync policy (``always``: a publish is confirmed once
+            on disk; ``interval``, ``never``).
     """
     from fastfanout import Broker
     from fastfanout.server.loop import serve
 
     if data_dir is None:
         serve(endpoint)
-    else:   # fsync "always": a publish is confirmed once on disk
-        serve(endpoint, broker=Broker(data_dir=data_dir))
+    else:
+        serve(endpoint, broker=Broker(data_dir=data_dir, fsync=fsync))
 
 
 def connect_when_up(endpoint: str, broker: Any, **options: Any) -> Any:
@@ -88,14 +91,15 @@ def free_tcp_endpoint() -> str:
 
 
 @contextmanager
-def broker_process(transport: str = "ipc", data_dir: str | None = None
-                   ) -> Iterator[tuple[str, Any]]:
+def broker_process(transport: str = "ipc", data_dir: str | None = None,
+                   fsync: str = "always") -> Iterator[tuple[str, Any]]:
     """A broker process on a fresh endpoint, serving once it answers: (endpoint, process).
 
     Args:
         transport: ``ipc`` (and ``local``: the same socket, the clients then attach local
             channels) or ``tcp`` (127.0.0.1, a free port).
         data_dir: passed to the broker (durable storage), or None.
+        fsync: the durable broker's fsync policy (with ``data_dir``).
 
     Terminated (and reaped) on exit, and its temporary directory removed.
     """
@@ -104,7 +108,7 @@ def broker_process(transport: str = "ipc", data_dir: str | None = None
             endpoint = free_tcp_endpoint()
         else:
             endpoint = f"ipc://{os.path.join(directory, 'ff.sock')}"
-        broker = spawn().Process(target=serve_broker, args=(endpoint, data_dir))
+        broker = spawn().Process(target=serve_broker, args=(endpoint, data_dir, fsync))
         broker.start()
         try:
             connect_when_up(endpoint, broker).close()

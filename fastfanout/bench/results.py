@@ -124,8 +124,12 @@ class Measurement:
     @property
     def key(self) -> str:
         """``scenario[/variant]/size/system``: what ``compare`` pairs."""
-        variant = (f"/p{self.spec.publishers}g{self.spec.groups}m{self.spec.members}"
-                   f"/{self.spec.transport}" + ("/durable" if self.spec.durable else ""))
+        spec = self.spec
+        variant = (f"/p{spec.publishers}g{spec.groups}m{spec.members}/{spec.transport}"
+                   + ("/durable" if spec.durable else "")
+                   + (f"-{spec.fsync}" if spec.durable and spec.fsync != "always" else ""))
+        if self.system == "fastfanout" and (spec.api, spec.receive) != ("batch", "batch"):
+            variant += f"/{spec.api}-{spec.receive}"
         return f"{self.spec.scenario}{variant}/{size_label(self.spec.size)}/{self.system}"
 
     def rates(self) -> list[float]:
@@ -181,13 +185,14 @@ def set_ratios(measurements: list[Measurement], baseline: str) -> None:
     """Each measurement's ratio to ``baseline``'s of the same scenario and size.
 
     Throughput: rate / baseline rate (above 1: faster); latency: p50 / baseline p50
-    (below 1: faster).
+    (below 1: faster). With several fastfanout APIs (``--api``, ``--receive``) and
+    ``baseline`` fastfanout, the ratio is to the first API measured.
     """
     by_cell: dict[tuple[Any, ...], Measurement] = {}
     for item in measurements:
         if item.system == baseline:
-            by_cell[(item.spec.scenario, item.spec.size, item.spec.groups,
-                     item.spec.members)] = item
+            by_cell.setdefault((item.spec.scenario, item.spec.size, item.spec.groups,
+                                item.spec.members), item)
     for item in measurements:
         base = by_cell.get((item.spec.scenario, item.spec.size, item.spec.groups,
                             item.spec.members))

@@ -36,6 +36,7 @@ from fastfanout.bench.payload import (
     LatencyRecorder,
     SequenceCheck,
     make_bodies,
+    make_rows,
     merge,
     percentiles,
 )
@@ -72,6 +73,7 @@ class RunResult:
             measured part of the run (after the warm-up).
         publish_rate: messages per second the publishers sent, together.
         latency: latency percentiles in µs (p50 ... p100) and their count, or None.
+        extra: the system's own figures of the run (``Adapter.after_run``).
     """
 
     system: str
@@ -114,6 +116,7 @@ def _publisher_main(name: str, env: dict[str, Any], spec: Spec, index: int, shar
         limit = spec.count if spec.count is not None else 1 << 31
         stamped = spec.scenario == "latency"
         size, batch, sent = spec.size, spec.batch, 0
+        make = make_rows if getattr(sender, "rows", False) else make_bodies   # --api numpy
         while sent < limit and not shared[_STOP]:
             due = go + int(offset + sent * interval)
             if interval:
@@ -125,7 +128,7 @@ def _publisher_main(name: str, env: dict[str, Any], spec: Spec, index: int, shar
             if end is not None and clock() >= end:
                 break
             take = min(batch, limit - sent)
-            sender.send(make_bodies(index, sent, take, size, due if stamped else 0))
+            sender.send(make(index, sent, take, size, due if stamped else 0))
             sent += take
             shared[sent_slot] = sent
         sender.close()
@@ -234,7 +237,10 @@ def run_once(system: str, spec: Spec, run: int, progress: Progress | None = None
             stop_processes(children)
             out.close()
             out.cancel_join_thread()
-    return _result(system, spec, run, go, results)
+        extra = adapter.after_run(env, spec)   # the system's own counts, still running
+    result = _result(system, spec, run, go, results)
+    result.extra.update(extra)
+    return result
 
 
 def _check_error(message: tuple[Any, ...]) -> None:

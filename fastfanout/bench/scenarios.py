@@ -20,6 +20,36 @@ SCENARIOS = ("fanout", "workqueue", "stream", "latency")
 """The names of the scenarios, in the order the help lists them."""
 TRANSPORTS = ("local", "ipc", "tcp")
 """fastfanout's transports: a local channel (shared memory), an ipc socket, tcp."""
+FSYNC = ("always", "interval", "never")
+"""fsync policies of the durable variants (``Broker(fsync=...)``; peers: their nearest)."""
+
+APIS = {
+    "batch": "publish_batch_nowait of each batch, 8 in flight (publish_nowait for "
+             "batches of 1)",
+    "publish_nowait": "client.publish_nowait per message (the client batches on the wire)",
+    "offer": "producer.offer per message (client.producer: frames of 1,000, 8 in flight)",
+    "publish": "client.publish per message (a round trip each)",
+    "numpy": "publish_batch_nowait of a 2-D uint8 array per batch (one row per message)",
+    "aio-publish": "asyncio: await client.publish per message (a round trip each)",
+    "aio-gather": "asyncio: asyncio.gather of client.publish per batch",
+    "aio-nowait": "asyncio: client.publish_nowait per message, the batch's futures awaited",
+    "aio-offer": "asyncio: producer.offer per message, await producer.drain() per batch",
+}
+"""fastfanout's publishing APIs (``--api``): what each publisher calls per batch of
+``--batch`` bodies. Peers keep their own natural API."""
+
+RECEIVES = {
+    "batch": "consume + DeliveryBatch.ack() per pushed batch (headers read from the frame)",
+    "each": "for message in consume(q): message.body, message.ack()",
+    "aio-each": "asyncio: async for message in client.consume(q): message.body, "
+                "message.ack()",
+    "array": "consume + batch.as_array(uint8, (size,)) + batch.ack() per pushed batch",
+    "receive": "client.receive(max_messages=1000), message.ack() each (a round trip each)",
+    "worker": "a fastfanout.Worker handler per message (concurrency 1, prefetch 1,000)",
+    "worker-batch": "a fastfanout.Worker handler of batch_size=100 (concurrency 1)",
+}
+"""fastfanout's receiving APIs (``--receive``): how each consumer takes and acks its
+messages. Peers keep their own natural API."""
 
 DESCRIPTIONS = {
     "fanout": "P publishers -> a topic -> Q queues x C consumers each, acked",
@@ -48,6 +78,9 @@ class Spec:
         transport: fastfanout's transport (TRANSPORTS); peers use their own.
         warmup: seconds at the start of each run that are not measured.
         durable: fastfanout with a data directory, peers with their own persistence.
+        api: fastfanout's publishing API (APIS).
+        receive: fastfanout's receiving API (RECEIVES).
+        fsync: the durable variants' fsync policy (FSYNC).
     """
 
     scenario: str
@@ -62,6 +95,9 @@ class Spec:
     transport: str
     warmup: float
     durable: bool = False
+    api: str = "batch"
+    receive: str = "batch"
+    fsync: str = "always"
 
     @property
     def expected(self) -> int:

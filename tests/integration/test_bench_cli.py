@@ -58,6 +58,10 @@ def assert_one_line_error(result: Any, what: str) -> None:
     ["fanout", "--json", "/nonexistent-dir/x.json"],
     ["fanout", "--plot", "out.svg"],
     ["stream", "--consumers", "2"],
+    ["fanout", "--fsync", "never"],                # a durable policy without --durable
+    ["fanout", "--api", "carrier-pigeon"],
+    ["workqueue", "--receive", "telepathy"],
+    ["stream", "--receive", "each"],               # listeners listen
     ["nosuch"],
     ["compare", "missing-old.json", "missing-new.json"],
 ])

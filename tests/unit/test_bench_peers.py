@@ -1,4 +1,5 @@
-"""The pure parts of bench/peers.py and bench/e2e_durable.py (no Redis or NATS started)."""
+"""The pure parts of bench/peers.py, bench/e2e_durable.py and the harness's reply readers
+(no Redis or NATS started)."""
 
 from __future__ import annotations
 
@@ -142,26 +143,19 @@ def test_stop_process_kills_what_ignores_sigterm(peers: ModuleType) -> None:
             process.stdout.close()
 
 
-def test_redis_replies_counts_bulk_strings_across_reads(durable: ModuleType) -> None:
-    sock = FakeSocket([b"$15\r\n1700000000000-1\r\n$1", b"5\r\n1700000000000-2\r\n$3\r\n"])
-    left = durable.redis_replies(sock, 3, b"$15\r\n1700000000000-0\r\n")
-    assert left == b"$3\r\n"
-    assert sock.chunks == []
-    with pytest.raises(RuntimeError, match="WRONGTYPE"):
-        durable.redis_replies(FakeSocket([]), 1, b"-WRONGTYPE Operation\r\n")
+def test_nats_acks_counts_puback_frames_and_answers_ping() -> None:
+    from fastfanout.bench.adapters import nats_acks
 
-
-def test_nats_acks_counts_puback_frames_and_answers_ping(durable: ModuleType) -> None:
     ack = b'{"stream":"S","seq":1}'
     frame = b"MSG _INBOX.bench.ack 1 %d\r\n%s\r\n" % (len(ack), ack)
     sock = FakeSocket([frame + b"PING\r\n" + frame[:10], frame[10:]])
-    acks, left = durable.nats_acks(sock, b"+OK\r\n")
+    acks, left = nats_acks(sock, b"+OK\r\n")
     assert (acks, left, sock.sent) == (1, frame[:10], [b"PONG\r\n"])
-    assert durable.nats_acks(sock, left) == (1, b"")
+    assert nats_acks(sock, left) == (1, b"")
     refused = b'{"error":{"code":503}}'
     with pytest.raises(RuntimeError, match="refused"):
-        durable.nats_acks(FakeSocket([b"MSG x 1 %d\r\n%s\r\n" % (len(refused), refused)]),
-                          b"")
+        nats_acks(FakeSocket([b"MSG x 1 %d\r\n%s\r\n" % (len(refused), refused)]),
+                  b"")
 
 
 def test_ratios_pair_each_run_with_its_ceiling(durable: ModuleType) -> None:
@@ -170,13 +164,14 @@ def test_ratios_pair_each_run_with_its_ceiling(durable: ModuleType) -> None:
     assert durable.spread([1_500.0, 2_000_000.0, 30_000.0]) == "30 k (1,500-2.00 M)"
 
 
-def test_filesystem_of_names_the_mount_holding_a_path(durable: ModuleType,
-                                                      tmp_path: Path) -> None:
-    point, kind, _device = durable.filesystem_of(str(tmp_path))
+def test_filesystem_of_names_the_mount_holding_a_path(tmp_path: Path) -> None:
+    from fastfanout.bench.disk import describe_disk, filesystem_of
+
+    point, kind, _device = filesystem_of(str(tmp_path))
     assert str(tmp_path.resolve()).startswith(point)
     with open("/proc/mounts") as mounts:
         assert any(line.split()[1:3] == [point, kind] for line in mounts)
-    assert kind in durable.describe_disk(str(tmp_path))
+    assert kind in describe_disk(str(tmp_path))
 
 
 def test_table_compares_fastfanout_only_with_peers_of_the_same_durability(
