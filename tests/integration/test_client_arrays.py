@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastfanout import InvalidArgument, aio
+from fastfanout._ext.shmring import RingFrame
 from fastfanout.client.consumers import DeliveryBatch
 
 DATA = np.arange(40 * 256, dtype=np.float32).reshape(40, 256)
@@ -116,3 +117,29 @@ def test_body_list_gives_the_bodies_as_bytes(track: Tracker) -> None:
     assert batch is not None and batch.body_list() == [b"a", b"b"]
     assert isinstance(batch, DeliveryBatch) and bytes(batch.body(1)) == b"b"
     batch.ack()
+
+
+def test_a_large_batch_is_a_view_of_the_clients_ring_until_it_is_dropped(
+        track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, local_channel=True, ring_bytes=1 << 20)
+    setup(client)
+    rows = np.arange(200 * 256, dtype=np.float32).reshape(200, 256)   # a 200 KiB frame
+    assert len(client.publish_batch("t", rows)) == 200   # written into the ring in place
+    ring = client.connection.transport.channel.incoming
+    consumer = client.consume("q", prefetch=1000)
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None and len(batch) == 200
+    table = batch.as_array(np.float32, (256,))
+    assert (table == rows).all() and not table.flags.writeable
+    assert type(batch.bodies.obj) is RingFrame        # no copy out of the ring
+    assert np.shares_memory(table, np.frombuffer(batch.bodies, np.uint8))
+    assert bytes(batch.frame) == bytes(batch.bodies)  # ``frame``: a copy
+    assert ring.held == 1
+    batch.ack()
+    del batch
+    assert ring.held == 1          # the table still views the frame: it stays held
+    del table
+    assert ring.held == 0 and ring.hold_refusals == 0
+    consumer.cancel()
+    track.wait_until(lambda: client.stats().queues["q"].acked == 200, what="200 acks")
