@@ -3,6 +3,7 @@
 # that interface (`claim_pair` a two-frame message whose second frame it fills in place,
 # then `commit` — one writer only) without cimporting this file; `claim` takes room for
 # `size` bytes (the record header included).
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t
 
 from fastfanout._ext.sinks cimport (
@@ -42,17 +43,18 @@ cdef class SharedRing(FrameSink):
     cdef bint reading                   # read_pos is set
     cdef uint64_t* held_start           # held records, oldest first (a circle of MAX_HELD)
     cdef uint64_t* held_end
-    cdef uint32_t* held_refs            # live RingFrames of each record
+    cdef PyObject** held_frame          # each record's RingFrame (borrowed; NULL: gone)
     cdef uint64_t held_first            # sequence number of the oldest held record
     cdef uint64_t held_count
     cdef readonly Py_ssize_t live_frames
     cdef public uint64_t max_held
     cdef readonly uint64_t hold_refusals
+    cdef readonly uint64_t hold_detaches
     cdef bint wake_pending              # a release made room while the writer waited
     cdef bint close_pending             # closed while frames were live: unmap at the last
 
-    cdef bint _hold(self, uint64_t start, uint64_t end, uint32_t refs, uint64_t* seq
-                    ) except -1
+    cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1
+    cdef void _detach_oldest(self) noexcept
     cdef bint _move_tail(self) noexcept
     cdef uint64_t _reader_pos(self) noexcept
     cdef void _release(self, uint64_t seq) noexcept
@@ -73,3 +75,7 @@ cdef class RingFrame:
     cdef Py_ssize_t length
     cdef uint64_t seq
     cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t exports             # buffers exported and not released
+    cdef bytes owned                    # the copy, once detached from the ring
+
+    cdef int _detach(self) except -1

@@ -48,9 +48,14 @@ waiting for room, the next ``read`` (or ``sleep``, which then returns False) rep
 so the reader rings. The bound: a frame is held only while the span it pins (from the
 oldest held record to the end of this one) stays within ``max_held`` bytes (default a
 quarter of the ring) and fewer than ``MAX_HELD`` records are held; otherwise it is copied
-as before and ``hold_refusals`` counts it. A record held for good stops the writer once
-the ring fills behind it: the reader's owner must drop held frames in time (see
-docs/arrays.md). ``close`` with frames still live unmaps at the last one's release.
+as before and ``hold_refusals`` counts it. Other records read after a held one are
+pinned too (the tail cannot pass the held one): when the pinned span passes half the
+ring, ``read`` copies the oldest held frames out of the ring (``detach``: the object
+stays, its bytes move to the heap) as long as no buffer views them, and
+``hold_detaches`` counts them. A frame still viewed (a live numpy array or memoryview
+of it) cannot move: kept for good, it stops the writer once the ring fills behind it,
+so views of held frames are for the work at hand (see docs/arrays.md). ``close`` with
+frames still live unmaps at the last one's release.
 
 Opening. ``create`` makes the ring in an anonymous memory file (``memfd_create``): it
 has no name in any file system, so nothing of a channel is left behind by a process that
@@ -70,11 +75,12 @@ shared mapping as of any file: sealing costs the ring nothing per message.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_WRITABLE
-from libc.stdint cimport uint32_t, uint64_t
+from cpython.ref cimport PyObject
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from posix.fcntl cimport O_NONBLOCK, O_RDWR, open as c_open
-from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.stat cimport S_ISREG, fstat, struct_stat
 from posix.unistd cimport close as c_close, geteuid
 
@@ -152,7 +158,7 @@ cdef class SharedRing:
         self.fd = -1
         self.held_start = NULL
         self.held_end = NULL
-        self.held_refs = NULL
+        self.held_frame = NULL
 
     def __init__(self, str path):
         cdef bytes encoded = os.fsencode(path)
@@ -203,7 +209,7 @@ cdef class SharedRing:
         self._unmap()
         free(self.held_start)
         free(self.held_end)
-        free(self.held_refs)
+        free(self.held_frame)
 
     cdef void _unmap(self) noexcept:
         if self.base != NULL:
@@ -424,8 +430,7 @@ cdef class SharedRing:
         cdef uint64_t frame_length
         cdef uint64_t at
         cdef uint32_t index
-        cdef uint32_t holding
-        cdef uint64_t slot
+        cdef int64_t hold_index
         cdef uint64_t seq = 0
         cdef list frames
         cdef const char* record
@@ -453,27 +458,30 @@ cdef class SharedRing:
             if kind > MAX_FRAMES or table > length:
                 raise ValueError(f"{self.path}: record at {tail} has a bad frame table")
             at = RECORD_HEADER + table
-            holding = 0
+            hold_index = -1   # the record's first frame of hold_min bytes or more
             for index in range(kind):
                 frame_length = ff_load_le32(record + RECORD_HEADER + 4 * index)
                 if at + frame_length > RECORD_HEADER + length:
                     raise ValueError(f"{self.path}: record at {tail} overruns itself")
-                if hold_min and frame_length >= hold_min:
-                    holding += 1
+                if hold_min and frame_length >= hold_min and hold_index < 0:
+                    hold_index = index
                 at += frame_length
-            if holding and not self._hold(tail, tail + RECORD_HEADER + length, holding,
-                                          &seq):
-                holding = 0
             frames = []
             at = RECORD_HEADER + table
             for index in range(kind):
                 frame_length = ff_load_le32(record + RECORD_HEADER + 4 * index)
-                if holding and frame_length >= hold_min:
+                if index == hold_index:
+                    # made first: an allocation may collect (and release) other frames,
+                    # so nothing is pushed on the held records between these two steps
                     held = RingFrame.__new__(RingFrame)
+                    if not self._hold(tail, tail + RECORD_HEADER + length, &seq):
+                        hold_index = -1
+                if index == hold_index:
                     held.ring = self
                     held.data = record + at
                     held.length = <Py_ssize_t>frame_length
                     held.seq = seq
+                    self.held_frame[seq % C_MAX_HELD] = <PyObject*>held
                     self.live_frames += 1
                     frames.append(held)
                 else:
@@ -483,18 +491,35 @@ cdef class SharedRing:
             messages.append(frames)
             tail += RECORD_HEADER + length
             self.read_pos = tail
+        if self.held_count and (self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
+                                > self.capacity_ // 2):
+            self._detach_oldest()
         return messages, self._move_tail()
 
-    cdef bint _hold(self, uint64_t start, uint64_t end, uint32_t refs, uint64_t* seq
-                    ) except -1:
-        """Hold the record at [start, end) for ``refs`` frames; False: over the bound."""
+    cdef void _detach_oldest(self) noexcept:
+        """Copy the oldest held frames out of the ring while no buffer views them, until
+        the pinned span is within half the ring (a frame someone views stops it)."""
+        cdef RingFrame frame
+        cdef PyObject* pointer
+        while self.held_count and (self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
+                                   > self.capacity_ // 2):
+            pointer = self.held_frame[self.held_first % C_MAX_HELD]
+            if pointer == NULL:
+                break   # not possible: a record without frame is popped at once
+            frame = <RingFrame>pointer
+            if frame.exports or frame._detach() < 0:
+                break
+            self.hold_detaches += 1
+
+    cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1:
+        """Hold the record at [start, end) for one frame; False: over the bound."""
         cdef uint64_t oldest = start
         cdef uint64_t slot
         if self.held_start == NULL:
             self.held_start = <uint64_t*>malloc(C_MAX_HELD * sizeof(uint64_t))
             self.held_end = <uint64_t*>malloc(C_MAX_HELD * sizeof(uint64_t))
-            self.held_refs = <uint32_t*>malloc(C_MAX_HELD * sizeof(uint32_t))
-            if self.held_start == NULL or self.held_end == NULL or self.held_refs == NULL:
+            self.held_frame = <PyObject**>malloc(C_MAX_HELD * sizeof(PyObject*))
+            if self.held_start == NULL or self.held_end == NULL or self.held_frame == NULL:
                 raise MemoryError()
         if self.held_count:
             oldest = self.held_start[self.held_first % C_MAX_HELD]
@@ -505,7 +530,7 @@ cdef class SharedRing:
         slot = seq[0] % C_MAX_HELD
         self.held_start[slot] = start
         self.held_end[slot] = end
-        self.held_refs[slot] = refs
+        self.held_frame[slot] = NULL   # set by read at once (no allocation in between)
         self.held_count += 1
         return True
 
@@ -528,10 +553,10 @@ cdef class SharedRing:
         cdef uint64_t slot
         if seq < self.held_first or seq >= self.held_first + self.held_count:
             return
-        self.held_refs[seq % C_MAX_HELD] -= 1
+        self.held_frame[seq % C_MAX_HELD] = NULL
         if seq != self.held_first:
             return
-        while self.held_count and self.held_refs[self.held_first % C_MAX_HELD] == 0:
+        while self.held_count and self.held_frame[self.held_first % C_MAX_HELD] == NULL:
             self.held_first += 1
             self.held_count -= 1
         if self.base != NULL and self.reading:
@@ -586,9 +611,25 @@ cdef class RingFrame:
     def __len__(self):
         return self.length
 
+    cdef int _detach(self) except -1:
+        """Copy the frame out of the ring and release its record (no buffer views it)."""
+        cdef SharedRing ring = self.ring
+        self.owned = PyBytes_FromStringAndSize(self.data, self.length)
+        self.data = PyBytes_AS_STRING(self.owned)
+        self.ring = None
+        ring._release(self.seq)
+        ring._frame_gone()
+        return 0
+
+    @property
+    def in_ring(self):
+        """True while the frame is read in place (False once copied out: ``detach``)."""
+        return self.ring is not None
+
     def __getbuffer__(self, Py_buffer* view, int flags):
         if flags & PyBUF_WRITABLE:
             raise BufferError("a frame held in a shared ring is read-only")
+        self.exports += 1
         self.shape[0] = self.length
         view.buf = <void*>self.data
         view.obj = self
@@ -603,7 +644,7 @@ cdef class RingFrame:
         view.internal = NULL
 
     def __releasebuffer__(self, Py_buffer* view):
-        pass
+        self.exports -= 1
 
     def __bytes__(self):
         return PyBytes_FromStringAndSize(self.data, self.length)
@@ -648,9 +689,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
     if info.st_size < HEADER_SIZE + MIN_CAPACITY or info.st_size > HEADER_SIZE + MAX_CAPACITY:
         raise ValueError(f"{path} has the wrong size for a shared ring")
     ring.map_size = <uint64_t>info.st_size
-    # MAP_POPULATE: the pages are mapped now, not faulted in one by one at first use
-    cdef void* mapped = mmap(NULL, ring.map_size, PROT_READ | PROT_WRITE,
-                             MAP_SHARED | MAP_POPULATE,
+    cdef void* mapped = mmap(NULL, ring.map_size, PROT_READ | PROT_WRITE, MAP_SHARED,
                              ring.fd, 0)
     if mapped == MAP_FAILED:
         raise OSError(_errno(), f"cannot map the shared ring {path}")

@@ -70,15 +70,17 @@ def test_a_held_record_keeps_its_room_and_its_release_wakes_the_waiting_writer(p
     writer, reader = pair
     writer.write([b"x" * BIG])
     (held,), _ = reader.read(1, BIG)
+    view = np.frombuffer(held[0], np.uint8)   # viewed: it cannot move out of the ring
     # fill the ring behind it with small messages, read (copied) as they come
-    while (status := writer.write([b"s" * 1000])) != FULL:
-        assert status in (WROTE, WROTE_WAKE)
+    for _ in range(MIN_CAPACITY // 1000):
+        if writer.write([b"s" * 1000]) == FULL:
+            break
         reader.read(1 << 10, BIG)
-    assert reader.held == 1
+    assert writer.write([b"s" * 1000]) == FULL and reader.held == 1
     messages, wake = reader.read(8, BIG)
     assert messages == [] and not wake
     assert not reader.pending() and reader.sleep()   # nothing to read or to release
-    del held
+    del held, view
     # the release moved the tail while the writer waited: the reader must not sleep,
     # and its next read says to ring the writer
     assert reader.pending()
@@ -165,3 +167,43 @@ def test_a_rows_frame_read_as_a_buffer_is_built_once_and_lets_the_array_go():
 
 def test_lists_still_make_bytes_frames():
     assert type(publish_frame_of([b"a", b"b"])) is bytes
+
+
+def fill_behind(writer, reader, until) -> None:
+    """Write small messages, read (and drop) each, until ``until()`` (at most a ring)."""
+    for _ in range(MIN_CAPACITY // 1000):
+        if until():
+            return
+        assert writer.write([b"s" * 1000]) in (WROTE, WROTE_WAKE)
+        reader.read(1 << 10, BIG)
+    assert until()
+
+
+def test_a_held_frame_nobody_views_moves_out_of_the_ring_past_half_of_it(pair):
+    writer, reader = pair
+    writer.write([b"k" * BIG])
+    (message,), _ = reader.read(8, BIG)
+    frame = message[0]
+    assert frame.in_ring
+    fill_behind(writer, reader, lambda: reader.hold_detaches)
+    assert not frame.in_ring and bytes(frame) == b"k" * BIG   # copied, same bytes
+    assert reader.held == 0 and writer.used <= MIN_CAPACITY // 2
+    del message, frame   # nothing more to release
+    assert reader.held == 0 and reader.live_frames == 0
+
+
+def test_a_held_frame_still_viewed_stays_and_pins_the_ring(pair):
+    writer, reader = pair
+    writer.write([b"v" * BIG])
+    (message,), _ = reader.read(8, BIG)
+    view = np.frombuffer(message[0], np.uint8)
+    for _ in range(MIN_CAPACITY // 1000):
+        if writer.write([b"s" * 1000]) == FULL:
+            break
+        reader.read(1 << 10, BIG)
+    assert reader.hold_detaches == 0 and message[0].in_ring and reader.held == 1
+    assert bytes(view[:3]) == b"vvv"
+    del view   # no view left: the next read past half the ring moves it out
+    reader.read(8, BIG)
+    assert reader.hold_detaches == 1 and not message[0].in_ring
+    assert writer.write([b"s" * 1000]) in (WROTE, WROTE_WAKE)
