@@ -37,8 +37,9 @@ sets ``writer_waiting`` and the reader, having made room, clears it and rings th
 writer's bell (``read`` says so). Both handshakes are Dekker's pattern and use seq_cst
 operations (atomics.h), so a wake-up is never lost; a spurious one costs a poll.
 
-Holding frames in place (the reader's side, ``read(max_messages, hold_min)``). A frame
-of ``hold_min`` bytes or more may be returned as a ``RingFrame`` instead of a bytes copy:
+Holding frames in place (the reader's side, ``read(max_messages, hold_min)``). A
+message's last frame of ``hold_min`` bytes or more may be returned as a ``RingFrame``
+instead of a bytes copy:
 a read-only buffer that views the frame where it lies in the ring. Its record then stays
 *held*: the shared ``tail`` (what the writer may reuse) does not pass the oldest held
 record while the reader's own position moves on, and the record is released when its
@@ -407,10 +408,12 @@ cdef class SharedRing:
 
         Each message is a list of frames, or None for a marker (reading stops after it:
         the socket's next message comes first). A frame is a bytes copy; with
-        ``hold_min`` > 0, one of ``hold_min`` bytes or more is a ``RingFrame`` viewing
-        the ring in place while ``max_held`` allows (see the module essay).
+        ``hold_min`` > 0, a message's last frame of ``hold_min`` bytes or more is a
+        ``RingFrame`` viewing the ring in place while ``max_held`` allows (see the
+        module essay).
         ``wake_writer``: the writer waits for room and this read (or a release since
-        the last read) made some — ring the writer's bell.
+        the last read) made some — ring the writer's bell. Only a message's last frame
+        is ever held (one per record), so ``type(message[-1])`` tells.
 
         Raises:
             ValueError: a record is malformed (the ring is not one of ours, or the
@@ -458,12 +461,12 @@ cdef class SharedRing:
             if kind > MAX_FRAMES or table > length:
                 raise ValueError(f"{self.path}: record at {tail} has a bad frame table")
             at = RECORD_HEADER + table
-            hold_index = -1   # the record's first frame of hold_min bytes or more
+            hold_index = -1   # the record's last frame, when of hold_min bytes or more
             for index in range(kind):
                 frame_length = ff_load_le32(record + RECORD_HEADER + 4 * index)
                 if at + frame_length > RECORD_HEADER + length:
                     raise ValueError(f"{self.path}: record at {tail} overruns itself")
-                if hold_min and frame_length >= hold_min and hold_index < 0:
+                if hold_min and frame_length >= hold_min and index == kind - 1:
                     hold_index = index
                 at += frame_length
             frames = []

@@ -143,3 +143,30 @@ def test_a_large_batch_is_a_view_of_the_clients_ring_until_it_is_dropped(
     assert ring.held == 0 and ring.hold_refusals == 0
     consumer.cancel()
     track.wait_until(lambda: client.stats().queues["q"].acked == 200, what="200 acks")
+
+
+def test_publishes_read_in_place_by_the_broker_arrive_whole_even_when_held(
+        track: Tracker) -> None:
+    # Over a local channel the broker reads a large publish frame where it lies in the
+    # client's ring. A publish held by a full ``hold`` queue keeps its frame while the
+    # client writes on behind it (past half its ring: the broker copies the frame out).
+    server = track.server()
+    client = track.client(server.endpoint, local_channel=True, ring_bytes=1 << 20)
+    client.create_topic("t")
+    client.create_queue("q", max_messages=100, overflow="hold")
+    client.subscribe("t", "q")
+    rows = np.arange(800 * 256, dtype=np.float32).reshape(800, 256)
+    client.publish_batch("t", rows[:100])                  # the queue is full now
+    held = client.publish_batch_nowait("t", rows[100:200])   # 108 KB: read in place, held
+    rest = [client.publish_batch_nowait("t", rows[start:start + 50])   # 54 KB frames
+            for start in range(200, 800, 50)]
+    consumer = client.consume("q", prefetch=100)
+    got: list[Any] = []
+    while sum(map(len, got)) < 800:
+        batch = consumer.next_batch(timeout=10.0)
+        assert batch is not None
+        got.append(np.array(batch.as_array(np.float32, (256,))))
+        batch.ack()
+    assert (np.concatenate(got) == rows).all()
+    assert len(held.result()) == 100 and all(len(f.result()) == 50 for f in rest)
+    consumer.cancel()
