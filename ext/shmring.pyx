@@ -47,8 +47,8 @@ last ``RingFrame`` is deallocated (every view of it gone: a numpy array made fro
 keeps it). A release of the oldest held record moves the tail on; when the writer was
 waiting for room, the next ``read`` (or ``sleep``, which then returns False) reports it
 so the reader rings. The bound: a frame is held only while the span it pins (from the
-oldest held record to the end of this one) stays within ``max_held`` bytes (default a
-quarter of the ring) and fewer than ``MAX_HELD`` records are held; otherwise it is copied
+oldest held record to the end of this one) stays within ``max_held`` bytes (default half
+the ring) and fewer than ``MAX_HELD`` records are held; otherwise it is copied
 as before and ``hold_refusals`` counts it. Other records read after a held one are
 pinned too (the tail cannot pass the held one): when the pinned span passes half the
 ring, ``read`` copies the oldest held frames out of the ring (``detach``: the object
@@ -713,7 +713,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
             or HEADER_SIZE + ring.capacity_ != ring.map_size):
         raise ValueError(f"{path}: its header disagrees with its size")
     ring.mask = ring.capacity_ - 1
-    ring.max_held = ring.capacity_ // 4
+    ring.max_held = ring.capacity_ // 2
     ring.data = ring.base + HEADER_SIZE
     ring.head = <ff_atomic_u64*>(ring.base + OFF_HEAD)
     ring.tail = <ff_atomic_u64*>(ring.base + OFF_TAIL)

@@ -80,7 +80,7 @@ HOLD_MIN_BYTES = 64 << 10
 """Frames of this many bytes or more are read in place (a ``RingFrame``) by a client;
 smaller ones are copied (a copy of a small frame costs less than tracking it)."""
 
-DEFAULT_HELD_SHARE = 4
+DEFAULT_HELD_SHARE = 2
 """A client's ring pins at most 1/this of itself in held frames (``max_held``)."""
 
 ATTACH_FIELDS = ("pid", "to_broker", "to_client", "broker_bell", "client_bell")

@@ -26,7 +26,7 @@ BIG = 4096   # hold_min of these tests
 
 @pytest.fixture
 def pair():
-    """(writer, reader) of one fresh ring of MIN_CAPACITY bytes (a quarter: max_held)."""
+    """(writer, reader) of one fresh ring of MIN_CAPACITY bytes (half of it: max_held)."""
     writer = SharedRing.create(MIN_CAPACITY)
     reader = SharedRing(f"/proc/{os.getpid()}/fd/{writer.fileno()}")
     yield writer, reader
@@ -92,22 +92,24 @@ def test_a_held_record_keeps_its_room_and_its_release_wakes_the_waiting_writer(p
 
 def test_frames_beyond_max_held_are_copied_and_counted(pair):
     writer, reader = pair
-    assert reader.max_held == MIN_CAPACITY // 4
-    for _ in range(6):
-        writer.write([b"x" * BIG])
-    messages, _ = reader.read(8, BIG)
-    kinds = [type(m[0]) for m in messages]
+    assert reader.max_held == MIN_CAPACITY // 2
     per_record = 8 + 8 + BIG
     held = reader.max_held // per_record
-    assert kinds == [RingFrame] * held + [bytes] * (6 - held)
-    assert reader.hold_refusals == 6 - held
-    assert reader.held == held and reader.held_bytes == 6 * per_record
-    del messages
+    for _ in range(held + 3):
+        writer.write([b"x" * BIG])
+    first, _ = reader.read(held, BIG)
+    assert [type(m[0]) for m in first] == [RingFrame] * held
+    views = [np.frombuffer(m[0], np.uint8) for m in first]   # viewed: they cannot move
+    rest, _ = reader.read(8, BIG)
+    assert [type(m[0]) for m in rest] == [bytes] * 3
+    assert reader.hold_refusals == 3 and reader.hold_detaches == 0
+    assert reader.held == held and reader.held_bytes == (held + 3) * per_record
+    del first, views
     assert reader.held == 0 and writer.used == 0
     reader.max_held = 0   # holding nothing: every frame is copied
     writer.write([b"x" * BIG])
     (message,), _ = reader.read(8, BIG)
-    assert type(message[0]) is bytes and reader.hold_refusals == 7 - held
+    assert type(message[0]) is bytes and reader.hold_refusals == 4
 
 
 def test_out_of_order_releases_free_only_from_the_oldest(pair):
