@@ -170,3 +170,35 @@ def test_publishes_read_in_place_by_the_broker_arrive_whole_even_when_held(
     assert (np.concatenate(got) == rows).all()
     assert len(held.result()) == 100 and all(len(f.result()) == 50 for f in rest)
     consumer.cancel()
+
+
+def test_the_asyncio_client_views_large_batches_in_its_ring(track: Tracker) -> None:
+    server = track.server()
+    rows = np.arange(300 * 256, dtype=np.float32).reshape(300, 256)   # 324 KB frames
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0, local_channel=True,
+                               ring_bytes=4 << 20) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            await client.send_batch("q", rows)   # a RECEIVE answer of 324 KB: copied
+            received = await client.receive("q", max_messages=300, wait=5.0)
+            assert [m.body for m in received] == [row.tobytes() for row in rows]
+            await client.ack_batch(np.array([m.receipt for m in received], np.uint64))
+            assert len(await client.publish_batch("t", rows)) == 300
+            batches = client.consume_batches("q", prefetch=1000, timeout=5.0)
+            batch = await anext(batches)
+            assert len(batch) == 300 and type(batch.bodies.obj) is RingFrame
+            table = batch.as_array(np.float32, (256,))
+            assert (table == rows).all()
+            assert batch[299].body == rows[299].tobytes()   # messages made from it
+            await batch.ack()
+            await batches.aclose()   # the iterator let go of the frame it yielded
+            await client.stats()     # and so did the connection's reader (a later message)
+            ring = client.connection.transport.channel.incoming
+            assert ring.held == 1
+            del batch, table
+            assert ring.held == 0
+
+    asyncio.run(main())
