@@ -9,7 +9,8 @@ each from one producer process to one consumer process:
 
 - fastfanout: ``publish_batch_nowait(topic, chunk)`` (a 2-D array: one row = one
   message, encoded natively), at most 8 batches in flight -> broker process -> a push
-  consumer; ``batch.as_array(numpy.float32, (256,))`` is a view of the delivery frame;
+  consumer; ``batch.as_array(numpy.float32, (256,))`` is a view of the delivery frame
+  where it lies in the consumer's ring (docs/arrays.md);
   ``batch.ack()`` acks it whole;
 - raw pyzmq PUSH -> PULL: each chunk sent zero-copy (``copy=False``), received without a
   copy and viewed with ``numpy.frombuffer`` (one hop, no broker);
