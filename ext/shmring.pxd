@@ -51,6 +51,7 @@ cdef class SharedRing(FrameSink):
     cdef readonly uint64_t hold_refusals
     cdef readonly uint64_t hold_detaches
     cdef bint wake_pending              # a release made room while the writer waited
+    cdef public object on_room          # called at such a release (else wake_pending)
     cdef bint close_pending             # closed while frames were live: unmap at the last
 
     cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1

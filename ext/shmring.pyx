@@ -45,8 +45,9 @@ a read-only buffer that views the frame where it lies in the ring. Its record th
 record while the reader's own position moves on, and the record is released when its
 last ``RingFrame`` is deallocated (every view of it gone: a numpy array made from it
 keeps it). A release of the oldest held record moves the tail on; when the writer was
-waiting for room, the next ``read`` (or ``sleep``, which then returns False) reports it
-so the reader rings. The bound: a frame is held only while the span it pins (from the
+waiting for room, ``on_room`` is called then (the channel rings the writer's bell), or
+without one the next ``read`` (or ``sleep``, which then returns False) reports it so the
+reader rings. The bound: a frame is held only while the span it pins (from the
 oldest held record to the end of this one) stays within ``max_held`` bytes (default half
 the ring) and fewer than ``MAX_HELD`` records are held; otherwise it is copied
 as before and ``hold_refusals`` counts it. Other records read after a held one are
@@ -564,7 +565,13 @@ cdef class SharedRing:
             self.held_count -= 1
         if self.base != NULL and self.reading:
             if self._move_tail():
-                self.wake_pending = True
+                if self.on_room is None:
+                    self.wake_pending = True   # the next read (or sleep) says so
+                else:
+                    try:
+                        self.on_room()
+                    except Exception:
+                        self.wake_pending = True
 
     cdef void _frame_gone(self) noexcept:
         self.live_frames -= 1

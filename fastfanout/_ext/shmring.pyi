@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Final, final
 
 from fastfanout._ext.sinks import FrameSink
@@ -35,6 +36,7 @@ class SharedRing(FrameSink):
     def write(self, frames: list[bytes]) -> int: ...
     def write_marker(self) -> int: ...
     max_held: int
+    on_room: Callable[[], object] | None
     @property
     def hold_refusals(self) -> int: ...
     @property

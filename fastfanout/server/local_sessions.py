@@ -139,6 +139,7 @@ class LocalSessions:
             raise ValueError("this connection already has a local channel")
         channel = LocalChannel.attach(request)
         channel.hold_min = HOLD_MIN_BYTES   # publish frames are read in place (_read)
+        channel.incoming.on_room = channel.ring_peer   # a held publish let go: ring it
         channel.spill = partial(self._spill, session)
         self.sessions[session] = channel
         for fd in _watched(channel):

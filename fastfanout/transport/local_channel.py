@@ -264,6 +264,8 @@ class LocalChannel:
                       Bell(broker_write, keep=broker_read), handover=(client_write,))
         channel.hold_min = HOLD_MIN_BYTES
         channel.incoming.max_held = ring_bytes // DEFAULT_HELD_SHARE
+        # a frame let go (a batch dropped) when the broker waits for room: ring it now
+        channel.incoming.on_room = channel.ring_peer
         return channel
 
     def attach_request(self) -> dict[str, int]:
@@ -432,6 +434,7 @@ class LocalChannel:
         The channel itself is gone once the other side has done so too.
         """
         self.outgoing.close()
+        self.incoming.on_room = None   # the ring may outlive the channel (held frames)
         self.incoming.close()
         self.bell.close()
         self.peer_bell.close()

@@ -209,3 +209,20 @@ def test_a_held_frame_still_viewed_stays_and_pins_the_ring(pair):
     reader.read(8, BIG)
     assert reader.hold_detaches == 1 and not message[0].in_ring
     assert writer.write([b"s" * 1000]) in (WROTE, WROTE_WAKE)
+
+
+def test_a_release_that_makes_room_for_a_waiting_writer_calls_on_room(pair):
+    writer, reader = pair
+    rang = []
+    reader.on_room = lambda: rang.append(1)
+    writer.write([b"x" * BIG])
+    (held,), _ = reader.read(1, BIG)
+    view = np.frombuffer(held[0], np.uint8)
+    for _ in range(MIN_CAPACITY // 1000):
+        if writer.write([b"s" * 1000]) == FULL:
+            break
+        reader.read(1 << 10, BIG)
+    assert rang == []
+    del held, view   # room, and the writer waits: the reader's owner rings it at once
+    assert rang == [1] and not reader.pending()
+    reader.on_room = None
