@@ -1,56 +1,239 @@
-"""A numpy pipeline: 1 KiB rows through a broker, ``fastfanout bench fanout --api numpy``.
+"""A numpy pipeline: float32 rows through a broker vs raw pyzmq and multiprocessing.Queue.
 
 python bench/e2e_numpy.py [--rows 200000] [--chunk 1000] [--runs 3]
-    [--peers zmq-push,mpqueue] [--transport local] [--json FILE] [--plot FILE]
 
-Runs the installed harness (``fastfanout.bench``) with 1 KiB messages, one publisher
-process -> broker process -> one queue -> one consumer process:
+The data: a float32 array of ``--rows`` rows of 256 items (1 KiB a row), sent in chunks
+of ``--chunk`` rows; the consumer turns each chunk it gets into one ``(n, 256)`` float32
+array and sums its first column (a read of every row). Three ways, in the same run,
+each from one producer process to one consumer process:
 
-- fastfanout: each chunk of ``--chunk`` rows is one 2-D ``uint8`` array (a row a message,
-  its first 16 bytes the harness's sequence header), published with
-  ``publish_batch_nowait(topic, array)`` (encoded natively, 8 in flight; ``--api
-  numpy``); the consumer views each pushed batch as one ``(n, 1024)`` array with
-  ``batch.as_array`` (a view of the delivery frame), reads every row's header from it
-  and acks the batch whole (``--receive array``);
-- the peers with their own API (default: raw pyzmq PUSH -> PULL one message per send,
-  and ``multiprocessing.Queue``): per message, not per chunk.
+- fastfanout: ``publish_batch_nowait(topic, chunk)`` (a 2-D array: one row = one
+  message, encoded natively), at most 8 batches in flight -> broker process -> a push
+  consumer; ``batch.as_array(numpy.float32, (256,))`` is a view of the delivery frame
+  where it lies in the consumer's ring (docs/arrays.md);
+  ``batch.ack()`` acks it whole;
+- raw pyzmq PUSH -> PULL: each chunk sent zero-copy (``copy=False``), received without a
+  copy and viewed with ``numpy.frombuffer`` (one hop, no broker);
+- ``multiprocessing.Queue``: each chunk pickled through the queue.
 
-Rates are rows (messages) per second (x 1,024 for bytes); the ratio is to the first
-peer. The same as::
-
-    fastfanout bench fanout -s 1KiB -n ROWS --batch CHUNK --api numpy --receive array \\
-        --peers zmq-push,mpqueue --baseline zmq-push
-
-The old script's float32 chunks through zero-copy pyzmq (one send per chunk) and a
-pickled ``multiprocessing.Queue`` per chunk are not harness peers (they keep a message
-per body): ``git show 9e811c2:bench/e2e_numpy.py`` is that script.
+Reports bytes per second (from the consumer's first chunk to its last; medians of the
+runs) and the ratios fastfanout / pyzmq and fastfanout / multiprocessing.Queue.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
+import statistics
 import sys
+import tempfile
+import time
+from collections import deque
+from typing import Any
 
-from e2e_common import add_harness_arguments, harness, harness_options
+from e2e_common import IN_FLIGHT, broker_process, connect_when_up
 
 # numpy's BLAS threads spin while idle: on a small machine they would take the cores the
-# processes of each run need (set before numpy loads, inherited by the children).
+# three processes of each path need (set before numpy loads, inherited by the children).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+ROW_ITEMS = 256          # float32 items a row: 1 KiB
+PREFETCH = 16_384        # pushes of up to 8,192 rows, two in flight
+QUEUE_BOUND = 32_768     # rows the queue holds; a publish beyond waits ("hold")
+RING_BYTES = 64 << 20    # local channel rings: a push of 8,192 rows (8.6 MB) fits in half
+
+
+def _data(rows: int) -> Any:
+    import numpy as np
+
+    return np.arange(rows * ROW_ITEMS, dtype=np.float32).reshape(rows, ROW_ITEMS)
+
+
+def _chunks(rows: int, chunk: int) -> list[Any]:
+    data = _data(rows)
+    return [data[start:start + chunk] for start in range(0, rows, chunk)]
+
+
+# -- fastfanout ---------------------------------------------------------------------------
+
+def _ff_consume(endpoint: str, rows: int, out: Any) -> None:
+    import numpy as np
+
+    from fastfanout import keep_freed_memory
+    from fastfanout.client import connect
+
+    keep_freed_memory()   # frames of megabytes: reuse freed memory (see allocator.py)
+    with connect(endpoint, ring_bytes=RING_BYTES) as client:
+        consumer = client.consume("q", prefetch=PREFETCH)
+        out.put("ready")
+        got = 0
+        checksum = 0.0
+        started = time.perf_counter()
+        while got < rows:
+            batch = consumer.next_batch(timeout=30)
+            if batch is None:
+                break
+            if got == 0:
+                started = time.perf_counter()
+            table = batch.as_array(np.float32, (ROW_ITEMS,))
+            checksum += float(table[:, 0].sum(dtype=np.float64))
+            got += len(table)
+            batch.ack()
+        elapsed = time.perf_counter() - started
+        consumer.cancel()
+    out.put((got, elapsed, checksum))
+
+
+def _ff_publish(endpoint: str, rows: int, chunk: int) -> None:
+    from fastfanout import keep_freed_memory
+    from fastfanout.client import connect
+
+    keep_freed_memory()
+    chunks = _chunks(rows, chunk)
+    with connect(endpoint, ring_bytes=RING_BYTES) as client:
+        window: deque[Any] = deque()
+        for part in chunks:
+            window.append(client.publish_batch_nowait("t", part))
+            if len(window) >= IN_FLIGHT:
+                window.popleft().result()
+        while window:
+            window.popleft().result()
+
+
+def fastfanout_run(rows: int, chunk: int) -> tuple[float, float]:
+    ctx = mp.get_context("spawn")
+    with broker_process() as (endpoint, broker):
+        with connect_when_up(endpoint, broker) as client:
+            client.create_topic("t")
+            client.create_queue("q", max_messages=QUEUE_BOUND, overflow="hold",
+                                max_message_size=ROW_ITEMS * 4)
+            client.subscribe("t", "q")
+        out = ctx.Queue()
+        consumer = ctx.Process(target=_ff_consume, args=(endpoint, rows, out))
+        consumer.start()
+        out.get(timeout=30)
+        producer = ctx.Process(target=_ff_publish, args=(endpoint, rows, chunk))
+        producer.start()
+        got, elapsed, checksum = out.get(timeout=600)
+        producer.join(60)
+        consumer.join(30)
+    if got != rows:
+        raise RuntimeError(f"fastfanout: {got} of {rows} rows arrived")
+    return got * ROW_ITEMS * 4 / elapsed, checksum
+
+
+# -- raw pyzmq PUSH -> PULL, zero-copy ----------------------------------------------------
+
+def _zmq_pull(endpoint: str, rows: int, out: Any) -> None:
+    import numpy as np
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.PULL)
+    sock.bind(endpoint)
+    out.put("ready")
+    got = 0
+    checksum = 0.0
+    started = time.perf_counter()
+    while got < rows:
+        frame = sock.recv(copy=False)
+        if got == 0:
+            started = time.perf_counter()
+        table = np.frombuffer(frame.buffer, dtype=np.float32).reshape(-1, ROW_ITEMS)
+        checksum += float(table[:, 0].sum(dtype=np.float64))
+        got += len(table)
+    out.put((got, time.perf_counter() - started, checksum))
+    sock.close()
+    context.term()
+
+
+def _zmq_push(endpoint: str, rows: int, chunk: int) -> None:
+    import zmq
+
+    chunks = _chunks(rows, chunk)
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.connect(endpoint)
+    for part in chunks:
+        sock.send(part, copy=False)
+    sock.close(linger=-1)
+    context.term()
+
+
+def zmq_run(rows: int, chunk: int) -> tuple[float, float]:
+    ctx = mp.get_context("spawn")
+    endpoint = f"ipc://{tempfile.mkdtemp()}/pp"
+    out = ctx.Queue()
+    pull = ctx.Process(target=_zmq_pull, args=(endpoint, rows, out))
+    pull.start()
+    out.get(timeout=30)
+    push = ctx.Process(target=_zmq_push, args=(endpoint, rows, chunk))
+    push.start()
+    got, elapsed, checksum = out.get(timeout=600)
+    push.join(30)
+    pull.join(30)
+    return got * ROW_ITEMS * 4 / elapsed, checksum
+
+
+# -- multiprocessing.Queue (pickles each chunk) -------------------------------------------
+
+def _mpq_put(queue: Any, rows: int, chunk: int) -> None:
+    for part in _chunks(rows, chunk):
+        queue.put(part)
+
+
+def mpq_run(rows: int, chunk: int) -> tuple[float, float]:
+    import numpy as np
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue(maxsize=IN_FLIGHT)
+    producer = ctx.Process(target=_mpq_put, args=(queue, rows, chunk))
+    producer.start()
+    got = 0
+    checksum = 0.0
+    started = time.perf_counter()
+    while got < rows:
+        table = queue.get(timeout=60)
+        if got == 0:
+            started = time.perf_counter()
+        checksum += float(table[:, 0].sum(dtype=np.float64))
+        got += len(table)
+    elapsed = time.perf_counter() - started
+    producer.join(30)
+    return got * ROW_ITEMS * 4 / elapsed, checksum
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the three side by side, ``--runs`` times, and print medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
-    add_harness_arguments(parser, "zmq-push,mpqueue")
     args = parser.parse_args()
-    peers = [name for name in args.peers.split(",") if name not in ("", "none", "all")]
-    baseline = ["--baseline", peers[0]] if peers else []
-    return harness(["fanout", "-s", "1KiB", "-n", str(args.rows), "--batch",
-                    str(args.chunk), "--runs", str(args.runs), "--api", "numpy",
-                    "--receive", "array", *harness_options(args), *baseline])
+    results: dict[str, list[float]] = {"fastfanout": [], "pyzmq": [], "mp.Queue": []}
+    expected = None
+    for _ in range(args.runs):
+        for name, run in (("pyzmq", zmq_run), ("fastfanout", fastfanout_run),
+                          ("mp.Queue", mpq_run)):
+            rate, checksum = run(args.rows, args.chunk)
+            if expected is None:
+                expected = checksum
+            elif checksum != expected:
+                raise RuntimeError(f"{name}: checksum {checksum} != {expected}")
+            results[name].append(rate)
+    medians = {name: statistics.median(rates) for name, rates in results.items()}
+    print(f"{args.rows:,} float32 rows of 1 KiB in chunks of {args.chunk}, "
+          f"median of {args.runs} runs")
+    print("| path | MB/s (median) | runs |")
+    print("|---|---:|---|")
+    for name, rates in results.items():
+        print(f"| {name} | {medians[name] / 1e6:,.0f} | "
+              f"{', '.join(f'{rate / 1e6:,.0f}' for rate in rates)} |")
+    print(f"fastfanout / pyzmq zero-copy: {medians['fastfanout'] / medians['pyzmq']:.2f}x")
+    print(f"fastfanout / multiprocessing.Queue: "
+          f"{medians['fastfanout'] / medians['mp.Queue']:.2f}x")
+    return 0
 
 
 if __name__ == "__main__":

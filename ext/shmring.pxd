@@ -3,10 +3,12 @@
 # that interface (`claim_pair` a two-frame message whose second frame it fills in place,
 # then `commit` — one writer only) without cimporting this file; `claim` takes room for
 # `size` bytes (the record header included).
-from libc.stdint cimport uint64_t
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint32_t, uint64_t
 
 from fastfanout._ext.sinks cimport (
     FrameSink,
+    FrameSource,
     SINK_FULL,
     SINK_TOO_LARGE,
     SINK_WROTE,
@@ -36,6 +38,28 @@ cdef class SharedRing(FrameSink):
     cdef ff_atomic_u64* writer_waiting
     cdef ff_atomic_u64* reader_sleeping
     cdef readonly str path
+    # reader side: frames held in place (``read(..., hold_min)``, see the module essay)
+    cdef uint64_t read_pos              # where the next read starts (the tail, or past it)
+    cdef bint reading                   # read_pos is set
+    cdef uint64_t* held_start           # held records, oldest first (a circle of MAX_HELD)
+    cdef uint64_t* held_end
+    cdef PyObject** held_frame          # each record's RingFrame (borrowed; NULL: gone)
+    cdef uint64_t held_first            # sequence number of the oldest held record
+    cdef uint64_t held_count
+    cdef readonly Py_ssize_t live_frames
+    cdef public uint64_t max_held
+    cdef readonly uint64_t hold_refusals
+    cdef readonly uint64_t hold_detaches
+    cdef bint wake_pending              # a release made room while the writer waited
+    cdef public object on_room          # called at such a release (else wake_pending)
+    cdef bint close_pending             # closed while frames were live: unmap at the last
+
+    cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1
+    cdef void _detach_oldest(self) noexcept
+    cdef bint _move_tail(self) noexcept
+    cdef uint64_t _reader_pos(self) noexcept
+    cdef void _release(self, uint64_t seq) noexcept
+    cdef void _frame_gone(self) noexcept
 
     cdef void _unmap(self) noexcept
     cdef int _check(self) except -1
@@ -44,3 +68,15 @@ cdef class SharedRing(FrameSink):
     cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
                         uint64_t* end) except -2
     cdef int commit(self, uint64_t end) noexcept
+
+
+cdef class RingFrame:
+    cdef SharedRing ring
+    cdef const char* data
+    cdef Py_ssize_t length
+    cdef uint64_t seq
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t exports             # buffers exported and not released
+    cdef bytes owned                    # the copy, once detached from the ring
+
+    cdef int _detach(self) except -1

@@ -37,6 +37,28 @@ sets ``writer_waiting`` and the reader, having made room, clears it and rings th
 writer's bell (``read`` says so). Both handshakes are Dekker's pattern and use seq_cst
 operations (atomics.h), so a wake-up is never lost; a spurious one costs a poll.
 
+Holding frames in place (the reader's side, ``read(max_messages, hold_min)``). A
+message's last frame of ``hold_min`` bytes or more may be returned as a ``RingFrame``
+instead of a bytes copy:
+a read-only buffer that views the frame where it lies in the ring. Its record then stays
+*held*: the shared ``tail`` (what the writer may reuse) does not pass the oldest held
+record while the reader's own position moves on, and the record is released when its
+last ``RingFrame`` is deallocated (every view of it gone: a numpy array made from it
+keeps it). A release of the oldest held record moves the tail on; when the writer was
+waiting for room, ``on_room`` is called then (the channel rings the writer's bell), or
+without one the next ``read`` (or ``sleep``, which then returns False) reports it so the
+reader rings. The bound: a frame is held only while the span it pins (from the
+oldest held record to the end of this one) stays within ``max_held`` bytes (default half
+the ring) and fewer than ``MAX_HELD`` records are held; otherwise it is copied
+as before and ``hold_refusals`` counts it. Other records read after a held one are
+pinned too (the tail cannot pass the held one): when the pinned span passes half the
+ring, ``read`` copies the oldest held frames out of the ring (``detach``: the object
+stays, its bytes move to the heap) as long as no buffer views them, and
+``hold_detaches`` counts them. A frame still viewed (a live numpy array or memoryview
+of it) cannot move: kept for good, it stops the writer once the ring fills behind it,
+so views of held frames are for the work at hand (see docs/arrays.md). ``close`` with
+frames still live unmaps at the last one's release.
+
 Opening. ``create`` makes the ring in an anonymous memory file (``memfd_create``): it
 has no name in any file system, so nothing of a channel is left behind by a process that
 dies, and it lives exactly as long as a mapping or a descriptor of it. Its pages are
@@ -54,7 +76,10 @@ shared mapping as of any file: sealing costs the ring nothing per message.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint32_t, uint64_t
+from cpython.buffer cimport PyBUF_WRITABLE
+from cpython.ref cimport PyObject
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from posix.fcntl cimport O_NONBLOCK, O_RDWR, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -102,6 +127,9 @@ MIN_CAPACITY = 1 << 16
 MAX_CAPACITY = 1 << 30
 MAX_FRAMES = 1 << 16
 """Most frames one message may have (a record's frame table is bounded)."""
+MAX_HELD = 4096
+"""Most records a reader holds in place at once (``read``'s ``hold_min``)."""
+cdef uint64_t C_MAX_HELD = 4096
 
 FULL = RING_FULL
 """``write``: no room now; ``writer_waiting`` is set, the reader will ring."""
@@ -130,6 +158,9 @@ cdef class SharedRing:
     def __cinit__(self):
         self.base = NULL
         self.fd = -1
+        self.held_start = NULL
+        self.held_end = NULL
+        self.held_frame = NULL
 
     def __init__(self, str path):
         cdef bytes encoded = os.fsencode(path)
@@ -178,6 +209,9 @@ cdef class SharedRing:
 
     def __dealloc__(self):
         self._unmap()
+        free(self.held_start)
+        free(self.held_end)
+        free(self.held_frame)
 
     cdef void _unmap(self) noexcept:
         if self.base != NULL:
@@ -188,11 +222,18 @@ cdef class SharedRing:
             self.fd = -1
 
     def close(self):
-        """Unmap the ring (either side; the other keeps its own mapping)."""
+        """Unmap the ring (either side; the other keeps its own mapping).
+
+        With ``RingFrame``s still live (held frames someone still views), the mapping
+        stays until the last of them is gone; the ring is closed for any other use.
+        """
+        if self.live_frames > 0:
+            self.close_pending = True
+            return
         self._unmap()
 
     cdef int _check(self) except -1:
-        if self.base == NULL:
+        if self.base == NULL or self.close_pending:
             raise ValueError("the shared ring is closed")
         return 0
 
@@ -209,7 +250,19 @@ cdef class SharedRing:
     @property
     def closed(self):
         """True after ``close``."""
-        return self.base == NULL
+        return self.base == NULL or self.close_pending
+
+    @property
+    def held(self):
+        """Records held in place now (``read``'s ``hold_min``)."""
+        return self.held_count
+
+    @property
+    def held_bytes(self):
+        """Bytes of the ring the reader pins now: from the oldest held record on."""
+        if self.held_count == 0:
+            return 0
+        return self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
 
     @property
     def used(self):
@@ -288,7 +341,8 @@ cdef class SharedRing:
         return RING_WROTE_WAKE if ff_exchange_u64(self.reader_sleeping, 0) else RING_WROTE
 
     def write(self, list frames):
-        """Append one message (a list of frames: bytes or other contiguous buffers).
+        """Append one message (a list of frames: bytes, ``FrameSource``s — written in
+        place — or other contiguous buffers).
 
         Returns ``WROTE`` or ``WROTE_WAKE`` (ring the reader's bell), ``FULL`` (nothing
         written; the reader rings this side's bell when it has made room) or
@@ -324,6 +378,11 @@ cdef class SharedRing:
                 ff_store_le32(out + 4 * index, <uint32_t>PyBytes_GET_SIZE(frame))
                 memcpy(body, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
                 body += PyBytes_GET_SIZE(frame)
+            elif isinstance(frame, FrameSource):
+                # a frame that writes itself: encoded straight into the record
+                ff_store_le32(out + 4 * index, <uint32_t>(<FrameSource>frame).nbytes)
+                (<FrameSource>frame).write_into(body)
+                body += (<FrameSource>frame).nbytes
             else:
                 PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
                 ff_store_le32(out + 4 * index, <uint32_t>view.len)
@@ -345,12 +404,17 @@ cdef class SharedRing:
 
     # -- reader ------------------------------------------------------------------------
 
-    def read(self, Py_ssize_t max_messages):
+    def read(self, Py_ssize_t max_messages, uint64_t hold_min=0):
         """Up to ``max_messages`` messages: ``(messages, wake_writer)``.
 
-        Each message is a list of bytes frames, or None for a marker (reading stops
-        after it: the socket's next message comes first). ``wake_writer``: the writer
-        waits for room and this read made some — ring the writer's bell.
+        Each message is a list of frames, or None for a marker (reading stops after it:
+        the socket's next message comes first). A frame is a bytes copy; with
+        ``hold_min`` > 0, a message's last frame of ``hold_min`` bytes or more is a
+        ``RingFrame`` viewing the ring in place while ``max_held`` allows (see the
+        module essay).
+        ``wake_writer``: the writer waits for room and this read (or a release since
+        the last read) made some — ring the writer's bell. Only a message's last frame
+        is ever held (one per record), so ``type(message[-1])`` tells.
 
         Raises:
             ValueError: a record is malformed (the ring is not one of ours, or the
@@ -358,9 +422,11 @@ cdef class SharedRing:
         """
         self._check()
         cdef list messages = []
-        cdef uint64_t tail = ff_load_relaxed_u64(self.tail)
+        if not self.reading:
+            self.read_pos = ff_load_relaxed_u64(self.tail)
+            self.reading = True
+        cdef uint64_t tail = self.read_pos
         cdef uint64_t head = ff_load_acquire_u64(self.head)
-        cdef uint64_t start = tail
         cdef uint64_t offset
         cdef uint32_t kind
         cdef uint64_t length
@@ -368,8 +434,11 @@ cdef class SharedRing:
         cdef uint64_t frame_length
         cdef uint64_t at
         cdef uint32_t index
+        cdef int64_t hold_index
+        cdef uint64_t seq = 0
         cdef list frames
         cdef const char* record
+        cdef RingFrame held
         while tail != head and len(messages) < max_messages:
             offset = tail & self.mask
             if head - tail < RECORD_HEADER or offset + RECORD_HEADER > self.capacity_:
@@ -382,33 +451,143 @@ cdef class SharedRing:
                 raise ValueError(f"{self.path}: record at {tail} overruns the ring")
             if kind == FF_SHM_WRAP:
                 tail += RECORD_HEADER + length
+                self.read_pos = tail
                 continue
             if kind == FF_SHM_MARKER:
                 tail += RECORD_HEADER
+                self.read_pos = tail
                 messages.append(None)
                 break
             table = ff_align8(4 * <uint64_t>kind)
             if kind > MAX_FRAMES or table > length:
                 raise ValueError(f"{self.path}: record at {tail} has a bad frame table")
-            frames = []
             at = RECORD_HEADER + table
+            hold_index = -1   # the record's last frame, when of hold_min bytes or more
             for index in range(kind):
                 frame_length = ff_load_le32(record + RECORD_HEADER + 4 * index)
                 if at + frame_length > RECORD_HEADER + length:
                     raise ValueError(f"{self.path}: record at {tail} overruns itself")
-                frames.append(PyBytes_FromStringAndSize(record + at, <Py_ssize_t>frame_length))
+                if hold_min and frame_length >= hold_min and index == kind - 1:
+                    hold_index = index
+                at += frame_length
+            frames = []
+            at = RECORD_HEADER + table
+            for index in range(kind):
+                frame_length = ff_load_le32(record + RECORD_HEADER + 4 * index)
+                if index == hold_index:
+                    # made first: an allocation may collect (and release) other frames,
+                    # so nothing is pushed on the held records between these two steps
+                    held = RingFrame.__new__(RingFrame)
+                    if not self._hold(tail, tail + RECORD_HEADER + length, &seq):
+                        hold_index = -1
+                if index == hold_index:
+                    held.ring = self
+                    held.data = record + at
+                    held.length = <Py_ssize_t>frame_length
+                    held.seq = seq
+                    self.held_frame[seq % C_MAX_HELD] = <PyObject*>held
+                    self.live_frames += 1
+                    frames.append(held)
+                else:
+                    frames.append(PyBytes_FromStringAndSize(record + at,
+                                                            <Py_ssize_t>frame_length))
                 at += frame_length
             messages.append(frames)
             tail += RECORD_HEADER + length
-        if tail == start:
-            return messages, False
-        ff_store_seq_cst_u64(self.tail, tail)
-        return messages, ff_exchange_u64(self.writer_waiting, 0) != 0
+            self.read_pos = tail
+        if self.held_count and (self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
+                                > self.capacity_ // 2):
+            self._detach_oldest()
+        return messages, self._move_tail()
+
+    cdef void _detach_oldest(self) noexcept:
+        """Copy the oldest held frames out of the ring while no buffer views them, until
+        the pinned span is within half the ring (a frame someone views stops it)."""
+        cdef RingFrame frame
+        cdef PyObject* pointer
+        while self.held_count and (self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
+                                   > self.capacity_ // 2):
+            pointer = self.held_frame[self.held_first % C_MAX_HELD]
+            if pointer == NULL:
+                break   # not possible: a record without frame is popped at once
+            frame = <RingFrame>pointer
+            if frame.exports or frame._detach() < 0:
+                break
+            self.hold_detaches += 1
+
+    cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1:
+        """Hold the record at [start, end) for one frame; False: over the bound."""
+        cdef uint64_t oldest = start
+        cdef uint64_t slot
+        if self.held_start == NULL:
+            self.held_start = <uint64_t*>malloc(C_MAX_HELD * sizeof(uint64_t))
+            self.held_end = <uint64_t*>malloc(C_MAX_HELD * sizeof(uint64_t))
+            self.held_frame = <PyObject**>malloc(C_MAX_HELD * sizeof(PyObject*))
+            if self.held_start == NULL or self.held_end == NULL or self.held_frame == NULL:
+                raise MemoryError()
+        if self.held_count:
+            oldest = self.held_start[self.held_first % C_MAX_HELD]
+        if self.held_count >= C_MAX_HELD or end - oldest > self.max_held:
+            self.hold_refusals += 1
+            return False
+        seq[0] = self.held_first + self.held_count
+        slot = seq[0] % C_MAX_HELD
+        self.held_start[slot] = start
+        self.held_end[slot] = end
+        self.held_frame[slot] = NULL   # set by read at once (no allocation in between)
+        self.held_count += 1
+        return True
+
+    cdef bint _move_tail(self) noexcept:
+        """Publish the tail: the oldest held record, or the read position. True: the
+        writer waits for room (now or at a release since the last call): ring it."""
+        cdef uint64_t tail = self.read_pos
+        cdef bint wake = self.wake_pending
+        self.wake_pending = False
+        if self.held_count:
+            tail = self.held_start[self.held_first % C_MAX_HELD]
+        if tail != ff_load_relaxed_u64(self.tail):
+            ff_store_seq_cst_u64(self.tail, tail)
+            if ff_exchange_u64(self.writer_waiting, 0) != 0:
+                wake = True
+        return wake
+
+    cdef void _release(self, uint64_t seq) noexcept:
+        """A held record's frame is gone; the oldest records with none left are freed."""
+        cdef uint64_t slot
+        if seq < self.held_first or seq >= self.held_first + self.held_count:
+            return
+        self.held_frame[seq % C_MAX_HELD] = NULL
+        if seq != self.held_first:
+            return
+        while self.held_count and self.held_frame[self.held_first % C_MAX_HELD] == NULL:
+            self.held_first += 1
+            self.held_count -= 1
+        if self.base != NULL and self.reading:
+            if self._move_tail():
+                if self.on_room is None:
+                    self.wake_pending = True   # the next read (or sleep) says so
+                else:
+                    try:
+                        self.on_room()
+                    except Exception:
+                        self.wake_pending = True
+
+    cdef void _frame_gone(self) noexcept:
+        self.live_frames -= 1
+        if self.live_frames == 0 and self.close_pending:
+            self._unmap()
 
     def pending(self):
-        """True when a record (or marker) is waiting to be read."""
+        """True when a record (or marker) is waiting to be read (or a release made room
+        for a waiting writer: the next ``read`` says to ring it)."""
         self._check()
-        return ff_load_acquire_u64(self.head) != ff_load_relaxed_u64(self.tail)
+        if self.wake_pending:
+            return True
+        return ff_load_acquire_u64(self.head) != self._reader_pos()
+
+    cdef uint64_t _reader_pos(self) noexcept:
+        return self.read_pos if self.reading else ff_load_relaxed_u64(self.tail)
 
     def sleep(self):
         """Announce that the reader is about to wait on its bell.
@@ -417,11 +596,76 @@ cdef class SharedRing:
         the writer is now bound to ring the bell for its next message.
         """
         self._check()
+        if self.wake_pending:
+            return False   # a release made room for a waiting writer: read (and ring)
         ff_store_seq_cst_u64(self.reader_sleeping, 1)
-        if ff_load_seq_cst_u64(self.head) != ff_load_relaxed_u64(self.tail):
+        if ff_load_seq_cst_u64(self.head) != self._reader_pos():
             ff_exchange_u64(self.reader_sleeping, 0)
             return False
         return True
+
+
+cdef class RingFrame:
+    """A frame read in place from a ring: a read-only buffer of its bytes.
+
+    Made by ``SharedRing.read`` with ``hold_min``; its record stays in the ring (the
+    writer does not reuse it) until this object is deallocated — every buffer exported
+    from it (a memoryview, a numpy array) keeps it alive. ``bytes(frame)`` copies it.
+    """
+
+    def __cinit__(self):
+        self.ring = None
+        self.data = NULL
+        self.length = 0
+
+    def __len__(self):
+        return self.length
+
+    cdef int _detach(self) except -1:
+        """Copy the frame out of the ring and release its record (no buffer views it)."""
+        cdef SharedRing ring = self.ring
+        self.owned = PyBytes_FromStringAndSize(self.data, self.length)
+        self.data = PyBytes_AS_STRING(self.owned)
+        self.ring = None
+        ring._release(self.seq)
+        ring._frame_gone()
+        return 0
+
+    @property
+    def in_ring(self):
+        """True while the frame is read in place (False once copied out: ``detach``)."""
+        return self.ring is not None
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a frame held in a shared ring is read-only")
+        self.exports += 1
+        self.shape[0] = self.length
+        view.buf = <void*>self.data
+        view.obj = self
+        view.len = self.length
+        view.readonly = 1
+        view.itemsize = 1
+        view.format = b"B"
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = &view.itemsize
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        self.exports -= 1
+
+    def __bytes__(self):
+        return PyBytes_FromStringAndSize(self.data, self.length)
+
+    def __repr__(self):
+        return f"RingFrame({self.length} bytes)"
+
+    def __dealloc__(self):
+        if self.ring is not None:
+            self.ring._release(self.seq)
+            self.ring._frame_gone()
 
 
 cdef int _map_ring(SharedRing ring, uint64_t capacity) except -1:
@@ -476,6 +720,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
             or HEADER_SIZE + ring.capacity_ != ring.map_size):
         raise ValueError(f"{path}: its header disagrees with its size")
     ring.mask = ring.capacity_ - 1
+    ring.max_held = ring.capacity_ // 2
     ring.data = ring.base + HEADER_SIZE
     ring.head = <ff_atomic_u64*>(ring.base + OFF_HEAD)
     ring.tail = <ff_atomic_u64*>(ring.base + OFF_TAIL)
@@ -493,6 +738,8 @@ cdef uint64_t _record_size(list frames) except 0:
     for frame in frames:
         if type(frame) is bytes:
             size += <uint64_t>PyBytes_GET_SIZE(<bytes>frame)
+        elif isinstance(frame, FrameSource):
+            size += <uint64_t>(<FrameSource>frame).nbytes
         else:
             PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
             size += <uint64_t>view.len

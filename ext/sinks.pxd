@@ -14,3 +14,11 @@ cdef class FrameSink:
     cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
                         uint64_t* end) except -2
     cdef int commit(self, uint64_t end) noexcept
+
+
+# A frame that writes itself where it goes (a publish frame encoded from an array batch):
+# the ring writes it in place instead of copying a bytes frame built first. Anything else
+# reads it as a buffer (built then, once). sinks.pyx has the contract.
+cdef class FrameSource:
+    cdef readonly Py_ssize_t nbytes
+    cdef void write_into(self, char* out) noexcept

@@ -12,6 +12,14 @@ into this interface instead, as Aeron's publications and the Disruptor's sequenc
 claim that does not return ``SINK_WROTE`` claimed nothing; what is claimed is not
 visible to the reader before ``commit``; claims are committed in order.
 
+The other direction has the same idea: a ``FrameSource`` is a frame that is not built
+yet but knows its size (``nbytes``) and writes itself at a given address
+(``write_into``, one C call): the local channel's ring (``shmring.pyx``) writes a client's
+publish frame encoded from an array batch straight into its record, skipping the bytes
+frame that would otherwise be built first and copied. Whatever else reads one reads its
+buffer (built then, once, and kept). Invariants: ``nbytes`` is fixed at creation;
+``write_into`` writes exactly ``nbytes`` bytes, the same ones every time, and never fails.
+
 The base class is a sink that never has room (every claim is ``SINK_FULL``): a writer
 given one falls back to building the frame as a bytes object, as with no sink at all.
 """
@@ -46,3 +54,17 @@ cdef class FrameSink:
     cdef int commit(self, uint64_t end) noexcept:
         """Publish everything claimed up to ``end``: ``SINK_WROTE`` or ``SINK_WROTE_WAKE``."""
         return SINK_WROTE
+
+
+cdef class FrameSource:
+    """A frame that writes itself where it goes (see the module essay); len() is its size.
+
+    The base is an empty frame; ``wire.RowsFrame`` is the one in use.
+    """
+
+    def __len__(self):
+        return self.nbytes
+
+    cdef void write_into(self, char* out) noexcept:
+        """Write the frame's ``nbytes`` bytes at ``out``."""
+        pass

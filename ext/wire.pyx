@@ -10,6 +10,10 @@ ack paths run once per message, so they get native helpers here:
   client's automatic batching: ``publish_nowait`` appends, a flush ``take()``\\ s the
   frame);
 - ``encode_entries`` turns a whole ``publish_batch`` list into one frame in one call;
+  ``publish_frame_of`` makes an array batch a ``RowsFrame`` instead: the frame's size is
+  known at once, and its records are written only where the frame goes — straight into a local channel's ring
+  (``sinks.FrameSource``), or into a bytes buffer when something reads it as a buffer
+  (a socket send);
 - ``receipts_of`` / ``count_of`` read a delivery frame's receipts as packed little-endian
   u64s (the ACK payload) without decoding records.
 
@@ -21,12 +25,14 @@ cimport cython
 from cpython.buffer cimport (
     PyBUF_RECORDS_RO,
     PyBUF_SIMPLE,
+    PyBUF_WRITABLE,
     PyBuffer_Release,
     PyObject_CheckBuffer,
     PyObject_GetBuffer,
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport isfinite
+from libc.string cimport memcpy
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport (
@@ -54,6 +60,7 @@ from fastfanout._ext.codec cimport (
     ff_store_le64,
 )
 from fastfanout._ext.bodies cimport ff_body_buffer
+from fastfanout._ext.sinks cimport FrameSource
 from fastfanout._ext.rows cimport (
     ff_int_kind,
     ff_load_int,
@@ -341,18 +348,12 @@ cdef class FrameBuilder:
         return frame
 
 
-cdef bytes _encode_rows(ff_rows* rows):
-    """The publish frame of an open array batch, written in place into a bytes object of
-    its exact size (one copy of each body)."""
-    cdef ff_record_view view
+cdef uint64_t _rows_frame_size(ff_rows* rows) except 0:
+    """Bytes of the publish frame of an open array batch (InvalidArgument: too large)."""
     cdef uint64_t total = FF_BATCH_HEADER_SIZE
-    cdef uint64_t size = 0
     cdef Py_ssize_t i
     cdef const char* body
     cdef Py_ssize_t length
-    cdef bytes frame
-    cdef char* out
-    _clear(&view)
     for i in range(rows.count):
         ff_rows_get(rows, i, &body, &length)
         if length > 0xFFFFFFF0:
@@ -361,8 +362,18 @@ cdef bytes _encode_rows(ff_rows* rows):
         total += ff_align8(<uint64_t>FF_RECORD_HEADER_SIZE + <uint64_t>length)
     if rows.count > 0xFFFFFFFF or total > 0x7FFFFFFFFFFFFFFF:
         raise InvalidArgument(f"an array batch of {rows.count} bodies is too large for a frame")
-    frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
-    out = PyBytes_AS_STRING(frame)
+    return total
+
+
+cdef void _write_rows(ff_rows* rows, char* out) noexcept:
+    """The publish frame of an open array batch at ``out`` (its size checked before):
+    one record header and one copy of each body."""
+    cdef ff_record_view view
+    cdef uint64_t size = 0
+    cdef Py_ssize_t i
+    cdef const char* body
+    cdef Py_ssize_t length
+    _clear(&view)
     ff_write_batch_header(out, <uint32_t>rows.count)
     out += FF_BATCH_HEADER_SIZE
     for i in range(rows.count):
@@ -372,23 +383,107 @@ cdef bytes _encode_rows(ff_rows* rows):
         ff_record_size(&view, &size)
         ff_write_record(out, &view, <uint32_t>size)
         out += size
-    return frame
+
+
+@cython.final
+cdef class RowsFrame(FrameSource):
+    """The publish frame of an array batch, written only where it goes (``publish_frame_of``).
+
+    ``len()`` is its size. A local channel's ring has it write its records in place
+    (``write_into``: one copy of each body, from the array into the ring); any other
+    reader gets its buffer: the frame is built then into a bytes object, once, and the
+    array let go. Until then it keeps the array's buffer (the array stays alive and
+    cannot be resized); the clients write it (or read its buffer) before the publish
+    call returns, so a caller may change the array afterwards.
+    """
+
+    cdef ff_rows rows
+    cdef bint open
+    cdef bytes built
+
+    def __cinit__(self):
+        self.open = False
+        self.built = None
+
+    def __dealloc__(self):
+        if self.open:
+            ff_rows_close(&self.rows)
+            self.open = False
+
+    @property
+    def count(self):
+        """Records in the frame."""
+        return self.rows.count if self.open else _count_built(self.built)
+
+    cdef void write_into(self, char* out) noexcept:
+        if self.built is not None:
+            memcpy(out, PyBytes_AS_STRING(self.built), <size_t>self.nbytes)
+        else:
+            _write_rows(&self.rows, out)
+
+    cdef bytes _build(self):
+        if self.built is None:
+            frame = PyBytes_FromStringAndSize(NULL, self.nbytes)
+            _write_rows(&self.rows, PyBytes_AS_STRING(frame))
+            self.built = frame
+            ff_rows_close(&self.rows)
+            self.open = False
+        return self.built
+
+    def __bytes__(self):
+        return self._build()
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a publish frame is read-only")
+        PyObject_GetBuffer(self._build(), view, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        PyBuffer_Release(view)
+
+    def __repr__(self):
+        return f"RowsFrame({self.nbytes} bytes)"
+
+
+cdef object _count_built(bytes frame):
+    cdef ff_frame_reader reader
+    if ff_reader_open(&reader, PyBytes_AS_STRING(frame), <size_t>PyBytes_GET_SIZE(frame)) \
+            != FF_CODEC_OK:
+        return 0
+    return reader.count
 
 
 def encode_entries(entries):
-    """One publish frame from a list of bodies or ``PublishEntry`` tuples, or from an array
-    batch (a 2-D or structured array, a ``(buffer, offsets)`` pair: ``ext/rows.pxd``),
-    which is written straight into a frame of its exact size."""
+    """One publish frame (bytes) from a list of bodies or ``PublishEntry`` tuples, or from
+    an array batch (a 2-D or structured array, a ``(buffer, offsets)`` pair:
+    ``ext/rows.pxd``), which is written straight into a frame of its exact size."""
     cdef FrameBuilder builder
     cdef ff_rows rows
     if ff_rows_open(entries, &rows):
         try:
-            return _encode_rows(&rows)
+            frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>_rows_frame_size(&rows))
+            _write_rows(&rows, PyBytes_AS_STRING(frame))
+            return frame
         finally:
             ff_rows_close(&rows)
     builder = FrameBuilder()
     builder.extend(entries)
     return builder.take()
+
+
+def publish_frame_of(entries):
+    """``encode_entries``, except that an array batch becomes a ``RowsFrame``: the frame
+    written only where it goes (a local channel's ring: one copy of each body; anything
+    else reads its buffer, built then)."""
+    cdef RowsFrame frame
+    cdef ff_rows rows
+    if not ff_rows_open(entries, &rows):
+        return encode_entries(entries)
+    frame = RowsFrame.__new__(RowsFrame)
+    frame.rows = rows
+    frame.open = True   # closed by the frame from now on
+    frame.nbytes = <Py_ssize_t>_rows_frame_size(&frame.rows)
+    return frame
 
 
 def pack_receipts(receipts):

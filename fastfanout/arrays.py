@@ -180,13 +180,14 @@ class MessageBatch(FrameViews, Sequence["RemoteMessage"]):
     and settle calls of ``fastfanout.Message``).
 
     Args:
-        frame: the delivery frame.
+        frame: the delivery frame (bytes, or a read-only buffer: a frame held in a local
+            channel's ring, which stays there while this batch or a view of it lives).
         owner: what settles a message by receipt (the client, or the broker).
         settler: where the messages' pipelined acks go (``defer_settle``).
         queue: the queue the batch came from.
     """
 
-    def __init__(self, frame: bytes, owner: Owner, settler: Settler, queue: str) -> None:
+    def __init__(self, frame: Any, owner: Owner, settler: Settler, queue: str) -> None:
         super().__init__(frame)
         self._owner = owner
         self._settler = settler
@@ -199,9 +200,13 @@ class MessageBatch(FrameViews, Sequence["RemoteMessage"]):
 
     @property
     def frame(self) -> bytes:
-        """The delivery frame as received (codec layout, see docs/protocol.md)."""
-        frame: bytes = self._frame
-        return frame
+        """The delivery frame as received (codec layout, see docs/protocol.md).
+
+        A copy when the frame is held in place in a local channel's ring (``bodies``
+        and the array views read it there).
+        """
+        frame = self._frame
+        return frame if type(frame) is bytes else bytes(frame)
 
     def _materialise(self) -> list[RemoteMessage]:
         if self._messages is None:

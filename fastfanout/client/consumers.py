@@ -175,6 +175,20 @@ class AsyncAcks(Protocol):
         """Queue a receipts frame for this loop iteration's SETTLE."""
 
 
+class _AsyncSettler:
+    """Where an asyncio batch's messages queue their acks (``Settler``)."""
+
+    __slots__ = ("_acks",)
+    closed = False   # never: the acks go through the connection
+
+    def __init__(self, acks: AsyncAcks) -> None:
+        self._acks = acks
+
+    def defer_settle(self, receipts: bytes) -> None:
+        """Queue a message's ack for this loop iteration's SETTLE."""
+        self._acks.queue_receipts(receipts)
+
+
 class AsyncDeliveryBatch(MessageBatch):
     """One batch pushed to an asyncio consumer (``AsyncClient.consume_batches``).
 
@@ -183,17 +197,11 @@ class AsyncDeliveryBatch(MessageBatch):
     """
 
     def __init__(self, frame: bytes, owner: Owner, acks: AsyncAcks, queue: str) -> None:
-        super().__init__(frame, owner, self, queue)
+        # its messages settle through an _AsyncSettler, not through the batch: a batch
+        # its messages pointed back to would live until a garbage collection (a cycle),
+        # and with it a frame held in the client's ring
+        super().__init__(frame, owner, _AsyncSettler(acks), queue)
         self._acks = acks
-
-    @property
-    def closed(self) -> bool:
-        """Never: its acks go through the connection (``Settler``)."""
-        return False
-
-    def defer_settle(self, receipts: bytes) -> None:
-        """Queue a message's ack (``Settler``)."""
-        self._acks.queue_receipts(receipts)
 
     def ack(self) -> Done:
         """Ack every message not settled on its own, queued for this loop iteration.

@@ -44,7 +44,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 
 from fastfanout._ext.received import AckBuffer
-from fastfanout._ext.wire import FrameBuilder, encode_entries, pack_receipts
+from fastfanout._ext.wire import FrameBuilder, pack_receipts, publish_frame_of
 from fastfanout.client import forks
 from fastfanout.errors import (
     BrokenConnection,
@@ -477,10 +477,15 @@ class ConnectionCore:
         return self.request(opcode, [name.encode(), frame], flush=flush)
 
     def publish_entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
-        """Queue a whole batch (bodies or ``PublishEntry``), encoded natively in one frame."""
+        """Queue a whole batch (bodies or ``PublishEntry``), encoded natively in one frame.
+
+        An array batch's frame is a ``RowsFrame``: the transport writes it in place (a
+        local channel's ring) or reads its buffer when it sends it.
+        """
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
-        return self.publish_frame(opcode, name, encode_entries(entries))
+        frame: Any = publish_frame_of(entries)   # bytes, or a RowsFrame (a buffer)
+        return self.publish_frame(opcode, name, frame)
 
     def receive_request(self, queue: str, max_messages: int, wait: float,
                         visibility_timeout: float | None) -> Request:
@@ -683,6 +688,10 @@ class ConnectionCore:
         except MalformedFrame:
             return None
         if status == Status.OK or status == Status.ERROR:
+            if len(frames) > 1 and type(frames[-1]) is not bytes:
+                # a large answer read in place from a local channel's ring: copied here,
+                # so only pushes (delivery batches) keep ring room (see local_channel.py)
+                frames = [bytes(part) for part in frames]
             request = self.pending.pop(request_id, None)
             if request is not None:
                 if request.publish:

@@ -15,6 +15,11 @@ bookkeeping out of the server's loop:
 - ``may_sleep`` tells each ring's writer to ring the bell (and says whether a message
   slipped in meanwhile).
 
+The records frame of a large PUBLISH or SEND (``HOLD_MIN_BYTES`` or more) is read in
+place (a ``RingFrame``): the broker makes its blobs straight from the client's ring, and
+the record is let go when the request is done (a held request keeps it, within the
+ring's bound: ``shmring.pyx``). Any other large frame is copied out as before.
+
 A session whose client process has ended (its bell hung up, or its process's ``pidfd``
 became readable), that left its queue unread longer than ``backlog_seconds`` or let it
 grow past ``backlog_bytes``, or that wrote a malformed record, is handed to ``end`` in
@@ -31,9 +36,11 @@ from collections.abc import Callable
 from functools import partial
 
 from fastfanout._ext.shmring import SharedRing
-from fastfanout.errors import PeerGone, Unroutable, WouldBlock
+from fastfanout.errors import MalformedFrame, PeerGone, Unroutable, WouldBlock
 from fastfanout.server.sessions import Session
-from fastfanout.transport.local_channel import LocalChannel
+from fastfanout.transport.local_channel import HOLD_MIN_BYTES, LocalChannel
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode
 
 __all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
 
@@ -131,6 +138,8 @@ class LocalSessions:
         if session in self.sessions:
             raise ValueError("this connection already has a local channel")
         channel = LocalChannel.attach(request)
+        channel.hold_min = HOLD_MIN_BYTES   # publish frames are read in place (_read)
+        channel.incoming.on_room = channel.ring_peer   # a held publish let go: ring it
         channel.spill = partial(self._spill, session)
         self.sessions[session] = channel
         for fd in _watched(channel):
@@ -249,6 +258,8 @@ class LocalSessions:
                 if message is None:
                     channel.awaiting_socket = not until_marker
                     return
+                if type(message[-1]) is not bytes:   # the only frame ever read in place
+                    message = _in_place(message)
                 self._handle([identity, *message])
                 if session not in self.sessions:
                     return   # the request ended the session (BYE)
@@ -273,3 +284,19 @@ def _watched(channel: LocalChannel) -> list[int]:
     if channel.process_fd is None:
         return [channel.bell.fd]
     return [channel.bell.fd, channel.process_fd]
+
+
+def _in_place(message: list[bytes]) -> list[bytes]:
+    """A request whose last frame was read in place from a ring (a ``RingFrame``).
+
+    Kept so only as a PUBLISH's or SEND's records frame (read once, natively); any other
+    request gets its frames copied.
+    """
+    if len(message) == 3:
+        try:
+            opcode = protocol.decode_header(message[0])[1]
+        except MalformedFrame:   # the handler refuses it
+            opcode = -1
+        if opcode == Opcode.PUBLISH or opcode == Opcode.SEND:
+            return message
+    return [frame if type(frame) is bytes else bytes(frame) for frame in message]

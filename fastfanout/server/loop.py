@@ -879,6 +879,8 @@ class Server:
                                  lambda: self._publish_now(topic, batch_frame))
 
     def _publish_now(self, topic: str, batch_frame: bytes) -> list[bytes]:
+        if type(batch_frame) is not bytes:   # read in place from a local channel's ring
+            batch_frame = memoryview(batch_frame)   # type: ignore[assignment]
         result = self._native(self._port.publish_frame, topic, batch_frame)
         self._deliveries.dirty = True
         assert self._transport is not None
@@ -892,6 +894,8 @@ class Server:
         return self._hold_or_run(session, request_id, lambda: self._send_now(queue, records))
 
     def _send_now(self, queue: str, records: bytes) -> list[bytes]:
+        if type(records) is not bytes:   # read in place from a local channel's ring
+            records = memoryview(records)   # type: ignore[assignment]
         result = self._native(self._port.send_frame, queue, records)
         self._deliveries.dirty = True
         return [result.to_wire()]

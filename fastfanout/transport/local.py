@@ -178,7 +178,8 @@ class AsyncLocalTransport(_ChannelReader):
             raise PeerLost("the broker's process ended (its bell hung up)")
         if not self._backlog and self.channel.try_send(frames):
             return
-        self._backlog.append(frames)
+        # written later: a frame that writes itself from the caller's array is built now
+        self._backlog.append(frames if type(frames[-1]) is bytes else _built(frames))
         if self._flusher is None:
             self.channel.full += 1
             self._flusher = asyncio.ensure_future(self._flush())
@@ -230,3 +231,8 @@ class AsyncLocalTransport(_ChannelReader):
                 self._flusher.cancel()
             self.channel.close()
             self._dealer.close()
+
+
+def _built(frames: list[bytes]) -> list[bytes]:
+    """``frames`` as bytes: a frame that writes itself (``RowsFrame``) is built now."""
+    return [frame if type(frame) is bytes else bytes(frame) for frame in frames]

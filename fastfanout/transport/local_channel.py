@@ -39,6 +39,13 @@ The client picks the ring size (``ring_bytes``, a power of two, default
 ``DEFAULT_RING_BYTES``); the broker refuses ``ATTACH`` when its own endpoint is not
 ``ipc://`` or ``local_channels`` is off. A broker's queue of messages waiting for room
 in a ring is bounded in bytes (``send_or_queue``'s ``max_backlog_bytes``).
+
+The client reads large frames in place (``HOLD_MIN_BYTES``): a delivery frame of that
+size or more is a ``RingFrame``, a read-only view of the ring, and its record stays in
+the ring — the broker cannot reuse that room — until the frame and every view made of
+it (a batch, its numpy arrays) are gone. The reader holds a frame only while the span
+of the ring it pins stays within ``SharedRing.max_held`` (``DEFAULT_HELD_SHARE`` of the
+ring); past it a frame is copied as before and counted (``hold_refusals``).
 """
 
 from __future__ import annotations
@@ -60,13 +67,21 @@ from fastfanout._ext.shmring import (
 from fastfanout.errors import InvalidArgument, MalformedFrame, PeerGone
 
 __all__ = [
-    "ATTACH_FIELDS", "DEFAULT_RING_BYTES", "Bell", "LocalChannel",
+    "ATTACH_FIELDS", "DEFAULT_HELD_SHARE", "DEFAULT_RING_BYTES", "HOLD_MIN_BYTES", "Bell",
+    "LocalChannel",
     "check_channel_options", "local_channels_supported", "wants_local_channel",
 ]
 
 DEFAULT_RING_BYTES = 4 << 20
 """Bytes of each ring of a channel (4 MiB: a push of 8,192 small messages, ~1 MB, fits in
 half of one; larger rings measured no faster)."""
+
+HOLD_MIN_BYTES = 64 << 10
+"""Frames of this many bytes or more are read in place (a ``RingFrame``) by a client;
+smaller ones are copied (a copy of a small frame costs less than tracking it)."""
+
+DEFAULT_HELD_SHARE = 2
+"""A client's ring pins at most 1/this of itself in held frames (``max_held``)."""
 
 ATTACH_FIELDS = ("pid", "to_broker", "to_client", "broker_bell", "client_bell")
 """The ``ATTACH`` payload's keys: the client's pid and, in that process, the descriptors
@@ -199,6 +214,8 @@ class LocalChannel:
         awaiting_socket: a marker was read; the socket's next message comes next.
         spills: messages sent over the socket because they exceed half a ring.
         full: sends that found the ring full and waited (or queued).
+        hold_min: frames of this many bytes or more are read in place (0: none, the
+            broker's side; ``HOLD_MIN_BYTES`` on a client's).
     """
 
     def __init__(self, outgoing: SharedRing, incoming: SharedRing, bell: Bell,
@@ -218,6 +235,7 @@ class LocalChannel:
         self.awaiting_socket = False
         self.spills = 0
         self.full = 0
+        self.hold_min = 0
 
     @classmethod
     def create(cls, ring_bytes: int = DEFAULT_RING_BYTES) -> LocalChannel:
@@ -242,8 +260,13 @@ class LocalChannel:
             for fd in opened:
                 os.close(fd)
             raise
-        return cls(rings[0], rings[1], Bell(client_read),
-                   Bell(broker_write, keep=broker_read), handover=(client_write,))
+        channel = cls(rings[0], rings[1], Bell(client_read),
+                      Bell(broker_write, keep=broker_read), handover=(client_write,))
+        channel.hold_min = HOLD_MIN_BYTES
+        channel.incoming.max_held = ring_bytes // DEFAULT_HELD_SHARE
+        # a frame let go (a batch dropped) when the broker waits for room: ring it now
+        channel.incoming.on_room = channel.ring_peer
+        return channel
 
     def attach_request(self) -> dict[str, int]:
         """The client's ``ATTACH`` payload (``ATTACH_FIELDS``): its pid, descriptors."""
@@ -380,12 +403,20 @@ class LocalChannel:
     def read(self, max_messages: int) -> list[list[bytes] | None]:
         """Up to ``max_messages`` messages from ``incoming`` (None: a marker).
 
-        A writer that waits for the room this read made is woken.
+        A frame of ``hold_min`` bytes or more may be a ``RingFrame`` (a read-only buffer
+        in the ring, see the module essay). A writer that waits for the room this read
+        (or a release of held frames) made is woken.
         """
-        messages, wake_writer = self.incoming.read(max_messages)
+        messages, wake_writer = self.incoming.read(max_messages, self.hold_min)
         if wake_writer:
             self.ring_peer()
         return messages
+
+    @property
+    def hold_refusals(self) -> int:
+        """Frames copied out because holding them would pin more than ``max_held``."""
+        refusals: int = self.incoming.hold_refusals
+        return refusals
 
     def heard(self, fd: int) -> None:
         """A poll saw ``fd`` (the bell, or the client's process) ready: drain the bell.
@@ -403,6 +434,7 @@ class LocalChannel:
         The channel itself is gone once the other side has done so too.
         """
         self.outgoing.close()
+        self.incoming.on_room = None   # the ring may outlive the channel (held frames)
         self.incoming.close()
         self.bell.close()
         self.peer_bell.close()

@@ -654,6 +654,10 @@ class AsyncDealerTransport(_AsyncClientSocket):
         sends it, in order, when there is room. A failure is dropped here (the client
         learns of a dead connection from its missing replies).
         """
+        if type(frames[-1]) is not bytes:
+            # zmq.asyncio may send it later: a frame that writes itself from the
+            # caller's array (``RowsFrame``) is built now
+            frames = [frame if type(frame) is bytes else bytes(frame) for frame in frames]
         sent = self._socket.send_multipart(frames)
         if sent.done():
             sent.exception()   # retrieved, so never logged as unretrieved

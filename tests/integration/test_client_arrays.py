@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastfanout import InvalidArgument, aio
+from fastfanout._ext.shmring import RingFrame
 from fastfanout.client.consumers import DeliveryBatch
 
 DATA = np.arange(40 * 256, dtype=np.float32).reshape(40, 256)
@@ -116,3 +117,88 @@ def test_body_list_gives_the_bodies_as_bytes(track: Tracker) -> None:
     assert batch is not None and batch.body_list() == [b"a", b"b"]
     assert isinstance(batch, DeliveryBatch) and bytes(batch.body(1)) == b"b"
     batch.ack()
+
+
+def test_a_large_batch_is_a_view_of_the_clients_ring_until_it_is_dropped(
+        track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint, local_channel=True, ring_bytes=1 << 20)
+    setup(client)
+    rows = np.arange(200 * 256, dtype=np.float32).reshape(200, 256)   # a 200 KiB frame
+    assert len(client.publish_batch("t", rows)) == 200   # written into the ring in place
+    ring = client.connection.transport.channel.incoming
+    consumer = client.consume("q", prefetch=1000)
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None and len(batch) == 200
+    table = batch.as_array(np.float32, (256,))
+    assert (table == rows).all() and not table.flags.writeable
+    assert type(batch.bodies.obj) is RingFrame        # no copy out of the ring
+    assert np.shares_memory(table, np.frombuffer(batch.bodies, np.uint8))
+    assert bytes(batch.frame) == bytes(batch.bodies)  # ``frame``: a copy
+    assert ring.held == 1
+    batch.ack()
+    del batch
+    assert ring.held == 1          # the table still views the frame: it stays held
+    del table
+    assert ring.held == 0 and ring.hold_refusals == 0
+    consumer.cancel()
+    track.wait_until(lambda: client.stats().queues["q"].acked == 200, what="200 acks")
+
+
+def test_publishes_read_in_place_by_the_broker_arrive_whole_even_when_held(
+        track: Tracker) -> None:
+    # Over a local channel the broker reads a large publish frame where it lies in the
+    # client's ring. A publish held by a full ``hold`` queue keeps its frame while the
+    # client writes on behind it (past half its ring: the broker copies the frame out).
+    server = track.server()
+    client = track.client(server.endpoint, local_channel=True, ring_bytes=1 << 20)
+    client.create_topic("t")
+    client.create_queue("q", max_messages=100, overflow="hold")
+    client.subscribe("t", "q")
+    rows = np.arange(800 * 256, dtype=np.float32).reshape(800, 256)
+    client.publish_batch("t", rows[:100])                  # the queue is full now
+    held = client.publish_batch_nowait("t", rows[100:200])   # 108 KB: read in place, held
+    rest = [client.publish_batch_nowait("t", rows[start:start + 50])   # 54 KB frames
+            for start in range(200, 800, 50)]
+    consumer = client.consume("q", prefetch=100)
+    got: list[Any] = []
+    while sum(map(len, got)) < 800:
+        batch = consumer.next_batch(timeout=10.0)
+        assert batch is not None
+        got.append(np.array(batch.as_array(np.float32, (256,))))
+        batch.ack()
+    assert (np.concatenate(got) == rows).all()
+    assert len(held.result()) == 100 and all(len(f.result()) == 50 for f in rest)
+    consumer.cancel()
+
+
+def test_the_asyncio_client_views_large_batches_in_its_ring(track: Tracker) -> None:
+    server = track.server()
+    rows = np.arange(300 * 256, dtype=np.float32).reshape(300, 256)   # 324 KB frames
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0, local_channel=True,
+                               ring_bytes=4 << 20) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            await client.send_batch("q", rows)   # a RECEIVE answer of 324 KB: copied
+            received = await client.receive("q", max_messages=300, wait=5.0)
+            assert [m.body for m in received] == [row.tobytes() for row in rows]
+            await client.ack_batch(np.array([m.receipt for m in received], np.uint64))
+            assert len(await client.publish_batch("t", rows)) == 300
+            batches = client.consume_batches("q", prefetch=1000, timeout=5.0)
+            batch = await anext(batches)
+            assert len(batch) == 300 and type(batch.bodies.obj) is RingFrame
+            table = batch.as_array(np.float32, (256,))
+            assert (table == rows).all()
+            assert batch[299].body == rows[299].tobytes()   # messages made from it
+            await batch.ack()
+            await batches.aclose()   # the iterator let go of the frame it yielded
+            await client.stats()     # and so did the connection's reader (a later message)
+            ring = client.connection.transport.channel.incoming
+            assert ring.held == 1
+            del batch, table
+            assert ring.held == 0
+
+    asyncio.run(main())
