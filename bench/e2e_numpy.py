@@ -32,12 +32,13 @@ import time
 from collections import deque
 from typing import Any
 
-from e2e_common import IN_FLIGHT, broker_process, connect_when_up
+from e2e_common import broker_process, connect_when_up
 
 # numpy's BLAS threads spin while idle: on a small machine they would take the cores the
 # three processes of each path need (set before numpy loads, inherited by the children).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+IN_FLIGHT = 8            # array batches a producer has in flight at most
 ROW_ITEMS = 256          # float32 items a row: 1 KiB
 PREFETCH = 16_384        # pushes of up to 8,192 rows, two in flight
 QUEUE_BOUND = 32_768     # rows the queue holds; a publish beyond waits ("hold")
