@@ -1,7 +1,7 @@
 """End-to-end latency at a fixed rate, open loop: ``fastfanout bench latency`` beside zmq.
 
 python bench/e2e_latency.py [--rate 10000] [--seconds 5] [--warmup 0.5] [--runs 3]
-    [--prefetch 16] [--publish nowait] [--peers zmq] [--transport local] [--json FILE]
+    [--prefetch N] [--publish nowait] [--peers zmq] [--transport local] [--json FILE]
     [--plot FILE]
 
 Runs the installed harness (``fastfanout.bench``): one publisher process sends on a
@@ -16,8 +16,9 @@ percentiles in µs (median over runs), lost, and the ratio of the p50s. The same
 
     fastfanout bench latency -r 10000 -d 5 --warmup 0.5 --peers zmq
 
-``--prefetch`` other than 16 and ``--publish batch`` are not harness options: refused
-with one line.
+``--prefetch N`` is passed on (``fastfanout bench latency --prefetch N``: fastfanout's
+``consume(prefetch=N)``); ``--publish batch`` is not a harness option: refused with one
+line.
 """
 
 from __future__ import annotations
@@ -34,19 +35,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one run")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds not recorded")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--prefetch", type=int, default=16,
-                        help="the consumer's prefetch (the harness uses 16)")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="the consumer's prefetch (fastfanout bench --prefetch; "
+                             "default: the harness's, 16)")
     parser.add_argument("--publish", choices=["nowait", "batch"], default="nowait",
                         help="nowait: publish_nowait + flush() (the harness's; batch is not)")
     add_harness_arguments(parser, "zmq")
     args = parser.parse_args()
-    if args.prefetch != 16 or args.publish != "nowait":
-        print("error: fastfanout bench latency consumes with prefetch 16 and publishes with "
-              "publish_nowait + flush(); --prefetch and --publish batch are gone",
-              file=sys.stderr)
+    if args.publish != "nowait":
+        print("error: fastfanout bench latency publishes with publish_nowait + flush(); "
+              "--publish batch is gone", file=sys.stderr)
         return 2
+    prefetch = [] if args.prefetch is None else ["--prefetch", str(args.prefetch)]
     return harness(["latency", "-r", f"{args.rate:g}", "-d", f"{args.seconds:g}",
-                    "--warmup", f"{args.warmup:g}", "--runs", str(args.runs),
+                    "--warmup", f"{args.warmup:g}", "--runs", str(args.runs), *prefetch,
                     *harness_options(args)])
 
 

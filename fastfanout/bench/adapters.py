@@ -133,6 +133,17 @@ class Adapter:
         raise NotImplementedError
 
 
+def consumer_prefetch(spec: Spec, default: int) -> int:
+    """The prefetch of a consumer of ``spec`` (messages).
+
+    ``--prefetch`` when given, else LATENCY_PREFETCH in the latency scenario, else
+    ``default`` (the system's for throughput).
+    """
+    if spec.prefetch is not None:
+        return spec.prefetch
+    return LATENCY_PREFETCH if spec.scenario == "latency" else default
+
+
 def _wait_for(condition: Any, what: str, deadline: float = START_DEADLINE) -> None:
     """Poll ``condition()`` every 10 ms until true; TimeoutError naming ``what`` past it."""
     end = time.monotonic() + deadline
@@ -455,7 +466,7 @@ class _FastFanoutWorker:
         bodies, ready = self.bodies, self.ready
         self.worker = Worker(env["endpoint"], report_interval=None,
                              local_channel=env["local"])
-        prefetch = LATENCY_PREFETCH if spec.scenario == "latency" else FETCH
+        prefetch = consumer_prefetch(spec, FETCH)
         if spec.receive == "worker-batch":
             def handle_batch(messages: list[Any]) -> None:
                 bodies.extend([message.body for message in messages])
@@ -490,7 +501,7 @@ JOIN_TIMEOUT = 5.0
 
 
 def _prefetch(spec: Spec) -> int:
-    return LATENCY_PREFETCH if spec.scenario == "latency" else PREFETCH
+    return consumer_prefetch(spec, PREFETCH)
 
 
 class FastFanout(Adapter):
@@ -1583,6 +1594,8 @@ class FasterFifo(Adapter):
 
 RABBITMQ_PREFETCH = 2000
 """``basic.qos`` prefetch of a RabbitMQ consumer (acked per poll with ``multiple``)."""
+RABBITMQ_MAX_PREFETCH = 65535
+"""The largest ``basic.qos`` prefetch (a 16-bit field): ``--prefetch`` above it is cut."""
 
 
 def _pika_connection(env: dict[str, Any]) -> Any:
@@ -1613,8 +1626,8 @@ class _RabbitReceiver:
         self.connection = _pika_connection(env)
         self.channel = self.connection.channel()
         self.auto_ack = spec.scenario == "stream"   # listeners: at most once, no acks
-        prefetch = LATENCY_PREFETCH if spec.scenario == "latency" else RABBITMQ_PREFETCH
-        self.channel.basic_qos(prefetch_count=prefetch)
+        self.channel.basic_qos(prefetch_count=min(consumer_prefetch(spec, RABBITMQ_PREFETCH),
+                                                  RABBITMQ_MAX_PREFETCH))
         self.bodies: list[bytes] = []
         self.last_tag = 0
         self.channel.basic_consume(f"q{group}", self._on_message, auto_ack=self.auto_ack)

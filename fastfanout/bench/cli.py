@@ -209,6 +209,15 @@ def bench() -> None:
     """
 
 
+def _prefetch_option() -> Callable[[F], F]:
+    from fastfanout.broker.consumer import MAX_PREFETCH
+
+    return click.option(
+        "--prefetch", type=click.IntRange(min=1, max=MAX_PREFETCH), default=None,
+        help="Unsettled messages pushed to each consumer (fastfanout's consume(prefetch=), "
+             "RabbitMQ's basic.qos) [default: 16000, RabbitMQ 2000; latency: 16].")
+
+
 def _scenario_command(scenario: str) -> click.Command:
     extra: list[Callable[[F], F]] = []
     if scenario == "fanout":
@@ -226,6 +235,8 @@ def _scenario_command(scenario: str) -> click.Command:
         extra = [click.option("--consumers", "-c", type=click.IntRange(min=1, max=64),
                               multiple=True, help="Competing consumers, repeatable "
                                                   "[default: 1].")]
+    if scenario != "stream":
+        extra.append(_prefetch_option())
 
     def command(**options: Any) -> None:
         _run(scenario, options)
@@ -274,7 +285,8 @@ def _specs(scenario: str, options: dict[str, Any]) -> list[Spec]:
     return [Spec(scenario=scenario, size=size, count=count, duration=duration, rate=rate,
                  batch=batch, publishers=p, groups=g, members=m,
                  transport=options["transport"], warmup=warmup, durable=options["durable"],
-                 api=api, receive=receive, fsync=options["fsync"] or "always")
+                 api=api, receive=receive, fsync=options["fsync"] or "always",
+                 prefetch=options.get("prefetch"))
             for size in sorted(set(options["sizes"] or (64,)))
             for p, g, m in _grid(scenario, options)
             for api in dict.fromkeys(options["apis"] or ("batch",))

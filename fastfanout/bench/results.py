@@ -130,6 +130,8 @@ class Measurement:
                    + (f"-{spec.fsync}" if spec.durable and spec.fsync != "always" else ""))
         if self.system == "fastfanout" and (spec.api, spec.receive) != ("batch", "batch"):
             variant += f"/{spec.api}-{spec.receive}"
+        if spec.prefetch:
+            variant += f"/prefetch{spec.prefetch}"
         return f"{self.spec.scenario}{variant}/{size_label(self.spec.size)}/{self.system}"
 
     def rates(self) -> list[float]:

@@ -81,6 +81,9 @@ class Spec:
         api: fastfanout's publishing API (APIS).
         receive: fastfanout's receiving API (RECEIVES).
         fsync: the durable variants' fsync policy (FSYNC).
+        prefetch: the most unsettled messages pushed to each consumer (fastfanout's
+            ``consume(prefetch=...)``, RabbitMQ's ``basic.qos``), or None for the
+            scenario's default (``adapters.PREFETCH``, ``adapters.LATENCY_PREFETCH``).
     """
 
     scenario: str
@@ -98,6 +101,7 @@ class Spec:
     api: str = "batch"
     receive: str = "batch"
     fsync: str = "always"
+    prefetch: int | None = None
 
     @property
     def expected(self) -> int:

@@ -1,0 +1,76 @@
+"""The latency scenario of ``fastfanout bench``: its settings reach the systems measured.
+
+``--prefetch`` (and ``bench/e2e_latency.py --prefetch``, passed on) sets the prefetch of
+fastfanout's consumers; the scenario's own settings are the lowest-latency ones a user
+would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fastfanout.bench.adapters import ADAPTERS, LATENCY_PREFETCH
+from fastfanout.bench.scenarios import Spec
+from fastfanout.cli import cli
+
+pytest.importorskip("hdrh", reason="hdrhistogram is not installed (the bench extra)")
+
+BENCH = Path(__file__).parents[2] / "bench"
+LATENCY = Spec(scenario="latency", size=64, count=None, duration=0.3, rate=2000.0, batch=1,
+               publishers=1, groups=1, members=1, transport="local", warmup=0.0)
+
+
+def _first_push(spec: Spec, waiting: int) -> int:
+    """Messages in the first push to a fresh consumer of ``spec`` (``waiting`` queued).
+
+    The broker pushes at most the consumer's prefetch.
+    """
+    from fastfanout.bench.payload import make_bodies
+    from fastfanout.client import connect
+
+    adapter = ADAPTERS["fastfanout"]
+    with adapter.serve(spec) as env:
+        with connect(env["endpoint"], local_channel=False) as client:
+            client.publish_batch("t", make_bodies(0, 0, waiting, spec.size))
+        receiver = adapter.receiver(env, spec, 0, 0)
+        try:
+            return len(receiver.poll(10.0))
+        finally:
+            receiver.close()
+
+
+@pytest.mark.parametrize(("prefetch", "expected"), [(None, LATENCY_PREFETCH), (5, 5)])
+def test_the_consumer_takes_the_spec_prefetch(prefetch: int | None, expected: int) -> None:
+    assert _first_push(replace(LATENCY, prefetch=prefetch), 3 * LATENCY_PREFETCH) == expected
+
+
+@pytest.mark.parametrize("args", [["latency", "--prefetch", "0"],
+                                  ["latency", "--prefetch", "2000000"],
+                                  ["stream", "--prefetch", "5"]])   # listeners have none
+def test_a_prefetch_out_of_range_is_one_line(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error"), result.output
+
+
+def test_e2e_latency_passes_its_prefetch_to_the_harness(tmp_path: Path) -> None:
+    path = tmp_path / "latency.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "e2e_latency.py"), "--rate", "2000", "--seconds", "0.3",
+         "--warmup", "0.1", "--runs", "1", "--prefetch", "7", "--peers", "none",
+         "--json", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=BENCH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--prefetch 7" in done.stdout.splitlines()[0]   # the command it runs
+    (measurement,) = json.loads(path.read_text())["measurements"]
+    assert measurement["spec"]["prefetch"] == 7
+    assert measurement["key"].endswith("/prefetch7/64B/fastfanout")
+    assert measurement["summary"]["lost"] == 0
