@@ -297,7 +297,8 @@ class _FastFanoutConsumer:
             batch.ack()
             return headers
         # the headers straight from the delivery frame: no message object per body, as
-        # a consumer that acks whole batches pays (bodies decoded when the layout varies)
+        # a consumer that acks whole batches pays (bodies decoded when the layout varies,
+        # or for a batch too small for numpy to pay: payload.NUMPY_MIN)
         bodies: list[bytes] | Headers | None = frame_headers(batch.frame)
         if bodies is None:
             bodies = batch.body_list()

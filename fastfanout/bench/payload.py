@@ -8,8 +8,11 @@ sequence) pair it sees (``SequenceCheck``): a pair never seen is a lost message,
 seen twice a duplicate. The counts of every receiver of a group are merged (``merge``),
 so a message delivered to two competing consumers is a duplicate as well.
 
-Counting is done per batch with numpy when it is installed (the ``bench`` extra), so the
-check costs the receiver little per message; without numpy a plain loop does the same.
+Counting is done per batch with numpy when it is installed (the ``bench`` extra) and the
+batch holds at least ``NUMPY_MIN`` messages, so the check costs the receiver little per
+message; smaller batches (what a receiver gets at a low rate, as in the latency scenario,
+where numpy's fixed cost per call would be most of the receiver's work) and every batch
+without numpy take a plain loop.
 A receiver may hand over the batch's headers as columns (``Headers``) instead of its
 bodies: fastfanout's receivers read them from the delivery frame at a fixed stride
 (``frame_headers``), without a Python object per message.
@@ -29,6 +32,9 @@ MIN_SIZE = HEADER.size
 """The smallest message size a benchmark can use, in bytes."""
 MAX_SIZE = 16 * 1024 * 1024
 """The largest message size a benchmark accepts, in bytes."""
+NUMPY_MIN = 16
+"""Batches of fewer messages are checked with a plain loop: numpy's fixed cost per call
+(tens of µs) is more than the loop's ~1 µs per message there."""
 JOIN_LIMIT = 256
 """Bodies up to this size (bytes) are checked from one copy of the whole batch; larger
 ones from a copy of their headers."""
@@ -115,13 +121,14 @@ def frame_headers(frame: bytes) -> Headers | None:
     """The body headers of a fastfanout delivery frame, read with numpy at a fixed stride.
 
     Only when every record has the same layout (lengths, flags) — as in a benchmark,
-    where every body has one size — so record i starts at ``8 + i * record_len``; None
-    otherwise, or without numpy (then the caller decodes the bodies).
+    where every body has one size — so record i starts at ``8 + i * record_len``, and the
+    frame holds at least ``NUMPY_MIN`` records; None otherwise, or without numpy (then
+    the caller decodes the bodies).
     """
     if _np is None or len(frame) < 8 + RECORD_HEADER or frame[:4] != FRAME_MAGIC:
         return None
     count, record_len = struct.unpack_from("<II", frame, 4)
-    if count == 0 or record_len * count != len(frame) - 8:
+    if count < NUMPY_MIN or record_len * count != len(frame) - 8:
         return None
     group_len, dedup_len, name_len, attrs_len, body_len = struct.unpack_from(
         "<HHHII", frame, 8 + 6)
@@ -176,7 +183,7 @@ class SequenceCheck:
             self._count_columns(bodies.publishers, bodies.seqs)
             return
         size = len(bodies[0])
-        if _np is not None and len(bodies[-1]) == size:
+        if _np is not None and len(bodies) >= NUMPY_MIN and len(bodies[-1]) == size:
             # small bodies: one join of the batch; large ones: of their headers only
             width = size if size <= JOIN_LIMIT else 8
             joined = b"".join(bodies) if width == size else b"".join(

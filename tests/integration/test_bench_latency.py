@@ -74,3 +74,28 @@ def test_e2e_latency_passes_its_prefetch_to_the_harness(tmp_path: Path) -> None:
     assert measurement["spec"]["prefetch"] == 7
     assert measurement["key"].endswith("/prefetch7/64B/fastfanout")
     assert measurement["summary"]["lost"] == 0
+
+
+def test_small_batches_are_checked_without_numpy_with_the_same_counts() -> None:
+    """Batches below NUMPY_MIN take the plain loop and count as numpy does.
+
+    At a low rate a receiver gets a message or two per batch: numpy's fixed cost per
+    call (tens of µs) would be most of its work.
+    """
+    from fastfanout._ext.codec import Record, encode_batch
+    from fastfanout.bench.payload import NUMPY_MIN, SequenceCheck, frame_headers, make_bodies
+
+    def frame(bodies: list[bytes]) -> bytes:
+        return encode_batch([Record(body, id=i + 1, receipt=1000 + i, receive_count=1)
+                             for i, body in enumerate(bodies)])
+
+    assert frame_headers(frame(make_bodies(0, 0, NUMPY_MIN - 1, 64))) is None
+    assert frame_headers(frame(make_bodies(0, 0, NUMPY_MIN, 64))) is not None
+    bodies = make_bodies(0, 0, 40, 64) + make_bodies(1, 0, 3, 64)
+    batches = [bodies[i:i + 2] for i in range(0, len(bodies), 2)] + [bodies[:1]]  # a dup
+    one_by_one, all_at_once = SequenceCheck(2, 40), SequenceCheck(2, 40)
+    for batch in batches:
+        one_by_one.record(batch)
+    all_at_once.record(bodies + bodies[:1])   # one batch: numpy
+    assert one_by_one.received == all_at_once.received == 44
+    assert one_by_one.export() == all_at_once.export()
