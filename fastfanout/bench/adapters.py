@@ -58,7 +58,13 @@ REDIS_FSYNC = {"always": "always", "interval": "everysec", "never": "no"}
 
 
 class Sender(Protocol):
-    """Sends bodies to the scenario's topic (in a publisher process)."""
+    """Sends bodies to the scenario's topic (in a publisher process).
+
+    A sender that buffers (fastfanout's ``publish_nowait``) also has ``idle()``: the
+    open-loop publisher calls it when it is about to wait for the next message's due
+    time, so what was sent leaves now, while one that is behind its schedule sends its
+    late messages together (as a user's loop flushes once it has nothing more to send).
+    """
 
     def send(self, bodies: list[bytes]) -> None:
         """Send one batch."""
@@ -176,7 +182,6 @@ class _FastFanoutSender:
         self.client = connect(env["endpoint"], batch_messages=2000,
                               local_channel=env["local"])
         self.window: deque[Any] = deque()
-        self.flush_each = spec.scenario == "latency"
         self.api = spec.api
         self.rows = spec.api == "numpy"   # the runner hands over a 2-D array (make_rows)
         self.in_flight = DURABLE_IN_FLIGHT if spec.durable else IN_FLIGHT
@@ -199,13 +204,15 @@ class _FastFanoutSender:
         if api == "publish_nowait" or (api == "batch" and len(bodies) == 1):
             publish_nowait = client.publish_nowait
             for body in bodies:
-                publish_nowait("t", body)
-            if self.flush_each:
-                client.flush()
+                publish_nowait("t", body)   # flushed by idle(), a full batch or linger
             return
         self.window.append(client.publish_batch_nowait("t", bodies))
         if len(self.window) >= self.in_flight:
             self.window.popleft().result()
+
+    def idle(self) -> None:
+        """Nothing is due yet: send the messages published since the last call."""
+        self.client.flush()
 
     def close(self) -> None:
         if self.producer is not None:
@@ -566,7 +573,11 @@ class FastFanout(Adapter):
         return {"storage_bytes_written": storage.get("bytes_written", 0)}
 
     def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
-        """The ``--api``'s calls (``scenarios.APIS``); ``batch`` by default."""
+        """The ``--api``'s calls (``scenarios.APIS``); ``batch`` by default.
+
+        Single messages (``publish_nowait``) are flushed when the open-loop publisher
+        waits for its next due time (``idle()``).
+        """
         if spec.api.startswith("aio-"):
             return _FastFanoutAsyncSender(env, spec)
         return _FastFanoutSender(env, spec)

@@ -8,7 +8,10 @@ process per publisher. When every publisher is connected, it sets the start time
 - as fast as they can, batch after batch (``rate`` None), or
 - open loop (``rate`` given): message i of publisher p is due at ``go + (i * P + p) /
   rate`` and is sent then whatever happened to the ones before; with batches of B, a batch
-  is sent when its first message is due. In the latency scenario each body carries its
+  is sent when its first message is due. A sender that buffers (``Sender.idle``) hands
+  over what it holds whenever the publisher is about to wait for the next due time, so
+  a publisher on schedule sends each message at once and one behind its schedule sends
+  its late messages together. In the latency scenario each body carries its
   intended send time, and the receivers measure latency from it, so a stall anywhere
   (the publisher included) shows up as latency instead of silently slowing the schedule
   down (no coordinated omission).
@@ -117,9 +120,12 @@ def _publisher_main(name: str, env: dict[str, Any], spec: Spec, index: int, shar
         stamped = spec.scenario == "latency"
         size, batch, sent = spec.size, spec.batch, 0
         make = make_rows if getattr(sender, "rows", False) else make_bodies   # --api numpy
+        idle = getattr(sender, "idle", None)   # a sender that buffers (see Sender)
         while sent < limit and not shared[_STOP]:
             due = go + int(offset + sent * interval)
             if interval:
+                if idle is not None and clock() < due:
+                    idle()   # ahead of the schedule: what was sent leaves now
                 while clock() < due:
                     os.sched_yield()   # spin, giving the core away between checks
             elif sent == 0:
