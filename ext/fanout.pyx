@@ -288,19 +288,10 @@ cdef class Dispatcher:
         cdef Py_ssize_t made = 0
         cdef Py_ssize_t i
         cdef uint32_t t
-        cdef uint64_t next_id
-        cdef uint64_t accepted = 0
-        cdef uint64_t copies = 0
-        cdef uint64_t filtered_out = 0
-        cdef uint64_t target_messages
-        cdef uint64_t target_bytes
-        cdef uint64_t found
         cdef bint any_content_dedup
         cdef bint with_keys = False
         cdef bint filtering
         cdef blob_t* blob
-        cdef unsigned char* skip
-        cdef DedupWindow window
         cdef PublishBatch batch
         cdef ff_rows rows
         cdef bint array_batch = False
@@ -404,14 +395,6 @@ cdef class Dispatcher:
                     self.keys[i] = ff_hash128(blob.data, blob.body_len)
                     self.keys[i].high ^= BODY_KEY_MARK
                     with_keys = True
-            memset(self.skip, 0, count * target_count)
-            if topic >= 0:
-                self._check_topic(topic, count, now_us, with_keys)
-                if filtering:
-                    self._apply_filters(<uint32_t>topic, count)
-            # Pass 2: per target, which copies it takes, and whether they all fit.
-            for t in range(target_count):
-                self._check_target(targets[t], t, count, now_us, with_keys, topic < 0)
         except BaseException:
             for i in range(made):
                 blob_release(self.scratch[i])
@@ -422,31 +405,119 @@ cdef class Dispatcher:
                 PyBuffer_Release(&frame_view)
             if array_batch:
                 ff_rows_close(&rows)
+        try:
+            batch = PublishBatch(count)
+        except BaseException:
+            for i in range(made):
+                blob_release(self.scratch[i])
+            self.batch_attributes = None
+            raise
+        self._settle(targets, target_count, count, now_us, topic, with_keys, filtering,
+                     batch.ids, batch.deliveries, batch.duplicates)
+        return batch
+
+    cdef int publish_one(self, int64_t topic, uint32_t queue, object body, int64_t now_us,
+                         uint64_t* message_id, uint32_t* deliveries,
+                         unsigned char* duplicate) except -1:
+        """One bare body to topic ``topic`` (>= 0) or, with ``topic`` -1, to queue
+        ``queue``: the batch path's checks and commit for a batch of one, with no Python
+        object made (no list, no ``PublishBatch``). Writes the message's id, its copies
+        and its duplicate flag; raises as ``publish``/``send`` would.
+        """
+        cdef Store store = self.store
+        cdef const uint32_t* targets
+        cdef uint32_t target_count
+        cdef uint32_t t
+        cdef bint any_content_dedup
+        cdef bint filtering
+        cdef bint with_keys
+        cdef blob_t* blob
+        if topic >= 0:
+            targets = self.topics[topic].targets
+            target_count = self.topics[topic].target_count
+            any_content_dedup = self.topics[topic].content_dedup
+            filtering = self.topic_filters[topic] is not None
+        else:
+            targets = &queue
+            target_count = 1
+            any_content_dedup = False
+            filtering = False
+        self._reserve_scratch(1, target_count)
+        for t in range(target_count):
+            any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
+        blob = make_blob(body, 0, now_us, store.journal is not None)
+        self.scratch[0] = blob
+        self.original[0] = 0
+        self.keys[0].low = self.keys[0].high = 0
+        with_keys = False
+        if blob.dedup_len:   # a PublishEntry given as the body
+            self.keys[0] = ff_hash128(_dedup_id(blob), blob.dedup_len)
+            with_keys = True
+        elif any_content_dedup:
+            # A body key must never equal a dedup-id key: flip a constant into it.
+            self.keys[0] = ff_hash128(blob.data, blob.body_len)
+            self.keys[0].high ^= BODY_KEY_MARK
+            with_keys = True
+        self._settle(targets, target_count, 1, now_us, topic, with_keys, filtering,
+                     message_id, deliveries, duplicate)
+        return 0
+
+    cdef int _settle(self, const uint32_t* targets, uint32_t target_count, Py_ssize_t count,
+                     int64_t now_us, int64_t topic, bint with_keys, bint filtering,
+                     uint64_t* ids, uint32_t* deliveries, unsigned char* duplicates) except -1:
+        """Passes 2 and 3 of a batch whose ``count`` blobs are in ``scratch``: check every
+        target, then commit (or raise, changing nothing). Releases the scratch blobs
+        either way; writes each entry's id, copies and duplicate flag."""
+        cdef Store store = self.store
+        cdef Py_ssize_t i
+        cdef uint32_t t
+        cdef uint64_t next_id
+        cdef uint64_t accepted = 0
+        cdef uint64_t copies = 0
+        cdef uint64_t filtered_out = 0
+        cdef uint64_t target_messages
+        cdef uint64_t target_bytes
+        cdef blob_t* blob
+        cdef unsigned char* skip
+        cdef DedupWindow window
+        try:
+            memset(self.skip, 0, count * target_count)
+            if topic >= 0:
+                self._check_topic(topic, count, now_us, with_keys)
+                if filtering:
+                    self._apply_filters(<uint32_t>topic, count)
+            # Pass 2: per target, which copies it takes, and whether they all fit.
+            for t in range(target_count):
+                self._check_target(targets[t], t, count, now_us, with_keys, topic < 0)
+        except BaseException:
+            for i in range(count):
+                blob_release(self.scratch[i])
+            self.batch_attributes = None
+            raise
         # Pass 3: commit. Ids go to accepted messages only, in entry order.
         next_id = store.next_message_id
-        batch = PublishBatch(count)
         try:
             for i in range(count):
                 if self.original[i]:
                     # An earlier entry of this batch (marked) or an id from the window.
-                    batch.ids[i] = (batch.ids[self.original[i] & ~IN_BATCH]
-                                    if self.original[i] & IN_BATCH else self.original[i])
-                    batch.deliveries[i] = 0
-                    batch.duplicates[i] = 1
+                    ids[i] = (ids[self.original[i] & ~IN_BATCH]
+                              if self.original[i] & IN_BATCH else self.original[i])
+                    deliveries[i] = 0
+                    duplicates[i] = 1
                     continue
                 self.scratch[i].id = next_id
-                batch.ids[i] = next_id
-                batch.deliveries[i] = 0
-                batch.duplicates[i] = 0
+                ids[i] = next_id
+                deliveries[i] = 0
+                duplicates[i] = 0
                 next_id += 1
                 accepted += 1
                 if topic >= 0 and self.keys[i].low | self.keys[i].high and (
                         self.scratch[i].dedup_len or self.topics[topic].content_dedup):
                     (<DedupWindow>self.topic_dedup[topic]).remember(
-                        self.keys[i], batch.ids[i], now_us)
+                        self.keys[i], ids[i], now_us)
                     if store.journal is not None:
                         store.journal_topic_key(<uint32_t>topic, self.keys[i].low,
-                                                self.keys[i].high, batch.ids[i], now_us)
+                                                self.keys[i].high, ids[i], now_us)
             store.next_message_id = next_id
             store.deferring = True
             store.publishing_topic = <uint32_t>(topic + 1) if topic >= 0 else 0
@@ -479,25 +550,26 @@ cdef class Dispatcher:
                         blob.due_us if blob.due_us != INT64_MIN
                         else now_us + store.queue(targets[t]).delay_us, NULL)
                     store.enqueue_keyed = False
-                    batch.deliveries[i] += 1
+                    deliveries[i] += 1
                     copies += 1
         finally:
             store.deferring = False
             store.publishing_topic = 0
             store.enqueue_keyed = False
-            for i in range(made):
+            for i in range(count):
                 blob_release(self.scratch[i])
             self.batch_attributes = None
-        store.flush_deferred(now_us)
+        if store.deferred:
+            store.flush_deferred(now_us)
         if topic >= 0:
             self.topics[topic].published += accepted
             self.topics[topic].deliveries += copies
             self.topics[topic].duplicates += <uint64_t>count - accepted
             self.topics[topic].filtered_out += filtered_out
             for i in range(count):
-                if batch.deliveries[i] == 0 and not batch.duplicates[i]:
+                if deliveries[i] == 0 and not duplicates[i]:
                     self.topics[topic].unrouted += 1
-        return batch
+        return 0
 
     cdef int _apply_filters(self, uint32_t topic, Py_ssize_t count) except -1:
         """Mark (SKIP_FILTERED) the copies whose subscription's policy does not match."""

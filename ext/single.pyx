@@ -12,17 +12,41 @@ publish or lease made, and the receivers waiting in ``receive`` woken only when 
 are some. The broker makes one ``SingleCalls`` over its own parts and keeps its
 ``closed`` flag and waiter count current; every other form of these calls (options,
 a durable broker, a debug build) takes the Python path.
+
+``publish`` and ``send`` take the broker's whole signature, so that the broker's own
+``publish`` and ``send`` are these methods (an instance attribute over the class's
+Python method): a per-message ``broker.publish(topic, body)`` is then one C call from
+the caller's loop, with no Python frame. A bare publish makes no Python object but its
+``PublishResult`` (``Dispatcher.publish_one``: a batch of one with no list and no
+``PublishBatch``; the result tuple filled in C); the clock, when it is ``time.time``,
+is read in C.
 """
 
 cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
 from libc.math cimport fabs, isfinite, nearbyint
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
+from fastfanout._ext.batches cimport publish_result
+from fastfanout._ext.fanout cimport Dispatcher
 from fastfanout._ext.store cimport Store
+
+import time as _time
 
 from fastfanout._ext import receipts as _by_receipt
 from fastfanout._ext.deliveries import receive as _receive
 from fastfanout.errors import Closed, InvalidArgument
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock, timespec* now)
+    int CLOCK_REALTIME
+
+cdef object _system_time = _time.time
 
 __all__ = ["SingleCalls"]
 
@@ -44,6 +68,10 @@ cdef class SingleCalls:
         clock: the broker's clock (seconds).
         topic_id: the broker's lookup that raises the right error for a bad topic name.
         queue_id: the same for a queue name.
+        publish_options: what ``publish`` with options calls (the broker's Python
+            path); default ``owner.publish``. A broker whose instance ``publish`` is this
+            object's passes its class's method.
+        send_options: the same for ``send``.
 
     Attributes:
         closed: set by the broker's ``close()``.
@@ -55,8 +83,8 @@ cdef class SingleCalls:
     cdef object _release
     cdef object _arrivals
     cdef Store _store
-    cdef object _publish
-    cdef object _send
+    cdef Dispatcher _dispatcher
+    cdef bint _system_clock
     cdef dict _topics
     cdef dict _queues
     cdef dict _queue_names
@@ -64,26 +92,32 @@ cdef class SingleCalls:
     cdef object _clock
     cdef object _topic_id
     cdef object _queue_id
+    cdef object _options_publish
+    cdef object _options_send
     cdef public bint closed
     cdef public Py_ssize_t waiters
 
     def __cinit__(self, object owner, object lock, object arrivals, Store store not None,
-                  object dispatcher, dict topics, dict queues, dict queue_names,
-                  dict visibility_us, object clock, object topic_id, object queue_id):
+                  Dispatcher dispatcher not None, dict topics, dict queues, dict queue_names,
+                  dict visibility_us, object clock, object topic_id, object queue_id,
+                  object publish_options=None, object send_options=None):
         self._owner = owner
         self._acquire = lock.acquire
         self._release = lock.release
         self._arrivals = arrivals
         self._store = store
-        self._publish = dispatcher.publish
-        self._send = dispatcher.send
+        self._dispatcher = dispatcher
         self._topics = topics
         self._queues = queues
         self._queue_names = queue_names
         self._visibility_us = visibility_us
         self._clock = clock
+        self._system_clock = clock is _system_time
         self._topic_id = topic_id
         self._queue_id = queue_id
+        self._options_publish = (publish_options if publish_options is not None
+                                 else owner.publish)
+        self._options_send = send_options if send_options is not None else owner.send
         self.closed = False
         self.waiters = 0
 
@@ -91,9 +125,23 @@ cdef class SingleCalls:
         """Read the clock (seconds, rounded half to even to µs) and apply what is due."""
         cdef object now
         cdef double seconds
+        cdef timespec spec
+        cdef int64_t ns
         cdef int64_t now_us
         if self.closed:
             raise Closed("the broker is closed")
+        if self._system_clock:
+            # time.time() without the call: the same clock read, made seconds as CPython
+            # makes them (_PyTime_AsSecondsDouble), so the same microsecond comes out.
+            clock_gettime(CLOCK_REALTIME, &spec)
+            ns = <int64_t>spec.tv_sec * 1000000000 + spec.tv_nsec
+            if ns % 1000000000 == 0:
+                seconds = <double>(ns // 1000000000)
+            else:
+                seconds = <double>ns / 1e9
+            now_us = <int64_t>nearbyint(seconds * 1e6)
+            self._store.advance_to(now_us)
+            return now_us
         now = self._clock()
         if type(now) is not float and type(now) is not int:
             raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
@@ -110,34 +158,60 @@ cdef class SingleCalls:
         return None
 
     cdef object _one(self, bint to_topic, object name, object body):
-        """One bare message to a topic (``to_topic``) or a queue: its PublishResult."""
+        """One bare message to a topic (``to_topic``) or a queue: its PublishResult.
+
+        No Python object is made but the result: the dispatcher's one-message path
+        (``Dispatcher.publish_one``) takes the body and writes the id and copy count.
+        """
         cdef object target_id
+        cdef PyObject* found
         cdef int64_t now_us
+        cdef uint64_t message_id = 0
+        cdef uint32_t deliveries = 0
+        cdef unsigned char duplicate = 0
         if self.closed:
             raise Closed("the broker is closed")
-        names = self._topics if to_topic else self._queues
         self._acquire()
         try:
             now_us = self._now_us()
-            target_id = names.get(name) if type(name) is str else None
-            if target_id is None:   # raises the right error
+            found = NULL
+            if type(name) is str:
+                found = PyDict_GetItem(self._topics if to_topic else self._queues, name)
+            if found != NULL:
+                target_id = <object>found
+            else:   # raises the right error
                 target_id = self._topic_id(name) if to_topic else self._queue_id(name)
             if to_topic:
-                batch = self._publish(target_id, [body], now_us)
+                self._dispatcher.publish_one(<uint32_t>target_id, 0, body, now_us,
+                                             &message_id, &deliveries, &duplicate)
             else:
-                batch = self._send(target_id, [body], now_us)
+                self._dispatcher.publish_one(-1, <uint32_t>target_id, body, now_us,
+                                             &message_id, &deliveries, &duplicate)
             self._wake()
         finally:
             self._release()
-        return batch[0]
+        return publish_result(message_id, deliveries, duplicate)
 
-    def publish(self, topic, body):
-        """``Broker.publish(topic, body)``: one message, no options; its PublishResult."""
-        return self._one(True, topic, body)
+    def publish(self, topic, body, *, attributes=None, delay=None, deliver_at=None,
+                group_id=None, dedup_id=None, priority=None, ttl=None):
+        """``Broker.publish``: a bare message in one C call; with any option given, the
+        broker's Python path (``publish_options``); its PublishResult."""
+        if (attributes is None and delay is None and deliver_at is None and group_id is None
+                and dedup_id is None and priority is None and ttl is None):
+            return self._one(True, topic, body)
+        return self._options_publish(
+            topic, body, attributes=attributes, delay=delay, deliver_at=deliver_at,
+            group_id=group_id, dedup_id=dedup_id, priority=priority, ttl=ttl)
 
-    def send(self, queue, body):
-        """``Broker.send(queue, body)``: one message, no options; its PublishResult."""
-        return self._one(False, queue, body)
+    def send(self, queue, body, *, attributes=None, delay=None, deliver_at=None,
+             group_id=None, dedup_id=None, priority=None, ttl=None):
+        """``Broker.send``: as ``publish``, to one queue."""
+        if (attributes is None and delay is None and deliver_at is None and group_id is None
+                and dedup_id is None and priority is None and ttl is None):
+            return self._one(False, queue, body)
+        return self._options_send(
+            queue, body, attributes=attributes, delay=delay, deliver_at=deliver_at,
+            group_id=group_id, dedup_id=dedup_id, priority=priority, ttl=ttl)
 
     def receive(self, queue):
         """``Broker.receive(queue)`` with its defaults: a list of at most one Message.

@@ -1,6 +1,7 @@
 from collections.abc import Callable
 from typing import Any, final
 
+from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.message import Message
 from fastfanout._ext.store import Store
 from fastfanout.records import PublishResult
@@ -11,13 +12,21 @@ __all__ = ["SingleCalls"]
 class SingleCalls:
     closed: bool
     waiters: int
-    def __init__(self, owner: Any, lock: Any, arrivals: Any, store: Store, dispatcher: Any,
-                 topics: dict[str, int], queues: dict[str, int], queue_names: dict[int, str],
+    def __init__(self, owner: Any, lock: Any, arrivals: Any, store: Store,
+                 dispatcher: Dispatcher, topics: dict[str, int], queues: dict[str, int],
+                 queue_names: dict[int, str],
                  visibility_us: dict[int, int], clock: Callable[[], float],
-                 topic_id: Callable[[object], int], queue_id: Callable[[object], int]
-                 ) -> None: ...
-    def publish(self, topic: str, body: object) -> PublishResult: ...
-    def send(self, queue: str, body: object) -> PublishResult: ...
+                 topic_id: Callable[[object], int], queue_id: Callable[[object], int],
+                 publish_options: Callable[..., PublishResult] | None = None,
+                 send_options: Callable[..., PublishResult] | None = None) -> None: ...
+    def publish(self, topic: str, body: object, *, attributes: Any = None,
+                delay: float | None = None, deliver_at: Any = None,
+                group_id: str | None = None, dedup_id: str | None = None,
+                priority: int | None = None, ttl: float | None = None) -> PublishResult: ...
+    def send(self, queue: str, body: object, *, attributes: Any = None,
+             delay: float | None = None, deliver_at: Any = None,
+             group_id: str | None = None, dedup_id: str | None = None,
+             priority: int | None = None, ttl: float | None = None) -> PublishResult: ...
     def receive(self, queue: str) -> list[Message]: ...
     def ack(self, receipt: int, *, session: int = 0) -> None: ...
     def nack(self, receipt: int, *, delay: float | None = None) -> None: ...

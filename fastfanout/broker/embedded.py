@@ -162,10 +162,19 @@ class Broker:
         # not the debug build: those take the Python path, which journals and checks).
         self._single: SingleCalls | None = None
         if self._durable is None and not STORE_DEBUG:
-            self._single = SingleCalls(
+            single = self._single = SingleCalls(
                 self, self._lock, self._arrivals, self._store, self._dispatcher,
                 self._topics, self._queues, self._queue_names, self._visibility_us,
-                self._clock, self._topic_id, self._queue_id)
+                self._clock, self._topic_id, self._queue_id,
+                Broker.publish.__get__(self), Broker.send.__get__(self))
+            # A per-message publish or send is one C call from the caller's loop: the
+            # instance's publish and send are SingleCalls' (the same signature; options
+            # go back to the class's methods). A subclass's own methods stay in charge.
+            cls = type(self)
+            if cls.publish is Broker.publish:
+                self.publish = single.publish  # type: ignore[method-assign]
+            if cls.send is Broker.send:
+                self.send = single.send  # type: ignore[method-assign]
 
     # -- administration (the part the broker holds) -------------------------------------
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import pytest
 
 from fastfanout import Broker
-from fastfanout.errors import Closed, InvalidArgument, NotFound, StaleReceipt
+from fastfanout.errors import (
+    Closed,
+    InvalidArgument,
+    MessageTooLarge,
+    NotFound,
+    QueueFull,
+    StaleReceipt,
+)
+from fastfanout.records import PublishResult
 
 
 @pytest.fixture
@@ -93,3 +106,122 @@ def test_a_clock_that_is_not_seconds_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         broker.send("q", b"x")
 
+
+
+# -- per-message publish and send: one C call, nothing made but the result ----------------
+
+
+def _python_frames(call: Callable[[], object]) -> list[str]:
+    """The Python functions ``call`` runs (``sys.setprofile``'s ``call`` events)."""
+    frames: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            frames.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return [name for name in frames if name != "_python_frames"]
+
+
+def test_a_bare_publish_or_send_runs_no_python_frame(broker: Broker) -> None:
+    assert _python_frames(lambda: broker.publish("t", b"x")) == ["<lambda>"]
+    assert _python_frames(lambda: broker.send("q", b"y")) == ["<lambda>"]
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"x", b"y"]
+
+
+def test_a_publish_result_is_a_plain_publish_result(broker: Broker) -> None:
+    body = b"body"
+    refs = sys.getrefcount(body)
+    result = broker.publish("t", body)
+    assert sys.getrefcount(body) == refs            # the body is copied, not kept
+    assert type(result) is PublishResult
+    assert result == PublishResult(result.message_id, 1, False)
+    assert sys.getrefcount(result) == 2             # the result is the caller's alone
+    assert result._replace(deliveries=3).deliveries == 3
+    assert hash(result) == hash(tuple(result))
+    assert repr(result) == f"PublishResult(message_id={result.message_id}, deliveries=1, " \
+        "duplicate=False)"
+    assert broker.publish("t", body).message_id == result.message_id + 1
+    assert broker.send("q", body) == PublishResult(result.message_id + 2, 1, False)
+
+
+def test_per_message_calls_leak_nothing(broker: Broker) -> None:
+    """Python blocks stay flat over many calls (bodies live in the store's own memory)."""
+    publish = broker.publish
+    body = b"x" * 64
+    for _ in range(1000):   # warm up: interned ints, the store's first arrays
+        publish("t", body)
+    before = sys.getallocatedblocks()
+    for _ in range(20_000):
+        publish("t", body)
+    assert sys.getallocatedblocks() - before < 200
+    assert broker.stats().queues["q"].visible == 21_000
+
+
+def test_options_take_the_python_path_with_the_same_results(broker: Broker) -> None:
+    first = broker.publish("t", b"a", attributes={"k": "v"}, priority=None)
+    second = broker.send("q", b"b", delay=0.0)
+    assert (first.deliveries, second.deliveries) == (1, 1)
+    assert second.message_id == first.message_id + 1
+    (message,) = broker.receive("q")
+    assert message.attributes == {"k": "v"}
+    with pytest.raises(InvalidArgument):
+        broker.publish("t", b"c", priority=300)
+    with pytest.raises(TypeError):
+        broker.publish("t", b"c", colour="red")   # type: ignore[call-arg]
+    assert broker.publish(topic="t", body=b"d").deliveries == 1
+
+
+def test_a_subclass_publish_stays_in_charge() -> None:
+    seen: list[bytes] = []
+
+    class Counting(Broker):
+        def publish(self, topic: str, body: Any, **options: Any) -> PublishResult:
+            seen.append(bytes(body))
+            return super().publish(topic, body, **options)
+
+    broker = Counting()
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    assert broker.publish("t", b"a").deliveries == 1
+    assert seen == [b"a"]
+    assert broker.send("q", b"b").deliveries == 1   # send is still the native one
+
+
+def test_single_publish_keeps_every_queue_rule() -> None:
+    """The one-message path runs the batch path's checks: size, room, dedup, FIFO."""
+    broker = Broker()
+    broker.create_topic("t")
+    broker.create_queue("small", max_message_size=4, max_messages=1)
+    broker.create_queue("dedup", content_dedup=True)
+    broker.create_queue("fifo", fifo=True, content_dedup=True)
+    broker.subscribe("t", "small")
+    broker.subscribe("t", "dedup")
+    with pytest.raises(MessageTooLarge):
+        broker.publish("t", b"12345")
+    assert broker.publish("t", b"1").deliveries == 2
+    with pytest.raises(QueueFull):
+        broker.publish("t", b"2")   # small is full: no copy anywhere
+    stats = broker.stats().queues
+    assert (stats["small"].visible, stats["dedup"].visible) == (1, 1)
+    assert (stats["small"].rejected, stats["small"].oversized) == (1, 1)
+    first = broker.send("dedup", b"same")
+    again = broker.send("dedup", b"same")
+    assert again == PublishResult(first.message_id, 0, True)
+    with pytest.raises(InvalidArgument, match="group_id"):
+        broker.send("fifo", b"x")
+    assert broker.stats().queues["fifo"].enqueued == 0
+
+
+def test_the_system_clock_read_in_c_is_time_time(broker: Broker) -> None:
+    """With the default clock the broker reads the time in C: the same seconds."""
+    before = time.time()
+    broker.publish("t", b"x")
+    after = time.time()
+    (message,) = broker.receive("q")
+    assert before - 1e-6 <= message.timestamp <= after + 1e-6
