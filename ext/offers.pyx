@@ -10,6 +10,13 @@ linger clock starts), a full frame (it is sent), and a producer that is closed o
 refused frames (the Python side raises or flushes first). The count of offered messages
 is a C integer. ``NowaitGate`` does the same for the pipelined single publish of the
 blocking client when the target's batch is open.
+
+A pipelined publish returns a future, and a per-message loop makes one per message: the
+blocking client's ``PublishFuture`` is a small native object (a client, an index, and
+once its batch is sent the request and the batch's shared results), made in C by the
+gate with no Python frame, and kept on a free list. ``bind_futures`` ties a sent batch's
+futures to its request in one C loop. The future's methods are those of
+``concurrent.futures.Future`` (fastfanout.client.futures has the essay).
 """
 
 cimport cython
@@ -17,7 +24,16 @@ from libc.stdint cimport uint64_t
 
 from fastfanout._ext.wire cimport FrameBuilder
 
-__all__ = ["NowaitGate", "OfferGate"]
+import logging
+from functools import partial
+
+from fastfanout.errors import FastFanoutError
+
+__all__ = ["FutureMaker", "NowaitGate", "OfferGate", "PublishFuture", "bind_futures"]
+
+# The blocking client's futures log a failing done callback here (as before they were
+# native: fastfanout.client.futures).
+cdef object _log = logging.getLogger("fastfanout.client.futures")
 
 
 @cython.final
@@ -95,7 +111,8 @@ cdef class NowaitGate:
 
     Args:
         core: the connection's ``ConnectionCore``.
-        new_future: makes a publish's future from its index in the batch.
+        new_future: makes a publish's future from its index in the batch (a
+            ``FutureMaker``: made in C).
         send_out: sends what the core queued.
         opened: called with no argument when no batch is open before this publish;
             returns the time (``ConnectionCore.enqueue``'s ``now``).
@@ -105,20 +122,66 @@ cdef class NowaitGate:
 
     cdef object _core
     cdef object _new_future
+    cdef object _future_client   # a FutureMaker's client: futures made here, in C
     cdef object _send_out
     cdef object _opened
     cdef object _connection
+    cdef object _publish_opcode
+    cdef object _send_opcode
+    cdef object _publish_options
+    cdef object _send_options
 
     def __cinit__(self, object core, object new_future, object send_out, object opened,
                   object connection=None):
         self._core = core
         self._new_future = new_future
+        self._future_client = (
+            (<FutureMaker>new_future)._client if type(new_future) is FutureMaker else None)
         self._send_out = send_out
         self._opened = opened
         self._connection = connection
 
+    def bind_face(self, publish_opcode, send_opcode, publish_options, send_options):
+        """Let ``publish_nowait`` and ``send_nowait`` stand for a client's own.
+
+        Args:
+            publish_opcode: the PUBLISH opcode.
+            send_opcode: the SEND opcode.
+            publish_options: what ``publish_nowait`` with options calls (the client's
+                Python method).
+            send_options: the same for ``send_nowait``.
+        """
+        self._publish_opcode = publish_opcode
+        self._send_opcode = send_opcode
+        self._publish_options = publish_options
+        self._send_options = send_options
+
+    def publish_nowait(self, topic, body, *, attributes=None, delay=None, deliver_at=None,
+                       group_id=None, dedup_id=None, priority=None, ttl=None):
+        """A client's ``publish_nowait`` (after ``bind_face``): a bare body in one C
+        call; with any option given, the client's Python method."""
+        if (attributes is None and delay is None and deliver_at is None and group_id is None
+                and dedup_id is None and priority is None and ttl is None):
+            return self._locked(self._publish_opcode, topic, body)
+        return self._publish_options(
+            topic, body, attributes=attributes, delay=delay, deliver_at=deliver_at,
+            group_id=group_id, dedup_id=dedup_id, priority=priority, ttl=ttl)
+
+    def send_nowait(self, queue, body, *, attributes=None, delay=None, deliver_at=None,
+                    group_id=None, dedup_id=None, priority=None, ttl=None):
+        """A client's ``send_nowait`` (see ``publish_nowait``)."""
+        if (attributes is None and delay is None and deliver_at is None and group_id is None
+                and dedup_id is None and priority is None and ttl is None):
+            return self._locked(self._send_opcode, queue, body)
+        return self._send_options(
+            queue, body, attributes=attributes, delay=delay, deliver_at=deliver_at,
+            group_id=group_id, dedup_id=dedup_id, priority=priority, ttl=ttl)
+
     def enqueue(self, opcode, name, body):
         """Add ``body`` to the batch of (opcode, name); returns its future."""
+        return self._locked(opcode, name, body)
+
+    cdef object _locked(self, object opcode, object name, object body):
         cdef object connection = self._connection
         cdef object lock = None
         if connection is not None:
@@ -154,7 +217,10 @@ cdef class NowaitGate:
                 builder._append_bytes(<bytes>body)
             else:
                 builder.append_body(body)
-            future = self._new_future(builder.out.count - 1)
+            if self._future_client is not None:
+                future = _new_publish_future(self._future_client, builder.out.count - 1)
+            else:
+                future = self._new_future(builder.out.count - 1)
             batch.futures.append(future)
             if (builder.out.count >= <uint64_t>core.batch_messages
                     or builder.out.length >= <size_t>core.batch_bytes):
@@ -162,3 +228,154 @@ cdef class NowaitGate:
         if core.outbox:   # a full batch
             self._send_out()
         return future
+
+
+cdef void _run_callback(object future, object callback):
+    try:
+        callback(future)
+    except Exception:
+        # as concurrent.futures does: a callback's failure is logged, not raised
+        _log.exception("exception calling callback for %r", future)
+
+
+def run_callback(future, callback):
+    """Call ``callback(future)``, logging (not raising) what it raises."""
+    _run_callback(future, callback)
+
+
+@cython.final
+@cython.freelist(512)
+cdef class PublishFuture:
+    """The eventual result of ``publish_nowait`` / ``send_nowait`` (blocking client).
+
+    It offers the methods of ``concurrent.futures.Future``: ``result``, ``exception``,
+    ``done``, ``add_done_callback``, ``running``, ``cancel`` and ``cancelled`` (a publish
+    cannot be cancelled). It completes without further calls to the client: the
+    client's background thread sends its batch after ``linger`` and reads the answer.
+
+    Args:
+        client: the blocking driver (``flush``, ``publish_results``, ``lock``).
+        index: the publish's position in its batch.
+    """
+
+    cdef object _client
+    cdef Py_ssize_t _index
+    cdef object _request
+    cdef list _batch_results
+    cdef list _callbacks
+
+    def __init__(self, client, Py_ssize_t index):
+        self._client = client
+        self._index = index
+
+    def result(self, timeout=None):
+        """Wait for the broker's answer (flushing the batch if needed) and return it.
+
+        Args:
+            timeout: seconds to wait at most (default: the client's timeout).
+
+        Raises:
+            FastFanoutError: the error of the whole batch this publish travelled in.
+        """
+        if self._request is None:
+            self._client.flush()
+        if self._request is None or self._batch_results is None:
+            raise AssertionError("a flushed publish has its request")
+        results = self._batch_results[0]
+        if results is None:
+            results = self._batch_results[0] = self._client.publish_results(
+                self._request, timeout)
+        return results[self._index]
+
+    def exception(self, timeout=None):
+        """Wait for the answer like ``result`` and return its error (None: it succeeded).
+
+        Args:
+            timeout: seconds to wait at most (default: the client's timeout); past it the
+                connection counts as broken and ``BrokenConnection`` is returned.
+        """
+        try:
+            self.result(timeout)
+        except FastFanoutError as error:
+            return error
+        return None
+
+    def done(self):
+        """True once the broker answered (or the request failed)."""
+        return self._request is not None and bool(self._request.done)
+
+    def running(self):
+        """True while the request is on its way or being answered."""
+        return self._request is not None and not self._request.done
+
+    def cancel(self):
+        """Always False: a publish cannot be taken back (``concurrent.futures`` face)."""
+        return False
+
+    def cancelled(self):
+        """Always False (see ``cancel``)."""
+        return False
+
+    def add_done_callback(self, callback):
+        """Call ``callback(self)`` once the broker answered its batch (at once if it has).
+
+        It runs in the thread that reads the answer (usually the client's background
+        thread) with the client's lock held; an exception it raises is logged. Adding
+        one does not send the batch early.
+        """
+        with self._client.lock:
+            if self._request is None:   # still in its batch: bind_futures moves it
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(callback)
+                return
+            self._request.watch(partial(run_callback, self, callback))
+
+    def __repr__(self):
+        state = ("pending" if self._request is None
+                 else "finished" if self._request.done else "running")
+        return f"<PublishFuture #{self._index} {state}>"
+
+
+cdef inline PublishFuture _new_publish_future(object client, Py_ssize_t index):
+    cdef PublishFuture future = PublishFuture.__new__(PublishFuture)
+    future._client = client
+    future._index = index
+    return future
+
+
+@cython.final
+cdef class FutureMaker:
+    """``maker(index)``: a ``PublishFuture`` of ``client`` (the blocking driver's
+    ``make_future``); the gate makes them in C.
+
+    Args:
+        client: the blocking driver.
+    """
+
+    cdef object _client
+
+    def __cinit__(self, object client):
+        self._client = client
+
+    def __call__(self, Py_ssize_t index):
+        return _new_publish_future(self._client, index)
+
+
+def bind_futures(list futures, object request):
+    """Tie the futures of a batch to the request that carries it (the batch was sent).
+
+    Callbacks added while the futures waited in their batch move to the request (or run
+    now if it is done already). Called with the connection's lock held.
+    """
+    cdef list results = [None]
+    cdef PublishFuture future
+    cdef list callbacks
+    for item in futures:
+        future = <PublishFuture?>item
+        future._request = request
+        future._batch_results = results
+        if future._callbacks is not None:
+            callbacks, future._callbacks = future._callbacks, None
+            for callback in callbacks:
+                request.watch(partial(run_callback, future, callback))

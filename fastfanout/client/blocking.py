@@ -34,7 +34,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from fastfanout._ext.offers import NowaitGate
+from fastfanout._ext.offers import FutureMaker, NowaitGate
 from fastfanout.api import BrokerAPI, ClientAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
@@ -86,10 +86,11 @@ class Connection(DriverBase):
                          batch_bytes=batch_bytes, bind=bind)
         self.lock = threading.RLock()
         self.transport: DealerTransport | LocalTransport | None = None
-        self._new_future = functools.partial(PublishFuture, self)
+        self._new_future = FutureMaker(self)   # native futures, made in C by the gate
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
-        self.nowait = NowaitGate(self.core, self._new_future, self.send_out,
-                                 self.start_ticking, self).enqueue
+        self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
+                                      self.start_ticking, self)
+        self.nowait = self.nowait_gate.enqueue
         self._kick = threading.Event()
         self._busy_until = 0.0
         forks.watch(self._after_fork)
@@ -488,6 +489,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             self.endpoint, curve, timeout=timeout, linger=linger,
             batch_messages=batch_messages, batch_bytes=batch_bytes,
             local_channel=local_channel, ring_bytes=ring_bytes)
+        self._native_nowait(self.connection.nowait_gate)
 
     create_topic = control(BrokerAPI.create_topic)
     delete_topic = control(BrokerAPI.delete_topic)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
+from fastfanout._ext.offers import NowaitGate
 from fastfanout.client.core import ConnectionCore, Request
 from fastfanout.client.messages import publish_options
 from fastfanout.client.producers import ProducerCore, producer_limits
@@ -108,6 +109,21 @@ class ClientFace(Generic[F, BF]):
             return self.connection.nowait(Opcode.PUBLISH, topic, body)   # one C call
         return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
+
+    def _native_nowait(self, gate: NowaitGate) -> None:
+        """Make ``publish_nowait``/``send_nowait`` of this client the gate's own.
+
+        The gate's methods take the same arguments: a bare body is then one C call from
+        the caller's loop, with no Python frame (issue 15); options come back to the
+        methods here. A subclass's own methods stay in charge.
+        """
+        gate.bind_face(Opcode.PUBLISH, Opcode.SEND, ClientFace.publish_nowait.__get__(self),
+                       ClientFace.send_nowait.__get__(self))
+        cls = type(self)
+        if cls.publish_nowait is ClientFace.publish_nowait:
+            self.publish_nowait = gate.publish_nowait  # type: ignore[method-assign]
+        if cls.send_nowait is ClientFace.send_nowait:
+            self.send_nowait = gate.send_nowait  # type: ignore[method-assign]
 
     def send_nowait(self, queue: str, body: Body, *,
                     attributes: Attributes | None = None, delay: float | None = None,

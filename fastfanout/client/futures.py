@@ -9,7 +9,12 @@ result out of the batch's one reply.
 These futures offer the interface of ``concurrent.futures.Future`` (``result``,
 ``exception``, ``done``, ``add_done_callback``, ``cancel``...) without being one: that
 class makes a condition variable per future, and a pipelined publish makes a future per
-message. Completion is per request instead: the reply (or the error) is read by whichever
+message. ``PublishFuture`` is native (``fastfanout._ext.offers``, with the same methods
+as ``PublishBatchFuture``): the client's ``NowaitGate`` makes one in C per
+``publish_nowait``, from a free list, kept off the cycle collector until it gets a
+callback.
+
+Completion is per request, not per future: the reply (or the error) is read by whichever
 thread pumps the client, its background thread included, which looks for replies every
 ``REPLY_POLL`` seconds while requests are in flight, so a future completes (and its done
 callbacks run) without the client being called again. Callbacks run in the thread that
@@ -24,11 +29,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, Self
 
+from fastfanout._ext.offers import PublishFuture, bind_futures
 from fastfanout.client.core import Request
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import FastFanoutError
-from fastfanout.records import PublishResult
 
 __all__ = ["REPLY_POLL", "PublishBatchFuture", "PublishFuture", "bind"]
 
@@ -51,20 +56,15 @@ def bind(futures: list[PublishFuture], request: Request) -> None:
     """Tie the futures of a batch to the request that carries it (the batch was sent).
 
     Callbacks added while the futures waited in their batch move to the request (or run
-    now if it is done already). Called with the connection's lock held.
+    now if it is done already). Called with the connection's lock held. One C loop
+    (``fastfanout._ext.offers.bind_futures``).
     """
-    results: list[RemotePublishBatch | None] = [None]
-    for future in futures:
-        future._request = request
-        future._batch_results = results
-        if future._callbacks is not None:
-            callbacks, future._callbacks = future._callbacks, None
-            for callback in callbacks:
-                request.watch(partial(_run_callback, future, callback))
+    bind_futures(futures, request)
 
 
 class _PublishFutureBase:
-    """What both publish futures share: a batch's one request and its results, read once.
+    """What a batch's future is made of: the batch's one request and its results, read
+    once (the single publish's native ``PublishFuture`` has the same methods).
 
     Args:
         client: the blocking driver.
@@ -156,34 +156,3 @@ class PublishBatchFuture(_PublishFutureBase):
             FastFanoutError: the error of the batch (nothing of it was enqueued).
         """
         return self._results(timeout)
-
-
-class PublishFuture(_PublishFutureBase):
-    """The eventual result of ``publish_nowait`` / ``send_nowait``.
-
-    It offers the methods of ``concurrent.futures.Future``: ``result``, ``exception``,
-    ``done``, ``add_done_callback``, ``running``, ``cancel`` and ``cancelled`` (a publish
-    cannot be cancelled). It completes without further calls to the client: the
-    client's background thread sends its batch after ``linger`` and reads the answer.
-    """
-
-    __slots__ = ("_index",)
-
-    def __init__(self, client: BlockingDriver, index: int) -> None:
-        # one per pipelined publish: the slots are set here, without the base's call
-        self._client = client
-        self._index = index
-        self._request = None
-        self._batch_results = None
-        self._callbacks = None
-
-    def result(self, timeout: float | None = None) -> PublishResult:
-        """Wait for the broker's answer (flushing the batch if needed) and return it.
-
-        Args:
-            timeout: seconds to wait at most (default: the client's timeout).
-
-        Raises:
-            FastFanoutError: the error of the whole batch this publish travelled in.
-        """
-        return self._results(timeout)[self._index]

@@ -220,3 +220,34 @@ def test_asyncio_publish_nowait_of_bare_bodies_goes_in_one_request(track: Tracke
             assert ids == sorted(ids) and len(set(ids)) == 25
 
     asyncio.run(main())
+
+
+def test_publish_nowait_is_one_native_call_making_only_its_future(track: Tracker) -> None:
+    import gc
+    import sys
+    import types
+
+    from fastfanout._ext.offers import PublishFuture
+
+    server = track.server()
+    client = track.client(server.endpoint, batch_messages=100, linger=30.0)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    # the client's own methods are the gate's: no Python frame per call
+    assert isinstance(client.publish_nowait, types.BuiltinMethodType)
+    assert isinstance(client.send_nowait, types.BuiltinMethodType)
+    body = b"x" * 64
+    refs = sys.getrefcount(body)
+    futures = [client.publish_nowait("t", body) for _ in range(250)]
+    assert sys.getrefcount(body) == refs                # copied into the frame
+    assert all(type(future) is PublishFuture for future in futures)
+    with_options = client.publish_nowait("t", b"a", attributes={"k": "v"})
+    direct = client.send_nowait(queue="q", body=b"d")
+    ids = [future.result().message_id for future in futures]
+    assert ids == sorted(ids) and len(set(ids)) == 250
+    assert with_options.result().deliveries == 1 and direct.result().deliveries == 1
+    del futures, with_options, direct
+    gc.collect()
+    assert not any(type(item) is PublishFuture for item in gc.get_objects())
+    assert client.stats().queues["q"].enqueued == 252
