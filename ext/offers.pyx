@@ -22,6 +22,7 @@ futures to its request in one C loop. The future's methods are those of
 cimport cython
 from libc.stdint cimport uint64_t
 
+from fastfanout._ext.locks cimport FastRLock, ff_lock_acquire, ff_lock_release
 from fastfanout._ext.wire cimport FrameBuilder
 
 import logging
@@ -184,13 +185,20 @@ cdef class NowaitGate:
     cdef object _locked(self, object opcode, object name, object body):
         cdef object connection = self._connection
         cdef object lock = None
+        cdef FastRLock fast = None
         if connection is not None:
             lock = connection.lock   # a forked child makes a new one
-            lock.acquire()
+            if type(lock) is FastRLock:
+                fast = <FastRLock>lock
+                ff_lock_acquire(fast)   # in C
+            else:
+                lock.acquire()
         try:
             return self._enqueue(opcode, name, body)
         finally:
-            if lock is not None:
+            if fast is not None:
+                ff_lock_release(fast)
+            elif lock is not None:
                 lock.release()
 
     cdef object _enqueue(self, object opcode, object name, object body):

@@ -30,6 +30,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastfanout._ext.batches cimport publish_result
 from fastfanout._ext.fanout cimport Dispatcher
+from fastfanout._ext.locks cimport FastRLock, ff_lock_acquire, ff_lock_release
 from fastfanout._ext.store cimport Store
 
 import time as _time
@@ -79,7 +80,8 @@ cdef class SingleCalls:
     """
 
     cdef object _owner
-    cdef object _acquire
+    cdef FastRLock _fast_lock     # the broker's lock when it is a FastRLock (in C), or
+    cdef object _acquire          # its acquire and release methods
     cdef object _release
     cdef object _arrivals
     cdef Store _store
@@ -102,6 +104,7 @@ cdef class SingleCalls:
                   dict visibility_us, object clock, object topic_id, object queue_id,
                   object publish_options=None, object send_options=None):
         self._owner = owner
+        self._fast_lock = lock if type(lock) is FastRLock else None
         self._acquire = lock.acquire
         self._release = lock.release
         self._arrivals = arrivals
@@ -152,6 +155,18 @@ cdef class SingleCalls:
         self._store.advance_to(now_us)
         return now_us
 
+    cdef inline int _lock(self) except -1:
+        if self._fast_lock is not None:
+            return ff_lock_acquire(self._fast_lock)
+        self._acquire()
+        return 0
+
+    cdef inline int _unlock(self) except -1:
+        if self._fast_lock is not None:
+            return ff_lock_release(self._fast_lock)
+        self._release()
+        return 0
+
     cdef inline object _wake(self):
         if self.waiters:
             self._arrivals.notify_all()
@@ -171,7 +186,7 @@ cdef class SingleCalls:
         cdef unsigned char duplicate = 0
         if self.closed:
             raise Closed("the broker is closed")
-        self._acquire()
+        self._lock()
         try:
             now_us = self._now_us()
             found = NULL
@@ -189,7 +204,7 @@ cdef class SingleCalls:
                                              &message_id, &deliveries, &duplicate)
             self._wake()
         finally:
-            self._release()
+            self._unlock()
         return publish_result(message_id, deliveries, duplicate)
 
     def publish(self, topic, body, *, attributes=None, delay=None, deliver_at=None,
@@ -222,7 +237,7 @@ cdef class SingleCalls:
         cdef int64_t now_us
         if self.closed:
             raise Closed("the broker is closed")
-        self._acquire()
+        self._lock()
         try:
             now_us = self._now_us()
             queue_id = self._queues.get(queue) if type(queue) is str else None
@@ -231,17 +246,17 @@ cdef class SingleCalls:
             return _receive(self._store, <uint32_t>queue_id, 1,
                             self._visibility_us[queue_id], now_us, self, 0)
         finally:
-            self._release()
+            self._unlock()
 
     def ack(self, receipt, *, session=0):
         """``Broker.ack(receipt)``: delete the message of a delivery (``StaleReceipt``)."""
-        self._acquire()
+        self._lock()
         try:
             self._now_us()
             _by_receipt.ack(self._store, receipt, session)
             self._wake()   # a consumer out of credit may take more now
         finally:
-            self._release()
+            self._unlock()
 
     def nack(self, receipt, *, delay=None):
         """``Broker.nack``."""

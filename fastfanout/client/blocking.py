@@ -34,6 +34,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
+from fastfanout._ext.locks import FastRLock
 from fastfanout._ext.offers import FutureMaker, NowaitGate
 from fastfanout.api import BrokerAPI, ClientAPI
 from fastfanout.client import forks
@@ -75,7 +76,8 @@ class Connection(DriverBase):
     Attributes:
         core: the connection's protocol state.
         transport: the DEALER socket or local channel; None while disconnected.
-        lock: serialises every use of the core and the transport (reentrant).
+        lock: serialises every use of the core and the transport (reentrant: a
+            ``FastRLock``, which the native gates take in C).
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
@@ -84,7 +86,7 @@ class Connection(DriverBase):
         super().__init__(endpoint, curve, timeout=timeout, local_channel=local_channel,
                          ring_bytes=ring_bytes, linger=linger, batch_messages=batch_messages,
                          batch_bytes=batch_bytes, bind=bind)
-        self.lock = threading.RLock()
+        self.lock = FastRLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self._new_future = FutureMaker(self)   # native futures, made in C by the gate
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
@@ -105,7 +107,7 @@ class Connection(DriverBase):
         The lock and event are new: a parent thread may have held them at the fork.
         """
         self.core.forked = True
-        self.lock = threading.RLock()
+        self.lock = FastRLock()
         self._kick = threading.Event()
 
     # -- connection ----------------------------------------------------------------------

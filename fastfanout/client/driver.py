@@ -10,12 +10,12 @@ rather than on the driver modules, so the package has no import cycle.
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
+from fastfanout._ext.locks import FastRLock
 from fastfanout.client.core import ConnectionCore, ConsumerState, Request
 from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import BrokenConnection
@@ -112,7 +112,7 @@ class BlockingDriver(Protocol):
     """
 
     core: ConnectionCore
-    lock: threading.RLock
+    lock: FastRLock
 
     def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
         """Queue a request made by ``make`` (a core method) and send it."""
