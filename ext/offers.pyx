@@ -30,7 +30,8 @@ from functools import partial
 
 from fastfanout.errors import FastFanoutError
 
-__all__ = ["FutureMaker", "NowaitGate", "OfferGate", "PublishFuture", "bind_futures"]
+__all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PublishFuture",
+           "bind_futures"]
 
 # The blocking client's futures log a failing done callback here (as before they were
 # native: fastfanout.client.futures).
@@ -113,7 +114,7 @@ cdef class NowaitGate:
     Args:
         core: the connection's ``ConnectionCore``.
         new_future: makes a publish's future from its index in the batch (a
-            ``FutureMaker``: made in C).
+            ``FutureMaker`` or ``LoopFutures``: made from C).
         send_out: sends what the core queued.
         opened: called with no argument when no batch is open before this publish;
             returns the time (``ConnectionCore.enqueue``'s ``now``).
@@ -124,6 +125,7 @@ cdef class NowaitGate:
     cdef object _core
     cdef object _new_future
     cdef object _future_client   # a FutureMaker's client: futures made here, in C
+    cdef object _create_future   # a LoopFutures' loop.create_future: called directly
     cdef object _send_out
     cdef object _opened
     cdef object _connection
@@ -138,6 +140,8 @@ cdef class NowaitGate:
         self._new_future = new_future
         self._future_client = (
             (<FutureMaker>new_future)._client if type(new_future) is FutureMaker else None)
+        self._create_future = (
+            (<LoopFutures>new_future)._create if type(new_future) is LoopFutures else None)
         self._send_out = send_out
         self._opened = opened
         self._connection = connection
@@ -227,6 +231,8 @@ cdef class NowaitGate:
                 builder.append_body(body)
             if self._future_client is not None:
                 future = _new_publish_future(self._future_client, builder.out.count - 1)
+            elif self._create_future is not None:
+                future = self._create_future()
             else:
                 future = self._new_future(builder.out.count - 1)
             batch.futures.append(future)
@@ -368,6 +374,25 @@ cdef class FutureMaker:
 
     def __call__(self, Py_ssize_t index):
         return _new_publish_future(self._client, index)
+
+
+@cython.final
+cdef class LoopFutures:
+    """``maker(index)``: ``create_future()`` (the asyncio driver's ``make_future``: one
+    future of the running loop per publish, whatever its index); the gate calls
+    ``create_future`` directly.
+
+    Args:
+        create_future: the running loop's ``create_future``.
+    """
+
+    cdef object _create
+
+    def __cinit__(self, object create_future):
+        self._create = create_future
+
+    def __call__(self, Py_ssize_t index):
+        return self._create()
 
 
 def bind_futures(list futures, object request):

@@ -5,7 +5,8 @@ from fastfanout._ext.wire import FrameBuilder
 from fastfanout.errors import FastFanoutError
 from fastfanout.records import PublishResult
 
-__all__ = ["FutureMaker", "NowaitGate", "OfferGate", "PublishFuture", "bind_futures"]
+__all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PublishFuture",
+           "bind_futures"]
 
 @final
 class OfferGate:
@@ -52,5 +53,10 @@ class PublishFuture:
 class FutureMaker:
     def __init__(self, client: Any) -> None: ...
     def __call__(self, index: int) -> PublishFuture: ...
+
+@final
+class LoopFutures:
+    def __init__(self, create_future: Callable[[], Any]) -> None: ...
+    def __call__(self, index: int) -> Any: ...
 
 def bind_futures(futures: list[Any], request: Any) -> None: ...

@@ -30,7 +30,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
-from fastfanout._ext.offers import NowaitGate
+from fastfanout._ext.offers import LoopFutures, NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
 from fastfanout.api import AsyncBrokerAPI, AsyncClientAPI
 from fastfanout.client import forks
@@ -258,10 +258,11 @@ class AsyncConnection(DriverBase):
     async def start(self) -> None:
         """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
         create_future = asyncio.get_running_loop().create_future
-        self._new_future = lambda index: create_future()   # one per publish: made once
+        self._new_future = LoopFutures(create_future)   # one per publish, from C
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
-        self.nowait = NowaitGate(self.core, self._new_future, self.send_out,
-                                 self._batches_opened).enqueue
+        self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
+                                      self._batches_opened)
+        self.nowait = self.nowait_gate.enqueue
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         request = self.core.start(time.monotonic())
         try:
@@ -578,6 +579,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
 
     async def _start(self) -> AsyncClient:
         await self.connection.start()
+        self._native_nowait(self.connection.nowait_gate)
         return self
 
     create_topic = control(AsyncBrokerAPI.create_topic)

@@ -251,3 +251,29 @@ def test_publish_nowait_is_one_native_call_making_only_its_future(track: Tracker
     gc.collect()
     assert not any(type(item) is PublishFuture for item in gc.get_objects())
     assert client.stats().queues["q"].enqueued == 252
+
+
+def test_asyncio_publish_nowait_is_one_native_call(track: Tracker) -> None:
+    import asyncio
+    import types
+
+    from fastfanout import aio
+
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0, batch_messages=10) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            assert isinstance(client.publish_nowait, types.BuiltinMethodType)
+            assert isinstance(client.send_nowait, types.BuiltinMethodType)
+            futures = [client.publish_nowait("t", b"%d" % index) for index in range(15)]
+            futures.append(client.send_nowait("q", b"direct", attributes={"k": "v"}))
+            assert all(isinstance(future, asyncio.Future) for future in futures)
+            results = [await future for future in futures]
+            ids = [result.message_id for result in results]
+            assert ids == sorted(ids) and len(set(ids)) == 16
+            assert (await client.stats()).queues["q"].enqueued == 16
+
+    asyncio.run(main())
