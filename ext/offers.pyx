@@ -20,6 +20,8 @@ futures to its request in one C loop. The future's methods are those of
 """
 
 cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint64_t
 
 cdef extern from "Python.h":
@@ -138,6 +140,8 @@ cdef class NowaitGate:
     cdef object _send_opcode
     cdef object _publish_options
     cdef object _send_options
+    cdef uint64_t _batch_messages   # the core's limits (fixed when it is made)
+    cdef size_t _batch_bytes
 
     def __cinit__(self, object core, object new_future, object send_out, object opened,
                   object connection=None):
@@ -150,6 +154,8 @@ cdef class NowaitGate:
         self._send_out = send_out
         self._opened = opened
         self._connection = connection
+        self._batch_messages = core.batch_messages
+        self._batch_bytes = core.batch_bytes
 
     def bind_face(self, publish_opcode, send_opcode, publish_options, send_options):
         """Let ``publish_nowait`` and ``send_nowait`` stand for a client's own.
@@ -218,13 +224,21 @@ cdef class NowaitGate:
         cdef object key
         cdef FrameBuilder builder
         cdef object future
+        cdef PyObject* found
         if core.forked or core.closed:
             core.check_open()   # raises
         if connection is not None and connection.transport is None:
             connection.ensure()   # connects
         batches = core.batches
         key = (opcode, name)
-        batch = batches.get(key) if type(name) is str else None
+        batch = None
+        if type(name) is str:
+            if type(batches) is dict:
+                found = PyDict_GetItem(batches, key)
+                if found != NULL:
+                    batch = <object>found
+            else:
+                batch = batches.get(key)
         if batch is None:   # a batch to open (or a bad name): the core's own path
             future = core.enqueue(opcode, name, body, None, self._new_future,
                                   self._opened() if not batches else 0.0)
@@ -241,8 +255,8 @@ cdef class NowaitGate:
             else:
                 future = self._new_future(builder.out.count - 1)
             batch.futures.append(future)
-            if (builder.out.count >= <uint64_t>core.batch_messages
-                    or builder.out.length >= <size_t>core.batch_bytes):
+            if (builder.out.count >= self._batch_messages
+                    or builder.out.length >= self._batch_bytes):
                 core.send_batch(key, batches.pop(key))
         if core.outbox:   # a full batch
             self._send_out()
