@@ -63,8 +63,9 @@ def bind(futures: list[PublishFuture], request: Request) -> None:
 
 
 class _PublishFutureBase:
-    """What a batch's future is made of: the batch's one request and its results, read
-    once (the single publish's native ``PublishFuture`` has the same methods).
+    """A batch's one request and its results, read once (a batch's future).
+
+    The single publish's native ``PublishFuture`` has the same methods.
 
     Args:
         client: the blocking driver.

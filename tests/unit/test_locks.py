@@ -14,6 +14,21 @@ from fastfanout._ext.locks import FastRLock
 DEADLINE = 10.0
 
 
+def free_for_others(lock: FastRLock) -> bool:
+    """Whether another thread could take ``lock`` now (it gives it back at once)."""
+    got: list[bool] = []
+
+    def other() -> None:
+        got.append(lock.acquire(False))
+        if got[0]:
+            lock.release()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(DEADLINE)
+    return got[0]
+
+
 @pytest.fixture
 def fast_switching() -> Iterator[None]:
     """Switch threads every microsecond: contention on every critical section."""
@@ -25,12 +40,12 @@ def fast_switching() -> Iterator[None]:
 
 def test_it_is_reentrant_and_owned_by_one_thread() -> None:
     lock = FastRLock()
-    assert not lock._is_owned()
+    assert free_for_others(lock)
     with lock:
-        assert lock.acquire() and lock._is_owned()
+        assert lock.acquire() and not free_for_others(lock)
         lock.release()
-        assert lock._is_owned()
-    assert not lock._is_owned()
+        assert not free_for_others(lock)   # still held once
+    assert free_for_others(lock)
     with pytest.raises(RuntimeError):
         lock.release()
     with pytest.raises(ValueError):
@@ -65,9 +80,7 @@ def test_another_thread_waits_or_times_out() -> None:
     assert outcome == [False, False, True, "refused"]
     lock.release()
     thread.join(DEADLINE)
-    assert outcome[4] is True and not lock._is_owned()
-    assert lock.acquire(False)
-    lock.release()
+    assert outcome[4] is True and free_for_others(lock)
 
 
 def test_it_excludes_under_contention(fast_switching: None) -> None:
@@ -102,13 +115,17 @@ def test_a_condition_waits_and_notifies_on_it() -> None:
     condition = threading.Condition(lock)   # type: ignore[arg-type]
     ready: list[int] = []
     entered = threading.Event()
+    seen: list[object] = []
 
     def waiter() -> None:
-        with condition:
-            with lock:   # held twice while waiting: the wait lets go of both
-                entered.set()
-                assert condition.wait_for(lambda: ready, timeout=DEADLINE)
-                assert lock._is_owned()
+        try:
+            with condition:
+                with lock:   # held twice while waiting: the wait lets go of both
+                    entered.set()
+                    seen.append(bool(condition.wait_for(lambda: ready, timeout=DEADLINE)))
+                seen.append(free_for_others(lock))   # still held once: depth restored
+        except BaseException as error:
+            seen.append(error)
 
     thread = threading.Thread(target=waiter)
     thread.start()
@@ -117,6 +134,7 @@ def test_a_condition_waits_and_notifies_on_it() -> None:
         ready.append(1)
         condition.notify_all()
     thread.join(DEADLINE)
-    assert not thread.is_alive() and not lock._is_owned()
+    assert not thread.is_alive() and seen == [True, False]
+    assert free_for_others(lock)
     with pytest.raises(RuntimeError):
         condition.notify()   # not held
