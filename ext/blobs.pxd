@@ -5,10 +5,12 @@ from libc.string cimport memcpy
 # One published message: immutable once made, shared by every queue copy (refcounted).
 # data holds body, encoded attributes, group id, dedup id back to back, then the
 # time-to-live end when the message has one (BLOB_EXPIRES; 8 unaligned bytes, read with
-# blob_expires_us). A blob made for a broker with a journal has its journal part
+# blob_expires_us), then the topic it was published on when a queue it went to keeps
+# topics (BLOB_TOPIC; u16 length, then the name; read with blob_topic). A blob made for
+# a broker with a journal has its journal part
 # (blob_journal_t) right before the header (BLOB_JOURNAL). The fields go from widest to
 # narrowest so that no padding comes before data (offset 40): a blob takes (16 +)
-# BLOB_HEADER + its parts (+ 8), rounded to what malloc hands out (blobs.pyx). Group and
+# BLOB_HEADER + its parts (+ 8) (+ 2 + topic), rounded to what malloc hands out (blobs.pyx). Group and
 # dedup ids are at most 255 bytes (callers validate C_MAX_ID_LENGTH, 128, first).
 cdef struct blob_t:
     uint64_t id
@@ -20,7 +22,7 @@ cdef struct blob_t:
     uint8_t group_len
     uint8_t dedup_len
     uint8_t priority
-    uint8_t flags             # BLOB_EXPIRES, BLOB_JOURNAL
+    uint8_t flags             # BLOB_EXPIRES, BLOB_JOURNAL, BLOB_TOPIC
     char data[1]
 
 # Where a durable message's record is (blob_journal).
@@ -32,6 +34,7 @@ cdef struct blob_journal_t:
 cdef enum:
     BLOB_EXPIRES = 1          # flags: a time-to-live end follows the parts in data
     BLOB_JOURNAL = 2          # flags: a blob_journal_t comes right before the header
+    BLOB_TOPIC = 4            # flags: the topic's name ends data (after the ttl end)
 
 
 cdef inline int64_t blob_expires_us(blob_t* blob) noexcept nogil:
@@ -42,6 +45,19 @@ cdef inline int64_t blob_expires_us(blob_t* blob) noexcept nogil:
     memcpy(&expires, blob.data + blob.body_len + blob.attrs_len + blob.group_len
            + blob.dedup_len, 8)
     return expires
+
+
+cdef inline const char* blob_topic(blob_t* blob, uint16_t* length) noexcept nogil:
+    """The topic the message was published on (``length`` bytes of ASCII), or NULL with
+    ``length`` 0 when the blob does not carry it (no queue it went to keeps topics)."""
+    cdef const char* tail
+    if not blob.flags & BLOB_TOPIC:
+        length[0] = 0
+        return NULL
+    tail = (blob.data + blob.body_len + blob.attrs_len + blob.group_len + blob.dedup_len
+            + (8 if blob.flags & BLOB_EXPIRES else 0))
+    memcpy(length, tail, 2)
+    return tail + 2
 
 
 cdef inline blob_journal_t* blob_journal(blob_t* blob) noexcept nogil:
@@ -64,5 +80,8 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
                       const char* group, uint16_t group_len,
                       const char* dedup, uint16_t dedup_len, uint8_t priority,
                       bint journaled) noexcept nogil
+
+cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
+                            uint16_t topic_len) noexcept nogil
 
 cdef void blob_release(blob_t* blob) noexcept nogil

@@ -50,11 +50,35 @@ cdef inline size_t _blob_class(size_t size) noexcept nogil:
     return (size - 24) >> 4
 
 
-def blob_bytes(Py_ssize_t parts, bint journaled=False):
+def blob_bytes(Py_ssize_t parts, bint journaled=False, Py_ssize_t topic=-1):
     """Bytes one blob takes for ``parts`` bytes of body, attributes and ids (header, the
-    journal part of a ``journaled`` one and rounding included: what malloc is asked for)."""
+    journal part of a ``journaled`` one, the tail of a ``topic`` name of that many bytes
+    (-1: none) and rounding included: what malloc is asked for)."""
     return _blob_size((sizeof(blob_journal_t) if journaled else 0) + BLOB_HEADER
-                      + <size_t>parts)
+                      + <size_t>parts + (<size_t>(2 + topic) if topic >= 0 else 0))
+
+
+cdef inline size_t _blob_tail(blob_t* blob) noexcept nogil:
+    """Bytes of a blob's data: its parts, the ttl end, the topic."""
+    cdef uint16_t topic_len
+    blob_topic(blob, &topic_len)
+    return (<size_t>blob.body_len + blob.attrs_len + blob.group_len + blob.dedup_len
+            + (8 if blob.flags & BLOB_EXPIRES else 0)
+            + (2 + <size_t>topic_len if blob.flags & BLOB_TOPIC else 0))
+
+
+cdef inline char* _chunk_take(size_t size) noexcept nogil:
+    """A chunk of ``_blob_size`` ``size``: from the pool's class, else malloc (NULL: OOM)."""
+    global _pool_bytes
+    cdef size_t size_class = _blob_class(size)
+    cdef char* chunk
+    if size_class < BLOB_POOL_CLASSES:
+        chunk = <char*>_pool_head[size_class]
+        if chunk != NULL:
+            _pool_head[size_class] = (<void**>chunk)[0]
+            _pool_bytes -= size
+            return chunk
+    return <char*>malloc(size)
 
 
 def blob_pool_bytes():
@@ -131,6 +155,30 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     return blob
 
 
+cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
+                            uint16_t topic_len) noexcept nogil:
+    """The message of ``blob`` (refcount 1, no copy yet) with ``topic``, the name it is
+    published on, as its tail (``BLOB_TOPIC``): a new blob; ``blob`` is released. NULL on
+    OOM (``blob`` released too). Made only for a publish that reaches a queue keeping
+    topics, so no other blob has the tail."""
+    cdef size_t prefix = sizeof(blob_journal_t) if blob.flags & BLOB_JOURNAL else 0
+    cdef size_t tail = _blob_tail(blob)
+    cdef size_t size = _blob_size(prefix + BLOB_HEADER + tail + 2 + topic_len)
+    cdef char* chunk = _chunk_take(size)
+    cdef blob_t* made
+    if chunk == NULL:
+        blob_release(blob)
+        return NULL
+    memcpy(chunk, <char*>blob - prefix, prefix + BLOB_HEADER + tail)
+    made = <blob_t*>(chunk + prefix)
+    made.refcount = 1
+    made.flags |= BLOB_TOPIC
+    memcpy(made.data + tail, &topic_len, 2)
+    memcpy(made.data + tail + 2, topic, topic_len)
+    blob_release(blob)
+    return made
+
+
 cdef void blob_release(blob_t* blob) noexcept nogil:
     global _pool_bytes
     cdef size_t size
@@ -141,9 +189,7 @@ cdef void blob_release(blob_t* blob) noexcept nogil:
     if blob.refcount != 0:
         return
     prefix = sizeof(blob_journal_t) if blob.flags & BLOB_JOURNAL else 0
-    size = _blob_size(prefix + BLOB_HEADER + <size_t>blob.body_len + blob.attrs_len
-                      + blob.group_len + blob.dedup_len
-                      + (8 if blob.flags & BLOB_EXPIRES else 0))
+    size = _blob_size(prefix + BLOB_HEADER + _blob_tail(blob))
     size_class = _blob_class(size)
     chunk = <char*>blob - prefix
     if size_class < BLOB_POOL_CLASSES and _pool_bytes < _pool_limit:

@@ -36,7 +36,8 @@ cdef enum:
     FF_FLAG_RECEIPT = 0x04
     FF_FLAG_DEAD_LETTER = 0x08         # delivery record: name holds the dead-letter record (JSON)
     FF_FLAG_EXPIRES = 0x10             # publish record: the receipt slot holds expires_at_us
-    FF_FLAGS_KNOWN = 0x1F
+    FF_FLAG_TOPIC = 0x20               # delivery record: name holds the topic it was published on
+    FF_FLAGS_KNOWN = 0x3F
 
 # Status codes: 0 ok, 1 clean end of frame, negative = the specific malformation.
 cdef enum:
@@ -221,8 +222,11 @@ cdef inline int ff_reader_next(ff_frame_reader* reader, ff_record_view* view) no
             or (not (view.flags & FF_FLAG_DELIVER_AT) and view.deliver_at_us != 0)
             or (not (view.flags & (FF_FLAG_RECEIPT | FF_FLAG_EXPIRES)) and view.receipt != 0)):
         return FF_CODEC_STRAY_FIELD
-    # The receipt slot carries a receipt or an expiry time, never both.
+    # The receipt slot carries a receipt or an expiry time, never both; the name part a
+    # dead-letter record or a topic, never both.
     if view.flags & FF_FLAG_RECEIPT and view.flags & FF_FLAG_EXPIRES:
+        return FF_CODEC_BAD_FLAGS
+    if view.flags & FF_FLAG_DEAD_LETTER and view.flags & FF_FLAG_TOPIC:
         return FF_CODEC_BAD_FLAGS
     view.start = p
     view.record_len = record_len
@@ -409,6 +413,7 @@ cdef class Record:
     cdef readonly uint32_t receive_count
     cdef readonly object expires_at_us     # int or None
     cdef readonly bint dead_letter
+    cdef readonly bint name_is_topic
     cdef uint64_t _encoded_size            # record_len once encoded (padding included)
 
     cdef int _fill_view(self, ff_record_view* view) except -1

@@ -21,7 +21,9 @@ Layout (all integers little-endian)::
                            the JSON text [reason, source_queue, receive_count,
                            first_receive_us|null, last_receive_us|null, time_us]),
                            bit4 expires (publish records: the receipt slot holds
-                           expires_at_us, the time-to-live end; never with bit2)
+                           expires_at_us, the time-to-live end; never with bit2),
+                           bit5 topic (delivery records: the name part holds the
+                           topic the message was published on; never with bit3)
     5   1   priority       0..255 (meaningful when bit1)
     6   2   group_len
     8   2   dedup_len
@@ -79,7 +81,7 @@ cdef dict _FAULTS = {
     FF_CODEC_RECORD_OVERRUN: "record_len runs past the end of the frame",
     FF_CODEC_PARTS_OVERRUN: "variable parts exceed record_len",
     FF_CODEC_BAD_PADDING: "record padding is not the shortest run of zero bytes",
-    FF_CODEC_BAD_FLAGS: "unknown flag bits set (known: 0x1f), or receipt and expiry both set",
+    FF_CODEC_BAD_FLAGS: "unknown flag bits set (known: 0x3f), or receipt and expiry, or dead letter and topic, both set",
     FF_CODEC_COUNT_MISMATCH: "record count in the header does not match the records present",
     FF_CODEC_STRAY_FIELD: "priority, deliver_at_us or receipt/expiry is non-zero without its flag",
 }
@@ -184,6 +186,8 @@ cdef class Record:
             epoch, or None. It shares the receipt slot: a record has at most one.
         dead_letter: a delivery record's dead-letter flag: True when ``name`` holds the
             dead-letter record as JSON text (see docs/protocol.md).
+        name_is_topic: a delivery record's topic flag: True when ``name`` holds the topic
+            the message was published on (never with ``dead_letter``).
 
     Raises:
         InvalidArgument: a field has the wrong type or is out of range, or the whole
@@ -192,7 +196,8 @@ cdef class Record:
 
     def __init__(self, body=b"", *, id=0, timestamp_us=0, attributes=b"", name=None,
                  group_id=None, dedup_id=None, priority=None, deliver_at_us=None,
-                 receipt=None, receive_count=0, expires_at_us=None, dead_letter=False):
+                 receipt=None, receive_count=0, expires_at_us=None, dead_letter=False,
+                 name_is_topic=False):
         cdef uint64_t size
         if self._encoded_size:
             # Every initialised record has a non-zero size (the header alone is 56).
@@ -223,6 +228,11 @@ cdef class Record:
         if type(dead_letter) is not bool:
             raise InvalidArgument(f"dead_letter must be a bool, got {dead_letter!r}")
         self.dead_letter = dead_letter
+        if type(name_is_topic) is not bool:
+            raise InvalidArgument(f"name_is_topic must be a bool, got {name_is_topic!r}")
+        if dead_letter and name_is_topic:
+            raise InvalidArgument("a record's name is a dead-letter record or a topic, not both")
+        self.name_is_topic = name_is_topic
         size = ff_align8(<uint64_t>FF_RECORD_HEADER_SIZE + _utf8_len(self.name)
                          + _utf8_len(self.group_id) + _utf8_len(self.dedup_id)
                          + <uint64_t>PyBytes_GET_SIZE(self.attributes)
@@ -253,6 +263,8 @@ cdef class Record:
             view.receipt = <uint64_t>self.expires_at_us
         if self.dead_letter:
             view.flags |= FF_FLAG_DEAD_LETTER
+        if self.name_is_topic:
+            view.flags |= FF_FLAG_TOPIC
         view.receive_count = self.receive_count
         view.id = self.id
         view.timestamp_us = self.timestamp_us
@@ -271,7 +283,8 @@ cdef class Record:
     cdef tuple _key(self):
         return (self.id, self.timestamp_us, self.body, self.attributes, self.name,
                 self.group_id, self.dedup_id, self.priority, self.deliver_at_us,
-                self.receipt, self.receive_count, self.expires_at_us, self.dead_letter)
+                self.receipt, self.receive_count, self.expires_at_us, self.dead_letter,
+                self.name_is_topic)
 
     def __eq__(self, other):
         if not isinstance(other, Record):
@@ -288,7 +301,8 @@ cdef class Record:
             f"group_id={self.group_id!r}, dedup_id={self.dedup_id!r}, "
             f"priority={self.priority!r}, deliver_at_us={self.deliver_at_us!r}, "
             f"receipt={self.receipt!r}, receive_count={self.receive_count}, "
-            f"expires_at_us={self.expires_at_us!r}, dead_letter={self.dead_letter})"
+            f"expires_at_us={self.expires_at_us!r}, dead_letter={self.dead_letter}, "
+            f"name_is_topic={self.name_is_topic})"
         )
 
     def __reduce__(self):
@@ -298,7 +312,7 @@ cdef class Record:
             dedup_id=self.dedup_id, priority=self.priority,
             deliver_at_us=self.deliver_at_us, receipt=self.receipt,
             receive_count=self.receive_count, expires_at_us=self.expires_at_us,
-            dead_letter=self.dead_letter),))
+            dead_letter=self.dead_letter, name_is_topic=self.name_is_topic),))
 
 
 def _record_from_kwargs(kwargs):
@@ -330,6 +344,7 @@ cdef Record _record_from_view(const ff_record_view* view, size_t offset):
     record.receipt = view.receipt if view.flags & FF_FLAG_RECEIPT else None
     record.expires_at_us = <int64_t>view.receipt if view.flags & FF_FLAG_EXPIRES else None
     record.dead_letter = bool(view.flags & FF_FLAG_DEAD_LETTER)
+    record.name_is_topic = bool(view.flags & FF_FLAG_TOPIC)
     record.receive_count = view.receive_count
     record._encoded_size = view.record_len
     return record

@@ -30,14 +30,15 @@ from fastfanout._ext.codec cimport (
     FF_FLAG_DEAD_LETTER,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
+    FF_FLAG_TOPIC,
     ff_record_size,
     ff_record_view,
     ff_store_le64,
     ff_write_batch_header,
     ff_write_record,
 )
-from fastfanout._ext.message cimport make_message
-from fastfanout._ext.blobs cimport blob_t
+from fastfanout._ext.message cimport Message, make_message
+from fastfanout._ext.blobs cimport blob_t, blob_topic
 from fastfanout._ext.sinks cimport SINK_WROTE, FrameSink
 from fastfanout._ext.store cimport NIL, Store, dead_letter_t, entry_t, queue_t
 
@@ -83,6 +84,9 @@ def receive(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
     cdef bytes attrs
     cdef uint64_t receipt
     cdef const char* tail
+    cdef const char* topic
+    cdef uint16_t topic_len
+    cdef Message message
     level = self.queues[qid].levels - 1
     while len(received) < max_messages:
         slot = self._lease_next(qid, &level, lease_us, now_us, owner_tag)
@@ -98,12 +102,16 @@ def receive(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
             dead_info = dead_letter_info(self, entry.dead)
         receipt = (<uint64_t>entry.generation << 32) | slot
         tail = blob.data + blob.body_len + blob.attrs_len
-        received.append(make_message(
+        message = make_message(
             blob.id, PyBytes_FromStringAndSize(blob.data, blob.body_len), attrs,
             blob.timestamp_us / 1e6, entry.receive_count, receipt, name,
             _optional_text(tail, blob.group_len),
             _optional_text(tail + blob.group_len, blob.dedup_len),
-            blob.priority, dead_info, owner))
+            blob.priority, dead_info, owner)
+        topic = blob_topic(blob, &topic_len)
+        if topic != NULL and entry.dead == NULL and self.queues[qid].keeps_topics:
+            message.topic = topic[:topic_len].decode("ascii")
+        received.append(message)
     return received
 
 
@@ -112,6 +120,8 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
     """Fill ``record`` with the delivery of the just-leased entry ``slot``."""
     cdef entry_t* entry = &self.entries[slot]
     cdef blob_t* blob = entry.blob
+    cdef uint16_t topic_len
+    cdef const char* topic
     record.flags = FF_FLAG_RECEIPT | (FF_FLAG_PRIORITY if blob.priority else 0)
     record.priority = blob.priority
     record.receive_count = entry.receive_count
@@ -125,6 +135,13 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
         record.flags |= FF_FLAG_DEAD_LETTER
         record.name = PyBytes_AS_STRING(dead_info)
         record.name_len = <uint32_t>PyBytes_GET_SIZE(dead_info)
+    elif self.queues[entry.queue].keeps_topics:
+        topic = blob_topic(blob, &topic_len)
+        if topic != NULL:
+            # the topic it was published on (its queue keeps topics: docs/protocol.md)
+            record.flags |= FF_FLAG_TOPIC
+            record.name = topic
+            record.name_len = topic_len
     record.body = blob.data
     record.body_len = blob.body_len
     record.attrs = blob.data + blob.body_len
@@ -145,8 +162,10 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
     Each record carries id, timestamp, body, attributes, group and dedup ids, priority
     (flag), receipt (flag) and receive count. A dead-lettered copy has the dead-letter
     flag and its record's name part holds the JSON text ``[reason, source_queue,
-    receive_count, first_receive_us | null, last_receive_us | null, time_us]``. No
-    Python object is made per message except for dead-letter records.
+    receive_count, first_receive_us | null, last_receive_us | null, time_us]``; any other
+    copy in a queue keeping topics whose blob carries its topic has the topic flag and
+    the topic in its name part. No Python object is made per message except for
+    dead-letter records.
 
     Two passes: lease (noting slots and sizes), then write every record straight into
     memory sized exactly — no growing buffer, no second copy. That memory is a new bytes

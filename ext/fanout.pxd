@@ -29,6 +29,7 @@ cdef class Dispatcher:
     cdef list free_topic_ids       # deleted topics' ids, taken again by add_topic
     cdef list topic_dedup          # topic id -> DedupWindow
     cdef list topic_filters        # topic id -> FilterSet over target positions, or None
+    cdef list topic_names          # topic id -> name (bytes), put into blobs that keep it
     cdef list batch_attributes     # per entry of the batch being filtered: dict or None
     cdef int64_t* matches          # FilterSet.match_into output
     cdef Py_ssize_t match_capacity

@@ -25,7 +25,7 @@ dict in C), and only for messages that carry them.
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from fastfanout._ext.batches cimport (
@@ -49,7 +49,7 @@ from fastfanout._ext.codec cimport (
 )
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
-from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t
+from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t, blob_with_topic
 from fastfanout._ext.store cimport OVERFLOW_HOLD, Store
 from fastfanout._ext.rows cimport ff_rows, ff_rows_close, ff_rows_get, ff_rows_open
 
@@ -92,6 +92,7 @@ cdef class Dispatcher:
         self.skip_capacity = 0
         self.topic_dedup = []
         self.topic_filters = []
+        self.topic_names = []
         self.free_topic_ids = []
         self.matches = NULL
         self.match_capacity = 0
@@ -110,8 +111,11 @@ cdef class Dispatcher:
         PyMem_Free(self.matches)
 
     def add_topic(self, bint fifo=False, bint content_dedup=False,
-                  int64_t dedup_window_us=300_000_000):
+                  int64_t dedup_window_us=300_000_000, bytes name=b""):
         """Create a topic with no subscriptions; returns its id.
+
+        ``name`` (ASCII, at most 65535 bytes) is what a publish to it puts into the blob
+        of its message when a target queue keeps topics (``queues.set_keeps_topics``).
 
         The id of a deleted topic is taken again (topic ids live only in the broker's
         name table and in this dispatcher), else a new one.
@@ -124,6 +128,7 @@ cdef class Dispatcher:
             topic = self.free_topic_ids.pop()
             self.topic_dedup[topic] = window
             self.topic_filters[topic] = None
+            self.topic_names[topic] = name
         else:
             if self.topic_count == self.topic_capacity:
                 capacity = self.topic_capacity * 2 if self.topic_capacity else 16
@@ -135,6 +140,7 @@ cdef class Dispatcher:
             topic = self.topic_count
             self.topic_dedup.append(window)
             self.topic_filters.append(None)
+            self.topic_names.append(name)
             self.topic_count += 1
         self.topics[topic].alive = True
         self.topics[topic].targets = NULL
@@ -163,6 +169,7 @@ cdef class Dispatcher:
         self.topics[topic].alive = False
         self.topic_filters[topic] = None
         self.topic_dedup[topic] = None
+        self.topic_names[topic] = b""
         self.free_topic_ids.append(topic)
 
     def set_targets(self, uint32_t topic, list queue_ids, list policies=None):
@@ -289,6 +296,8 @@ cdef class Dispatcher:
         cdef Py_ssize_t i
         cdef uint32_t t
         cdef bint any_content_dedup
+        cdef bint keep_topic = False
+        cdef bytes topic_name = None
         cdef bint with_keys = False
         cdef bint filtering
         cdef blob_t* blob
@@ -344,6 +353,10 @@ cdef class Dispatcher:
         any_content_dedup = topic >= 0 and self.topics[topic].content_dedup
         for t in range(target_count):
             any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
+            keep_topic = keep_topic or store.queue(targets[t]).keeps_topics
+        if keep_topic and topic >= 0 and self.topic_names[topic]:
+            # A target keeps topics (a pattern subscriber): each blob carries the name.
+            topic_name = <bytes>self.topic_names[topic]
         try:
             # Pass 1: validate and encode every entry into a blob.
             filtering = topic >= 0 and self.topic_filters[topic] is not None
@@ -383,6 +396,11 @@ cdef class Dispatcher:
                     self.scratch[i] = blob_from_record(&record, i, now_us, journaled)
                 else:
                     self.scratch[i] = make_blob(items[i], i, now_us, journaled)
+                if topic_name is not None:
+                    self.scratch[i] = blob_with_topic(
+                        self.scratch[i], topic_name, <uint16_t>len(topic_name))
+                    if self.scratch[i] == NULL:
+                        raise MemoryError()
                 made += 1
                 blob = self.scratch[i]
                 self.original[i] = 0

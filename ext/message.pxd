@@ -13,6 +13,7 @@ cdef class Message:
     cdef readonly object dedup_id
     cdef readonly int priority
     cdef readonly object dead_letter
+    cdef readonly object topic         # str, or None (set by deliveries.receive)
     cdef bytes _encoded_attributes     # msgpack map, or None for no attributes
     cdef object _attributes            # decoded on first access
     cdef object _owner                 # the broker or client that issued the receipt

@@ -26,6 +26,8 @@ cdef class Message:
         dedup_id: deduplication id, or None.
         priority: priority (0 when the queue has none).
         dead_letter: a DeadLetterInfo when it was dead-lettered into this queue, else None.
+        topic: the topic it was published on when its queue keeps topics (a queue
+            subscribed to a topic pattern), else None (a send, a dead-lettered copy).
     """
 
     def __init__(self, *args, **kwargs):

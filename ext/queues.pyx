@@ -106,6 +106,7 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
     q.overflow = overflow
     q.fifo = fifo
     q.content_dedup = content_dedup
+    q.keeps_topics = False
     q.duplicates = 0
     q.oversized = 0
     q.arrival_head = NIL
@@ -118,6 +119,13 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
     for level in range(<uint32_t>DROP_REASON_COUNT):
         q.dropped[level] = 0
     return qid
+
+
+def set_keeps_topics(Store store, uint32_t qid, bint keeps):
+    """Whether a publish reaching queue ``qid`` puts its topic's name into the message's
+    blob (so its deliveries carry the topic): set for a queue holding a pattern
+    subscription. It applies from the next publish on."""
+    store.queues[qid].keeps_topics = keeps
 
 
 def remove_queue(Store store, uint32_t qid):

@@ -41,6 +41,7 @@ from fastfanout._ext.codec cimport (
     FF_CODEC_END,
     FF_CODEC_OK,
     FF_FLAG_DEAD_LETTER,
+    FF_FLAG_TOPIC,
     FF_FLAG_PRIORITY,
     FF_RECORD_HEADER_SIZE,
     ff_frame_reader,
@@ -351,6 +352,8 @@ cdef class RemoteMessage:
         dedup_id: deduplication id, or None.
         priority: priority (0 when the queue has none).
         dead_letter: a DeadLetterInfo when it was dead-lettered into this queue, else None.
+        topic: the topic it was published on when its queue keeps topics (a queue
+            subscribed to a topic pattern), else None (a send, a dead-lettered copy).
     """
 
     cdef readonly uint64_t id
@@ -368,6 +371,7 @@ cdef class RemoteMessage:
     cdef object _dedup_id
     cdef object _dead_letter
     cdef object _queue
+    cdef object _topic
     cdef object _owner
     cdef object _consumer
 
@@ -377,7 +381,8 @@ cdef class RemoteMessage:
         self.receive_count = record.receive_count
         self.priority = record.priority or 0
         self._timestamp_us = record.timestamp_us
-        self._flags = FF_FLAG_DEAD_LETTER if record.dead_letter else 0
+        self._flags = ((FF_FLAG_DEAD_LETTER if record.dead_letter else 0)
+                       | (FF_FLAG_TOPIC if record.name_is_topic else 0))
         self._frame = None
         self._record = NULL
         self._body = record.body
@@ -386,7 +391,9 @@ cdef class RemoteMessage:
         self._group_id = record.group_id
         self._dedup_id = record.dedup_id
         self._dead_letter = dead_letter
-        self._queue = queue or ("" if record.dead_letter else record.name or "")
+        self._queue = queue or ("" if record.dead_letter or record.name_is_topic
+                                else record.name or "")
+        self._topic = record.name if record.name_is_topic else None
         self._owner = owner
         self._consumer = consumer
 
@@ -449,12 +456,25 @@ cdef class RemoteMessage:
         cdef const char* data
         cdef uint32_t length
         if self._queue is None:
-            if self._flags & FF_FLAG_DEAD_LETTER:
+            if self._flags & (FF_FLAG_DEAD_LETTER | FF_FLAG_TOPIC):
                 self._queue = ""
             else:
                 data = self._part(0, &length)
                 self._queue = _text(data, length) or ""
         return self._queue
+
+    @property
+    def topic(self):
+        """The topic it was published on (its queue keeps topics), else None."""
+        cdef const char* data
+        cdef uint32_t length
+        if self._topic is _UNSET:
+            if self._flags & FF_FLAG_TOPIC:
+                data = self._part(0, &length)
+                self._topic = _text(data, length)
+            else:
+                self._topic = None
+        return self._topic
 
     @property
     def group_id(self):
@@ -598,6 +618,7 @@ cdef inline RemoteMessage _make(const ff_record_view* view, object frame, object
     message._group_id = _UNSET
     message._dedup_id = _UNSET
     message._dead_letter = _UNSET
+    message._topic = _UNSET
     message._queue = queue if queue else None
     message._owner = owner
     message._consumer = consumer

@@ -62,7 +62,7 @@ from posix.mman cimport (
     munmap,
 )
 
-from fastfanout._ext.blobs cimport blob_journal, blob_new, blob_release, blob_t
+from fastfanout._ext.blobs cimport blob_journal, blob_new, blob_release, blob_t, blob_with_topic
 from fastfanout._ext.codec cimport ff_align8, ff_load_le16, ff_load_le32, ff_load_le64
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.journal cimport RecordSink
@@ -73,6 +73,7 @@ from fastfanout._ext.store cimport (
     ENQUEUE_INLINE,
     ENQUEUE_KEYED,
     MESSAGE_HEADER,
+    MESSAGE_TOPIC,
     NIL,
     RECORD_DELAY,
     RECORD_ENQUEUE,
@@ -599,6 +600,8 @@ cdef class Replay(RecordSink):
         cdef uint32_t attrs_len = 0
         cdef uint16_t group_len = 0
         cdef uint16_t dedup_len = 0
+        cdef uint64_t topic_at = 0
+        cdef uint16_t topic_len = 0
         cdef uint64_t message_id = 0
         cdef blob_t* blob = NULL
         cdef replay_copy* holder
@@ -634,6 +637,14 @@ cdef class Replay(RecordSink):
                     dedup_len > size:
                 self.orphans += 1
                 return 0
+            if (<uint8_t>m[45]) & MESSAGE_TOPIC:
+                # the topic it was published on (a queue keeping topics had a copy)
+                topic_at = (position + MESSAGE_HEADER + <uint64_t>body_len + attrs_len
+                            + group_len + dedup_len)
+                if topic_at + 2 > size or topic_at + 2 + ff_load_le16(p + topic_at) > size:
+                    self.orphans += 1
+                    return 0
+                topic_len = ff_load_le16(p + topic_at)
             message_id = ff_load_le64(m)
             if message_id >= self.next_message_id:
                 self.next_message_id = message_id + 1
@@ -664,6 +675,8 @@ cdef class Replay(RecordSink):
                             m + body_len + attrs_len, group_len,
                             m + body_len + attrs_len + group_len, dedup_len,
                             <uint8_t>(m - MESSAGE_HEADER)[44], True)
+            if blob != NULL and topic_at:
+                blob = blob_with_topic(blob, p + topic_at + 2, topic_len)
             if blob == NULL:
                 raise MemoryError()
             blob_journal(blob).seq = seq

@@ -27,6 +27,8 @@ cdef enum:
     ENQUEUE_DEAD_LETTER = 2    # flags: the copy is a dead letter
     ENQUEUE_KEYED = 4          # flags: its publish or send left its dedup key in the
                                # queue's window (never a move: redrive, dead letter)
+    MESSAGE_TOPIC = 1          # message part's flags (byte 45): the topic follows the
+                               # dedup id (u16 length, then the name)
 
 # An entry slot number that names no entry.
 cdef enum:
@@ -140,6 +142,7 @@ cdef struct queue_t:
     uint8_t overflow
     bint fifo
     bint content_dedup
+    bint keeps_topics          # its copies' blobs carry the topic (a pattern subscriber)
     uint32_t backoff_count     # redelivery backoff steps (0: none)
     int64_t* backoff_us
     uint32_t levels

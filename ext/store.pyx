@@ -88,6 +88,7 @@ from fastfanout._ext.blobs cimport (
     BLOB_EXPIRES,
     blob_expires_us,
     blob_journal,
+    blob_topic,
     blob_journal_t,
     blob_release,
     blob_t,
@@ -680,6 +681,8 @@ cdef class Store:
         cdef bint inline = journaled == NULL or journaled.seq == 0
         cdef uint32_t data_len = (blob.body_len + blob.attrs_len + blob.group_len
                                   + blob.dedup_len)
+        cdef uint16_t topic_len = 0
+        cdef const char* topic = blob_topic(blob, &topic_len)
         cdef Py_ssize_t name_len = 0
         cdef const char* name = NULL
         cdef uint64_t length = ENQUEUE_HEADER
@@ -696,7 +699,7 @@ cdef class Store:
             name = PyUnicode_AsUTF8AndSize(<object>dead.source_name, &name_len)
             length += ENQUEUE_DEAD + ff_align8(<uint64_t>name_len)
         if inline:
-            length += MESSAGE_HEADER + data_len
+            length += MESSAGE_HEADER + data_len + (2 + topic_len if topic != NULL else 0)
         p = self.journal.reserve(RECORD_ENQUEUE, <uint32_t>length)
         if p == NULL:
             return   # the journal failed: the broker fails closed (journal.failure)
@@ -730,7 +733,11 @@ cdef class Store:
             ff_store_le16(cursor + 40, blob.group_len)
             ff_store_le16(cursor + 42, blob.dedup_len)
             cursor[44] = <char>blob.priority
+            cursor[45] = <char>(MESSAGE_TOPIC if topic != NULL else 0)
             memcpy(cursor + MESSAGE_HEADER, blob.data, data_len)
+            if topic != NULL:
+                ff_store_le16(cursor + MESSAGE_HEADER + data_len, topic_len)
+                memcpy(cursor + MESSAGE_HEADER + data_len + 2, topic, topic_len)
         seq = self.journal.finish()
         if inline:
             journaled.seq = seq

@@ -35,6 +35,9 @@ class Record:
     def expires_at_us(self) -> int | None: ...
     @property
     def dead_letter(self) -> bool: ...
+    @property
+    def name_is_topic(self) -> bool:
+        """True when ``name`` holds the topic the message was published on."""
     def __init__(
         self,
         body: _BytesLike = ...,
@@ -51,6 +54,7 @@ class Record:
         receive_count: int = ...,
         expires_at_us: int | None = ...,
         dead_letter: bool = ...,
+        name_is_topic: bool = ...,
     ) -> None: ...
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...

@@ -13,8 +13,11 @@ _Entry = Buffer | PublishEntry
 class Dispatcher:
     def __init__(self, store: Store) -> None: ...
     def add_topic(
-        self, fifo: bool = False, content_dedup: bool = False, dedup_window_us: int = 300_000_000
-    ) -> int: ...
+        self, fifo: bool = False, content_dedup: bool = False,
+        dedup_window_us: int = 300_000_000, name: bytes = b""
+    ) -> int:
+        """Create a topic; ``name`` goes into the blobs of its publishes that reach a
+        queue keeping topics."""
     def remove_topic(self, topic: int) -> None: ...
     def dedup_window(self, topic: int) -> DedupWindow: ...
     def set_targets(

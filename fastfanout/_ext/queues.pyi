@@ -11,6 +11,10 @@ def add_queue(
 ) -> int:
     """Create a queue from validated settings; returns its id (a deleted queue's, if any)."""
 
+def set_keeps_topics(store: Store, qid: int, keeps: bool) -> None:
+    """Whether a publish reaching queue ``qid`` puts its topic's name into the message's
+    blob (its deliveries carry the topic): set for a queue holding a pattern subscription."""
+
 def remove_queue(store: Store, qid: int) -> None:
     """Delete a queue and every copy it holds (their receipts go stale)."""
 

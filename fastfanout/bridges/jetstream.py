@@ -293,17 +293,22 @@ class _Publisher:
         except (ValueError, KeyError, AttributeError, TypeError):
             return False
 
-    async def publish(self, subject: str, items: list[tuple[bytes, dict[str, str]]]
-                      ) -> _Ticket:
-        """Publish every ``(body, headers)``; the ticket's future ends with the last ack."""
+    async def publish(self, subject: str | list[str],
+                      items: list[tuple[bytes, dict[str, str]]]) -> _Ticket:
+        """Publish every ``(body, headers)``; the ticket's future ends with the last ack.
+
+        ``subject`` is one subject for all, or a list of one per item.
+        """
         ticket = _Ticket(len(items), self.next_token)
         publish = self.connection.publish
         prefix = self.prefix
-        for body, headers in items:
+        subjects = subject if isinstance(subject, list) else None
+        for index, (body, headers) in enumerate(items):
             token = str(self.next_token)
             self.next_token += 1
             self.waiting[token] = ticket
-            await publish(subject, body, reply=prefix + token, headers=headers)
+            await publish(subject if subjects is None else subjects[index], body,
+                          reply=prefix + token, headers=headers)
         return ticket
 
     def forget(self, ticket: _Ticket) -> None:
@@ -576,7 +581,7 @@ class Bridge:
                     await js.stream_info(rule.stream)
                 except NotFoundError:
                     await js.add_stream(StreamConfig(
-                        name=rule.stream, subjects=[rule.subject_name],
+                        name=rule.stream, subjects=[rule.stream_subject],
                         storage=StorageType.FILE, num_replicas=rule.replicas,
                         duplicate_window=rule.duplicate_window))
             stats.values["connected"] = 1
@@ -590,8 +595,7 @@ class Bridge:
     async def _export_queue(client: Any, rule: ExportRule, durable: bool) -> None:
         """Create the rule's durable queue, its subscription and a plain topic if missing."""
         queue = rule.queue_name
-        plain = "*" not in rule.topic.split(".") and ">" not in rule.topic.split(".")
-        if plain and rule.topic not in await client.list_topics():
+        if not rule.pattern and rule.topic not in await client.list_topics():
             await client.create_topic(rule.topic, fifo=rule.fifo)
         queues = await client.list_queues()
         if queue + ".dlq" not in queues:
@@ -612,6 +616,7 @@ class Bridge:
         values = stats.values
         identity = self.identity
         subject = rule.subject_name
+        pattern = rule.pattern
         failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         settling: set[asyncio.Task[None]] = set()
 
@@ -656,8 +661,14 @@ class Bridge:
                     batch, items = self._too_large(rule, values, batch, items, limit)
                     if not batch:
                         continue
+                subjects: list[str] = []
+                if pattern:
+                    # each on <prefix>.<the topic it was published on>
+                    batch, items, subjects = self._subjects(rule, values, batch, items)
+                    if not batch:
+                        continue
                 values["in_flight"] += len(batch)
-                ticket = await publisher.publish(subject, items)
+                ticket = await publisher.publish(subjects if pattern else subject, items)
                 task = asyncio.create_task(settle(batch, ticket))
                 settling.add(task)
                 task.add_done_callback(settling.discard)
@@ -695,6 +706,32 @@ class Bridge:
                         "the NATS server's max_payload %d: dead-lettered to %s.dlq",
                         rule.name, message.id, size, limit, rule.queue_name)
         return kept, kept_items
+
+    @staticmethod
+    def _subjects(rule: ExportRule, values: dict[str, float], batch: list[Any],
+                  items: list[tuple[bytes, dict[str, str]]]
+                  ) -> tuple[list[Any], list[tuple[bytes, dict[str, str]]], list[str]]:
+        """A pattern rule's subject per message; dead-letter a message that has none.
+
+        A message has none when its topic is not known (it was sent to the queue, not
+        published) or has an empty token, which no NATS subject has.
+        """
+        kept: list[Any] = []
+        kept_items: list[tuple[bytes, dict[str, str]]] = []
+        subjects: list[str] = []
+        for message, item in zip(batch, items, strict=True):
+            subject = rule.subject_for(message.topic)
+            if subject is not None:
+                kept.append(message)
+                kept_items.append(item)
+                subjects.append(subject)
+                continue
+            message.term()   # to the export queue's dead-letter queue, reason rejected
+            values["dead_lettered"] += 1
+            log.warning("bridge export %s: message %d has no topic to publish on (topic %r): "
+                        "dead-lettered to %s.dlq", rule.name, message.id, message.topic,
+                        rule.queue_name)
+        return kept, kept_items, subjects
 
     async def _import(self, rule: ImportRule, stats: RuleStats, backoff: _Backoff) -> None:
         """One run of an import rule: until a failure ends it (the caller retries)."""

@@ -38,6 +38,8 @@ _SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _FILTER = re.compile(r"([A-Za-z0-9_\-]+|\*)(\.([A-Za-z0-9_\-]+|\*))*(\.>)?|>")
 _LOCAL = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
 _TOPIC = re.compile(r"[A-Za-z0-9_:\-]+|\*|>")
+# A local topic name that is a NATS subject's tail (no empty token).
+_TOPIC_SUBJECT = re.compile(r"[A-Za-z0-9_:\-]+(\.[A-Za-z0-9_:\-]+)*")
 
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
 _Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
@@ -50,11 +52,12 @@ class ExportRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
         name: the rule's name (a NATS token: letters, digits, ``_``, ``-``), unique.
         topic: the local topic name or NATS-style pattern (``orders.*``, ``orders.>``).
         stream: the JetStream stream the messages are stored in.
-        subject: the subject each message is published on; it must be one the stream
-            takes (default: ``fastfanout.`` and the topic, for a plain topic name; a
-            pattern rule must give one).
-        create_stream: create the stream (file storage, subject ``subject``) when it
-            does not exist.
+        subject: for a plain topic name, the subject each message is published on
+            (default: ``fastfanout.`` and the topic); for a pattern, the subject
+            *prefix*: each message is published on ``<prefix>.<its topic>`` (default:
+            the stream's name). It must be one the stream takes.
+        create_stream: create the stream (file storage, subject ``subject``, or
+            ``<prefix>.>`` for a pattern rule) when it does not exist.
         replicas: the created stream's replicas (1, or 3 on a cluster).
         duplicate_window: the created stream's dedup window, seconds (JetStream's
             default is 120).
@@ -95,9 +98,34 @@ class ExportRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
         return self.queue or EXPORT_QUEUE_PREFIX + self.name
 
     @property
+    def pattern(self) -> bool:
+        """True when ``topic`` is a pattern (``*`` or ``>`` tokens)."""
+        tokens = self.topic.split(".")
+        return "*" in tokens or ">" in tokens
+
+    @property
     def subject_name(self) -> str:
-        """The JetStream subject this rule publishes on."""
+        """The subject this rule publishes on (a plain rule), or its prefix (a pattern)."""
+        if self.pattern:
+            return self.subject or self.stream
         return self.subject or "fastfanout." + self.topic
+
+    @property
+    def stream_subject(self) -> str:
+        """The subject (filter) of the stream this rule creates."""
+        return self.subject_name + ".>" if self.pattern else self.subject_name
+
+    def subject_for(self, topic: str | None) -> str | None:
+        """The subject a message published on ``topic`` goes to, or None.
+
+        None: a pattern rule's message without a topic, or with one that ends no NATS
+        subject (an empty token).
+        """
+        if not self.pattern:
+            return self.subject_name
+        if topic is None or not _TOPIC_SUBJECT.fullmatch(topic):
+            return None
+        return self.subject_name + "." + topic
 
 
 class ImportRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -215,13 +243,10 @@ def _check_export(source: str, where: str, rule: ExportRule) -> None:
     if not all(_TOPIC.fullmatch(token) for token in tokens) or ">" in tokens[:-1]:
         raise _problem(source, f"{where} topic", f"{rule.topic!r} is not a topic name or "
                        f"pattern (tokens split on '.', '*' one token, '>' the last)")
-    pattern = "*" in tokens or ">" in tokens
-    if pattern and rule.subject is None:
-        raise _problem(source, f"{where} subject", "a pattern rule needs a subject: its "
-                       "queue's messages do not carry their topic")
     if not _SUBJECT.fullmatch(rule.subject_name):
+        what = "subject prefix" if rule.pattern else "subject"
         raise _problem(source, f"{where} subject", f"{rule.subject_name!r} is not a NATS "
-                       f"subject (tokens of A-Z a-z 0-9 _ - split on '.', no wildcard)")
+                       f"{what} (tokens of A-Z a-z 0-9 _ - split on '.', no wildcard)")
     if not _LOCAL.fullmatch(rule.queue_name) or len(rule.queue_name) > 252:
         raise _problem(source, f"{where} queue", f"{rule.queue_name!r} must be 1 to 252 "
                        f"characters from A-Z a-z 0-9 _ . : - (its dead-letter queue "

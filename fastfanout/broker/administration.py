@@ -243,7 +243,8 @@ class Administration:
                 if existing != settings:
                     raise AlreadyExists(f"topic {name!r} exists with other settings: {existing}")
                 return
-            self.topics[name] = self.dispatcher.add_topic(fifo, content_dedup, window_us)
+            self.topics[name] = self.dispatcher.add_topic(
+                fifo, content_dedup, window_us, name.encode("ascii"))
             self._topic_settings[name] = settings
             self.topic_subscriptions[name] = []
             self._refresh_targets(name)
@@ -417,6 +418,16 @@ class Administration:
         targets, policies = dispatch_targets(self._subscriptions, feeding, self.queues)
         self.dispatcher.set_targets(self.topics[topic], targets, policies)
 
+    def _keep_topics(self, queue: str) -> None:
+        """Set whether ``queue`` keeps topics: it does while it holds a pattern subscription.
+
+        Each message published to a queue keeping topics carries the topic it was
+        published on (``message.topic``); other messages do not pay for it.
+        """
+        keeps = any(sub.queue == queue and is_pattern(sub.topic)
+                    for sub in self._subscriptions.values())
+        queue_ops.set_keeps_topics(self.store, self.queues[queue], keeps)
+
     def _refresh_for(self, topic_or_pattern: str) -> None:
         if is_pattern(topic_or_pattern):
             for topic in self.topics:
@@ -482,6 +493,8 @@ class Administration:
             self._subscriptions[sid] = Subscription(
                 topic, queue, normalized, filter_scope, compiled)
             self._refresh_for(topic)
+            if is_pattern(topic):
+                self._keep_topics(queue)
             if self.durable is not None:
                 self.durable.subscribed(sid, self._subscriptions[sid])
             return sid
@@ -533,6 +546,8 @@ class Administration:
             sub = self._subscription(subscription_id)
             del self._subscriptions[subscription_id]
             self._refresh_for(sub.topic)
+            if is_pattern(sub.topic):
+                self._keep_topics(sub.queue)
             if self.durable is not None:
                 self.durable.unsubscribed(subscription_id)
 

@@ -48,11 +48,38 @@ def test_a_good_file_and_its_defaults(tmp_path: Path) -> None:
     assert imported.dead_letter_name == "bridge.import.back.dlq"
 
 
+def test_a_pattern_rule_publishes_on_its_prefix_and_each_topic(tmp_path: Path) -> None:
+    # the subject of a pattern rule is a prefix (default: the stream's name); the
+    # stream it makes takes <prefix>.>; a plain rule keeps its one subject
+    text = GOOD.replace('topic = "orders"', 'topic = "orders.>"')
+    (export,) = load_rules(write(tmp_path, text)).export
+    assert export.pattern and export.subject_name == "ORDERS"
+    assert export.stream_subject == "ORDERS.>"
+    assert export.subject_for("orders.eu.paris") == "ORDERS.orders.eu.paris"
+    assert export.subject_for("orders:x.y-z") == "ORDERS.orders:x.y-z"
+    # no topic known (a message sent to the queue), or a topic no subject can end with
+    assert [export.subject_for(topic) for topic in (None, "orders..eu", "orders.")] == [
+        None, None, None]
+    (prefixed,) = load_rules(write(tmp_path, text.replace(
+        'stream = "ORDERS"\n[[import]]', 'stream = "ORDERS"\nsubject = "from-a"\n[[import]]'))
+        ).export
+    assert prefixed.subject_for("orders.eu") == "from-a.orders.eu"
+    assert prefixed.stream_subject == "from-a.>"
+    (plain,) = load_rules(write(tmp_path, GOOD)).export
+    assert not plain.pattern and plain.stream_subject == "fastfanout.orders"
+    assert plain.subject_for(None) == plain.subject_for("x") == "fastfanout.orders"
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     (GOOD + "bogus = 1\n", "unknown field `bogus`"),
     (GOOD.replace('queue = "orders-in"', 'queue = "q"\ntopic = "t"'), "exactly one of"),
     (GOOD.replace('queue = "orders-in"', ""), "exactly one of"),
-    (GOOD.replace('topic = "orders"', 'topic = "orders.>"'), "a pattern rule needs a subject"),
+    (GOOD.replace('topic = "orders"', 'topic = "orders.>"\nsubject = "a.*"'),
+     "not a NATS subject prefix"),
+    (GOOD.replace('topic = "orders"', 'topic = "orders.>"\nsubject = "a.>"'),
+     "not a NATS subject prefix"),
+    (GOOD.replace('topic = "orders"', 'topic = "orders"\nsubject = "a."'),
+     "not a NATS subject "),
     (GOOD.replace('name = "back"', 'name = "orders"'), "two rules have this name"),
     (GOOD.replace('stream = "ORDERS"\n[[import]]', 'stream = "OR.DERS"\n[[import]]'),
      "stream"),
