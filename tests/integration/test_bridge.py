@@ -416,3 +416,62 @@ def test_an_in_memory_broker_exports_to_jetstream(track: Tracker, nats_node: Nat
     assert not client.queue_settings("bridge.export.orders").durable
     client.publish_batch("orders", [b"one", b"two"])
     assert [m.data for m in stored(nats_node.url, "ORDERS", 2)] == [b"one", b"two"]
+
+
+def pattern_rules(path: Path, urls: list[str]) -> Path:
+    path.write_text(f"servers = {json.dumps(urls)}\n{QUICK}identity = \"host-a\"\n"
+                    f'[[export]]\nname = "orders"\ntopic = "orders.>"\nstream = "ORDERS"\n')
+    return path
+
+
+def by_subject(messages: list[Any]) -> dict[str, list[bytes]]:
+    subjects: dict[str, list[bytes]] = defaultdict(list)
+    for message in messages:
+        subjects[message.subject].append(message.data)
+    return dict(subjects)
+
+
+def test_a_pattern_export_publishes_each_topic_on_its_subject(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # topic = "orders.>" and no subject: each message on ORDERS.<its topic>, the stream
+    # made on ORDERS.>; in order per topic, also from the durable queue after a kill -9
+    rules = pattern_rules(track.tmp_path / "a.toml", [nats_node.url])
+    endpoint, process = broker(track, "a", rules)
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client).get("export:orders", {}).get("connected") == 1,
+               timeout=BRIDGE_DEADLINE, what="the export rule connected")
+    client.create_topic("orders.eu")
+    client.create_topic("orders.us.east")   # ">" covers deeper topics, made after the rule
+
+    def publish(first: int, last: int) -> None:
+        for start in range(first, last, 50):
+            for topic in ("orders.eu", "orders.us.east"):
+                client.publish_batch(topic, [b"%s %d" % (topic.encode(), n)
+                                             for n in range(start, start + 50)])
+
+    def expected(topic: str, count: int) -> list[bytes]:
+        return [b"%s %d" % (topic.encode(), n) for n in range(count)]
+
+    publish(0, 200)
+    assert by_subject(stored(nats_node.url, "ORDERS", 400)) == {
+        "ORDERS.orders.eu": expected("orders.eu", 200),
+        "ORDERS.orders.us.east": expected("orders.us.east", 200)}
+    wait_until(lambda: bridge_stats(client)["export:orders"]["messages"] == 400,
+               what="every publish acknowledged")
+    # a message sent to the export queue has no topic: dead-lettered, not blocking the rule
+    client.send("bridge.export.orders", b"no topic")
+    wait_until(lambda: bridge_stats(client)["export:orders"]["dead_lettered"] == 1,
+               what="the message without a topic dead-lettered")
+    (dead,) = client.receive("bridge.export.orders.dlq")
+    assert dead.body == b"no topic" and dead.dead_letter.reason == "rejected"
+
+    # NATS away: the durable queue buffers; the broker is killed; both come back
+    nats_node.stop()
+    publish(200, 300)
+    process.kill()
+    process.wait(10)
+    nats_node.start()
+    endpoint, _ = broker(track, "a", rules)
+    assert by_subject(stored(nats_node.url, "ORDERS", 600)) == {
+        "ORDERS.orders.eu": expected("orders.eu", 300),
+        "ORDERS.orders.us.east": expected("orders.us.east", 300)}
