@@ -49,6 +49,8 @@ cdef class Dispatcher:
     cdef int _settle(self, const uint32_t* targets, uint32_t target_count, Py_ssize_t count,
                      int64_t now_us, int64_t topic, bint with_keys, bint filtering,
                      uint64_t* ids, uint32_t* deliveries, unsigned char* duplicates) except -1
+    cdef bytes _kept_topic(self, const uint32_t* targets, uint32_t target_count,
+                           int64_t topic)
     cdef int _apply_filters(self, uint32_t topic, Py_ssize_t count) except -1
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
                           bint with_keys) except -1

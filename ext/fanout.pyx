@@ -296,8 +296,7 @@ cdef class Dispatcher:
         cdef Py_ssize_t i
         cdef uint32_t t
         cdef bint any_content_dedup
-        cdef bint keep_topic = False
-        cdef bytes topic_name = None
+        cdef bytes topic_name
         cdef bint with_keys = False
         cdef bint filtering
         cdef blob_t* blob
@@ -353,12 +352,9 @@ cdef class Dispatcher:
         any_content_dedup = topic >= 0 and self.topics[topic].content_dedup
         for t in range(target_count):
             any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
-            keep_topic = keep_topic or store.queue(targets[t]).keeps_topics
-        if keep_topic and topic >= 0 and self.topic_names[topic]:
-            # A target keeps topics (a pattern subscriber): each blob carries the name.
-            topic_name = <bytes>self.topic_names[topic]
         try:
             # Pass 1: validate and encode every entry into a blob.
+            topic_name = self._kept_topic(targets, target_count, topic)
             filtering = topic >= 0 and self.topic_filters[topic] is not None
             if filtering and items is not None:
                 # The filter matcher reads attribute dicts: keep the caller's instead of
@@ -450,6 +446,7 @@ cdef class Dispatcher:
         cdef bint filtering
         cdef bint with_keys
         cdef blob_t* blob
+        cdef bytes topic_name
         if topic >= 0:
             targets = self.topics[topic].targets
             target_count = self.topics[topic].target_count
@@ -463,7 +460,12 @@ cdef class Dispatcher:
         self._reserve_scratch(1, target_count)
         for t in range(target_count):
             any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
+        topic_name = self._kept_topic(targets, target_count, topic)
         blob = make_blob(body, 0, now_us, store.journal is not None)
+        if topic_name is not None:
+            blob = blob_with_topic(blob, topic_name, <uint16_t>len(topic_name))
+            if blob == NULL:
+                raise MemoryError()
         self.scratch[0] = blob
         self.original[0] = 0
         self.keys[0].low = self.keys[0].high = 0
@@ -588,6 +590,19 @@ cdef class Dispatcher:
                 if deliveries[i] == 0 and not duplicates[i]:
                     self.topics[topic].unrouted += 1
         return 0
+
+    cdef bytes _kept_topic(self, const uint32_t* targets, uint32_t target_count,
+                           int64_t topic):
+        """The name of ``topic`` when one of its targets keeps topics (a queue holding a
+        pattern subscription): each blob of the publish then carries it
+        (``blob_with_topic``). None otherwise, and for a send (``topic`` -1)."""
+        cdef uint32_t t
+        if topic < 0:
+            return None
+        for t in range(target_count):
+            if self.store.queue(targets[t]).keeps_topics:
+                return <bytes>self.topic_names[topic] or None
+        return None
 
     cdef int _apply_filters(self, uint32_t topic, Py_ssize_t count) except -1:
         """Mark (SKIP_FILTERED) the copies whose subscription's policy does not match."""
