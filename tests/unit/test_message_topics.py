@@ -19,6 +19,7 @@ from clocks import FakeClock
 from fastfanout import Broker, PublishEntry
 from fastfanout._ext.codec import Record, decode_batch, encode_batch
 from fastfanout._ext.received import RemoteMessage, messages_of
+from fastfanout.storage import durability
 
 
 def pattern_and_plain(broker: Broker) -> None:
@@ -103,6 +104,26 @@ def test_a_durable_queue_s_copies_keep_their_topic_across_a_restart(
         broker.publish("orders.us", b"d")   # the restored subscription keeps topics still
         assert [(m.body, m.topic) for m in broker.receive("pat")] == [(b"d", "orders.us")]
         assert broker.check()
+
+
+def test_a_copied_forward_message_keeps_its_topic(
+        clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a long-lived copy is written again into a newer segment with its message
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    with Broker(clock=clock, data_dir=tmp_path, fsync="never") as broker:
+        broker.create_topic("orders.eu")
+        broker.create_queue("pat", durable=True)
+        broker.create_queue("busy", durable=True)
+        broker.subscribe("orders.*", "pat")
+        broker.publish("orders.eu", b"old")
+        for i in range(300):
+            broker.send("busy", b"busy %d" % i)
+            broker.ack_batch([m.receipt for m in broker.receive("busy", max_messages=10)])
+        storage = broker.stats().storage
+        assert storage is not None and storage["copied_forward"] >= 1
+        assert storage["removed_segments"] > 5   # the publish's own record is gone
+    with Broker(clock=clock, data_dir=tmp_path) as broker:
+        assert [(m.body, m.topic) for m in broker.receive("pat")] == [(b"old", "orders.eu")]
 
 
 # In a fresh process, so the blob pool is empty: the bytes the pool gains when every
