@@ -316,8 +316,8 @@ def scan(directory, callback=None, bint repair=True):
         A ``ScanReport``.
     """
     cdef uint64_t totals[3]     # records, first_seq, last_seq
-    cdef const char* data
-    cdef size_t size
+    cdef const char* data = NULL
+    cdef size_t size = 0
     report = ScanReport()
     found = segments(directory)
     totals[0] = totals[1] = totals[2] = 0
