@@ -60,7 +60,7 @@ def blob_bytes(Py_ssize_t parts, bint journaled=False, Py_ssize_t topic=-1):
 
 cdef inline size_t _blob_tail(blob_t* blob) noexcept nogil:
     """Bytes of a blob's data: its parts, the ttl end, the topic."""
-    cdef uint16_t topic_len
+    cdef uint16_t topic_len = 0
     blob_topic(blob, &topic_len)
     return (<size_t>blob.body_len + blob.attrs_len + blob.group_len + blob.dedup_len
             + (8 if blob.flags & BLOB_EXPIRES else 0)

@@ -36,6 +36,7 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memset
 
 from fastfanout._ext.codec cimport (
     FF_CODEC_END,
@@ -687,7 +688,9 @@ cdef class MessageCursor:
         """The next message of the current frame, or None once it is used up."""
         cdef ff_record_view view
         cdef size_t offset = ff_reader_offset(&self._reader)
-        cdef int status = ff_reader_next(&self._reader, &view)
+        cdef int status
+        memset(&view, 0, sizeof(view))   # gcc cannot see that the reader fills it on OK
+        status = ff_reader_next(&self._reader, &view)
         if status == FF_CODEC_OK:
             return _make(&view, self._frame, self.owner, self.consumer, self.queue)
         self._frame = None
