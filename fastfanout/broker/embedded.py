@@ -422,48 +422,12 @@ class Broker:
                 and owner == 0):
             received: list[Message] = single.receive(queue)   # one C call
             return received
-        self._ensure_open()
-        if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
-            raise InvalidArgument(
-                f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
-        wait_us = 0 if wait == 0.0 and type(wait) is float else seconds_to_us(
-            "wait", wait, maximum=MAX_WAIT)
-        lease_us = None if visibility_timeout is None else seconds_to_us(
-            "visibility_timeout", visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
-        with self._lock:
-            now_us = self._now_us()
-            queue_id = self._queue_id(queue)
-            if lease_us is None:
-                lease_us = self._visibility_us[queue_id]
-            messages: list[Message] = receive(self._store,
-                queue_id, max_messages, lease_us, now_us, self, owner)
-            if messages or not wait_us:
-                return messages
-            deadline = time.monotonic() + wait_us / 1_000_000
-            self._waiters += 1
-            if self._single is not None:
-                self._single.waiters += 1
-            try:
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return []
-                    next_due = self._store.next_due_us()
-                    if next_due is not None:
-                        # Wake at the due time itself (a 20 µs floor keeps it from spinning).
-                        remaining = min(remaining, max(next_due - now_us, 20) / 1_000_000)
-                    self._arrivals.wait(remaining)
-                    now_us = self._now_us()
-                    if queue not in self._queues or self._queues[queue] != queue_id:
-                        raise NotFound(f"queue {queue!r} was deleted while waiting")
-                    messages = receive(self._store, queue_id, max_messages, lease_us, now_us,
-                                       self, owner)
-                    if messages:
-                        return messages
-            finally:
-                self._waiters -= 1
-                if self._single is not None:
-                    self._single.waiters -= 1
+        store = self._store
+
+        def take(queue_id: int, lease_us: int, now_us: int) -> list[Message] | None:
+            return receive(store, queue_id, max_messages, lease_us, now_us, self, owner) or None
+
+        return self._receive_waiting(queue, max_messages, wait, visibility_timeout, take) or []
 
     def _receive_waiting(self, queue: str, max_messages: int, wait: float,
                          visibility_timeout: float | None,
@@ -490,7 +454,7 @@ class Broker:
             if found is not None or not wait_us:
                 return found
             deadline = time.monotonic() + wait_us / 1_000_000
-            self._waiters += 1
+            self._park(1)
             try:
                 while True:
                     remaining = deadline - time.monotonic()
@@ -508,7 +472,17 @@ class Broker:
                     if found is not None:
                         return found
             finally:
-                self._waiters -= 1
+                self._park(-1)
+
+    def _park(self, delta: int) -> None:
+        """Count one receiver more (1) or fewer (-1) parked on the arrivals condition.
+
+        Every publish path (the one-call path's too) reads this count to know whether to
+        wake it.
+        """
+        self._waiters += delta
+        if self._single is not None:
+            self._single.waiters += delta
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,

@@ -230,3 +230,21 @@ def test_the_system_clock_read_in_c_is_time_time(broker: Broker) -> None:
     after = time.time()
     (message,) = broker.receive("q")
     assert before - 1e-6 <= message.timestamp <= after + 1e-6
+
+
+def test_a_bare_publish_wakes_a_waiting_receive_frame(broker: Broker) -> None:
+    """The server's waiting receive (``ServerPort.receive_frame``) is a parked receiver too:
+    the one-call publish path must wake it, not leave it to its wait's end."""
+    port = broker.server_port()
+    got: list[tuple[bytes, int]] = []
+    waiter = threading.Thread(target=lambda: got.append(port.receive_frame("q", wait=20.0)))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while broker.waiting_receivers == 0:   # parked, holding no lock
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    started = time.monotonic()
+    broker.publish("t", b"wake")
+    waiter.join(30)
+    assert got and got[0][1] == 1
+    assert time.monotonic() - started < 10   # woken, not found at the 20 s wait's end
