@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -169,11 +170,18 @@ class ProducerFace:
     """
 
     _gate: OfferGate   # the driver's offer(), in C: it counts the offers
+    # the driver's hooks (its gate's too): before an offer while closed or keeping
+    # refused frames, when a body opens a frame, when the frame is full
+    _blocked: Callable[[], None]
+    _opened: Callable[[], None]
+    _full: Callable[[], None]
 
-    def __init__(self, core: ProducerCore) -> None:
+    def __init__(self, connection: BlockingDriver | AsyncDriver, core: ProducerCore) -> None:
         self.core = core
         self.topic = core.topic
         self._rows_offered = 0   # offered by offer_batch (the gate counts offer())
+        self._submit = connection.submit
+        self._publish_frame = connection.core.publish_frame
 
     @property
     def offered(self) -> int:
@@ -195,6 +203,30 @@ class ProducerFace:
         """Messages offered and not yet accepted (open, queued, in flight, kept)."""
         return self.core.pending
 
+    def _send(self, frame: bytes) -> Request:
+        """Send a frame (raising if it cannot be): it is in flight until answered."""
+        request = self._submit(self._publish_frame, Opcode.PUBLISH, self.topic, frame)
+        self.core.sent(request, frame)
+        return request
+
+    def _extend(self, bodies: Any) -> None:
+        """``offer_batch``: every row of an array batch, frame by frame, as ``offer``."""
+        core = self.core
+        if core.kept or core.closed:
+            self._blocked()
+        builder = core.builder
+        start, total = 0, 1
+        while start < total:
+            opened = not len(builder)
+            done, total = builder.extend_rows(bodies, start, core.batch_messages,
+                                              core.batch_bytes)
+            self._rows_offered += done - start
+            start = done
+            if opened and len(builder):
+                self._opened()
+            if len(builder) >= core.batch_messages or builder.nbytes >= core.batch_bytes:
+                self._full()
+
 
 class RemoteProducer(ProducerFace):
     """Offers messages to one topic of a broker; made by ``Client.producer(topic)``.
@@ -203,13 +235,13 @@ class RemoteProducer(ProducerFace):
     """
 
     def __init__(self, connection: BlockingDriver, core: ProducerCore) -> None:
-        super().__init__(core)
+        super().__init__(connection, core)
         self._connection = connection
         self._opened_at = 0.0     # when the open frame got its first message
         self._flushing = False    # the producing thread flushes: no linger sends
         # offer() is one native call, back in Python only at a frame's edges
         self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
-                               core.kept, self._blocked, self._opened, self._send_open)
+                               core.kept, self._blocked, self._opened, self._full)
         self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> None:
@@ -247,24 +279,9 @@ class RemoteProducer(ProducerFace):
             InvalidArgument: ``bodies`` cannot be read as an array batch (nothing added).
             FastFanoutError: the broker refused a frame of this producer (as ``offer``).
         """
-        core = self.core
-        if core.kept or core.closed:
-            core.check_open()
-            self.flush()
-        builder = core.builder
-        start, total = 0, 1
-        while start < total:
-            opened = not len(builder)
-            done, total = builder.extend_rows(bodies, start, core.batch_messages,
-                                              core.batch_bytes)
-            self._rows_offered += done - start
-            start = done
-            if opened and len(builder):
-                self._opened_at = self._connection.start_ticking()
-            if len(builder) >= core.batch_messages or builder.nbytes >= core.batch_bytes:
-                self._send_open()
+        self._extend(bodies)
 
-    def _send_open(self) -> None:
+    def _full(self) -> None:
         """Pipeline the open frame, first waiting for the oldest answer if too many are out."""
         core, lock = self.core, self._connection.lock
         if len(core.in_flight) >= core.max_in_flight:
@@ -283,14 +300,11 @@ class RemoteProducer(ProducerFace):
     def _send_taken(self) -> FastFanoutError | None:
         """Take the open frame and send it (client lock held); a frame not sent is kept."""
         frame = self.core.builder.take()
-        connection = self._connection
         try:
-            request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
-                                        self.topic, frame)
+            self._send(frame)
         except FastFanoutError as exc:
             self.core.refused(frame)
             return exc
-        self.core.sent(request, frame)
         return None
 
     def _wait_oldest(self) -> RemotePublishBatch | FastFanoutError:
@@ -336,9 +350,8 @@ class RemoteProducer(ProducerFace):
             if error is not None:
                 raise error
             while core.kept:
-                request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
-                                            self.topic, core.kept[0])
-                core.sent(request, core.kept.popleft())
+                self._send(core.kept[0])
+                core.kept.popleft()
                 answer = self._wait_oldest()
                 if isinstance(answer, FastFanoutError):
                     core.kept.rotate(1)   # the refused frame stays first
@@ -387,7 +400,7 @@ class AsyncProducer(ProducerFace):
     """
 
     def __init__(self, connection: AsyncDriver, core: ProducerCore) -> None:
-        super().__init__(core)
+        super().__init__(connection, core)
         self._connection = connection
         self._loop = asyncio.get_running_loop()
         self._frames_opened = 0   # names the open frame for its linger timer
@@ -397,7 +410,7 @@ class AsyncProducer(ProducerFace):
         self._last: RemotePublishBatch | None = None
         # offer() is one native call, back in Python only at a frame's edges
         self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
-                               core.kept, self._blocked, self._opened, self._close_frame,
+                               core.kept, self._blocked, self._opened, self._full,
                                DONE)
         self.offer = self._gate.offer   # type: ignore[method-assign]
 
@@ -444,33 +457,15 @@ class AsyncProducer(ProducerFace):
             InvalidArgument: ``bodies`` cannot be read as an array batch (nothing added).
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
         """
-        core = self.core
-        if core.kept or core.closed:
-            core.check_open()
-            self._refusal = None   # raised now
-            assert self._kept_error is not None
-            raise self._kept_error
-        builder = core.builder
-        start, total = 0, 1
-        while start < total:
-            opened = not len(builder)
-            done, total = builder.extend_rows(bodies, start, core.batch_messages,
-                                              core.batch_bytes)
-            self._rows_offered += done - start
-            start = done
-            if opened and len(builder):
-                self._frames_opened += 1
-                self._loop.call_later(core.linger, self._linger_send, self._frames_opened)
-            if len(builder) >= core.batch_messages or builder.nbytes >= core.batch_bytes:
-                self._close_frame()
+        self._extend(bodies)
         return DONE
 
     def _linger_send(self, frame_number: int) -> None:
         """The open frame is ``linger`` old (if it is still the one the timer was for)."""
         if frame_number == self._frames_opened and len(self.core.builder):
-            self._close_frame()
+            self._full()
 
-    def _close_frame(self) -> None:
+    def _full(self) -> None:
         """Queue the open frame (behind kept frames, if any) and send what can go."""
         core = self.core
         (core.kept if core.kept else core.queued).append(core.builder.take())
@@ -478,17 +473,15 @@ class AsyncProducer(ProducerFace):
 
     def _pump(self) -> None:
         """Send queued frames while there is room (none while frames are kept)."""
-        core, connection = self.core, self._connection
+        core = self.core
         while core.queued and not core.kept and len(core.in_flight) < core.max_in_flight:
             frame = core.queued.popleft()
             try:
-                request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
-                                            self.topic, frame)
+                request = self._send(frame)
             except FastFanoutError as exc:   # the client is closed or broken
                 core.refused(frame)
                 self._keep_queued(exc)
             else:
-                core.sent(request, frame)
                 request.watch(functools.partial(self._answer, request))
 
     def _answer(self, request: Request) -> None:
@@ -541,14 +534,13 @@ class AsyncProducer(ProducerFace):
         """
         core, connection = self.core, self._connection
         if len(core.builder):
-            self._close_frame()
+            self._full()
         while core.in_flight or (core.queued and not core.kept):
             await self._wait_answer()
         self._raise_refusal()
         while core.kept:
-            request = connection.submit(connection.core.publish_frame, Opcode.PUBLISH,
-                                        self.topic, core.kept[0])
-            core.sent(request, core.kept.popleft())
+            request = self._send(core.kept[0])
+            core.kept.popleft()
             try:
                 await connection.publish_results(request)
             except FastFanoutError as exc:
