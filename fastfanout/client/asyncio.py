@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar
 
 from fastfanout._ext.offers import LoopFutures, NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
@@ -37,12 +37,11 @@ from fastfanout.client import forks
 from fastfanout.client.consumers import AsyncDeliveryBatch, StreamListening
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
-    ControlCall,
     Request,
     encode_call,
 )
 from fastfanout.client.driver import DriverBase, dealer_to_attach
-from fastfanout.client.face import ClientFace
+from fastfanout.client.face import ClientFace, control
 from fastfanout.client.messages import (
     DONE,
     Done,
@@ -68,7 +67,6 @@ from fastfanout.transport.sockets import AsyncDealerTransport, AsyncSubTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["AsyncClient", "AsyncConnection", "AsyncListener", "AsyncSettler", "Opening",
@@ -241,8 +239,6 @@ class AsyncConnection(DriverBase):
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
-        self.nowait: Callable[[int, str, Any], asyncio.Future[PublishResult]] = (
-            lambda opcode, name, body: self.enqueue(opcode, name, body, None))   # started
         # message.ack() of a received or pushed message queues its receipt here, in C;
         # the acks of one loop iteration leave together (``send_acks``)
         self.acks = AckBuffer(self.core, SETTLE_MAX_RECEIPTS, self.send_acks,
@@ -262,7 +258,6 @@ class AsyncConnection(DriverBase):
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
                                       self._batches_opened)
-        self.nowait = self.nowait_gate.enqueue
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         request = self.core.start(time.monotonic())
         try:
@@ -531,23 +526,6 @@ class AsyncConnection(DriverBase):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.transport.close()
-
-
-def control(declared: Callable[P, Coroutine[Any, Any, R]]
-            ) -> Callable[P, Coroutine[Any, Any, R]]:
-    """An ``AsyncClient`` method for a control call declared in ``fastfanout.api``.
-
-    The method sends one request (``ControlCall``) and returns its decoded answer.
-    """
-    call = ControlCall(declared)
-
-    @functools.wraps(declared)
-    async def method(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
-        connection = self.connection
-        return call.decode(await connection.wait(
-            connection.submit(call.request, connection.core, args, kwargs)))
-
-    return cast("Callable[P, Coroutine[Any, Any, R]]", method)
 
 
 class AsyncClient(ClientFace["asyncio.Future[PublishResult]",

@@ -25,24 +25,23 @@ each operation documented in ``fastfanout.api``). Choices:
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any
 
 from fastfanout._ext.locks import FastRLock
-from fastfanout._ext.offers import FutureMaker, NowaitGate
+from fastfanout._ext.offers import FutureMaker, NowaitGate, bind_futures
 from fastfanout.api import BrokerAPI, ClientAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
-from fastfanout.client.core import PIPELINE_READ, ConsumerState, ControlCall, Request, decode_value
+from fastfanout.client.core import PIPELINE_READ, ConsumerState, Request, decode_value
 from fastfanout.client.driver import DriverBase, dealer_to_attach
-from fastfanout.client.face import ClientFace
-from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture, bind
+from fastfanout.client.face import ClientFace, control
+from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture
 from fastfanout.client.messages import (
     RemoteMessage,
     RemotePublishBatch,
@@ -57,10 +56,7 @@ from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 from fastfanout.transport.sockets import CurveKeys, DealerTransport
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["Client", "Connection", "connect", "control"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
+__all__ = ["Client", "Connection", "connect"]
 
 BUSY_TICKING = 0.05
 """Seconds the background thread keeps ticking every ``linger`` after a publish batch
@@ -85,14 +81,13 @@ class Connection(DriverBase):
                  local_channel: bool | None, ring_bytes: int) -> None:
         super().__init__(endpoint, curve, timeout=timeout, local_channel=local_channel,
                          ring_bytes=ring_bytes, linger=linger, batch_messages=batch_messages,
-                         batch_bytes=batch_bytes, bind=bind)
+                         batch_bytes=batch_bytes, bind=bind_futures)
         self.lock = FastRLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self._new_future = FutureMaker(self)   # native futures, made in C by the gate
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
                                       self.start_ticking, self)
-        self.nowait = self.nowait_gate.enqueue
         self._kick = threading.Event()
         self._busy_until = 0.0
         forks.watch(self._after_fork)
@@ -426,22 +421,6 @@ class Connection(DriverBase):
             self._thread.join(timeout)
             with self.lock:
                 self.drop_transport()
-
-
-def control(declared: Callable[P, R]) -> Callable[P, R]:
-    """A ``Client`` method for a control call declared in ``fastfanout.api``.
-
-    The method sends one request (``ControlCall``) and returns its decoded answer.
-    """
-    call = ControlCall(declared)
-
-    @functools.wraps(declared)
-    def method(self: Client, *args: Any, **kwargs: Any) -> Any:
-        connection = self.connection
-        return call.decode(connection.wait(
-            connection.submit(call.request, connection.core, args, kwargs), None))
-
-    return cast("Callable[P, R]", method)
 
 
 class Client(ClientFace[PublishFuture, PublishBatchFuture]):

@@ -10,13 +10,15 @@ declared API (``fastfanout.api``).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from fastfanout._ext.offers import NowaitGate
-from fastfanout.client.core import ConnectionCore, Request
+from fastfanout.client.core import ConnectionCore, ControlCall, Request
 from fastfanout.client.messages import publish_options
 from fastfanout.client.producers import ProducerCore, producer_limits
 from fastfanout.errors import InvalidArgument
@@ -26,12 +28,36 @@ from fastfanout.transport.local_channel import check_channel_options
 from fastfanout.transport.sockets import CurveKeys, client_curve
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["ClientFace", "FaceDriver"]
+__all__ = ["ClientFace", "FaceDriver", "control"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
 F_co = TypeVar("F_co", covariant=True)
 BF_co = TypeVar("BF_co", covariant=True)
 F = TypeVar("F")
 BF = TypeVar("BF")
+
+
+def control(declared: Callable[P, R]) -> Callable[P, R]:
+    """A client method for a control call declared in ``fastfanout.api``.
+
+    The method sends one request (``ControlCall``) and returns its decoded answer; it is
+    a coroutine where the declaration is one (``AsyncClient``'s).
+    """
+    call = ControlCall(declared)
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        connection = self.connection
+        return call.decode(connection.wait(
+            connection.submit(call.request, connection.core, args, kwargs), None))
+
+    async def awaited(self: Any, *args: Any, **kwargs: Any) -> Any:
+        connection = self.connection
+        return call.decode(await connection.wait(
+            connection.submit(call.request, connection.core, args, kwargs)))
+
+    chosen = awaited if inspect.iscoroutinefunction(declared) else method
+    return cast("Callable[P, R]", functools.wraps(declared)(chosen))
 
 
 class FaceDriver(Protocol[F_co, BF_co]):
@@ -49,9 +75,6 @@ class FaceDriver(Protocol[F_co, BF_co]):
     def enqueue(self, opcode: int, name: str, body: Any,
                 options: tuple[Any, ...] | None) -> F_co:
         """Add one message to the batch of (opcode, name); its future."""
-
-    def nowait(self, opcode: int, name: str, body: Any) -> F_co:
-        """``enqueue`` of a bare body: one native call into an open batch (``NowaitGate``)."""
 
     def batch_future(self, request: Request) -> BF_co:
         """A future of a publish request's results."""
@@ -104,9 +127,6 @@ class ClientFace(Generic[F, BF]):
 
         See ``fastfanout.api.PipelineAPI.publish_nowait``.
         """
-        if (attributes is None and delay is None and deliver_at is None and group_id is None
-                and dedup_id is None and priority is None and ttl is None):
-            return self.connection.nowait(Opcode.PUBLISH, topic, body)   # one C call
         return self.connection.enqueue(Opcode.PUBLISH, topic, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
@@ -131,9 +151,6 @@ class ClientFace(Generic[F, BF]):
                     dedup_id: str | None = None, priority: int | None = None,
                     ttl: float | None = None) -> F:
         """Add a message to the current batch of ``queue``; a future of its result."""
-        if (attributes is None and delay is None and deliver_at is None and group_id is None
-                and dedup_id is None and priority is None and ttl is None):
-            return self.connection.nowait(Opcode.SEND, queue, body)   # one C call
         return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
 
