@@ -34,7 +34,7 @@ from fastfanout._ext.offers import LoopFutures, NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
 from fastfanout.api import AsyncBrokerAPI, AsyncClientAPI
 from fastfanout.client import forks
-from fastfanout.client.consumers import AsyncDeliveryBatch, StreamListening
+from fastfanout.client.consumers import AsyncDeliveryBatch, AsyncSettler, StreamListening
 from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     Request,
@@ -162,33 +162,6 @@ class AsyncListener(StreamListening):
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, traceback: TracebackType | None) -> None:
         self.close()
-
-
-class AsyncSettler:
-    """Settles messages of the asyncio client from synchronous code (``message.ack()``).
-
-    An ack is queued for this loop iteration's SETTLE; nack, extend and term are sent at
-    once, their answers dropped (the broker counts a failure).
-    """
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
-
-    def ack(self, receipt: int) -> None:
-        """Queue the ack of a receipt (sent when this loop iteration ends)."""
-        self._connection.queue_receipts(protocol.encode_receipt(receipt))
-
-    def nack(self, receipt: int, *, delay: float | None = None) -> None:
-        """End a lease early (sent at once)."""
-        self._connection.fire(Opcode.NACK, receipt, delay=delay)
-
-    def extend(self, receipt: int, seconds: float) -> None:
-        """Make the lease end ``seconds`` from now (sent at once)."""
-        self._connection.fire(Opcode.EXTEND, receipt, seconds)
-
-    def term(self, receipt: int) -> None:
-        """Dead-letter a leased message now (sent at once)."""
-        self._connection.fire(Opcode.TERM, receipt)
 
 
 def _no_loop(index: int) -> asyncio.Future[PublishResult]:
@@ -711,7 +684,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         """
         connection = self.connection
         async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
-            yield AsyncDeliveryBatch(frames[0], connection.settler, connection, queue)
+            yield AsyncDeliveryBatch(frames[0], connection.settler, queue)
 
     def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000
                ) -> AsyncListener:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
 from fastfanout.arrays import MessageBatch
@@ -30,9 +30,10 @@ from fastfanout.client.messages import (
 from fastfanout.errors import BrokenConnection
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.transport.sockets import CurveKeys, SubTransport
+from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["AsyncDeliveryBatch", "Consumer", "DeliveryBatch", "Listener",
+__all__ = ["AsyncDeliveryBatch", "AsyncSettler", "Consumer", "DeliveryBatch", "Listener",
            "StreamListening", "ack_limit"]
 
 
@@ -168,25 +169,49 @@ class DeliveryBatch(MessageBatch):
             connection.wait(request, None)
 
 
-class AsyncAcks(Protocol):
-    """Where an asyncio batch queues its ack: ``AsyncConnection.queue_receipts``."""
+class AsyncSettling(Protocol):
+    """How the asyncio client's messages settle: ``AsyncConnection``'s calls."""
 
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue a receipts frame for this loop iteration's SETTLE."""
 
+    def fire(self, opcode: int, *args: Any, **kwargs: Any) -> None:
+        """Send a control call whose answer is dropped."""
 
-class _AsyncSettler:
-    """Where an asyncio batch's messages queue their acks (``Settler``)."""
 
-    __slots__ = ("_acks",)
+class AsyncSettler:
+    """Settles messages of the asyncio client from synchronous code (``message.ack()``).
+
+    The ``Owner`` and ``Settler`` of its messages and batches: an ack is queued for this
+    loop iteration's SETTLE; nack, extend and term are sent at once, their answers
+    dropped (the broker counts a failure).
+    """
+
+    __slots__ = ("_connection",)
     closed = False   # never: the acks go through the connection
 
-    def __init__(self, acks: AsyncAcks) -> None:
-        self._acks = acks
+    def __init__(self, connection: AsyncSettling) -> None:
+        self._connection = connection
 
     def defer_settle(self, receipts: bytes) -> None:
-        """Queue a message's ack for this loop iteration's SETTLE."""
-        self._acks.queue_receipts(receipts)
+        """Queue the ack of a receipts frame for this loop iteration's SETTLE."""
+        self._connection.queue_receipts(receipts)
+
+    def ack(self, receipt: int) -> None:
+        """Queue the ack of a receipt (sent when this loop iteration ends)."""
+        self._connection.queue_receipts(protocol.encode_receipt(receipt))
+
+    def nack(self, receipt: int, *, delay: float | None = None) -> None:
+        """End a lease early (sent at once)."""
+        self._connection.fire(Opcode.NACK, receipt, delay=delay)
+
+    def extend(self, receipt: int, seconds: float) -> None:
+        """Make the lease end ``seconds`` from now (sent at once)."""
+        self._connection.fire(Opcode.EXTEND, receipt, seconds)
+
+    def term(self, receipt: int) -> None:
+        """Dead-letter a leased message now (sent at once)."""
+        self._connection.fire(Opcode.TERM, receipt)
 
 
 class AsyncDeliveryBatch(MessageBatch):
@@ -196,12 +221,12 @@ class AsyncDeliveryBatch(MessageBatch):
     iteration's SETTLE, as the asyncio client's ``message.ack()`` is.
     """
 
-    def __init__(self, frame: bytes, owner: Owner, acks: AsyncAcks, queue: str) -> None:
-        # its messages settle through an _AsyncSettler, not through the batch: a batch
-        # its messages pointed back to would live until a garbage collection (a cycle),
-        # and with it a frame held in the client's ring
-        super().__init__(frame, owner, _AsyncSettler(acks), queue)
-        self._acks = acks
+    def __init__(self, frame: bytes, settler: AsyncSettler, queue: str) -> None:
+        # its messages settle through the connection's settler, not through the batch: a
+        # batch its messages pointed back to would live until a garbage collection (a
+        # cycle), and with it a frame held in the client's ring
+        super().__init__(frame, settler, settler, queue)
+        self._acks = settler
 
     def ack(self) -> Done:
         """Ack every message not settled on its own, queued for this loop iteration.
@@ -210,7 +235,7 @@ class AsyncDeliveryBatch(MessageBatch):
         """
         receipts = self._unsettled()
         if receipts is not None:
-            self._acks.queue_receipts(receipts)
+            self._acks.defer_settle(receipts)
         return DONE
 
 
