@@ -341,10 +341,9 @@ class AsyncConnection(DriverBase):
         core = self.core
         if core.closed or core.forked:
             core.check_open()
-        if not core.batches:
-            asyncio.get_running_loop().call_soon(self.flush_batches)
         # a bad name or body raises before anything is queued
-        future = core.enqueue(opcode, name, body, options, self._new_future, 0.0)
+        future = core.enqueue(opcode, name, body, options, self._new_future,
+                              0.0 if core.batches else self._batches_opened())
         if core.outbox:   # a full batch
             self.send_out()
         return future
