@@ -575,11 +575,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         request = connection.submit(connection.core.consume, queue, prefetch,
                                     visibility_timeout, timeout)
         state = connection.core.consumers[request.request_id]
-        try:
-            connection.wait(request, None)
-        except FastFanoutError:
-            connection.core.consumers.pop(state.consumer_id, None)
-            raise
+        connection.wait(request, None)   # refused: the core dropped the consumer
         return Consumer(connection, state, self)
 
     def consume_batches(self, queue: str, *, prefetch: int = 1000,

@@ -554,7 +554,10 @@ class ConnectionCore:
 
     def consume(self, queue: str, prefetch: int, visibility_timeout: float | None,
                 timeout: object) -> Request:
-        """Queue a CONSUME; the consumer is registered at once (pushes may come first)."""
+        """Queue a CONSUME; the consumer is registered at once (pushes may come first).
+
+        A refusal of the CONSUME drops the consumer (closed: nothing to cancel).
+        """
         inactivity = check_inactivity_timeout(timeout)
         request = self.request(Opcode.CONSUME, [protocol.encode_payload([[], {
             "queue": queue, "prefetch": prefetch,
@@ -700,6 +703,9 @@ class ConnectionCore:
                     request.answer(frames[1:])
                 else:
                     request.fail(protocol.decode_error(frames[1] if len(frames) > 1 else b""))
+                    consumer = self.consumers.pop(request_id, None)
+                    if consumer is not None:   # a refused CONSUME: its consumer never was
+                        consumer.closed = True
         elif status == Status.PUSH:
             consumer = self.consumers.get(request_id)
             if consumer is not None:

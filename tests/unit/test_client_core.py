@@ -21,6 +21,7 @@ from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import (
     BrokenConnection,
     InvalidArgument,
+    NotFound,
     QueueFull,
     RequestTooLarge,
     ServerStopping,
@@ -165,6 +166,18 @@ def test_pushes_go_to_their_consumer_and_end_ends_it() -> None:
     core.receive(reply(Status.END, consumer_id, protocol.encode_error(
         StaleReceipt("queue deleted"))), 0.0)
     assert isinstance(consumer.error, StaleReceipt) and core.consumers == {}
+
+
+def test_a_refused_consume_leaves_no_consumer_and_nothing_to_cancel() -> None:
+    core, _ = make_core()
+    request = core.consume("nowhere", 10, None, None)
+    ((_, consumer_id, _),) = sent(core)
+    consumer = core.consumers[consumer_id]
+    core.receive(reply(Status.ERROR, consumer_id, protocol.encode_error(
+        NotFound("queue 'nowhere' does not exist"))), 0.0)
+    assert isinstance(request.error, NotFound)
+    assert core.consumers == {} and consumer.closed and core.cancel(consumer) is False
+    assert core.outbox == []
 
 
 def test_an_invalid_inactivity_timeout_is_refused_before_anything_is_queued() -> None:
