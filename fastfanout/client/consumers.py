@@ -12,6 +12,7 @@ makes no Python object per message.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -69,9 +70,9 @@ class Consumer(Iterator[RemoteMessage]):
         self.connection = connection
         self.owner = owner
         self._state = state
-        # message.ack() queues its receipt here, in C; the core sends them (its settle)
+        # message.ack() queues its receipt here, in C; at ``ack_limit`` they are sent
         state.acks = AckBuffer(state, ack_limit(state.prefetch, connection.core.linger),
-                               self._send_acks)
+                               functools.partial(connection.settle, state))
         # the messages are made and iterated in C, a frame at a time (``_refill``)
         self._cursor = MessageCursor(owner, state.acks, self.queue, self._refill)
 
@@ -83,10 +84,6 @@ class Consumer(Iterator[RemoteMessage]):
     def defer_settle(self, receipts: bytes) -> None:
         """Queue a pipelined ack of a receipts frame (``ConnectionCore.defer_settle``)."""
         self.connection.defer_settle(self._state, receipts)
-
-    def _send_acks(self) -> None:
-        """The queued acks reached their limit (``ack_limit``): send them now."""
-        self.connection.settle(self._state)
 
     def _next_frames(self, timeout: float | None) -> list[bytes] | None:
         state = self._state
