@@ -2,9 +2,9 @@
 
 The calls that are plain (not awaited) in both clients live here once: the pipelined
 publishes (``publish_nowait``...: their futures are the driver's kind), the checks of a
-producer's and a listener's arguments, and the client options. The control calls are
-made from their declaration in ``fastfanout.api`` by each driver (``ControlCall``); what
-remains in each client is how it waits. Docstrings of the operations live on the
+producer's and a listener's arguments, and the client options. ``control()`` makes
+either client's control calls from their declaration in ``fastfanout.api``
+(``ControlCall``); what remains in each client is how it waits. Docstrings of the operations live on the
 declared API (``fastfanout.api``).
 """
 
