@@ -4,8 +4,8 @@ The calls that are plain (not awaited) in both clients live here once: the pipel
 publishes (``publish_nowait``...: their futures are the driver's kind), the checks of a
 producer's and a listener's arguments, and the client options. ``control()`` makes
 either client's control calls from their declaration in ``fastfanout.api``
-(``ControlCall``); what remains in each client is how it waits. Docstrings of the operations live on the
-declared API (``fastfanout.api``).
+(``ControlCall``); what remains in each client is how it waits. Docstrings of the
+operations live on the declared API (``fastfanout.api``).
 """
 
 from __future__ import annotations
