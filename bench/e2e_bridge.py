@@ -23,7 +23,9 @@ Throughput: ``--messages`` sent as fast as the publisher can; messages / (last r
 - first send). Latency: ``--rate`` messages a second for ``--seconds`` (open loop: each
 stamped with its intended send time), p50 and p99 of receive - intended send. Figures
 are medians over ``--runs``; the ratio is bridge / nats-py (throughput: higher is
-better; latency: lower is better).
+better; latency: lower is better). Each run also prints the CPU microseconds per message
+of broker A, broker B and the NATS server, in the throughput run and in the paced one
+(where a message travels alone: what each hop costs unbatched).
 """
 
 from __future__ import annotations
@@ -233,6 +235,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def print_cpu(label: str, pids: dict[str, int], before: dict[str, float],
+              messages: int) -> None:
+    """Print each server's CPU microseconds per message since ``before`` was read."""
+    print(f"{label}: " + ", ".join(
+        f"{name} {(cpu_seconds(pid) - before[name]) * 1e6 / messages:.1f}"
+        for name, pid in pids.items()), flush=True)
+
+
 def percentile(values: list[int], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1000.0
@@ -287,12 +297,12 @@ def main() -> int:
                             "nats-server": peer.process.pid}
                     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     rate, _ = run_pair(*pair, args.messages, None)
-                    used = {name: cpu_seconds(pid) - before[name]
-                            for name, pid in pids.items()}
-                    print(f"run {run + 1} {side}: CPU us per message: " + ", ".join(
-                        f"{name} {seconds * 1e6 / args.messages:.1f}"
-                        for name, seconds in used.items()), flush=True)
+                    print_cpu(f"run {run + 1} {side}: CPU us per message", pids, before,
+                              args.messages)
+                    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     _, latencies = run_pair(*pair, paced, args.rate)
+                    print_cpu(f"run {run + 1} {side}: at {args.rate:,.0f} msg/s, CPU us per "
+                              f"message", pids, before, paced)
                     results[side]["rate"].append(rate)
                     results[side]["p50"].append(percentile(latencies, 0.50))
                     results[side]["p99"].append(percentile(latencies, 0.99))
