@@ -10,7 +10,9 @@ Both schedule the same messages over ``--spread`` seconds (real clock) starting
 ``--lead`` seconds after the first is scheduled, then a consumer takes each message as
 soon as it is due; lateness = taken - due. Memory is the growth of the process's
 resident set while the messages are pending: the lead must outlast scheduling them all
-(the table says which share was still pending when memory was read).
+(the table says which share was still pending when memory was read). Each run is a fresh
+process (this script with ``--one``), so no run finds memory an earlier run freed: every
+figure is a first run's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 from fastfanout import Broker, PublishEntry
@@ -86,22 +91,42 @@ def run_heapq(count: int, spread: float, lead: float
     return memory, percentiles(lateness), pending
 
 
+RUNNERS = {"ff": run_fastfanout, "heapq": run_heapq}
+
+
+def run_fresh(name: str, args: argparse.Namespace
+              ) -> tuple[float, tuple[float, float, float], float]:
+    """One run of scheduler ``name`` in a new process (this script with ``--one``)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", name, "--messages", str(args.messages),
+         "--spread", str(args.spread), "--lead", str(args.lead)],
+        capture_output=True, text=True, check=True, timeout=600)
+    memory, lateness, pending = json.loads(done.stdout)
+    return memory, (lateness[0], lateness[1], lateness[2]), pending
+
+
 def main() -> int:
-    """Measure both, several runs each, and print medians and ratios."""
+    """Measure both, several runs each (each in a fresh process), and print medians and
+    ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--spread", type=float, default=5.0)
     parser.add_argument("--lead", type=float, default=10.0,
                         help="seconds from the start to the first due time")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--one", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        # One run in this process (a fresh one: main() starts it), printed as JSON.
+        print(json.dumps(RUNNERS[args.one](args.messages, args.spread, args.lead)))
+        return 0
     results: dict[str, list[tuple[float, tuple[float, float, float], float]]] = {
         "ff": [], "heapq": []}
     for _ in range(args.runs):
-        results["ff"].append(run_fastfanout(args.messages, args.spread, args.lead))
-        results["heapq"].append(run_heapq(args.messages, args.spread, args.lead))
+        results["ff"].append(run_fresh("ff", args))
+        results["heapq"].append(run_fresh("heapq", args))
     print(f"{args.messages} messages scheduled over {args.spread} s after {args.lead} s, "
-          f"median of {args.runs} runs")
+          f"median of {args.runs} runs, each in a fresh process")
     print("| scheduler | bytes per pending message | each run | pending when read "
           "| lateness p50 | p99 | max |")
     print("|---|---:|---|---:|---:|---:|---:|")

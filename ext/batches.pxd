@@ -23,7 +23,8 @@ cdef class RingBatch:
     cdef readonly object frame
 
 
-cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled) except NULL
+cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled,
+                      int64_t* due_us) except NULL
 cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us,
-                               bint journaled) except NULL
+                               bint journaled, int64_t* due_us) except NULL
 cdef object publish_result(uint64_t message_id, uint32_t deliveries, bint duplicate)

@@ -309,8 +309,9 @@ cdef class RingBatch:
 
 
 cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us,
-                               bint journaled) except NULL:
-    """Validate one publish record of a frame and copy it into a new blob."""
+                               bint journaled, int64_t* due_out) except NULL:
+    """Validate one publish record of a frame and copy it into a new blob; ``due_out``
+    gets its own due time (``deliver_at``), or INT64_MIN: the queue's delay applies."""
     cdef bytes encoded = None
     cdef const char* attrs = NULL
     cdef uint32_t attrs_len = 0
@@ -356,11 +357,15 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
                     record.priority if record.flags & FF_FLAG_PRIORITY else 0, journaled)
     if blob == NULL:
         raise MemoryError()
+    due_out[0] = due_us
     return blob
 
 
-cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled) except NULL:
-    """Validate one entry (a body: any C-contiguous buffer, or a PublishEntry) into a new blob."""
+cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled,
+                      int64_t* due_out) except NULL:
+    """Validate one entry (a body: any C-contiguous buffer, or a PublishEntry) into a new
+    blob; ``due_out`` gets its own due time (``delay`` or ``deliver_at``), or INT64_MIN:
+    the queue's delay applies."""
     cdef object attributes = None
     cdef bytes encoded
     cdef bytes group = None
@@ -425,6 +430,7 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled
             PyBuffer_Release(&view)
     if blob == NULL:
         raise MemoryError()
+    due_out[0] = due_us
     return blob
 
 

@@ -9,13 +9,15 @@ from libc.string cimport memcpy
 # topics (BLOB_TOPIC; u16 length, then the name; read with blob_topic). A blob made for
 # a broker with a journal has its journal part
 # (blob_journal_t) right before the header (BLOB_JOURNAL). The fields go from widest to
-# narrowest so that no padding comes before data (offset 40): a blob takes (16 +)
-# BLOB_HEADER + its parts (+ 8) (+ 2 + topic), rounded to what malloc hands out (blobs.pyx). Group and
-# dedup ids are at most 255 bytes (callers validate C_MAX_ID_LENGTH, 128, first).
+# narrowest so that no padding comes before data (offset 32): a blob takes (24 +)
+# BLOB_HEADER + its parts (+ 8) (+ 2 + topic), rounded up to its slab class (8-byte steps
+# up to 256 bytes; blobs.pyx). A publish's own due time (delay or deliver_at) is not kept
+# here: the publish path carries it beside the blob (only a journaled blob keeps it, in
+# its journal part, for the journal's message record). Group and dedup ids are at most
+# 255 bytes (callers validate C_MAX_ID_LENGTH, 128, first).
 cdef struct blob_t:
     uint64_t id
     int64_t timestamp_us
-    int64_t due_us            # explicit due time, or INT64_MIN: the queue's delay applies
     uint32_t refcount
     uint32_t body_len
     uint32_t attrs_len
@@ -28,6 +30,7 @@ cdef struct blob_t:
 # Where a durable message's record is (blob_journal).
 cdef struct blob_journal_t:
     uint64_t seq              # the journal record holding this message (0: none yet)
+    int64_t due_us            # the publish's own due time, or INT64_MIN: the queue's delay
     uint32_t copies           # durable copies alive (0: seq may name nothing)
     uint32_t segment          # the index of that record's segment
 

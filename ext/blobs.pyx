@@ -2,60 +2,272 @@
 
 Design
 ------
-Prior art: the slab allocators of memcached and the Linux kernel (size classes, free
-lists, a bound on what is kept).
+Prior art: the slab allocators of memcached and the Linux kernel (size classes, chunks
+carved into equal objects, free lists), and jemalloc's and mimalloc's way of finding an
+object's chunk from its address (chunks aligned to their size).
 
 A blob is immutable once made and reference-counted: fanning a message out to N queues
 makes N store entries pointing at one blob (``store.pyx``), so a copy costs no body.
-Blobs come from a pool: freed small blobs wait on a free list per size class (16-byte
-steps) and are handed out again, so a steady stream of messages costs no malloc/free per
-message (they were ~15% of a broker's time). The pool keeps at most ``BLOB_POOL_MAX_BYTES``;
-beyond that blobs go back to malloc.
 
-Invariant: every caller of ``blob_new``/``blob_release`` holds the GIL, which guards the
-pool (no lock here).
+Blobs of at most ``BLOB_SLAB_MAX`` bytes come from a **slab**: size classes in 8-byte
+steps up to 256 bytes and 16-byte steps up to 1024, each served from 64 KiB chunks
+(``BLOB_SLAB_CHUNK``) carved into objects of its size. A chunk is aligned to its size, so
+a blob's chunk is its address with the low bits cleared: freeing needs no header in the
+blob, and a blob costs its bytes rounded to its class — a 64-byte message with its
+32-byte header takes 96 bytes, where malloc took a 112-byte chunk (its 8-byte chunk
+header and 16-byte rounding). Each chunk keeps a free list of its freed objects and a
+bump offset for the never-used rest; each class keeps a list of its chunks with room, so
+a steady stream of messages costs no malloc/free per message (they were ~15% of a
+broker's time). A chunk whose last blob is freed leaves its class: up to
+``BLOB_SLAB_KEEP_BYTES`` of such empty chunks stay resident for the next blobs of any
+class, and beyond that an empty chunk's pages go back to the kernel
+(``madvise(MADV_DONTNEED)``; its address space is kept and reused first when a class
+needs a chunk), so memory comes back once the messages are consumed. Chunks are cut
+from 4 MiB mappings (``mmap``), never unmapped. Bigger blobs come from malloc.
+
+Invariant: every caller of ``blob_new``/``blob_with_topic``/``blob_release`` holds the
+GIL, which guards the slab (no lock here): the broker core calls them under it only (no
+``nogil`` section touches a blob).
 """
 
-from libc.stdint cimport INT64_MAX, uint8_t
-from libc.stdlib cimport free, malloc
+from libc.stdint cimport INT64_MAX, uint8_t, uintptr_t
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
-# Size classes: the sizes malloc serves without waste. glibc hands out chunks of 16 k
-# bytes holding 16 k - 8, so a blob asks for 24, 40, 56 ... bytes: a 64-byte body with
-# its 40-byte header takes one 112-byte chunk (the 69-byte header of before took 144; a
-# 64-byte step and sizeof(blob_t) took 208); with a journal part, 128. Classes go in
-# 16-byte steps up to 520 bytes. The pool keeps each chunk's start (a journaled blob's
-# header is 16 bytes into its chunk).
+cdef extern from "<sys/mman.h>" nogil:
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void* addr, size_t length)
+    int madvise(void* addr, size_t length, int advice)
+    void* MAP_FAILED
+    enum: PROT_READ
+    enum: PROT_WRITE
+    enum: MAP_PRIVATE
+    enum: MAP_ANONYMOUS
+    enum: MADV_DONTNEED
+
+# One slab chunk's header, at its start; its objects follow at SLAB_HEADER.
+cdef struct slab_chunk_t:
+    slab_chunk_t* next        # in its class's list of chunks with room, or the empty stack
+    slab_chunk_t* prev
+    char* free                # a freed object (the next one in its first word), or NULL
+    uint32_t bump             # offset of its first never-used byte
+    uint32_t used             # objects handed out and not freed
+    uint32_t size             # its objects' size (its class's)
+    uint32_t size_class       # its class, or SLAB_EMPTY while empty
+    uint32_t listed           # in its class's list of chunks with room
+
 cdef enum:
-    BLOB_POOL_CLASSES = 32
-BLOB_POOL_MAX_BYTES = 32 << 20
-"""Bytes of freed blobs the pool keeps at most."""
-cdef void* _pool_head[BLOB_POOL_CLASSES]
-cdef size_t _pool_bytes = 0
-cdef size_t _pool_limit = BLOB_POOL_MAX_BYTES
+    SLAB_CHUNK = 1 << 16      # bytes of one chunk (and its alignment)
+    SLAB_HEADER = 48          # bytes before a chunk's first object (8-aligned objects)
+    SLAB_ARENA = 1 << 22      # bytes mapped at a time (64 chunks)
+    SLAB_MAX = 1024           # largest slab blob (bytes)
+    SLAB_SMALL = 256          # classes in 8-byte steps up to here, then 16-byte steps
+    SLAB_CLASSES = 32 + (SLAB_MAX - SLAB_SMALL) // 16
+    SLAB_EMPTY = 0xFFFFFFFF
+
+BLOB_SLAB_CHUNK = SLAB_CHUNK
+"""Bytes of one slab chunk (blobs of one size class are carved from it)."""
+BLOB_SLAB_MAX = SLAB_MAX
+"""The largest blob the slab serves, in bytes (header and parts); bigger ones: malloc."""
+BLOB_SLAB_KEEP_BYTES = 4 << 20
+"""Bytes of empty chunks the slab keeps resident for reuse; beyond that an empty chunk's
+pages go back to the kernel (``blob_slab_stats()["released"]`` counts them)."""
+
+cdef slab_chunk_t* _slab_lists[SLAB_CLASSES]   # per class: its chunks with room
+cdef slab_chunk_t* _slab_kept = NULL           # empty chunks still resident
+cdef size_t _slab_kept_bytes = 0
+cdef size_t _slab_keep_limit = BLOB_SLAB_KEEP_BYTES
+cdef char** _slab_released = NULL              # empty chunks given back to the kernel
+cdef size_t _slab_released_count = 0
+cdef size_t _slab_released_capacity = 0
+cdef char* _slab_fresh = NULL                  # never-used chunks of the last mapping
+cdef char* _slab_fresh_end = NULL
+cdef size_t _slab_mapped = 0                   # bytes of chunks mapped
+cdef size_t _slab_chunks = 0                   # chunks holding blobs
+cdef size_t _slab_live = 0                     # bytes of the blobs handed out
+cdef size_t _slab_releases = 0                 # chunks released, ever
+
 cdef blob_t _probe
 cdef size_t BLOB_HEADER = <size_t>(<char*>_probe.data - <char*>&_probe)
 """Bytes of a blob before its parts (the offset of ``data``)."""
 
 
 cdef inline size_t _blob_size(size_t total) noexcept nogil:
-    """What to ask malloc for to hold ``total`` bytes: the whole of a glibc chunk."""
-    if total <= 24:
-        return 24
+    """What a blob of ``total`` bytes takes: its slab class's size, or (bigger than
+    SLAB_MAX) what malloc is asked for, the whole of a glibc chunk (16 k - 8 bytes)."""
+    if total <= SLAB_SMALL:
+        return (total + 7) & ~(<size_t>7)
+    if total <= SLAB_MAX:
+        return (total + 15) & ~(<size_t>15)
     return ((total - 8 + 15) & ~(<size_t>15)) + 8
 
 
-cdef inline size_t _blob_class(size_t size) noexcept nogil:
-    """The pool class of a ``_blob_size`` (>= BLOB_POOL_CLASSES: none)."""
-    return (size - 24) >> 4
+cdef inline size_t _slab_class(size_t size) noexcept nogil:
+    """The class of a slab size (a ``_blob_size`` of at most SLAB_MAX)."""
+    if size <= SLAB_SMALL:
+        return (size >> 3) - 1
+    return 31 + ((size - SLAB_SMALL) >> 4)
 
 
 def blob_bytes(Py_ssize_t parts, bint journaled=False, Py_ssize_t topic=-1):
     """Bytes one blob takes for ``parts`` bytes of body, attributes and ids (header, the
     journal part of a ``journaled`` one, the tail of a ``topic`` name of that many bytes
-    (-1: none) and rounding included: what malloc is asked for)."""
+    (-1: none) and rounding to its slab class, or to what malloc hands out, included)."""
     return _blob_size((sizeof(blob_journal_t) if journaled else 0) + BLOB_HEADER
                       + <size_t>parts + (<size_t>(2 + topic) if topic >= 0 else 0))
+
+
+def blob_slab_stats():
+    """The blob slab's state: ``live_bytes`` (bytes of the blobs it has handed out and not
+    had back), ``chunks`` (chunks holding blobs), ``kept_bytes`` (empty chunks kept
+    resident, at most ``BLOB_SLAB_KEEP_BYTES``), ``released_chunks`` (empty chunks whose
+    pages are back with the kernel now), ``released`` (chunks released ever: the keep
+    limit's counter) and ``mapped_bytes`` (address space mapped for chunks)."""
+    return {"live_bytes": _slab_live, "chunks": _slab_chunks, "kept_bytes": _slab_kept_bytes,
+            "released_chunks": _slab_released_count, "released": _slab_releases,
+            "mapped_bytes": _slab_mapped}
+
+
+cdef slab_chunk_t* _slab_chunk(size_t size, size_t size_class) noexcept nogil:
+    """An empty chunk for objects of ``size`` bytes (class ``size_class``), listed as its
+    class's chunk with room: a kept one, a released one, or a fresh one (NULL: OOM)."""
+    global _slab_kept, _slab_kept_bytes, _slab_released_count, _slab_fresh
+    global _slab_fresh_end, _slab_mapped, _slab_chunks
+    cdef slab_chunk_t* chunk
+    cdef char* mapped
+    cdef char* aligned
+    cdef size_t head
+    if _slab_kept != NULL:
+        chunk = _slab_kept
+        _slab_kept = chunk.next
+        _slab_kept_bytes -= SLAB_CHUNK
+    elif _slab_released_count:
+        _slab_released_count -= 1
+        chunk = <slab_chunk_t*>_slab_released[_slab_released_count]
+    else:
+        if _slab_fresh == _slab_fresh_end:
+            # Map one more arena, one chunk larger to cut it at a chunk boundary.
+            mapped = <char*>mmap(NULL, SLAB_ARENA + SLAB_CHUNK, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            if <void*>mapped == MAP_FAILED:
+                return NULL
+            aligned = <char*>((<uintptr_t>mapped + SLAB_CHUNK - 1)
+                              & ~(<uintptr_t>SLAB_CHUNK - 1))
+            head = <size_t>(aligned - mapped)
+            if head:
+                munmap(mapped, head)
+            if SLAB_CHUNK - head:
+                munmap(aligned + SLAB_ARENA, SLAB_CHUNK - head)
+            _slab_fresh = aligned
+            _slab_fresh_end = aligned + SLAB_ARENA
+            _slab_mapped += SLAB_ARENA
+        chunk = <slab_chunk_t*>_slab_fresh
+        _slab_fresh += SLAB_CHUNK
+    chunk.free = NULL
+    chunk.bump = SLAB_HEADER
+    chunk.used = 0
+    chunk.size = <uint32_t>size
+    chunk.size_class = <uint32_t>size_class
+    chunk.prev = NULL
+    chunk.next = _slab_lists[size_class]
+    if chunk.next != NULL:
+        chunk.next.prev = chunk
+    _slab_lists[size_class] = chunk
+    chunk.listed = 1
+    _slab_chunks += 1
+    return chunk
+
+
+cdef inline void _slab_unlist(slab_chunk_t* chunk) noexcept nogil:
+    """Take ``chunk`` out of its class's list of chunks with room."""
+    if chunk.prev != NULL:
+        chunk.prev.next = chunk.next
+    else:
+        _slab_lists[chunk.size_class] = chunk.next
+    if chunk.next != NULL:
+        chunk.next.prev = chunk.prev
+    chunk.listed = 0
+
+
+cdef void _slab_empty(slab_chunk_t* chunk) noexcept nogil:
+    """``chunk`` (unlisted) holds no blob any more: keep it resident for reuse, or give
+    its pages back to the kernel when the kept chunks reach the limit."""
+    global _slab_kept, _slab_kept_bytes, _slab_released, _slab_released_count
+    global _slab_released_capacity, _slab_chunks, _slab_releases
+    cdef char** grown
+    cdef size_t capacity
+    _slab_chunks -= 1
+    chunk.size_class = SLAB_EMPTY
+    if _slab_kept_bytes + SLAB_CHUNK > _slab_keep_limit:
+        if _slab_released_count == _slab_released_capacity:
+            capacity = _slab_released_capacity * 2 if _slab_released_capacity else 64
+            grown = <char**>realloc(_slab_released, capacity * sizeof(char*))
+            if grown != NULL:
+                _slab_released = grown
+                _slab_released_capacity = capacity
+        if _slab_released_count < _slab_released_capacity:
+            madvise(chunk, SLAB_CHUNK, MADV_DONTNEED)
+            _slab_released[_slab_released_count] = <char*>chunk
+            _slab_released_count += 1
+            _slab_releases += 1
+            return
+    chunk.next = _slab_kept    # (no room to note a released one: keep it resident)
+    _slab_kept = chunk
+    _slab_kept_bytes += SLAB_CHUNK
+
+
+cdef inline char* _chunk_take(size_t size) noexcept nogil:
+    """Memory for a blob of ``_blob_size`` ``size``: from the slab, or malloc when bigger
+    than SLAB_MAX (NULL: out of memory)."""
+    global _slab_live
+    cdef size_t size_class
+    cdef slab_chunk_t* chunk
+    cdef char* taken
+    if size > SLAB_MAX:
+        return <char*>malloc(size)
+    size_class = _slab_class(size)
+    chunk = _slab_lists[size_class]
+    if chunk == NULL:
+        chunk = _slab_chunk(size, size_class)
+        if chunk == NULL:
+            return NULL
+    if chunk.free != NULL:
+        taken = chunk.free
+        chunk.free = (<char**>taken)[0]
+    else:
+        taken = <char*>chunk + chunk.bump
+        chunk.bump += <uint32_t>size
+    chunk.used += 1
+    if chunk.free == NULL and chunk.bump + size > SLAB_CHUNK:
+        _slab_unlist(chunk)   # full
+    _slab_live += size
+    return taken
+
+
+cdef inline void _chunk_give(char* taken, size_t size) noexcept nogil:
+    """Give back what ``_chunk_take(size)`` returned."""
+    global _slab_live
+    cdef slab_chunk_t* chunk
+    if size > SLAB_MAX:
+        free(taken)
+        return
+    chunk = <slab_chunk_t*>(<uintptr_t>taken & ~(<uintptr_t>SLAB_CHUNK - 1))
+    (<char**>taken)[0] = chunk.free
+    chunk.free = taken
+    chunk.used -= 1
+    _slab_live -= size
+    if chunk.used == 0:
+        if chunk.listed:
+            _slab_unlist(chunk)
+        _slab_empty(chunk)
+    elif not chunk.listed:
+        # It had no room: list it again, first, so its hole is filled next.
+        chunk.prev = NULL
+        chunk.next = _slab_lists[chunk.size_class]
+        if chunk.next != NULL:
+            chunk.next.prev = chunk
+        _slab_lists[chunk.size_class] = chunk
+        chunk.listed = 1
 
 
 cdef inline size_t _blob_tail(blob_t* blob) noexcept nogil:
@@ -67,25 +279,6 @@ cdef inline size_t _blob_tail(blob_t* blob) noexcept nogil:
             + (2 + <size_t>topic_len if blob.flags & BLOB_TOPIC else 0))
 
 
-cdef inline char* _chunk_take(size_t size) noexcept nogil:
-    """A chunk of ``_blob_size`` ``size``: from the pool's class, else malloc (NULL: OOM)."""
-    global _pool_bytes
-    cdef size_t size_class = _blob_class(size)
-    cdef char* chunk
-    if size_class < BLOB_POOL_CLASSES:
-        chunk = <char*>_pool_head[size_class]
-        if chunk != NULL:
-            _pool_head[size_class] = (<void**>chunk)[0]
-            _pool_bytes -= size
-            return chunk
-    return <char*>malloc(size)
-
-
-def blob_pool_bytes():
-    """Bytes of freed blobs the pool keeps for reuse (at most ``BLOB_POOL_MAX_BYTES``)."""
-    return _pool_bytes
-
-
 cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t expires_us,
                       const char* body, uint32_t body_len,
                       const char* attrs, uint32_t attrs_len,
@@ -94,37 +287,27 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
                       bint journaled) noexcept nogil:
     """Allocate a blob with refcount 1 holding copies of the given parts (NULL on OOM).
 
-    ``journaled``: made for a broker with a journal, so it gets a journal part
-    (``blob_journal``), zeroed.
+    ``due_us``: the publish's own due time (INT64_MIN: none), kept only in the journal
+    part, for the journal's message record. ``journaled``: made for a broker with a
+    journal, so it gets a journal part (``blob_journal``): no record yet.
     """
-    global _pool_bytes
     cdef size_t prefix = sizeof(blob_journal_t) if journaled else 0
     cdef size_t parts = <size_t>body_len + attrs_len + group_len + dedup_len
     cdef size_t size = _blob_size(
         prefix + BLOB_HEADER + parts + (8 if expires_us != INT64_MAX else 0))
-    cdef size_t size_class = _blob_class(size)
     cdef char* chunk
     cdef blob_t* blob
     cdef blob_journal_t* journal
     cdef char* cursor
     if group_len > 255 or dedup_len > 255:
         return NULL   # unreachable: every caller validates C_MAX_ID_LENGTH (128) first
-    if size_class < BLOB_POOL_CLASSES:
-        chunk = <char*>_pool_head[size_class]
-        if chunk != NULL:
-            _pool_head[size_class] = (<void**>chunk)[0]
-            _pool_bytes -= size
-        else:
-            chunk = <char*>malloc(size)
-    else:
-        chunk = <char*>malloc(size)
+    chunk = _chunk_take(size)
     if chunk == NULL:
         return NULL
     blob = <blob_t*>(chunk + prefix)
     blob.refcount = 1
     blob.id = id
     blob.timestamp_us = timestamp_us
-    blob.due_us = due_us
     blob.body_len = body_len
     blob.attrs_len = attrs_len
     blob.group_len = <uint8_t>group_len
@@ -135,6 +318,7 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     if journaled:
         journal = <blob_journal_t*>chunk
         journal.seq = 0
+        journal.due_us = due_us
         journal.copies = 0
         journal.segment = 0
     cursor = blob.data
@@ -180,21 +364,9 @@ cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
 
 
 cdef void blob_release(blob_t* blob) noexcept nogil:
-    global _pool_bytes
-    cdef size_t size
-    cdef size_t size_class
     cdef size_t prefix
-    cdef void* chunk
     blob.refcount -= 1
     if blob.refcount != 0:
         return
     prefix = sizeof(blob_journal_t) if blob.flags & BLOB_JOURNAL else 0
-    size = _blob_size(prefix + BLOB_HEADER + _blob_tail(blob))
-    size_class = _blob_class(size)
-    chunk = <char*>blob - prefix
-    if size_class < BLOB_POOL_CLASSES and _pool_bytes < _pool_limit:
-        (<void**>chunk)[0] = _pool_head[size_class]
-        _pool_head[size_class] = chunk
-        _pool_bytes += size
-    else:
-        free(chunk)
+    _chunk_give(<char*>blob - prefix, _blob_size(prefix + BLOB_HEADER + _blob_tail(blob)))

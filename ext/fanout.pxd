@@ -34,6 +34,7 @@ cdef class Dispatcher:
     cdef int64_t* matches          # FilterSet.match_into output
     cdef Py_ssize_t match_capacity
     cdef blob_t** scratch          # blobs of the batch being published
+    cdef int64_t* dues             # their own due times (INT64_MIN: the queue's delay)
     cdef ff_hash128_t* keys        # their dedup keys ((0, 0): none)
     cdef uint64_t* original        # per message: id of the original if a duplicate, else 0
     cdef unsigned char* skip       # per (target, message): 1 = no copy for this target

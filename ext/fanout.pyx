@@ -85,6 +85,7 @@ cdef class Dispatcher:
         self.topic_count = 0
         self.topic_capacity = 0
         self.scratch = NULL
+        self.dues = NULL
         self.keys = NULL
         self.original = NULL
         self.skip = NULL
@@ -105,6 +106,7 @@ cdef class Dispatcher:
                 PyMem_Free(self.topics[topic].filtered)
             PyMem_Free(self.topics)
         PyMem_Free(self.scratch)
+        PyMem_Free(self.dues)
         PyMem_Free(self.keys)
         PyMem_Free(self.original)
         PyMem_Free(self.skip)
@@ -258,6 +260,10 @@ cdef class Dispatcher:
             if grown == NULL:
                 raise MemoryError()
             self.scratch = <blob_t**>grown
+            grown = PyMem_Realloc(self.dues, capacity * sizeof(int64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.dues = <int64_t*>grown
             grown = PyMem_Realloc(self.keys, capacity * sizeof(ff_hash128_t))
             if grown == NULL:
                 raise MemoryError()
@@ -365,6 +371,7 @@ cdef class Dispatcher:
             for i in range(count):
                 if ring_batch:
                     body_len = ff_load_le32(<const char*>frame_view.buf + ring_offset)
+                    self.dues[i] = INT64_MIN
                     self.scratch[i] = blob_new(
                         0, now_us, INT64_MIN, INT64_MAX,
                         <const char*>frame_view.buf + ring_offset + FF_RING_BATCH_PREFIX,
@@ -378,6 +385,7 @@ cdef class Dispatcher:
                         raise MessageTooLarge(
                             f"entry {i}: body of {row_len} bytes exceeds the hard limit of "
                             f"{C_MAX_BODY} bytes")
+                    self.dues[i] = INT64_MIN
                     self.scratch[i] = blob_new(
                         0, now_us, INT64_MIN, INT64_MAX, row_body, <uint32_t>row_len,
                         NULL, 0, NULL, 0, NULL, 0, 0, journaled)
@@ -389,9 +397,10 @@ cdef class Dispatcher:
                         raise MalformedBatch(
                             f"malformed batch frame: record {i}: {codec_status_text(status)} "
                             f"at byte {ff_reader_offset(&reader)}")
-                    self.scratch[i] = blob_from_record(&record, i, now_us, journaled)
+                    self.scratch[i] = blob_from_record(&record, i, now_us, journaled,
+                                                      &self.dues[i])
                 else:
-                    self.scratch[i] = make_blob(items[i], i, now_us, journaled)
+                    self.scratch[i] = make_blob(items[i], i, now_us, journaled, &self.dues[i])
                 if topic_name is not None:
                     self.scratch[i] = blob_with_topic(
                         self.scratch[i], topic_name, <uint16_t>len(topic_name))
@@ -461,7 +470,7 @@ cdef class Dispatcher:
         for t in range(target_count):
             any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
         topic_name = self._kept_topic(targets, target_count, topic)
-        blob = make_blob(body, 0, now_us, store.journal is not None)
+        blob = make_blob(body, 0, now_us, store.journal is not None, &self.dues[0])
         if topic_name is not None:
             blob = blob_with_topic(blob, topic_name, <uint16_t>len(topic_name))
             if blob == NULL:
@@ -567,7 +576,7 @@ cdef class Dispatcher:
                         store.enqueue_keyed = True   # journaled: recovery re-remembers it
                     store.enqueue(
                         targets[t], blob, now_us,
-                        blob.due_us if blob.due_us != INT64_MIN
+                        self.dues[i] if self.dues[i] != INT64_MIN
                         else now_us + store.queue(targets[t]).delay_us, NULL)
                     store.enqueue_keyed = False
                     deliveries[i] += 1
@@ -733,11 +742,11 @@ cdef class Dispatcher:
                     f"entry {i}: a message of {size} bytes (body + attributes) exceeds the "
                     f"max_message_size of {store.queue(queue).max_message_size} bytes of queue "
                     f"{store.names[queue]!r}")
-            if (blob.due_us != INT64_MIN
-                    and blob.due_us - now_us >= store.queue(queue).retention_us):
+            if (self.dues[i] != INT64_MIN
+                    and self.dues[i] - now_us >= store.queue(queue).retention_us):
                 # Accepted, it would be dropped by retention before it is ever visible.
                 raise InvalidArgument(
-                    f"entry {i}: due in {(blob.due_us - now_us) / 1e6:g} s (its delay or "
+                    f"entry {i}: due in {(self.dues[i] - now_us) / 1e6:g} s (its delay or "
                     f"deliver_at) but queue {store.names[queue]!r} keeps messages for "
                     f"retention={store.queue(queue).retention_us / 1e6:g} s: it would be "
                     f"dropped before delivery")

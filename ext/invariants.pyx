@@ -36,6 +36,11 @@ def check(Store store):
     cdef uint32_t previous
     cdef uint32_t pending
     cdef uint64_t pending_seen = 0
+    cdef Py_ssize_t node
+    cdef dict pending_timers = {}   # pending index -> timers in the heap
+    for node in range(store.pending_timers.size):
+        pending = store.pending_timers.nodes[node].key
+        pending_timers[pending] = pending_timers.get(pending, 0) + 1
     for qid in range(store.queue_count):
         q = &store.queues[qid]
         if not q.alive:
@@ -47,15 +52,15 @@ def check(Store store):
         while slot != NIL:
             if slot & PENDING_TAG:
                 pending = slot & PENDING_MASK
-                assert pending < store.pending_capacity and \
-                    store.pendings[pending].blob != NULL, "a free pending copy is listed"
+                assert pending < store.pending_used and \
+                    store.pending_blobs[pending] != NULL, "a free pending copy is listed"
                 assert store.pendings[pending].queue == qid, \
                     "pending copy in another queue's list"
                 assert store.pendings[pending].arrival_prev == previous, "broken arrival links"
-                assert store.pending_timers.armed(pending), "a pending copy has no timer"
+                assert pending_timers.get(pending) == 1, "a pending copy has no timer, or two"
                 delayed += 1
                 pending_seen += 1
-                size += store.message_size(store.pendings[pending].blob)
+                size += store.message_size(store.pending_blobs[pending])
                 previous = slot
                 slot = store.pendings[pending].arrival_next
                 continue
@@ -98,8 +103,16 @@ def check(Store store):
         live += visible + leased + delayed
     assert live == store.live_entries + store.pending_live, \
         "slab count disagrees with the queues"
-    assert pending_seen == store.pending_live == <uint64_t>len(store.pending_timers), \
-        "pending copies, their count and their timers disagree"
+    assert pending_seen == store.pending_live, "pending copies and their count disagree"
+    assert <uint64_t>len(pending_timers) == store.pending_live + store.pending_dropped == <uint64_t>len(
+        store.pending_timers), "pending timers disagree with the live and dropped copies"
+    for pending, count in pending_timers.items():
+        assert pending < store.pending_used and count == 1, "a stray pending timer"
+    pending = store.pending_free_head
+    while pending != NIL:
+        assert pending < store.pending_used and store.pending_blobs[pending] == NULL and \
+            pending not in pending_timers, "a pending copy in use is on the free list"
+        pending = store.pendings[pending].arrival_next
     for owner in range(store.owner_capacity):
         if store.owners[owner].session != NIL:
             assert store.owners[owner].outstanding == owned.get(owner, 0), \
@@ -132,7 +145,7 @@ def check(Store store):
             listed += 1
             slot = store.entries[slot].visible_next
         assert q.lease_tail == (NIL if level == 0 else level - 1), "stale lease tail"
-    assert len(store.timers) + len(store.pending_timers) + listed == sum(
+    assert len(store.timers) + len(store.pending_timers) - store.pending_dropped + listed == sum(
         store.queues[qid].leased + store.queues[qid].delayed
         for qid in range(store.queue_count) if store.queues[qid].alive), "stray timers"
     return True

@@ -8,7 +8,7 @@ from fastfanout._ext.blobs cimport blob_t
 from fastfanout._ext.dedup cimport DedupWindow
 from fastfanout._ext.groups cimport GroupTable, fifo_group
 from fastfanout._ext.journal cimport Journal
-from fastfanout._ext.timers cimport TimerHeap
+from fastfanout._ext.timers cimport DueHeap, TimerHeap
 
 # Journal record kinds of a durable broker and the layout of an enqueue record
 # (docs/storage.md has their payloads): written by store.pyx, read by recovery.pyx.
@@ -87,9 +87,9 @@ cdef struct owner_t:
     uint8_t open               # not closed yet (freed once closed, childless, no leases)
 
 # A delayed copy held compactly until it is due (see "Pending copies" in store.pyx): no
-# entry slot, no receipt, just its blob reference and a place in its queue's arrival list.
+# entry slot, no receipt, just its blob reference (in Store.pending_blobs, beside this:
+# 8 + 12 bytes, no padding) and a place in its queue's arrival list.
 cdef struct pending_t:
-    blob_t* blob               # NULL while free
     uint32_t queue
     uint32_t arrival_prev      # links of its queue's arrival list (ids, see PENDING_TAG)
     uint32_t arrival_next      # (the free list's link while free)
@@ -205,10 +205,14 @@ cdef class Store:
     cdef uint64_t* segment_live    # segment index -> durable copies whose message
     cdef uint32_t segment_live_capacity  # record is in that segment
     cdef pending_t* pendings       # delayed copies not yet due, held without an entry
+    cdef blob_t** pending_blobs    # ... their blobs (NULL: free, or dropped while its
+                                   # timer is still in pending_timers)
     cdef uint32_t pending_capacity
+    cdef uint32_t pending_used     # indexes handed out ever (those above: never used)
     cdef uint32_t pending_free_head
     cdef uint64_t pending_live
-    cdef TimerHeap pending_timers  # pending index -> its due time
+    cdef uint64_t pending_dropped  # dropped pending copies whose timer is still armed
+    cdef DueHeap pending_timers    # pending index -> its due time (live and dropped ones)
 
     cdef inline queue_t* queue(self, uint32_t qid) noexcept:
         return &self.queues[qid]
@@ -267,6 +271,8 @@ cdef class Store:
     cdef int64_t arrival_entered_us(self, uint32_t id) noexcept
     cdef void discard(self, uint32_t id) noexcept
     cdef void _drop_pending(self, uint32_t index) noexcept
+    cdef void _free_pending(self, uint32_t index) noexcept
+    cdef bint _pending_top(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept
     cdef uint32_t _materialize(self, uint32_t index) except? 0xFFFFFFFF
     cdef void _free_entry(self, uint32_t slot) noexcept
     cdef void _detach(self, uint32_t slot) noexcept

@@ -126,6 +126,15 @@ cdef uint8_t[4] DROP_FOR_DEAD_REASON = [DROP_MAX_RECEIVES, DROP_REJECTED, DROP_E
                                         DROP_OVERFLOW]
 
 
+cdef bint _reclaim_dropped(void* store, uint32_t index) noexcept:
+    """``DueHeap.remove_where``'s test for the pending timers: the timer of a dropped
+    pending copy goes, and the copy's index with it (to the free list)."""
+    if (<Store>store).pending_blobs[index] != NULL:
+        return False
+    (<Store>store)._free_pending(index)
+    return True
+
+
 cdef uint64_t receipt_value(object receipt) except? 0:
     """A receipt as a C integer; InvalidArgument for anything but an int in [0, 2**64)."""
     if type(receipt) is not int:
@@ -191,10 +200,13 @@ cdef class Store:
         self.segment_live = NULL
         self.segment_live_capacity = 0
         self.pendings = NULL
+        self.pending_blobs = NULL
         self.pending_capacity = 0
+        self.pending_used = 0
         self.pending_free_head = NIL
         self.pending_live = 0
-        self.pending_timers = TimerHeap()
+        self.pending_dropped = 0
+        self.pending_timers = DueHeap()
 
     def __dealloc__(self):
         cdef uint32_t slot
@@ -202,11 +214,12 @@ cdef class Store:
         PyMem_Free(self.delivery_slots)
         PyMem_Free(self.owners)
         PyMem_Free(self.segment_live)
-        if self.pendings != NULL:
-            for slot in range(self.pending_capacity):
-                if self.pendings[slot].blob != NULL:
-                    blob_release(self.pendings[slot].blob)
-            PyMem_Free(self.pendings)
+        if self.pending_blobs != NULL:
+            for slot in range(self.pending_used):
+                if self.pending_blobs[slot] != NULL:
+                    blob_release(self.pending_blobs[slot])
+        PyMem_Free(self.pending_blobs)
+        PyMem_Free(self.pendings)
         if self.entries != NULL:
             for slot in range(self.entry_capacity):
                 if self.entries[slot].state != STATE_FREE:
@@ -271,29 +284,34 @@ cdef class Store:
         ``due_us`` (the caller checked it may: see ``enqueue``)."""
         cdef uint32_t index
         cdef uint32_t capacity
-        cdef pending_t* grown
+        cdef void* grown
         cdef queue_t* q
-        if self.pending_free_head == NIL:
+        if self.pending_free_head == NIL and self.pending_used == self.pending_capacity:
             if self.pending_capacity >= 0x7FFFFFFF:
                 raise MemoryError("the store holds 2**31 pending copies: its hard limit")
+            # Grown by doubling; the new part is not written (nor made resident) until
+            # used: pending_used hands indexes out in order.
             capacity = self.pending_capacity * 2 if self.pending_capacity else 1024
-            grown = <pending_t*>PyMem_Realloc(self.pendings, capacity * sizeof(pending_t))
+            grown = PyMem_Realloc(self.pendings, capacity * sizeof(pending_t))
             if grown == NULL:
                 raise MemoryError()
-            self.pendings = grown
-            for index in range(self.pending_capacity, capacity):
-                grown[index].blob = NULL
-                grown[index].arrival_next = index + 1 if index + 1 < capacity else NIL
-            self.pending_free_head = self.pending_capacity
+            self.pendings = <pending_t*>grown
+            grown = PyMem_Realloc(self.pending_blobs, capacity * sizeof(blob_t*))
+            if grown == NULL:
+                raise MemoryError()
+            self.pending_blobs = <blob_t**>grown
             self.pending_capacity = capacity
-        index = self.pending_free_head
+        index = self.pending_free_head if self.pending_free_head != NIL else self.pending_used
         # Arm first: it is the one step that can fail (growing the heap).
-        self.pending_timers.arm_seq(index, due_us, self.timer_seq)
+        self.pending_timers.push(index, due_us, self.timer_seq)
         self.timer_seq += 1
-        self.pending_free_head = self.pendings[index].arrival_next
+        if index == self.pending_free_head:
+            self.pending_free_head = self.pendings[index].arrival_next
+        else:
+            self.pending_used += 1
         self.pending_live += 1
         blob.refcount += 1
-        self.pendings[index].blob = blob
+        self.pending_blobs[index] = blob
         self.pendings[index].queue = qid
         self._arrival_append(qid, index | PENDING_TAG, now_us)
         q = &self.queues[qid]
@@ -303,28 +321,49 @@ cdef class Store:
         return 0
 
     cdef void _drop_pending(self, uint32_t index) noexcept:
-        """Remove a pending copy from its queue (gauges included) and free it."""
+        """Remove a pending copy from its queue (gauges included) and release its blob.
+        Its index stays taken until its timer is out of the heap: skipped at the top
+        (``_pending_top``), or taken out with every dropped one's once they are as many as
+        the live ones (O(n), so O(1) a drop amortised)."""
         cdef pending_t* pending = &self.pendings[index]
         cdef queue_t* q = &self.queues[pending.queue]
         self._arrival_unlink(pending.queue, index | PENDING_TAG)
-        self.pending_timers.disarm(index)
         q.delayed -= 1
-        q.bytes -= self.message_size(pending.blob)
-        blob_release(pending.blob)
-        pending.blob = NULL
-        pending.arrival_next = self.pending_free_head
-        self.pending_free_head = index
+        q.bytes -= self.message_size(self.pending_blobs[index])
+        blob_release(self.pending_blobs[index])
+        self.pending_blobs[index] = NULL
         self.pending_live -= 1
+        self.pending_dropped += 1
+        if self.pending_dropped > 1024 and self.pending_dropped > self.pending_live:
+            self.pending_timers.remove_where(_reclaim_dropped, <void*>self)
+            self.pending_dropped = 0
+
+    cdef void _free_pending(self, uint32_t index) noexcept:
+        """Put the index of a pending copy that is gone, and whose timer is too, on the
+        free list."""
+        self.pending_blobs[index] = NULL
+        self.pendings[index].arrival_next = self.pending_free_head
+        self.pending_free_head = index
+
+    cdef bint _pending_top(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept:
+        """The earliest live pending copy's timer (due, seq, index), dropped ones' timers
+        on top taken out on the way; False when no pending copy is left."""
+        while self.pending_timers.peek_top(due_us, seq, key):
+            if self.pending_blobs[key[0]] != NULL:
+                return True
+            self.pending_timers.pop_top()
+            self._free_pending(key[0])
+            self.pending_dropped -= 1
+        return False
 
     cdef uint32_t _materialize(self, uint32_t index) except? 0xFFFFFFFF:
         """Turn a due pending copy into a delayed entry in its place of the arrival list
-        (its timer already popped); returns the entry's slot."""
+        (the caller pops its timer next); returns the entry's slot."""
         cdef uint32_t slot = self._alloc_entry()   # may grow (move) the entries
         cdef entry_t* entry = &self.entries[slot]
-        cdef pending_t* pending = &self.pendings[index]
-        cdef uint32_t qid = pending.queue
+        cdef uint32_t qid = self.pendings[index].queue
         cdef queue_t* q = &self.queues[qid]
-        cdef blob_t* blob = pending.blob
+        cdef blob_t* blob = self.pending_blobs[index]
         entry.blob = blob   # the pending copy's reference passes to the entry
         entry.dead = NULL
         entry.journal_seq = 0
@@ -340,9 +379,7 @@ cdef class Store:
         entry.group_next = NIL
         entry.state = STATE_DELAYED
         self._arrival_replace(qid, index | PENDING_TAG, slot)
-        pending.blob = NULL
-        pending.arrival_next = self.pending_free_head
-        self.pending_free_head = index
+        self._free_pending(index)
         self.pending_live -= 1
         return slot
 
@@ -350,7 +387,7 @@ cdef class Store:
         """When the copy ``id`` of an arrival list entered its queue."""
         if id & PENDING_TAG:
             # A pending copy entered when its message was made (enqueue checks it).
-            return self.pendings[id & PENDING_MASK].blob.timestamp_us
+            return self.pending_blobs[id & PENDING_MASK].timestamp_us
         return self.entries[id].entered_us
 
     cdef void _arrival_append(self, uint32_t qid, uint32_t id, int64_t now_us) noexcept:
@@ -726,7 +763,7 @@ cdef class Store:
         if inline:
             ff_store_le64(cursor, blob.id)
             ff_store_le64(cursor + 8, <uint64_t>blob.timestamp_us)
-            ff_store_le64(cursor + 16, <uint64_t>blob.due_us)
+            ff_store_le64(cursor + 16, <uint64_t>journaled.due_us)
             ff_store_le64(cursor + 24, <uint64_t>blob_expires_us(blob))
             ff_store_le32(cursor + 32, blob.body_len)
             ff_store_le32(cursor + 36, blob.attrs_len)
@@ -1135,8 +1172,7 @@ cdef class Store:
         cdef uint32_t pending_key
         cdef bint has_slot = self.timers.peek_top(&slot_due, &slot_seq, &slot_key)
         cdef bint has_queue
-        cdef bint has_pending = self.pending_timers.peek_top(
-            &pending_due, &pending_seq, &pending_key)
+        cdef bint has_pending = self._pending_top(&pending_due, &pending_seq, &pending_key)
         if has_pending and pending_due <= now_us and (
                 not has_slot or pending_due < slot_due or
                 (pending_due == slot_due and pending_seq < slot_seq)):
@@ -1199,14 +1235,16 @@ cdef class Store:
     def next_due_us(self):
         """The next time something becomes due (lease end, delay end), or None."""
         cdef int64_t due = self.timers.next_due()
-        cdef int64_t pending_due = self.pending_timers.next_due()
+        cdef int64_t pending_due = INT64_MAX
+        cdef uint64_t pending_seq
+        cdef uint32_t pending_key
         cdef int64_t queue_due
         cdef uint64_t seq
         cdef uint32_t qid
         self._settle_lease_timers(INT64_MAX)
         if self.lease_timers.peek_top(&queue_due, &seq, &qid) and queue_due < due:
             due = queue_due
-        if pending_due < due:
+        if self._pending_top(&pending_due, &pending_seq, &pending_key) and pending_due < due:
             due = pending_due
         return None if due == INT64_MAX else due
 

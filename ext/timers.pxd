@@ -32,3 +32,26 @@ cdef class TimerHeap:
     cdef void _drop_dead_top(self) noexcept
     cdef void _compact(self) noexcept
     cdef void _place(self, Py_ssize_t index) noexcept
+
+
+# A due heap's node: packed, 20 bytes (a scheduling workload holds millions of them).
+cdef packed struct due_node:
+    int64_t due_us      # when it fires (clock microseconds)
+    uint64_t seq        # the caller's tie-break: arming order
+    uint32_t key        # what fires (a pending copy's index)
+
+# Tells whether the node of ``key`` goes (``DueHeap.remove_where``), called once per node.
+ctypedef bint (*due_key_test)(void* context, uint32_t key) noexcept
+
+
+cdef class DueHeap:
+    cdef due_node* nodes        # binary min-heap on (due_us, seq)
+    cdef Py_ssize_t size
+    cdef Py_ssize_t capacity
+
+    cdef int push(self, uint32_t key, int64_t due_us, uint64_t seq) except -1
+    cdef bint peek_top(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept
+    cdef void pop_top(self) noexcept
+    cdef Py_ssize_t remove_where(self, due_key_test test, void* context) noexcept
+    cdef void _sift_up(self, Py_ssize_t index) noexcept
+    cdef void _sift_down(self, Py_ssize_t index) noexcept

@@ -24,10 +24,16 @@ decide delivery order, which the model checks to the microsecond.
 
 Memory: 24 bytes per armed timer plus 4 bytes per possible key; no Python object per
 timer.
+
+``DueHeap`` is the same heap without the key index, for the store's pending copies (a
+scheduling workload holds millions): 20 bytes a timer (packed nodes), no position array,
+no cancel. Its owner cancels lazily: it marks what a node names as gone, skips such a node
+when it reaches the top, and has ``remove_where`` take all of them out (O(n)) once they
+outnumber the live ones.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport INT64_MAX, int64_t, uint32_t
+from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from fastfanout.errors import InvalidArgument
@@ -279,3 +285,145 @@ cdef class TimerHeap:
             fired.append((key, due))
             limit -= 1
         return fired
+
+
+cdef inline bint _due_before(due_node* a, due_node* b) noexcept:
+    """Whether ``a`` fires before ``b``: by (due_us, seq)."""
+    return a.due_us < b.due_us or (a.due_us == b.due_us and a.seq < b.seq)
+
+
+cdef class DueHeap:
+    """A min-heap of (due, seq, key) nodes with no key index: 20 bytes a timer.
+
+    Nothing is cancelled here: the owner skips a node it no longer wants when it reaches
+    the top (``peek_top``, ``pop_top``) and takes many out at once with ``remove_where``.
+    The Python methods exist for tests; the store uses the C-level ones.
+    """
+
+    def __cinit__(self):
+        self.nodes = NULL
+        self.size = 0
+        self.capacity = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.nodes)
+
+    cdef int push(self, uint32_t key, int64_t due_us, uint64_t seq) except -1:
+        """Add a timer firing ``key`` at ``due_us``, after earlier ``seq``s on ties."""
+        cdef due_node* grown
+        cdef Py_ssize_t capacity
+        if self.size == self.capacity:
+            capacity = self.capacity * 2 if self.capacity else 64
+            grown = <due_node*>PyMem_Realloc(self.nodes, capacity * sizeof(due_node))
+            if grown == NULL:
+                raise MemoryError()
+            self.nodes = grown
+            self.capacity = capacity
+        self.nodes[self.size].due_us = due_us
+        self.nodes[self.size].seq = seq
+        self.nodes[self.size].key = key
+        self.size += 1
+        self._sift_up(self.size - 1)
+        return 0
+
+    cdef bint peek_top(self, int64_t* due_us, uint64_t* seq, uint32_t* key) noexcept:
+        """The earliest timer's (due, seq, key); False when the heap is empty."""
+        if self.size == 0:
+            return False
+        due_us[0] = self.nodes[0].due_us
+        seq[0] = self.nodes[0].seq
+        key[0] = self.nodes[0].key
+        return True
+
+    cdef void pop_top(self) noexcept:
+        """Remove the earliest timer (none: nothing)."""
+        if self.size == 0:
+            return
+        self.size -= 1
+        if self.size:
+            self.nodes[0] = self.nodes[self.size]
+            self._sift_down(0)
+
+    cdef Py_ssize_t remove_where(self, due_key_test test, void* context) noexcept:
+        """Remove every node whose key ``test`` says goes (it is called once per node, in
+        no particular order) and rebuild the heap: O(n). Returns how many went."""
+        cdef Py_ssize_t read
+        cdef Py_ssize_t write = 0
+        cdef Py_ssize_t index
+        for read in range(self.size):
+            if not test(context, self.nodes[read].key):
+                if write != read:
+                    self.nodes[write] = self.nodes[read]
+                write += 1
+        read = self.size - write
+        self.size = write
+        index = self.size // 2
+        while index > 0:
+            index -= 1
+            self._sift_down(index)
+        return read
+
+    cdef void _sift_up(self, Py_ssize_t index) noexcept:
+        cdef due_node moving = self.nodes[index]
+        cdef Py_ssize_t parent
+        while index > 0:
+            parent = (index - 1) >> 1
+            if not _due_before(&moving, &self.nodes[parent]):
+                break
+            self.nodes[index] = self.nodes[parent]
+            index = parent
+        self.nodes[index] = moving
+
+    cdef void _sift_down(self, Py_ssize_t index) noexcept:
+        cdef due_node moving = self.nodes[index]
+        cdef Py_ssize_t child
+        while True:
+            child = 2 * index + 1
+            if child >= self.size:
+                break
+            if child + 1 < self.size and _due_before(&self.nodes[child + 1],
+                                                     &self.nodes[child]):
+                child += 1
+            if not _due_before(&self.nodes[child], &moving):
+                break
+            self.nodes[index] = self.nodes[child]
+            index = child
+        self.nodes[index] = moving
+
+    # -- Python face, for tests ------------------------------------------------------
+
+    def __len__(self):
+        return self.size
+
+    def add(self, key, due_us, seq):
+        """Add a timer: ``key`` (0 <= key < 2**32) fires at ``due_us`` (int microseconds),
+        after timers of the same due time with a lower ``seq`` (0 <= seq < 2**64)."""
+        if not isinstance(key, int) or not 0 <= key < 2**32:
+            raise InvalidArgument(f"timer key must be an int in [0, 2**32), got {key!r}")
+        if not isinstance(due_us, int) or not -2**63 <= due_us < 2**63:
+            raise InvalidArgument(f"due_us must be a 64-bit int, got {due_us!r}")
+        if not isinstance(seq, int) or not 0 <= seq < 2**64:
+            raise InvalidArgument(f"seq must be an int in [0, 2**64), got {seq!r}")
+        self.push(key, due_us, seq)
+
+    def pop_until(self, now_us):
+        """Pop every timer due at ``now_us`` (int microseconds) as (key, due_us) pairs, in
+        (due, seq) order."""
+        cdef int64_t due
+        cdef uint64_t seq
+        cdef uint32_t key
+        cdef list fired = []
+        while self.peek_top(&due, &seq, &key) and due <= now_us:
+            fired.append((key, due))
+            self.pop_top()
+        return fired
+
+    def remove_keys(self, keys):
+        """Remove every timer whose key is in ``keys`` (a set of ints); returns how many."""
+        if not isinstance(keys, set):
+            raise InvalidArgument(f"keys must be a set, got {type(keys).__name__}")
+        return self.remove_where(_key_in, <void*>keys)
+
+
+cdef bint _key_in(void* context, uint32_t key) noexcept:
+    return key in <set>context

@@ -1,8 +1,19 @@
-BLOB_POOL_MAX_BYTES: int
+BLOB_SLAB_CHUNK: int
+"""Bytes of one slab chunk (blobs of one size class are carved from it)."""
+BLOB_SLAB_MAX: int
+"""The largest blob the slab serves, in bytes (header and parts); bigger ones: malloc."""
+BLOB_SLAB_KEEP_BYTES: int
+"""Bytes of empty chunks the slab keeps resident for reuse; beyond that an empty chunk's
+pages go back to the kernel (``blob_slab_stats()["released"]`` counts them)."""
 
-def blob_pool_bytes() -> int:
-    """Bytes of freed blobs the pool keeps for reuse (at most ``BLOB_POOL_MAX_BYTES``)."""
+def blob_slab_stats() -> dict[str, int]:
+    """The blob slab's state: ``live_bytes`` (bytes of the blobs it has handed out and not
+    had back), ``chunks`` (chunks holding blobs), ``kept_bytes`` (empty chunks kept
+    resident, at most ``BLOB_SLAB_KEEP_BYTES``), ``released_chunks`` (empty chunks whose
+    pages are back with the kernel now), ``released`` (chunks released ever: the keep
+    limit's counter) and ``mapped_bytes`` (address space mapped for chunks)."""
 def blob_bytes(parts: int, journaled: bool = False, topic: int = -1) -> int:
     """Bytes one blob takes for ``parts`` bytes of body, attributes and ids (with its
     journal part when ``journaled``, and the tail of a topic name of ``topic`` bytes
-    unless -1)."""
+    unless -1), rounded to its slab class (or to what malloc hands out, when bigger than
+    ``BLOB_SLAB_MAX``)."""

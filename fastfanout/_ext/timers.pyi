@@ -6,3 +6,17 @@ class TimerHeap:
     def cancel(self, key: int) -> bool: ...
     def peek(self) -> int | None: ...
     def pop_until(self, now_us: int, max_count: int | None = None) -> list[tuple[int, int]]: ...
+
+class DueHeap:
+    """A min-heap of (due, seq, key) timers with no key index (20 bytes a timer): the
+    store's pending copies' due times. Nothing is cancelled: the owner skips or removes
+    what it no longer wants."""
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def add(self, key: int, due_us: int, seq: int) -> None:
+        """Add a timer: ``key`` fires at ``due_us`` (int microseconds), after timers of
+        the same due time with a lower ``seq``."""
+    def pop_until(self, now_us: int) -> list[tuple[int, int]]:
+        """Pop every timer due at ``now_us`` as (key, due_us) pairs, in (due, seq) order."""
+    def remove_keys(self, keys: set[int]) -> int:
+        """Remove every timer whose key is in ``keys``; returns how many."""

@@ -205,13 +205,20 @@ def test_the_embedded_producer_offers_array_batches_in_order() -> None:
         assert bodies(broker) == [b"first", b"abc", b"def", bytes(ROWS[0])]
 
 
-def test_a_blob_asks_malloc_for_a_whole_chunk_and_no_more() -> None:
-    # glibc chunks are 16 k bytes holding 16 k - 8: a 64-byte body and the 40-byte header
-    # fit one 112-byte chunk (104 asked), 128 with the 16-byte journal part of a durable
-    # broker's message; the 69-byte header of before took 144
-    from fastfanout._ext.blobs import blob_bytes
+def test_a_blob_takes_its_bytes_rounded_to_its_slab_class() -> None:
+    # the slab hands out 8-byte steps up to 256 bytes and 16-byte steps up to 1024, with
+    # no header of its own: a 64-byte body and the 32-byte header take 96 bytes (malloc
+    # took a 112-byte chunk for the 40-byte header of before), 120 with the 24-byte
+    # journal part of a durable broker's message; bigger blobs ask malloc for a whole
+    # glibc chunk (16 k bytes holding 16 k - 8)
+    from fastfanout._ext.blobs import BLOB_SLAB_MAX, blob_bytes
 
-    assert blob_bytes(64) == 104 and blob_bytes(64, journaled=True) == 120
-    assert blob_bytes(0) == 40 and blob_bytes(16) == 56 and blob_bytes(17) == 72
-    assert all((blob_bytes(n) - 8) % 16 == 0 and blob_bytes(n) >= 40 + n
-               for n in range(0, 600, 7))
+    assert blob_bytes(64) == 96 and blob_bytes(64, journaled=True) == 120
+    assert blob_bytes(0) == 32 and blob_bytes(16) == 48 and blob_bytes(17) == 56
+    assert blob_bytes(224) == 256 and blob_bytes(225) == 272 and blob_bytes(992) == 1024
+    assert all(blob_bytes(n) % 8 == 0 and 32 + n <= blob_bytes(n) < 32 + n + 8
+               for n in range(0, 225))
+    assert all(blob_bytes(n) % 16 == 0 and 32 + n <= blob_bytes(n) < 32 + n + 16
+               for n in range(225, BLOB_SLAB_MAX - 32 + 1))
+    assert all((blob_bytes(n) - 8) % 16 == 0 and blob_bytes(n) >= 32 + n
+               for n in range(BLOB_SLAB_MAX - 31, 3000, 7))

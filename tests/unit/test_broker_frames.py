@@ -116,28 +116,36 @@ def test_a_bad_utf8_id_is_a_malformed_batch(broker):
     assert broker.stats().queues["q"].enqueued == 0
 
 
-def test_freed_blobs_are_pooled_within_the_bound(broker):
+def test_freed_blobs_are_reused_and_empty_chunks_past_the_bound_go_back(broker):
     port = broker.server_port()
     from fastfanout._ext import blobs
 
+    size = blobs.blob_bytes(64)
     broker.create_queue("q", max_messages=None)
+    before = blobs.blob_slab_stats()
     broker.send_batch("q", [b"x" * 64] * 1000)
-    before = blobs.blob_pool_bytes()   # (the send may have taken blobs from the pool)
+    assert blobs.blob_slab_stats()["live_bytes"] == before["live_bytes"] + 1000 * size
     got = broker.receive("q", max_messages=1000)
     broker.ack_batch([m.receipt for m in got])
-    pooled = blobs.blob_pool_bytes()
-    assert pooled >= before + 1000 * 64    # each freed blob kept, at least its body
-    broker.send_batch("q", [b"y" * 64] * 1000)   # reuses them: the pool shrinks again
-    assert blobs.blob_pool_bytes() < pooled
+    assert blobs.blob_slab_stats()["live_bytes"] == before["live_bytes"]
+    mapped = blobs.blob_slab_stats()["mapped_bytes"]
+    broker.send_batch("q", [b"y" * 64] * 1000)   # in the chunks just freed: none mapped
+    assert blobs.blob_slab_stats()["mapped_bytes"] == mapped
     assert [m.body for m in broker.receive("q", max_messages=2)] == [b"y" * 64] * 2
-    # More freed than the bound: the pool stops at it and the rest goes back to malloc.
+    # Far more freed than the bound: the empty chunks past it go back to the kernel.
     for _ in range(40):
         broker.send_batch("q", [b"z" * 64] * 10_000)
+    held = blobs.blob_slab_stats()
     for _ in range(40):
         frame, _ = port.receive_frame("q", 10_000)
         port.ack_packed(receipts_of(frame))
-    assert blobs.BLOB_POOL_MAX_BYTES <= blobs.blob_pool_bytes() < (
-        blobs.BLOB_POOL_MAX_BYTES + 512)
+    after = blobs.blob_slab_stats()
+    assert after["live_bytes"] == held["live_bytes"] - 400_000 * size
+    assert after["kept_bytes"] <= blobs.BLOB_SLAB_KEEP_BYTES
+    freed_chunks = 400_000 * size // blobs.BLOB_SLAB_CHUNK
+    released = after["released"] - held["released"]
+    assert released >= freed_chunks - blobs.BLOB_SLAB_KEEP_BYTES // blobs.BLOB_SLAB_CHUNK - 2
+    assert after["released_chunks"] >= released
 
 
 @pytest.fixture
