@@ -7,7 +7,7 @@ Prior art: Amazon SQS (leases, receipts, receive counts, redrive policies), Rabb
 intrusive-list layout of memcached and the Linux kernel.
 
 A published message is one immutable, reference-counted **blob** (body, encoded
-attributes, group and dedup ids in one block from ``blobs.pyx``'s pool). Fanning it out to N queues makes
+attributes, group and dedup ids in one block from ``blobs.pyx``'s slab). Fanning it out to N queues makes
 N **entries** that point at the same blob, so a copy costs a slab slot, not a body.
 Entries live in one slab (an array grown by doubling; free slots chained in a free list),
 and are named by their slot number. An entry sits in two intrusive doubly-linked lists of
@@ -26,8 +26,13 @@ sources are merged by (deadline, seq): they fire exactly in the order one heap w
 
 Pending copies: a delayed message waits far longer than it is leased, and a scheduling
 workload holds millions of them, so a new delayed copy of a plain queue (not FIFO, not
-durable) takes no entry: it is a 24-byte **pending copy** (its blob reference, queue and
-arrival links) in a second slab, with its due time in a third heap keyed by its index.
+durable) takes no entry: it is a 20-byte **pending copy** (its blob reference, in an
+array of its own, and its queue and arrival links) in a second slab, with its due time
+in a third heap (a ``DueHeap``: 20 bytes a timer) keyed by its index. That heap has no
+position index, so a pending copy dropped before it is due (purge, retention, queue
+deletion, overflow) leaves its timer behind and keeps its index until the timer is out:
+skipped when it reaches the top, or taken out with all the others once they outnumber
+the live pending copies (O(n) then, O(1) a drop amortised).
 It sits in its queue's arrival list like an entry (an arrival list links entry slots and
 pending indexes tagged with ``PENDING_TAG``), so retention, ``oldest_age``, purge and
 queue deletion see it in its place, and the gauges count it as delayed. When it comes
