@@ -10,11 +10,12 @@ from libc.string cimport memcpy
 # a broker with a journal has its journal part
 # (blob_journal_t) right before the header (BLOB_JOURNAL). The fields go from widest to
 # narrowest so that no padding comes before data (offset 32): a blob takes (24 +)
-# BLOB_HEADER + its parts (+ 8) (+ 2 + topic), rounded up to its slab class (8-byte steps
-# up to 256 bytes; blobs.pyx). A publish's own due time (delay or deliver_at) is not kept
-# here: the publish path carries it beside the blob (only a journaled blob keeps it, in
-# its journal part, for the journal's message record). Group and dedup ids are at most
-# 255 bytes (callers validate C_MAX_ID_LENGTH, 128, first).
+# BLOB_HEADER + its parts (+ 8) (+ 2 + topic), rounded up to its slab class (8-byte
+# steps up to 256 bytes, then 16-byte steps up to 1024; blobs.pyx). A publish's own due
+# time (delay or deliver_at) is not kept here: the publish path carries it beside the
+# blob (only a journaled blob keeps it, in its journal part, for the journal's message
+# record). Group and dedup ids are at most 255 bytes (callers validate C_MAX_ID_LENGTH,
+# 128, first).
 cdef struct blob_t:
     uint64_t id
     int64_t timestamp_us

@@ -182,3 +182,34 @@ def test_dropped_pending_copies_give_their_places_back_and_the_rest_keep_their_o
     assert got == [n.to_bytes(2, "big") for n in order]
     assert broker.stats().queues["kept"].delayed == 0
     assert broker.check()
+
+
+def test_the_journal_s_message_record_keeps_the_publish_s_own_due_time(
+        clock: FakeClock, tmp_path: Path) -> None:
+    # The blob header no longer holds it: a journaled blob keeps it in its journal part,
+    # and the message part of the enqueue record still says it (docs/storage.md).
+    import struct
+
+    from fastfanout._ext import journal
+    from fastfanout._ext.store import RECORD_KINDS
+
+    with Broker(clock=clock, data_dir=tmp_path / "data") as broker:
+        broker.create_queue("d", delay=2.0)
+        broker.send_batch("d", [b"own", PublishEntry(b"at", deliver_at=clock() + 7.0),
+                                PublishEntry(b"in", delay=5.0)])
+    found = {}
+
+    def record(seq: int, kind: int, payload: bytes) -> None:
+        if kind == RECORD_KINDS["enqueue"]:
+            entered, due = struct.unpack_from("<qq", payload, 16)
+            message_due = struct.unpack_from("<q", payload, 40 + 16)[0]
+            (length,) = struct.unpack_from("<I", payload, 40 + 32)
+            found[payload[40 + 48:40 + 48 + length]] = (entered, due, message_due)
+
+    journal.scan(str(tmp_path / "data" / "journal"), record, repair=False)
+    entered, due, message_due = found[b"own"]
+    assert (due - entered, message_due) == (2_000_000, -2**63)   # the queue's delay: none
+    entered, due, message_due = found[b"at"]
+    assert due == message_due == entered + 7_000_000
+    entered, due, message_due = found[b"in"]
+    assert due == message_due == entered + 5_000_000
