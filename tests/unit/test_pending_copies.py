@@ -32,7 +32,7 @@ def test_a_pending_delayed_message_costs_no_entry(clock: FakeClock) -> None:
             traced = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        assert traced / count <= 41   # (and the publish path's byte per copy)
+        assert traced / count < 41.5   # (+ the publish path's byte per copy, and slack)
         assert broker.stats().queues["q"].delayed == count
         clock.advance(60.0)
         stats = broker.stats().queues["q"]
