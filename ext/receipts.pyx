@@ -25,6 +25,15 @@ from fastfanout._ext.store cimport ANY_SESSION, DEAD_REJECTED, NIL, Store, recei
 
 from fastfanout.errors import InvalidArgument, StaleReceipt
 
+cdef extern from *:
+    """
+    #define ff_prefetch_write(address) __builtin_prefetch((address), 1)
+    """
+    void ff_prefetch_write(const void* address) noexcept nogil
+
+cdef enum:
+    ACK_PREFETCH_AHEAD = 4   # receipts ahead of an ack whose blob header is asked for
+
 
 cdef int _receipts_buffer(object frame, Py_buffer* buffer) except -1:
     """Get ``frame``'s buffer; InvalidArgument (nothing held) unless it holds whole u64s."""
@@ -135,6 +144,13 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t sess
         if stale is not None:
             return list(stale)
         for index in range(count[0]):
+            if index + ACK_PREFETCH_AHEAD < count[0]:
+                # An ack reads and writes the message's blob (its size, its refcount),
+                # which lies anywhere: ask for it a few acks ahead. (The first pass
+                # checked every receipt, so the slot is one of the store's.)
+                slot = <uint32_t>ff_load_le64(data + 8 * (index + ACK_PREFETCH_AHEAD))
+                if slot < store.entry_capacity:
+                    ff_prefetch_write(store.entries[slot].blob)
             slot = store._lease_slot(ff_load_le64(data + 8 * index), session)
             if slot != NIL:
                 store._ack_slot(slot)

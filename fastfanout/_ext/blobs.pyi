@@ -6,6 +6,16 @@ BLOB_SLAB_KEEP_BYTES: int
 """Bytes of empty chunks the slab keeps resident for reuse; beyond that an empty chunk's
 pages go back to the kernel (``blob_slab_stats()["released"]`` counts them)."""
 
+BLOB_BIG_POOL_MAX_BYTES: int
+"""Bytes of freed big blobs the big pool keeps at most."""
+BLOB_BIG_MAX_SIZE: int
+"""Bytes of the biggest blob the big pool keeps (bigger ones: malloc)."""
+
+def blob_big_pool_stats() -> tuple[int, int]:
+    """The big pool (blobs past ``BLOB_SLAB_MAX``, up to ``BLOB_BIG_MAX_SIZE``): the bytes
+    of freed big blobs it keeps for reuse (at most ``BLOB_BIG_POOL_MAX_BYTES``) and how
+    many freed big blobs went back to malloc because it was at that bound."""
+
 def blob_slab_stats() -> dict[str, int]:
     """The blob slab's state: ``live_bytes`` (bytes of the blobs it has handed out and not
     had back), ``chunks`` (chunks holding blobs), ``kept_bytes`` (empty chunks kept

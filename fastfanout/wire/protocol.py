@@ -62,6 +62,8 @@ __all__ = [
     "encode_results",
     "request_limits",
     "request_size_error",
+    "result_at",
+    "results_count",
 ]
 
 MAGIC: Final = b"FF"
@@ -302,8 +304,8 @@ def encode_results(message_ids: list[int], deliveries: list[int], duplicates: li
             + bytes(duplicates))
 
 
-def decode_results(frame: bytes) -> tuple[list[int], list[int], list[bool]]:
-    """Unpack a results frame into ``(message_ids, deliveries, duplicate flags)``.
+def results_count(frame: bytes) -> int:
+    """The number of entries of a results frame, its length checked.
 
     Raises:
         MalformedFrame: the lengths do not add up.
@@ -313,6 +315,29 @@ def decode_results(frame: bytes) -> tuple[list[int], list[int], list[bool]]:
     (count,) = struct.unpack_from("<I", frame)
     if len(frame) != 4 + count * 13:
         raise MalformedFrame(f"results frame of {len(frame)} bytes for {count} entries")
+    return int(count)
+
+
+def result_at(frame: bytes, count: int, index: int) -> tuple[int, int, bool]:
+    """One entry of a results frame: ``(message_id, deliveries, duplicate)``.
+
+    Args:
+        frame: the results frame.
+        count: its number of entries (as ``results_count`` read it).
+        index: the entry, 0 to ``count`` - 1.
+    """
+    (message_id,) = struct.unpack_from("<Q", frame, 4 + 8 * index)
+    (deliveries,) = struct.unpack_from("<I", frame, 4 + 8 * count + 4 * index)
+    return message_id, deliveries, frame[4 + 12 * count + index] != 0
+
+
+def decode_results(frame: bytes) -> tuple[list[int], list[int], list[bool]]:
+    """Unpack a results frame into ``(message_ids, deliveries, duplicate flags)``.
+
+    Raises:
+        MalformedFrame: the lengths do not add up.
+    """
+    count = results_count(frame)
     values = struct.unpack_from(f"<{count}Q{count}I", frame, 4)
     flags = frame[4 + count * 12:]
     return list(values[:count]), list(values[count:]), [bool(flag) for flag in flags]

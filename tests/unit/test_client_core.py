@@ -21,6 +21,7 @@ from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import (
     BrokenConnection,
     InvalidArgument,
+    MalformedFrame,
     NotFound,
     QueueFull,
     RequestTooLarge,
@@ -29,6 +30,7 @@ from fastfanout.errors import (
     StaleReceipt,
     UsedAfterFork,
 )
+from fastfanout.records import PublishResult
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
 
@@ -140,6 +142,35 @@ def test_publishes_batch_per_target_and_leave_before_any_other_request() -> None
     core.receive(reply(Status.OK, request.request_id, results), 1.0)
     assert RemotePublishBatch(request.value()[0]).message_ids == [7, 8, 9]
     assert request not in core.publishes
+
+
+def test_publish_results_are_read_from_their_frame_when_asked() -> None:
+    import tracemalloc
+
+    count = 10_000
+    frame = protocol.encode_results(list(range(100, 100 + count)), [2] * count,
+                                    [index % 3 == 0 for index in range(count)])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        results = RemotePublishBatch(frame)
+        made = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert made < 1_000   # no Python object per message (the lists took ~400 KB)
+    assert len(results) == count
+    assert results[0] == PublishResult(100, 2, True)
+    assert results[1] == PublishResult(101, 2, False)
+    assert results[-1] == PublishResult(100 + count - 1, 2, (count - 1) % 3 == 0)
+    assert results[2:4] == [PublishResult(102, 2, False), PublishResult(103, 2, True)]
+    assert results.message_ids == list(range(100, 100 + count))
+    for index in (count, -count - 1):
+        with pytest.raises(IndexError):
+            results[index]
+    with pytest.raises(MalformedFrame):
+        RemotePublishBatch(frame[:-1])
+    one = bytearray(protocol.encode_results([5], [1], [False]))   # any buffer is copied
+    assert list(RemotePublishBatch(one)) == [PublishResult(5, 1, False)]
 
 
 def test_a_batch_too_large_fails_its_futures_without_being_sent() -> None:
