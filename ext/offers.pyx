@@ -142,6 +142,16 @@ cdef class NowaitGate:
     cdef object _send_options
     cdef uint64_t _batch_messages   # the core's limits (fixed when it is made)
     cdef size_t _batch_bytes
+    # The batch the last call appended to, while it stays open (see ``_enqueue``): its
+    # target (the caller's own opcode and name objects), key, the batches dict it is in,
+    # and its builder and futures.
+    cdef object _opcode
+    cdef object _name
+    cdef object _key
+    cdef object _batches
+    cdef object _batch
+    cdef FrameBuilder _builder
+    cdef list _futures
 
     def __cinit__(self, object core, object new_future, object send_out, object opened,
                   object connection=None):
@@ -216,6 +226,12 @@ cdef class NowaitGate:
             elif lock is not None:
                 lock.release()
 
+    def forget(self):
+        """Drop the open batch remembered for the fast path (the next call looks it up)."""
+        self._batch = self._batches = self._key = self._opcode = self._name = None
+        self._builder = None
+        self._futures = None
+
     cdef object _enqueue(self, object opcode, object name, object body):
         cdef object core = self._core
         cdef object connection = self._connection
@@ -223,6 +239,7 @@ cdef class NowaitGate:
         cdef object batch
         cdef object key
         cdef FrameBuilder builder
+        cdef list futures
         cdef object future
         cdef PyObject* found
         if core.forked or core.closed:
@@ -230,37 +247,71 @@ cdef class NowaitGate:
         if connection is not None and connection.transport is None:
             connection.ensure()   # connects
         batches = core.batches
-        key = (opcode, name)
-        batch = None
-        if type(name) is str:
-            if type(batches) is dict:
-                found = PyDict_GetItem(batches, key)
-                if found != NULL:
-                    batch = <object>found
-            else:
-                batch = batches.get(key)
-        if batch is None:   # a batch to open (or a bad name): the core's own path
-            future = core.enqueue(opcode, name, body, None, self._new_future,
-                                  self._opened() if not batches else 0.0)
+        # The fast path: the same target as the last call (the caller's own objects), and
+        # the batch that call appended to is still the open one — no key tuple, no
+        # attribute of the batch read. Anything else (another target, the batch sent or
+        # flushed, ``core.batches`` replaced) takes the lookup below, which remembers the
+        # batch again.
+        if (name is self._name and opcode is self._opcode and batches is self._batches
+                and type(batches) is dict
+                and PyDict_GetItem(batches, self._key) == <PyObject*>self._batch):
+            key = self._key
+            builder = self._builder
+            futures = self._futures
         else:
-            builder = batch.builder
-            if type(body) is bytes:
-                builder._append_bytes(<bytes>body)
-            else:
-                builder.append_body(body)
-            if self._future_client is not None:
-                future = _new_publish_future(self._future_client, builder.out.count - 1)
-            elif self._create_future is not None:
-                future = self._create_future()
-            else:
-                future = self._new_future(builder.out.count - 1)
-            batch.futures.append(future)
-            if (builder.out.count >= self._batch_messages
-                    or builder.out.length >= self._batch_bytes):
-                core.send_batch(key, batches.pop(key))
-        if core.outbox:   # a full batch
-            self._send_out()
+            self.forget()
+            key = (opcode, name)
+            batch = None
+            if type(name) is str:
+                if type(batches) is dict:
+                    found = PyDict_GetItem(batches, key)
+                    if found != NULL:
+                        batch = <object>found
+                else:
+                    batch = batches.get(key)
+            if batch is None:   # a batch to open (or a bad name): the core's own path
+                future = core.enqueue(opcode, name, body, None, self._new_future,
+                                      self._opened() if not batches else 0.0)
+                batches = core.batches
+                if type(batches) is dict:
+                    found = PyDict_GetItem(batches, key)
+                    if found != NULL:   # still open: remember it
+                        self._remember(opcode, name, key, batches, <object>found)
+                if core.outbox:   # a full batch
+                    self._send_out()
+                return future
+            self._remember(opcode, name, key, batches, batch)
+            builder = self._builder
+            futures = self._futures
+        if type(body) is bytes:
+            builder._append_bytes(<bytes>body)
+        else:
+            builder.append_body(body)
+        if self._future_client is not None:
+            future = _new_publish_future(self._future_client, builder.out.count - 1)
+        elif self._create_future is not None:
+            future = self._create_future()
+        else:
+            future = self._new_future(builder.out.count - 1)
+        futures.append(future)
+        if (builder.out.count >= self._batch_messages
+                or builder.out.length >= self._batch_bytes):
+            self.forget()
+            core.send_batch(key, batches.pop(key))
+            if core.outbox:   # the full batch
+                self._send_out()
         return future
+
+    cdef int _remember(self, object opcode, object name, object key, object batches,
+                       object batch) except -1:
+        self._opcode = opcode
+        self._name = name
+        self._key = key
+        self._batches = batches
+        self._batch = batch
+        self._builder = <FrameBuilder?>batch.builder
+        self._futures = <list?>batch.futures
+        return 0
 
 
 cdef void _run_callback(object future, object callback):

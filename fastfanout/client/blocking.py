@@ -417,6 +417,7 @@ class Connection(DriverBase):
                         pass
         finally:
             core.closed = True
+            self.nowait_gate.forget()   # the batch it remembers (and its futures) go
             self._kick.set()
             self._thread.join(timeout)
             with self.lock:
