@@ -84,8 +84,9 @@ static inline void ff_cpu_relax(void) {
 #endif
 }
 
-/* Sequentially consistent load, store and exchange: only for the sleep/wake handshake of
- * the shared-memory rings (shmring.pyx). There, unlike everywhere else, a decision rests
+/* Sequentially consistent load, store and exchange: only for the sleep/wake handshakes of
+ * the shared-memory rings (shmring.pyx) and of the blocking client's background thread
+ * (offers.pyx, Ticker: a caller stores a deadline then loads the sleeper's wake time). There, unlike everywhere else, a decision rests
  * on the order of two different writers' stores (Dekker's pattern): the reader stores
  * "I am going to sleep" and then loads the writer's position, while the writer stores its
  * position and then loads (and clears) the flag. With release/acquire each side could

@@ -13,11 +13,14 @@ each operation documented in ``fastfanout.api``). Choices:
 
 - ``publish()``/``send()`` join the current batch of their target, flush it and wait;
   ``publish_nowait()``/``send_nowait()`` return a ``PublishFuture`` (``fastfanout.client
-  .futures``) and the background thread sends the batch after ``linger``. A batch is
+  .futures``); a full batch is sent (and the replies that have arrived read) by the
+  caller, a batch that lingers by the background thread after ``linger``. A batch is
   atomic on the broker: if it fails, every future of it raises the error.
 - A ``Client`` may be used from several threads; its calls are serialised by the lock,
   many requests may be in flight. The background thread heartbeats, sends lingering
-  batches, producer frames and acks, and reads replies while requests are in flight.
+  batches, producer frames and acks, and reads replies while requests are in flight and
+  no caller reads them. Between those it sleeps in C without the GIL (``Ticker``) until
+  one is due, so a caller that keeps its batches full is not interrupted.
 - A broker silent past its ``heartbeat_timeout`` fails pending calls with
   ``BrokenConnection``; the next call reconnects. A forked child that uses its parent's
   client gets ``UsedAfterFork`` (``fastfanout.client.forks``).
@@ -34,7 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from fastfanout._ext.locks import FastRLock
-from fastfanout._ext.offers import FutureMaker, NowaitGate, bind_futures
+from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_futures
 from fastfanout.api import BrokerAPI, ClientAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
@@ -57,11 +60,6 @@ from fastfanout.transport.sockets import CurveKeys, DealerTransport
 from fastfanout.wire.protocol import Opcode
 
 __all__ = ["Client", "Connection", "connect"]
-
-BUSY_TICKING = 0.05
-"""Seconds the background thread keeps ticking every ``linger`` after a publish batch
-was started (then it sleeps a heartbeat interval and is woken by the next batch)."""
-
 
 class Connection(DriverBase):
     """The blocking I/O driver of a ``ConnectionCore``: transport, lock, background thread.
@@ -86,10 +84,9 @@ class Connection(DriverBase):
         self.transport: DealerTransport | LocalTransport | None = None
         self._new_future = FutureMaker(self)   # native futures, made in C by the gate
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
-        self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
+        self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_and_read,
                                       self.start_ticking, self)
-        self._kick = threading.Event()
-        self._busy_until = 0.0
+        self._ticker = Ticker()   # where the background thread sleeps until work is due
         forks.watch(self._after_fork)
         self.connect()
         self._thread = threading.Thread(target=self._background, name="fastfanout-client",
@@ -99,11 +96,11 @@ class Connection(DriverBase):
     def _after_fork(self) -> None:
         """In a forked child, before anything else runs: the next call must refuse.
 
-        The lock and event are new: a parent thread may have held them at the fork.
+        The lock and ticker are new: a parent thread may have held them at the fork.
         """
         self.core.forked = True
         self.lock = FastRLock()
-        self._kick = threading.Event()
+        self._ticker = Ticker()
 
     # -- connection ----------------------------------------------------------------------
 
@@ -189,6 +186,16 @@ class Connection(DriverBase):
         finally:
             outbox.clear()
 
+    def send_and_read(self) -> None:
+        """Send what the core queued (lock held), then read the replies that have arrived.
+
+        A full publish batch leaves this way: a caller that keeps publishing reads its
+        own replies, and the background thread sleeps on (``Ticker``).
+        """
+        self.send_out()
+        if self.core.pending:
+            self.drain()
+
     def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
         """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
         forks.check_process("client", self.core.pid)   # a fork that bypassed os.fork
@@ -198,6 +205,7 @@ class Connection(DriverBase):
                 request = make(*args, **kwargs)
             finally:
                 self.send_out()
+            self._ticker.used()   # its caller reads the replies: no reply poll meanwhile
             if len(self.core.pending) > PIPELINE_READ:
                 # A pipelining caller never waits, so its replies pile up; read what has
                 # arrived now, a little at a time, rather than thousands at once later
@@ -227,6 +235,7 @@ class Connection(DriverBase):
                     self.drop_transport()
         except PeerLost as exc:
             self._lost(exc)
+        self._ticker.used()
 
     def pump(self, timeout: float) -> None:
         """Read and feed broker messages for up to ``timeout`` seconds.
@@ -242,6 +251,7 @@ class Connection(DriverBase):
             except PeerLost as exc:
                 self._lost(exc)
                 return
+            self._ticker.used()
             now = time.monotonic()
             if core.info:   # not during the handshake
                 core.heartbeat(now)
@@ -310,16 +320,14 @@ class Connection(DriverBase):
         """A future of a publish request's results."""
         return PublishBatchFuture(self, request)
 
-    def start_ticking(self) -> float:
-        """A publish batch or a producer's frame was opened; returns the time.
+    def start_ticking(self, source: Any = None, linger: float | None = None) -> float:
+        """A publish batch (``source`` None) or a producer's frame was opened; the time.
 
-        The background thread ticks every linger for a while (to send it), woken if it
-        sleeps long.
+        The background thread wakes ``linger`` (default: the client's) from now to send
+        it, unless it left full before: ``source``'s next frame moves the deadline.
         """
         now = time.monotonic()
-        if now >= self._busy_until:
-            self._kick.set()   # the background thread sleeps long: wake it
-        self._busy_until = now + BUSY_TICKING
+        self._ticker.due(now + (self.core.linger if linger is None else linger), source)
         return now
 
     def flush(self) -> None:
@@ -366,22 +374,23 @@ class Connection(DriverBase):
                 pass
 
     def _background(self) -> None:
-        """Heartbeats and linger flushes, until close."""
+        """Heartbeats, linger sends and reply reads, until close."""
         core = self.core
         while not core.closed:
             interval = core.heartbeat_interval
-            # While publishes come in, tick every linger instead of being woken for each
-            # new batch: a wake-up per message costs the publisher a thread switch. While
-            # requests are in flight, look for their replies every REPLY_POLL: a pipelined
-            # publish's future must complete (and run its callbacks) with nobody calling.
-            self._kick.wait(core.linger if core.batches or time.monotonic() < self._busy_until
-                            else REPLY_POLL if core.pending else interval)
-            self._kick.clear()
+            ticker = self._ticker
+            # Asleep in C, without the GIL, until something is due: a batch or frame a
+            # caller opened reaches its linger (one that left full meanwhile moves it to
+            # what is open then), a heartbeat, or — while requests are in flight —
+            # REPLY_POLL after callers last used the connection: a pipelined publish's
+            # future must complete (and run its callbacks) with nobody calling.
+            ticker.wait(interval, REPLY_POLL if core.pending else -1.0)
             if core.closed:
                 return
             if not self.lock.acquire(timeout=interval):
                 continue  # another thread is busy with the socket; it heartbeats too
             try:
+                ticker.take()   # what is still open sets the next deadline (finally)
                 if self.transport is None:
                     continue
                 now = time.monotonic()
@@ -399,7 +408,28 @@ class Connection(DriverBase):
             except FastFanoutError:
                 pass
             finally:
-                self.lock.release()
+                try:
+                    self._linger_due(ticker)
+                finally:
+                    self.lock.release()
+
+    def _linger_due(self, ticker: Ticker) -> None:
+        """Tell ``ticker`` when the oldest batch or frame still open must leave (lock held).
+
+        One that could not leave yet (a producer at its ``max_in_flight``) is looked at
+        again a ``linger`` from now, as before.
+        """
+        core = self.core
+        dues: list[tuple[float, Any]] = []
+        for producer in list(self.producers):
+            due = producer.linger_due()
+            if due is not None:
+                dues.append((due, producer))
+        if core.batches:
+            dues.append((core.oldest_batch + core.linger, None))
+        now = time.monotonic()
+        for due, source in dues:
+            ticker.due(due if due > now else now + core.linger, source)
 
     def close(self, timeout: float) -> None:
         """Flush, say goodbye and disconnect (see ``Client.close``)."""
@@ -417,7 +447,8 @@ class Connection(DriverBase):
                         pass
         finally:
             core.closed = True
-            self._kick.set()
+            self.nowait_gate.forget()   # the batch it remembers (and its futures) go
+            self._ticker.ring()
             self._thread.join(timeout)
             with self.lock:
                 self.drop_transport()

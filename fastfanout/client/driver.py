@@ -134,8 +134,8 @@ class BlockingDriver(Protocol):
     def flush(self) -> None:
         """Send the publish batches being filled."""
 
-    def start_ticking(self) -> float:
-        """A frame was opened: the background thread sends it after linger; the time."""
+    def start_ticking(self, source: Any = None, linger: float | None = None) -> float:
+        """A frame was opened (by ``source``): sent after ``linger``; returns the time."""
 
     def defer_settle(self, consumer: ConsumerState, receipts: bytes) -> None:
         """Queue a consumer's pipelined ack."""

@@ -263,7 +263,7 @@ class RemoteProducer(ProducerFace):
 
     def _opened(self) -> None:
         """A body opened a new frame: the background thread sends it after linger."""
-        self._opened_at = self._connection.start_ticking()
+        self._opened_at = self._connection.start_ticking(self, self.core.linger)
 
     def offer_batch(self, bodies: Any) -> None:
         """Add every row of an array batch; full frames leave as ``offer`` fills them.
@@ -377,6 +377,16 @@ class RemoteProducer(ProducerFace):
             if core.unanswered() >= core.max_in_flight:
                 return
         self._send_taken()
+
+    def linger_due(self) -> float | None:
+        """When the open frame must leave by ``linger`` (``time.monotonic()`` seconds).
+
+        None when ``linger_send`` has nothing to send (for the client's background thread).
+        """
+        core = self.core
+        if self._flushing or core.closed or core.kept or not len(core.builder):
+            return None
+        return self._opened_at + core.linger
 
     def close(self) -> None:
         """Flush what is left, then refuse further offers."""
