@@ -14,3 +14,26 @@ cdef class FastRLock:
 
 cdef int ff_lock_acquire(FastRLock lock) except -1
 cdef int ff_lock_release(FastRLock lock) except -1
+
+
+cdef class FastCondition:
+    cdef FastRLock _lock
+    cdef PyThread_type_lock* _waiters   # the waiters' locks not notified yet, oldest first
+    cdef Py_ssize_t _count              # how many
+    cdef Py_ssize_t _capacity
+    cdef PyThread_type_lock _pool[8]    # released waiter locks for the next waits
+    cdef Py_ssize_t _pooled
+    cdef readonly Py_ssize_t sleeping   # threads inside a wait now
+    cdef readonly unsigned long long waits   # waits begun (how often callers parked)
+    cdef int _check_owned(self) except -1
+
+
+# The caller holds the condition's lock and the GIL. ff_cond_wait returns 1 if notified,
+# 0 when timeout_us (-1: none) passed; ff_cond_notify_all costs one test with no waiter.
+cdef int ff_cond_wait(FastCondition cond, long long timeout_us) except -1
+cdef void ff_cond_notify(FastCondition cond, Py_ssize_t count) noexcept
+
+
+cdef inline void ff_cond_notify_all(FastCondition cond) noexcept:
+    if cond._count:
+        ff_cond_notify(cond, cond._count)
