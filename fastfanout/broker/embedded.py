@@ -702,6 +702,17 @@ class Broker:
         sleeping: int = self._arrivals.sleeping
         return sleeping
 
+    @property
+    def receiver_parks(self) -> int:
+        """How many times a call parked to wait for messages: a counter, for tests.
+
+        Each wait of a ``receive(wait=...)`` or an embedded consumer that found nothing
+        counts one (a receiver keeping up with its producers finds messages without
+        parking; a parked one is woken once by the next publish, send or settle).
+        """
+        waits: int = self._arrivals.waits
+        return waits
+
     def close(self) -> None:
         """Close the broker: later calls, and receives still waiting, raise ``Closed``."""
         with self._lock:
