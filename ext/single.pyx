@@ -103,7 +103,6 @@ cdef class SingleCalls(Settler):
         topics: topic name -> id (the broker's own dict).
         queues: queue name -> id.
         queue_names: queue id -> name.
-        visibility_us: queue id -> default lease, microseconds.
         clock: the broker's clock (seconds).
         topic_id: the broker's lookup that raises the right error for a bad topic name.
         queue_id: the same for a queue name.
@@ -130,7 +129,6 @@ cdef class SingleCalls(Settler):
     cdef dict _topics
     cdef dict _queues
     cdef dict _queue_names
-    cdef dict _visibility_us
     cdef object _clock
     cdef object _topic_id
     cdef object _queue_id
@@ -143,7 +141,7 @@ cdef class SingleCalls(Settler):
 
     def __cinit__(self, object owner, object lock, FastCondition arrivals not None,
                   Store store not None, Dispatcher dispatcher not None, dict topics,
-                  dict queues, dict queue_names, dict visibility_us, object clock,
+                  dict queues, dict queue_names, object clock,
                   object topic_id, object queue_id, object publish_options=None,
                   object send_options=None, object receive_options=None,
                   object ack_options=None):
@@ -157,7 +155,6 @@ cdef class SingleCalls(Settler):
         self._topics = topics
         self._queues = queues
         self._queue_names = queue_names
-        self._visibility_us = visibility_us
         self._clock = clock
         self._system_clock = clock is _system_time
         self._topic_id = topic_id
@@ -336,7 +333,7 @@ cdef class SingleCalls(Settler):
             if queue_id is None:
                 queue_id = self._queue_id(queue)   # raises the right error
             qid = <uint32_t>queue_id
-            lease_us = self._visibility_us[queue_id]
+            lease_us = self._store.queue(qid).visibility_us   # the queue's default lease
             message = receive_one(self._store, qid, lease_us, now_us, self)
             if message is None and wait_us:
                 deadline_us = _monotonic_us() + wait_us

@@ -15,7 +15,7 @@ class SingleCalls(Settler):
     def __init__(self, owner: Any, lock: Any, arrivals: FastCondition, store: Store,
                  dispatcher: Dispatcher, topics: dict[str, int], queues: dict[str, int],
                  queue_names: dict[int, str],
-                 visibility_us: dict[int, int], clock: Callable[[], float],
+                 clock: Callable[[], float],
                  topic_id: Callable[[object], int], queue_id: Callable[[object], int],
                  publish_options: Callable[..., PublishResult] | None = None,
                  send_options: Callable[..., PublishResult] | None = None,

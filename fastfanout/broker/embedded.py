@@ -164,8 +164,8 @@ class Broker:
         if self._durable is None and not STORE_DEBUG:
             single = self._single = SingleCalls(
                 self, self._lock, self._arrivals, self._store, self._dispatcher,
-                self._topics, self._queues, self._queue_names, self._visibility_us,
-                self._clock, self._topic_id, self._queue_id,
+                self._topics, self._queues, self._queue_names, self._clock,
+                self._topic_id, self._queue_id,
                 Broker.publish.__get__(self), Broker.send.__get__(self),
                 Broker.receive.__get__(self), Broker.ack.__get__(self))
             # A per-message publish, send, receive or ack is one C call from the caller's
