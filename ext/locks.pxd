@@ -12,8 +12,36 @@ cdef class FastRLock:
     cdef bint _is_locked            # the real lock is held (on behalf of the owner)
 
 
-cdef int ff_lock_acquire(FastRLock lock) except -1
-cdef int ff_lock_release(FastRLock lock) except -1
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident() nogil
+
+
+# The whole acquire and release (any case); the inline forms below do the uncontended
+# cases in the caller's own code and call these for the rest.
+cdef int ff_lock_acquire_any(FastRLock lock) except -1
+cdef int ff_lock_release_any(FastRLock lock) except -1
+
+
+cdef inline int ff_lock_acquire(FastRLock lock) except -1:
+    """Acquire ``lock``, waiting as long as it takes (the GIL held)."""
+    if lock._count == 0:
+        if not lock._pending:
+            lock._owner = PyThread_get_thread_ident()
+            lock._count = 1
+            return 0
+    elif lock._owner == PyThread_get_thread_ident():
+        lock._count += 1
+        return 0
+    return ff_lock_acquire_any(lock)
+
+
+cdef inline int ff_lock_release(FastRLock lock) except -1:
+    """Release ``lock`` once (``RuntimeError`` unless this thread holds it)."""
+    if lock._count > 1 or (lock._count == 1 and not lock._is_locked):
+        if lock._owner == PyThread_get_thread_ident():
+            lock._count -= 1
+            return 0
+    return ff_lock_release_any(lock)
 
 
 cdef class FastCondition:

@@ -50,7 +50,6 @@ from cpython.pythread cimport (
 __all__ = ["FastCondition", "FastRLock"]
 
 cdef extern from "pythread.h":
-    unsigned long PyThread_get_thread_ident()
     long long PY_TIMEOUT_MAX
     int PY_LOCK_ACQUIRED
     int PY_LOCK_INTR
@@ -122,14 +121,14 @@ cdef inline void _release(FastRLock lock) noexcept:
         lock._is_locked = False
 
 
-cdef int ff_lock_acquire(FastRLock lock) except -1:
+cdef int ff_lock_acquire_any(FastRLock lock) except -1:
     """Acquire ``lock``, waiting as long as it takes (the GIL held)."""
     if not _acquire(lock, -1):
         raise RuntimeError("a blocking acquire of a FastRLock failed")
     return 0
 
 
-cdef int ff_lock_release(FastRLock lock) except -1:
+cdef int ff_lock_release_any(FastRLock lock) except -1:
     """Release ``lock`` once (``RuntimeError`` unless this thread holds it)."""
     if lock._count == 0 or lock._owner != PyThread_get_thread_ident():
         raise RuntimeError("cannot release un-acquired lock")
