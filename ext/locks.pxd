@@ -1,6 +1,7 @@
-# A reentrant lock whose uncontended acquire and release are a few C statements
-# (locks.pyx has the design). Other modules take and release it in C with
-# ff_lock_acquire / ff_lock_release, holding the GIL.
+# A reentrant lock whose uncontended acquire and release are a few C statements, and a
+# condition over it waiting and notifying in C (locks.pyx has the design). Other modules
+# take and release the lock with ff_lock_acquire / ff_lock_release and wait and notify
+# with ff_cond_wait / ff_cond_notify_all, holding the GIL.
 from cpython.pythread cimport PyThread_type_lock
 
 

@@ -4,14 +4,14 @@ Design
 ------
 ``Broker.publish(topic, body)`` with nothing else given, ``Broker.send(queue, body)``,
 ``Broker.receive(queue)`` of one message (waiting or not), ``Broker.ack(receipt)`` and
-``message.ack()`` of a received message are what a per-message loop calls. In Python each went through half a dozen frames (the
-open check, the entry, the batch of one, the lock's ``with``, the clock) around one
-native call. ``SingleCalls`` does each in one C call: the broker's lock taken and
-released through its C methods, the clock read and the store advanced in C, the native
-publish or lease made, and the receivers waiting in ``receive`` woken only when there
-are some. The broker makes one ``SingleCalls`` over its own parts and keeps its
-``closed`` flag current; every other form of these calls (options, a durable broker, a
-debug build) takes the Python path.
+``message.ack()`` of a received message are what a per-message loop calls. In Python
+each went through half a dozen frames (the open check, the entry, the batch of one, the
+lock's ``with``, the clock) around one native call. ``SingleCalls`` does each in one C
+call: the broker's lock taken and released through its C methods, the clock read and
+the store advanced in C, the native publish or lease made, and the receivers waiting in
+``receive`` woken only when there are some. The broker makes one ``SingleCalls`` over
+its own parts and keeps its ``closed`` flag current; every other form of these calls
+(options, a durable broker, a debug build) takes the Python path.
 
 ``publish``, ``send``, ``receive`` and ``ack`` take the broker's whole signature, so
 that the broker's own methods are these (instance attributes over the class's Python
@@ -29,7 +29,7 @@ wait, the notify of every publish path and the lock handed back and forth are C,
 publish wakes a parked receiver once (a notify takes it off the waiting count at once),
 then runs on with nobody to wake. Under the GIL two threads mostly take turns by the
 interpreter's switch interval, so a consumer thread keeping up with a producer thread
-mostly finds messages without waiting (the broker counts its parks: ``arrivals.waits``).
+mostly finds messages without waiting (``Broker.receiver_parks`` counts the parks).
 """
 
 cimport cython
