@@ -113,6 +113,9 @@ cdef class SingleCalls(Settler):
         receive_options: the same for ``receive`` (any other form than one message of
             the queue's lease for owner 0).
         ack_options: the same for ``ack`` (a session other than 0).
+        settles: the messages received here settle through this object (their ``ack()``
+            in C); False: through ``owner`` (a broker whose class has an ``ack`` of its
+            own keeps it in charge).
 
     Attributes:
         closed: set by the broker's ``close()``.
@@ -136,6 +139,7 @@ cdef class SingleCalls(Settler):
     cdef object _options_send
     cdef object _options_receive
     cdef object _options_ack
+    cdef object _settler             # what received messages settle through
     cdef int64_t _coarse_margin_us   # see _apply_due; -1: no coarse clock
     cdef public bint closed
 
@@ -144,7 +148,7 @@ cdef class SingleCalls(Settler):
                   dict queues, dict queue_names, object clock,
                   object topic_id, object queue_id, object publish_options=None,
                   object send_options=None, object receive_options=None,
-                  object ack_options=None):
+                  object ack_options=None, bint settles=True):
         self._owner = owner
         self._fast_lock = lock if type(lock) is FastRLock else None
         self._acquire = lock.acquire
@@ -165,6 +169,7 @@ cdef class SingleCalls(Settler):
         self._options_receive = (receive_options if receive_options is not None
                                  else owner.receive)
         self._options_ack = ack_options if ack_options is not None else owner.ack
+        self._settler = self if settles else owner
         self._coarse_margin_us = _coarse_margin_us()
         self.closed = False
 
@@ -334,7 +339,7 @@ cdef class SingleCalls(Settler):
                 queue_id = self._queue_id(queue)   # raises the right error
             qid = <uint32_t>queue_id
             lease_us = self._store.queue(qid).visibility_us   # the queue's default lease
-            message = receive_one(self._store, qid, lease_us, now_us, self)
+            message = receive_one(self._store, qid, lease_us, now_us, self._settler)
             if message is None and wait_us:
                 deadline_us = _monotonic_us() + wait_us
                 while message is None:
@@ -349,7 +354,7 @@ cdef class SingleCalls(Settler):
                     now_us = self._now_us()   # Closed once the broker closed
                     if self._queues.get(queue) != queue_id:
                         raise NotFound(f"queue {queue!r} was deleted while waiting")
-                    message = receive_one(self._store, qid, lease_us, now_us, self)
+                    message = receive_one(self._store, qid, lease_us, now_us, self._settler)
         finally:
             self._unlock()
         if message is None:

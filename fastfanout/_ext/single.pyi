@@ -20,7 +20,8 @@ class SingleCalls(Settler):
                  publish_options: Callable[..., PublishResult] | None = None,
                  send_options: Callable[..., PublishResult] | None = None,
                  receive_options: Callable[..., list[Message]] | None = None,
-                 ack_options: Callable[..., None] | None = None) -> None: ...
+                 ack_options: Callable[..., None] | None = None,
+                 settles: bool = True) -> None: ...
     def publish(self, topic: str, body: object, *, attributes: Any = None,
                 delay: float | None = None, deliver_at: Any = None,
                 group_id: str | None = None, dedup_id: str | None = None,

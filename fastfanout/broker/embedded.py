@@ -162,17 +162,18 @@ class Broker:
         # not the debug build: those take the Python path, which journals and checks).
         self._single: SingleCalls | None = None
         if self._durable is None and not STORE_DEBUG:
+            # A per-message publish, send, receive or ack is one C call from the caller's
+            # loop: the instance's methods are SingleCalls' (the same signatures; other
+            # forms go back to the class's methods). A subclass's own methods stay in
+            # charge (its own ack: of the messages received one at a time too).
+            cls = type(self)
             single = self._single = SingleCalls(
                 self, self._lock, self._arrivals, self._store, self._dispatcher,
                 self._topics, self._queues, self._queue_names, self._clock,
                 self._topic_id, self._queue_id,
                 Broker.publish.__get__(self), Broker.send.__get__(self),
-                Broker.receive.__get__(self), Broker.ack.__get__(self))
-            # A per-message publish, send, receive or ack is one C call from the caller's
-            # loop: the instance's methods are SingleCalls' (the same signatures; other
-            # forms go back to the class's methods). A subclass's own methods stay in
-            # charge.
-            cls = type(self)
+                Broker.receive.__get__(self), Broker.ack.__get__(self),
+                settles=cls.ack is Broker.ack)
             if cls.publish is Broker.publish:
                 self.publish = single.publish  # type: ignore[method-assign]
             if cls.send is Broker.send:

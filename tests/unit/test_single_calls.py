@@ -391,3 +391,23 @@ def test_received_messages_are_reused_from_a_free_list_without_leaks(broker: Bro
         message.ack()
     assert sys.getallocatedblocks() - before < 200
     assert broker.stats().queues["q"].messages == 0
+
+
+def test_a_subclass_ack_stays_in_charge_of_message_acks() -> None:
+    acked: list[int] = []
+
+    class Counting(Broker):
+        def ack(self, receipt: int, *, session: int = 0) -> None:
+            acked.append(receipt)
+            super().ack(receipt, session=session)
+
+    broker = Counting()
+    broker.create_queue("q")
+    broker.send("q", b"a")
+    broker.send("q", b"b")
+    (first,) = broker.receive("q")           # one at a time: still the native receive
+    (second,) = broker.receive("q", wait=1.0)
+    first.ack()
+    broker.ack(second.receipt)
+    assert acked == [first.receipt, second.receipt]
+    assert broker.stats().queues["q"].acked == 2
