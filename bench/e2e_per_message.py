@@ -22,8 +22,10 @@ same as::
         --receive each --peers zmq-push --baseline zmq-push
 
 Embedded (``--parts embedded``, one process): ``Broker.publish`` one call per message
-against ``queue.Queue.put``, and a one-message send/receive/ack cycle against
-``queue.Queue`` put/get between two threads, are pytest-benchmark micro-benchmarks
+against ``queue.Queue.put``, and a producer thread's ``Broker.send`` one message at a
+time to a consumer thread's ``Broker.receive(wait=...)`` + ``message.ack()`` against
+``queue.Queue.put`` in one thread and a blocking ``get`` in another (plus, as an extra
+row, the one-thread send/receive/ack cycle), are pytest-benchmark micro-benchmarks
 (bench/test_bench_broker.py, not a harness scenario: no processes, no transport); this
 runs them and prints their rates and ratios (bench/report.py).
 """
@@ -42,7 +44,8 @@ HERE = Path(__file__).resolve().parent
 API = {"producer": "offer", "single": "publish_nowait"}
 """``--modes`` -> the harness's ``--api``."""
 EMBEDDED = ("broker_publish_per_message or queue_queue_put_baseline or "
-            "single_send_receive_ack_cycle or queue_queue_two_threads_baseline")
+            "send_then_receive_ack_two_threads or queue_queue_put_get_two_threads_baseline "
+            "or single_send_receive_ack_cycle")
 """The micro-benchmarks of the embedded part (bench/test_bench_broker.py)."""
 
 

@@ -162,3 +162,68 @@ def test_queue_queue_put_baseline(benchmark):
 
     benchmark.extra_info["items"] = count
     benchmark(run)
+
+
+# -- one message at a time between two threads (issue 15) ---------------------------------
+#
+# A producer thread hands messages one at a time to a consumer thread that waits when it
+# finds none: the broker's ``send`` against ``receive(wait=...)`` + ``message.ack()``, and
+# ``queue.Queue``'s ``put`` against a blocking ``get``. The same count, the same body, the
+# same two threads (the consumer started, the producer the benchmark's own): only the
+# channel differs.
+
+TWO_THREAD_COUNT = 20_000   # messages per round
+
+
+def _two_threads(produce, consume):
+    """Run ``consume()`` in a new thread while this one runs ``produce()``; both end."""
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    produce()
+    consumer.join(60)
+    assert not consumer.is_alive()
+
+
+@pytest.mark.benchmark(group="one message at a time, producer thread -> consumer thread "
+                             "(messages)")
+def test_send_then_receive_ack_two_threads(benchmark):
+    broker = Broker()
+    broker.create_queue("q")
+    count = TWO_THREAD_COUNT
+
+    def produce():
+        send = broker.send
+        for _ in range(count):
+            send("q", BODY)
+
+    def consume():
+        receive = broker.receive
+        for _ in range(count):
+            (message,) = receive("q", wait=20.0)
+            message.ack()
+
+    benchmark.extra_info["items"] = count
+    benchmark(_two_threads, produce, consume)
+    stats = broker.stats().queues["q"]
+    assert stats.messages == 0 and stats.acked == stats.enqueued
+
+
+@pytest.mark.benchmark(group="one message at a time, producer thread -> consumer thread "
+                             "(messages)")
+def test_queue_queue_put_get_two_threads_baseline(benchmark):
+    channel: queue.Queue[bytes] = queue.Queue()
+    count = TWO_THREAD_COUNT
+
+    def produce():
+        put = channel.put
+        for _ in range(count):
+            put(BODY)
+
+    def consume():
+        get = channel.get
+        for _ in range(count):
+            get()
+
+    benchmark.extra_info["items"] = count
+    benchmark(_two_threads, produce, consume)
+    assert channel.empty()

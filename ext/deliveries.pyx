@@ -89,45 +89,59 @@ def receive(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
         credit = self.owner_credit(owner_tag)
         if <uint64_t>max_messages > credit:
             max_messages = <Py_ssize_t>credit
-    cdef queue_t* q
-    cdef entry_t* entry
-    cdef blob_t* blob
     cdef uint32_t slot
     cdef int level
     cdef str name = self.names[qid]
-    cdef object dead_info
-    cdef bytes attrs
-    cdef uint64_t receipt
-    cdef const char* tail
-    cdef const char* topic
-    cdef uint16_t topic_len
-    cdef Message message
     level = self.queues[qid].levels - 1
     while len(received) < max_messages:
         slot = self._lease_next(qid, &level, lease_us, now_us, owner_tag)
         if slot == NIL:
             break
-        entry = &self.entries[slot]
-        blob = entry.blob
-        attrs = None
-        if blob.attrs_len:
-            attrs = PyBytes_FromStringAndSize(blob.data + blob.body_len, blob.attrs_len)
-        dead_info = None
-        if entry.dead != NULL:
-            dead_info = dead_letter_info(self, entry.dead)
-        receipt = (<uint64_t>entry.generation << 32) | slot
-        tail = blob.data + blob.body_len + blob.attrs_len
-        message = make_message(
-            blob.id, PyBytes_FromStringAndSize(blob.data, blob.body_len), attrs,
-            blob.timestamp_us / 1e6, entry.receive_count, receipt, name,
-            _optional_text(tail, blob.group_len),
-            _optional_text(tail + blob.group_len, blob.dedup_len),
-            blob.priority, dead_info, owner)
-        topic = blob_topic(blob, &topic_len)
-        if topic != NULL and entry.dead == NULL and self.queues[qid].keeps_topics:
-            message.topic = topic[:topic_len].decode("ascii")
-        received.append(message)
+        received.append(_leased_message(self, qid, slot, name, owner))
     return received
+
+
+cdef Message receive_one(Store self, uint32_t qid, int64_t lease_us, int64_t now_us,
+                         object owner):
+    """Lease one visible message of queue ``qid`` for owner tag 0: its Message, or None.
+
+    ``receive`` with ``max_messages=1`` and no tag, for a C caller (the embedded broker's
+    one-message receive): no list, no Python call.
+    """
+    cdef int level = self.queues[qid].levels - 1
+    cdef uint32_t slot = self._lease_next(qid, &level, lease_us, now_us, 0)
+    if slot == NIL:
+        return None
+    return _leased_message(self, qid, slot, self.names[qid], owner)
+
+
+cdef Message _leased_message(Store self, uint32_t qid, uint32_t slot, str name, object owner):
+    """The Message of the delivery just leased from entry ``slot`` of queue ``qid``."""
+    cdef entry_t* entry = &self.entries[slot]
+    cdef blob_t* blob = entry.blob
+    cdef bytes attrs = None
+    cdef object dead_info = None
+    cdef uint64_t receipt
+    cdef const char* tail
+    cdef const char* topic
+    cdef uint16_t topic_len
+    cdef Message message
+    if blob.attrs_len:
+        attrs = PyBytes_FromStringAndSize(blob.data + blob.body_len, blob.attrs_len)
+    if entry.dead != NULL:
+        dead_info = dead_letter_info(self, entry.dead)
+    receipt = (<uint64_t>entry.generation << 32) | slot
+    tail = blob.data + blob.body_len + blob.attrs_len
+    message = make_message(
+        blob.id, PyBytes_FromStringAndSize(blob.data, blob.body_len), attrs,
+        blob.timestamp_us / 1e6, entry.receive_count, receipt, name,
+        _optional_text(tail, blob.group_len),
+        _optional_text(tail + blob.group_len, blob.dedup_len),
+        blob.priority, dead_info, owner)
+    topic = blob_topic(blob, &topic_len)
+    if topic != NULL and entry.dead == NULL and self.queues[qid].keeps_topics:
+        message.topic = topic[:topic_len].decode("ascii")
+    return message
 
 
 cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* record,

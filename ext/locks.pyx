@@ -22,9 +22,21 @@ the context manager — and the private methods ``threading.Condition`` uses
 waits and notifies as on an ``RLock``. C callers (``single.pyx``, ``offers.pyx``) use
 ``ff_lock_acquire``/``ff_lock_release``. Not fork-safe by itself: a forked child makes a
 new one, as with ``RLock``.
+
+``FastCondition`` is ``threading.Condition`` over a ``FastRLock``, in C: the same
+algorithm (each waiter blocks on a lock of its own, which a notify releases) without
+the Python frames of ``wait`` and ``notify_all`` around it — ``Condition.wait`` alone is
+a dozen Python lines, a new lock and a deque append per wait, and ``notify_all`` copies
+its waiter deque whether or not anyone waits. Here a wait takes a waiter lock from a
+small pool, and a notify with nobody waiting is one test (``ff_cond_notify_all``, inline
+for C callers). A notified waiter leaves the waiting count at once, so a producer
+calling notify per message rings a parked consumer once, not on every message until
+the consumer runs again (under the GIL that may be thousands of messages later).
 """
 
 cimport cython
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.pythread cimport PyThread_type_lock
 from cpython.pythread cimport (
     NOWAIT_LOCK,
@@ -35,12 +47,12 @@ from cpython.pythread cimport (
     PyThread_release_lock,
 )
 
-__all__ = ["FastRLock"]
+__all__ = ["FastCondition", "FastRLock"]
 
 cdef extern from "pythread.h":
-    unsigned long PyThread_get_thread_ident()
     long long PY_TIMEOUT_MAX
     int PY_LOCK_ACQUIRED
+    int PY_LOCK_INTR
     int PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
                                     int intr_flag) nogil
 
@@ -74,6 +86,21 @@ cdef bint _acquire_real(FastRLock lock, unsigned long me, long long timeout_us) 
     return True
 
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock, timespec* now)
+    int CLOCK_MONOTONIC
+
+
+cdef inline long long _monotonic_us() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return <long long>now.tv_sec * 1000000 + now.tv_nsec // 1000
+
+
 cdef inline bint _acquire(FastRLock lock, long long timeout_us) except -1:
     cdef unsigned long me = PyThread_get_thread_ident()
     if lock._count:
@@ -94,14 +121,14 @@ cdef inline void _release(FastRLock lock) noexcept:
         lock._is_locked = False
 
 
-cdef int ff_lock_acquire(FastRLock lock) except -1:
+cdef int ff_lock_acquire_any(FastRLock lock) except -1:
     """Acquire ``lock``, waiting as long as it takes (the GIL held)."""
     if not _acquire(lock, -1):
         raise RuntimeError("a blocking acquire of a FastRLock failed")
     return 0
 
 
-cdef int ff_lock_release(FastRLock lock) except -1:
+cdef int ff_lock_release_any(FastRLock lock) except -1:
     """Release ``lock`` once (``RuntimeError`` unless this thread holds it)."""
     if lock._count == 0 or lock._owner != PyThread_get_thread_ident():
         raise RuntimeError("cannot release un-acquired lock")
@@ -193,3 +220,234 @@ cdef class FastRLock:
     def __repr__(self):
         return (f"<FastRLock {'locked' if self._count else 'unlocked'} "
                 f"owner={self._owner if self._count else 0} count={self._count}>")
+
+
+cdef enum:
+    POOLED_WAITER_LOCKS = 8   # waiter locks a condition keeps for its next waits
+
+
+cdef int _grow(PyThread_type_lock** array, Py_ssize_t* capacity, Py_ssize_t needed) except -1:
+    cdef Py_ssize_t size = capacity[0] * 2 if capacity[0] else 4
+    cdef PyThread_type_lock* grown
+    while size < needed:
+        size *= 2
+    grown = <PyThread_type_lock*>PyMem_Realloc(array[0], size * sizeof(PyThread_type_lock))
+    if grown == NULL:
+        raise MemoryError()
+    array[0] = grown
+    capacity[0] = size
+    return 0
+
+
+cdef void _notify(FastCondition cond, Py_ssize_t count) noexcept:
+    """Release the ``count`` oldest waiters' locks (``count`` <= ``cond._count``)."""
+    cdef Py_ssize_t index
+    for index in range(count):
+        PyThread_release_lock(cond._waiters[index])
+    cond._count -= count
+    for index in range(cond._count):
+        cond._waiters[index] = cond._waiters[index + count]
+
+
+cdef int _put_back(FastCondition cond, PyThread_type_lock waiter) noexcept:
+    """A waiter lock (released) back into the pool, or freed when the pool is full."""
+    if cond._pooled < POOLED_WAITER_LOCKS:
+        cond._pool[cond._pooled] = waiter
+        cond._pooled += 1
+    else:
+        PyThread_free_lock(waiter)
+    return 0
+
+
+cdef int ff_cond_wait(FastCondition cond, long long timeout_us) except -1:
+    """Wait until notified or ``timeout_us`` passes (-1: no end); 1 if notified, else 0.
+
+    The caller holds the condition's lock (at any depth): it is let go for the wait and
+    taken again, at the same depth, before returning (even when a signal handler's
+    exception ends the wait early).
+    """
+    cdef FastRLock lock = cond._lock
+    cdef unsigned long me = PyThread_get_thread_ident()
+    cdef PyThread_type_lock waiter
+    cdef Py_ssize_t depth
+    cdef Py_ssize_t index
+    cdef long long deadline_us
+    cdef long long left_us
+    cdef int status = 0
+    cdef bint notified = False
+    if lock._count == 0 or lock._owner != me:
+        raise RuntimeError("cannot wait on un-acquired lock")
+    if cond._count == cond._capacity:
+        _grow(&cond._waiters, &cond._capacity, cond._count + 1)
+    if cond._pooled:
+        cond._pooled -= 1
+        waiter = cond._pool[cond._pooled]
+    else:
+        waiter = PyThread_allocate_lock()
+        if waiter == NULL:
+            raise MemoryError()
+    PyThread_acquire_lock(waiter, NOWAIT_LOCK)   # a free lock: taken at once
+    cond._waiters[cond._count] = waiter
+    cond._count += 1
+    cond.sleeping += 1
+    cond.waits += 1
+    depth = lock._count
+    lock._count = 1
+    _release(lock)
+    deadline_us = _monotonic_us() + timeout_us if timeout_us > 0 else 0
+    try:
+        while True:
+            left_us = timeout_us
+            if timeout_us > 0:
+                left_us = deadline_us - _monotonic_us()
+                if left_us < 0:
+                    left_us = 0
+            with nogil:
+                if left_us == 0:
+                    status = PyThread_acquire_lock_timed(waiter, 0, 0)
+                else:
+                    status = PyThread_acquire_lock_timed(waiter, left_us, 1)
+            if status != PY_LOCK_INTR:
+                notified = status == PY_LOCK_ACQUIRED
+                break
+            PyErr_CheckSignals()   # a handler's exception ends the wait (finally below)
+    finally:
+        cond.sleeping -= 1
+        ff_lock_acquire(lock)
+        lock._count = depth
+        lock._owner = me
+        if notified:
+            PyThread_release_lock(waiter)   # released by a notify, then taken by us
+        else:
+            for index in range(cond._count):
+                if cond._waiters[index] == waiter:   # not notified: leave the list
+                    cond._count -= 1
+                    while index < cond._count:
+                        cond._waiters[index] = cond._waiters[index + 1]
+                        index += 1
+                    PyThread_release_lock(waiter)   # ours since the wait began
+                    break
+            else:
+                notified = True   # notified after the wait ended: released already
+        _put_back(cond, waiter)
+    return notified
+
+
+cdef void ff_cond_notify(FastCondition cond, Py_ssize_t count) noexcept:
+    """Wake up to ``count`` waiters, oldest first (the caller holds the lock)."""
+    if count > cond._count:
+        count = cond._count
+    if count > 0:
+        _notify(cond, count)
+
+
+@cython.final
+cdef class FastCondition:
+    """``threading.Condition`` over a ``FastRLock``, waiting and notifying in C.
+
+    The same face: a context manager over the lock, ``acquire``/``release``, ``wait``,
+    ``wait_for``, ``notify`` and ``notify_all`` (each raising ``RuntimeError`` when the
+    calling thread does not hold the lock). Waiters are woken oldest first.
+
+    Args:
+        lock: the lock the condition waits on (a ``FastRLock``).
+
+    Attributes:
+        waiting: waiters not notified yet (a notify takes those it wakes off at once).
+        sleeping: threads inside ``wait`` now, notified or not (a gauge).
+        waits: waits begun since the condition was made (how often callers parked).
+    """
+
+    def __cinit__(self, FastRLock lock not None):
+        self._lock = lock
+        self._waiters = NULL
+        self._count = 0
+        self._capacity = 0
+        self._pooled = 0
+        self.sleeping = 0
+        self.waits = 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t index
+        for index in range(self._pooled):
+            PyThread_free_lock(self._pool[index])
+        self._pooled = 0
+        PyMem_Free(self._waiters)   # a condition waited on is alive: no waiter is left
+        self._waiters = NULL
+
+    cdef int _check_owned(self) except -1:
+        if self._lock._count == 0 or self._lock._owner != PyThread_get_thread_ident():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        return 0
+
+    @property
+    def waiting(self):
+        """Waiters not notified yet."""
+        return self._count
+
+    def acquire(self, bint blocking=True, double timeout=-1):
+        """The lock's ``acquire``."""
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self):
+        """The lock's ``release``."""
+        ff_lock_release(self._lock)
+
+    def __enter__(self):
+        ff_lock_acquire(self._lock)
+        return True
+
+    def __exit__(self, kind, value, traceback):
+        ff_lock_release(self._lock)
+        return False
+
+    def wait(self, timeout=None):
+        """Let the lock go until notified or ``timeout`` seconds pass (None: no end).
+
+        Returns:
+            True if notified, False on timeout.
+        """
+        cdef long long timeout_us = -1
+        cdef double seconds
+        if timeout is not None:
+            seconds = timeout
+            if seconds <= 0:
+                timeout_us = 0
+            elif seconds * 1e6 >= <double>PY_TIMEOUT_MAX:
+                raise OverflowError("timeout value is too large")
+            else:
+                timeout_us = <long long>(seconds * 1e6)
+                if timeout_us == 0:
+                    timeout_us = 1
+        return bool(ff_cond_wait(self, timeout_us))
+
+    def wait_for(self, predicate, timeout=None):
+        """Wait until ``predicate()`` is true or ``timeout`` seconds pass; its last value."""
+        cdef double end = 0.0
+        cdef double left
+        result = predicate()
+        if timeout is not None:
+            end = _monotonic_us() / 1e6 + timeout
+        while not result:
+            if timeout is not None:
+                left = end - _monotonic_us() / 1e6
+                if left <= 0:
+                    break
+                self.wait(left)
+            else:
+                self.wait()
+            result = predicate()
+        return result
+
+    def notify(self, Py_ssize_t n=1):
+        """Wake up to ``n`` waiters (the caller holds the lock)."""
+        self._check_owned()
+        ff_cond_notify(self, n)
+
+    def notify_all(self):
+        """Wake every waiter (the caller holds the lock)."""
+        self._check_owned()
+        ff_cond_notify(self, self._count)
+
+    def __repr__(self):
+        return f"<FastCondition({self._lock!r}, {self._count} waiting)>"

@@ -2,6 +2,12 @@
 from libc.stdint cimport uint64_t
 
 
+# What a Message's ack() calls in C when its owner is one (the embedded broker's
+# one-message calls, single.pyx); any other owner is called as ``owner.ack(receipt)``.
+cdef class Settler:
+    cdef int ack_receipt(self, uint64_t receipt) except -1
+
+
 cdef class Message:
     cdef readonly uint64_t id
     cdef readonly bytes body

@@ -6,11 +6,23 @@ The hot path never builds one of these: the core keeps messages as C records and
 since many consumers never look at them.
 """
 
+cimport cython
 from libc.stdint cimport uint64_t
 
 from msgspec.msgpack import decode as _decode_attributes
 
 
+cdef class Settler:
+    """An owner of receipts that a ``Message`` acks in C (``ack_receipt``), with no call
+    through Python: the embedded broker's one-message calls are one."""
+
+    cdef int ack_receipt(self, uint64_t receipt) except -1:
+        """Ack the delivery of ``receipt`` (``StaleReceipt`` when its lease ended)."""
+        raise NotImplementedError
+
+
+# A free list: a per-message receive loop reuses the Message its last one freed.
+@cython.freelist(8)
 cdef class Message:
     """A message received from a queue.
 
@@ -45,7 +57,10 @@ cdef class Message:
 
     def ack(self):
         """Delete the message (its lease must still run). Raises StaleReceipt otherwise."""
-        self._owner.ack(self.receipt)
+        if isinstance(self._owner, Settler):
+            (<Settler>self._owner).ack_receipt(self.receipt)   # in C
+        else:
+            self._owner.ack(self.receipt)
 
     def nack(self, delay=None):
         """End the lease; visible again after ``delay`` seconds (None: the queue's backoff)."""

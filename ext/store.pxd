@@ -243,6 +243,19 @@ cdef class Store:
             return 0xFFFFFFFFFFFFFFFF
         return 0 if o.outstanding >= o.limit else o.limit - o.outstanding
 
+    cdef inline int64_t due_floor_us(self) noexcept:
+        """A time before which nothing is due (lease or delay end, pending copy,
+        retention): ``advance_to`` of an earlier time has nothing to do. A lower bound
+        (a queue's lease timer may be early); INT64_MAX when nothing is pending."""
+        cdef int64_t due = self.timers.next_due()
+        cdef int64_t other = self.pending_timers.next_due()
+        if other < due:
+            due = other
+        other = self.lease_timers.next_due()
+        if other < due:
+            due = other
+        return due if due < self.retention_due_us else self.retention_due_us
+
     cdef inline uint64_t message_size(self, blob_t* blob) noexcept:
         # inline: the fan-out sums it per message and target (a vtable call each was ~3 %
         # of the broker's time in the four-consumer benchmark)

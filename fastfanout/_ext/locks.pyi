@@ -1,7 +1,10 @@
+from collections.abc import Callable
 from types import TracebackType
-from typing import final
+from typing import TypeVar, final
 
-__all__ = ["FastRLock"]
+_T = TypeVar("_T")
+
+__all__ = ["FastCondition", "FastRLock"]
 
 @final
 class FastRLock:
@@ -14,3 +17,26 @@ class FastRLock:
     def _is_owned(self) -> bool: ...
     def _release_save(self) -> tuple[int, int]: ...
     def _acquire_restore(self, state: tuple[int, int]) -> None: ...
+
+@final
+class FastCondition:
+    """``threading.Condition`` over a ``FastRLock``, waiting and notifying in C."""
+    @property
+    def waiting(self) -> int:
+        """Waiters not notified yet."""
+    @property
+    def sleeping(self) -> int:
+        """Threads inside ``wait`` now, notified or not."""
+    @property
+    def waits(self) -> int:
+        """Waits begun since the condition was made (how often callers parked)."""
+    def __init__(self, lock: FastRLock) -> None: ...
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T: ...
+    def notify(self, n: int = 1) -> None: ...
+    def notify_all(self) -> None: ...

@@ -2,6 +2,9 @@ from typing import Any
 
 from fastfanout.records import Attributes, DeadLetterInfo
 
+class Settler:
+    """An owner of receipts that a ``Message`` acks in C."""
+
 class Message:
     @property
     def id(self) -> int: ...

@@ -15,7 +15,6 @@ to them for its hot paths. One broker, one lock; every rule of
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from fastfanout._ext import queues as queue_ops
 from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.invariants import check as check_store
-from fastfanout._ext.locks import FastRLock
+from fastfanout._ext.locks import FastCondition, FastRLock
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
 from fastfanout._ext.store import Store
 from fastfanout.errors import (
@@ -97,7 +96,8 @@ class Administration:
         store: the native store (queues, copies, leases, timers).
         dispatcher: the native fan-out of topics to their queues.
         lock: the broker's one lock (re-entrant); every call holds it throughout.
-        arrivals: a condition of ``lock``, notified when messages may have arrived.
+        arrivals: a condition of ``lock`` (a ``FastCondition``), notified when messages may
+            have arrived; its ``sleeping`` counts the receivers parked on it.
         queues: queue name -> id.
         queue_names: queue id -> name.
         visibility_us: queue id -> its default lease, microseconds.
@@ -132,7 +132,8 @@ class Administration:
         self.store = Store()
         self.dispatcher = Dispatcher(self.store)
         self.lock = FastRLock()   # an RLock's face; free of OS calls when uncontended
-        self.arrivals = threading.Condition(self.lock)  # type: ignore[arg-type]
+        # threading.Condition's face, waits and notifies in C (locks.pyx)
+        self.arrivals = FastCondition(self.lock)
         self.closed = False
         self.queues: dict[str, int] = {}
         self._queue_settings: dict[str, QueueSettings] = {}

@@ -16,8 +16,9 @@ documented internal handle, ``Broker.server_port()``, so ``Broker``'s public sur
 the declared API (``fastfanout.api``) and a few extras of the embedded broker.
 
 Thread safety: every call holds one lock for its whole duration (the core is not
-re-entrant). ``receive(wait=...)`` waits on a condition of that lock, woken by every
-publish or send and by the next timer due time.
+re-entrant). ``receive(wait=...)`` waits on a condition of that lock (a native
+``FastCondition``), woken by every publish or send while a receiver waits, and by the
+next timer due time.
 """
 
 from __future__ import annotations
@@ -157,24 +158,30 @@ class Broker:
         self._now_us = admin.now_us
         self._queue_id = admin.queue_id
         self._topic_id = admin.topic_id
-        self._waiters = 0   # receivers waiting in receive(wait=...)
         # One-message publish, send, receive and ack in one C call each (not durable,
         # not the debug build: those take the Python path, which journals and checks).
         self._single: SingleCalls | None = None
         if self._durable is None and not STORE_DEBUG:
+            # A per-message publish, send, receive or ack is one C call from the caller's
+            # loop: the instance's methods are SingleCalls' (the same signatures; other
+            # forms go back to the class's methods). A subclass's own methods stay in
+            # charge (its own ack: of the messages received one at a time too).
+            cls = type(self)
             single = self._single = SingleCalls(
                 self, self._lock, self._arrivals, self._store, self._dispatcher,
-                self._topics, self._queues, self._queue_names, self._visibility_us,
-                self._clock, self._topic_id, self._queue_id,
-                Broker.publish.__get__(self), Broker.send.__get__(self))
-            # A per-message publish or send is one C call from the caller's loop: the
-            # instance's publish and send are SingleCalls' (the same signature; options
-            # go back to the class's methods). A subclass's own methods stay in charge.
-            cls = type(self)
+                self._topics, self._queues, self._queue_names, self._clock,
+                self._topic_id, self._queue_id,
+                Broker.publish.__get__(self), Broker.send.__get__(self),
+                Broker.receive.__get__(self), Broker.ack.__get__(self),
+                settles=cls.ack is Broker.ack)
             if cls.publish is Broker.publish:
                 self.publish = single.publish  # type: ignore[method-assign]
             if cls.send is Broker.send:
                 self.send = single.send  # type: ignore[method-assign]
+            if cls.receive is Broker.receive:
+                self.receive = single.receive  # type: ignore[method-assign]
+            if cls.ack is Broker.ack:
+                self.ack = single.ack  # type: ignore[method-assign]
 
     # -- administration (the part the broker holds) -------------------------------------
 
@@ -192,8 +199,7 @@ class Broker:
     subscription = _administration(Administration.subscription)
 
     def _wake_receivers(self) -> None:
-        if self._waiters:
-            self._arrivals.notify_all()
+        self._arrivals.notify_all()   # one test in C when nobody waits
 
     # -- publish and send --------------------------------------------------------------
 
@@ -221,8 +227,7 @@ class Broker:
                 if queue_id is None:
                     queue_id = self._queue_id(queue)   # raises the right error
                 batch = self._dispatcher.send(queue_id, entries, now_us)
-            if self._waiters:
-                self._arrivals.notify_all()
+            self._arrivals.notify_all()   # one test in C when nobody waits
             if durable is not None:
                 if commit:
                     durable.commit()
@@ -418,9 +423,9 @@ class Broker:
         """
         single = self._single
         if (single is not None and max_messages == 1 and type(max_messages) is int
-                and wait == 0.0 and type(wait) is float and visibility_timeout is None
-                and owner == 0):
-            received: list[Message] = single.receive(queue)   # one C call
+                and type(wait) is float and 0.0 <= wait <= MAX_WAIT
+                and visibility_timeout is None and owner == 0 and type(owner) is int):
+            received: list[Message] = single.receive(queue, wait=wait)   # one C call
             return received
         store = self._store
 
@@ -454,35 +459,21 @@ class Broker:
             if found is not None or not wait_us:
                 return found
             deadline = time.monotonic() + wait_us / 1_000_000
-            self._park(1)
-            try:
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    next_due = self._store.next_due_us()
-                    if next_due is not None:
-                        # Wake at the due time itself (a 20 µs floor keeps it from spinning).
-                        remaining = min(remaining, max(next_due - now_us, 20) / 1_000_000)
-                    self._arrivals.wait(remaining)
-                    now_us = self._now_us()
-                    if queue not in self._queues or self._queues[queue] != queue_id:
-                        raise NotFound(f"queue {queue!r} was deleted while waiting")
-                    found = take(queue_id, lease_us, now_us)
-                    if found is not None:
-                        return found
-            finally:
-                self._park(-1)
-
-    def _park(self, delta: int) -> None:
-        """Count one receiver more (1) or fewer (-1) parked on the arrivals condition.
-
-        Every publish path (the one-call path's too) reads this count to know whether to
-        wake it.
-        """
-        self._waiters += delta
-        if self._single is not None:
-            self._single.waiters += delta
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                next_due = self._store.next_due_us()
+                if next_due is not None:
+                    # Wake at the due time itself (a 20 µs floor keeps it from spinning).
+                    remaining = min(remaining, max(next_due - now_us, 20) / 1_000_000)
+                self._arrivals.wait(remaining)
+                now_us = self._now_us()
+                if queue not in self._queues or self._queues[queue] != queue_id:
+                    raise NotFound(f"queue {queue!r} was deleted while waiting")
+                found = take(queue_id, lease_us, now_us)
+                if found is not None:
+                    return found
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
@@ -530,8 +521,7 @@ class Broker:
         with self._lock:
             self._now_us()
             by_receipt.ack(self._store, receipt, session)
-            if self._waiters:   # a consumer out of credit may take more now
-                self._arrivals.notify_all()
+            self._arrivals.notify_all()   # a consumer out of credit may take more now
 
     def ack_batch(self, receipts: Iterable[int], *, session: int = 0) -> None:
         """Ack many deliveries: all of them, or (if any receipt is stale) none.
@@ -554,8 +544,7 @@ class Broker:
                 by_receipt.ack_batch(self._store, cast("list[int]", receipts), session)
             else:
                 by_receipt.ack_packed(self._store, packed, session)
-            if self._waiters:
-                self._arrivals.notify_all()
+            self._arrivals.notify_all()
 
     def nack(self, receipt: int, *, delay: float | None = None, session: int = 0) -> None:
         """End a lease early; the message is visible again after ``delay`` seconds.
@@ -711,7 +700,19 @@ class Broker:
         Counts ``receive(wait=...)`` calls and embedded consumers parked until a message
         arrives or their wait ends (they hold no lock while parked).
         """
-        return self._waiters
+        sleeping: int = self._arrivals.sleeping
+        return sleeping
+
+    @property
+    def receiver_parks(self) -> int:
+        """How many times a call parked to wait for messages: a counter, for tests.
+
+        Each wait of a ``receive(wait=...)`` or an embedded consumer that found nothing
+        counts one (a receiver keeping up with its producers finds messages without
+        parking; a parked one is woken once by the next publish, send or settle).
+        """
+        waits: int = self._arrivals.waits
+        return waits
 
     def close(self) -> None:
         """Close the broker: later calls, and receives still waiting, raise ``Closed``."""
@@ -871,8 +872,7 @@ class ServerPort:
         with broker._lock:
             broker._now_us()
             count: int = by_receipt.ack_packed(broker._store, receipts, session)
-            if broker._waiters:   # a consumer out of credit may take more now
-                broker._arrivals.notify_all()
+            broker._arrivals.notify_all()   # a consumer out of credit may take more now
             return count
 
     def ack_frames(self, frames: list[bytes], *, session: int = 0) -> list[int]:

@@ -248,3 +248,166 @@ def test_a_bare_publish_wakes_a_waiting_receive_frame(broker: Broker) -> None:
     waiter.join(30)
     assert got and got[0][1] == 1
     assert time.monotonic() - started < 10   # woken, not found at the 20 s wait's end
+
+
+# -- per-message receive (waiting or not) and ack: one C call each -------------------------
+
+
+@pytest.mark.skipif(STORE_DEBUG, reason="the debug build takes the Python path on purpose "
+                    "(it journals and checks the store's invariants on every call)")
+def test_a_one_message_receive_and_its_ack_run_no_python_frame(broker: Broker) -> None:
+    for body in (b"a", b"b", b"c", b"d"):
+        broker.send("q", body)
+    got: list[Any] = []
+    assert _python_frames(lambda: got.extend(broker.receive("q"))) == ["<lambda>"]
+    assert _python_frames(lambda: got.extend(broker.receive("q", wait=20.0))) == ["<lambda>"]
+    assert _python_frames(lambda: got.extend(broker.receive("q", wait=1))) == ["<lambda>"]
+    assert [message.body for message in got] == [b"a", b"b", b"c"]
+    assert _python_frames(got[0].ack) == []
+    assert _python_frames(lambda: broker.ack(got[1].receipt)) == ["<lambda>"]
+    got[2].ack()
+    (last,) = broker.receive("q", max_messages=10)   # the Python path's message
+    assert _python_frames(last.ack) == []
+    stats = broker.stats().queues["q"]
+    assert (stats.acked, stats.messages) == (4, 0)
+
+
+def test_a_receiver_finding_messages_does_not_park(broker: Broker) -> None:
+    for index in range(3):
+        broker.send("q", b"%d" % index)
+    for index in range(3):
+        (message,) = broker.receive("q", wait=20.0)
+        assert message.body == b"%d" % index
+        message.ack()
+    assert broker.receiver_parks == 0
+    assert broker.receive("q", wait=0.0) == [] and broker.receiver_parks == 0
+
+
+def test_a_parked_receiver_is_woken_once_by_the_next_message(broker: Broker) -> None:
+    got: list[list[Any]] = []
+    waiter = threading.Thread(target=lambda: got.append(broker.receive("q", wait=20.0)))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while broker.waiting_receivers == 0:   # parked, holding no lock
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert broker.receiver_parks == 1
+    started = time.monotonic()
+    broker.send("q", b"first")
+    broker.send("q", b"second")
+    waiter.join(30)
+    assert time.monotonic() - started < 10   # woken, not found at the 20 s wait's end
+    assert [[m.body for m in messages] for messages in got] == [[b"first"]]
+    assert broker.receiver_parks == 1 and broker.waiting_receivers == 0
+    assert [m.body for m in broker.receive("q")] == [b"second"]
+
+
+def test_a_waiting_receive_of_a_queue_deleted_meanwhile_raises_not_found(
+        broker: Broker) -> None:
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(broker.receive("q", wait=20.0))
+        except NotFound as error:
+            outcome.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while broker.waiting_receivers == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    broker.delete_queue("q")
+    broker.create_queue("r")   # maybe with the deleted queue's id
+    broker.send("r", b"new")   # wakes the waiter
+    waiter.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], NotFound)
+    assert [m.body for m in broker.receive("r")] == [b"new"]
+
+
+@pytest.mark.parametrize("wait", [-1.0, 20.5, float("nan"), float("inf"), "1", True, None])
+def test_a_bad_wait_is_refused_and_changes_nothing(broker: Broker, wait: Any) -> None:
+    broker.send("q", b"x")
+    with pytest.raises(InvalidArgument):
+        broker.receive("q", wait=wait)
+    stats = broker.stats().queues["q"]
+    assert (stats.visible, stats.leased) == (1, 0)
+
+
+def test_other_forms_of_receive_and_ack_take_the_python_path_alike(broker: Broker) -> None:
+    for body in (b"a", b"b", b"c"):
+        broker.send("q", body)
+    first, second = broker.receive("q", max_messages=2, wait=1.0)
+    (third,) = broker.receive("q", visibility_timeout=5.0, wait=0)
+    assert [m.body for m in (first, second, third)] == [b"a", b"b", b"c"]
+    with pytest.raises(InvalidArgument):
+        broker.receive("q", max_messages=0)
+    with pytest.raises(InvalidArgument):
+        broker.receive("q", owner=12345)   # not an open owner tag
+    for receipt in (-1, 2**64, "1", 1.0):
+        with pytest.raises(InvalidArgument):
+            broker.ack(receipt)   # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        broker.ack(first.receipt, session=12345)   # not an open session
+    broker.ack(first.receipt, session=0)
+    with pytest.raises(StaleReceipt):
+        broker.ack(first.receipt)
+    broker.ack(second.receipt)
+    third.ack()
+    with pytest.raises(StaleReceipt):
+        third.ack()
+    assert broker.stats().queues["q"].acked == 3
+
+
+def test_an_ack_after_the_lease_ended_is_stale_with_the_system_clock(broker: Broker) -> None:
+    """The ack's coarse clock check never hides a lease that has ended by now."""
+    broker.create_queue("short", visibility_timeout=0.02)
+    broker.send("short", b"x")
+    (message,) = broker.receive("short")
+    end = message.timestamp + 0.5   # well after the lease ends (the send's time + 20 ms)
+    while time.time() < end:   # real time must pass: the lease runs on the system clock
+        time.sleep(0.01)
+    with pytest.raises(StaleReceipt):
+        message.ack()
+    with pytest.raises(StaleReceipt):
+        broker.ack(message.receipt)
+    (again,) = broker.receive("short")
+    assert again.receive_count == 2
+    again.ack()
+    assert broker.stats().queues["short"].acked == 1
+
+
+def test_received_messages_are_reused_from_a_free_list_without_leaks(broker: Broker) -> None:
+    body = b"x" * 64
+    send, receive = broker.send, broker.receive
+    for _ in range(1000):   # warm up
+        send("q", body)
+        receive("q", wait=1.0)[0].ack()
+    before = sys.getallocatedblocks()
+    for _ in range(20_000):
+        send("q", body)
+        (message,) = receive("q", wait=1.0)
+        message.ack()
+    assert sys.getallocatedblocks() - before < 200
+    assert broker.stats().queues["q"].messages == 0
+
+
+def test_a_subclass_ack_stays_in_charge_of_message_acks() -> None:
+    acked: list[int] = []
+
+    class Counting(Broker):
+        def ack(self, receipt: int, *, session: int = 0) -> None:
+            acked.append(receipt)
+            super().ack(receipt, session=session)
+
+    broker = Counting()
+    broker.create_queue("q")
+    broker.send("q", b"a")
+    broker.send("q", b"b")
+    (first,) = broker.receive("q")           # one at a time: still the native receive
+    (second,) = broker.receive("q", wait=1.0)
+    first.ack()
+    broker.ack(second.receipt)
+    assert acked == [first.receipt, second.receipt]
+    assert broker.stats().queues["q"].acked == 2
