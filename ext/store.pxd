@@ -248,11 +248,14 @@ cdef class Store:
         retention): ``advance_to`` of an earlier time has nothing to do. A lower bound
         (a queue's lease timer may be early); INT64_MAX when nothing is pending."""
         cdef int64_t due = self.timers.next_due()
-        cdef int64_t other = self.pending_timers.next_due()
-        if other < due:
+        cdef int64_t other
+        cdef uint64_t seq
+        cdef uint32_t key
+        # the heaps' tops: a dropped pending copy's timer waits there too (earlier, so
+        # still a lower bound)
+        if self.pending_timers.peek_top(&other, &seq, &key) and other < due:
             due = other
-        other = self.lease_timers.next_due()
-        if other < due:
+        if self.lease_timers.peek_top(&other, &seq, &key) and other < due:
             due = other
         return due if due < self.retention_due_us else self.retention_due_us
 
