@@ -11,6 +11,11 @@ keeps is bounded by ``retain_bytes``.
 ``serve()`` (a process that is only a broker: the ``fastfanout serve`` command) applies it;
 an embedding program may call ``keep_freed_memory()`` itself. Elsewhere than glibc it does
 nothing.
+
+``memory_stats()`` reports the broker core's own message memory: the blob slab (messages
+of up to ``BLOB_SLAB_MAX`` bytes with their header) and the pool of bigger blobs, with the
+counters of their two limits (``BLOB_SLAB_KEEP_BYTES``, ``BLOB_BIG_POOL_MAX_BYTES``);
+SERVER_STATS carries them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import ctypes
 import platform
 from typing import Final
 
-__all__ = ["DEFAULT_RETAIN_BYTES", "MMAP_THRESHOLD_BYTES", "keep_freed_memory"]
+from fastfanout._ext import blobs
+
+__all__ = ["DEFAULT_RETAIN_BYTES", "MMAP_THRESHOLD_BYTES", "keep_freed_memory", "memory_stats"]
 
 DEFAULT_RETAIN_BYTES: Final = 256 * 1024 * 1024
 """Freed heap memory a broker process keeps for reuse at most (glibc ``M_TRIM_THRESHOLD``)."""
@@ -48,3 +55,24 @@ def keep_freed_memory(retain_bytes: int = DEFAULT_RETAIN_BYTES) -> bool:
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
                 and mallopt(_M_TRIM_THRESHOLD, retain_bytes))
+
+
+def memory_stats() -> dict[str, int]:
+    """The process's message memory, as SERVER_STATS reports it (bytes and counts).
+
+    Keys: ``blob_slab_live_bytes`` (messages' blobs of up to ``BLOB_SLAB_MAX`` bytes held
+    now), ``blob_slab_kept_bytes`` (empty slab chunks kept for reuse, at most
+    ``BLOB_SLAB_KEEP_BYTES``), ``blob_slab_released`` (empty chunks handed back to the
+    kernel because the kept ones were at that limit), ``blob_slab_mapped_bytes`` (address
+    space mapped for chunks), ``blob_big_pool_bytes`` (freed bigger blobs kept for reuse,
+    at most ``BLOB_BIG_POOL_MAX_BYTES``) and ``blob_big_pool_overflows`` (freed bigger
+    blobs given back to malloc because the pool was at that limit).
+    """
+    slab = blobs.blob_slab_stats()
+    big_bytes, big_overflows = blobs.blob_big_pool_stats()
+    return {"blob_slab_live_bytes": slab["live_bytes"],
+            "blob_slab_kept_bytes": slab["kept_bytes"],
+            "blob_slab_released": slab["released"],
+            "blob_slab_mapped_bytes": slab["mapped_bytes"],
+            "blob_big_pool_bytes": big_bytes,
+            "blob_big_pool_overflows": big_overflows}

@@ -84,7 +84,7 @@ from fastfanout.errors import (
     WouldBlock,
 )
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
-from fastfanout.server.allocator import keep_freed_memory
+from fastfanout.server.allocator import keep_freed_memory, memory_stats
 from fastfanout.server.deliveries import Deliveries
 from fastfanout.server.holds import HeldRequest, HeldRequests
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
@@ -807,6 +807,7 @@ class Server:
                      stream_subscriptions=self._streams.subscriptions(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())
+        stats.update(memory_stats())
         for key, source in self.stats_sources.items():
             stats[key] = source()
         return [protocol.encode_payload(stats)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import stat
@@ -438,3 +439,32 @@ def test_settle_calls_run_as_their_session(track: Tracker) -> None:
         client.connection.call(Opcode.NACK, message.receipt, session=0)
     assert client.stats().queues["q"].leased == 1
     client.ack(message.receipt)
+
+
+def test_server_stats_report_the_message_memory(track: Tracker, endpoint: str) -> None:
+    from fastfanout._ext import blobs
+
+    # The blob figures are the process's: earlier tests' brokers must be gone first, and
+    # no collection may free theirs in the middle.
+    gc.collect()
+    gc.disable()
+    try:
+        _report_the_message_memory(track, endpoint, blobs)
+    finally:
+        gc.enable()
+
+
+def _report_the_message_memory(track: Tracker, endpoint: str, blobs: Any) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_queue("q")
+    before = client.server_stats()
+    for key in ("blob_slab_live_bytes", "blob_slab_kept_bytes", "blob_slab_released",
+                "blob_slab_mapped_bytes", "blob_big_pool_bytes", "blob_big_pool_overflows"):
+        assert type(before[key]) is int and before[key] >= 0, key
+    assert before["blob_slab_kept_bytes"] <= blobs.BLOB_SLAB_KEEP_BYTES
+    client.send_batch("q", [b"x" * 64] * 1000)
+    held = client.server_stats()["blob_slab_live_bytes"] - before["blob_slab_live_bytes"]
+    assert 1000 * blobs.blob_bytes(64) <= held < 1000 * blobs.blob_bytes(128)
+    client.ack_batch([m.receipt for m in client.receive("q", max_messages=1000)])
+    assert client.server_stats()["blob_slab_live_bytes"] == before["blob_slab_live_bytes"]
