@@ -47,6 +47,8 @@ from cpython.pythread cimport (
     PyThread_release_lock,
 )
 
+from fastfanout._ext.clocks cimport monotonic_us as _monotonic_us
+
 __all__ = ["FastCondition", "FastRLock"]
 
 cdef extern from "pythread.h":
@@ -84,21 +86,6 @@ cdef bint _acquire_real(FastRLock lock, unsigned long me, long long timeout_us) 
     lock._owner = me
     lock._count = 1
     return True
-
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    cdef struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clock, timespec* now)
-    int CLOCK_MONOTONIC
-
-
-cdef inline long long _monotonic_us() noexcept nogil:
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return <long long>now.tv_sec * 1000000 + now.tv_nsec // 1000
 
 
 cdef inline bint _acquire(FastRLock lock, long long timeout_us) except -1:

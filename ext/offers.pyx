@@ -43,13 +43,7 @@ cdef extern from "atomics.h" nogil:
     void ff_store_seq_cst_u64(ff_atomic_u64* position, uint64_t value)
     uint64_t ff_exchange_u64(ff_atomic_u64* position, uint64_t value)
 
-cdef extern from "<time.h>" nogil:
-    ctypedef int clockid_t
-    cdef struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(clockid_t clock, timespec* now)
-    clockid_t CLOCK_MONOTONIC
+from fastfanout._ext.clocks cimport monotonic_ns as _now_ns
 
 cdef extern from "Python.h":
     void PyObject_GC_Track(object op)
@@ -339,13 +333,6 @@ cdef class NowaitGate:
         self._builder = <FrameBuilder?>batch.builder
         self._futures = <list?>batch.futures
         return 0
-
-
-cdef inline uint64_t _now_ns() noexcept nogil:
-    """``time.monotonic()`` in nanoseconds (the same clock)."""
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return <uint64_t>now.tv_sec * 1000000000 + <uint64_t>now.tv_nsec
 
 
 cdef inline uint64_t _ns(double seconds) noexcept:

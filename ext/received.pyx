@@ -66,13 +66,7 @@ from msgspec.msgpack import Decoder as _MsgpackDecoder
 cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8(const char* data, Py_ssize_t size, const char* errors)
 
-cdef extern from "<time.h>" nogil:
-    ctypedef int clockid_t
-    cdef struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(clockid_t clock, timespec* now)
-    clockid_t CLOCK_MONOTONIC
+from fastfanout._ext.clocks cimport monotonic as _monotonic
 
 __all__ = ["DONE", "AckBuffer", "AsyncMessageCursor", "Done", "MessageCursor", "RemoteMessage",
            "messages_of"]
@@ -161,12 +155,6 @@ cdef class Done:
 
 DONE = Done()
 cdef Done _DONE = DONE
-
-
-cdef inline double _monotonic() noexcept nogil:
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec + now.tv_nsec * 1e-9
 
 
 @cython.final

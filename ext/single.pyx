@@ -57,16 +57,14 @@ import time as _time
 from fastfanout.errors import Closed, InvalidArgument, NotFound
 from fastfanout.settings import MAX_WAIT
 
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    cdef struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clock, timespec* now)
-    int clock_getres(int clock, timespec* resolution)
-    int CLOCK_REALTIME
-    int CLOCK_REALTIME_COARSE
-    int CLOCK_MONOTONIC
+from fastfanout._ext.clocks cimport (
+    CLOCK_REALTIME,
+    CLOCK_REALTIME_COARSE,
+    clock_getres,
+    clock_gettime,
+    monotonic_us as _monotonic_us,
+    timespec,
+)
 
 cdef object _system_time = _time.time
 cdef double _MAX_WAIT = MAX_WAIT
@@ -80,11 +78,6 @@ cdef int64_t _coarse_margin_us() noexcept:
         return -1
     return 2 * ((spec.tv_nsec + 999) // 1000)
 
-
-cdef inline int64_t _monotonic_us() noexcept:
-    cdef timespec spec
-    clock_gettime(CLOCK_MONOTONIC, &spec)
-    return <int64_t>spec.tv_sec * 1000000 + spec.tv_nsec // 1000
 
 __all__ = ["SingleCalls"]
 
