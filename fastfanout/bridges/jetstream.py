@@ -47,6 +47,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -221,25 +222,38 @@ class _Backoff:
 
 
 class _Ticket:
-    """The PubAcks one export batch waits for (its publishes have consecutive tokens)."""
+    """The PubAcks one export batch waits for (its publishes have consecutive tokens).
 
-    __slots__ = ("duplicates", "first", "future", "refused", "remaining")
+    ``done(ticket, error)`` is called once, from the callback that read the last PubAck
+    (``error`` None) or from the first failure: no future, no task, so the batch is
+    settled in the loop iteration that read its last PubAck.
+    """
 
-    def __init__(self, count: int, first: int) -> None:
+    __slots__ = ("done", "duplicates", "first", "refused", "remaining", "timer")
+
+    def __init__(self, count: int, first: int,
+                 done: Callable[[_Ticket, BaseException | None], None]) -> None:
         self.remaining = count
         self.first = first          # the token of the batch's first message
         self.duplicates = 0
         self.refused: list[int] = []   # indexes JetStream refused for good
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: Callable[[_Ticket, BaseException | None], None] | None = done
+        self.timer: asyncio.TimerHandle | None = None   # the publish_timeout
+
+    def _end(self, error: BaseException | None) -> None:
+        done, self.done = self.done, None
+        if done is not None:
+            if self.timer is not None:
+                self.timer.cancel()
+            done(self, error)
 
     def fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
+        self._end(error)
 
     def answered(self) -> None:
         self.remaining -= 1
-        if self.remaining == 0 and not self.future.done():
-            self.future.set_result(None)
+        if self.remaining == 0:
+            self._end(None)
 
 
 REFUSED_FOR_GOOD: Final = frozenset({10054})
@@ -251,8 +265,8 @@ class _Publisher:
     """Pipelined JetStream publishes on one NATS connection, PubAcks matched by token.
 
     ``js.publish_async`` makes a future, a semaphore slot and a random token per message;
-    a batch needs one future: each publish's reply subject is this publisher's inbox and
-    a counter, and the reply handler counts the batch down.
+    a batch needs one callback: each publish's reply subject is this publisher's inbox
+    and a counter, and the reply handler counts the batch down.
     """
 
     def __init__(self, connection: Any) -> None:
@@ -294,12 +308,14 @@ class _Publisher:
             return False
 
     async def publish(self, subject: str | list[str],
-                      items: list[tuple[bytes, dict[str, str]]]) -> _Ticket:
-        """Publish every ``(body, headers)``; the ticket's future ends with the last ack.
+                      items: list[tuple[bytes, dict[str, str]]],
+                      done: Callable[[_Ticket, BaseException | None], None]) -> _Ticket:
+        """Publish every ``(body, headers)``; ``done(ticket, error)`` follows the last ack.
 
-        ``subject`` is one subject for all, or a list of one per item.
+        ``subject`` is one subject for all, or a list of one per item. ``done`` may run
+        before this returns (a PubAck read while a publish waited to be flushed).
         """
-        ticket = _Ticket(len(items), self.next_token)
+        ticket = _Ticket(len(items), self.next_token, done)
         publish = self.connection.publish
         prefix = self.prefix
         subjects = subject if isinstance(subject, list) else None
@@ -311,9 +327,9 @@ class _Publisher:
                           reply=prefix + token, headers=headers)
         return ticket
 
-    def forget(self, ticket: _Ticket) -> None:
-        """Drop a ticket's waiting tokens (it timed out or failed)."""
-        for token in [t for t, held in self.waiting.items() if held is ticket]:
+    def forget(self, tickets: set[_Ticket]) -> None:
+        """Drop the waiting tokens of ``tickets`` (timed out, failed, or abandoned)."""
+        for token in [t for t, held in self.waiting.items() if held in tickets]:
             del self.waiting[token]
 
 
@@ -333,7 +349,7 @@ class _Puller:
         self.inbox = ""
         self.messages: list[Any] = []
         self.outstanding = 0   # messages the current request may still bring
-        self.arrived = asyncio.Event()
+        self.waiter: asyncio.Future[bool] | None = None   # fetch's wait, while it waits
         self.subscription: Any = None
         self.failure: str | None = None
 
@@ -362,7 +378,9 @@ class _Puller:
         else:
             self.messages.append(msg)
             self.outstanding -= 1
-        self.arrived.set()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     async def fetch(self, batch: int, wait: float) -> list[Any]:
         """What has arrived (at most ``wait`` seconds for the first message)."""
@@ -373,13 +391,24 @@ class _Puller:
             await self.connection.publish(self.subject, json.dumps(
                 {"batch": batch, "expires": int(wait * 1e9)}).encode(), reply=self.inbox)
         if not self.messages:
-            self.arrived.clear()
+            # one future and one timer: ``wait_for`` would wrap a wait in a task of its
+            # own, and cost the loop more iterations for each batch
+            loop = asyncio.get_running_loop()
+            waiter = self.waiter = loop.create_future()
+            timer = loop.call_later(wait + 1.0, _resolve, waiter, False)
             try:
-                await asyncio.wait_for(self.arrived.wait(), wait + 1.0)
-            except TimeoutError:   # the request was lost (a reconnect): ask again
-                self.outstanding = 0
+                if not await waiter:   # the request was lost (a reconnect): ask again
+                    self.outstanding = 0
+            finally:
+                timer.cancel()
+                self.waiter = None
         taken, self.messages = self.messages, []
         return taken
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 class Bridge:
@@ -617,18 +646,19 @@ class Bridge:
         identity = self.identity
         subject = rule.subject_name
         pattern = rule.pattern
-        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        settling: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[None] = loop.create_future()
+        pending: set[_Ticket] = set()   # published, not yet settled
+        timeout = rule.publish_timeout
 
-        async def settle(batch: list[Any], ticket: _Ticket) -> None:
-            try:
-                await asyncio.wait_for(asyncio.shield(ticket.future), rule.publish_timeout)
-            except Exception as error:
-                publisher.forget(ticket)
+        def settle(ticket: _Ticket, error: BaseException | None, batch: list[Any]) -> None:
+            # Called by the PubAck callback that answered the batch's last publish (or
+            # by a failure, or the timer): settles the batch in that same iteration.
+            pending.discard(ticket)
+            if error is not None:
+                publisher.forget({ticket})
                 if not failed.done():
-                    failed.set_exception(error if not isinstance(error, TimeoutError) else
-                                         BridgeUnavailable(
-                                             f"no PubAck within {rule.publish_timeout} s"))
+                    failed.set_exception(error)
                 return
             refused = set(ticket.refused)
             for index, message in enumerate(batch):
@@ -645,6 +675,10 @@ class Bridge:
             values["duplicates"] += ticket.duplicates
             values["in_flight"] -= len(batch)
             backoff.reset()
+
+        def expire(ticket: _Ticket) -> None:
+            ticket.timer = None
+            ticket.fail(BridgeUnavailable(f"no PubAck within {timeout} s"))
 
         limit = publisher.connection.max_payload
         room = limit - 65536   # below this a body fits with any headers: no sum needed
@@ -668,10 +702,11 @@ class Bridge:
                     if not batch:
                         continue
                 values["in_flight"] += len(batch)
-                ticket = await publisher.publish(subjects if pattern else subject, items)
-                task = asyncio.create_task(settle(batch, ticket))
-                settling.add(task)
-                task.add_done_callback(settling.discard)
+                ticket = await publisher.publish(subjects if pattern else subject, items,
+                                                 functools.partial(settle, batch=batch))
+                if ticket.done is not None:   # not answered yet
+                    pending.add(ticket)
+                    ticket.timer = loop.call_later(timeout, expire, ticket)
 
         feeder = asyncio.create_task(feed())
         try:
@@ -682,8 +717,11 @@ class Bridge:
             raise BridgeUnavailable(f"the local consumer of {rule.queue_name} ended")
         finally:
             feeder.cancel()
-            for task in list(settling):
-                task.cancel()
+            for ticket in pending:   # late PubAcks settle nothing: the session ends
+                ticket.done = None
+                if ticket.timer is not None:
+                    ticket.timer.cancel()
+            publisher.forget(pending)
             if not failed.done():
                 failed.cancel()
 
