@@ -752,6 +752,8 @@ cdef class Journal:
         cdef size_t capacity
         cdef int write_fault = 0
         cdef int sync_fault = 0
+        cdef int fd
+        cdef size_t length
         if w == NULL:
             return self.commit(sync)
         self._join()
@@ -771,15 +773,20 @@ cdef class Journal:
         spare, capacity = w.buffer, self.job_capacity
         w.buffer, self.job_capacity = self.buffer, self.capacity
         self.buffer, self.capacity = spare, capacity
-        pthread_mutex_lock(&w.lock)
-        w.fd = self.fd
-        w.length = self.buffered
-        w.sync = sync
-        w.write_fault = write_fault
-        w.sync_fault = sync_fault
-        w.state = WRITER_QUEUED
-        pthread_cond_broadcast(&w.cond)
-        pthread_mutex_unlock(&w.lock)
+        fd = self.fd
+        length = self.buffered
+        # Without the GIL: waking the writer may get this thread preempted by it (or
+        # wait for its lock); the process's other threads (a bridge) run meanwhile.
+        with nogil:
+            pthread_mutex_lock(&w.lock)
+            w.fd = fd
+            w.length = length
+            w.sync = sync
+            w.write_fault = write_fault
+            w.sync_fault = sync_fault
+            w.state = WRITER_QUEUED
+            pthread_cond_broadcast(&w.cond)
+            pthread_mutex_unlock(&w.lock)
         self.buffered = 0
         self.job_active = True
         self.job_last_seq = self.buffered_last_seq
