@@ -162,6 +162,26 @@ cdef int64_t _clock_us(object clock) except? -1:
     return <int64_t>nearbyint(seconds * 1e6)
 
 
+cdef inline void _fresh_entry(entry_t* entry, queue_t* q, uint32_t qid, blob_t* blob,
+                              dead_letter_t* dead, int64_t entered_us) noexcept:
+    """Fill a newly allocated entry of queue ``qid`` (``q``) holding ``blob`` (the caller
+    accounts for its reference) and ``dead``: not received, not listed, in no group; the
+    caller sets its state and links it."""
+    entry.blob = blob
+    entry.dead = dead
+    entry.journal_seq = 0
+    entry.entered_us = entered_us
+    entry.first_receive_us = -1
+    entry.last_receive_us = -1
+    entry.queue = qid
+    entry.receive_count = 0
+    entry.level = blob.priority if blob.priority < q.levels else q.levels - 1
+    entry.listed = 0
+    entry.lease_listed = 0
+    entry.group = NIL
+    entry.group_next = NIL
+
+
 cdef class Store:
     """All queues of one broker. Used by the broker layer only, through these methods."""
 
@@ -369,19 +389,8 @@ cdef class Store:
         cdef uint32_t qid = self.pendings[index].queue
         cdef queue_t* q = &self.queues[qid]
         cdef blob_t* blob = self.pending_blobs[index]
-        entry.blob = blob   # the pending copy's reference passes to the entry
-        entry.dead = NULL
-        entry.journal_seq = 0
-        entry.entered_us = blob.timestamp_us
-        entry.first_receive_us = -1
-        entry.last_receive_us = -1
-        entry.queue = qid
-        entry.receive_count = 0
-        entry.level = blob.priority if blob.priority < q.levels else q.levels - 1
-        entry.listed = 0
-        entry.lease_listed = 0
-        entry.group = NIL
-        entry.group_next = NIL
+        # the pending copy's reference to its blob passes to the entry
+        _fresh_entry(entry, q, qid, blob, NULL, blob.timestamp_us)
         entry.state = STATE_DELAYED
         self._arrival_replace(qid, index | PENDING_TAG, slot)
         self._free_pending(index)
@@ -662,19 +671,7 @@ cdef class Store:
         entry = &self.entries[slot]
         q = &self.queues[qid]
         blob.refcount += 1
-        entry.blob = blob
-        entry.dead = dead
-        entry.journal_seq = 0
-        entry.entered_us = now_us
-        entry.first_receive_us = -1
-        entry.last_receive_us = -1
-        entry.queue = qid
-        entry.receive_count = 0
-        entry.level = blob.priority if blob.priority < q.levels else q.levels - 1
-        entry.listed = 0
-        entry.lease_listed = 0
-        entry.group = NIL
-        entry.group_next = NIL
+        _fresh_entry(entry, q, qid, blob, dead, now_us)
         if q.fifo:
             self._group_append(slot, qid, blob)
             q = &self.queues[qid]
