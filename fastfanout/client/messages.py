@@ -12,7 +12,7 @@ embedded twin (``RemoteMessage``, made in C from the delivery frame by
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol, overload
 
@@ -111,6 +111,10 @@ class RemotePublishBatch(Sequence[PublishResult]):
 
     def __len__(self) -> int:
         return self._count
+
+    def __iter__(self) -> Iterator[PublishResult]:
+        # all of them: one decode of the frame, not one per entry as indexing does
+        return map(PublishResult, *protocol.decode_results(self._frame))
 
     @overload
     def __getitem__(self, index: int) -> PublishResult: ...

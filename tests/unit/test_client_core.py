@@ -164,6 +164,7 @@ def test_publish_results_are_read_from_their_frame_when_asked() -> None:
     assert results[-1] == PublishResult(100 + count - 1, 2, (count - 1) % 3 == 0)
     assert results[2:4] == [PublishResult(102, 2, False), PublishResult(103, 2, True)]
     assert results.message_ids == list(range(100, 100 + count))
+    assert list(results) == [results[index] for index in range(count)]   # one decode
     for index in (count, -count - 1):
         with pytest.raises(IndexError):
             results[index]
