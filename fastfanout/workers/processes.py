@@ -4,11 +4,12 @@ For CPU-bound handlers (the GIL lets one thread run Python at a time). The paren
 N children with the ``spawn`` method (a fresh interpreter: no thread or lock of the
 parent is inherited, unlike ``fork``); each imports the handler's module, connects, and
 runs that one handler as a one-process worker. A child reports its stats through a pipe
-every ``STATS_INTERVAL``; a child that dies is started again (counted in ``restarts``);
-the broker redelivers what the dead one held at once, as it does for any client that
-vanishes. Stopping sends SIGTERM to each child, which shuts down gracefully within the
-worker's ``shutdown_timeout``; one still running after that and ``KILL_GRACE`` more is
-killed.
+every ``STATS_INTERVAL``; a child that dies is started again (counted in ``restarts``),
+unless it stopped cleanly (exit status 0: a signal asked it to, e.g. Ctrl-C reaching the
+whole process group); the broker redelivers what the dead one held at once, as it does
+for any client that vanishes. Stopping sends SIGTERM to each child, which shuts down
+gracefully within the worker's ``shutdown_timeout``; one still running after that and
+``KILL_GRACE`` more is killed.
 """
 
 from __future__ import annotations
@@ -117,17 +118,25 @@ class ProcessGroup:
                 [child.reader for child in self._children]
                 + [child.process.sentinel for child in self._children], STATS_INTERVAL)
             with self._lock:
-                for number, child in enumerate(self._children):
+                for number, child in reversed(list(enumerate(self._children))):
                     self._drain(child)
-                    if not child.process.is_alive() and not self._stopping:
-                        log.warning("worker process %s of %s exited with %s; starting another",
-                                    child.process.pid, self.handler.name,
-                                    child.process.exitcode)
-                        if child.latest is not None:
-                            self._finished.append(child.latest)
-                        child.reader.close()
-                        self._children[number] = self._spawn()
-                        self.restarts += 1
+                    if child.process.is_alive() or self._stopping:
+                        continue
+                    if child.latest is not None:
+                        self._finished.append(child.latest)
+                    child.reader.close()
+                    if child.process.exitcode == 0:
+                        # It stopped as asked: a SIGTERM or SIGINT sent to it, or to the
+                        # whole process group (Ctrl-C, a service manager) before this
+                        # parent's own stop began. Starting another would undo that.
+                        log.info("worker process %s of %s stopped on a signal; not restarted",
+                                 child.process.pid, self.handler.name)
+                        del self._children[number]
+                        continue
+                    log.warning("worker process %s of %s exited with %s; starting another",
+                                child.process.pid, self.handler.name, child.process.exitcode)
+                    self._children[number] = self._spawn()
+                    self.restarts += 1
 
     def hurry(self) -> None:
         """SIGTERM the children again: each stops without waiting for running calls."""

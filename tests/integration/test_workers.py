@@ -427,6 +427,13 @@ def test_processes_spread_a_handler_over_processes(track: Tracker, tmp_path: Pat
     wait_until(lambda: len(list(tmp_path.glob("*-*"))) == 21, timeout=30, what="one more")
     wait_until(lambda: worker.stats().handlers["record"].processed == 21,   # dead one's kept
                what="stats of 21")
+    stopped = worker.pids[0]
+    os.kill(stopped, signal.SIGTERM)   # stopped on a signal (Ctrl-C to the group): stays so
+    wait_until(lambda: stopped not in worker.pids, timeout=30, what="the stopped one gone")
+    assert worker.stats().restarts == 1 and worker.stats().handlers["record"].processes == 1
+    assert worker.stats().handlers["record"].processed == 21
+    wait_until(lambda: client.server_stats()["consumers"] == 1, timeout=30,
+               what="one process consuming")
     worker.stop()
     assert client.stats().queues["jobs"].acked == 21
 
