@@ -36,6 +36,10 @@ cdef class Journal:
     cdef bint job_active                    # a batch is with the writer (commit_begin)
     cdef uint64_t job_last_seq              # the last sequence of that batch
     cdef size_t job_capacity                # bytes allocated for the writer's buffer
+    cdef readonly uint64_t inline_writes    # commit_begin batches written by the caller itself
+    cdef readonly uint64_t writer_batches   # commit_begin batches handed to the writer
+    cdef readonly uint64_t slow_inline_writes  # inline writes over INLINE_WRITE_SLOW_NS
+    cdef uint64_t inline_resume_ns          # no inline write before this (after a slow one)
     cdef set removing                       # segment names the remover thread unlinks
     cdef object remover                     # that thread (started with the first), or None
     cdef object removals                    # its queue of name lists (None: stop)
@@ -49,6 +53,7 @@ cdef class Journal:
     cdef _begin_segment_at(self, uint64_t seq)
     cdef _join(self)
     cdef _complete_job(self)
+    cdef uint64_t _write_inline(self) except? 0
     cdef _drop_buffered(self)
     cdef _write_failed(self, int code)
     cdef _stop_writer(self)

@@ -53,8 +53,16 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.fcntl cimport O_APPEND, O_CREAT, O_EXCL, O_WRONLY, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_PRIVATE, PROT_READ, mmap, munmap
-from posix.unistd cimport close as c_close, ftruncate, read as c_read, write as c_write
+from posix.unistd cimport (
+    close as c_close,
+    ftruncate,
+    read as c_read,
+    usleep,
+    useconds_t,
+    write as c_write,
+)
 
+from fastfanout._ext.clocks cimport monotonic_ns
 from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_load_le64, ff_store_le32, ff_store_le64
 
 import os
@@ -112,6 +120,23 @@ SEGMENT_HEADER_BYTES = SEGMENT_HEADER
 MAX_PAYLOAD_BYTES = MAX_PAYLOAD
 """Largest payload of one record (1 GiB): a length above it marks a record as bad."""
 FSYNC_POLICIES = ("always", "interval", "never")
+
+cdef enum:
+    INLINE_MAX = 64 << 10
+    INLINE_SLOW_NS = 5000000
+    INLINE_PAUSE_NS = 1000000000
+
+INLINE_WRITE_MAX_BYTES = INLINE_MAX
+"""Largest batch ``commit_begin`` writes in the caller's thread when it needs no
+fdatasync (64 KiB): a ``write`` of that much into the page cache costs less than waking
+the writer thread and being woken by it; a larger batch, or one to be synced, goes to
+the writer (``writer_batches``)."""
+INLINE_WRITE_SLOW_NS = INLINE_SLOW_NS
+"""An inline write slower than this (5 ms: the kernel throttling dirty pages, a busy
+disk) is counted (``slow_inline_writes``) and sends the batches of the next
+``INLINE_WRITE_PAUSE_NS`` to the writer thread, so the caller's loop is not held up."""
+INLINE_WRITE_PAUSE_NS = INLINE_PAUSE_NS
+"""How long after a slow inline write every batch goes to the writer (1 s)."""
 
 
 def crc32c(data, uint32_t previous=0):
@@ -621,6 +646,7 @@ cdef class Journal:
         (none of them is in the file; their sequences are given out again); any other
         error fails the journal closed (``StoreFailed``)."""
         cdef int code
+        cdef useconds_t delay
         self._join()
         self._check_open()
         if not self.buffered:
@@ -630,8 +656,11 @@ cdef class Journal:
             self.sync()
             self._begin_segment_at(self.written_seq + 1)
         code = _fault("write")
+        delay = <useconds_t>_fault("slow_write")
         if code == 0:
             with nogil:
+                if delay:
+                    usleep(delay)
                 frame_records(self.buffer, self.buffered)
                 code = write_all(self.fd, self.buffer, self.buffered)
         if code:
@@ -745,7 +774,9 @@ cdef class Journal:
         fdatasync it, while the caller appends the next batch. Returns the last
         sequence handed; ``poll`` says when it is written (``written_seq``) and synced
         (``synced_seq``). Waits first for a batch still in flight. Without a writer
-        (``start_writer``) this is ``commit``.
+        (``start_writer``) this is ``commit``. A batch of at most
+        ``INLINE_WRITE_MAX_BYTES`` that needs no fdatasync is written here, in the
+        caller's thread (``inline_writes``): it is done when this returns.
         """
         cdef writer_t* w = <writer_t*>self.writer
         cdef char* spare
@@ -761,6 +792,8 @@ cdef class Journal:
         if not self.buffered and (not sync or (self.synced_seq == self.written_seq
                                                and self.synced_size == self.segment_size)):
             return self.written_seq   # nothing to write or sync
+        if not sync and self.buffered <= INLINE_MAX and monotonic_ns() >= self.inline_resume_ns:
+            return self._write_inline()
         if self.auto_roll and self.buffered and self.segment_size > SEGMENT_HEADER and \
                 self.segment_size + self.buffered > self.segment_bytes:
             self.sync()
@@ -790,7 +823,25 @@ cdef class Journal:
         self.buffered = 0
         self.job_active = True
         self.job_last_seq = self.buffered_last_seq
+        self.writer_batches += 1
         return self.job_last_seq
+
+    cdef uint64_t _write_inline(self) except? 0:
+        """``commit_begin`` of a small batch that needs no fdatasync: ``flush`` it here.
+
+        One ``write`` (without the GIL) instead of two thread wake-ups, so the caller's
+        round ends with the batch written; a slow one sends the next batches to the
+        writer for a while (``INLINE_WRITE_SLOW_NS``).
+        """
+        cdef uint64_t began = monotonic_ns()
+        cdef uint64_t ended
+        self.flush()
+        ended = monotonic_ns()
+        self.inline_writes += 1
+        if ended - began > INLINE_SLOW_NS:
+            self.slow_inline_writes += 1
+            self.inline_resume_ns = ended + INLINE_PAUSE_NS
+        return self.written_seq
 
     def poll(self, bint wait=False):
         """Finish the batch handed to the writer if it is done (``wait``: once it is).
@@ -965,9 +1016,12 @@ _faults = {}
 
 def inject_fault(str operation, int error, int after=0):
     """Test hook: make the ``after``-th next ``operation`` (``"write"`` or ``"fsync"``)
-    of any journal fail with errno ``error`` (once). ``error=0`` clears it."""
-    if operation not in ("write", "fsync"):
-        raise InvalidArgument(f"operation={operation!r} must be 'write' or 'fsync'")
+    of any journal fail with errno ``error`` (once). ``error=0`` clears it.
+    ``"slow_write"`` makes the next write of ``flush`` (an inline commit's) take
+    ``error`` microseconds longer instead."""
+    if operation not in ("write", "fsync", "slow_write"):
+        raise InvalidArgument(
+            f"operation={operation!r} must be 'write', 'fsync' or 'slow_write'")
     if error:
         _faults[operation] = [after, error]
     else:

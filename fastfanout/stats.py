@@ -105,7 +105,9 @@ class BrokerStats:
         topics: topic name -> its counters.
         queues: queue name -> its counters.
         storage: a durable broker's storage counters (None in memory): journal_bytes,
-            segments, records, bytes_written, syncs, store_full (refusals), failures,
+            segments, records, bytes_written, syncs, inline_writes and writer_batches
+            (commits written by the server's thread or handed to the journal's writer
+            thread), slow_inline_writes, store_full (refusals), failures,
             failure, removed_segments, snapshots, and recovery (records, bytes, seconds,
             torn_tail, skipped, bad_segments, messages restored, orphan_records).
     """

@@ -8,6 +8,9 @@ SEGMENT_HEADER_BYTES: Final[int]
 MAX_PAYLOAD_BYTES: Final[int]
 FSYNC_POLICIES: Final[tuple[str, ...]]
 MAGIC: Final[bytes]
+INLINE_WRITE_MAX_BYTES: Final[int]
+INLINE_WRITE_SLOW_NS: Final[int]
+INLINE_WRITE_PAUSE_NS: Final[int]
 
 def crc32c(data: Buffer, previous: int = 0) -> int: ...
 def crc32c_hardware() -> bool: ...
@@ -45,6 +48,9 @@ class Journal:
     auto_roll: bool
     segment_size: int
     drops: int
+    inline_writes: int
+    writer_batches: int
+    slow_inline_writes: int
     @property
     def buffered_bytes(self) -> int: ...
     @property

@@ -36,6 +36,7 @@ def test_confirmed_messages_survive_a_server_restart(track: Tracker, tmp_path: P
     storage = broker.stats().storage
     assert storage is not None
     assert storage["syncs"] < sent   # pipelined publishes shared fdatasyncs
+    assert storage["writer_batches"] > 0   # fdatasyncs are the writer thread's
     client.close()
     server.stop()
     broker.close()
@@ -103,6 +104,31 @@ def test_settles_alone_are_written_without_an_fdatasync(track: Tracker, tmp_path
         synced = broker.stats().storage
         assert synced is not None and synced["synced_seq"] == synced["written_seq"]
         assert synced["syncs"] == before["syncs"] + 1
+    finally:
+        for server in track.servers:
+            server.stop()
+        broker.close()
+
+
+def test_a_publish_that_needs_no_fdatasync_is_confirmed_in_its_own_round(
+        track: Tracker, tmp_path: Path) -> None:
+    broker = Broker(data_dir=tmp_path / "data", fsync="never")
+    try:
+        endpoint = track.endpoint()
+        track.server(endpoint, broker=broker)
+        client = track.client(endpoint)
+        client.create_queue("q")
+        before = broker.stats().storage
+        assert before is not None
+        for i in range(20):
+            client.send("q", f"m{i}".encode())   # each one confirmed: written
+        after = broker.stats().storage
+        assert after is not None
+        # written by the server's own thread, without a round trip to the writer thread
+        assert after["inline_writes"] >= before["inline_writes"] + 20
+        assert after["writer_batches"] == before["writer_batches"]
+        assert after["syncs"] == before["syncs"]
+        assert len(client.receive("q", max_messages=50)) == 20
     finally:
         for server in track.servers:
             server.stop()

@@ -431,3 +431,56 @@ def test_with_a_writer_old_segments_are_unlinked_by_a_thread(tmp_path):
     assert writer.remove_segments_before(writer.next_seq) == 0   # not listed twice
     writer.close()   # waits for the remover
     assert [name for _, name in journal.segments(tmp_path)] == [writer.segment]
+
+
+def test_a_small_batch_that_needs_no_sync_is_written_by_the_caller(tmp_path):
+    writer = journal.Journal(tmp_path)
+    fd = writer.start_writer()
+    writer.append(2, b"small")
+    assert writer.commit_begin(sync=False) == 1
+    assert not writer.busy and writer.written_seq == 1   # done when it returns
+    assert not wait_readable(fd, 0)                       # the writer was not woken
+    assert (writer.inline_writes, writer.writer_batches) == (1, 0)
+    writer.append(2, b"synced")
+    writer.commit_begin(sync=True)                        # a sync goes to the writer
+    assert writer.busy and writer.poll(wait=True) and writer.synced_seq == 2
+    body = b"x" * 1024
+    for _ in range(journal.INLINE_WRITE_MAX_BYTES // len(body) + 1):
+        writer.append(2, body)                            # past the limit: the writer
+    writer.commit_begin(sync=False)
+    assert writer.busy and writer.poll(wait=True)
+    assert (writer.inline_writes, writer.writer_batches) == (1, 2)
+    writer.close()
+    assert len(read_all(tmp_path)[0]) == writer.written_seq == writer.next_seq - 1
+
+
+def test_a_full_disk_under_an_inline_write_drops_the_batch_at_once(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.start_writer()
+    writer.append(2, b"kept")
+    writer.commit_begin(sync=False)
+    journal.inject_fault("write", errno.ENOSPC)
+    writer.append(2, b"refused")
+    with pytest.raises(StoreFull):
+        writer.commit_begin(sync=False)
+    assert (writer.drops, writer.full_refusals, writer.buffered_bytes) == (1, 1, 0)
+    writer.append(2, b"after")
+    writer.commit_begin(sync=False)
+    writer.close()
+    assert [(seq, payload) for seq, _, payload in read_all(tmp_path)[0]] == [
+        (1, b"kept"), (2, b"after")]
+
+
+def test_a_slow_inline_write_sends_the_next_batches_to_the_writer(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.start_writer()
+    journal.inject_fault("slow_write", journal.INLINE_WRITE_SLOW_NS // 1000 * 3)
+    writer.append(2, b"slow")
+    writer.commit_begin(sync=False)
+    assert not writer.busy and writer.slow_inline_writes == 1
+    writer.append(2, b"next")
+    writer.commit_begin(sync=False)          # within INLINE_WRITE_PAUSE_NS of it
+    assert writer.busy and writer.poll(wait=True)
+    assert (writer.inline_writes, writer.writer_batches) == (1, 1)
+    writer.close()
+    assert [payload for _, _, payload in read_all(tmp_path)[0]] == [b"slow", b"next"]
