@@ -53,6 +53,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.fcntl cimport O_APPEND, O_CREAT, O_EXCL, O_WRONLY, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_PRIVATE, PROT_READ, mmap, munmap
+from posix.resource cimport getrusage, rusage
 from posix.unistd cimport (
     close as c_close,
     ftruncate,
@@ -104,6 +105,9 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex)
     int pthread_cond_broadcast(pthread_cond_t* cond)
 
+cdef extern from "<sys/resource.h>" nogil:
+    enum: RUSAGE_THREAD
+
 ff_crc32c_init()
 
 cdef const char* MAGIC_BYTES = b"FFJRNL01"
@@ -132,9 +136,10 @@ fdatasync (64 KiB): a ``write`` of that much into the page cache costs less than
 the writer thread and being woken by it; a larger batch, or one to be synced, goes to
 the writer (``writer_batches``)."""
 INLINE_WRITE_SLOW_NS = INLINE_SLOW_NS
-"""An inline write slower than this (5 ms: the kernel throttling dirty pages, a busy
-disk) is counted (``slow_inline_writes``) and sends the batches of the next
-``INLINE_WRITE_PAUSE_NS`` to the writer thread, so the caller's loop is not held up."""
+"""An inline write slower than this (5 ms) during which the thread slept (the kernel
+throttling dirty pages, a busy disk; a preemption does not count) is counted
+(``slow_inline_writes``) and sends the batches of the next ``INLINE_WRITE_PAUSE_NS`` to
+the writer thread, so the caller's loop is not held up."""
 INLINE_WRITE_PAUSE_NS = INLINE_PAUSE_NS
 """How long after a slow inline write every batch goes to the writer (1 s)."""
 
@@ -830,17 +835,25 @@ cdef class Journal:
         """``commit_begin`` of a small batch that needs no fdatasync: ``flush`` it here.
 
         One ``write`` (without the GIL) instead of two thread wake-ups, so the caller's
-        round ends with the batch written; a slow one sends the next batches to the
-        writer for a while (``INLINE_WRITE_SLOW_NS``).
+        round ends with the batch written. A write slower than ``INLINE_WRITE_SLOW_NS``
+        during which the thread slept (a voluntary switch: the kernel throttling dirty
+        pages, a stalled disk; not a preemption by another thread on a busy machine)
+        sends the next batches to the writer for ``INLINE_WRITE_PAUSE_NS``.
         """
-        cdef uint64_t began = monotonic_ns()
+        cdef rusage before
+        cdef rusage after
+        cdef uint64_t began
         cdef uint64_t ended
+        getrusage(RUSAGE_THREAD, &before)
+        began = monotonic_ns()
         self.flush()
         ended = monotonic_ns()
         self.inline_writes += 1
         if ended - began > INLINE_SLOW_NS:
-            self.slow_inline_writes += 1
-            self.inline_resume_ns = ended + INLINE_PAUSE_NS
+            getrusage(RUSAGE_THREAD, &after)
+            if after.ru_nvcsw != before.ru_nvcsw:
+                self.slow_inline_writes += 1
+                self.inline_resume_ns = ended + INLINE_PAUSE_NS
         return self.written_seq
 
     def poll(self, bint wait=False):
