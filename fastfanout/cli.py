@@ -328,7 +328,8 @@ def _bridge_companion(path: str, endpoint: str, in_memory: bool
         # admitted by the server in memory (never on disk): see docs/bridge.md.
         curve = server.companion_curve()
         bridge = Bridge(rules, endpoint, identity=identity, durable=not in_memory,
-                        client_options=None if curve is None else {"curve": curve}).start()
+                        client_options=None if curve is None else {"curve": curve},
+                        switch_interval=None).host(server)
         server.stats_sources["bridge"] = bridge.stats
         return bridge.stop
 

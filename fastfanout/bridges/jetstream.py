@@ -70,6 +70,7 @@ from fastfanout.errors import (
     StoreFull,
 )
 from fastfanout.records import Attributes, PublishEntry
+from fastfanout.server.guests import Host, SteppedLoop
 
 __all__ = ["HEADER_ATTRIBUTES", "HEADER_DEDUP_ID", "HEADER_GROUP_ID", "HEADER_MESSAGE_ID",
            "HEADER_PRIORITY", "Bridge", "bridge_unavailable", "decode_attributes",
@@ -406,13 +407,23 @@ class _Puller:
         return taken
 
 
+async def _ended(tasks: set[asyncio.Task[Any]], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``tasks`` to end."""
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
     if not future.done():
         future.set_result(value)
 
 
 class Bridge:
-    """The rules of one rule file, run in a thread of their own beside a broker server.
+    """The rules of one rule file, run beside a broker server.
+
+    ``host(server)`` runs them in the server's own thread (what ``fastfanout serve
+    --bridge`` does: no thread switch between the server and the bridge, see
+    ``fastfanout.server.guests``); ``start()`` in a thread of their own.
 
     Args:
         rules: the checked rule file (``load_rules``).
@@ -450,6 +461,9 @@ class Bridge:
         self._nats_lock: asyncio.Lock | None = None
         # import rule -> (JetStream context, stream, durable consumer), for the lag
         self._consumers: dict[str, tuple[Any, str, str]] = {}
+        self._hosted: SteppedLoop | None = None   # host(): the loop the server steps
+        self._done = threading.Event()            # host(): the rules have stopped
+        self._task: asyncio.Task[None] | None = None   # host(): the rules' main task
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -469,12 +483,31 @@ class Bridge:
         self._started.wait(STOP_DEADLINE)
         return self
 
+    def host(self, server: Host) -> Bridge:
+        """Run the rules in ``server``'s thread, a guest of its loop; returns self.
+
+        Call it before the server's loop runs (``Server.host``). The rules start with
+        the loop's first round.
+        """
+        loop = SteppedLoop()
+        self._hosted = self._loop = loop
+        self._stopping = asyncio.Event()
+        self._task = loop.create_task(self._main(), name="fastfanout-bridge")
+        self._task.add_done_callback(lambda _: self._done.set())
+        server.host(loop)
+        return self
+
     def stop(self, timeout: float = STOP_DEADLINE) -> None:
         """Stop every rule, close the connections, join the thread (``timeout`` seconds).
 
         Unacked messages are safe: local leases are released when the bridge's sessions
-        end, and JetStream redelivers what was not acked after ``ack_wait``.
+        end, and JetStream redelivers what was not acked after ``ack_wait``. A hosted
+        bridge stops while its server still steps it (from another thread: this waits
+        for it); once the server's loop has ended, this runs what is left of it here.
         """
+        if self._hosted is not None:
+            self._stop_hosted(self._hosted, timeout)
+            return
         loop, stopping, thread = self._loop, self._stopping, self._thread
         if loop is not None and stopping is not None and not loop.is_closed():
             try:
@@ -486,6 +519,26 @@ class Bridge:
             if thread.is_alive():
                 log.warning("the bridge thread did not stop within %.1f s", timeout)
             self._thread = None
+
+    def _stop_hosted(self, loop: SteppedLoop, timeout: float) -> None:
+        """``stop`` of a bridge that ``host`` gave to a server's loop."""
+        if loop.is_closed():
+            return
+        stopping = self._stopping
+        assert stopping is not None
+        here = loop.stepper is None or loop.stepper == threading.get_ident()
+        if not self._done.is_set():
+            if not here:   # the server steps it: ask, and wait for the rules to end
+                loop.call_soon_threadsafe(stopping.set)
+                if not self._done.wait(timeout):
+                    log.warning("the bridge did not stop within %.1f s", timeout)
+                return     # the loop's thread closes it (its own stop() call)
+            stopping.set()
+            assert self._task is not None
+            loop.run_until_complete(_ended({self._task}, timeout))
+        if here:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Each rule's counters (``export:NAME`` / ``import:NAME`` -> ``COUNTERS``)."""
@@ -501,7 +554,9 @@ class Bridge:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+        if self._hosted is None:
+            self._stopping = asyncio.Event()
+        assert self._stopping is not None
         self._nats_lock = asyncio.Lock()
         self._started.set()
         tasks = [asyncio.create_task(self._keep(self._export, rule),

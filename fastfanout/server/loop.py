@@ -86,6 +86,7 @@ from fastfanout.errors import (
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
 from fastfanout.server.allocator import keep_freed_memory, memory_stats
 from fastfanout.server.deliveries import Deliveries
+from fastfanout.server.guests import Guest
 from fastfanout.server.holds import HeldRequest, HeldRequests
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.server.local_sessions import LocalSessions
@@ -278,6 +279,7 @@ class Server:
         self._stopping = False
         self._stopped = threading.Event()
         self._looping = False   # the loop runs (in start()'s thread or serve_forever's)
+        self._guests: list[Guest] = []   # run in the loop's thread (``host``)
         self._sessions: dict[bytes, Session] = {}
         self._replies: list[tuple[Session, int, list[bytes]]] = []
         # A durable broker's pipelined commit: the replies its batch confirms, its ticket
@@ -360,6 +362,19 @@ class Server:
         self._thread.start()
         return self
 
+    def host(self, guest: Guest) -> None:
+        """Run ``guest`` in the loop's thread, between rounds (``fastfanout.server.guests``).
+
+        The loop watches the guest's descriptor, wakes for its next timer and steps it
+        after each round. Call it before the loop runs.
+
+        Raises:
+            RuntimeError: the loop runs already.
+        """
+        if self._looping:
+            raise RuntimeError("host() a guest before the server's loop runs")
+        self._guests.append(guest)
+
     def serve_forever(self) -> None:
         """Bind and serve in this thread until ``stop_nowait()`` (or a signal) stops it."""
         self.bind()
@@ -440,8 +455,15 @@ class Server:
                 self._commit_fd = -1
             if self._commit_fd >= 0:
                 transport.watch(self._commit_fd)
+            guests = self._guests
+            for guest in guests:
+                transport.watch(guest.fileno())
             while not self._stopping:
                 timeout, waiting = self.next_wait()
+                for guest in guests:
+                    due = guest.timeout()
+                    if due is not None and due < timeout:
+                        timeout = due
                 if timeout > 0 and self._local and not self._local.may_sleep():
                     timeout = 0.0
                 requests, subscriptions, monitor, bells = transport.wait(timeout)
@@ -472,6 +494,8 @@ class Server:
                     next_housekeeping = now + IDLE_TICK
                     self._housekeeping(now)
                     self._streams.tick(transport, now)
+                for guest in guests:
+                    guest.step()
         except Exception:
             log.exception("server loop failed")
             raise
@@ -592,6 +616,8 @@ class Server:
         return IDLE_TICK, waiting
 
     def _shutdown(self) -> None:
+        for guest in self._guests:
+            guest.release()
         if self._stopped.is_set():
             return
         transport = self._transport
