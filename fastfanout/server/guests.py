@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import select
 import selectors
 import threading
 from collections.abc import Callable
@@ -85,6 +86,8 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         self._order = itertools.count()
         self._last_step_time = 0.0   # when the last iteration began
         self.stepper: int | None = None   # the thread that steps it (None: none now)
+        self._readable = select.poll()
+        self._readable.register(self._epoll.fileno(), select.POLLIN)
 
     def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts,
                   context: Context | None = None) -> asyncio.Handle:
@@ -107,8 +110,12 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         """Run the loop's ready callbacks and I/O, iteration by iteration, without waiting.
 
         Stops when an iteration scheduled nothing more, or after ``STEP_ITERATIONS``.
+        Returns at once (one ``poll`` of its descriptor) when nothing is ready: a host
+        steps it after every round, busy or not.
         """
         self.stepper = threading.get_ident()
+        if self.timeout() != 0.0 and not self._readable.poll(0):
+            return
         for _ in range(STEP_ITERATIONS):
             self._stepped_soon = self._soon
             super().call_soon(self.stop)   # not counted: it is the step's own
@@ -121,17 +128,12 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         if self._soon != self._stepped_soon:
             return 0.0
         timers = self._timers
-        while timers and timers[0][2].cancelled():
+        # cancelled, or ran in the last step (it ran every timer due when it began)
+        while timers and (timers[0][2].cancelled() or timers[0][0] <= self._last_step_time):
             heapq.heappop(timers)
         if not timers:
             return None
-        now = self.time()
-        while timers and timers[0][0] <= now:
-            # due: it ran in the last step, or runs in the next one (then step now)
-            when, _, handle = heapq.heappop(timers)
-            if not handle.cancelled() and when > self._last_step_time:
-                return 0.0
-        return max(0.0, timers[0][0] - now) if timers else None
+        return max(0.0, timers[0][0] - self.time())
 
     def release(self) -> None:
         """The host steps it no more: whoever stops its work may run it (``stepper``)."""
