@@ -1029,7 +1029,7 @@ def serve(endpoint: str | None = None, *,
     Args:
         endpoint: command endpoint (default: the per-user ipc socket).
         companion: called once the endpoint is bound, before the loop runs (say, to
-            start the NATS bridge's thread); returns what stops it, called on SIGTERM or
+            host the NATS bridge in its thread); returns what stops it, called on SIGTERM or
             SIGINT before the loop is told to stop (and again, a no-op, after it ended).
         **options: any keyword argument of ``Server``.
     """
