@@ -58,8 +58,8 @@ from functools import partial
 
 from fastfanout.errors import FastFanoutError
 
-__all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PublishFuture", "Ticker",
-           "bind_futures"]
+__all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
+           "PublishFuture", "Ticker", "bind_futures"]
 
 # The blocking client's futures log a failing done callback here (as before they were
 # native: fastfanout.client.futures).
@@ -131,6 +131,29 @@ cdef class OfferGate:
 
 
 @cython.final
+cdef class PendingBatch:
+    """A publish batch being filled (``ConnectionCore.batches``): records go into a
+    native frame builder, and a future per record waits for the batch's one reply.
+
+    Attributes:
+        builder: the frame being built (``FrameBuilder``).
+        futures: the futures of its records, in record order.
+        left: set by the core once the batch is no longer open (sent, or failed with its
+            session): the gate appends to the batch it remembers only while this is
+            False, with no look-up in ``ConnectionCore.batches``.
+    """
+
+    cdef readonly FrameBuilder builder
+    cdef readonly list futures
+    cdef public bint left
+
+    def __cinit__(self):
+        self.builder = FrameBuilder()
+        self.futures = []
+        self.left = False
+
+
+@cython.final
 cdef class NowaitGate:
     """``publish_nowait`` / ``send_nowait`` of a bare body, in C (both clients).
 
@@ -138,6 +161,13 @@ cdef class NowaitGate:
     future is returned. The common case — the target's batch is open — is one native
     call: the body appended in place, the future made, the batch sent when full.
     Opening a batch goes through the Python core as before.
+
+    The common case reads no Python attribute: the gate remembers the batch it appended
+    to (a ``PendingBatch``, whose ``left`` the core sets when it is sent or fails) and
+    the blocking connection's lock. What else would end it is told with ``forget()``:
+    the blocking driver calls it when its transport goes (a broken session, close) and
+    in a forked child (a new lock). The asyncio client's gate (no connection) still
+    checks the core's ``closed`` and ``forked`` on every call.
 
     Args:
         core: the connection's ``ConnectionCore``.
@@ -164,15 +194,13 @@ cdef class NowaitGate:
     cdef uint64_t _batch_messages   # the core's limits (fixed when it is made)
     cdef size_t _batch_bytes
     # The batch the last call appended to, while it stays open (see ``_enqueue``): its
-    # target (the caller's own opcode and name objects), key, the batches dict it is in,
-    # and its builder and futures.
+    # target (the caller's own opcode and name objects) and key.
     cdef object _opcode
     cdef object _name
     cdef object _key
-    cdef object _batches
-    cdef object _batch
-    cdef FrameBuilder _builder
-    cdef list _futures
+    cdef PendingBatch _batch
+    # The blocking connection's lock once read (a ``FastRLock``; ``forget`` drops it).
+    cdef FastRLock _lock
 
     def __cinit__(self, object core, object new_future, object send_out, object opened,
                   object connection=None):
@@ -229,65 +257,68 @@ cdef class NowaitGate:
         return self._locked(opcode, name, body)
 
     cdef object _locked(self, object opcode, object name, object body):
-        cdef object connection = self._connection
+        cdef object connection
         cdef object lock = None
-        cdef FastRLock fast = None
-        if connection is not None:
-            lock = connection.lock   # a forked child makes a new one
-            if type(lock) is FastRLock:
-                fast = <FastRLock>lock
-                ff_lock_acquire(fast)   # in C
-            else:
-                lock.acquire()
+        cdef FastRLock fast = self._lock
+        if fast is None:
+            connection = self._connection
+            if connection is not None:
+                lock = connection.lock   # a forked child makes a new one (``forget``)
+                if type(lock) is FastRLock:
+                    fast = self._lock = <FastRLock>lock
+                    lock = None
+        if fast is not None:
+            ff_lock_acquire(fast)   # in C
+            try:
+                return self._enqueue(opcode, name, body)
+            finally:
+                ff_lock_release(fast)
+        if lock is None:   # asyncio: no lock
+            return self._enqueue(opcode, name, body)
+        lock.acquire()
         try:
             return self._enqueue(opcode, name, body)
         finally:
-            if fast is not None:
-                ff_lock_release(fast)
-            elif lock is not None:
-                lock.release()
+            lock.release()
 
     def forget(self):
-        """Drop the open batch remembered for the fast path (the next call looks it up)."""
-        self._batch = self._batches = self._key = self._opcode = self._name = None
-        self._builder = None
-        self._futures = None
+        """Drop what the fast path remembers (the open batch, the connection's lock): the
+        next call looks them up. Called when the connection's transport goes, when it is
+        closed, and in a forked child."""
+        self._batch = None
+        self._key = self._opcode = self._name = None
+        self._lock = None
 
     cdef object _enqueue(self, object opcode, object name, object body):
         cdef object core = self._core
         cdef object connection = self._connection
         cdef object batches
-        cdef object batch
         cdef object key
+        cdef PendingBatch batch = self._batch
         cdef FrameBuilder builder
-        cdef list futures
         cdef object future
         cdef PyObject* found
-        if core.forked or core.closed:
-            core.check_open()   # raises
-        if connection is not None and connection.transport is None:
-            connection.ensure()   # connects
-        batches = core.batches
         # The fast path: the same target as the last call (the caller's own objects), and
-        # the batch that call appended to is still the open one — no key tuple, no
-        # attribute of the batch read. Anything else (another target, the batch sent or
-        # flushed, ``core.batches`` replaced) takes the lookup below, which remembers the
-        # batch again.
-        if (name is self._name and opcode is self._opcode and batches is self._batches
-                and type(batches) is dict
-                and PyDict_GetItem(batches, self._key) == <PyObject*>self._batch):
-            key = self._key
-            builder = self._builder
-            futures = self._futures
-        else:
-            self.forget()
+        # the batch that call appended to is still open (the core marks one that leaves)
+        # — no attribute of the core or the connection read. Anything else (another
+        # target, the batch sent or failed, ``forget``) takes the look-up below, which
+        # remembers the batch again.
+        if (batch is None or batch.left or name is not self._name
+                or opcode is not self._opcode
+                or (connection is None and (core.forked or core.closed))):
+            self._batch = None
+            if core.forked or core.closed:
+                core.check_open()   # raises
+            if connection is not None and connection.transport is None:
+                connection.ensure()   # connects
+            batches = core.batches
             key = (opcode, name)
             batch = None
             if type(name) is str:
                 if type(batches) is dict:
                     found = PyDict_GetItem(batches, key)
                     if found != NULL:
-                        batch = <object>found
+                        batch = <PendingBatch?><object>found
                 else:
                     batch = batches.get(key)
             if batch is None:   # a batch to open (or a bad name): the core's own path
@@ -297,13 +328,12 @@ cdef class NowaitGate:
                 if type(batches) is dict:
                     found = PyDict_GetItem(batches, key)
                     if found != NULL:   # still open: remember it
-                        self._remember(opcode, name, key, batches, <object>found)
+                        self._remember(opcode, name, key, <PendingBatch?><object>found)
                 if core.outbox:   # a full batch
                     self._send_out()
                 return future
-            self._remember(opcode, name, key, batches, batch)
-            builder = self._builder
-            futures = self._futures
+            self._remember(opcode, name, key, batch)
+        builder = batch.builder
         if type(body) is bytes:
             builder._append_bytes(<bytes>body)
         else:
@@ -314,24 +344,22 @@ cdef class NowaitGate:
             future = self._create_future()
         else:
             future = self._new_future(builder.out.count - 1)
-        futures.append(future)
+        batch.futures.append(future)
         if (builder.out.count >= self._batch_messages
                 or builder.out.length >= self._batch_bytes):
-            self.forget()
-            core.send_batch(key, batches.pop(key))
+            key = self._key
+            self._batch = None
+            core.send_batch(key, core.batches.pop(key))
             if core.outbox:   # the full batch
                 self._send_out()
         return future
 
-    cdef int _remember(self, object opcode, object name, object key, object batches,
-                       object batch) except -1:
+    cdef int _remember(self, object opcode, object name, object key,
+                       PendingBatch batch) except -1:
         self._opcode = opcode
         self._name = name
         self._key = key
-        self._batches = batches
         self._batch = batch
-        self._builder = <FrameBuilder?>batch.builder
-        self._futures = <list?>batch.futures
         return 0
 
 

@@ -5,8 +5,8 @@ from fastfanout._ext.wire import FrameBuilder
 from fastfanout.errors import FastFanoutError
 from fastfanout.records import PublishResult
 
-__all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PublishFuture", "Ticker",
-           "bind_futures"]
+__all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
+           "PublishFuture", "Ticker", "bind_futures"]
 
 @final
 class OfferGate:
@@ -17,6 +17,15 @@ class OfferGate:
                  kept: Sized, blocked: Callable[[], object], opened: Callable[[], object],
                  full: Callable[[], object], result: Any = None) -> None: ...
     def offer(self, body: object) -> Any: ...
+
+@final
+class PendingBatch:
+    left: bool
+    @property
+    def builder(self) -> FrameBuilder: ...
+    @property
+    def futures(self) -> list[Any]: ...
+    def __init__(self) -> None: ...
 
 @final
 class NowaitGate:

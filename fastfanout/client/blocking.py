@@ -100,6 +100,7 @@ class Connection(DriverBase):
         """
         self.core.forked = True
         self.lock = FastRLock()
+        self.nowait_gate.forget()   # it remembers the parent's lock and open batch
         self._ticker = Ticker()
 
     # -- connection ----------------------------------------------------------------------
@@ -140,6 +141,7 @@ class Connection(DriverBase):
 
     def drop_transport(self) -> None:
         """Close the transport (the next call reconnects)."""
+        self.nowait_gate.forget()   # its next call ensures a transport again
         if self.transport is not None:
             self.transport.close()
             self.transport = None

@@ -39,12 +39,13 @@ import inspect
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
+from fastfanout._ext.offers import PendingBatch
 from fastfanout._ext.received import AckBuffer
-from fastfanout._ext.wire import FrameBuilder, pack_receipts, publish_frame_of
+from fastfanout._ext.wire import pack_receipts, publish_frame_of
 from fastfanout.client import forks
 from fastfanout.errors import (
     BrokenConnection,
@@ -290,19 +291,6 @@ def failed(error: FastFanoutError) -> Request:
     return request
 
 
-class PendingBatch(Generic[F]):
-    """A publish batch being filled: records go into a native frame builder.
-
-    A future per record (the driver's kind) waits for the batch's one reply.
-    """
-
-    __slots__ = ("builder", "futures")
-
-    def __init__(self) -> None:
-        self.builder = FrameBuilder()
-        self.futures: list[F] = []
-
-
 class ConsumerState:
     """One push consumer's state: received batches, its error, its settle queue.
 
@@ -375,7 +363,7 @@ class ConnectionCore:
         self.next_id = 1
         self.pending: dict[int, Request] = {}
         self.consumers: dict[int, ConsumerState] = {}
-        self.batches: dict[tuple[int, str], PendingBatch[Any]] = {}
+        self.batches: dict[tuple[int, str], PendingBatch] = {}
         self.oldest_batch = 0.0
         self.publishes: set[Request] = set()   # PUBLISH/SEND requests not answered yet
         self.loose_acks: list[bytes] = []      # acks of messages of no consumer (asyncio)
@@ -529,8 +517,12 @@ class ConnectionCore:
             self.send_batch(key, self.batches.pop(key))
         return future
 
-    def send_batch(self, key: tuple[int, str], batch: PendingBatch[Any]) -> None:
-        """Queue one batch; ``bind`` ties its futures to the request (or to its refusal)."""
+    def send_batch(self, key: tuple[int, str], batch: PendingBatch) -> None:
+        """Queue one batch; ``bind`` ties its futures to the request (or to its refusal).
+
+        The batch is no longer open (``left``: a nowait gate stops appending to it).
+        """
+        batch.left = True
         if not batch.futures:   # its only message was refused by the frame builder
             return
         try:
@@ -742,5 +734,6 @@ class ConnectionCore:
         self.loose_acks.clear()
         batches, self.batches = self.batches, {}
         for batch in batches.values():
+            batch.left = True
             self.bind(batch.futures, failed(error))
         return consumers

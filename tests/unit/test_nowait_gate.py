@@ -4,44 +4,49 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
+from fastfanout._ext.locks import FastRLock
 from fastfanout._ext.offers import NowaitGate
-from fastfanout.client import core as core_module
-from fastfanout.client.core import ConnectionCore, PendingBatch
+from fastfanout.client.core import ConnectionCore
+from fastfanout.errors import BrokenConnection
 from fastfanout.wire.protocol import Opcode
 
 
-class CountedBatch(PendingBatch[Any]):
-    """A pending batch counting the reads of its builder and futures."""
+class CountedCore(ConnectionCore):
+    """A connection core counting the reads of its attributes the gate looks at."""
 
-    __slots__ = ()
     reads = 0
 
-    @property   # type: ignore[override]
-    def builder(self) -> Any:
-        CountedBatch.reads += 1
-        return PendingBatch.builder.__get__(self)   # type: ignore[attr-defined]
-
-    @builder.setter
-    def builder(self, value: Any) -> None:
-        PendingBatch.builder.__set__(self, value)   # type: ignore[attr-defined]
-
-    @property   # type: ignore[override]
-    def futures(self) -> Any:
-        CountedBatch.reads += 1
-        return PendingBatch.futures.__get__(self)   # type: ignore[attr-defined]
-
-    @futures.setter
-    def futures(self, value: Any) -> None:
-        PendingBatch.futures.__set__(self, value)   # type: ignore[attr-defined]
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("batches", "forked", "closed", "outbox"):
+            CountedCore.reads += 1
+        return super().__getattribute__(name)
 
 
-@pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> type[CountedBatch]:
-    monkeypatch.setattr(core_module, "PendingBatch", CountedBatch)
-    CountedBatch.reads = 0
-    return CountedBatch
+class CountedConnection:
+    """The blocking connection as the gate sees it (its lock and transport), counting
+    the reads of them."""
+
+    def __init__(self) -> None:
+        self._lock = FastRLock()
+        self._transport: object = object()
+        self.reads = 0
+
+    @property
+    def lock(self) -> FastRLock:
+        self.reads += 1
+        return self._lock
+
+    @lock.setter
+    def lock(self, value: FastRLock) -> None:
+        self._lock = value
+
+    @property
+    def transport(self) -> object:
+        self.reads += 1
+        return self._transport
+
+    def ensure(self) -> None:
+        """Connected already."""
 
 
 def _gate(batch_messages: int = 1000) -> tuple[ConnectionCore, NowaitGate, list[Any]]:
@@ -54,19 +59,40 @@ def _gate(batch_messages: int = 1000) -> tuple[ConnectionCore, NowaitGate, list[
     return core, gate, sent
 
 
-def test_appending_to_the_open_batch_reads_nothing_of_it(counted: type[CountedBatch]) -> None:
-    core, gate, _ = _gate()
+def test_appending_to_the_open_batch_reads_no_attribute_of_core_or_connection() -> None:
+    CountedCore.reads = 0
+    core = CountedCore("ipc://test", linger=0.002, batch_messages=1000, batch_bytes=1 << 20,
+                       bind=lambda futures, request: None)
+    connection = CountedConnection()
+    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0, connection)
     topic = "t"
     futures = [gate.enqueue(Opcode.PUBLISH, topic, b"x") for _ in range(100)]
     assert futures == list(range(100))
-    # the batch's builder and futures are looked up when it is opened, not per call
-    assert counted.reads <= 4
+    # the core's batches, its state and the connection's lock and transport are looked
+    # at when the batch is opened (the core's own enqueue included), not per call: each
+    # call read five of them before
+    assert CountedCore.reads <= 12 and connection.reads <= 3, (CountedCore.reads,
+                                                               connection.reads)
     batch = core.batches[(Opcode.PUBLISH, "t")]
-    assert len(batch.builder) == 100 and len(batch.futures) == 100
+    assert len(batch.builder) == 100 and len(batch.futures) == 100 and not batch.left
 
 
-def test_a_batch_sent_or_replaced_between_calls_is_not_appended_to(
-        counted: type[CountedBatch]) -> None:
+def test_forget_drops_the_remembered_lock_and_batch() -> None:
+    core = ConnectionCore("ipc://test", linger=0.002, batch_messages=1000,
+                          batch_bytes=1 << 20, bind=lambda futures, request: None)
+    connection = CountedConnection()
+    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0, connection)
+    gate.enqueue(Opcode.PUBLISH, "t", b"x")
+    held = connection.lock
+    held.acquire()   # as a thread of the parent may hold it at a fork
+    connection.lock = FastRLock()   # a forked child's new lock...
+    gate.forget()                   # ...and the gate told of it
+    reads = connection.reads
+    assert gate.enqueue(Opcode.PUBLISH, "t", b"y") == 1   # the new lock: no dead lock
+    assert connection.reads > reads   # looked up again
+
+
+def test_a_batch_sent_or_failed_between_calls_is_not_appended_to() -> None:
     core, gate, sent = _gate(batch_messages=3)
     for index in range(4):   # a full batch of 3 leaves, a new one opens
         gate.enqueue(Opcode.PUBLISH, "t", b"%d" % index)
@@ -77,9 +103,12 @@ def test_a_batch_sent_or_replaced_between_calls_is_not_appended_to(
     gate.enqueue(Opcode.SEND, "t", b"5")             # another target: its own batch
     gate.enqueue(Opcode.PUBLISH, "".join("t"), b"6")  # an equal name, another object
     assert sorted(len(batch.builder) for batch in core.batches.values()) == [1, 2]
-    core.batches = {}   # replaced (a broken session): the next call opens a new batch
-    gate.enqueue(Opcode.PUBLISH, "t", b"7")
+    failed = core.batches[(Opcode.PUBLISH, "t")]
+    core.broken(BrokenConnection("gone"))   # the session ended: its batches failed
+    assert failed.left and [len(futures) for futures in sent][-2:] == [2, 1]
+    gate.enqueue(Opcode.PUBLISH, "t", b"7")   # a new batch, not the failed one
     assert len(core.batches[(Opcode.PUBLISH, "t")].builder) == 1
+    assert len(failed.builder) == 2
     gate.forget()
     gate.enqueue(Opcode.PUBLISH, "t", b"8")
     assert len(core.batches[(Opcode.PUBLISH, "t")].builder) == 2
