@@ -178,6 +178,9 @@ cdef class NowaitGate:
             returns the time (``ConnectionCore.enqueue``'s ``now``).
         connection: the blocking ``Connection`` (its ``lock`` is held for the call, and
             ``ensure`` is called when it has no transport), or None (asyncio).
+        pace: called with no argument, after the lock is let go, by a call that sent a
+            full batch (the blocking client waits there while too many batches are
+            unanswered: ``Connection.pace``), or None.
     """
 
     cdef object _core
@@ -187,6 +190,8 @@ cdef class NowaitGate:
     cdef object _send_out
     cdef object _opened
     cdef object _connection
+    cdef object _pace
+    cdef bint _sent   # a call sent a full batch: ``pace`` is due once the lock is let go
     cdef object _publish_opcode
     cdef object _send_opcode
     cdef object _publish_options
@@ -203,8 +208,10 @@ cdef class NowaitGate:
     cdef FastRLock _lock
 
     def __cinit__(self, object core, object new_future, object send_out, object opened,
-                  object connection=None):
+                  object connection=None, object pace=None):
         self._core = core
+        self._pace = pace
+        self._sent = False
         self._new_future = new_future
         self._future_client = (
             (<FutureMaker>new_future)._client if type(new_future) is FutureMaker else None)
@@ -258,6 +265,7 @@ cdef class NowaitGate:
 
     cdef object _locked(self, object opcode, object name, object body):
         cdef object connection
+        cdef object future
         cdef object lock = None
         cdef FastRLock fast = self._lock
         if fast is None:
@@ -270,16 +278,22 @@ cdef class NowaitGate:
         if fast is not None:
             ff_lock_acquire(fast)   # in C
             try:
-                return self._enqueue(opcode, name, body)
+                future = self._enqueue(opcode, name, body)
             finally:
                 ff_lock_release(fast)
-        if lock is None:   # asyncio: no lock
-            return self._enqueue(opcode, name, body)
-        lock.acquire()
-        try:
-            return self._enqueue(opcode, name, body)
-        finally:
-            lock.release()
+        elif lock is None:   # asyncio: no lock
+            future = self._enqueue(opcode, name, body)
+        else:
+            lock.acquire()
+            try:
+                future = self._enqueue(opcode, name, body)
+            finally:
+                lock.release()
+        if self._sent:   # a full batch left: wait here if too many are unanswered
+            self._sent = False
+            if self._pace is not None:
+                self._pace()
+        return future
 
     def forget(self):
         """Drop what the fast path remembers (the open batch, the connection's lock): the
@@ -330,6 +344,7 @@ cdef class NowaitGate:
                     if found != NULL:   # still open: remember it
                         self._remember(opcode, name, key, <PendingBatch?><object>found)
                 if core.outbox:   # a full batch
+                    self._sent = True
                     self._send_out()
                 return future
             self._remember(opcode, name, key, batch)
@@ -351,6 +366,7 @@ cdef class NowaitGate:
             self._batch = None
             core.send_batch(key, core.batches.pop(key))
             if core.outbox:   # the full batch
+                self._sent = True
                 self._send_out()
         return future
 

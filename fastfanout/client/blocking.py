@@ -52,7 +52,14 @@ from fastfanout.client.messages import (
     publish_options,
 )
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, RemoteProducer
-from fastfanout.errors import BrokenConnection, FastFanoutError, NotFound, PeerLost, TransportError
+from fastfanout.errors import (
+    BrokenConnection,
+    FastFanoutError,
+    InvalidArgument,
+    NotFound,
+    PeerLost,
+    TransportError,
+)
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.transport.local import LocalTransport
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
@@ -72,20 +79,25 @@ class Connection(DriverBase):
         transport: the DEALER socket or local channel; None while disconnected.
         lock: serialises every use of the core and the transport (reentrant: a
             ``FastRLock``, which the native gates take in C).
+        in_flight_waits: times a ``publish_nowait``/``send_nowait`` that sent a full
+            batch waited for the oldest answer (more than ``max_in_flight`` unanswered).
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
                  linger: float, batch_messages: int, batch_bytes: int,
-                 local_channel: bool | None, ring_bytes: int) -> None:
+                 local_channel: bool | None, ring_bytes: int,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         super().__init__(endpoint, curve, timeout=timeout, local_channel=local_channel,
                          ring_bytes=ring_bytes, linger=linger, batch_messages=batch_messages,
                          batch_bytes=batch_bytes, bind=bind_futures)
+        self.core.max_in_flight = max_in_flight
+        self.in_flight_waits = 0
         self.lock = FastRLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self._new_future = FutureMaker(self)   # native futures, made in C by the gate
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_and_read,
-                                      self.start_ticking, self)
+                                      self.start_ticking, self, self.pace)
         self._ticker = Ticker()   # where the background thread sleeps until work is due
         forks.watch(self._after_fork)
         self.connect()
@@ -314,9 +326,31 @@ class Connection(DriverBase):
             now = self.start_ticking() if not core.batches else 0.0
             # a bad name or body raises before anything is queued
             future = core.enqueue(opcode, name, body, options, self._new_future, now)
-            if core.outbox:   # a full batch
+            sent = bool(core.outbox)   # a full batch
+            if sent:
                 self.send_out()
-            return future
+        if sent:
+            self.pace()
+        return future
+
+    def pace(self) -> None:
+        """Wait (lock not held) while more than ``max_in_flight`` batches are unanswered.
+
+        A caller of ``publish_nowait`` that sent a full batch is so paced to the
+        broker's answers, as a producer is (counted in ``in_flight_waits``).
+
+        An answer that is an error is left to the futures of its batch; a broker silent
+        past the timeout (and ``hold_timeout``) breaks the connection, which fails them.
+        """
+        core = self.core
+        request = core.batch_to_wait()
+        while request is not None:
+            self.in_flight_waits += 1
+            try:
+                self.wait(request, None, extra=core.hold_timeout)
+            except FastFanoutError:
+                pass   # the batch's futures carry it; a broken connection ends the wait
+            request = core.batch_to_wait()
 
     def batch_future(self, request: Request) -> PublishBatchFuture:
         """A future of a publish request's results."""
@@ -479,6 +513,11 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             (``BrokenConnection`` when it cannot be had), False never.
         ring_bytes: bytes of each of the channel's two rings (a power of two from 64 KiB
             to 1 GiB); a message larger than half a ring goes over the socket.
+        max_in_flight: publish batches of ``publish_nowait``/``send_nowait`` that may be
+            unanswered (default 8, as a producer's frames); the call that sends one more
+            full batch waits for the oldest answer first (``in_flight_waits``), so a
+            loop of pipelined publishes is paced to the broker and its consumers instead
+            of piling its batches up in the broker. 0: no limit.
 
     Attributes:
         connection: the I/O driver (``Connection``) over the protocol core.
@@ -494,16 +533,27 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
                  batch_bytes: int = 1 << 20, curve: CurveKeys | None = None,
                  curve_server_key: bytes | str | os.PathLike[str] | None = None,
                  curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
-                 local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
-                 ) -> None:
+                 local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         curve = self._options(endpoint, timeout, batch_messages, batch_bytes, curve,
                               curve_server_key, curve_keys, local_channel, ring_bytes)
+        if type(max_in_flight) is not int or max_in_flight < 0:
+            raise InvalidArgument(f"max_in_flight={max_in_flight!r} must be an int of 0 "
+                                  f"(no limit) or more")
         self.linger = linger
         self.connection = Connection(
             self.endpoint, curve, timeout=timeout, linger=linger,
             batch_messages=batch_messages, batch_bytes=batch_bytes,
-            local_channel=local_channel, ring_bytes=ring_bytes)
+            local_channel=local_channel, ring_bytes=ring_bytes, max_in_flight=max_in_flight)
         self._native_nowait(self.connection.nowait_gate)
+
+    @property
+    def in_flight_waits(self) -> int:
+        """Times a ``publish_nowait``/``send_nowait`` waited for the oldest batch's answer.
+
+        It waits when it sent a full batch with ``max_in_flight`` others unanswered.
+        """
+        return self.connection.in_flight_waits
 
     create_topic = control(BrokerAPI.create_topic)
     delete_topic = control(BrokerAPI.delete_topic)

@@ -335,6 +335,9 @@ class ConnectionCore:
         batch_bytes: body bytes per publish batch before it is sent.
         bind: ties a sent batch's futures to its request (the driver's futures).
         pid: the process that owns the connection: a forked child must not use it.
+        max_in_flight: publish batches sent and not answered past which the driver makes
+            the caller that sent one wait for the oldest answer (``batch_to_wait``);
+            0: no limit.
 
     Attributes:
         outbox: requests queued to send (header first), in order; the driver sends and
@@ -343,6 +346,8 @@ class ConnectionCore:
         pending: requests in flight by id.
         consumers: consumers by id.
         batches: publish batches being filled, by (opcode, target name).
+        batches_in_flight: the requests of the publish batches sent (with
+            ``max_in_flight``), oldest first; answered ones are dropped as more leave.
         ended: why the session ended (GOODBYE or a broken connection), until the driver
             reconnects (``start``); None while it lives.
         on_request: a test and tracing hook: called with ``(opcode, payload)`` of every
@@ -351,7 +356,7 @@ class ConnectionCore:
 
     def __init__(self, endpoint: str, *, linger: float, batch_messages: int,
                  batch_bytes: int, bind: Callable[[list[Any], Request], None],
-                 pid: int = 0) -> None:
+                 pid: int = 0, max_in_flight: int = 0) -> None:
         self.endpoint = endpoint
         self.linger = linger
         self.batch_messages = batch_messages
@@ -364,6 +369,8 @@ class ConnectionCore:
         self.pending: dict[int, Request] = {}
         self.consumers: dict[int, ConsumerState] = {}
         self.batches: dict[tuple[int, str], PendingBatch] = {}
+        self.max_in_flight = max_in_flight
+        self.batches_in_flight: deque[Request] = deque()
         self.oldest_batch = 0.0
         self.publishes: set[Request] = set()   # PUBLISH/SEND requests not answered yet
         self.loose_acks: list[bytes] = []      # acks of messages of no consumer (asyncio)
@@ -530,7 +537,27 @@ class ConnectionCore:
                                    flush=False)
         except RequestTooLarge as exc:   # never sent: each future of the batch raises it
             request = failed(exc)
+        else:
+            if self.max_in_flight:
+                flying = self.batches_in_flight
+                while flying and flying[0].done:
+                    flying.popleft()
+                flying.append(request)
         self.bind(batch.futures, request)
+
+    def batch_to_wait(self) -> Request | None:
+        """The request to wait for before a caller that sent a publish batch goes on.
+
+        The oldest unanswered one while more than ``max_in_flight`` are in flight, else
+        None: a caller that keeps filling batches (``publish_nowait``) is paced to the
+        broker's answers, as a producer is by its ``max_in_flight``.
+        """
+        flying = self.batches_in_flight
+        while flying and flying[0].done:
+            flying.popleft()
+        if self.max_in_flight and len(flying) > self.max_in_flight:
+            return flying[0]
+        return None
 
     def flush_batches(self) -> None:
         """Queue every batch being filled."""
@@ -732,6 +759,7 @@ class ConnectionCore:
             if consumer.acks is not None:
                 consumer.acks.clear()
         self.loose_acks.clear()
+        self.batches_in_flight.clear()
         batches, self.batches = self.batches, {}
         for batch in batches.values():
             batch.left = True

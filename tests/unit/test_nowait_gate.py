@@ -139,3 +139,34 @@ def test_a_loop_of_publishes_does_not_run_the_cycle_collector() -> None:
     # new objects towards a collection (those past a free list of 512 did: one
     # collection per batch of 2,000)
     assert len(collections) <= 5, collections
+
+
+def test_batch_to_wait_is_the_oldest_unanswered_past_max_in_flight() -> None:
+    core = ConnectionCore("ipc://test", linger=0.002, batch_messages=2, batch_bytes=1 << 20,
+                          bind=lambda futures, request: None, max_in_flight=2)
+    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0)
+    for index in range(4):   # two batches sent
+        gate.enqueue(Opcode.PUBLISH, "t", b"%d" % index)
+    assert core.batch_to_wait() is None   # two in flight: within the limit
+    for index in range(2):   # a third
+        gate.enqueue(Opcode.PUBLISH, "t", b"%d" % index)
+    first, second, third = core.batches_in_flight
+    assert core.batch_to_wait() is first
+    first.answer([b""])
+    assert core.batch_to_wait() is None and list(core.batches_in_flight) == [second, third]
+    for request in (second, third):   # answered ones are dropped as more leave
+        request.answer([b""])
+    gate.enqueue(Opcode.PUBLISH, "t", b"x")
+    gate.enqueue(Opcode.PUBLISH, "t", b"y")
+    assert len(core.batches_in_flight) == 1
+    core.broken(BrokenConnection("gone"))   # its requests failed: nothing to wait for
+    assert not core.batches_in_flight and core.batch_to_wait() is None
+
+
+def test_without_max_in_flight_no_request_is_kept() -> None:
+    core = ConnectionCore("ipc://test", linger=0.002, batch_messages=1, batch_bytes=1 << 20,
+                          bind=lambda futures, request: None)
+    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0)
+    for _ in range(100):
+        gate.enqueue(Opcode.PUBLISH, "t", b"x")
+    assert not core.batches_in_flight and core.batch_to_wait() is None

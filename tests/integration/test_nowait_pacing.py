@@ -1,0 +1,69 @@
+"""``publish_nowait`` of the blocking client paced to the broker: ``max_in_flight``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from typing import Any as Tracker
+
+import pytest
+
+from fastfanout.errors import InvalidArgument
+from fastfanout.wire.protocol import Opcode
+
+
+def _hold_queue(track: Tracker, **client_options: object) -> tuple[Tracker, Tracker, list[int]]:
+    """(server, publisher, sent): a topic into a ``hold`` queue of 20 messages; ``sent``
+    gets the opcode of every request the publisher queues."""
+    server = track.server()
+    admin = track.client(server.endpoint)
+    admin.create_topic("t")
+    admin.create_queue("q", max_messages=20, overflow="hold")
+    admin.subscribe("t", "q")
+    publisher = track.client(server.endpoint, batch_messages=10, **client_options)
+    sent: list[int] = []
+    publisher.connection.core.on_request = lambda opcode, payload: sent.append(opcode)
+    return server, publisher, sent
+
+
+def test_a_publishing_loop_waits_past_max_in_flight_unanswered_batches(
+        track: Tracker) -> None:
+    server, publisher, sent = _hold_queue(track, max_in_flight=2)
+    futures: list[Any] = []
+    loop = threading.Thread(target=lambda: futures.extend(
+        publisher.publish_nowait("t", b"%d" % i) for i in range(100)))
+    loop.start()
+    # Batches 1-2 fill the queue, 3-4 are held by the broker; the call that sends batch
+    # 5 (three unanswered) waits for the answer of batch 3, which needs room.
+    track.wait_until(lambda: publisher.in_flight_waits >= 1, what="the loop waits")
+    assert sent.count(Opcode.PUBLISH) == 5
+    assert loop.is_alive()
+    consumer = track.client(server.endpoint)
+    received: list[bytes] = []
+    while len(received) < 100:
+        got = consumer.receive("q", max_messages=10, wait=5.0)
+        assert got, "the held publishes went through"
+        received += [m.body for m in got]
+        consumer.ack_batch([m.receipt for m in got])
+    loop.join(10.0)
+    assert not loop.is_alive()
+    publisher.flush()
+    assert received == [b"%d" % i for i in range(100)]   # in order, none lost
+    assert [f.result(timeout=5.0).deliveries for f in futures] == [1] * 100
+    assert sent.count(Opcode.PUBLISH) == 10
+    assert publisher.in_flight_waits >= 1
+
+
+def test_max_in_flight_zero_sends_every_batch_at_once(track: Tracker) -> None:
+    _, publisher, sent = _hold_queue(track, max_in_flight=0)
+    futures = [publisher.publish_nowait("t", b"%d" % i) for i in range(100)]
+    assert sent.count(Opcode.PUBLISH) == 10 and publisher.in_flight_waits == 0
+    track.wait_until(lambda: publisher.server_stats()["held"] == 8, what="8 held")
+    assert not futures[-1].done()
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "8", None])
+def test_a_bad_max_in_flight_is_refused(track: Tracker, value: object) -> None:
+    server = track.server()
+    with pytest.raises(InvalidArgument, match="max_in_flight"):
+        track.client(server.endpoint, max_in_flight=value)
