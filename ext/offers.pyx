@@ -61,6 +61,57 @@ from fastfanout.errors import FastFanoutError
 __all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
            "PublishFuture", "Ticker", "bind_futures"]
 
+# ``publish_nowait(topic, body)`` straight from the caller's loop: a builtin function
+# bound to the gate (METH_FASTCALL | METH_KEYWORDS). Two positional arguments and no
+# keywords go to the gate's C path; anything else to its Python-level method of the
+# same name (options, or the TypeError of a bad call). A ``def`` method with seven
+# keyword-only defaults paid ~10 ns a call just to fill them in (reference counts of
+# None), a quarter of the pipelined publish's own cost.
+cdef extern from *:
+    """
+    typedef PyObject* (*ff_nowait_fn)(PyObject* gate, PyObject* name, PyObject* body,
+                                      int send);
+    static ff_nowait_fn ff_nowait_fast = NULL;
+
+    static PyObject* ff_nowait_entry(PyObject* gate, PyObject* const* args,
+                                     Py_ssize_t nargs, PyObject* kwnames, int send) {
+        PyObject* method;
+        PyObject* result;
+        if (nargs == 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0))
+            return ff_nowait_fast(gate, args[0], args[1], send);
+        method = PyObject_GetAttrString(gate, send ? "send_nowait" : "publish_nowait");
+        if (method == NULL)
+            return NULL;
+        result = PyObject_Vectorcall(method, args, (size_t)nargs, kwnames);
+        Py_DECREF(method);
+        return result;
+    }
+    static PyObject* ff_publish_nowait_entry(PyObject* gate, PyObject* const* args,
+                                             Py_ssize_t nargs, PyObject* kwnames) {
+        return ff_nowait_entry(gate, args, nargs, kwnames, 0);
+    }
+    static PyObject* ff_send_nowait_entry(PyObject* gate, PyObject* const* args,
+                                          Py_ssize_t nargs, PyObject* kwnames) {
+        return ff_nowait_entry(gate, args, nargs, kwnames, 1);
+    }
+    static PyMethodDef ff_publish_nowait_def = {
+        "publish_nowait", (PyCFunction)(void(*)(void))ff_publish_nowait_entry,
+        METH_FASTCALL | METH_KEYWORDS,
+        "publish_nowait(topic, body, **options): a future of the publish (the gate's)."};
+    static PyMethodDef ff_send_nowait_def = {
+        "send_nowait", (PyCFunction)(void(*)(void))ff_send_nowait_entry,
+        METH_FASTCALL | METH_KEYWORDS,
+        "send_nowait(queue, body, **options): a future of the send (the gate's)."};
+    static PyObject* ff_nowait_bound(PyObject* gate, int send) {
+        return PyCFunction_NewEx(send ? &ff_send_nowait_def : &ff_publish_nowait_def,
+                                 gate, NULL);
+    }
+    """
+    ctypedef object (*ff_nowait_fn)(object gate, object name, object body, int send)
+    ff_nowait_fn ff_nowait_fast
+    object ff_nowait_bound(object gate, int send)
+
+
 # The blocking client's futures log a failing done callback here (as before they were
 # native: fastfanout.client.futures).
 cdef object _log = logging.getLogger("fastfanout.client.futures")
@@ -259,6 +310,12 @@ cdef class NowaitGate:
             queue, body, attributes=attributes, delay=delay, deliver_at=deliver_at,
             group_id=group_id, dedup_id=dedup_id, priority=priority, ttl=ttl)
 
+    def calls(self):
+        """``(publish_nowait, send_nowait)``: builtin functions bound to the gate, with the
+        signatures of the methods above, that take a bare body to the C path with no
+        argument parsing (what ``bind_face`` clients install as their own)."""
+        return ff_nowait_bound(self, 0), ff_nowait_bound(self, 1)
+
     def enqueue(self, opcode, name, body):
         """Add ``body`` to the batch of (opcode, name); returns its future."""
         return self._locked(opcode, name, body)
@@ -377,6 +434,15 @@ cdef class NowaitGate:
         self._key = key
         self._batch = batch
         return 0
+
+
+cdef object _nowait_fast(object gate, object name, object body, int send):
+    """The C path of the bound ``publish_nowait``/``send_nowait`` (``calls``)."""
+    cdef NowaitGate self = <NowaitGate>gate
+    return self._locked(self._send_opcode if send else self._publish_opcode, name, body)
+
+
+ff_nowait_fast = _nowait_fast
 
 
 cdef inline uint64_t _ns(double seconds) noexcept:

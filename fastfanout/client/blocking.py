@@ -515,7 +515,8 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             to 1 GiB); a message larger than half a ring goes over the socket.
         max_in_flight: publish batches of ``publish_nowait``/``send_nowait`` that may be
             unanswered (default 8, as a producer's frames); the call that sends one more
-            full batch waits for the oldest answer first (``in_flight_waits``), so a
+            full batch waits for the oldest answer first (counted in
+            ``connection.in_flight_waits``), so a
             loop of pipelined publishes is paced to the broker and its consumers instead
             of piling its batches up in the broker. 0: no limit.
 
@@ -546,14 +547,6 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             batch_messages=batch_messages, batch_bytes=batch_bytes,
             local_channel=local_channel, ring_bytes=ring_bytes, max_in_flight=max_in_flight)
         self._native_nowait(self.connection.nowait_gate)
-
-    @property
-    def in_flight_waits(self) -> int:
-        """Times a ``publish_nowait``/``send_nowait`` waited for the oldest batch's answer.
-
-        It waits when it sent a full batch with ``max_in_flight`` others unanswered.
-        """
-        return self.connection.in_flight_waits
 
     create_topic = control(BrokerAPI.create_topic)
     delete_topic = control(BrokerAPI.delete_topic)

@@ -140,10 +140,11 @@ class ClientFace(Generic[F, BF]):
         gate.bind_face(Opcode.PUBLISH, Opcode.SEND, ClientFace.publish_nowait.__get__(self),
                        ClientFace.send_nowait.__get__(self))
         cls = type(self)
+        publish_nowait, send_nowait = gate.calls()   # no argument parsing for a bare body
         if cls.publish_nowait is ClientFace.publish_nowait:
-            self.publish_nowait = gate.publish_nowait  # type: ignore[method-assign]
+            self.publish_nowait = publish_nowait  # type: ignore[method-assign]
         if cls.send_nowait is ClientFace.send_nowait:
-            self.send_nowait = gate.send_nowait  # type: ignore[method-assign]
+            self.send_nowait = send_nowait  # type: ignore[method-assign]
 
     def send_nowait(self, queue: str, body: Body, *,
                     attributes: Attributes | None = None, delay: float | None = None,

@@ -33,12 +33,13 @@ def test_a_publishing_loop_waits_past_max_in_flight_unanswered_batches(
     loop = threading.Thread(target=lambda: futures.extend(
         publisher.publish_nowait("t", b"%d" % i) for i in range(100)))
     loop.start()
-    # Batches 1-2 fill the queue, 3-4 are held by the broker; the call that sends batch
-    # 5 (three unanswered) waits for the answer of batch 3, which needs room.
-    track.wait_until(lambda: publisher.in_flight_waits >= 1, what="the loop waits")
-    assert sent.count(Opcode.PUBLISH) == 5
-    assert loop.is_alive()
+    # Batches 1-2 fill the queue, 3-5 are held by the broker; the call that sent batch
+    # 5 (three unanswered) waits for the answer of batch 3, which needs room: no sixth
+    # batch leaves until a consumer acks.
     consumer = track.client(server.endpoint)
+    track.wait_until(lambda: consumer.server_stats()["held"] == 3, what="3 held")
+    assert sent.count(Opcode.PUBLISH) == 5
+    assert loop.is_alive() and publisher.connection.in_flight_waits >= 1
     received: list[bytes] = []
     while len(received) < 100:
         got = consumer.receive("q", max_messages=10, wait=5.0)
@@ -51,13 +52,13 @@ def test_a_publishing_loop_waits_past_max_in_flight_unanswered_batches(
     assert received == [b"%d" % i for i in range(100)]   # in order, none lost
     assert [f.result(timeout=5.0).deliveries for f in futures] == [1] * 100
     assert sent.count(Opcode.PUBLISH) == 10
-    assert publisher.in_flight_waits >= 1
+    assert publisher.connection.in_flight_waits >= 1
 
 
 def test_max_in_flight_zero_sends_every_batch_at_once(track: Tracker) -> None:
     _, publisher, sent = _hold_queue(track, max_in_flight=0)
     futures = [publisher.publish_nowait("t", b"%d" % i) for i in range(100)]
-    assert sent.count(Opcode.PUBLISH) == 10 and publisher.in_flight_waits == 0
+    assert sent.count(Opcode.PUBLISH) == 10 and publisher.connection.in_flight_waits == 0
     track.wait_until(lambda: publisher.server_stats()["held"] == 8, what="8 held")
     assert not futures[-1].done()
 

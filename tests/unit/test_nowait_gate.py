@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from fastfanout._ext.locks import FastRLock
 from fastfanout._ext.offers import NowaitGate
 from fastfanout.client.core import ConnectionCore
@@ -170,3 +172,25 @@ def test_without_max_in_flight_no_request_is_kept() -> None:
     for _ in range(100):
         gate.enqueue(Opcode.PUBLISH, "t", b"x")
     assert not core.batches_in_flight and core.batch_to_wait() is None
+
+
+def test_the_bound_calls_take_a_bare_body_in_c_and_options_to_the_methods() -> None:
+    core, gate, _ = _gate()
+    options: list[tuple[Any, ...]] = []
+    gate.bind_face(Opcode.PUBLISH, Opcode.SEND,
+                   lambda *args, **kwargs: options.append(("publish", args, kwargs)),
+                   lambda *args, **kwargs: options.append(("send", args, kwargs)))
+    publish_nowait, send_nowait = gate.calls()
+    assert publish_nowait("t", b"a") == 0 and publish_nowait("t", b"b") == 1
+    assert send_nowait("q", b"c") == 0
+    assert len(core.batches[(Opcode.PUBLISH, "t")].builder) == 2
+    assert len(core.batches[(Opcode.SEND, "q")].builder) == 1
+    publish_nowait("t", b"d", ttl=5.0)   # an option: the client's Python method
+    assert send_nowait("q", body=b"e") == 1   # a keyword, no option: the gate's method
+    assert [(kind, args, kwargs["ttl"]) for kind, args, kwargs in options] == [
+        ("publish", ("t", b"d"), 5.0)]
+    with pytest.raises(TypeError):
+        publish_nowait("t")
+    with pytest.raises(TypeError):
+        send_nowait("q", b"x", b"y")
+    assert len(core.batches[(Opcode.PUBLISH, "t")].builder) == 2   # nothing appended
