@@ -68,3 +68,31 @@ def test_a_bad_max_in_flight_is_refused(track: Tracker, value: object) -> None:
     server = track.server()
     with pytest.raises(InvalidArgument, match="max_in_flight"):
         track.client(server.endpoint, max_in_flight=value)
+
+
+def test_futures_handed_out_again_never_reach_a_caller_that_kept_one(track: Tracker) -> None:
+    """The gate hands out a future again only once nothing else refers to it."""
+    server = track.server()
+    client = track.client(server.endpoint, batch_messages=500)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    kept: dict[int, Any] = {}
+    called: list[tuple[int, int]] = []
+    for i in range(20_000):
+        future = client.publish_nowait("t", b"%d" % i)
+        if i % 997 == 0:
+            kept[i] = future
+        if i % 1999 == 0:   # a callback keeps its future alive through the closure
+            future.add_done_callback(lambda f, i=i: called.append((i, f.result().message_id)))
+    client.flush()
+    assert len({id(future) for future in kept.values()}) == len(kept)
+    ids = [kept[i].result(timeout=5.0).message_id for i in sorted(kept)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    track.wait_until(lambda: len(called) == len(range(0, 20_000, 1999)), what="callbacks")
+    assert sorted(i for i, _ in called) == list(range(0, 20_000, 1999))
+    messages = client.receive("q", max_messages=10, wait=1.0)
+    assert messages and messages[0].body == b"0"
+    # a message's id and its future's: the same publish (the first of each kind)
+    assert kept[0].result().message_id == messages[0].id
+    assert dict(called)[0] == messages[0].id
