@@ -231,6 +231,13 @@ cdef class Dispatcher:
         self.topics[topic].target_count = <uint32_t>count
         self.topic_filters[topic] = filter_set
 
+    def has_room(self, uint32_t queue, uint64_t messages, uint64_t size):
+        """Whether ``messages`` messages of ``size`` bytes in all would enter ``queue`` now
+        (room, or room its overflow policy makes): ``QueueFull.room``'s check."""
+        if queue >= self.store.queue_count:
+            return True
+        return self.store.room_for(queue, messages, size) >= 0
+
     def topic_counters(self, uint32_t topic, int64_t now_us):
         """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries,
         dedup evicted); dedup entries counts keys still inside their window."""
@@ -763,6 +770,7 @@ cdef class Dispatcher:
                 f"{messages} more ({size_total} bytes) do not fit and overflow is "
                 f"{'hold' if hold else 'reject'}")
             error.hold = hold
+            error.room = (store.names[queue], messages, size_total)
             raise error
         return 0
 

@@ -94,10 +94,13 @@ class QueueFull(FastFanoutError):
         hold: the full queue has the ``hold`` policy: a broker server keeps such a
             publish and answers it once there is room (or after its ``hold_timeout``);
             an embedded broker raises at once, like ``reject``.
+        room: ``(queue, messages, bytes)``: the queue that had no room and what the
+            refused batch needed in it, or None (a refusal read off the wire).
     """
 
     code = "queue_full"
     hold: bool = False
+    room: tuple[str, int, int] | None = None
 
 
 class StaleReceipt(FastFanoutError):

@@ -771,6 +771,19 @@ class ServerPort:
         broker._ensure_open()
         return broker._enqueue(topic, None, EncodedBatch(frame), commit=False)
 
+    def has_room(self, queue: str, messages: int, size: int) -> bool:
+        """Whether ``messages`` messages of ``size`` bytes in all would enter ``queue`` now.
+
+        A held publish's ``QueueFull.room`` is checked so; True for a queue that is gone
+        (a retry then meets the real outcome).
+        """
+        broker = self._broker
+        with broker._lock:
+            queue_id = broker._queues.get(queue)
+            if queue_id is None:
+                return True
+            return bool(broker._dispatcher.has_room(queue_id, messages, size))
+
     def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
         """Send a batch given as one codec frame straight to a queue: all or none."""
         broker = self._broker

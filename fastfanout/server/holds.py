@@ -16,6 +16,13 @@ later message never overtakes an earlier one; other sessions are not held up.
 Limits: a request is held at most ``timeout`` seconds, then answered with the
 ``QueueFull`` it met (counted as ``hold_timeouts``); ``timeout=0`` turns holding off (the
 error is answered at once, as for ``reject``).
+
+Retries: a held request keeps the room its last refusal needed (``QueueFull.room``) and
+is run again only once that queue has it (``retry``'s ``room``), or at its deadline. A
+publish of 2,000 messages run against a queue still short of room made and freed 2,000
+blobs each time (~50 µs), once per round while a consumer acked. A batch whose need
+shrank meanwhile (its dedup ids published by another session) waits for the room it
+needed before, at most until its deadline.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class HeldRequest:
     request_id: int
     run: Callable[[], list[bytes]]
     deadline: float
+    room: tuple[str, int, int] | None = None   # its last refusal: (queue, messages, bytes)
 
 
 class HeldRequests:
@@ -60,31 +68,38 @@ class HeldRequests:
         return session in self._sessions
 
     def hold(self, session: Any, request_id: int, run: Callable[[], list[bytes]],
-             now: float) -> None:
-        """Keep a request to run again later."""
-        self._held.append(HeldRequest(session, request_id, run, now + self.timeout))
+             now: float, room: tuple[str, int, int] | None = None) -> None:
+        """Keep a request to run again later (``room``: what its refusal needed)."""
+        self._held.append(HeldRequest(session, request_id, run, now + self.timeout, room))
         self._sessions[session] = self._sessions.get(session, 0) + 1
 
     def retry(self, now: float, reply: Callable[[HeldRequest, list[bytes]], None],
-              fail: Callable[[HeldRequest, BaseException], None]) -> int:
+              fail: Callable[[HeldRequest, BaseException], None],
+              room: Callable[[str, int, int], bool] | None = None) -> int:
         """Run the held requests again, oldest first, each session's in its order.
 
         A request that goes through is answered with ``reply``; one that still meets a full
         ``hold`` queue stays (with every later one of its session) until its deadline,
         then is answered with ``fail`` like any other error (an unexpected exception too:
-        the server answers it as ``internal``). Returns how many timed out.
+        the server answers it as ``internal``). With ``room`` (``ServerPort.has_room``),
+        a request whose last refusal needed room its queue still lacks is not run again
+        before its deadline. Returns how many timed out.
         """
         blocked: set[Any] = set()
         kept: deque[HeldRequest] = deque()
         timed_out = 0
         for held in self._held:
-            if held.session in blocked:
+            if held.session in blocked or (
+                    room is not None and held.room is not None and now < held.deadline
+                    and not room(*held.room)):
+                blocked.add(held.session)
                 kept.append(held)
                 continue
             try:
                 payload = held.run()
             except QueueFull as exc:
                 if exc.hold and now < held.deadline:
+                    held.room = exc.room
                     blocked.add(held.session)
                     kept.append(held)
                     continue

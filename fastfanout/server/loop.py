@@ -881,13 +881,15 @@ class Server:
 
         Held: behind the session's held requests, or refused by a full ``hold`` queue.
         """
+        room = None   # what the refusal needed: held without a rerun until it is there
         if not self._held.waiting(session):
             try:
                 return run()
             except QueueFull as exc:
                 if not exc.hold or self._held.timeout <= 0:
                     raise
-        self._held.hold(session, request_id, run, time.monotonic())
+                room = exc.room
+        self._held.hold(session, request_id, run, time.monotonic(), room)
         self.counters["held_requests"] += 1
         return None
 
@@ -899,7 +901,7 @@ class Server:
         self.counters["hold_timeouts"] += self._held.retry(
             now, lambda held, payload: self._replies.append(
                 (held.session, held.request_id, payload)),
-            self._held_failed)
+            self._held_failed, self._port.has_room)
 
     def _held_failed(self, held: HeldRequest, error: BaseException) -> None:
         if not isinstance(error, FastFanoutError):

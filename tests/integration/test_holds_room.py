@@ -1,0 +1,27 @@
+"""A held publish is not run again while its queue is still short of room."""
+
+from __future__ import annotations
+
+from typing import Any as Tracker
+
+
+def test_acks_that_free_too_little_do_not_rerun_a_held_batch(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q", max_messages=10, overflow="hold")
+    client.subscribe("t", "q")
+    client.publish_batch("t", [b"%d" % i for i in range(10)])
+    publisher = track.client(server.endpoint)
+    held = publisher.publish_batch_nowait("t", [b"%d" % i for i in range(10, 20)])
+    track.wait_until(lambda: client.server_stats()["held"] == 1, what="the batch held")
+    for _ in range(9):   # each ack makes room for one message: the batch needs ten
+        message = client.receive("q", wait=5.0)[0]
+        client.ack(message.receipt)
+        assert not held.done()
+    message = client.receive("q", wait=5.0)[0]
+    client.ack(message.receipt)   # room for ten: it goes through
+    assert len(held.result(timeout=5.0)) == 10
+    # refused once when it came, then run again only once ten had left (before: a
+    # refusal of ten more messages after every ack)
+    assert client.stats().queues["q"].rejected == 10
