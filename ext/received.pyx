@@ -35,8 +35,9 @@ cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject_IsTrue
+from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memset
 
 from fastfanout._ext.codec cimport (
     FF_CODEC_END,
@@ -132,6 +133,52 @@ cdef extern from *:
 
 ff_ready_init()
 
+# Reading one attribute of one object per call, as the interpreter's LOAD_ATTR_SLOT does:
+# when the attribute is a plain ``__slots__`` slot of the object's type, its offset is
+# noted once, and each read checks the type and its version tag (any change to the type
+# clears it) and loads the slot; otherwise (or after a change) the usual getattr.
+cdef extern from *:
+    """
+    #include <structmember.h>
+    typedef struct {
+        PyTypeObject* type;        /* NULL: not a slot (use getattr) */
+        unsigned int version;
+        Py_ssize_t offset;
+    } ff_slot;
+
+    static void ff_slot_note(ff_slot* slot, PyObject* obj, PyObject* name) {
+        PyTypeObject* type = Py_TYPE(obj);
+        PyObject* descr;
+        PyMemberDef* member;
+        slot->type = NULL;
+        if (type->tp_getattro != PyObject_GenericGetAttr) return;
+        descr = _PyType_Lookup(type, name);   /* borrowed; sets the version tag */
+        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) return;
+        if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || type->tp_version_tag == 0)
+            return;
+        member = ((PyMemberDescrObject*)descr)->d_member;
+        if (member->type != T_OBJECT_EX) return;
+        slot->type = type;
+        slot->version = type->tp_version_tag;
+        slot->offset = member->offset;
+    }
+
+    /* The slot's value (borrowed), or NULL: read it with getattr instead. */
+    static inline PyObject* ff_slot_peek(const ff_slot* slot, PyObject* obj) {
+        PyTypeObject* type = Py_TYPE(obj);
+        if (type != slot->type || type->tp_version_tag != slot->version
+                || !(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+            return NULL;
+        return *(PyObject**)((char*)obj + slot->offset);
+    }
+    """
+    ctypedef struct ff_slot:
+        pass
+    PyObject* Py_True
+    PyObject* Py_False
+    void ff_slot_note(ff_slot* slot, object obj, object name)
+    PyObject* ff_slot_peek(const ff_slot* slot, object obj) noexcept
+
 cdef object _decode_attributes = _MsgpackDecoder().decode
 cdef object _UNSET = object()   # a lazily made field not made yet
 
@@ -187,6 +234,7 @@ cdef class AckBuffer:
     cdef readonly object state
     cdef object _on_full
     cdef object _on_first
+    cdef ff_slot _closed_slot      # where ``state.closed`` is, when it is a slot
 
     def __cinit__(self, object state, Py_ssize_t limit, object on_full=None,
                   object on_first=None):
@@ -201,6 +249,9 @@ cdef class AckBuffer:
         self._count = self._capacity = self._cut_count = self._cut_capacity = 0
         self._last_delivery = NULL
         self._since = 0.0
+        # every message.ack() reads ``state.closed``: a slot of a consumer's state is
+        # read in C (a generic getattr was ~10 % of the consumer's loop)
+        ff_slot_note(&self._closed_slot, state, "closed")
 
     def __dealloc__(self):
         PyMem_Free(self._receipts)
@@ -244,6 +295,17 @@ cdef class AckBuffer:
         self._cuts[self._cut_count] = self._count
         self._cut_count += 1
         return 0
+
+    cdef inline int is_closed(self) except -1:
+        """Whether its state is closed (then acks go through the message's owner)."""
+        cdef PyObject* closed = ff_slot_peek(&self._closed_slot, self.state)
+        if closed == NULL:
+            return 1 if self.state.closed else 0
+        if closed == Py_False:
+            return 0
+        if closed == Py_True:
+            return 1
+        return PyObject_IsTrue(<object>closed)
 
     cdef int add(self, uint64_t receipt, const void* delivery) except -1:
         """Queue one receipt of the delivery ``delivery`` (an identity, or NULL)."""
@@ -315,6 +377,44 @@ cdef inline object _seconds(object microseconds):
 
 
 @cython.final
+cdef class _Origin:
+    """Where a cursor's messages come from and settle through: one, shared by them all.
+
+    A message holds one reference to it where it held three (owner, consumer, queue):
+    making and freeing a message is then two reference counts fewer each way.
+    """
+    cdef object owner       # what settles by receipt (the client)
+    cdef object consumer    # the AckBuffer (or settler) its acks join, or None
+    cdef object queue       # the queue's name, or None: read from each record
+
+
+cdef _Origin _origin(object owner, object consumer, object queue):
+    cdef _Origin origin = _Origin.__new__(_Origin)
+    origin.owner = owner
+    origin.consumer = consumer
+    origin.queue = queue if queue else None
+    return origin
+
+
+@cython.final
+cdef class _Decoded:
+    """A message's fields made on first access (all but the body): made only when one is
+    read, so a loop that reads the body and acks never makes it."""
+    cdef object encoded       # encoded attributes (constructor path), or None
+    cdef object attributes
+    cdef object group_id
+    cdef object dedup_id
+    cdef object dead_letter
+    cdef object topic
+    cdef object queue
+
+    def __cinit__(self):
+        self.encoded = None
+        self.attributes = self.group_id = self.dedup_id = _UNSET
+        self.dead_letter = self.topic = self.queue = _UNSET
+
+
+@cython.final
 @cython.freelist(64)
 cdef class RemoteMessage:
     """A message received over the wire; the same attributes as ``fastfanout.Message``.
@@ -351,20 +451,15 @@ cdef class RemoteMessage:
     cdef readonly int priority
     cdef int64_t _timestamp_us
     cdef uint8_t _flags
-    cdef object _frame            # the delivery frame (bytes) its record is in, or None
+    cdef bint _live               # not settled yet through its consumer (or apart)
     cdef const char* _record      # its record's header in _frame
-    cdef object _body
-    cdef object _encoded          # encoded attributes (constructor path)
-    cdef object _attributes
-    cdef object _group_id
-    cdef object _dedup_id
-    cdef object _dead_letter
-    cdef object _queue
-    cdef object _topic
-    cdef object _owner
-    cdef object _consumer
+    cdef object _frame            # the delivery frame (bytes) its record is in, or None
+    cdef _Origin _origin
+    cdef object _body             # None until read (frame path)
+    cdef _Decoded _decoded        # None until a field other than the body is read
 
     def __init__(self, record, owner, consumer, dead_letter=None, queue=""):
+        cdef _Decoded decoded = _Decoded.__new__(_Decoded)
         self.id = record.id
         self.receipt = record.receipt or 0
         self.receive_count = record.receive_count
@@ -375,16 +470,16 @@ cdef class RemoteMessage:
         self._frame = None
         self._record = NULL
         self._body = record.body
-        self._encoded = record.attributes
-        self._attributes = _UNSET
-        self._group_id = record.group_id
-        self._dedup_id = record.dedup_id
-        self._dead_letter = dead_letter
-        self._queue = queue or ("" if record.dead_letter or record.name_is_topic
-                                else record.name or "")
-        self._topic = record.name if record.name_is_topic else None
-        self._owner = owner
-        self._consumer = consumer
+        decoded.encoded = record.attributes
+        decoded.group_id = record.group_id
+        decoded.dedup_id = record.dedup_id
+        decoded.dead_letter = dead_letter
+        decoded.queue = queue or ("" if record.dead_letter or record.name_is_topic
+                                  else record.name or "")
+        decoded.topic = record.name if record.name_is_topic else None
+        self._decoded = decoded
+        self._origin = _origin(owner, consumer, None)
+        self._live = consumer is not None
 
     cdef inline const char* _part(self, int which, uint32_t* length) noexcept:
         """A variable part of the record: 0 name, 1 group, 2 dedup, 3 attrs, 4 body."""
@@ -412,6 +507,12 @@ cdef class RemoteMessage:
             return part
         length[0] = body_len
         return part + attrs_len
+
+    cdef inline _Decoded _fields(self):
+        """The lazily made fields, made (all unset) on the first call."""
+        if self._decoded is None:
+            self._decoded = _Decoded.__new__(_Decoded)
+        return self._decoded
 
     @property
     def body(self):
@@ -444,60 +545,71 @@ cdef class RemoteMessage:
         """The queue it was received from."""
         cdef const char* data
         cdef uint32_t length
-        if self._queue is None:
-            if self._flags & (FF_FLAG_DEAD_LETTER | FF_FLAG_TOPIC):
-                self._queue = ""
+        cdef _Decoded fields
+        if self._decoded is None and self._origin.queue is not None:
+            return self._origin.queue
+        fields = self._fields()
+        if fields.queue is _UNSET:
+            if self._origin.queue is not None:
+                fields.queue = self._origin.queue
+            elif self._flags & (FF_FLAG_DEAD_LETTER | FF_FLAG_TOPIC):
+                fields.queue = ""
             else:
                 data = self._part(0, &length)
-                self._queue = _text(data, length) or ""
-        return self._queue
+                fields.queue = _text(data, length) or ""
+        return fields.queue
 
     @property
     def topic(self):
         """The topic it was published on (its queue keeps topics), else None."""
         cdef const char* data
         cdef uint32_t length
-        if self._topic is _UNSET:
+        cdef _Decoded fields = self._fields()
+        if fields.topic is _UNSET:
             if self._flags & FF_FLAG_TOPIC:
                 data = self._part(0, &length)
-                self._topic = _text(data, length)
+                fields.topic = _text(data, length)
             else:
-                self._topic = None
-        return self._topic
+                fields.topic = None
+        return fields.topic
 
     @property
     def group_id(self):
         """FIFO group, or None."""
         cdef const char* data
         cdef uint32_t length
-        if self._group_id is _UNSET:
+        cdef _Decoded fields = self._fields()
+        if fields.group_id is _UNSET:
             data = self._part(1, &length)
-            self._group_id = _text(data, length)
-        return self._group_id
+            fields.group_id = _text(data, length)
+        return fields.group_id
 
     @property
     def dedup_id(self):
         """Deduplication id, or None."""
         cdef const char* data
         cdef uint32_t length
-        if self._dedup_id is _UNSET:
+        cdef _Decoded fields = self._fields()
+        if fields.dedup_id is _UNSET:
             data = self._part(2, &length)
-            self._dedup_id = _text(data, length)
-        return self._dedup_id
+            fields.dedup_id = _text(data, length)
+        return fields.dedup_id
 
     @property
     def attributes(self):
         """Message attributes: name -> str | int | float | bytes | list[str]."""
         cdef const char* data
         cdef uint32_t length
-        if self._attributes is _UNSET:
+        cdef _Decoded fields = self._fields()
+        if fields.attributes is _UNSET:
             if self._record != NULL:
                 data = self._part(3, &length)
-                self._attributes = _decode_attributes(
+                fields.attributes = _decode_attributes(
                     PyBytes_FromStringAndSize(data, length)) if length else {}
             else:
-                self._attributes = _decode_attributes(self._encoded) if self._encoded else {}
-        return self._attributes
+                fields.attributes = (_decode_attributes(fields.encoded) if fields.encoded
+                                     else {})
+        return fields.attributes
 
     @property
     def dead_letter(self):
@@ -508,24 +620,25 @@ cdef class RemoteMessage:
         """
         cdef const char* data
         cdef uint32_t length
-        if self._dead_letter is _UNSET:
+        cdef _Decoded fields = self._fields()
+        if fields.dead_letter is _UNSET:
             if not self._flags & FF_FLAG_DEAD_LETTER:
-                self._dead_letter = None
+                fields.dead_letter = None
             else:
                 data = self._part(0, &length)
                 reason, source, count, first, last, when = json.loads(data[:length])
-                self._dead_letter = DeadLetterInfo(reason, source, count, _seconds(first),
-                                                   _seconds(last), when / 1e6)
-        return self._dead_letter
+                fields.dead_letter = DeadLetterInfo(reason, source, count, _seconds(first),
+                                                    _seconds(last), when / 1e6)
+        return fields.dead_letter
 
     def _settled(self):
         # settled apart from its batch: a later DeliveryBatch.ack() leaves it out
-        self._consumer = None
+        self._live = False
 
     def detach(self):
         """For its batch's ack: True (and now settled) unless settled on its own before."""
-        live = self._consumer is not None
-        self._consumer = None
+        live = self._live
+        self._live = False
         return live
 
     def ack(self):
@@ -539,26 +652,27 @@ cdef class RemoteMessage:
         it for its loop iteration (``await message.ack()`` works too, and does not wait
         for the broker). ``await client.ack(message.receipt)`` always waits.
         """
-        cdef object consumer = self._consumer
+        cdef object consumer
         cdef AckBuffer acks
         cdef const void* delivery = NULL
-        if consumer is not None:
+        if self._live:
+            consumer = self._origin.consumer
             if type(consumer) is AckBuffer:
                 acks = <AckBuffer>consumer
-                if not acks.state.closed:
-                    self._consumer = None
+                if not acks.is_closed():
+                    self._live = False
                     if self._frame is not None:
                         delivery = <const void*>self._frame
                     acks.add(self.receipt, delivery)
                     return _DONE
             elif not consumer.closed:
-                self._consumer = None
+                self._live = False
                 consumer.defer_settle(_pack(&self.receipt, 1))
                 return _DONE
         try:
-            self._owner.ack(self.receipt)
+            self._origin.owner.ack(self.receipt)
         finally:
-            self._consumer = None
+            self._live = False
         return _DONE
 
     def nack(self, delay=None):
@@ -567,24 +681,24 @@ cdef class RemoteMessage:
         Returns ``DONE`` (awaitable; the asyncio client sends the request at once).
         """
         try:
-            self._owner.nack(self.receipt, delay=delay)
+            self._origin.owner.nack(self.receipt, delay=delay)
         finally:
-            self._consumer = None
+            self._live = False
         return _DONE
 
     def extend(self, seconds):
         """Make the lease end ``seconds`` from now (0: give the message back); ``DONE``."""
-        self._owner.extend(self.receipt, seconds)
+        self._origin.owner.extend(self.receipt, seconds)
         if seconds == 0:
-            self._consumer = None
+            self._live = False
         return _DONE
 
     def term(self):
         """Dead-letter the message at once (reason ``rejected``); returns ``DONE``."""
         try:
-            self._owner.term(self.receipt)
+            self._origin.owner.term(self.receipt)
         finally:
-            self._consumer = None
+            self._live = False
         return _DONE
 
     def __repr__(self):
@@ -592,8 +706,9 @@ cdef class RemoteMessage:
                 f"receive_count={self.receive_count}, body={self.body[:32]!r})")
 
 
-cdef inline RemoteMessage _make(const ff_record_view* view, object frame, object owner,
-                                object consumer, object queue):
+cdef inline RemoteMessage _make(const ff_record_view* view, object frame, _Origin origin):
+    # Only the fields the loop reads are set: the body and the decoded fields stay None
+    # (as the type's allocation leaves them) until read.
     cdef RemoteMessage message = RemoteMessage.__new__(RemoteMessage)
     message.id = view.id
     message.receipt = view.receipt
@@ -601,16 +716,10 @@ cdef inline RemoteMessage _make(const ff_record_view* view, object frame, object
     message.priority = view.priority if view.flags & FF_FLAG_PRIORITY else 0
     message._timestamp_us = view.timestamp_us
     message._flags = view.flags
+    message._live = origin.consumer is not None
     message._frame = frame
     message._record = view.start
-    message._attributes = _UNSET
-    message._group_id = _UNSET
-    message._dedup_id = _UNSET
-    message._dead_letter = _UNSET
-    message._topic = _UNSET
-    message._queue = queue if queue else None
-    message._owner = owner
-    message._consumer = consumer
+    message._origin = origin
     return message
 
 
@@ -633,14 +742,13 @@ cdef class MessageCursor:
 
     cdef object _frame
     cdef ff_frame_reader _reader
-    cdef readonly object owner
-    cdef readonly object consumer
+    cdef ff_record_view _view      # the record just read (a field: no clearing per step)
+    cdef _Origin _origin           # owner, consumer and queue, shared by its messages
     cdef readonly str queue
     cdef object _refill
 
     def __cinit__(self, object owner, object consumer, str queue, object refill=None):
-        self.owner = owner
-        self.consumer = consumer
+        self._origin = _origin(owner, consumer, queue)
         self.queue = queue
         self._refill = refill
         self._frame = None
@@ -665,6 +773,16 @@ cdef class MessageCursor:
         self.load(frame)
 
     @property
+    def owner(self):
+        """What its messages settle through by receipt."""
+        return self._origin.owner
+
+    @property
+    def consumer(self):
+        """The ``AckBuffer`` (or settler) its messages' acks join, or None."""
+        return self._origin.consumer
+
+    @property
     def pending(self):
         """Messages of the current frame not yet made."""
         return self._reader.count - self._reader.index if self._frame is not None else 0
@@ -674,13 +792,10 @@ cdef class MessageCursor:
 
     cdef object _next_here(self):
         """The next message of the current frame, or None once it is used up."""
-        cdef ff_record_view view
         cdef size_t offset = ff_reader_offset(&self._reader)
-        cdef int status
-        memset(&view, 0, sizeof(view))   # gcc cannot see that the reader fills it on OK
-        status = ff_reader_next(&self._reader, &view)
+        cdef int status = ff_reader_next(&self._reader, &self._view)
         if status == FF_CODEC_OK:
-            return _make(&view, self._frame, self.owner, self.consumer, self.queue)
+            return _make(&self._view, self._frame, self._origin)
         self._frame = None
         if status != FF_CODEC_END:
             raise _malformed(status, offset)

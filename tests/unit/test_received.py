@@ -141,3 +141,62 @@ def test_the_record_constructor_still_works() -> None:
     message = RemoteMessage(record, Owner(), None)
     assert (message.id, message.body, message.queue, message.attributes) == (3, b"b", "q", {})
     assert bytes(memoryview(message)) == b"b"
+
+
+class SlottedState:
+    """A consumer's state as the client keeps it: ``closed`` is a ``__slots__`` slot."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+def test_a_slotted_state_closed_later_sends_the_next_ack_through_the_owner() -> None:
+    # The buffer reads a slotted ``closed`` in C: it must see each change at once.
+    state, owner = SlottedState(), Owner()
+    acks = AckBuffer(state, 10)
+    first, second, third = messages_of(_frame(3), owner, acks)
+    first.ack()
+    state.closed = True
+    second.ack()
+    state.closed = 0   # any falsy value: open again
+    third.ack()
+    assert owner.acked == [102]
+    assert _receipts(b"".join(acks.take())) == [101, 103]
+
+
+def test_a_state_whose_type_changed_is_read_through_getattr() -> None:
+    class State:
+        __slots__ = ("closed",)
+
+    state, owner = State(), Owner()
+    state.closed = False
+    acks = AckBuffer(state, 10)
+    first, second = messages_of(_frame(2), owner, acks)
+    first.ack()
+    State.closed = property(lambda self: True)   # the slot is no longer what is read
+    second.ack()
+    assert owner.acked == [102] and acks.count == 1
+
+
+def test_an_unset_slot_raises_as_getattr_does() -> None:
+    state = SlottedState()
+    del state.closed
+    message = messages_of(_frame(1), Owner(), AckBuffer(state, 10))[0]
+    with pytest.raises(AttributeError):
+        message.ack()
+
+
+def test_messages_of_one_cursor_settle_each_on_its_own() -> None:
+    # They share their owner, consumer and queue: settling one leaves the others live.
+    acks = AckBuffer(SlottedState(), 10)
+    cursor = MessageCursor(Owner(), acks, "q")
+    cursor.feed(_frame(3))
+    first, second, third = cursor
+    assert cursor.consumer is acks and isinstance(cursor.owner, Owner)
+    first.ack()
+    assert second.detach() is True and second.detach() is False
+    assert first.detach() is False and third.detach() is True
+    assert [m.queue for m in (first, second, third)] == ["q", "q", "q"]
+    assert acks.count == 1
