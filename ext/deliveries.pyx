@@ -56,8 +56,14 @@ cdef extern from *:
     """
     void ff_prefetch_body(const char* body, uint32_t length) noexcept nogil
 
+cdef extern from "prefetch.h":
+    void ff_prefetch_line(const void* address) noexcept nogil
+    void ff_prefetch_object(const void* address, size_t size) noexcept nogil
+
 cdef enum:
-    PREFETCH_AHEAD = 2   # records ahead of the copy whose bodies are asked for
+    PREFETCH_AHEAD = 2         # records ahead of the copy whose bodies are asked for
+    BLOB_PREFETCH_AHEAD = 8    # ... whose blob headers are (their bodies' lengths)
+    ENTRY_PREFETCH_AHEAD = 16  # ... whose entries are (their blob pointers)
 
 from fastfanout._ext.store import DEAD_LETTER_REASONS
 from fastfanout.records import DeadLetterInfo
@@ -238,6 +244,25 @@ cdef class _Leased:
     cdef dict dead_infos
 
 
+cdef inline void _prefetch_next_leases(Store self, uint32_t qid, int level) noexcept:
+    """Ask for what the next two leases of a level will read, a lease ahead.
+
+    A push leases the head of a visible list again and again; each head's entry and
+    blob were last touched when the message was enqueued (a push or more ago: out of the
+    caches), and the list gives the next entry only once the current one is read. So,
+    once a lease is made: the new head's blob (its entry is in flight or here already:
+    the lease wrote its link) and the entry after it, whose blob the next lease asks for.
+    """
+    cdef uint32_t head = self.queues[qid].visible_head[level]
+    cdef entry_t* entry
+    if head == NIL:
+        return
+    entry = &self.entries[head]
+    ff_prefetch_line(entry.blob)
+    if entry.visible_next != NIL:
+        ff_prefetch_object(&self.entries[entry.visible_next], sizeof(entry_t))
+
+
 cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
                     int64_t now_us, uint32_t owner):
     """The first pass: lease up to ``max_messages``, noting each slot and the frame size."""
@@ -255,6 +280,8 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
         slot = self._lease_next(qid, &level, lease_us, now_us, owner)
         if slot == NIL:
             break
+        if level >= 0:
+            _prefetch_next_leases(self, qid, level)
         dead_info = None
         if self.entries[slot].dead != NULL:
             dead_info = dead_letter_json(self, self.entries[slot].dead)
@@ -280,6 +307,15 @@ cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) e
     ff_write_batch_header(out, <uint32_t>leased.count)
     out += FF_BATCH_HEADER_SIZE
     for index in range(leased.count):
+        # A long push's first entries and blobs have left the nearest caches by the time
+        # the leasing pass is done: each record reads an entry, then its blob's header,
+        # then its body, three dependent misses. They are asked for at three distances,
+        # each step reading what the one before brought.
+        if index + ENTRY_PREFETCH_AHEAD < leased.count:
+            ff_prefetch_object(&self.entries[leased.slots[index + ENTRY_PREFETCH_AHEAD]],
+                               sizeof(entry_t))
+        if index + BLOB_PREFETCH_AHEAD < leased.count:
+            ff_prefetch_line(self.entries[leased.slots[index + BLOB_PREFETCH_AHEAD]].blob)
         if index + PREFETCH_AHEAD < leased.count:
             ahead = self.entries[leased.slots[index + PREFETCH_AHEAD]].blob
             ff_prefetch_body(ahead.data, ahead.body_len)

@@ -21,7 +21,14 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport ff_load_le64
-from fastfanout._ext.store cimport ANY_SESSION, DEAD_REJECTED, NIL, Store, receipt_value
+from fastfanout._ext.store cimport (
+    ANY_SESSION,
+    DEAD_REJECTED,
+    NIL,
+    Store,
+    entry_t,
+    receipt_value,
+)
 
 from fastfanout.errors import InvalidArgument, StaleReceipt
 
@@ -31,8 +38,12 @@ cdef extern from *:
     """
     void ff_prefetch_write(const void* address) noexcept nogil
 
+cdef extern from "prefetch.h":
+    void ff_prefetch_object(const void* address, size_t size) noexcept nogil
+
 cdef enum:
-    ACK_PREFETCH_AHEAD = 4   # receipts ahead of an ack whose blob header is asked for
+    ACK_PREFETCH_AHEAD = 12    # receipts ahead of an ack whose blob header is asked for
+    CHECK_PREFETCH_AHEAD = 24  # receipts ahead of a check whose entry is asked for
 
 
 cdef int _receipts_buffer(object frame, Py_buffer* buffer) except -1:
@@ -120,6 +131,13 @@ def ack_frames(Store store, list frames, object session=ANY_SESSION):
     return stale
 
 
+cdef inline void _prefetch_entry(Store store, uint64_t receipt) noexcept:
+    """Ask for the entry a receipt names (when it names one of the store's slots)."""
+    cdef uint32_t slot = <uint32_t>receipt
+    if slot < store.entry_capacity:
+        ff_prefetch_object(&store.entries[slot], sizeof(entry_t))
+
+
 cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t session):
     """Ack a receipts frame whole; None, or (nothing acked) its stale receipts in order.
 
@@ -136,6 +154,13 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t sess
         data = <const char*>buffer.buf
         count[0] = buffer.len // 8
         for index in range(count[0]):
+            if index + CHECK_PREFETCH_AHEAD < count[0]:
+                # Checking a receipt reads its entry, which was last touched when it was
+                # leased (a push ago: out of the caches). The receipts are all here, so
+                # their entries are asked for a few checks ahead: the misses overlap
+                # instead of stalling one check each (the first item of the broker's
+                # profile of a SETTLE before).
+                _prefetch_entry(store, ff_load_le64(data + 8 * (index + CHECK_PREFETCH_AHEAD)))
             receipt = ff_load_le64(data + 8 * index)
             if store._lease_slot(receipt, session) == NIL:
                 if stale is None:
@@ -144,6 +169,9 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t sess
         if stale is not None:
             return list(stale)
         for index in range(count[0]):
+            if index + CHECK_PREFETCH_AHEAD < count[0]:   # (a long frame's first entries
+                # may have left the nearest cache again during the checks)
+                _prefetch_entry(store, ff_load_le64(data + 8 * (index + CHECK_PREFETCH_AHEAD)))
             if index + ACK_PREFETCH_AHEAD < count[0]:
                 # An ack reads and writes the message's blob (its size, its refcount),
                 # which lies anywhere: ask for it a few acks ahead. (The first pass

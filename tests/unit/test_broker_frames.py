@@ -258,3 +258,31 @@ def test_receive_push_writes_into_any_sink_and_a_sink_without_room_gets_a_frame(
     frame, count, receipts, status = port.receive_push("q", 10, None, FrameSink(), b"H")
     assert status == FULL and count == 2 and receipts == receipts_of(frame)
     assert [r.body for r in decode_batch(frame)] == [b"a", b"b"]
+
+
+def test_long_receipts_frames_ack_whole_or_not_at_all(broker):
+    # The ack of a frame asks for entries and blobs dozens of receipts ahead of its two
+    # passes: frames shorter and longer than those distances, receipts naming no slot
+    # of the store (far past its end) and a repeated receipt must all still be all or
+    # none, and a scattered order (entries out of slot order) acks what it names.
+    import random
+    import struct
+
+    from fastfanout import StaleReceipt
+
+    port = broker.server_port()
+    broker.create_queue("q", max_messages=None)
+    broker.send_batch("q", [b"m%d" % i for i in range(300)])
+    frame, count = port.receive_frame("q", 300)
+    receipts = list(struct.unpack(f"<{count}Q", receipts_of(frame)))
+    random.Random(7).shuffle(receipts)
+    bogus = [(1 << 32) | 0xFFFFFFF0, (5 << 32) | 123_456_789]
+    for stale in ([*receipts[:40], bogus[0]], [bogus[1], *receipts[:3]]):
+        with pytest.raises(StaleReceipt) as raised:
+            port.ack_packed(struct.pack(f"<{len(stale)}Q", *stale))
+        assert raised.value.receipts == [r for r in stale if r in bogus]
+    assert broker.stats().queues["q"].leased == 300   # nothing acked
+    assert port.ack_packed(struct.pack("<5Q", *receipts[:5])) == 5
+    assert port.ack_frames([struct.pack(f"<{len(receipts) - 5}Q", *receipts[5:])]) == []
+    stats = broker.stats().queues["q"]
+    assert (stats.leased, stats.visible, stats.acked) == (0, 0, 300)
