@@ -15,7 +15,11 @@ of that loop is C:
   count, priority and timestamp are copied at once (plain C fields); the body,
   attributes, group and dedup ids and the dead-letter record are made on first access;
   the body is a ``bytes`` copy made once and kept (``memoryview(message)`` is a
-  zero-copy view of the body in the frame, which the view keeps alive);
+  zero-copy view of the body in the frame, which the view keeps alive). Making and
+  freeing one is the loop's largest cost, so a message made by a cursor takes two
+  references (its frame, and the cursor's ``_Origin``: owner, consumer and queue, shared
+  by all its messages), and whether it is settled is a C flag; the fields made on first
+  access live in one ``_Decoded`` object, made only when one of them is read;
 - ``message.ack()`` of a pushed message appends its receipt to an ``AckBuffer`` (C
   array); the buffer's frames leave in one SETTLE, each frame the receipts acked one
   after another from one delivery (so a consumer that acks every message of a push in
