@@ -1,0 +1,172 @@
+"""CPU time per message of each process of the per-message loop (issue 15).
+
+python bench/e2e_cpu_per_message.py [-n N] [--consumers 1 4] [--runs R]
+    [--perf broker|consumer|producer] [--perf-out FILE]
+
+One publisher process calling ``producer.offer(body)`` per 64-byte message -> a broker
+process (local channels) -> ``--consumers`` queues subscribed to one topic, a consumer
+process each running ``for m in client.consume(q): m.body; m.ack()``. Prints, per run and
+as medians, the CPU time per message of the broker (every thread, from
+``/proc/PID/task/*/schedstat``: nanoseconds, not clock ticks), of the publisher and of
+the consumers (``time.process_time``, their mean), and the wall-clock rate per consumer.
+
+CPU per message is what the wall-clock ratios of ``e2e_per_message.py`` rest on, and it
+is far steadier on a shared machine: under load a process gets less of the cores, not
+more work per message. ``--perf`` records the named process (the first consumer) with
+``perf record -g`` for the measured part of the last run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+from e2e_common import BODY, START_DEADLINE, connect_when_up, serve_broker, stop_processes
+
+from fastfanout.bench.processes import spawn
+
+PREFETCH = 16000
+"""The consumers' prefetch (the harness's ``--receive each`` uses the same)."""
+QUEUE_BOUND = 65536
+"""Each queue's ``max_messages`` (overflow ``hold``: the publisher waits for room)."""
+RESULT_DEADLINE = 300.0
+"""Seconds a run may take before it is abandoned."""
+
+
+def _consume(endpoint: str, queue: str, count: int, ready: Any, out: Any) -> None:
+    from fastfanout import keep_freed_memory
+    from fastfanout.client import connect
+
+    keep_freed_memory()
+    client = connect(endpoint, local_channel=True)
+    consumer = client.consume(queue, prefetch=PREFETCH, timeout=START_DEADLINE)
+    ready.set()
+    messages = iter(consumer)
+    message = next(messages)   # the clocks start at the first message
+    cpu, wall = time.process_time(), time.perf_counter()
+    body = message.body   # read, as users do (made on first access)
+    message.ack()
+    seen = 1
+    for message in messages:
+        body = message.body
+        message.ack()
+        seen += 1
+        if seen >= count:
+            break
+    out.put(("consumer", time.process_time() - cpu, time.perf_counter() - wall, seen))
+    assert len(body) == len(BODY)
+    consumer.cancel()
+    client.close()
+
+
+def _publish(endpoint: str, count: int, go: Any, out: Any) -> None:
+    from fastfanout import keep_freed_memory
+    from fastfanout.client import connect
+
+    keep_freed_memory()
+    client = connect(endpoint, local_channel=True)
+    producer = client.producer("t", batch_messages=1000, max_in_flight=8)
+    go.wait(START_DEADLINE)
+    cpu, wall = time.process_time(), time.perf_counter()
+    offer = producer.offer
+    for _ in range(count):
+        offer(BODY)
+    producer.close()
+    out.put(("producer", time.process_time() - cpu, time.perf_counter() - wall, count))
+    client.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of every thread of ``pid`` so far (scheduler nanoseconds)."""
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/schedstat") as stat:
+            total += int(stat.read().split()[0])
+    return total / 1e9
+
+
+def run(count: int, queues: int, perf: str | None, perf_out: str) -> dict[str, float]:
+    """One run: ns of CPU per message by process, and the rate per consumer."""
+    context = spawn()
+    with tempfile.TemporaryDirectory(prefix="ffcpu-") as directory:
+        endpoint = f"ipc://{os.path.join(directory, 'ff.sock')}"
+        broker = context.Process(target=serve_broker, args=(endpoint,))
+        broker.start()
+        clients: list[Any] = []
+        try:
+            with connect_when_up(endpoint, broker) as client:
+                client.create_topic("t")
+                for group in range(queues):
+                    client.create_queue(f"q{group}", max_messages=QUEUE_BOUND,
+                                        overflow="hold")
+                    client.subscribe("t", f"q{group}")
+            out, go = context.Queue(), context.Event()
+            readies = [context.Event() for _ in range(queues)]
+            consumers = [context.Process(target=_consume, args=(
+                endpoint, f"q{group}", count, readies[group], out)) for group in range(queues)]
+            publisher = context.Process(target=_publish, args=(endpoint, count, go, out))
+            clients += [*consumers, publisher]
+            for process in clients:
+                process.start()
+            for ready in readies:
+                if not ready.wait(START_DEADLINE):
+                    raise RuntimeError("a consumer did not start")
+            recorder = None
+            pid = {"broker": broker.pid, "consumer": consumers[0].pid,
+                   "producer": publisher.pid}.get(perf or "")
+            if pid is not None:
+                recorder = subprocess.Popen(
+                    ["perf", "record", "-g", "-o", perf_out, "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)   # perf attaches
+            broker_before, wall = _cpu_seconds(broker.pid), time.perf_counter()
+            go.set()
+            results = [out.get(timeout=RESULT_DEADLINE) for _ in range(queues + 1)]
+            wall = time.perf_counter() - wall
+            broker_cpu = _cpu_seconds(broker.pid) - broker_before
+            if recorder is not None:
+                recorder.send_signal(2)
+                recorder.wait(START_DEADLINE)
+        finally:
+            stop_processes(clients)   # each joined (a deadline), then terminated
+            broker.terminate()
+            stop_processes([broker])
+    consumer_ns = [cpu / seen * 1e9 for kind, cpu, _, seen in results if kind == "consumer"]
+    (producer_ns,) = [cpu / sent * 1e9 for kind, cpu, _, sent in results if kind == "producer"]
+    return {"broker": broker_cpu / count * 1e9, "producer": producer_ns,
+            "consumer": statistics.mean(consumer_ns), "rate": count / wall}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--messages", type=int, default=1_000_000)
+    parser.add_argument("--consumers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--perf", choices=["broker", "consumer", "producer"],
+                        help="perf record this process (the last run)")
+    parser.add_argument("--perf-out", default="perf.data")
+    args = parser.parse_args()
+    print(f"ns of CPU per message by process; rate per consumer (load {os.getloadavg()[0]:.1f})")
+    for queues in args.consumers:
+        rows = []
+        for index in range(args.runs):
+            last = index == args.runs - 1
+            row = run(args.messages, queues, args.perf if last else None, args.perf_out)
+            rows.append(row)
+            print(f"  {queues} consumer(s), run {index + 1}: broker {row['broker']:.0f}, "
+                  f"producer {row['producer']:.0f}, consumer {row['consumer']:.0f}, "
+                  f"{row['rate'] / 1e6:.2f} M msg/s", flush=True)
+        median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        print(f"{queues} consumer(s), median of {args.runs}: broker {median['broker']:.0f}, "
+              f"producer {median['producer']:.0f}, consumer {median['consumer']:.0f}, "
+              f"{median['rate'] / 1e6:.2f} M msg/s (load {os.getloadavg()[0]:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
