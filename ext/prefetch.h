@@ -1,11 +1,12 @@
 /*
  * prefetch.h - asking for memory ahead of its use, where a loop knows the addresses.
  *
- * Why a header of our own: GCC (12, -O1 and up) deletes a `__builtin_prefetch` that sits
- * alone under a condition (`if (slot < capacity) __builtin_prefetch(...)`): the block has
- * no effect it must keep, so the whole branch goes, and the loop stalls on every miss
- * as before. On x86 these are `prefetcht0` as volatile asm, which no pass may remove;
- * elsewhere the builtin. A prefetch never faults, whatever the address.
+ * Why a header of our own: GCC 12 (-O1 and up) dropped the `__builtin_prefetch` calls of
+ * the store's loops, those under a bound check (`if (slot < capacity) ...`) and one after
+ * an early return alike: the modules were built with no prefetch instruction in them,
+ * and the loops stalled on every miss as before (a plain loop of prefetches keeps them).
+ * On x86 these are `prefetcht0` as volatile asm, which no pass may remove; elsewhere the
+ * builtin. A prefetch never faults, whatever the address.
  */
 #ifndef FASTFANOUT_PREFETCH_H
 #define FASTFANOUT_PREFETCH_H

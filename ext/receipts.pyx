@@ -157,7 +157,7 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t sess
             if index + CHECK_PREFETCH_AHEAD < count[0]:
                 # Checking a receipt reads its entry, which was last touched when it was
                 # leased (a push ago: out of the caches). The receipts are all here, so
-                # their entries are asked for a few checks ahead: the misses overlap
+                # their entries are asked for 24 checks ahead: the misses overlap
                 # instead of stalling one check each (the first item of the broker's
                 # profile of a SETTLE before).
                 _prefetch_entry(store, ff_load_le64(data + 8 * (index + CHECK_PREFETCH_AHEAD)))
