@@ -32,12 +32,16 @@ from collections.abc import Callable
 from contextvars import Context
 from typing import Protocol, TypeVarTuple, Unpack
 
-__all__ = ["STEP_ITERATIONS", "Guest", "Host", "SteppedLoop"]
+__all__ = ["STEP_ITERATIONS", "TIMERS_COMPACT_MIN", "Guest", "Host", "SteppedLoop"]
 
 STEP_ITERATIONS = 32
 """Most loop iterations one ``step`` runs: a chain of callbacks longer than that (each
 scheduling the next) goes on after the server's next round, so a guest that keeps
 itself busy cannot hold the server up."""
+
+TIMERS_COMPACT_MIN = 256
+"""Timers the loop remembers before it drops the cancelled ones (then twice as many as
+are left): its memory of timers stays within twice the live ones."""
 
 Ts = TypeVarTuple("Ts")
 
@@ -85,6 +89,7 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._order = itertools.count()
         self._last_step_time = 0.0   # when the last iteration began
+        self._compact_at = TIMERS_COMPACT_MIN   # timers held before cancelled ones go
         self.stepper: int | None = None   # the thread that steps it (None: none now)
         self._readable = select.poll()
         self._readable.register(self._epoll.fileno(), select.POLLIN)
@@ -99,7 +104,14 @@ class SteppedLoop(asyncio.SelectorEventLoop):
                 *args: *Ts, context: Context | None = None) -> asyncio.TimerHandle:
         """As ``asyncio`` does, remembered: the host wakes for the earliest timer."""
         handle = super().call_at(when, callback, *args, context=context)
-        heapq.heappush(self._timers, (handle.when(), next(self._order), handle))
+        timers = self._timers
+        heapq.heappush(timers, (handle.when(), next(self._order), handle))
+        if len(timers) > self._compact_at:
+            # Timeouts are mostly cancelled long before they are due (a deadline per
+            # request): drop those now, or each would live on here until its time came.
+            timers[:] = [timer for timer in timers if not timer[2].cancelled()]
+            heapq.heapify(timers)
+            self._compact_at = max(TIMERS_COMPACT_MIN, 2 * len(timers))
         return handle
 
     def fileno(self) -> int:

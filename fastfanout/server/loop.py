@@ -84,7 +84,12 @@ from fastfanout.errors import (
     WouldBlock,
 )
 from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
-from fastfanout.server.allocator import keep_freed_memory, memory_stats
+from fastfanout.server.allocator import (
+    collector_stats,
+    freeze_startup_objects,
+    keep_freed_memory,
+    memory_stats,
+)
 from fastfanout.server.deliveries import Deliveries
 from fastfanout.server.guests import Guest
 from fastfanout.server.holds import HeldRequest, HeldRequests
@@ -842,6 +847,7 @@ class Server:
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())
         stats.update(memory_stats())
+        stats.update(collector_stats())
         for key, source in self.stats_sources.items():
             stats[key] = source()
         return [protocol.encode_payload(stats)]
@@ -1026,7 +1032,9 @@ def serve(endpoint: str | None = None, *,
     """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
 
     This thread's process is a broker: its C allocator keeps freed delivery frames for
-    reuse (``allocator.keep_freed_memory``) rather than paying page faults for new ones.
+    reuse (``allocator.keep_freed_memory``) rather than paying page faults for new ones,
+    and what it built to start is moved out of the cyclic garbage collector's reach
+    (``allocator.freeze_startup_objects``): a full collection no longer walks it.
 
     Args:
         endpoint: command endpoint (default: the per-user ipc socket).
@@ -1044,6 +1052,7 @@ def serve(endpoint: str | None = None, *,
         raise
     keep_freed_memory()
     stop_companion = companion(server) if companion is not None else None
+    freeze_startup_objects()
 
     def stop_both() -> None:
         # The companion first: the bridge settles what it can while the broker serves.

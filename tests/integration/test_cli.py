@@ -512,3 +512,15 @@ def test_a_stale_socket_file_fails_at_once(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "stale" in result.output and len(result.output.strip().splitlines()) == 1
     assert time.monotonic() - started < 2.0
+
+
+def test_serve_keeps_what_it_built_to_start_out_of_the_collectors_reach(
+        track: Tracker) -> None:
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    stats = client.server_stats()
+    # modules, functions, the broker's own objects: frozen once, never walked again
+    assert stats["gc_frozen"] > 10_000
+    assert stats["gc_full_collections"] >= 1      # the one before the freeze
+    assert stats["gc_collections"] >= stats["gc_full_collections"]

@@ -94,3 +94,28 @@ def test_a_callback_from_another_thread_wakes_the_host() -> None:
     loop.step()
     assert seen.is_set()
     loop.close()
+
+
+def test_cancelled_timeouts_are_not_kept_until_their_time() -> None:
+    import gc
+    import weakref
+
+    from fastfanout.server.guests import TIMERS_COMPACT_MIN
+
+    loop = SteppedLoop()
+    cancelled = []
+    for _ in range(TIMERS_COMPACT_MIN * 4):     # a deadline per request, each met
+        handle = loop.call_later(30.0, print)
+        handle.cancel()
+        cancelled.append(weakref.ref(handle))
+        del handle
+    live = loop.call_later(20.0, print)
+    loop.call_soon(int)                           # an iteration to run:
+    loop.step()                                   # asyncio drops its own cancelled ones
+    gc.collect()
+    kept = sum(ref() is not None for ref in cancelled)
+    assert kept <= TIMERS_COMPACT_MIN * 2, kept
+    timeout = loop.timeout()
+    assert timeout is not None and 19.0 < timeout <= 20.0   # the live one still counts
+    live.cancel()
+    loop.close()
