@@ -1,14 +1,20 @@
 """CPU time per message of each process of the per-message loop (issue 15).
 
 python bench/e2e_cpu_per_message.py [-n N] [--consumers 1 4] [--runs R]
-    [--perf broker|consumer|producer] [--perf-out FILE]
+    [--perf broker|consumer|producer] [--perf-out FILE] [--publish offer|nowait]
+    [--baseline]
 
-One publisher process calling ``producer.offer(body)`` per 64-byte message -> a broker
+One publisher process calling ``producer.offer(body)`` (``--publish nowait``:
+``client.publish_nowait(topic, body)``) per 64-byte message -> a broker
 process (local channels) -> ``--consumers`` queues subscribed to one topic, a consumer
 process each running ``for m in client.consume(q): m.body; m.ack()``. Prints, per run and
 as medians, the CPU time per message of the broker (every thread, from
 ``/proc/PID/task/*/schedstat``: nanoseconds, not clock ticks), of the publisher and of
 the consumers (``time.process_time``, their mean), and the wall-clock rate per consumer.
+``--baseline`` adds raw pyzmq in the same shape (a PUSH process sending each body to each
+of N PULL processes, one message per send, bare ``recv()`` loops) and the ratio: the
+issue's two loops with nothing else in them, where ``e2e_per_message.py`` (the harness)
+also stores and counts every body on both sides.
 
 CPU per message is what the wall-clock ratios of ``e2e_per_message.py`` rest on, and it
 is far steadier on a shared machine: under load a process gets less of the cores, not
@@ -64,7 +70,7 @@ def _consume(endpoint: str, queue: str, count: int, ready: Any, out: Any) -> Non
     client.close()
 
 
-def _publish(endpoint: str, count: int, go: Any, out: Any) -> None:
+def _publish(endpoint: str, count: int, go: Any, out: Any, mode: str = "offer") -> None:
     from fastfanout import keep_freed_memory
     from fastfanout.client import connect
 
@@ -73,12 +79,91 @@ def _publish(endpoint: str, count: int, go: Any, out: Any) -> None:
     producer = client.producer("t", batch_messages=1000, max_in_flight=8)
     go.wait(START_DEADLINE)
     cpu, wall = time.process_time(), time.perf_counter()
-    offer = producer.offer
-    for _ in range(count):
-        offer(BODY)
+    if mode == "nowait":   # one publish_nowait per message, its future dropped
+        publish = client.publish_nowait
+        for _ in range(count):
+            publish("t", BODY)
+        client.flush()
+    else:
+        offer = producer.offer
+        for _ in range(count):
+            offer(BODY)
     producer.close()
     out.put(("producer", time.process_time() - cpu, time.perf_counter() - wall, count))
     client.close()
+
+
+def _zmq_pull(endpoint: str, count: int, ready: Any, out: Any) -> None:
+    import zmq
+
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, PREFETCH)
+    pull.bind(endpoint)
+    ready.set()
+    recv = pull.recv
+    body = recv()   # the clocks start at the first message, as the consumer's do
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(count - 1):
+        body = recv()
+    out.put(("consumer", time.process_time() - cpu, time.perf_counter() - wall, count))
+    assert len(body) == len(BODY)
+    pull.close(linger=0)
+    context.term()
+
+
+def _zmq_push(endpoints: list[str], count: int, go: Any, out: Any) -> None:
+    import zmq
+
+    context = zmq.Context()
+    pushes = []
+    for endpoint in endpoints:
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, PREFETCH)
+        push.connect(endpoint)
+        pushes.append(push.send)
+    go.wait(START_DEADLINE)
+    cpu, wall = time.process_time(), time.perf_counter()
+    if len(pushes) == 1:
+        (send,) = pushes
+        for _ in range(count):
+            send(BODY)
+    else:
+        for _ in range(count):
+            for send in pushes:
+                send(BODY)
+    out.put(("producer", time.process_time() - cpu, time.perf_counter() - wall, count))
+    context.destroy(linger=-1)
+
+
+def baseline(count: int, pulls: int) -> float:
+    """Raw pyzmq in the same shape, one message per send: a PUSH process sending each
+    body to each of ``pulls`` PULL processes, each ``recv()`` in a bare loop; the rate
+    per PULL."""
+    context = spawn()
+    with tempfile.TemporaryDirectory(prefix="ffcpu-") as directory:
+        endpoints = [f"ipc://{os.path.join(directory, f'pull{index}.sock')}"
+                     for index in range(pulls)]
+        out, go = context.Queue(), context.Event()
+        readies = [context.Event() for _ in range(pulls)]
+        processes = [context.Process(target=_zmq_pull, args=(
+            endpoint, count, ready, out)) for endpoint, ready in zip(endpoints, readies,
+                                                                     strict=True)]
+        processes.append(context.Process(target=_zmq_push, args=(endpoints, count, go, out)))
+        try:
+            for process in processes:
+                process.start()
+            for ready in readies:
+                if not ready.wait(START_DEADLINE):
+                    raise RuntimeError("a PULL did not start")
+            wall = time.perf_counter()
+            go.set()
+            for _ in range(pulls + 1):
+                out.get(timeout=RESULT_DEADLINE)
+            wall = time.perf_counter() - wall
+        finally:
+            stop_processes(processes)
+    return count / wall
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -90,7 +175,8 @@ def _cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def run(count: int, queues: int, perf: str | None, perf_out: str) -> dict[str, float]:
+def run(count: int, queues: int, perf: str | None, perf_out: str,
+        mode: str = "offer") -> dict[str, float]:
     """One run: ns of CPU per message by process, and the rate per consumer."""
     context = spawn()
     with tempfile.TemporaryDirectory(prefix="ffcpu-") as directory:
@@ -109,7 +195,7 @@ def run(count: int, queues: int, perf: str | None, perf_out: str) -> dict[str, f
             readies = [context.Event() for _ in range(queues)]
             consumers = [context.Process(target=_consume, args=(
                 endpoint, f"q{group}", count, readies[group], out)) for group in range(queues)]
-            publisher = context.Process(target=_publish, args=(endpoint, count, go, out))
+            publisher = context.Process(target=_publish, args=(endpoint, count, go, out, mode))
             clients += [*consumers, publisher]
             for process in clients:
                 process.start()
@@ -150,13 +236,20 @@ def main() -> int:
     parser.add_argument("--perf", choices=["broker", "consumer", "producer"],
                         help="perf record this process (the last run)")
     parser.add_argument("--perf-out", default="perf.data")
+    parser.add_argument("--publish", choices=["offer", "nowait"], default="offer",
+                        help="the publisher's loop: producer.offer, or one "
+                             "client.publish_nowait per message")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also raw pyzmq PUSH -> PULL in the same shape, one message "
+                             "per send, bare recv() loops, and the ratio")
     args = parser.parse_args()
     print(f"ns of CPU per message by process; rate per consumer (load {os.getloadavg()[0]:.1f})")
     for queues in args.consumers:
         rows = []
         for index in range(args.runs):
             last = index == args.runs - 1
-            row = run(args.messages, queues, args.perf if last else None, args.perf_out)
+            row = run(args.messages, queues, args.perf if last else None, args.perf_out,
+                      args.publish)
             rows.append(row)
             print(f"  {queues} consumer(s), run {index + 1}: broker {row['broker']:.0f}, "
                   f"producer {row['producer']:.0f}, consumer {row['consumer']:.0f}, "
@@ -165,6 +258,15 @@ def main() -> int:
         print(f"{queues} consumer(s), median of {args.runs}: broker {median['broker']:.0f}, "
               f"producer {median['producer']:.0f}, consumer {median['consumer']:.0f}, "
               f"{median['rate'] / 1e6:.2f} M msg/s (load {os.getloadavg()[0]:.1f})")
+        if args.baseline:
+            rates = []
+            for index in range(args.runs):
+                rates.append(baseline(args.messages, queues))
+                print(f"  raw pyzmq PUSH to {queues} PULL(s), run {index + 1}: "
+                      f"{rates[-1] / 1e6:.2f} M msg/s per PULL", flush=True)
+            rate = statistics.median(rates)
+            print(f"{queues} consumer(s): raw pyzmq {rate / 1e6:.2f} M msg/s per PULL, "
+                  f"fastfanout / raw pyzmq {median['rate'] / rate:.2f}x (bare loops)")
     return 0
 
 
