@@ -407,12 +407,6 @@ class _Puller:
         return taken
 
 
-async def _ended(tasks: set[asyncio.Task[Any]], timeout: float) -> None:
-    """Wait up to ``timeout`` seconds for ``tasks`` to end."""
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
-
-
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
     if not future.done():
         future.set_result(value)
@@ -535,7 +529,7 @@ class Bridge:
                 return     # the loop's thread closes it (its own stop() call)
             stopping.set()
             assert self._task is not None
-            loop.run_until_complete(_ended({self._task}, timeout))
+            loop.run_until_complete(asyncio.wait({self._task}, timeout=timeout))
         if here:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()

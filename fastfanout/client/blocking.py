@@ -516,9 +516,9 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         max_in_flight: publish batches of ``publish_nowait``/``send_nowait`` that may be
             unanswered (default 8, as a producer's frames); the call that sends one more
             full batch waits for the oldest answer first (counted in
-            ``connection.in_flight_waits``), so a
-            loop of pipelined publishes is paced to the broker and its consumers instead
-            of piling its batches up in the broker. 0: no limit.
+            ``connection.in_flight_waits``), so a loop of pipelined publishes is paced
+            to the broker and its consumers instead of piling its batches up in the
+            broker. 0: no limit.
 
     Attributes:
         connection: the I/O driver (``Connection``) over the protocol core.

@@ -539,11 +539,15 @@ class ConnectionCore:
             request = failed(exc)
         else:
             if self.max_in_flight:
-                flying = self.batches_in_flight
-                while flying and flying[0].done:
-                    flying.popleft()
-                flying.append(request)
+                self._unanswered_batches().append(request)
         self.bind(batch.futures, request)
+
+    def _unanswered_batches(self) -> deque[Request]:
+        """``batches_in_flight`` with the answered ones at its head dropped."""
+        flying = self.batches_in_flight
+        while flying and flying[0].done:
+            flying.popleft()
+        return flying
 
     def batch_to_wait(self) -> Request | None:
         """The request to wait for before a caller that sent a publish batch goes on.
@@ -552,9 +556,7 @@ class ConnectionCore:
         None: a caller that keeps filling batches (``publish_nowait``) is paced to the
         broker's answers, as a producer is by its ``max_in_flight``.
         """
-        flying = self.batches_in_flight
-        while flying and flying[0].done:
-            flying.popleft()
+        flying = self._unanswered_batches()
         if self.max_in_flight and len(flying) > self.max_in_flight:
             return flying[0]
         return None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import select
 import selectors
 import threading
@@ -86,8 +85,7 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         super().__init__(self._epoll)
         self._soon = 0           # call_soon calls so far: grows while callbacks wait
         self._stepped_soon = 0   # its value when the last iteration began
-        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
-        self._order = itertools.count()
+        self._timers: list[asyncio.TimerHandle] = []   # a heap: handles order by time
         self._last_step_time = 0.0   # when the last iteration began
         self._compact_at = TIMERS_COMPACT_MIN   # timers held before cancelled ones go
         self.stepper: int | None = None   # the thread that steps it (None: none now)
@@ -105,11 +103,11 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         """As ``asyncio`` does, remembered: the host wakes for the earliest timer."""
         handle = super().call_at(when, callback, *args, context=context)
         timers = self._timers
-        heapq.heappush(timers, (handle.when(), next(self._order), handle))
+        heapq.heappush(timers, handle)
         if len(timers) > self._compact_at:
             # Timeouts are mostly cancelled long before they are due (a deadline per
             # request): drop those now, or each would live on here until its time came.
-            timers[:] = [timer for timer in timers if not timer[2].cancelled()]
+            timers[:] = [timer for timer in timers if not timer.cancelled()]
             heapq.heapify(timers)
             self._compact_at = max(TIMERS_COMPACT_MIN, 2 * len(timers))
         return handle
@@ -141,11 +139,11 @@ class SteppedLoop(asyncio.SelectorEventLoop):
             return 0.0
         timers = self._timers
         # cancelled, or ran in the last step (it ran every timer due when it began)
-        while timers and (timers[0][2].cancelled() or timers[0][0] <= self._last_step_time):
+        while timers and (timers[0].cancelled() or timers[0].when() <= self._last_step_time):
             heapq.heappop(timers)
         if not timers:
             return None
-        return max(0.0, timers[0][0] - self.time())
+        return max(0.0, timers[0].when() - self.time())
 
     def release(self) -> None:
         """The host steps it no more: whoever stops its work may run it (``stepper``)."""
@@ -155,6 +153,3 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         """As ``asyncio`` does; notes when the iteration began (timers due by then ran)."""
         self._last_step_time = self.time()
         super().run_forever()
-
-    def __repr__(self) -> str:
-        return f"<SteppedLoop fd={self._epoll.fileno()} closed={self.is_closed()}>"

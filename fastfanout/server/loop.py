@@ -518,24 +518,31 @@ class Server:
         most pushes before it commits: a small commit that needs no fdatasync is written
         in this thread (the journal's inline write), and the push need not wait for it.
         """
-        deliveries = self._deliveries
-        if self._commit_fd >= 0:
-            if len(self._replies) <= 1:
-                if deliveries.dirty or waiting:
-                    deliveries.dirty = False
-                    deliveries.deliver()
+        durable = self._commit_fd >= 0
+        if len(self._replies) <= 1:   # none or a lone publish: its consumer hears first
+            self._push(waiting)
+            if durable:
                 self._answer(self._commit_round())
-                return
+            else:
+                ready, self._replies = self._replies, []
+                self._answer(ready)
+            return
+        if durable:
             ready = self._commit_round()
         else:
             ready, self._replies = self._replies, []
         if len(ready) > 1:
             self._answer(ready)
             ready = []
+        self._push(waiting)
+        self._answer(ready)
+
+    def _push(self, waiting: bool) -> None:
+        """Push to consumers with credit (a request made messages visible, or someone waits)."""
+        deliveries = self._deliveries
         if deliveries.dirty or waiting:
             deliveries.dirty = False
             deliveries.deliver()
-        self._answer(ready)
 
     def _commit_round(self) -> list[tuple[Session, int, list[bytes]]]:
         """A durable broker's group commit, pipelined; returns the replies that may go.
