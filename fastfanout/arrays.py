@@ -15,6 +15,12 @@ view the frame itself, with no Python object per message:
 ``bodies`` is the frame as one read-only buffer, ``offsets`` and ``lengths`` where each
 body lies in it: body ``i`` is ``bodies[offsets[i]:offsets[i] + lengths[i]]``. The
 arrays keep the frame alive; they are read-only (the frame is the broker's delivery).
+
+numpy is imported by the first call that makes an array, not with this module: a process
+that never asks for an array (a broker, the command line, most clients) pays neither
+for loading it (~50 ms) nor for the threads its BLAS library starts, which spin at full
+speed for their first ~0.1 s (measured on a 2-core machine, where that spin took the
+core a benchmark's third process needed).
 """
 
 from __future__ import annotations
@@ -23,14 +29,14 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-import numpy as np
-import numpy.typing as npt
-
 from fastfanout._ext.wire import count_of, frame_columns, receipts_of
 from fastfanout.errors import InvalidArgument
 from fastfanout.wire import protocol
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from fastfanout.client.messages import Owner, RemoteMessage, Settler
 
 __all__ = ["FrameViews", "MessageBatch"]
@@ -58,6 +64,8 @@ class FrameViews:
         return self._layout
 
     def _header_view(self, dtype: str, at: int, column: int) -> npt.NDArray[Any]:
+        import numpy as np
+
         count, stride, _, _, index = self._columns()
         if index is None:
             return np.ndarray((count,), dtype=dtype, buffer=self._frame,
@@ -75,6 +83,8 @@ class FrameViews:
     @property
     def offsets(self) -> npt.NDArray[np.int64]:
         """Where each body starts in ``bodies`` (int64, one per message)."""
+        import numpy as np
+
         count, stride, first_body, _, index = self._columns()
         if index is None:
             return first_body + stride * np.arange(count, dtype=np.int64)
@@ -83,6 +93,8 @@ class FrameViews:
     @property
     def lengths(self) -> npt.NDArray[np.int64]:
         """The length of each body in bytes (int64, one per message)."""
+        import numpy as np
+
         count, _, _, body_len, index = self._columns()
         if index is None:
             return np.full(count, max(body_len, 0), dtype=np.int64)
@@ -133,6 +145,8 @@ class FrameViews:
             InvalidArgument: the bodies differ in size, or a body's size is not that of
                 ``shape`` items of ``dtype``.
         """
+        import numpy as np
+
         count, stride, first_body, body_len, index = self._columns()
         item = np.dtype(dtype)
         if count and body_len < 0:

@@ -265,3 +265,24 @@ def test_the_broker_and_the_server_hold_their_parts() -> None:
     with Broker() as broker:
         broker.create_queue("q")
         assert broker.list_queues() == ["q"]
+
+
+def test_numpy_is_loaded_by_the_first_array_not_by_importing_fastfanout() -> None:
+    """A broker, the command line and a client that asks for no array do not load numpy
+    (~50 ms, and BLAS threads that spin ~0.1 s of CPU each); the first array view does."""
+    code = (
+        "import sys\n"
+        "import fastfanout, fastfanout.client, fastfanout.aio, fastfanout.cli\n"
+        "import fastfanout.server.loop, fastfanout.workers, fastfanout.bridges\n"
+        "assert 'numpy' not in sys.modules, 'numpy loaded by an import'\n"
+        "broker = fastfanout.Broker()\n"
+        "broker.create_queue('q')\n"
+        "broker.send_batch('q', [b'abcd', b'efgh'])\n"
+        "batch = broker.consume('q').next_batch()\n"
+        "assert 'numpy' not in sys.modules, 'numpy loaded with no array asked for'\n"
+        "table = batch.as_array('u1', (4,))\n"
+        "assert 'numpy' in sys.modules and table.shape == (2, 4)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
