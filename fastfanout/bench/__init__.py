@@ -16,4 +16,3 @@ import os
 # the broker and the receivers need (the shorter a run, the more it weighs). Nothing
 # here calls BLAS. Set before numpy is imported; children inherit it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
