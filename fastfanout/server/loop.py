@@ -518,24 +518,19 @@ class Server:
         most pushes before it commits: a small commit that needs no fdatasync is written
         in this thread (the journal's inline write), and the push need not wait for it.
         """
-        durable = self._commit_fd >= 0
-        if len(self._replies) <= 1:   # none or a lone publish: its consumer hears first
+        lone = len(self._replies) <= 1   # none or a lone publish: its consumer hears first
+        if lone:
             self._push(waiting)
-            if durable:
-                self._answer(self._commit_round())
-            else:
-                ready, self._replies = self._replies, []
-                self._answer(ready)
-            return
-        if durable:
+        if self._commit_fd >= 0:
             ready = self._commit_round()
         else:
             ready, self._replies = self._replies, []
-        if len(ready) > 1:
+        if lone or len(ready) > 1:
             self._answer(ready)
             ready = []
-        self._push(waiting)
-        self._answer(ready)
+        if not lone:
+            self._push(waiting)
+            self._answer(ready)   # at most one: after the push, as a lone one
 
     def _push(self, waiting: bool) -> None:
         """Push to consumers with credit (a request made messages visible, or someone waits)."""
