@@ -10,6 +10,7 @@ from fastfanout._ext.sinks cimport (
     FrameSink,
     FrameSource,
     SINK_FULL,
+    SINK_PINNED,
     SINK_TOO_LARGE,
     SINK_WROTE,
     SINK_WROTE_WAKE,
@@ -18,13 +19,14 @@ from fastfanout._ext.sinks cimport (
 cdef extern from "atomics.h" nogil:
     ctypedef uint64_t ff_atomic_u64
 
-# Outcomes of writing (the Python constants FULL, WROTE, WROTE_WAKE, TOO_LARGE): the
+# Outcomes of writing (the Python constants FULL, WROTE, WROTE_WAKE, TOO_LARGE, PINNED): the
 # sink's outcomes, since claim_pair and commit answer as a FrameSink.
 cdef enum:
     RING_FULL = SINK_FULL
     RING_WROTE = SINK_WROTE
     RING_WROTE_WAKE = SINK_WROTE_WAKE
     RING_TOO_LARGE = SINK_TOO_LARGE
+    RING_PINNED = SINK_PINNED
 
 cdef class SharedRing(FrameSink):
     cdef char* base
@@ -51,6 +53,7 @@ cdef class SharedRing(FrameSink):
     cdef readonly uint64_t hold_refusals
     cdef readonly uint64_t hold_detaches
     cdef bint wake_pending              # a release made room while the writer waited
+    cdef uint64_t pinned_wake_head      # the head when sleep last woke a writer pinned out
     cdef public object on_room          # called at such a release (else wake_pending)
     cdef bint close_pending             # closed while frames were live: unmap at the last
 

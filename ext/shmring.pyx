@@ -59,6 +59,18 @@ of it) cannot move: kept for good, it stops the writer once the ring fills behin
 so views of held frames are for the work at hand (see docs/arrays.md). ``close`` with
 frames still live unmaps at the last one's release.
 
+Pinned out. A reader that keeps the view of its last frame while it waits for the next
+(``table = batch.as_array(...)`` in a loop) pins at most ``max_held``, yet the writer's
+next record may find no room: a record never straddles the end of the ring, so half the
+ring free in two pieces can be too little. No read will free that room, only the owner
+dropping its view — a deadlock if the writer waited. So the writer looks at
+``reader_sleeping`` when it finds no room: a reader asleep has read every record, and
+the write answers ``PINNED`` (send it over the socket after a marker, as a message too
+large). The reader's side closes the race: ``sleep`` with frames held and the writer
+waiting returns False once for that writer's head, and the next ``read`` says to ring
+it, so it tries again and finds the reader asleep. Both use seq_cst operations on the
+two flags (Dekker's pattern again): one of them sees the other's.
+
 Opening. ``create`` makes the ring in an anonymous memory file (``memfd_create``): it
 has no name in any file system, so nothing of a channel is left behind by a process that
 dies, and it lives exactly as long as a mapping or a descriptor of it. Its pages are
@@ -78,7 +90,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_WRITABLE
 from cpython.ref cimport PyObject
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport UINT64_MAX, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from posix.fcntl cimport O_NONBLOCK, O_RDWR, open as c_open
@@ -139,6 +151,10 @@ WROTE_WAKE = RING_WROTE_WAKE
 """``write``: written; the reader may sleep: ring its bell."""
 TOO_LARGE = RING_TOO_LARGE
 """``write``: larger than ``max_message``: send it over the socket after a marker."""
+PINNED = RING_PINNED
+"""``write``: no room, and the reader has read everything and sleeps: the room is pinned
+by frames it holds in place and still uses, and no read will free it. Send the message
+over the socket after a marker, as ``TOO_LARGE`` (waiting could wait forever)."""
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 """The seals ``create`` puts on a ring: its size can never change again."""
 
@@ -161,6 +177,7 @@ cdef class SharedRing:
         self.held_start = NULL
         self.held_end = NULL
         self.held_frame = NULL
+        self.pinned_wake_head = UINT64_MAX
 
     def __init__(self, str path):
         cdef bytes encoded = os.fsencode(path)
@@ -277,7 +294,8 @@ cdef class SharedRing:
     # -- writer ------------------------------------------------------------------------
 
     cdef int _reserve(self, uint64_t size, uint64_t* at) except -2:
-        """Room for a record of ``size`` at ``at`` (a wrap filler written), or FULL."""
+        """Room for a record of ``size`` at ``at`` (a wrap filler written), or FULL, or
+        PINNED (no room, and the reader sleeps with every record read)."""
         cdef uint64_t head = ff_load_relaxed_u64(self.head)
         cdef uint64_t offset = head & self.mask
         cdef uint64_t need = size
@@ -288,6 +306,11 @@ cdef class SharedRing:
             # rings) or made room before this second look
             ff_store_seq_cst_u64(self.writer_waiting, 1)
             if self.capacity_ - (head - ff_load_seq_cst_u64(self.tail)) < need:
+                # A reader asleep has read every record: what stops this one is room
+                # its held frames pin (a wrap can make it so with half the ring free),
+                # and only its owner letting go of them frees it — maybe never.
+                if ff_load_seq_cst_u64(self.reader_sleeping):
+                    return RING_PINNED
                 return RING_FULL
         if need != size:
             ff_store_le32(self.data + offset, FF_SHM_WRAP)
@@ -299,14 +322,16 @@ cdef class SharedRing:
     cdef int claim(self, uint64_t size, char** out, uint64_t* at) except -2:
         """Room for a record of ``size`` bytes (8-aligned, header included) at ``out``.
 
-        Returns WROTE (fill ``out``, then ``commit(at + size)``), FULL or TOO_LARGE
-        (nothing claimed). Native writers use it to build a record in place.
+        Returns WROTE (fill ``out``, then ``commit(at + size)``), FULL, PINNED or
+        TOO_LARGE (nothing claimed). Native writers use it to build a record in place.
         """
+        cdef int status
         self._check()
         if size > self.capacity_ // 2:
             return RING_TOO_LARGE
-        if self._reserve(size, at) == RING_FULL:
-            return RING_FULL
+        status = self._reserve(size, at)
+        if status != RING_WROTE:
+            return status
         out[0] = self.data + (at[0] & self.mask)
         return RING_WROTE
 
@@ -315,7 +340,7 @@ cdef class SharedRing:
         """Claim a record of two frames: ``first`` copied in, ``second_len`` bytes left
         for the second frame at ``second`` (the caller fills them, then ``commit(end)``).
 
-        Returns WROTE, FULL or TOO_LARGE (nothing claimed) as ``claim``. The record
+        Returns WROTE, FULL, PINNED or TOO_LARGE (nothing claimed) as ``claim``. The record
         layout stays here: the server writes a push's frame in place through this.
         """
         cdef uint64_t first_len = <uint64_t>PyBytes_GET_SIZE(first)
@@ -345,9 +370,10 @@ cdef class SharedRing:
         place — or other contiguous buffers).
 
         Returns ``WROTE`` or ``WROTE_WAKE`` (ring the reader's bell), ``FULL`` (nothing
-        written; the reader rings this side's bell when it has made room) or
+        written; the reader rings this side's bell when it has made room),
         ``TOO_LARGE`` (larger than ``max_message``, or more than ``MAX_FRAMES`` frames:
-        send it over the socket after ``write_marker``).
+        send it over the socket after ``write_marker``) or ``PINNED`` (no room while
+        the reader sleeps having read everything: send it as ``TOO_LARGE``).
         """
         self._check()
         cdef Py_ssize_t count = len(frames)
@@ -396,8 +422,8 @@ cdef class SharedRing:
         """Append a marker: this direction's next message travels over the socket."""
         cdef uint64_t head
         self._check()
-        if self._reserve(RECORD_HEADER, &head) == RING_FULL:
-            return RING_FULL
+        if self._reserve(RECORD_HEADER, &head) != RING_WROTE:
+            return RING_FULL   # pinned or not: the reader rings when it makes room
         ff_store_le32(self.data + (head & self.mask), FF_SHM_MARKER)
         ff_store_le32(self.data + (head & self.mask) + 4, 0)
         return self.commit(head + RECORD_HEADER)
@@ -592,15 +618,27 @@ cdef class SharedRing:
     def sleep(self):
         """Announce that the reader is about to wait on its bell.
 
-        Returns False when a message arrived meanwhile (read it; do not wait), True when
-        the writer is now bound to ring the bell for its next message.
+        Returns False when a message arrived meanwhile (read it; do not wait), or when
+        the writer waits for room that frames held here pin (read: the read says to ring
+        the writer, which then sends around the ring — ``PINNED``); True when the writer
+        is now bound to ring the bell for its next message.
         """
         self._check()
         if self.wake_pending:
             return False   # a release made room for a waiting writer: read (and ring)
+        cdef uint64_t head
         ff_store_seq_cst_u64(self.reader_sleeping, 1)
-        if ff_load_seq_cst_u64(self.head) != self._reader_pos():
+        head = ff_load_seq_cst_u64(self.head)
+        if head != self._reader_pos():
             ff_exchange_u64(self.reader_sleeping, 0)
+            return False
+        if (self.held_count and head != self.pinned_wake_head
+                and ff_load_seq_cst_u64(self.writer_waiting)):
+            # Everything is read, yet the writer waits for room: frames held here pin
+            # it. Ring the writer once for what it waits to write (the flag stays set, so
+            # it sees this side asleep and sends that message another way: PINNED).
+            self.pinned_wake_head = head
+            self.wake_pending = True
             return False
         return True
 

@@ -9,6 +9,8 @@ cdef enum:
     SINK_WROTE = 1          # claimed (fill it, then commit) / committed
     SINK_WROTE_WAKE = 2     # committed; the reader may sleep: ring its bell
     SINK_TOO_LARGE = -1     # can never fit: nothing claimed
+    SINK_PINNED = -3        # no room, and none will come while the reader waits: the
+                            # room there is, frames it still uses pin; nothing claimed
 
 cdef class FrameSink:
     cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,

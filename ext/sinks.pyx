@@ -34,6 +34,10 @@ WROTE_WAKE = SINK_WROTE_WAKE
 """A commit published the message and the reader may sleep: ring its bell."""
 TOO_LARGE = SINK_TOO_LARGE
 """A claim can never fit this sink; nothing was claimed."""
+PINNED = SINK_PINNED
+"""A claim found no room, and none will come soon: the reader has read everything and
+waits, while frames it still uses pin the room there is. Nothing was claimed; send the
+message another way (as ``TOO_LARGE``)."""
 
 
 cdef class FrameSink:
@@ -47,7 +51,8 @@ cdef class FrameSink:
         """Claim a message of two frames: ``first`` copied in, ``second_len`` bytes left
         for the second frame at ``second`` (the caller fills them, then ``commit(end)``).
 
-        Returns ``SINK_WROTE``, or ``SINK_FULL``/``SINK_TOO_LARGE`` (nothing claimed).
+        Returns ``SINK_WROTE``, or ``SINK_FULL``/``SINK_TOO_LARGE``/``SINK_PINNED``
+        (nothing claimed).
         """
         return SINK_FULL
 

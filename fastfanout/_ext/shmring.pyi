@@ -12,6 +12,7 @@ FULL: Final[int]
 WROTE: Final[int]
 WROTE_WAKE: Final[int]
 TOO_LARGE: Final[int]
+PINNED: Final[int]
 SEALS: Final[int]
 
 @final

@@ -4,6 +4,7 @@ FULL: Final[int]
 WROTE: Final[int]
 WROTE_WAKE: Final[int]
 TOO_LARGE: Final[int]
+PINNED: Final[int]
 
 class FrameSink:
     """Where the native delivery path writes a push in place (see ext/sinks.pyx)."""

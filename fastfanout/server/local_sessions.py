@@ -63,6 +63,7 @@ class LocalSessions:
 
     Args:
         counters: the server's counters (``local_channels``, ``local_spills``,
+            ``local_pinned_spills``,
             ``local_ring_full``, ``local_peer_gone``, ``local_malformed``,
             ``local_backlog_overflow``, ``slow_client``).
         watch, unwatch: register / forget a bell with the server's poll.
@@ -101,12 +102,17 @@ class LocalSessions:
     def counts(self) -> dict[str, int]:
         """Spills and full-ring waits so far (the open channels' included), bytes queued.
 
+        ``local_pinned_spills``: pushes sent over the socket because the client slept
+        with its ring's room pinned by frames it still viewed (part of ``local_spills``).
+
         ``local_backlog_bytes``: bytes waiting for room in rings now, all sessions;
         ``local_backlog_peak_bytes``: the most one session's queue has held (never
         above ``backlog_bytes``).
         """
         live = self.sessions.values()
         return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
+                "local_pinned_spills": (self.counters["local_pinned_spills"]
+                                        + sum(c.pinned_spills for c in live)),
                 "local_ring_full": self.counters["local_ring_full"] + sum(c.full for c in live),
                 "local_sessions": len(self.sessions),
                 "local_backlog_bytes": sum(c.backlog_bytes for c in live),
@@ -158,6 +164,7 @@ class LocalSessions:
             self._by_bell.pop(fd, None)
             self._unwatch(fd)
         self.counters["local_spills"] += channel.spills
+        self.counters["local_pinned_spills"] += channel.pinned_spills
         self.counters["local_ring_full"] += channel.full
         channel.close()
 

@@ -60,6 +60,7 @@ from fastfanout._ext.shmring import (
     FULL,
     MAX_CAPACITY,
     MIN_CAPACITY,
+    PINNED,
     TOO_LARGE,
     WROTE_WAKE,
     SharedRing,
@@ -213,6 +214,9 @@ class LocalChannel:
             (the owner ends the session).
         awaiting_socket: a marker was read; the socket's next message comes next.
         spills: messages sent over the socket because they exceed half a ring.
+        pinned_spills: messages sent over the socket because the reader slept with
+            every record read while the frames it still held pinned the room they
+            needed (``shmring.PINNED``; they are counted in ``spills`` too).
         full: sends that found the ring full and waited (or queued).
         hold_min: frames of this many bytes or more are read in place (0: none, the
             broker's side; ``HOLD_MIN_BYTES`` on a client's).
@@ -234,6 +238,7 @@ class LocalChannel:
         self.overflowed = False
         self.awaiting_socket = False
         self.spills = 0
+        self.pinned_spills = 0
         self.full = 0
         self.hold_min = 0
 
@@ -338,16 +343,19 @@ class LocalChannel:
     def try_send(self, frames: list[bytes]) -> bool:
         """Write ``frames``; False when the ring is full and nothing was sent.
 
-        A message too large for the ring goes as a marker, then ``spill(frames)`` sends
-        it over the socket.
+        A message too large for the ring, or one the reader's held frames keep out of
+        it while the reader waits (``PINNED``: waiting could be forever), goes as a
+        marker, then ``spill(frames)`` sends it over the socket.
         """
         status = self.outgoing.write(frames)
-        if status == TOO_LARGE:
+        if status == TOO_LARGE or status == PINNED:
             assert self.spill is not None, "the channel's owner sets spill"
+            pinned = status == PINNED
             status = self.outgoing.write_marker()
             if status == FULL:
                 return False
             self.spills += 1
+            self.pinned_spills += pinned
             if status == WROTE_WAKE:
                 self.ring_peer()
             self.spill(frames)

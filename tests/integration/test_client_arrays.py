@@ -5,6 +5,7 @@ batch as numpy views of its frame and ack it with a uint64 array."""
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 from typing import Any
 from typing import Any as Tracker
 
@@ -202,3 +203,58 @@ def test_the_asyncio_client_views_large_batches_in_its_ring(track: Tracker) -> N
             assert ring.held == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_a_consumer_keeping_its_last_batchs_view_while_it_waits_gets_the_next(
+        track: Tracker, kind: str) -> None:
+    # The usual loop (``table = batch.as_array(...)``, then ask for the next batch)
+    # keeps the last batch in the client's ring. Placed so, it pins less than half the
+    # ring, yet the next push fits neither free piece (a record never straddles the
+    # ring's end): the broker sends it over the socket instead of waiting for room that
+    # only dropping the view would make (the client waited for a push in vain, then
+    # called the broker dead).
+    server = track.server()
+    publisher = track.client(server.endpoint, local_channel=False)
+    setup(publisher)
+    rows = np.arange(1040 * 256, dtype=np.float32).reshape(1040, 256)
+    # four pushes of 54 KB (copied: under HOLD_MIN_BYTES) move the ring's head to 0.2
+    # of its 1 MiB; the fifth (0.43) is viewed in place there, the sixth finds no room
+    cuts = [0, 50, 100, 150, 200, 620, 1040]
+    parts = [rows[start:end] for start, end in pairwise(cuts)]
+
+    def publish(part: Any) -> None:
+        assert len(publisher.publish_batch("t", part)) == len(part)
+
+    async def consume_async() -> list[Any]:
+        async with aio.connect(server.endpoint, timeout=5.0, local_channel=True,
+                               ring_bytes=1 << 20) as client:
+            batches = client.consume_batches("q", prefetch=1000, timeout=10.0)
+            tables = []
+            for part in parts:
+                await asyncio.to_thread(publish, part)
+                batch = await anext(batches)
+                table = batch.as_array(np.float32, (256,))   # the last view stays
+                tables.append(np.array(table))
+                await batch.ack()
+            await batches.aclose()
+            return tables
+
+    def consume_blocking() -> list[Any]:
+        client = track.client(server.endpoint, local_channel=True, ring_bytes=1 << 20)
+        consumer = client.consume("q", prefetch=1000)
+        tables = []
+        for part in parts:
+            publish(part)
+            batch = consumer.next_batch(timeout=10.0)
+            assert batch is not None, "the next push never came"
+            table = batch.as_array(np.float32, (256,))   # the last view stays
+            tables.append(np.array(table))
+            batch.ack()
+        consumer.cancel()
+        return tables
+
+    tables = consume_blocking() if kind == "blocking" else asyncio.run(consume_async())
+    assert [len(t) for t in tables] == [50, 50, 50, 50, 420, 420]
+    assert (np.concatenate(tables) == rows).all()
+    assert publisher.server_stats()["local_pinned_spills"] == 1

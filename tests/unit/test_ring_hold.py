@@ -14,6 +14,7 @@ from fastfanout._ext.codec import decode_batch
 from fastfanout._ext.shmring import (
     FULL,
     MIN_CAPACITY,
+    PINNED,
     WROTE,
     WROTE_WAKE,
     RingFrame,
@@ -78,8 +79,14 @@ def test_a_held_record_keeps_its_room_and_its_release_wakes_the_waiting_writer(p
         reader.read(1 << 10, BIG)
     assert writer.write([b"s" * 1000]) == FULL and reader.held == 1
     messages, wake = reader.read(8, BIG)
-    assert messages == [] and not wake
-    assert not reader.pending() and reader.sleep()   # nothing to read or to release
+    assert messages == [] and not wake and not reader.pending()   # nothing to read
+    # about to sleep while the writer waits for room its held frame pins: once, the
+    # reader reads instead, and that read says to ring the writer (see the next test)
+    assert not reader.sleep()
+    messages, wake = reader.read(8, BIG)
+    assert messages == [] and wake
+    assert reader.sleep()   # nothing to read or to release
+    assert writer.write([b"s" * 1000]) == PINNED   # asleep: the writer goes around
     del held, view
     # the release moved the tail while the writer waited: the reader must not sleep,
     # and its next read says to ring the writer
@@ -226,3 +233,44 @@ def test_a_release_that_makes_room_for_a_waiting_writer_calls_on_room(pair):
     del held, view   # room, and the writer waits: the reader's owner rings it at once
     assert rang == [1] and not reader.pending()
     reader.on_room = None
+
+
+def test_a_writer_kept_out_by_frames_a_sleeping_reader_holds_is_told_pinned(pair):
+    # Half the ring free, in two pieces too small for the next record (a record never
+    # straddles the ring's end): only the reader's owner letting go of its view frees
+    # room. Awake, the reader may still read and release: FULL. Asleep, with every
+    # record read: PINNED, and the writer sends around the ring (marker, socket).
+    writer, reader = pair
+    kib = MIN_CAPACITY // 64
+    writer.write([b"f" * 20 * kib])                # copied and let go: moves the head on
+    reader.read(8, BIG)
+    writer.write([b"h" * 28 * kib])                # held in place, viewed: 20 to 48 KiB
+    (held,), _ = reader.read(8, BIG)
+    view = np.frombuffer(held[0], np.uint8)
+    assert reader.held == 1 and writer.used < MIN_CAPACITY // 2
+    big = [b"n" * 24 * kib]                        # fits neither 16 KiB at the end nor
+    # the 20 KiB at the start, though 36 KiB are free
+    assert writer.write(big) == FULL               # the writer now waits for room
+    assert reader.sleep() is False                 # once: read, and ring the writer
+    messages, wake = reader.read(8, BIG)
+    assert messages == [] and wake is True
+    assert reader.sleep() is True                  # asleep now; not woken twice for it
+    assert writer.write(big) == PINNED
+    assert writer.write_marker() == WROTE_WAKE     # the marker fits: the reader wakes
+    messages, _ = reader.read(8, BIG)
+    assert messages == [None]
+    assert bytes(view[:2]) == b"hh" and reader.held == 1
+    del held, view
+    assert reader.held == 0 and writer.write(big) in (WROTE, WROTE_WAKE)
+
+
+def test_an_awake_reader_or_one_holding_nothing_never_pins_the_writer_out(pair):
+    writer, reader = pair
+    big = [b"b" * (MIN_CAPACITY * 15 // 32)]
+    assert writer.write(big) in (WROTE, WROTE_WAKE)
+    assert writer.write(big) in (WROTE, WROTE_WAKE)
+    assert writer.write(big) == FULL               # unread: the reader will make room
+    messages, _ = reader.read(8)                   # copied, nothing held
+    assert len(messages) == 2 and reader.held == 0
+    assert reader.sleep() is True                  # nothing held: it just sleeps
+    assert writer.write(big) in (WROTE, WROTE_WAKE)
