@@ -55,7 +55,8 @@ pinned too (the tail cannot pass the held one): when the pinned span passes half
 ring, ``read`` copies the oldest held frames out of the ring (``detach``: the object
 stays, its bytes move to the heap) as long as no buffer views them, and
 ``hold_detaches`` counts them. A frame still viewed (a live numpy array or memoryview
-of it) cannot move: kept for good, it stops the writer once the ring fills behind it,
+of it) cannot move: kept for good, it leaves the ring full behind it once the writer
+has filled it, and from then on every message goes around the ring (``PINNED``, below),
 so views of held frames are for the work at hand (see docs/arrays.md). ``close`` with
 frames still live unmaps at the last one's release.
 

@@ -16,6 +16,15 @@ view the frame itself, with no Python object per message:
 body lies in it: body ``i`` is ``bodies[offsets[i]:offsets[i] + lengths[i]]``. The
 arrays keep the frame alive; they are read-only (the frame is the broker's delivery).
 
+Each strided view is made over ``numpy.frombuffer(frame)``, never over the frame itself:
+``numpy.ndarray(buffer=frame)`` lets go of the frame's buffer at once and keeps only a
+reference to the object (a ``memoryview`` passed instead is unwrapped to its object
+too), and a frame held in a local channel's ring counts the buffers exported from it to
+know whether it is still viewed. An array made so looked unviewed: the ring moved the
+frame's bytes out and gave its room back to the broker, and the array read later pushes
+(found and fixed on 2026-12-04). ``frombuffer``'s array keeps a memoryview that holds
+its export while it lives, and each view keeps that array.
+
 numpy is imported by the first call that makes an array, not with this module: a process
 that never asks for an array (a broker, the command line, most clients) pays neither
 for loading it (~50 ms) nor for the threads its BLAS library starts, which spin at full
@@ -68,12 +77,21 @@ class FrameViews:
 
         count, stride, _, _, index = self._columns()
         if index is None:
-            return np.ndarray((count,), dtype=dtype, buffer=self._frame,
+            return np.ndarray((count,), dtype=dtype, buffer=self._exported(),
                               offset=_HEADER + at if count else 0,
                               strides=(stride,))
         itemsize = np.dtype(dtype).itemsize
         return np.frombuffer(index, dtype=dtype, count=count, offset=8 * column * count
                              if itemsize == 8 else 32 * count)
+
+    def _exported(self) -> npt.NDArray[np.uint8]:
+        """The frame as a uint8 array holding a buffer export of it while it lives.
+
+        The base of the strided views (see the module essay).
+        """
+        import numpy as np
+
+        return np.frombuffer(self._frame, dtype=np.uint8)
 
     @property
     def bodies(self) -> memoryview:
@@ -175,7 +193,7 @@ class FrameViews:
             for dim in reversed(dims):
                 inner.append(step)
                 step *= dim
-            return np.ndarray((count, *dims), dtype=item, buffer=self._frame,
+            return np.ndarray((count, *dims), dtype=item, buffer=self._exported(),
                               offset=first_body, strides=(stride, *reversed(inner)))
         raw = np.frombuffer(self._frame, dtype=np.uint8)
         rows = raw[self.offsets[:, None] + np.arange(size, dtype=np.int64)]

@@ -258,3 +258,34 @@ def test_a_consumer_keeping_its_last_batchs_view_while_it_waits_gets_the_next(
     assert [len(t) for t in tables] == [50, 50, 50, 50, 420, 420]
     assert (np.concatenate(tables) == rows).all()
     assert publisher.server_stats()["local_pinned_spills"] == 1
+
+
+def test_an_array_kept_for_good_leaves_later_pushes_to_the_socket(track: Tracker) -> None:
+    # The first batch's array is kept; the broker fills the ring behind it, and then,
+    # the consumer waiting with every record read, sends each push around the ring.
+    server = track.server()
+    publisher = track.client(server.endpoint, local_channel=False)
+    setup(publisher)
+    client = track.client(server.endpoint, local_channel=True, ring_bytes=1 << 20)
+    consumer = client.consume("q", prefetch=1000)
+    rows = np.arange(2200 * 256, dtype=np.float32).reshape(2200, 256)   # 2.3 rings
+    publisher.publish_batch("t", rows[:200])
+    first = consumer.next_batch(timeout=10.0)
+    assert first is not None
+    kept = first.as_array(np.float32, (256,))   # in the ring, viewed for good
+    first.ack()
+    got = [np.array(kept)]
+    for start in range(200, 2200, 100):
+        publisher.publish_batch("t", rows[start:start + 100])
+        batch = consumer.next_batch(timeout=10.0)
+        assert batch is not None, "the push behind the kept array never came"
+        got.append(np.array(batch.as_array(np.float32, (256,))))
+        batch.ack()
+        # the kept array still reads its own rows: its frame was neither moved out of
+        # the ring (it is viewed) nor written over
+        assert (kept == rows[:200]).all(), f"the kept array changed at row {start}"
+    assert (np.concatenate(got) == rows).all()
+    frame = first.bodies.obj
+    assert type(frame) is RingFrame and frame.in_ring   # viewed: never moved out
+    assert publisher.server_stats()["local_pinned_spills"] >= 1
+    consumer.cancel()

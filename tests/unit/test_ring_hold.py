@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from fastfanout._ext.codec import decode_batch
+from fastfanout._ext.codec import Record, decode_batch, encode_batch
 from fastfanout._ext.shmring import (
     FULL,
     MIN_CAPACITY,
@@ -178,6 +178,12 @@ def test_lists_still_make_bytes_frames():
     assert type(publish_frame_of([b"a", b"b"])) is bytes
 
 
+def delivery_frame(rows) -> bytes:
+    """A delivery frame of one record per row (ids from 1, receipts set)."""
+    return encode_batch([Record(row.tobytes(), id=index + 1, receipt=100 + index,
+                                receive_count=1) for index, row in enumerate(rows)])
+
+
 def fill_behind(writer, reader, until) -> None:
     """Write small messages, read (and drop) each, until ``until()`` (at most a ring)."""
     for _ in range(MIN_CAPACITY // 1000):
@@ -274,3 +280,31 @@ def test_an_awake_reader_or_one_holding_nothing_never_pins_the_writer_out(pair):
     assert len(messages) == 2 and reader.held == 0
     assert reader.sleep() is True                  # nothing held: it just sleeps
     assert writer.write(big) in (WROTE, WROTE_WAKE)
+
+
+def test_batch_views_count_as_views_of_a_held_frame(pair):
+    # numpy.ndarray(buffer=...) keeps no buffer export, only the object: the views of
+    # a delivery batch are made over numpy.frombuffer, so the ring sees them as views
+    # and never moves the frame out (or gives its room back) under them.
+    from fastfanout.arrays import FrameViews
+
+    writer, reader = pair
+    rows = np.arange(8 * 256, dtype=np.float32).reshape(8, 256)
+    writer.write([delivery_frame(rows)])
+    (message,), _ = reader.read(8, BIG)
+    views = FrameViews(message[0])
+    table = views.as_array(np.float32, (256,))
+    ids = views.ids
+    del views, message
+    for _ in range(MIN_CAPACITY // 1000):   # fill the ring behind it, read as it comes
+        if writer.write([b"s" * 1000]) == FULL:
+            break
+        reader.read(1 << 10, BIG)
+    assert writer.write([b"s" * 1000]) == FULL
+    assert reader.hold_detaches == 0 and reader.held == 1
+    assert (table == rows).all() and ids.tolist() == list(range(1, 9))
+    del table
+    reader.read(8, BIG)
+    assert reader.held == 1                         # the ids still view it
+    del ids
+    assert reader.held == 0
