@@ -1,6 +1,7 @@
 """A numpy pipeline: float32 rows through a broker vs raw pyzmq and multiprocessing.Queue.
 
 python bench/e2e_numpy.py [--rows 200000] [--chunk 1000] [--runs 3]
+    [--in-flight 2] [--prefetch 2048] [--queue-bound 4096] [--ring-mib 8]
 
 The data: a float32 array of ``--rows`` rows of 256 items (1 KiB a row), sent in chunks
 of ``--chunk`` rows; the consumer turns each chunk it gets into one ``(n, 256)`` float32
@@ -8,10 +9,14 @@ array and sums its first column (a read of every row). Three ways, in the same r
 each from one producer process to one consumer process:
 
 - fastfanout: ``publish_batch_nowait(topic, chunk)`` (a 2-D array: one row = one
-  message, encoded natively), at most 8 batches in flight -> broker process -> a push
-  consumer; ``batch.as_array(numpy.float32, (256,))`` is a view of the delivery frame
-  where it lies in the consumer's ring (docs/arrays.md);
-  ``batch.ack()`` acks it whole;
+  message, encoded natively), at most ``--in-flight`` batches unanswered -> broker
+  process (a queue of ``--queue-bound`` rows, ``overflow="hold"``) -> a push consumer
+  (``--prefetch``); ``batch.as_array(numpy.float32, (256,))`` is a view of the delivery
+  frame where it lies in the consumer's ring (docs/arrays.md); ``batch.ack()`` acks it
+  whole. The window is small on purpose: what is in flight stays in the CPU's cache,
+  and each of the broker's two copies of a row costs a trip to main memory otherwise
+  (2 batches, prefetch 2,048, 4,096 rows, 8 MiB rings ran 1.3x the rows per second of 8
+  batches, 16,384, 32,768 and 64 MiB: docs/benchmarks.md, 2026-12-04);
 - raw pyzmq PUSH -> PULL: each chunk sent zero-copy (``copy=False``), received without a
   copy and viewed with ``numpy.frombuffer`` (one hop, no broker);
 - ``multiprocessing.Queue``: each chunk pickled through the queue.
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from e2e_common import broker_process, connect_when_up
@@ -40,11 +46,23 @@ from e2e_common import broker_process, connect_when_up
 # three processes of each path need (set before numpy loads, inherited by the children).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-IN_FLIGHT = 8            # array batches a producer has in flight at most
+IN_FLIGHT = 8            # chunks multiprocessing.Queue holds (its maxsize)
 ROW_ITEMS = 256          # float32 items a row: 1 KiB
-PREFETCH = 16_384        # pushes of up to 8,192 rows, two in flight
-QUEUE_BOUND = 32_768     # rows the queue holds; a publish beyond waits ("hold")
-RING_BYTES = 64 << 20    # local channel rings: a push of 8,192 rows (8.6 MB) fits in half
+
+
+
+@dataclass(frozen=True)
+class Window:
+    """How much a fastfanout run keeps in flight (the command line's options)."""
+
+    in_flight: int = 2
+    """array batches the producer has unanswered at most"""
+    prefetch: int = 2048
+    """the consumer's prefetch: pushes of up to half of it, two in flight"""
+    queue_bound: int = 4096
+    """rows the queue holds; a publish beyond waits (``overflow="hold"``)"""
+    ring_bytes: int = 8 << 20
+    """each local channel ring; a push must fit in half of it"""
 
 
 def _data(rows: int) -> Any:
@@ -60,15 +78,15 @@ def _chunks(rows: int, chunk: int) -> list[Any]:
 
 # -- fastfanout ---------------------------------------------------------------------------
 
-def _ff_consume(endpoint: str, rows: int, out: Any) -> None:
+def _ff_consume(endpoint: str, rows: int, window: Window, out: Any) -> None:
     import numpy as np
 
     from fastfanout import keep_freed_memory
     from fastfanout.client import connect
 
     keep_freed_memory()   # frames of megabytes: reuse freed memory (see allocator.py)
-    with connect(endpoint, ring_bytes=RING_BYTES) as client:
-        consumer = client.consume("q", prefetch=PREFETCH)
+    with connect(endpoint, ring_bytes=window.ring_bytes) as client:
+        consumer = client.consume("q", prefetch=window.prefetch)
         out.put("ready")
         got = first = 0
         checksum = 0.0
@@ -89,35 +107,35 @@ def _ff_consume(endpoint: str, rows: int, out: Any) -> None:
     out.put((got, got - first, elapsed, checksum))
 
 
-def _ff_publish(endpoint: str, rows: int, chunk: int) -> None:
+def _ff_publish(endpoint: str, rows: int, chunk: int, window: Window) -> None:
     from fastfanout import keep_freed_memory
     from fastfanout.client import connect
 
     keep_freed_memory()
     chunks = _chunks(rows, chunk)
-    with connect(endpoint, ring_bytes=RING_BYTES) as client:
-        window: deque[Any] = deque()
+    with connect(endpoint, ring_bytes=window.ring_bytes) as client:
+        unanswered: deque[Any] = deque()
         for part in chunks:
-            window.append(client.publish_batch_nowait("t", part))
-            if len(window) >= IN_FLIGHT:
-                window.popleft().result()
-        while window:
-            window.popleft().result()
+            unanswered.append(client.publish_batch_nowait("t", part))
+            if len(unanswered) >= window.in_flight:
+                unanswered.popleft().result()
+        while unanswered:
+            unanswered.popleft().result()
 
 
-def fastfanout_run(rows: int, chunk: int) -> tuple[float, float]:
+def fastfanout_run(rows: int, chunk: int, window: Window) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     with broker_process() as (endpoint, broker):
         with connect_when_up(endpoint, broker) as client:
             client.create_topic("t")
-            client.create_queue("q", max_messages=QUEUE_BOUND, overflow="hold",
+            client.create_queue("q", max_messages=window.queue_bound, overflow="hold",
                                 max_message_size=ROW_ITEMS * 4)
             client.subscribe("t", "q")
         out = ctx.Queue()
-        consumer = ctx.Process(target=_ff_consume, args=(endpoint, rows, out))
+        consumer = ctx.Process(target=_ff_consume, args=(endpoint, rows, window, out))
         consumer.start()
         out.get(timeout=30)
-        producer = ctx.Process(target=_ff_publish, args=(endpoint, rows, chunk))
+        producer = ctx.Process(target=_ff_publish, args=(endpoint, rows, chunk, window))
         producer.start()
         got, timed, elapsed, checksum = out.get(timeout=600)
         producer.join(60)
@@ -216,11 +234,21 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=Window.in_flight,
+                        help="fastfanout: array batches unanswered at most")
+    parser.add_argument("--prefetch", type=int, default=Window.prefetch,
+                        help="fastfanout: the consumer's prefetch (pushes of half of it)")
+    parser.add_argument("--queue-bound", type=int, default=Window.queue_bound,
+                        help="fastfanout: rows the queue holds before a publish waits")
+    parser.add_argument("--ring-mib", type=int, default=Window.ring_bytes >> 20,
+                        help="fastfanout: MiB of each local channel ring")
     args = parser.parse_args()
+    window = Window(args.in_flight, args.prefetch, args.queue_bound, args.ring_mib << 20)
     results: dict[str, list[float]] = {"fastfanout": [], "pyzmq": [], "mp.Queue": []}
     expected = None
     for _ in range(args.runs):
-        for name, run in (("pyzmq", zmq_run), ("fastfanout", fastfanout_run),
+        for name, run in (("pyzmq", zmq_run),
+                          ("fastfanout", lambda r, c: fastfanout_run(r, c, window)),
                           ("mp.Queue", mpq_run)):
             rate, checksum = run(args.rows, args.chunk)
             if expected is None:
@@ -230,7 +258,9 @@ def main() -> int:
             results[name].append(rate)
     medians = {name: statistics.median(rates) for name, rates in results.items()}
     print(f"{args.rows:,} float32 rows of 1 KiB in chunks of {args.chunk}, "
-          f"median of {args.runs} runs")
+          f"median of {args.runs} runs; fastfanout: {window.in_flight} batches in flight, "
+          f"prefetch {window.prefetch}, queue bound {window.queue_bound}, "
+          f"{window.ring_bytes >> 20} MiB rings")
     print("| path | MB/s (median) | runs |")
     print("|---|---:|---|")
     for name, rates in results.items():

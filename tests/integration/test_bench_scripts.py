@@ -27,3 +27,15 @@ def test_the_script_starts_and_prints_its_help(script: str) -> None:
                           capture_output=True, text=True, timeout=60, cwd=BENCH)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_the_numpy_pipeline_runs_its_window_through_every_path() -> None:
+    # A short run (one of each path): every row arrives and the three checksums agree
+    # (the script raises otherwise), with the window given on the command line.
+    done = subprocess.run([sys.executable, str(BENCH / "e2e_numpy.py"), "--rows", "20000",
+                           "--runs", "1", "--in-flight", "3", "--prefetch", "3072",
+                           "--queue-bound", "4096", "--ring-mib", "8"],
+                          capture_output=True, text=True, timeout=240, cwd=BENCH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 batches in flight, prefetch 3072, queue bound 4096, 8 MiB rings" in done.stdout
+    assert "fastfanout / pyzmq zero-copy:" in done.stdout
