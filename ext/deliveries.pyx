@@ -212,9 +212,10 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
         ``(frame, count, receipts, status)``: ``frame`` is None when the push went into
         the sink, else the frame to send another way; ``receipts`` the leased receipts
         packed as little-endian u64s (what the session holds); ``status`` the sink's
-        ``WROTE``/``WROTE_WAKE`` (ring the reader's bell), or ``FULL``/``TOO_LARGE``/
-        ``WROTE`` with a frame (not written: no sink, no room, too large, or nothing
-        leased — ``count`` 0 and an empty frame); ``fastfanout._ext.sinks`` names them.
+        ``WROTE``/``WROTE_WAKE`` (ring the reader's bell), or ``FULL``/``PINNED``/
+        ``TOO_LARGE``/``WROTE`` with a frame (not written: no sink, no room, no room
+        while the reader waits, too large, or nothing leased — ``count`` 0 and an empty
+        frame); ``fastfanout._ext.sinks`` names them.
     """
     cdef uint32_t tag = self.require_owner(owner)
     cdef uint64_t credit = self.owner_credit(tag)
