@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -43,3 +44,21 @@ def test_on_glibc_freed_megabytes_are_reused(mode: str, reused: str) -> None:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
                          text=True, timeout=60, check=True).stdout.strip()
     assert out == reused
+
+
+def test_the_frozen_count_is_the_one_freeze_startup_objects_made() -> None:
+    # In a child process: freezing is for a whole process. collector_stats() reports the
+    # count the freeze made (gc.get_freeze_count() walks every frozen object: too slow
+    # for each SERVER_STATS), and asks gc itself before any freeze of ours.
+    code = textwrap.dedent("""
+        import gc
+        from fastfanout.server.allocator import collector_stats, freeze_startup_objects
+        assert collector_stats()["gc_frozen"] == gc.get_freeze_count() == 0
+        frozen = freeze_startup_objects()
+        assert frozen > 1000 and collector_stats()["gc_frozen"] == frozen
+        assert frozen == gc.get_freeze_count()
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

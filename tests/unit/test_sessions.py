@@ -59,3 +59,22 @@ def test_ended_identities_are_bounded_and_forgotten_in_time() -> None:
     assert list(ended) == [b"d", b"b"]
     ended.expire(15.0)
     assert not ended
+
+
+def test_the_held_count_follows_every_way_receipts_come_and_go() -> None:
+    # SERVER_STATS adds held_receipts() over every session: a kept count, kept right
+    # through holding, replacing, settling, expiring, extending and taking.
+    session = Session(b"id", 0.0, 0)
+    session.hold_batch(encode_receipts([1, 2, 3]), 5.0)
+    session.hold_batch(encode_receipts([1, 9]), 6.0)       # same key: replaces the first
+    assert session.held_receipts() == 2
+    session.hold_batch(encode_receipts([4, 5, 6, 7]), 20.0)
+    session.hold_extended(encode_receipts([8]), 7.0)
+    session.hold_extended(encode_receipts([10, 11]), 30.0)
+    assert session.held_receipts() == 2 + 4 + 1 + 2
+    session.expire(10.0)                                    # [1, 9] and [8] ended
+    assert session.held_receipts() == 4 + 2
+    session.settled(encode_receipts([4, 5, 6, 7]))
+    assert session.held_receipts() == 2
+    held = session.take_receipts()
+    assert sum(len(packed) for packed in held) // 8 == 2 and session.held_receipts() == 0
