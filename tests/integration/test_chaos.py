@@ -167,6 +167,7 @@ def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
     listener_client = track.client(endpoint)
     listener = listener_client.listen("events")
     slow_listener = track.client(endpoint).listen("events")   # never read
+    track.closeables += [listener, slow_listener]   # closed even when an assertion fails
     stop_consuming = threading.Event()
     threads = [threading.Thread(target=produce), threading.Thread(target=consume,
                                                                   args=(stop_consuming,))]
@@ -214,5 +215,3 @@ def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
     # every hostile session is released: left are the admin and the two listeners' clients
     track.wait_until(lambda: admin.server_stats()["connections"] <= 3, 15.0,
                      "hostile sessions to be released")
-    slow_listener.close()
-    listener.close()
