@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from e2e_common import broker_process, connect_when_up
@@ -46,9 +47,8 @@ from e2e_common import broker_process, connect_when_up
 # three processes of each path need (set before numpy loads, inherited by the children).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-IN_FLIGHT = 8            # chunks multiprocessing.Queue holds (its maxsize)
+MPQ_MAXSIZE = 8          # chunks multiprocessing.Queue holds (its maxsize)
 ROW_ITEMS = 256          # float32 items a row: 1 KiB
-
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def mpq_run(rows: int, chunk: int) -> tuple[float, float]:
     import numpy as np
 
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue(maxsize=IN_FLIGHT)
+    queue = ctx.Queue(maxsize=MPQ_MAXSIZE)
     producer = ctx.Process(target=_mpq_put, args=(queue, rows, chunk))
     producer.start()
     got = first = 0
@@ -248,7 +248,7 @@ def main() -> int:
     expected = None
     for _ in range(args.runs):
         for name, run in (("pyzmq", zmq_run),
-                          ("fastfanout", lambda r, c: fastfanout_run(r, c, window)),
+                          ("fastfanout", partial(fastfanout_run, window=window)),
                           ("mp.Queue", mpq_run)):
             rate, checksum = run(args.rows, args.chunk)
             if expected is None:

@@ -195,8 +195,7 @@ class FrameViews:
                 step *= dim
             return np.ndarray((count, *dims), dtype=item, buffer=self._exported(),
                               offset=first_body, strides=(stride, *reversed(inner)))
-        raw = np.frombuffer(self._frame, dtype=np.uint8)
-        rows = raw[self.offsets[:, None] + np.arange(size, dtype=np.int64)]
+        rows = self._exported()[self.offsets[:, None] + np.arange(size, dtype=np.int64)]
         table: npt.NDArray[Any] = rows.view(item).reshape((count, *dims))
         return table
 

@@ -35,6 +35,14 @@ def pair():
     reader.close()
 
 
+def fill_until_full(writer, reader) -> None:
+    """Write small messages, reading (and dropping) each, until one finds no room."""
+    for _ in range(MIN_CAPACITY // 1000):
+        if writer.write([b"s" * 1000]) == FULL:
+            return
+        reader.read(1 << 10, BIG)
+
+
 def test_a_large_frame_is_a_read_only_view_of_the_ring_held_until_it_is_gone(pair):
     writer, reader = pair
     writer.write([b"head", b"x" * BIG])
@@ -72,11 +80,7 @@ def test_a_held_record_keeps_its_room_and_its_release_wakes_the_waiting_writer(p
     writer.write([b"x" * BIG])
     (held,), _ = reader.read(1, BIG)
     view = np.frombuffer(held[0], np.uint8)   # viewed: it cannot move out of the ring
-    # fill the ring behind it with small messages, read (copied) as they come
-    for _ in range(MIN_CAPACITY // 1000):
-        if writer.write([b"s" * 1000]) == FULL:
-            break
-        reader.read(1 << 10, BIG)
+    fill_until_full(writer, reader)   # behind it: small messages, read (copied)
     assert writer.write([b"s" * 1000]) == FULL and reader.held == 1
     messages, wake = reader.read(8, BIG)
     assert messages == [] and not wake and not reader.pending()   # nothing to read
@@ -212,10 +216,7 @@ def test_a_held_frame_still_viewed_stays_and_pins_the_ring(pair):
     writer.write([b"v" * BIG])
     (message,), _ = reader.read(8, BIG)
     view = np.frombuffer(message[0], np.uint8)
-    for _ in range(MIN_CAPACITY // 1000):
-        if writer.write([b"s" * 1000]) == FULL:
-            break
-        reader.read(1 << 10, BIG)
+    fill_until_full(writer, reader)
     assert reader.hold_detaches == 0 and message[0].in_ring and reader.held == 1
     assert bytes(view[:3]) == b"vvv"
     del view   # no view left: the next read past half the ring moves it out
@@ -231,10 +232,7 @@ def test_a_release_that_makes_room_for_a_waiting_writer_calls_on_room(pair):
     writer.write([b"x" * BIG])
     (held,), _ = reader.read(1, BIG)
     view = np.frombuffer(held[0], np.uint8)
-    for _ in range(MIN_CAPACITY // 1000):
-        if writer.write([b"s" * 1000]) == FULL:
-            break
-        reader.read(1 << 10, BIG)
+    fill_until_full(writer, reader)
     assert rang == []
     del held, view   # room, and the writer waits: the reader's owner rings it at once
     assert rang == [1] and not reader.pending()
@@ -296,10 +294,7 @@ def test_batch_views_count_as_views_of_a_held_frame(pair):
     table = views.as_array(np.float32, (256,))
     ids = views.ids
     del views, message
-    for _ in range(MIN_CAPACITY // 1000):   # fill the ring behind it, read as it comes
-        if writer.write([b"s" * 1000]) == FULL:
-            break
-        reader.read(1 << 10, BIG)
+    fill_until_full(writer, reader)   # behind the held frame, read as it comes
     assert writer.write([b"s" * 1000]) == FULL
     assert reader.hold_detaches == 0 and reader.held == 1
     assert (table == rows).all() and ids.tolist() == list(range(1, 9))
