@@ -14,15 +14,18 @@ what the caller asked for, in one of two shapes:
   shared ring is one), else a bytes object. This module knows the sink interface only,
   never a transport.
 
-Both lease through ``Store._lease_next``, which settles expired messages and exhausted
-receive counts on the way, so both shapes obey the same rules. ``receive`` leases for
-owner 0 (the embedded broker); ``receive_push`` for the owner tag it is given, and never
-past that owner's credit (its prefetch minus the leases it holds, counted by the store),
-so the push path's flow control costs no Python per message.
+Both lease through ``Store._lease_head`` (``receive`` by way of ``Store._lease_next``),
+which settles expired messages and exhausted receive counts on the way, so both shapes
+obey the same rules. ``receive`` leases for owner 0 (the embedded broker);
+``receive_push`` for the owner tag it is given, and never past that owner's credit (its
+prefetch minus the leases it holds, counted by the store), so the push path's flow
+control costs no Python per message. A push is also never larger than its bound
+(``max_bytes``: what the consumer's ring takes): each head is sized before it is
+leased, and the push stops short of the record that would not fit.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport UINT64_MAX, int64_t, uint16_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport (
     FF_BATCH_HEADER_SIZE,
@@ -188,7 +191,8 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
 
 
 def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                 int64_t now_us, FrameSink sink, bytes header, object owner=0):
+                 int64_t now_us, FrameSink sink, bytes header, object owner=0,
+                 uint64_t max_bytes=UINT64_MAX):
     """Lease like ``receive`` but as one codec frame of delivery records, for the server.
 
     The leases are ``owner``'s (an open owner tag): at most its credit of them (its
@@ -208,20 +212,31 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
     shared ring), the sink itself: the push ``[header, frame]`` is claimed there as one
     two-frame message, written in place and committed.
 
+    ``max_bytes`` bounds the delivery frame: leasing stops before the record that would
+    take it past, though the first record always goes (a frame of one record may be
+    larger). The server passes what the consumer's ring always has room for
+    (``SharedRing.pair_room``), so a consumer whose credit is worth more than its ring
+    gets several pushes through the ring rather than one too large for it, sent around
+    it over the socket.
+
     Returns:
-        ``(frame, count, receipts, status)``: ``frame`` is None when the push went into
-        the sink, else the frame to send another way; ``receipts`` the leased receipts
-        packed as little-endian u64s (what the session holds); ``status`` the sink's
-        ``WROTE``/``WROTE_WAKE`` (ring the reader's bell), or ``FULL``/``PINNED``/
+        ``(frame, count, receipts, status, more)``: ``frame`` is None when the push went
+        into the sink, else the frame to send another way; ``receipts`` the leased
+        receipts packed as little-endian u64s (what the session holds); ``status`` the
+        sink's ``WROTE``/``WROTE_WAKE`` (ring the reader's bell), or ``FULL``/``PINNED``/
         ``TOO_LARGE``/``WROTE`` with a frame (not written: no sink, no room, no room
         while the reader waits, too large, or nothing leased — ``count`` 0 and an empty
-        frame); ``fastfanout._ext.sinks`` names them.
+        frame); ``fastfanout._ext.sinks`` names them. ``more`` is True when the push
+        stopped at a bound of its own (``max_messages`` or ``max_bytes``) with credit
+        left: another push may find more at once.
     """
     cdef uint32_t tag = self.require_owner(owner)
     cdef uint64_t credit = self.owner_credit(tag)
+    cdef Py_ssize_t asked = max_messages
     if <uint64_t>max_messages > credit:
         max_messages = <Py_ssize_t>credit
-    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us, tag)
+    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us, tag, max_bytes)
+    cdef bint more = leased.cut or (leased.count == asked and <uint64_t>asked < credit)
     cdef bytes receipts = PyBytes_FromStringAndSize(NULL, 8 * leased.count)
     cdef uint64_t end
     cdef char* out
@@ -231,18 +246,20 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
         status = sink.claim_pair(header, leased.total, &out, &end)
         if status == SINK_WROTE:
             _write_records(self, leased, out, PyBytes_AS_STRING(receipts))
-            return None, leased.count, receipts, sink.commit(end)
+            return None, leased.count, receipts, sink.commit(end), more
     frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>leased.total)
     _write_records(self, leased, PyBytes_AS_STRING(frame), PyBytes_AS_STRING(receipts))
-    return frame, leased.count, receipts, status
+    return frame, leased.count, receipts, status, more
 
 
 cdef class _Leased:
-    """What the leasing pass of a frame noted: slots, dead-letter texts, the frame size."""
+    """What the leasing pass of a frame noted: slots, dead-letter texts, the frame size,
+    and whether the size bound stopped it."""
     cdef uint32_t* slots
     cdef Py_ssize_t count
     cdef uint64_t total
     cdef dict dead_infos
+    cdef bint cut
 
 
 cdef inline void _prefetch_next_leases(Store self, uint32_t qid, int level) noexcept:
@@ -265,8 +282,14 @@ cdef inline void _prefetch_next_leases(Store self, uint32_t qid, int level) noex
 
 
 cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                    int64_t now_us, uint32_t owner):
-    """The first pass: lease up to ``max_messages``, noting each slot and the frame size."""
+                    int64_t now_us, uint32_t owner, uint64_t max_bytes):
+    """The first pass: lease up to ``max_messages``, noting each slot and the frame size;
+    past the first record, none that would take the frame beyond ``max_bytes``.
+
+    Each candidate is the head ``Store._lease_next`` would lease, sized before it is
+    leased; ``Store._lease_head`` then leases it, or settles it (expired, out of
+    receives) and the next head is looked at.
+    """
     cdef ff_record_view record
     cdef _Leased leased = _Leased.__new__(_Leased)
     cdef uint32_t slot
@@ -277,21 +300,29 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
     leased.count = 0
     leased.total = FF_BATCH_HEADER_SIZE
     leased.dead_infos = None
+    leased.cut = False
     while leased.count < max_messages:
-        slot = self._lease_next(qid, &level, lease_us, now_us, owner)
-        if slot == NIL:
+        while level >= 0 and self.queues[qid].visible_head[level] == NIL:
+            level -= 1
+        if level < 0:
             break
-        if level >= 0:
-            _prefetch_next_leases(self, qid, level)
+        slot = self.queues[qid].visible_head[level]
         dead_info = None
         if self.entries[slot].dead != NULL:
             dead_info = dead_letter_json(self, self.entries[slot].dead)
-            if leased.dead_infos is None:
-                leased.dead_infos = {}
-            leased.dead_infos[leased.count] = dead_info
         _delivery_view(self, slot, &record, dead_info)
         if ff_record_size(&record, &size) != FF_CODEC_OK:
             raise MemoryError()   # cannot happen: every part was checked at publish
+        if leased.count and leased.total + size > max_bytes:
+            leased.cut = True
+            break
+        if not self._lease_head(qid, slot, lease_us, now_us, owner):
+            continue   # settled on the way (expired, or out of receives): the next head
+        _prefetch_next_leases(self, qid, level)
+        if dead_info is not None:
+            if leased.dead_infos is None:
+                leased.dead_infos = {}
+            leased.dead_infos[leased.count] = dead_info
         leased.total += size
         leased.slots[leased.count] = slot
         leased.count += 1

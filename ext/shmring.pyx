@@ -294,9 +294,11 @@ cdef class SharedRing:
 
     # -- writer ------------------------------------------------------------------------
 
-    cdef int _reserve(self, uint64_t size, uint64_t* at) except -2:
-        """Room for a record of ``size`` at ``at`` (a wrap filler written), or FULL, or
-        PINNED (no room, and the reader sleeps with every record read)."""
+    cdef int _room(self, uint64_t size) noexcept:
+        """WROTE when a record of ``size`` fits at the head now (after a wrap filler if it
+        would straddle the end), else FULL with ``writer_waiting`` announced (the reader
+        rings when it makes room), or PINNED (no room, and the reader sleeps with every
+        record read). Writes nothing else."""
         cdef uint64_t head = ff_load_relaxed_u64(self.head)
         cdef uint64_t offset = head & self.mask
         cdef uint64_t need = size
@@ -313,7 +315,17 @@ cdef class SharedRing:
                 if ff_load_seq_cst_u64(self.reader_sleeping):
                     return RING_PINNED
                 return RING_FULL
-        if need != size:
+        return RING_WROTE
+
+    cdef int _reserve(self, uint64_t size, uint64_t* at) except -2:
+        """Room for a record of ``size`` at ``at`` (a wrap filler written), or FULL, or
+        PINNED (no room, and the reader sleeps with every record read)."""
+        cdef int status = self._room(size)
+        cdef uint64_t head = ff_load_relaxed_u64(self.head)
+        cdef uint64_t offset = head & self.mask
+        if status != RING_WROTE:
+            return status
+        if offset + size > self.capacity_:
             ff_store_le32(self.data + offset, FF_SHM_WRAP)
             ff_store_le32(self.data + offset + 4, <uint32_t>(self.capacity_ - offset - RECORD_HEADER))
             head += self.capacity_ - offset
@@ -360,6 +372,28 @@ cdef class SharedRing:
         memset(second[0] + second_len, 0, size - RECORD_HEADER - 8 - first_len - second_len)
         end[0] = at + size
         return RING_WROTE
+
+    def wait_room(self, bytes first):
+        """Whether a record of ``pair_room(first)`` fits now: ``WROTE`` (it does: a claim
+        that size succeeds), ``FULL`` (not now; ``writer_waiting`` is announced, so the
+        reader rings this side's bell when it makes room) or ``PINNED`` (not now, and
+        the reader sleeps having read everything: only its letting go of held frames
+        would make room). The server asks it before leasing a push, so that what it
+        leases goes into the ring at once, not into a queue in front of it."""
+        self._check()
+        return self._room(ff_align8(RECORD_HEADER + 8 + <uint64_t>PyBytes_GET_SIZE(first)
+                                    + self.pair_room(first)))
+
+    def pair_room(self, bytes first):
+        """The largest second frame to claim with ``first`` (``claim_pair``): a record of
+        a quarter of the ring, less its header, its two lengths and ``first``. The reader
+        pins at most ``max_held`` (half the ring) with frames it holds in place; the other
+        half, free once it has read everything, lies in at most two pieces (the wrap),
+        one of them a quarter at least: such a record always finds room then, never
+        ``TOO_LARGE`` nor ``PINNED``. The server cuts its pushes to it."""
+        cdef uint64_t overhead = RECORD_HEADER + 8 + <uint64_t>PyBytes_GET_SIZE(first)
+        cdef uint64_t limit = self.capacity_ // 4
+        return 0 if overhead >= limit else limit - overhead
 
     cdef int commit(self, uint64_t end) noexcept:
         """Publish everything claimed up to ``end``: WROTE, or WROTE_WAKE (ring the bell)."""

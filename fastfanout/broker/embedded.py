@@ -67,6 +67,7 @@ _Taken = TypeVar("_Taken")
 _Arguments = ParamSpec("_Arguments")
 _Result = TypeVar("_Result")
 _EMPTY_FRAME = b"FFB1" + bytes(4)   # a delivery frame of no record
+_NO_BOUND = (1 << 64) - 1          # receive_push's max_bytes: no bound
 
 __all__ = [
     "MAX_DELAY",
@@ -810,15 +811,15 @@ class ServerPort:
             (``count`` 0: nothing came within ``wait``).
         """
         if not wait:
-            frame, count, _, _ = self.receive_push(queue, max_messages, visibility_timeout,
-                                                   None, b"", owner=owner)
+            frame, count, *_ = self.receive_push(queue, max_messages, visibility_timeout,
+                                                 None, b"", owner=owner)
             assert frame is not None   # no sink: always a frame
             return frame, count
         broker = self._broker
 
         def take(queue_id: int, lease_us: int, now_us: int) -> tuple[bytes, int] | None:
-            frame, count, _, _ = receive_push(broker._store, queue_id, max_messages, lease_us,
-                                              now_us, None, b"", owner)
+            frame, count, *_ = receive_push(broker._store, queue_id, max_messages, lease_us,
+                                            now_us, None, b"", owner)
             return (frame, count) if count and frame is not None else None
 
         found = broker._receive_waiting(queue, max_messages, wait, visibility_timeout, take)
@@ -827,7 +828,8 @@ class ServerPort:
     def receive_push(
         self, queue: str, max_messages: int, visibility_timeout: float | None,
         sink: FrameSink | None, header: bytes, *, owner: int = 0,
-    ) -> tuple[bytes | None, int, bytes, int]:
+        max_bytes: int | None = None,
+    ) -> tuple[bytes | None, int, bytes, int, bool]:
         """The server's push: lease like ``receive_frame``, into ``sink`` when it has room.
 
         With a ``sink`` (a local channel's shared ring), the message ``[header, frame]``
@@ -842,11 +844,14 @@ class ServerPort:
             sink: where to write the push in place, or None (return a frame).
             header: the push's first frame, written before the delivery frame.
             owner: an open owner tag (0: none).
+            max_bytes: most bytes of the delivery frame (None: no bound); the first
+                record goes whatever its size.
 
         Returns:
-            ``(frame, count, receipts, status)``: ``frame`` None when the push is in the
-            sink (``status`` WROTE_WAKE: ring the reader's bell), else the frame to send;
-            ``receipts`` packed little-endian u64s.
+            ``(frame, count, receipts, status, more)``: ``frame`` None when the push is
+            in the sink (``status`` WROTE_WAKE: ring the reader's bell), else the frame to
+            send; ``receipts`` packed little-endian u64s; ``more`` True when the push
+            stopped at ``max_messages`` or ``max_bytes`` with credit left (push again).
         """
         broker = self._broker
         broker._ensure_open()
@@ -860,8 +865,9 @@ class ServerPort:
             queue_id = broker._queue_id(queue)
             if lease_us is None:
                 lease_us = broker._visibility_us[queue_id]
-            result: tuple[bytes | None, int, bytes, int] = receive_push(
-                broker._store, queue_id, max_messages, lease_us, now_us, sink, header, owner)
+            result: tuple[bytes | None, int, bytes, int, bool] = receive_push(
+                broker._store, queue_id, max_messages, lease_us, now_us, sink, header, owner,
+                _NO_BOUND if max_bytes is None else max_bytes)
             return result
 
     # -- settling by packed receipts ---------------------------------------------------

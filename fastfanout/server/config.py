@@ -61,7 +61,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
             ``max_request_bytes`` when that is larger).
         slow_listener: ``drop`` or ``wait``: what a stream listener that falls behind gets.
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
-        push_batch: most messages in one push to a consumer (1 to 10,000).
+        push_batch: most messages in one push to a consumer (1 to 10,000; a push never
+            exceeds the consumer's prefetch, nor a quarter of a local consumer's ring).
         hold_timeout: seconds a publish to a full ``hold`` queue is held.
         local_channels: let clients on this host use shared memory (ipc:// only).
         stream_high_water_mark: stream batches queued per listener before the broker

@@ -11,6 +11,13 @@ A push leases up to the consumer's credit (at most ``push_batch``) in one native
 session's ring when it has room — no frame object, no copy — or returns it to be sent.
 Either way the session keeps the receipts (8 bytes a message, never the bodies) until
 the leases have surely ended, so a vanished client's leases can be given back at once.
+A push to a local session is leased only when its ring has room for a push now, and is
+never larger than a quarter of the ring (``LocalSessions.push_target``): a consumer whose
+credit is worth more gets several pushes in a row, each through the ring, as it reads,
+instead of one sent around the ring over the socket, and no leased message waits in the
+broker for room with its lease running. A push cut short so, or at ``push_batch``,
+leaves the deliveries dirty: the next round pushes again at once (or, without room,
+when the reader rings).
 
 Credit is the broker's own count (RabbitMQ's ``basic.qos``): each consumer has an owner
 tag in the store (``ServerPort.open_owner(session, prefetch)``), every lease pushed to it
@@ -146,18 +153,25 @@ class Deliveries:
 
     def _lease_for(self, session: Session, queue: str, max_messages: int,
                    visibility_timeout: float | None, lease: float, ring: SharedRing | None,
-                   header: bytes, owner: int) -> tuple[bytes | None, int, int]:
+                   header: bytes, owner: int, max_bytes: int | None = None
+                   ) -> tuple[bytes | None, int, int]:
         """Lease up to ``max_messages`` for ``session`` as ``owner``.
 
         ``owner`` is the session's own tag or one of its consumers': at most that owner's
         credit is leased (see ``ServerPort.receive_push``). Returns (frame, or None when
         written into ``ring``; count; the ring's status). The session holds the receipts
-        until the leases have surely ended.
+        until the leases have surely ended. ``max_bytes`` bounds the frame (None: no
+        bound). A push cut short with credit left (at ``max_messages`` or ``max_bytes``)
+        marks the deliveries dirty: the next round pushes again without waiting for
+        another event.
         """
-        frame, count, receipts, status = self._port.receive_push(
-            queue, max_messages, visibility_timeout, ring, header, owner=owner)
+        frame, count, receipts, status, more = self._port.receive_push(
+            queue, max_messages, visibility_timeout, ring, header, owner=owner,
+            max_bytes=max_bytes)
         if count:
             session.hold_batch(receipts, time.monotonic() + lease + 1.0)
+        if more:
+            self.dirty = True
         return frame, count, status
 
     def _take(self, session: Session, queue: str, max_messages: int,
@@ -172,14 +186,18 @@ class Deliveries:
         """Push up to the consumer's credit (at most ``push_batch``); returns how many.
 
         Without credit it returns 0 at once (the store counts it). To a session with a
-        local channel the push is written straight into its ring when there is room (no
-        frame object, no copy); otherwise it is sent.
+        local channel the push is leased only when its ring has room for it, at most a
+        quarter of the ring, and written straight into it (no frame object, no copy);
+        otherwise it is sent.
         """
         session = consumer.session
+        header = protocol.encode_header(Status.PUSH, consumer.request_id)
+        now, ring, max_bytes = self._local.push_target(session, header)
+        if not now:
+            return 0   # its ring has no room: its reader rings when it makes some
         frame, count, status = self._lease_for(
-            session, consumer.queue, self._push_batch,
-            consumer.visibility_timeout, consumer.lease, self._local.ring_for(session),
-            protocol.encode_header(Status.PUSH, consumer.request_id), consumer.owner)
+            session, consumer.queue, self._push_batch, consumer.visibility_timeout,
+            consumer.lease, ring, header, consumer.owner, max_bytes)
         if not count:
             return 0
         if frame is not None:

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 
-from fastfanout._ext.shmring import SharedRing
+from fastfanout._ext.shmring import FULL, SharedRing
 from fastfanout.errors import MalformedFrame, PeerGone, Unroutable, WouldBlock
 from fastfanout.server.sessions import Session
 from fastfanout.transport.local_channel import HOLD_MIN_BYTES, LocalChannel
@@ -124,6 +124,29 @@ class LocalSessions:
         if channel is None or channel.backlog or channel.overflowed:
             return None   # behind a backlog, a push must queue too (order)
         return channel.outgoing
+
+    def push_target(self, session: Session, header: bytes
+                    ) -> tuple[bool, SharedRing | None, int | None]:
+        """Where a push to ``session`` goes now: ``(push now?, ring, most frame bytes)``.
+
+        A session without a channel: ``(True, None, None)`` (sent, no bound). A local
+        session's push is leased only when its ring has room for one of its size (a
+        quarter of the ring, ``SharedRing.pair_room``), so that what is leased is written
+        into the ring at once, never queued in front of it with its lease running: with
+        room, ``(True, ring, bound)``; without, or behind a backlog, ``(False, None,
+        None)`` — the ring's reader rings when it makes room (``wait_room`` announced the
+        wait) and that round pushes. A reader asleep with its room pinned by frames it
+        holds (``PINNED``) gets the push anyway, sent around its ring.
+        """
+        channel = self.sessions.get(session)
+        if channel is None:
+            return True, None, None
+        if channel.backlog or channel.overflowed:
+            return False, None, None
+        ring = channel.outgoing
+        if ring.wait_room(header) == FULL:
+            return False, None, None
+        return True, ring, ring.pair_room(header)
 
     def ring_bell(self, session: Session) -> None:
         """Ring a local session's bell (something was written straight into its ring)."""

@@ -173,8 +173,9 @@ class Server:
         hold_timeout: seconds a publish to a full ``hold`` queue is held before it is
             answered with ``QueueFull`` (0: answer at once, like ``reject``).
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
-            exceeds the consumer's credit, so this only caps consumers with a large
-            prefetch: big pushes are what lets one consumer take millions a second).
+            exceeds the consumer's credit, nor a quarter of a local consumer's ring, so
+            this only caps consumers with a large prefetch: big pushes are what lets
+            one consumer take millions a second).
         local_channels: let clients on this host attach a shared-memory channel
             (``ATTACH``, see ``fastfanout.transport.local_channel``); only on an ``ipc://``
             endpoint, where every client is on this host.

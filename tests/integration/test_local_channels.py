@@ -94,6 +94,56 @@ def test_large_messages_spill_over_the_socket_in_order(track: Tracker) -> None:
     assert isinstance(transport, LocalTransport) and transport.channel.spills >= 1
 
 
+@pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
+def test_credit_worth_more_than_the_ring_is_pushed_through_it(track: Tracker,
+                                                             flavour: str) -> None:
+    # 300 bodies of 1 KiB with a prefetch of 300: the credit is worth ~310 KiB, the ring
+    # is 64 KiB. The broker cuts the pushes to a quarter of the ring (about 15 messages
+    # each: room for one always remains beside the frames the consumer holds in place)
+    # instead of leasing the whole credit into one push sent around the ring over the
+    # socket; every message comes, in order, and nothing spills.
+    server = track.server()
+    bodies = [b"%04d" % n + b"r" * 1020 for n in range(300)]
+    admin = track.client(server.endpoint, local_channel=False)
+    admin.create_queue("q", max_message_size=1024)
+    admin.send_batch("q", bodies)
+
+    def check(pushes: int) -> None:
+        stats = admin.server_stats()
+        assert stats["local_spills"] == 0, (repr(stats), pushes)
+        assert stats["pushed_messages"] == 300 and pushes >= 300 * 1080 // (MIN_CAPACITY // 4)
+
+    if flavour == "blocking":
+        client = track.client(server.endpoint, ring_bytes=MIN_CAPACITY, local_channel=True)
+        consumer = client.consume("q", prefetch=300)
+        got: list[bytes] = []
+        pushes = 0
+        while len(got) < len(bodies):
+            batch = consumer.next_batch(timeout=5.0)
+            assert batch is not None
+            pushes += 1
+            got += batch.body_list()
+            batch.ack()
+        assert got == bodies
+        check(pushes)
+        return
+
+    async def main() -> int:
+        async with aio.connect(server.endpoint, ring_bytes=MIN_CAPACITY) as client:
+            got = []
+            pushes = 0
+            async for batch in client.consume_batches("q", prefetch=300):
+                pushes += 1
+                got += batch.body_list()
+                await batch.ack()
+                if len(got) >= len(bodies):
+                    break
+            assert got == bodies
+            return pushes
+
+    check(asyncio.run(main()))
+
+
 def test_a_client_that_does_not_read_is_queued_for_in_order(track: Tracker) -> None:
     server = track.server()
     client = track.client(server.endpoint)
@@ -365,9 +415,11 @@ def test_a_malformed_record_ends_only_its_session(track: Tracker) -> None:
             channel.close()
 
 
-def test_pushes_behind_a_full_ring_keep_their_order(track: Tracker) -> None:
-    # Pushes are written into the ring in place while it has room; once a push had to
-    # queue, a later small one that would fit in the gap must queue behind it instead.
+def test_pushes_wait_for_room_in_the_ring_and_keep_their_order(track: Tracker) -> None:
+    # Pushes are written into the ring in place while it has room for one (a quarter of
+    # the ring); without, the broker leases nothing more: the messages stay visible in
+    # the queue, nothing waits in front of the ring with its lease running, and the
+    # client's read that makes room rings the broker, which pushes the rest in order.
     server = track.server()
     client = track.client(server.endpoint)
     client.create_queue("q")
@@ -401,12 +453,16 @@ def test_pushes_behind_a_full_ring_keep_their_order(track: Tracker) -> None:
             assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 7)
             push(1)                       # small, in the ring
             for _ in range(4):
-                push(150)                 # two fit, two queue (the ring is full)
-            assert client.server_stats()["local_ring_full"] == 1
-            take(1)                       # the small one: a gap too small for a queued one
-            push(1)                       # fits that gap, but must not overtake
+                push(150)                 # ~16 KB pushes until the ring has no room
+            track.wait_until(lambda: client.stats().queues["q"].visible > 0,
+                             what="messages left in the queue")
+            stats = client.server_stats()
+            assert stats["local_ring_full"] == 0 and stats["local_spills"] == 0
+            take(1)                       # the small one
+            push(1)                       # after the others, whatever room there is
             track.wait_until(lambda: take(100), what="every push")
             assert got == sent
+            assert client.server_stats()["local_ring_full"] == 0
         finally:
             channel.close()
 

@@ -8,6 +8,7 @@ import pytest
 
 from fastfanout import InvalidArgument, MessageTooLarge
 from fastfanout._ext.codec import Record, decode_batch, encode_batch
+from fastfanout._ext.shmring import MIN_CAPACITY
 from fastfanout._ext.wire import receipts_of
 
 
@@ -197,7 +198,7 @@ def test_freed_big_blobs_are_pooled_within_the_bound(broker):
 
 @pytest.fixture
 def ring_pair():
-    from fastfanout._ext.shmring import MIN_CAPACITY, SharedRing
+    from fastfanout._ext.shmring import SharedRing
 
     writer = SharedRing.create(MIN_CAPACITY)
     reader = SharedRing(f"/proc/self/fd/{writer.fileno()}")
@@ -213,11 +214,11 @@ def test_receive_push_writes_the_push_into_a_ring(broker, ring_pair):
     writer, reader = ring_pair
     broker.create_queue("q")
     assert port.receive_push("q", 10, None, writer, b"HDR") == (
-        b"FFB1\x00\x00\x00\x00", 0, b"", WROTE)        # nothing leased: nothing written
+        b"FFB1\x00\x00\x00\x00", 0, b"", WROTE, False)   # nothing leased: nothing written
     assert writer.used == 0
     broker.send_batch("q", [b"x", b"y" * 100])
     assert reader.sleep()
-    frame, count, receipts, status = port.receive_push("q", 10, 5.0, writer, b"HDR")
+    frame, count, receipts, status, _ = port.receive_push("q", 10, 5.0, writer, b"HDR")
     assert (frame, count, status) == (None, 2, WROTE_WAKE)
     [[header, pushed]], _ = reader.read(10)
     assert header == b"HDR" and receipts == receipts_of(pushed)
@@ -233,18 +234,71 @@ def test_receive_push_without_room_returns_the_frame(broker, ring_pair):
     writer, _ = ring_pair
     broker.create_queue("q")
     broker.send_batch("q", [b"z" * 40_000])              # more than half the ring
-    frame, count, receipts, status = port.receive_push("q", 10, None, writer, b"H")
+    frame, count, receipts, status, _ = port.receive_push("q", 10, None, writer, b"H")
     assert status == TOO_LARGE and count == 1 and writer.used == 0
     assert decode_batch(frame)[0].body == b"z" * 40_000 and receipts == receipts_of(frame)
     for filler in (b"f" * 20_000, b"f"):                # leaves less than 24 bytes
         while writer.write([filler]) != FULL:
             pass
     broker.send_batch("q", [b"small"])
-    frame, count, _, status = port.receive_push("q", 10, None, writer, b"H")
+    frame, count, _, status, _ = port.receive_push("q", 10, None, writer, b"H")
     assert status == FULL and [r.body for r in decode_batch(frame)] == [b"small"]
     broker.send("q", b"no ring")
-    frame, count, receipts, status = port.receive_push("q", 10, None, None, b"")
+    frame, count, receipts, status, _ = port.receive_push("q", 10, None, None, b"")
     assert status == WROTE and count == 1 and receipts == receipts_of(frame)
+
+
+def test_receive_push_stops_short_of_max_bytes(broker, ring_pair):
+    # Each head is sized before it is leased: the push stops before the record that
+    # would take the frame past max_bytes (the first record always goes), says "more"
+    # when it stopped at a bound of its own with credit left, and the messages it did
+    # not take stay visible, in order, for the next push.
+    port = broker.server_port()
+    writer, reader = ring_pair
+    broker.create_queue("q")
+    bodies = [b"%03d" % n + b"x" * 997 for n in range(10)]   # records of 1,056 bytes
+    broker.send_batch("q", bodies)
+    frame, count, _, _, more = port.receive_push("q", 10, None, None, b"", max_bytes=8 + 3 * 1056)
+    assert (count, more, len(frame)) == (3, True, 8 + 3 * 1056)
+    assert [r.body for r in decode_batch(frame)] == bodies[:3]
+    frame, count, _, _, more = port.receive_push("q", 10, None, None, b"", max_bytes=100)
+    assert (count, more) == (1, True) and decode_batch(frame)[0].body == bodies[3]
+    frame, count, _, _, more = port.receive_push("q", 2, None, None, b"")
+    assert (count, more) == (2, True)      # stopped at max_messages, credit left
+    frame, count, _, _, more = port.receive_push("q", 10, None, None, b"")
+    assert (count, more) == (4, False)     # the queue ran out
+    assert [r.body for r in decode_batch(frame)] == bodies[6:]
+    # An owner's credit is no bound of the push's own: no "more" when it ran out.
+    owner = port.open_owner(None, prefetch=2)
+    broker.send_batch("q", bodies[:4])
+    _, count, _, _, more = port.receive_push("q", 10, None, None, b"", owner=owner)
+    assert (count, more) == (2, False)
+    # The ring's room: a quarter of it, less the record's framing and the first frame.
+    assert writer.pair_room(b"HDR") == MIN_CAPACITY // 4 - 16 - 3
+    port.receive_push("q", 10, None, None, b"")   # (empty the queue)
+    broker.send_batch("q", [b"y" * 5000] * 5)     # records of 5,056 bytes: 3 fit
+    _, count, _, _, more = port.receive_push(
+        "q", 10, None, writer, b"HDR", max_bytes=writer.pair_room(b"HDR"))
+    assert (count, more) == (3, True) and writer.used <= MIN_CAPACITY // 4
+    [[_, pushed]], _ = reader.read(10)
+    assert len(decode_batch(pushed)) == 3
+
+
+def test_a_bounded_push_settles_heads_out_of_receives_on_the_way(broker):
+    # A head that has run out of receives is dead-lettered when the push reaches it, as
+    # by receive(); the push goes on with the next head, and the settled head takes
+    # none of its bound (records of 64 bytes: room for exactly two after the header).
+    port = broker.server_port()
+    broker.create_queue("dlq")
+    broker.create_queue("q", max_receive_count=1, dead_letter_queue="dlq")
+    broker.send("q", b"a")
+    [first] = broker.receive("q", max_messages=1)
+    first.nack()                                   # visible again, received once
+    broker.send_batch("q", [b"b", b"c"])
+    frame, count, _, _, more = port.receive_push("q", 10, None, None, b"",
+                                                 max_bytes=8 + 2 * 64)
+    assert [r.body for r in decode_batch(frame)] == [b"b", b"c"] and (count, more) == (2, False)
+    assert [m.body for m in broker.receive("dlq", max_messages=10)] == [b"a"]
 
 
 def test_receive_push_writes_into_any_sink_and_a_sink_without_room_gets_a_frame(broker):
@@ -255,7 +309,7 @@ def test_receive_push_writes_into_any_sink_and_a_sink_without_room_gets_a_frame(
     assert issubclass(SharedRing, FrameSink)       # the ring is one sink among others
     broker.create_queue("q")
     broker.send_batch("q", [b"a", b"b"])
-    frame, count, receipts, status = port.receive_push("q", 10, None, FrameSink(), b"H")
+    frame, count, receipts, status, _ = port.receive_push("q", 10, None, FrameSink(), b"H")
     assert status == FULL and count == 2 and receipts == receipts_of(frame)
     assert [r.body for r in decode_batch(frame)] == [b"a", b"b"]
 

@@ -20,8 +20,8 @@ def push(broker: Broker, owner: int, max_messages: int = 100,
          visibility_timeout: float | None = None, queue: str = "q") -> list[int]:
     """The server's push for ``owner``: the receipts it leased."""
     port = broker.server_port()
-    _, count, packed, _ = port.receive_push(queue, max_messages, visibility_timeout, None,
-                                            b"", owner=owner)
+    _, count, packed, _, _ = port.receive_push(queue, max_messages, visibility_timeout, None,
+                                               b"", owner=owner)
     return list(struct.unpack(f"<{count}Q", packed))
 
 
