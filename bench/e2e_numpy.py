@@ -62,7 +62,7 @@ class Window:
     queue_bound: int = 4096
     """rows the queue holds; a publish beyond waits (``overflow="hold"``)"""
     ring_bytes: int = 8 << 20
-    """each local channel ring; a push must fit in half of it"""
+    """each local channel ring; a push takes at most a quarter of it"""
 
 
 def _data(rows: int) -> Any:

@@ -75,7 +75,7 @@ __all__ = [
 
 DEFAULT_RING_BYTES = 4 << 20
 """Bytes of each ring of a channel (4 MiB: a push of 8,192 small messages, ~1 MB, fits in
-half of one; larger rings measured no faster)."""
+a quarter of one, the most a push takes; larger rings measured no faster)."""
 
 HOLD_MIN_BYTES = 64 << 10
 """Frames of this many bytes or more are read in place (a ``RingFrame``) by a client;

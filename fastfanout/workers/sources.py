@@ -51,8 +51,9 @@ than its prefetch (``ring_bytes_for``)."""
 def ring_bytes_for(prefetch: int) -> int:
     """Ring bytes for a connection holding ``prefetch`` messages.
 
-    A whole push of small messages (~256 bytes each, headers included) fits in half a
-    ring; from ``WORKER_RING_BYTES`` to the client's default of 4 MiB.
+    The credit's worth of small messages (~256 bytes each, headers included) fits in
+    half a ring (the broker pushes it in pieces of a quarter of the ring at most); from
+    ``WORKER_RING_BYTES`` to the client's default of 4 MiB.
     """
     wanted = max(WORKER_RING_BYTES, prefetch * 512)
     return min(DEFAULT_RING_BYTES, 1 << (wanted - 1).bit_length())
