@@ -192,7 +192,7 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
 
 def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
                  int64_t now_us, FrameSink sink, bytes header, object owner=0,
-                 uint64_t max_bytes=UINT64_MAX):
+                 object max_bytes=None):
     """Lease like ``receive`` but as one codec frame of delivery records, for the server.
 
     The leases are ``owner``'s (an open owner tag): at most its credit of them (its
@@ -212,8 +212,8 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
     shared ring), the sink itself: the push ``[header, frame]`` is claimed there as one
     two-frame message, written in place and committed.
 
-    ``max_bytes`` bounds the delivery frame: leasing stops before the record that would
-    take it past, though the first record always goes (a frame of one record may be
+    ``max_bytes`` (None: no bound) bounds the delivery frame: leasing stops before the
+    record that would take it past, though the first record always goes (a frame of one record may be
     larger). The server passes what the consumer's ring always has room for
     (``SharedRing.pair_room``), so a consumer whose credit is worth more than its ring
     gets several pushes through the ring rather than one too large for it, sent around
@@ -233,9 +233,10 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
     cdef uint32_t tag = self.require_owner(owner)
     cdef uint64_t credit = self.owner_credit(tag)
     cdef Py_ssize_t asked = max_messages
+    cdef uint64_t bound = UINT64_MAX if max_bytes is None else max_bytes
     if <uint64_t>max_messages > credit:
         max_messages = <Py_ssize_t>credit
-    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us, tag, max_bytes)
+    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us, tag, bound)
     cdef bint more = leased.cut or (leased.count == asked and <uint64_t>asked < credit)
     cdef bytes receipts = PyBytes_FromStringAndSize(NULL, 8 * leased.count)
     cdef uint64_t end

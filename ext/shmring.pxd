@@ -67,6 +67,7 @@ cdef class SharedRing(FrameSink):
     cdef void _unmap(self) noexcept
     cdef int _check(self) except -1
     cdef int _room(self, uint64_t size) noexcept
+    cdef uint64_t _pair_room(self, uint64_t first_len) noexcept
     cdef int _reserve(self, uint64_t size, uint64_t* at) except -2
     cdef int claim(self, uint64_t size, char** out, uint64_t* at) except -2
     cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,

@@ -357,7 +357,7 @@ cdef class SharedRing:
         layout stays here: the server writes a push's frame in place through this.
         """
         cdef uint64_t first_len = <uint64_t>PyBytes_GET_SIZE(first)
-        cdef uint64_t size = ff_align8(RECORD_HEADER + 8 + first_len + second_len)
+        cdef uint64_t size = _pair_size(first_len, second_len)
         cdef char* out
         cdef uint64_t at
         cdef int status = self.claim(size, &out, &at)
@@ -380,9 +380,9 @@ cdef class SharedRing:
         the reader sleeps having read everything: only its letting go of held frames
         would make room). The server asks it before leasing a push, so that what it
         leases goes into the ring at once, not into a queue in front of it."""
+        cdef uint64_t first_len = <uint64_t>PyBytes_GET_SIZE(first)
         self._check()
-        return self._room(ff_align8(RECORD_HEADER + 8 + <uint64_t>PyBytes_GET_SIZE(first)
-                                    + self.pair_room(first)))
+        return self._room(_pair_size(first_len, self._pair_room(first_len)))
 
     def pair_room(self, bytes first):
         """The largest second frame to claim with ``first`` (``claim_pair``): a record of
@@ -391,7 +391,11 @@ cdef class SharedRing:
         half, free once it has read everything, lies in at most two pieces (the wrap),
         one of them a quarter at least: such a record always finds room then, never
         ``TOO_LARGE`` nor ``PINNED``. The server cuts its pushes to it."""
-        cdef uint64_t overhead = RECORD_HEADER + 8 + <uint64_t>PyBytes_GET_SIZE(first)
+        return self._pair_room(<uint64_t>PyBytes_GET_SIZE(first))
+
+    cdef uint64_t _pair_room(self, uint64_t first_len) noexcept:
+        # limit is a multiple of 8: a second frame up to limit - overhead, padded, fits
+        cdef uint64_t overhead = RECORD_HEADER + 8 + first_len
         cdef uint64_t limit = self.capacity_ // 4
         return 0 if overhead >= limit else limit - overhead
 
@@ -739,6 +743,11 @@ cdef class RingFrame:
         if self.ring is not None:
             self.ring._release(self.seq)
             self.ring._frame_gone()
+
+
+cdef inline uint64_t _pair_size(uint64_t first_len, uint64_t second_len) noexcept:
+    """Bytes of a two-frame record (``claim_pair``): header, two lengths, both frames."""
+    return ff_align8(RECORD_HEADER + 8 + first_len + second_len)
 
 
 cdef int _map_ring(SharedRing ring, uint64_t capacity) except -1:

@@ -10,5 +10,6 @@ def receive(
 ) -> list[Message]: ...
 def receive_push(
     self: Store, qid: int, max_messages: int, lease_us: int, now_us: int,
-    sink: FrameSink | None, header: bytes, owner: int = 0, max_bytes: int = ...,
+    sink: FrameSink | None, header: bytes, owner: int = 0,
+    max_bytes: int | None = None,
 ) -> tuple[bytes | None, int, bytes, int, bool]: ...

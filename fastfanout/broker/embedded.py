@@ -67,7 +67,6 @@ _Taken = TypeVar("_Taken")
 _Arguments = ParamSpec("_Arguments")
 _Result = TypeVar("_Result")
 _EMPTY_FRAME = b"FFB1" + bytes(4)   # a delivery frame of no record
-_NO_BOUND = (1 << 64) - 1          # receive_push's max_bytes: no bound
 
 __all__ = [
     "MAX_DELAY",
@@ -867,7 +866,7 @@ class ServerPort:
                 lease_us = broker._visibility_us[queue_id]
             result: tuple[bytes | None, int, bytes, int, bool] = receive_push(
                 broker._store, queue_id, max_messages, lease_us, now_us, sink, header, owner,
-                _NO_BOUND if max_bytes is None else max_bytes)
+                max_bytes)
             return result
 
     # -- settling by packed receipts ---------------------------------------------------
