@@ -58,6 +58,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -1029,6 +1030,24 @@ class Server:
         self.counters["leases_released"] += released
 
 
+def _missing_ancestor(path: str | os.PathLike[str] | None) -> str | None:
+    """The outermost directory of ``path`` (itself included) that does not exist yet.
+
+    What making ``path`` creates; None when ``path`` is None or exists.
+    """
+    if path is None:
+        return None
+    missing = None
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        missing = current
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return missing
+
+
 def serve(endpoint: str | None = None, *,
           companion: Callable[[Server], Callable[[], None]] | None = None,
           **options: Any) -> int:
@@ -1046,12 +1065,17 @@ def serve(endpoint: str | None = None, *,
             SIGINT before the loop is told to stop (and again, a no-op, after it ended).
         **options: any keyword argument of ``Server``.
     """
+    made = _missing_ancestor(options.get("data_dir"))
     server = Server(endpoint, **options)
     try:
         server.bind()
     except BaseException:
         if server._own_broker:
             server.broker.close()   # its data directory's lock, at once
+        if made is not None:
+            # a start that fails (the endpoint busy) leaves nothing behind: not the data
+            # directory its broker made, nor the directories made to hold it
+            shutil.rmtree(made, ignore_errors=True)
         raise
     keep_freed_memory()
     stop_companion = companion(server) if companion is not None else None

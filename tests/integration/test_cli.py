@@ -240,6 +240,16 @@ def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None
     done = run(["serve", "--endpoint", endpoint])
     assert_one_line_error(done.stderr, done.returncode, "second broker")
     assert "already serves" in done.stderr
+    # A start that fails leaves nothing behind: not the data directory it was given,
+    # nor the directories made to hold it (its broker opened a journal there first).
+    data_dir = tmp_path / "made" / "for" / "data"
+    done = run(["serve", "--endpoint", endpoint, "--data-dir", str(data_dir)])
+    assert_one_line_error(done.stderr, done.returncode, "second broker, new data dir")
+    assert "already serves" in done.stderr and not (tmp_path / "made").exists()
+    done = run(["serve", "--endpoint", f"ipc://{missing}/broker.sock", "--data-dir",
+                str(data_dir)])
+    assert_one_line_error(done.stderr, done.returncode, "missing directory, new data dir")
+    assert not (tmp_path / "made").exists()
 
 
 def test_broker_errors_fail_in_one_line(track: Tracker) -> None:
