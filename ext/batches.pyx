@@ -53,6 +53,7 @@ from msgspec.msgpack import encode as _encode_attributes
 
 from fastfanout.errors import InvalidArgument, MalformedBatch, MessageTooLarge
 from fastfanout.records import PublishEntry, PublishResult
+from fastfanout.settings import attribute_problem, id_problem
 
 cdef extern from "Python.h":
     PyObject* PyType_GenericAlloc(PyTypeObject* kind, Py_ssize_t items)
@@ -80,8 +81,10 @@ cdef bytes _encode(object attributes, Py_ssize_t index):
     if attributes is None:
         return None
     if type(attributes) is not dict:
-        raise InvalidArgument(
-            f"entry {index}: attributes must be a dict, got {type(attributes).__name__}")
+        if not isinstance(attributes, dict):
+            raise InvalidArgument(
+                f"entry {index}: attributes must be a dict, got {type(attributes).__name__}")
+        attributes = dict(attributes)   # a subclass (OrderedDict...): its items, plainly
     if not attributes:
         return None
     if len(attributes) > C_MAX_ATTRIBUTES:
@@ -105,7 +108,10 @@ cdef bytes _encode(object attributes, Py_ssize_t index):
         raise InvalidArgument(
             f"entry {index}: attribute {name!r} has type {kind.__name__}; expected str, int, "
             f"float, bytes or list[str]")
-    return _encode_attributes(attributes)
+    try:
+        return _encode_attributes(attributes)
+    except (OverflowError, UnicodeEncodeError):
+        raise InvalidArgument(f"entry {index}: {attribute_problem(attributes)}") from None
 
 
 cdef bytes _encode_id(object value, str what, Py_ssize_t index):
@@ -113,7 +119,10 @@ cdef bytes _encode_id(object value, str what, Py_ssize_t index):
         return None
     if type(value) is not str:
         raise InvalidArgument(f"entry {index}: {what} must be a str, got {type(value).__name__}")
-    encoded = (<str>value).encode("utf-8")
+    try:
+        encoded = (<str>value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"entry {index}: {id_problem(what, value)}") from None
     if not 0 < len(encoded) <= C_MAX_ID_LENGTH:
         raise InvalidArgument(
             f"entry {index}: {what} {value!r} must be 1 to {C_MAX_ID_LENGTH} UTF-8 bytes")

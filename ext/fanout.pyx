@@ -238,6 +238,13 @@ cdef class Dispatcher:
             return True
         return self.store.room_for(queue, messages, size) >= 0
 
+    def withdraw_refusal(self, uint32_t queue, uint64_t messages):
+        """Take back the ``rejected`` count of a ``hold`` queue's refusal that a server
+        turned into a hold (held, the publish is not refused: it is counted once, if it
+        times out)."""
+        if queue < self.store.queue_count and self.store.queue(queue).rejected >= messages:
+            self.store.queue(queue).rejected -= messages
+
     def topic_counters(self, uint32_t topic, int64_t now_us):
         """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries,
         dedup evicted); dedup entries counts keys still inside their window."""

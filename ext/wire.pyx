@@ -77,6 +77,7 @@ from msgspec.msgpack import encode as _encode_msgpack
 from fastfanout._ext.codec import status_text
 from fastfanout.errors import InvalidArgument
 from fastfanout.records import PublishEntry
+from fastfanout.settings import attribute_problem, id_problem
 
 MAX_DELAY = 365 * 86400.0
 """Longest delay or TTL the client accepts, in seconds (one year)."""
@@ -115,7 +116,10 @@ cdef bytes _id_bytes(object value, str what):
         return None
     if type(value) is not str or not value:
         raise InvalidArgument(f"{what} must be a non-empty str, got {value!r}")
-    encoded = (<str>value).encode("utf-8")
+    try:
+        encoded = (<str>value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(id_problem(what, value)) from None
     if len(encoded) > 128:
         raise InvalidArgument(f"{what} {value!r} is over 128 UTF-8 bytes")
     return encoded
@@ -162,9 +166,14 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
     _clear(&view)
     if attributes:
         if type(attributes) is not dict:
-            raise InvalidArgument(
-                f"attributes must be a dict, got {type(attributes).__name__}")
-        attrs = _encode_msgpack(attributes)
+            if not isinstance(attributes, dict):
+                raise InvalidArgument(
+                    f"attributes must be a dict, got {type(attributes).__name__}")
+            attributes = dict(attributes)   # a subclass (OrderedDict...): its items
+        try:
+            attrs = _encode_msgpack(attributes)
+        except (OverflowError, UnicodeEncodeError):
+            raise InvalidArgument(attribute_problem(attributes)) from None
         view.attrs = PyBytes_AS_STRING(attrs)
         view.attrs_len = <uint32_t>PyBytes_GET_SIZE(attrs)
     if delay is not None and deliver_at is not None:

@@ -189,6 +189,36 @@ def backoff_us(backoff: object) -> list[int] | None:
             for wait in waits]
 
 
+def attribute_problem(attributes: dict[object, object]) -> str:
+    """Why attributes that passed the type checks still cannot be encoded: an int outside
+    64 bits, or a str (a name, a value, a list item) that is not valid Unicode text (a
+    lone surrogate). The encoders call it only once encoding failed."""
+    for name, value in attributes.items():
+        if not _encodable(name):
+            return f"attribute name {name!r} is not valid Unicode text (a lone surrogate?)"
+        if type(value) is int and not -(1 << 63) <= value < (1 << 64):
+            return f"attribute {name!r}={value!r} is outside the 64-bit integer range"
+        items = value if type(value) is list else [value]
+        if not all(_encodable(item) for item in items):
+            return f"attribute {name!r} is not valid Unicode text (a lone surrogate?)"
+    return "attributes cannot be encoded"
+
+
+def id_problem(what: str, value: str) -> str:
+    """The message for a group or dedup id that is not valid Unicode text."""
+    return f"{what} {value!r} is not valid Unicode text (a lone surrogate?)"
+
+
+def _encodable(value: object) -> bool:
+    if type(value) is not str:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_iterable(what: str, value: object) -> None:
     """Raise InvalidArgument (naming ``what``) unless ``value`` can be iterated."""
     if type(value) is not list and not isinstance(value, Iterable):

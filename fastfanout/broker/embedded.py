@@ -784,6 +784,17 @@ class ServerPort:
                 return True
             return bool(broker._dispatcher.has_room(queue_id, messages, size))
 
+    def withdraw_refusal(self, room: tuple[str, int, int]) -> None:
+        """A refusal by a full ``hold`` queue became a hold: not counted as ``rejected``.
+
+        ``room`` is the refusal's ``QueueFull.room`` (queue, messages, bytes).
+        """
+        broker = self._broker
+        with broker._lock:
+            queue_id = broker._queues.get(room[0])
+            if queue_id is not None:
+                broker._dispatcher.withdraw_refusal(queue_id, room[1])
+
     def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
         """Send a batch given as one codec frame straight to a queue: all or none."""
         broker = self._broker

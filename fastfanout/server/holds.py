@@ -59,6 +59,8 @@ class HeldRequests:
         self.timeout = timeout
         self._held: deque[HeldRequest] = deque()
         self._sessions: dict[Any, int] = {}   # session -> how many of its requests wait
+        self.reruns = 0
+        """Held requests run again so far (``retry``), whatever their outcome."""
 
     def __len__(self) -> int:
         return len(self._held)
@@ -75,7 +77,8 @@ class HeldRequests:
 
     def retry(self, now: float, reply: Callable[[HeldRequest, list[bytes]], None],
               fail: Callable[[HeldRequest, BaseException], None],
-              room: Callable[[str, int, int], bool] | None = None) -> int:
+              room: Callable[[str, int, int], bool] | None = None,
+              withdraw: Callable[[tuple[str, int, int]], None] | None = None) -> int:
         """Run the held requests again, oldest first, each session's in its order.
 
         A request that goes through is answered with ``reply``; one that still meets a full
@@ -83,7 +86,9 @@ class HeldRequests:
         then is answered with ``fail`` like any other error (an unexpected exception too:
         the server answers it as ``internal``). With ``room`` (``ServerPort.has_room``),
         a request whose last refusal needed room its queue still lacks is not run again
-        before its deadline. Returns how many timed out.
+        before its deadline. ``withdraw`` (``ServerPort.withdraw_refusal``) is given the
+        ``room`` of a refusal that keeps its request held: a held publish is not refused,
+        so its queue's ``rejected`` count takes it back. Returns how many timed out.
         """
         blocked: set[Any] = set()
         kept: deque[HeldRequest] = deque()
@@ -95,11 +100,14 @@ class HeldRequests:
                 blocked.add(held.session)
                 kept.append(held)
                 continue
+            self.reruns += 1
             try:
                 payload = held.run()
             except QueueFull as exc:
                 if exc.hold and now < held.deadline:
                     held.room = exc.room
+                    if withdraw is not None:
+                        withdraw(exc.room)
                     blocked.add(held.session)
                     kept.append(held)
                     continue

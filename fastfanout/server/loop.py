@@ -899,6 +899,7 @@ class Server:
                 if not exc.hold or self._held.timeout <= 0:
                     raise
                 room = exc.room
+                self._port.withdraw_refusal(room)   # held, not refused
         self._held.hold(session, request_id, run, time.monotonic(), room)
         self.counters["held_requests"] += 1
         return None
@@ -908,10 +909,13 @@ class Server:
         self._deliveries.room = False
         self._next_hold_check = now + TICK
         # A retried publish is answered with the next round's replies, after its commit.
+        reruns = self._held.reruns
         self.counters["hold_timeouts"] += self._held.retry(
             now, lambda held, payload: self._replies.append(
                 (held.session, held.request_id, payload)),
-            self._held_failed, self._port.has_room)
+            self._held_failed, self._port.has_room, self._port.withdraw_refusal)
+        if self._held.reruns != reruns:
+            self.counters["hold_reruns"] += self._held.reruns - reruns
 
     def _held_failed(self, held: HeldRequest, error: BaseException) -> None:
         if not isinstance(error, FastFanoutError):

@@ -233,3 +233,33 @@ def test_queued_acks_go_at_settle_max_frames(track: Tracker) -> None:
         what="the full SETTLE")
     consumer.cancel()
     assert client.stats().queues["q"].acked == count
+
+
+BAD_ATTRIBUTES = [{"a": 2**64}, {"a": -(2**63) - 1}, {"a": "\ud800"}, {"\ud800": "v"},
+                  {"a": ["ok", "\udc00"]}]
+
+
+def test_attributes_no_encoding_can_carry_are_refused_before_sending(
+        track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    for attributes in BAD_ATTRIBUTES:
+        with pytest.raises(fastfanout.InvalidArgument, match="64-bit|Unicode"):
+            client.send("q", b"x", attributes=attributes)
+        with pytest.raises(fastfanout.InvalidArgument, match="64-bit|Unicode"):
+            client.send_nowait("q", b"x", attributes=attributes)
+    for option in ("group_id", "dedup_id"):
+        with pytest.raises(fastfanout.InvalidArgument, match=option):
+            client.send("q", b"x", **{option: "\ud800"})
+
+    async def refused() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as aclient:
+            with pytest.raises(fastfanout.InvalidArgument, match="64-bit"):
+                await aclient.send("q", b"x", attributes={"a": 2**64})
+
+    asyncio.run(refused())
+    client.send("q", b"kept", attributes={"top": 2**64 - 1, "bottom": -(2**63)})
+    [message] = client.receive("q", max_messages=10)
+    assert (message.body, message.attributes) == (b"kept", {"top": 2**64 - 1,
+                                                            "bottom": -(2**63)})

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any as Tracker
 
+import pytest
+
+from fastfanout import QueueFull
+
 
 def test_acks_that_free_too_little_do_not_rerun_a_held_batch(track: Tracker) -> None:
     server = track.server()
@@ -22,6 +26,22 @@ def test_acks_that_free_too_little_do_not_rerun_a_held_batch(track: Tracker) -> 
     message = client.receive("q", wait=5.0)[0]
     client.ack(message.receipt)   # room for ten: it goes through
     assert len(held.result(timeout=5.0)) == 10
-    # refused once when it came, then run again only once ten had left (before: a
-    # refusal of ten more messages after every ack)
-    assert client.stats().queues["q"].rejected == 10
+    # held when it came, then run again only once ten had left (before: after every ack)
+    assert client.server_stats()["hold_reruns"] == 1
+    # held and then published: never refused, so not counted as rejected
+    assert client.stats().queues["q"].rejected == 0
+
+
+def test_a_held_publish_that_times_out_counts_its_messages_rejected_once(
+        track: Tracker) -> None:
+    server = track.server(hold_timeout=0.3)
+    client = track.client(server.endpoint)
+    client.create_queue("q", max_messages=1, overflow="hold")
+    client.send("q", b"fills it")
+    for attempt in range(1, 4):
+        with pytest.raises(QueueFull):
+            client.send("q", b"no room")
+        assert client.stats().queues["q"].rejected == attempt
+    stats = client.server_stats()
+    assert (stats["held_requests"], stats["hold_timeouts"]) == (3, 3)
+    assert client.stats().queues["q"].messages == 1

@@ -1,5 +1,6 @@
 """Unit tests of the embedded broker's queue and topic semantics (docs/semantics.md)."""
 
+import collections
 import math
 
 import pytest
@@ -141,6 +142,13 @@ def test_message_ids_increase_and_batches_are_sequences(broker):
         PublishEntry(b"x", delay=1.0, deliver_at=5.0),
         PublishEntry(b"x", priority=300),
         PublishEntry(b"x", group_id=""),
+        PublishEntry(b"x", attributes={"a": 10**30}),
+        PublishEntry(b"x", attributes={"a": -(2**63) - 1}),
+        PublishEntry(b"x", attributes={"a": "\ud800"}),
+        PublishEntry(b"x", attributes={"\ud800": "v"}),
+        PublishEntry(b"x", attributes={"a": ["ok", "\udc00"]}),
+        PublishEntry(b"x", group_id="\ud800"),
+        PublishEntry(b"x", dedup_id="\ud800"),
     ],
 )
 def test_bad_entries_reject_the_whole_batch(broker, entry):
@@ -149,6 +157,19 @@ def test_bad_entries_reject_the_whole_batch(broker, entry):
         broker.send_batch("q", [b"good", entry])
     stats = broker.stats().queues["q"]
     assert stats.enqueued == 0 and stats.messages == 0
+
+
+def test_attributes_at_the_edges_of_their_types(broker):
+    broker.create_queue("q")
+    edges = {"top": 2**64 - 1, "bottom": -(2**63), "text": "\u00e9\U0001f600"}
+    broker.send("q", b"x", attributes=collections.OrderedDict(edges))   # a dict subclass
+    for bad in ({"a": 2**64}, {"a": "\ud800"}):
+        with pytest.raises(InvalidArgument, match="64-bit|Unicode"):
+            broker.send("q", b"y", attributes=bad)   # one message, not a batch
+    with pytest.raises(InvalidArgument, match="dedup_id"):
+        broker.send("q", b"y", dedup_id="\udfff")
+    [message] = broker.receive("q", max_messages=10)
+    assert message.attributes == edges
 
 
 def test_message_too_large_checks_every_target(broker):
