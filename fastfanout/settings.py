@@ -190,9 +190,11 @@ def backoff_us(backoff: object) -> list[int] | None:
 
 
 def attribute_problem(attributes: dict[object, object]) -> str:
-    """Why attributes that passed the type checks still cannot be encoded: an int outside
-    64 bits, or a str (a name, a value, a list item) that is not valid Unicode text (a
-    lone surrogate). The encoders call it only once encoding failed."""
+    """Why attributes that passed the type checks still cannot be encoded.
+
+    An int outside 64 bits, or a str (a name, a value, a list item) that is not valid
+    Unicode text (a lone surrogate). The encoders call it only once encoding failed.
+    """
     for name, value in attributes.items():
         if not _encodable(name):
             return f"attribute name {name!r} is not valid Unicode text (a lone surrogate?)"

@@ -784,11 +784,13 @@ class ServerPort:
                 return True
             return bool(broker._dispatcher.has_room(queue_id, messages, size))
 
-    def withdraw_refusal(self, room: tuple[str, int, int]) -> None:
+    def withdraw_refusal(self, room: tuple[str, int, int] | None) -> None:
         """A refusal by a full ``hold`` queue became a hold: not counted as ``rejected``.
 
         ``room`` is the refusal's ``QueueFull.room`` (queue, messages, bytes).
         """
+        if room is None:
+            return
         broker = self._broker
         with broker._lock:
             queue_id = broker._queues.get(room[0])

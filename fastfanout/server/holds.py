@@ -78,7 +78,7 @@ class HeldRequests:
     def retry(self, now: float, reply: Callable[[HeldRequest, list[bytes]], None],
               fail: Callable[[HeldRequest, BaseException], None],
               room: Callable[[str, int, int], bool] | None = None,
-              withdraw: Callable[[tuple[str, int, int]], None] | None = None) -> int:
+              withdraw: Callable[[tuple[str, int, int] | None], None] | None = None) -> int:
         """Run the held requests again, oldest first, each session's in its order.
 
         A request that goes through is answered with ``reply``; one that still meets a full

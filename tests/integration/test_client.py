@@ -245,9 +245,9 @@ def test_attributes_no_encoding_can_carry_are_refused_before_sending(
     client = track.client(server.endpoint)
     client.create_queue("q")
     for attributes in BAD_ATTRIBUTES:
-        with pytest.raises(fastfanout.InvalidArgument, match="64-bit|Unicode"):
+        with pytest.raises(fastfanout.InvalidArgument, match=r"64-bit|Unicode"):
             client.send("q", b"x", attributes=attributes)
-        with pytest.raises(fastfanout.InvalidArgument, match="64-bit|Unicode"):
+        with pytest.raises(fastfanout.InvalidArgument, match=r"64-bit|Unicode"):
             client.send_nowait("q", b"x", attributes=attributes)
     for option in ("group_id", "dedup_id"):
         with pytest.raises(fastfanout.InvalidArgument, match=option):

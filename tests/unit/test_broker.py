@@ -164,7 +164,7 @@ def test_attributes_at_the_edges_of_their_types(broker):
     edges = {"top": 2**64 - 1, "bottom": -(2**63), "text": "\u00e9\U0001f600"}
     broker.send("q", b"x", attributes=collections.OrderedDict(edges))   # a dict subclass
     for bad in ({"a": 2**64}, {"a": "\ud800"}):
-        with pytest.raises(InvalidArgument, match="64-bit|Unicode"):
+        with pytest.raises(InvalidArgument, match=r"64-bit|Unicode"):
             broker.send("q", b"y", attributes=bad)   # one message, not a batch
     with pytest.raises(InvalidArgument, match="dedup_id"):
         broker.send("q", b"y", dedup_id="\udfff")
