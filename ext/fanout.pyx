@@ -773,13 +773,19 @@ cdef class Dispatcher:
                 f"queue {store.names[queue]!r} is full: it holds "
                 f"{store.queue(queue).visible + store.queue(queue).leased + store.queue(queue).delayed}"
                 f" messages ({store.queue(queue).bytes} bytes) against max_messages="
-                f"{store.queue(queue).max_messages}, max_bytes={store.queue(queue).max_bytes}; "
+                f"{_limit(store.queue(queue).max_messages)}, max_bytes="
+                f"{_limit(store.queue(queue).max_bytes)}; "
                 f"{messages} more ({size_total} bytes) do not fit and overflow is "
                 f"{'hold' if hold else 'reject'}")
             error.hold = hold
             error.room = (store.names[queue], messages, size_total)
             raise error
         return 0
+
+
+cdef str _limit(int64_t value):
+    """A limit as an error message says it (-1: none)."""
+    return "none" if value < 0 else f"{value:,}"
 
 
 cdef inline const char* _dedup_id(blob_t* blob) noexcept:

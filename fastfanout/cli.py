@@ -135,24 +135,20 @@ def _resolve(endpoint: str | None) -> str:
         _fail(error)
 
 
-def _ipc_problem(path: str) -> str | None:
-    """Why nobody can be listening on the ipc socket ``path``, or None when someone may.
+def _served(endpoint: str | None) -> str:
+    """The endpoint a command talks to (resolved).
 
-    ZeroMQ would retry a refused ipc connection silently until the client's timeout; a
-    plain connect tells a missing or stale socket file at once.
+    Exits at once (one line) when an ipc socket shows no broker can be listening there.
     """
-    if not os.path.exists(path):
-        return "no such socket file"
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return "its socket file is stale: nothing listens on it"
-    except OSError:
-        return None   # not ours to judge (permissions, ...): the client will say
-    finally:
-        probe.close()
-    return None
+    from fastfanout.runtime import ipc_problem
+
+    endpoint = _resolve(endpoint)
+    problem = ipc_problem(endpoint)
+    if problem:
+        _exit_with(f"error: no broker at {endpoint} ({problem}); start one with "
+                   f"fastfanout serve --endpoint {endpoint}, or point --endpoint (or "
+                   f"$FASTFANOUT_ENDPOINT) at the one running", 1)
+    return endpoint
 
 
 @contextmanager
@@ -160,13 +156,7 @@ def _connected(endpoint: str | None) -> Iterator[Any]:
     """A client of the broker at ``endpoint``; a broker error ends the command (exit 1)."""
     from fastfanout.client import connect
 
-    endpoint = _resolve(endpoint)
-    if endpoint.startswith("ipc://"):
-        problem = _ipc_problem(endpoint[len("ipc://"):])
-        if problem:
-            _exit_with(f"error: no broker at {endpoint} ({problem}); start one with "
-                       f"fastfanout serve --endpoint {endpoint}, or point --endpoint (or "
-                       f"$FASTFANOUT_ENDPOINT) at the one running", 1)
+    endpoint = _served(endpoint)
     try:
         with connect(endpoint, timeout=5.0) as client:
             yield client

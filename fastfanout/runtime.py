@@ -32,6 +32,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -160,6 +161,29 @@ def default_endpoint() -> str:
     if override:
         return override
     return f"ipc://{runtime_dir() / SOCKET_NAME}"
+
+
+def ipc_problem(endpoint: str) -> str | None:
+    """Why nobody can be listening at an ``ipc://`` endpoint, or None when someone may.
+
+    ZeroMQ retries a refused ipc connection silently until the client's timeout; a plain
+    connect tells a missing or stale socket file at once. None for other endpoints.
+    """
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://"):]
+    if not os.path.exists(path):
+        return "no such socket file"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return "its socket file is stale: nothing listens on it"
+    except OSError:
+        return None   # not ours to judge (permissions, ...): the client will say
+    finally:
+        probe.close()
+    return None
 
 
 def stream_endpoint_for(endpoint: str) -> str:

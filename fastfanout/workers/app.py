@@ -44,7 +44,10 @@ from typing import Any, TypeVar
 
 from fastfanout.broker.embedded import Broker
 from fastfanout.client import Client
-from fastfanout.errors import AlreadyExists, InvalidArgument, NotFound
+from fastfanout.errors import AlreadyExists, BrokenConnection, InvalidArgument, NotFound
+from fastfanout.runtime import default_endpoint, ipc_problem
+from fastfanout.semantics.filter_policy import SCOPES, parse_policy
+from fastfanout.settings import QueueSettings, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
 from fastfanout.workers.coroutines import AsyncRunner
 from fastfanout.workers.handlers import (
@@ -176,6 +179,7 @@ class Worker:
                        shutdown_timeout=shutdown_timeout, name=name)
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
+        self._stop_finished = threading.Event()   # a stop() (any thread's) is done
         self._hurry = threading.Event()
         self._stop_deadline = 0.0   # monotonic: when running calls are abandoned
         self._loop_hurry: asyncio.Event | None = None
@@ -345,11 +349,18 @@ class Worker:
         if not isinstance(name, str) or not name or name == "<lambda>":
             raise InvalidArgument("name the queue (queue=...) of a function without a name")
         dead = dead_letter_queue or f"{name}-dlq"
-        self.handler(name, **options)(function)
         settings = {"visibility_timeout": visibility_timeout,
                     "max_receive_count": max_receive_count, "dead_letter_queue": dead}
         if redelivery_backoff is not None:
             settings["redelivery_backoff"] = redelivery_backoff
+        # every mistake is refused now, not when the worker starts
+        check_queue_settings(name, QueueSettings(**settings))   # type: ignore[arg-type]
+        check_name("dead-letter queue", dead)
+        if filter_policy is not None:
+            parse_policy(filter_policy, filter_scope)
+        elif filter_scope not in SCOPES:
+            raise InvalidArgument(f"filter_scope={filter_scope!r} must be one of {SCOPES}")
+        self.handler(name, **options)(function)
         self._subscriptions.append(_Subscription(topic, name, dead, filter_policy,
                                                  filter_scope, settings))
         return function
@@ -407,6 +418,12 @@ class Worker:
         if not self._handlers:
             raise InvalidArgument("the worker has no handler: register one with "
                                   "@worker.handler(queue) or worker.subscribe(topic, f)")
+        if not isinstance(self.broker, Broker):   # a server: fail now if none can be there
+            endpoint = self.broker or default_endpoint()
+            problem = ipc_problem(endpoint)
+            if problem:
+                raise BrokenConnection(f"no broker at {endpoint} ({problem}): start one "
+                                       f"with fastfanout serve --endpoint {endpoint}")
         admin = self._admin()
         try:
             queues = self._prepare(admin)
@@ -525,9 +542,18 @@ class Worker:
                 (redelivered at once), as is every message taken and not started.
         """
         if self._stopped or not self._started:
-            self._stopped = True
+            if not self._stopped:
+                self._stopped = True
+                self._stop_finished.set()
             return
         self._stopped = True
+        self._stop_requested.set()   # a run() in another thread returns (once this ends)
+        try:
+            self._stop(timeout)
+        finally:
+            self._stop_finished.set()
+
+    def _stop(self, timeout: float | None) -> None:
         seconds = self.shutdown_timeout if timeout is None else timeout
         deadline = self._stop_deadline = time.monotonic() + seconds
         log.info("worker stopping: running calls get %g s", seconds)
@@ -593,11 +619,12 @@ class Worker:
         try:
             self.start()
             while not self._stop_requested.wait(0.5):
-                if self._dead():
+                if self._dead() and not self._stopped:
                     log.error("every worker thread stopped (is the broker gone?)")
                     break
         finally:
             self.stop()
+            self._stop_finished.wait()   # another thread's stop() may still be running
             for number, handler in previous.items():
                 signal.signal(number, handler)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastfanout.errors import InvalidArgument
+from fastfanout.settings import check_name
 
 __all__ = [
     "MAX_BATCH_SIZE",
@@ -139,8 +140,7 @@ def make_handler(function: object, queue: object, *, concurrency: int | None = N
     """
     if not callable(function):
         raise InvalidArgument(f"handler {function!r} is not callable")
-    if type(queue) is not str or not queue:
-        raise InvalidArgument(f"queue {queue!r} must be a non-empty string")
+    queue = check_name("queue", queue)
     _check_signature(function)
     if concurrency is not None:
         check_count("concurrency", concurrency, MAX_CONCURRENCY)

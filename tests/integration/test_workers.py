@@ -644,3 +644,34 @@ def test_a_bad_worker_report_is_refused_and_counted(track: Tracker) -> None:
     [report] = client.worker_stats()
     assert report["handlers"]["h"]["processed"] == 3 and report["handlers"]["h"]["p50"] is None
     assert report["handlers"]["h"]["failed"] == 0
+
+
+def test_cli_worker_fails_at_once_without_a_socket_file(track: Tracker, tmp_path: Path
+                                                        ) -> None:
+    process = _cli_worker(track, f"ipc://{tmp_path}/none.sock")
+    assert process.wait(10) == 1
+    assert process.stderr is not None
+    error = process.stderr.read().decode()
+    assert "no such socket file" in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_stop_from_another_thread_ends_run_quietly(track: Tracker,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    endpoint, client = _setup(track)
+    worker = _worker(track, endpoint, concurrency=1)
+    handled = threading.Event()
+
+    @worker.handler("jobs")
+    def job(message: Any) -> None:
+        handled.set()
+
+    client.send("jobs", b"x")
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    assert handled.wait(10.0)
+    worker.stop()
+    runner.join(10.0)
+    assert not runner.is_alive()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert client.stats().queues["jobs"].acked == 1

@@ -121,3 +121,20 @@ def test_ring_bytes_follow_the_prefetch() -> None:
     assert ring_bytes_for(1) == WORKER_RING_BYTES
     assert ring_bytes_for(1000) == 1 << 19
     assert ring_bytes_for(1_000_000) == 4 << 20
+
+
+def test_subscribe_refuses_its_mistakes_when_registered() -> None:
+    worker = Worker("ipc:///x")
+    with pytest.raises(InvalidArgument, match="queue name"):
+        worker.handler("bad name")(one)
+    mistakes: list[dict[str, Any]] = [
+        {"filter_policy": {"a": "not a list"}}, {"filter_scope": "headers"},
+        {"visibility_timeout": -1}, {"queue": "a queue"}, {"max_receive_count": 0},
+        {"dead_letter_queue": "dead letters"}, {"redelivery_backoff": "1s"}]
+    for mistake in mistakes:
+        with pytest.raises(InvalidArgument):
+            worker.subscribe("orders", one, **mistake)
+    # nothing was registered: queue "one" takes its handler now (a second is refused)
+    worker.subscribe("orders", one, filter_policy={"a": ["b"]}, filter_scope="attributes")
+    with pytest.raises(InvalidArgument, match="registered already"):
+        worker.subscribe("orders", one)
