@@ -232,7 +232,7 @@ def serve(config_path: str | None, **given: Any) -> None:
     state directory) and recovers it at start; --in-memory keeps nothing.
     """
     from fastfanout.errors import InvalidArgument, TransportError
-    from fastfanout.runtime import default_data_dir
+    from fastfanout.runtime import default_data_dir_made
     from fastfanout.server.loop import serve as run_server
     from fastfanout.transport.sockets import load_curve_keys
 
@@ -272,7 +272,8 @@ def serve(config_path: str | None, **given: Any) -> None:
             for key in ("fsync", "fsync_interval", "max_disk_bytes"):
                 options.pop(key, None)
         elif config.data_dir is None:
-            options["data_dir"] = str(default_data_dir(endpoint))
+            data_dir, made = default_data_dir_made(endpoint)
+            options.update(data_dir=str(data_dir), made=made)
         companion = (_bridge_companion(config.bridge, endpoint, config.in_memory)
                      if config.bridge is not None else None)
         sys.exit(run_server(companion=companion, **options))

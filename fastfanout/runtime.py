@@ -44,7 +44,10 @@ __all__ = [
     "EndpointLock",
     "data_dir_name",
     "default_data_dir",
+    "default_data_dir_made",
     "default_endpoint",
+    "ipc_problem",
+    "missing_ancestor",
     "runtime_dir",
     "state_dir",
     "stream_endpoint_for",
@@ -99,8 +102,7 @@ def state_dir() -> Path:
     Raises:
         FastFanoutError: the directory exists but is not this user's or not mode 0700.
     """
-    base = os.environ.get("XDG_STATE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    root = _state_home()
     missing = []
     parent = root
     while not parent.exists():
@@ -112,6 +114,29 @@ def state_dir() -> Path:
         except FileExistsError:
             pass
     return _private_dir(root / "fastfanout", "state directory")
+
+
+def _state_home() -> Path:
+    base = os.environ.get("XDG_STATE_HOME", "")
+    return Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+
+
+def missing_ancestor(path: str | os.PathLike[str] | None) -> str | None:
+    """The outermost directory of ``path`` (itself included) that does not exist yet.
+
+    What making ``path`` creates; None when ``path`` is None or exists.
+    """
+    if path is None:
+        return None
+    missing = None
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        missing = current
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return missing
 
 
 def data_dir_name(endpoint: str) -> str:
@@ -153,6 +178,15 @@ def default_data_dir(endpoint: str) -> Path:
             this user's, or its mode is not 0700.
     """
     return _private_dir(state_dir() / data_dir_name(endpoint), "data directory")
+
+
+def default_data_dir_made(endpoint: str) -> tuple[Path, str | None]:
+    """``default_data_dir(endpoint)``, and the outermost directory it created (or None).
+
+    What a start that fails removes again, so it leaves nothing behind.
+    """
+    made = missing_ancestor(_state_home() / "fastfanout" / data_dir_name(endpoint))
+    return default_data_dir(endpoint), made
 
 
 def default_endpoint() -> str:

@@ -125,6 +125,9 @@ class Administration:
         if data_dir is not None:
             if not isinstance(data_dir, str | os.PathLike):
                 raise InvalidArgument(f"data_dir must be a path (str), got {data_dir!r:.80}")
+            if not os.fspath(data_dir):
+                raise InvalidArgument("data_dir must not be empty: give a directory ('.' "
+                                      "for the current one)")
             durable = Durability(data_dir, fsync, fsync_interval, max_disk_bytes)
         elif fsync != "always" or fsync_interval != 1.0 or max_disk_bytes is not None:
             raise InvalidArgument("fsync, fsync_interval and max_disk_bytes need a data_dir")

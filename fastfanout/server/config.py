@@ -32,7 +32,11 @@ from fastfanout.errors import InvalidArgument
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.server.loop import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
 from fastfanout.settings import MAX_RECEIVE_BATCH
-from fastfanout.wire.protocol import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REQUEST_BYTES
+from fastfanout.wire.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    MIN_FRAME_BYTES,
+)
 
 __all__ = ["EXPECTED", "LOG_LEVELS", "ServerConfig", "endpoint_problem", "load_config",
            "server_options"]
@@ -40,9 +44,12 @@ __all__ = ["EXPECTED", "LOG_LEVELS", "ServerConfig", "endpoint_problem", "load_c
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 """The accepted ``log_level`` values (any case)."""
 
-_Seconds = Annotated[float, msgspec.Meta(ge=0)]
-_PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+MAX_SECONDS: Final = 86_400.0
+"""Longest time a ``serve`` setting in seconds takes (a day): finite, so never ``inf``."""
+_Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+_PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 _Bytes = Annotated[int, msgspec.Meta(ge=1)]
+_FrameBytes = Annotated[int, msgspec.Meta(ge=MIN_FRAME_BYTES)]
 _Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
@@ -90,7 +97,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     heartbeat_interval: _PositiveSeconds = 0.25
     heartbeat_timeout: _PositiveSeconds = 2.0
     max_request_bytes: _Bytes = DEFAULT_MAX_REQUEST_BYTES
-    max_frame_bytes: _Bytes | None = None
+    max_frame_bytes: _FrameBytes | None = None
     slow_listener: Literal["drop", "wait"] = "drop"
     stream_wait: _Seconds = 1.0
     push_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECEIVE_BATCH)] = 8192
@@ -114,19 +121,19 @@ EXPECTED: Final[dict[str, str]] = {
     "endpoint": "a string, ipc://PATH or tcp://HOST:PORT",
     "stream_endpoint": "a string, ipc://PATH or tcp://HOST:PORT",
     "log_level": "one of " + ", ".join(f'"{level}"' for level in LOG_LEVELS),
-    "heartbeat_interval": "a number of seconds > 0",
-    "heartbeat_timeout": "a number of seconds > 0",
+    "heartbeat_interval": "a number of seconds > 0 and at most 86400",
+    "heartbeat_timeout": "a number of seconds > 0 and at most 86400",
     "max_request_bytes": "an integer number of bytes >= 1",
-    "max_frame_bytes": "an integer number of bytes >= 1",
+    "max_frame_bytes": f"an integer number of bytes >= {MIN_FRAME_BYTES}",
     "slow_listener": 'one of "drop", "wait"',
-    "stream_wait": "a number of seconds >= 0",
+    "stream_wait": "a number of seconds from 0 to 86400",
     "push_batch": f"an integer from 1 to {MAX_RECEIVE_BATCH}",
-    "hold_timeout": "a number of seconds >= 0",
+    "hold_timeout": "a number of seconds from 0 to 86400",
     "local_channels": "true or false",
     "stream_high_water_mark": "an integer count >= 1",
     "local_backlog_bytes": "an integer number of bytes >= 1",
     "max_queued_replies": "an integer count >= 1",
-    "idle_session_timeout": "a number of seconds > 0",
+    "idle_session_timeout": "a number of seconds > 0 and at most 86400",
     "curve_secret_key": "a string: the path of a .key_secret certificate",
     "curve_clients": 'a string: a directory of client *.key certificates, or "*"',
     "data_dir": "a string: the path of the broker's data directory",
@@ -211,17 +218,30 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         merged.pop("data_dir", None)
     if "data_dir" in given and "in_memory" not in given:
         merged.pop("in_memory", None)
-    if isinstance(merged.get("log_level"), str):
-        merged["log_level"] = merged["log_level"].upper()
-    try:
-        config = msgspec.convert(merged, ServerConfig)
-    except msgspec.ValidationError as error:
-        detail, _, where = str(error).partition(" - at `$.")
-        key = where.rstrip("`")
-        origin = f"--{key.replace('_', '-')}" if key in given else source
+    data = dict(data)
+    for values in (data, merged):
+        if isinstance(values.get("log_level"), str):
+            values["log_level"] = values["log_level"].upper()
+    for values, whose in ((data, source), (merged, None)):   # the file whole, then all
+        try:
+            config = msgspec.convert(values, ServerConfig)
+        except msgspec.ValidationError as error:
+            detail, _, where = str(error).partition(" - at `$.")
+            key = where.rstrip("`")
+            origin = whose or (f"--{key.replace('_', '-')}" if key in given else source)
+            raise InvalidArgument(
+                f"{origin}: {key} = {values.get(key)!r} is not "
+                f"{EXPECTED.get(key, 'valid')} ({detail}); {_HELP}") from None
+    if not config.heartbeat_interval < config.heartbeat_timeout:
+        origin = ("--heartbeat-interval/--heartbeat-timeout" if
+                  {"heartbeat_interval", "heartbeat_timeout"} & set(given) else source)
         raise InvalidArgument(
-            f"{origin}: {key} = {merged.get(key)!r} is not {EXPECTED.get(key, 'valid')} "
-            f"({detail}); {_HELP}") from None
+            f"{origin}: heartbeat_interval = {config.heartbeat_interval!r} must be below "
+            f"heartbeat_timeout = {config.heartbeat_timeout!r}; {_HELP}")
+    if config.data_dir == "":
+        origin = "--data-dir" if "data_dir" in given else source
+        raise InvalidArgument(f"{origin}: data_dir = '' is empty: give a directory "
+                              f"('.' for this one)")
     for key in ("endpoint", "stream_endpoint"):
         value = getattr(config, key)
         problem = endpoint_problem(value) if value is not None else None

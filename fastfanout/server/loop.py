@@ -84,7 +84,12 @@ from fastfanout.errors import (
     UnsupportedVersion,
     WouldBlock,
 )
-from fastfanout.runtime import EndpointLock, default_endpoint, stream_endpoint_for
+from fastfanout.runtime import (
+    EndpointLock,
+    default_endpoint,
+    missing_ancestor,
+    stream_endpoint_for,
+)
 from fastfanout.server.allocator import (
     collector_stats,
     freeze_startup_objects,
@@ -250,8 +255,16 @@ class Server:
         if type(stream_high_water_mark) is not int or stream_high_water_mark < 1:
             raise InvalidArgument(
                 f"stream_high_water_mark={stream_high_water_mark!r} must be an int of 1 or more")
-        if not 0 < heartbeat_interval < heartbeat_timeout:
-            raise InvalidArgument("need 0 < heartbeat_interval < heartbeat_timeout (seconds)")
+        if not all(type(seconds) in (int, float) and math.isfinite(seconds)
+                   for seconds in (heartbeat_interval, heartbeat_timeout)) or not (
+                0 < heartbeat_interval < heartbeat_timeout):
+            raise InvalidArgument(
+                f"need 0 < heartbeat_interval < heartbeat_timeout, finite seconds (got "
+                f"{heartbeat_interval!r} and {heartbeat_timeout!r})")
+        if type(max_frame_bytes) is not int or max_frame_bytes < protocol.MIN_FRAME_BYTES:
+            raise InvalidArgument(
+                f"max_frame_bytes={max_frame_bytes!r} must be an int of at least "
+                f"{protocol.MIN_FRAME_BYTES} bytes")
         if type(max_queued_replies) is not int or max_queued_replies < 1:
             raise InvalidArgument(
                 f"max_queued_replies={max_queued_replies!r} must be an int >= 1 (messages)")
@@ -1034,27 +1047,9 @@ class Server:
         self.counters["leases_released"] += released
 
 
-def _missing_ancestor(path: str | os.PathLike[str] | None) -> str | None:
-    """The outermost directory of ``path`` (itself included) that does not exist yet.
-
-    What making ``path`` creates; None when ``path`` is None or exists.
-    """
-    if path is None:
-        return None
-    missing = None
-    current = os.path.abspath(path)
-    while not os.path.lexists(current):
-        missing = current
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    return missing
-
-
 def serve(endpoint: str | None = None, *,
           companion: Callable[[Server], Callable[[], None]] | None = None,
-          **options: Any) -> int:
+          made: str | None = None, **options: Any) -> int:
     """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
 
     This thread's process is a broker: its C allocator keeps freed delivery frames for
@@ -1067,9 +1062,12 @@ def serve(endpoint: str | None = None, *,
         companion: called once the endpoint is bound, before the loop runs (say, to
             host the NATS bridge in its thread); returns what stops it, called on SIGTERM or
             SIGINT before the loop is told to stop (and again, a no-op, after it ended).
+        made: the outermost directory the caller created for ``data_dir`` (as
+            ``fastfanout serve`` does for its default one); default: the outermost one
+            of ``data_dir`` missing now. A start that fails removes it.
         **options: any keyword argument of ``Server``.
     """
-    made = _missing_ancestor(options.get("data_dir"))
+    made = made or missing_ancestor(options.get("data_dir"))
     server = Server(endpoint, **options)
     try:
         server.bind()

@@ -90,6 +90,9 @@ SETTLE_EACH: Final = b"\x93\x00\x00\x01"
 receipt then has its other receipts acked one by one (a stale receipt fails alone)."""
 DEFAULT_MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Default ``ZMQ_MAXMSGSIZE``: a bigger frame makes libzmq drop the connection."""
+MIN_FRAME_BYTES: Final = 64 * 1024
+"""Smallest ``max_frame_bytes`` a broker takes: any control request fits (below it a
+client's HELLO or a SETTLE could be cut off, and it would look like a dead broker)."""
 
 
 class Opcode(IntEnum):

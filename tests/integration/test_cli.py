@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -250,6 +251,18 @@ def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None
                 str(data_dir)])
     assert_one_line_error(done.stderr, done.returncode, "missing directory, new data dir")
     assert not (tmp_path / "made").exists()
+    # the default data directory too: the per-user state directory made for it included
+    state_home = tmp_path / "state" / "home"
+    done = run(["serve", "--endpoint", endpoint],
+               env={**os.environ, "XDG_STATE_HOME": str(state_home)})
+    assert_one_line_error(done.stderr, done.returncode, "second broker, default data dir")
+    assert "already serves" in done.stderr and not (tmp_path / "state").exists()
+    (state_home / "fastfanout").mkdir(parents=True, mode=0o700)   # made by someone else
+    done = run(["serve", "--endpoint", endpoint],
+               env={**os.environ, "XDG_STATE_HOME": str(state_home)})
+    assert_one_line_error(done.stderr, done.returncode, "second broker, a state dir")
+    assert [p.name for p in state_home.iterdir()] == ["fastfanout"]
+    assert not list((state_home / "fastfanout").iterdir())
 
 
 def test_broker_errors_fail_in_one_line(track: Tracker) -> None:
@@ -321,6 +334,33 @@ def test_config_file_and_options(tmp_path: Path) -> None:
         "WARNING", 5.0, 2000)
     with pytest.raises(InvalidArgument, match="--hold-timeout"):
         load_config(path, {"hold_timeout": -1.0})
+
+
+@pytest.mark.parametrize(("text", "given", "said"), [
+    ("heartbeat_timeout = inf\n", {}, "heartbeat_timeout = inf is not"),
+    ("stream_wait = 1e9\n", {}, "stream_wait = 1000000000.0 is not"),
+    ("max_frame_bytes = 10\n", {}, "max_frame_bytes = 10 is not an integer number of "
+                                     "bytes >= 65536"),
+    ("heartbeat_interval = 3.0\n", {}, "c.toml: heartbeat_interval = 3.0 must be below"),
+    ("data_dir = ''\n", {}, "c.toml: data_dir = '' is empty"),
+    # the file is checked whole, a key the command line overrides included
+    ("endpoint = 5\n", {"endpoint": "ipc:///tmp/x.sock"}, "c.toml: endpoint = 5 is not"),
+])
+def test_config_values_that_would_leave_a_broker_unusable_are_refused(
+        tmp_path: Path, text: str, given: dict[str, Any], said: str) -> None:
+    path = config_file(tmp_path, "c.toml", text)
+    with pytest.raises(InvalidArgument) as refused:
+        load_config(path, given)
+    assert said in str(refused.value)
+
+
+def test_server_refuses_a_frame_limit_no_request_fits_and_endless_heartbeats() -> None:
+    with pytest.raises(InvalidArgument, match="max_frame_bytes=10"):
+        Server("ipc:///tmp/never-bound.sock", max_frame_bytes=10)
+    with pytest.raises(InvalidArgument, match="finite"):
+        Server("ipc:///tmp/never-bound.sock", heartbeat_timeout=float("inf"))
+    with pytest.raises(InvalidArgument, match="empty"):
+        fastfanout.Broker(data_dir="")
 
 
 def test_serve_reads_the_config_and_max_request_bytes(track: Tracker, tmp_path: Path) -> None:
