@@ -55,11 +55,13 @@ server holds (``fastfanout.server.deliveries.Deliveries``), as are held publishe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 import signal
+import stat
 import threading
 import time
 from collections import Counter
@@ -69,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fastfanout.broker.embedded import Broker
 from fastfanout.errors import (
+    BrokerRunning,
     Closed,
     FastFanoutError,
     InvalidArgument,
@@ -87,6 +90,7 @@ from fastfanout.errors import (
 from fastfanout.runtime import (
     EndpointLock,
     default_endpoint,
+    ipc_problem,
     missing_ancestor,
     stream_endpoint_for,
 )
@@ -228,6 +232,10 @@ class Server:
         if slow_listener not in SLOW_LISTENER_POLICIES:
             raise InvalidArgument(
                 f"slow_listener={slow_listener!r} must be one of {SLOW_LISTENER_POLICIES}")
+        if self.stream_endpoint == self.endpoint:
+            raise InvalidArgument(
+                f"stream_endpoint {self.stream_endpoint} is the command endpoint: give it "
+                f"an address of its own (or leave it out: it is derived)")
         for ep in (self.endpoint, self.stream_endpoint):
             if not is_loopback(ep) and curve is None:
                 raise InvalidArgument(
@@ -346,13 +354,22 @@ class Server:
         lock = EndpointLock(self.endpoint)
         lock.acquire()
         try:
+            for endpoint, what in ((self.endpoint, "endpoint"),
+                                   (self.stream_endpoint, "stream endpoint")):
+                # binding an ipc path replaces its socket file: a live socket there (a
+                # broker's stream socket, say) would be taken from its owner unseen
+                if (endpoint.startswith("ipc://") and os.path.exists(endpoint[6:])
+                        and ipc_problem(endpoint) is None):
+                    raise BrokerRunning(
+                        f"something already listens on the {what} {endpoint} (another "
+                        f"broker's socket?); choose another {what.replace(' ', '_')}")
             self._transport = ServerTransport(
                 self.endpoint, self.stream_endpoint, max_frame_bytes=self._max_frame_bytes,
                 curve=self._curve, curve_clients=self._curve_clients,
                 reply_high_water_mark=self._max_queued_replies,
                 stream_high_water_mark=self._stream_high_water_mark,
                 stream_no_drop=self._streams.no_drop)
-        except TransportError:
+        except (TransportError, BrokerRunning):
             lock.release()
             raise
         self._lock = lock
@@ -637,6 +654,18 @@ class Server:
             return (IDLE_TICK if due is None else min(due, IDLE_TICK)), waiting
         return IDLE_TICK, waiting
 
+    def _unlink_sockets(self) -> None:
+        """Remove this broker's ipc socket files (closed now; the endpoint lock still held).
+
+        A client then hears "no such socket file" at once, not of a stale socket.
+        """
+        for endpoint in (self.endpoint, self.stream_endpoint):
+            if endpoint.startswith("ipc://"):
+                path = endpoint[len("ipc://"):]
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.unlink(path)
+
     def _shutdown(self) -> None:
         for guest in self._guests:
             guest.release()
@@ -648,6 +677,7 @@ class Server:
                 self._finish_in_flight()
                 self._local.close_all()
                 transport.close(linger=2.0)
+                self._unlink_sockets()
         finally:
             self._transport = None
             if self._lock is not None:

@@ -290,6 +290,31 @@ def test_socket_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_no_broker_takes_over_a_socket_another_one_listens_on(track: Tracker,
+                                                               tmp_path: Path) -> None:
+    first = track.server(f"ipc://{tmp_path}/a.sock")
+    client = track.client(first.endpoint)
+    client.create_queue("q")
+    for endpoint, stream in ((f"ipc://{tmp_path}/b.sock", first.endpoint),
+                             (f"{first.endpoint}.stream", None)):
+        with pytest.raises(errors.BrokerRunning, match="already listens"):
+            Server(endpoint, stream_endpoint=stream).start()
+    assert client.list_queues() == ["q"]   # the first broker still answers
+    assert not (tmp_path / "b.sock").exists()
+    with pytest.raises(InvalidArgument, match="is the command endpoint"):
+        Server(first.endpoint, stream_endpoint=first.endpoint)
+
+
+def test_a_stopped_broker_removes_its_socket_files(tmp_path: Path) -> None:
+    server = Server(f"ipc://{tmp_path}/gone.sock").start()
+    assert (tmp_path / "gone.sock").is_socket()
+    assert (tmp_path / "gone.sock.stream").is_socket()
+    server.stop()
+    assert not (tmp_path / "gone.sock").exists()
+    assert not (tmp_path / "gone.sock.stream").exists()
+    Server(f"ipc://{tmp_path}/gone.sock").start().stop()   # the endpoint serves again
+
+
 # -- requests too large to send -----------------------------------------------------------
 
 
