@@ -68,6 +68,11 @@ backlog stays where it is (it is live data, and rewriting it would cost more).""
 FLUSH_BYTES = 1 << 20
 """Records of settle calls are buffered until the next commit, or until this many bytes
 wait (then the next call flushes them)."""
+ID_BLOCK = 1 << 16
+"""Message ids are reserved in the journal this many at a time: before a commit confirms
+a message whose id reaches past the reservation, an ``ids`` record reserves the next
+block, so ids given out before a crash are never given out again (those of messages no
+durable queue kept included); a restart may skip up to a block."""
 JOURNAL_DIRECTORY = "journal"
 LOCK_FILE = "lock"
 
@@ -235,6 +240,7 @@ class _Replay(Replay):
         self.replay_queues: dict[str, int] = {}   # live queue name -> its replay queue
         self.subscriptions: dict[int, tuple[str, str, str | None, str]] = {}
         self.next_subscription = 1
+        self.ids_reserved = 0   # message ids reserved (given out, or may have been)
 
     def other_record(self, kind: int, payload: bytes) -> None:
         """A record that is not about one copy: topology or a snapshot."""
@@ -293,7 +299,11 @@ class _Replay(Replay):
         elif op == "unsubscribe":
             self.subscriptions.pop(record["id"], None)
         elif op == "ids":
-            self.raise_message_id(record["next_message_id"])
+            if "reserved" in record:   # a block of ids reserved before a commit
+                self.ids_reserved = max(self.ids_reserved, record["reserved"])
+            else:   # a clean close: the next id exactly (none was given out past it)
+                self.raise_message_id(record["next_message_id"])
+                self.ids_reserved = 0
 
     def _snapshot(self, record: dict[str, Any]) -> None:
         # A snapshot is the topology as the records before it left it: load it (the
@@ -324,6 +334,7 @@ class _Replay(Replay):
                               for sid, topic, queue, policy, scope in record["subscriptions"]}
         self.next_subscription = max(self.next_subscription, record["next_subscription"])
         self.raise_message_id(record["next_message_id"])
+        self.ids_reserved = max(self.ids_reserved, record.get("ids_reserved", 0))
         # The windows as they were (of the topics and queues then live), replacing the
         # keys of earlier records.
         self.clear_keys()
@@ -418,6 +429,7 @@ class Durability:
         self._last_sync = time.monotonic()
         self._first_seq = 1
         self._snapshot_needed = False
+        self._ids_reserved = 0       # message ids below this are reserved in the journal
         self._failure_logged = False
         self._drops_begun = 0        # the journal's drops when the batch begun last began
         self.store_full = 0          # publishes refused with StoreFull
@@ -440,6 +452,7 @@ class Durability:
         bases = [base for base, _ in found]
         replay = _Replay()
         report = journal_ops.scan(self.journal_directory, replay)
+        replay.raise_message_id(replay.ids_reserved)   # after a crash: past every block
         self.recovering = True
         try:
             restored = self._rebuild(state, replay)
@@ -456,6 +469,7 @@ class Durability:
         self._first_seq = next_seq
         self._segment_bases[self.journal.segment_index] = next_seq
         state.store.attach_journal(self.journal)
+        self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
         self._write_snapshot()
         self.journal.commit()
         self._last_sync = time.monotonic()
@@ -577,6 +591,8 @@ class Durability:
                               for sid, sub in sorted(topology.subscriptions.items())],
             "next_subscription": topology.next_subscription,
             "next_message_id": state.store.new_message_ids(0),
+            # the reservation, so compaction never drops it with the ids records
+            "ids_reserved": self._ids_reserved,
             "dedup_topics": [[topic.name, topic.window.live_entries(now_us)]
                              for topic in topology.topics if topic.window is not None],
             "dedup_queues": [[queue.name, queue.window.live_entries(now_us)]
@@ -638,6 +654,16 @@ class Durability:
             except (StoreFull, StoreFailed):
                 pass   # counted and logged; publishes are refused, settles go on
 
+    def _reserve_ids(self) -> None:
+        """Journal the next block of message ids once those given out reach the last one
+        reserved (``ID_BLOCK``); called before each commit, so it is in the commit."""
+        assert self.journal is not None and self._state is not None
+        next_id = self._state.store.new_message_ids(0)
+        if next_id > self._ids_reserved:
+            self._ids_reserved = next_id + ID_BLOCK
+            self.journal.append(_TOPOLOGY, _encode(
+                {"op": "ids", "reserved": self._ids_reserved}))
+
     def commit(self, sync: bool = True) -> None:
         """Flush what was journaled, fdatasync by the policy, roll and compact.
 
@@ -651,6 +677,7 @@ class Durability:
             return
         if journal.failure is not None:
             raise self._failed()
+        self._reserve_ids()
         self._flush()
         if sync and (self.fsync == "always" or (
                 self.fsync == "interval"
@@ -683,6 +710,7 @@ class Durability:
         assert journal is not None
         if journal.failure is not None:
             raise self._failed()
+        self._reserve_ids()
         sync = confirms and (self.fsync == "always" or (
             self.fsync == "interval"
             and time.monotonic() - self._last_sync >= self.fsync_interval))

@@ -556,3 +556,33 @@ def test_damage_in_older_segments_is_reported_and_skipped(tmp_path: Path) -> Non
         assert 0 < len(lost) <= (3 if damage == "flip" else 200), (damage, len(lost))
         last = max(sent)
         assert last in held, "a message in a later segment was dropped"
+
+
+KILLED_AFTER_PUBLISHING = """
+import os, signal, sys
+from fastfanout import Broker
+broker = Broker(data_dir=sys.argv[1])
+broker.create_topic("lonely")          # no subscriber: its messages reach no queue
+broker.create_queue("mem", durable=False)
+ids = [broker.publish("lonely", b"x").message_id for _ in range(int(sys.argv[2]))]
+ids += [broker.send("mem", b"y").message_id]
+print(max(ids), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)   # no close: nothing more is written
+"""
+
+
+@pytest.mark.parametrize("count", [3, 70_000])   # within the first block of ids, past it
+def test_ids_of_messages_no_durable_queue_kept_are_not_given_again_after_kill_9(
+        tmp_path: Path, count: int) -> None:
+    data = tmp_path / "data"
+    child = subprocess.run([sys.executable, "-c", KILLED_AFTER_PUBLISHING, str(data),
+                            str(count)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    last = int(child.stdout)
+    assert last > count
+    broker = Broker(data_dir=data)
+    try:
+        assert broker.publish("lonely", b"z").message_id > last
+        assert broker.send("mem", b"z").message_id > last
+    finally:
+        broker.close()
