@@ -655,8 +655,10 @@ class Durability:
                 pass   # counted and logged; publishes are refused, settles go on
 
     def _reserve_ids(self) -> None:
-        """Journal the next block of message ids once those given out reach the last one
-        reserved (``ID_BLOCK``); called before each commit, so it is in the commit."""
+        """Journal the next block of ids once those given out reach the reservation.
+
+        ``ID_BLOCK`` ids a block; called before each commit, so it is in the commit.
+        """
         assert self.journal is not None and self._state is not None
         next_id = self._state.store.new_message_ids(0)
         if next_id > self._ids_reserved:
