@@ -8,7 +8,9 @@
 #   axis = one body, its bytes. The rows may be strided (``array[::2]``); each row must be
 #   C-contiguous. (Another 1-D buffer is iterated as before: each item a body.)
 # - a 2-tuple ``(buffer, offsets)``: ``buffer`` any C-contiguous buffer, ``offsets`` a 1-D
-#   integer buffer (items of 4 or 8 bytes) of n + 1 non-decreasing byte offsets into it;
+#   integer buffer (items of 4 or 8 bytes) of n + 1 non-decreasing byte offsets into it
+#   (a tuple whose second item holds integers wider than a byte is read as this form,
+#   and refused if its offsets are not of that kind);
 #   body i is
 #   ``buffer[offsets[i]:offsets[i + 1]]`` (Arrow's layout).
 from cpython.buffer cimport (
@@ -86,8 +88,19 @@ cdef inline bint _structured(const char* fmt) noexcept:
     return i > 0 and fmt[i - 1] == b'x'
 
 
+cdef inline bint _wide_int_format(const char* fmt, Py_ssize_t itemsize) noexcept:
+    """A buffer format of one native integer wider than a byte (any size, any order)."""
+    if fmt == NULL or itemsize < 2:
+        return False
+    if fmt[0] in b"@=<>!":
+        fmt += 1
+    return fmt[0] != 0 and fmt[1] == 0 and fmt[0] in b"hHiIlLqQnN"
+
+
 cdef inline bint _is_offsets(object value) noexcept:
-    """``value`` is a 1-D buffer of 4- or 8-byte integers."""
+    """``value`` is meant as offsets: a buffer of integers wider than a byte (whether
+    it is a usable one, 1-D of 4- or 8-byte items, is ``ff_rows_open``'s check; bytes
+    and 1-byte items stay bodies)."""
     cdef Py_buffer view
     cdef bint found = False
     if type(value) is bytes or type(value) is bytearray or not PyObject_CheckBuffer(value):
@@ -96,7 +109,7 @@ cdef inline bint _is_offsets(object value) noexcept:
         PyObject_GetBuffer(value, &view, PyBUF_RECORDS_RO)
     except Exception:
         return False
-    found = view.ndim == 1 and ff_int_kind(view.format, view.itemsize) != 0
+    found = _wide_int_format(view.format, view.itemsize)
     PyBuffer_Release(&view)
     return found
 
@@ -139,6 +152,12 @@ cdef inline int ff_rows_open(object entries, ff_rows* rows) except -1:
         except BaseException:
             PyBuffer_Release(&rows.data)
             raise
+        if rows.offs.ndim != 1 or ff_int_kind(rows.offs.format, rows.offs.itemsize) == 0:
+            shape = f"{rows.offs.ndim}-D of {rows.offs.itemsize}-byte items"
+            PyBuffer_Release(&rows.offs)
+            PyBuffer_Release(&rows.data)
+            _rows_refuse(f"the offsets of a (buffer, offsets) batch must be a 1-D array of "
+                         f"4- or 8-byte integers; these are {shape}")
         rows.have_offs = True
         rows.base = <const char*>rows.data.buf
         rows.offsets = <const char*>rows.offs.buf

@@ -170,9 +170,14 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
                 raise InvalidArgument(
                     f"attributes must be a dict, got {type(attributes).__name__}")
             attributes = dict(attributes)   # a subclass (OrderedDict...): its items
+        for value in (<dict>attributes).values():   # the broker's types: refused here
+            kind = type(value)
+            if not (kind is str or kind is int or kind is float or kind is bytes
+                    or kind is list):
+                raise InvalidArgument(attribute_problem(attributes))
         try:
             attrs = _encode_msgpack(attributes)
-        except (OverflowError, UnicodeEncodeError):
+        except (OverflowError, UnicodeEncodeError, TypeError):
             raise InvalidArgument(attribute_problem(attributes)) from None
         view.attrs = PyBytes_AS_STRING(attrs)
         view.attrs_len = <uint32_t>PyBytes_GET_SIZE(attrs)

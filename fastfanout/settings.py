@@ -192,10 +192,18 @@ def backoff_us(backoff: object) -> list[int] | None:
 def attribute_problem(attributes: dict[object, object]) -> str:
     """Why attributes that passed the type checks still cannot be encoded.
 
-    An int outside 64 bits, or a str (a name, a value, a list item) that is not valid
-    Unicode text (a lone surrogate). The encoders call it only once encoding failed.
+    A name or value of a type no attribute has, an int outside 64 bits, or a str (a
+    name, a value, a list item) that is not valid Unicode text (a lone surrogate). The
+    encoders call it only once encoding failed.
     """
     for name, value in attributes.items():
+        if type(name) is not str:
+            return f"attribute name {name!r} must be a str"
+        kind = type(value)
+        if not (kind in (str, int, float, bytes)
+                or (kind is list and all(type(item) is str for item in value))):
+            return (f"attribute {name!r} has type {kind.__name__}; expected str, int, "
+                    f"float, bytes or list[str]")
         if not _encodable(name):
             return f"attribute name {name!r} is not valid Unicode text (a lone surrogate?)"
         if type(value) is int and not -(1 << 63) <= value < (1 << 64):

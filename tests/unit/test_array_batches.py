@@ -74,6 +74,8 @@ def test_entries_keep_their_zero_bytes_beside_the_array_path() -> None:
     ((b"abcdef", np.array([], dtype=np.int64)), "needs n \\+ 1 offsets"),
     ((np.zeros(8, np.uint8)[::2], np.array([0, 2])), "must be C-contiguous"),
     ((5, np.array([0, 1])), "needs a buffer first"),
+    ((b"abcdef", np.array([0, 3, 6], dtype=np.int16)), "1-D of 2-byte items"),
+    ((b"abcdef", np.array([[0, 3], [4, 6]])), "2-D of 8-byte items"),
 ])
 def test_a_bad_array_batch_is_refused_and_changes_nothing(entries: object, message: str
                                                           ) -> None:
@@ -222,3 +224,11 @@ def test_a_blob_takes_its_bytes_rounded_to_its_slab_class() -> None:
                for n in range(225, BLOB_SLAB_MAX - 32 + 1))
     assert all((blob_bytes(n) - 8) % 16 == 0 and blob_bytes(n) >= 32 + n
                for n in range(BLOB_SLAB_MAX - 31, 3000, 7))
+
+
+def test_a_pair_whose_second_item_holds_bytes_is_two_bodies() -> None:
+    with make_broker() as broker:
+        pair = (np.zeros(3, np.uint8), np.ones(2, np.uint8))
+        assert len(broker.publish_batch("t", pair)) == 2
+        assert [m.body for m in broker.receive("q", max_messages=10)] == [
+            b"\x00" * 3, b"\x01" * 2]
