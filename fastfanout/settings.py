@@ -200,8 +200,8 @@ def attribute_problem(attributes: dict[object, object]) -> str:
         if type(name) is not str:
             return f"attribute name {name!r} must be a str"
         kind = type(value)
-        if not (kind in (str, int, float, bytes)
-                or (kind is list and all(type(item) is str for item in value))):
+        if not (kind in (str, int, float, bytes) or (
+                isinstance(value, list) and all(type(item) is str for item in value))):
             return (f"attribute {name!r} has type {kind.__name__}; expected str, int, "
                     f"float, bytes or list[str]")
         if not _encodable(name):
