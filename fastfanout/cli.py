@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 
@@ -40,6 +40,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 IPC_PATH_MAX = 107
 """Longest ipc socket path, in bytes (``sockaddr_un.sun_path`` less its NUL on Linux)."""
+IDLE_CHECK: Final = 2.0
+"""Seconds ``fastfanout sub`` waits for a stream message before it asks its broker
+whether it is still there (a stream alone cannot tell a quiet broker from a dead one)."""
 ENDPOINT_HELP = ("Broker endpoint: ipc://PATH or tcp://HOST:PORT (default: "
                  "$FASTFANOUT_ENDPOINT, else the per-user ipc socket).")
 
@@ -461,11 +464,18 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
     try:
         with _connected(endpoint) as client, client.listen(topic_pattern) as listener:
             seen = 0
-            for message in listener:
-                show({"topic": message.topic, "sequence": message.sequence}, message)
-                seen += 1
-                if count and seen >= count:
-                    break
+            while not count or seen < count:
+                batch = listener.recv_batch(timeout=IDLE_CHECK)
+                if batch is None:
+                    # a stream says nothing when its broker is gone: ask the broker
+                    # (a BrokenConnection ends the command, one line)
+                    client.list_topics()
+                    continue
+                for message in batch:
+                    show({"topic": message.topic, "sequence": message.sequence}, message)
+                    seen += 1
+                    if count and seen >= count:
+                        break
             if listener.gaps:
                 click.echo(f"missed {listener.gaps} messages", err=True)
     except KeyboardInterrupt:

@@ -693,7 +693,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         ``fastfanout.api.PipelineAPI.listen``.
         """
         self.connection.core.check_open()
-        self._check_listen(high_water_mark)
+        self._check_listen(topic_pattern, high_water_mark)
         return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern,
                              self.connection.curve, timeout=self.timeout,
                              high_water_mark=high_water_mark)

@@ -675,7 +675,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         Returns once the broker applies the subscription (see
         ``fastfanout.api.PipelineAPI.listen``).
         """
-        self._check_listen(high_water_mark)
+        self._check_listen(topic_pattern, high_water_mark)
         with self.connection.lock:
             self.connection.ensure()
         return Listener(str(self.info["stream_endpoint"]), topic_pattern,

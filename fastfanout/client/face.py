@@ -24,6 +24,7 @@ from fastfanout.client.producers import ProducerCore, producer_limits
 from fastfanout.errors import InvalidArgument
 from fastfanout.records import Attributes, Body
 from fastfanout.runtime import default_endpoint
+from fastfanout.semantics.topic_pattern import validate_pattern
 from fastfanout.transport.local_channel import check_channel_options
 from fastfanout.transport.sockets import CurveKeys, client_curve
 from fastfanout.wire.protocol import Opcode
@@ -183,8 +184,13 @@ class ClientFace(Generic[F, BF]):
         return ProducerCore(topic, batch_messages, batch_bytes, max_in_flight, linger)
 
     @staticmethod
-    def _check_listen(high_water_mark: object) -> None:
-        """``InvalidArgument`` unless ``high_water_mark`` is an int of 1 or more."""
+    def _check_listen(topic_pattern: object, high_water_mark: object) -> None:
+        """``InvalidArgument`` unless both are right.
+
+        ``topic_pattern``: a topic name or a well-formed pattern (as ``subscribe`` takes);
+        ``high_water_mark``: an int of 1 or more.
+        """
+        validate_pattern(topic_pattern)   # type: ignore[arg-type]   # checks the type
         if type(high_water_mark) is not int or high_water_mark < 1:
             raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
                                   f"or more")

@@ -3,6 +3,7 @@ real ``fastfanout`` processes where a process's own exit and output matter (serv
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import fastfanout
+import fastfanout.aio
 from fastfanout.cli import cli
 from fastfanout.errors import InvalidArgument
 from fastfanout.server.config import ServerConfig, load_config, server_options
@@ -550,6 +552,41 @@ def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
     printed = json.loads(out)
     assert printed["body"] == "héllo" and printed["attributes"] == {"n": 1}
     assert printed["topic"] == "t" and printed["sequence"] == 1
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_sub_ends_in_one_line_when_its_broker_dies(track: Tracker, transport: str) -> None:
+    endpoint = track.endpoint(transport)
+    broker = track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listener = track.process(["-m", "fastfanout", "sub", "t", "--endpoint", endpoint])
+    track.wait_until(lambda: client.server_stats()["stream_subscriptions"] >= 1,
+                     what="the listener's subscription")
+    broker.kill()
+    _, err = listener.communicate(timeout=20)
+    assert listener.returncode == 1, err
+    assert_one_line_error(err.decode(), listener.returncode, "sub of a dead broker")
+
+
+def test_sub_and_listen_refuse_a_malformed_pattern(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    for pattern in ("a.>.b", "a..b", "or*", ""):
+        done = run(["sub", pattern, "--endpoint", endpoint], timeout=10)
+        assert_one_line_error(done.stderr, done.returncode, f"sub {pattern!r}")
+        assert "invalid_argument" in done.stderr
+    client = track.client(endpoint)
+    for pattern in ("a.>.b", "or*", 5):
+        with pytest.raises(InvalidArgument):
+            client.listen(pattern)
+
+    async def refused() -> None:
+        async with fastfanout.aio.connect(endpoint, timeout=5.0) as aclient:
+            with pytest.raises(InvalidArgument):
+                aclient.listen(">>")
+
+    asyncio.run(refused())
 
 
 def test_a_stale_socket_file_fails_at_once(tmp_path: Path) -> None:
