@@ -521,7 +521,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
                  batch_messages: int = 1000, batch_bytes: int = 1 << 20,
                  local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES
                  ) -> None:
-        curve = self._options(endpoint, timeout, batch_messages, batch_bytes, curve,
+        curve = self._options(endpoint, timeout, 0.0, batch_messages, batch_bytes, curve,
                               curve_server_key, curve_keys, local_channel, ring_bytes)
         self.connection = AsyncConnection(
             self.endpoint, curve, timeout=timeout, batch_messages=batch_messages,
@@ -619,7 +619,11 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
 
         ``await client.flush()`` also waits until every publish frame sent so far has
         its answer, or the connection is lost; it does not raise a publish's refusal.
+
+        Raises:
+            Closed: the client was closed.
         """
+        self.connection.core.check_open()
         self.connection.flush_batches()
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiting = set(self.connection.core.publishes)

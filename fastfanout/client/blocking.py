@@ -128,7 +128,7 @@ class Connection(DriverBase):
             self.send_out()
             self.core.hello(self.wait(request, self.timeout, handshake=True))
             self._attach_local()
-        except BrokenConnection:
+        except BaseException:   # any failure: no socket left open behind the error
             self.drop_transport()
             raise
 
@@ -536,7 +536,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
                  curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None = None,
                  local_channel: bool | None = None, ring_bytes: int = DEFAULT_RING_BYTES,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
-        curve = self._options(endpoint, timeout, batch_messages, batch_bytes, curve,
+        curve = self._options(endpoint, timeout, linger, batch_messages, batch_bytes, curve,
                               curve_server_key, curve_keys, local_channel, ring_bytes)
         if type(max_in_flight) is not int or max_in_flight < 0:
             raise InvalidArgument(f"max_in_flight={max_in_flight!r} must be an int of 0 "
@@ -614,7 +614,12 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         return producer
 
     def flush(self) -> None:
-        """Send every pending publish batch now (does not wait for the answers)."""
+        """Send every pending publish batch now (does not wait for the answers).
+
+        Raises:
+            Closed: the client was closed.
+        """
+        self.connection.core.check_open()
         self.connection.flush()
 
     def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,

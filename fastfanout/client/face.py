@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -25,6 +26,7 @@ from fastfanout.errors import InvalidArgument
 from fastfanout.records import Attributes, Body
 from fastfanout.runtime import default_endpoint
 from fastfanout.semantics.topic_pattern import validate_pattern
+from fastfanout.settings import MAX_DELAY, seconds_to_us
 from fastfanout.transport.local_channel import check_channel_options
 from fastfanout.transport.sockets import CurveKeys, client_curve
 from fastfanout.wire.protocol import Opcode
@@ -92,12 +94,25 @@ class ClientFace(Generic[F, BF]):
 
     connection: FaceDriver[F, BF]
 
-    def _options(self, endpoint: str | None, timeout: float, batch_messages: int,
-                 batch_bytes: int, curve: CurveKeys | None,
+    def _options(self, endpoint: str | None, timeout: float, linger: float,
+                 batch_messages: int, batch_bytes: int, curve: CurveKeys | None,
                  curve_server_key: bytes | str | os.PathLike[str] | None,
                  curve_keys: tuple[bytes, bytes] | str | os.PathLike[str] | None,
                  local_channel: bool | None, ring_bytes: int) -> CurveKeys | None:
-        """Check and keep the client options; returns the CURVE keys to use."""
+        """Check and keep the client options; returns the CURVE keys to use.
+
+        Raises:
+            InvalidArgument: an option of the wrong type or out of its range (nothing is
+                opened).
+        """
+        if endpoint is not None and type(endpoint) is not str:
+            raise InvalidArgument(f"endpoint={endpoint!r} must be a str (ipc://PATH or "
+                                  f"tcp://HOST:PORT) or None (the default endpoint)")
+        if (type(timeout) not in (int, float) or not math.isfinite(timeout)
+                or timeout <= 0):
+            raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0")
+        seconds_to_us("linger", linger, maximum=MAX_DELAY)   # finite, 0 to MAX_DELAY
+        producer_limits("", batch_messages, batch_bytes, 1, linger, (0, 0, 0.0))
         check_channel_options(local_channel, ring_bytes)
         if curve_server_key is not None:
             curve = client_curve(curve_server_key, curve_keys)

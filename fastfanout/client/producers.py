@@ -328,9 +328,11 @@ class RemoteProducer(ProducerFace):
         the last frame answered by this call, or None if there was nothing to send.
 
         Raises:
+            Closed: the producer (or its client) was closed.
             FastFanoutError: the first refusal met; the refused frames are kept.
         """
         core, connection = self.core, self._connection
+        core.check_open()
         last: RemotePublishBatch | None = None
         error: FastFanoutError | None = None
         self._flushing = True
@@ -540,9 +542,11 @@ class AsyncProducer(ProducerFace):
         Returns the results of the last frame answered since the previous flush, or None.
 
         Raises:
+            Closed: the producer (or its client) was closed.
             FastFanoutError: the first refusal met; refused frames are kept.
         """
         core, connection = self.core, self._connection
+        core.check_open()
         if len(core.builder):
             self._full()
         while core.in_flight or (core.queued and not core.kept):

@@ -263,3 +263,45 @@ def test_attributes_no_encoding_can_carry_are_refused_before_sending(
     [message] = client.receive("q", max_messages=10)
     assert (message.body, message.attributes) == (b"kept", {"top": 2**64 - 1,
                                                             "bottom": -(2**63)})
+
+
+@pytest.mark.parametrize("options", [
+    {"timeout": "1"}, {"timeout": -1}, {"timeout": 0}, {"timeout": float("nan")},
+    {"linger": -1}, {"linger": float("nan")}, {"batch_messages": 0}, {"batch_bytes": 0}])
+def test_client_options_out_of_range_are_refused_before_connecting(
+        track: Tracker, options: dict[str, object]) -> None:
+    server = track.server()
+    with pytest.raises(fastfanout.InvalidArgument):
+        fastfanout.connect(server.endpoint, **options)   # type: ignore[arg-type]
+    with pytest.raises(fastfanout.InvalidArgument, match="endpoint"):
+        fastfanout.connect(123)   # type: ignore[arg-type]
+    if "linger" not in options:
+        async def refused() -> None:
+            with pytest.raises(fastfanout.InvalidArgument):
+                await aio.connect(server.endpoint, **options)   # type: ignore[arg-type]
+
+        asyncio.run(refused())
+    assert server.broker.stats().topics == {}   # nothing was asked of the broker
+
+
+def test_flush_after_close_raises_closed(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    producer = client.producer("t")
+    client.close()
+    with pytest.raises(fastfanout.Closed):
+        client.flush()
+    with pytest.raises(fastfanout.Closed):
+        producer.flush()
+
+    async def closed() -> None:
+        aclient = await aio.connect(server.endpoint, timeout=5.0)
+        aproducer = await aclient.producer("t")
+        await aclient.close()
+        with pytest.raises(fastfanout.Closed):
+            aclient.flush()
+        with pytest.raises(fastfanout.Closed):
+            await aproducer.flush()
+
+    asyncio.run(closed())

@@ -101,7 +101,7 @@ SERVER_PLUMBING = {"receive_push", "publish_frame", "send_frame", "receive_frame
                    "ack_frames", "ack_packed", "release_packed", "open_owner",
                    "close_owner", "outstanding",
                    "start_commit_writer", "commit_begin", "commit_end",   # pipelined commits
-                   "has_room"}   # a held publish's room check
+                   "has_room", "withdraw_refusal"}   # a held publish: its room, its count
 
 
 def test_the_broker_offers_the_api_and_its_own_calls_only() -> None:
