@@ -120,7 +120,7 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
         console.print(
             f"[red]a broker already serves {endpoint}[/red]: stop it (the demo runs its own "
             f"broker), or give the demo another endpoint, e.g. "
-            f"--endpoint ipc:///tmp/fastfanout-demo.sock")
+            f"--endpoint ipc:///tmp/fastfanout-demo.sock", soft_wrap=True)   # one line
         return 1
     data_dir = tempfile.mkdtemp(prefix="fastfanout-demo-")
     broker = subprocess.Popen(

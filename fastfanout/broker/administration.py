@@ -490,7 +490,8 @@ class Administration:
                     if (sub.filter_policy, sub.filter_scope) != (normalized, filter_scope):
                         raise AlreadyExists(
                             f"queue {queue!r} is subscribed to {topic!r} already (subscription "
-                            f"{sid}) with another filter policy; use set_filter_policy")
+                            f"{sid}) with another filter policy; change it with set_filter_policy "
+                            f"(fastfanout set-filter-policy {sid} POLICY)")
                     return sid
             sid = self._next_subscription
             self._next_subscription += 1

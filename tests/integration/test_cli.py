@@ -569,6 +569,29 @@ def test_sub_ends_in_one_line_when_its_broker_dies(track: Tracker, transport: st
     assert_one_line_error(err.decode(), listener.returncode, "sub of a dead broker")
 
 
+def test_set_filter_policy_replaces_and_removes_a_policy(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    sid = client.subscribe("t", "q")
+    ep = ["--endpoint", endpoint]
+    done = run(["set-filter-policy", str(sid), '{"kind": ["new"]}', *ep])
+    assert done.returncode == 0, done.stderr
+    assert client.subscription(sid).filter_policy is not None
+    assert client.publish("t", b"x", attributes={"kind": "old"}).deliveries == 0
+    done = run(["set-filter-policy", str(sid), '{"kind": "new"}', *ep])
+    assert_one_line_error(done.stderr, done.returncode, "a malformed policy")
+    done = run(["set-filter-policy", "99", "", *ep])
+    assert_one_line_error(done.stderr, done.returncode, "no such subscription")
+    assert "not_found" in done.stderr
+    done = run(["set-filter-policy", str(sid), "", *ep])
+    assert done.returncode == 0, done.stderr
+    assert client.subscription(sid).filter_policy is None
+    assert client.publish("t", b"x", attributes={"kind": "old"}).deliveries == 1
+
+
 def test_sub_and_listen_refuse_a_malformed_pattern(track: Tracker) -> None:
     endpoint = track.endpoint()
     track.broker_process(endpoint)
