@@ -36,6 +36,7 @@ __all__ = [
     "TransportError",
     "UnknownOpcode",
     "Unroutable",
+    "UnsafeDirectory",
     "UnsafeLockFile",
     "UnsupportedVersion",
     "UsedAfterFork",
@@ -220,6 +221,17 @@ class UnsafeLockFile(FastFanoutError):
     """
 
     code = "unsafe_lock_file"
+
+
+class UnsafeDirectory(FastFanoutError):
+    """A directory fastfanout keeps its files in is not private to this user.
+
+    The per-user runtime or state directory (or the data directory made in it) exists
+    but is not a directory owned by this user, or its mode is not 0700: others could
+    read or change what is kept there, so it is refused rather than used.
+    """
+
+    code = "unsafe_directory"
 
 
 class TransportError(FastFanoutError, OSError):

@@ -38,7 +38,12 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from fastfanout.errors import BrokerRunning, FastFanoutError, InvalidArgument, UnsafeLockFile
+from fastfanout.errors import (
+    BrokerRunning,
+    InvalidArgument,
+    UnsafeDirectory,
+    UnsafeLockFile,
+)
 
 __all__ = [
     "EndpointLock",
@@ -66,7 +71,7 @@ def runtime_dir() -> Path:
     ``<temp dir>/fastfanout-<uid>``.
 
     Raises:
-        FastFanoutError: the directory exists but is not this user's or not mode 0700.
+        UnsafeDirectory: the directory exists but is not this user's or not mode 0700.
     """
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
@@ -84,9 +89,9 @@ def _private_dir(path: Path, what: str) -> Path:
         pass
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise FastFanoutError(f"{what} {path} is not a directory owned by you")
+        raise UnsafeDirectory(f"{what} {path} is not a directory owned by you")
     if stat.S_IMODE(info.st_mode) != 0o700:
-        raise FastFanoutError(
+        raise UnsafeDirectory(
             f"{what} {path} has mode {stat.S_IMODE(info.st_mode):o}; expected 700 "
             f"(chmod 700 {path})")
     return path
@@ -100,7 +105,7 @@ def state_dir() -> Path:
     missing parents are created with mode 0700, as the spec asks.
 
     Raises:
-        FastFanoutError: the directory exists but is not this user's or not mode 0700.
+        UnsafeDirectory: the directory exists but is not this user's or not mode 0700.
     """
     root = _state_home()
     missing = []
@@ -174,7 +179,7 @@ def default_data_dir(endpoint: str) -> Path:
     ``state_dir() / data_dir_name(endpoint)``, created with mode 0700 if missing.
 
     Raises:
-        FastFanoutError: the state directory or the data directory exists but is not
+        UnsafeDirectory: the state directory or the data directory exists but is not
             this user's, or its mode is not 0700.
     """
     return _private_dir(state_dir() / data_dir_name(endpoint), "data directory")

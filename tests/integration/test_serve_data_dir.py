@@ -12,7 +12,7 @@ import pytest
 from conftest import Tracker, wait_for_broker
 from test_cli import assert_one_line_error, config_file, run
 
-from fastfanout.errors import FastFanoutError, InvalidArgument
+from fastfanout.errors import InvalidArgument, UnsafeDirectory
 from fastfanout.runtime import data_dir_name, default_data_dir, state_dir
 from fastfanout.server.config import load_config
 
@@ -31,8 +31,14 @@ def test_state_dir_follows_xdg_state_home(private_state_dir: Path,
 def test_a_state_dir_others_may_read_is_refused(private_state_dir: Path) -> None:
     (private_state_dir / "fastfanout").mkdir(mode=0o755)
     (private_state_dir / "fastfanout").chmod(0o755)
-    with pytest.raises(FastFanoutError, match="mode 755; expected 700"):
+    with pytest.raises(UnsafeDirectory, match="mode 755; expected 700"):
         state_dir()
+    done = subprocess.run([sys.executable, "-m", "fastfanout", "serve", "--endpoint",
+                           f"ipc://{private_state_dir}/b.sock"], capture_output=True,
+                          text=True, timeout=20,
+                          env={**os.environ, "XDG_STATE_HOME": str(private_state_dir)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error [unsafe_directory]:"), done.stderr
 
 
 def test_each_endpoint_has_its_own_data_dir(private_state_dir: Path, tmp_path: Path,
