@@ -453,6 +453,8 @@ class Bridge:
         self._nats: Any = None
         self._publisher: _Publisher | None = None
         self._nats_lock: asyncio.Lock | None = None
+        # the last connect that failed: (monotonic time, its error), shared by the rules
+        self._connect_failed: tuple[float, Exception] | None = None
         # import rule -> (JetStream context, stream, durable consumer), for the lag
         self._consumers: dict[str, tuple[Any, str, str]] = {}
         self._hosted: SteppedLoop | None = None   # host(): the loop the server steps
@@ -577,10 +579,16 @@ class Bridge:
         import nats
 
         assert self._nats_lock is not None
+        asked = time.monotonic()
         async with self._nats_lock:
             if self._nats is not None and not self._nats.is_closed:
                 assert self._publisher is not None
                 return self._nats, self._publisher
+            failed = self._connect_failed
+            if failed is not None and failed[0] >= asked:
+                # another rule's connect failed while this one waited for it: the same
+                # answer now, rather than a second wait in turn (each rule backs off)
+                raise failed[1]
             rules = self.rules
             options: dict[str, Any] = {}
             if rules.user is not None:
@@ -609,9 +617,15 @@ class Bridge:
                     reconnected_cb=reconnected, name=f"fastfanout-bridge {self.identity}",
                     **options), rules.connect_timeout * (len(rules.servers) + 1))
             except TimeoutError:
-                raise BridgeUnavailable(
+                error = BridgeUnavailable(
                     f"no NATS server of {', '.join(rules.servers)} answered within "
-                    f"{rules.connect_timeout * (len(rules.servers) + 1):g} s") from None
+                    f"{rules.connect_timeout * (len(rules.servers) + 1):g} s")
+                self._connect_failed = (time.monotonic(), error)
+                raise error from None
+            except Exception as error:
+                self._connect_failed = (time.monotonic(), error)
+                raise
+            self._connect_failed = None
             publisher = _Publisher(connection)
             await publisher.start()
             self._nats, self._publisher = connection, publisher

@@ -184,7 +184,8 @@ class BridgeRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
         password: NATS password, or None.
         token: NATS token, or None.
         credentials: path of a NATS ``.creds`` file, or None.
-        connect_timeout: seconds one connection attempt may take.
+        connect_timeout: seconds one attempt to reach a server may take (a connect
+            gives up after ``connect_timeout * (len(servers) + 1)``).
         max_backoff: longest wait between attempts while NATS is away (seconds).
         stats_interval: seconds between lag and rate samples.
         export: the export rules (``[[export]]`` tables).
