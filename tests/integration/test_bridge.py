@@ -475,4 +475,3 @@ def test_a_pattern_export_publishes_each_topic_on_its_subject(
     assert by_subject(stored(nats_node.url, "ORDERS", 600)) == {
         "ORDERS.orders.eu": expected("orders.eu", 300),
         "ORDERS.orders.us.east": expected("orders.us.east", 300)}
-
