@@ -14,6 +14,7 @@ to them for its hot paths. One broker, one lock; every rule of
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +49,8 @@ from fastfanout.settings import (
 from fastfanout.storage.durability import Durability, QueueState, TopicState, Topology
 
 __all__ = ["Administration", "StorageView"]
+
+log = logging.getLogger(__name__)
 
 
 def _look_up(kind: str, ids: dict[str, int], name: object, argument: str) -> int:
@@ -627,6 +630,10 @@ class StorageView:
                     sub.topic not in broker.topics and not is_pattern(sub.topic)):
                 continue
             broker._next_subscription = sid
-            broker.subscribe(sub.topic, sub.queue, filter_policy=sub.filter_policy,
-                             filter_scope=sub.filter_scope)
+            try:
+                broker.subscribe(sub.topic, sub.queue, filter_policy=sub.filter_policy,
+                                 filter_scope=sub.filter_scope)
+            except InvalidArgument as error:   # accepted by an older version, refused now
+                log.warning("subscription %d (%s -> %s) is not restored: %s", sid,
+                            sub.topic, sub.queue, error)
         broker._next_subscription = max(broker._next_subscription, topology.next_subscription)

@@ -17,10 +17,15 @@ pass over the tokens, so it costs O(tokens) with no backtracking.
 
 from __future__ import annotations
 
+import re
+
 from fastfanout.errors import InvalidArgument
 
 __all__ = ["is_pattern", "pattern_matches", "validate_pattern"]
 
+MAX_PATTERN = 256
+"""Longest pattern: a topic name's most characters (a longer one could match none)."""
+_TOKEN = re.compile(r"[A-Za-z0-9_:\-]+")
 SEPARATOR = "."
 ONE_TOKEN = "*"
 TAIL = ">"
@@ -41,6 +46,10 @@ def validate_pattern(pattern: str) -> None:
         raise InvalidArgument(f"topic pattern must be a str, got {type(pattern).__name__}")
     if not pattern:
         raise InvalidArgument("topic pattern must not be empty")
+    if len(pattern) > MAX_PATTERN:
+        raise InvalidArgument(
+            f"topic pattern {pattern[:40]!r}... is {len(pattern)} characters: no topic name "
+            f"(at most {MAX_PATTERN}) could match it")
     tokens = pattern.split(SEPARATOR)
     for index, token in enumerate(tokens):
         if not token:
@@ -56,6 +65,11 @@ def validate_pattern(pattern: str) -> None:
             raise InvalidArgument(
                 f"topic pattern {pattern!r}: token {token!r} mixes a wildcard with other "
                 "characters; '*' and '>' must be whole tokens"
+            )
+        elif token != ONE_TOKEN and not _TOKEN.fullmatch(token):
+            raise InvalidArgument(
+                f"topic pattern {pattern!r}: token {token!r} has a character no topic name "
+                "has (names use A-Z a-z 0-9 _ : -, tokens split on '.')"
             )
 
 

@@ -52,6 +52,8 @@ def test_pattern_matches(pattern: str, name: str, expected: bool) -> None:
         ("ord*", "mixes a wildcard"),
         ("orders.eu>", "mixes a wildcard"),
         ("orders.**", "mixes a wildcard"),
+        ("orders.e u.*", "has a character no topic name has"),
+        ("a.*." + "b" * 300, "no topic name \\(at most 256\\) could match it"),
     ],
 )
 def test_invalid_patterns(pattern: str, fragment: str) -> None:
