@@ -354,10 +354,15 @@ class AsyncConnection(DriverBase):
         return 0.0
 
     def flush_batches(self) -> None:
-        """Send the batches being filled."""
+        """Send the batches being filled (also a loop callback: it never raises).
+
+        A connection lost meanwhile fails the batches' futures, which is where the
+        error goes.
+        """
         if self.core.batches:
             self.core.flush_batches()
-            self.send_out()
+            with contextlib.suppress(FastFanoutError):
+                self.send_out()
 
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue the ack of a receipts frame with this loop iteration's other acks.
@@ -377,13 +382,19 @@ class AsyncConnection(DriverBase):
         asyncio.get_running_loop().call_soon(self.send_acks)
 
     def send_acks(self) -> None:
-        """Send the queued acks."""
-        if self.core.loose_acks:
-            self.core.settle_loose()
-            self.send_out()
-        if self.acks.count:
-            self.core.settle_each(self.acks.take())
-            self.send_out()
+        """Send the queued acks (also a loop callback: it never raises).
+
+        Acks are not answered unless one fails; a broken connection's leases were
+        released by the broker.
+        """
+        core = self.core
+        with contextlib.suppress(FastFanoutError):   # a broken connection: leases released
+            if core.loose_acks:
+                core.settle_loose()
+                self.send_out()
+            if self.acks.count:
+                core.settle_each(self.acks.take())
+                self.send_out()
 
     # -- what arrives --------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from pathlib import Path
+from typing import Any
 from typing import Any as Tracker
 
 import pytest
@@ -13,6 +14,7 @@ import zmq.auth
 import fastfanout
 from fastfanout import aio
 from fastfanout.client import Client
+from fastfanout.transport.local import AsyncLocalTransport
 from fastfanout.transport.sockets import load_curve_keys
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -337,3 +339,28 @@ def test_requests_do_not_overtake_earlier_publishes(track: Tracker, endpoint: st
             assert bodies == [b"1", b"2", b"3", b"4", b"5", b"6"]
 
     asyncio.run(main())
+
+
+def test_a_lost_broker_fails_pipelined_sends_without_callback_errors(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        async with aio.connect(server.endpoint, timeout=1.0) as client:
+            assert isinstance(client.connection.transport, AsyncLocalTransport)
+            await client.create_queue("q")
+            server.stop()
+            with pytest.raises(fastfanout.BrokenConnection):
+                await client.list_queues()
+            pipelined = [client.send_nowait("q", b"x"), client.publish_nowait("t", b"y")]
+            for future in pipelined:
+                with pytest.raises(fastfanout.BrokenConnection):
+                    await future
+            with pytest.raises(fastfanout.BrokenConnection):
+                await client.send("q", b"z")
+        assert errors == []
+
+    asyncio.run(main())
+
