@@ -194,9 +194,15 @@ class AsyncConnection(DriverBase):
     Producers and the ``AsyncClient`` work through it; its methods are a documented
     internal interface (and a test hook), not the broker API.
 
+    Like the blocking ``Connection``, a lost connection (the local channel's broker gone,
+    the reader failing) fails every waiter once and drops its transport (``lost``); the
+    next request connects anew (``_reconnect``): HELLO, then ATTACH of a new local
+    channel where one is wanted, the requests made meanwhile held back until then.
+
     Attributes:
         core: the connection's protocol state.
-        transport: the DEALER socket or local channel.
+        transport: the DEALER socket or local channel (closed while ``lost``).
+        lost: the connection broke; the next request reconnects.
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
@@ -209,6 +215,11 @@ class AsyncConnection(DriverBase):
         self.transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
+        self.lost = False
+        # while a reconnect's handshake runs: the requests made meanwhile, sent after it
+        # (ATTACH must be alone on the socket until its reply)
+        self._held: list[list[bytes]] | None = None
+        self._handshake: asyncio.Task[None] | None = None
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
@@ -250,7 +261,9 @@ class AsyncConnection(DriverBase):
         if channel is None:
             return
         try:
-            await self.wait(self.submit(self.attach_request, channel))
+            request = self.attach_request(channel)
+            self._send(self.core.outbox)   # alone, past any requests held meanwhile
+            await self.wait(request)
             channel.attached()
         except (FastFanoutError, OSError, ValueError) as exc:
             self.attach_refused(channel, exc)
@@ -266,8 +279,30 @@ class AsyncConnection(DriverBase):
     # -- requests ------------------------------------------------------------------------
 
     def send_out(self) -> None:
-        """Send what the core queued (into the ring, or to libzmq: no task per request)."""
+        """Send what the core queued (into the ring, or to libzmq: no task per request).
+
+        While the connection is lost, this connects anew first; while a reconnect's
+        handshake runs, the requests are held and sent after it.
+
+        Raises:
+            BrokenConnection: the connection is lost (its waiters have the error too).
+        """
         outbox = self.core.outbox
+        if not outbox:
+            return
+        if self._held is not None:
+            self._held.extend(outbox)
+            outbox.clear()
+        elif self.lost:
+            if self.core.closed or self.core.forked:
+                outbox.clear()
+            else:
+                self._reconnect()
+        else:
+            self._send(outbox)
+
+    def _send(self, outbox: list[list[bytes]]) -> None:
+        """Send ``outbox`` on the transport now, and clear it."""
         try:
             for frames in outbox:
                 self.transport.send_nowait(frames)
@@ -277,6 +312,53 @@ class AsyncConnection(DriverBase):
             raise error from None
         finally:
             outbox.clear()
+
+    def _reconnect(self) -> None:
+        """Connect anew after the connection was lost: a new socket and session.
+
+        HELLO leaves at once; the requests queued (the outbox) wait for the handshake
+        (``_rehandshake``), as do those made meanwhile: they leave after the HELLO reply
+        and, where a local channel is wanted, the ATTACH of a new one.
+        """
+        core = self.core
+        held = list(core.outbox)   # failed with every other waiter if this fails
+        core.outbox.clear()
+        try:
+            dealer = AsyncDealerTransport(self.endpoint, self.curve)
+        except TransportError as exc:
+            raise self.broken(BrokenConnection(str(exc))) from None
+        self.transport = dealer
+        self.lost = False
+        hello = core.start(time.monotonic())
+        self._send(core.outbox)
+        self._held = held
+        reader = asyncio.create_task(self._reader())
+        if self.tasks:
+            self.tasks[0] = reader
+        else:
+            self.tasks.append(reader)
+        self._handshake = asyncio.create_task(self._rehandshake(hello))
+
+    async def _rehandshake(self, hello: Request) -> None:
+        """A reconnect's HELLO reply and ATTACH; then the held requests leave."""
+        try:
+            self.core.hello(await self.wait(hello))
+            await self._attach_local()
+        except Exception as exc:   # a task's error must reach the waiters, not the loop
+            # no broker, or a local channel insisted on and refused: the held requests
+            # fail with every other waiter, and the next request tries again
+            self._held = None
+            self.broken(exc if isinstance(exc, BrokenConnection)
+                        else BrokenConnection(f"reconnecting to {self.endpoint}: {exc}"))
+            return
+        finally:
+            if self._handshake is asyncio.current_task():
+                self._handshake = None
+        held, self._held = self._held, None
+        if held and not self.lost:
+            self.core.outbox[:0] = held
+            with contextlib.suppress(FastFanoutError):   # broken: the waiters know
+                self.send_out()
 
     def submit(self, make: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
@@ -384,10 +466,15 @@ class AsyncConnection(DriverBase):
     def send_acks(self) -> None:
         """Send the queued acks (also a loop callback: it never raises).
 
-        Acks are not answered unless one fails; a broken connection's leases were
-        released by the broker.
+        Acks are not answered unless one fails; while the connection is lost they are
+        dropped (the broker released those leases with the session) rather than
+        reconnect for them.
         """
         core = self.core
+        if self.lost:
+            core.loose_acks.clear()
+            self.acks.clear()
+            return
         with contextlib.suppress(FastFanoutError):   # a broken connection: leases released
             if core.loose_acks:
                 core.settle_loose()
@@ -399,9 +486,15 @@ class AsyncConnection(DriverBase):
     # -- what arrives --------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        """Feed the core what arrives, while this is the connection's reader.
+
+        It stops once the connection is lost, or a reconnect started another reader
+        (say, from a callback it ran).
+        """
         core = self.core
+        me = asyncio.current_task()
         try:
-            while True:
+            while not self.lost and self.tasks[0] is me:
                 frames = await self.transport.recv()
                 if core.forked:
                     return   # a forked child's copy: the replies are the parent's
@@ -415,7 +508,8 @@ class AsyncConnection(DriverBase):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.broken(BrokenConnection(f"connection to {self.endpoint} failed: {exc}"))
+            if not self.lost and self.tasks[0] is me:
+                self.broken(BrokenConnection(f"connection to {self.endpoint} failed: {exc}"))
 
     def _said_goodbye(self, error: FastFanoutError) -> None:
         """GOODBYE failed every waiter; if the broker ended this session, start a new one.
@@ -424,10 +518,14 @@ class AsyncConnection(DriverBase):
         session whose client read nothing for too long, or was silent past its
         heartbeat timeout), so a fresh connection is made: a new session, announced
         with HELLO. Without a payload the broker is stopping; the socket reconnects by
-        itself when it is back.
+        itself when it is back. A local channel never outlives its session (nor its
+        broker): it is dropped, and the next request reconnects with a new one.
         """
         self._wake_all()
         self.core.ended = None
+        if isinstance(self.transport, AsyncLocalTransport):
+            self._drop_transport()
+            return
         if isinstance(error, SessionExpired) and isinstance(self.transport,
                                                             AsyncDealerTransport):
             ended, self.transport = self.transport, AsyncDealerTransport(
@@ -437,11 +535,28 @@ class AsyncConnection(DriverBase):
             self.send_out()
 
     def broken(self, error: FastFanoutError) -> FastFanoutError:
-        """The connection failed: every waiter gets ``error``."""
+        """The connection failed: every waiter gets ``error``; the next request reconnects.
+
+        The transport is closed and dropped (as the blocking ``Connection.broken`` does):
+        a local channel whose broker is gone never works again, and the reader stops.
+        """
         self.core.broken(error)
         self.acks.clear()
         self._wake_all()
+        self._drop_transport()
         return error
+
+    def _drop_transport(self) -> None:
+        """Close the transport and stop its reader (and a handshake); mark ``lost``."""
+        if self.lost:
+            return
+        self.lost = True
+        self._held = None
+        current = asyncio.current_task()
+        for task in (self.tasks[0] if self.tasks else None, self._handshake):
+            if task is not None and task is not current:
+                task.cancel()
+        self.transport.close()
 
     def _wake_all(self) -> None:
         for waker in self.wakers.values():
@@ -450,10 +565,14 @@ class AsyncConnection(DriverBase):
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.core.heartbeat_interval)
+            if self.lost or self._held is not None:
+                continue   # no connection to keep alive (a heartbeat never reconnects)
             try:
                 self.submit(self.core.heartbeat, time.monotonic())
             except FastFanoutError:
-                return   # the connection is broken: every waiter has been told
+                if self.core.closed or self.core.forked:
+                    return
+                # broken: every waiter has been told; the next request reconnects
 
     async def pushes(self, queue: str, prefetch: int, visibility_timeout: float | None,
                      timeout: float | None) -> AsyncIterator[list[bytes]]:
@@ -490,6 +609,9 @@ class AsyncConnection(DriverBase):
             timeout: seconds to wait for the broker's answers at most.
         """
         core = self.core
+        if self.lost:   # nobody to say goodbye to: no reconnect for it
+            await self._stop_io()
+            return
         with contextlib.suppress(FastFanoutError, TimeoutError):
             self.send_acks()   # the messages' queued acks, before BYE too
             publishes = self.submit(core.closing)   # acks before BYE, which releases leases
@@ -503,9 +625,10 @@ class AsyncConnection(DriverBase):
     async def _stop_io(self) -> None:
         """Stop the reader and heartbeat tasks and close the transport (no word sent)."""
         self.core.closed = True
-        for task in self.tasks:
+        tasks = [*self.tasks, *([self._handshake] if self._handshake is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self.tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.transport.close()

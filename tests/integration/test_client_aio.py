@@ -341,6 +341,32 @@ def test_requests_do_not_overtake_earlier_publishes(track: Tracker, endpoint: st
     asyncio.run(main())
 
 
+def test_asyncio_client_reconnects_with_a_new_channel_after_its_broker_restarts(
+        track: Tracker) -> None:
+    endpoint = track.endpoint()
+    server = track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=2.0) as client:
+            first = client.connection.transport
+            assert isinstance(first, AsyncLocalTransport)
+            await client.create_queue("q")
+            server.stop()
+            track.server(endpoint)
+            with pytest.raises(fastfanout.BrokenConnection):   # one, then it reconnects
+                await client.list_queues()
+            assert await client.list_queues() == []   # a new broker: a new session
+            transport = client.connection.transport
+            assert isinstance(transport, AsyncLocalTransport) and transport is not first
+            assert first.closed
+            await client.create_queue("q")
+            assert (await client.send("q", b"again")).deliveries == 1
+            assert [m.body for m in await client.receive("q")] == [b"again"]
+            assert (await client.server_stats())["local_sessions"] == 1
+
+    asyncio.run(main())
+
+
 def test_a_lost_broker_fails_pipelined_sends_without_callback_errors(track: Tracker) -> None:
     server = track.server()
 
