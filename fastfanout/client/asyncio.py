@@ -483,6 +483,27 @@ class AsyncConnection(DriverBase):
                 core.settle_each(self.acks.take())
                 self.send_out()
 
+    def release_unread(self, request: Request, queue: str) -> None:
+        """A RECEIVE whose caller stopped waiting (cancelled, timed out): free its leases.
+
+        The protocol cannot withdraw a long poll, so its answer may still come, leasing
+        messages nobody reads: each is NACKed with no delay when it comes (now, if it
+        came), visible again at once rather than after its visibility timeout. That
+        delivery stays counted in its ``receive_count`` (docs/semantics.md). Nothing is
+        done once the session ended: the broker released its leases itself.
+        """
+        connection_core = self.core
+
+        def release() -> None:
+            frames = request.frames
+            if frames is None or self.lost or connection_core.ended is not None:
+                return
+            for message in messages_of(frames[0], self.settler, None, queue):
+                with contextlib.suppress(FastFanoutError):
+                    self.fire(Opcode.NACK, message.receipt, delay=0.0)
+
+        request.watch(release)
+
     # -- what arrives --------------------------------------------------------------------
 
     async def _reader(self) -> None:
@@ -776,7 +797,11 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         connection = self.connection
         request = connection.submit(connection.core.receive_request, queue, max_messages,
                                     wait, visibility_timeout)
-        frames = await connection.wait(request, connection.core.receive_allowance(wait))
+        try:
+            frames = await connection.wait(request, connection.core.receive_allowance(wait))
+        except BaseException:   # cancelled or timed out: what it leases is nobody's
+            connection.release_unread(request, queue)
+            raise
         return messages_of(frames[0], connection.settler, connection.acks, queue)
 
     async def ack(self, receipt: int) -> None:

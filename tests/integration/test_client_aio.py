@@ -390,3 +390,44 @@ def test_a_lost_broker_fails_pipelined_sends_without_callback_errors(track: Trac
 
     asyncio.run(main())
 
+
+@pytest.mark.parametrize("how", ["cancel", "wait_for"])
+def test_a_cancelled_receive_leaks_no_lease(track: Tracker, endpoint: str, how: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=30.0)
+
+            async def long_polls() -> int:
+                return int((await client.server_stats())["long_polls"])
+
+            if how == "cancel":
+                waiting = asyncio.ensure_future(client.receive("q", wait=5.0))
+                deadline = loop.time() + 5.0
+                while await long_polls() != 1:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.01)
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+            else:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.receive("q", wait=5.0), 0.2)
+            await client.send("q", b"m")
+            started = loop.time()
+            got = await client.receive("q", wait=5.0)
+            assert [m.body for m in got] == [b"m"]
+            # the abandoned long poll leased it first and the client released it: that
+            # delivery counts (docs/semantics.md, receive)
+            assert got[0].receive_count == 2
+            assert loop.time() - started < 4.0   # not the visibility timeout, nor the wait
+            got[0].ack()
+            deadline = loop.time() + 5.0
+            while (queue := (await client.stats()).queues["q"]).acked < 1:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            assert queue.leased == 0 and queue.visible == 0
+
+    asyncio.run(main())
