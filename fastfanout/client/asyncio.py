@@ -194,9 +194,15 @@ class AsyncConnection(DriverBase):
     Producers and the ``AsyncClient`` work through it; its methods are a documented
     internal interface (and a test hook), not the broker API.
 
+    Like the blocking ``Connection``, a lost connection (the local channel's broker gone,
+    the reader failing) fails every waiter once and drops its transport (``lost``); the
+    next request connects anew (``_reconnect``): HELLO, then ATTACH of a new local
+    channel where one is wanted, the requests made meanwhile held back until then.
+
     Attributes:
         core: the connection's protocol state.
-        transport: the DEALER socket or local channel.
+        transport: the DEALER socket or local channel (closed while ``lost``).
+        lost: the connection broke; the next request reconnects.
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
@@ -209,6 +215,11 @@ class AsyncConnection(DriverBase):
         self.transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
+        self.lost = False
+        # while a reconnect's handshake runs: the requests made meanwhile, sent after it
+        # (ATTACH must be alone on the socket until its reply)
+        self._held: list[list[bytes]] | None = None
+        self._handshake: asyncio.Task[None] | None = None
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
@@ -250,7 +261,9 @@ class AsyncConnection(DriverBase):
         if channel is None:
             return
         try:
-            await self.wait(self.submit(self.attach_request, channel))
+            request = self.attach_request(channel)
+            self._send(self.core.outbox)   # alone, past any requests held meanwhile
+            await self.wait(request)
             channel.attached()
         except (FastFanoutError, OSError, ValueError) as exc:
             self.attach_refused(channel, exc)
@@ -266,8 +279,30 @@ class AsyncConnection(DriverBase):
     # -- requests ------------------------------------------------------------------------
 
     def send_out(self) -> None:
-        """Send what the core queued (into the ring, or to libzmq: no task per request)."""
+        """Send what the core queued (into the ring, or to libzmq: no task per request).
+
+        While the connection is lost, this connects anew first; while a reconnect's
+        handshake runs, the requests are held and sent after it.
+
+        Raises:
+            BrokenConnection: the connection is lost (its waiters have the error too).
+        """
         outbox = self.core.outbox
+        if not outbox:
+            return
+        if self._held is not None:
+            self._held.extend(outbox)
+            outbox.clear()
+        elif self.lost:
+            if self.core.closed or self.core.forked:
+                outbox.clear()
+            else:
+                self._reconnect()
+        else:
+            self._send(outbox)
+
+    def _send(self, outbox: list[list[bytes]]) -> None:
+        """Send ``outbox`` on the transport now, and clear it."""
         try:
             for frames in outbox:
                 self.transport.send_nowait(frames)
@@ -277,6 +312,53 @@ class AsyncConnection(DriverBase):
             raise error from None
         finally:
             outbox.clear()
+
+    def _reconnect(self) -> None:
+        """Connect anew after the connection was lost: a new socket and session.
+
+        HELLO leaves at once; the requests queued (the outbox) wait for the handshake
+        (``_rehandshake``), as do those made meanwhile: they leave after the HELLO reply
+        and, where a local channel is wanted, the ATTACH of a new one.
+        """
+        core = self.core
+        held = list(core.outbox)   # failed with every other waiter if this fails
+        core.outbox.clear()
+        try:
+            dealer = AsyncDealerTransport(self.endpoint, self.curve)
+        except TransportError as exc:
+            raise self.broken(BrokenConnection(str(exc))) from None
+        self.transport = dealer
+        self.lost = False
+        hello = core.start(time.monotonic())
+        self._send(core.outbox)
+        self._held = held
+        reader = asyncio.create_task(self._reader())
+        if self.tasks:
+            self.tasks[0] = reader
+        else:
+            self.tasks.append(reader)
+        self._handshake = asyncio.create_task(self._rehandshake(hello))
+
+    async def _rehandshake(self, hello: Request) -> None:
+        """A reconnect's HELLO reply and ATTACH; then the held requests leave."""
+        try:
+            self.core.hello(await self.wait(hello))
+            await self._attach_local()
+        except Exception as exc:   # a task's error must reach the waiters, not the loop
+            # no broker, or a local channel insisted on and refused: the held requests
+            # fail with every other waiter, and the next request tries again
+            self._held = None
+            self.broken(exc if isinstance(exc, BrokenConnection)
+                        else BrokenConnection(f"reconnecting to {self.endpoint}: {exc}"))
+            return
+        finally:
+            if self._handshake is asyncio.current_task():
+                self._handshake = None
+        held, self._held = self._held, None
+        if held and not self.lost:
+            self.core.outbox[:0] = held
+            with contextlib.suppress(FastFanoutError):   # broken: the waiters know
+                self.send_out()
 
     def submit(self, make: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
@@ -354,10 +436,15 @@ class AsyncConnection(DriverBase):
         return 0.0
 
     def flush_batches(self) -> None:
-        """Send the batches being filled."""
+        """Send the batches being filled (also a loop callback: it never raises).
+
+        A connection lost meanwhile fails the batches' futures, which is where the
+        error goes.
+        """
         if self.core.batches:
             self.core.flush_batches()
-            self.send_out()
+            with contextlib.suppress(FastFanoutError):
+                self.send_out()
 
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue the ack of a receipts frame with this loop iteration's other acks.
@@ -377,20 +464,58 @@ class AsyncConnection(DriverBase):
         asyncio.get_running_loop().call_soon(self.send_acks)
 
     def send_acks(self) -> None:
-        """Send the queued acks."""
-        if self.core.loose_acks:
-            self.core.settle_loose()
-            self.send_out()
-        if self.acks.count:
-            self.core.settle_each(self.acks.take())
-            self.send_out()
+        """Send the queued acks (also a loop callback: it never raises).
+
+        Acks are not answered unless one fails; while the connection is lost they are
+        dropped (the broker released those leases with the session) rather than
+        reconnect for them.
+        """
+        core = self.core
+        if self.lost:
+            core.loose_acks.clear()
+            self.acks.clear()
+            return
+        with contextlib.suppress(FastFanoutError):   # a broken connection: leases released
+            if core.loose_acks:
+                core.settle_loose()
+                self.send_out()
+            if self.acks.count:
+                core.settle_each(self.acks.take())
+                self.send_out()
+
+    def release_unread(self, request: Request, queue: str) -> None:
+        """A RECEIVE whose caller stopped waiting (cancelled, timed out): free its leases.
+
+        The protocol cannot withdraw a long poll, so its answer may still come, leasing
+        messages nobody reads: each is NACKed with no delay when it comes (now, if it
+        came), visible again at once rather than after its visibility timeout. That
+        delivery stays counted in its ``receive_count`` (docs/semantics.md). Nothing is
+        done once the session ended: the broker released its leases itself.
+        """
+        connection_core = self.core
+
+        def release() -> None:
+            frames = request.frames
+            if frames is None or self.lost or connection_core.ended is not None:
+                return
+            for message in messages_of(frames[0], self.settler, None, queue):
+                with contextlib.suppress(FastFanoutError):
+                    self.fire(Opcode.NACK, message.receipt, delay=0.0)
+
+        request.watch(release)
 
     # -- what arrives --------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        """Feed the core what arrives, while this is the connection's reader.
+
+        It stops once the connection is lost, or a reconnect started another reader
+        (say, from a callback it ran).
+        """
         core = self.core
+        me = asyncio.current_task()
         try:
-            while True:
+            while not self.lost and self.tasks[0] is me:
                 frames = await self.transport.recv()
                 if core.forked:
                     return   # a forked child's copy: the replies are the parent's
@@ -404,7 +529,8 @@ class AsyncConnection(DriverBase):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.broken(BrokenConnection(f"connection to {self.endpoint} failed: {exc}"))
+            if not self.lost and self.tasks[0] is me:
+                self.broken(BrokenConnection(f"connection to {self.endpoint} failed: {exc}"))
 
     def _said_goodbye(self, error: FastFanoutError) -> None:
         """GOODBYE failed every waiter; if the broker ended this session, start a new one.
@@ -413,10 +539,14 @@ class AsyncConnection(DriverBase):
         session whose client read nothing for too long, or was silent past its
         heartbeat timeout), so a fresh connection is made: a new session, announced
         with HELLO. Without a payload the broker is stopping; the socket reconnects by
-        itself when it is back.
+        itself when it is back. A local channel never outlives its session (nor its
+        broker): it is dropped, and the next request reconnects with a new one.
         """
         self._wake_all()
         self.core.ended = None
+        if isinstance(self.transport, AsyncLocalTransport):
+            self._drop_transport()
+            return
         if isinstance(error, SessionExpired) and isinstance(self.transport,
                                                             AsyncDealerTransport):
             ended, self.transport = self.transport, AsyncDealerTransport(
@@ -426,11 +556,28 @@ class AsyncConnection(DriverBase):
             self.send_out()
 
     def broken(self, error: FastFanoutError) -> FastFanoutError:
-        """The connection failed: every waiter gets ``error``."""
+        """The connection failed: every waiter gets ``error``; the next request reconnects.
+
+        The transport is closed and dropped (as the blocking ``Connection.broken`` does):
+        a local channel whose broker is gone never works again, and the reader stops.
+        """
         self.core.broken(error)
         self.acks.clear()
         self._wake_all()
+        self._drop_transport()
         return error
+
+    def _drop_transport(self) -> None:
+        """Close the transport and stop its reader (and a handshake); mark ``lost``."""
+        if self.lost:
+            return
+        self.lost = True
+        self._held = None
+        current = asyncio.current_task()
+        for task in (self.tasks[0] if self.tasks else None, self._handshake):
+            if task is not None and task is not current:
+                task.cancel()
+        self.transport.close()
 
     def _wake_all(self) -> None:
         for waker in self.wakers.values():
@@ -439,10 +586,14 @@ class AsyncConnection(DriverBase):
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.core.heartbeat_interval)
+            if self.lost or self._held is not None:
+                continue   # no connection to keep alive (a heartbeat never reconnects)
             try:
                 self.submit(self.core.heartbeat, time.monotonic())
             except FastFanoutError:
-                return   # the connection is broken: every waiter has been told
+                if self.core.closed or self.core.forked:
+                    return
+                # broken: every waiter has been told; the next request reconnects
 
     async def pushes(self, queue: str, prefetch: int, visibility_timeout: float | None,
                      timeout: float | None) -> AsyncIterator[list[bytes]]:
@@ -479,6 +630,9 @@ class AsyncConnection(DriverBase):
             timeout: seconds to wait for the broker's answers at most.
         """
         core = self.core
+        if self.lost:   # nobody to say goodbye to: no reconnect for it
+            await self._stop_io()
+            return
         with contextlib.suppress(FastFanoutError, TimeoutError):
             self.send_acks()   # the messages' queued acks, before BYE too
             publishes = self.submit(core.closing)   # acks before BYE, which releases leases
@@ -492,9 +646,10 @@ class AsyncConnection(DriverBase):
     async def _stop_io(self) -> None:
         """Stop the reader and heartbeat tasks and close the transport (no word sent)."""
         self.core.closed = True
-        for task in self.tasks:
+        tasks = [*self.tasks, *([self._handshake] if self._handshake is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self.tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.transport.close()
@@ -646,7 +801,11 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         connection = self.connection
         request = connection.submit(connection.core.receive_request, queue, max_messages,
                                     wait, visibility_timeout)
-        frames = await connection.wait(request, connection.core.receive_allowance(wait))
+        try:
+            frames = await connection.wait(request, connection.core.receive_allowance(wait))
+        except BaseException:   # cancelled or timed out: what it leases is nobody's
+            connection.release_unread(request, queue)
+            raise
         return messages_of(frames[0], connection.settler, connection.acks, queue)
 
     async def ack(self, receipt: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from pathlib import Path
+from typing import Any
 from typing import Any as Tracker
 
 import pytest
@@ -13,6 +14,7 @@ import zmq.auth
 import fastfanout
 from fastfanout import aio
 from fastfanout.client import Client
+from fastfanout.transport.local import AsyncLocalTransport
 from fastfanout.transport.sockets import load_curve_keys
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -335,5 +337,97 @@ def test_requests_do_not_overtake_earlier_publishes(track: Tracker, endpoint: st
             await fourth
             bodies = [m.body for m in await client.receive("q", max_messages=10)]
             assert bodies == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
+    asyncio.run(main())
+
+
+def test_asyncio_client_reconnects_with_a_new_channel_after_its_broker_restarts(
+        track: Tracker) -> None:
+    endpoint = track.endpoint()
+    server = track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=2.0) as client:
+            first = client.connection.transport
+            assert isinstance(first, AsyncLocalTransport)
+            await client.create_queue("q")
+            server.stop()
+            track.server(endpoint)
+            with pytest.raises(fastfanout.BrokenConnection):   # one, then it reconnects
+                await client.list_queues()
+            assert await client.list_queues() == []   # a new broker: a new session
+            transport = client.connection.transport
+            assert isinstance(transport, AsyncLocalTransport) and transport is not first
+            assert first.closed
+            await client.create_queue("q")
+            assert (await client.send("q", b"again")).deliveries == 1
+            assert [m.body for m in await client.receive("q")] == [b"again"]
+            assert (await client.server_stats())["local_sessions"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_lost_broker_fails_pipelined_sends_without_callback_errors(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        async with aio.connect(server.endpoint, timeout=1.0) as client:
+            assert isinstance(client.connection.transport, AsyncLocalTransport)
+            await client.create_queue("q")
+            server.stop()
+            with pytest.raises(fastfanout.BrokenConnection):
+                await client.list_queues()
+            pipelined = [client.send_nowait("q", b"x"), client.publish_nowait("t", b"y")]
+            for future in pipelined:
+                with pytest.raises(fastfanout.BrokenConnection):
+                    await future
+            with pytest.raises(fastfanout.BrokenConnection):
+                await client.send("q", b"z")
+        assert errors == []
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["cancel", "wait_for"])
+def test_a_cancelled_receive_leaks_no_lease(track: Tracker, endpoint: str, how: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=30.0)
+
+            async def long_polls() -> int:
+                return int((await client.server_stats())["long_polls"])
+
+            if how == "cancel":
+                waiting = asyncio.ensure_future(client.receive("q", wait=5.0))
+                deadline = loop.time() + 5.0
+                while await long_polls() != 1:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.01)
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+            else:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.receive("q", wait=5.0), 0.2)
+            await client.send("q", b"m")
+            started = loop.time()
+            got = await client.receive("q", wait=5.0)
+            assert [m.body for m in got] == [b"m"]
+            # the abandoned long poll leased it first and the client released it: that
+            # delivery counts (docs/semantics.md, receive)
+            assert got[0].receive_count == 2
+            assert loop.time() - started < 4.0   # not the visibility timeout, nor the wait
+            got[0].ack()
+            deadline = loop.time() + 5.0
+            while (queue := (await client.stats()).queues["q"]).acked < 1:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            assert queue.leased == 0 and queue.visible == 0
 
     asyncio.run(main())

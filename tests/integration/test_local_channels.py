@@ -390,6 +390,9 @@ def test_asyncio_client_sees_a_killed_broker(track: Tracker) -> None:
             broker.wait(10)
             with pytest.raises(BrokenConnection):   # long before the 30 s timeout
                 await client.list_topics()
+            track.broker_process(endpoint)
+            assert await client.list_topics() == []   # reconnected: a new channel
+            assert isinstance(client.connection.transport, AsyncLocalTransport)
 
     asyncio.run(main())
 
