@@ -34,6 +34,14 @@ from fastfanout.bench.scenarios import Spec
 QUEUE_BOUND = 65536
 """fastfanout queues hold this many messages with ``overflow="hold"``: publishers are paced
 to their consumers (as PUSH's high-water mark paces zmq)."""
+QUEUE_MESSAGE_SIZE = 1_048_576
+"""``max_message_size`` of fastfanout's queues (the broker's default), raised to the
+spec's size when larger (``queue_message_size``): a larger message is refused."""
+CHECK_EVERY = 64
+"""A fastfanout sender publishing per message (``publish_nowait``) looks at the answer of
+the last message of one send call in this many (and of each idle flush): a refusal by
+the broker fails the publisher instead of being lost (the futures are otherwise
+dropped, and keeping each one would cost the per-message loop)."""
 PREFETCH = 16000
 """Prefetch of fastfanout's consumers in the throughput scenarios."""
 LATENCY_PREFETCH = 16
@@ -162,6 +170,15 @@ def _wait_for(condition: Any, what: str, deadline: float = START_DEADLINE) -> No
 # -- fastfanout ---------------------------------------------------------------------------
 
 
+def queue_message_size(spec: Spec) -> int:
+    """``max_message_size`` of the queues of ``spec``: room for its messages."""
+    return max(QUEUE_MESSAGE_SIZE, spec.size)
+
+
+class BrokerRefused(RuntimeError):
+    """The broker refused messages of a run (counted in its queues' statistics)."""
+
+
 def durable_unavailable() -> str | None:
     """Why the durable variants cannot run (one line), or None once storage exists."""
     from fastfanout import Broker
@@ -182,6 +199,9 @@ class _FastFanoutSender:
         self.client = connect(env["endpoint"], batch_messages=2000,
                               local_channel=env["local"])
         self.window: deque[Any] = deque()
+        self.answers: deque[Any] = deque()   # sampled publish_nowait futures (CHECK_EVERY)
+        self.last: Any = None
+        self.calls = 0
         self.api = spec.api
         self.rows = spec.api == "numpy"   # the runner hands over a 2-D array (make_rows)
         self.in_flight = DURABLE_IN_FLIGHT if spec.durable else IN_FLIGHT
@@ -204,15 +224,30 @@ class _FastFanoutSender:
         if api == "publish_nowait" or (api == "batch" and len(bodies) == 1):
             publish_nowait = client.publish_nowait
             for body in bodies:
-                publish_nowait("t", body)   # flushed by idle(), a full batch or linger
+                future = publish_nowait("t", body)   # flushed by idle(), a full batch or linger
+            self.last = future
+            self.calls += 1
+            if self.calls >= CHECK_EVERY:
+                self._check()
             return
         self.window.append(client.publish_batch_nowait("t", bodies))
         if len(self.window) >= self.in_flight:
             self.window.popleft().result()
 
+    def _check(self) -> None:
+        """Keep the last future; raise the refusal of the oldest ones answered."""
+        self.calls = 0
+        if self.last is not None:
+            self.answers.append(self.last)
+            self.last = None
+        answers = self.answers
+        while answers and answers[0].done():
+            answers.popleft().result()   # raises what the broker refused (MessageTooLarge...)
+
     def idle(self) -> None:
         """Nothing is due yet: send the messages published since the last call."""
         self.client.flush()
+        self._check()
 
     def close(self) -> None:
         if self.producer is not None:
@@ -220,6 +255,10 @@ class _FastFanoutSender:
         self.client.flush()
         while self.window:
             self.window.popleft().result()
+        if self.last is not None:
+            self.answers.append(self.last)
+        while self.answers:
+            self.answers.popleft().result()
         self.client.close()
 
 
@@ -548,7 +587,8 @@ class FastFanout(Adapter):
                     if spec.scenario != "stream":
                         for group in range(spec.groups):
                             client.create_queue(f"q{group}", max_messages=QUEUE_BOUND,
-                                                overflow="hold")
+                                                overflow="hold",
+                                                max_message_size=queue_message_size(spec))
                             client.subscribe("t", f"q{group}")
                 yield {"endpoint": endpoint, "local": spec.transport == "local"}
 
@@ -563,13 +603,22 @@ class FastFanout(Adapter):
                       >= spec.groups, "the listeners' subscriptions did not arrive")
 
     def after_run(self, env: dict[str, Any], spec: Spec) -> dict[str, Any]:
-        """Durable: the broker's journal bytes written (``storage_bytes_written``)."""
-        if not spec.durable:
-            return {}
+        """Durable: the broker's journal bytes written (``storage_bytes_written``).
+
+        Raises:
+            BrokerRefused: a queue refused messages during the run (``refusals``): the
+                run fails with it, whatever its publishers saw.
+        """
         from fastfanout.client import connect
 
         with connect(env["endpoint"], local_channel=False) as client:
-            storage = client.stats().storage or {}
+            stats = client.stats()
+        refused = refusals(stats.queues)
+        if refused:
+            raise BrokerRefused(f"the broker refused messages of the run: {refused}")
+        if not spec.durable:
+            return {}
+        storage = stats.storage or {}
         return {"storage_bytes_written": storage.get("bytes_written", 0)}
 
     def sender(self, env: dict[str, Any], spec: Spec, index: int) -> Sender:
@@ -592,6 +641,19 @@ class FastFanout(Adapter):
             "worker-batch": _FastFanoutWorker}
         receiver: Receiver = kinds.get(spec.receive, _FastFanoutConsumer)(env, spec, group)
         return receiver
+
+
+def refusals(queues: dict[str, Any]) -> str:
+    """What fastfanout's queues refused (``QueueStats``), in words; "" if nothing.
+
+    Messages over a queue's ``max_message_size`` (``MessageTooLarge``) and messages
+    refused by a full queue (``QueueFull``: a ``hold`` past the broker's hold timeout).
+    """
+    oversized = sum(stats.oversized for stats in queues.values())
+    rejected = sum(stats.rejected for stats in queues.values())
+    return ", ".join(text for count, text in (
+        (oversized, f"{oversized} over max_message_size (MessageTooLarge)"),
+        (rejected, f"{rejected} by a full queue (QueueFull)")) if count)
 
 
 def _has_numpy() -> bool:

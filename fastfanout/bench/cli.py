@@ -37,7 +37,11 @@ from fastfanout.bench.scenarios import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2}
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
+          "tb": 1000**4, "tib": 1024**4}
+DEFAULT_BATCH = 1000
+"""Messages per publish call of the throughput scenarios, unless that is more than
+``payload.MAX_BATCH_BYTES`` (then as many as fit, at least one)."""
 
 
 def parse_size(text: str) -> int:
@@ -53,10 +57,35 @@ def parse_size(text: str) -> int:
     if match is None or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size (examples: 64, 1KiB, 16kB)")
     size = int(float(match.group(1)) * _UNITS[unit])
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"{text!r}: a message size must be {MIN_SIZE} bytes (the "
-                         f"sequence/time header) to {MAX_SIZE} bytes")
+    if size > MAX_SIZE:
+        raise ValueError(f"{text!r} is above the maximum message size, "
+                         f"{MAX_SIZE // 1024**2} MiB ({MAX_SIZE} bytes)")
+    if size < MIN_SIZE:
+        raise ValueError(f"{text!r} is below the minimum message size, {MIN_SIZE} bytes "
+                         "(the sequence/time header)")
     return size
+
+
+def batch_of(size: int, batch: int | None, latency: bool) -> int:
+    """Messages per publish call at ``size`` bytes: ``--batch``, or the scenario's default.
+
+    The default of the throughput scenarios (DEFAULT_BATCH) is cut to
+    ``payload.MAX_BATCH_BYTES`` of bodies.
+
+    Raises:
+        click.UsageError: ``--batch`` messages of ``size`` bytes are more than
+            ``payload.MAX_BATCH_BYTES``.
+    """
+    from fastfanout.bench.payload import MAX_BATCH_BYTES
+
+    if batch is None:
+        return 1 if latency else max(1, min(DEFAULT_BATCH, MAX_BATCH_BYTES // size))
+    if batch * size > MAX_BATCH_BYTES:
+        raise click.UsageError(
+            f"--batch {batch} of {size} bytes is {batch * size} bytes per publish call: "
+            f"at most {MAX_BATCH_BYTES // 1024**2} MiB ({MAX_BATCH_BYTES // size} messages "
+            "of that size)")
+    return batch
 
 
 class _Size(click.ParamType[int]):
@@ -134,7 +163,7 @@ def _hdr_available() -> None:
 def _options(function: F) -> F:
     options = [
         click.option("--size", "-s", "sizes", type=_Size(), multiple=True,
-                     help="Message size, repeatable (64, 1KiB, ...; at least 16 B). "
+                     help="Message size, repeatable (64, 1KiB, ...; 16 B to 16 MiB). "
                           "[default: 64]"),
         click.option("--count", "-n", type=click.IntRange(min=1), default=None,
                      help="Messages per publisher per run [default: 100000; latency: "
@@ -148,7 +177,8 @@ def _options(function: F) -> F:
                      help="Messages per second over all publishers, open loop [default: "
                           "as fast as possible; latency: 10000]."),
         click.option("--batch", "-b", type=click.IntRange(min=1, max=100_000), default=None,
-                     help="Messages per publish call [default: 1000; latency: 1]."),
+                     help="Messages per publish call, at most 64 MiB of them [default: "
+                          "1000, fewer above 64 KiB; latency: 1]."),
         click.option("--publishers", "-p", type=click.IntRange(min=1, max=64), default=1,
                      show_default=True, help="Publisher processes (not for latency)."),
         click.option("--transport", "-t", type=click.Choice(TRANSPORTS), default="local",
@@ -160,7 +190,7 @@ def _options(function: F) -> F:
                                              "medians, min-max)."),
         click.option("--warmup", type=click.FloatRange(min=0), default=None,
                      help="Seconds at the start of each run not measured [default: 0.2; "
-                          "latency: 0.5]."),
+                          "latency: 0.5, and shorter than the run]."),
         click.option("--peers", "systems", default="all", callback=_systems,
                      show_default=True,
                      help="Peers beside fastfanout: all, none, or names separated by commas "
@@ -281,13 +311,22 @@ def _specs(scenario: str, options: dict[str, Any]) -> list[Spec]:
     if scenario == "stream" and receives != ["batch"]:
         raise click.UsageError("stream listeners have no --receive (they listen)")
     warmup = options["warmup"] if options["warmup"] is not None else (0.5 if latency else 0.2)
-    batch = options["batch"] or (1 if latency else 1000)
+    if latency:   # its percentiles are of the messages due after the warm-up
+        seconds = duration if duration is not None else count / rate
+        if (seconds - warmup) * rate < 1:   # no message due after the warm-up
+            given = "--duration" if duration is not None else "--count / --rate"
+            raise click.UsageError(
+                f"the latency run lasts {seconds:g} s ({given}): it must be longer than "
+                f"the warm-up, --warmup {warmup:g} s, by one message at least "
+                f"({1 / rate:g} s at --rate {rate:g}); nothing would be measured")
+    sizes = sorted(set(options["sizes"] or (64,)))
+    batches = {size: batch_of(size, options["batch"], latency) for size in sizes}
     return [Spec(scenario=scenario, size=size, count=count, duration=duration, rate=rate,
-                 batch=batch, publishers=p, groups=g, members=m,
+                 batch=batches[size], publishers=p, groups=g, members=m,
                  transport=options["transport"], warmup=warmup, durable=options["durable"],
                  api=api, receive=receive, fsync=options["fsync"] or "always",
                  prefetch=options.get("prefetch"))
-            for size in sorted(set(options["sizes"] or (64,)))
+            for size in sizes
             for p, g, m in _grid(scenario, options)
             for api in dict.fromkeys(options["apis"] or ("batch",))
             for receive in receives]

@@ -32,6 +32,10 @@ MIN_SIZE = HEADER.size
 """The smallest message size a benchmark can use, in bytes."""
 MAX_SIZE = 16 * 1024 * 1024
 """The largest message size a benchmark accepts, in bytes."""
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+"""The most body bytes of one publish call (``--batch`` x ``--size``): the default batch
+is cut to fit it, a larger ``--batch`` refused (a batch is one request to fastfanout's
+broker, whose limit the harness raises to fit it: ``processes.MAX_REQUEST_BYTES``)."""
 NUMPY_MIN = 16
 """Batches of fewer messages are checked with a plain loop: numpy's fixed cost per call
 (tens of µs) is more than the loop's ~1 µs per message there."""

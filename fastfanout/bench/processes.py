@@ -19,6 +19,10 @@ START_DEADLINE = 30.0
 """Seconds a broker process or a benchmark child may take to start answering."""
 JOIN_DEADLINE = 10.0
 """Seconds each process is given to exit, then to die after SIGTERM, then SIGKILL."""
+MAX_REQUEST_BYTES = 65 * 1024 * 1024
+"""The benchmark broker's ``max_request_bytes``: a publish call of
+``payload.MAX_BATCH_BYTES`` of bodies (four of the largest, 16 MiB, messages) with its
+framing (the default, 64 MiB, would refuse it)."""
 
 
 def spawn() -> Any:
@@ -29,6 +33,8 @@ def spawn() -> Any:
 def serve_broker(endpoint: str, data_dir: str | None = None, fsync: str = "always"
                  ) -> None:
     """A broker process's target: serve ``endpoint`` with the default settings.
+
+    Requests are answered up to MAX_REQUEST_BYTES (a publish call of the largest batch).
 
     Args:
         endpoint: ``ipc://PATH`` or ``tcp://127.0.0.1:PORT``.
@@ -41,9 +47,10 @@ def serve_broker(endpoint: str, data_dir: str | None = None, fsync: str = "alway
     from fastfanout.server.loop import serve
 
     if data_dir is None:
-        serve(endpoint)
+        serve(endpoint, max_request_bytes=MAX_REQUEST_BYTES)
     else:
-        serve(endpoint, broker=Broker(data_dir=data_dir, fsync=fsync))
+        serve(endpoint, broker=Broker(data_dir=data_dir, fsync=fsync),
+              max_request_bytes=MAX_REQUEST_BYTES)
 
 
 def connect_when_up(endpoint: str, broker: Any, **options: Any) -> Any:

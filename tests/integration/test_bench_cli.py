@@ -46,6 +46,7 @@ def assert_one_line_error(result: Any, what: str) -> None:
     ["fanout", "--size", "8"],                     # below the 16-byte header
     ["fanout", "--size", "lots"],
     ["fanout", "--size", "64GiB"],
+    ["fanout", "--size", "16MiB", "--batch", "5"],   # 80 MiB in one publish call
     ["fanout", "--count", "0"],
     ["fanout", "--count", "10", "--duration", "1"],
     ["fanout", "--rate", "-5"],

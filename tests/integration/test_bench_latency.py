@@ -132,3 +132,28 @@ def test_a_buffering_sender_hands_over_when_the_publisher_idles() -> None:
         finally:
             sender.close()
             receiver.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["-r", "500", "-d", "0.3", "--peers", "none", "-t", "tcp"],   # the default 0.5 s warm-up
+    ["-r", "500", "-n", "100", "--peers", "none"],                 # 0.2 s by its count
+    ["-r", "1000", "-d", "1", "--warmup", "1", "--peers", "none"],
+])
+def test_a_latency_run_not_longer_than_its_warmup_is_refused(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["bench", "latency", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the latency run lasts ")
+    assert "must be longer than the warm-up, --warmup" in lines[0]
+
+
+@pytest.mark.parametrize(("size", "words"), [
+    ("1GiB", "'1GiB' is above the maximum message size, 16 MiB"),
+    ("17MiB", "'17MiB' is above the maximum message size, 16 MiB"),
+    ("8", "'8' is below the minimum message size, 16 bytes"),
+])
+def test_a_size_out_of_range_says_which_bound(size: str, words: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", "latency", "-s", size])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.output
