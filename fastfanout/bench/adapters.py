@@ -223,6 +223,7 @@ class _FastFanoutSender:
             return
         if api == "publish_nowait" or (api == "batch" and len(bodies) == 1):
             publish_nowait = client.publish_nowait
+            future = None
             for body in bodies:
                 future = publish_nowait("t", body)   # flushed by idle(), a full batch or linger
             self.last = future
