@@ -486,13 +486,18 @@ class AsyncConnection(DriverBase):
     def release_unread(self, request: Request, queue: str) -> None:
         """A RECEIVE whose caller stopped waiting (cancelled, timed out): free its leases.
 
-        The protocol cannot withdraw a long poll, so its answer may still come, leasing
-        messages nobody reads: each is NACKed with no delay when it comes (now, if it
-        came), visible again at once rather than after its visibility timeout. That
-        delivery stays counted in its ``receive_count`` (docs/semantics.md). Nothing is
-        done once the session ended: the broker released its leases itself.
+        A long poll still waiting is withdrawn (CANCEL of its request id: the broker
+        answers it empty, leasing nothing). One answered meanwhile (or by a broker that
+        cannot withdraw it) leased messages nobody reads: each is NACKed with no delay
+        when the answer comes (now, if it came), visible again at once rather than after
+        its visibility timeout; that delivery stays counted in its ``receive_count``
+        (docs/semantics.md). Nothing is done once the session ended: the broker released
+        its leases itself.
         """
         connection_core = self.core
+        if not request.done and not self.lost:
+            with contextlib.suppress(FastFanoutError):
+                self.fire(Opcode.CANCEL, request.request_id)
 
         def release() -> None:
             frames = request.frames

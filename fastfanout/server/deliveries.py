@@ -350,7 +350,15 @@ class Deliveries:
                                   f"id), got {type(consumer_id).__name__} {consumer_id!r:.80}")
         consumer = self._consumers.get((session.identity, consumer_id))
         if consumer is None:
-            raise NotFound(f"consumer {consumer_id!r} does not exist on this connection")
+            # a long poll of this session (RECEIVE with a wait) withdrawn by its client:
+            # answered empty now, so it leases nothing nobody will read
+            for waiter in self._waiters:
+                if waiter.session is session and waiter.request_id == consumer_id:
+                    self._waiters.remove(waiter)
+                    self._reply(session, consumer_id, [EMPTY_DELIVERY])
+                    return [protocol.encode_payload(None)]
+            raise NotFound(f"no consumer nor waiting receive {consumer_id!r} on this "
+                           f"connection")
         self._drop_consumer(consumer)
         return [protocol.encode_payload(None)]
 
