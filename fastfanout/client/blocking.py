@@ -41,7 +41,13 @@ from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_futures
 from fastfanout.api import BrokerAPI, ClientAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
-from fastfanout.client.core import PIPELINE_READ, ConsumerState, Request, decode_value
+from fastfanout.client.core import (
+    PIPELINE_READ,
+    ConsumerState,
+    Request,
+    decode_value,
+    encode_call,
+)
 from fastfanout.client.driver import DriverBase, dealer_to_attach
 from fastfanout.client.face import ClientFace, control
 from fastfanout.client.futures import REPLY_POLL, PublishBatchFuture, PublishFuture
@@ -92,6 +98,7 @@ class Connection(DriverBase):
                          batch_bytes=batch_bytes, bind=bind_futures)
         self.core.max_in_flight = max_in_flight
         self.in_flight_waits = 0
+        self.abandoned: list[ConsumerState] = []   # consumers to cancel (``abandon``)
         self.lock = FastRLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self._new_future = FutureMaker(self)   # native futures, made in C by the gate
@@ -398,6 +405,25 @@ class Connection(DriverBase):
             self.send_out()
             return left
 
+    def abandon(self, consumer: ConsumerState) -> None:
+        """A consumer its user can no longer reach (its iteration dropped): cancel it soon.
+
+        Called from a finalizer, in whatever thread dropped it: it only notes the
+        consumer and wakes the background thread, which cancels it (CANCEL, answer
+        dropped) at once, so the broker pushes nothing more to it.
+        """
+        self.abandoned.append(consumer)
+        self._ticker.ring()
+
+    def _cancel_abandoned(self) -> None:
+        """Cancel the abandoned consumers (lock held)."""
+        core = self.core
+        while self.abandoned:
+            consumer = self.abandoned.pop()
+            if core.cancel(consumer):
+                core.queue_frames(Opcode.CANCEL, [encode_call(
+                    Opcode.CANCEL, (consumer.consumer_id,), {})], False)
+
     def cancel(self, consumer: ConsumerState) -> None:
         """Cancel a consumer (its queued acks sent first)."""
         with self.lock:
@@ -430,6 +456,8 @@ class Connection(DriverBase):
                 if self.transport is None:
                     continue
                 now = time.monotonic()
+                if self.abandoned:
+                    self._cancel_abandoned()
                 if core.batch_due(now):
                     core.flush_batches()
                 for producer in list(self.producers):

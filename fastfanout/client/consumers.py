@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
@@ -73,8 +74,17 @@ class Consumer(Iterator[RemoteMessage]):
         # message.ack() queues its receipt here, in C; at ``ack_limit`` they are sent
         state.acks = AckBuffer(state, ack_limit(state.prefetch, connection.core.linger),
                                functools.partial(connection.settle, state))
-        # the messages are made and iterated in C, a frame at a time (``_refill``)
-        self._cursor = MessageCursor(owner, state.acks, self.queue, self._refill)
+        # Held by this consumer and by its cursor's refill: once both are gone (a ``for``
+        # over ``client.consume(...)`` left by ``break``) nobody can read what the broker
+        # pushes, so the consumer is cancelled (``abandon``) rather than left leasing
+        # messages until they are dead-lettered. Neither refers back to the other's
+        # holder: plain reference counting frees them, at once.
+        life = _Lifeline()
+        weakref.finalize(life, connection.abandon, state)
+        self._life = life
+        # the messages are made and iterated in C, a frame at a time (the refill)
+        self._cursor = MessageCursor(owner, state.acks, self.queue,
+                                     _refiller(connection, state, life))
 
     @property
     def closed(self) -> bool:
@@ -86,32 +96,7 @@ class Consumer(Iterator[RemoteMessage]):
         self.connection.defer_settle(self._state, receipts)
 
     def _next_frames(self, timeout: float | None) -> list[bytes] | None:
-        state = self._state
-        connection = self.connection
-        acks = state.acks
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not state.batches:
-            if state.error is not None:
-                raise state.error
-            if state.closed:
-                raise StopIteration
-            now = time.monotonic()
-            remaining = None if deadline is None else deadline - now
-            if remaining is not None and remaining <= 0:
-                return None
-            wait = 0.1 if remaining is None else min(0.1, remaining)
-            settle = (connection.settle(state, now)
-                      if state.unsent or (acks is not None and acks.count) else None)
-            connection.pump(wait if settle is None else min(wait, settle))
-        return state.batches.popleft()
-
-    def _refill(self) -> bytes:
-        """The cursor used up its frame: the next pushed one (waiting up to ``timeout``)."""
-        frames = self._next_frames(self.timeout)
-        if frames is None:   # nothing came for ``timeout`` seconds: the iteration ends
-            self.cancel()
-            raise StopIteration
-        return frames[0]
+        return _next_frames(self.connection, self._state, timeout)
 
     def __iter__(self) -> Iterator[RemoteMessage]:
         """The native iterator over the pushed messages (one C step per message)."""
@@ -134,6 +119,51 @@ class Consumer(Iterator[RemoteMessage]):
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
+
+
+class _Lifeline:
+    """What a consumer and its cursor share; its finalizer cancels the consumer."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _next_frames(connection: BlockingDriver, state: ConsumerState,
+                 timeout: float | None) -> list[bytes] | None:
+    """A consumer's next pushed frames, pumping up to ``timeout`` (None: forever)."""
+    acks = state.acks
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not state.batches:
+        if state.error is not None:
+            raise state.error
+        if state.closed:
+            raise StopIteration
+        now = time.monotonic()
+        remaining = None if deadline is None else deadline - now
+        if remaining is not None and remaining <= 0:
+            return None
+        wait = 0.1 if remaining is None else min(0.1, remaining)
+        settle = (connection.settle(state, now)
+                  if state.unsent or (acks is not None and acks.count) else None)
+        connection.pump(wait if settle is None else min(wait, settle))
+    return state.batches.popleft()
+
+
+def _refiller(connection: BlockingDriver, state: ConsumerState, life: _Lifeline
+              ) -> Callable[[], bytes]:
+    """The cursor's refill: the next pushed frame, waiting up to the consumer's timeout.
+
+    It holds ``life`` (the consumer's lifeline), not the consumer.
+    """
+
+    def refill() -> bytes:
+        frames = _next_frames(connection, state, state.timeout)
+        if frames is None:   # nothing came for ``timeout`` seconds: the iteration ends
+            connection.cancel(state)
+            raise StopIteration
+        return frames[0]
+
+    refill.life = life   # type: ignore[attr-defined]   # kept alive with the cursor
+    return refill
 
 
 class DeliveryBatch(MessageBatch):

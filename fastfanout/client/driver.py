@@ -146,6 +146,9 @@ class BlockingDriver(Protocol):
     def cancel(self, consumer: ConsumerState) -> None:
         """Cancel a consumer."""
 
+    def abandon(self, consumer: ConsumerState) -> None:
+        """Cancel a consumer nobody can iterate any more, soon (any thread, no lock)."""
+
 
 class AsyncDriver(Protocol):
     """An asyncio connection, as its producers see it.

@@ -305,3 +305,32 @@ def test_flush_after_close_raises_closed(track: Tracker) -> None:
             await aproducer.flush()
 
     asyncio.run(closed())
+
+
+def test_a_consume_loop_left_by_break_cancels_its_consumer(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("dlq")
+    client.create_queue("q", visibility_timeout=1.0, max_receive_count=2,
+                        dead_letter_queue="dlq")
+    client.send("q", b"first")
+    for message in client.consume("q", prefetch=10):   # the README's loop
+        message.ack()
+        break
+    track.wait_until(lambda: client.server_stats()["consumers"] == 0,
+                     what="the abandoned consumer cancelled")
+    client.send("q", b"second")   # pushed to nobody: it stays deliverable
+    [got] = client.receive("q", wait=5.0)
+    assert (got.body, got.receive_count) == (b"second", 1)
+    client.ack(got.receipt)
+    assert client.stats().queues["dlq"].messages == 0
+    # a consumer its user keeps is not cancelled: the iteration may go on
+    consumer = client.consume("q", prefetch=10)
+    client.send("q", b"third")
+    for message in consumer:
+        message.ack()
+        break
+    assert client.server_stats()["consumers"] == 1
+    client.send("q", b"fourth")
+    assert next(consumer).body == b"fourth"
+    consumer.cancel()
