@@ -186,6 +186,11 @@ cdef class FastRLock:
         """True if the calling thread holds the lock (``threading.Condition``)."""
         return self._count > 0 and self._owner == PyThread_get_thread_ident()
 
+    def held_here(self):
+        """True if the calling thread holds the lock (public: ``_is_owned`` is the name
+        ``threading.Condition`` looks for)."""
+        return self._count > 0 and self._owner == PyThread_get_thread_ident()
+
     def _release_save(self):
         """Release the lock whatever its depth; the state to restore (a condition's
         ``wait``)."""

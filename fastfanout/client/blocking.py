@@ -408,12 +408,24 @@ class Connection(DriverBase):
     def abandon(self, consumer: ConsumerState) -> None:
         """A consumer its user can no longer reach (its iteration dropped): cancel it soon.
 
-        Called from a finalizer, in whatever thread dropped it: it only notes the
-        consumer and wakes the background thread, which cancels it (CANCEL, answer
-        dropped) at once, so the broker pushes nothing more to it.
+        Called from a finalizer, in whatever thread dropped it. The CANCEL (answer
+        dropped) leaves at once when the connection is free (the usual case: the thread
+        whose ``for`` loop ended), so the broker pushes nothing more to it; otherwise
+        the background thread, woken, sends it.
         """
         self.abandoned.append(consumer)
-        self._ticker.ring()
+        lock = self.lock
+        if not lock.held_here() and lock.acquire(False):   # never inside our own call
+            try:
+                if self.transport is not None:
+                    self._cancel_abandoned()
+                    self.send_out()
+            except FastFanoutError:
+                pass   # a broken connection: the broker dropped the consumer itself
+            finally:
+                lock.release()
+        else:
+            self._ticker.ring()
 
     def _cancel_abandoned(self) -> None:
         """Cancel the abandoned consumers (lock held)."""

@@ -802,6 +802,13 @@ class Server:
         if self._ended and frames[0] in self._ended:
             self._refuse_ended(frames[0])
             return
+        if frames[0] not in self._sessions and _is_heartbeat(frames):
+            # a client that had a session this broker does not know (it restarted, say):
+            # told so, rather than given a new session it does not know it has (its
+            # consumers would wait for pushes that never come)
+            self.counters["unknown_session_heartbeats"] += 1
+            self._goodbye(frames[0], "this broker does not know the session: it restarted")
+            return
         session = self._session(frames[0])
         request_id = 0
         try:
@@ -1075,6 +1082,15 @@ class Server:
         log.info("session %s ended (%s); %d leases released", session.identity.hex(), why,
                  released)
         self.counters["leases_released"] += released
+
+
+def _is_heartbeat(frames: list[bytes]) -> bool:
+    """Whether a request is a HEARTBEAT (a well-formed header of this version)."""
+    try:
+        version, opcode, _ = protocol.decode_header(frames[1]) if len(frames) > 1 else (0, 0, 0)
+    except FastFanoutError:
+        return False
+    return version == protocol.PROTOCOL_VERSION and opcode == Opcode.HEARTBEAT
 
 
 def serve(endpoint: str | None = None, *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import signal
@@ -18,6 +19,7 @@ import zmq
 from clocks import FakeClock
 
 import fastfanout
+from fastfanout import aio
 from fastfanout._ext import codec
 from fastfanout.errors import BrokenConnection, BrokerRunning, InvalidArgument
 from fastfanout.runtime import runtime_dir
@@ -278,6 +280,48 @@ def test_broker_restart_is_a_clear_error_then_reconnect(track: Tracker, endpoint
     track.broker_process(endpoint)
     assert client.list_topics() == []  # a new broker: reconnected, state is fresh
     client.close()
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_socket_consumers_of_a_killed_broker_fail_then_reconnect(track: Tracker,
+                                                                 transport: str) -> None:
+    """kill -9 and a new broker on the endpoint: ZeroMQ reconnects the socket unseen, so
+    the new broker tells the clients' heartbeats it has no session for them."""
+    endpoint = track.endpoint(transport)
+    broker = track.broker_process(endpoint, "--no-local-channels")
+    client = track.client(endpoint, timeout=3.0)
+    client.create_queue("q")
+    consumer = client.consume("q", prefetch=10)
+    broker.kill()
+    broker.wait(10)
+    broker = track.broker_process(endpoint, "--no-local-channels")
+    with pytest.raises(BrokenConnection):   # SessionExpired: told by the new broker
+        next(consumer)
+    assert client.list_queues() == []   # connected anew: the new broker's state
+    client.create_queue("q")
+    client.send("q", b"after")
+    for message in client.consume("q", prefetch=10):
+        assert message.body == b"after"
+        message.ack()
+        break
+    client.send("q", b"for asyncio")
+
+    async def asyncio_consumer() -> None:
+        aclient = await aio.connect(endpoint, timeout=3.0)
+        try:
+            iteration = aclient.consume("q", prefetch=10).__aiter__()
+            message = await asyncio.wait_for(iteration.__anext__(), 10)
+            assert message.body == b"for asyncio"
+            broker.kill()
+            broker.wait(10)
+            track.broker_process(endpoint, "--no-local-channels")
+            with pytest.raises(BrokenConnection):
+                await asyncio.wait_for(iteration.__anext__(), 20)
+            assert await aclient.list_queues() == []   # connected anew
+        finally:
+            await aclient.close()
+
+    asyncio.run(asyncio_consumer())
 
 
 def test_serve_exits_zero_on_sigint(track: Tracker) -> None:
