@@ -175,10 +175,6 @@ def queue_message_size(spec: Spec) -> int:
     return max(QUEUE_MESSAGE_SIZE, spec.size)
 
 
-class BrokerRefused(RuntimeError):
-    """The broker refused messages of a run (counted in its queues' statistics)."""
-
-
 def durable_unavailable() -> str | None:
     """Why the durable variants cannot run (one line), or None once storage exists."""
     from fastfanout import Broker
@@ -607,7 +603,7 @@ class FastFanout(Adapter):
         """Durable: the broker's journal bytes written (``storage_bytes_written``).
 
         Raises:
-            BrokerRefused: a queue refused messages during the run (``refusals``): the
+            RuntimeError: a queue refused messages during the run (``refusals``): the
                 run fails with it, whatever its publishers saw.
         """
         from fastfanout.client import connect
@@ -616,7 +612,7 @@ class FastFanout(Adapter):
             stats = client.stats()
         refused = refusals(stats.queues)
         if refused:
-            raise BrokerRefused(f"the broker refused messages of the run: {refused}")
+            raise RuntimeError(f"the broker refused messages of the run: {refused}")
         if not spec.durable:
             return {}
         storage = stats.storage or {}
