@@ -514,10 +514,17 @@ class Connection(DriverBase):
             with self.lock:
                 if self.transport is not None:
                     publishes = core.closing()
+                    # a held publish may be answered only after the broker's hold_timeout
+                    deadline = time.monotonic() + timeout + core.hold_timeout
                     try:
                         self.send_out()
                         for request in publishes:
-                            self.wait(request, timeout)
+                            try:
+                                self.wait(request, max(0.05, deadline - time.monotonic()))
+                            except BrokenConnection:
+                                raise
+                            except FastFanoutError:
+                                pass   # its refusal, in its future: wait for the others
                         self.wait(self.request(Opcode.BYE, [], flush=False), timeout)
                     except FastFanoutError:
                         pass

@@ -45,3 +45,20 @@ def test_a_held_publish_that_times_out_counts_its_messages_rejected_once(
     stats = client.server_stats()
     assert (stats["held_requests"], stats["hold_timeouts"]) == (3, 3)
     assert client.stats().queues["q"].messages == 1
+
+
+def test_close_waits_for_every_held_publish_whatever_the_first_refusal(
+        track: Tracker) -> None:
+    # close() used to stop waiting at the first refused publish: the publishes still
+    # held were never answered (their futures never done) and vanished uncounted
+    server = track.server(hold_timeout=0.5)
+    client = track.client(server.endpoint)
+    client.create_queue("q", max_messages=1000, overflow="hold")
+    for _ in range(2):
+        publisher = track.client(server.endpoint, max_in_flight=8)
+        futures = [publisher.send_nowait("q", b"%d" % n) for n in range(10_000)]
+        publisher.close()
+        assert all(future.done() for future in futures)   # each answered, none forgotten
+    stats = client.stats().queues["q"]
+    # batches of 1,000 go whole or not at all: the first fills the queue
+    assert (stats.messages, stats.rejected) == (1000, 19_000)
