@@ -529,7 +529,7 @@ class AsyncConnection(DriverBase):
                     waker = self.wakers.get(consumer.consumer_id)
                     if waker is not None:
                         waker.set()
-                elif core.ended is not None:
+                if core.ended is not None:   # a GOODBYE, or an END of the whole session
                     self._said_goodbye(core.ended)
         except asyncio.CancelledError:
             raise

@@ -55,6 +55,7 @@ from fastfanout.errors import (
     MalformedFrame,
     RequestTooLarge,
     ServerStopping,
+    SessionExpired,
 )
 from fastfanout.settings import QueueSettings, Subscription
 from fastfanout.stats import BrokerStats
@@ -736,6 +737,11 @@ class ConnectionCore:
             consumer = self.consumers.pop(request_id, None)
             if consumer is not None:
                 consumer.error = protocol.decode_error(frames[1] if len(frames) > 1 else b"")
+                if isinstance(consumer.error, SessionExpired):
+                    # the broker ended the whole session, not only this consumer (its
+                    # GOODBYE may come later, or not at all over a closed local
+                    # channel): every waiter fails now and the next call connects anew
+                    self.broken(consumer.error)
                 return consumer
         elif status == Status.GOODBYE:
             # no payload: the broker stops; an error: it ended this session (say, this

@@ -81,7 +81,8 @@ class LocalTransport(_ChannelReader):
         deadline = time.monotonic() + self._send_timeout
         while not channel.try_send(frames):
             if self._gone:
-                raise PeerLost("the broker's process ended (its bell hung up)")
+                raise PeerLost("the broker closed this local channel (its bell hung up: it ended "
+                              "the session, or its process ended)")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PeerLost("the broker made no room in its ring in "
@@ -116,7 +117,8 @@ class LocalTransport(_ChannelReader):
                     return self._queue.popleft()
                 continue   # a marker alone
             if self._gone:
-                raise PeerLost("the broker's process ended (its bell hung up)")
+                raise PeerLost("the broker closed this local channel (its bell hung up: it ended "
+                              "the session, or its process ended)")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -175,7 +177,8 @@ class AsyncLocalTransport(_ChannelReader):
     def send_nowait(self, frames: list[bytes]) -> None:
         """Write a request into the ring now, or queue it until the broker makes room."""
         if self._gone:
-            raise PeerLost("the broker's process ended (its bell hung up)")
+            raise PeerLost("the broker closed this local channel (its bell hung up: it ended "
+                              "the session, or its process ended)")
         if not self._backlog and self.channel.try_send(frames):
             return
         # written later: a frame that writes itself from the caller's array is built now
@@ -199,7 +202,8 @@ class AsyncLocalTransport(_ChannelReader):
                 backlog.popleft()
                 continue
             if self._gone:
-                raise PeerLost("the broker's process ended (its bell hung up)")
+                raise PeerLost("the broker closed this local channel (its bell hung up: it ended "
+                              "the session, or its process ended)")
             async with asyncio.timeout(self._send_timeout):
                 await self._room.wait()
 
@@ -217,7 +221,8 @@ class AsyncLocalTransport(_ChannelReader):
             if self._read():
                 continue
             if self._gone:
-                raise PeerLost("the broker's process ended (its bell hung up)")
+                raise PeerLost("the broker closed this local channel (its bell hung up: it ended "
+                              "the session, or its process ended)")
             if channel.incoming.sleep():
                 await self._data.wait()
 

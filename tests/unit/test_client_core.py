@@ -276,6 +276,20 @@ def test_goodbye_fails_every_waiter_and_says_why() -> None:
     assert isinstance(core.ended, ServerStopping)
 
 
+def test_an_end_of_the_whole_session_fails_every_waiter_as_a_goodbye_does() -> None:
+    core, _ = make_core()
+    hello(core)
+    waiting = core.call(Opcode.LIST_QUEUES)
+    core.consume("a", 10, None, None)
+    core.consume("b", 10, None, None)
+    first, second = core.consumers.values()
+    core.receive(reply(Status.END, first.consumer_id, protocol.encode_error(
+        SessionExpired("it missed its heartbeats"))), 1.0)
+    assert isinstance(core.ended, SessionExpired) and isinstance(waiting.error, SessionExpired)
+    assert isinstance(first.error, SessionExpired) and isinstance(second.error, SessionExpired)
+    assert core.consumers == {} and core.pending == {}
+
+
 def test_heartbeats_fall_due_and_silence_breaks_a_waiting_connection() -> None:
     core, _ = make_core()
     hello(core)
