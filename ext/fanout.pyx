@@ -50,7 +50,12 @@ from fastfanout._ext.codec cimport (
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
 from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t, blob_with_topic
-from fastfanout._ext.store cimport OVERFLOW_HOLD, Store
+from fastfanout._ext.store cimport (
+    OVERFLOW_DEAD_LETTER,
+    OVERFLOW_DROP_OLDEST,
+    OVERFLOW_HOLD,
+    Store,
+)
 from fastfanout._ext.rows cimport ff_rows, ff_rows_close, ff_rows_get, ff_rows_open
 
 from msgspec.msgpack import decode as _decode_attributes
@@ -776,11 +781,29 @@ cdef class Dispatcher:
                 f"{_limit(store.queue(queue).max_messages)}, max_bytes="
                 f"{_limit(store.queue(queue).max_bytes)}; "
                 f"{messages} more ({size_total} bytes) do not fit and overflow is "
-                f"{'hold' if hold else 'reject'}")
+                f"{OVERFLOW_NAMES[store.queue(queue).overflow]}"
+                + _never_fits(store.queue(queue).max_messages, store.queue(queue).max_bytes,
+                              messages, size_total)
+                + (" (it makes room from visible messages only: the rest are leased or "
+                   "delayed)" if store.queue(queue).overflow in (
+                       OVERFLOW_DROP_OLDEST, OVERFLOW_DEAD_LETTER) else ""))
             error.hold = hold
             error.room = (store.names[queue], messages, size_total)
             raise error
         return 0
+
+
+OVERFLOW_NAMES = ("reject", "drop_oldest", "dead_letter", "hold")
+
+
+cdef str _never_fits(int64_t max_messages, int64_t max_bytes, uint64_t messages,
+                     uint64_t size):
+    """The advice when a batch is larger than the queue could ever hold (all or none)."""
+    if (0 <= max_messages < <int64_t>messages) or (0 <= max_bytes < <int64_t>size):
+        return ("; a batch this large never fits this queue, even empty (a batch goes "
+                "whole or not at all): publish fewer messages at a time (a producer's "
+                "batch_messages, batch_bytes)")
+    return ""
 
 
 cdef str _limit(int64_t value):

@@ -1114,11 +1114,12 @@ def serve(endpoint: str | None = None, *,
         **options: any keyword argument of ``Server``.
     """
     made = made or missing_ancestor(options.get("data_dir"))
-    server = Server(endpoint, **options)
+    server: Server | None = None
     try:
+        server = Server(endpoint, **options)
         server.bind()
     except BaseException:
-        if server._own_broker:
+        if server is not None and server._own_broker:
             server.broker.close()   # its data directory's lock, at once
         if made is not None:
             # a start that fails (the endpoint busy) leaves nothing behind: not the data

@@ -259,6 +259,14 @@ def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None
                env={**os.environ, "XDG_STATE_HOME": str(state_home)})
     assert_one_line_error(done.stderr, done.returncode, "second broker, default data dir")
     assert "already serves" in done.stderr and not (tmp_path / "state").exists()
+    # refusals of the endpoint itself, before anything binds, leave nothing either
+    for refused in (["--endpoint", "tcp://127.0.0.1:65535"],
+                    ["--endpoint", "tcp://0.0.0.0:45555"],   # beyond loopback, no CURVE
+                    ["--endpoint", endpoint + "x", "--config", config_file(
+                        tmp_path, "same.toml", f'stream_endpoint = "{endpoint}x"\n')]):
+        done = run(["serve", *refused], env={**os.environ, "XDG_STATE_HOME": str(state_home)})
+        assert_one_line_error(done.stderr, done.returncode, f"{refused}, default data dir")
+        assert not (tmp_path / "state").exists(), refused
     (state_home / "fastfanout").mkdir(parents=True, mode=0o700)   # made by someone else
     done = run(["serve", "--endpoint", endpoint],
                env={**os.environ, "XDG_STATE_HOME": str(state_home)})

@@ -172,6 +172,17 @@ def test_attributes_at_the_edges_of_their_types(broker):
     assert message.attributes == edges
 
 
+def test_queue_full_says_the_policy_and_when_a_batch_never_fits(broker):
+    broker.create_queue("small", max_messages=2)
+    with pytest.raises(QueueFull, match="overflow is reject; a batch this large never fits"):
+        broker.send_batch("small", [b"1", b"2", b"3"])
+    broker.create_queue("drops", max_messages=2, overflow="drop_oldest")
+    broker.send_batch("drops", [b"1", b"2"])
+    broker.receive("drops", max_messages=2)   # both leased: nothing visible to drop
+    with pytest.raises(QueueFull, match=r"overflow is drop_oldest \(it makes room from visible"):
+        broker.send("drops", b"3")
+
+
 def test_message_too_large_checks_every_target(broker):
     broker.create_topic("t")
     broker.create_queue("big")
