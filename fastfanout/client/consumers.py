@@ -67,7 +67,6 @@ class Consumer(Iterator[RemoteMessage]):
     def __init__(self, connection: BlockingDriver, state: ConsumerState, owner: Owner) -> None:
         self.queue = state.queue
         self.prefetch = state.prefetch
-        self.timeout = state.timeout
         self.connection = connection
         self.owner = owner
         self._state = state
@@ -90,6 +89,18 @@ class Consumer(Iterator[RemoteMessage]):
     def closed(self) -> bool:
         """True once cancelled (or its client closed)."""
         return self._state.closed
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds the iteration waits for a message before it ends; None: forever.
+
+        The consumer is then cancelled. It may be changed while iterating.
+        """
+        return self._state.timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None:
+        self._state.timeout = seconds
 
     def defer_settle(self, receipts: bytes) -> None:
         """Queue a pipelined ack of a receipts frame (``ConnectionCore.defer_settle``)."""
