@@ -79,7 +79,7 @@ class Consumer(Iterator[RemoteMessage]):
         # messages until they are dead-lettered. Neither refers back to the other's
         # holder: plain reference counting frees them, at once.
         life = _Lifeline()
-        weakref.finalize(life, connection.abandon, state)
+        weakref.finalize(life, connection.abandon, state).atexit = False   # not at exit
         self._life = life
         # the messages are made and iterated in C, a frame at a time (the refill)
         self._cursor = MessageCursor(owner, state.acks, self.queue,
