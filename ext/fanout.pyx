@@ -63,6 +63,7 @@ from msgspec.msgpack import decode as _decode_attributes
 from fastfanout._ext.codec import status_text as codec_status_text
 from fastfanout.errors import InvalidArgument, MalformedBatch, MessageTooLarge, QueueFull
 from fastfanout.records import PublishEntry
+from fastfanout.settings import OVERFLOW_POLICIES   # in the store's order of OVERFLOW_*
 
 # Marks a duplicate of an earlier entry of the same batch (low bits: that entry's index),
 # as opposed to a duplicate of a message id remembered in a window.
@@ -781,7 +782,7 @@ cdef class Dispatcher:
                 f"{_limit(store.queue(queue).max_messages)}, max_bytes="
                 f"{_limit(store.queue(queue).max_bytes)}; "
                 f"{messages} more ({size_total} bytes) do not fit and overflow is "
-                f"{OVERFLOW_NAMES[store.queue(queue).overflow]}"
+                f"{OVERFLOW_POLICIES[store.queue(queue).overflow]}"
                 + _never_fits(store.queue(queue).max_messages, store.queue(queue).max_bytes,
                               messages, size_total)
                 + (" (it makes room from visible messages only: the rest are leased or "
@@ -791,9 +792,6 @@ cdef class Dispatcher:
             error.room = (store.names[queue], messages, size_total)
             raise error
         return 0
-
-
-OVERFLOW_NAMES = ("reject", "drop_oldest", "dead_letter", "hold")
 
 
 cdef str _never_fits(int64_t max_messages, int64_t max_bytes, uint64_t messages,
