@@ -632,6 +632,12 @@ class Durability:
                     and journal.current_segment_bytes > self.segment_bytes // 8):
                 self._roll()
             if self.disk_bytes() >= self.max_disk_bytes:
+                # The current segment is too small to roll (or the roll freed nothing),
+                # yet the closed segments may hold only a few live copies, settled
+                # around them since: delayed or leased ones no consumer can settle
+                # now. Copied forward into the current segment, they pin nothing.
+                self._free_closed_segments()
+            if self.disk_bytes() >= self.max_disk_bytes:
                 self.store_full += 1
                 raise StoreFull(
                     f"the journal in {self.journal_directory} holds {self.disk_bytes()} "
@@ -826,7 +832,7 @@ class Durability:
             self.journal_directory, journal_ops.segment_name(self._segment_bases[closed])))
         self._segment_bases[journal.segment_index] = int(journal.segment[:20])
         self._write_snapshot()
-        self._copy_forward()
+        self._copy_forward(closed)   # (the segment just closed is left as it is)
         try:
             self._flush()
         except StoreFull:
@@ -836,16 +842,20 @@ class Durability:
             self._sync()
         self._compact()
 
-    def _copy_forward(self) -> None:
-        """Move the few live copies of the oldest segments into the new one."""
+    def _copy_forward(self, below: int) -> None:
+        """Move the few live copies of the segments below index ``below`` forward.
+
+        Into the current segment, oldest segment first, each only while its live copies
+        are at most a quarter of its records.
+        """
         journal = self.journal
         assert journal is not None and self._state is not None
         store = self._state.store
         budget = COPY_FORWARD_COPIES
         while budget > 0:
             oldest = store.oldest_live_segment(journal.segment_index)
-            if oldest >= journal.segment_index - 1:
-                return   # the segment just closed is left as it is
+            if oldest >= below:
+                return
             records = self._segment_bases[oldest + 1] - self._segment_bases[oldest]
             if store.segment_live_count(oldest) * 4 > records:
                 return   # still mostly live: rewriting it would cost more than it frees
@@ -854,6 +864,27 @@ class Durability:
                 return
             budget -= moved
             self.copied_forward += moved
+
+    def _free_closed_segments(self) -> None:
+        """Copy the few live copies of every closed segment forward, then remove it.
+
+        For ``max_disk_bytes`` reached with a current segment too small to roll. The
+        copies' new records are written (and synced by the policy) before the
+        segments holding their old ones go.
+        """
+        journal = self.journal
+        assert journal is not None
+        moved = self.copied_forward
+        self._copy_forward(journal.segment_index)
+        if self.copied_forward == moved:
+            return
+        try:
+            self._flush()   # (a full disk is counted there; nothing is removed then)
+        except StoreFull:
+            return
+        if self.fsync != "never":
+            self._sync()
+        self._compact()
 
     def _compact(self) -> None:
         """Remove the oldest segments once no live durable copy has its message there."""

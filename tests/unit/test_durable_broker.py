@@ -342,6 +342,33 @@ def test_max_disk_bytes_refuses_publishes_until_consumers_drain(
     assert [m.body for m in broker.receive("q", max_messages=10)] == [b"room again"]
 
 
+def test_delayed_messages_do_not_pin_a_full_journal_once_the_rest_is_settled(
+        open_broker: Open) -> None:
+    # Each segment holds one message due in an hour beside others a consumer settles.
+    # Once those are settled the journal is mostly dead, but the settles are too few
+    # to roll the current segment: the delayed copies must not keep publishes refused.
+    broker = open_broker(max_disk_bytes=1 << 16, fsync="never")   # segments of 16 KiB
+    broker.create_queue("later")
+    broker.create_queue("work")
+    with pytest.raises(StoreFull):
+        for _ in range(100):
+            broker.send("later", b"due in an hour", delay=3600.0)
+            for _ in range(4):
+                broker.send("work", b"w" * 3500)
+    delayed = broker.stats().queues["later"].messages
+    while messages := broker.receive("work", max_messages=100):
+        broker.ack_batch([m.receipt for m in messages])
+    broker.send("work", b"room again")
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["copied_forward"] >= delayed - 1 and storage["removed_segments"] >= 3
+    assert storage["journal_bytes"] < 1 << 14
+    broker = restart(broker, open_broker, max_disk_bytes=1 << 16)
+    later = broker.stats().queues["later"]
+    assert later.messages == later.delayed == delayed > 2
+    assert [m.body for m in broker.receive("work")] == [b"room again"]
+
+
 def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
     broker = open_broker()
     broker.create_queue("q")
