@@ -286,8 +286,9 @@ class ScanReport:
             found in the cut bytes, a best effort: a torn record may have none).
         skipped: bad stretches skipped in the middle of segments, each a dict with
             ``segment``, ``offset``, ``bytes``, ``after_seq`` (last good sequence before
-            it) and ``next_seq`` (first good sequence after it; the sequences between
-            the two were lost).
+            it) and ``next_seq`` (first good sequence after it, in this segment or a
+            later one; the sequences between the two were lost; 0 when no good record
+            follows).
         bad_segments: files that are not segments (bad header), left in place, by name.
     """
 
@@ -345,12 +346,15 @@ def scan(directory, callback=None, bint repair=True):
     Returns:
         A ``ScanReport``.
     """
-    cdef uint64_t totals[3]     # records, first_seq, last_seq
+    cdef uint64_t totals[4]     # records, first_seq, last_seq, the segment's first seq
     cdef const char* data = NULL
     cdef size_t size = 0
     report = ScanReport()
     found = segments(directory)
-    totals[0] = totals[1] = totals[2] = 0
+    totals[0] = totals[1] = totals[2] = totals[3] = 0
+    # A stretch skipped at a segment's end: its next_seq is the next good record's, in
+    # a later segment.
+    open_stretch = None
     for index, (base_seq, name) in enumerate(found):
         path = os.path.join(directory, name)
         with open(path, "rb", buffering=0) as file:
@@ -369,8 +373,15 @@ def scan(directory, callback=None, bint repair=True):
             if not _header_ok(data, size, base_seq):
                 report.bad_segments.append(name)
                 continue
+            totals[3] = 0
             _scan_segment(data, size, name, path, index == len(found) - 1, repair,
                           callback, report, index, totals)
+            if open_stretch is not None and totals[3]:
+                open_stretch["next_seq"] = totals[3]
+                open_stretch = None
+            stretches = len(report.skipped)
+            if stretches and report.skipped[stretches - 1]["next_seq"] == 0:
+                open_stretch = report.skipped[stretches - 1]
         finally:
             if data != <const char*>MAP_FAILED:
                 munmap(<void*>data, size)
@@ -389,8 +400,8 @@ cdef bint _header_ok(const char* raw, size_t size, uint64_t base_seq) noexcept:
 
 cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last,
                    bint repair, callback, report, uint32_t index, uint64_t* totals):
-    # totals: records, first_seq, last_seq of the whole scan so far (kept in C: no Python
-    # object per record)
+    # totals: records, first_seq, last_seq of the whole scan so far, and the first good
+    # sequence of this segment (kept in C: no Python object per record)
     cdef uint64_t offset = SEGMENT_HEADER
     cdef uint64_t resync
     cdef uint64_t seq
@@ -410,6 +421,8 @@ cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last
             totals[0] += 1
             if not totals[1]:
                 totals[1] = seq
+            if not totals[3]:
+                totals[3] = seq
             totals[2] = seq
             expected = seq + 1
             offset += ff_align8(RECORD_HEADER + length)

@@ -169,6 +169,31 @@ def test_a_segment_cut_short_in_the_middle_keeps_the_later_segments(tmp_path):
     assert len(before) - len(after) == 2                 # the cut record and the torn one
 
 
+@pytest.mark.parametrize("header_of_the_next", ["good", "bad"])
+def test_a_stretch_cut_at_a_segments_end_names_the_next_good_sequence(
+        tmp_path, header_of_the_next):
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    for _ in range(10):
+        for _ in range(20):
+            writer.append(1, b"y" * 50)
+        writer.commit()
+    writer.close()
+    paths = segment_paths(tmp_path)
+    assert len(paths) >= 4
+    before, _ = read_all(tmp_path)
+    os.truncate(paths[1], os.path.getsize(paths[1]) - 100)
+    if header_of_the_next == "bad":   # the whole next segment is lost too
+        with open(paths[2], "r+b") as file:
+            file.write(b"NOTMAGIC")
+    after, report = read_all(tmp_path)
+    (skipped,) = report.skipped
+    resumed = int(os.path.basename(paths[2 if header_of_the_next == "good" else 3])[:20])
+    assert skipped["next_seq"] == resumed
+    kept = {record[0] for record in after}
+    lost = {record[0] for record in before} - kept
+    assert lost == set(range(skipped["after_seq"] + 1, skipped["next_seq"]))
+
+
 def test_a_file_that_is_not_a_segment_is_reported_and_left(tmp_path):
     writer = journal.Journal(tmp_path)
     writer.append(1, b"x")
