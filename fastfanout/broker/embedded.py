@@ -428,9 +428,13 @@ class Broker:
             received: list[Message] = single.receive(queue, wait=wait)   # one C call
             return received
         store = self._store
+        durable = self._durable
 
         def take(queue_id: int, lease_us: int, now_us: int) -> list[Message] | None:
-            return receive(store, queue_id, max_messages, lease_us, now_us, self, owner) or None
+            leased = receive(store, queue_id, max_messages, lease_us, now_us, self, owner)
+            if leased and durable is not None:
+                durable.write_leases()   # their receive counts survive a crash
+            return leased or None
 
         return self._receive_waiting(queue, max_messages, wait, visibility_timeout, take) or []
 
@@ -822,16 +826,22 @@ class ServerPort:
             ``(frame, count)``: delivery records with receipt and receive count set
             (``count`` 0: nothing came within ``wait``).
         """
+        broker = self._broker
+        durable = broker._durable
         if not wait:
             frame, count, *_ = self.receive_push(queue, max_messages, visibility_timeout,
                                                  None, b"", owner=owner)
             assert frame is not None   # no sink: always a frame
+            if count and durable is not None:
+                with broker._lock:
+                    durable.write_leases()   # their receive counts survive a crash
             return frame, count
-        broker = self._broker
 
         def take(queue_id: int, lease_us: int, now_us: int) -> tuple[bytes, int] | None:
             frame, count, *_ = receive_push(broker._store, queue_id, max_messages, lease_us,
                                             now_us, None, b"", owner)
+            if count and durable is not None:
+                durable.write_leases()
             return (frame, count) if count and frame is not None else None
 
         found = broker._receive_waiting(queue, max_messages, wait, visibility_timeout, take)

@@ -660,6 +660,25 @@ class Durability:
             except (StoreFull, StoreFailed):
                 pass   # counted and logged; publishes are refused, settles go on
 
+    def write_leases(self) -> None:
+        """Write what was journaled (no fdatasync): an embedded broker's receive leased.
+
+        A lease record counts a delivery. Left in the buffer until the next commit, it
+        would die with a process that a message crashed (an embedded broker's consumer
+        is its process): that message would come back with the same receive count after
+        every crash, never reaching ``max_receive_count`` and its dead-letter queue.
+        Written, it survives ``kill -9``. The server writes every round's records
+        itself. A failure is counted and logged; publishes are the calls that raise it.
+        """
+        journal = self.journal
+        if journal is None or journal.failure is not None or journal.busy:
+            return
+        if journal.buffered_bytes:
+            try:
+                self._flush()
+            except (StoreFull, StoreFailed):
+                pass
+
     def _reserve_ids(self) -> None:
         """Journal the next block of ids once those given out reach the reservation.
 

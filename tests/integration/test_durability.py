@@ -586,3 +586,41 @@ def test_ids_of_messages_no_durable_queue_kept_are_not_given_again_after_kill_9(
         assert broker.send("mem", b"z").message_id > last
     finally:
         broker.close()
+
+
+KILLED_WHILE_HANDLING = """
+import os, signal, sys
+from fastfanout import Broker
+broker = Broker(data_dir=sys.argv[1])
+if sys.argv[2] == "consume":
+    with broker.consume("work", prefetch=1) as consumer:
+        messages = [next(consumer)]
+else:
+    messages = broker.receive("work", max_messages=10)
+print(" ".join(f"{m.body.decode()}:{m.receive_count}" for m in messages), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)   # the handler crashed the process (and its broker)
+"""
+
+
+@pytest.mark.parametrize("how", ["receive", "consume"])
+def test_a_message_that_kills_its_embedded_broker_reaches_the_dead_letter_queue(
+        tmp_path: Path, how: str) -> None:
+    data = tmp_path / "data"
+    broker = Broker(data_dir=data)
+    broker.create_queue("dead")
+    broker.create_queue("work", max_receive_count=2, dead_letter_queue="dead")
+    broker.send("work", b"poison")
+    broker.close()
+    for receive_count in (1, 2):
+        child = subprocess.run([sys.executable, "-c", KILLED_WHILE_HANDLING, str(data), how],
+                               capture_output=True, text=True, timeout=60)
+        assert child.returncode == -signal.SIGKILL, child.stderr
+        assert child.stdout.split() == [f"poison:{receive_count}"]
+    broker = Broker(data_dir=data)
+    try:
+        assert broker.receive("work") == []
+        (dead,) = broker.receive("dead")
+        assert dead.body == b"poison" and dead.dead_letter is not None
+        assert dead.dead_letter.reason == "max_receives"
+    finally:
+        broker.close()
