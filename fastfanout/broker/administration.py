@@ -126,9 +126,11 @@ class Administration:
             raise InvalidArgument(f"clock must be a callable returning seconds, got {clock!r}")
         durable: Durability | None = None
         if data_dir is not None:
-            if not isinstance(data_dir, str | os.PathLike):
-                raise InvalidArgument(f"data_dir must be a path (str), got {data_dir!r:.80}")
-            if not os.fspath(data_dir):
+            path = os.fspath(data_dir) if isinstance(data_dir, str | os.PathLike) else None
+            if type(path) is not str or "\0" in path:
+                raise InvalidArgument(f"data_dir must be a path (str, no NUL character), "
+                                      f"got {data_dir!r:.80}")
+            if not path:
                 raise InvalidArgument("data_dir must not be empty: give a directory ('.' "
                                       "for the current one)")
             durable = Durability(data_dir, fsync, fsync_interval, max_disk_bytes)

@@ -124,6 +124,7 @@ class Broker:
             broker durable: it locks ``DATA_DIR/lock`` (``BrokerRunning`` if another
             broker holds it), recovers topology and messages from the journal before
             returning, and journals every change from then on (docs/storage.md).
+            ``InvalidArgument`` if it is a file (or below one), not a str path.
         fsync: ``always`` (default: a publish or send returns once it is on disk),
             ``interval`` (fdatasync at most every ``fsync_interval``) or ``never``.
             Under every policy a returned publish is in the file (survives kill -9).

@@ -106,6 +106,22 @@ def settings_arguments(record: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
+def _make_directory(path: str, what: str, hint: str) -> None:
+    """Create directory ``path`` (mode 0700) unless it is one.
+
+    Raises:
+        InvalidArgument: ``path``, or a directory above it, is something else (a file).
+    """
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = path   # the nearest of it and its parents that exists
+        while not os.path.lexists(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        raise InvalidArgument(f"{what} {path} must be a directory, but {blocker} is not "
+                              f"one: {hint}") from None
+
+
 def _lock(directory: str) -> int:
     """Take ``DIRECTORY/lock`` (flock, exclusive); returns its descriptor.
 
@@ -118,6 +134,9 @@ def _lock(directory: str) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InvalidArgument(f"{path} is a symbolic link: refused") from None
+        if exc.errno == errno.EISDIR:
+            raise InvalidArgument(f"{path} is a directory: the broker's lock file must be "
+                                  f"a file (remove it)") from None
         raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -413,7 +432,8 @@ class Durability:
             if max_disk_bytes is not None:
                 segment_bytes = max(min(segment_bytes, max_disk_bytes // 4), 16384)
         self.directory = os.path.abspath(os.fspath(data_dir))
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        _make_directory(self.directory, "data_dir",
+                        "give a directory, or a path where one can be made")
         self.fsync = fsync
         self.fsync_interval = float(fsync_interval)
         self.max_disk_bytes = max_disk_bytes
@@ -447,7 +467,8 @@ class Durability:
         """
         started = time.monotonic()
         self._state = state
-        os.makedirs(self.journal_directory, mode=0o700, exist_ok=True)
+        _make_directory(self.journal_directory, "the journal",
+                        "this data directory is not a broker's (or was damaged)")
         found = journal_ops.segments(self.journal_directory)
         bases = [base for base, _ in found]
         replay = _Replay()

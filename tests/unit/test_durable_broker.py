@@ -265,6 +265,26 @@ def test_a_second_broker_on_the_same_directory_is_refused(open_broker: Open) -> 
     assert broker.list_queues() == []
 
 
+def test_a_data_dir_that_cannot_be_one_is_refused_in_a_typed_error(
+        clock: FakeClock, tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"not a directory")
+    journal_file = tmp_path / "journal_file"
+    (journal_file / "journal").parent.mkdir()
+    (journal_file / "journal").write_bytes(b"")
+    lock_directory = tmp_path / "lock_directory"
+    (lock_directory / "lock").mkdir(parents=True)
+    for data_dir, named in [(a_file, a_file), (a_file / "below", a_file),
+                            (journal_file, journal_file / "journal"),
+                            (lock_directory, lock_directory / "lock"),
+                            ("no\0nul", "NUL"), (b"bytes", "bytes")]:
+        with pytest.raises(InvalidArgument, match=str(named)):
+            Broker(clock=clock, data_dir=data_dir)  # type: ignore[arg-type]
+    assert a_file.read_bytes() == b"not a directory"
+    (journal_file / "journal").unlink()
+    Broker(clock=clock, data_dir=journal_file).close()   # the refusal left no lock held
+
+
 def test_disk_follows_live_data(open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker(max_disk_bytes=2 << 20, fsync="never")   # segments of 512 KiB
     broker.create_queue("q")
