@@ -92,6 +92,9 @@ cdef extern from "<sys/mman.h>" nogil:
 
 cdef enum:
     NO_COPY = 0xFFFFFFFF
+    # The receive count of a copy whose enqueue named a message record compaction had
+    # removed (blob NULL): no remove record named it yet (see Replay._ghost).
+    GHOST = 0xFFFFFFFF
     TOPIC_KEY_RECORD = 40      # u32 topic id, 4 zero bytes, u64 low, high, message id, i64 time
 
 # A body key must never equal a dedup-id key: the constant ext/fanout.pyx flips into it.
@@ -284,8 +287,9 @@ cdef class Replay(RecordSink):
     Attributes:
         next_message_id: above every message id read (records and snapshots).
         orphans: records recovery could not use (an enqueue naming a queue or message
-            it does not know, a record too short for its kind); the subclass counts its
-            own too.
+            it does not know, a record too short for its kind); an enqueue naming a
+            message compaction removed counts (at ``restore``) only if no remove record
+            named its copy; the subclass counts its own too.
     """
 
     cdef replay_copy* copies
@@ -307,6 +311,7 @@ cdef class Replay(RecordSink):
     cdef object dead_name             # (dead letters of one queue share one object)
     cdef readonly uint64_t next_message_id
     cdef public Py_ssize_t orphans
+    cdef Py_ssize_t ghosts            # ghost copies no remove record named yet
 
     def __cinit__(self, *args, **kwargs):
         self.copies = NULL
@@ -485,6 +490,9 @@ cdef class Replay(RecordSink):
                 return 0
             copy = self._find(ff_load_le64(payload))
             if copy == NULL or copy.blob == NULL:
+                if copy != NULL and kind == RECORD_REMOVE and copy.receive_count == GHOST:
+                    copy.receive_count = 0   # a ghost's copy was gone: nothing was lost
+                    self.ghosts -= 1
                 return 0   # a copy gone already (or before the oldest segment)
             if kind == RECORD_LEASE:
                 copy.receive_count += 1
@@ -498,6 +506,37 @@ cdef class Replay(RecordSink):
         if kind == RECORD_TOPIC_KEY:
             return self._topic_key(payload, length)
         self.other_record(kind, PyBytes_FromStringAndSize(payload, length))
+        return 0
+
+    cdef int _ghost(self, uint64_t seq) except -1:
+        """An enqueue naming a message record before the oldest one read.
+
+        Compaction removes a segment once no live copy has its message there, so such a
+        copy was gone before its message's segment was: its remove record (an ack, or
+        compaction copying it forward) follows. It is indexed as a ghost, without a
+        message; one that no remove record names is an orphan (counted at ``restore``:
+        the message was in a lost stretch).
+        """
+        cdef replay_copy* copy
+        if self.index_base == 0:
+            self.index_base = seq
+        if seq < self.index_base or seq - self.index_base >= MAX_INDEXED:
+            self.orphans += 1
+            return 0
+        self._grow_index(seq)
+        self._grow_copies()
+        copy = &self.copies[self.copy_count]
+        copy.seq = seq
+        copy.entered_us = 0
+        copy.due_us = 0
+        copy.receive_count = GHOST
+        copy.queue = NO_COPY
+        copy.blob = NULL
+        copy.held = NULL
+        copy.dead = NULL
+        self.index[seq - self.index_base] = <uint32_t>self.copy_count
+        self.copy_count += 1
+        self.ghosts += 1
         return 0
 
     cdef void _remove(self, replay_copy* copy) noexcept:
@@ -651,6 +690,8 @@ cdef class Replay(RecordSink):
             blob = NULL
         else:
             holder = self._find(ff_load_le64(p + 8))
+            if holder == NULL and (self.index_base == 0 or ff_load_le64(p + 8) < self.index_base):
+                return self._ghost(seq)
             if holder == NULL or holder.held == NULL:
                 self.orphans += 1
                 return 0
@@ -777,6 +818,8 @@ cdef class Replay(RecordSink):
             PyMem_Free(qids)
             PyMem_Free(order)
         store.raise_message_ids(self.next_message_id)
+        self.orphans += self.ghosts   # enqueues of messages in a lost stretch
+        self.ghosts = 0
         return n
 
     def restore_keys(self, list topic_windows, list queue_windows):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import random
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from clocks import FakeClock
 
 from fastfanout import Broker
-from fastfanout._ext import journal
+from fastfanout._ext import journal, store
+from fastfanout._ext.recovery import Replay
 from fastfanout.storage import durability
 
 
@@ -159,3 +161,26 @@ def test_storage_reaches_no_private_name_of_the_broker() -> None:
                and not node.attr.startswith("__")
                and not (isinstance(node.value, ast.Name) and node.value.id == "self")]
     assert reaches == []
+
+
+@pytest.mark.parametrize("removed", [True, False])
+def test_an_enqueue_naming_a_compacted_message_is_an_orphan_only_if_its_copy_lived_on(
+        tmp_path: Path, removed: bool) -> None:
+    # A copy recorded by naming its message's record (a fan-out, a dead-lettering) may
+    # outlive that record's segment in the journal only if the copy was gone first
+    # (acked, or copied forward): a remove record follows. Such a clean journal has no
+    # orphan; one without the remove lost the message in a stretch.
+    kinds = store.RECORD_KINDS
+    writer = journal.Journal(tmp_path, next_seq=100)
+    named = writer.append(kinds["enqueue"], struct.pack(
+        "<IIQqqII", 0, 0, 7, 1_000, 1_000, 1, 0))   # message record 7: compacted away
+    writer.append(kinds["lease"], struct.pack("<Q", named))
+    if removed:
+        writer.append(kinds["remove"], struct.pack("<Q", named))
+    writer.commit()
+    writer.close()
+    replay = Replay()
+    replay.bind_queue(0, replay.new_queue())
+    journal.scan(tmp_path, replay)
+    assert replay.restore(store.Store(), [None]) == 0
+    assert replay.orphans == (0 if removed else 1)
