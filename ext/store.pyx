@@ -876,19 +876,39 @@ cdef class Store:
         its receive count, due time and dead-letter info), oldest first, so those
         segments hold nothing live and can be removed. Nothing is moved when there are
         more than ``max_copies``; returns how many were moved (-count when too many).
+
+        The copies that entered the same queue in the same microsecond as a moved one
+        move with it, in journal order: recovery restores a queue's copies by entry
+        time, ties in journal order, so a moved copy must not land after one that
+        entered after it in the same microsecond (a FIFO group's order; a batch shares
+        its entry time, and so does every copy under a frozen test clock).
         """
         cdef list found = []
+        cdef set tied = set()
         cdef uint32_t slot
         cdef entry_t* entry
         cdef uint32_t index
         cdef int64_t due
         cdef uint64_t moved_seq
         cdef uint32_t moved_segment
+        cdef int64_t earliest = INT64_MAX
+        cdef int64_t latest = INT64_MIN
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state != STATE_FREE and entry.journal_seq and \
                     entry.journal_segment < below:
                 found.append((entry.journal_seq, slot))
+                tied.add((entry.queue, entry.entered_us))
+                earliest = min(earliest, entry.entered_us)
+                latest = max(latest, entry.entered_us)
+        if found:
+            for slot in range(self.entry_capacity):
+                entry = &self.entries[slot]
+                if entry.state != STATE_FREE and entry.journal_seq and \
+                        entry.journal_segment >= below and \
+                        earliest <= entry.entered_us <= latest and \
+                        (entry.queue, entry.entered_us) in tied:
+                    found.append((entry.journal_seq, slot))
         if len(found) > max_copies:
             return -len(found)
         found.sort()
