@@ -391,6 +391,18 @@ def scan(directory, callback=None, bint repair=True):
     return report
 
 
+def _removable(path, uint64_t base_seq):
+    """Whether compaction may delete segment file ``path``: its header is good, or it
+    is too short to have one (see ``Journal.remove_segments_before``)."""
+    cdef bytes header
+    try:
+        with open(path, "rb", buffering=0) as file:
+            header = file.read(SEGMENT_HEADER)
+    except OSError:
+        return False   # (not a file we can read: not ours to delete)
+    return len(header) < SEGMENT_HEADER or _header_ok(header, len(header), base_seq)
+
+
 cdef bint _header_ok(const char* raw, size_t size, uint64_t base_seq) noexcept:
     if size < SEGMENT_HEADER or memcmp(raw, MAGIC_BYTES, 8) != 0:
         return False
@@ -946,13 +958,20 @@ cdef class Journal:
 
     def remove_segments_before(self, uint64_t seq):
         """Delete every closed segment whose records all precede ``seq``; returns how
-        many files were removed (the current segment is never removed)."""
+        many files were removed (the current segment is never removed).
+
+        A file named like a segment whose header is bad (``ScanReport.bad_segments``)
+        is left in place, as the scan promised: its records could not be read, and it
+        is there to be looked at. One too short to hold a header is deleted (a roll that
+        a crash cut short: no record can be in it).
+        """
         found = segments(self.directory)
         names = []
         for index in range(len(found) - 1):
             base, name = found[index]
             next_base = found[index + 1][0]
-            if next_base <= seq and name != self.segment and name not in self.removing:
+            if next_base <= seq and name != self.segment and name not in self.removing \
+                    and _removable(os.path.join(self.directory, name), base):
                 names.append(name)
                 self.synced_sizes.pop(name, None)
         if not names:

@@ -338,6 +338,32 @@ def test_whole_segments_before_a_sequence_are_removed(tmp_path):
     assert records and report.skipped == []
 
 
+def test_compaction_leaves_a_segment_with_a_bad_header_in_place(tmp_path):
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    for _ in range(6):
+        for _ in range(20):
+            writer.append(1, b"w" * 50)
+        writer.commit()
+    writer.close()
+    found = journal.segments(tmp_path)
+    damaged = tmp_path / found[1][1]
+    with open(damaged, "r+b") as file:
+        file.write(b"FFJRNL0X")   # one byte of its magic
+    cut_short = tmp_path / journal.segment_name(found[2][0] - 1)
+    cut_short.write_bytes(b"FFJ")   # a roll a crash cut short (sorts just before [2])
+    _, report = read_all(tmp_path)
+    assert report.bad_segments == [damaged.name, cut_short.name]
+    writer = journal.Journal(tmp_path, next_seq=report.last_seq + 1, segment_bytes=4096,
+                             segment_index=len(found) + 1)
+    writer.append(1, b"after")
+    writer.commit()
+    writer.remove_segments_before(10**9)
+    writer.close()
+    left = [name for _, name in journal.segments(tmp_path)]
+    assert damaged.name in left and cut_short.name not in left and found[0][1] not in left
+    assert damaged.read_bytes()[:8] == b"FFJRNL0X"
+
+
 @pytest.mark.parametrize("kind", [0, 256, -1])
 def test_bad_kinds_are_refused(tmp_path, kind):
     writer = journal.Journal(tmp_path)
