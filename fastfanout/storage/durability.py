@@ -61,10 +61,11 @@ SEGMENT_BYTES = 64 << 20
 """A segment is closed (and a new one begun with a snapshot) once it holds this many
 bytes; with ``max_disk_bytes`` set, at most a quarter of it."""
 COPY_FORWARD_COPIES = 10_000
-"""At each segment roll, the live copies of the oldest segment are journaled afresh
-(copied forward) when they are at most this many and at most a quarter of its records,
-so a few long-lived messages do not keep old segments on disk; a
-backlog stays where it is (it is live data, and rewriting it would cost more)."""
+"""At each segment roll, the live copies of the oldest segments are journaled afresh
+(copied forward) when they are at most this many and at most a quarter of those
+segments' records (taken together), so a few long-lived messages do not keep old
+segments on disk; a backlog stays where it is (it is live data, and rewriting it would
+cost more)."""
 FLUSH_BYTES = 1 << 20
 """Records of settle calls are buffered until the next commit, or until this many bytes
 wait (then the next call flushes them)."""
@@ -883,26 +884,31 @@ class Durability:
         self._compact()
 
     def _copy_forward(self, below: int) -> None:
-        """Move the few live copies of the segments below index ``below`` forward.
+        """Move the few live copies of the oldest segments, below index ``below``, forward.
 
-        Into the current segment, oldest segment first, each only while its live copies
-        are at most a quarter of its records.
+        Into the current segment: the live copies of the longest run of oldest segments
+        whose live copies are at most a quarter of their records, taken together, and
+        at most ``COPY_FORWARD_COPIES``. Together, not one by one: a small segment (a
+        restart's, cut short by the next restart) holding a few long-lived copies would
+        otherwise fail the rule on its own and keep every segment after it on disk.
         """
         journal = self.journal
         assert journal is not None and self._state is not None
         store = self._state.store
-        budget = COPY_FORWARD_COPIES
-        while budget > 0:
-            oldest = store.oldest_live_segment(journal.segment_index)
-            if oldest >= below:
-                return
-            records = self._segment_bases[oldest + 1] - self._segment_bases[oldest]
-            if store.segment_live_count(oldest) * 4 > records:
-                return   # still mostly live: rewriting it would cost more than it frees
-            moved = store.copy_forward(oldest + 1, budget)
-            if moved < 0:
-                return
-            budget -= moved
+        oldest = store.oldest_live_segment(journal.segment_index)
+        live = records = 0
+        last = -1   # the newest segment of the run to free
+        for index in range(oldest, below):
+            live += store.segment_live_count(index)
+            if live > COPY_FORWARD_COPIES:
+                break
+            records += self._segment_bases[index + 1] - self._segment_bases[index]
+            if live * 4 <= records:
+                last = index
+        if last < 0:
+            return   # still mostly live: rewriting it would cost more than it frees
+        moved = store.copy_forward(last + 1, COPY_FORWARD_COPIES)
+        if moved > 0:
             self.copied_forward += moved
 
     def _free_closed_segments(self) -> None:

@@ -389,6 +389,31 @@ def test_delayed_messages_do_not_pin_a_full_journal_once_the_rest_is_settled(
     assert [m.body for m in broker.receive("work")] == [b"room again"]
 
 
+def test_a_small_segment_of_long_lived_messages_does_not_pin_the_journal(
+        open_broker: Open) -> None:
+    # A restart begins a segment; the next restart closes it small, with two messages
+    # due tomorrow in its few records: mostly live on its own, it must still be copied
+    # forward with the dead segments after it once the journal is full.
+    broker = open_broker(max_disk_bytes=1 << 16)
+    broker.create_queue("later")
+    broker.create_queue("work")
+    broker = restart(broker, open_broker, max_disk_bytes=1 << 16)
+    broker.send("later", b"due tomorrow", delay=86400.0)
+    broker.send("later", b"due tomorrow too", delay=86400.0)
+    broker = restart(broker, open_broker, max_disk_bytes=1 << 16)
+    with pytest.raises(StoreFull):
+        for _ in range(100):
+            broker.send("work", b"w" * 3500)
+    while messages := broker.receive("work", max_messages=100):
+        broker.ack_batch([m.receipt for m in messages])
+    broker.send("work", b"room again")
+    storage = broker.stats().storage
+    assert storage is not None and storage["copied_forward"] >= 2
+    assert storage["journal_bytes"] < 1 << 14
+    broker = restart(broker, open_broker, max_disk_bytes=1 << 16)
+    assert broker.stats().queues["later"].delayed == 2
+
+
 def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
     broker = open_broker()
     broker.create_queue("q")
