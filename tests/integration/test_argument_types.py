@@ -225,3 +225,22 @@ def test_embedded_message_path_refuses_wrong_types(argument: str, call: Any,
         with pytest.raises(InvalidArgument):
             call(broker, value)
         assert shape(broker) == before
+
+
+@pytest.mark.parametrize("settle", [
+    lambda api, receipt: api.ack(receipt),
+    lambda api, receipt: api.ack_batch([receipt]),
+    lambda api, receipt: api.ack_batch((receipt,)),
+], ids=["ack", "ack_batch-list", "ack_batch-tuple"])
+def test_a_bool_is_no_receipt_embedded_or_over_the_wire(track: Any, settle: Any) -> None:
+    # A client (and the embedded ack_batch of a tuple) took True as receipt 1 and
+    # answered StaleReceipt, where the embedded ack refused it as no int.
+    server: Server = track.server()
+    receipt, _ = prepared(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        with pytest.raises(InvalidArgument, match="receipt"):
+            settle(api, True)
+    assert server.broker.stats().queues["q"].leased == 1
+    server.broker.ack(receipt)
+    assert server.broker.stats().queues["q"].acked == 1
