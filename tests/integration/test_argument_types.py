@@ -9,6 +9,7 @@ must be refused with ``InvalidArgument`` (or a subclass), never ``internal`` nor
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import zmq
 from conftest import raw_dealer
 
-from fastfanout import Broker, InvalidArgument
+from fastfanout import Broker, InvalidArgument, aio
 from fastfanout.errors import error_for_code
 from fastfanout.server.loop import Server
 from fastfanout.wire import protocol
@@ -244,3 +245,38 @@ def test_a_bool_is_no_receipt_embedded_or_over_the_wire(track: Any, settle: Any)
     assert server.broker.stats().queues["q"].leased == 1
     server.broker.ack(receipt)
     assert server.broker.stats().queues["q"].acked == 1
+
+
+CLIENT_MISTAKES: list[tuple[str, Any]] = [
+    ("entries", lambda c: c.publish_batch("t", 5)),
+    ("entries", lambda c: c.send_batch("q", None)),
+    ("entries", lambda c: c.send_batch("q", 1.5)),
+    ("max_messages|receive", lambda c: c.receive("q", max_messages=object())),
+    ("wait|receive", lambda c: c.receive("q", wait=object())),
+    ("redelivery_backoff", lambda c: c.create_queue("n", redelivery_backoff=5)),
+]
+
+
+@pytest.mark.parametrize("what, mistake", CLIENT_MISTAKES,
+                         ids=[f"{i}-{w}" for i, (w, _) in enumerate(CLIENT_MISTAKES)])
+def test_both_clients_refuse_what_the_embedded_broker_refuses(
+        track: Any, what: str, mistake: Any) -> None:
+    # The clients raised Python's TypeError (not iterable, not msgpack-encodable) where
+    # the embedded broker raises InvalidArgument.
+    server: Server = track.server()
+    prepared(server.broker)
+    before = shape(server.broker)
+    with pytest.raises(InvalidArgument, match=what):
+        mistake(server.broker)
+    with pytest.raises(InvalidArgument, match=what):
+        mistake(track.client(server.endpoint))
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            with pytest.raises(InvalidArgument, match=what):
+                result = mistake(client)
+                if inspect.isawaitable(result):
+                    await result
+
+    asyncio.run(main())
+    assert shape(server.broker) == before
