@@ -280,3 +280,33 @@ def test_both_clients_refuse_what_the_embedded_broker_refuses(
 
     asyncio.run(main())
     assert shape(server.broker) == before
+
+
+@pytest.mark.parametrize("deliver_at", [-2**70, -1e300, -10**400])
+def test_a_deliver_at_in_the_far_past_means_now_everywhere(
+        track: Any, deliver_at: float) -> None:
+    # Beyond an int64 of microseconds it raised OverflowError (the broker and the
+    # clients), where a deliver_at in the past means now (docs/semantics.md).
+    server: Server = track.server()
+    prepared(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        api.send("q", b"due", deliver_at=deliver_at)
+        (message,) = api.receive("q", max_messages=10)
+        assert message.body == b"due"
+        api.ack(message.receipt)
+
+
+@pytest.mark.parametrize("deliver_at", [2**70, 10**400, 1e300])
+def test_a_deliver_at_far_ahead_is_invalid_argument_everywhere(
+        track: Any, deliver_at: float) -> None:
+    server: Server = track.server()
+    prepared(server.broker)
+    before = shape(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        with pytest.raises(InvalidArgument, match="deliver_at"):
+            api.send("q", b"x", deliver_at=deliver_at)
+        with pytest.raises(InvalidArgument, match="deliver_at"):
+            api.publish("t", b"x", deliver_at=deliver_at)
+    assert shape(server.broker) == before
