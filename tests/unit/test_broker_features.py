@@ -115,6 +115,24 @@ def test_messages_without_a_group_in_a_fifo_queue_form_one_group(broker, clock):
     assert bodies(broker.receive("f", max_messages=10)) == [b"1"]
 
 
+@pytest.mark.parametrize("overflow", ["drop_oldest", "dead_letter"])
+def test_a_full_fifo_queue_makes_room_from_group_heads_only_and_says_so(broker, overflow):
+    # The refusal said the rest were "leased or delayed" while two of them were visible,
+    # waiting behind their group's leased head (stats count them visible).
+    broker.create_queue("dlq")
+    broker.create_queue("f", fifo=True, content_dedup=True, max_messages=3,
+                        overflow=overflow, dead_letter_queue="dlq")
+    broker.send_batch("f", [PublishEntry(f"a{n}".encode(), group_id="a") for n in range(3)])
+    (leased,) = broker.receive("f")
+    with pytest.raises(QueueFull, match="wait behind their group's head"):
+        broker.send("f", b"a3", group_id="a")
+    stats = broker.stats().queues["f"]
+    assert (stats.visible, stats.leased, stats.rejected) == (2, 1, 1)
+    leased.ack()
+    broker.send("f", b"a3", group_id="a")   # room again once a0 is acked
+    assert broker.stats().queues["f"].messages == 3
+
+
 def test_fifo_topic_feeds_fifo_queues_only(broker):
     broker.create_topic("ft", fifo=True)
     broker.create_topic("st")
