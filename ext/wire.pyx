@@ -173,6 +173,7 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
     cdef int status
     cdef double now = 0.0   # set when delay or ttl needs it; 0 keeps gcc from warning
     cdef double at_us
+    cdef int64_t ttl_us
     _clear(&view)
     if attributes:
         if type(attributes) is not dict:
@@ -219,8 +220,11 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
         view.flags |= FF_FLAG_DELIVER_AT
         view.deliver_at_us = <int64_t>round(deliver_at * 1e6) if at_us > 0.0 else 0
     if ttl is not None:
+        ttl_us = _seconds_us(ttl, "ttl")
+        if ttl_us <= 0:   # as the broker says it (not "expired before it was published")
+            raise InvalidArgument("ttl must be > 0 seconds")
         view.flags |= FF_FLAG_EXPIRES
-        view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + _seconds_us(ttl, "ttl"))
+        view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + ttl_us)
     if priority is not None:
         if type(priority) is not int or not 0 <= priority <= 255:
             raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")

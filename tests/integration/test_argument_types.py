@@ -310,3 +310,17 @@ def test_a_deliver_at_far_ahead_is_invalid_argument_everywhere(
         with pytest.raises(InvalidArgument, match="deliver_at"):
             api.publish("t", b"x", deliver_at=deliver_at)
     assert shape(server.broker) == before
+
+
+@pytest.mark.parametrize("ttl", [0, 0.0, 1e-7])
+def test_a_ttl_of_no_microsecond_is_refused_alike(track: Any, ttl: float) -> None:
+    # A client sent it and the broker answered "the message expired before it was
+    # published"; embedded it is "ttl must be > 0 seconds".
+    server: Server = track.server()
+    prepared(server.broker)
+    before = shape(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        with pytest.raises(InvalidArgument, match="ttl must be > 0 seconds"):
+            api.send("q", b"x", ttl=ttl)
+    assert shape(server.broker) == before
