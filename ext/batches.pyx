@@ -445,6 +445,7 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled
 
 cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) except? -1:
     """An absolute due time (clock seconds or an aware datetime) in microseconds."""
+    cdef double at_us
     if isinstance(deliver_at, datetime):
         if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
             raise InvalidArgument(
@@ -454,7 +455,17 @@ cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) exc
         raise InvalidArgument(
             f"entry {i}: deliver_at must be clock seconds or an aware datetime, got "
             f"{type(deliver_at).__name__}")
-    if not isfinite(deliver_at) or deliver_at * 1e6 - now_us > C_MAX_DELAY_US:
+    try:
+        at_us = float(deliver_at)
+    except OverflowError:   # an int beyond a double's range: far ahead, or a far past
+        at_us = 1e308 if deliver_at > 0 else -1e308
+    if not isfinite(at_us):
         raise InvalidArgument(
             f"entry {i}: deliver_at={deliver_at!r} must be finite and at most one year from now")
+    at_us *= 1e6   # may be infinite now: too far ahead, or a far past
+    if at_us - now_us > C_MAX_DELAY_US:
+        raise InvalidArgument(
+            f"entry {i}: deliver_at={deliver_at!r} must be finite and at most one year from now")
+    if at_us <= now_us:
+        return now_us   # the past means now (a far past fits no int64: OverflowError before)
     return max(<int64_t>round(deliver_at * 1e6), now_us)

@@ -785,13 +785,24 @@ cdef class Dispatcher:
                 f"{OVERFLOW_POLICIES[store.queue(queue).overflow]}"
                 + _never_fits(store.queue(queue).max_messages, store.queue(queue).max_bytes,
                               messages, size_total)
-                + (" (it makes room from visible messages only: the rest are leased or "
-                   "delayed)" if store.queue(queue).overflow in (
-                       OVERFLOW_DROP_OLDEST, OVERFLOW_DEAD_LETTER) else ""))
+                + _room_advice(store.queue(queue).overflow, store.queue(queue).fifo))
             error.hold = hold
             error.room = (store.names[queue], messages, size_total)
             raise error
         return 0
+
+
+cdef str _room_advice(int overflow, bint fifo):
+    """Which messages drop_oldest and dead_letter make room from (none for the others)."""
+    if overflow != OVERFLOW_DROP_OLDEST and overflow != OVERFLOW_DEAD_LETTER:
+        return ""
+    if fifo:
+        # Only a group's head is listed visible: a message waiting behind its group's
+        # leased or delayed head is not taken (the stats count it visible).
+        return (" (it makes room from visible messages only, in a FIFO queue from the heads "
+                "of groups with no message leased or delayed: the rest are leased, delayed "
+                "or wait behind their group's head)")
+    return " (it makes room from visible messages only: the rest are leased or delayed)"
 
 
 cdef str _never_fits(int64_t max_messages, int64_t max_bytes, uint64_t messages,

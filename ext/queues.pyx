@@ -22,6 +22,7 @@ from fastfanout._ext.groups cimport GroupTable
 from fastfanout._ext.store cimport (
     DROP_REASON_COUNT,
     NIL,
+    PENDING_TAG,
     STATE_VISIBLE,
     Store,
     dead_letter_t,
@@ -174,13 +175,22 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
     cdef list candidates = []
     # Snapshot the visible messages first: making room in a target may dead-letter
     # messages into this very queue, and those must not be visited in this call.
-    level = store.queues[dlq].levels
-    while level > 0:
-        level -= 1
-        slot = store.queues[dlq].visible_head[level]
+    if store.group_tables[dlq] is not None:
+        # A FIFO queue lists only its groups' heads as visible: take every visible
+        # message, in arrival order (so each group's order), not one per group a call.
+        slot = store.queues[dlq].arrival_head
         while slot != NIL:
-            candidates.append((slot, store.entries[slot].generation))
-            slot = store.entries[slot].visible_next
+            if not slot & PENDING_TAG and store.entries[slot].state == STATE_VISIBLE:
+                candidates.append((slot, store.entries[slot].generation))
+            slot = store._arrival_next_of(slot)[0]
+    else:
+        level = store.queues[dlq].levels
+        while level > 0:
+            level -= 1
+            slot = store.queues[dlq].visible_head[level]
+            while slot != NIL:
+                candidates.append((slot, store.entries[slot].generation))
+                slot = store.entries[slot].visible_next
     for slot, generation in candidates:
         if max_messages >= 0 and moved >= <uint64_t>max_messages:
             break

@@ -544,8 +544,9 @@ cdef class Store:
             if group.tail == slot:
                 group.tail = NIL
         else:
-            # Only the head ever leaves a group in normal operation (every removal path
-            # takes the oldest message); walk anyway so that no path can corrupt the list.
+            # Almost always the head leaves a group (every removal path takes the oldest
+            # message); a redrive of a FIFO queue whose group head is leased takes the
+            # next ones in arrival order, each found right behind the head.
             previous = group.head
             while self.entries[previous].group_next != slot:
                 previous = self.entries[previous].group_next

@@ -103,10 +103,19 @@ cdef inline void _clear(ff_record_view* view) noexcept:
     view.body_len = 0
 
 
+cdef inline double _as_double(object number) except? -1.0:
+    """A float or int as a double; an int beyond a double's range is +-1e308 (finite,
+    and beyond every limit: refused as too large, or a far past)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return 1e308 if number > 0 else -1e308
+
+
 cdef int64_t _seconds_us(object seconds, str what) except? -1:
     if type(seconds) is not float and type(seconds) is not int:
         raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
-    if not isfinite(seconds) or not 0 <= seconds <= MAX_DELAY:
+    if not isfinite(_as_double(seconds)) or not 0 <= seconds <= MAX_DELAY:
         raise InvalidArgument(f"{what}={seconds!r} must be finite and from 0 to {MAX_DELAY:g} s")
     return <int64_t>round(seconds * 1e6)
 
@@ -163,6 +172,8 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
     cdef bytes dedup = _id_bytes(dedup_id, "dedup_id")
     cdef int status
     cdef double now = 0.0   # set when delay or ttl needs it; 0 keeps gcc from warning
+    cdef double at_us
+    cdef int64_t ttl_us
     _clear(&view)
     if attributes:
         if type(attributes) is not dict:
@@ -195,14 +206,25 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
                 raise InvalidArgument(
                     f"deliver_at datetime {deliver_at!r} must be timezone-aware")
             deliver_at = deliver_at.timestamp()
-        if type(deliver_at) is not float and type(deliver_at) is not int or \
-                not isfinite(deliver_at):
+        if type(deliver_at) is not float and type(deliver_at) is not int:
             raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
+        at_us = _as_double(deliver_at)
+        if not isfinite(at_us):
+            raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
+        at_us *= 1e6
+        # The broker refuses one more than a year ahead; one beyond the record's int64
+        # field is refused here (OverflowError before), one in the past means now.
+        if at_us > 9.2e18:
+            raise InvalidArgument(
+                f"deliver_at={deliver_at!r} must be finite and at most one year from now")
         view.flags |= FF_FLAG_DELIVER_AT
-        view.deliver_at_us = <int64_t>round(deliver_at * 1e6)
+        view.deliver_at_us = <int64_t>round(deliver_at * 1e6) if at_us > 0.0 else 0
     if ttl is not None:
+        ttl_us = _seconds_us(ttl, "ttl")
+        if ttl_us <= 0:   # as the broker says it (not "expired before it was published")
+            raise InvalidArgument("ttl must be > 0 seconds")
         view.flags |= FF_FLAG_EXPIRES
-        view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + _seconds_us(ttl, "ttl"))
+        view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + ttl_us)
     if priority is not None:
         if type(priority) is not int or not 0 <= priority <= 255:
             raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
@@ -506,7 +528,7 @@ def pack_receipts(receipts):
     Args:
         receipts: a 1-D integer array (``uint64``, or a signed or 4-byte integer type
             holding no negative value: read with no Python object per receipt), or an
-            iterable of ints.
+            iterable of ints (not bools).
 
     Raises:
         InvalidArgument: a receipt is not an int in [0, 2**64), or the array is not 1-D
@@ -556,7 +578,9 @@ def pack_receipts(receipts):
     for i in range(n):
         item = items[i]
         try:
-            if type(item) is not int and not hasattr(item, "__index__"):
+            # bool has __index__ but is no receipt (True would name receipt 1)
+            if type(item) is not int and (type(item) is bool
+                                          or not hasattr(item, "__index__")):
                 raise TypeError
             receipt = item
         except (TypeError, OverflowError):

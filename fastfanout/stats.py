@@ -30,7 +30,8 @@ class TopicStats:
     Attributes:
         published: messages accepted by publish (duplicates excluded).
         deliveries: copies enqueued into subscribed queues.
-        unrouted: messages published while no subscription matched.
+        unrouted: accepted messages that reached no queue: no subscription, every
+            policy filtered them out, or every queue held them as duplicates.
         subscriptions: current number of subscriptions.
         duplicates: publishes recognised as duplicates (accepted, not delivered).
         filtered_out: copies a subscription's filter policy kept from its queue.

@@ -100,7 +100,8 @@ class Administration:
         dispatcher: the native fan-out of topics to their queues.
         lock: the broker's one lock (re-entrant); every call holds it throughout.
         arrivals: a condition of ``lock`` (a ``FastCondition``), notified when messages may
-            have arrived; its ``sleeping`` counts the receivers parked on it.
+            have arrived or a queue was deleted; its ``sleeping`` counts the receivers
+            parked on it.
         queues: queue name -> id.
         queue_names: queue id -> name.
         visibility_us: queue id -> its default lease, microseconds.
@@ -402,6 +403,9 @@ class Administration:
             del self.visibility_us[queue_id]
             if self.durable is not None:
                 self.durable.queue_deleted(name, queue_id)
+            # A receive waiting on this queue (an embedded consumer's too) learns of the
+            # deletion now (NotFound), as a client's long poll does, not when its wait ends.
+            self.arrivals.notify_all()
 
     def list_queues(self) -> list[str]:
         """Names of every queue, sorted."""

@@ -54,6 +54,7 @@ from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, AsyncProducer
 from fastfanout.errors import (
     BrokenConnection,
     FastFanoutError,
+    InvalidArgument,
     NotFound,
     PeerLost,
     SessionExpired,
@@ -831,9 +832,12 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
                 timeout: float | None = None) -> AsyncIterator[RemoteMessage]:
         """Iterate (``async for``) over pushed messages: a plain call, not awaited.
 
-        See ``fastfanout.api.BrokerAPI.consume``; a bad ``timeout`` raises
-        ``InvalidArgument`` on the first step of the iteration.
+        See ``fastfanout.api.BrokerAPI.consume``; a queue name that is not a ``str``
+        raises ``InvalidArgument`` here, a bad ``timeout`` (and whatever the broker
+        refuses) on the first step of the iteration.
         """
+        if type(queue) is not str:   # the native cursor takes a str only (a TypeError)
+            raise InvalidArgument(f"queue name {queue!r} must be a string")
         connection = self.connection
         # a native iterator: one C step per message, awaiting only for the next push
         return AsyncMessageCursor(connection.settler, connection.acks, queue, connection.pushes(

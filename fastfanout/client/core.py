@@ -57,7 +57,7 @@ from fastfanout.errors import (
     ServerStopping,
     SessionExpired,
 )
-from fastfanout.settings import QueueSettings, Subscription
+from fastfanout.settings import QueueSettings, Subscription, check_iterable
 from fastfanout.stats import BrokerStats
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
@@ -480,15 +480,16 @@ class ConnectionCore:
         """
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
+        check_iterable("entries", entries)   # as the embedded broker does, not a TypeError
         frame: Any = publish_frame_of(entries)   # bytes, or a RowsFrame (a buffer)
         return self.publish_frame(opcode, name, frame)
 
     def receive_request(self, queue: str, max_messages: int, wait: float,
                         visibility_timeout: float | None) -> Request:
         """Queue a RECEIVE (its answer may take ``receive_allowance(wait)`` more)."""
-        return self.request(Opcode.RECEIVE, [protocol.encode_payload([[], {
+        return self.request(Opcode.RECEIVE, [encode_call(Opcode.RECEIVE, [], {
             "queue": queue, "max_messages": max_messages, "wait": wait,
-            "visibility_timeout": visibility_timeout}])])
+            "visibility_timeout": visibility_timeout})])
 
     @staticmethod
     def receive_allowance(wait: Any) -> float:
@@ -581,9 +582,9 @@ class ConnectionCore:
         A refusal of the CONSUME drops the consumer (closed: nothing to cancel).
         """
         inactivity = check_inactivity_timeout(timeout)
-        request = self.request(Opcode.CONSUME, [protocol.encode_payload([[], {
+        request = self.request(Opcode.CONSUME, [encode_call(Opcode.CONSUME, [], {
             "queue": queue, "prefetch": prefetch,
-            "visibility_timeout": visibility_timeout}])])
+            "visibility_timeout": visibility_timeout})])
         self.consumers[request.request_id] = ConsumerState(
             request.request_id, queue, prefetch, inactivity)
         return request

@@ -829,9 +829,13 @@ class ModelBroker:
         if target is source:
             raise InvalidArgument(f"cannot redrive {dead_letter_queue!r} into itself")
         moved = 0
-        # Only what is listed when the call starts: making room in a destination may
-        # dead-letter its messages into this very queue, and those must not cycle.
-        for copy in source.listed_for_receive():
+        # Only what is visible when the call starts: making room in a destination may
+        # dead-letter its messages into this very queue, and those must not cycle. A
+        # FIFO queue lists only its groups' heads: take every visible copy, in arrival
+        # order.
+        visible = ([copy for copy in source.copies if copy.state == "visible"]
+                   if source.fifo else source.listed_for_receive())
+        for copy in visible:
             if limit is not None and moved >= limit:
                 break
             if not source.holds(copy) or copy.state != "visible":

@@ -18,7 +18,9 @@ Limits: a request is held at most ``timeout`` seconds, then answered with the
 error is answered at once, as for ``reject``).
 
 Retries: a held request keeps the room its last refusal needed (``QueueFull.room``) and
-is run again only once that queue has it (``retry``'s ``room``), or at its deadline. A
+is run again only once that queue has it (``retry``'s ``room``), at its deadline, or
+after a change of topics or subscriptions (``routes_changed``: the queue may no longer be
+one of its targets). A
 publish of 2,000 messages run against a queue still short of room made and freed 2,000
 blobs each time (~50 µs), once per round while a consumer acked. A batch whose need
 shrank meanwhile (its dedup ids published by another session) waits for the room it
@@ -122,6 +124,16 @@ class HeldRequests:
                 reply(held, payload)
         self._held = kept
         return timed_out
+
+    def routes_changed(self) -> None:
+        """Topics or subscriptions changed: run every held request at the next retry.
+
+        The room a request waits for may no longer be needed (its full queue unsubscribed
+        or filtered out, its topic deleted): it goes through, or meets its real outcome,
+        now rather than at its deadline.
+        """
+        for held in self._held:
+            held.room = None
 
     def drop_session(self, session: Any) -> None:
         """Forget a vanished session's held requests (nobody is left to answer)."""

@@ -861,6 +861,9 @@ class Server:
             raise InvalidArgument(f"{protocol.CALLS[opcode]}: {exc}") from None
         if opcode in (Opcode.REDRIVE, Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
             self._deliveries.dirty = True
+        if opcode in (Opcode.UNSUBSCRIBE, Opcode.SET_FILTER_POLICY, Opcode.DELETE_TOPIC,
+                      Opcode.DELETE_QUEUE):
+            self._held.routes_changed()   # a held publish may not need that room any more
         self._deliveries.room = True   # an ack, purge, delete, term... may have made room
         if opcode == Opcode.STATS:
             return [protocol.encode_payload(result)]

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any, Final
 
@@ -398,6 +399,8 @@ def backoff_to_wire(backoff: Any) -> Any:
         return None
     if hasattr(backoff, "_asdict"):
         return dict(backoff._asdict())
+    if not isinstance(backoff, Iterable):
+        return backoff   # a number, say: sent as it is, for the broker to refuse
     return list(backoff)
 
 

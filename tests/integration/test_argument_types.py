@@ -9,6 +9,7 @@ must be refused with ``InvalidArgument`` (or a subclass), never ``internal`` nor
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import zmq
 from conftest import raw_dealer
 
-from fastfanout import Broker, InvalidArgument
+from fastfanout import Broker, InvalidArgument, aio
 from fastfanout.errors import error_for_code
 from fastfanout.server.loop import Server
 from fastfanout.wire import protocol
@@ -225,3 +226,101 @@ def test_embedded_message_path_refuses_wrong_types(argument: str, call: Any,
         with pytest.raises(InvalidArgument):
             call(broker, value)
         assert shape(broker) == before
+
+
+@pytest.mark.parametrize("settle", [
+    lambda api, receipt: api.ack(receipt),
+    lambda api, receipt: api.ack_batch([receipt]),
+    lambda api, receipt: api.ack_batch((receipt,)),
+], ids=["ack", "ack_batch-list", "ack_batch-tuple"])
+def test_a_bool_is_no_receipt_embedded_or_over_the_wire(track: Any, settle: Any) -> None:
+    # A client (and the embedded ack_batch of a tuple) took True as receipt 1 and
+    # answered StaleReceipt, where the embedded ack refused it as no int.
+    server: Server = track.server()
+    receipt, _ = prepared(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        with pytest.raises(InvalidArgument, match="receipt"):
+            settle(api, True)
+    assert server.broker.stats().queues["q"].leased == 1
+    server.broker.ack(receipt)
+    assert server.broker.stats().queues["q"].acked == 1
+
+
+CLIENT_MISTAKES: list[tuple[str, Any]] = [
+    ("entries", lambda c: c.publish_batch("t", 5)),
+    ("entries", lambda c: c.send_batch("q", None)),
+    ("entries", lambda c: c.send_batch("q", 1.5)),
+    ("max_messages|receive", lambda c: c.receive("q", max_messages=object())),
+    ("wait|receive", lambda c: c.receive("q", wait=object())),
+    ("redelivery_backoff", lambda c: c.create_queue("n", redelivery_backoff=5)),
+]
+
+
+@pytest.mark.parametrize("what, mistake", CLIENT_MISTAKES,
+                         ids=[f"{i}-{w}" for i, (w, _) in enumerate(CLIENT_MISTAKES)])
+def test_both_clients_refuse_what_the_embedded_broker_refuses(
+        track: Any, what: str, mistake: Any) -> None:
+    # The clients raised Python's TypeError (not iterable, not msgpack-encodable) where
+    # the embedded broker raises InvalidArgument.
+    server: Server = track.server()
+    prepared(server.broker)
+    before = shape(server.broker)
+    with pytest.raises(InvalidArgument, match=what):
+        mistake(server.broker)
+    with pytest.raises(InvalidArgument, match=what):
+        mistake(track.client(server.endpoint))
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            with pytest.raises(InvalidArgument, match=what):
+                result = mistake(client)
+                if inspect.isawaitable(result):
+                    await result
+
+    asyncio.run(main())
+    assert shape(server.broker) == before
+
+
+@pytest.mark.parametrize("deliver_at", [-2**70, -1e300, -10**400])
+def test_a_deliver_at_in_the_far_past_means_now_everywhere(
+        track: Any, deliver_at: float) -> None:
+    # Beyond an int64 of microseconds it raised OverflowError (the broker and the
+    # clients), where a deliver_at in the past means now (docs/semantics.md).
+    server: Server = track.server()
+    prepared(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        api.send("q", b"due", deliver_at=deliver_at)
+        (message,) = api.receive("q", max_messages=10)
+        assert message.body == b"due"
+        api.ack(message.receipt)
+
+
+@pytest.mark.parametrize("deliver_at", [2**70, 10**400, 1e300])
+def test_a_deliver_at_far_ahead_is_invalid_argument_everywhere(
+        track: Any, deliver_at: float) -> None:
+    server: Server = track.server()
+    prepared(server.broker)
+    before = shape(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        with pytest.raises(InvalidArgument, match="deliver_at"):
+            api.send("q", b"x", deliver_at=deliver_at)
+        with pytest.raises(InvalidArgument, match="deliver_at"):
+            api.publish("t", b"x", deliver_at=deliver_at)
+    assert shape(server.broker) == before
+
+
+@pytest.mark.parametrize("ttl", [0, 0.0, 1e-7])
+def test_a_ttl_of_no_microsecond_is_refused_alike(track: Any, ttl: float) -> None:
+    # A client sent it and the broker answered "the message expired before it was
+    # published"; embedded it is "ttl must be > 0 seconds".
+    server: Server = track.server()
+    prepared(server.broker)
+    before = shape(server.broker)
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        with pytest.raises(InvalidArgument, match="ttl must be > 0 seconds"):
+            api.send("q", b"x", ttl=ttl)
+    assert shape(server.broker) == before

@@ -112,6 +112,26 @@ def test_asyncio_leases(track: Tracker) -> None:
     asyncio.run(main())
 
 
+def test_asyncio_consume_of_a_queue_name_that_is_no_str_is_invalid_argument(
+        track: Tracker) -> None:
+    # It raised Python's TypeError from the native cursor's signature.
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q")
+            for queue in (5, b"q", None):
+                with pytest.raises(fastfanout.InvalidArgument, match="queue name"):
+                    client.consume(queue)  # type: ignore[arg-type]
+            await client.send("q", b"still there")
+            async for message in client.consume("q", timeout=5.0):
+                assert message.body == b"still there"
+                message.ack()
+                break
+
+    asyncio.run(main())
+
+
 def test_asyncio_listen(track: Tracker, endpoint: str) -> None:
     track.server(endpoint)
 

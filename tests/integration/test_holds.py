@@ -8,7 +8,7 @@ from typing import Any as Tracker
 
 import pytest
 
-from fastfanout import QueueFull, ServerStopping, aio
+from fastfanout import NotFound, QueueFull, ServerStopping, aio
 
 
 def _full_hold_queue(track: Tracker, **server_options: object) -> tuple[Tracker, Tracker]:
@@ -127,3 +127,28 @@ def test_asyncio_publish_waits_out_a_hold(track: Tracker) -> None:
             return (await asyncio.wait_for(task, 10.0)).deliveries
 
     assert asyncio.run(publish_then_check()) == 1
+
+
+@pytest.mark.parametrize("change", ["unsubscribe", "filter_out", "delete_topic"])
+def test_a_held_publish_is_answered_at_once_when_its_full_queue_stops_being_a_target(
+        track: Tracker, change: str) -> None:
+    # It waited for room in a queue it no longer went to, until hold_timeout (30 s).
+    server, client = _full_hold_queue(track)
+    publisher = track.client(server.endpoint)
+    future = publisher.publish_batch_nowait("t", [b"2"])
+    publisher.flush()
+    track.wait_until(lambda: client.server_stats()["held"] == 1, what="held")
+    if change == "unsubscribe":
+        client.unsubscribe(1)
+    elif change == "filter_out":
+        client.set_filter_policy(1, {"kind": ["never"]})
+    else:
+        client.delete_topic("t")
+    if change == "delete_topic":
+        with pytest.raises(NotFound):
+            future.result(timeout=5.0)
+    else:
+        (result,) = future.result(timeout=5.0)
+        assert result.deliveries == 0
+    assert client.server_stats()["held"] == 0
+    assert client.stats().queues["q"].messages == 2

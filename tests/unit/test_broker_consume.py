@@ -92,3 +92,28 @@ def test_bad_arguments_are_refused(broker: Broker) -> None:
         broker.consume("q", visibility_timeout=-1)
     with pytest.raises(InvalidArgument, match="owner"):
         broker.receive("q", owner=12345)
+
+
+def test_deleting_the_queue_ends_a_waiting_consumer_at_once(broker: Broker) -> None:
+    # It waited for its whole timeout before it saw the queue was gone.
+    consumer = broker.consume("q", timeout=20.0)
+    outcome: list[object] = []
+
+    def take() -> None:
+        try:
+            outcome.extend(message.body for message in consumer)
+        except NotFound as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while broker.waiting_receivers == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    started = time.monotonic()
+    broker.delete_queue("q")
+    thread.join(10)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5.0
+    assert len(outcome) == 1 and isinstance(outcome[0], NotFound)

@@ -72,6 +72,67 @@ def test_fifo_order_kept_across_dead_lettering(broker, clock):
     assert broker.stats().queues["f"].groups == 0
 
 
+def test_redrive_of_a_fifo_dead_letter_queue_moves_every_visible_message(broker):
+    # It moved one message per group and call (a FIFO queue lists only its groups'
+    # heads), where the docs promise every visible message and stats counted them all.
+    broker.create_queue("dlq", fifo=True, content_dedup=True)
+    broker.create_queue("f", fifo=True, content_dedup=True, max_receive_count=1,
+                        dead_letter_queue="dlq")
+    broker.send_batch("f", [PublishEntry(f"{g}{n}".encode(), group_id=g)
+                            for g in "ab" for n in range(3)])
+    for _ in range(3):
+        for message in broker.receive("f", max_messages=10):
+            message.term()
+    assert broker.stats().queues["dlq"].visible == 6
+    (leased,) = broker.receive("dlq")   # a0: its lease keeps it out of the redrive
+    assert leased.body == b"a0"
+    assert broker.redrive("dlq") == 5
+    assert broker.stats().queues["dlq"].messages == 1
+    order: dict[str, list[bytes]] = {"a": [], "b": []}
+    while got := broker.receive("f", max_messages=10):
+        for message in got:
+            order[message.group_id].append(message.body)
+            message.ack()
+    assert order == {"a": [b"a1", b"a2"], "b": [b"b0", b"b1", b"b2"]}
+
+
+def test_messages_without_a_group_in_a_fifo_queue_form_one_group(broker, clock):
+    # A standard queue's FIFO dead-letter queue, and a redrive to a FIFO queue, take
+    # messages that have no group_id: as documented, they are one group of their own.
+    broker.create_queue("fdlq", fifo=True, content_dedup=True)
+    broker.create_queue("s", dead_letter_queue="fdlq", max_receive_count=1)
+    broker.create_queue("f", fifo=True, content_dedup=True)
+    broker.send_batch("s", [b"0", b"1"])
+    for message in broker.receive("s", max_messages=2):
+        message.term()
+    broker.send("f", b"grouped", group_id="g")
+    assert broker.redrive("fdlq", to="f") == 2
+    assert broker.stats().queues["f"].groups == 2
+    got = broker.receive("f", max_messages=10)
+    assert [(m.body, m.group_id) for m in got] == [(b"grouped", "g"), (b"0", None)]
+    assert broker.receive("f", max_messages=10) == []   # b"1" waits behind b"0"
+    got[1].ack()
+    assert bodies(broker.receive("f", max_messages=10)) == [b"1"]
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "dead_letter"])
+def test_a_full_fifo_queue_makes_room_from_group_heads_only_and_says_so(broker, overflow):
+    # The refusal said the rest were "leased or delayed" while two of them were visible,
+    # waiting behind their group's leased head (stats count them visible).
+    broker.create_queue("dlq")
+    broker.create_queue("f", fifo=True, content_dedup=True, max_messages=3,
+                        overflow=overflow, dead_letter_queue="dlq")
+    broker.send_batch("f", [PublishEntry(f"a{n}".encode(), group_id="a") for n in range(3)])
+    (leased,) = broker.receive("f")
+    with pytest.raises(QueueFull, match="wait behind their group's head"):
+        broker.send("f", b"a3", group_id="a")
+    stats = broker.stats().queues["f"]
+    assert (stats.visible, stats.leased, stats.rejected) == (2, 1, 1)
+    leased.ack()
+    broker.send("f", b"a3", group_id="a")   # room again once a0 is acked
+    assert broker.stats().queues["f"].messages == 3
+
+
 def test_fifo_topic_feeds_fifo_queues_only(broker):
     broker.create_topic("ft", fifo=True)
     broker.create_topic("st")

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from fastfanout import AlreadyExists, InvalidArgument, InvalidFilterPolicy, NotFound, PublishEntry
+from fastfanout import (
+    AlreadyExists,
+    Broker,
+    InvalidArgument,
+    InvalidFilterPolicy,
+    NotFound,
+    PublishEntry,
+)
 
 
 def received(broker, queue):
@@ -110,3 +117,17 @@ def test_unsubscribing_a_pattern(broker):
     sid = broker.subscribe("a.*", "q")
     broker.unsubscribe(sid)
     assert broker.publish("a.b", b"x").deliveries == 0
+
+
+def test_unrouted_counts_a_publish_every_queue_held_as_a_duplicate() -> None:
+    # As docs/semantics.md says (the Stats section said "published with no subscription").
+    with Broker() as broker:
+        broker.create_topic("t")
+        broker.create_queue("q")
+        broker.subscribe("t", "q")
+        broker.send("q", b"first", dedup_id="d")
+        result = broker.publish("t", b"again", dedup_id="d")
+        assert (result.deliveries, result.duplicate) == (0, False)
+        topic = broker.stats().topics["t"]
+        assert (topic.published, topic.deliveries, topic.unrouted) == (1, 0, 1)
+        assert broker.stats().queues["q"].duplicates == 1

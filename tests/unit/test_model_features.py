@@ -416,3 +416,21 @@ def test_pattern_feeds_matching_topics_created_later(model: ModelBroker) -> None
     assert topic_stats(model, "orders.eu.created").subscriptions == 1
     with pytest.raises(InvalidArgument):
         model.subscribe("orders.>.x", "q")
+
+
+def test_model_redrive_of_a_fifo_dead_letter_queue_moves_every_visible_copy(
+        model: ModelBroker) -> None:
+    # The model, as the broker, took only the groups' heads (one per group a call).
+    model.create_queue("dlq", fifo=True, content_dedup=True)
+    model.create_queue("f", fifo=True, content_dedup=True, max_receive_count=1,
+                       dead_letter_queue="dlq")
+    model.send_batch("f", [PublishEntry(f"a{n}".encode(), group_id="a") for n in range(3)])
+    for _ in range(3):
+        for message in model.receive("f", max_messages=10):
+            model.term(message.receipt)
+    assert model.redrive("dlq") == 3
+    bodies = []
+    while got := model.receive("f", max_messages=10):
+        bodies += [message.body for message in got]
+        model.ack(got[0].receipt)
+    assert bodies == [b"a0", b"a1", b"a2"]

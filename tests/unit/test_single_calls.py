@@ -326,6 +326,33 @@ def test_a_waiting_receive_of_a_queue_deleted_meanwhile_raises_not_found(
     assert [m.body for m in broker.receive("r")] == [b"new"]
 
 
+@pytest.mark.parametrize("max_messages", [1, 2])   # the one-C-call form and the other
+def test_deleting_the_queue_wakes_its_waiting_receive_at_once(
+        broker: Broker, max_messages: int) -> None:
+    # The waiter used to sleep its whole wait (20 s) unless something else rang the bell.
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(broker.receive("q", max_messages=max_messages, wait=20.0))
+        except NotFound as error:
+            outcome.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while broker.waiting_receivers == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    started = time.monotonic()
+    broker.delete_queue("q")
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert time.monotonic() - started < 5.0
+    assert len(outcome) == 1 and isinstance(outcome[0], NotFound)
+    assert "deleted while waiting" in str(outcome[0])
+
+
 @pytest.mark.parametrize("wait", [-1.0, 20.5, float("nan"), float("inf"), "1", True, None])
 def test_a_bad_wait_is_refused_and_changes_nothing(broker: Broker, wait: Any) -> None:
     broker.send("q", b"x")
