@@ -275,4 +275,7 @@ def _body_bytes(item: object) -> bytes:
         if not view.c_contiguous:
             raise InvalidArgument(
                 f"a body must be a C-contiguous buffer; this {type(item).__name__} is not")
+        if any("O" in part for part in view.format.split(":")[::2]):   # names between colons
+            raise InvalidArgument(
+                f"a body must hold plain data; this {type(item).__name__} holds Python objects")
         return view.tobytes()

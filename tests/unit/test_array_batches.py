@@ -76,6 +76,15 @@ def test_entries_keep_their_zero_bytes_beside_the_array_path() -> None:
     ((5, np.array([0, 1])), "needs a buffer first"),
     ((b"abcdef", np.array([0, 3, 6], dtype=np.int16)), "1-D of 2-byte items"),
     ((b"abcdef", np.array([[0, 3], [4, 6]])), "2-D of 8-byte items"),
+    ((b"abcdef", np.array([0, 3, 6], dtype=">i8")), "native byte order; .* format '>q'"),
+    ((b"abcdef", np.array([0, 2**63 + 5], dtype=np.uint64)),
+     r"offsets\[1\]=9223372036854775813 is beyond the buffer's 6 bytes"),
+    (np.array(5, dtype=np.uint8), "this 0-d ndarray has none"),
+    (np.array((1.5, 7), dtype=RECORD), "this 0-d ndarray has none"),
+    (np.array([[b"ab", b"cd"]], dtype=object), "an array batch must hold plain data"),
+    (np.array([(1, b"x")], dtype=[("n", "<i4"), ("o", "O")]), "must hold plain data"),
+    ((np.array([b"ab"], dtype=object), np.array([0, 8])),
+     "the buffer of a .* must hold plain data"),
 ])
 def test_a_bad_array_batch_is_refused_and_changes_nothing(entries: object, message: str
                                                           ) -> None:
@@ -85,6 +94,27 @@ def test_a_bad_array_batch_is_refused_and_changes_nothing(entries: object, messa
         with pytest.raises(InvalidArgument, match=message):
             encode_entries(entries)
         assert broker.stats().queues["q"].enqueued == 0
+
+
+@pytest.mark.parametrize("body", [
+    np.array([b"ab", b"cd"], dtype=object),
+    np.array([(1, b"x")], dtype=[("n", "<i4"), ("o", "O")]),
+    memoryview(np.array([b"ab"], dtype=object)),
+])
+def test_a_body_of_python_objects_is_refused_not_sent_as_pointers(body: object) -> None:
+    # its bytes were the objects' addresses: meaningless to any consumer, and a leak of
+    # this process's memory layout
+    with make_broker() as broker:
+        for publish in (lambda: broker.send("q", body),
+                        lambda: broker.publish_batch("t", [body]),
+                        lambda: broker.send_batch("q", [PublishEntry(body, priority=1)]),
+                        lambda: encode_entries([body])):
+            with pytest.raises(InvalidArgument, match="entry 0: a body must hold plain data"):
+                publish()
+        assert broker.stats().queues["q"].enqueued == 0
+        broker.send("q", np.array([1, 2], dtype=[("n", "<i4")]))   # a field named O is fine
+        broker.send("q", np.zeros(2, dtype=[("O", "<i4")]))
+        assert len(bodies(broker)) == 2
 
 
 def test_a_batch_of_fixed_size_bodies_is_viewed_in_place() -> None:
