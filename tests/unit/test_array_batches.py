@@ -159,6 +159,28 @@ def test_as_array_refuses_bodies_of_other_sizes() -> None:
             make_batch_of(broker, [b"abcd"]).as_array(np.float32, (2,))
 
 
+def test_as_array_refuses_object_dtypes_and_takes_numpy_int_shapes() -> None:
+    # a view of the frame as object pointers crashed the interpreter on first use
+    with make_broker() as broker:
+        broker.send_batch("q", np.full((2, 16), 0x41, dtype=np.uint8))
+        uniform = broker.consume("q", prefetch=10).next_batch(1.0)
+        broker.send_batch("q", [PublishEntry(b"A" * 16, attributes={"k": "v"}), b"A" * 16])
+        gathered = broker.consume("q", prefetch=10).next_batch(1.0)
+        assert uniform is not None and gathered is not None
+        for batch in (uniform, gathered):
+            for dtype in (object, np.dtype([("n", "<i8"), ("o", "O")])):
+                with pytest.raises(InvalidArgument, match="holds Python objects"):
+                    batch.as_array(dtype)
+            with pytest.raises(InvalidArgument, match="not a numpy dtype"):
+                batch.as_array("no-such-type")
+            with pytest.raises(InvalidArgument, match="must be an int or a tuple of ints"):
+                batch.as_array(np.uint8, "16")
+            with pytest.raises(InvalidArgument, match="negative dimension"):
+                batch.as_array(np.uint8, (-4, -4))
+            assert batch.as_array(np.uint16, np.int64(8)).shape == (2, 8)
+            assert batch.as_array(np.uint8, (np.int32(2), np.int64(8))).shape == (2, 2, 8)
+
+
 def make_batch_of(broker: fastfanout.Broker, entries: list[bytes]) -> object:
     broker.send_batch("q", entries)
     batch = broker.consume("q").next_batch(1.0)
