@@ -506,7 +506,7 @@ def pack_receipts(receipts):
     Args:
         receipts: a 1-D integer array (``uint64``, or a signed or 4-byte integer type
             holding no negative value: read with no Python object per receipt), or an
-            iterable of ints.
+            iterable of ints (numpy integers too; not bools).
 
     Raises:
         InvalidArgument: a receipt is not an int in [0, 2**64), or the array is not 1-D
@@ -556,7 +556,9 @@ def pack_receipts(receipts):
     for i in range(n):
         item = items[i]
         try:
-            if type(item) is not int and not hasattr(item, "__index__"):
+            # a numpy integer reads as its int; a bool is no receipt (the broker agrees)
+            if type(item) is not int and (type(item) is bool
+                                          or not hasattr(item, "__index__")):
                 raise TypeError
             receipt = item
         except (TypeError, OverflowError):

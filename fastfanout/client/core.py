@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
@@ -110,6 +111,19 @@ def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> byt
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise InvalidArgument(f"{Opcode(opcode).name.lower()}: an argument cannot be sent "
                               f"to the broker: {exc}") from None
+
+
+def receipt_argument(value: Any) -> Any:
+    """A receipt as a control call sends it (nack, extend, term).
+
+    An integer of another type than int (``__index__``: a numpy ``uint64`` taken from a
+    batch's ``receipts``) goes as its int, as ``ack`` and the embedded broker take it
+    (msgpack cannot encode it); anything else goes as it is, for the broker to judge.
+    """
+    if type(value) is not int and type(value) is not bool and \
+            hasattr(type(value), "__index__"):
+        return operator.index(value)
+    return value
 
 
 def decode_value(frames: list[bytes]) -> Any:
@@ -218,6 +232,8 @@ class ControlCall:
         positional: list[Any] = []
         keywords: dict[str, Any] = {}
         for name, value in list(bound.arguments.items())[1:]:
+            if name == "receipt":
+                value = receipt_argument(value)
             if self.signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY:
                 keywords[name] = value
             else:

@@ -111,7 +111,10 @@ def check_flag(what: str, value: object) -> bool:
 
 
 def check_receipt(receipt: object) -> int:
-    """A receipt: an int in ``[0, 2**64)``."""
+    """A receipt: an int in ``[0, 2**64)`` (a numpy integer reads as its int; no bool)."""
+    index = getattr(type(receipt), "__index__", None)
+    if type(receipt) is not int and type(receipt) is not bool and index is not None:
+        receipt = index(receipt)
     if type(receipt) is not int or not 0 <= receipt < 2**64:
         raise InvalidArgument(f"receipt {receipt!r} must be an int in [0, 2**64)")
     return receipt
