@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any as Tracker
 
+import pytest
+
+from fastfanout import StaleReceipt, aio
 from fastfanout._ext.received import MessageCursor, RemoteMessage
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -276,3 +280,41 @@ def test_asyncio_publish_nowait_is_one_native_call(track: Tracker) -> None:
             assert (await client.stats()).queues["q"].enqueued == 16
 
     asyncio.run(main())
+
+
+def test_a_settle_call_after_a_queued_ack_comes_after_it(track: Tracker) -> None:
+    # message.ack() only queues its receipt (linger 30 s here); a nack, term or ack of
+    # the same delivery made after it used to reach the broker first: the ack was then
+    # stale and the message came back (or was dead-lettered), unlike the embedded broker
+    _, client, consumer, _ = _consumer_of_three(track)
+    a, b, c = (next(consumer) for _ in range(3))
+    a.ack()
+    with pytest.raises(StaleReceipt):
+        a.nack()
+    b.ack()
+    with pytest.raises(StaleReceipt):
+        client.term(b.receipt)
+    c.ack()
+    with pytest.raises(StaleReceipt):
+        c.ack()
+    stats = client.stats().queues["q"]
+    assert (stats.acked, stats.visible, stats.leased, stats.dead_lettered) == (3, 0, 0, 0)
+    consumer.cancel()
+
+
+def test_an_asyncio_settle_after_a_queued_ack_comes_after_it(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> tuple[int, int, int, int]:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send_batch("q", [b"a", b"b", b"c"])
+            received = await client.receive("q", max_messages=3, wait=5.0)
+            for message, then in zip(received, ("nack", "term", "extend"), strict=True):
+                message.ack()                      # queued for this loop iteration
+                await (message.extend(5.0) if then == "extend"
+                       else getattr(message, then)())   # sent at once, after the ack
+            stats = (await client.stats()).queues["q"]
+            return stats.acked, stats.visible, stats.leased, stats.dead_lettered
+
+    assert asyncio.run(main()) == (3, 0, 0, 0)
