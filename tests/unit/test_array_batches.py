@@ -255,6 +255,11 @@ def test_the_embedded_producer_offers_array_batches_in_order() -> None:
                 producer.offer_batch((b"ab", np.array([1, 0])))
             with pytest.raises(InvalidArgument, match="takes an array batch"):
                 producer.offer_batch([b"x"])
+            # what is no array batch is refused, as the clients' producers refuse it
+            # (a 1-D array of a plain item type was published an element a body)
+            for not_rows in (np.arange(3, dtype=np.uint8), (b"a", b"b"), iter([b"x"])):
+                with pytest.raises(InvalidArgument, match="must be a 2-D or structured"):
+                    producer.offer_batch(not_rows)
             assert producer.offered == 4
         assert bodies(broker) == [b"first", b"abc", b"def", bytes(ROWS[0])]
 
