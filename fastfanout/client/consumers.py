@@ -31,6 +31,7 @@ from fastfanout.client.messages import (
 )
 from fastfanout.errors import BrokenConnection
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
+from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -222,7 +223,9 @@ class AsyncSettler:
 
     The ``Owner`` and ``Settler`` of its messages and batches: an ack is queued for this
     loop iteration's SETTLE; nack, extend and term are sent at once, their answers
-    dropped (the broker counts a failure).
+    dropped (the broker counts a failure). Their arguments are checked here first, as
+    the broker checks them: a bad delay raises ``InvalidArgument`` and sends nothing
+    (until 2026-12-05 it was sent, refused and only counted, the message left leased).
     """
 
     __slots__ = ("_connection",)
@@ -240,11 +243,23 @@ class AsyncSettler:
         self._connection.queue_receipts(protocol.encode_receipt(receipt))
 
     def nack(self, receipt: int, *, delay: float | None = None) -> None:
-        """End a lease early (sent at once)."""
+        """End a lease early (sent at once).
+
+        Raises:
+            InvalidArgument: ``delay`` is not seconds in range (nothing is sent: the
+                broker's refusal would be dropped with the answer).
+        """
+        if delay is not None:
+            seconds_to_us("delay", delay, maximum=MAX_DELAY)
         self._connection.fire(Opcode.NACK, receipt, delay=delay)
 
     def extend(self, receipt: int, seconds: float) -> None:
-        """Make the lease end ``seconds`` from now (sent at once)."""
+        """Make the lease end ``seconds`` from now (sent at once).
+
+        Raises:
+            InvalidArgument: ``seconds`` is not seconds in range (nothing is sent).
+        """
+        seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         self._connection.fire(Opcode.EXTEND, receipt, seconds)
 
     def term(self, receipt: int) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from typing import Any as Tracker
 
 import pytest
 
-from fastfanout import StaleReceipt, aio
+from fastfanout import Broker, InvalidArgument, StaleReceipt, aio
 from fastfanout._ext.received import MessageCursor, RemoteMessage
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -318,3 +319,52 @@ def test_an_asyncio_settle_after_a_queued_ack_comes_after_it(track: Tracker) -> 
             return stats.acked, stats.visible, stats.leased, stats.dead_lettered
 
     assert asyncio.run(main()) == (3, 0, 0, 0)
+
+
+def refuse_bad_settles_then_ack_the_batch(api: Any) -> tuple[int, int]:
+    """A pushed batch: bad nack and extend arguments refused, then the batch acked;
+    returns (acked, leased)."""
+    api.create_queue("q", visibility_timeout=60.0)
+    api.send_batch("q", [b"a", b"b"])
+    consumer = api.consume("q", prefetch=10)
+    batch = consumer.next_batch(5.0)
+    for bad in (lambda m: m.nack(delay=-1), lambda m: m.nack(delay="soon"),
+                lambda m: m.extend(-1.0)):
+        with pytest.raises(InvalidArgument):
+            bad(batch[0])
+    batch.ack()   # the refused calls did nothing: the batch ack covers the message
+    consumer.cancel()
+    stats = api.stats().queues["q"]
+    return stats.acked, stats.leased
+
+
+def test_a_refused_nack_leaves_the_message_to_its_batch_ack(track: Tracker) -> None:
+    # the refused nack marked the message settled: the batch ack left it out, leased
+    with Broker() as broker:
+        assert refuse_bad_settles_then_ack_the_batch(broker) == (2, 0)
+    server = track.server()
+    assert refuse_bad_settles_then_ack_the_batch(track.client(server.endpoint)) == (2, 0)
+
+
+def test_asyncio_message_settles_refuse_bad_arguments(track: Tracker) -> None:
+    # they were sent, refused by the broker and only counted: the call returned DONE
+    server = track.server()
+
+    async def main() -> tuple[int, int]:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send("q", b"a")
+            (message,) = await client.receive("q", wait=5.0)
+            for bad in (lambda: message.nack(delay=-1), lambda: message.extend(-5.0),
+                        lambda: message.extend("x")):
+                with pytest.raises(InvalidArgument):
+                    bad()
+            await message.ack()   # queued: it leaves when this loop iteration ends
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while (stats := (await client.stats()).queues["q"]).acked < 1:
+                assert asyncio.get_running_loop().time() < deadline, "ack missing"
+                await asyncio.sleep(0.01)
+            return stats.acked, stats.leased
+
+    assert asyncio.run(main()) == (1, 0)
+    assert server.counters["error.invalid_argument"] == 0
