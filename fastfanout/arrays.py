@@ -280,6 +280,11 @@ class MessageBatch(FrameViews, Sequence["RemoteMessage"]):
             self._messages = [RemoteMessage(record, self._owner, self._settler,
                                             dead.get(index), self._queue)
                               for index, record in enumerate(records)]
+            if self._settled:
+                # made after the batch's ack: settled with it, so their own ack goes to
+                # the owner (and a stale receipt raises there, as in the embedded broker)
+                for message in self._messages:
+                    message.detach()
         return self._messages
 
     def __len__(self) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastfanout
-from fastfanout import InvalidArgument, aio
+from fastfanout import InvalidArgument, StaleReceipt, aio
 from fastfanout._ext.shmring import RingFrame
 from fastfanout.client.consumers import DeliveryBatch
 
@@ -345,3 +345,24 @@ def test_numpy_integer_receipts_settle_alike_in_the_three_apis(track: Tracker) -
 
     assert asyncio.run(main()) == ["ack", "nack", "term"]
     assert client.stats().queues["q"].visible == 0
+
+
+def test_a_message_looked_at_after_its_batch_ack_is_settled_with_it(track: Tracker) -> None:
+    # made after batch.ack(), its ack was queued as fresh: nothing raised on the client,
+    # where the embedded broker raises StaleReceipt
+    def ack_after_the_batch(api: Any) -> None:
+        api.create_queue("q")
+        api.send_batch("q", [b"a", b"b"])
+        consumer = api.consume("q", prefetch=10)
+        batch = consumer.next_batch(5.0)
+        assert batch is not None
+        batch.ack()
+        with pytest.raises(StaleReceipt):
+            batch[0].ack()
+        consumer.cancel()
+        assert api.stats().queues["q"].acked == 2
+
+    with fastfanout.Broker() as broker:
+        ack_after_the_batch(broker)
+    server = track.server()
+    ack_after_the_batch(track.client(server.endpoint, linger=30.0))
