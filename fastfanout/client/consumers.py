@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
 from fastfanout.arrays import MessageBatch
-from fastfanout.client.core import SETTLE_MAX_RECEIPTS, ConsumerState
+from fastfanout.client.core import SETTLE_MAX_RECEIPTS, ConsumerState, check_inactivity_timeout
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import (
     DONE,
@@ -31,7 +31,7 @@ from fastfanout.client.messages import (
 )
 from fastfanout.errors import BrokenConnection
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
-from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, seconds_to_us
+from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -101,7 +101,8 @@ class Consumer(Iterator[RemoteMessage]):
 
     @timeout.setter
     def timeout(self, seconds: float | None) -> None:
-        self._state.timeout = seconds
+        # checked as consume(timeout=...) checks it: a NaN set here hung the iteration
+        self._state.timeout = check_inactivity_timeout(seconds)
 
     def defer_settle(self, receipts: bytes) -> None:
         """Queue a pipelined ack of a receipts frame (``ConnectionCore.defer_settle``)."""
@@ -118,7 +119,12 @@ class Consumer(Iterator[RemoteMessage]):
         return next(self._cursor)
 
     def next_batch(self, timeout: float | None = None) -> DeliveryBatch | None:
-        """The next pushed batch, waiting up to ``timeout`` seconds (None: forever)."""
+        """The next pushed batch, waiting up to ``timeout`` seconds (None: forever).
+
+        Raises:
+            InvalidArgument: ``timeout`` is not a number of seconds (or None).
+        """
+        check_wait("timeout", timeout)
         frames = self._next_frames(timeout)
         return None if frames is None else DeliveryBatch(frames, self)
 
