@@ -526,8 +526,9 @@ def pack_receipts(receipts):
     """Receipts as packed little-endian u64s (the ACK payload).
 
     Args:
-        receipts: a 1-D integer array (``uint64``, or a signed or 4-byte integer type
-            holding no negative value: read with no Python object per receipt), or an
+        receipts: a 1-D integer array (``uint64``, or another 4- or 8-byte integer type
+            in native byte order holding no negative value: read with no Python object
+            per receipt), or an
             iterable of ints (numpy integers too; not bools).
 
     Raises:
@@ -551,7 +552,8 @@ def pack_receipts(receipts):
             kind = ff_int_kind(view.format, view.itemsize)
             if view.ndim != 1 or kind == 0:
                 raise InvalidArgument(
-                    f"receipts must be a 1-D array of integers (uint64), got "
+                    f"receipts must be a 1-D array of integers (uint64, or 4- or 8-byte "
+                    f"integers in native byte order), got "
                     f"{view.ndim}-D items of format {(<bytes>view.format).decode()!r}")
             n = view.shape[0]
             signed = kind in b"qlin"

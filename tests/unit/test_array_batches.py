@@ -227,6 +227,9 @@ def test_ack_batch_takes_a_uint64_array_all_or_none() -> None:
             broker.ack_batch(np.append(receipts, np.uint64(999_999)))
         with pytest.raises(InvalidArgument, match="1-D array of integers"):
             broker.ack_batch(receipts.astype(np.float64))
+        for other in (receipts.astype(">u8"), np.array([1, 2], dtype=np.uint16)):
+            with pytest.raises(InvalidArgument, match="4- or 8-byte integers in native "):
+                broker.ack_batch(other)
         assert broker.stats().queues["q"].acked == 0
         broker.ack_batch(receipts[::2])          # strided: read as it is
         broker.ack_batch(receipts[1::2].astype(np.int64))
