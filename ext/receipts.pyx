@@ -88,7 +88,7 @@ def ack_batch(Store store, list receipts, object session=ANY_SESSION):
             f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
             f"nothing was acked", list(stale))
     for index in range(count):
-        receipt = receipts[index]
+        receipt = receipt_value(receipts[index])
         slot = store._lease_slot(receipt, tag)
         if slot != NIL:   # NIL here only for a receipt repeated in this batch
             store._ack_slot(slot)

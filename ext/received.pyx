@@ -683,11 +683,19 @@ cdef class RemoteMessage:
         """End the lease; visible again after ``delay`` seconds (None: queue backoff).
 
         Returns ``DONE`` (awaitable; the asyncio client sends the request at once).
+
+        Raises:
+            InvalidArgument: ``delay`` is not a number of seconds in range; nothing was
+                done (the message stays leased, and its batch's ``ack()`` acks it).
         """
         try:
             self._origin.owner.nack(self.receipt, delay=delay)
-        finally:
+        except InvalidArgument:
+            raise   # refused before it acted: still ours to settle (a batch ack included)
+        except BaseException:
             self._live = False
+            raise
+        self._live = False
         return _DONE
 
     def extend(self, seconds):

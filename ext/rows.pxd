@@ -11,17 +11,22 @@
 #   integer buffer (items of 4 or 8 bytes) of n + 1 non-decreasing byte offsets into it
 #   (a tuple whose second item holds integers wider than a byte is read as this form,
 #   and refused if its offsets are not of that kind);
-#   body i is
-#   ``buffer[offsets[i]:offsets[i + 1]]`` (Arrow's layout).
+#   body i is ``buffer[offsets[i]:offsets[i + 1]]`` (Arrow's layout).
+# A buffer of Python objects (numpy's object dtype, or records with such a field) is
+# refused in every form: its bytes are pointers into this process. So is a 0-d buffer
+# (no rows), which used to reach the list path and fail there with a TypeError.
 from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS,
+    PyBUF_FORMAT,
     PyBUF_RECORDS_RO,
-    PyBUF_SIMPLE,
     PyBuffer_Release,
     PyObject_CheckBuffer,
     PyObject_GetBuffer,
 )
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+
+from fastfanout._ext.bodies cimport ff_format_has_objects, ff_refuse_objects
 
 
 cdef struct ff_rows:
@@ -76,6 +81,14 @@ cdef inline int64_t _offset_at(ff_rows* rows, Py_ssize_t i) noexcept:
                        rows.offsets_signed)
 
 
+cdef inline int _offset_refuse(ff_rows* rows, Py_ssize_t i, int64_t value) except -1:
+    """Refuse offset ``i``, read as the negative ``value``: below 0, or (unsigned 8-byte
+    offsets) beyond int64, and so beyond any buffer."""
+    if rows.offsets_signed:
+        _rows_refuse(f"offsets[{i}]={value} must be >= 0")
+    _rows_refuse(f"offsets[{i}]={<uint64_t>value} is beyond the buffer's {rows.data.len} bytes")
+
+
 cdef inline bint _structured(const char* fmt) noexcept:
     """A buffer format of records: numpy's ``T{...}`` or ``<n>x`` (void)."""
     cdef Py_ssize_t i = 0
@@ -123,7 +136,8 @@ cdef inline int ff_rows_open(object entries, ff_rows* rows) except -1:
 
     Raises:
         InvalidArgument: an array form that cannot be read: a row or the buffer not
-            C-contiguous, offsets out of order or outside the buffer, a 0-d array.
+            C-contiguous, offsets out of order or outside the buffer, a 0-d array, a
+            buffer of Python objects.
     """
     cdef Py_ssize_t i
     cdef Py_ssize_t k
@@ -143,21 +157,25 @@ cdef inline int ff_rows_open(object entries, ff_rows* rows) except -1:
             _rows_refuse(f"a (buffer, offsets) batch needs a buffer first, got "
                          f"{type(data).__name__}")
         try:
-            PyObject_GetBuffer(data, &rows.data, PyBUF_SIMPLE)
+            PyObject_GetBuffer(data, &rows.data, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
         except (BufferError, ValueError, TypeError):
             _rows_refuse(f"the buffer of a (buffer, offsets) batch must be C-contiguous; "
                          f"this {type(data).__name__} is not (numpy.ascontiguousarray)")
+        if ff_format_has_objects(rows.data.format):
+            PyBuffer_Release(&rows.data)
+            ff_refuse_objects(data, "the buffer of a (buffer, offsets) batch")
         try:
             PyObject_GetBuffer(offsets, &rows.offs, PyBUF_RECORDS_RO)
         except BaseException:
             PyBuffer_Release(&rows.data)
             raise
         if rows.offs.ndim != 1 or ff_int_kind(rows.offs.format, rows.offs.itemsize) == 0:
-            shape = f"{rows.offs.ndim}-D of {rows.offs.itemsize}-byte items"
+            shape = (f"{rows.offs.ndim}-D of {rows.offs.itemsize}-byte items of format "
+                     f"{(<bytes>rows.offs.format).decode('ascii', 'replace')!r}")
             PyBuffer_Release(&rows.offs)
             PyBuffer_Release(&rows.data)
             _rows_refuse(f"the offsets of a (buffer, offsets) batch must be a 1-D array of "
-                         f"4- or 8-byte integers; these are {shape}")
+                         f"4- or 8-byte integers in native byte order; these are {shape}")
         rows.have_offs = True
         rows.base = <const char*>rows.data.buf
         rows.offsets = <const char*>rows.offs.buf
@@ -172,9 +190,11 @@ cdef inline int ff_rows_open(object entries, ff_rows* rows) except -1:
                 _rows_refuse("a (buffer, offsets) batch needs n + 1 offsets, got none")
             previous = _offset_at(rows, 0)
             if previous < 0:
-                _rows_refuse(f"offsets[0]={previous} must be >= 0")
+                _offset_refuse(rows, 0, previous)
             for i in range(1, rows.count + 1):
                 current = _offset_at(rows, i)
+                if current < 0:
+                    _offset_refuse(rows, i, current)
                 if current < previous:
                     _rows_refuse(f"offsets[{i}]={current} is below offsets[{i - 1}]="
                                  f"{previous}: offsets must not decrease")
@@ -192,10 +212,16 @@ cdef inline int ff_rows_open(object entries, ff_rows* rows) except -1:
         PyObject_GetBuffer(entries, &rows.data, PyBUF_RECORDS_RO)
     except (BufferError, ValueError, TypeError):
         return 0
+    if rows.data.ndim == 0:
+        PyBuffer_Release(&rows.data)
+        _rows_refuse(f"an array batch needs rows (one body each); this 0-d "
+                     f"{type(entries).__name__} has none (array[None] is one row)")
     if rows.data.ndim < 2 and not (rows.data.ndim == 1 and _structured(rows.data.format)):
         PyBuffer_Release(&rows.data)
         return 0
     try:
+        if ff_format_has_objects(rows.data.format):
+            ff_refuse_objects(entries, "an array batch")
         rows.base = <const char*>rows.data.buf
         rows.count = rows.data.shape[0]
         rows.stride = rows.data.strides[0]

@@ -82,6 +82,7 @@ calls back into Python code that could release it, except building result object
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.number cimport PyNumber_Index
 from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport fabs, isfinite, nearbyint
@@ -144,9 +145,16 @@ cdef bint _reclaim_dropped(void* store, uint32_t index) noexcept:
 
 
 cdef uint64_t receipt_value(object receipt) except? 0:
-    """A receipt as a C integer; InvalidArgument for anything but an int in [0, 2**64)."""
+    """A receipt as a C integer; InvalidArgument for anything but an int in [0, 2**64).
+
+    An integer of another type (``__index__``: a numpy ``uint64`` taken from a batch's
+    ``receipts``) is read as its int, as the clients read it; a bool is refused.
+    """
     if type(receipt) is not int:
-        raise InvalidArgument(f"a receipt is an int, got {type(receipt).__name__} {receipt!r}")
+        if type(receipt) is bool or not hasattr(type(receipt), "__index__"):
+            raise InvalidArgument(
+                f"a receipt is an int, got {type(receipt).__name__} {receipt!r}")
+        receipt = PyNumber_Index(receipt)
     if receipt < 0 or receipt >= 2**64:
         raise InvalidArgument(f"a receipt is an int in [0, 2**64), got {receipt}")
     return receipt

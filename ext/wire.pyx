@@ -333,9 +333,7 @@ cdef class FrameBuilder:
         cdef Py_ssize_t length
         cdef Py_ssize_t i
         if not ff_rows_open(entries, &rows):
-            raise InvalidArgument(
-                f"an array batch must be a 2-D or structured array or a (buffer, offsets) "
-                f"pair, got {type(entries).__name__}")
+            _not_rows(entries)
         try:
             i = max(start, 0)
             while i < rows.count:
@@ -382,6 +380,30 @@ cdef class FrameBuilder:
         ff_out_reset(&self.out)
         self.body_bytes = 0
         return frame
+
+
+cdef int _not_rows(object entries) except -1:
+    raise InvalidArgument(
+        f"an array batch must be a 2-D or structured array or a (buffer, offsets) pair, "
+        f"got {type(entries).__name__}")
+
+
+def array_rows(entries):
+    """The number of bodies of an array batch (``ext/rows.pxd``), its form checked.
+
+    What a producer's ``offer_batch`` checks first, in every face: it takes array
+    batches only.
+
+    Raises:
+        InvalidArgument: ``entries`` is not an array batch (a list, a 1-D array of a
+            plain item type ...), or cannot be read as one.
+    """
+    cdef ff_rows rows
+    if not ff_rows_open(entries, &rows):
+        _not_rows(entries)
+    count = rows.count
+    ff_rows_close(&rows)
+    return count
 
 
 cdef uint64_t _rows_frame_size(ff_rows* rows) except 0:
@@ -526,9 +548,10 @@ def pack_receipts(receipts):
     """Receipts as packed little-endian u64s (the ACK payload).
 
     Args:
-        receipts: a 1-D integer array (``uint64``, or a signed or 4-byte integer type
-            holding no negative value: read with no Python object per receipt), or an
-            iterable of ints (not bools).
+        receipts: a 1-D integer array (``uint64``, or another 4- or 8-byte integer type
+            in native byte order holding no negative value: read with no Python object
+            per receipt), or an
+            iterable of ints (numpy integers too; not bools).
 
     Raises:
         InvalidArgument: a receipt is not an int in [0, 2**64), or the array is not 1-D
@@ -551,7 +574,8 @@ def pack_receipts(receipts):
             kind = ff_int_kind(view.format, view.itemsize)
             if view.ndim != 1 or kind == 0:
                 raise InvalidArgument(
-                    f"receipts must be a 1-D array of integers (uint64), got "
+                    f"receipts must be a 1-D array of integers (uint64, or 4- or 8-byte "
+                    f"integers in native byte order), got "
                     f"{view.ndim}-D items of format {(<bytes>view.format).decode()!r}")
             n = view.shape[0]
             signed = kind in b"qlin"
@@ -578,7 +602,7 @@ def pack_receipts(receipts):
     for i in range(n):
         item = items[i]
         try:
-            # bool has __index__ but is no receipt (True would name receipt 1)
+            # a numpy integer reads as its int; a bool is no receipt (the broker agrees)
             if type(item) is not int and (type(item) is bool
                                           or not hasattr(item, "__index__")):
                 raise TypeError

@@ -35,6 +35,7 @@ core a benchmark's third process needed).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -54,6 +55,26 @@ _HEADER = 8            # "FFB1" + u32 count
 _ID_AT = 24            # offsets in a record header (docs/protocol.md)
 _RECEIPT_AT = 48
 _RECEIVE_COUNT_AT = 20
+
+
+def _dims(shape: Any) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of ints, numpy integers included) as a tuple.
+
+    Raises:
+        InvalidArgument: it is not one, or a dimension is negative.
+    """
+    dims: tuple[int, ...]
+    try:
+        dims = (operator.index(shape),)
+    except TypeError:
+        try:
+            dims = tuple(operator.index(dim) for dim in shape)
+        except TypeError:
+            raise InvalidArgument(f"shape {shape!r} must be an int or a tuple of ints"
+                                  ) from None
+    if any(dim < 0 for dim in dims):
+        raise InvalidArgument(f"shape {shape!r} has a negative dimension")
+    return dims
 
 
 class FrameViews:
@@ -160,13 +181,23 @@ class FrameViews:
             shape: the shape of one body in items (default: ``(body_len // itemsize,)``).
 
         Raises:
-            InvalidArgument: the bodies differ in size, or a body's size is not that of
-                ``shape`` items of ``dtype``.
+            InvalidArgument: the bodies differ in size, a body's size is not that of
+                ``shape`` items of ``dtype``, ``shape`` is not an int or a tuple of
+                ints, or ``dtype`` is not a dtype or holds Python objects.
         """
         import numpy as np
 
         count, stride, first_body, body_len, index = self._columns()
-        item = np.dtype(dtype)
+        try:
+            item = np.dtype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"as_array: dtype {dtype!r} is not a numpy dtype ({exc})"
+                                  ) from None
+        if item.hasobject:
+            # a view would read the body bytes as object pointers: a crash on first use
+            raise InvalidArgument(
+                f"as_array cannot view bodies as {item}: it holds Python objects; use a "
+                f"dtype of plain data (numeric, bytes, records of those)")
         if count and body_len < 0:
             lengths = self.lengths
             raise InvalidArgument(
@@ -180,9 +211,8 @@ class FrameViews:
                     f"({item.itemsize} bytes each)")
             dims: tuple[int, ...] = (size // item.itemsize,)
         else:
-            dims = (shape,) if isinstance(shape, int) else tuple(shape)
-            if any(type(d) is not int or d < 0 for d in dims) or \
-                    math.prod(dims) * item.itemsize != size:
+            dims = _dims(shape)
+            if math.prod(dims) * item.itemsize != size:
                 raise InvalidArgument(
                     f"shape {shape!r} of {item} items is not a body of {size} bytes")
         if count == 0:
@@ -250,6 +280,11 @@ class MessageBatch(FrameViews, Sequence["RemoteMessage"]):
             self._messages = [RemoteMessage(record, self._owner, self._settler,
                                             dead.get(index), self._queue)
                               for index, record in enumerate(records)]
+            if self._settled:
+                # made after the batch's ack: settled with it, so their own ack goes to
+                # the owner (and a stale receipt raises there, as in the embedded broker)
+                for message in self._messages:
+                    message.detach()
         return self._messages
 
     def __len__(self) -> int:

@@ -25,7 +25,8 @@ Attributes = dict[str, AttributeValue]
 
 Body: TypeAlias = "Buffer"
 """A message body: bytes, or any C-contiguous buffer read as its bytes (bytearray, a
-memoryview of any format, ``array.array``, numpy arrays); copied when published."""
+memoryview of any format, ``array.array``, numpy arrays, but not a buffer of Python
+objects: a numpy object array is refused); copied when published."""
 
 
 class PublishEntry(NamedTuple):

@@ -36,6 +36,7 @@ __all__ = [
     "check_iterable",
     "check_name",
     "check_queue_settings",
+    "check_wait",
     "optional_count",
     "seconds_to_us",
 ]
@@ -78,6 +79,21 @@ def seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float 
         raise InvalidArgument(
             f"{what}={seconds!r} must be finite and from {minimum:g} to {maximum:g} seconds")
     return round(value * 1_000_000)
+
+
+def check_wait(what: str, seconds: object) -> None:
+    """A wait of a call in seconds: None (no limit) or an int or float that is not NaN.
+
+    0 or less does not wait; ``inf`` waits as None does.
+
+    Raises:
+        InvalidArgument: anything else (a NaN deadline is never reached: such a wait
+            never ended; a str failed inside the wait with a TypeError).
+    """
+    if seconds is not None and ((type(seconds) is not float and type(seconds) is not int)
+                                or math.isnan(seconds)):
+        raise InvalidArgument(
+            f"{what}={seconds!r} must be a number of seconds, or None (no limit)")
 
 
 def optional_count(what: str, value: object, *, minimum: int = 1) -> int:

@@ -1,11 +1,16 @@
 from typing import Any
 
+from typing_extensions import Buffer
+
 from fastfanout.records import Attributes, DeadLetterInfo
 
 class Settler:
     """An owner of receipts that a ``Message`` acks in C."""
 
-class Message:
+class Message(Buffer):
+    """A message received from a queue; ``memoryview(message)`` views its body."""
+
+    def __buffer__(self, flags: int, /) -> memoryview: ...
     @property
     def id(self) -> int: ...
     @property

@@ -23,6 +23,7 @@ from typing import Protocol, cast
 from fastfanout._ext.message import Message
 from fastfanout.arrays import MessageBatch
 from fastfanout.errors import InvalidArgument
+from fastfanout.settings import check_wait
 
 __all__ = ["MAX_PREFETCH", "BrokerBatch", "BrokerConsumer"]
 
@@ -139,6 +140,9 @@ class BrokerConsumer(Iterator[Message]):
             The leased messages as a ``BrokerBatch`` (a sequence of messages with numpy
             views of its frame), or None when none came within ``timeout`` or the
             consumer is cancelled.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not a number of seconds (or None).
         """
         taken = self._take(timeout, True)
         if taken is None:
@@ -158,6 +162,7 @@ class BrokerConsumer(Iterator[Message]):
     def _take(self, timeout: float | None, frame: bool
               ) -> tuple[bytes, int] | list[Message] | None:
         """Lease what is visible (a frame, or messages), waiting up to ``timeout``."""
+        check_wait("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         max_messages = min(self.prefetch, 10_000)
         while not self.closed:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from fastfanout._ext.batches import PublishBatch, RingBatch
 from fastfanout._ext.codec import count_ring_batch
 from fastfanout._ext.ring import Ring
+from fastfanout._ext.wire import array_rows
 from fastfanout.errors import Closed, InvalidArgument
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class Producer:
         if isinstance(bodies, list):
             raise InvalidArgument("offer_batch takes an array batch; offer() each body of a "
                                   "list")
+        array_rows(bodies)   # an array batch only, as the clients' producers take
         self.flush()
         results = self._publish_ring(self.topic, bodies)
         self.offered += len(results)

@@ -228,6 +228,7 @@ class AsyncConnection(DriverBase):
         # the acks of one loop iteration leave together (``send_acks``)
         self.acks = AckBuffer(self.core, SETTLE_MAX_RECEIPTS, self.send_acks,
                               self._acks_started)
+        self.core.message_acks = self.acks   # a direct settle call sends them first
         forks.watch(self._after_fork)
 
     def _after_fork(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
 from fastfanout.arrays import MessageBatch
-from fastfanout.client.core import SETTLE_MAX_RECEIPTS, ConsumerState
+from fastfanout.client.core import SETTLE_MAX_RECEIPTS, ConsumerState, check_inactivity_timeout
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import (
     DONE,
@@ -31,6 +31,7 @@ from fastfanout.client.messages import (
 )
 from fastfanout.errors import BrokenConnection
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
+from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -100,7 +101,8 @@ class Consumer(Iterator[RemoteMessage]):
 
     @timeout.setter
     def timeout(self, seconds: float | None) -> None:
-        self._state.timeout = seconds
+        # checked as consume(timeout=...) checks it: a NaN set here hung the iteration
+        self._state.timeout = check_inactivity_timeout(seconds)
 
     def defer_settle(self, receipts: bytes) -> None:
         """Queue a pipelined ack of a receipts frame (``ConnectionCore.defer_settle``)."""
@@ -117,7 +119,12 @@ class Consumer(Iterator[RemoteMessage]):
         return next(self._cursor)
 
     def next_batch(self, timeout: float | None = None) -> DeliveryBatch | None:
-        """The next pushed batch, waiting up to ``timeout`` seconds (None: forever)."""
+        """The next pushed batch, waiting up to ``timeout`` seconds (None: forever).
+
+        Raises:
+            InvalidArgument: ``timeout`` is not a number of seconds (or None).
+        """
+        check_wait("timeout", timeout)
         frames = self._next_frames(timeout)
         return None if frames is None else DeliveryBatch(frames, self)
 
@@ -222,7 +229,9 @@ class AsyncSettler:
 
     The ``Owner`` and ``Settler`` of its messages and batches: an ack is queued for this
     loop iteration's SETTLE; nack, extend and term are sent at once, their answers
-    dropped (the broker counts a failure).
+    dropped (the broker counts a failure). Their arguments are checked here first, as
+    the broker checks them: a bad delay raises ``InvalidArgument`` and sends nothing
+    (until 2026-12-05 it was sent, refused and only counted, the message left leased).
     """
 
     __slots__ = ("_connection",)
@@ -240,11 +249,23 @@ class AsyncSettler:
         self._connection.queue_receipts(protocol.encode_receipt(receipt))
 
     def nack(self, receipt: int, *, delay: float | None = None) -> None:
-        """End a lease early (sent at once)."""
+        """End a lease early (sent at once).
+
+        Raises:
+            InvalidArgument: ``delay`` is not seconds in range (nothing is sent: the
+                broker's refusal would be dropped with the answer).
+        """
+        if delay is not None:
+            seconds_to_us("delay", delay, maximum=MAX_DELAY)
         self._connection.fire(Opcode.NACK, receipt, delay=delay)
 
     def extend(self, receipt: int, seconds: float) -> None:
-        """Make the lease end ``seconds`` from now (sent at once)."""
+        """Make the lease end ``seconds`` from now (sent at once).
+
+        Raises:
+            InvalidArgument: ``seconds`` is not seconds in range (nothing is sent).
+        """
+        seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         self._connection.fire(Opcode.EXTEND, receipt, seconds)
 
     def term(self, receipt: int) -> None:

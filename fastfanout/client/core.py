@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
@@ -110,6 +111,23 @@ def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> byt
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise InvalidArgument(f"{Opcode(opcode).name.lower()}: an argument cannot be sent "
                               f"to the broker: {exc}") from None
+
+
+_DIRECT_SETTLES: Final = frozenset({Opcode.ACK, Opcode.NACK, Opcode.EXTEND, Opcode.TERM})
+"""The requests that settle a delivery by receipt: the pipelined acks go before them."""
+
+
+def receipt_argument(value: Any) -> Any:
+    """A receipt as a control call sends it (nack, extend, term).
+
+    An integer of another type than int (``__index__``: a numpy ``uint64`` taken from a
+    batch's ``receipts``) goes as its int, as ``ack`` and the embedded broker take it
+    (msgpack cannot encode it); anything else goes as it is, for the broker to judge.
+    """
+    if type(value) is not int and type(value) is not bool and \
+            hasattr(type(value), "__index__"):
+        return operator.index(value)
+    return value
 
 
 def decode_value(frames: list[bytes]) -> Any:
@@ -218,6 +236,8 @@ class ControlCall:
         positional: list[Any] = []
         keywords: dict[str, Any] = {}
         for name, value in list(bound.arguments.items())[1:]:
+            if name == "receipt":
+                value = receipt_argument(value)
             if self.signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY:
                 keywords[name] = value
             else:
@@ -375,6 +395,8 @@ class ConnectionCore:
         self.oldest_batch = 0.0
         self.publishes: set[Request] = set()   # PUBLISH/SEND requests not answered yet
         self.loose_acks: list[bytes] = []      # acks of messages of no consumer (asyncio)
+        # the asyncio driver's buffer of single messages' acks (``settle_all`` empties it)
+        self.message_acks: AckBuffer | None = None
         self.last_heard = 0.0
         self.last_sent_heartbeat = 0.0
         self.ended: FastFanoutError | None = None
@@ -446,9 +468,15 @@ class ConnectionCore:
         return request
 
     def queue_frames(self, opcode: int, payload: list[bytes], flush: bool) -> int:
-        """Queue a request with no ``Request`` to wait on (its reply is dropped)."""
+        """Queue a request with no ``Request`` to wait on (its reply is dropped).
+
+        A direct settle call (ACK, NACK, EXTEND, TERM) queues the pipelined acks first
+        (``settle_all``).
+        """
         if flush and self.batches:
             self.flush_batches()
+        if opcode in _DIRECT_SETTLES:
+            self.settle_all()
         request_id = self.next_id
         frames = [protocol.encode_header(opcode, request_id), *payload]
         if self.limits is not None:
@@ -674,6 +702,24 @@ class ConnectionCore:
             consumer.closed = True
         self.consumers.clear()
         return list(self.publishes)
+
+    def settle_all(self) -> None:
+        """Queue every pipelined ack now, of every consumer and of single messages.
+
+        Called before a direct settle call is queued: ``message.ack()`` (or
+        ``batch.ack()``) only queues its receipt, and a ``nack``, ``term``, ``extend`` or
+        ``ack`` of the same delivery made after it must reach the broker after it, as in
+        the embedded broker. (Until 2026-12-05 it went first: an ack then a nack of one
+        message nacked it, the ack was stale and the message came back; an ack made
+        twice raised nothing.)
+        """
+        acks = self.message_acks
+        if acks is not None and acks.count:
+            self.settle_each(acks.take())
+        if self.loose_acks:
+            self.settle_loose()
+        for consumer in list(self.consumers.values()):
+            self.settle(consumer)
 
     def settle_loose(self) -> None:
         """Queue the acks of messages of no consumer: SETTLEs of one frame per receipt."""

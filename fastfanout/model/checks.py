@@ -111,7 +111,10 @@ def check_flag(what: str, value: object) -> bool:
 
 
 def check_receipt(receipt: object) -> int:
-    """A receipt: an int in ``[0, 2**64)``."""
+    """A receipt: an int in ``[0, 2**64)`` (a numpy integer reads as its int; no bool)."""
+    index = getattr(type(receipt), "__index__", None)
+    if type(receipt) is not int and type(receipt) is not bool and index is not None:
+        receipt = index(receipt)
     if type(receipt) is not int or not 0 <= receipt < 2**64:
         raise InvalidArgument(f"receipt {receipt!r} must be an int in [0, 2**64)")
     return receipt
@@ -275,4 +278,7 @@ def _body_bytes(item: object) -> bytes:
         if not view.c_contiguous:
             raise InvalidArgument(
                 f"a body must be a C-contiguous buffer; this {type(item).__name__} is not")
+        if any("O" in part for part in view.format.split(":")[::2]):   # names between colons
+            raise InvalidArgument(
+                f"a body must hold plain data; this {type(item).__name__} holds Python objects")
         return view.tobytes()

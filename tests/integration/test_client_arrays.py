@@ -12,7 +12,8 @@ from typing import Any as Tracker
 import numpy as np
 import pytest
 
-from fastfanout import InvalidArgument, aio
+import fastfanout
+from fastfanout import InvalidArgument, StaleReceipt, aio
 from fastfanout._ext.shmring import RingFrame
 from fastfanout.client.consumers import DeliveryBatch
 
@@ -296,3 +297,72 @@ def test_an_array_kept_for_good_leaves_later_pushes_to_the_socket(track: Tracker
     assert type(frame) is RingFrame and frame.in_ring   # viewed: never moved out
     assert publisher.server_stats()["local_pinned_spills"] >= 1
     consumer.cancel()
+
+
+def settle_with_numpy_receipts(api: Any, queue: str) -> list[str]:
+    """Each settle call given receipts as a batch's ``receipts`` items (numpy uint64), and
+    a bool as a receipt; returns what each did (the same in the three APIs)."""
+    outcomes = []
+    for settle in (lambda r: api.ack(r), lambda r: api.ack_batch([r]),
+                   lambda r: api.ack_batch((r,)),
+                   lambda r: api.nack(r), lambda r: api.extend(r, 0), lambda r: api.term(r)):
+        api.send(queue, b"x")
+        batch_receipts = np.array([api.receive(queue, wait=5.0)[0].receipt], np.uint64)
+        settle(next(iter(batch_receipts)))   # a numpy uint64, as iterating gives
+        outcomes.append("settled")
+        api.purge(queue)
+        try:
+            settle(True)
+        except InvalidArgument:
+            outcomes.append("bool refused")
+    return outcomes
+
+
+def test_numpy_integer_receipts_settle_alike_in_the_three_apis(track: Tracker) -> None:
+    # the broker refused them everywhere; the clients' ack and ack_batch took them (and
+    # a bool), and their nack, extend and term failed to encode them
+    expected = ["settled", "bool refused"] * 6
+    with fastfanout.Broker() as broker:
+        broker.create_queue("q")
+        assert settle_with_numpy_receipts(broker, "q") == expected
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    assert settle_with_numpy_receipts(client, "q") == expected
+
+    async def main() -> list[str]:
+        async with aio.connect(server.endpoint, timeout=5.0) as aclient:
+            outcomes = []
+            for settle in ("ack", "nack", "term"):
+                await aclient.send("q", b"x")
+                receipt = (await aclient.receive("q", wait=5.0))[0].receipt
+                await getattr(aclient, settle)(np.uint64(receipt))
+                await aclient.purge("q")
+                with pytest.raises(InvalidArgument):
+                    await getattr(aclient, settle)(True)
+                outcomes.append(settle)
+            return outcomes
+
+    assert asyncio.run(main()) == ["ack", "nack", "term"]
+    assert client.stats().queues["q"].visible == 0
+
+
+def test_a_message_looked_at_after_its_batch_ack_is_settled_with_it(track: Tracker) -> None:
+    # made after batch.ack(), its ack was queued as fresh: nothing raised on the client,
+    # where the embedded broker raises StaleReceipt
+    def ack_after_the_batch(api: Any) -> None:
+        api.create_queue("q")
+        api.send_batch("q", [b"a", b"b"])
+        consumer = api.consume("q", prefetch=10)
+        batch = consumer.next_batch(5.0)
+        assert batch is not None
+        batch.ack()
+        with pytest.raises(StaleReceipt):
+            batch[0].ack()
+        consumer.cancel()
+        assert api.stats().queues["q"].acked == 2
+
+    with fastfanout.Broker() as broker:
+        ack_after_the_batch(broker)
+    server = track.server()
+    ack_after_the_batch(track.client(server.endpoint, linger=30.0))

@@ -109,6 +109,28 @@ def test_a_bad_timeout_is_refused_before_anything_starts(track: Tracker, timeout
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("timeout", [float("nan"), "1", True, [1]])
+def test_next_batch_refuses_a_bad_timeout_instead_of_hanging(track: Tracker, timeout: object
+                                                            ) -> None:
+    # a NaN deadline was never reached: next_batch waited forever (embedded broker and
+    # blocking client); a str failed inside the wait with a TypeError
+    server = track.server()
+    client = track.client(server.endpoint)
+    _setup(client)
+    with fastfanout.Broker() as broker:
+        broker.create_queue("q")
+        for consumer in (broker.consume("q"), client.consume("q")):
+            with pytest.raises(fastfanout.InvalidArgument, match="timeout="):
+                consumer.next_batch(timeout)  # type: ignore[arg-type]
+            assert consumer.next_batch(0) is None and consumer.next_batch(-1.0) is None
+            consumer.cancel()
+        consumer = client.consume("q")
+        with pytest.raises(fastfanout.InvalidArgument, match="timeout="):
+            consumer.timeout = float("nan")
+        assert consumer.timeout is None
+        consumer.cancel()
+
+
 def test_asyncio_consume_ends_after_the_inactivity_timeout(track: Tracker) -> None:
     server = track.server()
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
 from typing import Any as Tracker
 
+import pytest
+
+from fastfanout import Broker, InvalidArgument, StaleReceipt, aio
 from fastfanout._ext.received import MessageCursor, RemoteMessage
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -276,3 +281,90 @@ def test_asyncio_publish_nowait_is_one_native_call(track: Tracker) -> None:
             assert (await client.stats()).queues["q"].enqueued == 16
 
     asyncio.run(main())
+
+
+def test_a_settle_call_after_a_queued_ack_comes_after_it(track: Tracker) -> None:
+    # message.ack() only queues its receipt (linger 30 s here); a nack, term or ack of
+    # the same delivery made after it used to reach the broker first: the ack was then
+    # stale and the message came back (or was dead-lettered), unlike the embedded broker
+    _, client, consumer, _ = _consumer_of_three(track)
+    a, b, c = (next(consumer) for _ in range(3))
+    a.ack()
+    with pytest.raises(StaleReceipt):
+        a.nack()
+    b.ack()
+    with pytest.raises(StaleReceipt):
+        client.term(b.receipt)
+    c.ack()
+    with pytest.raises(StaleReceipt):
+        c.ack()
+    stats = client.stats().queues["q"]
+    assert (stats.acked, stats.visible, stats.leased, stats.dead_lettered) == (3, 0, 0, 0)
+    consumer.cancel()
+
+
+def test_an_asyncio_settle_after_a_queued_ack_comes_after_it(track: Tracker) -> None:
+    server = track.server()
+
+    async def main() -> tuple[int, int, int, int]:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send_batch("q", [b"a", b"b", b"c"])
+            received = await client.receive("q", max_messages=3, wait=5.0)
+            for message, then in zip(received, ("nack", "term", "extend"), strict=True):
+                message.ack()                      # queued for this loop iteration
+                await (message.extend(5.0) if then == "extend"
+                       else getattr(message, then)())   # sent at once, after the ack
+            stats = (await client.stats()).queues["q"]
+            return stats.acked, stats.visible, stats.leased, stats.dead_lettered
+
+    assert asyncio.run(main()) == (3, 0, 0, 0)
+
+
+def refuse_bad_settles_then_ack_the_batch(api: Any) -> tuple[int, int]:
+    """A pushed batch: bad nack and extend arguments refused, then the batch acked;
+    returns (acked, leased)."""
+    api.create_queue("q", visibility_timeout=60.0)
+    api.send_batch("q", [b"a", b"b"])
+    consumer = api.consume("q", prefetch=10)
+    batch = consumer.next_batch(5.0)
+    for bad in (lambda m: m.nack(delay=-1), lambda m: m.nack(delay="soon"),
+                lambda m: m.extend(-1.0)):
+        with pytest.raises(InvalidArgument):
+            bad(batch[0])
+    batch.ack()   # the refused calls did nothing: the batch ack covers the message
+    consumer.cancel()
+    stats = api.stats().queues["q"]
+    return stats.acked, stats.leased
+
+
+def test_a_refused_nack_leaves_the_message_to_its_batch_ack(track: Tracker) -> None:
+    # the refused nack marked the message settled: the batch ack left it out, leased
+    with Broker() as broker:
+        assert refuse_bad_settles_then_ack_the_batch(broker) == (2, 0)
+    server = track.server()
+    assert refuse_bad_settles_then_ack_the_batch(track.client(server.endpoint)) == (2, 0)
+
+
+def test_asyncio_message_settles_refuse_bad_arguments(track: Tracker) -> None:
+    # they were sent, refused by the broker and only counted: the call returned DONE
+    server = track.server()
+
+    async def main() -> tuple[int, int]:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send("q", b"a")
+            (message,) = await client.receive("q", wait=5.0)
+            for bad in (lambda: message.nack(delay=-1), lambda: message.extend(-5.0),
+                        lambda: message.extend("x")):
+                with pytest.raises(InvalidArgument):
+                    bad()
+            await message.ack()   # queued: it leaves when this loop iteration ends
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while (stats := (await client.stats()).queues["q"]).acked < 1:
+                assert asyncio.get_running_loop().time() < deadline, "ack missing"
+                await asyncio.sleep(0.01)
+            return stats.acked, stats.leased
+
+    assert asyncio.run(main()) == (1, 0)
+    assert server.counters["error.invalid_argument"] == 0

@@ -76,6 +76,15 @@ def test_entries_keep_their_zero_bytes_beside_the_array_path() -> None:
     ((5, np.array([0, 1])), "needs a buffer first"),
     ((b"abcdef", np.array([0, 3, 6], dtype=np.int16)), "1-D of 2-byte items"),
     ((b"abcdef", np.array([[0, 3], [4, 6]])), "2-D of 8-byte items"),
+    ((b"abcdef", np.array([0, 3, 6], dtype=">i8")), "native byte order; .* format '>q'"),
+    ((b"abcdef", np.array([0, 2**63 + 5], dtype=np.uint64)),
+     r"offsets\[1\]=9223372036854775813 is beyond the buffer's 6 bytes"),
+    (np.array(5, dtype=np.uint8), "this 0-d ndarray has none"),
+    (np.array((1.5, 7), dtype=RECORD), "this 0-d ndarray has none"),
+    (np.array([[b"ab", b"cd"]], dtype=object), "an array batch must hold plain data"),
+    (np.array([(1, b"x")], dtype=[("n", "<i4"), ("o", "O")]), "must hold plain data"),
+    ((np.array([b"ab"], dtype=object), np.array([0, 8])),
+     "the buffer of a .* must hold plain data"),
 ])
 def test_a_bad_array_batch_is_refused_and_changes_nothing(entries: object, message: str
                                                           ) -> None:
@@ -85,6 +94,27 @@ def test_a_bad_array_batch_is_refused_and_changes_nothing(entries: object, messa
         with pytest.raises(InvalidArgument, match=message):
             encode_entries(entries)
         assert broker.stats().queues["q"].enqueued == 0
+
+
+@pytest.mark.parametrize("body", [
+    np.array([b"ab", b"cd"], dtype=object),
+    np.array([(1, b"x")], dtype=[("n", "<i4"), ("o", "O")]),
+    memoryview(np.array([b"ab"], dtype=object)),
+])
+def test_a_body_of_python_objects_is_refused_not_sent_as_pointers(body: object) -> None:
+    # its bytes were the objects' addresses: meaningless to any consumer, and a leak of
+    # this process's memory layout
+    with make_broker() as broker:
+        for publish in (lambda: broker.send("q", body),
+                        lambda: broker.publish_batch("t", [body]),
+                        lambda: broker.send_batch("q", [PublishEntry(body, priority=1)]),
+                        lambda: encode_entries([body])):
+            with pytest.raises(InvalidArgument, match="entry 0: a body must hold plain data"):
+                publish()
+        assert broker.stats().queues["q"].enqueued == 0
+        broker.send("q", np.array([1, 2], dtype=[("n", "<i4")]))   # a field named O is fine
+        broker.send("q", np.zeros(2, dtype=[("O", "<i4")]))
+        assert len(bodies(broker)) == 2
 
 
 def test_a_batch_of_fixed_size_bodies_is_viewed_in_place() -> None:
@@ -127,6 +157,28 @@ def test_as_array_refuses_bodies_of_other_sizes() -> None:
             make_batch_of(broker, [b"abc"]).as_array(np.float32)
         with pytest.raises(InvalidArgument, match=r"shape \(2,\)"):
             make_batch_of(broker, [b"abcd"]).as_array(np.float32, (2,))
+
+
+def test_as_array_refuses_object_dtypes_and_takes_numpy_int_shapes() -> None:
+    # a view of the frame as object pointers crashed the interpreter on first use
+    with make_broker() as broker:
+        broker.send_batch("q", np.full((2, 16), 0x41, dtype=np.uint8))
+        uniform = broker.consume("q", prefetch=10).next_batch(1.0)
+        broker.send_batch("q", [PublishEntry(b"A" * 16, attributes={"k": "v"}), b"A" * 16])
+        gathered = broker.consume("q", prefetch=10).next_batch(1.0)
+        assert uniform is not None and gathered is not None
+        for batch in (uniform, gathered):
+            for dtype in (object, np.dtype([("n", "<i8"), ("o", "O")])):
+                with pytest.raises(InvalidArgument, match="holds Python objects"):
+                    batch.as_array(dtype)
+            with pytest.raises(InvalidArgument, match="not a numpy dtype"):
+                batch.as_array("no-such-type")
+            with pytest.raises(InvalidArgument, match="must be an int or a tuple of ints"):
+                batch.as_array(np.uint8, "16")
+            with pytest.raises(InvalidArgument, match="negative dimension"):
+                batch.as_array(np.uint8, (-4, -4))
+            assert batch.as_array(np.uint16, np.int64(8)).shape == (2, 8)
+            assert batch.as_array(np.uint8, (np.int32(2), np.int64(8))).shape == (2, 2, 8)
 
 
 def make_batch_of(broker: fastfanout.Broker, entries: list[bytes]) -> object:
@@ -175,6 +227,9 @@ def test_ack_batch_takes_a_uint64_array_all_or_none() -> None:
             broker.ack_batch(np.append(receipts, np.uint64(999_999)))
         with pytest.raises(InvalidArgument, match="1-D array of integers"):
             broker.ack_batch(receipts.astype(np.float64))
+        for other in (receipts.astype(">u8"), np.array([1, 2], dtype=np.uint16)):
+            with pytest.raises(InvalidArgument, match="4- or 8-byte integers in native "):
+                broker.ack_batch(other)
         assert broker.stats().queues["q"].acked == 0
         broker.ack_batch(receipts[::2])          # strided: read as it is
         broker.ack_batch(receipts[1::2].astype(np.int64))
@@ -203,6 +258,11 @@ def test_the_embedded_producer_offers_array_batches_in_order() -> None:
                 producer.offer_batch((b"ab", np.array([1, 0])))
             with pytest.raises(InvalidArgument, match="takes an array batch"):
                 producer.offer_batch([b"x"])
+            # what is no array batch is refused, as the clients' producers refuse it
+            # (a 1-D array of a plain item type was published an element a body)
+            for not_rows in (np.arange(3, dtype=np.uint8), (b"a", b"b"), iter([b"x"])):
+                with pytest.raises(InvalidArgument, match="must be a 2-D or structured"):
+                    producer.offer_batch(not_rows)
             assert producer.offered == 4
         assert bodies(broker) == [b"first", b"abc", b"def", bytes(ROWS[0])]
 

@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+from fastfanout import Broker
 from fastfanout._ext.codec import Record, encode_batch
 from fastfanout._ext.received import DONE, AckBuffer, MessageCursor, RemoteMessage, messages_of
 from fastfanout.errors import InvalidArgument, MalformedBatch, StaleReceipt
@@ -61,6 +62,25 @@ def test_memoryview_of_a_message_is_its_body_without_a_copy() -> None:
     assert view.readonly and bytes(view) == b"m2"
     del message, frame   # the view keeps the message, and so the frame, alive
     assert bytes(view) == b"m2"
+
+
+def test_memoryview_of_an_embedded_message_is_its_body_too() -> None:
+    # the embedded broker (the test double) gives the same view as the clients: code
+    # reading memoryview(message) raised TypeError on it
+    with Broker() as broker:
+        broker.create_queue("q")
+        broker.send_batch("q", [b"one", b"two"])
+        received = broker.receive("q")[0]
+        consumer = broker.consume("q")
+        pushed = next(iter(consumer))
+        views = [memoryview(received), memoryview(pushed)]
+        assert [bytes(received), bytes(pushed)] == [b"one", b"two"]
+        received.ack()
+        pushed.ack()
+        del received, pushed   # the views keep the bodies alive
+        assert [(view.readonly, bytes(view)) for view in views] == [(True, b"one"),
+                                                                     (True, b"two")]
+        consumer.cancel()
 
 
 def test_a_malformed_frame_makes_no_message() -> None:
