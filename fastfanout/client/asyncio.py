@@ -53,6 +53,7 @@ from fastfanout.client.messages import (
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, AsyncProducer
 from fastfanout.errors import (
     BrokenConnection,
+    Closed,
     FastFanoutError,
     NotFound,
     PeerLost,
@@ -613,6 +614,9 @@ class AsyncConnection(DriverBase):
                 while not state.batches:
                     if state.error is not None:
                         raise state.error
+                    if state.closed:   # its client closed (Closed), or it was cancelled
+                        core.check_open()
+                        return
                     waker.clear()
                     if state.timeout is None:
                         await waker.wait()
@@ -649,8 +653,13 @@ class AsyncConnection(DriverBase):
         await self._stop_io()
 
     async def _stop_io(self) -> None:
-        """Stop the reader and heartbeat tasks and close the transport (no word sent)."""
+        """Stop the reader and heartbeat tasks and close the transport (no word sent).
+
+        Calls and consumers still waiting in other tasks raise ``Closed`` at once.
+        """
         self.core.closed = True
+        self.core.broken(Closed("the client is closed"))
+        self._wake_all()
         tasks = [*self.tasks, *([self._handshake] if self._handshake is not None else [])]
         for task in tasks:
             task.cancel()
@@ -869,7 +878,9 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
     async def close(self, timeout: float = 5.0) -> None:
         """Flush pending publishes and open producers, say goodbye and close the socket.
 
-        As ``Client.close`` (in a forked child it only marks the client closed).
+        As ``Client.close`` (in a forked child it only marks the client closed). Calls
+        and consumer iterations awaiting in other tasks then raise ``Closed`` at once, as
+        in the blocking client.
 
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway

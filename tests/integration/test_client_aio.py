@@ -435,3 +435,43 @@ def test_a_cancelled_receive_leaks_no_lease(track: Tracker, endpoint: str, how: 
             assert queue.leased == 0 and queue.visible == 0
 
     asyncio.run(main())
+
+
+def test_closing_the_client_ends_what_other_tasks_await(track: Tracker) -> None:
+    # consumers iterating and a long poll in other tasks raise Closed at once, as in the
+    # blocking client and the embedded broker (they used to wait forever)
+    server = track.server()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        for queue in ("one", "batches", "polled"):
+            await client.create_queue(queue)
+            await client.send(queue, b"first")
+        await client.receive("polled")   # leased: the long poll below waits
+        started = {"one": asyncio.Event(), "batches": asyncio.Event()}
+
+        async def consume() -> None:
+            async for _ in client.consume("one"):
+                started["one"].set()
+
+        async def consume_batches() -> None:
+            async for _ in client.consume_batches("batches", timeout=30.0):
+                started["batches"].set()
+
+        tasks = [asyncio.ensure_future(consume()), asyncio.ensure_future(consume_batches()),
+                 asyncio.ensure_future(client.receive("polled", wait=20.0))]
+        for event in started.values():
+            await asyncio.wait_for(event.wait(), 5.0)
+        deadline = loop.time() + 5.0
+        while int((await client.server_stats())["long_polls"]) != 1:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        await client.close()
+        done, _ = await asyncio.wait(tasks, timeout=2.0)
+        assert len(done) == 3
+        for task in tasks:
+            assert isinstance(task.exception(), fastfanout.Closed)
+        await client.close()   # a second close is a no-op
+
+    asyncio.run(main())
