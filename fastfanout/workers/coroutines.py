@@ -157,23 +157,28 @@ class AsyncRunner:
         started = time.monotonic()
         failed: list[Any]
         timed_out = False
+        limit: asyncio.Timeout | None = None
         try:
             argument = messages if handler.batched else messages[0]
             if handler.timeout is None:
                 result = await handler.function(argument)
             else:
-                async with asyncio.timeout(handler.timeout):
+                limit = asyncio.timeout(handler.timeout)
+                async with limit:
                     result = await handler.function(argument)
         except asyncio.CancelledError:   # stopping, past the deadline: back at once
             tally.in_flight -= len(messages)
             self._give_back(messages)
             slots.release()
             raise
-        except TimeoutError:
-            timed_out = True
-            failed = messages
-        except Exception:
-            log.exception("handler %s failed on %d message(s)", handler.name, len(messages))
+        except Exception as exc:
+            # a TimeoutError the function raised itself (its own wait_for, a client's
+            # timeout) is its failure, not the handler's ``timeout`` passing
+            timed_out = (isinstance(exc, TimeoutError) and limit is not None
+                         and limit.expired())
+            if not timed_out:
+                log.exception("handler %s failed on %d message(s)", handler.name,
+                              len(messages))
             failed = messages
         else:
             failed = failed_messages(result, messages) if handler.batched else []

@@ -675,3 +675,26 @@ def test_stop_from_another_thread_ends_run_quietly(track: Tracker,
     assert not runner.is_alive()
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     assert client.stats().queues["jobs"].acked == 1
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_timeout_error_raised_by_an_async_handler_is_its_failure(
+        timeout: float | None, caplog: pytest.LogCaptureFixture) -> None:
+    # it was counted timed_out, and logged "passed its timeout of None s" (a logging
+    # error) when the handler had no timeout
+    with Broker() as broker:
+        broker.create_queue("jobs", max_receive_count=1)
+        worker = Worker(broker, concurrency=1)
+
+        @worker.handler("jobs", timeout=timeout)
+        async def upstream(message: Any) -> None:
+            raise TimeoutError("the upstream service did not answer")
+
+        with caplog.at_level("WARNING", logger="fastfanout.worker"), worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: worker.stats().handlers["upstream"].failed == 1,
+                       what="one failure")
+        stats = worker.stats().handlers["upstream"]
+        assert (stats.failed, stats.dead_lettered, stats.timed_out) == (1, 1, 0)
+        assert [r.getMessage() for r in caplog.records] == [
+            "handler upstream failed on 1 message(s)"]
