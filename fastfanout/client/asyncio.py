@@ -941,10 +941,24 @@ class Opening(Generic[_Opened]):
 def connect(endpoint: str | None = None, **options: Any) -> Opening[AsyncClient]:
     """Open an asyncio connection (await it, or use it with ``async with``).
 
+    Each await (or ``async with``) of what it returns opens a connection of its own, as
+    the ``Opening`` of a producer does.
+
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
         **options: keyword arguments of ``AsyncClient``.
+
+    Raises:
+        InvalidArgument: an option is out of range (at once, before any await).
     """
-    return Opening(AsyncClient(endpoint, **options)._start)
+    # made now, so that a bad option raises here; a later await opens a fresh client
+    # (starting one client twice would leave the first start's tasks running)
+    unopened: list[AsyncClient] = [AsyncClient(endpoint, **options)]
+
+    def open_client() -> Coroutine[Any, Any, AsyncClient]:
+        client = unopened.pop() if unopened else AsyncClient(endpoint, **options)
+        return client._start()
+
+    return Opening(open_client)
 
 
