@@ -59,6 +59,7 @@ from fastfanout.errors import (
     PeerLost,
     SessionExpired,
     TransportError,
+    WrongEventLoop,
 )
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.server.streams import StreamMessage
@@ -204,6 +205,8 @@ class AsyncConnection(DriverBase):
         core: the connection's protocol state.
         transport: the DEALER socket or local channel (closed while ``lost``).
         lost: the connection broke; the next request reconnects.
+        loop: the event loop that started it (None before ``start``): its tasks read the
+            answers, so every call must come from it (``check_loop``).
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
@@ -217,6 +220,7 @@ class AsyncConnection(DriverBase):
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
         self.lost = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         # while a reconnect's handshake runs: the requests made meanwhile, sent after it
         # (ATTACH must be alone on the socket until its reply)
         self._held: list[list[bytes]] | None = None
@@ -238,7 +242,8 @@ class AsyncConnection(DriverBase):
 
     async def start(self) -> None:
         """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
-        create_future = asyncio.get_running_loop().create_future
+        self.loop = asyncio.get_running_loop()
+        create_future = self.loop.create_future
         self._new_future = LoopFutures(create_future)   # one per publish, from C
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
@@ -276,6 +281,26 @@ class AsyncConnection(DriverBase):
             await reader
         self.transport = AsyncLocalTransport(dealer, channel, self.timeout)
         self.tasks[0] = asyncio.create_task(self._reader())
+
+    def check_loop(self) -> None:
+        """Refuse a call from outside the event loop that started the connection.
+
+        Raises:
+            WrongEventLoop: called from another event loop, or a thread with none.
+        """
+        home = self.loop
+        if home is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:   # a thread (or code) with no running loop
+            running = None
+        if running is not home:
+            ended = " (it has ended)" if home.is_closed() else ""
+            raise WrongEventLoop(
+                f"this asyncio client was connected in another event loop{ended}; its "
+                f"calls work only there: connect a client in this loop (or use "
+                f"fastfanout.Client from threads)")
 
     # -- requests ------------------------------------------------------------------------
 
@@ -366,6 +391,7 @@ class AsyncConnection(DriverBase):
         if self.core.closed or self.core.forked:
             self.core.check_open()
         forks.check_process("client", self.core.pid)   # a fork that bypassed os.fork
+        self.check_loop()
         try:
             return make(*args, **kwargs)
         finally:
@@ -424,6 +450,7 @@ class AsyncConnection(DriverBase):
         core = self.core
         if core.closed or core.forked:
             core.check_open()
+        self.check_loop()
         # a bad name or body raises before anything is queued
         future = core.enqueue(opcode, name, body, options, self._new_future,
                               0.0 if core.batches else self._batches_opened())
@@ -433,6 +460,7 @@ class AsyncConnection(DriverBase):
 
     def _batches_opened(self) -> float:
         """The first batch of this loop iteration was opened: it leaves at its end."""
+        self.check_loop()
         asyncio.get_running_loop().call_soon(self.flush_batches)
         return 0.0
 
@@ -456,12 +484,14 @@ class AsyncConnection(DriverBase):
         """
         if self.core.closed or self.core.forked:
             self.core.check_open()
+        self.check_loop()
         if not self.core.loose_acks:
             self._acks_started()
         self.core.loose_acks.append(receipts)
 
     def _acks_started(self) -> None:
         """The first ack of this loop iteration was queued: they leave at its end."""
+        self.check_loop()
         asyncio.get_running_loop().call_soon(self.send_acks)
 
     def send_acks(self) -> None:
@@ -652,6 +682,16 @@ class AsyncConnection(DriverBase):
                 await self.wait(self.submit(core.request, Opcode.BYE, [], flush=False))
         await self._stop_io()
 
+    def abandon(self) -> None:
+        """Close without a word, the loop that ran the connection having ended.
+
+        The broker releases the session's leases when its heartbeats stop.
+        """
+        self.core.closed = True
+        self.core.broken(Closed("the client is closed"))
+        self.acks.clear()
+        self.transport.close()
+
     async def _stop_io(self) -> None:
         """Stop the reader and heartbeat tasks and close the transport (no word sent).
 
@@ -793,6 +833,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             Closed: the client was closed.
         """
         self.connection.core.check_open()
+        self.connection.check_loop()
         self.connection.flush_batches()
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiting = set(self.connection.core.publishes)
@@ -880,15 +921,22 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
 
         As ``Client.close`` (in a forked child it only marks the client closed). Calls
         and consumer iterations awaiting in other tasks then raise ``Closed`` at once, as
-        in the blocking client.
+        in the blocking client. Once the event loop that connected it has ended, it
+        only closes the socket (nothing can be sent or awaited any more).
 
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway
                 and that producer's refused messages are not published.
+            WrongEventLoop: called from another event loop (or thread) while the one that
+                connected it still runs.
         """
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
+        if connection.loop is not None and connection.loop.is_closed():
+            connection.abandon()   # its tasks ended with their loop: nobody to talk to
+            return
+        connection.check_loop()
         refusal: FastFanoutError | None = None
         for producer in list(connection.producers):   # their open and kept frames first
             try:

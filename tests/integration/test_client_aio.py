@@ -475,3 +475,46 @@ def test_closing_the_client_ends_what_other_tasks_await(track: Tracker) -> None:
         await client.close()   # a second close is a no-op
 
     asyncio.run(main())
+
+
+def test_a_client_used_outside_its_event_loop_raises_wrong_event_loop(track: Tracker) -> None:
+    # another loop's call waited for the client's timeout ("is it running?"), a publish
+    # raised RuntimeError, and a thread's call worked by chance on the owner's reader
+    server = track.server()
+
+    async def connect_one() -> aio.AsyncClient:
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        await client.create_queue("q")
+        return client
+
+    async def from_another_loop(client: aio.AsyncClient) -> None:
+        for call in (client.list_queues, lambda: client.send("q", b"x"),
+                     lambda: client.receive("q", wait=1.0)):
+            with pytest.raises(fastfanout.WrongEventLoop, match="another event loop"):
+                await call()
+        with pytest.raises(fastfanout.WrongEventLoop):
+            client.publish_nowait("q", b"x")
+        with pytest.raises(fastfanout.WrongEventLoop):
+            async for _ in client.consume("q"):
+                pass
+
+    ended = asyncio.run(connect_one())
+    asyncio.run(from_another_loop(ended))
+    asyncio.run(ended.close())   # its loop has ended: only the socket is closed
+    assert ended.closed
+
+    async def owner() -> None:
+        client = await connect_one()
+        thread_loop = asyncio.new_event_loop()
+        try:
+            await asyncio.to_thread(thread_loop.run_until_complete, from_another_loop(client))
+            with pytest.raises(fastfanout.WrongEventLoop):
+                await asyncio.to_thread(thread_loop.run_until_complete, client.close())
+        finally:
+            thread_loop.close()
+        assert await client.list_queues() == ["q"]   # still fine in its own loop
+        await client.close()
+
+    asyncio.run(owner())
+    with Client(server.endpoint, timeout=5.0) as client:
+        assert client.stats().queues["q"].enqueued == 0
