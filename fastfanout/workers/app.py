@@ -536,6 +536,10 @@ class Worker:
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: take no more, let running calls finish, nack the rest.
 
+        Called from a handler (a sync handler's thread, or an async handler on the
+        worker's event loop), it starts the stop and returns at once: that call then
+        finishes and is acked or nacked as usual.
+
         Args:
             timeout: seconds running calls get (None: ``shutdown_timeout``); calls still
                 running then are abandoned and their messages nacked with no delay
@@ -548,10 +552,25 @@ class Worker:
             return
         self._stopped = True
         self._stop_requested.set()   # a run() in another thread returns (once this ends)
+        if self._on_own_thread():
+            # a handler stopping its worker cannot wait for its own call to end (nor can
+            # the event loop join itself): the stop runs in a thread of its own
+            threading.Thread(target=self._stop_and_finish, args=(timeout,), daemon=True,
+                             name="fastfanout-worker-stop").start()
+            return
+        self._stop_and_finish(timeout)
+
+    def _stop_and_finish(self, timeout: float | None) -> None:
         try:
             self._stop(timeout)
         finally:
             self._stop_finished.set()
+
+    def _on_own_thread(self) -> bool:
+        """True in a thread of this worker's: a sync handler's, or the event loop's."""
+        current = threading.current_thread()
+        return current is self._loop_thread or any(
+            slot.thread is current for runner in self._threads for slot in runner.slots)
 
     def _stop(self, timeout: float | None) -> None:
         seconds = self.shutdown_timeout if timeout is None else timeout

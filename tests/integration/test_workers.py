@@ -698,3 +698,35 @@ def test_a_timeout_error_raised_by_an_async_handler_is_its_failure(
         assert (stats.failed, stats.dead_lettered, stats.timed_out) == (1, 1, 0)
         assert [r.getMessage() for r in caplog.records] == [
             "handler upstream failed on 1 message(s)"]
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_handler_may_stop_its_worker(is_async: bool) -> None:
+    # stop() in a handler raised RuntimeError (a thread cannot join itself)
+    with Broker() as broker:
+        broker.create_queue("jobs")
+        worker = Worker(broker, concurrency=1)
+        errors: list[BaseException] = []
+        returned = threading.Event()
+
+        def stop_here(message: Any) -> None:
+            try:
+                worker.stop()
+            except BaseException as exc:
+                errors.append(exc)
+            returned.set()
+
+        async def stop_here_async(message: Any) -> None:
+            stop_here(message)
+
+        handler = stop_here_async if is_async else stop_here
+        worker.handler("jobs")(handler)
+        worker.start()
+        broker.send("jobs", b"stop")
+        assert returned.wait(5.0)
+        assert errors == []
+        wait_until(lambda: not any(t.name.startswith("fastfanout") and t.is_alive()
+                                   for t in threading.enumerate()), what="the stop")
+        assert worker.stats().handlers[handler.__name__].processed == 1
+        assert broker.stats().queues["jobs"].acked == 1
+        worker.stop()   # done already: a no-op
