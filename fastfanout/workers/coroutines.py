@@ -171,7 +171,7 @@ class AsyncRunner:
             self._give_back(messages)
             slots.release()
             raise
-        except Exception as exc:
+        except BaseException as exc:   # SystemExit too: it would end the event loop
             # a TimeoutError the function raised itself (its own wait_for, a client's
             # timeout) is its failure, not the handler's ``timeout`` passing
             timed_out = (isinstance(exc, TimeoutError) and limit is not None

@@ -216,7 +216,8 @@ class ThreadRunner:
                 slot.current = [message]
                 try:
                     function(message)
-                except Exception:
+                except BaseException:   # SystemExit too: it would end the thread, and
+                    # the keeper would extend the message's lease for ever
                     log.exception("handler %s failed on message %d", self.handler.name,
                                   message.id)
                     failed = True
@@ -257,7 +258,7 @@ class ThreadRunner:
         failed: list[Any]
         try:
             result = self.handler.function(messages if self.handler.batched else messages[0])
-        except Exception:
+        except BaseException:   # as in _call_each
             log.exception("handler %s failed on %d message(s)", self.handler.name,
                           len(messages))
             failed = messages

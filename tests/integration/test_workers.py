@@ -730,3 +730,29 @@ def test_a_handler_may_stop_its_worker(is_async: bool) -> None:
         assert worker.stats().handlers[handler.__name__].processed == 1
         assert broker.stats().queues["jobs"].acked == 1
         worker.stop()   # done already: a no-op
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_handler_raising_system_exit_fails_its_message(is_async: bool) -> None:
+    # SystemExit ended the handler's thread (or the event loop) silently, and the lease
+    # keeper extended the message's lease for ever: never redelivered
+    with Broker() as broker:
+        broker.create_queue("jobs", visibility_timeout=30.0)
+        worker = Worker(broker, concurrency=1)
+        calls: list[int] = []
+
+        def leave(message: Any) -> None:
+            calls.append(message.receive_count)
+            if message.receive_count == 1:
+                sys.exit(3)
+
+        async def leave_async(message: Any) -> None:
+            leave(message)
+
+        handler = leave_async if is_async else leave
+        worker.handler("jobs")(handler)
+        with worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
+        stats = worker.stats().handlers[handler.__name__]
+        assert (stats.failed, stats.processed, calls) == (1, 1, [1, 2])
