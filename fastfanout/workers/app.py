@@ -275,7 +275,8 @@ class Worker:
         many). Returning acks; raising nacks with the queue's backoff, and the queue's
         ``max_receive_count`` dead-letters a message that failed that often. A batch
         handler may return the messages (or message ids) that failed: only those are
-        nacked, the others acked (SQS's ``ReportBatchItemFailures``).
+        nacked, the others acked (SQS's ``ReportBatchItemFailures``); a return naming
+        anything else fails the whole batch.
 
         Args:
             queue: the queue to consume (it must exist when the worker starts).

@@ -49,16 +49,27 @@ def failed_messages(result: object, messages: list[Any]) -> list[Any]:
     """The messages a batch handler reported failed (SQS's ReportBatchItemFailures).
 
     ``result`` is None (all succeeded), or an iterable of messages of the batch or of
-    their ids; anything else names no message and counts as all failed.
+    their ids. Anything else (a string, a body, an id not of this batch, a non-iterable)
+    does not say which failed: all of them count as failed (and it is logged), so that
+    no failure is acked by mistake.
     """
     if result is None:
         return []
-    try:
-        named = list(result)  # type: ignore[call-overload]
-    except TypeError:
-        return list(messages)
-    ids = {item if type(item) is int else getattr(item, "id", None) for item in named}
-    return [message for message in messages if message.id in ids]
+    named: list[Any] | None = None
+    if not isinstance(result, (str, bytes, bytearray, memoryview)):
+        try:
+            named = list(result)  # type: ignore[call-overload]
+        except TypeError:
+            pass
+    if named is not None:
+        ids = {message.id for message in messages}
+        keys = {item if type(item) is int else getattr(item, "id", None) for item in named}
+        if keys <= ids:
+            return [message for message in messages if message.id in keys]
+    log.warning("a batch handler returned %.80r: not None nor the messages (or message "
+                "ids) of its batch that failed; all %d count as failed", result,
+                len(messages))
+    return list(messages)
 
 
 class Slot:
