@@ -166,11 +166,19 @@ class AsyncRunner:
                 limit = asyncio.timeout(handler.timeout)
                 async with limit:
                     result = await handler.function(argument)
-        except asyncio.CancelledError:   # stopping, past the deadline: back at once
-            tally.in_flight -= len(messages)
-            self._give_back(messages)
-            slots.release()
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # stopping, past the deadline (stop() cancelled this task): back at once
+                tally.in_flight -= len(messages)
+                self._give_back(messages)
+                slots.release()
+                raise
+            # the function's own (it awaited something cancelled): its failure, with the
+            # queue's backoff, not a redelivery at once in a loop
+            log.error("handler %s failed on %d message(s): %r", handler.name,
+                      len(messages), exc)
+            failed = messages
         except BaseException as exc:   # SystemExit too: it would end the event loop
             # a TimeoutError the function raised itself (its own wait_for, a client's
             # timeout) is its failure, not the handler's ``timeout`` passing

@@ -756,3 +756,26 @@ def test_a_handler_raising_system_exit_fails_its_message(is_async: bool) -> None
             wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
         stats = worker.stats().handlers[handler.__name__]
         assert (stats.failed, stats.processed, calls) == (1, 1, [1, 2])
+
+
+def test_a_cancelled_error_raised_by_an_async_handler_is_its_failure() -> None:
+    # it was taken for the worker's stop: redelivered at once, past the queue's backoff,
+    # thousands of times a second and never counted failed
+    with Broker() as broker:
+        broker.create_queue("jobs-dlq")
+        broker.create_queue("jobs", max_receive_count=2, dead_letter_queue="jobs-dlq",
+                            redelivery_backoff=fastfanout.ExponentialBackoff(60.0))
+        worker = Worker(broker, concurrency=1)
+        calls: list[int] = []
+
+        @worker.handler("jobs")
+        async def gives_up(message: Any) -> None:
+            calls.append(message.receive_count)
+            raise asyncio.CancelledError
+
+        with worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: worker.stats().handlers["gives_up"].failed == 1,
+                       what="one failure")
+            queue = broker.stats().queues["jobs"]
+            assert (calls, queue.delayed, queue.visible) == ([1], 1, 0)   # backing off
