@@ -412,10 +412,14 @@ class Worker:
         Raises:
             NotFound: a handler's queue (or a subscription's topic) does not exist.
             BrokenConnection: the broker cannot be reached.
-            InvalidArgument: no handler is registered, or the worker ran already.
+            InvalidArgument: no handler is registered, or the worker ran (or was
+                stopped) already.
         """
         if self._started:
             raise InvalidArgument("a worker starts once")
+        if self._stopped:   # stop() could not stop what starts after it
+            raise InvalidArgument("this worker was stopped before it started; a worker "
+                                  "starts once: make a new Worker")
         if not self._handlers:
             raise InvalidArgument("the worker has no handler: register one with "
                                   "@worker.handler(queue) or worker.subscribe(topic, f)")

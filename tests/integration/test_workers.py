@@ -779,3 +779,17 @@ def test_a_cancelled_error_raised_by_an_async_handler_is_its_failure() -> None:
                        what="one failure")
             queue = broker.stats().queues["jobs"]
             assert (calls, queue.delayed, queue.visible) == ([1], 1, 0)   # backing off
+
+
+def test_a_worker_stopped_before_it_started_refuses_to_start() -> None:
+    # it started, and its threads ran on: every later stop() was a no-op
+    with Broker() as broker:
+        broker.create_queue("jobs")
+        worker = Worker(broker, concurrency=1)
+        worker.handler("jobs")(lambda message: None)
+        worker.stop()
+        with pytest.raises(InvalidArgument, match="stopped before it started"):
+            worker.start()
+        with pytest.raises(InvalidArgument, match="stopped before it started"):
+            worker.run()
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("fastfanout")]
