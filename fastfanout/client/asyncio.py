@@ -207,6 +207,7 @@ class AsyncConnection(DriverBase):
         lost: the connection broke; the next request reconnects.
         loop: the event loop that started it (None before ``start``): its tasks read the
             answers, so every call must come from it (``check_loop``).
+        closing: ``close()`` is under way.
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
@@ -221,6 +222,7 @@ class AsyncConnection(DriverBase):
         self.tasks: list[asyncio.Task[None]] = []
         self.lost = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False   # close() is under way
         # while a reconnect's handshake runs: the requests made meanwhile, sent after it
         # (ATTACH must be alone on the socket until its reply)
         self._held: list[list[bytes]] | None = None
@@ -596,7 +598,11 @@ class AsyncConnection(DriverBase):
 
         The transport is closed and dropped (as the blocking ``Connection.broken`` does):
         a local channel whose broker is gone never works again, and the reader stops.
+        While ``close()`` runs, the waiters get ``Closed`` instead: the broker ending the
+        session after BYE is no failure.
         """
+        if self.closing:
+            error = Closed("the client is closed")
         self.core.broken(error)
         self.acks.clear()
         self._wake_all()
@@ -672,15 +678,20 @@ class AsyncConnection(DriverBase):
         if self.lost:   # nobody to say goodbye to: no reconnect for it
             await self._stop_io()
             return
-        with contextlib.suppress(FastFanoutError, TimeoutError):
-            self.send_acks()   # the messages' queued acks, before BYE too
-            publishes = self.submit(core.closing)   # acks before BYE, which releases leases
-            async with asyncio.timeout(timeout):
-                for request in publishes:
-                    with contextlib.suppress(FastFanoutError):
-                        await self.wait(request)
-                await self.wait(self.submit(core.request, Opcode.BYE, [], flush=False))
-        await self._stop_io()
+        self.closing = True
+        try:
+            with contextlib.suppress(FastFanoutError, TimeoutError):
+                self.send_acks()   # the messages' queued acks, before BYE too
+                publishes = self.submit(core.closing)   # acks before BYE (it releases leases)
+                async with asyncio.timeout(timeout):
+                    for request in publishes:
+                        with contextlib.suppress(FastFanoutError):
+                            await self.wait(request)
+                    await self.wait(self.submit(core.request, Opcode.BYE, [], flush=False))
+        finally:
+            # closed even when the wait is cancelled (asyncio.wait_for around close()):
+            # a half-closed client would run on with its session ended by the BYE
+            await asyncio.shield(self._stop_io())
 
     def abandon(self) -> None:
         """Close without a word, the loop that ran the connection having ended.
@@ -921,8 +932,10 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
 
         As ``Client.close`` (in a forked child it only marks the client closed). Calls
         and consumer iterations awaiting in other tasks then raise ``Closed`` at once, as
-        in the blocking client. Once the event loop that connected it has ended, it
-        only closes the socket (nothing can be sent or awaited any more).
+        in the blocking client. Cancelled (say, by ``asyncio.wait_for``) while it waits
+        for the broker's answers, it still closes the client before it raises. Once the
+        event loop that connected it has ended, it only closes the socket (nothing can be
+        sent or awaited any more).
 
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway

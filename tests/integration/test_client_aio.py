@@ -518,3 +518,25 @@ def test_a_client_used_outside_its_event_loop_raises_wrong_event_loop(track: Tra
     asyncio.run(owner())
     with Client(server.endpoint, timeout=5.0) as client:
         assert client.stats().queues["q"].enqueued == 0
+
+
+def test_a_cancelled_close_still_closes(track: Tracker) -> None:
+    # close() cancelled while it waited for BYE's answer left the client open with its
+    # tasks running and its session ended: the next call raised BrokenConnection
+    server = track.server()
+
+    async def main() -> None:
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        await client.create_queue("q")
+        closing = asyncio.ensure_future(client.close())
+        await asyncio.sleep(0)   # close() runs up to its wait for BYE's answer
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert client.closed
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        with pytest.raises(fastfanout.Closed):
+            await client.list_queues()
+        await client.close()
+
+    asyncio.run(main())
