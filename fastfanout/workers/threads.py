@@ -410,7 +410,10 @@ class LeaseKeeper:
     @staticmethod
     def _extend(slot: Slot, lease: float) -> None:
         with slot.lock:
-            held = slot.unsettled()
+            # what the call holds, and what its source received beyond it (the rest of
+            # a push larger than a batch): all of it is leased to this slot
+            source = slot.source
+            held = [*slot.unsettled(), *(source.buffered() if source is not None else ())]
             for message in held:
                 if settle_quietly(message.extend, lease):
                     slot.tally.extended += 1
