@@ -180,6 +180,9 @@ class Worker:
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
         self._stop_finished = threading.Event()   # a stop() (any thread's) is done
+        # start() and stop() one at a time: a stop() while another thread is starting the
+        # worker (its first calls may run meanwhile) must find all it has to stop
+        self._lifecycle = threading.RLock()
         self._hurry = threading.Event()
         self._stop_deadline = 0.0   # monotonic: when running calls are abandoned
         self._loop_hurry: asyncio.Event | None = None
@@ -435,12 +438,13 @@ class Worker:
         finally:
             if isinstance(admin, Client):
                 admin.close()
-        self._started = True
-        try:
-            self._start_runners(queues)
-        except BaseException:
-            self.stop(0.0)
-            raise
+        with self._lifecycle:   # a stop() from another thread waits for the start
+            self._started = True
+            try:
+                self._start_runners(queues)
+            except BaseException:
+                self.stop(0.0)
+                raise
         log.info("worker started: %s", ", ".join(
             f"{h.name} on {h.queue}" for h in self._handlers.values()))
         return self
@@ -567,7 +571,8 @@ class Worker:
 
     def _stop_and_finish(self, timeout: float | None) -> None:
         try:
-            self._stop(timeout)
+            with self._lifecycle:   # after a start() under way in another thread
+                self._stop(timeout)
         finally:
             self._stop_finished.set()
 
