@@ -951,11 +951,16 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             return
         connection.check_loop()
         refusal: FastFanoutError | None = None
-        for producer in list(connection.producers):   # their open and kept frames first
-            try:
-                await producer.close()
-            except FastFanoutError as exc:
-                refusal = refusal or exc
+        try:
+            for producer in list(connection.producers):   # their open and kept frames first
+                try:
+                    await producer.close()
+                except FastFanoutError as exc:
+                    refusal = refusal or exc
+        except asyncio.CancelledError:   # while a producer flushed: the client closes all
+            # the same (BYE, within ``timeout``), rather than stay half closed
+            await asyncio.shield(connection.close(timeout))
+            raise
         await connection.close(timeout)
         if refusal is not None:
             raise refusal

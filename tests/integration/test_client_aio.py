@@ -520,14 +520,21 @@ def test_a_client_used_outside_its_event_loop_raises_wrong_event_loop(track: Tra
         assert client.stats().queues["q"].enqueued == 0
 
 
-def test_a_cancelled_close_still_closes(track: Tracker) -> None:
-    # close() cancelled while it waited for BYE's answer left the client open with its
-    # tasks running and its session ended: the next call raised BrokenConnection
+@pytest.mark.parametrize("producing", [False, True])
+def test_a_cancelled_close_still_closes(track: Tracker, producing: bool) -> None:
+    # close() cancelled while it waited for BYE's answer (or for a producer's flush) left
+    # the client open with its tasks running: the next call raised BrokenConnection
     server = track.server()
 
     async def main() -> None:
         client = await aio.connect(server.endpoint, timeout=5.0)
         await client.create_queue("q")
+        if producing:
+            await client.create_topic("t")
+            await client.subscribe("t", "q")
+            producer = await client.producer("t", linger=10.0)
+            for _ in range(100):
+                producer.offer(b"x")
         closing = asyncio.ensure_future(client.close())
         await asyncio.sleep(0)   # close() runs up to its wait for BYE's answer
         closing.cancel()
