@@ -35,6 +35,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,7 +45,13 @@ from typing import Any, TypeVar
 
 from fastfanout.broker.embedded import Broker
 from fastfanout.client import Client
-from fastfanout.errors import AlreadyExists, BrokenConnection, InvalidArgument, NotFound
+from fastfanout.errors import (
+    AlreadyExists,
+    BrokenConnection,
+    FastFanoutError,
+    InvalidArgument,
+    NotFound,
+)
 from fastfanout.runtime import default_endpoint, ipc_problem
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
@@ -103,7 +110,12 @@ def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
 
     signal.signal(signal.SIGTERM, on_sigterm)
     worker.add(replace(handler, processes=1))
-    worker.start()
+    try:
+        worker.start()
+    except FastFanoutError as error:   # one line, not a traceback per restart
+        log.error("worker process of %s cannot start: %s", handler.name, error)
+        report.close()
+        sys.exit(1)
     try:
         while not stop.wait(STATS_INTERVAL):
             report.send(worker.stats().handlers[handler.name])

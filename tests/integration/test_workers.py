@@ -815,3 +815,24 @@ def test_a_slow_batch_keeps_the_leases_of_the_rest_of_its_push() -> None:
             wait_until(lambda: broker.stats().queues["jobs"].acked == 4, what="all acked")
         assert sorted(seen) == [(b"1", 1), (b"2", 1), (b"3", 1), (b"4", 1)]
         assert broker.stats().queues["jobs"].redelivered == 0
+
+
+def test_a_worker_process_failing_at_start_is_restarted_with_a_delay(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a child that could not start (its broker gone) was started again at once, again and
+    # again: a restart storm, each with a traceback
+    import worker_app
+
+    from fastfanout.workers.processes import RESTART_DELAY, ProcessGroup
+
+    handler = make_handler(worker_app.record, "jobs", processes=2)
+    group = ProcessGroup(handler, None, {}, 1.0, worker_app.fail_at_start)
+    with caplog.at_level("WARNING", logger="fastfanout.worker"):
+        group.start()
+        try:
+            wait_until(lambda: len(caplog.records) >= 2, timeout=30, what="both exits")
+            delays = sorted(record.getMessage().rsplit(" in ", 1)[1]
+                            for record in caplog.records[:2])
+            assert delays == [f"{RESTART_DELAY:g} s", f"{2 * RESTART_DELAY:g} s"]
+        finally:
+            group.stop(1.0)
