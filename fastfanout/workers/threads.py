@@ -411,9 +411,12 @@ class LeaseKeeper:
     def _extend(slot: Slot, lease: float) -> None:
         with slot.lock:
             # what the call holds, and what its source received beyond it (the rest of
-            # a push larger than a batch): all of it is leased to this slot
+            # a push larger than a batch): all of it is leased to this slot. Not behind
+            # an abandoned call, which may never return: those leases run out and the
+            # messages go to another consumer.
             source = slot.source
-            held = [*slot.unsettled(), *(source.buffered() if source is not None else ())]
+            waiting = source.buffered() if source is not None and not slot.abandoned else []
+            held = [*slot.unsettled(), *waiting]
             for message in held:
                 if settle_quietly(message.extend, lease):
                     slot.tally.extended += 1
