@@ -87,6 +87,10 @@ class Source(Protocol):
         """Messages received and not taken yet (leased: their leases are kept too)."""
         ...
 
+    def cancel(self) -> None:
+        """Stop the pushes (what was pushed stays leased until ``close``); quietly."""
+        ...
+
     def close(self) -> None:
         """Stop taking; whatever is still leased is released by the caller (or BYE)."""
         ...
@@ -162,6 +166,11 @@ class ClientSource:
         pushed, taken = self._pushed, self._taken
         return pushed[taken:]
 
+    def cancel(self) -> None:
+        """Stop the pushes (CANCEL); what was pushed is released by ``close``."""
+        with contextlib.suppress(FastFanoutError):
+            self._consumer.cancel()
+
     def close(self) -> None:
         """Close the connection: its BYE makes the broker release every lease at once."""
         with contextlib.suppress(FastFanoutError):
@@ -197,6 +206,10 @@ class BrokerSource:
         """The rest of the last push, not taken yet (read by the lease keeper's thread)."""
         pushed, taken = self._pushed, self._taken
         return pushed[taken:]
+
+    def cancel(self) -> None:
+        """Stop consuming; what was received stays leased until ``close``."""
+        self._consumer.cancel()
 
     def close(self) -> None:
         """Stop consuming; what was received and not taken comes back at once."""

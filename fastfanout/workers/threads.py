@@ -80,10 +80,11 @@ class Slot:
         current: the messages of the call running now, or None.
         started: ``time.monotonic()`` when the current call started.
         abandoned: the keeper gave up on the current call and settled its messages.
+        stale_source: the keeper closed ``source`` when it gave up on the call.
     """
 
-    __slots__ = ("abandoned", "current", "held", "index", "lock", "source", "started",
-                 "tally", "thread")
+    __slots__ = ("abandoned", "current", "held", "index", "lock", "source", "stale_source",
+                 "started", "tally", "thread")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -95,6 +96,9 @@ class Slot:
         self.tally = Tally()
         self.thread: threading.Thread | None = None
         self.source: Source | None = None
+        # the keeper closed the source under a call past its timeout (what it had pushed
+        # goes to other consumers, not behind the hung call): the thread opens another
+        self.stale_source = False
 
     def unsettled(self) -> list[Any]:
         """The messages this slot holds and has not settled (call with the lock held)."""
@@ -154,6 +158,14 @@ class ThreadRunner:
             finally:
                 self._release(slot, 0.0)
                 slot.source.close()
+            if slot.stale_source and not self._stopping.is_set():
+                slot.stale_source = False
+                try:
+                    slot.source = self._open_source()
+                    continue
+                except FastFanoutError as exc:
+                    log.warning("worker thread of %s cannot reconnect yet: %s",
+                                self.handler.name, exc)
             while not self._stopping.wait(RECONNECT_DELAY):
                 try:
                     slot.source = self._open_source()
@@ -183,6 +195,8 @@ class ThreadRunner:
             else:
                 self._call_each(slot, messages)
             self._release(slot, 0.0)
+            if slot.stale_source:   # closed under an abandoned call: open another
+                return
 
     def _collect(self, source: Source, batch_size: int, window: float) -> list[Any]:
         """One batch: up to ``batch_size`` messages within ``window`` s of the first."""
@@ -328,6 +342,12 @@ class ThreadRunner:
                 return False
             slot.abandoned = True
             current, rest = slot.current, slot.held[slot.index + len(slot.current):]
+            if delay is None and slot.source is not None:
+                # past its timeout: its thread stays in the call, so its consumer stops
+                # first (no push, the nacked messages included, waits behind the call);
+                # the thread opens another source when the call returns
+                slot.source.cancel()
+                slot.stale_source = True
             if delay is None:
                 slot.tally.failures([m.receive_count for m in current],
                                     self._max_receive_count)
@@ -400,8 +420,13 @@ class LeaseKeeper:
                 timeout = runner.handler.timeout
                 if timeout is not None:
                     for slot in runner.slots:
-                        if slot.current is not None and now - slot.started > timeout:
-                            runner.abandon(slot, None, f"passed its timeout of {timeout:g} s")
+                        if (slot.current is not None and now - slot.started > timeout
+                                and runner.abandon(slot, None,
+                                                   f"passed its timeout of {timeout:g} s")
+                                and slot.source is not None):
+                            # the thread stays in the call: what its connection was
+                            # pushed must not wait for it (the BYE releases it)
+                            slot.source.close()
                 if lease > 0 and now - last[id(runner)] >= lease / 2:
                     last[id(runner)] = now
                     for slot in runner.slots:

@@ -166,12 +166,14 @@ def test_a_call_past_its_timeout_is_abandoned_and_nacked(track: Tracker,
                                                          is_async: bool) -> None:
     endpoint, client = _setup(track)
     release = threading.Event()
+    first_returned = threading.Event()
     calls: list[int] = []
 
     def slow(message: Any) -> None:
         calls.append(message.receive_count)
         if message.receive_count == 1:
             release.wait(5.0)
+            first_returned.set()
 
     async def slow_async(message: Any) -> None:
         calls.append(message.receive_count)
@@ -188,6 +190,9 @@ def test_a_call_past_its_timeout_is_abandoned_and_nacked(track: Tracker,
     stats = worker.stats().handlers[name]
     assert (stats.timed_out, stats.failed, stats.retried) == (1, 1, 1)
     assert calls == [1, 2]
+    # retried while the abandoned call still ran: the redelivery was not pushed to (and
+    # left waiting behind) the hung thread's own connection
+    assert not first_returned.is_set()
     release.set()
 
 
@@ -836,3 +841,27 @@ def test_a_worker_process_failing_at_start_is_restarted_with_a_delay(
             assert delays == [f"{RESTART_DELAY:g} s", f"{2 * RESTART_DELAY:g} s"]
         finally:
             group.stop(1.0)
+
+
+def test_an_embedded_thread_past_its_timeout_gets_a_new_consumer() -> None:
+    # its consumer is cancelled under the abandoned call; when the call returns the
+    # thread consumes again on a new one
+    with Broker() as broker:
+        broker.create_queue("jobs")
+        worker = Worker(broker, concurrency=1)
+        release = threading.Event()
+        calls: list[int] = []
+
+        @worker.handler("jobs", timeout=0.1)
+        def hangs_once(message: Any) -> None:
+            calls.append(message.receive_count)
+            if message.receive_count == 1:
+                release.wait(5.0)
+
+        with worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: worker.stats().handlers["hangs_once"].timed_out == 1,
+                       what="the timeout")
+            release.set()   # the call returns; the thread opens a new consumer
+            wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
+        assert calls == [1, 2]
