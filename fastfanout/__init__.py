@@ -41,6 +41,7 @@ from fastfanout.errors import (
     UnsupportedVersion,
     UsedAfterFork,
     WouldBlock,
+    WrongEventLoop,
 )
 from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.server.allocator import keep_freed_memory
@@ -98,6 +99,7 @@ __all__ = [
     "UsedAfterFork",
     "Worker",
     "WouldBlock",
+    "WrongEventLoop",
     "__version__",
     "connect",
     "keep_freed_memory",

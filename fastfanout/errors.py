@@ -41,6 +41,7 @@ __all__ = [
     "UnsupportedVersion",
     "UsedAfterFork",
     "WouldBlock",
+    "WrongEventLoop",
     "error_for_code",
 ]
 
@@ -285,6 +286,18 @@ class UsedAfterFork(FastFanoutError):
     """
 
     code = "used_after_fork"
+
+
+class WrongEventLoop(FastFanoutError, RuntimeError):
+    """An asyncio client was used outside the event loop that connected it.
+
+    Its reader and heartbeat tasks, its futures and its socket belong to that loop: a
+    call from another loop, or from another thread, would wait for answers no task of
+    its own reads. Raised at once; nothing is sent. Connect a client in each loop (or
+    use the blocking ``Client`` from threads).
+    """
+
+    code = "wrong_event_loop"
 
 
 class BridgeUnavailable(FastFanoutError, RuntimeError):

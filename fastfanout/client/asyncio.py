@@ -53,12 +53,14 @@ from fastfanout.client.messages import (
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, AsyncProducer
 from fastfanout.errors import (
     BrokenConnection,
+    Closed,
     FastFanoutError,
     InvalidArgument,
     NotFound,
     PeerLost,
     SessionExpired,
     TransportError,
+    WrongEventLoop,
 )
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.server.streams import StreamMessage
@@ -204,6 +206,9 @@ class AsyncConnection(DriverBase):
         core: the connection's protocol state.
         transport: the DEALER socket or local channel (closed while ``lost``).
         lost: the connection broke; the next request reconnects.
+        loop: the event loop that started it (None before ``start``): its tasks read the
+            answers, so every call must come from it (``check_loop``).
+        closing: ``close()`` is under way.
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
@@ -217,6 +222,8 @@ class AsyncConnection(DriverBase):
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
         self.lost = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False   # close() is under way
         # while a reconnect's handshake runs: the requests made meanwhile, sent after it
         # (ATTACH must be alone on the socket until its reply)
         self._held: list[list[bytes]] | None = None
@@ -239,7 +246,8 @@ class AsyncConnection(DriverBase):
 
     async def start(self) -> None:
         """Start the reader and the heartbeats, say HELLO (then ATTACH if wanted)."""
-        create_future = asyncio.get_running_loop().create_future
+        self.loop = asyncio.get_running_loop()
+        create_future = self.loop.create_future
         self._new_future = LoopFutures(create_future)   # one per publish, from C
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
@@ -277,6 +285,26 @@ class AsyncConnection(DriverBase):
             await reader
         self.transport = AsyncLocalTransport(dealer, channel, self.timeout)
         self.tasks[0] = asyncio.create_task(self._reader())
+
+    def check_loop(self) -> None:
+        """Refuse a call from outside the event loop that started the connection.
+
+        Raises:
+            WrongEventLoop: called from another event loop, or a thread with none.
+        """
+        home = self.loop
+        if home is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:   # a thread (or code) with no running loop
+            running = None
+        if running is not home:
+            ended = " (it has ended)" if home.is_closed() else ""
+            raise WrongEventLoop(
+                f"this asyncio client was connected in another event loop{ended}; its "
+                f"calls work only there: connect a client in this loop (or use "
+                f"fastfanout.Client from threads)")
 
     # -- requests ------------------------------------------------------------------------
 
@@ -367,6 +395,7 @@ class AsyncConnection(DriverBase):
         if self.core.closed or self.core.forked:
             self.core.check_open()
         forks.check_process("client", self.core.pid)   # a fork that bypassed os.fork
+        self.check_loop()
         try:
             return make(*args, **kwargs)
         finally:
@@ -425,6 +454,7 @@ class AsyncConnection(DriverBase):
         core = self.core
         if core.closed or core.forked:
             core.check_open()
+        self.check_loop()
         # a bad name or body raises before anything is queued
         future = core.enqueue(opcode, name, body, options, self._new_future,
                               0.0 if core.batches else self._batches_opened())
@@ -434,6 +464,7 @@ class AsyncConnection(DriverBase):
 
     def _batches_opened(self) -> float:
         """The first batch of this loop iteration was opened: it leaves at its end."""
+        self.check_loop()
         asyncio.get_running_loop().call_soon(self.flush_batches)
         return 0.0
 
@@ -457,12 +488,14 @@ class AsyncConnection(DriverBase):
         """
         if self.core.closed or self.core.forked:
             self.core.check_open()
+        self.check_loop()
         if not self.core.loose_acks:
             self._acks_started()
         self.core.loose_acks.append(receipts)
 
     def _acks_started(self) -> None:
         """The first ack of this loop iteration was queued: they leave at its end."""
+        self.check_loop()
         asyncio.get_running_loop().call_soon(self.send_acks)
 
     def send_acks(self) -> None:
@@ -567,7 +600,11 @@ class AsyncConnection(DriverBase):
 
         The transport is closed and dropped (as the blocking ``Connection.broken`` does):
         a local channel whose broker is gone never works again, and the reader stops.
+        While ``close()`` runs, the waiters get ``Closed`` instead: the broker ending the
+        session after BYE is no failure.
         """
+        if self.closing:
+            error = Closed("the client is closed")
         self.core.broken(error)
         self.acks.clear()
         self._wake_all()
@@ -615,6 +652,9 @@ class AsyncConnection(DriverBase):
                 while not state.batches:
                     if state.error is not None:
                         raise state.error
+                    if state.closed:   # its client closed (Closed), or it was cancelled
+                        core.check_open()
+                        return
                     waker.clear()
                     if state.timeout is None:
                         await waker.wait()
@@ -640,19 +680,39 @@ class AsyncConnection(DriverBase):
         if self.lost:   # nobody to say goodbye to: no reconnect for it
             await self._stop_io()
             return
-        with contextlib.suppress(FastFanoutError, TimeoutError):
-            self.send_acks()   # the messages' queued acks, before BYE too
-            publishes = self.submit(core.closing)   # acks before BYE, which releases leases
-            async with asyncio.timeout(timeout):
-                for request in publishes:
-                    with contextlib.suppress(FastFanoutError):
-                        await self.wait(request)
-                await self.wait(self.submit(core.request, Opcode.BYE, [], flush=False))
-        await self._stop_io()
+        self.closing = True
+        try:
+            with contextlib.suppress(FastFanoutError, TimeoutError):
+                self.send_acks()   # the messages' queued acks, before BYE too
+                publishes = self.submit(core.closing)   # acks before BYE (it releases leases)
+                async with asyncio.timeout(timeout):
+                    for request in publishes:
+                        with contextlib.suppress(FastFanoutError):
+                            await self.wait(request)
+                    await self.wait(self.submit(core.request, Opcode.BYE, [], flush=False))
+        finally:
+            # closed even when the wait is cancelled (asyncio.wait_for around close()):
+            # a half-closed client would run on with its session ended by the BYE
+            await asyncio.shield(self._stop_io())
+
+    def abandon(self) -> None:
+        """Close without a word, the loop that ran the connection having ended.
+
+        The broker releases the session's leases when its heartbeats stop.
+        """
+        self.core.closed = True
+        self.core.broken(Closed("the client is closed"))
+        self.acks.clear()
+        self.transport.close()
 
     async def _stop_io(self) -> None:
-        """Stop the reader and heartbeat tasks and close the transport (no word sent)."""
+        """Stop the reader and heartbeat tasks and close the transport (no word sent).
+
+        Calls and consumers still waiting in other tasks raise ``Closed`` at once.
+        """
         self.core.closed = True
+        self.core.broken(Closed("the client is closed"))
+        self._wake_all()
         tasks = [*self.tasks, *([self._handshake] if self._handshake is not None else [])]
         for task in tasks:
             task.cancel()
@@ -786,6 +846,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             Closed: the client was closed.
         """
         self.connection.core.check_open()
+        self.connection.check_loop()
         self.connection.flush_batches()
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiting = set(self.connection.core.publishes)
@@ -874,21 +935,37 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
     async def close(self, timeout: float = 5.0) -> None:
         """Flush pending publishes and open producers, say goodbye and close the socket.
 
-        As ``Client.close`` (in a forked child it only marks the client closed).
+        As ``Client.close`` (in a forked child it only marks the client closed). Calls
+        and consumer iterations awaiting in other tasks then raise ``Closed`` at once, as
+        in the blocking client. Cancelled (say, by ``asyncio.wait_for``) while it waits
+        for the broker's answers, it still closes the client before it raises. Once the
+        event loop that connected it has ended, it only closes the socket (nothing can be
+        sent or awaited any more).
 
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway
                 and that producer's refused messages are not published.
+            WrongEventLoop: called from another event loop (or thread) while the one that
+                connected it still runs.
         """
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
+        if connection.loop is not None and connection.loop.is_closed():
+            connection.abandon()   # its tasks ended with their loop: nobody to talk to
+            return
+        connection.check_loop()
         refusal: FastFanoutError | None = None
-        for producer in list(connection.producers):   # their open and kept frames first
-            try:
-                await producer.close()
-            except FastFanoutError as exc:
-                refusal = refusal or exc
+        try:
+            for producer in list(connection.producers):   # their open and kept frames first
+                try:
+                    await producer.close()
+                except FastFanoutError as exc:
+                    refusal = refusal or exc
+        except asyncio.CancelledError:   # while a producer flushed: the client closes all
+            # the same (BYE, within ``timeout``), rather than stay half closed
+            await asyncio.shield(connection.close(timeout))
+            raise
         await connection.close(timeout)
         if refusal is not None:
             raise refusal
@@ -935,10 +1012,24 @@ class Opening(Generic[_Opened]):
 def connect(endpoint: str | None = None, **options: Any) -> Opening[AsyncClient]:
     """Open an asyncio connection (await it, or use it with ``async with``).
 
+    Each await (or ``async with``) of what it returns opens a connection of its own, as
+    the ``Opening`` of a producer does.
+
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
         **options: keyword arguments of ``AsyncClient``.
+
+    Raises:
+        InvalidArgument: an option is out of range (at once, before any await).
     """
-    return Opening(AsyncClient(endpoint, **options)._start)
+    # made now, so that a bad option raises here; a later await opens a fresh client
+    # (starting one client twice would leave the first start's tasks running)
+    unopened: list[AsyncClient] = [AsyncClient(endpoint, **options)]
+
+    def open_client() -> Coroutine[Any, Any, AsyncClient]:
+        client = unopened.pop() if unopened else AsyncClient(endpoint, **options)
+        return client._start()
+
+    return Opening(open_client)
 
 

@@ -35,6 +35,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,7 +45,13 @@ from typing import Any, TypeVar
 
 from fastfanout.broker.embedded import Broker
 from fastfanout.client import Client
-from fastfanout.errors import AlreadyExists, BrokenConnection, InvalidArgument, NotFound
+from fastfanout.errors import (
+    AlreadyExists,
+    BrokenConnection,
+    FastFanoutError,
+    InvalidArgument,
+    NotFound,
+)
 from fastfanout.runtime import default_endpoint, ipc_problem
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
@@ -103,7 +110,12 @@ def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
 
     signal.signal(signal.SIGTERM, on_sigterm)
     worker.add(replace(handler, processes=1))
-    worker.start()
+    try:
+        worker.start()
+    except FastFanoutError as error:   # one line, not a traceback per restart
+        log.error("worker process of %s cannot start: %s", handler.name, error)
+        report.close()
+        sys.exit(1)
     try:
         while not stop.wait(STATS_INTERVAL):
             report.send(worker.stats().handlers[handler.name])
@@ -180,6 +192,9 @@ class Worker:
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
         self._stop_finished = threading.Event()   # a stop() (any thread's) is done
+        # start() and stop() one at a time: a stop() while another thread is starting the
+        # worker (its first calls may run meanwhile) must find all it has to stop
+        self._lifecycle = threading.RLock()
         self._hurry = threading.Event()
         self._stop_deadline = 0.0   # monotonic: when running calls are abandoned
         self._loop_hurry: asyncio.Event | None = None
@@ -275,7 +290,8 @@ class Worker:
         many). Returning acks; raising nacks with the queue's backoff, and the queue's
         ``max_receive_count`` dead-letters a message that failed that often. A batch
         handler may return the messages (or message ids) that failed: only those are
-        nacked, the others acked (SQS's ``ReportBatchItemFailures``).
+        nacked, the others acked (SQS's ``ReportBatchItemFailures``); a return naming
+        anything else fails the whole batch.
 
         Args:
             queue: the queue to consume (it must exist when the worker starts).
@@ -411,10 +427,14 @@ class Worker:
         Raises:
             NotFound: a handler's queue (or a subscription's topic) does not exist.
             BrokenConnection: the broker cannot be reached.
-            InvalidArgument: no handler is registered, or the worker ran already.
+            InvalidArgument: no handler is registered, or the worker ran (or was
+                stopped) already.
         """
         if self._started:
             raise InvalidArgument("a worker starts once")
+        if self._stopped:   # stop() could not stop what starts after it
+            raise InvalidArgument("this worker was stopped before it started; a worker "
+                                  "starts once: make a new Worker")
         if not self._handlers:
             raise InvalidArgument("the worker has no handler: register one with "
                                   "@worker.handler(queue) or worker.subscribe(topic, f)")
@@ -430,12 +450,13 @@ class Worker:
         finally:
             if isinstance(admin, Client):
                 admin.close()
-        self._started = True
-        try:
-            self._start_runners(queues)
-        except BaseException:
-            self.stop(0.0)
-            raise
+        with self._lifecycle:   # a stop() from another thread waits for the start
+            self._started = True
+            try:
+                self._start_runners(queues)
+            except BaseException:
+                self.stop(0.0)
+                raise
         log.info("worker started: %s", ", ".join(
             f"{h.name} on {h.queue}" for h in self._handlers.values()))
         return self
@@ -536,6 +557,10 @@ class Worker:
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: take no more, let running calls finish, nack the rest.
 
+        Called from a handler (a sync handler's thread, or an async handler on the
+        worker's event loop), it starts the stop and returns at once: that call then
+        finishes and is acked or nacked as usual.
+
         Args:
             timeout: seconds running calls get (None: ``shutdown_timeout``); calls still
                 running then are abandoned and their messages nacked with no delay
@@ -548,10 +573,26 @@ class Worker:
             return
         self._stopped = True
         self._stop_requested.set()   # a run() in another thread returns (once this ends)
+        if self._on_own_thread():
+            # a handler stopping its worker cannot wait for its own call to end (nor can
+            # the event loop join itself): the stop runs in a thread of its own
+            threading.Thread(target=self._stop_and_finish, args=(timeout,), daemon=True,
+                             name="fastfanout-worker-stop").start()
+            return
+        self._stop_and_finish(timeout)
+
+    def _stop_and_finish(self, timeout: float | None) -> None:
         try:
-            self._stop(timeout)
+            with self._lifecycle:   # after a start() under way in another thread
+                self._stop(timeout)
         finally:
             self._stop_finished.set()
+
+    def _on_own_thread(self) -> bool:
+        """True in a thread of this worker's: a sync handler's, or the event loop's."""
+        current = threading.current_thread()
+        return current is self._loop_thread or any(
+            slot.thread is current for runner in self._threads for slot in runner.slots)
 
     def _stop(self, timeout: float | None) -> None:
         seconds = self.shutdown_timeout if timeout is None else timeout

@@ -157,23 +157,36 @@ class AsyncRunner:
         started = time.monotonic()
         failed: list[Any]
         timed_out = False
+        limit: asyncio.Timeout | None = None
         try:
             argument = messages if handler.batched else messages[0]
             if handler.timeout is None:
                 result = await handler.function(argument)
             else:
-                async with asyncio.timeout(handler.timeout):
+                limit = asyncio.timeout(handler.timeout)
+                async with limit:
                     result = await handler.function(argument)
-        except asyncio.CancelledError:   # stopping, past the deadline: back at once
-            tally.in_flight -= len(messages)
-            self._give_back(messages)
-            slots.release()
-            raise
-        except TimeoutError:
-            timed_out = True
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # stopping, past the deadline (stop() cancelled this task): back at once
+                tally.in_flight -= len(messages)
+                self._give_back(messages)
+                slots.release()
+                raise
+            # the function's own (it awaited something cancelled): its failure, with the
+            # queue's backoff, not a redelivery at once in a loop
+            log.error("handler %s failed on %d message(s): %r", handler.name,
+                      len(messages), exc)
             failed = messages
-        except Exception:
-            log.exception("handler %s failed on %d message(s)", handler.name, len(messages))
+        except BaseException as exc:   # SystemExit too: it would end the event loop
+            # a TimeoutError the function raised itself (its own wait_for, a client's
+            # timeout) is its failure, not the handler's ``timeout`` passing
+            timed_out = (isinstance(exc, TimeoutError) and limit is not None
+                         and limit.expired())
+            if not timed_out:
+                log.exception("handler %s failed on %d message(s)", handler.name,
+                              len(messages))
             failed = messages
         else:
             failed = failed_messages(result, messages) if handler.batched else []

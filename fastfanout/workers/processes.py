@@ -6,10 +6,12 @@ parent is inherited, unlike ``fork``); each imports the handler's module, connec
 runs that one handler as a one-process worker. A child reports its stats through a pipe
 every ``STATS_INTERVAL``; a child that dies is started again (counted in ``restarts``),
 unless it stopped cleanly (exit status 0: a signal asked it to, e.g. Ctrl-C reaching the
-whole process group); the broker redelivers what the dead one held at once, as it does
-for any client that vanishes. Stopping sends SIGTERM to each child, which shuts down
-gracefully within the worker's ``shutdown_timeout``; one still running after that and
-``KILL_GRACE`` more is killed.
+whole process group); one that failed within ``QUICK_EXIT`` of its start is started again
+after ``RESTART_DELAY``, doubled for each such failure in a row up to
+``RESTART_MAX_DELAY`` (no restart storm while the broker is gone); the broker redelivers
+what the dead one held at once, as it does for any client that vanishes. Stopping sends
+SIGTERM to each child, which shuts down gracefully within the worker's
+``shutdown_timeout``; one still running after that and ``KILL_GRACE`` more is killed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from fastfanout.errors import InvalidArgument
 from fastfanout.workers.handlers import Handler
 from fastfanout.workers.stats import HandlerStats, combine
 
-__all__ = ["KILL_GRACE", "STATS_INTERVAL", "ChildMain", "ProcessGroup"]
+__all__ = ["KILL_GRACE", "QUICK_EXIT", "RESTART_DELAY", "RESTART_MAX_DELAY", "STATS_INTERVAL",
+           "ChildMain", "ProcessGroup"]
 
 log = logging.getLogger("fastfanout.worker")
 
@@ -42,16 +45,25 @@ STATS_INTERVAL = 0.25
 """Seconds between a child's stats reports."""
 KILL_GRACE = 5.0
 """Seconds past ``shutdown_timeout`` before a child that ignored SIGTERM is killed."""
+QUICK_EXIT = 10.0
+"""A child that fails within this many seconds of its start is restarted after a delay."""
+RESTART_DELAY = 1.0
+"""Seconds before a child that failed quickly is started again; doubled for each quick
+failure in a row (a broker that is gone, a queue deleted: no restart storm)."""
+RESTART_MAX_DELAY = 30.0
+"""Longest delay, seconds, before a child that keeps failing quickly is started again."""
 
 
 class _Child:
-    __slots__ = ("latest", "process", "reader")
+    __slots__ = ("latest", "process", "reader", "restart_at", "started")
 
     def __init__(self, process: BaseProcess, reader: multiprocessing.connection.Connection
                  ) -> None:
         self.process = process
         self.reader = reader
         self.latest: HandlerStats | None = None
+        self.started = time.monotonic()
+        self.restart_at: float | None = None   # dead, to be started again then
 
 
 class ProcessGroup:
@@ -82,6 +94,7 @@ class ProcessGroup:
         self._finished: list[HandlerStats] = []   # the last stats of dead children
         self._stopping = False
         self._lock = threading.Lock()
+        self._quick_failures = 0   # children in a row that failed soon after starting
         self.restarts = 0
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name=f"fastfanout-worker-{handler.name}-processes")
@@ -103,7 +116,8 @@ class ProcessGroup:
     @property
     def pids(self) -> list[int]:
         """The children's process ids."""
-        return [child.process.pid or 0 for child in self._children]
+        return [child.process.pid or 0 for child in self._children
+                if child.restart_at is None]
 
     def _drain(self, child: _Child) -> None:
         try:
@@ -114,16 +128,24 @@ class ProcessGroup:
 
     def _watch(self) -> None:
         while not self._stopping:
+            living = [child for child in self._children if child.restart_at is None]
             multiprocessing.connection.wait(
-                [child.reader for child in self._children]
-                + [child.process.sentinel for child in self._children], STATS_INTERVAL)
+                [child.reader for child in living]
+                + [child.process.sentinel for child in living], STATS_INTERVAL)
             with self._lock:
+                now = time.monotonic()
                 for number, child in reversed(list(enumerate(self._children))):
+                    if child.restart_at is not None:
+                        if now >= child.restart_at and not self._stopping:
+                            self._children[number] = self._spawn()
+                            self.restarts += 1
+                        continue
                     self._drain(child)
                     if child.process.is_alive() or self._stopping:
                         continue
                     if child.latest is not None:
                         self._finished.append(child.latest)
+                        child.latest = None
                     child.reader.close()
                     if child.process.exitcode == 0:
                         # It stopped as asked: a SIGTERM or SIGINT sent to it, or to the
@@ -133,8 +155,16 @@ class ProcessGroup:
                                  child.process.pid, self.handler.name)
                         del self._children[number]
                         continue
-                    log.warning("worker process %s of %s exited with %s; starting another",
-                                child.process.pid, self.handler.name, child.process.exitcode)
+                    quick = now - child.started < QUICK_EXIT
+                    self._quick_failures = self._quick_failures + 1 if quick else 0
+                    delay = 0.0 if not quick else min(
+                        RESTART_MAX_DELAY, RESTART_DELAY * 2 ** (self._quick_failures - 1))
+                    log.warning("worker process %s of %s exited with %s; starting another "
+                                "in %g s", child.process.pid, self.handler.name,
+                                child.process.exitcode, delay)
+                    if delay > 0:
+                        child.restart_at = now + delay
+                        continue
                     self._children[number] = self._spawn()
                     self.restarts += 1
 
@@ -170,4 +200,5 @@ class ProcessGroup:
             parts = [*self._finished,
                      *(child.latest or HandlerStats(self.handler.queue)
                        for child in self._children)]
-        return replace(combine(self.handler.queue, parts), processes=len(self._children))
+        living = sum(1 for child in self._children if child.restart_at is None)
+        return replace(combine(self.handler.queue, parts), processes=living)

@@ -83,6 +83,14 @@ class Source(Protocol):
         """Ack messages taken from this source and not settled, together; quietly."""
         ...
 
+    def buffered(self) -> list[Any]:
+        """Messages received and not taken yet (leased: their leases are kept too)."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the pushes (what was pushed stays leased until ``close``); quietly."""
+        ...
+
     def close(self) -> None:
         """Stop taking; whatever is still leased is released by the caller (or BYE)."""
         ...
@@ -153,6 +161,16 @@ class ClientSource:
             with contextlib.suppress(FastFanoutError):
                 consumer.defer_settle(struct.pack(f"<{len(receipts)}Q", *receipts))
 
+    def buffered(self) -> list[Any]:
+        """The rest of the last push, not taken yet (read by the lease keeper's thread)."""
+        pushed, taken = self._pushed, self._taken
+        return pushed[taken:]
+
+    def cancel(self) -> None:
+        """Stop the pushes (CANCEL); what was pushed is released by ``close``."""
+        with contextlib.suppress(FastFanoutError):
+            self._consumer.cancel()
+
     def close(self) -> None:
         """Close the connection: its BYE makes the broker release every lease at once."""
         with contextlib.suppress(FastFanoutError):
@@ -183,6 +201,15 @@ class BrokerSource:
     def ack(self, messages: list[Any]) -> None:
         """Ack each message (an embedded ack is a direct call)."""
         ack_each(messages)
+
+    def buffered(self) -> list[Any]:
+        """The rest of the last push, not taken yet (read by the lease keeper's thread)."""
+        pushed, taken = self._pushed, self._taken
+        return pushed[taken:]
+
+    def cancel(self) -> None:
+        """Stop consuming; what was received stays leased until ``close``."""
+        self._consumer.cancel()
 
     def close(self) -> None:
         """Stop consuming; what was received and not taken comes back at once."""

@@ -49,16 +49,27 @@ def failed_messages(result: object, messages: list[Any]) -> list[Any]:
     """The messages a batch handler reported failed (SQS's ReportBatchItemFailures).
 
     ``result`` is None (all succeeded), or an iterable of messages of the batch or of
-    their ids; anything else names no message and counts as all failed.
+    their ids. Anything else (a string, a body, an id not of this batch, a non-iterable)
+    does not say which failed: all of them count as failed (and it is logged), so that
+    no failure is acked by mistake.
     """
     if result is None:
         return []
-    try:
-        named = list(result)  # type: ignore[call-overload]
-    except TypeError:
-        return list(messages)
-    ids = {item if type(item) is int else getattr(item, "id", None) for item in named}
-    return [message for message in messages if message.id in ids]
+    named: list[Any] | None = None
+    if not isinstance(result, (str, bytes, bytearray, memoryview)):
+        try:
+            named = list(result)  # type: ignore[call-overload]
+        except TypeError:
+            pass
+    if named is not None:
+        ids = {message.id for message in messages}
+        keys = {item if type(item) is int else getattr(item, "id", None) for item in named}
+        if keys <= ids:
+            return [message for message in messages if message.id in keys]
+    log.warning("a batch handler returned %.80r: not None nor the messages (or message "
+                "ids) of its batch that failed; all %d count as failed", result,
+                len(messages))
+    return list(messages)
 
 
 class Slot:
@@ -69,10 +80,11 @@ class Slot:
         current: the messages of the call running now, or None.
         started: ``time.monotonic()`` when the current call started.
         abandoned: the keeper gave up on the current call and settled its messages.
+        stale_source: the keeper closed ``source`` when it gave up on the call.
     """
 
-    __slots__ = ("abandoned", "current", "held", "index", "lock", "source", "started",
-                 "tally", "thread")
+    __slots__ = ("abandoned", "current", "held", "index", "lock", "source", "stale_source",
+                 "started", "tally", "thread")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -84,6 +96,9 @@ class Slot:
         self.tally = Tally()
         self.thread: threading.Thread | None = None
         self.source: Source | None = None
+        # the keeper closed the source under a call past its timeout (what it had pushed
+        # goes to other consumers, not behind the hung call): the thread opens another
+        self.stale_source = False
 
     def unsettled(self) -> list[Any]:
         """The messages this slot holds and has not settled (call with the lock held)."""
@@ -143,6 +158,14 @@ class ThreadRunner:
             finally:
                 self._release(slot, 0.0)
                 slot.source.close()
+            if slot.stale_source and not self._stopping.is_set():
+                slot.stale_source = False
+                try:
+                    slot.source = self._open_source()
+                    continue
+                except FastFanoutError as exc:
+                    log.warning("worker thread of %s cannot reconnect yet: %s",
+                                self.handler.name, exc)
             while not self._stopping.wait(RECONNECT_DELAY):
                 try:
                     slot.source = self._open_source()
@@ -172,6 +195,8 @@ class ThreadRunner:
             else:
                 self._call_each(slot, messages)
             self._release(slot, 0.0)
+            if slot.stale_source:   # closed under an abandoned call: open another
+                return
 
     def _collect(self, source: Source, batch_size: int, window: float) -> list[Any]:
         """One batch: up to ``batch_size`` messages within ``window`` s of the first."""
@@ -216,7 +241,8 @@ class ThreadRunner:
                 slot.current = [message]
                 try:
                     function(message)
-                except Exception:
+                except BaseException:   # SystemExit too: it would end the thread, and
+                    # the keeper would extend the message's lease for ever
                     log.exception("handler %s failed on message %d", self.handler.name,
                                   message.id)
                     failed = True
@@ -257,7 +283,7 @@ class ThreadRunner:
         failed: list[Any]
         try:
             result = self.handler.function(messages if self.handler.batched else messages[0])
-        except Exception:
+        except BaseException:   # as in _call_each
             log.exception("handler %s failed on %d message(s)", self.handler.name,
                           len(messages))
             failed = messages
@@ -316,6 +342,12 @@ class ThreadRunner:
                 return False
             slot.abandoned = True
             current, rest = slot.current, slot.held[slot.index + len(slot.current):]
+            if delay is None and slot.source is not None:
+                # past its timeout: its thread stays in the call, so its consumer stops
+                # first (no push, the nacked messages included, waits behind the call);
+                # the thread opens another source when the call returns
+                slot.source.cancel()
+                slot.stale_source = True
             if delay is None:
                 slot.tally.failures([m.receive_count for m in current],
                                     self._max_receive_count)
@@ -388,8 +420,13 @@ class LeaseKeeper:
                 timeout = runner.handler.timeout
                 if timeout is not None:
                     for slot in runner.slots:
-                        if slot.current is not None and now - slot.started > timeout:
-                            runner.abandon(slot, None, f"passed its timeout of {timeout:g} s")
+                        if (slot.current is not None and now - slot.started > timeout
+                                and runner.abandon(slot, None,
+                                                   f"passed its timeout of {timeout:g} s")
+                                and slot.source is not None):
+                            # the thread stays in the call: what its connection was
+                            # pushed must not wait for it (the BYE releases it)
+                            slot.source.close()
                 if lease > 0 and now - last[id(runner)] >= lease / 2:
                     last[id(runner)] = now
                     for slot in runner.slots:
@@ -398,7 +435,13 @@ class LeaseKeeper:
     @staticmethod
     def _extend(slot: Slot, lease: float) -> None:
         with slot.lock:
-            held = slot.unsettled()
+            # what the call holds, and what its source received beyond it (the rest of
+            # a push larger than a batch): all of it is leased to this slot. Not behind
+            # an abandoned call, which may never return: those leases run out and the
+            # messages go to another consumer.
+            source = slot.source
+            waiting = source.buffered() if source is not None and not slot.abandoned else []
+            held = [*slot.unsettled(), *waiting]
             for message in held:
                 if settle_quietly(message.extend, lease):
                     slot.tally.extended += 1

@@ -198,3 +198,24 @@ def test_a_connect_that_never_completes_leaves_no_socket_open(tmp_path: Any, how
     client = asyncio.run(main())
     assert client.connection.transport.closed
     assert client.connection.tasks and all(task.done() for task in client.connection.tasks)
+
+
+def test_each_await_of_connect_opens_its_own_client(track: Tracker) -> None:
+    # awaiting one connect() twice started one client twice: the first start's reader
+    # and heartbeat tasks ran on after close()
+    server = track.server()
+
+    async def main() -> None:
+        opening = aio.connect(server.endpoint, timeout=5.0)
+        first = await opening
+        second = await opening
+        assert first is not second
+        async with opening as third:
+            assert third not in (first, second)
+            assert await third.list_queues() == []
+        await first.close()
+        await second.close()
+        await first.close()   # a second close is a no-op
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(main())

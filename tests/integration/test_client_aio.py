@@ -455,3 +455,115 @@ def test_a_cancelled_receive_leaks_no_lease(track: Tracker, endpoint: str, how: 
             assert queue.leased == 0 and queue.visible == 0
 
     asyncio.run(main())
+
+
+def test_closing_the_client_ends_what_other_tasks_await(track: Tracker) -> None:
+    # consumers iterating and a long poll in other tasks raise Closed at once, as in the
+    # blocking client and the embedded broker (they used to wait forever)
+    server = track.server()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        for queue in ("one", "batches", "polled"):
+            await client.create_queue(queue)
+            await client.send(queue, b"first")
+        await client.receive("polled")   # leased: the long poll below waits
+        started = {"one": asyncio.Event(), "batches": asyncio.Event()}
+
+        async def consume() -> None:
+            async for _ in client.consume("one"):
+                started["one"].set()
+
+        async def consume_batches() -> None:
+            async for _ in client.consume_batches("batches", timeout=30.0):
+                started["batches"].set()
+
+        tasks = [asyncio.ensure_future(consume()), asyncio.ensure_future(consume_batches()),
+                 asyncio.ensure_future(client.receive("polled", wait=20.0))]
+        for event in started.values():
+            await asyncio.wait_for(event.wait(), 5.0)
+        deadline = loop.time() + 5.0
+        while int((await client.server_stats())["long_polls"]) != 1:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        await client.close()
+        done, _ = await asyncio.wait(tasks, timeout=2.0)
+        assert len(done) == 3
+        for task in tasks:
+            assert isinstance(task.exception(), fastfanout.Closed)
+        await client.close()   # a second close is a no-op
+
+    asyncio.run(main())
+
+
+def test_a_client_used_outside_its_event_loop_raises_wrong_event_loop(track: Tracker) -> None:
+    # another loop's call waited for the client's timeout ("is it running?"), a publish
+    # raised RuntimeError, and a thread's call worked by chance on the owner's reader
+    server = track.server()
+
+    async def connect_one() -> aio.AsyncClient:
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        await client.create_queue("q")
+        return client
+
+    async def from_another_loop(client: aio.AsyncClient) -> None:
+        for call in (client.list_queues, lambda: client.send("q", b"x"),
+                     lambda: client.receive("q", wait=1.0)):
+            with pytest.raises(fastfanout.WrongEventLoop, match="another event loop"):
+                await call()
+        with pytest.raises(fastfanout.WrongEventLoop):
+            client.publish_nowait("q", b"x")
+        with pytest.raises(fastfanout.WrongEventLoop):
+            async for _ in client.consume("q"):
+                pass
+
+    ended = asyncio.run(connect_one())
+    asyncio.run(from_another_loop(ended))
+    asyncio.run(ended.close())   # its loop has ended: only the socket is closed
+    assert ended.closed
+
+    async def owner() -> None:
+        client = await connect_one()
+        thread_loop = asyncio.new_event_loop()
+        try:
+            await asyncio.to_thread(thread_loop.run_until_complete, from_another_loop(client))
+            with pytest.raises(fastfanout.WrongEventLoop):
+                await asyncio.to_thread(thread_loop.run_until_complete, client.close())
+        finally:
+            thread_loop.close()
+        assert await client.list_queues() == ["q"]   # still fine in its own loop
+        await client.close()
+
+    asyncio.run(owner())
+    with Client(server.endpoint, timeout=5.0) as client:
+        assert client.stats().queues["q"].enqueued == 0
+
+
+@pytest.mark.parametrize("producing", [False, True])
+def test_a_cancelled_close_still_closes(track: Tracker, producing: bool) -> None:
+    # close() cancelled while it waited for BYE's answer (or for a producer's flush) left
+    # the client open with its tasks running: the next call raised BrokenConnection
+    server = track.server()
+
+    async def main() -> None:
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        await client.create_queue("q")
+        if producing:
+            await client.create_topic("t")
+            await client.subscribe("t", "q")
+            producer = await client.producer("t", linger=10.0)
+            for _ in range(100):
+                producer.offer(b"x")
+        closing = asyncio.ensure_future(client.close())
+        await asyncio.sleep(0)   # close() runs up to its wait for BYE's answer
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert client.closed
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        with pytest.raises(fastfanout.Closed):
+            await client.list_queues()
+        await client.close()
+
+    asyncio.run(main())

@@ -166,12 +166,14 @@ def test_a_call_past_its_timeout_is_abandoned_and_nacked(track: Tracker,
                                                          is_async: bool) -> None:
     endpoint, client = _setup(track)
     release = threading.Event()
+    first_returned = threading.Event()
     calls: list[int] = []
 
     def slow(message: Any) -> None:
         calls.append(message.receive_count)
         if message.receive_count == 1:
             release.wait(5.0)
+            first_returned.set()
 
     async def slow_async(message: Any) -> None:
         calls.append(message.receive_count)
@@ -188,6 +190,9 @@ def test_a_call_past_its_timeout_is_abandoned_and_nacked(track: Tracker,
     stats = worker.stats().handlers[name]
     assert (stats.timed_out, stats.failed, stats.retried) == (1, 1, 1)
     assert calls == [1, 2]
+    # retried while the abandoned call still ran: the redelivery was not pushed to (and
+    # left waiting behind) the hung thread's own connection
+    assert not first_returned.is_set()
     release.set()
 
 
@@ -675,3 +680,188 @@ def test_stop_from_another_thread_ends_run_quietly(track: Tracker,
     assert not runner.is_alive()
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     assert client.stats().queues["jobs"].acked == 1
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_timeout_error_raised_by_an_async_handler_is_its_failure(
+        timeout: float | None, caplog: pytest.LogCaptureFixture) -> None:
+    # it was counted timed_out, and logged "passed its timeout of None s" (a logging
+    # error) when the handler had no timeout
+    with Broker() as broker:
+        broker.create_queue("jobs", max_receive_count=1)
+        worker = Worker(broker, concurrency=1)
+
+        @worker.handler("jobs", timeout=timeout)
+        async def upstream(message: Any) -> None:
+            raise TimeoutError("the upstream service did not answer")
+
+        with caplog.at_level("WARNING", logger="fastfanout.worker"), worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: worker.stats().handlers["upstream"].failed == 1,
+                       what="one failure")
+        stats = worker.stats().handlers["upstream"]
+        assert (stats.failed, stats.dead_lettered, stats.timed_out) == (1, 1, 0)
+        assert [r.getMessage() for r in caplog.records] == [
+            "handler upstream failed on 1 message(s)"]
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_handler_may_stop_its_worker(is_async: bool) -> None:
+    # stop() in a handler raised RuntimeError (a thread cannot join itself)
+    with Broker() as broker:
+        broker.create_queue("jobs")
+        worker = Worker(broker, concurrency=1)
+        errors: list[BaseException] = []
+        returned = threading.Event()
+
+        def stop_here(message: Any) -> None:
+            try:
+                worker.stop()
+            except BaseException as exc:
+                errors.append(exc)
+            returned.set()
+
+        async def stop_here_async(message: Any) -> None:
+            stop_here(message)
+
+        handler = stop_here_async if is_async else stop_here
+        worker.handler("jobs")(handler)
+        before = set(threading.enumerate())
+        worker.start()
+        broker.send("jobs", b"stop")
+        assert returned.wait(5.0)
+        assert errors == []
+        wait_until(lambda: not set(threading.enumerate()) - before, what="the stop")
+        assert worker.stats().handlers[handler.__name__].processed == 1
+        assert broker.stats().queues["jobs"].acked == 1
+        worker.stop()   # done already: a no-op
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_handler_raising_system_exit_fails_its_message(is_async: bool) -> None:
+    # SystemExit ended the handler's thread (or the event loop) silently, and the lease
+    # keeper extended the message's lease for ever: never redelivered
+    with Broker() as broker:
+        broker.create_queue("jobs", visibility_timeout=30.0)
+        worker = Worker(broker, concurrency=1)
+        calls: list[int] = []
+
+        def leave(message: Any) -> None:
+            calls.append(message.receive_count)
+            if message.receive_count == 1:
+                sys.exit(3)
+
+        async def leave_async(message: Any) -> None:
+            leave(message)
+
+        handler = leave_async if is_async else leave
+        worker.handler("jobs")(handler)
+        with worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
+        stats = worker.stats().handlers[handler.__name__]
+        assert (stats.failed, stats.processed, calls) == (1, 1, [1, 2])
+
+
+def test_a_cancelled_error_raised_by_an_async_handler_is_its_failure() -> None:
+    # it was taken for the worker's stop: redelivered at once, past the queue's backoff,
+    # thousands of times a second and never counted failed
+    with Broker() as broker:
+        broker.create_queue("jobs-dlq")
+        broker.create_queue("jobs", max_receive_count=2, dead_letter_queue="jobs-dlq",
+                            redelivery_backoff=fastfanout.ExponentialBackoff(60.0))
+        worker = Worker(broker, concurrency=1)
+        calls: list[int] = []
+
+        @worker.handler("jobs")
+        async def gives_up(message: Any) -> None:
+            calls.append(message.receive_count)
+            raise asyncio.CancelledError
+
+        with worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: worker.stats().handlers["gives_up"].failed == 1,
+                       what="one failure")
+            queue = broker.stats().queues["jobs"]
+            assert (calls, queue.delayed, queue.visible) == ([1], 1, 0)   # backing off
+
+
+def test_a_worker_stopped_before_it_started_refuses_to_start() -> None:
+    # it started, and its threads ran on: every later stop() was a no-op
+    with Broker() as broker:
+        broker.create_queue("jobs")
+        worker = Worker(broker, concurrency=1)
+        worker.handler("jobs")(lambda message: None)
+        before = set(threading.enumerate())
+        worker.stop()
+        with pytest.raises(InvalidArgument, match="stopped before it started"):
+            worker.start()
+        with pytest.raises(InvalidArgument, match="stopped before it started"):
+            worker.run()
+        assert set(threading.enumerate()) == before
+
+
+def test_a_slow_batch_keeps_the_leases_of_the_rest_of_its_push() -> None:
+    # the rest of a push beyond the batch waited in the thread's source without lease
+    # keeping: a batch slower than the lease got those messages delivered twice
+    with Broker() as broker:
+        broker.create_queue("jobs", visibility_timeout=0.3)
+        worker = Worker(broker, concurrency=1)
+        seen: list[tuple[bytes, int]] = []
+
+        @worker.handler("jobs", batch_size=2)
+        def slow_first(batch: list[Any]) -> None:
+            seen.extend((message.body, message.receive_count) for message in batch)
+            if len(seen) == 2:
+                time.sleep(0.8)   # the work outlasts two leases (not a synchronisation)
+
+        broker.send_batch("jobs", [b"1", b"2", b"3", b"4"])
+        with worker:
+            wait_until(lambda: broker.stats().queues["jobs"].acked == 4, what="all acked")
+        assert sorted(seen) == [(b"1", 1), (b"2", 1), (b"3", 1), (b"4", 1)]
+        assert broker.stats().queues["jobs"].redelivered == 0
+
+
+def test_a_worker_process_failing_at_start_is_restarted_with_a_delay(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a child that could not start (its broker gone) was started again at once, again and
+    # again: a restart storm, each with a traceback
+    import worker_app
+
+    from fastfanout.workers.processes import RESTART_DELAY, ProcessGroup
+
+    handler = make_handler(worker_app.record, "jobs", processes=2)
+    group = ProcessGroup(handler, None, {}, 1.0, worker_app.fail_at_start)
+    with caplog.at_level("WARNING", logger="fastfanout.worker"):
+        group.start()
+        try:
+            wait_until(lambda: len(caplog.records) >= 2, timeout=30, what="both exits")
+            delays = sorted(record.getMessage().rsplit(" in ", 1)[1]
+                            for record in caplog.records[:2])
+            assert delays == [f"{RESTART_DELAY:g} s", f"{2 * RESTART_DELAY:g} s"]
+        finally:
+            group.stop(1.0)
+
+
+def test_an_embedded_thread_past_its_timeout_gets_a_new_consumer() -> None:
+    # its consumer is cancelled under the abandoned call; when the call returns the
+    # thread consumes again on a new one
+    with Broker() as broker:
+        broker.create_queue("jobs")
+        worker = Worker(broker, concurrency=1)
+        release = threading.Event()
+        calls: list[int] = []
+
+        @worker.handler("jobs", timeout=0.1)
+        def hangs_once(message: Any) -> None:
+            calls.append(message.receive_count)
+            if message.receive_count == 1:
+                release.wait(5.0)
+
+        with worker:
+            broker.send("jobs", b"x")
+            wait_until(lambda: worker.stats().handlers["hangs_once"].timed_out == 1,
+                       what="the timeout")
+            release.set()   # the call returns; the thread opens a new consumer
+            wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
+        assert calls == [1, 2]

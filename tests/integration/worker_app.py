@@ -24,3 +24,8 @@ def record(message: Any) -> None:
 
 
 app.handler("jobs")(record)
+
+
+def fail_at_start(*args: Any) -> None:
+    """A worker process's main that fails at once (as when its broker is gone)."""
+    raise SystemExit(1)

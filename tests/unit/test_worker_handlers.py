@@ -97,6 +97,14 @@ def test_failed_messages_of_a_batch() -> None:
     assert failed_messages(7, batch) == batch            # names nothing: all failed
 
 
+@pytest.mark.parametrize("result", ["ok", b"100", [b"body"], [None], [999], [True],
+                                    {"failed": 100}])
+def test_a_batch_report_naming_no_message_of_the_batch_fails_them_all(result: Any) -> None:
+    # a string or a list of bodies named no message, so every message was acked
+    batch = _messages(3)
+    assert failed_messages(result, batch) == batch
+
+
 def test_failures_count_as_retried_or_dead_lettered() -> None:
     tally = Tally()
     tally.failures([1, 2, 3, 3], max_receive_count=3)
