@@ -175,6 +175,9 @@ class ThreadRunner:
                                 self.handler.name, exc)
             else:
                 return
+        # the worker stopped just as a source was opened again (after an abandoned call,
+        # or a reconnect): it was never looped over, so it is closed here
+        slot.source.close()
 
     def _loop(self, slot: Slot, source: Source) -> None:
         """Take and handle messages until the worker stops (or the source fails)."""
