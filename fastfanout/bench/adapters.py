@@ -354,11 +354,14 @@ class _FastFanoutConsumer:
 
 
 EACH_WAIT = 2.0
-"""Seconds the blocking per-message consumer's iteration waits for a message once the
-first one came (``Consumer.timeout``; until then START_DEADLINE): past it the iteration
-ends and cancels the consumer, the receiver consumes again. A cancel racing a push
-leaves that push leased to the old consumer, so the wait is long: it happens at the end
-of a run (a competing consumer with nothing left) or after a stall of that long."""
+"""Seconds the blocking per-message consumer's iteration waits for a message
+(``Consumer.timeout``): past it the iteration ends and cancels the consumer, and the
+receiver checks whether its run is over, then consumes again. A cancel racing a push
+leaves that push leased to the old consumer, so the wait is long: it ends before the
+publishers start (no message exists yet), at the end of a run (a competing consumer with
+nothing left), or after a stall of that long. (It was START_DEADLINE until the first
+message came: a competing consumer that got none of a short run's messages waited
+30 s for its first before it could see that the run was over.)"""
 
 
 class _FastFanoutEach:
@@ -375,7 +378,7 @@ class _FastFanoutEach:
         keep_freed_memory()
         self.client = connect(env["endpoint"], local_channel=env["local"])
         self.queue, self.prefetch = f"q{group}", _prefetch(spec)
-        self._consume(START_DEADLINE)   # the publishers start within it
+        self._consume(EACH_WAIT)
 
     def _consume(self, wait: float) -> None:
         self.consumer = self.client.consume(self.queue, prefetch=self.prefetch,
@@ -390,7 +393,6 @@ class _FastFanoutEach:
         except StopIteration:   # nothing came: the consumer was cancelled, consume again
             self._consume(EACH_WAIT)
             return bodies
-        self.consumer.timeout = EACH_WAIT
         append(message.body)
         message.ack()
         for _ in range(messages.pending):   # type: ignore[attr-defined]
