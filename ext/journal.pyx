@@ -29,7 +29,8 @@ Invariants:
   reported. A bad record followed by good ones (a bit flip, a bad sector) is skipped
   precisely: the scan resynchronises on the next 8-aligned offset holding a record
   whose checksum and sequence hold, reports the bytes and sequences it skipped, and
-  keeps every good record after it.
+  keeps every good record after it. A file named like a segment with a bad header, or
+  that is not a regular file, is reported and its records not read.
 
 Record layout (little-endian, 8-aligned)::
 
@@ -68,6 +69,7 @@ from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_load_le64, ff_sto
 
 import os
 import queue
+import stat
 import threading
 
 from fastfanout.errors import InvalidArgument, StoreFailed, StoreFull
@@ -289,7 +291,9 @@ class ScanReport:
             it) and ``next_seq`` (first good sequence after it, in this segment or a
             later one; the sequences between the two were lost; 0 when no good record
             follows).
-        bad_segments: files that are not segments (bad header), left in place, by name.
+        bad_segments: files named like segments that are not segments, left in place,
+            by name: a file with a bad header, or anything not a regular file (a
+            directory, a FIFO, a device, a dangling symbolic link: never opened).
     """
 
     def __init__(self):
@@ -349,6 +353,7 @@ def scan(directory, callback=None, bint repair=True):
     cdef uint64_t totals[4]     # records, first_seq, last_seq, the segment's first seq
     cdef const char* data = NULL
     cdef size_t size = 0
+    cdef int fd
     report = ScanReport()
     found = segments(directory)
     totals[0] = totals[1] = totals[2] = totals[3] = 0
@@ -357,17 +362,24 @@ def scan(directory, callback=None, bint repair=True):
     open_stretch = None
     for index, (base_seq, name) in enumerate(found):
         path = os.path.join(directory, name)
-        with open(path, "rb", buffering=0) as file:
+        fd = _open_segment(path)
+        if fd < 0:   # a directory, a FIFO, a device, a dangling link: never read
+            if fd == -1:
+                report.bad_segments.append(name)
+            continue
+        try:
             # Mapped, its pages mapped at once (MAP_POPULATE): the page cache's own
             # pages, no copy and no fault per page.
-            size = os.fstat(file.fileno()).st_size
+            size = os.fstat(fd).st_size
             data = <const char*>MAP_FAILED
             if size:
                 data = <const char*>mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE,
-                                         file.fileno(), 0)
+                                         fd, 0)
                 if data == <const char*>MAP_FAILED:
                     code = errno
                     raise OSError(code, strerror(code).decode(), path)
+        finally:
+            os.close(fd)
         try:
             report.bytes += size
             if not _header_ok(data, size, base_seq):
@@ -391,12 +403,35 @@ def scan(directory, callback=None, bint repair=True):
     return report
 
 
+def _open_segment(path):
+    """Open a file named like a segment for reading: its descriptor, or -1 when it is
+    not a regular file (reported as not a segment), or -2 when it is gone.
+
+    Only a regular file is opened: opening a FIFO for reading blocks until a writer
+    comes, and opening a device may act on it. ``O_NONBLOCK`` and the ``fstat`` after
+    the open close the race with an entry replaced in between.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return -1
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return -1 if os.path.lexists(path) else -2   # a dangling link, or gone
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return -1
+    return fd
+
+
 def _removable(path, uint64_t base_seq):
-    """Whether compaction may delete segment file ``path``: its header is good, or it
-    is too short to have one (see ``Journal.remove_segments_before``)."""
+    """Whether compaction may delete segment file ``path``: a regular file whose header
+    is good, or too short to have one (see ``Journal.remove_segments_before``)."""
     cdef bytes header
     try:
-        with open(path, "rb", buffering=0) as file:
+        fd = _open_segment(path)
+        if fd < 0:
+            return False   # not a regular file: never ours to delete
+        with open(fd, "rb", buffering=0) as file:
             header = file.read(SEGMENT_HEADER)
     except OSError:
         return False   # (not a file we can read: not ours to delete)
@@ -960,10 +995,10 @@ cdef class Journal:
         """Delete every closed segment whose records all precede ``seq``; returns how
         many files were removed (the current segment is never removed).
 
-        A file named like a segment whose header is bad (``ScanReport.bad_segments``)
-        is left in place, as the scan promised: its records could not be read, and it
-        is there to be looked at. One too short to hold a header is deleted (a roll that
-        a crash cut short: no record can be in it).
+        A file named like a segment that is not one (``ScanReport.bad_segments``: a
+        bad header, or not a regular file) is left in place, as the scan promised: its
+        records were not read, and it is there to be looked at. One too short to hold a
+        header is deleted (a roll that a crash cut short: no record can be in it).
         """
         found = segments(self.directory)
         names = []

@@ -33,6 +33,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -105,6 +106,19 @@ def settings_arguments(record: dict[str, Any]) -> dict[str, Any]:
     elif backoff is not None:
         arguments["redelivery_backoff"] = tuple(backoff)
     return arguments
+
+
+def _file_bytes(path: str) -> int:
+    """Bytes a journal entry holds on disk.
+
+    A regular file's size; 0 for anything else (a directory or FIFO named like a
+    segment: reported, never read) and for an entry gone since it was listed.
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def _make_directory(path: str, what: str, hint: str) -> None:
@@ -483,8 +497,7 @@ class Durability:
         next_seq = max(report.last_seq, bases[-1] if bases else 0) + 1
         for index, (base, name) in enumerate(found):
             self._segment_bases[index] = base
-            self._segment_sizes[index] = os.path.getsize(
-                os.path.join(self.journal_directory, name))
+            self._segment_sizes[index] = _file_bytes(os.path.join(self.journal_directory, name))
         self.journal = journal_ops.Journal(
             self.journal_directory, next_seq=next_seq, segment_bytes=1 << 62,
             segment_index=len(found), auto_roll=False)
@@ -511,8 +524,8 @@ class Durability:
         for stretch in report.skipped:
             log.error("journal %s: skipped a bad stretch: %s", self.journal_directory, stretch)
         for name in report.bad_segments:
-            log.error("journal %s: %s is not a segment (bad header), left in place",
-                      self.journal_directory, name)
+            log.error("journal %s: %s is not a segment (bad header, or not a regular "
+                      "file), left in place", self.journal_directory, name)
         if report.records:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",
                      restored, report.records, report.bytes, self.recovery["seconds"])

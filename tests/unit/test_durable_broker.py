@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -447,6 +448,40 @@ def test_a_torn_tail_is_reported(open_broker: Open, tmp_path: Path) -> None:
     assert storage is not None and storage["recovery"]["torn_tail"]["bytes"] == 35
     assert storage["recovery"]["torn_tail"]["after_seq"] == storage["recovery"]["records"]
     assert [m.body for m in broker.receive("q")] == [b"whole"]
+
+
+def test_a_directory_or_fifo_named_like_a_segment_is_reported_not_opened(
+        open_broker: Open, tmp_path: Path) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    last = journal_ops.segments(journal_dir(tmp_path))[-1][0]
+    directory = journal_dir(tmp_path) / journal_ops.segment_name(last + 1000)
+    directory.mkdir()
+    fifo = journal_dir(tmp_path) / journal_ops.segment_name(last + 2000)
+    os.mkfifo(fifo)   # opening it to read would block startup until a writer came
+    opened: list[Broker] = []
+    starting = threading.Thread(target=lambda: opened.append(open_broker()), daemon=True)
+    starting.start()
+    starting.join(5)
+    try:
+        assert not starting.is_alive(), "the broker's startup hung on the FIFO"
+    finally:   # (a reader blocked on the FIFO goes on once a writer opened it)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    (broker,) = opened
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["recovery"]["bad_segments"] == [directory.name, fifo.name]
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
+    broker = restart(broker, open_broker)   # left in place, reported again
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["recovery"]["bad_segments"] == [directory.name, fifo.name]
+    assert directory.is_dir() and fifo.is_fifo()
 
 
 @pytest.mark.parametrize("fsync", ["always", "interval", "never"])

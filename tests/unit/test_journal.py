@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -362,6 +363,51 @@ def test_compaction_leaves_a_segment_with_a_bad_header_in_place(tmp_path):
     left = [name for _, name in journal.segments(tmp_path)]
     assert damaged.name in left and cut_short.name not in left and found[0][1] not in left
     assert damaged.read_bytes()[:8] == b"FFJRNL0X"
+
+
+def write_segments(directory, count=4):
+    writer = journal.Journal(directory, segment_bytes=4096)
+    while len(journal.segments(directory)) < count:
+        for _ in range(20):
+            writer.append(1, os.urandom(40))
+        writer.commit()
+    writer.close()
+    return journal.segments(directory)
+
+
+def within(seconds, function):
+    """``function()``'s result, failing (not hanging) past ``seconds``."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(function()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{function} still running after {seconds} s"
+    return result[0]
+
+
+def test_entries_named_like_segments_that_are_no_regular_files_are_never_opened(tmp_path):
+    found = write_segments(tmp_path)
+    before, _ = read_all(tmp_path)
+    fifo = tmp_path / journal.segment_name(found[1][0] + 1)
+    os.mkfifo(fifo)   # opening it to read would block until a writer came
+    directory = tmp_path / journal.segment_name(found[2][0] + 1)
+    directory.mkdir()
+    dangling = tmp_path / journal.segment_name(found[3][0] + 1)
+    dangling.symlink_to(tmp_path / "nowhere")
+    try:
+        after, report = within(5, lambda: read_all(tmp_path))
+        assert after == before
+        assert report.bad_segments == [fifo.name, directory.name, dangling.name]
+        writer = journal.Journal(tmp_path, next_seq=report.last_seq + 1,
+                                 segment_bytes=4096, segment_index=len(found) + 3)
+        assert within(5, lambda: writer.remove_segments_before(10**9)) == len(found)
+        writer.close()
+        assert fifo.is_fifo() and directory.is_dir() and dangling.is_symlink()
+    finally:   # a reader blocked on the FIFO would now go on (and the thread end)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
 
 
 @pytest.mark.parametrize("kind", [0, 256, -1])
