@@ -41,6 +41,7 @@ cdef class Journal:
     cdef readonly uint64_t slow_inline_writes  # inline writes over INLINE_WRITE_SLOW_NS
     cdef uint64_t inline_resume_ns          # no inline write before this (after a slow one)
     cdef set removing                       # segment names the remover thread unlinks
+    cdef set kept                           # names compaction leaves: not segments
     cdef object remover                     # that thread (started with the first), or None
     cdef object removals                    # its queue of name lists (None: stop)
 

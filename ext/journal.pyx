@@ -29,8 +29,9 @@ Invariants:
   reported. A bad record followed by good ones (a bit flip, a bad sector) is skipped
   precisely: the scan resynchronises on the next 8-aligned offset holding a record
   whose checksum and sequence hold, reports the bytes and sequences it skipped, and
-  keeps every good record after it. A file named like a segment with a bad header, or
-  that is not a regular file, is reported and its records not read.
+  keeps every good record after it. A segment whose header is damaged is read all the
+  same (its name gives its first sequence) and reported; a file named like a segment
+  that holds no good record, or is not a regular file, is reported and never read.
 
 Record layout (little-endian, 8-aligned)::
 
@@ -291,9 +292,13 @@ class ScanReport:
             it) and ``next_seq`` (first good sequence after it, in this segment or a
             later one; the sequences between the two were lost; 0 when no good record
             follows).
-        bad_segments: files named like segments that are not segments, left in place,
-            by name: a file with a bad header, or anything not a regular file (a
-            directory, a FIFO, a device, a dangling symbolic link: never opened).
+        bad_headers: segments whose header is damaged, by name: their records were
+            read all the same (each record checks itself; the name says where their
+            sequences start), and damage inside them is in ``skipped`` as anywhere.
+        bad_segments: files named like segments that are not segments, left in place
+            and never read, by name: a file with a bad header and no good record at or
+            after its name's sequence, or anything not a regular file (a directory, a
+            FIFO, a device, a dangling symbolic link).
     """
 
     def __init__(self):
@@ -303,12 +308,14 @@ class ScanReport:
         self.last_seq = 0
         self.torn_tail = None
         self.skipped = []
+        self.bad_headers = []
         self.bad_segments = []
 
     def __repr__(self):
         return (f"ScanReport(records={self.records}, bytes={self.bytes}, "
                 f"seq={self.first_seq}..{self.last_seq}, torn_tail={self.torn_tail}, "
-                f"skipped={self.skipped}, bad_segments={self.bad_segments})")
+                f"skipped={self.skipped}, bad_headers={self.bad_headers}, "
+                f"bad_segments={self.bad_segments})")
 
 
 def segments(directory):
@@ -353,6 +360,7 @@ def scan(directory, callback=None, bint repair=True):
     cdef uint64_t totals[4]     # records, first_seq, last_seq, the segment's first seq
     cdef const char* data = NULL
     cdef size_t size = 0
+    cdef uint64_t floor
     cdef int fd
     report = ScanReport()
     found = segments(directory)
@@ -383,11 +391,19 @@ def scan(directory, callback=None, bint repair=True):
         try:
             report.bytes += size
             if not _header_ok(data, size, base_seq):
-                report.bad_segments.append(name)
-                continue
+                # The header is damaged, but each record checks itself and the name says
+                # where the sequences start: a file holding a good record at or after
+                # its name is a segment, read; one holding none is not a segment.
+                if _first_record(data, size, base_seq) == size:
+                    report.bad_segments.append(name)
+                    continue
+                report.bad_headers.append(name)
+                floor = base_seq
+            else:
+                floor = 0
             totals[3] = 0
             _scan_segment(data, size, name, path, index == len(found) - 1, repair,
-                          callback, report, index, totals)
+                          callback, report, index, totals, floor)
             if open_stretch is not None and totals[3]:
                 open_stretch["next_seq"] = totals[3]
                 open_stretch = None
@@ -425,17 +441,33 @@ def _open_segment(path):
 
 def _removable(path, uint64_t base_seq):
     """Whether compaction may delete segment file ``path``: a regular file whose header
-    is good, or too short to have one (see ``Journal.remove_segments_before``)."""
-    cdef bytes header
+    is good, or too short to have one, or damaged over records the scan read by the
+    file's name (see ``Journal.remove_segments_before``)."""
+    cdef bytes content
     try:
         fd = _open_segment(path)
         if fd < 0:
             return False   # not a regular file: never ours to delete
         with open(fd, "rb", buffering=0) as file:
-            header = file.read(SEGMENT_HEADER)
+            content = file.read(SEGMENT_HEADER)
+            if len(content) < SEGMENT_HEADER or _header_ok(content, len(content), base_seq):
+                return True
+            content += file.read()
     except OSError:
         return False   # (not a file we can read: not ours to delete)
-    return len(header) < SEGMENT_HEADER or _header_ok(header, len(header), base_seq)
+    return _first_record(content, len(content), base_seq) < <uint64_t>len(content)
+
+
+cdef uint64_t _first_record(const char* raw, uint64_t size, uint64_t floor) noexcept:
+    """The offset of the first good record with a sequence at or after ``floor`` past
+    a segment header (``size``: none)."""
+    cdef uint64_t offset = SEGMENT_HEADER
+    cdef uint32_t length = 0
+    while offset < size:
+        if record_ok(raw, offset, size, 0, &length) and ff_load_le64(raw + offset + 8) >= floor:
+            return offset
+        offset += 8
+    return size
 
 
 cdef bint _header_ok(const char* raw, size_t size, uint64_t base_seq) noexcept:
@@ -446,9 +478,12 @@ cdef bint _header_ok(const char* raw, size_t size, uint64_t base_seq) noexcept:
 
 
 cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last,
-                   bint repair, callback, report, uint32_t index, uint64_t* totals):
+                   bint repair, callback, report, uint32_t index, uint64_t* totals,
+                   uint64_t floor):
     # totals: records, first_seq, last_seq of the whole scan so far, and the first good
-    # sequence of this segment (kept in C: no Python object per record)
+    # sequence of this segment (kept in C: no Python object per record); floor: the
+    # lowest sequence a record of this segment may have (its name's, when its header is
+    # damaged; else 0: the header vouched for it)
     cdef uint64_t offset = SEGMENT_HEADER
     cdef uint64_t resync
     cdef uint64_t seq
@@ -457,7 +492,8 @@ cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last
     cdef uint64_t headers
     cdef RecordSink sink = callback if isinstance(callback, RecordSink) else None
     while offset < size:
-        if record_ok(raw, offset, size, expected, &length):
+        if record_ok(raw, offset, size, expected, &length) and \
+                (expected or ff_load_le64(raw + offset + 8) >= floor):
             seq = ff_load_le64(raw + offset + 8)
             if sink is not None:
                 sink.record(seq, <uint8_t>raw[offset + 16], raw + offset + RECORD_HEADER,
@@ -478,7 +514,7 @@ cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last
         resync = offset + 8
         while resync < size:
             if record_ok(raw, resync, size, 0, &length) and \
-                    ff_load_le64(raw + resync + 8) >= expected:
+                    ff_load_le64(raw + resync + 8) >= (expected if expected else floor):
                 break
             resync += 8
         if resync < size:
@@ -545,6 +581,7 @@ cdef class Journal:
         self.buffered_last_seq = next_seq - 1
         self.synced_sizes = {}
         self.removing = set()
+        self.kept = set()
         self.remover = None
         self.removals = None
         self.failure = None
@@ -995,10 +1032,12 @@ cdef class Journal:
         """Delete every closed segment whose records all precede ``seq``; returns how
         many files were removed (the current segment is never removed).
 
-        A file named like a segment that is not one (``ScanReport.bad_segments``: a
-        bad header, or not a regular file) is left in place, as the scan promised: its
-        records were not read, and it is there to be looked at. One too short to hold a
-        header is deleted (a roll that a crash cut short: no record can be in it).
+        A file named like a segment that is not one (``ScanReport.bad_segments``: no
+        good record, or not a regular file) is left in place, as the scan promised: it
+        is there to be looked at. One too short to hold a header is deleted (a roll that
+        a crash cut short: no record can be in it), and so is a segment whose header is
+        damaged (``ScanReport.bad_headers``) once passed, like any other: the scan read
+        its records, and a restart would replay them again if it stayed.
         """
         found = segments(self.directory)
         names = []
@@ -1006,7 +1045,10 @@ cdef class Journal:
             base, name = found[index]
             next_base = found[index + 1][0]
             if next_base <= seq and name != self.segment and name not in self.removing \
-                    and _removable(os.path.join(self.directory, name), base):
+                    and name not in self.kept:
+                if not _removable(os.path.join(self.directory, name), base):
+                    self.kept.add(name)   # (read once, not at every compaction)
+                    continue
                 names.append(name)
                 self.synced_sizes.pop(name, None)
         if not names:

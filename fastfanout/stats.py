@@ -110,7 +110,8 @@ class BrokerStats:
             (commits written by the server's thread or handed to the journal's writer
             thread), slow_inline_writes, store_full (refusals), failures,
             failure, removed_segments, snapshots, and recovery (records, bytes, seconds,
-            torn_tail, skipped, bad_segments, messages restored, orphan_records).
+            torn_tail, skipped, bad_headers, bad_segments, messages restored,
+            orphan_records).
     """
 
     topics: dict[str, TopicStats]

@@ -25,6 +25,7 @@ class ScanReport:
     last_seq: int
     torn_tail: dict[str, Any] | None
     skipped: list[dict[str, Any]]
+    bad_headers: list[str]
     bad_segments: list[str]
 
 class RecordSink: ...

@@ -516,6 +516,7 @@ class Durability:
             "records": report.records, "bytes": report.bytes,
             "seconds": round(time.monotonic() - started, 6),
             "torn_tail": torn, "skipped": list(report.skipped),
+            "bad_headers": list(report.bad_headers),
             "bad_segments": list(report.bad_segments), "messages": restored,
             "orphan_records": replay.orphans,
         }
@@ -523,8 +524,11 @@ class Durability:
             log.warning("journal %s: cut a torn tail: %s", self.journal_directory, torn)
         for stretch in report.skipped:
             log.error("journal %s: skipped a bad stretch: %s", self.journal_directory, stretch)
+        for name in report.bad_headers:
+            log.error("journal %s: %s has a damaged header; its records were read by its name",
+                      self.journal_directory, name)
         for name in report.bad_segments:
-            log.error("journal %s: %s is not a segment (bad header, or not a regular "
+            log.error("journal %s: %s is not a segment (no good record, or not a regular "
                       "file), left in place", self.journal_directory, name)
         if report.records:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",

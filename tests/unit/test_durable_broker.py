@@ -450,6 +450,30 @@ def test_a_torn_tail_is_reported(open_broker: Open, tmp_path: Path) -> None:
     assert [m.body for m in broker.receive("q")] == [b"whole"]
 
 
+def test_a_damaged_segment_header_loses_no_message(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
+    for body in bodies:
+        broker.send("q", body)
+    broker.close()
+    found = journal_ops.segments(journal_dir(tmp_path))
+    assert len(found) >= 4
+    damaged = journal_dir(tmp_path) / found[len(found) // 2][1]
+    content = bytearray(damaged.read_bytes())
+    content[3] ^= 0x10   # one bit of the header's magic
+    damaged.write_bytes(bytes(content))
+    broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None
+    recovery = storage["recovery"]
+    assert recovery["bad_headers"] == [damaged.name] and recovery["bad_segments"] == []
+    assert recovery["skipped"] == [] and recovery["messages"] == 200
+    assert [m.body for m in broker.receive("q", max_messages=1000)] == bodies
+
+
 def test_a_directory_or_fifo_named_like_a_segment_is_reported_not_opened(
         open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()

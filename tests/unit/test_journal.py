@@ -183,13 +183,14 @@ def test_a_stretch_cut_at_a_segments_end_names_the_next_good_sequence(
     assert len(paths) >= 4
     before, _ = read_all(tmp_path)
     os.truncate(paths[1], os.path.getsize(paths[1]) - 100)
-    if header_of_the_next == "bad":   # the whole next segment is lost too
+    if header_of_the_next == "bad":   # its records are read by its name all the same
         with open(paths[2], "r+b") as file:
             file.write(b"NOTMAGIC")
     after, report = read_all(tmp_path)
     (skipped,) = report.skipped
-    resumed = int(os.path.basename(paths[2 if header_of_the_next == "good" else 3])[:20])
-    assert skipped["next_seq"] == resumed
+    assert skipped["next_seq"] == int(os.path.basename(paths[2])[:20])
+    assert report.bad_headers == ([os.path.basename(paths[2])]
+                                  if header_of_the_next == "bad" else [])
     kept = {record[0] for record in after}
     lost = {record[0] for record in before} - kept
     assert lost == set(range(skipped["after_seq"] + 1, skipped["next_seq"]))
@@ -339,7 +340,8 @@ def test_whole_segments_before_a_sequence_are_removed(tmp_path):
     assert records and report.skipped == []
 
 
-def test_compaction_leaves_a_segment_with_a_bad_header_in_place(tmp_path):
+def test_compaction_removes_a_damaged_segment_it_read_and_leaves_what_is_no_segment(
+        tmp_path):
     writer = journal.Journal(tmp_path, segment_bytes=4096)
     for _ in range(6):
         for _ in range(20):
@@ -349,20 +351,26 @@ def test_compaction_leaves_a_segment_with_a_bad_header_in_place(tmp_path):
     found = journal.segments(tmp_path)
     damaged = tmp_path / found[1][1]
     with open(damaged, "r+b") as file:
-        file.write(b"FFJRNL0X")   # one byte of its magic
+        file.write(b"FFJRNL0X")   # one byte of its magic: its records are still read
+    stray = tmp_path / journal.segment_name(found[2][0] + 1)
+    stray.write_bytes(journal.segment_header(0)[:8] + bytes(100))   # no good record
     cut_short = tmp_path / journal.segment_name(found[2][0] - 1)
     cut_short.write_bytes(b"FFJ")   # a roll a crash cut short (sorts just before [2])
     _, report = read_all(tmp_path)
-    assert report.bad_segments == [damaged.name, cut_short.name]
+    assert report.bad_headers == [damaged.name]
+    assert report.bad_segments == [cut_short.name, stray.name]
     writer = journal.Journal(tmp_path, next_seq=report.last_seq + 1, segment_bytes=4096,
-                             segment_index=len(found) + 1)
+                             segment_index=len(found) + 2)
     writer.append(1, b"after")
     writer.commit()
     writer.remove_segments_before(10**9)
+    writer.remove_segments_before(10**9)   # (the stray, kept, is not read again)
     writer.close()
     left = [name for _, name in journal.segments(tmp_path)]
-    assert damaged.name in left and cut_short.name not in left and found[0][1] not in left
-    assert damaged.read_bytes()[:8] == b"FFJRNL0X"
+    # The damaged segment goes once passed, like any other: kept, a restart would
+    # replay its records again after the later segments (and their removes) are gone.
+    assert stray.name in left and damaged.name not in left and cut_short.name not in left
+    assert stray.read_bytes()[8:] == bytes(100)
 
 
 def write_segments(directory, count=4):
@@ -373,6 +381,45 @@ def write_segments(directory, count=4):
         writer.commit()
     writer.close()
     return journal.segments(directory)
+
+
+@pytest.mark.parametrize("byte", [0, 3, 8, 16, 20, 24])   # (28..31: no check)
+def test_a_damaged_segment_header_loses_no_record(tmp_path, byte):
+    found = write_segments(tmp_path)
+    before, _ = read_all(tmp_path)
+    damaged = tmp_path / found[1][1]
+    with open(damaged, "r+b") as file:
+        file.seek(byte)
+        flipped = file.read(1)[0] ^ 0x10
+        file.seek(byte)
+        file.write(bytes([flipped]))
+    after, report = read_all(tmp_path)
+    assert after == before
+    assert report.bad_headers == [damaged.name] and report.bad_segments == []
+    assert report.skipped == [] and report.torn_tail is None
+
+
+def test_the_name_of_a_segment_with_a_damaged_header_says_where_its_records_start(tmp_path):
+    found = write_segments(tmp_path)
+    before, _ = read_all(tmp_path)
+    # A copy of the first segment under a later name: its records are below the name,
+    # so they are none of its own (and its header, naming sequence 1, is wrong for it).
+    copy = tmp_path / journal.segment_name(before[-1][0] + 1000)
+    copy.write_bytes((tmp_path / found[0][1]).read_bytes())
+    after, report = read_all(tmp_path)
+    assert after == before and report.bad_segments == [copy.name]
+    # Damage inside such a segment is skipped as anywhere, the records after it kept.
+    with open(tmp_path / found[2][1], "r+b") as file:
+        file.write(b"NOTMAGIC")
+        file.seek(32 + 5)
+        file.write(b"\xff")   # the first record's length
+    after, report = read_all(tmp_path)
+    (skipped,) = report.skipped
+    assert skipped["segment"] == found[2][1] and skipped["offset"] == 32
+    assert skipped["after_seq"] == found[2][0] - 1
+    assert [seq for seq, _, _ in after] == [
+        seq for seq, _, _ in before if seq < found[2][0] or seq >= skipped["next_seq"]]
+    assert report.bad_headers == [found[2][1]]
 
 
 def within(seconds, function):
@@ -396,7 +443,7 @@ def test_entries_named_like_segments_that_are_no_regular_files_are_never_opened(
     dangling.symlink_to(tmp_path / "nowhere")
     try:
         after, report = within(5, lambda: read_all(tmp_path))
-        assert after == before
+        assert after == before and report.bad_headers == []
         assert report.bad_segments == [fifo.name, directory.name, dangling.name]
         writer = journal.Journal(tmp_path, next_seq=report.last_seq + 1,
                                  segment_bytes=4096, segment_index=len(found) + 3)
