@@ -319,7 +319,11 @@ class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
         """The last worker report of every open connection that sent one (WORKERS)."""
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""
+        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect.
+
+        Once the broker said goodbye (it stopped, or ended the session), nothing is
+        waited for: close returns at once.
+        """
 
 
 class AsyncBrokerAPI(Protocol):
@@ -468,4 +472,8 @@ class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
         """The last worker report of every open connection that sent one (WORKERS)."""
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""
+        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect.
+
+        Once the broker said goodbye (it stopped, or ended the session), nothing is
+        waited for: close returns at once.
+        """
