@@ -68,6 +68,7 @@ from fastfanout.workers.handlers import (
 from fastfanout.workers.processes import STATS_INTERVAL, ProcessGroup
 from fastfanout.workers.reports import REPORT_INTERVAL, Reporter, worker_report
 from fastfanout.workers.sources import (
+    STOP_GRACE,
     AsyncBrokerSource,
     AsyncClientSource,
     BrokerSource,
@@ -613,7 +614,7 @@ class Worker:
         for group in self._groups:
             group.stop(seconds)
         if self._reporter is not None:
-            self._reporter.stop()
+            self._reporter.stop(max(STOP_GRACE, deadline - time.monotonic()))
         log.info("worker stopped")
 
     def stop_now(self) -> None:
