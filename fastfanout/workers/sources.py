@@ -30,6 +30,7 @@ from fastfanout.errors import FastFanoutError
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 
 __all__ = [
+    "CLOSE_TIMEOUT",
     "STOP_GRACE",
     "WORKER_RING_BYTES",
     "AsyncBrokerSource",
@@ -42,6 +43,10 @@ __all__ = [
     "ring_bytes_for",
     "settle_quietly",
 ]
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds a sync source's connection waits for the answer to its goodbye, worker
+running (say, a source left behind a call past its timeout)."""
 
 STOP_GRACE = 0.2
 """Seconds a worker connection still gets to say goodbye once the stop deadline passed
@@ -97,8 +102,11 @@ class Source(Protocol):
         """Stop the pushes (what was pushed stays leased until ``close``); quietly."""
         ...
 
-    def close(self) -> None:
-        """Stop taking; whatever is still leased is released by the caller (or BYE)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop taking, waiting ``timeout`` seconds at most.
+
+        Whatever is still leased is released by the caller (or BYE).
+        """
         ...
 
 
@@ -177,10 +185,14 @@ class ClientSource:
         with contextlib.suppress(FastFanoutError):
             self._consumer.cancel()
 
-    def close(self) -> None:
-        """Close the connection: its BYE makes the broker release every lease at once."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the connection: its BYE makes the broker release every lease at once.
+
+        Its answer is awaited ``timeout`` seconds at most (a broker that is gone never
+        sends it).
+        """
         with contextlib.suppress(FastFanoutError):
-            self.client.close(timeout=2.0)
+            self.client.close(timeout=timeout)
 
 
 class BrokerSource:
@@ -217,8 +229,11 @@ class BrokerSource:
         """Stop consuming; what was received stays leased until ``close``."""
         self._consumer.cancel()
 
-    def close(self) -> None:
-        """Stop consuming; what was received and not taken comes back at once."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop consuming; what was received and not taken comes back at once.
+
+        ``timeout`` is not needed: an embedded broker answers at once.
+        """
         self._consumer.cancel()
         rest, self._pushed = self._pushed[self._taken:], []
         for message in rest:
