@@ -251,8 +251,10 @@ class PipelineAPI(Protocol):
 
         Args:
             topic: the topic to publish to (it must exist now).
-            batch_messages: messages per frame (default: the client's).
-            batch_bytes: body bytes per frame (default: the client's).
+            batch_messages: messages per frame, 1 to ``settings.MAX_BATCH_MESSAGES``
+                (default: the client's).
+            batch_bytes: body bytes per frame, 1 to ``settings.MAX_BATCH_BYTES``
+                (default: the client's).
             max_in_flight: frames sent and not yet answered before ``offer()`` waits
                 (asyncio: queues); 1 keeps strict offer order even when one is refused.
             linger: seconds a frame that is not full waits before it is sent (default:
@@ -260,7 +262,8 @@ class PipelineAPI(Protocol):
 
         Raises:
             NotFound: the topic does not exist.
-            InvalidArgument: a limit is not a positive int.
+            InvalidArgument: a limit is not a positive int, or a batch limit is above
+                its maximum (nothing is opened).
         """
 
     def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:
@@ -272,12 +275,14 @@ class PipelineAPI(Protocol):
 
         Args:
             topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).
-            high_water_mark: stream batches the listener's socket queues; beyond them the
-                broker drops batches for this listener only (counted in its ``gaps``).
+            high_water_mark: stream batches the listener's socket queues (1 to
+                ``settings.MAX_HIGH_WATER_MARK``); beyond them the broker drops batches
+                for this listener only (counted in its ``gaps``).
 
         Raises:
             Closed: the client is closed.
-            InvalidArgument: ``high_water_mark`` is not an int of 1 or more.
+            InvalidArgument: ``high_water_mark`` is not an int from 1 to
+                ``settings.MAX_HIGH_WATER_MARK`` (nothing is opened).
             BrokenConnection: the broker did not apply the subscription within the
                 client's ``timeout``.
         """
@@ -314,7 +319,11 @@ class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
         """The last worker report of every open connection that sent one (WORKERS)."""
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""
+        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect.
+
+        Once the broker said goodbye (it stopped, or ended the session), nothing is
+        waited for: close returns at once.
+        """
 
 
 class AsyncBrokerAPI(Protocol):
@@ -463,4 +472,8 @@ class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
         """The last worker report of every open connection that sent one (WORKERS)."""
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect."""
+        """Flush, wait for the answers (``timeout`` seconds at most) and disconnect.
+
+        Once the broker said goodbye (it stopped, or ended the session), nothing is
+        waited for: close returns at once.
+        """

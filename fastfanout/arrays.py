@@ -57,6 +57,15 @@ _RECEIPT_AT = 48
 _RECEIVE_COUNT_AT = 20
 
 
+def _holds_text(item: Any) -> bool:
+    """True when a numpy dtype holds ``str`` (UCS-4) items, in a field or sub-array too."""
+    if item.fields:
+        return any(_holds_text(field[0]) for field in item.fields.values())
+    if item.subdtype is not None:
+        return _holds_text(item.subdtype[0])
+    return bool(item.kind == "U")
+
+
 def _dims(shape: Any) -> tuple[int, ...]:
     """``shape`` (an int or a sequence of ints, numpy integers included) as a tuple.
 
@@ -183,7 +192,8 @@ class FrameViews:
         Raises:
             InvalidArgument: the bodies differ in size, a body's size is not that of
                 ``shape`` items of ``dtype``, ``shape`` is not an int or a tuple of
-                ints, or ``dtype`` is not a dtype or holds Python objects.
+                ints, or ``dtype`` is not a dtype or holds Python objects or text
+                (``str`` items, as ``"U1"``: not every body is valid UCS-4).
         """
         import numpy as np
 
@@ -198,6 +208,12 @@ class FrameViews:
             raise InvalidArgument(
                 f"as_array cannot view bodies as {item}: it holds Python objects; use a "
                 f"dtype of plain data (numeric, bytes, records of those)")
+        if _holds_text(item):
+            # UCS-4 items: most 4-byte values are no code point, and numpy fails on them
+            # with its own SystemError when the array is printed or read
+            raise InvalidArgument(
+                f"as_array cannot view bodies as {item}: it holds text (str items), which "
+                f"arbitrary bytes are not; use bytes items ('S<n>') and decode them")
         if count and body_len < 0:
             lengths = self.lengths
             raise InvalidArgument(

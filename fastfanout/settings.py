@@ -19,8 +19,11 @@ from fastfanout.semantics.filter_policy import CompiledPolicy
 
 __all__ = [
     "MAX_BACKOFF_STEPS",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_MESSAGES",
     "MAX_DEDUP_WINDOW",
     "MAX_DELAY",
+    "MAX_HIGH_WATER_MARK",
     "MAX_MESSAGE_SIZE_LIMIT",
     "MAX_PRIORITY",
     "MAX_RECEIVE_BATCH",
@@ -32,6 +35,7 @@ __all__ = [
     "Subscription",
     "TopicSettings",
     "backoff_us",
+    "check_count",
     "check_flag",
     "check_iterable",
     "check_name",
@@ -57,6 +61,12 @@ MAX_DEDUP_WINDOW: Final = 86_400.0
 """Longest deduplication window, in seconds (one day)."""
 MAX_BACKOFF_STEPS: Final = 64
 """Most steps a redelivery backoff may list."""
+MAX_BATCH_MESSAGES: Final = 1 << 30
+"""Most records a client's publish batch may gather (``batch_messages``)."""
+MAX_BATCH_BYTES: Final = 1 << 40
+"""Most body bytes a client's publish batch may gather (``batch_bytes``)."""
+MAX_HIGH_WATER_MARK: Final = 2**31 - 1
+"""Largest socket high-water mark, in messages (libzmq takes a C int)."""
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
 OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter", "hold")
@@ -94,6 +104,20 @@ def check_wait(what: str, seconds: object) -> None:
                                 or math.isnan(seconds)):
         raise InvalidArgument(
             f"{what}={seconds!r} must be a number of seconds, or None (no limit)")
+
+
+def check_count(what: str, value: object, *, maximum: int, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int from ``minimum`` to ``maximum``.
+
+    The upper bound keeps the value within what the native layer (a C integer) takes,
+    so an option too large is refused here, before anything is opened.
+
+    Raises:
+        InvalidArgument: anything else, naming ``what`` and the range.
+    """
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise InvalidArgument(f"{what}={value!r} must be an int from {minimum} to {maximum}")
+    return value
 
 
 def optional_count(what: str, value: object, *, minimum: int = 1) -> int:

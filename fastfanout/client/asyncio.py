@@ -578,17 +578,18 @@ class AsyncConnection(DriverBase):
         The broker serves no more requests of an ended session's connection (it ends a
         session whose client read nothing for too long, or was silent past its
         heartbeat timeout), so a fresh connection is made: a new session, announced
-        with HELLO. Without a payload the broker is stopping; the socket reconnects by
-        itself when it is back. A local channel never outlives its session (nor its
-        broker): it is dropped, and the next request reconnects with a new one.
+        with HELLO. Without a payload the broker is stopping: the connection is dropped
+        (as the blocking client drops it), so ``close()`` waits for no reply from a
+        broker that said goodbye, and the next request reconnects with a new session.
+        A local channel never outlives its session (nor its broker): it is dropped too.
         """
         self._wake_all()
         self.core.ended = None
-        if isinstance(self.transport, AsyncLocalTransport):
+        if isinstance(self.transport, AsyncLocalTransport) or not isinstance(
+                error, SessionExpired):
             self._drop_transport()
             return
-        if isinstance(error, SessionExpired) and isinstance(self.transport,
-                                                            AsyncDealerTransport):
+        if isinstance(self.transport, AsyncDealerTransport):
             ended, self.transport = self.transport, AsyncDealerTransport(
                 self.endpoint, self.curve)
             ended.close()
@@ -941,6 +942,8 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         for the broker's answers, it still closes the client before it raises. Once the
         event loop that connected it has ended, it only closes the socket (nothing can be
         sent or awaited any more).
+        After the broker said goodbye (it stopped) it waits for no reply: the connection
+        was dropped then, and close only stops the client's tasks.
 
         Raises:
             FastFanoutError: a producer's frame was refused; the client is closed anyway

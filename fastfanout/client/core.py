@@ -624,7 +624,10 @@ class ConnectionCore:
             return False
         consumer.closed = True
         self.consumers.pop(consumer.consumer_id, None)
-        return self.ended is None and not self.closed
+        # one the broker ended (END, or the session's end: its ``error`` is set) is gone
+        # there: a CANCEL would be answered by nobody, or reconnect to a broker that
+        # stopped just to say it
+        return consumer.error is None and self.ended is None and not self.closed
 
     def defer_settle(self, consumer: ConsumerState, receipts: bytes, now: float) -> None:
         """Queue a pipelined ack of a receipts frame (queued at once when due).

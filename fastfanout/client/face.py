@@ -26,7 +26,7 @@ from fastfanout.errors import InvalidArgument
 from fastfanout.records import Attributes, Body
 from fastfanout.runtime import default_endpoint
 from fastfanout.semantics.topic_pattern import validate_pattern
-from fastfanout.settings import MAX_DELAY, seconds_to_us
+from fastfanout.settings import MAX_DELAY, MAX_HIGH_WATER_MARK, check_count, seconds_to_us
 from fastfanout.transport.local_channel import check_channel_options
 from fastfanout.transport.sockets import CurveKeys, client_curve
 from fastfanout.wire.protocol import Opcode
@@ -203,9 +203,7 @@ class ClientFace(Generic[F, BF]):
         """``InvalidArgument`` unless both are right.
 
         ``topic_pattern``: a topic name or a well-formed pattern (as ``subscribe`` takes);
-        ``high_water_mark``: an int of 1 or more.
+        ``high_water_mark``: an int from 1 to ``MAX_HIGH_WATER_MARK``.
         """
         validate_pattern(topic_pattern)   # type: ignore[arg-type]   # checks the type
-        if type(high_water_mark) is not int or high_water_mark < 1:
-            raise InvalidArgument(f"high_water_mark={high_water_mark!r} must be an int of 1 "
-                                  f"or more")
+        check_count("high_water_mark", high_water_mark, maximum=MAX_HIGH_WATER_MARK)

@@ -50,7 +50,13 @@ from fastfanout.client.driver import AsyncDriver, BlockingDriver
 from fastfanout.client.messages import DONE, Done, RemotePublishBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.records import Body
-from fastfanout.settings import MAX_DELAY, seconds_to_us
+from fastfanout.settings import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    MAX_DELAY,
+    check_count,
+    seconds_to_us,
+)
 from fastfanout.wire.protocol import Opcode
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "AsyncProducer", "ProducerCore", "RemoteProducer",
@@ -66,18 +72,20 @@ def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int 
     """A producer's (batch_messages, batch_bytes, linger): None takes the client's.
 
     Raises:
-        InvalidArgument: ``topic`` is not a string, a limit is not a positive int, or
-            ``linger`` is not a finite number of seconds >= 0.
+        InvalidArgument: ``topic`` is not a string, ``batch_messages`` is not an int from
+            1 to ``MAX_BATCH_MESSAGES``, ``batch_bytes`` not one from 1 to
+            ``MAX_BATCH_BYTES``, ``max_in_flight`` not a positive int, or ``linger`` is
+            not a finite number of seconds >= 0.
     """
     if type(topic) is not str:
         raise InvalidArgument(f"topic name {topic!r} must be a string")
     messages = defaults[0] if batch_messages is None else batch_messages
     size = defaults[1] if batch_bytes is None else batch_bytes
     wait = defaults[2] if linger is None else linger
-    for name, value in (("batch_messages", messages), ("batch_bytes", size),
-                        ("max_in_flight", max_in_flight)):
-        if type(value) is not int or value < 1:
-            raise InvalidArgument(f"{name}={value!r} must be an int of 1 or more")
+    check_count("batch_messages", messages, maximum=MAX_BATCH_MESSAGES)
+    check_count("batch_bytes", size, maximum=MAX_BATCH_BYTES)
+    if type(max_in_flight) is not int or max_in_flight < 1:
+        raise InvalidArgument(f"max_in_flight={max_in_flight!r} must be an int of 1 or more")
     seconds_to_us("linger", wait, maximum=MAX_DELAY)   # finite, 0 to MAX_DELAY seconds
     return messages, size, float(wait)
 

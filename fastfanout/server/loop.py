@@ -108,7 +108,7 @@ from fastfanout.server.local_sessions import LocalSessions
 from fastfanout.server.requests import arguments, frame, text
 from fastfanout.server.sessions import EndedSessions, Session
 from fastfanout.server.streams import SLOW_LISTENER_POLICIES, Streams
-from fastfanout.settings import MAX_RECEIVE_BATCH
+from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH, check_count
 from fastfanout.stats import check_worker_report
 from fastfanout.transport.local_channel import local_channels_supported
 from fastfanout.transport.sockets import (
@@ -260,9 +260,8 @@ class Server:
         if type(local_backlog_bytes) is not int or local_backlog_bytes < 1:
             raise InvalidArgument(
                 f"local_backlog_bytes={local_backlog_bytes!r} must be an int >= 1 (bytes)")
-        if type(stream_high_water_mark) is not int or stream_high_water_mark < 1:
-            raise InvalidArgument(
-                f"stream_high_water_mark={stream_high_water_mark!r} must be an int of 1 or more")
+        check_count("stream_high_water_mark", stream_high_water_mark,
+                    maximum=MAX_HIGH_WATER_MARK)
         if not all(type(seconds) in (int, float) and math.isfinite(seconds)
                    for seconds in (heartbeat_interval, heartbeat_timeout)) or not (
                 0 < heartbeat_interval < heartbeat_timeout):
@@ -273,9 +272,7 @@ class Server:
             raise InvalidArgument(
                 f"max_frame_bytes={max_frame_bytes!r} must be an int of at least "
                 f"{protocol.MIN_FRAME_BYTES} bytes")
-        if type(max_queued_replies) is not int or max_queued_replies < 1:
-            raise InvalidArgument(
-                f"max_queued_replies={max_queued_replies!r} must be an int >= 1 (messages)")
+        check_count("max_queued_replies", max_queued_replies, maximum=MAX_HIGH_WATER_MARK)
         if (type(idle_session_timeout) not in (int, float)
                 or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(

@@ -68,6 +68,7 @@ from fastfanout.workers.handlers import (
 from fastfanout.workers.processes import STATS_INTERVAL, ProcessGroup
 from fastfanout.workers.reports import REPORT_INTERVAL, Reporter, worker_report
 from fastfanout.workers.sources import (
+    STOP_GRACE,
     AsyncBrokerSource,
     AsyncClientSource,
     BrokerSource,
@@ -598,6 +599,8 @@ class Worker:
         seconds = self.shutdown_timeout if timeout is None else timeout
         deadline = self._stop_deadline = time.monotonic() + seconds
         log.info("worker stopping: running calls get %g s", seconds)
+        for runner in self._threads:
+            runner.stop_deadline = deadline
         self._stopping.set()
         if self._loop is not None and self._loop_stop is not None:
             self._loop.call_soon_threadsafe(self._loop_stop.set)
@@ -605,7 +608,7 @@ class Worker:
             for slot in runner.join(deadline, self._hurry):
                 runner.abandon(slot, 0.0, "was still running at the shutdown deadline")
                 if slot.source is not None:
-                    slot.source.close()
+                    slot.source.close(STOP_GRACE)   # past the deadline already
         if self._keeper is not None:
             self._keeper.stop()
         if self._loop_thread is not None:
@@ -613,7 +616,7 @@ class Worker:
         for group in self._groups:
             group.stop(seconds)
         if self._reporter is not None:
-            self._reporter.stop()
+            self._reporter.stop(max(STOP_GRACE, deadline - time.monotonic()))
         log.info("worker stopped")
 
     def stop_now(self) -> None:

@@ -22,7 +22,12 @@ from typing import Any
 
 from fastfanout.errors import FastFanoutError
 from fastfanout.workers.handlers import Handler
-from fastfanout.workers.sources import AsyncBrokerSource, AsyncClientSource, settle_quietly
+from fastfanout.workers.sources import (
+    STOP_GRACE,
+    AsyncBrokerSource,
+    AsyncClientSource,
+    settle_quietly,
+)
 from fastfanout.workers.stats import HandlerStats, Tally
 from fastfanout.workers.threads import POLL, RECONNECT_DELAY, failed_messages
 
@@ -121,18 +126,29 @@ class AsyncRunner:
                       ) -> AsyncClientSource | AsyncBrokerSource | None:
         """Close a failed source and open another (None: the worker stopped first).
 
-        Tries every ``RECONNECT_DELAY`` seconds until one opens.
+        Tries every ``RECONNECT_DELAY`` seconds until one opens. An attempt under way
+        when the worker stops is cancelled: connecting to a broker that is gone waits
+        for the client's whole ``timeout``, past the worker's ``shutdown_timeout``.
         """
         self._held.clear()   # the broker released the old connection's leases
-        await source.close()
+        await source.close(STOP_GRACE)   # its broker went away: no answer to wait for
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECONNECT_DELAY):
                     await stopping.wait()
             if stopping.is_set():
                 return None
+            opening = asyncio.ensure_future(self._open_source())
+            stopped = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not opening.done():
+                opening.cancel()   # the source closes what it opened (see ``open``)
+                with contextlib.suppress(asyncio.CancelledError, FastFanoutError):
+                    await opening
+                return None
             try:
-                return await self._open_source()
+                return opening.result()
             except FastFanoutError as exc:
                 log.warning("handler %s cannot reconnect yet: %s", self.handler.name, exc)
 
@@ -257,7 +273,8 @@ class AsyncRunner:
                     task.cancel()
                 await asyncio.wait(late)
         if source is not None:
-            await source.close()
+            # bounded by the deadline: a broker that is gone never answers the BYE
+            await source.close(max(STOP_GRACE, deadline - time.monotonic()))
 
     def stats(self) -> HandlerStats:
         """The handler's stats in this process."""

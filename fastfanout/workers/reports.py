@@ -10,9 +10,11 @@ stops or dies leaves the table) and answers WORKERS with them. A worker's proces
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,31 +54,47 @@ class Reporter:
         self._interval = interval
         self._report = report
         self._stop = threading.Event()
+        self._client: Client | None = None
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="fastfanout-worker-report")
 
     def start(self) -> None:
-        """Start reporting (the first report goes at once)."""
-        self._thread.start()
+        """Connect and start reporting (the first report goes at once).
 
-    def stop(self) -> None:
-        """Stop reporting and close the connection: the server forgets the report."""
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+        A broker that cannot be reached is logged: the worker runs without reports.
+        """
         try:
-            client = Client(self._endpoint, **self._options)
+            self._client = Client(self._endpoint, **self._options)
         except FastFanoutError as error:
             log.warning("worker stats will not reach the broker: %s", error)
             return
-        try:
-            while True:
-                try:
-                    client.report_worker(self._report())
-                except FastFanoutError as error:
-                    log.warning("a worker stats report failed: %s", error)
-                if self._stop.wait(self._interval):
-                    return
-        finally:
-            client.close(timeout=1.0)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop reporting and close the connection: the server forgets the report.
+
+        Args:
+            timeout: seconds to wait at most. The connection is closed from here, which
+                ends a report still waiting for its answer at once (a broker that is
+                gone would hold it for the client's whole ``timeout``).
+        """
+        self._stop.set()
+        if self._client is None:
+            return
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(FastFanoutError):
+            self._client.close(timeout=timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        client = self._client
+        assert client is not None
+        while not self._stop.is_set():
+            try:
+                client.report_worker(self._report())
+            except FastFanoutError as error:
+                if self._stop.is_set():
+                    return   # closed by stop()
+                log.warning("a worker stats report failed: %s", error)
+            if self._stop.wait(self._interval):
+                return

@@ -30,6 +30,8 @@ from fastfanout.errors import FastFanoutError
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 
 __all__ = [
+    "CLOSE_TIMEOUT",
+    "STOP_GRACE",
     "WORKER_RING_BYTES",
     "AsyncBrokerSource",
     "AsyncClientSource",
@@ -41,6 +43,15 @@ __all__ = [
     "ring_bytes_for",
     "settle_quietly",
 ]
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds a sync source's connection waits for the answer to its goodbye, worker
+running (say, a source left behind a call past its timeout)."""
+
+STOP_GRACE = 0.2
+"""Seconds a worker connection still gets to say goodbye once the stop deadline passed
+(the broker answers BYE at once; one that is gone never does, and must not hold the stop
+past its ``shutdown_timeout``)."""
 
 WORKER_RING_BYTES = 1 << 18
 """Fewest bytes of each ring of a worker connection's local channel (256 KiB): a thread
@@ -91,8 +102,11 @@ class Source(Protocol):
         """Stop the pushes (what was pushed stays leased until ``close``); quietly."""
         ...
 
-    def close(self) -> None:
-        """Stop taking; whatever is still leased is released by the caller (or BYE)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop taking, waiting ``timeout`` seconds at most.
+
+        Whatever is still leased is released by the caller (or BYE).
+        """
         ...
 
 
@@ -171,10 +185,14 @@ class ClientSource:
         with contextlib.suppress(FastFanoutError):
             self._consumer.cancel()
 
-    def close(self) -> None:
-        """Close the connection: its BYE makes the broker release every lease at once."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the connection: its BYE makes the broker release every lease at once.
+
+        Its answer is awaited ``timeout`` seconds at most (a broker that is gone never
+        sends it).
+        """
         with contextlib.suppress(FastFanoutError):
-            self.client.close(timeout=2.0)
+            self.client.close(timeout=timeout)
 
 
 class BrokerSource:
@@ -211,8 +229,11 @@ class BrokerSource:
         """Stop consuming; what was received stays leased until ``close``."""
         self._consumer.cancel()
 
-    def close(self) -> None:
-        """Stop consuming; what was received and not taken comes back at once."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop consuming; what was received and not taken comes back at once.
+
+        ``timeout`` is not needed: an embedded broker answers at once.
+        """
         self._consumer.cancel()
         rest, self._pushed = self._pushed[self._taken:], []
         for message in rest:
@@ -226,8 +247,8 @@ class AsyncSource(Protocol):
         """Up to ``max_messages`` messages, waiting up to ``timeout`` seconds for one."""
         ...
 
-    async def close(self) -> None:
-        """Stop taking and let go of the connection."""
+    async def close(self, timeout: float) -> None:
+        """Stop taking and let go of the connection, within ``timeout`` seconds."""
         ...
 
 
@@ -248,15 +269,19 @@ class AsyncClientSource:
         self._error: BaseException | None = None
 
     async def open(self) -> AsyncClientSource:
-        """Connect and start consuming; returns self."""
+        """Connect and start consuming; returns self (cancelled: nothing stays open)."""
         from fastfanout.aio import connect
 
         self._client = await connect(self._endpoint, **self._options)
-        pushes = self._client.consume_batches(self._queue, prefetch=self._prefetch,
-                                              visibility_timeout=self._lease)
-        ready = asyncio.get_running_loop().create_future()
-        self._feeder = asyncio.create_task(self._feed(pushes, ready))
-        await ready
+        try:
+            pushes = self._client.consume_batches(self._queue, prefetch=self._prefetch,
+                                                  visibility_timeout=self._lease)
+            ready = asyncio.get_running_loop().create_future()
+            self._feeder = asyncio.create_task(self._feed(pushes, ready))
+            await ready
+        except BaseException:
+            await asyncio.shield(self.close(STOP_GRACE))
+            raise
         return self
 
     async def _feed(self, pushes: AsyncIterator[list[Any]], ready: asyncio.Future[None]
@@ -297,10 +322,11 @@ class AsyncClientSource:
         """Messages pushed and not taken yet (they are leased)."""
         return list(self._buffer)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float) -> None:
         """Cancel the consumer, send the queued acks and close the connection.
 
-        Its BYE makes the broker release every lease the connection still holds.
+        Its BYE makes the broker release every lease the connection still holds; its
+        answer is awaited ``timeout`` seconds at most.
         """
         if self._feeder is not None:
             self._feeder.cancel()
@@ -308,7 +334,7 @@ class AsyncClientSource:
                 await self._feeder
         if self._client is not None:
             with contextlib.suppress(FastFanoutError):
-                await self._client.close()
+                await self._client.close(timeout)
 
 
 class AsyncBrokerSource:
@@ -333,7 +359,10 @@ class AsyncBrokerSource:
         """Nothing is buffered: every message taken was handed over."""
         return []
 
-    async def close(self) -> None:
-        """Stop the helper thread (after its current wait), then the consumer."""
+    async def close(self, timeout: float) -> None:
+        """Stop the helper thread (after its current wait), then the consumer.
+
+        ``timeout`` is not needed: an embedded broker answers at once.
+        """
         self._pool.shutdown(wait=True)
         self._source.close()

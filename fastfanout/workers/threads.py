@@ -29,7 +29,7 @@ from typing import Any
 
 from fastfanout.errors import FastFanoutError
 from fastfanout.workers.handlers import Handler
-from fastfanout.workers.sources import Source, settle_quietly
+from fastfanout.workers.sources import CLOSE_TIMEOUT, STOP_GRACE, Source, settle_quietly
 from fastfanout.workers.stats import HandlerStats, Tally
 
 __all__ = ["ACK_LINGER", "POLL", "RECONNECT_DELAY", "LeaseKeeper", "Slot", "ThreadRunner",
@@ -121,6 +121,9 @@ class ThreadRunner:
         self._open_source = open_source
         self._max_receive_count = max_receive_count
         self._stopping = stopping
+        # monotonic, set by the worker before it sets ``stopping``: the sources closed
+        # after it wait for their goodbye only until then
+        self.stop_deadline: float | None = None
         self.slots = [Slot() for _ in range(handler.concurrency or 1)]
         self.started = threading.Event()
         self._ready = 0
@@ -157,7 +160,7 @@ class ThreadRunner:
                             "%g s", self.handler.name, exc, RECONNECT_DELAY)
             finally:
                 self._release(slot, 0.0)
-                slot.source.close()
+                slot.source.close(self._close_timeout())
             if slot.stale_source and not self._stopping.is_set():
                 slot.stale_source = False
                 try:
@@ -177,7 +180,14 @@ class ThreadRunner:
                 return
         # the worker stopped just as a source was opened again (after an abandoned call,
         # or a reconnect): it was never looped over, so it is closed here
-        slot.source.close()
+        slot.source.close(self._close_timeout())
+
+    def _close_timeout(self) -> float:
+        """Seconds a source closed now waits for its goodbye: until the stop deadline."""
+        deadline = self.stop_deadline
+        if deadline is None or not self._stopping.is_set():
+            return CLOSE_TIMEOUT
+        return max(STOP_GRACE, deadline - time.monotonic())
 
     def _loop(self, slot: Slot, source: Source) -> None:
         """Take and handle messages until the worker stops (or the source fails)."""

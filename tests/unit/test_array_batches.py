@@ -159,6 +159,18 @@ def test_as_array_refuses_bodies_of_other_sizes() -> None:
             make_batch_of(broker, [b"abcd"]).as_array(np.float32, (2,))
 
 
+def test_as_array_refuses_text_dtypes() -> None:
+    # "U1" over bytes that are no UCS-4 code point raised numpy's own SystemError
+    with make_broker() as broker:
+        broker.send_batch("q", np.full((2, 16), 0xFF, dtype=np.uint8))
+        batch = broker.consume("q", prefetch=10).next_batch(1.0)
+        assert batch is not None
+        for dtype in ("U1", np.dtype([("n", "<i4"), ("t", "<U3")]), np.dtype(("U1", (2,)))):
+            with pytest.raises(InvalidArgument, match="holds text"):
+                batch.as_array(dtype)
+        assert batch.as_array("S4").shape == (2, 4)
+
+
 def test_as_array_refuses_object_dtypes_and_takes_numpy_int_shapes() -> None:
     # a view of the frame as object pointers crashed the interpreter on first use
     with make_broker() as broker:

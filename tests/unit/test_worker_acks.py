@@ -48,7 +48,7 @@ class FakeSource:
     def ack(self, messages: list[Any]) -> None:
         self.acks.append(list(messages))
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> None:
         pass
 
 
