@@ -508,6 +508,18 @@ cdef class Replay(RecordSink):
         self.other_record(kind, PyBytes_FromStringAndSize(payload, length))
         return 0
 
+    cdef bint _room_for(self, uint64_t seq) except -1:
+        """Make room to index a new copy at ``seq``; False (counted an orphan) when
+        ``seq`` lies before the index's base or beyond its reach (MAX_INDEXED)."""
+        if self.index_base == 0:
+            self.index_base = seq
+        if seq < self.index_base or seq - self.index_base >= MAX_INDEXED:
+            self.orphans += 1
+            return False
+        self._grow_index(seq)
+        self._grow_copies()
+        return True
+
     cdef int _ghost(self, uint64_t seq) except -1:
         """An enqueue naming a message record before the oldest one read.
 
@@ -518,13 +530,8 @@ cdef class Replay(RecordSink):
         the message was in a lost stretch).
         """
         cdef replay_copy* copy
-        if self.index_base == 0:
-            self.index_base = seq
-        if seq < self.index_base or seq - self.index_base >= MAX_INDEXED:
-            self.orphans += 1
+        if not self._room_for(seq):
             return 0
-        self._grow_index(seq)
-        self._grow_copies()
         copy = &self.copies[self.copy_count]
         copy.seq = seq
         copy.entered_us = 0
@@ -700,13 +707,8 @@ cdef class Replay(RecordSink):
         if number == NO_COPY or not self.queues[number].live:
             self.orphans += 1
             return 0
-        if self.index_base == 0:
-            self.index_base = seq
-        if seq < self.index_base or seq - self.index_base >= MAX_INDEXED:
-            self.orphans += 1
+        if not self._room_for(seq):
             return 0
-        self._grow_index(seq)
-        self._grow_copies()
         if blob == NULL:
             m += MESSAGE_HEADER
             blob = blob_new(message_id, <int64_t>ff_load_le64(m - MESSAGE_HEADER + 8),
