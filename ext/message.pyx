@@ -60,7 +60,7 @@ cdef class Message:
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
         # the body without a copy, as RemoteMessage gives it: code written against a
-        # client runs unchanged on the embedded broker (until 2026-12-05: TypeError)
+        # client runs unchanged on the embedded broker
         body = self.body
         PyBuffer_FillInfo(buffer, body, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), 1,
                           flags)

@@ -18,6 +18,7 @@ with no Python int per receipt.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastfanout._ext.codec cimport ff_load_le64
@@ -77,21 +78,27 @@ def ack_batch(Store store, list receipts, object session=ANY_SESSION):
     cdef uint64_t receipt
     cdef uint32_t slot
     cdef dict stale = None
-    for index in range(count):
-        receipt = receipt_value(receipts[index])
-        if store._lease_slot(receipt, tag) == NIL:
-            if stale is None:
-                stale = {}
-            stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
-    if stale is not None:
-        raise StaleReceipt(
-            f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
-            f"nothing was acked", list(stale))
-    for index in range(count):
-        receipt = receipt_value(receipts[index])
-        slot = store._lease_slot(receipt, tag)
-        if slot != NIL:   # NIL here only for a receipt repeated in this batch
-            store._ack_slot(slot)
+    # each receipt is read (and checked) once, by the first pass
+    cdef uint64_t* values = <uint64_t*>PyMem_Malloc(max(count, 1) * sizeof(uint64_t))
+    if values == NULL:
+        raise MemoryError()
+    try:
+        for index in range(count):
+            receipt = values[index] = receipt_value(receipts[index])
+            if store._lease_slot(receipt, tag) == NIL:
+                if stale is None:
+                    stale = {}
+                stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
+        if stale is not None:
+            raise StaleReceipt(
+                f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
+                f"nothing was acked", list(stale))
+        for index in range(count):
+            slot = store._lease_slot(values[index], tag)
+            if slot != NIL:   # NIL here only for a receipt repeated in this batch
+                store._ack_slot(slot)
+    finally:
+        PyMem_Free(values)
     return count
 
 

@@ -550,8 +550,7 @@ def pack_receipts(receipts):
     Args:
         receipts: a 1-D integer array (``uint64``, or another 4- or 8-byte integer type
             in native byte order holding no negative value: read with no Python object
-            per receipt), or an
-            iterable of ints (numpy integers too; not bools).
+            per receipt), or an iterable of ints (numpy integers too; not bools).
 
     Raises:
         InvalidArgument: a receipt is not an int in [0, 2**64), or the array is not 1-D

@@ -231,7 +231,7 @@ class AsyncSettler:
     loop iteration's SETTLE; nack, extend and term are sent at once, their answers
     dropped (the broker counts a failure). Their arguments are checked here first, as
     the broker checks them: a bad delay raises ``InvalidArgument`` and sends nothing
-    (until 2026-12-05 it was sent, refused and only counted, the message left leased).
+    (sent, the broker's refusal would only be counted, the message left leased).
     """
 
     __slots__ = ("_connection",)

@@ -712,9 +712,8 @@ class ConnectionCore:
         Called before a direct settle call is queued: ``message.ack()`` (or
         ``batch.ack()``) only queues its receipt, and a ``nack``, ``term``, ``extend`` or
         ``ack`` of the same delivery made after it must reach the broker after it, as in
-        the embedded broker. (Until 2026-12-05 it went first: an ack then a nack of one
-        message nacked it, the ack was stale and the message came back; an ack made
-        twice raised nothing.)
+        the embedded broker (sent first, a nack would make the queued ack stale and the
+        message come back).
         """
         acks = self.message_acks
         if acks is not None and acks.count:

@@ -891,14 +891,8 @@ class Durability:
         self._segment_bases[journal.segment_index] = int(journal.segment[:20])
         self._write_snapshot()
         self._copy_forward(closed)   # (the segment just closed is left as it is)
-        try:
-            self._flush()
-        except StoreFull:
-            return
-        self._snapshot_needed = False
-        if self.fsync != "never":
-            self._sync()
-        self._compact()
+        if self._write_and_compact():
+            self._snapshot_needed = False
 
     def _copy_forward(self, below: int) -> None:
         """Move the few live copies of the oldest segments, below index ``below``, forward.
@@ -939,15 +933,23 @@ class Durability:
         assert journal is not None
         moved = self.copied_forward
         self._copy_forward(journal.segment_index)
-        if self.copied_forward == moved:
-            return
+        if self.copied_forward != moved:
+            self._write_and_compact()
+
+    def _write_and_compact(self) -> bool:
+        """Write what waits, then remove the segments no live copy needs.
+
+        The write is synced as the policy says. Returns False when the disk is full
+        (counted; nothing is removed).
+        """
         try:
-            self._flush()   # (a full disk is counted there; nothing is removed then)
+            self._flush()
         except StoreFull:
-            return
+            return False
         if self.fsync != "never":
             self._sync()
         self._compact()
+        return True
 
     def _compact(self) -> None:
         """Remove the oldest segments once no live durable copy has its message there."""

@@ -161,26 +161,32 @@ class ThreadRunner:
             finally:
                 self._release(slot, 0.0)
                 slot.source.close(self._close_timeout())
-            if slot.stale_source and not self._stopping.is_set():
-                slot.stale_source = False
-                try:
-                    slot.source = self._open_source()
-                    continue
-                except FastFanoutError as exc:
-                    log.warning("worker thread of %s cannot reconnect yet: %s",
-                                self.handler.name, exc)
-            while not self._stopping.wait(RECONNECT_DELAY):
-                try:
-                    slot.source = self._open_source()
-                    break
-                except FastFanoutError as exc:
-                    log.warning("worker thread of %s cannot reconnect yet: %s",
-                                self.handler.name, exc)
-            else:
+            # a source closed under an abandoned call is replaced at once; a lost one
+            # after RECONNECT_DELAY
+            first_wait = 0.0 if slot.stale_source else RECONNECT_DELAY
+            slot.stale_source = False
+            if not self._reopen(slot, first_wait):
                 return
         # the worker stopped just as a source was opened again (after an abandoned call,
         # or a reconnect): it was never looped over, so it is closed here
         slot.source.close(self._close_timeout())
+
+    def _reopen(self, slot: Slot, first_wait: float) -> bool:
+        """Open the slot's source again; False once the worker stops.
+
+        The first try comes after ``first_wait`` seconds, the next ones every
+        ``RECONNECT_DELAY`` until one opens.
+        """
+        wait = first_wait
+        while not self._stopping.wait(wait):
+            try:
+                slot.source = self._open_source()
+                return True
+            except FastFanoutError as exc:
+                log.warning("worker thread of %s cannot reconnect yet: %s",
+                            self.handler.name, exc)
+            wait = RECONNECT_DELAY
+        return False
 
     def _close_timeout(self) -> float:
         """Seconds a source closed now waits for its goodbye: until the stop deadline."""

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from waits import wait_until_parked
 
 from fastfanout import Broker, InvalidArgument, NotFound
 
@@ -107,10 +108,7 @@ def test_deleting_the_queue_ends_a_waiting_consumer_at_once(broker: Broker) -> N
 
     thread = threading.Thread(target=take)
     thread.start()
-    deadline = time.monotonic() + 10
-    while broker.waiting_receivers == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_until_parked(broker)
     started = time.monotonic()
     broker.delete_queue("q")
     thread.join(10)

@@ -11,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from waits import wait_until_parked
 
 from fastfanout import Broker
 from fastfanout._ext.store import DEBUG as STORE_DEBUG
@@ -239,10 +240,7 @@ def test_a_bare_publish_wakes_a_waiting_receive_frame(broker: Broker) -> None:
     got: list[tuple[bytes, int]] = []
     waiter = threading.Thread(target=lambda: got.append(port.receive_frame("q", wait=20.0)))
     waiter.start()
-    deadline = time.monotonic() + 10
-    while broker.waiting_receivers == 0:   # parked, holding no lock
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_until_parked(broker)   # parked, holding no lock
     started = time.monotonic()
     broker.publish("t", b"wake")
     waiter.join(30)
@@ -287,10 +285,7 @@ def test_a_parked_receiver_is_woken_once_by_the_next_message(broker: Broker) -> 
     got: list[list[Any]] = []
     waiter = threading.Thread(target=lambda: got.append(broker.receive("q", wait=20.0)))
     waiter.start()
-    deadline = time.monotonic() + 10
-    while broker.waiting_receivers == 0:   # parked, holding no lock
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_until_parked(broker)   # parked, holding no lock
     assert broker.receiver_parks == 1
     started = time.monotonic()
     broker.send("q", b"first")
@@ -314,10 +309,7 @@ def test_a_waiting_receive_of_a_queue_deleted_meanwhile_raises_not_found(
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    deadline = time.monotonic() + 10
-    while broker.waiting_receivers == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_until_parked(broker)
     broker.delete_queue("q")
     broker.create_queue("r")   # maybe with the deleted queue's id
     broker.send("r", b"new")   # wakes the waiter
@@ -340,10 +332,7 @@ def test_deleting_the_queue_wakes_its_waiting_receive_at_once(
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    deadline = time.monotonic() + 10
-    while broker.waiting_receivers == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_until_parked(broker)
     started = time.monotonic()
     broker.delete_queue("q")
     waiter.join(10)
