@@ -7,7 +7,7 @@ backoff (it raised, or, for a batch handler, reported the message failed). A thr
 holds at most its prefetch of messages; the ones not yet handled stay leased to it.
 
 The ``LeaseKeeper`` thread, one per worker process, watches every slot: it extends the
-leases of the messages a slot holds every half lease (as NATS's "in progress" and
+leases of the messages a slot holds every third of a lease (as NATS's "in progress" and
 Google Pub/Sub's client lease management do, so a slow handler never causes a second
 delivery) and abandons a call
 that passed its ``timeout`` (its messages nacked, counted and logged; a Python thread
@@ -414,7 +414,7 @@ class LeaseKeeper:
     def __init__(self, runners: list[tuple[ThreadRunner, float]]) -> None:
         self._runners = runners
         self._stop = threading.Event()
-        ticks = [lease / 4 for _, lease in runners if lease > 0]
+        ticks = [lease / 6 for _, lease in runners if lease > 0]
         ticks += [runner.handler.timeout / 4 for runner, _ in runners
                   if runner.handler.timeout is not None]
         self._tick = max(0.005, min([1.0, *ticks]))
@@ -432,7 +432,11 @@ class LeaseKeeper:
         self._thread.join()
 
     def _run(self) -> None:
-        last: dict[int, float] = {id(runner): time.monotonic() for runner, _ in self._runners}
+        # Every third of a lease, checked every sixth: a lease is extended at most two
+        # thirds after it began (or was last extended), the first time at the first
+        # tick (messages may have been pushed before this thread started), so a
+        # scheduling delay of a third of a lease costs no second delivery.
+        last: dict[int, float] = {id(runner): 0.0 for runner, _ in self._runners}
         while not self._stop.wait(self._tick):
             now = time.monotonic()
             for runner, lease in self._runners:
@@ -446,7 +450,7 @@ class LeaseKeeper:
                             # the thread stays in the call: what its connection was
                             # pushed must not wait for it (the BYE releases it)
                             slot.source.close()
-                if lease > 0 and now - last[id(runner)] >= lease / 2:
+                if lease > 0 and now - last[id(runner)] >= lease / 3:
                     last[id(runner)] = now
                     for slot in runner.slots:
                         self._extend(slot, lease)
