@@ -62,6 +62,7 @@ __all__ = [
     "KIND_NUMERIC",
     "KIND_PREFIX",
     "KIND_SUFFIX",
+    "MAX_BODY_DEPTH",
     "MAX_COMBINATIONS",
     "MAX_KEYS",
     "MAX_NUMBER",
@@ -83,6 +84,7 @@ __all__ = [
     "Prefix",
     "Suffix",
     "flatten_body",
+    "nested_deeper_than",
     "parse_policy",
     "reference_match",
 ]
@@ -95,6 +97,9 @@ MAX_POLICY_BYTES: Final = 256 * 1024
 """Largest policy, in bytes of UTF-8 JSON text (SNS limit: 256 KB)."""
 MAX_NUMBER: Final = 1e9
 """Largest magnitude of a number in a policy (SNS: -10^9 to 10^9)."""
+MAX_BODY_DEPTH: Final = 128
+"""Deepest nesting of arrays and objects in a body that body-scope policies read; a
+deeper body matches none, as a body that is not JSON (``ext/filters.pxd`` mirrors it)."""
 SCOPES: Final = ("attributes", "body")
 """The filter policy scopes: SNS ``MessageAttributes`` and ``MessageBody``."""
 
@@ -596,6 +601,33 @@ def _leaves(value: object) -> Iterator[object]:
         yield value
 
 
+def nested_deeper_than(text: bytes, limit: int) -> bool:
+    """Whether JSON ``text`` nests arrays and objects more than ``limit`` levels deep.
+
+    Brackets inside strings do not count; for text that is not JSON the answer is
+    either (the decoder refuses it anyway). The native matcher counts the same way.
+    """
+    depth = 0
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:          # backslash
+                escaped = True
+            elif byte == 0x22:          # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):      # { [
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x7D, 0x5D):      # } ]
+            depth -= 1
+    return False
+
+
 def flatten_body(body: object) -> dict[str, list[object]] | None:
     """Flatten a decoded JSON body into ``dotted path -> leaf values``.
 
@@ -767,9 +799,11 @@ def reference_match(
     compiled = parse_policy(policy, scope)
     if scope == "attributes":
         return _object_matches(compiled.policy, "", _attribute_fields(attributes or {}))
+    if body is None or nested_deeper_than(body, MAX_BODY_DEPTH):
+        return False
     try:
-        decoded = msgspec.json.decode(body or b"")
-    except msgspec.DecodeError:
+        decoded = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
         return False
     fields = flatten_body(decoded)
     if fields is None:

@@ -512,3 +512,19 @@ def _report_the_message_memory(track: Tracker, endpoint: str, blobs: Any) -> Non
     assert 1000 * blobs.blob_bytes(64) <= held < 1000 * blobs.blob_bytes(128)
     client.ack_batch([m.receipt for m in client.receive("q", max_messages=1000)])
     assert client.server_stats()["blob_slab_live_bytes"] == before["blob_slab_live_bytes"]
+
+
+def test_a_body_too_deep_for_body_policies_is_filtered_out_over_the_wire(
+        track: Tracker) -> None:
+    # the server answered such a publish with an `internal` error (RecursionError)
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("deep")
+    client.create_queue("picky")
+    client.subscribe("deep", "picky", filter_policy={"a": [{"exists": True}]},
+                     filter_scope="body")
+    body = b'{"a": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}"
+    assert client.publish("deep", body).deliveries == 0
+    assert client.publish("deep", b'{"a": 1}').deliveries == 1
+    assert client.stats().topics["deep"].filtered_out == 1
