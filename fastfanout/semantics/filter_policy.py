@@ -64,6 +64,7 @@ __all__ = [
     "KIND_SUFFIX",
     "MAX_BODY_DEPTH",
     "MAX_COMBINATIONS",
+    "MAX_DEPTH",
     "MAX_KEYS",
     "MAX_NUMBER",
     "MAX_POLICY_BYTES",
@@ -100,12 +101,18 @@ MAX_NUMBER: Final = 1e9
 MAX_BODY_DEPTH: Final = 128
 """Deepest nesting of arrays and objects in a body that body-scope policies read; a
 deeper body matches none, as a body that is not JSON (``ext/filters.pxd`` mirrors it)."""
+MAX_DEPTH: Final = 64
+"""Deepest nesting of a policy's objects and arrays."""
 SCOPES: Final = ("attributes", "body")
 """The filter policy scopes: SNS ``MessageAttributes`` and ``MessageBody``."""
 
 _OPERATORS: Final = frozenset(
     {"prefix", "suffix", "anything-but", "equals-ignore-case", "numeric", "exists", "cidr"}
 )
+# Also for a policy too deep to decode or encode at all (json recurses per level and
+# raises RecursionError, which would otherwise reach the caller, or a server's client as
+# an internal error).
+_TOO_DEEP: Final = f"policy nests deeper than {MAX_DEPTH} levels"
 _LOWER_BOUNDS: Final = frozenset({">", ">="})
 _UPPER_BOUNDS: Final = frozenset({"<", "<="})
 
@@ -495,8 +502,8 @@ def _cross(left: _Branches, right: _Branches, where: str) -> _Branches:
 
 def _expand(node: dict[str, Any], prefix: str, scope: str, depth: int) -> _Branches:
     """Expand one policy object into its OR of ANDs of clauses."""
-    if depth > 64:
-        raise _fail(prefix, "policy nests deeper than 64 levels")
+    if depth > MAX_DEPTH:
+        raise _fail(prefix, _TOO_DEEP)
     branches: _Branches = [[]]
     for key, value in node.items():
         if not isinstance(key, str):
@@ -557,12 +564,16 @@ def parse_policy(
             decoded = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _fail("", f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise _fail("", _TOO_DEEP) from None
     else:
         decoded = policy
         try:
             size = len(json.dumps(decoded, ensure_ascii=False).encode())
         except (TypeError, ValueError) as exc:
             raise _fail("", f"not JSON-compatible: {exc}") from None
+        except RecursionError:
+            raise _fail("", _TOO_DEEP) from None
         if size > MAX_POLICY_BYTES:
             raise _fail("", f"policy is {size} bytes, over the {MAX_POLICY_BYTES}-byte limit")
     if not isinstance(decoded, Mapping):

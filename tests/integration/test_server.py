@@ -183,6 +183,9 @@ def test_garbage_never_takes_the_broker_down(track: Tracker) -> None:
             ([header(protocol.Opcode.PUBLISH, 5)], "malformed_frame"),
             ([header(protocol.Opcode.ACK, 6), b"abc"], "malformed_frame"),
             ([header(protocol.Opcode.CREATE_TOPIC, 7), b"\xc1"], "malformed_frame"),
+            # msgpack nested beyond the decoder's recursion (was an `internal` error)
+            ([header(protocol.Opcode.SUBSCRIBE, 12), b"\x91" * 100_000 + b"\xc0"],
+             "malformed_frame"),
             ([header(protocol.Opcode.CREATE_TOPIC, 8), msgspec.msgpack.encode([[1, 2], {}])],
              "invalid_argument"),
             ([header(protocol.Opcode.PUBLISH, 9), b"t", bytes(2 << 20)], "request_too_large"),
@@ -202,7 +205,7 @@ def test_garbage_never_takes_the_broker_down(track: Tracker) -> None:
         dealer.close()
         context.term()
     stats = client.server_stats()
-    assert stats["error.malformed_frame"] == 7 and stats["error.unknown_opcode"] == 1
+    assert stats["error.malformed_frame"] == 8 and stats["error.unknown_opcode"] == 1
     assert stats["error.request_too_large"] == 2 and "error.stale_receipt" not in stats
     assert client.stats().queues["q"].enqueued == len(cases)
     client.close()
@@ -528,3 +531,31 @@ def test_a_body_too_deep_for_body_policies_is_filtered_out_over_the_wire(
     assert client.publish("deep", body).deliveries == 0
     assert client.publish("deep", b'{"a": 1}').deliveries == 1
     assert client.stats().topics["deep"].filtered_out == 1
+
+
+def _nested_policy(depth: int) -> dict[str, Any]:
+    policy: dict[str, Any] = {"a": ["x"]}
+    for _ in range(depth):
+        policy = {"a": policy}
+    return policy
+
+
+@pytest.mark.parametrize("policy", [
+    _nested_policy(5000),                                  # too deep for the client's encoder
+    '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",        # too deep for the broker's json
+], ids=["dict", "text"])
+def test_a_policy_too_deep_to_encode_is_an_invalid_filter_policy(track: Tracker,
+                                                                 policy: Any) -> None:
+    # a RecursionError escaped from the client, or came back as an `internal` error
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    with pytest.raises(fastfanout.InvalidFilterPolicy, match="nests deeper than 64 levels"):
+        client.subscribe("t", "q", filter_policy=policy, filter_scope="body")
+    assert client.list_subscriptions() == {}
+    subscription_id = client.subscribe("t", "q")
+    with pytest.raises(fastfanout.InvalidFilterPolicy, match="nests deeper than 64 levels"):
+        client.set_filter_policy(subscription_id, policy, filter_scope="body")
+    assert client.subscription(subscription_id).filter_policy is None
