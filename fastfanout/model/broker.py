@@ -600,8 +600,9 @@ class ModelBroker:
             for index in taken:
                 entry = entries[index]
                 key = batch.keys[index]
-                if key is not None and (entry.dedup_id is not None
-                                        or queue.settings.content_dedup):
+                if key is not None and (
+                        entry.dedup_id is not None or queue.settings.content_dedup
+                        or (topic is not None and topic.content_dedup)):
                     queue.window.remember(key, ids[index], now_us)
                 copy = Copy(id=ids[index], body=entry.body, attributes=entry.attributes,
                             timestamp_us=now_us, size=entry.size, dead_letter=None,
