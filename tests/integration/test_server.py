@@ -559,3 +559,25 @@ def test_a_policy_too_deep_to_encode_is_an_invalid_filter_policy(track: Tracker,
     with pytest.raises(fastfanout.InvalidFilterPolicy, match="nests deeper than 64 levels"):
         client.set_filter_policy(subscription_id, policy, filter_scope="body")
     assert client.subscription(subscription_id).filter_policy is None
+
+
+def test_set_filter_policy_keeps_the_scope_over_the_wire(track: Tracker) -> None:
+    # both clients sent no scope and the broker took "attributes": a body-scope
+    # subscription silently became attribute-scope
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    sid = client.subscribe("t", "q", filter_policy={"a": ["x"]}, filter_scope="body")
+    client.set_filter_policy(sid, {"a": ["y"]})
+    assert client.subscription(sid).filter_scope == "body"
+    assert client.publish("t", b'{"a": "y"}').deliveries == 1
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as aio_client:
+            await aio_client.set_filter_policy(sid, {"a": ["z"]})
+            assert (await aio_client.subscription(sid)).filter_scope == "body"
+            assert (await aio_client.publish("t", b'{"a": "z"}')).deliveries == 1
+
+    asyncio.run(main())

@@ -455,3 +455,18 @@ def test_a_content_dedup_fifo_topic_feeds_a_fifo_queue_without_content_dedup(
     with pytest.raises(InvalidArgument, match="dedup_id"):
         model.send("billing", b"order 3", group_id="g")
     assert bodies(model.receive("billing")) == [b"order 1"]
+
+
+def test_set_filter_policy_keeps_the_scope_unless_one_is_given(model: ModelBroker) -> None:
+    model.create_topic("t")
+    model.create_queue("q")
+    sid = model.subscribe("t", "q", filter_policy={"a": ["x"]}, filter_scope="body")
+    model.set_filter_policy(sid, {"a": ["y"]})
+    assert model.publish("t", b'{"a": "y"}').deliveries == 1
+    model.set_filter_policy(sid, {"a": {"b": ["z"]}})          # nested: body scope only
+    assert model.publish("t", b'{"a": {"b": "z"}}').deliveries == 1
+    model.set_filter_policy(sid, {"a": ["y"]}, filter_scope="attributes")
+    assert model.publish("t", b"", attributes={"a": "y"}).deliveries == 1
+    with pytest.raises(InvalidFilterPolicy, match="nested policy objects need scope"):
+        model.set_filter_policy(sid, {"a": {"b": ["z"]}})     # kept scope: attributes
+    assert model.publish("t", b"", attributes={"a": "y"}).deliveries == 1
