@@ -581,3 +581,18 @@ def test_set_filter_policy_keeps_the_scope_over_the_wire(track: Tracker) -> None
             assert (await aio_client.publish("t", b'{"a": "z"}')).deliveries == 1
 
     asyncio.run(main())
+
+
+def test_a_content_dedup_fifo_topic_feeds_a_plain_fifo_queue_over_the_wire(
+        track: Tracker) -> None:
+    # the FIFO queue refused every publish of the content_dedup topic without a dedup_id
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("orders", fifo=True, content_dedup=True)
+    client.create_queue("billing", fifo=True)
+    client.subscribe("orders", "billing")
+    first = client.publish("orders", b"order 1", group_id="g")
+    assert (first.deliveries, first.duplicate) == (1, False)
+    assert client.publish("orders", b"order 1", group_id="g").duplicate
+    assert [m.body for m in client.receive("billing")] == [b"order 1"]
