@@ -52,6 +52,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.string cimport memcmp, memcpy, memset
 from libc.math cimport INFINITY
 
+from collections.abc import Mapping
+
 import msgspec
 
 from fastfanout.errors import InvalidArgument
@@ -674,6 +676,10 @@ cdef class FilterSet:
 
         Returns:
             The matching subscription ids, ascending.
+
+        Raises:
+            InvalidArgument: ``attributes`` is not a mapping or None, or ``body`` is not
+                bytes-like or None (an int was taken as that many zero bytes).
         """
         cdef Py_ssize_t count
         cdef const unsigned char[:] view
@@ -682,15 +688,19 @@ cdef class FilterSet:
         if attributes is None:
             attributes = {}
         elif type(attributes) is not dict:
+            if not isinstance(attributes, Mapping):
+                raise InvalidArgument(f"attributes must be a mapping (a dict) or None, got "
+                                      f"{type(attributes).__name__}")
             attributes = dict(attributes)
         if body is not None:
-            if isinstance(body, bytes):
-                body_pointer = <bytes>body
-                body_len = len(<bytes>body)
-            else:
-                body = bytes(body)
-                body_pointer = <bytes>body
-                body_len = len(<bytes>body)
+            if not isinstance(body, bytes):
+                try:
+                    body = memoryview(body).tobytes()
+                except TypeError:
+                    raise InvalidArgument(f"body must be bytes-like or None, got "
+                                          f"{type(body).__name__}") from None
+            body_pointer = <bytes>body
+            body_len = len(<bytes>body)
         if self.dirty:
             self._rebuild()
         count = self.match_into(attributes, body_pointer, body_len,

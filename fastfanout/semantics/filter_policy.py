@@ -805,9 +805,19 @@ def reference_match(
 
     Raises:
         InvalidFilterPolicy: the policy is invalid.
-        InvalidArgument: the scope is unknown.
+        InvalidArgument: the scope is unknown, ``attributes`` is not a mapping or None,
+            or ``body`` is not bytes-like or None (as ``FilterSet.match``).
     """
     compiled = parse_policy(policy, scope)
+    if attributes is not None and not isinstance(attributes, Mapping):
+        raise InvalidArgument(f"attributes must be a mapping (a dict) or None, got "
+                              f"{type(attributes).__name__}")
+    if body is not None and not isinstance(body, bytes):
+        try:
+            body = memoryview(body).tobytes()
+        except TypeError:
+            raise InvalidArgument(f"body must be bytes-like or None, got "
+                                  f"{type(body).__name__}") from None
     if scope == "attributes":
         return _object_matches(compiled.policy, "", _attribute_fields(attributes or {}))
     if body is None or nested_deeper_than(body, MAX_BODY_DEPTH):

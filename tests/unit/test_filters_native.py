@@ -205,6 +205,23 @@ def test_match_accepts_mappings_and_buffers() -> None:
     assert filter_set.match(MappingProxyType({"e": "a"})) == [2]
 
 
+@pytest.mark.parametrize(("attributes", "body", "fault"), [
+    (None, 5, "body must be bytes-like or None, got int"),        # was 5 zero bytes
+    (None, '{"a": "x"}', "body must be bytes-like or None, got str"),
+    ([("e", "a")], None, "attributes must be a mapping"),          # was taken as a dict
+    (5, None, "attributes must be a mapping"),                     # was a TypeError
+])
+def test_match_refuses_what_is_no_message(attributes: Any, body: Any, fault: str) -> None:
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy({"a": [{"exists": False}]}, "body").plain)
+    filter_set.set(2, parse_policy({"e": [{"exists": False}]}).plain)
+    with pytest.raises(InvalidArgument, match=fault):
+        filter_set.match(attributes, body)
+    assert filter_set.match(None, b"{}") == [1, 2]
+    with pytest.raises(InvalidArgument, match=fault):
+        reference_match({"a": [{"exists": False}]}, B, attributes, body)
+
+
 def test_ignores_unused_attributes_and_unknown_types() -> None:
     filter_set = FilterSet()
     filter_set.set(1, parse_policy({"e": [{"exists": True}]}).plain)
