@@ -53,7 +53,7 @@ from msgspec.msgpack import encode as _encode_attributes
 
 from fastfanout.errors import InvalidArgument, MalformedBatch, MessageTooLarge
 from fastfanout.records import PublishEntry, PublishResult
-from fastfanout.settings import attribute_problem, id_problem
+from fastfanout.settings import attribute_problem, attribute_type_problem, id_problem
 
 cdef extern from "Python.h":
     PyObject* PyType_GenericAlloc(PyTypeObject* kind, Py_ssize_t items)
@@ -105,9 +105,7 @@ cdef bytes _encode(object attributes, Py_ssize_t index):
             continue
         if kind is list and all(type(item) is str for item in value):
             continue
-        raise InvalidArgument(
-            f"entry {index}: attribute {name!r} has type {kind.__name__}; expected str, int, "
-            f"float, bytes or list[str]")
+        raise InvalidArgument(f"entry {index}: {attribute_type_problem(name, value)}")
     try:
         return _encode_attributes(attributes)
     except (OverflowError, UnicodeEncodeError):

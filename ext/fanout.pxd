@@ -56,4 +56,5 @@ cdef class Dispatcher:
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
                           bint with_keys) except -1
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
-                           int64_t now_us, bint with_keys, bint direct) except -1
+                           int64_t now_us, bint with_keys, bint direct,
+                           bint topic_content) except -1

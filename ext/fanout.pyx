@@ -537,7 +537,8 @@ cdef class Dispatcher:
                     self._apply_filters(<uint32_t>topic, count)
             # Pass 2: per target, which copies it takes, and whether they all fit.
             for t in range(target_count):
-                self._check_target(targets[t], t, count, now_us, with_keys, topic < 0)
+                self._check_target(targets[t], t, count, now_us, with_keys, topic < 0,
+                                   topic >= 0 and self.topics[topic].content_dedup)
         except BaseException:
             for i in range(count):
                 blob_release(self.scratch[i])
@@ -591,7 +592,8 @@ cdef class Dispatcher:
                         continue
                     blob = self.scratch[i]
                     if self.keys[i].low | self.keys[i].high and (
-                            blob.dedup_len or store.queue(targets[t]).content_dedup):
+                            blob.dedup_len or store.queue(targets[t]).content_dedup
+                            or topic >= 0 and self.topics[topic].content_dedup):
                         window.remember(self.keys[i], blob.id, now_us)
                         store.enqueue_keyed = True   # journaled: recovery re-remembers it
                     store.enqueue(
@@ -705,18 +707,22 @@ cdef class Dispatcher:
         return 0
 
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
-                           int64_t now_us, bint with_keys, bint direct) except -1:
+                           int64_t now_us, bint with_keys, bint direct,
+                           bint topic_content) except -1:
         """Which copies queue ``queue`` takes (skip row), FIFO rules, size and room.
 
         ``direct``: the batch is a send to this queue alone, so a duplicate copy makes the
-        entry a duplicate of the send (its original id recorded now).
+        entry a duplicate of the send (its original id recorded now). ``topic_content``:
+        the batch is published to a topic with ``content_dedup``, whose copies carry the
+        body hash as their dedup key, as SNS FIFO passes its content-based deduplication
+        id to each SQS FIFO queue: the queue applies it as it applies a dedup id.
         """
         cdef Store store = self.store
         cdef unsigned char* skip = self.skip + <Py_ssize_t>position * count
         cdef DedupWindow window = <DedupWindow>store.dedup_windows[queue]
         cdef DedupWindow in_batch = None
         cdef bint fifo = store.queue(queue).fifo
-        cdef bint content = store.queue(queue).content_dedup
+        cdef bint content = store.queue(queue).content_dedup or topic_content
         cdef uint64_t found
         cdef uint64_t messages = 0
         cdef uint64_t size_total = 0

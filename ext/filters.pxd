@@ -17,6 +17,14 @@ cdef enum condition_kind:
     KIND_CIDR = 8
 
 
+# Deepest nesting of arrays and objects a body may have for body-scope matching; a
+# deeper body is treated as not JSON (fastfanout.semantics.filter_policy.MAX_BODY_DEPTH
+# mirrors it; a unit test checks they agree). The decoder recurses per level and would
+# otherwise fail with RecursionError at a depth that depends on the caller's stack.
+cdef enum:
+    BODY_DEPTH_LIMIT = 128
+
+
 cdef enum text_kind:
     TEXT_PREFIX = 0
     TEXT_SUFFIX = 1

@@ -34,7 +34,9 @@ match) after `set`/`remove`, so a filter change takes effect for the next messag
 
 Body scope decodes the body once with msgspec and flattens it into dotted paths, pruned
 to the paths some policy mentions. A body that is not a JSON object fails every
-body-scope branch.
+body-scope branch, and so does one nested deeper than ``BODY_DEPTH_LIMIT`` (found by a
+bracket count before decoding: msgspec recurses per level, and its RecursionError would
+otherwise reach the publisher, at a depth that depends on the caller's stack).
 """
 
 cimport cython
@@ -49,6 +51,8 @@ from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.string cimport memcmp, memcpy, memset
 from libc.math cimport INFINITY
+
+from collections.abc import Mapping
 
 import msgspec
 
@@ -66,6 +70,10 @@ CONDITION_KINDS = {
     "cidr": KIND_CIDR,
 }
 """The condition kinds this matcher reads, by name (``fastfanout.semantics.filter_policy`` emits)."""
+
+MAX_BODY_DEPTH = BODY_DEPTH_LIMIT
+"""Deepest nesting of arrays and objects in a body that body-scope policies read; a
+deeper body matches no body-scope policy, as a body that is not JSON."""
 
 
 cdef extern from "Python.h":
@@ -270,6 +278,35 @@ cdef class _FieldBuilder:
         field.absent = _int32_array(self.absent)
         field.absent_count = len(self.absent)
         return field
+
+
+cdef bint _nested_deeper_than(const char* data, Py_ssize_t length, int limit) noexcept nogil:
+    """Whether JSON text nests arrays and objects more than ``limit`` levels deep.
+
+    One pass over the bytes, brackets inside strings skipped; text that is not JSON may
+    give either answer (the decoder refuses it anyway).
+    """
+    cdef Py_ssize_t i = 0
+    cdef int depth = 0
+    cdef bint in_string = False
+    cdef char c
+    while i < length:
+        c = data[i]
+        if in_string:
+            if c == b'\\':
+                i += 1
+            elif c == b'"':
+                in_string = False
+        elif c == b'"':
+            in_string = True
+        elif c == b'{' or c == b'[':
+            depth += 1
+            if depth > limit:
+                return True
+        elif c == b'}' or c == b']':
+            depth -= 1
+        i += 1
+    return False
 
 
 cdef inline bint memchr_zero(const char* data, Py_ssize_t length) noexcept:
@@ -639,6 +676,10 @@ cdef class FilterSet:
 
         Returns:
             The matching subscription ids, ascending.
+
+        Raises:
+            InvalidArgument: ``attributes`` is not a mapping or None, or ``body`` is not
+                bytes-like or None (an int was taken as that many zero bytes).
         """
         cdef Py_ssize_t count
         cdef const unsigned char[:] view
@@ -647,15 +688,19 @@ cdef class FilterSet:
         if attributes is None:
             attributes = {}
         elif type(attributes) is not dict:
+            if not isinstance(attributes, Mapping):
+                raise InvalidArgument(f"attributes must be a mapping (a dict) or None, got "
+                                      f"{type(attributes).__name__}")
             attributes = dict(attributes)
         if body is not None:
-            if isinstance(body, bytes):
-                body_pointer = <bytes>body
-                body_len = len(<bytes>body)
-            else:
-                body = bytes(body)
-                body_pointer = <bytes>body
-                body_len = len(<bytes>body)
+            if not isinstance(body, bytes):
+                try:
+                    body = memoryview(body).tobytes()
+                except TypeError:
+                    raise InvalidArgument(f"body must be bytes-like or None, got "
+                                          f"{type(body).__name__}") from None
+            body_pointer = <bytes>body
+            body_len = len(<bytes>body)
         if self.dirty:
             self._rebuild()
         count = self.match_into(attributes, body_pointer, body_len,
@@ -776,11 +821,12 @@ cdef class FilterSet:
         cdef _Field field
         cdef list values
         cdef Py_ssize_t i
-        if body == NULL:
+        if body == NULL or _nested_deeper_than(body, body_len, BODY_DEPTH_LIMIT):
             return False
         try:
             decoded = _json_decode(body[:body_len])
-        except _DecodeError:
+        except (_DecodeError, RecursionError):
+            # RecursionError: within the depth limit, but called on a stack already deep
             return False
         if type(decoded) is not dict:
             return False

@@ -105,8 +105,8 @@ class BrokerAPI(Protocol):
 
     def set_filter_policy(self, subscription_id: int,
                           filter_policy: Mapping[str, Any] | str | None, *,
-                          filter_scope: str = "attributes") -> None:
-        """Replace a subscription's filter policy."""
+                          filter_scope: str | None = None) -> None:
+        """Replace a subscription's filter policy (``filter_scope`` None: keep its scope)."""
 
     def subscription(self, subscription_id: int) -> Subscription:
         """One subscription's topic, queue and filter policy."""
@@ -370,8 +370,8 @@ class AsyncBrokerAPI(Protocol):
 
     async def set_filter_policy(self, subscription_id: int,
                                 filter_policy: Mapping[str, Any] | str | None, *,
-                                filter_scope: str = "attributes") -> None:
-        """Replace a subscription's filter policy."""
+                                filter_scope: str | None = None) -> None:
+        """Replace a subscription's filter policy (``filter_scope`` None: keep its scope)."""
 
     async def subscription(self, subscription_id: int) -> Subscription:
         """One subscription's topic, queue and filter policy."""

@@ -778,18 +778,19 @@ def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str |
 @endpoint_option
 @click.argument("subscription_id", type=click.IntRange(min=0))
 @click.argument("policy")
-@click.option("--filter-scope", type=click.Choice(["attributes", "body"]),
-              default="attributes", show_default=True)
+@click.option("--filter-scope", type=click.Choice(["attributes", "body"]), default=None,
+              help="the scope of POLICY  [default: the subscription's scope, kept]")
 def set_filter_policy(endpoint: str | None, subscription_id: int, policy: str,
-                      filter_scope: str) -> None:
+                      filter_scope: str | None) -> None:
     """Replace the filter policy of subscription SUBSCRIPTION_ID (POLICY: JSON, or '' for none).
 
     fastfanout list-subscriptions prints the ids.
     """
     with _connected(endpoint) as client:
         client.set_filter_policy(subscription_id, policy or None, filter_scope=filter_scope)
+        scope = client.subscription(subscription_id).filter_scope
     click.echo(f"subscription {subscription_id}: " + (
-        f"filter policy set ({filter_scope})" if policy else "no filter policy"))
+        f"filter policy set ({scope})" if policy else "no filter policy"))
 
 
 @cli.command()

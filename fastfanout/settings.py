@@ -242,8 +242,7 @@ def attribute_problem(attributes: dict[object, object]) -> str:
         kind = type(value)
         if not (kind in (str, int, float, bytes) or (
                 isinstance(value, list) and all(type(item) is str for item in value))):
-            return (f"attribute {name!r} has type {kind.__name__}; expected str, int, "
-                    f"float, bytes or list[str]")
+            return attribute_type_problem(name, value)
         if not _encodable(name):
             return f"attribute name {name!r} is not valid Unicode text (a lone surrogate?)"
         if type(value) is int and not -(1 << 63) <= value < (1 << 64):
@@ -252,6 +251,21 @@ def attribute_problem(attributes: dict[object, object]) -> str:
         if not all(_encodable(item) for item in items):
             return f"attribute {name!r} is not valid Unicode text (a lone surrogate?)"
     return "attributes cannot be encoded"
+
+
+def attribute_type_problem(name: object, value: object) -> str:
+    """The message for an attribute value of a type no attribute has.
+
+    A list names its first item that is not a ``str`` (a String.Array holds strings
+    only), so the message does not blame the list itself.
+    """
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if type(item) is not str:
+                return (f"attribute {name!r} is a list whose item {index} has type "
+                        f"{type(item).__name__}: a list (String.Array) holds only str")
+    return (f"attribute {name!r} has type {type(value).__name__}; expected str, int, "
+            f"float, bytes or list[str]")
 
 
 def id_problem(what: str, value: str) -> str:

@@ -4,6 +4,7 @@ from typing import Final
 from fastfanout.semantics.filter_policy import PlainPolicy
 
 CONDITION_KINDS: Final[dict[str, int]]
+MAX_BODY_DEPTH: Final[int]
 
 class FilterSet:
     def __init__(self) -> None: ...

@@ -518,21 +518,33 @@ class Administration:
         subscription_id: int,
         filter_policy: Mapping[str, Any] | str | None,
         *,
-        filter_scope: str = "attributes",
+        filter_scope: str | None = None,
     ) -> None:
         """Replace a subscription's filter policy; it applies from the next publish on.
 
         Args:
             subscription_id: the subscription.
             filter_policy: the new policy, or None to deliver everything.
-            filter_scope: ``"attributes"`` or ``"body"``.
+            filter_scope: ``"attributes"`` or ``"body"``; None (the default) keeps the
+                subscription's scope, as SNS keeps ``FilterPolicyScope`` when only
+                ``FilterPolicy`` is set.
+
+        Raises:
+            NotFound: no subscription has this id.
+            InvalidFilterPolicy: the policy is malformed or over a limit (for the scope it
+                would have); nothing changed.
+            InvalidArgument: ``filter_scope`` is not None, "attributes" or "body".
         """
         self.ensure_open()
         _check_filter_policy(filter_policy)
-        compiled, normalized = compile_policy(filter_policy, filter_scope)
+        if filter_scope is not None:
+            compiled, normalized = compile_policy(filter_policy, filter_scope)
         with self.lock:
             self.now_us()
             sub = self._subscription(subscription_id)
+            if filter_scope is None:
+                filter_scope = sub.filter_scope
+                compiled, normalized = compile_policy(filter_policy, filter_scope)
             self._subscriptions[subscription_id] = Subscription(
                 sub.topic, sub.queue, normalized, filter_scope, compiled)
             self._refresh_for(sub.topic)

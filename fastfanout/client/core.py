@@ -53,11 +53,13 @@ from fastfanout.errors import (
     Closed,
     FastFanoutError,
     InvalidArgument,
+    InvalidFilterPolicy,
     MalformedFrame,
     RequestTooLarge,
     ServerStopping,
     SessionExpired,
 )
+from fastfanout.semantics.filter_policy import MAX_DEPTH
 from fastfanout.settings import QueueSettings, Subscription, check_iterable
 from fastfanout.stats import BrokerStats
 from fastfanout.wire import protocol
@@ -111,6 +113,15 @@ def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> byt
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise InvalidArgument(f"{Opcode(opcode).name.lower()}: an argument cannot be sent "
                               f"to the broker: {exc}") from None
+    except RecursionError:
+        # nested deeper than msgspec recurses; only a filter policy (or a worker report)
+        # nests, and the embedded broker refuses such a policy as too deep
+        if opcode in (Opcode.SUBSCRIBE, Opcode.SET_FILTER_POLICY):
+            raise InvalidFilterPolicy(
+                f"filter policy at <policy>: policy nests deeper than {MAX_DEPTH} levels"
+            ) from None
+        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: an argument nests too deeply "
+                              f"to be sent to the broker") from None
 
 
 _DIRECT_SETTLES: Final = frozenset({Opcode.ACK, Opcode.NACK, Opcode.EXTEND, Opcode.TERM})

@@ -521,11 +521,18 @@ class ModelBroker:
 
     def set_filter_policy(self, subscription_id: int,
                           filter_policy: Mapping[str, Any] | str | None, *,
-                          filter_scope: str = "attributes") -> None:
-        """Replace a subscription's filter policy; it applies from the next publish on."""
+                          filter_scope: str | None = None) -> None:
+        """Replace a subscription's filter policy; it applies from the next publish on.
+
+        ``filter_scope`` None keeps the subscription's scope.
+        """
         self._begin()
-        policy, canonical = self._compile(filter_policy, filter_scope)
+        if filter_scope is not None:
+            policy, canonical = self._compile(filter_policy, filter_scope)
         sub = self._subscription(subscription_id)
+        if filter_scope is None:
+            filter_scope = sub.scope
+            policy, canonical = self._compile(filter_policy, filter_scope)
         self._subscriptions[subscription_id] = Subscription(
             sub.topic, sub.queue, policy, canonical, filter_scope)
 
@@ -600,8 +607,9 @@ class ModelBroker:
             for index in taken:
                 entry = entries[index]
                 key = batch.keys[index]
-                if key is not None and (entry.dedup_id is not None
-                                        or queue.settings.content_dedup):
+                if key is not None and (
+                        entry.dedup_id is not None or queue.settings.content_dedup
+                        or (topic is not None and topic.content_dedup)):
                     queue.window.remember(key, ids[index], now_us)
                 copy = Copy(id=ids[index], body=entry.body, attributes=entry.attributes,
                             timestamp_us=now_us, size=entry.size, dead_letter=None,

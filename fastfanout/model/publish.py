@@ -117,8 +117,9 @@ def check_batch(entries: list[Entry], targets: list[tuple[Queue, list[Subscripti
                         reference_match(sub.policy, sub.scope, entry.attributes, entry.body)
                         for sub in subs):
                     batch.skip[position][index] = "filtered"
+    topic_content = topic is not None and topic.content_dedup
     for position, (queue, _) in enumerate(targets):
-        _check_target(entries, queue, batch, position, now_us)
+        _check_target(entries, queue, batch, position, now_us, topic_content)
     if topic is None:
         # A duplicate for the only queue of a send is a duplicate of the send.
         queue = targets[0][0]
@@ -159,8 +160,13 @@ def _topic_checks(entries: list[Entry], topic: Topic, batch: Batch,
             first[key] = index
 
 def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
-                  position: int, now_us: int) -> None:
-    """Which copies one target takes: its FIFO rules, window, size and room."""
+                  position: int, now_us: int, topic_content: bool) -> None:
+    """Which copies one target takes: its FIFO rules, window, size and room.
+
+    ``topic_content``: published to a topic with ``content_dedup``; its copies carry the
+    body hash as their dedup key, which the queue applies as a dedup id.
+    """
+    content = queue.settings.content_dedup or topic_content
     skip = batch.skip[position]
     seen: set[DedupKey] = set()
     messages = size = 0
@@ -171,12 +177,12 @@ def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
             if entry.group_id is None:
                 raise InvalidArgument(
                     f"entry {index}: queue {queue.name!r} is FIFO: give a group_id")
-            if entry.dedup_id is None and not queue.settings.content_dedup:
+            if entry.dedup_id is None and not content:
                 raise InvalidArgument(
                     f"entry {index}: FIFO queue {queue.name!r} without content_dedup: "
                     f"give a dedup_id")
         key = batch.keys[index]
-        if key is not None and (entry.dedup_id is not None or queue.settings.content_dedup):
+        if key is not None and (entry.dedup_id is not None or content):
             if queue.window.lookup(key, now_us) is not None or key in seen:
                 skip[index] = "duplicate"
                 queue.duplicates += 1

@@ -62,7 +62,9 @@ __all__ = [
     "KIND_NUMERIC",
     "KIND_PREFIX",
     "KIND_SUFFIX",
+    "MAX_BODY_DEPTH",
     "MAX_COMBINATIONS",
+    "MAX_DEPTH",
     "MAX_KEYS",
     "MAX_NUMBER",
     "MAX_POLICY_BYTES",
@@ -83,6 +85,7 @@ __all__ = [
     "Prefix",
     "Suffix",
     "flatten_body",
+    "nested_deeper_than",
     "parse_policy",
     "reference_match",
 ]
@@ -95,12 +98,21 @@ MAX_POLICY_BYTES: Final = 256 * 1024
 """Largest policy, in bytes of UTF-8 JSON text (SNS limit: 256 KB)."""
 MAX_NUMBER: Final = 1e9
 """Largest magnitude of a number in a policy (SNS: -10^9 to 10^9)."""
+MAX_BODY_DEPTH: Final = 128
+"""Deepest nesting of arrays and objects in a body that body-scope policies read; a
+deeper body matches none, as a body that is not JSON (``ext/filters.pxd`` mirrors it)."""
+MAX_DEPTH: Final = 64
+"""Deepest nesting of a policy's objects and arrays."""
 SCOPES: Final = ("attributes", "body")
 """The filter policy scopes: SNS ``MessageAttributes`` and ``MessageBody``."""
 
 _OPERATORS: Final = frozenset(
     {"prefix", "suffix", "anything-but", "equals-ignore-case", "numeric", "exists", "cidr"}
 )
+# Also for a policy too deep to decode or encode at all (json recurses per level and
+# raises RecursionError, which would otherwise reach the caller, or a server's client as
+# an internal error).
+_TOO_DEEP: Final = f"policy nests deeper than {MAX_DEPTH} levels"
 _LOWER_BOUNDS: Final = frozenset({">", ">="})
 _UPPER_BOUNDS: Final = frozenset({"<", "<="})
 
@@ -490,8 +502,8 @@ def _cross(left: _Branches, right: _Branches, where: str) -> _Branches:
 
 def _expand(node: dict[str, Any], prefix: str, scope: str, depth: int) -> _Branches:
     """Expand one policy object into its OR of ANDs of clauses."""
-    if depth > 64:
-        raise _fail(prefix, "policy nests deeper than 64 levels")
+    if depth > MAX_DEPTH:
+        raise _fail(prefix, _TOO_DEEP)
     branches: _Branches = [[]]
     for key, value in node.items():
         if not isinstance(key, str):
@@ -552,12 +564,16 @@ def parse_policy(
             decoded = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _fail("", f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise _fail("", _TOO_DEEP) from None
     else:
         decoded = policy
         try:
             size = len(json.dumps(decoded, ensure_ascii=False).encode())
         except (TypeError, ValueError) as exc:
             raise _fail("", f"not JSON-compatible: {exc}") from None
+        except RecursionError:
+            raise _fail("", _TOO_DEEP) from None
         if size > MAX_POLICY_BYTES:
             raise _fail("", f"policy is {size} bytes, over the {MAX_POLICY_BYTES}-byte limit")
     if not isinstance(decoded, Mapping):
@@ -594,6 +610,33 @@ def _leaves(value: object) -> Iterator[object]:
             yield from _leaves(item)
     else:
         yield value
+
+
+def nested_deeper_than(text: bytes, limit: int) -> bool:
+    """Whether JSON ``text`` nests arrays and objects more than ``limit`` levels deep.
+
+    Brackets inside strings do not count; for text that is not JSON the answer is
+    either (the decoder refuses it anyway). The native matcher counts the same way.
+    """
+    depth = 0
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:          # backslash
+                escaped = True
+            elif byte == 0x22:          # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):      # { [
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x7D, 0x5D):      # } ]
+            depth -= 1
+    return False
 
 
 def flatten_body(body: object) -> dict[str, list[object]] | None:
@@ -762,14 +805,26 @@ def reference_match(
 
     Raises:
         InvalidFilterPolicy: the policy is invalid.
-        InvalidArgument: the scope is unknown.
+        InvalidArgument: the scope is unknown, ``attributes`` is not a mapping or None,
+            or ``body`` is not bytes-like or None (as ``FilterSet.match``).
     """
     compiled = parse_policy(policy, scope)
+    if attributes is not None and not isinstance(attributes, Mapping):
+        raise InvalidArgument(f"attributes must be a mapping (a dict) or None, got "
+                              f"{type(attributes).__name__}")
+    if body is not None and not isinstance(body, bytes):
+        try:
+            body = memoryview(body).tobytes()
+        except TypeError:
+            raise InvalidArgument(f"body must be bytes-like or None, got "
+                                  f"{type(body).__name__}") from None
     if scope == "attributes":
         return _object_matches(compiled.policy, "", _attribute_fields(attributes or {}))
+    if body is None or nested_deeper_than(body, MAX_BODY_DEPTH):
+        return False
     try:
-        decoded = msgspec.json.decode(body or b"")
-    except msgspec.DecodeError:
+        decoded = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
         return False
     fields = flatten_body(decoded)
     if fields is None:

@@ -231,12 +231,15 @@ def decode_payload(frame: bytes | memoryview) -> Any:
     """Decode a control payload.
 
     Raises:
-        MalformedFrame: the frame is not valid msgpack.
+        MalformedFrame: the frame is not valid msgpack, or nests too deeply to decode.
     """
     try:
         return _decoder.decode(frame)
     except msgspec.DecodeError as exc:
         raise MalformedFrame(f"payload is not valid msgpack: {exc}") from None
+    except RecursionError:
+        # msgspec recurses per level: no call's arguments nest this deep
+        raise MalformedFrame("payload nests its arrays or maps too deeply to decode") from None
 
 
 def encode_error(error: BaseException) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 import zmq
 from conftest import raw_dealer
 
-from fastfanout import Broker, InvalidArgument, aio
+from fastfanout import Broker, InvalidArgument, PublishEntry, aio
 from fastfanout.errors import error_for_code
 from fastfanout.server.loop import Server
 from fastfanout.wire import protocol
@@ -324,3 +324,30 @@ def test_a_ttl_of_no_microsecond_is_refused_alike(track: Any, ttl: float) -> Non
         with pytest.raises(InvalidArgument, match="ttl must be > 0 seconds"):
             api.send("q", b"x", ttl=ttl)
     assert shape(server.broker) == before
+
+
+@pytest.mark.parametrize("value, item", [(["x", 1], "item 1 has type int"),
+                                         ([None], "item 0 has type NoneType"),
+                                         (["x", ["y"]], "item 1 has type list")])
+def test_a_list_attribute_with_a_non_str_item_names_the_item(
+        track: Any, value: list[Any], item: str) -> None:
+    # the message said "attribute 'a' has type list; expected ... list[str]"
+    server: Server = track.server()
+    prepared(server.broker)
+    before = shape(server.broker)
+    what = f"attribute 'a' is a list whose {item}: a list \\(String.Array\\) holds only str"
+    client = track.client(server.endpoint)
+    for api in (server.broker, client):
+        with pytest.raises(InvalidArgument, match=what):
+            api.publish("t", b"m", attributes={"a": value})
+        with pytest.raises(InvalidArgument, match=what):
+            api.send_batch("q", [PublishEntry(b"m", attributes={"a": value})])
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as aio_client:
+            with pytest.raises(InvalidArgument, match=what):
+                await aio_client.send("q", b"m", attributes={"a": value})
+
+    asyncio.run(main())
+    assert shape(server.broker) == before
+

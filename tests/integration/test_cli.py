@@ -583,6 +583,7 @@ def test_set_filter_policy_replaces_and_removes_a_policy(track: Tracker) -> None
     client = track.client(endpoint)
     client.create_topic("t")
     client.create_queue("q")
+    client.create_queue("q2")
     sid = client.subscribe("t", "q")
     ep = ["--endpoint", endpoint]
     done = run(["set-filter-policy", str(sid), '{"kind": ["new"]}', *ep])
@@ -598,6 +599,15 @@ def test_set_filter_policy_replaces_and_removes_a_policy(track: Tracker) -> None
     assert done.returncode == 0, done.stderr
     assert client.subscription(sid).filter_policy is None
     assert client.publish("t", b"x", attributes={"kind": "old"}).deliveries == 1
+    # without --filter-scope the subscription's scope is kept (it was reset to attributes)
+    body_sid = client.subscribe("t", "q2", filter_policy={"kind": ["x"]}, filter_scope="body")
+    done = run(["set-filter-policy", str(body_sid), '{"kind": ["new"]}', *ep])
+    assert done.returncode == 0, done.stderr
+    assert "filter policy set (body)" in done.stdout
+    assert client.subscription(body_sid).filter_scope == "body"
+    done = run(["set-filter-policy", str(body_sid), '{"kind": ["new"]}', "--filter-scope",
+                "attributes", *ep])
+    assert "filter policy set (attributes)" in done.stdout
 
 
 def test_sub_and_listen_refuse_a_malformed_pattern(track: Tracker) -> None:

@@ -183,6 +183,9 @@ def test_garbage_never_takes_the_broker_down(track: Tracker) -> None:
             ([header(protocol.Opcode.PUBLISH, 5)], "malformed_frame"),
             ([header(protocol.Opcode.ACK, 6), b"abc"], "malformed_frame"),
             ([header(protocol.Opcode.CREATE_TOPIC, 7), b"\xc1"], "malformed_frame"),
+            # msgpack nested beyond the decoder's recursion (was an `internal` error)
+            ([header(protocol.Opcode.SUBSCRIBE, 12), b"\x91" * 100_000 + b"\xc0"],
+             "malformed_frame"),
             ([header(protocol.Opcode.CREATE_TOPIC, 8), msgspec.msgpack.encode([[1, 2], {}])],
              "invalid_argument"),
             ([header(protocol.Opcode.PUBLISH, 9), b"t", bytes(2 << 20)], "request_too_large"),
@@ -202,7 +205,7 @@ def test_garbage_never_takes_the_broker_down(track: Tracker) -> None:
         dealer.close()
         context.term()
     stats = client.server_stats()
-    assert stats["error.malformed_frame"] == 7 and stats["error.unknown_opcode"] == 1
+    assert stats["error.malformed_frame"] == 8 and stats["error.unknown_opcode"] == 1
     assert stats["error.request_too_large"] == 2 and "error.stale_receipt" not in stats
     assert client.stats().queues["q"].enqueued == len(cases)
     client.close()
@@ -512,3 +515,84 @@ def _report_the_message_memory(track: Tracker, endpoint: str, blobs: Any) -> Non
     assert 1000 * blobs.blob_bytes(64) <= held < 1000 * blobs.blob_bytes(128)
     client.ack_batch([m.receipt for m in client.receive("q", max_messages=1000)])
     assert client.server_stats()["blob_slab_live_bytes"] == before["blob_slab_live_bytes"]
+
+
+def test_a_body_too_deep_for_body_policies_is_filtered_out_over_the_wire(
+        track: Tracker) -> None:
+    # the server answered such a publish with an `internal` error (RecursionError)
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("deep")
+    client.create_queue("picky")
+    client.subscribe("deep", "picky", filter_policy={"a": [{"exists": True}]},
+                     filter_scope="body")
+    body = b'{"a": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}"
+    assert client.publish("deep", body).deliveries == 0
+    assert client.publish("deep", b'{"a": 1}').deliveries == 1
+    assert client.stats().topics["deep"].filtered_out == 1
+
+
+def _nested_policy(depth: int) -> dict[str, Any]:
+    policy: dict[str, Any] = {"a": ["x"]}
+    for _ in range(depth):
+        policy = {"a": policy}
+    return policy
+
+
+@pytest.mark.parametrize("policy", [
+    _nested_policy(5000),                                  # too deep for the client's encoder
+    '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",        # too deep for the broker's json
+], ids=["dict", "text"])
+def test_a_policy_too_deep_to_encode_is_an_invalid_filter_policy(track: Tracker,
+                                                                 policy: Any) -> None:
+    # a RecursionError escaped from the client, or came back as an `internal` error
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    with pytest.raises(fastfanout.InvalidFilterPolicy, match="nests deeper than 64 levels"):
+        client.subscribe("t", "q", filter_policy=policy, filter_scope="body")
+    assert client.list_subscriptions() == {}
+    subscription_id = client.subscribe("t", "q")
+    with pytest.raises(fastfanout.InvalidFilterPolicy, match="nests deeper than 64 levels"):
+        client.set_filter_policy(subscription_id, policy, filter_scope="body")
+    assert client.subscription(subscription_id).filter_policy is None
+
+
+def test_set_filter_policy_keeps_the_scope_over_the_wire(track: Tracker) -> None:
+    # both clients sent no scope and the broker took "attributes": a body-scope
+    # subscription silently became attribute-scope
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    sid = client.subscribe("t", "q", filter_policy={"a": ["x"]}, filter_scope="body")
+    client.set_filter_policy(sid, {"a": ["y"]})
+    assert client.subscription(sid).filter_scope == "body"
+    assert client.publish("t", b'{"a": "y"}').deliveries == 1
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as aio_client:
+            await aio_client.set_filter_policy(sid, {"a": ["z"]})
+            assert (await aio_client.subscription(sid)).filter_scope == "body"
+            assert (await aio_client.publish("t", b'{"a": "z"}')).deliveries == 1
+
+    asyncio.run(main())
+
+
+def test_a_content_dedup_fifo_topic_feeds_a_plain_fifo_queue_over_the_wire(
+        track: Tracker) -> None:
+    # the FIFO queue refused every publish of the content_dedup topic without a dedup_id
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("orders", fifo=True, content_dedup=True)
+    client.create_queue("billing", fifo=True)
+    client.subscribe("orders", "billing")
+    first = client.publish("orders", b"order 1", group_id="g")
+    assert (first.deliveries, first.duplicate) == (1, False)
+    assert client.publish("orders", b"order 1", group_id="g").duplicate
+    assert [m.body for m in client.receive("billing")] == [b"order 1"]

@@ -308,3 +308,24 @@ def test_ttl_expires_at_the_head(broker, clock):
     assert broker.stats().queues["plain"].dropped["expired"] == 1
     with pytest.raises(InvalidArgument):
         broker.send("plain", b"x", ttl=0)
+
+
+def test_a_content_dedup_fifo_topic_feeds_a_fifo_queue_without_content_dedup(broker):
+    # the FIFO queue refused every publish without a dedup_id ("needs a dedup_id"), though
+    # the topic deduplicates by content: SNS FIFO hands its content-based id to SQS FIFO
+    broker.create_topic("orders", fifo=True, content_dedup=True)
+    broker.create_topic("refunds", fifo=True, content_dedup=True)
+    broker.create_queue("billing", fifo=True)
+    broker.subscribe("orders", "billing")
+    broker.subscribe("refunds", "billing")
+    first = broker.publish("orders", b"order 1", group_id="g")
+    assert (first.deliveries, first.duplicate) == (1, False)
+    again = broker.publish("orders", b"order 1", group_id="g")          # topic window
+    assert (again.message_id, again.duplicate) == (first.message_id, True)
+    assert broker.publish("refunds", b"order 1", group_id="g").deliveries == 0  # queue's
+    assert broker.publish("refunds", b"order 2", group_id="g").deliveries == 1
+    stats = broker.stats().queues["billing"]
+    assert (stats.enqueued, stats.duplicates, stats.dedup_entries) == (2, 1, 2)
+    with pytest.raises(InvalidArgument, match="dedup_id"):
+        broker.send("billing", b"order 3", group_id="g")      # a send has no topic's key
+    assert [m.body for m in broker.receive("billing")] == [b"order 1"]

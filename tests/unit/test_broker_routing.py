@@ -131,3 +131,36 @@ def test_unrouted_counts_a_publish_every_queue_held_as_a_duplicate() -> None:
         topic = broker.stats().topics["t"]
         assert (topic.published, topic.deliveries, topic.unrouted) == (1, 0, 1)
         assert broker.stats().queues["q"].duplicates == 1
+
+
+def test_a_body_too_deep_for_body_policies_is_filtered_out_not_raised(broker):
+    # a body nested beyond MAX_BODY_DEPTH raised RecursionError from publish
+    broker.create_topic("deep")
+    broker.create_queue("picky")
+    broker.create_queue("all")
+    broker.subscribe("deep", "picky", filter_policy={"a": [{"exists": True}]},
+                     filter_scope="body")
+    broker.subscribe("deep", "all")
+    body = b'{"a": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}"
+    assert broker.publish("deep", body).deliveries == 1
+    assert broker.publish("deep", b'{"a": [[1]]}').deliveries == 2
+    assert [m.body for m in broker.receive("picky", max_messages=5)] == [b'{"a": [[1]]}']
+    assert broker.stats().topics["deep"].filtered_out == 1
+
+
+def test_set_filter_policy_keeps_the_scope_unless_one_is_given(broker):
+    # a new policy for a body-scope subscription silently made it attribute-scope
+    broker.create_topic("t")
+    broker.create_queue("q")
+    sid = broker.subscribe("t", "q", filter_policy={"a": ["x"]}, filter_scope="body")
+    broker.set_filter_policy(sid, {"a": ["y"]})
+    assert broker.subscription(sid).filter_scope == "body"
+    assert broker.publish("t", b'{"a": "y"}').deliveries == 1
+    broker.set_filter_policy(sid, {"a": {"b": ["z"]}})         # nested: body scope only
+    assert broker.publish("t", b'{"a": {"b": "z"}}').deliveries == 1
+    broker.set_filter_policy(sid, {"a": ["y"]}, filter_scope="attributes")
+    assert broker.subscription(sid).filter_scope == "attributes"
+    assert broker.publish("t", b"", attributes={"a": "y"}).deliveries == 1
+    with pytest.raises(InvalidFilterPolicy, match="nested policy objects need scope"):
+        broker.set_filter_policy(sid, {"a": {"b": ["z"]}})     # kept scope: attributes
+    assert broker.subscription(sid).filter_policy == '{"a": ["y"]}'

@@ -220,3 +220,20 @@ def test_subscribe_refuses_what_aws_refuses(policy: dict[str, Any], fragment: st
         with pytest.raises(InvalidFilterPolicy, match=re.escape(fragment)):
             broker.subscribe("t", "q", filter_policy=policy)
         assert broker.list_subscriptions() == {}
+
+
+@pytest.mark.parametrize("depth", [65, 5000])
+def test_a_policy_nested_too_deep_is_refused_as_such(depth: int) -> None:
+    # 5000 levels: json raised RecursionError (from a dict's size check, and from text)
+    policy: Any = {"a": ["x"]}
+    for _ in range(depth):
+        policy = {"a": policy}
+    for form in (policy, '{"a": ' * depth + '{"a": ["x"]}' + "}" * depth):
+        with pytest.raises(InvalidFilterPolicy, match="nests deeper than 64 levels"):
+            parse_policy(form, "body")
+    with Broker() as broker:
+        broker.create_topic("t")
+        broker.create_queue("q")
+        with pytest.raises(InvalidFilterPolicy, match="nests deeper than 64 levels"):
+            broker.subscribe("t", "q", filter_policy=policy, filter_scope="body")
+        assert broker.list_subscriptions() == {}

@@ -205,6 +205,23 @@ def test_match_accepts_mappings_and_buffers() -> None:
     assert filter_set.match(MappingProxyType({"e": "a"})) == [2]
 
 
+@pytest.mark.parametrize(("attributes", "body", "fault"), [
+    (None, 5, "body must be bytes-like or None, got int"),        # was 5 zero bytes
+    (None, '{"a": "x"}', "body must be bytes-like or None, got str"),
+    ([("e", "a")], None, "attributes must be a mapping"),          # was taken as a dict
+    (5, None, "attributes must be a mapping"),                     # was a TypeError
+])
+def test_match_refuses_what_is_no_message(attributes: Any, body: Any, fault: str) -> None:
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy({"a": [{"exists": False}]}, "body").plain)
+    filter_set.set(2, parse_policy({"e": [{"exists": False}]}).plain)
+    with pytest.raises(InvalidArgument, match=fault):
+        filter_set.match(attributes, body)
+    assert filter_set.match(None, b"{}") == [1, 2]
+    with pytest.raises(InvalidArgument, match=fault):
+        reference_match({"a": [{"exists": False}]}, B, attributes, body)
+
+
 def test_ignores_unused_attributes_and_unknown_types() -> None:
     filter_set = FilterSet()
     filter_set.set(1, parse_policy({"e": [{"exists": True}]}).plain)
@@ -258,3 +275,36 @@ def test_the_native_matcher_holds_no_policy_class() -> None:
     """The matcher reads plain data: no class of the Python compiler is in its namespace."""
     assert not [name for name, value in vars(filters).items()
                 if getattr(value, "__module__", None) == filter_policy.__name__]
+
+
+def _nested(depth: int) -> bytes:
+    """A JSON object with ``"a": 1`` whose ``"z"`` nests arrays to ``depth`` levels in all."""
+    return b'{"a": 1, "z": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_the_body_depth_limit_is_the_same_in_both_matchers() -> None:
+    assert filters.MAX_BODY_DEPTH == filter_policy.MAX_BODY_DEPTH
+
+
+@pytest.mark.parametrize(("depth", "expected"), [
+    (filter_policy.MAX_BODY_DEPTH, True),
+    (filter_policy.MAX_BODY_DEPTH + 1, False),
+    (100_000, False),                       # beyond the decoder's recursion: no error
+])
+def test_a_body_nested_beyond_the_limit_matches_no_body_policy(depth: int,
+                                                                expected: bool) -> None:
+    policy = {"a": [{"exists": True}]}
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy(policy, B).plain)
+    body = _nested(depth)
+    assert filter_set.match({}, body) == ([1] if expected else [])
+    assert reference_match(policy, B, {}, body) is expected
+
+
+def test_brackets_inside_body_strings_do_not_count_as_nesting() -> None:
+    policy = {"a": ["[" * 300 + '\\"{']}
+    filter_set = FilterSet()
+    filter_set.set(1, parse_policy(policy, B).plain)
+    body = b'{"a": "' + b"[" * 300 + b'\\\\\\"{"}'
+    assert filter_set.match({}, body) == [1]
+    assert reference_match(policy, B, {}, body) is True

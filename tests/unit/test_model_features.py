@@ -434,3 +434,39 @@ def test_model_redrive_of_a_fifo_dead_letter_queue_moves_every_visible_copy(
         bodies += [message.body for message in got]
         model.ack(got[0].receipt)
     assert bodies == [b"a0", b"a1", b"a2"]
+
+
+def test_a_content_dedup_fifo_topic_feeds_a_fifo_queue_without_content_dedup(
+        model: ModelBroker) -> None:
+    # copies of a content_dedup topic carry the body hash as their dedup key into queues
+    model.create_topic("orders", fifo=True, content_dedup=True)
+    model.create_topic("refunds", fifo=True, content_dedup=True)
+    model.create_queue("billing", fifo=True)
+    model.subscribe("orders", "billing")
+    model.subscribe("refunds", "billing")
+    first = model.publish("orders", b"order 1", group_id="g")
+    assert (first.deliveries, first.duplicate) == (1, False)
+    again = model.publish("orders", b"order 1", group_id="g")
+    assert (again.message_id, again.duplicate) == (first.message_id, True)
+    assert model.publish("refunds", b"order 1", group_id="g").deliveries == 0
+    assert model.publish("refunds", b"order 2", group_id="g").deliveries == 1
+    stats = queue_stats(model, "billing")
+    assert (stats.enqueued, stats.duplicates, stats.dedup_entries) == (2, 1, 2)
+    with pytest.raises(InvalidArgument, match="dedup_id"):
+        model.send("billing", b"order 3", group_id="g")
+    assert bodies(model.receive("billing")) == [b"order 1"]
+
+
+def test_set_filter_policy_keeps_the_scope_unless_one_is_given(model: ModelBroker) -> None:
+    model.create_topic("t")
+    model.create_queue("q")
+    sid = model.subscribe("t", "q", filter_policy={"a": ["x"]}, filter_scope="body")
+    model.set_filter_policy(sid, {"a": ["y"]})
+    assert model.publish("t", b'{"a": "y"}').deliveries == 1
+    model.set_filter_policy(sid, {"a": {"b": ["z"]}})          # nested: body scope only
+    assert model.publish("t", b'{"a": {"b": "z"}}').deliveries == 1
+    model.set_filter_policy(sid, {"a": ["y"]}, filter_scope="attributes")
+    assert model.publish("t", b"", attributes={"a": "y"}).deliveries == 1
+    with pytest.raises(InvalidFilterPolicy, match="nested policy objects need scope"):
+        model.set_filter_policy(sid, {"a": {"b": ["z"]}})     # kept scope: attributes
+    assert model.publish("t", b"", attributes={"a": "y"}).deliveries == 1
