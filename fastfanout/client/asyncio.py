@@ -56,7 +56,6 @@ from fastfanout.errors import (
     Closed,
     FastFanoutError,
     InvalidArgument,
-    NotFound,
     PeerLost,
     SessionExpired,
     TransportError,
@@ -815,24 +814,24 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         return await self.connection.publish_results(
             self._entries(Opcode.SEND, queue, entries))
 
-    def producer(self, topic: str, *, batch_messages: int | None = None,
-                 batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 linger: float | None = None) -> Opening[AsyncProducer]:
+    def producer(self, topic: str, *, group_id: str | None = None,
+                 batch_messages: int | None = None, batch_bytes: int | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, linger: float | None = None
+                 ) -> Opening[AsyncProducer]:
         """A producer (``async with``, or ``await``); ``linger`` defaults to 0.
 
         See ``fastfanout.api.PipelineAPI.producer``; its errors are raised when it is
         awaited or entered.
         """
-        return Opening(lambda: self._open_producer(topic, batch_messages, batch_bytes,
-                                                   max_in_flight, linger))
+        return Opening(lambda: self._open_producer(topic, group_id, batch_messages,
+                                                   batch_bytes, max_in_flight, linger))
 
-    async def _open_producer(self, topic: str, batch_messages: int | None,
-                             batch_bytes: int | None, max_in_flight: int,
-                             linger: float | None) -> AsyncProducer:
-        core = self._producer_core(topic, batch_messages, batch_bytes, max_in_flight, linger,
-                                   0.0)
-        if topic not in await self.list_topics():
-            raise NotFound(f"topic {topic!r} does not exist")
+    async def _open_producer(self, topic: str, group_id: str | None,
+                             batch_messages: int | None, batch_bytes: int | None,
+                             max_in_flight: int, linger: float | None) -> AsyncProducer:
+        core = self._producer_core(topic, group_id, batch_messages, batch_bytes,
+                                   max_in_flight, linger, 0.0)
+        self._check_producer_topic(core, await self.stats())
         producer = AsyncProducer(self.connection, core)
         self.connection.producers.add(producer)
         return producer
