@@ -227,6 +227,9 @@ class AsyncConnection(DriverBase):
         # (ATTACH must be alone on the socket until its reply)
         self._held: list[list[bytes]] | None = None
         self._handshake: asyncio.Task[None] | None = None
+        # waits for the loss of the DEALER's connection (its monitor): a broker killed
+        # without a GOODBYE breaks the connection at once, not at the timeout
+        self._watcher: asyncio.Task[None] | None = None
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
@@ -252,6 +255,7 @@ class AsyncConnection(DriverBase):
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
                                       self._batches_opened)
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
+        self._watch(self.transport)
         request = self.core.start(time.monotonic())
         try:
             self.send_out()
@@ -358,6 +362,7 @@ class AsyncConnection(DriverBase):
             raise self.broken(BrokenConnection(str(exc))) from None
         self.transport = dealer
         self.lost = False
+        self._watch(dealer)
         hello = core.start(time.monotonic())
         self._send(core.outbox)
         self._held = held
@@ -591,9 +596,30 @@ class AsyncConnection(DriverBase):
         if isinstance(self.transport, AsyncDealerTransport):
             ended, self.transport = self.transport, AsyncDealerTransport(
                 self.endpoint, self.curve)
+            self._watch(self.transport)
             ended.close()
             self.core.queue_frames(Opcode.HELLO, [protocol.encode_payload({})], False)
             self.send_out()
+
+    def _watch(self, dealer: AsyncDealerTransport | AsyncLocalTransport) -> None:
+        """Break the connection as soon as ``dealer``'s connection is lost (its monitor).
+
+        Without it, a broker killed without a GOODBYE left every call (and ``close()``'s
+        BYE) waiting for its whole timeout: libzmq reconnects in silence, and the answers
+        to the old connection can never come.
+        """
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self._watcher = None
+        if isinstance(dealer, AsyncDealerTransport):
+            self._watcher = asyncio.create_task(self._watch_link(dealer))
+
+    async def _watch_link(self, dealer: AsyncDealerTransport) -> None:
+        error = await dealer.lost()
+        # on a local channel, its bell says when the broker is gone
+        if error is not None and self.transport is dealer and not self.lost:
+            self._watcher = None
+            self.broken(BrokenConnection(str(error)))
 
     def broken(self, error: FastFanoutError) -> FastFanoutError:
         """The connection failed: every waiter gets ``error``; the next request reconnects.
@@ -618,7 +644,8 @@ class AsyncConnection(DriverBase):
         self.lost = True
         self._held = None
         current = asyncio.current_task()
-        for task in (self.tasks[0] if self.tasks else None, self._handshake):
+        watcher, self._watcher = self._watcher, None
+        for task in (self.tasks[0] if self.tasks else None, self._handshake, watcher):
             if task is not None and task is not current:
                 task.cancel()
         self.transport.close()
@@ -633,7 +660,13 @@ class AsyncConnection(DriverBase):
             if self.lost or self._held is not None:
                 continue   # no connection to keep alive (a heartbeat never reconnects)
             try:
-                self.submit(self.core.heartbeat, time.monotonic())
+                now = time.monotonic()
+                self.submit(self.core.heartbeat, now)
+                # a broker silent too long while calls wait (hung, or gone unseen): broken,
+                # as the blocking client's pump decides
+                silence = self.core.silence(now)
+                if silence is not None:
+                    self.broken(silence)
             except FastFanoutError:
                 if self.core.closed or self.core.forked:
                     return
@@ -713,7 +746,9 @@ class AsyncConnection(DriverBase):
         self.core.closed = True
         self.core.broken(Closed("the client is closed"))
         self._wake_all()
-        tasks = [*self.tasks, *([self._handshake] if self._handshake is not None else [])]
+        watcher, self._watcher = self._watcher, None
+        tasks = [*self.tasks, *(task for task in (self._handshake, watcher)
+                                if task is not None and task is not asyncio.current_task())]
         for task in tasks:
             task.cancel()
         for task in tasks:
