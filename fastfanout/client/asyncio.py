@@ -253,7 +253,7 @@ class AsyncConnection(DriverBase):
         self._new_future = LoopFutures(create_future)   # one per publish, from C
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
-                                      self._batches_opened)
+                                      self._batches_opened, check_loop=self.check_loop)
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         self._watch(self.transport)
         request = self.core.start(time.monotonic())
