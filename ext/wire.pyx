@@ -45,7 +45,9 @@ from fastfanout._ext.codec cimport (
     FF_CODEC_END,
     FF_CODEC_OK,
     FF_FLAG_DELIVER_AT,
+    FF_FLAG_DELAY,
     FF_FLAG_EXPIRES,
+    FF_FLAG_TTL,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
     ff_frame_reader,
@@ -182,7 +184,6 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
     cdef bytes group = _id_bytes(group_id, "group_id")
     cdef bytes dedup = _id_bytes(dedup_id, "dedup_id")
     cdef int status
-    cdef double now = 0.0   # set when delay or ttl needs it; 0 keeps gcc from warning
     cdef double at_us
     cdef int64_t ttl_us
     _clear(&view)
@@ -205,12 +206,13 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
         view.attrs_len = <uint32_t>PyBytes_GET_SIZE(attrs)
     if delay is not None and deliver_at is not None:
         raise InvalidArgument("give delay or deliver_at, not both")
-    if delay is not None or ttl is not None:
-        from time import time
-        now = time()
+    # A delay and a ttl travel as durations (FF_FLAG_DELAY, FF_FLAG_TTL): the broker
+    # counts them from its acceptance on its own clock. Made absolute here, on this
+    # process's clock, they were off by the two clocks' difference (another host's, or
+    # a clock stepped meanwhile).
     if delay is not None:
-        view.flags |= FF_FLAG_DELIVER_AT
-        view.deliver_at_us = <int64_t>round(now * 1e6) + _seconds_us(delay, "delay")
+        view.flags |= FF_FLAG_DELIVER_AT | FF_FLAG_DELAY
+        view.deliver_at_us = _seconds_us(delay, "delay")
     elif deliver_at is not None:
         if isinstance(deliver_at, datetime):
             if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
@@ -234,8 +236,8 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
         ttl_us = _seconds_us(ttl, "ttl")
         if ttl_us <= 0:   # as the broker says it (not "expired before it was published")
             raise InvalidArgument("ttl must be > 0 seconds")
-        view.flags |= FF_FLAG_EXPIRES
-        view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + ttl_us)
+        view.flags |= FF_FLAG_EXPIRES | FF_FLAG_TTL
+        view.receipt = <uint64_t>ttl_us
     if priority is not None:
         if type(priority) is not int or not 0 <= priority <= 255:
             raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
