@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import threading
 import time
 
@@ -23,14 +24,16 @@ from fastfanout import BrokenConnection, aio
 QUICK = 1.0
 
 
-def _killed_broker(track: Tracker, kind: str) -> tuple[str, object]:
+def _killed_broker(track: Tracker, kind: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """A broker process (tracked: reaped at teardown) on a new ``kind`` endpoint."""
     endpoint = track.endpoint(kind)
     return endpoint, track.broker_process(endpoint)
 
 
-def _kill(process: object) -> None:
-    process.send_signal(signal.SIGKILL)   # type: ignore[attr-defined]
-    process.wait(10.0)                    # type: ignore[attr-defined]
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: the broker says no GOODBYE; reaped within a deadline."""
+    process.send_signal(signal.SIGKILL)
+    process.wait(10.0)
 
 
 @pytest.mark.parametrize("kind", ["ipc", "tcp"])
