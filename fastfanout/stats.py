@@ -25,7 +25,7 @@ DROP_REASONS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class TopicStats:
-    """Counters of one topic.
+    """Counters of one topic, and the two settings its publishers must meet.
 
     Attributes:
         published: messages accepted by publish (duplicates excluded).
