@@ -29,7 +29,9 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint3
 from fastfanout._ext.codec cimport (
     FF_CODEC_OK,
     FF_FLAG_DELIVER_AT,
+    FF_FLAG_DELAY,
     FF_FLAG_EXPIRES,
+    FF_FLAG_TTL,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
     ff_frame_reader,
@@ -350,11 +352,20 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
             record.dedup[:record.dedup_len].decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedBatch(f"entry {i}: a group or dedup id is not valid UTF-8") from None
-    if record.flags & FF_FLAG_DELIVER_AT:
+    if record.flags & FF_FLAG_DELAY:
+        # a delay (µs), counted from now on this broker's clock, not the client's
+        if not 0 <= record.deliver_at_us <= C_MAX_DELAY_US:
+            raise InvalidArgument(f"entry {i}: delay must be from 0 to one year")
+        due_us = now_us + record.deliver_at_us
+    elif record.flags & FF_FLAG_DELIVER_AT:
         if record.deliver_at_us - now_us > C_MAX_DELAY_US:
             raise InvalidArgument(f"entry {i}: deliver_at is more than one year ahead")
         due_us = max(record.deliver_at_us, now_us)
-    if record.flags & FF_FLAG_EXPIRES:
+    if record.flags & FF_FLAG_TTL:
+        if not 0 < record.receipt <= <uint64_t>C_MAX_DELAY_US:
+            raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds and at most one year")
+        expires_us = now_us + <int64_t>record.receipt
+    elif record.flags & FF_FLAG_EXPIRES:
         expires_us = <int64_t>record.receipt
         if expires_us <= now_us:
             raise InvalidArgument(f"entry {i}: the message expired before it was published")

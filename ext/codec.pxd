@@ -37,7 +37,12 @@ cdef enum:
     FF_FLAG_DEAD_LETTER = 0x08         # delivery record: name holds the dead-letter record (JSON)
     FF_FLAG_EXPIRES = 0x10             # publish record: the receipt slot holds expires_at_us
     FF_FLAG_TOPIC = 0x20               # delivery record: name holds the topic it was published on
-    FF_FLAGS_KNOWN = 0x3F
+    # Publish records: a relative time, counted from the broker's acceptance on the
+    # broker's clock (a client's clock may differ from it): with bit0, deliver_at_us holds
+    # a delay in µs; with bit4, the receipt slot holds a ttl in µs.
+    FF_FLAG_DELAY = 0x40
+    FF_FLAG_TTL = 0x80
+    FF_FLAGS_KNOWN = 0xFF
 
 # Status codes: 0 ok, 1 clean end of frame, negative = the specific malformation.
 cdef enum:
@@ -228,6 +233,10 @@ cdef inline int ff_reader_next(ff_frame_reader* reader, ff_record_view* view) no
         return FF_CODEC_BAD_FLAGS
     if view.flags & FF_FLAG_DEAD_LETTER and view.flags & FF_FLAG_TOPIC:
         return FF_CODEC_BAD_FLAGS
+    # A delay or ttl flag qualifies its field: never without it.
+    if ((view.flags & FF_FLAG_DELAY and not view.flags & FF_FLAG_DELIVER_AT)
+            or (view.flags & FF_FLAG_TTL and not view.flags & FF_FLAG_EXPIRES)):
+        return FF_CODEC_BAD_FLAGS
     view.start = p
     view.record_len = record_len
     view.receive_count = ff_load_le32(p + 20)
@@ -416,6 +425,8 @@ cdef class Record:
     cdef readonly object receipt           # int or None
     cdef readonly uint32_t receive_count
     cdef readonly object expires_at_us     # int or None
+    cdef readonly object delay_us          # int or None (deliver_at_us's slot)
+    cdef readonly object ttl_us            # int or None (the receipt slot)
     cdef readonly bint dead_letter
     cdef readonly bint name_is_topic
     cdef uint64_t _encoded_size            # record_len once encoded (padding included)

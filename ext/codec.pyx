@@ -81,7 +81,7 @@ cdef dict _FAULTS = {
     FF_CODEC_RECORD_OVERRUN: "record_len runs past the end of the frame",
     FF_CODEC_PARTS_OVERRUN: "variable parts exceed record_len",
     FF_CODEC_BAD_PADDING: "record padding is not the shortest run of zero bytes",
-    FF_CODEC_BAD_FLAGS: "unknown flag bits set (known: 0x3f), or receipt and expiry, or dead letter and topic, both set",
+    FF_CODEC_BAD_FLAGS: "receipt and expiry, or dead letter and topic, both set, or a delay (ttl) flag without deliver_at (expiry)",
     FF_CODEC_COUNT_MISMATCH: "record count in the header does not match the records present",
     FF_CODEC_STRAY_FIELD: "priority, deliver_at_us or receipt/expiry is non-zero without its flag",
 }
@@ -184,6 +184,10 @@ cdef class Record:
         receive_count: deliveries so far, 0..2**32-1.
         expires_at_us: time-to-live end of a publish record, microseconds since the
             epoch, or None. It shares the receipt slot: a record has at most one.
+        delay_us: a publish record's delay, microseconds after the broker accepts it
+            (its clock), or None; it shares ``deliver_at_us``'s slot: at most one.
+        ttl_us: a publish record's time to live, microseconds after the broker accepts
+            it, or None; it shares the receipt slot with ``expires_at_us``.
         dead_letter: a delivery record's dead-letter flag: True when ``name`` holds the
             dead-letter record as JSON text (see docs/protocol.md).
         name_is_topic: a delivery record's topic flag: True when ``name`` holds the topic
@@ -197,7 +201,7 @@ cdef class Record:
     def __init__(self, body=b"", *, id=0, timestamp_us=0, attributes=b"", name=None,
                  group_id=None, dedup_id=None, priority=None, deliver_at_us=None,
                  receipt=None, receive_count=0, expires_at_us=None, dead_letter=False,
-                 name_is_topic=False):
+                 name_is_topic=False, delay_us=None, ttl_us=None):
         cdef uint64_t size
         if self._encoded_size:
             # Every initialised record has a non-zero size (the header alone is 56).
@@ -223,8 +227,16 @@ cdef class Record:
             receipt, 0, 0xFFFFFFFFFFFFFFFF, "receipt")
         self.expires_at_us = None if expires_at_us is None else _checked_int(
             expires_at_us, 0, (1 << 63) - 1, "expires_at_us")
-        if self.receipt is not None and self.expires_at_us is not None:
-            raise InvalidArgument("a record carries a receipt or an expires_at_us, not both")
+        self.delay_us = None if delay_us is None else _checked_int(
+            delay_us, 0, (1 << 63) - 1, "delay_us")
+        self.ttl_us = None if ttl_us is None else _checked_int(ttl_us, 0, (1 << 63) - 1,
+                                                              "ttl_us")
+        if self.deliver_at_us is not None and self.delay_us is not None:
+            raise InvalidArgument("a record carries a deliver_at_us or a delay_us, not both")
+        if sum(field is not None for field in (self.receipt, self.expires_at_us,
+                                               self.ttl_us)) > 1:
+            raise InvalidArgument(
+                "a record carries one of a receipt, an expires_at_us and a ttl_us")
         if type(dead_letter) is not bool:
             raise InvalidArgument(f"dead_letter must be a bool, got {dead_letter!r}")
         self.dead_letter = dead_letter
@@ -261,6 +273,12 @@ cdef class Record:
         if self.expires_at_us is not None:
             view.flags |= FF_FLAG_EXPIRES
             view.receipt = <uint64_t>self.expires_at_us
+        if self.delay_us is not None:
+            view.flags |= FF_FLAG_DELIVER_AT | FF_FLAG_DELAY
+            view.deliver_at_us = <int64_t>self.delay_us
+        if self.ttl_us is not None:
+            view.flags |= FF_FLAG_EXPIRES | FF_FLAG_TTL
+            view.receipt = <uint64_t>self.ttl_us
         if self.dead_letter:
             view.flags |= FF_FLAG_DEAD_LETTER
         if self.name_is_topic:
@@ -284,7 +302,7 @@ cdef class Record:
         return (self.id, self.timestamp_us, self.body, self.attributes, self.name,
                 self.group_id, self.dedup_id, self.priority, self.deliver_at_us,
                 self.receipt, self.receive_count, self.expires_at_us, self.dead_letter,
-                self.name_is_topic)
+                self.name_is_topic, self.delay_us, self.ttl_us)
 
     def __eq__(self, other):
         if not isinstance(other, Record):
@@ -302,7 +320,8 @@ cdef class Record:
             f"priority={self.priority!r}, deliver_at_us={self.deliver_at_us!r}, "
             f"receipt={self.receipt!r}, receive_count={self.receive_count}, "
             f"expires_at_us={self.expires_at_us!r}, dead_letter={self.dead_letter}, "
-            f"name_is_topic={self.name_is_topic})"
+            f"name_is_topic={self.name_is_topic}, delay_us={self.delay_us!r}, "
+            f"ttl_us={self.ttl_us!r})"
         )
 
     def __reduce__(self):
@@ -312,7 +331,8 @@ cdef class Record:
             dedup_id=self.dedup_id, priority=self.priority,
             deliver_at_us=self.deliver_at_us, receipt=self.receipt,
             receive_count=self.receive_count, expires_at_us=self.expires_at_us,
-            dead_letter=self.dead_letter, name_is_topic=self.name_is_topic),))
+            dead_letter=self.dead_letter, name_is_topic=self.name_is_topic,
+            delay_us=self.delay_us, ttl_us=self.ttl_us),))
 
 
 def _record_from_kwargs(kwargs):
@@ -340,9 +360,13 @@ cdef Record _record_from_view(const ff_record_view* view, size_t offset):
     record.group_id = _decode_text(view.group, view.group_len, "group_id", offset)
     record.dedup_id = _decode_text(view.dedup, view.dedup_len, "dedup_id", offset)
     record.priority = view.priority if view.flags & FF_FLAG_PRIORITY else None
-    record.deliver_at_us = view.deliver_at_us if view.flags & FF_FLAG_DELIVER_AT else None
+    record.deliver_at_us = (view.deliver_at_us if view.flags & FF_FLAG_DELIVER_AT
+                            and not view.flags & FF_FLAG_DELAY else None)
+    record.delay_us = view.deliver_at_us if view.flags & FF_FLAG_DELAY else None
     record.receipt = view.receipt if view.flags & FF_FLAG_RECEIPT else None
-    record.expires_at_us = <int64_t>view.receipt if view.flags & FF_FLAG_EXPIRES else None
+    record.expires_at_us = (<int64_t>view.receipt if view.flags & FF_FLAG_EXPIRES
+                            and not view.flags & FF_FLAG_TTL else None)
+    record.ttl_us = <int64_t>view.receipt if view.flags & FF_FLAG_TTL else None
     record.dead_letter = bool(view.flags & FF_FLAG_DEAD_LETTER)
     record.name_is_topic = bool(view.flags & FF_FLAG_TOPIC)
     record.receive_count = view.receive_count

@@ -26,6 +26,7 @@ from cpython.pythread cimport (
     PyThread_acquire_lock,
     PyThread_allocate_lock,
     PyThread_free_lock,
+    PyThread_get_thread_ident,
     PyThread_release_lock,
     PyThread_type_lock,
 )
@@ -219,7 +220,13 @@ cdef class NowaitGate:
     the blocking connection's lock. What else would end it is told with ``forget()``:
     the blocking driver calls it when its transport goes (a broken session, close) and
     in a forked child (a new lock). The asyncio client's gate (no connection) still
-    checks the core's ``closed`` and ``forked`` on every call.
+    checks the core's ``closed`` and ``forked`` on every call, and that the caller runs
+    in the thread that made the gate (its event loop's): one compare of thread ids in
+    C. A call from any other thread takes the look-up path, which calls ``check_loop``
+    (``WrongEventLoop``), as does every call that opens a batch or changes target. A
+    call from the loop's own thread that joins an open batch needs no more: the batch
+    was opened (and checked) in this loop's iteration, and only one loop runs in a
+    thread at a time.
 
     Args:
         core: the connection's ``ConnectionCore``.
@@ -233,6 +240,8 @@ cdef class NowaitGate:
         pace: called with no argument, after the lock is let go, by a call that sent a
             full batch (the blocking client waits there while too many batches are
             unanswered: ``Connection.pace``), or None.
+        check_loop: (asyncio) raises ``WrongEventLoop`` unless called from the event
+            loop that owns the connection; the gate's thread must be that loop's.
     """
 
     cdef object _core
@@ -263,10 +272,15 @@ cdef class NowaitGate:
     # ``_recycled_future``).
     cdef list _futures
     cdef Py_ssize_t _next
+    # (asyncio) the owning loop's check, and its thread: any other thread is checked
+    cdef object _check_loop
+    cdef unsigned long _home_thread
 
     def __cinit__(self, object core, object new_future, object send_out, object opened,
-                  object connection=None, object pace=None):
+                  object connection=None, object pace=None, object check_loop=None):
         self._core = core
+        self._check_loop = check_loop
+        self._home_thread = PyThread_get_thread_ident()
         self._futures = []
         self._next = 0
         self._pace = pace
@@ -384,10 +398,14 @@ cdef class NowaitGate:
         # remembers the batch again.
         if (batch is None or batch.left or name is not self._name
                 or opcode is not self._opcode
-                or (connection is None and (core.forked or core.closed))):
+                or (connection is None and (
+                    core.forked or core.closed
+                    or PyThread_get_thread_ident() != self._home_thread))):
             self._batch = None
             if core.forked or core.closed:
                 core.check_open()   # raises
+            if self._check_loop is not None:
+                self._check_loop()   # asyncio: WrongEventLoop from a foreign thread or loop
             if connection is not None and connection.transport is None:
                 connection.ensure()   # connects
             batches = core.batches

@@ -72,6 +72,9 @@ from fastfanout._ext.store cimport (
     ENQUEUE_HEADER,
     ENQUEUE_INLINE,
     ENQUEUE_KEYED,
+    ENQUEUE_RECEIVED,
+    ENQUEUE_RECEIVES,
+    LEASE_RECORD,
     MESSAGE_HEADER,
     MESSAGE_TOPIC,
     NIL,
@@ -132,6 +135,8 @@ cdef struct replay_copy:
     dead_letter_t* dead        # its dead-letter info (owned), or NULL
     uint32_t queue             # its replay queue
     uint32_t receive_count
+    int64_t first_receive_us   # its receive times (lease records, or a copy-forward's
+    int64_t last_receive_us    # enqueue record), -1 when never received
 
 
 cdef struct replay_key:
@@ -496,6 +501,10 @@ cdef class Replay(RecordSink):
                 return 0   # a copy gone already (or before the oldest segment)
             if kind == RECORD_LEASE:
                 copy.receive_count += 1
+                if length >= LEASE_RECORD:   # its receive time (older journals: none)
+                    copy.last_receive_us = <int64_t>ff_load_le64(payload + 8)
+                    if copy.first_receive_us < 0:
+                        copy.first_receive_us = copy.last_receive_us
             elif kind == RECORD_DELAY:
                 copy.due_us = <int64_t>ff_load_le64(payload + 8)
             else:
@@ -537,6 +546,7 @@ cdef class Replay(RecordSink):
         copy.entered_us = 0
         copy.due_us = 0
         copy.receive_count = GHOST
+        copy.first_receive_us = copy.last_receive_us = -1
         copy.queue = NO_COPY
         copy.blob = NULL
         copy.held = NULL
@@ -640,6 +650,7 @@ cdef class Replay(RecordSink):
         cdef uint32_t flags
         cdef uint64_t position = ENQUEUE_HEADER
         cdef uint64_t dead_at = 0
+        cdef uint64_t received_at = 0
         cdef uint32_t name_length
         cdef const char* m = NULL
         cdef uint32_t body_len = 0
@@ -670,6 +681,12 @@ cdef class Replay(RecordSink):
                 return 0
             dead_at = position
             position += ENQUEUE_DEAD + ff_align8(name_length)
+        if flags & ENQUEUE_RECEIVED:
+            if size < position + ENQUEUE_RECEIVES:
+                self.orphans += 1
+                return 0
+            received_at = position
+            position += ENQUEUE_RECEIVES
         if flags & ENQUEUE_INLINE:
             if size < position + MESSAGE_HEADER:
                 self.orphans += 1
@@ -731,6 +748,11 @@ cdef class Replay(RecordSink):
         copy.entered_us = <int64_t>ff_load_le64(p + 16)
         copy.due_us = <int64_t>ff_load_le64(p + 24)
         copy.receive_count = ff_load_le32(p + 32)
+        if flags & ENQUEUE_RECEIVED:
+            copy.first_receive_us = <int64_t>ff_load_le64(p + received_at)
+            copy.last_receive_us = <int64_t>ff_load_le64(p + received_at + 8)
+        else:
+            copy.first_receive_us = copy.last_receive_us = -1
         copy.queue = number
         copy.blob = blob
         copy.held = blob if flags & ENQUEUE_INLINE else NULL
@@ -810,7 +832,8 @@ cdef class Replay(RecordSink):
             for i in range(n):
                 copy = &self.copies[order[i]]
                 store.restore_entry(qids[copy.queue], copy.blob, copy.seq, copy.entered_us,
-                                    copy.due_us, copy.receive_count, copy.dead)
+                                    copy.due_us, copy.receive_count, copy.first_receive_us,
+                                    copy.last_receive_us, copy.dead)
                 copy.dead = NULL   # the entry has it
                 blob = copy.blob
                 copy.blob = NULL

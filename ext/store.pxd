@@ -27,6 +27,10 @@ cdef enum:
     ENQUEUE_DEAD_LETTER = 2    # flags: the copy is a dead letter
     ENQUEUE_KEYED = 4          # flags: its publish or send left its dedup key in the
                                # queue's window (never a move: redrive, dead letter)
+    ENQUEUE_RECEIVED = 8       # flags: a receive-times part follows (a copy-forward of
+                               # a copy delivered before)
+    ENQUEUE_RECEIVES = 16      # that part: i64 first receive, i64 last receive
+    LEASE_RECORD = 16          # a lease record: u64 copy sequence, i64 receive time
     MESSAGE_TOPIC = 1          # message part's flags (byte 45): the topic follows the
                                # dedup id (u16 length, then the name)
 
@@ -275,6 +279,7 @@ cdef class Store:
     cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept
     cdef int restore_entry(self, uint32_t qid, blob_t* blob, uint64_t copy_seq,
                            int64_t entered_us, int64_t due_us, uint32_t receive_count,
+                           int64_t first_receive_us, int64_t last_receive_us,
                            dead_letter_t* dead) except -1
     cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
                                 uint64_t message_id, int64_t now_us) noexcept

@@ -753,6 +753,8 @@ cdef class Store:
         if dead != NULL:
             name = PyUnicode_AsUTF8AndSize(<object>dead.source_name, &name_len)
             length += ENQUEUE_DEAD + ff_align8(<uint64_t>name_len)
+        if entry.first_receive_us >= 0:
+            length += ENQUEUE_RECEIVES   # delivered before (a copy-forward): its times
         if inline:
             length += MESSAGE_HEADER + data_len + (2 + topic_len if topic != NULL else 0)
         p = self.journal.reserve(RECORD_ENQUEUE, <uint32_t>length)
@@ -761,7 +763,8 @@ cdef class Store:
         ff_store_le32(p, entry.queue)
         ff_store_le32(p + 4, (ENQUEUE_INLINE if inline else 0) |
                       (ENQUEUE_DEAD_LETTER if dead != NULL else 0) |
-                      (ENQUEUE_KEYED if self.enqueue_keyed else 0))
+                      (ENQUEUE_KEYED if self.enqueue_keyed else 0) |
+                      (ENQUEUE_RECEIVED if entry.first_receive_us >= 0 else 0))
         ff_store_le64(p + 8, 0 if inline else journaled.seq)
         ff_store_le64(p + 16, <uint64_t>entry.entered_us)
         ff_store_le64(p + 24, <uint64_t>due_us)
@@ -778,6 +781,10 @@ cdef class Store:
             ff_store_le32(cursor + 36, <uint32_t>name_len)
             memcpy(cursor + ENQUEUE_DEAD, name, name_len)
             cursor += ENQUEUE_DEAD + ff_align8(<uint64_t>name_len)
+        if entry.first_receive_us >= 0:
+            ff_store_le64(cursor, <uint64_t>entry.first_receive_us)
+            ff_store_le64(cursor + 8, <uint64_t>entry.last_receive_us)
+            cursor += ENQUEUE_RECEIVES
         if inline:
             ff_store_le64(cursor, blob.id)
             ff_store_le64(cursor + 8, <uint64_t>blob.timestamp_us)
@@ -837,16 +844,16 @@ cdef class Store:
         self.journal.finish()
 
     cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept:
-        """Append a small record about a durable copy: lease, remove, or delay (until
-        ``value``)."""
+        """Append a small record about a durable copy: lease (at ``value``, its receive
+        time), remove, or delay (until ``value``)."""
         cdef char* p
         if self.journal is None or self.restoring:
             return
-        p = self.journal.reserve(kind, 16 if kind == RECORD_DELAY else 8)
+        p = self.journal.reserve(kind, 8 if kind == RECORD_REMOVE else 16)
         if p == NULL:
             return
         ff_store_le64(p, self.entries[slot].journal_seq)
-        if kind == RECORD_DELAY:
+        if kind != RECORD_REMOVE:
             ff_store_le64(p + 8, <uint64_t>value)
         self.journal.finish()
 
@@ -961,6 +968,7 @@ cdef class Store:
 
     cdef int restore_entry(self, uint32_t qid, blob_t* blob, uint64_t copy_seq,
                            int64_t entered_us, int64_t due_us, uint32_t receive_count,
+                           int64_t first_receive_us, int64_t last_receive_us,
                            dead_letter_t* dead) except -1:
         """Put back a durable copy found by recovery (``recovery.pyx``), journaling
         nothing.
@@ -968,8 +976,9 @@ cdef class Store:
         ``blob``: its message, its journal part's ``seq`` and ``segment`` naming the
         record holding it (the entry takes a reference); ``copy_seq``: the sequence of
         its enqueue record; ``due_us``: when it becomes visible (<= ``entered_us``: at
-        once); ``dead``: NULL or its dead-letter record, taken over on success (left to
-        the caller on an exception).
+        once); ``first_receive_us``, ``last_receive_us``: its receive times (-1: never
+        received); ``dead``: NULL or its dead-letter record, taken over on success (left
+        to the caller on an exception).
         """
         cdef uint32_t slot
         self.restoring = True
@@ -979,6 +988,8 @@ cdef class Store:
             self.restoring = False
         slot = self.queues[qid].arrival_tail
         self.entries[slot].receive_count = receive_count
+        self.entries[slot].first_receive_us = first_receive_us
+        self.entries[slot].last_receive_us = last_receive_us
         self.entries[slot].journal_seq = copy_seq
         self.entries[slot].journal_segment = blob_journal(blob).segment
         blob_journal(blob).copies += 1
@@ -1341,7 +1352,7 @@ cdef class Store:
             entry.first_receive_us = now_us
         entry.last_receive_us = now_us
         if entry.journal_seq:
-            self._journal_copy(RECORD_LEASE, slot, 0)
+            self._journal_copy(RECORD_LEASE, slot, now_us)
         q.leased += 1
         q.delivered += 1
         if entry.receive_count > 1:

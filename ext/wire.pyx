@@ -45,7 +45,9 @@ from fastfanout._ext.codec cimport (
     FF_CODEC_END,
     FF_CODEC_OK,
     FF_FLAG_DELIVER_AT,
+    FF_FLAG_DELAY,
     FF_FLAG_EXPIRES,
+    FF_FLAG_TTL,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
     ff_frame_reader,
@@ -58,6 +60,9 @@ from fastfanout._ext.codec cimport (
     ff_reader_open,
     ff_record_view,
     ff_store_le64,
+    ff_load_le32,
+    ff_ring_batch_scan,
+    FF_RING_BATCH_PREFIX,
 )
 from fastfanout._ext.bodies cimport ff_body_buffer
 from fastfanout._ext.sinks cimport FrameSource
@@ -75,7 +80,7 @@ from datetime import datetime
 from msgspec.msgpack import encode as _encode_msgpack
 
 from fastfanout._ext.codec import status_text
-from fastfanout.errors import InvalidArgument
+from fastfanout.errors import InvalidArgument, MalformedBatch
 from fastfanout.records import PublishEntry
 from fastfanout.settings import attribute_problem, id_problem
 
@@ -134,6 +139,12 @@ cdef bytes _id_bytes(object value, str what):
     return encoded
 
 
+cdef inline void _with_group(ff_record_view* view, bytes group) noexcept:
+    """Give a record the builder's group id (``group``: its UTF-8 bytes)."""
+    view.group = PyBytes_AS_STRING(group)
+    view.group_len = <uint32_t>PyBytes_GET_SIZE(group)
+
+
 cdef Py_ssize_t _append_body(FrameBuilder self, object body, Py_ssize_t index) except -1:
     """Append a record with only a body; returns its index (``index``: the body's
     position in the caller's list, named in an error)."""
@@ -141,6 +152,8 @@ cdef Py_ssize_t _append_body(FrameBuilder self, object body, Py_ssize_t index) e
     cdef Py_buffer buffer
     cdef int status
     _clear(&view)
+    if self._group is not None:
+        _with_group(&view, self._group)
     if type(body) is bytes:
         view.body = PyBytes_AS_STRING(body)
         view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
@@ -171,7 +184,6 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
     cdef bytes group = _id_bytes(group_id, "group_id")
     cdef bytes dedup = _id_bytes(dedup_id, "dedup_id")
     cdef int status
-    cdef double now = 0.0   # set when delay or ttl needs it; 0 keeps gcc from warning
     cdef double at_us
     cdef int64_t ttl_us
     _clear(&view)
@@ -194,12 +206,13 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
         view.attrs_len = <uint32_t>PyBytes_GET_SIZE(attrs)
     if delay is not None and deliver_at is not None:
         raise InvalidArgument("give delay or deliver_at, not both")
-    if delay is not None or ttl is not None:
-        from time import time
-        now = time()
+    # A delay and a ttl travel as durations (FF_FLAG_DELAY, FF_FLAG_TTL): the broker
+    # counts them from its acceptance on its own clock. Made absolute here, on this
+    # process's clock, they were off by the two clocks' difference (another host's, or
+    # a clock stepped meanwhile).
     if delay is not None:
-        view.flags |= FF_FLAG_DELIVER_AT
-        view.deliver_at_us = <int64_t>round(now * 1e6) + _seconds_us(delay, "delay")
+        view.flags |= FF_FLAG_DELIVER_AT | FF_FLAG_DELAY
+        view.deliver_at_us = _seconds_us(delay, "delay")
     elif deliver_at is not None:
         if isinstance(deliver_at, datetime):
             if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
@@ -223,8 +236,8 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
         ttl_us = _seconds_us(ttl, "ttl")
         if ttl_us <= 0:   # as the broker says it (not "expired before it was published")
             raise InvalidArgument("ttl must be > 0 seconds")
-        view.flags |= FF_FLAG_EXPIRES
-        view.receipt = <uint64_t>(<int64_t>round(now * 1e6) + ttl_us)
+        view.flags |= FF_FLAG_EXPIRES | FF_FLAG_TTL
+        view.receipt = <uint64_t>ttl_us
     if priority is not None:
         if type(priority) is not int or not 0 <= priority <= 255:
             raise InvalidArgument(f"priority={priority!r} must be an int from 0 to 255")
@@ -257,9 +270,18 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
 
 @cython.final
 cdef class FrameBuilder:
-    """A publish batch being built: records appended in place, taken as one frame."""
+    """A publish batch being built: records appended in place, taken as one frame.
 
-    def __cinit__(self):
+    Args:
+        group_id: the FIFO group every record appended by body (``append_body``,
+            ``extend_rows``, ``extend_ring``, a producer's offers) gets, or None (none).
+
+    Raises:
+        InvalidArgument: ``group_id`` is not a non-empty str of at most 128 UTF-8 bytes.
+    """
+
+    def __cinit__(self, group_id=None):
+        self._group = _id_bytes(group_id, "group_id")
         if ff_out_init(&self.out, 16384) != FF_CODEC_OK:
             ff_out_free(&self.out)
             raise MemoryError()
@@ -286,10 +308,17 @@ cdef class FrameBuilder:
         return _append_entry(self, body, attributes, delay, deliver_at, group_id, dedup_id,
                              priority, ttl, 0)
 
+    @property
+    def group_id(self):
+        """The group id every record appended by body gets, or None."""
+        return None if self._group is None else self._group.decode("utf-8")
+
     cdef int _append_bytes(self, bytes body) except -1:
         cdef ff_record_view view
         cdef int status
         _clear(&view)
+        if self._group is not None:
+            _with_group(&view, self._group)
         view.body = PyBytes_AS_STRING(body)
         view.body_len = <uint32_t>PyBytes_GET_SIZE(body)
         status = ff_out_append_record(&self.out, &view)
@@ -305,6 +334,8 @@ cdef class FrameBuilder:
             raise InvalidArgument(f"entry {index}: a body of {length} bytes is too long for "
                                   f"a record")
         _clear(&view)
+        if self._group is not None:
+            _with_group(&view, self._group)
         view.body = body
         view.body_len = <uint32_t>length
         status = ff_out_append_record(&self.out, &view)
@@ -346,6 +377,35 @@ cdef class FrameBuilder:
             return i, rows.count
         finally:
             ff_rows_close(&rows)
+
+    def extend_ring(self, frame):
+        """Append every body of a ring batch (``Ring.poll_batch``'s form: u32
+        little-endian length + bytes, repeated), each a record of its own.
+
+        Raises:
+            MalformedBatch: ``frame`` is not in that form (nothing is appended).
+        """
+        cdef Py_buffer view
+        cdef const char* data
+        cdef size_t offset = 0
+        cdef uint32_t length
+        cdef uint64_t records
+        cdef uint64_t largest
+        cdef size_t fault
+        cdef Py_ssize_t index = 0
+        PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
+        try:
+            data = <const char*>view.buf
+            if ff_ring_batch_scan(data, <size_t>view.len, &records, &largest,
+                                  &fault) != FF_CODEC_OK:
+                raise MalformedBatch(f"malformed ring batch at byte {fault}")
+            while offset < <size_t>view.len:
+                length = ff_load_le32(data + offset)
+                self._append_row(data + offset + FF_RING_BATCH_PREFIX, length, index)
+                offset += FF_RING_BATCH_PREFIX + length
+                index += 1
+        finally:
+            PyBuffer_Release(&view)
 
     def extend(self, entries):
         """Append every entry of a ``publish_batch``: a list of bodies or PublishEntry,

@@ -240,9 +240,9 @@ class PipelineAPI(Protocol):
     def flush(self) -> Any:
         """Send the publish batches being filled (asyncio: a future of their answers)."""
 
-    def producer(self, topic: str, *, batch_messages: int | None = None,
-                 batch_bytes: int | None = None, max_in_flight: int = 8,
-                 linger: float | None = None) -> Any:
+    def producer(self, topic: str, *, group_id: str | None = None,
+                 batch_messages: int | None = None, batch_bytes: int | None = None,
+                 max_in_flight: int = 8, linger: float | None = None) -> Any:
         """A producer: ``offer()`` fills a frame, full frames are pipelined.
 
         No future and no lock per message (``fastfanout.client.producers``); ``flush()``
@@ -251,6 +251,9 @@ class PipelineAPI(Protocol):
 
         Args:
             topic: the topic to publish to (it must exist now).
+            group_id: the FIFO group of every message offered (a FIFO topic needs one,
+                and ``content_dedup``: a producer's messages carry no dedup id), or
+                None.
             batch_messages: messages per frame, 1 to ``settings.MAX_BATCH_MESSAGES``
                 (default: the client's).
             batch_bytes: body bytes per frame, 1 to ``settings.MAX_BATCH_BYTES``
@@ -263,7 +266,9 @@ class PipelineAPI(Protocol):
         Raises:
             NotFound: the topic does not exist.
             InvalidArgument: a limit is not a positive int, or a batch limit is above
-                its maximum (nothing is opened).
+                its maximum; ``group_id`` is not a non-empty str of at most 128 UTF-8
+                bytes; the topic is FIFO and ``group_id`` is None, or it is FIFO
+                without ``content_dedup`` (nothing is opened).
         """
 
     def listen(self, topic_pattern: str, *, high_water_mark: int = 100_000) -> Any:

@@ -39,6 +39,7 @@ __all__ = [
     "check_flag",
     "check_iterable",
     "check_name",
+    "check_producer_topic",
     "check_queue_settings",
     "check_wait",
     "optional_count",
@@ -202,6 +203,32 @@ class TopicSettings:
     fifo: bool = False
     content_dedup: bool = False
     dedup_window: float = 300.0
+
+
+def check_producer_topic(topic: str, fifo: bool, content_dedup: bool,
+                         group_id: str | None) -> None:
+    """Refuse a producer its topic's rules would refuse every message of.
+
+    A producer offers bare bodies: ``group_id`` (the producer's) is the only option its
+    messages carry. A FIFO topic needs a group id on each message, and a dedup id too
+    unless it has ``content_dedup``: such a producer is refused when it is opened,
+    rather than have every frame it sends refused.
+
+    Raises:
+        InvalidArgument: ``topic`` is FIFO and ``group_id`` is None, or FIFO without
+            ``content_dedup`` (each message would need a ``dedup_id`` of its own).
+    """
+    if not fifo:
+        return
+    if group_id is None:
+        raise InvalidArgument(
+            f"topic {topic!r} is FIFO: every message needs a group_id; open the producer "
+            f"with producer({topic!r}, group_id=...) (its messages all get that group)")
+    if not content_dedup:
+        raise InvalidArgument(
+            f"FIFO topic {topic!r} has no content_dedup: every message needs a dedup_id "
+            f"of its own, which a producer's offers cannot carry; create the topic with "
+            f"content_dedup=True, or publish_batch PublishEntry(..., dedup_id=...)")
 
 
 def backoff_us(backoff: object) -> list[int] | None:

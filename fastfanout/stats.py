@@ -25,7 +25,7 @@ DROP_REASONS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class TopicStats:
-    """Counters of one topic.
+    """Counters of one topic, and the two settings its publishers must meet.
 
     Attributes:
         published: messages accepted by publish (duplicates excluded).
@@ -37,6 +37,9 @@ class TopicStats:
         filtered_out: copies a subscription's filter policy kept from its queue.
         dedup_entries: keys held by the topic's deduplication window.
         dedup_evicted: keys its window forgot early because it was full (1,000,000).
+        fifo: the topic is FIFO (its setting): every message needs a ``group_id``.
+        content_dedup: the topic deduplicates by body hash (its setting); a FIFO topic
+            without it needs a ``dedup_id`` on every message.
     """
 
     published: int = 0
@@ -47,6 +50,8 @@ class TopicStats:
     filtered_out: int = 0
     dedup_entries: int = 0
     dedup_evicted: int = 0
+    fifo: bool = False
+    content_dedup: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,12 @@ class Record:
     @property
     def name_is_topic(self) -> bool:
         """True when ``name`` holds the topic the message was published on."""
+    @property
+    def delay_us(self) -> int | None:
+        """A publish record's delay (µs after the broker accepts it), or None."""
+    @property
+    def ttl_us(self) -> int | None:
+        """A publish record's time to live (µs after the broker accepts it), or None."""
     def __init__(
         self,
         body: _BytesLike = ...,
@@ -55,6 +61,8 @@ class Record:
         expires_at_us: int | None = ...,
         dead_letter: bool = ...,
         name_is_topic: bool = ...,
+        delay_us: int | None = ...,
+        ttl_us: int | None = ...,
     ) -> None: ...
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...

@@ -280,6 +280,16 @@ class Administration:
             self.now_us()
             return sorted(self.topics)
 
+    def topic_settings(self, name: str) -> TopicSettings:
+        """The settings topic ``name`` was created with (for ``stats`` and producers).
+
+        Raises:
+            NotFound: the topic does not exist.
+        """
+        with self.lock:
+            self.topic_id(name)   # raises NotFound
+            return self._topic_settings[name]
+
     # -- queues ------------------------------------------------------------------------
 
     def create_queue(

@@ -55,6 +55,7 @@ from fastfanout.settings import (
     Subscription,
     TopicSettings,
     check_iterable,
+    check_producer_topic,
     optional_count,
     seconds_to_us,
 )
@@ -344,25 +345,36 @@ class Broker:
     # -- lock-free producers ------------------------------------------------------------
 
     def producer(
-        self, topic: str, *, capacity: int = DEFAULT_CAPACITY, max_bytes: int = DEFAULT_MAX_BYTES
+        self, topic: str, *, group_id: str | None = None, capacity: int = DEFAULT_CAPACITY,
+        max_bytes: int = DEFAULT_MAX_BYTES
     ) -> Producer:
         """A producer for one thread: ``offer()`` copies into a ring, ``flush()`` publishes.
 
         Args:
             topic: the topic to publish to (it must exist now; it is looked up again at
                 each flush).
+            group_id: the FIFO group of every message offered (a FIFO topic needs one,
+                and ``content_dedup``: a producer's messages carry no dedup id), or None.
             capacity: messages the ring holds (rounded up to a power of two).
             max_bytes: body bytes the ring holds.
 
         Returns:
             A ``Producer`` (see ``fastfanout.broker.producer``); use it as a context manager or
             close it, which flushes.
+
+        Raises:
+            NotFound: the topic does not exist.
+            InvalidArgument: ``group_id`` is not a non-empty str of at most 128 UTF-8
+                bytes; the topic is FIFO and ``group_id`` is None, or FIFO without
+                ``content_dedup`` (nothing is opened).
         """
         self._ensure_open()
         with self._lock:
             self._now_us()
             self._topic_id(topic)
-        return Producer(self._publish_ring, topic, capacity, max_bytes)
+            settings = self._admin.topic_settings(topic)
+        check_producer_topic(topic, settings.fifo, settings.content_dedup, group_id)
+        return Producer(self._publish_ring, topic, capacity, max_bytes, group_id=group_id)
 
     def _publish_ring(self, topic: str, batch: RingBatch | Any) -> PublishBatch:
         return self._enqueue(topic, None, batch)
@@ -628,11 +640,13 @@ class Broker:
             for name, topic_id in sorted(self._topics.items()):
                 (published, deliveries, unrouted, duplicates, filtered_out, dedup_entries,
                  dedup_evicted) = self._dispatcher.topic_counters(topic_id, now_us)
+                settings = self._admin.topic_settings(name)
                 topics[name] = TopicStats(
                     published=published, deliveries=deliveries, unrouted=unrouted,
                     subscriptions=len(self._topic_subscriptions[name]), duplicates=duplicates,
                     filtered_out=filtered_out, dedup_entries=dedup_entries,
-                    dedup_evicted=dedup_evicted)
+                    dedup_evicted=dedup_evicted, fifo=settings.fifo,
+                    content_dedup=settings.content_dedup)
             queues = {}
             for name, queue_id in sorted(self._queues.items()):
                 (enqueued, delivered, redelivered, acked, dead_lettered, redriven, rejected,

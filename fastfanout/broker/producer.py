@@ -23,6 +23,9 @@ Invariants:
   the next ``flush()``; the error is raised to the caller of ``flush()``.
 - Messages offered are published in offer order; publish results (ids) are not reported
   per message — ``flush()`` returns the batch results.
+- A producer with a ``group_id`` (a FIFO topic's) gives every message that group: a
+  drained batch is written into a publish frame whose records carry it (one native
+  pass, ``FrameBuilder.extend_ring``), and that frame is published.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from fastfanout._ext.batches import PublishBatch, RingBatch
+from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.codec import count_ring_batch
 from fastfanout._ext.ring import Ring
-from fastfanout._ext.wire import array_rows
+from fastfanout._ext.wire import FrameBuilder, array_rows
 from fastfanout.errors import Closed, InvalidArgument
 
 if TYPE_CHECKING:
@@ -61,14 +64,18 @@ class Producer:
 
     Attributes:
         topic: the topic published to.
+        group_id: the FIFO group of every message offered, or None.
         offered: messages offered so far.
         published: messages published so far (flushed and accepted by the broker).
         full_count: offers that found the ring full and flushed it first.
     """
 
     def __init__(self, publish_ring: PublishRing, topic: str, capacity: int,
-                 max_bytes: int) -> None:
+                 max_bytes: int, *, group_id: str | None = None) -> None:
+        # the frame drained batches are written into when they carry a group
+        self._framing = None if group_id is None else FrameBuilder(group_id)
         self.topic = topic
+        self.group_id = group_id
         self._publish_ring = publish_ring
         self._ring = Ring(capacity, max_bytes)
         self._drain_lock = threading.Lock()
@@ -127,7 +134,11 @@ class Producer:
                                   "list")
         array_rows(bodies)   # an array batch only, as the clients' producers take
         self.flush()
-        results = self._publish_ring(self.topic, bodies)
+        batch = bodies
+        if self._framing is not None:
+            self._framing.extend_rows(bodies)
+            batch = EncodedBatch(self._framing.take())
+        results = self._publish_ring(self.topic, batch)
         self.offered += len(results)
         self.published += len(results)
         return results
@@ -148,9 +159,16 @@ class Producer:
                         return last
                     frame = self._ring.poll_batch(DRAIN_BATCH)
                 self._held = frame
-                last = self._publish_ring(self.topic, RingBatch(frame))
+                last = self._publish_ring(self.topic, self._batch_of(frame))
                 self._held = None
                 self.published += len(last)
+
+    def _batch_of(self, frame: bytes) -> RingBatch | EncodedBatch:
+        """A drained ring batch as the dispatcher takes it (with the group, if any)."""
+        if self._framing is None:
+            return RingBatch(frame)
+        self._framing.extend_ring(frame)
+        return EncodedBatch(self._framing.take())
 
     @property
     def pending(self) -> int:

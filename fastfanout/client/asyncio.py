@@ -56,7 +56,6 @@ from fastfanout.errors import (
     Closed,
     FastFanoutError,
     InvalidArgument,
-    NotFound,
     PeerLost,
     SessionExpired,
     TransportError,
@@ -228,6 +227,9 @@ class AsyncConnection(DriverBase):
         # (ATTACH must be alone on the socket until its reply)
         self._held: list[list[bytes]] | None = None
         self._handshake: asyncio.Task[None] | None = None
+        # waits for the loss of the DEALER's connection (its monitor): a broker killed
+        # without a GOODBYE breaks the connection at once, not at the timeout
+        self._watcher: asyncio.Task[None] | None = None
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
@@ -251,8 +253,9 @@ class AsyncConnection(DriverBase):
         self._new_future = LoopFutures(create_future)   # one per publish, from C
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
-                                      self._batches_opened)
+                                      self._batches_opened, check_loop=self.check_loop)
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
+        self._watch(self.transport)
         request = self.core.start(time.monotonic())
         try:
             self.send_out()
@@ -359,6 +362,7 @@ class AsyncConnection(DriverBase):
             raise self.broken(BrokenConnection(str(exc))) from None
         self.transport = dealer
         self.lost = False
+        self._watch(dealer)
         hello = core.start(time.monotonic())
         self._send(core.outbox)
         self._held = held
@@ -592,9 +596,30 @@ class AsyncConnection(DriverBase):
         if isinstance(self.transport, AsyncDealerTransport):
             ended, self.transport = self.transport, AsyncDealerTransport(
                 self.endpoint, self.curve)
+            self._watch(self.transport)
             ended.close()
             self.core.queue_frames(Opcode.HELLO, [protocol.encode_payload({})], False)
             self.send_out()
+
+    def _watch(self, dealer: AsyncDealerTransport | AsyncLocalTransport) -> None:
+        """Break the connection as soon as ``dealer``'s connection is lost (its monitor).
+
+        Without it, a broker killed without a GOODBYE left every call (and ``close()``'s
+        BYE) waiting for its whole timeout: libzmq reconnects in silence, and the answers
+        to the old connection can never come.
+        """
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self._watcher = None
+        if isinstance(dealer, AsyncDealerTransport):
+            self._watcher = asyncio.create_task(self._watch_link(dealer))
+
+    async def _watch_link(self, dealer: AsyncDealerTransport) -> None:
+        error = await dealer.lost()
+        # on a local channel, its bell says when the broker is gone
+        if error is not None and self.transport is dealer and not self.lost:
+            self._watcher = None
+            self.broken(BrokenConnection(str(error)))
 
     def broken(self, error: FastFanoutError) -> FastFanoutError:
         """The connection failed: every waiter gets ``error``; the next request reconnects.
@@ -619,7 +644,8 @@ class AsyncConnection(DriverBase):
         self.lost = True
         self._held = None
         current = asyncio.current_task()
-        for task in (self.tasks[0] if self.tasks else None, self._handshake):
+        watcher, self._watcher = self._watcher, None
+        for task in (self.tasks[0] if self.tasks else None, self._handshake, watcher):
             if task is not None and task is not current:
                 task.cancel()
         self.transport.close()
@@ -634,7 +660,13 @@ class AsyncConnection(DriverBase):
             if self.lost or self._held is not None:
                 continue   # no connection to keep alive (a heartbeat never reconnects)
             try:
-                self.submit(self.core.heartbeat, time.monotonic())
+                now = time.monotonic()
+                self.submit(self.core.heartbeat, now)
+                # a broker silent too long while calls wait (hung, or gone unseen): broken,
+                # as the blocking client's pump decides
+                silence = self.core.silence(now)
+                if silence is not None:
+                    self.broken(silence)
             except FastFanoutError:
                 if self.core.closed or self.core.forked:
                     return
@@ -714,7 +746,9 @@ class AsyncConnection(DriverBase):
         self.core.closed = True
         self.core.broken(Closed("the client is closed"))
         self._wake_all()
-        tasks = [*self.tasks, *([self._handshake] if self._handshake is not None else [])]
+        watcher, self._watcher = self._watcher, None
+        tasks = [*self.tasks, *(task for task in (self._handshake, watcher)
+                                if task is not None and task is not asyncio.current_task())]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -815,24 +849,24 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         return await self.connection.publish_results(
             self._entries(Opcode.SEND, queue, entries))
 
-    def producer(self, topic: str, *, batch_messages: int | None = None,
-                 batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 linger: float | None = None) -> Opening[AsyncProducer]:
+    def producer(self, topic: str, *, group_id: str | None = None,
+                 batch_messages: int | None = None, batch_bytes: int | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, linger: float | None = None
+                 ) -> Opening[AsyncProducer]:
         """A producer (``async with``, or ``await``); ``linger`` defaults to 0.
 
         See ``fastfanout.api.PipelineAPI.producer``; its errors are raised when it is
         awaited or entered.
         """
-        return Opening(lambda: self._open_producer(topic, batch_messages, batch_bytes,
-                                                   max_in_flight, linger))
+        return Opening(lambda: self._open_producer(topic, group_id, batch_messages,
+                                                   batch_bytes, max_in_flight, linger))
 
-    async def _open_producer(self, topic: str, batch_messages: int | None,
-                             batch_bytes: int | None, max_in_flight: int,
-                             linger: float | None) -> AsyncProducer:
-        core = self._producer_core(topic, batch_messages, batch_bytes, max_in_flight, linger,
-                                   0.0)
-        if topic not in await self.list_topics():
-            raise NotFound(f"topic {topic!r} does not exist")
+    async def _open_producer(self, topic: str, group_id: str | None,
+                             batch_messages: int | None, batch_bytes: int | None,
+                             max_in_flight: int, linger: float | None) -> AsyncProducer:
+        core = self._producer_core(topic, group_id, batch_messages, batch_bytes,
+                                   max_in_flight, linger, 0.0)
+        self._check_producer_topic(core, await self.stats())
         producer = AsyncProducer(self.connection, core)
         self.connection.producers.add(producer)
         return producer

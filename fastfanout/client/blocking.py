@@ -62,7 +62,6 @@ from fastfanout.errors import (
     BrokenConnection,
     FastFanoutError,
     InvalidArgument,
-    NotFound,
     PeerLost,
     TransportError,
 )
@@ -646,14 +645,14 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         """Send many messages straight to a queue: all enqueued, or none."""
         return self.connection.publish_results(self._entries(Opcode.SEND, queue, entries))
 
-    def producer(self, topic: str, *, batch_messages: int | None = None,
-                 batch_bytes: int | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 linger: float | None = None) -> RemoteProducer:
+    def producer(self, topic: str, *, group_id: str | None = None,
+                 batch_messages: int | None = None, batch_bytes: int | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, linger: float | None = None
+                 ) -> RemoteProducer:
         """A producer for one thread (see ``fastfanout.api.PipelineAPI.producer``)."""
-        core = self._producer_core(topic, batch_messages, batch_bytes, max_in_flight, linger,
-                                   self.linger)
-        if topic not in self.list_topics():
-            raise NotFound(f"topic {topic!r} does not exist")
+        core = self._producer_core(topic, group_id, batch_messages, batch_bytes,
+                                   max_in_flight, linger, self.linger)
+        self._check_producer_topic(core, self.stats())
         producer = RemoteProducer(self.connection, core)
         self.connection.producers.add(producer)
         return producer

@@ -22,11 +22,18 @@ from fastfanout._ext.offers import NowaitGate
 from fastfanout.client.core import ConnectionCore, ControlCall, Request
 from fastfanout.client.messages import publish_options
 from fastfanout.client.producers import ProducerCore, producer_limits
-from fastfanout.errors import InvalidArgument
+from fastfanout.errors import InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body
 from fastfanout.runtime import default_endpoint
 from fastfanout.semantics.topic_pattern import validate_pattern
-from fastfanout.settings import MAX_DELAY, MAX_HIGH_WATER_MARK, check_count, seconds_to_us
+from fastfanout.settings import (
+    MAX_DELAY,
+    MAX_HIGH_WATER_MARK,
+    check_count,
+    check_producer_topic,
+    seconds_to_us,
+)
+from fastfanout.stats import BrokerStats
 from fastfanout.transport.local_channel import check_channel_options
 from fastfanout.transport.sockets import CurveKeys, client_curve
 from fastfanout.wire.protocol import Opcode
@@ -189,14 +196,29 @@ class ClientFace(Generic[F, BF]):
         """Pipelined ``send_batch``: the batch leaves now; a future of its results."""
         return self.connection.batch_future(self._entries(Opcode.SEND, queue, entries))
 
-    def _producer_core(self, topic: str, batch_messages: int | None,
+    def _producer_core(self, topic: str, group_id: str | None, batch_messages: int | None,
                        batch_bytes: int | None, max_in_flight: int, linger: float | None,
                        default_linger: float) -> ProducerCore:
         """A new producer's state, its arguments checked (``InvalidArgument``)."""
         batch_messages, batch_bytes, linger = producer_limits(
             topic, batch_messages, batch_bytes, max_in_flight, linger,
             (self.batch_messages, self.batch_bytes, default_linger))
-        return ProducerCore(topic, batch_messages, batch_bytes, max_in_flight, linger)
+        return ProducerCore(topic, batch_messages, batch_bytes, max_in_flight, linger,
+                            group_id)
+
+    @staticmethod
+    def _check_producer_topic(core: ProducerCore, stats: BrokerStats) -> None:
+        """Refuse a producer whose topic is missing, or whose rules it cannot meet.
+
+        Raises:
+            NotFound: the topic does not exist.
+            InvalidArgument: see ``settings.check_producer_topic``.
+        """
+        topic = stats.topics.get(core.topic)
+        if topic is None:
+            raise NotFound(f"topic {core.topic!r} does not exist")
+        check_producer_topic(core.topic, topic.fifo, topic.content_dedup,
+                             core.builder.group_id)
 
     @staticmethod
     def _check_listen(topic_pattern: object, high_water_mark: object) -> None:

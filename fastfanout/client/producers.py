@@ -99,9 +99,10 @@ class ProducerCore:
         batch_bytes: body bytes per frame.
         max_in_flight: frames sent and not yet answered at most.
         linger: seconds a frame that is not full waits before it is sent.
+        group_id: the FIFO group every message gets, or None.
 
     Attributes:
-        builder: the open frame.
+        builder: the open frame (its records get ``group_id``).
         in_flight: frames sent, by their request, oldest first.
         queued: full frames waiting for room (asyncio only).
         kept: refused frames (asyncio: and those queued behind them), oldest first.
@@ -114,13 +115,13 @@ class ProducerCore:
                  "refused_frames", "topic")
 
     def __init__(self, topic: str, batch_messages: int, batch_bytes: int,
-                 max_in_flight: int, linger: float) -> None:
+                 max_in_flight: int, linger: float, group_id: str | None = None) -> None:
         self.topic = topic
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes
         self.max_in_flight = max_in_flight
         self.linger = linger
-        self.builder = FrameBuilder()
+        self.builder = FrameBuilder(group_id)   # InvalidArgument for a bad group_id
         self.in_flight: dict[Request, bytes] = {}
         self.queued: deque[bytes] = deque()
         self.kept: deque[bytes] = deque()
@@ -175,6 +176,7 @@ class ProducerFace:
     Attributes:
         core: the producer's state.
         topic: the topic published to.
+        group_id: the FIFO group of every message offered, or None.
     """
 
     _gate: OfferGate   # the driver's offer(), in C: it counts the offers
@@ -187,6 +189,7 @@ class ProducerFace:
     def __init__(self, connection: BlockingDriver | AsyncDriver, core: ProducerCore) -> None:
         self.core = core
         self.topic = core.topic
+        self.group_id = core.builder.group_id
         self._rows_offered = 0   # offered by offer_batch (the gate counts offer())
         self._submit = connection.submit
         self._publish_frame = connection.core.publish_frame

@@ -884,7 +884,8 @@ class ModelBroker:
                 published=topic.published, deliveries=topic.deliveries,
                 unrouted=topic.unrouted, subscriptions=len(self._feeding(name)),
                 duplicates=topic.duplicates, filtered_out=topic.filtered_out,
-                dedup_entries=topic.window.size(now_us), dedup_evicted=topic.window.evicted)
+                dedup_entries=topic.window.size(now_us), dedup_evicted=topic.window.evicted,
+                fifo=topic.fifo, content_dedup=topic.content_dedup)
             for name, topic in sorted(self._topics.items())}
         queues = {}
         for name, queue in sorted(self._queues.items()):

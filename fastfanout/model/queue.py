@@ -237,9 +237,7 @@ class Queue:
         for copy in self.copies:
             copy.listed = False
             copy.receipt = None
-            # receive times are not journaled: a copy received before the restart has
-            # none after it (docs/semantics.md, durable queues)
-            copy.first_receive_us = copy.last_receive_us = None
+            # receive times are journaled (lease records): a copy keeps them
             if copy.journal_due_us > copy.entered_us:
                 copy.state = "delayed"
                 waiting.append(copy)

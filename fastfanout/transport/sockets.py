@@ -39,6 +39,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -56,7 +57,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from fastfanout.errors import TransportError, Unroutable, WouldBlock
+from fastfanout.errors import PeerLost, TransportError, Unroutable, WouldBlock
 
 __all__ = [
     "CURVE_ALLOW_ANY",
@@ -575,8 +576,49 @@ class _ClientSocket(_OwnedSocket):
         return _recv_ready(self._socket)
 
 
+# A client's DEALER is watched by a monitor: libzmq reconnects a lost connection by
+# itself and says nothing, so a client whose broker was killed (kill -9: no GOODBYE)
+# waited for replies that could never come (a reply to a connection that is gone is
+# dropped by the broker's ROUTER). The monitor reports the disconnect at once. Only a
+# connection that completed its handshake counts as lost: libzmq also reports a
+# disconnect for a handshake that failed (say, CURVE keys the broker does not admit),
+# which the client's own timeout handles as before.
+_LINK_EVENTS: Final = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+_HANDSHAKE_SUCCEEDED: Final = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_DISCONNECTED: Final = int(zmq.EVENT_DISCONNECTED)
+
+
+class _Link:
+    """Whether a DEALER's connection to the broker was made, then lost (monitor events)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.made = False
+
+    def lost(self, frames: list[bytes]) -> PeerLost | None:
+        """The error when this monitor event ends a connection that was made, else None."""
+        event = struct.unpack_from("<H", frames[0])[0]   # u16 event, then u32 value
+        if event == _HANDSHAKE_SUCCEEDED:
+            self.made = True
+        elif event == _DISCONNECTED and self.made:
+            self.made = False
+            return PeerLost(f"the connection to the broker at {self.endpoint} was closed (its "
+                            f"process ended, or it dropped this client)")
+        return None
+
+
+def _close_monitor(sock: Any, monitor: Any) -> None:
+    """Stop a socket's monitor and close its socket (before the context is ended)."""
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    monitor.close(linger=0)
+
+
 class DealerTransport(_ClientSocket):
     """A client's command connection (DEALER), blocking flavour.
+
+    ``recv`` raises ``PeerLost`` once the connection it had is closed (the broker's
+    process ended, or the broker dropped it): messages that came before are read first.
 
     Args:
         endpoint: the broker's ROUTER endpoint.
@@ -586,10 +628,41 @@ class DealerTransport(_ClientSocket):
     def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
         super().__init__(endpoint, zmq.DEALER,
                          [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
+        self._link = _Link(endpoint)
+        self._monitor = self._socket.get_monitor_socket(_LINK_EVENTS)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    def recv(self, timeout: float) -> list[bytes] | None:
+        """The next message, waiting up to ``timeout`` seconds (0: only if one is here).
+
+        Raises:
+            PeerLost: the connection was lost (and no message is waiting).
+        """
+        if timeout > 0:
+            ready = dict(self._poller.poll(int(timeout * 1000) or 1))
+            if self._socket in ready:
+                return _recv_ready(self._socket, ask=False)
+            if self._monitor in ready:
+                self._read_link()
+            return None
+        return _recv_ready(self._socket)
+
+    def _read_link(self) -> None:
+        """Read the monitor's events; raise ``PeerLost`` if the connection was lost."""
+        while (frames := _recv_ready(self._monitor)) is not None:
+            error = self._link.lost(frames)
+            if error is not None:
+                raise error
 
     def send(self, frames: list[bytes]) -> None:
         """Queue a request (libzmq sends it in the background)."""
         _send_frames(self._socket, frames, 0)
+
+    def close(self) -> None:
+        """Close the socket, its monitor and its context (pending messages are dropped)."""
+        if not self.closed:
+            _close_monitor(self._socket, self._monitor)
+        super().close()
 
 
 class SubTransport(_ClientSocket):
@@ -646,6 +719,28 @@ class AsyncDealerTransport(_AsyncClientSocket):
     def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
         super().__init__(endpoint, zmq.DEALER,
                          [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
+        self._link = _Link(endpoint)
+        self._monitor = self._socket.get_monitor_socket(_LINK_EVENTS)
+
+    async def lost(self) -> PeerLost | None:
+        """Wait until the connection, once made, is lost; the error that says so.
+
+        Lost: the broker's process ended, or it dropped this client. None once this
+        transport is closed. Cancel to stop watching.
+        """
+        try:
+            while True:
+                error = self._link.lost(await self._monitor.recv_multipart())
+                if error is not None:
+                    return error
+        except zmq.ZMQError:   # closed under the wait
+            return None
+
+    def close(self) -> None:
+        """Close the socket, its monitor and its context (pending messages are dropped)."""
+        if not self.closed:
+            _close_monitor(self._socket, self._monitor)
+        super().close()
 
     def send_nowait(self, frames: list[bytes]) -> None:
         """Queue a request without awaiting (no task per request).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from pathlib import Path
 from typing import Any
 from typing import Any as Tracker
@@ -565,5 +566,52 @@ def test_a_cancelled_close_still_closes(track: Tracker, producing: bool) -> None
         with pytest.raises(fastfanout.Closed):
             await client.list_queues()
         await client.close()
+
+    asyncio.run(main())
+
+
+def test_publish_nowait_from_another_thread_into_an_open_batch_raises_wrong_event_loop(
+        track: Tracker) -> None:
+    # a bare body from a foreign thread joined the owner's open batch (the native fast
+    # path), or opened a batch of another target while one was open, with no check
+    server = track.server()
+
+    async def main() -> None:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_topic("t")
+            await client.create_queue("q")
+            await client.subscribe("t", "q")
+            refused: list[BaseException] = []
+
+            def attempt(call: Any) -> None:
+                try:
+                    call()
+                except fastfanout.WrongEventLoop as exc:
+                    refused.append(exc)
+
+            def foreign_calls() -> None:
+                calls = (lambda: client.publish_nowait("t", b"foreign"),   # joins the batch
+                         lambda: client.send_nowait("q", b"foreign"),      # opens another
+                         lambda: client.publish_nowait("t", b"foreign", priority=1))
+                for call in calls:
+                    attempt(call)
+
+                async def in_a_loop_of_its_own() -> None:
+                    for call in calls:
+                        attempt(call)
+
+                asyncio.run(in_a_loop_of_its_own())
+
+            owned = client.publish_nowait("t", b"owner")   # opens the batch of "t"
+            # the loop is held here (no await) so the batch stays open meanwhile
+            thread = threading.Thread(target=foreign_calls)
+            thread.start()
+            thread.join(10.0)
+            assert not thread.is_alive()
+            assert len(refused) == 6
+            assert (await owned).message_id > 0
+            await client.flush()
+            received = await client.receive("q", max_messages=10)
+            assert [m.body for m in received] == [b"owner"]
 
     asyncio.run(main())

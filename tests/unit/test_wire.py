@@ -26,7 +26,11 @@ def test_frame_builder_round_trips_through_the_codec():
     assert msgspec.msgpack.decode(second.attributes) == {"k": "v"}
     assert (second.group_id, second.dedup_id, second.priority) == ("g", "d", 7)
     assert third.deliver_at_us == round(datetime(2030, 1, 1, tzinfo=UTC).timestamp() * 1e6)
-    assert third.expires_at_us is not None and third.receipt is None
+    # a ttl (and a delay) travels as a duration: the broker counts it on its own clock
+    assert third.ttl_us == 5_000_000 and third.expires_at_us is None and third.receipt is None
+    builder.append(b"d", delay=1.5)
+    (fourth,) = decode_batch(builder.take())
+    assert fourth.delay_us == 1_500_000 and fourth.deliver_at_us is None
 
 
 @pytest.mark.parametrize("call", [

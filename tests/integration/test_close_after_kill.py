@@ -1,0 +1,110 @@
+"""A client whose broker was killed (kill -9: no GOODBYE) learns it at once.
+
+libzmq reconnects a lost connection in silence, and a broker's answers to the lost
+connection can never come. The asyncio client's ``close()`` after its broker was
+SIGKILLed waited its whole timeout (5 s) for the reply to BYE, the blocking client's
+3 s (its heartbeat silence rule), and a call in flight waited as long. The DEALER's
+monitor now reports the lost connection: the connection is broken at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from conftest import Tracker
+
+from fastfanout import BrokenConnection, aio
+
+# far below close()'s default timeout (5 s) and the heartbeat silence rule (3 s)
+QUICK = 1.0
+
+
+def _killed_broker(track: Tracker, kind: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """A broker process (tracked: reaped at teardown) on a new ``kind`` endpoint."""
+    endpoint = track.endpoint(kind)
+    return endpoint, track.broker_process(endpoint)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: the broker says no GOODBYE; reaped within a deadline."""
+    process.send_signal(signal.SIGKILL)
+    process.wait(10.0)
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_asyncio_close_after_the_broker_was_killed_is_quick(track: Tracker, kind: str) -> None:
+    endpoint, process = _killed_broker(track, kind)
+
+    async def main() -> float:
+        client = await aio.connect(endpoint, timeout=5.0, local_channel=False)
+        await client.create_topic("t")
+        await asyncio.to_thread(_kill, process)
+        started = time.monotonic()
+        await client.close()
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < QUICK
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_blocking_close_after_the_broker_was_killed_is_quick(track: Tracker, kind: str) -> None:
+    endpoint, process = _killed_broker(track, kind)
+    client = track.client(endpoint, local_channel=False)
+    client.create_topic("t")
+    _kill(process)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < QUICK
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_a_call_waiting_when_the_broker_is_killed_fails_at_once(
+        track: Tracker, kind: str) -> None:
+    endpoint, process = _killed_broker(track, kind)
+
+    async def main() -> float:
+        async with aio.connect(endpoint, timeout=5.0, local_channel=False) as client:
+            await client.create_queue("q")
+            waiting = asyncio.create_task(client.receive("q", wait=20.0))
+            await asyncio.to_thread(_kill, process)
+            started = time.monotonic()
+            with pytest.raises(BrokenConnection, match="closed"):
+                await waiting
+            return time.monotonic() - started
+
+    assert asyncio.run(main()) < QUICK
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_a_blocking_call_waiting_when_the_broker_is_killed_fails_at_once(
+        track: Tracker, kind: str) -> None:
+    endpoint, process = _killed_broker(track, kind)
+    client = track.client(endpoint, local_channel=False)
+    client.create_queue("q")
+    outcome: list[BaseException] = []
+    failed_at: list[float] = []
+
+    def receive() -> None:
+        try:
+            client.receive("q", wait=20.0)
+        except Exception as exc:   # checked below, in the test's thread
+            failed_at.append(time.monotonic())
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=receive)
+    waiting.start()
+    try:
+        track.wait_until(lambda: bool(client.connection.core.pending),
+                         what="the long poll to be sent")
+        _kill(process)
+        killed = time.monotonic()
+    finally:
+        waiting.join(10.0)
+    assert not waiting.is_alive()
+    assert outcome and isinstance(outcome[0], BrokenConnection), outcome
+    assert failed_at[0] - killed < QUICK
