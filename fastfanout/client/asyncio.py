@@ -406,6 +406,10 @@ class AsyncConnection(DriverBase):
         payload = encode_call(opcode, args, kwargs)
         self.submit(self.core.queue_frames, opcode, [payload], False)
 
+    def fire_frames(self, opcode: int, payload: list[bytes]) -> None:
+        """Send a request of these payload frames whose answer is dropped."""
+        self.submit(self.core.queue_frames, opcode, payload, False)
+
     async def wait(self, request: Request, extra: float = 0.0) -> list[bytes]:
         """Wait for a request's answer, at most the client's timeout plus ``extra``."""
         if not request.done:

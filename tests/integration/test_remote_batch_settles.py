@@ -188,3 +188,64 @@ def test_the_wire_requests_and_their_malformed_forms(track: Tracker) -> None:
             status, payload = _raw(dealer, request_id, opcode, *payload_frames)
             assert (status, payload[0]) == (protocol.Status.ERROR, code), (opcode, code)
         assert broker.stats().queues["q"].leased == 1    # the third: refused with first
+
+
+def test_a_blocking_clients_batch_nacks_and_terms(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("dlq")
+    client.create_queue("q", visibility_timeout=60.0, dead_letter_queue="dlq")
+    client.send_batch("q", [b"a", b"b", b"c", b"d"])
+    consumer = client.consume("q", prefetch=2)
+    batch = consumer.next_batch(DEADLINE)
+    assert batch is not None and len(batch) == 2
+    batch[0].ack()                                   # queued; goes before the nack
+    with pytest.raises(InvalidArgument):
+        batch.nack(delay=float("inf"))               # checked first, nothing sent
+    batch.nack(delay=30.0)
+    stats = client.stats().queues["q"]
+    assert (stats.acked, stats.delayed) == (1, 1)
+    termed = 0
+    while termed < 2:                                # the credit came back: c and d
+        batch = consumer.next_batch(DEADLINE)
+        assert batch is not None, "no push after the batch's nack"
+        batch.term()
+        termed += len(batch)
+    assert client.stats().queues["dlq"].visible == 2
+    client.send("q", b"e")
+    batch = consumer.next_batch(DEADLINE)
+    assert batch is not None and len(batch) == 1
+    client.ack_batch(batch.receipts)
+    with pytest.raises(StaleReceipt):
+        batch.term()                                 # waits and raises, as client.term
+    consumer.cancel()
+
+
+def test_an_asyncio_clients_batch_nacks_and_terms(track: Tracker) -> None:
+    server = track.server()
+    driver = DRIVERS["asyncio"](track, server.endpoint)
+    client = driver.client
+
+    async def main() -> None:
+        await client.create_queue("dlq")
+        await client.create_queue("q", visibility_timeout=60.0, dead_letter_queue="dlq")
+        await client.send_batch("q", [b"a", b"b", b"c", b"d"])
+        batches = client.consume_batches("q", prefetch=2, timeout=DEADLINE)
+        batch = await anext(batches)
+        assert len(batch) == 2
+        batch[0].ack()                               # queued; goes before the nack
+        with pytest.raises(InvalidArgument):
+            batch.nack(delay=-1.0)
+        await batch.nack(delay=30.0)
+        termed = 0
+        while termed < 2:                            # the credit came back: c and d
+            batch = await anext(batches)
+            await batch.term()
+            termed += len(batch)
+        stats = await client.stats()
+        assert (stats.queues["q"].acked, stats.queues["q"].delayed) == (1, 1)
+        assert (stats.queues["dlq"].visible, stats.queues["q"].leased) == (2, 0)
+        await batches.aclose()
+
+    driver.run(main())
+    driver.close()

@@ -163,3 +163,30 @@ def test_after_close_every_batch_form_raises_closed(broker):
                  lambda: broker.term_batch(receipts), lambda: broker.nack_batch(5, delay=-1)):
         with pytest.raises(Closed):
             call()
+
+
+def test_a_consumers_batch_nacks_or_terms_what_was_not_settled_on_its_own(broker):
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    broker.send_batch("q", [b"a", b"b", b"c", b"d"])
+    consumer = broker.consume("q", prefetch=2)
+    batch = consumer.next_batch(1.0)
+    assert batch is not None and len(batch) == 2
+    batch[0].ack()
+    batch.nack(delay=0)                                  # the other one only
+    stats = broker.stats().queues["q"]
+    assert (stats.acked, stats.visible, stats.leased) == (1, 3, 0)
+    batch = consumer.next_batch(1.0)                     # the credit came back
+    assert batch is not None and len(batch) == 2
+    with pytest.raises(InvalidArgument, match="delay"):
+        batch.nack(delay=-1)                             # checked first: still unsettled
+    batch.term()
+    assert broker.stats().queues["dlq"].visible == 2
+    with pytest.raises(StaleReceipt):
+        broker.ack_batch(batch.receipts)
+    batch.term()                                         # settled already: nothing to do
+    batch = consumer.next_batch(1.0)
+    assert batch is not None and len(batch) == 1
+    broker.ack_batch(batch.receipts)
+    with pytest.raises(StaleReceipt):
+        batch.nack()                                     # as batch.ack(): all or none
