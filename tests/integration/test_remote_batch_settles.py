@@ -32,8 +32,9 @@ def leased(driver: Any, count: int, **settings: Any) -> list[int]:
 
 @pytest.mark.parametrize("kind", sorted(DRIVERS))
 def test_each_batch_form_settles_every_receipt_as_its_single_form(
-        track: Tracker, kind: str) -> None:
-    server = track.server()
+        track: Tracker, endpoint: str, kind: str) -> None:
+    """Over ipc (a local channel: the frames are views of its ring) and tcp."""
+    server = track.server(endpoint)
     driver = DRIVERS[kind](track, server.endpoint)
     receipts = leased(driver, 8)
     driver.call("nack_batch", receipts[:2], delay=30.0)
