@@ -14,14 +14,17 @@ session is stale to it (see "Owners" in ``store.pyx``); ``ANY_SESSION`` (0, the 
 the embedded broker's own calls) may settle any lease. The batch forms are all or none: every receipt is
 checked before the first is acked, so a stale receipt changes nothing. The packed forms
 read little-endian u64 receipts straight from a wire frame (the server's SETTLE and ACK)
-with no Python int per receipt.
+with no Python int per receipt. ``nack_batch``, ``extend_batch`` and ``term_batch`` are
+all or none the same way (a receipt repeated in one batch settles once, as in
+``ack_batch``) and take either a list of ints or a packed frame (NACK_BATCH and the
+others' receipts, or an array the broker packed): one native pass reads them.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
-from fastfanout._ext.codec cimport ff_load_le64
+from fastfanout._ext.codec cimport ff_load_le64, ff_store_le64
 from fastfanout._ext.store cimport (
     ANY_SESSION,
     DEAD_REJECTED,
@@ -41,6 +44,11 @@ cdef extern from *:
 
 cdef extern from "prefetch.h":
     void ff_prefetch_object(const void* address, size_t size) noexcept nogil
+
+cdef enum settle_kind:
+    SETTLE_NACK = 1     # return, after arg_us (< 0: the queue's backoff)
+    SETTLE_EXTEND = 2   # lease ends arg_us from now (0: return at once, no backoff)
+    SETTLE_TERM = 3     # dead-letter, reason rejected
 
 cdef enum:
     ACK_PREFETCH_AHEAD = 12    # receipts ahead of an ack whose blob header is asked for
@@ -240,3 +248,102 @@ def term(Store store, object receipt, int64_t now_us, object session=ANY_SESSION
     """Dead-letter the leased message at once (reason ``rejected``)."""
     cdef uint32_t slot = store._require_lease(receipt, store.require_session(session))
     store._dead_letter(slot, DEAD_REJECTED, now_us)
+
+
+cdef int _settle_slot(Store store, uint32_t slot, settle_kind kind, int64_t arg_us,
+                      int64_t now_us) except -1:
+    """Settle one checked lease as ``nack``, ``extend`` or ``term`` does."""
+    if kind == SETTLE_NACK:
+        store._return(slot, arg_us, now_us)
+    elif kind == SETTLE_EXTEND:
+        if arg_us == 0:
+            store._return(slot, 0, now_us)
+        else:
+            store._disarm(slot)
+            store._arm_lease(slot, now_us + arg_us)
+    else:
+        store._dead_letter(slot, DEAD_REJECTED, now_us)
+    return 0
+
+
+cdef Py_ssize_t _settle_many(Store store, object receipts, settle_kind kind, int64_t arg_us,
+                             int64_t now_us, object session, str verb) except -1:
+    """Settle every receipt (a list of ints, or packed little-endian u64s), or none.
+
+    Every receipt is read once and checked before the first is settled: any stale one
+    raises StaleReceipt (listing each stale receipt once, in order) and changes nothing.
+    A receipt repeated in the batch is settled once (its second look finds it no longer
+    leased, or for ``extend``, extended to the same end). Returns the number of receipts.
+    """
+    cdef uint32_t tag = store.require_session(session)
+    cdef Py_buffer buffer
+    cdef bint buffered = type(receipts) is not list
+    cdef const char* data
+    cdef char* values = NULL
+    cdef Py_ssize_t index
+    cdef Py_ssize_t count
+    cdef uint64_t receipt
+    cdef uint32_t slot
+    cdef dict stale = None
+    if buffered:
+        _receipts_buffer(receipts, &buffer)
+        data = <const char*>buffer.buf
+        count = buffer.len // 8
+    else:
+        count = len(<list>receipts)
+        values = <char*>PyMem_Malloc(max(count, 1) * 8)
+        if values == NULL:
+            raise MemoryError()
+        data = values
+    try:
+        for index in range(count):
+            if buffered:
+                receipt = ff_load_le64(data + 8 * index)
+            else:
+                # each int is read (and checked) once, here; the second pass reads the copy
+                receipt = receipt_value((<list>receipts)[index])
+                ff_store_le64(values + 8 * index, receipt)
+            if store._lease_slot(receipt, tag) == NIL:
+                if stale is None:
+                    stale = {}
+                stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
+        if stale is not None:
+            raise StaleReceipt(
+                f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
+                f"nothing was {verb}", list(stale))
+        for index in range(count):
+            slot = store._lease_slot(ff_load_le64(data + 8 * index), tag)
+            if slot != NIL:   # NIL here only for a receipt repeated in this batch
+                _settle_slot(store, slot, kind, arg_us, now_us)
+        return count
+    finally:
+        if buffered:
+            PyBuffer_Release(&buffer)
+        else:
+            PyMem_Free(values)
+
+
+def nack_batch(Store store, object receipts, int64_t delay_us, int64_t now_us,
+               object session=ANY_SESSION):
+    """``nack`` every receipt (a list of ints or packed u64s), or none if any is stale.
+
+    Returns the number of receipts; raises StaleReceipt listing the stale ones.
+    """
+    return _settle_many(store, receipts, SETTLE_NACK, delay_us, now_us, session, "nacked")
+
+
+def extend_batch(Store store, object receipts, int64_t lease_us, int64_t now_us,
+                 object session=ANY_SESSION):
+    """``extend`` every receipt (a list of ints or packed u64s), or none if any is stale.
+
+    Returns the number of receipts; raises StaleReceipt listing the stale ones.
+    """
+    return _settle_many(store, receipts, SETTLE_EXTEND, lease_us, now_us, session, "extended")
+
+
+def term_batch(Store store, object receipts, int64_t now_us, object session=ANY_SESSION):
+    """``term`` every receipt (a list of ints or packed u64s), or none if any is stale.
+
+    Returns the number of receipts; raises StaleReceipt listing the stale ones.
+    """
+    return _settle_many(store, receipts, SETTLE_TERM, 0, now_us, session, "terminated")

@@ -43,7 +43,7 @@ BROKER_OPERATIONS: Final = (
     "list_queues", "queue_settings", "subscribe", "unsubscribe", "set_filter_policy",
     "subscription", "list_subscriptions", "redrive", "purge", "stats", "check",
     "publish", "send", "publish_batch", "send_batch", "receive", "ack", "ack_batch",
-    "nack", "extend", "term", "consume",
+    "nack", "nack_batch", "extend", "extend_batch", "term", "term_batch", "consume",
 )
 """The operations of ``BrokerAPI`` (and ``AsyncBrokerAPI``), in declaration order."""
 
@@ -173,11 +173,20 @@ class BrokerAPI(Protocol):
     def nack(self, receipt: int, *, delay: float | None = None) -> None:
         """End a lease early."""
 
+    def nack_batch(self, receipts: Iterable[int], *, delay: float | None = None) -> None:
+        """End many leases early: all, or none (as ``ack_batch``)."""
+
     def extend(self, receipt: int, seconds: float) -> None:
         """Make the lease end ``seconds`` from now."""
 
+    def extend_batch(self, receipts: Iterable[int], seconds: float) -> None:
+        """Make many leases end ``seconds`` from now: all, or none."""
+
     def term(self, receipt: int) -> None:
         """Dead-letter a leased message now."""
+
+    def term_batch(self, receipts: Iterable[int]) -> None:
+        """Dead-letter many leased messages now: all, or none."""
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
@@ -430,11 +439,20 @@ class AsyncBrokerAPI(Protocol):
     async def nack(self, receipt: int, *, delay: float | None = None) -> None:
         """End a lease early."""
 
+    async def nack_batch(self, receipts: Iterable[int], *, delay: float | None = None) -> None:
+        """End many leases early: all, or none (as ``ack_batch``)."""
+
     async def extend(self, receipt: int, seconds: float) -> None:
         """Make the lease end ``seconds`` from now."""
 
+    async def extend_batch(self, receipts: Iterable[int], seconds: float) -> None:
+        """Make many leases end ``seconds`` from now: all, or none."""
+
     async def term(self, receipt: int) -> None:
         """Dead-letter a leased message now."""
+
+    async def term_batch(self, receipts: Iterable[int]) -> None:
+        """Dead-letter many leased messages now: all, or none."""
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,

@@ -515,12 +515,10 @@ def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
         receipts = [message.receipt for message in messages]
         if ack and receipts:
             client.ack_batch(receipts)
-        elif nack:
-            for receipt in receipts:
-                client.nack(receipt)
-        elif term:
-            for receipt in receipts:
-                client.term(receipt)
+        elif nack and receipts:
+            client.nack_batch(receipts)
+        elif term and receipts:
+            client.term_batch(receipts)
 
 
 # -- inspection ----------------------------------------------------------------------------

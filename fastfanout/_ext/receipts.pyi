@@ -28,3 +28,15 @@ def extend(store: Store, receipt: int, lease_us: int, now_us: int, session: int 
 
 def term(store: Store, receipt: int, now_us: int, session: int = 0) -> None:
     """Dead-letter the leased message at once (reason ``rejected``)."""
+
+def nack_batch(store: Store, receipts: list[int] | _BytesLike, delay_us: int, now_us: int,
+               session: int = 0) -> int:
+    """``nack`` every receipt (a list of ints or packed u64s), or none if any is stale."""
+
+def extend_batch(store: Store, receipts: list[int] | _BytesLike, lease_us: int, now_us: int,
+                 session: int = 0) -> int:
+    """``extend`` every receipt (a list of ints or packed u64s), or none if any is stale."""
+
+def term_batch(store: Store, receipts: list[int] | _BytesLike, now_us: int,
+               session: int = 0) -> int:
+    """``term`` every receipt (a list of ints or packed u64s), or none if any is stale."""

@@ -23,7 +23,7 @@ from typing import Protocol, cast
 from fastfanout._ext.message import Message
 from fastfanout.arrays import MessageBatch
 from fastfanout.errors import InvalidArgument
-from fastfanout.settings import check_wait
+from fastfanout.settings import MAX_DELAY, check_wait, seconds_to_us
 
 __all__ = ["MAX_PREFETCH", "BrokerBatch", "BrokerConsumer"]
 
@@ -58,6 +58,12 @@ class _Owners(Protocol):
     def ack_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
                    ) -> int: ...
 
+    def nack_packed(self, receipts: bytes | bytearray | memoryview, delay: float | None, *,
+                    session: int = 0) -> int: ...
+
+    def term_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                    ) -> int: ...
+
 
 class BrokerBatch(MessageBatch):
     """One batch of an embedded consumer (``BrokerConsumer.next_batch``).
@@ -66,7 +72,7 @@ class BrokerBatch(MessageBatch):
     the fields and settle calls of ``Message``), with numpy views of the delivery frame
     (``ids``, ``receipts``, ``bodies``, ``as_array``: ``fastfanout.arrays``).
     ``ack()`` acks the messages not settled on their own, all or none (raising
-    ``StaleReceipt``).
+    ``StaleReceipt``); ``nack()`` and ``term()`` settle them so instead.
 
     Args:
         frame: the delivery frame (``ServerPort.receive_frame``).
@@ -97,6 +103,34 @@ class BrokerBatch(MessageBatch):
         receipts = self._unsettled()
         if receipts is not None:
             self._port.ack_packed(receipts)
+
+    def nack(self, *, delay: float | None = None) -> None:
+        """Nack every message of the batch not settled on its own: all, or none.
+
+        Args:
+            delay: seconds before redelivery (0 to 31,536,000); None: the queue's
+                redelivery backoff (visible at once without one).
+
+        Raises:
+            InvalidArgument: ``delay`` is out of range (nothing was settled, the batch
+                still may be).
+            StaleReceipt: a lease ended before (nothing was nacked).
+        """
+        if delay is not None:
+            seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        receipts = self._unsettled()
+        if receipts is not None:
+            self._port.nack_packed(receipts, delay)
+
+    def term(self) -> None:
+        """Dead-letter every message of the batch not settled on its own: all, or none.
+
+        Raises:
+            StaleReceipt: a lease ended before (nothing was changed).
+        """
+        receipts = self._unsettled()
+        if receipts is not None:
+            self._port.term_packed(receipts)
 
 
 class BrokerConsumer(Iterator[Message]):

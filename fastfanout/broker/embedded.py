@@ -596,6 +596,94 @@ class Broker:
             by_receipt.term(self._store, receipt, now_us, session)
             self._wake_receivers()
 
+    def nack_batch(self, receipts: Iterable[int], *, delay: float | None = None,
+                   session: int = 0) -> None:
+        """``nack`` many deliveries: all of them, or (if any receipt is stale) none.
+
+        Each receipt is nacked as ``nack(receipt, delay=delay)`` would, in order; a
+        receipt repeated in the batch is nacked once.
+
+        Args:
+            receipts: ints, or a 1-D ``uint64`` array (read natively, no Python object
+                per receipt), as ``ack_batch`` takes them.
+            delay: seconds before redelivery (0 to 31,536,000); None: each queue's
+                redelivery backoff (no wait without one).
+            session: the caller's session tag (see ``ack``).
+
+        Raises:
+            StaleReceipt: with ``receipts`` listing the stale ones; nothing was nacked.
+            InvalidArgument: ``delay`` is out of range, or a receipt is not an int in
+                [0, 2**64); nothing was nacked.
+        """
+        self._ensure_open()
+        delay_us = -1 if delay is None else seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        self._nack_many(self._receipts_argument(receipts), delay_us, session)
+
+    def extend_batch(self, receipts: Iterable[int], seconds: float, *,
+                     session: int = 0) -> None:
+        """``extend`` many deliveries: all of them, or (if any receipt is stale) none.
+
+        Args:
+            receipts: ints, or a 1-D ``uint64`` array, as ``ack_batch`` takes them.
+            seconds: each lease now ends this many seconds from now (0 to 43,200; 0
+                returns every message at once, as ``nack(delay=0)``).
+            session: the caller's session tag (see ``ack``).
+
+        Raises:
+            StaleReceipt: with ``receipts`` listing the stale ones; nothing was extended.
+            InvalidArgument: ``seconds`` is out of range, or a receipt is not an int in
+                [0, 2**64); nothing was extended.
+        """
+        self._ensure_open()
+        lease_us = seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
+        self._extend_many(self._receipts_argument(receipts), lease_us, session)
+
+    def term_batch(self, receipts: Iterable[int], *, session: int = 0) -> None:
+        """``term`` many deliveries (dead-letter them now): all, or (if any is stale) none.
+
+        Args:
+            receipts: ints, or a 1-D ``uint64`` array, as ``ack_batch`` takes them.
+            session: the caller's session tag (see ``ack``).
+
+        Raises:
+            StaleReceipt: with ``receipts`` listing the stale ones; nothing was changed.
+            InvalidArgument: a receipt is not an int in [0, 2**64); nothing was changed.
+        """
+        self._ensure_open()
+        self._term_many(self._receipts_argument(receipts), session)
+
+    @staticmethod
+    def _receipts_argument(receipts: Iterable[int]) -> list[int] | bytes:
+        """A batch's receipts as the native batch calls take them: a list, or packed."""
+        check_iterable("receipts", receipts)
+        return cast("list[int]", receipts) if type(receipts) is list else pack_receipts(receipts)
+
+    def _nack_many(self, receipts: list[int] | bytes | bytearray | memoryview,
+                   delay_us: int, session: int) -> int:
+        with self._lock:
+            now_us = self._now_us()
+            count: int = by_receipt.nack_batch(self._store, receipts, delay_us, now_us, session)
+            self._wake_receivers()
+            return count
+
+    def _extend_many(self, receipts: list[int] | bytes | bytearray | memoryview,
+                     lease_us: int, session: int) -> int:
+        with self._lock:
+            now_us = self._now_us()
+            count: int = by_receipt.extend_batch(self._store, receipts, lease_us, now_us,
+                                                 session)
+            if lease_us == 0:
+                self._wake_receivers()
+            return count
+
+    def _term_many(self, receipts: list[int] | bytes | bytearray | memoryview,
+                   session: int) -> int:
+        with self._lock:
+            now_us = self._now_us()
+            count: int = by_receipt.term_batch(self._store, receipts, now_us, session)
+            self._wake_receivers()
+            return count
+
     # -- dead letters and housekeeping -------------------------------------------------
 
     def redrive(
@@ -945,6 +1033,38 @@ class ServerPort:
             broker._now_us()
             stale: list[int] = by_receipt.ack_frames(broker._store, frames, session)
             return stale
+
+    def nack_packed(self, receipts: bytes | bytearray | memoryview, delay: float | None, *,
+                    session: int = 0) -> int:
+        """``Broker.nack_batch`` of packed little-endian u64s (the wire's NACK_BATCH).
+
+        Returns:
+            The number of receipts.
+
+        Raises:
+            InvalidArgument: ``delay`` is out of range, or the length is not a multiple
+                of 8 (nothing nacked).
+            StaleReceipt: with ``receipts`` listing the stale ones; nothing was nacked.
+        """
+        delay_us = -1 if delay is None else seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        return self._broker._nack_many(receipts, delay_us, session)
+
+    def extend_packed(self, receipts: bytes | bytearray | memoryview, seconds: float, *,
+                      session: int = 0) -> int:
+        """``Broker.extend_batch`` of packed little-endian u64s (the wire's EXTEND_BATCH).
+
+        Returns and raises as ``nack_packed`` (``seconds`` 0 to 43,200).
+        """
+        lease_us = seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
+        return self._broker._extend_many(receipts, lease_us, session)
+
+    def term_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                    ) -> int:
+        """``Broker.term_batch`` of packed little-endian u64s (the wire's TERM_BATCH).
+
+        Returns and raises as ``nack_packed``.
+        """
+        return self._broker._term_many(receipts, session)
 
     def release_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
                        ) -> int:

@@ -410,6 +410,10 @@ class AsyncConnection(DriverBase):
         payload = encode_call(opcode, args, kwargs)
         self.submit(self.core.queue_frames, opcode, [payload], False)
 
+    def fire_frames(self, opcode: int, payload: list[bytes]) -> None:
+        """Send a request of these payload frames whose answer is dropped."""
+        self.submit(self.core.queue_frames, opcode, payload, False)
+
     async def wait(self, request: Request, extra: float = 0.0) -> list[bytes]:
         """Wait for a request's answer, at most the client's timeout plus ``extra``."""
         if not request.done:
@@ -923,6 +927,47 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         """
         connection = self.connection
         await connection.wait(connection.submit(connection.core.ack_request, receipts))
+
+    async def nack_batch(self, receipts: Iterable[int], *, delay: float | None = None) -> None:
+        """End many leases early: all, or (if any receipt is stale) none.
+
+        Each receipt is nacked as ``nack(receipt, delay=delay)`` would; ``receipts`` as
+        ``ack_batch`` takes them, in one NACK_BATCH request.
+
+        Raises:
+            StaleReceipt: listing the stale receipts; nothing was nacked.
+            InvalidArgument: ``delay`` (seconds, 0 to 31,536,000, or None: the queue's
+                backoff) or a receipt is bad; nothing was sent.
+        """
+        connection = self.connection
+        await connection.wait(connection.submit(
+            connection.core.nack_batch_request, receipts, delay))
+
+    async def extend_batch(self, receipts: Iterable[int], seconds: float) -> None:
+        """Make many leases end ``seconds`` (0 to 43,200) from now: all, or none.
+
+        ``receipts`` as ``ack_batch`` takes them, in one EXTEND_BATCH request.
+
+        Raises:
+            StaleReceipt: listing the stale receipts; nothing was extended.
+            InvalidArgument: ``seconds`` or a receipt is bad; nothing was sent.
+        """
+        connection = self.connection
+        await connection.wait(connection.submit(
+            connection.core.extend_batch_request, receipts, seconds))
+
+    async def term_batch(self, receipts: Iterable[int]) -> None:
+        """Dead-letter many leased messages now: all, or (if any is stale) none.
+
+        ``receipts`` as ``ack_batch`` takes them, in one TERM_BATCH request.
+
+        Raises:
+            StaleReceipt: listing the stale receipts; nothing was changed.
+            InvalidArgument: a receipt is bad; nothing was sent.
+        """
+        connection = self.connection
+        await connection.wait(connection.submit(
+            connection.core.term_batch_request, receipts))
 
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,

@@ -688,6 +688,47 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         connection = self.connection
         connection.wait(connection.submit(connection.core.ack_request, receipts), None)
 
+    def nack_batch(self, receipts: Iterable[int], *, delay: float | None = None) -> None:
+        """End many leases early: all, or (if any receipt is stale) none.
+
+        Each receipt is nacked as ``nack(receipt, delay=delay)`` would; ``receipts`` as
+        ``ack_batch`` takes them, in one NACK_BATCH request.
+
+        Raises:
+            StaleReceipt: listing the stale receipts; nothing was nacked.
+            InvalidArgument: ``delay`` (seconds, 0 to 31,536,000, or None: the queue's
+                backoff) or a receipt is bad; nothing was sent.
+        """
+        connection = self.connection
+        connection.wait(connection.submit(
+            connection.core.nack_batch_request, receipts, delay), None)
+
+    def extend_batch(self, receipts: Iterable[int], seconds: float) -> None:
+        """Make many leases end ``seconds`` (0 to 43,200) from now: all, or none.
+
+        ``receipts`` as ``ack_batch`` takes them, in one EXTEND_BATCH request.
+
+        Raises:
+            StaleReceipt: listing the stale receipts; nothing was extended.
+            InvalidArgument: ``seconds`` or a receipt is bad; nothing was sent.
+        """
+        connection = self.connection
+        connection.wait(connection.submit(
+            connection.core.extend_batch_request, receipts, seconds), None)
+
+    def term_batch(self, receipts: Iterable[int]) -> None:
+        """Dead-letter many leased messages now: all, or (if any is stale) none.
+
+        ``receipts`` as ``ack_batch`` takes them, in one TERM_BATCH request.
+
+        Raises:
+            StaleReceipt: listing the stale receipts; nothing was changed.
+            InvalidArgument: a receipt is bad; nothing was sent.
+        """
+        connection = self.connection
+        connection.wait(connection.submit(
+            connection.core.term_batch_request, receipts), None)
+
     def consume(self, queue: str, *, prefetch: int = 100,
                 visibility_timeout: float | None = None,
                 timeout: float | None = None) -> Consumer:

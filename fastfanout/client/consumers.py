@@ -213,6 +213,41 @@ class DeliveryBatch(MessageBatch):
         if wait:
             connection.wait(request, None)
 
+    def nack(self, *, delay: float | None = None) -> None:
+        """Nack every message of the batch not settled on its own: all, or none.
+
+        One NACK_BATCH request, sent after the consumer's queued acks; it waits for the
+        broker's answer, as ``client.nack`` does. The credit returns at once.
+
+        Args:
+            delay: seconds before redelivery (0 to 31,536,000); None: the queue's
+                redelivery backoff.
+
+        Raises:
+            InvalidArgument: ``delay`` is out of range (nothing was sent).
+            StaleReceipt: a lease ended before (nothing was nacked).
+        """
+        if delay is not None:
+            seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        self._settle(Opcode.NACK_BATCH, protocol.encode_payload(delay))
+
+    def term(self) -> None:
+        """Dead-letter every message of the batch not settled on its own: all, or none.
+
+        One TERM_BATCH request, answered as ``nack``'s.
+
+        Raises:
+            StaleReceipt: a lease ended before (nothing was changed).
+        """
+        self._settle(Opcode.TERM_BATCH)
+
+    def _settle(self, opcode: int, *arguments: bytes) -> None:
+        receipts = self._unsettled()
+        if receipts is None:
+            return
+        connection = self._consumer.connection
+        connection.wait(connection.request(opcode, [receipts, *arguments]), None)
+
 
 class AsyncSettling(Protocol):
     """How the asyncio client's messages settle: ``AsyncConnection``'s calls."""
@@ -222,6 +257,9 @@ class AsyncSettling(Protocol):
 
     def fire(self, opcode: int, *args: Any, **kwargs: Any) -> None:
         """Send a control call whose answer is dropped."""
+
+    def fire_frames(self, opcode: int, payload: list[bytes]) -> None:
+        """Send a request of these payload frames whose answer is dropped."""
 
 
 class AsyncSettler:
@@ -272,6 +310,13 @@ class AsyncSettler:
         """Dead-letter a leased message now (sent at once)."""
         self._connection.fire(Opcode.TERM, receipt)
 
+    def settle_packed(self, opcode: int, payload: list[bytes]) -> None:
+        """Send a batch settle (NACK_BATCH, TERM_BATCH) of packed receipts at once.
+
+        Its answer is dropped (the broker counts a failure); the queued acks go first.
+        """
+        self._connection.fire_frames(opcode, payload)
+
 
 class AsyncDeliveryBatch(MessageBatch):
     """One batch pushed to an asyncio consumer (``AsyncClient.consume_batches``).
@@ -295,6 +340,37 @@ class AsyncDeliveryBatch(MessageBatch):
         receipts = self._unsettled()
         if receipts is not None:
             self._acks.defer_settle(receipts)
+        return DONE
+
+    def nack(self, *, delay: float | None = None) -> Done:
+        """Nack every message not settled on its own, all or none, sent at once.
+
+        One NACK_BATCH after this loop iteration's queued acks; returns ``DONE``
+        (awaitable). A stale receipt is counted by the broker (nothing nacked).
+
+        Args:
+            delay: seconds before redelivery (0 to 31,536,000); None: the queue's
+                redelivery backoff.
+
+        Raises:
+            InvalidArgument: ``delay`` is out of range (nothing is sent).
+        """
+        if delay is not None:
+            seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        receipts = self._unsettled()
+        if receipts is not None:
+            self._acks.settle_packed(Opcode.NACK_BATCH,
+                                     [receipts, protocol.encode_payload(delay)])
+        return DONE
+
+    def term(self) -> Done:
+        """Dead-letter every message not settled on its own, all or none, sent at once.
+
+        One TERM_BATCH, as ``nack``'s; returns ``DONE``.
+        """
+        receipts = self._unsettled()
+        if receipts is not None:
+            self._acks.settle_packed(Opcode.TERM_BATCH, [receipts])
         return DONE
 
 

@@ -60,7 +60,14 @@ from fastfanout.errors import (
     SessionExpired,
 )
 from fastfanout.semantics.filter_policy import MAX_DEPTH
-from fastfanout.settings import QueueSettings, Subscription, check_iterable
+from fastfanout.settings import (
+    MAX_DELAY,
+    MAX_VISIBILITY_TIMEOUT,
+    QueueSettings,
+    Subscription,
+    check_iterable,
+    seconds_to_us,
+)
 from fastfanout.stats import BrokerStats
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
@@ -124,7 +131,9 @@ def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> byt
                               f"to be sent to the broker") from None
 
 
-_DIRECT_SETTLES: Final = frozenset({Opcode.ACK, Opcode.NACK, Opcode.EXTEND, Opcode.TERM})
+_DIRECT_SETTLES: Final = frozenset({Opcode.ACK, Opcode.NACK, Opcode.EXTEND, Opcode.TERM,
+                                    Opcode.NACK_BATCH, Opcode.EXTEND_BATCH,
+                                    Opcode.TERM_BATCH})
 """The requests that settle a delivery by receipt: the pipelined acks go before them."""
 
 
@@ -538,6 +547,30 @@ class ConnectionCore:
     def ack_request(self, receipts: Iterable[int]) -> Request:
         """Queue an ACK of receipts (all, or none if one is stale)."""
         return self.request(Opcode.ACK, [pack_receipts(receipts)])
+
+    def nack_batch_request(self, receipts: Iterable[int], delay: float | None) -> Request:
+        """Queue a NACK_BATCH (all, or none if one is stale).
+
+        ``delay`` is checked first, as the embedded broker checks it: a bad one raises
+        ``InvalidArgument`` and nothing is sent.
+        """
+        if delay is not None:
+            seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        check_iterable("receipts", receipts)
+        return self.request(Opcode.NACK_BATCH, [pack_receipts(receipts),
+                                                protocol.encode_payload(delay)])
+
+    def extend_batch_request(self, receipts: Iterable[int], seconds: float) -> Request:
+        """Queue an EXTEND_BATCH (all, or none if one is stale); ``seconds`` checked first."""
+        seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
+        check_iterable("receipts", receipts)
+        return self.request(Opcode.EXTEND_BATCH, [pack_receipts(receipts),
+                                                  protocol.encode_payload(seconds)])
+
+    def term_batch_request(self, receipts: Iterable[int]) -> Request:
+        """Queue a TERM_BATCH (all, or none if one is stale)."""
+        check_iterable("receipts", receipts)
+        return self.request(Opcode.TERM_BATCH, [pack_receipts(receipts)])
 
     # -- publish batches -----------------------------------------------------------------
 

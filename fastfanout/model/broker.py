@@ -816,6 +816,41 @@ class ModelBroker:
         queue, copy = self._leased(receipt)
         self._dead_letter(queue, copy, "rejected", now_us)
 
+    def _leased_batch(self, receipts: Iterable[int]) -> list[int]:
+        """A batch's receipts, each once in order; StaleReceipt (listing them) if any is."""
+        check_iterable("receipts", receipts)
+        unique = list(dict.fromkeys(check_receipt(receipt) for receipt in receipts))
+        stale = [receipt for receipt in unique if receipt not in self._leases]
+        if stale:
+            raise StaleReceipt(f"stale receipts: {stale}", stale)
+        return unique
+
+    def nack_batch(self, receipts: Iterable[int], *, delay: float | None = None) -> None:
+        """``nack`` every receipt, or none when any is stale (as ``ack_batch``)."""
+        now_us = self._begin()
+        delay_us = None if delay is None else duration_us("delay", delay, MAX_DELAY_US)
+        for receipt in self._leased_batch(receipts):
+            queue, copy = self._leased(receipt)
+            self._return(queue, copy, delay_us, now_us)
+
+    def extend_batch(self, receipts: Iterable[int], seconds: float) -> None:
+        """``extend`` every receipt, or none when any is stale (as ``ack_batch``)."""
+        now_us = self._begin()
+        lease_us = duration_us("seconds", seconds, MAX_VISIBILITY_US)
+        for receipt in self._leased_batch(receipts):
+            queue, copy = self._leased(receipt)
+            if lease_us == 0:
+                self._return(queue, copy, 0, now_us)
+            else:
+                self._arm(copy, "leased", now_us + lease_us)
+
+    def term_batch(self, receipts: Iterable[int]) -> None:
+        """``term`` every receipt, or none when any is stale (as ``ack_batch``)."""
+        now_us = self._begin()
+        for receipt in self._leased_batch(receipts):
+            queue, copy = self._leased(receipt)
+            self._dead_letter(queue, copy, "rejected", now_us)
+
     # -- dead letters and housekeeping -------------------------------------------------
 
     def redrive(self, dead_letter_queue: str, *, to: str | None = None,

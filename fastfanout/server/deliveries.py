@@ -108,6 +108,8 @@ class Deliveries:
             Opcode.CONSUME: self._consume, Opcode.CREDIT: self._credit,
             Opcode.CANCEL: self._cancel, Opcode.SETTLE: self._settle,
             Opcode.NACK: self._nack, Opcode.EXTEND: self._extend, Opcode.TERM: self._term,
+            Opcode.NACK_BATCH: self._nack_batch, Opcode.EXTEND_BATCH: self._extend_batch,
+            Opcode.TERM_BATCH: self._term_batch,
         }
 
     @property
@@ -309,6 +311,48 @@ class Deliveries:
 
     def _term(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
         return self._by_receipt(session, Opcode.TERM, frames)
+
+    @staticmethod
+    def _receipts_frame(frames: list[bytes]) -> bytes:
+        """A batch settle's receipts frame (frame 0), as ACK's: whole u64s."""
+        packed = frame(frames, 0, "receipts")
+        if len(packed) % 8:
+            raise MalformedFrame(
+                f"receipts frame of {len(packed)} bytes is not a multiple of 8")
+        return packed
+
+    def _settled_by_receipt(self) -> None:
+        self.dirty = True    # a message may be visible again
+        self.room = True     # or gone (term)
+
+    def _nack_batch(self, session: Session, request_id: int, frames: list[bytes]
+                    ) -> list[bytes]:
+        """NACK_BATCH: a receipts frame, then the msgpack ``delay`` (number or nil)."""
+        packed = self._receipts_frame(frames)
+        delay = protocol.decode_payload(frame(frames, 1, "delay"))
+        self._port.nack_packed(packed, delay, session=session.owner)
+        self._settled_by_receipt()
+        return []
+
+    def _extend_batch(self, session: Session, request_id: int, frames: list[bytes]
+                      ) -> list[bytes]:
+        """EXTEND_BATCH: a receipts frame, then the msgpack ``seconds`` (a number)."""
+        packed = self._receipts_frame(frames)
+        seconds = protocol.decode_payload(frame(frames, 1, "seconds"))
+        self._port.extend_packed(packed, seconds, session=session.owner)
+        # held once more as each EXTEND's receipt is (a copy: the frame may be a view of
+        # a local channel's ring)
+        if packed:
+            session.hold_extended(bytes(packed), time.monotonic() + float(seconds) + 1.0)
+        self._settled_by_receipt()
+        return []
+
+    def _term_batch(self, session: Session, request_id: int, frames: list[bytes]
+                    ) -> list[bytes]:
+        """TERM_BATCH: a receipts frame."""
+        self._port.term_packed(self._receipts_frame(frames), session=session.owner)
+        self._settled_by_receipt()
+        return []
 
     def _consume(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:

@@ -123,6 +123,9 @@ class Opcode(IntEnum):
     NACK = 0x32
     EXTEND = 0x33
     TERM = 0x34
+    NACK_BATCH = 0x35
+    EXTEND_BATCH = 0x36
+    TERM_BATCH = 0x37
     CONSUME = 0x40
     CREDIT = 0x41
     CANCEL = 0x42

@@ -82,6 +82,10 @@ class AsyncDriver:
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self._loop.run(getattr(self.client, name)(*args, **kwargs))
 
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the client's loop (its messages settle only there)."""
+        return self._loop.run(coroutine)
+
     def consume(self, queue: str, prefetch: int) -> None:
         self._messages = self.client.consume(queue, prefetch=prefetch)
 
@@ -125,8 +129,10 @@ def settle(driver: BlockingDriver | AsyncDriver, how: str, messages: list[Remote
            ) -> None:
     """Settle ``messages`` through the client, by receipt (``expire``: leave them)."""
     receipts = [message.receipt for message in messages]
-    if how == "ack_batch":
-        driver.call("ack_batch", receipts)
+    if how in ("ack_batch", "nack_batch", "term_batch"):
+        driver.call(how, receipts)
+    elif how == "extend_batch_to_zero":
+        driver.call("extend_batch", receipts, 0)
     elif how == "extend_to_zero":
         for receipt in receipts:
             driver.call("extend", receipt, 0)
@@ -136,7 +142,8 @@ def settle(driver: BlockingDriver | AsyncDriver, how: str, messages: list[Remote
 
 
 @pytest.mark.parametrize("how", ["ack", "ack_batch", "nack", "term", "extend_to_zero",
-                                 "expire"])
+                                 "expire", "nack_batch", "term_batch",
+                                 "extend_batch_to_zero"])
 @pytest.mark.parametrize("kind", sorted(DRIVERS))
 def test_a_consumer_gets_the_whole_queue_never_more_than_prefetch_unsettled(
         track: Tracker, kind: str, how: str) -> None:
@@ -167,7 +174,8 @@ def test_a_consumer_gets_the_whole_queue_never_more_than_prefetch_unsettled(
 
 
 @pytest.mark.parametrize("how", ["ack", "ack_batch", "nack", "term", "extend_to_zero",
-                                 "extend"])
+                                 "extend", "nack_batch", "term_batch",
+                                 "extend_batch_to_zero", "extend_batch"])
 @pytest.mark.parametrize("kind", sorted(DRIVERS))
 def test_a_settle_from_another_session_is_stale_and_changes_nothing(
         track: Tracker, kind: str, how: str) -> None:
@@ -181,6 +189,8 @@ def test_a_settle_from_another_session_is_stale_and_changes_nothing(
     with pytest.raises(StaleReceipt) as raised:
         if how == "extend":
             other.call("extend", message.receipt, 30.0)
+        elif how == "extend_batch":
+            other.call("extend_batch", [message.receipt], 30.0)
         else:
             settle(other, how, [message])
     assert raised.value.receipts == [message.receipt]

@@ -345,6 +345,26 @@ class BrokerModelMachine(Comparing, RuleBasedStateMachine):
                   f"ack_batch({pairs})")
 
     @precondition(lambda self: self.pairs)
+    @rule(data=st.data(), size=st.integers(0, 4),
+          how=st.sampled_from(["nack_batch", "nack_batch_backoff", "extend_batch",
+                               "extend_batch_to_zero", "term_batch"]))
+    def settle_batch(self, data: st.DataObject, size: int, how: str) -> None:
+        """A batch form (repeats, stale receipts and all): the model's single forms
+        in order, all or none."""
+        pairs = [self.receipt(data) for _ in range(size)]
+        method, options = {
+            "nack_batch": ("nack_batch", {"delay": 0.5}),
+            "nack_batch_backoff": ("nack_batch", {}),
+            "extend_batch": ("extend_batch", {"seconds": 60.0}),
+            "extend_batch_to_zero": ("extend_batch", {"seconds": 0.0}),
+            "term_batch": ("term_batch", {}),
+        }[how]
+        self.both(lambda: getattr(self.real, method)([real for real, _ in pairs], **options),
+                  lambda: getattr(self.model, method)([model for _, model in pairs],
+                                                      **options),
+                  f"{method}({pairs}, {options})")
+
+    @precondition(lambda self: self.pairs)
     @rule(data=st.data(), delay=st.sampled_from([0.0, 0.0, 0.001, 0.5, 2.0]))
     def nack(self, data: st.DataObject, delay: float) -> None:
         self.settle("nack", self.receipt(data), delay=delay)
@@ -409,10 +429,13 @@ class BrokerModelMachine(Comparing, RuleBasedStateMachine):
             receipt = data.draw(st.sampled_from(BAD_RECEIPTS))
             self.same(data.draw(st.sampled_from(["ack", "nack", "term"])), receipt)
             self.same("ack_batch", [receipt])
+            self.same(data.draw(st.sampled_from(["nack_batch", "term_batch"])), [receipt])
         elif case == 3:
             seconds = data.draw(st.sampled_from([-1.0, math.inf, 43_201.0]))
             self.same("extend", 2**64 - 1, seconds)
             self.same("nack", 2**64 - 1, delay=-seconds)
+            self.same("extend_batch", [2**64 - 1], seconds)
+            self.same("nack_batch", [2**64 - 1], delay=-seconds)
         elif case == 4:
             queue = data.draw(queue_names)
             self.same("receive", queue, max_messages=data.draw(st.sampled_from([0, 10_001])))

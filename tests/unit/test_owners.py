@@ -75,6 +75,30 @@ def _term(broker: Broker, receipt: int, session: int) -> None:
     broker.term(receipt, session=session)
 
 
+def _nack_batch(broker: Broker, receipt: int, session: int) -> None:
+    broker.nack_batch([receipt], delay=60, session=session)
+
+
+def _nack_packed(broker: Broker, receipt: int, session: int) -> None:
+    broker.server_port().nack_packed(encode_receipts([receipt]), None, session=session)
+
+
+def _extend_batch_to_zero(broker: Broker, receipt: int, session: int) -> None:
+    broker.extend_batch([receipt], 0, session=session)
+
+
+def _extend_packed_to_zero(broker: Broker, receipt: int, session: int) -> None:
+    broker.server_port().extend_packed(encode_receipts([receipt]), 0, session=session)
+
+
+def _term_batch(broker: Broker, receipt: int, session: int) -> None:
+    broker.term_batch([receipt], session=session)
+
+
+def _term_packed(broker: Broker, receipt: int, session: int) -> None:
+    broker.server_port().term_packed(encode_receipts([receipt]), session=session)
+
+
 def _release(broker: Broker, receipt: int, session: int) -> None:
     port = broker.server_port()
     assert port.release_packed(encode_receipts([receipt]), session=session) == 1
@@ -83,7 +107,10 @@ def _release(broker: Broker, receipt: int, session: int) -> None:
 ENDINGS: dict[str, Callable[[Broker, int, int], None]] = {
     "ack": _ack, "ack_batch": _ack_batch, "ack_packed": _ack_packed,
     "ack_frames": _ack_frames, "nack": _nack, "extend_to_zero": _extend_to_zero,
-    "term": _term, "release": _release,
+    "term": _term, "release": _release, "nack_batch": _nack_batch,
+    "nack_packed": _nack_packed, "extend_batch_to_zero": _extend_batch_to_zero,
+    "extend_packed_to_zero": _extend_packed_to_zero, "term_batch": _term_batch,
+    "term_packed": _term_packed,
 }
 
 
@@ -158,7 +185,13 @@ def test_another_sessions_receipt_is_stale_and_changes_nothing(broker: Broker) -
                  lambda: broker.nack(receipt, session=other),
                  lambda: broker.extend(receipt, 0, session=other),
                  lambda: broker.extend(receipt, 30, session=other),
-                 lambda: broker.term(receipt, session=other)):
+                 lambda: broker.term(receipt, session=other),
+                 lambda: broker.nack_batch([receipt], session=other),
+                 lambda: broker.extend_batch([receipt], 30, session=other),
+                 lambda: broker.term_batch([receipt], session=other),
+                 lambda: port.nack_packed(packed, 0, session=other),
+                 lambda: port.extend_packed(packed, 0, session=other),
+                 lambda: port.term_packed(packed, session=other)):
         with pytest.raises(StaleReceipt) as raised:
             call()
         assert raised.value.receipts == [receipt]
