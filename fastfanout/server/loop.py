@@ -1115,10 +1115,35 @@ def serve(endpoint: str | None = None, *,
     """
     made = made or missing_ancestor(options.get("data_dir"))
     server: Server | None = None
+    stop_companion: Callable[[], None] | None = None
+
+    def stop_both() -> None:
+        # The companion first: the bridge settles what it can while the broker serves.
+        if stop_companion is not None:
+            stop_companion()
+        if server is not None:
+            server.stop_nowait()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        if stop_companion is None:
+            if server is not None:
+                server.stop_nowait()
+        else:   # a handler must not block: the companion stops in a thread of its own
+            threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
+
+    previous: dict[int, Any] = {}
     try:
         server = Server(endpoint, **options)
+        # From here on a signal asks the server to stop, even before its loop runs: a
+        # supervisor that signals as soon as the socket file appears gets a clean stop
+        # (exit 0, socket and lock files removed), never a process killed between the
+        # bind and the loop with its files left behind.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         server.bind()
     except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if server is not None and server._own_broker:
             server.broker.close()   # its data directory's lock, at once
         if made is not None:
@@ -1126,26 +1151,15 @@ def serve(endpoint: str | None = None, *,
             # directory its broker made, nor the directories made to hold it
             shutil.rmtree(made, ignore_errors=True)
         raise
-    keep_freed_memory()
-    stop_companion = companion(server) if companion is not None else None
-    freeze_startup_objects()
-
-    def stop_both() -> None:
-        # The companion first: the bridge settles what it can while the broker serves.
-        if stop_companion is not None:
-            stop_companion()
-        server.stop_nowait()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        if stop_companion is None:
-            server.stop_nowait()
-        else:   # a handler must not block: the companion stops in a thread of its own
-            threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        keep_freed_memory()
+        if companion is not None and not server._stopping:
+            stop_companion = companion(server)
+        freeze_startup_objects()
         server.serve_forever()
+    except BaseException:
+        server.stop()   # a failure before the loop ran: its sockets and files go too
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -331,6 +331,26 @@ def test_serve_exits_zero_on_sigint(track: Tracker) -> None:
     assert broker.wait(10) == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_as_soon_as_the_socket_appears_stops_cleanly(track: Tracker, tmp_path,
+                                                               signum: int) -> None:
+    """A supervisor that signals once the socket file exists (before the loop runs):
+    exit 0 and no socket or lock file left (it was killed between the bind and the loop,
+    its files left behind, or said "aborted")."""
+    for attempt in range(3):
+        directory = tmp_path / f"run{signum}-{attempt}"
+        directory.mkdir()
+        broker = track.process(["-m", "fastfanout", "serve", "--in-memory", "--endpoint",
+                                f"ipc://{directory}/b.sock"])
+        deadline = time.monotonic() + 20
+        while not (directory / "b.sock").exists():
+            assert broker.poll() is None and time.monotonic() < deadline, broker.returncode
+            time.sleep(0.0005)
+        broker.send_signal(signum)
+        assert broker.wait(10) == 0
+        assert list(directory.iterdir()) == []
+
+
 def test_header_layout() -> None:
     assert struct.calcsize("<2sBBQ") == protocol.HEADER.size == 12
 
