@@ -567,7 +567,7 @@ def _columns(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 @endpoint_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def stats(endpoint: str | None, as_json: bool) -> None:
-    """Print per topic, queue and connection counters.
+    """Print per topic, queue, storage and connection counters.
 
     Tables fit the terminal's width (80 columns when not a terminal): counters that do
     not fit go to a further table; names are never cut.
@@ -589,13 +589,19 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         "topics", ("topic", *topic_columns),
         [(name, *(str(getattr(topic, c)) for c in topic_columns))
          for name, topic in broker_stats.topics.items()], width)
-    queue_columns = ("visible", "leased", "delayed", "enqueued", "delivered", "acked",
-                     "redelivered", "dead_lettered")
     lines += _columns(
-        "queues", ("queue", *queue_columns, "dropped"),
-        [(name, *(str(getattr(queue, c)) for c in queue_columns),
+        "queues", ("queue", *QUEUE_COLUMNS, "dropped"),
+        [(name, *(str(getattr(queue, c)) for c in QUEUE_COLUMNS),
           str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
         width)
+    storage = broker_stats.storage
+    if storage is None:
+        lines += ["storage: none (in memory)", ""]
+    else:   # the long texts beside the table, so its values stay a narrow column
+        lines += _columns(f"storage in {storage.get('data_dir')}", ("counter", "value"),
+                          _storage_rows(storage), width)
+        if storage.get("failure"):
+            lines[-1:-1] = [f"failure: {storage['failure']}"]
     bridge = server_stats.pop("bridge", None) or {}
     bridge_columns = ("messages", "rate", "lag", "in_flight", "retries", "errors",
                       "duplicates", "dead_lettered", "connected")
@@ -608,6 +614,32 @@ def stats(endpoint: str | None, as_json: bool) -> None:
     lines += _columns("server", ("counter", "value"),
                       [(key, str(value)) for key, value in sorted(server_stats.items())], width)
     click.echo("\n".join(lines).rstrip("\n"))
+
+
+QUEUE_COLUMNS = ("visible", "leased", "delayed", "enqueued", "delivered", "acked",
+                 "redelivered", "dead_lettered", "rejected", "oversized")
+"""The counter columns of ``fastfanout stats``' queues table, before ``dropped`` (every
+reason summed): ``rejected`` and ``oversized`` count the messages a full queue
+(``max_messages``, ``max_bytes``) or its ``max_message_size`` refused."""
+
+
+def _storage_rows(storage: dict[str, Any]) -> list[tuple[str, str]]:
+    """The storage table's rows: each counter of a durable broker's journal.
+
+    ``recovery``'s entries become ``recovery.<key>`` rows, a list (the records skipped,
+    the bad segments) its length; a value that is None (no limit) reads ``-``. The
+    ``data_dir`` and the ``failure`` text go beside the table (its title, a line after).
+    """
+    def text(value: Any) -> str:
+        if value is None:
+            return "-"
+        return str(len(value)) if isinstance(value, list | tuple | dict) else str(value)
+
+    rows = [(key, text(value)) for key, value in sorted(storage.items())
+            if key not in ("recovery", "data_dir", "failure")]
+    rows += [(f"recovery.{key}", text(value))
+             for key, value in sorted((storage.get("recovery") or {}).items())]
+    return rows
 
 
 HANDLER_COLUMNS = ("processes", "processed", "failed", "retried", "dead_lettered",

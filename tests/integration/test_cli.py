@@ -543,6 +543,49 @@ def test_stats_fit_80_columns_and_never_cut_names(track: Tracker) -> None:
     empty = track.server()
     result = runner.invoke(cli, ["stats", "--endpoint", empty.endpoint])
     assert "topics: none" in result.output and "queues: none" in result.output
+    assert "storage: none (in memory)" in result.output
+
+
+def table_values(output: str, title: str, row: str) -> dict[str, str]:
+    """``fastfanout stats``' values of ``row`` in table ``title`` and its continuations."""
+    values: dict[str, str] = {}
+    blocks = output.split("\n\n")
+    for block in blocks:
+        lines = block.strip("\n").splitlines()
+        if not lines or lines[0] not in (title, f"{title} (continued)"):
+            continue
+        headers = lines[1].split()[1:]
+        for line in lines[2:]:
+            if line.split()[:1] == [row]:
+                values.update(zip(headers, line.split()[1:], strict=True))
+    return values
+
+
+def test_stats_tables_count_what_each_limit_refused(track: Tracker, tmp_path: Path) -> None:
+    """A queue's max_messages and max_message_size, the journal's max_disk_bytes: the text
+    tables show what each refused (they were only in --json)."""
+    server = track.server(data_dir=str(tmp_path / "data"), max_disk_bytes=65536)
+    client = track.client(server.endpoint)
+    client.create_queue("q", max_messages=1, max_message_size=5)
+    client.create_queue("disk")
+    client.send("q", b"1")
+    with pytest.raises(fastfanout.QueueFull):
+        client.send("q", b"2")
+    with pytest.raises(fastfanout.MessageTooLarge):
+        client.send("q", b"123456")
+    with pytest.raises(fastfanout.StoreFull):
+        for _ in range(100):
+            client.send("disk", b"x" * 4096)
+    result = CliRunner().invoke(cli, ["stats", "--endpoint", server.endpoint],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    queue = table_values(result.output, "queues", "q")
+    assert (queue["visible"], queue["rejected"], queue["oversized"]) == ("1", "1", "1")
+    storage = table_values(result.output, f"storage in {tmp_path / 'data'}", "store_full")
+    assert storage == {"value": "1"}
+    assert table_values(result.output, f"storage in {tmp_path / 'data'}",
+                        "max_disk_bytes") == {"value": "65536"}
+    assert "failure:" not in result.output
 
 
 def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
