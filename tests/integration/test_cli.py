@@ -605,6 +605,43 @@ def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
     assert printed["topic"] == "t" and printed["sequence"] == 1
 
 
+def test_sub_stopped_by_ctrl_c_says_what_it_missed(track: Tracker, tmp_path: Path) -> None:
+    """Under slow_listener "drop" only the listener can count its loss: `sub` stopped
+    with Ctrl-C (its usual end) said nothing of it; only -n N reported it."""
+    import signal
+    import threading
+
+    endpoint = track.endpoint()
+    track.broker_process(endpoint, "--config",
+                         config_file(tmp_path, "c.toml", "stream_high_water_mark = 1\n"))
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listener = track.process(["-m", "fastfanout", "sub", "t", "--endpoint", endpoint])
+    track.wait_until(lambda: client.server_stats()["stream_subscriptions"] >= 1,
+                     what="the listener's subscription")
+    lines: list[bytes] = []
+    assert listener.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(listener.stdout or []))
+    reader.start()
+    listener.send_signal(signal.SIGSTOP)   # its sockets stop reading: the broker drops
+    try:
+        for _ in range(300):
+            client.publish_batch("t", [b"x" * 1000] * 100)
+    finally:
+        listener.send_signal(signal.SIGCONT)
+    client.publish("t", b"last")
+    track.wait_until(lambda: any(line.endswith(b" last\n") for line in lines),
+                     what="the last message printed")
+    listener.send_signal(signal.SIGINT)
+    assert listener.wait(10) == 0
+    reader.join(10)
+    assert listener.stderr is not None
+    err = listener.stderr.read().decode()
+    missed = [line for line in err.splitlines() if line.startswith("missed ")]
+    assert len(missed) == 1, err
+    assert int(missed[0].split()[1]) + len(lines) == 300 * 100 + 1
+
+
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
 def test_sub_ends_in_one_line_when_its_broker_dies(track: Tracker, transport: str) -> None:
     endpoint = track.endpoint(transport)
