@@ -380,6 +380,10 @@ def _describe(fields: dict[str, Any], message: Any) -> str:
     if message.attributes:
         fields["attributes"] = json.dumps(message.attributes, default=_json_value,
                                           ensure_ascii=False, separators=(",", ":"))
+    dead_letter = getattr(message, "dead_letter", None)
+    if dead_letter is not None:
+        fields["dead_letter"] = (f"{dead_letter.reason}:{dead_letter.source_queue}"
+                                 f"@{dead_letter.receive_count}")
     head = " ".join(f"{key}={value}" for key, value in fields.items())
     return f"{head} {_text_body(message.body)}"
 
@@ -388,6 +392,9 @@ def _as_json(fields: dict[str, Any], message: Any) -> str:
     fields.update(id=message.id, timestamp=message.timestamp, group_id=message.group_id,
                   dedup_id=message.dedup_id, priority=message.priority,
                   attributes=message.attributes)
+    if hasattr(message, "dead_letter"):   # received messages (not stream messages)
+        dead_letter = message.dead_letter
+        fields["dead_letter"] = None if dead_letter is None else dead_letter._asdict()
     fields.update(_body_fields(message.body))
     return json.dumps(fields, default=_json_value, ensure_ascii=False)
 
@@ -501,6 +508,10 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
 def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
             max_messages: int, wait: float, raw: bool, as_json: bool) -> None:
     """Receive up to N messages from QUEUE and print them.
+
+    A dead-lettered message shows why and whence: dead_letter=REASON:SOURCE_QUEUE@COUNT
+    (its receive count there), or with --json a dead_letter object (reason,
+    source_queue, receive_count, first_receive_time, last_receive_time, time).
 
     Without --ack, --nack or --term, this is a peek: the leases end when the command
     exits (its connection closes), so the messages are visible again at once, their

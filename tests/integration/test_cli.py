@@ -453,8 +453,17 @@ def test_receive_settles_or_leaves_the_messages(track: Tracker) -> None:
     assert (queue.visible, queue.delayed) == (1, 1)   # nacked: the queue's backoff
     result = runner.invoke(cli, ["receive", "q", "-n", "1", "--term", *ep])
     assert result.exit_code == 0 and client.stats().queues["dlq"].visible == 1
+    # a dead letter says why and whence (the reason, its source queue, its deliveries)
+    result = runner.invoke(cli, ["receive", "dlq", *ep])
+    assert result.exit_code == 0 and " dead_letter=rejected:q@" in result.output
+    result = runner.invoke(cli, ["receive", "dlq", "--json", *ep])
+    dead_letter = json.loads(result.output)["dead_letter"]
+    assert (dead_letter["reason"], dead_letter["source_queue"]) == ("rejected", "q")
+    assert dead_letter["receive_count"] >= 1 and dead_letter["time"] > 0
     client.purge("q")
     client.send("q", b"c")
+    result = runner.invoke(cli, ["receive", "q", "--json", *ep])
+    assert json.loads(result.output)["dead_letter"] is None
     result = runner.invoke(cli, ["receive", "q", "--ack", *ep])
     assert result.exit_code == 0 and client.stats().queues["q"].acked == 1
     assert client.stats().queues["q"].messages == 0
