@@ -791,6 +791,11 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str | None
               show_default=True, help="Seconds.")
 @click.option("--redelivery-backoff", default=None, callback=_backoff,
               help="Comma-separated seconds waited before redelivery 1, 2, ...")
+@click.option("--durable/--not-durable", default=None,
+              help="Journal its messages so they survive a restart, or keep them in "
+                   "memory only (the queue itself comes back, empty). Default: durable "
+                   "on a broker with a data directory; --durable on an --in-memory "
+                   "broker is an error.")
 def create_queue(endpoint: str | None, name: str, redelivery_backoff: tuple[float, ...] | None,
                  **settings: Any) -> None:
     """Create queue NAME with the given settings (a no-op if equal ones exist)."""

@@ -120,6 +120,26 @@ def test_cli_admin_commands(track: Tracker) -> None:
     client.close()
 
 
+def test_create_queue_chooses_durable_or_not(track: Tracker, tmp_path: Path) -> None:
+    """create_queue(durable=False) had no command line: every queue a durable broker's
+    create-queue made was durable."""
+    server = track.server(data_dir=str(tmp_path / "data"))
+    client = track.client(server.endpoint)
+    runner = CliRunner()
+    ep = ["--endpoint", server.endpoint]
+    for name, option, durable in (("v", "--not-durable", False), ("d", "--durable", True),
+                                  ("default", None, True)):
+        result = runner.invoke(cli, ["create-queue", name, *([option] if option else []), *ep])
+        assert result.exit_code == 0, result.output
+        assert client.queue_settings(name).durable is durable
+    memory = track.server()
+    result = runner.invoke(cli, ["create-queue", "q", "--durable", "--endpoint",
+                                 memory.endpoint])
+    assert_runner_one_line_error(result, "--durable in memory")
+    assert "needs a broker with a data_dir" in result.output
+    assert track.client(memory.endpoint).list_queues() == []
+
+
 def test_cli_admin_commands_have_help() -> None:
     runner = CliRunner()
     for command in ("unsubscribe", "purge", "redrive", "delete-queue", "delete-topic"):
