@@ -200,9 +200,8 @@ def _options(function: F) -> F:
         click.option("--baseline", default="fastfanout", show_default=True,
                      help="The system the ratio column compares with."),
         click.option("--durable", is_flag=True,
-                     help="Durable variants: fastfanout with a data directory (once it has "
-                          "storage), Redis with an append-only file, JetStream; others "
-                          "skipped."),
+                     help="Durable variants: fastfanout with a data directory, Redis with "
+                          "an append-only file, JetStream; others skipped."),
         click.option("--fsync", type=click.Choice(FSYNC), default=None,
                      help="The durable variants' fsync policy (with --durable): fastfanout's "
                           "Broker(fsync=...), Redis appendfsync always/everysec/no, "
