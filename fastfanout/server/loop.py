@@ -355,7 +355,8 @@ class Server:
                                    (self.stream_endpoint, "stream endpoint")):
                 # binding an ipc path replaces its socket file: a live socket there (a
                 # broker's stream socket, say) would be taken from its owner unseen
-                if (endpoint.startswith("ipc://") and os.path.exists(endpoint[6:])
+                if (endpoint.startswith("ipc://")
+                        and (endpoint[6:].startswith("@") or os.path.exists(endpoint[6:]))
                         and ipc_problem(endpoint) is None):
                     raise BrokerRunning(
                         f"something already listens on the {what} {endpoint} (another "

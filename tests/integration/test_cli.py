@@ -741,6 +741,29 @@ def test_a_stale_socket_file_fails_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2.0
 
 
+def test_an_abstract_ipc_socket_is_not_a_missing_file(tmp_path: Path) -> None:
+    """ipc://@NAME (a Linux abstract socket, libzmq's form: no file) was always "no such
+    socket file" for every command, a broker listening there or not."""
+    import uuid
+
+    from fastfanout.runtime import ipc_problem
+
+    name = f"fastfanout-test-{uuid.uuid4().hex}"   # no file anywhere; gone with the test
+    endpoint = f"ipc://@{name}"
+    assert ipc_problem(endpoint) == "nothing listens on that abstract socket name"
+    result = CliRunner().invoke(cli, ["stats", "--endpoint", endpoint])
+    assert_runner_one_line_error(result, "nobody at an abstract name")
+    assert "abstract socket name" in result.output and "no such socket file" not in result.output
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind("\0" + name)
+        listener.listen()
+        assert ipc_problem(endpoint) is None   # someone listens: the client will see who
+    finally:
+        listener.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serve_keeps_what_it_built_to_start_out_of_the_collectors_reach(
         track: Tracker) -> None:
     endpoint = track.endpoint()

@@ -532,3 +532,26 @@ def _report_the_message_memory(track: Tracker, endpoint: str, blobs: Any) -> Non
     assert 1000 * blobs.blob_bytes(64) <= held < 1000 * blobs.blob_bytes(128)
     client.ack_batch([m.receipt for m in client.receive("q", max_messages=1000)])
     assert client.server_stats()["blob_slab_live_bytes"] == before["blob_slab_live_bytes"]
+
+
+def test_a_second_broker_on_an_abstract_ipc_name_is_refused(tmp_path, monkeypatch) -> None:
+    """ipc://@NAME has no socket file: its lock file (@NAME.lock) is in each broker's
+    directory, so a broker started elsewhere found no lock and libzmq's bind failed with
+    a TransportError; something listening on the name is BrokerRunning, as for a file."""
+    import uuid
+
+    endpoint = f"ipc://@fastfanout-test-{uuid.uuid4().hex}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = Server(endpoint)
+    first.bind()
+    try:
+        monkeypatch.chdir(tmp_path / "b")
+        with pytest.raises(BrokerRunning, match="already listens on the endpoint"):
+            Server(endpoint).bind()
+        assert list((tmp_path / "b").iterdir()) == []
+    finally:
+        monkeypatch.chdir(tmp_path / "a")
+        first.stop()
+    assert list((tmp_path / "a").iterdir()) == []
