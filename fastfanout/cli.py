@@ -117,7 +117,7 @@ def _hint(error: FastFanoutError) -> str:
         kind = str(error).split(" ", 1)[0]
         if kind in ("topic", "queue", "subscription"):
             return f"; fastfanout list-{kind}s shows those that exist"
-    if error.code == "broken":
+    if error.code == "broken" and "start one with fastfanout serve" not in str(error):
         return (" If not, start one (fastfanout serve), or point --endpoint "
                 "(or $FASTFANOUT_ENDPOINT) at the one running." if str(error).endswith("?")
                 else "; is a broker running there? Start one with fastfanout serve, or "
