@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import process_group
 
 from fastfanout.bench.adapters import ADAPTERS
 from fastfanout.bench.payload import SequenceCheck, make_bodies, merge, percentiles
@@ -326,21 +327,6 @@ def test_report_prints_a_markdown_table_of_a_result_file(tmp_path: Path) -> None
                                                    str(tmp_path / "bad.json")]), "bad")
 
 
-def _group(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
-
-
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, signame: str) -> None:
     """SIGTERM killed bench alone: its broker and children ran on, orphaned, and its
@@ -358,15 +344,15 @@ def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, signame: s
     try:
         deadline = time.monotonic() + 60
         # the broker, two receivers and a publisher (and multiprocessing's tracker)
-        while len(_group(process.pid)) < 5:
+        while len(process_group(process.pid)) < 5:
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         assert list(tmp_path.glob("ffbench-*"))
         process.send_signal(getattr(signal, signame))
         assert process.wait(15) == 1
         deadline = time.monotonic() + 15
-        while _group(process.pid):
-            assert time.monotonic() < deadline, f"left running: {_group(process.pid)}"
+        while process_group(process.pid):
+            assert time.monotonic() < deadline, f"left running: {process_group(process.pid)}"
             time.sleep(0.05)
         assert not list(tmp_path.glob("ffbench-*"))
         log.close()
@@ -374,6 +360,6 @@ def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, signame: s
         assert "aborted" in text.splitlines() and "Traceback" not in text, text
     finally:
         log.close()
-        if _group(process.pid):
+        if process_group(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
