@@ -1099,6 +1099,9 @@ def serve(endpoint: str | None = None, *,
           made: str | None = None, **options: Any) -> int:
     """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
 
+    The handlers are set once the broker is built, before it binds: a signal that comes
+    before the loop runs stops it as cleanly (goodbyes, journal, socket and lock files).
+
     This thread's process is a broker: its C allocator keeps freed delivery frames for
     reuse (``allocator.keep_freed_memory``) rather than paying page faults for new ones,
     and what it built to start is moved out of the cyclic garbage collector's reach
