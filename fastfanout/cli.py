@@ -20,8 +20,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -123,6 +125,23 @@ def _hint(error: FastFanoutError) -> str:
                 else "; is a broker running there? Start one with fastfanout serve, or "
                 "point --endpoint (or $FASTFANOUT_ENDPOINT) at the one running")
     return ""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """In the main thread, make SIGTERM end what runs as Ctrl-C does (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(error: FastFanoutError) -> NoReturn:
@@ -466,10 +485,12 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
     """Listen to the stream of TOPIC_PATTERN and print each message (Ctrl-C stops).
 
     A stream is at most once: messages published while nobody listens are not kept.
-    Messages it missed (it fell behind) are counted on stderr when it ends.
+    Messages it missed (it fell behind) are counted on stderr when it ends: after -n N
+    messages, Ctrl-C or SIGTERM (exit 0).
     """
     show = _printer(raw, as_json)
-    with _connected(endpoint) as client, client.listen(topic_pattern) as listener:
+    with _connected(endpoint) as client, client.listen(topic_pattern) as listener, \
+            _sigterm_as_interrupt():
         try:
             seen = 0
             while not count or seen < count:

@@ -635,9 +635,11 @@ def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
     assert printed["topic"] == "t" and printed["sequence"] == 1
 
 
-def test_sub_stopped_by_ctrl_c_says_what_it_missed(track: Tracker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_sub_stopped_by_ctrl_c_says_what_it_missed(track: Tracker, tmp_path: Path,
+                                                   signame: str) -> None:
     """Under slow_listener "drop" only the listener can count its loss: `sub` stopped
-    with Ctrl-C (its usual end) said nothing of it; only -n N reported it."""
+    with Ctrl-C (its usual end) or SIGTERM said nothing of it; only -n N reported it."""
     import signal
     import threading
 
@@ -668,7 +670,7 @@ def test_sub_stopped_by_ctrl_c_says_what_it_missed(track: Tracker, tmp_path: Pat
         with contextlib.suppress(AssertionError):
             track.wait_until(lambda: any(line.endswith(b" last\n") for line in lines),
                              timeout=0.5)
-    listener.send_signal(signal.SIGINT)
+    listener.send_signal(getattr(signal, signame))
     assert listener.wait(10) == 0
     reader.join(10)
     assert listener.stderr is not None
