@@ -114,6 +114,49 @@ endpoint_option = click.option(
     show_envvar=True, help=ENDPOINT_HELP)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"fastfanout.{param.name}"] = value
+    return value
+
+
+def _client_options(function: F) -> F:
+    """Add ``--endpoint`` and the CURVE keys of a broker that requires them.
+
+    The keys are read by ``_connected`` (``ctx.meta``), not passed to the command.
+    """
+    function = click.option(
+        "--curve-client-key", type=click.Path(exists=True, dir_okay=False), default=None,
+        expose_value=False, callback=_remember, envvar="FASTFANOUT_CURVE_CLIENT_KEY",
+        show_envvar=True, help="With --curve-broker-key: this client's zmq.auth secret "
+        "certificate (.key_secret), one the broker admits (default: a fresh key pair, "
+        "enough for a broker run with --curve-clients '*').")(function)
+    function = click.option(
+        "--curve-broker-key", type=click.Path(exists=True, dir_okay=False), default=None,
+        expose_value=False, callback=_remember, envvar="FASTFANOUT_CURVE_BROKER_KEY",
+        show_envvar=True, help="The broker's public certificate (.key): talk CURVE to a "
+        "broker run with --curve-secret-key.")(function)
+    return endpoint_option(function)
+
+
+def _client_curve() -> Any:
+    """The CURVE keys the command line gave (``_client_options``), or None."""
+    from fastfanout.transport.sockets import client_curve
+
+    context = click.get_current_context(silent=True)
+    meta = context.meta if context is not None else {}
+    broker_key = meta.get("fastfanout.curve_broker_key")
+    client_key = meta.get("fastfanout.curve_client_key")
+    if client_key is not None and broker_key is None:
+        raise click.UsageError("--curve-client-key needs --curve-broker-key (the broker's "
+                               "public .key certificate)")
+    if broker_key is None:
+        return None
+    try:
+        return client_curve(broker_key, client_key)
+    except FastFanoutError as error:
+        _fail(error)
+
+
 def _hint(error: FastFanoutError) -> str:
     if isinstance(error, NotFound):
         kind = str(error).split(" ", 1)[0]
@@ -179,8 +222,9 @@ def _connected(endpoint: str | None) -> Iterator[Any]:
     from fastfanout.client import connect
 
     endpoint = _served(endpoint)
+    curve = _client_curve()
     try:
-        with connect(endpoint, timeout=5.0) as client:
+        with connect(endpoint, timeout=5.0, curve=curve) as client:
             yield client
     except FastFanoutError as error:
         _fail(error)
@@ -442,7 +486,7 @@ def _printer(raw: bool, as_json: bool) -> Callable[[dict[str, Any], Any], None]:
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("topic")
 @click.argument("message", required=False, default=None)
 @click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
@@ -475,7 +519,7 @@ def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, 
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("topic_pattern")
 @click.option("--count", "-n", type=click.IntRange(min=0), default=0,
               help="Stop after N messages (0: never).")
@@ -514,7 +558,7 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("queue")
 @click.option("--ack", is_flag=True, help="Ack what is received: the messages are deleted.")
 @click.option("--nack", is_flag=True,
@@ -599,7 +643,7 @@ def _columns(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def stats(endpoint: str | None, as_json: bool) -> None:
     """Print per topic, queue, storage and connection counters.
@@ -717,7 +761,7 @@ def _listing(as_json: bool, names: list[str]) -> None:
 
 
 @cli.command("list-topics")
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_topics(endpoint: str | None, as_json: bool) -> None:
     """Print the name of every topic, one a line."""
@@ -727,7 +771,7 @@ def list_topics(endpoint: str | None, as_json: bool) -> None:
 
 
 @cli.command("list-queues")
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_queues(endpoint: str | None, as_json: bool) -> None:
     """Print the name of every queue, one a line."""
@@ -737,7 +781,7 @@ def list_queues(endpoint: str | None, as_json: bool) -> None:
 
 
 @cli.command("list-subscriptions")
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def list_subscriptions(endpoint: str | None, as_json: bool) -> None:
     """Print every subscription: its id (for unsubscribe), topic and queue."""
@@ -758,7 +802,7 @@ def list_subscriptions(endpoint: str | None, as_json: bool) -> None:
 
 
 @cli.command("create-topic")
-@endpoint_option
+@_client_options
 @click.argument("name")
 @click.option("--fifo", is_flag=True, help="FIFO topic (messages need a group id).")
 @click.option("--content-dedup", is_flag=True, help="Deduplicate by body hash.")
@@ -786,7 +830,7 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 @cli.command("create-queue")
-@endpoint_option
+@_client_options
 @click.argument("name")
 @click.option("--visibility-timeout", type=float,
               default=30.0, show_default=True, help="Lease seconds.")
@@ -828,7 +872,7 @@ def create_queue(endpoint: str | None, name: str, redelivery_backoff: tuple[floa
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("topic")
 @click.argument("queue")
 @click.option("--filter-policy", default=None, help="SNS filter policy JSON.")
@@ -847,7 +891,7 @@ def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str |
 
 
 @cli.command("set-filter-policy")
-@endpoint_option
+@_client_options
 @click.argument("subscription_id", type=click.IntRange(min=0))
 @click.argument("policy")
 @click.option("--filter-scope", type=click.Choice(["attributes", "body"]),
@@ -865,7 +909,7 @@ def set_filter_policy(endpoint: str | None, subscription_id: int, policy: str,
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("subscription_id", type=click.IntRange(min=0))
 def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
     """Remove subscription SUBSCRIPTION_ID (see fastfanout list-subscriptions)."""
@@ -875,7 +919,7 @@ def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("queue")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def purge(endpoint: str | None, queue: str, yes: bool) -> None:
@@ -888,7 +932,7 @@ def purge(endpoint: str | None, queue: str, yes: bool) -> None:
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("dead_letter_queue", metavar="DLQ")
 @click.option("--to", "to", default=None,
               help="Queue to move every message to (default: each message's source queue).")
@@ -904,7 +948,7 @@ def redrive(endpoint: str | None, dead_letter_queue: str, to: str | None,
 
 
 @cli.command("delete-queue")
-@endpoint_option
+@_client_options
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
@@ -917,7 +961,7 @@ def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
 
 
 @cli.command("delete-topic")
-@endpoint_option
+@_client_options
 @click.argument("name")
 def delete_topic(endpoint: str | None, name: str) -> None:
     """Delete topic NAME and its subscriptions (messages already queued stay)."""
