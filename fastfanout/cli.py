@@ -20,8 +20,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -112,17 +114,77 @@ endpoint_option = click.option(
     show_envvar=True, help=ENDPOINT_HELP)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"fastfanout.{param.name}"] = value
+    return value
+
+
+def _client_options(function: F) -> F:
+    """Add ``--endpoint`` and the CURVE keys of a broker that requires them.
+
+    The keys are read by ``_connected`` (``ctx.meta``), not passed to the command.
+    """
+    function = click.option(
+        "--curve-client-key", type=click.Path(exists=True, dir_okay=False), default=None,
+        expose_value=False, callback=_remember, envvar="FASTFANOUT_CURVE_CLIENT_KEY",
+        show_envvar=True, help="With --curve-broker-key: this client's zmq.auth secret "
+        "certificate (.key_secret), one the broker admits (default: a fresh key pair, "
+        "enough for a broker run with --curve-clients '*').")(function)
+    function = click.option(
+        "--curve-broker-key", type=click.Path(exists=True, dir_okay=False), default=None,
+        expose_value=False, callback=_remember, envvar="FASTFANOUT_CURVE_BROKER_KEY",
+        show_envvar=True, help="The broker's public certificate (.key): talk CURVE to a "
+        "broker run with --curve-secret-key.")(function)
+    return endpoint_option(function)
+
+
+def _client_curve() -> Any:
+    """The CURVE keys the command line gave (``_client_options``), or None."""
+    from fastfanout.transport.sockets import client_curve
+
+    context = click.get_current_context(silent=True)
+    meta = context.meta if context is not None else {}
+    broker_key = meta.get("fastfanout.curve_broker_key")
+    client_key = meta.get("fastfanout.curve_client_key")
+    if client_key is not None and broker_key is None:
+        raise click.UsageError("--curve-client-key needs --curve-broker-key (the broker's "
+                               "public .key certificate)")
+    if broker_key is None:
+        return None
+    try:
+        return client_curve(broker_key, client_key)
+    except FastFanoutError as error:
+        _fail(error)
+
+
 def _hint(error: FastFanoutError) -> str:
     if isinstance(error, NotFound):
         kind = str(error).split(" ", 1)[0]
         if kind in ("topic", "queue", "subscription"):
             return f"; fastfanout list-{kind}s shows those that exist"
-    if error.code == "broken":
+    if error.code == "broken" and "start one with fastfanout serve" not in str(error):
         return (" If not, start one (fastfanout serve), or point --endpoint "
                 "(or $FASTFANOUT_ENDPOINT) at the one running." if str(error).endswith("?")
                 else "; is a broker running there? Start one with fastfanout serve, or "
                 "point --endpoint (or $FASTFANOUT_ENDPOINT) at the one running")
     return ""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """In the main thread, make SIGTERM end what runs as Ctrl-C does (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(error: FastFanoutError) -> NoReturn:
@@ -160,8 +222,9 @@ def _connected(endpoint: str | None) -> Iterator[Any]:
     from fastfanout.client import connect
 
     endpoint = _served(endpoint)
+    curve = _client_curve()
     try:
-        with connect(endpoint, timeout=5.0) as client:
+        with connect(endpoint, timeout=5.0, curve=curve) as client:
             yield client
     except FastFanoutError as error:
         _fail(error)
@@ -380,6 +443,10 @@ def _describe(fields: dict[str, Any], message: Any) -> str:
     if message.attributes:
         fields["attributes"] = json.dumps(message.attributes, default=_json_value,
                                           ensure_ascii=False, separators=(",", ":"))
+    dead_letter = getattr(message, "dead_letter", None)
+    if dead_letter is not None:
+        fields["dead_letter"] = (f"{dead_letter.reason}:{dead_letter.source_queue}"
+                                 f"@{dead_letter.receive_count}")
     head = " ".join(f"{key}={value}" for key, value in fields.items())
     return f"{head} {_text_body(message.body)}"
 
@@ -388,6 +455,9 @@ def _as_json(fields: dict[str, Any], message: Any) -> str:
     fields.update(id=message.id, timestamp=message.timestamp, group_id=message.group_id,
                   dedup_id=message.dedup_id, priority=message.priority,
                   attributes=message.attributes)
+    if hasattr(message, "dead_letter"):   # received messages (not stream messages)
+        dead_letter = message.dead_letter
+        fields["dead_letter"] = None if dead_letter is None else dead_letter._asdict()
     fields.update(_body_fields(message.body))
     return json.dumps(fields, default=_json_value, ensure_ascii=False)
 
@@ -416,7 +486,7 @@ def _printer(raw: bool, as_json: bool) -> Callable[[dict[str, Any], Any], None]:
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("topic")
 @click.argument("message", required=False, default=None)
 @click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
@@ -449,7 +519,7 @@ def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, 
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("topic_pattern")
 @click.option("--count", "-n", type=click.IntRange(min=0), default=0,
               help="Stop after N messages (0: never).")
@@ -459,10 +529,13 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
     """Listen to the stream of TOPIC_PATTERN and print each message (Ctrl-C stops).
 
     A stream is at most once: messages published while nobody listens are not kept.
+    Messages it missed (it fell behind) are counted on stderr when it ends: after -n N
+    messages, Ctrl-C or SIGTERM (exit 0).
     """
     show = _printer(raw, as_json)
-    try:
-        with _connected(endpoint) as client, client.listen(topic_pattern) as listener:
+    with _connected(endpoint) as client, client.listen(topic_pattern) as listener, \
+            _sigterm_as_interrupt():
+        try:
             seen = 0
             while not count or seen < count:
                 batch = listener.recv_batch(timeout=IDLE_CHECK)
@@ -476,14 +549,16 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
                     seen += 1
                     if count and seen >= count:
                         break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            # the only count of a loss under slow_listener "drop": the broker cannot see it
             if listener.gaps:
                 click.echo(f"missed {listener.gaps} messages", err=True)
-    except KeyboardInterrupt:
-        pass
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("queue")
 @click.option("--ack", is_flag=True, help="Ack what is received: the messages are deleted.")
 @click.option("--nack", is_flag=True,
@@ -498,6 +573,10 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
 def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
             max_messages: int, wait: float, raw: bool, as_json: bool) -> None:
     """Receive up to N messages from QUEUE and print them.
+
+    A dead-lettered message shows why and whence: dead_letter=REASON:SOURCE_QUEUE@COUNT
+    (its receive count there), or with --json a dead_letter object (reason,
+    source_queue, receive_count, first_receive_time, last_receive_time, time).
 
     Without --ack, --nack or --term, this is a peek: the leases end when the command
     exits (its connection closes), so the messages are visible again at once, their
@@ -562,10 +641,10 @@ def _columns(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def stats(endpoint: str | None, as_json: bool) -> None:
-    """Print per topic, queue and connection counters.
+    """Print per topic, queue, storage and connection counters.
 
     Tables fit the terminal's width (80 columns when not a terminal): counters that do
     not fit go to a further table; names are never cut.
@@ -587,13 +666,19 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         "topics", ("topic", *topic_columns),
         [(name, *(str(getattr(topic, c)) for c in topic_columns))
          for name, topic in broker_stats.topics.items()], width)
-    queue_columns = ("visible", "leased", "delayed", "enqueued", "delivered", "acked",
-                     "redelivered", "dead_lettered")
     lines += _columns(
-        "queues", ("queue", *queue_columns, "dropped"),
-        [(name, *(str(getattr(queue, c)) for c in queue_columns),
+        "queues", ("queue", *QUEUE_COLUMNS, "dropped"),
+        [(name, *(str(getattr(queue, c)) for c in QUEUE_COLUMNS),
           str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
         width)
+    storage = broker_stats.storage
+    if storage is None:
+        lines += ["storage: none (in memory)", ""]
+    else:   # the long texts beside the table, so its values stay a narrow column
+        lines += _columns(f"storage in {storage.get('data_dir')}", ("counter", "value"),
+                          _storage_rows(storage), width)
+        if storage.get("failure"):
+            lines[-1:-1] = [f"failure: {storage['failure']}"]
     bridge = server_stats.pop("bridge", None) or {}
     bridge_columns = ("messages", "rate", "lag", "in_flight", "retries", "errors",
                       "duplicates", "dead_lettered", "connected")
@@ -606,6 +691,32 @@ def stats(endpoint: str | None, as_json: bool) -> None:
     lines += _columns("server", ("counter", "value"),
                       [(key, str(value)) for key, value in sorted(server_stats.items())], width)
     click.echo("\n".join(lines).rstrip("\n"))
+
+
+QUEUE_COLUMNS = ("visible", "leased", "delayed", "enqueued", "delivered", "acked",
+                 "redelivered", "dead_lettered", "rejected", "oversized")
+"""The counter columns of ``fastfanout stats``' queues table, before ``dropped`` (every
+reason summed): ``rejected`` and ``oversized`` count the messages a full queue
+(``max_messages``, ``max_bytes``) or its ``max_message_size`` refused."""
+
+
+def _storage_rows(storage: dict[str, Any]) -> list[tuple[str, str]]:
+    """The storage table's rows: each counter of a durable broker's journal.
+
+    ``recovery``'s entries become ``recovery.<key>`` rows, a list (the records skipped,
+    the bad segments) its length; a value that is None (no limit) reads ``-``. The
+    ``data_dir`` and the ``failure`` text go beside the table (its title, a line after).
+    """
+    def text(value: Any) -> str:
+        if value is None:
+            return "-"
+        return str(len(value)) if isinstance(value, list | tuple | dict) else str(value)
+
+    rows = [(key, text(value)) for key, value in sorted(storage.items())
+            if key not in ("recovery", "data_dir", "failure")]
+    rows += [(f"recovery.{key}", text(value))
+             for key, value in sorted((storage.get("recovery") or {}).items())]
+    return rows
 
 
 HANDLER_COLUMNS = ("processes", "processed", "failed", "retried", "dead_lettered",
@@ -648,7 +759,7 @@ def _listing(as_json: bool, names: list[str]) -> None:
 
 
 @cli.command("list-topics")
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_topics(endpoint: str | None, as_json: bool) -> None:
     """Print the name of every topic, one a line."""
@@ -658,7 +769,7 @@ def list_topics(endpoint: str | None, as_json: bool) -> None:
 
 
 @cli.command("list-queues")
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_queues(endpoint: str | None, as_json: bool) -> None:
     """Print the name of every queue, one a line."""
@@ -668,7 +779,7 @@ def list_queues(endpoint: str | None, as_json: bool) -> None:
 
 
 @cli.command("list-subscriptions")
-@endpoint_option
+@_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def list_subscriptions(endpoint: str | None, as_json: bool) -> None:
     """Print every subscription: its id (for unsubscribe), topic and queue."""
@@ -689,7 +800,7 @@ def list_subscriptions(endpoint: str | None, as_json: bool) -> None:
 
 
 @cli.command("create-topic")
-@endpoint_option
+@_client_options
 @click.argument("name")
 @click.option("--fifo", is_flag=True, help="FIFO topic (messages need a group id).")
 @click.option("--content-dedup", is_flag=True, help="Deduplicate by body hash.")
@@ -717,7 +828,7 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 @cli.command("create-queue")
-@endpoint_option
+@_client_options
 @click.argument("name")
 @click.option("--visibility-timeout", type=float,
               default=30.0, show_default=True, help="Lease seconds.")
@@ -743,6 +854,11 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str | None
               show_default=True, help="Seconds.")
 @click.option("--redelivery-backoff", default=None, callback=_backoff,
               help="Comma-separated seconds waited before redelivery 1, 2, ...")
+@click.option("--durable/--not-durable", default=None,
+              help="Journal its messages so they survive a restart, or keep them in "
+                   "memory only (the queue itself comes back, empty). Default: durable "
+                   "on a broker with a data directory; --durable on an --in-memory "
+                   "broker is an error.")
 def create_queue(endpoint: str | None, name: str, redelivery_backoff: tuple[float, ...] | None,
                  **settings: Any) -> None:
     """Create queue NAME with the given settings (a no-op if equal ones exist)."""
@@ -754,7 +870,7 @@ def create_queue(endpoint: str | None, name: str, redelivery_backoff: tuple[floa
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("topic")
 @click.argument("queue")
 @click.option("--filter-policy", default=None, help="SNS filter policy JSON.")
@@ -773,7 +889,7 @@ def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str |
 
 
 @cli.command("set-filter-policy")
-@endpoint_option
+@_client_options
 @click.argument("subscription_id", type=click.IntRange(min=0))
 @click.argument("policy")
 @click.option("--filter-scope", type=click.Choice(["attributes", "body"]), default=None,
@@ -792,7 +908,7 @@ def set_filter_policy(endpoint: str | None, subscription_id: int, policy: str,
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("subscription_id", type=click.IntRange(min=0))
 def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
     """Remove subscription SUBSCRIPTION_ID (see fastfanout list-subscriptions)."""
@@ -802,7 +918,7 @@ def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("queue")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def purge(endpoint: str | None, queue: str, yes: bool) -> None:
@@ -815,7 +931,7 @@ def purge(endpoint: str | None, queue: str, yes: bool) -> None:
 
 
 @cli.command()
-@endpoint_option
+@_client_options
 @click.argument("dead_letter_queue", metavar="DLQ")
 @click.option("--to", "to", default=None,
               help="Queue to move every message to (default: each message's source queue).")
@@ -831,7 +947,7 @@ def redrive(endpoint: str | None, dead_letter_queue: str, to: str | None,
 
 
 @cli.command("delete-queue")
-@endpoint_option
+@_client_options
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
@@ -844,7 +960,7 @@ def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
 
 
 @cli.command("delete-topic")
-@endpoint_option
+@_client_options
 @click.argument("name")
 def delete_topic(endpoint: str | None, name: str) -> None:
     """Delete topic NAME and its subscriptions (messages already queued stay)."""

@@ -102,6 +102,10 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             process.wait(5.0)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
     """Run the demo across processes; returns the exit status."""
     from fastfanout.client import connect
@@ -122,12 +126,17 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
             f"broker), or give the demo another endpoint, e.g. "
             f"--endpoint ipc:///tmp/fastfanout-demo.sock", soft_wrap=True)   # one line
         return 1
+    # SIGTERM ends the demo as Ctrl-C does: Python's default dies at once and left its
+    # broker (on the user's endpoint) and its children running, orphaned.
+    previous = (signal.signal(signal.SIGTERM, _interrupt)
+                if threading.current_thread() is threading.main_thread() else None)
     data_dir = tempfile.mkdtemp(prefix="fastfanout-demo-")
     broker = subprocess.Popen(
         [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint,
          "--data-dir", data_dir, "--log-level", "WARNING"])
     context = multiprocessing.get_context("spawn")
     children: list[Any] = []
+    finished = False
     try:
         deadline = time.monotonic() + 15.0
         client = None
@@ -178,15 +187,22 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
                           f"{server.get('sessions', 0)} connections on local channels "
                           f"(shared memory)")
             _report(client, console)
+        finished = True
         return 0
     finally:
         for child in children:
+            if child.pid is None:   # its start() was interrupted: it exits by itself
+                continue
+            if not finished and child.is_alive():
+                child.terminate()   # interrupted: it would wait for messages, or its report
             child.join(timeout=5.0)
             if child.is_alive():
                 child.kill()
                 child.join(timeout=5.0)
         _stop(broker)
         shutil.rmtree(data_dir, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         console.print(f"broker stopped (exit status {broker.returncode}); its data "
                       f"directory removed")
 
@@ -274,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         _report(broker, console)
         broker.close()
         return 0
-    return run_processes(args.messages, args.endpoint, console)
+    try:
+        return run_processes(args.messages, args.endpoint, console)
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: what it started is stopped already
+        print("aborted", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -207,17 +207,20 @@ def ipc_problem(endpoint: str) -> str | None:
 
     ZeroMQ retries a refused ipc connection silently until the client's timeout; a plain
     connect tells a missing or stale socket file at once. None for other endpoints.
+    ``ipc://@NAME`` is a Linux abstract socket (libzmq's form): no file, only a listener.
     """
     if not endpoint.startswith("ipc://"):
         return None
     path = endpoint[len("ipc://"):]
-    if not os.path.exists(path):
+    abstract = path.startswith("@")
+    if not abstract and not os.path.exists(path):
         return "no such socket file"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(path)
+        probe.connect("\0" + path[1:] if abstract else path)
     except ConnectionRefusedError:
-        return "its socket file is stale: nothing listens on it"
+        return ("nothing listens on that abstract socket name" if abstract
+                else "its socket file is stale: nothing listens on it")
     except OSError:
         return None   # not ours to judge (permissions, ...): the client will say
     finally:

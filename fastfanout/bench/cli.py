@@ -17,8 +17,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -200,9 +203,8 @@ def _options(function: F) -> F:
         click.option("--baseline", default="fastfanout", show_default=True,
                      help="The system the ratio column compares with."),
         click.option("--durable", is_flag=True,
-                     help="Durable variants: fastfanout with a data directory (once it has "
-                          "storage), Redis with an append-only file, JetStream; others "
-                          "skipped."),
+                     help="Durable variants: fastfanout with a data directory, Redis with "
+                          "an append-only file, JetStream; others skipped."),
         click.option("--fsync", type=click.Choice(FSYNC), default=None,
                      help="The durable variants' fsync policy (with --durable): fastfanout's "
                           "Broker(fsync=...), Redis appendfsync always/everysec/no, "
@@ -337,6 +339,27 @@ def _cell(spec: Spec) -> tuple[Any, ...]:
     return (spec.size, spec.publishers, spec.groups, spec.members)
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM end a benchmark as Ctrl-C does, in the main thread.
+
+    Its children and servers are stopped and its temporary directories removed; Python's
+    default dies at once and leaves them running, orphaned.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(scenario: str, options: dict[str, Any]) -> None:
     from rich.console import Console
 
@@ -360,7 +383,7 @@ def _run(scenario: str, options: dict[str, Any]) -> None:
     first: dict[tuple[Any, ...], Spec] = {}
     for spec in specs:
         first.setdefault(_cell(spec), spec)
-    with Live(console) as live:
+    with Live(console) as live, _sigterm_as_interrupt():
         for spec in specs:
             for name in options["systems"]:
                 if name != "fastfanout" and first[_cell(spec)] is not spec:

@@ -43,7 +43,7 @@ from fastfanout.bench.payload import (
     merge,
     percentiles,
 )
-from fastfanout.bench.processes import START_DEADLINE, spawn, stop_processes
+from fastfanout.bench.processes import JOIN_DEADLINE, START_DEADLINE, spawn, stop_processes
 from fastfanout.bench.scenarios import Spec
 
 IDLE = 5.0
@@ -240,6 +240,7 @@ def run_once(system: str, spec: Spec, run: int, progress: Progress | None = None
             results = _finish(out, spec, shared, deadline, children, progress)
         finally:
             shared[_STOP] = 1
+            _drain_until_exited(out, children)
             stop_processes(children)
             out.close()
             out.cancel_join_thread()
@@ -247,6 +248,26 @@ def run_once(system: str, spec: Spec, run: int, progress: Progress | None = None
     result = _result(system, spec, run, go, results)
     result.extra.update(extra)
     return result
+
+
+def _drain_until_exited(out: Any, children: list[Any], deadline: float = JOIN_DEADLINE
+                        ) -> None:
+    """Read (and drop) what the children still send until they exit (``deadline`` s).
+
+    A child's last ``out.put`` is flushed to its pipe as it exits; a run that ended early
+    (Ctrl-C, SIGTERM, an error) no longer reads it, so each child would wait out its whole
+    join deadline in ``stop_processes`` (a minute for six children).
+    """
+    end = time.monotonic() + deadline
+    while any(child.pid is not None and child.is_alive() for child in children):
+        if time.monotonic() > end:
+            return
+        try:
+            out.get(timeout=0.05)
+        except queue.Empty:
+            pass
+        except (EOFError, OSError, ValueError):   # a torn message of a killed child
+            return
 
 
 def _check_error(message: tuple[Any, ...]) -> None:

@@ -355,7 +355,8 @@ class Server:
                                    (self.stream_endpoint, "stream endpoint")):
                 # binding an ipc path replaces its socket file: a live socket there (a
                 # broker's stream socket, say) would be taken from its owner unseen
-                if (endpoint.startswith("ipc://") and os.path.exists(endpoint[6:])
+                if (endpoint.startswith("ipc://")
+                        and (endpoint[6:].startswith("@") or os.path.exists(endpoint[6:]))
                         and ipc_problem(endpoint) is None):
                     raise BrokerRunning(
                         f"something already listens on the {what} {endpoint} (another "
@@ -1098,6 +1099,9 @@ def serve(endpoint: str | None = None, *,
           made: str | None = None, **options: Any) -> int:
     """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
 
+    The handlers are set once the broker is built, before it binds: a signal that comes
+    before the loop runs stops it as cleanly (goodbyes, journal, socket and lock files).
+
     This thread's process is a broker: its C allocator keeps freed delivery frames for
     reuse (``allocator.keep_freed_memory``) rather than paying page faults for new ones,
     and what it built to start is moved out of the cyclic garbage collector's reach
@@ -1115,10 +1119,35 @@ def serve(endpoint: str | None = None, *,
     """
     made = made or missing_ancestor(options.get("data_dir"))
     server: Server | None = None
+    stop_companion: Callable[[], None] | None = None
+
+    def stop_both() -> None:
+        # The companion first: the bridge settles what it can while the broker serves.
+        if stop_companion is not None:
+            stop_companion()
+        if server is not None:
+            server.stop_nowait()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        if stop_companion is None:
+            if server is not None:
+                server.stop_nowait()
+        else:   # a handler must not block: the companion stops in a thread of its own
+            threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
+
+    previous: dict[int, Any] = {}
     try:
         server = Server(endpoint, **options)
+        # From here on a signal asks the server to stop, even before its loop runs: a
+        # supervisor that signals as soon as the socket file appears gets a clean stop
+        # (exit 0, socket and lock files removed), never a process killed between the
+        # bind and the loop with its files left behind.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         server.bind()
     except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if server is not None and server._own_broker:
             server.broker.close()   # its data directory's lock, at once
         if made is not None:
@@ -1126,26 +1155,15 @@ def serve(endpoint: str | None = None, *,
             # directory its broker made, nor the directories made to hold it
             shutil.rmtree(made, ignore_errors=True)
         raise
-    keep_freed_memory()
-    stop_companion = companion(server) if companion is not None else None
-    freeze_startup_objects()
-
-    def stop_both() -> None:
-        # The companion first: the bridge settles what it can while the broker serves.
-        if stop_companion is not None:
-            stop_companion()
-        server.stop_nowait()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        if stop_companion is None:
-            server.stop_nowait()
-        else:   # a handler must not block: the companion stops in a thread of its own
-            threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        keep_freed_memory()
+        if companion is not None and not server._stopping:
+            stop_companion = companion(server)
+        freeze_startup_objects()
         server.serve_forever()
+    except BaseException:
+        server.stop()   # a failure before the loop ran: its sockets and files go too
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -8,6 +8,7 @@ Endpoints are ipc:// under the test's tmp dir, or tcp://127.0.0.1 on a free port
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -155,6 +156,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+def process_group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid`` (a session a test began)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
 @pytest.fixture

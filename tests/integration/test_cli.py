@@ -4,6 +4,7 @@ real ``fastfanout`` processes where a process's own exit and output matter (serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -118,6 +119,26 @@ def test_cli_admin_commands(track: Tracker) -> None:
     result = runner.invoke(cli, ["delete-topic", "t", *ep])
     assert result.exit_code == 1 and "error [not_found]" in result.output
     client.close()
+
+
+def test_create_queue_chooses_durable_or_not(track: Tracker, tmp_path: Path) -> None:
+    """create_queue(durable=False) had no command line: every queue a durable broker's
+    create-queue made was durable."""
+    server = track.server(data_dir=str(tmp_path / "data"))
+    client = track.client(server.endpoint)
+    runner = CliRunner()
+    ep = ["--endpoint", server.endpoint]
+    for name, option, durable in (("v", "--not-durable", False), ("d", "--durable", True),
+                                  ("default", None, True)):
+        result = runner.invoke(cli, ["create-queue", name, *([option] if option else []), *ep])
+        assert result.exit_code == 0, result.output
+        assert client.queue_settings(name).durable is durable
+    memory = track.server()
+    result = runner.invoke(cli, ["create-queue", "q", "--durable", "--endpoint",
+                                 memory.endpoint])
+    assert_runner_one_line_error(result, "--durable in memory")
+    assert "needs a broker with a data_dir" in result.output
+    assert track.client(memory.endpoint).list_queues() == []
 
 
 def test_cli_admin_commands_have_help() -> None:
@@ -453,8 +474,17 @@ def test_receive_settles_or_leaves_the_messages(track: Tracker) -> None:
     assert (queue.visible, queue.delayed) == (1, 1)   # nacked: the queue's backoff
     result = runner.invoke(cli, ["receive", "q", "-n", "1", "--term", *ep])
     assert result.exit_code == 0 and client.stats().queues["dlq"].visible == 1
+    # a dead letter says why and whence (the reason, its source queue, its deliveries)
+    result = runner.invoke(cli, ["receive", "dlq", *ep])
+    assert result.exit_code == 0 and " dead_letter=rejected:q@" in result.output
+    result = runner.invoke(cli, ["receive", "dlq", "--json", *ep])
+    dead_letter = json.loads(result.output)["dead_letter"]
+    assert (dead_letter["reason"], dead_letter["source_queue"]) == ("rejected", "q")
+    assert dead_letter["receive_count"] >= 1 and dead_letter["time"] > 0
     client.purge("q")
     client.send("q", b"c")
+    result = runner.invoke(cli, ["receive", "q", "--json", *ep])
+    assert json.loads(result.output)["dead_letter"] is None
     result = runner.invoke(cli, ["receive", "q", "--ack", *ep])
     assert result.exit_code == 0 and client.stats().queues["q"].acked == 1
     assert client.stats().queues["q"].messages == 0
@@ -543,6 +573,49 @@ def test_stats_fit_80_columns_and_never_cut_names(track: Tracker) -> None:
     empty = track.server()
     result = runner.invoke(cli, ["stats", "--endpoint", empty.endpoint])
     assert "topics: none" in result.output and "queues: none" in result.output
+    assert "storage: none (in memory)" in result.output
+
+
+def table_values(output: str, title: str, row: str) -> dict[str, str]:
+    """``fastfanout stats``' values of ``row`` in table ``title`` and its continuations."""
+    values: dict[str, str] = {}
+    blocks = output.split("\n\n")
+    for block in blocks:
+        lines = block.strip("\n").splitlines()
+        if not lines or lines[0] not in (title, f"{title} (continued)"):
+            continue
+        headers = lines[1].split()[1:]
+        for line in lines[2:]:
+            if line.split()[:1] == [row]:
+                values.update(zip(headers, line.split()[1:], strict=True))
+    return values
+
+
+def test_stats_tables_count_what_each_limit_refused(track: Tracker, tmp_path: Path) -> None:
+    """A queue's max_messages and max_message_size, the journal's max_disk_bytes: the text
+    tables show what each refused (they were only in --json)."""
+    server = track.server(data_dir=str(tmp_path / "data"), max_disk_bytes=65536)
+    client = track.client(server.endpoint)
+    client.create_queue("q", max_messages=1, max_message_size=5)
+    client.create_queue("disk")
+    client.send("q", b"1")
+    with pytest.raises(fastfanout.QueueFull):
+        client.send("q", b"2")
+    with pytest.raises(fastfanout.MessageTooLarge):
+        client.send("q", b"123456")
+    with pytest.raises(fastfanout.StoreFull):
+        for _ in range(100):
+            client.send("disk", b"x" * 4096)
+    result = CliRunner().invoke(cli, ["stats", "--endpoint", server.endpoint],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    queue = table_values(result.output, "queues", "q")
+    assert (queue["visible"], queue["rejected"], queue["oversized"]) == ("1", "1", "1")
+    storage = table_values(result.output, f"storage in {tmp_path / 'data'}", "store_full")
+    assert storage == {"value": "1"}
+    assert table_values(result.output, f"storage in {tmp_path / 'data'}",
+                        "max_disk_bytes") == {"value": "65536"}
+    assert "failure:" not in result.output
 
 
 def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
@@ -560,6 +633,53 @@ def test_sub_prints_bodies_as_text_and_json(track: Tracker) -> None:
     printed = json.loads(out)
     assert printed["body"] == "héllo" and printed["attributes"] == {"n": 1}
     assert printed["topic"] == "t" and printed["sequence"] == 1
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_sub_stopped_by_ctrl_c_says_what_it_missed(track: Tracker, tmp_path: Path,
+                                                   signame: str) -> None:
+    """Under slow_listener "drop" only the listener can count its loss: `sub` stopped
+    with Ctrl-C (its usual end) or SIGTERM said nothing of it; only -n N reported it."""
+    import signal
+    import threading
+
+    endpoint = track.endpoint()
+    track.broker_process(endpoint, "--config",
+                         config_file(tmp_path, "c.toml", "stream_high_water_mark = 1\n"))
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listener = track.process(["-m", "fastfanout", "sub", "t", "--endpoint", endpoint])
+    track.wait_until(lambda: client.server_stats()["stream_subscriptions"] >= 1,
+                     what="the listener's subscription")
+    lines: list[bytes] = []
+    assert listener.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(listener.stdout or []))
+    reader.start()
+    listener.send_signal(signal.SIGSTOP)   # its sockets stop reading: the broker drops
+    try:
+        for _ in range(300):
+            client.publish_batch("t", [b"x" * 1000] * 100)
+    finally:
+        listener.send_signal(signal.SIGCONT)
+    lasts = 0   # the first ones may be dropped too, while the listener catches up
+    deadline = time.monotonic() + 20
+    while not any(line.endswith(b" last\n") for line in lines):
+        assert time.monotonic() < deadline, "the last message was never printed"
+        client.publish("t", b"last")
+        lasts += 1
+        with contextlib.suppress(AssertionError):
+            track.wait_until(lambda: any(line.endswith(b" last\n") for line in lines),
+                             timeout=0.5)
+    listener.send_signal(getattr(signal, signame))
+    assert listener.wait(10) == 0
+    reader.join(10)
+    assert listener.stderr is not None
+    err = listener.stderr.read().decode()
+    missed = [line for line in err.splitlines() if line.startswith("missed ")]
+    assert len(missed) == 1, err
+    # every message printed or counted missed (but a "last" sent while the first one
+    # found was on its way, which the Ctrl-C may have cut off)
+    assert 300 * 100 + lasts - 1 <= int(missed[0].split()[1]) + len(lines) <= 300 * 100 + lasts
 
 
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
@@ -640,6 +760,29 @@ def test_a_stale_socket_file_fails_at_once(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "stale" in result.output and len(result.output.strip().splitlines()) == 1
     assert time.monotonic() - started < 2.0
+
+
+def test_an_abstract_ipc_socket_is_not_a_missing_file(tmp_path: Path) -> None:
+    """ipc://@NAME (a Linux abstract socket, libzmq's form: no file) was always "no such
+    socket file" for every command, a broker listening there or not."""
+    import uuid
+
+    from fastfanout.runtime import ipc_problem
+
+    name = f"fastfanout-test-{uuid.uuid4().hex}"   # no file anywhere; gone with the test
+    endpoint = f"ipc://@{name}"
+    assert ipc_problem(endpoint) == "nothing listens on that abstract socket name"
+    result = CliRunner().invoke(cli, ["stats", "--endpoint", endpoint])
+    assert_runner_one_line_error(result, "nobody at an abstract name")
+    assert "abstract socket name" in result.output and "no such socket file" not in result.output
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind("\0" + name)
+        listener.listen()
+        assert ipc_problem(endpoint) is None   # someone listens: the client will see who
+    finally:
+        listener.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_serve_keeps_what_it_built_to_start_out_of_the_collectors_reach(

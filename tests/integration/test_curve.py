@@ -184,3 +184,36 @@ def test_a_companion_key_is_admitted_in_memory_only(track: Tracker, keys: Keys) 
     open_server = track.server(open_endpoint, curve=load_curve_keys(keys.secret("broker")),
                                curve_clients=CURVE_ALLOW_ANY)
     assert track.client(open_endpoint, curve=open_server.companion_curve()).list_topics() == []
+
+
+def test_the_command_line_talks_to_a_curve_broker(track: Tracker, keys: Keys) -> None:
+    """No admin command could reach a CURVE broker (none took client keys): each timed
+    out as if no broker ran there."""
+    from click.testing import CliRunner
+
+    from fastfanout.cli import cli
+
+    endpoint = track.endpoint("tcp")
+    track.server(endpoint, curve=load_curve_keys(keys.secret("broker")),
+                 curve_clients=str(keys.clients))
+    runner = CliRunner()
+    alice = ["--endpoint", endpoint, "--curve-broker-key", keys.public("broker"),
+             "--curve-client-key", keys.secret("alice")]
+    result = runner.invoke(cli, ["create-queue", "q", *alice])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["list-queues", "--endpoint", endpoint],
+                           env={"FASTFANOUT_CURVE_BROKER_KEY": keys.public("broker"),
+                                "FASTFANOUT_CURVE_CLIENT_KEY": keys.secret("alice")})
+    assert (result.exit_code, result.output) == (0, "q\n")
+    client = track.client(endpoint, curve=client_curve(keys.public("broker"),
+                                                       keys.secret("alice")))
+    assert client.list_queues() == ["q"]
+    # a client key the broker does not admit: no handshake, a broken connection
+    result = runner.invoke(cli, ["list-queues", "--endpoint", endpoint, "--curve-broker-key",
+                                 keys.public("broker"), "--curve-client-key",
+                                 keys.secret("mallory")])
+    assert result.exit_code == 1 and result.output.startswith("error [broken]")
+    # a client key alone is a usage error, before anything connects
+    result = runner.invoke(cli, ["list-queues", "--endpoint", endpoint,
+                                 "--curve-client-key", keys.secret("alice")])
+    assert result.exit_code == 2 and "needs --curve-broker-key" in result.output

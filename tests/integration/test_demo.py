@@ -50,3 +50,44 @@ def test_setting_up_again_rebuilds_nothing():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(".venv/bin/python")
     assert "building" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signalled_demo_stops_its_broker_and_children(track, tmp_path, signame):
+    """SIGTERM killed the demo alone: its broker (on the user's endpoint) and its
+    children ran on, orphaned, with its data directory."""
+    import signal
+    import time
+
+    from conftest import process_group
+
+    endpoint = track.endpoint()
+    with (tmp_path / "err").open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastfanout.demo", "--endpoint", endpoint, "--messages",
+             "50000000"], stdout=err, stderr=err, cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(tmp_path)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        # the broker, the consumers and the producer (and multiprocessing's tracker)
+        while len(process_group(process.pid)) < 6:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(getattr(signal, signame))
+        assert process.wait(30) == 1
+        deadline = time.monotonic() + 15
+        while process_group(process.pid):
+            assert time.monotonic() < deadline, [
+                pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+                for pid in process_group(process.pid)] + [(tmp_path / "err").read_text()]
+            time.sleep(0.05)
+        assert not list(tmp_path.glob("fastfanout-demo-*"))
+        socket_path = endpoint[len("ipc://"):]
+        assert not os.path.exists(socket_path) and not os.path.exists(socket_path + ".lock")
+        errors = (tmp_path / "err").read_text()
+        # (a child whose start the signal cut short may print multiprocessing's own error)
+        assert "aborted" in errors.splitlines() and "demo.py" not in errors, errors
+    finally:
+        if process_group(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)

@@ -334,6 +334,26 @@ def test_serve_exits_zero_on_sigint(track: Tracker) -> None:
     assert broker.wait(10) == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_as_soon_as_the_socket_appears_stops_cleanly(track: Tracker, tmp_path,
+                                                               signum: int) -> None:
+    """A supervisor that signals once the socket file exists (before the loop runs):
+    exit 0 and no socket or lock file left (it was killed between the bind and the loop,
+    its files left behind, or said "aborted")."""
+    for attempt in range(3):
+        directory = tmp_path / f"run{signum}-{attempt}"
+        directory.mkdir()
+        broker = track.process(["-m", "fastfanout", "serve", "--in-memory", "--endpoint",
+                                f"ipc://{directory}/b.sock"])
+        deadline = time.monotonic() + 20
+        while not (directory / "b.sock").exists():
+            assert broker.poll() is None and time.monotonic() < deadline, broker.returncode
+            time.sleep(0.0005)
+        broker.send_signal(signum)
+        assert broker.wait(10) == 0
+        assert list(directory.iterdir()) == []
+
+
 def test_header_layout() -> None:
     assert struct.calcsize("<2sBBQ") == protocol.HEADER.size == 12
 
@@ -596,3 +616,26 @@ def test_a_content_dedup_fifo_topic_feeds_a_plain_fifo_queue_over_the_wire(
     assert (first.deliveries, first.duplicate) == (1, False)
     assert client.publish("orders", b"order 1", group_id="g").duplicate
     assert [m.body for m in client.receive("billing")] == [b"order 1"]
+
+
+def test_a_second_broker_on_an_abstract_ipc_name_is_refused(tmp_path, monkeypatch) -> None:
+    """ipc://@NAME has no socket file: its lock file (@NAME.lock) is in each broker's
+    directory, so a broker started elsewhere found no lock and libzmq's bind failed with
+    a TransportError; something listening on the name is BrokerRunning, as for a file."""
+    import uuid
+
+    endpoint = f"ipc://@fastfanout-test-{uuid.uuid4().hex}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = Server(endpoint)
+    first.bind()
+    try:
+        monkeypatch.chdir(tmp_path / "b")
+        with pytest.raises(BrokerRunning, match="already listens on the endpoint"):
+            Server(endpoint).bind()
+        assert list((tmp_path / "b").iterdir()) == []
+    finally:
+        monkeypatch.chdir(tmp_path / "a")
+        first.stop()
+    assert list((tmp_path / "a").iterdir()) == []

@@ -659,6 +659,7 @@ def test_cli_worker_fails_at_once_without_a_socket_file(track: Tracker, tmp_path
     error = process.stderr.read().decode()
     assert "no such socket file" in error and "Traceback" not in error
     assert len(error.strip().splitlines()) == 1
+    assert error.count("fastfanout serve") == 1, error   # its advice once, not twice
 
 
 def test_stop_from_another_thread_ends_run_quietly(track: Tracker,
