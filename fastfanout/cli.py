@@ -20,10 +20,8 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ import click
 
 from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
+from fastfanout.interrupts import sigterm_as_interrupt
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
 
 __all__ = ["cli", "main"]
@@ -168,23 +167,6 @@ def _hint(error: FastFanoutError) -> str:
                 else "; is a broker running there? Start one with fastfanout serve, or "
                 "point --endpoint (or $FASTFANOUT_ENDPOINT) at the one running")
     return ""
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """In the main thread, make SIGTERM end what runs as Ctrl-C does (KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(error: FastFanoutError) -> NoReturn:
@@ -534,7 +516,7 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
     """
     show = _printer(raw, as_json)
     with _connected(endpoint) as client, client.listen(topic_pattern) as listener, \
-            _sigterm_as_interrupt():
+            sigterm_as_interrupt():
         try:
             seen = 0
             while not count or seen < count:

@@ -31,6 +31,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from fastfanout.interrupts import sigterm_as_interrupt
+
 __all__ = ["main", "run_embedded", "run_processes"]
 
 TOPIC = "orders"
@@ -102,10 +104,6 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             process.wait(5.0)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
     """Run the demo across processes; returns the exit status."""
     from fastfanout.client import connect
@@ -126,10 +124,6 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
             f"broker), or give the demo another endpoint, e.g. "
             f"--endpoint ipc:///tmp/fastfanout-demo.sock", soft_wrap=True)   # one line
         return 1
-    # SIGTERM ends the demo as Ctrl-C does: Python's default dies at once and left its
-    # broker (on the user's endpoint) and its children running, orphaned.
-    previous = (signal.signal(signal.SIGTERM, _interrupt)
-                if threading.current_thread() is threading.main_thread() else None)
     data_dir = tempfile.mkdtemp(prefix="fastfanout-demo-")
     broker = subprocess.Popen(
         [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint,
@@ -201,8 +195,6 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
                 child.join(timeout=5.0)
         _stop(broker)
         shutil.rmtree(data_dir, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         console.print(f"broker stopped (exit status {broker.returncode}); its data "
                       f"directory removed")
 
@@ -291,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         broker.close()
         return 0
     try:
-        return run_processes(args.messages, args.endpoint, console)
+        # SIGTERM ends the demo as Ctrl-C does: Python's default dies at once and would
+        # leave its broker (on the user's endpoint) and its children running, orphaned
+        with sigterm_as_interrupt():
+            return run_processes(args.messages, args.endpoint, console)
     except KeyboardInterrupt:   # Ctrl-C or SIGTERM: what it started is stopped already
         print("aborted", file=sys.stderr)
         return 1

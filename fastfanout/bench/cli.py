@@ -17,11 +17,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
@@ -36,6 +33,7 @@ from fastfanout.bench.scenarios import (
     Spec,
     topology,
 )
+from fastfanout.interrupts import sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -339,27 +337,6 @@ def _cell(spec: Spec) -> tuple[Any, ...]:
     return (spec.size, spec.publishers, spec.groups, spec.members)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Make SIGTERM end a benchmark as Ctrl-C does, in the main thread.
-
-    Its children and servers are stopped and its temporary directories removed; Python's
-    default dies at once and leaves them running, orphaned.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _run(scenario: str, options: dict[str, Any]) -> None:
     from rich.console import Console
 
@@ -383,7 +360,7 @@ def _run(scenario: str, options: dict[str, Any]) -> None:
     first: dict[tuple[Any, ...], Spec] = {}
     for spec in specs:
         first.setdefault(_cell(spec), spec)
-    with Live(console) as live, _sigterm_as_interrupt():
+    with Live(console) as live, sigterm_as_interrupt():
         for spec in specs:
             for name in options["systems"]:
                 if name != "fastfanout" and first[_cell(spec)] is not spec:
