@@ -251,7 +251,9 @@ def stream_endpoint_for(endpoint: str) -> str:
 
 
 def _lock_path(endpoint: str) -> Path:
-    if endpoint.startswith("ipc://"):
+    # beside an ipc socket file; a tcp port's or an abstract ipc name's (``ipc://@NAME``:
+    # no file, no directory of its own) in the runtime directory, never the working one
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
         return Path(endpoint[len("ipc://"):] + ".lock")
     safe = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in endpoint)
     return runtime_dir() / f"{safe}.lock"

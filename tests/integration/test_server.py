@@ -619,9 +619,11 @@ def test_a_content_dedup_fifo_topic_feeds_a_plain_fifo_queue_over_the_wire(
 
 
 def test_a_second_broker_on_an_abstract_ipc_name_is_refused(tmp_path, monkeypatch) -> None:
-    """ipc://@NAME has no socket file: its lock file (@NAME.lock) is in each broker's
-    directory, so a broker started elsewhere found no lock and libzmq's bind failed with
-    a TransportError; something listening on the name is BrokerRunning, as for a file."""
+    """ipc://@NAME has no socket file: its lock file was @NAME.lock in each broker's
+    working directory, so a broker started elsewhere found no lock and libzmq's bind failed
+    with a TransportError (and a broker whose working directory changed lost its lock
+    file); the lock is in the runtime directory, so a second broker is BrokerRunning
+    naming the first one's pid, as for a file."""
     import uuid
 
     endpoint = f"ipc://@fastfanout-test-{uuid.uuid4().hex}"
@@ -631,11 +633,13 @@ def test_a_second_broker_on_an_abstract_ipc_name_is_refused(tmp_path, monkeypatc
     first = Server(endpoint)
     first.bind()
     try:
+        assert list((tmp_path / "a").iterdir()) == []   # no lock in the working directory
+        locks = [path.name for path in runtime_dir().iterdir() if path.suffix == ".lock"]
+        assert any(endpoint[len("ipc://@"):] in name for name in locks)
         monkeypatch.chdir(tmp_path / "b")
-        with pytest.raises(BrokerRunning, match="already listens on the endpoint"):
+        with pytest.raises(BrokerRunning, match="already serves"):
             Server(endpoint).bind()
         assert list((tmp_path / "b").iterdir()) == []
     finally:
-        monkeypatch.chdir(tmp_path / "a")
         first.stop()
     assert list((tmp_path / "a").iterdir()) == []
