@@ -989,7 +989,7 @@ def _load_worker(target: str) -> Any:
 
 @cli.command()
 @click.argument("app", metavar="MODULE:APP")
-@endpoint_option
+@_client_options
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=None,
               help="Calls at once per handler and process, for handlers without their own "
                    "(default: the Worker's, 4).")
@@ -1011,9 +1011,10 @@ def worker(app: str, endpoint: str | None, concurrency: int | None, processes: i
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     app_worker = _load_worker(app)
+    curve = _client_curve()
     try:
         app_worker.configure(endpoint=endpoint, concurrency=concurrency, processes=processes,
-                             shutdown_timeout=shutdown_timeout, name=app)
+                             shutdown_timeout=shutdown_timeout, name=app, curve=curve)
         app_worker.run()
     except FastFanoutError as error:
         _fail(error)

@@ -56,6 +56,7 @@ from fastfanout.runtime import default_endpoint, ipc_problem
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
+from fastfanout.transport.sockets import CurveKeys
 from fastfanout.workers.coroutines import AsyncRunner
 from fastfanout.workers.handlers import (
     MAX_CONCURRENCY,
@@ -215,11 +216,13 @@ class Worker:
 
     def configure(self, *, endpoint: str | None = None, concurrency: int | None = None,
                   processes: int | None = None, shutdown_timeout: float | None = None,
-                  name: str | None = None) -> Worker:
+                  name: str | None = None, curve: CurveKeys | None = None) -> Worker:
         """Change the worker's defaults before it starts (the command line's options).
 
         Args:
             endpoint: the broker endpoint (not for a worker of an embedded broker).
+            curve: the CURVE keys of its connections, for a broker that requires them
+                (``Client``'s ``curve``; not for a worker of an embedded broker).
             name: the worker's name in ``fastfanout stats``.
             concurrency: the default calls at once per handler and process.
             processes: the default processes per handler.
@@ -238,6 +241,11 @@ class Worker:
                 raise InvalidArgument("this worker runs on an embedded Broker; it has no "
                                       "endpoint")
             self.broker = endpoint
+        if curve is not None:
+            if isinstance(self.broker, Broker):
+                raise InvalidArgument("this worker runs on an embedded Broker; it has no "
+                                      "connection to secure")
+            self.client_options = {**self.client_options, "curve": curve}
         if concurrency is not None:
             self.concurrency = check_count("concurrency", concurrency, MAX_CONCURRENCY)
         if processes is not None:

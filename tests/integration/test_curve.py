@@ -217,3 +217,40 @@ def test_the_command_line_talks_to_a_curve_broker(track: Tracker, keys: Keys) ->
     result = runner.invoke(cli, ["list-queues", "--endpoint", endpoint,
                                  "--curve-client-key", keys.secret("alice")])
     assert result.exit_code == 2 and "needs --curve-broker-key" in result.output
+
+
+def test_the_worker_command_talks_to_a_curve_broker(track: Tracker, keys: Keys,
+                                                    tmp_path: Path) -> None:
+    """fastfanout worker took no client keys: against a CURVE broker it could never
+    connect, and said the broker was gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import wait_until
+
+    here = Path(__file__).resolve().parent
+    endpoint = track.endpoint("tcp")
+    track.server(endpoint, curve=load_curve_keys(keys.secret("broker")),
+                 curve_clients=str(keys.clients))
+    client = track.client(endpoint, curve=client_curve(keys.public("broker"),
+                                                       keys.secret("alice")))
+    client.create_queue("jobs")
+    done = tmp_path / "done"
+    done.mkdir()
+    client.send("jobs", f"{done}|0".encode())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), str(here)])}
+    env.pop("WORKER_TEST_ENDPOINT", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastfanout", "worker", "worker_app:app", "--endpoint",
+         endpoint, "--curve-broker-key", keys.public("broker"), "--curve-client-key",
+         keys.secret("alice"), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    track.processes.append(process)
+    wait_until(lambda: any(done.iterdir()) or process.poll() is not None, timeout=30,
+               what="the worker's call")
+    assert process.poll() is None, process.stderr.read() if process.stderr else b""
+    wait_until(lambda: client.stats().queues["jobs"].acked == 1, timeout=10, what="the ack")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
