@@ -146,7 +146,8 @@ ENDED_SESSION_MEMORY: Final = 60.0
 """Seconds the identity of an ended session is remembered: its requests are dropped
 (counted in ``ended_session_requests``) instead of starting a session again."""
 MAX_ENDED_SESSIONS: Final = 100_000
-"""Most ended identities remembered at once (the oldest are forgotten first)."""
+"""Most ended identities remembered at once (the oldest are forgotten first, counted in
+SERVER_STATS ``ended_sessions_forgotten``)."""
 
 
 class Server:
@@ -896,6 +897,7 @@ class Server:
                       ) -> list[bytes]:
         stats: dict[str, Any] = dict(self.counters)
         stats.update(connections=len(self._sessions), ended_sessions=len(self._ended),
+                     ended_sessions_forgotten=self._ended.forgotten_early,
                      consumers=self._deliveries.consumers,
                      long_polls=self._deliveries.long_polls, held=len(self._held),
                      stream_subscriptions=self._streams.subscriptions(),

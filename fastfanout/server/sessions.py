@@ -150,13 +150,16 @@ class EndedSessions(OrderedDict[bytes, tuple[float, str | None]]):
 
     Args:
         memory: seconds an identity is remembered.
-        limit: most identities remembered (the oldest are forgotten first).
+        limit: most identities remembered (the oldest are forgotten first, counted in
+            ``forgotten_early``).
     """
 
     def __init__(self, memory: float, limit: int) -> None:
         super().__init__()
         self.memory = memory
         self.limit = limit
+        self.forgotten_early = 0
+        """Identities forgotten before their time because ``limit`` was reached."""
 
     def remember(self, identity: bytes, now: float, goodbye_owed: str | None) -> None:
         """Remember an ended session's identity from ``now`` (monotonic seconds).
@@ -167,6 +170,7 @@ class EndedSessions(OrderedDict[bytes, tuple[float, str | None]]):
         self[identity] = (now + self.memory, goodbye_owed)
         while len(self) > self.limit:
             self.popitem(last=False)
+            self.forgotten_early += 1
 
     def said_goodbye(self, identity: bytes) -> None:
         """The GOODBYE owed to ``identity`` was sent."""

@@ -50,6 +50,7 @@ def test_ended_identities_are_bounded_and_forgotten_in_time() -> None:
     for number, identity in enumerate([b"a", b"b", b"c", b"d"]):
         ended.remember(identity, float(number), "slow" if identity != b"c" else None)
     assert list(ended) == [b"b", b"c", b"d"]   # the oldest went past the limit
+    assert ended.forgotten_early == 1            # and was counted
     assert ended[b"b"] == (11.0, "slow") and ended[b"c"] == (12.0, None)
     ended.said_goodbye(b"b")
     assert ended[b"b"] == (11.0, None) and list(ended) == [b"b", b"c", b"d"]
@@ -59,6 +60,7 @@ def test_ended_identities_are_bounded_and_forgotten_in_time() -> None:
     assert list(ended) == [b"d", b"b"]
     ended.expire(15.0)
     assert not ended
+    assert ended.forgotten_early == 1   # expiry in time is not counted
 
 
 def test_the_held_count_follows_every_way_receipts_come_and_go() -> None:
