@@ -56,6 +56,7 @@ from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.fcntl cimport O_APPEND, O_CREAT, O_EXCL, O_WRONLY, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_POPULATE, MAP_PRIVATE, PROT_READ, mmap, munmap
 from posix.resource cimport getrusage, rusage
+from posix.stat cimport fstat, struct_stat
 from posix.unistd cimport (
     close as c_close,
     ftruncate,
@@ -700,6 +701,23 @@ cdef class Journal:
     def current_segment_bytes(self):
         """Bytes in the current segment file (written, not counting the buffer)."""
         return self.segment_size
+
+    def check_file(self):
+        """Fail the journal closed if its segment file was removed from its directory.
+
+        A removed file (the data directory deleted under a running broker) still takes
+        writes and syncs without an error, yet nothing of them survives a restart: a
+        publish acknowledged as durable would be lost in silence. Raises
+        ``StoreFailed`` (``failure`` says why) when that is so; does nothing when the
+        journal is closed or has failed already.
+        """
+        cdef struct_stat status
+        if self.failure is not None or self.fd < 0:
+            return
+        if fstat(self.fd, &status) == 0 and status.st_nlink == 0:
+            self._fail(f"its segment file {self.segment} was removed (the data directory "
+                       f"deleted under the running broker?): what is written now would not "
+                       f"survive a restart")
 
     def roll(self):
         """Flush and sync, then begin a new segment at the next sequence (its index one

@@ -70,6 +70,9 @@ cost more)."""
 FLUSH_BYTES = 1 << 20
 """Records of settle calls are buffered until the next commit, or until this many bytes
 wait (then the next call flushes them)."""
+FILE_CHECK_INTERVAL = 1.0
+"""Seconds between checks (at ``sync_due``) that the journal's segment file is still in
+its directory (``Journal.check_file``)."""
 ID_BLOCK = 1 << 16
 """Message ids are reserved in the journal this many at a time: before a commit confirms
 a message whose id reaches past the reservation, an ``ids`` record reserves the next
@@ -462,6 +465,7 @@ class Durability:
         self._segment_sizes: dict[int, int] = {}    # closed segments' bytes
         self._first_segment = 0                      # the oldest segment index on disk
         self._last_sync = time.monotonic()
+        self._last_file_check = self._last_sync
         self._first_seq = 1
         self._snapshot_needed = False
         self._ids_reserved = 0       # message ids below this are reserved in the journal
@@ -658,13 +662,15 @@ class Durability:
     def before_publish(self) -> None:
         """Refuse a publish or send when the store cannot take it.
 
-        ``StoreFailed`` after a failure, ``StoreFull`` past ``max_disk_bytes`` (after
-        trying to free room), both counted.
+        ``StoreFailed`` after a failure (or once the segment file is found deleted),
+        ``StoreFull`` past ``max_disk_bytes`` (after trying to free room), both counted.
         """
         journal = self.journal
         assert journal is not None
         if journal.failure is not None:
             raise self._failed()
+        if not journal.busy:
+            self._check_file_due(journal)
         if self.max_disk_bytes is not None and self.disk_bytes() >= self.max_disk_bytes:
             self._compact()
             if (self.disk_bytes() >= self.max_disk_bytes
@@ -853,11 +859,27 @@ class Durability:
         except StoreFailed:
             raise self._failed() from None
 
+    def _check_file_due(self, journal: journal_ops.Journal) -> None:
+        """Every ``FILE_CHECK_INTERVAL``: fail closed if the segment file was deleted."""
+        now = time.monotonic()
+        if now - self._last_file_check >= FILE_CHECK_INTERVAL:
+            self._last_file_check = now
+            try:
+                journal.check_file()
+            except StoreFailed:
+                raise self._failed() from None
+
     def sync_due(self) -> None:
-        """With ``interval``: flush, and fdatasync if ``fsync_interval`` has passed."""
+        """With ``interval``: flush, and fdatasync if ``fsync_interval`` has passed.
+
+        Every ``FILE_CHECK_INTERVAL`` it also checks that the current segment file is
+        still in its directory: one deleted under the broker fails the store closed
+        (``StoreFailed``, counted in ``failures``), as a failed write does.
+        """
         journal = self.journal
         if journal is None or journal.failure is not None or journal.busy:
             return   # (busy: the server's pipelined commit in flight ends it)
+        self._check_file_due(journal)
         if journal.buffered_bytes or (
                 self.fsync == "interval" and journal.synced_seq < journal.written_seq):
             self.commit()

@@ -133,3 +133,29 @@ def test_a_publish_that_needs_no_fdatasync_is_confirmed_in_its_own_round(
         for server in track.servers:
             server.stop()
         broker.close()
+
+
+def test_a_data_dir_deleted_under_the_server_refuses_publishes(track: Tracker,
+                                                               tmp_path: Path) -> None:
+    # publishes were confirmed as durable into the deleted files, lost at the restart
+    import shutil
+
+    broker = Broker(data_dir=tmp_path / "data")
+    endpoint = track.endpoint()
+    track.server(endpoint, broker=broker)
+    client = track.client(endpoint)
+    client.create_queue("q")
+    client.send("q", b"before")
+    shutil.rmtree(tmp_path / "data")
+
+    def refused() -> bool:
+        try:
+            client.send("q", b"after")
+        except StoreFailed as error:
+            assert "was removed" in str(error)
+            return True
+        return False
+
+    track.wait_until(refused, timeout=10, what="the store failed closed")
+    storage = client.stats().storage
+    assert storage is not None and storage["failures"] == 1

@@ -435,6 +435,31 @@ def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
     assert b"kept" in [m.body for m in broker.receive("q", max_messages=10)]
 
 
+def test_a_data_dir_deleted_under_the_broker_fails_the_store_closed(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the deleted segment file still took writes and syncs: publishes were confirmed as
+    # durable, and a restart had none of them
+    import shutil
+
+    monkeypatch.setattr(durability, "FILE_CHECK_INTERVAL", 0.0)
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept in memory")
+    broker.sync_due()   # the file is there: nothing happens
+    assert broker.stats().storage["failures"] == 0  # type: ignore[index]
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(StoreFailed, match="was removed"):
+        broker.send("q", b"not confirmed")
+    with pytest.raises(StoreFailed, match="was removed"):
+        broker.send("q", b"refused")
+    broker.sync_due()   # housekeeping goes on (the failure is reported once, above)
+    storage = broker.stats().storage
+    assert storage is not None and storage["failures"] == 1
+    assert "was removed" in storage["failure"]
+    # consumers still drain what is in memory
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"kept in memory"]
+
+
 def test_a_torn_tail_is_reported(open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()
     broker.create_queue("q")
