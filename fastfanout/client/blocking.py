@@ -28,6 +28,7 @@ each operation documented in ``fastfanout.api``). Choices:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -67,6 +68,7 @@ from fastfanout.errors import (
     TransportError,
 )
 from fastfanout.records import Attributes, Body, PublishResult
+from fastfanout.settings import check_wait
 from fastfanout.transport.local import LocalTransport
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 from fastfanout.transport.sockets import CurveKeys, DealerTransport
@@ -507,7 +509,7 @@ class Connection(DriverBase):
         for due, source in dues:
             ticker.due(due if due > now else now + core.linger, source)
 
-    def close(self, timeout: float) -> None:
+    def close(self, timeout: float | None) -> None:
         """Flush, say goodbye and disconnect (see ``Client.close``)."""
         core = self.core
         try:
@@ -530,7 +532,8 @@ class Connection(DriverBase):
             core.closed = True
             self.nowait_gate.forget()   # the batch it remembers (and its futures) go
             self._ticker.ring()
-            self._thread.join(timeout)
+            # ``inf`` waits as None does (``Thread.join`` refuses an infinite timeout)
+            self._thread.join(None if timeout is None or math.isinf(timeout) else timeout)
             with self.lock:
                 self.drop_transport()
 
@@ -739,9 +742,12 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         marks the client closed (the connection is the parent's).
 
         Raises:
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN);
+                nothing is closed.
             FastFanoutError: a producer's frame was refused; the client is closed anyway
                 and that producer's refused messages are not published.
         """
+        check_wait("timeout", timeout)
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
