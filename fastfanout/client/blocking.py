@@ -139,6 +139,7 @@ class Connection(DriverBase):
         """
         self.core.forked = True
         self.lock = FastRLock()
+        self._claimers = []   # a parent thread's, waiting for the parent's lock
         self.nowait_gate.forget()   # it remembers the parent's lock and open batch
         self._ticker = Ticker()
 

@@ -140,7 +140,9 @@ class LocalTransport(_ChannelReader):
             polled = self._waits.poll(max(1, math.ceil(remaining * 1000)))
             if polled:
                 self._ring_heard()
-                if self._wake is not None and any(fd == self._wake for fd, _ in polled):
+                # at most one entry per descriptor: two, or one that is not the bell's
+                if self._wake is not None and (len(polled) > 1
+                                               or polled[0][0] == self._wake):
                     deadline = 0.0   # woken: read what is here, then return
 
     def close(self) -> None:
