@@ -59,6 +59,7 @@ import logging
 from functools import partial
 
 from fastfanout.errors import FastFanoutError
+from fastfanout.settings import check_wait
 
 __all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
            "PublishFuture", "Ticker", "bind_futures"]
@@ -717,8 +718,12 @@ cdef class PublishFuture:
             timeout: seconds to wait at most (default: the client's timeout).
 
         Raises:
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
+                or None; nothing is sent or waited for.
             FastFanoutError: the error of the whole batch this publish travelled in.
         """
+        if timeout is not None:
+            check_wait("timeout", timeout)
         if self._request is None:
             self._client.flush()
         if self._request is None or self._batch_results is None:
@@ -735,7 +740,12 @@ cdef class PublishFuture:
         Args:
             timeout: seconds to wait at most (default: the client's timeout); past it the
                 connection counts as broken and ``BrokenConnection`` is returned.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
+                or None (raised, not returned: it is not the publish's error).
         """
+        check_wait("timeout", timeout)
         try:
             self.result(timeout)
         except FastFanoutError as error:

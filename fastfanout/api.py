@@ -335,6 +335,9 @@ class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
     def close(self, timeout: float = 5.0) -> None:
         """Flush, wait for the answers (``timeout`` seconds at most) and disconnect.
 
+        ``timeout``: seconds (``inf``: no limit); a NaN or a str raises
+        ``InvalidArgument`` and closes nothing.
+
         Once the broker said goodbye (it stopped, or ended the session), nothing is
         waited for: close returns at once.
         """

@@ -63,6 +63,7 @@ from fastfanout.errors import (
 )
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.server.streams import StreamMessage
+from fastfanout.settings import check_wait
 from fastfanout.transport.local import AsyncLocalTransport
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 from fastfanout.transport.sockets import AsyncDealerTransport, AsyncSubTransport, CurveKeys
@@ -120,7 +121,12 @@ class AsyncListener(StreamListening):
         return self.ready().__await__()
 
     async def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
-        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout."""
+        """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not a number of seconds (or None).
+        """
+        check_wait("timeout", timeout)
         if not self.follower.live:
             await self.ready()
         if self.early:

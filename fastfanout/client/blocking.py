@@ -17,10 +17,14 @@ each operation documented in ``fastfanout.api``). Choices:
   caller, a batch that lingers by the background thread after ``linger``. A batch is
   atomic on the broker: if it fails, every future of it raises the error.
 - A ``Client`` may be used from several threads; its calls are serialised by the lock,
-  many requests may be in flight. The background thread heartbeats, sends lingering
-  batches, producer frames and acks, and reads replies while requests are in flight and
-  no caller reads them. Between those it sleeps in C without the GIL (``Ticker``) until
-  one is due, so a caller that keeps its batches full is not interrupted.
+  many requests may be in flight. A thread that waits for the broker (a consumer's
+  iteration, a call's answer) holds the lock while it waits in ``recv``; a call from
+  another thread wakes it through a pipe (``claim``), and it steps aside for the
+  threads waiting for the lock, so a call does not wait for a consumer's idle wait.
+  The background thread heartbeats, sends lingering batches, producer frames and acks,
+  and reads replies while requests are in flight and no caller reads them. Between
+  those it sleeps in C without the GIL (``Ticker``) until one is due, so a caller that
+  keeps its batches full is not interrupted.
 - A broker silent past its ``heartbeat_timeout`` fails pending calls with
   ``BrokenConnection``; the next call reconnects. A forked child that uses its parent's
   client gets ``UsedAfterFork`` (``fastfanout.client.forks``).
@@ -28,9 +32,11 @@ each operation documented in ``fastfanout.api``). Choices:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
@@ -66,12 +72,17 @@ from fastfanout.errors import (
     TransportError,
 )
 from fastfanout.records import Attributes, Body, PublishResult
+from fastfanout.settings import check_wait
 from fastfanout.transport.local import LocalTransport
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
 from fastfanout.transport.sockets import CurveKeys, DealerTransport
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["Client", "Connection", "connect"]
+__all__ = ["CLAIM_YIELD", "Client", "Connection", "connect"]
+
+CLAIM_YIELD = 0.005
+"""Seconds at most a thread woken out of its wait in ``recv`` (``Connection.claim``)
+leaves the lock to the calls that woke it before it pumps again."""
 
 class Connection(DriverBase):
     """The blocking I/O driver of a ``ConnectionCore``: transport, lock, background thread.
@@ -105,6 +116,15 @@ class Connection(DriverBase):
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_and_read,
                                       self.start_ticking, self, self.pace)
         self._ticker = Ticker()   # where the background thread sleeps until work is due
+        # A thread that waits for pushes (a consumer's iteration) holds the lock while it
+        # waits in the transport's recv, up to a tenth of a second at a time, and takes
+        # it again at once: a call from another thread waited for the lock for tenths of
+        # a second, at times over a second. A call that finds the lock taken writes a
+        # byte here, which ends such a wait (``claim``); the pipe lives as long as this
+        # object, so a late write never reaches a descriptor reused after a close.
+        self._wake_reader, self._wake_writer = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._claimers: list[None] = []   # calls waiting for the lock in ``claim``
+        weakref.finalize(self, _close_descriptors, self._wake_reader, self._wake_writer)
         forks.watch(self._after_fork)
         self.connect()
         self._thread = threading.Thread(target=self._background, name="fastfanout-client",
@@ -118,6 +138,7 @@ class Connection(DriverBase):
         """
         self.core.forked = True
         self.lock = FastRLock()
+        self._claimers = []   # a parent thread's, waiting for the parent's lock
         self.nowait_gate.forget()   # it remembers the parent's lock and open batch
         self._ticker = Ticker()
 
@@ -129,6 +150,7 @@ class Connection(DriverBase):
             self.transport = DealerTransport(self.endpoint, self.curve)
         except TransportError as exc:
             raise BrokenConnection(str(exc)) from None
+        self.transport.watch_wake(self._wake_reader)
         request = self.core.start(time.monotonic())
         try:
             self.send_out()
@@ -155,7 +177,9 @@ class Connection(DriverBase):
             except (FastFanoutError, OSError, ValueError) as exc:
                 self.attach_refused(channel, exc)
                 return
-            self.transport = LocalTransport(dealer, channel, self.timeout)
+            local = LocalTransport(dealer, channel, self.timeout)
+            local.watch_wake(self._wake_reader)   # the dealer watches it already
+            self.transport = local
 
     def drop_transport(self) -> None:
         """Close the transport (the next call reconnects)."""
@@ -186,6 +210,24 @@ class Connection(DriverBase):
             self.connect()
         assert self.transport is not None
         return self.transport
+
+    def claim(self) -> None:
+        """Take the lock for a call; a thread waiting in ``recv`` with it is woken first.
+
+        Release it with ``self.lock.release()``.
+        """
+        lock = self.lock
+        if not lock.acquire(False):
+            claimers = self._claimers
+            claimers.append(None)   # list appends and pops are atomic (the GIL)
+            try:
+                os.write(self._wake_writer, b"\0")
+            except BlockingIOError:
+                pass   # the pipe is full: a wake is pending already
+            try:
+                lock.acquire()
+            finally:
+                claimers.pop()
 
     # -- requests and replies ------------------------------------------------------------
 
@@ -219,7 +261,8 @@ class Connection(DriverBase):
     def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
         """Queue a request made by ``make(*args, **kwargs)`` (a core method) and send it."""
         forks.check_process("client", self.core.pid)   # a fork that bypassed os.fork
-        with self.lock:
+        self.claim()
+        try:
             self.ensure()
             try:
                 request = make(*args, **kwargs)
@@ -232,6 +275,8 @@ class Connection(DriverBase):
                 # (a pause of milliseconds in the middle of a stream of publishes).
                 self.drain()
             return request
+        finally:
+            self.lock.release()
 
     def request(self, opcode: int, payload: list[bytes], *, flush: bool = True) -> Request:
         """Send a request (the publish batches being filled first, with ``flush``)."""
@@ -257,20 +302,42 @@ class Connection(DriverBase):
             self._lost(exc)
         self._ticker.used()
 
-    def pump(self, timeout: float) -> None:
+    def pump(self, timeout: float, until: Request | None = None) -> None:
         """Read and feed broker messages for up to ``timeout`` seconds.
 
         The pumping thread holds the socket for the whole wait, so it heartbeats itself:
-        the background thread may not get the lock in between.
+        the background thread may not get the lock in between. A call from another
+        thread ends the wait early (``claim``). ``until``: the request a caller waits
+        for; its answer, read by another thread meanwhile, ends the pump before it
+        starts. Such a caller, and ``claim``'s, count as claimers, for whom a pumping
+        thread steps aside after each pump (``_let_claimers_in``).
         """
         core = self.core
-        with self.lock:
-            transport = self.ensure()
+        lock = self.lock
+        if until is None:
+            lock.acquire()
+        else:
+            claimers = self._claimers
+            claimers.append(None)
             try:
-                frames = transport.recv(min(timeout, core.heartbeat_interval))
+                lock.acquire()
+            finally:
+                claimers.pop()
+        try:
+            if until is not None and until.done:
+                return
+            transport = self.ensure()
+            wait = min(timeout, core.heartbeat_interval)
+            try:
+                frames = transport.recv(wait)
             except PeerLost as exc:
                 self._lost(exc)
                 return
+            if frames is None and wait > 0:
+                try:   # a wake that ended the wait, or came after it: used up
+                    os.read(self._wake_reader, 4096)
+                except BlockingIOError:
+                    pass
             self._ticker.used()
             now = time.monotonic()
             if core.info:   # not during the handshake
@@ -280,12 +347,28 @@ class Connection(DriverBase):
                 silence = core.silence(now)
                 if silence is not None:
                     self.broken(silence)
-                return
-            core.receive(frames, now)
-            if core.ended is not None:
-                self.drop_transport()
             else:
-                self.drain()
+                core.receive(frames, now)
+                if core.ended is not None:
+                    self.drop_transport()
+                else:
+                    self.drain()
+        finally:
+            lock.release()
+        if self._claimers and not lock.held_here():
+            self._let_claimers_in()
+
+    def _let_claimers_in(self) -> None:
+        """After a pump (lock released): let the threads waiting for the lock take it.
+
+        Without it the pumping thread (a consumer's iteration), running, took the lock
+        back before a waiting caller was scheduled, and waited in ``recv`` again: a
+        call waited for whole ``recv``s, a caller whose answer it had read already
+        included. Bounded by ``CLAIM_YIELD``.
+        """
+        deadline = time.monotonic() + CLAIM_YIELD
+        while self._claimers and time.monotonic() < deadline:
+            time.sleep(CLAIM_YIELD / 50)
 
     def wait(self, request: Request, timeout: float | None, *, extra: float = 0.0,
              handshake: bool = False) -> list[bytes]:
@@ -300,7 +383,7 @@ class Connection(DriverBase):
                         f"no reply from the broker at {self.endpoint} within {limit:.1f} s"
                         + ("; is it running?" if handshake else "")))
                 break
-            self.pump(min(remaining, 0.05))
+            self.pump(min(remaining, 0.05), request)
             if handshake and self.transport is None and not request.done:
                 break
         if request.error is not None:
@@ -326,7 +409,8 @@ class Connection(DriverBase):
     def enqueue(self, opcode: int, name: str, body: Any,
                 options: tuple[Any, ...] | None) -> PublishFuture:
         """Add one message to the batch of (opcode, name); returns its future."""
-        with self.lock:
+        self.claim()
+        try:
             self.ensure()
             core = self.core
             now = self.start_ticking() if not core.batches else 0.0
@@ -335,6 +419,8 @@ class Connection(DriverBase):
             sent = bool(core.outbox)   # a full batch
             if sent:
                 self.send_out()
+        finally:
+            self.lock.release()
         if sent:
             self.pace()
         return future
@@ -374,10 +460,13 @@ class Connection(DriverBase):
 
     def flush(self) -> None:
         """Send every pending publish batch now (does not wait for the answers)."""
-        with self.lock:
+        self.claim()
+        try:
             if self.core.batches:
                 self.core.flush_batches()
                 self.send_out()
+        finally:
+            self.lock.release()
 
     def defer_settle(self, consumer: ConsumerState, receipts: bytes) -> None:
         """Queue a consumer's pipelined ack (sent within linger, or now when due).
@@ -506,7 +595,7 @@ class Connection(DriverBase):
         for due, source in dues:
             ticker.due(due if due > now else now + core.linger, source)
 
-    def close(self, timeout: float) -> None:
+    def close(self, timeout: float | None) -> None:
         """Flush, say goodbye and disconnect (see ``Client.close``)."""
         core = self.core
         try:
@@ -529,7 +618,8 @@ class Connection(DriverBase):
             core.closed = True
             self.nowait_gate.forget()   # the batch it remembers (and its futures) go
             self._ticker.ring()
-            self._thread.join(timeout)
+            # ``inf`` waits as None does (``Thread.join`` refuses an infinite timeout)
+            self._thread.join(None if timeout is None or math.isinf(timeout) else timeout)
             with self.lock:
                 self.drop_transport()
 
@@ -779,9 +869,12 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         marks the client closed (the connection is the parent's).
 
         Raises:
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN);
+                nothing is closed.
             FastFanoutError: a producer's frame was refused; the client is closed anyway
                 and that producer's refused messages are not published.
         """
+        check_wait("timeout", timeout)
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
@@ -801,6 +894,12 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+
+def _close_descriptors(*descriptors: int) -> None:
+    """Close a finalized connection's wake pipe."""
+    for descriptor in descriptors:
+        os.close(descriptor)
 
 
 def connect(endpoint: str | None = None, **options: Any) -> Client:

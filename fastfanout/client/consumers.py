@@ -469,7 +469,12 @@ class Listener(StreamListening, Iterator[StreamMessage]):
 
         The batch decodes its messages only when indexed or iterated: counting and gap
         detection read the frame natively.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not a number of seconds (or None): a NaN
+                deadline was never reached.
         """
+        check_wait("timeout", timeout)
         if self.early:
             return self.early.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -33,6 +33,7 @@ from fastfanout.client.core import Request
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import RemotePublishBatch
 from fastfanout.errors import FastFanoutError
+from fastfanout.settings import check_wait
 
 __all__ = ["REPLY_POLL", "PublishBatchFuture", "PublishFuture"]
 
@@ -66,8 +67,11 @@ class PublishBatchFuture:
             timeout: seconds to wait at most (default: the client's timeout).
 
         Raises:
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
+                or None; nothing is waited for.
             FastFanoutError: the error of the batch (nothing of it was enqueued).
         """
+        check_wait("timeout", timeout)
         if self._results is None:
             self._results = self._client.publish_results(self._request, timeout)
         return self._results
@@ -94,7 +98,12 @@ class PublishBatchFuture:
         Args:
             timeout: seconds to wait at most (default: the client's timeout); past it the
                 connection counts as broken and ``BrokenConnection`` is returned.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
+                or None (raised, not returned: it is not the publish's error).
         """
+        check_wait("timeout", timeout)
         try:
             self.result(timeout)
         except FastFanoutError as error:

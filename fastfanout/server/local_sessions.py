@@ -29,6 +29,7 @@ consumers then).
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from functools import partial
 
 from fastfanout._ext.shmring import FULL, SharedRing
 from fastfanout.errors import MalformedFrame, PeerGone, Unroutable, WouldBlock
+from fastfanout.server.descriptors import CHANNEL_DESCRIPTORS, descriptors_free, reserve
 from fastfanout.server.sessions import Session
 from fastfanout.transport.local_channel import HOLD_MIN_BYTES, LocalChannel
 from fastfanout.wire import protocol
@@ -162,10 +164,20 @@ class LocalSessions:
         Raises:
             MalformedFrame: ``request`` does not have the payload's form.
             ValueError, OSError: a descriptor it names is not a channel's of this user
-                (nothing is kept).
+                (nothing is kept); or the broker is short of descriptors (fewer than
+                ``descriptors.reserve()`` would be left for sockets: counted
+                ``local_refused_descriptors``).
         """
         if session in self.sessions:
             raise ValueError("this connection already has a local channel")
+        free = descriptors_free()
+        if free is not None and free - CHANNEL_DESCRIPTORS < reserve():
+            self.counters["local_refused_descriptors"] += 1
+            raise OSError(errno.EMFILE, (
+                f"the broker has {free} file descriptors left under its open-files limit "
+                f"and keeps {reserve()} for sockets (a channel takes "
+                f"{CHANNEL_DESCRIPTORS}); stay on the socket, or raise the broker's "
+                f"limit (ulimit -n)"))
         channel = LocalChannel.attach(request)
         channel.hold_min = HOLD_MIN_BYTES   # publish frames are read in place (_read)
         channel.incoming.on_room = channel.ring_peer   # a held publish let go: ring it

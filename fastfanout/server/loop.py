@@ -101,6 +101,7 @@ from fastfanout.server.allocator import (
     memory_stats,
 )
 from fastfanout.server.deliveries import Deliveries
+from fastfanout.server.descriptors import raise_limit
 from fastfanout.server.guests import Guest
 from fastfanout.server.holds import HeldRequest, HeldRequests
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
@@ -1104,7 +1105,8 @@ def serve(endpoint: str | None = None, *,
     The handlers are set once the broker is built, before it binds: a signal that comes
     before the loop runs stops it as cleanly (goodbyes, journal, socket and lock files).
 
-    This thread's process is a broker: its C allocator keeps freed delivery frames for
+    This thread's process is a broker: its soft open-files limit is raised to the hard
+    one (``descriptors.raise_limit``), its C allocator keeps freed delivery frames for
     reuse (``allocator.keep_freed_memory``) rather than paying page faults for new ones,
     and what it built to start is moved out of the cyclic garbage collector's reach
     (``allocator.freeze_startup_objects``): a full collection no longer walks it.
@@ -1120,6 +1122,7 @@ def serve(endpoint: str | None = None, *,
         **options: any keyword argument of ``Server``.
     """
     made = made or missing_ancestor(options.get("data_dir"))
+    raise_limit()   # before any socket: out of descriptors, libzmq aborts (descriptors.py)
     server: Server | None = None
     stop_companion: Callable[[], None] | None = None
 

@@ -70,7 +70,20 @@ class LocalTransport(_ChannelReader):
         self._gone = False
         self._bell = select.poll()
         self._bell.register(channel.bell.fd, select.POLLIN)
+        self._waits = self._bell   # recv's poll: the bell, and a wake descriptor
+        self._wake: int | None = None
         self.closed = False
+
+    def watch_wake(self, fd: int) -> None:
+        """End a ``recv`` wait early (it returns None) once ``fd`` is readable.
+
+        Only ``recv`` watches it (a send waiting for room does not); the socket kept for
+        spills must be told too (``DealerTransport.watch_wake``). The caller drains it.
+        """
+        self._waits = select.poll()
+        self._waits.register(self.channel.bell.fd, select.POLLIN)
+        self._waits.register(fd, select.POLLIN)
+        self._wake = fd
 
     def send(self, frames: list[bytes]) -> None:
         """Write a request into the ring (waiting for room), or spill it."""
@@ -124,8 +137,13 @@ class LocalTransport(_ChannelReader):
                 return None
             if not channel.incoming.sleep():
                 continue
-            if self._bell.poll(max(1, math.ceil(remaining * 1000))):
+            polled = self._waits.poll(max(1, math.ceil(remaining * 1000)))
+            if polled:
                 self._ring_heard()
+                # at most one entry per descriptor: two, or one that is not the bell's
+                if self._wake is not None and (len(polled) > 1
+                                               or polled[0][0] == self._wake):
+                    deadline = 0.0   # woken: read what is here, then return
 
     def close(self) -> None:
         """Close the channel and the socket."""

@@ -565,12 +565,28 @@ class _ClientSocket(_OwnedSocket):
         self._socket = _connect_client(self._context, kind, options, curve, endpoint, what)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+        self._woken_only = False   # a wake descriptor is watched (``watch_wake``)
         self.closed = False
 
+    def watch_wake(self, fd: int) -> None:
+        """End a ``recv`` wait early (it returns None) once ``fd`` is readable.
+
+        The blocking client's callers so wake a thread that waits in ``recv`` with the
+        client's lock held; the caller drains ``fd``.
+        """
+        self._poller.register(fd, zmq.POLLIN)
+        self._woken_only = True
+
     def recv(self, timeout: float) -> list[bytes] | None:
-        """The next message, waiting up to ``timeout`` seconds (0: only if one is here)."""
+        """The next message, waiting up to ``timeout`` seconds (0: only if one is here).
+
+        None also when the wake descriptor (``watch_wake``) ended the wait first.
+        """
         if timeout > 0:
-            if not self._poller.poll(int(timeout * 1000) or 1):
+            events = self._poller.poll(int(timeout * 1000) or 1)
+            if not events:
+                return None
+            if self._woken_only and all(item is not self._socket for item, _ in events):
                 return None
             return _recv_ready(self._socket, ask=False)
         return _recv_ready(self._socket)

@@ -1,0 +1,90 @@
+"""The broker's file descriptors: a budget kept so that sockets are never refused.
+
+Why: libzmq (4.3.5) asserts when ``accept()`` on an ``ipc://`` listener fails with
+``EMFILE``, which aborts the whole broker process (``Too many open files
+(src/ipc_listener.cpp:...)``): a broker out of descriptors does not refuse the next
+client, it dies, leases and unacknowledged pushes with it. A local channel costs the
+broker five descriptors (two rings, two bells, the client's ``pidfd``) where a socket
+client costs one, so with the usual soft limit of 1,024 about 170 local clients were
+enough.
+
+Two measures:
+
+- ``fastfanout serve`` raises its soft ``RLIMIT_NOFILE`` to the hard limit (as the Go
+  runtime and most servers do) before it binds: the soft limit of 1,024 exists for old
+  programs that use ``select()``, which the broker does not (libzmq polls with epoll).
+- An ``ATTACH`` that would leave fewer than ``reserve()`` descriptors free is refused
+  (the client stays on its socket, one descriptor; counted ``local_refused_descriptors``):
+  the descriptors left go to sockets. Past them the limit is the kernel's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from typing import Final
+
+__all__ = ["CHANNEL_DESCRIPTORS", "descriptors_free", "raise_limit", "reserve"]
+
+log = logging.getLogger("fastfanout.server.loop")
+
+CHANNEL_DESCRIPTORS: Final = 5
+"""Descriptors the broker holds for one local channel (two rings, two bells, a pidfd)."""
+RESERVE_FRACTION: Final = 4
+"""A quarter of the soft limit is kept for sockets, ..."""
+RESERVE_MIN: Final = 32
+"""... at least 32 descriptors ..."""
+RESERVE_MAX: Final = 1024
+"""... and at most 1,024."""
+RAISED_LIMIT_MAX: Final = 1 << 20
+"""The soft limit ``raise_limit`` sets when the hard limit is unlimited."""
+
+
+def _soft_limit() -> int | None:
+    """The soft ``RLIMIT_NOFILE``, None when unlimited."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def reserve() -> int:
+    """Descriptors an ``ATTACH`` must leave free (kept for sockets), under the soft limit."""
+    soft = _soft_limit()
+    if soft is None:
+        return RESERVE_MIN
+    return min(RESERVE_MAX, max(RESERVE_MIN, soft // RESERVE_FRACTION))
+
+
+def descriptors_free() -> int | None:
+    """Descriptors this process may still open under its soft limit (None: no limit known).
+
+    Counted from ``/proc/self/fd`` (once per ``ATTACH``, not per message).
+    """
+    soft = _soft_limit()
+    if soft is None:
+        return None
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:   # no /proc: the kernel's EMFILE is the only limit left
+        return None
+    return soft - used
+
+
+def raise_limit() -> int | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; returns the soft limit now.
+
+    The hard limit ``RLIM_INFINITY`` gives ``RAISED_LIMIT_MAX``. A refusal (a sandbox) is
+    logged and leaves the limit as it was.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = RAISED_LIMIT_MAX if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target,
+                        exc)
+            return soft
+        log.info("open-files limit raised from %d to %d", soft, target)
+        return target
+    return None if soft == resource.RLIM_INFINITY else soft
