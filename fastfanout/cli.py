@@ -33,6 +33,7 @@ import click
 from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
+from fastfanout.stats import SUBSCRIPTION_DROP_REASONS
 
 __all__ = ["cli", "main"]
 
@@ -565,7 +566,7 @@ def _columns(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 @endpoint_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def stats(endpoint: str | None, as_json: bool) -> None:
-    """Print per topic, queue and connection counters.
+    """Print per topic, subscription, queue and connection counters.
 
     Tables fit the terminal's width (80 columns when not a terminal): counters that do
     not fit go to a further table; names are never cut.
@@ -587,6 +588,12 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         "topics", ("topic", *topic_columns),
         [(name, *(str(getattr(topic, c)) for c in topic_columns))
          for name, topic in broker_stats.topics.items()], width)
+    lines += _columns(
+        "subscriptions", ("subscription", "topic", "queue", "delivered", "filtered_out",
+                          *SUBSCRIPTION_DROP_REASONS),
+        [(str(sid), sub.topic, sub.queue, str(sub.delivered), str(sub.filtered_out),
+          *(str(sub.dropped.get(reason, 0)) for reason in SUBSCRIPTION_DROP_REASONS))
+         for sid, sub in broker_stats.subscriptions.items()], width)
     queue_columns = ("visible", "leased", "delayed", "enqueued", "delivered", "acked",
                      "redelivered", "dead_lettered")
     lines += _columns(

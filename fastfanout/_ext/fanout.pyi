@@ -25,7 +25,15 @@ class Dispatcher:
         topic: int,
         queue_ids: list[int],
         policies: list[PlainPolicy | list[PlainPolicy] | None] | None = None,
-    ) -> None: ...
+        subscriptions: list[list[int]] | None = None,
+    ) -> None:
+        """Replace a topic's targets; ``subscriptions``: per target, the ids of the
+        subscriptions credited with its copies and refusals."""
+    def forget_subscription(self, subscription_id: int) -> None:
+        """Drop a deleted subscription's counters (after the topics it fed were
+        re-targeted)."""
+    def subscription_counters(self, subscription_id: int) -> tuple[int, int, int, int, int]:
+        """(delivered, filtered_out, rejected, oversized, duplicates) of a subscription."""
     def has_room(self, queue: int, messages: int, size: int) -> bool: ...
     def withdraw_refusal(self, queue: int, messages: int) -> None: ...
     def topic_counters(
