@@ -601,6 +601,11 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         [(name, *(str(getattr(queue, c)) for c in queue_columns),
           str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
         width)
+    connections = server_stats.pop("connection_stats", None) or {}
+    lines += _columns(
+        "connections", ("connection", *CONNECTION_COLUMNS),
+        [(name, *(str(counters.get(c, 0)) for c in CONNECTION_COLUMNS))
+         for name, counters in sorted(connections.items())], width)
     bridge = server_stats.pop("bridge", None) or {}
     bridge_columns = ("messages", "rate", "lag", "in_flight", "retries", "errors",
                       "duplicates", "dead_lettered", "connected")
@@ -614,6 +619,11 @@ def stats(endpoint: str | None, as_json: bool) -> None:
                       [(key, str(value)) for key, value in sorted(server_stats.items())], width)
     click.echo("\n".join(lines).rstrip("\n"))
 
+
+CONNECTION_COLUMNS = ("consumers", "requests", "published", "delivered", "acked",
+                      "bytes_in", "bytes_out")
+"""The columns of ``fastfanout stats``' connections table (SERVER_STATS'
+``connection_stats``)."""
 
 HANDLER_COLUMNS = ("processes", "processed", "failed", "retried", "dead_lettered",
                    "in_flight", "p50_ms", "p99_ms")
