@@ -14,6 +14,8 @@ cdef struct topic_t:
     uint8_t* filtered          # per target: 1 if its subscription has a filter policy
     uint32_t* target_slots     # subscription counter slots, target by target
     uint32_t* slot_start       # per target: its first entry in target_slots (count + 1)
+    uint64_t* target_counts    # per target: SUBSCRIPTION_FIELDS counters its subscriptions
+                               # are owed (added to their slots when the targets change)
     uint64_t published
     uint64_t deliveries
     uint64_t unrouted
@@ -51,8 +53,9 @@ cdef class Dispatcher:
     cdef uint32_t refused_position # ... target position
     cdef uint32_t refused_queue    # ... and queue, for withdraw_refusal
 
-    cdef void _credit(self, topic_t* record, uint32_t position, int counter,
+    cdef inline void _credit(self, topic_t* record, uint32_t position, int counter,
                       uint64_t amount) noexcept
+    cdef void _fold(self, topic_t* record) noexcept
     cdef int _slot(self, object subscription_id) except -1
 
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1

@@ -75,9 +75,11 @@ cdef enum:
 # XORed into the high half of a body's hash so body keys and dedup-id keys never meet.
 cdef uint64_t BODY_KEY_MARK = 0x9e3779b97f4a7c15ULL
 
-# A subscription's counters: one row of SUBSCRIPTION_FIELDS in slot_counters, at
-# its slot. Copies are credited per target and per batch (one add per subscription of the
-# target), never per message, and never with a Python object.
+# A subscription's counters: one row of SUBSCRIPTION_FIELDS in slot_counters, at its
+# slot. The hot path adds to its target's row instead (topic_t.target_counts: one add per
+# target and batch, never per message, never a Python object); a target's rows are owed to
+# the subscriptions feeding it, added to their slots when the topic's targets change
+# (``_fold``) and summed in when the counters are read.
 cdef enum:
     SUB_DELIVERED = 0
     SUB_FILTERED_OUT = 1
@@ -129,6 +131,7 @@ cdef class Dispatcher:
                 PyMem_Free(self.topics[topic].filtered)
                 PyMem_Free(self.topics[topic].target_slots)
                 PyMem_Free(self.topics[topic].slot_start)
+                PyMem_Free(self.topics[topic].target_counts)
             PyMem_Free(self.topics)
         PyMem_Free(self.slot_counters)
         PyMem_Free(self.scratch)
@@ -175,6 +178,7 @@ cdef class Dispatcher:
         self.topics[topic].filtered = NULL
         self.topics[topic].target_slots = NULL
         self.topics[topic].slot_start = NULL
+        self.topics[topic].target_counts = NULL
         self.topics[topic].target_count = 0
         self.topics[topic].published = 0
         self.topics[topic].deliveries = 0
@@ -191,6 +195,9 @@ cdef class Dispatcher:
 
     def remove_topic(self, uint32_t topic):
         """Delete a topic (its subscriptions go with it); its id is free for reuse."""
+        self._fold(&self.topics[topic])
+        PyMem_Free(self.topics[topic].target_counts)
+        self.topics[topic].target_counts = NULL
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
         PyMem_Free(self.topics[topic].target_slots)
@@ -227,6 +234,7 @@ cdef class Dispatcher:
         cdef uint8_t* filtered = NULL
         cdef uint32_t* target_slots = NULL
         cdef uint32_t* slot_start = NULL
+        cdef uint64_t* target_counts = NULL
         cdef Py_ssize_t slot_total = 0
         cdef Py_ssize_t position
         cdef FilterSet filter_set = None
@@ -275,12 +283,16 @@ cdef class Dispatcher:
                 slot_total += len(subscriptions[i])
             slot_start = <uint32_t*>PyMem_Malloc((count + 1) * sizeof(uint32_t))
             target_slots = <uint32_t*>PyMem_Malloc(max(slot_total, 1) * sizeof(uint32_t))
-            if slot_start == NULL or target_slots == NULL:
+            target_counts = <uint64_t*>PyMem_Malloc(
+                count * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+            if slot_start == NULL or target_slots == NULL or target_counts == NULL:
                 PyMem_Free(targets)
                 PyMem_Free(filtered)
                 PyMem_Free(slot_start)
                 PyMem_Free(target_slots)
+                PyMem_Free(target_counts)
                 raise MemoryError()
+            memset(target_counts, 0, count * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
             position = 0
             try:
                 for i in range(count):
@@ -294,15 +306,19 @@ cdef class Dispatcher:
                 PyMem_Free(filtered)
                 PyMem_Free(slot_start)
                 PyMem_Free(target_slots)
+                PyMem_Free(target_counts)
                 raise
+        self._fold(&self.topics[topic])   # what the old targets owe their subscriptions
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
         PyMem_Free(self.topics[topic].target_slots)
         PyMem_Free(self.topics[topic].slot_start)
+        PyMem_Free(self.topics[topic].target_counts)
         self.topics[topic].targets = targets
         self.topics[topic].filtered = filtered
         self.topics[topic].target_slots = target_slots
         self.topics[topic].slot_start = slot_start
+        self.topics[topic].target_counts = target_counts
         if self.refused_topic == topic:
             self.refused_topic = -1
         self.topics[topic].target_count = <uint32_t>count
@@ -335,38 +351,82 @@ cdef class Dispatcher:
         self.subscription_slots[subscription_id] = slot
         return <int>slot
 
-    cdef void _credit(self, topic_t* record, uint32_t position, int counter,
+    cdef inline void _credit(self, topic_t* record, uint32_t position, int counter,
                       uint64_t amount) noexcept:
-        """Add ``amount`` to ``counter`` of every subscription feeding target ``position``
-        of ``record`` (a handful of adds per target and batch)."""
+        """Add ``amount`` to ``counter`` of target ``position`` of ``record``: owed to
+        every subscription feeding it (one add, however many feed it)."""
+        if record.target_counts != NULL:
+            record.target_counts[<Py_ssize_t>position * SUBSCRIPTION_FIELDS + counter] += amount
+
+    cdef void _fold(self, topic_t* record) noexcept:
+        """Add what each target of ``record`` owes to its subscriptions' slots; zero it."""
+        cdef uint32_t position
         cdef uint32_t k
-        if amount == 0 or record.slot_start == NULL:
+        cdef int counter
+        cdef uint64_t* owed
+        if record.target_counts == NULL:
             return
-        for k in range(record.slot_start[position], record.slot_start[position + 1]):
-            self.slot_counters[
-                <Py_ssize_t>record.target_slots[k] * SUBSCRIPTION_FIELDS + counter] += amount
+        for position in range(record.target_count):
+            owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+            for k in range(record.slot_start[position], record.slot_start[position + 1]):
+                for counter in range(SUBSCRIPTION_FIELDS):
+                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
+                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
+            memset(owed, 0, SUBSCRIPTION_FIELDS * sizeof(uint64_t))
 
     def forget_subscription(self, subscription_id):
         """Drop a deleted subscription's counters; its slot is free for reuse.
 
-        Call it after ``set_targets`` of every topic it fed (no target names it then).
+        Call it after ``set_targets`` or ``remove_topic`` of every topic it fed (no target
+        names it then).
         """
         slot = self.subscription_slots.pop(subscription_id, None)
         if slot is not None:
             self.free_slots.append(slot)
 
-    def subscription_counters(self, subscription_id):
-        """(delivered, filtered_out, rejected, oversized, duplicates) of a subscription:
+    def subscription_counters(self):
+        """Subscription id -> (delivered, filtered_out, rejected, oversized, duplicates):
         copies it put into its queue, messages of its topics it filtered out, and copies
         for it refused as QueueFull, as MessageTooLarge, or held back as duplicates by its
-        queue's window. All 0 for a subscription that has fed no topic yet."""
+        queue's window. A subscription that has fed no topic yet is absent (all 0).
+
+        One pass over every topic's targets (their rows are summed in, not folded).
+        """
+        cdef uint64_t* totals
+        cdef uint64_t* owed
         cdef uint64_t* row
-        slot = self.subscription_slots.get(subscription_id)
-        if slot is None:
-            return (0, 0, 0, 0, 0)
-        row = self.slot_counters + <Py_ssize_t><uint32_t>slot * SUBSCRIPTION_FIELDS
-        return (row[SUB_DELIVERED], row[SUB_FILTERED_OUT], row[SUB_REJECTED],
-                row[SUB_OVERSIZED], row[SUB_DUPLICATES])
+        cdef uint32_t topic
+        cdef uint32_t position
+        cdef uint32_t k
+        cdef int counter
+        cdef topic_t* record
+        cdef Py_ssize_t size = <Py_ssize_t>self.slot_count * SUBSCRIPTION_FIELDS
+        totals = <uint64_t*>PyMem_Malloc(max(size, 1) * sizeof(uint64_t))
+        if totals == NULL:
+            raise MemoryError()
+        try:
+            for k in range(size):
+                totals[k] = self.slot_counters[k]
+            for topic in range(self.topic_count):
+                record = &self.topics[topic]
+                if not record.alive or record.target_counts == NULL:
+                    continue
+                for position in range(record.target_count):
+                    owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+                    for k in range(record.slot_start[position],
+                                   record.slot_start[position + 1]):
+                        for counter in range(SUBSCRIPTION_FIELDS):
+                            totals[<Py_ssize_t>record.target_slots[k] * SUBSCRIPTION_FIELDS
+                                   + counter] += owed[counter]
+            result = {}
+            for subscription_id, slot in self.subscription_slots.items():
+                row = totals + <Py_ssize_t><uint32_t>slot * SUBSCRIPTION_FIELDS
+                result[subscription_id] = (
+                    row[SUB_DELIVERED], row[SUB_FILTERED_OUT], row[SUB_REJECTED],
+                    row[SUB_OVERSIZED], row[SUB_DUPLICATES])
+            return result
+        finally:
+            PyMem_Free(totals)
 
     def has_room(self, uint32_t queue, uint64_t messages, uint64_t size):
         """Whether ``messages`` messages of ``size`` bytes in all would enter ``queue`` now
@@ -380,23 +440,20 @@ cdef class Dispatcher:
         turned into a hold (held, the publish is not refused: it is counted once, if it
         times out)."""
         cdef topic_t* record
-        cdef uint32_t k
         cdef uint64_t* counter
         if queue < self.store.queue_count and self.store.queue(queue).rejected >= messages:
             self.store.queue(queue).rejected -= messages
         if self.refused_topic < 0 or self.refused_queue != queue:
             return
-        # The subscriptions credited with that refusal (targets unchanged since: set_targets
-        # and remove_topic forget it) take it back too.
+        # Its target, credited with that refusal, takes it back too (targets unchanged
+        # since, so not folded: set_targets and remove_topic forget the refusal).
         record = &self.topics[self.refused_topic]
         self.refused_topic = -1
-        if record.slot_start == NULL or self.refused_position >= record.target_count:
+        if record.target_counts == NULL or self.refused_position >= record.target_count:
             return
-        for k in range(record.slot_start[self.refused_position],
-                       record.slot_start[self.refused_position + 1]):
-            counter = &self.slot_counters[
-                <Py_ssize_t>record.target_slots[k] * SUBSCRIPTION_FIELDS + SUB_REJECTED]
-            counter[0] -= min(counter[0], messages)
+        counter = &record.target_counts[
+            <Py_ssize_t>self.refused_position * SUBSCRIPTION_FIELDS + SUB_REJECTED]
+        counter[0] -= min(counter[0], messages)
 
     def topic_counters(self, uint32_t topic, int64_t now_us):
         """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries,

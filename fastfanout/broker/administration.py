@@ -266,11 +266,13 @@ class Administration:
         with self.lock:
             self.now_us()
             topic_id = self.topic_id(name, "name")
-            for subscription_id in self.topic_subscriptions.pop(name):
-                if self._subscriptions[subscription_id].topic == name:
-                    del self._subscriptions[subscription_id]
-                    self.dispatcher.forget_subscription(subscription_id)
+            removed = [sid for sid in self.topic_subscriptions.pop(name)
+                       if self._subscriptions[sid].topic == name]
+            for subscription_id in removed:
+                del self._subscriptions[subscription_id]
             self.dispatcher.remove_topic(topic_id)
+            for subscription_id in removed:
+                self.dispatcher.forget_subscription(subscription_id)
             del self.topics[name], self._topic_settings[name]
             if self.durable is not None:
                 self.durable.topic_deleted(name, topic_id)

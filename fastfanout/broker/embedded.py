@@ -759,8 +759,9 @@ class Broker:
                     leased=leased, delayed=delayed, messages=messages, bytes=held_bytes,
                     oldest_age=oldest_age)
             subscriptions = {}
+            counters = self._dispatcher.subscription_counters()
             for sid, (topic, queue) in sorted(self._admin.list_subscriptions().items()):
-                (delivered, filtered_out, *dropped) = self._dispatcher.subscription_counters(sid)
+                (delivered, filtered_out, *dropped) = counters.get(sid, (0, 0, 0, 0, 0))
                 subscriptions[sid] = SubscriptionStats(
                     topic=topic, queue=queue, delivered=delivered, filtered_out=filtered_out,
                     dropped=dict(zip(SUBSCRIPTION_DROP_REASONS, dropped, strict=True)))

@@ -136,3 +136,24 @@ def test_counters_go_with_the_subscription_and_survive_a_policy_change(any_broke
     assert any_broker.stats().subscriptions[again].delivered == 0
     any_broker.delete_queue("q")
     assert any_broker.stats().subscriptions == {}
+
+
+def test_counts_stay_when_the_topics_routes_change(any_broker):
+    any_broker.create_topic("orders.eu")
+    any_broker.create_queue("q")
+    any_broker.create_queue("other")
+    pattern = any_broker.subscribe("orders.*", "q", filter_policy={"k": ["v"]})
+    any_broker.publish("orders.eu", b"1", attributes={"k": "v"})
+    any_broker.publish("orders.eu", b"2")
+    direct = any_broker.subscribe("orders.eu", "other")   # the topic's targets change
+    any_broker.publish("orders.eu", b"3", attributes={"k": "v"})
+    any_broker.create_topic("orders.us")
+    any_broker.publish("orders.us", b"4")
+    any_broker.delete_topic("orders.eu")   # the pattern stays, with what it counted
+    stats = any_broker.stats()
+    assert sorted(stats.subscriptions) == [pattern]
+    assert (stats.subscriptions[pattern].delivered,
+            stats.subscriptions[pattern].filtered_out) == (2, 2)
+    any_broker.publish("orders.us", b"5", attributes={"k": "v"})
+    assert any_broker.stats().subscriptions[pattern].delivered == 3
+    assert direct not in any_broker.stats().subscriptions
