@@ -783,12 +783,11 @@ cdef class Dispatcher:
                     if not skip[i] and not self.original[i]:
                         target_messages += 1
                         target_bytes += store.message_size(self.scratch[i])
-                target_filtered = 0
-                if filtering:
+                if filtering:   # only a topic's publish filters
+                    target_filtered = 0
                     for i in range(count):
                         target_filtered += skip[i] == SKIP_FILTERED and not self.original[i]
                     filtered_out += target_filtered
-                if topic >= 0:
                     self._credit(&self.topics[topic], t, SUB_FILTERED_OUT, target_filtered)
                 if target_messages == 0:
                     continue
