@@ -12,6 +12,10 @@ cdef struct topic_t:
     uint32_t* targets          # queue ids, in subscription order
     uint32_t target_count
     uint8_t* filtered          # per target: 1 if its subscription has a filter policy
+    uint32_t* target_slots     # subscription counter slots, target by target
+    uint32_t* slot_start       # per target: its first entry in target_slots (count + 1)
+    uint64_t* target_counts    # per target: SUBSCRIPTION_FIELDS counters its subscriptions
+                               # are owed (added to their slots when the targets change)
     uint64_t published
     uint64_t deliveries
     uint64_t unrouted
@@ -40,6 +44,19 @@ cdef class Dispatcher:
     cdef unsigned char* skip       # per (target, message): 1 = no copy for this target
     cdef Py_ssize_t scratch_capacity
     cdef Py_ssize_t skip_capacity
+    cdef uint64_t* slot_counters   # slot * SUBSCRIPTION_FIELDS + field
+    cdef uint32_t slot_capacity
+    cdef uint32_t slot_count       # slots handed out: live subscriptions and freed ones
+    cdef list free_slots           # forgotten subscriptions' slots, taken again
+    cdef dict subscription_slots   # subscription id -> its counter slot
+    cdef int64_t refused_topic     # the last QueueFull refusal: topic (-1: none) ...
+    cdef uint32_t refused_position # ... target position
+    cdef uint32_t refused_queue    # ... and queue, for withdraw_refusal
+
+    cdef inline void _credit(self, topic_t* record, uint32_t position, int counter,
+                      uint64_t amount) noexcept
+    cdef void _fold(self, topic_t* record) noexcept
+    cdef int _slot(self, object subscription_id) except -1
 
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
@@ -56,5 +73,5 @@ cdef class Dispatcher:
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
                           bint with_keys) except -1
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
-                           int64_t now_us, bint with_keys, bint direct,
+                           int64_t now_us, bint with_keys, int64_t topic,
                            bint topic_content) except -1

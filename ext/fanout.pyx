@@ -75,6 +75,19 @@ cdef enum:
 # XORed into the high half of a body's hash so body keys and dedup-id keys never meet.
 cdef uint64_t BODY_KEY_MARK = 0x9e3779b97f4a7c15ULL
 
+# A subscription's counters: one row of SUBSCRIPTION_FIELDS in slot_counters, at its
+# slot. The hot path adds to its target's row instead (topic_t.target_counts: one add per
+# target and batch, never per message, never a Python object); a target's rows are owed to
+# the subscriptions feeding it, added to their slots when the topic's targets change
+# (``_fold``) and summed in when the counters are read.
+cdef enum:
+    SUB_DELIVERED = 0
+    SUB_FILTERED_OUT = 1
+    SUB_REJECTED = 2
+    SUB_OVERSIZED = 3
+    SUB_DUPLICATES = 4
+    SUBSCRIPTION_FIELDS = 5
+
 # Values of the per-(target, message) skip matrix.
 cdef enum:
     SKIP_DUPLICATE = 1
@@ -103,6 +116,12 @@ cdef class Dispatcher:
         self.free_topic_ids = []
         self.matches = NULL
         self.match_capacity = 0
+        self.slot_counters = NULL
+        self.slot_capacity = 0
+        self.slot_count = 0
+        self.free_slots = []
+        self.subscription_slots = {}
+        self.refused_topic = -1
 
     def __dealloc__(self):
         cdef uint32_t topic
@@ -110,7 +129,11 @@ cdef class Dispatcher:
             for topic in range(self.topic_count):
                 PyMem_Free(self.topics[topic].targets)
                 PyMem_Free(self.topics[topic].filtered)
+                PyMem_Free(self.topics[topic].target_slots)
+                PyMem_Free(self.topics[topic].slot_start)
+                PyMem_Free(self.topics[topic].target_counts)
             PyMem_Free(self.topics)
+        PyMem_Free(self.slot_counters)
         PyMem_Free(self.scratch)
         PyMem_Free(self.dues)
         PyMem_Free(self.keys)
@@ -153,6 +176,9 @@ cdef class Dispatcher:
         self.topics[topic].alive = True
         self.topics[topic].targets = NULL
         self.topics[topic].filtered = NULL
+        self.topics[topic].target_slots = NULL
+        self.topics[topic].slot_start = NULL
+        self.topics[topic].target_counts = NULL
         self.topics[topic].target_count = 0
         self.topics[topic].published = 0
         self.topics[topic].deliveries = 0
@@ -169,18 +195,28 @@ cdef class Dispatcher:
 
     def remove_topic(self, uint32_t topic):
         """Delete a topic (its subscriptions go with it); its id is free for reuse."""
+        self._fold(&self.topics[topic])
+        PyMem_Free(self.topics[topic].target_counts)
+        self.topics[topic].target_counts = NULL
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
+        PyMem_Free(self.topics[topic].target_slots)
+        PyMem_Free(self.topics[topic].slot_start)
         self.topics[topic].targets = NULL
         self.topics[topic].filtered = NULL
+        self.topics[topic].target_slots = NULL
+        self.topics[topic].slot_start = NULL
         self.topics[topic].target_count = 0
         self.topics[topic].alive = False
+        if self.refused_topic == topic:
+            self.refused_topic = -1
         self.topic_filters[topic] = None
         self.topic_dedup[topic] = None
         self.topic_names[topic] = b""
         self.free_topic_ids.append(topic)
 
-    def set_targets(self, uint32_t topic, list queue_ids, list policies=None):
+    def set_targets(self, uint32_t topic, list queue_ids, list policies=None,
+                    list subscriptions=None):
         """Replace the target queues of ``topic`` (in subscription order).
 
         Args:
@@ -189,10 +225,18 @@ cdef class Dispatcher:
             policies: per target, None (no filter), a plain compiled filter policy
                 (``CompiledPolicy.plain``), or a list of them (a queue subscribed more
                 than once: a copy goes if any matches).
+            subscriptions: per target, the ids of the subscriptions feeding it; each is
+                credited with the target's copies (``subscription_counters``). None:
+                no subscription is counted.
         """
         cdef Py_ssize_t count = len(queue_ids)
         cdef uint32_t* targets = NULL
         cdef uint8_t* filtered = NULL
+        cdef uint32_t* target_slots = NULL
+        cdef uint32_t* slot_start = NULL
+        cdef uint64_t* target_counts = NULL
+        cdef Py_ssize_t slot_total = 0
+        cdef Py_ssize_t position
         cdef FilterSet filter_set = None
         cdef Py_ssize_t i
         cdef Py_ssize_t k
@@ -230,12 +274,159 @@ cdef class Dispatcher:
                     PyMem_Free(filtered)
                     raise MemoryError()
                 self.match_capacity = policy_count
+        if subscriptions is not None and count:
+            if len(subscriptions) != count:
+                PyMem_Free(targets)
+                PyMem_Free(filtered)
+                raise ValueError("subscriptions must list one entry per target")
+            for i in range(count):
+                slot_total += len(subscriptions[i])
+            slot_start = <uint32_t*>PyMem_Malloc((count + 1) * sizeof(uint32_t))
+            target_slots = <uint32_t*>PyMem_Malloc(max(slot_total, 1) * sizeof(uint32_t))
+            target_counts = <uint64_t*>PyMem_Malloc(
+                count * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+            if slot_start == NULL or target_slots == NULL or target_counts == NULL:
+                PyMem_Free(targets)
+                PyMem_Free(filtered)
+                PyMem_Free(slot_start)
+                PyMem_Free(target_slots)
+                PyMem_Free(target_counts)
+                raise MemoryError()
+            memset(target_counts, 0, count * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+            position = 0
+            try:
+                for i in range(count):
+                    slot_start[i] = <uint32_t>position
+                    for subscription_id in subscriptions[i]:
+                        target_slots[position] = <uint32_t>self._slot(subscription_id)
+                        position += 1
+                slot_start[count] = <uint32_t>position
+            except BaseException:
+                PyMem_Free(targets)
+                PyMem_Free(filtered)
+                PyMem_Free(slot_start)
+                PyMem_Free(target_slots)
+                PyMem_Free(target_counts)
+                raise
+        self._fold(&self.topics[topic])   # what the old targets owe their subscriptions
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
+        PyMem_Free(self.topics[topic].target_slots)
+        PyMem_Free(self.topics[topic].slot_start)
+        PyMem_Free(self.topics[topic].target_counts)
         self.topics[topic].targets = targets
         self.topics[topic].filtered = filtered
+        self.topics[topic].target_slots = target_slots
+        self.topics[topic].slot_start = slot_start
+        self.topics[topic].target_counts = target_counts
+        if self.refused_topic == topic:
+            self.refused_topic = -1
         self.topics[topic].target_count = <uint32_t>count
         self.topic_filters[topic] = filter_set
+
+    cdef int _slot(self, object subscription_id) except -1:
+        """The counter slot of a subscription, a zeroed one taken for a new id."""
+        cdef uint32_t slot
+        cdef uint32_t capacity
+        cdef uint64_t* grown
+        found = self.subscription_slots.get(subscription_id)
+        if found is not None:
+            return <int>found
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        else:
+            if self.slot_count == self.slot_capacity:
+                capacity = self.slot_capacity * 2 if self.slot_capacity else 16
+                grown = <uint64_t*>PyMem_Realloc(
+                    self.slot_counters,
+                    capacity * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+                if grown == NULL:
+                    raise MemoryError()
+                self.slot_counters = grown
+                self.slot_capacity = capacity
+            slot = self.slot_count
+            self.slot_count += 1
+        memset(self.slot_counters + <Py_ssize_t>slot * SUBSCRIPTION_FIELDS, 0,
+               SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+        self.subscription_slots[subscription_id] = slot
+        return <int>slot
+
+    cdef inline void _credit(self, topic_t* record, uint32_t position, int counter,
+                      uint64_t amount) noexcept:
+        """Add ``amount`` to ``counter`` of target ``position`` of ``record``: owed to
+        every subscription feeding it (one add, however many feed it)."""
+        if record.target_counts != NULL:
+            record.target_counts[<Py_ssize_t>position * SUBSCRIPTION_FIELDS + counter] += amount
+
+    cdef void _fold(self, topic_t* record) noexcept:
+        """Add what each target of ``record`` owes to its subscriptions' slots; zero it."""
+        cdef uint32_t position
+        cdef uint32_t k
+        cdef int counter
+        cdef uint64_t* owed
+        if record.target_counts == NULL:
+            return
+        for position in range(record.target_count):
+            owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+            for k in range(record.slot_start[position], record.slot_start[position + 1]):
+                for counter in range(SUBSCRIPTION_FIELDS):
+                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
+                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
+            memset(owed, 0, SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+
+    def forget_subscription(self, subscription_id):
+        """Drop a deleted subscription's counters; its slot is free for reuse.
+
+        Call it after ``set_targets`` or ``remove_topic`` of every topic it fed (no target
+        names it then).
+        """
+        slot = self.subscription_slots.pop(subscription_id, None)
+        if slot is not None:
+            self.free_slots.append(slot)
+
+    def subscription_counters(self):
+        """Subscription id -> (delivered, filtered_out, rejected, oversized, duplicates):
+        copies it put into its queue, messages of its topics it filtered out, and copies
+        for it refused as QueueFull, as MessageTooLarge, or held back as duplicates by its
+        queue's window. A subscription that has fed no topic yet is absent (all 0).
+
+        One pass over every topic's targets (their rows are summed in, not folded).
+        """
+        cdef uint64_t* totals
+        cdef uint64_t* owed
+        cdef uint64_t* row
+        cdef uint32_t topic
+        cdef uint32_t position
+        cdef uint32_t k
+        cdef int counter
+        cdef topic_t* record
+        cdef Py_ssize_t size = <Py_ssize_t>self.slot_count * SUBSCRIPTION_FIELDS
+        totals = <uint64_t*>PyMem_Malloc(max(size, 1) * sizeof(uint64_t))
+        if totals == NULL:
+            raise MemoryError()
+        try:
+            for k in range(size):
+                totals[k] = self.slot_counters[k]
+            for topic in range(self.topic_count):
+                record = &self.topics[topic]
+                if not record.alive or record.target_counts == NULL:
+                    continue
+                for position in range(record.target_count):
+                    owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+                    for k in range(record.slot_start[position],
+                                   record.slot_start[position + 1]):
+                        for counter in range(SUBSCRIPTION_FIELDS):
+                            totals[<Py_ssize_t>record.target_slots[k] * SUBSCRIPTION_FIELDS
+                                   + counter] += owed[counter]
+            result = {}
+            for subscription_id, slot in self.subscription_slots.items():
+                row = totals + <Py_ssize_t><uint32_t>slot * SUBSCRIPTION_FIELDS
+                result[subscription_id] = (
+                    row[SUB_DELIVERED], row[SUB_FILTERED_OUT], row[SUB_REJECTED],
+                    row[SUB_OVERSIZED], row[SUB_DUPLICATES])
+            return result
+        finally:
+            PyMem_Free(totals)
 
     def has_room(self, uint32_t queue, uint64_t messages, uint64_t size):
         """Whether ``messages`` messages of ``size`` bytes in all would enter ``queue`` now
@@ -248,8 +439,21 @@ cdef class Dispatcher:
         """Take back the ``rejected`` count of a ``hold`` queue's refusal that a server
         turned into a hold (held, the publish is not refused: it is counted once, if it
         times out)."""
+        cdef topic_t* record
+        cdef uint64_t* counter
         if queue < self.store.queue_count and self.store.queue(queue).rejected >= messages:
             self.store.queue(queue).rejected -= messages
+        if self.refused_topic < 0 or self.refused_queue != queue:
+            return
+        # Its target, credited with that refusal, takes it back too (targets unchanged
+        # since, so not folded: set_targets and remove_topic forget the refusal).
+        record = &self.topics[self.refused_topic]
+        self.refused_topic = -1
+        if record.target_counts == NULL or self.refused_position >= record.target_count:
+            return
+        counter = &record.target_counts[
+            <Py_ssize_t>self.refused_position * SUBSCRIPTION_FIELDS + SUB_REJECTED]
+        counter[0] -= min(counter[0], messages)
 
     def topic_counters(self, uint32_t topic, int64_t now_us):
         """(published, deliveries, unrouted, duplicates, filtered_out, dedup entries,
@@ -524,6 +728,7 @@ cdef class Dispatcher:
         cdef uint64_t accepted = 0
         cdef uint64_t copies = 0
         cdef uint64_t filtered_out = 0
+        cdef uint64_t target_filtered
         cdef uint64_t target_messages
         cdef uint64_t target_bytes
         cdef blob_t* blob
@@ -537,7 +742,7 @@ cdef class Dispatcher:
                     self._apply_filters(<uint32_t>topic, count)
             # Pass 2: per target, which copies it takes, and whether they all fit.
             for t in range(target_count):
-                self._check_target(targets[t], t, count, now_us, with_keys, topic < 0,
+                self._check_target(targets[t], t, count, now_us, with_keys, topic,
                                    topic >= 0 and self.topics[topic].content_dedup)
         except BaseException:
             for i in range(count):
@@ -578,17 +783,19 @@ cdef class Dispatcher:
                     if not skip[i] and not self.original[i]:
                         target_messages += 1
                         target_bytes += store.message_size(self.scratch[i])
-                if target_messages == 0:
+                if filtering:   # only a topic's publish filters
+                    target_filtered = 0
                     for i in range(count):
-                        filtered_out += skip[i] == SKIP_FILTERED and not self.original[i]
+                        target_filtered += skip[i] == SKIP_FILTERED and not self.original[i]
+                    filtered_out += target_filtered
+                    self._credit(&self.topics[topic], t, SUB_FILTERED_OUT, target_filtered)
+                if target_messages == 0:
                     continue
                 if store.room_for(targets[t], target_messages, target_bytes) == 0:
                     store.make_room(targets[t], target_messages, target_bytes, now_us)
                 window = <DedupWindow>store.dedup_windows[targets[t]]
                 for i in range(count):
                     if skip[i] or self.original[i]:
-                        if skip[i] == SKIP_FILTERED and not self.original[i]:
-                            filtered_out += 1
                         continue
                     blob = self.scratch[i]
                     if self.keys[i].low | self.keys[i].high and (
@@ -603,6 +810,8 @@ cdef class Dispatcher:
                     store.enqueue_keyed = False
                     deliveries[i] += 1
                     copies += 1
+                if topic >= 0:
+                    self._credit(&self.topics[topic], t, SUB_DELIVERED, target_messages)
         finally:
             store.deferring = False
             store.publishing_topic = 0
@@ -707,12 +916,13 @@ cdef class Dispatcher:
         return 0
 
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
-                           int64_t now_us, bint with_keys, bint direct,
+                           int64_t now_us, bint with_keys, int64_t topic,
                            bint topic_content) except -1:
         """Which copies queue ``queue`` takes (skip row), FIFO rules, size and room.
 
-        ``direct``: the batch is a send to this queue alone, so a duplicate copy makes the
-        entry a duplicate of the send (its original id recorded now). ``topic_content``:
+        ``topic`` -1: the batch is a send to this queue alone (direct), so a duplicate copy
+        makes the entry a duplicate of the send (its original id recorded now); else the
+        subscriptions of target ``position`` are credited with its refusals. ``topic_content``:
         the batch is published to a topic with ``content_dedup``, whose copies carry the
         body hash as their dedup key, as SNS FIFO passes its content-based deduplication
         id to each SQS FIFO queue: the queue applies it as it applies a dedup id.
@@ -721,6 +931,8 @@ cdef class Dispatcher:
         cdef unsigned char* skip = self.skip + <Py_ssize_t>position * count
         cdef DedupWindow window = <DedupWindow>store.dedup_windows[queue]
         cdef DedupWindow in_batch = None
+        cdef bint direct = topic < 0
+        cdef topic_t* record = NULL if direct else &self.topics[topic]
         cdef bint fifo = store.queue(queue).fifo
         cdef bint content = store.queue(queue).content_dedup or topic_content
         cdef uint64_t found
@@ -759,11 +971,15 @@ cdef class Dispatcher:
                         # A duplicate for the only queue of a send is a duplicate of the
                         # send: it returns the original id.
                         self.original[i] = found
+                    else:
+                        self._credit(record, position, SUB_DUPLICATES, 1)
                     continue
                 in_batch.remember(self.keys[i], <uint64_t>i + 1, now_us)
             size = store.message_size(blob)
             if size > <uint64_t>store.queue(queue).max_message_size:
                 store.queue(queue).oversized += 1
+                if not direct:
+                    self._credit(record, position, SUB_OVERSIZED, 1)
                 raise MessageTooLarge(
                     f"entry {i}: a message of {size} bytes (body + attributes) exceeds the "
                     f"max_message_size of {store.queue(queue).max_message_size} bytes of queue "
@@ -780,6 +996,11 @@ cdef class Dispatcher:
             size_total += size
         if messages and store.room_for(queue, messages, size_total) < 0:
             store.queue(queue).rejected += messages
+            if not direct:
+                self._credit(record, position, SUB_REJECTED, messages)
+                self.refused_topic = topic
+                self.refused_position = position
+                self.refused_queue = queue
             hold = store.queue(queue).overflow == OVERFLOW_HOLD
             error = QueueFull(
                 f"queue {store.names[queue]!r} is full: it holds "

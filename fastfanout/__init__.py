@@ -46,7 +46,7 @@ from fastfanout.errors import (
 from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
 from fastfanout.server.allocator import keep_freed_memory
 from fastfanout.server.loop import Server, serve
-from fastfanout.stats import BrokerStats, QueueStats, TopicStats
+from fastfanout.stats import BrokerStats, QueueStats, SubscriptionStats, TopicStats
 from fastfanout.workers import Worker
 
 __version__ = "0.1.0"
@@ -88,6 +88,7 @@ __all__ = [
     "StaleReceipt",
     "StoreFailed",
     "StoreFull",
+    "SubscriptionStats",
     "TopicSettings",
     "TopicStats",
     "TransportError",

@@ -311,7 +311,11 @@ class ClientAPI(BrokerAPI, PipelineAPI, Protocol):
         """Batches pushed by the broker."""
 
     def server_stats(self) -> dict[str, Any]:
-        """The server's own counters: connections, consumers, errors by code, streams."""
+        """The server's own counters: connections, consumers, errors by code, streams.
+
+        ``connection_stats`` maps each open connection to its own counters (published,
+        delivered, acked, bytes in and out, consumers: SERVER_STATS in docs/protocol.md).
+        """
 
     def report_worker(self, report: dict[str, Any]) -> None:
         """Tell the server this connection's worker report (REPORT; ``Worker`` sends it).
@@ -476,7 +480,11 @@ class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):
         """Batches pushed by the broker (``async for``)."""
 
     async def server_stats(self) -> dict[str, Any]:
-        """The server's own counters: connections, consumers, errors by code, streams."""
+        """The server's own counters: connections, consumers, errors by code, streams.
+
+        ``connection_stats`` maps each open connection to its own counters (published,
+        delivered, acked, bytes in and out, consumers: SERVER_STATS in docs/protocol.md).
+        """
 
     async def report_worker(self, report: dict[str, Any]) -> None:
         """Tell the server this connection's worker report (REPORT; ``Worker`` sends it).

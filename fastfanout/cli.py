@@ -34,6 +34,7 @@ from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
 from fastfanout.interrupts import sigterm_as_interrupt
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
+from fastfanout.stats import SUBSCRIPTION_DROP_REASONS
 
 __all__ = ["cli", "main"]
 
@@ -626,7 +627,7 @@ def _columns(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def stats(endpoint: str | None, as_json: bool) -> None:
-    """Print per topic, queue, storage and connection counters.
+    """Print per topic, subscription, queue, storage and connection counters.
 
     Tables fit the terminal's width (80 columns when not a terminal): counters that do
     not fit go to a further table; names are never cut.
@@ -649,6 +650,12 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         [(name, *(str(getattr(topic, c)) for c in topic_columns))
          for name, topic in broker_stats.topics.items()], width)
     lines += _columns(
+        "subscriptions", ("subscription", "topic", "queue", "delivered", "filtered_out",
+                          *SUBSCRIPTION_DROP_REASONS),
+        [(str(sid), sub.topic, sub.queue, str(sub.delivered), str(sub.filtered_out),
+          *(str(sub.dropped.get(reason, 0)) for reason in SUBSCRIPTION_DROP_REASONS))
+         for sid, sub in broker_stats.subscriptions.items()], width)
+    lines += _columns(
         "queues", ("queue", *QUEUE_COLUMNS, "dropped"),
         [(name, *(str(getattr(queue, c)) for c in QUEUE_COLUMNS),
           str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
@@ -661,6 +668,11 @@ def stats(endpoint: str | None, as_json: bool) -> None:
                           _storage_rows(storage), width)
         if storage.get("failure"):
             lines[-1:-1] = [f"failure: {storage['failure']}"]
+    connections = server_stats.pop("connection_stats", None) or {}
+    lines += _columns(
+        "connections", ("connection", *CONNECTION_COLUMNS),
+        [(name, *(str(counters.get(c, 0)) for c in CONNECTION_COLUMNS))
+         for name, counters in sorted(connections.items())], width)
     bridge = server_stats.pop("bridge", None) or {}
     bridge_columns = ("messages", "rate", "lag", "in_flight", "retries", "errors",
                       "duplicates", "dead_lettered", "connected")
@@ -700,6 +712,11 @@ def _storage_rows(storage: dict[str, Any]) -> list[tuple[str, str]]:
              for key, value in sorted((storage.get("recovery") or {}).items())]
     return rows
 
+
+CONNECTION_COLUMNS = ("consumers", "requests", "published", "delivered", "acked",
+                      "bytes_in", "bytes_out")
+"""The columns of ``fastfanout stats``' connections table (SERVER_STATS'
+``connection_stats``)."""
 
 HANDLER_COLUMNS = ("processes", "processed", "failed", "retried", "dead_lettered",
                    "in_flight", "p50_ms", "p99_ms")

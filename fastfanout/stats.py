@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["DROP_REASONS", "HANDLER_COUNTERS", "HANDLER_TIMES", "MAX_REPORTED_HANDLERS",
-           "MAX_REPORT_NAME", "BrokerStats", "QueueStats", "TopicStats",
-           "check_worker_report"]
+           "MAX_REPORT_NAME", "SUBSCRIPTION_DROP_REASONS", "BrokerStats", "QueueStats",
+           "SubscriptionStats", "TopicStats", "check_worker_report"]
 
 DROP_REASONS: tuple[str, ...] = (
     "overflow",
@@ -52,6 +52,40 @@ class TopicStats:
     dedup_evicted: int = 0
     fifo: bool = False
     content_dedup: bool = False
+
+
+SUBSCRIPTION_DROP_REASONS: tuple[str, ...] = ("rejected", "oversized", "duplicates")
+"""Why a copy for a subscription did not enter its queue; each has a counter in
+``SubscriptionStats.dropped``: ``rejected`` (the queue was full: ``QueueFull``, as the
+queue's ``rejected``), ``oversized`` (``MessageTooLarge``, as the queue's ``oversized``),
+``duplicates`` (the queue's deduplication window held its key, as the queue's
+``duplicates``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    """Counters of one subscription, kept by the native dispatcher as it fans out.
+
+    A queue fed by several subscriptions of one topic (a direct one and a pattern, say)
+    takes one copy when any of them lets the message through; each of those
+    subscriptions is credited with that copy (and with its queue's refusals).
+
+    Attributes:
+        topic: the topic name or pattern it subscribes to.
+        queue: the queue it feeds.
+        delivered: copies it put into its queue.
+        filtered_out: messages of its topics its filter policy did not let through (in
+            its topic's ``filtered_out`` too).
+        dropped: reason -> copies for it that did not enter its queue (every reason of
+            SUBSCRIPTION_DROP_REASONS present).
+    """
+
+    topic: str
+    queue: str
+    delivered: int = 0
+    filtered_out: int = 0
+    dropped: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(SUBSCRIPTION_DROP_REASONS, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +144,7 @@ class BrokerStats:
     Attributes:
         topics: topic name -> its counters.
         queues: queue name -> its counters.
+        subscriptions: subscription id -> its counters.
         storage: a durable broker's storage counters (None in memory): journal_bytes,
             segments, records, bytes_written, syncs, inline_writes and writer_batches
             (commits written by the server's thread or handed to the journal's writer
@@ -122,6 +157,7 @@ class BrokerStats:
     topics: dict[str, TopicStats]
     queues: dict[str, QueueStats]
     storage: dict[str, Any] | None = None
+    subscriptions: dict[int, SubscriptionStats] = field(default_factory=dict)
 
 
 # -- worker reports (REPORT / WORKERS on the wire, ``fastfanout stats``) ------------------

@@ -25,7 +25,16 @@ class Dispatcher:
         topic: int,
         queue_ids: list[int],
         policies: list[PlainPolicy | list[PlainPolicy] | None] | None = None,
-    ) -> None: ...
+        subscriptions: list[list[int]] | None = None,
+    ) -> None:
+        """Replace a topic's targets; ``subscriptions``: per target, the ids of the
+        subscriptions credited with its copies and refusals."""
+    def forget_subscription(self, subscription_id: int) -> None:
+        """Drop a deleted subscription's counters (after the topics it fed were
+        re-targeted)."""
+    def subscription_counters(self) -> dict[int, tuple[int, int, int, int, int]]:
+        """Subscription id -> (delivered, filtered_out, rejected, oversized, duplicates);
+        a subscription that has fed no topic yet is absent (all 0)."""
     def has_room(self, queue: int, messages: int, size: int) -> bool: ...
     def withdraw_refusal(self, queue: int, messages: int) -> None: ...
     def topic_counters(

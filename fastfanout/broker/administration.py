@@ -266,10 +266,13 @@ class Administration:
         with self.lock:
             self.now_us()
             topic_id = self.topic_id(name, "name")
-            for subscription_id in self.topic_subscriptions.pop(name):
-                if self._subscriptions[subscription_id].topic == name:
-                    del self._subscriptions[subscription_id]
+            removed = [sid for sid in self.topic_subscriptions.pop(name)
+                       if self._subscriptions[sid].topic == name]
+            for subscription_id in removed:
+                del self._subscriptions[subscription_id]
             self.dispatcher.remove_topic(topic_id)
+            for subscription_id in removed:
+                self.dispatcher.forget_subscription(subscription_id)
             del self.topics[name], self._topic_settings[name]
             if self.durable is not None:
                 self.durable.topic_deleted(name, topic_id)
@@ -404,10 +407,13 @@ class Administration:
                 raise InvalidArgument(
                     f"queue {name!r} is the dead-letter queue of {', '.join(users)}; "
                     f"delete those first")
-            for sid in [sid for sid, sub in self._subscriptions.items() if sub.queue == name]:
+            removed = [sid for sid, sub in self._subscriptions.items() if sub.queue == name]
+            for sid in removed:
                 del self._subscriptions[sid]
             for topic in self.topics:
                 self._refresh_targets(topic)
+            for sid in removed:
+                self.dispatcher.forget_subscription(sid)
             queue_ops.remove_queue(self.store, queue_id)
             del self.queues[name], self._queue_settings[name], self.queue_names[queue_id]
             del self.visibility_us[queue_id]
@@ -438,8 +444,8 @@ class Administration:
             self._subscriptions, topic, self._topic_settings[topic].fifo,
             lambda queue: self._queue_settings[queue].fifo)
         self.topic_subscriptions[topic] = feeding
-        targets, policies = dispatch_targets(self._subscriptions, feeding, self.queues)
-        self.dispatcher.set_targets(self.topics[topic], targets, policies)
+        targets, policies, feeders = dispatch_targets(self._subscriptions, feeding, self.queues)
+        self.dispatcher.set_targets(self.topics[topic], targets, policies, feeders)
 
     def _keep_topics(self, queue: str) -> None:
         """Set whether ``queue`` keeps topics: it does while it holds a pattern subscription.
@@ -582,6 +588,7 @@ class Administration:
             sub = self._subscription(subscription_id)
             del self._subscriptions[subscription_id]
             self._refresh_for(sub.topic)
+            self.dispatcher.forget_subscription(subscription_id)
             if is_pattern(sub.topic):
                 self._keep_topics(sub.queue)
             if self.durable is not None:

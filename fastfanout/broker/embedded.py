@@ -59,7 +59,14 @@ from fastfanout.settings import (
     optional_count,
     seconds_to_us,
 )
-from fastfanout.stats import DROP_REASONS, BrokerStats, QueueStats, TopicStats
+from fastfanout.stats import (
+    DROP_REASONS,
+    SUBSCRIPTION_DROP_REASONS,
+    BrokerStats,
+    QueueStats,
+    SubscriptionStats,
+    TopicStats,
+)
 
 if TYPE_CHECKING:
     from fastfanout.storage.durability import CommitTicket
@@ -751,8 +758,16 @@ class Broker:
                     dropped=dict(zip(DROP_REASONS, dropped, strict=True)), visible=visible,
                     leased=leased, delayed=delayed, messages=messages, bytes=held_bytes,
                     oldest_age=oldest_age)
+            subscriptions = {}
+            counters = self._dispatcher.subscription_counters()
+            for sid, (topic, queue) in sorted(self._admin.list_subscriptions().items()):
+                (delivered, filtered_out, *dropped) = counters.get(sid, (0, 0, 0, 0, 0))
+                subscriptions[sid] = SubscriptionStats(
+                    topic=topic, queue=queue, delivered=delivered, filtered_out=filtered_out,
+                    dropped=dict(zip(SUBSCRIPTION_DROP_REASONS, dropped, strict=True)))
             storage = None if self._durable is None else self._durable.stats()
-            return BrokerStats(topics=topics, queues=queues, storage=storage)
+            return BrokerStats(topics=topics, queues=queues, storage=storage,
+                               subscriptions=subscriptions)
 
     def check(self) -> bool:
         """Verify the core's internal invariants (slow; for tests)."""

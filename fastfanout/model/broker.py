@@ -94,12 +94,24 @@ from fastfanout.model.checks import (
     to_us,
 )
 from fastfanout.model.dedup import DEFAULT_CAPACITY, DedupWindow
-from fastfanout.model.publish import Subscription, Topic, check_batch, room_plan
+from fastfanout.model.publish import (
+    Subscription,
+    SubscriptionCounters,
+    Topic,
+    check_batch,
+    room_plan,
+)
 from fastfanout.model.queue import Copy, Queue, Settings
 from fastfanout.records import Attributes, DeadLetterInfo, ExponentialBackoff, PublishResult
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches, validate_pattern
-from fastfanout.stats import BrokerStats, QueueStats, TopicStats
+from fastfanout.stats import (
+    SUBSCRIPTION_DROP_REASONS,
+    BrokerStats,
+    QueueStats,
+    SubscriptionStats,
+    TopicStats,
+)
 
 __all__ = ["ModelBroker", "ModelMessage"]
 
@@ -162,6 +174,7 @@ class ModelBroker:
         self._closed = False
         self._topics: dict[str, Topic] = {}
         self._subscriptions: dict[int, Subscription] = {}
+        self._subscription_counters: dict[int, SubscriptionCounters] = {}
         self._queues: dict[str, Queue] = {}
         self._leases: dict[int, Copy] = {}  # live receipt -> leased copy
         self._next_message_id = 1
@@ -315,7 +328,7 @@ class ModelBroker:
         self._begin()
         del self._topics[self._topic(name)]
         for sid in [sid for sid, sub in self._subscriptions.items() if sub.topic == name]:
-            del self._subscriptions[sid]
+            del self._subscriptions[sid], self._subscription_counters[sid]
 
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
@@ -446,7 +459,7 @@ class ModelBroker:
         for copy in list(queue.copies):
             self._remove(queue, copy)
         for sid in [sid for sid, sub in self._subscriptions.items() if sub.queue == name]:
-            del self._subscriptions[sid]
+            del self._subscriptions[sid], self._subscription_counters[sid]
         del self._queues[name]
 
     def list_queues(self) -> list[str]:
@@ -509,6 +522,7 @@ class ModelBroker:
         sid = self._next_subscription_id
         self._next_subscription_id += 1
         self._subscriptions[sid] = Subscription(topic, queue, policy, canonical, filter_scope)
+        self._subscription_counters[sid] = SubscriptionCounters()
         return sid
 
     def _subscription(self, subscription_id: object) -> Subscription:
@@ -545,20 +559,21 @@ class ModelBroker:
         """
         self._begin()
         self._subscription(subscription_id)
-        del self._subscriptions[subscription_id]
+        del self._subscriptions[subscription_id], self._subscription_counters[subscription_id]
 
     def list_subscriptions(self) -> dict[int, tuple[str, str]]:
         """Every subscription: id -> (topic or pattern, queue)."""
         self._begin()
         return {sid: (sub.topic, sub.queue) for sid, sub in self._subscriptions.items()}
 
-    def _feeding(self, topic: str) -> list[tuple[Queue, Subscription]]:
-        """The subscriptions feeding a topic, in id order.
+    def _feeding(self, topic: str) -> list[tuple[int, Queue, Subscription]]:
+        """The subscriptions feeding a topic (id, queue, subscription), in id order.
 
         Direct ones, and matching patterns whose queue has the topic's FIFO-ness.
         """
         fifo = self._topics[topic].fifo
-        return [(self._queues[sub.queue], sub) for _, sub in sorted(self._subscriptions.items())
+        return [(sid, self._queues[sub.queue], sub)
+                for sid, sub in sorted(self._subscriptions.items())
                 if (sub.topic == topic
                     or (is_pattern(sub.topic) and pattern_matches(sub.topic, topic)))
                 and self._queues[sub.queue].fifo == fifo]
@@ -567,12 +582,17 @@ class ModelBroker:
 
     def _deliver(self, targets: list[tuple[Queue, list[Subscription] | None]],
                  topic: Topic | None,
-                 items: list[object], now_us: int, **single: object) -> list[PublishResult]:
-        """Check a publish or send, then enqueue every copy, all or nothing."""
+                 items: list[object], now_us: int, *,
+                 feeders: list[list[SubscriptionCounters]] | None = None,
+                 **single: object) -> list[PublishResult]:
+        """Check a publish or send, then enqueue every copy, all or nothing.
+
+        ``feeders``: per target, the counters of the subscriptions feeding it (a publish).
+        """
         entries = [parse_entry(item, now_us, **single) for item in items]
         if not entries:
             return []
-        batch = check_batch(entries, targets, topic, now_us)
+        batch = check_batch(entries, targets, topic, now_us, feeders)
         count = len(entries)
         ids = [0] * count
         for index in range(count):
@@ -598,8 +618,12 @@ class ModelBroker:
             skip = batch.skip[position]
             taken = [index for index in range(count)
                      if skip[index] is None and not batch.duplicate(index)]
-            filtered_out += sum(1 for index in range(count)
-                                if skip[index] == "filtered" and not batch.duplicate(index))
+            target_filtered = sum(1 for index in range(count)
+                                  if skip[index] == "filtered" and not batch.duplicate(index))
+            filtered_out += target_filtered
+            for counters in [] if feeders is None else feeders[position]:
+                counters.filtered_out += target_filtered
+                counters.delivered += len(taken)
             if not taken:
                 continue
             evictions = room_plan(queue, len(taken), sum(entries[i].size for i in taken))
@@ -637,10 +661,13 @@ class ModelBroker:
         # One copy per queue however many of its subscriptions feed the topic; it goes if
         # any of them lets it through (the first one's place in subscription order).
         merged: dict[str, tuple[Queue, list[Subscription]]] = {}
-        for queue, sub in self._feeding(topic):
+        feeding: dict[str, list[SubscriptionCounters]] = {}
+        for sid, queue, sub in self._feeding(topic):
             merged.setdefault(queue.name, (queue, []))[1].append(sub)
+            feeding.setdefault(queue.name, []).append(self._subscription_counters[sid])
         targets: list[tuple[Queue, list[Subscription] | None]] = list(merged.values())
-        return self._deliver(targets, record, items, now_us, **single)
+        return self._deliver(targets, record, items, now_us, feeders=list(feeding.values()),
+                             **single)
 
     def publish(self, topic: str, body: bytes, *, attributes: Attributes | None = None,
                 delay: float | None = None, deliver_at: float | datetime | None = None,
@@ -936,7 +963,15 @@ class ModelBroker:
                 dropped=dict(queue.dropped), visible=states.count("visible"),
                 leased=states.count("leased"), delayed=states.count("delayed"),
                 messages=len(states), bytes=queue.bytes, oldest_age=(now_us - oldest) / US)
-        return BrokerStats(topics=topics, queues=queues)
+        subscriptions = {}
+        for sid, sub in sorted(self._subscriptions.items()):
+            counters = self._subscription_counters[sid]
+            subscriptions[sid] = SubscriptionStats(
+                topic=sub.topic, queue=sub.queue, delivered=counters.delivered,
+                filtered_out=counters.filtered_out,
+                dropped=dict(zip(SUBSCRIPTION_DROP_REASONS, (
+                    counters.rejected, counters.oversized, counters.duplicates), strict=True)))
+        return BrokerStats(topics=topics, queues=queues, subscriptions=subscriptions)
 
     def leased_receipts(self) -> set[int]:
         """The receipts of every lease that has not ended (for tests comparing brokers)."""
@@ -1011,6 +1046,8 @@ class ModelBroker:
             topic.published = topic.deliveries = topic.unrouted = 0
             topic.duplicates = topic.filtered_out = 0
             topic.window.evicted = 0
+        for sid in self._subscription_counters:
+            self._subscription_counters[sid] = SubscriptionCounters()
         self._advance(now_us)
 
     @property

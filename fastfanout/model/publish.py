@@ -18,7 +18,8 @@ from fastfanout.model.dedup import DedupKey, DedupWindow
 from fastfanout.model.queue import Copy, Queue
 from fastfanout.semantics.filter_policy import reference_match
 
-__all__ = ["Batch", "Subscription", "Topic", "check_batch", "room_plan"]
+__all__ = ["Batch", "Subscription", "SubscriptionCounters", "Topic", "check_batch",
+           "room_plan"]
 
 
 @dataclass
@@ -53,6 +54,21 @@ class Subscription:
     policy: Any = field(compare=False)  # the decoded policy, or None: everything
     canonical: str | None  # the policy as sorted JSON (for the same-policy check)
     scope: str
+
+
+@dataclass
+class SubscriptionCounters:
+    """A subscription's counters (``SubscriptionStats``).
+
+    A queue fed by several subscriptions of a topic credits each of them with its copies
+    and refusals.
+    """
+
+    delivered: int = 0
+    filtered_out: int = 0
+    rejected: int = 0
+    oversized: int = 0
+    duplicates: int = 0
 
 
 @dataclass
@@ -97,8 +113,13 @@ def room_plan(queue: Queue, count: int, size: int) -> list[Copy] | None:
 
 
 def check_batch(entries: list[Entry], targets: list[tuple[Queue, list[Subscription] | None]],
-                topic: Topic | None, now_us: int) -> Batch:
-    """Every check of a publish, in the broker's order; raises on the first fault."""
+                topic: Topic | None, now_us: int,
+                feeders: list[list[SubscriptionCounters]] | None = None) -> Batch:
+    """Every check of a publish, in the broker's order; raises on the first fault.
+
+    ``feeders``: per target, the counters of the subscriptions feeding it (a publish),
+    credited with the target's refusals.
+    """
     count = len(entries)
     content = (topic is not None and topic.content_dedup) or any(
         queue.settings.content_dedup for queue, _ in targets)
@@ -119,7 +140,8 @@ def check_batch(entries: list[Entry], targets: list[tuple[Queue, list[Subscripti
                     batch.skip[position][index] = "filtered"
     topic_content = topic is not None and topic.content_dedup
     for position, (queue, _) in enumerate(targets):
-        _check_target(entries, queue, batch, position, now_us, topic_content)
+        _check_target(entries, queue, batch, position, now_us, topic_content,
+                      [] if feeders is None else feeders[position])
     if topic is None:
         # A duplicate for the only queue of a send is a duplicate of the send.
         queue = targets[0][0]
@@ -160,7 +182,8 @@ def _topic_checks(entries: list[Entry], topic: Topic, batch: Batch,
             first[key] = index
 
 def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
-                  position: int, now_us: int, topic_content: bool) -> None:
+                  position: int, now_us: int, topic_content: bool,
+                  feeders: list[SubscriptionCounters]) -> None:
     """Which copies one target takes: its FIFO rules, window, size and room.
 
     ``topic_content``: published to a topic with ``content_dedup``; its copies carry the
@@ -186,10 +209,14 @@ def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
             if queue.window.lookup(key, now_us) is not None or key in seen:
                 skip[index] = "duplicate"
                 queue.duplicates += 1
+                for counters in feeders:
+                    counters.duplicates += 1
                 continue
             seen.add(key)
         if entry.size > queue.settings.max_message_size:
             queue.oversized += 1
+            for counters in feeders:
+                counters.oversized += 1
             raise MessageTooLarge(
                 f"entry {index}: message of {entry.size} bytes exceeds max_message_size "
                 f"{queue.settings.max_message_size} of queue {queue.name!r}")
@@ -201,6 +228,8 @@ def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
         size += entry.size
     if messages and room_plan(queue, messages, size) is None:
         queue.rejected += messages
+        for counters in feeders:
+            counters.rejected += messages
         error = QueueFull(f"queue {queue.name!r} is full: no room for {messages} "
                           f"message(s) of {size} bytes")
         error.hold = queue.settings.overflow == "hold"

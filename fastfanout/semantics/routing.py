@@ -50,10 +50,17 @@ def feeding_subscriptions(subscriptions: Mapping[int, Subscription], topic: str,
 
 
 def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[int],
-                     queue_ids: Mapping[str, int]) -> tuple[list[int], list[Any]]:
-    """(queue ids, per queue a list of alternative plain compiled policies or None: no filter)."""
+                     queue_ids: Mapping[str, int]
+                     ) -> tuple[list[int], list[Any], list[list[int]]]:
+    """One target per queue: (queue ids, policies, feeders).
+
+    Per queue: a list of alternative plain compiled policies or None (no filter), and the
+    ids of the subscriptions feeding it (each is credited with the queue's copies and
+    refusals).
+    """
     targets: list[int] = []
     policies: list[Any] = []
+    feeders: list[list[int]] = []
     position: dict[int, int] = {}
     for sid in feeding:
         sub = subscriptions[sid]
@@ -62,10 +69,12 @@ def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[in
             position[queue_id] = len(targets)
             targets.append(queue_id)
             policies.append([])
+            feeders.append([])
+        feeders[position[queue_id]].append(sid)
         alternatives = policies[position[queue_id]]
         if alternatives is not None:
             if sub.compiled is None:
                 policies[position[queue_id]] = None   # an unfiltered one takes all
             else:
                 alternatives.append(sub.compiled.plain)
-    return targets, policies
+    return targets, policies, feeders

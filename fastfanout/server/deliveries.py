@@ -172,6 +172,7 @@ class Deliveries:
             max_bytes=max_bytes)
         if count:
             session.hold_batch(receipts, time.monotonic() + lease + 1.0)
+            session.delivered += count
         if more:
             self.dirty = True
         return frame, count, status
@@ -239,6 +240,7 @@ class Deliveries:
                 f"receipts frame of {len(packed)} bytes is not a multiple of 8")
         self._port.ack_packed(packed, session=session.owner)
         self.room = True
+        session.acked += len(packed) >> 3
         session.settled(packed)
         return []
 
@@ -261,8 +263,11 @@ class Deliveries:
         if stale and frames[-1] == protocol.SETTLE_EACH:
             self._ack_each(session, receipts, stale)
         self.room = True
+        acked = 0
         for packed in receipts:
+            acked += len(packed)
             session.settled(packed)
+        session.acked += (acked >> 3) - len(stale)
         if stale:
             raise StaleReceipt(
                 f"{len(stale)} receipts are stale (first: {stale[0]}); the frames "

@@ -745,6 +745,7 @@ class Server:
 
     def _send(self, session: Session, status: int, request_id: int,
               payload: list[bytes]) -> bool:
+        session.bytes_out += protocol.HEADER.size + sum(map(len, payload))
         if self._local:
             try:
                 if self._local.send(
@@ -824,6 +825,8 @@ class Server:
                     f"request of {len(frames) - 2} payload frames exceeds the protocol's "
                     f"MAX_REQUEST_FRAMES={protocol.MAX_REQUEST_FRAMES}")
             size = sum(map(len, frames)) - len(frames[0])   # header and payload, as sent
+            session.requests += 1
+            session.bytes_in += size
             if size > self._max_request_bytes:
                 raise RequestTooLarge(
                     f"request of {size} bytes exceeds the broker's "
@@ -906,6 +909,8 @@ class Server:
         stats.update(self._local.counts())
         stats.update(memory_stats())
         stats.update(collector_stats())
+        stats["connection_stats"] = {session.identity.hex(): session.counters()
+                                     for session in self._sessions.values()}
         for key, source in self.stats_sources.items():
             stats[key] = source()
         return [protocol.encode_payload(stats)]
@@ -981,12 +986,13 @@ class Server:
         topic = text(frame(frames, 0, "topic"), "topic name")
         batch_frame = frame(frames, 1, "records")
         return self._hold_or_run(session, request_id,
-                                 lambda: self._publish_now(topic, batch_frame))
+                                 lambda: self._publish_now(session, topic, batch_frame))
 
-    def _publish_now(self, topic: str, batch_frame: bytes) -> list[bytes]:
+    def _publish_now(self, session: Session, topic: str, batch_frame: bytes) -> list[bytes]:
         if type(batch_frame) is not bytes:   # read in place from a local channel's ring
             batch_frame = memoryview(batch_frame)   # type: ignore[assignment]
         result = self._native(self._port.publish_frame, topic, batch_frame)
+        session.published += len(result)
         self._deliveries.dirty = True
         assert self._transport is not None
         self._streams.published(self._transport, topic, batch_frame, result)
@@ -996,12 +1002,14 @@ class Server:
                  ) -> list[bytes] | None:
         queue = text(frame(frames, 0, "queue"), "queue name")
         records = frame(frames, 1, "records")
-        return self._hold_or_run(session, request_id, lambda: self._send_now(queue, records))
+        return self._hold_or_run(session, request_id,
+                                 lambda: self._send_now(session, queue, records))
 
-    def _send_now(self, queue: str, records: bytes) -> list[bytes]:
+    def _send_now(self, session: Session, queue: str, records: bytes) -> list[bytes]:
         if type(records) is not bytes:   # read in place from a local channel's ring
             records = memoryview(records)   # type: ignore[assignment]
         result = self._native(self._port.send_frame, queue, records)
+        session.published += len(result)
         self._deliveries.dirty = True
         return [result.to_wire()]
 

@@ -39,6 +39,16 @@ class Session:
         consumers: request ids of its CONSUMEs.
         report: the last worker report it sent (REPORT), shown by WORKERS while the
             session lasts.
+        requests: requests it sent.
+        published: messages of its PUBLISHes and SENDs that went through (duplicates
+            included), counted per request.
+        delivered: messages leased to it, pushed to its consumers or answering its
+            RECEIVEs, counted per batch.
+        acked: receipts it acked (ACK, SETTLE), counted per request; a SETTLE frame
+            refused for a stale receipt is not counted.
+        bytes_in: bytes of its requests (header and payload frames).
+        bytes_out: bytes of the replies and pushes sent to it as frames (pushes written
+            straight into a local channel's ring are not counted: they make no frame).
     """
 
     identity: bytes
@@ -47,9 +57,22 @@ class Session:
     heartbeat: bool = False
     consumers: set[int] = field(default_factory=set)
     report: dict[str, Any] | None = None
+    requests: int = 0
+    published: int = 0
+    delivered: int = 0
+    acked: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
     _batches: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
     _extended: deque[tuple[float, bytes]] = field(default_factory=deque)
     _held_bytes: int = 0   # of the receipts above: SERVER_STATS adds them for every session
+
+    def counters(self) -> dict[str, int]:
+        """Its counters as SERVER_STATS reports them (``connection_stats``)."""
+        return {"owner": self.owner, "requests": self.requests, "published": self.published,
+                "delivered": self.delivered, "acked": self.acked,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "consumers": len(self.consumers)}
 
     def hold_batch(self, receipts: bytes, until: float) -> None:
         """Remember the receipts of a delivery batch until ``until`` (monotonic)."""

@@ -152,3 +152,21 @@ def test_a_held_publish_is_answered_at_once_when_its_full_queue_stops_being_a_ta
         assert result.deliveries == 0
     assert client.server_stats()["held"] == 0
     assert client.stats().queues["q"].messages == 2
+
+
+def test_a_held_publish_is_no_refusal_of_its_subscription_until_it_times_out(
+        track: Tracker) -> None:
+    server, client = _full_hold_queue(track, hold_timeout=0.5)
+    sid = next(iter(client.list_subscriptions()))
+    publisher = track.client(server.endpoint)
+    held = publisher.publish_batch_nowait("t", [b"2"])
+    publisher.flush()
+    track.wait_until(lambda: client.server_stats()["held"] == 1, what="held")
+    counters = client.stats().subscriptions[sid]
+    assert (counters.delivered, counters.dropped["rejected"]) == (2, 0)
+    assert client.stats().queues["q"].rejected == 0
+    with pytest.raises(QueueFull):
+        held.result(timeout=5.0)
+    # Timed out, it is refused once: on the queue and on its subscription alike.
+    assert client.stats().queues["q"].rejected == 1
+    assert client.stats().subscriptions[sid].dropped["rejected"] == 1

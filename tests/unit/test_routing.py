@@ -29,8 +29,10 @@ def test_direct_and_pattern_subscriptions_feed_a_topic_of_their_kind() -> None:
 def test_one_target_per_queue_whose_policies_are_alternatives() -> None:
     subs = {1: _sub("t", "a", {"k": ["x"]}), 2: _sub("t.*", "a", {"k": ["y"]}),
             3: _sub("t", "b", {"k": ["x"]}), 4: _sub("t.*", "b"), 5: _sub("t", "c")}
-    targets, policies = dispatch_targets(subs, [1, 2, 3, 4, 5], {"a": 10, "b": 11, "c": 12})
+    targets, policies, feeders = dispatch_targets(subs, [1, 2, 3, 4, 5],
+                                                  {"a": 10, "b": 11, "c": 12})
     assert targets == [10, 11, 12]
+    assert feeders == [[1, 2], [3, 4], [5]]
     assert policies[0] == [subs[1].compiled.plain, subs[2].compiled.plain]
     assert policies[1] is None and policies[2] is None   # an unfiltered one takes all
 
