@@ -30,6 +30,8 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject, Py_REFCNT
 from libc.stdint cimport int64_t, uint64_t
@@ -51,6 +53,7 @@ cdef extern from "Python.h":
     void PyObject_GC_Track(object op)
     void PyObject_GC_UnTrack(object op)
     int PyObject_GC_IsTracked(object op)
+    const Py_ssize_t PY_SSIZE_T_MAX
 
 from fastfanout._ext.locks cimport FastRLock, ff_lock_acquire, ff_lock_release
 from fastfanout._ext.wire cimport FrameBuilder
@@ -139,6 +142,9 @@ cdef class OfferGate:
     Attributes:
         closed: set when the producer is closed (``blocked`` then raises).
         offered: bodies offered so far.
+        max_body: the largest body the broker can ever accept (bytes); a larger one is
+            not appended: ``too_large(size)`` is called, and raises.
+        too_large: called with the body's size when it is over ``max_body`` (raises).
     """
 
     cdef FrameBuilder _builder
@@ -151,6 +157,8 @@ cdef class OfferGate:
     cdef object _result
     cdef public bint closed
     cdef readonly uint64_t offered
+    cdef public Py_ssize_t max_body
+    cdef public object too_large
 
     def __cinit__(self, FrameBuilder builder not None, Py_ssize_t batch_messages,
                   Py_ssize_t batch_bytes, object kept, object blocked, object opened,
@@ -165,15 +173,34 @@ cdef class OfferGate:
         self._result = result
         self.closed = False
         self.offered = 0
+        self.max_body = PY_SSIZE_T_MAX
+        self.too_large = None
 
     def offer(self, body):
         """Add a message body to the frame (see ``RemoteProducer.offer``)."""
         cdef FrameBuilder builder = self._builder
+        cdef Py_buffer view
+        cdef Py_ssize_t size
         if self.closed or len(self._kept):
             self._blocked()
         if type(body) is bytes:
+            if PyBytes_GET_SIZE(body) > self.max_body:
+                self.too_large(PyBytes_GET_SIZE(body))
             builder._append_bytes(<bytes>body)
         else:
+            if self.max_body != PY_SSIZE_T_MAX:
+                size = -1
+                try:
+                    PyObject_GetBuffer(body, &view, PyBUF_ANY_CONTIGUOUS)
+                except BufferError:
+                    pass   # not a body: append_body says so
+                except TypeError:
+                    pass
+                else:
+                    size = view.len
+                    PyBuffer_Release(&view)
+                if size > self.max_body:
+                    self.too_large(size)
             builder.append_body(body)   # any bytes-like body; InvalidArgument otherwise
         self.offered += 1
         if builder.out.count == 1:

@@ -67,7 +67,7 @@ from fastfanout.settings import (
     check_count,
     seconds_to_us,
 )
-from fastfanout.wire.protocol import Opcode
+from fastfanout.wire.protocol import Opcode, body_size_error, max_body
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "AsyncProducer", "ProducerCore", "RemoteProducer",
            "never_publishable", "producer_limits"]
@@ -239,6 +239,16 @@ class ProducerFace:
         self._rows_offered = 0   # offered by offer_batch (the gate counts offer())
         self._submit = connection.submit
         self._publish_frame = connection.core.publish_frame
+        self._limits = connection.core.limits
+
+    def _limit_bodies(self) -> None:
+        """Have the gate refuse a body no broker limit lets through, before any copy."""
+        self._gate.max_body = max_body(self._limits)
+        self._gate.too_large = self._too_large
+
+    def _too_large(self, size: int) -> None:
+        """The gate's ``too_large``: a body of ``size`` bytes can never be published."""
+        raise body_size_error(size, self._limits)
 
     @property
     def offered(self) -> int:
@@ -307,6 +317,7 @@ class RemoteProducer(ProducerFace):
         # offer() is one native call, back in Python only at a frame's edges
         self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
                                core.kept, self._blocked, self._opened, self._full)
+        self._limit_bodies()
         self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> None:
@@ -315,6 +326,10 @@ class RemoteProducer(ProducerFace):
         Raises:
             Closed: the producer was closed.
             InvalidArgument: ``body`` is not bytes-like.
+            MessageTooLarge: ``body`` is over 256 MiB, more than any queue takes; it was
+                not added (nor copied).
+            RequestTooLarge: ``body`` is over the broker's ``max_request_bytes`` (or
+                ``max_frame_bytes``); it was not added (nor copied).
             FastFanoutError: the broker refused a frame of this producer (it is kept). The
                 body was added unless the refusal came from the flush of kept frames
                 that precedes it.
@@ -489,6 +504,7 @@ class AsyncProducer(ProducerFace):
         self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
                                core.kept, self._blocked, self._opened, self._full,
                                DONE)
+        self._limit_bodies()
         self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> Done:
@@ -500,6 +516,8 @@ class AsyncProducer(ProducerFace):
         Raises:
             Closed: the producer was closed.
             InvalidArgument: ``body`` is not bytes or a C-contiguous buffer.
+            MessageTooLarge: ``body`` is over 256 MiB (any queue's limit); not added.
+            RequestTooLarge: ``body`` is over the broker's request limits; not added.
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
         """
         result: Done = self._gate.offer(body)   # what the instance's ``offer`` is

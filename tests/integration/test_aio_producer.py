@@ -219,3 +219,22 @@ def test_a_frame_refused_for_a_message_too_large_is_dropped_once(track: Tracker,
             assert await _bodies(client) == [b"b", b"c", b"d"]
 
     asyncio.run(main())
+
+
+def test_a_body_over_the_request_limit_is_refused_at_offer(track: Tracker,
+                                                          endpoint: str) -> None:
+    track.server(endpoint, max_request_bytes=64 * 1024)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            producer = await client.producer("t", batch_messages=3, linger=60)
+            producer.offer(b"a")
+            with pytest.raises(fastfanout.RequestTooLarge, match="max_request_bytes"):
+                producer.offer(b"x" * (65 * 1024))
+            assert producer.offered == 1 and producer.pending == 1
+            producer.offer(b"b")
+            await producer.close()
+            assert await _bodies(client) == [b"a", b"b"]
+
+    asyncio.run(main())
