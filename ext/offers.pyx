@@ -61,7 +61,7 @@ from fastfanout._ext.wire cimport FrameBuilder
 import logging
 from functools import partial
 
-from fastfanout.errors import FastFanoutError
+from fastfanout.errors import CallTimeout, FastFanoutError
 from fastfanout.settings import check_wait
 
 __all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
@@ -742,11 +742,14 @@ cdef class PublishFuture:
         """Wait for the broker's answer (flushing the batch if needed) and return it.
 
         Args:
-            timeout: seconds to wait at most (default: the client's timeout).
+            timeout: seconds to wait at most (default: the client's timeout, past which
+                the connection counts as broken).
 
         Raises:
             InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
                 or None; nothing is sent or waited for.
+            CallTimeout: ``timeout`` passed unanswered; the future and the connection
+                are left alone (it may still complete: wait again).
             FastFanoutError: the error of the whole batch this publish travelled in.
         """
         if timeout is not None:
@@ -765,16 +768,19 @@ cdef class PublishFuture:
         """Wait for the answer like ``result`` and return its error (None: it succeeded).
 
         Args:
-            timeout: seconds to wait at most (default: the client's timeout); past it the
-                connection counts as broken and ``BrokenConnection`` is returned.
+            timeout: seconds to wait at most (default: the client's timeout, past which
+                the connection counts as broken and ``BrokenConnection`` is returned).
 
         Raises:
             InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
                 or None (raised, not returned: it is not the publish's error).
+            CallTimeout: ``timeout`` passed unanswered (raised, as ``result``'s).
         """
         check_wait("timeout", timeout)
         try:
             self.result(timeout)
+        except CallTimeout:
+            raise
         except FastFanoutError as error:
             return error
         return None
