@@ -179,8 +179,6 @@ cdef class OfferGate:
     def offer(self, body):
         """Add a message body to the frame (see ``RemoteProducer.offer``)."""
         cdef FrameBuilder builder = self._builder
-        cdef Py_buffer view
-        cdef Py_ssize_t size
         if self.closed or len(self._kept):
             self._blocked()
         if type(body) is bytes:
@@ -189,18 +187,7 @@ cdef class OfferGate:
             builder._append_bytes(<bytes>body)
         else:
             if self.max_body != PY_SSIZE_T_MAX:
-                size = -1
-                try:
-                    PyObject_GetBuffer(body, &view, PyBUF_ANY_CONTIGUOUS)
-                except BufferError:
-                    pass   # not a body: append_body says so
-                except TypeError:
-                    pass
-                else:
-                    size = view.len
-                    PyBuffer_Release(&view)
-                if size > self.max_body:
-                    self.too_large(size)
+                _check_buffer_size(body, self.max_body, self.too_large)
             builder.append_body(body)   # any bytes-like body; InvalidArgument otherwise
         self.offered += 1
         if builder.out.count == 1:
@@ -209,6 +196,25 @@ cdef class OfferGate:
                 or builder.out.length >= <size_t>self._batch_bytes):
             self._full()
         return self._result
+
+
+cdef int _check_buffer_size(object body, Py_ssize_t limit, object too_large) except -1:
+    """Call ``too_large(size)`` (it raises) for a buffer body of more than ``limit`` bytes.
+
+    Before the body is copied anywhere; a body that is no buffer is left to the frame
+    builder (``InvalidArgument``).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t size
+    try:
+        PyObject_GetBuffer(body, &view, PyBUF_ANY_CONTIGUOUS)
+    except Exception:   # no (contiguous) buffer: the frame builder says what is wrong
+        return 0
+    size = view.len
+    PyBuffer_Release(&view)
+    if size > limit:
+        too_large(size)
+    return 0
 
 
 @cython.final
@@ -293,6 +299,7 @@ cdef class NowaitGate:
     cdef object _name
     cdef object _key
     cdef PendingBatch _batch
+    cdef Py_ssize_t _max_body   # the largest body the core lets through, read with it
     # The blocking connection's lock once read (a ``FastRLock``; ``forget`` drops it).
     cdef FastRLock _lock
     # The futures this gate made, a ring of FUTURE_RING: the one ``_next`` names is
@@ -323,6 +330,7 @@ cdef class NowaitGate:
         self._connection = connection
         self._batch_messages = core.batch_messages
         self._batch_bytes = core.batch_bytes
+        self._max_body = PY_SSIZE_T_MAX
 
     def bind_face(self, publish_opcode, send_opcode, publish_options, send_options):
         """Let ``publish_nowait`` and ``send_nowait`` stand for a client's own.
@@ -461,8 +469,11 @@ cdef class NowaitGate:
             self._remember(opcode, name, key, batch)
         builder = batch.builder
         if type(body) is bytes:
+            if PyBytes_GET_SIZE(body) > self._max_body:
+                core.body_too_large(PyBytes_GET_SIZE(body))
             builder._append_bytes(<bytes>body)
         else:
+            _check_buffer_size(body, self._max_body, core.body_too_large)
             builder.append_body(body)
         if self._future_client is not None:
             future = self._recycled_future(builder.out.count - 1)
@@ -519,6 +530,7 @@ cdef class NowaitGate:
         self._name = name
         self._key = key
         self._batch = batch
+        self._max_body = self._core.max_body   # the broker's, told at its HELLO
         return 0
 
 

@@ -191,10 +191,10 @@ def body_size_error(size: int, limits: tuple[int, int] | None
                     ) -> MessageTooLarge | RequestTooLarge:
     """The error for a body of ``size`` bytes over ``max_body(limits)``.
 
-    ``MessageTooLarge`` past the 256 MiB no queue accepts, else ``RequestTooLarge``
-    (past the broker's ``max_request_bytes`` or ``max_frame_bytes``, from its HELLO).
+    ``RequestTooLarge`` past the broker's ``max_request_bytes`` or ``max_frame_bytes``
+    (from its HELLO), else ``MessageTooLarge`` (past the 256 MiB no queue accepts).
     """
-    if size > BODY_LIMIT or limits is None:
+    if limits is None or size <= min(limits):
         return MessageTooLarge(
             f"a body of {size} bytes exceeds {BODY_LIMIT} bytes, the largest "
             f"max_message_size a queue may have; nothing was sent")

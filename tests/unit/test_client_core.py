@@ -177,11 +177,23 @@ def test_publish_results_are_read_from_their_frame_when_asked() -> None:
 def test_a_batch_too_large_fails_its_futures_without_being_sent() -> None:
     core, bound = make_core(batch_messages=2)
     hello(core, max_request_bytes=64, max_frame_bytes=64)
-    core.enqueue(Opcode.PUBLISH, "t", b"x" * 100, None, lambda i: i, 0.0)
-    core.enqueue(Opcode.PUBLISH, "t", b"y", None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"x" * 40, None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"y" * 40, None, lambda i: i, 0.0)
     assert core.outbox == []
     ((futures, request),) = bound.batches
     assert futures == [0, 1] and isinstance(request.error, RequestTooLarge)
+
+
+def test_a_body_over_the_brokers_limits_raises_before_it_is_added() -> None:
+    core, bound = make_core(batch_messages=2)
+    hello(core, max_request_bytes=64, max_frame_bytes=1000)
+    assert core.max_body == 64
+    for body in (b"x" * 65, bytearray(65), memoryview(b"z" * 65)):
+        with pytest.raises(RequestTooLarge, match="body of 65 bytes"):
+            core.enqueue(Opcode.PUBLISH, "t", body, None, lambda i: i, 0.0)
+    assert core.batches == {} and core.outbox == [] and bound.batches == []
+    core.start(0.0)   # a new session: its limits are not known yet
+    assert core.max_body == 256 * 1024 * 1024
 
 
 def test_pushes_go_to_their_consumer_and_end_ends_it() -> None:
