@@ -810,13 +810,20 @@ class ConnectionCore:
         """The broken connection, if the broker was silent too long; else None.
 
         Too long: past 1.5 times its heartbeat timeout while requests or consumers wait.
+        Before the HELLO reply (``info`` empty) no broker has answered yet: the error
+        says so, rather than speak of a silence of a broker that may not be there.
         """
         silence = now - self.last_heard
-        limit = float(self.info.get("heartbeat_timeout", 2.0)) * 1.5
+        timeout = float(self.info.get("heartbeat_timeout", 2.0))
+        limit = timeout * 1.5
         if silence > limit and (self.pending or self.consumers):
+            if not self.info:
+                return BrokenConnection(
+                    f"no reply to the handshake (HELLO) from {self.endpoint} within "
+                    f"{silence:.1f} s; is a broker running there?")
             return BrokenConnection(
                 f"the broker at {self.endpoint} sent nothing for {silence:.1f} s "
-                f"(heartbeat timeout {limit:.1f} s); is it running?")
+                f"(1.5 times its heartbeat timeout of {timeout:.1f} s); is it running?")
         return None
 
     # -- what arrives --------------------------------------------------------------------

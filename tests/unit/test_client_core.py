@@ -312,7 +312,19 @@ def test_heartbeats_fall_due_and_silence_breaks_a_waiting_connection() -> None:
     assert core.silence(10.0) is None   # nothing waits: silence is fine
     core.call(Opcode.CHECK)
     assert core.silence(3.0) is None
-    assert isinstance(core.silence(3.4), BrokenConnection)
+    silent = core.silence(3.4)
+    assert isinstance(silent, BrokenConnection)
+    assert "sent nothing for 3.1 s (1.5 times its heartbeat timeout of 2.0 s)" in str(silent)
+
+
+def test_no_reply_to_the_handshake_is_told_as_such() -> None:
+    core, _ = make_core()
+    core.start(0.0)                     # HELLO waits for an answer
+    assert core.silence(3.0) is None
+    silent = core.silence(3.4)
+    assert isinstance(silent, BrokenConnection)
+    assert str(silent) == ("no reply to the handshake (HELLO) from ipc://test within "
+                           "3.4 s; is a broker running there?")
 
 
 def test_a_malformed_frame_is_ignored() -> None:
