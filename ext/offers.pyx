@@ -30,6 +30,8 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject, Py_REFCNT
 from libc.stdint cimport int64_t, uint64_t
@@ -51,6 +53,7 @@ cdef extern from "Python.h":
     void PyObject_GC_Track(object op)
     void PyObject_GC_UnTrack(object op)
     int PyObject_GC_IsTracked(object op)
+    const Py_ssize_t PY_SSIZE_T_MAX
 
 from fastfanout._ext.locks cimport FastRLock, ff_lock_acquire, ff_lock_release
 from fastfanout._ext.wire cimport FrameBuilder
@@ -58,7 +61,7 @@ from fastfanout._ext.wire cimport FrameBuilder
 import logging
 from functools import partial
 
-from fastfanout.errors import FastFanoutError
+from fastfanout.errors import CallTimeout, FastFanoutError
 from fastfanout.settings import check_wait
 
 __all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
@@ -139,6 +142,9 @@ cdef class OfferGate:
     Attributes:
         closed: set when the producer is closed (``blocked`` then raises).
         offered: bodies offered so far.
+        max_body: the largest body the broker can ever accept (bytes); a larger one is
+            not appended: ``too_large(size)`` is called, and raises.
+        too_large: called with the body's size when it is over ``max_body`` (raises).
     """
 
     cdef FrameBuilder _builder
@@ -151,6 +157,8 @@ cdef class OfferGate:
     cdef object _result
     cdef public bint closed
     cdef readonly uint64_t offered
+    cdef public Py_ssize_t max_body
+    cdef public object too_large
 
     def __cinit__(self, FrameBuilder builder not None, Py_ssize_t batch_messages,
                   Py_ssize_t batch_bytes, object kept, object blocked, object opened,
@@ -165,6 +173,8 @@ cdef class OfferGate:
         self._result = result
         self.closed = False
         self.offered = 0
+        self.max_body = PY_SSIZE_T_MAX
+        self.too_large = None
 
     def offer(self, body):
         """Add a message body to the frame (see ``RemoteProducer.offer``)."""
@@ -172,8 +182,12 @@ cdef class OfferGate:
         if self.closed or len(self._kept):
             self._blocked()
         if type(body) is bytes:
+            if PyBytes_GET_SIZE(body) > self.max_body:
+                self.too_large(PyBytes_GET_SIZE(body))
             builder._append_bytes(<bytes>body)
         else:
+            if self.max_body != PY_SSIZE_T_MAX:
+                _check_buffer_size(body, self.max_body, self.too_large)
             builder.append_body(body)   # any bytes-like body; InvalidArgument otherwise
         self.offered += 1
         if builder.out.count == 1:
@@ -182,6 +196,25 @@ cdef class OfferGate:
                 or builder.out.length >= <size_t>self._batch_bytes):
             self._full()
         return self._result
+
+
+cdef int _check_buffer_size(object body, Py_ssize_t limit, object too_large) except -1:
+    """Call ``too_large(size)`` (it raises) for a buffer body of more than ``limit`` bytes.
+
+    Before the body is copied anywhere; a body that is no buffer is left to the frame
+    builder (``InvalidArgument``).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t size
+    try:
+        PyObject_GetBuffer(body, &view, PyBUF_ANY_CONTIGUOUS)
+    except Exception:   # no (contiguous) buffer: the frame builder says what is wrong
+        return 0
+    size = view.len
+    PyBuffer_Release(&view)
+    if size > limit:
+        too_large(size)
+    return 0
 
 
 @cython.final
@@ -266,6 +299,7 @@ cdef class NowaitGate:
     cdef object _name
     cdef object _key
     cdef PendingBatch _batch
+    cdef Py_ssize_t _max_body   # the largest body the core lets through, read with it
     # The blocking connection's lock once read (a ``FastRLock``; ``forget`` drops it).
     cdef FastRLock _lock
     # The futures this gate made, a ring of FUTURE_RING: the one ``_next`` names is
@@ -296,6 +330,7 @@ cdef class NowaitGate:
         self._connection = connection
         self._batch_messages = core.batch_messages
         self._batch_bytes = core.batch_bytes
+        self._max_body = PY_SSIZE_T_MAX
 
     def bind_face(self, publish_opcode, send_opcode, publish_options, send_options):
         """Let ``publish_nowait`` and ``send_nowait`` stand for a client's own.
@@ -434,8 +469,11 @@ cdef class NowaitGate:
             self._remember(opcode, name, key, batch)
         builder = batch.builder
         if type(body) is bytes:
+            if PyBytes_GET_SIZE(body) > self._max_body:
+                core.body_too_large(PyBytes_GET_SIZE(body))
             builder._append_bytes(<bytes>body)
         else:
+            _check_buffer_size(body, self._max_body, core.body_too_large)
             builder.append_body(body)
         if self._future_client is not None:
             future = self._recycled_future(builder.out.count - 1)
@@ -492,6 +530,7 @@ cdef class NowaitGate:
         self._name = name
         self._key = key
         self._batch = batch
+        self._max_body = self._core.max_body   # the broker's, told at its HELLO
         return 0
 
 
@@ -715,11 +754,14 @@ cdef class PublishFuture:
         """Wait for the broker's answer (flushing the batch if needed) and return it.
 
         Args:
-            timeout: seconds to wait at most (default: the client's timeout).
+            timeout: seconds to wait at most (default: the client's timeout, past which
+                the connection counts as broken).
 
         Raises:
             InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
                 or None; nothing is sent or waited for.
+            CallTimeout: ``timeout`` passed unanswered; the future and the connection
+                are left alone (it may still complete: wait again).
             FastFanoutError: the error of the whole batch this publish travelled in.
         """
         if timeout is not None:
@@ -738,16 +780,19 @@ cdef class PublishFuture:
         """Wait for the answer like ``result`` and return its error (None: it succeeded).
 
         Args:
-            timeout: seconds to wait at most (default: the client's timeout); past it the
-                connection counts as broken and ``BrokenConnection`` is returned.
+            timeout: seconds to wait at most (default: the client's timeout, past which
+                the connection counts as broken and ``BrokenConnection`` is returned).
 
         Raises:
             InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
                 or None (raised, not returned: it is not the publish's error).
+            CallTimeout: ``timeout`` passed unanswered (raised, as ``result``'s).
         """
         check_wait("timeout", timeout)
         try:
             self.result(timeout)
+        except CallTimeout:
+            raise
         except FastFanoutError as error:
             return error
         return None

@@ -226,7 +226,8 @@ class PipelineAPI(Protocol):
         ``linger`` (asyncio: when the event-loop iteration ends), on ``flush()`` and
         before any other request, so order per target holds. A batch is atomic on the
         broker: if it fails (say ``QueueFull``), every future of it raises the error.
-        Arguments as ``BrokerAPI.publish``'s.
+        Arguments as ``BrokerAPI.publish``'s. A body over the broker's request limits
+        raises ``RequestTooLarge`` here, before it is copied (nothing is queued).
         """
 
     def send_nowait(self, queue: str, body: Body, *,
@@ -256,7 +257,9 @@ class PipelineAPI(Protocol):
 
         No future and no lock per message (``fastfanout.client.producers``); ``flush()``
         waits for every answer and raises a refusal (the refused frames are kept and
-        sent again). The asyncio client's is opened by ``await`` or ``async with``.
+        sent again, but a frame refused for its size, ``MessageTooLarge`` or
+        ``RequestTooLarge``, is dropped once its refusal is raised). The asyncio
+        client's is opened by ``await`` or ``async with``.
 
         Args:
             topic: the topic to publish to (it must exist now).

@@ -14,6 +14,7 @@ __all__ = [
     "BridgeUnavailable",
     "BrokenConnection",
     "BrokerRunning",
+    "CallTimeout",
     "Closed",
     "FastFanoutError",
     "InvalidArgument",
@@ -186,6 +187,18 @@ class BrokenConnection(FastFanoutError):
     """
 
     code = "broken"
+
+
+class CallTimeout(FastFanoutError, TimeoutError):
+    """A wait with a caller's timeout (``future.result(timeout)``) ended unanswered.
+
+    Only that wait ended: the connection and the future are left alone (the publish may
+    still complete; wait again). The connection is judged broken by the client's own
+    ``timeout`` and heartbeats (``BrokenConnection``), not by a caller's poll. Also a
+    builtin ``TimeoutError``, as ``concurrent.futures`` raises.
+    """
+
+    code = "call_timeout"
 
 
 class SessionExpired(BrokenConnection):

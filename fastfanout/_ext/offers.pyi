@@ -11,6 +11,8 @@ __all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatc
 @final
 class OfferGate:
     closed: bool
+    max_body: int
+    too_large: Callable[[int], object] | None
     @property
     def offered(self) -> int: ...
     def __init__(self, builder: FrameBuilder, batch_messages: int, batch_bytes: int,

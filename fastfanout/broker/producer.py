@@ -19,8 +19,11 @@ Invariants:
 - One thread offers (the ring is single-producer). ``flush()`` may run in any thread:
   the drain side is serialised by the producer's own lock, then the broker's.
 - Nothing is lost: a drained batch that the broker refuses (``QueueFull`` from a
-  ``reject`` queue, ``MessageTooLarge``, a deleted topic) is kept and published first by
-  the next ``flush()``; the error is raised to the caller of ``flush()``.
+  ``reject`` queue, a deleted topic) is kept and published first by the next
+  ``flush()``; the error is raised to the caller of ``flush()``. But a batch refused with
+  ``MessageTooLarge`` (a message over a queue's ``max_message_size``) can never be
+  published as it is: its error is raised once and the batch is dropped
+  (``dropped_batches``), so the producer goes on with the messages offered after it.
 - Messages offered are published in offer order; publish results (ids) are not reported
   per message — ``flush()`` returns the batch results.
 - A producer with a ``group_id`` (a FIFO topic's) gives every message that group: a
@@ -39,7 +42,7 @@ from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
 from fastfanout._ext.codec import count_ring_batch
 from fastfanout._ext.ring import Ring
 from fastfanout._ext.wire import FrameBuilder, array_rows
-from fastfanout.errors import Closed, InvalidArgument
+from fastfanout.errors import Closed, InvalidArgument, MessageTooLarge
 
 if TYPE_CHECKING:
     from fastfanout.records import Body
@@ -68,6 +71,7 @@ class Producer:
         offered: messages offered so far.
         published: messages published so far (flushed and accepted by the broker).
         full_count: offers that found the ring full and flushed it first.
+        dropped_batches: drained batches refused with ``MessageTooLarge`` and dropped.
     """
 
     def __init__(self, publish_ring: PublishRing, topic: str, capacity: int,
@@ -84,6 +88,7 @@ class Producer:
         self.offered = 0
         self.published = 0
         self.full_count = 0
+        self.dropped_batches = 0
 
     def offer(self, body: Body) -> None:
         """Add a message; it is published by the next flush (or when the ring is full).
@@ -147,6 +152,8 @@ class Producer:
         """Publish everything offered so far, in batches; returns the last batch's results.
 
         Raises:
+            MessageTooLarge: a message of a batch is over a queue's ``max_message_size``;
+                that batch is dropped (raised once: the next flush goes on after it).
             FastFanoutError: what the broker raised for a batch (it is kept and retried
                 first by the next flush, so nothing is lost).
         """
@@ -159,7 +166,12 @@ class Producer:
                         return last
                     frame = self._ring.poll_batch(DRAIN_BATCH)
                 self._held = frame
-                last = self._publish_ring(self.topic, self._batch_of(frame))
+                try:
+                    last = self._publish_ring(self.topic, self._batch_of(frame))
+                except MessageTooLarge:
+                    self._held = None   # refused for good: never sent again
+                    self.dropped_batches += 1
+                    raise
                 self._held = None
                 self.published += len(last)
 

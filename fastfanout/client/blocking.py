@@ -66,6 +66,7 @@ from fastfanout.client.messages import (
 from fastfanout.client.producers import DEFAULT_MAX_IN_FLIGHT, RemoteProducer
 from fastfanout.errors import (
     BrokenConnection,
+    CallTimeout,
     FastFanoutError,
     InvalidArgument,
     PeerLost,
@@ -371,13 +372,25 @@ class Connection(DriverBase):
             time.sleep(CLAIM_YIELD / 50)
 
     def wait(self, request: Request, timeout: float | None, *, extra: float = 0.0,
-             handshake: bool = False) -> list[bytes]:
-        """Pump until ``request`` is answered; returns its payload or raises its error."""
+             handshake: bool = False, poll: bool = False) -> list[bytes]:
+        """Pump until ``request`` is answered; returns its payload or raises its error.
+
+        Past ``timeout`` the connection counts as broken, unless ``poll`` (a caller's own
+        wait on a future): then ``CallTimeout`` is raised and nothing else changes.
+        """
         limit = (self.timeout if timeout is None else timeout) + extra
         deadline = time.monotonic() + limit
         while not request.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if poll:
+                    self.pump(0, request)   # read an answer that has arrived
+                    if request.done:
+                        break
+                    raise CallTimeout(
+                        f"no answer from the broker at {self.endpoint} within the "
+                        f"{limit:g} s waited; the request is still pending (the "
+                        f"connection is unchanged): wait again")
                 with self.lock:
                     self.broken(BrokenConnection(
                         f"no reply from the broker at {self.endpoint} within {limit:.1f} s"
@@ -399,10 +412,13 @@ class Connection(DriverBase):
         A publish to a full ``overflow="hold"`` queue is answered only when there is room
         (or after the broker's ``hold_timeout``), so the default wait (``timeout`` None)
         stretches by that much rather than declaring the connection broken. An explicit
-        timeout is kept.
+        timeout is a caller's own wait (a future's ``result(timeout)``): past it
+        ``CallTimeout`` is raised and the connection and request are left alone.
         """
-        allowance = self.core.hold_timeout if timeout is None else 0.0
-        return RemotePublishBatch(self.wait(request, timeout, extra=allowance)[0])
+        if timeout is None:
+            return RemotePublishBatch(
+                self.wait(request, None, extra=self.core.hold_timeout)[0])
+        return RemotePublishBatch(self.wait(request, timeout, poll=True)[0])
 
     # -- publish batches and settling -----------------------------------------------------
 

@@ -406,6 +406,7 @@ class ConnectionCore:
         self.outbox: list[list[bytes]] = []
         self.info: dict[str, Any] = {}
         self.limits: tuple[int, int] | None = None
+        self.max_body = protocol.max_body(None)   # bytes: a larger body is never sent
         self.next_id = 1
         self.pending: dict[int, Request] = {}
         self.consumers: dict[int, ConsumerState] = {}
@@ -431,6 +432,7 @@ class ConnectionCore:
         """A new connection (a new session): queue HELLO; returns its request."""
         self.info = {}
         self.limits = None
+        self.max_body = protocol.max_body(None)
         self.ended = None
         self.last_heard = now
         return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
@@ -440,6 +442,7 @@ class ConnectionCore:
         """The HELLO reply: the broker's settings and request limits."""
         self.info = protocol.decode_payload(frames[0])
         self.limits = protocol.request_limits(self.info)
+        self.max_body = protocol.max_body(self.limits)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -583,6 +586,7 @@ class ConnectionCore:
         """
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
+        self.check_body_size(body)
         key = (opcode, name)
         batch = self.batches.get(key)
         if batch is None:
@@ -597,6 +601,28 @@ class ConnectionCore:
         if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
             self.send_batch(key, self.batches.pop(key))
         return future
+
+    def check_body_size(self, body: Any) -> None:
+        """Raise for a body larger than ``max_body``, before anything of it is copied.
+
+        Raises:
+            RequestTooLarge: over the broker's ``max_request_bytes`` / ``max_frame_bytes``.
+            MessageTooLarge: over the 256 MiB no queue accepts.
+        """
+        if type(body) is bytes:
+            size = len(body)
+        else:
+            try:
+                with memoryview(body) as view:
+                    size = view.nbytes
+            except (TypeError, ValueError):
+                return   # not a body: the frame builder says so
+        if size > self.max_body:
+            self.body_too_large(size)
+
+    def body_too_large(self, size: int) -> None:
+        """Raise the error for a body of ``size`` bytes (over ``max_body``)."""
+        raise protocol.body_size_error(size, self.limits)
 
     def send_batch(self, key: tuple[int, str], batch: PendingBatch) -> None:
         """Queue one batch; ``bind`` ties its futures to the request (or to its refusal).
@@ -784,13 +810,20 @@ class ConnectionCore:
         """The broken connection, if the broker was silent too long; else None.
 
         Too long: past 1.5 times its heartbeat timeout while requests or consumers wait.
+        Before the HELLO reply (``info`` empty) no broker has answered yet: the error
+        says so, rather than speak of a silence of a broker that may not be there.
         """
         silence = now - self.last_heard
-        limit = float(self.info.get("heartbeat_timeout", 2.0)) * 1.5
+        timeout = float(self.info.get("heartbeat_timeout", 2.0))
+        limit = timeout * 1.5
         if silence > limit and (self.pending or self.consumers):
+            if not self.info:
+                return BrokenConnection(
+                    f"no reply to the handshake (HELLO) from {self.endpoint} within "
+                    f"{silence:.1f} s; is a broker running there?")
             return BrokenConnection(
                 f"the broker at {self.endpoint} sent nothing for {silence:.1f} s "
-                f"(heartbeat timeout {limit:.1f} s); is it running?")
+                f"(1.5 times its heartbeat timeout of {timeout:.1f} s); is it running?")
         return None
 
     # -- what arrives --------------------------------------------------------------------

@@ -32,7 +32,7 @@ from fastfanout._ext.offers import PublishFuture, run_callback
 from fastfanout.client.core import Request
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import RemotePublishBatch
-from fastfanout.errors import FastFanoutError
+from fastfanout.errors import CallTimeout, FastFanoutError
 from fastfanout.settings import check_wait
 
 __all__ = ["REPLY_POLL", "PublishBatchFuture", "PublishFuture"]
@@ -64,11 +64,14 @@ class PublishBatchFuture:
         """Wait for the broker's answer and return the batch's results.
 
         Args:
-            timeout: seconds to wait at most (default: the client's timeout).
+            timeout: seconds to wait at most (default: the client's timeout, past which
+                the connection counts as broken).
 
         Raises:
             InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
                 or None; nothing is waited for.
+            CallTimeout: ``timeout`` passed unanswered; the future and the connection
+                are left alone (it may still complete: wait again).
             FastFanoutError: the error of the batch (nothing of it was enqueued).
         """
         check_wait("timeout", timeout)
@@ -96,16 +99,19 @@ class PublishBatchFuture:
         """Wait for the answer like ``result`` and return its error (None: it succeeded).
 
         Args:
-            timeout: seconds to wait at most (default: the client's timeout); past it the
-                connection counts as broken and ``BrokenConnection`` is returned.
+            timeout: seconds to wait at most (default: the client's timeout, past which
+                the connection counts as broken and ``BrokenConnection`` is returned).
 
         Raises:
             InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
                 or None (raised, not returned: it is not the publish's error).
+            CallTimeout: ``timeout`` passed unanswered (raised, as ``result``'s).
         """
         check_wait("timeout", timeout)
         try:
             self.result(timeout)
+        except CallTimeout:
+            raise
         except FastFanoutError as error:
             return error
         return None

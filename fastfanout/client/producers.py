@@ -26,7 +26,11 @@ and ``AsyncProducer`` drive it:
   the frame and every frame queued behind it; ``offer()`` then raises it and adds nothing.
 
 Invariants: nothing is lost (a refused frame is kept, its error raised to the call that
-learns of it, and the next ``flush()`` sends kept frames again, oldest first); frames
+learns of it, and the next ``flush()`` sends kept frames again, oldest first) but a frame
+refused for its size (``MessageTooLarge``: a message over a queue's ``max_message_size``;
+``RequestTooLarge``: the frame over the broker's request limits), which can never be
+published as it is: its error is raised once, to the call that learns of it, and the frame
+is dropped (``dropped_frames``) so the producer goes on; frames
 leave in offer order, a refused one published again after frames already in flight behind
 it (``max_in_flight=1`` keeps strict order; after a broken connection a kept frame may be
 published twice: dedup ids make it once); the client's ``close()`` closes its open
@@ -48,7 +52,13 @@ from fastfanout._ext.wire import FrameBuilder, count_of
 from fastfanout.client.core import Request
 from fastfanout.client.driver import AsyncDriver, BlockingDriver
 from fastfanout.client.messages import DONE, Done, RemotePublishBatch
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
+from fastfanout.errors import (
+    Closed,
+    FastFanoutError,
+    InvalidArgument,
+    MessageTooLarge,
+    RequestTooLarge,
+)
 from fastfanout.records import Body
 from fastfanout.settings import (
     MAX_BATCH_BYTES,
@@ -57,13 +67,23 @@ from fastfanout.settings import (
     check_count,
     seconds_to_us,
 )
-from fastfanout.wire.protocol import Opcode
+from fastfanout.wire.protocol import Opcode, body_size_error, max_body
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "AsyncProducer", "ProducerCore", "RemoteProducer",
-           "producer_limits"]
+           "never_publishable", "producer_limits"]
 
 DEFAULT_MAX_IN_FLIGHT: Final = 8
 """Frames a producer may have sent and not yet seen answered."""
+
+
+def never_publishable(error: BaseException) -> bool:
+    """True for a refusal of a frame that sending it again cannot change: its size.
+
+    ``MessageTooLarge`` (a message over a queue's ``max_message_size``) and
+    ``RequestTooLarge`` (the frame over the broker's ``max_request_bytes``); a broken
+    connection, a full queue or a closed client are worth a retry.
+    """
+    return isinstance(error, (MessageTooLarge, RequestTooLarge))
 
 
 def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int | None,
@@ -107,11 +127,13 @@ class ProducerCore:
         queued: full frames waiting for room (asyncio only).
         kept: refused frames (asyncio: and those queued behind them), oldest first.
         published: messages the broker accepted so far.
-        refused_frames: frames the broker refused (each kept and sent again by a flush).
+        refused_frames: frames the broker refused (each kept and sent again by a flush,
+            but those refused for their size).
+        dropped_frames: frames refused for their size (``never_publishable``) and dropped.
     """
 
-    __slots__ = ("batch_bytes", "batch_messages", "builder", "closed", "in_flight", "kept",
-                 "linger", "max_in_flight", "published", "queued",
+    __slots__ = ("batch_bytes", "batch_messages", "builder", "closed", "dropped_frames",
+                 "in_flight", "kept", "linger", "max_in_flight", "published", "queued",
                  "refused_frames", "topic")
 
     def __init__(self, topic: str, batch_messages: int, batch_bytes: int,
@@ -126,7 +148,7 @@ class ProducerCore:
         self.queued: deque[bytes] = deque()
         self.kept: deque[bytes] = deque()
         self.closed = False
-        self.published = self.refused_frames = 0
+        self.published = self.refused_frames = self.dropped_frames = 0
 
     def check_open(self) -> None:
         """Raise ``Closed`` once the producer is closed.
@@ -148,16 +170,40 @@ class ProducerCore:
         """A frame in flight was answered: its results, or its refusal (the frame kept)."""
         frame = self.in_flight.pop(request)
         if request.error is not None:
-            self.refused(frame)
+            self.refused(frame, request.error)
             return request.error
         results = RemotePublishBatch(request.value()[0])
         self.published += len(results)
         return results
 
-    def refused(self, frame: bytes) -> None:
-        """Keep a frame that was refused (or could not be sent)."""
+    def refused(self, frame: bytes, error: FastFanoutError) -> bool:
+        """Keep a frame that was refused (or could not be sent); True if it was kept.
+
+        A frame refused for its size (``never_publishable``) is dropped instead.
+        """
         self.refused_frames += 1
+        if never_publishable(error):
+            self.dropped_frames += 1
+            return False
         self.kept.append(frame)
+        return True
+
+    def send_kept(self, send: Callable[[bytes], Request]) -> Request:
+        """Send the oldest kept frame again (``send``): it is in flight, no longer kept.
+
+        If it cannot be sent for its size (``never_publishable``) it is dropped and the
+        error raised; any other error leaves it kept, first.
+        """
+        try:
+            request = send(self.kept[0])
+        except FastFanoutError as exc:
+            if never_publishable(exc):
+                self.kept.popleft()
+                self.refused_frames += 1
+                self.dropped_frames += 1
+            raise
+        self.kept.popleft()
+        return request
 
     def unanswered(self) -> int:
         """Frames in flight whose answer has not arrived (a snapshot)."""
@@ -193,6 +239,16 @@ class ProducerFace:
         self._rows_offered = 0   # offered by offer_batch (the gate counts offer())
         self._submit = connection.submit
         self._publish_frame = connection.core.publish_frame
+        self._limits = connection.core.limits
+
+    def _limit_bodies(self) -> None:
+        """Have the gate refuse a body no broker limit lets through, before any copy."""
+        self._gate.max_body = max_body(self._limits)
+        self._gate.too_large = self._too_large
+
+    def _too_large(self, size: int) -> None:
+        """The gate's ``too_large``: a body of ``size`` bytes can never be published."""
+        raise body_size_error(size, self._limits)
 
     @property
     def offered(self) -> int:
@@ -206,8 +262,16 @@ class ProducerFace:
 
     @property
     def refused_frames(self) -> int:
-        """Frames the broker refused (each kept and sent again by a flush)."""
+        """Frames the broker refused (kept and sent again by a flush; see dropped_frames)."""
         return self.core.refused_frames
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames refused for their size and dropped (their error was raised once).
+
+        ``MessageTooLarge`` or ``RequestTooLarge``: their messages are not published.
+        """
+        return self.core.dropped_frames
 
     @property
     def pending(self) -> int:
@@ -253,6 +317,7 @@ class RemoteProducer(ProducerFace):
         # offer() is one native call, back in Python only at a frame's edges
         self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
                                core.kept, self._blocked, self._opened, self._full)
+        self._limit_bodies()
         self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> None:
@@ -261,6 +326,10 @@ class RemoteProducer(ProducerFace):
         Raises:
             Closed: the producer was closed.
             InvalidArgument: ``body`` is not bytes-like.
+            MessageTooLarge: ``body`` is over 256 MiB, more than any queue takes; it was
+                not added (nor copied).
+            RequestTooLarge: ``body`` is over the broker's ``max_request_bytes`` (or
+                ``max_frame_bytes``); it was not added (nor copied).
             FastFanoutError: the broker refused a frame of this producer (it is kept). The
                 body was added unless the refusal came from the flush of kept frames
                 that precedes it.
@@ -314,7 +383,7 @@ class RemoteProducer(ProducerFace):
         try:
             self._send(frame)
         except FastFanoutError as exc:
-            self.core.refused(frame)
+            self.core.refused(frame, exc)
             return exc
         return None
 
@@ -363,11 +432,11 @@ class RemoteProducer(ProducerFace):
             if error is not None:
                 raise error
             while core.kept:
-                self._send(core.kept[0])
-                core.kept.popleft()
+                core.send_kept(self._send)
                 answer = self._wait_oldest()
                 if isinstance(answer, FastFanoutError):
-                    core.kept.rotate(1)   # the refused frame stays first
+                    if not never_publishable(answer):
+                        core.kept.rotate(1)   # the refused frame stays first
                     raise answer
                 last = answer
             return last
@@ -435,6 +504,7 @@ class AsyncProducer(ProducerFace):
         self._gate = OfferGate(core.builder, core.batch_messages, core.batch_bytes,
                                core.kept, self._blocked, self._opened, self._full,
                                DONE)
+        self._limit_bodies()
         self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> Done:
@@ -446,6 +516,8 @@ class AsyncProducer(ProducerFace):
         Raises:
             Closed: the producer was closed.
             InvalidArgument: ``body`` is not bytes or a C-contiguous buffer.
+            MessageTooLarge: ``body`` is over 256 MiB (any queue's limit); not added.
+            RequestTooLarge: ``body`` is over the broker's request limits; not added.
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
         """
         result: Done = self._gate.offer(body)   # what the instance's ``offer`` is
@@ -501,16 +573,21 @@ class AsyncProducer(ProducerFace):
             frame = core.queued.popleft()
             try:
                 request = self._send(frame)
-            except FastFanoutError as exc:   # the client is closed or broken
-                core.refused(frame)
-                self._keep_queued(exc)
+            except FastFanoutError as exc:   # the client is closed or broken, or too large
+                if core.refused(frame, exc):
+                    self._keep_queued(exc)
+                elif self._refusal is None:
+                    self._refusal = exc   # dropped: raised once, by drain() or flush()
             else:
                 request.watch(functools.partial(self._answer, request))
 
     def _answer(self, request: Request) -> None:
         answer = self.core.answered(request)
         if isinstance(answer, FastFanoutError):
-            self._keep_queued(answer)
+            if not never_publishable(answer):
+                self._keep_queued(answer)
+            elif self._refusal is None:
+                self._refusal = answer   # dropped: raised once, by drain() or flush()
         else:
             self._last = answer
         self._answered.set()
@@ -564,8 +641,7 @@ class AsyncProducer(ProducerFace):
             await self._wait_answer()
         self._raise_refusal()
         while core.kept:
-            request = self._send(core.kept[0])
-            core.kept.popleft()
+            request = core.send_kept(self._send)
             try:
                 await connection.publish_results(request)
             except FastFanoutError as exc:
@@ -573,8 +649,9 @@ class AsyncProducer(ProducerFace):
                     request.fail(exc)
             answer = core.answered(request)
             if isinstance(answer, FastFanoutError):
-                core.kept.rotate(1)   # the refused frame stays first
-                self._kept_error = answer
+                if not never_publishable(answer):
+                    core.kept.rotate(1)   # the refused frame stays first
+                    self._kept_error = answer
                 raise answer
             self._last = answer
         last, self._last = self._last, None

@@ -34,13 +34,16 @@ from fastfanout.errors import (
     FastFanoutError,
     InvalidArgument,
     MalformedFrame,
+    MessageTooLarge,
     QueueFull,
     RequestTooLarge,
     StaleReceipt,
     error_for_code,
 )
+from fastfanout.settings import MAX_MESSAGE_SIZE_LIMIT
 
 __all__ = [
+    "BODY_LIMIT",
     "HEADER",
     "MAGIC",
     "MAX_REQUEST_FRAMES",
@@ -50,6 +53,7 @@ __all__ = [
     "SETTLE_MAX_FRAMES",
     "Opcode",
     "Status",
+    "body_size_error",
     "decode_error",
     "decode_header",
     "decode_payload",
@@ -61,6 +65,7 @@ __all__ = [
     "encode_receipt",
     "encode_receipts",
     "encode_results",
+    "max_body",
     "request_limits",
     "request_size_error",
     "result_at",
@@ -165,6 +170,43 @@ def request_limits(hello: Any) -> tuple[int, int] | None:
     if type(request) is not int or type(frame) is not int:
         return None
     return request, frame
+
+
+BODY_LIMIT: Final = MAX_MESSAGE_SIZE_LIMIT
+"""Largest body any queue accepts, in bytes (the largest ``max_message_size``)."""
+
+
+def max_body(limits: tuple[int, int] | None) -> int:
+    """The largest body a broker with request ``limits`` can ever accept, in bytes.
+
+    A larger body can never be published, whatever the queue: ``body_size_error`` says
+    why before any copy of it is made.
+    """
+    if limits is None:
+        return BODY_LIMIT
+    return min(BODY_LIMIT, *limits)
+
+
+def body_size_error(size: int, limits: tuple[int, int] | None
+                    ) -> MessageTooLarge | RequestTooLarge:
+    """The error for a body of ``size`` bytes over ``max_body(limits)``.
+
+    ``RequestTooLarge`` past the broker's ``max_request_bytes`` or ``max_frame_bytes``
+    (from its HELLO), else ``MessageTooLarge`` (past the 256 MiB no queue accepts).
+    """
+    if limits is None or size <= min(limits):
+        return MessageTooLarge(
+            f"a body of {size} bytes exceeds {BODY_LIMIT} bytes, the largest "
+            f"max_message_size a queue may have; nothing was sent")
+    request, frame = limits
+    if size > request:
+        return RequestTooLarge(
+            f"a body of {size} bytes exceeds the broker's max_request_bytes={request}; "
+            f"send smaller bodies or raise the broker's (serve --max-request-bytes); "
+            f"nothing was sent")
+    return RequestTooLarge(
+        f"a body of {size} bytes exceeds the broker's max_frame_bytes={frame}; send "
+        f"smaller bodies or raise the broker's max_frame_bytes; nothing was sent")
 
 
 def request_size_error(frames: list[bytes], max_request_bytes: int,

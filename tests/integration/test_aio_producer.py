@@ -194,3 +194,47 @@ def test_a_frame_that_does_not_fill_leaves_after_linger(track: Tracker, endpoint
             assert await _bodies(client) == [b"m0", b"m1", b"m2", b"late"]
 
     asyncio.run(main())
+
+
+def test_a_frame_refused_for_a_message_too_large_is_dropped_once(track: Tracker,
+                                                                endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client, max_message_size=100)
+            producer = await client.producer("t", batch_messages=2, max_in_flight=1,
+                                             linger=60)
+            producer.offer(b"a")
+            producer.offer(b"x" * 101)        # frame 1 leaves: the broker refuses it
+            producer.offer(b"b")
+            producer.offer(b"c")              # frame 2 waits for room, then goes on
+            with pytest.raises(fastfanout.MessageTooLarge):
+                await producer.flush()        # raised once...
+            assert producer.refused_frames == 1 and producer.dropped_frames == 1
+            assert producer.pending == 0 and producer.published == 2
+            producer.offer(b"d")              # ...and the producer goes on
+            await producer.close()
+            assert producer.published == 3
+            assert await _bodies(client) == [b"b", b"c", b"d"]
+
+    asyncio.run(main())
+
+
+def test_a_body_over_the_request_limit_is_refused_at_offer(track: Tracker,
+                                                          endpoint: str) -> None:
+    track.server(endpoint, max_request_bytes=64 * 1024)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            producer = await client.producer("t", batch_messages=3, linger=60)
+            producer.offer(b"a")
+            with pytest.raises(fastfanout.RequestTooLarge, match="max_request_bytes"):
+                producer.offer(b"x" * (65 * 1024))
+            assert producer.offered == 1 and producer.pending == 1
+            producer.offer(b"b")
+            await producer.close()
+            assert await _bodies(client) == [b"a", b"b"]
+
+    asyncio.run(main())

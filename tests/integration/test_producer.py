@@ -102,3 +102,20 @@ def test_a_producer_thread_and_consumer_threads():
     assert not errors
     assert [int.from_bytes(body, "little") for body in received] == list(range(total))
     assert broker.check()
+
+
+def test_a_batch_refused_for_a_message_too_large_is_dropped_once(broker):
+    broker.create_topic("t")
+    broker.create_queue("q", max_message_size=100)
+    broker.subscribe("t", "q")
+    producer = broker.producer("t")
+    producer.offer(b"a")
+    producer.offer(b"x" * 101)                # over the queue's max_message_size
+    with pytest.raises(MessageTooLarge):
+        producer.flush()                      # the batch's refusal, raised once...
+    assert producer.dropped_batches == 1 and producer.pending == 0
+    producer.offer(b"b")                      # ...and the producer goes on
+    results = producer.flush()
+    assert results is not None and len(results) == 1
+    producer.close()
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"b"]

@@ -223,3 +223,57 @@ def test_linger_sends_racing_a_tight_offer_loop(track: Tracker, endpoint: str) -
     producer.close()
     assert producer.published == count and producer.pending == 0
     assert _bodies(client) == [b"%d" % n for n in range(count)]
+
+
+def test_a_frame_refused_for_a_message_too_large_is_dropped_once(track: Tracker,
+                                                                endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client, max_message_size=100)
+    producer = client.producer("t", batch_messages=2, max_in_flight=1, linger=60)
+    producer.offer(b"a")
+    producer.offer(b"x" * 101)               # the frame leaves; the broker refuses it
+    with pytest.raises(fastfanout.MessageTooLarge):
+        producer.flush()                     # raised once...
+    assert producer.refused_frames == 1 and producer.dropped_frames == 1
+    assert producer.pending == 0
+    for body in (b"b", b"c", b"d"):          # ...and the producer goes on
+        producer.offer(body)
+    producer.flush()
+    producer.close()
+    client.close()                           # nothing left to raise
+    assert producer.published == 3
+
+
+def test_a_frame_over_the_request_limit_is_dropped_once(track: Tracker,
+                                                       endpoint: str) -> None:
+    track.server(endpoint, max_request_bytes=64 * 1024)
+    client = track.client(endpoint)
+    _setup(client)
+    producer = client.producer("t", batch_messages=2, max_in_flight=1, linger=60)
+    producer.offer(b"a" * (40 * 1024))
+    with pytest.raises(fastfanout.RequestTooLarge):
+        producer.offer(b"b" * (40 * 1024))   # the full frame cannot be sent: dropped
+    assert producer.dropped_frames == 1 and producer.pending == 0
+    producer.offer(b"c")
+    producer.flush()
+    producer.close()
+    assert _bodies(client) == [b"c"]
+
+
+def test_a_body_over_the_request_limit_is_refused_at_offer(track: Tracker,
+                                                          endpoint: str) -> None:
+    track.server(endpoint, max_request_bytes=64 * 1024)
+    client = track.client(endpoint)
+    _setup(client)
+    producer = client.producer("t", batch_messages=3, max_in_flight=1, linger=60)
+    producer.offer(b"a")
+    for body in (b"x" * (65 * 1024), bytearray(65 * 1024), memoryview(b"y" * (65 * 1024))):
+        with pytest.raises(fastfanout.RequestTooLarge, match="max_request_bytes"):
+            producer.offer(body)             # never added: the frame is untouched
+    assert producer.offered == 1 and producer.pending == 1
+    assert producer.refused_frames == 0
+    producer.offer(bytearray(b"b"))
+    producer.flush()
+    producer.close()
+    assert _bodies(client) == [b"a", b"b"]

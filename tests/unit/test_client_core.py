@@ -177,11 +177,23 @@ def test_publish_results_are_read_from_their_frame_when_asked() -> None:
 def test_a_batch_too_large_fails_its_futures_without_being_sent() -> None:
     core, bound = make_core(batch_messages=2)
     hello(core, max_request_bytes=64, max_frame_bytes=64)
-    core.enqueue(Opcode.PUBLISH, "t", b"x" * 100, None, lambda i: i, 0.0)
-    core.enqueue(Opcode.PUBLISH, "t", b"y", None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"x" * 40, None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"y" * 40, None, lambda i: i, 0.0)
     assert core.outbox == []
     ((futures, request),) = bound.batches
     assert futures == [0, 1] and isinstance(request.error, RequestTooLarge)
+
+
+def test_a_body_over_the_brokers_limits_raises_before_it_is_added() -> None:
+    core, bound = make_core(batch_messages=2)
+    hello(core, max_request_bytes=64, max_frame_bytes=1000)
+    assert core.max_body == 64
+    for body in (b"x" * 65, bytearray(65), memoryview(b"z" * 65)):
+        with pytest.raises(RequestTooLarge, match="body of 65 bytes"):
+            core.enqueue(Opcode.PUBLISH, "t", body, None, lambda i: i, 0.0)
+    assert core.batches == {} and core.outbox == [] and bound.batches == []
+    core.start(0.0)   # a new session: its limits are not known yet
+    assert core.max_body == 256 * 1024 * 1024
 
 
 def test_pushes_go_to_their_consumer_and_end_ends_it() -> None:
@@ -300,7 +312,19 @@ def test_heartbeats_fall_due_and_silence_breaks_a_waiting_connection() -> None:
     assert core.silence(10.0) is None   # nothing waits: silence is fine
     core.call(Opcode.CHECK)
     assert core.silence(3.0) is None
-    assert isinstance(core.silence(3.4), BrokenConnection)
+    silent = core.silence(3.4)
+    assert isinstance(silent, BrokenConnection)
+    assert "sent nothing for 3.1 s (1.5 times its heartbeat timeout of 2.0 s)" in str(silent)
+
+
+def test_no_reply_to_the_handshake_is_told_as_such() -> None:
+    core, _ = make_core()
+    core.start(0.0)                     # HELLO waits for an answer
+    assert core.silence(3.0) is None
+    silent = core.silence(3.4)
+    assert isinstance(silent, BrokenConnection)
+    assert str(silent) == ("no reply to the handshake (HELLO) from ipc://test within "
+                           "3.4 s; is a broker running there?")
 
 
 def test_a_malformed_frame_is_ignored() -> None:

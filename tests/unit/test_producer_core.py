@@ -7,7 +7,13 @@ import pytest
 from fastfanout._ext.wire import count_of
 from fastfanout.client.core import ConnectionCore, Request
 from fastfanout.client.producers import ProducerCore, producer_limits
-from fastfanout.errors import Closed, InvalidArgument, QueueFull
+from fastfanout.errors import (
+    Closed,
+    InvalidArgument,
+    MessageTooLarge,
+    QueueFull,
+    RequestTooLarge,
+)
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
 
@@ -77,9 +83,28 @@ def test_pending_counts_open_queued_in_flight_and_kept_frames() -> None:
         core.builder.append_body(b"%d" % n)
     core.queued.append(core.builder.take())        # 2 queued
     core.builder.append_body(b"x")
-    core.refused(core.builder.take())              # 1 kept
+    assert core.refused(core.builder.take(), QueueFull("full"))   # 1 kept
     core.builder.append_body(b"y")                 # 1 open
     assert core.pending == 6 and core.refused_frames == 1
+
+
+def test_a_frame_refused_for_its_size_is_dropped_not_kept() -> None:
+    core, _ = make()
+    core.builder.append_body(b"x")
+    assert not core.refused(core.builder.take(), MessageTooLarge("over the limit"))
+    core.builder.append_body(b"y")
+    assert not core.refused(core.builder.take(), RequestTooLarge("over the limit"))
+    assert not core.kept and core.pending == 0
+    assert core.refused_frames == core.dropped_frames == 2
+    core.builder.append_body(b"z")
+    core.kept.append(core.builder.take())
+
+    def refuse(frame: bytes) -> Request:
+        raise RequestTooLarge("too large")
+
+    with pytest.raises(RequestTooLarge):           # a kept frame that cannot be sent
+        core.send_kept(refuse)
+    assert not core.kept and core.dropped_frames == 3
 
 
 def test_a_closed_producer_refuses_offers() -> None:
