@@ -624,7 +624,8 @@ class Broker:
         """
         self._ensure_open()
         delay_us = -1 if delay is None else seconds_to_us("delay", delay, maximum=MAX_DELAY)
-        self._nack_many(self._receipts_argument(receipts), delay_us, session)
+        self._settle_many(by_receipt.nack_batch, self._receipts_argument(receipts),
+                          (delay_us,), session)
 
     def extend_batch(self, receipts: Iterable[int], seconds: float, *,
                      session: int = 0) -> None:
@@ -643,7 +644,8 @@ class Broker:
         """
         self._ensure_open()
         lease_us = seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
-        self._extend_many(self._receipts_argument(receipts), lease_us, session)
+        self._settle_many(by_receipt.extend_batch, self._receipts_argument(receipts),
+                          (lease_us,), session, wake=lease_us == 0)
 
     def term_batch(self, receipts: Iterable[int], *, session: int = 0) -> None:
         """``term`` many deliveries (dead-letter them now): all, or (if any is stale) none.
@@ -657,7 +659,8 @@ class Broker:
             InvalidArgument: a receipt is not an int in [0, 2**64); nothing was changed.
         """
         self._ensure_open()
-        self._term_many(self._receipts_argument(receipts), session)
+        self._settle_many(by_receipt.term_batch, self._receipts_argument(receipts), (),
+                          session)
 
     @staticmethod
     def _receipts_argument(receipts: Iterable[int]) -> list[int] | bytes:
@@ -665,30 +668,18 @@ class Broker:
         check_iterable("receipts", receipts)
         return cast("list[int]", receipts) if type(receipts) is list else pack_receipts(receipts)
 
-    def _nack_many(self, receipts: list[int] | bytes | bytearray | memoryview,
-                   delay_us: int, session: int) -> int:
-        with self._lock:
-            now_us = self._now_us()
-            count: int = by_receipt.nack_batch(self._store, receipts, delay_us, now_us, session)
-            self._wake_receivers()
-            return count
+    def _settle_many(self, settle: Callable[..., int],
+                     receipts: list[int] | bytes | bytearray | memoryview,
+                     arguments: tuple[int, ...], session: int, *, wake: bool = True) -> int:
+        """Run a native batch settle (``by_receipt.nack_batch`` and its kin) locked.
 
-    def _extend_many(self, receipts: list[int] | bytes | bytearray | memoryview,
-                     lease_us: int, session: int) -> int:
+        It is called as ``settle(store, receipts, *arguments, now_us, session)``; its count
+        is returned. ``wake``: the settle may make messages visible (waiting receivers are woken).
+        """
         with self._lock:
-            now_us = self._now_us()
-            count: int = by_receipt.extend_batch(self._store, receipts, lease_us, now_us,
-                                                 session)
-            if lease_us == 0:
+            count = settle(self._store, receipts, *arguments, self._now_us(), session)
+            if wake:
                 self._wake_receivers()
-            return count
-
-    def _term_many(self, receipts: list[int] | bytes | bytearray | memoryview,
-                   session: int) -> int:
-        with self._lock:
-            now_us = self._now_us()
-            count: int = by_receipt.term_batch(self._store, receipts, now_us, session)
-            self._wake_receivers()
             return count
 
     # -- dead letters and housekeeping -------------------------------------------------
@@ -1062,7 +1053,7 @@ class ServerPort:
             StaleReceipt: with ``receipts`` listing the stale ones; nothing was nacked.
         """
         delay_us = -1 if delay is None else seconds_to_us("delay", delay, maximum=MAX_DELAY)
-        return self._broker._nack_many(receipts, delay_us, session)
+        return self._broker._settle_many(by_receipt.nack_batch, receipts, (delay_us,), session)
 
     def extend_packed(self, receipts: bytes | bytearray | memoryview, seconds: float, *,
                       session: int = 0) -> int:
@@ -1071,7 +1062,8 @@ class ServerPort:
         Returns and raises as ``nack_packed`` (``seconds`` 0 to 43,200).
         """
         lease_us = seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
-        return self._broker._extend_many(receipts, lease_us, session)
+        return self._broker._settle_many(by_receipt.extend_batch, receipts, (lease_us,),
+                                         session, wake=lease_us == 0)
 
     def term_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
                     ) -> int:
@@ -1079,7 +1071,7 @@ class ServerPort:
 
         Returns and raises as ``nack_packed``.
         """
-        return self._broker._term_many(receipts, session)
+        return self._broker._settle_many(by_receipt.term_batch, receipts, (), session)
 
     def release_packed(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
                        ) -> int:
