@@ -71,6 +71,7 @@ __all__ = [
     "check_curve_clients",
     "client_curve",
     "curve_keypair",
+    "is_ipv6",
     "is_loopback",
     "load_curve_keys",
 ]
@@ -496,6 +497,18 @@ PRIVATE_SOCKET_UMASK: Final = 0o177
 """The umask of the ``bind`` that creates an ipc socket file: mode 0600 (this user)."""
 
 
+def is_ipv6(endpoint: str) -> bool:
+    """True for a ``tcp://`` endpoint on an IPv6 address (``tcp://[::1]:5555``).
+
+    libzmq's tcp sockets are IPv4 only until ``ZMQ_IPV6`` is set: such an endpoint then
+    fails to bind ("No such device") or to connect, as if the address were not there.
+    """
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    return host.startswith("[") and host.endswith("]")
+
+
 def _bind_private(sock: zmq.Socket[Any], endpoint: str) -> None:
     """Bind; an ipc socket file is created with mode 0600 whatever the process umask.
 
@@ -507,6 +520,8 @@ def _bind_private(sock: zmq.Socket[Any], endpoint: str) -> None:
     """
     path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
     if not path or path.startswith("@") or path == "*":   # tcp, abstract, wildcard
+        if is_ipv6(endpoint):
+            sock.setsockopt(zmq.IPV6, 1)
         sock.bind(endpoint)
         return
     previous = os.umask(PRIVATE_SOCKET_UMASK)
@@ -534,6 +549,8 @@ def _connect_client(context: zmq.Context[Any], kind: int, options: list[tuple[in
             sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
         for option, value in options:
             sock.setsockopt(option, value)
+        if is_ipv6(endpoint):
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(endpoint)
     except (zmq.ZMQError, TransportError) as exc:
         context.destroy(linger=0)
