@@ -46,6 +46,7 @@ cdef extern from "prefetch.h":
     void ff_prefetch_object(const void* address, size_t size) noexcept nogil
 
 cdef enum settle_kind:
+    SETTLE_ACK = 0      # delete the message
     SETTLE_NACK = 1     # return, after arg_us (< 0: the queue's backoff)
     SETTLE_EXTEND = 2   # lease ends arg_us from now (0: return at once, no backoff)
     SETTLE_TERM = 3     # dead-letter, reason rejected
@@ -79,35 +80,11 @@ def ack(Store store, object receipt, object session=ANY_SESSION):
 
 
 def ack_batch(Store store, list receipts, object session=ANY_SESSION):
-    """Ack every receipt, or none if any is stale (then StaleReceipt lists the stale)."""
-    cdef uint32_t tag = store.require_session(session)
-    cdef Py_ssize_t index
-    cdef Py_ssize_t count = len(receipts)
-    cdef uint64_t receipt
-    cdef uint32_t slot
-    cdef dict stale = None
-    # each receipt is read (and checked) once, by the first pass
-    cdef uint64_t* values = <uint64_t*>PyMem_Malloc(max(count, 1) * sizeof(uint64_t))
-    if values == NULL:
-        raise MemoryError()
-    try:
-        for index in range(count):
-            receipt = values[index] = receipt_value(receipts[index])
-            if store._lease_slot(receipt, tag) == NIL:
-                if stale is None:
-                    stale = {}
-                stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
-        if stale is not None:
-            raise StaleReceipt(
-                f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
-                f"nothing was acked", list(stale))
-        for index in range(count):
-            slot = store._lease_slot(values[index], tag)
-            if slot != NIL:   # NIL here only for a receipt repeated in this batch
-                store._ack_slot(slot)
-    finally:
-        PyMem_Free(values)
-    return count
+    """Ack every receipt, or none if any is stale (then StaleReceipt lists the stale).
+
+    Returns the number of receipts (``_settle_many``: each read and checked once).
+    """
+    return _settle_many(store, receipts, SETTLE_ACK, 0, 0, session, "acked")
 
 
 def ack_packed(Store store, frame, object session=ANY_SESSION):
@@ -252,8 +229,10 @@ def term(Store store, object receipt, int64_t now_us, object session=ANY_SESSION
 
 cdef int _settle_slot(Store store, uint32_t slot, settle_kind kind, int64_t arg_us,
                       int64_t now_us) except -1:
-    """Settle one checked lease as ``nack``, ``extend`` or ``term`` does."""
-    if kind == SETTLE_NACK:
+    """Settle one checked lease as ``ack``, ``nack``, ``extend`` or ``term`` does."""
+    if kind == SETTLE_ACK:
+        store._ack_slot(slot)
+    elif kind == SETTLE_NACK:
         store._return(slot, arg_us, now_us)
     elif kind == SETTLE_EXTEND:
         if arg_us == 0:
