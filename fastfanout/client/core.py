@@ -586,7 +586,8 @@ class ConnectionCore:
         """
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
-        self.check_body_size(body)
+        if type(body) is not bytes or len(body) > self.max_body:   # bytes within: no call
+            self.check_body_size(body)
         key = (opcode, name)
         batch = self.batches.get(key)
         if batch is None:
