@@ -8,14 +8,24 @@ broker five descriptors (two rings, two bells, the client's ``pidfd``) where a s
 client costs one, so with the usual soft limit of 1,024 about 170 local clients were
 enough.
 
-Two measures:
+Three measures:
 
 - ``fastfanout serve`` raises its soft ``RLIMIT_NOFILE`` to the hard limit (as the Go
   runtime and most servers do) before it binds: the soft limit of 1,024 exists for old
   programs that use ``select()``, which the broker does not (libzmq polls with epoll).
 - An ``ATTACH`` that would leave fewer than ``reserve()`` descriptors free is refused
   (the client stays on its socket, one descriptor; counted ``local_refused_descriptors``):
-  the descriptors left go to sockets. Past them the limit is the kernel's.
+  the descriptors left go to sockets.
+- ``ListenerGuard``: when less than that reserve is left, the broker stops new
+  connections to its ipc endpoints (``ServerTransport.pause_accepting``: the socket
+  files are moved aside; the listeners and every connection made stay) and lets them in
+  again once half as much again is free: a client then connecting finds no socket (it
+  fails as with no broker there, and retries), where each one would otherwise bring the
+  abort closer. The reserve is the margin for what libzmq accepts before the broker's
+  thread sees it (the monitor's events come a round late, and connections already in
+  the listen backlog are still accepted): a slow growth is stopped in time, a flood
+  faster than a round may still pass it. Counted ``accept_pauses``; ``accepting`` says
+  whether new connections are let in.
 """
 
 from __future__ import annotations
@@ -23,9 +33,11 @@ from __future__ import annotations
 import logging
 import os
 import resource
-from typing import Final
+from collections import Counter
+from typing import Final, Protocol
 
-__all__ = ["CHANNEL_DESCRIPTORS", "descriptors_free", "raise_limit", "reserve"]
+__all__ = ["CHANNEL_DESCRIPTORS", "ListenerGuard", "descriptors_free", "raise_limit",
+           "reserve"]
 
 log = logging.getLogger("fastfanout.server.loop")
 
@@ -88,3 +100,67 @@ def raise_limit() -> int | None:
         log.info("open-files limit raised from %d to %d", soft, target)
         return target
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+class Listeners(Protocol):
+    """What ``ListenerGuard`` drives (``ServerTransport``)."""
+
+    accepting: bool
+
+    def pause_accepting(self) -> bool:
+        """Stop listening; True if it stopped now."""
+
+    def resume_accepting(self) -> bool:
+        """Listen again; True once listening."""
+
+
+class ListenerGuard:
+    """Pauses the broker's ipc listeners while it is short of file descriptors.
+
+    ``connections(accepted, lost)`` after monitor events, ``tick()`` from housekeeping.
+    The free descriptors are counted (a read of ``/proc/self/fd``) only when the
+    estimate kept from the events says they may be short, so a connect costs nothing
+    while there are plenty.
+
+    Args:
+        listeners: the transport.
+        counters: the server's counters (``accept_pauses``).
+    """
+
+    def __init__(self, listeners: Listeners, counters: Counter[str]) -> None:
+        self._listeners = listeners
+        self._counters = counters
+        self._estimate: int | None = None   # free descriptors, as last counted +- events
+        self._measure()
+
+    def _measure(self) -> int | None:
+        self._estimate = descriptors_free()
+        return self._estimate
+
+    def connections(self, accepted: int, lost: int) -> None:
+        """Connections were accepted or lost: pause or resume listening if due."""
+        if self._estimate is not None:
+            self._estimate += lost - accepted
+            if self._listeners.accepting and self._estimate >= 2 * reserve():
+                return
+        self._check()
+
+    def tick(self) -> None:
+        """Check again while paused (descriptors are freed by more than connections)."""
+        if not self._listeners.accepting:
+            self._check()
+
+    def _check(self) -> None:
+        free = self._measure()
+        if free is None:
+            return
+        keep = reserve()
+        listeners = self._listeners
+        if listeners.accepting:
+            if free < keep and listeners.pause_accepting():
+                self._counters["accept_pauses"] += 1
+                log.warning("only %d file descriptors left: new connections are refused "
+                            "until %d are free (raise the open-files limit for more "
+                            "clients)", free, keep + keep // 2)
+        elif free >= keep + keep // 2 and listeners.resume_accepting():
+            log.warning("%d file descriptors free: accepting connections again", free)

@@ -101,7 +101,7 @@ from fastfanout.server.allocator import (
     memory_stats,
 )
 from fastfanout.server.deliveries import Deliveries
-from fastfanout.server.descriptors import raise_limit
+from fastfanout.server.descriptors import ListenerGuard, raise_limit
 from fastfanout.server.guests import Guest
 from fastfanout.server.holds import HeldRequest, HeldRequests
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
@@ -495,6 +495,7 @@ class Server:
             guests = self._guests
             for guest in guests:
                 transport.watch(guest.fileno())
+            guard = ListenerGuard(transport, self.counters)
             while not self._stopping:
                 timeout, waiting = self.next_wait()
                 for guest in guests:
@@ -520,9 +521,11 @@ class Server:
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:
-                    while transport.recv_monitor_event() is not None:
-                        self.counters["disconnects"] += 1
-                    self._probe_until = time.monotonic() + 0.5
+                    lost, accepted = transport.monitor_events()
+                    if lost:
+                        self.counters["disconnects"] += lost
+                        self._probe_until = time.monotonic() + 0.5
+                    guard.connections(accepted, lost)
                 self._push_and_answer(waiting)
                 now = time.monotonic()
                 if self._held and (self._deliveries.room or now >= self._next_hold_check):
@@ -531,6 +534,7 @@ class Server:
                     next_housekeeping = now + IDLE_TICK
                     self._housekeeping(now)
                     self._streams.tick(transport, now)
+                    guard.tick()
                 for guest in guests:
                     guest.step()
         except Exception:
@@ -904,6 +908,8 @@ class Server:
                      ended_sessions_forgotten=self._ended.forgotten_early,
                      consumers=self._deliveries.consumers,
                      long_polls=self._deliveries.long_polls, held=len(self._held),
+                     accepting=int(self._transport is not None
+                                   and self._transport.accepting),
                      stream_subscriptions=self._streams.subscriptions(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())

@@ -59,6 +59,8 @@ from zmq.utils import z85
 
 from fastfanout.errors import PeerLost, TransportError, Unroutable, WouldBlock
 
+log = logging.getLogger("fastfanout.transport")
+
 __all__ = [
     "CURVE_ALLOW_ANY",
     "AsyncDealerTransport",
@@ -328,8 +330,16 @@ class ServerTransport:
             self.xpub.setsockopt(zmq.SNDHWM, stream_high_water_mark)
             _bind_private(self.router, endpoint)
             _bind_private(self.xpub, stream_endpoint)
-            self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._monitor = self.router.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED)
             self._sockets.append(self._monitor)
+            self._stream_monitor = self.xpub.get_monitor_socket(zmq.EVENT_ACCEPTED)
+            self._sockets.append(self._stream_monitor)
+            # the ipc listeners (libzmq aborts when their accept() meets EMFILE), by the
+            # endpoint each was bound to: pause_accepting() unbinds them
+            self._listeners = [path for path in map(_socket_file, (self.router, self.xpub))
+                               if path]
+            self._parked: list[str] = []
         except zmq.ZMQError as exc:
             self.close(linger=0)
             raise TransportError(f"cannot bind {endpoint} / {stream_endpoint}: {exc}") from None
@@ -340,8 +350,11 @@ class ServerTransport:
         self._poller.register(self.router, zmq.POLLIN)
         self._poller.register(self.xpub, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        self._poller.register(self._stream_monitor, zmq.POLLIN)
         self._poller.register(self._wake_reader.fileno(), zmq.POLLIN)
         self._watched: set[int] = set()
+        self.accepting = True
+        """Whether the ipc listeners take new connections (see ``pause_accepting``)."""
         self.closed = False
 
     def wait(self, timeout: float) -> tuple[bool, bool, bool, list[int]]:
@@ -365,7 +378,8 @@ class ServerTransport:
             except BlockingIOError:
                 pass
         ready = [fd for fd in events if type(fd) is int and fd != wake] if self._watched else []
-        return (self.router in events, self.xpub in events, self._monitor in events, ready)
+        return (self.router in events, self.xpub in events,
+                self._monitor in events or self._stream_monitor in events, ready)
 
     def watch(self, fd: int) -> None:
         """Also wake ``wait`` when ``fd`` is readable or hung up (a local channel's bell)."""
@@ -465,20 +479,90 @@ class ServerTransport:
             return None, frame, peer
         return frame[0] == 1, frame[1:], peer
 
-    def recv_monitor_event(self) -> int | None:
-        """The next monitor event number, or None."""
-        try:
-            frames = self._monitor.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
-        event: int = struct.unpack_from("<H", frames[0])[0]
-        return event
+    def monitor_events(self) -> tuple[int, int]:
+        """Read every waiting monitor event.
+
+        Returns:
+            (connections the ROUTER lost, connections either listener accepted).
+        """
+        lost = accepted = 0
+        for monitor in (self._monitor, self._stream_monitor):
+            while True:
+                try:
+                    frames = monitor.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if struct.unpack_from("<H", frames[0])[0] == zmq.EVENT_ACCEPTED:
+                    accepted += 1
+                else:
+                    lost += 1
+        return lost, accepted
+
+    def pause_accepting(self) -> bool:
+        """Stop new connections to the ipc endpoints: their socket files are moved aside.
+
+        libzmq (4.3.5) aborts the process when an ipc listener's ``accept()`` fails with
+        ``EMFILE``, so a broker about to run out of descriptors stops being reachable
+        instead. The listeners stay bound and every connection made stays (unbinding
+        would close them all): a client connecting finds no socket file, as if no broker
+        ran there, and retries; connections already in the listen backlog are still
+        accepted. Each file is renamed to a hidden name in its directory and linked back
+        by ``resume_accepting``. tcp listeners are left alone (their ``accept()``
+        survives ``EMFILE``), and so are abstract ones (they have no file).
+
+        Returns:
+            True if listening was paused now; False if it already was, or there is no
+            socket file to move.
+        """
+        if not self.accepting or not self._listeners:
+            return False
+        for path in self._listeners:
+            try:
+                os.rename(path, _parked(path))
+            except OSError as exc:
+                log.warning("cannot move the socket file %s aside: %s", path, exc)
+                continue
+            self._parked.append(path)
+        if not self._parked:
+            return False
+        self.accepting = False
+        return True
+
+    def resume_accepting(self) -> bool:
+        """Put back the socket files ``pause_accepting`` moved aside.
+
+        A file is linked back (never over something that took its place meanwhile) and
+        its hidden name removed.
+
+        Returns:
+            True once every file is back; False if one could not be (tried again on the
+            next call).
+        """
+        while self._parked:
+            path = self._parked[0]
+            try:
+                os.link(_parked(path), path)
+            except FileExistsError:
+                log.warning("%s was taken while this broker paused: it stays unreachable "
+                            "there", path)
+            except OSError as exc:
+                log.warning("cannot put the socket file %s back yet: %s", path, exc)
+                return False
+            try:
+                os.unlink(_parked(path))
+            except OSError:
+                pass
+            self._parked.pop(0)
+        self.accepting = True
+        return True
 
     def close(self, linger: float = 2.0) -> None:
         """Close every socket (waiting up to ``linger`` seconds for replies) and the context."""
         if getattr(self, "closed", False):
             return
         self.closed = True
+        if getattr(self, "_parked", None):
+            self.resume_accepting()   # libzmq unlinks the file by its name as it closes
         try:
             self.router.disable_monitor()
         except zmq.ZMQError:
@@ -507,6 +591,20 @@ def is_ipv6(endpoint: str) -> bool:
         return False
     host = endpoint[len("tcp://"):].rpartition(":")[0]
     return host.startswith("[") and host.endswith("]")
+
+
+def _socket_file(sock: zmq.Socket[Any]) -> str:
+    """The socket file of the ipc endpoint ``sock`` was bound to ("" for tcp, abstract)."""
+    value = sock.getsockopt(zmq.LAST_ENDPOINT)
+    endpoint = value.decode() if isinstance(value, bytes) else str(value)
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+    return "" if path.startswith("@") else path
+
+
+def _parked(path: str) -> str:
+    """Where ``pause_accepting`` moves the socket file ``path``: a hidden name beside it."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.paused")
 
 
 def _bind_private(sock: zmq.Socket[Any], endpoint: str) -> None:

@@ -10,10 +10,11 @@ leave less than a reserve for sockets is refused: the client stays on its socket
 from __future__ import annotations
 
 import resource
+import socket
 from typing import Any
 
 import pytest
-from conftest import Tracker, wait_for_broker
+from conftest import Tracker, wait_for_broker, wait_until
 
 import fastfanout
 from fastfanout.errors import BrokenConnection
@@ -79,4 +80,46 @@ def test_a_broker_short_of_descriptors_keeps_new_clients_on_their_sockets(
     for client in clients:
         client.send("q", b"x")
     assert clients[-1].stats().queues["q"].visible == len(clients)
+    assert process.poll() is None
+
+
+def test_a_broker_near_its_open_files_limit_refuses_connections_instead_of_dying(
+        track: Tracker) -> None:
+    # Plain connections, one descriptor each in the broker, did what local channels did
+    # before: at the limit libzmq's accept() met EMFILE and aborted the broker. Now it
+    # moves its socket file aside while it is short (a connect finds no broker) and puts
+    # it back once descriptors are free. The connections grow by one per broker round
+    # trip here: a flood faster than a round can still pass the margin (descriptors.py).
+    endpoint = track.endpoint()
+    path = endpoint[len("ipc://"):]
+    process = _broker(track, endpoint, 256, 256)
+    client = track.client(endpoint, local_channel=False)
+    plain: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            sock = socket.socket(socket.AF_UNIX)
+            try:
+                sock.connect(path)
+            except OSError:   # no socket file: the broker stopped new connections
+                sock.close()
+                break
+            plain.append(sock)
+            client.server_stats()   # a round of the broker's loop per connection
+        else:
+            pytest.fail("400 connections let in under an open-files limit of 256")
+        assert process.poll() is None
+        stats = client.server_stats()
+        assert stats["accept_pauses"] == 1
+        assert stats["accepting"] == 0
+        assert 100 < len(plain) < 256
+        # the connections made stay: the client that was there still works
+        client.create_queue("q")
+        client.send("q", b"kept")
+    finally:
+        for sock in plain:
+            sock.close()
+    wait_until(lambda: client.server_stats()["accepting"] == 1,
+               what="the broker to let connections in again")
+    late = track.client(endpoint)
+    assert late.receive("q")[0].body == b"kept"
     assert process.poll() is None
