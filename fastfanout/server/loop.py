@@ -92,6 +92,7 @@ from fastfanout.runtime import (
     default_endpoint,
     ipc_problem,
     missing_ancestor,
+    remove_stale_locks,
     stream_endpoint_for,
 )
 from fastfanout.server.allocator import (
@@ -1169,6 +1170,10 @@ def serve(endpoint: str | None = None, *,
             shutil.rmtree(made, ignore_errors=True)
         raise
     try:
+        # the lock files killed brokers left in the runtime directory (never a held one)
+        removed = remove_stale_locks()
+        if removed:
+            log.info("removed %d stale lock file(s): %s", len(removed), ", ".join(removed))
         keep_freed_memory()
         if companion is not None and not server._stopping:
             stop_companion = companion(server)
