@@ -178,7 +178,9 @@ class Server:
             and its leases are released.
         max_request_bytes: largest request answered (bytes); bigger ones get
             ``request_too_large``.
-        max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer.
+        max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer,
+            counted in ``disconnects`` only (libzmq reports it as any other disconnect:
+            docs/protocol.md, frame-size disconnects).
         slow_listener: ``drop`` or ``wait`` (see ``SLOW_LISTENER_POLICIES``).
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
         stream_high_water_mark: stream messages queued per listener in the broker before
