@@ -30,7 +30,6 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
-from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject, Py_REFCNT
@@ -56,7 +55,7 @@ cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
 
 from fastfanout._ext.locks cimport FastRLock, ff_lock_acquire, ff_lock_release
-from fastfanout._ext.wire cimport FrameBuilder
+from fastfanout._ext.wire cimport FrameBuilder, check_body_size
 
 import logging
 from functools import partial
@@ -187,7 +186,7 @@ cdef class OfferGate:
             builder._append_bytes(<bytes>body)
         else:
             if self.max_body != PY_SSIZE_T_MAX:
-                _check_buffer_size(body, self.max_body, self.too_large)
+                check_body_size(body, self.max_body, self.too_large)
             builder.append_body(body)   # any bytes-like body; InvalidArgument otherwise
         self.offered += 1
         if builder.out.count == 1:
@@ -196,25 +195,6 @@ cdef class OfferGate:
                 or builder.out.length >= <size_t>self._batch_bytes):
             self._full()
         return self._result
-
-
-cdef int _check_buffer_size(object body, Py_ssize_t limit, object too_large) except -1:
-    """Call ``too_large(size)`` (it raises) for a buffer body of more than ``limit`` bytes.
-
-    Before the body is copied anywhere; a body that is no buffer is left to the frame
-    builder (``InvalidArgument``).
-    """
-    cdef Py_buffer view
-    cdef Py_ssize_t size
-    try:
-        PyObject_GetBuffer(body, &view, PyBUF_ANY_CONTIGUOUS)
-    except Exception:   # no (contiguous) buffer: the frame builder says what is wrong
-        return 0
-    size = view.len
-    PyBuffer_Release(&view)
-    if size > limit:
-        too_large(size)
-    return 0
 
 
 @cython.final
@@ -473,7 +453,7 @@ cdef class NowaitGate:
                 core.body_too_large(PyBytes_GET_SIZE(body))
             builder._append_bytes(<bytes>body)
         else:
-            _check_buffer_size(body, self._max_body, core.body_too_large)
+            check_body_size(body, self._max_body, core.body_too_large)
             builder.append_body(body)
         if self._future_client is not None:
             future = self._recycled_future(builder.out.count - 1)

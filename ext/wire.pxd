@@ -9,3 +9,6 @@ cdef class FrameBuilder:
 
     cdef int _append_bytes(self, bytes body) except -1
     cdef int _append_row(self, const char* body, Py_ssize_t length, Py_ssize_t index) except -1
+
+
+cdef int check_body_size(object body, Py_ssize_t limit, object too_large) except -1

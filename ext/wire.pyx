@@ -23,6 +23,7 @@ Everything validates what the wire needs (lengths, UTF-8 ids, ranges) and raises
 
 cimport cython
 from cpython.buffer cimport (
+    PyBUF_ANY_CONTIGUOUS,
     PyBUF_RECORDS_RO,
     PyBUF_SIMPLE,
     PyBUF_WRITABLE,
@@ -34,6 +35,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.math cimport isfinite
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
 
 from fastfanout._ext.codec cimport (
     FF_BATCH_HEADER_SIZE,
@@ -269,6 +273,25 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
 
 
 @cython.final
+cdef int check_body_size(object body, Py_ssize_t limit, object too_large) except -1:
+    """Call ``too_large(size)`` (it raises) for a buffer body of more than ``limit`` bytes.
+
+    Before the body is copied anywhere; a body that is no buffer is left to the frame
+    builder (``InvalidArgument``).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t size
+    try:
+        PyObject_GetBuffer(body, &view, PyBUF_ANY_CONTIGUOUS)
+    except Exception:   # no (contiguous) buffer: the frame builder says what is wrong
+        return 0
+    size = view.len
+    PyBuffer_Release(&view)
+    if size > limit:
+        too_large(size)
+    return 0
+
+
 cdef class FrameBuilder:
     """A publish batch being built: records appended in place, taken as one frame.
 
@@ -407,10 +430,15 @@ cdef class FrameBuilder:
         finally:
             PyBuffer_Release(&view)
 
-    def extend(self, entries):
+    def extend(self, entries, max_body=None, too_large=None):
         """Append every entry of a ``publish_batch``: a list of bodies or PublishEntry,
-        or an array batch (``extend_rows``)."""
+        or an array batch (``extend_rows``).
+
+        ``max_body`` (bytes, None: no limit): an entry's body above it is not copied:
+        ``too_large(size)`` is called, and raises (the entries before it stay appended).
+        """
         cdef Py_ssize_t index = 0
+        cdef Py_ssize_t limit = PY_SSIZE_T_MAX if max_body is None else max_body
         cdef ff_rows rows
         # C names of their own: the loop below unpacks a PublishEntry's ``body`` object
         cdef const char* row_body
@@ -425,12 +453,18 @@ cdef class FrameBuilder:
             return
         for entry in entries:
             if type(entry) is bytes:
+                if PyBytes_GET_SIZE(entry) > limit:
+                    too_large(PyBytes_GET_SIZE(entry))
                 self._append_bytes(<bytes>entry)   # the common case, without a Python call
             elif isinstance(entry, PublishEntry):
                 body, attributes, delay, deliver_at, group_id, dedup_id, priority, ttl = entry
+                if limit != PY_SSIZE_T_MAX:
+                    check_body_size(body, limit, too_large)
                 _append_entry(self, body, attributes, delay, deliver_at, group_id, dedup_id,
                               priority, ttl, index)
             else:
+                if limit != PY_SSIZE_T_MAX:
+                    check_body_size(entry, limit, too_large)
                 _append_body(self, entry, index)
             index += 1
 
@@ -571,10 +605,13 @@ cdef object _count_built(bytes frame):
     return reader.count
 
 
-def encode_entries(entries):
+def encode_entries(entries, max_body=None, too_large=None):
     """One publish frame (bytes) from a list of bodies or ``PublishEntry`` tuples, or from
     an array batch (a 2-D or structured array, a ``(buffer, offsets)`` pair:
-    ``ext/rows.pxd``), which is written straight into a frame of its exact size."""
+    ``ext/rows.pxd``), which is written straight into a frame of its exact size.
+
+    A body over ``max_body`` bytes is refused before it is copied (``too_large(size)``,
+    which raises; see ``FrameBuilder.extend``)."""
     cdef FrameBuilder builder
     cdef ff_rows rows
     if ff_rows_open(entries, &rows):
@@ -585,18 +622,19 @@ def encode_entries(entries):
         finally:
             ff_rows_close(&rows)
     builder = FrameBuilder()
-    builder.extend(entries)
+    builder.extend(entries, max_body, too_large)
     return builder.take()
 
 
-def publish_frame_of(entries):
+def publish_frame_of(entries, max_body=None, too_large=None):
     """``encode_entries``, except that an array batch becomes a ``RowsFrame``: the frame
     written only where it goes (a local channel's ring: one copy of each body; anything
-    else reads its buffer, built then)."""
+    else reads its buffer, built then). An array batch is not copied here: its size is
+    checked with the request's."""
     cdef RowsFrame frame
     cdef ff_rows rows
     if not ff_rows_open(entries, &rows):
-        return encode_entries(entries)
+        return encode_entries(entries, max_body, too_large)
     frame = RowsFrame.__new__(RowsFrame)
     frame.rows = rows
     frame.open = True   # closed by the frame from now on

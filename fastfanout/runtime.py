@@ -24,6 +24,11 @@ Invariants:
 - The lock file is opened with ``O_NOFOLLOW`` relative to its directory, which was
   checked first (ours or root's, and not writable by others unless sticky, as ``/tmp``):
   a planted symbolic link or another user's file there is refused, never written to.
+- A lock file is unlinked only by a process that holds its lock: a broker at its clean
+  stop, or ``remove_stale_locks`` at a broker's start (the files a killed broker left,
+  locked without waiting, so never one a broker holds). A broker that takes the lock
+  then checks that the path still names the file it locked, and locks anew if not: a
+  lock on an unlinked file would let a second broker lock the new file of that path.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from fastfanout.errors import (
 )
 
 __all__ = [
+    "LOCK_ATTEMPTS",
     "EndpointLock",
     "data_dir_name",
     "default_data_dir",
@@ -53,6 +59,7 @@ __all__ = [
     "default_endpoint",
     "ipc_problem",
     "missing_ancestor",
+    "remove_stale_locks",
     "runtime_dir",
     "state_dir",
     "stream_endpoint_for",
@@ -73,12 +80,15 @@ def runtime_dir() -> Path:
     Raises:
         UnsafeDirectory: the directory exists but is not this user's or not mode 0700.
     """
+    return _private_dir(_runtime_path(), "runtime directory")
+
+
+def _runtime_path() -> Path:
+    """Where the runtime directory is (``runtime_dir``), not made if missing."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
-        path = Path(base) / "fastfanout"
-    else:
-        path = Path(tempfile.gettempdir()) / f"fastfanout-{os.getuid()}"
-    return _private_dir(path, "runtime directory")
+        return Path(base) / "fastfanout"
+    return Path(tempfile.gettempdir()) / f"fastfanout-{os.getuid()}"
 
 
 def _private_dir(path: Path, what: str) -> Path:
@@ -302,6 +312,73 @@ def _open_lock_file(path: Path) -> int:
     return fd
 
 
+LOCK_ATTEMPTS: Final = 100
+"""Times ``EndpointLock.acquire`` locks a lock file that was removed before it gives up."""
+
+
+def _names(path: Path | str, fd: int, dir_fd: int | None = None) -> bool:
+    """True if ``path`` (a link is not followed) is the very file open as ``fd``."""
+    try:
+        named = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def remove_stale_locks() -> list[str]:
+    """Remove the lock files in the runtime directory that no broker holds.
+
+    A broker killed (``kill -9``) leaves its lock file (a tcp endpoint's, the default
+    endpoint's) behind; ``fastfanout serve`` calls this at start so they do not pile up.
+    A file is removed only while this process holds its lock (taken without waiting:
+    one a broker holds is left alone) and only if its name still is that file; a broker
+    that opened it meanwhile then finds it gone once it has the lock, and opens a new one
+    (``EndpointLock.acquire``). A missing runtime directory is not made.
+
+    Returns:
+        The names of the files removed.
+    """
+    directory = _runtime_path()
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC)
+    except OSError:
+        return []   # no runtime directory (or not ours to read): nothing to remove
+    removed: list[str] = []
+    try:
+        if os.fstat(dir_fd).st_uid != os.getuid():
+            return removed
+        for name in os.listdir(dir_fd):
+            if name.endswith(".lock") and _remove_if_stale(name, dir_fd):
+                removed.append(name)
+    finally:
+        os.close(dir_fd)
+    return removed
+
+
+def _remove_if_stale(name: str, dir_fd: int) -> bool:
+    """Remove the lock file ``name`` of the directory ``dir_fd`` if nobody holds it."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False   # gone meanwhile, a link, or not ours
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False   # a live broker holds it
+        if not _names(name, fd, dir_fd):
+            return False   # replaced meanwhile: the new file is someone else's
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    finally:
+        os.close(fd)   # drops the lock, after the unlink
+
+
 class EndpointLock:
     """An exclusive lock on an endpoint, held while a broker serves it.
 
@@ -317,20 +394,34 @@ class EndpointLock:
     def acquire(self) -> None:
         """Take the lock and write this process id into the lock file.
 
+        A lock file may be removed by whoever holds its lock (a broker at its clean stop,
+        ``remove_stale_locks``): a lock taken on a file that its path no longer names
+        locks nothing, so the file is opened and locked again.
+
         Raises:
             BrokerRunning: another live process holds it.
             UnsafeLockFile: the lock file is a symbolic link or not this user's regular
-                file, or its directory may be written to by other users.
+                file, or its directory may be written to by other users; or it was
+                removed under each of ``LOCK_ATTEMPTS`` attempts to lock it.
         """
-        fd = _open_lock_file(self.path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise BrokerRunning(
-                f"another broker (pid {holder}) already serves {self.endpoint} "
-                f"(it holds {self.path}); stop it or choose another --endpoint") from None
+        for _ in range(LOCK_ATTEMPTS):
+            fd = _open_lock_file(self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise BrokerRunning(
+                    f"another broker (pid {holder}) already serves {self.endpoint} "
+                    f"(it holds {self.path}); stop it or choose another --endpoint"
+                    ) from None
+            if _names(self.path, fd):
+                break
+            os.close(fd)   # removed (or replaced) between the open and the lock
+        else:
+            raise UnsafeLockFile(
+                f"the lock file {self.path} was removed each of {LOCK_ATTEMPTS} times it "
+                f"was locked (another process keeps removing it); try again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -340,14 +431,10 @@ class EndpointLock:
         if self._fd is None:
             return
         try:
-            held = os.fstat(self._fd)
-            try:
-                named = self.path.lstat()
-            except FileNotFoundError:
-                pass
-            else:
-                if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-                    self.path.unlink(missing_ok=True)
+            # unlinked while still locked: a broker that opened the file meanwhile finds
+            # its path gone once it has the lock (``acquire``), and opens a new one
+            if _names(self.path, self._fd):
+                self.path.unlink(missing_ok=True)
         finally:
             os.close(self._fd)
             self._fd = None

@@ -265,7 +265,7 @@ class AsyncConnection(DriverBase):
         request = self.core.start(time.monotonic())
         try:
             self.send_out()
-            self.core.hello(await self.wait(request))
+            self.hello(await self.wait(request))
             await self._attach_local()
         except BaseException:   # refused, timed out or cancelled: nothing stays open
             await self._stop_io()
@@ -382,7 +382,7 @@ class AsyncConnection(DriverBase):
     async def _rehandshake(self, hello: Request) -> None:
         """A reconnect's HELLO reply and ATTACH; then the held requests leave."""
         try:
-            self.core.hello(await self.wait(hello))
+            self.hello(await self.wait(hello))
             await self._attach_local()
         except Exception as exc:   # a task's error must reach the waiters, not the loop
             # no broker, or a local channel insisted on and refused: the held requests

@@ -155,7 +155,7 @@ class Connection(DriverBase):
         request = self.core.start(time.monotonic())
         try:
             self.send_out()
-            self.core.hello(self.wait(request, self.timeout, handshake=True))
+            self.hello(self.wait(request, self.timeout, handshake=True))
             self._attach_local()
         except BaseException:   # any failure: no socket left open behind the error
             self.drop_transport()

@@ -526,13 +526,17 @@ class ConnectionCore:
     def publish_entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
         """Queue a whole batch (bodies or ``PublishEntry``), encoded natively in one frame.
 
+        An entry whose body is over ``max_body`` raises (``body_too_large``) before it is
+        copied; nothing is queued.
+
         An array batch's frame is a ``RowsFrame``: the transport writes it in place (a
         local channel's ring) or reads its buffer when it sends it.
         """
         if type(name) is not str:
             raise InvalidArgument(f"name {name!r} must be a string")
         check_iterable("entries", entries)   # as the embedded broker does, not a TypeError
-        frame: Any = publish_frame_of(entries)   # bytes, or a RowsFrame (a buffer)
+        # an entry over the limits is refused before it is copied (body_too_large)
+        frame: Any = publish_frame_of(entries, self.max_body, self.body_too_large)
         return self.publish_frame(opcode, name, frame)
 
     def receive_request(self, queue: str, max_messages: int, wait: float,

@@ -72,6 +72,17 @@ class DriverBase:
         self.core = ConnectionCore(endpoint, pid=os.getpid(), **core)
         self.producers: weakref.WeakSet[Any] = weakref.WeakSet()
 
+    def hello(self, frames: list[bytes]) -> None:
+        """Take the HELLO reply of a new connection; its limits become every producer's.
+
+        A reconnect may meet a broker started with other limits (``max_request_bytes``,
+        ``max_frame_bytes``): the open producers of the connection follow them from now
+        on (``limits_changed``), as the client's own calls do.
+        """
+        self.core.hello(frames)
+        for producer in list(self.producers):
+            producer.limits_changed()
+
     def new_channel(self) -> LocalChannel | None:
         """A local channel to attach after HELLO, or None to stay on the socket.
 

@@ -67,7 +67,7 @@ from fastfanout.settings import (
     check_count,
     seconds_to_us,
 )
-from fastfanout.wire.protocol import Opcode, body_size_error, max_body
+from fastfanout.wire.protocol import Opcode, body_size_error
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "AsyncProducer", "ProducerCore", "RemoteProducer",
            "never_publishable", "producer_limits"]
@@ -239,16 +239,26 @@ class ProducerFace:
         self._rows_offered = 0   # offered by offer_batch (the gate counts offer())
         self._submit = connection.submit
         self._publish_frame = connection.core.publish_frame
-        self._limits = connection.core.limits
+        # the connection's state: its limits are those of the broker's latest HELLO
+        self._connection_core = connection.core
 
     def _limit_bodies(self) -> None:
         """Have the gate refuse a body no broker limit lets through, before any copy."""
-        self._gate.max_body = max_body(self._limits)
         self._gate.too_large = self._too_large
+        self.limits_changed()
+
+    def limits_changed(self) -> None:
+        """Follow the limits of the connection's broker (told at each HELLO).
+
+        The driver calls it after every handshake: a reconnect may meet a broker started
+        with other ``max_request_bytes`` / ``max_frame_bytes``, and from then on a body
+        is refused (or let through) by those.
+        """
+        self._gate.max_body = self._connection_core.max_body
 
     def _too_large(self, size: int) -> None:
         """The gate's ``too_large``: a body of ``size`` bytes can never be published."""
-        raise body_size_error(size, self._limits)
+        raise body_size_error(size, self._connection_core.limits)
 
     @property
     def offered(self) -> int:

@@ -92,6 +92,7 @@ from fastfanout.runtime import (
     default_endpoint,
     ipc_problem,
     missing_ancestor,
+    remove_stale_locks,
     stream_endpoint_for,
 )
 from fastfanout.server.allocator import (
@@ -177,7 +178,9 @@ class Server:
             and its leases are released.
         max_request_bytes: largest request answered (bytes); bigger ones get
             ``request_too_large``.
-        max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer.
+        max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer,
+            counted in ``disconnects`` only (libzmq reports it as any other disconnect:
+            docs/protocol.md, frame-size disconnects).
         slow_listener: ``drop`` or ``wait`` (see ``SLOW_LISTENER_POLICIES``).
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
         stream_high_water_mark: stream messages queued per listener in the broker before
@@ -1175,6 +1178,10 @@ def serve(endpoint: str | None = None, *,
             shutil.rmtree(made, ignore_errors=True)
         raise
     try:
+        # the lock files killed brokers left in the runtime directory (never a held one)
+        removed = remove_stale_locks()
+        if removed:
+            log.info("removed %d stale lock file(s): %s", len(removed), ", ".join(removed))
         keep_freed_memory()
         if companion is not None and not server._stopping:
             stop_companion = companion(server)
