@@ -750,6 +750,9 @@ cdef class MessageCursor:
         queue: the queue they come from.
         refill: called with no argument when a frame is used up: the next delivery
             frame (bytes), or None to end the iteration (it may raise StopIteration).
+        release: called, when the cursor is dropped in the middle of a frame, with the
+            packed receipts of the messages it never made (``take_unread``): they go
+            back to the queue. None: they stay leased until their visibility timeout.
     """
 
     cdef object _frame
@@ -758,14 +761,32 @@ cdef class MessageCursor:
     cdef _Origin _origin           # owner, consumer and queue, shared by its messages
     cdef readonly str queue
     cdef object _refill
+    cdef object _release
 
-    def __cinit__(self, object owner, object consumer, str queue, object refill=None):
+    def __cinit__(self, object owner, object consumer, str queue, object refill=None,
+                  object release=None):
         self._origin = _origin(owner, consumer, queue)
         self.queue = queue
         self._refill = refill
+        self._release = release
         self._frame = None
         self._reader.count = self._reader.index = 0
         self._reader.remaining = 0
+
+    def __del__(self):
+        # a ``for`` loop left by ``break`` drops its cursor in the middle of a frame:
+        # the messages it never made are given back (the consumer itself is cancelled
+        # by its own finalizer)
+        cdef object release = self._release
+        if release is None or self._frame is None:
+            return
+        self._release = None
+        try:
+            unread = self.take_unread()
+            if unread:
+                release(unread)
+        except BaseException:   # a finalizer raises nothing (interpreter exit, a bad frame)
+            pass
 
     cdef int load(self, object frame) except -1:
         cdef int status
@@ -798,6 +819,37 @@ cdef class MessageCursor:
     def pending(self):
         """Messages of the current frame not yet made."""
         return self._reader.count - self._reader.index if self._frame is not None else 0
+
+    def take_unread(self):
+        """The receipts of the current frame's messages not yet made, packed (8 bytes
+        little-endian each); the frame is dropped, so they are never made.
+
+        A cancelled consumer gives them back to its queue (``ConnectionCore.release``).
+
+        Raises:
+            MalformedBatch: the rest of the frame is malformed (nothing is taken).
+        """
+        cdef Py_ssize_t left = self.pending
+        cdef bytes packed
+        cdef char* out
+        cdef Py_ssize_t taken = 0
+        cdef size_t offset
+        cdef int status
+        if left <= 0:
+            self._frame = None
+            return b""
+        packed = PyBytes_FromStringAndSize(NULL, left * 8)
+        out = PyBytes_AS_STRING(packed)
+        while taken < left:
+            offset = ff_reader_offset(&self._reader)
+            status = ff_reader_next(&self._reader, &self._view)
+            if status != FF_CODEC_OK:
+                self._frame = None
+                raise _malformed(status, offset)
+            ff_store_le64(out + 8 * taken, self._view.receipt)
+            taken += 1
+        self._frame = None
+        return packed
 
     def __iter__(self):
         return self
@@ -841,14 +893,20 @@ cdef class AsyncMessageCursor:
         queue: the queue they come from.
         refill: an async iterator of delivery payloads (lists of frames, the first one
             the delivery frame); its end ends the iteration.
+        release: called by ``aclose`` (or when the cursor is dropped) with the packed
+            receipts of the current frame's messages not yet made (they go back to the
+            queue), or None.
     """
 
     cdef MessageCursor _cursor
     cdef object _refill
+    cdef object _release
 
-    def __cinit__(self, object owner, object consumer, str queue, object refill):
-        self._cursor = MessageCursor(owner, consumer, queue)
+    def __cinit__(self, object owner, object consumer, str queue, object refill,
+                  object release=None):
+        self._cursor = MessageCursor(owner, consumer, queue, None, release)
         self._refill = refill
+        self._release = release
 
     @property
     def pending(self):
@@ -867,8 +925,25 @@ cdef class AsyncMessageCursor:
                 return ff_ready_new(message)
         return _refilled(self)
 
+    def take_unread(self):
+        """The receipts of the current frame's messages not yet made (``MessageCursor``'s)."""
+        return self._cursor.take_unread()
+
     def aclose(self):
-        """Close the iteration at once (its consumer is cancelled): an awaitable."""
+        """Close the iteration at once (its consumer is cancelled): an awaitable.
+
+        The rest of the frame being iterated is never yielded: it is handed to
+        ``release`` (back to the queue), as the frames the consumer had not started are
+        by its cancel.
+        """
+        cdef bytes unread
+        if self._release is not None:
+            try:
+                unread = self._cursor.take_unread()
+            except MalformedBatch:
+                unread = b""
+            if unread:
+                self._release(unread)
         return self._refill.aclose()
 
 

@@ -420,6 +420,12 @@ class AsyncConnection(DriverBase):
         """Send a request of these payload frames whose answer is dropped."""
         self.submit(self.core.queue_frames, opcode, payload, False)
 
+    def release(self, receipts: bytes) -> None:
+        """Give back leased messages nobody will read (``ConnectionCore.release``)."""
+        if not self.lost:
+            with contextlib.suppress(FastFanoutError):
+                self.submit(self.core.release, receipts)
+
     async def wait(self, request: Request, extra: float = 0.0) -> list[bytes]:
         """Wait for a request's answer, at most the client's timeout plus ``extra``."""
         if not request.done:
@@ -578,6 +584,8 @@ class AsyncConnection(DriverBase):
                     waker = self.wakers.get(consumer.consumer_id)
                     if waker is not None:
                         waker.set()
+                elif core.outbox and core.ended is None:   # releases of pushes that
+                    self.send_out()                        # crossed a CANCEL
                 if core.ended is not None:   # a GOODBYE, or an END of the whole session
                     self._said_goodbye(core.ended)
         except asyncio.CancelledError:
@@ -989,7 +997,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         connection = self.connection
         # a native iterator: one C step per message, awaiting only for the next push
         return AsyncMessageCursor(connection.settler, connection.acks, queue, connection.pushes(
-            queue, prefetch, visibility_timeout, timeout))
+            queue, prefetch, visibility_timeout, timeout), connection.release)
 
     async def consume_batches(self, queue: str, *, prefetch: int = 1000,
                               visibility_timeout: float | None = None,

@@ -110,6 +110,7 @@ class Connection(DriverBase):
         self.core.max_in_flight = max_in_flight
         self.in_flight_waits = 0
         self.abandoned: list[ConsumerState] = []   # consumers to cancel (``abandon``)
+        self.unread: list[bytes] = []   # receipts to give back (``release_unread``)
         self.lock = FastRLock()
         self.transport: DealerTransport | LocalTransport | None = None
         self._new_future = FutureMaker(self)   # native futures, made in C by the gate
@@ -354,6 +355,8 @@ class Connection(DriverBase):
                     self.drop_transport()
                 else:
                     self.drain()
+                    if core.outbox:   # releases of pushes that crossed a CANCEL
+                        self.send_out()
         finally:
             lock.release()
         if self._claimers and not lock.held_here():
@@ -518,6 +521,23 @@ class Connection(DriverBase):
         the background thread, woken, sends it.
         """
         self.abandoned.append(consumer)
+        self._soon()
+
+    def release_unread(self, receipts: bytes) -> None:
+        """Give back pushed messages nobody will read (a dropped cursor's), soon.
+
+        Called from a finalizer, in whatever thread dropped the cursor; sent as
+        ``abandon`` sends its CANCEL (``ConnectionCore.release``).
+        """
+        self.unread.append(receipts)
+        self._soon()
+
+    def _soon(self) -> None:
+        """Send the abandoned consumers' CANCELs and the unread releases, now or soon.
+
+        Now when the connection is free; otherwise the background thread, woken,
+        sends them.
+        """
         lock = self.lock
         if not lock.held_here() and lock.acquire(False):   # never inside our own call
             try:
@@ -532,18 +552,20 @@ class Connection(DriverBase):
             self._ticker.ring()
 
     def _cancel_abandoned(self) -> None:
-        """Cancel the abandoned consumers (lock held)."""
+        """Release the unread messages, cancel the abandoned consumers (lock held)."""
         core = self.core
+        while self.unread:
+            core.release(self.unread.pop())
         while self.abandoned:
             consumer = self.abandoned.pop()
             if core.cancel(consumer):
                 core.queue_frames(Opcode.CANCEL, [encode_call(
                     Opcode.CANCEL, (consumer.consumer_id,), {})], False)
 
-    def cancel(self, consumer: ConsumerState) -> None:
-        """Cancel a consumer (its queued acks sent first)."""
+    def cancel(self, consumer: ConsumerState, unread: bytes = b"") -> None:
+        """Cancel a consumer (its queued acks sent first, ``ConnectionCore.cancel``)."""
         with self.lock:
-            ask = self.core.cancel(consumer) and self.transport is not None
+            ask = self.core.cancel(consumer, unread) and self.transport is not None
             self.send_out()
         if ask:
             try:
@@ -572,7 +594,7 @@ class Connection(DriverBase):
                 if self.transport is None:
                     continue
                 now = time.monotonic()
-                if self.abandoned:
+                if self.abandoned or self.unread:
                     self._cancel_abandoned()
                 if core.batch_due(now):
                     core.flush_batches()

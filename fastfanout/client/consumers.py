@@ -29,7 +29,7 @@ from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
 )
-from fastfanout.errors import BrokenConnection
+from fastfanout.errors import BrokenConnection, MalformedBatch
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -84,7 +84,8 @@ class Consumer(Iterator[RemoteMessage]):
         self._life = life
         # the messages are made and iterated in C, a frame at a time (the refill)
         self._cursor = MessageCursor(owner, state.acks, self.queue,
-                                     _refiller(connection, state, life))
+                                     _refiller(connection, state, life),
+                                     connection.release_unread)
 
     @property
     def closed(self) -> bool:
@@ -129,8 +130,19 @@ class Consumer(Iterator[RemoteMessage]):
         return None if frames is None else DeliveryBatch(frames, self)
 
     def cancel(self) -> None:
-        """Stop the pushes (messages already received stay leased until settled)."""
-        self.connection.cancel(self._state)
+        """Stop the pushes; what was pushed and not yet read goes back to the queue.
+
+        Messages already taken (iterated, or in a batch from ``next_batch``) stay
+        leased until settled. Those the consumer holds unread — the rest of the frame
+        being iterated, the frames not started, and what the broker pushes until the
+        cancel reaches it — are released (visible again at once; the delivery stays
+        counted in their ``receive_count``) and never yielded.
+        """
+        try:
+            unread = self._cursor.take_unread()
+        except MalformedBatch:
+            unread = b""
+        self.connection.cancel(self._state, unread)
 
     def __enter__(self) -> Consumer:
         return self

@@ -46,7 +46,7 @@ import msgspec
 
 from fastfanout._ext.offers import PendingBatch
 from fastfanout._ext.received import AckBuffer
-from fastfanout._ext.wire import pack_receipts, publish_frame_of
+from fastfanout._ext.wire import pack_receipts, publish_frame_of, receipts_of
 from fastfanout.client import forks
 from fastfanout.errors import (
     BrokenConnection,
@@ -425,6 +425,9 @@ class ConnectionCore:
         self.pid = pid   # the process that owns the connection (fastfanout.client.forks)
         self.forked = False
         self.on_request: Callable[[int, list[bytes]], None] | None = None
+        # consumers cancelled in this session: what the broker pushes to one of them
+        # after (crossing its CANCEL) is released, as nobody will read it
+        self.cancelled: set[int] = set()
 
     # -- session -------------------------------------------------------------------------
 
@@ -433,6 +436,7 @@ class ConnectionCore:
         self.info = {}
         self.limits = None
         self.max_body = protocol.max_body(None)
+        self.cancelled.clear()
         self.ended = None
         self.last_heard = now
         return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
@@ -692,8 +696,15 @@ class ConnectionCore:
             request.request_id, queue, prefetch, inactivity)
         return request
 
-    def cancel(self, consumer: ConsumerState) -> bool:
-        """Close a consumer, its queued acks first; True if a CANCEL should be awaited."""
+    def cancel(self, consumer: ConsumerState, unread: bytes = b"") -> bool:
+        """Close a consumer, its queued acks first; True if a CANCEL should be awaited.
+
+        What was pushed to it and will not be read is released (``release``): the
+        frames it holds not yet taken, ``unread`` (packed receipts: the rest of the
+        frame its iteration was in), and what the broker pushes to it until the CANCEL
+        reaches it. They are visible again at once rather than after their visibility
+        timeout; the delivery stays counted in their ``receive_count``.
+        """
         self.settle(consumer)
         if consumer.closed:
             return False
@@ -702,7 +713,25 @@ class ConnectionCore:
         # one the broker ended (END, or the session's end: its ``error`` is set) is gone
         # there: a CANCEL would be answered by nobody, or reconnect to a broker that
         # stopped just to say it
-        return consumer.error is None and self.ended is None and not self.closed
+        live = consumer.error is None and self.ended is None and not self.closed
+        if live:
+            self.cancelled.add(consumer.consumer_id)
+            self.release(unread)
+            batches = consumer.batches
+            while batches:
+                self.release(receipts_of(batches.popleft()[0]))
+        return live
+
+    def release(self, receipts: bytes) -> None:
+        """Queue the release of leased messages nobody will read (NACK_BATCH, no delay).
+
+        ``receipts``: packed (8 bytes little-endian each), as ``receipts_of`` gives them.
+        The answer is dropped: a receipt gone stale meanwhile (its lease ended) fails the
+        request, and the broker counts it. Nothing is queued once the session ended (the
+        broker released its leases).
+        """
+        if receipts and self.ended is None and not self.closed:
+            self.queue_frames(Opcode.NACK_BATCH, [receipts, protocol.NO_DELAY], False)
 
     def defer_settle(self, consumer: ConsumerState, receipts: bytes, now: float) -> None:
         """Queue a pipelined ack of a receipts frame (queued at once when due).
@@ -864,6 +893,8 @@ class ConnectionCore:
             if consumer is not None:
                 consumer.batches.append(frames[1:])
                 return consumer
+            if request_id in self.cancelled and len(frames) > 1:   # crossed its CANCEL
+                self.release(receipts_of(frames[1]))
         elif status == Status.END:
             consumer = self.consumers.pop(request_id, None)
             if consumer is not None:

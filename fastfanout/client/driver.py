@@ -154,11 +154,14 @@ class BlockingDriver(Protocol):
     def settle(self, consumer: ConsumerState, now: float | None = None) -> float | None:
         """Send a consumer's queued acks if due; seconds until due, or None."""
 
-    def cancel(self, consumer: ConsumerState) -> None:
-        """Cancel a consumer."""
+    def cancel(self, consumer: ConsumerState, unread: bytes = b"") -> None:
+        """Cancel a consumer, releasing ``unread`` (packed receipts) and what it holds."""
 
     def abandon(self, consumer: ConsumerState) -> None:
         """Cancel a consumer nobody can iterate any more, soon (any thread, no lock)."""
+
+    def release_unread(self, receipts: bytes) -> None:
+        """Give back pushed messages nobody will read, soon (any thread, no lock)."""
 
 
 class AsyncDriver(Protocol):

@@ -90,6 +90,8 @@ SETTLE_MAX_FRAMES: Final = 1024
 NO_CREDIT: Final = b"\x92\x00\x00"
 """SETTLE's last frame as the Python clients send it: msgpack ``[0, 0]``. The broker counts
 each consumer's credit itself and ignores that frame (older clients put credit there)."""
+NO_DELAY: Final = b"\xc0"
+"""NACK_BATCH's delay frame for none: msgpack nil (visible again at once)."""
 SETTLE_EACH: Final = b"\x93\x00\x00\x01"
 """SETTLE's last frame when its receipts frames are acks of single messages, msgpack
 ``[0, 0, 1]``: each frame is acked whole when it can be; a frame refused for a stale

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from fastfanout._ext import codec
+from fastfanout._ext.wire import receipts_of
 from fastfanout.api import ClientAPI
 from fastfanout.client.consumers import StreamListening
 from fastfanout.client.core import (
@@ -258,6 +259,43 @@ def test_cancel_sends_the_queued_acks_first() -> None:
     assert core.cancel(consumer) is True   # the driver asks the broker to CANCEL
     assert [opcode for opcode, _, _ in sent(core)] == [Opcode.SETTLE]
     assert consumer.closed and core.consumers == {} and core.cancel(consumer) is False
+
+
+def test_cancel_releases_what_was_pushed_and_not_read_and_what_crosses_the_cancel(
+        broker: Any) -> None:
+    # delivery frames leased by a real broker: their receipts are what is released
+    port = broker.server_port()
+    broker.create_queue("q")
+    for body in (b"1", b"2", b"3", b"4", b"5"):
+        broker.send("q", body)
+    held, _ = port.receive_frame("q", max_messages=2)     # pushed, never taken
+    crossing, _ = port.receive_frame("q", max_messages=2)  # pushed after the CANCEL left
+    unread = receipts_of(port.receive_frame("q", max_messages=1)[0])  # rest of a frame
+    core, _ = make_core()
+    hello(core)
+    core.consume("q", 10, None, None)
+    ((_, consumer_id, _),) = sent(core)
+    consumer = core.consumers[consumer_id]
+    core.receive(reply(Status.PUSH, consumer_id, held), 0.0)
+    assert core.cancel(consumer, unread) is True
+    releases = sent(core)
+    assert [(opcode, payload[1]) for opcode, _, payload in releases] == [
+        (Opcode.NACK_BATCH, protocol.NO_DELAY)] * 2
+    assert [payload[0] for _, _, payload in releases] == [unread, receipts_of(held)]
+    assert not consumer.batches   # never yielded
+    assert core.receive(reply(Status.PUSH, consumer_id, crossing), 0.0) is None
+    ((opcode, _, payload),) = sent(core)
+    assert (opcode, payload) == (Opcode.NACK_BATCH, [receipts_of(crossing),
+                                                     protocol.NO_DELAY])
+    # the broker takes them: all five visible again at once, none leased
+    for packed in [*(frames[0] for _, _, frames in releases), payload[0]]:
+        port.nack_packed(packed, None)
+    assert broker.stats().queues["q"].visible == 5
+    # a consumer the broker ended is not released to, nor is anything once the session
+    # ended (the broker released its leases itself)
+    core.receive(reply(Status.GOODBYE, 0), 0.0)
+    core.receive(reply(Status.PUSH, consumer_id, crossing), 0.0)
+    assert core.outbox == []
 
 
 def test_acks_of_no_consumer_split_at_settle_max_frames() -> None:
