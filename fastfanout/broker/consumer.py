@@ -13,6 +13,7 @@ it more than ``prefetch``: the same credit a broker server's push consumer has
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -22,7 +23,7 @@ from typing import Protocol, cast
 
 from fastfanout._ext.message import Message
 from fastfanout.arrays import MessageBatch
-from fastfanout.errors import InvalidArgument
+from fastfanout.errors import FastFanoutError, InvalidArgument
 from fastfanout.settings import MAX_DELAY, check_wait, seconds_to_us
 
 __all__ = ["MAX_PREFETCH", "BrokerBatch", "BrokerConsumer"]
@@ -228,20 +229,40 @@ class BrokerConsumer(Iterator[Message]):
         return self._messages.popleft()
 
     def cancel(self) -> None:
-        """Stop consuming; messages already received stay leased until settled.
+        """Stop consuming; what was leased and not yet yielded goes back to the queue.
 
-        The messages taken from the broker and not yet yielded are among them: the
-        iteration's buffer is handed back by ``drain()``.
+        Messages already yielded (or in a batch from ``next_batch``) stay leased until
+        settled. Those the iteration took from the broker and had not yielded yet are
+        released (nack, no delay: visible again at once, the delivery counted in their
+        ``receive_count``), as the clients' consumers do (docs/semantics.md); take them
+        with ``drain()`` first to keep them. A consumer dropped uncancelled (a ``for``
+        loop left by ``break``) is cancelled so.
         """
-        if not self.closed:
-            self.closed = True
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            while self._messages:
+                message = self._messages.popleft()
+                with contextlib.suppress(FastFanoutError):   # its lease ended meanwhile
+                    message.nack()
+        finally:
             self._owners.close_owner(self._owner)
 
     def drain(self) -> list[Message]:
-        """The messages received and not yet yielded (they are leased); empties the buffer."""
+        """The messages received and not yet yielded (they are leased); empties the buffer.
+
+        They are then the caller's to settle (``cancel`` would release them).
+        """
         messages = list(self._messages)
         self._messages.clear()
         return messages
+
+    def __del__(self) -> None:
+        if getattr(self, "closed", True):
+            return
+        with contextlib.suppress(FastFanoutError):   # a broker closed meanwhile
+            self.cancel()
 
     def __enter__(self) -> BrokerConsumer:
         return self

@@ -115,3 +115,32 @@ def test_deleting_the_queue_ends_a_waiting_consumer_at_once(broker: Broker) -> N
     assert not thread.is_alive()
     assert time.monotonic() - started < 5.0
     assert len(outcome) == 1 and isinstance(outcome[0], NotFound)
+
+
+def test_cancel_and_break_give_back_what_was_leased_and_not_yielded() -> None:
+    # Until 2026-12-05 the iteration's buffer stayed leased until its visibility
+    # timeout (a minute here), and a consumer left by ``break`` kept its credit for good.
+    broker = Broker()
+    broker.create_queue("q", visibility_timeout=60.0)
+    for index in range(50):
+        broker.send("q", b"%d" % index)
+    for message in broker.consume("q", prefetch=20):
+        message.ack()
+        break
+    queue = broker.stats().queues["q"]
+    assert (queue.leased, queue.visible) == (0, 49)
+    consumer = broker.consume("q", prefetch=20)
+    kept = next(consumer)
+    consumer.cancel()
+    queue = broker.stats().queues["q"]
+    assert (queue.leased, queue.visible) == (1, 48)   # the yielded one is the caller's
+    assert list(consumer) == []
+    kept.ack()
+    # what drain() takes is the caller's to settle: cancel leaves it leased
+    consumer = broker.consume("q", prefetch=5)
+    first = next(consumer)
+    taken = consumer.drain()
+    consumer.cancel()
+    assert broker.stats().queues["q"].leased == 1 + len(taken)
+    assert taken and first.receive_count >= 1
+    broker.close()
