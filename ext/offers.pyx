@@ -33,7 +33,7 @@ from cpython.pythread cimport (
 from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject, Py_REFCNT
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef extern from "pythread.h":
     int PY_LOCK_ACQUIRED
@@ -143,6 +143,9 @@ cdef class OfferGate:
         offered: bodies offered so far.
         max_body: the largest body the broker can ever accept (bytes); a larger one is
             not appended: ``too_large(size)`` is called, and raises.
+        max_frame: the most bytes a frame may hold (the broker's request limits, less
+            room for the request's other frames); a body that would take a frame past
+            it goes into the next one (the open frame is sent first, ``full``).
         too_large: called with the body's size when it is over ``max_body`` (raises).
     """
 
@@ -157,6 +160,7 @@ cdef class OfferGate:
     cdef public bint closed
     cdef readonly uint64_t offered
     cdef public Py_ssize_t max_body
+    cdef public Py_ssize_t max_frame
     cdef public object too_large
 
     def __cinit__(self, FrameBuilder builder not None, Py_ssize_t batch_messages,
@@ -173,13 +177,35 @@ cdef class OfferGate:
         self.closed = False
         self.offered = 0
         self.max_body = PY_SSIZE_T_MAX
+        self.max_frame = PY_SSIZE_T_MAX
         self.too_large = None
 
     def offer(self, body):
         """Add a message body to the frame (see ``RemoteProducer.offer``)."""
         cdef FrameBuilder builder = self._builder
+        cdef uint32_t count = builder.out.count
+        cdef size_t length = builder.out.length
+        cdef Py_ssize_t body_bytes = builder.body_bytes
         if self.closed or len(self._kept):
             self._blocked()
+            count, length, body_bytes = (builder.out.count, builder.out.length,
+                                         builder.body_bytes)
+        self._append(builder, body)
+        if count and builder.out.length > <size_t>self.max_frame:
+            # past the broker's request limit: the open frame leaves without it, and
+            # the body opens the next one
+            builder._rewind(count, length, body_bytes)
+            self._full()
+            self._append(builder, body)
+        self.offered += 1
+        if builder.out.count == 1:
+            self._opened()
+        if (builder.out.count >= <uint64_t>self._batch_messages
+                or builder.out.length >= <size_t>self._batch_bytes):
+            self._full()
+        return self._result
+
+    cdef int _append(self, FrameBuilder builder, object body) except -1:
         if type(body) is bytes:
             if PyBytes_GET_SIZE(body) > self.max_body:
                 self.too_large(PyBytes_GET_SIZE(body))
@@ -188,13 +214,7 @@ cdef class OfferGate:
             if self.max_body != PY_SSIZE_T_MAX:
                 check_body_size(body, self.max_body, self.too_large)
             builder.append_body(body)   # any bytes-like body; InvalidArgument otherwise
-        self.offered += 1
-        if builder.out.count == 1:
-            self._opened()
-        if (builder.out.count >= <uint64_t>self._batch_messages
-                or builder.out.length >= <size_t>self._batch_bytes):
-            self._full()
-        return self._result
+        return 0
 
 
 @cython.final
@@ -280,6 +300,7 @@ cdef class NowaitGate:
     cdef object _key
     cdef PendingBatch _batch
     cdef Py_ssize_t _max_body   # the largest body the core lets through, read with it
+    cdef Py_ssize_t _max_frame  # the most bytes a batch may hold (the request limits)
     # The blocking connection's lock once read (a ``FastRLock``; ``forget`` drops it).
     cdef FastRLock _lock
     # The futures this gate made, a ring of FUTURE_RING: the one ``_next`` names is
@@ -311,6 +332,7 @@ cdef class NowaitGate:
         self._batch_messages = core.batch_messages
         self._batch_bytes = core.batch_bytes
         self._max_body = PY_SSIZE_T_MAX
+        self._max_frame = PY_SSIZE_T_MAX
 
     def bind_face(self, publish_opcode, send_opcode, publish_options, send_options):
         """Let ``publish_nowait`` and ``send_nowait`` stand for a client's own.
@@ -407,6 +429,9 @@ cdef class NowaitGate:
         cdef FrameBuilder builder
         cdef object future
         cdef PyObject* found
+        cdef uint32_t count
+        cdef size_t length
+        cdef Py_ssize_t body_bytes
         # The fast path: the same target as the last call (the caller's own objects), and
         # the batch that call appended to is still open (the core marks one that leaves)
         # — no attribute of the core or the connection read. Anything else (another
@@ -448,6 +473,7 @@ cdef class NowaitGate:
                 return future
             self._remember(opcode, name, key, batch)
         builder = batch.builder
+        count, length, body_bytes = builder.out.count, builder.out.length, builder.body_bytes
         if type(body) is bytes:
             if PyBytes_GET_SIZE(body) > self._max_body:
                 core.body_too_large(PyBytes_GET_SIZE(body))
@@ -455,6 +481,17 @@ cdef class NowaitGate:
         else:
             check_body_size(body, self._max_body, core.body_too_large)
             builder.append_body(body)
+        if count and builder.out.length > <size_t>self._max_frame:
+            # past the broker's request limit: the batch leaves without it, and the body
+            # opens the next one (the core's path)
+            builder._rewind(count, length, body_bytes)
+            key = self._key
+            self._batch = None
+            core.send_batch(key, core.batches.pop(key))
+            if core.outbox:
+                self._sent = True
+                self._send_out()
+            return self._enqueue(opcode, name, body)
         if self._future_client is not None:
             future = self._recycled_future(builder.out.count - 1)
         elif self._create_future is not None:
@@ -511,6 +548,7 @@ cdef class NowaitGate:
         self._key = key
         self._batch = batch
         self._max_body = self._core.max_body   # the broker's, told at its HELLO
+        self._max_frame = self._core.frame_room
         return 0
 
 

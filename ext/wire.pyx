@@ -46,6 +46,7 @@ from fastfanout._ext.codec cimport (
     ff_record_size,
     ff_write_batch_header,
     ff_write_record,
+    ff_store_le32,
     FF_CODEC_END,
     FF_CODEC_OK,
     FF_FLAG_DELIVER_AT,
@@ -325,6 +326,23 @@ cdef class FrameBuilder:
         """Append a record with only a body (the fast path); returns its index."""
         return _append_body(self, body, 0)
 
+    def mark(self):
+        """Where the frame ends now, for ``rewind``: ``(records, bytes, body bytes)``."""
+        return self.out.count, self.out.length, self.body_bytes
+
+    def rewind(self, mark):
+        """Drop the records appended since ``mark`` (``mark()``'s value)."""
+        count, length, body_bytes = mark
+        self._rewind(count, length, body_bytes)
+
+    cdef void _rewind(self, uint32_t count, size_t length, Py_ssize_t body_bytes) noexcept:
+        """Drop the records past the first ``count`` (the frame then ``length`` bytes)."""
+        if count <= self.out.count and length <= self.out.length:
+            self.out.count = count
+            self.out.length = length
+            ff_store_le32(self.out.data + 4, count)
+            self.body_bytes = body_bytes
+
     def append(self, body, attributes=None, delay=None, deliver_at=None, group_id=None,
                dedup_id=None, priority=None, ttl=None):
         """Append one publish record (the arguments of ``publish``); returns its index."""
@@ -368,10 +386,12 @@ cdef class FrameBuilder:
         return 0
 
     def extend_rows(self, entries, Py_ssize_t start=0, Py_ssize_t max_messages=-1,
-                    Py_ssize_t max_bytes=-1):
+                    Py_ssize_t max_bytes=-1, Py_ssize_t max_frame=-1):
         """Append the bodies of an array batch from row ``start`` until this frame holds
         ``max_messages`` records or ``max_bytes`` bytes (-1: no bound; at least one row is
-        appended when any is left).
+        appended when any is left), and never past ``max_frame`` bytes unless the frame
+        held nothing (-1: no bound): the row that would take it past is left for the
+        next frame (so ``next_row`` may be ``start``).
 
         ``entries``: a 2-D (or structured) array or a ``(buffer, offsets)`` pair (see
         ``ext/rows.pxd``); no Python object is made per row.
@@ -386,6 +406,9 @@ cdef class FrameBuilder:
         cdef const char* body
         cdef Py_ssize_t length
         cdef Py_ssize_t i
+        cdef uint32_t count
+        cdef size_t size
+        cdef Py_ssize_t body_bytes
         if not ff_rows_open(entries, &rows):
             _not_rows(entries)
         try:
@@ -395,7 +418,11 @@ cdef class FrameBuilder:
                                   or 0 <= max_bytes <= <Py_ssize_t>self.out.length):
                     break
                 ff_rows_get(&rows, i, &body, &length)
+                count, size, body_bytes = self.out.count, self.out.length, self.body_bytes
                 self._append_row(body, length, i)
+                if count and 0 <= max_frame < <Py_ssize_t>self.out.length:
+                    self._rewind(count, size, body_bytes)   # past the request limit
+                    break
                 i += 1
             return i, rows.count
         finally:

@@ -12,6 +12,7 @@ __all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatc
 class OfferGate:
     closed: bool
     max_body: int
+    max_frame: int
     too_large: Callable[[int], object] | None
     @property
     def offered(self) -> int: ...

@@ -407,6 +407,7 @@ class ConnectionCore:
         self.info: dict[str, Any] = {}
         self.limits: tuple[int, int] | None = None
         self.max_body = protocol.max_body(None)   # bytes: a larger body is never sent
+        self.frame_room = protocol.frame_room(None)   # bytes a publish batch may hold
         self.next_id = 1
         self.pending: dict[int, Request] = {}
         self.consumers: dict[int, ConsumerState] = {}
@@ -436,6 +437,7 @@ class ConnectionCore:
         self.info = {}
         self.limits = None
         self.max_body = protocol.max_body(None)
+        self.frame_room = protocol.frame_room(None)
         self.cancelled.clear()
         self.ended = None
         self.last_heard = now
@@ -447,6 +449,7 @@ class ConnectionCore:
         self.info = protocol.decode_payload(frames[0])
         self.limits = protocol.request_limits(self.info)
         self.max_body = protocol.max_body(self.limits)
+        self.frame_room = protocol.frame_room(self.limits)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -603,8 +606,15 @@ class ConnectionCore:
                 self.oldest_batch = now
             batch = self.batches[key] = PendingBatch()
         builder = batch.builder
+        mark = builder.mark()
         index = (builder.append_body(body) if options is None
                  else builder.append(body, *options))
+        if index and builder.nbytes > self.frame_room:
+            # past the broker's request limit: the batch leaves without it, and the
+            # message opens the next one
+            builder.rewind(mark)
+            self.send_batch(key, self.batches.pop(key))
+            return self.enqueue(opcode, name, body, options, make_future, now)
         future = make_future(index)
         batch.futures.append(future)
         if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:

@@ -255,6 +255,7 @@ class ProducerFace:
         is refused (or let through) by those.
         """
         self._gate.max_body = self._connection_core.max_body
+        self._gate.max_frame = self._connection_core.frame_room
 
     def _too_large(self, size: int) -> None:
         """The gate's ``too_large``: a body of ``size`` bytes can never be published."""
@@ -304,12 +305,15 @@ class ProducerFace:
         while start < total:
             opened = not len(builder)
             done, total = builder.extend_rows(bodies, start, core.batch_messages,
-                                              core.batch_bytes)
+                                              core.batch_bytes,
+                                              self._connection_core.frame_room)
             self._rows_offered += done - start
+            cut = done < total   # the next row would take the frame past the limits
             start = done
             if opened and len(builder):
                 self._opened()
-            if len(builder) >= core.batch_messages or builder.nbytes >= core.batch_bytes:
+            if (cut or len(builder) >= core.batch_messages
+                    or builder.nbytes >= core.batch_bytes):
                 self._full()
 
 

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any, Final
@@ -48,7 +49,9 @@ __all__ = [
     "MAGIC",
     "MAX_REQUEST_FRAMES",
     "NO_CREDIT",
+    "NO_DELAY",
     "PROTOCOL_VERSION",
+    "REQUEST_HEADROOM",
     "SETTLE_EACH",
     "SETTLE_MAX_FRAMES",
     "Opcode",
@@ -65,6 +68,7 @@ __all__ = [
     "encode_receipt",
     "encode_receipts",
     "encode_results",
+    "frame_room",
     "max_body",
     "request_limits",
     "request_size_error",
@@ -187,6 +191,23 @@ def max_body(limits: tuple[int, int] | None) -> int:
     if limits is None:
         return BODY_LIMIT
     return min(BODY_LIMIT, *limits)
+
+
+REQUEST_HEADROOM: Final = 4096
+"""Bytes of a publish request kept for its other frames (header, topic or queue name)."""
+
+
+def frame_room(limits: tuple[int, int] | None) -> int:
+    """The most bytes a publish frame may hold under a broker's request ``limits``.
+
+    The clients send a batch or a producer's frame before a message would take it past
+    this (the request would be refused whole), so a frame is only ever refused for a
+    body no request can carry.
+    """
+    if limits is None:
+        return sys.maxsize
+    request, frame = limits
+    return max(1, min(request - REQUEST_HEADROOM, frame))
 
 
 def body_size_error(size: int, limits: tuple[int, int] | None
