@@ -102,6 +102,10 @@ def raise_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+RECOUNT_INTERVAL: Final = 1.0
+"""Seconds between counts of the free descriptors while the listeners are open."""
+
+
 class Listeners(Protocol):
     """What ``ListenerGuard`` drives (``ServerTransport``)."""
 
@@ -131,6 +135,7 @@ class ListenerGuard:
         self._listeners = listeners
         self._counters = counters
         self._estimate: int | None = None   # free descriptors, as last counted +- events
+        self._counted_at = 0.0
         self._measure()
 
     def _measure(self) -> int | None:
@@ -145,9 +150,15 @@ class ListenerGuard:
                 return
         self._check()
 
-    def tick(self) -> None:
-        """Check again while paused (descriptors are freed by more than connections)."""
-        if not self._listeners.accepting:
+    def tick(self, now: float) -> None:
+        """Housekeeping: check again while paused, and count anew now and then.
+
+        While paused, descriptors freed by more than connections end the pause; while
+        open, a count every ``RECOUNT_INTERVAL`` corrects the estimate (local channels,
+        files and the journal take descriptors no connection event tells of).
+        """
+        if not self._listeners.accepting or now - self._counted_at >= RECOUNT_INTERVAL:
+            self._counted_at = now
             self._check()
 
     def _check(self) -> None:

@@ -537,7 +537,7 @@ class Server:
                     next_housekeeping = now + IDLE_TICK
                     self._housekeeping(now)
                     self._streams.tick(transport, now)
-                    guard.tick()
+                    guard.tick(now)
                 for guest in guests:
                     guest.step()
         except Exception:
