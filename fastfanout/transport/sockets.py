@@ -563,10 +563,11 @@ class ServerTransport:
         self.closed = True
         if getattr(self, "_parked", None):
             self.resume_accepting()   # libzmq unlinks the file by its name as it closes
-        try:
-            self.router.disable_monitor()
-        except zmq.ZMQError:
-            pass
+        for monitored in (self.router, self.xpub):
+            try:
+                monitored.disable_monitor()
+            except zmq.ZMQError:
+                pass
         for sock in self._sockets:
             sock.close(linger=int(linger * 1000))
         for end in (getattr(self, "_wake_reader", None), getattr(self, "_wake_writer", None)):
