@@ -14,6 +14,7 @@ ends the command with status 1 once the rest ran.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -102,6 +103,22 @@ class _Size(click.ParamType[int]):
             self.fail(str(error), param, ctx)
 
 
+class _Finite(click.FloatRange):
+    """A ``click.FloatRange`` that also refuses ``nan`` and ``inf``.
+
+    click compares a value with the range's bounds only, and every comparison with
+    ``nan`` is false: ``-d nan`` or ``--warmup inf`` passed and failed the run later
+    with a conversion error.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _peer_names() -> list[str]:
     from fastfanout.bench.adapters import ADAPTERS
 
@@ -169,11 +186,11 @@ def _options(function: F) -> F:
         click.option("--count", "-n", type=click.IntRange(min=1), default=None,
                      help="Messages per publisher per run [default: 100000; latency: "
                           "rate x duration]."),
-        click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True),
+        click.option("--duration", "-d", type=_Finite(min=0, min_open=True),
                      default=None,
                      help="Seconds each publisher publishes (instead of --count) "
                           "[latency default: 5]."),
-        click.option("--rate", "-r", type=click.FloatRange(min=0, min_open=True),
+        click.option("--rate", "-r", type=_Finite(min=0, min_open=True),
                      default=None,
                      help="Messages per second over all publishers, open loop [default: "
                           "as fast as possible; latency: 10000]."),
@@ -189,7 +206,7 @@ def _options(function: F) -> F:
         click.option("--runs", type=click.IntRange(min=1, max=100), default=3,
                      show_default=True, help="Runs of each measurement (the table shows "
                                              "medians, min-max)."),
-        click.option("--warmup", type=click.FloatRange(min=0), default=None,
+        click.option("--warmup", type=_Finite(min=0), default=None,
                      help="Seconds at the start of each run not measured [default: 0.2; "
                           "latency: 0.5, and shorter than the run]."),
         click.option("--peers", "systems", default="all", callback=_systems,
@@ -417,7 +434,7 @@ for _name in SCENARIOS:
 @bench.command()
 @click.argument("old", type=click.Path(dir_okay=False))
 @click.argument("new", type=click.Path(dir_okay=False))
-@click.option("--threshold", type=click.FloatRange(min=0, max=10), default=0.10,
+@click.option("--threshold", type=_Finite(min=0, max=10), default=0.10,
               show_default=True,
               help="Relative change below which a difference is noise (0.10: 10%).")
 def compare(old: str, new: str, threshold: float) -> None:
