@@ -758,6 +758,7 @@ cdef class MessageCursor:
     cdef _Origin _origin           # owner, consumer and queue, shared by its messages
     cdef readonly str queue
     cdef object _refill
+    cdef object __weakref__         # its client drops its frame on close (a weak reference)
 
     def __cinit__(self, object owner, object consumer, str queue, object refill=None):
         self._origin = _origin(owner, consumer, queue)
@@ -783,6 +784,16 @@ cdef class MessageCursor:
     def feed(self, frame):
         """Start on a delivery frame (the rest of the current one is dropped)."""
         self.load(frame)
+
+    def drop(self):
+        """Drop the rest of the current frame: the next step calls ``refill``.
+
+        Its client closing calls it, so that an iteration resumed after ``close()``
+        raises ``Closed`` (from ``refill``) rather than yielding messages nothing can
+        settle any more.
+        """
+        self._frame = None
+        self._reader.count = self._reader.index = 0
 
     @property
     def owner(self):

@@ -85,6 +85,7 @@ class Consumer(Iterator[RemoteMessage]):
         # the messages are made and iterated in C, a frame at a time (the refill)
         self._cursor = MessageCursor(owner, state.acks, self.queue,
                                      _refiller(connection, state, life))
+        state.cursor = weakref.ref(self._cursor)   # close() drops its frame
 
     @property
     def closed(self) -> bool:
@@ -150,6 +151,8 @@ def _next_frames(connection: BlockingDriver, state: ConsumerState,
     """A consumer's next pushed frames, pumping up to ``timeout`` (None: forever)."""
     acks = state.acks
     deadline = None if timeout is None else time.monotonic() + timeout
+    # after the client's close() (or in a forked child) a step raises as every call does
+    connection.core.check_open()
     while not state.batches:
         if state.error is not None:
             raise state.error

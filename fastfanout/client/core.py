@@ -343,10 +343,12 @@ class ConsumerState:
         batches: pushed payloads not yet taken by the consumer.
         error: why the consumer ended (END, a broken connection), or None.
         closed: cancelled (or its client closed).
+        cursor: a weak reference to the blocking consumer's native cursor, or None: its
+            client's ``close()`` drops the frame it is reading.
     """
 
-    __slots__ = ("acks", "batches", "closed", "consumer_id", "error", "prefetch", "queue",
-                 "timeout", "unsent", "unsent_receipts", "unsent_since")
+    __slots__ = ("acks", "batches", "closed", "consumer_id", "cursor", "error", "prefetch",
+                 "queue", "timeout", "unsent", "unsent_receipts", "unsent_since")
 
     def __init__(self, consumer_id: int, queue: str, prefetch: int,
                  timeout: float | None) -> None:
@@ -357,6 +359,7 @@ class ConsumerState:
         self.batches: deque[list[bytes]] = deque()
         self.error: FastFanoutError | None = None
         self.closed = False
+        self.cursor: Callable[[], Any] | None = None
         # pipelined acks not sent yet: a receipts frame each, sent together within linger
         self.unsent: list[bytes] = []
         self.unsent_receipts = 0
@@ -774,6 +777,12 @@ class ConnectionCore:
         for consumer in list(self.consumers.values()):
             self.settle(consumer)
             consumer.closed = True
+            # what was pushed and not yet taken is released by BYE: an iteration resumed
+            # after close() raises Closed rather than yield what nothing can settle
+            consumer.batches.clear()
+            cursor = consumer.cursor() if consumer.cursor is not None else None
+            if cursor is not None:
+                cursor.drop()
         self.consumers.clear()
         return list(self.publishes)
 

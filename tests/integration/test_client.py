@@ -334,3 +334,29 @@ def test_a_consume_loop_left_by_break_cancels_its_consumer(track: Tracker) -> No
     client.send("q", b"fourth")
     assert next(consumer).body == b"fourth"
     consumer.cancel()
+
+
+def test_a_consumer_iterated_after_close_raises_closed(track: Tracker) -> None:
+    # until 2026-12-05 an iteration resumed after close() yielded the rest of the pushed
+    # frame (messages whose ack() raised Closed), then ended quietly (StopIteration)
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    for n in range(3):
+        client.send("q", b"m%d" % n)
+    consumer = client.consume("q", prefetch=10)
+    iterator = iter(consumer)
+    assert next(iterator).body == b"m0"
+    idle = client.consume("q", prefetch=10)   # pushed nothing or something: no matter
+    client.close()
+    with pytest.raises(fastfanout.Closed):
+        next(iterator)
+    with pytest.raises(fastfanout.Closed):
+        consumer.next_batch(timeout=1.0)
+    with pytest.raises(fastfanout.Closed):
+        next(idle)
+    with pytest.raises(fastfanout.Closed):
+        next(iter(client.consume_batches("q")))
+    observer = track.client(server.endpoint)   # every lease was released by the goodbye
+    track.wait_until(lambda: observer.stats().queues["q"].visible == 3,
+                     what="the three messages visible again")
