@@ -89,6 +89,9 @@ DEFAULT_CONCURRENCY = 4
 """Calls at once per handler and process when neither the handler nor the worker says."""
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 """Seconds running calls get to finish when the worker stops."""
+MAX_SHUTDOWN_TIMEOUT = 86_400.0
+"""Longest ``shutdown_timeout`` (and ``stop(timeout)``), seconds: a day, as the broker's
+settings (a larger one overflowed the thread joins of the stop: ``OverflowError``)."""
 START_TIMEOUT = 30.0
 """Seconds ``start()`` waits for every connection and consumer to open."""
 
@@ -255,6 +258,7 @@ class Worker:
                                       "Broker lives in one process")
         if shutdown_timeout is not None:
             self.shutdown_timeout = check_seconds("shutdown_timeout", shutdown_timeout,
+                                                  maximum=MAX_SHUTDOWN_TIMEOUT,
                                                   allow_zero=True)
         if name is not None:
             if type(name) is not str or not name or len(name) > MAX_REPORT_NAME:
@@ -574,7 +578,14 @@ class Worker:
             timeout: seconds running calls get (None: ``shutdown_timeout``); calls still
                 running then are abandoned and their messages nacked with no delay
                 (redelivered at once), as is every message taken and not started.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not None nor seconds from 0 to
+                ``MAX_SHUTDOWN_TIMEOUT``; nothing is stopped.
         """
+        if timeout is not None:
+            timeout = check_seconds("timeout", timeout, maximum=MAX_SHUTDOWN_TIMEOUT,
+                                    allow_zero=True)
         if self._stopped or not self._started:
             if not self._stopped:
                 self._stopped = True

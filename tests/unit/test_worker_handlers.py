@@ -70,6 +70,8 @@ def test_a_worker_refuses_bad_options_and_a_second_handler_per_queue() -> None:
         Worker("ipc:///x", concurrency=0)
     with pytest.raises(InvalidArgument, match="shutdown_timeout"):
         Worker("ipc:///x", shutdown_timeout=-1)
+    with pytest.raises(InvalidArgument, match="shutdown_timeout"):
+        Worker("ipc:///x", shutdown_timeout=1e20)   # stop() overflowed its joins
     with pytest.raises(InvalidArgument, match="endpoint string"):
         Worker(3)   # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="client option"):
