@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any as Tracker
 
 import pytest
@@ -360,3 +362,25 @@ def test_a_consumer_iterated_after_close_raises_closed(track: Tracker) -> None:
     observer = track.client(server.endpoint)   # every lease was released by the goodbye
     track.wait_until(lambda: observer.stats().queues["q"].visible == 3,
                      what="the three messages visible again")
+
+
+CLOSE_HUGE = """
+import gc, sys
+import fastfanout
+for timeout in (2**70, 1e300, float("inf")):
+    client = fastfanout.connect(sys.argv[1])
+    client.close(timeout=timeout)
+    del client
+    gc.collect()   # the connection's socket and context go with it
+print("closed")
+"""
+
+
+def test_close_with_a_timeout_longer_than_a_thread_join_takes_closes(track: Tracker) -> None:
+    # until 2026-12-05 close(timeout=2**70) (or 1e300) raised OverflowError from the
+    # background thread's join and left the socket open: the next collection hung in
+    # the zmq context's term()
+    server = track.server()
+    done = subprocess.run([sys.executable, "-c", CLOSE_HUGE, server.endpoint],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "closed"), done.stderr
