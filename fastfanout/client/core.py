@@ -109,17 +109,40 @@ def check_inactivity_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
+_UNENCODABLE: Final = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
+"""What msgspec raises for a value it cannot encode."""
+
+
+def _unencodable(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """The first argument of a call that cannot be encoded, as ``name=value``.
+
+    Until 2026-12-05 the error said only "an argument", so ``receive(q, wait=2**70)``
+    did not say which one was beyond 64 bits.
+    """
+    named = [*((f"argument {index + 1}", value) for index, value in enumerate(args)),
+             *kwargs.items()]
+    for name, value in named:
+        try:
+            protocol.encode_payload(value)
+        except _UNENCODABLE:
+            return f"{name}={value!r:.80}"
+        except RecursionError:
+            return f"{name} (nested too deeply)"
+    return "an argument"
+
+
 def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> bytes:
     """The payload of a control call, or ``InvalidArgument`` if it cannot be encoded.
 
     msgspec refuses what it cannot encode (an int beyond 64 bits, an object); the
     embedded broker would have refused it as a bad argument too.
     """
+    args = list(args)
     try:
-        return protocol.encode_payload([list(args), kwargs])
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: an argument cannot be sent "
-                              f"to the broker: {exc}") from None
+        return protocol.encode_payload([args, kwargs])
+    except _UNENCODABLE as exc:
+        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: {_unencodable(args, kwargs)} "
+                              f"cannot be sent to the broker: {exc}") from None
     except RecursionError:
         # nested deeper than msgspec recurses; only a filter policy (or a worker report)
         # nests, and the embedded broker refuses such a policy as too deep
