@@ -24,7 +24,7 @@ from fastfanout.client.messages import publish_options
 from fastfanout.client.producers import ProducerCore, producer_limits
 from fastfanout.errors import InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body
-from fastfanout.runtime import default_endpoint
+from fastfanout.runtime import default_endpoint, endpoint_problem
 from fastfanout.semantics.topic_pattern import validate_pattern
 from fastfanout.settings import (
     MAX_DELAY,
@@ -115,6 +115,11 @@ class ClientFace(Generic[F, BF]):
         if endpoint is not None and type(endpoint) is not str:
             raise InvalidArgument(f"endpoint={endpoint!r} must be a str (ipc://PATH or "
                                   f"tcp://HOST:PORT) or None (the default endpoint)")
+        # a malformed one failed only when connecting: BrokenConnection, at once or after
+        # the handshake timeout (tcp://127.0.0.1:99999, inproc://x); "" meant the default
+        problem = None if endpoint is None else endpoint_problem(endpoint)
+        if problem is not None:
+            raise InvalidArgument(f"endpoint={endpoint!r:.200}: {problem}")
         if (type(timeout) not in (int, float) or not math.isfinite(timeout)
                 or timeout <= 0):
             raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0")

@@ -52,7 +52,7 @@ from fastfanout.errors import (
     InvalidArgument,
     NotFound,
 )
-from fastfanout.runtime import default_endpoint, ipc_problem
+from fastfanout.runtime import default_endpoint, endpoint_problem, ipc_problem
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
@@ -145,6 +145,20 @@ class _Subscription:
         self.queue_settings = queue_settings
 
 
+def _check_endpoint(endpoint: object) -> str:
+    """``endpoint`` if it is a well-formed endpoint string, else ``InvalidArgument``.
+
+    Checked when the worker is made or configured, not at its start's first connection.
+    """
+    if type(endpoint) is not str:
+        raise InvalidArgument(f"endpoint={endpoint!r} must be a str (ipc://PATH or "
+                              f"tcp://HOST:PORT)")
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        raise InvalidArgument(f"endpoint={endpoint!r:.200}: {problem}")
+    return endpoint
+
+
 class Worker:
     """Runs handler functions on the messages of queues.
 
@@ -176,6 +190,8 @@ class Worker:
         if broker is not None and not isinstance(broker, (Broker, str)):
             raise InvalidArgument(f"broker={broker!r} must be an endpoint string, a Broker, "
                                   f"or None (the default endpoint)")
+        if isinstance(broker, str):
+            _check_endpoint(broker)
         if client_options:
             if isinstance(broker, Broker):
                 raise InvalidArgument(f"client options {sorted(client_options)} need a "
@@ -243,7 +259,7 @@ class Worker:
             if isinstance(self.broker, Broker):
                 raise InvalidArgument("this worker runs on an embedded Broker; it has no "
                                       "endpoint")
-            self.broker = endpoint
+            self.broker = _check_endpoint(endpoint)
         if curve is not None:
             if isinstance(self.broker, Broker):
                 raise InvalidArgument("this worker runs on an embedded Broker; it has no "
