@@ -117,9 +117,11 @@ class ClientFace(Generic[F, BF]):
                                   f"tcp://HOST:PORT) or None (the default endpoint)")
         # a malformed one failed only when connecting: BrokenConnection, at once or after
         # the handshake timeout (tcp://127.0.0.1:99999, inproc://x); "" meant the default
-        problem = None if endpoint is None else endpoint_problem(endpoint)
+        resolved = default_endpoint() if endpoint is None else endpoint
+        problem = endpoint_problem(resolved)
         if problem is not None:
-            raise InvalidArgument(f"endpoint={endpoint!r:.200}: {problem}")
+            source = " (from $FASTFANOUT_ENDPOINT)" if endpoint is None else ""
+            raise InvalidArgument(f"endpoint={resolved!r:.200}{source}: {problem}")
         if (type(timeout) not in (int, float) or not math.isfinite(timeout)
                 or timeout <= 0):
             raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0")
@@ -128,7 +130,7 @@ class ClientFace(Generic[F, BF]):
         check_channel_options(local_channel, ring_bytes)
         if curve_server_key is not None:
             curve = client_curve(curve_server_key, curve_keys)
-        self.endpoint = endpoint or default_endpoint()
+        self.endpoint = resolved
         self.timeout = timeout
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes

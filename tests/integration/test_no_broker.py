@@ -60,3 +60,11 @@ def test_a_malformed_endpoint_is_invalid_argument_before_anything_opens(
     with pytest.raises(InvalidArgument, match=re.escape(problem)):
         Worker().configure(endpoint=endpoint)
     assert time.monotonic() - started < 1.0   # nothing waited for a broker
+
+
+def test_a_malformed_endpoint_from_the_environment_is_named_as_such(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTFANOUT_ENDPOINT", "inproc://x")
+    with pytest.raises(InvalidArgument, match=re.escape(
+            "endpoint='inproc://x' (from $FASTFANOUT_ENDPOINT): it must be ipc://PATH")):
+        connect(timeout=PATIENT)
