@@ -856,6 +856,7 @@ cdef class AsyncMessageCursor:
 
     cdef MessageCursor _cursor
     cdef object _refill
+    cdef object __weakref__         # its client drops its frame on close (a weak reference)
 
     def __cinit__(self, object owner, object consumer, str queue, object refill):
         self._cursor = MessageCursor(owner, consumer, queue)
@@ -865,6 +866,13 @@ cdef class AsyncMessageCursor:
     def pending(self):
         """Messages of the current frame not yet made."""
         return self._cursor.pending
+
+    def drop(self):
+        """Drop the rest of the current frame: the next step awaits ``refill``.
+
+        Its client closing calls it (``MessageCursor.drop``).
+        """
+        self._cursor.drop()
 
     def __aiter__(self):
         return self

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from datetime import datetime
 from types import TracebackType
@@ -239,6 +240,9 @@ class AsyncConnection(DriverBase):
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
+        # the consumers' native cursors: closing drops the frame each is reading, so that
+        # a step after close() raises Closed rather than yield what nothing can settle
+        self.cursors: weakref.WeakSet[AsyncMessageCursor] = weakref.WeakSet()
         # message.ack() of a received or pushed message queues its receipt here, in C;
         # the acks of one loop iteration leave together (``send_acks``)
         self.acks = AckBuffer(self.core, SETTLE_MAX_RECEIPTS, self.send_acks,
@@ -745,8 +749,14 @@ class AsyncConnection(DriverBase):
         """
         self.core.closed = True
         self.core.broken(Closed("the client is closed"))
+        self._drop_cursors()
         self.acks.clear()
         self.transport.close()
+
+    def _drop_cursors(self) -> None:
+        """Drop the frame every consumer's cursor is reading (the client is closed)."""
+        for cursor in list(self.cursors):
+            cursor.drop()
 
     async def _stop_io(self) -> None:
         """Stop the reader and heartbeat tasks and close the transport (no word sent).
@@ -755,6 +765,7 @@ class AsyncConnection(DriverBase):
         """
         self.core.closed = True
         self.core.broken(Closed("the client is closed"))
+        self._drop_cursors()
         self._wake_all()
         watcher, self._watcher = self._watcher, None
         tasks = [*self.tasks, *(task for task in (self._handshake, watcher)
@@ -988,8 +999,11 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             raise InvalidArgument(f"queue name {queue!r} must be a string")
         connection = self.connection
         # a native iterator: one C step per message, awaiting only for the next push
-        return AsyncMessageCursor(connection.settler, connection.acks, queue, connection.pushes(
-            queue, prefetch, visibility_timeout, timeout))
+        cursor = AsyncMessageCursor(connection.settler, connection.acks, queue,
+                                    connection.pushes(queue, prefetch, visibility_timeout,
+                                                      timeout))
+        connection.cursors.add(cursor)
+        return cursor
 
     async def consume_batches(self, queue: str, *, prefetch: int = 1000,
                               visibility_timeout: float | None = None,
