@@ -153,6 +153,8 @@ class Broker:
         self._admin = admin
         # the producers still open: close() flushes them first, as a client's close does
         self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
+        # the consumers: close() empties what their iterations took and did not yield
+        self._consumers: weakref.WeakSet[BrokerConsumer] = weakref.WeakSet()
         # The parts the message path works on: the administration's own objects (never
         # rebound), held here so that the hot paths look them up on ``self`` alone.
         self._clock = admin.clock
@@ -531,8 +533,10 @@ class Broker:
                           maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             self._queue_id(queue)
-        return BrokerConsumer(self, ServerPort(self), queue, prefetch, visibility_timeout,
-                              timeout)
+        consumer = BrokerConsumer(self, ServerPort(self), queue, prefetch,
+                                  visibility_timeout, timeout)
+        self._consumers.add(consumer)
+        return consumer
 
     # -- settle ------------------------------------------------------------------------
 
@@ -836,7 +840,8 @@ class Broker:
         """Close the broker: later calls, and receives still waiting, raise ``Closed``.
 
         Its producers still open are closed (flushed) first, as a client's ``close()``
-        closes its producers; their later offers raise ``Closed``.
+        closes its producers; their later offers raise ``Closed``. Its consumers drop what
+        their iterations took and did not yield: their next step raises ``Closed``.
 
         Raises:
             FastFanoutError: a producer's flush was refused; the broker is closed anyway
@@ -857,6 +862,8 @@ class Broker:
             if self._single is not None:
                 self._single.closed = True
             self._arrivals.notify_all()
+        for consumer in list(self._consumers):
+            consumer.drain()   # its next step raises Closed, as every call now does
         if refusal is not None:
             raise refusal
 

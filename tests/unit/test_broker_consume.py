@@ -8,7 +8,7 @@ import time
 import pytest
 from waits import wait_until_parked
 
-from fastfanout import Broker, InvalidArgument, NotFound
+from fastfanout import Broker, Closed, InvalidArgument, NotFound
 
 
 @pytest.fixture
@@ -115,3 +115,18 @@ def test_deleting_the_queue_ends_a_waiting_consumer_at_once(broker: Broker) -> N
     assert not thread.is_alive()
     assert time.monotonic() - started < 5.0
     assert len(outcome) == 1 and isinstance(outcome[0], NotFound)
+
+
+def test_an_iteration_resumed_after_close_raises_closed(broker: Broker) -> None:
+    # until 2026-12-05 it yielded what it had taken and not yielded yet, then raised
+    for n in range(3):
+        broker.send("q", b"m%d" % n)
+    consumer = broker.consume("q", prefetch=10)
+    iterator = iter(consumer)
+    assert next(iterator).body == b"m0"
+    batches = broker.consume("q", prefetch=10)
+    broker.close()
+    with pytest.raises(Closed):
+        next(iterator)
+    with pytest.raises(Closed):
+        batches.next_batch(timeout=1.0)
