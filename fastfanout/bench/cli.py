@@ -440,12 +440,8 @@ for _name in SCENARIOS:
 def compare(old: str, new: str, threshold: float) -> None:
     """Compare two --json files; exit 1 when NEW regressed beyond the noise threshold."""
     from fastfanout.bench.results import compare as changes_of
-    from fastfanout.bench.results import load
 
-    try:
-        before, after = load(old), load(new)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    before, after = _results(old), _results(new)
     changes = changes_of(before, after, threshold)
     if not changes:
         raise click.ClickException("the two files have no measurement in common")
@@ -465,11 +461,31 @@ def compare(old: str, new: str, threshold: float) -> None:
 def report(files: tuple[str, ...]) -> None:
     """Print the table of each --json FILE in markdown (what docs/benchmarks.md shows)."""
     from fastfanout.bench.markdown import markdown
-    from fastfanout.bench.results import load
 
     for number, path in enumerate(files):
-        try:
-            document = load(path)
-        except ValueError as error:
-            raise click.ClickException(str(error)) from None
-        click.echo(("\n" if number else "") + markdown(document))
+        click.echo(("\n" if number else "") + markdown(_results(path)))
+
+
+def _results(path: str) -> dict[str, Any]:
+    """A results file for ``compare`` and ``report``, or one line saying what is wrong.
+
+    What both commands read of its measurements is read here once: until 2026-12-05 a
+    measurement without its ``key``, or a number in place of one, ended them with a
+    KeyError or TypeError traceback.
+    """
+    from fastfanout.bench.markdown import markdown
+    from fastfanout.bench.results import compare as changes_of
+    from fastfanout.bench.results import load
+
+    try:
+        document = load(path)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        changes_of(document, document)
+        markdown(document)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        raise click.ClickException(
+            f"{path} has a malformed measurement ({type(error).__name__}: {error}); is it "
+            f"a --json file of fastfanout bench?") from None
+    return document

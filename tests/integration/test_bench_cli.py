@@ -98,6 +98,22 @@ def test_compare_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
         assert_one_line_error(result, name)
 
 
+@pytest.mark.parametrize("measurements", [[1], [{"nonsense": 1}], [None],
+                                          [{"key": "k", "scenario": "fanout", "size": 64,
+                                            "system": "fastfanout", "summary": 5}]])
+@pytest.mark.parametrize("command", ["compare", "report"])
+def test_a_results_file_with_a_malformed_measurement_is_one_line(
+        tmp_path: Path, measurements: list[Any], command: str) -> None:
+    # until 2026-12-05 compare and report ended with a KeyError or TypeError traceback
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"format": "fastfanout-bench/1",
+                                "measurements": measurements}))
+    files = [str(path), str(path)] if command == "compare" else [str(path)]
+    result = CliRunner().invoke(cli, ["bench", command, *files])
+    assert_one_line_error(result, f"{command} {measurements}")
+    assert "has a malformed measurement" in result.output, result.output
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_tiny_run_writes_every_run_with_percentiles_and_environment(
         scenario: str, tmp_path: Path) -> None:
