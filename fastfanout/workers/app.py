@@ -339,9 +339,20 @@ class Worker:
                 queue's).
 
         Raises:
-            InvalidArgument: the function does not take one positional argument, an
-                option is out of range, or the queue has a handler already.
+            InvalidArgument: ``queue`` is not a queue name (a function: ``@worker.handler``
+                without its queue; raised at once), the function does not take one
+                positional argument, an option is out of range, or the queue has a
+                handler already.
         """
+        if callable(queue):
+            # ``@worker.handler`` with no (queue): the function was taken for the queue
+            # and replaced by the decorator, and no handler was ever registered
+            raise InvalidArgument(
+                f"@handler needs the queue: write @worker.handler(\"QUEUE\") above "
+                f"{getattr(queue, '__name__', 'the function')} (or worker.subscribe(topic, "
+                f"function) to have one made)")
+        check_name("queue", queue)
+
         def register(function: F) -> F:
             self.add(make_handler(function, queue, concurrency=concurrency,
                                   batch_size=batch_size, batch_window=batch_window,
