@@ -128,6 +128,7 @@ class AsyncListener(StreamListening):
             InvalidArgument: ``timeout`` is not a number of seconds (or None).
         """
         check_wait("timeout", timeout)
+        self.check_open()
         if not self.follower.live:
             await self.ready()
         if self.early:
@@ -142,6 +143,16 @@ class AsyncListener(StreamListening):
                 frames = await asyncio.wait_for(self._transport.recv(), remaining)
             except TimeoutError:
                 return None
+            except asyncio.CancelledError:
+                # close() from another task cancels the socket's pending read: that is
+                # the listener closing, not this task being cancelled
+                task = asyncio.current_task()
+                if self.closed and (task is None or not task.cancelling()):
+                    raise Closed(f"the listener of {self.pattern!r} is closed") from None
+                raise
+            except Exception:   # pyzmq's ZMQError: closed before the read began
+                self.check_open()
+                raise
             batch = accept(frames)
             if batch is not None:
                 return list(batch)
@@ -157,7 +168,11 @@ class AsyncListener(StreamListening):
         return self.unread.popleft()
 
     def close(self) -> Done:
-        """Close the SUB socket (at once); returns ``DONE``, so it may be awaited."""
+        """Close the SUB socket (at once); returns ``DONE``, so it may be awaited.
+
+        A later read raises ``Closed``.
+        """
+        self.closed = True
         self._transport.close()
         return DONE
 

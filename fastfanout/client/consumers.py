@@ -29,7 +29,7 @@ from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
 )
-from fastfanout.errors import BrokenConnection
+from fastfanout.errors import BrokenConnection, Closed
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -388,6 +388,7 @@ class StreamListening:
         follower: the subscription's state (``fastfanout.server.streams.StreamFollower``).
         early: batches that came before the probe, read first.
         unread: messages of the current batch not iterated yet.
+        closed: True once ``close()`` was called.
     """
 
     def __init__(self, pattern: str) -> None:
@@ -395,6 +396,16 @@ class StreamListening:
         self.follower = StreamFollower(pattern)
         self.early: deque[StreamBatch] = deque()
         self.unread: deque[StreamMessage] = deque()
+        self.closed = False
+
+    def check_open(self) -> None:
+        """Raise ``Closed`` once the listener is closed.
+
+        Until 2026-12-05 a read after ``close()`` raised pyzmq's own ``ZMQError``
+        ("Socket operation on non-socket").
+        """
+        if self.closed:
+            raise Closed(f"the listener of {self.pattern!r} is closed")
 
     @property
     def gaps(self) -> int:
@@ -478,6 +489,7 @@ class Listener(StreamListening, Iterator[StreamMessage]):
                 deadline was never reached.
         """
         check_wait("timeout", timeout)
+        self.check_open()
         if self.early:
             return self.early.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -486,7 +498,11 @@ class Listener(StreamListening, Iterator[StreamMessage]):
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining < 0:
                 return None
-            frames = self._transport.recv(min(remaining, 1.0))
+            try:
+                frames = self._transport.recv(min(remaining, 1.0))
+            except Exception:   # pyzmq's ZMQError when closed by another thread under it
+                self.check_open()
+                raise
             if frames is None:
                 continue
             batch = accept(frames)
@@ -501,7 +517,8 @@ class Listener(StreamListening, Iterator[StreamMessage]):
         return self.unread.popleft()
 
     def close(self) -> None:
-        """Close the SUB socket."""
+        """Close the SUB socket; a later read raises ``Closed``."""
+        self.closed = True
         self._transport.close()
 
     def __enter__(self) -> Listener:
