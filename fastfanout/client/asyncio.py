@@ -512,6 +512,10 @@ class AsyncConnection(DriverBase):
             with contextlib.suppress(FastFanoutError):
                 self.send_out()
 
+    def check_open(self) -> None:
+        """Raise ``Closed`` after ``close()`` (``UsedAfterFork`` in a forked child)."""
+        self.core.check_open()
+
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue the ack of a receipts frame with this loop iteration's other acks.
 

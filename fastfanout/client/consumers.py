@@ -200,11 +200,17 @@ class DeliveryBatch(MessageBatch):
         Args:
             wait: wait for the broker's answer (raising ``StaleReceipt``); by default the
                 ack is pipelined and a failure is only logged by the broker's counters.
+
+        Raises:
+            Closed: the client is closed (the batch is left as it was).
         """
+        consumer = self._consumer
+        # before the batch is marked settled: until 2026-12-05 a refused call marked it
+        # settled, and every later ack, nack or term did nothing, raising nothing
+        consumer.connection.core.check_open()
         receipts = self._unsettled()
         if receipts is None:
             return
-        consumer = self._consumer
         connection = consumer.connection
         if not wait and not consumer.closed:
             # Queued with the consumer's other batch acks and sent within the client's
@@ -245,15 +251,19 @@ class DeliveryBatch(MessageBatch):
         self._settle(Opcode.TERM_BATCH)
 
     def _settle(self, opcode: int, *arguments: bytes) -> None:
+        connection = self._consumer.connection
+        connection.core.check_open()   # before the batch is marked settled (``ack``)
         receipts = self._unsettled()
         if receipts is None:
             return
-        connection = self._consumer.connection
         connection.wait(connection.request(opcode, [receipts, *arguments]), None)
 
 
 class AsyncSettling(Protocol):
     """How the asyncio client's messages settle: ``AsyncConnection``'s calls."""
+
+    def check_open(self) -> None:
+        """Raise ``Closed`` once the client is closed."""
 
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue a receipts frame for this loop iteration's SETTLE."""
@@ -284,6 +294,10 @@ class AsyncSettler:
     def defer_settle(self, receipts: bytes) -> None:
         """Queue the ack of a receipts frame for this loop iteration's SETTLE."""
         self._connection.queue_receipts(receipts)
+
+    def check_open(self) -> None:
+        """Raise ``Closed`` once the client is closed (a batch checks before settling)."""
+        self._connection.check_open()
 
     def ack(self, receipt: int) -> None:
         """Queue the ack of a receipt (sent when this loop iteration ends)."""
@@ -339,7 +353,13 @@ class AsyncDeliveryBatch(MessageBatch):
         """Ack every message not settled on its own, queued for this loop iteration.
 
         Returns ``DONE`` (awaitable). A stale receipt is counted by the broker.
+
+        Raises:
+            Closed: the client is closed (the batch is left as it was).
         """
+        # before the batch is marked settled: until 2026-12-05 a refused call marked it
+        # settled, and every later ack, nack or term did nothing, raising nothing
+        self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._acks.defer_settle(receipts)
@@ -360,6 +380,7 @@ class AsyncDeliveryBatch(MessageBatch):
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._acks.settle_packed(Opcode.NACK_BATCH,
@@ -371,6 +392,7 @@ class AsyncDeliveryBatch(MessageBatch):
 
         One TERM_BATCH, as ``nack``'s; returns ``DONE``.
         """
+        self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._acks.settle_packed(Opcode.TERM_BATCH, [receipts])

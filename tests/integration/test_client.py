@@ -384,3 +384,31 @@ def test_close_with_a_timeout_longer_than_a_thread_join_takes_closes(track: Trac
     done = subprocess.run([sys.executable, "-c", CLOSE_HUGE, server.endpoint],
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "closed"), done.stderr
+
+
+@pytest.mark.parametrize("first", ["ack", "nack", "term"])
+def test_a_batch_settled_after_close_raises_closed_every_time(track: Tracker,
+                                                              first: str) -> None:
+    # until 2026-12-05 the refused call marked the batch settled: every later ack, nack
+    # or term of it did nothing and raised nothing (both clients)
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send_batch("q", [b"a", b"b"])
+    batch = client.consume("q", prefetch=10).next_batch(timeout=5.0)
+    assert batch is not None and len(batch) == 2
+    client.close()
+    for name in (first, "ack", "nack", "term"):
+        with pytest.raises(fastfanout.Closed):
+            getattr(batch, name)()
+
+    async def main() -> None:
+        aclient = await aio.connect(server.endpoint, timeout=5.0)
+        await aclient.send_batch("q", [b"c", b"d"])
+        abatch = await aclient.consume_batches("q", prefetch=10).__anext__()
+        await aclient.close()
+        for name in (first, "ack", "nack", "term"):
+            with pytest.raises(fastfanout.Closed):
+                getattr(abatch, name)()
+
+    asyncio.run(main())

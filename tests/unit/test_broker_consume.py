@@ -130,3 +130,17 @@ def test_an_iteration_resumed_after_close_raises_closed(broker: Broker) -> None:
         next(iterator)
     with pytest.raises(Closed):
         batches.next_batch(timeout=1.0)
+
+
+@pytest.mark.parametrize("first", ["ack", "nack", "term"])
+def test_a_batch_settled_after_close_raises_closed_every_time(broker: Broker,
+                                                              first: str) -> None:
+    # until 2026-12-05 the refused call marked the batch settled: every later ack, nack
+    # or term of it did nothing and raised nothing
+    broker.send_batch("q", [b"a", b"b"])
+    batch = broker.consume("q", prefetch=10).next_batch(timeout=1.0)
+    assert batch is not None and len(batch) == 2
+    broker.close()
+    for name in (first, "ack", "nack", "term"):
+        with pytest.raises(Closed):
+            getattr(batch, name)()
