@@ -762,6 +762,7 @@ cdef class MessageCursor:
     cdef readonly str queue
     cdef object _refill
     cdef object _release
+    cdef object __weakref__         # its client drops its frame on close (a weak reference)
 
     def __cinit__(self, object owner, object consumer, str queue, object refill=None,
                   object release=None):
@@ -804,6 +805,16 @@ cdef class MessageCursor:
     def feed(self, frame):
         """Start on a delivery frame (the rest of the current one is dropped)."""
         self.load(frame)
+
+    def drop(self):
+        """Drop the rest of the current frame: the next step calls ``refill``.
+
+        Its client closing calls it, so that an iteration resumed after ``close()``
+        raises ``Closed`` (from ``refill``) rather than yielding messages nothing can
+        settle any more.
+        """
+        self._frame = None
+        self._reader.count = self._reader.index = 0
 
     @property
     def owner(self):
@@ -901,6 +912,7 @@ cdef class AsyncMessageCursor:
     cdef MessageCursor _cursor
     cdef object _refill
     cdef object _release
+    cdef object __weakref__         # its client drops its frame on close (a weak reference)
 
     def __cinit__(self, object owner, object consumer, str queue, object refill,
                   object release=None):
@@ -912,6 +924,13 @@ cdef class AsyncMessageCursor:
     def pending(self):
         """Messages of the current frame not yet made."""
         return self._cursor.pending
+
+    def drop(self):
+        """Drop the rest of the current frame: the next step awaits ``refill``.
+
+        Its client closing calls it (``MessageCursor.drop``).
+        """
+        self._cursor.drop()
 
     def __aiter__(self):
         return self

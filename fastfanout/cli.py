@@ -1013,7 +1013,7 @@ def _load_worker(target: str) -> Any:
 @click.option("--processes", "-p", type=click.IntRange(1, 256), default=None,
               help="Worker processes per handler, for handlers without their own "
                    "(default: the Worker's, 1).")
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=None,
+@click.option("--shutdown-timeout", type=click.FloatRange(0, 86_400), default=None,
               help="Seconds running handlers get to finish on SIGTERM or SIGINT (default: "
                    "the Worker's, 30); then their messages are nacked for redelivery.")
 @click.option("--log-level", default="INFO", type=click.Choice(LOG_LEVELS, case_sensitive=False),

@@ -238,6 +238,24 @@ def ipc_problem(endpoint: str) -> str | None:
     return None
 
 
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with the form of ``endpoint``, or None when it is well formed.
+
+    Well formed is ``ipc://PATH`` with a path, or ``tcp://HOST:PORT`` with a host and a
+    port from 1 to 65535. Whether it can be bound or reached is not checked.
+    """
+    if endpoint.startswith("ipc://"):
+        return None if endpoint[len("ipc://"):] else "ipc:// needs a socket path"
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+        if not sep or not host:
+            return "tcp:// needs HOST:PORT"
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            return f"port {port!r} is not a number from 1 to 65535"
+        return None
+    return "it must be ipc://PATH or tcp://HOST:PORT"
+
+
 def stream_endpoint_for(endpoint: str) -> str:
     """The stream (XPUB) endpoint paired with a command endpoint.
 

@@ -14,6 +14,7 @@ ends the command with status 1 once the rest ran.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -102,6 +103,22 @@ class _Size(click.ParamType[int]):
             self.fail(str(error), param, ctx)
 
 
+class _Finite(click.FloatRange):
+    """A ``click.FloatRange`` that also refuses ``nan`` and ``inf``.
+
+    click compares a value with the range's bounds only, and every comparison with
+    ``nan`` is false: ``-d nan`` or ``--warmup inf`` passed and failed the run later
+    with a conversion error.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _peer_names() -> list[str]:
     from fastfanout.bench.adapters import ADAPTERS
 
@@ -169,11 +186,11 @@ def _options(function: F) -> F:
         click.option("--count", "-n", type=click.IntRange(min=1), default=None,
                      help="Messages per publisher per run [default: 100000; latency: "
                           "rate x duration]."),
-        click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True),
+        click.option("--duration", "-d", type=_Finite(min=0, min_open=True),
                      default=None,
                      help="Seconds each publisher publishes (instead of --count) "
                           "[latency default: 5]."),
-        click.option("--rate", "-r", type=click.FloatRange(min=0, min_open=True),
+        click.option("--rate", "-r", type=_Finite(min=0, min_open=True),
                      default=None,
                      help="Messages per second over all publishers, open loop [default: "
                           "as fast as possible; latency: 10000]."),
@@ -189,7 +206,7 @@ def _options(function: F) -> F:
         click.option("--runs", type=click.IntRange(min=1, max=100), default=3,
                      show_default=True, help="Runs of each measurement (the table shows "
                                              "medians, min-max)."),
-        click.option("--warmup", type=click.FloatRange(min=0), default=None,
+        click.option("--warmup", type=_Finite(min=0), default=None,
                      help="Seconds at the start of each run not measured [default: 0.2; "
                           "latency: 0.5, and shorter than the run]."),
         click.option("--peers", "systems", default="all", callback=_systems,
@@ -417,18 +434,14 @@ for _name in SCENARIOS:
 @bench.command()
 @click.argument("old", type=click.Path(dir_okay=False))
 @click.argument("new", type=click.Path(dir_okay=False))
-@click.option("--threshold", type=click.FloatRange(min=0, max=10), default=0.10,
+@click.option("--threshold", type=_Finite(min=0, max=10), default=0.10,
               show_default=True,
               help="Relative change below which a difference is noise (0.10: 10%).")
 def compare(old: str, new: str, threshold: float) -> None:
     """Compare two --json files; exit 1 when NEW regressed beyond the noise threshold."""
     from fastfanout.bench.results import compare as changes_of
-    from fastfanout.bench.results import load
 
-    try:
-        before, after = load(old), load(new)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    before, after = _results(old), _results(new)
     changes = changes_of(before, after, threshold)
     if not changes:
         raise click.ClickException("the two files have no measurement in common")
@@ -448,11 +461,31 @@ def compare(old: str, new: str, threshold: float) -> None:
 def report(files: tuple[str, ...]) -> None:
     """Print the table of each --json FILE in markdown (what docs/benchmarks.md shows)."""
     from fastfanout.bench.markdown import markdown
-    from fastfanout.bench.results import load
 
     for number, path in enumerate(files):
-        try:
-            document = load(path)
-        except ValueError as error:
-            raise click.ClickException(str(error)) from None
-        click.echo(("\n" if number else "") + markdown(document))
+        click.echo(("\n" if number else "") + markdown(_results(path)))
+
+
+def _results(path: str) -> dict[str, Any]:
+    """A results file for ``compare`` and ``report``, or one line saying what is wrong.
+
+    What both commands read of its measurements is read here once: until 2026-12-05 a
+    measurement without its ``key``, or a number in place of one, ended them with a
+    KeyError or TypeError traceback.
+    """
+    from fastfanout.bench.markdown import markdown
+    from fastfanout.bench.results import compare as changes_of
+    from fastfanout.bench.results import load
+
+    try:
+        document = load(path)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        changes_of(document, document)
+        markdown(document)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        raise click.ClickException(
+            f"{path} has a malformed measurement ({type(error).__name__}: {error}); is it "
+            f"a --json file of fastfanout bench?") from None
+    return document

@@ -23,7 +23,7 @@ from typing import Protocol, cast
 
 from fastfanout._ext.message import Message
 from fastfanout.arrays import MessageBatch
-from fastfanout.errors import FastFanoutError, InvalidArgument
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.settings import MAX_DELAY, check_wait, seconds_to_us
 
 __all__ = ["MAX_PREFETCH", "BrokerBatch", "BrokerConsumer"]
@@ -34,6 +34,9 @@ _LONGEST_WAIT = 20.0   # seconds: a receive's own limit (settings.MAX_WAIT)
 
 
 class _Receiver(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
     def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
                 visibility_timeout: float | None = None, owner: int = 0
                 ) -> list[Message]: ...
@@ -85,6 +88,14 @@ class BrokerBatch(MessageBatch):
     def __init__(self, frame: bytes, broker: _Receiver, port: _Owners, queue: str) -> None:
         super().__init__(frame, broker, self, queue)
         self._port = port
+        self._broker = broker
+
+    def _check_open(self) -> None:
+        # before the batch is marked settled: a settle refused because the broker is
+        # closed must leave the batch as it was (until 2026-12-05 the refused call marked
+        # it settled, and every later ack, nack or term did nothing, raising nothing)
+        if self._broker.closed:
+            raise Closed("the broker is closed")
 
     @property
     def closed(self) -> bool:
@@ -101,6 +112,7 @@ class BrokerBatch(MessageBatch):
         Raises:
             StaleReceipt: a lease ended before (nothing was acked).
         """
+        self._check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._port.ack_packed(receipts)
@@ -119,6 +131,7 @@ class BrokerBatch(MessageBatch):
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        self._check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._port.nack_packed(receipts, delay)
@@ -129,6 +142,7 @@ class BrokerBatch(MessageBatch):
         Raises:
             StaleReceipt: a lease ended before (nothing was changed).
         """
+        self._check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._port.term_packed(receipts)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
@@ -44,7 +45,7 @@ from fastfanout._ext.wire import pack_receipts
 from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
-from fastfanout.errors import InvalidArgument, NotFound
+from fastfanout.errors import FastFanoutError, InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
 from fastfanout.settings import (
     MAX_DELAY,
@@ -150,6 +151,10 @@ class Broker:
         admin = Administration(clock=clock, data_dir=data_dir, fsync=fsync,
                                fsync_interval=fsync_interval, max_disk_bytes=max_disk_bytes)
         self._admin = admin
+        # the producers still open: close() flushes them first, as a client's close does
+        self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
+        # the consumers: close() empties what their iterations took and did not yield
+        self._consumers: weakref.WeakSet[BrokerConsumer] = weakref.WeakSet()
         # The parts the message path works on: the administration's own objects (never
         # rebound), held here so that the hot paths look them up on ``self`` alone.
         self._clock = admin.clock
@@ -381,7 +386,9 @@ class Broker:
             self._topic_id(topic)
             settings = self._admin.topic_settings(topic)
         check_producer_topic(topic, settings.fifo, settings.content_dedup, group_id)
-        return Producer(self._publish_ring, topic, capacity, max_bytes, group_id=group_id)
+        producer = Producer(self._publish_ring, topic, capacity, max_bytes, group_id=group_id)
+        self._producers.add(producer)
+        return producer
 
     def _publish_ring(self, topic: str, batch: RingBatch | Any) -> PublishBatch:
         return self._enqueue(topic, None, batch)
@@ -526,8 +533,10 @@ class Broker:
                           maximum=MAX_VISIBILITY_TIMEOUT)
         with self._lock:
             self._queue_id(queue)
-        return BrokerConsumer(self, ServerPort(self), queue, prefetch, visibility_timeout,
-                              timeout)
+        consumer = BrokerConsumer(self, ServerPort(self), queue, prefetch,
+                                  visibility_timeout, timeout)
+        self._consumers.add(consumer)
+        return consumer
 
     # -- settle ------------------------------------------------------------------------
 
@@ -828,12 +837,35 @@ class Broker:
         return waits
 
     def close(self) -> None:
-        """Close the broker: later calls, and receives still waiting, raise ``Closed``."""
+        """Close the broker: later calls, and receives still waiting, raise ``Closed``.
+
+        Its producers still open are closed (flushed) first, as a client's ``close()``
+        closes its producers; their later offers raise ``Closed``. Its consumers drop what
+        their iterations took and did not yield: their next step raises ``Closed``.
+
+        Raises:
+            FastFanoutError: a producer's flush was refused; the broker is closed anyway
+                and that producer's refused messages are not published.
+        """
+        if self._admin.closed:
+            return
+        refusal: FastFanoutError | None = None
+        for producer in list(self._producers):
+            try:
+                producer.close()
+            except FastFanoutError as exc:
+                refusal = refusal or exc
+            finally:
+                producer.detach()
         with self._lock:
             self._admin.close()
             if self._single is not None:
                 self._single.closed = True
             self._arrivals.notify_all()
+        for consumer in list(self._consumers):
+            consumer.drain()   # its next step raises Closed, as every call now does
+        if refusal is not None:
+            raise refusal
 
     def __enter__(self) -> Broker:
         return self

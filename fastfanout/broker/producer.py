@@ -197,6 +197,13 @@ class Producer:
             self.flush()
             self._closed = True
 
+    def detach(self) -> None:
+        """Refuse further offers without a flush: its broker is closing (``Broker.close``).
+
+        What is offered and not published stays counted in ``pending``.
+        """
+        self._closed = True
+
     def __enter__(self) -> Producer:
         return self
 

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from datetime import datetime
 from types import TracebackType
@@ -127,6 +128,7 @@ class AsyncListener(StreamListening):
             InvalidArgument: ``timeout`` is not a number of seconds (or None).
         """
         check_wait("timeout", timeout)
+        self.check_open()
         if not self.follower.live:
             await self.ready()
         if self.early:
@@ -141,6 +143,16 @@ class AsyncListener(StreamListening):
                 frames = await asyncio.wait_for(self._transport.recv(), remaining)
             except TimeoutError:
                 return None
+            except asyncio.CancelledError:
+                # close() from another task cancels the socket's pending read: that is
+                # the listener closing, not this task being cancelled
+                task = asyncio.current_task()
+                if self.closed and (task is None or not task.cancelling()):
+                    raise Closed(f"the listener of {self.pattern!r} is closed") from None
+                raise
+            except Exception:   # pyzmq's ZMQError: closed before the read began
+                self.check_open()
+                raise
             batch = accept(frames)
             if batch is not None:
                 return list(batch)
@@ -156,7 +168,11 @@ class AsyncListener(StreamListening):
         return self.unread.popleft()
 
     def close(self) -> Done:
-        """Close the SUB socket (at once); returns ``DONE``, so it may be awaited."""
+        """Close the SUB socket (at once); returns ``DONE``, so it may be awaited.
+
+        A later read raises ``Closed``.
+        """
+        self.closed = True
         self._transport.close()
         return DONE
 
@@ -239,6 +255,9 @@ class AsyncConnection(DriverBase):
         self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
+        # the consumers' native cursors: closing drops the frame each is reading, so that
+        # a step after close() raises Closed rather than yield what nothing can settle
+        self.cursors: weakref.WeakSet[AsyncMessageCursor] = weakref.WeakSet()
         # message.ack() of a received or pushed message queues its receipt here, in C;
         # the acks of one loop iteration leave together (``send_acks``)
         self.acks = AckBuffer(self.core, SETTLE_MAX_RECEIPTS, self.send_acks,
@@ -499,6 +518,10 @@ class AsyncConnection(DriverBase):
             with contextlib.suppress(FastFanoutError):
                 self.send_out()
 
+    def check_open(self) -> None:
+        """Raise ``Closed`` after ``close()`` (``UsedAfterFork`` in a forked child)."""
+        self.core.check_open()
+
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue the ack of a receipts frame with this loop iteration's other acks.
 
@@ -753,8 +776,14 @@ class AsyncConnection(DriverBase):
         """
         self.core.closed = True
         self.core.broken(Closed("the client is closed"))
+        self._drop_cursors()
         self.acks.clear()
         self.transport.close()
+
+    def _drop_cursors(self) -> None:
+        """Drop the frame every consumer's cursor is reading (the client is closed)."""
+        for cursor in list(self.cursors):
+            cursor.drop()
 
     async def _stop_io(self) -> None:
         """Stop the reader and heartbeat tasks and close the transport (no word sent).
@@ -763,6 +792,7 @@ class AsyncConnection(DriverBase):
         """
         self.core.closed = True
         self.core.broken(Closed("the client is closed"))
+        self._drop_cursors()
         self._wake_all()
         watcher, self._watcher = self._watcher, None
         tasks = [*self.tasks, *(task for task in (self._handshake, watcher)
@@ -996,8 +1026,11 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             raise InvalidArgument(f"queue name {queue!r} must be a string")
         connection = self.connection
         # a native iterator: one C step per message, awaiting only for the next push
-        return AsyncMessageCursor(connection.settler, connection.acks, queue, connection.pushes(
-            queue, prefetch, visibility_timeout, timeout), connection.release)
+        cursor = AsyncMessageCursor(connection.settler, connection.acks, queue,
+                                    connection.pushes(queue, prefetch, visibility_timeout,
+                                                      timeout), connection.release)
+        connection.cursors.add(cursor)
+        return cursor
 
     async def consume_batches(self, queue: str, *, prefetch: int = 1000,
                               visibility_timeout: float | None = None,

@@ -32,7 +32,6 @@ each operation documented in ``fastfanout.api``). Choices:
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -656,8 +655,10 @@ class Connection(DriverBase):
             core.closed = True
             self.nowait_gate.forget()   # the batch it remembers (and its futures) go
             self._ticker.ring()
-            # ``inf`` waits as None does (``Thread.join`` refuses an infinite timeout)
-            self._thread.join(None if timeout is None or math.isinf(timeout) else timeout)
+            # ``inf``, or more than ``Thread.join`` takes (an OverflowError, and the
+            # transport left open), waits as None does
+            self._thread.join(None if timeout is None or timeout >= threading.TIMEOUT_MAX
+                              else timeout)
             with self.lock:
                 self.drop_transport()
 

@@ -29,7 +29,7 @@ from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
 )
-from fastfanout.errors import BrokenConnection, MalformedBatch
+from fastfanout.errors import BrokenConnection, Closed, MalformedBatch
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -86,6 +86,7 @@ class Consumer(Iterator[RemoteMessage]):
         self._cursor = MessageCursor(owner, state.acks, self.queue,
                                      _refiller(connection, state, life),
                                      connection.release_unread)
+        state.cursor = weakref.ref(self._cursor)   # close() drops its frame
 
     @property
     def closed(self) -> bool:
@@ -162,6 +163,8 @@ def _next_frames(connection: BlockingDriver, state: ConsumerState,
     """A consumer's next pushed frames, pumping up to ``timeout`` (None: forever)."""
     acks = state.acks
     deadline = None if timeout is None else time.monotonic() + timeout
+    # after the client's close() (or in a forked child) a step raises as every call does
+    connection.core.check_open()
     while not state.batches:
         if state.error is not None:
             raise state.error
@@ -209,11 +212,17 @@ class DeliveryBatch(MessageBatch):
         Args:
             wait: wait for the broker's answer (raising ``StaleReceipt``); by default the
                 ack is pipelined and a failure is only logged by the broker's counters.
+
+        Raises:
+            Closed: the client is closed (the batch is left as it was).
         """
+        consumer = self._consumer
+        # before the batch is marked settled: until 2026-12-05 a refused call marked it
+        # settled, and every later ack, nack or term did nothing, raising nothing
+        consumer.connection.core.check_open()
         receipts = self._unsettled()
         if receipts is None:
             return
-        consumer = self._consumer
         connection = consumer.connection
         if not wait and not consumer.closed:
             # Queued with the consumer's other batch acks and sent within the client's
@@ -254,15 +263,19 @@ class DeliveryBatch(MessageBatch):
         self._settle(Opcode.TERM_BATCH)
 
     def _settle(self, opcode: int, *arguments: bytes) -> None:
+        connection = self._consumer.connection
+        connection.core.check_open()   # before the batch is marked settled (``ack``)
         receipts = self._unsettled()
         if receipts is None:
             return
-        connection = self._consumer.connection
         connection.wait(connection.request(opcode, [receipts, *arguments]), None)
 
 
 class AsyncSettling(Protocol):
     """How the asyncio client's messages settle: ``AsyncConnection``'s calls."""
+
+    def check_open(self) -> None:
+        """Raise ``Closed`` once the client is closed."""
 
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue a receipts frame for this loop iteration's SETTLE."""
@@ -293,6 +306,10 @@ class AsyncSettler:
     def defer_settle(self, receipts: bytes) -> None:
         """Queue the ack of a receipts frame for this loop iteration's SETTLE."""
         self._connection.queue_receipts(receipts)
+
+    def check_open(self) -> None:
+        """Raise ``Closed`` once the client is closed (a batch checks before settling)."""
+        self._connection.check_open()
 
     def ack(self, receipt: int) -> None:
         """Queue the ack of a receipt (sent when this loop iteration ends)."""
@@ -348,7 +365,13 @@ class AsyncDeliveryBatch(MessageBatch):
         """Ack every message not settled on its own, queued for this loop iteration.
 
         Returns ``DONE`` (awaitable). A stale receipt is counted by the broker.
+
+        Raises:
+            Closed: the client is closed (the batch is left as it was).
         """
+        # before the batch is marked settled: until 2026-12-05 a refused call marked it
+        # settled, and every later ack, nack or term did nothing, raising nothing
+        self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._acks.defer_settle(receipts)
@@ -369,6 +392,7 @@ class AsyncDeliveryBatch(MessageBatch):
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
+        self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._acks.settle_packed(Opcode.NACK_BATCH,
@@ -380,6 +404,7 @@ class AsyncDeliveryBatch(MessageBatch):
 
         One TERM_BATCH, as ``nack``'s; returns ``DONE``.
         """
+        self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:
             self._acks.settle_packed(Opcode.TERM_BATCH, [receipts])
@@ -397,6 +422,7 @@ class StreamListening:
         follower: the subscription's state (``fastfanout.server.streams.StreamFollower``).
         early: batches that came before the probe, read first.
         unread: messages of the current batch not iterated yet.
+        closed: True once ``close()`` was called.
     """
 
     def __init__(self, pattern: str) -> None:
@@ -404,6 +430,16 @@ class StreamListening:
         self.follower = StreamFollower(pattern)
         self.early: deque[StreamBatch] = deque()
         self.unread: deque[StreamMessage] = deque()
+        self.closed = False
+
+    def check_open(self) -> None:
+        """Raise ``Closed`` once the listener is closed.
+
+        Until 2026-12-05 a read after ``close()`` raised pyzmq's own ``ZMQError``
+        ("Socket operation on non-socket").
+        """
+        if self.closed:
+            raise Closed(f"the listener of {self.pattern!r} is closed")
 
     @property
     def gaps(self) -> int:
@@ -487,6 +523,7 @@ class Listener(StreamListening, Iterator[StreamMessage]):
                 deadline was never reached.
         """
         check_wait("timeout", timeout)
+        self.check_open()
         if self.early:
             return self.early.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -495,7 +532,11 @@ class Listener(StreamListening, Iterator[StreamMessage]):
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining < 0:
                 return None
-            frames = self._transport.recv(min(remaining, 1.0))
+            try:
+                frames = self._transport.recv(min(remaining, 1.0))
+            except Exception:   # pyzmq's ZMQError when closed by another thread under it
+                self.check_open()
+                raise
             if frames is None:
                 continue
             batch = accept(frames)
@@ -510,7 +551,8 @@ class Listener(StreamListening, Iterator[StreamMessage]):
         return self.unread.popleft()
 
     def close(self) -> None:
-        """Close the SUB socket."""
+        """Close the SUB socket; a later read raises ``Closed``."""
+        self.closed = True
         self._transport.close()
 
     def __enter__(self) -> Listener:

@@ -109,17 +109,40 @@ def check_inactivity_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
+_UNENCODABLE: Final = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
+"""What msgspec raises for a value it cannot encode."""
+
+
+def _unencodable(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """The first argument of a call that cannot be encoded, as ``name=value``.
+
+    Until 2026-12-05 the error said only "an argument", so ``receive(q, wait=2**70)``
+    did not say which one was beyond 64 bits.
+    """
+    named = [*((f"argument {index + 1}", value) for index, value in enumerate(args)),
+             *kwargs.items()]
+    for name, value in named:
+        try:
+            protocol.encode_payload(value)
+        except _UNENCODABLE:
+            return f"{name}={value!r:.80}"
+        except RecursionError:
+            return f"{name} (nested too deeply)"
+    return "an argument"
+
+
 def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> bytes:
     """The payload of a control call, or ``InvalidArgument`` if it cannot be encoded.
 
     msgspec refuses what it cannot encode (an int beyond 64 bits, an object); the
     embedded broker would have refused it as a bad argument too.
     """
+    args = list(args)
     try:
-        return protocol.encode_payload([list(args), kwargs])
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: an argument cannot be sent "
-                              f"to the broker: {exc}") from None
+        return protocol.encode_payload([args, kwargs])
+    except _UNENCODABLE as exc:
+        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: {_unencodable(args, kwargs)} "
+                              f"cannot be sent to the broker: {exc}") from None
     except RecursionError:
         # nested deeper than msgspec recurses; only a filter policy (or a worker report)
         # nests, and the embedded broker refuses such a policy as too deep
@@ -343,10 +366,12 @@ class ConsumerState:
         batches: pushed payloads not yet taken by the consumer.
         error: why the consumer ended (END, a broken connection), or None.
         closed: cancelled (or its client closed).
+        cursor: a weak reference to the blocking consumer's native cursor, or None: its
+            client's ``close()`` drops the frame it is reading.
     """
 
-    __slots__ = ("acks", "batches", "closed", "consumer_id", "error", "prefetch", "queue",
-                 "timeout", "unsent", "unsent_receipts", "unsent_since")
+    __slots__ = ("acks", "batches", "closed", "consumer_id", "cursor", "error", "prefetch",
+                 "queue", "timeout", "unsent", "unsent_receipts", "unsent_since")
 
     def __init__(self, consumer_id: int, queue: str, prefetch: int,
                  timeout: float | None) -> None:
@@ -357,6 +382,7 @@ class ConsumerState:
         self.batches: deque[list[bytes]] = deque()
         self.error: FastFanoutError | None = None
         self.closed = False
+        self.cursor: Callable[[], Any] | None = None
         # pipelined acks not sent yet: a receipts frame each, sent together within linger
         self.unsent: list[bytes] = []
         self.unsent_receipts = 0
@@ -817,6 +843,12 @@ class ConnectionCore:
         for consumer in list(self.consumers.values()):
             self.settle(consumer)
             consumer.closed = True
+            # what was pushed and not yet taken is released by BYE: an iteration resumed
+            # after close() raises Closed rather than yield what nothing can settle
+            consumer.batches.clear()
+            cursor = consumer.cursor() if consumer.cursor is not None else None
+            if cursor is not None:
+                cursor.drop()
         self.consumers.clear()
         return list(self.publishes)
 

@@ -24,7 +24,7 @@ from fastfanout.client.messages import publish_options
 from fastfanout.client.producers import ProducerCore, producer_limits
 from fastfanout.errors import InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body
-from fastfanout.runtime import default_endpoint
+from fastfanout.runtime import default_endpoint, endpoint_problem
 from fastfanout.semantics.topic_pattern import validate_pattern
 from fastfanout.settings import (
     MAX_DELAY,
@@ -115,6 +115,13 @@ class ClientFace(Generic[F, BF]):
         if endpoint is not None and type(endpoint) is not str:
             raise InvalidArgument(f"endpoint={endpoint!r} must be a str (ipc://PATH or "
                                   f"tcp://HOST:PORT) or None (the default endpoint)")
+        # a malformed one failed only when connecting: BrokenConnection, at once or after
+        # the handshake timeout (tcp://127.0.0.1:99999, inproc://x); "" meant the default
+        resolved = default_endpoint() if endpoint is None else endpoint
+        problem = endpoint_problem(resolved)
+        if problem is not None:
+            source = " (from $FASTFANOUT_ENDPOINT)" if endpoint is None else ""
+            raise InvalidArgument(f"endpoint={resolved!r:.200}{source}: {problem}")
         if (type(timeout) not in (int, float) or not math.isfinite(timeout)
                 or timeout <= 0):
             raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0")
@@ -123,7 +130,7 @@ class ClientFace(Generic[F, BF]):
         check_channel_options(local_channel, ring_bytes)
         if curve_server_key is not None:
             curve = client_curve(curve_server_key, curve_keys)
-        self.endpoint = endpoint or default_endpoint()
+        self.endpoint = resolved
         self.timeout = timeout
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes

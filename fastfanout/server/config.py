@@ -29,6 +29,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from fastfanout.errors import InvalidArgument
+from fastfanout.runtime import endpoint_problem
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.server.loop import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
 from fastfanout.settings import MAX_RECEIVE_BATCH
@@ -146,24 +147,6 @@ EXPECTED: Final[dict[str, str]] = {
 """Each key's expected form, as error messages state it."""
 
 _HELP: Final = "see docs/configuration.md"
-
-
-def endpoint_problem(endpoint: str) -> str | None:
-    """What is wrong with the form of ``endpoint``, or None when it is well formed.
-
-    Well formed is ``ipc://PATH`` with a path, or ``tcp://HOST:PORT`` with a host and a
-    port from 1 to 65535. Whether it can be bound or reached is not checked.
-    """
-    if endpoint.startswith("ipc://"):
-        return None if endpoint[len("ipc://"):] else "ipc:// needs a socket path"
-    if endpoint.startswith("tcp://"):
-        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
-        if not sep or not host:
-            return "tcp:// needs HOST:PORT"
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            return f"port {port!r} is not a number from 1 to 65535"
-        return None
-    return "it must be ipc://PATH or tcp://HOST:PORT"
 
 
 def _refuse_unknown(source: str, data: Mapping[str, Any]) -> None:

@@ -52,7 +52,7 @@ from fastfanout.errors import (
     InvalidArgument,
     NotFound,
 )
-from fastfanout.runtime import default_endpoint, ipc_problem
+from fastfanout.runtime import default_endpoint, endpoint_problem, ipc_problem
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
@@ -89,6 +89,9 @@ DEFAULT_CONCURRENCY = 4
 """Calls at once per handler and process when neither the handler nor the worker says."""
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 """Seconds running calls get to finish when the worker stops."""
+MAX_SHUTDOWN_TIMEOUT = 86_400.0
+"""Longest ``shutdown_timeout`` (and ``stop(timeout)``), seconds: a day, as the broker's
+settings (a larger one overflowed the thread joins of the stop: ``OverflowError``)."""
 START_TIMEOUT = 30.0
 """Seconds ``start()`` waits for every connection and consumer to open."""
 
@@ -142,6 +145,20 @@ class _Subscription:
         self.queue_settings = queue_settings
 
 
+def _check_endpoint(endpoint: object) -> str:
+    """``endpoint`` if it is a well-formed endpoint string, else ``InvalidArgument``.
+
+    Checked when the worker is made or configured, not at its start's first connection.
+    """
+    if type(endpoint) is not str:
+        raise InvalidArgument(f"endpoint={endpoint!r} must be a str (ipc://PATH or "
+                              f"tcp://HOST:PORT)")
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        raise InvalidArgument(f"endpoint={endpoint!r:.200}: {problem}")
+    return endpoint
+
+
 class Worker:
     """Runs handler functions on the messages of queues.
 
@@ -173,6 +190,8 @@ class Worker:
         if broker is not None and not isinstance(broker, (Broker, str)):
             raise InvalidArgument(f"broker={broker!r} must be an endpoint string, a Broker, "
                                   f"or None (the default endpoint)")
+        if isinstance(broker, str):
+            _check_endpoint(broker)
         if client_options:
             if isinstance(broker, Broker):
                 raise InvalidArgument(f"client options {sorted(client_options)} need a "
@@ -240,7 +259,7 @@ class Worker:
             if isinstance(self.broker, Broker):
                 raise InvalidArgument("this worker runs on an embedded Broker; it has no "
                                       "endpoint")
-            self.broker = endpoint
+            self.broker = _check_endpoint(endpoint)
         if curve is not None:
             if isinstance(self.broker, Broker):
                 raise InvalidArgument("this worker runs on an embedded Broker; it has no "
@@ -255,6 +274,7 @@ class Worker:
                                       "Broker lives in one process")
         if shutdown_timeout is not None:
             self.shutdown_timeout = check_seconds("shutdown_timeout", shutdown_timeout,
+                                                  maximum=MAX_SHUTDOWN_TIMEOUT,
                                                   allow_zero=True)
         if name is not None:
             if type(name) is not str or not name or len(name) > MAX_REPORT_NAME:
@@ -319,9 +339,20 @@ class Worker:
                 queue's).
 
         Raises:
-            InvalidArgument: the function does not take one positional argument, an
-                option is out of range, or the queue has a handler already.
+            InvalidArgument: ``queue`` is not a queue name (a function: ``@worker.handler``
+                without its queue; raised at once), the function does not take one
+                positional argument, an option is out of range, or the queue has a
+                handler already.
         """
+        if callable(queue):
+            # ``@worker.handler`` with no (queue): the function was taken for the queue
+            # and replaced by the decorator, and no handler was ever registered
+            raise InvalidArgument(
+                f"@handler needs the queue: write @worker.handler(\"QUEUE\") above "
+                f"{getattr(queue, '__name__', 'the function')} (or worker.subscribe(topic, "
+                f"function) to have one made)")
+        check_name("queue", queue)
+
         def register(function: F) -> F:
             self.add(make_handler(function, queue, concurrency=concurrency,
                                   batch_size=batch_size, batch_window=batch_window,
@@ -574,7 +605,14 @@ class Worker:
             timeout: seconds running calls get (None: ``shutdown_timeout``); calls still
                 running then are abandoned and their messages nacked with no delay
                 (redelivered at once), as is every message taken and not started.
+
+        Raises:
+            InvalidArgument: ``timeout`` is not None nor seconds from 0 to
+                ``MAX_SHUTDOWN_TIMEOUT``; nothing is stopped.
         """
+        if timeout is not None:
+            timeout = check_seconds("timeout", timeout, maximum=MAX_SHUTDOWN_TIMEOUT,
+                                    allow_zero=True)
         if self._stopped or not self._started:
             if not self._stopped:
                 self._stopped = True

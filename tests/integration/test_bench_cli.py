@@ -72,6 +72,23 @@ def test_wrong_input_is_one_line_and_nonzero(args: list[str], tmp_path: Path) ->
     assert_one_line_error(result, " ".join(args))
 
 
+@pytest.mark.parametrize("args", [
+    ["fanout", "--duration", "nan"], ["fanout", "--duration", "inf"],
+    ["fanout", "--rate", "nan"], ["fanout", "--rate", "inf"],
+    ["fanout", "--warmup", "nan"], ["latency", "--warmup", "inf"],
+    ["latency", "--duration", "nan"],
+    ["compare", "--threshold", "nan", "old.json", "new.json"],
+])
+def test_a_seconds_or_rate_option_that_is_not_finite_is_refused_before_any_run(
+        args: list[str]) -> None:
+    # click's FloatRange lets nan through every bound (and inf past a lower one): the
+    # run then started, and failed with "cannot convert float NaN to integer"
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert_one_line_error(result, " ".join(args))
+    assert "is not a finite number" in result.output, result.output
+    assert result.exit_code == 2
+
+
 def test_compare_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text("{not json")
     (tmp_path / "b.json").write_text('{"format": "other"}')
@@ -79,6 +96,22 @@ def test_compare_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, ["bench", "compare", str(tmp_path / name),
                                           str(tmp_path / name)])
         assert_one_line_error(result, name)
+
+
+@pytest.mark.parametrize("measurements", [[1], [{"nonsense": 1}], [None],
+                                          [{"key": "k", "scenario": "fanout", "size": 64,
+                                            "system": "fastfanout", "summary": 5}]])
+@pytest.mark.parametrize("command", ["compare", "report"])
+def test_a_results_file_with_a_malformed_measurement_is_one_line(
+        tmp_path: Path, measurements: list[Any], command: str) -> None:
+    # until 2026-12-05 compare and report ended with a KeyError or TypeError traceback
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"format": "fastfanout-bench/1",
+                                "measurements": measurements}))
+    files = [str(path), str(path)] if command == "compare" else [str(path)]
+    result = CliRunner().invoke(cli, ["bench", command, *files])
+    assert_one_line_error(result, f"{command} {measurements}")
+    assert "has a malformed measurement" in result.output, result.output
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

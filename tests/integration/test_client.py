@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any as Tracker
 
 import pytest
@@ -334,3 +336,79 @@ def test_a_consume_loop_left_by_break_cancels_its_consumer(track: Tracker) -> No
     client.send("q", b"fourth")
     assert next(consumer).body == b"fourth"
     consumer.cancel()
+
+
+def test_a_consumer_iterated_after_close_raises_closed(track: Tracker) -> None:
+    # until 2026-12-05 an iteration resumed after close() yielded the rest of the pushed
+    # frame (messages whose ack() raised Closed), then ended quietly (StopIteration)
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    for n in range(3):
+        client.send("q", b"m%d" % n)
+    consumer = client.consume("q", prefetch=10)
+    iterator = iter(consumer)
+    assert next(iterator).body == b"m0"
+    idle = client.consume("q", prefetch=10)   # pushed nothing or something: no matter
+    client.close()
+    with pytest.raises(fastfanout.Closed):
+        next(iterator)
+    with pytest.raises(fastfanout.Closed):
+        consumer.next_batch(timeout=1.0)
+    with pytest.raises(fastfanout.Closed):
+        next(idle)
+    with pytest.raises(fastfanout.Closed):
+        next(iter(client.consume_batches("q")))
+    observer = track.client(server.endpoint)   # every lease was released by the goodbye
+    track.wait_until(lambda: observer.stats().queues["q"].visible == 3,
+                     what="the three messages visible again")
+
+
+CLOSE_HUGE = """
+import gc, sys
+import fastfanout
+for timeout in (2**70, 1e300, float("inf")):
+    client = fastfanout.connect(sys.argv[1])
+    client.close(timeout=timeout)
+    del client
+    gc.collect()   # the connection's socket and context go with it
+print("closed")
+"""
+
+
+def test_close_with_a_timeout_longer_than_a_thread_join_takes_closes(track: Tracker) -> None:
+    # until 2026-12-05 close(timeout=2**70) (or 1e300) raised OverflowError from the
+    # background thread's join and left the socket open: the next collection hung in
+    # the zmq context's term()
+    server = track.server()
+    done = subprocess.run([sys.executable, "-c", CLOSE_HUGE, server.endpoint],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "closed"), done.stderr
+
+
+@pytest.mark.parametrize("first", ["ack", "nack", "term"])
+def test_a_batch_settled_after_close_raises_closed_every_time(track: Tracker,
+                                                              first: str) -> None:
+    # until 2026-12-05 the refused call marked the batch settled: every later ack, nack
+    # or term of it did nothing and raised nothing (both clients)
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send_batch("q", [b"a", b"b"])
+    batch = client.consume("q", prefetch=10).next_batch(timeout=5.0)
+    assert batch is not None and len(batch) == 2
+    client.close()
+    for name in (first, "ack", "nack", "term"):
+        with pytest.raises(fastfanout.Closed):
+            getattr(batch, name)()
+
+    async def main() -> None:
+        aclient = await aio.connect(server.endpoint, timeout=5.0)
+        await aclient.send_batch("q", [b"c", b"d"])
+        abatch = await aclient.consume_batches("q", prefetch=10).__anext__()
+        await aclient.close()
+        for name in (first, "ack", "nack", "term"):
+            with pytest.raises(fastfanout.Closed):
+                getattr(abatch, name)()
+
+    asyncio.run(main())

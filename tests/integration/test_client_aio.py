@@ -615,3 +615,24 @@ def test_publish_nowait_from_another_thread_into_an_open_batch_raises_wrong_even
             assert [m.body for m in received] == [b"owner"]
 
     asyncio.run(main())
+
+
+def test_an_asyncio_consumer_stepped_after_close_raises_closed(track: Tracker) -> None:
+    # until 2026-12-05 a step after close() yielded the rest of the pushed frame:
+    # messages whose ack() raised Closed
+    server = track.server()
+
+    async def main() -> None:
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        await client.create_queue("q")
+        for n in range(3):
+            await client.send("q", b"m%d" % n)
+        messages = client.consume("q", prefetch=10).__aiter__()
+        assert (await messages.__anext__()).body == b"m0"
+        await client.close()
+        with pytest.raises(fastfanout.Closed):
+            await messages.__anext__()
+
+    asyncio.run(main())
+    track.wait_until(lambda: server.broker.stats().queues["q"].visible == 3,
+                     what="every lease released by the goodbye")

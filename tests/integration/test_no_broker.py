@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from fastfanout import BrokenConnection, aio, connect
+from fastfanout import BrokenConnection, InvalidArgument, Worker, aio, connect
 
 PATIENT = 10.0   # a client's timeout past the heartbeats' 3 s of silence
 
@@ -30,3 +31,40 @@ def test_the_asyncio_client_says_so_too(tmp_path: Path) -> None:
             await aio.connect(endpoint, timeout=PATIENT, local_channel=False)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("endpoint", "problem"), [
+    ("notanendpoint", "it must be ipc://PATH or tcp://HOST:PORT"),
+    ("", "it must be ipc://PATH or tcp://HOST:PORT"),          # was the default endpoint
+    ("inproc://x", "it must be ipc://PATH or tcp://HOST:PORT"),  # was 3 s, then no HELLO
+    ("ipc://", "ipc:// needs a socket path"),
+    ("tcp://127.0.0.1", "tcp:// needs HOST:PORT"),
+    ("tcp://127.0.0.1:99999", "port '99999' is not a number from 1 to 65535"),
+])
+def test_a_malformed_endpoint_is_invalid_argument_before_anything_opens(
+        endpoint: str, problem: str) -> None:
+    # until 2026-12-05 connect() and Worker() took it: the connection then failed with
+    # BrokenConnection ("Invalid argument (addr=...)"), some only after the handshake
+    # timeout; the command line refused the same endpoints in one line
+    started = time.monotonic()
+    with pytest.raises(InvalidArgument, match=re.escape(problem)):
+        connect(endpoint, timeout=PATIENT)
+
+    async def main() -> None:
+        with pytest.raises(InvalidArgument, match=re.escape(problem)):
+            await aio.connect(endpoint, timeout=PATIENT)
+
+    asyncio.run(main())
+    with pytest.raises(InvalidArgument, match=re.escape(problem)):
+        Worker(endpoint)
+    with pytest.raises(InvalidArgument, match=re.escape(problem)):
+        Worker().configure(endpoint=endpoint)
+    assert time.monotonic() - started < 1.0   # nothing waited for a broker
+
+
+def test_a_malformed_endpoint_from_the_environment_is_named_as_such(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTFANOUT_ENDPOINT", "inproc://x")
+    with pytest.raises(InvalidArgument, match=re.escape(
+            "endpoint='inproc://x' (from $FASTFANOUT_ENDPOINT): it must be ipc://PATH")):
+        connect(timeout=PATIENT)

@@ -119,3 +119,42 @@ def test_a_batch_refused_for_a_message_too_large_is_dropped_once(broker):
     assert results is not None and len(results) == 1
     producer.close()
     assert [m.body for m in broker.receive("q", max_messages=10)] == [b"b"]
+
+
+def test_closing_the_broker_flushes_its_open_producers_first(tmp_path):
+    # until 2026-12-05 Broker.close() left what producers had offered in their rings:
+    # a durable broker lost it, a later offer() was taken silently, producer.close()
+    # raised Closed and left the producer open
+    with Broker(data_dir=str(tmp_path)) as broker:
+        broker.create_topic("t")
+        broker.create_queue("q")
+        broker.subscribe("t", "q")
+        producer = broker.producer("t")
+        producer.offer(b"a")
+        producer.offer(b"b")
+        with broker.producer("t") as flushed:   # closed by its block: not closed again
+            flushed.offer(b"c")
+    assert producer.pending == 0 and producer.published == 2
+    with pytest.raises(Closed):
+        producer.offer(b"late")
+    producer.close()   # already closed by the broker: nothing to do
+    with Broker(data_dir=str(tmp_path)) as broker:
+        bodies = [m.body for m in broker.receive("q", max_messages=10)]
+    assert sorted(bodies) == [b"a", b"b", b"c"]
+
+
+def test_a_refused_flush_at_broker_close_is_raised_and_the_broker_closes(broker):
+    broker.create_topic("t")
+    broker.create_queue("q", max_messages=1, overflow="reject")
+    broker.subscribe("t", "q")
+    broker.publish("t", b"fills the queue")
+    producer = broker.producer("t")
+    producer.offer(b"refused")
+    with pytest.raises(QueueFull):
+        broker.close()
+    assert broker.closed
+    assert producer.pending == 1   # the refused batch, never published
+    with pytest.raises(Closed):
+        producer.offer(b"late")
+    with pytest.raises(Closed):
+        broker.publish("t", b"x")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
 import time
 from typing import Any as Tracker
 
+import pytest
 import zmq
 
+import fastfanout
 from fastfanout import aio
 from fastfanout.server.streams import PROBE_PREFIX
 
@@ -193,3 +196,45 @@ def test_wait_policy_drops_for_everyone_and_counts(track: Tracker, endpoint: str
         fast.recv_batch(0.1)
     assert fast.received == count - dropped and fast.gaps == dropped
     client.close()
+
+
+def test_a_listener_read_after_close_raises_closed(track: Tracker) -> None:
+    # until 2026-12-05 a read after close() (or under it, from another thread or task)
+    # raised pyzmq's ZMQError, or cancelled the reading task
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    listener = client.listen("t")
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            listener.recv_batch(timeout=30.0)
+        except BaseException as exc:   # what the reader saw, asserted below
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    track.wait_until(lambda: reader.is_alive(), what="the reader waiting")
+    listener.close()
+    reader.join(10.0)
+    assert not reader.is_alive()
+    assert [type(error) for error in errors] == [fastfanout.Closed]
+    with pytest.raises(fastfanout.Closed):
+        listener.recv_batch(timeout=0.1)
+    with pytest.raises(fastfanout.Closed):
+        next(iter(listener))
+
+    async def main() -> None:
+        aclient = await aio.connect(server.endpoint, timeout=5.0)
+        alistener = await aclient.listen("t")
+        waiting = asyncio.create_task(alistener.recv_batch(timeout=30.0))
+        await asyncio.sleep(0)   # the task starts its read
+        alistener.close()
+        with pytest.raises(fastfanout.Closed):
+            await waiting
+        with pytest.raises(fastfanout.Closed):
+            await alistener.recv_batch(timeout=0.1)
+        await aclient.close()
+
+    asyncio.run(main())

@@ -352,6 +352,32 @@ def test_embedded_worker_sync_and_async() -> None:
             Worker(broker, processes=2)
 
 
+@pytest.mark.parametrize("timeout", ["5", float("nan"), -1, 1e20, True])
+def test_stop_with_a_bad_timeout_is_refused_and_stops_nothing(timeout: Any) -> None:
+    # until 2026-12-05 stop("5") raised a TypeError after marking the worker stopped: its
+    # threads ran on and a later stop() returned at once; stop(1e20) raised OverflowError
+    with Broker() as broker:
+        broker.create_queue("jobs")
+        got: list[bytes] = []
+        worker = Worker(broker, concurrency=1)
+
+        @worker.handler("jobs")
+        def on_job(message: Any) -> None:
+            got.append(message.body)
+
+        worker.start()
+        try:
+            with pytest.raises(InvalidArgument, match="timeout"):
+                worker.stop(timeout)
+            broker.send("jobs", b"after the refused stop")
+            wait_until(lambda: got == [b"after the refused stop"], what="still running")
+        finally:
+            worker.stop(5.0)
+        assert broker.waiting_receivers == 0   # its consumer ended with the real stop
+        broker.send("jobs", b"after the stop")
+        assert broker.stats().queues["jobs"].visible == 1 and len(got) == 1
+
+
 def test_subscribe_creates_the_queue_its_dead_letter_queue_and_filter(track: Tracker) -> None:
     server = track.server()
     client = track.client(server.endpoint)

@@ -8,7 +8,7 @@ import time
 import pytest
 from waits import wait_until_parked
 
-from fastfanout import Broker, InvalidArgument, NotFound
+from fastfanout import Broker, Closed, InvalidArgument, NotFound
 
 
 @pytest.fixture
@@ -144,3 +144,32 @@ def test_cancel_and_break_give_back_what_was_leased_and_not_yielded() -> None:
     assert broker.stats().queues["q"].leased == 1 + len(taken)
     assert taken and first.receive_count >= 1
     broker.close()
+
+
+def test_an_iteration_resumed_after_close_raises_closed(broker: Broker) -> None:
+    # until 2026-12-05 it yielded what it had taken and not yielded yet, then raised
+    for n in range(3):
+        broker.send("q", b"m%d" % n)
+    consumer = broker.consume("q", prefetch=10)
+    iterator = iter(consumer)
+    assert next(iterator).body == b"m0"
+    batches = broker.consume("q", prefetch=10)
+    broker.close()
+    with pytest.raises(Closed):
+        next(iterator)
+    with pytest.raises(Closed):
+        batches.next_batch(timeout=1.0)
+
+
+@pytest.mark.parametrize("first", ["ack", "nack", "term"])
+def test_a_batch_settled_after_close_raises_closed_every_time(broker: Broker,
+                                                              first: str) -> None:
+    # until 2026-12-05 the refused call marked the batch settled: every later ack, nack
+    # or term of it did nothing and raised nothing
+    broker.send_batch("q", [b"a", b"b"])
+    batch = broker.consume("q", prefetch=10).next_batch(timeout=1.0)
+    assert batch is not None and len(batch) == 2
+    broker.close()
+    for name in (first, "ack", "nack", "term"):
+        with pytest.raises(Closed):
+            getattr(batch, name)()

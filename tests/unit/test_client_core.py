@@ -114,6 +114,20 @@ def test_an_unencodable_argument_is_refused_and_nothing_is_queued() -> None:
     assert core.outbox == [] and core.next_id == 1 and core.pending == {}
 
 
+@pytest.mark.parametrize("args, kwargs, named", [
+    (("q",), {"max_messages": 1, "wait": 2**70}, r"receive: wait=1180591620717411303424 "),
+    (("q", 2**64), {}, r"receive: argument 2=18446744073709551616 "),
+    (("q",), {"visibility_timeout": object()}, r"receive: visibility_timeout=<object .*> "),
+])
+def test_an_unencodable_argument_is_named_in_the_refusal(
+        args: tuple[object, ...], kwargs: dict[str, object], named: str) -> None:
+    # until 2026-12-05 the refusal said "an argument cannot be sent to the broker"
+    core, _ = make_core()
+    with pytest.raises(InvalidArgument, match=named + "cannot be sent to the broker"):
+        core.call(Opcode.RECEIVE, *args, **kwargs)
+    assert core.outbox == [] and core.pending == {}
+
+
 def test_a_request_beyond_the_brokers_limits_is_refused_before_it_is_queued() -> None:
     core, _ = make_core()
     hello(core, max_request_bytes=100, max_frame_bytes=1000)

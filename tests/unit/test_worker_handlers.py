@@ -70,6 +70,8 @@ def test_a_worker_refuses_bad_options_and_a_second_handler_per_queue() -> None:
         Worker("ipc:///x", concurrency=0)
     with pytest.raises(InvalidArgument, match="shutdown_timeout"):
         Worker("ipc:///x", shutdown_timeout=-1)
+    with pytest.raises(InvalidArgument, match="shutdown_timeout"):
+        Worker("ipc:///x", shutdown_timeout=1e20)   # stop() overflowed its joins
     with pytest.raises(InvalidArgument, match="endpoint string"):
         Worker(3)   # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="client option"):
@@ -146,3 +148,14 @@ def test_subscribe_refuses_its_mistakes_when_registered() -> None:
     worker.subscribe("orders", one, filter_policy={"a": ["b"]}, filter_scope="attributes")
     with pytest.raises(InvalidArgument, match="registered already"):
         worker.subscribe("orders", one)
+
+
+def test_the_handler_decorator_without_its_queue_is_refused_at_once() -> None:
+    # until 2026-12-05 ``@worker.handler`` with no (queue) took the function for the
+    # queue and replaced it with the decorator: no handler, no error until start()
+    worker = Worker("ipc:///x")
+    with pytest.raises(InvalidArgument, match=r'write @worker.handler\("QUEUE"\) above one'):
+        worker.handler(one)   # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="queue name"):
+        worker.handler("")
+    assert worker.handlers == {}
