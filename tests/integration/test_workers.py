@@ -832,7 +832,9 @@ def test_a_slow_batch_keeps_the_leases_of_the_rest_of_its_push() -> None:
     # the rest of a push beyond the batch waited in the thread's source without lease
     # keeping: a batch slower than the lease got those messages delivered twice
     with Broker() as broker:
-        broker.create_queue("jobs", visibility_timeout=0.3)
+        # a lease of 1.5 s: the keeper extends it every 0.5 s, which a loaded machine
+        # keeps up with (0.3 s leases were missed there: redelivered under load)
+        broker.create_queue("jobs", visibility_timeout=1.5)
         worker = Worker(broker, concurrency=1)
         seen: list[tuple[bytes, int]] = []
 
@@ -840,7 +842,7 @@ def test_a_slow_batch_keeps_the_leases_of_the_rest_of_its_push() -> None:
         def slow_first(batch: list[Any]) -> None:
             seen.extend((message.body, message.receive_count) for message in batch)
             if len(seen) == 2:
-                time.sleep(0.8)   # the work outlasts two leases (not a synchronisation)
+                time.sleep(3.5)   # the work outlasts two leases (not a synchronisation)
 
         broker.send_batch("jobs", [b"1", b"2", b"3", b"4"])
         with worker:
