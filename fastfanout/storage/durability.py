@@ -699,10 +699,15 @@ class Durability:
                 self._free_closed_segments()
             if self.disk_bytes() >= self.max_disk_bytes:
                 self.store_full += 1
+                windows = ""
+                if self._head_bytes > self.segment_bytes:   # settles cannot free this
+                    windows = (f" (the dedup windows' snapshot at the head of each "
+                               f"segment alone takes {self._head_bytes} bytes: shorten "
+                               f"dedup_window or raise max_disk_bytes)")
                 raise StoreFull(
                     f"the journal in {self.journal_directory} holds {self.disk_bytes()} "
                     f"bytes, max_disk_bytes={self.max_disk_bytes}: publishes are refused "
-                    f"until consumers settle enough messages")
+                    f"until consumers settle enough messages{windows}")
 
     def after_call(self) -> None:
         """Before each call: flush the records of earlier calls past ``FLUSH_BYTES``.

@@ -396,6 +396,23 @@ def test_dedup_windows_bigger_than_a_segment_do_not_roll_one_at_every_commit(
     assert broker.publish("t", b"m", dedup_id="key 7").duplicate   # the windows kept
 
 
+def test_a_journal_filled_by_its_dedup_windows_says_so(open_broker: Open) -> None:
+    # Nothing to settle: every message is acked, the keys of an hour's window fill the
+    # snapshot that heads each segment. The refusal names that, not the consumers.
+    broker = open_broker(max_disk_bytes=1 << 20, fsync="never")
+    broker.create_topic("t", dedup_window=3600.0)
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    with pytest.raises(StoreFull, match="dedup windows' snapshot") as refused:
+        for first in range(0, 100_000, 1000):
+            broker.publish_batch("t", [PublishEntry(b"m", dedup_id=f"key {n}")
+                                       for n in range(first, first + 1000)])
+            while messages := broker.receive("q", max_messages=1000):
+                broker.ack_batch([m.receipt for m in messages])
+    assert "dedup_window" in str(refused.value)
+    assert broker.stats().queues["q"].messages == 0
+
+
 def test_delayed_messages_do_not_pin_a_full_journal_once_the_rest_is_settled(
         open_broker: Open) -> None:
     # Each segment holds one message due in an hour beside others a consumer settles.
