@@ -60,7 +60,8 @@ CommitTicket = tuple[int, bool]
 batch began to gather, and whether it is synced."""
 SEGMENT_BYTES = 64 << 20
 """A segment is closed (and a new one begun with a snapshot) once it holds this many
-bytes; with ``max_disk_bytes`` set, at most a quarter of it."""
+bytes of records after its head snapshot; with ``max_disk_bytes`` set, at most a quarter
+of it."""
 COPY_FORWARD_COPIES = 10_000
 """At each segment roll, the live copies of the oldest segments are journaled afresh
 (copied forward) when they are at most this many and at most a quarter of those
@@ -468,6 +469,7 @@ class Durability:
         self._last_file_check = self._last_sync
         self._first_seq = 1
         self._snapshot_needed = False
+        self._head_bytes = 0         # the current segment's header and head snapshot
         self._ids_reserved = 0       # message ids below this are reserved in the journal
         self._failure_logged = False
         self._drops_begun = 0        # the journal's drops when the batch begun last began
@@ -645,8 +647,21 @@ class Durability:
 
     def _write_snapshot(self) -> None:
         assert self.journal is not None
-        self.journal.append(_SNAPSHOT, _encode(self._snapshot_record()))
+        payload = _encode(self._snapshot_record())
+        self.journal.append(_SNAPSHOT, payload)
         self.snapshots += 1
+        self._head_bytes = (journal_ops.SEGMENT_HEADER_BYTES
+                            + (journal_ops.RECORD_HEADER_BYTES + len(payload) + 7) // 8 * 8)
+
+    def _records_bytes(self) -> int:
+        """Bytes of the current segment past its header and head snapshot.
+
+        What rolling it would leave behind: a segment is closed once these reach
+        ``segment_bytes``, so dedup windows whose snapshot alone is that big do not
+        roll a segment (and write the snapshot again) at every commit.
+        """
+        assert self.journal is not None
+        return self.journal.current_segment_bytes - self._head_bytes
 
     # -- commit, limits, compaction ----------------------------------------------------
 
@@ -674,7 +689,7 @@ class Durability:
         if self.max_disk_bytes is not None and self.disk_bytes() >= self.max_disk_bytes:
             self._compact()
             if (self.disk_bytes() >= self.max_disk_bytes
-                    and journal.current_segment_bytes > self.segment_bytes // 8):
+                    and self._records_bytes() > self.segment_bytes // 8):
                 self._roll()
             if self.disk_bytes() >= self.max_disk_bytes:
                 # The current segment is too small to roll (or the roll freed nothing),
@@ -684,10 +699,15 @@ class Durability:
                 self._free_closed_segments()
             if self.disk_bytes() >= self.max_disk_bytes:
                 self.store_full += 1
+                windows = ""
+                if self._head_bytes > self.segment_bytes:   # settles cannot free this
+                    windows = (f" (the dedup windows' snapshot at the head of each "
+                               f"segment alone takes {self._head_bytes} bytes: shorten "
+                               f"dedup_window or raise max_disk_bytes)")
                 raise StoreFull(
                     f"the journal in {self.journal_directory} holds {self.disk_bytes()} "
                     f"bytes, max_disk_bytes={self.max_disk_bytes}: publishes are refused "
-                    f"until consumers settle enough messages")
+                    f"until consumers settle enough messages{windows}")
 
     def after_call(self) -> None:
         """Before each call: flush the records of earlier calls past ``FLUSH_BYTES``.
@@ -755,7 +775,7 @@ class Durability:
                 self.fsync == "interval"
                 and time.monotonic() - self._last_sync >= self.fsync_interval)):
             self._sync()
-        if self._snapshot_needed or journal.current_segment_bytes >= self.segment_bytes:
+        if self._snapshot_needed or self._records_bytes() >= self.segment_bytes:
             self._roll()
         else:
             self._compact()
@@ -825,7 +845,7 @@ class Durability:
                             f"of this batch were not stored")
         if sync:
             self._last_sync = time.monotonic()
-        if self._snapshot_needed or journal.current_segment_bytes >= self.segment_bytes:
+        if self._snapshot_needed or self._records_bytes() >= self.segment_bytes:
             self._roll()
         else:
             self._compact()

@@ -148,16 +148,18 @@ def test_kill_9_of_nats_and_both_brokers_loses_nothing_confirmed(
         for thread in load.threads:
             thread.start()
         victims: list[Any] = []
-        random.seed(int(os.environ.get("FASTFANOUT_CHAOS_SEED", "0")) or None)
+        seed = int(os.environ.get("FASTFANOUT_CHAOS_SEED", "0")) or random.randrange(1, 2**32)
+        print(f"FASTFANOUT_CHAOS_SEED={seed}")   # shown with a failure: run it again
+        rng = random.Random(seed)
         started = time.monotonic()
         for _ in range(KILLS):
             if not victims:
                 victims = [node, broker_a, broker_b]
-                random.shuffle(victims)
-            time.sleep(random.uniform(0.2, 2 * LOAD_SECONDS / KILLS))
+                rng.shuffle(victims)
+            time.sleep(rng.uniform(0.2, 2 * LOAD_SECONDS / KILLS))
             victim = victims.pop()
             victim.kill()
-            time.sleep(random.uniform(0.0, 0.5))
+            time.sleep(rng.uniform(0.0, 0.5))
             victim.start()
         time.sleep(max(0.0, LOAD_SECONDS - (time.monotonic() - started)))
         load.publishing.set()
@@ -165,11 +167,11 @@ def test_kill_9_of_nats_and_both_brokers_loses_nothing_confirmed(
         loaded = time.monotonic()
         assert load.confirmed, "nothing was confirmed"
         wait_until(lambda: not load.missing(), timeout=DRAIN_DEADLINE,
-                   what="every confirmed message on B")
+                   what=f"every confirmed message on B (FASTFANOUT_CHAOS_SEED={seed})")
         load.consuming.set()
         load.threads[1].join(30)
-        assert not load.errors, load.errors
-        assert not load.missing()
+        assert not load.errors, (f"FASTFANOUT_CHAOS_SEED={seed}", load.errors)
+        assert not load.missing(), f"FASTFANOUT_CHAOS_SEED={seed}"
         duplicates = sum(count - 1 for count in load.received.values())
         with connect(broker_b.endpoint, timeout=5.0) as client:
             bridge = client.server_stats()["bridge"]["import:orders"]

@@ -7,7 +7,10 @@ producer publishes numbered messages with confirms, the real consumer acks what 
 a real listener follows the stream. The real ones must lose nothing (every confirmed
 message is delivered, duplicates only from the killed consumers' leases), the listener
 must miss nothing, no call of theirs may wait more than a second, and the broker must
-survive.
+survive. A call's wait leaves out the time its thread and the broker's loop spent ready
+to run without a CPU (the kernel's ``run_delay``): on a loaded machine that is the
+machine's cost, not the hostile peers'; a wait for the GIL the hostile threads hold, or
+for the broker busy with their requests, still counts.
 
 The default run lasts a few seconds; ``FASTFANOUT_CHAOS_SECONDS=60`` runs the full tier.
 """
@@ -38,6 +41,19 @@ batch = consumer.next_batch(timeout=5.0)
 print("leased", 0 if batch is None else len(batch), flush=True)
 time.sleep(60)   # killed holding its leases
 """
+
+
+def run_delay(pid: int, tid: int) -> float:
+    """Seconds thread ``tid`` of process ``pid`` has waited, ready, for a CPU.
+
+    The second field of Linux's ``/proc/PID/task/TID/schedstat``; 0.0 where the kernel
+    keeps none (the calls are then judged by their whole wait).
+    """
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 class Hostiles:
@@ -123,17 +139,25 @@ def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
     admin.subscribe("events", "work")
     stream_endpoint = str(admin.info["stream_endpoint"])
 
-    slowest: dict[str, float] = {}
+    slowest: dict[str, float] = {}        # the slowest wait of each call, CPU waits left out
+    slowest_whole: dict[str, float] = {}  # ... and as measured (reported on a failure)
     confirmed: set[int] = set()
     received: list[int] = []
     producing = threading.Event()
     failures: list[BaseException] = []
 
+    def cpu_waits(thread: int) -> float:
+        return run_delay(os.getpid(), thread) + run_delay(broker.pid, broker.pid)
+
     def timed(name: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        thread = threading.get_native_id()
+        waited = cpu_waits(thread)
         started = time.monotonic()
         result = call(*args, **kwargs)
         elapsed = time.monotonic() - started
-        slowest[name] = max(slowest.get(name, 0.0), elapsed)
+        waited = cpu_waits(thread) - waited
+        slowest[name] = max(slowest.get(name, 0.0), elapsed - waited)
+        slowest_whole[name] = max(slowest_whole.get(name, 0.0), elapsed)
         return result
 
     def produce() -> None:
@@ -207,7 +231,8 @@ def test_hostile_peers_cost_the_real_clients_nothing(track: Any) -> None:
     duplicates = len(received) - len(set(received))
     assert duplicates <= killed * 20, duplicates      # only the killed consumers' leases
     assert listener.gaps == 0 and streamed == len(wanted), (listener.gaps, streamed)
-    assert max(slowest.values()) <= SLOWEST_CALL, slowest
+    print(f"slowest calls {slowest}, as measured {slowest_whole}")
+    assert max(slowest.values()) <= SLOWEST_CALL, (slowest, "as measured:", slowest_whole)
     stats = admin.server_stats()
     assert stats.get("error.internal", 0) == 0, stats
     assert stats["slow_client"] >= 1                 # the peer that never reads was ended

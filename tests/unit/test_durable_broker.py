@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from clocks import FakeClock
 
-from fastfanout import Broker
+from fastfanout import Broker, PublishEntry
 from fastfanout._ext import journal as journal_ops
 from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
 from fastfanout.records import ExponentialBackoff
@@ -363,6 +363,56 @@ def test_max_disk_bytes_refuses_publishes_until_consumers_drain(
     assert [m.body for m in broker.receive("q", max_messages=10)] == [b"room again"]
 
 
+def test_dedup_windows_bigger_than_a_segment_do_not_roll_one_at_every_commit(
+        open_broker: Open) -> None:
+    # Every segment begins with a snapshot holding the dedup windows. Once those are
+    # bigger than a segment (long windows, a small max_disk_bytes), a segment holding
+    # its snapshot alone counted as full: every commit rolled it and wrote the windows
+    # again (hundreds of MB written for a few MB of messages, slower at each publish).
+    broker = open_broker(max_disk_bytes=1 << 21, fsync="never")   # segments of 512 KiB
+    broker.create_topic("t", dedup_window=3600.0)
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+
+    def publish(first: int, count: int) -> None:
+        broker.publish_batch("t", [PublishEntry(b"m", dedup_id=f"key {n}")
+                                   for n in range(first, first + count)])
+        while messages := broker.receive("q", max_messages=1000):
+            broker.ack_batch([m.receipt for m in messages])
+
+    for first in range(0, 20_000, 1000):
+        publish(first, 1000)
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["snapshots"] >= 2   # a roll: the windows now fill a snapshot...
+    snapshots, written = storage["snapshots"], storage["bytes_written"]
+    assert storage["journal_bytes"] > 1 << 19   # ...bigger than a segment
+    for n in range(20_000, 20_050):
+        publish(n, 1)
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["snapshots"] - snapshots <= 1, storage
+    assert storage["bytes_written"] - written < 1 << 19, storage
+    assert broker.publish("t", b"m", dedup_id="key 7").duplicate   # the windows kept
+
+
+def test_a_journal_filled_by_its_dedup_windows_says_so(open_broker: Open) -> None:
+    # Nothing to settle: every message is acked, the keys of an hour's window fill the
+    # snapshot that heads each segment. The refusal names that, not the consumers.
+    broker = open_broker(max_disk_bytes=1 << 20, fsync="never")
+    broker.create_topic("t", dedup_window=3600.0)
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    with pytest.raises(StoreFull, match="dedup windows' snapshot") as refused:
+        for first in range(0, 100_000, 1000):
+            broker.publish_batch("t", [PublishEntry(b"m", dedup_id=f"key {n}")
+                                       for n in range(first, first + 1000)])
+            while messages := broker.receive("q", max_messages=1000):
+                broker.ack_batch([m.receipt for m in messages])
+    assert "dedup_window" in str(refused.value)
+    assert broker.stats().queues["q"].messages == 0
+
+
 def test_delayed_messages_do_not_pin_a_full_journal_once_the_rest_is_settled(
         open_broker: Open) -> None:
     # Each segment holds one message due in an hour beside others a consumer settles.
@@ -581,7 +631,7 @@ def _drain(broker: Broker, queues: list[str]) -> list[tuple[object, ...]]:
     return sorted(found, key=repr)
 
 
-@pytest.mark.parametrize("segment_bytes", [durability.SEGMENT_BYTES, 4096])
+@pytest.mark.parametrize("segment_bytes", [durability.SEGMENT_BYTES, 2048])
 @pytest.mark.parametrize("seed", range(6))
 def test_a_restart_restores_what_an_in_memory_twin_holds(
         tmp_path: Path, seed: int, segment_bytes: int, monkeypatch: pytest.MonkeyPatch
@@ -660,7 +710,7 @@ def test_a_restart_restores_what_an_in_memory_twin_holds(
     before = {q: s.messages for q, s in twin.stats().queues.items()}
     storage = durable.stats().storage
     assert storage is not None
-    if segment_bytes == 4096:
+    if segment_bytes == 2048:   # records after each head snapshot: many rolls
         assert storage["snapshots"] > 10
     durable.close()
     durable = Broker(clock=clock, data_dir=tmp_path / "data")
