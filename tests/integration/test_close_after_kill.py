@@ -20,14 +20,23 @@ from conftest import Tracker
 
 from fastfanout import BrokenConnection, aio
 
-# far below close()'s default timeout (5 s) and the heartbeat silence rule (3 s)
-QUICK = 1.0
+LONG = 60.0
+"""The clients' timeouts here, close()'s too, and the heartbeat silence rule (1.5 times
+the broker's heartbeat timeout): what the clients waited for before the fix."""
+LONGEST_WAIT = 20.0
+"""The longest wait a receive takes: how long a waiting call took before the fix."""
+QUICK = 10.0
+"""Seconds: far below LONG (a client that waits for a reply or a silence fails), and
+far above what a loaded machine takes to see a lost connection."""
 
 
 def _killed_broker(track: Tracker, kind: str) -> tuple[str, subprocess.Popen[bytes]]:
-    """A broker process (tracked: reaped at teardown) on a new ``kind`` endpoint."""
+    """A broker process (tracked: reaped at teardown) on a new ``kind`` endpoint, whose
+    clients take LONG to call it silent."""
     endpoint = track.endpoint(kind)
-    return endpoint, track.broker_process(endpoint)
+    config = track.tmp_path / "heartbeats.toml"
+    config.write_text(f"heartbeat_interval = 1.0\nheartbeat_timeout = {LONG / 1.5}\n")
+    return endpoint, track.broker_process(endpoint, "--config", str(config))
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -41,11 +50,11 @@ def test_asyncio_close_after_the_broker_was_killed_is_quick(track: Tracker, kind
     endpoint, process = _killed_broker(track, kind)
 
     async def main() -> float:
-        client = await aio.connect(endpoint, timeout=5.0, local_channel=False)
+        client = await aio.connect(endpoint, timeout=LONG, local_channel=False)
         await client.create_topic("t")
         await asyncio.to_thread(_kill, process)
         started = time.monotonic()
-        await client.close()
+        await client.close(timeout=LONG)
         return time.monotonic() - started
 
     assert asyncio.run(main()) < QUICK
@@ -54,11 +63,11 @@ def test_asyncio_close_after_the_broker_was_killed_is_quick(track: Tracker, kind
 @pytest.mark.parametrize("kind", ["ipc", "tcp"])
 def test_blocking_close_after_the_broker_was_killed_is_quick(track: Tracker, kind: str) -> None:
     endpoint, process = _killed_broker(track, kind)
-    client = track.client(endpoint, local_channel=False)
+    client = track.client(endpoint, local_channel=False, timeout=LONG)
     client.create_topic("t")
     _kill(process)
     started = time.monotonic()
-    client.close()
+    client.close(timeout=LONG)
     assert time.monotonic() - started < QUICK
 
 
@@ -68,9 +77,9 @@ def test_a_call_waiting_when_the_broker_is_killed_fails_at_once(
     endpoint, process = _killed_broker(track, kind)
 
     async def main() -> float:
-        async with aio.connect(endpoint, timeout=5.0, local_channel=False) as client:
+        async with aio.connect(endpoint, timeout=LONG, local_channel=False) as client:
             await client.create_queue("q")
-            waiting = asyncio.create_task(client.receive("q", wait=20.0))
+            waiting = asyncio.create_task(client.receive("q", wait=LONGEST_WAIT))
             await asyncio.to_thread(_kill, process)
             started = time.monotonic()
             with pytest.raises(BrokenConnection, match="closed"):
@@ -84,14 +93,14 @@ def test_a_call_waiting_when_the_broker_is_killed_fails_at_once(
 def test_a_blocking_call_waiting_when_the_broker_is_killed_fails_at_once(
         track: Tracker, kind: str) -> None:
     endpoint, process = _killed_broker(track, kind)
-    client = track.client(endpoint, local_channel=False)
+    client = track.client(endpoint, local_channel=False, timeout=LONG)
     client.create_queue("q")
     outcome: list[BaseException] = []
     failed_at: list[float] = []
 
     def receive() -> None:
         try:
-            client.receive("q", wait=20.0)
+            client.receive("q", wait=LONGEST_WAIT)
         except Exception as exc:   # checked below, in the test's thread
             failed_at.append(time.monotonic())
             outcome.append(exc)
@@ -104,7 +113,7 @@ def test_a_blocking_call_waiting_when_the_broker_is_killed_fails_at_once(
         _kill(process)
         killed = time.monotonic()
     finally:
-        waiting.join(10.0)
+        waiting.join(QUICK)
     assert not waiting.is_alive()
     assert outcome and isinstance(outcome[0], BrokenConnection), outcome
     assert failed_at[0] - killed < QUICK
