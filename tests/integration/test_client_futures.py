@@ -16,18 +16,26 @@ import pytest
 
 from fastfanout import NotFound, PublishResult
 
-PROMPTLY = 2.0   # seconds; the broker's heartbeats (every 5 s here) must not be what helps
+QUIET = 30.0
+"""Seconds between the broker's heartbeats here, and the clients' call timeout (twice
+it): neither may be what completes a future."""
+PROMPTLY = 10.0
+"""Seconds: far below QUIET, far above a loaded machine's round trip."""
 
 
 def quiet_server(track: Tracker) -> Tracker:
-    return track.server(heartbeat_interval=5.0, heartbeat_timeout=20.0)
+    return track.server(heartbeat_interval=QUIET, heartbeat_timeout=4 * QUIET)
+
+
+def quiet_client(track: Tracker, endpoint: str, **options: object) -> Tracker:
+    return track.client(endpoint, timeout=2 * QUIET, **options)
 
 
 @pytest.mark.parametrize("local_channel", [False, None], ids=["socket", "local"])
 def test_a_failed_publish_future_completes_promptly(track: Tracker,
                                                     local_channel: bool | None) -> None:
     server = quiet_server(track)
-    client = track.client(server.endpoint, local_channel=local_channel)
+    client = quiet_client(track, server.endpoint, local_channel=local_channel)
     completed = threading.Event()
     seen = []
 
@@ -54,7 +62,7 @@ def test_a_failed_publish_future_completes_promptly(track: Tracker,
 
 def test_done_flips_without_callbacks_or_calls(track: Tracker) -> None:
     server = quiet_server(track)
-    client = track.client(server.endpoint)
+    client = quiet_client(track, server.endpoint)
     future = client.send_nowait("missing", b"x")
     deadline = time.monotonic() + PROMPTLY
     while not future.done():
@@ -66,7 +74,7 @@ def test_done_flips_without_callbacks_or_calls(track: Tracker) -> None:
 def test_batch_futures_and_successes_call_back_too(track: Tracker,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     server = quiet_server(track)
-    client = track.client(server.endpoint)
+    client = quiet_client(track, server.endpoint)
     client.create_queue("q")
     batch_done = threading.Event()
     batch = client.send_batch_nowait("gone", [b"a", b"b"])
