@@ -61,7 +61,7 @@ def test_an_ack_wakes_a_consumer_out_of_credit(broker: Broker) -> None:
 
     def wait() -> None:
         started = time.monotonic()
-        batch = consumer.next_batch(5.0)
+        batch = consumer.next_batch(60.0)
         woke.append(time.monotonic() - started)
         assert batch is not None and batch[0].body == b"2"
 
@@ -71,14 +71,14 @@ def test_an_ack_wakes_a_consumer_out_of_credit(broker: Broker) -> None:
     # and the test would still hold; this pause makes it exercise the wake-up.
     time.sleep(0.1)
     held.ack()
-    thread.join(5.0)
-    assert woke and woke[0] < 1.0   # woken by the ack, not by the 5 s deadline
+    thread.join(60.0)
+    assert woke and woke[0] < 10.0   # woken by the ack, not by the 60 s deadline
 
 
 def test_the_iteration_ends_after_timeout(broker: Broker) -> None:
     started = time.monotonic()
     assert list(broker.consume("q", timeout=0.1)) == []
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0
 
 
 def test_bad_arguments_are_refused(broker: Broker) -> None:
