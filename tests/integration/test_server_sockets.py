@@ -45,7 +45,9 @@ _CALL = msgspec.msgpack.encode([[], {}])
 
 def test_a_client_that_reads_nothing_never_stalls_the_others(track: Tracker) -> None:
     server = track.server(max_queued_replies=50)
-    client = track.client(server.endpoint, local_channel=False, timeout=5.0)
+    # a broker that waited on the flooder would wait as long as it does, for ever: no
+    # call may take 5 s (a loaded 2-core machine takes a few tenths), none time out
+    client = track.client(server.endpoint, local_channel=False, timeout=30.0)
     client.create_topic("t")
     client.create_queue("q")
     client.subscribe("t", "q")
@@ -74,7 +76,7 @@ def test_a_client_that_reads_nothing_never_stalls_the_others(track: Tracker) -> 
     slowest = 0.0
     calls = 0
     try:
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + 60.0
         while calls < 40 or server.counters["ended_session_requests"] < 1000:
             assert time.monotonic() < deadline, (server.counters, sent[0])
             started = time.monotonic()
@@ -86,7 +88,7 @@ def test_a_client_that_reads_nothing_never_stalls_the_others(track: Tracker) -> 
     finally:
         stop.set()
         flooder.join(10)
-    assert slowest < 1.0, f"a call of the reading client waited {slowest:.2f} s"
+    assert slowest < 5.0, f"a call of the reading client waited {slowest:.2f} s"
     stats = client.server_stats()
     assert stats["slow_client"] == 1   # ended once; its later requests started nothing
     assert stats["connections"] == 1 and stats["sessions"] == 2
