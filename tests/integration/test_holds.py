@@ -97,14 +97,16 @@ def test_server_refuses_a_bad_hold_timeout_or_push_batch(track: Tracker) -> None
 def test_a_blocking_publish_outlasts_the_client_timeout_while_held(track: Tracker) -> None:
     # The client's default wait stretches by the broker's hold_timeout (told in HELLO),
     # and heartbeats keep flowing: a long hold is not a broken connection.
-    server, client = _full_hold_queue(track, heartbeat_interval=0.05, heartbeat_timeout=0.3)
-    publisher = track.client(server.endpoint, timeout=0.5)
+    # a heartbeat timeout a loaded machine keeps (its heartbeats may lag a second or
+    # two), still below the hold the publish waits out
+    server, client = _full_hold_queue(track, heartbeat_interval=0.1, heartbeat_timeout=3.0)
+    publisher = track.client(server.endpoint, timeout=2.0)
     assert publisher.info["hold_timeout"] == 30.0
     result: list[object] = []
     thread = threading.Thread(target=lambda: result.append(publisher.publish("t", b"2")))
     thread.start()
     track.wait_until(lambda: client.server_stats()["held"] == 1, what="held")
-    thread.join(1.5)          # three times the client's timeout, ten heartbeat timeouts
+    thread.join(6.0)          # three times the client's timeout, twice the heartbeat timeout
     assert thread.is_alive() and not result
     got = client.receive("q", max_messages=2)
     client.ack_batch([m.receipt for m in got])
@@ -118,9 +120,9 @@ def test_asyncio_publish_waits_out_a_hold(track: Tracker) -> None:
     server, client = _full_hold_queue(track)
 
     async def publish_then_check() -> int:
-        async with aio.connect(server.endpoint, timeout=0.3) as publisher:
+        async with aio.connect(server.endpoint, timeout=2.0) as publisher:
             task = asyncio.ensure_future(publisher.publish("t", b"2"))
-            await asyncio.sleep(0.9)          # three times its timeout, still held
+            await asyncio.sleep(4.0)          # twice its timeout, still held
             assert not task.done()
             got = client.receive("q", max_messages=2)
             client.ack_batch([m.receipt for m in got])
