@@ -93,11 +93,12 @@ def test_asyncio_client(track: Tracker, endpoint: str) -> None:
 def test_idle_consumer_keeps_its_session(track: Tracker) -> None:
     # A consumer blocked in next_batch holds the client's socket for the whole wait: the
     # waiting thread itself must send the heartbeats, or the broker ends the session.
-    server = track.server(heartbeat_interval=0.05, heartbeat_timeout=0.3)
+    # (a heartbeat timeout a loaded machine keeps: its heartbeats may lag a second)
+    server = track.server(heartbeat_interval=0.1, heartbeat_timeout=2.0)
     client = track.client(server.endpoint)
     client.create_queue("q")
     consumer = client.consume("q", prefetch=10)
-    assert consumer.next_batch(timeout=1.0) is None      # > 3 heartbeat timeouts, idle
+    assert consumer.next_batch(timeout=6.5) is None      # > 3 heartbeat timeouts, idle
     assert server.counters["sessions_expired"] == 0
     client.send("q", b"late")
     batch = consumer.next_batch(timeout=5.0)
