@@ -47,6 +47,7 @@ import math
 import os
 import socket as _socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -631,10 +632,14 @@ def _bind_private(sock: zmq.Socket[Any], endpoint: str) -> None:
 
 
 def _connect_client(context: zmq.Context[Any], kind: int, options: list[tuple[int, Any]],
-                    curve: CurveKeys | None, endpoint: str, what: str) -> Any:
+                    curve: CurveKeys | None, endpoint: str, what: str,
+                    before_connect: Callable[[Any], None] | None = None) -> Any:
     """A client socket of ``kind`` with ``options`` (and CURVE), connected to ``endpoint``.
 
-    On failure the context is destroyed and ``TransportError`` says what could not be done.
+    ``before_connect(socket)`` runs before the connect (a monitor attached later can
+    miss the connection's first events: libzmq's I/O thread may finish the handshake
+    before the caller's next line). On failure the context is destroyed and
+    ``TransportError`` says what could not be done.
     """
     try:
         sock: Any = context.socket(kind)
@@ -650,6 +655,8 @@ def _connect_client(context: zmq.Context[Any], kind: int, options: list[tuple[in
             sock.setsockopt(option, value)
         if is_ipv6(endpoint):
             sock.setsockopt(zmq.IPV6, 1)
+        if before_connect is not None:
+            before_connect(sock)
         sock.connect(endpoint)
     except (zmq.ZMQError, TransportError) as exc:
         context.destroy(linger=0)
@@ -676,9 +683,11 @@ class _ClientSocket(_OwnedSocket):
     """A connected client socket (DEALER or SUB) with its own context and poller."""
 
     def __init__(self, endpoint: str, kind: int, options: list[tuple[int, Any]],
-                 curve: CurveKeys | None, what: str) -> None:
+                 curve: CurveKeys | None, what: str,
+                 before_connect: Callable[[Any], None] | None = None) -> None:
         self._context = zmq.Context()
-        self._socket = _connect_client(self._context, kind, options, curve, endpoint, what)
+        self._socket = _connect_client(self._context, kind, options, curve, endpoint, what,
+                                       before_connect)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._woken_only = False   # a wake descriptor is watched (``watch_wake``)
@@ -714,7 +723,9 @@ class _ClientSocket(_OwnedSocket):
 # dropped by the broker's ROUTER). The monitor reports the disconnect at once. Only a
 # connection that completed its handshake counts as lost: libzmq also reports a
 # disconnect for a handshake that failed (say, CURVE keys the broker does not admit),
-# which the client's own timeout handles as before.
+# which the client's own timeout handles as before. The monitor is attached before the
+# connect: attached after, it missed the handshake when libzmq finished it first (a
+# loaded machine, 1 close in 75), and then took the disconnect for a failed handshake.
 _LINK_EVENTS: Final = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 _HANDSHAKE_SUCCEEDED: Final = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _DISCONNECTED: Final = int(zmq.EVENT_DISCONNECTED)
@@ -758,11 +769,14 @@ class DealerTransport(_ClientSocket):
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
-        super().__init__(endpoint, zmq.DEALER,
-                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
         self._link = _Link(endpoint)
-        self._monitor = self._socket.get_monitor_socket(_LINK_EVENTS)
+        super().__init__(endpoint, zmq.DEALER,
+                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to",
+                         self._attach_monitor)
         self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _attach_monitor(self, sock: Any) -> None:
+        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
 
     def recv(self, timeout: float) -> list[bytes] | None:
         """The next message, waiting up to ``timeout`` seconds (0: only if one is here).
@@ -824,9 +838,11 @@ class _AsyncClientSocket(_OwnedSocket):
     """A connected client socket on ``zmq.asyncio``, with its own context."""
 
     def __init__(self, endpoint: str, kind: int, options: list[tuple[int, Any]],
-                 curve: CurveKeys | None, what: str) -> None:
+                 curve: CurveKeys | None, what: str,
+                 before_connect: Callable[[Any], None] | None = None) -> None:
         self._context = zmq.asyncio.Context()
-        self._socket = _connect_client(self._context, kind, options, curve, endpoint, what)
+        self._socket = _connect_client(self._context, kind, options, curve, endpoint, what,
+                                       before_connect)
         self.closed = False
 
     async def recv(self) -> list[bytes]:
@@ -849,10 +865,13 @@ class AsyncDealerTransport(_AsyncClientSocket):
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
-        super().__init__(endpoint, zmq.DEALER,
-                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
         self._link = _Link(endpoint)
-        self._monitor = self._socket.get_monitor_socket(_LINK_EVENTS)
+        super().__init__(endpoint, zmq.DEALER,
+                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to",
+                         self._attach_monitor)
+
+    def _attach_monitor(self, sock: Any) -> None:
+        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
 
     async def lost(self) -> PeerLost | None:
         """Wait until the connection, once made, is lost; the error that says so.
