@@ -739,6 +739,20 @@ def run_callback(future, callback):
     _run_callback(future, callback)
 
 
+def future_exception(future, timeout):
+    """``exception(timeout)`` of both publish futures: wait as ``result`` does and return
+    the publish's error, or None. ``CallTimeout`` and a bad ``timeout`` are raised: they
+    are the caller's wait's, not the publish's."""
+    check_wait("timeout", timeout)
+    try:
+        future.result(timeout)
+    except CallTimeout:
+        raise
+    except FastFanoutError as error:
+        return error
+    return None
+
+
 # A free list of 4,096 (at most 256 KiB kept): a future made from it does not count as a
 # new object towards the cycle collector's next collection, where each one made past a
 # free list of 512 did — with a batch of 2,000 in flight, a collection per batch, and
@@ -806,14 +820,7 @@ cdef class PublishFuture:
                 or None (raised, not returned: it is not the publish's error).
             CallTimeout: ``timeout`` passed unanswered (raised, as ``result``'s).
         """
-        check_wait("timeout", timeout)
-        try:
-            self.result(timeout)
-        except CallTimeout:
-            raise
-        except FastFanoutError as error:
-            return error
-        return None
+        return future_exception(self, timeout)
 
     def done(self):
         """True once the broker answered (or the request failed)."""

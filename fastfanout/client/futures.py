@@ -28,11 +28,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Final, Self
 
-from fastfanout._ext.offers import PublishFuture, run_callback
+from fastfanout._ext.offers import PublishFuture, future_exception, run_callback
 from fastfanout.client.core import Request
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import RemotePublishBatch
-from fastfanout.errors import CallTimeout, FastFanoutError
+from fastfanout.errors import FastFanoutError
 from fastfanout.settings import check_wait
 
 __all__ = ["REPLY_POLL", "PublishBatchFuture", "PublishFuture"]
@@ -107,14 +107,8 @@ class PublishBatchFuture:
                 or None (raised, not returned: it is not the publish's error).
             CallTimeout: ``timeout`` passed unanswered (raised, as ``result``'s).
         """
-        check_wait("timeout", timeout)
-        try:
-            self.result(timeout)
-        except CallTimeout:
-            raise
-        except FastFanoutError as error:
-            return error
-        return None
+        error: FastFanoutError | None = future_exception(self, timeout)
+        return error
 
     def add_done_callback(self, callback: Callable[[Self], object]) -> None:
         """Call ``callback(self)`` once the broker answered its batch (at once if it has).
