@@ -778,16 +778,24 @@ cdef class MessageCursor:
         # a ``for`` loop left by ``break`` drops its cursor in the middle of a frame:
         # the messages it never made are given back (the consumer itself is cancelled
         # by its own finalizer)
+        try:
+            self.release_unread()
+        except BaseException:   # a finalizer raises nothing (interpreter exit, say)
+            pass
+
+    def release_unread(self):
+        """Hand the messages of the current frame not yet made to ``release`` (back to
+        their queue); they are never made. Nothing without ``release``, or a frame."""
         cdef object release = self._release
+        cdef bytes unread
         if release is None or self._frame is None:
             return
-        self._release = None
         try:
             unread = self.take_unread()
-            if unread:
-                release(unread)
-        except BaseException:   # a finalizer raises nothing (interpreter exit, a bad frame)
-            pass
+        except MalformedBatch:   # nothing of a malformed rest can be read, nor released
+            return
+        if unread:
+            release(unread)
 
     cdef int load(self, object frame) except -1:
         cdef int status
@@ -911,14 +919,12 @@ cdef class AsyncMessageCursor:
 
     cdef MessageCursor _cursor
     cdef object _refill
-    cdef object _release
     cdef object __weakref__         # its client drops its frame on close (a weak reference)
 
     def __cinit__(self, object owner, object consumer, str queue, object refill,
                   object release=None):
         self._cursor = MessageCursor(owner, consumer, queue, None, release)
         self._refill = refill
-        self._release = release
 
     @property
     def pending(self):
@@ -944,10 +950,6 @@ cdef class AsyncMessageCursor:
                 return ff_ready_new(message)
         return _refilled(self)
 
-    def take_unread(self):
-        """The receipts of the current frame's messages not yet made (``MessageCursor``'s)."""
-        return self._cursor.take_unread()
-
     def aclose(self):
         """Close the iteration at once (its consumer is cancelled): an awaitable.
 
@@ -955,14 +957,7 @@ cdef class AsyncMessageCursor:
         ``release`` (back to the queue), as the frames the consumer had not started are
         by its cancel.
         """
-        cdef bytes unread
-        if self._release is not None:
-            try:
-                unread = self._cursor.take_unread()
-            except MalformedBatch:
-                unread = b""
-            if unread:
-                self._release(unread)
+        self._cursor.release_unread()
         return self._refill.aclose()
 
 

@@ -561,10 +561,10 @@ class Connection(DriverBase):
                 core.queue_frames(Opcode.CANCEL, [encode_call(
                     Opcode.CANCEL, (consumer.consumer_id,), {})], False)
 
-    def cancel(self, consumer: ConsumerState, unread: bytes = b"") -> None:
+    def cancel(self, consumer: ConsumerState) -> None:
         """Cancel a consumer (its queued acks sent first, ``ConnectionCore.cancel``)."""
         with self.lock:
-            ask = self.core.cancel(consumer, unread) and self.transport is not None
+            ask = self.core.cancel(consumer) and self.transport is not None
             self.send_out()
         if ask:
             try:

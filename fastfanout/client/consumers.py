@@ -29,7 +29,7 @@ from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
 )
-from fastfanout.errors import BrokenConnection, Closed, MalformedBatch
+from fastfanout.errors import BrokenConnection, Closed
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -139,11 +139,8 @@ class Consumer(Iterator[RemoteMessage]):
         cancel reaches it — are released (visible again at once; the delivery stays
         counted in their ``receive_count``) and never yielded.
         """
-        try:
-            unread = self._cursor.take_unread()
-        except MalformedBatch:
-            unread = b""
-        self.connection.cancel(self._state, unread)
+        self._cursor.release_unread()   # the rest of the frame being iterated
+        self.connection.cancel(self._state)
 
     def __enter__(self) -> Consumer:
         return self

@@ -732,14 +732,15 @@ class ConnectionCore:
             request.request_id, queue, prefetch, inactivity)
         return request
 
-    def cancel(self, consumer: ConsumerState, unread: bytes = b"") -> bool:
+    def cancel(self, consumer: ConsumerState) -> bool:
         """Close a consumer, its queued acks first; True if a CANCEL should be awaited.
 
         What was pushed to it and will not be read is released (``release``): the
-        frames it holds not yet taken, ``unread`` (packed receipts: the rest of the
-        frame its iteration was in), and what the broker pushes to it until the CANCEL
-        reaches it. They are visible again at once rather than after their visibility
-        timeout; the delivery stays counted in their ``receive_count``.
+        frames it holds not yet taken, and what the broker pushes to it until the
+        CANCEL reaches it. (The rest of the frame its iteration was in is released by
+        the iteration's cursor, ``MessageCursor.release_unread``.) They are visible
+        again at once rather than after their visibility timeout; the delivery stays
+        counted in their ``receive_count``.
         """
         self.settle(consumer)
         if consumer.closed:
@@ -752,7 +753,6 @@ class ConnectionCore:
         live = consumer.error is None and self.ended is None and not self.closed
         if live:
             self.cancelled.add(consumer.consumer_id)
-            self.release(unread)
             batches = consumer.batches
             while batches:
                 self.release(receipts_of(batches.popleft()[0]))

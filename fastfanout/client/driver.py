@@ -154,8 +154,8 @@ class BlockingDriver(Protocol):
     def settle(self, consumer: ConsumerState, now: float | None = None) -> float | None:
         """Send a consumer's queued acks if due; seconds until due, or None."""
 
-    def cancel(self, consumer: ConsumerState, unread: bytes = b"") -> None:
-        """Cancel a consumer, releasing ``unread`` (packed receipts) and what it holds."""
+    def cancel(self, consumer: ConsumerState) -> None:
+        """Cancel a consumer, releasing what it holds unread (``ConnectionCore.cancel``)."""
 
     def abandon(self, consumer: ConsumerState) -> None:
         """Cancel a consumer nobody can iterate any more, soon (any thread, no lock)."""
