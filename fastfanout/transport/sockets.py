@@ -595,12 +595,16 @@ def is_ipv6(endpoint: str) -> bool:
     return host.startswith("[") and host.endswith("]")
 
 
-def _socket_file(sock: zmq.Socket[Any]) -> str:
-    """The socket file of the ipc endpoint ``sock`` was bound to ("" for tcp, abstract)."""
-    value = sock.getsockopt(zmq.LAST_ENDPOINT)
-    endpoint = value.decode() if isinstance(value, bytes) else str(value)
+def _ipc_file(endpoint: str) -> str:
+    """The socket file of an ipc endpoint ("" for tcp, an abstract name, the wildcard)."""
     path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
-    return "" if path.startswith("@") else path
+    return "" if path.startswith("@") or path == "*" else path
+
+
+def _socket_file(sock: zmq.Socket[Any]) -> str:
+    """The socket file of the ipc endpoint ``sock`` was bound to (``_ipc_file``)."""
+    value = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return _ipc_file(value.decode() if isinstance(value, bytes) else str(value))
 
 
 def _parked(path: str) -> str:
@@ -618,8 +622,7 @@ def _bind_private(sock: zmq.Socket[Any], endpoint: str) -> None:
     (process-wide for that moment: a file another thread creates meanwhile only gets a
     narrower mode).
     """
-    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
-    if not path or path.startswith("@") or path == "*":   # tcp, abstract, wildcard
+    if not _ipc_file(endpoint):   # tcp, abstract, wildcard
         if is_ipv6(endpoint):
             sock.setsockopt(zmq.IPV6, 1)
         sock.bind(endpoint)
