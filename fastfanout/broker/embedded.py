@@ -45,7 +45,7 @@ from fastfanout._ext.wire import pack_receipts
 from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
-from fastfanout.errors import FastFanoutError, InvalidArgument, NotFound
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
 from fastfanout.settings import (
     MAX_DELAY,
@@ -868,6 +868,8 @@ class Broker:
             raise refusal
 
     def __enter__(self) -> Broker:
+        if self._admin.closed:
+            raise Closed("the broker is closed")
         return self
 
     def __exit__(

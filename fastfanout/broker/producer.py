@@ -205,6 +205,8 @@ class Producer:
         self._closed = True
 
     def __enter__(self) -> Producer:
+        if self._closed:
+            raise Closed(f"the producer of topic {self.topic!r} is closed")
         return self
 
     def __exit__(

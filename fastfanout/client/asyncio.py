@@ -1100,6 +1100,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             raise refusal
 
     async def __aenter__(self) -> AsyncClient:
+        self.connection.core.check_open()   # Closed after close(), never a new start
         return self if self.connection.tasks else await self._start()
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

@@ -928,6 +928,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             raise refusal
 
     def __enter__(self) -> Client:
+        self.connection.core.check_open()   # Closed after close(), UsedAfterFork in a child
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

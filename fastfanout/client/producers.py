@@ -491,6 +491,7 @@ class RemoteProducer(ProducerFace):
             self.core.closed = self._gate.closed = True
 
     def __enter__(self) -> RemoteProducer:
+        self.core.check_open()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -678,6 +679,7 @@ class AsyncProducer(ProducerFace):
             self.core.closed = self._gate.closed = True
 
     async def __aenter__(self) -> AsyncProducer:
+        self.core.check_open()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

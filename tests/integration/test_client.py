@@ -310,6 +310,35 @@ def test_flush_after_close_raises_closed(track: Tracker) -> None:
     asyncio.run(closed())
 
 
+def test_a_closed_client_and_producer_refuse_a_with_block(track: Tracker) -> None:
+    # until 2026-12-05 `with client:` after close() entered the block, and `async with`
+    # on a closed asyncio client started its connection again; now both raise Closed
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    producer = client.producer("t")
+    client.close()
+    with pytest.raises(fastfanout.Closed), producer:
+        pytest.fail("entered a closed producer")
+    with pytest.raises(fastfanout.Closed), client:
+        pytest.fail("entered a closed client")
+
+    async def closed() -> None:
+        aclient = await aio.connect(server.endpoint, timeout=5.0)
+        aproducer = await aclient.producer("t")
+        await aclient.close()
+        with pytest.raises(fastfanout.Closed):
+            async with aproducer:
+                pytest.fail("entered a closed producer")
+        with pytest.raises(fastfanout.Closed):
+            async with aclient:
+                pytest.fail("entered a closed client")
+        with pytest.raises(fastfanout.Closed):
+            await aclient.list_topics()   # nothing was started again
+
+    asyncio.run(closed())
+
+
 def test_a_consume_loop_left_by_break_cancels_its_consumer(track: Tracker) -> None:
     server = track.server()
     client = track.client(server.endpoint)

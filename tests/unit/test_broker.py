@@ -536,6 +536,20 @@ def test_closed_broker_refuses_calls(clock):
         broker.stats()
 
 
+def test_a_closed_broker_and_producer_refuse_a_with_block(clock):
+    # until 2026-12-05 `with broker:` after close() entered the block, whose first call
+    # then failed; now the with statement itself raises Closed, as every call does
+    broker = Broker(clock=clock)
+    broker.create_topic("t")
+    producer = broker.producer("t")
+    producer.close()
+    with pytest.raises(Closed), producer:
+        pytest.fail("entered a closed producer")
+    broker.close()
+    with pytest.raises(Closed), broker:
+        pytest.fail("entered a closed broker")
+
+
 def test_bad_clock_values(clock):
     with pytest.raises(InvalidArgument):
         Broker(clock=5)
