@@ -992,6 +992,9 @@ def _load_worker(target: str) -> Any:
         raise click.BadParameter(f"importing {module_name!r} raised "
                                  f"{type(error).__name__}: {error}", param_hint="'APP'"
                                  ) from None
+    except SystemExit as exiting:   # sys.exit() on import: say so, never end silently
+        raise click.BadParameter(f"importing {module_name!r} called sys.exit({exiting.code!r})",
+                                 param_hint="'APP'") from None
     value: Any = module
     for part in attribute.split("."):
         if not hasattr(value, part):

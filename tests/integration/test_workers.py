@@ -543,9 +543,13 @@ def test_cli_worker_refuses_a_bad_target_in_one_line(track: Tracker, target: str
 def test_cli_worker_imports_from_the_current_directory(tmp_path: Path) -> None:
     (tmp_path / "broken_app.py").write_text("raise ValueError('no config')\n")
     (tmp_path / "handlerless.py").write_text("import fastfanout\napp = fastfanout.Worker()\n")
+    # until 2026-12-05 a module calling sys.exit() on import ended the command silently,
+    # with the module's status
+    (tmp_path / "exiting_app.py").write_text("import sys\nsys.exit(3)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for target, expected, status in (
             ("broken_app:app", "importing 'broken_app' raised ValueError: no config", 2),
+            ("exiting_app:app", "importing 'exiting_app' called sys.exit(3)", 2),
             ("handlerless:app", "the worker has no handler", 1)):
         result = subprocess.run([sys.executable, "-m", "fastfanout", "worker", target],
                                 capture_output=True, env=env, timeout=30, cwd=tmp_path)
