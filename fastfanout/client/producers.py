@@ -662,15 +662,36 @@ class AsyncProducer(ProducerFace):
             except FastFanoutError as exc:
                 if not request.done:   # timed out: count it as refused
                     request.fail(exc)
-            answer = core.answered(request)
+            except BaseException:
+                # cancelled (asyncio.timeout, a cancelled task): the answer still settles
+                # the frame, as _pump's frames are. Until 2026-12-05 it stayed in flight
+                # for good: the next flush() or close() waited for it until the client's
+                # timeout, and a refusal of it was never raised nor the frame kept.
+                request.watch(functools.partial(self._answer_kept, request))
+                raise
+            answer = self._kept_answer(request)
             if isinstance(answer, FastFanoutError):
-                if not never_publishable(answer):
-                    core.kept.rotate(1)   # the refused frame stays first
-                    self._kept_error = answer
                 raise answer
-            self._last = answer
         last, self._last = self._last, None
         return last
+
+    def _kept_answer(self, request: Request) -> RemotePublishBatch | FastFanoutError:
+        """A kept frame sent again was answered: kept first again if refused."""
+        answer = self.core.answered(request)
+        if isinstance(answer, FastFanoutError):
+            if not never_publishable(answer):
+                self.core.kept.rotate(1)   # the refused frame stays first
+                self._kept_error = answer
+        else:
+            self._last = answer
+        return answer
+
+    def _answer_kept(self, request: Request) -> None:
+        """The answer to a kept frame whose flush() was cancelled: raised by the next."""
+        answer = self._kept_answer(request)
+        if isinstance(answer, FastFanoutError) and self._refusal is None:
+            self._refusal = answer
+        self._answered.set()
 
     async def close(self) -> None:
         """Flush what is left, then refuse further offers."""
