@@ -692,7 +692,7 @@ class _OwnedSocket:
     _context: Any
     _monitor: Any = None   # a DEALER's link monitor (``_attach_monitor``)
     closed: bool
-    _closer: weakref.finalize
+    _closer: weakref.finalize[..., _OwnedSocket]
 
     def _close_when_dropped(self) -> None:
         """Arm the finalizer that closes the socket, its monitor and the context."""

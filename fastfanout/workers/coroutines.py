@@ -77,6 +77,10 @@ class AsyncRunner:
         self._lease = lease
         self.tally = Tally()
         self._held: dict[int, Any] = {}   # id(message) -> message: taken, not settled
+        # id(message) of calls abandoned at the stop (they ignored their cancellation):
+        # given back, never settled by the call (kept alive by the call until it ends)
+        self._abandoned: set[int] = set()
+        self._abandoned_calls = 0
         self._calls: set[asyncio.Task[None]] = set()
         self._source: AsyncClientSource | AsyncBrokerSource | None = None
 
@@ -216,7 +220,29 @@ class AsyncRunner:
                         handler.name, handler.timeout, len(messages))
         self._settle(messages, failed)
 
+    def _abandon(self, calls: int) -> None:
+        """Calls that ignored their cancellation: give back what they hold, now.
+
+        What is still held once the other calls ended is theirs (the buffered messages
+        were given back first). They run on, on the worker's loop, until they return;
+        their result is then ignored (``_settle``), as a sync call's past its timeout.
+        Until 2026-12-05 the stop waited for them, however long they ran.
+        """
+        log.warning("handler %s: %d call(s) ignored their cancellation; their messages "
+                    "are nacked and their results will be ignored", self.handler.name,
+                    calls)
+        self._abandoned_calls += calls
+        messages = list(self._held.values())
+        self._abandoned.update(id(message) for message in messages)
+        self._give_back(messages)
+
     def _settle(self, messages: list[Any], failed: list[Any]) -> None:
+        if self._abandoned:
+            abandoned = self._abandoned
+            messages = [m for m in messages if id(m) not in abandoned]
+            failed = [m for m in failed if id(m) not in abandoned]
+            if not messages:
+                return
         held = self._held
         for message in messages:
             held.pop(id(message), None)
@@ -275,10 +301,17 @@ class AsyncRunner:
                             " their messages are nacked", self.handler.name, len(late))
                 for task in late:
                     task.cancel()
-                await asyncio.wait(late)
+                _, stubborn = await asyncio.wait(late, timeout=STOP_GRACE)
+                if stubborn:
+                    self._abandon(len(stubborn))
         if source is not None:
             # bounded by the deadline: a broker that is gone never answers the BYE
             await source.close(max(STOP_GRACE, deadline - time.monotonic()))
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the stop abandoned calls that ignored their cancellation."""
+        return self._abandoned_calls > 0
 
     def stats(self) -> HandlerStats:
         """The handler's stats in this process."""

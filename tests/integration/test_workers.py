@@ -902,3 +902,43 @@ def test_an_embedded_thread_past_its_timeout_gets_a_new_consumer() -> None:
             release.set()   # the call returns; the thread opens a new consumer
             wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
         assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["stop", "stop_now"])
+def test_an_async_handler_that_ignores_its_cancellation_does_not_hold_the_stop(
+        track: Tracker, how: str) -> None:
+    # until 2026-12-05 stop() waited for the call to end however long it took (the
+    # cancelled task was awaited, then asyncio.run awaited it again), and the call's
+    # return then acked the message the log said was nacked
+    endpoint, client = _setup(track)
+    started = threading.Event()
+    release = threading.Event()
+    worker = _worker(track, endpoint, concurrency=1)
+
+    @worker.handler("jobs")
+    async def stubborn(message: Any) -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass   # ignored: the call goes on
+
+    client.send("jobs", b"x")
+    worker.start()
+    assert started.wait(5.0)
+    begun = time.monotonic()
+    if how == "stop":
+        worker.stop(0.2)
+    else:
+        worker.stop_now()
+    assert time.monotonic() - begun < 10.0   # not the call's end (never, until released)
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)   # back at once
+    release.set()   # the call ends now: its result is ignored
+    wait_until(lambda: not any(thread.name == "fastfanout-worker-loop"
+                               for thread in threading.enumerate()),
+               what="the worker's event loop to end with the call")
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)
+    assert worker.stats().handlers["stubborn"].processed == 0
