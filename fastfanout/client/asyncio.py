@@ -279,6 +279,7 @@ class AsyncConnection(DriverBase):
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
                                       self._batches_opened, check_loop=self.check_loop)
+        self.acks.home(self.check_loop)   # message.ack() from another thread: refused
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         self._watch(self.transport)
         request = self.core.start(time.monotonic())

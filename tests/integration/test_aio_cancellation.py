@@ -13,7 +13,9 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
 import time
+from typing import Any
 
 import pytest
 from conftest import Tracker
@@ -87,3 +89,46 @@ def test_a_consume_the_broker_does_not_answer_raises_broken_connection(
                 os.kill(process.pid, signal.SIGCONT)
 
     assert asyncio.run(main()) < QUICK
+
+
+def test_a_message_settled_from_another_thread_is_refused_and_stays_settleable(
+        track: Tracker) -> None:
+    # until 2026-12-05 the first such ack raised WrongEventLoop with its receipt left
+    # queued and no send scheduled (the loop's own acks then stayed unsent), the message
+    # counted settled; later foreign acks were queued unchecked, racing the loop
+    server = track.server()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            for n in range(4):
+                await client.send("q", b"m%d" % n)
+            first, second, third, fourth = await client.receive("q", max_messages=4)
+            refused: list[BaseException] = []
+
+            def from_a_thread(*calls: Any) -> None:
+                def run() -> None:
+                    for call in calls:
+                        try:
+                            call()
+                        except fastfanout.WrongEventLoop as exc:
+                            refused.append(exc)
+                thread = threading.Thread(target=run)
+                thread.start()
+                thread.join(10.0)
+                assert not thread.is_alive()
+
+            from_a_thread(first.ack)                   # into an empty buffer
+            second.ack()                               # the loop's own ack
+            from_a_thread(third.ack, fourth.term, fourth.nack)   # behind it
+            assert len(refused) == 4
+            for message in (first, third, fourth):
+                message.ack()                          # still theirs to settle
+            deadline = loop.time() + QUICK
+            while (queue := (await client.stats()).queues["q"]).acked < 4:
+                assert loop.time() < deadline, queue
+                await asyncio.sleep(0.01)
+            assert (queue.leased, queue.visible, queue.dead_lettered) == (0, 0, 0)
+
+    asyncio.run(main())
