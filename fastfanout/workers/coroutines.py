@@ -210,7 +210,13 @@ class AsyncRunner:
                               len(messages))
             failed = messages
         else:
-            failed = failed_messages(result, messages) if handler.batched else []
+            if limit is not None and limit.expired():
+                # it caught its timeout's cancellation and returned: still past its
+                # timeout, so its result is ignored (until 2026-12-05 it was acked)
+                timed_out = True
+                failed = messages
+            else:
+                failed = failed_messages(result, messages) if handler.batched else []
         tally.times.append(time.monotonic() - started)
         tally.in_flight -= len(messages)
         slots.release()

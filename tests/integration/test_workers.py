@@ -942,3 +942,29 @@ def test_an_async_handler_that_ignores_its_cancellation_does_not_hold_the_stop(
     queue = client.stats().queues["jobs"]
     assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)
     assert worker.stats().handlers["stubborn"].processed == 0
+
+
+def test_an_async_call_that_swallows_its_timeout_is_still_timed_out(track: Tracker) -> None:
+    # until 2026-12-05 a call that caught the CancelledError of its timeout and returned
+    # was counted processed and its message acked, as if it had finished in time
+    endpoint, client = _setup(track)
+    calls: list[int] = []
+
+    async def swallows(message: Any) -> None:
+        calls.append(message.receive_count)
+        if message.receive_count == 1:
+            try:
+                await asyncio.sleep(STUCK)
+            except asyncio.CancelledError:
+                return   # its timeout: ignored, and a normal return
+
+    worker = _worker(track, endpoint, concurrency=1)
+    worker.handler("jobs", timeout=0.2)(swallows)
+    client.send("jobs", b"x")
+    worker.start()
+    wait_until(lambda: worker.stats().handlers["swallows"].processed == 1,
+               what="the second try")
+    stats = worker.stats().handlers["swallows"]
+    assert (stats.timed_out, stats.failed, stats.retried, stats.processed) == (1, 1, 1, 1)
+    assert calls == [1, 2]
+    wait_until(lambda: client.stats().queues["jobs"].acked == 1, what="the second ack")
