@@ -132,3 +132,41 @@ def test_a_message_settled_from_another_thread_is_refused_and_stays_settleable(
             assert (queue.leased, queue.visible, queue.dead_lettered) == (0, 0, 0)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack", "term"])
+def test_a_batch_settled_from_another_thread_is_refused_and_stays_settleable(
+        track: Tracker, settle: str) -> None:
+    # until 2026-12-05 the batch was marked settled before the loop was checked: the
+    # refused call left every later ack(), nack() or term() of it doing nothing
+    server = track.server()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q", visibility_timeout=60.0)
+            await client.send_batch("q", [b"a", b"b", b"c"])
+            batches = client.consume_batches("q", prefetch=10)
+            batch = await batches.__anext__()
+            assert len(batch) == 3
+            refused: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    getattr(batch, settle)()
+                except fastfanout.WrongEventLoop as exc:
+                    refused.append(exc)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join(10.0)
+            assert not thread.is_alive() and len(refused) == 1
+            batch.ack()                                # still the loop's to settle
+            deadline = loop.time() + QUICK
+            while (queue := (await client.stats()).queues["q"]).acked < 3:
+                assert loop.time() < deadline, queue
+                await asyncio.sleep(0.01)
+            assert (queue.leased, queue.visible, queue.dead_lettered) == (0, 0, 0)
+            await batches.aclose()
+
+    asyncio.run(main())
