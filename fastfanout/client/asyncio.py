@@ -747,11 +747,11 @@ class AsyncConnection(DriverBase):
             if core.cancel(state):
                 self.fire(Opcode.CANCEL, state.consumer_id)
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, timeout: float | None = 5.0) -> None:
         """Send what is pending, say goodbye, stop the tasks and close the transport.
 
         Args:
-            timeout: seconds to wait for the broker's answers at most.
+            timeout: seconds to wait for the broker's answers at most (None: no limit).
         """
         core = self.core
         if self.lost:   # nobody to say goodbye to: no reconnect for it
@@ -1074,12 +1074,21 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         After the broker said goodbye (it stopped) it waits for no reply: the connection
         was dropped then, and close only stops the client's tasks.
 
+        ``timeout`` bounds the whole close, the producers' flushes included (until
+        2026-12-05 each producer's flush waited its own deadline, the client's timeout
+        plus the broker's ``hold_timeout``: 32 s against a hung broker, whatever
+        ``timeout`` said).
+
         Raises:
-            FastFanoutError: a producer's frame was refused; the client is closed anyway
-                and that producer's refused messages are not published.
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
+                or None (no limit); nothing is closed.
+            FastFanoutError: a producer's frame was refused, or not answered within
+                ``timeout`` (``BrokenConnection``); the client is closed anyway and that
+                producer's messages not confirmed may not be published.
             WrongEventLoop: called from another event loop (or thread) while the one that
                 connected it still runs.
         """
+        check_wait("timeout", timeout)
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
@@ -1088,17 +1097,26 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             return
         connection.check_loop()
         refusal: FastFanoutError | None = None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         try:
-            for producer in list(connection.producers):   # their open and kept frames first
-                try:
-                    await producer.close()
-                except FastFanoutError as exc:
-                    refusal = refusal or exc
+            async with asyncio.timeout_at(deadline):
+                for producer in list(connection.producers):   # their open and kept frames
+                    try:
+                        await producer.close()
+                    except FastFanoutError as exc:
+                        refusal = refusal or exc
+        except TimeoutError:
+            refusal = refusal or BrokenConnection(
+                f"the broker at {self.endpoint} did not answer the producers' frames "
+                f"within close's timeout of {timeout} s; their messages may not be "
+                f"published")
         except asyncio.CancelledError:   # while a producer flushed: the client closes all
             # the same (BYE, within ``timeout``), rather than stay half closed
             await asyncio.shield(connection.close(timeout))
             raise
-        await connection.close(timeout)
+        await connection.close(None if deadline is None
+                               else max(0.0, deadline - loop.time()))
         if refusal is not None:
             raise refusal
 

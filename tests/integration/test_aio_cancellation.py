@@ -61,9 +61,15 @@ def test_an_asyncio_client_never_closed_is_collected_without_a_hang(
 
 
 def _stopped_broker(track: Tracker) -> tuple[str, subprocess.Popen[bytes]]:
-    """A broker process on a new ipc endpoint, to be paused (SIGSTOP) by the test."""
+    """A broker process on a new ipc endpoint, to be paused (SIGSTOP) by the test.
+
+    Its clients take 60 s of silence (1.5 times its heartbeat timeout) to call it gone,
+    so what a test measures is the client's own deadline, not that rule.
+    """
     endpoint = track.endpoint()
-    return endpoint, track.broker_process(endpoint)
+    config = track.tmp_path / "heartbeats.toml"
+    config.write_text("heartbeat_interval = 1.0\nheartbeat_timeout = 40.0\n")
+    return endpoint, track.broker_process(endpoint, "--config", str(config))
 
 
 def test_a_consume_the_broker_does_not_answer_raises_broken_connection(
@@ -170,3 +176,46 @@ def test_a_batch_settled_from_another_thread_is_refused_and_stays_settleable(
             await batches.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("timeout", ["5", float("nan"), [1.0]])
+def test_a_bad_close_timeout_is_refused_and_closes_nothing(track: Tracker,
+                                                           timeout: Any) -> None:
+    # until 2026-12-05 a str raised TypeError from inside asyncio with the client half
+    # closed, and NaN was taken (a deadline never reached), where the blocking client
+    # raises InvalidArgument and closes nothing
+    server = track.server()
+
+    async def main() -> None:
+        client = await aio.connect(server.endpoint, timeout=5.0)
+        await client.create_queue("q")
+        with pytest.raises(fastfanout.InvalidArgument, match="timeout"):
+            await client.close(timeout=timeout)
+        assert not client.closed
+        assert await client.list_queues() == ["q"]
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_close_timeout_bounds_the_flush_of_open_producers(track: Tracker) -> None:
+    # until 2026-12-05 each producer's flush waited its own deadline (the client's
+    # timeout plus the broker's hold_timeout, 35 s here) whatever close's timeout said
+    endpoint, process = _stopped_broker(track)
+
+    async def main() -> float:
+        client = await aio.connect(endpoint, timeout=5.0)
+        await client.create_topic("t")
+        producer = await client.producer("t", linger=60.0)
+        producer.offer(b"never answered")
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(fastfanout.BrokenConnection, match="close's timeout"):
+                await client.close(timeout=1.0)
+            assert client.closed
+            return time.monotonic() - started
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+
+    assert asyncio.run(main()) < QUICK
