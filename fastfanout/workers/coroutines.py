@@ -185,8 +185,15 @@ class AsyncRunner:
                 result = await handler.function(argument)
             else:
                 limit = asyncio.timeout(handler.timeout)
-                async with limit:
-                    result = await handler.function(argument)
+                # a call that ignores the timeout's cancellation loses its messages
+                # STOP_GRACE later all the same (``_abandon_late``), as a sync call does
+                watchdog = asyncio.get_running_loop().call_later(
+                    handler.timeout + STOP_GRACE, self._abandon_late, messages)
+                try:
+                    async with limit:
+                        result = await handler.function(argument)
+                finally:
+                    watchdog.cancel()
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -220,6 +227,8 @@ class AsyncRunner:
         tally.times.append(time.monotonic() - started)
         tally.in_flight -= len(messages)
         slots.release()
+        if self._abandoned and all(id(m) in self._abandoned for m in messages):
+            return   # given back while it ran on (its timeout, or the stop): ignored
         if timed_out:
             tally.timed_out += 1
             log.warning("handler %s passed its timeout of %g s: %d message(s) nacked",
@@ -241,6 +250,27 @@ class AsyncRunner:
         messages = list(self._held.values())
         self._abandoned.update(id(message) for message in messages)
         self._give_back(messages)
+
+    def _abandon_late(self, messages: list[Any]) -> None:
+        """A call still running STOP_GRACE past its timeout: it ignored the cancellation.
+
+        Its messages are nacked with the queue's backoff now (a timed-out failure, as a
+        sync call's past its timeout are); it runs on, holding its slot, and its result
+        is ignored. Until 2026-12-05 they stayed with it for as long as it ran, their
+        leases extended: never retried, never counted timed out.
+        """
+        held = [m for m in messages if id(m) in self._held]
+        if not held:
+            return
+        log.warning("handler %s ignored its timeout of %g s: %d message(s) nacked; its "
+                    "result will be ignored", self.handler.name, self.handler.timeout,
+                    len(held))
+        self._abandoned.update(id(message) for message in messages)
+        self.tally.timed_out += 1
+        self.tally.failures([m.receive_count for m in held], self._max_receive_count)
+        for message in held:
+            self._held.pop(id(message), None)
+            settle_quietly(message.nack)
 
     def _settle(self, messages: list[Any], failed: list[Any]) -> None:
         if self._abandoned:

@@ -968,3 +968,40 @@ def test_an_async_call_that_swallows_its_timeout_is_still_timed_out(track: Track
     assert (stats.timed_out, stats.failed, stats.retried, stats.processed) == (1, 1, 1, 1)
     assert calls == [1, 2]
     wait_until(lambda: client.stats().queues["jobs"].acked == 1, what="the second ack")
+
+
+def test_an_async_call_that_ignores_its_timeout_gives_its_message_back(
+        track: Tracker) -> None:
+    # until 2026-12-05 the message stayed with the call for as long as it ran on (its
+    # lease extended every third of a lease): never retried, never counted timed out
+    endpoint, client = _setup(track)
+    release = threading.Event()
+    calls: list[int] = []
+
+    async def stubborn(message: Any) -> None:
+        calls.append(message.receive_count)
+        if message.receive_count == 1:
+            while not release.is_set():
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    pass   # its timeout: ignored, and the call goes on
+
+    worker = _worker(track, endpoint, concurrency=2)
+    worker.handler("jobs", timeout=0.2)(stubborn)
+    client.send("jobs", b"x")
+    worker.start()
+    try:
+        wait_until(lambda: worker.stats().handlers["stubborn"].processed == 1,
+                   what="the retry while the first call still runs")
+        stats = worker.stats().handlers["stubborn"]
+        assert (stats.timed_out, stats.failed, stats.retried) == (1, 1, 1)
+        assert calls == [1, 2]
+    finally:
+        release.set()
+    wait_until(lambda: worker.stats().handlers["stubborn"].in_flight == 0,
+               what="the first call to end")
+    stats = worker.stats().handlers["stubborn"]
+    assert (stats.processed, stats.timed_out, stats.failed) == (1, 1, 1)   # ignored
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (1, 0, 0)
