@@ -668,8 +668,14 @@ def _connect_client(context: zmq.Context[Any], kind: int, options: list[tuple[in
     return sock
 
 
-def _close_owned(sock: Any, monitor: Any, context: Any) -> None:
-    """Close a client socket, its monitor (if any) and their context, in that order."""
+def _close_owned(sock: Any, monitor: Any, context: Any, pid: int) -> None:
+    """Close a client socket, its monitor (if any) and their context, in that order.
+
+    Nothing in a forked child (``pid`` is the creator's): they are the parent's, and
+    pyzmq's own close and term do nothing there either.
+    """
+    if os.getpid() != pid:
+        return
     if monitor is not None:
         _close_monitor(sock, monitor)
     sock.close(linger=0)
@@ -697,7 +703,7 @@ class _OwnedSocket:
     def _close_when_dropped(self) -> None:
         """Arm the finalizer that closes the socket, its monitor and the context."""
         self._closer = weakref.finalize(self, _close_owned, self._socket, self._monitor,
-                                        self._context)
+                                        self._context, os.getpid())
         self._closer.atexit = False   # at exit pyzmq leaves contexts alone; so do we
 
     def close(self) -> None:
