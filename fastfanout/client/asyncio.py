@@ -310,8 +310,7 @@ class AsyncConnection(DriverBase):
         # The reader waits on the socket, where nothing more comes unannounced: move it.
         reader = self.tasks[0]
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await asyncio.wait([reader])   # a cancelled start() raises (its own cancel)
         self.transport = AsyncLocalTransport(dealer, channel, self.timeout)
         self.tasks[0] = asyncio.create_task(self._reader())
 
@@ -802,10 +801,14 @@ class AsyncConnection(DriverBase):
                                 if task is not None and task is not asyncio.current_task())]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.transport.close()
+        try:
+            if tasks:
+                # asyncio.wait: their CancelledError stays in them and the caller's own
+                # goes on (until 2026-12-05 a suppress around each await took the
+                # caller's for theirs: a cancelled close() returned as if not cancelled)
+                await asyncio.wait(tasks)
+        finally:
+            self.transport.close()
 
 
 class AsyncClient(ClientFace["asyncio.Future[PublishResult]",

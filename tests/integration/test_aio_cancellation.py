@@ -219,3 +219,42 @@ def test_close_timeout_bounds_the_flush_of_open_producers(track: Tracker) -> Non
             os.kill(process.pid, signal.SIGCONT)
 
     assert asyncio.run(main()) < QUICK
+
+
+def test_a_close_cancelled_after_the_broker_was_killed_raises_cancelled(
+        track: Tracker) -> None:
+    # until 2026-12-05 the close swallowed its own cancellation (a suppress around the
+    # await of each of its tasks took it for theirs) and returned as if not cancelled:
+    # an asyncio.timeout or a TaskGroup around it lost its cancel
+    endpoint = track.endpoint()
+    process = track.broker_process(endpoint)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = await aio.connect(endpoint, timeout=5.0)
+        await client.create_queue("q")
+        await asyncio.to_thread(_kill, process)
+        with pytest.raises(fastfanout.BrokenConnection):
+            await client.list_queues()     # the connection is known lost from now
+        closing = asyncio.ensure_future(client.close())
+        deadline = loop.time() + QUICK
+        while not client.closed:           # close() runs up to its wait for its tasks
+            assert loop.time() < deadline
+            await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        deadline = loop.time() + QUICK
+        while asyncio.all_tasks() != {asyncio.current_task()}:   # its tasks end anyway
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        with pytest.raises(fastfanout.Closed):
+            await client.list_queues()
+
+    asyncio.run(main())
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: the broker says no GOODBYE; reaped within a deadline."""
+    process.send_signal(signal.SIGKILL)
+    process.wait(QUICK)
