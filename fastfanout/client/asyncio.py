@@ -797,8 +797,9 @@ class AsyncConnection(DriverBase):
         self._drop_cursors()
         self._wake_all()
         watcher, self._watcher = self._watcher, None
-        tasks = [*self.tasks, *(task for task in (self._handshake, watcher)
-                                if task is not None and task is not asyncio.current_task())]
+        current = asyncio.current_task()
+        tasks = [task for task in (*self.tasks, self._handshake, watcher)
+                 if task is not None and task is not current]
         for task in tasks:
             task.cancel()
         try:
