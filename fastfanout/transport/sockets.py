@@ -918,7 +918,6 @@ class AsyncDealerTransport(_AsyncClientSocket):
         except zmq.ZMQError:   # closed under the wait
             return None
 
-
     def send_nowait(self, frames: list[bytes]) -> None:
         """Queue a request without awaiting (no task per request).
 
