@@ -840,7 +840,6 @@ class DealerTransport(_ClientSocket):
         _send_frames(self._socket, frames, 0)
 
 
-
 class SubTransport(_ClientSocket):
     """A stream listener's SUB socket, blocking flavour.
 
