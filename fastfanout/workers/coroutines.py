@@ -77,9 +77,10 @@ class AsyncRunner:
         self._lease = lease
         self.tally = Tally()
         self._held: dict[int, Any] = {}   # id(message) -> message: taken, not settled
-        # id(message) of calls abandoned at the stop (they ignored their cancellation):
-        # given back, never settled by the call (kept alive by the call until it ends)
-        self._abandoned: set[int] = set()
+        # id(message) -> message of calls that ignored their cancellation (past their
+        # timeout, or at the stop): given back, never settled by the call. Held here
+        # (no id reused meanwhile) until the call ends.
+        self._abandoned: dict[int, Any] = {}
         self._abandoned_calls = 0
         self._calls: set[asyncio.Task[None]] = set()
         self._source: AsyncClientSource | AsyncBrokerSource | None = None
@@ -228,7 +229,9 @@ class AsyncRunner:
         tally.in_flight -= len(messages)
         slots.release()
         if self._abandoned and all(id(m) in self._abandoned for m in messages):
-            return   # given back while it ran on (its timeout, or the stop): ignored
+            for message in messages:   # given back while it ran on: its result ignored
+                del self._abandoned[id(message)]
+            return
         if timed_out:
             tally.timed_out += 1
             log.warning("handler %s passed its timeout of %g s: %d message(s) nacked",
@@ -240,7 +243,7 @@ class AsyncRunner:
 
         What is still held once the other calls ended is theirs (the buffered messages
         were given back first). They run on, on the worker's loop, until they return;
-        their result is then ignored (``_settle``), as a sync call's past its timeout.
+        their result is then ignored (``_call``), as a sync call's past its timeout.
         Until 2026-12-05 the stop waited for them, however long they ran.
         """
         log.warning("handler %s: %d call(s) ignored their cancellation; their messages "
@@ -248,7 +251,7 @@ class AsyncRunner:
                     calls)
         self._abandoned_calls += calls
         messages = list(self._held.values())
-        self._abandoned.update(id(message) for message in messages)
+        self._abandoned.update((id(message), message) for message in messages)
         self._give_back(messages)
 
     def _abandon_late(self, messages: list[Any]) -> None:
@@ -265,7 +268,7 @@ class AsyncRunner:
         log.warning("handler %s ignored its timeout of %g s: %d message(s) nacked; its "
                     "result will be ignored", self.handler.name, self.handler.timeout,
                     len(held))
-        self._abandoned.update(id(message) for message in messages)
+        self._abandoned.update((id(message), message) for message in messages)
         self.tally.timed_out += 1
         self.tally.failures([m.receive_count for m in held], self._max_receive_count)
         for message in held:
@@ -273,12 +276,6 @@ class AsyncRunner:
             settle_quietly(message.nack)
 
     def _settle(self, messages: list[Any], failed: list[Any]) -> None:
-        if self._abandoned:
-            abandoned = self._abandoned
-            messages = [m for m in messages if id(m) not in abandoned]
-            failed = [m for m in failed if id(m) not in abandoned]
-            if not messages:
-                return
         held = self._held
         for message in messages:
             held.pop(id(message), None)
