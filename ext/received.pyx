@@ -699,8 +699,8 @@ cdef class RemoteMessage:
                     self._live = False
                     return _DONE
             elif not consumer.closed:
+                consumer.defer_settle(_pack(&self.receipt, 1))   # refused: nothing queued
                 self._live = False
-                consumer.defer_settle(_pack(&self.receipt, 1))
                 return _DONE
         try:
             self._origin.owner.ack(self.receipt)
