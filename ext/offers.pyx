@@ -147,6 +147,9 @@ cdef class OfferGate:
             room for the request's other frames); a body that would take a frame past
             it goes into the next one (the open frame is sent first, ``full``).
         too_large: called with the body's size when it is over ``max_body`` (raises).
+
+    An asyncio producer's gate belongs to its event loop's thread (``home``): an offer
+    from any other thread calls the loop's check, which raises, before anything is added.
     """
 
     cdef FrameBuilder _builder
@@ -162,6 +165,8 @@ cdef class OfferGate:
     cdef public Py_ssize_t max_body
     cdef public Py_ssize_t max_frame
     cdef public object too_large
+    cdef object _check_home          # (asyncio) raises WrongEventLoop; None: any thread
+    cdef unsigned long _home_thread
 
     def __cinit__(self, FrameBuilder builder not None, Py_ssize_t batch_messages,
                   Py_ssize_t batch_bytes, object kept, object blocked, object opened,
@@ -179,6 +184,26 @@ cdef class OfferGate:
         self.max_body = PY_SSIZE_T_MAX
         self.max_frame = PY_SSIZE_T_MAX
         self.too_large = None
+        self._check_home = None
+        self._home_thread = 0
+
+    def home(self, check):
+        """Tie the gate to this thread (its event loop's): ``check()`` on any other.
+
+        ``check`` raises (``WrongEventLoop``) for a caller outside the owning loop; an
+        offer from this thread costs one compare of thread ids. Until 2026-12-05 offers
+        from another thread were added unchecked (racing the loop's own, their linger
+        timer set from the wrong thread) until one filled the frame: its send was
+        refused there, so the frame was kept and the loop's own next offer raised.
+        """
+        self._check_home = check
+        self._home_thread = PyThread_get_thread_ident()
+
+    def check_home(self):
+        """Call the home check when called from another thread than the gate's."""
+        if (self._check_home is not None
+                and PyThread_get_thread_ident() != self._home_thread):
+            self._check_home()
 
     def offer(self, body):
         """Add a message body to the frame (see ``RemoteProducer.offer``)."""
@@ -186,6 +211,9 @@ cdef class OfferGate:
         cdef uint32_t count = builder.out.count
         cdef size_t length = builder.out.length
         cdef Py_ssize_t body_bytes = builder.body_bytes
+        if (self._check_home is not None
+                and PyThread_get_thread_ident() != self._home_thread):
+            self._check_home()
         if self.closed or len(self._kept):
             self._blocked()
             count, length, body_bytes = (builder.out.count, builder.out.length,

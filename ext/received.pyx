@@ -40,6 +40,7 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject_IsTrue
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
@@ -63,7 +64,7 @@ from fastfanout._ext.codec cimport (
 import json
 
 from fastfanout._ext.codec import status_text
-from fastfanout.errors import InvalidArgument, MalformedBatch
+from fastfanout.errors import InvalidArgument, MalformedBatch, WrongEventLoop
 from fastfanout.records import DeadLetterInfo
 
 from msgspec.msgpack import Decoder as _MsgpackDecoder
@@ -223,7 +224,11 @@ cdef class AckBuffer:
         on_full: called with no argument when ``limit`` receipts are queued (it sends
             them), or None.
         on_first: called with no argument when the first receipt is queued into an
-            empty buffer (say, to schedule the send), or None.
+            empty buffer (say, to schedule the send), or None. It is called before the
+            receipt is queued: if it raises, nothing was queued.
+
+    An asyncio connection's buffer belongs to its event loop (``home``): an ``add`` from
+    any other thread calls the loop's check, which raises, before anything is queued.
     """
 
     cdef uint64_t* _receipts
@@ -239,6 +244,8 @@ cdef class AckBuffer:
     cdef object _on_full
     cdef object _on_first
     cdef ff_slot _closed_slot      # where ``state.closed`` is, when it is a slot
+    cdef object _check_home        # (asyncio) raises WrongEventLoop; None: any thread
+    cdef unsigned long _home_thread
 
     def __cinit__(self, object state, Py_ssize_t limit, object on_full=None,
                   object on_first=None):
@@ -256,10 +263,23 @@ cdef class AckBuffer:
         # every message.ack() reads ``state.closed``: a slot of a consumer's state is
         # read in C (a generic getattr was ~10 % of the consumer's loop)
         ff_slot_note(&self._closed_slot, state, "closed")
+        self._check_home = None
+        self._home_thread = 0
 
     def __dealloc__(self):
         PyMem_Free(self._receipts)
         PyMem_Free(self._cuts)
+
+    def home(self, check):
+        """Tie the buffer to this thread (its event loop's): ``check()`` on any other.
+
+        ``check`` raises (``WrongEventLoop``) for a caller outside the owning loop; an
+        ``add`` from this thread costs one compare of thread ids, as ``NowaitGate``'s.
+        Until 2026-12-05 an ack from another thread into a buffer that held acks already
+        was queued unchecked (a race on the buffer with the loop's thread).
+        """
+        self._check_home = check
+        self._home_thread = PyThread_get_thread_ident()
 
     @property
     def count(self):
@@ -312,8 +332,19 @@ cdef class AckBuffer:
         return PyObject_IsTrue(<object>closed)
 
     cdef int add(self, uint64_t receipt, const void* delivery) except -1:
-        """Queue one receipt of the delivery ``delivery`` (an identity, or NULL)."""
+        """Queue one receipt of the delivery ``delivery`` (an identity, or NULL).
+
+        Whatever raises before the receipt is queued (a foreign thread's check,
+        ``on_first``) leaves the buffer as it was. Until 2026-12-05 ``on_first`` ran
+        after: an ack refused by it (``WrongEventLoop``) stayed queued with no send
+        scheduled, and the loop's own later acks waited behind it, unsent.
+        """
         cdef bint first = self._count == 0
+        if (self._check_home is not None
+                and PyThread_get_thread_ident() != self._home_thread):
+            self._check_home()
+        if first and self._on_first is not None:
+            self._on_first()
         if self._count == self._capacity:
             self._grow()
         if first:
@@ -324,8 +355,6 @@ cdef class AckBuffer:
         self._last_delivery = delivery
         self._receipts[self._count] = receipt
         self._count += 1
-        if first and self._on_first is not None:
-            self._on_first()
         if self._count >= self.limit and self._on_full is not None:
             self._on_full()
         return 0
@@ -664,14 +693,14 @@ cdef class RemoteMessage:
             if type(consumer) is AckBuffer:
                 acks = <AckBuffer>consumer
                 if not acks.is_closed():
-                    self._live = False
                     if self._frame is not None:
                         delivery = <const void*>self._frame
-                    acks.add(self.receipt, delivery)
+                    acks.add(self.receipt, delivery)   # raises having queued nothing
+                    self._live = False
                     return _DONE
             elif not consumer.closed:
+                consumer.defer_settle(_pack(&self.receipt, 1))   # refused: nothing queued
                 self._live = False
-                consumer.defer_settle(_pack(&self.receipt, 1))
                 return _DONE
         try:
             self._origin.owner.ack(self.receipt)
@@ -690,7 +719,7 @@ cdef class RemoteMessage:
         """
         try:
             self._origin.owner.nack(self.receipt, delay=delay)
-        except InvalidArgument:
+        except (InvalidArgument, WrongEventLoop):
             raise   # refused before it acted: still ours to settle (a batch ack included)
         except BaseException:
             self._live = False
@@ -709,8 +738,12 @@ cdef class RemoteMessage:
         """Dead-letter the message at once (reason ``rejected``); returns ``DONE``."""
         try:
             self._origin.owner.term(self.receipt)
-        finally:
+        except WrongEventLoop:
+            raise   # refused before it acted: still ours to settle
+        except BaseException:
             self._live = False
+            raise
+        self._live = False
         return _DONE
 
     def __repr__(self):

@@ -279,6 +279,7 @@ class AsyncConnection(DriverBase):
         # publish_nowait/send_nowait of a bare body: one native call into an open batch
         self.nowait_gate = NowaitGate(self.core, self._new_future, self.send_out,
                                       self._batches_opened, check_loop=self.check_loop)
+        self.acks.home(self.check_loop)   # message.ack() from another thread: refused
         self.tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._beat())]
         self._watch(self.transport)
         request = self.core.start(time.monotonic())
@@ -309,8 +310,7 @@ class AsyncConnection(DriverBase):
         # The reader waits on the socket, where nothing more comes unannounced: move it.
         reader = self.tasks[0]
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await asyncio.wait([reader])   # a cancelled start() raises (its own cancel)
         self.transport = AsyncLocalTransport(dealer, channel, self.timeout)
         self.tasks[0] = asyncio.create_task(self._reader())
 
@@ -721,7 +721,9 @@ class AsyncConnection(DriverBase):
         state = core.consumers[request.request_id]
         waker = self.wakers[state.consumer_id] = asyncio.Event()
         try:
-            await asyncio.wait_for(self.wait(request), self.timeout)
+            # the client's deadline alone (BrokenConnection, as for every call): until
+            # 2026-12-05 a wait_for of the same length beat it with a bare TimeoutError
+            await self.wait(request)
             while True:
                 while not state.batches:
                     if state.error is not None:
@@ -744,11 +746,11 @@ class AsyncConnection(DriverBase):
             if core.cancel(state):
                 self.fire(Opcode.CANCEL, state.consumer_id)
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, timeout: float | None = 5.0) -> None:
         """Send what is pending, say goodbye, stop the tasks and close the transport.
 
         Args:
-            timeout: seconds to wait for the broker's answers at most.
+            timeout: seconds to wait for the broker's answers at most (None: no limit).
         """
         core = self.core
         if self.lost:   # nobody to say goodbye to: no reconnect for it
@@ -795,14 +797,19 @@ class AsyncConnection(DriverBase):
         self._drop_cursors()
         self._wake_all()
         watcher, self._watcher = self._watcher, None
-        tasks = [*self.tasks, *(task for task in (self._handshake, watcher)
-                                if task is not None and task is not asyncio.current_task())]
+        current = asyncio.current_task()
+        tasks = [task for task in (*self.tasks, self._handshake, watcher)
+                 if task is not None and task is not current]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.transport.close()
+        try:
+            if tasks:
+                # asyncio.wait: their CancelledError stays in them and the caller's own
+                # goes on (until 2026-12-05 a suppress around each await took the
+                # caller's for theirs: a cancelled close() returned as if not cancelled)
+                await asyncio.wait(tasks)
+        finally:
+            self.transport.close()
 
 
 class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
@@ -1071,12 +1078,21 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         After the broker said goodbye (it stopped) it waits for no reply: the connection
         was dropped then, and close only stops the client's tasks.
 
+        ``timeout`` bounds the whole close, the producers' flushes included (until
+        2026-12-05 each producer's flush waited its own deadline, the client's timeout
+        plus the broker's ``hold_timeout``: 32 s against a hung broker, whatever
+        ``timeout`` said).
+
         Raises:
-            FastFanoutError: a producer's frame was refused; the client is closed anyway
-                and that producer's refused messages are not published.
+            InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN)
+                or None (no limit); nothing is closed.
+            FastFanoutError: a producer's frame was refused, or not answered within
+                ``timeout`` (``BrokenConnection``); the client is closed anyway and that
+                producer's messages not confirmed may not be published.
             WrongEventLoop: called from another event loop (or thread) while the one that
                 connected it still runs.
         """
+        check_wait("timeout", timeout)
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
@@ -1085,17 +1101,26 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             return
         connection.check_loop()
         refusal: FastFanoutError | None = None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         try:
-            for producer in list(connection.producers):   # their open and kept frames first
-                try:
-                    await producer.close()
-                except FastFanoutError as exc:
-                    refusal = refusal or exc
+            async with asyncio.timeout_at(deadline):
+                for producer in list(connection.producers):   # their open and kept frames
+                    try:
+                        await producer.close()
+                    except FastFanoutError as exc:
+                        refusal = refusal or exc
+        except TimeoutError:
+            refusal = refusal or BrokenConnection(
+                f"the broker at {self.endpoint} did not answer the producers' frames "
+                f"within close's timeout of {timeout} s; their messages may not be "
+                f"published")
         except asyncio.CancelledError:   # while a producer flushed: the client closes all
             # the same (BYE, within ``timeout``), rather than stay half closed
             await asyncio.shield(connection.close(timeout))
             raise
-        await connection.close(timeout)
+        await connection.close(None if deadline is None
+                               else max(0.0, deadline - loop.time()))
         if refusal is not None:
             raise refusal
 

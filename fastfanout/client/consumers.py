@@ -274,6 +274,9 @@ class AsyncSettling(Protocol):
     def check_open(self) -> None:
         """Raise ``Closed`` once the client is closed."""
 
+    def check_loop(self) -> None:
+        """Raise ``WrongEventLoop`` outside the event loop that connected the client."""
+
     def queue_receipts(self, receipts: bytes) -> None:
         """Queue a receipts frame for this loop iteration's SETTLE."""
 
@@ -305,8 +308,14 @@ class AsyncSettler:
         self._connection.queue_receipts(receipts)
 
     def check_open(self) -> None:
-        """Raise ``Closed`` once the client is closed (a batch checks before settling)."""
+        """Raise ``Closed`` once the client is closed (a batch checks before settling).
+
+        Also ``WrongEventLoop`` outside the client's event loop, which would refuse the
+        settle: until 2026-12-05 a batch settled from another thread was marked settled
+        first, and every later ``ack()``, ``nack()`` or ``term()`` of it did nothing.
+        """
         self._connection.check_open()
+        self._connection.check_loop()
 
     def ack(self, receipt: int) -> None:
         """Queue the ack of a receipt (sent when this loop iteration ends)."""

@@ -176,6 +176,9 @@ class AsyncDriver(Protocol):
     def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
         """Queue a request made by ``make`` (a core method) and send it."""
 
+    def check_loop(self) -> None:
+        """Raise ``WrongEventLoop`` outside the event loop that connected it."""
+
     async def publish_results(self, request: Request) -> RemotePublishBatch:
         """Wait for a publish request's answer."""
 

@@ -520,6 +520,7 @@ class AsyncProducer(ProducerFace):
                                core.kept, self._blocked, self._opened, self._full,
                                DONE)
         self._limit_bodies()
+        self._gate.home(connection.check_loop)   # an offer from another thread: refused
         self.offer = self._gate.offer   # type: ignore[method-assign]
 
     def offer(self, body: Body) -> Done:
@@ -534,6 +535,8 @@ class AsyncProducer(ProducerFace):
             MessageTooLarge: ``body`` is over 256 MiB (any queue's limit); not added.
             RequestTooLarge: ``body`` is over the broker's request limits; not added.
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
+            WrongEventLoop: called from another thread than its event loop's; nothing
+                was added.
         """
         result: Done = self._gate.offer(body)   # what the instance's ``offer`` is
         return result
@@ -566,7 +569,9 @@ class AsyncProducer(ProducerFace):
             Closed: the producer was closed.
             InvalidArgument: ``bodies`` cannot be read as an array batch (nothing added).
             FastFanoutError: a refused frame is kept (its refusal); nothing was added.
+            WrongEventLoop: called from another thread than its event loop's.
         """
+        self._gate.check_home()
         self._extend(bodies)
         return DONE
 
@@ -634,7 +639,9 @@ class AsyncProducer(ProducerFace):
 
         Raises:
             FastFanoutError: a frame was refused (it is kept for ``flush()``).
+            WrongEventLoop: called from another event loop than its client's.
         """
+        self._connection.check_loop()
         while self.core.queued and not self.core.kept:
             await self._wait_answer()
         self._raise_refusal()
@@ -647,9 +654,12 @@ class AsyncProducer(ProducerFace):
         Raises:
             Closed: the producer (or its client) was closed.
             FastFanoutError: the first refusal met; refused frames are kept.
+            WrongEventLoop: called from another event loop than its client's (nothing
+                is sent: until 2026-12-05 the open frame was, refused, and kept).
         """
         core, connection = self.core, self._connection
         core.check_open()
+        connection.check_loop()
         if len(core.builder):
             self._full()
         while core.in_flight or (core.queued and not core.kept):
@@ -662,15 +672,36 @@ class AsyncProducer(ProducerFace):
             except FastFanoutError as exc:
                 if not request.done:   # timed out: count it as refused
                     request.fail(exc)
-            answer = core.answered(request)
+            except BaseException:
+                # cancelled (asyncio.timeout, a cancelled task): the answer still settles
+                # the frame, as _pump's frames are. Until 2026-12-05 it stayed in flight
+                # for good: the next flush() or close() waited for it until the client's
+                # timeout, and a refusal of it was never raised nor the frame kept.
+                request.watch(functools.partial(self._answer_kept, request))
+                raise
+            answer = self._kept_answer(request)
             if isinstance(answer, FastFanoutError):
-                if not never_publishable(answer):
-                    core.kept.rotate(1)   # the refused frame stays first
-                    self._kept_error = answer
                 raise answer
-            self._last = answer
         last, self._last = self._last, None
         return last
+
+    def _kept_answer(self, request: Request) -> RemotePublishBatch | FastFanoutError:
+        """A kept frame sent again was answered: kept first again if refused."""
+        answer = self.core.answered(request)
+        if isinstance(answer, FastFanoutError):
+            if not never_publishable(answer):
+                self.core.kept.rotate(1)   # the refused frame stays first
+                self._kept_error = answer
+        else:
+            self._last = answer
+        return answer
+
+    def _answer_kept(self, request: Request) -> None:
+        """The answer to a kept frame whose flush() was cancelled: raised by the next."""
+        answer = self._kept_answer(request)
+        if isinstance(answer, FastFanoutError) and self._refusal is None:
+            self._refusal = answer
+        self._answered.set()
 
     async def close(self) -> None:
         """Flush what is left, then refuse further offers."""

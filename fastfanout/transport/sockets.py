@@ -47,6 +47,7 @@ import math
 import os
 import socket as _socket
 import struct
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -667,19 +668,49 @@ def _connect_client(context: zmq.Context[Any], kind: int, options: list[tuple[in
     return sock
 
 
+def _close_owned(sock: Any, monitor: Any, context: Any, pid: int) -> None:
+    """Close a client socket, its monitor (if any) and their context, in that order.
+
+    Nothing in a forked child (``pid`` is the creator's): they are the parent's, and
+    pyzmq's own close and term do nothing there either.
+    """
+    if os.getpid() != pid:
+        return
+    if monitor is not None:
+        _close_monitor(sock, monitor)
+    sock.close(linger=0)
+    context.term()
+
+
 class _OwnedSocket:
-    """A socket with a context of its own, closed together."""
+    """A socket with a context of its own, closed together.
+
+    A transport dropped unclosed (a client nobody closed, garbage once its event loop
+    ended) is closed when it is collected. Until 2026-12-05 the garbage collector found
+    the context and its sockets in one cycle: pyzmq's weak list of the context's sockets
+    was already cleared when the context's finalizer ended it, so ``term()`` waited for
+    sockets nothing would close, and the process hung in whichever thread collected.
+    The finalizer holds the socket, its monitor and the context (so they are never
+    garbage before it runs) and is the one way they are closed.
+    """
 
     _socket: Any
     _context: Any
+    _monitor: Any = None   # a DEALER's link monitor (``_attach_monitor``)
     closed: bool
+    _closer: weakref.finalize[..., _OwnedSocket]
+
+    def _close_when_dropped(self) -> None:
+        """Arm the finalizer that closes the socket, its monitor and the context."""
+        self._closer = weakref.finalize(self, _close_owned, self._socket, self._monitor,
+                                        self._context, os.getpid())
+        self._closer.atexit = False   # at exit pyzmq leaves contexts alone; so do we
 
     def close(self) -> None:
         """Close the socket and its context (pending messages are dropped)."""
         if not self.closed:
             self.closed = True
-            self._socket.close(linger=0)
-            self._context.term()
+            self._closer()
 
 
 class _ClientSocket(_OwnedSocket):
@@ -695,6 +726,7 @@ class _ClientSocket(_OwnedSocket):
         self._poller.register(self._socket, zmq.POLLIN)
         self._woken_only = False   # a wake descriptor is watched (``watch_wake``)
         self.closed = False
+        self._close_when_dropped()
 
     def watch_wake(self, fd: int) -> None:
         """End a ``recv`` wait early (it returns None) once ``fd`` is readable.
@@ -807,12 +839,6 @@ class DealerTransport(_ClientSocket):
         """Queue a request (libzmq sends it in the background)."""
         _send_frames(self._socket, frames, 0)
 
-    def close(self) -> None:
-        """Close the socket, its monitor and its context (pending messages are dropped)."""
-        if not self.closed:
-            _close_monitor(self._socket, self._monitor)
-        super().close()
-
 
 class SubTransport(_ClientSocket):
     """A stream listener's SUB socket, blocking flavour.
@@ -847,6 +873,7 @@ class _AsyncClientSocket(_OwnedSocket):
         self._socket = _connect_client(self._context, kind, options, curve, endpoint, what,
                                        before_connect)
         self.closed = False
+        self._close_when_dropped()
 
     async def recv(self) -> list[bytes]:
         """The next message (waits as long as it takes; cancel to stop)."""
@@ -889,12 +916,6 @@ class AsyncDealerTransport(_AsyncClientSocket):
                     return error
         except zmq.ZMQError:   # closed under the wait
             return None
-
-    def close(self) -> None:
-        """Close the socket, its monitor and its context (pending messages are dropped)."""
-        if not self.closed:
-            _close_monitor(self._socket, self._monitor)
-        super().close()
 
     def send_nowait(self, frames: list[bytes]) -> None:
         """Queue a request without awaiting (no task per request).

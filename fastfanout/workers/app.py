@@ -229,6 +229,7 @@ class Worker:
         self._loop_thread: threading.Thread | None = None
         self._loop_stop: asyncio.Event | None = None
         self._loop_ready = threading.Event()
+        self._loop_finished = threading.Event()   # the loop's runners have stopped
         self._loop_error: BaseException | None = None
 
     # -- configuration -----------------------------------------------------------------
@@ -566,7 +567,10 @@ class Worker:
 
     def _run_loop(self, handlers: list[Handler],
                   queues: dict[str, tuple[int | None, float]]) -> None:
-        asyncio.run(self._main(handlers, queues))
+        try:
+            asyncio.run(self._main(handlers, queues))
+        finally:
+            self._loop_finished.set()
 
     async def _main(self, handlers: list[Handler],
                     queues: dict[str, tuple[int | None, float]]) -> None:
@@ -593,6 +597,10 @@ class Worker:
         await asyncio.gather(*(runner.run(stop) for runner in runners))
         deadline = self._stop_deadline   # set by stop() before it set ``stop``
         await asyncio.gather(*(runner.stop(deadline, hurry) for runner in runners))
+        # the stop is done; calls that ignored their cancellation still run on this loop
+        # (asyncio.run awaits them before it returns), as a sync call past its timeout
+        # keeps its thread: the stop does not wait for them
+        self._loop_finished.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: take no more, let running calls finish, nack the rest.
@@ -658,7 +666,9 @@ class Worker:
         if self._keeper is not None:
             self._keeper.stop()
         if self._loop_thread is not None:
-            self._loop_thread.join()
+            self._loop_finished.wait()
+            if not any(runner.abandoned for runner in self._asyncs):
+                self._loop_thread.join()
         for group in self._groups:
             group.stop(seconds)
         if self._reporter is not None:

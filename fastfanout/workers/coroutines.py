@@ -77,6 +77,11 @@ class AsyncRunner:
         self._lease = lease
         self.tally = Tally()
         self._held: dict[int, Any] = {}   # id(message) -> message: taken, not settled
+        # id(message) -> message of calls that ignored their cancellation (past their
+        # timeout, or at the stop): given back, never settled by the call. Held here
+        # (no id reused meanwhile) until the call ends.
+        self._abandoned: dict[int, Any] = {}
+        self._abandoned_calls = 0
         self._calls: set[asyncio.Task[None]] = set()
         self._source: AsyncClientSource | AsyncBrokerSource | None = None
 
@@ -181,8 +186,15 @@ class AsyncRunner:
                 result = await handler.function(argument)
             else:
                 limit = asyncio.timeout(handler.timeout)
-                async with limit:
-                    result = await handler.function(argument)
+                # a call that ignores the timeout's cancellation loses its messages
+                # STOP_GRACE later all the same (``_abandon_late``), as a sync call does
+                watchdog = asyncio.get_running_loop().call_later(
+                    handler.timeout + STOP_GRACE, self._abandon_late, messages)
+                try:
+                    async with limit:
+                        result = await handler.function(argument)
+                finally:
+                    watchdog.cancel()
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -206,15 +218,62 @@ class AsyncRunner:
                               len(messages))
             failed = messages
         else:
-            failed = failed_messages(result, messages) if handler.batched else []
+            if limit is not None and limit.expired():
+                # it caught its timeout's cancellation and returned: still past its
+                # timeout, so its result is ignored (until 2026-12-05 it was acked)
+                timed_out = True
+                failed = messages
+            else:
+                failed = failed_messages(result, messages) if handler.batched else []
         tally.times.append(time.monotonic() - started)
         tally.in_flight -= len(messages)
         slots.release()
+        if self._abandoned and all(id(m) in self._abandoned for m in messages):
+            for message in messages:   # given back while it ran on: its result ignored
+                del self._abandoned[id(message)]
+            return
         if timed_out:
             tally.timed_out += 1
             log.warning("handler %s passed its timeout of %g s: %d message(s) nacked",
                         handler.name, handler.timeout, len(messages))
         self._settle(messages, failed)
+
+    def _abandon(self, calls: int) -> None:
+        """Calls that ignored their cancellation: give back what they hold, now.
+
+        What is still held once the other calls ended is theirs (the buffered messages
+        were given back first). They run on, on the worker's loop, until they return;
+        their result is then ignored (``_call``), as a sync call's past its timeout.
+        Until 2026-12-05 the stop waited for them, however long they ran.
+        """
+        log.warning("handler %s: %d call(s) ignored their cancellation; their messages "
+                    "are nacked and their results will be ignored", self.handler.name,
+                    calls)
+        self._abandoned_calls += calls
+        messages = list(self._held.values())
+        self._abandoned.update((id(message), message) for message in messages)
+        self._give_back(messages)
+
+    def _abandon_late(self, messages: list[Any]) -> None:
+        """A call still running STOP_GRACE past its timeout: it ignored the cancellation.
+
+        Its messages are nacked with the queue's backoff now (a timed-out failure, as a
+        sync call's past its timeout are); it runs on, holding its slot, and its result
+        is ignored. Until 2026-12-05 they stayed with it for as long as it ran, their
+        leases extended: never retried, never counted timed out.
+        """
+        held = [m for m in messages if id(m) in self._held]
+        if not held:
+            return
+        log.warning("handler %s ignored its timeout of %g s: %d message(s) nacked; its "
+                    "result will be ignored", self.handler.name, self.handler.timeout,
+                    len(held))
+        self._abandoned.update((id(message), message) for message in messages)
+        self.tally.timed_out += 1
+        self.tally.failures([m.receive_count for m in held], self._max_receive_count)
+        for message in held:
+            self._held.pop(id(message), None)
+            settle_quietly(message.nack)
 
     def _settle(self, messages: list[Any], failed: list[Any]) -> None:
         held = self._held
@@ -275,10 +334,17 @@ class AsyncRunner:
                             " their messages are nacked", self.handler.name, len(late))
                 for task in late:
                     task.cancel()
-                await asyncio.wait(late)
+                _, stubborn = await asyncio.wait(late, timeout=STOP_GRACE)
+                if stubborn:
+                    self._abandon(len(stubborn))
         if source is not None:
             # bounded by the deadline: a broker that is gone never answers the BYE
             await source.close(max(STOP_GRACE, deadline - time.monotonic()))
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the stop abandoned calls that ignored their cancellation."""
+        return self._abandoned_calls > 0
 
     def stats(self) -> HandlerStats:
         """The handler's stats in this process."""

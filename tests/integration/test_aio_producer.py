@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
+from typing import Any
 from typing import Any as Tracker
 
 import pytest
@@ -236,5 +239,85 @@ def test_a_body_over_the_request_limit_is_refused_at_offer(track: Tracker,
             producer.offer(b"b")
             await producer.close()
             assert await _bodies(client) == [b"a", b"b"]
+
+    asyncio.run(main())
+
+
+def test_a_flush_cancelled_while_it_resends_a_kept_frame_spoils_no_later_flush(
+        track: Tracker, endpoint: str) -> None:
+    # until 2026-12-05 the resent frame stayed in flight for good: the next flush() and
+    # close() waited the client's timeout plus hold_timeout (35 s) and raised
+    # BrokenConnection, and the frame's refusal was lost with it
+    track.server(endpoint)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client, max_messages=15, overflow="reject")
+            producer = await client.producer("t", batch_messages=10, max_in_flight=1,
+                                             linger=60)
+            for n in range(20):
+                producer.offer(b"a%d" % n)
+            with pytest.raises(fastfanout.QueueFull):
+                await producer.flush()        # frame 2 refused: kept
+            sent = _count_publishes(client)
+            flushing = asyncio.ensure_future(producer.flush())
+            deadline = loop.time() + 10.0
+            while not sent:                   # until it sent the kept frame again
+                assert loop.time() < deadline
+                await asyncio.sleep(0)
+            flushing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await flushing
+            async with asyncio.timeout(10.0):
+                with pytest.raises(fastfanout.QueueFull):
+                    await producer.flush()    # the cancelled resend's refusal
+                assert producer.pending == 10
+                assert len(await _bodies(client)) == 10
+                assert await producer.flush() is not None
+                await producer.close()
+            assert producer.published == 20 and producer.pending == 0
+            assert await _bodies(client) == [b"a%d" % n for n in range(10, 20)]
+
+    asyncio.run(main())
+
+
+def test_offers_and_flushes_from_another_thread_are_refused_and_change_nothing(
+        track: Tracker, endpoint: str) -> None:
+    # until 2026-12-05 another thread's offers were added unchecked until one filled the
+    # frame; that frame's send was refused there (WrongEventLoop) and kept, so the
+    # loop's own next offer raised WrongEventLoop
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            producer = await client.producer("t", batch_messages=3, linger=60)
+            producer.offer(b"own0")
+            refused: list[BaseException] = []
+
+            def attempt(call: Any) -> None:
+                try:
+                    call()
+                except fastfanout.WrongEventLoop as exc:
+                    refused.append(exc)
+
+            def foreign() -> None:
+                for n in range(3):
+                    attempt(functools.partial(producer.offer, b"foreign%d" % n))
+                attempt(lambda: producer.offer_batch([b"foreign"]))
+                attempt(lambda: asyncio.run(producer.flush()))
+                attempt(lambda: asyncio.run(producer.drain()))
+
+            thread = threading.Thread(target=foreign)
+            thread.start()
+            thread.join(10.0)
+            assert not thread.is_alive()
+            assert len(refused) == 6
+            assert producer.offered == 1 and producer.pending == 1
+            producer.offer(b"own1")
+            await producer.close()
+            assert producer.published == 2
+            assert await _bodies(client) == [b"own0", b"own1"]
 
     asyncio.run(main())

@@ -902,3 +902,106 @@ def test_an_embedded_thread_past_its_timeout_gets_a_new_consumer() -> None:
             release.set()   # the call returns; the thread opens a new consumer
             wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
         assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["stop", "stop_now"])
+def test_an_async_handler_that_ignores_its_cancellation_does_not_hold_the_stop(
+        track: Tracker, how: str) -> None:
+    # until 2026-12-05 stop() waited for the call to end however long it took (the
+    # cancelled task was awaited, then asyncio.run awaited it again), and the call's
+    # return then acked the message the log said was nacked
+    endpoint, client = _setup(track)
+    started = threading.Event()
+    release = threading.Event()
+    worker = _worker(track, endpoint, concurrency=1)
+
+    @worker.handler("jobs")
+    async def stubborn(message: Any) -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass   # ignored: the call goes on
+
+    client.send("jobs", b"x")
+    worker.start()
+    assert started.wait(5.0)
+    begun = time.monotonic()
+    if how == "stop":
+        worker.stop(0.2)
+    else:
+        worker.stop_now()
+    assert time.monotonic() - begun < 10.0   # not the call's end (never, until released)
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)   # back at once
+    release.set()   # the call ends now: its result is ignored
+    wait_until(lambda: not any(thread.name == "fastfanout-worker-loop"
+                               for thread in threading.enumerate()),
+               what="the worker's event loop to end with the call")
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (0, 0, 1)
+    assert worker.stats().handlers["stubborn"].processed == 0
+
+
+def test_an_async_call_that_swallows_its_timeout_is_still_timed_out(track: Tracker) -> None:
+    # until 2026-12-05 a call that caught the CancelledError of its timeout and returned
+    # was counted processed and its message acked, as if it had finished in time
+    endpoint, client = _setup(track)
+    calls: list[int] = []
+
+    async def swallows(message: Any) -> None:
+        calls.append(message.receive_count)
+        if message.receive_count == 1:
+            try:
+                await asyncio.sleep(STUCK)
+            except asyncio.CancelledError:
+                return   # its timeout: ignored, and a normal return
+
+    worker = _worker(track, endpoint, concurrency=1)
+    worker.handler("jobs", timeout=0.2)(swallows)
+    client.send("jobs", b"x")
+    worker.start()
+    wait_until(lambda: worker.stats().handlers["swallows"].processed == 1,
+               what="the second try")
+    stats = worker.stats().handlers["swallows"]
+    assert (stats.timed_out, stats.failed, stats.retried, stats.processed) == (1, 1, 1, 1)
+    assert calls == [1, 2]
+    wait_until(lambda: client.stats().queues["jobs"].acked == 1, what="the second ack")
+
+
+def test_an_async_call_that_ignores_its_timeout_gives_its_message_back(
+        track: Tracker) -> None:
+    # until 2026-12-05 the message stayed with the call for as long as it ran on (its
+    # lease extended every third of a lease): never retried, never counted timed out
+    endpoint, client = _setup(track)
+    release = threading.Event()
+    calls: list[int] = []
+
+    async def stubborn(message: Any) -> None:
+        calls.append(message.receive_count)
+        if message.receive_count == 1:
+            while not release.is_set():
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    pass   # its timeout: ignored, and the call goes on
+
+    worker = _worker(track, endpoint, concurrency=2)
+    worker.handler("jobs", timeout=0.2)(stubborn)
+    client.send("jobs", b"x")
+    worker.start()
+    try:
+        wait_until(lambda: worker.stats().handlers["stubborn"].processed == 1,
+                   what="the retry while the first call still runs")
+        stats = worker.stats().handlers["stubborn"]
+        assert (stats.timed_out, stats.failed, stats.retried) == (1, 1, 1)
+        assert calls == [1, 2]
+    finally:
+        release.set()
+    wait_until(lambda: worker.stats().handlers["stubborn"].in_flight == 0,
+               what="the first call to end")
+    stats = worker.stats().handlers["stubborn"]
+    assert (stats.processed, stats.timed_out, stats.failed) == (1, 1, 1)   # ignored
+    queue = client.stats().queues["jobs"]
+    assert (queue.acked, queue.leased, queue.visible) == (1, 0, 0)
