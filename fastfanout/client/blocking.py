@@ -97,6 +97,8 @@ class Connection(DriverBase):
             ``FastRLock``, which the native gates take in C).
         in_flight_waits: times a ``publish_nowait``/``send_nowait`` that sent a full
             batch waited for the oldest answer (more than ``max_in_flight`` unanswered).
+        close_deadline: while ``Client.close(timeout)`` runs, when its timeout ends
+            (``time.monotonic()``): its producers' flushes wait no longer. None otherwise.
     """
 
     def __init__(self, endpoint: str, curve: CurveKeys | None, *, timeout: float,
@@ -108,6 +110,7 @@ class Connection(DriverBase):
                          batch_bytes=batch_bytes, bind=bind_futures)
         self.core.max_in_flight = max_in_flight
         self.in_flight_waits = 0
+        self.close_deadline: float | None = None
         self.abandoned: list[ConsumerState] = []   # consumers to cancel (``abandon``)
         self.unread: list[bytes] = []   # receipts to give back (``release_unread``)
         self.lock = FastRLock()
@@ -633,8 +636,18 @@ class Connection(DriverBase):
             ticker.due(due if due > now else now + core.linger, source)
 
     def close(self, timeout: float | None) -> None:
-        """Flush, say goodbye and disconnect (see ``Client.close``)."""
+        """Flush, say goodbye and disconnect (see ``Client.close``).
+
+        ``timeout`` bounds the whole close (None or ``inf``: the client's own timeout
+        for each answer, no bound on the thread's end).
+        """
         core = self.core
+        deadline = (None if timeout is None or timeout >= threading.TIMEOUT_MAX
+                    else time.monotonic() + timeout)
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         try:
             with self.lock:
                 if self.transport is not None:
@@ -643,12 +656,12 @@ class Connection(DriverBase):
                         self.send_out()
                         for request in publishes:
                             try:
-                                self.wait(request, timeout)
+                                self.wait(request, left())
                             except BrokenConnection:
                                 raise
                             except FastFanoutError:
                                 pass   # its refusal, in its future: wait for the others
-                        self.wait(self.request(Opcode.BYE, [], flush=False), timeout)
+                        self.wait(self.request(Opcode.BYE, [], flush=False), left())
                     except FastFanoutError:
                         pass
         finally:
@@ -657,8 +670,7 @@ class Connection(DriverBase):
             self._ticker.ring()
             # ``inf``, or more than ``Thread.join`` takes (an OverflowError, and the
             # transport left open), waits as None does
-            self._thread.join(None if timeout is None or timeout >= threading.TIMEOUT_MAX
-                              else timeout)
+            self._thread.join(left())
             with self.lock:
                 self.drop_transport()
 
@@ -905,25 +917,36 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         """Flush, wait for the answers, say goodbye and disconnect (``fastfanout.api``).
 
         Producers of this client still open are closed first; in a forked child it only
-        marks the client closed (the connection is the parent's).
+        marks the client closed (the connection is the parent's). ``timeout`` bounds the
+        whole close, the producers' flushes included.
 
         Raises:
             InvalidArgument: ``timeout`` is not seconds (an int or float that is not NaN);
                 nothing is closed.
-            FastFanoutError: a producer's frame was refused; the client is closed anyway
-                and that producer's refused messages are not published.
+            FastFanoutError: a producer's frame was refused, or not answered within
+                ``timeout`` (``BrokenConnection``); the client is closed anyway and that
+                producer's messages not confirmed may not be published.
         """
         check_wait("timeout", timeout)
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
         refusal: FastFanoutError | None = None
-        for producer in list(connection.producers):   # their open and kept frames first
-            try:
-                producer.close()
-            except FastFanoutError as exc:
-                refusal = refusal or exc
-        connection.close(timeout)
+        bounded = timeout < threading.TIMEOUT_MAX
+        started = time.monotonic()
+        # the producers' flushes wait no longer than the close may: until 2026-12-05
+        # each waited the client's timeout plus the broker's hold_timeout
+        connection.close_deadline = started + timeout if bounded else None
+        try:
+            for producer in list(connection.producers):   # their open and kept frames
+                try:
+                    producer.close()
+                except FastFanoutError as exc:
+                    refusal = refusal or exc
+        finally:
+            connection.close_deadline = None
+        connection.close(max(0.0, started + timeout - time.monotonic()) if bounded
+                         else timeout)
         if refusal is not None:
             raise refusal
 

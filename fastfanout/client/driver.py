@@ -120,10 +120,14 @@ class BlockingDriver(Protocol):
     Attributes:
         core: the protocol state.
         lock: serialises every use of the core and the transport (reentrant).
+        close_deadline: while its client closes with a timeout, when that timeout ends
+            (``time.monotonic()`` seconds): a producer's flush waits no longer. None
+            otherwise.
     """
 
     core: ConnectionCore
     lock: FastRLock
+    close_deadline: float | None
 
     def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
         """Queue a request made by ``make`` (a core method) and send it."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -53,6 +54,8 @@ from fastfanout.client.core import Request
 from fastfanout.client.driver import AsyncDriver, BlockingDriver
 from fastfanout.client.messages import DONE, Done, RemotePublishBatch
 from fastfanout.errors import (
+    BrokenConnection,
+    CallTimeout,
     Closed,
     FastFanoutError,
     InvalidArgument,
@@ -407,8 +410,17 @@ class RemoteProducer(ProducerFace):
         # list() copies the keys in one step: the connection's linger thread may send a
         # frame (adding to in_flight) between an iter() and its next()
         request = list(self.core.in_flight)[0]  # noqa: RUF015 (atomic copy, see above)
+        deadline = connection.close_deadline   # its client closes: wait no longer
         try:
-            connection.publish_results(request)
+            if deadline is None:
+                connection.publish_results(request)
+            else:
+                connection.publish_results(request, max(0.0, deadline - time.monotonic()))
+        except CallTimeout:   # only with a deadline: the close's timeout has ended
+            if not request.done:
+                request.fail(BrokenConnection(
+                    "the broker did not answer the producer's frames within close's "
+                    "timeout; their messages may not be published"))
         except FastFanoutError as exc:
             if not request.done:
                 request.fail(exc)

@@ -10,6 +10,7 @@ monitor now reports the lost connection: the connection is broken at once.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ import pytest
 from conftest import Tracker
 
 from fastfanout import BrokenConnection, aio
+from fastfanout.client import connect
 
 LONG = 60.0
 """The clients' timeouts here, close()'s too, and the heartbeat silence rule (1.5 times
@@ -117,3 +119,31 @@ def test_a_blocking_call_waiting_when_the_broker_is_killed_fails_at_once(
     assert not waiting.is_alive()
     assert outcome and isinstance(outcome[0], BrokenConnection), outcome
     assert failed_at[0] - killed < QUICK
+
+
+def test_close_timeout_bounds_the_flush_of_open_producers_blocking(track: Tracker) -> None:
+    # until 2026-12-05 the blocking client's close(timeout=1) waited for an open
+    # producer's frame as long as every call waits (the client's timeout plus the
+    # broker's hold_timeout, 35 s here), then waited `timeout` again for each of the
+    # goodbye's steps, against a paused broker
+    endpoint = track.endpoint()
+    config = track.tmp_path / "heartbeats.toml"
+    config.write_text("heartbeat_interval = 1.0\nheartbeat_timeout = 40.0\n")
+    process = track.broker_process(endpoint, "--config", str(config))
+    client = connect(endpoint, timeout=5.0)
+    try:
+        client.create_topic("t")
+        producer = client.producer("t", linger=60.0)
+        producer.offer(b"never answered")
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BrokenConnection, match="close's timeout"):
+                client.close(timeout=1.0)
+            elapsed = time.monotonic() - started
+            assert client.closed
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+    finally:
+        client.close()
+    assert elapsed < QUICK
