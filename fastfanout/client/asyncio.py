@@ -88,14 +88,17 @@ class AsyncListener(StreamListening):
     """
 
     def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
-                 timeout: float = 10.0, high_water_mark: int = 100_000) -> None:
+                 timeout: float = 10.0, high_water_mark: int = 100_000,
+                 heartbeat: tuple[float, float] | None = None) -> None:
         super().__init__(pattern)
         self._stream_endpoint = stream_endpoint
         self._timeout = timeout
+        self._heartbeat = heartbeat
         follower = self.follower
         try:
             self._transport = AsyncSubTransport(
-                stream_endpoint, [follower.prefix, follower.probe], curve, high_water_mark)
+                stream_endpoint, [follower.prefix, follower.probe], curve, high_water_mark,
+                heartbeat)
         except TransportError as exc:
             raise BrokenConnection(str(exc)) from None
 
@@ -114,6 +117,8 @@ class AsyncListener(StreamListening):
                     self.until_live(await self._transport.recv())
         except TimeoutError:
             raise self.not_live(self._stream_endpoint, self._timeout) from None
+        except PeerLost:
+            raise self.lost(self._stream_endpoint, self._heartbeat) from None
         self._transport.unsubscribe(follower.probe)
         return self
 
@@ -126,6 +131,7 @@ class AsyncListener(StreamListening):
 
         Raises:
             InvalidArgument: ``timeout`` is not a number of seconds (or None).
+            BrokenConnection: the stream was lost, as the blocking ``Listener``'s.
         """
         check_wait("timeout", timeout)
         self.check_open()
@@ -143,6 +149,8 @@ class AsyncListener(StreamListening):
                 frames = await asyncio.wait_for(self._transport.recv(), remaining)
             except TimeoutError:
                 return None
+            except PeerLost:
+                raise self.lost(self._stream_endpoint, self._heartbeat) from None
             except asyncio.CancelledError:
                 # close() from another task cancels the socket's pending read: that is
                 # the listener closing, not this task being cancelled
@@ -1064,7 +1072,8 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         self._check_listen(topic_pattern, high_water_mark)
         return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern,
                              self.connection.curve, timeout=self.timeout,
-                             high_water_mark=high_water_mark)
+                             high_water_mark=high_water_mark,
+                             heartbeat=self.connection.core.listener_heartbeat())
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush pending publishes and open producers, say goodbye and close the socket.

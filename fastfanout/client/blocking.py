@@ -911,7 +911,8 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             self.connection.ensure()
         return Listener(str(self.info["stream_endpoint"]), topic_pattern,
                         self.connection.curve, timeout=self.timeout,
-                        high_water_mark=high_water_mark)
+                        high_water_mark=high_water_mark,
+                        heartbeat=self.connection.core.listener_heartbeat())
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush, wait for the answers, say goodbye and disconnect (``fastfanout.api``).

@@ -29,7 +29,7 @@ from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
 )
-from fastfanout.errors import BrokenConnection, Closed
+from fastfanout.errors import BrokenConnection, Closed, PeerLost
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -478,6 +478,26 @@ class StreamListening:
             f"the broker at {stream_endpoint} did not apply the stream subscription to "
             f"{self.pattern!r} within {timeout} s; is it running?")
 
+    def lost(self, stream_endpoint: str, heartbeat: tuple[float, float] | None
+             ) -> BrokenConnection:
+        """Close the listener whose stream was lost; the error that says so.
+
+        Lost: the broker's process ended, or it answered no heartbeat for
+        ``heartbeat[1]`` seconds. A stream's sequence numbers begin again with a new
+        broker process, and what was published meanwhile is gone (at most once), so
+        the listener does not follow a broker that comes back: listen again.
+        """
+        self.close()
+        silent = "" if heartbeat is None else (
+            f", or it answered no heartbeat for {heartbeat[1]:g} s")
+        return BrokenConnection(
+            f"the stream of {self.pattern!r} from the broker at {stream_endpoint} was "
+            f"lost (its process ended{silent}); the listener is closed: listen again")
+
+    def close(self) -> object:
+        """Close the listener (each listener's own)."""
+        raise NotImplementedError
+
 
 class Listener(StreamListening, Iterator[StreamMessage]):
     """Stream messages of the topics matching a pattern (``Client.listen``).
@@ -493,27 +513,39 @@ class Listener(StreamListening, Iterator[StreamMessage]):
         timeout: seconds to wait for the broker to apply the subscription.
         high_water_mark: stream batches this listener's socket queues; beyond them the
             broker drops batches for this listener only (counted here as ``gaps``).
+        heartbeat: (seconds between heartbeats, seconds of silence after which the
+            broker is taken for gone), or None: the stream's loss is seen only when the
+            broker's process ends. ``Client.listen`` gives the broker's own
+            ``heartbeat_interval`` and 1.5 times its ``heartbeat_timeout``, the
+            client's rule.
 
     Raises:
-        BrokenConnection: the broker did not apply the subscription within ``timeout``.
+        BrokenConnection: the broker did not apply the subscription within ``timeout``,
+            or its stream was lost meanwhile.
 
     Attributes:
         pattern: the topic name or pattern.
     """
 
     def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
-                 timeout: float = 10.0, high_water_mark: int = 100_000) -> None:
+                 timeout: float = 10.0, high_water_mark: int = 100_000,
+                 heartbeat: tuple[float, float] | None = None) -> None:
         super().__init__(pattern)
         follower = self.follower
+        self._heartbeat = heartbeat
+        self._stream_endpoint = stream_endpoint
         self._transport = SubTransport(stream_endpoint, [follower.prefix, follower.probe],
-                                       curve, high_water_mark)
+                                       curve, high_water_mark, heartbeat)
         deadline = time.monotonic() + timeout
         while not follower.live:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._transport.close()
                 raise self.not_live(stream_endpoint, timeout)
-            frames = self._transport.recv(remaining)
+            try:
+                frames = self._transport.recv(remaining)
+            except PeerLost:
+                raise self.lost(stream_endpoint, heartbeat) from None
             if frames is not None:
                 self.until_live(frames)
         self._transport.unsubscribe(follower.probe)
@@ -527,6 +559,9 @@ class Listener(StreamListening, Iterator[StreamMessage]):
         Raises:
             InvalidArgument: ``timeout`` is not a number of seconds (or None): a NaN
                 deadline was never reached.
+            BrokenConnection: the stream was lost (the broker's process ended, or it
+                answered no heartbeat): the batches that came before were read first;
+                the listener is now closed (listen again).
         """
         check_wait("timeout", timeout)
         self.check_open()
@@ -540,6 +575,8 @@ class Listener(StreamListening, Iterator[StreamMessage]):
                 return None
             try:
                 frames = self._transport.recv(min(remaining, 1.0))
+            except PeerLost:
+                raise self.lost(self._stream_endpoint, self._heartbeat) from None
             except Exception:   # pyzmq's ZMQError when closed by another thread under it
                 self.check_open()
                 raise

@@ -882,6 +882,14 @@ class ConnectionCore:
             self.last_sent_heartbeat = now
             self.request(Opcode.HEARTBEAT, [], flush=False)
 
+    def listener_heartbeat(self) -> tuple[float, float]:
+        """A stream listener's heartbeats, as this connection's own.
+
+        (the broker's interval, the silence rule's limit: 1.5 times its heartbeat timeout)
+        """
+        return (self.heartbeat_interval,
+                1.5 * float(self.info.get("heartbeat_timeout", 2.0)))
+
     def silence(self, now: float) -> BrokenConnection | None:
         """The broken connection, if the broker was silent too long; else None.
 

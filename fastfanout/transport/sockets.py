@@ -792,22 +792,31 @@ def _close_monitor(sock: Any, monitor: Any) -> None:
     monitor.close(linger=0)
 
 
-class DealerTransport(_ClientSocket):
-    """A client's command connection (DEALER), blocking flavour.
+def _heartbeat_options(heartbeat: tuple[float, float] | None) -> list[tuple[int, Any]]:
+    """The options of libzmq's own heartbeats for a socket.
 
-    ``recv`` raises ``PeerLost`` once the connection it had is closed (the broker's
-    process ended, or the broker dropped it): messages that came before are read first.
+    A PING every ``heartbeat[0]`` seconds, and the connection dropped (a monitored
+    disconnect) after ``heartbeat[1]`` seconds of silence. None: none (a peer's process
+    that ends is still seen at once).
+    """
+    if heartbeat is None:
+        return []
+    interval, timeout = heartbeat
+    return [(zmq.HEARTBEAT_IVL, max(1, int(interval * 1000))),
+            (zmq.HEARTBEAT_TIMEOUT, max(1, int(timeout * 1000)))]
 
-    Args:
-        endpoint: the broker's ROUTER endpoint.
-        curve: client keys (with ``server_key``) when the broker uses CURVE.
+
+class _WatchedSocket(_ClientSocket):
+    """A client socket whose connection is watched by a monitor (see ``_Link``).
+
+    ``recv`` raises ``PeerLost`` once the connection it had is closed: messages that
+    came before are read first.
     """
 
-    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
+    def __init__(self, endpoint: str, kind: int, options: list[tuple[int, Any]],
+                 curve: CurveKeys | None, what: str) -> None:
         self._link = _Link(endpoint)
-        super().__init__(endpoint, zmq.DEALER,
-                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to",
-                         self._attach_monitor)
+        super().__init__(endpoint, kind, options, curve, what, self._attach_monitor)
         self._poller.register(self._monitor, zmq.POLLIN)
 
     def _attach_monitor(self, sock: Any) -> None:
@@ -835,13 +844,33 @@ class DealerTransport(_ClientSocket):
             if error is not None:
                 raise error
 
+
+class DealerTransport(_WatchedSocket):
+    """A client's command connection (DEALER), blocking flavour.
+
+    ``recv`` raises ``PeerLost`` once the connection it had is closed (the broker's
+    process ended, or the broker dropped it): messages that came before are read first.
+
+    Args:
+        endpoint: the broker's ROUTER endpoint.
+        curve: client keys (with ``server_key``) when the broker uses CURVE.
+    """
+
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
+        super().__init__(endpoint, zmq.DEALER,
+                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
+
     def send(self, frames: list[bytes]) -> None:
         """Queue a request (libzmq sends it in the background)."""
         _send_frames(self._socket, frames, 0)
 
 
-class SubTransport(_ClientSocket):
+class SubTransport(_WatchedSocket):
     """A stream listener's SUB socket, blocking flavour.
+
+    ``recv`` raises ``PeerLost`` once the connection it had is closed: the broker's
+    process ended, or (with ``heartbeat``) it answered no PING for ``heartbeat[1]``
+    seconds. Stream messages that came before are read first.
 
     Args:
         endpoint: the broker's stream (XPUB) endpoint.
@@ -849,12 +878,15 @@ class SubTransport(_ClientSocket):
         curve: client keys when the broker uses CURVE.
         high_water_mark: stream messages queued here before the broker drops for this
             listener.
+        heartbeat: (seconds between PINGs, seconds of silence that drop the connection),
+            or None: no heartbeats.
     """
 
     def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None,
-                 high_water_mark: int = 100_000) -> None:
+                 high_water_mark: int = 100_000,
+                 heartbeat: tuple[float, float] | None = None) -> None:
         super().__init__(endpoint, zmq.SUB,
-                         [(zmq.RCVHWM, high_water_mark),
+                         [(zmq.RCVHWM, high_water_mark), *_heartbeat_options(heartbeat),
                           *((zmq.SUBSCRIBE, p) for p in prefixes)],
                          curve, "listen on")
 
@@ -938,20 +970,57 @@ class AsyncDealerTransport(_AsyncClientSocket):
 class AsyncSubTransport(_AsyncClientSocket):
     """A stream listener's SUB socket on ``zmq.asyncio``; ``recv`` gives [topic, records].
 
+    ``recv`` raises ``PeerLost`` once the connection it had is closed, as
+    ``SubTransport``'s does.
+
     Args:
         endpoint: the broker's stream endpoint.
         prefixes: topic-name prefixes to subscribe to, in this order.
         curve: client keys when the broker uses CURVE.
         high_water_mark: stream messages queued here before the broker drops for this
             listener.
+        heartbeat: as ``SubTransport``'s.
     """
 
     def __init__(self, endpoint: str, prefixes: list[bytes], curve: CurveKeys | None = None,
-                 high_water_mark: int = 100_000) -> None:
+                 high_water_mark: int = 100_000,
+                 heartbeat: tuple[float, float] | None = None) -> None:
+        self._link = _Link(endpoint)
+        self._lost: PeerLost | None = None
         super().__init__(endpoint, zmq.SUB,
-                         [(zmq.RCVHWM, high_water_mark),
+                         [(zmq.RCVHWM, high_water_mark), *_heartbeat_options(heartbeat),
                           *((zmq.SUBSCRIBE, p) for p in prefixes)],
-                         curve, "listen on")
+                         curve, "listen on", self._attach_monitor)
+        self._poller = zmq.asyncio.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _attach_monitor(self, sock: Any) -> None:
+        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
+
+    async def recv(self) -> list[bytes]:
+        """The next message (waits as long as it takes; cancel to stop).
+
+        Raises:
+            PeerLost: the connection was lost (and no message is waiting).
+        """
+        sock = self._socket
+        while True:
+            # a waiting message is taken without a poll (a busy stream's common case),
+            # and those that came before a loss are read before it is told
+            with contextlib.suppress(zmq.Again):
+                frames: list[bytes] = await sock.recv_multipart(zmq.NOBLOCK)
+                return frames
+            if self._lost is not None:
+                raise self._lost
+            ready = dict(await self._poller.poll())
+            if self._monitor in ready:
+                while self._lost is None:
+                    try:
+                        event = await self._monitor.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._lost = self._link.lost(event)
 
     def unsubscribe(self, prefix: bytes) -> None:
         """Drop one of the subscribed prefixes."""

@@ -147,3 +147,72 @@ def test_close_timeout_bounds_the_flush_of_open_producers_blocking(track: Tracke
     finally:
         client.close()
     assert elapsed < QUICK
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+@pytest.mark.parametrize("how", ["kill", "pause"])
+def test_a_listener_whose_broker_is_gone_raises_broken_connection(
+        track: Tracker, kind: str, how: str) -> None:
+    # until 2026-12-05 a listener's read waited for ever once its broker was killed or
+    # paused (a SUB socket hears nothing from a gone publisher): `for m in listener`
+    # and `fastfanout sub` hung
+    endpoint = track.endpoint(kind)
+    config = track.tmp_path / "heartbeats.toml"
+    config.write_text("heartbeat_interval = 0.5\nheartbeat_timeout = 2.0\n")
+    process = track.broker_process(endpoint, "--config", str(config))
+    client = track.client(endpoint, local_channel=False, timeout=LONG)
+    client.create_topic("t")
+    listener = client.listen("t")
+    track.closeables.append(listener)
+    client.publish("t", b"before")
+    batch = listener.recv_batch(timeout=LONGEST_WAIT)
+    assert batch is not None and [m.body for m in batch] == [b"before"]
+    if how == "kill":
+        _kill(process)
+    else:
+        os.kill(process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokenConnection, match="listen again"):
+            listener.recv_batch(timeout=LONG)
+        assert time.monotonic() - started < QUICK
+        assert listener.closed
+    finally:
+        if how == "pause":
+            os.kill(process.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("how", ["kill", "pause"])
+def test_an_asyncio_listener_whose_broker_is_gone_raises_broken_connection(
+        track: Tracker, how: str) -> None:
+    # until 2026-12-05 `async for message in listener` waited for ever once its broker
+    # was killed or paused
+    endpoint = track.endpoint()
+    config = track.tmp_path / "heartbeats.toml"
+    config.write_text("heartbeat_interval = 0.5\nheartbeat_timeout = 2.0\n")
+    process = track.broker_process(endpoint, "--config", str(config))
+
+    async def main() -> float:
+        client = await aio.connect(endpoint, timeout=LONG, local_channel=False)
+        try:
+            await client.create_topic("t")
+            async with client.listen("t") as listener:
+                await client.publish("t", b"before")
+                batch = await listener.recv_batch(timeout=LONGEST_WAIT)
+                assert batch is not None and [m.body for m in batch] == [b"before"]
+                if how == "kill":
+                    await asyncio.to_thread(_kill, process)
+                else:
+                    os.kill(process.pid, signal.SIGSTOP)
+                started = time.monotonic()
+                with pytest.raises(BrokenConnection, match="listen again"):
+                    async for _ in listener:
+                        pass
+                assert listener.closed
+                return time.monotonic() - started
+        finally:
+            if how == "pause":
+                os.kill(process.pid, signal.SIGCONT)
+            await client.close(timeout=1.0)
+
+    assert asyncio.run(main()) < QUICK
