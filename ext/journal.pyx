@@ -300,6 +300,13 @@ class ScanReport:
             and never read, by name: a file with a bad header and no good record at or
             after its name's sequence, or anything not a regular file (a directory, a
             FIFO, a device, a dangling symbolic link).
+        missing: records missing between two segments, each a dict with ``segment``
+            (the segment whose first good record follows the gap), ``after_seq`` (the
+            last good sequence before it) and ``next_seq`` (that first good record's):
+            the sequences between the two were lost with no damaged byte left to show
+            it (a segment deleted, or one cut short at a record's end). A jump a
+            restart made past a file holding no record (named ``next_seq - 1``) is
+            none.
     """
 
     def __init__(self):
@@ -311,12 +318,13 @@ class ScanReport:
         self.skipped = []
         self.bad_headers = []
         self.bad_segments = []
+        self.missing = []
 
     def __repr__(self):
         return (f"ScanReport(records={self.records}, bytes={self.bytes}, "
                 f"seq={self.first_seq}..{self.last_seq}, torn_tail={self.torn_tail}, "
                 f"skipped={self.skipped}, bad_headers={self.bad_headers}, "
-                f"bad_segments={self.bad_segments})")
+                f"bad_segments={self.bad_segments}, missing={self.missing})")
 
 
 def segments(directory):
@@ -369,12 +377,17 @@ def scan(directory, callback=None, bint repair=True):
     # A stretch skipped at a segment's end: its next_seq is the next good record's, in
     # a later segment.
     open_stretch = None
+    # The name of the entry before this one when it held no good record (0: it held
+    # one). A restart whose last segment held none begins the next one past its name,
+    # so that gap in the sequences lost nothing.
+    recordless = 0
     for index, (base_seq, name) in enumerate(found):
         path = os.path.join(directory, name)
         fd = _open_segment(path)
         if fd < 0:   # a directory, a FIFO, a device, a dangling link: never read
             if fd == -1:
                 report.bad_segments.append(name)
+                recordless = base_seq
             continue
         try:
             # Mapped, its pages mapped at once (MAP_POPULATE): the page cache's own
@@ -397,17 +410,30 @@ def scan(directory, callback=None, bint repair=True):
                 # its name is a segment, read; one holding none is not a segment.
                 if _first_record(data, size, base_seq) == size:
                     report.bad_segments.append(name)
+                    recordless = base_seq
                     continue
                 report.bad_headers.append(name)
                 floor = base_seq
             else:
                 floor = 0
             totals[3] = 0
+            previous_seq = totals[2]
+            stretches = len(report.skipped)
             _scan_segment(data, size, name, path, index == len(found) - 1, repair,
                           callback, report, index, totals, floor)
             if open_stretch is not None and totals[3]:
                 open_stretch["next_seq"] = totals[3]
                 open_stretch = None
+            elif previous_seq and totals[3] > previous_seq + 1 \
+                    and recordless != totals[3] - 1 and not (
+                        len(report.skipped) > stretches
+                        and report.skipped[stretches]["next_seq"] == totals[3]):
+                # Good records on both sides and no damaged byte between them: the
+                # records between were in a segment that is gone, or cut at a record's
+                # end (a stretch before this segment's first good record says it).
+                report.missing.append({"segment": name, "after_seq": previous_seq,
+                                       "next_seq": totals[3]})
+            recordless = 0 if totals[3] else base_seq
             stretches = len(report.skipped)
             if stretches and report.skipped[stretches - 1]["next_seq"] == 0:
                 open_stretch = report.skipped[stretches - 1]

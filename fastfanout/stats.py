@@ -150,7 +150,7 @@ class BrokerStats:
             (commits written by the server's thread or handed to the journal's writer
             thread), slow_inline_writes, store_full (refusals), failures,
             failure, removed_segments, snapshots, and recovery (records, bytes, seconds,
-            torn_tail, skipped, bad_headers, bad_segments, messages restored,
+            torn_tail, skipped, bad_headers, bad_segments, missing, messages restored,
             orphan_records).
     """
 

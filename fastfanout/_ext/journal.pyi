@@ -27,6 +27,7 @@ class ScanReport:
     skipped: list[dict[str, Any]]
     bad_headers: list[str]
     bad_segments: list[str]
+    missing: list[dict[str, Any]]
 
 class RecordSink: ...
 

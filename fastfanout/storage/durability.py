@@ -523,7 +523,8 @@ class Durability:
             "seconds": round(time.monotonic() - started, 6),
             "torn_tail": torn, "skipped": list(report.skipped),
             "bad_headers": list(report.bad_headers),
-            "bad_segments": list(report.bad_segments), "messages": restored,
+            "bad_segments": list(report.bad_segments), "missing": list(report.missing),
+            "messages": restored,
             "orphan_records": replay.orphans,
         }
         if torn is not None:
@@ -536,6 +537,11 @@ class Durability:
         for name in report.bad_segments:
             log.error("journal %s: %s is not a segment (no good record, or not a regular "
                       "file), left in place", self.journal_directory, name)
+        for gap in report.missing:
+            log.error("journal %s: records %d to %d are missing before %s (a segment "
+                      "deleted, or cut short at a record's end): lost",
+                      self.journal_directory, gap["after_seq"] + 1, gap["next_seq"] - 1,
+                      gap["segment"])
         if report.records:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",
                      restored, report.records, report.bytes, self.recovery["seconds"])

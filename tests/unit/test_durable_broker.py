@@ -549,6 +549,53 @@ def test_a_damaged_segment_header_loses_no_message(
     assert [m.body for m in broker.receive("q", max_messages=1000)] == bodies
 
 
+def test_a_segment_deleted_from_the_middle_is_reported(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 the restart read over the gap: the segment's messages were lost
+    # with nothing in the recovery report or the log
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
+    for body in bodies:
+        broker.send("q", body)
+    broker.close()
+    found = journal_ops.segments(journal_dir(tmp_path))
+    assert len(found) >= 4
+    (base, name), (next_base, next_name) = found[1], found[2]
+    (journal_dir(tmp_path) / name).unlink()
+    broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None
+    recovery = storage["recovery"]
+    assert recovery["missing"] == [{"segment": next_name, "after_seq": base - 1,
+                                    "next_seq": next_base}]
+    assert recovery["skipped"] == [] and recovery["bad_segments"] == []
+    assert f"records {base} to {next_base - 1} are missing before {next_name}" in caplog.text
+    kept = [m.body for m in broker.receive("q", max_messages=1000)]
+    assert 0 < len(kept) < len(bodies) and set(kept) < set(bodies)
+
+
+def test_a_restart_past_a_roll_a_crash_cut_short_reports_no_gap(
+        open_broker: Open, tmp_path: Path) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"before")
+    broker.close()
+    last = journal_ops.scan(journal_dir(tmp_path)).last_seq
+    # the crash came after the next segment's header: the restart begins past its name
+    (journal_dir(tmp_path) / journal_ops.segment_name(last + 1)).write_bytes(
+        journal_ops.segment_header(last + 1))
+    broker = open_broker()
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker)
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["recovery"]["missing"] == [] and storage["recovery"]["skipped"] == []
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
+
+
 def test_a_directory_or_fifo_named_like_a_segment_is_reported_not_opened(
         open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()

@@ -196,6 +196,66 @@ def test_a_stretch_cut_at_a_segments_end_names_the_next_good_sequence(
     assert lost == set(range(skipped["after_seq"] + 1, skipped["next_seq"]))
 
 
+def record_ends(path):
+    """The offsets where the records of a whole segment file end."""
+    with open(path, "rb") as file:
+        content = file.read()
+    offset, ends = journal.SEGMENT_HEADER_BYTES, []
+    while offset < len(content):
+        length = int.from_bytes(content[offset + 4:offset + 8], "little")
+        offset += (journal.RECORD_HEADER_BYTES + length + 7) // 8 * 8
+        ends.append(offset)
+    return ends
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut at a record's end", "emptied"])
+def test_records_missing_between_segments_are_reported(tmp_path, damage):
+    # until 2026-12-05 a segment deleted from the middle of the journal, or one cut at a
+    # record's end, was read over without a word: its records were lost unreported
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    for _ in range(10):
+        for _ in range(20):
+            writer.append(1, b"y" * 50)
+        writer.commit()
+    writer.close()
+    paths = segment_paths(tmp_path)
+    assert len(paths) >= 4
+    before, report = read_all(tmp_path)
+    assert report.missing == []
+    bases = [base for base, _ in journal.segments(tmp_path)]
+    if damage == "deleted":
+        os.unlink(paths[1])
+        after_seq = bases[1] - 1
+    elif damage == "emptied":
+        os.truncate(paths[1], 0)
+        after_seq = bases[1] - 1
+    else:
+        ends = record_ends(paths[1])
+        os.truncate(paths[1], ends[len(ends) // 2])
+        after_seq = bases[1] + len(ends) // 2
+    after, report = read_all(tmp_path)
+    assert report.missing == [{"segment": os.path.basename(paths[2]),
+                               "after_seq": after_seq, "next_seq": bases[2]}]
+    assert report.skipped == [] and report.torn_tail is None
+    kept = {record[0] for record in after}
+    assert {record[0] for record in before} - kept == set(range(after_seq + 1, bases[2]))
+
+
+def test_a_restart_past_a_segment_with_no_record_is_no_gap(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(1, b"x")
+    writer.close()
+    # a roll a crash cut short: the next segment's file holds its header only, and the
+    # next run begins past its name (as a durable broker's recovery does)
+    (tmp_path / journal.segment_name(2)).write_bytes(journal.segment_header(2))
+    writer = journal.Journal(tmp_path, next_seq=3)
+    writer.append(1, b"y")
+    writer.close()
+    records, report = read_all(tmp_path)
+    assert [record[0] for record in records] == [1, 3]
+    assert report.missing == [] and report.skipped == []
+
+
 def test_a_file_that_is_not_a_segment_is_reported_and_left(tmp_path):
     writer = journal.Journal(tmp_path)
     writer.append(1, b"x")
