@@ -467,22 +467,26 @@ def _open_segment(path):
 
 
 def _removable(path, uint64_t base_seq):
-    """Whether compaction may delete segment file ``path``: a regular file whose header
-    is good, or too short to have one, or damaged over records the scan read by the
-    file's name (see ``Journal.remove_segments_before``)."""
+    """Whether compaction may delete segment file ``path`` (see
+    ``Journal.remove_segments_before``): 1 for a regular file whose header is good, or
+    too short to have one, or damaged over records the scan read by the file's name; 0
+    for what is no segment (never ours to delete: left in place); -1 when it cannot be
+    read to tell (removal stops there)."""
     cdef bytes content
     try:
         fd = _open_segment(path)
+        if fd == -2:
+            return 1   # gone already
         if fd < 0:
-            return False   # not a regular file: never ours to delete
+            return 0   # not a regular file: never ours to delete
         with open(fd, "rb", buffering=0) as file:
             content = file.read(SEGMENT_HEADER)
             if len(content) < SEGMENT_HEADER or _header_ok(content, len(content), base_seq):
-                return True
+                return 1
             content += file.read()
     except OSError:
-        return False   # (not a file we can read: not ours to delete)
-    return _first_record(content, len(content), base_seq) < <uint64_t>len(content)
+        return -1
+    return 1 if _first_record(content, len(content), base_seq) < <uint64_t>len(content) else 0
 
 
 cdef uint64_t _first_record(const char* raw, uint64_t size, uint64_t floor) noexcept:
@@ -611,6 +615,7 @@ cdef class Journal:
         self.kept = set()
         self.remover = None
         self.removals = None
+        self.removal_failures = [0, None]
         self.failure = None
         self.auto_roll = auto_roll
         self.segment_index = segment_index
@@ -1082,25 +1087,38 @@ cdef class Journal:
         a crash cut short: no record can be in it), and so is a segment whose header is
         damaged (``ScanReport.bad_headers``) once passed, like any other: the scan read
         its records, and a restart would replay them again if it stayed.
+
+        Segments go oldest first, and a segment that cannot be removed (or read) stops
+        the removal there: the later ones stay until it is gone. Were they removed
+        around it, a restart would replay its records without the remove records of
+        its copies (they were in the later segments): acked messages would come back.
+        A failed unlink is counted (``removal_errors``, ``removal_error``), not raised;
+        the next compaction tries again.
         """
         found = segments(self.directory)
         names = []
         for index in range(len(found) - 1):
             base, name = found[index]
             next_base = found[index + 1][0]
-            if next_base <= seq and name != self.segment and name not in self.removing \
-                    and name not in self.kept:
-                if not _removable(os.path.join(self.directory, name), base):
-                    self.kept.add(name)   # (read once, not at every compaction)
-                    continue
-                names.append(name)
-                self.synced_sizes.pop(name, None)
+            if next_base > seq or name == self.segment:
+                break
+            if name in self.removing or name in self.kept:
+                continue
+            removable = _removable(os.path.join(self.directory, name), base)
+            if removable < 0:
+                _removal_failed(self.removal_failures, name, "cannot read it to check it")
+                break
+            if removable == 0:
+                self.kept.add(name)   # (read once, not at every compaction)
+                continue
+            names.append(name)
         if not names:
             return 0
         if self.writer == NULL:
-            for name in names:
-                os.unlink(os.path.join(self.directory, name))
-            _sync_directory(self.directory)
+            removed = _remove_in_order(self.directory, names, self.removal_failures)
+            for name in names[:removed]:
+                self.synced_sizes.pop(name, None)
+            return removed
         else:
             # With a writer (a server): unlinking a 64 MiB segment takes tens of ms of
             # kernel time; a thread does it (the GIL released meanwhile), not the loop.
@@ -1108,11 +1126,26 @@ cdef class Journal:
             if self.remover is None:
                 self.removals = queue.SimpleQueue()
                 self.remover = threading.Thread(
-                    target=_remove_files, args=(self.directory, self.removals, self.removing),
+                    target=_remove_files,
+                    args=(self.directory, self.removals, self.removing,
+                          self.removal_failures),
                     name="fastfanout-journal-remover", daemon=True)
                 self.remover.start()
+            for name in names:
+                self.synced_sizes.pop(name, None)
             self.removals.put(names)
         return len(names)
+
+    @property
+    def removal_errors(self):
+        """Segments compaction could not unlink (each try counted; the later segments
+        stay until it is gone)."""
+        return self.removal_failures[0]
+
+    @property
+    def removal_error(self):
+        """The last failed removal's text (None: none failed)."""
+        return self.removal_failures[1]
 
     cdef _stop_remover(self):
         if self.remover is not None:
@@ -1149,21 +1182,50 @@ cdef void _writer_stop(writer_t* w) noexcept nogil:
     c_close(w.event_fd)
 
 
-def _remove_files(directory, removals, removing):
-    """The remover thread: unlink each batch of segment names, then sync the directory."""
+def _remove_files(directory, removals, removing, errors):
+    """The remover thread: unlink each batch of segment names in order, then sync the
+    directory.
+
+    A segment that could not be unlinked stops its batch, and every later batch while
+    it is still there (a batch holds only segments newer than those of the batches
+    before it): they are listed again by the next compaction, oldest first.
+    """
+    stuck = None   # the path of a segment that could not be unlinked
     while (names := removals.get()) is not None:
-        for name in names:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass   # left in place: the next compaction lists it again
+        if stuck is not None and os.path.lexists(stuck):
+            removing.difference_update(names)
+            continue
+        stuck = None
+        removed = _remove_in_order(directory, names, errors)
+        if removed < len(names):
+            stuck = os.path.join(directory, names[removed])
+        removing.difference_update(names)
+
+
+def _remove_in_order(directory, names, errors):
+    """Unlink segments ``names`` (oldest first) until one fails, then sync the
+    directory; returns how many are gone. A failure is counted in ``errors``."""
+    removed = 0
+    for name in names:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _removal_failed(errors, name, exc.strerror or str(exc))
+            break
+        removed += 1
+    if removed:
         try:
             _sync_directory(directory)
-        except OSError:
-            pass
-        removing.difference_update(names)
+        except OSError as exc:
+            _removal_failed(errors, directory, f"cannot sync the directory: {exc.strerror}")
+    return removed
+
+
+def _removal_failed(errors, name, why):
+    errors[0] += 1
+    errors[1] = f"{name}: {why}"
 
 
 def _sync_directory(directory):

@@ -475,6 +475,7 @@ class Durability:
         self._drops_begun = 0        # the journal's drops when the batch begun last began
         self.store_full = 0          # publishes refused with StoreFull
         self.removed_segments = 0
+        self._removal_errors = 0     # the journal's removal_errors last logged
         self.copied_forward = 0      # live copies journaled afresh by compaction
         self.snapshots = 0
         self.recovery: dict[str, Any] = {}
@@ -1003,15 +1004,33 @@ class Durability:
         """Remove the oldest segments once no live durable copy has its message there."""
         journal = self.journal
         assert journal is not None and self._state is not None
+        self._removal_errors_seen()
         oldest = self._state.store.oldest_live_segment(journal.segment_index)
         if oldest <= self._first_segment:
             return
         journal.remove_segments_before(self._segment_bases[oldest])
+        self._removal_errors_seen()
         for index in range(self._first_segment, oldest):
             self._segment_sizes.pop(index, None)
             self._segment_bases.pop(index, None)
             self.removed_segments += 1
         self._first_segment = oldest
+
+    def _removal_errors_seen(self) -> None:
+        """Log a segment compaction could not remove (once per new failure).
+
+        The journal removes segments oldest first and stops at one it cannot unlink
+        (the later ones stay: removed around it, they would take the remove records
+        of its copies with them, and a restart would bring those copies back).
+        """
+        assert self.journal is not None
+        errors = self.journal.removal_errors
+        if errors != self._removal_errors:
+            self._removal_errors = errors
+            log.warning("journal %s: cannot remove an old segment (%s); it and the "
+                        "segments after it stay on disk until it can be removed (check "
+                        "its permissions and attributes)", self.journal_directory,
+                        self.journal.removal_error)
 
     def disk_bytes(self) -> int:
         """Journal bytes on disk (and about to be: the buffer)."""
@@ -1041,7 +1060,8 @@ class Durability:
             "written_seq": journal.written_seq, "synced_seq": journal.synced_seq,
             "store_full": self.store_full + journal.full_refusals,
             "failures": 0 if journal.failure is None else 1, "failure": journal.failure,
-            "removed_segments": self.removed_segments, "snapshots": self.snapshots,
+            "removed_segments": self.removed_segments,
+            "removal_errors": journal.removal_errors, "snapshots": self.snapshots,
             "copied_forward": self.copied_forward,
             "recovery": dict(self.recovery),
         }

@@ -465,6 +465,39 @@ def test_a_small_segment_of_long_lived_messages_does_not_pin_the_journal(
     assert broker.stats().queues["later"].delayed == 2
 
 
+def test_an_old_segment_that_cannot_be_removed_fails_no_call_and_resurrects_nothing(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 the send whose commit compacted raised the unlink's PermissionError
+    # (its message stored all the same), and so did every later one
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    for n in range(100):
+        broker.send("q", b"old %03d" % n + b"x" * 100)
+    oldest = journal_ops.segments(journal_dir(tmp_path))[0][1]
+    unlink = os.unlink
+
+    def refuse_the_oldest(path: str, *args: object, **kwargs: object) -> None:
+        if os.path.basename(path) == oldest:
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", refuse_the_oldest)
+    while messages := broker.receive("q", max_messages=10):
+        broker.ack_batch([m.receipt for m in messages])
+    for n in range(100):
+        broker.send("q", b"new %03d" % n + b"y" * 100)
+    storage = broker.stats().storage
+    assert storage is not None and storage["removal_errors"] >= 1
+    assert f"cannot remove an old segment ({oldest}" in caplog.text
+    assert journal_ops.segments(journal_dir(tmp_path))[0][1] == oldest
+    monkeypatch.setattr(os, "unlink", unlink)
+    broker = restart(broker, open_broker)
+    bodies = [m.body for m in broker.receive("q", max_messages=1000)]
+    assert len(bodies) == 100 and all(body.startswith(b"new") for body in bodies)
+
+
 def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
     broker = open_broker()
     broker.create_queue("q")

@@ -11,6 +11,7 @@ import textwrap
 import threading
 
 import pytest
+from waits import wait_until
 
 from fastfanout._ext import journal
 from fastfanout.errors import InvalidArgument, StoreFailed, StoreFull
@@ -635,6 +636,43 @@ def test_with_a_writer_old_segments_are_unlinked_by_a_thread(tmp_path):
     assert writer.remove_segments_before(writer.next_seq) == 0   # not listed twice
     writer.close()   # waits for the remover
     assert [name for _, name in journal.segments(tmp_path)] == [writer.segment]
+
+
+@pytest.mark.parametrize("with_writer", [False, True])
+def test_a_segment_that_cannot_be_removed_keeps_the_later_ones(
+        tmp_path, monkeypatch, with_writer):
+    # until 2026-12-05 the remover thread unlinked the later segments around one it could
+    # not unlink (a restart then replayed its copies without their remove records: acked
+    # messages came back), and without a writer the unlink's PermissionError came out of
+    # the commit that compacted
+    writer = journal.Journal(tmp_path, segment_bytes=4096, auto_roll=False)
+    if with_writer:
+        writer.start_writer()
+    for _ in range(4):
+        writer.append(2, b"x" * 100)
+        writer.roll()
+    names = [name for _, name in journal.segments(tmp_path)]
+    assert len(names) == 5
+    unlink = os.unlink
+
+    def refuse_the_oldest(path, *args, **kwargs):
+        if os.path.basename(path) == names[0]:
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse_the_oldest)
+    writer.remove_segments_before(writer.next_seq)
+    wait_until(lambda: writer.removal_errors >= 1)   # (with a writer, its thread's)
+    writer.remove_segments_before(writer.next_seq)   # tried again: the same
+    if with_writer:
+        writer.close()   # waits for the remover
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert [name for _, name in journal.segments(tmp_path)] == names
+    assert writer.removal_errors >= 1 and names[0] in writer.removal_error
+    if not with_writer:   # once it can go, the rest go with it
+        assert writer.remove_segments_before(writer.next_seq) == 4
+        assert [name for _, name in journal.segments(tmp_path)] == [writer.segment]
+        writer.close()
 
 
 def test_a_small_batch_that_needs_no_sync_is_written_by_the_caller(tmp_path):
