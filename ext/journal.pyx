@@ -49,7 +49,7 @@ Segment header (32 bytes): magic ``FFJRNL01``, ``base_seq`` u64, ``version`` u32
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from libc.errno cimport EFBIG, EINTR, ENOSPC, errno
+from libc.errno cimport EFBIG, EINTR, ELOOP, ENOSPC, errno
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strerror
@@ -460,6 +460,10 @@ def _open_segment(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return -1 if os.path.lexists(path) else -2   # a dangling link, or gone
+    except OSError as exc:
+        if exc.errno == ELOOP:
+            return -1   # a link that leads nowhere (a loop), as a dangling one
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         return -1

@@ -44,7 +44,13 @@ from fastfanout._ext import journal as journal_ops
 from fastfanout._ext.dedup import DedupWindow
 from fastfanout._ext.recovery import Replay
 from fastfanout._ext.store import RECORD_KINDS, Store
-from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
+from fastfanout.errors import (
+    BrokerRunning,
+    FastFanoutError,
+    InvalidArgument,
+    StoreFailed,
+    StoreFull,
+)
 from fastfanout.records import ExponentialBackoff
 from fastfanout.settings import QueueSettings, Subscription, TopicSettings
 
@@ -139,6 +145,21 @@ def _make_directory(path: str, what: str, hint: str) -> None:
             blocker = os.path.dirname(blocker)
         raise InvalidArgument(f"{what} {path} must be a directory, but {blocker} is not "
                               f"one: {hint}") from None
+
+
+def _unusable(directory: str, exc: OSError) -> OSError | StoreFailed:
+    """The typed error for an OS error on a data directory's files at start.
+
+    (A ``FastFanoutError`` that is an ``OSError``, a ``TransportError``, stays itself.)
+    """
+    if isinstance(exc, FastFanoutError):
+        return exc
+    where = exc.filename if exc.filename is not None else directory
+    return StoreFailed(
+        f"cannot use the data directory {directory}: {where}: {exc.strerror or exc}; the "
+        f"broker must read and write every file in it: check their permissions and owner, "
+        f"an immutable attribute (lsattr), a read-only file system, the disk, then start "
+        f"it again")
 
 
 def _lock(directory: str) -> int:
@@ -451,14 +472,18 @@ class Durability:
             if max_disk_bytes is not None:
                 segment_bytes = max(min(segment_bytes, max_disk_bytes // 4), 16384)
         self.directory = os.path.abspath(os.fspath(data_dir))
-        _make_directory(self.directory, "data_dir",
-                        "give a directory, or a path where one can be made")
+        try:
+            _make_directory(self.directory, "data_dir",
+                            "give a directory, or a path where one can be made")
+            lock_fd = _lock(self.directory)
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
         self.fsync = fsync
         self.fsync_interval = float(fsync_interval)
         self.max_disk_bytes = max_disk_bytes
         self.segment_bytes = segment_bytes
         self.journal_directory = os.path.join(self.directory, JOURNAL_DIRECTORY)
-        self._lock_fd: int | None = _lock(self.directory)
+        self._lock_fd: int | None = lock_fd
         self.journal: journal_ops.Journal | None = None
         self.recovering = False
         self._state: BrokerState | None = None
@@ -486,7 +511,19 @@ class Durability:
         """Rebuild a new, empty broker from the journal, then open the journal.
 
         See docs/storage.md, "Recovery".
+
+        Raises:
+            StoreFailed: a file of the data directory could not be read or written (its
+                permissions, an immutable attribute, a read-only file system, an I/O
+                error): named in the message.
+            StoreFull: no room for the new segment.
         """
+        try:
+            self._recover(state)
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
+
+    def _recover(self, state: BrokerState) -> None:
         started = time.monotonic()
         self._state = state
         _make_directory(self.journal_directory, "the journal",

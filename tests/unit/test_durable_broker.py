@@ -286,6 +286,47 @@ def test_a_data_dir_that_cannot_be_one_is_refused_in_a_typed_error(
     Broker(clock=clock, data_dir=journal_file).close()   # the refusal left no lock held
 
 
+@pytest.mark.parametrize("refused", ["lock", "00000000000000000001.seg"])
+def test_a_data_dir_file_the_broker_cannot_open_is_refused_in_a_typed_error(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        refused: str) -> None:
+    # until 2026-12-05 the OS's PermissionError came out of Broker(data_dir=...) as it
+    # was (and fastfanout serve blamed its endpoint: "cannot serve ipc://...")
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    real_open = os.open
+
+    def refusing_open(path: str, *args: object, **kwargs: object) -> int:
+        if os.path.basename(path) == refused:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(StoreFailed, match=f"cannot use the data directory .*{refused}: "
+                                          f"Permission denied; .*permissions"):
+        open_broker()
+    monkeypatch.setattr(os, "open", real_open)
+    broker = open_broker()   # the refusal left no lock held, and lost nothing
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
+
+
+def test_a_symbolic_link_loop_named_like_a_segment_is_reported_not_followed(
+        open_broker: Open, tmp_path: Path) -> None:
+    # until 2026-12-05 its ELOOP came out of Broker(data_dir=...) as a raw OSError
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    name = journal_ops.segment_name(1000)
+    (journal_dir(tmp_path) / name).symlink_to(name)
+    broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None and storage["recovery"]["bad_segments"] == [name]
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
+
+
 def test_disk_follows_live_data(open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker(max_disk_bytes=2 << 20, fsync="never")   # segments of 512 KiB
     broker.create_queue("q")
