@@ -16,8 +16,8 @@ of the broker.
 
 Invariants:
 
-- One broker per data directory: ``DATA_DIR/lock`` is held with ``flock`` while the
-  broker is open.
+- One broker per data directory: ``DATA_DIR/lock`` and ``DATA_DIR`` itself are held
+  with ``flock`` while the broker is open.
 - Every segment this module opens begins with a ``snapshot`` record (topology, dedup
   windows, next ids), so recovery can start from the oldest remaining segment: segments
   older than the oldest one holding the message record of a live durable copy are
@@ -162,7 +162,40 @@ def _unusable(directory: str, exc: OSError) -> OSError | StoreFailed:
         f"it again")
 
 
-def _lock(directory: str) -> int:
+def _lock(directory: str) -> list[int]:
+    """Take ``DIRECTORY/lock`` and ``DIRECTORY`` itself (flock); returns their fds.
+
+    The directory is locked too because a lock file is easily taken for a stale one:
+    removed under a running broker, it would let a second broker lock a new one and
+    work on the same journal (its compaction deleting the segment the first one
+    writes to).
+
+    Raises:
+        BrokerRunning: another live broker holds either (its pid named when known).
+    """
+    fd = _lock_file(directory)
+    try:
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        fcntl.flock(directory_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as exc:
+        os.close(directory_fd)
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise BrokerRunning(
+                f"the data directory {directory} is in use by another broker (pid unknown: "
+                f"its lock file {os.path.join(directory, LOCK_FILE)} was removed while it "
+                f"ran; stop that broker first)") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return [fd, directory_fd]
+
+
+def _lock_file(directory: str) -> int:
     """Take ``DIRECTORY/lock`` (flock, exclusive); returns its descriptor.
 
     Raises:
@@ -186,8 +219,6 @@ def _lock(directory: str) -> int:
         raise BrokerRunning(
             f"the data directory {directory} is in use by another broker (pid {holder})"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -475,7 +506,7 @@ class Durability:
         try:
             _make_directory(self.directory, "data_dir",
                             "give a directory, or a path where one can be made")
-            lock_fd = _lock(self.directory)
+            lock_fds = _lock(self.directory)
         except OSError as exc:
             raise _unusable(self.directory, exc) from None
         self.fsync = fsync
@@ -483,7 +514,7 @@ class Durability:
         self.max_disk_bytes = max_disk_bytes
         self.segment_bytes = segment_bytes
         self.journal_directory = os.path.join(self.directory, JOURNAL_DIRECTORY)
-        self._lock_fd: int | None = lock_fd
+        self._lock_fds = lock_fds   # the lock file's and the directory's, while open
         self.journal: journal_ops.Journal | None = None
         self.recovering = False
         self._state: BrokerState | None = None
@@ -1116,7 +1147,7 @@ class Durability:
                 except (StoreFull, StoreFailed) as exc:
                     log.error("closing the journal in %s: %s", self.journal_directory, exc)
         finally:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            for fd in self._lock_fds:
+                os.close(fd)
+            self._lock_fds = []
 

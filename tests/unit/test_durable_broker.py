@@ -266,6 +266,23 @@ def test_a_second_broker_on_the_same_directory_is_refused(open_broker: Open) -> 
     assert broker.list_queues() == []
 
 
+def test_a_lock_file_removed_under_a_broker_still_refuses_a_second_one(
+        open_broker: Open, tmp_path: Path) -> None:
+    # until 2026-12-05 a second broker locked a new lock file and opened the journal: its
+    # recovery's compaction deleted the segment the first one wrote to, and a send the
+    # first one confirmed was lost at the next restart
+    broker = open_broker()
+    broker.create_queue("q")
+    (tmp_path / "data" / "lock").unlink()   # taken for a stale lock by an operator
+    with pytest.raises(BrokerRunning, match=r"lock file .* was removed"):
+        open_broker()
+    broker.send("q", b"confirmed")
+    broker = restart(broker, open_broker)
+    assert [m.body for m in broker.receive("q")] == [b"confirmed"]
+    with pytest.raises(BrokerRunning, match=str(os.getpid())):   # the new lock file
+        open_broker()
+
+
 def test_a_data_dir_that_cannot_be_one_is_refused_in_a_typed_error(
         clock: FakeClock, tmp_path: Path) -> None:
     a_file = tmp_path / "file"
