@@ -162,6 +162,32 @@ def _unusable(directory: str, exc: OSError) -> OSError | StoreFailed:
         f"it again")
 
 
+def _head_snapshot(path: str, base: int) -> bytes | None:
+    """The payload of the snapshot heading segment ``path`` (named ``base``).
+
+    None when that first record is not a good snapshot (or cannot be read).
+    """
+    header = journal_ops.SEGMENT_HEADER_BYTES
+    record = journal_ops.RECORD_HEADER_BYTES
+    try:
+        with open(path, "rb") as file:
+            file.seek(header)
+            head = file.read(record)
+            if len(head) < record:
+                return None
+            length = int.from_bytes(head[4:8], "little")
+            if length > journal_ops.MAX_PAYLOAD_BYTES:
+                return None
+            payload = file.read(length)
+    except OSError:
+        return None
+    if (len(payload) < length or head[16] != _SNAPSHOT
+            or int.from_bytes(head[8:16], "little") != base
+            or journal_ops.crc32c(head[4:] + payload) != int.from_bytes(head[:4], "little")):
+        return None
+    return payload
+
+
 def _lock(directory: str) -> list[int]:
     """Take ``DIRECTORY/lock`` and ``DIRECTORY`` itself (flock); returns their fds.
 
@@ -562,6 +588,9 @@ class Durability:
         found = journal_ops.segments(self.journal_directory)
         bases = [base for base, _ in found]
         replay = _Replay()
+        seed = self._seed_snapshot(found)
+        if seed is not None:
+            replay.other_record(_SNAPSHOT, seed)
         report = journal_ops.scan(self.journal_directory, replay)
         replay.raise_message_id(replay.ids_reserved)   # after a crash: past every block
         self.recovering = True
@@ -614,6 +643,30 @@ class Durability:
         if report.records:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",
                      restored, report.records, report.bytes, self.recovery["seconds"])
+
+    def _seed_snapshot(self, found: list[tuple[int, str]]) -> bytes | None:
+        """The snapshot to read the oldest segment by when its own head is damaged.
+
+        Every segment begins with a snapshot, and the oldest one's is what names the
+        queues and topics its records speak of by id: damaged, every copy in that
+        segment would be an orphan (a whole segment of messages lost to one bad
+        sector). The first good head snapshot of a later segment names them as they
+        were then; the records read before it are bound to its ids (a queue created
+        in between is bound by its own record; one deleted in between stays unknown),
+        and it is read again in its place. None when the oldest head is good.
+        """
+        later: bytes | None = None
+        for index, (base, name) in enumerate(found):
+            payload = _head_snapshot(os.path.join(self.journal_directory, name), base)
+            if index == 0 and payload is not None:
+                return None
+            if index > 0 and payload is not None:
+                later = payload
+                log.error("journal %s: the snapshot heading %s, its oldest segment, is "
+                          "damaged: its records are read by the snapshot heading %s",
+                          self.journal_directory, found[0][1], name)
+                break
+        return later
 
     def _rebuild(self, state: BrokerState, replay: _Replay) -> int:
         """Create the replayed topology, put back every live copy and the dedup keys.
