@@ -837,6 +837,16 @@ class Durability:
                     f"bytes, max_disk_bytes={self.max_disk_bytes}: publishes are refused "
                     f"until consumers settle enough messages{windows}")
 
+    def before_topology(self) -> None:
+        """Refuse a topology change before the broker makes it (the journal failed).
+
+        Raises:
+            StoreFailed: the journal failed closed.
+        """
+        journal = self.journal
+        if journal is not None and journal.failure is not None:
+            raise self._failed()
+
     def after_call(self) -> None:
         """Before each call: flush the records of earlier calls past ``FLUSH_BYTES``.
 

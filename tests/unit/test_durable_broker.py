@@ -576,6 +576,34 @@ def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
     assert b"kept" in [m.body for m in broker.receive("q", max_messages=10)]
 
 
+def test_a_failed_store_refuses_topology_changes_and_changes_nothing(
+        open_broker: Open) -> None:
+    # until 2026-12-05 each call raised StoreFailed yet made its change in memory: a queue
+    # "not created" existed, a queue "not deleted" was gone (and came back at the restart)
+    broker = open_broker()
+    broker.create_queue("p")
+    broker.create_queue("q")
+    broker.create_topic("t")
+    subscription = broker.subscribe("t", "q")
+    journal_ops.inject_fault("fsync", errno.EIO)
+    try:
+        with pytest.raises(StoreFailed):
+            broker.send("q", b"not confirmed")
+    finally:
+        journal_ops.inject_fault("fsync", 0)
+    for change in (lambda: broker.create_queue("r"), lambda: broker.create_topic("u"),
+                   lambda: broker.subscribe("t", "p"),
+                   lambda: broker.set_filter_policy(subscription, {"k": ["v"]}),
+                   lambda: broker.unsubscribe(subscription),
+                   lambda: broker.delete_topic("t"), lambda: broker.delete_queue("q")):
+        with pytest.raises(StoreFailed):
+            change()
+    assert broker.list_queues() == ["p", "q"] and broker.list_topics() == ["t"]
+    assert broker.list_subscriptions() == {subscription: ("t", "q")}
+    assert broker.subscription(subscription).filter_policy is None
+    assert broker.create_queue("q") is None   # what exists already: no change to refuse
+
+
 def test_a_data_dir_deleted_under_the_broker_fails_the_store_closed(
         open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the deleted segment file still took writes and syncs: publishes were confirmed as
