@@ -602,15 +602,22 @@ class Durability:
         for index, (base, name) in enumerate(found):
             self._segment_bases[index] = base
             self._segment_sizes[index] = _file_bytes(os.path.join(self.journal_directory, name))
-        self.journal = journal_ops.Journal(
-            self.journal_directory, next_seq=next_seq, segment_bytes=1 << 62,
-            segment_index=len(found), auto_roll=False)
-        self._first_seq = next_seq
-        self._segment_bases[self.journal.segment_index] = next_seq
-        state.store.attach_journal(self.journal)
-        self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
-        self._write_snapshot()
-        self.journal.commit()
+        try:
+            self.journal = journal_ops.Journal(
+                self.journal_directory, next_seq=next_seq, segment_bytes=1 << 62,
+                segment_index=len(found), auto_roll=False)
+            self._first_seq = next_seq
+            self._segment_bases[self.journal.segment_index] = next_seq
+            state.store.attach_journal(self.journal)
+            self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
+            self._write_snapshot()
+            self.journal.commit()
+        except StoreFull as exc:
+            raise StoreFull(
+                f"{exc}; a broker starts a new segment (its snapshot first) before it "
+                f"serves: free space on that file system (or move the data directory to "
+                f"a larger one), then start it again; the journal was read and keeps "
+                f"every record") from None
         self._last_sync = time.monotonic()
         self._compact()
         torn = report.torn_tail

@@ -799,6 +799,24 @@ def test_every_policy_writes_before_returning(open_broker: Open, tmp_path: Path,
     assert result.message_id
 
 
+def test_a_start_on_a_full_disk_says_what_to_do_and_loses_nothing(
+        open_broker: Open) -> None:
+    # until 2026-12-05 the refusal only said "the disk ... is full: nothing of this batch
+    # was stored", as if a publish had been refused, with nothing on what to do
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    journal_ops.inject_fault("write", errno.ENOSPC)   # the new segment's snapshot
+    try:
+        with pytest.raises(StoreFull, match="free space on that file system"):
+            open_broker()
+    finally:
+        journal_ops.inject_fault("write", 0)
+    broker = open_broker()
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
+
+
 def test_a_full_disk_refuses_the_publish_and_the_next_one_works(open_broker: Open) -> None:
     broker = open_broker()
     broker.create_queue("q")
