@@ -126,6 +126,8 @@ MAGIC = b"FFJRNL01"
 RECORD_HEADER_BYTES = RECORD_HEADER
 SEGMENT_HEADER_BYTES = SEGMENT_HEADER
 MAX_PAYLOAD_BYTES = MAX_PAYLOAD
+MAX_SEGMENT_SEQ = (1 << 64) - 1
+"""The largest sequence a segment's name may give (a record's sequence is a u64)."""
 """Largest payload of one record (1 GiB): a length above it marks a record as bad."""
 FSYNC_POLICIES = ("always", "interval", "never")
 
@@ -328,13 +330,31 @@ class ScanReport:
 
 
 def segments(directory):
-    """(base_seq, file name) of every segment file in ``directory``, in order."""
+    """(base_seq, file name) of every segment file in ``directory``, in order.
+
+    A segment's name is its first sequence in 20 ASCII digits, from 1 to
+    ``MAX_SEGMENT_SEQ``; other names (``unnamable_segments``) are none.
+    """
     found = []
     for name in os.listdir(directory):
-        if name.endswith(".seg") and len(name) == 24 and name[:20].isdigit():
-            found.append((int(name[:20]), name))
+        if _segment_like(name):
+            base = int(name[:20])
+            if 1 <= base <= MAX_SEGMENT_SEQ:
+                found.append((base, name))
     found.sort()
     return found
+
+
+def unnamable_segments(directory):
+    """Names in ``directory`` of the segments' form whose number no sequence can have
+    (0, or past ``MAX_SEGMENT_SEQ``): never read, reported by ``scan``."""
+    return sorted(name for name in os.listdir(directory) if _segment_like(name)
+                  and not 1 <= int(name[:20]) <= MAX_SEGMENT_SEQ)
+
+
+cdef bint _segment_like(str name):
+    return (len(name) == 24 and name.endswith(".seg") and name[:20].isascii()
+            and name[:20].isdigit())
 
 
 cdef class RecordSink:
@@ -373,6 +393,7 @@ def scan(directory, callback=None, bint repair=True):
     cdef int fd
     report = ScanReport()
     found = segments(directory)
+    report.bad_segments.extend(unnamable_segments(directory))
     totals[0] = totals[1] = totals[2] = totals[3] = 0
     # A stretch skipped at a segment's end: its next_seq is the next good record's, in
     # a later segment.

@@ -74,6 +74,12 @@ COPY_FORWARD_COPIES = 10_000
 segments' records (taken together), so a few long-lived messages do not keep old
 segments on disk; a backlog stays where it is (it is live data, and rewriting it would
 cost more)."""
+SEQUENCE_JUMP_LIMIT = 1 << 20
+"""A restart begins its segment past a last entry of the journal that holds no record
+(a roll a crash cut short, a stray file named like a segment) when that entry's name is
+at most this many sequences ahead; one further ahead is left behind (a jump there would
+put the records after it out of recovery's reach: until 2026-12-05 a stray file named
+like a far segment lost every record written after the restart that jumped to it)."""
 FLUSH_BYTES = 1 << 20
 """Records of settle calls are buffered until the next commit, or until this many bytes
 wait (then the next call flushes them)."""
@@ -598,7 +604,14 @@ class Durability:
             restored = self._rebuild(state, replay)
         finally:
             self.recovering = False
-        next_seq = max(report.last_seq, bases[-1] if bases else 0) + 1
+        next_seq = report.last_seq + 1
+        if bases and next_seq <= bases[-1] < next_seq + SEQUENCE_JUMP_LIMIT:
+            # Past a last entry holding no record (a roll a crash cut short, a stray file
+            # named like a segment): a later roll cannot need its name.
+            next_seq = bases[-1] + 1
+        while os.path.lexists(os.path.join(self.journal_directory,
+                                           journal_ops.segment_name(next_seq))):
+            next_seq += 1
         for index, (base, name) in enumerate(found):
             self._segment_bases[index] = base
             self._segment_sizes[index] = _file_bytes(os.path.join(self.journal_directory, name))

@@ -746,6 +746,28 @@ def test_a_damaged_snapshot_heading_the_oldest_segment_orphans_no_message(
     assert broker.queue_settings("q").dead_letter_queue == "dlq"
 
 
+@pytest.mark.parametrize("stray", ["00000000100000000000.seg", "99999999999999999999.seg"])
+def test_a_stray_file_named_like_a_far_segment_loses_nothing(
+        open_broker: Open, tmp_path: Path, stray: str) -> None:
+    # until 2026-12-05 the restart began its segment past the stray's name, so far that
+    # the next recovery could not place its records: a send confirmed after that restart
+    # was an orphan record, lost (a name past 2**64 failed the start with OverflowError)
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"before")
+    broker.close()
+    (journal_dir(tmp_path) / stray).write_bytes(b"not a segment")
+    broker = open_broker()
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker)
+    storage = broker.stats().storage
+    assert storage is not None
+    recovery = storage["recovery"]
+    assert recovery["bad_segments"] == [stray] and recovery["orphan_records"] == 0
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
+    assert (journal_dir(tmp_path) / stray).read_bytes() == b"not a segment"
+
+
 def test_a_directory_or_fifo_named_like_a_segment_is_reported_not_opened(
         open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()
