@@ -126,9 +126,9 @@ MAGIC = b"FFJRNL01"
 RECORD_HEADER_BYTES = RECORD_HEADER
 SEGMENT_HEADER_BYTES = SEGMENT_HEADER
 MAX_PAYLOAD_BYTES = MAX_PAYLOAD
+"""Largest payload of one record (1 GiB): a length above it marks a record as bad."""
 MAX_SEGMENT_SEQ = (1 << 64) - 1
 """The largest sequence a segment's name may give (a record's sequence is a u64)."""
-"""Largest payload of one record (1 GiB): a length above it marks a record as bad."""
 FSYNC_POLICIES = ("always", "interval", "never")
 
 cdef enum:
