@@ -176,7 +176,13 @@ def _head_snapshot(path: str, base: int) -> bytes | None:
     header = journal_ops.SEGMENT_HEADER_BYTES
     record = journal_ops.RECORD_HEADER_BYTES
     try:
-        with open(path, "rb") as file:
+        # (O_NONBLOCK, and regular files only: a FIFO named like a segment would hold
+        # up the start, waiting for a writer)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        with open(fd, "rb") as file:
             file.seek(header)
             head = file.read(record)
             if len(head) < record:
@@ -676,6 +682,8 @@ class Durability:
         and it is read again in its place. None when the oldest head is good.
         """
         later: bytes | None = None
+        found = [(base, name) for base, name in found
+                 if os.path.isfile(os.path.join(self.journal_directory, name))]
         for index, (base, name) in enumerate(found):
             payload = _head_snapshot(os.path.join(self.journal_directory, name), base)
             if index == 0 and payload is not None:

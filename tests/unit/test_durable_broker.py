@@ -768,6 +768,34 @@ def test_a_stray_file_named_like_a_far_segment_loses_nothing(
     assert (journal_dir(tmp_path) / stray).read_bytes() == b"not a segment"
 
 
+def test_a_fifo_named_before_the_oldest_segment_holds_up_no_start(
+        open_broker: Open, tmp_path: Path) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker = restart(broker, open_broker)   # the first segment is compacted away
+    broker.send("q", b"kept")
+    oldest = journal_ops.segments(journal_dir(tmp_path))[0][0]
+    assert oldest > 1
+    fifo = journal_dir(tmp_path) / journal_ops.segment_name(1)
+    os.mkfifo(fifo)   # before the oldest segment: looked at first for its snapshot
+    opened: list[Broker] = []
+    broker.close()
+    starting = threading.Thread(target=lambda: opened.append(open_broker()), daemon=True)
+    starting.start()
+    starting.join(5)
+    try:
+        assert not starting.is_alive(), "the broker's startup hung on the FIFO"
+    finally:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    (broker,) = opened
+    storage = broker.stats().storage
+    assert storage is not None and storage["recovery"]["bad_segments"] == [fifo.name]
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
+
+
 def test_a_directory_or_fifo_named_like_a_segment_is_reported_not_opened(
         open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()
