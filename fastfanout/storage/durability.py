@@ -570,6 +570,7 @@ class Durability:
         self.store_full = 0          # publishes refused with StoreFull
         self.removed_segments = 0
         self._removal_errors = 0     # the journal's removal_errors last logged
+        self._stranded_bytes = 0     # passed segments still on disk (_stranded)
         self.copied_forward = 0      # live copies journaled afresh by compaction
         self.snapshots = 0
         self.recovery: dict[str, Any] = {}
@@ -1168,12 +1169,14 @@ class Durability:
         if oldest <= self._first_segment:
             return
         journal.remove_segments_before(self._segment_bases[oldest])
-        self._removal_errors_seen()
         for index in range(self._first_segment, oldest):
             self._segment_sizes.pop(index, None)
             self._segment_bases.pop(index, None)
             self.removed_segments += 1
         self._first_segment = oldest
+        self._removal_errors_seen()
+        if self._stranded_bytes:
+            self._stranded_bytes = self._stranded()
 
     def _removal_errors_seen(self) -> None:
         """Log a segment compaction could not remove (once per new failure).
@@ -1190,13 +1193,28 @@ class Durability:
                         "segments after it stay on disk until it can be removed (check "
                         "its permissions and attributes)", self.journal_directory,
                         self.journal.removal_error)
+            self._stranded_bytes = self._stranded()
+
+    def _stranded(self) -> int:
+        """Bytes of the segments compaction passed that are still on disk.
+
+        One could not be removed, and the ones after it wait for it: ``disk_bytes``
+        counts them, so ``max_disk_bytes`` holds. Files that are no segments are not.
+        """
+        first = self._segment_bases.get(self._first_segment)
+        if first is None:
+            return 0
+        not_segments = set(self.recovery.get("bad_segments", ()))
+        return sum(_file_bytes(os.path.join(self.journal_directory, name))
+                   for base, name in journal_ops.segments(self.journal_directory)
+                   if base < first and name not in not_segments)
 
     def disk_bytes(self) -> int:
         """Journal bytes on disk (and about to be: the buffer)."""
         journal = self.journal
         assert journal is not None
         total: int = (sum(self._segment_sizes.values()) + journal.current_segment_bytes
-                      + journal.buffered_bytes)
+                      + journal.buffered_bytes + self._stranded_bytes)
         return total
 
     # -- stats and lifecycle -----------------------------------------------------------
