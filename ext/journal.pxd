@@ -44,6 +44,7 @@ cdef class Journal:
     cdef set kept                           # names compaction leaves: not segments
     cdef object remover                     # that thread (started with the first), or None
     cdef object removals                    # its queue of name lists (None: stop)
+    cdef list removal_failures              # [count, the last text]: removals that failed
 
     cdef char* _reserve(self, size_t size) except NULL
     cdef char* reserve(self, uint8_t kind, uint32_t length) noexcept

@@ -49,7 +49,7 @@ Segment header (32 bytes): magic ``FFJRNL01``, ``base_seq`` u64, ``version`` u32
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from libc.errno cimport EFBIG, EINTR, ENOSPC, errno
+from libc.errno cimport EFBIG, EINTR, ELOOP, ENOSPC, errno
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strerror
@@ -127,6 +127,8 @@ RECORD_HEADER_BYTES = RECORD_HEADER
 SEGMENT_HEADER_BYTES = SEGMENT_HEADER
 MAX_PAYLOAD_BYTES = MAX_PAYLOAD
 """Largest payload of one record (1 GiB): a length above it marks a record as bad."""
+MAX_SEGMENT_SEQ = (1 << 64) - 1
+"""The largest sequence a segment's name may give (a record's sequence is a u64)."""
 FSYNC_POLICIES = ("always", "interval", "never")
 
 cdef enum:
@@ -300,6 +302,13 @@ class ScanReport:
             and never read, by name: a file with a bad header and no good record at or
             after its name's sequence, or anything not a regular file (a directory, a
             FIFO, a device, a dangling symbolic link).
+        missing: records missing between two segments, each a dict with ``segment``
+            (the segment whose first good record follows the gap), ``after_seq`` (the
+            last good sequence before it) and ``next_seq`` (that first good record's):
+            the sequences between the two were lost with no damaged byte left to show
+            it (a segment deleted, or one cut short at a record's end). A jump a
+            restart made past a file holding no record (named ``next_seq - 1``) is
+            none.
     """
 
     def __init__(self):
@@ -311,22 +320,41 @@ class ScanReport:
         self.skipped = []
         self.bad_headers = []
         self.bad_segments = []
+        self.missing = []
 
     def __repr__(self):
         return (f"ScanReport(records={self.records}, bytes={self.bytes}, "
                 f"seq={self.first_seq}..{self.last_seq}, torn_tail={self.torn_tail}, "
                 f"skipped={self.skipped}, bad_headers={self.bad_headers}, "
-                f"bad_segments={self.bad_segments})")
+                f"bad_segments={self.bad_segments}, missing={self.missing})")
 
 
 def segments(directory):
-    """(base_seq, file name) of every segment file in ``directory``, in order."""
+    """(base_seq, file name) of every segment file in ``directory``, in order.
+
+    A segment's name is its first sequence in 20 ASCII digits, from 1 to
+    ``MAX_SEGMENT_SEQ``; other names (``unnamable_segments``) are none.
+    """
     found = []
     for name in os.listdir(directory):
-        if name.endswith(".seg") and len(name) == 24 and name[:20].isdigit():
-            found.append((int(name[:20]), name))
+        if _segment_like(name):
+            base = int(name[:20])
+            if 1 <= base <= MAX_SEGMENT_SEQ:
+                found.append((base, name))
     found.sort()
     return found
+
+
+def unnamable_segments(directory):
+    """Names in ``directory`` of the segments' form whose number no sequence can have
+    (0, or past ``MAX_SEGMENT_SEQ``): never read, reported by ``scan``."""
+    return sorted(name for name in os.listdir(directory) if _segment_like(name)
+                  and not 1 <= int(name[:20]) <= MAX_SEGMENT_SEQ)
+
+
+cdef bint _segment_like(str name):
+    return (len(name) == 24 and name.endswith(".seg") and name[:20].isascii()
+            and name[:20].isdigit())
 
 
 cdef class RecordSink:
@@ -365,16 +393,22 @@ def scan(directory, callback=None, bint repair=True):
     cdef int fd
     report = ScanReport()
     found = segments(directory)
+    report.bad_segments.extend(unnamable_segments(directory))
     totals[0] = totals[1] = totals[2] = totals[3] = 0
     # A stretch skipped at a segment's end: its next_seq is the next good record's, in
     # a later segment.
     open_stretch = None
+    # The name of the entry before this one when it held no good record (0: it held
+    # one). A restart whose last segment held none begins the next one past its name,
+    # so that gap in the sequences lost nothing.
+    recordless = 0
     for index, (base_seq, name) in enumerate(found):
         path = os.path.join(directory, name)
         fd = _open_segment(path)
         if fd < 0:   # a directory, a FIFO, a device, a dangling link: never read
             if fd == -1:
                 report.bad_segments.append(name)
+                recordless = base_seq
             continue
         try:
             # Mapped, its pages mapped at once (MAP_POPULATE): the page cache's own
@@ -397,17 +431,30 @@ def scan(directory, callback=None, bint repair=True):
                 # its name is a segment, read; one holding none is not a segment.
                 if _first_record(data, size, base_seq) == size:
                     report.bad_segments.append(name)
+                    recordless = base_seq
                     continue
                 report.bad_headers.append(name)
                 floor = base_seq
             else:
                 floor = 0
             totals[3] = 0
+            previous_seq = totals[2]
+            stretches = len(report.skipped)
             _scan_segment(data, size, name, path, index == len(found) - 1, repair,
                           callback, report, index, totals, floor)
             if open_stretch is not None and totals[3]:
                 open_stretch["next_seq"] = totals[3]
                 open_stretch = None
+            elif previous_seq and totals[3] > previous_seq + 1 \
+                    and recordless != totals[3] - 1 and not (
+                        len(report.skipped) > stretches
+                        and report.skipped[stretches]["next_seq"] == totals[3]):
+                # Good records on both sides and no damaged byte between them: the
+                # records between were in a segment that is gone, or cut at a record's
+                # end (a stretch before this segment's first good record says it).
+                report.missing.append({"segment": name, "after_seq": previous_seq,
+                                       "next_seq": totals[3]})
+            recordless = 0 if totals[3] else base_seq
             stretches = len(report.skipped)
             if stretches and report.skipped[stretches - 1]["next_seq"] == 0:
                 open_stretch = report.skipped[stretches - 1]
@@ -434,6 +481,10 @@ def _open_segment(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return -1 if os.path.lexists(path) else -2   # a dangling link, or gone
+    except OSError as exc:
+        if exc.errno == ELOOP:
+            return -1   # a link that leads nowhere (a loop), as a dangling one
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         return -1
@@ -441,22 +492,26 @@ def _open_segment(path):
 
 
 def _removable(path, uint64_t base_seq):
-    """Whether compaction may delete segment file ``path``: a regular file whose header
-    is good, or too short to have one, or damaged over records the scan read by the
-    file's name (see ``Journal.remove_segments_before``)."""
+    """Whether compaction may delete segment file ``path`` (see
+    ``Journal.remove_segments_before``): 1 for a regular file whose header is good, or
+    too short to have one, or damaged over records the scan read by the file's name; 0
+    for what is no segment (never ours to delete: left in place); -1 when it cannot be
+    read to tell (removal stops there)."""
     cdef bytes content
     try:
         fd = _open_segment(path)
+        if fd == -2:
+            return 1   # gone already
         if fd < 0:
-            return False   # not a regular file: never ours to delete
+            return 0   # not a regular file: never ours to delete
         with open(fd, "rb", buffering=0) as file:
             content = file.read(SEGMENT_HEADER)
             if len(content) < SEGMENT_HEADER or _header_ok(content, len(content), base_seq):
-                return True
+                return 1
             content += file.read()
     except OSError:
-        return False   # (not a file we can read: not ours to delete)
-    return _first_record(content, len(content), base_seq) < <uint64_t>len(content)
+        return -1
+    return 1 if _first_record(content, len(content), base_seq) < <uint64_t>len(content) else 0
 
 
 cdef uint64_t _first_record(const char* raw, uint64_t size, uint64_t floor) noexcept:
@@ -585,6 +640,7 @@ cdef class Journal:
         self.kept = set()
         self.remover = None
         self.removals = None
+        self.removal_failures = [0, None]
         self.failure = None
         self.auto_roll = auto_roll
         self.segment_index = segment_index
@@ -1056,25 +1112,38 @@ cdef class Journal:
         a crash cut short: no record can be in it), and so is a segment whose header is
         damaged (``ScanReport.bad_headers``) once passed, like any other: the scan read
         its records, and a restart would replay them again if it stayed.
+
+        Segments go oldest first, and a segment that cannot be removed (or read) stops
+        the removal there: the later ones stay until it is gone. Were they removed
+        around it, a restart would replay its records without the remove records of
+        its copies (they were in the later segments): acked messages would come back.
+        A failed unlink is counted (``removal_errors``, ``removal_error``), not raised;
+        the next compaction tries again.
         """
         found = segments(self.directory)
         names = []
         for index in range(len(found) - 1):
             base, name = found[index]
             next_base = found[index + 1][0]
-            if next_base <= seq and name != self.segment and name not in self.removing \
-                    and name not in self.kept:
-                if not _removable(os.path.join(self.directory, name), base):
-                    self.kept.add(name)   # (read once, not at every compaction)
-                    continue
-                names.append(name)
-                self.synced_sizes.pop(name, None)
+            if next_base > seq or name == self.segment:
+                break
+            if name in self.removing or name in self.kept:
+                continue
+            removable = _removable(os.path.join(self.directory, name), base)
+            if removable < 0:
+                _removal_failed(self.removal_failures, name, "cannot read it to check it")
+                break
+            if removable == 0:
+                self.kept.add(name)   # (read once, not at every compaction)
+                continue
+            names.append(name)
         if not names:
             return 0
         if self.writer == NULL:
-            for name in names:
-                os.unlink(os.path.join(self.directory, name))
-            _sync_directory(self.directory)
+            removed = _remove_in_order(self.directory, names, self.removal_failures)
+            for name in names[:removed]:
+                self.synced_sizes.pop(name, None)
+            return removed
         else:
             # With a writer (a server): unlinking a 64 MiB segment takes tens of ms of
             # kernel time; a thread does it (the GIL released meanwhile), not the loop.
@@ -1082,11 +1151,26 @@ cdef class Journal:
             if self.remover is None:
                 self.removals = queue.SimpleQueue()
                 self.remover = threading.Thread(
-                    target=_remove_files, args=(self.directory, self.removals, self.removing),
+                    target=_remove_files,
+                    args=(self.directory, self.removals, self.removing,
+                          self.removal_failures),
                     name="fastfanout-journal-remover", daemon=True)
                 self.remover.start()
+            for name in names:
+                self.synced_sizes.pop(name, None)
             self.removals.put(names)
         return len(names)
+
+    @property
+    def removal_errors(self):
+        """Segments compaction could not unlink (each try counted; the later segments
+        stay until it is gone)."""
+        return self.removal_failures[0]
+
+    @property
+    def removal_error(self):
+        """The last failed removal's text (None: none failed)."""
+        return self.removal_failures[1]
 
     cdef _stop_remover(self):
         if self.remover is not None:
@@ -1123,21 +1207,50 @@ cdef void _writer_stop(writer_t* w) noexcept nogil:
     c_close(w.event_fd)
 
 
-def _remove_files(directory, removals, removing):
-    """The remover thread: unlink each batch of segment names, then sync the directory."""
+def _remove_files(directory, removals, removing, errors):
+    """The remover thread: unlink each batch of segment names in order, then sync the
+    directory.
+
+    A segment that could not be unlinked stops its batch, and every later batch while
+    it is still there (a batch holds only segments newer than those of the batches
+    before it): they are listed again by the next compaction, oldest first.
+    """
+    stuck = None   # the path of a segment that could not be unlinked
     while (names := removals.get()) is not None:
-        for name in names:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass   # left in place: the next compaction lists it again
+        if stuck is not None and os.path.lexists(stuck):
+            removing.difference_update(names)
+            continue
+        stuck = None
+        removed = _remove_in_order(directory, names, errors)
+        if removed < len(names):
+            stuck = os.path.join(directory, names[removed])
+        removing.difference_update(names)
+
+
+def _remove_in_order(directory, names, errors):
+    """Unlink segments ``names`` (oldest first) until one fails, then sync the
+    directory; returns how many are gone. A failure is counted in ``errors``."""
+    removed = 0
+    for name in names:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _removal_failed(errors, name, exc.strerror or str(exc))
+            break
+        removed += 1
+    if removed:
         try:
             _sync_directory(directory)
-        except OSError:
-            pass
-        removing.difference_update(names)
+        except OSError as exc:
+            _removal_failed(errors, directory, f"cannot sync the directory: {exc.strerror}")
+    return removed
+
+
+def _removal_failed(errors, name, why):
+    errors[0] += 1
+    errors[1] = f"{name}: {why}"
 
 
 def _sync_directory(directory):

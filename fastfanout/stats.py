@@ -149,8 +149,9 @@ class BrokerStats:
             segments, records, bytes_written, syncs, inline_writes and writer_batches
             (commits written by the server's thread or handed to the journal's writer
             thread), slow_inline_writes, store_full (refusals), failures,
-            failure, removed_segments, snapshots, and recovery (records, bytes, seconds,
-            torn_tail, skipped, bad_headers, bad_segments, messages restored,
+            failure, removed_segments, removal_errors (old segments that could not
+            be unlinked: each try), snapshots, and recovery (records, bytes, seconds,
+            torn_tail, skipped, bad_headers, bad_segments, missing, messages restored,
             orphan_records).
     """
 

@@ -165,6 +165,18 @@ class Administration:
 
     # -- plumbing ----------------------------------------------------------------------
 
+    def refuse_topology_if_store_failed(self) -> None:
+        """Before a topology change: refuse it, changing nothing, once the store failed.
+
+        A change it could not journal would hold until the restart the failure calls
+        for, then be gone (a queue deleted here would come back with its messages).
+
+        Raises:
+            StoreFailed: the journal failed closed.
+        """
+        if self.durable is not None:
+            self.durable.before_topology()
+
     def ensure_open(self) -> None:
         """Raise ``Closed`` after ``close()`` (before any argument is looked at).
 
@@ -253,6 +265,7 @@ class Administration:
                 if existing != settings:
                     raise AlreadyExists(f"topic {name!r} exists with other settings: {existing}")
                 return
+            self.refuse_topology_if_store_failed()
             self.topics[name] = self.dispatcher.add_topic(
                 fifo, content_dedup, window_us, name.encode("ascii"))
             self._topic_settings[name] = settings
@@ -266,6 +279,7 @@ class Administration:
         with self.lock:
             self.now_us()
             topic_id = self.topic_id(name, "name")
+            self.refuse_topology_if_store_failed()
             removed = [sid for sid in self.topic_subscriptions.pop(name)
                        if self._subscriptions[sid].topic == name]
             for subscription_id in removed:
@@ -379,6 +393,7 @@ class Administration:
                 return
             dlq_id = (-1 if settings.dead_letter_queue is None
                       else self.queue_id(settings.dead_letter_queue, "dead_letter_queue"))
+            self.refuse_topology_if_store_failed()
             queue_id = queue_ops.add_queue(
                 self.store, name, native.visibility_us, native.delay_us, native.retention_us,
                 native.message_limit, native.byte_limit, native.max_message_size,
@@ -407,6 +422,7 @@ class Administration:
                 raise InvalidArgument(
                     f"queue {name!r} is the dead-letter queue of {', '.join(users)}; "
                     f"delete those first")
+            self.refuse_topology_if_store_failed()
             removed = [sid for sid, sub in self._subscriptions.items() if sub.queue == name]
             for sid in removed:
                 del self._subscriptions[sid]
@@ -518,6 +534,7 @@ class Administration:
                             f"{sid}) with another filter policy; change it with set_filter_policy "
                             f"(fastfanout set-filter-policy {sid} POLICY)")
                     return sid
+            self.refuse_topology_if_store_failed()
             sid = self._next_subscription
             self._next_subscription += 1
             self._subscriptions[sid] = Subscription(
@@ -561,6 +578,7 @@ class Administration:
             if filter_scope is None:
                 filter_scope = sub.filter_scope
                 compiled, normalized = compile_policy(filter_policy, filter_scope)
+            self.refuse_topology_if_store_failed()
             self._subscriptions[subscription_id] = Subscription(
                 sub.topic, sub.queue, normalized, filter_scope, compiled)
             self._refresh_for(sub.topic)
@@ -586,6 +604,7 @@ class Administration:
         with self.lock:
             self.now_us()
             sub = self._subscription(subscription_id)
+            self.refuse_topology_if_store_failed()
             del self._subscriptions[subscription_id]
             self._refresh_for(sub.topic)
             self.dispatcher.forget_subscription(subscription_id)

@@ -16,8 +16,8 @@ of the broker.
 
 Invariants:
 
-- One broker per data directory: ``DATA_DIR/lock`` is held with ``flock`` while the
-  broker is open.
+- One broker per data directory: ``DATA_DIR/lock`` and ``DATA_DIR`` itself are held
+  with ``flock`` while the broker is open.
 - Every segment this module opens begins with a ``snapshot`` record (topology, dedup
   windows, next ids), so recovery can start from the oldest remaining segment: segments
   older than the oldest one holding the message record of a live durable copy are
@@ -44,7 +44,13 @@ from fastfanout._ext import journal as journal_ops
 from fastfanout._ext.dedup import DedupWindow
 from fastfanout._ext.recovery import Replay
 from fastfanout._ext.store import RECORD_KINDS, Store
-from fastfanout.errors import BrokerRunning, InvalidArgument, StoreFailed, StoreFull
+from fastfanout.errors import (
+    BrokerRunning,
+    FastFanoutError,
+    InvalidArgument,
+    StoreFailed,
+    StoreFull,
+)
 from fastfanout.records import ExponentialBackoff
 from fastfanout.settings import QueueSettings, Subscription, TopicSettings
 
@@ -68,6 +74,12 @@ COPY_FORWARD_COPIES = 10_000
 segments' records (taken together), so a few long-lived messages do not keep old
 segments on disk; a backlog stays where it is (it is live data, and rewriting it would
 cost more)."""
+SEQUENCE_JUMP_LIMIT = 1 << 20
+"""A restart begins its segment past a last entry of the journal that holds no record
+(a roll a crash cut short, a stray file named like a segment) when that entry's name is
+at most this many sequences ahead; one further ahead is left behind (a jump there would
+put the records after it out of recovery's reach: until 2026-12-05 a stray file named
+like a far segment lost every record written after the restart that jumped to it)."""
 FLUSH_BYTES = 1 << 20
 """Records of settle calls are buffered until the next commit, or until this many bytes
 wait (then the next call flushes them)."""
@@ -141,7 +153,87 @@ def _make_directory(path: str, what: str, hint: str) -> None:
                               f"one: {hint}") from None
 
 
-def _lock(directory: str) -> int:
+def _unusable(directory: str, exc: OSError) -> OSError | StoreFailed:
+    """The typed error for an OS error on a data directory's files at start.
+
+    (A ``FastFanoutError`` that is an ``OSError``, a ``TransportError``, stays itself.)
+    """
+    if isinstance(exc, FastFanoutError):
+        return exc
+    where = exc.filename if exc.filename is not None else directory
+    return StoreFailed(
+        f"cannot use the data directory {directory}: {where}: {exc.strerror or exc}; the "
+        f"broker must read and write every file in it: check their permissions and owner, "
+        f"an immutable attribute (lsattr), a read-only file system, the disk, then start "
+        f"it again")
+
+
+def _head_snapshot(path: str, base: int) -> bytes | None:
+    """The payload of the snapshot heading segment ``path`` (named ``base``).
+
+    None when that first record is not a good snapshot (or cannot be read).
+    """
+    header = journal_ops.SEGMENT_HEADER_BYTES
+    record = journal_ops.RECORD_HEADER_BYTES
+    try:
+        # (O_NONBLOCK, and regular files only: a FIFO named like a segment would hold
+        # up the start, waiting for a writer)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        with open(fd, "rb") as file:
+            file.seek(header)
+            head = file.read(record)
+            if len(head) < record:
+                return None
+            length = int.from_bytes(head[4:8], "little")
+            if length > journal_ops.MAX_PAYLOAD_BYTES:
+                return None
+            payload = file.read(length)
+    except OSError:
+        return None
+    if (len(payload) < length or head[16] != _SNAPSHOT
+            or int.from_bytes(head[8:16], "little") != base
+            or journal_ops.crc32c(head[4:] + payload) != int.from_bytes(head[:4], "little")):
+        return None
+    return payload
+
+
+def _lock(directory: str) -> list[int]:
+    """Take ``DIRECTORY/lock`` and ``DIRECTORY`` itself (flock); returns their fds.
+
+    The directory is locked too because a lock file is easily taken for a stale one:
+    removed under a running broker, it would let a second broker lock a new one and
+    work on the same journal (its compaction deleting the segment the first one
+    writes to).
+
+    Raises:
+        BrokerRunning: another live broker holds either (its pid named when known).
+    """
+    fd = _lock_file(directory)
+    try:
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        fcntl.flock(directory_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as exc:
+        os.close(directory_fd)
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise BrokerRunning(
+                f"the data directory {directory} is in use by another broker (pid unknown: "
+                f"its lock file {os.path.join(directory, LOCK_FILE)} was removed while it "
+                f"ran; stop that broker first)") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return [fd, directory_fd]
+
+
+def _lock_file(directory: str) -> int:
     """Take ``DIRECTORY/lock`` (flock, exclusive); returns its descriptor.
 
     Raises:
@@ -165,8 +257,6 @@ def _lock(directory: str) -> int:
         raise BrokerRunning(
             f"the data directory {directory} is in use by another broker (pid {holder})"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -451,14 +541,18 @@ class Durability:
             if max_disk_bytes is not None:
                 segment_bytes = max(min(segment_bytes, max_disk_bytes // 4), 16384)
         self.directory = os.path.abspath(os.fspath(data_dir))
-        _make_directory(self.directory, "data_dir",
-                        "give a directory, or a path where one can be made")
+        try:
+            _make_directory(self.directory, "data_dir",
+                            "give a directory, or a path where one can be made")
+            lock_fds = _lock(self.directory)
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
         self.fsync = fsync
         self.fsync_interval = float(fsync_interval)
         self.max_disk_bytes = max_disk_bytes
         self.segment_bytes = segment_bytes
         self.journal_directory = os.path.join(self.directory, JOURNAL_DIRECTORY)
-        self._lock_fd: int | None = _lock(self.directory)
+        self._lock_fds = lock_fds   # the lock file's and the directory's, while open
         self.journal: journal_ops.Journal | None = None
         self.recovering = False
         self._state: BrokerState | None = None
@@ -475,6 +569,8 @@ class Durability:
         self._drops_begun = 0        # the journal's drops when the batch begun last began
         self.store_full = 0          # publishes refused with StoreFull
         self.removed_segments = 0
+        self._removal_errors = 0     # the journal's removal_errors last logged
+        self._stranded_bytes = 0     # passed segments still on disk (_stranded)
         self.copied_forward = 0      # live copies journaled afresh by compaction
         self.snapshots = 0
         self.recovery: dict[str, Any] = {}
@@ -485,7 +581,19 @@ class Durability:
         """Rebuild a new, empty broker from the journal, then open the journal.
 
         See docs/storage.md, "Recovery".
+
+        Raises:
+            StoreFailed: a file of the data directory could not be read or written (its
+                permissions, an immutable attribute, a read-only file system, an I/O
+                error): named in the message.
+            StoreFull: no room for the new segment.
         """
+        try:
+            self._recover(state)
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
+
+    def _recover(self, state: BrokerState) -> None:
         started = time.monotonic()
         self._state = state
         _make_directory(self.journal_directory, "the journal",
@@ -493,6 +601,9 @@ class Durability:
         found = journal_ops.segments(self.journal_directory)
         bases = [base for base, _ in found]
         replay = _Replay()
+        seed = self._seed_snapshot(found)
+        if seed is not None:
+            replay.other_record(_SNAPSHOT, seed)
         report = journal_ops.scan(self.journal_directory, replay)
         replay.raise_message_id(replay.ids_reserved)   # after a crash: past every block
         self.recovering = True
@@ -500,19 +611,33 @@ class Durability:
             restored = self._rebuild(state, replay)
         finally:
             self.recovering = False
-        next_seq = max(report.last_seq, bases[-1] if bases else 0) + 1
+        next_seq = report.last_seq + 1
+        if bases and next_seq <= bases[-1] < next_seq + SEQUENCE_JUMP_LIMIT:
+            # Past a last entry holding no record (a roll a crash cut short, a stray file
+            # named like a segment): a later roll cannot need its name.
+            next_seq = bases[-1] + 1
+        while os.path.lexists(os.path.join(self.journal_directory,
+                                           journal_ops.segment_name(next_seq))):
+            next_seq += 1
         for index, (base, name) in enumerate(found):
             self._segment_bases[index] = base
             self._segment_sizes[index] = _file_bytes(os.path.join(self.journal_directory, name))
-        self.journal = journal_ops.Journal(
-            self.journal_directory, next_seq=next_seq, segment_bytes=1 << 62,
-            segment_index=len(found), auto_roll=False)
-        self._first_seq = next_seq
-        self._segment_bases[self.journal.segment_index] = next_seq
-        state.store.attach_journal(self.journal)
-        self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
-        self._write_snapshot()
-        self.journal.commit()
+        try:
+            self.journal = journal_ops.Journal(
+                self.journal_directory, next_seq=next_seq, segment_bytes=1 << 62,
+                segment_index=len(found), auto_roll=False)
+            self._first_seq = next_seq
+            self._segment_bases[self.journal.segment_index] = next_seq
+            state.store.attach_journal(self.journal)
+            self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
+            self._write_snapshot()
+            self.journal.commit()
+        except StoreFull as exc:
+            raise StoreFull(
+                f"{exc}; a broker starts a new segment (its snapshot first) before it "
+                f"serves: free space on that file system (or move the data directory to "
+                f"a larger one), then start it again; the journal was read and keeps "
+                f"every record") from None
         self._last_sync = time.monotonic()
         self._compact()
         torn = report.torn_tail
@@ -523,7 +648,8 @@ class Durability:
             "seconds": round(time.monotonic() - started, 6),
             "torn_tail": torn, "skipped": list(report.skipped),
             "bad_headers": list(report.bad_headers),
-            "bad_segments": list(report.bad_segments), "messages": restored,
+            "bad_segments": list(report.bad_segments), "missing": list(report.missing),
+            "messages": restored,
             "orphan_records": replay.orphans,
         }
         if torn is not None:
@@ -536,9 +662,40 @@ class Durability:
         for name in report.bad_segments:
             log.error("journal %s: %s is not a segment (no good record, or not a regular "
                       "file), left in place", self.journal_directory, name)
+        for gap in report.missing:
+            log.error("journal %s: records %d to %d are missing before %s (a segment "
+                      "deleted, or cut short at a record's end): lost",
+                      self.journal_directory, gap["after_seq"] + 1, gap["next_seq"] - 1,
+                      gap["segment"])
         if report.records:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",
                      restored, report.records, report.bytes, self.recovery["seconds"])
+
+    def _seed_snapshot(self, found: list[tuple[int, str]]) -> bytes | None:
+        """The snapshot to read the oldest segment by when its own head is damaged.
+
+        Every segment begins with a snapshot, and the oldest one's is what names the
+        queues and topics its records speak of by id: damaged, every copy in that
+        segment would be an orphan (a whole segment of messages lost to one bad
+        sector). The first good head snapshot of a later segment names them as they
+        were then; the records read before it are bound to its ids (a queue created
+        in between is bound by its own record; one deleted in between stays unknown),
+        and it is read again in its place. None when the oldest head is good.
+        """
+        later: bytes | None = None
+        found = [(base, name) for base, name in found
+                 if os.path.isfile(os.path.join(self.journal_directory, name))]
+        for index, (base, name) in enumerate(found):
+            payload = _head_snapshot(os.path.join(self.journal_directory, name), base)
+            if index == 0 and payload is not None:
+                return None
+            if index > 0 and payload is not None:
+                later = payload
+                log.error("journal %s: the snapshot heading %s, its oldest segment, is "
+                          "damaged: its records are read by the snapshot heading %s",
+                          self.journal_directory, found[0][1], name)
+                break
+        return later
 
     def _rebuild(self, state: BrokerState, replay: _Replay) -> int:
         """Create the replayed topology, put back every live copy and the dedup keys.
@@ -708,6 +865,16 @@ class Durability:
                     f"the journal in {self.journal_directory} holds {self.disk_bytes()} "
                     f"bytes, max_disk_bytes={self.max_disk_bytes}: publishes are refused "
                     f"until consumers settle enough messages{windows}")
+
+    def before_topology(self) -> None:
+        """Refuse a topology change before the broker makes it (the journal failed).
+
+        Raises:
+            StoreFailed: the journal failed closed.
+        """
+        journal = self.journal
+        if journal is not None and journal.failure is not None:
+            raise self._failed()
 
     def after_call(self) -> None:
         """Before each call: flush the records of earlier calls past ``FLUSH_BYTES``.
@@ -997,6 +1164,7 @@ class Durability:
         """Remove the oldest segments once no live durable copy has its message there."""
         journal = self.journal
         assert journal is not None and self._state is not None
+        self._removal_errors_seen()
         oldest = self._state.store.oldest_live_segment(journal.segment_index)
         if oldest <= self._first_segment:
             return
@@ -1006,13 +1174,47 @@ class Durability:
             self._segment_bases.pop(index, None)
             self.removed_segments += 1
         self._first_segment = oldest
+        self._removal_errors_seen()
+        if self._stranded_bytes:
+            self._stranded_bytes = self._stranded()
+
+    def _removal_errors_seen(self) -> None:
+        """Log a segment compaction could not remove (once per new failure).
+
+        The journal removes segments oldest first and stops at one it cannot unlink
+        (the later ones stay: removed around it, they would take the remove records
+        of its copies with them, and a restart would bring those copies back).
+        """
+        assert self.journal is not None
+        errors = self.journal.removal_errors
+        if errors != self._removal_errors:
+            self._removal_errors = errors
+            log.warning("journal %s: cannot remove an old segment (%s); it and the "
+                        "segments after it stay on disk until it can be removed (check "
+                        "its permissions and attributes)", self.journal_directory,
+                        self.journal.removal_error)
+            self._stranded_bytes = self._stranded()
+
+    def _stranded(self) -> int:
+        """Bytes of the segments compaction passed that are still on disk.
+
+        One could not be removed, and the ones after it wait for it: ``disk_bytes``
+        counts them, so ``max_disk_bytes`` holds. Files that are no segments are not.
+        """
+        first = self._segment_bases.get(self._first_segment)
+        if first is None:
+            return 0
+        not_segments = set(self.recovery.get("bad_segments", ()))
+        return sum(_file_bytes(os.path.join(self.journal_directory, name))
+                   for base, name in journal_ops.segments(self.journal_directory)
+                   if base < first and name not in not_segments)
 
     def disk_bytes(self) -> int:
         """Journal bytes on disk (and about to be: the buffer)."""
         journal = self.journal
         assert journal is not None
         total: int = (sum(self._segment_sizes.values()) + journal.current_segment_bytes
-                      + journal.buffered_bytes)
+                      + journal.buffered_bytes + self._stranded_bytes)
         return total
 
     # -- stats and lifecycle -----------------------------------------------------------
@@ -1035,7 +1237,8 @@ class Durability:
             "written_seq": journal.written_seq, "synced_seq": journal.synced_seq,
             "store_full": self.store_full + journal.full_refusals,
             "failures": 0 if journal.failure is None else 1, "failure": journal.failure,
-            "removed_segments": self.removed_segments, "snapshots": self.snapshots,
+            "removed_segments": self.removed_segments,
+            "removal_errors": journal.removal_errors, "snapshots": self.snapshots,
             "copied_forward": self.copied_forward,
             "recovery": dict(self.recovery),
         }
@@ -1053,7 +1256,7 @@ class Durability:
                 except (StoreFull, StoreFailed) as exc:
                     log.error("closing the journal in %s: %s", self.journal_directory, exc)
         finally:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            for fd in self._lock_fds:
+                os.close(fd)
+            self._lock_fds = []
 

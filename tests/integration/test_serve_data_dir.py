@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -145,6 +146,21 @@ def test_a_data_dir_in_use_is_refused_in_one_line(track: Tracker, tmp_path: Path
     assert_one_line_error(done.stderr, done.returncode, "data dir in use")
     assert str(data_dir) in done.stderr and str(first.pid) in done.stderr
     stop(first)
+
+
+@requires_durable
+def test_a_data_dir_the_broker_cannot_use_is_refused_in_one_line(tmp_path: Path) -> None:
+    # until 2026-12-05 the OS error blamed the endpoint ("cannot serve ipc://...: No such
+    # device or address"), and an embedded broker raised it untyped
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as blocker:   # a lock that cannot be opened
+        blocker.bind(str(data_dir / "lock"))
+        done = run(["serve", "--endpoint", f"ipc://{tmp_path}/x.sock",
+                    "--data-dir", str(data_dir)])
+    assert_one_line_error(done.stderr, done.returncode, "unusable data dir")
+    assert "[store_failed]" in done.stderr and "cannot serve" not in done.stderr
+    assert f"cannot use the data directory {data_dir}: {data_dir / 'lock'}" in done.stderr
 
 
 def test_in_memory_serve_writes_nothing(track: Tracker, private_state_dir: Path) -> None:

@@ -266,6 +266,23 @@ def test_a_second_broker_on_the_same_directory_is_refused(open_broker: Open) -> 
     assert broker.list_queues() == []
 
 
+def test_a_lock_file_removed_under_a_broker_still_refuses_a_second_one(
+        open_broker: Open, tmp_path: Path) -> None:
+    # until 2026-12-05 a second broker locked a new lock file and opened the journal: its
+    # recovery's compaction deleted the segment the first one wrote to, and a send the
+    # first one confirmed was lost at the next restart
+    broker = open_broker()
+    broker.create_queue("q")
+    (tmp_path / "data" / "lock").unlink()   # taken for a stale lock by an operator
+    with pytest.raises(BrokerRunning, match=r"lock file .* was removed"):
+        open_broker()
+    broker.send("q", b"confirmed")
+    broker = restart(broker, open_broker)
+    assert [m.body for m in broker.receive("q")] == [b"confirmed"]
+    with pytest.raises(BrokerRunning, match=str(os.getpid())):   # the new lock file
+        open_broker()
+
+
 def test_a_data_dir_that_cannot_be_one_is_refused_in_a_typed_error(
         clock: FakeClock, tmp_path: Path) -> None:
     a_file = tmp_path / "file"
@@ -284,6 +301,47 @@ def test_a_data_dir_that_cannot_be_one_is_refused_in_a_typed_error(
     assert a_file.read_bytes() == b"not a directory"
     (journal_file / "journal").unlink()
     Broker(clock=clock, data_dir=journal_file).close()   # the refusal left no lock held
+
+
+@pytest.mark.parametrize("refused", ["lock", "00000000000000000001.seg"])
+def test_a_data_dir_file_the_broker_cannot_open_is_refused_in_a_typed_error(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        refused: str) -> None:
+    # until 2026-12-05 the OS's PermissionError came out of Broker(data_dir=...) as it
+    # was (and fastfanout serve blamed its endpoint: "cannot serve ipc://...")
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    real_open = os.open
+
+    def refusing_open(path: str, *args: object, **kwargs: object) -> int:
+        if os.path.basename(path) == refused:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(StoreFailed, match=f"cannot use the data directory .*{refused}: "
+                                          f"Permission denied; .*permissions"):
+        open_broker()
+    monkeypatch.setattr(os, "open", real_open)
+    broker = open_broker()   # the refusal left no lock held, and lost nothing
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
+
+
+def test_a_symbolic_link_loop_named_like_a_segment_is_reported_not_followed(
+        open_broker: Open, tmp_path: Path) -> None:
+    # until 2026-12-05 its ELOOP came out of Broker(data_dir=...) as a raw OSError
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    name = journal_ops.segment_name(1000)
+    (journal_dir(tmp_path) / name).symlink_to(name)
+    broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None and storage["recovery"]["bad_segments"] == [name]
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
 
 
 def test_disk_follows_live_data(open_broker: Open, tmp_path: Path) -> None:
@@ -465,6 +523,43 @@ def test_a_small_segment_of_long_lived_messages_does_not_pin_the_journal(
     assert broker.stats().queues["later"].delayed == 2
 
 
+def test_an_old_segment_that_cannot_be_removed_fails_no_call_and_resurrects_nothing(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 the send whose commit compacted raised the unlink's PermissionError
+    # (its message stored all the same), and so did every later one; journal_bytes then
+    # left out the segments still on disk
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    for n in range(100):
+        broker.send("q", b"old %03d" % n + b"x" * 100)
+    oldest = journal_ops.segments(journal_dir(tmp_path))[0][1]
+    unlink = os.unlink
+
+    def refuse_the_oldest(path: str, *args: object, **kwargs: object) -> None:
+        if os.path.basename(path) == oldest:
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", refuse_the_oldest)
+    while messages := broker.receive("q", max_messages=10):
+        broker.ack_batch([m.receipt for m in messages])
+    for n in range(100):
+        broker.send("q", b"new %03d" % n + b"y" * 100)
+    storage = broker.stats().storage
+    assert storage is not None and storage["removal_errors"] >= 1
+    assert f"cannot remove an old segment ({oldest}" in caplog.text
+    assert journal_ops.segments(journal_dir(tmp_path))[0][1] == oldest
+    # what stays on disk counts (max_disk_bytes holds): not only the segments after it
+    on_disk = sum(path.stat().st_size for path in journal_dir(tmp_path).iterdir())
+    assert storage["journal_bytes"] >= on_disk - storage["buffered_bytes"]
+    monkeypatch.setattr(os, "unlink", unlink)
+    broker = restart(broker, open_broker)
+    bodies = [m.body for m in broker.receive("q", max_messages=1000)]
+    assert len(bodies) == 100 and all(body.startswith(b"new") for body in bodies)
+
+
 def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
     broker = open_broker()
     broker.create_queue("q")
@@ -483,6 +578,34 @@ def test_an_fsync_error_fails_the_store_closed(open_broker: Open) -> None:
     assert len(broker.receive("q", max_messages=10)) == 2
     broker = restart(broker, open_broker)
     assert b"kept" in [m.body for m in broker.receive("q", max_messages=10)]
+
+
+def test_a_failed_store_refuses_topology_changes_and_changes_nothing(
+        open_broker: Open) -> None:
+    # until 2026-12-05 each call raised StoreFailed yet made its change in memory: a queue
+    # "not created" existed, a queue "not deleted" was gone (and came back at the restart)
+    broker = open_broker()
+    broker.create_queue("p")
+    broker.create_queue("q")
+    broker.create_topic("t")
+    subscription = broker.subscribe("t", "q")
+    journal_ops.inject_fault("fsync", errno.EIO)
+    try:
+        with pytest.raises(StoreFailed):
+            broker.send("q", b"not confirmed")
+    finally:
+        journal_ops.inject_fault("fsync", 0)
+    for change in (lambda: broker.create_queue("r"), lambda: broker.create_topic("u"),
+                   lambda: broker.subscribe("t", "p"),
+                   lambda: broker.set_filter_policy(subscription, {"k": ["v"]}),
+                   lambda: broker.unsubscribe(subscription),
+                   lambda: broker.delete_topic("t"), lambda: broker.delete_queue("q")):
+        with pytest.raises(StoreFailed):
+            change()
+    assert broker.list_queues() == ["p", "q"] and broker.list_topics() == ["t"]
+    assert broker.list_subscriptions() == {subscription: ("t", "q")}
+    assert broker.subscription(subscription).filter_policy is None
+    assert broker.create_queue("q") is None   # what exists already: no change to refuse
 
 
 def test_a_data_dir_deleted_under_the_broker_fails_the_store_closed(
@@ -549,6 +672,134 @@ def test_a_damaged_segment_header_loses_no_message(
     assert [m.body for m in broker.receive("q", max_messages=1000)] == bodies
 
 
+def test_a_segment_deleted_from_the_middle_is_reported(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 the restart read over the gap: the segment's messages were lost
+    # with nothing in the recovery report or the log
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
+    for body in bodies:
+        broker.send("q", body)
+    broker.close()
+    found = journal_ops.segments(journal_dir(tmp_path))
+    assert len(found) >= 4
+    (base, name), (next_base, next_name) = found[1], found[2]
+    (journal_dir(tmp_path) / name).unlink()
+    broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None
+    recovery = storage["recovery"]
+    assert recovery["missing"] == [{"segment": next_name, "after_seq": base - 1,
+                                    "next_seq": next_base}]
+    assert recovery["skipped"] == [] and recovery["bad_segments"] == []
+    assert f"records {base} to {next_base - 1} are missing before {next_name}" in caplog.text
+    kept = [m.body for m in broker.receive("q", max_messages=1000)]
+    assert 0 < len(kept) < len(bodies) and set(kept) < set(bodies)
+
+
+def test_a_restart_past_a_roll_a_crash_cut_short_reports_no_gap(
+        open_broker: Open, tmp_path: Path) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"before")
+    broker.close()
+    last = journal_ops.scan(journal_dir(tmp_path)).last_seq
+    # the crash came after the next segment's header: the restart begins past its name
+    (journal_dir(tmp_path) / journal_ops.segment_name(last + 1)).write_bytes(
+        journal_ops.segment_header(last + 1))
+    broker = open_broker()
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker)
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["recovery"]["missing"] == [] and storage["recovery"]["skipped"] == []
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
+
+
+def test_a_damaged_snapshot_heading_the_oldest_segment_orphans_no_message(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 one bad byte in it lost every message of that segment: without the
+    # snapshot nothing named the queue their records speak of by id (orphan records)
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq", max_receive_count=2)
+    broker = restart(broker, open_broker, fsync="never")   # the queues in a snapshot
+    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
+    for body in bodies:
+        broker.send("q", body)
+    broker.close()
+    found = journal_ops.segments(journal_dir(tmp_path))
+    assert len(found) >= 4
+    oldest = journal_dir(tmp_path) / found[0][1]
+    content = bytearray(oldest.read_bytes())
+    content[journal_ops.SEGMENT_HEADER_BYTES + journal_ops.RECORD_HEADER_BYTES + 20] ^= 0x10
+    oldest.write_bytes(bytes(content))
+    broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None
+    recovery = storage["recovery"]
+    assert len(recovery["skipped"]) == 1 and recovery["skipped"][0]["segment"] == oldest.name
+    assert recovery["orphan_records"] == 0 and recovery["messages"] == 200
+    assert f"the snapshot heading {oldest.name}, its oldest segment, is damaged" in caplog.text
+    assert [m.body for m in broker.receive("q", max_messages=1000)] == bodies
+    assert broker.queue_settings("q").dead_letter_queue == "dlq"
+
+
+@pytest.mark.parametrize("stray", ["00000000100000000000.seg", "99999999999999999999.seg"])
+def test_a_stray_file_named_like_a_far_segment_loses_nothing(
+        open_broker: Open, tmp_path: Path, stray: str) -> None:
+    # until 2026-12-05 the restart began its segment past the stray's name, so far that
+    # the next recovery could not place its records: a send confirmed after that restart
+    # was an orphan record, lost (a name past 2**64 failed the start with OverflowError)
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"before")
+    broker.close()
+    (journal_dir(tmp_path) / stray).write_bytes(b"not a segment")
+    broker = open_broker()
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker)
+    storage = broker.stats().storage
+    assert storage is not None
+    recovery = storage["recovery"]
+    assert recovery["bad_segments"] == [stray] and recovery["orphan_records"] == 0
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
+    assert (journal_dir(tmp_path) / stray).read_bytes() == b"not a segment"
+
+
+def test_a_fifo_named_before_the_oldest_segment_holds_up_no_start(
+        open_broker: Open, tmp_path: Path) -> None:
+    broker = open_broker()
+    broker.create_queue("q")
+    broker = restart(broker, open_broker)   # the first segment is compacted away
+    broker.send("q", b"kept")
+    oldest = journal_ops.segments(journal_dir(tmp_path))[0][0]
+    assert oldest > 1
+    fifo = journal_dir(tmp_path) / journal_ops.segment_name(1)
+    os.mkfifo(fifo)   # before the oldest segment: looked at first for its snapshot
+    opened: list[Broker] = []
+    broker.close()
+    starting = threading.Thread(target=lambda: opened.append(open_broker()), daemon=True)
+    starting.start()
+    starting.join(5)
+    try:
+        assert not starting.is_alive(), "the broker's startup hung on the FIFO"
+    finally:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    (broker,) = opened
+    storage = broker.stats().storage
+    assert storage is not None and storage["recovery"]["bad_segments"] == [fifo.name]
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
+
+
 def test_a_directory_or_fifo_named_like_a_segment_is_reported_not_opened(
         open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()
@@ -600,6 +851,24 @@ def test_every_policy_writes_before_returning(open_broker: Open, tmp_path: Path,
     else:   # interval (60 s not up yet) and never: written, not synced yet
         assert journal["synced_seq"] < journal["written_seq"]
     assert result.message_id
+
+
+def test_a_start_on_a_full_disk_says_what_to_do_and_loses_nothing(
+        open_broker: Open) -> None:
+    # until 2026-12-05 the refusal only said "the disk ... is full: nothing of this batch
+    # was stored", as if a publish had been refused, with nothing on what to do
+    broker = open_broker()
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    journal_ops.inject_fault("write", errno.ENOSPC)   # the new segment's snapshot
+    try:
+        with pytest.raises(StoreFull, match="free space on that file system"):
+            open_broker()
+    finally:
+        journal_ops.inject_fault("write", 0)
+    broker = open_broker()
+    assert [m.body for m in broker.receive("q")] == [b"kept"]
 
 
 def test_a_full_disk_refuses_the_publish_and_the_next_one_works(open_broker: Open) -> None:

@@ -11,6 +11,7 @@ import textwrap
 import threading
 
 import pytest
+from waits import wait_until
 
 from fastfanout._ext import journal
 from fastfanout.errors import InvalidArgument, StoreFailed, StoreFull
@@ -194,6 +195,66 @@ def test_a_stretch_cut_at_a_segments_end_names_the_next_good_sequence(
     kept = {record[0] for record in after}
     lost = {record[0] for record in before} - kept
     assert lost == set(range(skipped["after_seq"] + 1, skipped["next_seq"]))
+
+
+def record_ends(path):
+    """The offsets where the records of a whole segment file end."""
+    with open(path, "rb") as file:
+        content = file.read()
+    offset, ends = journal.SEGMENT_HEADER_BYTES, []
+    while offset < len(content):
+        length = int.from_bytes(content[offset + 4:offset + 8], "little")
+        offset += (journal.RECORD_HEADER_BYTES + length + 7) // 8 * 8
+        ends.append(offset)
+    return ends
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut at a record's end", "emptied"])
+def test_records_missing_between_segments_are_reported(tmp_path, damage):
+    # until 2026-12-05 a segment deleted from the middle of the journal, or one cut at a
+    # record's end, was read over without a word: its records were lost unreported
+    writer = journal.Journal(tmp_path, segment_bytes=4096)
+    for _ in range(10):
+        for _ in range(20):
+            writer.append(1, b"y" * 50)
+        writer.commit()
+    writer.close()
+    paths = segment_paths(tmp_path)
+    assert len(paths) >= 4
+    before, report = read_all(tmp_path)
+    assert report.missing == []
+    bases = [base for base, _ in journal.segments(tmp_path)]
+    if damage == "deleted":
+        os.unlink(paths[1])
+        after_seq = bases[1] - 1
+    elif damage == "emptied":
+        os.truncate(paths[1], 0)
+        after_seq = bases[1] - 1
+    else:
+        ends = record_ends(paths[1])
+        os.truncate(paths[1], ends[len(ends) // 2])
+        after_seq = bases[1] + len(ends) // 2
+    after, report = read_all(tmp_path)
+    assert report.missing == [{"segment": os.path.basename(paths[2]),
+                               "after_seq": after_seq, "next_seq": bases[2]}]
+    assert report.skipped == [] and report.torn_tail is None
+    kept = {record[0] for record in after}
+    assert {record[0] for record in before} - kept == set(range(after_seq + 1, bases[2]))
+
+
+def test_a_restart_past_a_segment_with_no_record_is_no_gap(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(1, b"x")
+    writer.close()
+    # a roll a crash cut short: the next segment's file holds its header only, and the
+    # next run begins past its name (as a durable broker's recovery does)
+    (tmp_path / journal.segment_name(2)).write_bytes(journal.segment_header(2))
+    writer = journal.Journal(tmp_path, next_seq=3)
+    writer.append(1, b"y")
+    writer.close()
+    records, report = read_all(tmp_path)
+    assert [record[0] for record in records] == [1, 3]
+    assert report.missing == [] and report.skipped == []
 
 
 def test_a_file_that_is_not_a_segment_is_reported_and_left(tmp_path):
@@ -575,6 +636,43 @@ def test_with_a_writer_old_segments_are_unlinked_by_a_thread(tmp_path):
     assert writer.remove_segments_before(writer.next_seq) == 0   # not listed twice
     writer.close()   # waits for the remover
     assert [name for _, name in journal.segments(tmp_path)] == [writer.segment]
+
+
+@pytest.mark.parametrize("with_writer", [False, True])
+def test_a_segment_that_cannot_be_removed_keeps_the_later_ones(
+        tmp_path, monkeypatch, with_writer):
+    # until 2026-12-05 the remover thread unlinked the later segments around one it could
+    # not unlink (a restart then replayed its copies without their remove records: acked
+    # messages came back), and without a writer the unlink's PermissionError came out of
+    # the commit that compacted
+    writer = journal.Journal(tmp_path, segment_bytes=4096, auto_roll=False)
+    if with_writer:
+        writer.start_writer()
+    for _ in range(4):
+        writer.append(2, b"x" * 100)
+        writer.roll()
+    names = [name for _, name in journal.segments(tmp_path)]
+    assert len(names) == 5
+    unlink = os.unlink
+
+    def refuse_the_oldest(path, *args, **kwargs):
+        if os.path.basename(path) == names[0]:
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse_the_oldest)
+    writer.remove_segments_before(writer.next_seq)
+    wait_until(lambda: writer.removal_errors >= 1)   # (with a writer, its thread's)
+    writer.remove_segments_before(writer.next_seq)   # tried again: the same
+    if with_writer:
+        writer.close()   # waits for the remover
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert [name for _, name in journal.segments(tmp_path)] == names
+    assert writer.removal_errors >= 1 and names[0] in writer.removal_error
+    if not with_writer:   # once it can go, the rest go with it
+        assert writer.remove_segments_before(writer.next_seq) == 4
+        assert [name for _, name in journal.segments(tmp_path)] == [writer.segment]
+        writer.close()
 
 
 def test_a_small_batch_that_needs_no_sync_is_written_by_the_caller(tmp_path):
