@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import random
@@ -109,13 +110,23 @@ COUNTERS: Final = ("messages", "rate", "lag", "in_flight", "retries", "errors",
 """Every rule's stats keys (``fastfanout stats``, table ``bridge``)."""
 
 
-def bridge_unavailable() -> str | None:
-    """Why the bridge cannot run here (one line: what to install), or None if it can."""
+def bridge_unavailable(rules: BridgeRules | None = None) -> str | None:
+    """Why the bridge (of ``rules``) cannot run here (one line: what to install), or None.
+
+    A rule file with ``credentials`` needs nats-py's ``nkeys`` extra too: nats-py imports
+    it only when it connects, so without it every connect would fail, for ever.
+    """
     try:
         import nats  # noqa: F401
     except ImportError:
         return ("the bridge needs the nats-py client: pip install 'fastfanout[bridge]' "
                 "(or pip install 'nats-py>=2.6')")
+    if rules is not None and rules.credentials is not None:
+        try:
+            importlib.import_module("nkeys")
+        except ImportError:
+            return ("credentials (a .creds file) need the nkeys package: "
+                    "pip install 'nats-py[nkeys]'")
     return None
 
 
@@ -435,7 +446,7 @@ class Bridge:
                  client_options: dict[str, Any] | None = None,
                  switch_interval: float | None = SWITCH_INTERVAL, durable: bool = True
                  ) -> None:
-        reason = bridge_unavailable()
+        reason = bridge_unavailable(rules)
         if reason:
             raise BridgeUnavailable(reason)
         self.rules = rules

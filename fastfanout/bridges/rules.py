@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from typing import Annotated, Any, Final, Literal
@@ -27,7 +28,8 @@ import msgspec
 
 from fastfanout.errors import InvalidArgument
 
-__all__ = ["EXPORT_QUEUE_PREFIX", "BridgeRules", "ExportRule", "ImportRule", "load_rules"]
+__all__ = ["EXPORT_QUEUE_PREFIX", "BridgeRules", "ExportRule", "ImportRule", "load_rules",
+           "subjects_overlap"]
 
 EXPORT_QUEUE_PREFIX: Final = "bridge.export."
 """An export rule's local queue is named this prefix and the rule's name (unless set)."""
@@ -209,14 +211,96 @@ def _problem(source: str, where: str, what: str) -> InvalidArgument:
     return InvalidArgument(f"{source}: {where}: {what}; {_HELP}")
 
 
-def _check_rules(source: str, rules: BridgeRules) -> None:
-    if not rules.export and not rules.import_:
-        raise _problem(source, "the file", "no [[export]] or [[import]] rule")
+def subjects_overlap(first: str, second: str) -> bool:
+    """True when some subject (or local topic) matches both filters.
+
+    A filter's tokens split on ``.``: ``*`` matches one token, ``>`` (the last) one or
+    more; a plain name matches itself only (the rules of NATS and of local patterns).
+    """
+    a, b = first.split("."), second.split(".")
+    for x, y in zip(a, b, strict=False):
+        if x == ">" or y == ">":
+            return True
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(a) == len(b)
+
+
+def _check_servers(source: str, rules: BridgeRules) -> None:
     if not rules.servers:
         raise _problem(source, "servers", "give at least one nats://HOST:PORT")
     for url in rules.servers:
-        if not re.fullmatch(r"(nats|tls)://[^\s/]+(:\d{1,5})?", url):
-            raise _problem(source, "servers", f"{url!r} is not nats://HOST:PORT")
+        matched = re.fullmatch(r"(nats|tls)://[^\s/:]+(:(\d{1,5}))?", url)
+        if not matched or (matched[3] is not None and not 0 < int(matched[3]) < 65536):
+            raise _problem(source, "servers", f"{url!r} is not nats://HOST:PORT (a port "
+                           f"from 1 to 65535)")
+    if (rules.user is None) != (rules.password is None):
+        raise _problem(source, "user" if rules.user is None else "password",
+                       "user and password go together: give both or neither")
+    ways = [key for key in ("user", "token", "credentials") if getattr(rules, key) is not None]
+    if len(ways) > 1:
+        raise _problem(source, ways[1], f"give one way to authenticate: "
+                       f"{' and '.join(ways)} are both set")
+    if rules.credentials is not None:
+        # nats-py opens it only when it connects: a rule would retry it for ever
+        try:
+            with open(rules.credentials, "rb"):
+                pass
+        except OSError as error:
+            raise _problem(source, "credentials", f"cannot read {rules.credentials!r}: "
+                           f"{error.strerror}") from None
+        if os.path.isdir(rules.credentials):
+            raise _problem(source, "credentials", f"{rules.credentials!r} is a directory, "
+                           f"not a .creds file")
+
+
+def _check_loops(source: str, rules: BridgeRules) -> None:
+    """Refuse rules that share what must be a rule's own, or feed each other for ever."""
+    queues: dict[str, str] = {}
+    for exported in rules.export:
+        for queue in (exported.queue_name, exported.queue_name + ".dlq"):
+            if queue in queues:
+                raise _problem(source, f"[[export]] {exported.name!r} queue", f"{queue!r} is "
+                               f"also the queue of {queues[queue]}: each export rule needs "
+                               f"its own")
+            queues[queue] = f"[[export]] {exported.name!r}"
+    durables: dict[tuple[str, str], str] = {}
+    for rule in rules.import_:
+        where = f"[[import]] {rule.name!r}"
+        key = (rule.stream, rule.durable_name)
+        if key in durables:
+            raise _problem(source, f"{where} durable", f"{rule.durable_name!r} on stream "
+                           f"{rule.stream!r} is also the consumer of {durables[key]}: two "
+                           f"rules would share its messages; give each its own durable")
+        durables[key] = where
+        if rule.dead_letter_name == rule.queue:
+            raise _problem(source, f"{where} dead_letter_queue", f"{rule.dead_letter_name!r}"
+                           f" is the rule's target: name another queue")
+        if rule.dead_letter_name in queues:
+            raise _problem(source, f"{where} dead_letter_queue", f"{rule.dead_letter_name!r}"
+                           f" is a queue of {queues[rule.dead_letter_name]}")
+        for export in rules.export:
+            if export.stream != rule.stream:
+                continue
+            if rule.filter_subject is not None and not subjects_overlap(
+                    rule.filter_subject, export.stream_subject):
+                continue
+            fed = (rule.queue == export.queue_name if rule.queue is not None
+                   else subjects_overlap(export.topic, rule.topic or ""))
+            if fed:
+                target = "queue" if rule.queue is not None else "topic"
+                raise _problem(source, f"{where} {target}", f"{getattr(rule, target)!r} "
+                               f"is exported by [[export]] {export.name!r} into stream "
+                               f"{export.stream!r}, which this rule imports: every message "
+                               f"would go round for ever; import into another {target}, or "
+                               f"give filter_subject = ... a subject the export does not "
+                               f"publish on")
+
+
+def _check_rules(source: str, rules: BridgeRules) -> None:
+    if not rules.export and not rules.import_:
+        raise _problem(source, "the file", "no [[export]] or [[import]] rule")
+    _check_servers(source, rules)
     if rules.identity is not None and not re.fullmatch(r"[^\s:]{1,128}", rules.identity):
         raise _problem(source, "identity", f"{rules.identity!r} must be 1 to 128 characters, "
                        f"no space or ':'")
@@ -237,6 +321,7 @@ def _check_rules(source: str, rules: BridgeRules) -> None:
             _check_export(source, where, rule)
         else:
             _check_import(source, where, rule)
+    _check_loops(source, rules)
 
 
 def _check_export(source: str, where: str, rule: ExportRule) -> None:
