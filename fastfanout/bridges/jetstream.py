@@ -386,6 +386,13 @@ class _Puller:
             description = headers.get("Description", "")
             if status == "409" and "Deleted" in description:
                 self.failure = f"the JetStream consumer was deleted ({description})"
+            elif status == "503":
+                # nobody serves the consumer: it (or its stream) is gone, say deleted
+                # while this connection was away; asking again at once would spin for
+                # ever (a request and its refusal per loop iteration), with the rule
+                # shown connected and never creating the consumer again
+                self.failure = (f"no JetStream consumer answered on {self.subject} (status "
+                                f"503: the stream or its consumer does not exist)")
             self.outstanding = 0   # 404 no messages, 408 expired, 409: the request ended
         else:
             self.messages.append(msg)

@@ -475,3 +475,34 @@ def test_a_pattern_export_publishes_each_topic_on_its_subject(
     assert by_subject(stored(nats_node.url, "ORDERS", 600)) == {
         "ORDERS.orders.eu": expected("orders.eu", 300),
         "ORDERS.orders.us.east": expected("orders.us.east", 300)}
+
+
+def test_an_import_whose_stream_vanished_while_nats_was_away_starts_again(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 the import asked the missing consumer for messages again at once
+    # on each refusal (status 503), for ever: a core spun, the rule showed connected with
+    # no error, and the consumer was never created again for the stream made anew
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def publish(body: bytes) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        try:
+            await js.stream_info("ORDERS")
+        except NotFoundError:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.publish("orders.x", body, headers={"Nats-Msg-Id": body.decode()})
+        await connection.close()
+
+    asyncio.run(publish(b"before"))
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"before"]
+    nats_node.stop()
+    shutil.rmtree(nats_node.directory / "jetstream")   # the stream and consumer are gone
+    nats_node.start()
+    wait_until(lambda: bridge_stats(client)["import:orders"]["errors"] >= 1,
+               timeout=BRIDGE_DEADLINE, what="the missing consumer counted as an error")
+    asyncio.run(publish(b"after"))   # the stream made again: the rule makes its consumer
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"after"]
