@@ -454,6 +454,13 @@ class Worker:
             try:
                 settings = admin.queue_settings(handler.queue)
             except NotFound:
+                if handler.queue in admin.list_topics():
+                    # a queue of that name would get none of the topic's messages
+                    raise NotFound(f"{handler.queue!r} of handler {handler.name} is a topic, "
+                                   f"not a queue: a handler consumes a queue; subscribe one "
+                                   f"to the topic with Worker.subscribe({handler.queue!r}, "
+                                   f"{handler.name}) (or fastfanout create-queue QUEUE and "
+                                   f"fastfanout subscribe {handler.queue} QUEUE)") from None
                 raise NotFound(f"queue {handler.queue!r} of handler {handler.name} does not "
                                f"exist; create it first (fastfanout create-queue "
                                f"{handler.queue}) or use Worker.subscribe") from None

@@ -424,11 +424,19 @@ def test_bad_handlers_and_unknown_queues_are_refused(track: Tracker) -> None:
         worker.handler("jobs")(repr)
     assert list(worker.handlers) == ["print"]
 
-    endpoint, _ = _setup(track)
+    endpoint, client = _setup(track)
     unknown = _worker(track, endpoint)
     unknown.handler("nope")(print)
     with pytest.raises(NotFound, match="queue 'nope' of handler print does not exist"):
         unknown.start()
+    # until 2026-12-05 a topic's name was "queue 'jobs-topic' does not exist; create it
+    # first": a queue made so shares the topic's name and gets none of its messages
+    client.create_topic("jobs-topic")
+    topical = _worker(track, endpoint)
+    topical.handler("jobs-topic")(print)
+    with pytest.raises(NotFound, match=r"'jobs-topic' of handler print is a topic, not a "
+                       r"queue: .* Worker.subscribe\('jobs-topic', print\)"):
+        topical.start()
 
 
 def test_processes_spread_a_handler_over_processes(track: Tracker, tmp_path: Path) -> None:
