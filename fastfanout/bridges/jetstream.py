@@ -555,8 +555,18 @@ class Bridge:
             loop.close()
 
     def stats(self) -> dict[str, dict[str, float]]:
-        """Each rule's counters (``export:NAME`` / ``import:NAME`` -> ``COUNTERS``)."""
-        return {name: dict(rule.values) for name, rule in self._stats.items()}
+        """Each rule's counters (``export:NAME`` / ``import:NAME`` -> ``COUNTERS``).
+
+        ``connected`` is 0 while the NATS connection is away (nats-py reconnecting): an
+        idle rule sees no failure of its own then, and would be shown connected.
+        """
+        connection = self._nats
+        away = connection is None or not connection.is_connected
+        stats = {name: dict(rule.values) for name, rule in self._stats.items()}
+        if away:
+            for values in stats.values():
+                values["connected"] = 0
+        return stats
 
     def _run(self) -> None:
         try:
@@ -620,6 +630,12 @@ class Bridge:
                 log.debug("NATS: %s", error)
 
             async def disconnected() -> None:
+                stopping = self._stopping
+                if stopping is not None and stopping.is_set():
+                    return   # the bridge's own close at its stop
+                # counted for every rule: an idle one sees no failure of its own
+                for stats in self._stats.values():
+                    stats.values["errors"] += 1
                 log.warning("NATS disconnected; the bridge buffers and retries")
 
             async def reconnected() -> None:

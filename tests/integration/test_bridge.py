@@ -506,3 +506,35 @@ def test_an_import_whose_stream_vanished_while_nats_was_away_starts_again(
                timeout=BRIDGE_DEADLINE, what="the missing consumer counted as an error")
     asyncio.run(publish(b"after"))   # the stream made again: the rule makes its consumer
     assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"after"]
+
+
+def test_nats_away_shows_every_rule_disconnected_with_an_error(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 idle rules showed connected = 1 and no error for as long as NATS
+    # was away (nats-py reconnecting under them): fastfanout stats said all was well
+    path = track.tmp_path / "ab.toml"
+    path.write_text(f"servers = {json.dumps([nats_node.url])}\n{QUICK}"
+                    f'[[export]]\nname = "out"\ntopic = "t"\nstream = "OUT"\n'
+                    f'[[import]]\nname = "in"\nstream = "OUT"\nqueue = "in"\n')
+    endpoint, process = broker(track, "a", path)
+    client = track.client(endpoint)
+
+    def connected() -> list[float]:
+        rules = bridge_stats(client)
+        return [rules.get(name, {}).get("connected", 0) for name in ("export:out", "import:in")]
+
+    wait_until(lambda: connected() == [1, 1], timeout=BRIDGE_DEADLINE, what="both rules up")
+    errors = [bridge_stats(client)[name]["errors"] for name in ("export:out", "import:in")]
+    nats_node.stop()
+    wait_until(lambda: connected() == [0, 0], timeout=15.0, what="both rules shown down")
+    assert all(bridge_stats(client)[name]["errors"] > before
+               for name, before in zip(("export:out", "import:in"), errors, strict=True))
+    nats_node.start()
+    wait_until(lambda: connected() == [1, 1], timeout=BRIDGE_DEADLINE, what="both rules up again")
+    client.publish("t", b"after")   # and they work
+    assert [m.body for m in consume_all(client, "in", 1)] == [b"after"]
+    # the bridge's own close at the broker's stop is no outage: no warning of one
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+    assert process.stderr is not None
+    assert process.stderr.read().decode().count("NATS disconnected") == 1
