@@ -99,6 +99,10 @@ what a message waited at each hand-off between the server thread and the bridge'
 27-73 ms to 15-17 ms on a loaded 2-core host; see docs/bridge.md "Speed")."""
 FETCH_WAIT: Final = 1.0
 """Seconds an import's fetch waits for messages before it asks again."""
+PULL_REFUSALS: Final = 3
+"""Pull requests in a row JetStream may end at once, without a message and before their
+wait (a status such as ``409 Consumer is push based``), before the import rule takes it
+for a failure and backs off (each request sent again at once spun a core for ever)."""
 PERMANENT: Final = (InvalidArgument,)
 """Refusals for good: retrying cannot help (``MessageTooLarge`` and ``MalformedBatch``
 are ``InvalidArgument``s). A target deleted under the rule (``NotFound``) is not one:
@@ -364,6 +368,7 @@ class _Puller:
         self.waiter: asyncio.Future[bool] | None = None   # fetch's wait, while it waits
         self.subscription: Any = None
         self.failure: str | None = None
+        self.refusals = 0   # requests in a row ended by a status at once, no message
 
     async def start(self) -> None:
         self.inbox = self.connection.new_inbox()
@@ -393,10 +398,19 @@ class _Puller:
                 # shown connected and never creating the consumer again
                 self.failure = (f"no JetStream consumer answered on {self.subject} (status "
                                 f"503: the stream or its consumer does not exist)")
+            elif status != "408":   # 408: the request expired after its wait
+                # 404, 409 (a leadership change, a push consumer, a limit), 400: ended at
+                # once; one such end is a request to send again, a few in a row a
+                # refusal that asking again would only repeat, as fast as it answers
+                self.refusals += 1
+                if self.refusals >= PULL_REFUSALS:
+                    self.failure = (f"JetStream refused {self.refusals} pulls in a row on "
+                                    f"{self.subject}: status {status} {description}".rstrip())
             self.outstanding = 0   # 404 no messages, 408 expired, 409: the request ended
         else:
             self.messages.append(msg)
             self.outstanding -= 1
+            self.refusals = 0
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
@@ -423,6 +437,29 @@ class _Puller:
                 self.waiter = None
         taken, self.messages = self.messages, []
         return taken
+
+
+def _check_consumer(rule: ImportRule, config: Any) -> None:
+    """Refuse a durable consumer made (or changed) outside the bridge that it cannot use.
+
+    A push consumer answers no pull; one without explicit acks settles a message when it
+    is delivered, before the broker confirmed it (lost if the bridge fails in between).
+
+    Raises:
+        BridgeUnavailable: naming the consumer, what is wrong and the way out.
+    """
+    from nats.js.api import AckPolicy
+
+    if config.deliver_subject:
+        problem = f"is a push consumer (deliver_subject {config.deliver_subject!r})"
+    elif config.ack_policy not in (None, AckPolicy.EXPLICIT):
+        problem = f"acks with policy {getattr(config.ack_policy, 'value', config.ack_policy)!r}"
+    else:
+        return
+    raise BridgeUnavailable(
+        f"JetStream consumer {rule.durable_name!r} of stream {rule.stream!r} {problem}, made "
+        f"outside the bridge: the import needs a pull consumer with explicit acks; delete it "
+        f"(the rule makes its own) or give the rule another durable = ...")
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
@@ -881,12 +918,14 @@ class Bridge:
             connection, _ = await self._connection()
             js = connection.jetstream(timeout=5.0)
             try:
-                await js.consumer_info(rule.stream, rule.durable_name)
+                info = await js.consumer_info(rule.stream, rule.durable_name)
             except NotFoundError:
                 await js.add_consumer(rule.stream, ConsumerConfig(
                     durable_name=rule.durable_name, ack_policy=AckPolicy.EXPLICIT,
                     deliver_policy=DeliverPolicy.ALL, ack_wait=rule.ack_wait,
                     max_ack_pending=rule.max_in_flight, filter_subject=rule.filter_subject))
+            else:
+                _check_consumer(rule, info.config)
             puller = _Puller(connection, rule.stream, rule.durable_name)
             await puller.start()
             self._consumers[rule.name] = (js, rule.stream, rule.durable_name)

@@ -538,3 +538,43 @@ def test_nats_away_shows_every_rule_disconnected_with_an_error(
     assert process.wait(BRIDGE_DEADLINE) == 0
     assert process.stderr is not None
     assert process.stderr.read().decode().count("NATS disconnected") == 1
+
+
+@pytest.mark.parametrize("made_outside", ["push", "max_batch"])
+def test_a_consumer_made_outside_that_the_import_cannot_pull_is_an_error(
+        track: Tracker, nats_node: NatsNode, made_outside: str) -> None:
+    # until 2026-12-05 the import pulled again at once on each refusal (409), for ever: a
+    # core spun, nothing was imported, and the rule showed connected with no error
+    import nats
+    from nats.js.api import ConsumerConfig
+
+    async def setup() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        if made_outside == "push":
+            await js.add_consumer("ORDERS", ConsumerConfig(durable_name="orders",
+                                                           deliver_subject="elsewhere"))
+        else:   # a pull consumer taking batches of 10 at most: the rule asks for 500
+            reply = await connection.request(
+                "$JS.API.CONSUMER.CREATE.ORDERS.orders", json.dumps({
+                    "stream_name": "ORDERS", "config": {
+                        "durable_name": "orders", "ack_policy": "explicit",
+                        "max_batch": 10}}).encode(), timeout=5.0)
+            assert b'"error"' not in reply.data, reply.data
+        await js.publish("orders.x", b"one", headers={"Nats-Msg-Id": "one"})
+        await connection.close()
+
+    async def delete() -> None:
+        connection = await nats.connect(nats_node.url)
+        await connection.jetstream().delete_consumer("ORDERS", "orders")
+        await connection.close()
+
+    asyncio.run(setup())
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["errors"] >= 2,
+               timeout=BRIDGE_DEADLINE, what="the refusals counted as errors")
+    assert client.stats().queues["orders-in"].messages == 0
+    asyncio.run(delete())   # the way out: the rule makes a consumer of its own
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"one"]
