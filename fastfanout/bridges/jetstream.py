@@ -512,6 +512,7 @@ class Bridge:
         self._connect_failed: tuple[float, Exception] | None = None
         # import rule -> (JetStream context, stream, durable consumer), for the lag
         self._consumers: dict[str, tuple[Any, str, str]] = {}
+        self._settings_told: set[str] = set()   # export rules warned of their queue's
         self._hosted: SteppedLoop | None = None   # host(): the loop the server steps
         self._done = threading.Event()            # host(): the rules have stopped
         self._task: asyncio.Task[None] | None = None   # host(): the rules' main task
@@ -754,9 +755,13 @@ class Bridge:
             # published again by the next run (same Nats-Msg-Id).
             await client.close(timeout=2.0)
 
-    @staticmethod
-    async def _export_queue(client: Any, rule: ExportRule, durable: bool) -> None:
-        """Create the rule's durable queue, its subscription and a plain topic if missing."""
+    async def _export_queue(self, client: Any, rule: ExportRule, durable: bool) -> None:
+        """Create the rule's durable queue, its subscription and a plain topic if missing.
+
+        A queue there already keeps its settings (there is no changing them); when the
+        rule's say otherwise (its file edited since the queue was made), a warning names
+        each, once per start of the bridge.
+        """
         queue = rule.queue_name
         if not rule.pattern and rule.topic not in await client.list_topics():
             await client.create_topic(rule.topic, fifo=rule.fifo)
@@ -764,13 +769,24 @@ class Bridge:
         if queue + ".dlq" not in queues:
             await client.create_queue(queue + ".dlq", durable=durable, fifo=rule.fifo,
                                       max_message_size=256 * 1024 * 1024)
+        settings: dict[str, Any] = {
+            "fifo": rule.fifo, "visibility_timeout": rule.lease,
+            "dead_letter_queue": queue + ".dlq", "max_messages": rule.max_messages,
+            "max_bytes": rule.max_bytes, "overflow": rule.overflow,
+            "max_priority": 0 if rule.fifo else 255, "max_message_size": 256 * 1024 * 1024}
         if queue not in queues:
-            await client.create_queue(
-                queue, durable=durable, fifo=rule.fifo, visibility_timeout=rule.lease,
-                dead_letter_queue=queue + ".dlq",
-                max_messages=rule.max_messages, max_bytes=rule.max_bytes,
-                overflow=rule.overflow, max_priority=0 if rule.fifo else 255,
-                max_message_size=256 * 1024 * 1024)
+            await client.create_queue(queue, durable=durable, **settings)
+        elif rule.name not in self._settings_told:
+            current = await client.queue_settings(queue)
+            differ = [f"{key} {getattr(current, key)!r} (the rule: {value!r})"
+                      for key, value in settings.items() if getattr(current, key) != value]
+            if differ:
+                log.warning("bridge export %s: its queue %s exists with other settings than "
+                            "the rule's, and keeps them: %s; to apply the rule's, stop the "
+                            "broker's publishers, let the queue drain, delete it (fastfanout "
+                            "delete-queue %s) and restart the broker", rule.name, queue,
+                            ", ".join(differ), queue)
+            self._settings_told.add(rule.name)
         if (rule.topic, queue) not in (await client.list_subscriptions()).values():
             await client.subscribe(rule.topic, queue)
 

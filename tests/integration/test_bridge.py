@@ -578,3 +578,28 @@ def test_a_consumer_made_outside_that_the_import_cannot_pull_is_an_error(
     assert client.stats().queues["orders-in"].messages == 0
     asyncio.run(delete())   # the way out: the rule makes a consumer of its own
     assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"one"]
+
+
+def test_an_export_queue_made_with_other_settings_is_named_in_a_warning(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 a rule file edited (max_messages 600 -> 1000) and the broker
+    # restarted kept the old bound without a word: publishes were refused at 600
+    def run(max_messages: int) -> str:
+        rules = export_rules(track.tmp_path / "a.toml", [nats_node.url],
+                             max_messages=max_messages)
+        endpoint, process = broker(track, "a", rules)
+        client = track.client(endpoint)
+        wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+                   timeout=BRIDGE_DEADLINE, what="the export rule connected")
+        settings = client.queue_settings("bridge.export.orders")
+        client.close()
+        track.clients.remove(client)
+        process.terminate()
+        assert process.wait(BRIDGE_DEADLINE) == 0
+        assert process.stderr is not None and settings.max_messages == 600
+        return process.stderr.read().decode()
+
+    assert "other settings" not in run(600)
+    told = run(1000)
+    assert told.count("other settings") == 1
+    assert "max_messages 600 (the rule: 1000)" in told and "delete-queue" in told
