@@ -462,6 +462,40 @@ def _check_consumer(rule: ImportRule, config: Any) -> None:
         f"(the rule makes its own) or give the rule another durable = ...")
 
 
+async def _update_consumer(js: Any, rule: ImportRule, config: Any) -> None:
+    """Give an existing durable consumer the rule's filter, ack wait and in-flight bound.
+
+    The rule file is what the import runs by: a consumer made by an earlier run (or
+    outside) keeps its position, and takes what the file says now (JetStream edits these
+    three in place). Without this, a file edited to import one subject went on importing
+    them all.
+
+    Raises:
+        BridgeUnavailable: JetStream refused the update (naming the way out).
+    """
+    from nats.js.errors import APIError
+
+    wanted = {"filter_subject": rule.filter_subject, "ack_wait": rule.ack_wait,
+              "max_ack_pending": rule.max_in_flight}
+    current = {"filter_subject": config.filter_subject or None,
+               "ack_wait": config.ack_wait, "max_ack_pending": config.max_ack_pending}
+    differ = [key for key, value in wanted.items() if current[key] != value and not (
+        key == "ack_wait" and current[key] is not None and abs(current[key] - value) < 1e-3)]
+    if not differ:
+        return
+    told = ", ".join(f"{key} {current[key]!r} -> {wanted[key]!r}" for key in differ)
+    try:
+        await js.add_consumer(rule.stream, config.evolve(**wanted))
+    except APIError as error:
+        raise BridgeUnavailable(
+            f"JetStream consumer {rule.durable_name!r} of stream {rule.stream!r} has other "
+            f"settings than the rule's ({told}) and JetStream refused to update it: "
+            f"{error.description or error}; delete it (the rule makes its own) or give the "
+            f"rule another durable = ...") from None
+    log.warning("bridge import %s: JetStream consumer %s of stream %s updated to the rule's "
+                "settings: %s", rule.name, rule.durable_name, rule.stream, told)
+
+
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
     if not future.done():
         future.set_result(value)
@@ -942,6 +976,7 @@ class Bridge:
                     max_ack_pending=rule.max_in_flight, filter_subject=rule.filter_subject))
             else:
                 _check_consumer(rule, info.config)
+                await _update_consumer(js, rule, info.config)
             puller = _Puller(connection, rule.stream, rule.durable_name)
             await puller.start()
             self._consumers[rule.name] = (js, rule.stream, rule.durable_name)

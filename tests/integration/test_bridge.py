@@ -603,3 +603,49 @@ def test_an_export_queue_made_with_other_settings_is_named_in_a_warning(
     told = run(1000)
     assert told.count("other settings") == 1
     assert "max_messages 600 (the rule: 1000)" in told and "delete-queue" in told
+
+
+def test_an_import_rule_edited_updates_its_consumer(track: Tracker, nats_node: NatsNode
+                                                    ) -> None:
+    # until 2026-12-05 the consumer made by the first run was kept as it was: a rule file
+    # edited to import orders.us only went on importing every subject of the stream
+    import nats
+
+    async def publish(*items: tuple[str, bytes]) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        if not items:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for subject, body in items:
+            await js.publish(subject, body, headers={"Nats-Msg-Id": body.decode()})
+        await connection.close()
+
+    async def consumer() -> Any:
+        connection = await nats.connect(nats_node.url)
+        info = await connection.jetstream().consumer_info("ORDERS", "orders")
+        await connection.close()
+        return info.config
+
+    asyncio.run(publish())
+    endpoint, process = broker(track, "b", import_rules(track.tmp_path / "b.toml",
+                                                        [nats_node.url]))
+    client = track.client(endpoint)
+    asyncio.run(publish(("orders.eu", b"eu 1")))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"eu 1"]
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+
+    endpoint, process = broker(track, "b", import_rules(
+        track.tmp_path / "b.toml", [nats_node.url], filter_subject="orders.us",
+        ack_wait=10.0, max_in_flight=100))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the import rule connected")
+    config = asyncio.run(consumer())
+    assert (config.filter_subject, config.ack_wait, config.max_ack_pending) == (
+        "orders.us", 10.0, 100)
+    asyncio.run(publish(("orders.eu", b"eu 2"), ("orders.us", b"us 1")))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"us 1"]
+    assert client.stats().queues["orders-in"].messages == 0   # eu 2 stays out
