@@ -75,7 +75,7 @@ from fastfanout.server.guests import Host, SteppedLoop
 
 __all__ = ["HEADER_ATTRIBUTES", "HEADER_DEDUP_ID", "HEADER_GROUP_ID", "HEADER_MESSAGE_ID",
            "HEADER_PRIORITY", "Bridge", "bridge_unavailable", "decode_attributes",
-           "encode_attributes", "message_headers"]
+           "encode_attributes", "message_headers", "subject_covers"]
 
 log = logging.getLogger("fastfanout.bridge")
 
@@ -439,6 +439,18 @@ class _Puller:
         return taken
 
 
+def subject_covers(taken: str, published: str) -> bool:
+    """True when every subject matching ``published`` matches the filter ``taken``."""
+    a, b = taken.split("."), published.split(".")
+    for index, token in enumerate(a):
+        if token == ">":
+            return len(b) > index
+        if index >= len(b) or b[index] == ">" or (token != "*" and token != b[index]) or (
+                token == "*" and b[index] == ">"):
+            return False
+    return len(a) == len(b)
+
+
 def _check_consumer(rule: ImportRule, config: Any) -> None:
     """Refuse a durable consumer made (or changed) outside the bridge that it cannot use.
 
@@ -773,15 +785,26 @@ class Bridge:
         try:
             await self._export_queue(client, rule, self.durable)
             connection, publisher = await self._connection()
-            if rule.create_stream:
-                js = connection.jetstream(timeout=rule.publish_timeout)
-                try:
-                    await js.stream_info(rule.stream)
-                except NotFoundError:
-                    await js.add_stream(StreamConfig(
-                        name=rule.stream, subjects=[rule.stream_subject],
-                        storage=StorageType.FILE, num_replicas=rule.replicas,
-                        duplicate_window=rule.duplicate_window))
+            # create_stream = false: no stream request at all (a user allowed to publish
+            # only may have no right to them)
+            js = connection.jetstream(timeout=rule.publish_timeout)
+            try:
+                info = await js.stream_info(rule.stream) if rule.create_stream else None
+            except NotFoundError:
+                await js.add_stream(StreamConfig(
+                    name=rule.stream, subjects=[rule.stream_subject],
+                    storage=StorageType.FILE, num_replicas=rule.replicas,
+                    duplicate_window=rule.duplicate_window))
+            else:
+                subjects = [] if info is None else list(info.config.subjects or [])
+                if info is not None and not any(
+                        subject_covers(taken, rule.stream_subject) for taken in subjects):
+                    # each publish would be refused with a bare 503, for ever
+                    raise BridgeUnavailable(
+                        f"JetStream stream {rule.stream!r} takes subjects {subjects}, not "
+                        f"{rule.stream_subject!r} that the rule publishes on (changed "
+                        f"outside the bridge?): add it to the stream, or give the rule a "
+                        f"subject = ... the stream takes")
             stats.values["connected"] = 1
             await self._pump(client, publisher, rule, stats, backoff)
         finally:

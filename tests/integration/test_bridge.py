@@ -649,3 +649,42 @@ def test_an_import_rule_edited_updates_its_consumer(track: Tracker, nats_node: N
     asyncio.run(publish(("orders.eu", b"eu 2"), ("orders.us", b"us 1")))
     assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"us 1"]
     assert client.stats().queues["orders-in"].messages == 0   # eu 2 stays out
+
+
+def test_a_stream_that_does_not_take_the_export_subject_is_named(track: Tracker,
+                                                                  nats_node: NatsNode) -> None:
+    # until 2026-12-05 each retry logged "no JetStream stream answered (status 503)", naming
+    # neither the stream nor the subject (its subjects changed outside the bridge)
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def stream(subjects: list[str]) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        try:
+            info = await js.stream_info("ORDERS")
+        except NotFoundError:
+            await js.add_stream(name="ORDERS", subjects=subjects)
+        else:
+            info.config.subjects = subjects
+            await js.update_stream(info.config)
+        await connection.close()
+
+    asyncio.run(stream(["other.>"]))
+    endpoint, process = broker(track, "a", export_rules(track.tmp_path / "a.toml",
+                                                        [nats_node.url]))
+    client = track.client(endpoint)
+    wait_until(lambda: "bridge.export.orders" in client.list_queues(), what="export queue")
+    client.publish("orders", b"kept")
+    wait_until(lambda: bridge_stats(client)["export:orders"]["errors"] >= 1,
+               timeout=BRIDGE_DEADLINE, what="the refusal counted")
+    asyncio.run(stream(["other.>", "fastfanout.orders"]))   # the way out the warning names
+    assert [m.data for m in stored(nats_node.url, "ORDERS", 1)] == [b"kept"]
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+    assert process.stderr is not None
+    told = process.stderr.read().decode()
+    assert ("stream 'ORDERS' takes subjects ['other.>'], not 'fastfanout.orders'" in told
+            and "add it to the stream" in told)

@@ -15,6 +15,7 @@ from fastfanout.bridges.jetstream import (
     decode_attributes,
     encode_attributes,
     message_headers,
+    subject_covers,
 )
 from fastfanout.errors import InvalidArgument
 from fastfanout.server.config import load_config
@@ -235,3 +236,15 @@ def test_serve_bridge_with_credentials_and_no_nkeys_says_what_to_install(
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "pip install 'nats-py[nkeys]'" in done.stderr
     assert not (tmp_path / "b.sock").exists()
+
+
+@pytest.mark.parametrize(("taken", "published", "covers"), [
+    ("fastfanout.orders", "fastfanout.orders", True), ("fastfanout.*", "fastfanout.orders", True),
+    ("fastfanout.>", "fastfanout.orders", True), (">", "ORDERS.>", True),
+    ("ORDERS.>", "ORDERS.>", True), ("ORDERS.*", "ORDERS.>", False),
+    ("other.>", "fastfanout.orders", False), ("fastfanout", "fastfanout.orders", False),
+    ("fastfanout.orders.x", "fastfanout.orders", False), ("a.b", "a.*", False),
+])
+def test_a_stream_subject_covers_what_a_rule_publishes(taken: str, published: str,
+                                                       covers: bool) -> None:
+    assert subject_covers(taken, published) is covers
