@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib
 import json
 import logging
@@ -70,12 +71,13 @@ from fastfanout.errors import (
     StoreFailed,
     StoreFull,
 )
+from fastfanout.model.checks import MAX_ID_BYTES
 from fastfanout.records import Attributes, PublishEntry
 from fastfanout.server.guests import Host, SteppedLoop
 
 __all__ = ["HEADER_ATTRIBUTES", "HEADER_DEDUP_ID", "HEADER_GROUP_ID", "HEADER_MESSAGE_ID",
            "HEADER_PRIORITY", "Bridge", "bridge_unavailable", "decode_attributes",
-           "encode_attributes", "message_headers", "subject_covers"]
+           "encode_attributes", "import_dedup_id", "message_headers", "subject_covers"]
 
 log = logging.getLogger("fastfanout.bridge")
 
@@ -180,10 +182,27 @@ def message_headers(identity: str, message: Any) -> dict[str, str]:
     return headers
 
 
+def import_dedup_id(msg: Any, stream: str) -> str:
+    """The local dedup id of an imported JetStream message.
+
+    Its ``Nats-Msg-Id`` (else ``STREAM:SEQUENCE``); one over the ``MAX_ID_BYTES`` of a
+    local dedup id (a third-party publisher's, or an exporter's long identity) is
+    ``sha256:`` and the hex digest of it: the same id always gives the same digest, so a
+    redelivery is still absorbed. (Taken as it was, it was refused, and so was its
+    dead-lettering: the message was nacked for ever and held every later one back.)
+    """
+    headers = msg.headers or {}
+    dedup_id = headers.get(HEADER_MESSAGE_ID) or f"{stream}:{msg.metadata.sequence.stream}"
+    encoded = dedup_id.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_ID_BYTES:
+        return "sha256:" + hashlib.sha256(encoded).hexdigest()
+    return dedup_id
+
+
 def _entry(msg: Any, stream: str) -> PublishEntry:
     """The local entry of a JetStream message: its body, attributes, group, priority."""
     headers = msg.headers or {}
-    dedup_id = headers.get(HEADER_MESSAGE_ID) or f"{stream}:{msg.metadata.sequence.stream}"
+    dedup_id = import_dedup_id(msg, stream)
     text = headers.get(HEADER_ATTRIBUTES)
     priority = headers.get(HEADER_PRIORITY)
     try:
@@ -1090,9 +1109,7 @@ class Bridge:
                 await msg.ack()
                 values["messages"] += 1
                 return None
-        headers = msg.headers or {}
-        dedup_id = headers.get(HEADER_MESSAGE_ID) or \
-            f"{rule.stream}:{msg.metadata.sequence.stream}"
+        dedup_id = import_dedup_id(msg, rule.stream)
         try:
             await client.send(rule.dead_letter_name, msg.data, dedup_id=dedup_id, attributes={
                 "bridge_rule": rule.name, "bridge_error": reason[:1000],

@@ -688,3 +688,29 @@ def test_a_stream_that_does_not_take_the_export_subject_is_named(track: Tracker,
     told = process.stderr.read().decode()
     assert ("stream 'ORDERS' takes subjects ['other.>'], not 'fastfanout.orders'" in told
             and "add it to the stream" in told)
+
+
+def test_a_nats_msg_id_too_long_for_a_dedup_id_is_imported(track: Tracker,
+                                                            nats_node: NatsNode) -> None:
+    # until 2026-12-05 a Nats-Msg-Id over the 128 bytes of a local dedup id (a third-party
+    # publisher's, or IDENTITY:ID of an exporter with a long identity) was refused, and so
+    # was its dead-lettering with the same id: nacked for ever, every later message held
+    import nats
+
+    long_id = "publisher-" + "x" * 190
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for body, msg_id in ((b"long", long_id), (b"again", long_id), (b"after", "m2")):
+            await js.publish("orders.x", body, headers={"Nats-Msg-Id": msg_id})
+        await connection.close()
+
+    asyncio.run(publish())   # JetStream drops "again" (same id): two messages stored
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    received = consume_all(client, "orders-in", 2)
+    assert [m.body for m in received] == [b"long", b"after"]
+    assert len(received[0].dedup_id.encode()) <= 128 and received[1].dedup_id == "m2"
+    assert bridge_stats(client)["import:orders"]["dead_lettered"] == 0
