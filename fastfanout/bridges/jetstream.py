@@ -67,6 +67,7 @@ from fastfanout.errors import (
     BridgeUnavailable,
     FastFanoutError,
     InvalidArgument,
+    NotFound,
     QueueFull,
     StoreFailed,
     StoreFull,
@@ -1088,6 +1089,11 @@ class Bridge:
             refusal = await self._deliver_one(client, rule, values, msg, entry)
             if refusal is not None:   # the rest waits too, so that order is kept
                 await self._nak(rule, values, msgs[index:], refusal)
+                if isinstance(refusal, NotFound):
+                    # the dead-letter queue was deleted: the rule's next run makes it
+                    # again (nacking alone would refuse the message the same way for ever)
+                    raise BridgeUnavailable(f"the dead-letter queue {rule.dead_letter_name}"
+                                            f" is gone: {refusal}") from refusal
                 return
 
     async def _deliver_one(self, client: Any, rule: ImportRule, values: dict[str, float],

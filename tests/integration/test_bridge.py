@@ -714,3 +714,32 @@ def test_a_nats_msg_id_too_long_for_a_dedup_id_is_imported(track: Tracker,
     assert [m.body for m in received] == [b"long", b"after"]
     assert len(received[0].dedup_id.encode()) <= 128 and received[1].dedup_id == "m2"
     assert bridge_stats(client)["import:orders"]["dead_lettered"] == 0
+
+
+def test_an_import_whose_dead_letter_queue_was_deleted_makes_it_again(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 a message refused for good found no dead-letter queue, was nacked,
+    # refused again the same way, for ever, and held back every later message of the rule
+    import nats
+
+    async def publish(*bodies: bytes) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        if not bodies:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for body in bodies:
+            await js.publish("orders.x", body, headers={"Nats-Msg-Id": body[:8].decode()})
+        await connection.close()
+
+    asyncio.run(publish())
+    prepare(track, "b", orders_in={"max_message_size": 100})
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url],
+                                                  nak_delay=0.2))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the import rule connected")
+    client.delete_queue("bridge.import.orders.dlq")
+    asyncio.run(publish(b"too large " + b"x" * 500, b"fits"))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"fits"]
+    dead = consume_all(client, "bridge.import.orders.dlq", 1)
+    assert [len(m.body) for m in dead] == [510]
