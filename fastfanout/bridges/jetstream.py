@@ -494,19 +494,18 @@ def _check_consumer(rule: ImportRule, config: Any) -> None:
         f"(the rule makes its own) or give the rule another durable = ...")
 
 
-async def _update_consumer(js: Any, rule: ImportRule, config: Any) -> None:
+async def _update_consumer(connection: Any, rule: ImportRule, config: Any) -> None:
     """Give an existing durable consumer the rule's filter, ack wait and in-flight bound.
 
     The rule file is what the import runs by: a consumer made by an earlier run (or
     outside) keeps its position, and takes what the file says now (JetStream edits these
     three in place). Without this, a file edited to import one subject went on importing
-    them all.
+    them all. The update sends the consumer's own configuration back as JetStream gave
+    it, with those three changed: what nats-py does not model (``max_batch``, say) stays.
 
     Raises:
         BridgeUnavailable: JetStream refused the update (naming the way out).
     """
-    from nats.js.errors import APIError
-
     wanted = {"filter_subject": rule.filter_subject, "ack_wait": rule.ack_wait,
               "max_ack_pending": rule.max_in_flight}
     current = {"filter_subject": config.filter_subject or None,
@@ -516,14 +515,26 @@ async def _update_consumer(js: Any, rule: ImportRule, config: Any) -> None:
     if not differ:
         return
     told = ", ".join(f"{key} {current[key]!r} -> {wanted[key]!r}" for key in differ)
-    try:
-        await js.add_consumer(rule.stream, config.evolve(**wanted))
-    except APIError as error:
+    name = f"{rule.stream}.{rule.durable_name}"
+    reply = await connection.request(f"$JS.API.CONSUMER.INFO.{name}", b"", timeout=5.0)
+    raw = json.loads(reply.data).get("config") or {}
+    raw.pop("filter_subjects", None)
+    raw.pop("filter_subject", None)
+    if rule.filter_subject is not None:
+        raw["filter_subject"] = rule.filter_subject
+    raw["ack_wait"] = round(rule.ack_wait * 1e9)
+    raw["max_ack_pending"] = rule.max_in_flight
+    reply = await connection.request(
+        f"$JS.API.CONSUMER.CREATE.{name}", json.dumps(
+            {"stream_name": rule.stream, "config": raw, "action": "update"}).encode(),
+        timeout=5.0)
+    error = json.loads(reply.data).get("error")
+    if error:
         raise BridgeUnavailable(
             f"JetStream consumer {rule.durable_name!r} of stream {rule.stream!r} has other "
             f"settings than the rule's ({told}) and JetStream refused to update it: "
-            f"{error.description or error}; delete it (the rule makes its own) or give the "
-            f"rule another durable = ...") from None
+            f"{error.get('description', error)}; delete it (the rule makes its own) or give "
+            f"the rule another durable = ...")
     log.warning("bridge import %s: JetStream consumer %s of stream %s updated to the rule's "
                 "settings: %s", rule.name, rule.durable_name, rule.stream, told)
 
@@ -1019,7 +1030,7 @@ class Bridge:
                     max_ack_pending=rule.max_in_flight, filter_subject=rule.filter_subject))
             else:
                 _check_consumer(rule, info.config)
-                await _update_consumer(js, rule, info.config)
+                await _update_consumer(connection, rule, info.config)
             puller = _Puller(connection, rule.stream, rule.durable_name)
             await puller.start()
             self._consumers[rule.name] = (js, rule.stream, rule.durable_name)
