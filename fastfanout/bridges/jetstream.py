@@ -62,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fastfanout.bridges.rules import BridgeRules, ExportRule, ImportRule
+from fastfanout.bridges.rules import BridgeRules, ExportRule, ImportRule, tls_context
 from fastfanout.errors import (
     BridgeUnavailable,
     FastFanoutError,
@@ -740,6 +740,9 @@ class Bridge:
                 options["token"] = rules.token
             if rules.credentials is not None:
                 options["user_credentials"] = rules.credentials
+            context = tls_context(rules)
+            if context is not None:
+                options["tls"] = context
 
             async def quiet(error: Exception) -> None:
                 log.debug("NATS: %s", error)

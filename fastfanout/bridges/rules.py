@@ -19,8 +19,8 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 import re
+import ssl
 import tomllib
 from typing import Annotated, Any, Final, Literal
 
@@ -29,7 +29,7 @@ import msgspec
 from fastfanout.errors import InvalidArgument
 
 __all__ = ["EXPORT_QUEUE_PREFIX", "BridgeRules", "ExportRule", "ImportRule", "load_rules",
-           "subjects_overlap"]
+           "subjects_overlap", "tls_context"]
 
 EXPORT_QUEUE_PREFIX: Final = "bridge.export."
 """An export rule's local queue is named this prefix and the rule's name (unless set)."""
@@ -186,6 +186,11 @@ class BridgeRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
         password: NATS password, or None.
         token: NATS token, or None.
         credentials: path of a NATS ``.creds`` file, or None.
+        tls_ca: path of the PEM file of the certificate authorities that sign the NATS
+            servers' certificates (None: the system's).
+        tls_cert: path of this client's PEM certificate, for servers that verify
+            clients (with ``tls_key``), or None.
+        tls_key: path of the PEM private key of ``tls_cert``, or None.
         connect_timeout: seconds one attempt to reach a server may take (a connect
             gives up after ``connect_timeout * (len(servers) + 1)``).
         max_backoff: longest wait between attempts while NATS is away (seconds).
@@ -200,6 +205,9 @@ class BridgeRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     password: str | None = None
     token: str | None = None
     credentials: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     connect_timeout: _Seconds = 2.0
     max_backoff: _Seconds = 5.0
     stats_interval: _Seconds = 1.0
@@ -249,9 +257,43 @@ def _check_servers(source: str, rules: BridgeRules) -> None:
         except OSError as error:
             raise _problem(source, "credentials", f"cannot read {rules.credentials!r}: "
                            f"{error.strerror}") from None
-        if os.path.isdir(rules.credentials):
-            raise _problem(source, "credentials", f"{rules.credentials!r} is a directory, "
-                           f"not a .creds file")
+    _check_tls(source, rules)
+
+
+def tls_context(rules: BridgeRules) -> ssl.SSLContext | None:
+    """The TLS context of ``tls_ca``, ``tls_cert`` and ``tls_key`` (None when none is set).
+
+    Raises:
+        OSError, ssl.SSLError, ValueError: a file cannot be read or is not what it
+            should be (``load_rules`` turns these into one line).
+    """
+    if rules.tls_ca is None and rules.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=rules.tls_ca)
+    if rules.tls_cert is not None:
+        context.load_cert_chain(rules.tls_cert, rules.tls_key)
+    return context
+
+
+def _check_tls(source: str, rules: BridgeRules) -> None:
+    if (rules.tls_cert is None) != (rules.tls_key is None):
+        raise _problem(source, "tls_cert" if rules.tls_cert is None else "tls_key",
+                       "tls_cert and tls_key go together: give both or neither")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(rules, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise _problem(source, key, f"cannot read {path!r}: {error.strerror}") from None
+    try:
+        tls_context(rules)
+    except (OSError, ssl.SSLError, ValueError) as error:
+        keys = "tls_ca" if rules.tls_cert is None else "tls_ca, tls_cert, tls_key"
+        raise _problem(source, keys, f"not a usable PEM certificate or key: "
+                       f"{getattr(error, 'reason', None) or error}") from None
 
 
 def _check_loops(source: str, rules: BridgeRules) -> None:

@@ -743,3 +743,62 @@ def test_an_import_whose_dead_letter_queue_was_deleted_makes_it_again(
     assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"fits"]
     dead = consume_all(client, "bridge.import.orders.dlq", 1)
     assert [len(m.body) for m in dead] == [510]
+
+
+def _certificates(directory: Path) -> Path:
+    """A certificate authority and a server certificate for 127.0.0.1 (openssl)."""
+    directory.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True,
+                       timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=fastfanout-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")
+    return directory
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_an_export_reaches_a_tls_nats_server_of_a_private_ca(track: Tracker,
+                                                             tmp_path: Path) -> None:
+    # until 2026-12-05 the rule file had no key for a certificate authority: such a server
+    # could never be reached (each connect failed verifying its certificate)
+    certificates = _certificates(tmp_path / "certificates")
+    node = NatsNode(tmp_path / "nats", "n0", extra=(
+        f'tls {{\n  cert_file: "{certificates / "server.pem"}"\n'
+        f'  key_file: "{certificates / "server.key"}"\n}}')).start()
+    try:
+        url = f"tls://127.0.0.1:{node.port}"
+        rules = export_rules(track.tmp_path / "a.toml", [url])
+        rules.write_text(f'tls_ca = "{certificates / "ca.pem"}"\n' + rules.read_text())
+        endpoint, _ = broker(track, "a", rules)
+        client = track.client(endpoint)
+        wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+                   timeout=BRIDGE_DEADLINE, what="the export rule connected over TLS")
+        client.publish("orders", b"over tls")
+
+        async def read() -> list[bytes]:
+            import ssl
+
+            import nats
+
+            context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+            connection = await nats.connect(url, tls=context)
+            try:
+                js = connection.jetstream()
+                deadline = time.monotonic() + BRIDGE_DEADLINE
+                while (await js.stream_info("ORDERS")).state.messages < 1:
+                    assert time.monotonic() < deadline, "nothing stored"
+                    await asyncio.sleep(0.02)
+                return [(await js.get_msg("ORDERS", 1)).data]
+            finally:
+                await connection.close()
+
+        assert asyncio.run(read()) == [b"over tls"]
+    finally:
+        node.stop()

@@ -248,3 +248,21 @@ def test_serve_bridge_with_credentials_and_no_nkeys_says_what_to_install(
 def test_a_stream_subject_covers_what_a_rule_publishes(taken: str, published: str,
                                                        covers: bool) -> None:
     assert subject_covers(taken, published) is covers
+
+
+def test_tls_files_that_cannot_be_used_are_refused(tmp_path: Path) -> None:
+    # until 2026-12-05 a rule file could name no certificate authority nor client
+    # certificate: tls_ca = ... was an unknown key, and a NATS server with a private CA
+    # could not be reached; now each file is read when the rule file is checked
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    for line, expected in [
+            ('tls_ca = "absent.pem"', "tls_ca: cannot read 'absent.pem': No such file"),
+            (f'tls_ca = "{tmp_path}"', "tls_ca: .* Is a directory"),
+            (f'tls_ca = "{tmp_path / "garbage.pem"}"', "not a usable PEM certificate"),
+            (f'tls_cert = "{tmp_path / "garbage.pem"}"', "tls_cert and tls_key go together"),
+            (f'tls_cert = "{tmp_path / "garbage.pem"}"\ntls_key = "{tmp_path / "garbage.pem"}"',
+             "tls_ca, tls_cert, tls_key: not a usable PEM")]:
+        path = write(tmp_path, GOOD.replace("[[export]]", line + "\n[[export]]"))
+        with pytest.raises(InvalidArgument, match=expected) as raised:
+            load_rules(path)
+        assert str(raised.value).startswith(path) and "\n" not in str(raised.value)
