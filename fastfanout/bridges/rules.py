@@ -11,8 +11,11 @@ Invariants:
 - Every key a rule file may hold is a field below, with a type, a default and a line in
   docs/bridge.md. A syntax error, an unknown key, a value of the wrong type or out of
   range, two rules of one name, an import rule with both or neither of ``topic`` and
-  ``queue``, or a name that is not a valid local name or NATS token is refused before
-  the broker binds, with one ``InvalidArgument`` line naming the file and the key.
+  ``queue``, a name that is not a valid local name or NATS token, a file named by the
+  rules (``credentials``, ``tls_*``) that cannot be read or used, rules that would share
+  a queue or a durable consumer, or an import feeding an export of the same file (a
+  loop) is refused before the broker binds, with one ``InvalidArgument`` line naming
+  the file and the key: anything a connect or a rule's run would fail on for ever.
 - Every limit the bridge keeps has a name and a default here (``max_in_flight``,
   ``batch``, ``publish_timeout``, ``max_messages`` of the export queue, ...).
 """
