@@ -123,10 +123,16 @@ def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
         sys.exit(1)
     try:
         while not stop.wait(STATS_INTERVAL):
-            report.send(worker.stats().handlers[handler.name])
+            try:
+                report.send(worker.stats().handlers[handler.name])
+            except OSError:   # the pipe's other end is gone: the parent died (kill -9)
+                log.warning("worker process of %s: its parent process is gone; stopping "
+                            "(running calls get %g s)", handler.name, shutdown_timeout)
+                break
     finally:
         worker.stop()
-        report.send(worker.stats().handlers[handler.name])
+        with contextlib.suppress(OSError):   # no parent to read it any more
+            report.send(worker.stats().handlers[handler.name])
         report.close()
 
 

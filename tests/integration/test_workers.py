@@ -910,3 +910,33 @@ def test_an_embedded_thread_past_its_timeout_gets_a_new_consumer() -> None:
             release.set()   # the call returns; the thread opens a new consumer
             wait_until(lambda: broker.stats().queues["jobs"].acked == 1, what="the retry")
         assert calls == [1, 2]
+
+
+def test_worker_processes_of_a_killed_parent_stop_quietly(track: Tracker, tmp_path: Path
+                                                          ) -> None:
+    # until 2026-12-05 each of them stopped on a BrokenPipeError, printing two tracebacks
+    endpoint, client = _setup(track)
+    process = _cli_worker(track, endpoint, "--processes", "2", "--concurrency", "1",
+                          "--shutdown-timeout", "5")
+    wait_until(lambda: client.server_stats()["consumers"] == 2, timeout=30,
+               what="both processes consuming")
+    client.send("jobs", f"{tmp_path}|1".encode())   # a call running when the parent dies
+    wait_until(lambda: client.stats().queues["jobs"].leased == 1, timeout=20, what="leased")
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    process.kill()
+    process.wait(10)
+    wait_until(lambda: client.server_stats()["consumers"] == 0, timeout=30,
+               what="the orphans stopped")
+
+    def running(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    wait_until(lambda: not any(running(pid) for pid in children), timeout=30,
+               what="the orphans gone")
+    assert client.stats().queues["jobs"].acked == 1   # the running call finished, acked
+    assert process.stderr is not None
+    told = process.stderr.read().decode()
+    assert "Traceback" not in told and "its parent process is gone" in told
