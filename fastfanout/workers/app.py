@@ -57,7 +57,7 @@ from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
 from fastfanout.transport.sockets import CurveKeys
-from fastfanout.workers.coroutines import AsyncRunner
+from fastfanout.workers.coroutines import AsyncRunner, LoopWatch
 from fastfanout.workers.handlers import (
     MAX_CONCURRENCY,
     MAX_PROCESSES,
@@ -225,6 +225,7 @@ class Worker:
         self._hurry = threading.Event()
         self._stop_deadline = 0.0   # monotonic: when running calls are abandoned
         self._loop_hurry: asyncio.Event | None = None
+        self._loop_watch: LoopWatch | None = None   # warns while the loop is blocked
         self._started = False
         self._stopped = False
         self._threads: list[ThreadRunner] = []
@@ -603,9 +604,16 @@ class Worker:
                 await runner.stop(time.monotonic(), hurry)
             return
         self._loop_ready.set()
-        await asyncio.gather(*(runner.run(stop) for runner in runners))
-        deadline = self._stop_deadline   # set by stop() before it set ``stop``
-        await asyncio.gather(*(runner.stop(deadline, hurry) for runner in runners))
+        watch = self._loop_watch = LoopWatch(self._loop, lambda: [
+            f"handler {runner.handler.name}" for runner in runners
+            if runner.tally.in_flight])
+        watch.start()
+        try:
+            await asyncio.gather(*(runner.run(stop) for runner in runners))
+            deadline = self._stop_deadline   # set by stop() before it set ``stop``
+            await asyncio.gather(*(runner.stop(deadline, hurry) for runner in runners))
+        finally:
+            watch.stop()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: take no more, let running calls finish, nack the rest.
@@ -672,6 +680,8 @@ class Worker:
             self._keeper.stop()
         if self._loop_thread is not None:
             self._loop_thread.join()
+            if self._loop_watch is not None:
+                self._loop_watch.join(STOP_GRACE)
         for group in self._groups:
             group.stop(seconds)
         if self._reporter is not None:

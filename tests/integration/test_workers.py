@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -940,3 +941,27 @@ def test_worker_processes_of_a_killed_parent_stop_quietly(track: Tracker, tmp_pa
     assert process.stderr is not None
     told = process.stderr.read().decode()
     assert "Traceback" not in told and "its parent process is gone" in told
+
+
+def test_an_async_handler_blocking_the_event_loop_is_named(
+        track: Tracker, caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 nothing said why: a handler calling time.sleep in an async def
+    # stopped the connection's heartbeats with the loop, the broker ended the session, and
+    # the message was run again and again, never acked (only "it missed its heartbeats")
+    endpoint, client = _setup(track)
+    worker = _worker(track, endpoint, shutdown_timeout=10.0)
+    blocked = threading.Event()
+
+    @worker.handler("jobs", concurrency=1)
+    async def stubborn(message: Any) -> None:
+        time.sleep(1.6)   # blocks the worker's event loop
+        blocked.set()
+
+    with caplog.at_level(logging.WARNING, logger="fastfanout.worker"):
+        worker.start()
+        client.send("jobs", b"x")
+        wait_until(lambda: "ran again" in caplog.text, timeout=20, what="the warnings")
+        worker.stop()
+    assert blocked.is_set()
+    assert ("handler stubborn blocked the worker's event loop for over 1 s" in caplog.text
+            and "asyncio.to_thread" in caplog.text)
