@@ -965,3 +965,22 @@ def test_an_async_handler_blocking_the_event_loop_is_named(
     assert blocked.is_set()
     assert ("handler stubborn blocked the worker's event loop for over 1 s" in caplog.text
             and "asyncio.to_thread" in caplog.text)
+
+
+def test_a_worker_process_killed_by_a_signal_is_named_so(
+        track: Tracker, caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 the log said "exited with -11": a segfault had to be guessed
+    import worker_app
+
+    endpoint, client = _setup(track)
+    worker = _worker(track, endpoint, shutdown_timeout=5.0)
+    worker.handler("jobs", processes=2, concurrency=1, prefetch=1)(worker_app.crash)
+    with caplog.at_level(logging.WARNING, logger="fastfanout.worker"):
+        worker.start()
+        wait_until(lambda: client.server_stats()["consumers"] == 2, timeout=30,
+                   what="both processes consuming")
+        client.send("jobs", b"crash")
+        wait_until(lambda: "was killed by SIGSEGV (a crash in native code)" in caplog.text,
+                   timeout=30, what="the crash named")
+        client.purge("jobs")   # the message would crash every process it reaches
+        worker.stop()
