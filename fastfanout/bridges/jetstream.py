@@ -62,7 +62,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fastfanout.bridges.rules import BridgeRules, ExportRule, ImportRule, tls_context
+from fastfanout.bridges.rules import (
+    BridgeRules,
+    ExportRule,
+    ImportRule,
+    subjects_overlap,
+    tls_context,
+)
 from fastfanout.errors import (
     BridgeUnavailable,
     FastFanoutError,
@@ -102,6 +108,8 @@ what a message waited at each hand-off between the server thread and the bridge'
 27-73 ms to 15-17 ms on a loaded 2-core host; see docs/bridge.md "Speed")."""
 FETCH_WAIT: Final = 1.0
 """Seconds an import's fetch waits for messages before it asks again."""
+UNROUTED_TELL: Final = 60.0
+"""Seconds between two warnings that an import's topic has no subscription."""
 PULL_REFUSALS: Final = 3
 """Pull requests in a row JetStream may end at once, without a message and before their
 wait (a status such as ``409 Consumer is push based``), before the import rule takes it
@@ -590,6 +598,7 @@ class Bridge:
         # import rule -> (JetStream context, stream, durable consumer), for the lag
         self._consumers: dict[str, tuple[Any, str, str]] = {}
         self._settings_told: set[str] = set()   # export rules warned of their queue's
+        self._unrouted_told: dict[str, float] = {}   # import rule -> next warning, monotonic
         self._hosted: SteppedLoop | None = None   # host(): the loop the server steps
         self._done = threading.Event()            # host(): the rules have stopped
         self._task: asyncio.Task[None] | None = None   # host(): the rules' main task
@@ -1064,6 +1073,28 @@ class Bridge:
             await client.create_queue(rule.dead_letter_name, durable=durable,
                                       max_message_size=256 * 1024 * 1024)
 
+    async def _tell_unrouted(self, client: Any, rule: ImportRule, count: int) -> None:
+        """Warn when an import's topic has no subscription (at most every ``UNROUTED_TELL``).
+
+        A topic publish that reaches no queue is confirmed (and so acked on JetStream) as
+        any publish to such a topic is: the messages reach only the topic's stream
+        listeners. Starting the import before subscribing B's queues lost the stream's
+        backlog without a word; a batch that reached no queue makes the rule look at the
+        topic's subscriptions (never per message).
+        """
+        now = time.monotonic()
+        if now < self._unrouted_told.get(rule.name, 0.0):
+            return
+        self._unrouted_told[rule.name] = now + UNROUTED_TELL
+        topic = rule.topic or ""
+        subscribed = [queue for pattern, queue in (await client.list_subscriptions()).values()
+                      if subjects_overlap(pattern, topic)]
+        if not subscribed:
+            log.warning("bridge import %s: topic %s has no subscription: the %d messages "
+                        "just imported (acked on JetStream) reached no queue; subscribe a "
+                        "queue to %s (fastfanout subscribe %s QUEUE) before the import "
+                        "runs to keep them", rule.name, topic, count, topic, topic)
+
     async def _enqueue(self, client: Any, rule: ImportRule, entries: list[PublishEntry]
                        ) -> Any:
         if rule.queue is not None:
@@ -1098,6 +1129,8 @@ class Bridge:
                 for msg in msgs:
                     await msg.ack()
                 values["messages"] += len(msgs)
+                if rule.topic is not None and not any(r.deliveries for r in results):
+                    await self._tell_unrouted(client, rule, len(msgs))
                 return
         for index, (msg, entry) in enumerate(zip(msgs, entries, strict=True)):
             refusal = await self._deliver_one(client, rule, values, msg, entry)

@@ -802,3 +802,33 @@ def test_an_export_reaches_a_tls_nats_server_of_a_private_ca(track: Tracker,
         assert asyncio.run(read()) == [b"over tls"]
     finally:
         node.stop()
+
+
+def test_an_import_into_a_topic_without_subscription_warns(track: Tracker,
+                                                           nats_node: NatsNode) -> None:
+    # until 2026-12-05 an import started before B's queues were subscribed acked the
+    # stream's backlog on JetStream while it reached no queue, without a word
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.publish("orders.x", b"backlog", headers={"Nats-Msg-Id": "b1"})
+        await connection.close()
+
+    asyncio.run(publish())
+    rules = track.tmp_path / "b.toml"
+    rules.write_text(f"servers = {json.dumps([nats_node.url])}\n{QUICK}"
+                     f'[[import]]\nname = "orders"\nstream = "ORDERS"\ntopic = "fanout-in"\n')
+    endpoint, process = broker(track, "b", rules)
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["messages"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the backlog imported")
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+    assert process.stderr is not None
+    assert ("topic fanout-in has no subscription: the 1 messages just imported (acked on "
+            "JetStream) reached no queue") in process.stderr.read().decode()
