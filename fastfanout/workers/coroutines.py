@@ -31,7 +31,12 @@ from fastfanout.workers.sources import (
     settle_quietly,
 )
 from fastfanout.workers.stats import HandlerStats, Tally
-from fastfanout.workers.threads import POLL, RECONNECT_DELAY, failed_messages
+from fastfanout.workers.threads import (
+    POLL,
+    RECONNECT_DELAY,
+    ReconnectTell,
+    failed_messages,
+)
 
 __all__ = ["LOOP_BLOCKED", "AsyncRunner", "LoopWatch"]
 
@@ -209,6 +214,7 @@ class AsyncRunner:
         """
         self._held.clear()   # the broker released the old connection's leases
         await source.close(STOP_GRACE)   # its broker went away: no answer to wait for
+        tell = ReconnectTell(f"handler {self.handler.name}")
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECONNECT_DELAY):
@@ -227,7 +233,7 @@ class AsyncRunner:
             try:
                 return opening.result()
             except FastFanoutError as exc:
-                log.warning("handler %s cannot reconnect yet: %s", self.handler.name, exc)
+                tell.failed(exc)
 
     async def _take(self, source: AsyncClientSource | AsyncBrokerSource, batch_size: int,
                     window: float) -> list[Any]:
