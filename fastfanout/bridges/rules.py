@@ -241,8 +241,10 @@ def _check_servers(source: str, rules: BridgeRules) -> None:
     if not rules.servers:
         raise _problem(source, "servers", "give at least one nats://HOST:PORT")
     for url in rules.servers:
-        matched = re.fullmatch(r"(nats|tls)://[^\s/:]+(:(\d{1,5}))?", url)
-        if not matched or (matched[3] is not None and not 0 < int(matched[3]) < 65536):
+        # nats://[USER[:PASSWORD]@]HOST[:PORT], HOST a name, an IPv4 or a bracketed IPv6
+        matched = re.fullmatch(
+            r"(nats|tls)://([^\s/@]+@)?(\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]]+)(:(\d{1,5}))?", url)
+        if not matched or (matched[5] is not None and not 0 < int(matched[5]) < 65536):
             raise _problem(source, "servers", f"{url!r} is not nats://HOST:PORT (a port "
                            f"from 1 to 65535)")
     if (rules.user is None) != (rules.password is None):

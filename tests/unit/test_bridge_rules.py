@@ -266,3 +266,11 @@ def test_tls_files_that_cannot_be_used_are_refused(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument, match=expected) as raised:
             load_rules(path)
         assert str(raised.value).startswith(path) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["nats://h", "tls://nats.example.com:4222",
+                                 "nats://[::1]:4222", "nats://user:pw@h:4222"])
+def test_server_urls_of_every_form_nats_takes_are_taken(tmp_path: Path, url: str) -> None:
+    # the port check of 2026-12-05 must keep IPv6 hosts and credentials in the URL
+    assert load_rules(write(tmp_path, GOOD.replace("nats://127.0.0.1:4222", url))
+                      ).servers == [url]
