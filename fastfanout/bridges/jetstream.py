@@ -595,8 +595,12 @@ class Bridge:
         self._nats_lock: asyncio.Lock | None = None
         # the last connect that failed: (monotonic time, its error), shared by the rules
         self._connect_failed: tuple[float, Exception] | None = None
-        # import rule -> (JetStream context, stream, durable consumer), for the lag
-        self._consumers: dict[str, tuple[Any, str, str]] = {}
+        # import rule -> (JetStream context, stream, durable consumer, the stream's
+        # creation time), for the lag and the ack floor
+        self._consumers: dict[str, tuple[Any, str, str, Any]] = {}
+        # import rule -> (its stream's creation time, the consumer's ack floor): where a
+        # consumer deleted under the rule is made again from
+        self._floors: dict[str, tuple[Any, int]] = {}
         self._settings_told: set[str] = set()   # export rules warned of their queue's
         self._unrouted_told: dict[str, float] = {}   # import rule -> next warning, monotonic
         self._hosted: SteppedLoop | None = None   # host(): the loop the server steps
@@ -1033,19 +1037,35 @@ class Bridge:
             await self._import_targets(client, rule, self.durable)
             connection, _ = await self._connection()
             js = connection.jetstream(timeout=5.0)
+            # the stream's creation time tells a stream deleted and made again (its
+            # sequences start over) from the one whose acked sequences the rule knows
+            created = (await js.stream_info(rule.stream)).created
             try:
                 info = await js.consumer_info(rule.stream, rule.durable_name)
             except NotFoundError:
+                known = self._floors.get(rule.name)
+                start = known[1] + 1 if known is not None and known[0] == created and \
+                    known[1] > 0 else None
                 await js.add_consumer(rule.stream, ConsumerConfig(
                     durable_name=rule.durable_name, ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL, ack_wait=rule.ack_wait,
-                    max_ack_pending=rule.max_in_flight, filter_subject=rule.filter_subject))
+                    deliver_policy=DeliverPolicy.ALL if start is None else
+                    DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+                    ack_wait=rule.ack_wait, max_ack_pending=rule.max_in_flight,
+                    filter_subject=rule.filter_subject))
+                if start is not None:
+                    # not from the stream's start: everything up to the ack floor was
+                    # confirmed here, and past the dedup window would come in again
+                    log.warning("bridge import %s: JetStream consumer %s of stream %s was "
+                                "gone; made again from stream sequence %d, after the last "
+                                "one acked", rule.name, rule.durable_name, rule.stream, start)
             else:
                 _check_consumer(rule, info.config)
                 await _update_consumer(connection, rule, info.config)
+                if info.ack_floor is not None:
+                    self._floors[rule.name] = (created, info.ack_floor.stream_seq)
             puller = _Puller(connection, rule.stream, rule.durable_name)
             await puller.start()
-            self._consumers[rule.name] = (js, rule.stream, rule.durable_name)
+            self._consumers[rule.name] = (js, rule.stream, rule.durable_name, created)
             values["connected"] = 1
             while True:
                 msgs = await puller.fetch(rule.batch, FETCH_WAIT)
@@ -1217,6 +1237,8 @@ class Bridge:
             queue = queues.get(rule.queue_name)
             if queue is not None:
                 self._stats[f"export:{rule.name}"].values["lag"] = queue.messages
-        for name, (js, stream, durable) in list(self._consumers.items()):
+        for name, (js, stream, durable, created) in list(self._consumers.items()):
             info = await js.consumer_info(stream, durable)
             self._stats[f"import:{name}"].values["lag"] = info.num_pending
+            if info.ack_floor is not None and name in self._consumers:
+                self._floors[name] = (created, info.ack_floor.stream_seq)

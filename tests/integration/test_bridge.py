@@ -832,3 +832,53 @@ def test_an_import_into_a_topic_without_subscription_warns(track: Tracker,
     assert process.stderr is not None
     assert ("topic fanout-in has no subscription: the 1 messages just imported (acked on "
             "JetStream) reached no queue") in process.stderr.read().decode()
+
+
+def test_a_consumer_deleted_under_an_import_resumes_after_its_ack_floor(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 the rule made the consumer again from the stream's start: the whole
+    # stream came in again (duplicates, absorbed only inside the target's dedup window)
+    import nats
+
+    async def jetstream(action: str, *bodies: bytes) -> Any:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        try:
+            if action == "publish":
+                for body in bodies:
+                    await js.publish("orders.x", body, headers={"Nats-Msg-Id": body.decode()})
+            elif action == "create":
+                await js.add_stream(name="ORDERS", subjects=["orders.>"])
+            elif action == "delete":
+                await js.delete_consumer("ORDERS", "orders")
+            else:
+                return await js.consumer_info("ORDERS", "orders")
+        finally:
+            await connection.close()
+
+    asyncio.run(jetstream("create"))
+    asyncio.run(jetstream("publish", b"m0", b"m1", b"m2"))
+    rules = import_rules(track.tmp_path / "b.toml", [nats_node.url])
+    endpoint, process = broker(track, "b", rules)
+    client = track.client(endpoint)
+    assert [m.body for m in consume_all(client, "orders-in", 3)] == [b"m0", b"m1", b"m2"]
+    wait_until(lambda: asyncio.run(jetstream("info")).ack_floor.stream_seq == 3,
+               what="the three acked on JetStream")
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+
+    endpoint, _ = broker(track, "b", rules)   # its rule reads the consumer's ack floor
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the import rule connected")
+    asyncio.run(jetstream("delete"))
+    wait_until(lambda: bridge_stats(client)["import:orders"]["errors"] >= 1,
+               timeout=BRIDGE_DEADLINE, what="the deletion seen")
+    asyncio.run(jetstream("publish", b"m3"))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"m3"]
+    wait_until(lambda: bridge_stats(client)["import:orders"]["messages"] >= 1,
+               what="the import counted")
+    assert bridge_stats(client)["import:orders"]["duplicates"] == 0
+    assert asyncio.run(jetstream("info")).config.opt_start_seq == 4
