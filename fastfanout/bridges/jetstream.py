@@ -75,6 +75,7 @@ from fastfanout.errors import (
     InvalidArgument,
     NotFound,
     QueueFull,
+    RequestTooLarge,
     StoreFailed,
     StoreFull,
 )
@@ -108,6 +109,13 @@ what a message waited at each hand-off between the server thread and the bridge'
 27-73 ms to 15-17 ms on a loaded 2-core host; see docs/bridge.md "Speed")."""
 FETCH_WAIT: Final = 1.0
 """Seconds an import's fetch waits for messages before it asks again."""
+SEND_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""Most body bytes (with ``SEND_ENTRY_BYTES`` for each message) of one local request of
+an import: a fetched batch of large messages goes in several (a broker refuses a request
+over its ``max_request_bytes``, 64 MiB by default; a broker with a smaller one refuses a
+part, which then goes one message at a time)."""
+SEND_ENTRY_BYTES: Final = 1024
+"""What one message is counted for, past its body, against ``SEND_BATCH_BYTES``."""
 UNROUTED_TELL: Final = 60.0
 """Seconds between two warnings that an import's topic has no subscription."""
 PULL_REFUSALS: Final = 3
@@ -1123,7 +1131,42 @@ class Bridge:
 
     async def _deliver(self, client: Any, rule: ImportRule, values: dict[str, float],
                        msgs: list[Any]) -> None:
-        """Enqueue a fetched batch locally, then settle each message on JetStream."""
+        """Enqueue a fetched batch locally, in requests of ``SEND_BATCH_BYTES`` at most.
+
+        A batch of large messages (500 of 150 KB) made one request over the broker's
+        ``max_request_bytes``, refused whole, nacked and fetched again the same way, for
+        ever. A part that ends with messages nacked for now has the rest nacked after it,
+        so that order is kept.
+        """
+        part: list[Any] = []
+        size = 0
+        parts: list[list[Any]] = []
+        for msg in msgs:
+            weight = len(msg.data) + SEND_ENTRY_BYTES
+            if part and size + weight > SEND_BATCH_BYTES:
+                parts.append(part)
+                part, size = [], 0
+            part.append(msg)
+            size += weight
+        parts.append(part)
+        for index, part in enumerate(parts):
+            try:
+                whole = await self._deliver_part(client, rule, values, part)
+            except Exception as error:
+                rest = [msg for later in parts[index + 1:] for msg in later]
+                if rest:
+                    await self._nak(rule, values, rest, error)
+                raise
+            if not whole:
+                rest = [msg for later in parts[index + 1:] for msg in later]
+                if rest:
+                    await self._nak(rule, values, rest, BridgeUnavailable(
+                        "an earlier message of the batch was refused for now"))
+                return
+
+    async def _deliver_part(self, client: Any, rule: ImportRule, values: dict[str, float],
+                            msgs: list[Any]) -> bool:
+        """Enqueue messages locally, then settle each on JetStream (False: some nacked)."""
         entries: list[PublishEntry | None] = []
         for msg in msgs:
             try:
@@ -1136,11 +1179,13 @@ class Bridge:
             except FOR_NOW as error:
                 if len(msgs) == 1:
                     await self._nak(rule, values, msgs, error)
-                    return
+                    return False
                 # One at a time below: what fits goes in (a batch larger than the
                 # room left would never fit whole), the rest is nacked in order.
             except PERMANENT:
                 pass   # one at a time below: only the bad ones go to the DLQ
+            except RequestTooLarge:
+                pass   # a broker with a small max_request_bytes: one at a time below
             except Exception as error:   # the broker went away, the target was deleted
                 await self._nak(rule, values, msgs, error)
                 raise
@@ -1151,7 +1196,7 @@ class Bridge:
                 values["messages"] += len(msgs)
                 if rule.topic is not None and not any(r.deliveries for r in results):
                     await self._tell_unrouted(client, rule, len(msgs))
-                return
+                return True
         for index, (msg, entry) in enumerate(zip(msgs, entries, strict=True)):
             refusal = await self._deliver_one(client, rule, values, msg, entry)
             if refusal is not None:   # the rest waits too, so that order is kept
@@ -1161,7 +1206,8 @@ class Bridge:
                     # again (nacking alone would refuse the message the same way for ever)
                     raise BridgeUnavailable(f"the dead-letter queue {rule.dead_letter_name}"
                                             f" is gone: {refusal}") from refusal
-                return
+                return False
+        return True
 
     async def _deliver_one(self, client: Any, rule: ImportRule, values: dict[str, float],
                            msg: Any, entry: PublishEntry | None) -> BaseException | None:
@@ -1172,7 +1218,7 @@ class Bridge:
                 results = await self._enqueue(client, rule, [entry])
             except FOR_NOW as error:
                 return error
-            except PERMANENT as error:
+            except (*PERMANENT, RequestTooLarge) as error:
                 reason = f"{error.code}: {error}"
             except Exception as error:
                 await self._nak(rule, values, [msg], error)

@@ -882,3 +882,31 @@ def test_a_consumer_deleted_under_an_import_resumes_after_its_ack_floor(
                what="the import counted")
     assert bridge_stats(client)["import:orders"]["duplicates"] == 0
     assert asyncio.run(jetstream("info")).config.opt_start_seq == 4
+
+
+def test_an_import_batch_over_the_broker_request_limit_goes_in_parts(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 a fetched batch was one request: 30 messages of 300 KB against a
+    # max_request_bytes of 4 MiB (500 of 150 KB against the default 64 MiB) were refused
+    # whole, nacked and fetched again (what came in came in smaller fetches, by chance)
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for n in range(30):
+            await js.publish("orders.x", b"%03d" % n + b"x" * 300_000,
+                             headers={"Nats-Msg-Id": f"m{n}"})
+        await connection.close()
+
+    asyncio.run(publish())
+    endpoint = f"ipc://{track.tmp_path}/b.sock"
+    track.broker_process(endpoint, "--data-dir", str(track.tmp_path / "b"),
+                         "--max-request-bytes", str(4 * 1024 * 1024), "--bridge",
+                         str(import_rules(track.tmp_path / "b.toml", [nats_node.url])))
+    client = track.client(endpoint)
+    received = consume_all(client, "orders-in", 30)
+    assert [m.body[:3] for m in received] == [b"%03d" % n for n in range(30)]   # in order
+    rule = bridge_stats(client)["import:orders"]
+    assert (rule["dead_lettered"], rule["errors"]) == (0, 0)   # no batch refused
