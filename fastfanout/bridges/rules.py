@@ -329,8 +329,10 @@ def _check_loops(source: str, rules: BridgeRules) -> None:
         for export in rules.export:
             if export.stream != rule.stream:
                 continue
+            published = (export.subject_name + "." + export.topic if export.pattern
+                         else export.subject_name)   # the subjects the export uses
             if rule.filter_subject is not None and not subjects_overlap(
-                    rule.filter_subject, export.stream_subject):
+                    rule.filter_subject, published):
                 continue
             fed = (rule.queue == export.queue_name if rule.queue is not None
                    else subjects_overlap(export.topic, rule.topic or ""))

@@ -177,6 +177,8 @@ topic = "orders.in"
 # between two rules, or retried a connect that could never succeed
 @pytest.mark.parametrize(("text", "expected"), [
     (LOOP, r"'orders.in' is exported by \[\[export\]\] 'out' into stream 'ORDERS'"),
+    (LOOP.replace('topic = "orders.in"', 'topic = "orders.in"\nfilter_subject = '
+                  '"ORDERS.orders.*"'), "would go round for ever"),
     (LOOP.replace('topic = "orders.in"', 'queue = "bridge.export.out"'),
      r"\[\[import\]\] 'in' queue: 'bridge.export.out' is exported"),
     (GOOD.replace('queue = "orders-in"', 'queue = "q"\ndead_letter_queue = "q"'),
@@ -209,6 +211,8 @@ def test_rules_that_loop_share_or_cannot_connect_are_refused(
                  'stream = "OTHER"\ntopic = "orders.in"'),
     LOOP.replace('topic = "orders.in"',                              # not its subjects
                  'topic = "orders.in"\nfilter_subject = "elsewhere.>"'),
+    LOOP.replace('topic = "orders.in"',          # the export uses ORDERS.orders.> only
+                 'topic = "orders.in"\nfilter_subject = "ORDERS.other"'),
 ])
 def test_an_import_beside_an_export_that_cannot_loop_is_taken(tmp_path: Path, text: str
                                                               ) -> None:
