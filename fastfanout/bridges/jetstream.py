@@ -526,6 +526,11 @@ async def _update_consumer(connection: Any, rule: ImportRule, config: Any) -> No
               "max_ack_pending": rule.max_in_flight}
     current = {"filter_subject": config.filter_subject or None,
                "ack_wait": config.ack_wait, "max_ack_pending": config.max_ack_pending}
+    several = getattr(config, "filter_subjects", None)
+    if several and rule.filter_subject is None:
+        # filters of a consumer made outside the bridge (NATS 2.10's several): kept,
+        # a rule without filter_subject does not ask for them to go
+        del wanted["filter_subject"], current["filter_subject"]
     differ = [key for key, value in wanted.items() if current[key] != value and not (
         key == "ack_wait" and current[key] is not None and abs(current[key] - value) < 1e-3)]
     if not differ:
@@ -534,10 +539,11 @@ async def _update_consumer(connection: Any, rule: ImportRule, config: Any) -> No
     name = f"{rule.stream}.{rule.durable_name}"
     reply = await connection.request(f"$JS.API.CONSUMER.INFO.{name}", b"", timeout=5.0)
     raw = json.loads(reply.data).get("config") or {}
-    raw.pop("filter_subjects", None)
-    raw.pop("filter_subject", None)
-    if rule.filter_subject is not None:
-        raw["filter_subject"] = rule.filter_subject
+    if "filter_subject" in wanted:
+        raw.pop("filter_subjects", None)
+        raw.pop("filter_subject", None)
+        if rule.filter_subject is not None:
+            raw["filter_subject"] = rule.filter_subject
     raw["ack_wait"] = round(rule.ack_wait * 1e9)
     raw["max_ack_pending"] = rule.max_in_flight
     reply = await connection.request(

@@ -910,3 +910,29 @@ def test_an_import_batch_over_the_broker_request_limit_goes_in_parts(
     assert [m.body[:3] for m in received] == [b"%03d" % n for n in range(30)]   # in order
     rule = bridge_stats(client)["import:orders"]
     assert (rule["dead_lettered"], rule["errors"]) == (0, 0)   # no batch refused
+
+
+def test_an_import_keeps_the_filters_of_a_consumer_made_outside(track: Tracker,
+                                                                nats_node: NatsNode) -> None:
+    # the update of a consumer to the rule's settings (2026-12-05) must not drop the
+    # several filter_subjects of one made outside when the rule names no filter
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    async def setup() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.add_consumer("ORDERS", ConsumerConfig(
+            durable_name="orders", ack_policy=AckPolicy.EXPLICIT,
+            filter_subjects=["orders.a", "orders.b"]))
+        for subject in ("orders.c", "orders.a", "orders.b"):
+            await js.publish(subject, subject.encode(), headers={"Nats-Msg-Id": subject})
+        await connection.close()
+
+    asyncio.run(setup())
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    received = consume_all(client, "orders-in", 2)
+    assert [m.body for m in received] == [b"orders.a", b"orders.b"]
+    assert client.stats().queues["orders-in"].messages == 0   # orders.c stays out
