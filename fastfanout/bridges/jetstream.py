@@ -313,6 +313,17 @@ REFUSED_FOR_GOOD: Final = frozenset({10054})
 is over the stream's ``max_msg_size``."""
 
 
+def _pub_ack(data: bytes) -> dict[str, Any] | None:
+    """A PubAck's JSON object; an answer that is none is an error of its own."""
+    if not data:
+        return None
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return {"error": {"description": "not JSON"}}
+    return answer if isinstance(answer, dict) else {"error": {"description": "not an object"}}
+
+
 class _Publisher:
     """Pipelined JetStream publishes on one NATS connection, PubAcks matched by token.
 
@@ -338,8 +349,13 @@ class _Publisher:
         if ticket is None:
             return
         data = msg.data
-        if not data or b'"error"' in data:
-            if data and self._refused_for_good(data):
+        # The bytes are looked at first, and the JSON read only when they may say more
+        # than "stored": a PubAck of a stream named "error" is no refusal, and JetStream
+        # writes "duplicate": true with a space (the counter never counted one).
+        answer = _pub_ack(data) if not data or b'"error"' in data or \
+            b'"duplicate"' in data else None
+        if not data or (answer is not None and "error" in answer):
+            if answer is not None and self._refused_for_good(answer):
                 ticket.refused.append(int(token) - ticket.first)
                 ticket.answered()
                 return
@@ -348,16 +364,14 @@ class _Publisher:
                 f"JetStream refused a publish: {data[:200]!r}" if data else
                 f"no JetStream stream answered (status {status or 'none'})"))
             return
-        if b'"duplicate":true' in data:
+        if answer is not None and answer.get("duplicate") is True:
             ticket.duplicates += 1
         ticket.answered()
 
     @staticmethod
-    def _refused_for_good(data: bytes) -> bool:
-        try:
-            return json.loads(data)["error"].get("err_code") in REFUSED_FOR_GOOD
-        except (ValueError, KeyError, AttributeError, TypeError):
-            return False
+    def _refused_for_good(answer: dict[str, Any]) -> bool:
+        error = answer.get("error")
+        return isinstance(error, dict) and error.get("err_code") in REFUSED_FOR_GOOD
 
     async def publish(self, subject: str | list[str],
                       items: list[tuple[bytes, dict[str, str]]],

@@ -936,3 +936,36 @@ def test_an_import_keeps_the_filters_of_a_consumer_made_outside(track: Tracker,
     received = consume_all(client, "orders-in", 2)
     assert [m.body for m in received] == [b"orders.a", b"orders.b"]
     assert client.stats().queues["orders-in"].messages == 0   # orders.c stays out
+
+
+def test_pub_acks_are_read_as_json_not_by_their_bytes(track: Tracker,
+                                                      nats_node: NatsNode) -> None:
+    # until 2026-12-05 a PubAck was read by its bytes: every PubAck of a stream named
+    # "error" was taken for a refusal (the export retried for ever, nothing acked), and
+    # JetStream's '"duplicate": true' (with a space) was never counted in duplicates
+    import nats
+
+    async def prestore() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="error", subjects=["fastfanout.orders"])
+        for n in range(1, 101):   # the ids the broker's first message may have
+            await js.publish("fastfanout.orders", b"earlier",
+                             headers={"Nats-Msg-Id": f"host-a:{n}"})
+        await connection.close()
+
+    asyncio.run(prestore())
+    rules = export_rules(track.tmp_path / "a.toml", [nats_node.url])
+    rules.write_text(rules.read_text().replace('stream = "ORDERS"', 'stream = "error"'))
+    endpoint, _ = broker(track, "a", rules)
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the export rule connected")
+    (result,) = client.publish_batch("orders", [b"again"])
+    assert result.message_id <= 100
+    wait_until(lambda: bridge_stats(client)["export:orders"]["duplicates"] == 1,
+               timeout=BRIDGE_DEADLINE, what="JetStream's duplicate counted")
+    wait_until(lambda: bridge_stats(client)["export:orders"]["messages"] == 1,
+               what="the copy acked")
+    assert bridge_stats(client)["export:orders"]["errors"] == 0
+    assert client.stats().queues["bridge.export.orders"].messages == 0
