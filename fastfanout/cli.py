@@ -354,7 +354,7 @@ def _bridge_companion(path: str, endpoint: str, in_memory: bool
         rules = load_rules(path)
     except InvalidArgument as error:
         _exit_with(f"error: {error}", 1)
-    reason = bridge_unavailable()
+    reason = bridge_unavailable(rules)
     if reason:
         _exit_with(f"error: --bridge {path}: {reason}", 1)
     # Nats-Msg-Id is IDENTITY:MESSAGE_ID: the default identity names the host and the

@@ -316,9 +316,11 @@ class WrongEventLoop(FastFanoutError, RuntimeError):
 class BridgeUnavailable(FastFanoutError, RuntimeError):
     """The NATS bridge cannot run or cannot reach JetStream now.
 
-    Raised before the broker starts when the nats-py client is missing (``str()`` says
-    what to install); inside a running bridge, a JetStream publish that was refused or
-    not acknowledged in time (the rule backs off and retries, counted in its stats).
+    Raised before the broker starts when the nats-py client (or, for ``credentials``, its
+    ``nkeys`` extra) is missing (``str()`` says what to install); inside a running
+    bridge, a JetStream publish that was refused or not acknowledged in time, a stream or
+    consumer the rule cannot use (``str()`` names it and the way out), or a consumer or
+    dead-letter queue gone (the rule backs off and retries, counted in its stats).
     """
 
     code = "bridge_unavailable"

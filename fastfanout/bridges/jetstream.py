@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import importlib
 import json
 import logging
 import random
@@ -60,21 +62,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fastfanout.bridges.rules import BridgeRules, ExportRule, ImportRule
+from fastfanout.bridges.rules import (
+    BridgeRules,
+    ExportRule,
+    ImportRule,
+    subjects_overlap,
+    tls_context,
+)
 from fastfanout.errors import (
     BridgeUnavailable,
     FastFanoutError,
     InvalidArgument,
+    NotFound,
     QueueFull,
+    RequestTooLarge,
     StoreFailed,
     StoreFull,
 )
+from fastfanout.model.checks import MAX_ID_BYTES
 from fastfanout.records import Attributes, PublishEntry
 from fastfanout.server.guests import Host, SteppedLoop
 
 __all__ = ["HEADER_ATTRIBUTES", "HEADER_DEDUP_ID", "HEADER_GROUP_ID", "HEADER_MESSAGE_ID",
            "HEADER_PRIORITY", "Bridge", "bridge_unavailable", "decode_attributes",
-           "encode_attributes", "message_headers"]
+           "encode_attributes", "import_dedup_id", "message_headers", "subject_covers"]
 
 log = logging.getLogger("fastfanout.bridge")
 
@@ -98,6 +109,19 @@ what a message waited at each hand-off between the server thread and the bridge'
 27-73 ms to 15-17 ms on a loaded 2-core host; see docs/bridge.md "Speed")."""
 FETCH_WAIT: Final = 1.0
 """Seconds an import's fetch waits for messages before it asks again."""
+SEND_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""Most body bytes (with ``SEND_ENTRY_BYTES`` for each message) of one local request of
+an import: a fetched batch of large messages goes in several (a broker refuses a request
+over its ``max_request_bytes``, 64 MiB by default; a broker with a smaller one refuses a
+part, which then goes one message at a time)."""
+SEND_ENTRY_BYTES: Final = 1024
+"""What one message is counted for, past its body, against ``SEND_BATCH_BYTES``."""
+UNROUTED_TELL: Final = 60.0
+"""Seconds between two warnings that an import's topic has no subscription."""
+PULL_REFUSALS: Final = 3
+"""Pull requests in a row JetStream may end at once, without a message and before their
+wait (a status such as ``409 Consumer is push based``), before the import rule takes it
+for a failure and backs off (each request sent again at once spun a core for ever)."""
 PERMANENT: Final = (InvalidArgument,)
 """Refusals for good: retrying cannot help (``MessageTooLarge`` and ``MalformedBatch``
 are ``InvalidArgument``s). A target deleted under the rule (``NotFound``) is not one:
@@ -109,13 +133,23 @@ COUNTERS: Final = ("messages", "rate", "lag", "in_flight", "retries", "errors",
 """Every rule's stats keys (``fastfanout stats``, table ``bridge``)."""
 
 
-def bridge_unavailable() -> str | None:
-    """Why the bridge cannot run here (one line: what to install), or None if it can."""
+def bridge_unavailable(rules: BridgeRules | None = None) -> str | None:
+    """Why the bridge (of ``rules``) cannot run here (one line: what to install), or None.
+
+    A rule file with ``credentials`` needs nats-py's ``nkeys`` extra too: nats-py imports
+    it only when it connects, so without it every connect would fail, for ever.
+    """
     try:
         import nats  # noqa: F401
     except ImportError:
         return ("the bridge needs the nats-py client: pip install 'fastfanout[bridge]' "
                 "(or pip install 'nats-py>=2.6')")
+    if rules is not None and rules.credentials is not None:
+        try:
+            importlib.import_module("nkeys")
+        except ImportError:
+            return ("credentials (a .creds file) need the nkeys package: "
+                    "pip install 'nats-py[nkeys]'")
     return None
 
 
@@ -165,10 +199,27 @@ def message_headers(identity: str, message: Any) -> dict[str, str]:
     return headers
 
 
+def import_dedup_id(msg: Any, stream: str) -> str:
+    """The local dedup id of an imported JetStream message.
+
+    Its ``Nats-Msg-Id`` (else ``STREAM:SEQUENCE``); one over the ``MAX_ID_BYTES`` of a
+    local dedup id (a third-party publisher's, or an exporter's long identity) is
+    ``sha256:`` and the hex digest of it: the same id always gives the same digest, so a
+    redelivery is still absorbed. (Taken as it was, it was refused, and so was its
+    dead-lettering: the message was nacked for ever and held every later one back.)
+    """
+    headers = msg.headers or {}
+    dedup_id = headers.get(HEADER_MESSAGE_ID) or f"{stream}:{msg.metadata.sequence.stream}"
+    encoded = dedup_id.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_ID_BYTES:
+        return "sha256:" + hashlib.sha256(encoded).hexdigest()
+    return dedup_id
+
+
 def _entry(msg: Any, stream: str) -> PublishEntry:
     """The local entry of a JetStream message: its body, attributes, group, priority."""
     headers = msg.headers or {}
-    dedup_id = headers.get(HEADER_MESSAGE_ID) or f"{stream}:{msg.metadata.sequence.stream}"
+    dedup_id = import_dedup_id(msg, stream)
     text = headers.get(HEADER_ATTRIBUTES)
     priority = headers.get(HEADER_PRIORITY)
     try:
@@ -262,6 +313,17 @@ REFUSED_FOR_GOOD: Final = frozenset({10054})
 is over the stream's ``max_msg_size``."""
 
 
+def _pub_ack(data: bytes) -> dict[str, Any] | None:
+    """A PubAck's JSON object; an answer that is none is an error of its own."""
+    if not data:
+        return None
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return {"error": {"description": "not JSON"}}
+    return answer if isinstance(answer, dict) else {"error": {"description": "not an object"}}
+
+
 class _Publisher:
     """Pipelined JetStream publishes on one NATS connection, PubAcks matched by token.
 
@@ -287,8 +349,13 @@ class _Publisher:
         if ticket is None:
             return
         data = msg.data
-        if not data or b'"error"' in data:
-            if data and self._refused_for_good(data):
+        # The bytes are looked at first, and the JSON read only when they may say more
+        # than "stored": a PubAck of a stream named "error" is no refusal, and JetStream
+        # writes "duplicate": true with a space (the counter never counted one).
+        answer = _pub_ack(data) if not data or b'"error"' in data or \
+            b'"duplicate"' in data else None
+        if not data or (answer is not None and "error" in answer):
+            if answer is not None and self._refused_for_good(answer):
                 ticket.refused.append(int(token) - ticket.first)
                 ticket.answered()
                 return
@@ -297,16 +364,14 @@ class _Publisher:
                 f"JetStream refused a publish: {data[:200]!r}" if data else
                 f"no JetStream stream answered (status {status or 'none'})"))
             return
-        if b'"duplicate":true' in data:
+        if answer is not None and answer.get("duplicate") is True:
             ticket.duplicates += 1
         ticket.answered()
 
     @staticmethod
-    def _refused_for_good(data: bytes) -> bool:
-        try:
-            return json.loads(data)["error"].get("err_code") in REFUSED_FOR_GOOD
-        except (ValueError, KeyError, AttributeError, TypeError):
-            return False
+    def _refused_for_good(answer: dict[str, Any]) -> bool:
+        error = answer.get("error")
+        return isinstance(error, dict) and error.get("err_code") in REFUSED_FOR_GOOD
 
     async def publish(self, subject: str | list[str],
                       items: list[tuple[bytes, dict[str, str]]],
@@ -353,6 +418,7 @@ class _Puller:
         self.waiter: asyncio.Future[bool] | None = None   # fetch's wait, while it waits
         self.subscription: Any = None
         self.failure: str | None = None
+        self.refusals = 0   # requests in a row ended by a status at once, no message
 
     async def start(self) -> None:
         self.inbox = self.connection.new_inbox()
@@ -375,10 +441,26 @@ class _Puller:
             description = headers.get("Description", "")
             if status == "409" and "Deleted" in description:
                 self.failure = f"the JetStream consumer was deleted ({description})"
+            elif status == "503":
+                # nobody serves the consumer: it (or its stream) is gone, say deleted
+                # while this connection was away; asking again at once would spin for
+                # ever (a request and its refusal per loop iteration), with the rule
+                # shown connected and never creating the consumer again
+                self.failure = (f"no JetStream consumer answered on {self.subject} (status "
+                                f"503: the stream or its consumer does not exist)")
+            elif status != "408":   # 408: the request expired after its wait
+                # 404, 409 (a leadership change, a push consumer, a limit), 400: ended at
+                # once; one such end is a request to send again, a few in a row a
+                # refusal that asking again would only repeat, as fast as it answers
+                self.refusals += 1
+                if self.refusals >= PULL_REFUSALS:
+                    self.failure = (f"JetStream refused {self.refusals} pulls in a row on "
+                                    f"{self.subject}: status {status} {description}".rstrip())
             self.outstanding = 0   # 404 no messages, 408 expired, 409: the request ended
         else:
             self.messages.append(msg)
             self.outstanding -= 1
+            self.refusals = 0
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
@@ -405,6 +487,92 @@ class _Puller:
                 self.waiter = None
         taken, self.messages = self.messages, []
         return taken
+
+
+def subject_covers(taken: str, published: str) -> bool:
+    """True when every subject matching ``published`` matches the filter ``taken``."""
+    a, b = taken.split("."), published.split(".")
+    for index, token in enumerate(a):
+        if token == ">":
+            return len(b) > index
+        if index >= len(b) or b[index] == ">" or (token != "*" and token != b[index]) or (
+                token == "*" and b[index] == ">"):
+            return False
+    return len(a) == len(b)
+
+
+def _check_consumer(rule: ImportRule, config: Any) -> None:
+    """Refuse a durable consumer made (or changed) outside the bridge that it cannot use.
+
+    A push consumer answers no pull; one without explicit acks settles a message when it
+    is delivered, before the broker confirmed it (lost if the bridge fails in between).
+
+    Raises:
+        BridgeUnavailable: naming the consumer, what is wrong and the way out.
+    """
+    from nats.js.api import AckPolicy
+
+    if config.deliver_subject:
+        problem = f"is a push consumer (deliver_subject {config.deliver_subject!r})"
+    elif config.ack_policy not in (None, AckPolicy.EXPLICIT):
+        problem = f"acks with policy {getattr(config.ack_policy, 'value', config.ack_policy)!r}"
+    else:
+        return
+    raise BridgeUnavailable(
+        f"JetStream consumer {rule.durable_name!r} of stream {rule.stream!r} {problem}, made "
+        f"outside the bridge: the import needs a pull consumer with explicit acks; delete it "
+        f"(the rule makes its own) or give the rule another durable = ...")
+
+
+async def _update_consumer(connection: Any, rule: ImportRule, config: Any) -> None:
+    """Give an existing durable consumer the rule's filter, ack wait and in-flight bound.
+
+    The rule file is what the import runs by: a consumer made by an earlier run (or
+    outside) keeps its position, and takes what the file says now (JetStream edits these
+    three in place). Without this, a file edited to import one subject went on importing
+    them all. The update sends the consumer's own configuration back as JetStream gave
+    it, with those three changed: what nats-py does not model (``max_batch``, say) stays.
+
+    Raises:
+        BridgeUnavailable: JetStream refused the update (naming the way out).
+    """
+    wanted = {"filter_subject": rule.filter_subject, "ack_wait": rule.ack_wait,
+              "max_ack_pending": rule.max_in_flight}
+    current = {"filter_subject": config.filter_subject or None,
+               "ack_wait": config.ack_wait, "max_ack_pending": config.max_ack_pending}
+    several = getattr(config, "filter_subjects", None)
+    if several and rule.filter_subject is None:
+        # filters of a consumer made outside the bridge (NATS 2.10's several): kept,
+        # a rule without filter_subject does not ask for them to go
+        del wanted["filter_subject"], current["filter_subject"]
+    differ = [key for key, value in wanted.items() if current[key] != value and not (
+        key == "ack_wait" and current[key] is not None and abs(current[key] - value) < 1e-3)]
+    if not differ:
+        return
+    told = ", ".join(f"{key} {current[key]!r} -> {wanted[key]!r}" for key in differ)
+    name = f"{rule.stream}.{rule.durable_name}"
+    reply = await connection.request(f"$JS.API.CONSUMER.INFO.{name}", b"", timeout=5.0)
+    raw = json.loads(reply.data).get("config") or {}
+    if "filter_subject" in wanted:
+        raw.pop("filter_subjects", None)
+        raw.pop("filter_subject", None)
+        if rule.filter_subject is not None:
+            raw["filter_subject"] = rule.filter_subject
+    raw["ack_wait"] = round(rule.ack_wait * 1e9)
+    raw["max_ack_pending"] = rule.max_in_flight
+    reply = await connection.request(
+        f"$JS.API.CONSUMER.CREATE.{name}", json.dumps(
+            {"stream_name": rule.stream, "config": raw, "action": "update"}).encode(),
+        timeout=5.0)
+    error = json.loads(reply.data).get("error")
+    if error:
+        raise BridgeUnavailable(
+            f"JetStream consumer {rule.durable_name!r} of stream {rule.stream!r} has other "
+            f"settings than the rule's ({told}) and JetStream refused to update it: "
+            f"{error.get('description', error)}; delete it (the rule makes its own) or give "
+            f"the rule another durable = ...")
+    log.warning("bridge import %s: JetStream consumer %s of stream %s updated to the rule's "
+                "settings: %s", rule.name, rule.durable_name, rule.stream, told)
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
@@ -435,7 +603,7 @@ class Bridge:
                  client_options: dict[str, Any] | None = None,
                  switch_interval: float | None = SWITCH_INTERVAL, durable: bool = True
                  ) -> None:
-        reason = bridge_unavailable()
+        reason = bridge_unavailable(rules)
         if reason:
             raise BridgeUnavailable(reason)
         self.rules = rules
@@ -455,8 +623,14 @@ class Bridge:
         self._nats_lock: asyncio.Lock | None = None
         # the last connect that failed: (monotonic time, its error), shared by the rules
         self._connect_failed: tuple[float, Exception] | None = None
-        # import rule -> (JetStream context, stream, durable consumer), for the lag
-        self._consumers: dict[str, tuple[Any, str, str]] = {}
+        # import rule -> (JetStream context, stream, durable consumer, the stream's
+        # creation time), for the lag and the ack floor
+        self._consumers: dict[str, tuple[Any, str, str, Any]] = {}
+        # import rule -> (its stream's creation time, the consumer's ack floor): where a
+        # consumer deleted under the rule is made again from
+        self._floors: dict[str, tuple[Any, int]] = {}
+        self._settings_told: set[str] = set()   # export rules warned of their queue's
+        self._unrouted_told: dict[str, float] = {}   # import rule -> next warning, monotonic
         self._hosted: SteppedLoop | None = None   # host(): the loop the server steps
         self._done = threading.Event()            # host(): the rules have stopped
         self._task: asyncio.Task[None] | None = None   # host(): the rules' main task
@@ -537,8 +711,18 @@ class Bridge:
             loop.close()
 
     def stats(self) -> dict[str, dict[str, float]]:
-        """Each rule's counters (``export:NAME`` / ``import:NAME`` -> ``COUNTERS``)."""
-        return {name: dict(rule.values) for name, rule in self._stats.items()}
+        """Each rule's counters (``export:NAME`` / ``import:NAME`` -> ``COUNTERS``).
+
+        ``connected`` is 0 while the NATS connection is away (nats-py reconnecting): an
+        idle rule sees no failure of its own then, and would be shown connected.
+        """
+        connection = self._nats
+        away = connection is None or not connection.is_connected
+        stats = {name: dict(rule.values) for name, rule in self._stats.items()}
+        if away:
+            for values in stats.values():
+                values["connected"] = 0
+        return stats
 
     def _run(self) -> None:
         try:
@@ -597,11 +781,20 @@ class Bridge:
                 options["token"] = rules.token
             if rules.credentials is not None:
                 options["user_credentials"] = rules.credentials
+            context = tls_context(rules)
+            if context is not None:
+                options["tls"] = context
 
             async def quiet(error: Exception) -> None:
                 log.debug("NATS: %s", error)
 
             async def disconnected() -> None:
+                stopping = self._stopping
+                if stopping is not None and stopping.is_set():
+                    return   # the bridge's own close at its stop
+                # counted for every rule: an idle one sees no failure of its own
+                for stats in self._stats.values():
+                    stats.values["errors"] += 1
                 log.warning("NATS disconnected; the bridge buffers and retries")
 
             async def reconnected() -> None:
@@ -667,15 +860,26 @@ class Bridge:
         try:
             await self._export_queue(client, rule, self.durable)
             connection, publisher = await self._connection()
-            if rule.create_stream:
-                js = connection.jetstream(timeout=rule.publish_timeout)
-                try:
-                    await js.stream_info(rule.stream)
-                except NotFoundError:
-                    await js.add_stream(StreamConfig(
-                        name=rule.stream, subjects=[rule.stream_subject],
-                        storage=StorageType.FILE, num_replicas=rule.replicas,
-                        duplicate_window=rule.duplicate_window))
+            # create_stream = false: no stream request at all (a user allowed to publish
+            # only may have no right to them)
+            js = connection.jetstream(timeout=rule.publish_timeout)
+            try:
+                info = await js.stream_info(rule.stream) if rule.create_stream else None
+            except NotFoundError:
+                await js.add_stream(StreamConfig(
+                    name=rule.stream, subjects=[rule.stream_subject],
+                    storage=StorageType.FILE, num_replicas=rule.replicas,
+                    duplicate_window=rule.duplicate_window))
+            else:
+                subjects = [] if info is None else list(info.config.subjects or [])
+                if info is not None and not any(
+                        subject_covers(taken, rule.stream_subject) for taken in subjects):
+                    # each publish would be refused with a bare 503, for ever
+                    raise BridgeUnavailable(
+                        f"JetStream stream {rule.stream!r} takes subjects {subjects}, not "
+                        f"{rule.stream_subject!r} that the rule publishes on (changed "
+                        f"outside the bridge?): add it to the stream, or give the rule a "
+                        f"subject = ... the stream takes")
             stats.values["connected"] = 1
             await self._pump(client, publisher, rule, stats, backoff)
         finally:
@@ -683,9 +887,13 @@ class Bridge:
             # published again by the next run (same Nats-Msg-Id).
             await client.close(timeout=2.0)
 
-    @staticmethod
-    async def _export_queue(client: Any, rule: ExportRule, durable: bool) -> None:
-        """Create the rule's durable queue, its subscription and a plain topic if missing."""
+    async def _export_queue(self, client: Any, rule: ExportRule, durable: bool) -> None:
+        """Create the rule's durable queue, its subscription and a plain topic if missing.
+
+        A queue there already keeps its settings (there is no changing them); when the
+        rule's say otherwise (its file edited since the queue was made), a warning names
+        each, once per start of the bridge.
+        """
         queue = rule.queue_name
         if not rule.pattern and rule.topic not in await client.list_topics():
             await client.create_topic(rule.topic, fifo=rule.fifo)
@@ -693,13 +901,24 @@ class Bridge:
         if queue + ".dlq" not in queues:
             await client.create_queue(queue + ".dlq", durable=durable, fifo=rule.fifo,
                                       max_message_size=256 * 1024 * 1024)
+        settings: dict[str, Any] = {
+            "fifo": rule.fifo, "visibility_timeout": rule.lease,
+            "dead_letter_queue": queue + ".dlq", "max_messages": rule.max_messages,
+            "max_bytes": rule.max_bytes, "overflow": rule.overflow,
+            "max_priority": 0 if rule.fifo else 255, "max_message_size": 256 * 1024 * 1024}
         if queue not in queues:
-            await client.create_queue(
-                queue, durable=durable, fifo=rule.fifo, visibility_timeout=rule.lease,
-                dead_letter_queue=queue + ".dlq",
-                max_messages=rule.max_messages, max_bytes=rule.max_bytes,
-                overflow=rule.overflow, max_priority=0 if rule.fifo else 255,
-                max_message_size=256 * 1024 * 1024)
+            await client.create_queue(queue, durable=durable, **settings)
+        elif rule.name not in self._settings_told:
+            current = await client.queue_settings(queue)
+            differ = [f"{key} {getattr(current, key)!r} (the rule: {value!r})"
+                      for key, value in settings.items() if getattr(current, key) != value]
+            if differ:
+                log.warning("bridge export %s: its queue %s exists with other settings than "
+                            "the rule's, and keeps them: %s; to apply the rule's, stop the "
+                            "broker's publishers, let the queue drain, delete it (fastfanout "
+                            "delete-queue %s) and restart the broker", rule.name, queue,
+                            ", ".join(differ), queue)
+            self._settings_told.add(rule.name)
         if (rule.topic, queue) not in (await client.list_subscriptions()).values():
             await client.subscribe(rule.topic, queue)
 
@@ -846,16 +1065,35 @@ class Bridge:
             await self._import_targets(client, rule, self.durable)
             connection, _ = await self._connection()
             js = connection.jetstream(timeout=5.0)
+            # the stream's creation time tells a stream deleted and made again (its
+            # sequences start over) from the one whose acked sequences the rule knows
+            created = (await js.stream_info(rule.stream)).created
             try:
-                await js.consumer_info(rule.stream, rule.durable_name)
+                info = await js.consumer_info(rule.stream, rule.durable_name)
             except NotFoundError:
+                known = self._floors.get(rule.name)
+                start = known[1] + 1 if known is not None and known[0] == created and \
+                    known[1] > 0 else None
                 await js.add_consumer(rule.stream, ConsumerConfig(
                     durable_name=rule.durable_name, ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL, ack_wait=rule.ack_wait,
-                    max_ack_pending=rule.max_in_flight, filter_subject=rule.filter_subject))
+                    deliver_policy=DeliverPolicy.ALL if start is None else
+                    DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+                    ack_wait=rule.ack_wait, max_ack_pending=rule.max_in_flight,
+                    filter_subject=rule.filter_subject))
+                if start is not None:
+                    # not from the stream's start: everything up to the ack floor was
+                    # confirmed here, and past the dedup window would come in again
+                    log.warning("bridge import %s: JetStream consumer %s of stream %s was "
+                                "gone; made again from stream sequence %d, after the last "
+                                "one acked", rule.name, rule.durable_name, rule.stream, start)
+            else:
+                _check_consumer(rule, info.config)
+                await _update_consumer(connection, rule, info.config)
+                if info.ack_floor is not None:
+                    self._floors[rule.name] = (created, info.ack_floor.stream_seq)
             puller = _Puller(connection, rule.stream, rule.durable_name)
             await puller.start()
-            self._consumers[rule.name] = (js, rule.stream, rule.durable_name)
+            self._consumers[rule.name] = (js, rule.stream, rule.durable_name, created)
             values["connected"] = 1
             while True:
                 msgs = await puller.fetch(rule.batch, FETCH_WAIT)
@@ -883,6 +1121,28 @@ class Bridge:
             await client.create_queue(rule.dead_letter_name, durable=durable,
                                       max_message_size=256 * 1024 * 1024)
 
+    async def _tell_unrouted(self, client: Any, rule: ImportRule, count: int) -> None:
+        """Warn when an import's topic has no subscription (at most every ``UNROUTED_TELL``).
+
+        A topic publish that reaches no queue is confirmed (and so acked on JetStream) as
+        any publish to such a topic is: the messages reach only the topic's stream
+        listeners. Starting the import before subscribing B's queues lost the stream's
+        backlog without a word; a batch that reached no queue makes the rule look at the
+        topic's subscriptions (never per message).
+        """
+        now = time.monotonic()
+        if now < self._unrouted_told.get(rule.name, 0.0):
+            return
+        self._unrouted_told[rule.name] = now + UNROUTED_TELL
+        topic = rule.topic or ""
+        subscribed = [queue for pattern, queue in (await client.list_subscriptions()).values()
+                      if subjects_overlap(pattern, topic)]
+        if not subscribed:
+            log.warning("bridge import %s: topic %s has no subscription: the %d messages "
+                        "just imported (acked on JetStream) reached no queue; subscribe a "
+                        "queue to %s (fastfanout subscribe %s QUEUE) before the import "
+                        "runs to keep them", rule.name, topic, count, topic, topic)
+
     async def _enqueue(self, client: Any, rule: ImportRule, entries: list[PublishEntry]
                        ) -> Any:
         if rule.queue is not None:
@@ -891,7 +1151,42 @@ class Bridge:
 
     async def _deliver(self, client: Any, rule: ImportRule, values: dict[str, float],
                        msgs: list[Any]) -> None:
-        """Enqueue a fetched batch locally, then settle each message on JetStream."""
+        """Enqueue a fetched batch locally, in requests of ``SEND_BATCH_BYTES`` at most.
+
+        A batch of large messages (500 of 150 KB) made one request over the broker's
+        ``max_request_bytes``, refused whole, nacked and fetched again the same way, for
+        ever. A part that ends with messages nacked for now has the rest nacked after it,
+        so that order is kept.
+        """
+        part: list[Any] = []
+        size = 0
+        parts: list[list[Any]] = []
+        for msg in msgs:
+            weight = len(msg.data) + SEND_ENTRY_BYTES
+            if part and size + weight > SEND_BATCH_BYTES:
+                parts.append(part)
+                part, size = [], 0
+            part.append(msg)
+            size += weight
+        parts.append(part)
+        for index, part in enumerate(parts):
+            try:
+                whole = await self._deliver_part(client, rule, values, part)
+            except Exception as error:
+                rest = [msg for later in parts[index + 1:] for msg in later]
+                if rest:
+                    await self._nak(rule, values, rest, error)
+                raise
+            if not whole:
+                rest = [msg for later in parts[index + 1:] for msg in later]
+                if rest:
+                    await self._nak(rule, values, rest, BridgeUnavailable(
+                        "an earlier message of the batch was refused for now"))
+                return
+
+    async def _deliver_part(self, client: Any, rule: ImportRule, values: dict[str, float],
+                            msgs: list[Any]) -> bool:
+        """Enqueue messages locally, then settle each on JetStream (False: some nacked)."""
         entries: list[PublishEntry | None] = []
         for msg in msgs:
             try:
@@ -904,11 +1199,13 @@ class Bridge:
             except FOR_NOW as error:
                 if len(msgs) == 1:
                     await self._nak(rule, values, msgs, error)
-                    return
+                    return False
                 # One at a time below: what fits goes in (a batch larger than the
                 # room left would never fit whole), the rest is nacked in order.
             except PERMANENT:
                 pass   # one at a time below: only the bad ones go to the DLQ
+            except RequestTooLarge:
+                pass   # a broker with a small max_request_bytes: one at a time below
             except Exception as error:   # the broker went away, the target was deleted
                 await self._nak(rule, values, msgs, error)
                 raise
@@ -917,12 +1214,20 @@ class Bridge:
                 for msg in msgs:
                     await msg.ack()
                 values["messages"] += len(msgs)
-                return
+                if rule.topic is not None and not any(r.deliveries for r in results):
+                    await self._tell_unrouted(client, rule, len(msgs))
+                return True
         for index, (msg, entry) in enumerate(zip(msgs, entries, strict=True)):
             refusal = await self._deliver_one(client, rule, values, msg, entry)
             if refusal is not None:   # the rest waits too, so that order is kept
                 await self._nak(rule, values, msgs[index:], refusal)
-                return
+                if isinstance(refusal, NotFound):
+                    # the dead-letter queue was deleted: the rule's next run makes it
+                    # again (nacking alone would refuse the message the same way for ever)
+                    raise BridgeUnavailable(f"the dead-letter queue {rule.dead_letter_name}"
+                                            f" is gone: {refusal}") from refusal
+                return False
+        return True
 
     async def _deliver_one(self, client: Any, rule: ImportRule, values: dict[str, float],
                            msg: Any, entry: PublishEntry | None) -> BaseException | None:
@@ -933,7 +1238,7 @@ class Bridge:
                 results = await self._enqueue(client, rule, [entry])
             except FOR_NOW as error:
                 return error
-            except PERMANENT as error:
+            except (*PERMANENT, RequestTooLarge) as error:
                 reason = f"{error.code}: {error}"
             except Exception as error:
                 await self._nak(rule, values, [msg], error)
@@ -943,9 +1248,7 @@ class Bridge:
                 await msg.ack()
                 values["messages"] += 1
                 return None
-        headers = msg.headers or {}
-        dedup_id = headers.get(HEADER_MESSAGE_ID) or \
-            f"{rule.stream}:{msg.metadata.sequence.stream}"
+        dedup_id = import_dedup_id(msg, rule.stream)
         try:
             await client.send(rule.dead_letter_name, msg.data, dedup_id=dedup_id, attributes={
                 "bridge_rule": rule.name, "bridge_error": reason[:1000],
@@ -1000,6 +1303,8 @@ class Bridge:
             queue = queues.get(rule.queue_name)
             if queue is not None:
                 self._stats[f"export:{rule.name}"].values["lag"] = queue.messages
-        for name, (js, stream, durable) in list(self._consumers.items()):
+        for name, (js, stream, durable, created) in list(self._consumers.items()):
             info = await js.consumer_info(stream, durable)
             self._stats[f"import:{name}"].values["lag"] = info.num_pending
+            if info.ack_floor is not None and name in self._consumers:
+                self._floors[name] = (created, info.ack_floor.stream_seq)

@@ -11,8 +11,11 @@ Invariants:
 - Every key a rule file may hold is a field below, with a type, a default and a line in
   docs/bridge.md. A syntax error, an unknown key, a value of the wrong type or out of
   range, two rules of one name, an import rule with both or neither of ``topic`` and
-  ``queue``, or a name that is not a valid local name or NATS token is refused before
-  the broker binds, with one ``InvalidArgument`` line naming the file and the key.
+  ``queue``, a name that is not a valid local name or NATS token, a file named by the
+  rules (``credentials``, ``tls_*``) that cannot be read or used, rules that would share
+  a queue or a durable consumer, or an import feeding an export of the same file (a
+  loop) is refused before the broker binds, with one ``InvalidArgument`` line naming
+  the file and the key: anything a connect or a rule's run would fail on for ever.
 - Every limit the bridge keeps has a name and a default here (``max_in_flight``,
   ``batch``, ``publish_timeout``, ``max_messages`` of the export queue, ...).
 """
@@ -20,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from typing import Annotated, Any, Final, Literal
 
@@ -27,7 +31,8 @@ import msgspec
 
 from fastfanout.errors import InvalidArgument
 
-__all__ = ["EXPORT_QUEUE_PREFIX", "BridgeRules", "ExportRule", "ImportRule", "load_rules"]
+__all__ = ["EXPORT_QUEUE_PREFIX", "BridgeRules", "ExportRule", "ImportRule", "load_rules",
+           "subjects_overlap", "tls_context"]
 
 EXPORT_QUEUE_PREFIX: Final = "bridge.export."
 """An export rule's local queue is named this prefix and the rule's name (unless set)."""
@@ -184,6 +189,11 @@ class BridgeRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
         password: NATS password, or None.
         token: NATS token, or None.
         credentials: path of a NATS ``.creds`` file, or None.
+        tls_ca: path of the PEM file of the certificate authorities that sign the NATS
+            servers' certificates (None: the system's).
+        tls_cert: path of this client's PEM certificate, for servers that verify
+            clients (with ``tls_key``), or None.
+        tls_key: path of the PEM private key of ``tls_cert``, or None.
         connect_timeout: seconds one attempt to reach a server may take (a connect
             gives up after ``connect_timeout * (len(servers) + 1)``).
         max_backoff: longest wait between attempts while NATS is away (seconds).
@@ -198,6 +208,9 @@ class BridgeRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     password: str | None = None
     token: str | None = None
     credentials: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     connect_timeout: _Seconds = 2.0
     max_backoff: _Seconds = 5.0
     stats_interval: _Seconds = 1.0
@@ -209,14 +222,134 @@ def _problem(source: str, where: str, what: str) -> InvalidArgument:
     return InvalidArgument(f"{source}: {where}: {what}; {_HELP}")
 
 
-def _check_rules(source: str, rules: BridgeRules) -> None:
-    if not rules.export and not rules.import_:
-        raise _problem(source, "the file", "no [[export]] or [[import]] rule")
+def subjects_overlap(first: str, second: str) -> bool:
+    """True when some subject (or local topic) matches both filters.
+
+    A filter's tokens split on ``.``: ``*`` matches one token, ``>`` (the last) one or
+    more; a plain name matches itself only (the rules of NATS and of local patterns).
+    """
+    a, b = first.split("."), second.split(".")
+    for x, y in zip(a, b, strict=False):
+        if x == ">" or y == ">":
+            return True
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(a) == len(b)
+
+
+def _check_servers(source: str, rules: BridgeRules) -> None:
     if not rules.servers:
         raise _problem(source, "servers", "give at least one nats://HOST:PORT")
     for url in rules.servers:
-        if not re.fullmatch(r"(nats|tls)://[^\s/]+(:\d{1,5})?", url):
-            raise _problem(source, "servers", f"{url!r} is not nats://HOST:PORT")
+        # nats://[USER[:PASSWORD]@]HOST[:PORT], HOST a name, an IPv4 or a bracketed IPv6
+        matched = re.fullmatch(
+            r"(nats|tls)://([^\s/@]+@)?(\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]]+)(:(\d{1,5}))?", url)
+        if not matched or (matched[5] is not None and not 0 < int(matched[5]) < 65536):
+            raise _problem(source, "servers", f"{url!r} is not nats://HOST:PORT (a port "
+                           f"from 1 to 65535)")
+    if (rules.user is None) != (rules.password is None):
+        raise _problem(source, "user" if rules.user is None else "password",
+                       "user and password go together: give both or neither")
+    ways = [key for key in ("user", "token", "credentials") if getattr(rules, key) is not None]
+    if len(ways) > 1:
+        raise _problem(source, ways[1], f"give one way to authenticate: "
+                       f"{' and '.join(ways)} are both set")
+    if rules.credentials is not None:
+        # nats-py opens it only when it connects: a rule would retry it for ever
+        try:
+            with open(rules.credentials, "rb"):
+                pass
+        except OSError as error:
+            raise _problem(source, "credentials", f"cannot read {rules.credentials!r}: "
+                           f"{error.strerror}") from None
+    _check_tls(source, rules)
+
+
+def tls_context(rules: BridgeRules) -> ssl.SSLContext | None:
+    """The TLS context of ``tls_ca``, ``tls_cert`` and ``tls_key`` (None when none is set).
+
+    Raises:
+        OSError, ssl.SSLError, ValueError: a file cannot be read or is not what it
+            should be (``load_rules`` turns these into one line).
+    """
+    if rules.tls_ca is None and rules.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=rules.tls_ca)
+    if rules.tls_cert is not None:
+        context.load_cert_chain(rules.tls_cert, rules.tls_key)
+    return context
+
+
+def _check_tls(source: str, rules: BridgeRules) -> None:
+    if (rules.tls_cert is None) != (rules.tls_key is None):
+        raise _problem(source, "tls_cert" if rules.tls_cert is None else "tls_key",
+                       "tls_cert and tls_key go together: give both or neither")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(rules, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise _problem(source, key, f"cannot read {path!r}: {error.strerror}") from None
+    try:
+        tls_context(rules)
+    except (OSError, ssl.SSLError, ValueError) as error:
+        keys = "tls_ca" if rules.tls_cert is None else "tls_ca, tls_cert, tls_key"
+        raise _problem(source, keys, f"not a usable PEM certificate or key: "
+                       f"{getattr(error, 'reason', None) or error}") from None
+
+
+def _check_loops(source: str, rules: BridgeRules) -> None:
+    """Refuse rules that share what must be a rule's own, or feed each other for ever."""
+    queues: dict[str, str] = {}
+    for exported in rules.export:
+        for queue in (exported.queue_name, exported.queue_name + ".dlq"):
+            if queue in queues:
+                raise _problem(source, f"[[export]] {exported.name!r} queue", f"{queue!r} is "
+                               f"also the queue of {queues[queue]}: each export rule needs "
+                               f"its own")
+            queues[queue] = f"[[export]] {exported.name!r}"
+    durables: dict[tuple[str, str], str] = {}
+    for rule in rules.import_:
+        where = f"[[import]] {rule.name!r}"
+        key = (rule.stream, rule.durable_name)
+        if key in durables:
+            raise _problem(source, f"{where} durable", f"{rule.durable_name!r} on stream "
+                           f"{rule.stream!r} is also the consumer of {durables[key]}: two "
+                           f"rules would share its messages; give each its own durable")
+        durables[key] = where
+        if rule.dead_letter_name == rule.queue:
+            raise _problem(source, f"{where} dead_letter_queue", f"{rule.dead_letter_name!r}"
+                           f" is the rule's target: name another queue")
+        if rule.dead_letter_name in queues:
+            raise _problem(source, f"{where} dead_letter_queue", f"{rule.dead_letter_name!r}"
+                           f" is a queue of {queues[rule.dead_letter_name]}")
+        for export in rules.export:
+            if export.stream != rule.stream:
+                continue
+            published = (export.subject_name + "." + export.topic if export.pattern
+                         else export.subject_name)   # the subjects the export uses
+            if rule.filter_subject is not None and not subjects_overlap(
+                    rule.filter_subject, published):
+                continue
+            fed = (rule.queue == export.queue_name if rule.queue is not None
+                   else subjects_overlap(export.topic, rule.topic or ""))
+            if fed:
+                target = "queue" if rule.queue is not None else "topic"
+                raise _problem(source, f"{where} {target}", f"{getattr(rule, target)!r} "
+                               f"is exported by [[export]] {export.name!r} into stream "
+                               f"{export.stream!r}, which this rule imports: every message "
+                               f"would go round for ever; import into another {target}, or "
+                               f"give filter_subject = ... a subject the export does not "
+                               f"publish on")
+
+
+def _check_rules(source: str, rules: BridgeRules) -> None:
+    if not rules.export and not rules.import_:
+        raise _problem(source, "the file", "no [[export]] or [[import]] rule")
+    _check_servers(source, rules)
     if rules.identity is not None and not re.fullmatch(r"[^\s:]{1,128}", rules.identity):
         raise _problem(source, "identity", f"{rules.identity!r} must be 1 to 128 characters, "
                        f"no space or ':'")
@@ -237,6 +370,7 @@ def _check_rules(source: str, rules: BridgeRules) -> None:
             _check_export(source, where, rule)
         else:
             _check_import(source, where, rule)
+    _check_loops(source, rules)
 
 
 def _check_export(source: str, where: str, rule: ExportRule) -> None:

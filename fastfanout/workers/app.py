@@ -57,7 +57,7 @@ from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
 from fastfanout.transport.sockets import CurveKeys
-from fastfanout.workers.coroutines import AsyncRunner
+from fastfanout.workers.coroutines import AsyncRunner, LoopWatch
 from fastfanout.workers.handlers import (
     MAX_CONCURRENCY,
     MAX_PROCESSES,
@@ -123,10 +123,16 @@ def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
         sys.exit(1)
     try:
         while not stop.wait(STATS_INTERVAL):
-            report.send(worker.stats().handlers[handler.name])
+            try:
+                report.send(worker.stats().handlers[handler.name])
+            except OSError:   # the pipe's other end is gone: the parent died (kill -9)
+                log.warning("worker process of %s: its parent process is gone; stopping "
+                            "(running calls get %g s)", handler.name, shutdown_timeout)
+                break
     finally:
         worker.stop()
-        report.send(worker.stats().handlers[handler.name])
+        with contextlib.suppress(OSError):   # no parent to read it any more
+            report.send(worker.stats().handlers[handler.name])
         report.close()
 
 
@@ -219,6 +225,7 @@ class Worker:
         self._hurry = threading.Event()
         self._stop_deadline = 0.0   # monotonic: when running calls are abandoned
         self._loop_hurry: asyncio.Event | None = None
+        self._loop_watch: LoopWatch | None = None   # warns while the loop is blocked
         self._started = False
         self._stopped = False
         self._threads: list[ThreadRunner] = []
@@ -455,6 +462,13 @@ class Worker:
             try:
                 settings = admin.queue_settings(handler.queue)
             except NotFound:
+                if handler.queue in admin.list_topics():
+                    # a queue of that name would get none of the topic's messages
+                    raise NotFound(f"{handler.queue!r} of handler {handler.name} is a topic, "
+                                   f"not a queue: a handler consumes a queue; subscribe one "
+                                   f"to the topic with Worker.subscribe({handler.queue!r}, "
+                                   f"{handler.name}) (or fastfanout create-queue QUEUE and "
+                                   f"fastfanout subscribe {handler.queue} QUEUE)") from None
                 raise NotFound(f"queue {handler.queue!r} of handler {handler.name} does not "
                                f"exist; create it first (fastfanout create-queue "
                                f"{handler.queue}) or use Worker.subscribe") from None
@@ -594,9 +608,16 @@ class Worker:
                 await runner.stop(time.monotonic(), hurry)
             return
         self._loop_ready.set()
-        await asyncio.gather(*(runner.run(stop) for runner in runners))
-        deadline = self._stop_deadline   # set by stop() before it set ``stop``
-        await asyncio.gather(*(runner.stop(deadline, hurry) for runner in runners))
+        watch = self._loop_watch = LoopWatch(self._loop, lambda: [
+            f"handler {runner.handler.name}" for runner in runners
+            if runner.tally.in_flight])
+        watch.start()
+        try:
+            await asyncio.gather(*(runner.run(stop) for runner in runners))
+            deadline = self._stop_deadline   # set by stop() before it set ``stop``
+            await asyncio.gather(*(runner.stop(deadline, hurry) for runner in runners))
+        finally:
+            watch.stop()
         # the stop is done; calls that ignored their cancellation still run on this loop
         # (asyncio.run awaits them before it returns), as a sync call past its timeout
         # keeps its thread: the stop does not wait for them
@@ -669,6 +690,8 @@ class Worker:
             self._loop_finished.wait()
             if not any(runner.abandoned for runner in self._asyncs):
                 self._loop_thread.join()
+            if self._loop_watch is not None:
+                self._loop_watch.join(STOP_GRACE)
         for group in self._groups:
             group.stop(seconds)
         if self._reporter is not None:

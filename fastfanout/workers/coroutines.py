@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from fastfanout.errors import FastFanoutError
 from fastfanout.workers.handlers import Handler
@@ -30,11 +31,91 @@ from fastfanout.workers.sources import (
     settle_quietly,
 )
 from fastfanout.workers.stats import HandlerStats, Tally
-from fastfanout.workers.threads import POLL, RECONNECT_DELAY, failed_messages
+from fastfanout.workers.threads import (
+    POLL,
+    RECONNECT_DELAY,
+    ReconnectTell,
+    failed_messages,
+)
 
-__all__ = ["AsyncRunner"]
+__all__ = ["LOOP_BLOCKED", "AsyncRunner", "LoopWatch"]
 
 log = logging.getLogger("fastfanout.worker")
+
+LOOP_BLOCKED: Final = 1.0
+"""Seconds the worker's event loop may run no callback before ``LoopWatch`` warns: an
+async handler blocking it (``time.sleep``, CPU-bound work in an ``async def``) stops its
+connection's heartbeats and lease extensions with it, and a broker ends such a session
+after its ``heartbeat_timeout`` (2 s by default) and redelivers what it held, the call's
+message included: without the warning, a handler that always blocks that long was seen
+to run its message again and again, never acked, with nothing naming the cause."""
+
+
+class LoopWatch:
+    """A thread that warns while the worker's event loop is blocked (``LOOP_BLOCKED``).
+
+    Every ``LOOP_BLOCKED / 2`` seconds it asks the loop to run one callback; when none
+    ran within ``LOOP_BLOCKED``, it logs one warning naming the async handlers with calls
+    running (and how to unblock), and one more when the loop runs again. Nothing of it
+    runs per message. ``blocked`` counts the warnings.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 running: Callable[[], list[str]]) -> None:
+        self._loop = loop
+        self._running = running
+        self._stopped = threading.Event()
+        self.blocked = 0
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="fastfanout-worker-loop-watch")
+
+    def start(self) -> None:
+        """Start watching."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (returns at once; the thread ends promptly)."""
+        self._stopped.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the thread to end (after ``stop``)."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _answered(self, answered: threading.Event, deadline: float) -> bool:
+        """Wait for the loop's answer until ``deadline``, or the stop (True: no warning)."""
+        while not answered.wait(min(LOOP_BLOCKED / 5, max(0.0, deadline - time.monotonic()))):
+            if self._stopped.is_set():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(LOOP_BLOCKED / 2):
+            answered = threading.Event()
+            try:
+                self._loop.call_soon_threadsafe(answered.set)
+            except RuntimeError:   # the loop has closed
+                return
+            began = time.monotonic()
+            if self._answered(answered, began + LOOP_BLOCKED):
+                continue
+            if self._stopped.is_set():
+                return
+            self.blocked += 1
+            names = ", ".join(self._running()) or "an async handler"
+            log.warning("%s blocked the worker's event loop for over %g s (a blocking call "
+                        "in an async def: make the handler a plain def, or await "
+                        "asyncio.to_thread(...)); meanwhile its connection sends no "
+                        "heartbeat and extends no lease, and a broker ends the session "
+                        "after its heartbeat_timeout, redelivering its messages",
+                        names, LOOP_BLOCKED)
+            while not answered.wait(LOOP_BLOCKED / 5):
+                if self._stopped.is_set():
+                    return
+            log.warning("the worker's event loop ran again after %.1f s",
+                        time.monotonic() - began)
 
 
 async def _acquire(slots: asyncio.Semaphore, stopping: asyncio.Event) -> bool:
@@ -138,6 +219,7 @@ class AsyncRunner:
         """
         self._held.clear()   # the broker released the old connection's leases
         await source.close(STOP_GRACE)   # its broker went away: no answer to wait for
+        tell = ReconnectTell(f"handler {self.handler.name}")
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECONNECT_DELAY):
@@ -156,7 +238,7 @@ class AsyncRunner:
             try:
                 return opening.result()
             except FastFanoutError as exc:
-                log.warning("handler %s cannot reconnect yet: %s", self.handler.name, exc)
+                tell.failed(exc)
 
     async def _take(self, source: AsyncClientSource | AsyncBrokerSource, batch_size: int,
                     window: float) -> list[Any]:

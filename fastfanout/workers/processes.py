@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,19 @@ RESTART_DELAY = 1.0
 failure in a row (a broker that is gone, a queue deleted: no restart storm)."""
 RESTART_MAX_DELAY = 30.0
 """Longest delay, seconds, before a child that keeps failing quickly is started again."""
+
+
+def _ending(exitcode: int | None) -> str:
+    """How a child ended, for the log: its exit status, or the signal that killed it."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        what = {"SIGSEGV": "a crash in native code", "SIGKILL": "kill -9 or the OOM killer",
+                "SIGABRT": "an abort"}.get(name)
+        return f"was killed by {name}" + (f" ({what})" if what else "")
+    return f"exited with status {exitcode}"
 
 
 class _Child:
@@ -159,9 +173,9 @@ class ProcessGroup:
                     self._quick_failures = self._quick_failures + 1 if quick else 0
                     delay = 0.0 if not quick else min(
                         RESTART_MAX_DELAY, RESTART_DELAY * 2 ** (self._quick_failures - 1))
-                    log.warning("worker process %s of %s exited with %s; starting another "
-                                "in %g s", child.process.pid, self.handler.name,
-                                child.process.exitcode, delay)
+                    log.warning("worker process %s of %s %s; starting another in %g s",
+                                child.process.pid, self.handler.name,
+                                _ending(child.process.exitcode), delay)
                     if delay > 0:
                         child.restart_at = now + delay
                         continue

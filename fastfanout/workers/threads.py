@@ -32,8 +32,8 @@ from fastfanout.workers.handlers import Handler
 from fastfanout.workers.sources import CLOSE_TIMEOUT, STOP_GRACE, Source, settle_quietly
 from fastfanout.workers.stats import HandlerStats, Tally
 
-__all__ = ["ACK_LINGER", "POLL", "RECONNECT_DELAY", "LeaseKeeper", "Slot", "ThreadRunner",
-           "failed_messages"]
+__all__ = ["ACK_LINGER", "POLL", "RECONNECT_DELAY", "RECONNECT_TELL", "LeaseKeeper",
+           "ReconnectTell", "Slot", "ThreadRunner", "failed_messages"]
 
 log = logging.getLogger("fastfanout.worker")
 
@@ -41,8 +41,38 @@ POLL = 0.1
 """Seconds a runner waits for messages before it looks at the stop flag again."""
 RECONNECT_DELAY = 1.0
 """Seconds between attempts to reconnect after the broker went away."""
+RECONNECT_TELL = 30.0
+"""Seconds between two warnings of one thread (or async handler) that still cannot
+reconnect: the first failed attempt is logged, then one line this often (it was one line
+a second for each thread: 240 lines a minute from a worker of 4 threads)."""
 ACK_LINGER = 0.01
 """Most seconds a per-message handler's success waits to be acked with the next ones."""
+
+
+class ReconnectTell:
+    """The warnings of one reconnect: its first failure, then one every ``RECONNECT_TELL``.
+
+    Args:
+        who: what reconnects, as the warning names it.
+    """
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        self.began = time.monotonic()
+        self.told: float | None = None
+
+    def failed(self, error: BaseException) -> None:
+        """An attempt failed with ``error``: warn, unless one was said lately."""
+        now = time.monotonic()
+        if self.told is None:
+            log.warning("%s cannot reconnect yet: %s (trying every %g s)", self.who, error,
+                        RECONNECT_DELAY)
+        elif now - self.told >= RECONNECT_TELL:
+            log.warning("%s still cannot reconnect after %.0f s: %s", self.who,
+                        now - self.began, error)
+        else:
+            return
+        self.told = now
 
 
 def failed_messages(result: object, messages: list[Any]) -> list[Any]:
@@ -178,13 +208,13 @@ class ThreadRunner:
         ``RECONNECT_DELAY`` until one opens.
         """
         wait = first_wait
+        tell = ReconnectTell(f"worker thread of {self.handler.name}")
         while not self._stopping.wait(wait):
             try:
                 slot.source = self._open_source()
                 return True
             except FastFanoutError as exc:
-                log.warning("worker thread of %s cannot reconnect yet: %s",
-                            self.handler.name, exc)
+                tell.failed(exc)
             wait = RECONNECT_DELAY
         return False
 

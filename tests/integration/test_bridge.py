@@ -475,3 +475,497 @@ def test_a_pattern_export_publishes_each_topic_on_its_subject(
     assert by_subject(stored(nats_node.url, "ORDERS", 600)) == {
         "ORDERS.orders.eu": expected("orders.eu", 300),
         "ORDERS.orders.us.east": expected("orders.us.east", 300)}
+
+
+def test_an_import_whose_stream_vanished_while_nats_was_away_starts_again(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 the import asked the missing consumer for messages again at once
+    # on each refusal (status 503), for ever: a core spun, the rule showed connected with
+    # no error, and the consumer was never created again for the stream made anew
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def publish(body: bytes) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        try:
+            await js.stream_info("ORDERS")
+        except NotFoundError:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.publish("orders.x", body, headers={"Nats-Msg-Id": body.decode()})
+        await connection.close()
+
+    asyncio.run(publish(b"before"))
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"before"]
+    nats_node.stop()
+    shutil.rmtree(nats_node.directory / "jetstream")   # the stream and consumer are gone
+    nats_node.start()
+    wait_until(lambda: bridge_stats(client)["import:orders"]["errors"] >= 1,
+               timeout=BRIDGE_DEADLINE, what="the missing consumer counted as an error")
+    asyncio.run(publish(b"after"))   # the stream made again: the rule makes its consumer
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"after"]
+
+
+def test_nats_away_shows_every_rule_disconnected_with_an_error(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 idle rules showed connected = 1 and no error for as long as NATS
+    # was away (nats-py reconnecting under them): fastfanout stats said all was well
+    path = track.tmp_path / "ab.toml"
+    path.write_text(f"servers = {json.dumps([nats_node.url])}\n{QUICK}"
+                    f'[[export]]\nname = "out"\ntopic = "t"\nstream = "OUT"\n'
+                    f'[[import]]\nname = "in"\nstream = "OUT"\nqueue = "in"\n')
+    endpoint, process = broker(track, "a", path)
+    client = track.client(endpoint)
+
+    def connected() -> list[float]:
+        rules = bridge_stats(client)
+        return [rules.get(name, {}).get("connected", 0) for name in ("export:out", "import:in")]
+
+    wait_until(lambda: connected() == [1, 1], timeout=BRIDGE_DEADLINE, what="both rules up")
+    errors = [bridge_stats(client)[name]["errors"] for name in ("export:out", "import:in")]
+    nats_node.stop()
+    wait_until(lambda: connected() == [0, 0], timeout=15.0, what="both rules shown down")
+    assert all(bridge_stats(client)[name]["errors"] > before
+               for name, before in zip(("export:out", "import:in"), errors, strict=True))
+    nats_node.start()
+    wait_until(lambda: connected() == [1, 1], timeout=BRIDGE_DEADLINE, what="both rules up again")
+    client.publish("t", b"after")   # and they work
+    assert [m.body for m in consume_all(client, "in", 1)] == [b"after"]
+    # the bridge's own close at the broker's stop is no outage: no warning of one
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+    assert process.stderr is not None
+    assert process.stderr.read().decode().count("NATS disconnected") == 1
+
+
+@pytest.mark.parametrize("made_outside", ["push", "max_batch"])
+def test_a_consumer_made_outside_that_the_import_cannot_pull_is_an_error(
+        track: Tracker, nats_node: NatsNode, made_outside: str) -> None:
+    # until 2026-12-05 the import pulled again at once on each refusal (409), for ever: a
+    # core spun, nothing was imported, and the rule showed connected with no error
+    import nats
+    from nats.js.api import ConsumerConfig
+
+    async def setup() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        if made_outside == "push":
+            await js.add_consumer("ORDERS", ConsumerConfig(durable_name="orders",
+                                                           deliver_subject="elsewhere"))
+        else:   # a pull consumer taking batches of 10 at most: the rule asks for 500
+            reply = await connection.request(
+                "$JS.API.CONSUMER.CREATE.ORDERS.orders", json.dumps({
+                    "stream_name": "ORDERS", "config": {
+                        "durable_name": "orders", "ack_policy": "explicit",
+                        "max_batch": 10}}).encode(), timeout=5.0)
+            assert b'"error"' not in reply.data, reply.data
+        await js.publish("orders.x", b"one", headers={"Nats-Msg-Id": "one"})
+        await connection.close()
+
+    async def delete() -> None:
+        connection = await nats.connect(nats_node.url)
+        await connection.jetstream().delete_consumer("ORDERS", "orders")
+        await connection.close()
+
+    asyncio.run(setup())
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["errors"] >= 2,
+               timeout=BRIDGE_DEADLINE, what="the refusals counted as errors")
+    assert client.stats().queues["orders-in"].messages == 0
+    asyncio.run(delete())   # the way out: the rule makes a consumer of its own
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"one"]
+
+
+def test_an_export_queue_made_with_other_settings_is_named_in_a_warning(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 a rule file edited (max_messages 600 -> 1000) and the broker
+    # restarted kept the old bound without a word: publishes were refused at 600
+    def run(max_messages: int) -> str:
+        rules = export_rules(track.tmp_path / "a.toml", [nats_node.url],
+                             max_messages=max_messages)
+        endpoint, process = broker(track, "a", rules)
+        client = track.client(endpoint)
+        wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+                   timeout=BRIDGE_DEADLINE, what="the export rule connected")
+        settings = client.queue_settings("bridge.export.orders")
+        client.close()
+        track.clients.remove(client)
+        process.terminate()
+        assert process.wait(BRIDGE_DEADLINE) == 0
+        assert process.stderr is not None and settings.max_messages == 600
+        return process.stderr.read().decode()
+
+    assert "other settings" not in run(600)
+    told = run(1000)
+    assert told.count("other settings") == 1
+    assert "max_messages 600 (the rule: 1000)" in told and "delete-queue" in told
+
+
+def test_an_import_rule_edited_updates_its_consumer(track: Tracker, nats_node: NatsNode
+                                                    ) -> None:
+    # until 2026-12-05 the consumer made by the first run was kept as it was: a rule file
+    # edited to import orders.us only went on importing every subject of the stream
+    import nats
+
+    async def publish(*items: tuple[str, bytes]) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        if not items:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for subject, body in items:
+            await js.publish(subject, body, headers={"Nats-Msg-Id": body.decode()})
+        await connection.close()
+
+    async def consumer() -> Any:
+        connection = await nats.connect(nats_node.url)
+        info = await connection.jetstream().consumer_info("ORDERS", "orders")
+        await connection.close()
+        return info.config
+
+    asyncio.run(publish())
+    endpoint, process = broker(track, "b", import_rules(track.tmp_path / "b.toml",
+                                                        [nats_node.url]))
+    client = track.client(endpoint)
+    asyncio.run(publish(("orders.eu", b"eu 1")))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"eu 1"]
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+
+    endpoint, process = broker(track, "b", import_rules(
+        track.tmp_path / "b.toml", [nats_node.url], filter_subject="orders.us",
+        ack_wait=10.0, max_in_flight=100))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the import rule connected")
+    config = asyncio.run(consumer())
+    assert (config.filter_subject, config.ack_wait, config.max_ack_pending) == (
+        "orders.us", 10.0, 100)
+    asyncio.run(publish(("orders.eu", b"eu 2"), ("orders.us", b"us 1")))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"us 1"]
+    assert client.stats().queues["orders-in"].messages == 0   # eu 2 stays out
+
+
+def test_a_stream_that_does_not_take_the_export_subject_is_named(track: Tracker,
+                                                                  nats_node: NatsNode) -> None:
+    # until 2026-12-05 each retry logged "no JetStream stream answered (status 503)", naming
+    # neither the stream nor the subject (its subjects changed outside the bridge)
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def stream(subjects: list[str]) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        try:
+            info = await js.stream_info("ORDERS")
+        except NotFoundError:
+            await js.add_stream(name="ORDERS", subjects=subjects)
+        else:
+            info.config.subjects = subjects
+            await js.update_stream(info.config)
+        await connection.close()
+
+    asyncio.run(stream(["other.>"]))
+    endpoint, process = broker(track, "a", export_rules(track.tmp_path / "a.toml",
+                                                        [nats_node.url]))
+    client = track.client(endpoint)
+    wait_until(lambda: "bridge.export.orders" in client.list_queues(), what="export queue")
+    client.publish("orders", b"kept")
+    wait_until(lambda: bridge_stats(client)["export:orders"]["errors"] >= 1,
+               timeout=BRIDGE_DEADLINE, what="the refusal counted")
+    asyncio.run(stream(["other.>", "fastfanout.orders"]))   # the way out the warning names
+    assert [m.data for m in stored(nats_node.url, "ORDERS", 1)] == [b"kept"]
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+    assert process.stderr is not None
+    told = process.stderr.read().decode()
+    assert ("stream 'ORDERS' takes subjects ['other.>'], not 'fastfanout.orders'" in told
+            and "add it to the stream" in told)
+
+
+def test_a_nats_msg_id_too_long_for_a_dedup_id_is_imported(track: Tracker,
+                                                            nats_node: NatsNode) -> None:
+    # until 2026-12-05 a Nats-Msg-Id over the 128 bytes of a local dedup id (a third-party
+    # publisher's, or IDENTITY:ID of an exporter with a long identity) was refused, and so
+    # was its dead-lettering with the same id: nacked for ever, every later message held
+    import nats
+
+    long_id = "publisher-" + "x" * 190
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for body, msg_id in ((b"long", long_id), (b"again", long_id), (b"after", "m2")):
+            await js.publish("orders.x", body, headers={"Nats-Msg-Id": msg_id})
+        await connection.close()
+
+    asyncio.run(publish())   # JetStream drops "again" (same id): two messages stored
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    received = consume_all(client, "orders-in", 2)
+    assert [m.body for m in received] == [b"long", b"after"]
+    assert len(received[0].dedup_id.encode()) <= 128 and received[1].dedup_id == "m2"
+    assert bridge_stats(client)["import:orders"]["dead_lettered"] == 0
+
+
+def test_an_import_whose_dead_letter_queue_was_deleted_makes_it_again(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 a message refused for good found no dead-letter queue, was nacked,
+    # refused again the same way, for ever, and held back every later message of the rule
+    import nats
+
+    async def publish(*bodies: bytes) -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        if not bodies:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for body in bodies:
+            await js.publish("orders.x", body, headers={"Nats-Msg-Id": body[:8].decode()})
+        await connection.close()
+
+    asyncio.run(publish())
+    prepare(track, "b", orders_in={"max_message_size": 100})
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url],
+                                                  nak_delay=0.2))
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the import rule connected")
+    client.delete_queue("bridge.import.orders.dlq")
+    asyncio.run(publish(b"too large " + b"x" * 500, b"fits"))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"fits"]
+    dead = consume_all(client, "bridge.import.orders.dlq", 1)
+    assert [len(m.body) for m in dead] == [510]
+
+
+def _certificates(directory: Path) -> Path:
+    """A certificate authority and a server certificate for 127.0.0.1 (openssl)."""
+    directory.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True,
+                       timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=fastfanout-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")
+    return directory
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_an_export_reaches_a_tls_nats_server_of_a_private_ca(track: Tracker,
+                                                             tmp_path: Path) -> None:
+    # until 2026-12-05 the rule file had no key for a certificate authority: such a server
+    # could never be reached (each connect failed verifying its certificate)
+    certificates = _certificates(tmp_path / "certificates")
+    node = NatsNode(tmp_path / "nats", "n0", extra=(
+        f'tls {{\n  cert_file: "{certificates / "server.pem"}"\n'
+        f'  key_file: "{certificates / "server.key"}"\n}}')).start()
+    try:
+        url = f"tls://127.0.0.1:{node.port}"
+        rules = export_rules(track.tmp_path / "a.toml", [url])
+        rules.write_text(f'tls_ca = "{certificates / "ca.pem"}"\n' + rules.read_text())
+        endpoint, _ = broker(track, "a", rules)
+        client = track.client(endpoint)
+        wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+                   timeout=BRIDGE_DEADLINE, what="the export rule connected over TLS")
+        client.publish("orders", b"over tls")
+
+        async def read() -> list[bytes]:
+            import ssl
+
+            import nats
+
+            context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+            connection = await nats.connect(url, tls=context)
+            try:
+                js = connection.jetstream()
+                deadline = time.monotonic() + BRIDGE_DEADLINE
+                while (await js.stream_info("ORDERS")).state.messages < 1:
+                    assert time.monotonic() < deadline, "nothing stored"
+                    await asyncio.sleep(0.02)
+                return [(await js.get_msg("ORDERS", 1)).data]
+            finally:
+                await connection.close()
+
+        assert asyncio.run(read()) == [b"over tls"]
+    finally:
+        node.stop()
+
+
+def test_an_import_into_a_topic_without_subscription_warns(track: Tracker,
+                                                           nats_node: NatsNode) -> None:
+    # until 2026-12-05 an import started before B's queues were subscribed acked the
+    # stream's backlog on JetStream while it reached no queue, without a word
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.publish("orders.x", b"backlog", headers={"Nats-Msg-Id": "b1"})
+        await connection.close()
+
+    asyncio.run(publish())
+    rules = track.tmp_path / "b.toml"
+    rules.write_text(f"servers = {json.dumps([nats_node.url])}\n{QUICK}"
+                     f'[[import]]\nname = "orders"\nstream = "ORDERS"\ntopic = "fanout-in"\n')
+    endpoint, process = broker(track, "b", rules)
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["messages"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the backlog imported")
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+    assert process.stderr is not None
+    assert ("topic fanout-in has no subscription: the 1 messages just imported (acked on "
+            "JetStream) reached no queue") in process.stderr.read().decode()
+
+
+def test_a_consumer_deleted_under_an_import_resumes_after_its_ack_floor(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 the rule made the consumer again from the stream's start: the whole
+    # stream came in again (duplicates, absorbed only inside the target's dedup window)
+    import nats
+
+    async def jetstream(action: str, *bodies: bytes) -> Any:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        try:
+            if action == "publish":
+                for body in bodies:
+                    await js.publish("orders.x", body, headers={"Nats-Msg-Id": body.decode()})
+            elif action == "create":
+                await js.add_stream(name="ORDERS", subjects=["orders.>"])
+            elif action == "delete":
+                await js.delete_consumer("ORDERS", "orders")
+            else:
+                return await js.consumer_info("ORDERS", "orders")
+        finally:
+            await connection.close()
+
+    asyncio.run(jetstream("create"))
+    asyncio.run(jetstream("publish", b"m0", b"m1", b"m2"))
+    rules = import_rules(track.tmp_path / "b.toml", [nats_node.url])
+    endpoint, process = broker(track, "b", rules)
+    client = track.client(endpoint)
+    assert [m.body for m in consume_all(client, "orders-in", 3)] == [b"m0", b"m1", b"m2"]
+    wait_until(lambda: asyncio.run(jetstream("info")).ack_floor.stream_seq == 3,
+               what="the three acked on JetStream")
+    client.close()
+    track.clients.remove(client)
+    process.terminate()
+    assert process.wait(BRIDGE_DEADLINE) == 0
+
+    endpoint, _ = broker(track, "b", rules)   # its rule reads the consumer's ack floor
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the import rule connected")
+    asyncio.run(jetstream("delete"))
+    wait_until(lambda: bridge_stats(client)["import:orders"]["errors"] >= 1,
+               timeout=BRIDGE_DEADLINE, what="the deletion seen")
+    asyncio.run(jetstream("publish", b"m3"))
+    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"m3"]
+    wait_until(lambda: bridge_stats(client)["import:orders"]["messages"] >= 1,
+               what="the import counted")
+    assert bridge_stats(client)["import:orders"]["duplicates"] == 0
+    assert asyncio.run(jetstream("info")).config.opt_start_seq == 4
+
+
+def test_an_import_batch_over_the_broker_request_limit_goes_in_parts(
+        track: Tracker, nats_node: NatsNode) -> None:
+    # until 2026-12-05 a fetched batch was one request: 30 messages of 300 KB against a
+    # max_request_bytes of 4 MiB (500 of 150 KB against the default 64 MiB) were refused
+    # whole, nacked and fetched again (what came in came in smaller fetches, by chance)
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for n in range(30):
+            await js.publish("orders.x", b"%03d" % n + b"x" * 300_000,
+                             headers={"Nats-Msg-Id": f"m{n}"})
+        await connection.close()
+
+    asyncio.run(publish())
+    endpoint = f"ipc://{track.tmp_path}/b.sock"
+    track.broker_process(endpoint, "--data-dir", str(track.tmp_path / "b"),
+                         "--max-request-bytes", str(4 * 1024 * 1024), "--bridge",
+                         str(import_rules(track.tmp_path / "b.toml", [nats_node.url])))
+    client = track.client(endpoint)
+    received = consume_all(client, "orders-in", 30)
+    assert [m.body[:3] for m in received] == [b"%03d" % n for n in range(30)]   # in order
+    rule = bridge_stats(client)["import:orders"]
+    assert (rule["dead_lettered"], rule["errors"]) == (0, 0)   # no batch refused
+
+
+def test_an_import_keeps_the_filters_of_a_consumer_made_outside(track: Tracker,
+                                                                nats_node: NatsNode) -> None:
+    # the update of a consumer to the rule's settings (2026-12-05) must not drop the
+    # several filter_subjects of one made outside when the rule names no filter
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    async def setup() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.add_consumer("ORDERS", ConsumerConfig(
+            durable_name="orders", ack_policy=AckPolicy.EXPLICIT,
+            filter_subjects=["orders.a", "orders.b"]))
+        for subject in ("orders.c", "orders.a", "orders.b"):
+            await js.publish(subject, subject.encode(), headers={"Nats-Msg-Id": subject})
+        await connection.close()
+
+    asyncio.run(setup())
+    endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
+    client = track.client(endpoint)
+    received = consume_all(client, "orders-in", 2)
+    assert [m.body for m in received] == [b"orders.a", b"orders.b"]
+    assert client.stats().queues["orders-in"].messages == 0   # orders.c stays out
+
+
+def test_pub_acks_are_read_as_json_not_by_their_bytes(track: Tracker,
+                                                      nats_node: NatsNode) -> None:
+    # until 2026-12-05 a PubAck was read by its bytes: every PubAck of a stream named
+    # "error" was taken for a refusal (the export retried for ever, nothing acked), and
+    # JetStream's '"duplicate": true' (with a space) was never counted in duplicates
+    import nats
+
+    async def prestore() -> None:
+        connection = await nats.connect(nats_node.url)
+        js = connection.jetstream()
+        await js.add_stream(name="error", subjects=["fastfanout.orders"])
+        for n in range(1, 101):   # the ids the broker's first message may have
+            await js.publish("fastfanout.orders", b"earlier",
+                             headers={"Nats-Msg-Id": f"host-a:{n}"})
+        await connection.close()
+
+    asyncio.run(prestore())
+    rules = export_rules(track.tmp_path / "a.toml", [nats_node.url])
+    rules.write_text(rules.read_text().replace('stream = "ORDERS"', 'stream = "error"'))
+    endpoint, _ = broker(track, "a", rules)
+    client = track.client(endpoint)
+    wait_until(lambda: bridge_stats(client)["export:orders"]["connected"] == 1,
+               timeout=BRIDGE_DEADLINE, what="the export rule connected")
+    (result,) = client.publish_batch("orders", [b"again"])
+    assert result.message_id <= 100
+    wait_until(lambda: bridge_stats(client)["export:orders"]["duplicates"] == 1,
+               timeout=BRIDGE_DEADLINE, what="JetStream's duplicate counted")
+    wait_until(lambda: bridge_stats(client)["export:orders"]["messages"] == 1,
+               what="the copy acked")
+    assert bridge_stats(client)["export:orders"]["errors"] == 0
+    assert client.stats().queues["bridge.export.orders"].messages == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -424,11 +425,19 @@ def test_bad_handlers_and_unknown_queues_are_refused(track: Tracker) -> None:
         worker.handler("jobs")(repr)
     assert list(worker.handlers) == ["print"]
 
-    endpoint, _ = _setup(track)
+    endpoint, client = _setup(track)
     unknown = _worker(track, endpoint)
     unknown.handler("nope")(print)
     with pytest.raises(NotFound, match="queue 'nope' of handler print does not exist"):
         unknown.start()
+    # until 2026-12-05 a topic's name was "queue 'jobs-topic' does not exist; create it
+    # first": a queue made so shares the topic's name and gets none of its messages
+    client.create_topic("jobs-topic")
+    topical = _worker(track, endpoint)
+    topical.handler("jobs-topic")(print)
+    with pytest.raises(NotFound, match=r"'jobs-topic' of handler print is a topic, not a "
+                       r"queue: .* Worker.subscribe\('jobs-topic', print\)"):
+        topical.start()
 
 
 def test_processes_spread_a_handler_over_processes(track: Tracker, tmp_path: Path) -> None:
@@ -1005,3 +1014,76 @@ def test_an_async_call_that_ignores_its_timeout_gives_its_message_back(
     assert (stats.processed, stats.timed_out, stats.failed) == (1, 1, 1)   # ignored
     queue = client.stats().queues["jobs"]
     assert (queue.acked, queue.leased, queue.visible) == (1, 0, 0)
+
+
+def test_worker_processes_of_a_killed_parent_stop_quietly(track: Tracker, tmp_path: Path
+                                                          ) -> None:
+    # until 2026-12-05 each of them stopped on a BrokenPipeError, printing two tracebacks
+    endpoint, client = _setup(track)
+    process = _cli_worker(track, endpoint, "--processes", "2", "--concurrency", "1",
+                          "--shutdown-timeout", "5")
+    wait_until(lambda: client.server_stats()["consumers"] == 2, timeout=30,
+               what="both processes consuming")
+    client.send("jobs", f"{tmp_path}|1".encode())   # a call running when the parent dies
+    wait_until(lambda: client.stats().queues["jobs"].leased == 1, timeout=20, what="leased")
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    process.kill()
+    process.wait(10)
+    wait_until(lambda: client.server_stats()["consumers"] == 0, timeout=30,
+               what="the orphans stopped")
+
+    def running(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    wait_until(lambda: not any(running(pid) for pid in children), timeout=30,
+               what="the orphans gone")
+    assert client.stats().queues["jobs"].acked == 1   # the running call finished, acked
+    assert process.stderr is not None
+    told = process.stderr.read().decode()
+    assert "Traceback" not in told and "its parent process is gone" in told
+
+
+def test_an_async_handler_blocking_the_event_loop_is_named(
+        track: Tracker, caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 nothing said why: a handler calling time.sleep in an async def
+    # stopped the connection's heartbeats with the loop, the broker ended the session, and
+    # the message was run again and again, never acked (only "it missed its heartbeats")
+    endpoint, client = _setup(track)
+    worker = _worker(track, endpoint, shutdown_timeout=10.0)
+    blocked = threading.Event()
+
+    @worker.handler("jobs", concurrency=1)
+    async def stubborn(message: Any) -> None:
+        time.sleep(1.6)   # blocks the worker's event loop
+        blocked.set()
+
+    with caplog.at_level(logging.WARNING, logger="fastfanout.worker"):
+        worker.start()
+        client.send("jobs", b"x")
+        wait_until(lambda: "ran again" in caplog.text, timeout=20, what="the warnings")
+        worker.stop()
+    assert blocked.is_set()
+    assert ("handler stubborn blocked the worker's event loop for over 1 s" in caplog.text
+            and "asyncio.to_thread" in caplog.text)
+
+
+def test_a_worker_process_killed_by_a_signal_is_named_so(
+        track: Tracker, caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 the log said "exited with -11": a segfault had to be guessed
+    import worker_app
+
+    endpoint, client = _setup(track)
+    worker = _worker(track, endpoint, shutdown_timeout=5.0)
+    worker.handler("jobs", processes=2, concurrency=1, prefetch=1)(worker_app.crash)
+    with caplog.at_level(logging.WARNING, logger="fastfanout.worker"):
+        worker.start()
+        wait_until(lambda: client.server_stats()["consumers"] == 2, timeout=30,
+                   what="both processes consuming")
+        client.send("jobs", b"crash")
+        wait_until(lambda: "was killed by SIGSEGV (a crash in native code)" in caplog.text,
+                   timeout=30, what="the crash named")
+        client.purge("jobs")   # the message would crash every process it reaches
+        worker.stop()

@@ -29,3 +29,10 @@ app.handler("jobs")(record)
 def fail_at_start(*args: Any) -> None:
     """A worker process's main that fails at once (as when its broker is gone)."""
     raise SystemExit(1)
+
+
+def crash(message: Any) -> None:
+    """Crash the worker process in native code (a segfault)."""
+    import ctypes
+
+    ctypes.string_at(0)

@@ -15,6 +15,7 @@ from fastfanout.bridges.jetstream import (
     decode_attributes,
     encode_attributes,
     message_headers,
+    subject_covers,
 )
 from fastfanout.errors import InvalidArgument
 from fastfanout.server.config import load_config
@@ -156,3 +157,124 @@ def test_serve_bridge_with_a_bad_rule_file_fails_before_binding(tmp_path: Path) 
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: {rules}: ") and done.stderr.count("\n") == 1
     assert not (tmp_path / "b.sock").exists()
+
+
+LOOP = """
+servers = ["nats://127.0.0.1:4222"]
+[[export]]
+name = "out"
+topic = "orders.>"
+stream = "ORDERS"
+[[import]]
+name = "in"
+stream = "ORDERS"
+topic = "orders.in"
+"""
+
+
+# until 2026-12-05 each of these files was taken, and the bridge then looped for ever
+# (one publish became 7,000 messages in 4 s), split one queue or one durable consumer
+# between two rules, or retried a connect that could never succeed
+@pytest.mark.parametrize(("text", "expected"), [
+    (LOOP, r"'orders.in' is exported by \[\[export\]\] 'out' into stream 'ORDERS'"),
+    (LOOP.replace('topic = "orders.in"', 'topic = "orders.in"\nfilter_subject = '
+                  '"ORDERS.orders.*"'), "would go round for ever"),
+    (LOOP.replace('topic = "orders.in"', 'queue = "bridge.export.out"'),
+     r"\[\[import\]\] 'in' queue: 'bridge.export.out' is exported"),
+    (GOOD.replace('queue = "orders-in"', 'queue = "q"\ndead_letter_queue = "q"'),
+     "is the rule's target"),
+    (GOOD.replace('queue = "orders-in"', 'queue = "q"\ndead_letter_queue = '
+                  '"bridge.export.orders"'), "is a queue of"),
+    (GOOD + '[[import]]\nname = "again"\nstream = "ORDERS"\ndurable = "back"\nqueue = "x"\n',
+     "also the consumer of"),
+    (GOOD + '[[export]]\nname = "two"\ntopic = "t"\nstream = "S"\nqueue = '
+     '"bridge.export.orders"\n', "also the queue of"),
+    (GOOD.replace("[[export]]", 'user = "bob"\n[[export]]'), "user and password go together"),
+    (GOOD.replace("[[export]]", 'password = "pw"\n[[export]]'), "user and password go"),
+    (GOOD.replace("[[export]]", 'user = "u"\npassword = "p"\ntoken = "t"\n[[export]]'),
+     "one way to authenticate"),
+    (GOOD.replace("[[export]]", 'credentials = "absent.creds"\n[[export]]'),
+     "credentials: cannot read 'absent.creds': No such file"),
+    (GOOD.replace("4222", "99999"), "a port from 1 to 65535"),
+])
+def test_rules_that_loop_share_or_cannot_connect_are_refused(
+        tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(InvalidArgument, match=expected) as raised:
+        load_rules(path)
+    assert str(raised.value).startswith(path) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("text", [
+    LOOP.replace('topic = "orders.in"', 'topic = "inbound"'),      # another topic
+    LOOP.replace('stream = "ORDERS"\ntopic = "orders.in"',          # another stream
+                 'stream = "OTHER"\ntopic = "orders.in"'),
+    LOOP.replace('topic = "orders.in"',                              # not its subjects
+                 'topic = "orders.in"\nfilter_subject = "elsewhere.>"'),
+    LOOP.replace('topic = "orders.in"',          # the export uses ORDERS.orders.> only
+                 'topic = "orders.in"\nfilter_subject = "ORDERS.other"'),
+])
+def test_an_import_beside_an_export_that_cannot_loop_is_taken(tmp_path: Path, text: str
+                                                              ) -> None:
+    load_rules(write(tmp_path, text))
+
+
+BLOCK_NKEYS = """
+import sys
+sys.modules["nkeys"] = None   # as if nats-py's nkeys extra were not installed
+from fastfanout.cli import main
+sys.argv = ["fastfanout", "serve", "--in-memory", "--endpoint", sys.argv[1], "--bridge",
+            sys.argv[2]]
+main()
+"""
+
+
+def test_serve_bridge_with_credentials_and_no_nkeys_says_what_to_install(
+        tmp_path: Path) -> None:
+    # until 2026-12-05 every connect failed with "No module named 'nkeys'", retried for ever
+    (tmp_path / "user.creds").write_text("")
+    rules = write(tmp_path, GOOD.replace("[[export]]", f'credentials = '
+                                         f'"{tmp_path / "user.creds"}"\n[[export]]'))
+    done = subprocess.run([sys.executable, "-c", BLOCK_NKEYS, f"ipc://{tmp_path}/b.sock",
+                           rules], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "pip install 'nats-py[nkeys]'" in done.stderr
+    assert not (tmp_path / "b.sock").exists()
+
+
+@pytest.mark.parametrize(("taken", "published", "covers"), [
+    ("fastfanout.orders", "fastfanout.orders", True), ("fastfanout.*", "fastfanout.orders", True),
+    ("fastfanout.>", "fastfanout.orders", True), (">", "ORDERS.>", True),
+    ("ORDERS.>", "ORDERS.>", True), ("ORDERS.*", "ORDERS.>", False),
+    ("other.>", "fastfanout.orders", False), ("fastfanout", "fastfanout.orders", False),
+    ("fastfanout.orders.x", "fastfanout.orders", False), ("a.b", "a.*", False),
+])
+def test_a_stream_subject_covers_what_a_rule_publishes(taken: str, published: str,
+                                                       covers: bool) -> None:
+    assert subject_covers(taken, published) is covers
+
+
+def test_tls_files_that_cannot_be_used_are_refused(tmp_path: Path) -> None:
+    # until 2026-12-05 a rule file could name no certificate authority nor client
+    # certificate: tls_ca = ... was an unknown key, and a NATS server with a private CA
+    # could not be reached; now each file is read when the rule file is checked
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    for line, expected in [
+            ('tls_ca = "absent.pem"', "tls_ca: cannot read 'absent.pem': No such file"),
+            (f'tls_ca = "{tmp_path}"', "tls_ca: .* Is a directory"),
+            (f'tls_ca = "{tmp_path / "garbage.pem"}"', "not a usable PEM certificate"),
+            (f'tls_cert = "{tmp_path / "garbage.pem"}"', "tls_cert and tls_key go together"),
+            (f'tls_cert = "{tmp_path / "garbage.pem"}"\ntls_key = "{tmp_path / "garbage.pem"}"',
+             "tls_ca, tls_cert, tls_key: not a usable PEM")]:
+        path = write(tmp_path, GOOD.replace("[[export]]", line + "\n[[export]]"))
+        with pytest.raises(InvalidArgument, match=expected) as raised:
+            load_rules(path)
+        assert str(raised.value).startswith(path) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["nats://h", "tls://nats.example.com:4222",
+                                 "nats://[::1]:4222", "nats://user:pw@h:4222"])
+def test_server_urls_of_every_form_nats_takes_are_taken(tmp_path: Path, url: str) -> None:
+    # the port check of 2026-12-05 must keep IPv6 hosts and credentials in the URL
+    assert load_rules(write(tmp_path, GOOD.replace("nats://127.0.0.1:4222", url))
+                      ).servers == [url]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from fastfanout import InvalidArgument, Worker
+from fastfanout import BrokenConnection, InvalidArgument, Worker
 from fastfanout.workers.handlers import make_handler
 from fastfanout.workers.sources import WORKER_RING_BYTES, ring_bytes_for
 from fastfanout.workers.stats import HandlerStats, Tally, combine
-from fastfanout.workers.threads import failed_messages
+from fastfanout.workers.threads import RECONNECT_DELAY, ThreadRunner, failed_messages
 
 
 def one(message: Any) -> None:
@@ -159,3 +162,44 @@ def test_the_handler_decorator_without_its_queue_is_refused_at_once() -> None:
     with pytest.raises(InvalidArgument, match="queue name"):
         worker.handler("")
     assert worker.handlers == {}
+
+
+class _GoneSource:
+    """A source whose broker went away: every take fails."""
+
+    def take(self, count: int, wait: float) -> list[Any]:
+        raise BrokenConnection("the broker is gone")
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_thread_that_cannot_reconnect_says_so_once_not_every_second(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-05 each thread logged "cannot reconnect yet" at every attempt, one
+    # line a second per thread for as long as the broker was away
+    attempts: list[float] = []
+
+    def open_source() -> Any:
+        if not attempts:
+            attempts.append(time.monotonic())
+            return _GoneSource()
+        attempts.append(time.monotonic())
+        raise BrokenConnection("no broker there")
+
+    stopping = threading.Event()
+    runner = ThreadRunner(make_handler(one, "jobs", concurrency=1), open_source, None,
+                          stopping)
+    with caplog.at_level(logging.WARNING, logger="fastfanout.worker"):
+        runner.start()
+        try:
+            deadline = time.monotonic() + 30 * RECONNECT_DELAY
+            while len(attempts) < 5:   # four reconnect attempts
+                assert time.monotonic() < deadline, "the thread stopped reconnecting"
+                time.sleep(0.01)
+        finally:
+            stopping.set()
+            assert not runner.join(time.monotonic() + 10, threading.Event())
+    lines = [r.getMessage() for r in caplog.records if "reconnect" in r.getMessage()]
+    assert len(lines) == 2, lines   # the source lost, and the first failed attempt
+    assert "cannot reconnect yet: no broker there (trying every 1 s)" in lines[1]
