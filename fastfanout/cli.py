@@ -107,6 +107,17 @@ class _Time(click.ParamType[float]):
         return seconds
 
 
+class _Seconds(click.FloatRange):
+    """A ``FloatRange`` that refuses NaN (click's lets it through: no comparison fails)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 ENDPOINT = _Endpoint()
 
 endpoint_option = click.option(
@@ -245,7 +256,7 @@ def cli() -> None:
                    "or '*' to allow any client that knows the broker's public key.")
 @click.option("--slow-listener", type=click.Choice(["drop", "wait"]), default=None,
               help="Policy for stream listeners that fall behind (default drop).")
-@click.option("--hold-timeout", type=click.FloatRange(min=0), default=None,
+@click.option("--hold-timeout", type=_Seconds(min=0), default=None,
               help="Seconds a publish to a full overflow=hold queue is held before it is "
                    "answered with queue_full (default 30; 0: at once).")
 @click.option("--local-channels/--no-local-channels", default=None,
@@ -263,7 +274,7 @@ def cli() -> None:
                    "confirmed once on disk; interval: every --fsync-interval seconds; "
                    "never: the OS decides). Every policy survives kill -9; only always "
                    "survives power loss.")
-@click.option("--fsync-interval", type=click.FloatRange(0.001, 3600), default=None,
+@click.option("--fsync-interval", type=_Seconds(0.001, 3600), default=None,
               help="Seconds between syncs with --fsync interval (default 1).")
 @click.option("--max-disk-bytes", type=click.IntRange(min=65536), default=None,
               help="Journal bytes at which publishes are refused with store_full until "
@@ -478,11 +489,11 @@ def _printer(raw: bool, as_json: bool) -> Callable[[dict[str, Any], Any], None]:
 @click.option("--dedup-id", default=None, help="Deduplication id.")
 @click.option("--priority", type=click.IntRange(0, 255), default=None,
               help="0 to 255 (higher first, on a queue with max_priority).")
-@click.option("--delay", type=click.FloatRange(min=0), default=None,
+@click.option("--delay", type=_Seconds(min=0), default=None,
               help="Seconds before the message becomes visible.")
 @click.option("--deliver-at", type=_Time(), default=None,
               help="Time it becomes visible: ISO 8601 (2026-05-01T12:00:00Z) or Unix seconds.")
-@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--ttl", type=_Seconds(min=0, min_open=True), default=None,
               help="Seconds it may wait in a queue before it expires.")
 def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, ...],
         **options: Any) -> None:
@@ -550,7 +561,7 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
               help="Dead-letter it now (reason rejected), or drop it without a DLQ.")
 @click.option("--max-messages", "-n", type=click.IntRange(1, 10_000), default=10,
               show_default=True, help="Most messages to receive.")
-@click.option("--wait", type=click.FloatRange(0, 20), default=0.0, show_default=True,
+@click.option("--wait", type=_Seconds(0, 20), default=0.0, show_default=True,
               help="Long-poll seconds when none is visible (0 to 20).")
 @_output_options
 def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
@@ -1016,7 +1027,7 @@ def _load_worker(target: str) -> Any:
 @click.option("--processes", "-p", type=click.IntRange(1, 256), default=None,
               help="Worker processes per handler, for handlers without their own "
                    "(default: the Worker's, 1).")
-@click.option("--shutdown-timeout", type=click.FloatRange(0, 86_400), default=None,
+@click.option("--shutdown-timeout", type=_Seconds(0, 86_400), default=None,
               help="Seconds running handlers get to finish on SIGTERM or SIGINT (default: "
                    "the Worker's, 30); then their messages are nacked for redelivery.")
 @click.option("--log-level", default="INFO", type=click.Choice(LOG_LEVELS, case_sensitive=False),
