@@ -933,11 +933,12 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
         refusal: FastFanoutError | None = None
-        bounded = timeout < threading.TIMEOUT_MAX
-        started = time.monotonic()
+        # None or inf: the client's own waits, unbounded as a whole
+        deadline = (None if timeout is None or timeout >= threading.TIMEOUT_MAX
+                    else time.monotonic() + timeout)
         # the producers' flushes wait no longer than the close may: until 2026-12-05
         # each waited the client's timeout plus the broker's hold_timeout
-        connection.close_deadline = started + timeout if bounded else None
+        connection.close_deadline = deadline
         try:
             for producer in list(connection.producers):   # their open and kept frames
                 try:
@@ -946,8 +947,8 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
                     refusal = refusal or exc
         finally:
             connection.close_deadline = None
-        connection.close(max(0.0, started + timeout - time.monotonic()) if bounded
-                         else timeout)
+        connection.close(timeout if deadline is None
+                         else max(0.0, deadline - time.monotonic()))
         if refusal is not None:
             raise refusal
 
