@@ -369,6 +369,13 @@ class Deliveries:
             raise InvalidArgument(f"queue name {queue!r} must be a string")
         if type(prefetch) is not int or not 1 <= prefetch <= 1_000_000:
             raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to 1,000,000")
+        if request_id in session.consumers:
+            # its pushes carry this id: a second consumer would take the first one's
+            # place unseen (until 2026-12-05 it did, and the first one's owner tag, and
+            # with it the session's, were never freed)
+            raise InvalidArgument(
+                f"request id {request_id} is already a consumer of this connection: a "
+                f"CONSUME needs a request id of its own")
         lease = self._lease_seconds(queue, visibility_timeout)
         owner = self._port.open_owner(session.owner, prefetch)
         self._consumers[(session.identity, request_id)] = Consumer(

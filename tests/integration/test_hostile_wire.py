@@ -1,0 +1,67 @@
+"""A peer that does not follow the protocol: the broker answers it and serves the rest.
+
+Raw DEALER sockets send what no Python client would (reused request ids, frames of the
+wrong form); each case checks the typed answer, that nothing already accepted was lost,
+and that the store's invariants still hold (``check``).
+"""
+
+from __future__ import annotations
+
+from typing import Any as Tracker
+
+import msgspec
+import zmq
+from conftest import raw_dealer
+
+from fastfanout._ext import codec
+from fastfanout.wire import protocol
+from fastfanout.wire.protocol import Opcode, Status
+
+
+def request(dealer: zmq.Socket[bytes], opcode: int, request_id: int,
+            *payload: bytes) -> None:
+    dealer.send_multipart([protocol.encode_header(opcode, request_id), *payload])
+
+
+def answer(dealer: zmq.Socket[bytes]) -> tuple[int, int, list[bytes]]:
+    """The next message from the broker: (status, request id, payload frames)."""
+    assert dealer.poll(5000), "no answer from the broker"
+    header, *payload = dealer.recv_multipart()
+    _, status, request_id = protocol.decode_header(header)
+    return status, request_id, payload
+
+
+def call(*args: object, **kwargs: object) -> bytes:
+    return msgspec.msgpack.encode([list(args), kwargs])
+
+
+def test_a_consume_reusing_an_open_consumers_id_is_refused(track: Tracker) -> None:
+    # until 2026-12-05 the second CONSUME took the first one's place unseen (its pushes
+    # stopped), and the first one's owner tag was never freed, nor its session's
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("first")
+    client.create_queue("second")
+    with raw_dealer(server.endpoint) as dealer:
+        request(dealer, Opcode.CONSUME, 7, call(queue="first", prefetch=1))
+        assert answer(dealer)[:2] == (Status.OK, 7)
+        request(dealer, Opcode.CONSUME, 7, call(queue="second", prefetch=1))
+        status, request_id, payload = answer(dealer)
+        assert (status, request_id) == (Status.ERROR, 7)
+        assert msgspec.msgpack.decode(payload[0])[0] == "invalid_argument"
+        client.send("second", b"not for consumer 7")
+        for body in (b"one", b"two"):
+            client.send("first", body)
+            status, request_id, payload = answer(dealer)
+            assert (status, request_id) == (Status.PUSH, 7)
+            [record] = codec.decode_batch(payload[0])
+            assert record.body == body
+            request(dealer, Opcode.ACK, 100, protocol.encode_receipt(record.receipt))
+            assert answer(dealer)[:2] == (Status.OK, 100)
+        request(dealer, Opcode.CANCEL, 101, call(7))
+        assert answer(dealer)[:2] == (Status.OK, 101)
+        request(dealer, Opcode.CANCEL, 102, call(7))   # the one consumer 7 is gone
+        assert answer(dealer)[:2] == (Status.ERROR, 102)
+    assert client.server_stats()["consumers"] == 0
+    assert client.stats().queues["second"].visible == 1
+    assert client.check()
