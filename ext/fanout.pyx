@@ -37,6 +37,7 @@ from fastfanout._ext.batches cimport (
     make_blob,
 )
 from fastfanout._ext.codec cimport (
+    FF_CODEC_COUNT_MISMATCH,
     FF_CODEC_OK,
     FF_RING_BATCH_PREFIX,
     ff_load_le32,
@@ -553,6 +554,8 @@ cdef class Dispatcher:
             PyObject_GetBuffer((<EncodedBatch>entries).frame, &frame_view, PyBUF_SIMPLE)
             have_frame = True
             status = ff_reader_open(&reader, <const char*>frame_view.buf, frame_view.len)
+            if status == FF_CODEC_OK and reader.count == 0 and reader.remaining != 0:
+                status = FF_CODEC_COUNT_MISMATCH   # bytes after its last record
             if status != FF_CODEC_OK:
                 PyBuffer_Release(&frame_view)
                 raise MalformedBatch(
@@ -642,6 +645,13 @@ cdef class Dispatcher:
                     self.keys[i] = ff_hash128(blob.data, blob.body_len)
                     self.keys[i].high ^= BODY_KEY_MARK
                     with_keys = True
+            if have_frame and not ring_batch and reader.remaining != 0:
+                # more bytes than its count of records: refused whole, as the codec
+                # reads it (until 2026-12-05 they were ignored, and a record after the
+                # count was dropped unseen)
+                raise MalformedBatch(
+                    f"malformed batch frame: {codec_status_text(FF_CODEC_COUNT_MISMATCH)} "
+                    f"at byte {ff_reader_offset(&reader)}")
         except BaseException:
             for i in range(made):
                 blob_release(self.scratch[i])

@@ -65,3 +65,28 @@ def test_a_consume_reusing_an_open_consumers_id_is_refused(track: Tracker) -> No
     assert client.server_stats()["consumers"] == 0
     assert client.stats().queues["second"].visible == 1
     assert client.check()
+
+
+def test_a_publish_frame_with_more_records_than_its_count_is_refused_whole(
+        track: Tracker) -> None:
+    # until 2026-12-05 the broker read `count` records and ignored the rest of the frame:
+    # a second record after a count of 1 was dropped unseen, the publish answered OK
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    two = bytearray(codec.encode_batch([codec.Record(b"first"), codec.Record(b"second")]))
+    two[4:8] = (1).to_bytes(4, "little")
+    empty_and_more = codec.encode_batch([]) + bytes(8)
+    with raw_dealer(server.endpoint) as dealer:
+        for request_id, (opcode, name, frame) in enumerate(
+                [(Opcode.PUBLISH, b"t", bytes(two)), (Opcode.SEND, b"q", bytes(two)),
+                 (Opcode.PUBLISH, b"t", empty_and_more)], 1):
+            request(dealer, opcode, request_id, name, frame)
+            status, answered, payload = answer(dealer)
+            assert (status, answered) == (Status.ERROR, request_id)
+            assert msgspec.msgpack.decode(payload[0])[0] == "malformed_frame"
+    assert client.stats().queues["q"].enqueued == 0
+    assert client.publish("t", b"still served").deliveries == 1
+    assert client.check()
