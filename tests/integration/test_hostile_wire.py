@@ -90,3 +90,31 @@ def test_a_publish_frame_with_more_records_than_its_count_is_refused_whole(
     assert client.stats().queues["q"].enqueued == 0
     assert client.publish("t", b"still served").deliveries == 1
     assert client.check()
+
+
+def test_extending_one_lease_again_and_again_holds_it_once(track: Tracker) -> None:
+    # until 2026-12-05 the broker kept each EXTEND_BATCH's whole receipts frame until
+    # the extension ended: frames naming one lease millions of times, 43,200 s each,
+    # grew it by the frame's size a request (eight 32 MiB frames: 256 MiB held for 12 hours)
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send("q", b"leased")
+    with raw_dealer(server.endpoint) as dealer:
+        request(dealer, Opcode.RECEIVE, 1, call(queue="q"))
+        status, _, payload = answer(dealer)
+        [record] = codec.decode_batch(payload[0])
+        assert status == Status.OK
+        many = protocol.encode_receipt(record.receipt) * 100_000
+        for request_id in range(2, 6):
+            request(dealer, Opcode.EXTEND_BATCH, request_id, many,
+                    msgspec.msgpack.encode(43_200))
+            assert answer(dealer)[:2] == (Status.OK, request_id)
+            request(dealer, Opcode.EXTEND, 100 + request_id, call(record.receipt, 43_200))
+            assert answer(dealer)[:2] == (Status.OK, 100 + request_id)
+        assert client.server_stats()["held_receipts"] <= 2   # its delivery, its extension
+        request(dealer, Opcode.BYE, 10)
+        assert answer(dealer)[:2] == (Status.OK, 10)
+    # the session's end gave the lease back at once, extended or not
+    track.wait_until(lambda: client.stats().queues["q"].visible == 1, what="the release")
+    assert client.check()
