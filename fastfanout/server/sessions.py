@@ -130,10 +130,10 @@ class Session:
             self._held_bytes -= len(batches.pop(first)[1])
         extended = self._extended
         while extended:
-            first = next(iter(extended))
-            if extended[first] >= now:
+            receipt = next(iter(extended))
+            if extended[receipt] >= now:
                 break
-            del extended[first]
+            del extended[receipt]
             self._held_bytes -= 8
 
     def holds_leases(self) -> bool:
