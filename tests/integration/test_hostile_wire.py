@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Any as Tracker
 
 import msgspec
+import pytest
 import zmq
 from conftest import raw_dealer
 
 from fastfanout._ext import codec
+from fastfanout._ext.receipts import STALE_RECEIPTS_LISTED
+from fastfanout.errors import StaleReceipt
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
 
@@ -117,4 +120,33 @@ def test_extending_one_lease_again_and_again_holds_it_once(track: Tracker) -> No
         assert answer(dealer)[:2] == (Status.OK, 10)
     # the session's end gave the lease back at once, extended or not
     track.wait_until(lambda: client.stats().queues["q"].visible == 1, what="the release")
+    assert client.check()
+
+
+def test_a_frame_of_stale_receipts_gets_a_bounded_answer(track: Tracker) -> None:
+    # until 2026-12-05 every stale receipt was listed: 8 million of them in one 64 MiB
+    # ACK cost the broker ~800 MB (a dict of them, a 40 MB error reply) for one request
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send("q", b"kept")
+    count = STALE_RECEIPTS_LISTED * 2
+    stale = b"".join(protocol.encode_receipt(receipt) for receipt in range(1, count + 1))
+    with raw_dealer(server.endpoint) as dealer:
+        for request_id, (opcode, payload) in enumerate(
+                [(Opcode.ACK, [stale]), (Opcode.TERM_BATCH, [stale]),
+                 (Opcode.NACK_BATCH, [stale, protocol.NO_DELAY]),
+                 (Opcode.SETTLE, [stale, stale, protocol.SETTLE_EACH])], 1):
+            request(dealer, opcode, request_id, *payload)
+            status, answered, frames = answer(dealer)
+            assert (status, answered) == (Status.ERROR, request_id)
+            code, message, receipts = msgspec.msgpack.decode(frames[0])
+            assert code == "stale_receipt"
+            assert receipts == list(range(1, STALE_RECEIPTS_LISTED + 1)), opcode
+            if opcode != Opcode.SETTLE:
+                assert f"{count} of {count} receipts are stale" in message
+    with pytest.raises(StaleReceipt) as caught:   # the embedded broker's the same
+        server.broker.ack_batch(list(range(1, count + 1)))
+    assert len(caught.value.receipts) == STALE_RECEIPTS_LISTED
+    assert client.stats().queues["q"].visible == 1
     assert client.check()
