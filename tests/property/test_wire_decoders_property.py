@@ -11,6 +11,7 @@ Examples are bounded so the file runs in a few seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +48,7 @@ def records(draw: st.DrawFn) -> codec.Record:
         if flag is not None:
             fields[flag] = True
     for name, values in (("group_id", st.text(min_size=1, max_size=4)),
-                         ("dedup_id", st.text(min_size=1, max_size=4)),
+                         ("dedup_id", st.sampled_from(["a", "b", "é"])),
                          ("priority", st.integers(0, 255)),
                          ("receipt", st.integers(0, 2**64 - 1)),
                          ("deliver_at_us", st.integers(-2**63, 2**63 - 1)),
@@ -147,6 +148,14 @@ def broker() -> Any:
     broker.close()
 
 
+def counts(broker: Any) -> Any:
+    """The broker's stats but the age of a queue's oldest message (it grows by itself)."""
+    stats = broker.stats()
+    return dataclasses.replace(stats, queues={
+        name: dataclasses.replace(queue, oldest_age=0.0)
+        for name, queue in stats.queues.items()})
+
+
 @SETTINGS
 @given(frame=frames, target=st.sampled_from([("publish", "t"), ("publish", "fifo"),
                                              ("send", "q"), ("send", "fifo-q")]))
@@ -154,7 +163,7 @@ def test_the_broker_takes_any_publish_frame_whole_or_not_at_all(
         broker: Any, frame: bytes, target: tuple[str, str]) -> None:
     port = broker.server_port()
     how, name = target
-    before = broker.stats().queues
+    before = counts(broker)
     try:
         count = codec.count_records(frame)
     except FastFanoutError:
@@ -162,11 +171,13 @@ def test_the_broker_takes_any_publish_frame_whole_or_not_at_all(
     try:
         result = (port.publish_frame if how == "publish" else port.send_frame)(name, frame)
     except FastFanoutError:
-        assert broker.stats().queues == before
+        # until 2026-12-05 a refused batch still counted its duplicates
+        assert counts(broker) == before
     else:
         assert count == len(result)
-        # every message it took can be received and acked
+        # every message it took can be received and acked; the delayed ones purged
         for queue in ("q", "fifo-q"):
             while messages := broker.receive(queue, max_messages=100):
                 broker.ack_batch([message.receipt for message in messages])
+            broker.purge(queue)
     assert broker.check()
