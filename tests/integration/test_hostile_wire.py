@@ -150,3 +150,26 @@ def test_a_frame_of_stale_receipts_gets_a_bounded_answer(track: Tracker) -> None
     assert len(caught.value.receipts) == STALE_RECEIPTS_LISTED
     assert client.stats().queues["q"].visible == 1
     assert client.check()
+
+
+def test_receive_and_consume_refuse_names_they_do_not_take(track: Tracker) -> None:
+    # until 2026-12-05 an unknown name was ignored: a foreign client's typo
+    # (`max_mesages`, `prefech`) silently got the default, one message or 100
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    client.send_batch("q", [b"a", b"b", b"c"])
+    cases = [(Opcode.RECEIVE, call(queue="q", max_mesages=3)),
+             (Opcode.RECEIVE, call("q", "q")),
+             (Opcode.RECEIVE, call("q", queue="q")),
+             (Opcode.CONSUME, call(queue="q", prefech=3))]
+    with raw_dealer(server.endpoint) as dealer:
+        for request_id, (opcode, payload) in enumerate(cases, 1):
+            request(dealer, opcode, request_id, payload)
+            status, answered, frames = answer(dealer)
+            assert (status, answered) == (Status.ERROR, request_id)
+            assert msgspec.msgpack.decode(frames[0])[0] == "invalid_argument"
+        request(dealer, Opcode.RECEIVE, 10, call("q", max_messages=3))
+        status, _, frames = answer(dealer)
+        assert status == Status.OK and len(codec.decode_batch(frames[0])) == 3
+    assert client.server_stats()["consumers"] == 0
