@@ -37,6 +37,7 @@ from fastfanout._ext.batches cimport (
     make_blob,
 )
 from fastfanout._ext.codec cimport (
+    FF_CODEC_COUNT_MISMATCH,
     FF_CODEC_OK,
     FF_RING_BATCH_PREFIX,
     ff_load_le32,
@@ -553,6 +554,8 @@ cdef class Dispatcher:
             PyObject_GetBuffer((<EncodedBatch>entries).frame, &frame_view, PyBUF_SIMPLE)
             have_frame = True
             status = ff_reader_open(&reader, <const char*>frame_view.buf, frame_view.len)
+            if status == FF_CODEC_OK and reader.count == 0 and reader.remaining != 0:
+                status = FF_CODEC_COUNT_MISMATCH   # bytes after its last record
             if status != FF_CODEC_OK:
                 PyBuffer_Release(&frame_view)
                 raise MalformedBatch(
@@ -642,6 +645,13 @@ cdef class Dispatcher:
                     self.keys[i] = ff_hash128(blob.data, blob.body_len)
                     self.keys[i].high ^= BODY_KEY_MARK
                     with_keys = True
+            if have_frame and not ring_batch and reader.remaining != 0:
+                # more bytes than its count of records: refused whole, as the codec
+                # reads it (until 2026-12-05 they were ignored, and a record after the
+                # count was dropped unseen)
+                raise MalformedBatch(
+                    f"malformed batch frame: {codec_status_text(FF_CODEC_COUNT_MISMATCH)} "
+                    f"at byte {ff_reader_offset(&reader)}")
         except BaseException:
             for i in range(made):
                 blob_release(self.scratch[i])
@@ -729,6 +739,7 @@ cdef class Dispatcher:
         cdef uint64_t copies = 0
         cdef uint64_t filtered_out = 0
         cdef uint64_t target_filtered
+        cdef uint64_t target_duplicates
         cdef uint64_t target_messages
         cdef uint64_t target_bytes
         cdef blob_t* blob
@@ -789,6 +800,15 @@ cdef class Dispatcher:
                         target_filtered += skip[i] == SKIP_FILTERED and not self.original[i]
                     filtered_out += target_filtered
                     self._credit(&self.topics[topic], t, SUB_FILTERED_OUT, target_filtered)
+                if with_keys:   # only a keyed batch has duplicate copies (pass 2)
+                    target_duplicates = 0
+                    for i in range(count):
+                        target_duplicates += skip[i] == SKIP_DUPLICATE
+                    if target_duplicates:
+                        store.queue(targets[t]).duplicates += target_duplicates
+                        if topic >= 0:
+                            self._credit(&self.topics[topic], t, SUB_DUPLICATES,
+                                         target_duplicates)
                 if target_messages == 0:
                     continue
                 if store.room_for(targets[t], target_messages, target_bytes) == 0:
@@ -965,14 +985,13 @@ cdef class Dispatcher:
                     if found:
                         found = IN_BATCH | (found - 1)   # the earlier entry's index
                 if found:
+                    # counted at the commit (pass 3): a batch refused after this check
+                    # counts no duplicate (until 2026-12-05 each refusal counted them again)
                     skip[i] = SKIP_DUPLICATE
-                    store.queue(queue).duplicates += 1
                     if direct:
                         # A duplicate for the only queue of a send is a duplicate of the
                         # send: it returns the original id.
                         self.original[i] = found
-                    else:
-                        self._credit(record, position, SUB_DUPLICATES, 1)
                     continue
                 in_batch.remember(self.keys[i], <uint64_t>i + 1, now_us)
             size = store.message_size(blob)

@@ -55,6 +55,13 @@ cdef enum:
     ACK_PREFETCH_AHEAD = 12    # receipts ahead of an ack whose blob header is asked for
     CHECK_PREFETCH_AHEAD = 24  # receipts ahead of a check whose entry is asked for
 
+STALE_RECEIPTS_LISTED = 65536
+"""Most stale receipts a ``StaleReceipt`` lists (the first ones, each once, in order);
+its message counts them all. A 64 MiB frame of stale receipts made the broker list 8
+million (a dict of them, then a 40 MB error reply: about 800 MB for one request) until
+2026-12-05."""
+cdef Py_ssize_t C_STALE_LISTED = STALE_RECEIPTS_LISTED
+
 
 cdef int _receipts_buffer(object frame, Py_buffer* buffer) except -1:
     """Get ``frame``'s buffer; InvalidArgument (nothing held) unless it holds whole u64s."""
@@ -94,11 +101,12 @@ def ack_packed(Store store, frame, object session=ANY_SESSION):
     multiple of 8, StaleReceipt (listing the stale receipts) otherwise.
     """
     cdef Py_ssize_t count
-    stale = _ack_frame(store, frame, &count, store.require_session(session))
+    cdef Py_ssize_t stale_count = 0
+    stale = _ack_frame(store, frame, &count, &stale_count, store.require_session(session))
     if stale is not None:
         raise StaleReceipt(
-            f"{len(stale)} of {count} receipts are stale (first: {stale[0]}); "
-            f"nothing was acked", stale)
+            f"{stale_count} of {count} receipts are stale (first: {stale[0]}"
+            f"{_listed(stale, stale_count)}); nothing was acked", stale)
     return count
 
 
@@ -110,6 +118,7 @@ def ack_frames(Store store, list frames, object session=ANY_SESSION):
     """
     cdef list stale = []
     cdef Py_ssize_t count
+    cdef Py_ssize_t stale_count = 0
     cdef uint32_t tag = store.require_session(session)
     for frame in frames:
         count = memoryview(frame).nbytes
@@ -117,10 +126,17 @@ def ack_frames(Store store, list frames, object session=ANY_SESSION):
             raise InvalidArgument(
                 f"a receipts frame holds u64s: {count} bytes is not a multiple of 8")
     for frame in frames:
-        refused = _ack_frame(store, frame, &count, tag)
-        if refused is not None:
-            stale += refused
+        refused = _ack_frame(store, frame, &count, &stale_count, tag)
+        if refused is not None and len(stale) < C_STALE_LISTED:
+            stale += refused[:C_STALE_LISTED - len(stale)]
     return stale
+
+
+cdef str _listed(list listed, Py_ssize_t stale_count):
+    """What an error's message adds when its list of stale receipts was cut."""
+    if stale_count <= C_STALE_LISTED or len(listed) < C_STALE_LISTED:
+        return ""
+    return f"; the first {len(listed)} distinct ones are listed"
 
 
 cdef inline void _prefetch_entry(Store store, uint64_t receipt) noexcept:
@@ -130,10 +146,13 @@ cdef inline void _prefetch_entry(Store store, uint64_t receipt) noexcept:
         ff_prefetch_object(&store.entries[slot], sizeof(entry_t))
 
 
-cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t session):
-    """Ack a receipts frame whole; None, or (nothing acked) its stale receipts in order.
+cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, Py_ssize_t* stale_count,
+                     uint32_t session):
+    """Ack a receipts frame whole; None, or (nothing acked) its stale receipts in order
+    (the first ``STALE_RECEIPTS_LISTED``).
 
-    ``count`` gets the number of receipts of the frame.
+    ``count`` gets the number of receipts of the frame; ``stale_count`` is increased by
+    the number of its stale ones (each time one is met).
     """
     cdef Py_buffer buffer
     cdef const char* data
@@ -155,9 +174,11 @@ cdef list _ack_frame(Store store, object frame, Py_ssize_t* count, uint32_t sess
                 _prefetch_entry(store, ff_load_le64(data + 8 * (index + CHECK_PREFETCH_AHEAD)))
             receipt = ff_load_le64(data + 8 * index)
             if store._lease_slot(receipt, session) == NIL:
+                stale_count[0] += 1
                 if stale is None:
                     stale = {}
-                stale[receipt] = None   # listed once, in order
+                if len(stale) < C_STALE_LISTED:
+                    stale[receipt] = None   # listed once, in order
         if stale is not None:
             return list(stale)
         for index in range(count[0]):
@@ -264,6 +285,7 @@ cdef Py_ssize_t _settle_many(Store store, object receipts, settle_kind kind, int
     cdef uint64_t receipt
     cdef uint32_t slot
     cdef dict stale = None
+    cdef Py_ssize_t stale_count = 0
     if buffered:
         _receipts_buffer(receipts, &buffer)
         data = <const char*>buffer.buf
@@ -283,13 +305,16 @@ cdef Py_ssize_t _settle_many(Store store, object receipts, settle_kind kind, int
                 receipt = receipt_value((<list>receipts)[index])
                 ff_store_le64(values + 8 * index, receipt)
             if store._lease_slot(receipt, tag) == NIL:
+                stale_count += 1
                 if stale is None:
                     stale = {}
-                stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
+                if len(stale) < C_STALE_LISTED:
+                    stale[receipt] = None   # a dict: a repeated receipt is listed once, in order
         if stale is not None:
+            listed = list(stale)
             raise StaleReceipt(
-                f"{len(stale)} of {count} receipts are stale (first: {next(iter(stale))}); "
-                f"nothing was {verb}", list(stale))
+                f"{stale_count} of {count} receipts are stale (first: {listed[0]}"
+                f"{_listed(listed, stale_count)}); nothing was {verb}", listed)
         for index in range(count):
             slot = store._lease_slot(ff_load_le64(data + 8 * index), tag)
             if slot != NIL:   # NIL here only for a receipt repeated in this batch

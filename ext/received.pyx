@@ -67,6 +67,7 @@ from fastfanout._ext.codec import status_text
 from fastfanout.errors import InvalidArgument, MalformedBatch, WrongEventLoop
 from fastfanout.records import DeadLetterInfo
 
+from msgspec import DecodeError as _MsgpackDecodeError
 from msgspec.msgpack import Decoder as _MsgpackDecoder
 
 cdef extern from "Python.h":
@@ -402,7 +403,10 @@ cdef bytes _pack(const uint64_t* receipts, Py_ssize_t count):
 cdef inline object _text(const char* data, uint32_t length):
     if length == 0:
         return None
-    return PyUnicode_DecodeUTF8(data, length, NULL)
+    try:
+        return PyUnicode_DecodeUTF8(data, length, NULL)
+    except UnicodeDecodeError:
+        raise MalformedBatch("malformed delivery record: a name or id is not UTF-8") from None
 
 
 cdef inline object _seconds(object microseconds):
@@ -635,13 +639,19 @@ cdef class RemoteMessage:
         cdef uint32_t length
         cdef _Decoded fields = self._fields()
         if fields.attributes is _UNSET:
-            if self._record != NULL:
-                data = self._part(3, &length)
-                fields.attributes = _decode_attributes(
-                    PyBytes_FromStringAndSize(data, length)) if length else {}
-            else:
-                fields.attributes = (_decode_attributes(fields.encoded) if fields.encoded
-                                     else {})
+            try:
+                if self._record != NULL:
+                    data = self._part(3, &length)
+                    fields.attributes = _decode_attributes(
+                        PyBytes_FromStringAndSize(data, length)) if length else {}
+                else:
+                    fields.attributes = (_decode_attributes(fields.encoded)
+                                         if fields.encoded else {})
+            except (_MsgpackDecodeError, RecursionError) as exc:
+                # a record no broker makes (until 2026-12-05 msgspec's own error)
+                raise MalformedBatch(
+                    f"malformed delivery record: its attributes are not msgpack ({exc})"
+                ) from None
         return fields.attributes
 
     @property
@@ -659,9 +669,17 @@ cdef class RemoteMessage:
                 fields.dead_letter = None
             else:
                 data = self._part(0, &length)
-                reason, source, count, first, last, when = json.loads(data[:length])
-                fields.dead_letter = DeadLetterInfo(reason, source, count, _seconds(first),
-                                                    _seconds(last), when / 1e6)
+                try:
+                    reason, source, count, first, last, when = json.loads(data[:length])
+                    fields.dead_letter = DeadLetterInfo(reason, source, count,
+                                                        _seconds(first), _seconds(last),
+                                                        when / 1e6)
+                except (ValueError, TypeError, RecursionError):   # JSON's errors included
+                    # a record no broker makes (until 2026-12-05 json's or Python's own)
+                    raise MalformedBatch(
+                        "malformed delivery record: its dead-letter record is not "
+                        "[reason, source, receive_count, first_us, last_us, time_us]"
+                    ) from None
         return fields.dead_letter
 
     def _settled(self):

@@ -538,7 +538,12 @@ cdef class SharedRing:
             frames = []
             at = RECORD_HEADER + table
             for index in range(kind):
+                # Read again, so checked again: the writer's process may rewrite its
+                # record meanwhile (a hostile one did, and the first look's bound no
+                # longer held: a copy past the mapping, a crash of the reader).
                 frame_length = ff_load_le32(record + RECORD_HEADER + 4 * index)
+                if at + frame_length > RECORD_HEADER + length:
+                    raise ValueError(f"{self.path}: record at {tail} overruns itself")
                 if index == hold_index:
                     # made first: an allocation may collect (and release) other frames,
                     # so nothing is pushed on the held records between these two steps

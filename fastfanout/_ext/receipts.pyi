@@ -2,6 +2,9 @@ from fastfanout._ext.store import Store
 
 _BytesLike = bytes | bytearray | memoryview
 
+STALE_RECEIPTS_LISTED: int
+"""Most stale receipts a ``StaleReceipt`` lists; its message counts them all."""
+
 def receipt_queue(store: Store, receipt: int, session: int = 0) -> int:
     """The queue id of a valid receipt's delivery (raises StaleReceipt otherwise)."""
 

@@ -621,9 +621,13 @@ class ModelBroker:
             target_filtered = sum(1 for index in range(count)
                                   if skip[index] == "filtered" and not batch.duplicate(index))
             filtered_out += target_filtered
+            # a refused batch counts none (until 2026-12-05 its checks counted them)
+            target_duplicates = sum(1 for index in range(count) if skip[index] == "duplicate")
+            queue.duplicates += target_duplicates
             for counters in [] if feeders is None else feeders[position]:
                 counters.filtered_out += target_filtered
                 counters.delivered += len(taken)
+                counters.duplicates += target_duplicates
             if not taken:
                 continue
             evictions = room_plan(queue, len(taken), sum(entries[i].size for i in taken))

@@ -207,10 +207,7 @@ def _check_target(entries: list[Entry], queue: Queue, batch: Batch,
         key = batch.keys[index]
         if key is not None and (entry.dedup_id is not None or content):
             if queue.window.lookup(key, now_us) is not None or key in seen:
-                skip[index] = "duplicate"
-                queue.duplicates += 1
-                for counters in feeders:
-                    counters.duplicates += 1
+                skip[index] = "duplicate"   # counted once the batch is taken
                 continue
             seen.add(key)
         if entry.size > queue.settings.max_message_size:

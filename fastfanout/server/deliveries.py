@@ -68,6 +68,23 @@ Handler = Callable[[Session, int, list[bytes]], "list[bytes] | None"]
 when the reply comes later (a long poll) or never (a SETTLE that succeeded)."""
 
 EMPTY_DELIVERY = b"FFB1\x00\x00\x00\x00"
+RECEIVE_NAMES = frozenset({"queue", "max_messages", "wait", "visibility_timeout"})
+"""The named arguments of RECEIVE; another name is ``invalid_argument``."""
+CONSUME_NAMES = frozenset({"queue", "prefetch", "visibility_timeout"})
+"""The named arguments of CONSUME; another name is ``invalid_argument``."""
+
+
+def _known_names(operation: str, kwargs: dict[str, object], names: frozenset[str]) -> None:
+    """Refuse a named argument ``operation`` does not take (``invalid_argument``).
+
+    Until 2026-12-05 such a name was ignored: a typo such as ``max_mesages`` received one
+    message, as if the argument had not been given.
+    """
+    unknown = [name for name in kwargs if name not in names]
+    if unknown:
+        raise InvalidArgument(
+            f"{operation} has no argument {unknown[0]!r:.80}; it takes "
+            f"{', '.join(sorted(names))}")
 """A delivery frame of no message: the answer to a long poll that ends empty."""
 
 
@@ -212,6 +229,11 @@ class Deliveries:
     def _receive(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes] | None:
         args, kwargs = arguments(frames)
+        _known_names("receive", kwargs, RECEIVE_NAMES)
+        if len(args) > 1 or (args and "queue" in kwargs):
+            raise InvalidArgument(
+                f"receive takes the queue in args or in kwargs, and the rest in kwargs "
+                f"only (got {len(args)} args and kwargs {sorted(map(str, kwargs))})")
         queue = kwargs.get("queue", args[0] if args else None)
         max_messages = kwargs.get("max_messages", 1)
         wait = kwargs.get("wait", 0.0)
@@ -362,6 +384,7 @@ class Deliveries:
     def _consume(self, session: Session, request_id: int, frames: list[bytes]
                  ) -> list[bytes]:
         _, kwargs = arguments(frames)
+        _known_names("consume", kwargs, CONSUME_NAMES)
         queue = kwargs.get("queue")
         prefetch = kwargs.get("prefetch", 100)
         visibility_timeout = kwargs.get("visibility_timeout")
@@ -369,6 +392,13 @@ class Deliveries:
             raise InvalidArgument(f"queue name {queue!r} must be a string")
         if type(prefetch) is not int or not 1 <= prefetch <= 1_000_000:
             raise InvalidArgument(f"prefetch={prefetch!r} must be an int from 1 to 1,000,000")
+        if request_id in session.consumers:
+            # its pushes carry this id: a second consumer would take the first one's
+            # place unseen (until 2026-12-05 it did, and the first one's owner tag, and
+            # with it the session's, were never freed)
+            raise InvalidArgument(
+                f"request id {request_id} is already a consumer of this connection: a "
+                f"CONSUME needs a request id of its own")
         lease = self._lease_seconds(queue, visibility_timeout)
         owner = self._port.open_owner(session.owner, prefetch)
         self._consumers[(session.identity, request_id)] = Consumer(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -96,6 +97,8 @@ class LocalSessions:
         self._by_bell: dict[int, Session] = {}   # bells and pidfds
         self._backlogged: set[Session] = set()
         self._overflowed: set[Session] = set()
+        self._ring_files: set[tuple[int, int]] = set()   # (device, inode) of attached rings
+        self._rings_of: dict[Session, set[tuple[int, int]]] = {}
         self.backlog_peak = 0   # most bytes one session's queue ever held
 
     def __bool__(self) -> bool:
@@ -179,6 +182,14 @@ class LocalSessions:
                 f"{CHANNEL_DESCRIPTORS}); stay on the socket, or raise the broker's "
                 f"limit (ulimit -n)"))
         channel = LocalChannel.attach(request)
+        rings = _ring_files(channel)
+        if not self._ring_files.isdisjoint(rings):
+            # another session's ring: two sessions would read (or write) one ring, and
+            # each would take the other's messages for its own
+            channel.close()
+            raise ValueError("a ring it names is already another local channel's")
+        self._ring_files |= rings
+        self._rings_of[session] = rings
         channel.hold_min = HOLD_MIN_BYTES   # publish frames are read in place (_read)
         channel.incoming.on_room = channel.ring_peer   # a held publish let go: ring it
         channel.spill = partial(self._spill, session)
@@ -195,6 +206,7 @@ class LocalSessions:
             return
         self._backlogged.discard(session)
         self._overflowed.discard(session)
+        self._ring_files -= self._rings_of.pop(session, set())
         for fd in _watched(channel):
             self._by_bell.pop(fd, None)
             self._unwatch(fd)
@@ -319,6 +331,15 @@ class LocalSessions:
             if not channel.awaiting_socket and not channel.incoming.sleep():
                 return False
         return True
+
+
+def _ring_files(channel: LocalChannel) -> set[tuple[int, int]]:
+    """The (device, inode) of a channel's two rings: which memory files they are."""
+    files = set()
+    for ring in (channel.incoming, channel.outgoing):
+        info = os.fstat(ring.fileno())
+        files.add((info.st_dev, info.st_ino))
+    return files
 
 
 def _watched(channel: LocalChannel) -> list[int]:

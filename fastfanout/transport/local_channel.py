@@ -322,6 +322,16 @@ class LocalChannel:
             bell = Bell.open(path("broker_bell", "pipe:"), reader=True)
             closers.append(bell.close)
             peer_bell = Bell.open(path("client_bell", "pipe:"), reader=False)
+            closers.append(peer_bell.close)
+            # One ring for both directions would feed the broker its own replies as
+            # requests, and they answer each other for good (until 2026-12-05 one ATTACH
+            # kept a broker core busy); one pipe for both bells would wake it itself.
+            if os.path.samestat(os.fstat(incoming.fileno()), os.fstat(outgoing.fileno())):
+                raise ValueError("to_broker and to_client are the same ring: a channel "
+                                 "has one ring per direction")
+            if os.path.samestat(os.fstat(bell.fd), os.fstat(peer_bell.fd)):
+                raise ValueError("broker_bell and client_bell are the same pipe: a "
+                                 "channel has one bell per side")
         except BaseException:
             for close in reversed(closers):
                 close()
@@ -463,7 +473,7 @@ def _process_fd(pid: int) -> int | None:
         return None
     try:
         fd: int = pidfd_open(pid)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):   # past a pid_t: no process either
         raise ValueError(f"there is no process {pid}") from None
     except OSError:   # a kernel without pidfds (before 5.3), or a restricted one
         return None

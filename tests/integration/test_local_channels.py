@@ -287,6 +287,58 @@ def test_bad_attach_requests_are_refused(track: Tracker) -> None:
     assert client.server_stats()["error.invalid_argument"] == 2
 
 
+def test_attach_keeps_rings_and_bells_apart(track: Tracker) -> None:
+    # until 2026-12-05 ATTACH took one ring for both directions (the broker then read its
+    # own replies as requests, which answered each other for good: a core busy from one
+    # request), one pipe for both bells, another session's ring, and a pid past a pid_t
+    # (an `internal` error)
+    server = track.server()
+    client = track.client(server.endpoint, local_channel=False)
+    first, made = LocalChannel.create(MIN_CAPACITY), LocalChannel.create(MIN_CAPACITY)
+    good = made.attach_request()
+    rings = {"to_broker": made.outgoing.fileno(), "to_client": made.incoming.fileno()}
+    with raw_dealer(server.endpoint) as attached, raw_dealer(server.endpoint) as dealer:
+        try:
+            attach_raw(attached, first)
+            cases = [
+                {**good, "to_client": rings["to_broker"]},
+                {**good, "to_broker": rings["to_client"]},
+                {**good, "client_bell": made.peer_bell.fd},   # the broker's own bell
+                {**good, "to_broker": first.outgoing.fileno()},   # another session's
+                {**good, "to_client": first.incoming.fileno()},
+                {**good, "pid": 2 ** 31},
+                {**good, "pid": 2 ** 64 - 1},
+            ]
+            for request_id, request in enumerate(cases, 1):
+                dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH,
+                                                              request_id),
+                                       msgspec.msgpack.encode(request)])
+                assert dealer.poll(5000)
+                reply = dealer.recv_multipart()
+                assert protocol.decode_header(reply[0])[1:] == (protocol.Status.ERROR,
+                                                                 request_id)
+                assert msgspec.msgpack.decode(reply[1])[0] == "invalid_argument", request
+            assert client.server_stats()["local_sessions"] == 1   # the first one only
+            requests = server.counters["requests"]
+            # the first channel still works, and the broker is idle between requests
+            first.try_send([protocol.encode_header(protocol.Opcode.LIST_TOPICS, 100),
+                            msgspec.msgpack.encode([[], {}])])
+            track.wait_until(lambda: first.incoming.pending(), what="the reply in the ring")
+            [reply] = first.read(1)
+            assert protocol.decode_header(reply[0])[1:] == (protocol.Status.OK, 100)
+            assert server.counters["requests"] - requests < 10
+            # the refused request changed nothing: the same rings attach on their own
+            dealer.send_multipart([protocol.encode_header(protocol.Opcode.ATTACH, 200),
+                                   msgspec.msgpack.encode(good)])
+            assert dealer.poll(5000)
+            assert protocol.decode_header(dealer.recv_multipart()[0])[1] == protocol.Status.OK
+            made.attached()
+        finally:
+            first.close()
+            made.close()
+    assert client.server_stats().get("error.internal", 0) == 0
+
+
 def test_serve_can_turn_local_channels_off(track: Tracker) -> None:
     endpoint = track.endpoint()
     track.broker_process(endpoint, "--no-local-channels")

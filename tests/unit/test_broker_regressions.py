@@ -133,3 +133,30 @@ def test_a_queue_fed_twice_by_one_topic_gets_one_copy(make):
     assert stats["q"].messages == 1 and stats["f"].messages == 1
     broker.purge("q")
     assert broker.publish("o.a", b"2", attributes={"k": "z"}).deliveries == 1  # only q
+
+
+def test_a_refused_batch_counts_no_duplicate(fixed):
+    # until 2026-12-05 the duplicates of a batch were counted when its copies were
+    # checked: a batch refused by a later entry (or a later queue) counted them anyway,
+    # once more at each retry (a client re-sending a malformed batch inflated them)
+    from fastfanout import PublishEntry
+
+    fixed.create_topic("t", fifo=True)
+    fixed.create_queue("fq", fifo=True)
+    subscription = fixed.subscribe("t", "fq")
+    fixed.publish("t", b"first", group_id="g", dedup_id="a")
+    fixed.send("fq", b"first", group_id="g", dedup_id="b")
+    again = PublishEntry(b"again", group_id="g", dedup_id="a")
+    for _ in range(3):
+        with pytest.raises(InvalidArgument, match="dedup_id"):
+            fixed.publish_batch("t", [PublishEntry(b"x", group_id="g", dedup_id="new"),
+                                      PublishEntry(b"x", group_id="g")])
+        with pytest.raises(InvalidArgument, match="dedup_id"):
+            fixed.send_batch("fq", [PublishEntry(b"b", group_id="g", dedup_id="b"),
+                                    PublishEntry(b"x", group_id="g")])
+    stats = fixed.stats()
+    assert stats.queues["fq"].duplicates == 0
+    assert stats.subscriptions[subscription].dropped["duplicates"] == 0
+    assert fixed.send_batch("fq", [PublishEntry(b"b", group_id="g", dedup_id="b")])[0].duplicate
+    assert fixed.publish_batch("t", [again])[0].duplicate   # the topic's window says so
+    assert fixed.stats().queues["fq"].duplicates == 1

@@ -80,3 +80,20 @@ def test_the_held_count_follows_every_way_receipts_come_and_go() -> None:
     assert session.held_receipts() == 2
     held = session.take_receipts()
     assert sum(len(packed) for packed in held) // 8 == 2 and session.held_receipts() == 0
+
+
+def test_an_extended_receipt_is_held_once_until_its_latest_end() -> None:
+    # until 2026-12-05 every extend kept its whole receipts frame: a frame naming one
+    # lease a million times, sent again and again, grew the broker without bound
+    session = Session(b"id", 0.0, 0)
+    session.hold_extended(encode_receipts([3] * 100_000), 30.0)
+    session.hold_extended(encode_receipts([3, 3]), 6.0)   # an earlier end: 3 keeps 30
+    assert session.held_receipts() == 1
+    session.expire(10.0)
+    assert session.held_receipts() == 1
+    session.hold_extended(encode_receipts([4]), 50.0)
+    assert session.held_receipts() == 2
+    session.expire(40.0)
+    assert session.held_receipts() == 1
+    assert session.take_receipts() == [encode_receipts([4])]
+    assert session.held_receipts() == 0 and not session.holds_leases()

@@ -258,6 +258,54 @@ def test_a_frame_table_that_overruns_its_record_is_refused(pair):
         reader.read(1)
 
 
+REWRITE_WHILE_READ = textwrap.dedent("""
+    import gc, os, struct, sys
+    from fastfanout._ext.shmring import MIN_CAPACITY, SharedRing
+    writer = SharedRing.create(MIN_CAPACITY)
+    writer.write([b"12345678", b"x"])
+    path = f"/proc/{os.getpid()}/fd/{writer.fileno()}"
+    fits, past = struct.pack("<I", 8), struct.pack("<I", 0x7FFFFFF8)
+    armed = [False]
+
+    def rewrite(phase, info):
+        # a collection runs inside read() (the lists it makes): the peer's write lands
+        # there, between read()'s checks and its copies for one of the tries below
+        if armed[0]:
+            armed[0] = False
+            os.pwrite(writer.fileno(), past, 256 + 8)   # the first frame's length
+
+    gc.callbacks.append(rewrite)
+    for extra in range(6):   # each try moves the collection by one allocation
+        os.pwrite(writer.fileno(), fits, 256 + 8)
+        os.pwrite(writer.fileno(), bytes(8), 128)   # the tail back to 0: read it again
+        reader = SharedRing(path)
+        keep = []
+        gc.collect()
+        gc.set_threshold(1)
+        keep.extend([] for _ in range(extra))
+        armed[0] = True
+        try:
+            messages, _ = reader.read(1)
+            assert messages == [[b"12345678", b"x"]], messages
+        except ValueError as exc:
+            assert "overruns itself" in str(exc), exc
+        finally:
+            gc.set_threshold(700)
+            armed[0] = False
+        reader.close()
+    print("survived", flush=True)
+""")
+
+
+def test_a_frame_length_rewritten_while_read_is_checked_again():
+    # until 2026-12-05 read() checked each frame length of a record, then read the
+    # lengths again to copy the frames: a peer that rewrote one in between (a hostile
+    # client of the broker) made it copy past the mapping, and the broker died (SIGSEGV)
+    result = subprocess.run([sys.executable, "-c", REWRITE_WHILE_READ],
+                            capture_output=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, b"survived\n"), result.stderr[-2000:]
+
+
 def test_closed_and_bad_arguments(pair):
     writer, reader = pair
     with pytest.raises(TypeError):
