@@ -23,11 +23,13 @@ ended anyway:
 
 from __future__ import annotations
 
+import array
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy
+from fastfanout._ext.wire import pack_receipts
 
 __all__ = ["Consumer", "EndedSessions", "Session", "Waiter"]
 
@@ -96,8 +98,10 @@ class Session:
         moves behind the others (``expire`` walks them in that order).
         """
         extended = self._extended
-        values = numpy.frombuffer(receipts, "<u8")
-        for receipt in (numpy.unique(values) if len(values) > 1 else values).tolist():
+        values = array.array("Q", receipts)   # little-endian u64s, as the wire's
+        if sys.byteorder == "big":
+            values.byteswap()
+        for receipt in dict.fromkeys(values):   # each once, in order
             before = extended.pop(receipt, None)
             if before is None:
                 self._held_bytes += 8
@@ -148,7 +152,7 @@ class Session:
         """Every remembered receipts frame, forgetting them (the client is gone)."""
         held = [packed for _, packed in self._batches.values()]
         if self._extended:
-            held.append(numpy.array(list(self._extended), dtype="<u8").tobytes())
+            held.append(pack_receipts(list(self._extended)))
         self._batches, self._extended = {}, {}
         self._held_bytes = 0
         return held
