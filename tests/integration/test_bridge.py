@@ -733,8 +733,10 @@ def test_an_import_whose_dead_letter_queue_was_deleted_makes_it_again(
 
     asyncio.run(publish())
     prepare(track, "b", orders_in={"max_message_size": 100})
+    # a message JetStream pushed to the run that ended comes back after ack_wait (30 s by
+    # default): short here, so that the test waits for the bridge, not for JetStream
     endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url],
-                                                  nak_delay=0.2))
+                                                  nak_delay=0.2, ack_wait=2.0))
     client = track.client(endpoint)
     wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
                timeout=BRIDGE_DEADLINE, what="the import rule connected")
