@@ -772,6 +772,24 @@ def test_a_stray_file_named_like_a_far_segment_loses_nothing(
     assert (journal_dir(tmp_path) / stray).read_bytes() == b"not a segment"
 
 
+def _start_beside_fifo(open_broker: Open, fifo: Path) -> Broker:
+    """Open the broker in a thread, which must be done within 5 s: a FIFO named like a
+    segment (``fifo``) would block a start that opened it to read until a writer came."""
+    opened: list[Broker] = []
+    starting = threading.Thread(target=lambda: opened.append(open_broker()), daemon=True)
+    starting.start()
+    starting.join(5)
+    try:
+        assert not starting.is_alive(), "the broker's startup hung on the FIFO"
+    finally:   # (a reader blocked on the FIFO goes on once a writer opened it)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    (broker,) = opened
+    return broker
+
+
 def test_a_fifo_named_before_the_oldest_segment_holds_up_no_start(
         open_broker: Open, tmp_path: Path) -> None:
     broker = open_broker()
@@ -782,19 +800,8 @@ def test_a_fifo_named_before_the_oldest_segment_holds_up_no_start(
     assert oldest > 1
     fifo = journal_dir(tmp_path) / journal_ops.segment_name(1)
     os.mkfifo(fifo)   # before the oldest segment: looked at first for its snapshot
-    opened: list[Broker] = []
     broker.close()
-    starting = threading.Thread(target=lambda: opened.append(open_broker()), daemon=True)
-    starting.start()
-    starting.join(5)
-    try:
-        assert not starting.is_alive(), "the broker's startup hung on the FIFO"
-    finally:
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
-    (broker,) = opened
+    broker = _start_beside_fifo(open_broker, fifo)
     storage = broker.stats().storage
     assert storage is not None and storage["recovery"]["bad_segments"] == [fifo.name]
     assert [m.body for m in broker.receive("q")] == [b"kept"]
@@ -811,18 +818,7 @@ def test_a_directory_or_fifo_named_like_a_segment_is_reported_not_opened(
     directory.mkdir()
     fifo = journal_dir(tmp_path) / journal_ops.segment_name(last + 2000)
     os.mkfifo(fifo)   # opening it to read would block startup until a writer came
-    opened: list[Broker] = []
-    starting = threading.Thread(target=lambda: opened.append(open_broker()), daemon=True)
-    starting.start()
-    starting.join(5)
-    try:
-        assert not starting.is_alive(), "the broker's startup hung on the FIFO"
-    finally:   # (a reader blocked on the FIFO goes on once a writer opened it)
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
-    (broker,) = opened
+    broker = _start_beside_fifo(open_broker, fifo)
     storage = broker.stats().storage
     assert storage is not None
     assert storage["recovery"]["bad_segments"] == [directory.name, fifo.name]
