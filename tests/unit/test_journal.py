@@ -171,9 +171,8 @@ def test_a_segment_cut_short_in_the_middle_keeps_the_later_segments(tmp_path):
     assert len(before) - len(after) == 2                 # the cut record and the torn one
 
 
-@pytest.mark.parametrize("header_of_the_next", ["good", "bad"])
-def test_a_stretch_cut_at_a_segments_end_names_the_next_good_sequence(
-        tmp_path, header_of_the_next):
+def _four_segments_or_more(tmp_path):
+    """A journal of 200 records in 10 commits over small segments; their paths."""
     writer = journal.Journal(tmp_path, segment_bytes=4096)
     for _ in range(10):
         for _ in range(20):
@@ -182,6 +181,13 @@ def test_a_stretch_cut_at_a_segments_end_names_the_next_good_sequence(
     writer.close()
     paths = segment_paths(tmp_path)
     assert len(paths) >= 4
+    return paths
+
+
+@pytest.mark.parametrize("header_of_the_next", ["good", "bad"])
+def test_a_stretch_cut_at_a_segments_end_names_the_next_good_sequence(
+        tmp_path, header_of_the_next):
+    paths = _four_segments_or_more(tmp_path)
     before, _ = read_all(tmp_path)
     os.truncate(paths[1], os.path.getsize(paths[1]) - 100)
     if header_of_the_next == "bad":   # its records are read by its name all the same
@@ -213,14 +219,7 @@ def record_ends(path):
 def test_records_missing_between_segments_are_reported(tmp_path, damage):
     # until 2026-12-05 a segment deleted from the middle of the journal, or one cut at a
     # record's end, was read over without a word: its records were lost unreported
-    writer = journal.Journal(tmp_path, segment_bytes=4096)
-    for _ in range(10):
-        for _ in range(20):
-            writer.append(1, b"y" * 50)
-        writer.commit()
-    writer.close()
-    paths = segment_paths(tmp_path)
-    assert len(paths) >= 4
+    paths = _four_segments_or_more(tmp_path)
     before, report = read_all(tmp_path)
     assert report.missing == []
     bases = [base for base, _ in journal.segments(tmp_path)]
