@@ -700,6 +700,10 @@ class _OwnedSocket:
     closed: bool
     _closer: weakref.finalize[..., _OwnedSocket]
 
+    def _attach_monitor(self, sock: Any) -> None:
+        """Watch ``sock``'s link (``_Link``): its ``before_connect``, for the monitored."""
+        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
+
     def _close_when_dropped(self) -> None:
         """Arm the finalizer that closes the socket, its monitor and the context."""
         self._closer = weakref.finalize(self, _close_owned, self._socket, self._monitor,
@@ -819,9 +823,6 @@ class _WatchedSocket(_ClientSocket):
         super().__init__(endpoint, kind, options, curve, what, self._attach_monitor)
         self._poller.register(self._monitor, zmq.POLLIN)
 
-    def _attach_monitor(self, sock: Any) -> None:
-        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
-
     def recv(self, timeout: float) -> list[bytes] | None:
         """The next message, waiting up to ``timeout`` seconds (0: only if one is here).
 
@@ -932,9 +933,6 @@ class AsyncDealerTransport(_AsyncClientSocket):
                          [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to",
                          self._attach_monitor)
 
-    def _attach_monitor(self, sock: Any) -> None:
-        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
-
     async def lost(self) -> PeerLost | None:
         """Wait until the connection, once made, is lost; the error that says so.
 
@@ -994,9 +992,6 @@ class AsyncSubTransport(_AsyncClientSocket):
         self._poller = zmq.asyncio.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-
-    def _attach_monitor(self, sock: Any) -> None:
-        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
 
     async def recv(self) -> list[bytes]:
         """The next message (waits as long as it takes; cancel to stop).
