@@ -97,7 +97,7 @@ class LocalSessions:
         self._by_bell: dict[int, Session] = {}   # bells and pidfds
         self._backlogged: set[Session] = set()
         self._overflowed: set[Session] = set()
-        self._ring_files: set[tuple[int, int]] = set()   # (device, inode) of attached rings
+        # (device, inode) of each attached session's two rings
         self._rings_of: dict[Session, set[tuple[int, int]]] = {}
         self.backlog_peak = 0   # most bytes one session's queue ever held
 
@@ -183,12 +183,11 @@ class LocalSessions:
                 f"limit (ulimit -n)"))
         channel = LocalChannel.attach(request)
         rings = _ring_files(channel)
-        if not self._ring_files.isdisjoint(rings):
+        if any(not rings.isdisjoint(taken) for taken in self._rings_of.values()):
             # another session's ring: two sessions would read (or write) one ring, and
             # each would take the other's messages for its own
             channel.close()
             raise ValueError("a ring it names is already another local channel's")
-        self._ring_files |= rings
         self._rings_of[session] = rings
         channel.hold_min = HOLD_MIN_BYTES   # publish frames are read in place (_read)
         channel.incoming.on_room = channel.ring_peer   # a held publish let go: ring it
@@ -206,7 +205,7 @@ class LocalSessions:
             return
         self._backlogged.discard(session)
         self._overflowed.discard(session)
-        self._ring_files -= self._rings_of.pop(session, set())
+        self._rings_of.pop(session, None)
         for fd in _watched(channel):
             self._by_bell.pop(fd, None)
             self._unwatch(fd)
