@@ -23,13 +23,11 @@ ended anyway:
 
 from __future__ import annotations
 
-import array
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastfanout._ext.wire import pack_receipts
+from fastfanout._ext.held import ExtendedReceipts
 
 __all__ = ["Consumer", "EndedSessions", "Session", "Waiter"]
 
@@ -72,7 +70,7 @@ class Session:
     bytes_in: int = 0
     bytes_out: int = 0
     _batches: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
-    _extended: dict[int, float] = field(default_factory=dict)   # receipt -> until
+    _extended: ExtendedReceipts = field(default_factory=ExtendedReceipts)
     _held_bytes: int = 0   # of the receipts above: SERVER_STATS adds them for every session
 
     def counters(self) -> dict[str, int]:
@@ -94,18 +92,12 @@ class Session:
     def hold_extended(self, receipts: bytes, until: float) -> None:
         """Remember receipts whose lease ``extend`` pushed out to ``until``.
 
-        Each receipt is kept once, until the latest end given to it; one extended again
-        moves behind the others (``expire`` walks them in that order).
+        Each receipt is kept once, until the latest end given to it (in a native table:
+        no Python object per receipt, see ext/held.pyx).
         """
-        extended = self._extended
-        values = array.array("Q", receipts)   # little-endian u64s, as the wire's
-        if sys.byteorder == "big":
-            values.byteswap()
-        for receipt in dict.fromkeys(values):   # each once, in order
-            before = extended.pop(receipt, None)
-            if before is None:
-                self._held_bytes += 8
-            extended[receipt] = until if before is None else max(before, until)
+        before = len(self._extended)
+        self._extended.hold_packed(receipts, until)
+        self._held_bytes += 8 * (len(self._extended) - before)
 
     def settled(self, receipts: bytes) -> None:
         """An ack of ``receipts`` went through: forget each whole batch it is made of.
@@ -132,13 +124,7 @@ class Session:
             if batches[first][0] >= now:
                 break
             self._held_bytes -= len(batches.pop(first)[1])
-        extended = self._extended
-        while extended:
-            receipt = next(iter(extended))
-            if extended[receipt] >= now:
-                break
-            del extended[receipt]
-            self._held_bytes -= 8
+        self._held_bytes -= 8 * self._extended.expire(now)
 
     def holds_leases(self) -> bool:
         """Whether the session may still hold leases."""
@@ -152,8 +138,8 @@ class Session:
         """Every remembered receipts frame, forgetting them (the client is gone)."""
         held = [packed for _, packed in self._batches.values()]
         if self._extended:
-            held.append(pack_receipts(list(self._extended)))
-        self._batches, self._extended = {}, {}
+            held.append(self._extended.take())
+        self._batches = {}
         self._held_bytes = 0
         return held
 
