@@ -426,6 +426,33 @@ class _Puller:
             self.inbox, cb=self._on_message, pending_msgs_limit=-1, pending_bytes_limit=-1)
 
     async def close(self) -> None:
+        """Give back what was pulled and not handed over, then stop pulling.
+
+        What arrived and was not fetched, and what the current request still brings
+        until it ends (it expires after its wait, ``FETCH_WAIT``), is nacked at once:
+        JetStream redelivers it now, not after the consumer's ``ack_wait`` (30 s by
+        default; until 2026-12-05 a run that ended left such messages waiting that long).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FETCH_WAIT + 0.5
+        try:
+            while True:
+                taken, self.messages = self.messages, []
+                for msg in taken:
+                    await msg.nak()
+                remaining = deadline - loop.time()
+                if self.outstanding <= 0 or remaining <= 0 \
+                        or not self.connection.is_connected:
+                    break
+                waiter = self.waiter = loop.create_future()
+                timer = loop.call_later(remaining, _resolve, waiter, False)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    self.waiter = None
+        except Exception as error:   # the connection is gone: JetStream's ack_wait it is
+            log.debug("giving back pulled messages: %s", error)
         if self.subscription is not None:
             try:
                 await self.subscription.unsubscribe()

@@ -77,6 +77,9 @@ def consume_all(client: Client, queue: str, count: int,
                 timeout: float = BRIDGE_DEADLINE) -> list[Any]:
     received: list[Any] = []
     deadline = time.monotonic() + timeout
+    # an import's run makes its target queue: consuming before it is NotFound
+    wait_until(lambda: queue in client.list_queues(),
+               timeout=timeout, what=f"queue {queue!r} made")
     for message in client.consume(queue, prefetch=1000, timeout=timeout):
         received.append(message)
         message.ack()
@@ -733,16 +736,17 @@ def test_an_import_whose_dead_letter_queue_was_deleted_makes_it_again(
 
     asyncio.run(publish())
     prepare(track, "b", orders_in={"max_message_size": 100})
-    # a message JetStream pushed to the run that ended comes back after ack_wait (30 s by
-    # default): short here, so that the test waits for the bridge, not for JetStream
+    # JetStream's ack_wait is 30 s by default: a message pushed to the run that ended
+    # (until 2026-12-05 not given back) came back only after it, and the wait below failed
     endpoint, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url],
-                                                  nak_delay=0.2, ack_wait=2.0))
+                                                  nak_delay=0.2))
     client = track.client(endpoint)
     wait_until(lambda: bridge_stats(client)["import:orders"]["connected"] == 1,
                timeout=BRIDGE_DEADLINE, what="the import rule connected")
     client.delete_queue("bridge.import.orders.dlq")
     asyncio.run(publish(b"too large " + b"x" * 500, b"fits"))
-    assert [m.body for m in consume_all(client, "orders-in", 1)] == [b"fits"]
+    # well before ack_wait: the bridge's next run takes it at once
+    assert [m.body for m in consume_all(client, "orders-in", 1, timeout=12.0)] == [b"fits"]
     dead = consume_all(client, "bridge.import.orders.dlq", 1)
     assert [len(m.body) for m in dead] == [510]
 
