@@ -141,7 +141,8 @@ def test_each_documented_error_has_its_code_and_family(row: list[str]) -> None:
     cls = getattr(fastfanout, row[0].strip("`"))
     assert re.match(r"`(\w+)`", row[1]).group(1) == cls.code  # type: ignore[union-attr]
     families = {"a `ValueError`": ValueError, "an `OSError`": OSError,
-                "a `ConnectionError`": ConnectionError, "a builtin `TimeoutError`": TimeoutError}
+                "a `ConnectionError`": ConnectionError, "a builtin `TimeoutError`": TimeoutError,
+                "a `TypeError`": TypeError}
     for said, family in families.items():
         if f"also {said}".lower() in row[2].lower() or f". {said}" in row[2]:
             assert issubclass(cls, family), f"{cls.__name__} is documented as {said}"
