@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import pathlib
 import re
+import shlex
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -193,3 +194,49 @@ def test_fragments_say_why() -> None:
         kind, _ = marker_of(marker)
         if kind.startswith("fragment"):
             assert len(kind) > len("fragment: ") + 10, f"{page}: say why it is a fragment"
+
+
+def documented_commands() -> Iterator[tuple[str, str]]:
+    """(page, command) of each ``fastfanout`` command line in a code block of the README
+    and docs/*.md (a prompt such as ``host-a$`` and a trailing comment or ``&`` left out)."""
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for block in re.finditer(r"^```(\w*)\n(.*?)^```", page.read_text(), re.M | re.S):
+            if block.group(1) not in ("", "sh"):
+                continue
+            for line in block.group(2).splitlines():
+                line = re.sub(r"^\S+\$ ", "", line.strip())
+                line = re.sub(r"^\.venv/bin/fastfanout ", "fastfanout ", line)
+                if line.startswith("fastfanout "):
+                    yield page.name, line.split(" #")[0].rstrip(" &")
+
+
+COMMANDS = list(documented_commands())
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{page}: {line}" for page, line in COMMANDS])
+def test_every_documented_command_parses(command: tuple[str, str]) -> None:
+    """Its command, options and values are the command line's (parsed, not run)."""
+    import warnings
+
+    import click
+
+    from fastfanout.cli import cli
+
+    page, line = command
+    args = shlex.split(line)[1:]
+    with warnings.catch_warnings():
+        # Click 8.2 deprecates protected_args, the only public way to a group's rest
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = cli.make_context("fastfanout", args)
+        command_: click.Command = cli
+        while isinstance(command_, click.Group):
+            rest = [*context.protected_args, *context.args]
+            assert rest, f"{page}: {line!r} names no command"
+            name, found, rest = command_.resolve_command(context, rest)
+            assert found is not None and name is not None
+            context = found.make_context(name, rest, parent=context)
+            command_ = found
+
+
+def test_the_docs_show_the_commands() -> None:
+    assert {"README.md", "bench.md", "bridge.md", "workers.md"} <= {page for page, _ in COMMANDS}
