@@ -10,6 +10,7 @@ options ``fastfanout serve`` has.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import pathlib
 import re
@@ -154,3 +155,37 @@ def test_the_errors_tables_list_every_error() -> None:
                 if isinstance(getattr(fastfanout, name), type)
                 and issubclass(getattr(fastfanout, name), fastfanout.FastFanoutError)}
     assert documented == exported
+
+
+def documented_names() -> list[tuple[str, str]]:
+    """(page, dotted name) of every ``fastfanout.x.y`` the README and docs/*.md name in
+    code spans, but logger names (``logger `fastfanout.auth```)."""
+    names: dict[str, str] = {}
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for found in re.finditer(r"(logger )?`(fastfanout(?:\.[A-Za-z_]\w*)+)[`(\[ ]",
+                                 page.read_text()):
+            if not found.group(1):
+                names.setdefault(found.group(2), page.name)
+    return sorted((page, name) for name, page in names.items())
+
+
+NAMES = documented_names()
+
+
+@pytest.mark.parametrize("named", NAMES, ids=[name for _, name in NAMES])
+def test_each_documented_name_exists(named: tuple[str, str]) -> None:
+    page, dotted = named
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for part in parts[split:]:
+            assert hasattr(found, part), f"{page} names {dotted}: no {part} in {found!r}"
+            found = getattr(found, part)
+        return
+
+
+def test_the_docs_name_things() -> None:
+    assert len(NAMES) > 20
