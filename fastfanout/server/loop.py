@@ -296,6 +296,9 @@ class Server:
                 or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
                 f"idle_session_timeout={idle_session_timeout!r} must be finite seconds > 0")
+        if broker is not None and broker.closed:
+            raise Closed("broker= is closed: a server serves an open Broker (every call "
+                         "of its clients would fail)")
         if broker is not None and data_dir is not None:
             raise InvalidArgument(
                 "give either broker= or data_dir= (the data directory of the broker the "

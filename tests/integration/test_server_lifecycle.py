@@ -47,3 +47,11 @@ def test_an_endpoint_of_the_wrong_form_is_refused(endpoint: object, track: Track
         fastfanout.Server(endpoint)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="stream_endpoint="):
         fastfanout.Server(track.endpoint(), stream_endpoint=endpoint)  # type: ignore[arg-type]
+
+
+def test_a_closed_broker_is_refused(track: Tracker) -> None:
+    # it was served: every call of every client then failed with "the broker is closed"
+    broker = fastfanout.Broker()
+    broker.close()
+    with pytest.raises(Closed, match="broker= is closed"):
+        fastfanout.Server(track.endpoint(), broker=broker)
