@@ -412,7 +412,9 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled
             if ttl is not None:
                 expires_us = now_us + _duration_us(ttl, "ttl", i, C_MAX_DELAY_US)
                 if expires_us == now_us:
-                    raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds")
+                    # the same words as a client's (wire.pyx), with the unit's floor
+                    raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds (at least "
+                                          f"1 µs, 1e-06), got {ttl!r}")
             group = _encode_id(group_id, "group_id", i)
             dedup = _encode_id(dedup_id, "dedup_id", i)
             if priority_value is not None:

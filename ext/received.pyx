@@ -64,7 +64,7 @@ from fastfanout._ext.codec cimport (
 import json
 
 from fastfanout._ext.codec import status_text
-from fastfanout.errors import InvalidArgument, MalformedBatch, WrongEventLoop
+from fastfanout.errors import InvalidArgument, MalformedBatch, WrongClient, WrongEventLoop
 from fastfanout.records import DeadLetterInfo
 
 from msgspec import DecodeError as _MsgpackDecodeError
@@ -991,6 +991,12 @@ cdef class AsyncMessageCursor:
 
     def __aiter__(self):
         return self
+
+    def __iter__(self):
+        raise WrongClient(
+            f"the consumer of queue {self._cursor.queue!r} belongs to an asyncio client: "
+            f"iterate it with 'async for' in a coroutine; in synchronous code use the "
+            f"consume() of a blocking client (fastfanout.connect())")
 
     def __anext__(self):
         cdef MessageCursor cursor = self._cursor

@@ -240,7 +240,8 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
     if ttl is not None:
         ttl_us = _seconds_us(ttl, "ttl")
         if ttl_us <= 0:   # as the broker says it (not "expired before it was published")
-            raise InvalidArgument("ttl must be > 0 seconds")
+            raise InvalidArgument(f"ttl must be > 0 seconds (at least 1 µs, 1e-06), got "
+                                  f"{ttl!r}")
         view.flags |= FF_FLAG_EXPIRES | FF_FLAG_TTL
         view.receipt = <uint64_t>ttl_us
     if priority is not None:

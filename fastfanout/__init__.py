@@ -42,6 +42,7 @@ from fastfanout.errors import (
     UnsupportedVersion,
     UsedAfterFork,
     WouldBlock,
+    WrongClient,
     WrongEventLoop,
 )
 from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
@@ -102,6 +103,7 @@ __all__ = [
     "UsedAfterFork",
     "Worker",
     "WouldBlock",
+    "WrongClient",
     "WrongEventLoop",
     "__version__",
     "connect",

@@ -42,6 +42,7 @@ __all__ = [
     "UnsupportedVersion",
     "UsedAfterFork",
     "WouldBlock",
+    "WrongClient",
     "WrongEventLoop",
     "error_for_code",
 ]
@@ -299,6 +300,19 @@ class UsedAfterFork(FastFanoutError):
     """
 
     code = "used_after_fork"
+
+
+class WrongClient(FastFanoutError, TypeError):
+    """A blocking object was used as an asyncio one, or an asyncio one as a blocking one.
+
+    ``async with fastfanout.connect()``, ``async for`` over a blocking consumer;
+    ``with fastfanout.aio.connect()``, a method of what ``fastfanout.aio.connect()``
+    returns used without ``await``, ``with`` on an ``AsyncClient``, ``for`` over its
+    consumer. The message names the form that works. Also a ``TypeError`` (what Python
+    raises for such a misuse of its protocols). Raised at once; nothing is opened or sent.
+    """
+
+    code = "wrong_client"
 
 
 class WrongEventLoop(FastFanoutError, RuntimeError):

@@ -81,6 +81,17 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def name_type_error(kind: str, name: object) -> InvalidArgument:
+    """The error for a topic or queue argument that is no ``str``, as every face words it.
+
+    Args:
+        kind: ``"topic"`` or ``"queue"``.
+        name: what the caller gave.
+    """
+    return InvalidArgument(
+        f"{kind} must be a {kind} name (str), got {type(name).__name__} {name!r:.80}")
+
+
 def seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float = 0.0) -> int:
     """Seconds (int or float, finite, in [minimum, maximum]) as integer microseconds."""
     if type(seconds) is not float and type(seconds) is not int:

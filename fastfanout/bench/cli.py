@@ -438,13 +438,18 @@ for _name in SCENARIOS:
               show_default=True,
               help="Relative change below which a difference is noise (0.10: 10%).")
 def compare(old: str, new: str, threshold: float) -> None:
-    """Compare two --json files; exit 1 when NEW regressed beyond the noise threshold."""
+    """Compare two --json files; exit 1 when NEW regressed beyond the noise threshold.
+
+    A file that cannot be read or is no results file, or two files with no measurement in
+    common, exit 2 (wrong input), never 1.
+    """
     from fastfanout.bench.results import compare as changes_of
 
     before, after = _results(old), _results(new)
     changes = changes_of(before, after, threshold)
     if not changes:
-        raise click.ClickException("the two files have no measurement in common")
+        # wrong input, status 2: status 1 says NEW regressed
+        raise click.UsageError("the two files have no measurement in common")
     for change in changes:
         mark = "REGRESSION" if change.regression else "ok"
         click.echo(f"{mark:10} {change.key}: {change.old:,.1f} -> {change.new:,.1f} "
@@ -477,15 +482,18 @@ def _results(path: str) -> dict[str, Any]:
     from fastfanout.bench.results import compare as changes_of
     from fastfanout.bench.results import load
 
+    # a file that is not one is wrong input (status 2, as click's own usage errors):
+    # compare's status 1 says that NEW regressed, and a CI step must not read a mistyped
+    # path as a slowdown
     try:
         document = load(path)
     except ValueError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.UsageError(str(error)) from None
     try:
         changes_of(document, document)
         markdown(document)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
-        raise click.ClickException(
+        raise click.UsageError(
             f"{path} has a malformed measurement ({type(error).__name__}: {error}); is it "
             f"a --json file of fastfanout bench?") from None
     return document

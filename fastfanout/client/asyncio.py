@@ -29,7 +29,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
 from fastfanout._ext.offers import LoopFutures, NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
@@ -60,6 +60,7 @@ from fastfanout.errors import (
     PeerLost,
     SessionExpired,
     TransportError,
+    WrongClient,
     WrongEventLoop,
 )
 from fastfanout.records import Attributes, Body, PublishResult
@@ -922,7 +923,9 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         awaited or entered.
         """
         return Opening(lambda: self._open_producer(topic, group_id, batch_messages,
-                                                   batch_bytes, max_in_flight, linger))
+                                                   batch_bytes, max_in_flight, linger),
+                       AsyncProducer, f"client.producer({topic!r})",
+                       "fastfanout.connect() and its producer() in synchronous code")
 
     async def _open_producer(self, topic: str, group_id: str | None,
                              batch_messages: int | None, batch_bytes: int | None,
@@ -1141,6 +1144,13 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
                         exc: BaseException | None, traceback: TracebackType | None) -> None:
         await self.close()
 
+    def __enter__(self) -> NoReturn:
+        raise WrongClient("an AsyncClient is entered with 'async with', in a coroutine; "
+                          "in synchronous code use fastfanout.connect() and 'with'")
+
+    def __exit__(self, *exc: object) -> None:   # pragma: no cover - __enter__ raised
+        pass
+
 
 class _Closeable(Protocol):
     async def close(self) -> None: ...
@@ -1156,9 +1166,44 @@ class Opening(Generic[_Opened]):
     ``close()`` at the end. Nothing happens until one or the other.
     """
 
-    def __init__(self, open_: Callable[[], Coroutine[Any, Any, _Opened]]) -> None:
+    def __init__(self, open_: Callable[[], Coroutine[Any, Any, _Opened]],
+                 opened: type[_Opened], call: str, blocking: str) -> None:
+        """Wrap the opening of an asyncio object.
+
+        Args:
+            open_: makes the coroutine that opens it.
+            opened: the class of what it opens (its method names get a clear error).
+            call: the call that made this, as the user wrote it (for messages).
+            blocking: the blocking form to use instead, in synchronous code.
+        """
         self._open = open_
         self._opened: _Opened | None = None
+        self._kind = opened
+        self._call = call
+        self._blocking = blocking
+
+    def _misused(self, how: str) -> WrongClient:
+        noun = "producer" if issubclass(self._kind, AsyncProducer) else "client"
+        return WrongClient(
+            f"{self._call} {how}: write 'async with {self._call} as {noun}:' or "
+            f"'{noun} = await {self._call}' in a coroutine; use {self._blocking}")
+
+    def __enter__(self) -> NoReturn:
+        raise self._misused("opens an asyncio object: it is entered with 'async with', "
+                            "not 'with'")
+
+    def __exit__(self, *exc: object) -> None:   # pragma: no cover - __enter__ raised
+        pass
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the missing await themselves
+        def __getattr__(self, name: str) -> Any:
+            # only the opened class's public names: other lookups (hasattr probes,
+            # dunders) stay AttributeErrors
+            if not name.startswith("_") and hasattr(self._kind, name):
+                raise self._misused(f"was not awaited (.{name} is a method of what it "
+                                    f"opens)")
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __await__(self) -> Generator[Any, None, _Opened]:
         return self._open().__await__()
@@ -1194,6 +1239,7 @@ def connect(endpoint: str | None = None, **options: Any) -> Opening[AsyncClient]
         client = unopened.pop() if unopened else AsyncClient(endpoint, **options)
         return client._start()
 
-    return Opening(open_client)
+    return Opening(open_client, AsyncClient, "fastfanout.aio.connect()",
+                   "fastfanout.connect() in synchronous code")
 
 

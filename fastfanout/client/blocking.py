@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from fastfanout._ext.locks import FastRLock
 from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_futures
@@ -70,6 +70,7 @@ from fastfanout.errors import (
     InvalidArgument,
     PeerLost,
     TransportError,
+    WrongClient,
 )
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.settings import check_wait
@@ -959,6 +960,14 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+    async def __aenter__(self) -> NoReturn:
+        raise WrongClient("a Client (fastfanout.connect()) is the blocking client, entered "
+                          "with 'with'; in asyncio code use 'async with "
+                          "fastfanout.aio.connect() as client:'")
+
+    async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
+        pass
 
 
 def _close_descriptors(*descriptors: int) -> None:

@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
 from fastfanout.arrays import MessageBatch
@@ -29,7 +29,7 @@ from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
 )
-from fastfanout.errors import BrokenConnection, Closed, PeerLost
+from fastfanout.errors import BrokenConnection, Closed, PeerLost, WrongClient
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -112,6 +112,11 @@ class Consumer(Iterator[RemoteMessage]):
 
     def _next_frames(self, timeout: float | None) -> list[bytes] | None:
         return _next_frames(self.connection, self._state, timeout)
+
+    def __aiter__(self) -> NoReturn:
+        raise WrongClient("the blocking client's consumer is iterated with 'for'; in "
+                          "asyncio code use 'async for' over the consume() of an asyncio "
+                          "client (fastfanout.aio.connect())")
 
     def __iter__(self) -> Iterator[RemoteMessage]:
         """The native iterator over the pushed messages (one C step per message)."""

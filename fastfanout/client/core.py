@@ -66,6 +66,7 @@ from fastfanout.settings import (
     QueueSettings,
     Subscription,
     check_iterable,
+    name_type_error,
     seconds_to_us,
 )
 from fastfanout.stats import BrokerStats
@@ -553,7 +554,7 @@ class ConnectionCore:
                       flush: bool = True) -> Request:
         """Queue a PUBLISH/SEND of one record frame."""
         if type(name) is not str:
-            raise InvalidArgument(f"name {name!r} must be a string")
+            raise name_type_error("topic" if opcode == Opcode.PUBLISH else "queue", name)
         return self.request(opcode, [name.encode(), frame], flush=flush)
 
     def publish_entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
@@ -566,7 +567,7 @@ class ConnectionCore:
         local channel's ring) or reads its buffer when it sends it.
         """
         if type(name) is not str:
-            raise InvalidArgument(f"name {name!r} must be a string")
+            raise name_type_error("topic" if opcode == Opcode.PUBLISH else "queue", name)
         check_iterable("entries", entries)   # as the embedded broker does, not a TypeError
         # an entry over the limits is refused before it is copied (body_too_large)
         frame: Any = publish_frame_of(entries, self.max_body, self.body_too_large)
@@ -622,7 +623,7 @@ class ConnectionCore:
         a full batch is queued at once.
         """
         if type(name) is not str:
-            raise InvalidArgument(f"name {name!r} must be a string")
+            raise name_type_error("topic" if opcode == Opcode.PUBLISH else "queue", name)
         if type(body) is not bytes or len(body) > self.max_body:   # bytes within: no call
             self.check_body_size(body)
         key = (opcode, name)

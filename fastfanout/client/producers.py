@@ -68,6 +68,7 @@ from fastfanout.settings import (
     MAX_BATCH_MESSAGES,
     MAX_DELAY,
     check_count,
+    name_type_error,
     seconds_to_us,
 )
 from fastfanout.wire.protocol import Opcode, body_size_error
@@ -101,7 +102,7 @@ def producer_limits(topic: object, batch_messages: int | None, batch_bytes: int 
             not a finite number of seconds >= 0.
     """
     if type(topic) is not str:
-        raise InvalidArgument(f"topic name {topic!r} must be a string")
+        raise name_type_error("topic", topic)
     messages = defaults[0] if batch_messages is None else batch_messages
     size = defaults[1] if batch_bytes is None else batch_bytes
     wait = defaults[2] if linger is None else linger

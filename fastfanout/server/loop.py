@@ -90,6 +90,7 @@ from fastfanout.errors import (
 from fastfanout.runtime import (
     EndpointLock,
     default_endpoint,
+    endpoint_problem,
     ipc_problem,
     missing_ancestor,
     remove_stale_locks,
@@ -232,6 +233,19 @@ class Server:
         fsync_interval: float = 1.0,
         max_disk_bytes: int | None = None,
     ) -> None:
+        # checked as connect() checks it: until 2026-12-05 Server(5) raised an
+        # AttributeError, "" meant the default endpoint and "ipc://" failed only at bind
+        for argument, value, otherwise in (
+                ("endpoint", endpoint, "the default endpoint"),
+                ("stream_endpoint", stream_endpoint, "derived from the endpoint")):
+            if value is None:
+                continue
+            if type(value) is not str:
+                raise InvalidArgument(f"{argument}={value!r:.200} must be a str "
+                                      f"(ipc://PATH or tcp://HOST:PORT) or None ({otherwise})")
+            problem = endpoint_problem(value)
+            if problem is not None:
+                raise InvalidArgument(f"{argument}={value!r:.200}: {problem}")
         self.endpoint = endpoint or default_endpoint()
         self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
         if slow_listener not in SLOW_LISTENER_POLICIES:
@@ -282,6 +296,9 @@ class Server:
                 or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
                 f"idle_session_timeout={idle_session_timeout!r} must be finite seconds > 0")
+        if broker is not None and broker.closed:
+            raise Closed("broker= is closed: a server serves an open Broker (every call "
+                         "of its clients would fail)")
         if broker is not None and data_dir is not None:
             raise InvalidArgument(
                 "give either broker= or data_dir= (the data directory of the broker the "
@@ -350,7 +367,9 @@ class Server:
         Raises:
             BrokerRunning: another broker holds this endpoint.
             TransportError: the endpoint cannot be bound.
+            Closed: the server was stopped (its sockets are closed; make a new one).
         """
+        self._check_not_stopped()
         if self._transport is not None:
             return
         lock = EndpointLock(self.endpoint)
@@ -395,8 +414,26 @@ class Server:
         self._transport.admit_curve_client(public)
         return CurveKeys(public, secret, self._curve.public_key)
 
+    def _check_not_stopped(self) -> None:
+        if self._stopped.is_set():
+            raise Closed(f"the server of {self.endpoint} is stopped: a server runs once; "
+                         f"make a new Server to serve again")
+
+    def _check_not_running(self) -> None:
+        # a second loop on the same sockets broke the first (until 2026-12-05)
+        self._check_not_stopped()
+        if self._thread is not None or self._looping:
+            raise InvalidArgument(f"the server of {self.endpoint} was started already (a "
+                                  f"server starts once)")
+
     def start(self) -> Server:
-        """Bind, then serve in a background thread; returns self."""
+        """Bind, then serve in a background thread; returns self.
+
+        Raises:
+            InvalidArgument: it was started already (or serves in another thread).
+            Closed: it was stopped: a server runs once.
+        """
+        self._check_not_running()
         self.bind()
         self._thread = threading.Thread(target=self._run, name="fastfanout-server", daemon=True)
         self._thread.start()
@@ -416,7 +453,13 @@ class Server:
         self._guests.append(guest)
 
     def serve_forever(self) -> None:
-        """Bind and serve in this thread until ``stop_nowait()`` (or a signal) stops it."""
+        """Bind and serve in this thread until ``stop_nowait()`` (or a signal) stops it.
+
+        Raises:
+            InvalidArgument: it was started already (or serves in another thread).
+            Closed: it was stopped: a server runs once.
+        """
+        self._check_not_running()
         self.bind()
         self._run()
 

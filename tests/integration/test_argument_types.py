@@ -321,8 +321,11 @@ def test_a_ttl_of_no_microsecond_is_refused_alike(track: Any, ttl: float) -> Non
     before = shape(server.broker)
     client = track.client(server.endpoint)
     for api in (server.broker, client):
-        with pytest.raises(InvalidArgument, match="ttl must be > 0 seconds"):
+        with pytest.raises(InvalidArgument, match="ttl must be > 0 seconds") as raised:
             api.send("q", b"x", ttl=ttl)
+        # a ttl of 1e-07 is > 0: the message names the floor and the value (until
+        # 2026-12-05 it said only "> 0 seconds")
+        assert str(raised.value).endswith(f"(at least 1 µs, 1e-06), got {ttl!r}")
     assert shape(server.broker) == before
 
 
@@ -351,3 +354,26 @@ def test_a_list_attribute_with_a_non_str_item_names_the_item(
     asyncio.run(main())
     assert shape(server.broker) == before
 
+
+
+def test_a_topic_or_queue_that_is_no_str_is_named_alike(track: Any) -> None:
+    # the clients said "name 5 must be a string" (publish, send, their nowait and batch
+    # forms) or "topic name 5 must be a string" (producer), not which argument it was
+    server: Server = track.server()
+    client = track.client(server.endpoint)
+    calls = {
+        "publish": lambda api: api.publish(5, b"x"),
+        "publish_nowait": lambda api: api.publish_nowait(5, b"x"),
+        "publish_batch": lambda api: api.publish_batch(5, [b"x"]),
+        "send": lambda api: api.send(5, b"x"),
+        "send_batch_nowait": lambda api: api.send_batch_nowait(5, [b"x"]),
+        "producer": lambda api: api.producer(5),
+    }
+    for name, call in calls.items():
+        kind = "queue" if name.startswith("send") else "topic"
+        # the embedded broker has no nowait forms: their words are its publish's and send's
+        for api in (client,) if name.endswith("nowait") else (server.broker, client):
+            with pytest.raises(InvalidArgument) as raised:
+                call(api)
+            assert str(raised.value) == f"{kind} must be a {kind} name (str), got int 5", (
+                name, api)

@@ -396,3 +396,22 @@ def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, signame: s
         if process_group(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+def test_compare_keeps_status_1_for_a_regression_and_2_for_wrong_input(
+        tmp_path: Path) -> None:
+    # until 2026-12-05 a missing, unreadable or foreign file, and two files with nothing
+    # in common, ended compare with status 1, the status of a regression: a CI step
+    # `bench compare old.json new.json` read a mistyped path as a slowdown
+    old = _document([1000.0, 1050.0, 980.0], tmp_path / "old.json")
+    (tmp_path / "foreign.json").write_text('{"format": "other"}')
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": "fastfanout-bench/1", "measurements": []}))
+    for files in ([old, str(tmp_path / "missing.json")], [str(tmp_path / "foreign.json"), old],
+                  [old, str(other)]):
+        result = CliRunner().invoke(cli, ["bench", "compare", *files])
+        assert_one_line_error(result, " ".join(files))
+        assert result.exit_code == 2, result.output
+    result = CliRunner().invoke(cli, ["bench", "report", str(tmp_path / "missing.json")])
+    assert_one_line_error(result, "report missing.json")
+    assert result.exit_code == 2, result.output
