@@ -288,7 +288,9 @@ class PipelineAPI(Protocol):
 
         Once the broker applies the subscription (the blocking listener when it is
         made, the asyncio one when awaited or entered), every message published after
-        reaches the listener, unless its queue overflows.
+        reaches the listener, unless its queue overflows. The listener is closed with
+        the client: a read then raises ``Closed`` (a blocking read waiting in another
+        thread within a second).
 
         Args:
             topic_pattern: a topic name or pattern (``orders.*``, ``orders.>``).

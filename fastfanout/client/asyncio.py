@@ -847,6 +847,8 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         self.connection = AsyncConnection(
             self.endpoint, curve, timeout=timeout, batch_messages=batch_messages,
             batch_bytes=batch_bytes, local_channel=local_channel, ring_bytes=ring_bytes)
+        # closed with the client (until 2026-12-05 they outlived it, reads waiting on)
+        self._listeners: weakref.WeakSet[AsyncListener] = weakref.WeakSet()
 
     async def _start(self) -> AsyncClient:
         await self.connection.start()
@@ -1073,10 +1075,12 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         """
         self.connection.core.check_open()
         self._check_listen(topic_pattern, high_water_mark)
-        return AsyncListener(str(self.info["stream_endpoint"]), topic_pattern,
-                             self.connection.curve, timeout=self.timeout,
-                             high_water_mark=high_water_mark,
-                             heartbeat=self.connection.core.listener_heartbeat())
+        listener = AsyncListener(str(self.info["stream_endpoint"]), topic_pattern,
+                                 self.connection.curve, timeout=self.timeout,
+                                 high_water_mark=high_water_mark,
+                                 heartbeat=self.connection.core.listener_heartbeat())
+        self._listeners.add(listener)
+        return listener
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush pending publishes and open producers, say goodbye and close the socket.
@@ -1108,6 +1112,8 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         connection = self.connection
         if connection.core.closed or connection.core.left_to_parent(os.getpid()):
             return
+        for listener in list(self._listeners):   # a read waiting in a task raises Closed
+            listener.close()
         if connection.loop is not None and connection.loop.is_closed():
             connection.abandon()   # its tasks ended with their loop: nobody to talk to
             return

@@ -913,7 +913,8 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         return Listener(str(self.info["stream_endpoint"]), topic_pattern,
                         self.connection.curve, timeout=self.timeout,
                         high_water_mark=high_water_mark,
-                        heartbeat=self.connection.core.listener_heartbeat())
+                        heartbeat=self.connection.core.listener_heartbeat(),
+                        client_open=self.connection.core.check_open)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush, wait for the answers, say goodbye and disconnect (``fastfanout.api``).

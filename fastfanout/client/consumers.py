@@ -29,7 +29,7 @@ from fastfanout.client.messages import (
     Owner,
     RemoteMessage,
 )
-from fastfanout.errors import BrokenConnection, Closed, PeerLost, WrongClient
+from fastfanout.errors import BrokenConnection, Closed, FastFanoutError, PeerLost, WrongClient
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -523,6 +523,10 @@ class Listener(StreamListening, Iterator[StreamMessage]):
             broker's process ends. ``Client.listen`` gives the broker's own
             ``heartbeat_interval`` and 1.5 times its ``heartbeat_timeout``, the
             client's rule.
+        client_open: raises (``Closed``) once the client that made the listener is
+            closed: the listener then closes itself, within a second for a read that
+            waits in another thread (until 2026-12-05 a listener outlived its client and
+            a read waited for ever); None: the listener has no client.
 
     Raises:
         BrokenConnection: the broker did not apply the subscription within ``timeout``,
@@ -534,10 +538,12 @@ class Listener(StreamListening, Iterator[StreamMessage]):
 
     def __init__(self, stream_endpoint: str, pattern: str, curve: CurveKeys | None, *,
                  timeout: float = 10.0, high_water_mark: int = 100_000,
-                 heartbeat: tuple[float, float] | None = None) -> None:
+                 heartbeat: tuple[float, float] | None = None,
+                 client_open: Callable[[], None] | None = None) -> None:
         super().__init__(pattern)
         follower = self.follower
         self._heartbeat = heartbeat
+        self._client_open = client_open
         self._stream_endpoint = stream_endpoint
         self._transport = SubTransport(stream_endpoint, [follower.prefix, follower.probe],
                                        curve, high_water_mark, heartbeat)
@@ -567,9 +573,12 @@ class Listener(StreamListening, Iterator[StreamMessage]):
             BrokenConnection: the stream was lost (the broker's process ended, or it
                 answered no heartbeat): the batches that came before were read first;
                 the listener is now closed (listen again).
+            Closed: the listener, or the client that made it, is closed (the listener
+                then is too).
         """
         check_wait("timeout", timeout)
         self.check_open()
+        self._check_client()
         if self.early:
             return self.early.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -586,6 +595,7 @@ class Listener(StreamListening, Iterator[StreamMessage]):
                 self.check_open()
                 raise
             if frames is None:
+                self._check_client()   # at least once a second while nothing comes
                 continue
             batch = accept(frames)
             if batch is not None:
@@ -597,6 +607,15 @@ class Listener(StreamListening, Iterator[StreamMessage]):
             if batch:
                 self.unread.extend(batch)
         return self.unread.popleft()
+
+    def _check_client(self) -> None:
+        """Close the listener and raise ``Closed`` once its client is closed."""
+        if self._client_open is not None:
+            try:
+                self._client_open()
+            except FastFanoutError:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Close the SUB socket; a later read raises ``Closed``."""

@@ -238,3 +238,44 @@ def test_a_listener_read_after_close_raises_closed(track: Tracker) -> None:
         await aclient.close()
 
     asyncio.run(main())
+
+
+def test_a_listener_is_closed_with_its_client(track: Tracker) -> None:
+    # until 2026-12-05 a listener outlived the client that made it: a read waited for
+    # ever (``c.listen("t"); c.close(); next(listener)``) and its socket stayed open
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    waiting, idle = client.listen("t"), client.listen("t")
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            next(waiting)
+        except BaseException as exc:   # what the reader saw, asserted below
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    track.wait_until(lambda: reader.is_alive(), what="the reader waiting")
+    client.close()
+    reader.join(10.0)
+    assert not reader.is_alive(), "the read went on after its client closed"
+    assert [type(error) for error in errors] == [fastfanout.Closed]
+    for listener in (waiting, idle):
+        with pytest.raises(fastfanout.Closed):
+            listener.recv_batch(timeout=0.1)
+        assert listener.closed
+
+    async def main() -> None:
+        aclient = await aio.connect(server.endpoint, timeout=5.0)
+        alistener = await aclient.listen("t")
+        reading = asyncio.create_task(alistener.recv_batch(timeout=30.0))
+        await asyncio.sleep(0)   # the task starts its read
+        await aclient.close()
+        with pytest.raises(fastfanout.Closed):
+            await asyncio.wait_for(reading, 10.0)
+        with pytest.raises(fastfanout.Closed):
+            await alistener.recv_batch(timeout=0.1)
+
+    asyncio.run(main())
