@@ -34,7 +34,6 @@ from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTE
 from fastfanout.server.loop import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
 from fastfanout.settings import MAX_RECEIVE_BATCH
 from fastfanout.wire.protocol import (
-    DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     MIN_FRAME_BYTES,
 )
@@ -245,14 +244,10 @@ def server_options(config: ServerConfig) -> dict[str, Any]:
     ``log_level``, ``curve_secret_key`` (a file the caller loads into
     ``Server(curve=...)``), ``in_memory`` (the caller picks ``data_dir``: see
     ``fastfanout serve``) and ``bridge`` (the caller runs it beside the server) are
-    left out, and so are keys left at None (``Server`` then
-    picks its default). ``max_frame_bytes`` left at None becomes the larger of 256 MiB
-    and ``max_request_bytes``, so a raised request limit is not undercut by the frame
-    limit.
+    left out, and so are keys left at None (``Server`` then picks its default: for
+    ``max_frame_bytes`` the larger of 256 MiB and ``max_request_bytes``, so a raised
+    request limit is not undercut by the frame limit).
     """
-    options = {key: getattr(config, key) for key in config.__struct_fields__
-               if key not in ("log_level", "curve_secret_key", "in_memory", "bridge")
-               and getattr(config, key) is not None}
-    if config.max_frame_bytes is None:
-        options["max_frame_bytes"] = max(DEFAULT_MAX_FRAME_BYTES, config.max_request_bytes)
-    return options
+    return {key: getattr(config, key) for key in config.__struct_fields__
+            if key not in ("log_level", "curve_secret_key", "in_memory", "bridge")
+            and getattr(config, key) is not None}

@@ -181,7 +181,10 @@ class Server:
             ``request_too_large``.
         max_frame_bytes: ``ZMQ_MAXMSGSIZE`` (bytes); a bigger frame disconnects the peer,
             counted in ``disconnects`` only (libzmq reports it as any other disconnect:
-            docs/protocol.md, frame-size disconnects).
+            docs/protocol.md, frame-size disconnects). None (the default): the larger of
+            256 MiB and ``max_request_bytes``, as ``fastfanout serve`` picks it (until
+            2026-12-05 a ``Server`` given a larger ``max_request_bytes`` kept 256 MiB, and
+            cut the connection of a request it would have taken).
         slow_listener: ``drop`` or ``wait`` (see ``SLOW_LISTENER_POLICIES``).
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
         stream_high_water_mark: stream messages queued per listener in the broker before
@@ -218,7 +221,7 @@ class Server:
         heartbeat_interval: float = 0.25,
         heartbeat_timeout: float = 2.0,
         max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES,
-        max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES,
+        max_frame_bytes: int | None = None,
         slow_listener: str = "drop",
         stream_wait: float = 1.0,
         stream_high_water_mark: int = 10_000,
@@ -287,6 +290,10 @@ class Server:
             raise InvalidArgument(
                 f"need 0 < heartbeat_interval < heartbeat_timeout, finite seconds (got "
                 f"{heartbeat_interval!r} and {heartbeat_timeout!r})")
+        if max_frame_bytes is None:   # every request it answers fits in a frame
+            max_frame_bytes = protocol.DEFAULT_MAX_FRAME_BYTES
+            if type(max_request_bytes) is int:
+                max_frame_bytes = max(max_frame_bytes, max_request_bytes)
         if type(max_frame_bytes) is not int or max_frame_bytes < protocol.MIN_FRAME_BYTES:
             raise InvalidArgument(
                 f"max_frame_bytes={max_frame_bytes!r} must be an int of at least "

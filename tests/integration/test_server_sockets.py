@@ -322,6 +322,19 @@ def test_a_stopped_broker_removes_its_socket_files(tmp_path: Path) -> None:
 # -- requests too large to send -----------------------------------------------------------
 
 
+def test_a_server_takes_frames_as_large_as_the_requests_it_answers(track: Tracker) -> None:
+    # until 2026-12-05 a Server given a max_request_bytes past 256 MiB kept 256 MiB frames
+    # (``fastfanout serve`` raised them): a request it would answer cut the connection
+    from fastfanout.wire.protocol import DEFAULT_MAX_FRAME_BYTES
+
+    large = track.server(max_request_bytes=DEFAULT_MAX_FRAME_BYTES * 2)
+    assert track.client(large.endpoint).info["max_frame_bytes"] == DEFAULT_MAX_FRAME_BYTES * 2
+    small = track.server(max_request_bytes=1 << 20)
+    assert track.client(small.endpoint).info["max_frame_bytes"] == DEFAULT_MAX_FRAME_BYTES
+    chosen = track.server(max_request_bytes=1 << 20, max_frame_bytes=4 << 20)
+    assert track.client(chosen.endpoint).info["max_frame_bytes"] == 4 << 20
+
+
 def test_an_oversized_request_is_refused_before_it_is_sent(track: Tracker) -> None:
     server = track.server(max_request_bytes=64 * 1024, max_frame_bytes=256 * 1024)
     client = track.client(server.endpoint, local_channel=False, timeout=2.0)
