@@ -26,7 +26,14 @@ import functools
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+)
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
@@ -1052,16 +1059,21 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         connection.cursors.add(cursor)
         return cursor
 
-    async def consume_batches(self, queue: str, *, prefetch: int = 1000,
-                              visibility_timeout: float | None = None,
-                              timeout: float | None = None
-                              ) -> AsyncIterator[AsyncDeliveryBatch]:
+    def consume_batches(self, queue: str, *, prefetch: int = 1000,
+                        visibility_timeout: float | None = None,
+                        timeout: float | None = None) -> AsyncIterator[AsyncDeliveryBatch]:
         """Iterate (``async for``) over pushed batches (a plain call, not awaited).
 
         ``prefetch`` and ``timeout`` as ``consume``'s. Each batch is a sequence of
         messages with numpy views of the frame (``ids``, ``receipts``, ``bodies``,
-        ``as_array``: ``fastfanout.arrays``); ``batch.ack()`` acks it whole.
+        ``as_array``: ``fastfanout.arrays``); ``batch.ack()`` acks it whole. A ``for``
+        over it raises ``WrongClient`` (until 2026-12-05 Python's own TypeError).
         """
+        return _PushedBatches(self._batches(queue, prefetch, visibility_timeout, timeout),
+                              queue)
+
+    async def _batches(self, queue: str, prefetch: int, visibility_timeout: float | None,
+                       timeout: float | None) -> AsyncGenerator[AsyncDeliveryBatch, None]:
         connection = self.connection
         async for frames in connection.pushes(queue, prefetch, visibility_timeout, timeout):
             yield AsyncDeliveryBatch(frames[0], connection.settler, queue)
@@ -1156,6 +1168,30 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
 
     def __exit__(self, *exc: object) -> None:   # pragma: no cover - __enter__ raised
         pass
+
+
+class _PushedBatches(AsyncIterator[AsyncDeliveryBatch]):
+    """What ``AsyncClient.consume_batches`` returns: its batches, by ``async for``."""
+
+    def __init__(self, batches: AsyncGenerator[AsyncDeliveryBatch, None], queue: str) -> None:
+        self._batches = batches
+        self._queue = queue
+
+    def __aiter__(self) -> _PushedBatches:
+        return self
+
+    async def __anext__(self) -> AsyncDeliveryBatch:
+        return await self._batches.__anext__()
+
+    async def aclose(self) -> None:
+        """End the iteration (the consumer is cancelled, as on leaving ``async for``)."""
+        await self._batches.aclose()
+
+    def __iter__(self) -> NoReturn:
+        raise WrongClient(
+            f"the batches of queue {self._queue!r} come from an asyncio client: iterate "
+            f"them with 'async for' in a coroutine; in synchronous code use the "
+            f"consume_batches() of a blocking client (fastfanout.connect())")
 
 
 class _Closeable(Protocol):

@@ -101,3 +101,20 @@ def test_the_asyncio_client_in_with_and_for(endpoint: str) -> None:
 
     said = asyncio.run(misuse())
     assert "queue 'billing'" in said[0] and said[1:] == ["order 2"]
+
+
+def test_the_asyncio_batches_in_for(endpoint: str) -> None:
+    # until 2026-12-05: TypeError "'async_generator' object is not iterable"
+    async def misuse() -> list[bytes]:
+        async with fastfanout.aio.connect(endpoint, timeout=5.0) as client:
+            with pytest.raises(fastfanout.WrongClient,
+                               match=r"queue 'billing'.*'async for'.*consume_batches"):
+                for _ in client.consume_batches("billing"):   # type: ignore[attr-defined]
+                    pass
+            await client.publish("orders", b"order 3")
+            async for batch in client.consume_batches("billing", timeout=5.0):
+                batch.ack()
+                return [bytes(message.body) for message in batch]
+        return []
+
+    assert asyncio.run(misuse()) == [b"order 3"]
