@@ -32,7 +32,8 @@ from fastfanout.errors import InvalidArgument
 from fastfanout.runtime import endpoint_problem
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.server.loop import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
-from fastfanout.settings import MAX_RECEIVE_BATCH
+from fastfanout.server.streams import DEFAULT_MAX_STREAM_SUBSCRIPTIONS
+from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH
 from fastfanout.wire.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -75,6 +76,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         local_channels: let clients on this host use shared memory (ipc:// only).
         stream_high_water_mark: stream batches queued per listener before the broker
             drops (``drop``) or waits (``wait``).
+        max_stream_subscriptions: subscriptions one listener connection may hold; one
+            more ends that connection.
         local_backlog_bytes: bytes a local-channel session may have queued for room in
             its ring before it is ended as a slow client.
         max_queued_replies: replies queued per socket client before it is ended as a
@@ -105,6 +108,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     hold_timeout: _Seconds = 30.0
     local_channels: bool = True
     stream_high_water_mark: _Count = 10_000
+    max_stream_subscriptions: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
+        DEFAULT_MAX_STREAM_SUBSCRIPTIONS)
     local_backlog_bytes: _Bytes = LOCAL_BACKLOG_BYTES
     max_queued_replies: _Count = DEFAULT_MAX_QUEUED_REPLIES
     idle_session_timeout: _PositiveSeconds = DEFAULT_IDLE_SESSION_TIMEOUT
@@ -132,6 +137,7 @@ EXPECTED: Final[dict[str, str]] = {
     "hold_timeout": "a number of seconds from 0 to 86400",
     "local_channels": "true or false",
     "stream_high_water_mark": "an integer count >= 1",
+    "max_stream_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_backlog_bytes": "an integer number of bytes >= 1",
     "max_queued_replies": "an integer count >= 1",
     "idle_session_timeout": "a number of seconds > 0 and at most 86400",

@@ -109,7 +109,11 @@ from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTE
 from fastfanout.server.local_sessions import LocalSessions
 from fastfanout.server.requests import arguments, frame, text
 from fastfanout.server.sessions import EndedSessions, Session
-from fastfanout.server.streams import SLOW_LISTENER_POLICIES, Streams
+from fastfanout.server.streams import (
+    DEFAULT_MAX_STREAM_SUBSCRIPTIONS,
+    SLOW_LISTENER_POLICIES,
+    Streams,
+)
 from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH, check_count
 from fastfanout.stats import check_worker_report
 from fastfanout.transport.local_channel import local_channels_supported
@@ -185,6 +189,10 @@ class Server:
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
         stream_high_water_mark: stream messages queued per listener in the broker before
             the ``slow_listener`` policy applies.
+        max_stream_subscriptions: subscriptions one listener connection may hold (probes
+            included); one more is refused and that connection ended, counted in
+            ``stream_subscriptions_refused`` and ``stream_listeners_cut``
+            (``streams.DEFAULT_MAX_STREAM_SUBSCRIPTIONS``).
         hold_timeout: seconds a publish to a full ``hold`` queue is held before it is
             answered with ``QueueFull`` (0: answer at once, like ``reject``).
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
@@ -221,6 +229,7 @@ class Server:
         slow_listener: str = "drop",
         stream_wait: float = 1.0,
         stream_high_water_mark: int = 10_000,
+        max_stream_subscriptions: int = DEFAULT_MAX_STREAM_SUBSCRIPTIONS,
         push_batch: int = 8192,
         hold_timeout: float = 30.0,
         local_channels: bool = True,
@@ -266,6 +275,8 @@ class Server:
             raise InvalidArgument(
                 f"local_backlog_bytes={local_backlog_bytes!r} must be an int >= 1 (bytes)")
         check_count("stream_high_water_mark", stream_high_water_mark,
+                    maximum=MAX_HIGH_WATER_MARK)
+        check_count("max_stream_subscriptions", max_stream_subscriptions,
                     maximum=MAX_HIGH_WATER_MARK)
         if not all(type(seconds) in (int, float) and math.isfinite(seconds)
                    for seconds in (heartbeat_interval, heartbeat_timeout)) or not (
@@ -323,7 +334,8 @@ class Server:
         self.stats_sources: dict[str, Callable[[], Any]] = {}
         """Extra ``server_stats`` entries: key -> a callable run on the server thread
         (``fastfanout serve --bridge`` adds ``bridge``: each rule's counters)."""
-        self._streams = Streams(self.counters, slow_listener, stream_wait)
+        self._streams = Streams(self.counters, slow_listener, stream_wait,
+                                max_stream_subscriptions)
         self._stream_high_water_mark = stream_high_water_mark
         self._local_channels = (bool(local_channels) and self.endpoint.startswith("ipc://")
                                 and local_channels_supported())
@@ -914,6 +926,7 @@ class Server:
                      accepting=int(self._transport is not None
                                    and self._transport.accepting),
                      stream_subscriptions=self._streams.subscriptions(),
+                     stream_listener_peers=self._streams.listener_peers(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())
         stats.update(memory_stats())

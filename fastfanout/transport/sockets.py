@@ -335,6 +335,13 @@ class ServerTransport:
             self._monitor = self.router.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED)
             self._sockets.append(self._monitor)
+            # what getsockname() says of a connection to the stream endpoint: its path
+            # (ipc) or port (tcp), for cut_stream_peer
+            stream_bound = str(self.xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+            self._stream_local: str | int = (
+                stream_bound[6:].replace("@", "\0", 1) if stream_bound.startswith("ipc://@")
+                else stream_bound[6:] if stream_bound.startswith("ipc://")
+                else int(stream_bound.rsplit(":", 1)[1]))
             self._stream_monitor = self.xpub.get_monitor_socket(zmq.EVENT_ACCEPTED)
             self._sockets.append(self._stream_monitor)
             # the ipc listeners (libzmq aborts when their accept() meets EMFILE), by the
@@ -480,6 +487,42 @@ class ServerTransport:
         if not frame or frame[0] > 1:
             return None, frame, peer
         return frame[0] == 1, frame[1:], peer
+
+    def cut_stream_peer(self, peer: Peer) -> bool:
+        """End one listener's connection to the XPUB (it broke a limit); True if cut.
+
+        libzmq has no call that drops one peer of a socket, so this shuts the
+        connection's socket down (``shutdown``, never ``close``: the descriptor stays
+        libzmq's, which then sees the end of the stream, drops the connection and sends
+        its own unsubscriptions of every prefix the peer held). Only a descriptor that
+        is still a connection to the stream endpoint, from the same peer (over ipc, the
+        same process; over tcp, the same address), is shut: one that libzmq closed and
+        the system gave to another socket since is left alone (False).
+        """
+        fd, address, _user = peer
+        try:
+            connection = _socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return False
+        with connection:
+            try:
+                local = connection.getsockname()
+                if connection.family == _socket.AF_UNIX:
+                    if isinstance(local, bytes):   # an abstract socket's name
+                        local = local.decode(errors="replace")
+                    pid = struct.unpack("3i", connection.getsockopt(
+                        _socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))[0]
+                    same = (local == self._stream_local
+                            and address.rsplit(":", 1)[-1] == str(pid))
+                else:
+                    same = (local[1] == self._stream_local
+                            and connection.getpeername()[0] == address)
+                if not same:
+                    return False
+                connection.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                return False
+        return True
 
     def monitor_events(self) -> tuple[int, int]:
         """Read every waiting monitor event.
