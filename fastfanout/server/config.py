@@ -31,7 +31,11 @@ import msgspec
 from fastfanout.errors import InvalidArgument
 from fastfanout.runtime import endpoint_problem
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
-from fastfanout.server.loop import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
+from fastfanout.server.loop import (
+    DEFAULT_IDLE_SESSION_TIMEOUT,
+    DEFAULT_MAX_HELD_BYTES,
+    DEFAULT_MAX_QUEUED_REPLIES,
+)
 from fastfanout.server.streams import DEFAULT_MAX_STREAM_SUBSCRIPTIONS
 from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH
 from fastfanout.wire.protocol import (
@@ -73,6 +77,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
             exceeds the consumer's prefetch, nor a quarter of a local consumer's ring).
         hold_timeout: seconds a publish to a full ``hold`` queue is held.
+        max_held_bytes: bytes of one session's requests held at once.
         local_channels: let clients on this host use shared memory (ipc:// only).
         stream_high_water_mark: stream batches queued per listener before the broker
             drops (``drop``) or waits (``wait``).
@@ -106,6 +111,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     stream_wait: _Seconds = 1.0
     push_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECEIVE_BATCH)] = 8192
     hold_timeout: _Seconds = 30.0
+    max_held_bytes: _Bytes = DEFAULT_MAX_HELD_BYTES
     local_channels: bool = True
     stream_high_water_mark: _Count = 10_000
     max_stream_subscriptions: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
@@ -135,6 +141,7 @@ EXPECTED: Final[dict[str, str]] = {
     "stream_wait": "a number of seconds from 0 to 86400",
     "push_batch": f"an integer from 1 to {MAX_RECEIVE_BATCH}",
     "hold_timeout": "a number of seconds from 0 to 86400",
+    "max_held_bytes": "an integer number of bytes >= 1",
     "local_channels": "true or false",
     "stream_high_water_mark": "an integer count >= 1",
     "max_stream_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",

@@ -146,6 +146,9 @@ DEFAULT_MAX_QUEUED_REPLIES: Final = 10_000
 """Default ``max_queued_replies``: messages queued for one socket client that reads
 nothing before its session is ended as a slow client (the Python clients' own receive
 queue holds 100,000 more)."""
+DEFAULT_MAX_HELD_BYTES: Final = 64 * 1024 * 1024
+"""Default ``max_held_bytes``: bytes of one session's requests held for a full ``hold``
+queue at once (64 MiB)."""
 DEFAULT_IDLE_SESSION_TIMEOUT: Final = 60.0
 """Default ``idle_session_timeout`` (seconds)."""
 ENDED_SESSION_MEMORY: Final = 60.0
@@ -195,6 +198,10 @@ class Server:
             (``streams.DEFAULT_MAX_STREAM_SUBSCRIPTIONS``).
         hold_timeout: seconds a publish to a full ``hold`` queue is held before it is
             answered with ``QueueFull`` (0: answer at once, like ``reject``).
+        max_held_bytes: bytes of one session's publishes and sends that may be held
+            at once (their frames); a request that would pass it is answered with
+            ``QueueFull`` at once, counted in ``hold_refused`` (a session's first held
+            request is always held, whatever its size).
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
             exceeds the consumer's credit, nor a quarter of a local consumer's ring, so
             this only caps consumers with a large prefetch: big pushes are what lets
@@ -232,6 +239,7 @@ class Server:
         max_stream_subscriptions: int = DEFAULT_MAX_STREAM_SUBSCRIPTIONS,
         push_batch: int = 8192,
         hold_timeout: float = 30.0,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
         local_channels: bool = True,
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
         max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
@@ -271,6 +279,9 @@ class Server:
         if type(push_batch) is not int or not 1 <= push_batch <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"push_batch={push_batch!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        if type(max_held_bytes) is not int or max_held_bytes < 1:
+            raise InvalidArgument(
+                f"max_held_bytes={max_held_bytes!r} must be an int >= 1 (bytes)")
         if type(local_backlog_bytes) is not int or local_backlog_bytes < 1:
             raise InvalidArgument(
                 f"local_backlog_bytes={local_backlog_bytes!r} must be an int >= 1 (bytes)")
@@ -314,6 +325,7 @@ class Server:
         self._ended = EndedSessions(ENDED_SESSION_MEMORY, MAX_ENDED_SESSIONS)
         self._push_batch = push_batch
         self._held = HeldRequests(hold_timeout)
+        self._max_held_bytes = max_held_bytes
         self._transport: ServerTransport | None = None
         self._lock: EndpointLock | None = None
         self._thread: threading.Thread | None = None
@@ -923,6 +935,7 @@ class Server:
                      ended_sessions_forgotten=self._ended.forgotten_early,
                      consumers=self._deliveries.consumers,
                      long_polls=self._deliveries.long_polls, held=len(self._held),
+                     held_bytes=self._held.total_bytes(),
                      accepting=int(self._transport is not None
                                    and self._transport.accepting),
                      stream_subscriptions=self._streams.subscriptions(),
@@ -967,10 +980,15 @@ class Server:
             raise MalformedFrame(str(exc)) from None
 
     def _hold_or_run(self, session: Session, request_id: int,
-                     run: Callable[[], list[bytes]]) -> list[bytes] | None:
+                     run: Callable[[], list[bytes]], size: int) -> list[bytes] | None:
         """Run a publish or send now, or hold it; None: it will be answered later.
 
-        Held: behind the session's held requests, or refused by a full ``hold`` queue.
+        Held: behind the session's held requests, or refused by a full ``hold`` queue;
+        ``size`` (bytes of its frames) counts towards the session's ``max_held_bytes``.
+
+        Raises:
+            QueueFull: the queue has no room and holding is off, or the session's held
+                requests would pass ``max_held_bytes`` with this one (``hold_refused``).
         """
         room = None   # what the refusal needed: held without a rerun until it is there
         if not self._held.waiting(session):
@@ -981,7 +999,16 @@ class Server:
                     raise
                 room = exc.room
                 self._port.withdraw_refusal(room)   # held, not refused
-        self._held.hold(session, request_id, run, time.monotonic(), room)
+        elif self._held.held_bytes(session) + size > self._max_held_bytes:
+            self.counters["hold_refused"] += 1
+            refusal = QueueFull(
+                f"this session's publishes held for a full hold queue already take "
+                f"{self._held.held_bytes(session)} bytes; with this one's {size} they would "
+                f"pass max_held_bytes={self._max_held_bytes}: wait for the answers of those "
+                f"sent before sending more (nothing of this one was published)")
+            refusal.hold = True
+            raise refusal
+        self._held.hold(session, request_id, run, time.monotonic(), room, size)
         self.counters["held_requests"] += 1
         return None
 
@@ -1008,7 +1035,8 @@ class Server:
         topic = text(frame(frames, 0, "topic"), "topic name")
         batch_frame = frame(frames, 1, "records")
         return self._hold_or_run(session, request_id,
-                                 lambda: self._publish_now(session, topic, batch_frame))
+                                 lambda: self._publish_now(session, topic, batch_frame),
+                                 len(batch_frame))
 
     def _publish_now(self, session: Session, topic: str, batch_frame: bytes) -> list[bytes]:
         if type(batch_frame) is not bytes:   # read in place from a local channel's ring
@@ -1025,7 +1053,8 @@ class Server:
         queue = text(frame(frames, 0, "queue"), "queue name")
         records = frame(frames, 1, "records")
         return self._hold_or_run(session, request_id,
-                                 lambda: self._send_now(session, queue, records))
+                                 lambda: self._send_now(session, queue, records),
+                                 len(records))
 
     def _send_now(self, session: Session, queue: str, records: bytes) -> list[bytes]:
         if type(records) is not bytes:   # read in place from a local channel's ring
