@@ -30,6 +30,7 @@ import msgspec
 
 from fastfanout.errors import InvalidArgument
 from fastfanout.runtime import endpoint_problem
+from fastfanout.server.deliveries import DEFAULT_MAX_CONSUMERS, DEFAULT_MAX_LONG_POLLS
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.server.loop import (
     DEFAULT_IDLE_SESSION_TIMEOUT,
@@ -78,6 +79,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
             exceeds the consumer's prefetch, nor a quarter of a local consumer's ring).
         hold_timeout: seconds a publish to a full ``hold`` queue is held.
         max_held_bytes: bytes of one session's requests held at once.
+        max_consumers: push consumers one session may have open.
+        max_long_polls: receives of one session waiting for messages at once.
         local_channels: let clients on this host use shared memory (ipc:// only).
         stream_high_water_mark: stream batches queued per listener before the broker
             drops (``drop``) or waits (``wait``).
@@ -112,6 +115,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     push_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECEIVE_BATCH)] = 8192
     hold_timeout: _Seconds = 30.0
     max_held_bytes: _Bytes = DEFAULT_MAX_HELD_BYTES
+    max_consumers: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
+        DEFAULT_MAX_CONSUMERS)
+    max_long_polls: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
+        DEFAULT_MAX_LONG_POLLS)
     local_channels: bool = True
     stream_high_water_mark: _Count = 10_000
     max_stream_subscriptions: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
@@ -142,6 +149,8 @@ EXPECTED: Final[dict[str, str]] = {
     "push_batch": f"an integer from 1 to {MAX_RECEIVE_BATCH}",
     "hold_timeout": "a number of seconds from 0 to 86400",
     "max_held_bytes": "an integer number of bytes >= 1",
+    "max_consumers": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
+    "max_long_polls": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_channels": "true or false",
     "stream_high_water_mark": "an integer count >= 1",
     "max_stream_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",

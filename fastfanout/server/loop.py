@@ -101,7 +101,11 @@ from fastfanout.server.allocator import (
     keep_freed_memory,
     memory_stats,
 )
-from fastfanout.server.deliveries import Deliveries
+from fastfanout.server.deliveries import (
+    DEFAULT_MAX_CONSUMERS,
+    DEFAULT_MAX_LONG_POLLS,
+    Deliveries,
+)
 from fastfanout.server.descriptors import ListenerGuard, raise_limit
 from fastfanout.server.guests import Guest
 from fastfanout.server.holds import HeldRequest, HeldRequests
@@ -202,6 +206,11 @@ class Server:
             at once (their frames); a request that would pass it is answered with
             ``QueueFull`` at once, counted in ``hold_refused`` (a session's first held
             request is always held, whatever its size).
+        max_consumers: push consumers one session may have open; a ``consume`` past it
+            is refused with ``LimitExceeded``, counted in ``consumers_refused``.
+        max_long_polls: receives of one session that may wait for messages at once; one
+            more that would wait is refused with ``LimitExceeded``, counted in
+            ``long_polls_refused`` (each round tries every consumer and waiting receive).
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
             exceeds the consumer's credit, nor a quarter of a local consumer's ring, so
             this only caps consumers with a large prefetch: big pushes are what lets
@@ -240,6 +249,8 @@ class Server:
         push_batch: int = 8192,
         hold_timeout: float = 30.0,
         max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        max_consumers: int = DEFAULT_MAX_CONSUMERS,
+        max_long_polls: int = DEFAULT_MAX_LONG_POLLS,
         local_channels: bool = True,
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
         max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
@@ -300,6 +311,8 @@ class Server:
                 f"max_frame_bytes={max_frame_bytes!r} must be an int of at least "
                 f"{protocol.MIN_FRAME_BYTES} bytes")
         check_count("max_queued_replies", max_queued_replies, maximum=MAX_HIGH_WATER_MARK)
+        check_count("max_consumers", max_consumers, maximum=MAX_HIGH_WATER_MARK)
+        check_count("max_long_polls", max_long_polls, maximum=MAX_HIGH_WATER_MARK)
         if (type(idle_session_timeout) not in (int, float)
                 or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
@@ -357,7 +370,8 @@ class Server:
             backlog_bytes=local_backlog_bytes)
         self._deliveries = Deliveries(self.broker, self._port, self._local, self.counters,
                                       push_batch, send=self._send, reply=self._reply,
-                                      error=self._error)
+                                      error=self._error, max_consumers=max_consumers,
+                                      max_long_polls=max_long_polls)
         self._handlers: dict[int, Callable[[Session, int, list[bytes]], Any]] = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
