@@ -57,7 +57,8 @@ _Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
 _PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 _Bytes = Annotated[int, msgspec.Meta(ge=1)]
 _FrameBytes = Annotated[int, msgspec.Meta(ge=MIN_FRAME_BYTES)]
-_Count = Annotated[int, msgspec.Meta(ge=1)]
+_HighWaterMark = Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)]
+"""A count libzmq or the server keeps in a C int."""
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -115,16 +116,16 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     push_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECEIVE_BATCH)] = 8192
     hold_timeout: _Seconds = 30.0
     max_held_bytes: _Bytes = DEFAULT_MAX_HELD_BYTES
-    max_consumers: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
+    max_consumers: _HighWaterMark = (
         DEFAULT_MAX_CONSUMERS)
-    max_long_polls: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
+    max_long_polls: _HighWaterMark = (
         DEFAULT_MAX_LONG_POLLS)
     local_channels: bool = True
-    stream_high_water_mark: _Count = 10_000
-    max_stream_subscriptions: Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)] = (
+    stream_high_water_mark: _HighWaterMark = 10_000
+    max_stream_subscriptions: _HighWaterMark = (
         DEFAULT_MAX_STREAM_SUBSCRIPTIONS)
     local_backlog_bytes: _Bytes = LOCAL_BACKLOG_BYTES
-    max_queued_replies: _Count = DEFAULT_MAX_QUEUED_REPLIES
+    max_queued_replies: _HighWaterMark = DEFAULT_MAX_QUEUED_REPLIES
     idle_session_timeout: _PositiveSeconds = DEFAULT_IDLE_SESSION_TIMEOUT
     curve_secret_key: str | None = None
     curve_clients: str | None = None
@@ -152,10 +153,10 @@ EXPECTED: Final[dict[str, str]] = {
     "max_consumers": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_long_polls": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_channels": "true or false",
-    "stream_high_water_mark": "an integer count >= 1",
+    "stream_high_water_mark": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_stream_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_backlog_bytes": "an integer number of bytes >= 1",
-    "max_queued_replies": "an integer count >= 1",
+    "max_queued_replies": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "idle_session_timeout": "a number of seconds > 0 and at most 86400",
     "curve_secret_key": "a string: the path of a .key_secret certificate",
     "curve_clients": 'a string: a directory of client *.key certificates, or "*"',
