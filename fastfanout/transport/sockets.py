@@ -501,8 +501,13 @@ class ServerTransport:
         """
         fd, address, _user = peer
         try:
-            connection = _socket.socket(fileno=os.dup(fd))
+            duplicate = os.dup(fd)
         except OSError:
+            return False
+        try:
+            connection = _socket.socket(fileno=duplicate)
+        except OSError:   # no socket any more (a file or pipe took the number)
+            os.close(duplicate)
             return False
         with connection:
             try:
