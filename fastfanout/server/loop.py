@@ -562,11 +562,13 @@ class Server:
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:
-                    lost, accepted = transport.monitor_events()
+                    lost, accepted, stream_lost = transport.monitor_events()
                     if lost:
                         self.counters["disconnects"] += lost
                         self._probe_until = time.monotonic() + 0.5
-                    guard.connections(accepted, lost)
+                    if stream_lost:
+                        self.counters["stream_disconnects"] += stream_lost
+                    guard.connections(accepted, lost + stream_lost)
                 self._push_and_answer(waiting)
                 now = time.monotonic()
                 if self._held and (self._deliveries.room or now >= self._next_hold_check):

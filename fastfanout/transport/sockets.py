@@ -65,6 +65,7 @@ log = logging.getLogger("fastfanout.transport")
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "MAX_SUBSCRIPTION_BYTES",
     "AsyncDealerTransport",
     "AsyncSubTransport",
     "CurveKeys",
@@ -263,6 +264,15 @@ def _raise_from(exc: zmq.ZMQError, what: str) -> TransportError:
     return TransportError(f"{what}: {exc}")
 
 
+MAX_SUBSCRIPTION_BYTES: Final = 1024
+"""Longest prefix a stream listener may subscribe (bytes); no prefix that can match a
+topic name (256 characters at most) or a probe (64 bytes) is longer. The XPUB's
+``ZMQ_MAXMSGSIZE`` is this plus the 10 bytes of ZMTP 3.1's ``SUBSCRIBE`` command name
+with its length (the longest form of a subscription; ZMTP 3.0's ``0x01`` + prefix is
+shorter), so libzmq
+disconnects a listener that sends anything longer (counted in SERVER_STATS
+``stream_disconnects``, with every other lost listener connection)."""
+
 Peer = tuple[int, str, str]
 """A stream peer's connection, as the XPUB tells it: (file descriptor, peer address, CURVE
 user id or ""). The descriptor alone may be reused by a new connection as soon as one
@@ -293,12 +303,15 @@ class ServerTransport:
             for it (or, with ``stream_no_drop``, refuses the send).
         stream_no_drop: set ``XPUB_NODROP``: a send that a full listener queue cannot take
             fails (``WouldBlock``) for everyone instead of being dropped for that listener.
+        max_subscription_bytes: longest prefix a listener may subscribe (bytes; see
+            ``MAX_SUBSCRIPTION_BYTES``): libzmq disconnects one that sends a longer one.
     """
 
     def __init__(self, endpoint: str, stream_endpoint: str, *, max_frame_bytes: int,
                  curve: CurveKeys | None = None, curve_clients: str | None = None,
                  reply_high_water_mark: int = 10_000,
-                 stream_high_water_mark: int = 10_000, stream_no_drop: bool = True) -> None:
+                 stream_high_water_mark: int = 10_000, stream_no_drop: bool = True,
+                 max_subscription_bytes: int = MAX_SUBSCRIPTION_BYTES) -> None:
         self._authenticator: ThreadAuthenticator | None = None
         if curve is not None:
             if curve_clients is None:
@@ -330,6 +343,10 @@ class ServerTransport:
             self.xpub.setsockopt(zmq.XPUB_NODROP, int(stream_no_drop))
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             self.xpub.setsockopt(zmq.SNDHWM, stream_high_water_mark)
+            # a subscription is one frame, 0x01 + prefix: libzmq keeps a trie node per
+            # byte of each, so one frame of 10 MB stalled the broker for seconds
+            self.xpub.setsockopt(zmq.MAXMSGSIZE,
+                                 max_subscription_bytes + len(b"\x09SUBSCRIBE"))
             _bind_private(self.router, endpoint)
             _bind_private(self.xpub, stream_endpoint)
             self._monitor = self.router.get_monitor_socket(
@@ -342,7 +359,8 @@ class ServerTransport:
                 stream_bound[6:].replace("@", "\0", 1) if stream_bound.startswith("ipc://@")
                 else stream_bound[6:] if stream_bound.startswith("ipc://")
                 else int(stream_bound.rsplit(":", 1)[1]))
-            self._stream_monitor = self.xpub.get_monitor_socket(zmq.EVENT_ACCEPTED)
+            self._stream_monitor = self.xpub.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED)
             self._sockets.append(self._stream_monitor)
             # the ipc listeners (libzmq aborts when their accept() meets EMFILE), by the
             # endpoint each was bound to: pause_accepting() unbinds them
@@ -529,13 +547,14 @@ class ServerTransport:
                 return False
         return True
 
-    def monitor_events(self) -> tuple[int, int]:
+    def monitor_events(self) -> tuple[int, int, int]:
         """Read every waiting monitor event.
 
         Returns:
-            (connections the ROUTER lost, connections either listener accepted).
+            (connections the ROUTER lost, connections either listener accepted,
+            connections the XPUB lost).
         """
-        lost = accepted = 0
+        lost = accepted = stream_lost = 0
         for monitor in (self._monitor, self._stream_monitor):
             while True:
                 try:
@@ -544,9 +563,11 @@ class ServerTransport:
                     break
                 if struct.unpack_from("<H", frames[0])[0] == zmq.EVENT_ACCEPTED:
                     accepted += 1
-                else:
+                elif monitor is self._monitor:
                     lost += 1
-        return lost, accepted
+                else:
+                    stream_lost += 1
+        return lost, accepted, stream_lost
 
     def pause_accepting(self) -> bool:
         """Stop new connections to the ipc endpoints: their socket files are moved aside.
