@@ -100,7 +100,7 @@ PROBE_PREFIX: Final = b"\xffprobe."
 """Topic-frame prefix of subscription probes (never a UTF-8 topic name)."""
 MAX_PROBE_BYTES: Final = 64
 """Longest probe prefix the broker answers (bytes, ``PROBE_PREFIX`` included)."""
-DEFAULT_MAX_STREAM_SUBSCRIPTIONS: Final = 10_000
+DEFAULT_MAX_STREAM_SUBSCRIPTIONS: Final = 1000
 """Default ``max_stream_subscriptions``: subscriptions one listener connection may hold
 (its probes included; a ``listen()`` holds one prefix and, until it is live, one probe).
 One more is refused and ends that connection (``stream_subscriptions_refused``,
