@@ -70,8 +70,9 @@ when the reply comes later (a long poll) or never (a SETTLE that succeeded)."""
 
 DEFAULT_MAX_CONSUMERS = 10_000
 """Default ``max_consumers``: push consumers one session may have open."""
-DEFAULT_MAX_LONG_POLLS = 10_000
-"""Default ``max_long_polls``: RECEIVEs of one session waiting for messages at once."""
+DEFAULT_MAX_LONG_POLLS = 1000
+"""Default ``max_long_polls``: RECEIVEs of one session waiting for messages at once
+(each costs a lease attempt per round while it waits: 20,000 cost ~50 ms a round)."""
 EMPTY_DELIVERY = b"FFB1\x00\x00\x00\x00"
 RECEIVE_NAMES = frozenset({"queue", "max_messages", "wait", "visibility_timeout"})
 """The named arguments of RECEIVE; another name is ``invalid_argument``."""
