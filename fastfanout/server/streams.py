@@ -44,7 +44,8 @@ rule out: a peer that connects on the descriptor of a connection that just ended
 the same process (ipc) or host (tcp without CURVE; with CURVE, with the same key),
 before libzmq reports that end, and unsubscribes a prefix the old connection held.
 
-Each peer holds at most ``max_stream_subscriptions`` subscriptions (probes included).
+Each peer holds at most ``max_stream_subscriptions`` subscriptions (probes included),
+each of ``MAX_SUBSCRIPTION_BYTES`` at most.
 libzmq adds a subscription to the XPUB's filter before the broker reads it, so one past
 the limit cannot be refused alone: the broker ends that peer's connection, and libzmq's
 own unsubscriptions then take every prefix of it away (memory per listener connection is
@@ -71,7 +72,7 @@ from fastfanout._ext.wire import receipt_span
 from fastfanout.errors import InvalidArgument, WouldBlock
 from fastfanout.records import Attributes
 from fastfanout.semantics.topic_pattern import pattern_matches
-from fastfanout.transport.sockets import Peer, ServerTransport
+from fastfanout.transport.sockets import MAX_SUBSCRIPTION_BYTES, Peer, ServerTransport
 from fastfanout.wire import protocol
 
 __all__ = [
@@ -182,7 +183,8 @@ class Streams:
                 continue
             probe = prefix.startswith(PROBE_PREFIX)
             if subscribe:
-                if peer is not None and self._held[peer] >= self._max_subscriptions:
+                if peer is not None and (self._held[peer] >= self._max_subscriptions
+                                         or len(prefix) > MAX_SUBSCRIPTION_BYTES):
                     # libzmq has put it in the XPUB's filter already: only ending the
                     # connection takes it (and the peer's others) out again
                     counters["stream_subscriptions_refused"] += 1

@@ -65,6 +65,7 @@ log = logging.getLogger("fastfanout.transport")
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "MAX_LISTENER_FRAME_BYTES",
     "MAX_SUBSCRIPTION_BYTES",
     "AsyncDealerTransport",
     "AsyncSubTransport",
@@ -268,12 +269,16 @@ MAX_SUBSCRIPTION_BYTES: Final = 256
 """Longest prefix a stream listener may subscribe (bytes); no prefix that can match a
 topic name (256 characters at most) or a probe (64 bytes) is longer. libzmq keeps some
 20 KiB per subscription of that length (measured with libzmq 4.3.5), so with
-``max_stream_subscriptions`` a listener connection holds about 22 MB at most. The XPUB's
-``ZMQ_MAXMSGSIZE`` is this plus the 10 bytes of ZMTP 3.1's ``SUBSCRIBE`` command name
-with its length (the longest form of a subscription; ZMTP 3.0's ``0x01`` + prefix is
-shorter), so libzmq
-disconnects a listener that sends anything longer (counted in SERVER_STATS
-``stream_disconnects``, with every other lost listener connection)."""
+``max_stream_subscriptions`` a listener connection holds about 22 MB at most. The
+broker ends the connection of a listener that subscribes a longer one (see
+``fastfanout.server.streams``)."""
+MAX_LISTENER_FRAME_BYTES: Final = 4096
+"""``ZMQ_MAXMSGSIZE`` of the XPUB: the longest frame a stream listener may send (bytes);
+libzmq disconnects one that sends a longer one (counted in SERVER_STATS
+``stream_disconnects``, with every other lost listener connection). Room for a CURVE
+handshake's INITIATE (~300 bytes, its metadata with it) and a subscription of
+``MAX_SUBSCRIPTION_BYTES``; without it one subscription of 10 MB (libzmq keeps a trie
+node per byte of a prefix) stalled the broker for seconds."""
 
 Peer = tuple[int, str, str]
 """A stream peer's connection, as the XPUB tells it: (file descriptor, peer address, CURVE
@@ -305,15 +310,12 @@ class ServerTransport:
             for it (or, with ``stream_no_drop``, refuses the send).
         stream_no_drop: set ``XPUB_NODROP``: a send that a full listener queue cannot take
             fails (``WouldBlock``) for everyone instead of being dropped for that listener.
-        max_subscription_bytes: longest prefix a listener may subscribe (bytes; see
-            ``MAX_SUBSCRIPTION_BYTES``): libzmq disconnects one that sends a longer one.
     """
 
     def __init__(self, endpoint: str, stream_endpoint: str, *, max_frame_bytes: int,
                  curve: CurveKeys | None = None, curve_clients: str | None = None,
                  reply_high_water_mark: int = 10_000,
-                 stream_high_water_mark: int = 10_000, stream_no_drop: bool = True,
-                 max_subscription_bytes: int = MAX_SUBSCRIPTION_BYTES) -> None:
+                 stream_high_water_mark: int = 10_000, stream_no_drop: bool = True) -> None:
         self._authenticator: ThreadAuthenticator | None = None
         if curve is not None:
             if curve_clients is None:
@@ -345,10 +347,7 @@ class ServerTransport:
             self.xpub.setsockopt(zmq.XPUB_NODROP, int(stream_no_drop))
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             self.xpub.setsockopt(zmq.SNDHWM, stream_high_water_mark)
-            # a subscription is one frame, 0x01 + prefix: libzmq keeps a trie node per
-            # byte of each, so one frame of 10 MB stalled the broker for seconds
-            self.xpub.setsockopt(zmq.MAXMSGSIZE,
-                                 max_subscription_bytes + len(b"\x09SUBSCRIBE"))
+            self.xpub.setsockopt(zmq.MAXMSGSIZE, MAX_LISTENER_FRAME_BYTES)
             _bind_private(self.router, endpoint)
             _bind_private(self.xpub, stream_endpoint)
             self._monitor = self.router.get_monitor_socket(

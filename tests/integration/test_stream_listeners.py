@@ -18,7 +18,7 @@ from fastfanout import aio
 from fastfanout.errors import InvalidArgument
 from fastfanout.server.loop import Server
 from fastfanout.server.streams import PROBE_PREFIX
-from fastfanout.transport.sockets import MAX_SUBSCRIPTION_BYTES
+from fastfanout.transport.sockets import MAX_LISTENER_FRAME_BYTES, MAX_SUBSCRIPTION_BYTES
 
 TRIALS = 60
 WINDOW = 100   # batches the slow-listener test publishes before the fast one reads them
@@ -311,7 +311,7 @@ def test_a_listener_read_after_close_raises_closed(track: Tracker) -> None:
     asyncio.run(main())
 
 
-def test_a_subscription_frame_past_max_subscription_bytes_drops_only_its_listener(
+def test_a_subscription_past_max_subscription_bytes_drops_only_its_listener(
         track: Tracker, endpoint: str) -> None:
     # Until 2026-12-05 the XPUB took frames of any size: libzmq keeps a node per byte of
     # a prefix, and one subscription of 10 MB stalled the broker for seconds.
@@ -321,7 +321,7 @@ def test_a_subscription_frame_past_max_subscription_bytes_drops_only_its_listene
     listener = client.listen("t")
     track.closeables.append(listener)
     context = zmq.Context()
-    subs = [context.socket(zmq.SUB) for _ in range(2)]
+    subs = [context.socket(zmq.SUB) for _ in range(3)]
     try:
         for sub in subs:
             sub.setsockopt(zmq.LINGER, 0)
@@ -330,10 +330,15 @@ def test_a_subscription_frame_past_max_subscription_bytes_drops_only_its_listene
         subs[0].subscribe(b"a" * MAX_SUBSCRIPTION_BYTES)   # a prefix exactly at it
         wait_until(lambda: client.server_stats()["stream_subscriptions"] == 2,
                    what="the subscription at the limit")
-        subs[1].subscribe(b"b" * (MAX_SUBSCRIPTION_BYTES + 1))   # one byte over
-        wait_until(lambda: client.server_stats().get("stream_disconnects", 0) == 1,
-                   what="the listener over the limit dropped")
-        assert client.server_stats()["stream_subscriptions"] == 2   # the others stay
+        subs[1].subscribe(b"b" * (MAX_SUBSCRIPTION_BYTES + 1))   # one byte over: refused
+        wait_until(lambda: client.server_stats().get("stream_listeners_cut") == 1,
+                   what="the listener over the limit cut")
+        subs[2].subscribe(b"c" * MAX_LISTENER_FRAME_BYTES)   # past libzmq's frame limit
+        wait_until(lambda: client.server_stats().get("stream_disconnects") == 2,
+                   what="both listeners over the limits dropped")
+        stats = client.server_stats()
+        assert stats["stream_subscriptions_refused"] == 1
+        assert stats["stream_subscriptions"] == 2   # the others stay
         client.publish("t", b"after")
         batch = listener.recv_batch(DEADLINE)
         assert batch is not None and batch[0].body == b"after"
