@@ -162,7 +162,11 @@ class BrokerAPI(Protocol):
 
     def receive(self, queue: str, *, max_messages: int = 1, wait: float = 0.0,
                 visibility_timeout: float | None = None) -> Sequence[Any]:
-        """Lease up to ``max_messages`` visible messages."""
+        """Lease up to ``max_messages`` visible messages.
+
+        A broker server refuses one that finds none and would wait while this
+        connection has ``max_long_polls`` receives waiting already (``LimitExceeded``).
+        """
 
     def ack(self, receipt: int) -> None:
         """Delete the message of a delivery."""
@@ -205,6 +209,8 @@ class BrokerAPI(Protocol):
 
         Raises:
             InvalidArgument: ``timeout`` is not None or finite seconds > 0.
+            LimitExceeded: (a broker server) this connection has ``max_consumers``
+                consumers open already.
         """
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "FastFanoutError",
     "InvalidArgument",
     "InvalidFilterPolicy",
+    "LimitExceeded",
     "MalformedBatch",
     "MalformedFrame",
     "MessageTooLarge",
@@ -105,6 +106,17 @@ class QueueFull(FastFanoutError):
     code = "queue_full"
     hold: bool = False
     room: tuple[str, int, int] | None = None
+
+
+class LimitExceeded(FastFanoutError):
+    """A connection reached one of a broker server's per-connection limits.
+
+    The message names the limit (``max_consumers``, ``max_long_polls``) and its value;
+    the refused call changed nothing. Wait for answers, or close what the connection
+    holds (cancel a consumer), before asking for more.
+    """
+
+    code = "limit_exceeded"
 
 
 class StaleReceipt(FastFanoutError):
@@ -360,6 +372,7 @@ _BY_CODE: dict[str, type[FastFanoutError]] = {
         InvalidFilterPolicy,
         MessageTooLarge,
         QueueFull,
+        LimitExceeded,
         StaleReceipt,
         Closed,
         StoreFull,

@@ -148,7 +148,11 @@ class BrokerStats:
         storage: a durable broker's storage counters (None in memory): journal_bytes,
             segments, records, bytes_written, syncs, inline_writes and writer_batches
             (commits written by the server's thread or handed to the journal's writer
-            thread), slow_inline_writes, store_full (refusals), failures,
+            thread), slow_inline_writes, store_full (refusals), store_full_dedup (of
+            those, refused while the dedup windows' snapshot heading each segment alone
+            passed a segment's share of max_disk_bytes: settles cannot free it),
+            dedup_snapshot_bytes (the current segment's header and head snapshot, the
+            dedup windows' keys in it), failures,
             failure, removed_segments, removal_errors (old segments that could not
             be unlinked: each try), snapshots, and recovery (records, bytes, seconds,
             torn_tail, skipped, bad_headers, bad_segments, missing, messages restored,

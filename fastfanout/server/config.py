@@ -30,9 +30,15 @@ import msgspec
 
 from fastfanout.errors import InvalidArgument
 from fastfanout.runtime import endpoint_problem
+from fastfanout.server.deliveries import DEFAULT_MAX_CONSUMERS, DEFAULT_MAX_LONG_POLLS
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
-from fastfanout.server.loop import DEFAULT_IDLE_SESSION_TIMEOUT, DEFAULT_MAX_QUEUED_REPLIES
-from fastfanout.settings import MAX_RECEIVE_BATCH
+from fastfanout.server.loop import (
+    DEFAULT_IDLE_SESSION_TIMEOUT,
+    DEFAULT_MAX_HELD_BYTES,
+    DEFAULT_MAX_QUEUED_REPLIES,
+)
+from fastfanout.server.streams import DEFAULT_MAX_STREAM_SUBSCRIPTIONS
+from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH
 from fastfanout.wire.protocol import (
     DEFAULT_MAX_REQUEST_BYTES,
     MIN_FRAME_BYTES,
@@ -50,7 +56,8 @@ _Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
 _PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 _Bytes = Annotated[int, msgspec.Meta(ge=1)]
 _FrameBytes = Annotated[int, msgspec.Meta(ge=MIN_FRAME_BYTES)]
-_Count = Annotated[int, msgspec.Meta(ge=1)]
+_HighWaterMark = Annotated[int, msgspec.Meta(ge=1, le=MAX_HIGH_WATER_MARK)]
+"""A count libzmq or the server keeps in a C int."""
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -71,9 +78,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
             exceeds the consumer's prefetch, nor a quarter of a local consumer's ring).
         hold_timeout: seconds a publish to a full ``hold`` queue is held.
+        max_held_bytes: bytes of one session's requests held at once.
+        max_consumers: push consumers one session may have open.
+        max_long_polls: receives of one session waiting for messages at once.
         local_channels: let clients on this host use shared memory (ipc:// only).
         stream_high_water_mark: stream batches queued per listener before the broker
             drops (``drop``) or waits (``wait``).
+        max_stream_subscriptions: subscriptions one listener connection may hold; one
+            more ends that connection.
         local_backlog_bytes: bytes a local-channel session may have queued for room in
             its ring before it is ended as a slow client.
         max_queued_replies: replies queued per socket client before it is ended as a
@@ -102,10 +114,17 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     stream_wait: _Seconds = 1.0
     push_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECEIVE_BATCH)] = 8192
     hold_timeout: _Seconds = 30.0
+    max_held_bytes: _Bytes = DEFAULT_MAX_HELD_BYTES
+    max_consumers: _HighWaterMark = (
+        DEFAULT_MAX_CONSUMERS)
+    max_long_polls: _HighWaterMark = (
+        DEFAULT_MAX_LONG_POLLS)
     local_channels: bool = True
-    stream_high_water_mark: _Count = 10_000
+    stream_high_water_mark: _HighWaterMark = 10_000
+    max_stream_subscriptions: _HighWaterMark = (
+        DEFAULT_MAX_STREAM_SUBSCRIPTIONS)
     local_backlog_bytes: _Bytes = LOCAL_BACKLOG_BYTES
-    max_queued_replies: _Count = DEFAULT_MAX_QUEUED_REPLIES
+    max_queued_replies: _HighWaterMark = DEFAULT_MAX_QUEUED_REPLIES
     idle_session_timeout: _PositiveSeconds = DEFAULT_IDLE_SESSION_TIMEOUT
     curve_secret_key: str | None = None
     curve_clients: str | None = None
@@ -129,10 +148,14 @@ EXPECTED: Final[dict[str, str]] = {
     "stream_wait": "a number of seconds from 0 to 86400",
     "push_batch": f"an integer from 1 to {MAX_RECEIVE_BATCH}",
     "hold_timeout": "a number of seconds from 0 to 86400",
+    "max_held_bytes": "an integer number of bytes >= 1",
+    "max_consumers": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
+    "max_long_polls": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_channels": "true or false",
-    "stream_high_water_mark": "an integer count >= 1",
+    "stream_high_water_mark": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
+    "max_stream_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_backlog_bytes": "an integer number of bytes >= 1",
-    "max_queued_replies": "an integer count >= 1",
+    "max_queued_replies": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "idle_session_timeout": "a number of seconds > 0 and at most 86400",
     "curve_secret_key": "a string: the path of a .key_secret certificate",
     "curve_clients": 'a string: a directory of client *.key certificates, or "*"',

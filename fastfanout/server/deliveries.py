@@ -43,6 +43,7 @@ from fastfanout.broker.embedded import Broker, ServerPort
 from fastfanout.errors import (
     FastFanoutError,
     InvalidArgument,
+    LimitExceeded,
     MalformedFrame,
     NotFound,
     StaleReceipt,
@@ -67,6 +68,11 @@ Handler = Callable[[Session, int, list[bytes]], "list[bytes] | None"]
 """A request handler: (session, request id, payload frames) -> reply frames, or None
 when the reply comes later (a long poll) or never (a SETTLE that succeeded)."""
 
+DEFAULT_MAX_CONSUMERS = 10_000
+"""Default ``max_consumers``: push consumers one session may have open."""
+DEFAULT_MAX_LONG_POLLS = 1000
+"""Default ``max_long_polls``: RECEIVEs of one session waiting for messages at once
+(each costs a lease attempt per round while it waits: 20,000 cost ~50 ms a round)."""
 EMPTY_DELIVERY = b"FFB1\x00\x00\x00\x00"
 RECEIVE_NAMES = frozenset({"queue", "max_messages", "wait", "visibility_timeout"})
 """The named arguments of RECEIVE; another name is ``invalid_argument``."""
@@ -98,11 +104,20 @@ class Deliveries:
         counters: the server's counters (``pushes``, ``pushed_messages``).
         push_batch: the most messages one push leases.
         send, reply, error: how to answer on a session (the server's own).
+        max_consumers: push consumers one session may have open; a CONSUME past it is
+            refused (``LimitExceeded``, counted in ``consumers_refused``).
+        max_long_polls: RECEIVEs of one session that may wait for messages at once; one
+            more that would wait is refused (``LimitExceeded``, ``long_polls_refused``).
+            Every round tries each consumer and each waiting receive: without these a
+            single client could slow the broker for every other one.
     """
 
     def __init__(self, broker: Broker, port: ServerPort, local: LocalSessions,
                  counters: Counter[str], push_batch: int, *, send: Send, reply: Reply,
-                 error: Fail) -> None:
+                 error: Fail, max_consumers: int = DEFAULT_MAX_CONSUMERS,
+                 max_long_polls: int = DEFAULT_MAX_LONG_POLLS) -> None:
+        self._max_consumers = max_consumers
+        self._max_long_polls = max_long_polls
         self.broker = broker
         self._port = port
         self._local = local
@@ -153,6 +168,7 @@ class Deliveries:
                     self._send(session, Status.END, request_id,
                                [protocol.encode_error(expired)])
         self._waiters = [w for w in self._waiters if w.session is not session]
+        session.long_polls = 0
 
     def stop(self, stopping: BaseException) -> None:
         """The server stops: long polls answered empty, consumers ended with ``stopping``."""
@@ -251,8 +267,15 @@ class Deliveries:
         payload, count = self._take(session, queue, max_messages, visibility_timeout, lease)
         if count or not wait:
             return payload
+        if session.long_polls >= self._max_long_polls:   # nothing was leased
+            self.counters["long_polls_refused"] += 1
+            raise LimitExceeded(
+                f"this connection has {session.long_polls} receives waiting for messages "
+                f"already, max_long_polls={self._max_long_polls}: wait for their answers "
+                f"before asking for more (or receive without a wait, or consume)")
         self._waiters.append(Waiter(session, request_id, queue, max_messages, lease,
                                      visibility_timeout, time.monotonic() + wait))
+        session.long_polls += 1
         return None
 
     def _ack(self, session: Session, request_id: int, frames: list[bytes]) -> list[bytes]:
@@ -400,6 +423,11 @@ class Deliveries:
                 f"request id {request_id} is already a consumer of this connection: a "
                 f"CONSUME needs a request id of its own")
         lease = self._lease_seconds(queue, visibility_timeout)
+        if len(session.consumers) >= self._max_consumers:
+            self.counters["consumers_refused"] += 1
+            raise LimitExceeded(
+                f"this connection has {len(session.consumers)} consumers open already, "
+                f"max_consumers={self._max_consumers}: cancel one before opening another")
         owner = self._port.open_owner(session.owner, prefetch)
         self._consumers[(session.identity, request_id)] = Consumer(
             session, request_id, queue, owner, lease, visibility_timeout)
@@ -434,6 +462,7 @@ class Deliveries:
             for waiter in self._waiters:
                 if waiter.session is session and waiter.request_id == consumer_id:
                     self._waiters.remove(waiter)
+                    session.long_polls -= 1
                     self._reply(session, consumer_id, [EMPTY_DELIVERY])
                     return [protocol.encode_payload(None)]
             raise NotFound(f"no consumer nor waiting receive {consumer_id!r} on this "
@@ -472,9 +501,11 @@ class Deliveries:
                                                 waiter.max_messages, waiter.visibility_timeout,
                                                 waiter.lease)
                 except FastFanoutError as exc:
+                    waiter.session.long_polls -= 1
                     self._error(waiter.session, waiter.request_id, exc)
                     continue
                 if count or now >= waiter.deadline:
+                    waiter.session.long_polls -= 1
                     self._reply(waiter.session, waiter.request_id, payload)
                 else:
                     still.append(waiter)

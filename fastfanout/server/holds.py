@@ -15,7 +15,11 @@ later message never overtakes an earlier one; other sessions are not held up.
 
 Limits: a request is held at most ``timeout`` seconds, then answered with the
 ``QueueFull`` it met (counted as ``hold_timeouts``); ``timeout=0`` turns holding off (the
-error is answered at once, as for ``reject``).
+error is answered at once, as for ``reject``). A session's held requests keep their
+frames: the server holds one more only while they stay within its ``max_held_bytes``
+(the first is always held), and answers the others with ``QueueFull`` at once (counted as
+``hold_refused``): a client that pipelines without waiting for answers made the broker
+keep every request it sent until 2026-12-05.
 
 Retries: a held request keeps the room its last refusal needed (``QueueFull.room``) and
 is run again only once that queue has it (``retry``'s ``room``), at its deadline, or
@@ -48,6 +52,7 @@ class HeldRequest:
     run: Callable[[], list[bytes]]
     deadline: float
     room: tuple[str, int, int] | None = None   # its last refusal: (queue, messages, bytes)
+    size: int = 0   # bytes of its frames
 
 
 class HeldRequests:
@@ -61,6 +66,7 @@ class HeldRequests:
         self.timeout = timeout
         self._held: deque[HeldRequest] = deque()
         self._sessions: dict[Any, int] = {}   # session -> how many of its requests wait
+        self._bytes: dict[Any, int] = {}   # session -> the size of its requests waiting
         self.reruns = 0
         """Held requests run again so far (``retry``), whatever their outcome."""
 
@@ -71,11 +77,30 @@ class HeldRequests:
         """Whether ``session`` has held requests (a new one must then wait behind them)."""
         return session in self._sessions
 
+    def total_bytes(self) -> int:
+        """The size of every held request (bytes of their frames)."""
+        return sum(self._bytes.values())
+
+    def held_bytes(self, session: Any) -> int:
+        """The size of ``session``'s held requests (bytes of their frames)."""
+        return self._bytes.get(session, 0)
+
     def hold(self, session: Any, request_id: int, run: Callable[[], list[bytes]],
-             now: float, room: tuple[str, int, int] | None = None) -> None:
-        """Keep a request to run again later (``room``: what its refusal needed)."""
-        self._held.append(HeldRequest(session, request_id, run, now + self.timeout, room))
+             now: float, room: tuple[str, int, int] | None = None, size: int = 0) -> None:
+        """Keep a request to run again later.
+
+        Args:
+            session: whose request it is.
+            request_id: its id, to answer it.
+            run: runs it again.
+            now: ``time.monotonic()`` seconds.
+            room: what its refusal needed (None: not tried, or unknown).
+            size: bytes of its frames (counted in ``held_bytes``).
+        """
+        self._held.append(HeldRequest(session, request_id, run, now + self.timeout, room,
+                                      size))
         self._sessions[session] = self._sessions.get(session, 0) + 1
+        self._bytes[session] = self._bytes.get(session, 0) + size
 
     def retry(self, now: float, reply: Callable[[HeldRequest, list[bytes]], None],
               fail: Callable[[HeldRequest, BaseException], None],
@@ -114,13 +139,13 @@ class HeldRequests:
                     kept.append(held)
                     continue
                 timed_out += exc.hold
-                self._forget(held.session)
+                self._forget(held)
                 fail(held, exc)
             except Exception as exc:   # answered like any request's failure
-                self._forget(held.session)
+                self._forget(held)
                 fail(held, exc)
             else:
-                self._forget(held.session)
+                self._forget(held)
                 reply(held, payload)
         self._held = kept
         return timed_out
@@ -137,6 +162,7 @@ class HeldRequests:
 
     def drop_session(self, session: Any) -> None:
         """Forget a vanished session's held requests (nobody is left to answer)."""
+        self._bytes.pop(session, None)
         if self._sessions.pop(session, None) is not None:
             self._held = deque(h for h in self._held if h.session is not session)
 
@@ -144,11 +170,15 @@ class HeldRequests:
         """Remove and return every held request (the server is stopping)."""
         held, self._held = list(self._held), deque()
         self._sessions.clear()
+        self._bytes.clear()
         return held
 
-    def _forget(self, session: Any) -> None:
+    def _forget(self, held: HeldRequest) -> None:
+        session = held.session
         left = self._sessions[session] - 1
         if left:
             self._sessions[session] = left
+            self._bytes[session] -= held.size
         else:
             del self._sessions[session]
+            del self._bytes[session]

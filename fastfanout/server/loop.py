@@ -102,7 +102,11 @@ from fastfanout.server.allocator import (
     keep_freed_memory,
     memory_stats,
 )
-from fastfanout.server.deliveries import Deliveries
+from fastfanout.server.deliveries import (
+    DEFAULT_MAX_CONSUMERS,
+    DEFAULT_MAX_LONG_POLLS,
+    Deliveries,
+)
 from fastfanout.server.descriptors import ListenerGuard, raise_limit
 from fastfanout.server.guests import Guest
 from fastfanout.server.holds import HeldRequest, HeldRequests
@@ -110,7 +114,11 @@ from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTE
 from fastfanout.server.local_sessions import LocalSessions
 from fastfanout.server.requests import arguments, frame, text
 from fastfanout.server.sessions import EndedSessions, Session
-from fastfanout.server.streams import SLOW_LISTENER_POLICIES, Streams
+from fastfanout.server.streams import (
+    DEFAULT_MAX_STREAM_SUBSCRIPTIONS,
+    SLOW_LISTENER_POLICIES,
+    Streams,
+)
 from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH, check_count
 from fastfanout.stats import check_worker_report
 from fastfanout.transport.local_channel import local_channels_supported
@@ -143,6 +151,9 @@ DEFAULT_MAX_QUEUED_REPLIES: Final = 10_000
 """Default ``max_queued_replies``: messages queued for one socket client that reads
 nothing before its session is ended as a slow client (the Python clients' own receive
 queue holds 100,000 more)."""
+DEFAULT_MAX_HELD_BYTES: Final = 64 * 1024 * 1024
+"""Default ``max_held_bytes``: bytes of one session's requests held for a full ``hold``
+queue at once (64 MiB)."""
 DEFAULT_IDLE_SESSION_TIMEOUT: Final = 60.0
 """Default ``idle_session_timeout`` (seconds)."""
 ENDED_SESSION_MEMORY: Final = 60.0
@@ -189,8 +200,21 @@ class Server:
         stream_wait: seconds the ``wait`` policy waits for a slow listener.
         stream_high_water_mark: stream messages queued per listener in the broker before
             the ``slow_listener`` policy applies.
+        max_stream_subscriptions: subscriptions one listener connection may hold (probes
+            included); one more is refused and that connection ended, counted in
+            ``stream_subscriptions_refused`` and ``stream_listeners_cut``
+            (``streams.DEFAULT_MAX_STREAM_SUBSCRIPTIONS``).
         hold_timeout: seconds a publish to a full ``hold`` queue is held before it is
             answered with ``QueueFull`` (0: answer at once, like ``reject``).
+        max_held_bytes: bytes of one session's publishes and sends that may be held
+            at once (their frames); a request that would pass it is answered with
+            ``QueueFull`` at once, counted in ``hold_refused`` (a session's first held
+            request is always held, whatever its size).
+        max_consumers: push consumers one session may have open; a ``consume`` past it
+            is refused with ``LimitExceeded``, counted in ``consumers_refused``.
+        max_long_polls: receives of one session that may wait for messages at once; one
+            more that would wait is refused with ``LimitExceeded``, counted in
+            ``long_polls_refused`` (each round tries every consumer and waiting receive).
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
             exceeds the consumer's credit, nor a quarter of a local consumer's ring, so
             this only caps consumers with a large prefetch: big pushes are what lets
@@ -225,8 +249,12 @@ class Server:
         slow_listener: str = "drop",
         stream_wait: float = 1.0,
         stream_high_water_mark: int = 10_000,
+        max_stream_subscriptions: int = DEFAULT_MAX_STREAM_SUBSCRIPTIONS,
         push_batch: int = 8192,
         hold_timeout: float = 30.0,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        max_consumers: int = DEFAULT_MAX_CONSUMERS,
+        max_long_polls: int = DEFAULT_MAX_LONG_POLLS,
         local_channels: bool = True,
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
         max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
@@ -279,10 +307,15 @@ class Server:
         if type(push_batch) is not int or not 1 <= push_batch <= MAX_RECEIVE_BATCH:
             raise InvalidArgument(
                 f"push_batch={push_batch!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+        if type(max_held_bytes) is not int or max_held_bytes < 1:
+            raise InvalidArgument(
+                f"max_held_bytes={max_held_bytes!r} must be an int >= 1 (bytes)")
         if type(local_backlog_bytes) is not int or local_backlog_bytes < 1:
             raise InvalidArgument(
                 f"local_backlog_bytes={local_backlog_bytes!r} must be an int >= 1 (bytes)")
         check_count("stream_high_water_mark", stream_high_water_mark,
+                    maximum=MAX_HIGH_WATER_MARK)
+        check_count("max_stream_subscriptions", max_stream_subscriptions,
                     maximum=MAX_HIGH_WATER_MARK)
         if not all(type(seconds) in (int, float) and math.isfinite(seconds)
                    for seconds in (heartbeat_interval, heartbeat_timeout)) or not (
@@ -299,6 +332,8 @@ class Server:
                 f"max_frame_bytes={max_frame_bytes!r} must be an int of at least "
                 f"{protocol.MIN_FRAME_BYTES} bytes")
         check_count("max_queued_replies", max_queued_replies, maximum=MAX_HIGH_WATER_MARK)
+        check_count("max_consumers", max_consumers, maximum=MAX_HIGH_WATER_MARK)
+        check_count("max_long_polls", max_long_polls, maximum=MAX_HIGH_WATER_MARK)
         if (type(idle_session_timeout) not in (int, float)
                 or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
@@ -327,6 +362,7 @@ class Server:
         self._ended = EndedSessions(ENDED_SESSION_MEMORY, MAX_ENDED_SESSIONS)
         self._push_batch = push_batch
         self._held = HeldRequests(hold_timeout)
+        self._max_held_bytes = max_held_bytes
         self._transport: ServerTransport | None = None
         self._lock: EndpointLock | None = None
         self._thread: threading.Thread | None = None
@@ -347,7 +383,8 @@ class Server:
         self.stats_sources: dict[str, Callable[[], Any]] = {}
         """Extra ``server_stats`` entries: key -> a callable run on the server thread
         (``fastfanout serve --bridge`` adds ``bridge``: each rule's counters)."""
-        self._streams = Streams(self.counters, slow_listener, stream_wait)
+        self._streams = Streams(self.counters, slow_listener, stream_wait,
+                                max_stream_subscriptions)
         self._stream_high_water_mark = stream_high_water_mark
         self._local_channels = (bool(local_channels) and self.endpoint.startswith("ipc://")
                                 and local_channels_supported())
@@ -357,7 +394,8 @@ class Server:
             backlog_bytes=local_backlog_bytes)
         self._deliveries = Deliveries(self.broker, self._port, self._local, self.counters,
                                       push_batch, send=self._send, reply=self._reply,
-                                      error=self._error)
+                                      error=self._error, max_consumers=max_consumers,
+                                      max_long_polls=max_long_polls)
         self._handlers: dict[int, Callable[[Session, int, list[bytes]], Any]] = {
             Opcode.HELLO: self._hello, Opcode.HEARTBEAT: self._heartbeat,
             Opcode.BYE: self._bye, Opcode.PUBLISH: self._publish, Opcode.SEND: self._send_op,
@@ -574,11 +612,13 @@ class Server:
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:
-                    lost, accepted = transport.monitor_events()
+                    lost, accepted, stream_lost = transport.monitor_events()
                     if lost:
                         self.counters["disconnects"] += lost
                         self._probe_until = time.monotonic() + 0.5
-                    guard.connections(accepted, lost)
+                    if stream_lost:
+                        self.counters["stream_disconnects"] += stream_lost
+                    guard.connections(accepted, lost + stream_lost)
                 self._push_and_answer(waiting)
                 now = time.monotonic()
                 if self._held and (self._deliveries.room or now >= self._next_hold_check):
@@ -961,9 +1001,11 @@ class Server:
                      ended_sessions_forgotten=self._ended.forgotten_early,
                      consumers=self._deliveries.consumers,
                      long_polls=self._deliveries.long_polls, held=len(self._held),
+                     held_bytes=self._held.total_bytes(),
                      accepting=int(self._transport is not None
                                    and self._transport.accepting),
                      stream_subscriptions=self._streams.subscriptions(),
+                     stream_listener_peers=self._streams.listener_peers(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())
         stats.update(memory_stats())
@@ -1004,10 +1046,15 @@ class Server:
             raise MalformedFrame(str(exc)) from None
 
     def _hold_or_run(self, session: Session, request_id: int,
-                     run: Callable[[], list[bytes]]) -> list[bytes] | None:
+                     run: Callable[[], list[bytes]], size: int) -> list[bytes] | None:
         """Run a publish or send now, or hold it; None: it will be answered later.
 
-        Held: behind the session's held requests, or refused by a full ``hold`` queue.
+        Held: behind the session's held requests, or refused by a full ``hold`` queue;
+        ``size`` (bytes of its frames) counts towards the session's ``max_held_bytes``.
+
+        Raises:
+            QueueFull: the queue has no room and holding is off, or the session's held
+                requests would pass ``max_held_bytes`` with this one (``hold_refused``).
         """
         room = None   # what the refusal needed: held without a rerun until it is there
         if not self._held.waiting(session):
@@ -1018,7 +1065,16 @@ class Server:
                     raise
                 room = exc.room
                 self._port.withdraw_refusal(room)   # held, not refused
-        self._held.hold(session, request_id, run, time.monotonic(), room)
+        elif self._held.held_bytes(session) + size > self._max_held_bytes:
+            self.counters["hold_refused"] += 1
+            refusal = QueueFull(
+                f"this session's publishes held for a full hold queue already take "
+                f"{self._held.held_bytes(session)} bytes; with this one's {size} they would "
+                f"pass max_held_bytes={self._max_held_bytes}: wait for the answers of those "
+                f"sent before sending more (nothing of this one was published)")
+            refusal.hold = True
+            raise refusal
+        self._held.hold(session, request_id, run, time.monotonic(), room, size)
         self.counters["held_requests"] += 1
         return None
 
@@ -1045,7 +1101,8 @@ class Server:
         topic = text(frame(frames, 0, "topic"), "topic name")
         batch_frame = frame(frames, 1, "records")
         return self._hold_or_run(session, request_id,
-                                 lambda: self._publish_now(session, topic, batch_frame))
+                                 lambda: self._publish_now(session, topic, batch_frame),
+                                 len(batch_frame))
 
     def _publish_now(self, session: Session, topic: str, batch_frame: bytes) -> list[bytes]:
         if type(batch_frame) is not bytes:   # read in place from a local channel's ring
@@ -1062,7 +1119,8 @@ class Server:
         queue = text(frame(frames, 0, "queue"), "queue name")
         records = frame(frames, 1, "records")
         return self._hold_or_run(session, request_id,
-                                 lambda: self._send_now(session, queue, records))
+                                 lambda: self._send_now(session, queue, records),
+                                 len(records))
 
     def _send_now(self, session: Session, queue: str, records: bytes) -> list[bytes]:
         if type(records) is not bytes:   # read in place from a local channel's ring

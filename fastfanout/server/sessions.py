@@ -43,6 +43,7 @@ class Session:
             receives carry it, and its settle calls pass it as their ``session``.
         heartbeat: the client promised heartbeats (HELLO), so silence ends the session.
         consumers: request ids of its CONSUMEs.
+        long_polls: its RECEIVEs waiting for messages now.
         report: the last worker report it sent (REPORT), shown by WORKERS while the
             session lasts.
         requests: requests it sent.
@@ -62,6 +63,7 @@ class Session:
     owner: int
     heartbeat: bool = False
     consumers: set[int] = field(default_factory=set)
+    long_polls: int = 0
     report: dict[str, Any] | None = None
     requests: int = 0
     published: int = 0

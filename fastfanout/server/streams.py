@@ -44,6 +44,13 @@ rule out: a peer that connects on the descriptor of a connection that just ended
 the same process (ipc) or host (tcp without CURVE; with CURVE, with the same key),
 before libzmq reports that end, and unsubscribes a prefix the old connection held.
 
+Each peer holds at most ``max_stream_subscriptions`` subscriptions (probes included),
+each of ``MAX_SUBSCRIPTION_BYTES`` at most.
+libzmq adds a subscription to the XPUB's filter before the broker reads it, so one past
+the limit cannot be refused alone: the broker ends that peer's connection, and libzmq's
+own unsubscriptions then take every prefix of it away (memory per listener connection is
+bounded; the refusal and the cut are counted).
+
 Slow listeners: with ``drop`` the XPUB has no ``XPUB_NODROP``, so libzmq drops a batch
 only for a listener whose queue is full: that listener pays alone, and counts the loss
 from sequence numbers and beacons (the broker cannot count it). With ``wait`` the XPUB
@@ -65,7 +72,7 @@ from fastfanout._ext.wire import receipt_span
 from fastfanout.errors import InvalidArgument, WouldBlock
 from fastfanout.records import Attributes
 from fastfanout.semantics.topic_pattern import pattern_matches
-from fastfanout.transport.sockets import Peer, ServerTransport
+from fastfanout.transport.sockets import MAX_SUBSCRIPTION_BYTES, Peer, ServerTransport
 from fastfanout.wire import protocol
 
 __all__ = [
@@ -73,6 +80,7 @@ __all__ = [
     "BEACON_MAGIC",
     "BEACON_QUIET",
     "BEACON_SPAN",
+    "DEFAULT_MAX_STREAM_SUBSCRIPTIONS",
     "MAX_PROBE_BYTES",
     "PROBE_PREFIX",
     "PROBE_RETRY",
@@ -93,6 +101,12 @@ PROBE_PREFIX: Final = b"\xffprobe."
 """Topic-frame prefix of subscription probes (never a UTF-8 topic name)."""
 MAX_PROBE_BYTES: Final = 64
 """Longest probe prefix the broker answers (bytes, ``PROBE_PREFIX`` included)."""
+DEFAULT_MAX_STREAM_SUBSCRIPTIONS: Final = 1000
+"""Default ``max_stream_subscriptions``: subscriptions one listener connection may hold
+(its probes included; a ``listen()`` holds one prefix and, until it is live, one probe).
+One more is refused and ends that connection (``stream_subscriptions_refused``,
+``stream_listeners_cut``): libzmq keeps every subscription in the XPUB's filter, so one
+peer could otherwise make the broker's memory grow without bound."""
 PROBE_RETRY: Final = 10.0
 """Seconds the broker retries a probe that a full queue refused (``wait`` policy)."""
 BEACON_MAGIC: Final = b"FFSQ"
@@ -120,17 +134,26 @@ class Streams:
         counters: the server's counters (``stream_batches``, ``stream_messages``,
             ``stream_dropped``, ``stream_dropped.wait``, ``stream_probes``,
             ``stream_probes_dropped``, ``stream_beacons``, ``stream_bad_frames``,
-            ``stream_unknown_unsubscribes``).
+            ``stream_unknown_unsubscribes``, ``stream_subscriptions_refused``,
+            ``stream_listeners_cut``).
         slow_listener: one of ``SLOW_LISTENER_POLICIES``.
         stream_wait: seconds the ``wait`` policy waits for room.
+        max_subscriptions: subscriptions one peer may hold, probes included; one more
+            is refused and the peer's connection ended (``ServerTransport.cut_stream_peer``).
     """
 
-    def __init__(self, counters: Counter[str], slow_listener: str, stream_wait: float) -> None:
+    def __init__(self, counters: Counter[str], slow_listener: str, stream_wait: float,
+                 max_subscriptions: int = DEFAULT_MAX_STREAM_SUBSCRIPTIONS) -> None:
         self._counters = counters
         self._slow_listener = slow_listener
         self._stream_wait = stream_wait
+        self._max_subscriptions = max_subscriptions
         self._holders: Counter[bytes] = Counter()   # prefix -> peers holding it
-        self._peers: dict[Peer | None, Counter[bytes]] = {}   # peer -> its subscriptions
+        # peer -> its subscriptions, probes included; a peer holding none is removed (a
+        # record kept per connection that ever listened grew without bound until
+        # 2026-12-05)
+        self._peers: dict[Peer | None, Counter[bytes]] = {}
+        self._held: Counter[Peer | None] = Counter()   # peer -> the total of its record
         self._listened: dict[str, bool] = {}
         self._sequences: dict[str, int] = {}
         self._streamed: set[str] = set()   # topics streamed since the last tick
@@ -158,30 +181,57 @@ class Streams:
             if subscribe is None:
                 counters["stream_bad_frames"] += 1
                 continue
-            if prefix.startswith(PROBE_PREFIX):
-                if subscribe:
-                    self._probe(transport, prefix, time.monotonic() + PROBE_RETRY)
-                continue
+            probe = prefix.startswith(PROBE_PREFIX)
             if subscribe:
+                if peer is not None and (self._held[peer] >= self._max_subscriptions
+                                         or len(prefix) > MAX_SUBSCRIPTION_BYTES):
+                    # libzmq has put it in the XPUB's filter already: only ending the
+                    # connection takes it (and the peer's others) out again
+                    counters["stream_subscriptions_refused"] += 1
+                    if transport.cut_stream_peer(peer):
+                        counters["stream_listeners_cut"] += 1
+                    continue
                 # counted each time, even a peer's duplicates: a descriptor may belong to a
                 # new connection before libzmq reports the end of the old one
                 self._peers.setdefault(peer, Counter())[prefix] += 1
+                self._held[peer] += 1
+                if probe:
+                    self._probe(transport, prefix, time.monotonic() + PROBE_RETRY)
+                    continue
                 self._holders[prefix] += 1
-            elif peer is None and self._holders[prefix] > 0:
+            elif peer is None and (probe or self._holders[prefix] > 0):
                 # libzmq's own, for a connection that ended: which one is unknown, so no
                 # peer keeps the prefix on record (its own unsubscription is then ignored)
-                for held in self._peers.values():
-                    held.pop(prefix, None)
+                for holder in [holder for holder, own in self._peers.items() if prefix in own]:
+                    self._forget(holder, prefix, self._peers[holder][prefix])
+                if probe:
+                    continue
                 self._drop_holder(prefix)
-            elif peer is not None and (own := self._peers.get(peer)) and own[prefix] > 0:
-                own[prefix] -= 1
-                if not own[prefix]:
-                    del own[prefix]
+            elif peer is not None and peer in self._peers and self._peers[peer][prefix] > 0:
+                self._forget(peer, prefix, 1)
+                if probe:
+                    continue
                 self._drop_holder(prefix)
             else:
-                counters["stream_unknown_unsubscribes"] += 1
+                if not probe:   # a listener's probe may be gone with its connection
+                    counters["stream_unknown_unsubscribes"] += 1
                 continue
             self._listened.clear()
+
+    def _forget(self, peer: Peer | None, prefix: bytes, count: int) -> None:
+        """Take ``count`` subscriptions of ``prefix`` off ``peer``'s record."""
+        own = self._peers[peer]
+        own[prefix] -= count
+        if own[prefix] <= 0:
+            del own[prefix]
+        self._held[peer] -= count
+        if not own:
+            del self._peers[peer]
+            del self._held[peer]
+
+    def listener_peers(self) -> int:
+        """Listener connections with a subscription on record (an upper bound)."""
+        return len(self._peers)
 
     def _drop_holder(self, prefix: bytes) -> None:
         if self._holders[prefix] > 1:

@@ -568,6 +568,7 @@ class Durability:
         self._failure_logged = False
         self._drops_begun = 0        # the journal's drops when the batch begun last began
         self.store_full = 0          # publishes refused with StoreFull
+        self.store_full_dedup = 0    # of those, with the dedup windows' snapshot too big
         self.removed_segments = 0
         self._removal_errors = 0     # the journal's removal_errors last logged
         self._stranded_bytes = 0     # passed segments still on disk (_stranded)
@@ -858,6 +859,7 @@ class Durability:
                 self.store_full += 1
                 windows = ""
                 if self._head_bytes > self.segment_bytes:   # settles cannot free this
+                    self.store_full_dedup += 1
                     windows = (f" (the dedup windows' snapshot at the head of each "
                                f"segment alone takes {self._head_bytes} bytes: shorten "
                                f"dedup_window or raise max_disk_bytes)")
@@ -1236,6 +1238,8 @@ class Durability:
             "buffered_bytes": journal.buffered_bytes,
             "written_seq": journal.written_seq, "synced_seq": journal.synced_seq,
             "store_full": self.store_full + journal.full_refusals,
+            "store_full_dedup": self.store_full_dedup,
+            "dedup_snapshot_bytes": self._head_bytes,
             "failures": 0 if journal.failure is None else 1, "failure": journal.failure,
             "removed_segments": self.removed_segments,
             "removal_errors": journal.removal_errors, "snapshots": self.snapshots,

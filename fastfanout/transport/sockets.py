@@ -65,6 +65,8 @@ log = logging.getLogger("fastfanout.transport")
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "MAX_LISTENER_FRAME_BYTES",
+    "MAX_SUBSCRIPTION_BYTES",
     "AsyncDealerTransport",
     "AsyncSubTransport",
     "CurveKeys",
@@ -263,6 +265,21 @@ def _raise_from(exc: zmq.ZMQError, what: str) -> TransportError:
     return TransportError(f"{what}: {exc}")
 
 
+MAX_SUBSCRIPTION_BYTES: Final = 256
+"""Longest prefix a stream listener may subscribe (bytes); no prefix that can match a
+topic name (256 characters at most) or a probe (64 bytes) is longer. libzmq keeps some
+20 KiB per subscription of that length (measured with libzmq 4.3.5), so with
+``max_stream_subscriptions`` a listener connection holds about 22 MB at most. The
+broker ends the connection of a listener that subscribes a longer one (see
+``fastfanout.server.streams``)."""
+MAX_LISTENER_FRAME_BYTES: Final = 4096
+"""``ZMQ_MAXMSGSIZE`` of the XPUB: the longest frame a stream listener may send (bytes);
+libzmq disconnects one that sends a longer one (counted in SERVER_STATS
+``stream_disconnects``, with every other lost listener connection). Room for a CURVE
+handshake's INITIATE (~300 bytes, its metadata with it) and a subscription of
+``MAX_SUBSCRIPTION_BYTES``; without it one subscription of 10 MB (libzmq keeps a trie
+node per byte of a prefix) stalled the broker for seconds."""
+
 Peer = tuple[int, str, str]
 """A stream peer's connection, as the XPUB tells it: (file descriptor, peer address, CURVE
 user id or ""). The descriptor alone may be reused by a new connection as soon as one
@@ -330,12 +347,21 @@ class ServerTransport:
             self.xpub.setsockopt(zmq.XPUB_NODROP, int(stream_no_drop))
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             self.xpub.setsockopt(zmq.SNDHWM, stream_high_water_mark)
+            self.xpub.setsockopt(zmq.MAXMSGSIZE, MAX_LISTENER_FRAME_BYTES)
             _bind_private(self.router, endpoint)
             _bind_private(self.xpub, stream_endpoint)
             self._monitor = self.router.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED)
             self._sockets.append(self._monitor)
-            self._stream_monitor = self.xpub.get_monitor_socket(zmq.EVENT_ACCEPTED)
+            # what getsockname() says of a connection to the stream endpoint: its path
+            # (ipc) or port (tcp), for cut_stream_peer
+            stream_bound = str(self.xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+            self._stream_local: str | int = (
+                stream_bound[6:].replace("@", "\0", 1) if stream_bound.startswith("ipc://@")
+                else stream_bound[6:] if stream_bound.startswith("ipc://")
+                else int(stream_bound.rsplit(":", 1)[1]))
+            self._stream_monitor = self.xpub.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED)
             self._sockets.append(self._stream_monitor)
             # the ipc listeners (libzmq aborts when their accept() meets EMFILE), by the
             # endpoint each was bound to: pause_accepting() unbinds them
@@ -481,13 +507,55 @@ class ServerTransport:
             return None, frame, peer
         return frame[0] == 1, frame[1:], peer
 
-    def monitor_events(self) -> tuple[int, int]:
+    def cut_stream_peer(self, peer: Peer) -> bool:
+        """End one listener's connection to the XPUB (it broke a limit); True if cut.
+
+        libzmq has no call that drops one peer of a socket, so this shuts the
+        connection's socket down (``shutdown``, never ``close``: the descriptor stays
+        libzmq's, which then sees the end of the stream, drops the connection and sends
+        its own unsubscriptions of every prefix the peer held). Only a descriptor that
+        is still a connection to the stream endpoint, from the same peer (over ipc, the
+        same process; over tcp, the same address), is shut: one that libzmq closed and
+        the system gave to another socket since is left alone (False).
+        """
+        fd, address, _user = peer
+        try:
+            duplicate = os.dup(fd)
+        except OSError:
+            return False
+        try:
+            connection = _socket.socket(fileno=duplicate)
+        except OSError:   # no socket any more (a file or pipe took the number)
+            os.close(duplicate)
+            return False
+        with connection:
+            try:
+                local = connection.getsockname()
+                if connection.family == _socket.AF_UNIX:
+                    if isinstance(local, bytes):   # an abstract socket's name
+                        local = local.decode(errors="replace")
+                    pid = struct.unpack("3i", connection.getsockopt(
+                        _socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))[0]
+                    same = (local == self._stream_local
+                            and address.rsplit(":", 1)[-1] == str(pid))
+                else:
+                    same = (local[1] == self._stream_local
+                            and connection.getpeername()[0] == address)
+                if not same:
+                    return False
+                connection.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                return False
+        return True
+
+    def monitor_events(self) -> tuple[int, int, int]:
         """Read every waiting monitor event.
 
         Returns:
-            (connections the ROUTER lost, connections either listener accepted).
+            (connections the ROUTER lost, connections either listener accepted,
+            connections the XPUB lost).
         """
-        lost = accepted = 0
+        lost = accepted = stream_lost = 0
         for monitor in (self._monitor, self._stream_monitor):
             while True:
                 try:
@@ -496,9 +564,11 @@ class ServerTransport:
                     break
                 if struct.unpack_from("<H", frames[0])[0] == zmq.EVENT_ACCEPTED:
                     accepted += 1
-                else:
+                elif monitor is self._monitor:
                     lost += 1
-        return lost, accepted
+                else:
+                    stream_lost += 1
+        return lost, accepted, stream_lost
 
     def pause_accepting(self) -> bool:
         """Stop new connections to the ipc endpoints: their socket files are moved aside.

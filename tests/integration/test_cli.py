@@ -386,6 +386,16 @@ def test_config_file_and_options(tmp_path: Path) -> None:
                                      "bytes >= 65536"),
     ("heartbeat_interval = 3.0\n", {}, "c.toml: heartbeat_interval = 3.0 must be below"),
     ("data_dir = ''\n", {}, "c.toml: data_dir = '' is empty"),
+    # past a C int: until 2026-12-05 the file passed and Server refused it, in a line
+    # that did not name the file
+    ("stream_high_water_mark = 2147483648\n", {},
+     "c.toml: stream_high_water_mark = 2147483648 is not an integer from 1 to 2147483647"),
+    ("max_queued_replies = 2147483648\n", {},
+     "c.toml: max_queued_replies = 2147483648 is not an integer from 1 to 2147483647"),
+    ("max_stream_subscriptions = 0\n", {}, "c.toml: max_stream_subscriptions = 0 is not"),
+    ("max_consumers = -1\n", {}, "c.toml: max_consumers = -1 is not"),
+    ("max_long_polls = 2147483648\n", {}, "c.toml: max_long_polls = 2147483648 is not"),
+    ("max_held_bytes = 0\n", {}, "c.toml: max_held_bytes = 0 is not"),
     # the file is checked whole, a key the command line overrides included
     ("endpoint = 5\n", {"endpoint": "ipc:///tmp/x.sock"}, "c.toml: endpoint = 5 is not"),
 ])

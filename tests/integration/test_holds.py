@@ -172,3 +172,52 @@ def test_a_held_publish_is_no_refusal_of_its_subscription_until_it_times_out(
     # Timed out, it is refused once: on the queue and on its subscription alike.
     assert client.stats().queues["q"].rejected == 1
     assert client.stats().subscriptions[sid].dropped["rejected"] == 1
+
+
+def _pipelined(publisher: Tracker, body: bytes) -> Tracker:
+    """A publish of ``body`` sent at once, its answer not waited for."""
+    future = publisher.publish_batch_nowait("t", [body])
+    publisher.flush()
+    return future
+
+
+def test_a_session_holds_at_most_max_held_bytes(track: Tracker) -> None:
+    # Until 2026-12-05 a client that pipelined publishes to a full hold queue made the
+    # broker keep every one of them, however many: its memory grew without bound.
+    server, client = _full_hold_queue(track, max_held_bytes=1)
+    publisher = track.client(server.endpoint, max_in_flight=0)   # waits for no answer
+    first = _pipelined(publisher, b"2")   # a session's first is held, whatever its size
+    track.wait_until(lambda: client.server_stats()["held"] == 1, what="the first held")
+    size = client.server_stats()["held_bytes"]
+    assert size > 1
+    second = _pipelined(publisher, b"3")   # one over
+    with pytest.raises(QueueFull, match="max_held_bytes=1") as caught:
+        second.result(timeout=5.0)
+    assert caught.value.hold is True and not first.done()
+    stats = client.server_stats()
+    assert (stats["hold_refused"], stats["held"], stats["held_bytes"]) == (1, 1, size)
+    assert client.stats().queues["q"].messages == 2   # nothing of the refused one
+    got = client.receive("q", max_messages=10, wait=5.0)
+    client.ack_batch([m.receipt for m in got])
+    assert len(first.result(timeout=5.0)) == 1
+    assert [m.body for m in client.receive("q", max_messages=10, wait=5.0)] == [b"2"]
+    assert client.server_stats()["held_bytes"] == 0
+
+    # exactly at the limit: two of that size are held, a third is refused
+    server, client = _full_hold_queue(track, max_held_bytes=2 * size)
+    publisher = track.client(server.endpoint, max_in_flight=0)
+    held = [_pipelined(publisher, body) for body in (b"4", b"5")]
+    track.wait_until(lambda: client.server_stats()["held"] == 2, what="two held")
+    with pytest.raises(QueueFull, match="max_held_bytes"):
+        _pipelined(publisher, b"6").result(timeout=5.0)
+    assert client.server_stats()["held_bytes"] == 2 * size
+    assert not any(future.done() for future in held)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, float("nan"), True, "1", None, 2**31 * 1.0])
+def test_server_refuses_a_bad_max_held_bytes(track: Tracker, bad: object) -> None:
+    from fastfanout import InvalidArgument
+    from fastfanout.server.loop import Server
+
+    with pytest.raises(InvalidArgument, match="max_held_bytes"):
+        Server(track.endpoint(), max_held_bytes=bad)   # type: ignore[arg-type]

@@ -59,7 +59,8 @@ def test_asyncio_client_refuses_a_batch_limit_too_large(track: Tracker, option: 
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("option", ["stream_high_water_mark", "max_queued_replies"])
+@pytest.mark.parametrize("option", ["stream_high_water_mark", "max_queued_replies",
+                                    "max_stream_subscriptions"])
 def test_server_refuses_a_high_water_mark_too_large(track: Tracker, option: str) -> None:
     with refused(option, MAX_HIGH_WATER_MARK):
         Server(track.endpoint(), **{option: HUGE})

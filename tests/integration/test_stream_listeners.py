@@ -11,10 +11,14 @@ from typing import Any as Tracker
 
 import pytest
 import zmq
+from conftest import wait_until
 
 import fastfanout
 from fastfanout import aio
+from fastfanout.errors import InvalidArgument
+from fastfanout.server.loop import Server
 from fastfanout.server.streams import PROBE_PREFIX
+from fastfanout.transport.sockets import MAX_LISTENER_FRAME_BYTES, MAX_SUBSCRIPTION_BYTES
 
 TRIALS = 60
 WINDOW = 100   # batches the slow-listener test publishes before the fast one reads them
@@ -139,6 +143,73 @@ def test_other_peers_frames_leave_listeners_subscribed(track: Tracker) -> None:
         xsub.close()
         context.term()
     client.close()
+
+
+def test_a_listener_past_max_stream_subscriptions_is_cut(track: Tracker,
+                                                          endpoint: str) -> None:
+    # Until 2026-12-05 one listener connection could subscribe without end: libzmq keeps
+    # every prefix in the XPUB's filter, and the broker one record per prefix.
+    server = track.server(endpoint, max_stream_subscriptions=4)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listener = client.listen("t")   # a listen() holds one prefix (its probe is gone)
+    track.closeables.append(listener)
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RECONNECT_IVL, -1)   # once cut, it stays away
+    sub.connect(server.stream_endpoint)
+    try:
+        for prefix in (b"p0", b"p1", b"p2"):
+            sub.subscribe(prefix)
+        sub.subscribe(PROBE_PREFIX + b"sub")   # the fourth: exactly at the limit
+        assert sub.poll(DEADLINE * 1000), "no probe: a subscription at the limit was refused"
+        assert sub.recv_multipart() == [PROBE_PREFIX + b"sub", b""]
+        stats = client.server_stats()
+        assert stats["stream_subscriptions"] == 4   # t, p0, p1, p2
+        assert stats["stream_listener_peers"] == 2
+        assert "stream_subscriptions_refused" not in stats
+        sub.subscribe(b"p3")   # one over
+        wait_until(lambda: client.server_stats().get("stream_listeners_cut") == 1,
+                   what="the connection cut")
+        wait_until(lambda: client.server_stats()["stream_subscriptions"] == 1,
+                   what="libzmq's unsubscriptions of the cut connection")
+        stats = client.server_stats()
+        assert stats["stream_subscriptions_refused"] == 1
+        assert stats["stream_listener_peers"] == 1
+        client.create_topic("p0")
+        client.publish("p0", b"lost")   # nobody listens to it now
+        client.publish("t", b"after")   # the other listener is untouched
+        batch = listener.recv_batch(DEADLINE)
+        assert batch is not None and batch[0].body == b"after" and listener.gaps == 0
+        assert sub.poll(100) == 0
+    finally:
+        sub.close()
+        context.term()
+    client.close()
+
+
+def test_listener_records_end_with_their_connections(track: Tracker, endpoint: str) -> None:
+    # Until 2026-12-05 the broker kept a record per listener connection that ever
+    # subscribed, emptied but never removed: one per connection, for ever.
+    track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listeners = [client.listen("t") for _ in range(5)]
+    stats = client.server_stats()
+    assert stats["stream_listener_peers"] == 5 and stats["stream_subscriptions"] == 5
+    for listener in listeners:
+        listener.close()
+    wait_until(lambda: client.server_stats()["stream_subscriptions"] == 0,
+               what="the listeners' unsubscriptions")
+    assert client.server_stats()["stream_listener_peers"] == 0
+    client.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, float("nan"), "10", 2**31, None])
+def test_server_refuses_a_bad_max_stream_subscriptions(track: Tracker, bad: object) -> None:
+    with pytest.raises(InvalidArgument, match="max_stream_subscriptions"):
+        Server(track.endpoint(), max_stream_subscriptions=bad)
 
 
 def test_a_slow_listener_loses_alone_and_learns_the_tail(track: Tracker,
@@ -279,3 +350,41 @@ def test_a_listener_is_closed_with_its_client(track: Tracker) -> None:
             await alistener.recv_batch(timeout=0.1)
 
     asyncio.run(main())
+
+
+def test_a_subscription_past_max_subscription_bytes_drops_only_its_listener(
+        track: Tracker, endpoint: str) -> None:
+    # Until 2026-12-05 the XPUB took frames of any size: libzmq keeps a node per byte of
+    # a prefix, and one subscription of 10 MB stalled the broker for seconds.
+    server = track.server(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listener = client.listen("t")
+    track.closeables.append(listener)
+    context = zmq.Context()
+    subs = [context.socket(zmq.SUB) for _ in range(3)]
+    try:
+        for sub in subs:
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RECONNECT_IVL, -1)
+            sub.connect(server.stream_endpoint)
+        subs[0].subscribe(b"a" * MAX_SUBSCRIPTION_BYTES)   # a prefix exactly at it
+        wait_until(lambda: client.server_stats()["stream_subscriptions"] == 2,
+                   what="the subscription at the limit")
+        subs[1].subscribe(b"b" * (MAX_SUBSCRIPTION_BYTES + 1))   # one byte over: refused
+        wait_until(lambda: client.server_stats().get("stream_listeners_cut") == 1,
+                   what="the listener over the limit cut")
+        subs[2].subscribe(b"c" * MAX_LISTENER_FRAME_BYTES)   # past libzmq's frame limit
+        wait_until(lambda: client.server_stats().get("stream_disconnects") == 2,
+                   what="both listeners over the limits dropped")
+        stats = client.server_stats()
+        assert stats["stream_subscriptions_refused"] == 1
+        assert stats["stream_subscriptions"] == 2   # the others stay
+        client.publish("t", b"after")
+        batch = listener.recv_batch(DEADLINE)
+        assert batch is not None and batch[0].body == b"after"
+    finally:
+        for sub in subs:
+            sub.close()
+        context.term()
+    client.close()

@@ -413,6 +413,7 @@ def test_max_disk_bytes_refuses_publishes_until_consumers_drain(
             broker.send("q", b"y" * 2000)
     held = broker.stats().queues["q"].messages
     assert broker.stats().storage["store_full"] == 1   # type: ignore[index]
+    assert broker.stats().storage["store_full_dedup"] == 0   # type: ignore[index]
     while messages := broker.receive("q", max_messages=100):
         broker.ack_batch([m.receipt for m in messages])   # settles are always allowed
     broker.send("q", b"room again")
@@ -469,6 +470,11 @@ def test_a_journal_filled_by_its_dedup_windows_says_so(open_broker: Open) -> Non
                 broker.ack_batch([m.receipt for m in messages])
     assert "dedup_window" in str(refused.value)
     assert broker.stats().queues["q"].messages == 0
+    # counted apart (until 2026-12-05 only in store_full, with every other refusal)
+    storage = broker.stats().storage
+    assert storage is not None
+    assert storage["store_full_dedup"] == storage["store_full"] == 1
+    assert storage["dedup_snapshot_bytes"] > (1 << 20) // 4
 
 
 def test_delayed_messages_do_not_pin_a_full_journal_once_the_rest_is_settled(
