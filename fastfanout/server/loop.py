@@ -1148,7 +1148,10 @@ def _is_heartbeat(frames: list[bytes]) -> bool:
 def serve(endpoint: str | None = None, *,
           companion: Callable[[Server], Callable[[], None]] | None = None,
           made: str | None = None, **options: Any) -> int:
-    """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
+    """Serve a broker in this thread until SIGTERM, SIGINT or SIGHUP; returns 0.
+
+    SIGHUP (the terminal it ran in closed) stops it as cleanly as the other two: by
+    default it killed the process, leaving its socket and lock files behind.
 
     The handlers are set once the broker is built, before it binds: a signal that comes
     before the loop runs stops it as cleanly (goodbyes, journal, socket and lock files).
@@ -1162,8 +1165,8 @@ def serve(endpoint: str | None = None, *,
     Args:
         endpoint: command endpoint (default: the per-user ipc socket).
         companion: called once the endpoint is bound, before the loop runs (say, to
-            host the NATS bridge in its thread); returns what stops it, called on SIGTERM or
-            SIGINT before the loop is told to stop (and again, a no-op, after it ended).
+            host the NATS bridge in its thread); returns what stops it, called on a stop
+            signal before the loop is told to stop (and again, a no-op, after it ended).
         made: the outermost directory the caller created for ``data_dir`` (as
             ``fastfanout serve`` does for its default one); default: the outermost one
             of ``data_dir`` missing now. A start that fails removes it.
@@ -1190,7 +1193,7 @@ def serve(endpoint: str | None = None, *,
             threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
 
     previous: dict[int, Any] = {}
-    stops = {signal.SIGTERM, signal.SIGINT}
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)   # the mask this thread had
     try:
         server = Server(endpoint, **options)

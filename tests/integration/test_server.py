@@ -335,7 +335,17 @@ def test_serve_exits_zero_on_sigint(track: Tracker) -> None:
     assert broker.wait(10) == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_sighup(track: Tracker, tmp_path) -> None:
+    """The terminal a broker ran in closed: SIGHUP killed it (status -1), its socket,
+    stream socket and lock files left behind."""
+    endpoint = f"ipc://{tmp_path}/b.sock"
+    broker = track.broker_process(endpoint)
+    broker.send_signal(signal.SIGHUP)
+    assert broker.wait(10) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_as_soon_as_the_socket_appears_stops_cleanly(track: Tracker, tmp_path,
                                                                signum: int) -> None:
     """A supervisor that signals once the socket file exists (before the loop runs):
