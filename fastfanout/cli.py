@@ -284,7 +284,7 @@ def cli() -> None:
               help="Rule file of the NATS JetStream bridge run beside the broker (export "
                    "and import rules: see docs/bridge.md); needs nats-py.")
 def serve(config_path: str | None, **given: Any) -> None:
-    """Run a broker until SIGTERM or SIGINT (then exit 0).
+    """Run a broker until SIGTERM, SIGINT or SIGHUP (then exit 0).
 
     It binds --endpoint for commands and a stream endpoint beside it: PATH.stream for
     ipc://PATH, port PORT+1 for tcp://HOST:PORT (so both must be free). It keeps its

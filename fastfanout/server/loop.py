@@ -368,6 +368,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped = threading.Event()
+        self._wakeup_previous: int | None = None   # set_wakeup_fd's, while ours is set
         self._looping = False   # the loop runs (in start()'s thread or serve_forever's)
         self._guests: list[Guest] = []   # run in the loop's thread (``host``)
         self._sessions: dict[bytes, Session] = {}
@@ -507,6 +508,35 @@ class Server:
         self._check_not_running()
         self.bind()
         self._run()
+
+    def wake_on_signals(self) -> None:
+        """Let a caught signal end the loop's wait, whichever thread the kernel gave it to.
+
+        Sets ``signal.set_wakeup_fd`` to the transport's waker until the server stops
+        (the previous one is put back then, before the waker closes). A Python signal
+        handler runs in the main thread only, between two bytecodes; a signal the kernel
+        delivered to another thread (any thread not blocking it may take a signal sent to
+        the process) would otherwise not end the wait it came in. ``serve()`` calls it;
+        main thread only, once bound.
+
+        Raises:
+            RuntimeError: the server is not bound.
+            ValueError: not called from the main thread.
+        """
+        if self._transport is None:
+            raise RuntimeError("bind the server before it wakes on signals")
+        previous = signal.set_wakeup_fd(self._transport.wake_fileno(),
+                                        warn_on_full_buffer=False)
+        if self._wakeup_previous is None:
+            self._wakeup_previous = previous
+
+    def _restore_wakeup_fd(self) -> None:
+        """Put back the wakeup descriptor ``wake_on_signals`` replaced (main thread only)."""
+        if self._wakeup_previous is None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._wakeup_previous)
+        self._wakeup_previous = None
 
     def stop_nowait(self) -> None:
         """Ask the loop to stop (safe from signal handlers and other threads)."""
@@ -770,6 +800,7 @@ class Server:
             return
         transport = self._transport
         try:
+            self._restore_wakeup_fd()   # before the waker it names closes
             if transport is not None:
                 self._finish_in_flight()
                 self._local.close_all()
@@ -1225,7 +1256,10 @@ def _is_heartbeat(frames: list[bytes]) -> bool:
 def serve(endpoint: str | None = None, *,
           companion: Callable[[Server], Callable[[], None]] | None = None,
           made: str | None = None, **options: Any) -> int:
-    """Serve a broker in this thread until SIGTERM or SIGINT; returns the exit status 0.
+    """Serve a broker in this thread until SIGTERM, SIGINT or SIGHUP; returns 0.
+
+    SIGHUP (the terminal it ran in closed) stops it as cleanly as the other two: by
+    default it killed the process, leaving its socket and lock files behind.
 
     The handlers are set once the broker is built, before it binds: a signal that comes
     before the loop runs stops it as cleanly (goodbyes, journal, socket and lock files).
@@ -1239,8 +1273,8 @@ def serve(endpoint: str | None = None, *,
     Args:
         endpoint: command endpoint (default: the per-user ipc socket).
         companion: called once the endpoint is bound, before the loop runs (say, to
-            host the NATS bridge in its thread); returns what stops it, called on SIGTERM or
-            SIGINT before the loop is told to stop (and again, a no-op, after it ended).
+            host the NATS bridge in its thread); returns what stops it, called on a stop
+            signal before the loop is told to stop (and again, a no-op, after it ended).
         made: the outermost directory the caller created for ``data_dir`` (as
             ``fastfanout serve`` does for its default one); default: the outermost one
             of ``data_dir`` missing now. A start that fails removes it.
@@ -1267,15 +1301,24 @@ def serve(endpoint: str | None = None, *,
             threading.Thread(target=stop_both, name="fastfanout-stop", daemon=True).start()
 
     previous: dict[int, Any] = {}
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)   # the mask this thread had
     try:
         server = Server(endpoint, **options)
         # From here on a signal asks the server to stop, even before its loop runs: a
         # supervisor that signals as soon as the socket file appears gets a clean stop
         # (exit 0, socket and lock files removed), never a process killed between the
         # bind and the loop with its files left behind.
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in stops}
+        # The bind starts libzmq's threads. Blocked here, the stop signals are blocked
+        # in them from birth (a thread inherits its creator's mask; libzmq blocks every
+        # signal only once its thread runs, and on a busy machine that may come after
+        # the socket file appeared and a supervisor signalled); one sent meanwhile
+        # waits, pending, for the unblock below, then runs on_signal in this thread.
         server.bind()
+        server.wake_on_signals()
     except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if server is not None and server._own_broker:
@@ -1285,6 +1328,9 @@ def serve(endpoint: str | None = None, *,
             # directory its broker made, nor the directories made to hold it
             shutil.rmtree(made, ignore_errors=True)
         raise
+    # Unblocked even when this process was started with them blocked (a parent's mask
+    # is inherited across exec): a broker that ignored SIGTERM would never stop.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     try:
         # the lock files killed brokers left in the runtime directory (never a held one)
         removed = remove_stale_locks()
@@ -1301,6 +1347,7 @@ def serve(endpoint: str | None = None, *,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if stop_companion is not None:
             stop_companion()
     return 0

@@ -443,6 +443,14 @@ class ServerTransport:
             # dict store, atomic under the GIL, while its thread reads the dict
             self._authenticator.certs.setdefault("*", {})[public_key] = True
 
+    def wake_fileno(self) -> int:
+        """The descriptor whose write ends a ``wait`` (non-blocking; closed by ``close``).
+
+        ``serve()`` hands it to ``signal.set_wakeup_fd``: a signal then ends the wait
+        whatever thread the kernel delivered it to.
+        """
+        return self._wake_writer.fileno()
+
     def wake(self) -> None:
         """Make a ``wait`` in another thread return now (thread- and signal-safe)."""
         try:

@@ -335,13 +335,23 @@ def test_serve_exits_zero_on_sigint(track: Tracker) -> None:
     assert broker.wait(10) == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_sighup(track: Tracker, tmp_path) -> None:
+    """The terminal a broker ran in closed: SIGHUP killed it (status -1), its socket,
+    stream socket and lock files left behind."""
+    endpoint = f"ipc://{tmp_path}/b.sock"
+    broker = track.broker_process(endpoint)
+    broker.send_signal(signal.SIGHUP)
+    assert broker.wait(10) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_as_soon_as_the_socket_appears_stops_cleanly(track: Tracker, tmp_path,
                                                                signum: int) -> None:
     """A supervisor that signals once the socket file exists (before the loop runs):
     exit 0 and no socket or lock file left (it was killed between the bind and the loop,
     its files left behind, or said "aborted")."""
-    for attempt in range(3):
+    for attempt in range(5):
         directory = tmp_path / f"run{signum}-{attempt}"
         directory.mkdir()
         broker = track.process(["-m", "fastfanout", "serve", "--in-memory", "--endpoint",
@@ -353,6 +363,27 @@ def test_a_signal_as_soon_as_the_socket_appears_stops_cleanly(track: Tracker, tm
         broker.send_signal(signum)
         assert broker.wait(10) == 0
         assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_broker_started_with_the_stop_signals_blocked_still_stops_on_them(
+        track: Tracker, tmp_path, signum: int) -> None:
+    """A parent's signal mask is inherited across exec: a supervisor (or a thread) that
+    blocked SIGTERM when it started the broker left a broker that never stopped on it."""
+    endpoint = f"ipc://{tmp_path}/b.sock"
+    launcher = textwrap.dedent(f"""
+        import os, signal, sys
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM, signal.SIGINT}})
+        os.execv(sys.executable, [sys.executable, "-m", "fastfanout", "serve",
+                                  "--in-memory", "--endpoint", {endpoint!r}])
+    """)
+    broker = track.process(["-c", launcher])
+    track.wait_until(lambda: (tmp_path / "b.sock").exists() or broker.poll() is not None,
+                     what="the broker's socket file")
+    fastfanout.connect(endpoint, timeout=10.0).close()   # its loop runs
+    broker.send_signal(signum)
+    assert broker.wait(10) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
 def test_header_layout() -> None:
