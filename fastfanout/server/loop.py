@@ -1253,6 +1253,19 @@ def _is_heartbeat(frames: list[bytes]) -> bool:
     return version == protocol.PROTOCOL_VERSION and opcode == Opcode.HEARTBEAT
 
 
+def _endpoint_served(endpoint: str) -> BrokerRunning | None:
+    """The ``BrokerRunning`` naming the broker that serves ``endpoint``, or None."""
+    lock = EndpointLock(endpoint)
+    try:
+        lock.acquire()
+    except BrokerRunning as exc:
+        return exc
+    except (OSError, FastFanoutError):   # no lock to probe: the first error stands
+        return None
+    lock.release()
+    return None
+
+
 def serve(endpoint: str | None = None, *,
           companion: Callable[[Server], Callable[[], None]] | None = None,
           made: str | None = None, **options: Any) -> int:
@@ -1317,7 +1330,7 @@ def serve(endpoint: str | None = None, *,
         # waits, pending, for the unblock below, then runs on_signal in this thread.
         server.bind()
         server.wake_on_signals()
-    except BaseException:
+    except BaseException as exc:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -1327,6 +1340,12 @@ def serve(endpoint: str | None = None, *,
             # a start that fails (the endpoint busy) leaves nothing behind: not the data
             # directory its broker made, nor the directories made to hold it
             shutil.rmtree(made, ignore_errors=True)
+        if server is None and isinstance(exc, BrokerRunning):
+            # the data directory of a served endpoint is the other broker's too: say
+            # that the endpoint is served (until 2026-12-05 only the directory was named)
+            busy = _endpoint_served(endpoint or default_endpoint())
+            if busy is not None:
+                raise busy from None
         raise
     # Unblocked even when this process was started with them blocked (a parent's mask
     # is inherited across exec): a broker that ignored SIGTERM would never stop.

@@ -274,6 +274,16 @@ def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None
     done = run(["serve", "--endpoint", endpoint])
     assert_one_line_error(done.stderr, done.returncode, "second broker")
     assert "already serves" in done.stderr
+    # the same endpoint and data directory (say, twice the default): the endpoint is
+    # named, not only the directory (until 2026-12-05 "the data directory ... is in use")
+    durable, shared = track.endpoint(), tmp_path / "shared-data"
+    track.broker_process(durable, "--data-dir", str(shared))
+    done = run(["serve", "--endpoint", durable, "--data-dir", str(shared)])
+    assert_one_line_error(done.stderr, done.returncode, "second broker, same data dir")
+    assert f"already serves {durable}" in done.stderr
+    done = run(["serve", "--endpoint", track.endpoint(), "--data-dir", str(shared)])
+    assert_one_line_error(done.stderr, done.returncode, "another endpoint, same data dir")
+    assert "is in use by another broker" in done.stderr
     # A start that fails leaves nothing behind: not the data directory it was given,
     # nor the directories made to hold it (its broker opened a journal there first).
     data_dir = tmp_path / "made" / "for" / "data"
