@@ -53,6 +53,7 @@ from fastfanout.errors import (
 __all__ = [
     "LOCK_ATTEMPTS",
     "EndpointLock",
+    "check_endpoint",
     "data_dir_name",
     "default_data_dir",
     "default_data_dir_made",
@@ -254,6 +255,30 @@ def endpoint_problem(endpoint: str) -> str | None:
             return f"port {port!r} is not a number from 1 to 65535"
         return None
     return "it must be ipc://PATH or tcp://HOST:PORT"
+
+
+def check_endpoint(value: object, argument: str = "endpoint", *,
+                   none: str | None = None) -> None:
+    """Refuse ``value`` unless it is a well-formed endpoint string (or None).
+
+    Args:
+        value: what was given.
+        argument: its name, for the message.
+        none: what None means, when None is allowed (say, "the default endpoint").
+
+    Raises:
+        InvalidArgument: not a str (nor an allowed None), or ``endpoint_problem`` finds
+            its form wrong.
+    """
+    if value is None and none is not None:
+        return
+    if type(value) is not str:
+        allowed = "" if none is None else f" or None ({none})"
+        raise InvalidArgument(f"{argument}={value!r:.200} must be a str (ipc://PATH or "
+                              f"tcp://HOST:PORT){allowed}")
+    problem = endpoint_problem(value)
+    if problem is not None:
+        raise InvalidArgument(f"{argument}={value!r:.200}: {problem}")
 
 
 def stream_endpoint_for(endpoint: str) -> str:

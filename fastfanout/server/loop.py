@@ -89,8 +89,8 @@ from fastfanout.errors import (
 )
 from fastfanout.runtime import (
     EndpointLock,
+    check_endpoint,
     default_endpoint,
-    endpoint_problem,
     ipc_problem,
     missing_ancestor,
     remove_stale_locks,
@@ -269,14 +269,7 @@ class Server:
         for argument, value, otherwise in (
                 ("endpoint", endpoint, "the default endpoint"),
                 ("stream_endpoint", stream_endpoint, "derived from the endpoint")):
-            if value is None:
-                continue
-            if type(value) is not str:
-                raise InvalidArgument(f"{argument}={value!r:.200} must be a str "
-                                      f"(ipc://PATH or tcp://HOST:PORT) or None ({otherwise})")
-            problem = endpoint_problem(value)
-            if problem is not None:
-                raise InvalidArgument(f"{argument}={value!r:.200}: {problem}")
+            check_endpoint(value, argument, none=otherwise)
         self.endpoint = endpoint or default_endpoint()
         self.stream_endpoint = stream_endpoint or stream_endpoint_for(self.endpoint)
         if slow_listener not in SLOW_LISTENER_POLICIES:

@@ -52,7 +52,7 @@ from fastfanout.errors import (
     InvalidArgument,
     NotFound,
 )
-from fastfanout.runtime import default_endpoint, endpoint_problem, ipc_problem
+from fastfanout.runtime import check_endpoint, default_endpoint, ipc_problem
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.settings import QueueSettings, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
@@ -156,12 +156,8 @@ def _check_endpoint(endpoint: object) -> str:
 
     Checked when the worker is made or configured, not at its start's first connection.
     """
-    if type(endpoint) is not str:
-        raise InvalidArgument(f"endpoint={endpoint!r} must be a str (ipc://PATH or "
-                              f"tcp://HOST:PORT)")
-    problem = endpoint_problem(endpoint)
-    if problem is not None:
-        raise InvalidArgument(f"endpoint={endpoint!r:.200}: {problem}")
+    check_endpoint(endpoint)
+    assert isinstance(endpoint, str)   # checked just above
     return endpoint
 
 

@@ -7,6 +7,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Any
 from typing import Any as Tracker
 
 import pytest
@@ -269,6 +270,22 @@ def test_wait_policy_drops_for_everyone_and_counts(track: Tracker, endpoint: str
     client.close()
 
 
+def _reading(track: Tracker, read: Any) -> tuple[threading.Thread, list[BaseException]]:
+    """``read()`` in a thread of its own, started: (the thread, what it raised)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            read()
+        except BaseException as exc:   # what the reader saw, for the test to assert
+            errors.append(exc)
+
+    reader = threading.Thread(target=run)
+    reader.start()
+    track.wait_until(lambda: reader.is_alive(), what="the reader waiting")
+    return reader, errors
+
+
 def test_a_listener_read_after_close_raises_closed(track: Tracker) -> None:
     # until 2026-12-05 a read after close() (or under it, from another thread or task)
     # raised pyzmq's ZMQError, or cancelled the reading task
@@ -276,17 +293,7 @@ def test_a_listener_read_after_close_raises_closed(track: Tracker) -> None:
     client = track.client(server.endpoint)
     client.create_topic("t")
     listener = client.listen("t")
-    errors: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            listener.recv_batch(timeout=30.0)
-        except BaseException as exc:   # what the reader saw, asserted below
-            errors.append(exc)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    track.wait_until(lambda: reader.is_alive(), what="the reader waiting")
+    reader, errors = _reading(track, lambda: listener.recv_batch(timeout=30.0))
     listener.close()
     reader.join(10.0)
     assert not reader.is_alive()
@@ -318,17 +325,7 @@ def test_a_listener_is_closed_with_its_client(track: Tracker) -> None:
     client = track.client(server.endpoint)
     client.create_topic("t")
     waiting, idle = client.listen("t"), client.listen("t")
-    errors: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            next(waiting)
-        except BaseException as exc:   # what the reader saw, asserted below
-            errors.append(exc)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    track.wait_until(lambda: reader.is_alive(), what="the reader waiting")
+    reader, errors = _reading(track, lambda: next(waiting))
     client.close()
     reader.join(10.0)
     assert not reader.is_alive(), "the read went on after its client closed"
