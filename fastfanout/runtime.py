@@ -343,7 +343,9 @@ def _open_lock_file(path: Path) -> int:
                 raise UnsafeLockFile(
                     f"the lock file {path} is a symbolic link; refusing to follow it "
                     f"(remove it if it is not meant to be there)") from None
-            raise
+            # opened relative to its directory: name the whole path (until 2026-12-05
+            # "Permission denied: b.sock.lock", of no directory)
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         os.close(dir_fd)
     info = os.fstat(fd)

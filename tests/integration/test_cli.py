@@ -269,6 +269,12 @@ def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None
                 config_file(tmp_path, "k.toml", "curve_secret_key = 'no.key_secret'\n")])
     assert_one_line_error(done.stderr, done.returncode, "missing CURVE key")
     assert "k.toml: curve_secret_key: cannot load CURVE keys" in done.stderr
+    # a lock file that cannot be made is named whole (it said "Is a directory: b.sock.lock")
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "b.sock.lock").mkdir()
+    done = run(["serve", "--in-memory", "--endpoint", f"ipc://{tmp_path}/blocked/b.sock"])
+    assert_one_line_error(done.stderr, done.returncode, "lock file not made")
+    assert f"Is a directory: {tmp_path}/blocked/b.sock.lock" in done.stderr
     endpoint = track.endpoint()
     track.broker_process(endpoint)
     done = run(["serve", "--endpoint", endpoint])
