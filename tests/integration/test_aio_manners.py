@@ -36,11 +36,13 @@ def test_every_call_is_a_coroutine_an_iterator_or_a_known_plain_call() -> None:
     for name in names - PLAIN_CALLS - ITERATORS:
         assert inspect.iscoroutinefunction(getattr(aio.AsyncClient, name)), name
     for name in ITERATORS:
-        # called plainly for ``async for``: an async generator, or (consume) a native
-        # async iterator with no generator step per message
+        # called plainly for ``async for``: a native async iterator (consume: no
+        # generator step per message), or one whose ``for`` raises WrongClient
+        # (consume_batches)
         function = getattr(aio.AsyncClient, name)
         assert not inspect.iscoroutinefunction(function), name
-        assert inspect.isasyncgenfunction(function) or name == "consume", name
+        assert not inspect.isasyncgenfunction(function), name
+        assert function.__doc__ and "async for" in function.__doc__, name
     for name in PLAIN_CALLS:
         function = getattr(aio.AsyncClient, name)
         assert not inspect.iscoroutinefunction(function), name
