@@ -280,6 +280,16 @@ def cli() -> None:
               help="Journal bytes at which publishes are refused with store_full until "
                    "consumers settle messages (at least 65536; default: no limit but "
                    "the disk).")
+@click.option("--max-topics", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="Most topics the broker holds; one more is refused with "
+                   "limit_exceeded (default 100000).")
+@click.option("--max-queues", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="Most queues the broker holds; one more is refused with "
+                   "limit_exceeded (default 100000).")
+@click.option("--max-subscriptions-per-topic", type=click.IntRange(1, 2**31 - 1),
+              default=None,
+              help="Most subscriptions feeding one topic (its own and matching "
+                   "patterns); one more is refused with limit_exceeded (default 100000).")
 @click.option("--bridge", type=click.Path(dir_okay=False), default=None,
               help="Rule file of the NATS JetStream bridge run beside the broker (export "
                    "and import rules: see docs/bridge.md); needs nats-py.")

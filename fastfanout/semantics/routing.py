@@ -20,7 +20,7 @@ from fastfanout.semantics.filter_policy import SCOPES, CompiledPolicy, parse_pol
 from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches
 from fastfanout.settings import Subscription
 
-__all__ = ["compile_policy", "dispatch_targets", "feeding_subscriptions"]
+__all__ = ["compile_policy", "dispatch_targets", "feeding_subscriptions", "feeds"]
 
 
 def compile_policy(policy: object, scope: str) -> tuple[CompiledPolicy | None, str | None]:
@@ -39,14 +39,17 @@ def compile_policy(policy: object, scope: str) -> tuple[CompiledPolicy | None, s
     return compiled, json.dumps(decoded, sort_keys=True)
 
 
+def feeds(sub: Subscription, topic: str, fifo: bool, queue_fifo: bool) -> bool:
+    """Whether ``sub`` feeds ``topic`` (a FIFO one if ``fifo``; ``queue_fifo``: its queue's)."""
+    return ((sub.topic == topic or (is_pattern(sub.topic) and pattern_matches(sub.topic, topic)))
+            and queue_fifo == fifo)
+
+
 def feeding_subscriptions(subscriptions: Mapping[int, Subscription], topic: str, fifo: bool,
                           queue_is_fifo: Callable[[str], bool]) -> list[int]:
     """Ids (ascending) of the subscriptions that feed ``topic`` (a FIFO one if ``fifo``)."""
-    return [
-        sid for sid, sub in sorted(subscriptions.items())
-        if (sub.topic == topic or (is_pattern(sub.topic) and pattern_matches(sub.topic, topic)))
-        and queue_is_fifo(sub.queue) == fifo
-    ]
+    return [sid for sid, sub in sorted(subscriptions.items())
+            if feeds(sub, topic, fifo, queue_is_fifo(sub.queue))]
 
 
 def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[int],
