@@ -26,7 +26,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memchr, memmove, memset
 
 from fastfanout._ext.batches cimport (
     C_MAX_BODY,
@@ -412,6 +412,68 @@ cdef class Dispatcher:
                SUBSCRIPTION_FIELDS * sizeof(uint64_t))
         record.slot_start[position + 1] = slots_used + 1
         record.target_count = position + 1
+
+    def remove_target(self, uint32_t topic, uint32_t position):
+        """Remove target ``position`` of ``topic``; the later ones move up one place, in
+        their order (what ``set_targets`` without it would do).
+
+        What the target owes its subscriptions is added to their slots first. The cost is
+        a ``memmove`` of the later targets' entries, plus, when the topic filters, a
+        re-keying of the later targets' filter ids (the index is rebuilt at the next
+        publish, as after ``set_targets``): never a rebuild of the topic's subscriptions.
+
+        Raises:
+            IndexError: the topic has no such target.
+        """
+        cdef topic_t* record = &self.topics[topic]
+        cdef uint32_t count = record.target_count
+        cdef uint32_t first
+        cdef uint32_t last
+        cdef uint32_t removed_slots
+        cdef uint32_t i
+        cdef uint32_t k
+        cdef int counter
+        cdef uint64_t* owed
+        cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
+        cdef Py_ssize_t low = <Py_ssize_t>position * FILTER_ID_STRIDE
+        cdef Py_ssize_t high = low + FILTER_ID_STRIDE
+        if position >= count:
+            raise IndexError(f"topic {topic} has no target {position}")
+        # Only filter ids of this target and later ones change: none when no target from
+        # here on filters (a byte scan), so unfiltered removals never touch the set.
+        if filter_set is not None and memchr(record.filtered + position, 1,
+                                             count - position) != NULL:
+            kept = {}
+            for filter_id, policy in filter_set.policies.items():
+                if filter_id < low:
+                    kept[filter_id] = policy
+                elif filter_id >= high:
+                    kept[filter_id - FILTER_ID_STRIDE] = policy
+            filter_set.policies = kept
+            filter_set.dirty = True
+            self.topic_filters[topic] = filter_set if kept else None
+        if record.target_counts != NULL:
+            first = record.slot_start[position]
+            last = record.slot_start[position + 1]
+            owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+            for k in range(first, last):
+                for counter in range(SUBSCRIPTION_FIELDS):
+                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
+                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
+            removed_slots = last - first
+            memmove(record.target_slots + first, record.target_slots + last,
+                    (record.slot_start[count] - last) * sizeof(uint32_t))
+            for i in range(position, count):
+                record.slot_start[i] = record.slot_start[i + 1] - removed_slots
+            memmove(owed, owed + SUBSCRIPTION_FIELDS,
+                    <Py_ssize_t>(count - position - 1) * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+        memmove(record.targets + position, record.targets + position + 1,
+                (count - position - 1) * sizeof(uint32_t))
+        memmove(record.filtered + position, record.filtered + position + 1,
+                count - position - 1)
+        record.target_count = count - 1
+        if self.refused_topic == topic:
+            self.refused_topic = -1
 
     def set_target_policy(self, uint32_t topic, uint32_t position, object policy):
         """Replace the filter of target ``position`` of ``topic``, a target fed by one

@@ -34,6 +34,8 @@ class Dispatcher:
     ) -> None:
         """Append one target fed by one subscription, in amortised O(1) (what
         ``set_targets`` with it last would do)."""
+    def remove_target(self, topic: int, position: int) -> None:
+        """Remove one target; the later ones move up one place (a memmove, no rebuild)."""
     def set_target_policy(self, topic: int, position: int, policy: PlainPolicy | None) -> None:
         """Replace the filter of one target fed by one subscription, O(1)."""
     def forget_subscription(self, subscription_id: int) -> None:

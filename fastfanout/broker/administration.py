@@ -35,7 +35,12 @@ from fastfanout.errors import (
     NotFound,
 )
 from fastfanout.records import ExponentialBackoff
-from fastfanout.semantics.routing import compile_policy, dispatch_targets, feeds
+from fastfanout.semantics.routing import (
+    TargetPositions,
+    compile_policy,
+    dispatch_targets,
+    feeds,
+)
 from fastfanout.semantics.topic_pattern import is_pattern, validate_pattern
 from fastfanout.settings import (
     DEFAULT_MAX_QUEUES,
@@ -187,9 +192,10 @@ class Administration:
         self._queue_patterns: dict[str, int] = {}   # queue -> how many are patterns
         self._patterns: dict[int, None] = {}   # ids of the pattern subscriptions
         self._feeds: dict[int, set[str]] = {}   # id -> the topics it feeds now
-        # topic -> queue -> (its target position, the ids feeding it): the dispatcher's
-        # targets of the topic, in their order
-        self._routes: dict[str, dict[str, tuple[int, list[int]]]] = {}
+        # topic -> queue -> the ids feeding it: the dispatcher's targets of the topic; and
+        # topic -> their positions there (O(log n) as targets come and go)
+        self._routes: dict[str, dict[str, list[int]]] = {}
+        self._target_order: dict[str, TargetPositions] = {}
         self._dead_letter_users: dict[str, dict[str, None]] = {}   # DLQ -> queues using it
         self._next_subscription = 1
         self.durable = durable
@@ -313,6 +319,7 @@ class Administration:
             self._topic_settings[name] = settings
             self.topic_subscriptions[name] = {}
             self._routes[name] = {}
+            self._target_order[name] = TargetPositions()
             for sid in self._patterns:   # only patterns can feed a new topic
                 sub = self._subscriptions[sid]
                 if feeds(sub, name, settings.fifo, self._queue_settings[sub.queue].fifo):
@@ -330,7 +337,7 @@ class Administration:
             topic_id = self.topic_id(name, "name")
             self.refuse_topology_if_store_failed()
             feeding = self.topic_subscriptions.pop(name)
-            del self._routes[name]
+            del self._routes[name], self._target_order[name]
             removed = [sid for sid in feeding if self._subscriptions[sid].topic == name]
             for subscription_id in feeding:
                 self._feeds[subscription_id].discard(name)
@@ -533,8 +540,9 @@ class Administration:
         feeding = list(self.topic_subscriptions[topic])
         targets, policies, feeders = dispatch_targets(self._subscriptions, feeding, self.queues)
         self.dispatcher.set_targets(self.topics[topic], targets, policies, feeders)
-        self._routes[topic] = {self.queue_names[queue_id]: (position, feeders[position])
-                               for position, queue_id in enumerate(targets)}
+        order = [self.queue_names[queue_id] for queue_id in targets]
+        self._routes[topic] = dict(zip(order, feeders, strict=True))
+        self._target_order[topic] = TargetPositions(order)
 
     def _attach(self, sid: int, topic: str) -> None:
         """Subscription ``sid`` (the newest) feeds ``topic`` from now on."""
@@ -547,10 +555,22 @@ class Administration:
             return
         # The newest id feeds last: its target goes after the others, where
         # dispatch_targets would put it, in amortised O(1).
-        route[sub.queue] = (len(route), [sid])
+        route[sub.queue] = [sid]
+        self._target_order[topic].append(sub.queue)
         self.dispatcher.add_target(
             self.topics[topic], self.queues[sub.queue],
             None if sub.compiled is None else sub.compiled.plain, sid)
+
+    def _detach(self, sid: int, queue: str, topic: str) -> None:
+        """Subscription ``sid`` (of ``queue``) feeds ``topic`` no more."""
+        del self.topic_subscriptions[topic][sid]
+        route = self._routes[topic]
+        if route[queue] != [sid]:   # the queue stays, fed by its other subscriptions
+            self._refresh_targets(topic)
+            return
+        del route[queue]
+        position = self._target_order[topic].remove(queue)
+        self.dispatcher.remove_target(self.topics[topic], position)
 
     def _drop(self, sid: int) -> Subscription:
         """Forget subscription ``sid`` in the name tables (not in the dispatcher)."""
@@ -700,10 +720,9 @@ class Administration:
             self._subscriptions[subscription_id] = Subscription(
                 sub.topic, sub.queue, normalized, filter_scope, compiled)
             for topic in self._feeds[subscription_id]:
-                position, feeders = self._routes[topic][sub.queue]
-                if len(feeders) == 1:   # its own target: its filter alone changes, O(1)
+                if len(self._routes[topic][sub.queue]) == 1:   # its own target: O(1)
                     self.dispatcher.set_target_policy(
-                        self.topics[topic], position,
+                        self.topics[topic], self._target_order[topic].position(sub.queue),
                         None if compiled is None else compiled.plain)
                 else:
                     self._refresh_targets(topic)
@@ -733,8 +752,7 @@ class Administration:
             fed = self._feeds[subscription_id]
             self._drop(subscription_id)
             for topic in fed:
-                del self.topic_subscriptions[topic][subscription_id]
-                self._refresh_targets(topic)
+                self._detach(subscription_id, sub.queue, topic)
             self.dispatcher.forget_subscription(subscription_id)
             if is_pattern(sub.topic):
                 self._keep_topics(sub.queue)

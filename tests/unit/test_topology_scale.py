@@ -135,3 +135,72 @@ def test_a_limit_must_be_a_positive_int(limit: str) -> None:
     from fastfanout import InvalidArgument
     with pytest.raises(InvalidArgument, match=limit):
         Broker(**{limit: 0})
+
+
+def test_the_work_of_an_unsubscribe_does_not_grow_with_the_subscriptions() -> None:
+    broker = Broker()
+    broker.create_topic("t")
+    sids = []
+    for i in range(COUNT):
+        broker.create_queue(f"q{i}")
+        sids.append(broker.subscribe("t", f"q{i}"))
+
+    def unsubscribe(chosen: list[int]) -> float:
+        started = time.perf_counter()
+        for sid in chosen:
+            broker.unsubscribe(sid)
+        return time.perf_counter() - started
+
+    many = unsubscribe(sids[1000:1300])   # with ~COUNT targets, ahead of most of them
+    unsubscribe(sids[1300:] + sids[:300])
+    few = unsubscribe(sids[300:600])      # with 700 to 400 targets left
+    # Each one handed the dispatcher every remaining target again: O(subscriptions).
+    assert many < 3 * few + 0.02, (many, few)
+    assert broker.publish("t", b"x").deliveries == 400
+    delivered = broker.stats().subscriptions
+    assert delivered[sids[600]].delivered == 1 and sids[-1] not in delivered
+
+
+def test_target_positions_follow_appends_and_removals() -> None:
+    import random
+
+    from fastfanout.semantics.routing import TargetPositions
+
+    chooser = random.Random(7)
+    order: list[str] = []
+    positions = TargetPositions()
+    for step in range(3000):
+        if order and chooser.random() < 0.45:
+            queue = chooser.choice(order)
+            assert positions.remove(queue) == order.index(queue)
+            order.remove(queue)
+        else:
+            order.append(f"q{step}")
+            positions.append(f"q{step}")
+        if step % 97 == 0:
+            assert [positions.position(queue) for queue in order] == list(range(len(order)))
+    assert len(positions) == len(order)
+
+
+def test_removing_a_filtered_target_keeps_the_later_targets_filters() -> None:
+    broker = Broker()
+    broker.create_topic("t")
+    sids = {}
+    for color in ("red", "green", "blue", "any"):
+        broker.create_queue(color)
+        policy = None if color == "any" else {"color": [color]}
+        sids[color] = broker.subscribe("t", color, filter_policy=policy)
+    broker.publish("t", b"1", attributes={"color": "green"})
+    broker.unsubscribe(sids["red"])     # the later filter ids move up one target
+    broker.publish("t", b"2", attributes={"color": "blue"})
+    broker.publish("t", b"3", attributes={"color": "red"})
+    broker.set_filter_policy(sids["any"], {"color": ["red"]})
+    broker.unsubscribe(sids["green"])
+    broker.publish("t", b"4", attributes={"color": "red"})
+    broker.publish("t", b"5", attributes={"color": "blue"})
+    received = {color: [m.body for m in broker.receive(color, max_messages=10)]
+                for color in ("green", "blue", "any")}
+    assert received == {"green": [b"1"], "blue": [b"2", b"5"], "any": [b"1", b"2", b"3", b"4"]}
+    counters = broker.stats().subscriptions
+    assert (counters[sids["blue"]].delivered, counters[sids["blue"]].filtered_out) == (2, 3)
+    assert (counters[sids["any"]].delivered, counters[sids["any"]].filtered_out) == (4, 1)
