@@ -825,7 +825,27 @@ class StorageView:
             next_subscription=broker._next_subscription)
 
     def restore_topology(self, topology: Topology) -> None:
-        """Create ``topology`` in this (new, empty) broker; see ``BrokerState``."""
+        """Create ``topology`` in this (new, empty) broker; see ``BrokerState``.
+
+        The topology limits do not apply to what was accepted before the restart (a
+        broker restarted with lower limits opens with all of it, and refuses more).
+        """
+        broker = self._broker
+        limits = (broker.max_topics, broker.max_queues, broker.max_subscriptions_per_topic)
+        broker.max_topics = broker.max_queues = _MAX_TOPOLOGY_LIMIT
+        broker.max_subscriptions_per_topic = _MAX_TOPOLOGY_LIMIT
+        try:
+            self._restore(topology)
+        finally:
+            (broker.max_topics, broker.max_queues,
+             broker.max_subscriptions_per_topic) = limits
+        if len(broker.topics) > broker.max_topics or len(broker.queues) > broker.max_queues:
+            log.warning("the recovered broker holds %d topics and %d queues, over its "
+                        "max_topics=%d or max_queues=%d: it refuses more until some are "
+                        "deleted", len(broker.topics), len(broker.queues),
+                        broker.max_topics, broker.max_queues)
+
+    def _restore(self, topology: Topology) -> None:
         broker = self._broker
         for topic in topology.topics:
             settings = topic.settings

@@ -9,6 +9,7 @@ subscriptions per topic either.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,21 @@ def test_removing_a_filtered_target_keeps_the_later_targets_filters() -> None:
     counters = broker.stats().subscriptions
     assert (counters[sids["blue"]].delivered, counters[sids["blue"]].filtered_out) == (2, 3)
     assert (counters[sids["any"]].delivered, counters[sids["any"]].filtered_out) == (4, 1)
+
+
+def test_a_durable_broker_reopened_with_lower_limits_keeps_its_topology(tmp_path: Path) -> None:
+    broker = Broker(data_dir=tmp_path)
+    broker.create_topic("t")
+    for name in ("a", "b", "c"):
+        broker.create_queue(name)
+        broker.subscribe("t", name)
+    broker.close()
+    broker = Broker(data_dir=tmp_path, max_queues=2, max_subscriptions_per_topic=2)
+    try:
+        assert broker.list_queues() == ["a", "b", "c"]
+        assert broker.publish("t", b"x").deliveries == 3
+        with pytest.raises(LimitExceeded, match="max_queues=2"):
+            broker.create_queue("d")
+        assert broker.stats().topology.max_queues == 2
+    finally:
+        broker.close()
