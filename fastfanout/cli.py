@@ -681,6 +681,16 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         [(name, *(str(getattr(queue, c)) for c in QUEUE_COLUMNS),
           str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
         width)
+    topology = broker_stats.topology
+    lines += _columns(
+        "topology", ("kind", "count", "limit", "refused"),
+        [("topics", str(topology.topics), str(topology.max_topics),
+          str(topology.topics_refused)),
+         ("queues", str(topology.queues), str(topology.max_queues),
+          str(topology.queues_refused)),
+         ("subscriptions", str(topology.subscriptions),
+          f"{topology.max_subscriptions_per_topic} per topic",
+          str(topology.subscriptions_refused))], width)
     storage = broker_stats.storage
     if storage is None:
         lines += ["storage: none (in memory)", ""]
