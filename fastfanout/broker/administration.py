@@ -492,14 +492,10 @@ class Administration:
                     f"delete those first")
             self.refuse_topology_if_store_failed()
             removed = list(self._queue_subscriptions[name])
-            touched: dict[str, None] = {}   # only the topics it fed change
-            for sid in removed:
-                for topic in self._feeds[sid]:
-                    del self.topic_subscriptions[topic][sid]
-                    touched[topic] = None
+            for sid in removed:   # only the topics it fed change, each by one target
+                for topic in list(self._feeds[sid]):
+                    self._detach(sid, name, topic)
                 self._drop(sid)
-            for topic in touched:
-                self._refresh_targets(topic)
             for sid in removed:
                 self.dispatcher.forget_subscription(sid)
             queue_ops.remove_queue(self.store, queue_id)

@@ -38,6 +38,11 @@ def test_the_work_of_a_subscribe_does_not_grow_with_the_subscriptions() -> None:
     assert last < 4 * first + 0.05, (first, last)
     assert broker.publish("t", b"x").deliveries == COUNT
     assert all(broker.receive(f"q{i}")[0].body == b"x" for i in (0, COUNT // 2, COUNT - 1))
+    started = time.perf_counter()
+    for i in range(500):   # each re-targeted the whole topic: O(its subscriptions)
+        broker.delete_queue(f"q{i}")
+    assert time.perf_counter() - started < 4 * first + 0.05
+    assert broker.publish("t", b"y").deliveries == COUNT - 500
 
 
 def test_deleting_a_queue_fed_by_many_topics_touches_only_them() -> None:
