@@ -11,6 +11,9 @@ cdef struct topic_t:
     bint alive
     uint32_t* targets          # queue ids, in subscription order
     uint32_t target_count
+    uint32_t target_capacity   # entries allocated in targets, filtered, slot_start (+ 1)
+                               # and target_counts (rows); add_target grows them
+    uint32_t slot_capacity     # entries allocated in target_slots
     uint8_t* filtered          # per target: 1 if its subscription has a filter policy
     uint32_t* target_slots     # subscription counter slots, target by target
     uint32_t* slot_start       # per target: its first entry in target_slots (count + 1)

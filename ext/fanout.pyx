@@ -26,7 +26,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memchr, memmove, memset
 
 from fastfanout._ext.batches cimport (
     C_MAX_BODY,
@@ -181,6 +181,8 @@ cdef class Dispatcher:
         self.topics[topic].slot_start = NULL
         self.topics[topic].target_counts = NULL
         self.topics[topic].target_count = 0
+        self.topics[topic].target_capacity = 0
+        self.topics[topic].slot_capacity = 0
         self.topics[topic].published = 0
         self.topics[topic].deliveries = 0
         self.topics[topic].unrouted = 0
@@ -208,6 +210,8 @@ cdef class Dispatcher:
         self.topics[topic].target_slots = NULL
         self.topics[topic].slot_start = NULL
         self.topics[topic].target_count = 0
+        self.topics[topic].target_capacity = 0
+        self.topics[topic].slot_capacity = 0
         self.topics[topic].alive = False
         if self.refused_topic == topic:
             self.refused_topic = -1
@@ -323,7 +327,190 @@ cdef class Dispatcher:
         if self.refused_topic == topic:
             self.refused_topic = -1
         self.topics[topic].target_count = <uint32_t>count
+        self.topics[topic].target_capacity = <uint32_t>count
+        self.topics[topic].slot_capacity = <uint32_t>slot_total
         self.topic_filters[topic] = filter_set
+
+    def add_target(self, uint32_t topic, uint32_t queue_id, object policy,
+                   object subscription_id):
+        """Append one target to ``topic``, fed by one subscription: what ``set_targets``
+        with this target last would do, in amortised O(1) (the arrays grow by doubling)
+        instead of O(targets), so subscribing many queues one by one stays linear.
+
+        Positions of the other targets do not change, so their owed counters, filter ids
+        and a pending refusal stay valid. The topic's targets must have been given with
+        their subscriptions (``set_targets(..., subscriptions=...)``) or be none.
+
+        Args:
+            topic: the topic id.
+            queue_id: the target queue, not a target of ``topic`` already.
+            policy: None (no filter) or a plain compiled filter policy.
+            subscription_id: the subscription feeding it (credited with its copies).
+
+        Raises:
+            InvalidArgument: ``policy`` is malformed (nothing changed).
+            ValueError: the topic has targets given without subscriptions.
+        """
+        cdef topic_t* record = &self.topics[topic]
+        cdef uint32_t position = record.target_count
+        cdef uint32_t slots_used
+        cdef uint32_t capacity
+        cdef FilterSet filter_set
+        cdef void* grown
+        if record.target_count and record.target_counts == NULL:
+            raise ValueError("the topic's targets were set without their subscriptions")
+        slots_used = record.slot_start[position] if record.target_count else 0
+        if position == record.target_capacity:
+            capacity = record.target_capacity * 2 if record.target_capacity else 4
+            # Each grown array is kept as soon as realloc succeeds: a later failure leaves
+            # a larger array with the same contents, never a lost one.
+            grown = PyMem_Realloc(record.targets, capacity * sizeof(uint32_t))
+            if grown == NULL:
+                raise MemoryError()
+            record.targets = <uint32_t*>grown
+            grown = PyMem_Realloc(record.filtered, capacity)
+            if grown == NULL:
+                raise MemoryError()
+            record.filtered = <uint8_t*>grown
+            grown = PyMem_Realloc(record.slot_start, (capacity + 1) * sizeof(uint32_t))
+            if grown == NULL:
+                raise MemoryError()
+            record.slot_start = <uint32_t*>grown
+            if record.target_count == 0:
+                record.slot_start[0] = 0
+            grown = PyMem_Realloc(record.target_counts,
+                                  capacity * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+            if grown == NULL:
+                raise MemoryError()
+            record.target_counts = <uint64_t*>grown
+            record.target_capacity = capacity
+        if slots_used == record.slot_capacity:
+            capacity = record.slot_capacity * 2 if record.slot_capacity else 4
+            grown = PyMem_Realloc(record.target_slots, capacity * sizeof(uint32_t))
+            if grown == NULL:
+                raise MemoryError()
+            record.target_slots = <uint32_t*>grown
+            record.slot_capacity = capacity
+        if policy is not None:
+            filter_set = <FilterSet>self.topic_filters[topic]
+            if filter_set is None:
+                filter_set = FilterSet()
+            filter_set.set(<Py_ssize_t>position * FILTER_ID_STRIDE, policy)   # checks it
+            if len(filter_set) > self.match_capacity:
+                grown = PyMem_Realloc(
+                    self.matches, max(len(filter_set), self.match_capacity * 2) * sizeof(int64_t))
+                if grown == NULL:
+                    filter_set.remove(<Py_ssize_t>position * FILTER_ID_STRIDE)
+                    raise MemoryError()
+                self.matches = <int64_t*>grown
+                self.match_capacity = max(len(filter_set), self.match_capacity * 2)
+            self.topic_filters[topic] = filter_set
+        record.target_slots[slots_used] = <uint32_t>self._slot(subscription_id)
+        record.targets[position] = queue_id
+        record.filtered[position] = policy is not None
+        memset(record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS, 0,
+               SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+        record.slot_start[position + 1] = slots_used + 1
+        record.target_count = position + 1
+
+    def remove_target(self, uint32_t topic, uint32_t position):
+        """Remove target ``position`` of ``topic``; the later ones move up one place, in
+        their order (what ``set_targets`` without it would do).
+
+        What the target owes its subscriptions is added to their slots first. The cost is
+        a ``memmove`` of the later targets' entries, plus, when the topic filters, a
+        re-keying of the later targets' filter ids (the index is rebuilt at the next
+        publish, as after ``set_targets``): never a rebuild of the topic's subscriptions.
+
+        Raises:
+            IndexError: the topic has no such target.
+        """
+        cdef topic_t* record = &self.topics[topic]
+        cdef uint32_t count = record.target_count
+        cdef uint32_t first
+        cdef uint32_t last
+        cdef uint32_t removed_slots
+        cdef uint32_t i
+        cdef uint32_t k
+        cdef int counter
+        cdef uint64_t* owed
+        cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
+        cdef Py_ssize_t low = <Py_ssize_t>position * FILTER_ID_STRIDE
+        cdef Py_ssize_t high = low + FILTER_ID_STRIDE
+        if position >= count:
+            raise IndexError(f"topic {topic} has no target {position}")
+        # Only filter ids of this target and later ones change: none when no target from
+        # here on filters (a byte scan), so unfiltered removals never touch the set.
+        if filter_set is not None and memchr(record.filtered + position, 1,
+                                             count - position) != NULL:
+            kept = {}
+            for filter_id, policy in filter_set.policies.items():
+                if filter_id < low:
+                    kept[filter_id] = policy
+                elif filter_id >= high:
+                    kept[filter_id - FILTER_ID_STRIDE] = policy
+            filter_set.policies = kept
+            filter_set.dirty = True
+            self.topic_filters[topic] = filter_set if kept else None
+        if record.target_counts != NULL:
+            first = record.slot_start[position]
+            last = record.slot_start[position + 1]
+            owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+            for k in range(first, last):
+                for counter in range(SUBSCRIPTION_FIELDS):
+                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
+                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
+            removed_slots = last - first
+            memmove(record.target_slots + first, record.target_slots + last,
+                    (record.slot_start[count] - last) * sizeof(uint32_t))
+            for i in range(position, count):
+                record.slot_start[i] = record.slot_start[i + 1] - removed_slots
+            memmove(owed, owed + SUBSCRIPTION_FIELDS,
+                    <Py_ssize_t>(count - position - 1) * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+        memmove(record.targets + position, record.targets + position + 1,
+                (count - position - 1) * sizeof(uint32_t))
+        memmove(record.filtered + position, record.filtered + position + 1,
+                count - position - 1)
+        record.target_count = count - 1
+        if self.refused_topic == topic:
+            self.refused_topic = -1
+
+    def set_target_policy(self, uint32_t topic, uint32_t position, object policy):
+        """Replace the filter of target ``position`` of ``topic``, a target fed by one
+        subscription: None for no filter, else a plain compiled policy. O(1) here (the
+        topic's filter index is rebuilt at its next publish, as after ``set_targets``).
+
+        Raises:
+            IndexError: the topic has no such target.
+            InvalidArgument: ``policy`` is malformed (nothing changed).
+        """
+        cdef topic_t* record = &self.topics[topic]
+        cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
+        cdef Py_ssize_t filter_id = <Py_ssize_t>position * FILTER_ID_STRIDE
+        cdef Py_ssize_t capacity
+        cdef void* grown
+        if position >= record.target_count:
+            raise IndexError(f"topic {topic} has no target {position}")
+        if policy is None:
+            if filter_set is not None:
+                filter_set.remove(filter_id)
+                if len(filter_set) == 0:
+                    self.topic_filters[topic] = None
+            record.filtered[position] = False
+            return
+        if filter_set is None:
+            filter_set = FilterSet()
+        filter_set.set(filter_id, policy)   # checks it
+        if len(filter_set) > self.match_capacity:
+            capacity = max(len(filter_set), self.match_capacity * 2)
+            grown = PyMem_Realloc(self.matches, capacity * sizeof(int64_t))
+            if grown == NULL:
+                filter_set.remove(filter_id)
+                raise MemoryError()
+            self.matches = <int64_t*>grown
+            self.match_capacity = capacity
+        self.topic_filters[topic] = filter_set
+        record.filtered[position] = True
 
     cdef int _slot(self, object subscription_id) except -1:
         """The counter slot of a subscription, a zeroed one taken for a new id."""

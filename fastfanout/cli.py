@@ -280,6 +280,16 @@ def cli() -> None:
               help="Journal bytes at which publishes are refused with store_full until "
                    "consumers settle messages (at least 65536; default: no limit but "
                    "the disk).")
+@click.option("--max-topics", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="Most topics the broker holds; one more is refused with "
+                   "limit_exceeded (default 100000).")
+@click.option("--max-queues", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="Most queues the broker holds; one more is refused with "
+                   "limit_exceeded (default 100000).")
+@click.option("--max-subscriptions-per-topic", type=click.IntRange(1, 2**31 - 1),
+              default=None,
+              help="Most subscriptions feeding one topic (its own and matching "
+                   "patterns); one more is refused with limit_exceeded (default 100000).")
 @click.option("--bridge", type=click.Path(dir_okay=False), default=None,
               help="Rule file of the NATS JetStream bridge run beside the broker (export "
                    "and import rules: see docs/bridge.md); needs nats-py.")
@@ -671,6 +681,16 @@ def stats(endpoint: str | None, as_json: bool) -> None:
         [(name, *(str(getattr(queue, c)) for c in QUEUE_COLUMNS),
           str(sum(queue.dropped.values()))) for name, queue in broker_stats.queues.items()],
         width)
+    topology = broker_stats.topology
+    lines += _columns(
+        "topology", ("kind", "count", "limit", "refused"),
+        [("topics", str(topology.topics), str(topology.max_topics),
+          str(topology.topics_refused)),
+         ("queues", str(topology.queues), str(topology.max_queues),
+          str(topology.queues_refused)),
+         ("subscriptions", str(topology.subscriptions),
+          f"{topology.max_subscriptions_per_topic} per topic",
+          str(topology.subscriptions_refused))], width)
     storage = broker_stats.storage
     if storage is None:
         lines += ["storage: none (in memory)", ""]

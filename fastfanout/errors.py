@@ -109,11 +109,13 @@ class QueueFull(FastFanoutError):
 
 
 class LimitExceeded(FastFanoutError):
-    """A connection reached one of a broker server's per-connection limits.
+    """A broker's topology limit or one of a broker server's per-connection limits.
 
-    The message names the limit (``max_consumers``, ``max_long_polls``) and its value;
-    the refused call changed nothing. Wait for answers, or close what the connection
-    holds (cancel a consumer), before asking for more.
+    The message names the limit and its value; the refused call changed nothing.
+    Topology limits (``max_topics``, ``max_queues``, ``max_subscriptions_per_topic``,
+    counted in ``stats().topology``): delete something first, or raise the limit.
+    Per-connection limits (``max_consumers``, ``max_long_polls``): wait for answers, or
+    close what the connection holds (cancel a consumer), before asking for more.
     """
 
     code = "limit_exceeded"

@@ -18,6 +18,9 @@ from fastfanout.records import ExponentialBackoff
 from fastfanout.semantics.filter_policy import CompiledPolicy
 
 __all__ = [
+    "DEFAULT_MAX_QUEUES",
+    "DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC",
+    "DEFAULT_MAX_TOPICS",
     "MAX_BACKOFF_STEPS",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_MESSAGES",
@@ -68,6 +71,17 @@ MAX_BATCH_BYTES: Final = 1 << 40
 """Most body bytes a client's publish batch may gather (``batch_bytes``)."""
 MAX_HIGH_WATER_MARK: Final = 2**31 - 1
 """Largest socket high-water mark, in messages (libzmq takes a C int)."""
+
+# Topology limits (``Broker(max_topics=...)``, ``fastfanout serve --max-topics``): far
+# above what a deployment reaches by accident, they bound the broker's memory and the
+# time of the calls that walk a topology (stats, snapshots, recovery, a pattern's topics).
+DEFAULT_MAX_TOPICS: Final = 100_000
+"""Default ``max_topics``: most topics a broker holds; one more is ``LimitExceeded``."""
+DEFAULT_MAX_QUEUES: Final = 100_000
+"""Default ``max_queues``: most queues a broker holds; one more is ``LimitExceeded``."""
+DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC: Final = 100_000
+"""Default ``max_subscriptions_per_topic``: most subscriptions feeding one topic (its own
+and the patterns matching it); a subscribe past it is ``LimitExceeded``."""
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
 OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter", "hold")

@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["DROP_REASONS", "HANDLER_COUNTERS", "HANDLER_TIMES", "MAX_REPORTED_HANDLERS",
            "MAX_REPORT_NAME", "SUBSCRIPTION_DROP_REASONS", "BrokerStats", "QueueStats",
-           "SubscriptionStats", "TopicStats", "check_worker_report"]
+           "SubscriptionStats", "TopicStats", "TopologyStats", "check_worker_report"]
 
 DROP_REASONS: tuple[str, ...] = (
     "overflow",
@@ -138,6 +138,34 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class TopologyStats:
+    """A broker's topology against its limits (``Broker(max_topics=...)``).
+
+    Attributes:
+        topics: topics held now.
+        queues: queues held now.
+        subscriptions: subscriptions held now (patterns count once).
+        max_topics: the most topics it holds.
+        max_queues: the most queues it holds.
+        max_subscriptions_per_topic: the most subscriptions feeding one topic.
+        topics_refused: ``create_topic`` calls refused at ``max_topics``.
+        queues_refused: ``create_queue`` calls refused at ``max_queues``.
+        subscriptions_refused: ``subscribe`` calls refused at
+            ``max_subscriptions_per_topic``.
+    """
+
+    topics: int = 0
+    queues: int = 0
+    subscriptions: int = 0
+    max_topics: int = 0
+    max_queues: int = 0
+    max_subscriptions_per_topic: int = 0
+    topics_refused: int = 0
+    queues_refused: int = 0
+    subscriptions_refused: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStats:
     """Statistics of a whole broker.
 
@@ -157,12 +185,15 @@ class BrokerStats:
             be unlinked: each try), snapshots, and recovery (records, bytes, seconds,
             torn_tail, skipped, bad_headers, bad_segments, missing, messages restored,
             orphan_records).
+        topology: how many topics, queues and subscriptions against the limits, and the
+            calls each limit refused.
     """
 
     topics: dict[str, TopicStats]
     queues: dict[str, QueueStats]
     storage: dict[str, Any] | None = None
     subscriptions: dict[int, SubscriptionStats] = field(default_factory=dict)
+    topology: TopologyStats = field(default_factory=TopologyStats)
 
 
 # -- worker reports (REPORT / WORKERS on the wire, ``fastfanout stats``) ------------------

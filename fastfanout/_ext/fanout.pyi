@@ -29,6 +29,15 @@ class Dispatcher:
     ) -> None:
         """Replace a topic's targets; ``subscriptions``: per target, the ids of the
         subscriptions credited with its copies and refusals."""
+    def add_target(
+        self, topic: int, queue_id: int, policy: PlainPolicy | None, subscription_id: int
+    ) -> None:
+        """Append one target fed by one subscription, in amortised O(1) (what
+        ``set_targets`` with it last would do)."""
+    def remove_target(self, topic: int, position: int) -> None:
+        """Remove one target; the later ones move up one place (a memmove, no rebuild)."""
+    def set_target_policy(self, topic: int, position: int, policy: PlainPolicy | None) -> None:
+        """Replace the filter of one target fed by one subscription, O(1)."""
     def forget_subscription(self, subscription_id: int) -> None:
         """Drop a deleted subscription's counters (after the topics it fed were
         re-targeted)."""

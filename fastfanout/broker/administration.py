@@ -31,24 +31,37 @@ from fastfanout.errors import (
     Closed,
     InvalidArgument,
     InvalidFilterPolicy,
+    LimitExceeded,
     NotFound,
 )
 from fastfanout.records import ExponentialBackoff
-from fastfanout.semantics.routing import compile_policy, dispatch_targets, feeding_subscriptions
-from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches, validate_pattern
+from fastfanout.semantics.routing import (
+    TargetPositions,
+    compile_policy,
+    dispatch_targets,
+    feeds,
+)
+from fastfanout.semantics.topic_pattern import is_pattern, validate_pattern
 from fastfanout.settings import (
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
+    DEFAULT_MAX_TOPICS,
     MAX_DEDUP_WINDOW,
     QueueSettings,
     Subscription,
     TopicSettings,
+    check_count,
     check_flag,
     check_name,
     check_queue_settings,
     seconds_to_us,
 )
+from fastfanout.stats import TopologyStats
 from fastfanout.storage.durability import Durability, QueueState, TopicState, Topology
 
 __all__ = ["Administration", "StorageView"]
+
+_MAX_TOPOLOGY_LIMIT = 2**31 - 1   # a limit's largest value (ids are 32-bit in the core)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +119,8 @@ class Administration:
         queue_names: queue id -> name.
         visibility_us: queue id -> its default lease, microseconds.
         topics: topic name -> id.
-        topic_subscriptions: topic name -> ids of the subscriptions feeding it, in order.
+        topic_subscriptions: topic name -> ids of the subscriptions feeding it, ascending
+            (a dict used as an ordered set).
         durable: the journal and its policies of a durable broker (None in memory).
         closed: True once ``close()`` was called.
 
@@ -118,11 +132,27 @@ class Administration:
         fsync_interval: seconds between fdatasyncs with ``interval``.
         max_disk_bytes: most journal bytes on disk before publishes are refused with
             ``StoreFull`` (None: no limit).
+        max_topics: most topics; ``create_topic`` past it raises ``LimitExceeded``.
+        max_queues: most queues; ``create_queue`` past it raises ``LimitExceeded``.
+        max_subscriptions_per_topic: most subscriptions feeding one topic (its own and
+            the patterns matching it); ``subscribe`` past it raises ``LimitExceeded``.
     """
 
     def __init__(self, *, clock: Callable[[], float] | None = None,
                  data_dir: str | os.PathLike[str] | None = None, fsync: str = "always",
-                 fsync_interval: float = 1.0, max_disk_bytes: int | None = None) -> None:
+                 fsync_interval: float = 1.0, max_disk_bytes: int | None = None,
+                 max_topics: int = DEFAULT_MAX_TOPICS, max_queues: int = DEFAULT_MAX_QUEUES,
+                 max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC
+                 ) -> None:
+        self.max_topics = check_count("max_topics", max_topics, maximum=_MAX_TOPOLOGY_LIMIT)
+        self.max_queues = check_count("max_queues", max_queues, maximum=_MAX_TOPOLOGY_LIMIT)
+        self.max_subscriptions_per_topic = check_count(
+            "max_subscriptions_per_topic", max_subscriptions_per_topic,
+            maximum=_MAX_TOPOLOGY_LIMIT)
+        # calls refused by each limit (TopologyStats)
+        self.topics_refused = 0
+        self.queues_refused = 0
+        self.subscriptions_refused = 0
         if clock is not None and not callable(clock):
             raise InvalidArgument(f"clock must be a callable returning seconds, got {clock!r}")
         durable: Durability | None = None
@@ -153,7 +183,20 @@ class Administration:
         # subscription id -> Subscription; per topic the ids that feed it, in id order
         # (derived from the subscriptions: direct ones and matching patterns).
         self._subscriptions: dict[int, Subscription] = {}
-        self.topic_subscriptions: dict[str, list[int]] = {}
+        self.topic_subscriptions: dict[str, dict[int, None]] = {}
+        # Indexes that keep each topology change proportional to what it touches, never to
+        # the broker's size (5,000 subscribes to one topic took 20 s when each one scanned
+        # every subscription and handed the dispatcher every target again):
+        self._pairs: dict[tuple[str, str], int] = {}   # (topic or pattern, queue) -> id
+        self._queue_subscriptions: dict[str, dict[int, None]] = {}   # queue -> its ids
+        self._queue_patterns: dict[str, int] = {}   # queue -> how many are patterns
+        self._patterns: dict[int, None] = {}   # ids of the pattern subscriptions
+        self._feeds: dict[int, set[str]] = {}   # id -> the topics it feeds now
+        # topic -> queue -> the ids feeding it: the dispatcher's targets of the topic; and
+        # topic -> their positions there (O(log n) as targets come and go)
+        self._routes: dict[str, dict[str, list[int]]] = {}
+        self._target_order: dict[str, TargetPositions] = {}
+        self._dead_letter_users: dict[str, dict[str, None]] = {}   # DLQ -> queues using it
         self._next_subscription = 1
         self.durable = durable
         if durable is not None:
@@ -265,12 +308,25 @@ class Administration:
                 if existing != settings:
                     raise AlreadyExists(f"topic {name!r} exists with other settings: {existing}")
                 return
+            if len(self.topics) >= self.max_topics:
+                self.topics_refused += 1
+                raise LimitExceeded(
+                    f"topic {name!r} is not created: the broker holds max_topics="
+                    f"{self.max_topics} topics; delete one first or raise the limit")
             self.refuse_topology_if_store_failed()
             self.topics[name] = self.dispatcher.add_topic(
                 fifo, content_dedup, window_us, name.encode("ascii"))
             self._topic_settings[name] = settings
-            self.topic_subscriptions[name] = []
-            self._refresh_targets(name)
+            self.topic_subscriptions[name] = {}
+            self._routes[name] = {}
+            self._target_order[name] = TargetPositions()
+            for sid in self._patterns:   # only patterns can feed a new topic
+                sub = self._subscriptions[sid]
+                if feeds(sub, name, settings.fifo, self._queue_settings[sub.queue].fifo):
+                    self.topic_subscriptions[name][sid] = None
+                    self._feeds[sid].add(name)
+            if self.topic_subscriptions[name]:
+                self._refresh_targets(name)
             if self.durable is not None:
                 self.durable.topic_created(name, self.topics[name], settings)
 
@@ -280,10 +336,13 @@ class Administration:
             self.now_us()
             topic_id = self.topic_id(name, "name")
             self.refuse_topology_if_store_failed()
-            removed = [sid for sid in self.topic_subscriptions.pop(name)
-                       if self._subscriptions[sid].topic == name]
+            feeding = self.topic_subscriptions.pop(name)
+            del self._routes[name], self._target_order[name]
+            removed = [sid for sid in feeding if self._subscriptions[sid].topic == name]
+            for subscription_id in feeding:
+                self._feeds[subscription_id].discard(name)
             for subscription_id in removed:
-                del self._subscriptions[subscription_id]
+                self._drop(subscription_id)
             self.dispatcher.remove_topic(topic_id)
             for subscription_id in removed:
                 self.dispatcher.forget_subscription(subscription_id)
@@ -393,6 +452,11 @@ class Administration:
                 return
             dlq_id = (-1 if settings.dead_letter_queue is None
                       else self.queue_id(settings.dead_letter_queue, "dead_letter_queue"))
+            if len(self.queues) >= self.max_queues:
+                self.queues_refused += 1
+                raise LimitExceeded(
+                    f"queue {name!r} is not created: the broker holds max_queues="
+                    f"{self.max_queues} queues; delete one first or raise the limit")
             self.refuse_topology_if_store_failed()
             queue_id = queue_ops.add_queue(
                 self.store, name, native.visibility_us, native.delay_us, native.retention_us,
@@ -403,6 +467,11 @@ class Administration:
             self.queue_names[queue_id] = name
             self.visibility_us[queue_id] = native.visibility_us
             self._queue_settings[name] = settings
+            self._queue_subscriptions[name] = {}
+            self._queue_patterns[name] = 0
+            self._dead_letter_users[name] = {}
+            if settings.dead_letter_queue is not None:
+                self._dead_letter_users[settings.dead_letter_queue][name] = None
             if self.durable is not None:
                 self.store.set_durable(queue_id, durable)
                 self.durable.queue_created(name, queue_id, settings)
@@ -416,23 +485,27 @@ class Administration:
         with self.lock:
             self.now_us()
             queue_id = self.queue_id(name, "name")
-            users = sorted(other for other, settings in self._queue_settings.items()
-                           if settings.dead_letter_queue == name)
+            users = sorted(self._dead_letter_users[name])
             if users:
                 raise InvalidArgument(
                     f"queue {name!r} is the dead-letter queue of {', '.join(users)}; "
                     f"delete those first")
             self.refuse_topology_if_store_failed()
-            removed = [sid for sid, sub in self._subscriptions.items() if sub.queue == name]
-            for sid in removed:
-                del self._subscriptions[sid]
-            for topic in self.topics:
-                self._refresh_targets(topic)
+            removed = list(self._queue_subscriptions[name])
+            for sid in removed:   # only the topics it fed change, each by one target
+                for topic in list(self._feeds[sid]):
+                    self._detach(sid, name, topic)
+                self._drop(sid)
             for sid in removed:
                 self.dispatcher.forget_subscription(sid)
             queue_ops.remove_queue(self.store, queue_id)
+            dead_letter_queue = self._queue_settings[name].dead_letter_queue
+            if dead_letter_queue is not None:
+                del self._dead_letter_users[dead_letter_queue][name]
             del self.queues[name], self._queue_settings[name], self.queue_names[queue_id]
             del self.visibility_us[queue_id]
+            del self._queue_subscriptions[name], self._queue_patterns[name]
+            del self._dead_letter_users[name]
             if self.durable is not None:
                 self.durable.queue_deleted(name, queue_id)
             # A receive waiting on this queue (an embedded consumer's too) learns of the
@@ -455,13 +528,56 @@ class Administration:
     # -- subscriptions -----------------------------------------------------------------
 
     def _refresh_targets(self, topic: str) -> None:
-        """Recompute which subscriptions feed ``topic`` and hand them to the dispatcher."""
-        feeding = feeding_subscriptions(
-            self._subscriptions, topic, self._topic_settings[topic].fifo,
-            lambda queue: self._queue_settings[queue].fifo)
-        self.topic_subscriptions[topic] = feeding
+        """Hand the dispatcher every target of ``topic`` again, from the ids feeding it.
+
+        O(subscriptions of the topic): for the changes that move or merge targets
+        (an unsubscribe, a queue fed twice); a new target is ``_attach``'s O(1).
+        """
+        feeding = list(self.topic_subscriptions[topic])
         targets, policies, feeders = dispatch_targets(self._subscriptions, feeding, self.queues)
         self.dispatcher.set_targets(self.topics[topic], targets, policies, feeders)
+        order = [self.queue_names[queue_id] for queue_id in targets]
+        self._routes[topic] = dict(zip(order, feeders, strict=True))
+        self._target_order[topic] = TargetPositions(order)
+
+    def _attach(self, sid: int, topic: str) -> None:
+        """Subscription ``sid`` (the newest) feeds ``topic`` from now on."""
+        sub = self._subscriptions[sid]
+        self.topic_subscriptions[topic][sid] = None
+        self._feeds[sid].add(topic)
+        route = self._routes[topic]
+        if sub.queue in route:   # a queue fed twice: its policies become alternatives
+            self._refresh_targets(topic)
+            return
+        # The newest id feeds last: its target goes after the others, where
+        # dispatch_targets would put it, in amortised O(1).
+        route[sub.queue] = [sid]
+        self._target_order[topic].append(sub.queue)
+        self.dispatcher.add_target(
+            self.topics[topic], self.queues[sub.queue],
+            None if sub.compiled is None else sub.compiled.plain, sid)
+
+    def _detach(self, sid: int, queue: str, topic: str) -> None:
+        """Subscription ``sid`` (of ``queue``) feeds ``topic`` no more."""
+        del self.topic_subscriptions[topic][sid]
+        route = self._routes[topic]
+        if route[queue] != [sid]:   # the queue stays, fed by its other subscriptions
+            self._refresh_targets(topic)
+            return
+        del route[queue]
+        position = self._target_order[topic].remove(queue)
+        self.dispatcher.remove_target(self.topics[topic], position)
+
+    def _drop(self, sid: int) -> Subscription:
+        """Forget subscription ``sid`` in the name tables (not in the dispatcher)."""
+        sub = self._subscriptions.pop(sid)
+        del self._pairs[(sub.topic, sub.queue)]
+        del self._queue_subscriptions[sub.queue][sid]
+        del self._feeds[sid]
+        if sid in self._patterns:
+            del self._patterns[sid]
+            self._queue_patterns[sub.queue] -= 1
+        return sub
 
     def _keep_topics(self, queue: str) -> None:
         """Set whether ``queue`` keeps topics: it does while it holds a pattern subscription.
@@ -469,17 +585,19 @@ class Administration:
         Each message published to a queue keeping topics carries the topic it was
         published on (``message.topic``); other messages do not pay for it.
         """
-        keeps = any(sub.queue == queue and is_pattern(sub.topic)
-                    for sub in self._subscriptions.values())
-        queue_ops.set_keeps_topics(self.store, self.queues[queue], keeps)
+        queue_ops.set_keeps_topics(self.store, self.queues[queue],
+                                   self._queue_patterns[queue] > 0)
 
-    def _refresh_for(self, topic_or_pattern: str) -> None:
-        if is_pattern(topic_or_pattern):
-            for topic in self.topics:
-                if pattern_matches(topic_or_pattern, topic):
-                    self._refresh_targets(topic)
-        elif topic_or_pattern in self.topics:
-            self._refresh_targets(topic_or_pattern)
+    def _refuse_subscription(self, topic: str, queue: str, fed: list[str]) -> None:
+        """LimitExceeded (counted) if one of the topics ``fed`` is at its subscription limit."""
+        limit = self.max_subscriptions_per_topic
+        for name in fed:
+            if len(self.topic_subscriptions[name]) >= limit:
+                self.subscriptions_refused += 1
+                raise LimitExceeded(
+                    f"queue {queue!r} is not subscribed to {topic!r}: topic {name!r} has "
+                    f"max_subscriptions_per_topic={limit} subscriptions; unsubscribe one "
+                    f"first or raise the limit")
 
     def subscribe(
         self,
@@ -526,21 +644,37 @@ class Administration:
                         f"{queue!r} is not: a FIFO topic feeds FIFO queues only, and FIFO "
                         f"queues subscribe to FIFO topics only")
             self.queue_id(queue)
-            for sid, sub in self._subscriptions.items():
-                if sub.topic == topic and sub.queue == queue:
-                    if (sub.filter_policy, sub.filter_scope) != (normalized, filter_scope):
-                        raise AlreadyExists(
-                            f"queue {queue!r} is subscribed to {topic!r} already (subscription "
-                            f"{sid}) with another filter policy; change it with set_filter_policy "
-                            f"(fastfanout set-filter-policy {sid} POLICY)")
-                    return sid
+            sid = self._pairs.get((topic, queue), 0)
+            if sid:
+                sub = self._subscriptions[sid]
+                if (sub.filter_policy, sub.filter_scope) != (normalized, filter_scope):
+                    raise AlreadyExists(
+                        f"queue {queue!r} is subscribed to {topic!r} already (subscription "
+                        f"{sid}) with another filter policy; change it with set_filter_policy "
+                        f"(fastfanout set-filter-policy {sid} POLICY)")
+                return sid
+            sub = Subscription(topic, queue, normalized, filter_scope, compiled)
+            pattern = is_pattern(topic)
+            if pattern:   # O(topics): each is matched, in C-speed string compares
+                queue_fifo = self._queue_settings[queue].fifo
+                fed = [name for name, settings in self._topic_settings.items()
+                       if feeds(sub, name, settings.fifo, queue_fifo)]
+            else:
+                fed = [topic]
+            self._refuse_subscription(topic, queue, fed)
             self.refuse_topology_if_store_failed()
             sid = self._next_subscription
             self._next_subscription += 1
-            self._subscriptions[sid] = Subscription(
-                topic, queue, normalized, filter_scope, compiled)
-            self._refresh_for(topic)
-            if is_pattern(topic):
+            self._subscriptions[sid] = sub
+            self._pairs[(topic, queue)] = sid
+            self._queue_subscriptions[queue][sid] = None
+            self._feeds[sid] = set()
+            if pattern:
+                self._patterns[sid] = None
+                self._queue_patterns[queue] += 1
+            for name in fed:
+                self._attach(sid, name)
+            if pattern:
                 self._keep_topics(queue)
             if self.durable is not None:
                 self.durable.subscribed(sid, self._subscriptions[sid])
@@ -581,7 +715,13 @@ class Administration:
             self.refuse_topology_if_store_failed()
             self._subscriptions[subscription_id] = Subscription(
                 sub.topic, sub.queue, normalized, filter_scope, compiled)
-            self._refresh_for(sub.topic)
+            for topic in self._feeds[subscription_id]:
+                if len(self._routes[topic][sub.queue]) == 1:   # its own target: O(1)
+                    self.dispatcher.set_target_policy(
+                        self.topics[topic], self._target_order[topic].position(sub.queue),
+                        None if compiled is None else compiled.plain)
+                else:
+                    self._refresh_targets(topic)
             if self.durable is not None:
                 self.durable.filter_policy_set(
                     subscription_id, self._subscriptions[subscription_id])
@@ -605,13 +745,26 @@ class Administration:
             self.now_us()
             sub = self._subscription(subscription_id)
             self.refuse_topology_if_store_failed()
-            del self._subscriptions[subscription_id]
-            self._refresh_for(sub.topic)
+            fed = self._feeds[subscription_id]
+            self._drop(subscription_id)
+            for topic in fed:
+                self._detach(subscription_id, sub.queue, topic)
             self.dispatcher.forget_subscription(subscription_id)
             if is_pattern(sub.topic):
                 self._keep_topics(sub.queue)
             if self.durable is not None:
                 self.durable.unsubscribed(subscription_id)
+
+    def topology_stats(self) -> TopologyStats:
+        """The topology's size, its limits and the calls they refused."""
+        with self.lock:
+            return TopologyStats(
+                topics=len(self.topics), queues=len(self.queues),
+                subscriptions=len(self._subscriptions), max_topics=self.max_topics,
+                max_queues=self.max_queues,
+                max_subscriptions_per_topic=self.max_subscriptions_per_topic,
+                topics_refused=self.topics_refused, queues_refused=self.queues_refused,
+                subscriptions_refused=self.subscriptions_refused)
 
     def list_subscriptions(self) -> dict[int, tuple[str, str]]:
         """Every subscription: id -> (topic or pattern, queue)."""
@@ -668,7 +821,27 @@ class StorageView:
             next_subscription=broker._next_subscription)
 
     def restore_topology(self, topology: Topology) -> None:
-        """Create ``topology`` in this (new, empty) broker; see ``BrokerState``."""
+        """Create ``topology`` in this (new, empty) broker; see ``BrokerState``.
+
+        The topology limits do not apply to what was accepted before the restart (a
+        broker restarted with lower limits opens with all of it, and refuses more).
+        """
+        broker = self._broker
+        limits = (broker.max_topics, broker.max_queues, broker.max_subscriptions_per_topic)
+        broker.max_topics = broker.max_queues = _MAX_TOPOLOGY_LIMIT
+        broker.max_subscriptions_per_topic = _MAX_TOPOLOGY_LIMIT
+        try:
+            self._restore(topology)
+        finally:
+            (broker.max_topics, broker.max_queues,
+             broker.max_subscriptions_per_topic) = limits
+        if len(broker.topics) > broker.max_topics or len(broker.queues) > broker.max_queues:
+            log.warning("the recovered broker holds %d topics and %d queues, over its "
+                        "max_topics=%d or max_queues=%d: it refuses more until some are "
+                        "deleted", len(broker.topics), len(broker.queues),
+                        broker.max_topics, broker.max_queues)
+
+    def _restore(self, topology: Topology) -> None:
         broker = self._broker
         for topic in topology.topics:
             settings = topic.settings

@@ -48,6 +48,9 @@ from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Prod
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
 from fastfanout.settings import (
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
+    DEFAULT_MAX_TOPICS,
     MAX_DELAY,
     MAX_RECEIVE_BATCH,
     MAX_VISIBILITY_TIMEOUT,
@@ -140,6 +143,11 @@ class Broker:
         fsync_interval: seconds between fdatasyncs with ``interval`` (default 1.0).
         max_disk_bytes: journal bytes on disk beyond which publishes and sends are
             refused with ``StoreFull`` (settles are always allowed); None: no limit.
+        max_topics: most topics (default ``DEFAULT_MAX_TOPICS``, 100,000); one more
+            is ``LimitExceeded`` (counted in ``stats().topology``).
+        max_queues: most queues (default 100,000); one more is ``LimitExceeded``.
+        max_subscriptions_per_topic: most subscriptions feeding one topic, its own and
+            the patterns matching it (default 100,000); one more is ``LimitExceeded``.
 
     Every method raises ``Closed`` after ``close()``. Bad arguments raise a subclass of
     ``FastFanoutError`` and change nothing.
@@ -147,9 +155,14 @@ class Broker:
 
     def __init__(self, *, clock: Callable[[], float] | None = None,
                  data_dir: str | os.PathLike[str] | None = None, fsync: str = "always",
-                 fsync_interval: float = 1.0, max_disk_bytes: int | None = None) -> None:
+                 fsync_interval: float = 1.0, max_disk_bytes: int | None = None,
+                 max_topics: int = DEFAULT_MAX_TOPICS, max_queues: int = DEFAULT_MAX_QUEUES,
+                 max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC
+                 ) -> None:
         admin = Administration(clock=clock, data_dir=data_dir, fsync=fsync,
-                               fsync_interval=fsync_interval, max_disk_bytes=max_disk_bytes)
+                               fsync_interval=fsync_interval, max_disk_bytes=max_disk_bytes,
+                               max_topics=max_topics, max_queues=max_queues,
+                               max_subscriptions_per_topic=max_subscriptions_per_topic)
         self._admin = admin
         # the producers still open: close() flushes them first, as a client's close does
         self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
@@ -767,7 +780,8 @@ class Broker:
                     dropped=dict(zip(SUBSCRIPTION_DROP_REASONS, dropped, strict=True)))
             storage = None if self._durable is None else self._durable.stats()
             return BrokerStats(topics=topics, queues=queues, storage=storage,
-                               subscriptions=subscriptions)
+                               subscriptions=subscriptions,
+                               topology=self._admin.topology_stats())
 
     def check(self) -> bool:
         """Verify the core's internal invariants (slow; for tests)."""

@@ -12,7 +12,7 @@ subscription takes everything.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fastfanout.errors import InvalidArgument
@@ -20,7 +20,8 @@ from fastfanout.semantics.filter_policy import SCOPES, CompiledPolicy, parse_pol
 from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches
 from fastfanout.settings import Subscription
 
-__all__ = ["compile_policy", "dispatch_targets", "feeding_subscriptions"]
+__all__ = ["TargetPositions", "compile_policy", "dispatch_targets", "feeding_subscriptions",
+           "feeds"]
 
 
 def compile_policy(policy: object, scope: str) -> tuple[CompiledPolicy | None, str | None]:
@@ -39,14 +40,17 @@ def compile_policy(policy: object, scope: str) -> tuple[CompiledPolicy | None, s
     return compiled, json.dumps(decoded, sort_keys=True)
 
 
+def feeds(sub: Subscription, topic: str, fifo: bool, queue_fifo: bool) -> bool:
+    """Whether ``sub`` feeds ``topic`` (a FIFO one if ``fifo``; ``queue_fifo``: its queue's)."""
+    return ((sub.topic == topic or (is_pattern(sub.topic) and pattern_matches(sub.topic, topic)))
+            and queue_fifo == fifo)
+
+
 def feeding_subscriptions(subscriptions: Mapping[int, Subscription], topic: str, fifo: bool,
                           queue_is_fifo: Callable[[str], bool]) -> list[int]:
     """Ids (ascending) of the subscriptions that feed ``topic`` (a FIFO one if ``fifo``)."""
-    return [
-        sid for sid, sub in sorted(subscriptions.items())
-        if (sub.topic == topic or (is_pattern(sub.topic) and pattern_matches(sub.topic, topic)))
-        and queue_is_fifo(sub.queue) == fifo
-    ]
+    return [sid for sid, sub in sorted(subscriptions.items())
+            if feeds(sub, topic, fifo, queue_is_fifo(sub.queue))]
 
 
 def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[int],
@@ -78,3 +82,64 @@ def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[in
             else:
                 alternatives.append(sub.compiled.plain)
     return targets, policies, feeders
+
+
+class TargetPositions:
+    """The positions of a topic's target queues in the dispatcher, as targets come and go.
+
+    Targets are appended, and removed from anywhere (the later ones move up one place,
+    as ``Dispatcher.remove_target`` moves them). Each queue keeps the slot it was
+    appended at; its position is the number of live slots before it, kept in a Fenwick
+    tree: O(log n) per append, removal and look-up, where a list's ``index`` would be
+    O(n). Slots of removed queues are compacted away once they are half of all slots
+    (amortised O(log n)).
+
+    Args:
+        queues: the initial targets, in order.
+    """
+
+    def __init__(self, queues: Iterable[str] = ()) -> None:
+        self._slots: dict[str, int] = {}   # queue -> its slot (0-based)
+        self._tree: list[int] = [0]        # 1-based Fenwick tree of live slots
+        for queue in queues:
+            self.append(queue)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def _prefix(self, index: int) -> int:
+        """Live slots among the first ``index``."""
+        tree = self._tree
+        total = 0
+        while index > 0:
+            total += tree[index]
+            index &= index - 1
+        return total
+
+    def append(self, queue: str) -> None:
+        """``queue`` becomes the last target."""
+        index = len(self._tree)   # 1-based index of the new slot
+        # A Fenwick node covers (index - lowbit, index]: the new slot plus those before it.
+        self._tree.append(1 + self._prefix(index - 1) - self._prefix(index - (index & -index)))
+        self._slots[queue] = index - 1
+
+    def position(self, queue: str) -> int:
+        """The position of target ``queue`` (KeyError if it is none)."""
+        return self._prefix(self._slots[queue])
+
+    def remove(self, queue: str) -> int:
+        """Remove target ``queue``; returns the position it had."""
+        slot = self._slots.pop(queue)
+        position = self._prefix(slot)
+        tree = self._tree
+        index = slot + 1
+        while index < len(tree):
+            tree[index] -= 1
+            index += index & -index
+        if len(tree) > 2 * len(self._slots) + 64:   # mostly dead slots: start again
+            live = sorted(self._slots, key=self._slots.__getitem__)
+            self._slots = {}
+            self._tree = [0]
+            for name in live:
+                self.append(name)
+        return position

@@ -38,7 +38,13 @@ from fastfanout.server.loop import (
     DEFAULT_MAX_QUEUED_REPLIES,
 )
 from fastfanout.server.streams import DEFAULT_MAX_STREAM_SUBSCRIPTIONS
-from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH
+from fastfanout.settings import (
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
+    DEFAULT_MAX_TOPICS,
+    MAX_HIGH_WATER_MARK,
+    MAX_RECEIVE_BATCH,
+)
 from fastfanout.wire.protocol import (
     DEFAULT_MAX_REQUEST_BYTES,
     MIN_FRAME_BYTES,
@@ -100,6 +106,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         fsync: ``always``, ``interval`` or ``never``: when the journal is synced to disk.
         fsync_interval: with ``interval``, seconds between syncs.
         max_disk_bytes: most bytes the journal may hold (None: no limit but the disk).
+        max_topics: most topics the broker holds.
+        max_queues: most queues the broker holds.
+        max_subscriptions_per_topic: most subscriptions feeding one topic.
         bridge: path of a NATS JetStream bridge rule file (docs/bridge.md), or None.
     """
 
@@ -133,6 +142,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     fsync: Literal["always", "interval", "never"] = "always"
     fsync_interval: Annotated[float, msgspec.Meta(ge=0.001, le=3600)] = 1.0
     max_disk_bytes: Annotated[int, msgspec.Meta(ge=65536)] | None = None
+    max_topics: _HighWaterMark = DEFAULT_MAX_TOPICS
+    max_queues: _HighWaterMark = DEFAULT_MAX_QUEUES
+    max_subscriptions_per_topic: _HighWaterMark = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC
     bridge: str | None = None
 
 
@@ -164,6 +176,9 @@ EXPECTED: Final[dict[str, str]] = {
     "fsync": 'one of "always", "interval", "never"',
     "fsync_interval": "a number of seconds from 0.001 to 3600",
     "max_disk_bytes": "an integer number of bytes >= 65536",
+    "max_topics": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
+    "max_queues": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
+    "max_subscriptions_per_topic": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "bridge": "a string: the path of a bridge rule file (docs/bridge.md)",
 }
 """Each key's expected form, as error messages state it."""

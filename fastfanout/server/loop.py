@@ -119,7 +119,14 @@ from fastfanout.server.streams import (
     SLOW_LISTENER_POLICIES,
     Streams,
 )
-from fastfanout.settings import MAX_HIGH_WATER_MARK, MAX_RECEIVE_BATCH, check_count
+from fastfanout.settings import (
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
+    DEFAULT_MAX_TOPICS,
+    MAX_HIGH_WATER_MARK,
+    MAX_RECEIVE_BATCH,
+    check_count,
+)
 from fastfanout.stats import check_worker_report
 from fastfanout.transport.local_channel import local_channels_supported
 from fastfanout.transport.sockets import (
@@ -179,6 +186,10 @@ class Server:
         fsync: ``always``, ``interval`` or ``never``: the made broker's fsync policy.
         fsync_interval: with ``interval``, seconds between syncs.
         max_disk_bytes: most bytes the made broker's journal may hold (None: no limit).
+        max_topics: most topics of the made broker (``Broker``'s limit).
+        max_queues: most queues of the made broker.
+        max_subscriptions_per_topic: most subscriptions feeding one topic of the made
+            broker.
         curve: the broker's CURVE keys (``transport.load_curve_keys``); required to bind
             tcp beyond loopback. Every connection is then encrypted and authenticated.
         curve_clients: with ``curve``, required: a directory of the allowed clients'
@@ -263,6 +274,9 @@ class Server:
         fsync: str = "always",
         fsync_interval: float = 1.0,
         max_disk_bytes: int | None = None,
+        max_topics: int = DEFAULT_MAX_TOPICS,
+        max_queues: int = DEFAULT_MAX_QUEUES,
+        max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
     ) -> None:
         # checked as connect() checks it: until 2026-12-05 Server(5) raised an
         # AttributeError, "" meant the default endpoint and "ipc://" failed only at bind
@@ -340,9 +354,13 @@ class Server:
                 "server makes), not both")
         self._own_broker = broker is None
         self.broker = broker if broker is not None else (
-            Broker() if data_dir is None else
+            Broker(max_topics=max_topics, max_queues=max_queues,
+                   max_subscriptions_per_topic=max_subscriptions_per_topic)
+            if data_dir is None else
             Broker(data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval,
-                   max_disk_bytes=max_disk_bytes))
+                   max_disk_bytes=max_disk_bytes, max_topics=max_topics,
+                   max_queues=max_queues,
+                   max_subscriptions_per_topic=max_subscriptions_per_topic))
         self._port = self.broker.server_port()   # the broker's calls for sessions
         self._curve = curve
         self._curve_clients = curve_clients

@@ -1,0 +1,230 @@
+"""The topology at scale: topics, queues and subscriptions by the thousand.
+
+Until 2026-12-05 each subscribe scanned every subscription and handed the dispatcher all
+of the topic's targets again: 5,000 subscriptions to one topic took 20 s, each later one
+about 10 ms (the whole server waited). Nothing bounded the number of topics, queues or
+subscriptions per topic either.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from fastfanout import Broker, LimitExceeded
+
+COUNT = 3000
+
+
+def _seconds(calls: list[tuple[str, str]], broker: Broker) -> float:
+    started = time.perf_counter()
+    for topic, queue in calls:
+        broker.subscribe(topic, queue)
+    return time.perf_counter() - started
+
+
+def test_the_work_of_a_subscribe_does_not_grow_with_the_subscriptions() -> None:
+    broker = Broker()
+    broker.create_topic("t")
+    for i in range(COUNT):
+        broker.create_queue(f"q{i}")
+    calls = [("t", f"q{i}") for i in range(COUNT)]
+    first = _seconds(calls[:500], broker)
+    _seconds(calls[500:-500], broker)
+    last = _seconds(calls[-500:], broker)
+    # O(subscriptions) per subscribe made the last 500 ~11 times slower than the first.
+    assert last < 4 * first + 0.05, (first, last)
+    assert broker.publish("t", b"x").deliveries == COUNT
+    assert all(broker.receive(f"q{i}")[0].body == b"x" for i in (0, COUNT // 2, COUNT - 1))
+    started = time.perf_counter()
+    for i in range(500):   # each re-targeted the whole topic: O(its subscriptions)
+        broker.delete_queue(f"q{i}")
+    assert time.perf_counter() - started < 4 * first + 0.05
+    assert broker.publish("t", b"y").deliveries == COUNT - 500
+
+
+def test_deleting_a_queue_fed_by_many_topics_touches_only_them() -> None:
+    broker = Broker()
+    for i in range(COUNT):
+        broker.create_topic(f"t{i}")
+        broker.create_queue(f"q{i}")
+    started = time.perf_counter()
+    for i in range(500):
+        broker.subscribe(f"t{i}", "q0")
+    first = time.perf_counter() - started
+    for i in range(COUNT - 500):
+        broker.subscribe(f"t{i}", f"q{i + 1}")
+    started = time.perf_counter()
+    for i in range(COUNT - 500, COUNT):
+        broker.subscribe(f"t{i}", f"q{i}")
+    last = time.perf_counter() - started
+    assert last < 4 * first + 0.05, (first, last)
+    started = time.perf_counter()
+    for i in range(1, 500):   # each delete re-targeted every topic: O(topics) each
+        broker.delete_queue(f"q{i}")
+    assert time.perf_counter() - started < 4 * first + 0.05
+    broker.delete_queue("q0")
+    assert broker.publish("t0", b"x").deliveries == 0
+    assert broker.publish(f"t{COUNT - 1}", b"x").deliveries == 1
+    assert broker.stats().topology.subscriptions == COUNT + 500 - 999   # 999 went with 500 queues
+
+
+def test_filter_changes_and_unsubscribes_keep_the_other_targets() -> None:
+    broker = Broker()
+    broker.create_topic("orders.eu")
+    for i in range(4):
+        broker.create_queue(f"q{i}")
+    sids = [broker.subscribe("orders.eu", f"q{i}") for i in range(3)]
+    pattern = broker.subscribe("orders.*", "q3", filter_policy={"kind": ["big"]})
+    broker.set_filter_policy(sids[1], {"kind": ["small"]})
+    assert broker.publish("orders.eu", b"a", attributes={"kind": "big"}).deliveries == 3
+    broker.set_filter_policy(sids[1], None)
+    broker.unsubscribe(sids[0])
+    assert broker.publish("orders.eu", b"b", attributes={"kind": "small"}).deliveries == 2
+    broker.unsubscribe(pattern)
+    broker.create_topic("orders.us")
+    assert broker.publish("orders.us", b"c").deliveries == 0
+    assert [m.body for m in broker.receive("q1", max_messages=10)] == [b"b"]
+    assert [m.body for m in broker.receive("q2", max_messages=10)] == [b"a", b"b"]
+    assert [m.body for m in broker.receive("q3", max_messages=10)] == [b"a"]
+    counters = broker.stats().subscriptions
+    assert counters[sids[1]].delivered == 1 and counters[sids[1]].filtered_out == 1
+
+
+def test_max_topics_refuses_one_more_and_changes_nothing() -> None:
+    broker = Broker(max_topics=2)
+    broker.create_topic("a")
+    broker.create_topic("b")   # exactly at the limit
+    broker.create_topic("b")   # an existing one is no new topic
+    with pytest.raises(LimitExceeded, match="max_topics=2"):
+        broker.create_topic("c")
+    assert broker.list_topics() == ["a", "b"]
+    topology = broker.stats().topology
+    assert (topology.topics, topology.max_topics, topology.topics_refused) == (2, 2, 1)
+    broker.delete_topic("a")
+    broker.create_topic("c")
+
+
+def test_max_queues_refuses_one_more_and_changes_nothing() -> None:
+    broker = Broker(max_queues=2)
+    broker.create_queue("a")
+    broker.create_queue("b")
+    with pytest.raises(LimitExceeded, match="max_queues=2"):
+        broker.create_queue("c")
+    assert broker.list_queues() == ["a", "b"]
+    assert broker.stats().topology.queues_refused == 1
+
+
+def test_max_subscriptions_per_topic_counts_patterns_and_changes_nothing() -> None:
+    broker = Broker(max_subscriptions_per_topic=2)
+    broker.create_topic("orders.eu")
+    broker.create_topic("orders.us")
+    for name in ("a", "b", "c"):
+        broker.create_queue(name)
+    broker.subscribe("orders.eu", "a")
+    broker.subscribe("orders.*", "b")   # feeds both: orders.eu is at the limit now
+    assert broker.subscribe("orders.eu", "a") > 0   # the same pair again: no new one
+    with pytest.raises(LimitExceeded, match="max_subscriptions_per_topic=2"):
+        broker.subscribe("orders.eu", "c")
+    with pytest.raises(LimitExceeded, match=r"topic 'orders\.eu'"):
+        broker.subscribe("orders.>", "c")   # would feed orders.eu too
+    assert broker.subscribe("orders.us", "c") > 0
+    assert len(broker.list_subscriptions()) == 3
+    assert broker.publish("orders.eu", b"x").deliveries == 2
+    assert broker.stats().topology.subscriptions_refused == 2
+
+
+@pytest.mark.parametrize("limit", ["max_topics", "max_queues", "max_subscriptions_per_topic"])
+def test_a_limit_must_be_a_positive_int(limit: str) -> None:
+    from fastfanout import InvalidArgument
+    with pytest.raises(InvalidArgument, match=limit):
+        Broker(**{limit: 0})
+
+
+def test_the_work_of_an_unsubscribe_does_not_grow_with_the_subscriptions() -> None:
+    broker = Broker()
+    broker.create_topic("t")
+    sids = []
+    for i in range(COUNT):
+        broker.create_queue(f"q{i}")
+        sids.append(broker.subscribe("t", f"q{i}"))
+
+    def unsubscribe(chosen: list[int]) -> float:
+        started = time.perf_counter()
+        for sid in chosen:
+            broker.unsubscribe(sid)
+        return time.perf_counter() - started
+
+    many = unsubscribe(sids[1000:1300])   # with ~COUNT targets, ahead of most of them
+    unsubscribe(sids[1300:] + sids[:300])
+    few = unsubscribe(sids[300:600])      # with 700 to 400 targets left
+    # Each one handed the dispatcher every remaining target again: O(subscriptions).
+    assert many < 3 * few + 0.02, (many, few)
+    assert broker.publish("t", b"x").deliveries == 400
+    delivered = broker.stats().subscriptions
+    assert delivered[sids[600]].delivered == 1 and sids[-1] not in delivered
+
+
+def test_target_positions_follow_appends_and_removals() -> None:
+    import random
+
+    from fastfanout.semantics.routing import TargetPositions
+
+    chooser = random.Random(7)
+    order: list[str] = []
+    positions = TargetPositions()
+    for step in range(3000):
+        if order and chooser.random() < 0.45:
+            queue = chooser.choice(order)
+            assert positions.remove(queue) == order.index(queue)
+            order.remove(queue)
+        else:
+            order.append(f"q{step}")
+            positions.append(f"q{step}")
+        if step % 97 == 0:
+            assert [positions.position(queue) for queue in order] == list(range(len(order)))
+    assert len(positions) == len(order)
+
+
+def test_removing_a_filtered_target_keeps_the_later_targets_filters() -> None:
+    broker = Broker()
+    broker.create_topic("t")
+    sids = {}
+    for color in ("red", "green", "blue", "any"):
+        broker.create_queue(color)
+        policy = None if color == "any" else {"color": [color]}
+        sids[color] = broker.subscribe("t", color, filter_policy=policy)
+    broker.publish("t", b"1", attributes={"color": "green"})
+    broker.unsubscribe(sids["red"])     # the later filter ids move up one target
+    broker.publish("t", b"2", attributes={"color": "blue"})
+    broker.publish("t", b"3", attributes={"color": "red"})
+    broker.set_filter_policy(sids["any"], {"color": ["red"]})
+    broker.unsubscribe(sids["green"])
+    broker.publish("t", b"4", attributes={"color": "red"})
+    broker.publish("t", b"5", attributes={"color": "blue"})
+    received = {color: [m.body for m in broker.receive(color, max_messages=10)]
+                for color in ("green", "blue", "any")}
+    assert received == {"green": [b"1"], "blue": [b"2", b"5"], "any": [b"1", b"2", b"3", b"4"]}
+    counters = broker.stats().subscriptions
+    assert (counters[sids["blue"]].delivered, counters[sids["blue"]].filtered_out) == (2, 3)
+    assert (counters[sids["any"]].delivered, counters[sids["any"]].filtered_out) == (4, 1)
+
+
+def test_a_durable_broker_reopened_with_lower_limits_keeps_its_topology(tmp_path: Path) -> None:
+    broker = Broker(data_dir=tmp_path)
+    broker.create_topic("t")
+    for name in ("a", "b", "c"):
+        broker.create_queue(name)
+        broker.subscribe("t", name)
+    broker.close()
+    broker = Broker(data_dir=tmp_path, max_queues=2, max_subscriptions_per_topic=2)
+    try:
+        assert broker.list_queues() == ["a", "b", "c"]
+        assert broker.publish("t", b"x").deliveries == 3
+        with pytest.raises(LimitExceeded, match="max_queues=2"):
+            broker.create_queue("d")
+        assert broker.stats().topology.max_queues == 2
+    finally:
+        broker.close()
