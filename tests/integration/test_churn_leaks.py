@@ -1,0 +1,58 @@
+"""State that grew with churn and was never freed, now bounded or freed (soak regressions).
+
+Each test runs a few hundred cycles of one churn and asserts an exact count is back to
+where it started: no timing, no RSS threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import Tracker
+
+from fastfanout import aio
+
+CYCLES = 200
+
+
+def test_cancelled_consumers_are_forgotten_blocking(track: Tracker) -> None:
+    # Until 2026-12-05 the client remembered the id of every consumer it cancelled for
+    # the session's life (to release pushes crossing the CANCEL): one int per consume +
+    # cancel, forever, on a connection that lives for weeks.
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    for _ in range(CYCLES):
+        client.send("q", b"x")
+        consumer = client.consume("q", prefetch=1, timeout=5.0)
+        next(consumer).ack()
+        consumer.cancel()
+    # dropped without cancel: its CANCEL is sent by the finalizer, its answer dropped
+    for _ in range(CYCLES // 10):
+        client.send("q", b"x")
+        consumer = client.consume("q", prefetch=1, timeout=5.0)
+        next(consumer).ack()
+        del consumer
+    client.list_queues()   # a round trip: every CANCEL sent before it is answered
+    assert client.connection.core.cancelled == set()
+    assert client.connection.core.cancelling == {}
+
+
+def test_cancelled_consumers_are_forgotten_asyncio(track: Tracker) -> None:
+    server = track.server()
+
+    async def churn() -> tuple[set[int], dict[int, int]]:
+        async with aio.connect(server.endpoint, timeout=5.0) as client:
+            await client.create_queue("q")
+            for _ in range(CYCLES):
+                await client.send("q", b"x")
+                messages = client.consume("q", prefetch=1, timeout=5.0)
+                async for message in messages:
+                    message.ack()
+                    break
+                await messages.aclose()
+            await client.list_queues()
+            core = client.connection.core
+            return set(core.cancelled), dict(core.cancelling)
+
+    assert asyncio.run(churn()) == (set(), {})
