@@ -56,3 +56,34 @@ def test_cancelled_consumers_are_forgotten_asyncio(track: Tracker) -> None:
             return set(core.cancelled), dict(core.cancelling)
 
     assert asyncio.run(churn()) == (set(), {})
+
+
+def test_deleted_topics_leave_no_stream_record(track: Tracker) -> None:
+    # Until 2026-12-05 the server kept the stream sequence number (and cached listener
+    # match) of every topic ever published to: topic create + publish + delete grew it
+    # by one entry per cycle, forever.
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("kept")
+    client.publish("kept", b"x")
+    start = client.server_stats()["stream_topics"]
+    assert start == 1
+    for index in range(CYCLES):
+        client.create_topic(f"churn{index}")
+        client.publish(f"churn{index}", b"x")
+        client.delete_topic(f"churn{index}")
+    assert client.server_stats()["stream_topics"] == start
+
+
+def test_a_topic_made_again_streams_from_sequence_one(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.publish("t", b"old")
+    client.delete_topic("t")
+    client.create_topic("t")
+    with client.listen("t") as listener:
+        client.publish("t", b"new")
+        message = next(iter(listener))
+    assert (message.body, message.sequence) == (b"new", 1)
+    assert listener.gaps == 0
