@@ -87,3 +87,25 @@ def test_a_topic_made_again_streams_from_sequence_one(track: Tracker) -> None:
         message = next(iter(listener))
     assert (message.body, message.sequence) == (b"new", 1)
     assert listener.gaps == 0
+
+
+def test_messages_acked_one_by_one_are_not_held_until_their_lease_ends(
+        track: Tracker) -> None:
+    # Until 2026-12-05 the broker forgot a delivery's receipts (kept to release them if
+    # the session ends) only when the whole delivery was acked in one request: a
+    # receive of several messages acked one by one stayed held for the visibility
+    # timeout, so ``held_receipts`` grew with the ack rate times the lease.
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q", visibility_timeout=600.0)
+    for _ in range(CYCLES // 4):
+        client.send_batch("q", [b"x"] * 4)
+        messages = client.receive("q", max_messages=4)
+        assert len(messages) == 4
+        for message in messages:
+            message.ack()
+        client.send_batch("q", [b"x"] * 3)
+        for message in client.receive("q", max_messages=3):
+            client.ack(message.receipt)
+    client.list_queues()   # a round trip: every ack sent before it is through
+    assert client.server_stats()["held_receipts"] == 0
