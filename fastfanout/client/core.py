@@ -456,6 +456,10 @@ class ConnectionCore:
         # consumers cancelled in this session: what the broker pushes to one of them
         # after (crossing its CANCEL) is released, as nobody will read it
         self.cancelled: set[int] = set()
+        # CANCEL request id -> its consumer: once the broker answers the CANCEL nothing
+        # more is pushed to that consumer (replies and pushes keep their order), so its
+        # id leaves ``cancelled`` (else the set grows by one per consumer, session-long)
+        self.cancelling: dict[int, int] = {}
 
     # -- session -------------------------------------------------------------------------
 
@@ -466,6 +470,7 @@ class ConnectionCore:
         self.max_body = protocol.max_body(None)
         self.frame_room = protocol.frame_room(None)
         self.cancelled.clear()
+        self.cancelling.clear()
         self.ended = None
         self.last_heard = now
         return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
@@ -541,6 +546,10 @@ class ConnectionCore:
             if too_large is not None:
                 raise too_large
         self.next_id = request_id + 1
+        if opcode == Opcode.CANCEL and self.cancelled:
+            args = protocol.decode_payload(payload[0])[0] if payload else None
+            if args and args[0] in self.cancelled:
+                self.cancelling[request_id] = args[0]
         self.outbox.append(frames)
         if self.on_request is not None:
             self.on_request(opcode, payload)
@@ -928,6 +937,8 @@ class ConnectionCore:
                 # a large answer read in place from a local channel's ring: copied here,
                 # so only pushes (delivery batches) keep ring room (see local_channel.py)
                 frames = [bytes(part) for part in frames]
+            if self.cancelling and request_id in self.cancelling:
+                self.cancelled.discard(self.cancelling.pop(request_id))
             request = self.pending.pop(request_id, None)
             if request is not None:
                 if request.publish:

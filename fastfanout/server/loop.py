@@ -1006,6 +1006,8 @@ class Server:
         if opcode in (Opcode.UNSUBSCRIBE, Opcode.SET_FILTER_POLICY, Opcode.DELETE_TOPIC,
                       Opcode.DELETE_QUEUE):
             self._held.routes_changed()   # a held publish may not need that room any more
+        if opcode == Opcode.DELETE_TOPIC:
+            self._streams.topic_deleted(args[0] if args else kwargs["name"])
         self._deliveries.room = True   # an ack, purge, delete, term... may have made room
         if opcode == Opcode.STATS:
             return [protocol.encode_payload(result)]
@@ -1048,6 +1050,7 @@ class Server:
                                    and self._transport.accepting),
                      stream_subscriptions=self._streams.subscriptions(),
                      stream_listener_peers=self._streams.listener_peers(),
+                     stream_topics=self._streams.topics(),
                      held_receipts=sum(s.held_receipts() for s in self._sessions.values()))
         stats.update(self._local.counts())
         stats.update(memory_stats())

@@ -106,17 +106,31 @@ class Session:
 
         A client settles whole pushed batches, one or several back to back in one
         request; the scan stops at the first receipts that do not start a held batch.
+        Receipts that are the start of a held batch, not all of it (the messages of a
+        ``receive`` acked one by one, in order), leave the rest held: until 2026-12-05
+        the whole batch stayed until its lease ended, so a session acking that way held
+        every receipt it was given for ``visibility_timeout`` (``held_receipts`` grew
+        with the rate times the lease).
         """
         batches = self._batches
         offset, end = 0, len(receipts)
         while offset < end:
             key = receipts[offset:offset + 8]
             held = batches.get(key)
-            if held is None or not receipts.startswith(held[1], offset):
+            if held is None:
+                return
+            batch = held[1]
+            if not receipts.startswith(batch, offset):
+                acked = end - offset
+                if acked < len(batch) and batch.startswith(receipts[offset:]):
+                    del batches[key]
+                    rest = batch[acked:]
+                    batches[rest[:8]] = (held[0], rest)
+                    self._held_bytes -= acked
                 return
             del batches[key]
-            self._held_bytes -= len(held[1])
-            offset += len(held[1])
+            self._held_bytes -= len(batch)
+            offset += len(batch)
 
     def expire(self, now: float) -> None:
         """Forget what was held past its time (those leases have ended by themselves)."""

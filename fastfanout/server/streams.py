@@ -233,6 +233,22 @@ class Streams:
         """Listener connections with a subscription on record (an upper bound)."""
         return len(self._peers)
 
+    def topics(self) -> int:
+        """Topics with a stream sequence number on record (one per topic published to)."""
+        return len(self._sequences)
+
+    def topic_deleted(self, topic: str) -> None:
+        """Forget a deleted topic: its sequence number, cached match and beacon.
+
+        A topic made again under that name is a new topic, numbered from 1 (a listener
+        counts no gap for a sequence that goes back). Until 2026-12-05 every topic
+        ever published to kept its record here: it grew with topic churn, forever.
+        """
+        self._sequences.pop(topic, None)
+        self._listened.pop(topic, None)
+        self._beacons.pop(topic, None)
+        self._streamed.discard(topic)
+
     def _drop_holder(self, prefix: bytes) -> None:
         if self._holders[prefix] > 1:
             self._holders[prefix] -= 1

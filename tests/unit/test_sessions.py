@@ -6,7 +6,7 @@ from fastfanout.server.sessions import EndedSessions, Session
 from fastfanout.wire.protocol import encode_receipts
 
 
-def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:
+def test_a_batch_acked_whole_is_forgotten_a_partial_ack_keeps_the_rest() -> None:
     session = Session(b"id", 0.0, 0)
     whole = encode_receipts([1, 2, 3])
     other = encode_receipts([7, 8])
@@ -15,9 +15,20 @@ def test_a_batch_acked_whole_is_forgotten_a_partial_ack_is_not() -> None:
     assert session.held_receipts() == 5
     session.settled(encode_receipts([7]))          # same first receipt, not the batch
     session.settled(encode_receipts([1, 2, 3]))
-    assert session.held_receipts() == 2 and session.holds_leases()
-    assert session.take_receipts() == [other]
+    # the receipt not acked stays held (released if the session ends); the acked one
+    # is forgotten (until 2026-12-05 it was held until the lease ended)
+    assert session.held_receipts() == 1 and session.holds_leases()
+    assert session.take_receipts() == [encode_receipts([8])]
     assert session.held_receipts() == 0 and not session.holds_leases()
+
+
+def test_receipts_acked_out_of_order_or_not_a_prefix_keep_the_batch() -> None:
+    session = Session(b"id", 0.0, 0)
+    batch = encode_receipts([1, 2, 3])
+    session.hold_batch(batch, 10.0)
+    session.settled(encode_receipts([2]))           # not a batch's start
+    session.settled(encode_receipts([1, 3]))        # starts it, but is not its prefix
+    assert session.take_receipts() == [batch]
 
 
 def test_batches_acked_back_to_back_in_one_request_are_all_forgotten() -> None:
