@@ -65,8 +65,8 @@ class HeldRequests:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._held: deque[HeldRequest] = deque()
-        self._sessions: dict[Any, int] = {}   # session -> how many of its requests wait
-        self._bytes: dict[Any, int] = {}   # session -> the size of its requests waiting
+        # session -> [how many of its requests wait, their size in bytes]
+        self._sessions: dict[Any, list[int]] = {}
         self.reruns = 0
         """Held requests run again so far (``retry``), whatever their outcome."""
 
@@ -79,11 +79,12 @@ class HeldRequests:
 
     def total_bytes(self) -> int:
         """The size of every held request (bytes of their frames)."""
-        return sum(self._bytes.values())
+        return sum(size for _, size in self._sessions.values())
 
     def held_bytes(self, session: Any) -> int:
         """The size of ``session``'s held requests (bytes of their frames)."""
-        return self._bytes.get(session, 0)
+        waiting = self._sessions.get(session)
+        return 0 if waiting is None else waiting[1]
 
     def hold(self, session: Any, request_id: int, run: Callable[[], list[bytes]],
              now: float, room: tuple[str, int, int] | None = None, size: int = 0) -> None:
@@ -99,8 +100,9 @@ class HeldRequests:
         """
         self._held.append(HeldRequest(session, request_id, run, now + self.timeout, room,
                                       size))
-        self._sessions[session] = self._sessions.get(session, 0) + 1
-        self._bytes[session] = self._bytes.get(session, 0) + size
+        waiting = self._sessions.setdefault(session, [0, 0])
+        waiting[0] += 1
+        waiting[1] += size
 
     def retry(self, now: float, reply: Callable[[HeldRequest, list[bytes]], None],
               fail: Callable[[HeldRequest, BaseException], None],
@@ -162,7 +164,6 @@ class HeldRequests:
 
     def drop_session(self, session: Any) -> None:
         """Forget a vanished session's held requests (nobody is left to answer)."""
-        self._bytes.pop(session, None)
         if self._sessions.pop(session, None) is not None:
             self._held = deque(h for h in self._held if h.session is not session)
 
@@ -170,15 +171,13 @@ class HeldRequests:
         """Remove and return every held request (the server is stopping)."""
         held, self._held = list(self._held), deque()
         self._sessions.clear()
-        self._bytes.clear()
         return held
 
     def _forget(self, held: HeldRequest) -> None:
         session = held.session
-        left = self._sessions[session] - 1
-        if left:
-            self._sessions[session] = left
-            self._bytes[session] -= held.size
+        waiting = self._sessions[session]
+        if waiting[0] > 1:
+            waiting[0] -= 1
+            waiting[1] -= held.size
         else:
             del self._sessions[session]
-            del self._bytes[session]
