@@ -1,6 +1,6 @@
 """A numpy pipeline: float32 rows through a broker vs raw pyzmq and multiprocessing.Queue.
 
-python bench/e2e_numpy.py [--rows 200000] [--chunk 1000] [--runs 3]
+python bench/e2e_numpy.py [--rows 200000] [--chunk 1000] [--runs 3] [--row-items 256]
     [--in-flight 2] [--prefetch 2048] [--queue-bound 4096] [--ring-mib 8]
 
 The data: a float32 array of ``--rows`` rows of 256 items (1 KiB a row), sent in chunks
@@ -25,6 +25,10 @@ Reports bytes per second (the rows after the consumer's first chunk or batch, ov
 time from its arrival to the last one's: the first is not counted, as its time is not;
 medians of the runs) and the ratios fastfanout / pyzmq and fastfanout /
 multiprocessing.Queue.
+
+``--row-items 4`` (16-byte rows, the same number of messages) leaves almost nothing to
+copy: what fastfanout reaches then is the ceiling its per-message work sets on this
+pipeline, whatever the rows' size (docs/benchmarks.md, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from e2e_common import broker_process, connect_when_up
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 MPQ_MAXSIZE = 8          # chunks multiprocessing.Queue holds (its maxsize)
-ROW_ITEMS = 256          # float32 items a row: 1 KiB
+ROW_ITEMS = 256          # float32 items a row: 1 KiB (--row-items changes it)
 
 
 @dataclass(frozen=True)
@@ -65,20 +69,20 @@ class Window:
     """each local channel ring; a push takes at most a quarter of it"""
 
 
-def _data(rows: int) -> Any:
+def _data(rows: int, items: int) -> Any:
     import numpy as np
 
-    return np.arange(rows * ROW_ITEMS, dtype=np.float32).reshape(rows, ROW_ITEMS)
+    return np.arange(rows * items, dtype=np.float32).reshape(rows, items)
 
 
-def _chunks(rows: int, chunk: int) -> list[Any]:
-    data = _data(rows)
+def _chunks(rows: int, chunk: int, items: int) -> list[Any]:
+    data = _data(rows, items)
     return [data[start:start + chunk] for start in range(0, rows, chunk)]
 
 
 # -- fastfanout ---------------------------------------------------------------------------
 
-def _ff_consume(endpoint: str, rows: int, window: Window, out: Any) -> None:
+def _ff_consume(endpoint: str, rows: int, items: int, window: Window, out: Any) -> None:
     import numpy as np
 
     from fastfanout import keep_freed_memory
@@ -95,7 +99,7 @@ def _ff_consume(endpoint: str, rows: int, window: Window, out: Any) -> None:
             batch = consumer.next_batch(timeout=30)
             if batch is None:
                 break
-            table = batch.as_array(np.float32, (ROW_ITEMS,))
+            table = batch.as_array(np.float32, (items,))
             if got == 0:
                 started = time.perf_counter()
                 first = len(table)
@@ -107,12 +111,12 @@ def _ff_consume(endpoint: str, rows: int, window: Window, out: Any) -> None:
     out.put((got, got - first, elapsed, checksum))
 
 
-def _ff_publish(endpoint: str, rows: int, chunk: int, window: Window) -> None:
+def _ff_publish(endpoint: str, rows: int, chunk: int, items: int, window: Window) -> None:
     from fastfanout import keep_freed_memory
     from fastfanout.client import connect
 
     keep_freed_memory()
-    chunks = _chunks(rows, chunk)
+    chunks = _chunks(rows, chunk, items)
     with connect(endpoint, ring_bytes=window.ring_bytes) as client:
         unanswered: deque[Any] = deque()
         for part in chunks:
@@ -123,31 +127,32 @@ def _ff_publish(endpoint: str, rows: int, chunk: int, window: Window) -> None:
             unanswered.popleft().result()
 
 
-def fastfanout_run(rows: int, chunk: int, window: Window) -> tuple[float, float]:
+def fastfanout_run(rows: int, chunk: int, items: int,
+                   window: Window) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     with broker_process() as (endpoint, broker):
         with connect_when_up(endpoint, broker) as client:
             client.create_topic("t")
             client.create_queue("q", max_messages=window.queue_bound, overflow="hold",
-                                max_message_size=ROW_ITEMS * 4)
+                                max_message_size=items * 4)
             client.subscribe("t", "q")
         out = ctx.Queue()
-        consumer = ctx.Process(target=_ff_consume, args=(endpoint, rows, window, out))
+        consumer = ctx.Process(target=_ff_consume, args=(endpoint, rows, items, window, out))
         consumer.start()
         out.get(timeout=30)
-        producer = ctx.Process(target=_ff_publish, args=(endpoint, rows, chunk, window))
+        producer = ctx.Process(target=_ff_publish, args=(endpoint, rows, chunk, items, window))
         producer.start()
         got, timed, elapsed, checksum = out.get(timeout=600)
         producer.join(60)
         consumer.join(30)
     if got != rows:
         raise RuntimeError(f"fastfanout: {got} of {rows} rows arrived")
-    return timed * ROW_ITEMS * 4 / elapsed, checksum
+    return timed * items * 4 / elapsed, checksum
 
 
 # -- raw pyzmq PUSH -> PULL, zero-copy ----------------------------------------------------
 
-def _zmq_pull(endpoint: str, rows: int, out: Any) -> None:
+def _zmq_pull(endpoint: str, rows: int, items: int, out: Any) -> None:
     import numpy as np
     import zmq
 
@@ -160,7 +165,7 @@ def _zmq_pull(endpoint: str, rows: int, out: Any) -> None:
     started = time.perf_counter()
     while got < rows:
         frame = sock.recv(copy=False)
-        table = np.frombuffer(frame.buffer, dtype=np.float32).reshape(-1, ROW_ITEMS)
+        table = np.frombuffer(frame.buffer, dtype=np.float32).reshape(-1, items)
         if got == 0:
             started = time.perf_counter()
             first = len(table)
@@ -171,10 +176,10 @@ def _zmq_pull(endpoint: str, rows: int, out: Any) -> None:
     context.term()
 
 
-def _zmq_push(endpoint: str, rows: int, chunk: int) -> None:
+def _zmq_push(endpoint: str, rows: int, chunk: int, items: int) -> None:
     import zmq
 
-    chunks = _chunks(rows, chunk)
+    chunks = _chunks(rows, chunk, items)
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     sock.connect(endpoint)
@@ -184,34 +189,34 @@ def _zmq_push(endpoint: str, rows: int, chunk: int) -> None:
     context.term()
 
 
-def zmq_run(rows: int, chunk: int) -> tuple[float, float]:
+def zmq_run(rows: int, chunk: int, items: int) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     endpoint = f"ipc://{tempfile.mkdtemp()}/pp"
     out = ctx.Queue()
-    pull = ctx.Process(target=_zmq_pull, args=(endpoint, rows, out))
+    pull = ctx.Process(target=_zmq_pull, args=(endpoint, rows, items, out))
     pull.start()
     out.get(timeout=30)
-    push = ctx.Process(target=_zmq_push, args=(endpoint, rows, chunk))
+    push = ctx.Process(target=_zmq_push, args=(endpoint, rows, chunk, items))
     push.start()
     _, timed, elapsed, checksum = out.get(timeout=600)
     push.join(30)
     pull.join(30)
-    return timed * ROW_ITEMS * 4 / elapsed, checksum
+    return timed * items * 4 / elapsed, checksum
 
 
 # -- multiprocessing.Queue (pickles each chunk) -------------------------------------------
 
-def _mpq_put(queue: Any, rows: int, chunk: int) -> None:
-    for part in _chunks(rows, chunk):
+def _mpq_put(queue: Any, rows: int, chunk: int, items: int) -> None:
+    for part in _chunks(rows, chunk, items):
         queue.put(part)
 
 
-def mpq_run(rows: int, chunk: int) -> tuple[float, float]:
+def mpq_run(rows: int, chunk: int, items: int) -> tuple[float, float]:
     import numpy as np
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue(maxsize=MPQ_MAXSIZE)
-    producer = ctx.Process(target=_mpq_put, args=(queue, rows, chunk))
+    producer = ctx.Process(target=_mpq_put, args=(queue, rows, chunk, items))
     producer.start()
     got = first = 0
     checksum = 0.0
@@ -225,7 +230,7 @@ def mpq_run(rows: int, chunk: int) -> tuple[float, float]:
         got += len(table)
     elapsed = time.perf_counter() - started
     producer.join(30)
-    return (got - first) * ROW_ITEMS * 4 / elapsed, checksum
+    return (got - first) * items * 4 / elapsed, checksum
 
 
 def main() -> int:
@@ -234,6 +239,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--row-items", type=int, default=ROW_ITEMS,
+                        help="float32 items a row (default 256: 1 KiB); 4 (16-byte rows) "
+                             "shows what each path costs a row with almost nothing to copy")
     parser.add_argument("--in-flight", type=int, default=Window.in_flight,
                         help="fastfanout: array batches unanswered at most")
     parser.add_argument("--prefetch", type=int, default=Window.prefetch,
@@ -243,6 +251,8 @@ def main() -> int:
     parser.add_argument("--ring-mib", type=int, default=Window.ring_bytes >> 20,
                         help="fastfanout: MiB of each local channel ring")
     args = parser.parse_args()
+    if args.row_items < 1 or args.rows < 1 or args.chunk < 1:
+        parser.error("--rows, --chunk and --row-items must be at least 1")
     window = Window(args.in_flight, args.prefetch, args.queue_bound, args.ring_mib << 20)
     results: dict[str, list[float]] = {"fastfanout": [], "pyzmq": [], "mp.Queue": []}
     expected = None
@@ -250,21 +260,22 @@ def main() -> int:
         for name, run in (("pyzmq", zmq_run),
                           ("fastfanout", partial(fastfanout_run, window=window)),
                           ("mp.Queue", mpq_run)):
-            rate, checksum = run(args.rows, args.chunk)
+            rate, checksum = run(args.rows, args.chunk, args.row_items)
             if expected is None:
                 expected = checksum
             elif checksum != expected:
                 raise RuntimeError(f"{name}: checksum {checksum} != {expected}")
             results[name].append(rate)
     medians = {name: statistics.median(rates) for name, rates in results.items()}
-    print(f"{args.rows:,} float32 rows of 1 KiB in chunks of {args.chunk}, "
+    print(f"{args.rows:,} float32 rows of {args.row_items * 4:,} bytes in chunks of {args.chunk}, "
           f"median of {args.runs} runs; fastfanout: {window.in_flight} batches in flight, "
           f"prefetch {window.prefetch}, queue bound {window.queue_bound}, "
           f"{window.ring_bytes >> 20} MiB rings")
-    print("| path | MB/s (median) | runs |")
-    print("|---|---:|---|")
+    print("| path | MB/s (median) | rows/s (median) | runs, MB/s |")
+    print("|---|---:|---:|---|")
     for name, rates in results.items():
         print(f"| {name} | {medians[name] / 1e6:,.0f} | "
+              f"{medians[name] / (args.row_items * 4) / 1e6:,.2f} M | "
               f"{', '.join(f'{rate / 1e6:,.0f}' for rate in rates)} |")
     print(f"fastfanout / pyzmq zero-copy: {medians['fastfanout'] / medians['pyzmq']:.2f}x")
     print(f"fastfanout / multiprocessing.Queue: "
