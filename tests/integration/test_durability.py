@@ -200,7 +200,7 @@ def drain_and_check(client: Client, ledger: Ledger, run: int) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800 if SOAK else 180)
 def test_kill_9_loses_no_confirmed_message(track: Tracker, tmp_path: Path) -> None:
-    kills = 60 if SOAK else 20
+    kills = 60 if SOAK else 14
     producers, consumers = (3, 2) if SOAK else (2, 1)
     longest_run = 3.0 if SOAK else 0.3
     seed = int(os.environ.get("FASTFANOUT_SEED", "0")) or random.randrange(1, 2**32)

@@ -14,6 +14,7 @@ their reproducers live in tests/unit/test_broker_regressions.py.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -347,8 +348,9 @@ class BrokerFeaturesMachine(Comparing, RuleBasedStateMachine):
         assert self.model.check()
 
 
+# The full tier (FASTFANOUT_SOAK=1) tries five times as many sequences.
 BrokerFeaturesMachine.TestCase.settings = settings(
-    max_examples=400,
+    max_examples=1000 if os.environ.get("FASTFANOUT_SOAK") == "1" else 200,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
