@@ -448,6 +448,9 @@ class ConnectionCore:
         self.message_acks: AckBuffer | None = None
         self.last_heard = 0.0
         self.last_sent_heartbeat = 0.0
+        # BYE is queued: nothing more for this session (a heartbeat after it reached an
+        # ended session: counted in the broker's ``ended_session_requests``)
+        self.said_bye = False
         self.ended: FastFanoutError | None = None
         self.closed = False
         self.pid = pid   # the process that owns the connection (fastfanout.client.forks)
@@ -472,6 +475,7 @@ class ConnectionCore:
         self.cancelled.clear()
         self.cancelling.clear()
         self.ended = None
+        self.said_bye = False
         self.last_heard = now
         return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
                             flush=False)
@@ -546,6 +550,8 @@ class ConnectionCore:
             if too_large is not None:
                 raise too_large
         self.next_id = request_id + 1
+        if opcode == Opcode.BYE:
+            self.said_bye = True
         if opcode == Opcode.CANCEL and self.cancelled:
             args = protocol.decode_payload(payload[0])[0] if payload else None
             if args and args[0] in self.cancelled:
@@ -887,7 +893,14 @@ class ConnectionCore:
     # -- heartbeats ----------------------------------------------------------------------
 
     def heartbeat(self, now: float) -> None:
-        """Queue a heartbeat if one is due (its reply is dropped)."""
+        """Queue a heartbeat if one is due (its reply is dropped); none after BYE.
+
+        After BYE the broker has ended the session: a heartbeat then would be a request
+        of an ended session (until 2026-12-06 the blocking client's close, waiting for
+        BYE's answer, sent one when the client had been idle a heartbeat interval).
+        """
+        if self.said_bye:
+            return
         if now - self.last_sent_heartbeat >= self.heartbeat_interval:
             self.last_sent_heartbeat = now
             self.request(Opcode.HEARTBEAT, [], flush=False)
