@@ -134,6 +134,22 @@ class AsyncListener(StreamListening):
         """``await client.listen(...)`` is the listener once its subscription is live."""
         return self.ready().__await__()
 
+    def __enter__(self) -> NoReturn:
+        raise self._misused("entered with 'with'")
+
+    def __exit__(self, *exc: object) -> None:   # pragma: no cover - __enter__ raised
+        pass
+
+    def __iter__(self) -> NoReturn:
+        raise self._misused("iterated with 'for'")
+
+    def _misused(self, how: str) -> WrongClient:
+        return WrongClient(
+            f"the listener of {self.pattern!r} belongs to an asyncio client and "
+            f"is {how}: use 'async with client.listen(...) as listener:' and 'async for' "
+            f"in a coroutine; in synchronous code use the listen() of a blocking client "
+            f"(fastfanout.connect())")
+
     async def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
         """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout.
 

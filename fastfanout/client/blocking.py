@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fastfanout._ext.locks import FastRLock
 from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_futures
@@ -71,6 +71,7 @@ from fastfanout.errors import (
     PeerLost,
     TransportError,
     WrongClient,
+    blocking_misused,
 )
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.settings import check_wait
@@ -890,6 +891,11 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
                         visibility_timeout: float | None = None,
                         timeout: float | None = None) -> Iterator[DeliveryBatch]:
         """Iterate over pushed batches; ``batch.ack()`` settles a batch."""
+        return _PulledBatches(self._batches(queue, prefetch, visibility_timeout, timeout),
+                              queue)
+
+    def _batches(self, queue: str, prefetch: int, visibility_timeout: float | None,
+                 timeout: float | None) -> Iterator[DeliveryBatch]:
         consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout,
                                 timeout=timeout)
         try:
@@ -969,6 +975,43 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
 
     async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
         pass
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise blocking_misused(
+                "a Client (what fastfanout.connect() returns, connected already)",
+                "awaited", "use it as it is, or in 'with fastfanout.connect() as client:'")
+
+
+class _PulledBatches(Iterator[DeliveryBatch]):
+    """What ``Client.consume_batches`` returns: its batches, by ``for``.
+
+    A generator but for ``async for``, which raises ``WrongClient`` (a bare generator
+    left Python's "requires an object with __aiter__ method, got generator").
+    """
+
+    __slots__ = ("_batches", "_queue")
+
+    def __init__(self, batches: Iterator[DeliveryBatch], queue: str) -> None:
+        self._batches = batches
+        self._queue = queue
+
+    def __iter__(self) -> _PulledBatches:
+        return self
+
+    def __next__(self) -> DeliveryBatch:
+        return next(self._batches)
+
+    def close(self) -> None:
+        """End the iteration (the consumer is cancelled, as on leaving ``for``)."""
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
+
+    def __aiter__(self) -> NoReturn:
+        raise blocking_misused(
+            f"the batch iterator of queue {self._queue!r} (consume_batches() of a blocking "
+            f"client)", "iterated with 'async for'", "iterate it with 'for'")
 
 
 def _close_descriptors(*descriptors: int) -> None:
