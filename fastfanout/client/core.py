@@ -477,6 +477,11 @@ class ConnectionCore:
         self.ended = None
         self.said_bye = False
         self.last_heard = now
+        # HELLO tells the broker this client lives: the first heartbeat is due an
+        # interval later. (Due at once, it left during a local channel's ATTACH, on the
+        # socket, and could reach the broker after the BYE of a short-lived client,
+        # which went through the channel's ring.)
+        self.last_sent_heartbeat = now
         return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
                             flush=False)
 

@@ -52,6 +52,17 @@ def test_blocking_close_right_after_connect_sends_nothing_after_bye(
     assert settled(track, server) == 0
 
 
+def test_local_channel_clients_send_nothing_that_overtakes_their_bye(track: Tracker) -> None:
+    # A heartbeat was due at once after HELLO: it left on the socket while the local
+    # channel was being attached, and could reach the broker after the BYE that a
+    # short-lived client sent through the channel's ring.
+    server = track.server(track.endpoint("ipc"))
+    for _ in range(20):
+        with track.client(server.endpoint, local_channel=True) as client:
+            client.create_topic("t")
+    assert settled(track, server) == 0
+
+
 @pytest.mark.parametrize("kind", ["ipc", "tcp"])
 def test_asyncio_close_sends_nothing_after_bye(track: Tracker, kind: str) -> None:
     server = track.server(track.endpoint(kind), heartbeat_interval=INTERVAL)
