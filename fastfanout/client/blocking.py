@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from fastfanout._ext.locks import FastRLock
 from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_futures
@@ -468,7 +468,14 @@ class Connection(DriverBase):
             request = core.batch_to_wait()
 
     def batch_future(self, request: Request) -> PublishBatchFuture:
-        """A future of a publish request's results."""
+        """A future of a publish request's results (sent already).
+
+        The background thread is woken to look for its answer ``REPLY_POLL`` from now:
+        asleep with nothing in flight, it looked for replies only at its next heartbeat
+        (a whole ``heartbeat_interval``; the future completed that late when nobody
+        waited on it, as a callback-driven pipeline does not).
+        """
+        self._ticker.due(time.monotonic() + REPLY_POLL, _REPLIES)
         return PublishBatchFuture(self, request)
 
     def start_ticking(self, source: Any = None, linger: float | None = None) -> float:
@@ -981,6 +988,10 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             raise blocking_misused(
                 "a Client (what fastfanout.connect() returns, connected already)",
                 "awaited", "use it as it is, or in 'with fastfanout.connect() as client:'")
+
+
+_REPLIES: Final = object()
+"""The ``Ticker`` deadline source of a reply poll (``Connection.batch_future``)."""
 
 
 class _PulledBatches(Iterator[DeliveryBatch]):
