@@ -32,12 +32,7 @@ import click
 
 from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
-from fastfanout.interrupts import (
-    release_stop_signals,
-    sigterm_as_interrupt,
-    stop_signals_deferred,
-    stop_signals_held,
-)
+from fastfanout.interrupts import release_stop_signals, sigterm_as_interrupt, stop_signals_held
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
 from fastfanout.stats import SUBSCRIPTION_DROP_REASONS
 
@@ -617,22 +612,24 @@ def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
     receive count one higher (and max_receive_count closer).
 
     A stop signal (Ctrl-C, SIGTERM, SIGHUP) during the wait ends it at once: nothing is
-    printed, the connection closes, exit 0, as when the wait runs out. Once messages
-    came, they are printed and settled first.
+    printed, the connection closes, exit 0, as when the wait runs out. One that comes
+    while received messages are printed or settled ends it with "aborted" (exit 1):
+    those not settled are visible again, the connection closed.
     """
     if ack + nack + term > 1:
         raise click.UsageError("--ack, --nack and --term exclude each other")
     show = _printer(raw, as_json)
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt(), _connected(endpoint) as client:
         try:
-            with _connected(endpoint) as client:
-                messages = client.receive(queue, max_messages=max_messages, wait=wait)
-                with stop_signals_deferred():   # what was received is printed and settled
-                    _show_and_settle(client, queue, messages, show, as_json,
-                                     "ack" if ack else "nack" if nack else
-                                     "term" if term else None)
-        except KeyboardInterrupt:   # stopped: the client closed; what came was shown
-            pass
+            messages = client.receive(queue, max_messages=max_messages, wait=wait)
+        except KeyboardInterrupt:   # stopped while waiting: nothing taken (exit 0)
+            return
+        try:
+            _show_and_settle(client, queue, messages, show, as_json,
+                             "ack" if ack else "nack" if nack else "term" if term else None)
+        except KeyboardInterrupt:
+            _exit_with("aborted: stopped while printing or settling what it received; "
+                       "what it did not settle is visible again", 1)
 
 
 def _show_and_settle(client: Any, queue: str, messages: list[Any],

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 __all__ = ["STOP_SIGNALS", "hold_stop_signals", "release_stop_signals",
-           "sigterm_as_interrupt", "stop_signals_deferred", "stop_signals_held"]
+           "sigterm_as_interrupt", "stop_signals_held"]
 
 STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 """The signals that stop a command (a service manager, Ctrl-C, the terminal closing)."""
@@ -55,23 +55,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-@contextmanager
-def stop_signals_deferred() -> Iterator[None]:
-    """Within the block the stop signals wait, blocked; one that came is handled after it.
-
-    For a step that must finish once begun (print what was received, then ack it). The
-    thread's mask comes back on exit (main thread only; elsewhere it does nothing).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def hold_stop_signals() -> None:

@@ -164,3 +164,25 @@ def test_serve_stops_cleanly_on_a_sigterm_at_any_moment_of_its_start(track: Trac
         status, err = stopped(process, signal.SIGTERM)
         assert status == 0, f"after {delay} s: {status} {err}"
         assert "Traceback" not in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs /proc/PID/wchan")
+def test_receive_stopped_while_printing_is_aborted_not_hung(track: Tracker) -> None:
+    # its stdout a pipe nobody reads: the printing blocks, and a stop signal must still
+    # end it (not held off until the printing is done: never, here)
+    server = track.server()
+    with track.client(server.endpoint) as client:
+        client.create_queue("q")
+        client.send_batch("q", [b"x" * 4096 for _ in range(100)])   # 400 KB of output
+        process = command(track, "receive", "q", "-n", "100", "--ack", "-e",
+                          server.endpoint)
+        wait_until(lambda: "pipe_write" in Path(f"/proc/{process.pid}/wchan").read_text(),
+                   timeout=EXIT_WAIT, what="blocked writing its output")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(EXIT_WAIT) == 1
+        assert process.stderr is not None
+        err = process.stderr.read().decode()
+        assert "aborted" in err and "Traceback" not in err
+        wait_until(lambda: client.stats().queues["q"].leased == 0, what="leases ended")
+        queue = client.stats().queues["q"]
+        assert queue.acked == 0 and queue.visible == 100   # nothing settled: all back
