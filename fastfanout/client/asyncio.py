@@ -47,6 +47,7 @@ from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     Request,
     encode_call,
+    stream_endpoint_hint,
 )
 from fastfanout.client.driver import DriverBase, dealer_to_attach
 from fastfanout.client.face import ClientFace, control
@@ -515,7 +516,7 @@ class AsyncConnection(DriverBase):
         except TimeoutError:
             raise BrokenConnection(
                 f"no reply from the broker at {self.endpoint} within {limit:.1f} s; "
-                f"is it running?") from None
+                f"is it running?{stream_endpoint_hint(self.endpoint)}") from None
 
     # -- batches and acks ----------------------------------------------------------------
 

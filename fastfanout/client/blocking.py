@@ -52,6 +52,7 @@ from fastfanout.client.core import (
     Request,
     decode_value,
     encode_call,
+    stream_endpoint_hint,
 )
 from fastfanout.client.driver import DriverBase, dealer_to_attach
 from fastfanout.client.face import ClientFace, control
@@ -401,7 +402,8 @@ class Connection(DriverBase):
                 with self.lock:
                     self.broken(BrokenConnection(
                         f"no reply from the broker at {self.endpoint} within {limit:.1f} s"
-                        + ("; is it running?" if handshake else "")))
+                        + (f"; is it running?{stream_endpoint_hint(self.endpoint)}"
+                           if handshake else "")))
                 break
             self.pump(min(remaining, 0.05), request)
             if handshake and self.transport is None and not request.done:

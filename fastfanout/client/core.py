@@ -88,6 +88,7 @@ __all__ = [
     "decode_value",
     "encode_call",
     "queue_settings_payload",
+    "stream_endpoint_hint",
 ]
 
 F = TypeVar("F")
@@ -354,6 +355,18 @@ def failed(error: FastFanoutError) -> Request:
     request = Request(0)
     request.fail(error)
     return request
+
+
+def stream_endpoint_hint(endpoint: str) -> str:
+    """What a handshake timeout adds when ``endpoint`` is a broker's stream endpoint.
+
+    ``ipc://PATH.stream`` is where a broker at ``ipc://PATH`` publishes its streams (a
+    PUB socket: it never answers a HELLO); "" for any other endpoint.
+    """
+    if endpoint.startswith("ipc://") and endpoint.endswith(".stream"):
+        return (f" ({endpoint} is the stream endpoint of a broker at "
+                f"{endpoint.removesuffix('.stream')}: connect to that one)")
+    return ""
 
 
 class ConsumerState:
@@ -932,7 +945,8 @@ class ConnectionCore:
             if not self.info:
                 return BrokenConnection(
                     f"no reply to the handshake (HELLO) from {self.endpoint} within "
-                    f"{silence:.1f} s; is a broker running there?")
+                    f"{silence:.1f} s; is a broker running there?"
+                    f"{stream_endpoint_hint(self.endpoint)}")
             return BrokenConnection(
                 f"the broker at {self.endpoint} sent nothing for {silence:.1f} s "
                 f"(1.5 times its heartbeat timeout of {timeout:.1f} s); is it running?")
