@@ -1204,6 +1204,13 @@ class _PushedBatches(AsyncIterator[AsyncDeliveryBatch]):
         """End the iteration (the consumer is cancelled, as on leaving ``async for``)."""
         await self._batches.aclose()
 
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise WrongClient(
+                f"the batches of queue {self._queue!r} (an asyncio client's "
+                f"consume_batches(), a plain call) are not awaited: iterate them with "
+                f"'async for batch in client.consume_batches(...)'")
+
     def __iter__(self) -> NoReturn:
         raise WrongClient(
             f"the batches of queue {self._queue!r} come from an asyncio client: iterate "

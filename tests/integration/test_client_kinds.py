@@ -215,3 +215,29 @@ def test_the_asyncio_listener_in_with_and_for(endpoint: str) -> None:
     said = asyncio.run(misuse())
     assert "'orders'" in said[0] and "fastfanout.connect()" in said[0]
     assert said[1:] == ["heard"]
+
+
+def test_the_asyncio_consumer_awaited_or_entered(endpoint: str) -> None:
+    # until 2026-12-06: "object AsyncMessageCursor can't be used in 'await' expression"
+    async def misuse() -> list[str]:
+        said = []
+        async with fastfanout.aio.connect(endpoint, timeout=5.0) as client:
+            with pytest.raises(fastfanout.WrongClient,
+                               match=r"queue 'billing'.*is not awaited: iterate it with "
+                                     r"'async for"):
+                await client.consume("billing")   # type: ignore[misc]
+            with pytest.raises(fastfanout.WrongClient,
+                               match=r"queue 'billing'.*are not awaited: iterate them"):
+                await client.consume_batches("billing")   # type: ignore[misc]
+            with pytest.raises(fastfanout.WrongClient,
+                               match=r"not entered with 'async with': iterate it"):
+                async with client.consume("billing"):   # type: ignore[attr-defined]
+                    pass
+            await client.publish("orders", b"order 7")
+            async for message in client.consume("billing", timeout=5.0):
+                said.append(bytes(message.body).decode())
+                message.ack()
+                break
+        return said
+
+    assert asyncio.run(misuse()) == ["order 7"]
