@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 __all__ = ["STOP_SIGNALS", "hold_stop_signals", "release_stop_signals",
-           "sigterm_as_interrupt", "stop_signals_held"]
+           "resource_tracker_deaf_to_hangups", "sigterm_as_interrupt", "stop_signals_held"]
 
 STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 """The signals that stop a command (a service manager, Ctrl-C, the terminal closing)."""
@@ -55,6 +55,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def resource_tracker_deaf_to_hangups() -> None:
+    """Start ``multiprocessing``'s resource tracker now, ignoring SIGHUP, if it is not running.
+
+    A command whose ``spawn`` children make it start (the demo, ``fastfanout worker``)
+    stops cleanly on SIGHUP, the terminal closing; but the tracker, in the same process
+    group, got the SIGHUP too and died of it (it ignores only SIGINT and SIGTERM), and
+    the one relaunched in its place printed a traceback per resource it did not know.
+    Started with SIGHUP ignored (a disposition kept across exec), it outlives the
+    hang-up as it does the other two. Main thread only; elsewhere it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import resource_tracker
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def hold_stop_signals() -> None:
