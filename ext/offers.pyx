@@ -60,7 +60,7 @@ from fastfanout._ext.wire cimport FrameBuilder, check_body_size
 import logging
 from functools import partial
 
-from fastfanout.errors import CallTimeout, FastFanoutError
+from fastfanout.errors import CallTimeout, FastFanoutError, blocking_misused
 from fastfanout.settings import check_wait
 
 __all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
@@ -882,6 +882,12 @@ cdef class PublishFuture:
                 self._callbacks.append(callback)
                 return
             self._request.watch(partial(run_callback, self, callback))
+
+    def __await__(self):
+        # (not in the stub: type checkers keep reporting the await themselves)
+        raise blocking_misused(
+            "a PublishFuture (what the blocking client's publish_nowait or send_nowait "
+            "returns)", "awaited", "call its .result()")
 
     def __repr__(self):
         state = ("pending" if self._request is None

@@ -998,6 +998,22 @@ cdef class AsyncMessageCursor:
             f"iterate it with 'async for' in a coroutine; in synchronous code use the "
             f"consume() of a blocking client (fastfanout.connect())")
 
+    # (not in the stub: type checkers keep reporting these misuses themselves)
+    def __await__(self):
+        raise WrongClient(
+            f"the consumer of queue {self._cursor.queue!r} (an asyncio client's "
+            f"consume(), a plain call) is not awaited: iterate it with 'async for "
+            f"message in client.consume(...)'")
+
+    def __aenter__(self):
+        raise WrongClient(
+            f"the consumer of queue {self._cursor.queue!r} (an asyncio client's "
+            f"consume()) is not entered with 'async with': iterate it with 'async for "
+            f"message in client.consume(...)'; leaving the loop cancels it")
+
+    def __aexit__(self, *exc):   # pragma: no cover - __aenter__ raised
+        pass
+
     def __anext__(self):
         cdef MessageCursor cursor = self._cursor
         cdef object message

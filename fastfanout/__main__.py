@@ -1,5 +1,5 @@
 """``python -m fastfanout``: the command line (see ``fastfanout --help``)."""
 
-from fastfanout.cli import main
+from fastfanout.entry import main
 
 main()

@@ -32,7 +32,7 @@ import click
 
 from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
-from fastfanout.interrupts import sigterm_as_interrupt
+from fastfanout.interrupts import release_stop_signals, sigterm_as_interrupt, stop_signals_held
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
 from fastfanout.stats import SUBSCRIPTION_DROP_REASONS
 
@@ -47,6 +47,15 @@ IDLE_CHECK: Final = 2.0
 whether it is still there (a stream alone cannot tell a quiet broker from a dead one)."""
 ENDPOINT_HELP = ("Broker endpoint: ipc://PATH or tcp://HOST:PORT (default: "
                  "$FASTFANOUT_ENDPOINT, else the per-user ipc socket).")
+
+
+STOPPED_CLEANLY: Final = frozenset({"serve", "worker", "sub", "receive"})
+"""The commands that a stop signal (SIGTERM, SIGINT, SIGHUP) ends with exit 0, the
+client closed: each runs until stopped, or waits (``receive --wait``). Any other command
+a stop signal interrupts prints ``aborted`` and exits 1."""
+
+_invoked: list[str | None] = [None]
+"""The command being run (set by the group's callback, read when it was aborted)."""
 
 
 class _Commands(click.Group):
@@ -64,7 +73,10 @@ class _Commands(click.Group):
             _exit_with(f"error: {error.format_message()}{where}", error.exit_code)
         except click.ClickException as error:
             _exit_with(f"error: {error.format_message()}", error.exit_code)
-        except click.Abort:
+        except click.Abort as error:
+            if (isinstance(error.__cause__, KeyboardInterrupt)
+                    and _invoked[0] in STOPPED_CLEANLY):
+                sys.exit(0)   # a stop signal as it started: stopped, as asked
             _exit_with("aborted", 1)
         sys.exit(status if isinstance(status, int) else 0)
 
@@ -226,13 +238,23 @@ def _connected(endpoint: str | None) -> Iterator[Any]:
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="fastfanout")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """fastfanout: an in-host SNS+SQS-style message broker.
 
     Every command but serve talks to a running broker: the one at --endpoint, else at
     $FASTFANOUT_ENDPOINT, else at the per-user ipc socket that a plain `fastfanout serve`
     binds.
+
+    SIGTERM, SIGINT and SIGHUP stop serve, worker, sub and receive cleanly (exit 0); any
+    other command they interrupt says "aborted" (exit 1).
     """
+    # The entry point held the stop signals from its first line (fastfanout.entry):
+    # serve's own handlers take them over (fastfanout.server.loop.serve); any other
+    # command handles them from here on, as KeyboardInterrupt.
+    _invoked[0] = ctx.invoked_subcommand
+    if stop_signals_held() and ctx.invoked_subcommand != "serve":
+        release_stop_signals()
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -534,31 +556,34 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
 
     A stream is at most once: messages published while nobody listens are not kept.
     Messages it missed (it fell behind) are counted on stderr when it ends: after -n N
-    messages, Ctrl-C or SIGTERM (exit 0).
+    messages, or a stop signal: Ctrl-C (SIGINT), SIGTERM or SIGHUP (exit 0).
     """
     show = _printer(raw, as_json)
-    with _connected(endpoint) as client, client.listen(topic_pattern) as listener, \
-            sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
-            seen = 0
-            while not count or seen < count:
-                batch = listener.recv_batch(timeout=IDLE_CHECK)
-                if batch is None:
-                    # a stream says nothing when its broker is gone: ask the broker
-                    # (a BrokenConnection ends the command, one line)
-                    client.list_topics()
-                    continue
-                for message in batch:
-                    show({"topic": message.topic, "sequence": message.sequence}, message)
-                    seen += 1
-                    if count and seen >= count:
-                        break
-        except KeyboardInterrupt:
+            with _connected(endpoint) as client, client.listen(topic_pattern) as listener:
+                try:
+                    seen = 0
+                    while not count or seen < count:
+                        batch = listener.recv_batch(timeout=IDLE_CHECK)
+                        if batch is None:
+                            # a stream says nothing when its broker is gone: ask the
+                            # broker (a BrokenConnection ends the command, one line)
+                            client.list_topics()
+                            continue
+                        for message in batch:
+                            show({"topic": message.topic, "sequence": message.sequence},
+                                 message)
+                            seen += 1
+                            if count and seen >= count:
+                                break
+                finally:
+                    # the only count of a loss under slow_listener "drop": the broker
+                    # cannot see it
+                    if listener.gaps:
+                        click.echo(f"missed {listener.gaps} messages", err=True)
+        except KeyboardInterrupt:   # stopped, as asked: the client and listener closed
             pass
-        finally:
-            # the only count of a loss under slow_listener "drop": the broker cannot see it
-            if listener.gaps:
-                click.echo(f"missed {listener.gaps} messages", err=True)
 
 
 @cli.command()
@@ -585,23 +610,38 @@ def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
     Without --ack, --nack or --term, this is a peek: the leases end when the command
     exits (its connection closes), so the messages are visible again at once, their
     receive count one higher (and max_receive_count closer).
+
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) during the wait ends it at once: nothing is
+    printed, the connection closes, exit 0, as when the wait runs out. One that comes
+    while received messages are printed or settled ends it with "aborted" (exit 1):
+    those not settled are visible again, the connection closed.
     """
     if ack + nack + term > 1:
         raise click.UsageError("--ack, --nack and --term exclude each other")
     show = _printer(raw, as_json)
-    with _connected(endpoint) as client:
-        messages = client.receive(queue, max_messages=max_messages, wait=wait)
-        for message in messages:
-            show({"id": message.id, "queue": queue, "receive_count": message.receive_count,
-                  "receipt": message.receipt} if as_json else
-                 {"id": message.id, "receive_count": message.receive_count}, message)
-        receipts = [message.receipt for message in messages]
-        if ack and receipts:
-            client.ack_batch(receipts)
-        elif nack and receipts:
-            client.nack_batch(receipts)
-        elif term and receipts:
-            client.term_batch(receipts)
+    with sigterm_as_interrupt(), _connected(endpoint) as client:
+        try:
+            messages = client.receive(queue, max_messages=max_messages, wait=wait)
+        except KeyboardInterrupt:   # stopped while waiting: nothing taken (exit 0)
+            return
+        try:
+            _show_and_settle(client, queue, messages, show, as_json,
+                             "ack" if ack else "nack" if nack else "term" if term else None)
+        except KeyboardInterrupt:
+            _exit_with("aborted: stopped while printing or settling what it received; "
+                       "what it did not settle is visible again", 1)
+
+
+def _show_and_settle(client: Any, queue: str, messages: list[Any],
+                     show: Callable[[dict[str, Any], Any], None], as_json: bool,
+                     settle: str | None) -> None:
+    for message in messages:
+        show({"id": message.id, "queue": queue, "receive_count": message.receive_count,
+              "receipt": message.receipt} if as_json else
+             {"id": message.id, "receive_count": message.receive_count}, message)
+    receipts = [message.receipt for message in messages]
+    if settle is not None and receipts:
+        getattr(client, f"{settle}_batch")(receipts)
 
 
 # -- inspection ----------------------------------------------------------------------------
@@ -1048,27 +1088,30 @@ def _load_worker(target: str) -> Any:
               help="Worker processes per handler, for handlers without their own "
                    "(default: the Worker's, 1).")
 @click.option("--shutdown-timeout", type=_Seconds(0, 86_400), default=None,
-              help="Seconds running handlers get to finish on SIGTERM or SIGINT (default: "
-                   "the Worker's, 30); then their messages are nacked for redelivery.")
+              help="Seconds running handlers get to finish on SIGTERM, SIGINT or SIGHUP "
+                   "(default: the Worker's, 30); then their messages are nacked for "
+                   "redelivery.")
 @click.option("--log-level", default="INFO", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help="Logging threshold (default INFO).")
 def worker(app: str, endpoint: str | None, concurrency: int | None, processes: int | None,
            shutdown_timeout: float | None, log_level: str) -> None:
-    """Run the handlers of the fastfanout.Worker at MODULE:APP until SIGTERM or SIGINT.
+    """Run the handlers of the fastfanout.Worker at MODULE:APP until a stop signal.
 
-    On a signal it takes no more messages, lets running handlers finish within the
+    On SIGTERM, SIGINT or SIGHUP it takes no more messages, lets running handlers finish within the
     shutdown timeout, nacks the rest so they are redelivered at once, and exits 0.
     """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    app_worker = _load_worker(app)
-    curve = _client_curve()
     try:
+        app_worker = _load_worker(app)
+        curve = _client_curve()
         app_worker.configure(endpoint=endpoint, concurrency=concurrency, processes=processes,
                              shutdown_timeout=shutdown_timeout, name=app, curve=curve)
-        app_worker.run()
+        app_worker.run()   # its own handlers: a graceful stop on a stop signal
     except FastFanoutError as error:
         _fail(error)
+    except KeyboardInterrupt:   # a stop signal before it ran: nothing was started
+        pass
 
 
 @cli.command()
@@ -1098,5 +1141,9 @@ _add_bench()
 
 
 def main() -> None:
-    """Console-script entry point (``fastfanout``, and ``python -m fastfanout``)."""
+    """The command line; the console script enters it by ``fastfanout.entry.main``.
+
+    ``fastfanout.entry.main`` (the console script's, and ``python -m fastfanout``'s)
+    holds the stop signals before it imports this module, then calls this.
+    """
     cli(prog_name="fastfanout")

@@ -31,7 +31,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fastfanout.interrupts import sigterm_as_interrupt
+from fastfanout.interrupts import resource_tracker_deaf_to_hangups, sigterm_as_interrupt
 
 __all__ = ["main", "run_embedded", "run_processes"]
 
@@ -129,6 +129,7 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
         [sys.executable, "-m", "fastfanout", "serve", "--endpoint", endpoint,
          "--data-dir", data_dir, "--log-level", "WARNING"])
     context = multiprocessing.get_context("spawn")
+    resource_tracker_deaf_to_hangups()   # the children start it: SIGHUP stops us cleanly
     children: list[Any] = []
     finished = False
     try:

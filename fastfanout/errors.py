@@ -9,7 +9,10 @@ form that was expected. ``docs/errors.md`` lists them all: code, cause, remedy.
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
+    "ASYNCIO_CLIENT",
     "AlreadyExists",
     "BridgeUnavailable",
     "BrokenConnection",
@@ -45,6 +48,7 @@ __all__ = [
     "WouldBlock",
     "WrongClient",
     "WrongEventLoop",
+    "blocking_misused",
     "error_for_code",
 ]
 
@@ -327,6 +331,29 @@ class WrongClient(FastFanoutError, TypeError):
     """
 
     code = "wrong_client"
+
+
+ASYNCIO_CLIENT: Final = ("the asyncio client ('client = await fastfanout.aio.connect()', or "
+                         "'async with fastfanout.aio.connect() as client:'), whose calls "
+                         "are awaited")
+"""How a ``WrongClient`` about a blocking object names the asyncio client to use."""
+
+
+def blocking_misused(what: str, how: str, instead: str) -> WrongClient:
+    """The ``WrongClient`` of a blocking client's object used as an asyncio one.
+
+    Args:
+        what: the object, as the user knows it, and whence ("a PublishResult (what a
+            blocking publish returns)").
+        how: the misuse ("awaited", "entered with 'async with'").
+        instead: what works in synchronous code.
+
+    ``__await__``, ``__aenter__`` and ``__aiter__`` of such objects raise it (until
+    2026-12-06 Python's own TypeError said only that the object "can't be used in
+    'await' expression").
+    """
+    return WrongClient(f"{what} is not {how}: {instead}; in asyncio code use "
+                       f"{ASYNCIO_CLIENT}")
 
 
 class WrongEventLoop(FastFanoutError, RuntimeError):

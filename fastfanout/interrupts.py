@@ -1,16 +1,25 @@
-"""SIGTERM handled as Ctrl-C by the commands that start other processes.
+"""The stop signals (SIGTERM, SIGINT, SIGHUP) of the command line and its commands.
 
-Python's default for SIGTERM ends the process at once, without ``finally`` blocks or
-context exits: a command that started a broker, child processes or temporary
+Python's default for SIGTERM and SIGHUP ends the process at once, without ``finally``
+blocks or context exits: a command that started a broker, child processes or temporary
 directories (the demo, a benchmark, ``fastfanout sub``) would leave them running or
-behind, orphaned. Inside ``sigterm_as_interrupt()`` a SIGTERM raises
-``KeyboardInterrupt`` where the main thread is, so the command cleans up exactly as it
-does on Ctrl-C.
+behind, orphaned, and a client command (``fastfanout receive --wait``) ended with 143
+and its connection unclosed. Two tools:
+
+- ``sigterm_as_interrupt()``: within the block, a SIGTERM or SIGHUP raises
+  ``KeyboardInterrupt`` where the main thread is, so the command cleans up exactly as it
+  does on Ctrl-C (the previous handlers come back after it);
+- ``hold_stop_signals()`` / ``release_stop_signals()``: the ``fastfanout`` command
+  (``fastfanout.entry``) blocks the three signals on its first line, before any heavy
+  import, so that one sent while it starts waits, pending, until the command can act on
+  it: ``fastfanout serve`` once its server handles them (``fastfanout.server.loop.serve``
+  unblocks them), every other command once it is chosen (``release_stop_signals``: from
+  then on SIGTERM and SIGHUP raise ``KeyboardInterrupt``, as SIGINT does).
 
 Invariants:
 
-- Only the main thread can set a signal handler; elsewhere the context does nothing.
-- The previous handler is restored on exit, however the block ends.
+- Only the main thread can set a signal handler; elsewhere both do nothing.
+- ``sigterm_as_interrupt`` restores the previous handlers on exit, however the block ends.
 """
 
 from __future__ import annotations
@@ -19,9 +28,15 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["sigterm_as_interrupt"]
+__all__ = ["STOP_SIGNALS", "hold_stop_signals", "release_stop_signals",
+           "resource_tracker_deaf_to_hangups", "sigterm_as_interrupt", "stop_signals_held"]
+
+STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+"""The signals that stop a command (a service manager, Ctrl-C, the terminal closing)."""
+
+_held = False
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -30,12 +45,66 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, a SIGTERM raises ``KeyboardInterrupt`` (main thread only)."""
+    """Within the block, a SIGTERM or SIGHUP raises ``KeyboardInterrupt`` (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def resource_tracker_deaf_to_hangups() -> None:
+    """Start ``multiprocessing``'s resource tracker now, ignoring SIGHUP, if it is not running.
+
+    A command whose ``spawn`` children make it start (the demo, ``fastfanout worker``)
+    stops cleanly on SIGHUP, the terminal closing; but the tracker, in the same process
+    group, got the SIGHUP too and died of it (it ignores only SIGINT and SIGTERM), and
+    the one relaunched in its place printed a traceback per resource it did not know.
+    Started with SIGHUP ignored (a disposition kept across exec), it outlives the
+    hang-up as it does the other two. Main thread only; elsewhere it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import resource_tracker
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def hold_stop_signals() -> None:
+    """Block the stop signals in this (the main) thread: a command's very first step.
+
+    One that comes meanwhile waits, pending, for ``release_stop_signals`` or for the
+    server's own handlers.
+    """
+    global _held
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        _held = True
+
+
+def stop_signals_held() -> bool:
+    """True once ``hold_stop_signals`` blocked them (and no release followed)."""
+    return _held
+
+
+def release_stop_signals() -> None:
+    """For the rest of the process, SIGTERM and SIGHUP raise ``KeyboardInterrupt``; unblock.
+
+    SIGINT keeps its handler (``KeyboardInterrupt`` too, unless a program changed it). A
+    signal held since ``hold_stop_signals`` is handled as the call returns.
+    """
+    global _held
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    _held = False
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

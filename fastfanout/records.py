@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
+from fastfanout.errors import blocking_misused
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
@@ -67,6 +69,16 @@ class PublishResult(NamedTuple):
     message_id: int
     deliveries: int
     duplicate: bool = False
+
+
+if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+    def _await_result(self):
+        raise blocking_misused(
+            "a PublishResult (what a blocking publish or send returns: the broker's "
+            "answer already)", "awaited", "use it as it is")
+
+    # (set here: a NamedTuple's body holds its fields only)
+    PublishResult.__await__ = _await_result
 
 
 class DeadLetterInfo(NamedTuple):

@@ -47,6 +47,7 @@ from fastfanout.client.core import (
     SETTLE_MAX_RECEIPTS,
     Request,
     encode_call,
+    stream_endpoint_hint,
 )
 from fastfanout.client.driver import DriverBase, dealer_to_attach
 from fastfanout.client.face import ClientFace, control
@@ -133,6 +134,22 @@ class AsyncListener(StreamListening):
     def __await__(self) -> Generator[Any, None, AsyncListener]:
         """``await client.listen(...)`` is the listener once its subscription is live."""
         return self.ready().__await__()
+
+    def __enter__(self) -> NoReturn:
+        raise self._misused("entered with 'with'")
+
+    def __exit__(self, *exc: object) -> None:   # pragma: no cover - __enter__ raised
+        pass
+
+    def __iter__(self) -> NoReturn:
+        raise self._misused("iterated with 'for'")
+
+    def _misused(self, how: str) -> WrongClient:
+        return WrongClient(
+            f"the listener of {self.pattern!r} belongs to an asyncio client and "
+            f"is {how}: use 'async with client.listen(...) as listener:' and 'async for' "
+            f"in a coroutine; in synchronous code use the listen() of a blocking client "
+            f"(fastfanout.connect())")
 
     async def recv_batch(self, timeout: float | None = None) -> list[StreamMessage] | None:
         """The next stream batch (one publish), waiting up to ``timeout`` s; None on timeout.
@@ -499,7 +516,7 @@ class AsyncConnection(DriverBase):
         except TimeoutError:
             raise BrokenConnection(
                 f"no reply from the broker at {self.endpoint} within {limit:.1f} s; "
-                f"is it running?") from None
+                f"is it running?{stream_endpoint_hint(self.endpoint)}") from None
 
     # -- batches and acks ----------------------------------------------------------------
 
@@ -1186,6 +1203,13 @@ class _PushedBatches(AsyncIterator[AsyncDeliveryBatch]):
     async def aclose(self) -> None:
         """End the iteration (the consumer is cancelled, as on leaving ``async for``)."""
         await self._batches.aclose()
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise WrongClient(
+                f"the batches of queue {self._queue!r} (an asyncio client's "
+                f"consume_batches(), a plain call) are not awaited: iterate them with "
+                f"'async for batch in client.consume_batches(...)'")
 
     def __iter__(self) -> NoReturn:
         raise WrongClient(

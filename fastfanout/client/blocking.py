@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from fastfanout._ext.locks import FastRLock
 from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_futures
@@ -52,6 +52,7 @@ from fastfanout.client.core import (
     Request,
     decode_value,
     encode_call,
+    stream_endpoint_hint,
 )
 from fastfanout.client.driver import DriverBase, dealer_to_attach
 from fastfanout.client.face import ClientFace, control
@@ -71,6 +72,7 @@ from fastfanout.errors import (
     PeerLost,
     TransportError,
     WrongClient,
+    blocking_misused,
 )
 from fastfanout.records import Attributes, Body, PublishResult
 from fastfanout.settings import check_wait
@@ -400,7 +402,8 @@ class Connection(DriverBase):
                 with self.lock:
                     self.broken(BrokenConnection(
                         f"no reply from the broker at {self.endpoint} within {limit:.1f} s"
-                        + ("; is it running?" if handshake else "")))
+                        + (f"; is it running?{stream_endpoint_hint(self.endpoint)}"
+                           if handshake else "")))
                 break
             self.pump(min(remaining, 0.05), request)
             if handshake and self.transport is None and not request.done:
@@ -467,7 +470,14 @@ class Connection(DriverBase):
             request = core.batch_to_wait()
 
     def batch_future(self, request: Request) -> PublishBatchFuture:
-        """A future of a publish request's results."""
+        """A future of a publish request's results (sent already).
+
+        The background thread is woken to look for its answer ``REPLY_POLL`` from now:
+        asleep with nothing in flight, it looked for replies only at its next heartbeat
+        (a whole ``heartbeat_interval``; the future completed that late when nobody
+        waited on it, as a callback-driven pipeline does not).
+        """
+        self._ticker.due(time.monotonic() + REPLY_POLL, _REPLIES)
         return PublishBatchFuture(self, request)
 
     def start_ticking(self, source: Any = None, linger: float | None = None) -> float:
@@ -890,6 +900,11 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
                         visibility_timeout: float | None = None,
                         timeout: float | None = None) -> Iterator[DeliveryBatch]:
         """Iterate over pushed batches; ``batch.ack()`` settles a batch."""
+        return _PulledBatches(self._batches(queue, prefetch, visibility_timeout, timeout),
+                              queue)
+
+    def _batches(self, queue: str, prefetch: int, visibility_timeout: float | None,
+                 timeout: float | None) -> Iterator[DeliveryBatch]:
         consumer = self.consume(queue, prefetch=prefetch, visibility_timeout=visibility_timeout,
                                 timeout=timeout)
         try:
@@ -969,6 +984,47 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
 
     async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
         pass
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise blocking_misused(
+                "a Client (what fastfanout.connect() returns, connected already)",
+                "awaited", "use it as it is, or in 'with fastfanout.connect() as client:'")
+
+
+_REPLIES: Final = object()
+"""The ``Ticker`` deadline source of a reply poll (``Connection.batch_future``)."""
+
+
+class _PulledBatches(Iterator[DeliveryBatch]):
+    """What ``Client.consume_batches`` returns: its batches, by ``for``.
+
+    A generator but for ``async for``, which raises ``WrongClient`` (a bare generator
+    left Python's "requires an object with __aiter__ method, got generator").
+    """
+
+    __slots__ = ("_batches", "_queue")
+
+    def __init__(self, batches: Iterator[DeliveryBatch], queue: str) -> None:
+        self._batches = batches
+        self._queue = queue
+
+    def __iter__(self) -> _PulledBatches:
+        return self
+
+    def __next__(self) -> DeliveryBatch:
+        return next(self._batches)
+
+    def close(self) -> None:
+        """End the iteration (the consumer is cancelled, as on leaving ``for``)."""
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
+
+    def __aiter__(self) -> NoReturn:
+        raise blocking_misused(
+            f"the batch iterator of queue {self._queue!r} (consume_batches() of a blocking "
+            f"client)", "iterated with 'async for'", "iterate it with 'for'")
 
 
 def _close_descriptors(*descriptors: int) -> None:

@@ -88,6 +88,7 @@ __all__ = [
     "decode_value",
     "encode_call",
     "queue_settings_payload",
+    "stream_endpoint_hint",
 ]
 
 F = TypeVar("F")
@@ -356,6 +357,18 @@ def failed(error: FastFanoutError) -> Request:
     return request
 
 
+def stream_endpoint_hint(endpoint: str) -> str:
+    """What a handshake timeout adds when ``endpoint`` is a broker's stream endpoint.
+
+    ``ipc://PATH.stream`` is where a broker at ``ipc://PATH`` publishes its streams (a
+    PUB socket: it never answers a HELLO); "" for any other endpoint.
+    """
+    if endpoint.startswith("ipc://") and endpoint.endswith(".stream"):
+        return (f" ({endpoint} is the stream endpoint of a broker at "
+                f"{endpoint.removesuffix('.stream')}: connect to that one)")
+    return ""
+
+
 class ConsumerState:
     """One push consumer's state: received batches, its error, its settle queue.
 
@@ -448,6 +461,9 @@ class ConnectionCore:
         self.message_acks: AckBuffer | None = None
         self.last_heard = 0.0
         self.last_sent_heartbeat = 0.0
+        # BYE is queued: nothing more for this session (a heartbeat after it reached an
+        # ended session: counted in the broker's ``ended_session_requests``)
+        self.said_bye = False
         self.ended: FastFanoutError | None = None
         self.closed = False
         self.pid = pid   # the process that owns the connection (fastfanout.client.forks)
@@ -472,7 +488,13 @@ class ConnectionCore:
         self.cancelled.clear()
         self.cancelling.clear()
         self.ended = None
+        self.said_bye = False
         self.last_heard = now
+        # HELLO tells the broker this client lives: the first heartbeat is due an
+        # interval later. (Due at once, it left during a local channel's ATTACH, on the
+        # socket, and could reach the broker after the BYE of a short-lived client,
+        # which went through the channel's ring.)
+        self.last_sent_heartbeat = now
         return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
                             flush=False)
 
@@ -546,6 +568,8 @@ class ConnectionCore:
             if too_large is not None:
                 raise too_large
         self.next_id = request_id + 1
+        if opcode == Opcode.BYE:
+            self.said_bye = True
         if opcode == Opcode.CANCEL and self.cancelled:
             args = protocol.decode_payload(payload[0])[0] if payload else None
             if args and args[0] in self.cancelled:
@@ -887,7 +911,14 @@ class ConnectionCore:
     # -- heartbeats ----------------------------------------------------------------------
 
     def heartbeat(self, now: float) -> None:
-        """Queue a heartbeat if one is due (its reply is dropped)."""
+        """Queue a heartbeat if one is due (its reply is dropped); none after BYE.
+
+        After BYE the broker has ended the session: a heartbeat then would be a request
+        of an ended session (until 2026-12-06 the blocking client's close, waiting for
+        BYE's answer, sent one when the client had been idle a heartbeat interval).
+        """
+        if self.said_bye:
+            return
         if now - self.last_sent_heartbeat >= self.heartbeat_interval:
             self.last_sent_heartbeat = now
             self.request(Opcode.HEARTBEAT, [], flush=False)
@@ -914,7 +945,8 @@ class ConnectionCore:
             if not self.info:
                 return BrokenConnection(
                     f"no reply to the handshake (HELLO) from {self.endpoint} within "
-                    f"{silence:.1f} s; is a broker running there?")
+                    f"{silence:.1f} s; is a broker running there?"
+                    f"{stream_endpoint_hint(self.endpoint)}")
             return BrokenConnection(
                 f"the broker at {self.endpoint} sent nothing for {silence:.1f} s "
                 f"(1.5 times its heartbeat timeout of {timeout:.1f} s); is it running?")

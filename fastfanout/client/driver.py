@@ -10,6 +10,7 @@ rather than on the driver modules, so the package has no import cycle.
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -99,7 +100,8 @@ class DriverBase:
             return None
 
     def attach_request(self, channel: LocalChannel) -> Request:
-        """Queue the ATTACH of ``channel``."""
+        """Queue the ATTACH of ``channel`` (it counts as a heartbeat: see ``core.start``)."""
+        self.core.last_sent_heartbeat = time.monotonic()
         return self.core.request(
             Opcode.ATTACH, [protocol.encode_payload(channel.attach_request())], flush=False)
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
 from fastfanout._ext.offers import PublishFuture, future_exception, run_callback
 from fastfanout.client.core import Request
 from fastfanout.client.driver import BlockingDriver
 from fastfanout.client.messages import RemotePublishBatch
-from fastfanout.errors import FastFanoutError
+from fastfanout.errors import FastFanoutError, blocking_misused
 from fastfanout.settings import check_wait
 
 __all__ = ["REPLY_POLL", "PublishBatchFuture", "PublishFuture"]
@@ -82,6 +82,12 @@ class PublishBatchFuture:
     def done(self) -> bool:
         """True once the broker answered (or the request failed)."""
         return self._request.done
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise blocking_misused(
+                "a PublishBatchFuture (what the blocking client's publish_batch_nowait "
+                "or send_batch_nowait returns)", "awaited", "call its .result()")
 
     def running(self) -> bool:
         """True while the request is on its way or being answered."""

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from fastfanout._ext.received import DONE, Done, RemoteMessage, messages_of
+from fastfanout.errors import blocking_misused
 from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
 from fastfanout.wire import protocol
 
@@ -111,6 +112,12 @@ class RemotePublishBatch(Sequence[PublishResult]):
 
     def __len__(self) -> int:
         return self._count
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise blocking_misused(
+                "a RemotePublishBatch (what publish_batch or send_batch returns: the "
+                "broker's answers already)", "awaited", "use it as it is")
 
     def __iter__(self) -> Iterator[PublishResult]:
         # all of them: one decode of the frame, not one per entry as indexing does

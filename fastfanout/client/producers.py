@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from fastfanout._ext.offers import OfferGate
 from fastfanout._ext.wire import FrameBuilder, count_of
@@ -61,6 +61,8 @@ from fastfanout.errors import (
     InvalidArgument,
     MessageTooLarge,
     RequestTooLarge,
+    WrongClient,
+    blocking_misused,
 )
 from fastfanout.records import Body
 from fastfanout.settings import (
@@ -510,6 +512,22 @@ class RemoteProducer(ProducerFace):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+    async def __aenter__(self) -> NoReturn:
+        raise _misused_producer("entered with 'async with'", "enter it with 'with'")
+
+    async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
+        pass
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise _misused_producer("awaited", "use it as it is, or in 'with "
+                                    "client.producer(topic) as producer:'")
+
+
+def _misused_producer(how: str, instead: str) -> WrongClient:
+    return blocking_misused("a RemoteProducer (what a blocking client's producer() returns)",
+                            how, instead)
 
 
 class AsyncProducer(ProducerFace):

@@ -102,7 +102,9 @@ def run_child(endpoint: str | None, options: dict[str, Any], handler: Handler,
     """A worker process: run one handler until SIGTERM, reporting stats to the parent."""
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns Ctrl-C into SIGTERM
+    # the parent turns Ctrl-C, and SIGHUP (the terminal closed), into SIGTERM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = threading.Event()
     # its parent reports the handler's stats to the broker, combined over the processes
     worker = Worker(endpoint, shutdown_timeout=shutdown_timeout, report_interval=None,
@@ -695,7 +697,7 @@ class Worker:
         log.info("worker stopped")
 
     def stop_now(self) -> None:
-        """Stop without waiting for running calls (what a second SIGTERM or SIGINT does).
+        """Stop without waiting for running calls (what a second SIGTERM, SIGINT or SIGHUP does).
 
         Their messages are nacked with no delay, as at the shutdown deadline; a ``stop()``
         in progress in another thread returns promptly.
@@ -710,15 +712,16 @@ class Worker:
         self.stop(0.0)
 
     def request_stop(self) -> None:
-        """Ask ``run()`` to stop (what SIGTERM and SIGINT do); returns at once."""
+        """Ask ``run()`` to stop (what SIGTERM, SIGINT and SIGHUP do); returns at once."""
         self._stop_requested.set()
 
     def run(self) -> None:
-        """Start, run until SIGTERM or SIGINT (or ``request_stop()``), then stop gracefully.
+        """Start, run until SIGTERM, SIGINT or SIGHUP (or ``request_stop()``), then stop gracefully.
 
-        A second SIGTERM or SIGINT while it stops is ``stop_now()``. In the main thread it
-        installs handlers for SIGTERM and SIGINT (the previous ones come back when it
-        returns).
+        A second such signal while it stops is ``stop_now()``. In the main thread it
+        installs handlers for SIGTERM, SIGINT and SIGHUP (the previous ones come back
+        when it returns; until 2026-12-06 a SIGHUP, the terminal closing, killed it
+        without stopping its processes).
 
         Raises:
             NotFound, BrokenConnection, InvalidArgument: as ``start()``.
@@ -733,7 +736,7 @@ class Worker:
                     return
                 log.info("worker got %s", signal.Signals(number).name)
                 self._stop_requested.set()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 previous[signum] = signal.signal(signum, on_signal)
         try:
             self.start()

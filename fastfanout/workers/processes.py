@@ -29,6 +29,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fastfanout.errors import InvalidArgument
+from fastfanout.interrupts import resource_tracker_deaf_to_hangups
 from fastfanout.workers.handlers import Handler
 from fastfanout.workers.stats import HandlerStats, combine
 
@@ -104,6 +105,7 @@ class ProcessGroup:
         self._args = (endpoint, options, handler, shutdown_timeout,
                       logging.getLogger().getEffectiveLevel())
         self._context = multiprocessing.get_context("spawn")
+        resource_tracker_deaf_to_hangups()   # its children start it: see the function
         self._children: list[_Child] = []
         self._finished: list[HandlerStats] = []   # the last stats of dead children
         self._stopping = False

@@ -102,3 +102,21 @@ def test_batch_futures_and_successes_call_back_too(track: Tracker,
     assert sorted(r.message_id for r in results) == [f.result().message_id for f in futures]
     assert all(f.exception() is None for f in futures)
     assert "a callback that fails" in caplog.text
+
+
+def test_an_idle_clients_batch_future_completes_by_itself(track: Tracker) -> None:
+    # Asleep with nothing in flight, the background thread looked for replies only at
+    # its next heartbeat: a batch future of a client idle since its last request
+    # completed (and called back) a whole heartbeat interval late.
+    server = quiet_server(track)
+    client = quiet_client(track, server.endpoint)
+    client.create_queue("q")
+    client.list_queues()   # nothing in flight from here on: the thread sleeps
+    for _ in range(3):
+        done = threading.Event()
+        started = time.monotonic()
+        future = client.send_batch_nowait("q", [b"a", b"b"])
+        future.add_done_callback(lambda f, done=done: done.set())
+        assert done.wait(PROMPTLY)
+        assert time.monotonic() - started < PROMPTLY
+        assert len(future.result()) == 2

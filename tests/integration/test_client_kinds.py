@@ -118,3 +118,126 @@ def test_the_asyncio_batches_in_for(endpoint: str) -> None:
         return []
 
     assert asyncio.run(misuse()) == [b"order 3"]
+
+
+ASYNCIO_FIX = r"fastfanout\.aio\.connect\(\)"
+"""Every blocking object's misuse names the asyncio client to use."""
+
+
+def test_blocking_results_awaited(track: Tracker, endpoint: str) -> None:
+    # until 2026-12-06: "object PublishResult can't be used in 'await' expression"
+    client = track.client(endpoint)
+    consumer = client.consume("billing", prefetch=10, timeout=5.0)
+    listener = client.listen("orders")
+    producer = client.producer("orders")
+    misuses = {
+        "a Client": fastfanout.connect(endpoint, timeout=5.0),
+        "a PublishResult": client.publish("orders", b"1"),
+        "a PublishFuture": client.publish_nowait("orders", b"2"),
+        "a RemotePublishBatch": client.publish_batch("orders", [b"3"]),
+        "a PublishBatchFuture": client.publish_batch_nowait("orders", [b"4"]),
+        "a Consumer": consumer,
+        "a Listener": listener,
+        "a RemoteProducer": producer,
+    }
+    track.closeables.append(misuses["a Client"])
+
+    async def wait_for(awaited: object) -> None:
+        await awaited   # type: ignore[misc]
+
+    for name, result in misuses.items():
+        with pytest.raises(fastfanout.WrongClient,
+                           match=rf"^{name} .*is not awaited: .*{ASYNCIO_FIX}"):
+            asyncio.run(wait_for(result))
+    # nothing changed: the futures complete, the client, consumer and producer work
+    assert misuses["a PublishFuture"].result().message_id > 0   # type: ignore[union-attr]
+    assert len(misuses["a PublishBatchFuture"].result()) == 1   # type: ignore[union-attr]
+    producer.offer(b"5")
+    producer.close()
+    assert [bytes(next(consumer).body) for _ in range(5)] == [b"1", b"2", b"3", b"4", b"5"]
+    consumer.cancel()
+    listener.close()
+
+
+def test_blocking_objects_in_async_with_and_async_for(track: Tracker, endpoint: str) -> None:
+    client = track.client(endpoint)
+    consumer = client.consume("billing", prefetch=10, timeout=5.0)
+    listener = client.listen("orders")
+    producer = client.producer("orders")
+
+    async def enter(opened: object) -> None:
+        async with opened:   # type: ignore[attr-defined]
+            pass
+
+    async def iterate(iterated: object) -> None:
+        async for _ in iterated:   # type: ignore[attr-defined]
+            pass
+
+    for name, opened in (("a Consumer", consumer), ("a Listener", listener),
+                         ("a RemoteProducer", producer)):
+        with pytest.raises(fastfanout.WrongClient,
+                           match=rf"^{name} .*'async with': enter it with 'with'.*{ASYNCIO_FIX}"):
+            asyncio.run(enter(opened))
+    batches = client.consume_batches("billing", timeout=5.0)
+    for iterated in (listener, batches):
+        with pytest.raises(fastfanout.WrongClient,
+                           match=rf"'async for': iterate it with 'for'.*{ASYNCIO_FIX}"):
+            asyncio.run(iterate(iterated))
+    consumer.cancel()
+    producer.close()
+    listener.close()
+    client.publish("orders", b"order 6")
+    batch = next(batches)   # the batches' iterator still works, and closes
+    assert [bytes(message.body) for message in batch] == [b"order 6"]
+    batch.ack()
+    batches.close()   # type: ignore[attr-defined]
+
+
+def test_the_asyncio_listener_in_with_and_for(endpoint: str) -> None:
+    # until 2026-12-06: AttributeError '__enter__', TypeError "not iterable"
+    async def misuse() -> list[str]:
+        said = []
+        async with fastfanout.aio.connect(endpoint, timeout=5.0) as client:
+            listener = await client.listen("orders")
+            with pytest.raises(fastfanout.WrongClient, match="entered with 'with'") as raised:
+                with listener:   # type: ignore[attr-defined]
+                    pass
+            said.append(str(raised.value))
+            with pytest.raises(fastfanout.WrongClient, match="iterated with 'for'"):
+                for _ in listener:   # type: ignore[attr-defined]
+                    pass
+            await client.publish("orders", b"heard")
+            batch = await listener.recv_batch(5.0)
+            said += [bytes(message.body).decode() for message in batch or []]
+            await listener.close()
+        return said
+
+    said = asyncio.run(misuse())
+    assert "'orders'" in said[0] and "fastfanout.connect()" in said[0]
+    assert said[1:] == ["heard"]
+
+
+def test_the_asyncio_consumer_awaited_or_entered(endpoint: str) -> None:
+    # until 2026-12-06: "object AsyncMessageCursor can't be used in 'await' expression"
+    async def misuse() -> list[str]:
+        said = []
+        async with fastfanout.aio.connect(endpoint, timeout=5.0) as client:
+            with pytest.raises(fastfanout.WrongClient,
+                               match=r"queue 'billing'.*is not awaited: iterate it with "
+                                     r"'async for"):
+                await client.consume("billing")   # type: ignore[misc]
+            with pytest.raises(fastfanout.WrongClient,
+                               match=r"queue 'billing'.*are not awaited: iterate them"):
+                await client.consume_batches("billing")   # type: ignore[misc]
+            with pytest.raises(fastfanout.WrongClient,
+                               match=r"not entered with 'async with': iterate it"):
+                async with client.consume("billing"):   # type: ignore[attr-defined]
+                    pass
+            await client.publish("orders", b"order 7")
+            async for message in client.consume("billing", timeout=5.0):
+                said.append(bytes(message.body).decode())
+                message.ack()
+                break
+        return said
+
+    assert asyncio.run(misuse()) == ["order 7"]

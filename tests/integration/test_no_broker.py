@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,19 @@ def test_a_malformed_endpoint_from_the_environment_is_named_as_such(
     with pytest.raises(InvalidArgument, match=re.escape(
             "endpoint='inproc://x' (from $FASTFANOUT_ENDPOINT): it must be ipc://PATH")):
         connect(timeout=PATIENT)
+
+
+def test_a_brokers_stream_endpoint_is_named_as_such(track: Any) -> None:
+    # the stream socket (PUB) never answers a HELLO: until 2026-12-06 the error only
+    # asked whether a broker ran there (one does)
+    server = track.server()
+    stream = f"{server.endpoint}.stream"
+    hint = rf"is the stream endpoint of a broker at {re.escape(server.endpoint)}: connect"
+    with pytest.raises(BrokenConnection, match=hint):
+        connect(stream, timeout=1.0, local_channel=False)
+
+    async def main() -> None:
+        with pytest.raises(BrokenConnection, match=hint):
+            await aio.connect(stream, timeout=1.0, local_channel=False)
+
+    asyncio.run(main())

@@ -2,9 +2,22 @@
 
 import importlib
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import fastfanout
+
+
+def test_a_bare_import_loads_nothing_heavy():
+    # the command line holds its stop signals before the native core and zmq load
+    code = ("import sys, fastfanout; heavy = [m for m in sys.modules if m.startswith("
+            "('zmq', 'click', 'fastfanout._ext', 'fastfanout.client'))]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
+    assert "Broker" in dir(fastfanout)
+    assert fastfanout.aio.connect   # a submodule by its name, as before
 
 
 def test_all_names_exist_and_are_documented():
@@ -15,6 +28,8 @@ def test_all_names_exist_and_are_documented():
 
 
 def test_every_public_attribute_is_listed():
+    for name in fastfanout.__all__:   # the names load on first use
+        getattr(fastfanout, name)
     public = {name for name in vars(fastfanout) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(fastfanout, name)).__name__ == "module"}
     assert public - modules == set(fastfanout.__all__) - {"__version__"}
