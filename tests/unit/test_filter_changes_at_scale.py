@@ -9,6 +9,7 @@ filtered subscribes with publishes, the last 300 pairs took 0.78 s, the first 30
 
 from __future__ import annotations
 
+import statistics
 import time
 
 from fastfanout import Broker
@@ -37,9 +38,10 @@ def test_alternating_filtered_subscribes_and_publishes_stay_flat() -> None:
         broker.subscribe("t", f"q{i}", filter_policy={"store": [f"s{i}"]})
         broker.publish("t", b"x", attributes={"store": "s1"})
         seconds.append(time.perf_counter() - started)
-    first, last = sum(seconds[:PAIRS]), sum(seconds[-PAIRS:])
+    # Medians: one stalled pair on a busy machine moves them little.
+    first, last = statistics.median(seconds[:PAIRS]), statistics.median(seconds[-PAIRS:])
     # A rebuild of the whole index per publish made the last pairs ~20 times slower.
-    assert last < 4 * first + 0.05, (first, last)
+    assert last < 4 * first + 0.0005, (first, last)
     assert len(broker.receive("q1", max_messages=10)) == 10
     assert broker.publish("t", b"y", attributes={"store": f"s{COUNT - 1}"}).deliveries == 1
 
@@ -51,19 +53,24 @@ def test_filter_changes_and_unsubscribes_between_publishes_do_not_grow_with_the_
     many = _filtered_topic(broker, "large", COUNT)
 
     def churn(topic: str, sids: list[int]) -> float:
-        started = time.perf_counter()
+        """The median time of a filter change or unsubscribe and a publish."""
+        seconds = []
         for n, sid in enumerate(sids):
+            started = time.perf_counter()
             broker.set_filter_policy(sid, {"store": [f"changed{n}"]})
             broker.publish(topic, b"x", attributes={"store": "changed0"})
+            seconds.append(time.perf_counter() - started)
         for sid in sids:
+            started = time.perf_counter()
             broker.unsubscribe(sid)
             broker.publish(topic, b"x", attributes={"store": "none"})
-        return time.perf_counter() - started
+            seconds.append(time.perf_counter() - started)
+        return statistics.median(seconds)
 
     small = churn("small", few)
     # Take them from the front: before, each unsubscribe re-keyed every later target.
     large = churn("large", many[:PAIRS])
-    assert large < 4 * small + 0.05, (small, large)
+    assert large < 4 * small + 0.0005, (small, large)
     # The survivors still filter by their own policies, at their new positions.
     result = broker.publish("large", b"z", attributes={"store": f"s{COUNT - 1}"})
     assert result.deliveries == 1

@@ -8,7 +8,10 @@ subscriptions per topic either.
 
 from __future__ import annotations
 
+import functools
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -228,3 +231,57 @@ def test_a_durable_broker_reopened_with_lower_limits_keeps_its_topology(tmp_path
         assert broker.stats().topology.max_queues == 2
     finally:
         broker.close()
+
+
+def _median_seconds(calls: list[Callable[[], object]]) -> float:
+    """The median time of the calls: one stalled call on a busy machine moves it little."""
+    seconds = []
+    for call in calls:
+        started = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def test_a_pattern_subscribe_does_not_grow_with_the_topics() -> None:
+    # Until 2026-12-06 a pattern subscribe matched itself, in Python, against every
+    # topic: ~13 ms at 5,000 topics. It now walks only the topics under its literal
+    # tokens.
+    def subscribe_time(topics: int) -> float:
+        broker = Broker()
+        for i in range(topics):
+            broker.create_topic(f"region{i % 50}.orders.t{i}")
+        broker.create_queue("q")
+        seconds = _median_seconds([functools.partial(broker.subscribe, f"elsewhere{i}.*", "q")
+                                   for i in range(100)])
+        sid = broker.subscribe("region7.orders.*", "q")
+        assert broker.publish("region7.orders.t57", b"x").deliveries == 1
+        assert broker.publish("region8.orders.t58", b"x").deliveries == 0
+        broker.unsubscribe(sid)
+        assert broker.publish("region7.orders.t57", b"x").deliveries == 0
+        return seconds
+
+    few = subscribe_time(500)
+    many = subscribe_time(5000)
+    assert many < 4 * few + 0.0005, (few, many)
+
+
+def test_creating_a_topic_does_not_grow_with_the_patterns() -> None:
+    # Until 2026-12-06 each create_topic matched every pattern subscription against the
+    # new name (~3.5 ms with 1,100 patterns). It now meets only patterns that fit it.
+    def create_time(patterns: int) -> float:
+        broker = Broker()
+        broker.create_queue("q")
+        for i in range(patterns):
+            broker.subscribe(f"app{i}.events.>", "q")
+        broker.create_queue("mine")
+        broker.subscribe("app1.*.created", "mine")
+        seconds = _median_seconds([functools.partial(broker.create_topic, f"new.topic{i}")
+                                   for i in range(300)])
+        broker.create_topic("app1.events.created")   # both app1 patterns match it
+        assert broker.publish("app1.events.created", b"x").deliveries == 2
+        return seconds
+
+    few = create_time(30)
+    many = create_time(3000)
+    assert many < 4 * few + 0.0005, (few, many)
