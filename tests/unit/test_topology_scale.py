@@ -139,7 +139,33 @@ def test_max_subscriptions_per_topic_counts_patterns_and_changes_nothing() -> No
     assert broker.stats().topology.subscriptions_refused == 2
 
 
-@pytest.mark.parametrize("limit", ["max_topics", "max_queues", "max_subscriptions_per_topic"])
+def test_max_pattern_subscriptions_bounds_patterns_that_match_nothing() -> None:
+    # Until 2026-12-06 nothing bounded them: a pattern matching no topic counts toward no
+    # topic's max_subscriptions_per_topic, so one queue could hold any number of them.
+    broker = Broker(max_pattern_subscriptions=2)
+    broker.create_topic("orders.eu")
+    broker.create_queue("q")
+    broker.subscribe("nothing.*", "q")
+    broker.subscribe("orders.*", "q")
+    assert broker.subscribe("orders.*", "q") > 0       # the same pair: no new one
+    with pytest.raises(LimitExceeded, match="max_pattern_subscriptions=2"):
+        broker.subscribe("else.>", "q")
+    assert broker.subscribe("orders.eu", "q") > 0      # a direct one is no pattern
+    topology = broker.stats().topology
+    assert (topology.pattern_subscriptions, topology.max_pattern_subscriptions,
+            topology.pattern_subscriptions_refused, topology.subscriptions) == (2, 2, 1, 3)
+    assert len(broker.list_subscriptions()) == 3
+    broker.create_topic("else.x")
+    assert broker.publish("else.x", b"x").deliveries == 0
+    unsubscribed = next(sid for sid, (topic, _) in broker.list_subscriptions().items()
+                        if topic == "nothing.*")
+    broker.unsubscribe(unsubscribed)
+    broker.subscribe("else.>", "q")
+    assert broker.publish("else.x", b"x").deliveries == 1
+
+
+@pytest.mark.parametrize("limit", ["max_topics", "max_queues", "max_subscriptions_per_topic",
+                                   "max_pattern_subscriptions"])
 def test_a_limit_must_be_a_positive_int(limit: str) -> None:
     from fastfanout import InvalidArgument
     with pytest.raises(InvalidArgument, match=limit):
