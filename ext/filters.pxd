@@ -58,7 +58,6 @@ cdef struct branch_t:
     int32_t first_clause    # clauses of a branch are contiguous in the state array
     int32_t clause_count
     uint8_t body_scope      # 1: needs a body that is a JSON object
-    uint8_t alive           # 0: its policy was removed or replaced (skipped)
 
 
 cdef class _Hits:
@@ -109,6 +108,7 @@ cdef class _Field:
 # weight before the next match rebuilds its index.
 cdef enum:
     COMPACT_SLACK = 1024
+    DEAD_CLAUSE = 0         # always false: a retired branch's only clause
 
 
 cdef class FilterSet:

@@ -36,12 +36,14 @@ Changes are incremental, so a topic with thousands of filtered subscriptions can
 one of them between publishes without a rebuild: `set` appends the policy's branches
 and clauses after all others and adds its conditions to their fields' predicate arrays
 and hash tables (all grown by doubling); `remove` (and the replaced policy of a `set`)
-only marks its branches dead, and the match skips them. Its clauses keep their
-predicates, which set truth bytes nobody reads. When the dead weight (branches, clauses,
-condition operands) exceeds the live weight by ``COMPACT_SLACK``, the next match
-rebuilds the index from the live policies (amortised O(1) per unit removed). Branches of
-one subscription stay contiguous, so the duplicate skip still works; ids appended out of
-order (a replaced policy) make `match_into` sort its result until that rebuild.
+only retires its branches: each is pointed at clause 0, kept false (no predicate sets
+it), so the match fails it at its first clause check with no test of its own. Its
+clauses keep their predicates, which set truth bytes nobody reads. When the dead weight
+(branches, clauses, condition operands) exceeds the live weight by ``COMPACT_SLACK``,
+the next match rebuilds the index from the live policies (amortised O(1) per unit
+removed). Branches of one subscription stay contiguous, so the duplicate skip still
+works; ids appended out of order (a replaced policy) make `match_into` sort its result
+until that rebuild.
 
 Body scope decodes the body once with msgspec and flattens it into dotted paths, pruned
 to the paths some policy mentions. A body that is not a JSON object fails every
@@ -739,7 +741,10 @@ cdef class FilterSet:
             return 0
         first, count, weight = span
         for b in range(first, first + count):
-            self.branches[b].alive = False
+            # Point it at the dead clause: the match skips it at its first clause
+            # check, with no test of its own in the loop.
+            self.branches[b].first_clause = DEAD_CLAUSE
+            self.branches[b].clause_count = 1
         self.live_weight -= weight
         self.dead_weight += weight
         return 0
@@ -765,6 +770,8 @@ cdef class FilterSet:
         cdef _Field field
         cdef dict fields = self.body_fields if body_scope else self.attribute_fields
         cdef bint absent_ok
+        if self.clause_count == 0:
+            needed_clauses = 1      # the dead clause, first of all
         for policy_branch in policy_branches:
             needed_clauses += len(<tuple>policy_branch)
         if self.clause_count + needed_clauses >= (1 << 31):
@@ -776,6 +783,9 @@ cdef class FilterSet:
                  sizeof(uint8_t))
         _reserve(<void**>&self.clause_initial, &self.clause_capacity,
                  self.clause_count + needed_clauses, sizeof(uint8_t))
+        if self.clause_count == 0:
+            self.clause_initial[DEAD_CLAUSE] = False   # and no predicate ever sets it
+            self.clause_count = 1
         clause = <int32_t>self.clause_count
         for policy_branch in policy_branches:
             branch = &self.branches[self.branch_count]
@@ -783,7 +793,6 @@ cdef class FilterSet:
             branch.first_clause = clause
             branch.clause_count = <int32_t>len(<tuple>policy_branch)
             branch.body_scope = body_scope
-            branch.alive = True
             weight += 1
             for path, conditions in policy_branch:
                 found = PyDict_GetItem(fields, path)
@@ -936,7 +945,7 @@ cdef class FilterSet:
             branch = &self.branches[b]
             if have_last and branch.sub_id == last_id:
                 continue    # this subscription already matched through another branch
-            if not branch.alive or (branch.body_scope and not body_ok):
+            if branch.body_scope and not body_ok:
                 continue
             ok = True
             end = branch.first_clause + branch.clause_count
