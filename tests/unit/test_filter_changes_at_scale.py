@@ -13,6 +13,12 @@ import statistics
 import time
 
 from fastfanout import Broker
+from fastfanout._ext.store import DEBUG as STORE_DEBUG
+
+# The debug build checks every invariant of the store before each call, O(its size): the
+# costs there grow with the broker whatever the topology code does, so only the release
+# build compares them (the debug build still checks what the calls did).
+COMPARE_COSTS = not STORE_DEBUG
 
 COUNT = 3000
 PAIRS = 300
@@ -41,7 +47,7 @@ def test_alternating_filtered_subscribes_and_publishes_stay_flat() -> None:
     # Medians: one stalled pair on a busy machine moves them little.
     first, last = statistics.median(seconds[:PAIRS]), statistics.median(seconds[-PAIRS:])
     # A rebuild of the whole index per publish made the last pairs ~20 times slower.
-    assert last < 4 * first + 0.0005, (first, last)
+    assert last < 4 * first + 0.0005 or not COMPARE_COSTS, (first, last)
     assert len(broker.receive("q1", max_messages=10)) == 10
     assert broker.publish("t", b"y", attributes={"store": f"s{COUNT - 1}"}).deliveries == 1
 
@@ -70,7 +76,7 @@ def test_filter_changes_and_unsubscribes_between_publishes_do_not_grow_with_the_
     small = churn("small", few)
     # Take them from the front: before, each unsubscribe re-keyed every later target.
     large = churn("large", many[:PAIRS])
-    assert large < 4 * small + 0.0005, (small, large)
+    assert large < 4 * small + 0.0005 or not COMPARE_COSTS, (small, large)
     # The survivors still filter by their own policies, at their new positions.
     result = broker.publish("large", b"z", attributes={"store": f"s{COUNT - 1}"})
     assert result.deliveries == 1
