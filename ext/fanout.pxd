@@ -15,6 +15,10 @@ cdef struct topic_t:
                                # and target_counts (rows); add_target grows them
     uint32_t slot_capacity     # entries allocated in target_slots
     uint8_t* filtered          # per target: 1 if its subscription has a filter policy
+    int64_t* filter_keys       # per target: its FilterSet ids are key * FILTER_ID_STRIDE
+                               # + alternative; keys ascend with the position and never
+                               # change, so removing a target re-keys no other
+    int64_t next_filter_key    # the key of the next appended target
     uint32_t* target_slots     # subscription counter slots, target by target
     uint32_t* slot_start       # per target: its first entry in target_slots (count + 1)
     uint64_t* target_counts    # per target: SUBSCRIPTION_FIELDS counters its subscriptions
@@ -35,7 +39,7 @@ cdef class Dispatcher:
     cdef uint32_t topic_capacity
     cdef list free_topic_ids       # deleted topics' ids, taken again by add_topic
     cdef list topic_dedup          # topic id -> DedupWindow
-    cdef list topic_filters        # topic id -> FilterSet over target positions, or None
+    cdef list topic_filters        # topic id -> FilterSet over target keys, or None
     cdef list topic_names          # topic id -> name (bytes), put into blobs that keep it
     cdef list batch_attributes     # per entry of the batch being filtered: dict or None
     cdef int64_t* matches          # FilterSet.match_into output

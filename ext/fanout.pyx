@@ -130,6 +130,7 @@ cdef class Dispatcher:
             for topic in range(self.topic_count):
                 PyMem_Free(self.topics[topic].targets)
                 PyMem_Free(self.topics[topic].filtered)
+                PyMem_Free(self.topics[topic].filter_keys)
                 PyMem_Free(self.topics[topic].target_slots)
                 PyMem_Free(self.topics[topic].slot_start)
                 PyMem_Free(self.topics[topic].target_counts)
@@ -177,6 +178,8 @@ cdef class Dispatcher:
         self.topics[topic].alive = True
         self.topics[topic].targets = NULL
         self.topics[topic].filtered = NULL
+        self.topics[topic].filter_keys = NULL
+        self.topics[topic].next_filter_key = 0
         self.topics[topic].target_slots = NULL
         self.topics[topic].slot_start = NULL
         self.topics[topic].target_counts = NULL
@@ -203,10 +206,12 @@ cdef class Dispatcher:
         self.topics[topic].target_counts = NULL
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
+        PyMem_Free(self.topics[topic].filter_keys)
         PyMem_Free(self.topics[topic].target_slots)
         PyMem_Free(self.topics[topic].slot_start)
         self.topics[topic].targets = NULL
         self.topics[topic].filtered = NULL
+        self.topics[topic].filter_keys = NULL
         self.topics[topic].target_slots = NULL
         self.topics[topic].slot_start = NULL
         self.topics[topic].target_count = 0
@@ -237,6 +242,7 @@ cdef class Dispatcher:
         cdef Py_ssize_t count = len(queue_ids)
         cdef uint32_t* targets = NULL
         cdef uint8_t* filtered = NULL
+        cdef int64_t* filter_keys = NULL
         cdef uint32_t* target_slots = NULL
         cdef uint32_t* slot_start = NULL
         cdef uint64_t* target_counts = NULL
@@ -257,19 +263,22 @@ cdef class Dispatcher:
                         f"a queue may be subscribed to one topic at most "
                         f"{FILTER_ID_STRIDE - 1} times")
                 for k in range(len(alternatives)):
-                    # Ids ascend with the target position: position = id // stride.
+                    # Key = position here; ids ascend with the position.
                     filter_set.set(i * FILTER_ID_STRIDE + k, alternatives[k])
                     policy_count += 1
         if count:
             targets = <uint32_t*>PyMem_Malloc(count * sizeof(uint32_t))
             filtered = <uint8_t*>PyMem_Malloc(count)
-            if targets == NULL or filtered == NULL:
+            filter_keys = <int64_t*>PyMem_Malloc(count * sizeof(int64_t))
+            if targets == NULL or filtered == NULL or filter_keys == NULL:
                 PyMem_Free(targets)
                 PyMem_Free(filtered)
+                PyMem_Free(filter_keys)
                 raise MemoryError()
             for i in range(count):
                 targets[i] = queue_ids[i]
                 filtered[i] = filter_set is not None and policies[i] is not None
+                filter_keys[i] = i
             if policy_count > self.match_capacity:
                 PyMem_Free(self.matches)
                 self.matches = <int64_t*>PyMem_Malloc(policy_count * sizeof(int64_t))
@@ -277,12 +286,14 @@ cdef class Dispatcher:
                     self.match_capacity = 0
                     PyMem_Free(targets)
                     PyMem_Free(filtered)
+                    PyMem_Free(filter_keys)
                     raise MemoryError()
                 self.match_capacity = policy_count
         if subscriptions is not None and count:
             if len(subscriptions) != count:
                 PyMem_Free(targets)
                 PyMem_Free(filtered)
+                PyMem_Free(filter_keys)
                 raise ValueError("subscriptions must list one entry per target")
             for i in range(count):
                 slot_total += len(subscriptions[i])
@@ -293,6 +304,7 @@ cdef class Dispatcher:
             if slot_start == NULL or target_slots == NULL or target_counts == NULL:
                 PyMem_Free(targets)
                 PyMem_Free(filtered)
+                PyMem_Free(filter_keys)
                 PyMem_Free(slot_start)
                 PyMem_Free(target_slots)
                 PyMem_Free(target_counts)
@@ -309,6 +321,7 @@ cdef class Dispatcher:
             except BaseException:
                 PyMem_Free(targets)
                 PyMem_Free(filtered)
+                PyMem_Free(filter_keys)
                 PyMem_Free(slot_start)
                 PyMem_Free(target_slots)
                 PyMem_Free(target_counts)
@@ -316,11 +329,14 @@ cdef class Dispatcher:
         self._fold(&self.topics[topic])   # what the old targets owe their subscriptions
         PyMem_Free(self.topics[topic].targets)
         PyMem_Free(self.topics[topic].filtered)
+        PyMem_Free(self.topics[topic].filter_keys)
         PyMem_Free(self.topics[topic].target_slots)
         PyMem_Free(self.topics[topic].slot_start)
         PyMem_Free(self.topics[topic].target_counts)
         self.topics[topic].targets = targets
         self.topics[topic].filtered = filtered
+        self.topics[topic].filter_keys = filter_keys
+        self.topics[topic].next_filter_key = count
         self.topics[topic].target_slots = target_slots
         self.topics[topic].slot_start = slot_start
         self.topics[topic].target_counts = target_counts
@@ -337,8 +353,9 @@ cdef class Dispatcher:
         with this target last would do, in amortised O(1) (the arrays grow by doubling)
         instead of O(targets), so subscribing many queues one by one stays linear.
 
-        Positions of the other targets do not change, so their owed counters, filter ids
-        and a pending refusal stay valid. The topic's targets must have been given with
+        Positions of the other targets do not change, so their owed counters, filter keys
+        and a pending refusal stay valid. A filter costs O(size of its policy): the
+        topic's filter index is updated in place, not rebuilt. The topic's targets must have been given with
         their subscriptions (``set_targets(..., subscriptions=...)``) or be none.
 
         Args:
@@ -372,6 +389,10 @@ cdef class Dispatcher:
             if grown == NULL:
                 raise MemoryError()
             record.filtered = <uint8_t*>grown
+            grown = PyMem_Realloc(record.filter_keys, capacity * sizeof(int64_t))
+            if grown == NULL:
+                raise MemoryError()
+            record.filter_keys = <int64_t*>grown
             grown = PyMem_Realloc(record.slot_start, (capacity + 1) * sizeof(uint32_t))
             if grown == NULL:
                 raise MemoryError()
@@ -395,12 +416,12 @@ cdef class Dispatcher:
             filter_set = <FilterSet>self.topic_filters[topic]
             if filter_set is None:
                 filter_set = FilterSet()
-            filter_set.set(<Py_ssize_t>position * FILTER_ID_STRIDE, policy)   # checks it
+            filter_set.set(record.next_filter_key * FILTER_ID_STRIDE, policy)   # checks it
             if len(filter_set) > self.match_capacity:
                 grown = PyMem_Realloc(
                     self.matches, max(len(filter_set), self.match_capacity * 2) * sizeof(int64_t))
                 if grown == NULL:
-                    filter_set.remove(<Py_ssize_t>position * FILTER_ID_STRIDE)
+                    filter_set.remove(record.next_filter_key * FILTER_ID_STRIDE)
                     raise MemoryError()
                 self.matches = <int64_t*>grown
                 self.match_capacity = max(len(filter_set), self.match_capacity * 2)
@@ -408,6 +429,8 @@ cdef class Dispatcher:
         record.target_slots[slots_used] = <uint32_t>self._slot(subscription_id)
         record.targets[position] = queue_id
         record.filtered[position] = policy is not None
+        record.filter_keys[position] = record.next_filter_key
+        record.next_filter_key += 1
         memset(record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS, 0,
                SUBSCRIPTION_FIELDS * sizeof(uint64_t))
         record.slot_start[position + 1] = slots_used + 1
@@ -418,9 +441,9 @@ cdef class Dispatcher:
         their order (what ``set_targets`` without it would do).
 
         What the target owes its subscriptions is added to their slots first. The cost is
-        a ``memmove`` of the later targets' entries, plus, when the topic filters, a
-        re-keying of the later targets' filter ids (the index is rebuilt at the next
-        publish, as after ``set_targets``): never a rebuild of the topic's subscriptions.
+        a ``memmove`` of the later targets' entries, plus, when the target filters, the
+        removal of its policies from the topic's filter index (O(their size); the other
+        targets keep their filter keys): never a rebuild of the topic's subscriptions.
 
         Raises:
             IndexError: the topic has no such target.
@@ -435,23 +458,16 @@ cdef class Dispatcher:
         cdef int counter
         cdef uint64_t* owed
         cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
-        cdef Py_ssize_t low = <Py_ssize_t>position * FILTER_ID_STRIDE
-        cdef Py_ssize_t high = low + FILTER_ID_STRIDE
+        cdef int64_t filter_id
         if position >= count:
             raise IndexError(f"topic {topic} has no target {position}")
-        # Only filter ids of this target and later ones change: none when no target from
-        # here on filters (a byte scan), so unfiltered removals never touch the set.
-        if filter_set is not None and memchr(record.filtered + position, 1,
-                                             count - position) != NULL:
-            kept = {}
-            for filter_id, policy in filter_set.policies.items():
-                if filter_id < low:
-                    kept[filter_id] = policy
-                elif filter_id >= high:
-                    kept[filter_id - FILTER_ID_STRIDE] = policy
-            filter_set.policies = kept
-            filter_set.dirty = True
-            self.topic_filters[topic] = filter_set if kept else None
+        if filter_set is not None and record.filtered[position]:
+            # Its alternatives have the ids key * stride + 0, 1, ... (set_targets).
+            filter_id = record.filter_keys[position] * FILTER_ID_STRIDE
+            while filter_set.remove(filter_id):
+                filter_id += 1
+            if len(filter_set) == 0:
+                self.topic_filters[topic] = None
         if record.target_counts != NULL:
             first = record.slot_start[position]
             last = record.slot_start[position + 1]
@@ -471,14 +487,16 @@ cdef class Dispatcher:
                 (count - position - 1) * sizeof(uint32_t))
         memmove(record.filtered + position, record.filtered + position + 1,
                 count - position - 1)
+        memmove(record.filter_keys + position, record.filter_keys + position + 1,
+                (count - position - 1) * sizeof(int64_t))
         record.target_count = count - 1
         if self.refused_topic == topic:
             self.refused_topic = -1
 
     def set_target_policy(self, uint32_t topic, uint32_t position, object policy):
         """Replace the filter of target ``position`` of ``topic``, a target fed by one
-        subscription: None for no filter, else a plain compiled policy. O(1) here (the
-        topic's filter index is rebuilt at its next publish, as after ``set_targets``).
+        subscription: None for no filter, else a plain compiled policy. O(size of the old
+        and new policies): the topic's filter index is updated in place.
 
         Raises:
             IndexError: the topic has no such target.
@@ -486,11 +504,12 @@ cdef class Dispatcher:
         """
         cdef topic_t* record = &self.topics[topic]
         cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
-        cdef Py_ssize_t filter_id = <Py_ssize_t>position * FILTER_ID_STRIDE
+        cdef int64_t filter_id
         cdef Py_ssize_t capacity
         cdef void* grown
         if position >= record.target_count:
             raise IndexError(f"topic {topic} has no target {position}")
+        filter_id = record.filter_keys[position] * FILTER_ID_STRIDE
         if policy is None:
             if filter_set is not None:
                 filter_set.remove(filter_id)
@@ -1058,9 +1077,17 @@ cdef class Dispatcher:
         cdef Py_ssize_t i
         cdef Py_ssize_t found
         cdef Py_ssize_t next_match
+        cdef int64_t key
         cdef uint32_t t
         cdef blob_t* blob
         cdef dict attributes
+        # Locals: the compiler would otherwise reload each through its struct after every
+        # byte written to ``skip`` (a char write may alias anything).
+        cdef const uint8_t* filtered
+        cdef const int64_t* keys
+        cdef const int64_t* matches = self.matches
+        cdef unsigned char* skip = self.skip
+        cdef uint32_t target_count
         for i in range(count):
             if self.original[i]:
                 continue
@@ -1073,13 +1100,30 @@ cdef class Dispatcher:
             found = filter_set.match_into(attributes, blob.data, blob.body_len,
                                           self.matches, self.match_capacity)
             next_match = 0
-            for t in range(record.target_count):
-                if not record.filtered[t]:
+            filtered = record.filtered
+            keys = record.filter_keys
+            target_count = record.target_count
+            # Ids ascend, and so do the targets' keys: one merge walk. Keys are distinct
+            # and ascend from 0 or more, so when the last is its position every key is
+            # (no target was removed before another): then the walk compares positions,
+            # without a load per target (~5 % of a filtered publish to 100 queues).
+            if target_count == 0 or keys[target_count - 1] == target_count - 1:
+                for t in range(target_count):
+                    if not filtered[t]:
+                        continue
+                    while next_match < found and matches[next_match] // FILTER_ID_STRIDE < t:
+                        next_match += 1
+                    if next_match >= found or matches[next_match] // FILTER_ID_STRIDE != t:
+                        skip[<Py_ssize_t>t * count + i] = SKIP_FILTERED
+                continue
+            for t in range(target_count):
+                if not filtered[t]:
                     continue
-                while next_match < found and self.matches[next_match] // FILTER_ID_STRIDE < t:
+                key = keys[t]
+                while next_match < found and matches[next_match] // FILTER_ID_STRIDE < key:
                     next_match += 1
-                if next_match >= found or self.matches[next_match] // FILTER_ID_STRIDE != t:
-                    self.skip[<Py_ssize_t>t * count + i] = SKIP_FILTERED
+                if next_match >= found or matches[next_match] // FILTER_ID_STRIDE != key:
+                    skip[<Py_ssize_t>t * count + i] = SKIP_FILTERED
         return 0
 
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,

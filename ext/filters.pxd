@@ -66,8 +66,11 @@ cdef class _Hits:
     cdef Py_ssize_t clause_count
     cdef int32_t* excluded          # anything-but slots (in _Field) the literal excludes
     cdef Py_ssize_t excluded_count
+    cdef Py_ssize_t clause_capacity
+    cdef Py_ssize_t excluded_capacity
 
-    cdef int _fill(self, list clauses, list excluded) except -1
+    cdef int add_clause(self, int32_t clause) except -1
+    cdef int add_excluded(self, int32_t slot) except -1
 
 
 cdef class _Field:
@@ -89,26 +92,50 @@ cdef class _Field:
     cdef int32_t* absent            # clauses with {"exists": false}
     cdef Py_ssize_t absent_count
     cdef list keep                  # owners of the buffers the structs point into
+    cdef Py_ssize_t text_capacity   # allocated entries of each array (grown by doubling;
+    cdef Py_ssize_t range_capacity  # excluded_scratch has anything_but_capacity)
+    cdef Py_ssize_t cidr_capacity
+    cdef Py_ssize_t anything_but_capacity
+    cdef Py_ssize_t present_capacity
+    cdef Py_ssize_t absent_capacity
 
+    cdef int add(self, tuple condition, int32_t clause) except -1
     cdef int evaluate(self, object value, uint8_t* state) except -1
     cdef int _evaluate_texts_slowly(self, str value, uint8_t* state) except -1
 
 
+# Dead weight (of removed or replaced policies) a FilterSet carries beyond its live
+# weight before the next match rebuilds its index.
+cdef enum:
+    COMPACT_SLACK = 1024
+    DEAD_CLAUSE = 0         # always false: a retired branch's only clause
+
+
 cdef class FilterSet:
     cdef dict policies              # sub_id -> plain compiled policy (body_scope, branches)
-    cdef bint dirty                 # policies changed since the last index build
+    cdef dict spans                 # sub_id -> (first branch, branch count, weight) indexed
+    cdef bint dirty                 # the index must be rebuilt from ``policies``
     cdef dict attribute_fields      # attribute name -> _Field
     cdef dict body_fields           # dotted body path -> _Field
     cdef set body_prefixes          # every dot-boundary prefix of an indexed body path
-    cdef branch_t* branches         # sorted by sub_id
+    cdef branch_t* branches         # by subscription, in the order indexed
     cdef Py_ssize_t branch_count
+    cdef Py_ssize_t branch_capacity
     cdef uint8_t* clause_initial    # truth of each clause before any field is seen
     cdef uint8_t* clause_state      # truth of each clause for the current message
     cdef Py_ssize_t clause_count
+    cdef Py_ssize_t clause_capacity # of clause_initial and clause_state
     cdef bint has_body_scope
+    cdef bint ordered               # branches ascend by sub_id (else match_into sorts)
+    cdef int64_t last_sub_id        # highest sub_id indexed since the last rebuild
+    cdef Py_ssize_t live_weight     # branches + clauses + operands of indexed policies
+    cdef Py_ssize_t dead_weight     # the same of retired ones still in the arrays
     cdef int64_t* result_buffer     # scratch for match(): one slot per subscription
     cdef Py_ssize_t result_capacity
 
+    cdef int _forget(self, object sub_id) except -1
+    cdef int _compact_if_sparse(self) except -1
+    cdef int _append(self, object sub_id, tuple policy) except -1
     cdef int _rebuild(self) except -1
     cdef int _apply_attributes(self, dict attributes) except -1
     cdef bint _apply_body(self, const char* body, Py_ssize_t body_len) except -1

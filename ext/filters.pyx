@@ -29,8 +29,21 @@ Per message:
    and duplicates are skipped by comparing with the last id emitted.
 
 Invariants: a clause belongs to exactly one branch and one field; ``clause_state`` is
-only read after steps 1-2 for the same message; the index is rebuilt lazily (on the next
-match) after `set`/`remove`, so a filter change takes effect for the next message.
+only read after steps 1-2 for the same message; a filter change takes effect for the
+next message.
+
+Changes are incremental, so a topic with thousands of filtered subscriptions can change
+one of them between publishes without a rebuild: `set` appends the policy's branches
+and clauses after all others and adds its conditions to their fields' predicate arrays
+and hash tables (all grown by doubling); `remove` (and the replaced policy of a `set`)
+only retires its branches: each is pointed at clause 0, kept false (no predicate sets
+it), so the match fails it at its first clause check with no test of its own. Its
+clauses keep their predicates, which set truth bytes nobody reads. When the dead weight
+(branches, clauses, condition operands) exceeds the live weight by ``COMPACT_SLACK``,
+the next match rebuilds the index from the live policies (amortised O(1) per unit
+removed). Branches of one subscription stay contiguous, so the duplicate skip still
+works; ids appended out of order (a replaced policy) make `match_into` sort its result
+until that rebuild.
 
 Body scope decodes the body once with msgspec and flattens it into dotted paths, pruned
 to the paths some policy mentions. A body that is not a JSON object fails every
@@ -45,10 +58,11 @@ from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
 from cpython.long cimport PyLong_Check
 from cpython.bool cimport PyBool_Check
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy, memset
 from libc.math cimport INFINITY
 
@@ -122,16 +136,20 @@ cdef double _number_of(object value) except? -1.0:
         return INFINITY if value > 0 else -INFINITY
 
 
-cdef int32_t* _int32_array(list values) except? NULL:
-    cdef Py_ssize_t count = len(values), i
-    if count == 0:
-        return NULL
-    cdef int32_t* array = <int32_t*>PyMem_Malloc(count * sizeof(int32_t))
-    if array == NULL:
+cdef int _reserve(void** array, Py_ssize_t* capacity, Py_ssize_t needed,
+                  size_t item_size) except -1:
+    """Grow ``*array`` (by doubling, contents kept) to hold at least ``needed`` items."""
+    cdef Py_ssize_t grown_capacity
+    cdef void* grown
+    if needed <= capacity[0]:
+        return 0
+    grown_capacity = max(needed, capacity[0] * 2, 4)
+    grown = PyMem_Realloc(array[0], grown_capacity * item_size)
+    if grown == NULL:
         raise MemoryError()
-    for i in range(count):
-        array[i] = values[i]
-    return array
+    array[0] = grown
+    capacity[0] = grown_capacity
+    return 0
 
 
 cdef class _Hits:
@@ -140,144 +158,54 @@ cdef class _Hits:
         self.excluded = NULL
         self.clause_count = 0
         self.excluded_count = 0
+        self.clause_capacity = 0
+        self.excluded_capacity = 0
 
     def __dealloc__(self):
         PyMem_Free(self.clauses)
         PyMem_Free(self.excluded)
 
-    cdef int _fill(self, list clauses, list excluded) except -1:
-        self.clauses = _int32_array(clauses)
-        self.clause_count = len(clauses)
-        self.excluded = _int32_array(excluded)
-        self.excluded_count = len(excluded)
+    cdef int add_clause(self, int32_t clause) except -1:
+        _reserve(<void**>&self.clauses, &self.clause_capacity, self.clause_count + 1,
+                 sizeof(int32_t))
+        self.clauses[self.clause_count] = clause
+        self.clause_count += 1
+        return 0
+
+    cdef int add_excluded(self, int32_t slot) except -1:
+        # An anything-but list naming a literal twice excludes its slot once.
+        if self.excluded_count and self.excluded[self.excluded_count - 1] == slot:
+            return 0
+        _reserve(<void**>&self.excluded, &self.excluded_capacity, self.excluded_count + 1,
+                 sizeof(int32_t))
+        self.excluded[self.excluded_count] = slot
+        self.excluded_count += 1
         return 0
 
 
-cdef class _FieldBuilder:
-    """Collects the conditions on one field while the index is built."""
-    cdef dict exact_clauses         # key -> [clause]
-    cdef dict exact_excluded        # key -> [anything-but slot]
-    cdef dict lowered_clauses       # lower-cased text -> [clause]
-    cdef list texts                 # (kind, str, clause)
-    cdef list ranges                # (plain numeric condition, clause)
-    cdef list cidrs                 # (plain cidr condition, clause)
-    cdef list anything_but          # slot -> clause
-    cdef list present
-    cdef list absent
+cdef inline _Hits _hits_of(dict table, object key):
+    """The entry of ``key`` in an exact or lower-cased table, made if missing."""
+    cdef PyObject* found = PyDict_GetItem(table, key)
+    cdef _Hits hits
+    if found != NULL:
+        return <_Hits>found
+    hits = _Hits.__new__(_Hits)
+    table[key] = hits
+    return hits
 
-    def __cinit__(self):
-        self.exact_clauses = {}
-        self.exact_excluded = {}
-        self.lowered_clauses = {}
-        self.texts = []
-        self.ranges = []
-        self.cidrs = []
-        self.anything_but = []
-        self.present = []
-        self.absent = []
 
-    cdef add(self, tuple condition, int32_t clause):
-        """Note one plain condition (already checked by ``_check_condition``)."""
-        cdef object key
-        cdef int32_t slot
-        cdef long kind = condition[0]
-        if kind == KIND_EXACT:
-            key = _literal_key(condition[1])
-            self.exact_clauses.setdefault(key, []).append(clause)
-        elif kind == KIND_PREFIX:
-            self.texts.append((TEXT_PREFIX, condition[1], clause))
-        elif kind == KIND_SUFFIX:
-            self.texts.append((TEXT_SUFFIX, condition[1], clause))
-        elif kind == KIND_ANYTHING_BUT_PREFIX:
-            self.texts.append((TEXT_NOT_PREFIX, condition[1], clause))
-        elif kind == KIND_EQUALS_IGNORE_CASE:
-            self.lowered_clauses.setdefault(condition[1], []).append(clause)
-        elif kind == KIND_ANYTHING_BUT:
-            slot = len(self.anything_but)
-            self.anything_but.append(clause)
-            for value in condition[1]:
-                key = _literal_key(value)
-                excluded = self.exact_excluded.setdefault(key, [])
-                if not excluded or excluded[len(excluded) - 1] != slot:
-                    excluded.append(slot)
-        elif kind == KIND_NUMERIC:
-            self.ranges.append((condition, clause))
-        elif kind == KIND_EXISTS:
-            (self.present if condition[1] else self.absent).append(clause)
-        else:   # KIND_CIDR
-            self.cidrs.append((condition, clause))
+cdef int _push_int32(int32_t** array, Py_ssize_t* count, Py_ssize_t* capacity,
+                     int32_t value) except -1:
+    _reserve(<void**>array, capacity, count[0] + 1, sizeof(int32_t))
+    array[0][count[0]] = value
+    count[0] += 1
+    return 0
 
-    cdef _Field build(self):
-        cdef _Field field = _Field.__new__(_Field)
-        cdef _Hits hits
-        cdef Py_ssize_t i, count
-        cdef bytes encoded
-        for key in set(self.exact_clauses) | set(self.exact_excluded):
-            hits = _Hits.__new__(_Hits)
-            hits._fill(self.exact_clauses.get(key, []), self.exact_excluded.get(key, []))
-            field.exact[key] = hits
-        for key, clauses in self.lowered_clauses.items():
-            hits = _Hits.__new__(_Hits)
-            hits._fill(clauses, [])
-            field.lowered[key] = hits
 
-        count = len(self.texts)
-        if count:
-            field.texts = <text_pred*>PyMem_Malloc(count * sizeof(text_pred))
-            if field.texts == NULL:
-                raise MemoryError()
-        for i in range(count):
-            kind, text, clause = self.texts[i]
-            encoded = text.encode("utf-8", "surrogatepass")
-            field.keep.append(encoded)
-            field.text_objects.append(text)
-            field.texts[i].text = encoded
-            field.texts[i].length = len(encoded)
-            field.texts[i].kind = kind
-            field.texts[i].clause = clause
-            field.text_count = i + 1
-
-        count = len(self.ranges)
-        if count:
-            field.ranges = <range_pred*>PyMem_Malloc(count * sizeof(range_pred))
-            if field.ranges == NULL:
-                raise MemoryError()
-        for i in range(count):
-            numeric, clause = self.ranges[i]
-            field.ranges[i].lower = numeric[1]
-            field.ranges[i].lower_inclusive = numeric[2]
-            field.ranges[i].upper = numeric[3]
-            field.ranges[i].upper_inclusive = numeric[4]
-            field.ranges[i].clause = clause
-            field.range_count = i + 1
-
-        count = len(self.cidrs)
-        if count:
-            field.cidrs = <cidr_pred*>PyMem_Malloc(count * sizeof(cidr_pred))
-            if field.cidrs == NULL:
-                raise MemoryError()
-        for i in range(count):
-            cidr, clause = self.cidrs[i]
-            packed = cidr[3]
-            memset(field.cidrs[i].network, 0, 16)
-            memcpy(field.cidrs[i].network, <const char*>packed, len(packed))
-            field.cidrs[i].family = cidr[1]
-            field.cidrs[i].prefix_bits = cidr[2]
-            field.cidrs[i].clause = clause
-            field.cidr_count = i + 1
-
-        field.anything_but = _int32_array(self.anything_but)
-        field.anything_but_count = len(self.anything_but)
-        if field.anything_but_count:
-            field.excluded_scratch = <uint8_t*>PyMem_Malloc(field.anything_but_count)
-            if field.excluded_scratch == NULL:
-                raise MemoryError()
-            memset(field.excluded_scratch, 0, field.anything_but_count)
-        field.present = _int32_array(self.present)
-        field.present_count = len(self.present)
-        field.absent = _int32_array(self.absent)
-        field.absent_count = len(self.absent)
-        return field
+cdef int _compare_ids(const void* left, const void* right) noexcept nogil:
+    cdef int64_t a = (<const int64_t*>left)[0]
+    cdef int64_t b = (<const int64_t*>right)[0]
+    return (a > b) - (a < b)
 
 
 cdef bint _nested_deeper_than(const char* data, Py_ssize_t length, int limit) noexcept nogil:
@@ -345,6 +273,8 @@ cdef class _Field:
         self.absent = NULL
         self.text_count = self.range_count = self.cidr_count = 0
         self.anything_but_count = self.present_count = self.absent_count = 0
+        self.text_capacity = self.range_capacity = self.cidr_capacity = 0
+        self.anything_but_capacity = self.present_capacity = self.absent_capacity = 0
 
     def __dealloc__(self):
         PyMem_Free(self.texts)
@@ -354,6 +284,72 @@ cdef class _Field:
         PyMem_Free(self.excluded_scratch)
         PyMem_Free(self.present)
         PyMem_Free(self.absent)
+
+    cdef int add(self, tuple condition, int32_t clause) except -1:
+        """Index one plain condition (already checked by ``_check_condition``) of
+        ``clause``: O(size of the condition), amortised (arrays grow by doubling)."""
+        cdef long kind = condition[0]
+        cdef int32_t slot
+        cdef Py_ssize_t i
+        cdef Py_ssize_t capacity
+        cdef bytes encoded
+        cdef bytes packed
+        if kind == KIND_EXACT:
+            _hits_of(self.exact, _literal_key(condition[1])).add_clause(clause)
+        elif kind == KIND_PREFIX or kind == KIND_SUFFIX or kind == KIND_ANYTHING_BUT_PREFIX:
+            text = condition[1]
+            encoded = text.encode("utf-8", "surrogatepass")
+            _reserve(<void**>&self.texts, &self.text_capacity, self.text_count + 1,
+                     sizeof(text_pred))
+            self.keep.append(encoded)
+            self.text_objects.append(text)
+            i = self.text_count
+            self.texts[i].text = encoded
+            self.texts[i].length = len(encoded)
+            self.texts[i].kind = (TEXT_PREFIX if kind == KIND_PREFIX else
+                                  TEXT_SUFFIX if kind == KIND_SUFFIX else TEXT_NOT_PREFIX)
+            self.texts[i].clause = clause
+            self.text_count = i + 1
+        elif kind == KIND_EQUALS_IGNORE_CASE:
+            _hits_of(self.lowered, condition[1]).add_clause(clause)
+        elif kind == KIND_ANYTHING_BUT:
+            slot = <int32_t>self.anything_but_count
+            capacity = self.anything_but_capacity
+            _reserve(<void**>&self.excluded_scratch, &capacity, slot + 1, sizeof(uint8_t))
+            _reserve(<void**>&self.anything_but, &self.anything_but_capacity, slot + 1,
+                     sizeof(int32_t))
+            self.excluded_scratch[slot] = 0
+            self.anything_but[slot] = clause
+            self.anything_but_count = slot + 1
+            for value in condition[1]:
+                _hits_of(self.exact, _literal_key(value)).add_excluded(slot)
+        elif kind == KIND_NUMERIC:
+            _reserve(<void**>&self.ranges, &self.range_capacity, self.range_count + 1,
+                     sizeof(range_pred))
+            i = self.range_count
+            self.ranges[i].lower = condition[1]
+            self.ranges[i].lower_inclusive = condition[2]
+            self.ranges[i].upper = condition[3]
+            self.ranges[i].upper_inclusive = condition[4]
+            self.ranges[i].clause = clause
+            self.range_count = i + 1
+        elif kind == KIND_EXISTS:
+            if condition[1]:
+                _push_int32(&self.present, &self.present_count, &self.present_capacity, clause)
+            else:
+                _push_int32(&self.absent, &self.absent_count, &self.absent_capacity, clause)
+        else:   # KIND_CIDR
+            _reserve(<void**>&self.cidrs, &self.cidr_capacity, self.cidr_count + 1,
+                     sizeof(cidr_pred))
+            i = self.cidr_count
+            packed = condition[3]
+            memset(self.cidrs[i].network, 0, 16)
+            memcpy(self.cidrs[i].network, <const char*>packed, len(packed))
+            self.cidrs[i].family = condition[1]
+            self.cidrs[i].prefix_bits = condition[2]
+            self.cidrs[i].clause = clause
+            self.cidr_count = i + 1
+        return 0
 
     cdef int evaluate(self, object value, uint8_t* state) except -1:
         """Set the clause bytes of every predicate that one value satisfies.
@@ -599,23 +595,31 @@ cdef class FilterSet:
     """The compiled filter policies of many subscriptions, matched natively.
 
     Policies are compiled by :func:`fastfanout.semantics.filter_policy.parse_policy` and given in
-    their plain form (``CompiledPolicy.plain``). Changes take
-    effect for the next message (the index is rebuilt lazily on the next match).
+    their plain form (``CompiledPolicy.plain``). Changes take effect for the next message.
+    `set` and `remove` update the index in place, in (amortised) O(size of the policy):
+    never a pass over the other subscriptions' policies.
     Not thread-safe: one owner (the dispatcher) calls it.
     """
 
     def __cinit__(self):
         self.policies = {}
-        self.dirty = True
+        self.spans = {}
+        self.dirty = False
         self.attribute_fields = {}
         self.body_fields = {}
         self.body_prefixes = set()
         self.branches = NULL
         self.branch_count = 0
+        self.branch_capacity = 0
         self.clause_initial = NULL
         self.clause_state = NULL
         self.clause_count = 0
+        self.clause_capacity = 0
         self.has_body_scope = False
+        self.ordered = True
+        self.last_sub_id = 0
+        self.live_weight = 0
+        self.dead_weight = 0
         self.result_buffer = NULL
         self.result_capacity = 0
 
@@ -634,6 +638,9 @@ cdef class FilterSet:
     def set(self, sub_id, policy):
         """Add or replace the filter policy of a subscription.
 
+        Amortised O(size of ``policy``) (and of the policy it replaces): the other
+        subscriptions' policies are not looked at.
+
         Args:
             sub_id: the subscription id (a signed 64-bit integer).
             policy: the policy in plain form, ``CompiledPolicy.plain`` from
@@ -649,11 +656,21 @@ cdef class FilterSet:
                 -(1 << 63) <= sub_id < (1 << 63)):
             raise InvalidArgument(f"subscription id must be a 64-bit int, got {sub_id!r}")
         _check_plain(policy)
+        _reserve(<void**>&self.result_buffer, &self.result_capacity,
+                 len(self.policies) + 1, sizeof(int64_t))
         self.policies[sub_id] = policy
-        self.dirty = True
+        if self.dirty:
+            return      # the rebuild at the next match reads every policy
+        try:
+            self._forget(sub_id)
+            self._append(sub_id, policy)
+        except BaseException:
+            self.dirty = True   # the index is half-updated: rebuild it from ``policies``
+            raise
+        self._compact_if_sparse()
 
     def remove(self, sub_id):
-        """Forget the filter policy of a subscription.
+        """Forget the filter policy of a subscription, in O(size of its policy).
 
         Args:
             sub_id: the subscription id.
@@ -663,7 +680,9 @@ cdef class FilterSet:
         """
         if self.policies.pop(sub_id, None) is None:
             return False
-        self.dirty = True
+        if not self.dirty:
+            self._forget(sub_id)
+            self._compact_if_sparse()
         return True
 
     def match(self, attributes=None, body=None):
@@ -707,80 +726,131 @@ cdef class FilterSet:
                                 self.result_buffer, self.result_capacity)
         return [self.result_buffer[i] for i in range(count)]
 
-    cdef int _rebuild(self) except -1:
-        cdef dict builders = {}
-        cdef _FieldBuilder builder
-        cdef list branch_rows = []
-        cdef list initial = []
-        cdef int32_t clause_index = 0
-        cdef Py_ssize_t i, count
-        cdef bint body_scope
-        for sub_id in sorted(self.policies):
-            body_scope, policy_branches = self.policies[sub_id]
-            for branch in policy_branches:
-                branch_rows.append((sub_id, clause_index, len(branch), body_scope))
-                for path, conditions in branch:
-                    key = (body_scope, path)
-                    builder = builders.get(key)
-                    if builder is None:
-                        builder = _FieldBuilder.__new__(_FieldBuilder)
-                        builders[key] = builder
-                    absent_ok = False
-                    for condition in conditions:
-                        builder.add(condition, clause_index)
-                        if condition[0] == KIND_EXISTS and not condition[1]:
-                            absent_ok = True
-                    initial.append(absent_ok)
-                    clause_index += 1
+    def index_size(self):
+        """(live, dead): the weight (branches, clauses and condition operands) of the
+        indexed policies, and of the replaced or removed ones still in the index until
+        the next compaction (when the dead outweigh the live by ``COMPACT_SLACK``)."""
+        return self.live_weight, self.dead_weight
 
-        attribute_fields = {}
-        body_fields = {}
-        body_prefixes = set()
-        for (body_scope, path), builder in builders.items():
+    cdef int _forget(self, object sub_id) except -1:
+        """Retire the branches of ``sub_id``'s indexed policy, if it has one: they stay
+        in the arrays, skipped, until the next compaction."""
+        cdef Py_ssize_t b
+        span = self.spans.pop(sub_id, None)
+        if span is None:
+            return 0
+        first, count, weight = span
+        for b in range(first, first + count):
+            # Point it at the dead clause: the match skips it at its first clause
+            # check, with no test of its own in the loop.
+            self.branches[b].first_clause = DEAD_CLAUSE
+            self.branches[b].clause_count = 1
+        self.live_weight -= weight
+        self.dead_weight += weight
+        return 0
+
+    cdef int _compact_if_sparse(self) except -1:
+        # Amortised: a rebuild costs O(live + dead) and follows at least
+        # live + COMPACT_SLACK of dead weight, each unit paid by a set or remove.
+        if self.dead_weight > self.live_weight + COMPACT_SLACK:
+            self.dirty = True
+        return 0
+
+    cdef int _append(self, object sub_id, tuple policy) except -1:
+        """Index ``policy`` for ``sub_id``: its branches after every other, their clauses
+        after every other, its conditions added to their fields' predicates."""
+        cdef bint body_scope = policy[0]
+        cdef tuple policy_branches = policy[1]
+        cdef Py_ssize_t needed_clauses = 0
+        cdef Py_ssize_t capacity
+        cdef Py_ssize_t first = self.branch_count
+        cdef Py_ssize_t weight = 0
+        cdef int32_t clause
+        cdef branch_t* branch
+        cdef _Field field
+        cdef dict fields = self.body_fields if body_scope else self.attribute_fields
+        cdef bint absent_ok
+        if self.clause_count == 0:
+            needed_clauses = 1      # the dead clause, first of all
+        for policy_branch in policy_branches:
+            needed_clauses += len(<tuple>policy_branch)
+        if self.clause_count + needed_clauses >= (1 << 31):
+            raise MemoryError("a FilterSet holds at most 2**31 clauses")
+        _reserve(<void**>&self.branches, &self.branch_capacity,
+                 self.branch_count + len(policy_branches), sizeof(branch_t))
+        capacity = self.clause_capacity
+        _reserve(<void**>&self.clause_state, &capacity, self.clause_count + needed_clauses,
+                 sizeof(uint8_t))
+        _reserve(<void**>&self.clause_initial, &self.clause_capacity,
+                 self.clause_count + needed_clauses, sizeof(uint8_t))
+        if self.clause_count == 0:
+            self.clause_initial[DEAD_CLAUSE] = False   # and no predicate ever sets it
+            self.clause_count = 1
+        clause = <int32_t>self.clause_count
+        for policy_branch in policy_branches:
+            branch = &self.branches[self.branch_count]
+            branch.sub_id = sub_id
+            branch.first_clause = clause
+            branch.clause_count = <int32_t>len(<tuple>policy_branch)
+            branch.body_scope = body_scope
+            weight += 1
+            for path, conditions in policy_branch:
+                found = PyDict_GetItem(fields, path)
+                if found == NULL:
+                    field = _Field.__new__(_Field)
+                    fields[path] = field
+                    if body_scope:
+                        self.body_prefixes |= _dot_prefixes(path)
+                else:
+                    field = <_Field>found
+                absent_ok = False
+                for condition in conditions:
+                    field.add(condition, clause)
+                    weight += 1
+                    if condition[0] == KIND_ANYTHING_BUT:
+                        weight += len(<tuple>condition[1])
+                    elif condition[0] == KIND_EXISTS and not condition[1]:
+                        absent_ok = True
+                self.clause_initial[clause] = absent_ok
+                clause += 1
+                weight += 1
+            # Counted only once the branch is whole: a failure above leaves it out.
+            self.branch_count += 1
+            self.clause_count = clause
+        if policy_branches:
             if body_scope:
-                body_fields[path] = builder.build()
-                body_prefixes |= _dot_prefixes(path)
-            else:
-                attribute_fields[path] = builder.build()
+                self.has_body_scope = True
+            if first and sub_id < self.last_sub_id:
+                self.ordered = False     # match_into sorts its ids until the next rebuild
+            if not first or sub_id > self.last_sub_id:
+                self.last_sub_id = sub_id
+        self.spans[sub_id] = (first, len(policy_branches), weight)
+        self.live_weight += weight
+        return 0
 
-        count = len(branch_rows)
-        cdef branch_t* branches = <branch_t*>PyMem_Malloc(max(count, 1) * sizeof(branch_t))
-        cdef uint8_t* clause_initial = <uint8_t*>PyMem_Malloc(max(clause_index, 1))
-        cdef uint8_t* clause_state = <uint8_t*>PyMem_Malloc(max(clause_index, 1))
-        cdef int64_t* result_buffer = <int64_t*>PyMem_Malloc(
-            max(len(self.policies), 1) * sizeof(int64_t))
-        if (branches == NULL or clause_initial == NULL or clause_state == NULL
-                or result_buffer == NULL):
-            PyMem_Free(branches)
-            PyMem_Free(clause_initial)
-            PyMem_Free(clause_state)
-            PyMem_Free(result_buffer)
-            raise MemoryError()
-        for i in range(count):
-            sub_id, first, size, body_scope = branch_rows[i]
-            branches[i].sub_id = sub_id
-            branches[i].first_clause = first
-            branches[i].clause_count = size
-            branches[i].body_scope = body_scope
-        for i in range(clause_index):
-            clause_initial[i] = initial[i]
-
+    cdef int _rebuild(self) except -1:
+        """Index every policy afresh (after a compaction or a failed update)."""
         PyMem_Free(self.branches)
         PyMem_Free(self.clause_initial)
         PyMem_Free(self.clause_state)
-        PyMem_Free(self.result_buffer)
-        self.branches = branches
-        self.branch_count = count
-        self.clause_initial = clause_initial
-        self.clause_state = clause_state
-        self.clause_count = clause_index
-        self.result_buffer = result_buffer
-        self.result_capacity = max(len(self.policies), 1)
-        self.attribute_fields = attribute_fields
-        self.body_fields = body_fields
-        self.body_prefixes = body_prefixes
-        self.has_body_scope = bool(body_fields) or any(
-            (<object>row)[3] for row in branch_rows)
+        self.branches = NULL
+        self.clause_initial = NULL
+        self.clause_state = NULL
+        self.branch_count = self.branch_capacity = 0
+        self.clause_count = self.clause_capacity = 0
+        self.spans = {}
+        self.attribute_fields = {}
+        self.body_fields = {}
+        self.body_prefixes = set()
+        self.has_body_scope = False
+        self.ordered = True
+        self.last_sub_id = 0
+        self.live_weight = self.dead_weight = 0
+        # Ascending ids: the branches come out sorted, so match_into need not sort.
+        for sub_id in sorted(self.policies):
+            self._append(sub_id, self.policies[sub_id])
+        _reserve(<void**>&self.result_buffer, &self.result_capacity,
+                 max(len(self.policies), 1), sizeof(int64_t))
         self.dirty = False
         return 0
 
@@ -854,7 +924,8 @@ cdef class FilterSet:
 
         Returns:
             The number of matching subscriptions, which may exceed ``capacity`` (like
-            ``snprintf``: then only the first ``capacity`` ids were written).
+            ``snprintf``: then only ``capacity`` of them were written, not necessarily
+            the lowest).
         """
         cdef Py_ssize_t b, c, end, matched = 0
         cdef int64_t last_id = 0
@@ -888,4 +959,9 @@ cdef class FilterSet:
                 matched += 1
                 last_id = branch.sub_id
                 have_last = True
+        if not self.ordered and matched > 1:
+            # A policy replaced or added out of id order since the last rebuild: its
+            # branches sit after higher ids. (A subscription's live branches are still
+            # contiguous, so the skip above leaves no duplicates.)
+            qsort(out, min(matched, capacity), sizeof(int64_t), _compare_ids)
         return matched

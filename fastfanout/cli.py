@@ -312,6 +312,10 @@ def cli(ctx: click.Context) -> None:
               default=None,
               help="Most subscriptions feeding one topic (its own and matching "
                    "patterns); one more is refused with limit_exceeded (default 100000).")
+@click.option("--max-pattern-subscriptions", type=click.IntRange(1, 2**31 - 1),
+              default=None,
+              help="Most pattern subscriptions the broker holds, matching topics or not; "
+                   "one more is refused with limit_exceeded (default 100000).")
 @click.option("--bridge", type=click.Path(dir_okay=False), default=None,
               help="Rule file of the NATS JetStream bridge run beside the broker (export "
                    "and import rules: see docs/bridge.md); needs nats-py.")
@@ -730,7 +734,10 @@ def stats(endpoint: str | None, as_json: bool) -> None:
           str(topology.queues_refused)),
          ("subscriptions", str(topology.subscriptions),
           f"{topology.max_subscriptions_per_topic} per topic",
-          str(topology.subscriptions_refused))], width)
+          str(topology.subscriptions_refused)),
+         ("pattern subscriptions", str(topology.pattern_subscriptions),
+          str(topology.max_pattern_subscriptions),
+          str(topology.pattern_subscriptions_refused))], width)
     storage = broker_stats.storage
     if storage is None:
         lines += ["storage: none (in memory)", ""]

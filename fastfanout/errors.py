@@ -117,7 +117,8 @@ class LimitExceeded(FastFanoutError):
 
     The message names the limit and its value; the refused call changed nothing.
     Topology limits (``max_topics``, ``max_queues``, ``max_subscriptions_per_topic``,
-    counted in ``stats().topology``): delete something first, or raise the limit.
+    ``max_pattern_subscriptions``, counted in ``stats().topology``): delete something
+    first, or raise the limit.
     Per-connection limits (``max_consumers``, ``max_long_polls``): wait for answers, or
     close what the connection holds (cancel a consumer), before asking for more.
     """

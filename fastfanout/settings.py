@@ -82,6 +82,10 @@ DEFAULT_MAX_QUEUES: Final = 100_000
 DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC: Final = 100_000
 """Default ``max_subscriptions_per_topic``: most subscriptions feeding one topic (its own
 and the patterns matching it); a subscribe past it is ``LimitExceeded``."""
+DEFAULT_MAX_PATTERN_SUBSCRIPTIONS: Final = 100_000
+"""Default ``max_pattern_subscriptions``: most pattern subscriptions a broker holds (one
+matching no topic counts toward no topic's limit); a pattern subscribe past it is
+``LimitExceeded``."""
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
 OVERFLOW_POLICIES: Final = ("reject", "drop_oldest", "dead_letter", "hold")

@@ -152,6 +152,10 @@ class TopologyStats:
         queues_refused: ``create_queue`` calls refused at ``max_queues``.
         subscriptions_refused: ``subscribe`` calls refused at
             ``max_subscriptions_per_topic``.
+        pattern_subscriptions: pattern subscriptions held now (in ``subscriptions``).
+        max_pattern_subscriptions: the most pattern subscriptions it holds.
+        pattern_subscriptions_refused: pattern ``subscribe`` calls refused at
+            ``max_pattern_subscriptions``.
     """
 
     topics: int = 0
@@ -163,6 +167,9 @@ class TopologyStats:
     topics_refused: int = 0
     queues_refused: int = 0
     subscriptions_refused: int = 0
+    pattern_subscriptions: int = 0
+    max_pattern_subscriptions: int = 0
+    pattern_subscriptions_refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)

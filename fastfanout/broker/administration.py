@@ -39,10 +39,15 @@ from fastfanout.semantics.routing import (
     TargetPositions,
     compile_policy,
     dispatch_targets,
-    feeds,
 )
-from fastfanout.semantics.topic_pattern import is_pattern, validate_pattern
+from fastfanout.semantics.topic_pattern import (
+    PatternIndex,
+    TopicNames,
+    is_pattern,
+    validate_pattern,
+)
 from fastfanout.settings import (
+    DEFAULT_MAX_PATTERN_SUBSCRIPTIONS,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
     DEFAULT_MAX_TOPICS,
@@ -136,23 +141,30 @@ class Administration:
         max_queues: most queues; ``create_queue`` past it raises ``LimitExceeded``.
         max_subscriptions_per_topic: most subscriptions feeding one topic (its own and
             the patterns matching it); ``subscribe`` past it raises ``LimitExceeded``.
+        max_pattern_subscriptions: most pattern subscriptions; a pattern ``subscribe``
+            past it raises ``LimitExceeded``.
     """
 
     def __init__(self, *, clock: Callable[[], float] | None = None,
                  data_dir: str | os.PathLike[str] | None = None, fsync: str = "always",
                  fsync_interval: float = 1.0, max_disk_bytes: int | None = None,
                  max_topics: int = DEFAULT_MAX_TOPICS, max_queues: int = DEFAULT_MAX_QUEUES,
-                 max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC
+                 max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
+                 max_pattern_subscriptions: int = DEFAULT_MAX_PATTERN_SUBSCRIPTIONS
                  ) -> None:
         self.max_topics = check_count("max_topics", max_topics, maximum=_MAX_TOPOLOGY_LIMIT)
         self.max_queues = check_count("max_queues", max_queues, maximum=_MAX_TOPOLOGY_LIMIT)
         self.max_subscriptions_per_topic = check_count(
             "max_subscriptions_per_topic", max_subscriptions_per_topic,
             maximum=_MAX_TOPOLOGY_LIMIT)
+        self.max_pattern_subscriptions = check_count(
+            "max_pattern_subscriptions", max_pattern_subscriptions,
+            maximum=_MAX_TOPOLOGY_LIMIT)
         # calls refused by each limit (TopologyStats)
         self.topics_refused = 0
         self.queues_refused = 0
         self.subscriptions_refused = 0
+        self.pattern_subscriptions_refused = 0
         if clock is not None and not callable(clock):
             raise InvalidArgument(f"clock must be a callable returning seconds, got {clock!r}")
         durable: Durability | None = None
@@ -191,6 +203,10 @@ class Administration:
         self._queue_subscriptions: dict[str, dict[int, None]] = {}   # queue -> its ids
         self._queue_patterns: dict[str, int] = {}   # queue -> how many are patterns
         self._patterns: dict[int, None] = {}   # ids of the pattern subscriptions
+        # The same, by their patterns' tokens, and the topic names by theirs: a new topic
+        # meets only the patterns that can match it, a new pattern only such topics.
+        self._pattern_index = PatternIndex()
+        self._topic_names = TopicNames()
         self._feeds: dict[int, set[str]] = {}   # id -> the topics it feeds now
         # topic -> queue -> the ids feeding it: the dispatcher's targets of the topic; and
         # topic -> their positions there (O(log n) as targets come and go)
@@ -320,9 +336,11 @@ class Administration:
             self.topic_subscriptions[name] = {}
             self._routes[name] = {}
             self._target_order[name] = TargetPositions()
-            for sid in self._patterns:   # only patterns can feed a new topic
+            self._topic_names.add(name)
+            # Only patterns can feed a new topic, and only those whose tokens fit its name.
+            for sid in self._pattern_index.matching(name):
                 sub = self._subscriptions[sid]
-                if feeds(sub, name, settings.fifo, self._queue_settings[sub.queue].fifo):
+                if self._queue_settings[sub.queue].fifo == settings.fifo:
                     self.topic_subscriptions[name][sid] = None
                     self._feeds[sid].add(name)
             if self.topic_subscriptions[name]:
@@ -347,6 +365,7 @@ class Administration:
             for subscription_id in removed:
                 self.dispatcher.forget_subscription(subscription_id)
             del self.topics[name], self._topic_settings[name]
+            self._topic_names.remove(name)
             if self.durable is not None:
                 self.durable.topic_deleted(name, topic_id)
 
@@ -576,6 +595,7 @@ class Administration:
         del self._feeds[sid]
         if sid in self._patterns:
             del self._patterns[sid]
+            self._pattern_index.remove(sub.topic, sid)
             self._queue_patterns[sub.queue] -= 1
         return sub
 
@@ -655,10 +675,17 @@ class Administration:
                 return sid
             sub = Subscription(topic, queue, normalized, filter_scope, compiled)
             pattern = is_pattern(topic)
-            if pattern:   # O(topics): each is matched, in C-speed string compares
+            if pattern and len(self._patterns) >= self.max_pattern_subscriptions:
+                # A pattern that matches no topic counts toward no topic's limit.
+                self.pattern_subscriptions_refused += 1
+                raise LimitExceeded(
+                    f"queue {queue!r} is not subscribed to {topic!r}: the broker holds "
+                    f"max_pattern_subscriptions={self.max_pattern_subscriptions} pattern "
+                    f"subscriptions; unsubscribe one first or raise the limit")
+            if pattern:   # O(topics under its literal tokens), not O(topics)
                 queue_fifo = self._queue_settings[queue].fifo
-                fed = [name for name, settings in self._topic_settings.items()
-                       if feeds(sub, name, settings.fifo, queue_fifo)]
+                fed = [name for name in self._topic_names.matching(topic)
+                       if self._topic_settings[name].fifo == queue_fifo]
             else:
                 fed = [topic]
             self._refuse_subscription(topic, queue, fed)
@@ -671,6 +698,7 @@ class Administration:
             self._feeds[sid] = set()
             if pattern:
                 self._patterns[sid] = None
+                self._pattern_index.add(topic, sid)
                 self._queue_patterns[queue] += 1
             for name in fed:
                 self._attach(sid, name)
@@ -764,7 +792,10 @@ class Administration:
                 max_queues=self.max_queues,
                 max_subscriptions_per_topic=self.max_subscriptions_per_topic,
                 topics_refused=self.topics_refused, queues_refused=self.queues_refused,
-                subscriptions_refused=self.subscriptions_refused)
+                subscriptions_refused=self.subscriptions_refused,
+                pattern_subscriptions=len(self._patterns),
+                max_pattern_subscriptions=self.max_pattern_subscriptions,
+                pattern_subscriptions_refused=self.pattern_subscriptions_refused)
 
     def list_subscriptions(self) -> dict[int, tuple[str, str]]:
         """Every subscription: id -> (topic or pattern, queue)."""
@@ -827,14 +858,16 @@ class StorageView:
         broker restarted with lower limits opens with all of it, and refuses more).
         """
         broker = self._broker
-        limits = (broker.max_topics, broker.max_queues, broker.max_subscriptions_per_topic)
+        limits = (broker.max_topics, broker.max_queues, broker.max_subscriptions_per_topic,
+                  broker.max_pattern_subscriptions)
         broker.max_topics = broker.max_queues = _MAX_TOPOLOGY_LIMIT
         broker.max_subscriptions_per_topic = _MAX_TOPOLOGY_LIMIT
+        broker.max_pattern_subscriptions = _MAX_TOPOLOGY_LIMIT
         try:
             self._restore(topology)
         finally:
-            (broker.max_topics, broker.max_queues,
-             broker.max_subscriptions_per_topic) = limits
+            (broker.max_topics, broker.max_queues, broker.max_subscriptions_per_topic,
+             broker.max_pattern_subscriptions) = limits
         if len(broker.topics) > broker.max_topics or len(broker.queues) > broker.max_queues:
             log.warning("the recovered broker holds %d topics and %d queues, over its "
                         "max_topics=%d or max_queues=%d: it refuses more until some are "

@@ -48,6 +48,7 @@ from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Prod
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
 from fastfanout.settings import (
+    DEFAULT_MAX_PATTERN_SUBSCRIPTIONS,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
     DEFAULT_MAX_TOPICS,
@@ -148,6 +149,8 @@ class Broker:
         max_queues: most queues (default 100,000); one more is ``LimitExceeded``.
         max_subscriptions_per_topic: most subscriptions feeding one topic, its own and
             the patterns matching it (default 100,000); one more is ``LimitExceeded``.
+        max_pattern_subscriptions: most pattern subscriptions (``orders.*``), matching
+            topics or not (default 100,000); one more is ``LimitExceeded``.
 
     Every method raises ``Closed`` after ``close()``. Bad arguments raise a subclass of
     ``FastFanoutError`` and change nothing.
@@ -157,12 +160,14 @@ class Broker:
                  data_dir: str | os.PathLike[str] | None = None, fsync: str = "always",
                  fsync_interval: float = 1.0, max_disk_bytes: int | None = None,
                  max_topics: int = DEFAULT_MAX_TOPICS, max_queues: int = DEFAULT_MAX_QUEUES,
-                 max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC
+                 max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
+                 max_pattern_subscriptions: int = DEFAULT_MAX_PATTERN_SUBSCRIPTIONS
                  ) -> None:
         admin = Administration(clock=clock, data_dir=data_dir, fsync=fsync,
                                fsync_interval=fsync_interval, max_disk_bytes=max_disk_bytes,
                                max_topics=max_topics, max_queues=max_queues,
-                               max_subscriptions_per_topic=max_subscriptions_per_topic)
+                               max_subscriptions_per_topic=max_subscriptions_per_topic,
+                               max_pattern_subscriptions=max_pattern_subscriptions)
         self._admin = admin
         # the producers still open: close() flushes them first, as a client's close does
         self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()

@@ -362,6 +362,11 @@ def _is_number(value: object) -> bool:
 def _policy_number(value: object, where: str) -> float:
     if not _is_number(value):
         raise _fail(where, f"expected a number, got {value!r}")
+    if isinstance(value, int) and not -MAX_NUMBER <= value <= MAX_NUMBER:
+        # Checked before float(), which raises OverflowError past ~1.8e308 (and a repr
+        # of a huge int can fail too).
+        raise _fail(where, f"an integer of {value.bit_length()} bits is outside -1e9..1e9 "
+                           f"(the SNS range)")
     number = float(value)  # type: ignore[arg-type]
     if not math.isfinite(number) or abs(number) > MAX_NUMBER:
         raise _fail(where, f"number {value!r} is outside -1e9..1e9 (the SNS range)")

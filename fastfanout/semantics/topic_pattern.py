@@ -13,15 +13,25 @@ name in which a whole token may be a wildcard, with the NATS rules:
 Invariants: wildcards are whole tokens only (``ord*`` is a plain, literal token in NATS;
 we refuse it to avoid surprise), no token is empty, and matching is a single left-to-right
 pass over the tokens, so it costs O(tokens) with no backtracking.
+
+Indexes: a broker with many topics and many pattern subscriptions must not match every
+pattern against every topic. `TopicNames` keeps the topic names in a tree of their
+tokens, so a new pattern walks only the subtree under its literal tokens (``*`` fans out
+over one level, ``>`` takes a whole subtree); `PatternIndex` keeps the patterns in a tree
+of their tokens (``*`` and ``>`` as keys), so a new topic follows, at each of its tokens,
+the literal child, the ``*`` child and the ``>`` child: the sublist of NATS servers.
+Both give the answers `pattern_matches` gives, name by name (a unit test checks them
+against it).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from fastfanout.errors import InvalidArgument
 
-__all__ = ["is_pattern", "pattern_matches", "validate_pattern"]
+__all__ = ["PatternIndex", "TopicNames", "is_pattern", "pattern_matches", "validate_pattern"]
 
 MAX_PATTERN = 256
 """Longest pattern: a topic name's most characters (a longer one could match none)."""
@@ -114,3 +124,184 @@ def pattern_matches(pattern: str, topic_name: str) -> bool:
         elif token != name_tokens[index]:
             return False
     return len(name_tokens) == len(pattern_tokens)
+
+
+def _tail_ok(tokens: list[str], index: int) -> bool:
+    """Whether ``>`` at ``index`` matches the rest of ``tokens`` (one or more, none empty)."""
+    return len(tokens) > index and all(tokens[index:])
+
+
+class _NameNode:
+    __slots__ = ("children", "name", "order")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _NameNode] = {}
+        self.name: str | None = None   # the topic ending here
+        self.order = 0                 # its insertion number (answers keep that order)
+
+
+class TopicNames:
+    """Topic names in a tree of their tokens, for the names a pattern matches.
+
+    ``matching(pattern)`` visits only the nodes under the pattern's literal tokens: a
+    pattern with a literal first token costs O(names under it), not O(all names).
+    """
+
+    def __init__(self) -> None:
+        self._root = _NameNode()
+        self._count = 0
+        self._added = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, name: str) -> None:
+        """Add a topic name (a name already here is left as it is)."""
+        node = self._root
+        for token in name.split(SEPARATOR):
+            child = node.children.get(token)
+            if child is None:
+                child = node.children[token] = _NameNode()
+            node = child
+        if node.name is None:
+            node.name = name
+            node.order = self._added
+            self._added += 1
+            self._count += 1
+
+    def remove(self, name: str) -> bool:
+        """Remove a topic name, and the nodes left empty; False if it was not here."""
+        path = [self._root]
+        tokens = name.split(SEPARATOR)
+        for token in tokens:
+            child = path[-1].children.get(token)
+            if child is None:
+                return False
+            path.append(child)
+        if path[-1].name is None:
+            return False
+        path[-1].name = None
+        self._count -= 1
+        for depth in range(len(tokens), 0, -1):
+            node = path[depth]
+            if node.name is not None or node.children:
+                break
+            del path[depth - 1].children[tokens[depth - 1]]
+        return True
+
+    def matching(self, pattern: str) -> list[str]:
+        """The names a valid ``pattern`` (see :func:`validate_pattern`) matches.
+
+        Returns:
+            The names, in the order they were added.
+        """
+        tokens = pattern.split(SEPARATOR)
+        found: list[_NameNode] = []
+        stack = [(self._root, 0)]
+        while stack:
+            node, index = stack.pop()
+            if index == len(tokens):
+                if node.name is not None:
+                    found.append(node)
+                continue
+            token = tokens[index]
+            if token == TAIL:
+                found.extend(_names_below(node))
+            elif token == ONE_TOKEN:
+                stack.extend((child, index + 1) for key, child in node.children.items() if key)
+            else:
+                child = node.children.get(token)
+                if child is not None:
+                    stack.append((child, index + 1))
+        found.sort(key=lambda node: node.order)
+        return [node.name for node in found if node.name is not None]
+
+
+def _names_below(node: _NameNode) -> Iterator[_NameNode]:
+    """The named nodes strictly below ``node`` whose path from it has no empty token."""
+    stack = [child for key, child in node.children.items() if key]
+    while stack:
+        below = stack.pop()
+        if below.name is not None:
+            yield below
+        stack.extend(child for key, child in below.children.items() if key)
+
+
+class _PatternNode:
+    __slots__ = ("children", "keys")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _PatternNode] = {}
+        self.keys: dict[int, None] = {}   # subscriptions whose pattern ends here
+
+
+class PatternIndex:
+    """Patterns in a tree of their tokens, for the patterns a topic name matches.
+
+    ``matching(name)`` follows at each token of the name the literal child, the ``*``
+    child and the ``>`` child: O(tokens x nodes that could match), not O(patterns).
+    """
+
+    def __init__(self) -> None:
+        self._root = _PatternNode()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, pattern: str, key: int) -> None:
+        """Index ``key`` (a subscription id) under a valid ``pattern``."""
+        node = self._root
+        for token in pattern.split(SEPARATOR):
+            child = node.children.get(token)
+            if child is None:
+                child = node.children[token] = _PatternNode()
+            node = child
+        if key not in node.keys:
+            node.keys[key] = None
+            self._count += 1
+
+    def remove(self, pattern: str, key: int) -> bool:
+        """Forget ``key`` under ``pattern``, and the nodes left empty; False if absent."""
+        path = [self._root]
+        tokens = pattern.split(SEPARATOR)
+        for token in tokens:
+            child = path[-1].children.get(token)
+            if child is None:
+                return False
+            path.append(child)
+        if key not in path[-1].keys:
+            return False
+        del path[-1].keys[key]
+        self._count -= 1
+        for depth in range(len(tokens), 0, -1):
+            node = path[depth]
+            if node.keys or node.children:
+                break
+            del path[depth - 1].children[tokens[depth - 1]]
+        return True
+
+    def matching(self, name: str) -> list[int]:
+        """The keys (ascending) of the patterns that match topic ``name``."""
+        tokens = name.split(SEPARATOR)
+        found: list[int] = []
+        stack = [(self._root, 0)]
+        while stack:
+            node, index = stack.pop()
+            if index == len(tokens):
+                found.extend(node.keys)
+                continue
+            token = tokens[index]
+            tail = node.children.get(TAIL)
+            if tail is not None and _tail_ok(tokens, index):
+                found.extend(tail.keys)
+            if token:
+                one = node.children.get(ONE_TOKEN)
+                if one is not None:
+                    stack.append((one, index + 1))
+            if token not in (ONE_TOKEN, TAIL):
+                child = node.children.get(token)
+                if child is not None:
+                    stack.append((child, index + 1))
+        found.sort()
+        return found

@@ -39,6 +39,7 @@ from fastfanout.server.loop import (
 )
 from fastfanout.server.streams import DEFAULT_MAX_STREAM_SUBSCRIPTIONS
 from fastfanout.settings import (
+    DEFAULT_MAX_PATTERN_SUBSCRIPTIONS,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
     DEFAULT_MAX_TOPICS,
@@ -109,6 +110,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         max_topics: most topics the broker holds.
         max_queues: most queues the broker holds.
         max_subscriptions_per_topic: most subscriptions feeding one topic.
+        max_pattern_subscriptions: most pattern subscriptions the broker holds.
         bridge: path of a NATS JetStream bridge rule file (docs/bridge.md), or None.
     """
 
@@ -145,6 +147,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     max_topics: _HighWaterMark = DEFAULT_MAX_TOPICS
     max_queues: _HighWaterMark = DEFAULT_MAX_QUEUES
     max_subscriptions_per_topic: _HighWaterMark = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC
+    max_pattern_subscriptions: _HighWaterMark = DEFAULT_MAX_PATTERN_SUBSCRIPTIONS
     bridge: str | None = None
 
 
@@ -179,6 +182,7 @@ EXPECTED: Final[dict[str, str]] = {
     "max_topics": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_queues": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_subscriptions_per_topic": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
+    "max_pattern_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "bridge": "a string: the path of a bridge rule file (docs/bridge.md)",
 }
 """Each key's expected form, as error messages state it."""

@@ -120,6 +120,7 @@ from fastfanout.server.streams import (
     Streams,
 )
 from fastfanout.settings import (
+    DEFAULT_MAX_PATTERN_SUBSCRIPTIONS,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
     DEFAULT_MAX_TOPICS,
@@ -190,6 +191,7 @@ class Server:
         max_queues: most queues of the made broker.
         max_subscriptions_per_topic: most subscriptions feeding one topic of the made
             broker.
+        max_pattern_subscriptions: most pattern subscriptions of the made broker.
         curve: the broker's CURVE keys (``transport.load_curve_keys``); required to bind
             tcp beyond loopback. Every connection is then encrypted and authenticated.
         curve_clients: with ``curve``, required: a directory of the allowed clients'
@@ -277,6 +279,7 @@ class Server:
         max_topics: int = DEFAULT_MAX_TOPICS,
         max_queues: int = DEFAULT_MAX_QUEUES,
         max_subscriptions_per_topic: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
+        max_pattern_subscriptions: int = DEFAULT_MAX_PATTERN_SUBSCRIPTIONS,
     ) -> None:
         # checked as connect() checks it: until 2026-12-05 Server(5) raised an
         # AttributeError, "" meant the default endpoint and "ipc://" failed only at bind
@@ -355,12 +358,14 @@ class Server:
         self._own_broker = broker is None
         self.broker = broker if broker is not None else (
             Broker(max_topics=max_topics, max_queues=max_queues,
-                   max_subscriptions_per_topic=max_subscriptions_per_topic)
+                   max_subscriptions_per_topic=max_subscriptions_per_topic,
+                   max_pattern_subscriptions=max_pattern_subscriptions)
             if data_dir is None else
             Broker(data_dir=data_dir, fsync=fsync, fsync_interval=fsync_interval,
                    max_disk_bytes=max_disk_bytes, max_topics=max_topics,
                    max_queues=max_queues,
-                   max_subscriptions_per_topic=max_subscriptions_per_topic))
+                   max_subscriptions_per_topic=max_subscriptions_per_topic,
+                   max_pattern_subscriptions=max_pattern_subscriptions))
         self._port = self.broker.server_port()   # the broker's calls for sessions
         self._curve = curve
         self._curve_clients = curve_clients

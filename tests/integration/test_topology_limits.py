@@ -10,7 +10,8 @@ from fastfanout import LimitExceeded
 
 
 def test_topology_limits_refuse_a_client_at_one_over(track: Tracker, endpoint: str) -> None:
-    track.server(endpoint, max_topics=1, max_queues=2, max_subscriptions_per_topic=1)
+    track.server(endpoint, max_topics=1, max_queues=2, max_subscriptions_per_topic=1,
+                 max_pattern_subscriptions=1)
     client = track.client(endpoint)
     client.create_topic("t")   # each exactly at its limit
     client.create_queue("a")
@@ -22,10 +23,15 @@ def test_topology_limits_refuse_a_client_at_one_over(track: Tracker, endpoint: s
         client.create_queue("c")
     with pytest.raises(LimitExceeded, match="max_subscriptions_per_topic=1"):
         client.subscribe("t", "b")
+    client.subscribe("none.*", "b")
+    with pytest.raises(LimitExceeded, match="max_pattern_subscriptions=1"):
+        client.subscribe("other.*", "b")
     topology = client.stats().topology
     assert (topology.topics_refused, topology.queues_refused,
-            topology.subscriptions_refused) == (1, 1, 1)
-    assert (topology.topics, topology.queues, topology.subscriptions) == (1, 2, 1)
+            topology.subscriptions_refused, topology.pattern_subscriptions_refused) == (
+                1, 1, 1, 1)
+    assert (topology.topics, topology.queues, topology.subscriptions,
+            topology.pattern_subscriptions) == (1, 2, 2, 1)
     assert client.publish("t", b"x").deliveries == 1
 
 

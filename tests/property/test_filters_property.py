@@ -143,3 +143,46 @@ def test_set_and_remove_sequences(
         )
         assert filter_set.match(attrs) == expected
         assert len(filter_set) == len(model)
+
+
+@st.composite
+def changes(draw: st.DrawFn) -> list[tuple[int, tuple[bool, Any] | None]]:
+    """Sets (a plain policy) and removes (None) on a few ids, in any order."""
+    result: list[tuple[int, tuple[bool, Any] | None]] = []
+    for _ in range(draw(st.integers(1, 16))):
+        sub_id = draw(st.integers(-3, 5))
+        if draw(st.integers(0, 3)) == 0:
+            result.append((sub_id, None))
+            continue
+        body = draw(st.booleans())
+        try:
+            plain = parse_policy(draw(policies(body)), "body" if body else "attributes").plain
+        except InvalidFilterPolicy:
+            continue
+        result.append((sub_id, plain))
+    return result
+
+
+@SETTINGS
+@given(changes(), st.lists(st.tuples(attributes, bodies), min_size=1, max_size=6))
+def test_incremental_changes_match_a_set_built_from_scratch(
+    operations: list[tuple[int, tuple[bool, Any] | None]],
+    messages: list[tuple[dict[str, Any], bytes | None]],
+) -> None:
+    incremental = FilterSet()
+    final: dict[int, Any] = {}
+    for step, (sub_id, plain) in enumerate(operations):
+        if plain is None:
+            incremental.remove(sub_id)
+            final.pop(sub_id, None)
+        else:
+            incremental.set(sub_id, plain)
+            final[sub_id] = plain
+        if step % 3 == 2:   # a match between changes (the index is in use, then changed)
+            incremental.match(*messages[0])
+    scratch = FilterSet()
+    for sub_id in sorted(final, reverse=True):   # another order: the result is the same
+        scratch.set(sub_id, final[sub_id])
+    assert len(incremental) == len(scratch) == len(final)
+    for attrs, body in messages:
+        assert incremental.match(attrs, body) == scratch.match(attrs, body)

@@ -237,3 +237,22 @@ def test_a_policy_nested_too_deep_is_refused_as_such(depth: int) -> None:
         with pytest.raises(InvalidFilterPolicy, match="nests deeper than 64 levels"):
             broker.subscribe("t", "q", filter_policy=policy, filter_scope="body")
         assert broker.list_subscriptions() == {}
+
+
+@pytest.mark.parametrize("policy", [
+    {"a": [10**400]},
+    {"a": [{"anything-but": [10**400]}]},
+    {"a": [{"anything-but": -(10**400)}]},
+    {"a": [{"numeric": ["=", 10**400]}]},
+    {"a": [{"numeric": [">", 0, "<", 10**1000]}]},
+])
+def test_a_huge_integer_in_a_policy_is_refused_and_changes_nothing(policy: Any) -> None:
+    # It raised OverflowError (float() of it), untyped, out of subscribe.
+    with pytest.raises(InvalidFilterPolicy, match=r"outside -1e9\.\.1e9"):
+        parse_policy(policy, "attributes")
+    broker = Broker()
+    broker.create_topic("t")
+    broker.create_queue("q")
+    with pytest.raises(InvalidFilterPolicy, match="bits is outside"):
+        broker.subscribe("t", "q", filter_policy=policy)
+    assert broker.list_subscriptions() == {}

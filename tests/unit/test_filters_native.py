@@ -308,3 +308,35 @@ def test_brackets_inside_body_strings_do_not_count_as_nesting() -> None:
     body = b'{"a": "' + b"[" * 300 + b'\\\\\\"{"}'
     assert filter_set.match({}, body) == [1]
     assert reference_match(policy, B, {}, body) is True
+
+
+def test_replaced_and_removed_policies_are_compacted_away() -> None:
+    filter_set = FilterSet()
+    keep = parse_policy({"k": ["keep"]}).plain
+    for sub_id in range(10):
+        filter_set.set(sub_id, keep)
+    live, dead = filter_set.index_size()
+    assert dead == 0
+    # Replacing one policy again and again leaves dead weight behind, up to a bound.
+    for n in range(2000):
+        filter_set.set(3, parse_policy({"k": [f"v{n}", "x"]}).plain)
+        filter_set.match({"k": "keep"})
+        assert filter_set.index_size()[1] <= live + 2048
+    assert filter_set.match({"k": "keep"}) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert filter_set.match({"k": "x"}) == [3]
+    for sub_id in range(10):
+        assert filter_set.remove(sub_id)
+    filter_set.match({})
+    assert filter_set.match({"k": "keep"}) == []
+    assert filter_set.remove(3) is False
+
+
+def test_a_policy_replaced_out_of_id_order_still_gives_ascending_ids() -> None:
+    filter_set = FilterSet()
+    every = parse_policy({"k": [{"exists": True}]}).plain
+    for sub_id in (10, 20, 30):
+        filter_set.set(sub_id, every)
+    filter_set.set(10, parse_policy({"k": ["a", "b"]}).plain)    # now indexed after 30
+    filter_set.set(5, every)
+    assert filter_set.match({"k": "a"}) == [5, 10, 20, 30]
+    assert filter_set.match({"k": "c"}) == [5, 20, 30]

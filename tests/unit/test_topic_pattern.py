@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches, validate_pattern
+from fastfanout.semantics.topic_pattern import (
+    PatternIndex,
+    TopicNames,
+    is_pattern,
+    pattern_matches,
+    validate_pattern,
+)
 
 
 @pytest.mark.parametrize(
@@ -79,3 +87,43 @@ def test_is_pattern() -> None:
     assert is_pattern(">")
     assert not is_pattern("orders.eu")
     assert not is_pattern("ord*")  # not a whole-token wildcard
+
+
+# Topic names may have empty tokens ("a..b", ".a"): check_name allows any '.'.
+name_tokens = st.sampled_from(["a", "b", "c", ""])
+topic_names = st.lists(name_tokens, min_size=1, max_size=4).map(".".join).filter(bool)
+patterns = st.lists(st.sampled_from(["a", "b", "c", "*"]), min_size=0, max_size=3).flatmap(
+    lambda head: st.sampled_from([head, [*head, ">"]])).filter(bool).map(".".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), topic_names), max_size=30),
+       st.lists(st.tuples(st.booleans(), patterns), max_size=20))
+def test_the_indexes_agree_with_pattern_matches(
+    name_changes: list[tuple[bool, str]], pattern_changes: list[tuple[bool, str]]
+) -> None:
+    names = TopicNames()
+    expected_names: dict[str, None] = {}
+    for add, name in name_changes:
+        if add:
+            names.add(name)
+            expected_names.setdefault(name, None)
+        else:
+            assert names.remove(name) is (expected_names.pop(name, 0) is None)
+    index = PatternIndex()
+    expected_patterns: dict[int, str] = {}
+    for key, (add, pattern) in enumerate(pattern_changes):
+        if add or not expected_patterns:
+            index.add(pattern, key)
+            expected_patterns[key] = pattern
+        else:
+            old_key = min(expected_patterns)
+            assert index.remove(expected_patterns.pop(old_key), old_key)
+            assert not index.remove(pattern, key)   # never added
+    assert len(names) == len(expected_names) and len(index) == len(expected_patterns)
+    for pattern in [*expected_patterns.values(), "a.>", "*", ">"]:
+        assert names.matching(pattern) == [
+            name for name in expected_names if pattern_matches(pattern, name)]
+    for name in [*expected_names, "a", "a.b.c", "a..b", ".a"]:
+        assert index.matching(name) == sorted(
+            key for key, pattern in expected_patterns.items() if pattern_matches(pattern, name))
