@@ -61,7 +61,8 @@ def test_worker_start_stop_cycles_leave_nothing_behind(track: Tracker) -> None:
         worker.handler("jobs")(lambda message: handled.append(message.body))
         worker.start()
         client.send_batch("jobs", [b"%d" % cycle] * 3)
-        track.wait_until(lambda: len(handled) == 3 * (cycle + 1), timeout=10.0,
+        expected = 3 * (cycle + 1)
+        track.wait_until(lambda: len(handled) == expected, timeout=10.0,  # noqa: B023
                          what=f"cycle {cycle}'s messages handled")
         worker.stop(timeout=5.0)
         if cycle == WARM_UP - 1:
