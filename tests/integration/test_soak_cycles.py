@@ -16,6 +16,7 @@ import signal
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import Tracker, wait_for_broker
 
 import fastfanout
@@ -49,6 +50,7 @@ def _settled(most: int) -> bool:
     return _fds() <= most
 
 
+@pytest.mark.timeout(900 if SOAK else 120)
 def test_worker_start_stop_cycles_leave_nothing_behind(track: Tracker) -> None:
     server = track.server()
     client = track.client(server.endpoint)
@@ -105,6 +107,7 @@ def _files_open(pid: int, under: Path) -> list[str]:
     return sorted(opened)
 
 
+@pytest.mark.timeout(900 if SOAK else 120)
 def test_a_durable_broker_started_and_stopped_again_and_again(track: Tracker,
                                                              tmp_path: Path) -> None:
     runtime = tmp_path / "run"
