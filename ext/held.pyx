@@ -28,7 +28,7 @@ costs its slot once.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.math cimport INFINITY, isnan
+from libc.math cimport INFINITY, NAN, isnan
 from libc.stdint cimport uint64_t
 from libc.string cimport memset
 
@@ -106,8 +106,9 @@ cdef class ExtendedReceipts:
             index = (index + 1) & mask
         return index
 
-    cdef int _put(self, uint64_t key, double until) except -1:
-        """Hold ``key`` until ``until``, or keep its later end."""
+    cdef int _put(self, uint64_t key, double until, Py_ssize_t limit=-1) except -1:
+        """Hold ``key`` until ``until``, or keep its later end; returns 1 when ``key`` is
+        new and ``limit`` (>= 0) receipts are held already (then it is not held)."""
         cdef Py_ssize_t index
         if 2 * (self.count + 1) > self.capacity:
             self._grow()
@@ -116,6 +117,8 @@ cdef class ExtendedReceipts:
             if until > self.slots[index].until:
                 self.slots[index].until = until
             return 0
+        if 0 <= limit <= self.count:
+            return 1
         self.slots[index].key = key
         self.slots[index].until = until
         self.count += 1
@@ -151,16 +154,19 @@ cdef class ExtendedReceipts:
             self._rebuild(2 * self.capacity, -INFINITY)
         return 0
 
-    def hold_packed(self, frame, double until):
+    def hold_packed(self, frame, double until, Py_ssize_t limit=-1):
         """Hold each receipt of ``frame`` (little-endian u64s) until ``until``.
 
-        A receipt held already keeps the later of its two ends. Raises
-        ``MalformedFrame`` for a frame that is not whole u64s and ``InvalidArgument``
-        for a NaN ``until``; either changes nothing.
+        A receipt held already keeps the later of its two ends. With ``limit`` >= 0, a
+        new receipt is held only while fewer than ``limit`` are (the others get a later
+        end all the same). Returns how many new receipts were not held for ``limit``.
+        Raises ``MalformedFrame`` for a frame that is not whole u64s and
+        ``InvalidArgument`` for a NaN ``until``; either changes nothing.
         """
         cdef Py_buffer view
         cdef const char* data
         cdef Py_ssize_t n, i
+        cdef Py_ssize_t refused = 0
         if isnan(until):
             raise InvalidArgument("until must be a number, got NaN")
         PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
@@ -176,9 +182,10 @@ cdef class ExtendedReceipts:
                     ff_held_prefetch(&self.slots[
                         _mix(ff_load_le64(data + 8 * (i + PREFETCH_AHEAD)))
                         & <uint64_t>(self.capacity - 1)])
-                self._put(ff_load_le64(data + 8 * i), until)
+                refused += self._put(ff_load_le64(data + 8 * i), until, limit)
         finally:
             PyBuffer_Release(&view)
+        return refused
 
     def expire(self, double now):
         """Forget every receipt whose end is before ``now``; returns how many went."""
@@ -207,6 +214,57 @@ cdef class ExtendedReceipts:
         self.count = 0
         self.soonest = INFINITY
         return packed
+
+    def packed(self):
+        """Every receipt held, packed as little-endian u64s in table order (``keep``'s
+        order while nothing is held or expired in between); forgets nothing."""
+        cdef object packed = PyBytes_FromStringAndSize(NULL, 8 * self.count)
+        cdef char* out = PyBytes_AS_STRING(packed)
+        cdef Py_ssize_t index, written = 0
+        for index in range(self.capacity):
+            if not isnan(self.slots[index].until):
+                ff_store_le64(out + 8 * written, self.slots[index].key)
+                written += 1
+        return packed
+
+    def keep(self, mask):
+        """Forget the receipts whose byte in ``mask`` is 0: one byte a receipt, in the
+        order ``packed`` gave them (nothing held or expired since). Returns how many went.
+
+        Raises ``InvalidArgument`` (changing nothing) for a mask of another length.
+        """
+        cdef Py_buffer view
+        cdef const unsigned char* flags
+        cdef Py_ssize_t index, position = 0, before = self.count
+        cdef Py_ssize_t capacity
+        PyObject_GetBuffer(mask, &view, PyBUF_SIMPLE)
+        try:
+            if view.len != self.count:
+                raise InvalidArgument(
+                    f"a mask of {view.len} bytes for {self.count} receipts held")
+            flags = <const unsigned char*>view.buf
+            for index in range(self.capacity):
+                if not isnan(self.slots[index].until):
+                    if not flags[position]:
+                        self.slots[index].until = NAN   # gone: the rebuild skips it
+                    position += 1
+        finally:
+            PyBuffer_Release(&view)
+        if position == 0:
+            return 0
+        self.count = 0
+        for index in range(self.capacity):
+            if not isnan(self.slots[index].until):
+                self.count += 1
+        if self.count == 0:
+            self._free()
+            self.soonest = INFINITY
+            return before
+        capacity = MIN_CAPACITY
+        while capacity < self.capacity and 8 * self.count > capacity:
+            capacity *= 2   # shrink toward a quarter full, never grow
+        self._rebuild(capacity if capacity < self.capacity else self.capacity, -INFINITY)
+        return before - self.count
 
     def __len__(self):
         return self.count

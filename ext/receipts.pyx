@@ -20,6 +20,7 @@ all or none the same way (a receipt repeated in one batch settles once, as in
 others' receipts, or an array the broker packed): one native pass reads them.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint32_t, uint64_t
@@ -221,6 +222,34 @@ def release_packed(Store store, frame, int64_t now_us, object session=ANY_SESSIO
                 store._return(slot, 0, now_us)
                 released += 1
         return released
+    finally:
+        PyBuffer_Release(&buffer)
+
+
+def live_mask(Store store, frame, object session=ANY_SESSION):
+    """Which packed u64 receipts still name a lease ``session`` may settle: one byte a
+    receipt, 1 for a live lease, 0 for a stale one (ended however it ended: acked,
+    nacked, expired, purged, its queue deleted). Reads only.
+
+    The server calls this to forget the receipts it holds for a session whose leases
+    ended without the session telling it (acked out of order, extended then acked, the
+    queue deleted), so that what it holds is bounded by the leases that are live.
+    """
+    cdef Py_buffer buffer
+    cdef const char* data
+    cdef char* out
+    cdef Py_ssize_t index, count
+    cdef object mask
+    cdef uint32_t tag = store.require_session(session)
+    _receipts_buffer(frame, &buffer)
+    try:
+        data = <const char*>buffer.buf
+        count = buffer.len // 8
+        mask = PyBytes_FromStringAndSize(NULL, count)
+        out = PyBytes_AS_STRING(mask)
+        for index in range(count):
+            out[index] = store._lease_slot(ff_load_le64(data + 8 * index), tag) != NIL
+        return mask
     finally:
         PyBuffer_Release(&buffer)
 

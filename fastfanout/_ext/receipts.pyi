@@ -23,6 +23,9 @@ def ack_frames(store: Store, frames: list[bytes], session: int = 0) -> list[int]
 def release_packed(store: Store, frame: _BytesLike, now_us: int, session: int = 0) -> int:
     """Return every still-leased delivery among packed receipts to its queue at once."""
 
+def live_mask(store: Store, frame: _BytesLike, session: int = 0) -> bytes:
+    """One byte a packed receipt: 1 if it names a live lease ``session`` may settle."""
+
 def nack(store: Store, receipt: int, delay_us: int, now_us: int, session: int = 0) -> None:
     """End the lease; visible again at once, or after ``delay_us`` (< 0: the backoff)."""
 

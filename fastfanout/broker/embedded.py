@@ -1142,6 +1142,20 @@ class ServerPort:
                 broker._wake_receivers()
             return released
 
+    def live_mask(self, receipts: bytes | bytearray | memoryview, *, session: int = 0
+                  ) -> bytes:
+        """One byte per packed u64 receipt: 1 for a live lease of ``session``, else 0.
+
+        0 once that lease ended, however it ended. Changes nothing.
+
+        The server prunes the receipts it holds for a session with it.
+        """
+        broker = self._broker
+        with broker._lock:
+            broker._now_us()   # leases due to end by now have ended
+            mask: bytes = by_receipt.live_mask(broker._store, receipts, session)
+            return mask
+
     # -- owners (the server's sessions and push consumers) -----------------------------
 
     def open_owner(self, session: int | None = None, prefetch: int = 0) -> int:

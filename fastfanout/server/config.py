@@ -37,6 +37,7 @@ from fastfanout.server.loop import (
     DEFAULT_MAX_HELD_BYTES,
     DEFAULT_MAX_QUEUED_REPLIES,
 )
+from fastfanout.server.sessions import DEFAULT_MAX_HELD_RECEIPTS
 from fastfanout.server.streams import DEFAULT_MAX_STREAM_SUBSCRIPTIONS
 from fastfanout.settings import (
     DEFAULT_MAX_PATTERN_SUBSCRIPTIONS,
@@ -88,6 +89,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         max_held_bytes: bytes of one session's requests held at once.
         max_consumers: push consumers one session may have open.
         max_long_polls: receives of one session waiting for messages at once.
+        max_held_receipts: receipts of leases one session holds to release them when
+            its client vanishes; past it, new ones are not held.
         local_channels: let clients on this host use shared memory (ipc:// only).
         stream_high_water_mark: stream batches queued per listener before the broker
             drops (``drop``) or waits (``wait``).
@@ -130,6 +133,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         DEFAULT_MAX_CONSUMERS)
     max_long_polls: _HighWaterMark = (
         DEFAULT_MAX_LONG_POLLS)
+    max_held_receipts: _HighWaterMark = DEFAULT_MAX_HELD_RECEIPTS
     local_channels: bool = True
     stream_high_water_mark: _HighWaterMark = 10_000
     max_stream_subscriptions: _HighWaterMark = (
@@ -166,6 +170,7 @@ EXPECTED: Final[dict[str, str]] = {
     "max_held_bytes": "an integer number of bytes >= 1",
     "max_consumers": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_long_polls": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
+    "max_held_receipts": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_channels": "true or false",
     "stream_high_water_mark": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_stream_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",

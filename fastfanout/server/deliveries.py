@@ -204,7 +204,9 @@ class Deliveries:
             queue, max_messages, visibility_timeout, ring, header, owner=owner,
             max_bytes=max_bytes)
         if count:
-            session.hold_batch(receipts, time.monotonic() + lease + 1.0)
+            dropped = session.hold_batch(receipts, time.monotonic() + lease + 1.0)
+            if dropped:
+                self.counters["held_receipts_dropped"] += dropped
             session.delivered += count
         if more:
             self.dirty = True
@@ -346,8 +348,10 @@ class Deliveries:
         if opcode == Opcode.EXTEND:   # the call took them: a receipt and finite seconds
             receipt = args[0] if args else kwargs["receipt"]
             seconds = args[1] if len(args) > 1 else kwargs["seconds"]
-            session.hold_extended(protocol.encode_receipts([receipt]),
-                                  time.monotonic() + float(seconds) + 1.0)
+            dropped = session.hold_extended(protocol.encode_receipts([receipt]),
+                                            time.monotonic() + float(seconds) + 1.0)
+            if dropped:
+                self.counters["held_receipts_dropped"] += dropped
         self.dirty = True    # a message may be visible again
         self.room = True     # or gone (term)
         return [protocol.encode_payload(None)]
@@ -393,7 +397,10 @@ class Deliveries:
         # held once more as each EXTEND's receipt is (a copy: the frame may be a view of
         # a local channel's ring)
         if packed:
-            session.hold_extended(bytes(packed), time.monotonic() + float(seconds) + 1.0)
+            dropped = session.hold_extended(bytes(packed),
+                                            time.monotonic() + float(seconds) + 1.0)
+            if dropped:
+                self.counters["held_receipts_dropped"] += dropped
         self._settled_by_receipt()
         return []
 

@@ -113,7 +113,7 @@ from fastfanout.server.holds import HeldRequest, HeldRequests
 from fastfanout.server.local_sessions import BACKLOG_BYTES as LOCAL_BACKLOG_BYTES
 from fastfanout.server.local_sessions import LocalSessions
 from fastfanout.server.requests import arguments, frame, text
-from fastfanout.server.sessions import EndedSessions, Session
+from fastfanout.server.sessions import DEFAULT_MAX_HELD_RECEIPTS, EndedSessions, Session
 from fastfanout.server.streams import (
     DEFAULT_MAX_STREAM_SUBSCRIPTIONS,
     SLOW_LISTENER_POLICIES,
@@ -228,6 +228,10 @@ class Server:
         max_long_polls: receives of one session that may wait for messages at once; one
             more that would wait is refused with ``LimitExceeded``, counted in
             ``long_polls_refused`` (each round tries every consumer and waiting receive).
+        max_held_receipts: receipts of leases one session holds to release them when its
+            client vanishes (``fastfanout.server.sessions``); past it, new deliveries'
+            and extends' receipts are not held (their leases end by themselves), counted
+            in ``held_receipts_dropped``.
         push_batch: most messages in one push to a consumer (1 to 10,000; a push never
             exceeds the consumer's credit, nor a quarter of a local consumer's ring, so
             this only caps consumers with a large prefetch: big pushes are what lets
@@ -268,6 +272,7 @@ class Server:
         max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
         max_consumers: int = DEFAULT_MAX_CONSUMERS,
         max_long_polls: int = DEFAULT_MAX_LONG_POLLS,
+        max_held_receipts: int = DEFAULT_MAX_HELD_RECEIPTS,
         local_channels: bool = True,
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
         max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
@@ -344,6 +349,7 @@ class Server:
         check_count("max_queued_replies", max_queued_replies, maximum=MAX_HIGH_WATER_MARK)
         check_count("max_consumers", max_consumers, maximum=MAX_HIGH_WATER_MARK)
         check_count("max_long_polls", max_long_polls, maximum=MAX_HIGH_WATER_MARK)
+        check_count("max_held_receipts", max_held_receipts, maximum=MAX_HIGH_WATER_MARK)
         if (type(idle_session_timeout) not in (int, float)
                 or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
@@ -379,6 +385,8 @@ class Server:
         self._push_batch = push_batch
         self._held = HeldRequests(hold_timeout)
         self._max_held_bytes = max_held_bytes
+        self._max_held_receipts = max_held_receipts
+        self._prune_all = False   # a queue was deleted: every session prunes its receipts
         self._transport: ServerTransport | None = None
         self._lock: EndpointLock | None = None
         self._thread: threading.Thread | None = None
@@ -936,7 +944,8 @@ class Server:
         session = self._sessions.get(identity)
         if session is None:
             session = self._sessions[identity] = Session(
-                identity, time.monotonic(), self._port.open_owner())
+                identity, time.monotonic(), self._port.open_owner(),
+                max_held=self._max_held_receipts)
             self.counters["sessions"] += 1
         else:
             session.last_seen = time.monotonic()
@@ -1011,6 +1020,8 @@ class Server:
         if opcode in (Opcode.UNSUBSCRIBE, Opcode.SET_FILTER_POLICY, Opcode.DELETE_TOPIC,
                       Opcode.DELETE_QUEUE):
             self._held.routes_changed()   # a held publish may not need that room any more
+        if opcode == Opcode.DELETE_QUEUE:
+            self._prune_all = True   # its leases ended: the next housekeeping forgets them
         if opcode == Opcode.DELETE_TOPIC:
             self._streams.topic_deleted(args[0] if args else kwargs["name"])
         self._deliveries.room = True   # an ack, purge, delete, term... may have made room
@@ -1190,6 +1201,7 @@ class Server:
         probing = now < self._probe_until
         idle_since = now - self._idle_session_timeout
         polling: set[Session] | None = None   # sessions with a long poll, when needed
+        prune_all, self._prune_all = self._prune_all, False
         for session in list(self._sessions.values()):
             if session.heartbeat and now - session.last_seen > self._heartbeat_timeout:
                 self.counters["sessions_expired"] += 1
@@ -1198,6 +1210,8 @@ class Server:
             if probing and (session.consumers or session.holds_leases()):
                 self._send(session, Status.PING, 0, [])
             session.expire(now)
+            if prune_all or session.prune_due(now):
+                self._prune(session, now)
             if (not session.heartbeat and session.last_seen < idle_since
                     and not session.consumers and not session.holds_leases()
                     and not self._held.waiting(session)):
@@ -1209,6 +1223,18 @@ class Server:
                                       "idle_session_timeout and does not heartbeat")
         if self._ended:
             self._ended.expire(now)
+
+    def _prune(self, session: Session, now: float) -> None:
+        """Forget the receipts ``session`` holds whose lease ended (counted)."""
+        if not session.holds_leases():
+            return
+        owner = session.owner
+        try:
+            pruned = session.prune(lambda packed: self._port.live_mask(packed, session=owner),
+                                   now)
+        except (InvalidArgument, Closed):   # a closed broker: nothing to prune against
+            return
+        self.counters["held_receipts_pruned"] += pruned
 
     def _refuse_ended(self, identity: bytes) -> None:
         """A request of an ended session: dropped (counted); the client told once.

@@ -19,17 +19,40 @@ ended anyway:
   EXTEND_BATCH, costs 8 bytes for it, not 8 a time (until 2026-12-05 each extend kept
   its whole receipts frame: 64 MiB frames of one receipt, 43,200 s each, grew the
   broker by 64 MiB a request).
+
+Both are bounded in count as well as in time. Receipts whose lease ended without the
+session saying so (a delivery acked out of order, a lease extended then acked, nacked or
+termed, its queue deleted) stay held only until the next **prune**: the server asks the
+store which held receipts still name a live lease of the session (one native pass) and
+forgets the others. A session prunes when what it holds has doubled since its last prune
+(at least ``PRUNE_MIN`` receipts: amortised O(1) a receipt), at most once a
+``PRUNE_INTERVAL`` once it reached its limit, and every session prunes after a queue was
+deleted. And a session holds at most ``max_held`` receipts (the server's
+``max_held_receipts``): past it, the receipts of new deliveries and extends are not held
+(counted in ``held_receipts_dropped``). A receipt not held is only not released at once
+when the client vanishes: its lease ends by itself, as a lease does. Until 2026-12-06
+only time bounded them: a client acking out of order, or extending then acking, with a
+12-hour lease, held every receipt it was ever given for 12 hours.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from fastfanout._ext.held import ExtendedReceipts
 
-__all__ = ["Consumer", "EndedSessions", "Session", "Waiter"]
+__all__ = ["DEFAULT_MAX_HELD_RECEIPTS", "Consumer", "EndedSessions", "Session", "Waiter"]
+
+DEFAULT_MAX_HELD_RECEIPTS: Final = 1_000_000
+"""Default ``max_held_receipts``: receipts one session holds at most (8 MiB of them as
+deliveries; 16 to 32 bytes each as extends). A consumer's prefetch is at most 1,000,000."""
+PRUNE_MIN: Final = 4096
+"""Receipts a session holds before its first prune (a prune walks them all)."""
+PRUNE_INTERVAL: Final = 1.0
+"""Seconds between prunes of a session at its ``max_held`` (each walks all it holds)."""
 
 
 @dataclass(eq=False)
@@ -56,6 +79,7 @@ class Session:
         bytes_in: bytes of its requests (header and payload frames).
         bytes_out: bytes of the replies and pushes sent to it as frames (pushes written
             straight into a local channel's ring are not counted: they make no frame).
+        max_held: most receipts it holds (see the module).
     """
 
     identity: bytes
@@ -71,9 +95,13 @@ class Session:
     acked: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    max_held: int = DEFAULT_MAX_HELD_RECEIPTS
     _batches: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
     _extended: ExtendedReceipts = field(default_factory=ExtendedReceipts)
     _held_bytes: int = 0   # of the receipts above: SERVER_STATS adds them for every session
+    _prune_at: int = PRUNE_MIN   # held receipts that make the next prune due
+    _dropped_since_prune: bool = False
+    _next_full_prune: float = 0.0
 
     def counters(self) -> dict[str, int]:
         """Its counters as SERVER_STATS reports them (``connection_stats``)."""
@@ -82,24 +110,86 @@ class Session:
                 "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
                 "consumers": len(self.consumers)}
 
-    def hold_batch(self, receipts: bytes, until: float) -> None:
-        """Remember the receipts of a delivery batch until ``until`` (monotonic)."""
+    def hold_batch(self, receipts: bytes, until: float) -> int:
+        """Remember the receipts of a delivery batch until ``until`` (monotonic).
+
+        Returns how many were not held for ``max_held`` (the first ones are, up to it).
+        """
         key = receipts[:8]
         replaced = self._batches.get(key)
         if replaced is not None:
             self._held_bytes -= len(replaced[1])
+            del self._batches[key]
+        room = 8 * self.max_held - self._held_bytes
+        dropped = 0
+        if len(receipts) > room:
+            dropped = (len(receipts) - max(room, 0)) >> 3
+            self._dropped_since_prune = True
+            if room <= 0:
+                return dropped
+            receipts = receipts[:room]
         self._batches[key] = (until, receipts)
         self._held_bytes += len(receipts)
+        return dropped
 
-    def hold_extended(self, receipts: bytes, until: float) -> None:
+    def hold_extended(self, receipts: bytes, until: float) -> int:
         """Remember receipts whose lease ``extend`` pushed out to ``until``.
 
         Each receipt is kept once, until the latest end given to it (in a native table:
-        no Python object per receipt, see ext/held.pyx).
+        no Python object per receipt, see ext/held.pyx). Returns how many new ones were
+        not held for ``max_held``.
         """
         before = len(self._extended)
-        self._extended.hold_packed(receipts, until)
+        room = self.max_held - self._held_bytes // 8
+        dropped: int = self._extended.hold_packed(receipts, until, before + max(room, 0))
         self._held_bytes += 8 * (len(self._extended) - before)
+        if dropped:
+            self._dropped_since_prune = True
+        return dropped
+
+    def prune_due(self, now: float) -> bool:
+        """Whether a prune is due.
+
+        It is when what it holds doubled since the last one, or when it dropped receipts
+        at ``max_held`` and the last prune was ``PRUNE_INTERVAL`` ago.
+        """
+        if self._held_bytes >> 3 >= self._prune_at:
+            return True
+        return self._dropped_since_prune and now >= self._next_full_prune
+
+    def prune(self, live: Callable[[bytes], bytes], now: float) -> int:
+        """Forget the held receipts whose lease ended; returns how many went.
+
+        ``live`` maps packed receipts to one byte each, 1 for a live lease of this
+        session (``ServerPort.live_mask``).
+        """
+        before = self._held_bytes
+        if self._batches:
+            batches = self._batches
+            mask = live(b"".join(packed for _, packed in batches.values()))
+            kept: dict[bytes, tuple[float, bytes]] = {}
+            offset = 0
+            for until, packed in batches.values():
+                count = len(packed) >> 3
+                flags = mask[offset:offset + count]
+                offset += count
+                if 0 not in flags:
+                    kept[packed[:8]] = (until, packed)
+                elif 1 in flags:
+                    rest = b"".join(packed[8 * i:8 * i + 8]
+                                    for i, flag in enumerate(flags) if flag)
+                    kept[rest[:8]] = (until, rest)
+                    self._held_bytes -= len(packed) - len(rest)
+                else:
+                    self._held_bytes -= len(packed)
+            self._batches = kept
+        if self._extended:
+            self._held_bytes -= 8 * self._extended.keep(live(self._extended.packed()))
+        held = self._held_bytes >> 3
+        self._prune_at = max(PRUNE_MIN, 2 * held)
+        self._dropped_since_prune = False
+        self._next_full_prune = now + PRUNE_INTERVAL
+        return (before - self._held_bytes) >> 3
 
     def settled(self, receipts: bytes) -> None:
         """An ack of ``receipts`` went through: forget each whole batch it is made of.
@@ -157,6 +247,7 @@ class Session:
             held.append(self._extended.take())
         self._batches = {}
         self._held_bytes = 0
+        self._prune_at = PRUNE_MIN
         return held
 
 

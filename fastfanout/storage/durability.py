@@ -640,7 +640,17 @@ class Durability:
                 f"a larger one), then start it again; the journal was read and keeps "
                 f"every record") from None
         self._last_sync = time.monotonic()
-        self._compact()
+        # The segments before this start's are closed: their few live copies move
+        # forward as at a roll, so they can go. Until 2026-12-06 only a roll copied
+        # forward, and a broker restarted before its segment filled (64 MiB) kept one
+        # more segment on disk per restart for as long as one message of the first one
+        # lived (100 restarts with one message kept: 100 segments).
+        moved = self.copied_forward
+        self._copy_forward(self.journal.segment_index)
+        if self.copied_forward == moved:
+            self._compact()
+        else:   # the copies' records are written (and synced) before their old ones go
+            self._write_and_compact()
         torn = report.torn_tail
         if torn is not None:   # the cut records were the ones after the last good one
             torn = {**torn, "after_seq": report.last_seq}

@@ -98,7 +98,7 @@ BROKER_ONLY = {"close", "producer", "next_due", "next_due_in", "commit", "sync_d
                "server_port"}
 # The server's plumbing: on the broker's internal port, off the public class.
 SERVER_PLUMBING = {"receive_push", "publish_frame", "send_frame", "receive_frame",
-                   "ack_frames", "ack_packed", "release_packed", "open_owner",
+                   "ack_frames", "ack_packed", "release_packed", "live_mask", "open_owner",
                    "nack_packed", "extend_packed", "term_packed",   # the batch settles
                    "close_owner", "outstanding",
                    "start_commit_writer", "commit_begin", "commit_end",   # pipelined commits

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastfanout.server.sessions import EndedSessions, Session
-from fastfanout.wire.protocol import encode_receipts
+from fastfanout.wire.protocol import decode_receipts, encode_receipts
 
 
 def test_a_batch_acked_whole_is_forgotten_a_partial_ack_keeps_the_rest() -> None:
@@ -108,3 +108,83 @@ def test_an_extended_receipt_is_held_once_until_its_latest_end() -> None:
     assert session.held_receipts() == 1
     assert session.take_receipts() == [encode_receipts([4])]
     assert session.held_receipts() == 0 and not session.holds_leases()
+
+
+def test_a_session_holds_at_most_max_held_receipts_and_counts_the_rest() -> None:
+    # Until 2026-12-06 only time bounded them: a session could hold any number.
+    session = Session(b"id", 0.0, 0, max_held=5)
+    assert session.hold_batch(encode_receipts([1, 2, 3]), 10.0) == 0
+    assert session.hold_batch(encode_receipts([4, 5, 6]), 10.0) == 1   # 6 not held
+    assert session.hold_batch(encode_receipts([7]), 10.0) == 1
+    assert session.hold_extended(encode_receipts([8, 9]), 10.0) == 2
+    assert session.held_receipts() == 5
+    session.settled(encode_receipts([1, 2, 3]))
+    assert session.hold_extended(encode_receipts([8, 8, 9, 10, 11]), 10.0) == 1   # 11
+    assert session.hold_extended(encode_receipts([8]), 20.0) == 0   # held: a later end
+    assert session.held_receipts() == 5
+    assert sorted(decode_receipts(b"".join(session.take_receipts()))) == [4, 5, 8, 9, 10]
+    assert session.held_receipts() == 0
+
+
+def test_a_prune_forgets_the_receipts_whose_lease_ended_and_keeps_the_rest() -> None:
+    session = Session(b"id", 0.0, 0)
+    session.hold_batch(encode_receipts([1, 2, 3]), 10.0)
+    session.hold_batch(encode_receipts([4, 5]), 20.0)
+    session.hold_batch(encode_receipts([6]), 30.0)
+    session.hold_extended(encode_receipts([7, 8, 9]), 40.0)
+    live = {2, 3, 6, 9}
+    asked: list[list[int]] = []
+
+    def mask(packed: bytes) -> bytes:
+        receipts = decode_receipts(packed)
+        asked.append(receipts)
+        return bytes(receipt in live for receipt in receipts)
+
+    assert session.prune(mask, 0.0) == 5
+    assert len(asked) == 2   # one call for the deliveries, one for the extends
+    assert session.held_receipts() == 4
+    session.expire(15.0)     # the first delivery's rest (2, 3) went at its own time
+    assert session.held_receipts() == 2
+    session.settled(encode_receipts([6]))   # a whole delivery still acks as one
+    assert session.take_receipts() == [encode_receipts([9])]
+
+
+def test_a_prune_is_due_when_the_held_receipts_doubled_or_some_were_dropped() -> None:
+    from fastfanout.server.sessions import PRUNE_INTERVAL, PRUNE_MIN
+
+    session = Session(b"id", 0.0, 0)
+    session.hold_batch(encode_receipts(range(PRUNE_MIN - 1)), 10.0)
+    assert not session.prune_due(0.0)
+    session.hold_batch(encode_receipts([PRUNE_MIN]), 10.0)
+    assert session.prune_due(0.0)
+    assert session.prune(lambda packed: b"\x01" * (len(packed) // 8), 0.0) == 0
+    assert not session.prune_due(0.0)   # all live: the next at twice as many
+    small = Session(b"id", 0.0, 0, max_held=2)
+    small.hold_batch(encode_receipts([1, 2, 3]), 10.0)
+    assert small.prune_due(0.0)        # it dropped one: prune now...
+    small.prune(lambda packed: b"\x01" * (len(packed) // 8), 0.0)
+    small.hold_batch(encode_receipts([4]), 10.0)
+    assert not small.prune_due(PRUNE_INTERVAL / 2)   # ... and at most once an interval
+    assert small.prune_due(PRUNE_INTERVAL)
+
+
+def test_extended_receipts_keep_a_mask_and_a_limit() -> None:
+    from fastfanout._ext.held import ExtendedReceipts
+
+    table = ExtendedReceipts()
+    assert table.hold_packed(encode_receipts(range(100)), 5.0) == 0
+    assert table.hold_packed(encode_receipts([5, 100, 101]), 9.0, 101) == 1   # 101
+    packed = table.packed()
+    assert sorted(decode_receipts(packed)) == list(range(101)) and len(table) == 101
+    mask = bytes(receipt % 3 == 0 for receipt in decode_receipts(packed))
+    assert table.keep(mask) == 101 - 34
+    assert sorted(decode_receipts(table.packed())) == list(range(0, 101, 3))
+    assert table.end_of(99) == 5.0 and table.end_of(5) is None
+    assert table.expire(6.0) == 34 and decode_receipts(table.take()) == []
+    import pytest
+
+    from fastfanout import InvalidArgument
+    table.hold_packed(encode_receipts([1]), 1.0)
+    with pytest.raises(InvalidArgument):
+        table.keep(b"\x01\x01")
+    assert table.keep(b"\x00") == 1 and len(table) == 0
