@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import pytest
 from clocks import FakeClock
 
 from fastfanout import Broker
+
+# A shell without job control starts a background job (`bash -c 'pytest ... &'`, some CI
+# runners) with SIGINT ignored, and an ignored signal stays ignored across exec: every
+# command line a test starts would then ignore the Ctrl-C the test sends it, as the shell
+# meant. The tests of Ctrl-C need it delivered: the run takes Python's usual handler,
+# which its children's exec resets to the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
