@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TypeVar
 
 from fastfanout.errors import InvalidArgument
 
@@ -139,6 +140,10 @@ class _NameNode:
         self.name: str | None = None   # the topic ending here
         self.order = 0                 # its insertion number (answers keep that order)
 
+    def empty(self) -> bool:
+        """No name ends here and nothing is below."""
+        return self.name is None and not self.children
+
 
 class TopicNames:
     """Topic names in a tree of their tokens, for the names a pattern matches.
@@ -171,22 +176,13 @@ class TopicNames:
 
     def remove(self, name: str) -> bool:
         """Remove a topic name, and the nodes left empty; False if it was not here."""
-        path = [self._root]
         tokens = name.split(SEPARATOR)
-        for token in tokens:
-            child = path[-1].children.get(token)
-            if child is None:
-                return False
-            path.append(child)
-        if path[-1].name is None:
+        path = _path(self._root, tokens)
+        if path is None or path[-1].name is None:
             return False
         path[-1].name = None
         self._count -= 1
-        for depth in range(len(tokens), 0, -1):
-            node = path[depth]
-            if node.name is not None or node.children:
-                break
-            del path[depth - 1].children[tokens[depth - 1]]
+        _prune(path, tokens)
         return True
 
     def matching(self, pattern: str) -> list[str]:
@@ -234,6 +230,32 @@ class _PatternNode:
         self.children: dict[str, _PatternNode] = {}
         self.keys: dict[int, None] = {}   # subscriptions whose pattern ends here
 
+    def empty(self) -> bool:
+        """No pattern ends here and nothing is below."""
+        return not self.keys and not self.children
+
+
+_Node = TypeVar("_Node", _NameNode, _PatternNode)
+
+
+def _path(root: _Node, tokens: list[str]) -> list[_Node] | None:
+    """The nodes from ``root`` down the tokens (root first), or None where one is missing."""
+    path = [root]
+    for token in tokens:
+        child = path[-1].children.get(token)
+        if child is None:
+            return None
+        path.append(child)
+    return path
+
+
+def _prune(path: list[_Node], tokens: list[str]) -> None:
+    """Drop the nodes at the end of ``path`` that hold nothing any more (deepest first)."""
+    for depth in range(len(tokens), 0, -1):
+        if not path[depth].empty():
+            break
+        del path[depth - 1].children[tokens[depth - 1]]
+
 
 class PatternIndex:
     """Patterns in a tree of their tokens, for the patterns a topic name matches.
@@ -263,22 +285,13 @@ class PatternIndex:
 
     def remove(self, pattern: str, key: int) -> bool:
         """Forget ``key`` under ``pattern``, and the nodes left empty; False if absent."""
-        path = [self._root]
         tokens = pattern.split(SEPARATOR)
-        for token in tokens:
-            child = path[-1].children.get(token)
-            if child is None:
-                return False
-            path.append(child)
-        if key not in path[-1].keys:
+        path = _path(self._root, tokens)
+        if path is None or key not in path[-1].keys:
             return False
         del path[-1].keys[key]
         self._count -= 1
-        for depth in range(len(tokens), 0, -1):
-            node = path[depth]
-            if node.keys or node.children:
-                break
-            del path[depth - 1].children[tokens[depth - 1]]
+        _prune(path, tokens)
         return True
 
     def matching(self, name: str) -> list[int]:
