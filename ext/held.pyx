@@ -203,13 +203,7 @@ cdef class ExtendedReceipts:
 
     def take(self):
         """Every receipt held, packed as little-endian u64s (table order); forgets them."""
-        cdef object packed = PyBytes_FromStringAndSize(NULL, 8 * self.count)
-        cdef char* out = PyBytes_AS_STRING(packed)
-        cdef Py_ssize_t index, written = 0
-        for index in range(self.capacity):
-            if not isnan(self.slots[index].until):
-                ff_store_le64(out + 8 * written, self.slots[index].key)
-                written += 1
+        cdef object packed = self.packed()
         self._free()
         self.count = 0
         self.soonest = INFINITY
