@@ -96,6 +96,17 @@ cdef enum:
 
 
 @cython.final
+cdef int _grow(void** array, size_t size) except -1:
+    """Reallocate ``*array`` to ``size`` bytes. The grown array is kept as soon as realloc
+    succeeds: a later failure (of the next array) leaves a larger array with the same
+    contents, never a lost one."""
+    cdef void* grown = PyMem_Realloc(array[0], size)
+    if grown == NULL:
+        raise MemoryError()
+    array[0] = grown
+    return 0
+
+
 cdef class Dispatcher:
     """Topics and their target queues over one ``Store``; runs every publish and send."""
 
@@ -379,38 +390,18 @@ cdef class Dispatcher:
         slots_used = record.slot_start[position] if record.target_count else 0
         if position == record.target_capacity:
             capacity = record.target_capacity * 2 if record.target_capacity else 4
-            # Each grown array is kept as soon as realloc succeeds: a later failure leaves
-            # a larger array with the same contents, never a lost one.
-            grown = PyMem_Realloc(record.targets, capacity * sizeof(uint32_t))
-            if grown == NULL:
-                raise MemoryError()
-            record.targets = <uint32_t*>grown
-            grown = PyMem_Realloc(record.filtered, capacity)
-            if grown == NULL:
-                raise MemoryError()
-            record.filtered = <uint8_t*>grown
-            grown = PyMem_Realloc(record.filter_keys, capacity * sizeof(int64_t))
-            if grown == NULL:
-                raise MemoryError()
-            record.filter_keys = <int64_t*>grown
-            grown = PyMem_Realloc(record.slot_start, (capacity + 1) * sizeof(uint32_t))
-            if grown == NULL:
-                raise MemoryError()
-            record.slot_start = <uint32_t*>grown
+            _grow(<void**>&record.targets, capacity * sizeof(uint32_t))
+            _grow(<void**>&record.filtered, capacity)
+            _grow(<void**>&record.filter_keys, capacity * sizeof(int64_t))
+            _grow(<void**>&record.slot_start, (capacity + 1) * sizeof(uint32_t))
             if record.target_count == 0:
                 record.slot_start[0] = 0
-            grown = PyMem_Realloc(record.target_counts,
-                                  capacity * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
-            if grown == NULL:
-                raise MemoryError()
-            record.target_counts = <uint64_t*>grown
+            _grow(<void**>&record.target_counts,
+                  capacity * SUBSCRIPTION_FIELDS * sizeof(uint64_t))
             record.target_capacity = capacity
         if slots_used == record.slot_capacity:
             capacity = record.slot_capacity * 2 if record.slot_capacity else 4
-            grown = PyMem_Realloc(record.target_slots, capacity * sizeof(uint32_t))
-            if grown == NULL:
-                raise MemoryError()
-            record.target_slots = <uint32_t*>grown
+            _grow(<void**>&record.target_slots, capacity * sizeof(uint32_t))
             record.slot_capacity = capacity
         if policy is not None:
             filter_set = <FilterSet>self.topic_filters[topic]
