@@ -162,12 +162,7 @@ class TopicNames:
 
     def add(self, name: str) -> None:
         """Add a topic name (a name already here is left as it is)."""
-        node = self._root
-        for token in name.split(SEPARATOR):
-            child = node.children.get(token)
-            if child is None:
-                child = node.children[token] = _NameNode()
-            node = child
+        node = _grow(self._root, name.split(SEPARATOR))
         if node.name is None:
             node.name = name
             node.order = self._added
@@ -249,6 +244,17 @@ def _path(root: _Node, tokens: list[str]) -> list[_Node] | None:
     return path
 
 
+def _grow(root: _Node, tokens: list[str]) -> _Node:
+    """The node at the end of ``tokens`` from ``root``, made with those on the way."""
+    node = root
+    for token in tokens:
+        child = node.children.get(token)
+        if child is None:
+            child = node.children[token] = type(root)()
+        node = child
+    return node
+
+
 def _prune(path: list[_Node], tokens: list[str]) -> None:
     """Drop the nodes at the end of ``path`` that hold nothing any more (deepest first)."""
     for depth in range(len(tokens), 0, -1):
@@ -273,12 +279,7 @@ class PatternIndex:
 
     def add(self, pattern: str, key: int) -> None:
         """Index ``key`` (a subscription id) under a valid ``pattern``."""
-        node = self._root
-        for token in pattern.split(SEPARATOR):
-            child = node.children.get(token)
-            if child is None:
-                child = node.children[token] = _PatternNode()
-            node = child
+        node = _grow(self._root, pattern.split(SEPARATOR))
         if key not in node.keys:
             node.keys[key] = None
             self._count += 1
