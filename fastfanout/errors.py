@@ -9,11 +9,12 @@ form that was expected. ``docs/errors.md`` lists them all: code, cause, remedy.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 
 __all__ = [
     "ASYNCIO_CLIENT",
     "AlreadyExists",
+    "BlockingOnly",
     "BridgeUnavailable",
     "BrokenConnection",
     "BrokerRunning",
@@ -355,6 +356,42 @@ def blocking_misused(what: str, how: str, instead: str) -> WrongClient:
     """
     return WrongClient(f"{what} is not {how}: {instead}; in asyncio code use "
                        f"{ASYNCIO_CLIENT}")
+
+
+class BlockingOnly:
+    """Mixin of a blocking client's ``with`` objects: ``async with`` or ``await`` raises.
+
+    Both raise ``WrongClient`` (``blocking_misused``) instead of Python's own words.
+
+    A subclass names itself and what works instead of ``await`` in its class line:
+    ``class Consumer(BlockingOnly, what="a Consumer (...)", await_instead="...")``.
+    """
+
+    __slots__ = ()
+    _what: ClassVar[str] = "this object"
+    _await_instead: ClassVar[str] = "use it as it is"
+
+    def __init_subclass__(cls, *, what: str = "", await_instead: str = "",
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if what:
+            cls._what = what
+        if await_instead:
+            cls._await_instead = await_instead
+
+    def misused(self, how: str, instead: str) -> WrongClient:
+        """The ``WrongClient`` of this object used ``how``; ``instead`` works."""
+        return blocking_misused(self._what, how, instead)
+
+    async def __aenter__(self) -> NoReturn:
+        raise self.misused("entered with 'async with'", "enter it with 'with'")
+
+    async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
+        pass
+
+    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
+        def __await__(self):
+            raise self.misused("awaited", self._await_instead)
 
 
 class WrongEventLoop(FastFanoutError, RuntimeError):

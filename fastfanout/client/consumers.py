@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from fastfanout._ext.received import AckBuffer, MessageCursor
 from fastfanout.arrays import MessageBatch
@@ -30,12 +30,12 @@ from fastfanout.client.messages import (
     RemoteMessage,
 )
 from fastfanout.errors import (
+    BlockingOnly,
     BrokenConnection,
     Closed,
     FastFanoutError,
     PeerLost,
     WrongClient,
-    blocking_misused,
 )
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
@@ -58,7 +58,9 @@ def ack_limit(prefetch: int, linger: float) -> int:
     return max(1, min(prefetch // 2, SETTLE_MAX_RECEIPTS))
 
 
-class Consumer(Iterator[RemoteMessage]):
+class Consumer(BlockingOnly, Iterator[RemoteMessage],
+               what="a Consumer (what a blocking client's consume() returns)",
+               await_instead="use it as it is ('for message in consumer:')"):
     """Messages pushed by the broker for one queue, as an iterator (``Client.consume``).
 
     Iterating it steps a native cursor (``fastfanout._ext.received.MessageCursor``): each
@@ -160,21 +162,6 @@ class Consumer(Iterator[RemoteMessage]):
     def __exit__(self, *exc: object) -> None:
         self.cancel()
 
-    async def __aenter__(self) -> NoReturn:
-        raise _misused_consumer("entered with 'async with'", "enter it with 'with'")
-
-    async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
-        pass
-
-    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
-        def __await__(self):
-            raise _misused_consumer("awaited", "use it as it is ('for message in "
-                                    "consumer:')")
-
-
-def _misused_consumer(how: str, instead: str) -> WrongClient:
-    return blocking_misused("a Consumer (what a blocking client's consume() returns)", how,
-                            instead)
 
 
 class _Lifeline:
@@ -527,7 +514,10 @@ class StreamListening:
         raise NotImplementedError
 
 
-class Listener(StreamListening, Iterator[StreamMessage]):
+class Listener(BlockingOnly, StreamListening, Iterator[StreamMessage],
+               what="a Listener (what a blocking client's listen() returns)",
+               await_instead="use it as it is (listen() returned once the broker applied "
+                             "its subscription)"):
     """Stream messages of the topics matching a pattern (``Client.listen``).
 
     Live when made: the constructor returns once the broker applies the subscription
@@ -651,21 +641,5 @@ class Listener(StreamListening, Iterator[StreamMessage]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> NoReturn:
-        raise _misused_listener("entered with 'async with'", "enter it with 'with'")
-
-    async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
-        pass
-
     def __aiter__(self) -> NoReturn:
-        raise _misused_listener("iterated with 'async for'", "iterate it with 'for'")
-
-    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
-        def __await__(self):
-            raise _misused_listener("awaited", "use it as it is (listen() returned once "
-                                    "the broker applied its subscription)")
-
-
-def _misused_listener(how: str, instead: str) -> WrongClient:
-    return blocking_misused("a Listener (what a blocking client's listen() returns)", how,
-                            instead)
+        raise self.misused("iterated with 'async for'", "iterate it with 'for'")

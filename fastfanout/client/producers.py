@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Any, Final
 
 from fastfanout._ext.offers import OfferGate
 from fastfanout._ext.wire import FrameBuilder, count_of
@@ -54,6 +54,7 @@ from fastfanout.client.core import Request
 from fastfanout.client.driver import AsyncDriver, BlockingDriver
 from fastfanout.client.messages import DONE, Done, RemotePublishBatch
 from fastfanout.errors import (
+    BlockingOnly,
     BrokenConnection,
     CallTimeout,
     Closed,
@@ -61,8 +62,6 @@ from fastfanout.errors import (
     InvalidArgument,
     MessageTooLarge,
     RequestTooLarge,
-    WrongClient,
-    blocking_misused,
 )
 from fastfanout.records import Body
 from fastfanout.settings import (
@@ -323,7 +322,10 @@ class ProducerFace:
                 self._full()
 
 
-class RemoteProducer(ProducerFace):
+class RemoteProducer(BlockingOnly, ProducerFace,
+                     what="a RemoteProducer (what a blocking client's producer() returns)",
+                     await_instead="use it as it is, or in 'with client.producer(topic) as "
+                                   "producer:'"):
     """Offers messages to one topic of a broker; made by ``Client.producer(topic)``.
 
     Use from one producing thread; other threads may use the same client meanwhile.
@@ -513,21 +515,6 @@ class RemoteProducer(ProducerFace):
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    async def __aenter__(self) -> NoReturn:
-        raise _misused_producer("entered with 'async with'", "enter it with 'with'")
-
-    async def __aexit__(self, *exc: object) -> None:   # pragma: no cover - __aenter__ raised
-        pass
-
-    if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
-        def __await__(self):
-            raise _misused_producer("awaited", "use it as it is, or in 'with "
-                                    "client.producer(topic) as producer:'")
-
-
-def _misused_producer(how: str, instead: str) -> WrongClient:
-    return blocking_misused("a RemoteProducer (what a blocking client's producer() returns)",
-                            how, instead)
 
 
 class AsyncProducer(ProducerFace):
