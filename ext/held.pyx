@@ -30,7 +30,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, NAN, isnan
 from libc.stdint cimport uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from fastfanout._ext.codec cimport ff_load_le64, ff_store_le64
 
@@ -59,6 +59,43 @@ cdef inline uint64_t _mix(uint64_t key) noexcept nogil:
     key *= <uint64_t>0x94D049BB133111EBULL
     key ^= key >> 31
     return key
+
+
+def select_packed(packed, mask):
+    """The receipts of ``packed`` (little-endian u64s) whose byte in ``mask`` is not 0, in
+    their order: one native pass where a prune keeps the live part of a pushed batch.
+
+    Raises ``InvalidArgument`` for a mask that is not one byte a receipt.
+    """
+    cdef Py_buffer source, flags_view
+    cdef const unsigned char* flags
+    cdef const char* receipts
+    cdef char* out
+    cdef Py_ssize_t index, count, kept = 0
+    cdef object selected
+    PyObject_GetBuffer(packed, &source, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(mask, &flags_view, PyBUF_SIMPLE)
+        try:
+            count = source.len >> 3
+            if source.len & 7 or flags_view.len != count:
+                raise InvalidArgument(
+                    f"a mask of {flags_view.len} bytes for {source.len} bytes of receipts")
+            flags = <const unsigned char*>flags_view.buf
+            for index in range(count):
+                kept += flags[index] != 0
+            selected = PyBytes_FromStringAndSize(NULL, 8 * kept)
+            out = PyBytes_AS_STRING(selected)
+            receipts = <const char*>source.buf
+            for index in range(count):
+                if flags[index]:
+                    memcpy(out, receipts + 8 * index, 8)
+                    out += 8
+        finally:
+            PyBuffer_Release(&flags_view)
+    finally:
+        PyBuffer_Release(&source)
+    return selected
 
 
 cdef class ExtendedReceipts:

@@ -1,5 +1,8 @@
 from typing_extensions import Buffer
 
+def select_packed(packed: Buffer, mask: Buffer) -> bytes:
+    """The receipts of ``packed`` whose byte in ``mask`` is not 0, in their order."""
+
 class ExtendedReceipts:
     """Receipts held until a time each, once each at its latest end (see ext/held.pyx)."""
 

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fastfanout._ext.held import ExtendedReceipts
+from fastfanout._ext.held import ExtendedReceipts, select_packed
 
 __all__ = ["DEFAULT_MAX_HELD_RECEIPTS", "Consumer", "EndedSessions", "Session", "Waiter"]
 
@@ -176,8 +176,7 @@ class Session:
                 if 0 not in flags:
                     kept[packed[:8]] = (until, packed)
                 elif 1 in flags:
-                    rest = b"".join(packed[8 * i:8 * i + 8]
-                                    for i, flag in enumerate(flags) if flag)
+                    rest = select_packed(packed, flags)
                     kept[rest[:8]] = (until, rest)
                     self._held_bytes -= len(packed) - len(rest)
                 else:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import struct
 import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastfanout._ext.held import ExtendedReceipts
+from fastfanout._ext.held import ExtendedReceipts, select_packed
 from fastfanout.errors import InvalidArgument, MalformedFrame
 from fastfanout.wire.protocol import decode_receipts, encode_receipts
 
@@ -90,3 +91,16 @@ def test_expire_keeps_the_later_ends_and_frees_an_emptied_table() -> None:
     assert table.expire(60.0) == 5_001 and len(table) == 0
     table.hold_packed(encode_receipts([1]), 1.0)   # usable again after emptying
     assert table.take() == encode_receipts([1])
+
+
+def test_select_packed_keeps_the_flagged_receipts_in_order() -> None:
+    packed = struct.pack("<5Q", 7, 0, 2**64 - 1, 9, 11)
+    assert struct.unpack("<3Q", select_packed(packed, bytes([1, 1, 0, 1, 0]))) == (
+        7, 0, 9)
+    assert select_packed(packed, bytes(5)) == b""
+    assert select_packed(packed, b"\x01" * 5) == packed
+    for mask in (b"\x01" * 4, b"\x01" * 6):   # one byte a receipt, or refused
+        with pytest.raises(InvalidArgument):
+            select_packed(packed, mask)
+    with pytest.raises(InvalidArgument):
+        select_packed(packed[:-1], b"\x01" * 5)
