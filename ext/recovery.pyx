@@ -47,7 +47,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport (
     MADV_HUGEPAGE,
@@ -777,7 +777,7 @@ cdef class Replay(RecordSink):
 
     # -- the restore -------------------------------------------------------------------
 
-    def restore(self, Store store, list targets):
+    def restore(self, Store store, list targets, int64_t now_us):
         """Put every live copy back into ``store``, in the order they entered their
         queues, with its id, body, attributes, group, priority, dedup id, entry time,
         due time, receive count and dead-letter info (journaling nothing).
@@ -786,6 +786,9 @@ cdef class Replay(RecordSink):
             store: the new broker's store.
             targets: by replay queue number, the store's id of that queue, or None to
                 drop its copies (a queue not restored, or not durable).
+            now_us: the broker's clock now: a copy whose due time is still ahead waits
+                for it; every other one is visible at once, in entry order (a due time
+                that has passed is not kept: a copy-forward does not journal it).
 
         Returns:
             The number of copies restored. The replay is spent afterwards.
@@ -832,7 +835,8 @@ cdef class Replay(RecordSink):
             for i in range(n):
                 copy = &self.copies[order[i]]
                 store.restore_entry(qids[copy.queue], copy.blob, copy.seq, copy.entered_us,
-                                    copy.due_us, copy.receive_count, copy.first_receive_us,
+                                    copy.due_us if copy.due_us > now_us else INT64_MIN,
+                                    copy.receive_count, copy.first_receive_us,
                                     copy.last_receive_us, copy.dead)
                 copy.dead = NULL   # the entry has it
                 blob = copy.blob

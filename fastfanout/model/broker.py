@@ -1044,7 +1044,7 @@ class ModelBroker:
             return
         self._leases.clear()
         for queue in self._queues.values():
-            for copy in queue.restart():
+            for copy in queue.restart(now_us):
                 self._arm(copy, "delayed", copy.journal_due_us)
         for topic in self._topics.values():
             topic.published = topic.deliveries = topic.unrouted = 0

@@ -211,15 +211,17 @@ class Queue:
         if group.leased is None and head.state == "visible" and not head.listed:
             self._list(head)
 
-    def restart(self) -> list[Copy]:
+    def restart(self, now_us: int) -> list[Copy]:
         """What a broker restart leaves of this queue (see ``ModelBroker.restart``).
 
         A durable queue keeps every copy, in arrival order, with its receive count. A
-        copy whose journaled due time is not after its entry (it never waited) is
-        visible at once; every other one (it entered delayed, or a nack or a backoff
-        delayed it later) waits for that due time again: returned, in arrival order,
-        for the caller to arm (a due time passed makes it visible at the next step,
-        behind the others). FIFO groups are free. A queue that is not durable is
+        copy whose journaled due time is still ahead of ``now_us`` (it entered delayed,
+        or a nack or a backoff delayed it, and that time has not come) waits for it:
+        returned, in arrival order, for the caller to arm; every other one is visible
+        at once, in arrival order (until 2026-12-06 one whose due time had passed was
+        armed again, and so came after the others: a copy-forward, which journals no due
+        time that has passed, made the broker put it back in its place instead). FIFO
+        groups are free. A queue that is not durable is
         emptied and forgets its dedup keys. Receive times are not kept (the journal has
         none), receive counts are. Every counter starts afresh: ``enqueued``
         is the copies held, the others 0 (``dedup_evicted`` too).
@@ -238,7 +240,7 @@ class Queue:
             copy.listed = False
             copy.receipt = None
             # receive times are journaled (lease records): a copy keeps them
-            if copy.journal_due_us > copy.entered_us:
+            if copy.journal_due_us > now_us:
                 copy.state = "delayed"
                 waiting.append(copy)
             else:

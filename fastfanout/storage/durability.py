@@ -730,7 +730,7 @@ class Durability:
                 queue_windows[number] = queue.window
                 if queue.settings.durable:
                     targets[number] = queue.id
-        restored: int = replay.restore(state.store, targets)
+        restored: int = replay.restore(state.store, targets, state.now_us())
         replay.restore_keys(topic_windows, queue_windows)
         return restored
 

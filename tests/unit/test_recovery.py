@@ -224,5 +224,5 @@ def test_an_enqueue_naming_a_compacted_message_is_an_orphan_only_if_its_copy_liv
     replay = Replay()
     replay.bind_queue(0, replay.new_queue())
     journal.scan(tmp_path, replay)
-    assert replay.restore(store.Store(), [None]) == 0
+    assert replay.restore(store.Store(), [None], 0) == 0
     assert replay.orphans == (0 if removed else 1)
