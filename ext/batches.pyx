@@ -45,7 +45,7 @@ from fastfanout._ext.codec cimport (
     ff_store_le32,
     ff_store_le64,
 )
-from fastfanout._ext.blobs cimport blob_new, blob_t
+from fastfanout._ext.blobs cimport blob_anchor_t, blob_new, blob_new_in_place, blob_t
 from fastfanout._ext.bodies cimport ff_body_buffer
 
 from datetime import datetime
@@ -77,6 +77,9 @@ MAX_DELAY_US = C_MAX_DELAY_US
 """Longest delay: one year, in microseconds."""
 MAX_BODY = C_MAX_BODY
 """Hard ceiling on one body, whatever a queue allows: 256 MiB."""
+IN_PLACE_MIN_BODY = C_IN_PLACE_MIN_BODY
+"""Bodies of this many bytes or more in a publish frame read in place from a client's ring
+stay there (blobs.pyx, "Bodies left in place") instead of being copied into their blobs."""
 
 cdef bytes _encode(object attributes, Py_ssize_t index):
     """Validate attributes (SNS types) and encode them, or None when there are none."""
@@ -318,9 +321,12 @@ cdef class RingBatch:
 
 
 cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_us,
-                               bint journaled, int64_t* due_out) except NULL:
+                               bint journaled, int64_t* due_out,
+                               blob_anchor_t* anchor) except NULL:
     """Validate one publish record of a frame and copy it into a new blob; ``due_out``
-    gets its own due time (``deliver_at``), or INT64_MIN: the queue's delay applies."""
+    gets its own due time (``deliver_at``), or INT64_MIN: the queue's delay applies.
+    With an ``anchor`` (the frame was read in place), a body of ``IN_PLACE_MIN_BODY``
+    bytes or more stays where it lies (``blob_new_in_place``)."""
     cdef bytes encoded = None
     cdef const char* attrs = NULL
     cdef uint32_t attrs_len = 0
@@ -369,10 +375,18 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
         expires_us = <int64_t>record.receipt
         if expires_us <= now_us:
             raise InvalidArgument(f"entry {i}: the message expired before it was published")
-    blob = blob_new(0, now_us, due_us, expires_us, record.body, record.body_len,
-                    attrs, attrs_len, record.group, <uint16_t>record.group_len,
-                    record.dedup, <uint16_t>record.dedup_len,
-                    record.priority if record.flags & FF_FLAG_PRIORITY else 0, journaled)
+    if anchor != NULL and record.body_len >= C_IN_PLACE_MIN_BODY:
+        blob = blob_new_in_place(anchor, now_us, due_us, expires_us, record.body,
+                                 record.body_len, attrs, attrs_len, record.group,
+                                 <uint16_t>record.group_len, record.dedup,
+                                 <uint16_t>record.dedup_len,
+                                 record.priority if record.flags & FF_FLAG_PRIORITY else 0,
+                                 journaled)
+    else:
+        blob = blob_new(0, now_us, due_us, expires_us, record.body, record.body_len,
+                        attrs, attrs_len, record.group, <uint16_t>record.group_len,
+                        record.dedup, <uint16_t>record.dedup_len,
+                        record.priority if record.flags & FF_FLAG_PRIORITY else 0, journaled)
     if blob == NULL:
         raise MemoryError()
     due_out[0] = due_us

@@ -1,4 +1,5 @@
 # Message blobs: one published message in one block, shared by its queue copies.
+from cpython.ref cimport PyObject
 from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -39,6 +40,43 @@ cdef enum:
     BLOB_EXPIRES = 1          # flags: a time-to-live end follows the parts in data
     BLOB_JOURNAL = 2          # flags: a blob_journal_t comes right before the header
     BLOB_TOPIC = 4            # flags: the topic's name ends data (after the ttl end)
+    BLOB_EXTERNAL = 8         # flags: data starts with a blob_external_t, not the body
+
+
+# The blobs whose bodies lie in one frame read in place (a ``RingFrame``): the frame is
+# kept (one reference) while any of them lives, unless evacuated first.
+cdef struct blob_anchor_t:
+    PyObject* frame           # a strong reference
+    void** hook               # the frame's pointer to this anchor: cleared when it ends
+    blob_t** blobs            # the blobs made on it, in order (NULL: released)
+    uint32_t count            # slots used
+    uint32_t capacity
+    uint32_t live             # blobs alive on it
+    uint32_t sealed           # every blob of its publish is made: free at live == 0
+
+
+# A body kept where it arrived (BLOB_EXTERNAL; blobs.pyx, "Bodies left in place"): the
+# first 24 bytes of data, in the body's place; the other parts follow as usual.
+cdef struct blob_external_t:
+    const char* body          # the body's bytes: in the anchor's frame, or its own chunk
+    blob_anchor_t* anchor     # the frame it lies in; NULL once evacuated (body owned)
+    uint32_t index            # this blob's slot in anchor.blobs
+    uint32_t reserved
+
+
+cdef inline const char* blob_body(blob_t* blob) noexcept nogil:
+    """The message's body (``blob.body_len`` bytes), wherever it lies."""
+    if blob.flags & BLOB_EXTERNAL:
+        return (<blob_external_t*>blob.data).body
+    return blob.data
+
+
+cdef inline char* blob_parts(blob_t* blob) noexcept nogil:
+    """Where the parts after the body start: attributes, group id, dedup id, the ttl end
+    and the topic, back to back."""
+    if blob.flags & BLOB_EXTERNAL:
+        return blob.data + sizeof(blob_external_t)
+    return blob.data + blob.body_len
 
 
 cdef inline int64_t blob_expires_us(blob_t* blob) noexcept nogil:
@@ -46,7 +84,7 @@ cdef inline int64_t blob_expires_us(blob_t* blob) noexcept nogil:
     cdef int64_t expires
     if not blob.flags & BLOB_EXPIRES:
         return INT64_MAX
-    memcpy(&expires, blob.data + blob.body_len + blob.attrs_len + blob.group_len
+    memcpy(&expires, blob_parts(blob) + blob.attrs_len + blob.group_len
            + blob.dedup_len, 8)
     return expires
 
@@ -58,7 +96,7 @@ cdef inline const char* blob_topic(blob_t* blob, uint16_t* length) noexcept nogi
     if not blob.flags & BLOB_TOPIC:
         length[0] = 0
         return NULL
-    tail = (blob.data + blob.body_len + blob.attrs_len + blob.group_len + blob.dedup_len
+    tail = (blob_parts(blob) + blob.attrs_len + blob.group_len + blob.dedup_len
             + (8 if blob.flags & BLOB_EXPIRES else 0))
     memcpy(length, tail, 2)
     return tail + 2
@@ -84,6 +122,18 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
                       const char* group, uint16_t group_len,
                       const char* dedup, uint16_t dedup_len, uint8_t priority,
                       bint journaled) noexcept nogil
+
+cdef blob_t* blob_new_in_place(blob_anchor_t* anchor, int64_t timestamp_us,
+                               int64_t due_us, int64_t expires_us,
+                               const char* body, uint32_t body_len,
+                               const char* attrs, uint32_t attrs_len,
+                               const char* group, uint16_t group_len,
+                               const char* dedup, uint16_t dedup_len, uint8_t priority,
+                               bint journaled) noexcept nogil
+
+cdef blob_anchor_t* blob_anchor_new(object frame, void** hook, uint32_t capacity) except NULL
+cdef void blob_anchor_seal(blob_anchor_t* anchor) noexcept
+cdef int blob_anchor_evacuate(void* anchor) noexcept
 
 cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
                             uint16_t topic_len) noexcept nogil

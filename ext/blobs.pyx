@@ -33,11 +33,33 @@ pair: a sixth of the broker's time for a stream of 1 KiB messages. Beyond the bo
 burst freed at once) blobs go back to malloc, counted (``blob_big_pool_stats``); bigger
 blobs always do (the copy of their body costs more than malloc).
 
+Bodies left in place. A local client's publish frame of 64 KiB or more is read in place
+from its ring (a ``RingFrame``, shmring.pyx): a body of ``IN_PLACE_MIN_BODY`` bytes or
+more then stays there. Its blob (``blob_new_in_place``, flag ``BLOB_EXTERNAL``) holds a
+``blob_external_t`` where the body would be: the body's address, its **anchor** and its
+slot there; every other part is copied as usual, and ``blob_body``/``blob_parts`` find
+the parts of either kind. One anchor serves the blobs of one frame: it keeps the frame
+(one reference) while any of them lives, so the client's ring does not reuse that room,
+and lets it go when the last one is released. A delivery then copies the body once, from
+the client's ring to the consumer's, where it was copied twice (into the blob, then out
+of it): a tenth less of the broker's time a 1 KiB row (docs/benchmarks.md, 2026-12-06).
+The ring bounds what its reader may pin (half of it): when frames would pin more, the ring
+asks the oldest frame's anchor to **evacuate** (``blob_anchor_evacuate``): each body
+still alive is copied to memory of its own (a chunk of the slab or the big pool) and its
+blob points there; the anchor ends and the frame's record is let go without a copy of the
+frame (``in_place_stats()`` counts these). So a consumer that falls behind costs the
+copies of what it has not consumed, not a pinned producer. A body is never left in place
+for a blob that carries its topic (a queue keeping topics: ``blob_with_topic``), nor
+from a frame read from a socket. The client keeps its ring writable: one that rewrites a
+record it sent alters only its own messages, as publishing others would; their lengths
+are the broker's, so nothing is read out of bounds.
+
 Invariant: every caller of ``blob_new``/``blob_with_topic``/``blob_release`` holds the
 GIL, which guards the slab (no lock here): the broker core calls them under it only (no
 ``nogil`` section touches a blob).
 """
 
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport INT64_MAX, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
@@ -111,6 +133,10 @@ cdef void* _big_head[BLOB_BIG_CLASSES]
 cdef size_t _big_bytes = 0
 cdef size_t _big_limit = BLOB_BIG_POOL_MAX_BYTES
 cdef unsigned long long _big_overflows = 0
+cdef size_t _anchors_live = 0                  # anchors whose frames blobs still keep
+cdef unsigned long long _evacuations = 0
+cdef unsigned long long _evacuated_bodies = 0
+cdef unsigned long long _evacuated_bytes = 0
 
 cdef blob_t _probe
 cdef size_t BLOB_HEADER = <size_t>(<char*>_probe.data - <char*>&_probe)
@@ -355,8 +381,8 @@ cdef inline size_t _blob_tail(blob_t* blob) noexcept nogil:
     """Bytes of a blob's data: its parts, the ttl end, the topic."""
     cdef uint16_t topic_len = 0
     blob_topic(blob, &topic_len)
-    return (<size_t>blob.body_len + blob.attrs_len + blob.group_len + blob.dedup_len
-            + (8 if blob.flags & BLOB_EXPIRES else 0)
+    return (<size_t>(blob_parts(blob) - blob.data) + blob.attrs_len + blob.group_len
+            + blob.dedup_len + (8 if blob.flags & BLOB_EXPIRES else 0)
             + (2 + <size_t>topic_len if blob.flags & BLOB_TOPIC else 0))
 
 
@@ -372,13 +398,42 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     part, for the journal's message record. ``journaled``: made for a broker with a
     journal, so it gets a journal part (``blob_journal``): no record yet.
     """
+    return _blob_make(NULL, id, timestamp_us, due_us, expires_us, body, body_len, attrs,
+                      attrs_len, group, group_len, dedup, dedup_len, priority, journaled)
+
+
+cdef blob_t* blob_new_in_place(blob_anchor_t* anchor, int64_t timestamp_us,
+                               int64_t due_us, int64_t expires_us,
+                               const char* body, uint32_t body_len,
+                               const char* attrs, uint32_t attrs_len,
+                               const char* group, uint16_t group_len,
+                               const char* dedup, uint16_t dedup_len, uint8_t priority,
+                               bint journaled) noexcept nogil:
+    """As ``blob_new`` (id 0), but the body stays where it lies, in ``anchor``'s frame
+    (``BLOB_EXTERNAL``): only the other parts are copied. NULL on OOM, or when the anchor
+    is full (made for fewer blobs)."""
+    if anchor.count >= anchor.capacity:
+        return NULL
+    return _blob_make(anchor, 0, timestamp_us, due_us, expires_us, body, body_len, attrs,
+                      attrs_len, group, group_len, dedup, dedup_len, priority, journaled)
+
+
+cdef blob_t* _blob_make(blob_anchor_t* anchor, uint64_t id, int64_t timestamp_us,
+                        int64_t due_us, int64_t expires_us,
+                        const char* body, uint32_t body_len,
+                        const char* attrs, uint32_t attrs_len,
+                        const char* group, uint16_t group_len,
+                        const char* dedup, uint16_t dedup_len, uint8_t priority,
+                        bint journaled) noexcept nogil:
     cdef size_t prefix = sizeof(blob_journal_t) if journaled else 0
-    cdef size_t parts = <size_t>body_len + attrs_len + group_len + dedup_len
+    cdef size_t body_room = sizeof(blob_external_t) if anchor != NULL else body_len
+    cdef size_t parts = body_room + attrs_len + group_len + dedup_len
     cdef size_t size = _blob_size(
         prefix + BLOB_HEADER + parts + (8 if expires_us != INT64_MAX else 0))
     cdef char* chunk
     cdef blob_t* blob
     cdef blob_journal_t* journal
+    cdef blob_external_t* external
     cdef char* cursor
     if group_len > 255 or dedup_len > 255:
         return NULL   # unreachable: every caller validates C_MAX_ID_LENGTH (128) first
@@ -395,7 +450,8 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     blob.dedup_len = <uint8_t>dedup_len
     blob.priority = priority
     blob.flags = ((BLOB_EXPIRES if expires_us != INT64_MAX else 0)
-                  | (BLOB_JOURNAL if journaled else 0))
+                  | (BLOB_JOURNAL if journaled else 0)
+                  | (BLOB_EXTERNAL if anchor != NULL else 0))
     if journaled:
         journal = <blob_journal_t*>chunk
         journal.seq = 0
@@ -403,9 +459,18 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
         journal.copies = 0
         journal.segment = 0
     cursor = blob.data
-    if body_len:
+    if anchor != NULL:
+        external = <blob_external_t*>cursor
+        external.body = body
+        external.anchor = anchor
+        external.index = anchor.count
+        external.reserved = 0
+        anchor.blobs[anchor.count] = blob
+        anchor.count += 1
+        anchor.live += 1
+    elif body_len:
         memcpy(cursor, body, body_len)
-    cursor += body_len
+    cursor += body_room
     if attrs_len:
         memcpy(cursor, attrs, attrs_len)
     cursor += attrs_len
@@ -420,6 +485,116 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     return blob
 
 
+# -- bodies left in place -------------------------------------------------------------
+
+cdef blob_anchor_t* blob_anchor_new(object frame, void** hook, uint32_t capacity) except NULL:
+    """An anchor for up to ``capacity`` blobs whose bodies lie in ``frame`` (kept: one
+    reference). ``hook``: where the frame keeps its anchor, cleared when the anchor ends
+    (``blob_anchor_seal`` sets it)."""
+    global _anchors_live
+    cdef blob_anchor_t* anchor = <blob_anchor_t*>malloc(sizeof(blob_anchor_t))
+    if anchor == NULL:
+        raise MemoryError()
+    anchor.blobs = <blob_t**>malloc(max(capacity, 1) * sizeof(blob_t*))
+    if anchor.blobs == NULL:
+        free(anchor)
+        raise MemoryError()
+    Py_INCREF(frame)
+    anchor.frame = <PyObject*>frame
+    anchor.hook = hook
+    anchor.count = 0
+    anchor.capacity = capacity
+    anchor.live = 0
+    anchor.sealed = 0
+    _anchors_live += 1
+    return anchor
+
+
+cdef void blob_anchor_seal(blob_anchor_t* anchor) noexcept:
+    """Every blob of the anchor's publish is made (or released): hook it to its frame,
+    so the frame's ring may evacuate it, or end it now if no blob lives on it."""
+    anchor.sealed = 1
+    if anchor.live == 0:
+        _anchor_end(anchor)
+    else:
+        anchor.hook[0] = <void*>anchor
+
+
+cdef void _anchor_end(blob_anchor_t* anchor) noexcept with gil:
+    """No blob refers to the frame any more: unhook it and let it go."""
+    global _anchors_live
+    cdef PyObject* frame = anchor.frame
+    if anchor.sealed and anchor.hook[0] == <void*>anchor:
+        anchor.hook[0] = NULL
+    free(anchor.blobs)
+    free(anchor)
+    _anchors_live -= 1
+    Py_DECREF(<object>frame)
+
+
+cdef int blob_anchor_evacuate(void* pointer) noexcept:
+    """Copy the bodies that live on an anchor out of its frame (each to memory of its
+    own), then end the anchor: the frame's ring needs its room back. 0, or -1 (out of
+    memory: nothing changed, the frame stays pinned)."""
+    global _evacuated_bodies, _evacuated_bytes, _evacuations
+    cdef blob_anchor_t* anchor = <blob_anchor_t*>pointer
+    cdef uint32_t i
+    cdef uint32_t done
+    cdef blob_t* blob
+    cdef blob_external_t* external
+    cdef char** copies = <char**>malloc(max(anchor.count, 1) * sizeof(char*))
+    if copies == NULL:
+        return -1
+    for i in range(anchor.count):
+        blob = anchor.blobs[i]
+        copies[i] = NULL
+        if blob == NULL:
+            continue
+        copies[i] = _chunk_take(_blob_size(max(blob.body_len, 1)))
+        if copies[i] == NULL:
+            for done in range(i):
+                if copies[done] != NULL:
+                    _chunk_give(copies[done], _blob_size(max(anchor.blobs[done].body_len, 1)))
+            free(copies)
+            return -1
+    for i in range(anchor.count):
+        blob = anchor.blobs[i]
+        if blob == NULL:
+            continue
+        external = <blob_external_t*>blob.data
+        memcpy(copies[i], external.body, blob.body_len)
+        external.body = copies[i]
+        external.anchor = NULL
+        _evacuated_bodies += 1
+        _evacuated_bytes += blob.body_len
+    free(copies)
+    _evacuations += 1
+    anchor.live = 0
+    _anchor_end(anchor)
+    return 0
+
+
+cdef inline void _external_end(blob_t* blob) noexcept nogil:
+    """The last reference to a blob whose body lies elsewhere is gone."""
+    cdef blob_external_t* external = <blob_external_t*>blob.data
+    cdef blob_anchor_t* anchor = external.anchor
+    if anchor == NULL:
+        # evacuated: the copy is this blob's
+        _chunk_give(<char*>external.body, _blob_size(max(blob.body_len, 1)))
+        return
+    anchor.blobs[external.index] = NULL
+    anchor.live -= 1
+    if anchor.live == 0 and anchor.sealed:
+        _anchor_end(anchor)
+
+
+def in_place_stats():
+    """What bodies left in place cost: ``(anchors, evacuations, evacuated_bodies,
+    evacuated_bytes)`` — frames still kept by their blobs, frames whose bodies were
+    copied out because their ring needed the room, and the bodies and bytes so copied."""
+    return (_anchors_live, _evacuations, _evacuated_bodies, _evacuated_bytes)
+
+
 cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
                             uint16_t topic_len) noexcept nogil:
     """The message of ``blob`` (refcount 1, no copy yet) with ``topic``, the name it is
@@ -431,6 +606,7 @@ cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
     cdef size_t size = _blob_size(prefix + BLOB_HEADER + tail + 2 + topic_len)
     cdef char* chunk = _chunk_take(size)
     cdef blob_t* made
+    cdef blob_external_t* external
     if chunk == NULL:
         blob_release(blob)
         return NULL
@@ -440,7 +616,14 @@ cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
     made.flags |= BLOB_TOPIC
     memcpy(made.data + tail, &topic_len, 2)
     memcpy(made.data + tail + 2, topic, topic_len)
-    blob_release(blob)
+    if blob.flags & BLOB_EXTERNAL:
+        # the body (in its frame, or owned) is the new blob's now
+        external = <blob_external_t*>made.data
+        if external.anchor != NULL:
+            external.anchor.blobs[external.index] = made
+        _chunk_give(<char*>blob - prefix, _blob_size(prefix + BLOB_HEADER + tail))
+    else:
+        blob_release(blob)
     return made
 
 
@@ -450,4 +633,6 @@ cdef void blob_release(blob_t* blob) noexcept nogil:
     if blob.refcount != 0:
         return
     prefix = sizeof(blob_journal_t) if blob.flags & BLOB_JOURNAL else 0
+    if blob.flags & BLOB_EXTERNAL:
+        _external_end(blob)
     _chunk_give(<char*>blob - prefix, _blob_size(prefix + BLOB_HEADER + _blob_tail(blob)))

@@ -41,7 +41,7 @@ from fastfanout._ext.codec cimport (
     ff_write_record,
 )
 from fastfanout._ext.message cimport Message, make_message
-from fastfanout._ext.blobs cimport blob_t, blob_topic
+from fastfanout._ext.blobs cimport blob_body, blob_parts, blob_t, blob_topic
 from fastfanout._ext.sinks cimport SINK_WROTE, FrameSink
 from fastfanout._ext.store cimport NIL, Store, dead_letter_t, entry_t, queue_t
 
@@ -136,13 +136,13 @@ cdef Message _leased_message(Store self, uint32_t qid, uint32_t slot, str name, 
     cdef uint16_t topic_len
     cdef Message message
     if blob.attrs_len:
-        attrs = PyBytes_FromStringAndSize(blob.data + blob.body_len, blob.attrs_len)
+        attrs = PyBytes_FromStringAndSize(blob_parts(blob), blob.attrs_len)
     if entry.dead != NULL:
         dead_info = dead_letter_info(self, entry.dead)
     receipt = (<uint64_t>entry.generation << 32) | slot
-    tail = blob.data + blob.body_len + blob.attrs_len
+    tail = blob_parts(blob) + blob.attrs_len
     message = make_message(
-        blob.id, PyBytes_FromStringAndSize(blob.data, blob.body_len), attrs,
+        blob.id, PyBytes_FromStringAndSize(blob_body(blob), blob.body_len), attrs,
         blob.timestamp_us / 1e6, entry.receive_count, receipt, name,
         _optional_text(tail, blob.group_len),
         _optional_text(tail + blob.group_len, blob.dedup_len),
@@ -180,9 +180,9 @@ cdef inline void _delivery_view(Store self, uint32_t slot, ff_record_view* recor
             record.flags |= FF_FLAG_TOPIC
             record.name = topic
             record.name_len = topic_len
-    record.body = blob.data
+    record.body = blob_body(blob)
     record.body_len = blob.body_len
-    record.attrs = blob.data + blob.body_len
+    record.attrs = blob_parts(blob)
     record.attrs_len = blob.attrs_len
     record.group = record.attrs + blob.attrs_len
     record.group_len = blob.group_len
@@ -351,7 +351,7 @@ cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) e
             ff_prefetch_line(self.entries[leased.slots[index + BLOB_PREFETCH_AHEAD]].blob)
         if index + PREFETCH_AHEAD < leased.count:
             ahead = self.entries[leased.slots[index + PREFETCH_AHEAD]].blob
-            ff_prefetch_body(ahead.data, ahead.body_len)
+            ff_prefetch_body(blob_body(ahead), ahead.body_len)
         _delivery_view(self, leased.slots[index], &record,
                        None if leased.dead_infos is None else leased.dead_infos.get(index))
         ff_record_size(&record, &size)

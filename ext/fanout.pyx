@@ -50,7 +50,19 @@ from fastfanout._ext.codec cimport (
 )
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
-from fastfanout._ext.blobs cimport blob_new, blob_release, blob_t, blob_with_topic
+from fastfanout._ext.blobs cimport (
+    blob_anchor_evacuate,
+    blob_anchor_new,
+    blob_anchor_seal,
+    blob_anchor_t,
+    blob_body,
+    blob_new,
+    blob_parts,
+    blob_release,
+    blob_t,
+    blob_with_topic,
+)
+from fastfanout._ext.shmring cimport RingFrame
 from fastfanout._ext.store cimport (
     OVERFLOW_DEAD_LETTER,
     OVERFLOW_DROP_OLDEST,
@@ -734,6 +746,8 @@ cdef class Dispatcher:
         cdef const char* row_body
         cdef Py_ssize_t row_len
         cdef bint journaled = store.journal is not None   # blobs with a journal part
+        cdef object in_ring = None   # the RingFrame a codec frame lies in (read in place)
+        cdef blob_anchor_t* anchor = NULL
         # only a codec frame opens the reader; gcc cannot see that it is read only then
         memset(&reader, 0, sizeof(reader))
         if isinstance(entries, RingBatch):
@@ -758,6 +772,12 @@ cdef class Dispatcher:
                 raise MalformedBatch(
                     f"malformed batch frame: {codec_status_text(status)} at byte 0")
             count = reader.count
+            in_ring = (<EncodedBatch>entries).frame
+            if type(in_ring) is memoryview:
+                in_ring = (<memoryview>in_ring).obj
+            if (type(in_ring) is not RingFrame or (<RingFrame>in_ring).ring is None
+                    or (<RingFrame>in_ring).anchor != NULL):
+                in_ring = None
         elif ff_rows_open(entries, &rows):
             # An array batch (ext/rows.pxd): bodies straight from the caller's buffer.
             array_batch = True
@@ -786,6 +806,12 @@ cdef class Dispatcher:
             # Pass 1: validate and encode every entry into a blob.
             topic_name = self._kept_topic(targets, target_count, topic)
             filtering = topic >= 0 and self.topic_filters[topic] is not None
+            if in_ring is not None and topic_name is None:
+                # Bodies left where they lie, in the client's ring (blobs.pyx, "Bodies
+                # left in place"): one copy less a message; the ring evacuates them
+                # when it needs the room.
+                anchor = blob_anchor_new(in_ring, &(<RingFrame>in_ring).anchor,
+                                         <uint32_t>count)
             if filtering and items is not None:
                 # The filter matcher reads attribute dicts: keep the caller's instead of
                 # decoding each blob's copy again.
@@ -822,7 +848,7 @@ cdef class Dispatcher:
                             f"malformed batch frame: record {i}: {codec_status_text(status)} "
                             f"at byte {ff_reader_offset(&reader)}")
                     self.scratch[i] = blob_from_record(&record, i, now_us, journaled,
-                                                      &self.dues[i])
+                                                      &self.dues[i], anchor)
                 else:
                     self.scratch[i] = make_blob(items[i], i, now_us, journaled, &self.dues[i])
                 if topic_name is not None:
@@ -839,7 +865,7 @@ cdef class Dispatcher:
                     with_keys = True
                 elif any_content_dedup:
                     # A body key must never equal a dedup-id key: flip a constant into it.
-                    self.keys[i] = ff_hash128(blob.data, blob.body_len)
+                    self.keys[i] = ff_hash128(blob_body(blob), blob.body_len)
                     self.keys[i].high ^= BODY_KEY_MARK
                     with_keys = True
             if have_frame and not ring_batch and reader.remaining != 0:
@@ -859,6 +885,9 @@ cdef class Dispatcher:
                 PyBuffer_Release(&frame_view)
             if array_batch:
                 ff_rows_close(&rows)
+            if anchor != NULL:
+                (<RingFrame>in_ring).evacuate = blob_anchor_evacuate
+                blob_anchor_seal(anchor)
         try:
             batch = PublishBatch(count)
         except BaseException:
@@ -915,7 +944,7 @@ cdef class Dispatcher:
             with_keys = True
         elif any_content_dedup:
             # A body key must never equal a dedup-id key: flip a constant into it.
-            self.keys[0] = ff_hash128(blob.data, blob.body_len)
+            self.keys[0] = ff_hash128(blob_body(blob), blob.body_len)
             self.keys[0].high ^= BODY_KEY_MARK
             with_keys = True
         self._settle(targets, target_count, 1, now_us, topic, with_keys, filtering,
@@ -1086,9 +1115,9 @@ cdef class Dispatcher:
             attributes = self.batch_attributes[i] if self.batch_attributes is not None else None
             if attributes is None:
                 attributes = (_decode_attributes(
-                    blob.data[blob.body_len:blob.body_len + blob.attrs_len])
+                    blob_parts(blob)[:blob.attrs_len])
                     if blob.attrs_len else {})
-            found = filter_set.match_into(attributes, blob.data, blob.body_len,
+            found = filter_set.match_into(attributes, blob_body(blob), blob.body_len,
                                           self.matches, self.match_capacity)
             next_match = 0
             filtered = record.filtered
@@ -1289,6 +1318,6 @@ cdef str _limit(int64_t value):
 
 
 cdef inline const char* _dedup_id(blob_t* blob) noexcept:
-    return blob.data + blob.body_len + blob.attrs_len + blob.group_len
+    return blob_parts(blob) + blob.attrs_len + blob.group_len
 
 

@@ -62,7 +62,7 @@ from posix.mman cimport (
     munmap,
 )
 
-from fastfanout._ext.blobs cimport blob_journal, blob_new, blob_release, blob_t, blob_with_topic
+from fastfanout._ext.blobs cimport blob_body, blob_journal, blob_new, blob_parts, blob_release, blob_t, blob_with_topic
 from fastfanout._ext.codec cimport ff_align8, ff_load_le16, ff_load_le32, ff_load_le64
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.journal cimport RecordSink
@@ -766,10 +766,10 @@ cdef class Replay(RecordSink):
         if flags & ENQUEUE_KEYED:
             # the key its publish or send left in the queue's window (fanout.pyx's)
             if blob.dedup_len:
-                key = ff_hash128(blob.data + blob.body_len + blob.attrs_len + blob.group_len,
+                key = ff_hash128(blob_parts(blob) + blob.attrs_len + blob.group_len,
                                  blob.dedup_len)
             else:
-                key = ff_hash128(blob.data, blob.body_len)
+                key = ff_hash128(blob_body(blob), blob.body_len)
                 key.high ^= BODY_KEY_MARK
             queue = &self.queues[number]
             _key_append(&queue.keys, key.low, key.high, blob.id, blob.timestamp_us)

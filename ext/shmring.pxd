@@ -58,7 +58,7 @@ cdef class SharedRing(FrameSink):
     cdef bint close_pending             # closed while frames were live: unmap at the last
 
     cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1
-    cdef void _detach_oldest(self) noexcept
+    cdef void _detach_oldest(self, uint64_t end, uint64_t span, bint anchored_only) noexcept
     cdef bint _move_tail(self) noexcept
     cdef uint64_t _reader_pos(self) noexcept
     cdef void _release(self, uint64_t seq) noexcept
@@ -83,5 +83,11 @@ cdef class RingFrame:
     cdef Py_ssize_t shape[1]
     cdef Py_ssize_t exports             # buffers exported and not released
     cdef bytes owned                    # the copy, once detached from the ring
+    # What refers into the frame without a buffer (blobs.pyx's anchor of bodies left in
+    # place), or NULL; before detaching the frame the ring asks it to copy out what it
+    # needs (``evacuate``: 0, or -1 when it cannot: the frame then stays pinned).
+    cdef void* anchor
+    cdef int (*evacuate)(void* anchor) noexcept
 
     cdef int _detach(self) except -1
+    cdef void _let_go(self) noexcept

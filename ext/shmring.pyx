@@ -90,7 +90,7 @@ shared mapping as of any file: sealing costs the ring nothing per message.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_WRITABLE
-from cpython.ref cimport PyObject
+from cpython.ref cimport PyObject, Py_REFCNT
 from libc.stdint cimport UINT64_MAX, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -567,21 +567,34 @@ cdef class SharedRing:
             self.read_pos = tail
         if self.held_count and (self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
                                 > self.capacity_ // 2):
-            self._detach_oldest()
+            self._detach_oldest(self.read_pos, self.capacity_ // 2, False)
         return messages, self._move_tail()
 
-    cdef void _detach_oldest(self) noexcept:
-        """Copy the oldest held frames out of the ring while no buffer views them, until
-        the pinned span is within half the ring (a frame someone views stops it)."""
+    cdef void _detach_oldest(self, uint64_t end, uint64_t span, bint anchored_only) noexcept:
+        """Let go of the oldest held frames while no buffer views them, until the pinned
+        span up to ``end`` is within ``span`` (a frame someone views stops it; with
+        ``anchored_only``, so does a frame without an anchor). A frame with an anchor
+        has it copy out what it refers to first; nobody else holding the frame, its
+        record is then let go with no copy of it, else the frame is copied out."""
         cdef RingFrame frame
         cdef PyObject* pointer
-        while self.held_count and (self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
-                                   > self.capacity_ // 2):
+        while self.held_count and (end - self.held_start[self.held_first % C_MAX_HELD]
+                                   > span):
             pointer = self.held_frame[self.held_first % C_MAX_HELD]
             if pointer == NULL:
                 break   # not possible: a record without frame is popped at once
             frame = <RingFrame>pointer
-            if frame.exports or frame._detach() < 0:
+            if frame.exports or (anchored_only and frame.anchor == NULL):
+                break
+            if frame.anchor != NULL:
+                if frame.evacuate(frame.anchor) < 0:
+                    break   # out of memory: it stays (the writer goes around: PINNED)
+                frame.anchor = NULL   # the anchor has ended (and let go of the frame)
+                if Py_REFCNT(frame) == 1:   # this function's reference alone
+                    frame._let_go()
+                    self.hold_detaches += 1
+                    continue
+            if frame._detach() < 0:
                 break
             self.hold_detaches += 1
 
@@ -597,6 +610,11 @@ cdef class SharedRing:
                 raise MemoryError()
         if self.held_count:
             oldest = self.held_start[self.held_first % C_MAX_HELD]
+            if end - oldest > self.max_held:
+                # frames kept only by bodies left in place (an anchor) make room at once
+                self._detach_oldest(end, self.max_held, True)
+                oldest = (self.held_start[self.held_first % C_MAX_HELD] if self.held_count
+                          else start)
         if self.held_count >= C_MAX_HELD or end - oldest > self.max_held:
             self.hold_refusals += 1
             return False
@@ -699,6 +717,8 @@ cdef class RingFrame:
         self.ring = None
         self.data = NULL
         self.length = 0
+        self.anchor = NULL
+        self.evacuate = NULL
 
     def __len__(self):
         return self.length
@@ -712,6 +732,16 @@ cdef class RingFrame:
         ring._release(self.seq)
         ring._frame_gone()
         return 0
+
+    cdef void _let_go(self) noexcept:
+        """Release the frame's record with no copy of it: nobody reads it any more (only
+        the ring's own reference is left, and it drops it at once)."""
+        cdef SharedRing ring = self.ring
+        self.data = NULL
+        self.length = 0
+        self.ring = None
+        ring._release(self.seq)
+        ring._frame_gone()
 
     @property
     def in_ring(self):

@@ -92,6 +92,8 @@ from libc.string cimport memcpy
 
 from fastfanout._ext.blobs cimport (
     BLOB_EXPIRES,
+    blob_body,
+    blob_parts,
     blob_expires_us,
     blob_journal,
     blob_topic,
@@ -796,7 +798,9 @@ cdef class Store:
             ff_store_le16(cursor + 42, blob.dedup_len)
             cursor[44] = <char>blob.priority
             cursor[45] = <char>(MESSAGE_TOPIC if topic != NULL else 0)
-            memcpy(cursor + MESSAGE_HEADER, blob.data, data_len)
+            memcpy(cursor + MESSAGE_HEADER, blob_body(blob), blob.body_len)
+            memcpy(cursor + MESSAGE_HEADER + blob.body_len, blob_parts(blob),
+                   data_len - blob.body_len)
             if topic != NULL:
                 ff_store_le16(cursor + MESSAGE_HEADER + data_len, topic_len)
                 memcpy(cursor + MESSAGE_HEADER + data_len + 2, topic, topic_len)
@@ -1000,7 +1004,7 @@ cdef class Store:
 
     cdef int _group_append(self, uint32_t slot, uint32_t qid, blob_t* blob) except -1:
         cdef GroupTable table = <GroupTable>self.group_tables[qid]
-        cdef const char* group_id = blob.data + blob.body_len + blob.attrs_len
+        cdef const char* group_id = blob_parts(blob) + blob.attrs_len
         cdef uint32_t group_index = table.find_or_add(ff_hash128(group_id, blob.group_len))
         cdef fifo_group* group = &table.groups[group_index]
         self.entries[slot].group = group_index

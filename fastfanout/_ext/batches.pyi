@@ -8,6 +8,7 @@ MAX_ATTRIBUTE_NAME: int
 MAX_ID_LENGTH: int
 MAX_DELAY_US: int
 MAX_BODY: int
+IN_PLACE_MIN_BODY: int
 
 class PublishBatch:
     def __len__(self) -> int: ...

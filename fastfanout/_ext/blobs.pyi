@@ -27,3 +27,8 @@ def blob_bytes(parts: int, journaled: bool = False, topic: int = -1) -> int:
     journal part when ``journaled``, and the tail of a topic name of ``topic`` bytes
     unless -1), rounded to its slab class (or to what malloc hands out, when bigger than
     ``BLOB_SLAB_MAX``)."""
+
+def in_place_stats() -> tuple[int, int, int, int]:
+    """What bodies left in place cost: ``(anchors, evacuations, evacuated_bodies,
+    evacuated_bytes)`` — frames still kept by their blobs, frames whose bodies were
+    copied out because their ring needed the room, and the bodies and bytes so copied."""

@@ -1,0 +1,167 @@
+"""Bodies left in place: a local client's publish frame read from its ring keeps its large
+bodies there (blobs.pyx, "Bodies left in place") until the messages are settled, and the
+ring evacuates them (copies them out) when it needs the room.
+
+The server runs in this process, so ``blobs.in_place_stats()`` is its state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import Tracker
+
+from fastfanout._ext import blobs
+from fastfanout._ext.batches import IN_PLACE_MIN_BODY
+
+ROW_ITEMS = 256   # float32 items: 1 KiB rows, well past IN_PLACE_MIN_BODY
+# A frame is read in place from 64 KiB (HOLD_MIN_BYTES): the tests publish 100 rows.
+
+
+def anchors() -> int:
+    return blobs.in_place_stats()[0]
+
+
+def evacuations() -> int:
+    return blobs.in_place_stats()[1]
+
+
+def rows(count: int, start: int = 0, items: int = ROW_ITEMS) -> np.ndarray:
+    return np.arange(start * items, (start + count) * items,
+                     dtype=np.float32).reshape(count, items)
+
+
+def receive_all(client, queue: str, expected: int) -> list:
+    got: list = []
+    while len(got) < expected:
+        batch = client.receive(queue, max_messages=expected - len(got), wait=2.0)
+        assert batch, f"{len(got)} of {expected} messages arrived"
+        got.extend(batch)
+    return got
+
+
+def test_large_bodies_stay_in_the_ring_until_their_messages_are_settled(track: Tracker):
+    server = track.server()
+    client = track.client(server.endpoint)
+    assert client.info["local_channels"] is True
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    before, evacuated = anchors(), evacuations()
+    table = rows(100)
+    assert table.shape[1] * 4 >= IN_PLACE_MIN_BODY
+    assert len(client.publish_batch("t", table)) == 100
+    assert anchors() == before + 1   # one frame kept by its 100 blobs
+    got = receive_all(client, "q", 100)
+    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    for message in got[:99]:
+        message.ack()
+    track.wait_until(lambda: client.stats().queues["q"].leased == 1, what="99 acks")
+    assert anchors() == before + 1   # one message still refers to the frame
+    got[99].ack()
+    track.wait_until(lambda: anchors() == before, what="the frame let go")
+    assert evacuations() == evacuated
+
+
+def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(track: Tracker):
+    server = track.server()
+    # a small ring: half of it (what frames held in place may pin) is 512 KiB
+    client = track.client(server.endpoint, ring_bytes=1 << 20)
+    assert client.info["local_channels"] is True
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    before, evacuated = anchors(), evacuations()
+    frames = 20   # 2 MiB of bodies, none consumed: the oldest frames must move out
+    for index in range(frames):
+        assert len(client.publish_batch("t", rows(100, index * 100))) == 100
+    assert evacuations() > evacuated
+    assert anchors() - before < frames
+    got = receive_all(client, "q", frames * 100)
+    expected = rows(frames * 100)
+    assert [bytes(m.body) for m in got] == [row.tobytes() for row in expected]
+    client.ack_batch([m.receipt for m in got])
+    track.wait_until(lambda: anchors() == before, what="every frame let go")
+
+
+def test_small_bodies_are_copied_as_before(track: Tracker):
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    before = anchors()
+    table = rows(100, items=(IN_PLACE_MIN_BODY // 4) - 1)
+    client.publish_batch("t", table)
+    assert anchors() == before
+    got = receive_all(client, "q", 100)
+    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+
+
+def test_bodies_outlive_the_client_that_published_them(track: Tracker):
+    server = track.server()
+    producer = track.client(server.endpoint)
+    producer.create_topic("t")
+    producer.create_queue("q")
+    producer.subscribe("t", "q")
+    before = anchors()
+    table = rows(100)
+    producer.publish_batch("t", table)
+    assert anchors() == before + 1
+    producer.close()
+    consumer = track.client(server.endpoint)
+    got = receive_all(consumer, "q", 100)
+    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+
+
+def test_purging_and_deleting_queues_let_the_frames_go(track: Tracker):
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    for name in ("a", "b"):
+        client.create_queue(name)
+        client.subscribe("t", name)
+    before = anchors()
+    client.publish_batch("t", rows(100))
+    assert anchors() == before + 1
+    assert client.purge("a") == 100
+    assert anchors() == before + 1   # queue b still holds the 100 messages
+    client.delete_queue("b")
+    track.wait_until(lambda: anchors() == before, what="the frame let go")
+
+
+@pytest.mark.parametrize("pattern", ["t.*", "t.>"])
+def test_a_queue_keeping_topics_gets_its_bodies_and_topics_whole(track: Tracker, pattern):
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t.x")
+    client.create_queue("q")
+    client.subscribe(pattern, "q")   # a pattern subscription keeps topics
+    before = anchors()
+    table = rows(100)
+    client.publish_batch("t.x", table)
+    assert anchors() == before   # the blobs carry the topic: copies, as before
+    got = receive_all(client, "q", 100)
+    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    assert {m.topic for m in got} == {"t.x"}
+
+
+def test_a_durable_broker_journals_the_bodies_it_left_in_place(track: Tracker, tmp_path):
+    data = tmp_path / "data"
+    endpoint = track.endpoint()
+    server = track.server(endpoint, data_dir=str(data))
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q", durable=True)
+    client.subscribe("t", "q")
+    before = anchors()
+    table = rows(100)
+    client.publish_batch("t", table)
+    assert anchors() == before + 1
+    client.close()
+    server.stop(10)
+    track.servers.remove(server)
+    server = track.server(endpoint, data_dir=str(data))
+    client = track.client(endpoint)
+    got = receive_all(client, "q", 100)
+    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
