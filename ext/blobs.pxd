@@ -43,11 +43,10 @@ cdef enum:
     BLOB_EXTERNAL = 8         # flags: data starts with a blob_external_t, not the body
 
 
-# The blobs whose bodies lie in one frame read in place (a ``RingFrame``): the frame is
+# The blobs whose bodies lie in one frame read in place (a ``BodySource``): the frame is
 # kept (one reference) while any of them lives, unless evacuated first.
 cdef struct blob_anchor_t:
-    PyObject* frame           # a strong reference
-    void** hook               # the frame's pointer to this anchor: cleared when it ends
+    PyObject* frame           # the BodySource (a strong reference)
     blob_t** blobs            # the blobs made on it, in order (NULL: released)
     uint32_t count            # slots used
     uint32_t capacity
@@ -131,9 +130,18 @@ cdef blob_t* blob_new_in_place(blob_anchor_t* anchor, int64_t timestamp_us,
                                const char* dedup, uint16_t dedup_len, uint8_t priority,
                                bint journaled) noexcept nogil
 
-cdef blob_anchor_t* blob_anchor_new(object frame, void** hook, uint32_t capacity) except NULL
+cdef blob_anchor_t* blob_anchor_new(BodySource frame, uint32_t capacity) except NULL
 cdef void blob_anchor_seal(blob_anchor_t* anchor) noexcept
-cdef int blob_anchor_evacuate(void* anchor) noexcept
+
+
+# A buffer whose bytes stay where they lie while it lives: a frame read in place from a
+# transport (shmring.pyx's ``RingFrame``). Blobs may keep their bodies in it (an anchor);
+# before the transport moves its bytes (or lets them go) it asks ``evacuate``.
+cdef class BodySource:
+    cdef void* anchor                               # its blob_anchor_t, or NULL
+    cdef int (*evacuate)(void* anchor) noexcept     # copy the bodies out (-1: cannot)
+
+    cdef bint lies_in_place(self)
 
 cdef blob_t* blob_with_topic(blob_t* blob, const char* topic,
                             uint16_t topic_len) noexcept nogil

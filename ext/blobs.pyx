@@ -487,10 +487,22 @@ cdef blob_t* _blob_make(blob_anchor_t* anchor, uint64_t id, int64_t timestamp_us
 
 # -- bodies left in place -------------------------------------------------------------
 
-cdef blob_anchor_t* blob_anchor_new(object frame, void** hook, uint32_t capacity) except NULL:
+cdef class BodySource:
+    """A buffer whose bytes stay where they lie while it lives (a frame read in place by
+    a transport): blobs may keep their bodies in it (see "Bodies left in place")."""
+
+    def __cinit__(self):
+        self.anchor = NULL
+        self.evacuate = NULL
+
+    cdef bint lies_in_place(self):
+        """True while its bytes are where they were read (a subclass says)."""
+        return False
+
+
+cdef blob_anchor_t* blob_anchor_new(BodySource frame, uint32_t capacity) except NULL:
     """An anchor for up to ``capacity`` blobs whose bodies lie in ``frame`` (kept: one
-    reference). ``hook``: where the frame keeps its anchor, cleared when the anchor ends
-    (``blob_anchor_seal`` sets it)."""
+    reference); ``blob_anchor_seal`` gives it to the frame."""
     global _anchors_live
     cdef blob_anchor_t* anchor = <blob_anchor_t*>malloc(sizeof(blob_anchor_t))
     if anchor == NULL:
@@ -501,7 +513,6 @@ cdef blob_anchor_t* blob_anchor_new(object frame, void** hook, uint32_t capacity
         raise MemoryError()
     Py_INCREF(frame)
     anchor.frame = <PyObject*>frame
-    anchor.hook = hook
     anchor.count = 0
     anchor.capacity = capacity
     anchor.live = 0
@@ -513,19 +524,21 @@ cdef blob_anchor_t* blob_anchor_new(object frame, void** hook, uint32_t capacity
 cdef void blob_anchor_seal(blob_anchor_t* anchor) noexcept:
     """Every blob of the anchor's publish is made (or released): hook it to its frame,
     so the frame's ring may evacuate it, or end it now if no blob lives on it."""
+    cdef BodySource frame = <BodySource>anchor.frame
     anchor.sealed = 1
     if anchor.live == 0:
         _anchor_end(anchor)
     else:
-        anchor.hook[0] = <void*>anchor
+        frame.anchor = <void*>anchor
+        frame.evacuate = blob_anchor_evacuate
 
 
 cdef void _anchor_end(blob_anchor_t* anchor) noexcept with gil:
     """No blob refers to the frame any more: unhook it and let it go."""
     global _anchors_live
     cdef PyObject* frame = anchor.frame
-    if anchor.sealed and anchor.hook[0] == <void*>anchor:
-        anchor.hook[0] = NULL
+    if (<BodySource>frame).anchor == <void*>anchor:
+        (<BodySource>frame).anchor = NULL
     free(anchor.blobs)
     free(anchor)
     _anchors_live -= 1

@@ -51,7 +51,7 @@ from fastfanout._ext.codec cimport (
 from fastfanout._ext.dedup cimport DedupWindow, ff_hash128, ff_hash128_t
 from fastfanout._ext.filters cimport FilterSet
 from fastfanout._ext.blobs cimport (
-    blob_anchor_evacuate,
+    BodySource,
     blob_anchor_new,
     blob_anchor_seal,
     blob_anchor_t,
@@ -62,7 +62,6 @@ from fastfanout._ext.blobs cimport (
     blob_t,
     blob_with_topic,
 )
-from fastfanout._ext.shmring cimport RingFrame
 from fastfanout._ext.store cimport (
     OVERFLOW_DEAD_LETTER,
     OVERFLOW_DROP_OLDEST,
@@ -746,7 +745,7 @@ cdef class Dispatcher:
         cdef const char* row_body
         cdef Py_ssize_t row_len
         cdef bint journaled = store.journal is not None   # blobs with a journal part
-        cdef object in_ring = None   # the RingFrame a codec frame lies in (read in place)
+        cdef object in_ring = None   # the BodySource a codec frame lies in (read in place)
         cdef blob_anchor_t* anchor = NULL
         # only a codec frame opens the reader; gcc cannot see that it is read only then
         memset(&reader, 0, sizeof(reader))
@@ -775,8 +774,8 @@ cdef class Dispatcher:
             in_ring = (<EncodedBatch>entries).frame
             if type(in_ring) is memoryview:
                 in_ring = (<memoryview>in_ring).obj
-            if (type(in_ring) is not RingFrame or (<RingFrame>in_ring).ring is None
-                    or (<RingFrame>in_ring).anchor != NULL):
+            if (not isinstance(in_ring, BodySource) or not (<BodySource>in_ring).lies_in_place()
+                    or (<BodySource>in_ring).anchor != NULL):
                 in_ring = None
         elif ff_rows_open(entries, &rows):
             # An array batch (ext/rows.pxd): bodies straight from the caller's buffer.
@@ -810,8 +809,7 @@ cdef class Dispatcher:
                 # Bodies left where they lie, in the client's ring (blobs.pyx, "Bodies
                 # left in place"): one copy less a message; the ring evacuates them
                 # when it needs the room.
-                anchor = blob_anchor_new(in_ring, &(<RingFrame>in_ring).anchor,
-                                         <uint32_t>count)
+                anchor = blob_anchor_new(<BodySource>in_ring, <uint32_t>count)
             if filtering and items is not None:
                 # The filter matcher reads attribute dicts: keep the caller's instead of
                 # decoding each blob's copy again.
@@ -886,7 +884,6 @@ cdef class Dispatcher:
             if array_batch:
                 ff_rows_close(&rows)
             if anchor != NULL:
-                (<RingFrame>in_ring).evacuate = blob_anchor_evacuate
                 blob_anchor_seal(anchor)
         try:
             batch = PublishBatch(count)

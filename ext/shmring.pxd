@@ -6,6 +6,7 @@
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t
 
+from fastfanout._ext.blobs cimport BodySource
 from fastfanout._ext.sinks cimport (
     FrameSink,
     FrameSource,
@@ -75,7 +76,7 @@ cdef class SharedRing(FrameSink):
     cdef int commit(self, uint64_t end) noexcept
 
 
-cdef class RingFrame:
+cdef class RingFrame(BodySource):
     cdef SharedRing ring
     cdef const char* data
     cdef Py_ssize_t length
@@ -83,11 +84,9 @@ cdef class RingFrame:
     cdef Py_ssize_t shape[1]
     cdef Py_ssize_t exports             # buffers exported and not released
     cdef bytes owned                    # the copy, once detached from the ring
-    # What refers into the frame without a buffer (blobs.pyx's anchor of bodies left in
-    # place), or NULL; before detaching the frame the ring asks it to copy out what it
-    # needs (``evacuate``: 0, or -1 when it cannot: the frame then stays pinned).
-    cdef void* anchor
-    cdef int (*evacuate)(void* anchor) noexcept
+    # BodySource's anchor: what refers into the frame without a buffer (blobs.pyx's
+    # bodies left in place), or NULL; before detaching the frame the ring asks it to
+    # copy out what it needs (``evacuate``: 0, or -1 when it cannot: it stays pinned).
 
     cdef int _detach(self) except -1
     cdef void _let_go(self) noexcept

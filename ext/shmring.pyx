@@ -717,8 +717,6 @@ cdef class RingFrame:
         self.ring = None
         self.data = NULL
         self.length = 0
-        self.anchor = NULL
-        self.evacuate = NULL
 
     def __len__(self):
         return self.length
@@ -732,6 +730,9 @@ cdef class RingFrame:
         ring._release(self.seq)
         ring._frame_gone()
         return 0
+
+    cdef bint lies_in_place(self):
+        return self.ring is not None
 
     cdef void _let_go(self) noexcept:
         """Release the frame's record with no copy of it: nobody reads it any more (only

@@ -32,3 +32,7 @@ def in_place_stats() -> tuple[int, int, int, int]:
     """What bodies left in place cost: ``(anchors, evacuations, evacuated_bodies,
     evacuated_bytes)`` — frames still kept by their blobs, frames whose bodies were
     copied out because their ring needed the room, and the bodies and bytes so copied."""
+
+class BodySource:
+    """A buffer whose bytes stay where they lie while it lives (a frame read in place by
+    a transport, as ``shmring.RingFrame``): blobs may keep their bodies in it."""

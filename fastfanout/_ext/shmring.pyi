@@ -1,6 +1,7 @@
 from collections.abc import Callable
 from typing import Final, final
 
+from fastfanout._ext.blobs import BodySource
 from fastfanout._ext.sinks import FrameSink
 
 VERSION: Final[int]
@@ -56,7 +57,7 @@ class SharedRing(FrameSink):
     def sleep(self) -> bool: ...
 
 @final
-class RingFrame:
+class RingFrame(BodySource):
     """A frame read in place from a ring: a read-only buffer (see ext/shmring.pyx)."""
 
     @property
