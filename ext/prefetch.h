@@ -29,4 +29,22 @@ static inline void ff_prefetch_object(const void* address, size_t size) {
     ff_prefetch_line(at + size - 1);
 }
 
+/* A cache line about to be written: asked for with ownership (x86: `prefetchw`, which
+ * CPUs without it take as a no-op), so the store does not wait for the line to be read
+ * and taken from the core that last had it (a ring's reader). */
+static inline void ff_prefetch_for_write(const void* address) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __asm__ volatile("prefetchw %0" : : "m"(*(const char*)address));
+#else
+    __builtin_prefetch(address, 1);
+#endif
+}
+
+/* Every cache line of the `size` bytes (at most `limit`) at `address`, about to be
+ * written. */
+static inline void ff_prefetch_range_for_write(char* address, size_t size, size_t limit) {
+    size_t end = size < limit ? size : limit;
+    for (size_t offset = 0; offset < end; offset += 64) ff_prefetch_for_write(address + offset);
+}
+
 #endif
