@@ -1,6 +1,6 @@
 """A numpy pipeline: float32 rows through a broker vs raw pyzmq and multiprocessing.Queue.
 
-python bench/e2e_numpy.py [--rows 200000] [--chunk 1000] [--runs 3] [--row-items 256]
+python bench/e2e_numpy.py [--rows 1000000] [--chunk 1000] [--runs 3] [--row-items 256]
     [--in-flight 2] [--prefetch 2048] [--queue-bound 4096] [--ring-mib 8]
 
 The data: a float32 array of ``--rows`` rows of 256 items (1 KiB a row), sent in chunks
@@ -14,9 +14,10 @@ each from one producer process to one consumer process:
   (``--prefetch``); ``batch.as_array(numpy.float32, (256,))`` is a view of the delivery
   frame where it lies in the consumer's ring (docs/arrays.md); ``batch.ack()`` acks it
   whole. The window is small on purpose: what is in flight stays in the CPU's cache,
-  and each of the broker's two copies of a row costs a trip to main memory otherwise
-  (2 batches, prefetch 2,048, 4,096 rows, 8 MiB rings ran 1.3x the rows per second of 8
-  batches, 16,384, 32,768 and 64 MiB: docs/benchmarks.md, 2026-12-04);
+  and the broker's copy of a row (from the producer's ring, where the body stays, to
+  the consumer's: blobs.pyx, "Bodies left in place") costs a trip to main memory
+  otherwise (2 batches, prefetch 2,048, 4,096 rows, 8 MiB rings ran 1.3x the rows per
+  second of 8 batches, 16,384, 32,768 and 64 MiB: docs/benchmarks.md, 2026-12-04);
 - raw pyzmq PUSH -> PULL: each chunk sent zero-copy (``copy=False``), received without a
   copy and viewed with ``numpy.frombuffer`` (one hop, no broker);
 - ``multiprocessing.Queue``: each chunk pickled through the queue.
@@ -24,7 +25,9 @@ each from one producer process to one consumer process:
 Reports bytes per second (the rows after the consumer's first chunk or batch, over the
 time from its arrival to the last one's: the first is not counted, as its time is not;
 medians of the runs) and the ratios fastfanout / pyzmq and fastfanout /
-multiprocessing.Queue.
+multiprocessing.Queue. A million rows (1 GB; until 2026-12-06 200,000): a run of 200,000
+lasted 0.1 s, and a start's page faults and one preemption swung pyzmq's figure from 0.7
+to 3 GB/s within one invocation; ``--rows 200000`` measures it so still.
 
 ``--row-items 4`` (16-byte rows, the same number of messages) leaves almost nothing to
 copy: what fastfanout reaches then is the ceiling its per-message work sets on this
@@ -236,7 +239,7 @@ def mpq_run(rows: int, chunk: int, items: int) -> tuple[float, float]:
 def main() -> int:
     """Run the three side by side, ``--runs`` times, and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--row-items", type=int, default=ROW_ITEMS,
