@@ -77,17 +77,26 @@ def memory_stats() -> dict[str, int]:
     ``BLOB_SLAB_KEEP_BYTES``), ``blob_slab_released`` (empty chunks handed back to the
     kernel because the kept ones were at that limit), ``blob_slab_mapped_bytes`` (address
     space mapped for chunks), ``blob_big_pool_bytes`` (freed bigger blobs kept for reuse,
-    at most ``BLOB_BIG_POOL_MAX_BYTES``) and ``blob_big_pool_overflows`` (freed bigger
-    blobs given back to malloc because the pool was at that limit).
+    at most ``BLOB_BIG_POOL_MAX_BYTES``), ``blob_big_pool_overflows`` (freed bigger
+    blobs given back to malloc because the pool was at that limit), and the bodies left
+    in place in local clients' rings (blobs.pyx): ``bodies_in_place_frames`` (frames their
+    messages keep now), ``bodies_evacuated`` and ``bodies_evacuated_bytes`` (bodies copied
+    out because their ring needed the room: half of it is what such frames may pin) and
+    ``bodies_evacuations`` (frames so emptied).
     """
     slab = blobs.blob_slab_stats()
     big_bytes, big_overflows = blobs.blob_big_pool_stats()
+    frames, evacuations, evacuated, evacuated_bytes = blobs.in_place_stats()
     return {"blob_slab_live_bytes": slab["live_bytes"],
             "blob_slab_kept_bytes": slab["kept_bytes"],
             "blob_slab_released": slab["released"],
             "blob_slab_mapped_bytes": slab["mapped_bytes"],
             "blob_big_pool_bytes": big_bytes,
-            "blob_big_pool_overflows": big_overflows}
+            "blob_big_pool_overflows": big_overflows,
+            "bodies_in_place_frames": frames,
+            "bodies_evacuations": evacuations,
+            "bodies_evacuated": evacuated,
+            "bodies_evacuated_bytes": evacuated_bytes}
 
 
 def freeze_startup_objects() -> int:

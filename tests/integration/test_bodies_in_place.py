@@ -72,11 +72,19 @@ def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(tra
     client.create_queue("q")
     client.subscribe("t", "q")
     before, evacuated = anchors(), evacuations()
+    counted = client.server_stats()
     frames = 20   # 2 MiB of bodies, none consumed: the oldest frames must move out
     for index in range(frames):
         assert len(client.publish_batch("t", rows(100, index * 100))) == 100
     assert evacuations() > evacuated
     assert anchors() - before < frames
+    stats = client.server_stats()   # the same counters, as a client reads them
+    assert stats["bodies_in_place_frames"] == anchors()
+    assert stats["bodies_evacuations"] == evacuations()
+    moved = stats["bodies_evacuated"] - counted["bodies_evacuated"]
+    assert moved >= 100   # at least one frame's rows
+    assert (stats["bodies_evacuated_bytes"] - counted["bodies_evacuated_bytes"]
+            == moved * ROW_ITEMS * 4)
     got = receive_all(client, "q", frames * 100)
     expected = rows(frames * 100)
     assert [bytes(m.body) for m in got] == [row.tobytes() for row in expected]
