@@ -45,7 +45,7 @@ from fastfanout._ext.codec cimport (
     ff_store_le32,
     ff_store_le64,
 )
-from fastfanout._ext.blobs cimport blob_anchor_t, blob_new, blob_new_in_place, blob_t
+from fastfanout._ext.blobs cimport blob_anchor_t, blob_make, blob_new, blob_t
 from fastfanout._ext.bodies cimport ff_body_buffer
 
 from datetime import datetime
@@ -326,7 +326,7 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
     """Validate one publish record of a frame and copy it into a new blob; ``due_out``
     gets its own due time (``deliver_at``), or INT64_MIN: the queue's delay applies.
     With an ``anchor`` (the frame was read in place), a body of ``IN_PLACE_MIN_BODY``
-    bytes or more stays where it lies (``blob_new_in_place``)."""
+    bytes or more stays where it lies (``blob_make``)."""
     cdef bytes encoded = None
     cdef const char* attrs = NULL
     cdef uint32_t attrs_len = 0
@@ -375,18 +375,11 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
         expires_us = <int64_t>record.receipt
         if expires_us <= now_us:
             raise InvalidArgument(f"entry {i}: the message expired before it was published")
-    if anchor != NULL and record.body_len >= C_IN_PLACE_MIN_BODY:
-        blob = blob_new_in_place(anchor, now_us, due_us, expires_us, record.body,
-                                 record.body_len, attrs, attrs_len, record.group,
-                                 <uint16_t>record.group_len, record.dedup,
-                                 <uint16_t>record.dedup_len,
-                                 record.priority if record.flags & FF_FLAG_PRIORITY else 0,
-                                 journaled)
-    else:
-        blob = blob_new(0, now_us, due_us, expires_us, record.body, record.body_len,
-                        attrs, attrs_len, record.group, <uint16_t>record.group_len,
-                        record.dedup, <uint16_t>record.dedup_len,
-                        record.priority if record.flags & FF_FLAG_PRIORITY else 0, journaled)
+    blob = blob_make(anchor if record.body_len >= C_IN_PLACE_MIN_BODY else NULL,
+                     0, now_us, due_us, expires_us, record.body, record.body_len,
+                     attrs, attrs_len, record.group, <uint16_t>record.group_len,
+                     record.dedup, <uint16_t>record.dedup_len,
+                     record.priority if record.flags & FF_FLAG_PRIORITY else 0, journaled)
     if blob == NULL:
         raise MemoryError()
     due_out[0] = due_us

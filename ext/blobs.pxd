@@ -122,13 +122,13 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
                       const char* dedup, uint16_t dedup_len, uint8_t priority,
                       bint journaled) noexcept nogil
 
-cdef blob_t* blob_new_in_place(blob_anchor_t* anchor, int64_t timestamp_us,
-                               int64_t due_us, int64_t expires_us,
-                               const char* body, uint32_t body_len,
-                               const char* attrs, uint32_t attrs_len,
-                               const char* group, uint16_t group_len,
-                               const char* dedup, uint16_t dedup_len, uint8_t priority,
-                               bint journaled) noexcept nogil
+cdef blob_t* blob_make(blob_anchor_t* anchor, uint64_t id, int64_t timestamp_us,
+                       int64_t due_us, int64_t expires_us,
+                       const char* body, uint32_t body_len,
+                       const char* attrs, uint32_t attrs_len,
+                       const char* group, uint16_t group_len,
+                       const char* dedup, uint16_t dedup_len, uint8_t priority,
+                       bint journaled) noexcept nogil
 
 cdef blob_anchor_t* blob_anchor_new(BodySource frame, uint32_t capacity) except NULL
 cdef void blob_anchor_seal(blob_anchor_t* anchor) noexcept

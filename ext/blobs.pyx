@@ -35,7 +35,7 @@ blobs always do (the copy of their body costs more than malloc).
 
 Bodies left in place. A local client's publish frame of 64 KiB or more is read in place
 from its ring (a ``RingFrame``, shmring.pyx): a body of ``IN_PLACE_MIN_BODY`` bytes or
-more then stays there. Its blob (``blob_new_in_place``, flag ``BLOB_EXTERNAL``) holds a
+more then stays there. Its blob (``blob_make`` with an anchor, flag ``BLOB_EXTERNAL``) holds a
 ``blob_external_t`` where the body would be: the body's address, its **anchor** and its
 slot there; every other part is copied as usual, and ``blob_body``/``blob_parts`` find
 the parts of either kind. One anchor serves the blobs of one frame: it keeps the frame
@@ -398,33 +398,20 @@ cdef blob_t* blob_new(uint64_t id, int64_t timestamp_us, int64_t due_us, int64_t
     part, for the journal's message record. ``journaled``: made for a broker with a
     journal, so it gets a journal part (``blob_journal``): no record yet.
     """
-    return _blob_make(NULL, id, timestamp_us, due_us, expires_us, body, body_len, attrs,
-                      attrs_len, group, group_len, dedup, dedup_len, priority, journaled)
+    return blob_make(NULL, id, timestamp_us, due_us, expires_us, body, body_len, attrs,
+                     attrs_len, group, group_len, dedup, dedup_len, priority, journaled)
 
 
-cdef blob_t* blob_new_in_place(blob_anchor_t* anchor, int64_t timestamp_us,
-                               int64_t due_us, int64_t expires_us,
-                               const char* body, uint32_t body_len,
-                               const char* attrs, uint32_t attrs_len,
-                               const char* group, uint16_t group_len,
-                               const char* dedup, uint16_t dedup_len, uint8_t priority,
-                               bint journaled) noexcept nogil:
-    """As ``blob_new`` (id 0), but the body stays where it lies, in ``anchor``'s frame
-    (``BLOB_EXTERNAL``): only the other parts are copied. NULL on OOM, or when the anchor
-    is full (made for fewer blobs)."""
-    if anchor.count >= anchor.capacity:
-        return NULL
-    return _blob_make(anchor, 0, timestamp_us, due_us, expires_us, body, body_len, attrs,
-                      attrs_len, group, group_len, dedup, dedup_len, priority, journaled)
-
-
-cdef blob_t* _blob_make(blob_anchor_t* anchor, uint64_t id, int64_t timestamp_us,
-                        int64_t due_us, int64_t expires_us,
-                        const char* body, uint32_t body_len,
-                        const char* attrs, uint32_t attrs_len,
-                        const char* group, uint16_t group_len,
-                        const char* dedup, uint16_t dedup_len, uint8_t priority,
-                        bint journaled) noexcept nogil:
+cdef blob_t* blob_make(blob_anchor_t* anchor, uint64_t id, int64_t timestamp_us,
+                       int64_t due_us, int64_t expires_us,
+                       const char* body, uint32_t body_len,
+                       const char* attrs, uint32_t attrs_len,
+                       const char* group, uint16_t group_len,
+                       const char* dedup, uint16_t dedup_len, uint8_t priority,
+                       bint journaled) noexcept nogil:
+    """``blob_new`` with an ``anchor``: unless NULL, the body stays where it lies, in the
+    anchor's frame (``BLOB_EXTERNAL``), and only the other parts are copied. NULL on OOM,
+    or when the anchor is full (made for fewer blobs)."""
     cdef size_t prefix = sizeof(blob_journal_t) if journaled else 0
     cdef size_t body_room = sizeof(blob_external_t) if anchor != NULL else body_len
     cdef size_t parts = body_room + attrs_len + group_len + dedup_len
@@ -437,6 +424,8 @@ cdef blob_t* _blob_make(blob_anchor_t* anchor, uint64_t id, int64_t timestamp_us
     cdef char* cursor
     if group_len > 255 or dedup_len > 255:
         return NULL   # unreachable: every caller validates C_MAX_ID_LENGTH (128) first
+    if anchor != NULL and anchor.count >= anchor.capacity:
+        return NULL
     chunk = _chunk_take(size)
     if chunk == NULL:
         return NULL

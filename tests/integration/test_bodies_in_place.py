@@ -31,6 +31,18 @@ def rows(count: int, start: int = 0, items: int = ROW_ITEMS) -> np.ndarray:
                      dtype=np.float32).reshape(count, items)
 
 
+def wired(client, *queues: str) -> None:
+    """Topic ``t`` with the queues subscribed to it."""
+    client.create_topic("t")
+    for name in queues:
+        client.create_queue(name)
+        client.subscribe("t", name)
+
+
+def same_bodies(got: list, table: np.ndarray) -> bool:
+    return [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+
+
 def receive_all(client, queue: str, expected: int) -> list:
     got: list = []
     while len(got) < expected:
@@ -44,16 +56,14 @@ def test_large_bodies_stay_in_the_ring_until_their_messages_are_settled(track: T
     server = track.server()
     client = track.client(server.endpoint)
     assert client.info["local_channels"] is True
-    client.create_topic("t")
-    client.create_queue("q")
-    client.subscribe("t", "q")
+    wired(client, "q")
     before, evacuated = anchors(), evacuations()
     table = rows(100)
     assert table.shape[1] * 4 >= IN_PLACE_MIN_BODY
     assert len(client.publish_batch("t", table)) == 100
     assert anchors() == before + 1   # one frame kept by its 100 blobs
     got = receive_all(client, "q", 100)
-    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    assert same_bodies(got, table)
     for message in got[:99]:
         message.ack()
     track.wait_until(lambda: client.stats().queues["q"].leased == 1, what="99 acks")
@@ -68,9 +78,7 @@ def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(tra
     # a small ring: half of it (what frames held in place may pin) is 512 KiB
     client = track.client(server.endpoint, ring_bytes=1 << 20)
     assert client.info["local_channels"] is True
-    client.create_topic("t")
-    client.create_queue("q")
-    client.subscribe("t", "q")
+    wired(client, "q")
     before, evacuated = anchors(), evacuations()
     counted = client.server_stats()
     frames = 20   # 2 MiB of bodies, none consumed: the oldest frames must move out
@@ -87,7 +95,7 @@ def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(tra
             == moved * ROW_ITEMS * 4)
     got = receive_all(client, "q", frames * 100)
     expected = rows(frames * 100)
-    assert [bytes(m.body) for m in got] == [row.tobytes() for row in expected]
+    assert same_bodies(got, expected)
     client.ack_batch([m.receipt for m in got])
     track.wait_until(lambda: anchors() == before, what="every frame let go")
 
@@ -95,23 +103,19 @@ def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(tra
 def test_small_bodies_are_copied_as_before(track: Tracker):
     server = track.server()
     client = track.client(server.endpoint)
-    client.create_topic("t")
-    client.create_queue("q")
-    client.subscribe("t", "q")
+    wired(client, "q")
     before = anchors()
     table = rows(100, items=(IN_PLACE_MIN_BODY // 4) - 1)
     client.publish_batch("t", table)
     assert anchors() == before
     got = receive_all(client, "q", 100)
-    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    assert same_bodies(got, table)
 
 
 def test_bodies_outlive_the_client_that_published_them(track: Tracker):
     server = track.server()
     producer = track.client(server.endpoint)
-    producer.create_topic("t")
-    producer.create_queue("q")
-    producer.subscribe("t", "q")
+    wired(producer, "q")
     before = anchors()
     table = rows(100)
     producer.publish_batch("t", table)
@@ -119,16 +123,13 @@ def test_bodies_outlive_the_client_that_published_them(track: Tracker):
     producer.close()
     consumer = track.client(server.endpoint)
     got = receive_all(consumer, "q", 100)
-    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    assert same_bodies(got, table)
 
 
 def test_purging_and_deleting_queues_let_the_frames_go(track: Tracker):
     server = track.server()
     client = track.client(server.endpoint)
-    client.create_topic("t")
-    for name in ("a", "b"):
-        client.create_queue(name)
-        client.subscribe("t", name)
+    wired(client, "a", "b")
     before = anchors()
     client.publish_batch("t", rows(100))
     assert anchors() == before + 1
@@ -150,7 +151,7 @@ def test_a_queue_keeping_topics_gets_its_bodies_and_topics_whole(track: Tracker,
     client.publish_batch("t.x", table)
     assert anchors() == before   # the blobs carry the topic: copies, as before
     got = receive_all(client, "q", 100)
-    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    assert same_bodies(got, table)
     assert {m.topic for m in got} == {"t.x"}
 
 
@@ -172,4 +173,4 @@ def test_a_durable_broker_journals_the_bodies_it_left_in_place(track: Tracker, t
     server = track.server(endpoint, data_dir=str(data))
     client = track.client(endpoint)
     got = receive_all(client, "q", 100)
-    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    assert same_bodies(got, table)
