@@ -7,6 +7,9 @@ The server runs in this process, so ``blobs.in_place_stats()`` is its state.
 
 from __future__ import annotations
 
+import signal
+import textwrap
+
 import numpy as np
 import pytest
 from conftest import Tracker
@@ -124,6 +127,39 @@ def test_bodies_outlive_the_client_that_published_them(track: Tracker):
     consumer = track.client(server.endpoint)
     got = receive_all(consumer, "q", 100)
     assert same_bodies(got, table)
+
+
+PUBLISH_THEN_HANG = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from fastfanout.client import connect
+    client = connect(sys.argv[1], ring_bytes=1 << 20)
+    for batch in range(8):   # 800 KiB of rows: frames kept and evacuated
+        start = batch * 100 * 256
+        rows = np.arange(start, start + 100 * 256, dtype=np.float32).reshape(100, 256)
+        client.publish_batch("t", rows)
+    print("published", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_bodies_outlive_a_producer_killed_with_sigkill(track: Tracker):
+    server = track.server()
+    client = track.client(server.endpoint)
+    wired(client, "q")
+    before = anchors()
+    process = track.process(["-c", PUBLISH_THEN_HANG, server.endpoint])
+    assert process.stdout is not None
+    assert process.stdout.readline().split() == [b"published"]
+    assert anchors() > before   # some frames still lie in the producer's ring
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    track.wait_until(lambda: client.server_stats()["local_sessions"] == 1,
+                     what="the killed producer's session ended")
+    got = receive_all(client, "q", 800)
+    assert same_bodies(got, rows(800))
+    client.ack_batch([m.receipt for m in got])
+    track.wait_until(lambda: anchors() == before, what="every frame let go")
 
 
 def test_purging_and_deleting_queues_let_the_frames_go(track: Tracker):
