@@ -54,7 +54,11 @@ as before and ``hold_refusals`` counts it. Other records read after a held one a
 pinned too (the tail cannot pass the held one): when the pinned span passes half the
 ring, ``read`` copies the oldest held frames out of the ring (``detach``: the object
 stays, its bytes move to the heap) as long as no buffer views them, and
-``hold_detaches`` counts them. A frame still viewed (a live numpy array or memoryview
+``hold_detaches`` counts them. A frame that the broker's blobs keep bodies in (a
+``BodySource`` with an anchor, blobs.pyx's "Bodies left in place") is asked to
+evacuate first (its live bodies are copied out, each on its own) and is then let go
+without a copy of it; such frames also make room at once for a new frame that would
+pass ``max_held``, rather than that frame being refused. A frame still viewed (a live numpy array or memoryview
 of it) cannot move: kept for good, it leaves the ring full behind it once the writer
 has filled it, and from then on every message goes around the ring (``PINNED``, below),
 so views of held frames are for the work at hand (see docs/arrays.md). ``close`` with
