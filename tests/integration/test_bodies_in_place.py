@@ -103,6 +103,20 @@ def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(tra
     track.wait_until(lambda: anchors() == before, what="every frame let go")
 
 
+def test_a_send_to_a_queue_leaves_its_bodies_in_place_too(track: Tracker):
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_queue("q")
+    before = anchors()
+    table = rows(100)
+    assert len(client.send_batch("q", table)) == 100
+    assert anchors() == before + 1
+    got = receive_all(client, "q", 100)
+    assert same_bodies(got, table)
+    client.ack_batch([m.receipt for m in got])
+    track.wait_until(lambda: anchors() == before, what="the frame let go")
+
+
 def test_small_bodies_are_copied_as_before(track: Tracker):
     server = track.server()
     client = track.client(server.endpoint)
