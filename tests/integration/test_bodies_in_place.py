@@ -34,6 +34,15 @@ def rows(count: int, start: int = 0, items: int = ROW_ITEMS) -> np.ndarray:
                      dtype=np.float32).reshape(count, items)
 
 
+def settle_all(track: Tracker, client, queue: str, table: np.ndarray, before: int) -> None:
+    """Receive every row of ``table`` from ``queue``, whole, ack them, and wait until the
+    frames they lay in are let go (back to ``before`` anchors)."""
+    got = receive_all(client, queue, len(table))
+    assert same_bodies(got, table)
+    client.ack_batch([m.receipt for m in got])
+    track.wait_until(lambda: anchors() == before, what="every frame let go")
+
+
 def wired(client, *queues: str) -> None:
     """Topic ``t`` with the queues subscribed to it."""
     client.create_topic("t")
@@ -96,11 +105,7 @@ def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(tra
     assert moved >= 100   # at least one frame's rows
     assert (stats["bodies_evacuated_bytes"] - counted["bodies_evacuated_bytes"]
             == moved * ROW_ITEMS * 4)
-    got = receive_all(client, "q", frames * 100)
-    expected = rows(frames * 100)
-    assert same_bodies(got, expected)
-    client.ack_batch([m.receipt for m in got])
-    track.wait_until(lambda: anchors() == before, what="every frame let go")
+    settle_all(track, client, "q", rows(frames * 100), before)
 
 
 def test_a_send_to_a_queue_leaves_its_bodies_in_place_too(track: Tracker):
@@ -111,10 +116,7 @@ def test_a_send_to_a_queue_leaves_its_bodies_in_place_too(track: Tracker):
     table = rows(100)
     assert len(client.send_batch("q", table)) == 100
     assert anchors() == before + 1
-    got = receive_all(client, "q", 100)
-    assert same_bodies(got, table)
-    client.ack_batch([m.receipt for m in got])
-    track.wait_until(lambda: anchors() == before, what="the frame let go")
+    settle_all(track, client, "q", table, before)
 
 
 def test_small_bodies_are_copied_as_before(track: Tracker):
@@ -170,10 +172,7 @@ def test_bodies_outlive_a_producer_killed_with_sigkill(track: Tracker):
     process.wait(10)
     track.wait_until(lambda: client.server_stats()["local_sessions"] == 1,
                      what="the killed producer's session ended")
-    got = receive_all(client, "q", 800)
-    assert same_bodies(got, rows(800))
-    client.ack_batch([m.receipt for m in got])
-    track.wait_until(lambda: anchors() == before, what="every frame let go")
+    settle_all(track, client, "q", rows(800), before)
 
 
 def test_purging_and_deleting_queues_let_the_frames_go(track: Tracker):
