@@ -43,8 +43,9 @@ the parts of either kind. One anchor serves the blobs of one frame: it keeps the
 and lets it go when the last one is released. A delivery then copies the body once, from
 the client's ring to the consumer's, where it was copied twice (into the blob, then out
 of it): a tenth less of the broker's time a 1 KiB row (docs/benchmarks.md, 2026-12-06).
-The ring bounds what its reader may pin (half of it): when frames would pin more, the ring
-asks the oldest frame's anchor to **evacuate** (``blob_anchor_evacuate``): each body
+The ring lets such frames fill it until its writer waits for room (shmring.pyx,
+"Evacuation on demand"); then it asks the oldest frame's anchor to **evacuate**
+(``blob_anchor_evacuate``): each body
 still alive is copied to memory of its own (a chunk of the slab or the big pool) and its
 blob points there; the anchor ends and the frame's record is let go without a copy of the
 frame (``in_place_stats()`` counts these). So a consumer that falls behind costs the

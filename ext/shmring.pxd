@@ -40,6 +40,8 @@ cdef class SharedRing(FrameSink):
     cdef ff_atomic_u64* tail
     cdef ff_atomic_u64* writer_waiting
     cdef ff_atomic_u64* reader_sleeping
+    cdef ff_atomic_u64* reader_evacuates
+    cdef bint reader_wake               # writer: a FULL found the reader to wake
     cdef readonly str path
     # reader side: frames held in place (``read(..., hold_min)``, see the module essay)
     cdef uint64_t read_pos              # where the next read starts (the tail, or past it)
@@ -54,6 +56,7 @@ cdef class SharedRing(FrameSink):
     cdef readonly uint64_t hold_refusals
     cdef readonly uint64_t hold_detaches
     cdef bint wake_pending              # a release made room while the writer waited
+    cdef bint evacuation_failed         # an anchor could not evacuate (no memory)
     cdef uint64_t pinned_wake_head      # the head when sleep last woke a writer pinned out
     cdef public object on_room          # called at such a release (else wake_pending)
     cdef bint close_pending             # closed while frames were live: unmap at the last
@@ -61,6 +64,8 @@ cdef class SharedRing(FrameSink):
     cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1
     cdef void _detach_oldest(self, uint64_t end, uint64_t span, bint anchored_only) noexcept
     cdef bint _move_tail(self) noexcept
+    cdef bint _evacuable(self) noexcept
+    cdef void _make_room(self) noexcept
     cdef uint64_t _reader_pos(self) noexcept
     cdef void _release(self, uint64_t seq) noexcept
     cdef void _frame_gone(self) noexcept

@@ -18,6 +18,7 @@ Layout of the file (little-endian, every offset fixed)::
     72   writer_waiting u64: 1 while the writer waits for room
     128  tail u64: bytes ever read (the reader's position)
     136  reader_sleeping u64: 1 while the reader may sleep on an empty ring
+    144  reader_evacuates u64: 1 while it sleeps holding frames it evacuates on demand
     256  data area, ``capacity`` bytes
 
 A message is one 8-aligned record: ``u32 frames, u32 length`` (the bytes after this
@@ -54,12 +55,26 @@ as before and ``hold_refusals`` counts it. Other records read after a held one a
 pinned too (the tail cannot pass the held one): when the pinned span passes half the
 ring, ``read`` copies the oldest held frames out of the ring (``detach``: the object
 stays, its bytes move to the heap) as long as no buffer views them, and
-``hold_detaches`` counts them. A frame that the broker's blobs keep bodies in (a
-``BodySource`` with an anchor, blobs.pyx's "Bodies left in place") is asked to
-evacuate first (its live bodies are copied out, each on its own) and is then let go
-without a copy of it; such frames also make room at once for a new frame that would
-pass ``max_held``, rather than that frame being refused. A frame still viewed (a live numpy array or memoryview
-of it) cannot move: kept for good, it leaves the ring full behind it once the writer
+``hold_detaches`` counts them.
+
+Evacuation on demand. A frame that the broker's blobs keep bodies in (a ``BodySource``
+with an anchor, blobs.pyx's "Bodies left in place") can be let go at any time without
+a copy of it: its anchor first *evacuates* it (the live bodies are copied out, each on
+its own). That copy is what leaving the bodies in place saves, so it is made only when
+the room is wanted: while the oldest held frame has an anchor, the frames held do not
+count against ``max_held`` and nothing is evacuated as the reader reads on; when the
+writer waits for room (``writer_waiting``), the read evacuates the oldest such frames
+down to ``max_held`` — or all of them when they pin less already, for what the writer
+waits to write is larger than what that leaves. A reader about to sleep with such a
+frame oldest says so (``reader_evacuates``, stored before ``reader_sleeping``); a writer
+that then finds no room does not go around the ring (``PINNED``) but rings the reader
+(``take_reader_wake``) and waits as for ``FULL``; ``pending`` is true while the writer
+waits for room such frames pin, so the woken reader reads and evacuates, and the tail
+it moves rings the writer back. An evacuation that fails (no memory) leaves its frame
+counted as pinned until a held record is released. (Until 2026-12-06 frames were
+evacuated as soon as the held span passed half the ring: in the numpy pipeline of
+bench/e2e_numpy.py, half of the rows were copied twice.) A frame still viewed (a live
+numpy array or memoryview of it) cannot move: kept for good, it leaves the ring full behind it once the writer
 has filled it, and from then on every message goes around the ring (``PINNED``, below),
 so views of held frames are for the work at hand (see docs/arrays.md). ``close`` with
 frames still live unmaps at the last one's release.
@@ -127,6 +142,7 @@ cdef enum:
     OFF_WRITER_WAITING = 72
     OFF_TAIL = 128
     OFF_READER_SLEEPING = 136
+    OFF_READER_EVACUATES = 144
     RECORD_HEADER = 8
 
 cdef extern from *:
@@ -317,6 +333,11 @@ cdef class SharedRing:
                 # its held frames pin (a wrap can make it so with half the ring free),
                 # and only its owner letting go of them frees it — maybe never.
                 if ff_load_seq_cst_u64(self.reader_sleeping):
+                    if ff_load_seq_cst_u64(self.reader_evacuates):
+                        # what pins the room moves out on demand: wake the reader
+                        # (``take_reader_wake``), then wait for its ring as for FULL
+                        self.reader_wake = True
+                        return RING_FULL
                     return RING_PINNED
                 return RING_FULL
         return RING_WROTE
@@ -376,6 +397,14 @@ cdef class SharedRing:
         memset(second[0] + second_len, 0, size - RECORD_HEADER - 8 - first_len - second_len)
         end[0] = at + size
         return RING_WROTE
+
+    def take_reader_wake(self):
+        """True once after a ``FULL`` that found the reader asleep with frames it
+        evacuates on demand (``reader_evacuates``): ring the reader's bell, then wait
+        for room as for any ``FULL``."""
+        cdef bint wake = self.reader_wake
+        self.reader_wake = False
+        return wake
 
     def wait_room(self, bytes first):
         """Whether a record of ``pair_room(first)`` fits now: ``WROTE`` (it does: a claim
@@ -569,9 +598,8 @@ cdef class SharedRing:
             messages.append(frames)
             tail += RECORD_HEADER + length
             self.read_pos = tail
-        if self.held_count and (self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
-                                > self.capacity_ // 2):
-            self._detach_oldest(self.read_pos, self.capacity_ // 2, False)
+        if self.held_count:
+            self._make_room()
         return messages, self._move_tail()
 
     cdef void _detach_oldest(self, uint64_t end, uint64_t span, bint anchored_only) noexcept:
@@ -592,7 +620,10 @@ cdef class SharedRing:
                 break
             if frame.anchor != NULL:
                 if frame.evacuate(frame.anchor) < 0:
-                    break   # out of memory: it stays (the writer goes around: PINNED)
+                    # out of memory: it stays, and counts as pinned (the writer goes
+                    # around: PINNED) until a frame is let go
+                    self.evacuation_failed = True
+                    break
                 frame.anchor = NULL   # the anchor has ended (and let go of the frame)
                 if Py_REFCNT(frame) == 1:   # this function's reference alone
                     frame._let_go()
@@ -614,11 +645,10 @@ cdef class SharedRing:
                 raise MemoryError()
         if self.held_count:
             oldest = self.held_start[self.held_first % C_MAX_HELD]
-            if end - oldest > self.max_held:
-                # frames kept only by bodies left in place (an anchor) make room at once
-                self._detach_oldest(end, self.max_held, True)
-                oldest = (self.held_start[self.held_first % C_MAX_HELD] if self.held_count
-                          else start)
+            if end - oldest > self.max_held and self._evacuable():
+                # frames kept only by bodies left in place pin no room the writer
+                # waits for: they move out when it does (``_make_room``)
+                oldest = start
         if self.held_count >= C_MAX_HELD or end - oldest > self.max_held:
             self.hold_refusals += 1
             return False
@@ -629,6 +659,28 @@ cdef class SharedRing:
         self.held_frame[slot] = NULL   # set by read at once (no allocation in between)
         self.held_count += 1
         return True
+
+    cdef void _make_room(self) noexcept:
+        """After a read: let go of what pins too much of the ring, or what the writer
+        waits for. Frames held with an anchor (bodies left in place) are evacuated only
+        when the writer waits: down to ``max_held``, or all of them when they pin less
+        already (what it waits for is larger); other held frames past half the ring
+        are copied out (detached) as they are read."""
+        cdef uint64_t span = self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
+        if self._evacuable():
+            if ff_load_seq_cst_u64(self.writer_waiting):
+                self._detach_oldest(self.read_pos, self.max_held if span > self.max_held
+                                    else 0, True)
+        elif span > self.capacity_ // 2:
+            self._detach_oldest(self.read_pos, self.capacity_ // 2, False)
+
+    cdef bint _evacuable(self) noexcept:
+        """The oldest held frame is kept by an anchor alone, which can evacuate it."""
+        cdef PyObject* pointer
+        if not self.held_count or self.evacuation_failed:
+            return False
+        pointer = self.held_frame[self.held_first % C_MAX_HELD]
+        return pointer != NULL and (<RingFrame>pointer).anchor != NULL
 
     cdef bint _move_tail(self) noexcept:
         """Publish the tail: the oldest held record, or the read position. True: the
@@ -650,6 +702,7 @@ cdef class SharedRing:
         if seq < self.held_first or seq >= self.held_first + self.held_count:
             return
         self.held_frame[seq % C_MAX_HELD] = NULL
+        self.evacuation_failed = False   # memory came back: evacuations may succeed
         if seq != self.held_first:
             return
         while self.held_count and self.held_frame[self.held_first % C_MAX_HELD] == NULL:
@@ -676,7 +729,10 @@ cdef class SharedRing:
         self._check()
         if self.wake_pending:
             return True
-        return ff_load_acquire_u64(self.head) != self._reader_pos()
+        if ff_load_acquire_u64(self.head) != self._reader_pos():
+            return True
+        # the writer waits for room that frames held with an anchor pin: evacuate them
+        return self._evacuable() and ff_load_relaxed_u64(self.writer_waiting) != 0
 
     cdef uint64_t _reader_pos(self) noexcept:
         return self.read_pos if self.reading else ff_load_relaxed_u64(self.tail)
@@ -693,9 +749,18 @@ cdef class SharedRing:
         if self.wake_pending:
             return False   # a release made room for a waiting writer: read (and ring)
         cdef uint64_t head
+        cdef bint evacuable = self._evacuable()
+        # before the flag the writer looks at: a writer that finds no room while this
+        # side sleeps with frames it evacuates on demand rings it (``take_reader_wake``)
+        ff_store_seq_cst_u64(self.reader_evacuates, evacuable)
         ff_store_seq_cst_u64(self.reader_sleeping, 1)
         head = ff_load_seq_cst_u64(self.head)
         if head != self._reader_pos():
+            ff_exchange_u64(self.reader_sleeping, 0)
+            return False
+        if evacuable and ff_load_seq_cst_u64(self.writer_waiting):
+            # the writer waits for room such frames pin: the next read evacuates them
+            # (``pending`` says so) and rings it
             ff_exchange_u64(self.reader_sleeping, 0)
             return False
         if (self.held_count and head != self.pinned_wake_head
@@ -848,6 +913,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
     ring.tail = <ff_atomic_u64*>(ring.base + OFF_TAIL)
     ring.writer_waiting = <ff_atomic_u64*>(ring.base + OFF_WRITER_WAITING)
     ring.reader_sleeping = <ff_atomic_u64*>(ring.base + OFF_READER_SLEEPING)
+    ring.reader_evacuates = <ff_atomic_u64*>(ring.base + OFF_READER_EVACUATES)
     return 0
 
 

@@ -363,6 +363,7 @@ class LocalChannel:
             pinned = status == PINNED
             status = self.outgoing.write_marker()
             if status == FULL:
+                self._wake_reader_if_asked()
                 return False
             self.spills += 1
             self.pinned_spills += pinned
@@ -371,10 +372,16 @@ class LocalChannel:
             self.spill(frames)
             return True
         if status == FULL:
+            self._wake_reader_if_asked()
             return False
         if status == WROTE_WAKE:
             self.ring_peer()
         return True
+
+    def _wake_reader_if_asked(self) -> None:
+        # the reader sleeps holding frames it evacuates when asked (shmring's essay)
+        if self.outgoing.take_reader_wake():
+            self.ring_peer()
 
     def send_or_queue(self, frames: list[bytes], now: float, max_backlog_bytes: int) -> bool:
         """Send now, or queue behind the backlog until the reader makes room (broker).

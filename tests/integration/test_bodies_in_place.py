@@ -105,6 +105,24 @@ def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(tra
     assert moved >= 100   # at least one frame's rows
     assert (stats["bodies_evacuated_bytes"] - counted["bodies_evacuated_bytes"]
             == moved * ROW_ITEMS * 4)
+    # each evacuation was asked for by the producer waiting for room, which it then got
+    # in its ring: none of its messages went around it over the socket
+    assert stats["local_pinned_spills"] == counted["local_pinned_spills"]
+    settle_all(track, client, "q", rows(frames * 100), before)
+
+
+def test_frames_pinning_more_than_half_the_ring_stay_while_the_writer_has_room(
+        track: Tracker):
+    server = track.server()
+    client = track.client(server.endpoint, ring_bytes=1 << 20)
+    assert client.info["local_channels"] is True
+    wired(client, "q")
+    before, evacuated = anchors(), evacuations()
+    frames = 7   # about 720 KiB of a 1 MiB ring, past the half held frames may pin
+    for index in range(frames):
+        assert len(client.publish_batch("t", rows(100, index * 100))) == 100
+    assert anchors() == before + frames   # every frame still in place: no copy made
+    assert evacuations() == evacuated
     settle_all(track, client, "q", rows(frames * 100), before)
 
 
