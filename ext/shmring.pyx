@@ -64,8 +64,8 @@ its own). That copy is what leaving the bodies in place saves, so it is made onl
 the room is wanted: while the oldest held frame has an anchor, the frames held do not
 count against ``max_held`` and nothing is evacuated as the reader reads on; when the
 writer waits for room (``writer_waiting``), the read evacuates the oldest such frames
-down to ``max_held`` — or all of them when they pin less already, for what the writer
-waits to write is larger than what that leaves. A reader about to sleep with such a
+until half the ring is free — or all of them when half is free already, for what the
+writer waits to write did not fit around the wrap. A reader about to sleep with such a
 frame oldest says so (``reader_evacuates``, stored before ``reader_sleeping``); a writer
 that then finds no room does not go around the ring (``PINNED``) but rings the reader
 (``take_reader_wake``) and waits as for ``FULL``; ``pending`` is true while the writer
@@ -419,7 +419,9 @@ cdef class SharedRing:
 
     def pair_room(self, bytes first):
         """The largest second frame to claim with ``first`` (``claim_pair``): a record of
-        a quarter of the ring, less its header, its two lengths and ``first``. The reader
+        a quarter of the ring, less its header, its two lengths and ``first`` — or, where
+        less than a quarter but a sixteenth at least is left before the ring's end, a
+        record that ends there (no wrap filler). The reader
         pins at most ``max_held`` (half the ring) with frames it holds in place; the other
         half, free once it has read everything, lies in at most two pieces (the wrap),
         one of them a quarter at least: such a record always finds room then, never
@@ -427,9 +429,17 @@ cdef class SharedRing:
         return self._pair_room(<uint64_t>PyBytes_GET_SIZE(first))
 
     cdef uint64_t _pair_room(self, uint64_t first_len) noexcept:
-        # limit is a multiple of 8: a second frame up to limit - overhead, padded, fits
+        # limit is a multiple of 8: a second frame up to limit - overhead, padded, fits.
+        # Where the head has less than a quarter of the ring before the end but a
+        # sixteenth at least, the record is cut to end there: a wrap filler would
+        # waste that room, and a reader holding frames in place would count it against
+        # ``max_held`` (the numpy pipeline of bench/e2e_numpy.py had one push in twelve
+        # copied out so).
         cdef uint64_t overhead = RECORD_HEADER + 8 + first_len
         cdef uint64_t limit = self.capacity_ // 4
+        cdef uint64_t to_end = self.capacity_ - (ff_load_relaxed_u64(self.head) & self.mask)
+        if self.capacity_ // 16 <= to_end < limit:
+            limit = to_end   # the head is 8-aligned, and so is to_end
         return 0 if overhead >= limit else limit - overhead
 
     cdef int commit(self, uint64_t end) noexcept:
@@ -663,15 +673,18 @@ cdef class SharedRing:
     cdef void _make_room(self) noexcept:
         """After a read: let go of what pins too much of the ring, or what the writer
         waits for. Frames held with an anchor (bodies left in place) are evacuated only
-        when the writer waits: down to ``max_held``, or all of them when they pin less
-        already (what it waits for is larger); other held frames past half the ring
+        when the writer waits: the oldest ones until half the ring is free (any record
+        fits in that, but for a wrap), or all of them when half is free already (what it
+        waits for did not fit around the wrap); other held frames past half the ring
         are copied out (detached) as they are read."""
-        cdef uint64_t span = self.read_pos - self.held_start[self.held_first % C_MAX_HELD]
+        cdef uint64_t oldest = self.held_start[self.held_first % C_MAX_HELD]
+        cdef uint64_t head
         if self._evacuable():
             if ff_load_seq_cst_u64(self.writer_waiting):
-                self._detach_oldest(self.read_pos, self.max_held if span > self.max_held
-                                    else 0, True)
-        elif span > self.capacity_ // 2:
+                head = ff_load_acquire_u64(self.head)
+                self._detach_oldest(head, self.capacity_ // 2
+                                    if head - oldest > self.capacity_ // 2 else 0, True)
+        elif self.read_pos - oldest > self.capacity_ // 2:
             self._detach_oldest(self.read_pos, self.capacity_ // 2, False)
 
     cdef bint _evacuable(self) noexcept:

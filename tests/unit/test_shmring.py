@@ -202,6 +202,34 @@ def test_a_full_ring_refuses_and_the_reader_wakes_the_writer(pair):
     assert len(messages) == written and not wake_writer
 
 
+def advance(writer, reader, to: int) -> None:
+    """Write and read records until the writer's head lies ``to`` bytes into the ring."""
+    left = to
+    while left:
+        size = min(left, writer.capacity // 4)
+        assert writer.write([b"x" * (size - 16)]) in (WROTE, WROTE_WAKE)
+        reader.read(1)
+        left -= size
+
+
+def test_a_pair_is_cut_to_end_where_the_ring_ends_within_a_quarter(pair):
+    writer, reader = pair
+    quarter = writer.capacity // 4
+    overhead = 16 + 3   # the record's header and two lengths, then b"HDR"
+    assert writer.pair_room(b"HDR") == quarter - overhead
+    advance(writer, reader, writer.capacity - 10 * 1024)   # 10 KiB left before the end
+    room = writer.pair_room(b"HDR")
+    assert room == 10 * 1024 - overhead
+    assert writer.write([b"HDR", b"y" * room]) in (WROTE, WROTE_WAKE)
+    assert writer.used == 10 * 1024   # no wrap filler: the record ends at the ring's end
+    [[header, body]], _ = reader.read(1)
+    assert (header, len(body)) == (b"HDR", room)
+    assert writer.pair_room(b"HDR") == quarter - overhead   # at the start again
+    # less than a sixteenth before the end: a whole quarter, past a wrap filler
+    advance(writer, reader, writer.capacity - 2 * 1024)
+    assert writer.pair_room(b"HDR") == quarter - overhead
+
+
 def test_too_large_messages_are_refused_whole(pair):
     writer, reader = pair
     assert writer.max_message == writer.capacity // 2
