@@ -208,9 +208,9 @@ cdef class Record:
             raise InvalidArgument("Record is immutable: __init__ may run only once")
         self.body = _checked_bytes(body, "body")
         self.attributes = _checked_bytes(attributes, "attributes")
-        if PyBytes_GET_SIZE(self.body) > 0xFFFFFFFF:
+        if PyBytes_GET_SIZE(self.body) > <Py_ssize_t>0xFFFFFFFF:
             raise InvalidArgument("body exceeds 4294967295 bytes (u32 body_len)")
-        if PyBytes_GET_SIZE(self.attributes) > 0xFFFFFFFF:
+        if PyBytes_GET_SIZE(self.attributes) > <Py_ssize_t>0xFFFFFFFF:
             raise InvalidArgument("attributes exceed 4294967295 bytes (u32 attrs_len)")
         self.id = _checked_int(id, 0, 0xFFFFFFFFFFFFFFFF, "id")
         self.timestamp_us = _checked_int(timestamp_us, -(1 << 63), (1 << 63) - 1,
@@ -394,7 +394,7 @@ def encode_batch(records):
     cdef ff_record_view view
     cdef bytes frame
     cdef char* out
-    if count > 0xFFFFFFFF:
+    if count > <Py_ssize_t>0xFFFFFFFF:
         raise InvalidArgument(f"{count} records in one frame; the limit is 4294967295")
     # Two passes over objects whose sizes are already known: the frame is allocated
     # once, exactly, and written in place (no growth, no final copy).
@@ -526,7 +526,7 @@ def pack_ring_batch(records):
     cdef char* out
     for i in range(count):
         part = _checked_bytes(<object>PySequence_Fast_GET_ITEM(items, i), f"records[{i}]")
-        if PyBytes_GET_SIZE(part) > 0xFFFFFFFF:
+        if PyBytes_GET_SIZE(part) > <Py_ssize_t>0xFFFFFFFF:
             raise InvalidArgument(f"records[{i}] exceeds 4294967295 bytes (u32 length)")
         parts.append(part)
         total += FF_RING_BATCH_PREFIX + PyBytes_GET_SIZE(part)

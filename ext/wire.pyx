@@ -372,7 +372,7 @@ cdef class FrameBuilder:
     cdef int _append_row(self, const char* body, Py_ssize_t length, Py_ssize_t index) except -1:
         cdef ff_record_view view
         cdef int status
-        if length > 0xFFFFFFFF:
+        if length > <Py_ssize_t>0xFFFFFFFF:
             raise InvalidArgument(f"entry {index}: a body of {length} bytes is too long for "
                                   f"a record")
         _clear(&view)
@@ -536,11 +536,11 @@ cdef uint64_t _rows_frame_size(ff_rows* rows) except 0:
     cdef Py_ssize_t length
     for i in range(rows.count):
         ff_rows_get(rows, i, &body, &length)
-        if length > 0xFFFFFFF0:
+        if length > <Py_ssize_t>0xFFFFFFF0:
             raise InvalidArgument(f"entry {i}: a body of {length} bytes is too long for a "
                                   f"record")
         total += ff_align8(<uint64_t>FF_RECORD_HEADER_SIZE + <uint64_t>length)
-    if rows.count > 0xFFFFFFFF or total > 0x7FFFFFFFFFFFFFFF:
+    if rows.count > <Py_ssize_t>0xFFFFFFFF or total > <uint64_t>0x7FFFFFFFFFFFFFFF:
         raise InvalidArgument(f"an array batch of {rows.count} bodies is too large for a frame")
     return total
 
