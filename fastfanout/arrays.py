@@ -330,4 +330,8 @@ class MessageBatch(FrameViews, Sequence["RemoteMessage"]):
                 if not live:
                     return None
                 return protocol.encode_receipts([message.receipt for message in live])
+        if self._layout is not None and self._layout[4] is None:
+            # the layout is known (an array view was made) and alike for every record:
+            # gather the receipts at their stride, without decoding the frame again
+            return self.receipts.tobytes()
         return receipts_of(self._frame)

@@ -228,6 +228,23 @@ def test_a_batch_ack_skips_messages_settled_on_their_own() -> None:
         assert (stats.acked, stats.visible) == (3, 1)
 
 
+@pytest.mark.parametrize("entries", [ROWS, (b"abcdefghij", np.array([0, 1, 3, 6, 10]))])
+def test_a_batch_ack_after_its_views_settles_every_message(entries) -> None:
+    # Once the frame's layout is read (a view made), a batch ack gathers the receipts
+    # from it when every record is alike, and decodes the frame otherwise.
+    with make_broker() as broker:
+        broker.send_batch("q", entries)
+        batch = broker.consume("q", prefetch=10).next_batch(1.0)
+        assert batch is not None and len(batch) == 4
+        assert len(batch.offsets) == 4
+        receipts = batch.receipts.tolist()
+        batch.ack()
+        stats = broker.stats().queues["q"]
+        assert (stats.acked, stats.visible, stats.leased) == (4, 0, 0)
+        with pytest.raises(StaleReceipt):
+            broker.ack(receipts[0])
+
+
 def test_ack_batch_takes_a_uint64_array_all_or_none() -> None:
     with make_broker() as broker:
         broker.send_batch("q", ROWS)
