@@ -74,10 +74,10 @@ it moves rings the writer back. An evacuation that fails (no memory) leaves its 
 counted as pinned until a held record is released. (Until 2026-12-06 frames were
 evacuated as soon as the held span passed half the ring: in the numpy pipeline of
 bench/e2e_numpy.py, half of the rows were copied twice.) A frame still viewed (a live
-numpy array or memoryview of it) cannot move: kept for good, it leaves the ring full behind it once the writer
-has filled it, and from then on every message goes around the ring (``PINNED``, below),
-so views of held frames are for the work at hand (see docs/arrays.md). ``close`` with
-frames still live unmaps at the last one's release.
+numpy array or memoryview of it) cannot move: kept for good, it leaves the ring full
+behind it once the writer has filled it, and from then on every message goes around the
+ring (``PINNED``, below), so views of held frames are for the work at hand (see
+docs/arrays.md). ``close`` with frames still live unmaps at the last one's release.
 
 Pinned out. A reader that keeps the view of its last frame while it waits for the next
 (``table = batch.as_array(...)`` in a loop) pins at most ``max_held``, yet the writer's
