@@ -45,7 +45,7 @@ from fastfanout._ext.codec cimport (
     ff_store_le32,
     ff_store_le64,
 )
-from fastfanout._ext.blobs cimport blob_anchor_t, blob_make, blob_new, blob_t
+from fastfanout._ext.blobs cimport BodySource, blob_anchor_t, blob_make, blob_new, blob_t
 from fastfanout._ext.bodies cimport ff_body_buffer
 
 from datetime import datetime
@@ -300,11 +300,13 @@ cdef class EncodedBatch:
     """A publish batch already in the codec's frame layout (what clients send on the wire).
 
     Pass one to ``publish_batch`` / ``send_batch`` instead of a list: the dispatcher
-    makes blobs straight from its records, with no Python object per message.
+    makes blobs straight from its records, with no Python object per message. A frame
+    read in place from a client's ring (a ``BodySource``) may keep large bodies where
+    they lie (blobs.pyx, "Bodies left in place").
     """
 
     def __cinit__(self, frame):
-        if not isinstance(frame, (bytes, bytearray, memoryview)):
+        if not isinstance(frame, (bytes, bytearray, memoryview, BodySource)):
             raise InvalidArgument(f"a frame must be bytes-like, got {type(frame).__name__}")
         self.frame = frame
 

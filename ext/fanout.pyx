@@ -772,8 +772,6 @@ cdef class Dispatcher:
                     f"malformed batch frame: {codec_status_text(status)} at byte 0")
             count = reader.count
             in_ring = (<EncodedBatch>entries).frame
-            if type(in_ring) is memoryview:
-                in_ring = (<memoryview>in_ring).obj
             if (not isinstance(in_ring, BodySource) or not (<BodySource>in_ring).lies_in_place()
                     or (<BodySource>in_ring).anchor != NULL):
                 in_ring = None

@@ -95,3 +95,4 @@ cdef class RingFrame(BodySource):
 
     cdef int _detach(self) except -1
     cdef void _let_go(self) noexcept
+    cdef void _leave_ring(self) noexcept

@@ -805,12 +805,9 @@ cdef class RingFrame:
 
     cdef int _detach(self) except -1:
         """Copy the frame out of the ring and release its record (no buffer views it)."""
-        cdef SharedRing ring = self.ring
         self.owned = PyBytes_FromStringAndSize(self.data, self.length)
         self.data = PyBytes_AS_STRING(self.owned)
-        self.ring = None
-        ring._release(self.seq)
-        ring._frame_gone()
+        self._leave_ring()
         return 0
 
     cdef bint lies_in_place(self):
@@ -819,9 +816,13 @@ cdef class RingFrame:
     cdef void _let_go(self) noexcept:
         """Release the frame's record with no copy of it: nobody reads it any more (only
         the ring's own reference is left, and it drops it at once)."""
-        cdef SharedRing ring = self.ring
         self.data = NULL
         self.length = 0
+        self._leave_ring()
+
+    cdef void _leave_ring(self) noexcept:
+        """Release the frame's record: its bytes are elsewhere now, or read no more."""
+        cdef SharedRing ring = self.ring
         self.ring = None
         ring._release(self.seq)
         ring._frame_gone()
@@ -859,8 +860,7 @@ cdef class RingFrame:
 
     def __dealloc__(self):
         if self.ring is not None:
-            self.ring._release(self.seq)
-            self.ring._frame_gone()
+            self._leave_ring()
 
 
 cdef inline uint64_t _pair_size(uint64_t first_len, uint64_t second_len) noexcept:

@@ -1,6 +1,7 @@
 from collections.abc import Iterator
 from typing import overload
 
+from fastfanout._ext.blobs import BodySource
 from fastfanout.records import PublishResult
 
 MAX_ATTRIBUTES: int
@@ -31,5 +32,5 @@ class RingBatch:
     def __init__(self, frame: bytes | bytearray | memoryview) -> None: ...
 
 class EncodedBatch:
-    frame: bytes | bytearray | memoryview
-    def __init__(self, frame: bytes | bytearray | memoryview) -> None: ...
+    frame: bytes | bytearray | memoryview | BodySource
+    def __init__(self, frame: bytes | bytearray | memoryview | BodySource) -> None: ...

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 from fastfanout._ext import queues as queue_ops
 from fastfanout._ext import receipts as by_receipt
 from fastfanout._ext.batches import EncodedBatch, PublishBatch, RingBatch
+from fastfanout._ext.blobs import BodySource
 from fastfanout._ext.deliveries import receive, receive_push
 from fastfanout._ext.invariants import check as check_store
 from fastfanout._ext.message import Message
@@ -921,8 +922,12 @@ class ServerPort:
 
     # -- encoded fast paths ------------------------------------------------------------
 
-    def publish_frame(self, topic: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
+    def publish_frame(self, topic: str, frame: bytes | bytearray | memoryview | BodySource
+                      ) -> PublishBatch:
         """Publish a batch given as one codec frame (see docs/protocol.md): all or none.
+
+        A frame read in place from a client's ring (a ``BodySource``) may keep its large
+        bodies there (blobs.pyx, "Bodies left in place").
 
         The records' body, attributes (msgpack), group and dedup ids, priority,
         ``deliver_at_us`` (flag) and expiry (flag) are used; ids and timestamps are
@@ -963,7 +968,8 @@ class ServerPort:
             if queue_id is not None:
                 broker._dispatcher.withdraw_refusal(queue_id, room[1])
 
-    def send_frame(self, queue: str, frame: bytes | bytearray | memoryview) -> PublishBatch:
+    def send_frame(self, queue: str, frame: bytes | bytearray | memoryview | BodySource
+                   ) -> PublishBatch:
         """Send a batch given as one codec frame straight to a queue: all or none."""
         broker = self._broker
         broker._ensure_open()

@@ -81,7 +81,7 @@ def memory_stats() -> dict[str, int]:
     blobs given back to malloc because the pool was at that limit), and the bodies left
     in place in local clients' rings (blobs.pyx): ``bodies_in_place_frames`` (frames their
     messages keep now), ``bodies_evacuated`` and ``bodies_evacuated_bytes`` (bodies copied
-    out because their ring needed the room: half of it is what such frames may pin) and
+    out when their producer waited for the room they filled) and
     ``bodies_evacuations`` (frames so emptied).
     """
     slab = blobs.blob_slab_stats()

@@ -87,7 +87,7 @@ def test_large_bodies_stay_in_the_ring_until_their_messages_are_settled(track: T
 
 def test_a_ring_that_needs_its_room_evacuates_the_bodies_and_they_stay_whole(track: Tracker):
     server = track.server()
-    # a small ring: half of it (what frames held in place may pin) is 512 KiB
+    # a small ring (1 MiB): 2 MiB of unconsumed rows cannot all stay in it
     client = track.client(server.endpoint, ring_bytes=1 << 20)
     assert client.info["local_channels"] is True
     wired(client, "q")
@@ -118,7 +118,8 @@ def test_frames_pinning_more_than_half_the_ring_stay_while_the_writer_has_room(
     assert client.info["local_channels"] is True
     wired(client, "q")
     before, evacuated = anchors(), evacuations()
-    frames = 7   # about 720 KiB of a 1 MiB ring, past the half held frames may pin
+    frames = 7   # about 720 KiB of a 1 MiB ring: past its half, which other held
+                 # frames may pin
     for index in range(frames):
         assert len(client.publish_batch("t", rows(100, index * 100))) == 100
     assert anchors() == before + frames   # every frame still in place: no copy made
@@ -168,7 +169,7 @@ PUBLISH_THEN_HANG = textwrap.dedent("""
     import numpy as np
     from fastfanout.client import connect
     client = connect(sys.argv[1], ring_bytes=1 << 20)
-    for batch in range(8):   # 800 KiB of rows: frames kept and evacuated
+    for batch in range(8):   # 800 KiB of rows: frames kept in its ring
         start = batch * 100 * 256
         rows = np.arange(start, start + 100 * 256, dtype=np.float32).reshape(100, 256)
         client.publish_batch("t", rows)
