@@ -76,6 +76,39 @@ def test_pattern_must_be_a_string() -> None:
         validate_pattern(b"orders")  # type: ignore[arg-type]
 
 
+def test_a_pattern_is_checked_once_and_a_malformed_one_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastfanout.semantics.topic_pattern as module
+
+    checked: list[str] = []
+    real = module.validate_pattern
+
+    def counting(pattern: str) -> None:
+        checked.append(pattern)
+        real(pattern)
+
+    monkeypatch.setattr(module, "validate_pattern", counting)
+    pattern = "checked-once.*.>"   # a pattern no other test matches with
+    assert pattern_matches(pattern, "checked-once.a.b")
+    assert not pattern_matches(pattern, "checked-once.a")
+    assert pattern_matches(pattern, "checked-once.x.y.z")
+    assert checked == [pattern]
+    for _ in range(2):   # the refusal is not kept: it raises each time
+        with pytest.raises(InvalidArgument, match="mixes a wildcard"):
+            pattern_matches("checked-once.a*", "checked-once.a")
+    assert checked.count("checked-once.a*") == 2
+    with pytest.raises(InvalidArgument, match="must be a str"):
+        pattern_matches(["orders"], "orders")  # type: ignore[arg-type]
+
+
+def test_a_str_subclass_is_a_pattern_too() -> None:
+    class Name(str):
+        pass
+
+    assert pattern_matches(Name("orders.*"), "orders.eu")
+    assert not pattern_matches(Name("orders.*"), "orders")
+
+
 def test_valid_patterns_pass() -> None:
     for pattern in ["orders", "orders.*", "orders.>", "*", ">", "*.*.>", "a-b_c.d:e"]:
         validate_pattern(pattern)
