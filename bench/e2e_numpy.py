@@ -25,9 +25,12 @@ each from one producer process to one consumer process:
 Reports bytes per second (the rows after the consumer's first chunk or batch, over the
 time from its arrival to the last one's: the first is not counted, as its time is not;
 medians of the runs) and the ratios fastfanout / pyzmq and fastfanout /
-multiprocessing.Queue. A million rows (1 GB; until 2026-12-06 200,000): a run of 200,000
-lasted 0.1 s, and a start's page faults and one preemption swung pyzmq's figure from 0.7
-to 3 GB/s within one invocation; ``--rows 200000`` measures it so still.
+multiprocessing.Queue; and the CPU a row of each fastfanout process (the producer's and
+the consumer's from ``time.process_time``, the broker's from ``/proc``), whose sum against
+the cores the machine has says how near the pipeline is to what its CPU allows. A
+million rows (1 GB; until 2026-12-06 200,000): a run of 200,000 lasted 0.1 s, and a
+start's page faults and one preemption swung pyzmq's figure from 0.7 to 3 GB/s within one
+invocation; ``--rows 200000`` measures it so still.
 
 ``--row-items 4`` (16-byte rows, the same number of messages) leaves almost nothing to
 copy: what fastfanout reaches then is the ceiling its per-message work sets on this
@@ -98,6 +101,7 @@ def _ff_consume(endpoint: str, rows: int, items: int, window: Window, out: Any) 
         got = first = 0
         checksum = 0.0
         started = time.perf_counter()
+        cpu_started = time.process_time()
         while got < rows:
             batch = consumer.next_batch(timeout=30)
             if batch is None:
@@ -105,22 +109,26 @@ def _ff_consume(endpoint: str, rows: int, items: int, window: Window, out: Any) 
             table = batch.as_array(np.float32, (items,))
             if got == 0:
                 started = time.perf_counter()
+                cpu_started = time.process_time()
                 first = len(table)
             checksum += float(table[:, 0].sum(dtype=np.float64))
             got += len(table)
             batch.ack()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
         consumer.cancel()
-    out.put((got, got - first, elapsed, checksum))
+    out.put((got, got - first, elapsed, checksum, cpu))
 
 
-def _ff_publish(endpoint: str, rows: int, chunk: int, items: int, window: Window) -> None:
+def _ff_publish(endpoint: str, rows: int, chunk: int, items: int, window: Window,
+                out: Any) -> None:
     from fastfanout import keep_freed_memory
     from fastfanout.client import connect
 
     keep_freed_memory()
     chunks = _chunks(rows, chunk, items)
     with connect(endpoint, ring_bytes=window.ring_bytes) as client:
+        cpu_started = time.process_time()
         unanswered: deque[Any] = deque()
         for part in chunks:
             unanswered.append(client.publish_batch_nowait("t", part))
@@ -128,10 +136,34 @@ def _ff_publish(endpoint: str, rows: int, chunk: int, items: int, window: Window
                 unanswered.popleft().result()
         while unanswered:
             unanswered.popleft().result()
+        out.put(time.process_time() - cpu_started)
 
 
-def fastfanout_run(rows: int, chunk: int, items: int,
-                   window: Window) -> tuple[float, float]:
+def _process_cpu(pid: int | None) -> float | None:
+    """Seconds of CPU process ``pid`` has used (user + system), or None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class RowCosts:
+    """CPU a row (seconds) of each fastfanout process in one run (None: not measured).
+
+    The consumer's over the rows it timed; the producer's over every row it published
+    (from its connection on); the broker's from the producer's start to the last row.
+    """
+
+    producer: float
+    broker: float | None
+    consumer: float
+
+
+def fastfanout_run(rows: int, chunk: int, items: int, window: Window,
+                   costs: list[RowCosts] | None = None) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     with broker_process() as (endpoint, broker):
         with connect_when_up(endpoint, broker) as client:
@@ -143,13 +175,22 @@ def fastfanout_run(rows: int, chunk: int, items: int,
         consumer = ctx.Process(target=_ff_consume, args=(endpoint, rows, items, window, out))
         consumer.start()
         out.get(timeout=30)
-        producer = ctx.Process(target=_ff_publish, args=(endpoint, rows, chunk, items, window))
+        spent = ctx.Queue()   # the producer's CPU (it may end before the consumer does)
+        producer = ctx.Process(target=_ff_publish,
+                               args=(endpoint, rows, chunk, items, window, spent))
+        broker_started = _process_cpu(broker.pid)
         producer.start()
-        got, timed, elapsed, checksum = out.get(timeout=600)
+        got, timed, elapsed, checksum, consumer_cpu = out.get(timeout=600)
+        broker_ended = _process_cpu(broker.pid)
+        producer_cpu = spent.get(timeout=60)
         producer.join(60)
         consumer.join(30)
     if got != rows:
         raise RuntimeError(f"fastfanout: {got} of {rows} rows arrived")
+    if costs is not None:
+        broker_cpu = (None if broker_started is None or broker_ended is None
+                      else (broker_ended - broker_started) / rows)
+        costs.append(RowCosts(producer_cpu / rows, broker_cpu, consumer_cpu / max(timed, 1)))
     return timed * items * 4 / elapsed, checksum
 
 
@@ -236,6 +277,24 @@ def mpq_run(rows: int, chunk: int, items: int) -> tuple[float, float]:
     return (got - first) * items * 4 / elapsed, checksum
 
 
+def _costs_line(costs: list[RowCosts]) -> str:
+    """The medians of the runs' CPU a row, per fastfanout process and summed."""
+    def ns(values: list[float]) -> float:
+        return statistics.median(values) * 1e9
+
+    producer = ns([cost.producer for cost in costs])
+    consumer = ns([cost.consumer for cost in costs])
+    brokers = [cost.broker for cost in costs if cost.broker is not None]
+    if not brokers:
+        return (f"fastfanout CPU a row (medians): producer {producer:,.0f} ns, consumer "
+                f"{consumer:,.0f} ns (the broker's needs /proc)")
+    broker = ns(brokers)
+    total = producer + broker + consumer
+    return (f"fastfanout CPU a row (medians): producer {producer:,.0f} ns, broker "
+            f"{broker:,.0f} ns, consumer {consumer:,.0f} ns; sum {total:,.0f} ns on "
+            f"{os.cpu_count()} cores")
+
+
 def main() -> int:
     """Run the three side by side, ``--runs`` times, and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -258,10 +317,11 @@ def main() -> int:
         parser.error("--rows, --chunk and --row-items must be at least 1")
     window = Window(args.in_flight, args.prefetch, args.queue_bound, args.ring_mib << 20)
     results: dict[str, list[float]] = {"fastfanout": [], "pyzmq": [], "mp.Queue": []}
+    costs: list[RowCosts] = []
     expected = None
     for _ in range(args.runs):
         for name, run in (("pyzmq", zmq_run),
-                          ("fastfanout", partial(fastfanout_run, window=window)),
+                          ("fastfanout", partial(fastfanout_run, window=window, costs=costs)),
                           ("mp.Queue", mpq_run)):
             rate, checksum = run(args.rows, args.chunk, args.row_items)
             if expected is None:
@@ -280,6 +340,7 @@ def main() -> int:
         print(f"| {name} | {medians[name] / 1e6:,.0f} | "
               f"{medians[name] / (args.row_items * 4) / 1e6:,.2f} M | "
               f"{', '.join(f'{rate / 1e6:,.0f}' for rate in rates)} |")
+    print(_costs_line(costs))
     print(f"fastfanout / pyzmq zero-copy: {medians['fastfanout'] / medians['pyzmq']:.2f}x")
     print(f"fastfanout / multiprocessing.Queue: "
           f"{medians['fastfanout'] / medians['mp.Queue']:.2f}x")

@@ -39,3 +39,6 @@ def test_the_numpy_pipeline_runs_its_window_through_every_path() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 batches in flight, prefetch 3072, queue bound 4096, 8 MiB rings" in done.stdout
     assert "fastfanout / pyzmq zero-copy:" in done.stdout
+    costs = next(line for line in done.stdout.splitlines()
+                 if line.startswith("fastfanout CPU a row"))
+    assert "producer" in costs and "consumer" in costs and "ns" in costs
