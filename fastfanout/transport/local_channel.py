@@ -50,6 +50,7 @@ ring); past it a frame is copied as before and counted (``hold_refusals``).
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
@@ -66,6 +67,8 @@ from fastfanout._ext.shmring import (
     SharedRing,
 )
 from fastfanout.errors import InvalidArgument, MalformedFrame, PeerGone
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ATTACH_FIELDS", "DEFAULT_HELD_SHARE", "DEFAULT_RING_BYTES", "HOLD_MIN_BYTES", "Bell",
@@ -218,6 +221,9 @@ class LocalChannel:
             every record read while the frames it still held pinned the room they
             needed (``shmring.PINNED``; they are counted in ``spills`` too).
         full: sends that found the ring full and waited (or queued).
+        warn_too_large: log a warning at the first message too large for the ring (the
+            client's side: a batch over half its ring silently taking the slower road
+            would look like a slow broker); cleared once it has warned.
         hold_min: frames of this many bytes or more are read in place (0: none, the
             broker's side; ``HOLD_MIN_BYTES`` on a client's).
     """
@@ -240,6 +246,7 @@ class LocalChannel:
         self.spills = 0
         self.pinned_spills = 0
         self.full = 0
+        self.warn_too_large = False
         self.hold_min = 0
 
     @classmethod
@@ -268,6 +275,7 @@ class LocalChannel:
         channel = cls(rings[0], rings[1], Bell(client_read),
                       Bell(broker_write, keep=broker_read), handover=(client_write,))
         channel.hold_min = HOLD_MIN_BYTES
+        channel.warn_too_large = True
         channel.incoming.max_held = ring_bytes // DEFAULT_HELD_SHARE
         # a frame let go (a batch dropped) when the broker waits for room: ring it now
         channel.incoming.on_room = channel.ring_peer
@@ -367,6 +375,8 @@ class LocalChannel:
                 return False
             self.spills += 1
             self.pinned_spills += pinned
+            if not pinned and self.warn_too_large:
+                self._warn_too_large(frames)
             if status == WROTE_WAKE:
                 self.ring_peer()
             self.spill(frames)
@@ -377,6 +387,19 @@ class LocalChannel:
         if status == WROTE_WAKE:
             self.ring_peer()
         return True
+
+    def _warn_too_large(self, frames: list[bytes]) -> None:
+        self.warn_too_large = False
+        size = self.outgoing.record_size(frames)
+        ring = self.outgoing.capacity
+        fits = 1 << (2 * size - 1).bit_length()   # the power of two whose half holds it
+        hint = (f"connect(ring_bytes={fits}) keeps such messages in shared memory"
+                if fits <= MAX_CAPACITY else "no ring is that large")
+        log.warning(
+            "a message of %d bytes is larger than half this client's %d-byte local channel "
+            "ring: it, and every message as large, goes over the socket instead (copied "
+            "through the kernel: slower; counted in the channel's spills); %s",
+            size, ring, hint)
 
     def _wake_reader_if_asked(self) -> None:
         # the reader sleeps holding frames it evacuates when asked (shmring's essay)

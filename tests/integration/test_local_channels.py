@@ -94,6 +94,46 @@ def test_large_messages_spill_over_the_socket_in_order(track: Tracker) -> None:
     assert isinstance(transport, LocalTransport) and transport.channel.spills >= 1
 
 
+def test_a_publish_larger_than_half_the_ring_warns_once_and_arrives(
+        track: Tracker, caplog: pytest.LogCaptureFixture) -> None:
+    # A numpy batch of 64 rows of 1 KiB is a ~69 KB publish frame: over half of a 64 KiB
+    # ring, so it goes over the socket. That works, but slower, and nothing said so: the
+    # client now warns once, naming a ring size that would hold it.
+    import re
+
+    import numpy as np
+
+    server = track.server()
+    client = track.client(server.endpoint, ring_bytes=MIN_CAPACITY, local_channel=True)
+    client.create_topic("t")
+    client.create_queue("q", max_message_size=1024)
+    client.subscribe("t", "q")
+    rows = np.arange(2 * 64 * 256, dtype=np.float32).reshape(2, 64, 256)
+    with caplog.at_level("WARNING", logger="fastfanout.transport.local_channel"):
+        client.publish_batch("t", rows[0])
+        client.publish_batch("t", rows[1])
+    warnings = [record.getMessage() for record in caplog.records
+                if record.name == "fastfanout.transport.local_channel"]
+    assert len(warnings) == 1, warnings
+    found = re.search(r"a message of (\d+) bytes is larger than half this client's "
+                      r"(\d+)-byte local channel ring.*connect\(ring_bytes=(\d+)\)",
+                      warnings[0])
+    assert found is not None, warnings[0]
+    size, ring, advised = map(int, found.groups())
+    assert ring == MIN_CAPACITY and size > ring // 2
+    assert advised & (advised - 1) == 0 and advised // 2 >= size > advised // 4
+    transport = client.connection.transport
+    assert isinstance(transport, LocalTransport) and transport.channel.spills == 2
+    consumer = client.consume("q", prefetch=128)
+    got: list[np.ndarray] = []
+    while sum(map(len, got)) < 128:
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None
+        got.append(np.array(batch.as_array(np.float32, (256,))))
+        batch.ack()
+    assert np.array_equal(np.concatenate(got), rows.reshape(128, 256))
+
+
 @pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
 def test_credit_worth_more_than_the_ring_is_pushed_through_it(track: Tracker,
                                                              flavour: str) -> None:
