@@ -73,6 +73,8 @@ def _dims(shape: Any) -> tuple[int, ...]:
         InvalidArgument: it is not one, or a dimension is negative.
     """
     dims: tuple[int, ...]
+    if type(shape) is tuple and all(type(dim) is int and dim >= 0 for dim in shape):
+        return shape   # the usual call, as_array(dtype, (256,)): no exception to catch
     try:
         dims = (operator.index(shape),)
     except TypeError:
