@@ -10,7 +10,10 @@ the broker's size:
   next publish);
 * a pattern subscribe (``regionN.orders.*``, 100 matching topics each) with
   ``--topics`` topics;
-* a ``create_topic`` with ``--patterns`` pattern subscriptions that do not match it.
+* a ``create_topic`` with ``--patterns`` pattern subscriptions that do not match it;
+* on the topic of ``--subscriptions`` filtered subscriptions, a queue fed twice (a
+  direct subscription and a pattern): a subscribe and an unsubscribe of a third
+  subscription of that queue (until 2026-12-06 each rebuilt the topic's targets).
 """
 
 from __future__ import annotations
@@ -54,6 +57,23 @@ def patterns(topics: int, pattern_count: int) -> tuple[float, float]:
     return subscribe_ms, create_ms
 
 
+def fed_twice(subscriptions: int) -> float:
+    """Milliseconds per subscribe or unsubscribe of a third feeder of a queue fed twice."""
+    with Broker() as broker:
+        broker.create_topic("orders.t")
+        for i in range(subscriptions):
+            broker.create_queue(f"q{i}")
+            broker.subscribe("orders.t", f"q{i}", filter_policy={"store": [f"s{i}"]})
+        broker.create_queue("both")
+        broker.subscribe("orders.t", "both", filter_policy={"store": ["s1"]})
+        broker.subscribe("orders.*", "both", filter_policy={"store": ["s2"]})
+        started = time.perf_counter()
+        for i in range(100):
+            sid = broker.subscribe("orders.>", "both", filter_policy={"store": [f"x{i}"]})
+            broker.unsubscribe(sid)
+        return (time.perf_counter() - started) / 200 * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscriptions", type=int, default=3000)
@@ -66,6 +86,9 @@ def main() -> None:
     subscribe_ms, create_ms = patterns(options.topics, options.patterns)
     print(f"pattern subscribe with {options.topics} topics: {subscribe_ms:.3f} ms each")
     print(f"create_topic with {options.patterns + 50} patterns: {create_ms:.3f} ms each")
+    print(f"a third feeder of a queue fed twice, beside {options.subscriptions} filtered "
+          f"subscriptions: {fed_twice(options.subscriptions):.3f} ms a subscribe or "
+          f"unsubscribe")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memchr, memmove, memset
+from libc.string cimport memchr, memcpy, memmove, memset
 
 from fastfanout._ext.batches cimport (
     C_MAX_BODY,
@@ -532,6 +532,117 @@ cdef class Dispatcher:
             self.match_capacity = capacity
         self.topic_filters[topic] = filter_set
         record.filtered[position] = True
+
+    def replace_target(self, uint32_t topic, uint32_t position, object policies,
+                       list subscriptions):
+        """Give target ``position`` of ``topic`` new feeders and filters, in place: what
+        ``set_targets`` would make of that target alone (a queue fed twice by the
+        topic, whose policies become alternatives), without a rebuild of the topic's
+        other targets. O(the target's policies and feeders, plus a ``memmove`` of the
+        later targets' feeder slots when their number changes).
+
+        The target keeps its position and its filter key (the keys ascend with the
+        positions, as the publish path's walk of the matches wants); what it owes its
+        old feeders is added to their slots first, as ``remove_target`` does.
+
+        Args:
+            topic: the topic id.
+            position: the target, fed by subscriptions (``set_targets(...,
+                subscriptions=...)`` or ``add_target``).
+            policies: None (no filter), a plain compiled policy, or a list of them (a
+                copy goes if any matches).
+            subscriptions: the ids of the subscriptions feeding it from now on (one at
+                least).
+
+        Raises:
+            IndexError: the topic has no such target.
+            InvalidArgument: too many alternatives, or a malformed policy: the target's
+                filters are then half replaced; the caller gives the topic's targets
+                anew (``set_targets``), as after a MemoryError.
+            ValueError: no subscriptions, or the topic's targets were given without.
+        """
+        cdef topic_t* record = &self.topics[topic]
+        cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
+        cdef uint32_t count = record.target_count
+        cdef uint32_t first
+        cdef uint32_t last
+        cdef uint32_t used
+        cdef uint32_t k
+        cdef uint32_t i
+        cdef uint32_t new_count = <uint32_t>len(subscriptions)
+        cdef int64_t delta
+        cdef int64_t key
+        cdef int counter
+        cdef uint64_t* owed
+        cdef uint32_t* slots = NULL
+        cdef Py_ssize_t capacity
+        cdef void* grown
+        if position >= count:
+            raise IndexError(f"topic {topic} has no target {position}")
+        if record.target_counts == NULL:
+            raise ValueError("the topic's targets were set without their subscriptions")
+        if new_count == 0:
+            raise ValueError("a target is fed by one subscription at least")
+        alternatives = (None if policies is None
+                        else policies if type(policies) is list else [policies])
+        if alternatives is not None and len(alternatives) >= FILTER_ID_STRIDE:
+            raise InvalidArgument(
+                f"a queue may be subscribed to one topic at most {FILTER_ID_STRIDE - 1} times")
+        # What may fail comes first: the feeders' slots (a new id takes one) ...
+        slots = <uint32_t*>PyMem_Malloc(new_count * sizeof(uint32_t))
+        if slots == NULL:
+            raise MemoryError()
+        try:
+            for k in range(new_count):
+                slots[k] = <uint32_t>self._slot(subscriptions[k])
+            # ... then the filters, under the target's own key: its old alternatives out,
+            # the new ones in (ids key * stride + 0, 1, ...: remove_target's walk)
+            key = record.filter_keys[position] * FILTER_ID_STRIDE
+            if filter_set is not None and record.filtered[position]:
+                while filter_set.remove(key):
+                    key += 1
+                key = record.filter_keys[position] * FILTER_ID_STRIDE
+            record.filtered[position] = False
+            if alternatives is not None:
+                if filter_set is None:
+                    filter_set = FilterSet()
+                    self.topic_filters[topic] = filter_set
+                for k in range(len(alternatives)):
+                    filter_set.set(key + k, alternatives[k])   # checks it
+                record.filtered[position] = True
+                if len(filter_set) > self.match_capacity:
+                    capacity = max(len(filter_set), self.match_capacity * 2)
+                    grown = PyMem_Realloc(self.matches, capacity * sizeof(int64_t))
+                    if grown == NULL:
+                        raise MemoryError()
+                    self.matches = <int64_t*>grown
+                    self.match_capacity = capacity
+            elif filter_set is not None and len(filter_set) == 0:
+                self.topic_filters[topic] = None
+            # The feeders: the old ones get what the target owes them, the new ones
+            # take their place in the slot array (the later targets' move by delta).
+            first = record.slot_start[position]
+            last = record.slot_start[position + 1]
+            used = record.slot_start[count]
+            delta = <int64_t>new_count - <int64_t>(last - first)
+            if used + delta > record.slot_capacity:
+                _grow(<void**>&record.target_slots, (used + delta) * sizeof(uint32_t))
+                record.slot_capacity = <uint32_t>(used + delta)
+            owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+            for k in range(first, last):
+                for counter in range(SUBSCRIPTION_FIELDS):
+                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
+                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
+            memset(owed, 0, SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+            memmove(record.target_slots + first + new_count, record.target_slots + last,
+                    (used - last) * sizeof(uint32_t))
+            memcpy(record.target_slots + first, slots, new_count * sizeof(uint32_t))
+            for i in range(position + 1, count + 1):
+                record.slot_start[i] = <uint32_t>(<int64_t>record.slot_start[i] + delta)
+        finally:
+            PyMem_Free(slots)
+        if self.refused_topic == topic:
+            self.refused_topic = -1
 
     cdef int _slot(self, object subscription_id) except -1:
         """The counter slot of a subscription, a zeroed one taken for a new id."""

@@ -38,6 +38,15 @@ class Dispatcher:
         """Remove one target; the later ones move up one place (a memmove, no rebuild)."""
     def set_target_policy(self, topic: int, position: int, policy: PlainPolicy | None) -> None:
         """Replace the filter of one target fed by one subscription, O(1)."""
+    def replace_target(
+        self,
+        topic: int,
+        position: int,
+        policies: PlainPolicy | list[PlainPolicy] | None,
+        subscriptions: list[int],
+    ) -> None:
+        """Give one target new feeders and filters in place (a queue fed twice): what
+        ``set_targets`` would make of it, without rebuilding the topic's other targets."""
     def forget_subscription(self, subscription_id: int) -> None:
         """Drop a deleted subscription's counters (after the topics it fed were
         re-targeted)."""

@@ -21,7 +21,7 @@ from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches
 from fastfanout.settings import Subscription
 
 __all__ = ["TargetPositions", "compile_policy", "dispatch_targets", "feeding_subscriptions",
-           "feeds"]
+           "feeds", "target_policies"]
 
 
 def compile_policy(policy: object, scope: str) -> tuple[CompiledPolicy | None, str | None]:
@@ -63,25 +63,32 @@ def dispatch_targets(subscriptions: Mapping[int, Subscription], feeding: list[in
     refusals).
     """
     targets: list[int] = []
-    policies: list[Any] = []
     feeders: list[list[int]] = []
     position: dict[int, int] = {}
     for sid in feeding:
-        sub = subscriptions[sid]
-        queue_id = queue_ids[sub.queue]
+        queue_id = queue_ids[subscriptions[sid].queue]
         if queue_id not in position:
             position[queue_id] = len(targets)
             targets.append(queue_id)
-            policies.append([])
             feeders.append([])
         feeders[position[queue_id]].append(sid)
-        alternatives = policies[position[queue_id]]
-        if alternatives is not None:
-            if sub.compiled is None:
-                policies[position[queue_id]] = None   # an unfiltered one takes all
-            else:
-                alternatives.append(sub.compiled.plain)
-    return targets, policies, feeders
+    return targets, [target_policies(subscriptions, fed) for fed in feeders], feeders
+
+
+def target_policies(subscriptions: Mapping[int, Subscription], feeders: list[int]
+                    ) -> list[Any] | None:
+    """The filter of a target fed by ``feeders`` (subscription ids).
+
+    Their plain compiled policies, any of which lets a copy go; or None (no filter) when
+    one of them has none: it takes every message.
+    """
+    alternatives: list[Any] = []
+    for sid in feeders:
+        compiled = subscriptions[sid].compiled
+        if compiled is None:
+            return None
+        alternatives.append(compiled.plain)
+    return alternatives
 
 
 class TargetPositions:
