@@ -1,12 +1,13 @@
 """Queues fed twice by one topic, under subscription churn: the native broker against the model.
 
 A queue subscribed to a topic directly and through patterns (``a.*``, ``a.>``, ``*.b``),
-each subscription with its own filter policy, gets one copy of a message when any of
-them lets it through, and every subscription feeding it is credited. Since 2026-12-06 a
-subscription that comes to such a queue, or one that goes while the queue's first stays,
-changes that target in place (``Dispatcher.replace_target``) instead of rebuilding the
-topic's targets. Random sequences of subscribes, unsubscribes and publishes run on the
-native broker and on ``ModelBroker``; the outcomes, every counter (``stats()``, the
+each subscription with its own filter policy (changed now and then), gets one copy of a
+message when any of them lets it through, and every subscription feeding it is credited.
+Since 2026-12-06 a subscription that comes to such a queue, one that goes while the
+queue's first stays, or a new filter policy of one of them changes that target in place
+(``Dispatcher.replace_target``) instead of rebuilding the topic's targets. Random
+sequences of subscribes, unsubscribes, policy changes and publishes run on the native
+broker and on ``ModelBroker``; the outcomes, every counter (``stats()``, the
 subscriptions' included) and, at the end, every queue's messages must agree, and the
 native broker's invariants must hold after each step.
 """
@@ -32,10 +33,12 @@ KINDS = ("x", "y", "z", "zz", None)
 subscribes = st.tuples(st.just("subscribe"), st.sampled_from(TOPICS), st.sampled_from(QUEUES),
                        st.integers(0, len(POLICIES) - 1))
 unsubscribes = st.tuples(st.just("unsubscribe"), st.integers(0, 7))
+policy_changes = st.tuples(st.just("set_filter_policy"), st.integers(0, 7),
+                           st.integers(0, len(POLICIES) - 1))
 publishes = st.tuples(st.just("publish"), st.lists(st.sampled_from(KINDS), min_size=1,
                                                    max_size=4))
-steps = st.lists(st.one_of(subscribes, subscribes, unsubscribes, publishes), min_size=1,
-                 max_size=30)
+steps = st.lists(st.one_of(subscribes, subscribes, unsubscribes, policy_changes, publishes),
+                 min_size=1, max_size=30)
 
 
 def _same(real: tuple[str, Any], model: tuple[str, Any], what: str) -> None:
@@ -78,6 +81,13 @@ def test_a_queue_fed_twice_under_churn_agrees_with_the_model(plan: list[tuple[An
                 sid = live.pop(step[1] % len(live))
                 _same(outcome(partial(real.unsubscribe, sid)),
                       outcome(partial(model.unsubscribe, sid)), step)
+            elif step[0] == "set_filter_policy":
+                if not live:
+                    continue
+                sid = live[step[1] % len(live)]
+                policy = POLICIES[step[2]]
+                _same(outcome(partial(real.set_filter_policy, sid, policy)),
+                      outcome(partial(model.set_filter_policy, sid, policy)), step)
             else:
                 entries = []
                 for kind in step[1]:
