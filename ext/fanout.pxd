@@ -63,6 +63,8 @@ cdef class Dispatcher:
     cdef inline void _credit(self, topic_t* record, uint32_t position, int counter,
                       uint64_t amount) noexcept
     cdef void _fold(self, topic_t* record) noexcept
+    cdef void _fold_target(self, topic_t* record, uint32_t position) noexcept
+    cdef int _fit_matches(self, Py_ssize_t needed) except -1
     cdef int _slot(self, object subscription_id) except -1
 
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1

@@ -395,7 +395,6 @@ cdef class Dispatcher:
         cdef uint32_t slots_used
         cdef uint32_t capacity
         cdef FilterSet filter_set
-        cdef void* grown
         if record.target_count and record.target_counts == NULL:
             raise ValueError("the topic's targets were set without their subscriptions")
         slots_used = record.slot_start[position] if record.target_count else 0
@@ -419,14 +418,11 @@ cdef class Dispatcher:
             if filter_set is None:
                 filter_set = FilterSet()
             filter_set.set(record.next_filter_key * FILTER_ID_STRIDE, policy)   # checks it
-            if len(filter_set) > self.match_capacity:
-                grown = PyMem_Realloc(
-                    self.matches, max(len(filter_set), self.match_capacity * 2) * sizeof(int64_t))
-                if grown == NULL:
-                    filter_set.remove(record.next_filter_key * FILTER_ID_STRIDE)
-                    raise MemoryError()
-                self.matches = <int64_t*>grown
-                self.match_capacity = max(len(filter_set), self.match_capacity * 2)
+            try:
+                self._fit_matches(len(filter_set))
+            except MemoryError:
+                filter_set.remove(record.next_filter_key * FILTER_ID_STRIDE)
+                raise
             self.topic_filters[topic] = filter_set
         record.target_slots[slots_used] = <uint32_t>self._slot(subscription_id)
         record.targets[position] = queue_id
@@ -457,7 +453,6 @@ cdef class Dispatcher:
         cdef uint32_t removed_slots
         cdef uint32_t i
         cdef uint32_t k
-        cdef int counter
         cdef uint64_t* owed
         cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
         cdef int64_t filter_id
@@ -473,11 +468,8 @@ cdef class Dispatcher:
         if record.target_counts != NULL:
             first = record.slot_start[position]
             last = record.slot_start[position + 1]
+            self._fold_target(record, position)
             owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
-            for k in range(first, last):
-                for counter in range(SUBSCRIPTION_FIELDS):
-                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
-                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
             removed_slots = last - first
             memmove(record.target_slots + first, record.target_slots + last,
                     (record.slot_start[count] - last) * sizeof(uint32_t))
@@ -507,8 +499,6 @@ cdef class Dispatcher:
         cdef topic_t* record = &self.topics[topic]
         cdef FilterSet filter_set = <FilterSet>self.topic_filters[topic]
         cdef int64_t filter_id
-        cdef Py_ssize_t capacity
-        cdef void* grown
         if position >= record.target_count:
             raise IndexError(f"topic {topic} has no target {position}")
         filter_id = record.filter_keys[position] * FILTER_ID_STRIDE
@@ -522,14 +512,11 @@ cdef class Dispatcher:
         if filter_set is None:
             filter_set = FilterSet()
         filter_set.set(filter_id, policy)   # checks it
-        if len(filter_set) > self.match_capacity:
-            capacity = max(len(filter_set), self.match_capacity * 2)
-            grown = PyMem_Realloc(self.matches, capacity * sizeof(int64_t))
-            if grown == NULL:
-                filter_set.remove(filter_id)
-                raise MemoryError()
-            self.matches = <int64_t*>grown
-            self.match_capacity = capacity
+        try:
+            self._fit_matches(len(filter_set))
+        except MemoryError:
+            filter_set.remove(filter_id)
+            raise
         self.topic_filters[topic] = filter_set
         record.filtered[position] = True
 
@@ -572,11 +559,7 @@ cdef class Dispatcher:
         cdef uint32_t new_count = <uint32_t>len(subscriptions)
         cdef int64_t delta
         cdef int64_t key
-        cdef int counter
-        cdef uint64_t* owed
         cdef uint32_t* slots = NULL
-        cdef Py_ssize_t capacity
-        cdef void* grown
         if position >= count:
             raise IndexError(f"topic {topic} has no target {position}")
         if record.target_counts == NULL:
@@ -610,13 +593,7 @@ cdef class Dispatcher:
                 for k in range(len(alternatives)):
                     filter_set.set(key + k, alternatives[k])   # checks it
                 record.filtered[position] = True
-                if len(filter_set) > self.match_capacity:
-                    capacity = max(len(filter_set), self.match_capacity * 2)
-                    grown = PyMem_Realloc(self.matches, capacity * sizeof(int64_t))
-                    if grown == NULL:
-                        raise MemoryError()
-                    self.matches = <int64_t*>grown
-                    self.match_capacity = capacity
+                self._fit_matches(len(filter_set))
             elif filter_set is not None and len(filter_set) == 0:
                 self.topic_filters[topic] = None
             # The feeders: the old ones get what the target owes them, the new ones
@@ -628,12 +605,7 @@ cdef class Dispatcher:
             if used + delta > record.slot_capacity:
                 _grow(<void**>&record.target_slots, (used + delta) * sizeof(uint32_t))
                 record.slot_capacity = <uint32_t>(used + delta)
-            owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
-            for k in range(first, last):
-                for counter in range(SUBSCRIPTION_FIELDS):
-                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
-                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
-            memset(owed, 0, SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+            self._fold_target(record, position)
             memmove(record.target_slots + first + new_count, record.target_slots + last,
                     (used - last) * sizeof(uint32_t))
             memcpy(record.target_slots + first, slots, new_count * sizeof(uint32_t))
@@ -681,18 +653,38 @@ cdef class Dispatcher:
     cdef void _fold(self, topic_t* record) noexcept:
         """Add what each target of ``record`` owes to its subscriptions' slots; zero it."""
         cdef uint32_t position
-        cdef uint32_t k
-        cdef int counter
-        cdef uint64_t* owed
         if record.target_counts == NULL:
             return
         for position in range(record.target_count):
-            owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
-            for k in range(record.slot_start[position], record.slot_start[position + 1]):
-                for counter in range(SUBSCRIPTION_FIELDS):
-                    self.slot_counters[<Py_ssize_t>record.target_slots[k]
-                                       * SUBSCRIPTION_FIELDS + counter] += owed[counter]
-            memset(owed, 0, SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+            self._fold_target(record, position)
+
+    cdef void _fold_target(self, topic_t* record, uint32_t position) noexcept:
+        """Add what target ``position`` owes to its subscriptions' slots; zero it (the
+        topic's targets were given with their subscriptions)."""
+        cdef uint32_t k
+        cdef int counter
+        cdef uint64_t* owed = record.target_counts + <Py_ssize_t>position * SUBSCRIPTION_FIELDS
+        for k in range(record.slot_start[position], record.slot_start[position + 1]):
+            for counter in range(SUBSCRIPTION_FIELDS):
+                self.slot_counters[<Py_ssize_t>record.target_slots[k]
+                                   * SUBSCRIPTION_FIELDS + counter] += owed[counter]
+        memset(owed, 0, SUBSCRIPTION_FIELDS * sizeof(uint64_t))
+
+    cdef int _fit_matches(self, Py_ssize_t needed) except -1:
+        """Room in ``matches`` for ``needed`` filter ids (the most a topic's filter index
+        may report for one message): grown to twice its size at least, so that adding
+        policies one by one stays amortised O(1)."""
+        cdef Py_ssize_t capacity
+        cdef void* grown
+        if needed <= self.match_capacity:
+            return 0
+        capacity = max(needed, self.match_capacity * 2)
+        grown = PyMem_Realloc(self.matches, capacity * sizeof(int64_t))
+        if grown == NULL:
+            raise MemoryError()
+        self.matches = <int64_t*>grown
+        self.match_capacity = capacity
+        return 0
 
     def forget_subscription(self, subscription_id):
         """Drop a deleted subscription's counters; its slot is free for reuse.
