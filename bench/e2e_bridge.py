@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import peers
+from e2e_common import cpu_seconds
 
 STAMP = struct.Struct("<q")
 PADDING = b"x" * (64 - STAMP.size)
@@ -228,13 +229,6 @@ def start_broker(directory: Path, name: str, rules: str, fsync: str) -> tuple[st
         except FastFanoutError:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"broker {name} did not start") from None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` has used (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def print_cpu(label: str, pids: dict[str, int], before: dict[str, float],

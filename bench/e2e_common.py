@@ -8,6 +8,7 @@ re-exported here for the code of their own some keep (e2e_workers.py's dramatiq 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -21,6 +22,23 @@ from fastfanout.bench.processes import (  # noqa: F401
 )
 
 BODY = b"x" * 64
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds every thread of process ``pid`` has run so far (the scheduler's
+    nanoseconds, ``/proc/PID/task/*/schedstat``: finer than ``stat``'s clock ticks).
+
+    Raises:
+        OSError: no such process, or no ``/proc`` (not Linux).
+    """
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{thread}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except FileNotFoundError:   # a thread that ended meanwhile
+            continue
+    return total / 1e9
 
 
 def harness(args: list[str]) -> int:

@@ -32,7 +32,14 @@ import tempfile
 import time
 from typing import Any
 
-from e2e_common import BODY, START_DEADLINE, connect_when_up, serve_broker, stop_processes
+from e2e_common import (
+    BODY,
+    START_DEADLINE,
+    connect_when_up,
+    cpu_seconds,
+    serve_broker,
+    stop_processes,
+)
 
 from fastfanout.bench.processes import spawn
 
@@ -166,15 +173,6 @@ def baseline(count: int, pulls: int) -> float:
     return count / wall
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds of every thread of ``pid`` so far (scheduler nanoseconds)."""
-    total = 0
-    for thread in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{thread}/schedstat") as stat:
-            total += int(stat.read().split()[0])
-    return total / 1e9
-
-
 def run(count: int, queues: int, perf: str | None, perf_out: str,
         mode: str = "offer") -> dict[str, float]:
     """One run: ns of CPU per message by process, and the rate per consumer."""
@@ -210,11 +208,11 @@ def run(count: int, queues: int, perf: str | None, perf_out: str,
                     ["perf", "record", "-g", "-o", perf_out, "-p", str(pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.5)   # perf attaches
-            broker_before, wall = _cpu_seconds(broker.pid), time.perf_counter()
+            broker_before, wall = cpu_seconds(broker.pid), time.perf_counter()
             go.set()
             results = [out.get(timeout=RESULT_DEADLINE) for _ in range(queues + 1)]
             wall = time.perf_counter() - wall
-            broker_cpu = _cpu_seconds(broker.pid) - broker_before
+            broker_cpu = cpu_seconds(broker.pid) - broker_before
             if recorder is not None:
                 recorder.send_signal(2)
                 recorder.wait(START_DEADLINE)

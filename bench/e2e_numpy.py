@@ -26,11 +26,11 @@ Reports bytes per second (the rows after the consumer's first chunk or batch, ov
 time from its arrival to the last one's: the first is not counted, as its time is not;
 medians of the runs) and the ratios fastfanout / pyzmq and fastfanout /
 multiprocessing.Queue; and the CPU a row of each fastfanout process (the producer's and
-the consumer's from ``time.process_time``, the broker's from ``/proc``), whose sum against
-the cores the machine has says how near the pipeline is to what its CPU allows. A
-million rows (1 GB; until 2026-12-06 200,000): a run of 200,000 lasted 0.1 s, and a
-start's page faults and one preemption swung pyzmq's figure from 0.7 to 3 GB/s within one
-invocation; ``--rows 200000`` measures it so still.
+the consumer's from ``time.process_time``, the broker's from ``/proc``: e2e_common's
+``cpu_seconds``), whose sum against the cores the machine has says how near the pipeline
+is to what its CPU allows. A million rows (1 GB; until 2026-12-06 200,000): a run of
+200,000 lasted 0.1 s, and a start's page faults and one preemption swung pyzmq's figure
+from 0.7 to 3 GB/s within one invocation; ``--rows 200000`` measures it so still.
 
 ``--row-items 4`` (16-byte rows, the same number of messages) leaves almost nothing to
 copy: what fastfanout reaches then is the ceiling its per-message work sets on this
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from e2e_common import broker_process, connect_when_up
+from e2e_common import broker_process, connect_when_up, cpu_seconds
 
 # numpy's BLAS threads spin while idle: on a small machine they would take the cores the
 # three processes of each path need (set before numpy loads, inherited by the children).
@@ -140,13 +140,11 @@ def _ff_publish(endpoint: str, rows: int, chunk: int, items: int, window: Window
 
 
 def _process_cpu(pid: int | None) -> float | None:
-    """Seconds of CPU process ``pid`` has used (user + system), or None off Linux."""
+    """``cpu_seconds`` of process ``pid``, or None where it cannot be read (not Linux)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        return None if pid is None else cpu_seconds(pid)
+    except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
