@@ -19,6 +19,7 @@ import msgspec
 
 from fastfanout.errors import InvalidArgument
 from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry
+from fastfanout.semantics.filter_policy import MAX_ATTRIBUTE_NAME
 
 __all__ = [
     "MAX_DEDUP_WINDOW_US",
@@ -137,8 +138,9 @@ def check_attributes(attributes: object) -> Attributes:
         raise InvalidArgument(f"{len(attributes)} attributes; at most {MAX_ATTRIBUTES}")
     checked: Attributes = {}
     for name, value in attributes.items():
-        if type(name) is not str or not 1 <= len(name) <= 256:
-            raise InvalidArgument(f"attribute name {name!r} must be a str of 1 to 256 chars")
+        if type(name) is not str or not 1 <= len(name) <= MAX_ATTRIBUTE_NAME:
+            raise InvalidArgument(
+                f"attribute name {name!r} must be a str of 1 to {MAX_ATTRIBUTE_NAME} chars")
         if type(value) is float and not math.isfinite(value):
             raise InvalidArgument(f"attribute {name!r}={value!r}: numbers must be finite")
         if type(value) in (str, int, float, bytes):

@@ -62,6 +62,7 @@ __all__ = [
     "KIND_NUMERIC",
     "KIND_PREFIX",
     "KIND_SUFFIX",
+    "MAX_ATTRIBUTE_NAME",
     "MAX_BODY_DEPTH",
     "MAX_COMBINATIONS",
     "MAX_DEPTH",
@@ -90,6 +91,9 @@ __all__ = [
     "reference_match",
 ]
 
+MAX_ATTRIBUTE_NAME: Final = 256
+"""Longest message attribute name, in characters (SNS; a publish checks the same): in
+attribute scope a policy key must be a name a message can carry, 1 to this long."""
 MAX_KEYS: Final = 5
 """Most leaf keys in one expanded ``$or`` branch of a policy (SNS limit)."""
 MAX_COMBINATIONS: Final = 150
@@ -351,6 +355,30 @@ def _fail(path: str, message: str) -> InvalidFilterPolicy:
     return InvalidFilterPolicy(f"filter policy at {where}: {message}")
 
 
+class _DuplicateKey(ValueError):
+    """Raised by the JSON decoder's hook: one object names ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A decoded JSON object, refused when a key repeats.
+
+    ``json`` would keep the last value, and a clause the writer meant would be dropped
+    unseen.
+    """
+    decoded = dict(pairs)
+    if len(decoded) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return decoded
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
@@ -528,6 +556,9 @@ def _expand(node: dict[str, Any], prefix: str, scope: str, depth: int) -> _Branc
                     raise _fail(where, f"too many value combinations (limit {MAX_COMBINATIONS})")
             branches = _cross(branches, alternatives, where)
             continue
+        if scope != "body" and not 1 <= len(key) <= MAX_ATTRIBUTE_NAME:
+            raise _fail(prefix, f"attribute name {key[:40]!r} must be 1 to "
+                                f"{MAX_ATTRIBUTE_NAME} characters: no message carries it")
         path = _join(prefix, key)
         if isinstance(value, dict):
             if scope != "body":
@@ -566,7 +597,9 @@ def parse_policy(
         if len(text) > MAX_POLICY_BYTES:
             raise _fail("", f"policy is {len(text)} bytes, over the {MAX_POLICY_BYTES}-byte limit")
         try:
-            decoded = json.loads(text)
+            decoded = json.loads(text, object_pairs_hook=_object_without_duplicates)
+        except _DuplicateKey as exc:
+            raise _fail("", f"key {exc.key!r} appears twice in one object") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise _fail("", f"not valid JSON: {exc}") from None
         except RecursionError:

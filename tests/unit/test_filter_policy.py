@@ -13,6 +13,7 @@ import pytest
 from fastfanout import Broker
 from fastfanout.errors import InvalidArgument, InvalidFilterPolicy
 from fastfanout.semantics.filter_policy import (
+    MAX_ATTRIBUTE_NAME,
     MAX_POLICY_BYTES,
     AnythingBut,
     AnythingButPrefix,
@@ -256,3 +257,47 @@ def test_a_huge_integer_in_a_policy_is_refused_and_changes_nothing(policy: Any) 
     with pytest.raises(InvalidFilterPolicy, match="bits is outside"):
         broker.subscribe("t", "q", filter_policy=policy)
     assert broker.list_subscriptions() == {}
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('{"store": ["eu"], "store": ["us"]}', "store"),
+    ('{"$or": [{"a": ["x"]}, {"b": ["y"], "b": ["z"]}]}', "b"),
+    ('{"a": {"b": [1], "b": [2]}}', "b"),
+])
+def test_a_key_twice_in_one_object_is_refused(text: str, key: str) -> None:
+    # json keeps the last of two equal keys: {"store": ["us"]} would have been the
+    # policy, the writer's "eu" dropped unseen.
+    scope = "body" if text.startswith('{"a": {') else "attributes"
+    for form in (text, text.encode()):
+        with pytest.raises(InvalidFilterPolicy, match=f"key '{key}' appears twice"):
+            parse_policy(form, scope)
+    with Broker() as broker:
+        broker.create_topic("t")
+        broker.create_queue("q")
+        with pytest.raises(InvalidFilterPolicy, match="appears twice"):
+            broker.subscribe("t", "q", filter_policy=text, filter_scope=scope)
+        assert broker.list_subscriptions() == {}
+    # the same keys in different objects are not duplicates
+    assert parse_policy('{"$or": [{"a": ["x"]}, {"a": ["y"]}]}').key_count == 1
+
+
+@pytest.mark.parametrize("name", ["", "n" * (MAX_ATTRIBUTE_NAME + 1)])
+def test_an_attribute_name_no_message_can_carry_is_refused(name: str) -> None:
+    # A publish refuses such an attribute name, so the clause could never be met (or,
+    # with "exists": false, always would be).
+    for policy in ({name: ["x"]}, {name: [{"exists": False}]},
+                   {"$or": [{"a": ["x"]}, {name: ["y"]}]}):
+        with pytest.raises(InvalidFilterPolicy, match=f"1 to {MAX_ATTRIBUTE_NAME} characters"):
+            parse_policy(policy)
+    with Broker() as broker:
+        broker.create_topic("t")
+        broker.create_queue("q")
+        with pytest.raises(InvalidFilterPolicy, match="no message carries it"):
+            broker.subscribe("t", "q", filter_policy={name: ["x"]})
+        assert broker.list_subscriptions() == {}
+        with pytest.raises(InvalidArgument, match=f"1 to {MAX_ATTRIBUTE_NAME} char"):
+            broker.publish("t", b"m", attributes={name: "x"})
+    # the longest name a message can carry is taken, and matches
+    longest = "n" * MAX_ATTRIBUTE_NAME
+    assert parse_policy({longest: ["x"]}).key_count == 1
+    assert reference_match({longest: ["x"]}, "attributes", {longest: "x"}, None)
