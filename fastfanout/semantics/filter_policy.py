@@ -355,14 +355,6 @@ def _fail(path: str, message: str) -> InvalidFilterPolicy:
     return InvalidFilterPolicy(f"filter policy at {where}: {message}")
 
 
-class _DuplicateKey(ValueError):
-    """Raised by the JSON decoder's hook: one object names ``key`` twice."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A decoded JSON object, refused when a key repeats.
 
@@ -374,7 +366,7 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _DuplicateKey(key)
+                raise _fail("", f"key {key!r} appears twice in one object")
             seen.add(key)
     return decoded
 
@@ -598,8 +590,8 @@ def parse_policy(
             raise _fail("", f"policy is {len(text)} bytes, over the {MAX_POLICY_BYTES}-byte limit")
         try:
             decoded = json.loads(text, object_pairs_hook=_object_without_duplicates)
-        except _DuplicateKey as exc:
-            raise _fail("", f"key {exc.key!r} appears twice in one object") from None
+        except InvalidFilterPolicy:   # from the hook: a key twice in one object
+            raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise _fail("", f"not valid JSON: {exc}") from None
         except RecursionError:
