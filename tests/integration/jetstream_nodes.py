@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from fastfanout.bench.servers import find_binary, nats_unavailable
 
@@ -142,3 +143,17 @@ def wait_for_jetstream(urls: list[str], timeout: float = START_DEADLINE) -> None
                 await asyncio.sleep(0.2)
 
     asyncio.run(probe())
+
+
+def wait_for_export(client: Any, topic: str = "orders",
+                    queue: str = "bridge.export.orders") -> None:
+    """Wait until a broker's bridge has subscribed its export queue to ``topic``.
+
+    The bridge makes the queue first and subscribes it next: a message published between
+    the two reaches no queue, so a test waiting for the queue alone raced the bridge (a
+    CI run lost its one message that way, 2026-12-06).
+    """
+    from conftest import wait_until
+
+    wait_until(lambda: (topic, queue) in client.list_subscriptions().values(),
+               timeout=START_DEADLINE, what=f"the bridge's subscription {topic} -> {queue}")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import zmq.auth
 from conftest import Tracker, free_tcp_endpoint, wait_until
-from jetstream_nodes import NatsNode, cluster, unavailable, wait_for_jetstream
+from jetstream_nodes import NatsNode, cluster, unavailable, wait_for_export, wait_for_jetstream
 
 from fastfanout import FastFanoutError, PublishEntry, QueueFull
 from fastfanout.client import Client, connect
@@ -130,7 +130,7 @@ def test_every_message_once_in_order_per_group(track: Tracker, nats_node: NatsNo
     endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [nats_node.url]))
     client_a = track.client(endpoint_a)
     client_b = track.client(endpoint_b)
-    wait_until(lambda: "bridge.export.orders" in client_a.list_queues(), what="export queue")
+    wait_for_export(client_a)
 
     groups, count = 5, 3000
     results = []
@@ -237,7 +237,7 @@ def test_nats_down_the_export_queue_buffers_bounded(track: Tracker, tmp_path: Pa
         track.tmp_path / "a.toml", [node.url], max_messages=600))
     endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml", [node.url]))
     client_a = track.client(endpoint_a)
-    wait_until(lambda: "bridge.export.orders" in client_a.list_queues(), what="export queue")
+    wait_for_export(client_a)
     client_a.publish_batch("orders", [b"%d" % n for n in range(600)])
     with pytest.raises(QueueFull):   # the bound holds, and the refusal is counted
         client_a.publish("orders", b"one too many")
@@ -266,8 +266,7 @@ def test_a_message_over_the_nats_max_payload_is_dead_lettered_on_a(
         endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml",
                                                         [node.url]))
         client_a = track.client(endpoint_a)
-        wait_until(lambda: "bridge.export.orders" in client_a.list_queues(),
-                   what="export queue")
+        wait_for_export(client_a)
         client_a.publish_batch("orders", [b"small 1", b"x" * 10_000, b"small 2"])
         received = consume_all(track.client(endpoint_b), "orders-in", 2)
         assert [m.body for m in received] == [b"small 1", b"small 2"]
@@ -295,7 +294,7 @@ def test_a_message_over_the_stream_max_msg_size_is_dead_lettered_on_a(
     endpoint_b, _ = broker(track, "b", import_rules(track.tmp_path / "b.toml",
                                                     [nats_node.url]))
     client_a = track.client(endpoint_a)
-    wait_until(lambda: "bridge.export.orders" in client_a.list_queues(), what="export queue")
+    wait_for_export(client_a)
     client_a.publish_batch("orders", [b"small 1", b"x" * 5000, b"small 2"])
     received = consume_all(track.client(endpoint_b), "orders-in", 2)
     assert [m.body for m in received] == [b"small 1", b"small 2"]
@@ -677,7 +676,7 @@ def test_a_stream_that_does_not_take_the_export_subject_is_named(track: Tracker,
     endpoint, process = broker(track, "a", export_rules(track.tmp_path / "a.toml",
                                                         [nats_node.url]))
     client = track.client(endpoint)
-    wait_until(lambda: "bridge.export.orders" in client.list_queues(), what="export queue")
+    wait_for_export(client)
     client.publish("orders", b"kept")
     wait_until(lambda: bridge_stats(client)["export:orders"]["errors"] >= 1,
                timeout=BRIDGE_DEADLINE, what="the refusal counted")

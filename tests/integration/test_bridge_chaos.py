@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import Tracker, wait_until
-from jetstream_nodes import NatsNode, unavailable
+from jetstream_nodes import NatsNode, unavailable, wait_for_export
 
 from fastfanout import FastFanoutError, PublishEntry
 from fastfanout.client import connect
@@ -142,8 +142,7 @@ def test_kill_9_of_nats_and_both_brokers_loses_nothing_confirmed(
                                             '[[import]]\nname = "orders"\nstream = "ORDERS"\n'
                                             'queue = "orders-in"\nack_wait = 2.0\n'))
         with connect(broker_a.endpoint, timeout=5.0) as client:
-            wait_until(lambda: "bridge.export.orders" in client.list_queues(),
-                       what="the export queue")
+            wait_for_export(client)
         load = Load(broker_a.endpoint, broker_b.endpoint)
         for thread in load.threads:
             thread.start()
