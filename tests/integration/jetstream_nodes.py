@@ -9,6 +9,7 @@ line why the tests cannot run here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -29,20 +30,33 @@ def unavailable() -> str | None:
     return nats_unavailable()
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on HOST.
+
+    All are bound at once: one probe at a time could be given a port a probe before it
+    just closed (a CI run's cluster node got the same port to listen for clients and for
+    its routes, and did not start).
+    """
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((HOST, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
+    """One free port on HOST."""
+    return free_ports(1)[0]
 
 
 class NatsNode:
     """One nats-server process; ``start`` again after ``kill`` reuses port and store."""
 
     def __init__(self, directory: Path, name: str, cluster: list[int] | None = None,
-                 index: int = 0, extra: str = "") -> None:
+                 index: int = 0, extra: str = "", port: int | None = None) -> None:
         self.directory = directory
         self.name = name
-        self.port = free_port()
+        self.port = free_port() if port is None else port   # for clients
         self.cluster = cluster     # every node's cluster port, this one's at ``index``
         self.index = index
         self.extra = extra         # more lines of the config file
@@ -117,8 +131,10 @@ class NatsNode:
 
 def cluster(directory: Path, size: int = 3) -> list[NatsNode]:
     """``size`` nodes routed to each other (not started)."""
-    ports = [free_port() for _ in range(size)]
-    return [NatsNode(directory / f"n{index}", f"n{index}", ports, index)
+    ports = free_ports(2 * size)   # each node's route port, then its client port
+    routes = ports[:size]
+    return [NatsNode(directory / f"n{index}", f"n{index}", routes, index,
+                     port=ports[size + index])
             for index in range(size)]
 
 
