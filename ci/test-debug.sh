@@ -32,7 +32,15 @@ find build/debug/fastfanout -name '*.py' -o -name '*.pyi' -o -name py.typed | xa
 # -P: do not put the working directory first on sys.path, so `fastfanout` is the debug copy.
 PYTHONPATH=build/debug "$py" -P -X dev -c \
     'import fastfanout._ext.store as s, sys; sys.exit(0 if s.DEBUG else "not the debug build")'
-PYTHONPATH=build/debug "$py" -P -X dev -m pytest -p no:cacheprovider -q \
+# The tests run on FASTFANOUT_TEST_WORKERS pytest-xdist workers (default 2; 0: serially,
+# in this process), each a python started with the same -P -X dev (not passed on to the
+# processes the tests start, as before).
+workers=${FASTFANOUT_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" != 0 ]; then
+    parallel=(--dist worksteal --tx "$workers*popen//python=$(printf '%q' "$py") -P -X dev")
+fi
+PYTHONPATH=build/debug "$py" -P -X dev -m pytest -p no:cacheprovider -q "${parallel[@]}" \
     tests/unit tests/integration/test_embedded_threads.py tests/integration/test_producer.py \
     tests/property/test_broker_model.py \
     tests/property/test_broker_features_model.py "$@"
