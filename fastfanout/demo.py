@@ -31,7 +31,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fastfanout.interrupts import resource_tracker_deaf_to_hangups, sigterm_as_interrupt
+from fastfanout.interrupts import (
+    resource_tracker_deaf_to_hangups,
+    sigterm_as_interrupt,
+    start_process,
+)
 
 __all__ = ["main", "run_embedded", "run_processes"]
 
@@ -162,7 +166,7 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
             children.append(context.Process(target=_produce_process, name="producer",
                                             args=(endpoint, messages, results)))
             for child in children:
-                child.start()
+                start_process(child)
             reports = []
             for _ in children:
                 reports.append(results.get(timeout=DEADLINE))

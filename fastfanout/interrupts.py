@@ -16,6 +16,12 @@ and its connection unclosed. Two tools:
   unblocks them), every other command once it is chosen (``release_stop_signals``: from
   then on SIGTERM and SIGHUP raise ``KeyboardInterrupt``, as SIGINT does).
 
+- ``start_process(process)``: starts a ``multiprocessing`` child with the stop signals
+  deferred until its start is whole (``stop_signals_deferred()``): a spawn child first
+  reads what it needs down a pipe from its parent, and a Ctrl-C or SIGTERM that cut the
+  parent's ``start()`` short left the child to print ``EOFError: Ran out of input`` with
+  a traceback on the user's terminal.
+
 Invariants:
 
 - Only the main thread can set a signal handler; elsewhere both do nothing.
@@ -31,7 +37,8 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 __all__ = ["STOP_SIGNALS", "hold_stop_signals", "release_stop_signals",
-           "resource_tracker_deaf_to_hangups", "sigterm_as_interrupt", "stop_signals_held"]
+           "resource_tracker_deaf_to_hangups", "sigterm_as_interrupt", "start_process",
+           "stop_signals_deferred", "stop_signals_held"]
 
 STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 """The signals that stop a command (a service manager, Ctrl-C, the terminal closing)."""
@@ -55,6 +62,49 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """Within the block, a stop signal waits; it is handled as the block ends (main thread).
+
+    Each of SIGTERM, SIGINT and SIGHUP that comes meanwhile is noted (by a Python handler,
+    which, unlike a blocked signal mask, a child process does not inherit) and raised
+    again after the previous handlers are back, each kind once, in the order they came
+    (a handler that raises, as ``KeyboardInterrupt``'s does, ends the rest): the program
+    then acts on it as it would have, a moment later. Keep the block short. Elsewhere
+    than in the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not None:   # None: set outside Python, left alone
+            previous[sig] = signal.signal(sig, note)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
+
+
+def start_process(process: Any) -> None:
+    """``process.start()`` (a ``multiprocessing`` process) with stop signals deferred.
+
+    A stop signal that comes while the child is being started is handled once it has
+    started whole, so the caller's clean-up stops it as any other child, and the child
+    never dies half-started reading its parent's pipe (with a traceback to the terminal).
+    """
+    with stop_signals_deferred():
+        process.start()
 
 
 def resource_tracker_deaf_to_hangups() -> None:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from fastfanout.bench.payload import Headers, array_headers, frame_headers
 from fastfanout.bench.processes import START_DEADLINE, broker_process, connect_when_up, spawn
 from fastfanout.bench.scenarios import Spec
+from fastfanout.interrupts import start_process
 
 QUEUE_BOUND = 65536
 """fastfanout queues hold this many messages with ``overflow="hold"``: publishers are paced
@@ -892,7 +893,7 @@ class Zmq(Adapter):
                 return
             front, back = endpoint("front"), endpoint("back")
             proxy = spawn().Process(target=_zmq_proxy, args=(front, back), daemon=True)
-            proxy.start()
+            start_process(proxy)
             try:
                 yield {"mode": "proxy", "front": front, "back": back}
             finally:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from fastfanout.interrupts import start_process
+
 START_DEADLINE = 30.0
 """Seconds a broker process or a benchmark child may take to start answering."""
 JOIN_DEADLINE = 10.0
@@ -116,7 +118,7 @@ def broker_process(transport: str = "ipc", data_dir: str | None = None,
         else:
             endpoint = f"ipc://{os.path.join(directory, 'ff.sock')}"
         broker = spawn().Process(target=serve_broker, args=(endpoint, data_dir, fsync))
-        broker.start()
+        start_process(broker)
         try:
             connect_when_up(endpoint, broker).close()
             yield endpoint, broker

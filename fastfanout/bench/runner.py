@@ -45,6 +45,7 @@ from fastfanout.bench.payload import (
 )
 from fastfanout.bench.processes import JOIN_DEADLINE, START_DEADLINE, spawn, stop_processes
 from fastfanout.bench.scenarios import Spec
+from fastfanout.interrupts import start_process
 
 IDLE = 5.0
 """Seconds without a message, once every publisher is done, after which a receiver stops."""
@@ -221,14 +222,14 @@ def run_once(system: str, spec: Spec, run: int, progress: Progress | None = None
                     children.append(ctx.Process(
                         target=_receiver_main,
                         args=(system, env, spec, group, member, shared, out)))
-                    children[-1].start()
+                    start_process(children[-1])
             _collect(out, receivers, "ready", START_DEADLINE, children)
             adapter.before_publish(env, spec)
             publishers = [ctx.Process(target=_publisher_main,
                                       args=(system, env, spec, index, shared, out))
                           for index in range(spec.publishers)]
             for process in publishers:
-                process.start()
+                start_process(process)
                 children.append(process)
             _collect(out, spec.publishers, "ready", START_DEADLINE, children)
             go = time.monotonic_ns() + START_DELAY_NS

@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.interrupts import resource_tracker_deaf_to_hangups
+from fastfanout.interrupts import resource_tracker_deaf_to_hangups, start_process
 from fastfanout.workers.handlers import Handler
 from fastfanout.workers.stats import HandlerStats, combine
 
@@ -120,7 +120,7 @@ class ProcessGroup:
         process = self._context.Process(
             target=self._target, args=(*self._args, writer), daemon=True,
             name=f"fastfanout-worker-{self.handler.name}")
-        process.start()
+        start_process(process)
         writer.close()
         return _Child(process, reader)
 

@@ -85,8 +85,8 @@ def test_a_signalled_demo_stops_its_broker_and_children(track, tmp_path, signame
         socket_path = endpoint[len("ipc://"):]
         assert not os.path.exists(socket_path) and not os.path.exists(socket_path + ".lock")
         errors = (tmp_path / "err").read_text()
-        # (a child whose start the signal cut short may print multiprocessing's own error)
-        assert "aborted" in errors.splitlines() and "demo.py" not in errors, errors
+        # (a child is started whole before the signal is acted on: no child's traceback)
+        assert "aborted" in errors.splitlines() and "Traceback" not in errors, errors
     finally:
         if process_group(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
