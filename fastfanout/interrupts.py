@@ -4,7 +4,7 @@ Python's default for SIGTERM and SIGHUP ends the process at once, without ``fina
 blocks or context exits: a command that started a broker, child processes or temporary
 directories (the demo, a benchmark, ``fastfanout sub``) would leave them running or
 behind, orphaned, and a client command (``fastfanout receive --wait``) ended with 143
-and its connection unclosed. Two tools:
+and its connection unclosed. Three tools:
 
 - ``sigterm_as_interrupt()``: within the block, a SIGTERM or SIGHUP raises
   ``KeyboardInterrupt`` where the main thread is, so the command cleans up exactly as it
@@ -24,7 +24,7 @@ and its connection unclosed. Two tools:
 
 Invariants:
 
-- Only the main thread can set a signal handler; elsewhere both do nothing.
+- Only the main thread can set a signal handler; elsewhere they do nothing.
 - ``sigterm_as_interrupt`` restores the previous handlers on exit, however the block ends.
 """
 
@@ -34,7 +34,10 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:   # not imported at run time: the command imports this module first
+    from multiprocessing.process import BaseProcess
 
 __all__ = ["STOP_SIGNALS", "hold_stop_signals", "release_stop_signals",
            "resource_tracker_deaf_to_hangups", "sigterm_as_interrupt", "start_process",
@@ -96,7 +99,7 @@ def stop_signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
-def start_process(process: Any) -> None:
+def start_process(process: BaseProcess) -> None:
     """``process.start()`` (a ``multiprocessing`` process) with stop signals deferred.
 
     A stop signal that comes while the child is being started is handled once it has
