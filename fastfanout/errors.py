@@ -280,9 +280,10 @@ class TransportError(FastFanoutError, OSError):
 
 
 class PeerLost(TransportError, ConnectionError):
-    """The broker behind a local channel is gone (or stopped reading).
+    """The broker behind a local channel is gone (or stopped reading), or took no request.
 
-    Raised by the local transports; the clients turn it into ``BrokenConnection``.
+    Raised by the local transports, and by a blocking client's socket that had no room
+    for a request within its send timeout; the clients turn it into ``BrokenConnection``.
     """
 
     code = "peer_lost"

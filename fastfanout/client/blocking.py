@@ -154,7 +154,7 @@ class Connection(DriverBase):
     def connect(self) -> None:
         """Open the socket and say HELLO (then ATTACH a local channel if wanted)."""
         try:
-            self.transport = DealerTransport(self.endpoint, self.curve)
+            self.transport = DealerTransport(self.endpoint, self.curve, self.timeout)
         except TransportError as exc:
             raise BrokenConnection(str(exc)) from None
         self.transport.watch_wake(self._wake_reader)
@@ -202,8 +202,9 @@ class Connection(DriverBase):
         return error
 
     def _lost(self, exc: TransportError) -> FastFanoutError:
-        """The local channel's broker is gone: the connection is broken."""
-        return self.broken(BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}"))
+        """The broker is gone, or took no request in time: the connection is broken."""
+        return self.broken(BrokenConnection(f"the broker at {self.endpoint} is gone: {exc}"
+                                            + stream_endpoint_hint(self.endpoint)))
 
     def ensure(self) -> DealerTransport | LocalTransport:
         """The transport, connecting first if needed.
@@ -693,7 +694,10 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
 
     Args:
         endpoint: the broker's command endpoint (default: the per-user ipc socket).
-        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for.
+        timeout: seconds a call waits for its reply beyond any ``wait`` it asks for; also
+            the longest a request waits for room to be sent (a local channel's ring, or
+            the socket's queue: ``DEALER_HIGH_WATER_MARK`` requests, or no connection to
+            queue it on), past which the connection is broken.
         linger: seconds a pipelined publish, or a consumer's pipelined batch ack, may wait
             for more to batch with.
         batch_messages: records per publish batch before it is sent.

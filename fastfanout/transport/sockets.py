@@ -47,6 +47,7 @@ import math
 import os
 import socket as _socket
 import struct
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ log = logging.getLogger("fastfanout.transport")
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "DEALER_HIGH_WATER_MARK",
     "MAX_LISTENER_FRAME_BYTES",
     "MAX_SUBSCRIPTION_BYTES",
     "AsyncDealerTransport",
@@ -924,6 +926,10 @@ class _WatchedSocket(_ClientSocket):
                 raise error
 
 
+DEALER_HIGH_WATER_MARK: Final = 100_000
+"""Requests (and replies) a client's DEALER socket queues; a send beyond waits for room."""
+
+
 class DealerTransport(_WatchedSocket):
     """A client's command connection (DEALER), blocking flavour.
 
@@ -935,13 +941,47 @@ class DealerTransport(_WatchedSocket):
         curve: client keys (with ``server_key``) when the broker uses CURVE.
     """
 
-    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None,
+                 send_timeout: float | None = None) -> None:
         super().__init__(endpoint, zmq.DEALER,
-                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to")
+                         [(zmq.SNDHWM, DEALER_HIGH_WATER_MARK),
+                          (zmq.RCVHWM, DEALER_HIGH_WATER_MARK)], curve, "connect to")
+        self._endpoint = endpoint
+        self._send_timeout = send_timeout
 
     def send(self, frames: list[bytes]) -> None:
-        """Queue a request (libzmq sends it in the background)."""
-        _send_frames(self._socket, frames, 0)
+        """Queue a request (libzmq sends it in the background).
+
+        When libzmq has no room for it — ``DEALER_HIGH_WATER_MARK`` requests queued, or no
+        connection left to queue it on (libzmq ends one whose handshake failed for good:
+        the endpoint is not a broker's, say its stream endpoint) — it waits up to
+        ``send_timeout`` seconds for room (None: as long as it takes).
+
+        Raises:
+            PeerLost: no room came within ``send_timeout``; nothing was sent.
+        """
+        try:
+            _send_frames(self._socket, frames, _NOBLOCK)
+        except zmq.Again:
+            self._send_when_room(frames)
+
+    def _send_when_room(self, frames: list[bytes]) -> None:
+        timeout = self._send_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = -1 if deadline is None else max(
+                0, math.ceil((deadline - time.monotonic()) * 1000))
+            if self._socket.poll(wait, zmq.POLLOUT):
+                try:
+                    _send_frames(self._socket, frames, _NOBLOCK)
+                    return
+                except zmq.Again:   # taken by nobody else: room seen, then gone again
+                    pass
+            if deadline is not None and time.monotonic() >= deadline:
+                raise PeerLost(
+                    f"{self._endpoint} took no request within {timeout:.1f} s: libzmq had "
+                    "no room for it (no connection made to queue it on, or "
+                    f"{DEALER_HIGH_WATER_MARK:,} requests queued)")
 
 
 class SubTransport(_WatchedSocket):
@@ -1008,7 +1048,8 @@ class AsyncDealerTransport(_AsyncClientSocket):
     def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
         self._link = _Link(endpoint)
         super().__init__(endpoint, zmq.DEALER,
-                         [(zmq.SNDHWM, 100_000), (zmq.RCVHWM, 100_000)], curve, "connect to",
+                         [(zmq.SNDHWM, DEALER_HIGH_WATER_MARK),
+                          (zmq.RCVHWM, DEALER_HIGH_WATER_MARK)], curve, "connect to",
                          self._attach_monitor)
 
     async def lost(self) -> PeerLost | None:

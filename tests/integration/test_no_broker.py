@@ -85,3 +85,37 @@ def test_a_brokers_stream_endpoint_is_named_as_such(track: Any) -> None:
             await aio.connect(stream, timeout=1.0, local_channel=False)
 
     asyncio.run(main())
+
+
+def test_a_send_with_no_connection_to_queue_it_on_fails_within_its_timeout(track: Any) -> None:
+    """libzmq ends a connection whose handshake failed for good (a DEALER at a PUB): a
+    request sent after that has nowhere to go, and the send blocked for ever (a
+    ``connect`` to a stream endpoint hung once, when the failure came before its HELLO
+    left). It now waits ``send_timeout`` for room, then says so."""
+    import threading
+
+    from fastfanout.errors import PeerLost
+    from fastfanout.transport.sockets import DealerTransport
+
+    server = track.server()
+    transport = DealerTransport(f"{server.endpoint}.stream", send_timeout=0.5)
+    outcome: list[BaseException] = []
+
+    def send_until_refused() -> None:
+        deadline = time.monotonic() + 30
+        try:   # each queues on the connection being tried, until libzmq ends it
+            while time.monotonic() < deadline:
+                transport.send([b"", b"not a request"])
+                time.sleep(0.001)
+        except PeerLost as error:
+            outcome.append(error)
+
+    sender = threading.Thread(target=send_until_refused, daemon=True)
+    sender.start()
+    sender.join(40)
+    try:
+        assert not sender.is_alive(), "a send blocked past its timeout"
+        assert len(outcome) == 1 and "took no request within 0.5 s" in str(outcome[0])
+    finally:
+        if not sender.is_alive():
+            transport.close()
