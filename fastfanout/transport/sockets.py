@@ -975,7 +975,7 @@ class DealerTransport(_WatchedSocket):
                 try:
                     _send_frames(self._socket, frames, _NOBLOCK)
                     return
-                except zmq.Again:   # taken by nobody else: room seen, then gone again
+                except zmq.Again:   # the room went between the poll and the send
                     pass
             if deadline is not None and time.monotonic() >= deadline:
                 raise PeerLost(
