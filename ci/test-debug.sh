@@ -5,8 +5,16 @@
 # The debug core is rebuilt only when ext/, setup.py or pyproject.toml changed.
 # Usage: ci/test-debug.sh [pytest args]   (ci/test.sh calls it after the release suite,
 # with FASTFANOUT_PY set to the venv's python so the venv is not set up twice)
+#        ci/test-debug.sh --build-only      (builds the debug core if it is not current,
+# runs no test: ci/test.sh starts this in the background, at low priority, while the
+# release suite runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build_only=0
+if [ "${1:-}" = --build-only ]; then
+    build_only=1
+    shift
+fi
 py=${FASTFANOUT_PY:-$(bash ci/setup-venv.sh test | tail -n 1)}
 say() { echo "test-debug: $*" >&2; }
 
@@ -25,6 +33,7 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
         --build-temp build/debug-temp >/dev/null
     echo "$stamp" > "$stamp_file"
 fi
+[ "$build_only" = 1 ] && exit 0
 # The Python layer is copied fresh each time (cheap); the built modules stay.
 find build/debug/fastfanout -name '*.py' -o -name '*.pyi' -o -name py.typed | xargs rm -f
 (cd fastfanout && find . \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) \

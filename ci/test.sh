@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
 # The test command: install the Debian peers when root (ci/debian-peers.sh), set up the
 # venv (building the native core only when its sources changed), lint, type-check, run
-# the whole pytest suite, then the core suites again on the debug build. Every step runs
-# even when an earlier one failed; the last line sums them up and the exit status is
-# non-zero if any failed.
+# the whole pytest suite, then the core suites again on the debug build (built in the
+# background meanwhile). Every step runs even when an earlier one failed; the last line
+# sums them up and the exit status is non-zero if any failed.
 # Extra arguments go to both pytest runs (e.g. ci/test.sh -k ring).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash ci/debian-peers.sh
 py=$(bash ci/setup-venv.sh test,bench,peers | tail -n 1) || exit 1
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+debug_log=$(mktemp)
+# The debug core (about a minute and a half of compiling) is built in the background, at
+# the lowest priority, while ruff, mypy and the release suite run: that suite mostly
+# waits, so the build takes little from it. The debug step waits for it; if it failed,
+# the step builds again in the foreground and shows why.
+# Its own process group (setsid), so that an interrupted run stops the compilers too.
+own_group=()
+command -v setsid >/dev/null && own_group=(setsid)
+FASTFANOUT_PY="$py" "${own_group[@]}" nice -n 19 bash ci/test-debug.sh --build-only \
+    >"$debug_log" 2>&1 &
+debug_build=$!
+stop_debug_build() {
+    kill -- "-$debug_build" 2>/dev/null || kill "$debug_build" 2>/dev/null || true
+}
+trap 'stop_debug_build; rm -f "$log" "$debug_log"' EXIT
 summary=()
 failed=0
 
@@ -39,6 +53,7 @@ step "mypy" "$py" -m mypy fastfanout
 # this process, serially.
 workers=${FASTFANOUT_TEST_WORKERS:-2}
 step "release build" "$py" -m pytest -n "$workers" --dist worksteal "$@"
+wait "$debug_build" || echo "test.sh: the debug core's background build failed; building it again" >&2
 step "debug build" env FASTFANOUT_PY="$py" bash ci/test-debug.sh "$@"
 
 joined=$(printf '%s, ' "${summary[@]}")
