@@ -46,7 +46,9 @@ if DEBUG:
     compile_args = ["-O1", "-g", "-UNDEBUG"]
 else:
     macros.append(("NDEBUG", "1"))
-    compile_args = ["-O3"]
+    # -g0: Python's own CFLAGS carry -g; debug info changes no generated code, and
+    # without it the release build compiles about a third faster (symbols stay for perf).
+    compile_args = ["-O3", "-g0"]
 
 extensions = [
     Extension(
