@@ -122,6 +122,44 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
     return qid
 
 
+def set_queue_settings(Store store, uint32_t qid, int64_t visibility_us, int64_t delay_us,
+                       int64_t retention_us, int64_t max_messages, int64_t max_bytes,
+                       int64_t max_message_size, int64_t max_receive_count,
+                       int64_t dead_letter_queue, int overflow, list backoff_us=None):
+    """Change the settings of live queue ``qid`` that may change (validated settings).
+
+    Every one applies from the next operation that reads it: a new lease, a publish's
+    delay and limits, the next delivery's receive-count check, the next failure's
+    backoff. Retention applies to the messages already held too (SQS's rule): the next
+    advance of the clock scans again. Ordering, priorities and deduplication are a
+    queue's for life (``add_queue`` only).
+    """
+    cdef queue_t* q = &store.queues[qid]
+    cdef int64_t* backoff = NULL
+    cdef uint32_t level
+    if backoff_us:
+        backoff = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
+        if backoff == NULL:
+            raise MemoryError()
+        for level in range(len(backoff_us)):
+            backoff[level] = backoff_us[level]
+    # Nothing can fail from here on.
+    PyMem_Free(q.backoff_us)
+    q.backoff_us = backoff
+    q.backoff_count = len(backoff_us) if backoff_us else 0
+    q.visibility_us = visibility_us
+    q.delay_us = delay_us
+    if retention_us != q.retention_us:
+        q.retention_us = retention_us
+        store.retention_due_us = 0   # the next advance of the clock finds the new ends
+    q.max_messages = max_messages
+    q.max_bytes = max_bytes
+    q.max_message_size = max_message_size
+    q.max_receive_count = max_receive_count
+    q.dead_letter_queue = dead_letter_queue
+    q.overflow = overflow
+
+
 def set_keeps_topics(Store store, uint32_t qid, bint keeps):
     """Whether a publish reaching queue ``qid`` puts its topic's name into the message's
     blob (so its deliveries carry the topic): set for a queue holding a pattern

@@ -40,8 +40,9 @@ __all__ = [
 
 BROKER_OPERATIONS: Final = (
     "create_topic", "delete_topic", "list_topics", "create_queue", "delete_queue",
-    "list_queues", "queue_settings", "subscribe", "unsubscribe", "set_filter_policy",
-    "subscription", "list_subscriptions", "redrive", "purge", "stats", "check",
+    "list_queues", "queue_settings", "set_queue_settings", "subscribe", "unsubscribe",
+    "set_filter_policy", "subscription", "list_subscriptions", "redrive", "purge", "stats",
+    "check",
     "publish", "send", "publish_batch", "send_batch", "receive", "ack", "ack_batch",
     "nack", "nack_batch", "extend", "extend_batch", "term", "term_batch", "consume",
 )
@@ -93,7 +94,15 @@ class BrokerAPI(Protocol):
         """Names of every queue, sorted."""
 
     def queue_settings(self, name: str) -> QueueSettings:
-        """The settings queue ``name`` was created with."""
+        """The settings queue ``name`` has (those it was created with, as changed since)."""
+
+    def set_queue_settings(self, name: str, /, **changes: Any) -> QueueSettings:
+        """Change settings of queue ``name`` (SQS's ``SetQueueAttributes``); returns them all.
+
+        ``changes`` are ``create_queue``'s keywords; those in
+        ``fastfanout.settings.CHANGEABLE_QUEUE_SETTINGS`` may change, the others only be
+        given their present value.
+        """
 
     def subscribe(self, topic: str, queue: str, *,
                   filter_policy: Mapping[str, Any] | str | None = None,
@@ -390,7 +399,15 @@ class AsyncBrokerAPI(Protocol):
         """Names of every queue, sorted."""
 
     async def queue_settings(self, name: str) -> QueueSettings:
-        """The settings queue ``name`` was created with."""
+        """The settings queue ``name`` has (those it was created with, as changed since)."""
+
+    async def set_queue_settings(self, name: str, /, **changes: Any) -> QueueSettings:
+        """Change settings of queue ``name`` (SQS's ``SetQueueAttributes``); returns them all.
+
+        ``changes`` are ``create_queue``'s keywords; those in
+        ``fastfanout.settings.CHANGEABLE_QUEUE_SETTINGS`` may change, the others only be
+        given their present value.
+        """
 
     async def subscribe(self, topic: str, queue: str, *,
                         filter_policy: Mapping[str, Any] | str | None = None,

@@ -15,6 +15,7 @@ after the client's handshake timeout otherwise.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import math
@@ -944,6 +945,77 @@ def create_queue(endpoint: str | None, name: str, redelivery_backoff: tuple[floa
     with _connected(endpoint) as client:
         client.create_queue(name, **settings)
     click.echo(f"queue {name}")
+
+
+class _Removed:
+    """A ``set-queue-settings`` option given as ``none``: the setting becomes None."""
+
+
+_REMOVED: Final = _Removed()
+
+
+def _count_or_none(ctx: click.Context, param: click.Parameter, value: str | None
+                   ) -> int | _Removed | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return _REMOVED
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} must be a whole number, or none") from None
+
+
+def _name_or_none(ctx: click.Context, param: click.Parameter, value: str | None
+                  ) -> str | _Removed | None:
+    if value is not None and value.strip().lower() == "none":
+        return _REMOVED
+    return value
+
+
+def _backoff_or_none(ctx: click.Context, param: click.Parameter, value: str | None
+                     ) -> tuple[float, ...] | _Removed | None:
+    if value is not None and value.strip().lower() == "none":
+        return _REMOVED
+    return _backoff(ctx, param, value)
+
+
+@cli.command("set-queue-settings")
+@_client_options
+@click.argument("name")
+@click.option("--visibility-timeout", type=float, default=None, help="Lease seconds.")
+@click.option("--max-receive-count", default=None, callback=_count_or_none,
+              metavar="N|none", help="Deliveries before DLQ (none: unlimited).")
+@click.option("--dead-letter-queue", default=None, callback=_name_or_none,
+              metavar="NAME|none", help="Name of the dead-letter queue (none: no DLQ).")
+@click.option("--delay", type=float, default=None, help="Seconds.")
+@click.option("--max-messages", default=None, callback=_count_or_none,
+              metavar="N|none", help="Bound on messages held (none: no bound).")
+@click.option("--max-bytes", default=None, callback=_count_or_none,
+              metavar="N|none", help="Bound on bytes held (none: no bound).")
+@click.option("--max-message-size", type=int, default=None, help="Bytes.")
+@click.option("--retention", type=float, default=None,
+              help="Seconds (applies to the messages held too).")
+@click.option("--overflow", type=click.Choice(["reject", "drop_oldest", "dead_letter", "hold"]),
+              default=None)
+@click.option("--redelivery-backoff", default=None, callback=_backoff_or_none,
+              metavar="SECONDS|none",
+              help="Comma-separated seconds waited before redelivery 1, 2, ... (none: none)")
+def set_queue_settings(endpoint: str | None, name: str, **options: Any) -> None:
+    """Change settings of queue NAME; prints all its settings after the change.
+
+    Only the options given change (none of them: the settings are printed as they
+    are). Ordering (--fifo), priorities, deduplication and durability are a queue's for
+    life: create another queue to change those.
+    """
+    changes = {key: None if value is _REMOVED else value
+               for key, value in options.items() if value is not None}
+    with _connected(endpoint) as client:
+        settings = (client.set_queue_settings(name, **changes) if changes
+                    else client.queue_settings(name))
+    shown = ", ".join(f"{field.name}={getattr(settings, field.name)!r}"
+                      for field in dataclasses.fields(settings))
+    click.echo(f"queue {name}: {shown}")
 
 
 @cli.command()

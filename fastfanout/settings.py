@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from typing import Final, NamedTuple
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, NamedTuple
 
 from fastfanout.errors import InvalidArgument
 from fastfanout.records import ExponentialBackoff
 from fastfanout.semantics.filter_policy import CompiledPolicy
 
 __all__ = [
+    "CHANGEABLE_QUEUE_SETTINGS",
     "DEFAULT_MAX_QUEUES",
     "DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC",
     "DEFAULT_MAX_TOPICS",
@@ -38,6 +39,7 @@ __all__ = [
     "Subscription",
     "TopicSettings",
     "backoff_us",
+    "changed_queue_settings",
     "check_count",
     "check_flag",
     "check_iterable",
@@ -371,6 +373,39 @@ class NativeQueueSettings(NamedTuple):
     content_dedup: bool
     window_us: int
     backoff_us: list[int] | None
+
+
+CHANGEABLE_QUEUE_SETTINGS: Final[tuple[str, ...]] = (
+    "visibility_timeout", "max_receive_count", "dead_letter_queue", "delay", "max_messages",
+    "max_bytes", "max_message_size", "retention", "overflow", "redelivery_backoff")
+"""The settings ``set_queue_settings`` may change. The others (``fifo``,
+``max_priority``, ``content_dedup``, ``dedup_window``, ``durable``) shape how a queue
+holds its messages and are its own for life, as SQS's ``FifoQueue``."""
+
+
+def changed_queue_settings(name: str, present: QueueSettings, changes: Mapping[str, Any]
+                           ) -> tuple[QueueSettings, NativeQueueSettings]:
+    """Check ``set_queue_settings``'s ``changes`` to queue ``name`` (``present``).
+
+    Returns the settings the queue would have and their native form, as
+    ``check_queue_settings``; ``InvalidArgument`` names an unknown setting, one that
+    cannot change (given another value than its present one) or a bad value.
+    """
+    known = {field.name for field in fields(QueueSettings)}
+    unknown = [key for key in changes if key not in known]
+    if unknown:
+        raise InvalidArgument(
+            f"set_queue_settings: {', '.join(repr(key) for key in unknown)} is not a queue "
+            f"setting; those that may change: {', '.join(CHANGEABLE_QUEUE_SETTINGS)}")
+    fixed = [key for key, value in changes.items() if key not in CHANGEABLE_QUEUE_SETTINGS
+             and (type(value) is not type(getattr(present, key))
+                  or value != getattr(present, key))]
+    if fixed:
+        raise InvalidArgument(
+            f"queue {name!r}: {', '.join(fixed)} cannot change once the queue exists "
+            f"(create another queue); those that may change: "
+            f"{', '.join(CHANGEABLE_QUEUE_SETTINGS)}")
+    return check_queue_settings(name, replace(present, **changes))
 
 
 def check_queue_settings(name: str, settings: QueueSettings

@@ -11,6 +11,13 @@ def add_queue(
 ) -> int:
     """Create a queue from validated settings; returns its id (a deleted queue's, if any)."""
 
+def set_queue_settings(
+    store: Store, qid: int, visibility_us: int, delay_us: int, retention_us: int,
+    max_messages: int, max_bytes: int, max_message_size: int, max_receive_count: int,
+    dead_letter_queue: int, overflow: int, backoff_us: list[int] | None = None) -> None:
+    """Change the settings of live queue ``qid`` that may change (validated settings);
+    each applies from the next operation that reads it, retention to held messages too."""
+
 def set_keeps_topics(store: Store, qid: int, keeps: bool) -> None:
     """Whether a publish reaching queue ``qid`` puts its topic's name into the message's
     blob (its deliveries carry the topic): set for a queue holding a pattern subscription."""

@@ -56,6 +56,7 @@ from fastfanout.settings import (
     QueueSettings,
     Subscription,
     TopicSettings,
+    changed_queue_settings,
     check_count,
     check_flag,
     check_name,
@@ -539,11 +540,65 @@ class Administration:
             return sorted(self.queues)
 
     def queue_settings(self, name: str) -> QueueSettings:
-        """The settings queue ``name`` was created with."""
+        """The settings queue ``name`` has (those it was created with, as changed since)."""
         with self.lock:
             self.now_us()
             self.queue_id(name, "name")
             return self._queue_settings[name]
+
+    def set_queue_settings(self, name: str, /, **changes: Any) -> QueueSettings:
+        """Change settings of queue ``name``, as SQS's ``SetQueueAttributes``; returns them.
+
+        ``changes`` are ``create_queue``'s keywords. Those of
+        ``CHANGEABLE_QUEUE_SETTINGS`` may change; each applies from the next operation
+        that reads it (a new lease, a publish's delay and limits, the next delivery's
+        receive-count check, the next failure's backoff, the next dead letter), and
+        ``retention`` to the messages already held too. A limit lowered below what the
+        queue holds keeps those messages and applies its overflow policy to the next
+        publish. The change is journaled (a durable broker keeps it over a restart).
+
+        Raises:
+            NotFound: the queue (or the new ``dead_letter_queue``) does not exist.
+            InvalidArgument: an unknown setting, one that cannot change, a bad value, or
+                a dead-letter queue that would lead back to this queue.
+        """
+        self.ensure_open()
+        with self.lock:
+            self.now_us()
+            queue_id = self.queue_id(name, "name")
+            present = self._queue_settings[name]
+            settings, native = changed_queue_settings(name, present, changes)
+            if settings == present:
+                return present
+            dead_letter_queue = settings.dead_letter_queue
+            dlq_id = (-1 if dead_letter_queue is None
+                      else self.queue_id(dead_letter_queue, "dead_letter_queue"))
+            hop = dead_letter_queue
+            while hop is not None:   # refuse a cycle: a dead letter would never rest
+                if hop == name:
+                    raise InvalidArgument(
+                        f"queue {name!r}: dead_letter_queue={dead_letter_queue!r} leads "
+                        f"back to {name!r} (a dead letter would go round for ever)")
+                hop = self._queue_settings[hop].dead_letter_queue
+            self.refuse_topology_if_store_failed()
+            queue_ops.set_queue_settings(
+                self.store, queue_id, native.visibility_us, native.delay_us,
+                native.retention_us, native.message_limit, native.byte_limit,
+                native.max_message_size, native.receive_limit, dlq_id, native.overflow,
+                native.backoff_us)
+            self.visibility_us[queue_id] = native.visibility_us
+            self._queue_settings[name] = settings
+            if present.dead_letter_queue != dead_letter_queue:
+                if present.dead_letter_queue is not None:
+                    del self._dead_letter_users[present.dead_letter_queue][name]
+                if dead_letter_queue is not None:
+                    self._dead_letter_users[dead_letter_queue][name] = None
+            if self.durable is not None:
+                self.durable.queue_settings_set(name, queue_id, settings)
+            # A receive or a held publish waiting on this queue looks again (a limit
+            # raised may have made room; the waits of a receive do not depend on it).
+            self.arrivals.notify_all()
+            return settings
 
     # -- subscriptions -----------------------------------------------------------------
 

@@ -225,6 +225,7 @@ class Broker:
     delete_queue = _administration(Administration.delete_queue)
     list_queues = _administration(Administration.list_queues)
     queue_settings = _administration(Administration.queue_settings)
+    set_queue_settings = _administration(Administration.set_queue_settings)
     subscribe = _administration(Administration.subscribe)
     set_filter_policy = _administration(Administration.set_filter_policy)
     unsubscribe = _administration(Administration.unsubscribe)

@@ -886,6 +886,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
     delete_queue = control(AsyncBrokerAPI.delete_queue)
     list_queues = control(AsyncBrokerAPI.list_queues)
     queue_settings = control(AsyncBrokerAPI.queue_settings)
+    set_queue_settings = control(AsyncBrokerAPI.set_queue_settings)
     subscribe = control(AsyncBrokerAPI.subscribe)
     unsubscribe = control(AsyncBrokerAPI.unsubscribe)
     set_filter_policy = control(AsyncBrokerAPI.set_filter_policy)

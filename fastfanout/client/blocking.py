@@ -755,6 +755,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
     delete_queue = control(BrokerAPI.delete_queue)
     list_queues = control(BrokerAPI.list_queues)
     queue_settings = control(BrokerAPI.queue_settings)
+    set_queue_settings = control(BrokerAPI.set_queue_settings)
     subscribe = control(BrokerAPI.subscribe)
     unsubscribe = control(BrokerAPI.unsubscribe)
     set_filter_policy = control(BrokerAPI.set_filter_policy)

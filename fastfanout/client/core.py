@@ -226,6 +226,7 @@ CONTROL_CALLS: Final[dict[str, tuple[int, Callable[[list[bytes]], Any]]]] = {
     "delete_queue": (Opcode.DELETE_QUEUE, _nothing),
     "list_queues": (Opcode.LIST_QUEUES, _value(list)),
     "queue_settings": (Opcode.QUEUE_SETTINGS, _value(decode_queue_settings)),
+    "set_queue_settings": (Opcode.SET_QUEUE_SETTINGS, _value(decode_queue_settings)),
     "subscribe": (Opcode.SUBSCRIBE, _value(int)),
     "unsubscribe": (Opcode.UNSUBSCRIBE, _nothing),
     "set_filter_policy": (Opcode.SET_FILTER_POLICY, _nothing),
@@ -283,8 +284,11 @@ class ControlCall:
         for name, value in list(bound.arguments.items())[1:]:
             if name == "receipt":
                 value = receipt_argument(value)
-            if self.signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY:
+            kind = self.signature.parameters[name].kind
+            if kind is inspect.Parameter.KEYWORD_ONLY:
                 keywords[name] = value
+            elif kind is inspect.Parameter.VAR_KEYWORD:   # set_queue_settings' changes
+                keywords.update(value)
             else:
                 positional.append(value)
         if self.plain:
@@ -292,6 +296,9 @@ class ControlCall:
                                               for value in positional])
         if self.opcode == Opcode.CREATE_QUEUE:
             keywords = queue_settings_payload(keywords, self.defaults)
+        elif "redelivery_backoff" in keywords:   # set_queue_settings
+            keywords["redelivery_backoff"] = protocol.backoff_to_wire(
+                keywords["redelivery_backoff"])
         return core.request(self.opcode, [encode_call(self.opcode, positional, keywords)])
 
 

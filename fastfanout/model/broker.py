@@ -55,6 +55,7 @@ starts afresh (``enqueued`` = copies held).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -147,6 +148,9 @@ class ModelMessage:
     priority: int = 0
 
 
+_FIXED_QUEUE_SETTINGS = frozenset(
+    {"max_priority", "fifo", "content_dedup", "dedup_window", "durable"})
+"""The settings ``set_queue_settings`` does not change (a queue's own for life)."""
 
 class ModelBroker:
     """A slow, obviously correct broker following docs/semantics.md (the test oracle).
@@ -343,6 +347,61 @@ class ModelBroker:
             raise NotFound(f"queue {name!r} does not exist")
         return queue
 
+    def _checked_queue_settings(
+        self, name: str, visibility_timeout: float, max_receive_count: int | None,
+        dead_letter_queue: str | None, delay: float, max_messages: int | None,
+        max_bytes: int | None, max_message_size: int, retention: float, overflow: str,
+        max_priority: int, fifo: bool, content_dedup: bool, dedup_window: float,
+        redelivery_backoff: tuple[float, ...] | ExponentialBackoff | None,
+        durable: bool | None,
+    ) -> tuple[Settings, tuple[int, ...]]:
+        """A queue's settings checked (InvalidArgument), and its backoff in µs."""
+        check_name("queue", name)
+        duration_us("visibility_timeout", visibility_timeout, MAX_VISIBILITY_US)
+        duration_us("delay", delay, MAX_DELAY_US)
+        if (duration_us("delay", delay, MAX_DELAY_US)
+                >= duration_us("retention", retention, MAX_DELAY_US, minimum_us=US)):
+            raise InvalidArgument(
+                f"queue {name!r}: delay={delay!r} s is not shorter than retention="
+                f"{retention!r} s")
+        optional_count("max_receive_count", max_receive_count)
+        optional_count("max_messages", max_messages)
+        optional_count("max_bytes", max_bytes)
+        if (type(max_message_size) is not int
+                or not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT):
+            raise InvalidArgument(
+                f"max_message_size={max_message_size!r} must be an int from 1 to "
+                f"{MAX_MESSAGE_SIZE_LIMIT}")
+        if overflow not in OVERFLOW_POLICIES:
+            raise InvalidArgument(f"overflow={overflow!r} must be one of {OVERFLOW_POLICIES}")
+        if type(max_priority) is not int or not 0 <= max_priority <= MAX_PRIORITY:
+            raise InvalidArgument(f"max_priority={max_priority!r} must be an int from 0 to 255")
+        check_flag("fifo", fifo)
+        check_flag("content_dedup", content_dedup)
+        if fifo and max_priority:
+            raise InvalidArgument(f"queue {name!r}: priorities do not apply to FIFO queues")
+        duration_us("dedup_window", dedup_window, MAX_DEDUP_WINDOW_US, US)
+        if durable is None:
+            durable = self._durable
+        check_flag("durable", durable)
+        if durable and not self._durable:
+            raise InvalidArgument(
+                f"queue {name!r}: durable=True needs a broker with a data directory")
+        backoff_us = backoff_steps_us(redelivery_backoff)
+        if isinstance(redelivery_backoff, list):
+            redelivery_backoff = tuple(redelivery_backoff)
+        if dead_letter_queue is not None:
+            check_name("dead_letter_queue", dead_letter_queue)
+            if dead_letter_queue == name:
+                raise InvalidArgument(f"queue {name!r} cannot be its own dead-letter queue")
+        elif overflow == "dead_letter":
+            raise InvalidArgument("overflow='dead_letter' requires a dead_letter_queue")
+        settings = Settings(visibility_timeout, max_receive_count, dead_letter_queue, delay,
+                            max_messages, max_bytes, max_message_size, retention, overflow,
+                            max_priority, fifo, content_dedup, dedup_window,
+                            redelivery_backoff, durable)
+        return settings, backoff_us
+
     def create_queue(
         self,
         name: str,
@@ -391,50 +450,10 @@ class ModelBroker:
             NotFound: ``dead_letter_queue`` does not exist.
         """
         self._begin()
-        check_name("queue", name)
-        duration_us("visibility_timeout", visibility_timeout, MAX_VISIBILITY_US)
-        duration_us("delay", delay, MAX_DELAY_US)
-        if (duration_us("delay", delay, MAX_DELAY_US)
-                >= duration_us("retention", retention, MAX_DELAY_US, minimum_us=US)):
-            raise InvalidArgument(
-                f"queue {name!r}: delay={delay!r} s is not shorter than retention="
-                f"{retention!r} s")
-        optional_count("max_receive_count", max_receive_count)
-        optional_count("max_messages", max_messages)
-        optional_count("max_bytes", max_bytes)
-        if (type(max_message_size) is not int
-                or not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT):
-            raise InvalidArgument(
-                f"max_message_size={max_message_size!r} must be an int from 1 to "
-                f"{MAX_MESSAGE_SIZE_LIMIT}")
-        if overflow not in OVERFLOW_POLICIES:
-            raise InvalidArgument(f"overflow={overflow!r} must be one of {OVERFLOW_POLICIES}")
-        if type(max_priority) is not int or not 0 <= max_priority <= MAX_PRIORITY:
-            raise InvalidArgument(f"max_priority={max_priority!r} must be an int from 0 to 255")
-        check_flag("fifo", fifo)
-        check_flag("content_dedup", content_dedup)
-        if fifo and max_priority:
-            raise InvalidArgument(f"queue {name!r}: priorities do not apply to FIFO queues")
-        duration_us("dedup_window", dedup_window, MAX_DEDUP_WINDOW_US, US)
-        if durable is None:
-            durable = self._durable
-        check_flag("durable", durable)
-        if durable and not self._durable:
-            raise InvalidArgument(
-                f"queue {name!r}: durable=True needs a broker with a data directory")
-        backoff_us = backoff_steps_us(redelivery_backoff)
-        if isinstance(redelivery_backoff, list):
-            redelivery_backoff = tuple(redelivery_backoff)
-        if dead_letter_queue is not None:
-            check_name("dead_letter_queue", dead_letter_queue)
-            if dead_letter_queue == name:
-                raise InvalidArgument(f"queue {name!r} cannot be its own dead-letter queue")
-        elif overflow == "dead_letter":
-            raise InvalidArgument("overflow='dead_letter' requires a dead_letter_queue")
-        settings = Settings(visibility_timeout, max_receive_count, dead_letter_queue, delay,
-                            max_messages, max_bytes, max_message_size, retention, overflow,
-                            max_priority, fifo, content_dedup, dedup_window,
-                            redelivery_backoff, durable)
+        settings, backoff_us = self._checked_queue_settings(
+            name, visibility_timeout, max_receive_count, dead_letter_queue, delay,
+            max_messages, max_bytes, max_message_size, retention, overflow, max_priority,
+            fifo, content_dedup, dedup_window, redelivery_backoff, durable)
         existing = self._queues.get(name)
         if existing is not None:
             if existing.settings != settings:
@@ -461,6 +480,40 @@ class ModelBroker:
         for sid in [sid for sid, sub in self._subscriptions.items() if sub.queue == name]:
             del self._subscriptions[sid], self._subscription_counters[sid]
         del self._queues[name]
+
+    def set_queue_settings(self, name: str, /, **changes: Any) -> Settings:
+        """Change settings of queue ``name``; returns all of its settings after.
+
+        Those that may change: visibility timeout, receive limit, dead-letter queue,
+        delay, the three bounds, retention, overflow and backoff; each applies from the
+        next operation that reads it (retention to the held copies too). The others may
+        only be given their present value.
+
+        Raises:
+            NotFound: the queue or the new dead-letter queue does not exist.
+            InvalidArgument: an unknown setting, one that cannot change, a bad value, or
+                a dead-letter queue leading back to this queue.
+        """
+        self._begin()
+        queue = self._queue(name)
+        present = {field.name: getattr(queue.settings, field.name)
+                   for field in dataclasses.fields(queue.settings)}
+        for key, value in changes.items():
+            if key not in present:
+                raise InvalidArgument(f"{key!r} is not a queue setting")
+            if key in _FIXED_QUEUE_SETTINGS and (
+                    type(value) is not type(present[key]) or value != present[key]):
+                raise InvalidArgument(f"queue {name!r}: {key} cannot change")
+        settings, backoff_us = self._checked_queue_settings(name, **{**present, **changes})
+        hop = settings.dead_letter_queue
+        if hop is not None:
+            self._queue(hop, "dead_letter_queue")
+        while hop is not None:
+            if hop == name:
+                raise InvalidArgument(f"queue {name!r}: its dead-letter queues lead back")
+            hop = self._queues[hop].settings.dead_letter_queue
+        queue.change_settings(settings, backoff_us)
+        return settings
 
     def list_queues(self) -> list[str]:
         """Names of every queue, sorted."""

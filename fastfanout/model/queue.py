@@ -118,6 +118,18 @@ class Queue:
         # Not a contract counter: dead letters and redrive moves this queue had no room for.
         self.refused_moves = 0
 
+    def change_settings(self, settings: Settings, backoff_us: tuple[int, ...]) -> None:
+        """Take changed settings (``set_queue_settings``).
+
+        Ordering, priorities and deduplication stay; each setting is read from the next
+        operation that needs it.
+        """
+        self.settings = settings
+        self.visibility_us = to_us(settings.visibility_timeout)
+        self.delay_us = to_us(settings.delay)
+        self.retention_us = to_us(settings.retention)
+        self.backoff_us = backoff_us
+
     @property
     def bytes(self) -> int:
         """Body and attribute bytes held."""

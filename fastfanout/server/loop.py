@@ -1018,7 +1018,7 @@ class Server:
         if opcode in (Opcode.REDRIVE, Opcode.SUBSCRIBE, Opcode.CREATE_QUEUE):
             self._deliveries.dirty = True
         if opcode in (Opcode.UNSUBSCRIBE, Opcode.SET_FILTER_POLICY, Opcode.DELETE_TOPIC,
-                      Opcode.DELETE_QUEUE):
+                      Opcode.DELETE_QUEUE, Opcode.SET_QUEUE_SETTINGS):
             self._held.routes_changed()   # a held publish may not need that room any more
         if opcode == Opcode.DELETE_QUEUE:
             self._prune_all = True   # its leases ended: the next housekeeping forgets them

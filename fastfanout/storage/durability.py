@@ -401,6 +401,12 @@ class _Replay(Replay):
             self.queue_by_id[record["id"]] = name
             self.replay_queues[name] = self.new_queue()
             self.bind_queue(record["id"], self.replay_queues[name])
+        elif op == "set_queue_settings":
+            name = record["name"]
+            if name in self.queues:   # its durability stays what it was created with
+                self.queues[name] = (self.queues[name][0], record["settings"])
+            else:
+                self.orphans += 1
         elif op == "delete_queue":
             name = record["name"]
             self.queues.pop(name, None)
@@ -755,6 +761,12 @@ class Durability:
         self._journal_topology({
             "op": "create_queue", "name": name, "id": queue_id,
             "durable": settings.durable, "settings": settings_record(settings)})
+
+    def queue_settings_set(self, name: str, queue_id: int, settings: QueueSettings) -> None:
+        """Journal a queue's changed settings (all of them: a replay takes the last)."""
+        self._journal_topology({
+            "op": "set_queue_settings", "name": name, "id": queue_id,
+            "settings": settings_record(settings)})
 
     def queue_deleted(self, name: str, queue_id: int) -> None:
         """Journal a deleted queue (its copies go with it)."""

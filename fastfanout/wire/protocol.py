@@ -127,6 +127,7 @@ class Opcode(IntEnum):
     LIST_SUBSCRIPTIONS = 0x19
     SET_FILTER_POLICY = 0x1A
     SUBSCRIPTION = 0x1B
+    SET_QUEUE_SETTINGS = 0x1C
     PUBLISH = 0x20
     SEND = 0x21
     RECEIVE = 0x30
@@ -448,6 +449,7 @@ CALLS: Final[dict[int, str]] = {
     Opcode.DELETE_QUEUE: "delete_queue",
     Opcode.LIST_QUEUES: "list_queues",
     Opcode.QUEUE_SETTINGS: "queue_settings",
+    Opcode.SET_QUEUE_SETTINGS: "set_queue_settings",
     Opcode.SUBSCRIBE: "subscribe",
     Opcode.UNSUBSCRIBE: "unsubscribe",
     Opcode.LIST_SUBSCRIPTIONS: "list_subscriptions",

@@ -14,6 +14,7 @@ their reproducers live in tests/unit/test_broker_regressions.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -51,6 +52,23 @@ QUEUE_SETTINGS: dict[str, list[dict[str, Any]]] = {
     "pat": [{"redelivery_backoff": (0.0, 1.0)}, {"content_dedup": True, "dedup_window": 2.0}],
 }
 QUEUES = list(QUEUE_SETTINGS)
+SETTING_CHANGES: list[dict[str, Any]] = [
+    {"visibility_timeout": 0.5}, {"visibility_timeout": 3.0},
+    {"max_receive_count": 1, "dead_letter_queue": "dlq"}, {"max_receive_count": None},
+    {"dead_letter_queue": None}, {"dead_letter_queue": "sq"}, {"dead_letter_queue": "pat"},
+    {"delay": 0.5}, {"delay": 0.0},
+    {"max_messages": 2, "overflow": "drop_oldest"}, {"max_messages": None},
+    {"max_bytes": 10}, {"max_bytes": None, "max_messages": 1},
+    {"max_message_size": 5}, {"max_message_size": 1_048_576},
+    {"retention": 1.0}, {"retention": 2.5}, {"retention": 345_600.0},
+    {"overflow": "reject"}, {"overflow": "dead_letter", "dead_letter_queue": "dlq"},
+    {"redelivery_backoff": (1.0,)}, {"redelivery_backoff": ExponentialBackoff(0.5, 2.0, 2.0)},
+    {"redelivery_backoff": None},
+    # refused: a setting fixed for life, an unknown one, a bad value, a missing DLQ
+    {"fifo": True}, {"max_priority": 1}, {"colour": 1}, {"visibility_timeout": -1.0},
+    {"delay": 3.0, "retention": 2.0}, {"dead_letter_queue": "nope"},
+]
+"""set_queue_settings changes the machine draws: some refused (the same class both sides)."""
 TOPIC_SETTINGS: dict[str, list[dict[str, Any]]] = {
     "t.a": [{}, {"content_dedup": True, "dedup_window": 1.0}],
     "t.b": [{}],
@@ -141,6 +159,16 @@ class BrokerFeaturesMachine(Comparing, RuleBasedStateMachine):
     @rule(name=st.sampled_from(QUEUES), data=st.data())
     def create_queue(self, name: str, data: st.DataObject) -> None:
         self.same("create_queue", name, **data.draw(st.sampled_from(QUEUE_SETTINGS[name])))
+
+    @rule(name=st.sampled_from(QUEUES), changes=st.sampled_from(SETTING_CHANGES))
+    def set_queue_settings(self, name: str, changes: dict[str, Any]) -> None:
+        result = self.both(lambda: self.real.set_queue_settings(name, **changes),
+                           lambda: self.model.set_queue_settings(name, **changes),
+                           f"set_queue_settings({name!r}, {changes})")
+        if result is not None:
+            real, model = result
+            assert dataclasses.asdict(real) == dataclasses.asdict(model), (
+                f"set_queue_settings({name!r}, {changes}): real {real} but model {model}")
 
     @rule(name=st.sampled_from(QUEUES), really=st.integers(0, 4))
     def delete_queue(self, name: str, really: int) -> None:
