@@ -96,7 +96,7 @@ class BrokerAPI(Protocol):
     def queue_settings(self, name: str) -> QueueSettings:
         """The settings queue ``name`` has (those it was created with, as changed since)."""
 
-    def set_queue_settings(self, name: str, /, **changes: Any) -> QueueSettings:
+    def set_queue_settings(self, /, name: str, **changes: Any) -> QueueSettings:
         """Change settings of queue ``name`` (SQS's ``SetQueueAttributes``); returns them all.
 
         ``changes`` are ``create_queue``'s keywords; those in
@@ -401,7 +401,7 @@ class AsyncBrokerAPI(Protocol):
     async def queue_settings(self, name: str) -> QueueSettings:
         """The settings queue ``name`` has (those it was created with, as changed since)."""
 
-    async def set_queue_settings(self, name: str, /, **changes: Any) -> QueueSettings:
+    async def set_queue_settings(self, /, name: str, **changes: Any) -> QueueSettings:
         """Change settings of queue ``name`` (SQS's ``SetQueueAttributes``); returns them all.
 
         ``changes`` are ``create_queue``'s keywords; those in

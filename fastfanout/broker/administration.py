@@ -546,7 +546,7 @@ class Administration:
             self.queue_id(name, "name")
             return self._queue_settings[name]
 
-    def set_queue_settings(self, name: str, /, **changes: Any) -> QueueSettings:
+    def set_queue_settings(self, /, name: str, **changes: Any) -> QueueSettings:
         """Change settings of queue ``name``, as SQS's ``SetQueueAttributes``; returns them.
 
         ``changes`` are ``create_queue``'s keywords. Those of

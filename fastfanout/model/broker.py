@@ -481,7 +481,7 @@ class ModelBroker:
             del self._subscriptions[sid], self._subscription_counters[sid]
         del self._queues[name]
 
-    def set_queue_settings(self, name: str, /, **changes: Any) -> Settings:
+    def set_queue_settings(self, /, name: str, **changes: Any) -> Settings:
         """Change settings of queue ``name``; returns all of its settings after.
 
         Those that may change: visibility timeout, receive limit, dead-letter queue,

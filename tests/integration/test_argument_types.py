@@ -21,6 +21,7 @@ from conftest import raw_dealer
 from fastfanout import Broker, InvalidArgument, PublishEntry, aio
 from fastfanout.errors import error_for_code
 from fastfanout.server.loop import Server
+from fastfanout.settings import CHANGEABLE_QUEUE_SETTINGS
 from fastfanout.wire import protocol
 
 # Values of the wrong type for every argument, unless ``WRONG`` names others.
@@ -58,13 +59,17 @@ for _duration in DURATIONS:
 
 
 def cases() -> list[tuple[str, str, Any]]:
-    """(method, argument, wrong value) for every argument of every generic call."""
+    """(method, argument, wrong value) for every argument of every generic call.
+
+    A call's ``**changes`` (``set_queue_settings``) stands for each setting it may change.
+    """
     found = []
     for method in protocol.CALLS.values():
-        for argument in inspect.signature(getattr(Broker, method)).parameters:
-            if argument != "self":
-                found.extend((method, argument, value)
-                             for value in WRONG.get(argument, WRONG_EVERYWHERE))
+        for argument, parameter in inspect.signature(getattr(Broker, method)).parameters.items():
+            names = (CHANGEABLE_QUEUE_SETTINGS if parameter.kind is parameter.VAR_KEYWORD
+                     else () if argument == "self" else (argument,))
+            for name in names:
+                found.extend((method, name, value) for value in WRONG.get(name, WRONG_EVERYWHERE))
     return found
 
 
@@ -85,7 +90,8 @@ def valid_arguments(method: str, receipt: int, subscription_id: int) -> dict[str
                      "t" if method == "delete_topic" else "q")
     parameters = inspect.signature(getattr(Broker, method)).parameters.values()
     return {p.name: valid[p.name] for p in parameters
-            if p.name != "self" and p.default is inspect.Parameter.empty}
+            if p.name != "self" and p.default is inspect.Parameter.empty
+            and p.kind is not p.VAR_KEYWORD}
 
 
 def shape(broker: Broker) -> tuple[Any, ...]:
