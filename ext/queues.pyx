@@ -30,6 +30,35 @@ from fastfanout._ext.store cimport (
 )
 
 
+cdef int64_t* _backoff_steps(list backoff_us) except? NULL:
+    """``backoff_us`` as a C array for a queue (NULL for none); the queue frees it."""
+    cdef int64_t* backoff
+    cdef Py_ssize_t level
+    if not backoff_us:
+        return NULL
+    backoff = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
+    if backoff == NULL:
+        raise MemoryError()
+    for level in range(len(backoff_us)):
+        backoff[level] = backoff_us[level]
+    return backoff
+
+
+cdef inline void _set_changeable(queue_t* q, int64_t visibility_us, int64_t delay_us,
+                                 int64_t max_messages, int64_t max_bytes,
+                                 int64_t max_message_size, int64_t max_receive_count,
+                                 int64_t dead_letter_queue, int overflow) noexcept:
+    """The settings ``set_queue_settings`` may change (but retention and the backoff)."""
+    q.visibility_us = visibility_us
+    q.delay_us = delay_us
+    q.max_messages = max_messages
+    q.max_bytes = max_bytes
+    q.max_message_size = max_message_size
+    q.max_receive_count = max_receive_count
+    q.dead_letter_queue = dead_letter_queue
+    q.overflow = overflow
+
+
 def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
               int64_t retention_us, int64_t max_messages, int64_t max_bytes,
               int64_t max_message_size, int64_t max_receive_count, int64_t dead_letter_queue,
@@ -56,12 +85,7 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
             raise MemoryError()
         store.queues = grown
         store.queue_capacity = capacity
-    if backoff_us:
-        backoff = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
-        if backoff == NULL:
-            raise MemoryError()
-        for level in range(len(backoff_us)):
-            backoff[level] = backoff_us[level]
+    backoff = _backoff_steps(backoff_us)
     visible_head = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
     visible_tail = <uint32_t*>PyMem_Malloc((max_priority + 1) * sizeof(uint32_t))
     if visible_head == NULL or visible_tail == NULL:
@@ -96,15 +120,9 @@ def add_queue(Store store, str name, int64_t visibility_us, int64_t delay_us,
     q.alive = True
     q.durable = False
     q.incarnation = incarnation
-    q.visibility_us = visibility_us
-    q.delay_us = delay_us
     q.retention_us = retention_us
-    q.max_messages = max_messages
-    q.max_bytes = max_bytes
-    q.max_message_size = max_message_size
-    q.max_receive_count = max_receive_count
-    q.dead_letter_queue = dead_letter_queue
-    q.overflow = overflow
+    _set_changeable(q, visibility_us, delay_us, max_messages, max_bytes, max_message_size,
+                    max_receive_count, dead_letter_queue, overflow)
     q.fifo = fifo
     q.content_dedup = content_dedup
     q.keeps_topics = False
@@ -135,29 +153,16 @@ def set_queue_settings(Store store, uint32_t qid, int64_t visibility_us, int64_t
     queue's for life (``add_queue`` only).
     """
     cdef queue_t* q = &store.queues[qid]
-    cdef int64_t* backoff = NULL
-    cdef uint32_t level
-    if backoff_us:
-        backoff = <int64_t*>PyMem_Malloc(len(backoff_us) * sizeof(int64_t))
-        if backoff == NULL:
-            raise MemoryError()
-        for level in range(len(backoff_us)):
-            backoff[level] = backoff_us[level]
+    cdef int64_t* backoff = _backoff_steps(backoff_us)
     # Nothing can fail from here on.
     PyMem_Free(q.backoff_us)
     q.backoff_us = backoff
     q.backoff_count = len(backoff_us) if backoff_us else 0
-    q.visibility_us = visibility_us
-    q.delay_us = delay_us
     if retention_us != q.retention_us:
         q.retention_us = retention_us
         store.retention_due_us = 0   # the next advance of the clock finds the new ends
-    q.max_messages = max_messages
-    q.max_bytes = max_bytes
-    q.max_message_size = max_message_size
-    q.max_receive_count = max_receive_count
-    q.dead_letter_queue = dead_letter_queue
-    q.overflow = overflow
+    _set_changeable(q, visibility_us, delay_us, max_messages, max_bytes, max_message_size,
+                    max_receive_count, dead_letter_queue, overflow)
 
 
 def set_keeps_topics(Store store, uint32_t qid, bint keeps):
