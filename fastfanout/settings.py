@@ -38,6 +38,7 @@ __all__ = [
     "QueueSettings",
     "Subscription",
     "TopicSettings",
+    "already_exists_problem",
     "backoff_us",
     "changed_queue_settings",
     "check_count",
@@ -381,6 +382,25 @@ CHANGEABLE_QUEUE_SETTINGS: Final[tuple[str, ...]] = (
 """The settings ``set_queue_settings`` may change. The others (``fifo``,
 ``max_priority``, ``content_dedup``, ``dedup_window``, ``durable``) shape how a queue
 holds its messages and are its own for life, as SQS's ``FifoQueue``."""
+
+
+def already_exists_problem(name: str, present: QueueSettings, asked: QueueSettings) -> str:
+    """The message for ``create_queue`` of queue ``name`` with other settings than it has.
+
+    It names each setting that differs (present and asked), and how to change those that
+    may change.
+    """
+    differ = [field.name for field in fields(QueueSettings)
+              if getattr(present, field.name) != getattr(asked, field.name)]
+    shown = ", ".join(f"{key}={getattr(present, key)!r} (asked {getattr(asked, key)!r})"
+                      for key in differ)
+    if all(key in CHANGEABLE_QUEUE_SETTINGS for key in differ):
+        remedy = ("set_queue_settings (fastfanout set-queue-settings) changes them in "
+                  "place, keeping its messages")
+    else:
+        remedy = ("fifo, max_priority, content_dedup, dedup_window and durable are a "
+                  "queue's for life: use another name, or delete the queue first")
+    return f"queue {name!r} exists with other settings: {shown}; {remedy}"
 
 
 def changed_queue_settings(name: str, present: QueueSettings, changes: Mapping[str, Any]

@@ -56,6 +56,7 @@ from fastfanout.settings import (
     QueueSettings,
     Subscription,
     TopicSettings,
+    already_exists_problem,
     changed_queue_settings,
     check_count,
     check_flag,
@@ -468,8 +469,7 @@ class Administration:
             existing = self._queue_settings.get(name)
             if existing is not None:
                 if existing != settings:
-                    raise AlreadyExists(
-                        f"queue {name!r} exists with other settings: {existing}")
+                    raise AlreadyExists(already_exists_problem(name, existing, settings))
                 return
             dlq_id = (-1 if settings.dead_letter_queue is None
                       else self.queue_id(settings.dead_letter_queue, "dead_letter_queue"))

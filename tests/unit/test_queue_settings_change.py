@@ -8,7 +8,13 @@ import dataclasses
 import pytest
 
 from fastfanout import Broker
-from fastfanout.errors import InvalidArgument, MessageTooLarge, NotFound, QueueFull
+from fastfanout.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    MessageTooLarge,
+    NotFound,
+    QueueFull,
+)
 from fastfanout.records import ExponentialBackoff
 from fastfanout.settings import CHANGEABLE_QUEUE_SETTINGS, QueueSettings
 
@@ -195,3 +201,18 @@ def test_a_durable_broker_keeps_the_changed_settings_over_a_restart(tmp_path) ->
         assert [m.body for m in broker.receive("q")] == [b"kept"]
         with pytest.raises(InvalidArgument, match="dead-letter queue of q"):
             broker.delete_queue("dlq")
+
+
+def test_create_queue_with_other_settings_names_them_and_the_way_to_change_them(
+        broker: Broker) -> None:
+    broker.create_queue("q", visibility_timeout=5, max_messages=3)
+    with pytest.raises(AlreadyExists) as changeable:
+        broker.create_queue("q", visibility_timeout=10, max_messages=3)
+    assert "visibility_timeout=5 (asked 10)" in str(changeable.value)
+    assert "max_messages" not in str(changeable.value)   # only what differs
+    assert "set_queue_settings" in str(changeable.value)
+    with pytest.raises(AlreadyExists) as fixed:
+        broker.create_queue("q", visibility_timeout=5, max_messages=3, fifo=True)
+    assert "fifo=False (asked True)" in str(fixed.value)
+    assert "for life" in str(fixed.value)
+    assert broker.queue_settings("q").visibility_timeout == 5
