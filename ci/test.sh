@@ -7,6 +7,13 @@
 # Extra arguments go to both pytest runs (e.g. ci/test.sh -k ring).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Ctrl-C or SIGTERM stops the whole command. Without these traps bash would go on to the
+# next step whenever the step running handled the signal itself and exited (pytest,
+# pip), as they do; with them it stops once that step has ended.
+interrupted() { echo "test.sh: interrupted" >&2; exit "$1"; }
+trap 'interrupted 130' INT
+trap 'interrupted 143' TERM
+debug_build=""
 bash ci/debian-peers.sh
 py=$(bash ci/setup-venv.sh test,bench,peers | tail -n 1) || exit 1
 log=$(mktemp)
@@ -22,6 +29,7 @@ FASTFANOUT_PY="$py" "${own_group[@]}" nice -n 19 bash ci/test-debug.sh --build-o
     >"$debug_log" 2>&1 &
 debug_build=$!
 stop_debug_build() {
+    [ -n "$debug_build" ] || return 0
     kill -- "-$debug_build" 2>/dev/null || kill "$debug_build" 2>/dev/null || true
 }
 trap 'stop_debug_build; rm -f "$log" "$debug_log"' EXIT
