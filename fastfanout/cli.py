@@ -893,16 +893,17 @@ def create_topic(endpoint: str | None, name: str, fifo: bool, content_dedup: boo
     click.echo(f"topic {name}")
 
 
-def _backoff(ctx: click.Context, param: click.Parameter, value: str | None
-             ) -> tuple[float, ...] | None:
-    if value is None:
-        return None
+def _backoff_seconds(value: str) -> tuple[float, ...]:
     try:
-        seconds = tuple(float(part) for part in value.split(","))
+        return tuple(float(part) for part in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} must be comma-separated seconds, like 1,5,30"
                                  ) from None
-    return seconds
+
+
+def _backoff(ctx: click.Context, param: click.Parameter, value: str | None
+             ) -> tuple[float, ...] | None:
+    return None if value is None else _backoff_seconds(value)
 
 
 @cli.command("create-queue")
@@ -954,51 +955,47 @@ class _Removed:
 _REMOVED: Final = _Removed()
 
 
-def _count_or_none(ctx: click.Context, param: click.Parameter, value: str | None
-                   ) -> int | _Removed | None:
-    if value is None:
-        return None
-    if value.strip().lower() == "none":
-        return _REMOVED
+def _or_none(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter,
+                                                         str | None], Any]:
+    """A ``set-queue-settings`` option's callback, ``parse`` reading its value.
+
+    ``none`` removes the setting (it becomes None); an option not given is None (no change).
+    """
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        if value.strip().lower() == "none":
+            return _REMOVED
+        return parse(value)
+    return callback
+
+
+def _count(value: str) -> int:
     try:
         return int(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} must be a whole number, or none") from None
 
 
-def _name_or_none(ctx: click.Context, param: click.Parameter, value: str | None
-                  ) -> str | _Removed | None:
-    if value is not None and value.strip().lower() == "none":
-        return _REMOVED
-    return value
-
-
-def _backoff_or_none(ctx: click.Context, param: click.Parameter, value: str | None
-                     ) -> tuple[float, ...] | _Removed | None:
-    if value is not None and value.strip().lower() == "none":
-        return _REMOVED
-    return _backoff(ctx, param, value)
-
-
 @cli.command("set-queue-settings")
 @_client_options
 @click.argument("name")
 @click.option("--visibility-timeout", type=float, default=None, help="Lease seconds.")
-@click.option("--max-receive-count", default=None, callback=_count_or_none,
+@click.option("--max-receive-count", default=None, callback=_or_none(_count),
               metavar="N|none", help="Deliveries before DLQ (none: unlimited).")
-@click.option("--dead-letter-queue", default=None, callback=_name_or_none,
+@click.option("--dead-letter-queue", default=None, callback=_or_none(str),
               metavar="NAME|none", help="Name of the dead-letter queue (none: no DLQ).")
 @click.option("--delay", type=float, default=None, help="Seconds.")
-@click.option("--max-messages", default=None, callback=_count_or_none,
+@click.option("--max-messages", default=None, callback=_or_none(_count),
               metavar="N|none", help="Bound on messages held (none: no bound).")
-@click.option("--max-bytes", default=None, callback=_count_or_none,
+@click.option("--max-bytes", default=None, callback=_or_none(_count),
               metavar="N|none", help="Bound on bytes held (none: no bound).")
 @click.option("--max-message-size", type=int, default=None, help="Bytes.")
 @click.option("--retention", type=float, default=None,
               help="Seconds (applies to the messages held too).")
 @click.option("--overflow", type=click.Choice(["reject", "drop_oldest", "dead_letter", "hold"]),
               default=None)
-@click.option("--redelivery-backoff", default=None, callback=_backoff_or_none,
+@click.option("--redelivery-backoff", default=None, callback=_or_none(_backoff_seconds),
               metavar="SECONDS|none",
               help="Comma-separated seconds waited before redelivery 1, 2, ... (none: none)")
 def set_queue_settings(endpoint: str | None, name: str, **options: Any) -> None:

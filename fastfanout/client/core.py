@@ -88,6 +88,7 @@ __all__ = [
     "decode_value",
     "encode_call",
     "queue_settings_payload",
+    "queue_settings_to_wire",
     "stream_endpoint_hint",
 ]
 
@@ -187,14 +188,16 @@ def queue_settings_payload(settings: dict[str, Any], defaults: Mapping[str, Any]
     The broker applies its own defaults to the others (a value of another type than its
     default is sent, so the broker refuses it).
     """
-    sent = {}
-    for name, value in settings.items():
-        default = defaults[name]
-        if type(value) is not type(default) or value != default:
-            sent[name] = value
-    if "redelivery_backoff" in sent:
-        sent["redelivery_backoff"] = protocol.backoff_to_wire(sent["redelivery_backoff"])
-    return sent
+    return queue_settings_to_wire({
+        name: value for name, value in settings.items()
+        if type(value) is not type(defaults[name]) or value != defaults[name]})
+
+
+def queue_settings_to_wire(settings: dict[str, Any]) -> dict[str, Any]:
+    """Queue settings as msgpack takes them (``create_queue``'s, ``set_queue_settings``')."""
+    if "redelivery_backoff" in settings:
+        settings["redelivery_backoff"] = protocol.backoff_to_wire(settings["redelivery_backoff"])
+    return settings
 
 
 def decode_queue_settings(raw: Mapping[str, Any]) -> QueueSettings:
@@ -296,9 +299,8 @@ class ControlCall:
                                               for value in positional])
         if self.opcode == Opcode.CREATE_QUEUE:
             keywords = queue_settings_payload(keywords, self.defaults)
-        elif "redelivery_backoff" in keywords:   # set_queue_settings
-            keywords["redelivery_backoff"] = protocol.backoff_to_wire(
-                keywords["redelivery_backoff"])
+        elif self.opcode == Opcode.SET_QUEUE_SETTINGS:
+            keywords = queue_settings_to_wire(keywords)
         return core.request(self.opcode, [encode_call(self.opcode, positional, keywords)])
 
 

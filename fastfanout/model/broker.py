@@ -152,6 +152,7 @@ _FIXED_QUEUE_SETTINGS = frozenset(
     {"max_priority", "fifo", "content_dedup", "dedup_window", "durable"})
 """The settings ``set_queue_settings`` does not change (a queue's own for life)."""
 
+
 class ModelBroker:
     """A slow, obviously correct broker following docs/semantics.md (the test oracle).
 
