@@ -34,5 +34,9 @@ def redrive(
 def purge(store: Store, qid: int) -> int:
     """Remove every message of the queue; returns how many."""
 
+def release_all(store: Store) -> int:
+    """Free every copy every queue holds, journaling nothing (the broker is closing);
+    returns how many."""
+
 def counters(store: Store, qid: int, now_us: int) -> tuple[Any, ...]:
     """The queue's counters and gauges as a tuple, in QueueStats field order."""

@@ -284,11 +284,20 @@ class Administration:
         return _look_up("topic", self.topics, name, argument)
 
     def close(self) -> None:
-        """Close the storage of a durable broker (once); every later call raises ``Closed``."""
+        """Close the broker's storage and let go of its messages; later calls raise ``Closed``.
+
+        Once: a durable broker's journal is closed (its messages stay there for the next
+        start), then every message held in memory is freed.
+        """
         with self.lock:
-            if not self.closed and self.durable is not None:
-                self.durable.close()
-            self.closed = True
+            if self.closed:
+                return
+            try:
+                if self.durable is not None:
+                    self.durable.close()
+            finally:
+                self.closed = True
+                queue_ops.release_all(self.store)
 
     # -- topics ------------------------------------------------------------------------
 

@@ -862,7 +862,9 @@ class Broker:
 
         Its producers still open are closed (flushed) first, as a client's ``close()``
         closes its producers; their later offers raise ``Closed``. Its consumers drop what
-        their iterations took and did not yield: their next step raises ``Closed``.
+        their iterations took and did not yield: their next step raises ``Closed``. The
+        messages its queues hold are let go at once (a durable broker's stay in its
+        journal for the next start), and with them the memory of their bodies.
 
         Raises:
             FastFanoutError: a producer's flush was refused; the broker is closed anyway

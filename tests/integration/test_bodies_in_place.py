@@ -7,6 +7,7 @@ The server runs in this process, so ``blobs.in_place_stats()`` is its state.
 
 from __future__ import annotations
 
+import gc
 import signal
 import textwrap
 
@@ -242,3 +243,33 @@ def test_a_durable_broker_journals_the_bodies_it_left_in_place(track: Tracker, t
     client = track.client(endpoint)
     got = receive_all(client, "q", 100)
     assert same_bodies(got, table)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_stopped_server_lets_go_of_the_frames_its_queues_kept(track: Tracker, tmp_path,
+                                                                 durable):
+    # Not when the collector gets to the broker: a process that goes on after a server
+    # stopped must not keep its clients' rings mapped (nor the bodies' memory).
+    gc.disable()   # so that only the stop can let the frame go
+    try:
+        endpoint = track.endpoint()
+        data = str(tmp_path / "data") if durable else None
+        server = track.server(endpoint, data_dir=data)
+        client = track.client(endpoint)
+        client.create_topic("t")
+        client.create_queue("q", durable=durable)
+        client.subscribe("t", "q")
+        before = anchors()
+        table = rows(100)
+        client.publish_batch("t", table)
+        assert anchors() == before + 1
+        client.close()
+        server.stop(10)
+        track.servers.remove(server)
+        assert anchors() == before
+    finally:
+        gc.enable()
+    if durable:   # the journal kept them: letting go of the memory removed nothing
+        track.server(endpoint, data_dir=data)
+        got = receive_all(track.client(endpoint), "q", 100)
+        assert same_bodies(got, table)
