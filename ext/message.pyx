@@ -13,6 +13,8 @@ from libc.stdint cimport uint64_t
 
 from msgspec.msgpack import decode as _decode_attributes
 
+from fastfanout.semantics.replies import REPLY_TO, reply_address_of
+
 
 cdef class Settler:
     """An owner of receipts that a ``Message`` acks in C (``ack_receipt``), with no call
@@ -83,6 +85,22 @@ cdef class Message:
     def term(self):
         """Dead-letter the message at once (reason ``rejected``)."""
         self._owner.term(self.receipt)
+
+    @property
+    def reply_to(self):
+        """The address a reply goes to (its ``fastfanout.reply_to`` attribute: a
+        ``request``), or None (a message published or sent)."""
+        return self.attributes.get(REPLY_TO)
+
+    def reply(self, body, *, attributes=None):
+        """Answer this request: ``body`` (and ``attributes``) go straight back to its
+        requester (``Broker.reply``). It does not settle the message: ack it too.
+
+        Raises:
+            InvalidArgument: the message asked for no reply, or a bad body or attributes.
+        """
+        return self._owner.reply(reply_address_of(self.attributes), body,
+                                 attributes=attributes)
 
     def __repr__(self):
         return (f"Message(id={self.id}, queue={self.queue!r}, receive_count={self.receive_count}, "

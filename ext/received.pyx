@@ -66,6 +66,7 @@ import json
 from fastfanout._ext.codec import status_text
 from fastfanout.errors import InvalidArgument, MalformedBatch, WrongClient, WrongEventLoop
 from fastfanout.records import DeadLetterInfo
+from fastfanout.semantics.replies import REPLY_TO, reply_address_of
 
 from msgspec import DecodeError as _MsgpackDecodeError
 from msgspec.msgpack import Decoder as _MsgpackDecoder
@@ -763,6 +764,23 @@ cdef class RemoteMessage:
             raise
         self._live = False
         return _DONE
+
+    @property
+    def reply_to(self):
+        """The address a reply goes to (its ``fastfanout.reply_to`` attribute: a
+        ``request``), or None (a message published or sent)."""
+        return self.attributes.get(REPLY_TO)
+
+    def reply(self, body, *, attributes=None):
+        """Answer this request: ``body`` (and ``attributes``) go straight back to its
+        requester (the client's ``reply``; the asyncio client's is sent at once, not
+        awaited). It does not settle the message: ack it too.
+
+        Raises:
+            InvalidArgument: the message asked for no reply, or a bad body or attributes.
+        """
+        return self._origin.owner.reply(reply_address_of(self.attributes), body,
+                                        attributes=attributes)
 
     def __repr__(self):
         return (f"RemoteMessage(id={self.id}, queue={self.queue!r}, "

@@ -392,3 +392,7 @@ cdef class SingleCalls(Settler):
     def term(self, receipt):
         """``Broker.term``."""
         return self._owner.term(receipt)
+
+    def reply(self, address, body, *, attributes=None):
+        """The broker's ``reply`` (a received message's ``reply()``)."""
+        return self._owner.reply(address, body, attributes=attributes)

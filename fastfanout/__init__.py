@@ -33,6 +33,8 @@ if _typing.TYPE_CHECKING:
         MalformedBatch,
         MalformedFrame,
         MessageTooLarge,
+        NoReply,
+        NoResponders,
         NotFound,
         PeerGone,
         PeerLost,
@@ -56,10 +58,22 @@ if _typing.TYPE_CHECKING:
         WrongClient,
         WrongEventLoop,
     )
-    from fastfanout.records import DeadLetterInfo, ExponentialBackoff, PublishEntry, PublishResult
+    from fastfanout.records import (
+        DeadLetterInfo,
+        ExponentialBackoff,
+        PublishEntry,
+        PublishResult,
+        Reply,
+    )
     from fastfanout.server.allocator import keep_freed_memory
     from fastfanout.server.loop import Server, serve
-    from fastfanout.stats import BrokerStats, QueueStats, SubscriptionStats, TopicStats
+    from fastfanout.stats import (
+        BrokerStats,
+        QueueStats,
+        ReplyStats,
+        SubscriptionStats,
+        TopicStats,
+    )
     from fastfanout.workers import Worker
 
 _EXPORTS: dict[str, str] = {
@@ -84,6 +98,8 @@ _EXPORTS: dict[str, str] = {
     "MalformedBatch": "fastfanout.errors",
     "MalformedFrame": "fastfanout.errors",
     "MessageTooLarge": "fastfanout.errors",
+    "NoReply": "fastfanout.errors",
+    "NoResponders": "fastfanout.errors",
     "NotFound": "fastfanout.errors",
     "PeerGone": "fastfanout.errors",
     "PeerLost": "fastfanout.errors",
@@ -110,11 +126,13 @@ _EXPORTS: dict[str, str] = {
     "ExponentialBackoff": "fastfanout.records",
     "PublishEntry": "fastfanout.records",
     "PublishResult": "fastfanout.records",
+    "Reply": "fastfanout.records",
     "keep_freed_memory": "fastfanout.server.allocator",
     "Server": "fastfanout.server.loop",
     "serve": "fastfanout.server.loop",
     "BrokerStats": "fastfanout.stats",
     "QueueStats": "fastfanout.stats",
+    "ReplyStats": "fastfanout.stats",
     "SubscriptionStats": "fastfanout.stats",
     "TopicStats": "fastfanout.stats",
     "Worker": "fastfanout.workers",
@@ -164,6 +182,8 @@ __all__ = [
     "MalformedFrame",
     "Message",
     "MessageTooLarge",
+    "NoReply",
+    "NoResponders",
     "NotFound",
     "PeerGone",
     "PeerLost",
@@ -176,6 +196,8 @@ __all__ = [
     "QueueFull",
     "QueueSettings",
     "QueueStats",
+    "Reply",
+    "ReplyStats",
     "RequestTooLarge",
     "Server",
     "ServerStopping",

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol
 
-from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult
+from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult, Reply
 from fastfanout.settings import QueueSettings, Subscription
 from fastfanout.stats import BrokerStats
 
@@ -45,6 +45,7 @@ BROKER_OPERATIONS: Final = (
     "check",
     "publish", "send", "publish_batch", "send_batch", "receive", "ack", "ack_batch",
     "nack", "nack_batch", "extend", "extend_batch", "term", "term_batch", "consume",
+    "request", "reply",
 )
 """The operations of ``BrokerAPI`` (and ``AsyncBrokerAPI``), in declaration order."""
 
@@ -220,6 +221,54 @@ class BrokerAPI(Protocol):
             InvalidArgument: ``timeout`` is not None or finite seconds > 0.
             LimitExceeded: (a broker server) this connection has ``max_consumers``
                 consumers open already.
+        """
+
+    def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
+                timeout: float = 5.0, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None) -> Reply:
+        """Publish a message that asks for a reply, and wait for the first reply.
+
+        The message is published to ``topic`` as ``publish`` would, with one more
+        attribute, ``fastfanout.reply_to``: the address its responder answers
+        (``message.reply(body)``). The reply comes straight back, not through a queue
+        (docs/semantics.md, "Requests and replies").
+
+        Args:
+            topic: the topic name.
+            body: the request's body (bytes-like).
+            attributes: name -> value, as ``publish`` takes (not ``fastfanout.reply_to``).
+            timeout: seconds to wait for the reply (more than 0, at most an hour).
+            group_id: FIFO group (a FIFO topic needs one).
+            dedup_id: deduplication id.
+            priority: 0 to 255.
+
+        Returns:
+            The first reply: its body and attributes.
+
+        Raises:
+            NoResponders: the request reached no queue (nothing subscribed takes it).
+            NoReply: no reply came within ``timeout``.
+            InvalidArgument: a bad argument, as ``publish`` says (nothing is published).
+        """
+
+    def reply(self, address: str, body: Body, *,
+              attributes: Attributes | None = None) -> None:
+        """Answer a request: send ``body`` to the requester waiting at ``address``.
+
+        ``message.reply(body)`` calls this with the message's ``fastfanout.reply_to``.
+        A reply for a requester that is gone or no longer waits (its timeout passed,
+        another reply came first) is dropped and counted (``replies_dropped``), as in
+        NATS: replying is not an error then. Replying does not settle the request
+        message (ack it as any other).
+
+        Args:
+            address: a request's ``fastfanout.reply_to`` attribute.
+            body: the reply's body (bytes-like).
+            attributes: name -> value, as ``publish`` takes.
+
+        Raises:
+            InvalidArgument: ``address`` is not a reply address, or a bad body or
+                attributes.
         """
 
 
@@ -493,6 +542,15 @@ class AsyncBrokerAPI(Protocol):
                 visibility_timeout: float | None = None,
                 timeout: float | None = None) -> AsyncIterator[Any]:
         """Messages pushed by the broker (``async for``)."""
+
+    async def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
+                      timeout: float = 5.0, group_id: str | None = None,
+                      dedup_id: str | None = None, priority: int | None = None) -> Reply:
+        """Publish a message that asks for a reply, and wait for the first reply."""
+
+    async def reply(self, address: str, body: Body, *,
+                    attributes: Attributes | None = None) -> None:
+        """Answer a request: send ``body`` to the requester waiting at ``address``."""
 
 
 class AsyncClientAPI(AsyncBrokerAPI, PipelineAPI, Protocol):

@@ -27,6 +27,8 @@ __all__ = [
     "MalformedBatch",
     "MalformedFrame",
     "MessageTooLarge",
+    "NoReply",
+    "NoResponders",
     "NotFound",
     "PeerGone",
     "PeerLost",
@@ -220,6 +222,28 @@ class CallTimeout(FastFanoutError, TimeoutError):
     """
 
     code = "call_timeout"
+
+
+class NoResponders(FastFanoutError):
+    """A ``request`` reached no queue: no subscription of its topic took the message.
+
+    NATS's "no responders": the requester learns at once that nobody will answer,
+    instead of waiting out its timeout. Nothing was enqueued (a filter policy that let
+    the message through nowhere, or a duplicate, counts as no queue too).
+    """
+
+    code = "no_responders"
+
+
+class NoReply(FastFanoutError, TimeoutError):
+    """A ``request`` reached its queues but no reply came within its ``timeout``.
+
+    The request message stays where it went (a responder may still take it; a reply
+    that comes later is dropped by the requester, which no longer waits). Also a
+    builtin ``TimeoutError``.
+    """
+
+    code = "no_reply"
 
 
 class SessionExpired(BrokenConnection):
@@ -439,6 +463,8 @@ _BY_CODE: dict[str, type[FastFanoutError]] = {
         InvalidArgument,
         InvalidFilterPolicy,
         MessageTooLarge,
+        NoResponders,
+        NoReply,
         QueueFull,
         LimitExceeded,
         StaleReceipt,

@@ -17,6 +17,7 @@ __all__ = [
     "ExponentialBackoff",
     "PublishEntry",
     "PublishResult",
+    "Reply",
 ]
 
 AttributeValue = str | int | float | bytes | list[str]
@@ -79,6 +80,18 @@ if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
 
     # (set here: a NamedTuple's body holds its fields only)
     PublishResult.__await__ = _await_result
+
+
+class Reply(NamedTuple):
+    """What a ``request`` returns: the first reply to it.
+
+    Attributes:
+        body: the reply's body.
+        attributes: the reply's attributes (name -> value; empty when it had none).
+    """
+
+    body: bytes
+    attributes: Attributes
 
 
 class DeadLetterInfo(NamedTuple):

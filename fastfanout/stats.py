@@ -10,7 +10,8 @@ from typing import Any
 
 __all__ = ["DROP_REASONS", "HANDLER_COUNTERS", "HANDLER_TIMES", "MAX_REPORTED_HANDLERS",
            "MAX_REPORT_NAME", "SUBSCRIPTION_DROP_REASONS", "BrokerStats", "QueueStats",
-           "SubscriptionStats", "TopicStats", "TopologyStats", "check_worker_report"]
+           "ReplyStats", "SubscriptionStats", "TopicStats", "TopologyStats",
+           "check_worker_report"]
 
 DROP_REASONS: tuple[str, ...] = (
     "overflow",
@@ -173,6 +174,22 @@ class TopologyStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyStats:
+    """An embedded broker's requests and the replies to them (``Broker.request``).
+
+    Attributes:
+        requests: requests it published.
+        replies: replies its waiting requests took.
+        replies_dropped: replies that reached it for no waiting request (too late, a
+            second reply, or addressed to another broker's or client's inbox), dropped.
+    """
+
+    requests: int = 0
+    replies: int = 0
+    replies_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStats:
     """Statistics of a whole broker.
 
@@ -194,6 +211,7 @@ class BrokerStats:
             orphan_records).
         topology: how many topics, queues and subscriptions against the limits, and the
             calls each limit refused.
+        replies: the broker's own requests and the replies they took.
     """
 
     topics: dict[str, TopicStats]
@@ -201,6 +219,7 @@ class BrokerStats:
     storage: dict[str, Any] | None = None
     subscriptions: dict[int, SubscriptionStats] = field(default_factory=dict)
     topology: TopologyStats = field(default_factory=TopologyStats)
+    replies: ReplyStats = field(default_factory=ReplyStats)
 
 
 # -- worker reports (REPORT / WORKERS on the wire, ``fastfanout stats``) ------------------

@@ -76,6 +76,11 @@ class RemoteMessage(Buffer):
     def nack(self, delay: float | None = None) -> Done: ...
     def extend(self, seconds: float) -> Done: ...
     def term(self) -> Done: ...
+    @property
+    def reply_to(self) -> str | None:
+        """The address a reply goes to (``fastfanout.reply_to``), or None."""
+    def reply(self, body: Buffer, *, attributes: Attributes | None = None) -> Any:
+        """Answer this request (it does not settle the message)."""
 
 @final
 class MessageCursor(Iterator[RemoteMessage]):

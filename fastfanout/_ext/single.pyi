@@ -1,11 +1,13 @@
 from collections.abc import Callable
 from typing import Any, final
 
+from typing_extensions import Buffer
+
 from fastfanout._ext.fanout import Dispatcher
 from fastfanout._ext.locks import FastCondition
 from fastfanout._ext.message import Message, Settler
 from fastfanout._ext.store import Store
-from fastfanout.records import PublishResult
+from fastfanout.records import Attributes, PublishResult
 
 __all__ = ["SingleCalls"]
 
@@ -36,3 +38,5 @@ class SingleCalls(Settler):
     def nack(self, receipt: int, *, delay: float | None = None) -> None: ...
     def extend(self, receipt: int, seconds: float) -> None: ...
     def term(self, receipt: int) -> None: ...
+    def reply(self, address: str, body: Buffer, *,
+              attributes: Attributes | None = None) -> None: ...

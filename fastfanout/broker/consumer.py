@@ -24,6 +24,7 @@ from typing import Protocol, cast
 from fastfanout._ext.message import Message
 from fastfanout.arrays import MessageBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
+from fastfanout.records import Attributes, Body
 from fastfanout.settings import MAX_DELAY, check_wait, seconds_to_us
 
 __all__ = ["MAX_PREFETCH", "BrokerBatch", "BrokerConsumer"]
@@ -48,6 +49,9 @@ class _Receiver(Protocol):
     def extend(self, receipt: int, seconds: float, *, session: int = 0) -> None: ...
 
     def term(self, receipt: int, *, session: int = 0) -> None: ...
+
+    def reply(self, address: str, body: Body, *,
+              attributes: Attributes | None = None) -> None: ...
 
 
 class _Owners(Protocol):

@@ -46,8 +46,25 @@ from fastfanout._ext.wire import pack_receipts
 from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
-from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
-from fastfanout.records import Attributes, Body, PublishEntry, PublishResult
+from fastfanout.broker.replies import Inbox
+from fastfanout.errors import (
+    Closed,
+    FastFanoutError,
+    InvalidArgument,
+    NotFound,
+)
+from fastfanout.records import Attributes, Body, PublishEntry, PublishResult, Reply
+from fastfanout.semantics.replies import (
+    DEFAULT_REQUEST_TIMEOUT,
+    check_request_timeout,
+    decode_reply,
+    encode_reply,
+    no_reply,
+    no_responders,
+    parse_address,
+    reply_address,
+    request_attributes,
+)
 from fastfanout.settings import (
     DEFAULT_MAX_PATTERN_SUBSCRIPTIONS,
     DEFAULT_MAX_QUEUES,
@@ -170,6 +187,7 @@ class Broker:
                                max_subscriptions_per_topic=max_subscriptions_per_topic,
                                max_pattern_subscriptions=max_pattern_subscriptions)
         self._admin = admin
+        self._inbox = Inbox()   # where the replies to this broker's requests arrive
         # the producers still open: close() flushes them first, as a client's close does
         self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
         # the consumers: close() empties what their iterations took and did not yield
@@ -558,6 +576,82 @@ class Broker:
         self._consumers.add(consumer)
         return consumer
 
+    # -- requests and replies (fastfanout.semantics.replies) ---------------------------
+
+    def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
+                timeout: float = DEFAULT_REQUEST_TIMEOUT, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None) -> Reply:
+        """Publish a message that asks for a reply, and wait for the first reply.
+
+        Published as ``publish`` would, with the attribute ``fastfanout.reply_to`` added:
+        an address in this broker's inbox, which ``message.reply(body)`` (from any
+        thread) answers. The wait holds no lock of the broker.
+
+        Args:
+            topic: the topic name.
+            body: the request's body (bytes-like).
+            attributes: name -> value, as ``publish`` takes (not ``fastfanout.reply_to``).
+            timeout: seconds to wait for the reply (more than 0, at most an hour).
+            group_id: FIFO group (a FIFO topic needs one).
+            dedup_id: deduplication id.
+            priority: 0 to 255.
+
+        Returns:
+            The first reply: its body and attributes.
+
+        Raises:
+            NoResponders: the request reached no queue (nothing published stays behind).
+            NoReply: no reply came within ``timeout``.
+            InvalidArgument: a bad argument, as ``publish`` says (nothing is published).
+            Closed: the broker is closed, or was closed while the request waited.
+        """
+        timeout = check_request_timeout(timeout)
+        inbox = self._inbox
+        number = inbox.open()
+        try:
+            result = self.publish(
+                topic, body, attributes=request_attributes(
+                    attributes, reply_address(inbox.name, number)),
+                group_id=group_id, dedup_id=dedup_id, priority=priority)
+        except BaseException:
+            inbox.forget(number)
+            raise
+        if result.deliveries == 0:
+            inbox.forget(number)
+            raise no_responders(topic, result)
+        frame = inbox.take(number, timeout)
+        if frame is None:
+            raise no_reply(topic, result, timeout)
+        return decode_reply(frame)
+
+    def reply(self, address: str, body: Body, *,
+              attributes: Attributes | None = None) -> None:
+        """Answer a request: hand ``body`` to the requester waiting at ``address``.
+
+        ``message.reply(body)`` calls this with the message's ``fastfanout.reply_to``.
+        A reply that finds no requester waiting (timed out, answered already, or an
+        inbox that is not this broker's: a client's request through a server is
+        answered through a client) is dropped and counted
+        (``stats().replies.replies_dropped``); that is not an error, as in NATS.
+
+        Args:
+            address: a request's ``fastfanout.reply_to`` attribute.
+            body: the reply's body (bytes-like).
+            attributes: name -> value, as ``publish`` takes.
+
+        Raises:
+            InvalidArgument: ``address`` is not a reply address, or a bad body or
+                attributes.
+            Closed: the broker is closed.
+        """
+        self._ensure_open()
+        inbox_name, number = parse_address(address)
+        frame = encode_reply(body, attributes)
+        if inbox_name == self._inbox.name:
+            self._inbox.deliver(number, frame)
+        else:
+            self._inbox.drop()
+
     # -- settle ------------------------------------------------------------------------
 
     def ack(self, receipt: int, *, session: int = 0) -> None:
@@ -788,7 +882,8 @@ class Broker:
             storage = None if self._durable is None else self._durable.stats()
             return BrokerStats(topics=topics, queues=queues, storage=storage,
                                subscriptions=subscriptions,
-                               topology=self._admin.topology_stats())
+                               topology=self._admin.topology_stats(),
+                               replies=self._inbox.stats())
 
     def check(self) -> bool:
         """Verify the core's internal invariants (slow; for tests)."""
@@ -880,6 +975,7 @@ class Broker:
                 refusal = refusal or exc
             finally:
                 producer.detach()
+        self._inbox.close()   # waiting requests raise Closed
         with self._lock:
             self._admin.close()
             if self._single is not None:
@@ -1192,6 +1288,18 @@ class ServerPort:
         with broker._lock:
             owner: int = broker._store.open_owner(session, prefetch)
             return owner
+
+    @property
+    def reply_inbox(self) -> str:
+        """The name of the broker's own reply inbox (its ``request``s' addresses)."""
+        return self._broker._inbox.name
+
+    def deliver_reply(self, number: int, frame: bytes) -> bool:
+        """Hand a client's reply (an encoded frame) to the broker's request ``number``.
+
+        False (counted as dropped) when that request no longer waits.
+        """
+        return self._broker._inbox.deliver(number, frame)
 
     def close_owner(self, owner: int) -> None:
         """Close an owner tag: it takes no more leases.

@@ -71,7 +71,16 @@ from fastfanout.errors import (
     WrongClient,
     WrongEventLoop,
 )
-from fastfanout.records import Attributes, Body, PublishResult
+from fastfanout.records import Attributes, Body, PublishResult, Reply
+from fastfanout.semantics.replies import (
+    DEFAULT_REQUEST_TIMEOUT,
+    check_request_timeout,
+    decode_reply,
+    no_reply,
+    no_responders,
+    reply_frames,
+    request_attributes,
+)
 from fastfanout.server.streams import StreamMessage
 from fastfanout.settings import check_wait
 from fastfanout.transport.local import AsyncLocalTransport
@@ -925,6 +934,45 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl))
         async with self.connection.deadline(self.connection.core.hold_timeout):
             return await future
+
+    async def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
+                      timeout: float = DEFAULT_REQUEST_TIMEOUT, group_id: str | None = None,
+                      dedup_id: str | None = None, priority: int | None = None) -> Reply:
+        """Publish a message that asks for a reply, and wait for the first reply."""
+        timeout = check_request_timeout(timeout)
+        connection = self.connection
+        core = connection.core
+        waiter, address = connection.submit(core.reply_waiter)
+        try:
+            result = await self.publish(
+                topic, body, attributes=request_attributes(attributes, address),
+                group_id=group_id, dedup_id=dedup_id, priority=priority)
+            if result.deliveries == 0:
+                raise no_responders(topic, result)
+            if not waiter.done:
+                answered = asyncio.get_running_loop().create_future()
+
+                def done() -> None:
+                    if not answered.done():
+                        answered.set_result(None)
+
+                waiter.watch(done)
+                try:
+                    async with asyncio.timeout(timeout):
+                        await answered
+                except TimeoutError:
+                    raise no_reply(topic, result, timeout) from None
+            frames = waiter.value()
+        finally:
+            core.forget_reply(waiter)
+        return decode_reply(frames[0])
+
+    async def reply(self, address: str, body: Body, *,
+                    attributes: Attributes | None = None) -> None:
+        """Answer a request: send ``body`` to the requester waiting at ``address``."""
+        connection = self.connection
+        await connection.wait(connection.submit(
+            connection.core.request, Opcode.REPLY, reply_frames(address, body, attributes)))
 
     async def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none.

@@ -74,7 +74,16 @@ from fastfanout.errors import (
     WrongClient,
     blocking_misused,
 )
-from fastfanout.records import Attributes, Body, PublishResult
+from fastfanout.records import Attributes, Body, PublishResult, Reply
+from fastfanout.semantics.replies import (
+    DEFAULT_REQUEST_TIMEOUT,
+    check_request_timeout,
+    decode_reply,
+    no_reply,
+    no_responders,
+    reply_frames,
+    request_attributes,
+)
 from fastfanout.settings import check_wait
 from fastfanout.transport.local import LocalTransport
 from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
@@ -283,6 +292,24 @@ class Connection(DriverBase):
                 # (a pause of milliseconds in the middle of a stream of publishes).
                 self.drain()
             return request
+        finally:
+            self.lock.release()
+
+    def reply_waiter(self) -> tuple[Request, str]:
+        """A number for a ``request()`` to wait on, and its reply address (connected)."""
+        forks.check_process("client", self.core.pid)
+        self.claim()
+        try:
+            self.ensure()
+            return self.core.reply_waiter()
+        finally:
+            self.lock.release()
+
+    def forget_reply(self, waiter: Request) -> None:
+        """Stop waiting for ``waiter``'s reply."""
+        self.claim()
+        try:
+            self.core.forget_reply(waiter)
         finally:
             self.lock.release()
 
@@ -789,6 +816,34 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         """Send one message straight to a queue and wait for its result."""
         return self.connection.enqueue(Opcode.SEND, queue, body, publish_options(
             attributes, delay, deliver_at, group_id, dedup_id, priority, ttl)).result()
+
+    def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
+                timeout: float = DEFAULT_REQUEST_TIMEOUT, group_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None) -> Reply:
+        """Publish a message that asks for a reply, and wait for the first reply."""
+        timeout = check_request_timeout(timeout)
+        connection = self.connection
+        waiter, address = connection.reply_waiter()
+        try:
+            result = self.publish(topic, body,
+                                  attributes=request_attributes(attributes, address),
+                                  group_id=group_id, dedup_id=dedup_id, priority=priority)
+            if result.deliveries == 0:
+                raise no_responders(topic, result)
+            try:
+                frames = connection.wait(waiter, timeout, poll=True)
+            except CallTimeout:
+                raise no_reply(topic, result, timeout) from None
+        finally:
+            connection.forget_reply(waiter)
+        return decode_reply(frames[0])
+
+    def reply(self, address: str, body: Body, *,
+              attributes: Attributes | None = None) -> None:
+        """Answer a request: send ``body`` to the requester waiting at ``address``."""
+        connection = self.connection
+        connection.wait(connection.request(Opcode.REPLY, reply_frames(address, body,
+                                                                      attributes)), None)
 
     def publish_batch(self, topic: str, entries: Iterable[Any]) -> RemotePublishBatch:
         """Publish many messages (bodies or ``PublishEntry``): all enqueued, or none.

@@ -37,6 +37,8 @@ from fastfanout.errors import (
     PeerLost,
     WrongClient,
 )
+from fastfanout.records import Attributes, Body
+from fastfanout.semantics.replies import reply_frames
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
 from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -359,6 +361,15 @@ class AsyncSettler:
     def term(self, receipt: int) -> None:
         """Dead-letter a leased message now (sent at once)."""
         self._connection.fire(Opcode.TERM, receipt)
+
+    def reply(self, address: str, body: Body, *, attributes: Attributes | None = None
+              ) -> None:
+        """Answer a request (sent at once; ``message.reply``).
+
+        Raises:
+            InvalidArgument: a bad address, body or attributes (nothing is sent).
+        """
+        self._connection.fire_frames(Opcode.REPLY, reply_frames(address, body, attributes))
 
     def settle_packed(self, opcode: int, payload: list[bytes]) -> None:
         """Send a batch settle (NACK_BATCH, TERM_BATCH) of packed receipts at once.

@@ -60,6 +60,7 @@ from fastfanout.errors import (
     SessionExpired,
 )
 from fastfanout.semantics.filter_policy import MAX_DEPTH
+from fastfanout.semantics.replies import new_inbox, reply_address
 from fastfanout.settings import (
     MAX_DELAY,
     MAX_VISIBILITY_TIMEOUT,
@@ -458,7 +459,11 @@ class ConnectionCore:
         self.max_body = protocol.max_body(None)   # bytes: a larger body is never sent
         self.frame_room = protocol.frame_room(None)   # bytes a publish batch may hold
         self.next_id = 1
+        self.inbox = new_inbox()   # the session's reply inbox (``start`` picks anew)
         self.pending: dict[int, Request] = {}
+        # request() numbers whose reply (Status.REPLY) is waited for: not requests the
+        # broker answers, so kept out of ``pending`` (close and flush do not wait on them)
+        self.awaiting_replies: dict[int, Request] = {}
         self.consumers: dict[int, ConsumerState] = {}
         self.batches: dict[tuple[int, str], PendingBatch] = {}
         self.max_in_flight = max_in_flight
@@ -504,12 +509,17 @@ class ConnectionCore:
         # socket, and could reach the broker after the BYE of a short-lived client,
         # which went through the channel's ring.)
         self.last_sent_heartbeat = now
-        return self.request(Opcode.HELLO, [protocol.encode_payload({"heartbeat": True})],
-                            flush=False)
+        # this session's reply inbox, chosen here (random, never reused) so that a
+        # request() can name its address before the HELLO reply is in
+        self.inbox = new_inbox()
+        return self.request(Opcode.HELLO, [protocol.encode_payload(
+            {"heartbeat": True, "inbox": self.inbox})], flush=False)
 
     def hello(self, frames: list[bytes]) -> None:
         """The HELLO reply: the broker's settings and request limits."""
         self.info = protocol.decode_payload(frames[0])
+        if isinstance(self.info, dict) and type(self.info.get("inbox")) is str:
+            self.inbox = self.info["inbox"]   # the broker's choice, if it refused ours
         self.limits = protocol.request_limits(self.info)
         self.max_body = protocol.max_body(self.limits)
         self.frame_room = protocol.frame_room(self.limits)
@@ -587,6 +597,21 @@ class ConnectionCore:
         if self.on_request is not None:
             self.on_request(opcode, payload)
         return request_id
+
+    def reply_waiter(self) -> tuple[Request, str]:
+        """A number for a ``request()`` to wait on, and the reply address naming it.
+
+        The address is in this session's inbox: a reply arrives as ``Status.REPLY`` with
+        the number as its request id.
+        """
+        number = self.next_id
+        self.next_id = number + 1
+        waiter = self.awaiting_replies[number] = Request(number)
+        return waiter, reply_address(self.inbox, number)
+
+    def forget_reply(self, waiter: Request) -> None:
+        """Stop waiting for the reply of ``waiter`` (a later one is dropped)."""
+        self.awaiting_replies.pop(waiter.request_id, None)
 
     def call(self, opcode: int, *args: Any, **kwargs: Any) -> Request:
         """Queue a control call (msgpack ``[args, kwargs]``); ``decode_value`` its answer."""
@@ -1008,6 +1033,10 @@ class ConnectionCore:
                     # channel): every waiter fails now and the next call connects anew
                     self.broken(consumer.error)
                 return consumer
+        elif status == Status.REPLY:
+            waiter = self.awaiting_replies.pop(request_id, None)
+            if waiter is not None:   # else: too late, or a second reply (dropped)
+                waiter.answer([bytes(part) for part in frames[1:]])
         elif status == Status.GOODBYE:
             # no payload: the broker stops; an error: it ended this session (say, this
             # client read nothing for too long). A new connection is a new session.
@@ -1021,6 +1050,8 @@ class ConnectionCore:
         self.ended = error
         self.outbox.clear()
         pending, self.pending = self.pending, {}
+        pending.update(self.awaiting_replies)   # a new session has another inbox
+        self.awaiting_replies = {}
         self.publishes.clear()
         for request in pending.values():
             request.fail(error)

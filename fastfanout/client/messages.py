@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from fastfanout._ext.received import DONE, Done, RemoteMessage, messages_of
 from fastfanout.errors import blocking_misused
-from fastfanout.records import Attributes, DeadLetterInfo, PublishResult
+from fastfanout.records import Attributes, Body, DeadLetterInfo, PublishResult
 from fastfanout.wire import protocol
 
 __all__ = [
@@ -59,6 +59,10 @@ class Owner(Protocol):
 
     def term(self, receipt: int) -> Any:
         """Dead-letter a leased message now."""
+
+    def reply(self, address: str, body: Body, *, attributes: Attributes | None = None
+              ) -> Any:
+        """Answer a request (``message.reply``)."""
 
 
 def publish_options(attributes: Attributes | None, delay: float | None,

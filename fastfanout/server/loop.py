@@ -96,6 +96,7 @@ from fastfanout.runtime import (
     remove_stale_locks,
     stream_endpoint_for,
 )
+from fastfanout.semantics.replies import decode_reply, is_inbox, parse_address
 from fastfanout.server.allocator import (
     collector_stats,
     freeze_startup_objects,
@@ -427,7 +428,10 @@ class Server:
             Opcode.SERVER_STATS: self._server_stats, Opcode.ATTACH: self._attach,
             **self._deliveries.handlers(),
             Opcode.REPORT: self._report, Opcode.WORKERS: self._workers,
+            Opcode.REPLY: self._route_reply,
         }
+        # each session's reply inbox (its HELLO answer names it) -> the session
+        self._inboxes: dict[str, Session] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -1033,6 +1037,11 @@ class Server:
                ) -> list[bytes]:
         options = protocol.decode_payload(frames[0]) if frames else {}
         session.heartbeat = bool(isinstance(options, dict) and options.get("heartbeat", True))
+        self._inboxes.pop(session.inbox, None)   # a second HELLO: its first inbox goes
+        wanted = options.get("inbox") if isinstance(options, dict) else None
+        if isinstance(wanted, str) and is_inbox(wanted) and wanted not in self._inboxes:
+            session.inbox = wanted   # the client's own (else it keeps the one made here)
+        self._inboxes[session.inbox] = session
         from fastfanout import __version__
 
         return [protocol.encode_payload({
@@ -1043,7 +1052,28 @@ class Server:
             "max_request_bytes": self._max_request_bytes,
             "max_frame_bytes": self._max_frame_bytes,
             "hold_timeout": self._held.timeout,
-            "local_channels": self._local_channels})]
+            "local_channels": self._local_channels, "inbox": session.inbox})]
+
+    def _route_reply(self, session: Session, request_id: int, frames: list[bytes]
+                     ) -> list[bytes]:
+        """REPLY: hand a reply to the session (or broker) whose inbox its address names.
+
+        One for an inbox nobody has is dropped and counted.
+        """
+        address = text(frame(frames, 0, "reply address"), "the reply address")
+        reply = bytes(frame(frames, 1, "reply frame"))
+        inbox, number = parse_address(address)
+        decode_reply(reply)   # one publish record, or MalformedFrame
+        target = self._inboxes.get(inbox)
+        if target is not None:
+            if self._send(target, Status.REPLY, number, [reply]):
+                self.counters["replies_routed"] += 1
+        elif inbox == self._port.reply_inbox:
+            if self._port.deliver_reply(number, reply):
+                self.counters["replies_routed"] += 1
+        else:
+            self.counters["replies_dropped"] += 1   # its requester is gone
+        return []
 
     def _heartbeat(self, session: Session, request_id: int, frames: list[bytes]
                    ) -> list[bytes]:
@@ -1263,6 +1293,7 @@ class Server:
         """Forget a client: drop its consumers and long polls and release its leases."""
         if self._sessions.pop(session.identity, None) is None:
             return
+        self._inboxes.pop(session.inbox, None)
         released = 0
         for packed in session.take_receipts():
             try:

@@ -130,6 +130,7 @@ class Opcode(IntEnum):
     SET_QUEUE_SETTINGS = 0x1C
     PUBLISH = 0x20
     SEND = 0x21
+    REPLY = 0x22
     RECEIVE = 0x30
     ACK = 0x31
     NACK = 0x32
@@ -167,6 +168,9 @@ class Status(IntEnum):
     """The broker is done with this session: every request still unanswered will not be
     answered. No payload: the broker is stopping. One error frame (``session_expired``):
     the broker ended this session; it serves no more requests of this connection."""
+    REPLY = 6
+    """A reply to this session's request (``request()``) whose reply address held this
+    number; the payload is the reply frame (one publish record)."""
 
 
 def request_limits(hello: Any) -> tuple[int, int] | None:

@@ -102,7 +102,8 @@ SERVER_PLUMBING = {"receive_push", "publish_frame", "send_frame", "receive_frame
                    "nack_packed", "extend_packed", "term_packed",   # the batch settles
                    "close_owner", "outstanding",
                    "start_commit_writer", "commit_begin", "commit_end",   # pipelined commits
-                   "has_room", "withdraw_refusal"}   # a held publish: its room, its count
+                   "has_room", "withdraw_refusal",   # a held publish: its room, its count
+                   "deliver_reply"}   # a client's reply to the broker's request
 
 
 def test_the_broker_offers_the_api_and_its_own_calls_only() -> None:

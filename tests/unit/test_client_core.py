@@ -73,7 +73,7 @@ def hello(core: ConnectionCore, **info: Any) -> None:
     request = core.start(0.0)
     ((opcode, request_id, payload),) = sent(core)
     assert (opcode, request_id) == (Opcode.HELLO, 1)
-    assert protocol.decode_payload(payload[0]) == {"heartbeat": True}
+    assert protocol.decode_payload(payload[0]) == {"heartbeat": True, "inbox": core.inbox}
     core.receive(reply(Status.OK, request_id, protocol.encode_payload(
         {"heartbeat_interval": 0.25, "heartbeat_timeout": 2.0, **info})), 0.0)
     core.hello(request.value())
