@@ -81,6 +81,19 @@ IN_PLACE_MIN_BODY = C_IN_PLACE_MIN_BODY
 """Bodies of this many bytes or more in a publish frame read in place from a client's ring
 stay there (blobs.pyx, "Bodies left in place") instead of being copied into their blobs."""
 
+def encode_attributes(object attributes):
+    """Check attributes as a publish does (SNS types, at most ``MAX_ATTRIBUTES``, names
+    of 1 to 256 characters, finite numbers) and encode them (msgpack); None for none.
+
+    Raises:
+        InvalidArgument: what a publish with them would raise.
+    """
+    try:
+        return _encode(attributes, 0)
+    except InvalidArgument as exc:
+        raise InvalidArgument(str(exc).removeprefix("entry 0: ")) from None
+
+
 cdef bytes _encode(object attributes, Py_ssize_t index):
     """Validate attributes (SNS types) and encode them, or None when there are none."""
     if attributes is None:

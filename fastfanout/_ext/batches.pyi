@@ -2,7 +2,7 @@ from collections.abc import Iterator
 from typing import overload
 
 from fastfanout._ext.blobs import BodySource
-from fastfanout.records import PublishResult
+from fastfanout.records import Attributes, PublishResult
 
 MAX_ATTRIBUTES: int
 MAX_ATTRIBUTE_NAME: int
@@ -10,6 +10,9 @@ MAX_ID_LENGTH: int
 MAX_DELAY_US: int
 MAX_BODY: int
 IN_PLACE_MIN_BODY: int
+
+def encode_attributes(attributes: Attributes | None) -> bytes | None:
+    """Check attributes as a publish does and encode them (msgpack); None for none."""
 
 class PublishBatch:
     def __len__(self) -> int: ...

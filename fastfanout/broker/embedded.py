@@ -616,6 +616,7 @@ class Broker:
         except BaseException:
             inbox.forget(number)
             raise
+        inbox.published()
         if result.deliveries == 0:
             inbox.forget(number)
             raise no_responders(topic, result)

@@ -45,8 +45,12 @@ class Inbox:
             number = self._next
             self._next += 1
             self._waiting[number] = _WAITING
-            self._requests += 1
             return number
+
+    def published(self) -> None:
+        """Count a request published (whether it reached a queue or not)."""
+        with self._condition:
+            self._requests += 1
 
     def take(self, number: int, timeout: float) -> bytes | None:
         """Wait up to ``timeout`` seconds for the reply to ``number``; None if none came.

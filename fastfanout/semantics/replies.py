@@ -35,6 +35,7 @@ from typing import Any, Final
 
 import msgspec
 
+from fastfanout._ext.batches import encode_attributes
 from fastfanout._ext.codec import decode_batch
 from fastfanout._ext.wire import FrameBuilder
 from fastfanout.errors import InvalidArgument, MalformedFrame, NoReply, NoResponders
@@ -152,8 +153,12 @@ def encode_reply(body: Body, attributes: Attributes | None) -> bytes:
         InvalidArgument: a body or attributes a publish would refuse.
         MessageTooLarge: a body over the largest message a broker takes.
     """
+    encode_attributes(attributes)   # as strict as a publish (the frame's encoder is not)
     builder = FrameBuilder()
-    builder.append(body, attributes=attributes)
+    try:
+        builder.append(body, attributes=attributes)
+    except InvalidArgument as exc:
+        raise type(exc)(str(exc).removeprefix("entry 0: ")) from None
     return builder.take()
 
 
