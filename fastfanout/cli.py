@@ -34,6 +34,7 @@ import click
 from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
 from fastfanout.interrupts import release_stop_signals, sigterm_as_interrupt, stop_signals_held
+from fastfanout.semantics.replies import DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
 from fastfanout.stats import SUBSCRIPTION_DROP_REASONS
 
@@ -493,6 +494,16 @@ def _as_json(fields: dict[str, Any], message: Any) -> str:
     return json.dumps(fields, default=_json_value, ensure_ascii=False)
 
 
+def _message_body(message: str | None) -> bytes:
+    """MESSAGE as a body, or stdin's bytes when MESSAGE is - or absent (not a terminal)."""
+    if message is None or message == "-":
+        stdin = sys.stdin.buffer
+        if message is None and stdin.isatty():
+            raise click.UsageError("give MESSAGE, or pipe the body on stdin")
+        return stdin.read()
+    return message.encode()
+
+
 def _output_options(function: F) -> F:
     function = click.option("--json", "as_json", is_flag=True,
                             help="One JSON object a line: metadata, attributes and the body "
@@ -535,18 +546,52 @@ def _printer(raw: bool, as_json: bool) -> Callable[[dict[str, Any], Any], None]:
 def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, ...],
         **options: Any) -> None:
     """Publish MESSAGE (or stdin, when MESSAGE is - or absent) to TOPIC."""
-    if message is None or message == "-":
-        stdin = sys.stdin.buffer
-        if message is None and stdin.isatty():
-            raise click.UsageError("give MESSAGE, or pipe the body on stdin")
-        body = stdin.read()
-    else:
-        body = message.encode()
+    body = _message_body(message)
     attributes = _parse_attributes(attr) or None
     with _connected(endpoint) as client:
         result = client.publish(topic, body, attributes=attributes, **options)
     click.echo(f"message {result.message_id}: {result.deliveries} deliveries"
                + (" (duplicate)" if result.duplicate else ""))
+
+
+@cli.command()
+@_client_options
+@click.argument("topic")
+@click.argument("message", required=False, default=None)
+@click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
+              help="An attribute (repeatable; numbers stay numbers).")
+@click.option("--group-id", default=None, help="FIFO group id.")
+@click.option("--dedup-id", default=None, help="Deduplication id.")
+@click.option("--priority", type=click.IntRange(0, 255), default=None,
+              help="0 to 255 (higher first, on a queue with max_priority).")
+@click.option("--timeout", type=_Seconds(min=0, min_open=True, max=MAX_REQUEST_TIMEOUT),
+              default=DEFAULT_REQUEST_TIMEOUT, show_default=True,
+              help="Seconds to wait for the reply.")
+@_output_options
+def request(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, ...],
+            timeout: float, raw: bool, as_json: bool, **options: Any) -> None:
+    """Publish MESSAGE (or stdin) to TOPIC as a request and print the first reply.
+
+    A responder answers with message.reply(body) (a Worker handler: by returning it).
+    Exits 1 when no queue takes the request (no responders) or no reply comes in time.
+    """
+    if raw and as_json:
+        raise click.UsageError("--raw and --json exclude each other")
+    body = _message_body(message)
+    attributes = _parse_attributes(attr) or None
+    with _connected(endpoint) as client:
+        reply = client.request(topic, body, attributes=attributes, timeout=timeout,
+                               **options)
+    if raw:
+        sys.stdout.buffer.write(reply.body)
+        sys.stdout.buffer.flush()
+    elif as_json:
+        fields: dict[str, Any] = {"attributes": reply.attributes}
+        fields.update(_body_fields(reply.body))
+        click.echo(json.dumps(fields, default=_json_value, ensure_ascii=False))
+    else:
+        head = " ".join(f"{key}={value}" for key, value in reply.attributes.items())
+        click.echo(f"{head} {_text_body(reply.body)}" if head else _text_body(reply.body))
 
 
 @cli.command()

@@ -35,6 +35,7 @@ from fastfanout.workers.threads import (
     POLL,
     RECONNECT_DELAY,
     ReconnectTell,
+    answer_request,
     failed_messages,
 )
 
@@ -305,8 +306,16 @@ class AsyncRunner:
                 # timeout, so its result is ignored (until 2026-12-05 it was acked)
                 timed_out = True
                 failed = messages
+            elif handler.batched:
+                failed = failed_messages(result, messages)
             else:
-                failed = failed_messages(result, messages) if handler.batched else []
+                failed = []
+                try:
+                    answer_request(messages[0], result)
+                except FastFanoutError:   # not a body a reply takes: its failure
+                    log.exception("handler %s returned a reply that cannot be sent",
+                                  handler.name)
+                    failed = messages
         tally.times.append(time.monotonic() - started)
         tally.in_flight -= len(messages)
         slots.release()

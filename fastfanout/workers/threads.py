@@ -75,6 +75,17 @@ class ReconnectTell:
         self.told = now
 
 
+def answer_request(message: Any, result: object) -> None:
+    """Send a handler's return value as the reply to a request (``message.reply``).
+
+    Nothing for None, or for a message that asked for no reply (published, not
+    requested). A value a reply cannot take (not bytes-like) raises ``InvalidArgument``:
+    the handler's failure, as if it had raised it.
+    """
+    if result is not None and message.reply_to is not None:
+        message.reply(result)
+
+
 def failed_messages(result: object, messages: list[Any]) -> list[Any]:
     """The messages a batch handler reported failed (SQS's ReportBatchItemFailures).
 
@@ -289,7 +300,7 @@ class ThreadRunner:
                 slot.started = started = clock()
                 slot.current = [message]
                 try:
-                    function(message)
+                    answer_request(message, function(message))
                 except BaseException:   # SystemExit too: it would end the thread, and
                     # the keeper would extend the message's lease for ever
                     log.exception("handler %s failed on message %d", self.handler.name,
@@ -332,6 +343,8 @@ class ThreadRunner:
         failed: list[Any]
         try:
             result = self.handler.function(messages if self.handler.batched else messages[0])
+            if not self.handler.batched:
+                answer_request(messages[0], result)
         except BaseException:   # as in _call_each
             log.exception("handler %s failed on %d message(s)", self.handler.name,
                           len(messages))
