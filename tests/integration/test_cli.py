@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -833,3 +834,49 @@ def test_serve_keeps_what_it_built_to_start_out_of_the_collectors_reach(
     assert stats["gc_frozen"] > 10_000
     assert stats["gc_full_collections"] >= 1      # the one before the freeze
     assert stats["gc_collections"] >= stats["gc_full_collections"]
+
+
+def test_request_prints_the_first_reply_and_fails_in_one_line(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    client.create_topic("lonely")
+    responder = track.client(server.endpoint)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            for message in responder.receive("q", max_messages=10, wait=0.2):
+                message.reply(b"re:" + bytes(message.body),
+                              attributes={"n": message.attributes.get("n", 0)})
+                message.ack()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    runner = CliRunner()
+    ep = ["--endpoint", server.endpoint]
+    try:
+        result = runner.invoke(cli, ["request", "t", "hi", "--attr", "n=2", *ep])
+        assert (result.exit_code, result.output) == (0, "n=2 re:hi\n")
+        result = runner.invoke(cli, ["request", "t", "--json", *ep], input=b"from stdin")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == {"attributes": {"n": 0}, "body": "re:from stdin"}
+        result = runner.invoke(cli, ["request", "t", "raw", "--raw", *ep])
+        assert (result.exit_code, result.stdout_bytes) == (0, b"re:raw")
+    finally:
+        stop.set()
+        thread.join(10)
+    for args, code in ((["lonely", "x"], "no_responders"), (["t", "x", "--timeout", "0.2"],
+                                                          "no_reply"),
+                       (["missing", "x"], "not_found"),
+                       (["t", "x", "--attr", "fastfanout.reply_to=x"], "invalid_argument")):
+        result = runner.invoke(cli, ["request", *args, *ep])
+        assert_runner_one_line_error(result, " ".join(args))
+        assert f"[{code}]" in result.output
+    for args in (["t", "x", "--timeout", "0"], ["t", "x", "--timeout", "nan"],
+                 ["t", "x", "--raw", "--json"], ["t", "x", "--priority", "300"]):
+        result = runner.invoke(cli, ["request", *args, *ep])
+        assert_runner_one_line_error(result, " ".join(args))
+    assert runner.invoke(cli, ["request", "--help"]).exit_code == 0
