@@ -459,7 +459,10 @@ class ConnectionCore:
         self.max_body = protocol.max_body(None)   # bytes: a larger body is never sent
         self.frame_room = protocol.frame_room(None)   # bytes a publish batch may hold
         self.next_id = 1
-        self.inbox = new_inbox()   # the session's reply inbox (``start`` picks anew)
+        # the reply inbox of this client's requests (random; kept over reconnects, as
+        # request numbers keep growing: a reply to a request of an ended session finds
+        # no one waiting)
+        self.inbox = new_inbox()
         self.pending: dict[int, Request] = {}
         # request() numbers whose reply (Status.REPLY) is waited for: not requests the
         # broker answers, so kept out of ``pending`` (close and flush do not wait on them)
@@ -509,9 +512,8 @@ class ConnectionCore:
         # socket, and could reach the broker after the BYE of a short-lived client,
         # which went through the channel's ring.)
         self.last_sent_heartbeat = now
-        # this session's reply inbox, chosen here (random, never reused) so that a
-        # request() can name its address before the HELLO reply is in
-        self.inbox = new_inbox()
+        # the client's reply inbox, named in every session's HELLO: a request() made
+        # while a reconnect's handshake runs names it before the HELLO reply is in
         return self.request(Opcode.HELLO, [protocol.encode_payload(
             {"heartbeat": True, "inbox": self.inbox})], flush=False)
 
@@ -1034,9 +1036,10 @@ class ConnectionCore:
                     self.broken(consumer.error)
                 return consumer
         elif status == Status.REPLY:
-            waiter = self.awaiting_replies.pop(request_id, None)
-            if waiter is not None:   # else: too late, or a second reply (dropped)
-                waiter.answer([bytes(part) for part in frames[1:]])
+            if len(frames) > 1:
+                waiter = self.awaiting_replies.pop(request_id, None)
+                if waiter is not None:   # else: too late, or a second reply (dropped)
+                    waiter.answer([bytes(frames[1])])
         elif status == Status.GOODBYE:
             # no payload: the broker stops; an error: it ended this session (say, this
             # client read nothing for too long). A new connection is a new session.
@@ -1050,7 +1053,9 @@ class ConnectionCore:
         self.ended = error
         self.outbox.clear()
         pending, self.pending = self.pending, {}
-        pending.update(self.awaiting_replies)   # a new session has another inbox
+        # requests waiting for replies fail too, as every call of the session does (a
+        # reply that comes later, to the next session, finds no one waiting)
+        pending.update(self.awaiting_replies)
         self.awaiting_replies = {}
         self.publishes.clear()
         for request in pending.values():

@@ -15,11 +15,12 @@ requester goes away: a reply for a requester that is gone, or that no longer wai
 (its timeout passed, another reply came first), is dropped and counted.
 
 An address is ``<inbox>.<number>``: the inbox (``_INBOX.`` and 16 hex digits, random)
-names one client connection (the client picks it for each session and names it in its
-HELLO; the broker keeps it unless another session has it, and answers with the one it
-kept) or one embedded broker; the number names the request within it. An inbox is
-never reused, so a reply that comes after a reconnect or a broker restart (the request
-was durable) finds no one and is counted, never taken for another call's answer.
+names one client (picked when it is made, named in the HELLO of each of its sessions, so
+kept over reconnects: the newest session naming it holds it) or one embedded broker; the
+number names the request within it, and numbers never repeat within an inbox. So a
+reply that comes after its requester gave up (a timeout, a reconnect, a broker restart:
+the request was durable) finds no one waiting and is dropped, never taken for another
+call's answer.
 
 A reply is a body and attributes (``Reply``), checked and encoded as a publish's
 (``FrameBuilder``: one record), so every body and attribute a publish takes, a reply

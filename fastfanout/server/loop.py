@@ -1037,10 +1037,13 @@ class Server:
                ) -> list[bytes]:
         options = protocol.decode_payload(frames[0]) if frames else {}
         session.heartbeat = bool(isinstance(options, dict) and options.get("heartbeat", True))
-        self._inboxes.pop(session.inbox, None)   # a second HELLO: its first inbox goes
         wanted = options.get("inbox") if isinstance(options, dict) else None
-        if isinstance(wanted, str) and is_inbox(wanted) and wanted not in self._inboxes:
-            session.inbox = wanted   # the client's own (else it keeps the one made here)
+        if isinstance(wanted, str) and is_inbox(wanted):
+            # the client's own, kept over its reconnects: the newest session naming it
+            # takes it over (an inbox is 64 random bits: only its client knows it)
+            if self._inboxes.get(session.inbox) is session:
+                del self._inboxes[session.inbox]
+            session.inbox = wanted
         self._inboxes[session.inbox] = session
         from fastfanout import __version__
 
@@ -1293,7 +1296,8 @@ class Server:
         """Forget a client: drop its consumers and long polls and release its leases."""
         if self._sessions.pop(session.identity, None) is None:
             return
-        self._inboxes.pop(session.inbox, None)
+        if self._inboxes.get(session.inbox) is session:   # not taken over by a reconnect
+            del self._inboxes[session.inbox]
         released = 0
         for packed in session.take_receipts():
             try:

@@ -81,8 +81,8 @@ class Session:
         bytes_out: bytes of the replies and pushes sent to it as frames (pushes written
             straight into a local channel's ring are not counted: they make no frame).
         max_held: most receipts it holds (see the module).
-        inbox: its reply inbox (random, never reused): replies to its requests are
-            addressed to it (``fastfanout.semantics.replies``).
+        inbox: its reply inbox (its client's, named in HELLO, else one made here):
+            replies to its requests are addressed to it (``fastfanout.semantics.replies``).
     """
 
     identity: bytes

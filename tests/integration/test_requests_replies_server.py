@@ -14,7 +14,7 @@ from typing import Any as Tracker
 import pytest
 from conftest import raw_dealer
 
-from fastfanout import InvalidArgument, NoReply, NoResponders, Reply, aio
+from fastfanout import BrokenConnection, InvalidArgument, NoReply, NoResponders, Reply, aio
 from fastfanout.semantics.replies import REPLY_TO, encode_reply
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
@@ -202,3 +202,58 @@ def test_a_raw_reply_request_the_clients_never_send_is_answered_with_its_error(
         assert protocol.decode_error(payload[0]).code == code
     client = track.client(endpoint)
     assert client.server_stats()[f"error.{code}"] == 1
+
+
+def test_a_client_keeps_its_inbox_over_a_broker_restart(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    server = track.server(endpoint)
+    requester = track.client(endpoint)
+    wired(requester)
+    thread = answering(track.client(endpoint), "q")
+    assert requester.request("t", b"before", timeout=DEADLINE).body == b"BEFORE"
+    thread.join(DEADLINE)
+    server.stop(DEADLINE)
+    track.servers.remove(server)
+    track.server(endpoint)
+    responder = track.client(endpoint)
+    wired(responder)
+    thread = answering(responder, "q")
+    # the requester's first call after the stop may meet the old session's GOODBYE
+    # (ServerStopping: the next call reconnects); a call connects anew, naming the same
+    # inbox in its HELLO
+    for attempt in range(2):
+        try:
+            reply = requester.request("t", b"after", timeout=DEADLINE)
+            break
+        except BrokenConnection:
+            if attempt:
+                raise
+    assert reply.body == b"AFTER"
+    thread.join(DEADLINE)
+
+
+def test_an_asyncio_request_made_while_reconnecting_gets_its_reply(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    server = track.server(endpoint)
+    wired(track.client(endpoint))
+
+    async def before_and_after() -> tuple[bytes, bytes]:
+        async with aio.connect(endpoint) as requester:
+            thread = answering(track.client(endpoint), "q")
+            before = (await requester.request("t", b"one", timeout=DEADLINE)).body
+            thread.join(DEADLINE)
+            server.stop(DEADLINE)
+            track.servers.remove(server)
+            track.server(endpoint)
+            responder = track.client(endpoint)
+            wired(responder)
+            answering(responder, "q")
+            for _ in range(100):   # the first calls may meet the old connection's end
+                try:
+                    after = (await requester.request("t", b"two", timeout=DEADLINE)).body
+                    break
+                except BrokenConnection:
+                    await asyncio.sleep(0.05)
+            return before, after
+
+    assert asyncio.run(before_and_after()) == (b"ONE", b"TWO")
