@@ -504,6 +504,22 @@ def _message_body(message: str | None) -> bytes:
     return message.encode()
 
 
+def _message_options(function: F) -> F:
+    """Add the message options ``pub`` and ``request`` share.
+
+    Attributes, FIFO group, deduplication id and priority.
+    """
+    for option in reversed((
+            click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
+                         help="An attribute (repeatable; numbers stay numbers)."),
+            click.option("--group-id", default=None, help="FIFO group id."),
+            click.option("--dedup-id", default=None, help="Deduplication id."),
+            click.option("--priority", type=click.IntRange(0, 255), default=None,
+                         help="0 to 255 (higher first, on a queue with max_priority)."))):
+        function = option(function)
+    return function
+
+
 def _output_options(function: F) -> F:
     function = click.option("--json", "as_json", is_flag=True,
                             help="One JSON object a line: metadata, attributes and the body "
@@ -531,12 +547,7 @@ def _printer(raw: bool, as_json: bool) -> Callable[[dict[str, Any], Any], None]:
 @_client_options
 @click.argument("topic")
 @click.argument("message", required=False, default=None)
-@click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
-              help="An attribute (repeatable; numbers stay numbers).")
-@click.option("--group-id", default=None, help="FIFO group id.")
-@click.option("--dedup-id", default=None, help="Deduplication id.")
-@click.option("--priority", type=click.IntRange(0, 255), default=None,
-              help="0 to 255 (higher first, on a queue with max_priority).")
+@_message_options
 @click.option("--delay", type=_Seconds(min=0), default=None,
               help="Seconds before the message becomes visible.")
 @click.option("--deliver-at", type=_Time(), default=None,
@@ -558,12 +569,7 @@ def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, 
 @_client_options
 @click.argument("topic")
 @click.argument("message", required=False, default=None)
-@click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
-              help="An attribute (repeatable; numbers stay numbers).")
-@click.option("--group-id", default=None, help="FIFO group id.")
-@click.option("--dedup-id", default=None, help="Deduplication id.")
-@click.option("--priority", type=click.IntRange(0, 255), default=None,
-              help="0 to 255 (higher first, on a queue with max_priority).")
+@_message_options
 @click.option("--timeout", type=_Seconds(min=0, min_open=True, max=MAX_REQUEST_TIMEOUT),
               default=DEFAULT_REQUEST_TIMEOUT, show_default=True,
               help="Seconds to wait for the reply.")

@@ -95,6 +95,19 @@ __all__ = ["AsyncClient", "AsyncConnection", "AsyncListener", "AsyncSettler", "O
            "connect"]
 
 
+async def _answered(request: Request) -> None:
+    """Return once ``request`` is answered or failed (no timeout: the caller's)."""
+    if request.done:
+        return
+    done = asyncio.get_running_loop().create_future()
+
+    def complete() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    request.watch(complete)
+    await done
+
 class AsyncListener(StreamListening):
     """Stream messages of the topics matching a pattern (``AsyncClient.listen``).
 
@@ -490,15 +503,8 @@ class AsyncConnection(DriverBase):
     async def wait(self, request: Request, extra: float = 0.0) -> list[bytes]:
         """Wait for a request's answer, at most the client's timeout plus ``extra``."""
         if not request.done:
-            answered = asyncio.get_running_loop().create_future()
-
-            def done() -> None:
-                if not answered.done():
-                    answered.set_result(None)
-
-            request.watch(done)
             async with self.deadline(extra):
-                await answered
+                await _answered(request)
         return request.value()
 
     async def publish_results(self, request: Request) -> RemotePublishBatch:
@@ -950,16 +956,9 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
             if result.deliveries == 0:
                 raise no_responders(topic, result)
             if not waiter.done:
-                answered = asyncio.get_running_loop().create_future()
-
-                def done() -> None:
-                    if not answered.done():
-                        answered.set_result(None)
-
-                waiter.watch(done)
                 try:
                     async with asyncio.timeout(timeout):
-                        await answered
+                        await _answered(waiter)
                 except TimeoutError:
                     raise no_reply(topic, result, timeout) from None
             frames = waiter.value()
