@@ -13,7 +13,7 @@ from libc.stdint cimport uint64_t
 
 from msgspec.msgpack import decode as _decode_attributes
 
-from fastfanout.semantics.replies import REPLY_TO, reply_address_of
+from fastfanout.records import REPLY_TO, reply_address_of
 
 
 cdef class Settler:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias
 
-from fastfanout.errors import blocking_misused
+from fastfanout.errors import InvalidArgument, blocking_misused
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = [
+    "REPLY_TO",
     "AttributeValue",
     "Attributes",
     "Body",
@@ -18,6 +19,7 @@ __all__ = [
     "PublishEntry",
     "PublishResult",
     "Reply",
+    "reply_address_of",
 ]
 
 AttributeValue = str | int | float | bytes | list[str]
@@ -80,6 +82,25 @@ if not TYPE_CHECKING:   # type checkers keep reporting the await themselves
 
     # (set here: a NamedTuple's body holds its fields only)
     PublishResult.__await__ = _await_result
+
+
+REPLY_TO: Final = "fastfanout.reply_to"
+"""The attribute a request carries: the address its reply goes to
+(``fastfanout.semantics.replies``)."""
+
+
+def reply_address_of(attributes: Attributes) -> str:
+    """The address a received message's reply goes to (``message.reply``).
+
+    Raises:
+        InvalidArgument: the message asked for no reply (it has no ``REPLY_TO``).
+    """
+    address = attributes.get(REPLY_TO)
+    if address is None:
+        raise InvalidArgument(
+            f"this message asked for no reply (no {REPLY_TO!r} attribute: it was "
+            f"published, not requested)")
+    return address   # type: ignore[return-value]   # the reply checks it
 
 
 class Reply(NamedTuple):

@@ -40,12 +40,11 @@ from fastfanout._ext.batches import encode_attributes
 from fastfanout._ext.codec import decode_batch
 from fastfanout._ext.wire import FrameBuilder
 from fastfanout.errors import InvalidArgument, MalformedFrame, NoReply, NoResponders
-from fastfanout.records import Attributes, Body, PublishResult, Reply
+from fastfanout.records import REPLY_TO, Attributes, Body, PublishResult, Reply
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "MAX_REQUEST_TIMEOUT",
-    "REPLY_TO",
     "check_request_timeout",
     "decode_reply",
     "encode_reply",
@@ -55,13 +54,9 @@ __all__ = [
     "no_responders",
     "parse_address",
     "reply_address",
-    "reply_address_of",
     "reply_frames",
     "request_attributes",
 ]
-
-REPLY_TO: Final = "fastfanout.reply_to"
-"""The attribute a request carries: the address its reply goes to."""
 
 DEFAULT_REQUEST_TIMEOUT: Final = 5.0
 """Seconds a ``request`` waits for its reply unless told otherwise."""
@@ -131,20 +126,6 @@ def request_attributes(attributes: Attributes | None, address: str) -> Attribute
     if REPLY_TO in attributes:
         raise InvalidArgument(f"attribute {REPLY_TO!r} is set by request() itself")
     return {**attributes, REPLY_TO: address}
-
-
-def reply_address_of(attributes: Attributes) -> str:
-    """The address a received message's reply goes to.
-
-    Raises:
-        InvalidArgument: the message asked for no reply (it has no ``REPLY_TO``).
-    """
-    address = attributes.get(REPLY_TO)
-    if address is None:
-        raise InvalidArgument(
-            f"this message asked for no reply (no {REPLY_TO!r} attribute: it was "
-            f"published, not requested)")
-    return address   # type: ignore[return-value]   # parse_address checks it
 
 
 def encode_reply(body: Body, attributes: Attributes | None) -> bytes:

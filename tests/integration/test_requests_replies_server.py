@@ -15,7 +15,8 @@ import pytest
 from conftest import raw_dealer
 
 from fastfanout import BrokenConnection, InvalidArgument, NoReply, NoResponders, Reply, aio
-from fastfanout.semantics.replies import REPLY_TO, encode_reply
+from fastfanout.records import REPLY_TO
+from fastfanout.semantics.replies import encode_reply
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
 

@@ -22,7 +22,8 @@ from fastfanout import (
     NoResponders,
     Reply,
 )
-from fastfanout.semantics.replies import REPLY_TO, parse_address
+from fastfanout.records import REPLY_TO
+from fastfanout.semantics.replies import parse_address
 
 DEADLINE = 10.0
 
