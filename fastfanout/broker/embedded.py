@@ -188,6 +188,8 @@ class Broker:
                                max_pattern_subscriptions=max_pattern_subscriptions)
         self._admin = admin
         self._inbox = Inbox()   # where the replies to this broker's requests arrive
+        # a server serving this broker: where replies to other inboxes go (its sessions')
+        self._reply_router: Callable[[str, int, bytes], None] | None = None
         # the producers still open: close() flushes them first, as a client's close does
         self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
         # the consumers: close() empties what their iterations took and did not yield
@@ -630,10 +632,10 @@ class Broker:
         """Answer a request: hand ``body`` to the requester waiting at ``address``.
 
         ``message.reply(body)`` calls this with the message's ``fastfanout.reply_to``.
-        A reply that finds no requester waiting (timed out, answered already, or an
-        inbox that is not this broker's: a client's request through a server is
-        answered through a client) is dropped and counted
-        (``stats().replies.replies_dropped``); that is not an error, as in NATS.
+        A reply to another inbox goes to the server serving this broker, if one does (a
+        client's request); one that finds no requester waiting (timed out, answered
+        already, gone) is dropped and counted (``stats().replies.replies_dropped``, or the
+        server's ``replies_dropped``); that is not an error, as in NATS.
 
         Args:
             address: a request's ``fastfanout.reply_to`` attribute.
@@ -650,6 +652,10 @@ class Broker:
         frame = encode_reply(body, attributes)
         if inbox_name == self._inbox.name:
             self._inbox.deliver(number, frame)
+            return
+        router = self._reply_router
+        if router is not None:
+            router(inbox_name, number, frame)
         else:
             self._inbox.drop()
 
@@ -1294,6 +1300,14 @@ class ServerPort:
     def reply_inbox(self) -> str:
         """The name of the broker's own reply inbox (its ``request``s' addresses)."""
         return self._broker._inbox.name
+
+    def route_replies(self, router: Callable[[str, int, bytes], None] | None) -> None:
+        """Set where the broker's ``reply`` sends a reply to an inbox not its own.
+
+        ``router(inbox, number, frame)`` is called in the replying thread (the server's
+        hands the reply to its loop); None: such replies are dropped and counted.
+        """
+        self._broker._reply_router = router
 
     def deliver_reply(self, number: int, frame: bytes) -> bool:
         """Hand a client's reply (an encoded frame) to the broker's request ``number``.

@@ -64,7 +64,7 @@ import signal
 import stat
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -385,6 +385,9 @@ class Server:
         self._ended = EndedSessions(ENDED_SESSION_MEMORY, MAX_ENDED_SESSIONS)
         self._push_batch = push_batch
         self._held = HeldRequests(hold_timeout)
+        # replies made through the served Broker object (another thread) for a session's
+        # request: handed to the loop (deque appends are atomic), which routes them
+        self._broker_replies: deque[tuple[str, int, bytes]] = deque()
         self._max_held_bytes = max_held_bytes
         self._max_held_receipts = max_held_receipts
         self._prune_all = False   # a queue was deleted: every session prunes its receipts
@@ -645,6 +648,7 @@ class Server:
             for guest in guests:
                 transport.watch(guest.fileno())
             guard = ListenerGuard(transport, self.counters)
+            self._port.route_replies(self._broker_reply)
             while not self._stopping:
                 timeout, waiting = self.next_wait()
                 for guest in guests:
@@ -667,6 +671,8 @@ class Server:
                                   else None)
                 if self._local:
                     self._local.round(bells)
+                while self._broker_replies:
+                    self._route_to_inbox(*self._broker_replies.popleft())
                 if subscriptions:
                     self._streams.read_subscriptions(transport)
                 if monitor:
@@ -822,6 +828,7 @@ class Server:
                         os.unlink(path)
 
     def _shutdown(self) -> None:
+        self._port.route_replies(None)   # the broker's replies to sessions: dropped now
         for guest in self._guests:
             guest.release()
         if self._stopped.is_set():
@@ -1067,16 +1074,27 @@ class Server:
         reply = bytes(frame(frames, 1, "reply frame"))
         inbox, number = parse_address(address)
         decode_reply(reply)   # one publish record, or MalformedFrame
-        target = self._inboxes.get(inbox)
-        if target is not None:
-            if self._send(target, Status.REPLY, number, [reply]):
-                self.counters["replies_routed"] += 1
-        elif inbox == self._port.reply_inbox:
+        if inbox == self._port.reply_inbox:
             if self._port.deliver_reply(number, reply):
                 self.counters["replies_routed"] += 1
         else:
-            self.counters["replies_dropped"] += 1   # its requester is gone
+            self._route_to_inbox(inbox, number, reply)
         return []
+
+    def _route_to_inbox(self, inbox: str, number: int, reply: bytes) -> None:
+        """Send a reply to the session holding ``inbox``; none: dropped and counted."""
+        target = self._inboxes.get(inbox)
+        if target is None:
+            self.counters["replies_dropped"] += 1   # its requester is gone
+        elif self._send(target, Status.REPLY, number, [reply]):
+            self.counters["replies_routed"] += 1
+
+    def _broker_reply(self, inbox: str, number: int, reply: bytes) -> None:
+        """The served broker's reply to a session's request (any thread): to the loop."""
+        self._broker_replies.append((inbox, number, reply))
+        transport = self._transport
+        if transport is not None:
+            transport.wake()
 
     def _heartbeat(self, session: Session, request_id: int, frames: list[bytes]
                    ) -> list[bytes]:

@@ -258,3 +258,28 @@ def test_an_asyncio_request_made_while_reconnecting_gets_its_reply(track: Tracke
             return before, after
 
     assert asyncio.run(before_and_after()) == (b"ONE", b"TWO")
+
+
+def test_the_served_broker_answers_a_clients_request(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    server = track.server(endpoint)
+    broker = server.broker
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+
+    def respond() -> None:   # in this process, through the Broker object the server serves
+        (message,) = broker.receive("q", wait=DEADLINE)
+        message.reply(b"from the broker's thread", attributes={"k": 1})
+        message.ack()
+
+    thread = threading.Thread(target=respond, daemon=True)
+    thread.start()
+    requester = track.client(endpoint)
+    reply = requester.request("t", b"x", timeout=DEADLINE)
+    thread.join(DEADLINE)
+    assert reply == Reply(b"from the broker's thread", {"k": 1})
+    assert requester.server_stats()["replies_routed"] == 1
+    broker.reply("_INBOX.0123456789abcdef.1", b"nobody")   # a session nobody holds
+    track.wait_until(lambda: requester.server_stats().get("replies_dropped") == 1,
+                     what="the reply to nobody counted")

@@ -103,7 +103,7 @@ SERVER_PLUMBING = {"receive_push", "publish_frame", "send_frame", "receive_frame
                    "close_owner", "outstanding",
                    "start_commit_writer", "commit_begin", "commit_end",   # pipelined commits
                    "has_room", "withdraw_refusal",   # a held publish: its room, its count
-                   "deliver_reply"}   # a client's reply to the broker's request
+                   "deliver_reply", "route_replies"}   # replies between broker and sessions
 
 
 def test_the_broker_offers_the_api_and_its_own_calls_only() -> None:
