@@ -258,8 +258,8 @@ class BrokerAPI(Protocol):
         ``message.reply(body)`` calls this with the message's ``fastfanout.reply_to``.
         A reply for a requester that is gone or no longer waits (its timeout passed,
         another reply came first) is dropped (counted in ``replies_dropped`` where the
-        broker can tell), as in NATS: replying is not an error then. Replying does not settle the request
-        message (ack it as any other).
+        broker can tell), as in NATS: replying is not an error then. Replying does not
+        settle the request message (ack it as any other).
 
         Args:
             address: a request's ``fastfanout.reply_to`` attribute.
