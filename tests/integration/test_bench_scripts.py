@@ -42,3 +42,22 @@ def test_the_numpy_pipeline_runs_its_window_through_every_path() -> None:
     costs = next(line for line in done.stdout.splitlines()
                  if line.startswith("fastfanout CPU a row"))
     assert "producer" in costs and "consumer" in costs and "ns" in costs
+
+
+def test_the_request_reply_script_runs_fastfanout_beside_pyzmq() -> None:
+    done = subprocess.run([sys.executable, str(BENCH / "e2e_request_reply.py"),
+                           "--requests", "200", "--runs", "1", "--peers", "zmq"],
+                          capture_output=True, text=True, timeout=240, cwd=BENCH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines()
+            if line.startswith("| fastfanout") or line.startswith("| zmq")}
+    assert set(rows) == {"fastfanout", "zmq"}
+    assert "fastfanout / zmq:" in done.stdout
+
+
+def test_the_request_reply_script_refuses_an_unknown_peer_in_one_line() -> None:
+    done = subprocess.run([sys.executable, str(BENCH / "e2e_request_reply.py"),
+                           "--peers", "rabbit"], capture_output=True, text=True, timeout=60,
+                          cwd=BENCH)
+    assert done.returncode == 2
+    assert "unknown peer(s) rabbit" in done.stderr and "Traceback" not in done.stderr
