@@ -441,6 +441,8 @@ class ConnectionCore:
             ``max_in_flight``), oldest first; answered ones are dropped as more leave.
         ended: why the session ended (GOODBYE or a broken connection), until the driver
             reconnects (``start``); None while it lives.
+        replies_dropped: replies to this client's requests that came when no request
+            waited for them (its timeout had passed, or another reply had come first).
         on_request: a test and tracing hook: called with ``(opcode, payload)`` of every
             request queued.
     """
@@ -467,6 +469,7 @@ class ConnectionCore:
         # request() numbers whose reply (Status.REPLY) is waited for: not requests the
         # broker answers, so kept out of ``pending`` (close and flush do not wait on them)
         self.awaiting_replies: dict[int, Request] = {}
+        self.replies_dropped = 0   # replies that came when nobody waited (late, second)
         self.consumers: dict[int, ConsumerState] = {}
         self.batches: dict[tuple[int, str], PendingBatch] = {}
         self.max_in_flight = max_in_flight
@@ -1038,7 +1041,9 @@ class ConnectionCore:
         elif status == Status.REPLY:
             if len(frames) > 1:
                 waiter = self.awaiting_replies.pop(request_id, None)
-                if waiter is not None:   # else: too late, or a second reply (dropped)
+                if waiter is None:   # too late (its request gave up), or a second reply
+                    self.replies_dropped += 1
+                else:
                     waiter.answer([bytes(frames[1])])
         elif status == Status.GOODBYE:
             # no payload: the broker stops; an error: it ended this session (say, this

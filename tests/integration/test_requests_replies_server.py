@@ -131,6 +131,8 @@ def test_no_responders_and_no_reply_over_the_wire(track: Tracker, endpoint: str)
     thread = answering(track.client(endpoint), "q")
     assert client.request("t", b"now", timeout=DEADLINE).body == b"NOW"
     thread.join(DEADLINE)
+    assert client.connection.core.replies_dropped == 1   # the late one, read before
+    assert client.server_stats().get("replies_dropped", 0) == 0   # its inbox was held
 
 
 def test_a_reply_for_a_requester_that_is_gone_is_dropped_and_counted(track: Tracker) -> None:
