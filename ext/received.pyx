@@ -65,8 +65,7 @@ import json
 
 from fastfanout._ext.codec import status_text
 from fastfanout.errors import InvalidArgument, MalformedBatch, WrongClient, WrongEventLoop
-from fastfanout.records import DeadLetterInfo
-from fastfanout.records import REPLY_TO, reply_address_of
+from fastfanout.records import REPLY_TO, DeadLetterInfo, reply_address_of
 
 from msgspec import DecodeError as _MsgpackDecodeError
 from msgspec.msgpack import Decoder as _MsgpackDecoder

@@ -47,12 +47,7 @@ from fastfanout.broker.administration import Administration
 from fastfanout.broker.consumer import BrokerConsumer
 from fastfanout.broker.producer import DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, Producer
 from fastfanout.broker.replies import Inbox
-from fastfanout.errors import (
-    Closed,
-    FastFanoutError,
-    InvalidArgument,
-    NotFound,
-)
+from fastfanout.errors import Closed, FastFanoutError, InvalidArgument, NotFound
 from fastfanout.records import Attributes, Body, PublishEntry, PublishResult, Reply
 from fastfanout.semantics.replies import (
     DEFAULT_REQUEST_TIMEOUT,
@@ -585,27 +580,10 @@ class Broker:
                 dedup_id: str | None = None, priority: int | None = None) -> Reply:
         """Publish a message that asks for a reply, and wait for the first reply.
 
-        Published as ``publish`` would, with the attribute ``fastfanout.reply_to`` added:
-        an address in this broker's inbox, which ``message.reply(body)`` (from any
-        thread) answers. The wait holds no lock of the broker.
-
-        Args:
-            topic: the topic name.
-            body: the request's body (bytes-like).
-            attributes: name -> value, as ``publish`` takes (not ``fastfanout.reply_to``).
-            timeout: seconds to wait for the reply (more than 0, at most an hour).
-            group_id: FIFO group (a FIFO topic needs one).
-            dedup_id: deduplication id.
-            priority: 0 to 255.
-
-        Returns:
-            The first reply: its body and attributes.
-
-        Raises:
-            NoResponders: the request reached no queue (nothing published stays behind).
-            NoReply: no reply came within ``timeout``.
-            InvalidArgument: a bad argument, as ``publish`` says (nothing is published).
-            Closed: the broker is closed, or was closed while the request waited.
+        The arguments, result and errors are ``fastfanout.api.BrokerAPI.request``'s. The
+        reply address is in this broker's inbox, which ``message.reply(body)`` answers
+        from any thread; the wait holds no lock of the broker, and ``close()`` ends it
+        (``Closed``).
         """
         timeout = check_request_timeout(timeout)
         inbox = self._inbox

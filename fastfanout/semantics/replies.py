@@ -66,7 +66,7 @@ MAX_REQUEST_TIMEOUT: Final = 3600.0
 
 _INBOX_PREFIX: Final = "_INBOX."
 _INBOX: Final = re.compile(r"_INBOX\.[0-9a-f]{16}")
-_ADDRESS: Final = re.compile(r"(_INBOX\.[0-9a-f]{16})\.([1-9][0-9]{0,18})")
+_ADDRESS: Final = re.compile(rf"({_INBOX.pattern})\.([1-9][0-9]{{0,18}})")
 
 
 def new_inbox() -> str:
@@ -137,10 +137,7 @@ def encode_reply(body: Body, attributes: Attributes | None) -> bytes:
     """
     encode_attributes(attributes)   # as strict as a publish (the frame's encoder is not)
     builder = FrameBuilder()
-    try:
-        builder.append(body, attributes=attributes)
-    except InvalidArgument as exc:
-        raise type(exc)(str(exc).removeprefix("entry 0: ")) from None
+    builder.append(body, attributes=attributes)
     return builder.take()
 
 

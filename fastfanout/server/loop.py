@@ -96,7 +96,7 @@ from fastfanout.runtime import (
     remove_stale_locks,
     stream_endpoint_for,
 )
-from fastfanout.semantics.replies import decode_reply, is_inbox, parse_address
+from fastfanout.semantics.replies import decode_reply, is_inbox, new_inbox, parse_address
 from fastfanout.server.allocator import (
     collector_stats,
     freeze_startup_objects,
@@ -1045,12 +1045,11 @@ class Server:
         options = protocol.decode_payload(frames[0]) if frames else {}
         session.heartbeat = bool(isinstance(options, dict) and options.get("heartbeat", True))
         wanted = options.get("inbox") if isinstance(options, dict) else None
-        if isinstance(wanted, str) and is_inbox(wanted):
-            # the client's own, kept over its reconnects: the newest session naming it
-            # takes it over (an inbox is 64 random bits: only its client knows it)
-            if self._inboxes.get(session.inbox) is session:
-                del self._inboxes[session.inbox]
-            session.inbox = wanted
+        if self._inboxes.get(session.inbox) is session:   # a second HELLO: its first goes
+            del self._inboxes[session.inbox]
+        # the client's own, kept over its reconnects: the newest session naming it takes
+        # it over (an inbox is 64 random bits: only its client knows it)
+        session.inbox = wanted if isinstance(wanted, str) and is_inbox(wanted) else new_inbox()
         self._inboxes[session.inbox] = session
         from fastfanout import __version__
 

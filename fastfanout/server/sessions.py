@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fastfanout._ext.held import ExtendedReceipts, select_packed
-from fastfanout.semantics.replies import new_inbox
 
 __all__ = ["DEFAULT_MAX_HELD_RECEIPTS", "Consumer", "EndedSessions", "Session", "Waiter"]
 
@@ -81,8 +80,9 @@ class Session:
         bytes_out: bytes of the replies and pushes sent to it as frames (pushes written
             straight into a local channel's ring are not counted: they make no frame).
         max_held: most receipts it holds (see the module).
-        inbox: its reply inbox (its client's, named in HELLO, else one made here):
-            replies to its requests are addressed to it (``fastfanout.semantics.replies``).
+        inbox: its reply inbox, set by its HELLO (its client's, else one made then; empty
+            before): replies to its requests are addressed to it
+            (``fastfanout.semantics.replies``).
     """
 
     identity: bytes
@@ -99,7 +99,7 @@ class Session:
     bytes_in: int = 0
     bytes_out: int = 0
     max_held: int = DEFAULT_MAX_HELD_RECEIPTS
-    inbox: str = field(default_factory=new_inbox)
+    inbox: str = ""
     _batches: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
     _extended: ExtendedReceipts = field(default_factory=ExtendedReceipts)
     _held_bytes: int = 0   # of the receipts above: SERVER_STATS adds them for every session

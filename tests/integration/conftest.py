@@ -65,6 +65,12 @@ class Tracker:
         self.servers.append(server)
         return server
 
+    def stop_server(self, server: Server) -> None:
+        """Stop ``server`` now (within the deadline) and forget it: a test that starts
+        another on its endpoint (a restart) leaves teardown nothing of the first."""
+        server.stop(DEADLINE)
+        self.servers.remove(server)
+
     def client(self, endpoint: str, **options: Any) -> Client:
         options.setdefault("timeout", 5.0)
         client = connect(endpoint, **options)

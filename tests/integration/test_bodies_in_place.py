@@ -237,8 +237,7 @@ def test_a_durable_broker_journals_the_bodies_it_left_in_place(track: Tracker, t
     client.publish_batch("t", table)
     assert anchors() == before + 1
     client.close()
-    server.stop(10)
-    track.servers.remove(server)
+    track.stop_server(server)
     server = track.server(endpoint, data_dir=str(data))
     client = track.client(endpoint)
     got = receive_all(client, "q", 100)
@@ -264,8 +263,7 @@ def test_a_stopped_server_lets_go_of_the_frames_its_queues_kept(track: Tracker, 
         client.publish_batch("t", table)
         assert anchors() == before + 1
         client.close()
-        server.stop(10)
-        track.servers.remove(server)
+        track.stop_server(server)
         assert anchors() == before
     finally:
         gc.enable()

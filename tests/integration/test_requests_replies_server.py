@@ -216,8 +216,7 @@ def test_a_client_keeps_its_inbox_over_a_broker_restart(track: Tracker) -> None:
     thread = answering(track.client(endpoint), "q")
     assert requester.request("t", b"before", timeout=DEADLINE).body == b"BEFORE"
     thread.join(DEADLINE)
-    server.stop(DEADLINE)
-    track.servers.remove(server)
+    track.stop_server(server)
     track.server(endpoint)
     responder = track.client(endpoint)
     wired(responder)
@@ -246,8 +245,7 @@ def test_an_asyncio_request_made_while_reconnecting_gets_its_reply(track: Tracke
             thread = answering(track.client(endpoint), "q")
             before = (await requester.request("t", b"one", timeout=DEADLINE)).body
             thread.join(DEADLINE)
-            server.stop(DEADLINE)
-            track.servers.remove(server)
+            track.stop_server(server)
             track.server(endpoint)
             responder = track.client(endpoint)
             wired(responder)

@@ -591,8 +591,7 @@ def test_a_worker_reconnects_when_its_broker_comes_back(track: Tracker,
     worker.start()
     client.send("jobs", b"before")
     wait_until(lambda: got == [b"before"], what="the first message")
-    server.stop(5.0)
-    track.servers.remove(server)
+    track.stop_server(server)
     again = track.server(endpoint)   # an empty broker on the same endpoint
     admin = track.client(endpoint)
     admin.create_queue("jobs")
