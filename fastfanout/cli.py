@@ -529,6 +529,19 @@ def _output_options(function: F) -> F:
                              "them (-n 1 for one body).")(function)
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, its reader gone.
+
+    Python's flush at exit would otherwise fail on the closed pipe once more (a second
+    error, exit 120).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def _printer(raw: bool, as_json: bool) -> Callable[[dict[str, Any], Any], None]:
     if raw and as_json:
         raise click.UsageError("--raw and --json exclude each other")
@@ -612,7 +625,8 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
 
     A stream is at most once: messages published while nobody listens are not kept.
     Messages it missed (it fell behind) are counted on stderr when it ends: after -n N
-    messages, or a stop signal: Ctrl-C (SIGINT), SIGTERM or SIGHUP (exit 0).
+    messages, a stop signal: Ctrl-C (SIGINT), SIGTERM or SIGHUP, or when its output is
+    closed (sub ... | head -n 5): exit 0.
     """
     show = _printer(raw, as_json)
     with sigterm_as_interrupt():
@@ -640,6 +654,8 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
                         click.echo(f"missed {listener.gaps} messages", err=True)
         except KeyboardInterrupt:   # stopped, as asked: the client and listener closed
             pass
+        except BrokenPipeError:     # its reader is done (| head): an end as -n N is
+            _quiet_stdout()
 
 
 @cli.command()

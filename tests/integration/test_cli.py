@@ -727,6 +727,35 @@ def test_sub_stopped_by_ctrl_c_says_what_it_missed(track: Tracker, tmp_path: Pat
     assert total - 1 <= int(missed[0].split()[1]) + len(lines) <= total
 
 
+@pytest.mark.parametrize("raw", [False, True])
+def test_sub_whose_reader_is_done_ends_quietly(track: Tracker, raw: bool) -> None:
+    """`sub t | head -n 2`: once head has exited, sub's next write finds the pipe
+    closed. It ended with exit 1 (and a pipeline under pipefail failed for it); now it
+    ends as after -n N: exit 0, nothing on stderr."""
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    listener = track.process(["-m", "fastfanout", "sub", "t", "--endpoint", endpoint,
+                              *(["--raw"] if raw else [])])
+    track.wait_until(lambda: client.server_stats()["stream_subscriptions"] >= 1,
+                     what="the listener's subscription")
+    assert listener.stdout is not None
+    client.publish("t", b"first\n")
+    assert listener.stdout.readline().endswith(b"first\n")
+    listener.stdout.close()   # the reader is done, as head is after its lines
+    deadline = time.monotonic() + 20.0
+    while listener.poll() is None:
+        assert time.monotonic() < deadline, "sub went on writing to a closed pipe"
+        client.publish("t", b"more\n")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            listener.wait(0.05)
+    assert listener.stderr is not None
+    err = listener.stderr.read().decode()
+    assert listener.returncode == 0, err
+    assert err == ""
+
+
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
 def test_sub_ends_in_one_line_when_its_broker_dies(track: Tracker, transport: str) -> None:
     endpoint = track.endpoint(transport)
