@@ -225,7 +225,8 @@ class BrokerAPI(Protocol):
 
     def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
                 timeout: float = 5.0, group_id: str | None = None,
-                dedup_id: str | None = None, priority: int | None = None) -> Reply:
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> Reply:
         """Publish a message that asks for a reply, and wait for the first reply.
 
         The message is published to ``topic`` as ``publish`` would, with one more
@@ -241,6 +242,12 @@ class BrokerAPI(Protocol):
             group_id: FIFO group (a FIFO topic needs one).
             dedup_id: deduplication id.
             priority: 0 to 255.
+            ttl: seconds the request may wait in a queue before it expires, as
+                ``publish`` takes it; default the ``timeout``: a request nobody took
+                before its requester gave up expires instead of being worked on for
+                nothing (dead-lettered with reason ``expired`` where its queue has a
+                dead-letter queue). A leased request does not expire under its
+                responder.
 
         Returns:
             The first reply: its body and attributes.
@@ -545,7 +552,8 @@ class AsyncBrokerAPI(Protocol):
 
     async def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
                       timeout: float = 5.0, group_id: str | None = None,
-                      dedup_id: str | None = None, priority: int | None = None) -> Reply:
+                      dedup_id: str | None = None, priority: int | None = None,
+                      ttl: float | None = None) -> Reply:
         """Publish a message that asks for a reply, and wait for the first reply."""
 
     async def reply(self, address: str, body: Body, *,

@@ -586,6 +586,9 @@ def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, 
 @click.option("--timeout", type=_Seconds(min=0, min_open=True, max=MAX_REQUEST_TIMEOUT),
               default=DEFAULT_REQUEST_TIMEOUT, show_default=True,
               help="Seconds to wait for the reply.")
+@click.option("--ttl", type=_Seconds(min=0, min_open=True), default=None,
+              help="Seconds the request may wait in a queue before it expires "
+                   "[default: the timeout].")
 @_output_options
 def request(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, ...],
             timeout: float, raw: bool, as_json: bool, **options: Any) -> None:

@@ -577,7 +577,8 @@ class Broker:
 
     def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
                 timeout: float = DEFAULT_REQUEST_TIMEOUT, group_id: str | None = None,
-                dedup_id: str | None = None, priority: int | None = None) -> Reply:
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> Reply:
         """Publish a message that asks for a reply, and wait for the first reply.
 
         The arguments, result and errors are ``fastfanout.api.BrokerAPI.request``'s. The
@@ -592,7 +593,8 @@ class Broker:
             result = self.publish(
                 topic, body, attributes=request_attributes(
                     attributes, reply_address(inbox.name, number)),
-                group_id=group_id, dedup_id=dedup_id, priority=priority)
+                group_id=group_id, dedup_id=dedup_id, priority=priority,
+                ttl=timeout if ttl is None else ttl)
         except BaseException:
             inbox.forget(number)
             raise

@@ -943,7 +943,8 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
 
     async def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
                       timeout: float = DEFAULT_REQUEST_TIMEOUT, group_id: str | None = None,
-                      dedup_id: str | None = None, priority: int | None = None) -> Reply:
+                      dedup_id: str | None = None, priority: int | None = None,
+                      ttl: float | None = None) -> Reply:
         """Publish a message that asks for a reply, and wait for the first reply."""
         timeout = check_request_timeout(timeout)
         connection = self.connection
@@ -952,7 +953,8 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
         try:
             result = await self.publish(
                 topic, body, attributes=request_attributes(attributes, address),
-                group_id=group_id, dedup_id=dedup_id, priority=priority)
+                group_id=group_id, dedup_id=dedup_id, priority=priority,
+                ttl=timeout if ttl is None else ttl)
             if result.deliveries == 0:
                 raise no_responders(topic, result)
             if not waiter.done:

@@ -819,7 +819,8 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
 
     def request(self, topic: str, body: Body, *, attributes: Attributes | None = None,
                 timeout: float = DEFAULT_REQUEST_TIMEOUT, group_id: str | None = None,
-                dedup_id: str | None = None, priority: int | None = None) -> Reply:
+                dedup_id: str | None = None, priority: int | None = None,
+                ttl: float | None = None) -> Reply:
         """Publish a message that asks for a reply, and wait for the first reply."""
         timeout = check_request_timeout(timeout)
         connection = self.connection
@@ -827,7 +828,8 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         try:
             result = self.publish(topic, body,
                                   attributes=request_attributes(attributes, address),
-                                  group_id=group_id, dedup_id=dedup_id, priority=priority)
+                                  group_id=group_id, dedup_id=dedup_id, priority=priority,
+                                  ttl=timeout if ttl is None else ttl)
             if result.deliveries == 0:
                 raise no_responders(topic, result)
             try:

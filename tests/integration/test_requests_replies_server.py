@@ -122,9 +122,10 @@ def test_no_responders_and_no_reply_over_the_wire(track: Tracker, endpoint: str)
         client.request("lonely", b"x", timeout=DEADLINE)
     wired(client)
     with pytest.raises(NoReply):
-        client.request("t", b"x", timeout=0.2)
-    # the request is still there; its late reply is dropped by the requester, and the
-    # next request of the same client gets its own reply, not the late one
+        client.request("t", b"x", timeout=0.2, ttl=3600)
+    # the request is still there (its ttl outlasts its timeout); its late reply is
+    # dropped by the requester, and the next request of the same client gets its own
+    # reply, not the late one
     (late,) = client.receive("q")
     late.reply(b"late")
     late.ack()
@@ -133,6 +134,24 @@ def test_no_responders_and_no_reply_over_the_wire(track: Tracker, endpoint: str)
     thread.join(DEADLINE)
     assert client.connection.core.replies_dropped == 1   # the late one, read before
     assert client.server_stats().get("replies_dropped", 0) == 0   # its inbox was held
+
+
+def test_a_request_nobody_took_in_time_expires_for_both_clients(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    track.server(endpoint)
+    client = track.client(endpoint)
+    wired(client)
+    with pytest.raises(NoReply):
+        client.request("t", b"blocking", timeout=0.1)
+
+    async def main() -> None:
+        async with aio.connect(endpoint) as aclient:
+            with pytest.raises(NoReply):
+                await aclient.request("t", b"asyncio", timeout=0.1)
+
+    asyncio.run(main())
+    assert client.receive("q") == []
+    assert client.stats().queues["q"].dropped["expired"] == 2
 
 
 def test_a_reply_for_a_requester_that_is_gone_is_dropped_and_counted(track: Tracker) -> None:
@@ -145,7 +164,8 @@ def test_a_reply_for_a_requester_that_is_gone_is_dropped_and_counted(track: Trac
         from fastfanout.client import connect
         with connect(sys.argv[1]) as client:
             try:
-                client.request("t", b"from a process that leaves", timeout=0.3)
+                client.request("t", b"from a process that leaves", timeout=0.3,
+                               ttl=3600)
             except Exception as exc:
                 print(type(exc).__name__, flush=True)
     """)

@@ -141,9 +141,29 @@ def test_a_duplicate_request_is_no_responders(broker: Broker) -> None:
         broker.request("d", b"x", dedup_id="one", timeout=0.05)
 
 
-def test_no_reply_in_time_is_no_reply_and_the_request_stays(broker: Broker) -> None:
+def test_a_request_nobody_took_in_time_expires(broker: Broker) -> None:
+    # its ttl is its timeout: once the requester gave up, nobody works on it for nothing
     with pytest.raises(NoReply, match=r"within 0\.05 s"):
         broker.request("t", b"x", timeout=0.05)
+    assert broker.receive("q") == []
+    assert broker.stats().queues["q"].dropped["expired"] == 1
+
+
+def test_an_expired_request_is_dead_lettered_where_its_queue_has_a_dlq(broker: Broker) -> None:
+    broker.create_queue("dead")
+    broker.create_queue("dq", dead_letter_queue="dead")
+    broker.subscribe("t", "dq")
+    with pytest.raises(NoReply):
+        broker.request("t", b"x", timeout=0.05)
+    assert broker.receive("dq") == []   # expired at the head of its queue
+    (dead,) = broker.receive("dead")
+    assert dead.dead_letter is not None and dead.dead_letter.reason == "expired"
+    assert dead.reply_to is not None   # a late reply from there is dropped, counted
+
+
+def test_a_request_with_a_longer_ttl_stays_for_a_responder(broker: Broker) -> None:
+    with pytest.raises(NoReply, match=r"within 0\.05 s"):
+        broker.request("t", b"x", timeout=0.05, ttl=3600)
     (message,) = broker.receive("q")   # still there for a responder
     assert message.body == b"x"
     message.reply(b"too late")
@@ -182,6 +202,14 @@ def test_a_reply_takes_any_contiguous_buffer(broker: Broker) -> None:
 def test_a_bad_timeout_is_refused_and_publishes_nothing(broker: Broker, timeout) -> None:
     with pytest.raises(InvalidArgument, match="timeout"):
         broker.request("t", b"x", timeout=timeout)
+    assert broker.stats().topics["t"].published == 0
+    assert broker.stats().replies.requests == 0
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), 366 * 86400, "5"])
+def test_a_bad_ttl_is_refused_and_publishes_nothing(broker: Broker, ttl) -> None:
+    with pytest.raises(InvalidArgument, match="ttl"):
+        broker.request("t", b"x", timeout=DEADLINE, ttl=ttl)
     assert broker.stats().topics["t"].published == 0
     assert broker.stats().replies.requests == 0
 
