@@ -23,9 +23,10 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -51,7 +52,7 @@ ENDPOINT_HELP = ("Broker endpoint: ipc://PATH or tcp://HOST:PORT (default: "
                  "$FASTFANOUT_ENDPOINT, else the per-user ipc socket).")
 
 
-STOPPED_CLEANLY: Final = frozenset({"serve", "worker", "sub", "receive"})
+STOPPED_CLEANLY: Final = frozenset({"serve", "worker", "sub", "receive", "metrics"})
 """The commands that a stop signal (SIGTERM, SIGINT, SIGHUP) ends with exit 0, the
 client closed: each runs until stopped, or waits (``receive --wait``). Any other command
 a stop signal interrupts prints ``aborted`` and exits 1."""
@@ -321,6 +322,10 @@ def cli(ctx: click.Context) -> None:
 @click.option("--bridge", type=click.Path(dir_okay=False), default=None,
               help="Rule file of the NATS JetStream bridge run beside the broker (export "
                    "and import rules: see docs/bridge.md); needs nats-py.")
+@click.option("--metrics", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics from this process "
+                   "(docs/metrics.md; no authentication: keep it on loopback, "
+                   "127.0.0.1:9771, unless other hosts scrape it).")
 def serve(config_path: str | None, **given: Any) -> None:
     """Run a broker until SIGTERM, SIGINT or SIGHUP (then exit 0).
 
@@ -372,9 +377,15 @@ def serve(config_path: str | None, **given: Any) -> None:
         elif config.data_dir is None:
             data_dir, made = default_data_dir_made(endpoint)
             options.update(data_dir=str(data_dir), made=made)
-        companion = (_bridge_companion(config.bridge, endpoint, config.in_memory)
-                     if config.bridge is not None else None)
-        sys.exit(run_server(companion=companion, **options))
+        companions = []
+        if config.bridge is not None:
+            companions.append(_bridge_companion(config.bridge, endpoint, config.in_memory))
+        with ExitStack() as beside:
+            if config.metrics is not None:
+                companions.append(beside.enter_context(_metrics_companion(
+                    config.metrics, endpoint, config_path if given["metrics"] is None
+                    else None)))
+            sys.exit(run_server(companion=_together(companions), **options))
     except TransportError as error:
         if endpoint.startswith("tcp://") and "stream_endpoint" not in options:
             port = int(endpoint.rpartition(":")[2])
@@ -390,6 +401,59 @@ def serve(config_path: str | None, **given: Any) -> None:
     except OSError as error:
         _exit_with(f"error: cannot serve {endpoint}: {error.strerror}"
                    + (f": {error.filename}" if error.filename else ""), 1)
+
+
+def _together(starts: list[Callable[[Any], Callable[[], None]]]
+              ) -> Callable[[Any], Callable[[], None]] | None:
+    """One companion of ``serve`` running ``starts`` in order (their stops in reverse)."""
+    if not starts:
+        return None
+
+    def start(server: Any) -> Callable[[], None]:
+        stops = [each(server) for each in starts]
+
+        def stop() -> None:
+            for each in reversed(stops):
+                each()
+        return stop
+
+    return start
+
+
+@contextmanager
+def _metrics_companion(address: str, endpoint: str, config_path: str | None
+                       ) -> Iterator[Callable[[Any], Callable[[], None]]]:
+    """Listen for scrapes now, so a busy port fails before the broker binds.
+
+    The companion points the scrapes at the server once it is bound. The endpoint
+    closes when ``serve`` ends, however it ends.
+    """
+    from fastfanout.errors import InvalidArgument
+    from fastfanout.metrics import MetricsServer, ServedBroker, parse_address
+
+    try:
+        host, port = parse_address(address)
+    except InvalidArgument as error:
+        if config_path is None:
+            raise click.BadParameter(str(error), param_hint="--metrics") from None
+        _exit_with(f"error: {config_path}: metrics: {error}", 1)
+    served = ServedBroker(endpoint)
+    try:
+        metrics = MetricsServer(served, host, port)
+    except OSError as error:
+        _exit_with(f"error: cannot listen on {address} for metrics: {error.strerror}; "
+                   f"choose another --metrics address, or stop the program holding it", 1)
+
+    def start(server: Any) -> Callable[[], None]:
+        served.attach(server.companion_curve())
+        logging.getLogger("fastfanout.metrics").info("metrics at %s", metrics.url)
+        return served.close
+
+    try:
+        yield start
+    finally:
+        metrics.close()
+        served.close()
 
 
 def _bridge_companion(path: str, endpoint: str, in_memory: bool
@@ -762,7 +826,9 @@ def _columns(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 @cli.command()
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def stats(endpoint: str | None, as_json: bool) -> None:
+@click.option("--prometheus", is_flag=True,
+              help="Print Prometheus's text format (the names of docs/metrics.md).")
+def stats(endpoint: str | None, as_json: bool, prometheus: bool) -> None:
     """Print per topic, subscription, queue, storage and connection counters.
 
     Tables fit the terminal's width (80 columns when not a terminal): counters that do
@@ -770,6 +836,15 @@ def stats(endpoint: str | None, as_json: bool) -> None:
     """
     import dataclasses
 
+    if as_json and prometheus:
+        raise click.UsageError("--json and --prometheus exclude each other")
+    if prometheus:
+        from fastfanout.metrics import exposition
+
+        with _connected(endpoint) as client:
+            text = exposition(client)
+        sys.stdout.buffer.write(text)
+        return
     with _connected(endpoint) as client:
         broker_stats = client.stats()
         server_stats = client.server_stats()
@@ -1222,6 +1297,39 @@ def _load_worker(target: str) -> Any:
         raise click.BadParameter(f"{target} is a {type(value).__name__}, not a "
                                  f"fastfanout.Worker", param_hint="'APP'")
     return value
+
+
+@cli.command()
+@_client_options
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Where the /metrics endpoint listens [default: 127.0.0.1:9771, loopback "
+                   "only; 0.0.0.0:PORT lets other hosts scrape it, port 0 picks one].")
+def metrics(endpoint: str | None, listen: str | None) -> None:
+    """Serve the broker's metrics to Prometheus at http://HOST:PORT/metrics.
+
+    An exporter beside the broker (as NATS's): each scrape asks the broker for its
+    counters (those of fastfanout stats; the names are in docs/metrics.md). A broker that
+    does not answer a scrape shows as fastfanout_up 0 until it is back. Runs until
+    SIGTERM, SIGINT or SIGHUP (exit 0).
+    """
+    from fastfanout.errors import InvalidArgument
+    from fastfanout.metrics import DEFAULT_METRICS_ADDRESS, serve_metrics
+
+    address = listen or DEFAULT_METRICS_ADDRESS
+    with sigterm_as_interrupt():
+        try:
+            with _connected(endpoint) as client:
+                try:
+                    server = serve_metrics(client, address)
+                except InvalidArgument as error:
+                    raise click.BadParameter(str(error), param_hint="--listen") from None
+                except OSError as error:
+                    _exit_with(f"error: cannot listen on {address}: {error.strerror}", 1)
+                with server:
+                    click.echo(f"serving the metrics of {_resolve(endpoint)} at {server.url}")
+                    threading.Event().wait()
+        except KeyboardInterrupt:   # stopped, as asked: the endpoint and client closed
+            pass
 
 
 @cli.command()
