@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastfanout import NotFound
 from fastfanout.client import connect
-from fastfanout.metrics import exposition, serve_metrics
+from fastfanout.metrics import SERVER_GAUGES, exposition, serve_metrics
 
 DEADLINE = 10.0
 
@@ -51,6 +51,9 @@ def test_a_clients_scrape_holds_the_servers_counters(track: Tracker) -> None:
         client.receive("missing")
     client.report_worker({"worker": "app", "pid": 42, "handlers": {"h": {
         "queue": "q", "processed": 3, "in_flight": 1, "p50": 0.25}}})
+    # every level named as one is a key the server reports (a renamed key would turn
+    # into a counter unseen)
+    assert SERVER_GAUGES <= set(client.server_stats())
     samples = scrape(exposition(client))
     assert samples["fastfanout_queue_visible"] == {frozenset({("queue", "q")}): 3}
     assert samples["fastfanout_server_connections"] == {frozenset(): 1}
