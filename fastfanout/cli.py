@@ -52,7 +52,8 @@ ENDPOINT_HELP = ("Broker endpoint: ipc://PATH or tcp://HOST:PORT (default: "
                  "$FASTFANOUT_ENDPOINT, else the per-user ipc socket).")
 
 
-STOPPED_CLEANLY: Final = frozenset({"serve", "worker", "sub", "receive", "metrics"})
+STOPPED_CLEANLY: Final = frozenset({"serve", "worker", "sub", "receive", "metrics",
+                                     "top"})
 """The commands that a stop signal (SIGTERM, SIGINT, SIGHUP) ends with exit 0, the
 client closed: each runs until stopped, or waits (``receive --wait``). Any other command
 a stop signal interrupts prints ``aborted`` and exits 1."""
@@ -249,8 +250,8 @@ def cli(ctx: click.Context) -> None:
     $FASTFANOUT_ENDPOINT, else at the per-user ipc socket that a plain `fastfanout serve`
     binds.
 
-    SIGTERM, SIGINT and SIGHUP stop serve, worker, sub and receive cleanly (exit 0); any
-    other command they interrupt says "aborted" (exit 1).
+    SIGTERM, SIGINT and SIGHUP stop serve, worker, sub, receive, metrics and top cleanly
+    (exit 0); any other command they interrupt says "aborted" (exit 1).
     """
     # The entry point held the stop signals from its first line (fastfanout.entry):
     # serve's own handlers take them over (fastfanout.server.loop.serve); any other
@@ -979,6 +980,85 @@ def _listing(as_json: bool, names: list[str]) -> None:
         click.echo(json.dumps(names))
     for name in [] if as_json else names:
         click.echo(name)
+
+
+TOP_TOPIC_RATES: Final = ("published", "deliveries", "unrouted")
+"""The topic counters ``fastfanout top`` shows as rates (per second)."""
+TOP_QUEUE_LEVELS: Final = ("messages", "visible", "leased", "delayed")
+"""The queue levels ``fastfanout top`` shows as they are."""
+TOP_QUEUE_RATES: Final = ("enqueued", "delivered", "acked", "redelivered", "dead_lettered",
+                          "rejected")
+"""The queue counters ``fastfanout top`` shows as rates (per second), then ``dropped``."""
+
+
+def _per_second(new: int, old: int | None, seconds: float) -> str:
+    """A counter's rate between two reads (``-`` for a name the last read did not have)."""
+    return "-" if old is None else f"{max(new - old, 0) / seconds:.0f}"
+
+
+def _top_lines(endpoint: str, interval: float, seconds: float, last: Any, now: Any,
+               server: dict[str, Any], width: int) -> list[str]:
+    """One screen of ``fastfanout top``: rates over the last ``seconds``, levels now."""
+    head = (f"fastfanout top: {endpoint}, every {interval:g} s, "
+            f"{datetime.now().strftime('%H:%M:%S')}")
+    lines = [head, " ".join(f"{key} {server.get(key, 0)}" for key in
+                            ("connections", "consumers", "long_polls", "held")), ""]
+    lines += _columns(
+        "topics (per second)", ("topic", *TOP_TOPIC_RATES),
+        [(name, *(_per_second(getattr(topic, c), getattr(last.topics.get(name), c, None),
+                              seconds) for c in TOP_TOPIC_RATES))
+         for name, topic in sorted(now.topics.items())], width)
+
+    def dropped(queue: Any) -> int:
+        return sum(queue.dropped.values())
+
+    lines += _columns(
+        "queues (levels now; counters per second)",
+        ("queue", *TOP_QUEUE_LEVELS, *(f"{c}/s" for c in TOP_QUEUE_RATES), "dropped/s"),
+        [(name, *(str(getattr(queue, c)) for c in TOP_QUEUE_LEVELS),
+          *(_per_second(getattr(queue, c), getattr(last.queues.get(name), c, None), seconds)
+            for c in TOP_QUEUE_RATES),
+          _per_second(dropped(queue), None if name not in last.queues
+                      else dropped(last.queues[name]), seconds))
+         for name, queue in sorted(now.queues.items())], width)
+    return lines
+
+
+@cli.command()
+@_client_options
+@click.option("--interval", "-i", type=_Seconds(min=0.05, max=3600), default=1.0,
+              show_default=True, help="Seconds between two screens.")
+@click.option("--count", "-n", type=click.IntRange(min=0), default=0,
+              help="Stop after N screens (0: when stopped).")
+def top(endpoint: str | None, interval: float, count: int) -> None:
+    """Show each topic's and queue's rates and levels, again every --interval seconds.
+
+    Rates are per second over the last interval (the first screen comes after one);
+    levels (messages, visible, leased, delayed) are as they are now. On a terminal each
+    screen replaces the last; otherwise screens follow one another. Ctrl-C, SIGTERM or
+    SIGHUP stop it (exit 0).
+    """
+    shown = 0
+    with sigterm_as_interrupt():
+        try:
+            with _connected(endpoint) as client:
+                last, then = client.stats(), time.monotonic()
+                while not count or shown < count:
+                    time.sleep(interval)
+                    now, at = client.stats(), time.monotonic()
+                    server = client.server_stats()
+                    width = shutil.get_terminal_size((80, 24)).columns
+                    lines = _top_lines(_resolve(endpoint), interval, at - then, last, now,
+                                       server, width)
+                    if sys.stdout.isatty():
+                        click.clear()
+                    click.echo("\n".join(lines).rstrip("\n") + "\n")
+                    last, then = now, at
+                    shown += 1
+        except KeyboardInterrupt:   # stopped, as asked: the client closed
+            pass
+        except BrokenPipeError:     # its reader is done (| head)
+            _quiet_stdout()
 
 
 @cli.command("list-topics")

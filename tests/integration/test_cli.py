@@ -924,3 +924,56 @@ def test_request_prints_the_first_reply_and_fails_in_one_line(track: Tracker) ->
         result = runner.invoke(cli, ["request", *args, *ep])
         assert_runner_one_line_error(result, " ".join(args))
     assert runner.invoke(cli, ["request", "--help"]).exit_code == 0
+
+
+def test_top_shows_rates_and_levels_until_its_count(track: Tracker) -> None:
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("orders")
+    client.create_queue("billing")
+    client.subscribe("orders", "billing")
+    client.publish_batch("orders", [b"before"] * 50)
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set():
+            client.publish_batch("orders", [b"x"] * 10)
+            stop.wait(0.01)
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    try:
+        done = run(["top", "--endpoint", server.endpoint, "--interval", "1", "-n", "2"],
+                   env={**os.environ, "COLUMNS": "200"})
+    finally:
+        stop.set()
+        publisher.join(10)
+    assert done.returncode == 0, done.stderr
+    screens = done.stdout.split("fastfanout top: ")[1:]
+    assert len(screens) == 2, done.stdout
+    for screen in screens:
+        topic = table_values(screen, "topics (per second)", "orders")
+        queue = table_values(screen, "queues (levels now; counters per second)", "billing")
+        assert int(topic["published"]) > 0 and int(queue["enqueued/s"]) > 0
+        assert int(queue["messages"]) >= 50 and queue["acked/s"] == "0"
+    # levels as they are: nothing consumed, so the second screen holds more than the first
+    first, second = (int(table_values(screen, "queues (levels now; counters per second)",
+                                      "billing")["messages"]) for screen in screens)
+    assert 50 < first < second <= client.stats().queues["billing"].messages
+
+
+def test_top_refuses_wrong_input_and_stops_on_sigterm(track: Tracker) -> None:
+    import signal
+
+    server = track.server()
+    for args in (["--interval", "0"], ["--interval", "nan"], ["-n", "-1"]):
+        done = run(["top", "--endpoint", server.endpoint, *args])
+        assert_one_line_error(done.stderr, done.returncode, " ".join(args))
+        assert done.returncode == 2
+    watcher = track.process(["-m", "fastfanout", "top", "--endpoint", server.endpoint,
+                             "--interval", "0.1"])
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().startswith(b"fastfanout top: ")   # it runs
+    watcher.send_signal(signal.SIGTERM)
+    assert watcher.wait(10) == 0
+    assert watcher.stderr is not None and watcher.stderr.read() == b""

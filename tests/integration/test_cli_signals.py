@@ -86,6 +86,23 @@ def test_sub_stops_cleanly(track: Tracker, signum: int) -> None:
     assert vanished(server) == 0, {key: server.counters[key] for key in GONE}
 
 
+@pytest.mark.parametrize("signum", STOPS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize("args", [["metrics", "--listen", "127.0.0.1:0"],
+                                  ["top", "--interval", "0.1"]], ids=lambda a: a[0])
+def test_metrics_and_top_stop_cleanly(track: Tracker, signum: int, args: list[str]) -> None:
+    server = track.server()
+    process = command(track, *args, "-e", server.endpoint)
+    assert process.stdout is not None
+    assert process.stdout.readline()   # serving, or a first screen
+    status, err = stopped(process, signum)
+    assert status == 0, err
+    assert "Traceback" not in err and "aborted" not in err
+    with track.client(server.endpoint) as client:   # its session ended by its BYE
+        wait_until(lambda: client.server_stats()["connections"] == 1,
+                   what="the command's session ended")
+    assert vanished(server) == 0, {key: server.counters[key] for key in GONE}
+
+
 def test_worker_stops_cleanly_on_sighup(track: Tracker) -> None:
     server = track.server()
     with track.client(server.endpoint) as client:
