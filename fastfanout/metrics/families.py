@@ -95,50 +95,64 @@ def _field_help(cls: type) -> dict[str, str]:
     return helps
 
 
-_HELP: Final = {cls: _field_help(cls) for cls in (TopicStats, SubscriptionStats, QueueStats,
-                                                  TopologyStats, ReplyStats)}
+_RECORDS: Final = (TopicStats, SubscriptionStats, QueueStats, TopologyStats, ReplyStats)
+_HELP: Final = {cls: _field_help(cls) for cls in _RECORDS}
+_FIELDS: Final = {cls: tuple(field.name for field in dataclasses.fields(cls))
+                  for cls in _RECORDS}
 
 
 class _Families:
-    """Metric families by name, made on first use, kept in order of first use."""
+    """Metric families by name, made on first use, kept in order of first use.
+
+    A scrape of a broker with many queues adds a sample per field and queue, so the
+    per-sample path only looks its family up by the unprefixed name.
+    """
 
     def __init__(self) -> None:
         self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
 
+    def _family(self, name: str, help_text: str, gauge: bool, labels: Iterable[str]
+                ) -> GaugeMetricFamily | CounterMetricFamily:
+        family = (GaugeMetricFamily if gauge else CounterMetricFamily)(
+            PREFIX + _NOT_A_NAME.sub("_", name), help_text, labels=list(labels))
+        self._families[name] = family
+        return family
+
     def add(self, name: str, help_text: str, gauge: bool, labels: dict[str, str],
             value: float) -> None:
-        name = PREFIX + _NOT_A_NAME.sub("_", name)
-        family = self._families.get(name)
-        if family is None:
-            family = (GaugeMetricFamily if gauge else CounterMetricFamily)(
-                name, help_text, labels=list(labels))
-            self._families[name] = family
+        """One sample of family ``name`` (``fastfanout_`` prefixed, made if new)."""
+        family = self._families.get(name) or self._family(name, help_text, gauge, labels)
         family.add_metric(list(labels.values()), value)
 
     def numbers(self, group: str, values: dict[str, Any], gauges: frozenset[str],
                 labels: dict[str, str], helps: dict[str, str] | None = None,
                 what: str = "") -> None:
         """One sample per number of ``values`` (bools as 0/1); maps and texts skipped."""
+        label_values = list(labels.values())
+        families = self._families
         for key, value in values.items():
-            if type(value) is bool:
+            kind = type(value)
+            if kind is bool:
                 value = int(value)
-            if type(value) not in (int, float):
+            elif kind is not int and kind is not float:
                 continue
-            help_text = (helps or {}).get(key) or f"{key} of {what or group} (fastfanout)"
-            self.add(f"{group}_{key}", help_text, key in gauges, labels, value)
+            name = f"{group}_{key}"
+            family = families.get(name)
+            if family is None:
+                help_text = (helps or {}).get(key) or f"{key} of {what or group} (fastfanout)"
+                family = self._family(name, help_text, key in gauges, labels)
+            family.add_metric(label_values, value)
 
     def stats(self, group: str, record: Any, gauges: frozenset[str],
               labels: dict[str, str]) -> None:
         """A ``fastfanout.stats`` record's numbers, and its ``dropped`` map by reason."""
         helps = _HELP[type(record)]
-        values = {field.name: getattr(record, field.name)
-                  for field in dataclasses.fields(record)}
+        values = {name: getattr(record, name) for name in _FIELDS[type(record)]}
         self.numbers(group, values, gauges, labels, helps)
         for reason, count in (values.get("dropped") or {}).items():
             self.add(f"{group}_dropped",
                      helps.get("dropped", "dropped").replace("reason -> ", "by reason: "),
-                     False,
-                     {**labels, "reason": reason}, count)
+                     False, {**labels, "reason": reason}, count)
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())
