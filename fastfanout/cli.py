@@ -1393,18 +1393,22 @@ def metrics(endpoint: str | None, listen: str | None) -> None:
     SIGTERM, SIGINT or SIGHUP (exit 0).
     """
     from fastfanout.errors import InvalidArgument
-    from fastfanout.metrics import DEFAULT_METRICS_ADDRESS, serve_metrics
+    from fastfanout.metrics import DEFAULT_METRICS_ADDRESS, MetricsServer, parse_address
 
     address = listen or DEFAULT_METRICS_ADDRESS
+    try:
+        host, port = parse_address(address)
+    except InvalidArgument as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
     with sigterm_as_interrupt():
         try:
             with _connected(endpoint) as client:
                 try:
-                    server = serve_metrics(client, address)
-                except InvalidArgument as error:
-                    raise click.BadParameter(str(error), param_hint="--listen") from None
+                    server = MetricsServer(client, host, port)
                 except OSError as error:
-                    _exit_with(f"error: cannot listen on {address}: {error.strerror}", 1)
+                    _exit_with(f"error: cannot listen on {address}: {error.strerror}; "
+                               f"choose another --listen address, or stop the program "
+                               f"holding it", 1)
                 with server:
                     click.echo(f"serving the metrics of {_resolve(endpoint)} at {server.url}")
                     threading.Event().wait()

@@ -141,6 +141,9 @@ def test_cli_metrics_and_stats_refuse_wrong_input_in_one_line(track: Tracker) ->
     assert scrape(done.stdout.encode())["fastfanout_up"] == {frozenset(): 1}
     missing = f"ipc://{track.tmp_path}/none.sock"
     assert "no broker" in one_line_error(run_cli("metrics", "--endpoint", missing), 1)
+    # the address is checked first: no broker needed to hear of a typo
+    assert "HOST:PORT" in one_line_error(run_cli("metrics", "--endpoint", missing,
+                                                 "--listen", "9771"), 2)
     assert "no broker" in one_line_error(run_cli("stats", "--prometheus", "--endpoint",
                                                  missing), 1)
 
