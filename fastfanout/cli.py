@@ -996,31 +996,56 @@ def _per_second(new: int, old: int | None, seconds: float) -> str:
     return "-" if old is None else f"{max(new - old, 0) / seconds:.0f}"
 
 
+def _busiest(rows: list[tuple[str, ...]], most: int | None
+             ) -> tuple[list[tuple[str, ...]], int]:
+    """``rows`` busiest first (by their first number, then name), at most ``most``.
+
+    Returns the rows kept and the number left out.
+    """
+    rows = sorted(rows, key=lambda row: (-int(row[1]) if row[1].isdigit() else 0, row[0]))
+    if most is None or len(rows) <= most:
+        return rows, 0
+    return rows[:most], len(rows) - most
+
+
 def _top_lines(endpoint: str, interval: float, seconds: float, last: Any, now: Any,
-               server: dict[str, Any], width: int) -> list[str]:
-    """One screen of ``fastfanout top``: rates over the last ``seconds``, levels now."""
+               server: dict[str, Any], width: int, height: int | None) -> list[str]:
+    """One screen of ``fastfanout top``: rates over the last ``seconds``, levels now.
+
+    Topics busiest first (by messages published a second), queues by messages held; on a
+    terminal of ``height`` lines the rows that do not fit are left out, and counted.
+    """
     head = (f"fastfanout top: {endpoint}, every {interval:g} s, "
             f"{datetime.now().strftime('%H:%M:%S')}")
     lines = [head, " ".join(f"{key} {server.get(key, 0)}" for key in
                             ("connections", "consumers", "long_polls", "held")), ""]
-    lines += _columns(
-        "topics (per second)", ("topic", *TOP_TOPIC_RATES),
+    # the header lines, and each table's title, header and blank line twice over (a
+    # table too wide for the terminal goes on in a second one)
+    room = None if height is None else max(2, (height - len(lines) - 14) // 4)
+    topics, topics_left = _busiest(
         [(name, *(_per_second(getattr(topic, c), getattr(last.topics.get(name), c, None),
                               seconds) for c in TOP_TOPIC_RATES))
-         for name, topic in sorted(now.topics.items())], width)
+         for name, topic in now.topics.items()], room)
+    lines += _columns("topics (per second)", ("topic", *TOP_TOPIC_RATES), topics, width)
+    if topics_left:
+        lines[-1:-1] = [f"... and {topics_left} more topics (fastfanout stats shows all)"]
 
     def dropped(queue: Any) -> int:
         return sum(queue.dropped.values())
 
-    lines += _columns(
-        "queues (levels now; counters per second)",
-        ("queue", *TOP_QUEUE_LEVELS, *(f"{c}/s" for c in TOP_QUEUE_RATES), "dropped/s"),
+    queues, queues_left = _busiest(
         [(name, *(str(getattr(queue, c)) for c in TOP_QUEUE_LEVELS),
           *(_per_second(getattr(queue, c), getattr(last.queues.get(name), c, None), seconds)
             for c in TOP_QUEUE_RATES),
           _per_second(dropped(queue), None if name not in last.queues
                       else dropped(last.queues[name]), seconds))
-         for name, queue in sorted(now.queues.items())], width)
+         for name, queue in now.queues.items()], None if room is None else 2 * room)
+    lines += _columns(
+        "queues (levels now; counters per second)",
+        ("queue", *TOP_QUEUE_LEVELS, *(f"{c}/s" for c in TOP_QUEUE_RATES), "dropped/s"),
+        queues, width)
+    if queues_left:
+        lines[-1:-1] = [f"... and {queues_left} more queues (fastfanout stats shows all)"]
     return lines
 
 
@@ -1034,9 +1059,10 @@ def top(endpoint: str | None, interval: float, count: int) -> None:
     """Show each topic's and queue's rates and levels, again every --interval seconds.
 
     Rates are per second over the last interval (the first screen comes after one);
-    levels (messages, visible, leased, delayed) are as they are now. On a terminal each
-    screen replaces the last; otherwise screens follow one another. Ctrl-C, SIGTERM or
-    SIGHUP stop it (exit 0).
+    levels (messages, visible, leased, delayed) are as they are now. Topics come busiest
+    first (published a second), queues by messages held. On a terminal each screen
+    replaces the last and shows the busiest that fit; otherwise screens follow one
+    another, whole. Ctrl-C, SIGTERM or SIGHUP stop it (exit 0).
     """
     shown = 0
     with sigterm_as_interrupt():
@@ -1047,10 +1073,11 @@ def top(endpoint: str | None, interval: float, count: int) -> None:
                     time.sleep(interval)
                     now, at = client.stats(), time.monotonic()
                     server = client.server_stats()
-                    width = shutil.get_terminal_size((80, 24)).columns
+                    width, height = shutil.get_terminal_size((80, 24))
+                    terminal = sys.stdout.isatty()
                     lines = _top_lines(_resolve(endpoint), interval, at - then, last, now,
-                                       server, width)
-                    if sys.stdout.isatty():
+                                       server, width, height if terminal else None)
+                    if terminal:
                         click.clear()
                     click.echo("\n".join(lines).rstrip("\n") + "\n")
                     last, then = now, at

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -977,3 +978,42 @@ def test_top_refuses_wrong_input_and_stops_on_sigterm(track: Tracker) -> None:
     watcher.send_signal(signal.SIGTERM)
     assert watcher.wait(10) == 0
     assert watcher.stderr is not None and watcher.stderr.read() == b""
+
+
+def test_top_puts_the_busiest_first_and_fits_a_terminal(track: Tracker) -> None:
+    import pty
+
+    server = track.server()
+    client = track.client(server.endpoint)
+    for index in range(30):
+        client.create_queue(f"q{index:02}")
+        if index % 10 == 3:
+            client.send_batch(f"q{index:02}", [b"x"] * (index + 1))
+    args = ["top", "--endpoint", server.endpoint, "--interval", "0.1", "-n", "1"]
+    wide = {**os.environ, "COLUMNS": "200"}   # one table, no continuation
+    done = run(args, env=wide)   # not a terminal: every queue, busiest first
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(r"^(q\d\d) ", done.stdout, re.M)
+    assert rows[:3] == ["q23", "q13", "q03"] and sorted(rows) == sorted(
+        f"q{index:02}" for index in range(30)) and "more queues" not in done.stdout
+    controller, terminal = pty.openpty()   # a terminal of 24 lines: what fits
+    try:
+        process = subprocess.run([sys.executable, "-m", "fastfanout", *args],
+                                 stdout=terminal, stderr=subprocess.PIPE, timeout=20,
+                                 env={**wide, "LINES": "24"})
+        os.close(terminal)
+        terminal = -1
+        screen = b""
+        with contextlib.suppress(OSError):   # EIO once the writer's end is closed
+            while chunk := os.read(controller, 65536):
+                screen += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert process.returncode == 0, process.stderr
+    text = screen.decode()
+    shown = re.findall(r"^(q\d\d) ", text, re.M)
+    assert shown[:3] == ["q23", "q13", "q03"] and len(shown) < 30
+    assert f"... and {30 - len(shown)} more queues (fastfanout stats shows all)" in text
+    assert len(text.strip().splitlines()) <= 24
