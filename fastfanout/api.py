@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from fastfanout.records import Attributes, Body, ExponentialBackoff, PublishResult, Reply
-from fastfanout.settings import QueueSettings, Subscription
+from fastfanout.settings import QueueSettings, Subscription, TopicSettings
 from fastfanout.stats import BrokerStats
 
 __all__ = [
@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 BROKER_OPERATIONS: Final = (
-    "create_topic", "delete_topic", "list_topics", "create_queue", "delete_queue",
+    "create_topic", "delete_topic", "list_topics", "topic_settings", "create_queue",
+    "delete_queue",
     "list_queues", "queue_settings", "set_queue_settings", "subscribe", "unsubscribe",
     "set_filter_policy", "subscription", "list_subscriptions", "redrive", "purge", "stats",
     "check",
@@ -76,6 +77,12 @@ class BrokerAPI(Protocol):
 
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
+
+    def topic_settings(self, name: str) -> TopicSettings:
+        """The settings topic ``name`` was created with.
+
+        ``fifo``, ``content_dedup`` and ``dedup_window``, as ``create_topic`` took them.
+        """
 
     def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
                      max_receive_count: int | None = None,
@@ -435,6 +442,9 @@ class AsyncBrokerAPI(Protocol):
 
     async def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
+
+    async def topic_settings(self, name: str) -> TopicSettings:
+        """The settings topic ``name`` was created with."""
 
     async def create_queue(self, name: str, *, visibility_timeout: float = 30.0,
                            max_receive_count: int | None = None,

@@ -62,6 +62,12 @@ _invoked: list[str | None] = [None]
 """The command being run (set by the group's callback, read when it was aborted)."""
 
 
+_NO_ARGS_IS_HELP: Final[tuple[type[Exception], ...]] = tuple(
+    getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",)
+    if hasattr(click.exceptions, name))   # click 8.2+; older ones print the help
+"""What click raises for a group run without a command (it means: show the help)."""
+
+
 class _Commands(click.Group):
     """A group whose every failure prints one line (click's usage errors print four)."""
 
@@ -73,6 +79,11 @@ class _Commands(click.Group):
         try:
             status = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as error:
+            if isinstance(error, _NO_ARGS_IS_HELP) and error.ctx is not None:
+                # `fastfanout` (or a group) alone asks what there is: the help, whole
+                # (it came squashed into one "error:" line until 2026-12-06)
+                click.echo(error.ctx.get_help())
+                sys.exit(0)
             where = f" (see: {error.ctx.command_path} --help)" if error.ctx else ""
             _exit_with(f"error: {error.format_message()}{where}", error.exit_code)
         except click.ClickException as error:
@@ -1086,6 +1097,79 @@ def top(endpoint: str | None, interval: float, count: int) -> None:
             pass
         except BrokenPipeError:     # its reader is done (| head)
             _quiet_stdout()
+
+
+@cli.group()
+def definitions() -> None:
+    """Export a broker's topology as JSON, or import such a document into a broker.
+
+    Topics, queues (with every setting) and subscriptions (with their filter policies):
+    RabbitMQ's definitions. Messages are not part of them. The document's form is in
+    docs/semantics.md ("Definitions").
+    """
+
+
+@definitions.command("export")
+@_client_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
+              default=None, help="Write the document to this file (default: stdout).")
+def definitions_export(endpoint: str | None, output: str | None) -> None:
+    """Print the broker's topics, queues and subscriptions as one JSON document."""
+    from fastfanout.definitions import export_definitions
+
+    with _connected(endpoint) as client:
+        document = json.dumps(export_definitions(client), indent=2) + "\n"
+    if output is None:
+        click.echo(document, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(document)
+    except OSError as error:
+        _exit_with(f"error: cannot write {output}: {error.strerror}", 1)
+
+
+@definitions.command("import")
+@_client_options
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--update", is_flag=True,
+              help="Change what the broker holds with other settings, where it may change "
+                   "(queue settings set_queue_settings takes, filter policies).")
+@click.option("--durable/--not-durable", default=None,
+              help="Make every queue durable, or not, whatever the document says.")
+@click.option("--dry-run", is_flag=True, help="Print what it would do; change nothing.")
+def definitions_import(endpoint: str | None, file: str, update: bool,
+                       durable: bool | None, dry_run: bool) -> None:
+    """Make the broker hold the topology of FILE (a definitions document; - for stdin).
+
+    What is missing is created; what is held with the same settings is left alone; what
+    is held with other settings is a conflict (exit 1, nothing changed) unless --update
+    changes it. Nothing is deleted.
+    """
+    from fastfanout.definitions import import_definitions
+
+    try:
+        if file == "-":
+            text = sys.stdin.buffer.read()
+        else:
+            with open(file, "rb") as handle:
+                text = handle.read()
+    except OSError as error:
+        _exit_with(f"error: cannot read {file}: {error.strerror}", 1)
+    with _connected(endpoint) as client:
+        result = import_definitions(client, text, update=update, durable=durable,
+                                    dry_run=dry_run)
+    create, update_ = ("would create", "would update") if dry_run else ("created", "updated")
+    for line in result.created:
+        click.echo(f"{create} {line}")
+    for line in result.updated:
+        click.echo(f"{update_} {line}")
+    if dry_run:
+        click.echo(f"{len(result.created)} to create, {len(result.updated)} to update, "
+                   f"{result.unchanged} unchanged (a dry run: nothing changed)")
+    else:
+        click.echo(f"{len(result.created)} created, {len(result.updated)} updated, "
+                   f"{result.unchanged} unchanged")
 
 
 @cli.command("list-topics")

@@ -388,7 +388,7 @@ class Administration:
             return sorted(self.topics)
 
     def topic_settings(self, name: str) -> TopicSettings:
-        """The settings topic ``name`` was created with (for ``stats`` and producers).
+        """The settings topic ``name`` was created with (``fifo``, ``content_dedup``...).
 
         Raises:
             NotFound: the topic does not exist.

@@ -239,6 +239,7 @@ class Broker:
     create_queue = _administration(Administration.create_queue)
     delete_queue = _administration(Administration.delete_queue)
     list_queues = _administration(Administration.list_queues)
+    topic_settings = _administration(Administration.topic_settings)
     queue_settings = _administration(Administration.queue_settings)
     set_queue_settings = _administration(Administration.set_queue_settings)
     subscribe = _administration(Administration.subscribe)

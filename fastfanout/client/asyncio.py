@@ -900,6 +900,7 @@ class AsyncClient(ClientFace["asyncio.Future[PublishResult]",
     create_queue = control(AsyncBrokerAPI.create_queue)
     delete_queue = control(AsyncBrokerAPI.delete_queue)
     list_queues = control(AsyncBrokerAPI.list_queues)
+    topic_settings = control(AsyncBrokerAPI.topic_settings)
     queue_settings = control(AsyncBrokerAPI.queue_settings)
     set_queue_settings = control(AsyncBrokerAPI.set_queue_settings)
     subscribe = control(AsyncBrokerAPI.subscribe)

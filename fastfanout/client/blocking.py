@@ -781,6 +781,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
     create_queue = control(BrokerAPI.create_queue)
     delete_queue = control(BrokerAPI.delete_queue)
     list_queues = control(BrokerAPI.list_queues)
+    topic_settings = control(BrokerAPI.topic_settings)
     queue_settings = control(BrokerAPI.queue_settings)
     set_queue_settings = control(BrokerAPI.set_queue_settings)
     subscribe = control(BrokerAPI.subscribe)

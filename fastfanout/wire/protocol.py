@@ -128,6 +128,7 @@ class Opcode(IntEnum):
     SET_FILTER_POLICY = 0x1A
     SUBSCRIPTION = 0x1B
     SET_QUEUE_SETTINGS = 0x1C
+    TOPIC_SETTINGS = 0x1D
     PUBLISH = 0x20
     SEND = 0x21
     REPLY = 0x22
@@ -454,6 +455,7 @@ CALLS: Final[dict[int, str]] = {
     Opcode.LIST_QUEUES: "list_queues",
     Opcode.QUEUE_SETTINGS: "queue_settings",
     Opcode.SET_QUEUE_SETTINGS: "set_queue_settings",
+    Opcode.TOPIC_SETTINGS: "topic_settings",
     Opcode.SUBSCRIBE: "subscribe",
     Opcode.UNSUBSCRIBE: "unsubscribe",
     Opcode.LIST_SUBSCRIPTIONS: "list_subscriptions",

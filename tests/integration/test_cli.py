@@ -1017,3 +1017,15 @@ def test_top_puts_the_busiest_first_and_fits_a_terminal(track: Tracker) -> None:
     assert shown[:3] == ["q23", "q13", "q03"] and len(shown) < 30
     assert f"... and {30 - len(shown)} more queues (fastfanout stats shows all)" in text
     assert len(text.strip().splitlines()) <= 24
+
+
+@pytest.mark.parametrize("group", [[], ["bench"], ["definitions"]], ids=lambda g: "+".join(g))
+def test_a_group_alone_prints_its_help_whole(group: list[str]) -> None:
+    """`fastfanout` alone printed its whole help squashed into one "error:" line, exit 2
+    (click 8.2 reports a group run without a command as a usage error)."""
+    done = run(group)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"Usage: fastfanout {' '.join(group)}".rstrip() + " ")
+    assert "Commands:" in lines and len(lines) > 10

@@ -87,6 +87,7 @@ def test_opcode_and_status_values_are_the_documented_ones() -> None:
         "QUEUE_SETTINGS": 0x16, "SUBSCRIBE": 0x17, "UNSUBSCRIBE": 0x18,
         "LIST_SUBSCRIPTIONS": 0x19, "SET_FILTER_POLICY": 0x1A, "SUBSCRIPTION": 0x1B,
         "SET_QUEUE_SETTINGS": 0x1C,
+        "TOPIC_SETTINGS": 0x1D,
         "PUBLISH": 0x20, "SEND": 0x21, "REPLY": 0x22, "RECEIVE": 0x30, "ACK": 0x31, "NACK": 0x32,
         "EXTEND": 0x33, "TERM": 0x34, "NACK_BATCH": 0x35, "EXTEND_BATCH": 0x36,
         "TERM_BATCH": 0x37, "CONSUME": 0x40, "CREDIT": 0x41, "CANCEL": 0x42,

@@ -1,0 +1,342 @@
+"""A broker's topology as data: export it, import it into a broker (RabbitMQ's definitions).
+
+``export_definitions(broker)`` reads every topic's, queue's and subscription's settings
+into one JSON-ready map; ``import_definitions(broker, definitions)`` makes a broker hold
+them: what is missing is created, what is there with the same settings is left as it is,
+and what is there with other settings is a conflict (``AlreadyExists``) unless
+``update=True`` changes it in place (queue settings that may change, and filter
+policies). Both take an embedded ``Broker`` or a blocking ``Client``;
+``fastfanout definitions export|import`` runs them on a broker server (docs/semantics.md,
+"Definitions").
+
+Design
+------
+Prior art: RabbitMQ's definitions (``rabbitmqctl export_definitions`` /
+``import_definitions``: the topology of a broker as one JSON document, imported
+idempotently) and Terraform's plan-then-apply. The whole document is decoded and checked
+(msgspec, every name, setting and filter policy, every reference to a queue or topic)
+and planned against the broker before the first change: bad input and conflicts change
+nothing. Messages are not definitions: neither is exported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Final, Literal
+
+import msgspec
+
+from fastfanout.errors import AlreadyExists, InvalidArgument, NotFound
+from fastfanout.records import ExponentialBackoff
+from fastfanout.semantics.routing import compile_policy
+from fastfanout.semantics.topic_pattern import is_pattern, validate_pattern
+from fastfanout.settings import (
+    CHANGEABLE_QUEUE_SETTINGS,
+    QueueSettings,
+    TopicSettings,
+    check_name,
+    check_queue_settings,
+)
+
+__all__ = ["DEFINITIONS_FORMAT", "ImportResult", "export_definitions", "import_definitions"]
+
+DEFINITIONS_FORMAT: Final = 1
+"""The version of the document (its ``fastfanout_definitions`` key)."""
+
+
+class _Backoff(msgspec.Struct, forbid_unknown_fields=True):
+    initial: float = 1.0
+    multiplier: float = 2.0
+    maximum: float = 300.0
+
+
+class _Topic(msgspec.Struct, forbid_unknown_fields=True):
+    fifo: bool = False
+    content_dedup: bool = False
+    dedup_window: float = 300.0
+
+
+class _Queue(msgspec.Struct, forbid_unknown_fields=True):
+    visibility_timeout: float = 30.0
+    max_receive_count: int | None = None
+    dead_letter_queue: str | None = None
+    delay: float = 0.0
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    max_message_size: int = 1_048_576
+    retention: float = 345_600.0
+    overflow: str = "reject"
+    max_priority: int = 0
+    fifo: bool = False
+    content_dedup: bool = False
+    dedup_window: float = 300.0
+    redelivery_backoff: list[float] | _Backoff | None = None
+    durable: bool = False
+
+
+class _Subscription(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str
+    queue: str
+    filter_policy: dict[str, Any] | None = None
+    filter_scope: Literal["attributes", "body"] = "attributes"
+
+
+class _Document(msgspec.Struct, forbid_unknown_fields=True):
+    fastfanout_definitions: int
+    topics: dict[str, _Topic] = {}
+    queues: dict[str, _Queue] = {}
+    subscriptions: list[_Subscription] = []
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What ``import_definitions`` did (or, with ``dry_run``, would do).
+
+    Attributes:
+        created: what it created, in order: ``topic NAME``, ``queue NAME``,
+            ``subscription TOPIC -> QUEUE``.
+        updated: what it changed in place: ``queue NAME: SETTING, ...``,
+            ``subscription TOPIC -> QUEUE: filter policy``.
+        unchanged: definitions the broker held already, as they are.
+    """
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _settings_map(settings: QueueSettings) -> dict[str, Any]:
+    values = asdict(settings)
+    backoff = settings.redelivery_backoff
+    if isinstance(backoff, ExponentialBackoff):
+        values["redelivery_backoff"] = backoff._asdict()
+    elif backoff is not None:
+        values["redelivery_backoff"] = list(backoff)
+    return values
+
+
+def _without_defaults(values: dict[str, Any], kind: type[msgspec.Struct]) -> dict[str, Any]:
+    defaults = msgspec.structs.asdict(kind())
+    return {key: value for key, value in values.items() if value != defaults[key]}
+
+
+def export_definitions(source: Any) -> dict[str, Any]:
+    """Every topic's, queue's and subscription's settings, as a JSON-ready map.
+
+    ``source`` is an embedded ``Broker`` or a blocking ``Client``. Settings at their
+    defaults are left out; subscriptions come in id order. The map is read call by call:
+    a topology that changes meanwhile may be caught half-way (export a quiet one).
+
+    Raises:
+        FastFanoutError: the broker's own errors (a ``BrokenConnection``, say).
+    """
+    topics = {name: _without_defaults(asdict(source.topic_settings(name)), _Topic)
+              for name in source.list_topics()}
+    queues = {name: _without_defaults(_settings_map(source.queue_settings(name)), _Queue)
+              for name in source.list_queues()}
+    subscriptions = []
+    for sid in sorted(source.list_subscriptions()):
+        sub = source.subscription(sid)
+        entry: dict[str, Any] = {"topic": sub.topic, "queue": sub.queue}
+        if sub.filter_policy is not None:
+            entry["filter_policy"] = json.loads(sub.filter_policy)
+        if sub.filter_scope != "attributes":
+            entry["filter_scope"] = sub.filter_scope
+        subscriptions.append(entry)
+    return {"fastfanout_definitions": DEFINITIONS_FORMAT, "topics": topics,
+            "queues": queues, "subscriptions": subscriptions}
+
+
+def _decode(definitions: Mapping[str, Any] | str | bytes) -> _Document:
+    try:
+        if isinstance(definitions, str | bytes):
+            document = msgspec.json.decode(definitions, type=_Document)
+        else:
+            document = msgspec.convert(definitions, _Document)
+    except msgspec.ValidationError as error:
+        raise InvalidArgument(f"definitions: {error}") from None
+    except msgspec.DecodeError as error:
+        raise InvalidArgument(f"definitions: not JSON: {error}") from None
+    if document.fastfanout_definitions != DEFINITIONS_FORMAT:
+        raise InvalidArgument(f"definitions: fastfanout_definitions is "
+                              f"{document.fastfanout_definitions}; this fastfanout reads "
+                              f"format {DEFINITIONS_FORMAT}")
+    return document
+
+
+def _queue_settings(name: str, queue: _Queue, durable: bool | None) -> QueueSettings:
+    values = msgspec.structs.asdict(queue)
+    backoff = values["redelivery_backoff"]
+    if isinstance(backoff, _Backoff):
+        values["redelivery_backoff"] = ExponentialBackoff(**msgspec.structs.asdict(backoff))
+    elif backoff is not None:
+        values["redelivery_backoff"] = tuple(backoff)
+    if durable is not None:
+        values["durable"] = durable
+    try:
+        settings, _ = check_queue_settings(name, QueueSettings(**values))
+    except InvalidArgument as error:
+        raise InvalidArgument(f"definitions: queue {name!r}: {error}") from None
+    return settings
+
+
+def _create_keywords(settings: QueueSettings) -> dict[str, Any]:
+    return {item.name: getattr(settings, item.name) for item in fields(settings)}
+
+
+class _Plan:
+    """The changes an import makes, worked out before the first one."""
+
+    def __init__(self) -> None:
+        self.unchanged = 0
+        self.conflicts: list[str] = []
+        self.topics: list[tuple[str, TopicSettings]] = []
+        self.queues: list[tuple[str, QueueSettings]] = []
+        self.queue_changes: list[tuple[str, dict[str, Any]]] = []
+        self.subscriptions: list[tuple[str, str, str | None, str]] = []
+        self.policy_changes: list[tuple[int, str, str | None, str]] = []
+
+
+def _plan(target: Any, document: _Document, update: bool, durable: bool | None) -> _Plan:
+    plan = _Plan()
+    topics = set(target.list_topics())
+    queues = set(target.list_queues())
+    for name, topic in document.topics.items():
+        check_name("topic", name)
+        wanted = TopicSettings(**msgspec.structs.asdict(topic))
+        if name not in topics:
+            plan.topics.append((name, wanted))
+        elif target.topic_settings(name) == wanted:
+            plan.unchanged += 1
+        else:
+            plan.conflicts.append(f"topic {name!r} exists with other settings "
+                                  f"({target.topic_settings(name)}; a topic's never change)")
+    for name, queue in document.queues.items():
+        wanted_queue = _queue_settings(name, queue, durable)
+        dead = wanted_queue.dead_letter_queue
+        if dead is not None and dead not in document.queues and dead not in queues:
+            raise NotFound(f"definitions: queue {name!r}: its dead_letter_queue {dead!r} is "
+                           f"neither defined nor on the broker")
+        if name not in queues:
+            plan.queues.append((name, wanted_queue))
+            continue
+        held = target.queue_settings(name)
+        changed = {item.name: getattr(wanted_queue, item.name) for item in fields(held)
+                   if getattr(held, item.name) != getattr(wanted_queue, item.name)}
+        if not changed:
+            plan.unchanged += 1
+        elif update and all(key in CHANGEABLE_QUEUE_SETTINGS for key in changed):
+            plan.queue_changes.append((name, changed))
+        else:
+            fixed = [key for key in changed if key not in CHANGEABLE_QUEUE_SETTINGS]
+            plan.conflicts.append(
+                f"queue {name!r} exists with other settings: {', '.join(changed)}"
+                + (f" ({', '.join(fixed)} can never change)" if fixed and update else ""))
+    durable_queues = [name for name, settings in plan.queues if settings.durable]
+    if durable_queues and target.stats().storage is None:
+        raise InvalidArgument(
+            f"definitions: queue {durable_queues[0]!r} is durable and this broker keeps "
+            f"nothing on disk; import with durable=False (--not-durable) to make every "
+            f"queue an in-memory one")
+    held_pairs = {pair: sid for sid, pair in target.list_subscriptions().items()}
+    for sub in document.subscriptions:
+        pair = f"{sub.topic} -> {sub.queue}"
+        check_name("queue", sub.queue)
+        if is_pattern(sub.topic):
+            validate_pattern(sub.topic)
+        else:
+            check_name("topic", sub.topic)
+        try:
+            _, policy = compile_policy(sub.filter_policy, sub.filter_scope)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"definitions: subscription {pair}: {error}") from None
+        if not is_pattern(sub.topic) and sub.topic not in document.topics \
+                and sub.topic not in topics:
+            raise NotFound(f"definitions: subscription {pair}: topic {sub.topic!r} is "
+                           f"neither defined nor on the broker")
+        if sub.queue not in document.queues and sub.queue not in queues:
+            raise NotFound(f"definitions: subscription {pair}: queue {sub.queue!r} is "
+                           f"neither defined nor on the broker")
+        sid = held_pairs.get((sub.topic, sub.queue))
+        if sid is None:
+            plan.subscriptions.append((sub.topic, sub.queue, policy, sub.filter_scope))
+            continue
+        held_sub = target.subscription(sid)
+        if (held_sub.filter_policy, held_sub.filter_scope) == (policy, sub.filter_scope):
+            plan.unchanged += 1
+        elif update:
+            plan.policy_changes.append((sid, pair, policy, sub.filter_scope))
+        else:
+            plan.conflicts.append(f"subscription {pair} exists with another filter policy")
+    return plan
+
+
+def import_definitions(target: Any, definitions: Mapping[str, Any] | str | bytes, *,
+                       update: bool = False, durable: bool | None = None,
+                       dry_run: bool = False) -> ImportResult:
+    """Make ``target`` hold ``definitions`` (``export_definitions``' map, or its JSON).
+
+    Missing topics, queues and subscriptions are created (queues with a dead-letter
+    queue after it, in any order the document gives); those held with the same settings
+    are left alone. One held with other settings is a conflict, unless ``update``
+    changes it in place: queue settings that may change (``CHANGEABLE_QUEUE_SETTINGS``)
+    and filter policies; a topic's settings, and a queue's ``fifo``, ``max_priority``,
+    ``content_dedup``, ``dedup_window`` and ``durable``, never change. Nothing is
+    deleted.
+
+    Args:
+        target: an embedded ``Broker`` or a blocking ``Client``.
+        definitions: the document: a map, or JSON text.
+        update: change what is held with other settings, where it may change.
+        durable: make every queue durable (True) or not (False), whatever the document
+            says (None: as it says). A broker in memory takes no durable queue.
+        dry_run: plan only: what would be created and updated, nothing changed.
+
+    Returns:
+        What was created, updated and left unchanged.
+
+    Raises:
+        InvalidArgument: the document is malformed (its path and the expected form
+            named), or a name, setting or filter policy is bad. Nothing changed.
+        NotFound: a queue or topic the document refers to is neither in it nor held.
+            Nothing changed.
+        AlreadyExists: conflicts (each named), without ``update``, or ones ``update``
+            cannot change. Nothing changed.
+        FastFanoutError: the broker refused a change on the way (a limit, say): what
+            came before it stays; importing again after the fix completes the rest.
+    """
+    document = _decode(definitions)
+    plan = _plan(target, document, update, durable)
+    if plan.conflicts:
+        shown = "; ".join(plan.conflicts[:5])
+        more = len(plan.conflicts) - 5
+        raise AlreadyExists(f"definitions: {len(plan.conflicts)} conflict(s), nothing "
+                            f"changed: {shown}" + (f"; and {more} more" if more > 0 else "")
+                            + ("" if update else "; update=True (--update) changes what "
+                               "may change"))
+    created = [f"topic {name}" for name, _ in plan.topics]
+    created += [f"queue {name}" for name, _ in plan.queues]
+    created += [f"subscription {topic} -> {queue}" for topic, queue, _, _ in plan.subscriptions]
+    updated = [f"queue {name}: {', '.join(changes)}" for name, changes in plan.queue_changes]
+    updated += [f"subscription {pair}: filter policy" for _, pair, _, _ in plan.policy_changes]
+    if dry_run:
+        return ImportResult(created, updated, plan.unchanged)
+    for name, topic_settings in plan.topics:
+        target.create_topic(name, **asdict(topic_settings))
+    later: list[tuple[str, dict[str, Any]]] = []
+    for name, queue_settings in plan.queues:
+        keywords = _create_keywords(queue_settings)
+        if keywords["dead_letter_queue"] is not None:   # set once every queue exists
+            later.append((name, {"dead_letter_queue": keywords["dead_letter_queue"],
+                                 "overflow": keywords["overflow"]}))
+            keywords.update(dead_letter_queue=None, overflow="reject")
+        target.create_queue(name, **keywords)
+    for name, changes in later + plan.queue_changes:
+        target.set_queue_settings(name, **changes)
+    for topic, queue, policy, scope in plan.subscriptions:
+        target.subscribe(topic, queue, filter_policy=policy, filter_scope=scope)
+    for sid, _, policy, scope in plan.policy_changes:
+        target.set_filter_policy(sid, policy, filter_scope=scope)
+    return ImportResult(created, updated, plan.unchanged)
