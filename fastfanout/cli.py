@@ -338,6 +338,10 @@ def cli(ctx: click.Context) -> None:
               help="Serve Prometheus metrics at http://HOST:PORT/metrics from this process "
                    "(docs/metrics.md; no authentication: keep it on loopback, "
                    "127.0.0.1:9771, unless other hosts scrape it).")
+@click.option("--definitions", type=click.Path(dir_okay=False), default=None,
+              help="A definitions document (fastfanout definitions export) to import as "
+                   "the broker starts: what it lacks is created; a conflict with what it "
+                   "holds fails the start.")
 def serve(config_path: str | None, **given: Any) -> None:
     """Run a broker until SIGTERM, SIGINT or SIGHUP (then exit 0).
 
@@ -390,6 +394,8 @@ def serve(config_path: str | None, **given: Any) -> None:
             data_dir, made = default_data_dir_made(endpoint)
             options.update(data_dir=str(data_dir), made=made)
         companions = []
+        if config.definitions is not None:   # first: the bridge's rules may need them
+            companions.append(_definitions_companion(config.definitions))
         if config.bridge is not None:
             companions.append(_bridge_companion(config.bridge, endpoint, config.in_memory))
         with ExitStack() as beside:
@@ -413,6 +419,34 @@ def serve(config_path: str | None, **given: Any) -> None:
     except OSError as error:
         _exit_with(f"error: cannot serve {endpoint}: {error.strerror}"
                    + (f": {error.filename}" if error.filename else ""), 1)
+
+
+def _definitions_companion(path: str) -> Callable[[Any], Callable[[], None]]:
+    """Read and check the document now, before anything binds.
+
+    The companion imports it into the server's broker once bound, before the loop
+    serves anyone.
+    """
+    from fastfanout.definitions import check_definitions, import_definitions
+    from fastfanout.errors import InvalidArgument
+
+    try:
+        with open(path, "rb") as file:
+            document = file.read()
+        check_definitions(document)
+    except OSError as error:
+        _exit_with(f"error: cannot read the definitions {path}: {error.strerror}", 1)
+    except InvalidArgument as error:
+        _exit_with(f"error: {path}: {error}", 1)
+
+    def start(server: Any) -> Callable[[], None]:
+        result = import_definitions(server.broker, document)
+        logging.getLogger("fastfanout.definitions").info(
+            "definitions %s: %d created, %d unchanged", path, len(result.created),
+            result.unchanged)
+        return lambda: None
+
+    return start
 
 
 def _together(starts: list[Callable[[Any], Callable[[], None]]]

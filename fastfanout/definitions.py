@@ -40,7 +40,8 @@ from fastfanout.settings import (
     check_queue_settings,
 )
 
-__all__ = ["DEFINITIONS_FORMAT", "ImportResult", "export_definitions", "import_definitions"]
+__all__ = ["DEFINITIONS_FORMAT", "ImportResult", "check_definitions", "export_definitions",
+           "import_definitions"]
 
 DEFINITIONS_FORMAT: Final = 1
 """The version of the document (its ``fastfanout_definitions`` key)."""
@@ -199,13 +200,56 @@ class _Plan:
         self.policy_changes: list[tuple[int, str, str | None, str]] = []
 
 
-def _plan(target: Any, document: _Document, update: bool, durable: bool | None) -> _Plan:
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A document's definitions, each checked as the broker would check it."""
+
+    topics: dict[str, TopicSettings]
+    queues: dict[str, QueueSettings]
+    subscriptions: list[tuple[str, str, str | None, str]]   # topic, queue, policy, scope
+
+
+def _check(document: _Document, durable: bool | None) -> _Checked:
+    """Every name, setting and filter policy of ``document`` (no broker needed)."""
+    topics = {check_name("topic", name): TopicSettings(**msgspec.structs.asdict(topic))
+              for name, topic in document.topics.items()}
+    queues = {name: _queue_settings(name, queue, durable)
+              for name, queue in document.queues.items()}
+    subscriptions: list[tuple[str, str, str | None, str]] = []
+    for sub in document.subscriptions:
+        check_name("queue", sub.queue)
+        if is_pattern(sub.topic):
+            validate_pattern(sub.topic)
+        else:
+            check_name("topic", sub.topic)
+        try:
+            _, policy = compile_policy(sub.filter_policy, sub.filter_scope)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"definitions: subscription {sub.topic} -> {sub.queue}: "
+                                  f"{error}") from None
+        subscriptions.append((sub.topic, sub.queue, policy, sub.filter_scope))
+    return _Checked(topics, queues, subscriptions)
+
+
+def check_definitions(definitions: Mapping[str, Any] | str | bytes, *,
+                      durable: bool | None = None) -> None:
+    """Check a document on its own: its form, and every name, setting and filter policy.
+
+    What ``import_definitions`` checks before it looks at a broker (``fastfanout serve
+    --definitions`` runs it before it binds); the references to queues and topics a
+    broker may hold are left to the import.
+
+    Raises:
+        InvalidArgument: the first problem, named.
+    """
+    _check(_decode(definitions), durable)
+
+
+def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
     plan = _Plan()
     topics = set(target.list_topics())
     queues = set(target.list_queues())
-    for name, topic in document.topics.items():
-        check_name("topic", name)
-        wanted = TopicSettings(**msgspec.structs.asdict(topic))
+    for name, wanted in checked.topics.items():
         if name not in topics:
             plan.topics.append((name, wanted))
         elif target.topic_settings(name) == wanted:
@@ -213,10 +257,9 @@ def _plan(target: Any, document: _Document, update: bool, durable: bool | None) 
         else:
             plan.conflicts.append(f"topic {name!r} exists with other settings "
                                   f"({target.topic_settings(name)}; a topic's never change)")
-    for name, queue in document.queues.items():
-        wanted_queue = _queue_settings(name, queue, durable)
+    for name, wanted_queue in checked.queues.items():
         dead = wanted_queue.dead_letter_queue
-        if dead is not None and dead not in document.queues and dead not in queues:
+        if dead is not None and dead not in checked.queues and dead not in queues:
             raise NotFound(f"definitions: queue {name!r}: its dead_letter_queue {dead!r} is "
                            f"neither defined nor on the broker")
         if name not in queues:
@@ -241,33 +284,23 @@ def _plan(target: Any, document: _Document, update: bool, durable: bool | None) 
             f"nothing on disk; import with durable=False (--not-durable) to make every "
             f"queue an in-memory one")
     held_pairs = {pair: sid for sid, pair in target.list_subscriptions().items()}
-    for sub in document.subscriptions:
-        pair = f"{sub.topic} -> {sub.queue}"
-        check_name("queue", sub.queue)
-        if is_pattern(sub.topic):
-            validate_pattern(sub.topic)
-        else:
-            check_name("topic", sub.topic)
-        try:
-            _, policy = compile_policy(sub.filter_policy, sub.filter_scope)
-        except InvalidArgument as error:
-            raise InvalidArgument(f"definitions: subscription {pair}: {error}") from None
-        if not is_pattern(sub.topic) and sub.topic not in document.topics \
-                and sub.topic not in topics:
-            raise NotFound(f"definitions: subscription {pair}: topic {sub.topic!r} is "
-                           f"neither defined nor on the broker")
-        if sub.queue not in document.queues and sub.queue not in queues:
-            raise NotFound(f"definitions: subscription {pair}: queue {sub.queue!r} is "
-                           f"neither defined nor on the broker")
-        sid = held_pairs.get((sub.topic, sub.queue))
+    for topic, queue, policy, scope in checked.subscriptions:
+        pair = f"{topic} -> {queue}"
+        if not is_pattern(topic) and topic not in checked.topics and topic not in topics:
+            raise NotFound(f"definitions: subscription {pair}: topic {topic!r} is neither "
+                           f"defined nor on the broker")
+        if queue not in checked.queues and queue not in queues:
+            raise NotFound(f"definitions: subscription {pair}: queue {queue!r} is neither "
+                           f"defined nor on the broker")
+        sid = held_pairs.get((topic, queue))
         if sid is None:
-            plan.subscriptions.append((sub.topic, sub.queue, policy, sub.filter_scope))
+            plan.subscriptions.append((topic, queue, policy, scope))
             continue
         held_sub = target.subscription(sid)
-        if (held_sub.filter_policy, held_sub.filter_scope) == (policy, sub.filter_scope):
+        if (held_sub.filter_policy, held_sub.filter_scope) == (policy, scope):
             plan.unchanged += 1
         elif update:
-            plan.policy_changes.append((sid, pair, policy, sub.filter_scope))
+            plan.policy_changes.append((sid, pair, policy, scope))
         else:
             plan.conflicts.append(f"subscription {pair} exists with another filter policy")
     return plan
@@ -307,8 +340,7 @@ def import_definitions(target: Any, definitions: Mapping[str, Any] | str | bytes
         FastFanoutError: the broker refused a change on the way (a limit, say): what
             came before it stays; importing again after the fix completes the rest.
     """
-    document = _decode(definitions)
-    plan = _plan(target, document, update, durable)
+    plan = _plan(target, _check(_decode(definitions), durable), update)
     if plan.conflicts:
         shown = "; ".join(plan.conflicts[:5])
         more = len(plan.conflicts) - 5

@@ -117,6 +117,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         bridge: path of a NATS JetStream bridge rule file (docs/bridge.md), or None.
         metrics: ``HOST:PORT`` where the broker's process serves its Prometheus metrics
             (docs/metrics.md), or None.
+        definitions: path of a definitions document the broker imports as it starts
+            (docs/semantics.md, "Definitions"), or None.
     """
 
     endpoint: str | None = None
@@ -156,6 +158,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     max_pattern_subscriptions: _HighWaterMark = DEFAULT_MAX_PATTERN_SUBSCRIPTIONS
     bridge: str | None = None
     metrics: str | None = None
+    definitions: str | None = None
 
 
 EXPECTED: Final[dict[str, str]] = {
@@ -193,6 +196,7 @@ EXPECTED: Final[dict[str, str]] = {
     "max_pattern_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "bridge": "a string: the path of a bridge rule file (docs/bridge.md)",
     "metrics": "a string, HOST:PORT (docs/metrics.md)",
+    "definitions": "a string: the path of a definitions document",
 }
 """Each key's expected form, as error messages state it."""
 
@@ -294,12 +298,13 @@ def server_options(config: ServerConfig) -> dict[str, Any]:
 
     ``log_level``, ``curve_secret_key`` (a file the caller loads into
     ``Server(curve=...)``), ``in_memory`` (the caller picks ``data_dir``: see
-    ``fastfanout serve``), ``bridge`` and ``metrics`` (the caller runs them beside the
-    server) are
+    ``fastfanout serve``), ``bridge``, ``metrics`` and ``definitions`` (the caller runs
+    them beside the server) are
     left out, and so are keys left at None (``Server`` then picks its default: for
     ``max_frame_bytes`` the larger of 256 MiB and ``max_request_bytes``, so a raised
     request limit is not undercut by the frame limit).
     """
     return {key: getattr(config, key) for key in config.__struct_fields__
-            if key not in ("log_level", "curve_secret_key", "in_memory", "bridge", "metrics")
+            if key not in ("log_level", "curve_secret_key", "in_memory", "bridge", "metrics",
+                           "definitions")
             and getattr(config, key) is not None}

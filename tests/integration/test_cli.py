@@ -364,7 +364,7 @@ def test_config_defaults_are_the_servers() -> None:
     config = ServerConfig()
     for key in ServerConfig.__struct_fields__:
         if key in ("log_level", "curve_secret_key", "max_frame_bytes", "in_memory", "bridge",
-                   "metrics"):
+                   "metrics", "definitions"):
             continue
         assert getattr(config, key) == defaults[key], key
     # left to the Server, which raises it to a larger max_request_bytes

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any as Tracker
 
 import pytest
@@ -109,3 +110,43 @@ def test_the_cli_refuses_wrong_input_in_one_line(track: Tracker) -> None:
         (line,) = done.stderr.strip().splitlines()
         assert words in line
     assert track.client(server.endpoint).list_queues() == []
+
+
+def test_serve_imports_definitions_as_it_starts(track: Tracker) -> None:
+    document = track.tmp_path / "broker.json"
+    document.write_text(json.dumps({
+        "fastfanout_definitions": 1, "topics": {"orders": {}},
+        "queues": {"billing": {"max_receive_count": 3}},
+        "subscriptions": [{"topic": "orders", "queue": "billing"}]}))
+    endpoint = track.endpoint()
+    track.broker_process(endpoint, "--definitions", str(document))
+    client = track.client(endpoint)
+    assert client.list_subscriptions() == {1: ("orders", "billing")}
+    assert client.queue_settings("billing").max_receive_count == 3
+    assert client.publish("orders", b"x").deliveries == 1
+
+
+def test_serve_refuses_bad_or_conflicting_definitions_in_one_line(track: Tracker) -> None:
+    endpoint = track.endpoint()
+    data_dir = track.tmp_path / "data"
+    bad = track.tmp_path / "bad.json"
+    bad.write_text('{"fastfanout_definitions": 1, "queues": {"q": {"max_priority": 300}}}')
+    done = run_cli("serve", "--endpoint", endpoint, "--data-dir", str(data_dir),
+                   "--definitions", str(bad))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad}: definitions: queue 'q': max_priority")
+    assert not data_dir.exists()   # refused before anything was made
+    # a durable broker that holds the queue with other settings: the start fails
+    broker = track.broker_process(endpoint, "--data-dir", str(data_dir))
+    track.client(endpoint).create_queue("q", max_priority=3)
+    broker.terminate()
+    assert broker.wait(30) == 0
+    conflicting = track.tmp_path / "conflicting.json"
+    conflicting.write_text('{"fastfanout_definitions": 1, "queues": {"q": {}}}')
+    done = run_cli("serve", "--endpoint", endpoint, "--data-dir", str(data_dir),
+                   "--definitions", str(conflicting), "--log-level", "WARNING")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "[already_exists]" in line and "max_priority" in line
+    assert not Path(endpoint[len("ipc://"):]).exists()
