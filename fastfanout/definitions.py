@@ -216,7 +216,12 @@ def _check(document: _Document, durable: bool | None) -> _Checked:
     queues = {name: _queue_settings(name, queue, durable)
               for name, queue in document.queues.items()}
     subscriptions: list[tuple[str, str, str | None, str]] = []
+    pairs: set[tuple[str, str]] = set()
     for sub in document.subscriptions:
+        if (sub.topic, sub.queue) in pairs:
+            raise InvalidArgument(f"definitions: subscription {sub.topic} -> {sub.queue} is "
+                                  f"defined twice (a queue subscribes to a topic once)")
+        pairs.add((sub.topic, sub.queue))
         check_name("queue", sub.queue)
         if is_pattern(sub.topic):
             validate_pattern(sub.topic)
@@ -292,6 +297,16 @@ def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
         if queue not in checked.queues and queue not in queues:
             raise NotFound(f"definitions: subscription {pair}: queue {queue!r} is neither "
                            f"defined nor on the broker")
+        if not is_pattern(topic):
+            topic_fifo = (checked.topics[topic] if topic in checked.topics
+                          else target.topic_settings(topic)).fifo
+            queue_fifo = (checked.queues[queue] if queue in checked.queues
+                          else target.queue_settings(queue)).fifo
+            if topic_fifo != queue_fifo:
+                raise InvalidArgument(
+                    f"definitions: subscription {pair}: the topic is "
+                    f"{'FIFO' if topic_fifo else 'standard'} and the queue is not (a FIFO "
+                    f"topic feeds FIFO queues only)")
         sid = held_pairs.get((topic, queue))
         if sid is None:
             plan.subscriptions.append((topic, queue, policy, scope))

@@ -141,6 +141,12 @@ def test_what_can_never_change_is_a_conflict_even_with_update() -> None:
      InvalidArgument, "filter_scope"),
     ({"fastfanout_definitions": 1, "queues": {"q": {"durable": True}}}, InvalidArgument,
      "keeps nothing on disk"),
+    ({"fastfanout_definitions": 1, "topics": {"t.fifo": {"fifo": True}}, "queues": {"q": {}},
+      "subscriptions": [{"topic": "t.fifo", "queue": "q"}]}, InvalidArgument,
+     "the topic is FIFO and the queue is not"),
+    ({"fastfanout_definitions": 1, "queues": {"q": {}}, "subscriptions": [
+        {"topic": "held", "queue": "q"}, {"topic": "held", "queue": "q"}]},
+     InvalidArgument, "defined twice"),
 ])
 def test_bad_documents_change_nothing(document: object, error: type[Exception],
                                       match: str) -> None:
