@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_type_hints
 
 import msgspec
 
@@ -47,34 +47,28 @@ DEFINITIONS_FORMAT: Final = 1
 """The version of the document (its ``fastfanout_definitions`` key)."""
 
 
+def _document_form(settings: type, name: str, **overrides: Any) -> Any:
+    """A strict msgspec Struct of the fields of dataclass ``settings``.
+
+    Their types and defaults come from the dataclass itself, so a new setting is in the
+    document at once; ``overrides`` give a field another type.
+    """
+    hints = get_type_hints(settings)
+    return msgspec.defstruct(
+        name, [(item.name, overrides.get(item.name, hints[item.name]), item.default)
+               for item in fields(settings)], forbid_unknown_fields=True)
+
+
 class _Backoff(msgspec.Struct, forbid_unknown_fields=True):
     initial: float = 1.0
     multiplier: float = 2.0
     maximum: float = 300.0
 
 
-class _Topic(msgspec.Struct, forbid_unknown_fields=True):
-    fifo: bool = False
-    content_dedup: bool = False
-    dedup_window: float = 300.0
-
-
-class _Queue(msgspec.Struct, forbid_unknown_fields=True):
-    visibility_timeout: float = 30.0
-    max_receive_count: int | None = None
-    dead_letter_queue: str | None = None
-    delay: float = 0.0
-    max_messages: int | None = None
-    max_bytes: int | None = None
-    max_message_size: int = 1_048_576
-    retention: float = 345_600.0
-    overflow: str = "reject"
-    max_priority: int = 0
-    fifo: bool = False
-    content_dedup: bool = False
-    dedup_window: float = 300.0
-    redelivery_backoff: list[float] | _Backoff | None = None
-    durable: bool = False
+_Topic = _document_form(TopicSettings, "_Topic")
+# a backoff is a list of seconds or a map (msgspec takes one array-like type of a union)
+_Queue = _document_form(QueueSettings, "_Queue",
+                        redelivery_backoff=list[float] | _Backoff | None)
 
 
 class _Subscription(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,11 +78,13 @@ class _Subscription(msgspec.Struct, forbid_unknown_fields=True):
     filter_scope: Literal["attributes", "body"] = "attributes"
 
 
-class _Document(msgspec.Struct, forbid_unknown_fields=True):
-    fastfanout_definitions: int
-    topics: dict[str, _Topic] = {}
-    queues: dict[str, _Queue] = {}
-    subscriptions: list[_Subscription] = []
+_Document = msgspec.defstruct("_Document", [
+    ("fastfanout_definitions", int),
+    # made at run time from the settings classes: types to msgspec, values to mypy
+    ("topics", dict[str, _Topic], msgspec.field(default_factory=dict)),  # type: ignore[valid-type]
+    ("queues", dict[str, _Queue], msgspec.field(default_factory=dict)),  # type: ignore[valid-type]
+    ("subscriptions", list[_Subscription], msgspec.field(default_factory=list)),
+], forbid_unknown_fields=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +146,8 @@ def export_definitions(source: Any) -> dict[str, Any]:
             "queues": queues, "subscriptions": subscriptions}
 
 
-def _decode(definitions: Mapping[str, Any] | str | bytes) -> _Document:
+def _decode(definitions: Mapping[str, Any] | str | bytes) -> Any:
+    document: Any
     try:
         if isinstance(definitions, str | bytes):
             document = msgspec.json.decode(definitions, type=_Document)
@@ -167,7 +164,7 @@ def _decode(definitions: Mapping[str, Any] | str | bytes) -> _Document:
     return document
 
 
-def _queue_settings(name: str, queue: _Queue, durable: bool | None) -> QueueSettings:
+def _queue_settings(name: str, queue: Any, durable: bool | None) -> QueueSettings:
     values = msgspec.structs.asdict(queue)
     backoff = values["redelivery_backoff"]
     if isinstance(backoff, _Backoff):
@@ -209,7 +206,7 @@ class _Checked:
     subscriptions: list[tuple[str, str, str | None, str]]   # topic, queue, policy, scope
 
 
-def _check(document: _Document, durable: bool | None) -> _Checked:
+def _check(document: Any, durable: bool | None) -> _Checked:
     """Every name, setting and filter policy of ``document`` (no broker needed)."""
     topics = {check_name("topic", name): TopicSettings(**msgspec.structs.asdict(topic))
               for name, topic in document.topics.items()}
