@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal, get_type_hints
 
 import msgspec
@@ -47,15 +47,15 @@ DEFINITIONS_FORMAT: Final = 1
 """The version of the document (its ``fastfanout_definitions`` key)."""
 
 
-def _document_form(settings: type, name: str, **overrides: Any) -> Any:
+def _document_form(settings: type, name: str, **overrides: tuple[Any, Any]) -> Any:
     """A strict msgspec Struct of the fields of dataclass ``settings``.
 
     Their types and defaults come from the dataclass itself, so a new setting is in the
-    document at once; ``overrides`` give a field another type.
+    document at once; ``overrides`` give a field another (type, default).
     """
     hints = get_type_hints(settings)
     return msgspec.defstruct(
-        name, [(item.name, overrides.get(item.name, hints[item.name]), item.default)
+        name, [(item.name, *overrides.get(item.name, (hints[item.name], item.default)))
                for item in fields(settings)], forbid_unknown_fields=True)
 
 
@@ -66,9 +66,13 @@ class _Backoff(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _Topic = _document_form(TopicSettings, "_Topic")
-# a backoff is a list of seconds or a map (msgspec takes one array-like type of a union)
+# A backoff is a list of seconds or a map (msgspec takes one array-like type of a
+# union). A queue without "durable" is as its broker makes queues by default: durable on
+# a broker with a data directory, in memory on one without (the document moves between
+# the two as it is).
 _Queue = _document_form(QueueSettings, "_Queue",
-                        redelivery_backoff=list[float] | _Backoff | None)
+                        redelivery_backoff=(list[float] | _Backoff | None, None),
+                        durable=(bool | None, None))
 
 
 class _Subscription(msgspec.Struct, forbid_unknown_fields=True):
@@ -114,6 +118,11 @@ def _settings_map(settings: QueueSettings) -> dict[str, Any]:
     return values
 
 
+def _durable_by_default(broker: Any) -> bool:
+    """Whether ``broker`` makes a queue durable unless told (it has a data directory)."""
+    return broker.stats().storage is not None
+
+
 def _without_defaults(values: dict[str, Any], kind: type[msgspec.Struct]) -> dict[str, Any]:
     defaults = msgspec.structs.asdict(kind())
     return {key: value for key, value in values.items() if value != defaults[key]}
@@ -131,8 +140,13 @@ def export_definitions(source: Any) -> dict[str, Any]:
     """
     topics = {name: _without_defaults(asdict(source.topic_settings(name)), _Topic)
               for name in source.list_topics()}
-    queues = {name: _without_defaults(_settings_map(source.queue_settings(name)), _Queue)
-              for name in source.list_queues()}
+    durable_by_default = _durable_by_default(source)
+    queues = {}
+    for name in source.list_queues():
+        values = _settings_map(source.queue_settings(name))
+        if values["durable"] == durable_by_default:
+            values["durable"] = None
+        queues[name] = _without_defaults(values, _Queue)
     subscriptions = []
     for sid in sorted(source.list_subscriptions()):
         sub = source.subscription(sid)
@@ -173,6 +187,8 @@ def _queue_settings(name: str, queue: Any, durable: bool | None) -> QueueSetting
         values["redelivery_backoff"] = tuple(backoff)
     if durable is not None:
         values["durable"] = durable
+    elif values["durable"] is None:   # the broker's default: settled by _plan
+        values["durable"] = False
     try:
         settings, _ = check_queue_settings(name, QueueSettings(**values))
     except InvalidArgument as error:
@@ -204,6 +220,7 @@ class _Checked:
     topics: dict[str, TopicSettings]
     queues: dict[str, QueueSettings]
     subscriptions: list[tuple[str, str, str | None, str]]   # topic, queue, policy, scope
+    default_durable: frozenset[str]   # queues durable as their broker makes them
 
 
 def _check(document: Any, durable: bool | None) -> _Checked:
@@ -212,6 +229,8 @@ def _check(document: Any, durable: bool | None) -> _Checked:
               for name, topic in document.topics.items()}
     queues = {name: _queue_settings(name, queue, durable)
               for name, queue in document.queues.items()}
+    default_durable = frozenset(name for name, queue in document.queues.items()
+                                if durable is None and queue.durable is None)
     subscriptions: list[tuple[str, str, str | None, str]] = []
     pairs: set[tuple[str, str]] = set()
     for sub in document.subscriptions:
@@ -230,7 +249,7 @@ def _check(document: Any, durable: bool | None) -> _Checked:
             raise InvalidArgument(f"definitions: subscription {sub.topic} -> {sub.queue}: "
                                   f"{error}") from None
         subscriptions.append((sub.topic, sub.queue, policy, sub.filter_scope))
-    return _Checked(topics, queues, subscriptions)
+    return _Checked(topics, queues, subscriptions, default_durable)
 
 
 def check_definitions(definitions: Mapping[str, Any] | str | bytes, *,
@@ -251,6 +270,10 @@ def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
     plan = _Plan()
     topics = set(target.list_topics())
     queues = set(target.list_queues())
+    durable_by_default = _durable_by_default(target)
+    wanted_queues = {name: replace(settings, durable=durable_by_default)
+                     if name in checked.default_durable else settings
+                     for name, settings in checked.queues.items()}
     for name, wanted in checked.topics.items():
         if name not in topics:
             plan.topics.append((name, wanted))
@@ -259,7 +282,7 @@ def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
         else:
             plan.conflicts.append(f"topic {name!r} exists with other settings "
                                   f"({target.topic_settings(name)}; a topic's never change)")
-    for name, wanted_queue in checked.queues.items():
+    for name, wanted_queue in wanted_queues.items():
         dead = wanted_queue.dead_letter_queue
         if dead is not None and dead not in checked.queues and dead not in queues:
             raise NotFound(f"definitions: queue {name!r}: its dead_letter_queue {dead!r} is "
@@ -280,7 +303,7 @@ def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
                 f"queue {name!r} exists with other settings: {', '.join(changed)}"
                 + (f" ({', '.join(fixed)} can never change)" if fixed and update else ""))
     durable_queues = [name for name, settings in plan.queues if settings.durable]
-    if durable_queues and target.stats().storage is None:
+    if durable_queues and not durable_by_default:
         raise InvalidArgument(
             f"definitions: queue {durable_queues[0]!r} is durable and this broker keeps "
             f"nothing on disk; import with durable=False (--not-durable) to make every "
@@ -336,7 +359,8 @@ def import_definitions(target: Any, definitions: Mapping[str, Any] | str | bytes
         definitions: the document: a map, or JSON text.
         update: change what is held with other settings, where it may change.
         durable: make every queue durable (True) or not (False), whatever the document
-            says (None: as it says). A broker in memory takes no durable queue.
+            says (None: as it says; a queue it gives no ``durable`` is as the broker
+            makes queues by default). A broker in memory takes no durable queue.
         dry_run: plan only: what would be created and updated, nothing changed.
 
     Returns:

@@ -158,16 +158,21 @@ def test_bad_documents_change_nothing(document: object, error: type[Exception],
         assert everything(broker) == before
 
 
-def test_durable_queues_into_a_broker_in_memory_and_back(tmp_path: Path) -> None:
+def test_a_queue_without_durable_is_as_its_broker_makes_them(tmp_path: Path) -> None:
     with Broker(data_dir=tmp_path / "data") as durable:
-        durable.create_queue("kept")
+        durable.create_queue("kept")   # durable: this broker's default
         durable.create_queue("passing", durable=False)
         document = export_definitions(durable)
-    assert document["queues"] == {"kept": {"durable": True}, "passing": {}}
-    with Broker() as memory:
-        import_definitions(memory, document, durable=False)
+    assert document["queues"] == {"kept": {}, "passing": {"durable": False}}
+    with Broker() as memory:   # the same document, no option needed
+        assert import_definitions(memory, document).created == ["queue kept",
+                                                                "queue passing"]
         assert memory.queue_settings("kept").durable is False
-        document = export_definitions(memory)
-    with Broker(data_dir=tmp_path / "other") as durable:
+        assert import_definitions(memory, document).unchanged == 2   # settled as held
+    with Broker(data_dir=tmp_path / "again") as durable:
+        import_definitions(durable, document)
+        assert durable.queue_settings("kept").durable is True
+        assert durable.queue_settings("passing").durable is False
+    with Broker(data_dir=tmp_path / "forced") as durable:
         import_definitions(durable, document, durable=True)
         assert durable.queue_settings("passing").durable is True
