@@ -250,10 +250,11 @@ class BrokerAPI(Protocol):
             dedup_id: deduplication id.
             priority: 0 to 255.
             ttl: seconds the request may wait in a queue before it expires, as
-                ``publish`` takes it; default the ``timeout``: a request nobody took
-                before its requester gave up expires instead of being worked on for
-                nothing (dead-lettered with reason ``expired`` where its queue has a
-                dead-letter queue). A leased request does not expire under its
+                ``publish`` takes it (default none). ``ttl=timeout`` lets a request
+                nobody took before its requester gave up expire instead of being worked
+                on for nothing (dead-lettered as ``expired`` where its queue has a
+                dead-letter queue); it applies to every queue the request reaches (an
+                audit queue's copy too). A leased request does not expire under its
                 responder.
 
         Returns:

@@ -440,7 +440,11 @@ def _definitions_companion(path: str) -> Callable[[Any], Callable[[], None]]:
         _exit_with(f"error: {path}: {error}", 1)
 
     def start(server: Any) -> Callable[[], None]:
-        result = import_definitions(server.broker, document)
+        try:
+            result = import_definitions(server.broker, document)
+        except FastFanoutError as error:   # the same error, naming the file
+            error.args = (f"{path}: {error}",)
+            raise
         logging.getLogger("fastfanout.definitions").info(
             "definitions %s: %d created, %d unchanged", path, len(result.created),
             result.unchanged)
@@ -697,8 +701,9 @@ def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, 
               default=DEFAULT_REQUEST_TIMEOUT, show_default=True,
               help="Seconds to wait for the reply.")
 @click.option("--ttl", type=_Seconds(min=0, min_open=True), default=None,
-              help="Seconds the request may wait in a queue before it expires "
-                   "[default: the timeout].")
+              help="Seconds the request may wait in a queue before it expires (in every "
+                   "queue it reaches; default: none). --ttl equal to --timeout lets a "
+                   "request nobody took expire.")
 @_output_options
 def request(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, ...],
             timeout: float, raw: bool, as_json: bool, **options: Any) -> None:

@@ -38,6 +38,7 @@ from fastfanout.settings import (
     TopicSettings,
     check_name,
     check_queue_settings,
+    check_topic_settings,
 )
 
 __all__ = ["DEFINITIONS_FORMAT", "ImportResult", "check_definitions", "export_definitions",
@@ -123,8 +124,14 @@ def _durable_by_default(broker: Any) -> bool:
     return broker.stats().storage is not None
 
 
-def _without_defaults(values: dict[str, Any], kind: type[msgspec.Struct]) -> dict[str, Any]:
-    defaults = msgspec.structs.asdict(kind())
+def _without_defaults(values: dict[str, Any], kind: Any) -> dict[str, Any]:
+    """``values`` in the document's own types, without those at their defaults.
+
+    Seconds are floats whatever the broker was given, so the text of an export survives
+    an import and an export again.
+    """
+    values = msgspec.to_builtins(msgspec.convert(values, kind))
+    defaults = msgspec.to_builtins(kind())
     return {key: value for key, value in values.items() if value != defaults[key]}
 
 
@@ -225,8 +232,15 @@ class _Checked:
 
 def _check(document: Any, durable: bool | None) -> _Checked:
     """Every name, setting and filter policy of ``document`` (no broker needed)."""
-    topics = {check_name("topic", name): TopicSettings(**msgspec.structs.asdict(topic))
-              for name, topic in document.topics.items()}
+    topics = {}
+    for name, topic in document.topics.items():
+        settings = TopicSettings(**msgspec.structs.asdict(topic))
+        try:
+            check_name("topic", name)
+            check_topic_settings(settings)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"definitions: topic {name!r}: {error}") from None
+        topics[name] = settings
     queues = {name: _queue_settings(name, queue, durable)
               for name, queue in document.queues.items()}
     default_durable = frozenset(name for name, queue in document.queues.items()
@@ -238,12 +252,12 @@ def _check(document: Any, durable: bool | None) -> _Checked:
             raise InvalidArgument(f"definitions: subscription {sub.topic} -> {sub.queue} is "
                                   f"defined twice (a queue subscribes to a topic once)")
         pairs.add((sub.topic, sub.queue))
-        check_name("queue", sub.queue)
-        if is_pattern(sub.topic):
-            validate_pattern(sub.topic)
-        else:
-            check_name("topic", sub.topic)
         try:
+            check_name("queue", sub.queue)
+            if is_pattern(sub.topic):
+                validate_pattern(sub.topic)
+            else:
+                check_name("topic", sub.topic)
             _, policy = compile_policy(sub.filter_policy, sub.filter_scope)
         except InvalidArgument as error:
             raise InvalidArgument(f"definitions: subscription {sub.topic} -> {sub.queue}: "
@@ -264,6 +278,32 @@ def check_definitions(definitions: Mapping[str, Any] | str | bytes, *,
         InvalidArgument: the first problem, named.
     """
     _check(_decode(definitions), durable)
+
+
+def _refuse_dead_letter_loops(target: Any, held: set[str],
+                              wanted: dict[str, QueueSettings]) -> None:
+    """Refuse dead-letter queues that would lead back to their queue once imported.
+
+    The broker refuses such a loop too, but only when the import reaches its queue,
+    with what came before already made; the loop may run through queues the broker
+    holds, so their dead-letter queues are read as well (only when there is any).
+    """
+    if not any(settings.dead_letter_queue for settings in wanted.values()):
+        return
+    dead_of = {name: target.queue_settings(name).dead_letter_queue
+               for name in held if name not in wanted}
+    dead_of.update({name: settings.dead_letter_queue for name, settings in wanted.items()})
+    for start in wanted:
+        path = [start]
+        following = dead_of.get(start)
+        while following is not None:
+            if following in path:
+                loop = " -> ".join([*path[path.index(following):], following])
+                raise InvalidArgument(f"definitions: queue {start!r}: its dead-letter "
+                                      f"queues lead back round ({loop}): a dead letter "
+                                      f"would go round for ever")
+            path.append(following)
+            following = dead_of.get(following)
 
 
 def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
@@ -302,6 +342,7 @@ def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
             plan.conflicts.append(
                 f"queue {name!r} exists with other settings: {', '.join(changed)}"
                 + (f" ({', '.join(fixed)} can never change)" if fixed and update else ""))
+    _refuse_dead_letter_loops(target, queues, wanted_queues)
     durable_queues = [name for name, settings in plan.queues if settings.durable]
     if durable_queues and not durable_by_default:
         raise InvalidArgument(

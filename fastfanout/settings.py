@@ -47,6 +47,7 @@ __all__ = [
     "check_name",
     "check_producer_topic",
     "check_queue_settings",
+    "check_topic_settings",
     "check_wait",
     "optional_count",
     "seconds_to_us",
@@ -426,6 +427,17 @@ def changed_queue_settings(name: str, present: QueueSettings, changes: Mapping[s
             f"(create another queue); those that may change: "
             f"{', '.join(CHANGEABLE_QUEUE_SETTINGS)}")
     return check_queue_settings(name, replace(present, **changes))
+
+
+def check_topic_settings(settings: TopicSettings) -> int:
+    """Check a new topic's settings (``InvalidArgument`` naming the bad one).
+
+    Returns its dedup window in microseconds (what the dispatcher takes).
+    """
+    check_flag("fifo", settings.fifo)
+    check_flag("content_dedup", settings.content_dedup)
+    return seconds_to_us("dedup_window", settings.dedup_window, maximum=MAX_DEDUP_WINDOW,
+                         minimum=1.0)
 
 
 def check_queue_settings(name: str, settings: QueueSettings

@@ -52,17 +52,15 @@ from fastfanout.settings import (
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_SUBSCRIPTIONS_PER_TOPIC,
     DEFAULT_MAX_TOPICS,
-    MAX_DEDUP_WINDOW,
     QueueSettings,
     Subscription,
     TopicSettings,
     already_exists_problem,
     changed_queue_settings,
     check_count,
-    check_flag,
     check_name,
     check_queue_settings,
-    seconds_to_us,
+    check_topic_settings,
 )
 from fastfanout.stats import TopologyStats
 from fastfanout.storage.durability import Durability, QueueState, TopicState, Topology
@@ -323,12 +321,9 @@ class Administration:
         """
         self.ensure_open()
         check_name("topic", name)
-        settings = TopicSettings(
-            fifo=check_flag("fifo", fifo),
-            content_dedup=check_flag("content_dedup", content_dedup),
-            dedup_window=dedup_window)
-        window_us = seconds_to_us(
-            "dedup_window", dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
+        settings = TopicSettings(fifo=fifo, content_dedup=content_dedup,
+                                 dedup_window=dedup_window)
+        window_us = check_topic_settings(settings)
         with self.lock:
             self.now_us()
             existing = self._topic_settings.get(name)

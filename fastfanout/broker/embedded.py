@@ -595,7 +595,7 @@ class Broker:
                 topic, body, attributes=request_attributes(
                     attributes, reply_address(inbox.name, number)),
                 group_id=group_id, dedup_id=dedup_id, priority=priority,
-                ttl=timeout if ttl is None else ttl)
+                ttl=ttl)
         except BaseException:
             inbox.forget(number)
             raise

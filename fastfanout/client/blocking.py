@@ -830,7 +830,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
             result = self.publish(topic, body,
                                   attributes=request_attributes(attributes, address),
                                   group_id=group_id, dedup_id=dedup_id, priority=priority,
-                                  ttl=timeout if ttl is None else ttl)
+                                  ttl=ttl)
             if result.deliveries == 0:
                 raise no_responders(topic, result)
             try:

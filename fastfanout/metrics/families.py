@@ -16,7 +16,8 @@ One scrape reads the broker's counters once (``stats()``; for a client also
 
 A counter that only grows is a Prometheus counter (its name ends in ``_total``); a level
 (messages held now, bytes, a limit, an age) is a gauge. Each help text is the field's own
-documentation in ``fastfanout.stats``. The names are the stats' field names, so
+documentation in ``fastfanout.stats`` (the server's, connections', bridge rules' and
+handlers' name the page that documents them). The names are the stats' field names, so
 docs/semantics.md and docs/protocol.md say what each one means.
 """
 
@@ -251,13 +252,21 @@ class BrokerCollector(Collector):
         for rule, values in (server.get("bridge") or {}).items():
             families.numbers("bridge", values, _BRIDGE_GAUGES, {"rule": rule},
                              what="a bridge rule (docs/bridge.md)")
+        # Reports of one worker name, pid and handler (two Worker objects of one process,
+        # say) are one series: their counters summed, their times the longest.
+        handlers: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         for report in reports:
             for handler, counters in report.get("handlers", {}).items():
-                labels = {"worker": report["worker"], "pid": str(report["pid"]),
-                          "handler": handler, "queue": counters["queue"]}
-                numbers = {key: counters[key] for key in HANDLER_COUNTERS}
-                numbers.update({f"{key}_seconds": counters[key] for key in HANDLER_TIMES
-                                if counters.get(key) is not None})
-                families.numbers("handler", numbers, _HANDLER_GAUGES | {
-                    f"{key}_seconds" for key in HANDLER_TIMES}, labels,
-                    what="a worker's handler (docs/workers.md)")
+                series = (report["worker"], str(report["pid"]), handler, counters["queue"])
+                numbers = handlers.setdefault(series, dict.fromkeys(HANDLER_COUNTERS, 0))
+                for name in HANDLER_COUNTERS:
+                    numbers[name] += counters[name]
+                for name in HANDLER_TIMES:
+                    if counters.get(name) is not None:
+                        seconds = f"{name}_seconds"
+                        numbers[seconds] = max(numbers.get(seconds, 0.0), counters[name])
+        for (worker, pid, handler, queue), numbers in handlers.items():
+            families.numbers("handler", numbers, _HANDLER_GAUGES | {
+                f"{name}_seconds" for name in HANDLER_TIMES},
+                {"worker": worker, "pid": pid, "handler": handler, "queue": queue},
+                what="a worker's handler (docs/workers.md)")

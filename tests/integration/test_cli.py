@@ -912,13 +912,15 @@ def test_request_prints_the_first_reply_and_fails_in_one_line(track: Tracker) ->
         result = runner.invoke(cli, ["request", *args, *ep])
         assert_runner_one_line_error(result, " ".join(args))
         assert f"[{code}]" in result.output
-    # the no_reply request expired (its ttl its timeout); one with a longer --ttl stays
-    assert client.receive("q") == []
-    assert client.stats().queues["q"].dropped["expired"] == 1
-    result = runner.invoke(cli, ["request", "t", "kept", "--timeout", "0.2", "--ttl", "3600",
+    # the no_reply request stayed (no ttl unless given); one with --ttl as its timeout
+    # expires
+    assert [bytes(m.body) for m in client.receive("q")] == [b"x"]
+    result = runner.invoke(cli, ["request", "t", "gone", "--timeout", "0.2", "--ttl", "0.1",
                                  *ep])
     assert "[no_reply]" in result.output
-    assert [bytes(m.body) for m in client.receive("q")] == [b"kept"]
+    track.wait_until(lambda: client.receive("q") == [] and
+                     client.stats().queues["q"].dropped["expired"] == 1,
+                     what="the request with --ttl 0.1 expired")
     for args in (["t", "x", "--timeout", "0"], ["t", "x", "--timeout", "nan"],
                  ["t", "x", "--ttl", "0"], ["t", "x", "--ttl", "-5"],
                  ["t", "x", "--raw", "--json"], ["t", "x", "--priority", "300"]):

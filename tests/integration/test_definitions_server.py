@@ -149,4 +149,5 @@ def test_serve_refuses_bad_or_conflicting_definitions_in_one_line(track: Tracker
     assert done.returncode == 1 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert "[already_exists]" in line and "max_priority" in line
+    assert f"{conflicting}: definitions:" in line   # the file named
     assert not Path(endpoint[len("ipc://"):]).exists()

@@ -122,8 +122,8 @@ def test_no_responders_and_no_reply_over_the_wire(track: Tracker, endpoint: str)
         client.request("lonely", b"x", timeout=DEADLINE)
     wired(client)
     with pytest.raises(NoReply):
-        client.request("t", b"x", timeout=0.2, ttl=3600)
-    # the request is still there (its ttl outlasts its timeout); its late reply is
+        client.request("t", b"x", timeout=0.2)
+    # the request is still there (no ttl unless given); its late reply is
     # dropped by the requester, and the next request of the same client gets its own
     # reply, not the late one
     (late,) = client.receive("q")
@@ -136,18 +136,18 @@ def test_no_responders_and_no_reply_over_the_wire(track: Tracker, endpoint: str)
     assert client.server_stats().get("replies_dropped", 0) == 0   # its inbox was held
 
 
-def test_a_request_nobody_took_in_time_expires_for_both_clients(track: Tracker) -> None:
+def test_a_request_with_ttl_timeout_expires_for_both_clients(track: Tracker) -> None:
     endpoint = track.endpoint()
     track.server(endpoint)
     client = track.client(endpoint)
     wired(client)
     with pytest.raises(NoReply):
-        client.request("t", b"blocking", timeout=0.1)
+        client.request("t", b"blocking", timeout=0.1, ttl=0.05)
 
     async def main() -> None:
         async with aio.connect(endpoint) as aclient:
             with pytest.raises(NoReply):
-                await aclient.request("t", b"asyncio", timeout=0.1)
+                await aclient.request("t", b"asyncio", timeout=0.1, ttl=0.05)
 
     asyncio.run(main())
     assert client.receive("q") == []
@@ -164,8 +164,7 @@ def test_a_reply_for_a_requester_that_is_gone_is_dropped_and_counted(track: Trac
         from fastfanout.client import connect
         with connect(sys.argv[1]) as client:
             try:
-                client.request("t", b"from a process that leaves", timeout=0.3,
-                               ttl=3600)
+                client.request("t", b"from a process that leaves", timeout=0.3)
             except Exception as exc:
                 print(type(exc).__name__, flush=True)
     """)

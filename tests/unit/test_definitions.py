@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fastfanout import AlreadyExists, Broker, InvalidArgument, NotFound
-from fastfanout.definitions import export_definitions, import_definitions
+from fastfanout.definitions import check_definitions, export_definitions, import_definitions
 from fastfanout.records import ExponentialBackoff
 from fastfanout.settings import TopicSettings
 
@@ -127,6 +127,15 @@ def test_what_can_never_change_is_a_conflict_even_with_update() -> None:
      InvalidArgument, "queue 'q': visibility_timeout"),
     ({"fastfanout_definitions": 1, "topics": {"bad name": {}}}, InvalidArgument,
      "topic name 'bad name'"),
+    # a later topic's bad setting: the first one was created anyway until the review
+    ({"fastfanout_definitions": 1, "topics": {"x": {}, "y": {"dedup_window": 0}}},
+     InvalidArgument, "definitions: topic 'y': dedup_window"),
+    ({"fastfanout_definitions": 1, "queues": {"a": {"dead_letter_queue": "b"},
+                                              "b": {"dead_letter_queue": "a"}}},
+     InvalidArgument, r"lead back round \(a -> b -> a\)"),
+    ({"fastfanout_definitions": 1, "queues": {"q": {}},
+      "subscriptions": [{"topic": "t.**.x", "queue": "q"}]}, InvalidArgument,
+     r"definitions: subscription t\.\*\*\.x -> q"),
     ({"fastfanout_definitions": 1, "queues": {"q": {"dead_letter_queue": "nope"}}},
      NotFound, "dead_letter_queue 'nope' is neither defined nor on the broker"),
     ({"fastfanout_definitions": 1, "queues": {"q": {}},
@@ -155,7 +164,34 @@ def test_bad_documents_change_nothing(document: object, error: type[Exception],
         before = everything(broker)
         with pytest.raises(error, match=match):
             import_definitions(broker, document)   # type: ignore[arg-type]
+        with pytest.raises(error, match=match):
+            import_definitions(broker, document, dry_run=True)   # type: ignore[arg-type]
         assert everything(broker) == before
+        if error is InvalidArgument and "neither" not in match and "disk" not in match \
+                and "FIFO" not in match and "lead back" not in match:
+            with pytest.raises(InvalidArgument, match=match):   # found without a broker
+                check_definitions(document)   # type: ignore[arg-type]
+
+
+def test_a_dead_letter_loop_through_a_held_queue_changes_nothing() -> None:
+    with Broker() as broker:
+        broker.create_queue("b")
+        broker.create_queue("c", dead_letter_queue="b")
+        before = everything(broker)
+        document = {"fastfanout_definitions": 1,
+                    "queues": {"b": {"dead_letter_queue": "c"}, "new": {}}}
+        with pytest.raises(InvalidArgument, match=r"\(b -> c -> b\)"):
+            import_definitions(broker, document, update=True)
+        assert everything(broker) == before
+
+
+def test_the_text_of_an_export_survives_an_import() -> None:
+    with Broker() as source, Broker() as target:
+        source.create_topic("t", dedup_window=60)   # whole numbers, as Python callers give
+        source.create_queue("q", visibility_timeout=10, redelivery_backoff=(1, 2))
+        text = json.dumps(export_definitions(source), indent=2)
+        import_definitions(target, text)
+        assert json.dumps(export_definitions(target), indent=2) == text
 
 
 def test_a_queue_without_durable_is_as_its_broker_makes_them(tmp_path: Path) -> None:

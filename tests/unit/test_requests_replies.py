@@ -141,10 +141,10 @@ def test_a_duplicate_request_is_no_responders(broker: Broker) -> None:
         broker.request("d", b"x", dedup_id="one", timeout=0.05)
 
 
-def test_a_request_nobody_took_in_time_expires(broker: Broker) -> None:
-    # its ttl is its timeout: once the requester gave up, nobody works on it for nothing
+def test_a_request_nobody_took_in_time_expires_with_ttl_timeout(broker: Broker) -> None:
+    # once the requester gave up, nobody works on it for nothing
     with pytest.raises(NoReply, match=r"within 0\.05 s"):
-        broker.request("t", b"x", timeout=0.05)
+        broker.request("t", b"x", timeout=0.05, ttl=0.02)
     assert broker.receive("q") == []
     assert broker.stats().queues["q"].dropped["expired"] == 1
 
@@ -154,16 +154,20 @@ def test_an_expired_request_is_dead_lettered_where_its_queue_has_a_dlq(broker: B
     broker.create_queue("dq", dead_letter_queue="dead")
     broker.subscribe("t", "dq")
     with pytest.raises(NoReply):
-        broker.request("t", b"x", timeout=0.05)
+        broker.request("t", b"x", timeout=0.05, ttl=0.02)
     assert broker.receive("dq") == []   # expired at the head of its queue
     (dead,) = broker.receive("dead")
     assert dead.dead_letter is not None and dead.dead_letter.reason == "expired"
     assert dead.reply_to is not None   # a late reply from there is dropped, counted
 
 
-def test_a_request_with_a_longer_ttl_stays_for_a_responder(broker: Broker) -> None:
+def test_a_request_that_timed_out_stays_for_a_responder(broker: Broker) -> None:
+    # no ttl by default: it applies to every queue the request reaches (an audit's too)
+    broker.create_queue("audit")
+    broker.subscribe("t", "audit")
     with pytest.raises(NoReply, match=r"within 0\.05 s"):
-        broker.request("t", b"x", timeout=0.05, ttl=3600)
+        broker.request("t", b"x", timeout=0.05)
+    assert [m.body for m in broker.receive("audit")] == [b"x"]
     (message,) = broker.receive("q")   # still there for a responder
     assert message.body == b"x"
     message.reply(b"too late")
