@@ -804,7 +804,8 @@ def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
     A stop signal (Ctrl-C, SIGTERM, SIGHUP) during the wait ends it at once: nothing is
     printed, the connection closes, exit 0, as when the wait runs out. One that comes
     while received messages are printed or settled ends it with "aborted" (exit 1):
-    those not settled are visible again, the connection closed.
+    those not settled are visible again, the connection closed. So does an output
+    closed before every message was printed (receive ... | head -n 1): nothing settled.
     """
     if ack + nack + term > 1:
         raise click.UsageError("--ack, --nack and --term exclude each other")
@@ -820,6 +821,10 @@ def receive(endpoint: str | None, queue: str, ack: bool, nack: bool, term: bool,
         except KeyboardInterrupt:
             _exit_with("aborted: stopped while printing or settling what it received; "
                        "what it did not settle is visible again", 1)
+        except BrokenPipeError:   # its reader left (| head) before it printed them all
+            _quiet_stdout()
+            _exit_with("aborted: its output was closed before every message was printed; "
+                       "nothing was settled, and what it received is visible again", 1)
 
 
 def _show_and_settle(client: Any, queue: str, messages: list[Any],

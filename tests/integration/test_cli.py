@@ -1031,3 +1031,26 @@ def test_a_group_alone_prints_its_help_whole(group: list[str]) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"Usage: fastfanout {' '.join(group)}".rstrip() + " ")
     assert "Commands:" in lines and len(lines) > 10
+
+
+def test_receive_whose_reader_left_settles_nothing_and_says_so(track: Tracker) -> None:
+    """`receive q --ack | head -n 1`: it printed the first, found the pipe closed, and
+    exited 1 without a word (nothing was acked, rightly); now it says why."""
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_queue("q")
+    # 2,000 lines of 200 bytes and more: far more than a pipe holds, so the command is
+    # still printing when its reader leaves
+    client.send_batch("q", [b"line %d " % index + b"x" * 200 for index in range(2000)])
+    process = track.process(["-m", "fastfanout", "receive", "q", "--ack", "-n", "2000",
+                             "--endpoint", endpoint])
+    assert process.stdout is not None and process.stderr is not None
+    assert b" line 0 x" in process.stdout.readline()
+    process.stdout.close()   # the reader is done after one line, as head is
+    assert process.wait(20) == 1
+    (line,) = process.stderr.read().decode().strip().splitlines()
+    assert line.startswith("aborted: its output was closed before every message was printed")
+    track.wait_until(lambda: client.stats().queues["q"].visible == 2000,
+                     what="every message visible again, none acked")
+    assert client.stats().queues["q"].acked == 0
