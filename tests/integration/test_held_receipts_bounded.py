@@ -67,17 +67,22 @@ def test_live_leases_past_the_limit_are_not_held_and_end_by_themselves(
         track: Tracker) -> None:
     server = track.server(max_held_receipts=10)
     client = track.client(server.endpoint)
-    client.create_queue("q", visibility_timeout=1.0)
+    # 3 s: long enough that the 20 are still leased when the other client first looks,
+    # however slow the machine, short enough to wait for them to end
+    client.create_queue("q", visibility_timeout=3.0)
     client.send_batch("q", [b"x"] * 30)
     assert len(client.receive("q", max_messages=30)) == 30
     stats = client.server_stats()
     assert (stats["held_receipts"], stats["held_receipts_dropped"]) == (10, 20)
     client.close()   # the 10 held are released now; the other 20 when their lease ends
     other = track.client(server.endpoint)
-    assert len(other.receive("q", max_messages=30)) == 10
+    # leased for long: with the queue's lease (1 s then), on a slow machine these came
+    # back too before the loop below looked, and it counted 30 (CI saw it)
+    assert len(other.receive("q", max_messages=30, visibility_timeout=600)) == 10
     returned = 0
     for _ in range(20):
-        returned += len(other.receive("q", max_messages=30, wait=5.0))
+        returned += len(other.receive("q", max_messages=30, wait=5.0,
+                                      visibility_timeout=600))
         if returned >= 20:
             break
     assert returned == 20
