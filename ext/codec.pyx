@@ -351,7 +351,14 @@ cdef str _decode_text(const char* data, uint32_t length, str field, size_t offse
 
 
 cdef Record _record_from_view(const ff_record_view* view, size_t offset):
-    cdef Record record = Record.__new__(Record)
+    cdef Record record
+    if view.flags & (FF_FLAG_EXPIRES | FF_FLAG_TTL) and <int64_t>view.receipt < 0:
+        # a Record takes neither below 0: one the reader made could not be written again
+        raise MalformedBatch(
+            f"malformed batch frame: a negative "
+            f"{'ttl_us' if view.flags & FF_FLAG_TTL else 'expires_at_us'} in the record "
+            f"at byte offset {offset}")
+    record = Record.__new__(Record)
     record.id = view.id
     record.timestamp_us = view.timestamp_us
     record.body = PyBytes_FromStringAndSize(view.body, view.body_len)
