@@ -470,6 +470,32 @@ def _together(starts: list[Callable[[Any], Callable[[], None]]]
     return start
 
 
+def _metrics_address(address: str, option: str, config_path: str | None = None
+                     ) -> tuple[str, int]:
+    """``HOST:PORT`` of ``option`` (or the config file's ``metrics``), or a one-line end."""
+    from fastfanout.errors import InvalidArgument
+    from fastfanout.metrics import parse_address
+
+    try:
+        return parse_address(address)
+    except InvalidArgument as error:
+        if config_path is None:
+            raise click.BadParameter(str(error), param_hint=option) from None
+        _exit_with(f"error: {config_path}: metrics: {error}", 1)
+
+
+def _listen_for_metrics(source: Any, host: str, port: int, address: str, option: str
+                        ) -> Any:
+    """A metrics endpoint of ``source`` listening now, or a one-line end (a busy port)."""
+    from fastfanout.metrics import MetricsServer
+
+    try:
+        return MetricsServer(source, host, port)
+    except OSError as error:
+        _exit_with(f"error: cannot listen on {address} for metrics: {error.strerror}; "
+                   f"choose another {option} address, or stop the program holding it", 1)
+
+
 @contextmanager
 def _metrics_companion(address: str, endpoint: str, config_path: str | None
                        ) -> Iterator[Callable[[Any], Callable[[], None]]]:
@@ -478,21 +504,11 @@ def _metrics_companion(address: str, endpoint: str, config_path: str | None
     The companion points the scrapes at the server once it is bound. The endpoint
     closes when ``serve`` ends, however it ends.
     """
-    from fastfanout.errors import InvalidArgument
-    from fastfanout.metrics import MetricsServer, ServedBroker, parse_address
+    from fastfanout.metrics import ServedBroker
 
-    try:
-        host, port = parse_address(address)
-    except InvalidArgument as error:
-        if config_path is None:
-            raise click.BadParameter(str(error), param_hint="--metrics") from None
-        _exit_with(f"error: {config_path}: metrics: {error}", 1)
+    host, port = _metrics_address(address, "--metrics", config_path)
     served = ServedBroker(endpoint)
-    try:
-        metrics = MetricsServer(served, host, port)
-    except OSError as error:
-        _exit_with(f"error: cannot listen on {address} for metrics: {error.strerror}; "
-                   f"choose another --metrics address, or stop the program holding it", 1)
+    metrics = _listen_for_metrics(served, host, port, address, "--metrics")
 
     def start(server: Any) -> Callable[[], None]:
         served.attach(server.companion_curve())
@@ -1547,26 +1563,16 @@ def metrics(endpoint: str | None, listen: str | None) -> None:
     does not answer a scrape shows as fastfanout_up 0 until it is back. Runs until
     SIGTERM, SIGINT or SIGHUP (exit 0).
     """
-    from fastfanout.errors import InvalidArgument
-    from fastfanout.metrics import DEFAULT_METRICS_ADDRESS, MetricsServer, parse_address
+    from fastfanout.metrics import DEFAULT_METRICS_ADDRESS
 
     address = listen or DEFAULT_METRICS_ADDRESS
-    try:
-        host, port = parse_address(address)
-    except InvalidArgument as error:
-        raise click.BadParameter(str(error), param_hint="--listen") from None
+    host, port = _metrics_address(address, "--listen")
     with sigterm_as_interrupt():
         try:
-            with _connected(endpoint) as client:
-                try:
-                    server = MetricsServer(client, host, port)
-                except OSError as error:
-                    _exit_with(f"error: cannot listen on {address}: {error.strerror}; "
-                               f"choose another --listen address, or stop the program "
-                               f"holding it", 1)
-                with server:
-                    click.echo(f"serving the metrics of {_resolve(endpoint)} at {server.url}")
-                    threading.Event().wait()
+            with _connected(endpoint) as client, \
+                    _listen_for_metrics(client, host, port, address, "--listen") as server:
+                click.echo(f"serving the metrics of {_resolve(endpoint)} at {server.url}")
+                threading.Event().wait()
         except KeyboardInterrupt:   # stopped, as asked: the endpoint and client closed
             pass
 
