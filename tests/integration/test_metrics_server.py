@@ -168,7 +168,9 @@ def test_serve_with_metrics_serves_them_from_the_brokers_process(track: Tracker)
                      what="the served broker's first scrape")
     samples = fetch(url)
     assert samples["fastfanout_topology_topics"] == {frozenset(): 1}
-    assert samples["fastfanout_server_connections"][frozenset()] == 2   # its own client
+    # its own client counts too (and the probe that waited for the broker may not have
+    # ended yet: CI once saw 3)
+    assert samples["fastfanout_server_connections"][frozenset()] >= 2
     broker.send_signal(signal.SIGTERM)
     assert broker.wait(DEADLINE) == 0
     with pytest.raises(OSError):
