@@ -108,6 +108,28 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             process.wait(5.0)
 
 
+def _stop_children(children: list[Any], interrupted: bool, timeout: float = 5.0) -> None:
+    """Wait for the demo's children to end, all within one ``timeout``, then kill the rest.
+
+    Interrupted, each is sent SIGTERM first (it would wait for messages, or its report),
+    all at once: one at a time, each waiting its turn, a stop could outlast a service
+    manager's patience (four children, five seconds each).
+    """
+    started = [child for child in children if child.pid is not None]   # None: its
+    if interrupted:                               # start() was interrupted, it exits alone
+        for child in started:
+            if child.is_alive():
+                child.terminate()
+    deadline = time.monotonic() + timeout
+    for child in started:
+        child.join(timeout=max(0.0, deadline - time.monotonic()))
+    for child in started:
+        if child.is_alive():
+            child.kill()
+    for child in started:
+        child.join(timeout=timeout)
+
+
 def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
     """Run the demo across processes; returns the exit status."""
     from fastfanout.client import connect
@@ -189,15 +211,7 @@ def run_processes(messages: int, endpoint: str | None, console: Console) -> int:
         finished = True
         return 0
     finally:
-        for child in children:
-            if child.pid is None:   # its start() was interrupted: it exits by itself
-                continue
-            if not finished and child.is_alive():
-                child.terminate()   # interrupted: it would wait for messages, or its report
-            child.join(timeout=5.0)
-            if child.is_alive():
-                child.kill()
-                child.join(timeout=5.0)
+        _stop_children(children, interrupted=not finished)
         _stop(broker)
         shutil.rmtree(data_dir, ignore_errors=True)
         console.print(f"broker stopped (exit status {broker.returncode}); its data "

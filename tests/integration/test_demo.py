@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -52,6 +53,15 @@ def test_setting_up_again_rebuilds_nothing():
     assert "building" not in done.stderr, done.stderr
 
 
+def _command_lines(pids) -> list[bytes]:
+    """The command lines of the processes ``pids`` still running (for a failure's text)."""
+    lines = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            lines.append(pathlib.Path(f"/proc/{pid}/cmdline").read_bytes())
+    return lines
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signalled_demo_stops_its_broker_and_children(track, tmp_path, signame):
     """SIGTERM killed the demo alone: its broker (on the user's endpoint) and its
@@ -66,7 +76,8 @@ def test_a_signalled_demo_stops_its_broker_and_children(track, tmp_path, signame
         process = subprocess.Popen(
             [sys.executable, "-m", "fastfanout.demo", "--endpoint", endpoint, "--messages",
              "50000000"], stdout=err, stderr=err, cwd=ROOT,
-            env={**os.environ, "TMPDIR": str(tmp_path)}, start_new_session=True)
+            env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONFAULTHANDLER": "1"},
+            start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         # the broker, the consumers and the producer (and multiprocessing's tracker)
@@ -74,12 +85,21 @@ def test_a_signalled_demo_stops_its_broker_and_children(track, tmp_path, signame
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         process.send_signal(getattr(signal, signame))
-        assert process.wait(30) == 1
+        try:
+            status = process.wait(30)
+        except subprocess.TimeoutExpired:
+            # where it hangs: SIGABRT makes faulthandler print every thread's stack
+            process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+            pytest.fail(f"the demo did not end within 30 s of {signame}; left: "
+                        f"{_command_lines(process_group(process.pid))}\n"
+                        f"{(tmp_path / 'err').read_text()}")
+        assert status == 1
         deadline = time.monotonic() + 15
         while process_group(process.pid):
-            assert time.monotonic() < deadline, [
-                pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-                for pid in process_group(process.pid)] + [(tmp_path / "err").read_text()]
+            assert time.monotonic() < deadline, (
+                _command_lines(process_group(process.pid)), (tmp_path / "err").read_text())
             time.sleep(0.05)
         assert not list(tmp_path.glob("fastfanout-demo-*"))
         socket_path = endpoint[len("ipc://"):]
