@@ -249,10 +249,19 @@ class Connection(DriverBase):
     # -- requests and replies ------------------------------------------------------------
 
     def send_out(self) -> None:
-        """Send what the core queued (lock held); nothing without a connection."""
+        """Send what the core queued (lock held); nothing without a connection.
+
+        Raises:
+            UsedAfterFork: in a forked child (what was queued is dropped: the connection,
+                and a local channel's rings, are the parent's; a child that flushed a
+                batch it inherited wrote it into the ring the parent sends it through).
+        """
         outbox = self.core.outbox
         if not outbox:
             return
+        if self.core.forked:
+            outbox.clear()
+            raise forks.used_after_fork("client", self.core.pid)
         transport = self.transport
         if transport is None:
             outbox.clear()
@@ -519,7 +528,13 @@ class Connection(DriverBase):
         return now
 
     def flush(self) -> None:
-        """Send every pending publish batch now (does not wait for the answers)."""
+        """Send every pending publish batch now (does not wait for the answers).
+
+        Raises:
+            UsedAfterFork: in a forked child (a batch it inherited is the parent's to send).
+        """
+        if self.core.left_to_parent(os.getpid()):
+            raise forks.used_after_fork("client", self.core.pid)
         self.claim()
         try:
             if self.core.batches:

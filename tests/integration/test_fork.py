@@ -103,6 +103,30 @@ def test_a_forked_child_gets_used_after_fork(track: Tracker, local_channel: bool
 
 
 @pytest.mark.parametrize("local_channel", [False, None], ids=["socket", "local"])
+def test_a_batch_pending_at_the_fork_is_sent_once(track: Tracker, local_channel: bool | None
+                                                  ) -> None:
+    """The child's wait on a future it inherited flushed the parent's open batch into the
+    local channel's ring, which the parent shares with the broker: the parent's own
+    flush sent it again (two messages)."""
+    server = track.server()
+    client = track.client(server.endpoint, local_channel=local_channel)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    future = client.publish_nowait("t", b"pending")   # in the open batch (linger)
+
+    def child() -> list[str]:
+        return [outcome(lambda: future.result(timeout=2)), outcome(client.flush)]
+
+    lines = in_child(child)
+    assert all(line.startswith("UsedAfterFork") for line in lines), lines
+    assert future.result(timeout=DEADLINE).deliveries == 1
+    got = client.receive("q", max_messages=10, wait=0.5)
+    assert [m.body for m in got] == [b"pending"]
+    assert client.receive("q", max_messages=10, wait=0.2) == []
+
+
+@pytest.mark.parametrize("local_channel", [False, None], ids=["socket", "local"])
 def test_a_forked_child_of_an_asyncio_client(track: Tracker, local_channel: bool | None
                                              ) -> None:
     server = track.server()
