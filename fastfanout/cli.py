@@ -226,10 +226,13 @@ def _served(endpoint: str | None) -> str:
 
     Exits at once (one line) when an ipc socket shows no broker can be listening there.
     """
-    from fastfanout.runtime import ipc_problem
+    from fastfanout.runtime import ipc_occupant, ipc_problem
 
     endpoint = _resolve(endpoint)
     problem = ipc_problem(endpoint)
+    if problem and ipc_occupant(endpoint):   # a file of the user's: no broker goes there
+        _exit_with(f"error: no broker at {endpoint} ({problem}); point --endpoint (or "
+                   f"$FASTFANOUT_ENDPOINT) at a broker's socket", 1)
     if problem:
         _exit_with(f"error: no broker at {endpoint} ({problem}); start one with "
                    f"fastfanout serve --endpoint {endpoint}, or point --endpoint (or "
@@ -411,9 +414,11 @@ def serve(config_path: str | None, **given: Any) -> None:
                     f"choose other ports with --endpoint, or stop the program holding them")
         elif endpoint.startswith("tcp://"):
             hint = "choose free ports with --endpoint, or stop the program holding them"
+        elif "binding would delete it" in str(error):
+            hint = ""   # the error says what to do
         else:
             hint = "choose a writable directory with --endpoint"
-        _exit_with(f"error [{error.code}]: {error}; {hint}", 1)
+        _exit_with(f"error [{error.code}]: {error}" + (f"; {hint}" if hint else ""), 1)
     except FastFanoutError as error:
         _fail(error)
     except OSError as error:

@@ -58,6 +58,7 @@ __all__ = [
     "default_data_dir",
     "default_data_dir_made",
     "default_endpoint",
+    "ipc_occupant",
     "ipc_problem",
     "missing_ancestor",
     "remove_stale_locks",
@@ -213,6 +214,29 @@ def default_endpoint() -> str:
     return f"ipc://{runtime_dir() / SOCKET_NAME}"
 
 
+_FILE_KINDS: Final = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                      (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                      (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def ipc_occupant(endpoint: str) -> str | None:
+    """What other than a socket lies at an ``ipc://`` endpoint's path, or None.
+
+    None: nothing there, a socket (live or stale), or not an ipc file endpoint. libzmq's
+    bind unlinks whatever file has the path before it binds; a broker must not delete a
+    user's file (or the target's link) because an endpoint was mistyped.
+    """
+    if not endpoint.startswith("ipc://") or endpoint[len("ipc://"):].startswith("@"):
+        return None
+    try:
+        mode = os.lstat(endpoint[len("ipc://"):]).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a socket")
+
+
 def ipc_problem(endpoint: str) -> str | None:
     """Why nobody can be listening at an ``ipc://`` endpoint, or None when someone may.
 
@@ -226,6 +250,9 @@ def ipc_problem(endpoint: str) -> str | None:
     abstract = path.startswith("@")
     if not abstract and not os.path.exists(path):
         return "no such socket file"
+    occupant = ipc_occupant(endpoint)
+    if occupant is not None:
+        return f"{path} is {occupant}, not a broker's socket"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect("\0" + path[1:] if abstract else path)

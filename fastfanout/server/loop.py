@@ -91,6 +91,7 @@ from fastfanout.runtime import (
     EndpointLock,
     check_endpoint,
     default_endpoint,
+    ipc_occupant,
     ipc_problem,
     missing_ancestor,
     remove_stale_locks,
@@ -454,6 +455,12 @@ class Server:
         try:
             for endpoint, what in ((self.endpoint, "endpoint"),
                                    (self.stream_endpoint, "stream endpoint")):
+                occupant = ipc_occupant(endpoint)
+                if occupant is not None:   # libzmq's bind would delete it unasked
+                    raise TransportError(
+                        f"cannot bind the {what} {endpoint}: {endpoint[6:]} is {occupant}, "
+                        f"not a socket, and binding would delete it; remove it yourself "
+                        f"or choose another {what.replace(' ', '_')}")
                 # binding an ipc path replaces its socket file: a live socket there (a
                 # broker's stream socket, say) would be taken from its owner unseen
                 if (endpoint.startswith("ipc://")

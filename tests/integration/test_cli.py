@@ -838,6 +838,21 @@ def test_a_stale_socket_file_fails_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2.0
 
 
+def test_an_endpoint_naming_a_users_file_is_neither_served_nor_advised(tmp_path: Path
+                                                                       ) -> None:
+    """``list-queues -e ipc://FILE`` called a regular file a stale socket and advised
+    ``fastfanout serve`` there, which then deleted the file."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"mine\n")
+    result = CliRunner().invoke(cli, ["list-queues", "--endpoint", f"ipc://{notes}"])
+    assert_runner_one_line_error(result, "a regular file as an endpoint")
+    assert "is a regular file" in result.output and "fastfanout serve" not in result.output
+    result = CliRunner().invoke(cli, ["serve", "--in-memory", "--endpoint", f"ipc://{notes}"])
+    assert_runner_one_line_error(result, "serve on a regular file")
+    assert "binding would delete it" in result.output
+    assert notes.read_bytes() == b"mine\n"
+
+
 def test_an_abstract_ipc_socket_is_not_a_missing_file(tmp_path: Path) -> None:
     """ipc://@NAME (a Linux abstract socket, libzmq's form: no file) was always "no such
     socket file" for every command, a broker listening there or not."""

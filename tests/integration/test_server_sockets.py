@@ -309,6 +309,36 @@ def test_no_broker_takes_over_a_socket_another_one_listens_on(track: Tracker,
         Server(first.endpoint, stream_endpoint=first.endpoint)
 
 
+@pytest.mark.parametrize("kind", ["file", "link", "directory"])
+@pytest.mark.parametrize("which", ["endpoint", "stream endpoint"])
+def test_a_file_of_the_users_at_an_endpoint_is_refused_and_kept(tmp_path: Path, kind: str,
+                                                                 which: str) -> None:
+    """libzmq's bind unlinks whatever has the socket's path: a mistyped endpoint naming a
+    user's file (or link) deleted it, and the broker served there."""
+    path = tmp_path / ("b.sock" if which == "endpoint" else "b.sock.stream")
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"precious contents\n")
+    if kind == "file":
+        path.write_bytes(b"notes\n")
+    elif kind == "link":
+        path.symlink_to(precious)
+    else:
+        path.mkdir()
+    occupant = {"file": "a regular file", "link": "a symbolic link",
+                "directory": "a directory"}[kind]
+    with pytest.raises(errors.TransportError, match=f"is {occupant}, not a socket"):
+        Server(f"ipc://{tmp_path}/b.sock").start()
+    assert os.path.lexists(path) and precious.read_bytes() == b"precious contents\n"
+    if kind == "file":
+        assert path.read_bytes() == b"notes\n"
+    assert not (tmp_path / "b.sock.lock").exists()   # the lock was let go
+    # a client told so says what is there, not "a stale socket"
+    from fastfanout.runtime import ipc_problem
+
+    if which == "endpoint":
+        assert ipc_problem(f"ipc://{path}") == f"{path} is {occupant}, not a broker's socket"
+
+
 def test_a_stopped_broker_removes_its_socket_files(tmp_path: Path) -> None:
     server = Server(f"ipc://{tmp_path}/gone.sock").start()
     assert (tmp_path / "gone.sock").is_socket()
