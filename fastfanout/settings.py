@@ -114,6 +114,22 @@ def name_type_error(kind: str, name: object) -> InvalidArgument:
         f"{kind} must be a {kind} name (str), got {type(name).__name__} {name!r:.80}")
 
 
+def encoded_name(kind: str, name: str) -> bytes:
+    """``name`` (a ``str``) in UTF-8, as a request carries it; InvalidArgument if it is not
+    valid Unicode text (a lone surrogate: the broker's name rules would refuse it, but it
+    cannot even be sent).
+
+    Args:
+        kind: ``"topic"`` or ``"queue"``.
+        name: a topic or queue name (any ``str``).
+    """
+    try:
+        return name.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{kind} name {name!r} is not valid Unicode text (a lone "
+                              f"surrogate?)") from None
+
+
 def seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float = 0.0) -> int:
     """Seconds (int or float, finite, in [minimum, maximum]) as integer microseconds."""
     if type(seconds) is not float and type(seconds) is not int:

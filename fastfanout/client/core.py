@@ -68,6 +68,7 @@ from fastfanout.settings import (
     Subscription,
     TopicSettings,
     check_iterable,
+    encoded_name,
     name_type_error,
     seconds_to_us,
 )
@@ -627,9 +628,10 @@ class ConnectionCore:
     def publish_frame(self, opcode: int, name: str, frame: bytes, *,
                       flush: bool = True) -> Request:
         """Queue a PUBLISH/SEND of one record frame."""
+        kind = "topic" if opcode == Opcode.PUBLISH else "queue"
         if type(name) is not str:
-            raise name_type_error("topic" if opcode == Opcode.PUBLISH else "queue", name)
-        return self.request(opcode, [name.encode(), frame], flush=flush)
+            raise name_type_error(kind, name)
+        return self.request(opcode, [encoded_name(kind, name), frame], flush=flush)
 
     def publish_entries(self, opcode: int, name: str, entries: Iterable[Any]) -> Request:
         """Queue a whole batch (bodies or ``PublishEntry``), encoded natively in one frame.
@@ -703,6 +705,9 @@ class ConnectionCore:
         key = (opcode, name)
         batch = self.batches.get(key)
         if batch is None:
+            # checked once a batch: a name that cannot be sent fails its caller here, not
+            # the flush (a background thread's, or the event loop's: a future never done)
+            encoded_name("topic" if opcode == Opcode.PUBLISH else "queue", name)
             if not self.batches:
                 self.oldest_batch = now
             batch = self.batches[key] = PendingBatch()

@@ -383,3 +383,43 @@ def test_a_topic_or_queue_that_is_no_str_is_named_alike(track: Any) -> None:
                 call(api)
             assert str(raised.value) == f"{kind} must be a {kind} name (str), got int 5", (
                 name, api)
+
+
+def test_a_name_that_is_not_valid_unicode_fails_its_caller_on_every_face(track: Any) -> None:
+    """A topic or queue name with a lone surrogate (``"a\\udcffb"``, what a bad decode
+    gives): the blocking client raised ``UnicodeEncodeError`` (a ``publish_nowait``
+    even took it, its future then failing with an ``AssertionError``), and the asyncio
+    client's publish, send and request never returned (the loop's flush raised)."""
+    server: Server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    bad = "a\udcffb"
+    calls = {
+        "publish": lambda api: api.publish(bad, b"x"),
+        "publish_nowait": lambda api: api.publish_nowait(bad, b"x"),
+        "publish_batch": lambda api: api.publish_batch(bad, [b"x"]),
+        "send": lambda api: api.send(bad, b"x"),
+        "send_batch": lambda api: api.send_batch(bad, [b"x"]),
+        "request": lambda api: api.request(bad, b"x", timeout=1.0),
+    }
+    for name, call in calls.items():
+        for api in (client,) if name.endswith("nowait") else (server.broker, client):
+            with pytest.raises(InvalidArgument, match="Unicode|name"):
+                call(api)
+
+    async def asyncio_calls() -> list[str]:
+        async with aio.connect(server.endpoint, timeout=5.0) as aclient:
+            refused = []
+            for make in (lambda: aclient.publish(bad, b"x"), lambda: aclient.send(bad, b"x"),
+                         lambda: aclient.request(bad, b"x", timeout=1.0)):
+                with pytest.raises(InvalidArgument, match="not valid Unicode"):
+                    await asyncio.wait_for(make(), 5.0)   # never done: TimeoutError
+                refused.append("refused")
+            await aclient.publish("t", b"after")   # the connection carries on
+            return refused
+
+    assert asyncio.run(asyncio_calls()) == ["refused"] * 3
+    client.flush()
+    assert [m.body for m in client.receive("q", max_messages=10, wait=0.5)] == [b"after"]
