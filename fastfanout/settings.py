@@ -115,9 +115,10 @@ def name_type_error(kind: str, name: object) -> InvalidArgument:
 
 
 def encoded_name(kind: str, name: str) -> bytes:
-    """``name`` (a ``str``) in UTF-8, as a request carries it; InvalidArgument if it is not
-    valid Unicode text (a lone surrogate: the broker's name rules would refuse it, but it
-    cannot even be sent).
+    """``name`` (a ``str``) in UTF-8, as a request carries it.
+
+    InvalidArgument if it is not valid Unicode text (a lone surrogate: the broker's name
+    rules would refuse it, but it cannot even be sent).
 
     Args:
         kind: ``"topic"`` or ``"queue"``.

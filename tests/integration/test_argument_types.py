@@ -406,7 +406,7 @@ def test_a_name_that_is_not_valid_unicode_fails_its_caller_on_every_face(track: 
     }
     for name, call in calls.items():
         for api in (client,) if name.endswith("nowait") else (server.broker, client):
-            with pytest.raises(InvalidArgument, match="Unicode|name"):
+            with pytest.raises(InvalidArgument, match=r"Unicode|name"):
                 call(api)
 
     async def asyncio_calls() -> list[str]:
