@@ -304,7 +304,7 @@ cdef class SingleCalls(Settler):
                 or type(owner) is not int or owner != 0):
             return self._options_receive(queue, max_messages=max_messages, wait=wait,
                                          visibility_timeout=visibility_timeout, owner=owner)
-        if type(wait) is float or type(wait) is int:
+        if type(wait) is float or (type(wait) is int and -1 <= wait <= _MAX_WAIT):
             seconds = wait
             if 0.0 <= seconds <= _MAX_WAIT:   # not NaN either
                 return self._receive_one(queue, <int64_t>nearbyint(seconds * 1e6))

@@ -37,6 +37,7 @@ from fastfanout.errors import FastFanoutError, NotFound
 from fastfanout.interrupts import release_stop_signals, sigterm_as_interrupt, stop_signals_held
 from fastfanout.semantics.replies import DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
+from fastfanout.settings import finite
 from fastfanout.stats import SUBSCRIPTION_DROP_REASONS
 
 __all__ = ["cli", "main"]
@@ -129,7 +130,7 @@ class _Time(click.ParamType[float]):
             except ValueError:
                 self.fail(f"{value!r} is neither an ISO 8601 time "
                           f"(2026-05-01T12:00:00Z) nor Unix seconds", param, ctx)
-        if not math.isfinite(seconds):
+        if not finite(seconds):
             self.fail(f"{value!r} is not a finite time", param, ctx)
         return seconds
 

@@ -49,6 +49,7 @@ __all__ = [
     "check_queue_settings",
     "check_topic_settings",
     "check_wait",
+    "finite",
     "optional_count",
     "seconds_to_us",
 ]
@@ -114,6 +115,20 @@ def name_type_error(kind: str, name: object) -> InvalidArgument:
         f"{kind} must be a {kind} name (str), got {type(name).__name__} {name!r:.80}")
 
 
+def finite(value: float) -> bool:
+    """``math.isfinite(value)``, but False for an int too large for a float.
+
+    ``isfinite(10**400)`` raises ``OverflowError``, which escaped the argument checks.
+
+    Args:
+        value: an int or a float (the caller checked its type).
+    """
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def encoded_name(kind: str, name: str) -> bytes:
     """``name`` (a ``str``) in UTF-8, as a request carries it.
 
@@ -135,8 +150,11 @@ def seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float 
     """Seconds (int or float, finite, in [minimum, maximum]) as integer microseconds."""
     if type(seconds) is not float and type(seconds) is not int:
         raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
+    if not finite(seconds) or seconds < minimum or seconds > maximum:
+        raise InvalidArgument(
+            f"{what}={seconds!r:.40} must be finite and from {minimum:g} to {maximum:g} seconds")
     value = float(seconds)
-    if not math.isfinite(value) or value < minimum or value > maximum:
+    if value < minimum or value > maximum:
         raise InvalidArgument(
             f"{what}={seconds!r} must be finite and from {minimum:g} to {maximum:g} seconds")
     return round(value * 1_000_000)
@@ -152,7 +170,7 @@ def check_wait(what: str, seconds: object) -> None:
             never ended; a str failed inside the wait with a TypeError).
     """
     if seconds is not None and ((type(seconds) is not float and type(seconds) is not int)
-                                or math.isnan(seconds)):
+                                or (type(seconds) is float and math.isnan(seconds))):
         raise InvalidArgument(
             f"{what}={seconds!r} must be a number of seconds, or None (no limit)")
 
@@ -286,7 +304,7 @@ def backoff_us(backoff: object) -> list[int] | None:
     if backoff is None:
         return None
     if isinstance(backoff, ExponentialBackoff):
-        if (not all(type(v) in (int, float) and math.isfinite(v) for v in backoff)
+        if (not all(type(v) in (int, float) and finite(v) for v in backoff)
                 or backoff.initial <= 0 or backoff.multiplier < 1
                 or backoff.maximum < backoff.initial):
             raise InvalidArgument(

@@ -14,7 +14,6 @@ ends the command with status 1 once the rest ran.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shlex
@@ -35,6 +34,7 @@ from fastfanout.bench.scenarios import (
     topology,
 )
 from fastfanout.interrupts import sigterm_as_interrupt
+from fastfanout.settings import finite
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,7 +114,7 @@ class _Finite(click.FloatRange):
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
+        if not finite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
 

@@ -14,7 +14,6 @@ it more than ``prefetch``: the same credit a broker server's push consumer has
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from fastfanout._ext.message import Message
 from fastfanout.arrays import MessageBatch
 from fastfanout.errors import Closed, FastFanoutError, InvalidArgument
 from fastfanout.records import Attributes, Body
-from fastfanout.settings import MAX_DELAY, check_wait, seconds_to_us
+from fastfanout.settings import MAX_DELAY, check_wait, finite, seconds_to_us
 
 __all__ = ["MAX_PREFETCH", "BrokerBatch", "BrokerConsumer"]
 
@@ -171,7 +170,7 @@ class BrokerConsumer(Iterator[Message]):
                                   f"{MAX_PREFETCH:,}")
         if timeout is not None and (
                 not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-                or not math.isfinite(timeout) or timeout <= 0):
+                or not finite(timeout) or timeout <= 0):
             raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0, or None")
         self.queue = queue
         self.prefetch = prefetch

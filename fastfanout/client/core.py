@@ -36,7 +36,6 @@ Rules kept here, once:
 from __future__ import annotations
 
 import inspect
-import math
 import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -69,6 +68,7 @@ from fastfanout.settings import (
     TopicSettings,
     check_iterable,
     encoded_name,
+    finite,
     name_type_error,
     seconds_to_us,
 )
@@ -110,7 +110,7 @@ def check_inactivity_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not (
-            math.isfinite(timeout) and timeout > 0):
+            finite(timeout) and timeout > 0):
         raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0, or None")
     return float(timeout)
 
@@ -659,7 +659,7 @@ class ConnectionCore:
     @staticmethod
     def receive_allowance(wait: Any) -> float:
         """Extra seconds a RECEIVE's answer may take: its long-poll ``wait``."""
-        return float(wait) if type(wait) in (int, float) and math.isfinite(wait) else 0.0
+        return float(wait) if type(wait) in (int, float) and finite(wait) else 0.0
 
     def ack_request(self, receipts: Iterable[int]) -> Request:
         """Queue an ACK of receipts (all, or none if one is stale)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -31,6 +30,7 @@ from fastfanout.settings import (
     MAX_HIGH_WATER_MARK,
     check_count,
     check_producer_topic,
+    finite,
     seconds_to_us,
 )
 from fastfanout.stats import BrokerStats
@@ -122,7 +122,7 @@ class ClientFace(Generic[F, BF]):
         if problem is not None:
             source = " (from $FASTFANOUT_ENDPOINT)" if endpoint is None else ""
             raise InvalidArgument(f"endpoint={resolved!r:.200}{source}: {problem}")
-        if (type(timeout) not in (int, float) or not math.isfinite(timeout)
+        if (type(timeout) not in (int, float) or not finite(timeout)
                 or timeout <= 0):
             raise InvalidArgument(f"timeout={timeout!r} must be finite seconds > 0")
         seconds_to_us("linger", linger, maximum=MAX_DELAY)   # finite, 0 to MAX_DELAY

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -106,6 +105,7 @@ from fastfanout.model.queue import Copy, Queue, Settings
 from fastfanout.records import Attributes, DeadLetterInfo, ExponentialBackoff, PublishResult
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
 from fastfanout.semantics.topic_pattern import is_pattern, pattern_matches, validate_pattern
+from fastfanout.settings import finite
 from fastfanout.stats import (
     SUBSCRIPTION_DROP_REASONS,
     BrokerStats,
@@ -194,7 +194,7 @@ class ModelBroker:
         if self._closed:
             raise Closed("the broker is closed")
         now = self._clock()
-        if not is_number(now) or not math.isfinite(now):
+        if not is_number(now) or not finite(now):
             raise InvalidArgument(f"the clock returned {now!r}; it must return finite seconds")
         now_us = to_us(now)
         self._advance(now_us)

@@ -9,7 +9,6 @@ microseconds.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import msgspec
 from fastfanout.errors import InvalidArgument
 from fastfanout.records import Attributes, ExponentialBackoff, PublishEntry
 from fastfanout.semantics.filter_policy import MAX_ATTRIBUTE_NAME
+from fastfanout.settings import finite
 
 __all__ = [
     "MAX_DEDUP_WINDOW_US",
@@ -81,7 +81,7 @@ def check_name(kind: str, name: object) -> str:
 
 def duration_us(what: str, seconds: object, maximum_us: int, minimum_us: int = 0) -> int:
     """Check a duration in seconds (finite, within the range) and return microseconds."""
-    if not is_number(seconds) or not math.isfinite(seconds):  # type: ignore[arg-type]
+    if not is_number(seconds) or not finite(seconds):  # type: ignore[arg-type]
         raise InvalidArgument(f"{what}={seconds!r} must be a finite number of seconds")
     if not minimum_us / US <= seconds <= maximum_us / US:  # type: ignore[operator]
         raise InvalidArgument(
@@ -141,7 +141,7 @@ def check_attributes(attributes: object) -> Attributes:
         if type(name) is not str or not 1 <= len(name) <= MAX_ATTRIBUTE_NAME:
             raise InvalidArgument(
                 f"attribute name {name!r} must be a str of 1 to {MAX_ATTRIBUTE_NAME} chars")
-        if type(value) is float and not math.isfinite(value):
+        if type(value) is float and not finite(value):
             raise InvalidArgument(f"attribute {name!r}={value!r}: numbers must be finite")
         if type(value) in (str, int, float, bytes):
             checked[name] = value
@@ -167,7 +167,7 @@ def backoff_steps_us(backoff: object) -> tuple[int, ...]:
     if backoff is None:
         return ()
     if isinstance(backoff, ExponentialBackoff):
-        if (not all(is_number(value) and math.isfinite(value) for value in backoff)
+        if (not all(is_number(value) and finite(value) for value in backoff)
                 or backoff.initial <= 0 or backoff.multiplier < 1
                 or backoff.maximum < backoff.initial):
             raise InvalidArgument(
@@ -228,7 +228,7 @@ def _deliver_at_us(deliver_at: object, now_us: int) -> int:
         if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
             raise InvalidArgument(f"deliver_at {deliver_at!r} must be timezone-aware")
         deliver_at = deliver_at.timestamp()
-    if not is_number(deliver_at) or not math.isfinite(deliver_at):  # type: ignore[arg-type]
+    if not is_number(deliver_at) or not finite(deliver_at):  # type: ignore[arg-type]
         raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
     due_us = to_us(deliver_at)  # type: ignore[arg-type]
     if due_us - now_us > MAX_DELAY_US:

@@ -29,7 +29,6 @@ takes too, with the same errors.
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 from typing import Any, Final
@@ -41,6 +40,7 @@ from fastfanout._ext.codec import decode_batch
 from fastfanout._ext.wire import FrameBuilder
 from fastfanout.errors import InvalidArgument, MalformedFrame, NoReply, NoResponders
 from fastfanout.records import REPLY_TO, Attributes, Body, PublishResult, Reply
+from fastfanout.settings import finite
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -104,7 +104,7 @@ def parse_address(address: object) -> tuple[str, int]:
 def check_request_timeout(timeout: object) -> float:
     """A request's ``timeout``: seconds, more than 0 and at most ``MAX_REQUEST_TIMEOUT``."""
     if (type(timeout) is not float and type(timeout) is not int) or not (
-            math.isfinite(timeout) and 0 < timeout <= MAX_REQUEST_TIMEOUT):
+            finite(timeout) and 0 < timeout <= MAX_REQUEST_TIMEOUT):
         raise InvalidArgument(
             f"timeout={timeout!r} must be a number of seconds, more than 0 and at most "
             f"{MAX_REQUEST_TIMEOUT:g}")

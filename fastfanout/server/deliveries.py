@@ -33,7 +33,6 @@ delivery is ``stale_receipt`` and changes nothing.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from fastfanout.errors import (
 from fastfanout.server.local_sessions import LocalSessions
 from fastfanout.server.requests import arguments, frame
 from fastfanout.server.sessions import Consumer, Session, Waiter
-from fastfanout.settings import MAX_RECEIVE_BATCH, MAX_VISIBILITY_TIMEOUT, seconds_to_us
+from fastfanout.settings import MAX_RECEIVE_BATCH, MAX_VISIBILITY_TIMEOUT, finite, seconds_to_us
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode, Status
 
@@ -256,7 +255,7 @@ class Deliveries:
         max_messages = kwargs.get("max_messages", 1)
         wait = kwargs.get("wait", 0.0)
         visibility_timeout = kwargs.get("visibility_timeout")
-        if (type(wait) not in (int, float) or not math.isfinite(wait)
+        if (type(wait) not in (int, float) or not finite(wait)
                 or not 0 <= wait <= 20):
             raise InvalidArgument(f"wait={wait!r} must be finite and from 0 to 20 seconds")
         if type(queue) is not str:

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 import signal
@@ -129,6 +128,7 @@ from fastfanout.settings import (
     MAX_HIGH_WATER_MARK,
     MAX_RECEIVE_BATCH,
     check_count,
+    finite,
 )
 from fastfanout.stats import check_worker_report
 from fastfanout.transport.local_channel import local_channels_supported
@@ -318,7 +318,7 @@ class Server:
                 check_curve_clients(curve_clients)
             except TransportError as exc:
                 raise InvalidArgument(str(exc)) from None
-        if (type(hold_timeout) not in (int, float) or not math.isfinite(hold_timeout)
+        if (type(hold_timeout) not in (int, float) or not finite(hold_timeout)
                 or hold_timeout < 0):
             raise InvalidArgument(f"hold_timeout={hold_timeout!r} must be finite seconds >= 0")
         if type(push_batch) is not int or not 1 <= push_batch <= MAX_RECEIVE_BATCH:
@@ -334,7 +334,7 @@ class Server:
                     maximum=MAX_HIGH_WATER_MARK)
         check_count("max_stream_subscriptions", max_stream_subscriptions,
                     maximum=MAX_HIGH_WATER_MARK)
-        if not all(type(seconds) in (int, float) and math.isfinite(seconds)
+        if not all(type(seconds) in (int, float) and finite(seconds)
                    for seconds in (heartbeat_interval, heartbeat_timeout)) or not (
                 0 < heartbeat_interval < heartbeat_timeout):
             raise InvalidArgument(
@@ -353,7 +353,7 @@ class Server:
         check_count("max_long_polls", max_long_polls, maximum=MAX_HIGH_WATER_MARK)
         check_count("max_held_receipts", max_held_receipts, maximum=MAX_HIGH_WATER_MARK)
         if (type(idle_session_timeout) not in (int, float)
-                or not math.isfinite(idle_session_timeout) or idle_session_timeout <= 0):
+                or not finite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
                 f"idle_session_timeout={idle_session_timeout!r} must be finite seconds > 0")
         if broker is not None and broker.closed:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.settings import check_name
+from fastfanout.settings import check_name, finite
 
 __all__ = [
     "MAX_BATCH_SIZE",
@@ -50,11 +50,11 @@ def check_seconds(name: str, value: object, *, maximum: float = math.inf,
                   allow_zero: bool = False) -> float:
     """``value`` as finite seconds > 0 (>= 0 with ``allow_zero``) up to ``maximum``."""
     if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)
+            or not finite(value) or value < 0 or (value == 0 and not allow_zero)
             or value > maximum):
         low = ">= 0" if allow_zero else "> 0"
         high = "" if maximum == math.inf else f" and <= {maximum:g}"
-        raise InvalidArgument(f"{name}={value!r} must be finite seconds {low}{high}")
+        raise InvalidArgument(f"{name}={value!r:.40} must be finite seconds {low}{high}")
     return float(value)
 
 

@@ -423,3 +423,49 @@ def test_a_name_that_is_not_valid_unicode_fails_its_caller_on_every_face(track: 
     assert asyncio.run(asyncio_calls()) == ["refused"] * 3
     client.flush()
     assert [m.body for m in client.receive("q", max_messages=10, wait=0.5)] == [b"after"]
+
+
+def test_an_int_too_large_for_a_float_is_an_invalid_number_of_seconds(track: Any) -> None:
+    """``10**400`` seconds: ``math.isfinite`` and ``float()`` raised ``OverflowError``
+    (``int too large to convert to float``) out of the checks of every seconds argument
+    of the embedded broker, of ``request(timeout=)`` on all three faces, of the blocking
+    client's ``receive(wait=)`` and ``connect(timeout=)``, of ``Worker.handler``'s
+    ``batch_window`` and of the messages' ``nack``/``extend``."""
+    from fastfanout.workers import Worker
+
+    huge = 10**400
+    server: Server = track.server()
+    broker = server.broker
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    client = track.client(server.endpoint)
+    calls: dict[str, Any] = {
+        **{f"create_queue({name}=)": (lambda name=name: broker.create_queue("q2", **{name: huge}))
+           for name in ("visibility_timeout", "retention", "delay", "dedup_window")},
+        "publish(delay=)": lambda: broker.publish("t", b"x", delay=huge),
+        "set_queue_settings": lambda: broker.set_queue_settings("q", visibility_timeout=huge),
+        "embedded request": lambda: broker.request("t", b"x", timeout=huge),
+        "client request": lambda: client.request("t", b"x", timeout=huge),
+        "client receive(wait=)": lambda: client.receive("q", wait=huge),
+        "connect(timeout=)": lambda: track.client(server.endpoint, timeout=huge),
+        "batch_window": lambda: Worker(server.endpoint).handler("q", batch_window=huge)(print),
+    }
+    for name, call in calls.items():
+        with pytest.raises(InvalidArgument):
+            call()
+        assert "q2" not in broker.list_queues(), name
+    broker.publish("t", b"x")
+    [message] = broker.receive("q")
+    for call in (lambda: message.nack(delay=huge), lambda: message.extend(huge)):
+        with pytest.raises(InvalidArgument):
+            call()
+    message.ack()   # the refusals changed nothing: its lease is still the receive's
+    client.publish("t", b"y")
+    [remote] = client.receive("q", wait=2.0)
+    for call in (lambda: remote.nack(delay=huge), lambda: remote.extend(huge)):
+        with pytest.raises(InvalidArgument):
+            call()
+    remote.ack()
+    stats = broker.stats().queues["q"]
+    assert (stats.acked, stats.leased, stats.messages) == (2, 0, 0)
