@@ -34,7 +34,12 @@ import click
 
 from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
-from fastfanout.interrupts import release_stop_signals, sigterm_as_interrupt, stop_signals_held
+from fastfanout.interrupts import (
+    hold_stop_signals,
+    release_stop_signals,
+    sigterm_as_interrupt,
+    stop_signals_held,
+)
 from fastfanout.semantics.replies import DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT
 from fastfanout.server.config import LOG_LEVELS, endpoint_problem, load_config, server_options
 from fastfanout.settings import finite
@@ -1650,5 +1655,12 @@ def main() -> None:
 
     ``fastfanout.entry.main`` (the console script's, and ``python -m fastfanout``'s)
     holds the stop signals before it imports this module, then calls this.
+
+    Once the command is done the stop signals are held again, to the end: one that came
+    as the interpreter shut down met Python's default again and killed a command that
+    had done its work (exit 143 after ``pub`` printed its result).
     """
-    cli(prog_name="fastfanout")
+    try:
+        cli(prog_name="fastfanout")
+    finally:
+        hold_stop_signals()

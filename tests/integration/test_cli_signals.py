@@ -203,3 +203,27 @@ def test_receive_stopped_while_printing_is_aborted_not_hung(track: Tracker) -> N
         wait_until(lambda: client.stats().queues["q"].leased == 0, what="leases ended")
         queue = client.stats().queues["q"]
         assert queue.acked == 0 and queue.visible == 100   # nothing settled: all back
+
+
+@pytest.mark.parametrize("signum", STOPS, ids=lambda s: signal.Signals(s).name)
+def test_a_signal_after_a_command_is_done_keeps_its_status(track: Tracker, tmp_path: Path,
+                                                         signum: int) -> None:
+    """A stop signal that came once ``pub`` had published and printed its result, as
+    the interpreter shut down, met Python's default handler (restored at shutdown) and
+    killed the process: exit 143 (130, 129) for a command that had done its work. Here
+    the signal is sent by an exit hook, after ``main`` returned: at that moment, always."""
+    server = track.server()
+    track.client(server.endpoint).create_topic("t")
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import atexit, os, signal, sys\n"
+        f"atexit.register(lambda: os.kill(os.getpid(), {int(signum)}))\n"
+        "from fastfanout.entry import main\n"
+        f"sys.argv = ['fastfanout', 'pub', '--endpoint', {server.endpoint!r}, 't', 'x']\n"
+        "main()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"1 deliveries" in done.stdout or b"0 deliveries" in done.stdout, done.stdout
+    assert b"Traceback" not in done.stderr
