@@ -99,7 +99,28 @@ class _Commands(click.Group):
                     and _invoked[0] in STOPPED_CLEANLY):
                 sys.exit(0)   # a stop signal as it started: stopped, as asked
             _exit_with("aborted", 1)
+        except OSError as error:
+            # the output could not be written (`> /dev/full`: ENOSPC), or another
+            # failure of the system no command turned into its own line: one line
+            _quiet_stdout()   # what is left unwritten would fail again at exit
+            _exit_with(f"error: {error.strerror or error}"
+                       + (f": {error.filename}" if error.filename else ""), 1)
         sys.exit(status if isinstance(status, int) else 0)
+
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; its output's reader gone (``| head``, ``| true``) ends it.
+
+        Exit 0 with no word, as ``-n N`` ends a listing: click's own handling (exit 1,
+        nothing said) failed such a pipeline under ``pipefail`` until 2026-12-07.
+        Commands whose output is a record of what they did (``receive --ack``) say so
+        themselves before this.
+        """
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(0)
 
 
 def _exit_with(line: str, status: int) -> NoReturn:
@@ -635,14 +656,39 @@ def _as_json(fields: dict[str, Any], message: Any) -> str:
     return json.dumps(fields, default=_json_value, ensure_ascii=False)
 
 
+def _stdin_bytes(what: str) -> bytes:
+    """Standard input's bytes, or one line (exit 1) when the process has none (closed)."""
+    if sys.stdin is None:   # started with descriptor 0 closed (``<&-``)
+        _exit_with(f"error: standard input is closed: nothing to read {what} from", 1)
+    try:
+        return sys.stdin.buffer.read()
+    except OSError as error:
+        _exit_with(f"error: cannot read {what} from standard input: {error.strerror}", 1)
+
+
 def _message_body(message: str | None) -> bytes:
-    """MESSAGE as a body, or stdin's bytes when MESSAGE is - or absent (not a terminal)."""
+    """MESSAGE as a body, or stdin's bytes when MESSAGE is - or absent (not a terminal).
+
+    MESSAGE's bytes are the command line's own: an argument that is not UTF-8 (Python
+    decodes it with ``surrogateescape``) is sent as it was given, not refused.
+    """
     if message is None or message == "-":
-        stdin = sys.stdin.buffer
-        if message is None and stdin.isatty():
+        if message is None and sys.stdin is not None and sys.stdin.isatty():
             raise click.UsageError("give MESSAGE, or pipe the body on stdin")
-        return stdin.read()
-    return message.encode()
+        return _stdin_bytes("the body")
+    return os.fsencode(message)
+
+
+def _confirm(question: str) -> None:
+    """Ask ``question`` (y/N); abort unless confirmed.
+
+    With standard input closed there is nothing to answer from: one line says to pass
+    --yes (exit 1).
+    """
+    if sys.stdin is None:
+        _exit_with("error: this asks for confirmation and standard input is closed; "
+                   "pass --yes to confirm", 1)
+    click.confirm(question, abort=True)
 
 
 def _message_options(function: F) -> F:
@@ -1219,14 +1265,14 @@ def definitions_import(endpoint: str | None, file: str, update: bool,
     """
     from fastfanout.definitions import import_definitions
 
-    try:
-        if file == "-":
-            text = sys.stdin.buffer.read()
-        else:
+    if file == "-":
+        text = _stdin_bytes("the definitions")
+    else:
+        try:
             with open(file, "rb") as handle:
                 text = handle.read()
-    except OSError as error:
-        _exit_with(f"error: cannot read {file}: {error.strerror}", 1)
+        except OSError as error:
+            _exit_with(f"error: cannot read {file}: {error.strerror}", 1)
     with _connected(endpoint) as client:
         result = import_definitions(client, text, update=update, durable=durable,
                                     dry_run=dry_run)
@@ -1477,7 +1523,7 @@ def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
 def purge(endpoint: str | None, queue: str, yes: bool) -> None:
     """Remove every message of QUEUE (visible, leased and delayed); prints how many."""
     if not yes:
-        click.confirm(f"Remove every message of queue {queue}?", abort=True)
+        _confirm(f"Remove every message of queue {queue}?")
     with _connected(endpoint) as client:
         removed = client.purge(queue)
     click.echo(f"purged {removed} messages from {queue}")
@@ -1506,7 +1552,7 @@ def redrive(endpoint: str | None, dead_letter_queue: str, to: str | None,
 def delete_queue(endpoint: str | None, name: str, yes: bool) -> None:
     """Delete queue NAME with its messages and subscriptions."""
     if not yes:
-        click.confirm(f"Delete queue {name} and its messages?", abort=True)
+        _confirm(f"Delete queue {name} and its messages?")
     with _connected(endpoint) as client:
         client.delete_queue(name)
     click.echo(f"deleted queue {name}")

@@ -340,14 +340,17 @@ class Server:
             raise InvalidArgument(
                 f"need 0 < heartbeat_interval < heartbeat_timeout, finite seconds (got "
                 f"{heartbeat_interval!r} and {heartbeat_timeout!r})")
+        check_count("max_request_bytes", max_request_bytes,
+                    maximum=protocol.MAX_FRAME_BYTES_LIMIT)
         if max_frame_bytes is None:   # every request it answers fits in a frame
             max_frame_bytes = protocol.DEFAULT_MAX_FRAME_BYTES
             if type(max_request_bytes) is int:
                 max_frame_bytes = max(max_frame_bytes, max_request_bytes)
-        if type(max_frame_bytes) is not int or max_frame_bytes < protocol.MIN_FRAME_BYTES:
+        if (type(max_frame_bytes) is not int or max_frame_bytes < protocol.MIN_FRAME_BYTES
+                or max_frame_bytes > protocol.MAX_FRAME_BYTES_LIMIT):
             raise InvalidArgument(
-                f"max_frame_bytes={max_frame_bytes!r} must be an int of at least "
-                f"{protocol.MIN_FRAME_BYTES} bytes")
+                f"max_frame_bytes={max_frame_bytes!r} must be an int from "
+                f"{protocol.MIN_FRAME_BYTES} to {protocol.MAX_FRAME_BYTES_LIMIT} bytes")
         check_count("max_queued_replies", max_queued_replies, maximum=MAX_HIGH_WATER_MARK)
         check_count("max_consumers", max_consumers, maximum=MAX_HIGH_WATER_MARK)
         check_count("max_long_polls", max_long_polls, maximum=MAX_HIGH_WATER_MARK)

@@ -102,6 +102,10 @@ SETTLE_EACH: Final = b"\x93\x00\x00\x01"
 receipt then has its other receipts acked one by one (a stale receipt fails alone)."""
 DEFAULT_MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Default ``ZMQ_MAXMSGSIZE``: a bigger frame makes libzmq drop the connection."""
+MAX_FRAME_BYTES_LIMIT: Final = (1 << 63) - 1
+"""Largest ``max_frame_bytes`` and ``max_request_bytes`` a broker takes: libzmq's
+``ZMQ_MAXMSGSIZE`` is a signed 64-bit number (a larger one failed at bind with an
+``OverflowError`` until 2026-12-07)."""
 MIN_FRAME_BYTES: Final = 64 * 1024
 """Smallest ``max_frame_bytes`` a broker takes: any control request fits (below it a
 client's HELLO or a SETTLE could be cut off, and it would look like a dead broker)."""

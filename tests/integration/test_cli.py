@@ -1069,3 +1069,70 @@ def test_receive_whose_reader_left_settles_nothing_and_says_so(track: Tracker) -
     track.wait_until(lambda: client.stats().queues["q"].visible == 2000,
                      what="every message visible again, none acked")
     assert client.stats().queues["q"].acked == 0
+
+
+def test_a_listing_whose_reader_left_ends_quietly(track: Tracker) -> None:
+    """`list-queues | true` (the reader gone before the first line) ended with exit 1
+    and no word: click's own handling of the closed pipe."""
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    for n in range(2000):   # more than a pipe holds: the write meets the closed end
+        client.create_queue(f"queue-{n:05}")
+    for args in (["list-queues"], ["stats"], ["list-queues", "--json"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)   # the reader is gone before anything is written
+        try:
+            done = subprocess.run([sys.executable, "-m", "fastfanout", *args, "--endpoint",
+                                   endpoint], stdout=write_end, stderr=subprocess.PIPE,
+                                  timeout=60)
+        finally:
+            os.close(write_end)
+        assert (done.returncode, done.stderr) == (0, b""), (args, done.stderr)
+
+
+def test_output_that_cannot_be_written_is_one_line(track: Tracker) -> None:
+    """`list-queues > /dev/full` printed a traceback (OSError: No space left on
+    device); commands given closed standard input printed an AttributeError (pub,
+    request, definitions import -) or a RuntimeError (a confirmation prompt)."""
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    with open("/dev/full", "wb") as full:
+        for args in (["list-queues"], ["stats", "--json"]):
+            done = subprocess.run([sys.executable, "-m", "fastfanout", *args, "--endpoint",
+                                   endpoint], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=60)
+            assert_one_line_error(done.stderr, done.returncode, " ".join(args))
+            assert "No space left on device" in done.stderr
+    for args in (["pub", "t"], ["request", "t"], ["definitions", "import", "-"],
+                 ["purge", "q"], ["delete-queue", "q"]):
+        done = subprocess.run([sys.executable, "-m", "fastfanout", *args, "--endpoint",
+                               endpoint], stdin=None, capture_output=True, text=True,
+                              timeout=60, pass_fds=(), close_fds=True,
+                              preexec_fn=lambda: os.close(0))
+        assert_one_line_error(done.stderr, done.returncode, " ".join(args))
+        assert "standard input is closed" in done.stderr, done.stderr
+    assert client.list_queues() == ["q"]   # the unconfirmed delete changed nothing
+    assert client.stats().queues["q"].enqueued == 0   # nor did the bodiless publish
+
+
+def test_a_body_that_is_not_utf8_on_the_command_line_is_sent_as_given(track: Tracker
+                                                                      ) -> None:
+    """`pub t $'a\\xffb'`: the argument's bytes are the body (a UnicodeEncodeError
+    traceback before)."""
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    done = subprocess.run([sys.executable.encode(), b"-m", b"fastfanout", b"pub",
+                           b"--endpoint", endpoint.encode(), b"t", b"a\xffb"],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [message] = client.receive("q", wait=2.0)
+    assert message.body == b"a\xffb"

@@ -240,6 +240,16 @@ def test_idle_session_timeout_is_checked() -> None:
             Server("ipc:///nonexistent/x.sock", max_queued_replies=bad)  # type: ignore[arg-type]
 
 
+def test_frame_and_request_sizes_past_a_64_bit_number_are_refused_at_once() -> None:
+    """``serve --max-request-bytes 10**23`` passed every check and failed at bind with
+    libzmq's OverflowError (a traceback): ZMQ_MAXMSGSIZE is a signed 64-bit number."""
+    for name in ("max_request_bytes", "max_frame_bytes"):
+        for bad in (10**23, 1 << 63, "1"):
+            with pytest.raises(InvalidArgument, match=name):
+                Server("ipc:///nonexistent/x.sock", **{name: bad})
+    Server("ipc:///nonexistent/x.sock", max_request_bytes=(1 << 63) - 1)   # the largest
+
+
 # -- the lock file and the socket files -------------------------------------------------
 
 
