@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -590,21 +591,38 @@ def _bridge_companion(path: str, endpoint: str, in_memory: bool
 # -- messages ------------------------------------------------------------------------------
 
 
+_JSON_INT: Final = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _attribute_value(value: str) -> Any:
+    """An ``--attr`` value: a number, or a string.
+
+    A number written as JSON writes one (``12``, ``-3.5``, ``1e3``) is a number; anything
+    else, and a value in double quotes (``"007"``, the quotes dropped), is a string.
+
+    Python's ``int()``/``float()`` took ``007``, ``1_000``, `` 5``, ``٣`` (an Arabic-Indic
+    digit) and ``NaN``: a string of the user's came out a number, or refused, until
+    2026-12-07.
+    """
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    if _JSON_INT.fullmatch(value):
+        return int(value)
+    if _JSON_NUMBER.fullmatch(value):
+        return float(value)
+    return value
+
+
 def _parse_attributes(pairs: tuple[str, ...]) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"{pair!r} must be NAME=VALUE", param_hint="--attr")
-        number: Any = value
-        try:
-            number = int(value)
-        except ValueError:
-            try:
-                number = float(value)
-            except ValueError:
-                number = value
-        attributes[name] = number
+        if name in attributes:
+            raise click.BadParameter(f"{name!r} is given twice", param_hint="--attr")
+        attributes[name] = _attribute_value(value)
     return attributes
 
 
@@ -698,7 +716,8 @@ def _message_options(function: F) -> F:
     """
     for option in reversed((
             click.option("--attr", "-a", multiple=True, metavar="NAME=VALUE",
-                         help="An attribute (repeatable; numbers stay numbers)."),
+                         help='An attribute (repeatable): 12, -3.5 and 1e3 are numbers, '
+                              'anything else and "007" in double quotes a string.'),
             click.option("--group-id", default=None, help="FIFO group id."),
             click.option("--dedup-id", default=None, help="Deduplication id."),
             click.option("--priority", type=click.IntRange(0, 255), default=None,

@@ -1136,3 +1136,30 @@ def test_a_body_that_is_not_utf8_on_the_command_line_is_sent_as_given(track: Tra
     assert done.returncode == 0, done.stderr
     [message] = client.receive("q", wait=2.0)
     assert message.body == b"a\xffb"
+
+
+def test_attribute_values_are_numbers_only_as_json_writes_them(track: Tracker) -> None:
+    """`--attr k=007` sent the number 7 (Python's int() read it), as it did `1_000`,
+    `" 5"` and an Arabic-Indic digit; `k=NaN` was refused as a non-finite number, with
+    no way to send such a string; `--attr k=1 --attr k=2` kept 2 without a word."""
+    server = track.server()
+    client = track.client(server.endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    given = {"a": "007", "b": "1_000", "c": " 5", "d": "\u0663", "e": "NaN",
+             "f": "12", "g": "-3.5", "h": "1e3", "i": '"42"', "j": "Infinity"}
+    expected = {"a": "007", "b": "1_000", "c": " 5", "d": "\u0663", "e": "NaN", "f": 12,
+                "g": -3.5, "h": 1000.0, "i": "42", "j": "Infinity"}   # (10 at most)
+    args = [part for name, value in given.items() for part in ("--attr", f"{name}={value}")]
+    result = CliRunner().invoke(cli, ["pub", "t", "x", *args, "--endpoint", server.endpoint])
+    assert result.exit_code == 0, result.output
+    [message] = client.receive("q", wait=2.0)
+    assert message.attributes == expected
+    assert {name: type(value) for name, value in message.attributes.items()} == {
+        name: type(value) for name, value in expected.items()}
+    result = CliRunner().invoke(cli, ["pub", "t", "x", "--attr", "k=1", "--attr", "k=2",
+                                      "--endpoint", server.endpoint])
+    assert_runner_one_line_error(result, "an attribute given twice")
+    assert "given twice" in result.output
+    assert client.stats().queues["q"].enqueued == 1   # nothing published
