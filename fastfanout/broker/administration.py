@@ -843,6 +843,9 @@ class Administration:
         if type(subscription_id) is not int:
             raise InvalidArgument(
                 f"subscription_id must be an int, got {type(subscription_id).__name__}")
+        if not -(1 << 63) <= subscription_id < (1 << 64):   # as a client can send it
+            raise InvalidArgument(f"subscription_id={subscription_id!r:.40} is outside the "
+                                  f"64-bit integer range")
         sub = self._subscriptions.get(subscription_id)
         if sub is None:
             raise NotFound(f"subscription {subscription_id} does not exist")

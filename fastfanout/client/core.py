@@ -147,8 +147,14 @@ def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> byt
     try:
         return protocol.encode_payload([args, kwargs])
     except _UNENCODABLE as exc:
+        if isinstance(exc, OverflowError):   # msgspec's words are of its own internals
+            why = "is outside the 64-bit integer range"
+        elif isinstance(exc, UnicodeError):
+            why = "is not valid Unicode text (a lone surrogate?)"
+        else:
+            why = f"cannot be sent to the broker: {exc}"
         raise InvalidArgument(f"{Opcode(opcode).name.lower()}: {_unencodable(args, kwargs)} "
-                              f"cannot be sent to the broker: {exc}") from None
+                              f"{why}") from None
     except RecursionError:
         # nested deeper than msgspec recurses; only a filter policy (or a worker report)
         # nests, and the embedded broker refuses such a policy as too deep

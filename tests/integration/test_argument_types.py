@@ -469,3 +469,17 @@ def test_an_int_too_large_for_a_float_is_an_invalid_number_of_seconds(track: Any
     remote.ack()
     stats = broker.stats().queues["q"]
     assert (stats.acked, stats.leased, stats.messages) == (2, 0, 0)
+
+
+def test_an_id_past_64_bits_is_the_same_invalid_argument_on_every_face(track: Any) -> None:
+    """``unsubscribe(10**30)`` was ``NotFound`` on the embedded broker and
+    ``InvalidArgument`` on the clients, whose message spoke of msgspec's internals
+    ("can't serialize ints < -2**63 or > 2**64 - 1")."""
+    server: Server = track.server()
+    client = track.client(server.endpoint)
+    huge = 10**30
+    for api in (server.broker, client):
+        for method, args in (("unsubscribe", ()), ("subscription", ()),
+                             ("set_filter_policy", (None,))):
+            with pytest.raises(InvalidArgument, match="outside the 64-bit integer range"):
+                getattr(api, method)(huge, *args)
