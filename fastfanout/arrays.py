@@ -168,6 +168,11 @@ class FrameViews:
     def body(self, index: int) -> memoryview:
         """Body ``index`` as a read-only view of the frame (``bytes(...)`` copies it)."""
         count = self._columns()[0]
+        try:   # an int or what stands for one (numpy's): a str met `<=` (TypeError)
+            index = operator.index(index)
+        except TypeError:
+            raise InvalidArgument(
+                f"a body index is an int, got {type(index).__name__}") from None
         if not -count <= index < count:
             raise IndexError(f"body index {index} out of range for {count} messages")
         start = int(self.offsets[index])

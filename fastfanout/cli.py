@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, Final, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from fastfanout import __version__
 from fastfanout.errors import FastFanoutError, NotFound
@@ -1677,6 +1678,11 @@ def worker(app: str, endpoint: str | None, concurrency: int | None, processes: i
     """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    context = click.get_current_context()
+    if context.get_parameter_source("endpoint") is ParameterSource.ENVIRONMENT:
+        # $FASTFANOUT_ENDPOINT is a default: the app's own Worker(endpoint) wins over it
+        # (a Worker() without one reads it itself); --endpoint wins over both
+        endpoint = None
     try:
         app_worker = _load_worker(app)
         curve = _client_curve()

@@ -874,7 +874,13 @@ class Broker:
                                replies=self._inbox.stats())
 
     def check(self) -> bool:
-        """Verify the core's internal invariants (slow; for tests)."""
+        """Verify the core's internal invariants (slow; for tests).
+
+        Raises:
+            Closed: the broker is closed (as every call then does).
+        """
+        if self._admin.closed:
+            raise Closed("the broker is closed")
         with self._lock:
             return bool(check_store(self._store))
 

@@ -483,3 +483,22 @@ def test_an_id_past_64_bits_is_the_same_invalid_argument_on_every_face(track: An
                              ("set_filter_policy", (None,))):
             with pytest.raises(InvalidArgument, match="outside the 64-bit integer range"):
                 getattr(api, method)(huge, *args)
+
+
+def test_a_batch_body_index_that_is_no_int_and_check_after_close() -> None:
+    """``batch.body("x")`` raised a ``TypeError`` from its range check; ``check()`` of a
+    closed broker answered True where every other call raises ``Closed``."""
+    import numpy as np
+
+    from fastfanout import Closed
+
+    broker = Broker()
+    broker.create_queue("q")
+    broker.send_batch("q", [b"a", b"bb"])
+    batch = broker.consume("q", prefetch=10).next_batch(timeout=5.0)
+    assert batch is not None and bytes(batch.body(np.int64(1))) == b"bb"
+    with pytest.raises(InvalidArgument, match="body index is an int"):
+        batch.body("x")  # type: ignore[arg-type]
+    broker.close()
+    with pytest.raises(Closed):
+        broker.check()

@@ -227,3 +227,25 @@ def test_a_signal_after_a_command_is_done_keeps_its_status(track: Tracker, tmp_p
     assert done.returncode == 0, done.stderr.decode()
     assert b"1 deliveries" in done.stdout or b"0 deliveries" in done.stdout, done.stdout
     assert b"Traceback" not in done.stderr
+
+
+def test_the_apps_own_endpoint_wins_over_the_environments(track: Tracker,
+                                                          tmp_path: Path) -> None:
+    """`fastfanout worker` gave $FASTFANOUT_ENDPOINT (a default for every command) to
+    configure(): a module's Worker(ENDPOINT) was silently pointed elsewhere."""
+    server = track.server()
+    with track.client(server.endpoint) as client:
+        client.create_queue("jobs")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
+               "WORKER_TEST_ENDPOINT": server.endpoint,
+               "FASTFANOUT_ENDPOINT": f"ipc://{tmp_path}/nobody.sock"}
+        process = subprocess.Popen([sys.executable, "-m", "fastfanout", "worker",
+                                    "worker_app:app", "--log-level", "WARNING"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        track.processes.append(process)
+        client.send("jobs", f"{tmp_path}|0".encode())
+        wait_until(lambda: any(tmp_path.glob("*-*")) or process.poll() is not None,
+                   timeout=30, what="the worker's handler ran")
+        assert process.poll() is None, process.communicate(timeout=5)[1].decode()
+        status, err = stopped(process, signal.SIGTERM)
+    assert status == 0, err
