@@ -125,6 +125,11 @@ class _Commands(click.Group):
             sys.exit(0)
 
 
+def _counted(count: int, one: str, many: str | None = None) -> str:
+    """``1 message``, ``2 messages`` (``many``: the plural when not ``one`` + s)."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 def _exit_with(line: str, status: int) -> NoReturn:
     click.echo(" ".join(line.split()), err=True)
     sys.exit(status)
@@ -733,7 +738,8 @@ def _output_options(function: F) -> F:
                                  "(body_base64 when it is not UTF-8).")(function)
     return click.option("--raw", is_flag=True,
                         help="Write the bodies only, byte for byte, with nothing between "
-                             "them (-n 1 for one body).")(function)
+                             "them" + (" (-n 1 for one body)." if function.__name__ != "request"
+                                       else "."))(function)
 
 
 def _quiet_stdout() -> None:
@@ -781,7 +787,8 @@ def pub(endpoint: str | None, topic: str, message: str | None, attr: tuple[str, 
     attributes = _parse_attributes(attr) or None
     with _connected(endpoint) as client:
         result = client.publish(topic, body, attributes=attributes, **options)
-    click.echo(f"message {result.message_id}: {result.deliveries} deliveries"
+    click.echo(f"message {result.message_id}: "
+               f"{_counted(result.deliveries, 'delivery', 'deliveries')}"
                + (" (duplicate)" if result.duplicate else ""))
 
 
@@ -862,7 +869,7 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
                     # the only count of a loss under slow_listener "drop": the broker
                     # cannot see it
                     if listener.gaps:
-                        click.echo(f"missed {listener.gaps} messages", err=True)
+                        click.echo(f"missed {_counted(listener.gaps, 'message')}", err=True)
         except KeyboardInterrupt:   # stopped, as asked: the client and listener closed
             pass
         except BrokenPipeError:     # its reader is done (| head): an end as -n N is
@@ -1546,7 +1553,7 @@ def purge(endpoint: str | None, queue: str, yes: bool) -> None:
         _confirm(f"Remove every message of queue {queue}?")
     with _connected(endpoint) as client:
         removed = client.purge(queue)
-    click.echo(f"purged {removed} messages from {queue}")
+    click.echo(f"purged {_counted(removed, 'message')} from {queue}")
 
 
 @cli.command()
@@ -1561,7 +1568,7 @@ def redrive(endpoint: str | None, dead_letter_queue: str, to: str | None,
     """Move dead-lettered messages of DLQ back to their source queues (or to --to)."""
     with _connected(endpoint) as client:
         moved = client.redrive(dead_letter_queue, to=to, max_messages=max_messages)
-    click.echo(f"redrove {moved} messages from {dead_letter_queue}"
+    click.echo(f"redrove {_counted(moved, 'message')} from {dead_letter_queue}"
                + (f" to {to}" if to else ""))
 
 

@@ -367,7 +367,8 @@ def _plan(target: Any, checked: _Checked, update: bool) -> _Plan:
                 raise InvalidArgument(
                     f"definitions: subscription {pair}: the topic is "
                     f"{'FIFO' if topic_fifo else 'standard'} and the queue is not (a FIFO "
-                    f"topic feeds FIFO queues only)")
+                    f"topic feeds FIFO queues only, and FIFO queues subscribe to FIFO "
+                    f"topics only)")
         sid = held_pairs.get((topic, queue))
         if sid is None:
             plan.subscriptions.append((topic, queue, policy, scope))
@@ -421,7 +422,8 @@ def import_definitions(target: Any, definitions: Mapping[str, Any] | str | bytes
     if plan.conflicts:
         shown = "; ".join(plan.conflicts[:5])
         more = len(plan.conflicts) - 5
-        raise AlreadyExists(f"definitions: {len(plan.conflicts)} conflict(s), nothing "
+        count = len(plan.conflicts)
+        raise AlreadyExists(f"definitions: {count} conflict{'' if count == 1 else 's'}, nothing "
                             f"changed: {shown}" + (f"; and {more} more" if more > 0 else "")
                             + ("" if update else "; update=True (--update) changes what "
                                "may change"))

@@ -1284,7 +1284,8 @@ class Opening(Generic[_Opened]):
     """
 
     def __init__(self, open_: Callable[[], Coroutine[Any, Any, _Opened]],
-                 opened: type[_Opened], call: str, blocking: str) -> None:
+                 opened: type[_Opened], call: str, blocking: str,
+                 discard: Callable[[], None] | None = None) -> None:
         """Wrap the opening of an asyncio object.
 
         Args:
@@ -1292,14 +1293,21 @@ class Opening(Generic[_Opened]):
             opened: the class of what it opens (its method names get a clear error).
             call: the call that made this, as the user wrote it (for messages).
             blocking: the blocking form to use instead, in synchronous code.
+            discard: lets go of what was made ahead and never opened (``connect``'s
+                client and its sockets), on a misuse and when this is dropped.
         """
         self._open = open_
         self._opened: _Opened | None = None
         self._kind = opened
         self._call = call
         self._blocking = blocking
+        self._discard = discard
+        if discard is not None:
+            weakref.finalize(self, discard)
 
     def _misused(self, how: str) -> WrongClient:
+        if self._discard is not None:   # nothing is opened after a misuse is told
+            self._discard()
         noun = "producer" if issubclass(self._kind, AsyncProducer) else "client"
         return WrongClient(
             f"{self._call} {how}: write 'async with {self._call} as {noun}:' or "
@@ -1356,7 +1364,13 @@ def connect(endpoint: str | None = None, **options: Any) -> Opening[AsyncClient]
         client = unopened.pop() if unopened else AsyncClient(endpoint, **options)
         return client._start()
 
+    def discard() -> None:
+        # the client made ahead and never awaited: its sockets closed now, not left to
+        # the garbage collector (a ResourceWarning each, "nothing opened" untrue)
+        while unopened:
+            unopened.pop().connection.transport.close()
+
     return Opening(open_client, AsyncClient, "fastfanout.aio.connect()",
-                   "fastfanout.connect() in synchronous code")
+                   "fastfanout.connect() in synchronous code", discard)
 
 

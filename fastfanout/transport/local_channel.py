@@ -393,12 +393,13 @@ class LocalChannel:
         size = self.outgoing.record_size(frames)
         ring = self.outgoing.capacity
         fits = 1 << (2 * size - 1).bit_length()   # the power of two whose half holds it
-        hint = (f"connect(ring_bytes={fits}) keeps such messages in shared memory"
+        hint = (f"connect(ring_bytes={fits}) keeps such requests in shared memory"
                 if fits <= MAX_CAPACITY else "no ring is that large")
         log.warning(
-            "a message of %d bytes is larger than half this client's %d-byte local channel "
-            "ring: it, and every message as large, goes over the socket instead (copied "
-            "through the kernel: slower; counted in the channel's spills); %s",
+            "a request of %d bytes (one frame: a batch of messages counts whole) is larger "
+            "than half this client's %d-byte local channel ring: it, and every request as "
+            "large, goes over the socket instead (copied through the kernel: slower; "
+            "counted in the channel's spills); %s",
             size, ring, hint)
 
     def _wake_reader_if_asked(self) -> None:

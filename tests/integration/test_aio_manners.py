@@ -221,3 +221,30 @@ def test_each_await_of_connect_opens_its_own_client(track: Tracker) -> None:
         assert asyncio.all_tasks() == {asyncio.current_task()}
 
     asyncio.run(main())
+
+
+def test_a_connect_misused_or_never_awaited_leaves_no_socket_open(tmp_path: Any) -> None:
+    """``with aio.connect()`` raised ``WrongClient`` ("nothing opened"), but the client
+    ``connect`` makes ahead (to check its options at once) kept its two sockets open:
+    ``python -W default`` printed a ResourceWarning for each at exit; as it did for a
+    ``connect()`` never awaited."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "misuse.py"
+    script.write_text(
+        "import asyncio\n"
+        "import fastfanout\n"
+        "from fastfanout import aio\n"
+        "async def main():\n"
+        "    try:\n"
+        f"        with aio.connect('ipc://{tmp_path}/b.sock'):\n"
+        "            pass\n"
+        "    except fastfanout.WrongClient:\n"
+        "        print('refused')\n"
+        f"    kept = aio.connect('ipc://{tmp_path}/b.sock')   # never awaited\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, "-W", "default", str(script)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "refused\n", done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr

@@ -62,7 +62,7 @@ def test_cli_round_trip(track: Tracker) -> None:
         result = runner.invoke(cli, command)
         assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["pub", "t", "hello", "--attr", "n=1", *ep])
-    assert result.exit_code == 0 and "1 deliveries" in result.output
+    assert result.exit_code == 0 and "1 delivery" in result.output
     result = runner.invoke(cli, ["receive", "q", "--ack", *ep])
     assert result.exit_code == 0, result.output
     assert result.output == 'id=1 receive_count=1 attributes={"n":1} hello\n'
@@ -92,7 +92,7 @@ def test_cli_admin_commands(track: Tracker) -> None:
     ep = ["--endpoint", server.endpoint]
 
     result = runner.invoke(cli, ["redrive", "dlq", "--to", "other", "-n", "1", *ep])
-    assert result.exit_code == 0 and "redrove 1 messages from dlq to other" in result.output
+    assert result.exit_code == 0 and "redrove 1 message from dlq to other" in result.output
     result = runner.invoke(cli, ["redrive", "dlq", *ep])
     assert result.exit_code == 0 and "redrove 2 messages from dlq" in result.output
     assert client.stats().queues["q"].visible == 2
@@ -558,7 +558,7 @@ def test_pub_options(track: Tracker) -> None:
     pub("t", "at", "--deliver-at", in_an_hour.strftime("%Y-%m-%dT%H:%M:%SZ"))
     pub("t", "at-seconds", "--deliver-at", str(time.time() + 60))
     assert client.stats().queues["q"].delayed == 3
-    assert "1 deliveries" in pub("f", "one", "--group-id", "g", "--dedup-id", "d1")
+    assert "1 delivery" in pub("f", "one", "--group-id", "g", "--dedup-id", "d1")
     assert "(duplicate)" in pub("f", "one", "--group-id", "g", "--dedup-id", "d1")
     [message] = client.receive("fq", max_messages=10)
     assert message.group_id == "g" and message.dedup_id == "d1"

@@ -225,7 +225,7 @@ def test_a_signal_after_a_command_is_done_keeps_its_status(track: Tracker, tmp_p
     done = subprocess.run([sys.executable, str(script)], capture_output=True, env=env,
                           timeout=60)
     assert done.returncode == 0, done.stderr.decode()
-    assert b"1 deliveries" in done.stdout or b"0 deliveries" in done.stdout, done.stdout
+    assert b"1 delivery" in done.stdout or b"0 deliveries" in done.stdout, done.stdout
     assert b"Traceback" not in done.stderr
 
 

@@ -115,7 +115,7 @@ def test_a_publish_larger_than_half_the_ring_warns_once_and_arrives(
     warnings = [record.getMessage() for record in caplog.records
                 if record.name == "fastfanout.transport.local_channel"]
     assert len(warnings) == 1, warnings
-    found = re.search(r"a message of (\d+) bytes is larger than half this client's "
+    found = re.search(r"a request of (\d+) bytes .* is larger than half this client's "
                       r"(\d+)-byte local channel ring.*connect\(ring_bytes=(\d+)\)",
                       warnings[0])
     assert found is not None, warnings[0]

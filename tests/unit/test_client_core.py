@@ -109,21 +109,24 @@ def test_watchers_run_once_at_completion_or_at_once_when_done() -> None:
 
 def test_an_unencodable_argument_is_refused_and_nothing_is_queued() -> None:
     core, _ = make_core()
-    with pytest.raises(InvalidArgument, match="cannot be sent"):
+    with pytest.raises(InvalidArgument, match="outside the 64-bit integer range"):
         core.call(Opcode.NACK, 2**64)
     assert core.outbox == [] and core.next_id == 1 and core.pending == {}
 
 
 @pytest.mark.parametrize("args, kwargs, named", [
-    (("q",), {"max_messages": 1, "wait": 2**70}, r"receive: wait=1180591620717411303424 "),
-    (("q", 2**64), {}, r"receive: argument 2=18446744073709551616 "),
-    (("q",), {"visibility_timeout": object()}, r"receive: visibility_timeout=<object .*> "),
+    (("q",), {"max_messages": 1, "wait": 2**70},
+     r"receive: wait=1180591620717411303424 is outside the 64-bit integer range"),
+    (("q", 2**64), {}, r"receive: argument 2=18446744073709551616 is outside the 64-bit"),
+    (("q",), {"visibility_timeout": object()},
+     r"receive: visibility_timeout=<object .*> cannot be sent to the broker"),
 ])
 def test_an_unencodable_argument_is_named_in_the_refusal(
         args: tuple[object, ...], kwargs: dict[str, object], named: str) -> None:
-    # until 2026-12-05 the refusal said "an argument cannot be sent to the broker"
+    # until 2026-12-05 the refusal said "an argument cannot be sent to the broker"; an
+    # int past 64 bits says so since 2026-12-07 (msgspec's own words before)
     core, _ = make_core()
-    with pytest.raises(InvalidArgument, match=named + "cannot be sent to the broker"):
+    with pytest.raises(InvalidArgument, match=named):
         core.call(Opcode.RECEIVE, *args, **kwargs)
     assert core.outbox == [] and core.pending == {}
 

@@ -88,7 +88,7 @@ def test_conflicts_change_nothing_and_update_changes_what_may_change() -> None:
                    if pair == ("orders", "billing"))
         target.set_filter_policy(sid, {"kind": ["old"]})
         before = everything(target)
-        with pytest.raises(AlreadyExists, match=r"2 conflict\(s\), nothing changed: queue "
+        with pytest.raises(AlreadyExists, match=r"2 conflicts, nothing changed: queue "
                            r"'billing' exists with other settings: max_messages; "
                            r"subscription orders -> billing"):
             import_definitions(target, document)
