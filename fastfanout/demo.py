@@ -39,6 +39,9 @@ from fastfanout.interrupts import (
 
 __all__ = ["main", "run_embedded", "run_processes"]
 
+_DESCRIPTION = (__doc__ or "").replace("``", "")
+"""The module's story as ``--help`` prints it (no reStructuredText quotes)."""
+
 TOPIC = "orders"
 QUEUES = ("billing", "shipping", "audit")
 FAILING_QUEUE = "audit"
@@ -287,14 +290,16 @@ def run_embedded(messages: int, console: Console) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastfanout.demo``."""
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fastfanout.demo",
+                                     description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000, help="messages to publish")
     parser.add_argument("--endpoint", default=None, help="broker endpoint (default: per user)")
     parser.add_argument("--embedded", action="store_true",
                         help="one process, an in-process Broker and consumer threads")
     args = parser.parse_args(argv)
-    console = Console()
+    # lines as long as they are: not cut at 80 columns when the output is no terminal
+    console = Console(soft_wrap=True)
     if args.embedded:
         console.print("[bold]fastfanout demo[/bold]: embedded broker, consumer threads")
         broker = run_embedded(args.messages, console)
