@@ -46,7 +46,7 @@ from fastfanout._ext.codec cimport (
     ff_store_le64,
 )
 from fastfanout._ext.blobs cimport BodySource, blob_anchor_t, blob_make, blob_new, blob_t
-from fastfanout._ext.bodies cimport ff_body_buffer
+from fastfanout._ext.bodies cimport ff_body_buffer, ff_entry
 
 from datetime import datetime
 
@@ -98,17 +98,17 @@ cdef bytes _encode(object attributes, Py_ssize_t index):
     if type(attributes) is not dict:
         if not isinstance(attributes, dict):
             raise InvalidArgument(
-                f"entry {index}: attributes must be a dict, got {type(attributes).__name__}")
+                f"{ff_entry(index)}attributes must be a dict, got {type(attributes).__name__}")
         attributes = dict(attributes)   # a subclass (OrderedDict...): its items, plainly
     if not attributes:
         return None
     if len(attributes) > C_MAX_ATTRIBUTES:
         raise InvalidArgument(
-            f"entry {index}: {len(attributes)} attributes, at most {C_MAX_ATTRIBUTES} allowed")
+            f"{ff_entry(index)}{len(attributes)} attributes, at most {C_MAX_ATTRIBUTES} allowed")
     for name, value in (<dict>attributes).items():
         if type(name) is not str or not 0 < len(<str>name) <= C_MAX_ATTRIBUTE_NAME:
             raise InvalidArgument(
-                f"entry {index}: attribute name {name!r} must be a str of 1 to "
+                f"{ff_entry(index)}attribute name {name!r} must be a str of 1 to "
                 f"{C_MAX_ATTRIBUTE_NAME} characters")
         kind = type(value)
         if kind is str or kind is int or kind is bytes:
@@ -116,41 +116,41 @@ cdef bytes _encode(object attributes, Py_ssize_t index):
         if kind is float:
             if not isfinite(value):
                 raise InvalidArgument(
-                    f"entry {index}: attribute {name!r} is {value!r}; numbers must be finite")
+                    f"{ff_entry(index)}attribute {name!r} is {value!r}; numbers must be finite")
             continue
         if kind is list and all(type(item) is str for item in value):
             continue
-        raise InvalidArgument(f"entry {index}: {attribute_type_problem(name, value)}")
+        raise InvalidArgument(f"{ff_entry(index)}{attribute_type_problem(name, value)}")
     try:
         return _encode_attributes(attributes)
     except (OverflowError, UnicodeEncodeError):
-        raise InvalidArgument(f"entry {index}: {attribute_problem(attributes)}") from None
+        raise InvalidArgument(f"{ff_entry(index)}{attribute_problem(attributes)}") from None
 
 
 cdef bytes _encode_id(object value, str what, Py_ssize_t index):
     if value is None:
         return None
     if type(value) is not str:
-        raise InvalidArgument(f"entry {index}: {what} must be a str, got {type(value).__name__}")
+        raise InvalidArgument(f"{ff_entry(index)}{what} must be a str, got {type(value).__name__}")
     try:
         encoded = (<str>value).encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidArgument(f"entry {index}: {id_problem(what, value)}") from None
+        raise InvalidArgument(f"{ff_entry(index)}{id_problem(what, value)}") from None
     if not 0 < len(encoded) <= C_MAX_ID_LENGTH:
         raise InvalidArgument(
-            f"entry {index}: {what} {value!r} must be 1 to {C_MAX_ID_LENGTH} UTF-8 bytes")
+            f"{ff_entry(index)}{what} {value!r} must be 1 to {C_MAX_ID_LENGTH} UTF-8 bytes")
     return encoded
 
 
 cdef int64_t _duration_us(object seconds, str what, Py_ssize_t index, int64_t limit_us) except? -1:
     if type(seconds) is not float and type(seconds) is not int:
         raise InvalidArgument(
-            f"entry {index}: {what} must be a number of seconds, got {type(seconds).__name__}")
+            f"{ff_entry(index)}{what} must be a number of seconds, got {type(seconds).__name__}")
     # an int past the limit is refused before it meets a double (10**400: OverflowError)
     if (type(seconds) is int and seconds > limit_us) or not isfinite(seconds) or seconds < 0 \
             or seconds * 1e6 > limit_us:
         raise InvalidArgument(
-            f"entry {index}: {what}={seconds!r} must be finite, >= 0 and <= {limit_us / 1e6:g} s")
+            f"{ff_entry(index)}{what}={seconds!r} must be finite, >= 0 and <= {limit_us / 1e6:g} s")
     return <int64_t>round(seconds * 1e6)
 
 
@@ -349,7 +349,7 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
     cdef blob_t* blob
     if record.body_len > C_MAX_BODY:
         raise MessageTooLarge(
-            f"entry {i}: body of {record.body_len} bytes exceeds the hard limit of "
+            f"{ff_entry(i)}body of {record.body_len} bytes exceeds the hard limit of "
             f"{C_MAX_BODY} bytes")
     if record.attrs_len:
         # Attributes arrive msgpack-encoded: check them like local ones (types, count,
@@ -357,38 +357,38 @@ cdef blob_t* blob_from_record(ff_record_view* record, Py_ssize_t i, int64_t now_
         try:
             attributes = _decode_attributes(record.attrs[:record.attrs_len])
         except Exception as error:
-            raise InvalidArgument(f"entry {i}: attributes are not valid msgpack: {error}")
+            raise InvalidArgument(f"{ff_entry(i)}attributes are not valid msgpack: {error}")
         encoded = _encode(attributes, i)
         if encoded is not None:
             attrs = PyBytes_AS_STRING(encoded)
             attrs_len = <uint32_t>PyBytes_GET_SIZE(encoded)
     if record.group_len > C_MAX_ID_LENGTH or record.dedup_len > C_MAX_ID_LENGTH:
         raise InvalidArgument(
-            f"entry {i}: group and dedup ids must be at most {C_MAX_ID_LENGTH} bytes")
+            f"{ff_entry(i)}group and dedup ids must be at most {C_MAX_ID_LENGTH} bytes")
     try:
         if record.group_len:
             record.group[:record.group_len].decode("utf-8")
         if record.dedup_len:
             record.dedup[:record.dedup_len].decode("utf-8")
     except UnicodeDecodeError:
-        raise MalformedBatch(f"entry {i}: a group or dedup id is not valid UTF-8") from None
+        raise MalformedBatch(f"{ff_entry(i)}a group or dedup id is not valid UTF-8") from None
     if record.flags & FF_FLAG_DELAY:
         # a delay (µs), counted from now on this broker's clock, not the client's
         if not 0 <= record.deliver_at_us <= C_MAX_DELAY_US:
-            raise InvalidArgument(f"entry {i}: delay must be from 0 to one year")
+            raise InvalidArgument(f"{ff_entry(i)}delay must be from 0 to one year")
         due_us = now_us + record.deliver_at_us
     elif record.flags & FF_FLAG_DELIVER_AT:
         if record.deliver_at_us - now_us > C_MAX_DELAY_US:
-            raise InvalidArgument(f"entry {i}: deliver_at is more than one year ahead")
+            raise InvalidArgument(f"{ff_entry(i)}deliver_at is more than one year ahead")
         due_us = max(record.deliver_at_us, now_us)
     if record.flags & FF_FLAG_TTL:
         if not 0 < record.receipt <= <uint64_t>C_MAX_DELAY_US:
-            raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds and at most one year")
+            raise InvalidArgument(f"{ff_entry(i)}ttl must be > 0 seconds and at most one year")
         expires_us = now_us + <int64_t>record.receipt
     elif record.flags & FF_FLAG_EXPIRES:
         expires_us = <int64_t>record.receipt
         if expires_us <= now_us:
-            raise InvalidArgument(f"entry {i}: the message expired before it was published")
+            raise InvalidArgument(f"{ff_entry(i)}the message expired before it was published")
     blob = blob_make(anchor if record.body_len >= C_IN_PLACE_MIN_BODY else NULL,
                      0, now_us, due_us, expires_us, record.body, record.body_len,
                      attrs, attrs_len, record.group, <uint16_t>record.group_len,
@@ -425,7 +425,7 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled
             (payload, attributes, delay, deliver_at, group_id, dedup_id, priority_value,
              ttl) = item
             if delay is not None and deliver_at is not None:
-                raise InvalidArgument(f"entry {i}: give delay or deliver_at, not both")
+                raise InvalidArgument(f"{ff_entry(i)}give delay or deliver_at, not both")
             if delay is not None:
                 due_us = now_us + _duration_us(delay, "delay", i, C_MAX_DELAY_US)
             elif deliver_at is not None:
@@ -434,14 +434,14 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled
                 expires_us = now_us + _duration_us(ttl, "ttl", i, C_MAX_DELAY_US)
                 if expires_us == now_us:
                     # the same words as a client's (wire.pyx), with the unit's floor
-                    raise InvalidArgument(f"entry {i}: ttl must be > 0 seconds (at least "
+                    raise InvalidArgument(f"{ff_entry(i)}ttl must be > 0 seconds (at least "
                                           f"1 µs, 1e-06), got {ttl!r}")
             group = _encode_id(group_id, "group_id", i)
             dedup = _encode_id(dedup_id, "dedup_id", i)
             if priority_value is not None:
                 if type(priority_value) is not int or not 0 <= priority_value <= 255:
                     raise InvalidArgument(
-                        f"entry {i}: priority must be an int from 0 to 255, got "
+                        f"{ff_entry(i)}priority must be an int from 0 to 255, got "
                         f"{priority_value!r}")
                 priority = priority_value
             item = payload
@@ -456,7 +456,7 @@ cdef blob_t* make_blob(object item, Py_ssize_t i, int64_t now_us, bint journaled
     try:
         if body_len > C_MAX_BODY:
             raise MessageTooLarge(
-                f"entry {i}: body of {body_len} bytes exceeds the hard limit of {C_MAX_BODY} bytes")
+                f"{ff_entry(i)}body of {body_len} bytes exceeds the hard limit of {C_MAX_BODY} bytes")
         encoded = _encode(attributes, i)
         blob = blob_new(
             0, now_us, due_us, expires_us, body, <uint32_t>body_len,
@@ -481,11 +481,11 @@ cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) exc
     if isinstance(deliver_at, datetime):
         if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
             raise InvalidArgument(
-                f"entry {i}: deliver_at datetime {deliver_at!r} must be timezone-aware")
+                f"{ff_entry(i)}deliver_at datetime {deliver_at!r} must be timezone-aware")
         deliver_at = deliver_at.timestamp()
     if type(deliver_at) is not float and type(deliver_at) is not int:
         raise InvalidArgument(
-            f"entry {i}: deliver_at must be clock seconds or an aware datetime, got "
+            f"{ff_entry(i)}deliver_at must be clock seconds or an aware datetime, got "
             f"{type(deliver_at).__name__}")
     try:
         at_us = float(deliver_at)
@@ -493,11 +493,11 @@ cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) exc
         at_us = 1e308 if deliver_at > 0 else -1e308
     if not isfinite(at_us):
         raise InvalidArgument(
-            f"entry {i}: deliver_at={deliver_at!r} must be finite and at most one year from now")
+            f"{ff_entry(i)}deliver_at={deliver_at!r} must be finite and at most one year from now")
     at_us *= 1e6   # may be infinite now: too far ahead, or a far past
     if at_us - now_us > C_MAX_DELAY_US:
         raise InvalidArgument(
-            f"entry {i}: deliver_at={deliver_at!r} must be finite and at most one year from now")
+            f"{ff_entry(i)}deliver_at={deliver_at!r} must be finite and at most one year from now")
     if at_us <= now_us:
         return now_us   # the past means now (a far past fits no int64: OverflowError before)
     return max(<int64_t>round(deliver_at * 1e6), now_us)

@@ -40,15 +40,21 @@ cdef inline int ff_refuse_objects(object value, str what) except -1:
         f"(its bytes would be pointers into this process): encode them to bytes first")
 
 
+cdef inline str ff_entry(Py_ssize_t index):
+    """How an error names the body's place: ``entry N: `` in a batch, nothing for the one
+    body of a single call (``index`` -1)."""
+    return f"entry {index}: " if index >= 0 else ""
+
+
 cdef inline int _refuse_body(object body, Py_ssize_t index, bint buffer) except -1:
     from fastfanout.errors import InvalidArgument
     if buffer:
         raise InvalidArgument(
-            f"entry {index}: a body must be a C-contiguous buffer; this "
+            f"{ff_entry(index)}a body must be a C-contiguous buffer; this "
             f"{type(body).__name__} is not (copy it first: bytes(body), or "
             f"numpy.ascontiguousarray)")
     raise InvalidArgument(
-        f"entry {index}: a body must be bytes-like (bytes, bytearray, memoryview or any "
+        f"{ff_entry(index)}a body must be bytes-like (bytes, bytearray, memoryview or any "
         f"C-contiguous buffer), got {type(body).__name__}")
 
 
@@ -76,7 +82,7 @@ cdef inline int ff_body_buffer(object body, Py_buffer* view, Py_ssize_t index) e
             _refuse_body(body, index, True)
         if ff_format_has_objects(view.format):
             PyBuffer_Release(view)
-            ff_refuse_objects(body, f"entry {index}: a body")
+            ff_refuse_objects(body, f"{ff_entry(index)}a body")
         return 0
     _refuse_body(body, index, False)
     return -1

@@ -1044,7 +1044,7 @@ cdef class Dispatcher:
         for t in range(target_count):
             any_content_dedup = any_content_dedup or store.queue(targets[t]).content_dedup
         topic_name = self._kept_topic(targets, target_count, topic)
-        blob = make_blob(body, 0, now_us, store.journal is not None, &self.dues[0])
+        blob = make_blob(body, -1, now_us, store.journal is not None, &self.dues[0])
         if topic_name is not None:
             blob = blob_with_topic(blob, topic_name, <uint16_t>len(topic_name))
             if blob == NULL:

@@ -460,7 +460,7 @@ cdef class Ring:
                 length = <size_t>PyBytes_GET_SIZE(record)
                 status = ff_ring_offer(self.ring, data, length)
             else:
-                ff_body_buffer(record, &view, 0)
+                ff_body_buffer(record, &view, -1)   # one body: no entry named
                 status = ff_ring_offer(self.ring, <const char*>view.buf, <size_t>view.len)
                 length = <size_t>view.len
                 PyBuffer_Release(&view)

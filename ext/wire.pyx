@@ -69,7 +69,7 @@ from fastfanout._ext.codec cimport (
     ff_ring_batch_scan,
     FF_RING_BATCH_PREFIX,
 )
-from fastfanout._ext.bodies cimport ff_body_buffer
+from fastfanout._ext.bodies cimport ff_body_buffer, ff_entry
 from fastfanout._ext.sinks cimport FrameSource
 from fastfanout._ext.rows cimport (
     ff_int_kind,
@@ -325,7 +325,7 @@ cdef class FrameBuilder:
 
     def append_body(self, body):
         """Append a record with only a body (the fast path); returns its index."""
-        return _append_body(self, body, 0)
+        return _append_body(self, body, -1)   # one body: its errors name no entry
 
     def mark(self):
         """Where the frame ends now, for ``rewind``: ``(records, bytes, body bytes)``."""
@@ -348,7 +348,7 @@ cdef class FrameBuilder:
                dedup_id=None, priority=None, ttl=None):
         """Append one publish record (the arguments of ``publish``); returns its index."""
         return _append_entry(self, body, attributes, delay, deliver_at, group_id, dedup_id,
-                             priority, ttl, 0)
+                             priority, ttl, -1)   # one message: its errors name no entry
 
     @property
     def group_id(self):
@@ -373,7 +373,7 @@ cdef class FrameBuilder:
         cdef ff_record_view view
         cdef int status
         if length > <Py_ssize_t>0xFFFFFFFF:
-            raise InvalidArgument(f"entry {index}: a body of {length} bytes is too long for "
+            raise InvalidArgument(f"{ff_entry(index)}a body of {length} bytes is too long for "
                                   f"a record")
         _clear(&view)
         if self._group is not None:
@@ -382,7 +382,7 @@ cdef class FrameBuilder:
         view.body_len = <uint32_t>length
         status = ff_out_append_record(&self.out, &view)
         if status != FF_CODEC_OK:
-            raise InvalidArgument(f"entry {index}: cannot add the record: {status_text(status)}")
+            raise InvalidArgument(f"{ff_entry(index)}cannot add the record: {status_text(status)}")
         self.body_bytes += view.body_len
         return 0
 
@@ -537,7 +537,7 @@ cdef uint64_t _rows_frame_size(ff_rows* rows) except 0:
     for i in range(rows.count):
         ff_rows_get(rows, i, &body, &length)
         if length > <Py_ssize_t>0xFFFFFFF0:
-            raise InvalidArgument(f"entry {i}: a body of {length} bytes is too long for a "
+            raise InvalidArgument(f"{ff_entry(i)}a body of {length} bytes is too long for a "
                                   f"record")
         total += ff_align8(<uint64_t>FF_RECORD_HEADER_SIZE + <uint64_t>length)
     if rows.count > <Py_ssize_t>0xFFFFFFFF or total > <uint64_t>0x7FFFFFFFFFFFFFFF:

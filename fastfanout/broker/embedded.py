@@ -104,6 +104,9 @@ __all__ = [
     "TopicSettings",
 ]
 
+_FIRST_ENTRY = "entry 0: "
+"""How the dispatcher names the one message of a batch of one in a refusal."""
+
 def _entry(
     body: Body,
     attributes: Attributes | None,
@@ -288,7 +291,15 @@ class Broker:
     def _enqueue_one(self, topic: str | None, queue: str | None,
                      entry: Body | PublishEntry) -> PublishResult:
         """``publish``/``send`` of one message: a batch of one."""
-        result: PublishResult = self._enqueue(topic, queue, [entry])[0]
+        try:
+            result: PublishResult = self._enqueue(topic, queue, [entry])[0]
+        except FastFanoutError as error:
+            # the batch names its entry ("entry 0: ..."): nothing a call of one message
+            # knows of (the clients' words have no such prefix)
+            text = str(error)
+            if not text.startswith(_FIRST_ENTRY):
+                raise
+            raise type(error)(text[len(_FIRST_ENTRY):]) from None
         return result
 
     def publish(

@@ -109,7 +109,7 @@ def test_a_body_of_python_objects_is_refused_not_sent_as_pointers(body: object) 
                         lambda: broker.publish_batch("t", [body]),
                         lambda: broker.send_batch("q", [PublishEntry(body, priority=1)]),
                         lambda: encode_entries([body])):
-            with pytest.raises(InvalidArgument, match="entry 0: a body must hold plain data"):
+            with pytest.raises(InvalidArgument, match="a body must hold plain data"):
                 publish()
         assert broker.stats().queues["q"].enqueued == 0
         broker.send("q", np.array([1, 2], dtype=[("n", "<i4")]))   # a field named O is fine
