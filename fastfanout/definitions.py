@@ -175,7 +175,7 @@ def _decode(definitions: Mapping[str, Any] | str | bytes) -> Any:
         else:
             document = msgspec.convert(definitions, _Document)
     except msgspec.ValidationError as error:
-        raise InvalidArgument(f"definitions: {error}") from None
+        raise InvalidArgument(f"definitions: {_named(error, definitions)}") from None
     except msgspec.DecodeError as error:
         raise InvalidArgument(f"definitions: not JSON: {error}") from None
     if document.fastfanout_definitions != DEFINITIONS_FORMAT:
@@ -183,6 +183,40 @@ def _decode(definitions: Mapping[str, Any] | str | bytes) -> Any:
                               f"{document.fastfanout_definitions}; this fastfanout reads "
                               f"format {DEFINITIONS_FORMAT}")
     return document
+
+
+_ENTRY_FORMS: Final = (("topics", _Topic), ("queues", _Queue))
+"""The document's maps of named entries, and the form of an entry of each."""
+
+
+def _named(error: msgspec.ValidationError, definitions: Mapping[str, Any] | str | bytes
+           ) -> str:
+    """``error``'s text, with the name of the topic or queue it is about.
+
+    msgspec writes a map's key as ``[...]`` (``$.queues[...].visibility_timeout``): the
+    entries are checked again one by one to find which one it was.
+    """
+    text = str(error)
+    if "[...]" not in text:
+        return text
+    try:
+        plain = (msgspec.json.decode(definitions) if isinstance(definitions, str | bytes)
+                 else definitions)
+    except msgspec.DecodeError:
+        return text
+    for section, form in _ENTRY_FORMS:
+        entries = plain.get(section) if isinstance(plain, Mapping) else None
+        if not isinstance(entries, Mapping):
+            continue
+        for name, entry in entries.items():
+            try:
+                msgspec.convert(entry, form)
+            except msgspec.ValidationError as found:
+                where = f"$.{section}[{name!r}]"
+                found_text = str(found)   # "... - at `$.field`", or no place: the entry
+                return (found_text.replace("`$", f"`{where}", 1) if "`$" in found_text
+                        else f"{found_text} - at `{where}`")
+    return text
 
 
 def _queue_settings(name: str, queue: Any, durable: bool | None) -> QueueSettings:

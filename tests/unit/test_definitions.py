@@ -212,3 +212,18 @@ def test_a_queue_without_durable_is_as_its_broker_makes_them(tmp_path: Path) -> 
     with Broker(data_dir=tmp_path / "forced") as durable:
         import_definitions(durable, document, durable=True)
         assert durable.queue_settings("passing").durable is True
+
+
+@pytest.mark.parametrize("document, where", [
+    ({"fastfanout_definitions": 1, "queues": {"good": {}, "bad": {"visibility_timeout": "x"}}},
+     "`$.queues['bad'].visibility_timeout`"),
+    ({"fastfanout_definitions": 1, "topics": {"t1": {"bogus": 1}}}, "`$.topics['t1']`"),
+    ('{"fastfanout_definitions": 1, "queues": {"q": {"max_messages": "many"}}}',
+     "`$.queues['q'].max_messages`"),
+])
+def test_a_form_error_names_the_entry(document: object, where: str) -> None:
+    """msgspec wrote a map's key as ``[...]``: the error said ``$.queues[...]``, not
+    which queue (the docs promise the path)."""
+    with pytest.raises(InvalidArgument) as raised:
+        import_definitions(Broker(), document)  # type: ignore[arg-type]
+    assert where in str(raised.value), raised.value
