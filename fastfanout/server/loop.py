@@ -482,7 +482,8 @@ class Server:
             lock.release()
             raise
         self._lock = lock
-        log.info("serving on %s (streams on %s)", self.endpoint, self.stream_endpoint)
+        log.info("bound %s (streams on %s); serving once the loop runs", self.endpoint,
+                 self.stream_endpoint)
 
     def companion_curve(self) -> CurveKeys | None:
         """CURVE keys for a client in this process (the NATS bridge), or None without CURVE.
@@ -548,6 +549,7 @@ class Server:
         """
         self._check_not_running()
         self.bind()
+        log.info("serving on %s", self.endpoint)
         self._run()
 
     def wake_on_signals(self) -> None:
