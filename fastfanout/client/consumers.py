@@ -146,6 +146,16 @@ class Consumer(BlockingOnly, Iterator[RemoteMessage],
         frames = self._next_frames(timeout)
         return None if frames is None else DeliveryBatch(frames, self)
 
+    def waiting(self) -> list[RemoteMessage]:
+        """The messages of pushes that arrived and were not taken yet.
+
+        Leased to this consumer as any it took (``next_batch`` and the iteration take
+        them in order): a lease keeper extends them too. A snapshot, safe from another
+        thread; each call makes new message objects of the same leases.
+        """
+        return [message for frames in list(self._state.batches)
+                for message in DeliveryBatch(frames, self)]
+
     def cancel(self) -> None:
         """Stop the pushes; what was pushed and not yet read goes back to the queue.
 

@@ -176,9 +176,13 @@ class ClientSource:
                 consumer.defer_settle(struct.pack(f"<{len(receipts)}Q", *receipts))
 
     def buffered(self) -> list[Any]:
-        """The rest of the last push, not taken yet (read by the lease keeper's thread)."""
+        """What was pushed and not taken yet (read by the lease keeper's thread).
+
+        The rest of the last push, and the pushes that came since (until 2026-12-07 these
+        were not extended: a handler slower than a lease let them run out and come back).
+        """
         pushed, taken = self._pushed, self._taken
-        return pushed[taken:]
+        return [*pushed[taken:], *self._consumer.waiting()]
 
     def cancel(self) -> None:
         """Stop the pushes (CANCEL); what was pushed is released by ``close``."""

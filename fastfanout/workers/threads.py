@@ -118,19 +118,23 @@ class Slot:
 
     Attributes:
         held: the messages taken and not settled (``held[index:]``).
+        done: handled, their ack deferred (``ACK_LINGER``): still leased to the slot.
         current: the messages of the call running now, or None.
         started: ``time.monotonic()`` when the current call started.
         abandoned: the keeper gave up on the current call and settled its messages.
         stale_source: the keeper closed ``source`` when it gave up on the call.
     """
 
-    __slots__ = ("abandoned", "current", "held", "index", "lock", "source", "stale_source",
-                 "started", "tally", "thread")
+    __slots__ = ("abandoned", "current", "done", "held", "index", "lock", "source",
+                 "stale_source", "started", "tally", "thread")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.held: list[Any] = []
         self.index = 0
+        # handled and returned, their ack deferred (``ACK_LINGER``): still leased to
+        # this slot until it goes, so the keeper extends them too
+        self.done: list[Any] = []
         self.current: list[Any] | None = None
         self.started = 0.0
         self.abandoned = False
@@ -291,7 +295,8 @@ class ThreadRunner:
         max_receive_count = self._max_receive_count
         source = slot.source
         assert source is not None
-        done: list[Any] = []   # returned: acked together
+        done: list[Any] = []   # returned: acked together (slot.done: the keeper sees it)
+        slot.done = done
         first_done = 0.0
         try:
             for message in messages:
@@ -328,12 +333,13 @@ class ThreadRunner:
                     first_done = now
                 elif now - first_done >= ACK_LINGER:
                     source.ack(done)
-                    done = []
+                    done = slot.done = []
                     first_done = now
                 done.append(message)
         finally:
             if done:
                 source.ack(done)
+            slot.done = []
 
     def _call(self, slot: Slot, messages: list[Any]) -> bool:
         """Run the function on a message (or a batch) and settle; False: stop the batch."""
@@ -507,7 +513,9 @@ class LeaseKeeper:
             # messages go to another consumer.
             source = slot.source
             waiting = source.buffered() if source is not None and not slot.abandoned else []
-            held = [*slot.unsettled(), *waiting]
+            # (and what it handled and has not acked yet: until 2026-12-07 not extended,
+            # so a call longer than a lease let the one before it run out and come back)
+            held = [*slot.unsettled(), *slot.done, *waiting]
             for message in held:
                 if settle_quietly(message.extend, lease):
                     slot.tally.extended += 1

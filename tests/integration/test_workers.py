@@ -219,6 +219,40 @@ def test_a_slow_handler_keeps_its_lease(track: Tracker) -> None:
     assert client.stats().queues["jobs"].redelivered == 0
 
 
+@pytest.mark.parametrize("embedded", [False, True], ids=["remote", "embedded"])
+def test_handlers_slower_than_a_lease_handle_each_message_once(track: Tracker,
+                                                               embedded: bool) -> None:
+    """A sync handler slower than the queue's lease: the message handled before it (its
+    ack deferred, ACK_LINGER) and the pushes that came meanwhile (waiting in the client's
+    consumer) were not extended: their leases ran out, they came back and ran again, and
+    their late acks were stale (5 messages: 7 calls, 1 ack, 39 deliveries)."""
+    if embedded:
+        broker = fastfanout.Broker()
+        track.closeables.append(broker)
+        broker.create_queue("jobs", visibility_timeout=0.4)
+        client: Any = broker
+        target: Any = broker
+    else:
+        target, client = _setup(track, visibility_timeout=0.4)
+    client.send_batch("jobs", [b"%d" % n for n in range(4)])
+    calls: list[tuple[bytes, int]] = []
+    worker = _worker(track, target, report_interval=None)
+
+    @worker.handler("jobs", concurrency=1)
+    def slow(message: Any) -> None:   # 1.5 leases long
+        calls.append((message.body, message.receive_count))
+        time.sleep(0.6)
+
+    worker.start()
+    wait_until(lambda: client.stats().queues["jobs"].acked == 4, timeout=30,
+               what="every message acked")
+    worker.stop(5.0)
+    assert sorted(calls) == [(b"%d" % n, 1) for n in range(4)]
+    queue = client.stats().queues["jobs"]
+    assert (queue.delivered, queue.redelivered) == (4, 0)
+    assert worker.stats().handlers["slow"].processed == 4
+
+
 @pytest.mark.parametrize("is_async", [False, True])
 def test_stop_finishes_in_flight_and_gives_back_the_rest_at_once(
         track: Tracker, is_async: bool) -> None:
