@@ -1047,8 +1047,15 @@ cdef class AsyncMessageCursor:
         ``release`` (back to the queue), as the frames the consumer had not started are
         by its cancel.
         """
-        self._cursor.release_unread()
-        return self._refill.aclose()
+        return _closed(self)
+
+
+async def _closed(AsyncMessageCursor self):
+    """``aclose``: the iteration's consumer cancelled first (its CANCEL fired by the
+    refill's ``finally``), then the rest of the frame released, so the broker does not
+    push it back to the consumer in between (a delivery counted twice)."""
+    await self._refill.aclose()
+    self._cursor.release_unread()
 
 
 async def _refilled(AsyncMessageCursor self):

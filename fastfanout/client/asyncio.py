@@ -36,7 +36,7 @@ from collections.abc import (
 )
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar
 
 from fastfanout._ext.offers import LoopFutures, NowaitGate
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
@@ -107,6 +107,10 @@ async def _answered(request: Request) -> None:
 
     request.watch(complete)
     await done
+
+
+RELEASE_DELAY: Final = 0.01
+"""Seconds a dropped cursor's release waits for its consumer's CANCEL to leave first."""
 
 class AsyncListener(StreamListening):
     """Stream messages of the topics matching a pattern (``AsyncClient.listen``).
@@ -495,10 +499,26 @@ class AsyncConnection(DriverBase):
         self.submit(self.core.queue_frames, opcode, payload, False)
 
     def release(self, receipts: bytes) -> None:
-        """Give back leased messages nobody will read (``ConnectionCore.release``)."""
-        if not self.lost:
-            with contextlib.suppress(FastFanoutError):
-                self.submit(self.core.release, receipts)
+        """Give back leased messages nobody will read (``ConnectionCore.release``), soon.
+
+        A dropped cursor's: its consumer's CANCEL (the iteration's ``finally``, run by
+        ``aclose`` or by the loop's finalizer of async generators a moment later) must
+        reach the broker first. Released before it, the messages went back to the same
+        consumer (its credit returned) and the CANCEL released them again: each delivery
+        counted twice, dead-lettered unread.
+        """
+        if self.lost:
+            return
+
+        def release() -> None:
+            if not self.lost and not self.core.closed:
+                with contextlib.suppress(FastFanoutError):
+                    self.submit(self.core.release, receipts)
+
+        try:
+            asyncio.get_running_loop().call_later(RELEASE_DELAY, release)
+        except RuntimeError:   # no running loop (a finalizer in another thread)
+            release()
 
     async def wait(self, request: Request, extra: float = 0.0) -> list[bytes]:
         """Wait for a request's answer, at most the client's timeout plus ``extra``."""

@@ -582,11 +582,16 @@ class Connection(DriverBase):
     def release_unread(self, receipts: bytes) -> None:
         """Give back pushed messages nobody will read (a dropped cursor's), soon.
 
-        Called from a finalizer, in whatever thread dropped the cursor; sent as
-        ``abandon`` sends its CANCEL (``ConnectionCore.release``).
+        Called from a finalizer, in whatever thread dropped the cursor; sent by the
+        background thread, or with the CANCEL of ``abandon`` (``ConnectionCore.release``)
+        when the consumer goes too — the usual case, a ``for`` left by ``break``: the
+        consumer's own finalizer runs right after the cursor's. Not sent at once: a
+        release that reached the broker before the CANCEL gave the consumer its credit
+        back, the broker pushed the same messages to it again, and the CANCEL released
+        them a second time (each delivery counted twice: dead-lettered unread).
         """
         self.unread.append(receipts)
-        self._soon()
+        self._ticker.ring()
 
     def _soon(self) -> None:
         """Send the abandoned consumers' CANCELs and the unread releases, now or soon.
@@ -608,15 +613,19 @@ class Connection(DriverBase):
             self._ticker.ring()
 
     def _cancel_abandoned(self) -> None:
-        """Release the unread messages, cancel the abandoned consumers (lock held)."""
+        """Cancel the abandoned consumers, then release the unread messages (lock held).
+
+        In that order: the broker pushes nothing more to a consumer it has cancelled, so
+        what is released is not pushed back to it and released again.
+        """
         core = self.core
-        while self.unread:
-            core.release(self.unread.pop())
         while self.abandoned:
             consumer = self.abandoned.pop()
             if core.cancel(consumer):
                 core.queue_frames(Opcode.CANCEL, [encode_call(
                     Opcode.CANCEL, (consumer.consumer_id,), {})], False)
+        while self.unread:
+            core.release(self.unread.pop())
 
     def cancel(self, consumer: ConsumerState) -> None:
         """Cancel a consumer (its queued acks sent first, ``ConnectionCore.cancel``)."""

@@ -165,8 +165,10 @@ class Consumer(BlockingOnly, Iterator[RemoteMessage],
         cancel reaches it — are released (visible again at once; the delivery stays
         counted in their ``receive_count``) and never yielded.
         """
-        self._cursor.release_unread()   # the rest of the frame being iterated
+        # the CANCEL first: released before it, the messages went back to this consumer
+        # (its credit returned) and the CANCEL released them again, counted twice
         self.connection.cancel(self._state)
+        self._cursor.release_unread()   # the rest of the frame being iterated
 
     def __enter__(self) -> Consumer:
         return self

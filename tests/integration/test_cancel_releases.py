@@ -86,3 +86,61 @@ def test_the_asyncio_client_gives_back_the_rest_after_break_or_aclose(
             await asyncio.to_thread(_settled_back, client, COUNT - 2)
 
     asyncio.run(main())
+
+
+TRIALS = 8
+"""Consumers left per client: the double count came in about half of the trials."""
+
+
+def _counted_once(client: Client, queue: str) -> None:
+    """The four unread messages of ``queue`` are back once: visible, their receive count
+    that of one delivery, none dead-lettered (``max_receive_count`` 2)."""
+    def back() -> bool:
+        stats = client.stats().queues[queue]
+        return (stats.visible == 4 and stats.leased == 0
+                and client.server_stats()["consumers"] == 0)
+    wait_until(back, what="the unread messages released and the consumer gone")
+    stats = client.stats().queues[queue]
+    assert (stats.delivered, stats.redelivered, stats.dead_lettered) == (5, 0, 0), stats
+    got = client.receive(queue, max_messages=10)
+    assert sorted(m.receive_count for m in got) == [2, 2, 2, 2]
+
+
+def _dead_letter_queue(client: Client, queue: str) -> None:
+    client.create_queue(f"{queue}-dlq")
+    client.create_queue(queue, max_receive_count=2, dead_letter_queue=f"{queue}-dlq",
+                        visibility_timeout=VISIBILITY)
+    client.send_batch(queue, [b"a", b"b", b"c", b"d", b"e"])
+
+
+def test_a_consumer_left_counts_each_unread_delivery_once(track: Tracker) -> None:
+    """``for m in consume(q): break``: the rest of the push was released before the
+    consumer's CANCEL reached the broker; the broker pushed it back to that consumer (its
+    credit returned), and the CANCEL released it again: each delivery counted twice, and
+    with ``max_receive_count`` 2 dead-lettered without anyone reading it."""
+    endpoint = track.server().endpoint
+    client = track.client(endpoint)
+    for trial in range(TRIALS):
+        queue = f"q{trial}"
+        _dead_letter_queue(client, queue)
+        for message in client.consume(queue, prefetch=10):
+            message.ack()
+            break
+        _counted_once(client, queue)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as consumer_client:
+            for trial in range(TRIALS):
+                queue = f"a{trial}"
+                _dead_letter_queue(client, queue)
+                messages = consumer_client.consume(queue, prefetch=10)
+                async for message in messages:
+                    message.ack()
+                    break
+                if trial % 2:
+                    await messages.aclose()
+                else:
+                    del messages   # dropped: the loop's finalizer closes the iteration
+                await asyncio.to_thread(_counted_once, client, queue)
+
+    asyncio.run(main())
