@@ -649,7 +649,14 @@ class Worker:
         self._stop_requested.set()   # a run() in another thread returns (once this ends)
         if self._on_own_thread():
             # a handler stopping its worker cannot wait for its own call to end (nor can
-            # the event loop join itself): the stop runs in a thread of its own
+            # the event loop join itself): the stop runs in a thread of its own. No
+            # thread takes another message from this moment (until 2026-12-07 the others
+            # went on taking until that thread got to it: up to 170 more calls)
+            deadline = time.monotonic() + (self.shutdown_timeout if timeout is None
+                                           else timeout)
+            for runner in self._threads:
+                runner.stop_deadline = deadline
+            self._stopping.set()
             threading.Thread(target=self._stop_and_finish, args=(timeout,), daemon=True,
                              name="fastfanout-worker-stop").start()
             return

@@ -253,6 +253,31 @@ def test_handlers_slower_than_a_lease_handle_each_message_once(track: Tracker,
     assert worker.stats().handlers["slow"].processed == 4
 
 
+def test_a_stop_from_a_handler_takes_no_more_messages_at_once(track: Tracker) -> None:
+    """``stop()`` in a sync handler handed the stop to a thread of its own, and the
+    worker's other threads went on taking messages until that thread set the stop: 20
+    to 170 calls started after ``stop()`` had returned."""
+    target, client = _setup(track)
+    client.send_batch("jobs", [b"x"] * 2000)
+    worker = _worker(track, target, report_interval=None)
+    calls: list[float] = []
+    stopped_at: list[float] = []
+
+    @worker.handler("jobs", concurrency=4)
+    def stopping(message: Any) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 3:
+            worker.stop(5.0)
+            stopped_at.append(time.monotonic())
+            time.sleep(0.3)
+
+    worker.start()
+    wait_until(lambda: bool(stopped_at), timeout=30, what="the handler's stop")
+    wait_until(lambda: client.server_stats()["consumers"] == 0, timeout=30,
+               what="the worker's consumers closed (its stop done)")
+    assert [t for t in calls if t > stopped_at[0]] == []
+
+
 @pytest.mark.parametrize("is_async", [False, True])
 def test_stop_finishes_in_flight_and_gives_back_the_rest_at_once(
         track: Tracker, is_async: bool) -> None:
