@@ -897,8 +897,22 @@ class Durability:
             StoreFailed: the journal failed closed.
         """
         journal = self.journal
-        if journal is not None and journal.failure is not None:
+        if journal is None:
+            return
+        if journal.failure is not None:
             raise self._failed()
+        if self._snapshot_needed and not self.recovering:
+            # a full disk dropped records: what waits (a new segment, its snapshot) is
+            # written first, and while the disk is still full that raises StoreFull with
+            # nothing changed (until 2026-12-07 the change was made in memory, its
+            # record then refused, and a restart undid it: a deleted queue came back)
+            self.commit()
+            if self._snapshot_needed:   # no room for it yet
+                self.store_full += 1
+                raise StoreFull(
+                    f"the disk of {self.journal_directory} is full: a topology change "
+                    f"waits for room (settle messages, or free space on that file "
+                    f"system); nothing was changed")
 
     def after_call(self) -> None:
         """Before each call: flush the records of earlier calls past ``FLUSH_BYTES``.

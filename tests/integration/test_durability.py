@@ -624,3 +624,39 @@ def test_a_message_that_kills_its_embedded_broker_reaches_the_dead_letter_queue(
         assert dead.dead_letter.reason == "max_receives"
     finally:
         broker.close()
+
+
+def test_a_topology_change_on_a_full_disk_is_refused_and_changes_nothing(
+        small_tmpfs: Path) -> None:
+    """``delete_queue`` on a full disk raised ``StoreFull`` but had deleted the queue in
+    memory (``NotFound`` after), and a restart brought it back with its messages."""
+    from fastfanout.errors import StoreFull
+
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(bytes(1 << 20))   # removed later: the room that returns
+    data_dir = small_tmpfs / "data"
+    with Broker(data_dir=data_dir) as broker:
+        broker.create_topic("t")
+        for queue in ("q", "other"):
+            broker.create_queue(queue)
+            broker.subscribe("t", queue)
+        refused = 0
+        for _ in range(5000):
+            try:
+                broker.publish("t", bytes(1024))
+            except StoreFull:
+                refused += 1
+                if refused > 20:
+                    break
+        assert refused > 20
+        for change in (lambda: broker.delete_queue("other"),
+                       lambda: broker.create_queue("new"), lambda: broker.unsubscribe(1)):
+            with pytest.raises(StoreFull, match="nothing was changed"):
+                change()
+        assert broker.list_queues() == ["other", "q"]
+        assert sorted(broker.list_subscriptions()) == [1, 2]
+        filler.unlink()   # room again: the change is made, and kept
+        broker.delete_queue("other")
+        assert broker.list_queues() == ["q"]
+    with Broker(data_dir=data_dir) as recovered:
+        assert recovered.list_queues() == ["q"]
