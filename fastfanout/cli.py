@@ -1078,13 +1078,16 @@ def _storage_rows(storage: dict[str, Any]) -> list[tuple[str, str]]:
     """The storage table's rows: each counter of a durable broker's journal.
 
     ``recovery``'s entries become ``recovery.<key>`` rows, a list (the records skipped,
-    the bad segments) its length; a value that is None (no limit) reads ``-``. The
+    the bad segments) its length, a map (the torn tail) its items (until 2026-12-07 its
+    number of keys: a torn tail of 46 bytes read 5); a value that is None reads ``-``. The
     ``data_dir`` and the ``failure`` text go beside the table (its title, a line after).
     """
     def text(value: Any) -> str:
         if value is None:
             return "-"
-        return str(len(value)) if isinstance(value, list | tuple | dict) else str(value)
+        if isinstance(value, dict):   # one finding (the torn tail): what it says, not
+            return ", ".join(f"{k}={v}" for k, v in value.items())   # its key count
+        return str(len(value)) if isinstance(value, list | tuple) else str(value)
 
     rows = [(key, text(value)) for key, value in sorted(storage.items())
             if key not in ("recovery", "data_dir", "failure")]

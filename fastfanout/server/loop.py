@@ -1257,8 +1257,10 @@ class Server:
     def _housekeeping(self, now: float) -> None:
         try:
             self.broker.sync_due()   # a durable broker's fsync_interval
-        except FastFanoutError:
-            log.exception("the broker's storage failed")
+        except FastFanoutError as error:
+            # a documented, handled failure (logged once where it happened): one line,
+            # no traceback (a data directory removed under a running broker printed one)
+            log.error("the broker's storage failed: %s", error)
         probing = now < self._probe_until
         idle_since = now - self._idle_session_timeout
         polling: set[Session] | None = None   # sessions with a long poll, when needed

@@ -1163,3 +1163,15 @@ def test_attribute_values_are_numbers_only_as_json_writes_them(track: Tracker) -
     assert_runner_one_line_error(result, "an attribute given twice")
     assert "given twice" in result.output
     assert client.stats().queues["q"].enqueued == 1   # nothing published
+
+
+def test_the_storage_table_shows_a_torn_tail_not_its_key_count() -> None:
+    """``recovery.torn_tail`` (a map: the segment, the bytes cut, ...) read ``5``, the
+    number of its keys, whatever was cut; lists still read as their length."""
+    from fastfanout.cli import _storage_rows
+
+    rows = dict(_storage_rows({"store_full": 0, "recovery": {
+        "torn_tail": {"segment": "00000000000000000001.seg", "bytes": 46},
+        "skipped": [{"segment": "a"}, {"segment": "b"}], "missing": []}}))
+    assert rows["recovery.torn_tail"] == "segment=00000000000000000001.seg, bytes=46"
+    assert (rows["recovery.skipped"], rows["recovery.missing"]) == ("2", "0")
