@@ -1071,6 +1071,17 @@ def test_receive_whose_reader_left_settles_nothing_and_says_so(track: Tracker) -
     assert client.stats().queues["q"].acked == 0
 
 
+def _broker_process_with_t_to_q(track: Tracker) -> tuple[str, Any]:
+    """A broker process with topic ``t`` feeding queue ``q``: (its endpoint, a client)."""
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    return endpoint, client
+
+
 def test_a_listing_whose_reader_left_ends_quietly(track: Tracker) -> None:
     """`list-queues | true` (the reader gone before the first line) ended with exit 1
     and no word: click's own handling of the closed pipe."""
@@ -1095,12 +1106,7 @@ def test_output_that_cannot_be_written_is_one_line(track: Tracker) -> None:
     """`list-queues > /dev/full` printed a traceback (OSError: No space left on
     device); commands given closed standard input printed an AttributeError (pub,
     request, definitions import -) or a RuntimeError (a confirmation prompt)."""
-    endpoint = track.endpoint()
-    track.broker_process(endpoint)
-    client = track.client(endpoint)
-    client.create_topic("t")
-    client.create_queue("q")
-    client.subscribe("t", "q")
+    endpoint, client = _broker_process_with_t_to_q(track)
     with open("/dev/full", "wb") as full:
         for args in (["list-queues"], ["stats", "--json"]):
             done = subprocess.run([sys.executable, "-m", "fastfanout", *args, "--endpoint",
@@ -1124,12 +1130,7 @@ def test_a_body_that_is_not_utf8_on_the_command_line_is_sent_as_given(track: Tra
                                                                       ) -> None:
     """`pub t $'a\\xffb'`: the argument's bytes are the body (a UnicodeEncodeError
     traceback before)."""
-    endpoint = track.endpoint()
-    track.broker_process(endpoint)
-    client = track.client(endpoint)
-    client.create_topic("t")
-    client.create_queue("q")
-    client.subscribe("t", "q")
+    endpoint, client = _broker_process_with_t_to_q(track)
     done = subprocess.run([sys.executable.encode(), b"-m", b"fastfanout", b"pub",
                            b"--endpoint", endpoint.encode(), b"t", b"a\xffb"],
                           capture_output=True, timeout=60)
