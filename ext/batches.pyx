@@ -146,11 +146,12 @@ cdef int64_t _duration_us(object seconds, str what, Py_ssize_t index, int64_t li
     if type(seconds) is not float and type(seconds) is not int:
         raise InvalidArgument(
             f"{ff_entry(index)}{what} must be a number of seconds, got {type(seconds).__name__}")
-    # an int past the limit is refused before it meets a double (10**400: OverflowError)
-    if (type(seconds) is int and seconds > limit_us) or not isfinite(seconds) or seconds < 0 \
-            or seconds * 1e6 > limit_us:
+    # an int out of range is refused before it meets a double (10**400: OverflowError)
+    if (type(seconds) is int and not 0 <= seconds <= limit_us) or not isfinite(seconds) \
+            or seconds < 0 or seconds * 1e6 > limit_us:
         raise InvalidArgument(
-            f"{ff_entry(index)}{what}={seconds!r} must be finite, >= 0 and <= {limit_us / 1e6:g} s")
+            f"{ff_entry(index)}{what}={seconds!r:.40} must be finite, >= 0 and <= "
+            f"{limit_us / 1e6:g} s")
     return <int64_t>round(seconds * 1e6)
 
 

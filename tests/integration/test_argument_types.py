@@ -444,6 +444,8 @@ def test_an_int_too_large_for_a_float_is_an_invalid_number_of_seconds(track: Any
         **{f"create_queue({name}=)": (lambda name=name: broker.create_queue("q2", **{name: huge}))
            for name in ("visibility_timeout", "retention", "delay", "dedup_window")},
         "publish(delay=)": lambda: broker.publish("t", b"x", delay=huge),
+        "publish(delay=-)": lambda: broker.publish("t", b"x", delay=-huge),
+        "send_batch(ttl=-)": lambda: broker.send_batch("q", [PublishEntry(b"x", ttl=-huge)]),
         "set_queue_settings": lambda: broker.set_queue_settings("q", visibility_timeout=huge),
         "embedded request": lambda: broker.request("t", b"x", timeout=huge),
         "client request": lambda: client.request("t", b"x", timeout=huge),
