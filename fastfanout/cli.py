@@ -66,6 +66,10 @@ STOPPED_CLEANLY: Final = frozenset({"serve", "worker", "sub", "receive", "metric
 client closed: each runs until stopped, or waits (``receive --wait``). Any other command
 a stop signal interrupts prints ``aborted`` and exits 1."""
 
+PRINT_NOTHING_NEEDED: Final = frozenset({"serve", "worker", "metrics"})
+"""The commands whose work is not what they print (their log goes to stderr): they run
+with standard output closed; every other command refuses to (its output would vanish)."""
+
 _invoked: list[str | None] = [None]
 """The command being run (set by the group's callback, read when it was aborted)."""
 
@@ -305,6 +309,11 @@ def cli(ctx: click.Context) -> None:
     # serve's own handlers take them over (fastfanout.server.loop.serve); any other
     # command handles them from here on, as KeyboardInterrupt.
     _invoked[0] = ctx.invoked_subcommand
+    if sys.stdout is None and ctx.invoked_subcommand not in PRINT_NOTHING_NEEDED:
+        # started with descriptor 1 closed (`>&-`): what it prints would vanish and it
+        # would exit 0 (until 2026-12-07)
+        _exit_with("error: standard output is closed: this command has nothing to print "
+                   "to (redirect it to a file, or to /dev/null to discard it)", 1)
     if stop_signals_held() and ctx.invoked_subcommand != "serve":
         release_stop_signals()
 

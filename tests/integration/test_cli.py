@@ -1183,3 +1183,19 @@ def test_the_storage_table_shows_a_torn_tail_not_its_key_count(track: Tracker,
     # the table may wrap a long value over lines: what follows the row's name
     after = result.output.split("recovery.torn_tail", 1)[1]
     assert "segment=" in after and "bytes=" in after.replace("\n", ""), result.output
+
+
+def test_a_command_with_standard_output_closed_says_so(track: Tracker) -> None:
+    """``list-queues >&-`` printed into nothing and exited 0: its output lost unsaid.
+    ``serve`` (whose log goes to stderr) still runs so."""
+    endpoint, client = _broker_process_with_t_to_q(track)
+    done = subprocess.run([sys.executable, "-m", "fastfanout", "list-queues", "--endpoint",
+                           endpoint], stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert_one_line_error(done.stderr, done.returncode, "list-queues >&-")
+    assert "standard output is closed" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "fastfanout", "create-queue", "new",
+                           "--endpoint", endpoint], stderr=subprocess.PIPE, text=True,
+                          timeout=60, preexec_fn=lambda: os.close(1))
+    assert_one_line_error(done.stderr, done.returncode, "create-queue >&-")
+    assert "new" not in client.list_queues()   # refused before it changed anything
