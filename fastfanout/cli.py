@@ -881,8 +881,7 @@ def sub(endpoint: str | None, topic_pattern: str, count: int, raw: bool,
                         click.echo(f"missed {_counted(listener.gaps, 'message')}", err=True)
         except KeyboardInterrupt:   # stopped, as asked: the client and listener closed
             pass
-        except BrokenPipeError:     # its reader is done (| head): an end as -n N is
-            _quiet_stdout()
+        # its reader gone (| head): the group's invoke ends it quietly, exit 0
 
 
 @cli.command()
@@ -1251,8 +1250,7 @@ def top(endpoint: str | None, interval: float, count: int) -> None:
                     shown += 1
         except KeyboardInterrupt:   # stopped, as asked: the client closed
             pass
-        except BrokenPipeError:     # its reader is done (| head)
-            _quiet_stdout()
+        # its reader gone (| head): the group's invoke ends it quietly, exit 0
 
 
 @cli.group()
