@@ -87,16 +87,25 @@ def test_a_brokers_stream_endpoint_is_named_as_such(track: Any) -> None:
     asyncio.run(main())
 
 
-def test_a_send_with_no_connection_to_queue_it_on_fails_within_its_timeout(track: Any) -> None:
+def test_a_send_with_no_connection_to_queue_it_on_fails_within_its_timeout(
+        track: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """libzmq ends a connection whose handshake failed for good (a DEALER at a PUB): a
     request sent after that has nowhere to go, and the send blocked for ever (a
     ``connect`` to a stream endpoint hung once, when the failure came before its HELLO
-    left). It now waits ``send_timeout`` for room, then says so."""
+    left). It now waits ``send_timeout`` for room, then says so.
+
+    Which way libzmq takes is a race: when the PUB closes the connection before the
+    DEALER has read its READY, the DEALER sees a lost connection, not a refused one, and
+    reconnects, keeping its queue (a CI run on a loaded machine queued ~25,000 requests in
+    30 s that way). A small high-water mark makes that branch run out of room too, so
+    the send must end with the same refusal either way."""
     import threading
 
     from fastfanout.errors import PeerLost
+    from fastfanout.transport import sockets
     from fastfanout.transport.sockets import DealerTransport
 
+    monkeypatch.setattr(sockets, "DEALER_HIGH_WATER_MARK", 16)
     server = track.server()
     transport = DealerTransport(f"{server.endpoint}.stream", send_timeout=0.5)
     outcome: list[BaseException] = []
@@ -107,7 +116,7 @@ def test_a_send_with_no_connection_to_queue_it_on_fails_within_its_timeout(track
             while time.monotonic() < deadline:
                 transport.send([b"", b"not a request"])
                 time.sleep(0.001)
-        except PeerLost as error:
+        except BaseException as error:   # anything else is kept for the assertion
             outcome.append(error)
 
     sender = threading.Thread(target=send_until_refused, daemon=True)
@@ -115,7 +124,8 @@ def test_a_send_with_no_connection_to_queue_it_on_fails_within_its_timeout(track
     sender.join(40)
     try:
         assert not sender.is_alive(), "a send blocked past its timeout"
-        assert len(outcome) == 1 and "took no request within 0.5 s" in str(outcome[0])
+        assert len(outcome) == 1 and isinstance(outcome[0], PeerLost), outcome
+        assert "took no request within 0.5 s" in str(outcome[0])
     finally:
         if not sender.is_alive():
             transport.close()
