@@ -309,6 +309,11 @@ class ScanReport:
             it (a segment deleted, or one cut short at a record's end). A jump a
             restart made past a file holding no record (named ``next_seq - 1``) is
             none.
+        duplicates: good records whose sequence was read already, in an earlier
+            segment, each a dict with ``segment``, ``records``, ``first_seq`` and
+            ``last_seq``: read once, skipped here. A journal never writes a sequence
+            twice; a segment copied under another name (a restore from a backup into a
+            live directory, say) does.
     """
 
     def __init__(self):
@@ -321,12 +326,14 @@ class ScanReport:
         self.bad_headers = []
         self.bad_segments = []
         self.missing = []
+        self.duplicates = []
 
     def __repr__(self):
         return (f"ScanReport(records={self.records}, bytes={self.bytes}, "
                 f"seq={self.first_seq}..{self.last_seq}, torn_tail={self.torn_tail}, "
                 f"skipped={self.skipped}, bad_headers={self.bad_headers}, "
-                f"bad_segments={self.bad_segments}, missing={self.missing})")
+                f"bad_segments={self.bad_segments}, missing={self.missing}, "
+                f"duplicates={self.duplicates})")
 
 
 def segments(directory):
@@ -547,25 +554,38 @@ cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last
     cdef uint32_t length = 0
     cdef uint64_t headers
     cdef RecordSink sink = callback if isinstance(callback, RecordSink) else None
+    cdef uint64_t repeated = 0      # good records of sequences read already
+    cdef uint64_t repeated_first = 0
+    cdef uint64_t repeated_last = 0
     while offset < size:
-        if record_ok(raw, offset, size, expected, &length) and \
-                (expected or ff_load_le64(raw + offset + 8) >= floor):
+        if record_ok(raw, offset, size, expected, &length):
             seq = ff_load_le64(raw + offset + 8)
-            if sink is not None:
-                sink.record(seq, <uint8_t>raw[offset + 16], raw + offset + RECORD_HEADER,
-                            length, index)
-            elif callback is not None:
-                callback(seq, <uint8_t>raw[offset + 16],
-                         PyBytes_FromStringAndSize(raw + offset + RECORD_HEADER, length))
-            totals[0] += 1
-            if not totals[1]:
-                totals[1] = seq
-            if not totals[3]:
-                totals[3] = seq
-            totals[2] = seq
-            expected = seq + 1
-            offset += ff_align8(RECORD_HEADER + length)
-            continue
+            if totals[0] and seq <= totals[2]:
+                # read already (sequences only grow): a copy of an earlier segment's
+                # records (below its name's sequence or not), replayed once
+                repeated += 1
+                if not repeated_first:
+                    repeated_first = seq
+                repeated_last = seq
+                expected = seq + 1
+                offset += ff_align8(RECORD_HEADER + length)
+                continue
+            if expected or seq >= floor:
+                if sink is not None:
+                    sink.record(seq, <uint8_t>raw[offset + 16], raw + offset + RECORD_HEADER,
+                                length, index)
+                elif callback is not None:
+                    callback(seq, <uint8_t>raw[offset + 16],
+                             PyBytes_FromStringAndSize(raw + offset + RECORD_HEADER, length))
+                totals[0] += 1
+                if not totals[1]:
+                    totals[1] = seq
+                if not totals[3]:
+                    totals[3] = seq
+                totals[2] = seq
+                expected = seq + 1
+                offset += ff_align8(RECORD_HEADER + length)
+                continue
         # A bad record: find the next good one (any sequence past the last good one).
         resync = offset + 8
         while resync < size:
@@ -597,7 +617,10 @@ cdef _scan_segment(const char* raw, uint64_t size, str name, str path, bint last
         else:
             report.skipped.append({"segment": name, "offset": offset, "bytes": size - offset,
                                    "after_seq": totals[2], "next_seq": 0})
-        return
+        break
+    if repeated:
+        report.duplicates.append({"segment": name, "records": repeated,
+                                  "first_seq": repeated_first, "last_seq": repeated_last})
 
 
 cdef class Journal:

@@ -207,7 +207,7 @@ class BrokerStats:
             dedup windows' keys in it), failures,
             failure, removed_segments, removal_errors (old segments that could not
             be unlinked: each try), snapshots, and recovery (records, bytes, seconds,
-            torn_tail, skipped, bad_headers, bad_segments, missing, messages restored,
+            torn_tail, skipped, bad_headers, bad_segments, missing, duplicates, messages restored,
             orphan_records).
         topology: how many topics, queues and subscriptions against the limits, and the
             calls each limit refused.

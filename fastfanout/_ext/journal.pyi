@@ -30,6 +30,7 @@ class ScanReport:
     bad_headers: list[str]
     bad_segments: list[str]
     missing: list[dict[str, Any]]
+    duplicates: list[dict[str, Any]]
 
 class RecordSink: ...
 

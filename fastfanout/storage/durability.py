@@ -666,6 +666,7 @@ class Durability:
             "torn_tail": torn, "skipped": list(report.skipped),
             "bad_headers": list(report.bad_headers),
             "bad_segments": list(report.bad_segments), "missing": list(report.missing),
+            "duplicates": list(report.duplicates),
             "messages": restored,
             "orphan_records": replay.orphans,
         }
@@ -684,6 +685,11 @@ class Durability:
                       "deleted, or cut short at a record's end): lost",
                       self.journal_directory, gap["after_seq"] + 1, gap["next_seq"] - 1,
                       gap["segment"])
+        for repeat in report.duplicates:
+            log.warning("journal %s: %s repeats %d records (%d to %d) read in an earlier "
+                        "segment (a copy of one?): read once", self.journal_directory,
+                        repeat["segment"], repeat["records"], repeat["first_seq"],
+                        repeat["last_seq"])
         if report.records:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",
                      restored, report.records, report.bytes, self.recovery["seconds"])

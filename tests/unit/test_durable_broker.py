@@ -678,6 +678,35 @@ def test_a_damaged_segment_header_loses_no_message(
     assert [m.body for m in broker.receive("q", max_messages=1000)] == bodies
 
 
+def test_a_segment_copied_under_a_name_in_its_range_delivers_its_messages_once(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # until 2026-12-07 the copy's records from its name's sequence on were replayed a
+    # second time: their messages were in the queue twice
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
+    for body in bodies:
+        broker.send("q", body)
+    broker.close()
+    found = journal_ops.segments(journal_dir(tmp_path))
+    assert len(found) >= 4
+    base, name = found[1]
+    copy = journal_dir(tmp_path) / journal_ops.segment_name(base + 3)
+    copy.write_bytes((journal_dir(tmp_path) / name).read_bytes())
+    with caplog.at_level("WARNING", logger="fastfanout"):
+        broker = open_broker()
+    storage = broker.stats().storage
+    assert storage is not None
+    (repeat,) = storage["recovery"]["duplicates"]
+    assert repeat["segment"] == copy.name and repeat["first_seq"] == base
+    assert repeat["last_seq"] == found[2][0] - 1
+    assert storage["recovery"]["messages"] == 200
+    assert [m.body for m in broker.receive("q", max_messages=1000)] == bodies
+    assert f"{copy.name} repeats {repeat['records']} records" in caplog.text
+
+
 def test_a_segment_deleted_from_the_middle_is_reported(
         open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

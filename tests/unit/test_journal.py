@@ -482,6 +482,28 @@ def test_the_name_of_a_segment_with_a_damaged_header_says_where_its_records_star
     assert report.bad_headers == [found[2][1]]
 
 
+def test_a_copy_of_a_segment_under_a_name_in_its_range_is_read_once(tmp_path):
+    # A segment copied under a name inside the sequences already read (a backup put
+    # back beside the live files): its records from the name on passed the name's check
+    # and were replayed a second time (a durability hunt, 2026-12-07: 241 duplicated
+    # messages of 1,000).
+    found = write_segments(tmp_path)
+    before, _ = read_all(tmp_path)
+    source = tmp_path / found[1][1]
+    copy = tmp_path / journal.segment_name(found[1][0] + 5)
+    copy.write_bytes(source.read_bytes())
+    first_of_next = found[2][0]
+    after, report = read_all(tmp_path)
+    assert after == before
+    assert report.bad_headers == [copy.name]   # its header names another sequence
+    # all of them, those below its name too (they were a skipped "bad stretch")
+    assert report.duplicates == [{"segment": copy.name,
+                                  "records": first_of_next - found[1][0],
+                                  "first_seq": found[1][0],
+                                  "last_seq": first_of_next - 1}]
+    assert report.skipped == [] and report.missing == []
+
+
 def within(seconds, function):
     """``function()``'s result, failing (not hanging) past ``seconds``."""
     result = []
