@@ -1184,6 +1184,23 @@ cdef class Journal:
             self.removals.put(names)
         return len(names)
 
+    def remove_superseded(self, names):
+        """Delete closed segments out of the middle of the journal, oldest first:
+        segments the caller vouches hold nothing a later record needs (a restart's
+        segment that holds only its head snapshot, restated by every later one).
+
+        Unlike ``remove_segments_before`` this leaves a gap in the sequences that a scan
+        reports in ``missing``; the caller notes the removed ranges where recovery finds
+        them (the broker: in every later snapshot). Returns how many were removed; a
+        failed unlink stops there and is counted (``removal_errors``), not raised. The
+        current segment is never removed.
+        """
+        names = [name for name in names if name != self.segment]
+        removed = _remove_in_order(self.directory, names, self.removal_failures)
+        for name in names[:removed]:
+            self.synced_sizes.pop(name, None)
+        return removed
+
     @property
     def removal_errors(self):
         """Segments compaction could not unlink (each try counted; the later segments

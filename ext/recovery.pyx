@@ -82,7 +82,9 @@ from fastfanout._ext.store cimport (
     RECORD_ENQUEUE,
     RECORD_LEASE,
     RECORD_REMOVE,
+    RECORD_SNAPSHOT,
     RECORD_TOPIC_KEY,
+    RECORD_TOPOLOGY,
     Store,
     dead_letter_free,
     dead_letter_t,
@@ -295,6 +297,12 @@ cdef class Replay(RecordSink):
             it does not know, a record too short for its kind); an enqueue naming a
             message compaction removed counts (at ``restore``) only if no remove record
             named its copy; the subclass counts its own too.
+        busy_segments: the indexes (in ``scan``'s order) of the segments that held a
+            record other than a snapshot (a topology record: when the subclass adds
+            it, knowing the segment from ``segment_now``): any other segment held
+            only what every later snapshot restates (a restart's segment that nothing
+            followed), and may go.
+        segment_now: the segment index of the record ``other_record`` is given.
     """
 
     cdef replay_copy* copies
@@ -317,6 +325,9 @@ cdef class Replay(RecordSink):
     cdef readonly uint64_t next_message_id
     cdef public Py_ssize_t orphans
     cdef Py_ssize_t ghosts            # ghost copies no remove record named yet
+    cdef readonly set busy_segments   # segment indexes holding a record but snapshots
+    cdef uint32_t busy_last           # the last index added to it (+1; 0: none yet)
+    cdef readonly uint32_t segment_now  # the segment of the record ``other_record`` has
 
     def __cinit__(self, *args, **kwargs):
         self.copies = NULL
@@ -327,6 +338,7 @@ cdef class Replay(RecordSink):
         self.next_message_id = 1
         self.dead_name_raw = b""
         self.dead_name = ""
+        self.busy_segments = set()
 
     def __dealloc__(self):
         cdef size_t i
@@ -489,6 +501,12 @@ cdef class Replay(RecordSink):
         cdef replay_copy* copy
         if self.restored:
             raise InvalidArgument("this replay was restored already")
+        if (kind != RECORD_SNAPSHOT and kind != RECORD_TOPOLOGY
+                and segment + 1 != self.busy_last):
+            # (records come segment by segment: one set insertion per segment; a
+            # topology record's ``other_record`` says whether it counts)
+            self.busy_segments.add(segment)
+            self.busy_last = segment + 1
         if kind == RECORD_LEASE or kind == RECORD_REMOVE or kind == RECORD_DELAY:
             if length < (16 if kind == RECORD_DELAY else 8):
                 self.orphans += 1
@@ -514,6 +532,7 @@ cdef class Replay(RecordSink):
             return self._enqueue(seq, payload, length, segment)
         if kind == RECORD_TOPIC_KEY:
             return self._topic_key(payload, length)
+        self.segment_now = segment
         self.other_record(kind, PyBytes_FromStringAndSize(payload, length))
         return 0
 

@@ -369,6 +369,7 @@ class _Replay(Replay):
         self.subscriptions: dict[int, tuple[str, str, str | None, str]] = {}
         self.next_subscription = 1
         self.ids_reserved = 0   # message ids reserved (given out, or may have been)
+        self.removed: list[list[int]] = []   # the last snapshot's superseded ranges
 
     def other_record(self, kind: int, payload: bytes) -> None:
         """A record that is not about one copy: topology or a snapshot."""
@@ -381,6 +382,8 @@ class _Replay(Replay):
 
     def _topology(self, record: dict[str, Any]) -> None:
         op = record["op"]
+        if op != "ids":   # (the message ids: every later snapshot restates them)
+            self.busy_segments.add(self.segment_now)
         if op == "create_topic":
             self.topics[record["name"]] = record["settings"]
             self.topic_by_id[record["id"]] = record["name"]
@@ -469,6 +472,7 @@ class _Replay(Replay):
         self.next_subscription = max(self.next_subscription, record["next_subscription"])
         self.raise_message_id(record["next_message_id"])
         self.ids_reserved = max(self.ids_reserved, record.get("ids_reserved", 0))
+        self.removed = [list(span) for span in record.get("removed", [])]
         # The windows as they were (of the topics and queues then live), replacing the
         # keys of earlier records.
         self.clear_keys()
@@ -513,6 +517,25 @@ class _Replay(Replay):
                          for sid, (topic, queue, policy, scope)
                          in self.subscriptions.items()}
         return Topology(topics, queues, subscriptions, self.next_subscription)
+
+
+def _note_range(ranges: list[list[int]], first: int, last: int) -> None:
+    """Add sequences ``first..last`` to ``ranges`` (sorted, merged where they touch)."""
+    ranges.append([first, last])
+    ranges.sort()
+    merged: list[list[int]] = []
+    for span in ranges:
+        if merged and span[0] <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], span[1])
+        else:
+            merged.append(list(span))
+    ranges[:] = merged
+
+
+def _covered(ranges: list[list[int]], gap: dict[str, Any]) -> bool:
+    """Whether a gap ``scan`` found between segments is a range removed on purpose."""
+    first, last = gap["after_seq"] + 1, gap["next_seq"] - 1
+    return any(span[0] <= first and last <= span[1] for span in ranges)
 
 
 class Durability:
@@ -568,6 +591,10 @@ class Durability:
         self._last_sync = time.monotonic()
         self._last_file_check = self._last_sync
         self._first_seq = 1
+        # sequences of segments removed out of the middle (superseded: a snapshot and
+        # nothing else), merged, as every snapshot notes them for recovery
+        self._removed_ranges: list[list[int]] = []
+        self.superseded_segments = 0
         self._snapshot_needed = False
         self._head_bytes = 0         # the current segment's header and head snapshot
         self._ids_reserved = 0       # message ids below this are reserved in the journal
@@ -629,6 +656,10 @@ class Durability:
         for index, (base, name) in enumerate(found):
             self._segment_bases[index] = base
             self._segment_sizes[index] = _file_bytes(os.path.join(self.journal_directory, name))
+        self._removed_ranges = [span for span in replay.removed
+                                if bases and span[1] >= bases[0]]
+        missing = [gap for gap in report.missing if not _covered(self._removed_ranges, gap)]
+        superseded = self._superseded(found, report, replay, next_seq)
         try:
             self.journal = journal_ops.Journal(
                 self.journal_directory, next_seq=next_seq, segment_bytes=1 << 62,
@@ -637,7 +668,7 @@ class Durability:
             self._segment_bases[self.journal.segment_index] = next_seq
             state.store.attach_journal(self.journal)
             self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
-            self._write_snapshot()
+            self._write_snapshot()   # (noting the superseded segments' ranges)
             self.journal.commit()
         except StoreFull as exc:
             raise StoreFull(
@@ -651,6 +682,7 @@ class Durability:
         # forward, and a broker restarted before its segment filled (64 MiB) kept one
         # more segment on disk per restart for as long as one message of the first one
         # lived (100 restarts with one message kept: 100 segments).
+        self._remove_superseded(found, superseded)
         moved = self.copied_forward
         self._copy_forward(self.journal.segment_index)
         if self.copied_forward == moved:
@@ -665,7 +697,7 @@ class Durability:
             "seconds": round(time.monotonic() - started, 6),
             "torn_tail": torn, "skipped": list(report.skipped),
             "bad_headers": list(report.bad_headers),
-            "bad_segments": list(report.bad_segments), "missing": list(report.missing),
+            "bad_segments": list(report.bad_segments), "missing": missing,
             "duplicates": list(report.duplicates),
             "messages": restored,
             "orphan_records": replay.orphans,
@@ -680,7 +712,7 @@ class Durability:
         for name in report.bad_segments:
             log.error("journal %s: %s is not a segment (no good record, or not a regular "
                       "file), left in place", self.journal_directory, name)
-        for gap in report.missing:
+        for gap in missing:
             log.error("journal %s: records %d to %d are missing before %s (a segment "
                       "deleted, or cut short at a record's end): lost",
                       self.journal_directory, gap["after_seq"] + 1, gap["next_seq"] - 1,
@@ -693,6 +725,54 @@ class Durability:
         if report.records:
             log.info("recovered %d messages from %d records (%d bytes) in %.3f s",
                      restored, report.records, report.bytes, self.recovery["seconds"])
+
+    def _superseded(self, found: list[tuple[int, str]], report: journal_ops.ScanReport,
+                    replay: _Replay, next_seq: int) -> list[int]:
+        """The segments (indexes into ``found``) this start may remove mid-journal.
+
+        Their ranges are noted in ``_removed_ranges`` (the snapshot writes them).
+
+        A segment that held its head snapshot and nothing else (a start's, that no
+        publish, settle or change followed) adds nothing the later snapshots do not
+        restate; its live copies are none. But it is not the oldest (compaction
+        removes that one, and it is what recovery begins with), and a segment with
+        any damage (a bad header, a skipped stretch, no good record) stays to be looked
+        at. Until 2026-12-07 every such segment stayed for as long as a message of an
+        older one lived: each restart of a broker with a backlog left one more (the
+        dedup windows' snapshot, 620 KB each in a durability hunt), and under
+        ``max_disk_bytes`` the disk they took refused publishes for good.
+        """
+        damaged = set(report.bad_headers) | set(report.bad_segments)
+        damaged.update(stretch["segment"] for stretch in report.skipped)
+        if report.torn_tail is not None:
+            damaged.add(report.torn_tail["segment"])
+        busy = replay.busy_segments
+        superseded = []
+        for index in range(1, len(found)):
+            base, name = found[index]
+            if index in busy or name in damaged:
+                continue
+            end = (found[index + 1][0] if index + 1 < len(found) else next_seq) - 1
+            if end < base:
+                continue
+            superseded.append(index)
+            _note_range(self._removed_ranges, base, end)
+        return superseded
+
+    def _remove_superseded(self, found: list[tuple[int, str]], superseded: list[int]) -> None:
+        """Remove the segments ``_superseded`` chose.
+
+        Called once the snapshot noting their ranges is on disk (a crash before leaves
+        them, read as before).
+        """
+        if not superseded:
+            return
+        assert self.journal is not None
+        removed = self.journal.remove_superseded([found[index][1] for index in superseded])
+        for index in superseded[:removed]:
+            self._segment_sizes.pop(index, None)
+        self.superseded_segments += removed
+        self._removal_errors_seen()
 
     def _seed_snapshot(self, found: list[tuple[int, str]]) -> bytes | None:
         """The snapshot to read the oldest segment by when its own head is damaged.
@@ -829,6 +909,8 @@ class Durability:
             "dedup_queues": [[queue.name, queue.window.live_entries(now_us)]
                              for queue in topology.queues
                              if queue.settings.durable and queue.window is not None],
+            # the gaps recovery finds between segments and must not call lost
+            "removed": self._removed_ranges,
         }
 
     def _write_snapshot(self) -> None:
@@ -1218,6 +1300,10 @@ class Durability:
             self._segment_bases.pop(index, None)
             self.removed_segments += 1
         self._first_segment = oldest
+        first_base = self._segment_bases.get(oldest)
+        if first_base is not None:
+            self._removed_ranges[:] = [span for span in self._removed_ranges
+                                       if span[1] >= first_base]
         self._removal_errors_seen()
         if self._stranded_bytes:
             self._stranded_bytes = self._stranded()
@@ -1284,6 +1370,7 @@ class Durability:
             "dedup_snapshot_bytes": self._head_bytes,
             "failures": 0 if journal.failure is None else 1, "failure": journal.failure,
             "removed_segments": self.removed_segments,
+            "superseded_segments": self.superseded_segments,
             "removal_errors": journal.removal_errors, "snapshots": self.snapshots,
             "copied_forward": self.copied_forward,
             "recovery": dict(self.recovery),

@@ -754,6 +754,58 @@ def test_a_restart_past_a_roll_a_crash_cut_short_reports_no_gap(
     assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
 
 
+def test_restarts_with_a_backlog_keep_one_segment_of_snapshot_only(
+        open_broker: Open, tmp_path: Path) -> None:
+    # Until 2026-12-07 each restart of a broker whose oldest segment was live (a
+    # backlog) left its segment behind, though it held only its head snapshot (the
+    # dedup windows: 620 KB each in a durability hunt): 8 restarts, 8 more segments.
+    broker = open_broker(fsync="never")
+    broker.create_queue("q", dedup_window=3600)
+    bodies = [b"m%03d" % n for n in range(300)]
+    for n, body in enumerate(bodies):
+        broker.send("q", body, dedup_id=f"d{n}")
+    for _ in range(6):
+        broker = restart(broker, open_broker, fsync="never")
+    storage = broker.stats().storage
+    assert storage is not None
+    # the backlog's segment and this start's; the ones between held a snapshot only
+    assert len(journal_ops.segments(journal_dir(tmp_path))) == 2
+    assert storage["superseded_segments"] == 1   # the last start's predecessor
+    assert storage["recovery"]["missing"] == []   # the gaps were removed on purpose
+    # nothing was lost: the backlog, the topology and the dedup window
+    assert broker.send("q", b"again", dedup_id="d7").duplicate
+    broker.send("q", b"new", dedup_id="d300")
+    broker = restart(broker, open_broker, fsync="never")
+    storage = broker.stats().storage
+    assert storage is not None and storage["recovery"]["missing"] == []
+    # the last run's segment held a send: it stays
+    assert len(journal_ops.segments(journal_dir(tmp_path))) == 3
+    assert [m.body for m in broker.receive("q", max_messages=1000)] == [*bodies, b"new"]
+    assert broker.send("q", b"again", dedup_id="d300").duplicate
+
+
+def test_a_segment_deleted_between_superseded_ones_is_still_reported(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the ranges a start removed on purpose excuse exactly those gaps, no other
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    broker.send("q", b"first")
+    broker = restart(broker, open_broker, fsync="never")
+    for n in range(100):
+        broker.send("q", b"m%03d" % n + b"x" * 100)   # several segments
+    broker = restart(broker, open_broker, fsync="never")
+    broker = restart(broker, open_broker, fsync="never")
+    broker.close()
+    found = journal_ops.segments(journal_dir(tmp_path))
+    (journal_dir(tmp_path) / found[2][1]).unlink()   # one of the sends' segments
+    broker = open_broker(fsync="never")
+    storage = broker.stats().storage
+    assert storage is not None
+    (gap,) = storage["recovery"]["missing"]
+    assert gap["after_seq"] + 1 == found[2][0]
+
+
 def test_a_damaged_snapshot_heading_the_oldest_segment_orphans_no_message(
         open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
