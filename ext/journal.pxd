@@ -45,6 +45,8 @@ cdef class Journal:
     cdef object remover                     # that thread (started with the first), or None
     cdef object removals                    # its queue of name lists (None: stop)
     cdef list removal_failures              # [count, the last text]: removals that failed
+    cdef uint32_t keep_kinds                # kinds a full disk keeps (bit per kind < 32)
+    cdef readonly uint64_t kept_records     # records a drop kept for the next write
 
     cdef char* _reserve(self, size_t size) except NULL
     cdef char* reserve(self, uint8_t kind, uint32_t length) noexcept
@@ -56,7 +58,7 @@ cdef class Journal:
     cdef _join(self)
     cdef _complete_job(self)
     cdef uint64_t _write_inline(self) except? 0
-    cdef _drop_buffered(self)
-    cdef _write_failed(self, int code)
+    cdef _drop_buffered(self, const char* job, size_t job_length, bint keep)
+    cdef _write_failed(self, int code, const char* job=*, size_t job_length=*)
     cdef _stop_writer(self)
     cdef _stop_remover(self)

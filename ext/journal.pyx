@@ -48,7 +48,7 @@ Segment header (32 bytes): magic ``FFJRNL01``, ``base_seq`` u64, ``version`` u32
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.errno cimport EFBIG, EINTR, ELOOP, ENOSPC, errno
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
@@ -870,19 +870,84 @@ cdef class Journal:
         self.written_seq = self.buffered_last_seq
         return self.written_seq
 
-    cdef _drop_buffered(self):
-        """Forget every record not in the file (their sequences are given out again)."""
-        self.next_seq = self.written_seq + 1
-        self.buffered_last_seq = self.written_seq
+    cdef _drop_buffered(self, const char* job, size_t job_length, bint keep):
+        """Forget every record not in the file (their sequences are given out again),
+        but those ``keep_on_full`` names: they stay buffered, renumbered from the first
+        sequence given out again, in their order. ``job``: the failed batch of the
+        writer thread (its records came before the buffer's)."""
+        cdef uint64_t seq = self.written_seq + 1
+        cdef char* kept = NULL
+        cdef size_t length = 0
+        cdef size_t total = job_length + self.buffered
+        cdef size_t offset
+        cdef size_t size
+        cdef uint32_t payload
+        cdef uint8_t kind
+        cdef const char* data
+        cdef size_t data_length
+        cdef int part
+        if keep and self.keep_kinds and total:
+            kept = <char*>PyMem_Malloc(total)
+            if kept == NULL:
+                raise MemoryError()
+            for part in range(2):
+                data = job if part == 0 else self.buffer
+                data_length = job_length if part == 0 else self.buffered
+                if data == NULL:
+                    continue
+                offset = 0
+                while offset + RECORD_HEADER <= data_length:
+                    payload = ff_load_le32(data + offset + 4)
+                    size = ff_align8(RECORD_HEADER + <uint64_t>payload)
+                    kind = <uint8_t>data[offset + 16]
+                    if (kind < 32 and (self.keep_kinds >> kind) & 1 and payload >= 8
+                            and ff_load_le64(data + offset + RECORD_HEADER)
+                            <= self.written_seq):
+                        memcpy(kept + length, data + offset, size)
+                        ff_store_le64(kept + length + 8, seq)
+                        seq += 1
+                        length += size
+                    offset += size
         self.buffered = 0
+        if length:
+            try:
+                memcpy(self._reserve(length), kept, length)
+            finally:
+                PyMem_Free(kept)
+            self.kept_records += seq - self.written_seq - 1
+        else:
+            PyMem_Free(kept)
+        self.buffered = length
+        self.next_seq = seq
+        self.buffered_last_seq = seq - 1
         self.drops += 1
 
-    cdef _write_failed(self, int code):
+    def keep_on_full(self, kinds):
+        """Records of ``kinds`` (each below 32) that a full disk does not drop.
+
+        A record of such a kind names, in its payload's first 8 bytes, the sequence of
+        an earlier record it is about (the broker's settles: a lease, a remove, a
+        delay, naming their message's enqueue record). When a full disk drops what was
+        not written, such a record whose earlier record is in the file stays buffered
+        for the next write (``kept_records`` counts them); one naming a record dropped
+        with it goes with it. Without this, an ack answered while the disk was full was
+        forgotten with the batch, and the message came back at the next restart.
+        """
+        cdef uint32_t mask = 0
+        for kind in kinds:
+            if not 0 < kind < 32:
+                raise ValueError(f"record kind {kind} must be from 1 to 31")
+            mask |= 1u << kind
+        self.keep_kinds = mask
+
+    cdef _write_failed(self, int code, const char* job=NULL, size_t job_length=0):
         # Undo a partial write, so the file ends with a whole record; what was buffered
-        # after the failed batch is dropped too (its sequences would leave a gap).
+        # after the failed batch is dropped too (its sequences would leave a gap), but
+        # the records ``keep_on_full`` keeps.
         if ftruncate(self.fd, self.segment_size) != 0:
             self._fail(f"cannot undo a failed write: {strerror(errno).decode()}")
-        self._drop_buffered()
+        # (any other error fails the journal closed: nothing is kept)
+        self._drop_buffered(job, job_length, code in (ENOSPC, EFBIG))
         if code in (ENOSPC, EFBIG):
             self.full_refusals += 1
             raise StoreFull(f"the disk of {self.directory} is full "
@@ -1091,7 +1156,7 @@ cdef class Journal:
         w.state = WRITER_IDLE
         self.job_active = False
         if w.write_error:
-            self._write_failed(w.write_error)
+            self._write_failed(w.write_error, w.buffer, w.length)
         self.segment_size += length
         self.bytes_written += length
         self.written_seq = self.job_last_seq

@@ -205,7 +205,8 @@ class BrokerStats:
             passed a segment's share of max_disk_bytes: settles cannot free it),
             dedup_snapshot_bytes (the current segment's header and head snapshot, the
             dedup windows' keys in it), failures,
-            failure, removed_segments, superseded_segments (segments a start removed
+            failure, kept_settles (settles a full disk's refused batch kept for the
+            next write), removed_segments, superseded_segments (segments a start removed
             out of the middle: a start's that held only its snapshot), removal_errors
             (old segments that could not be unlinked: each try), snapshots, and
             recovery (records, bytes, seconds, torn_tail, skipped, bad_headers,

@@ -666,6 +666,9 @@ class Durability:
                 segment_index=len(found), auto_roll=False)
             self._first_seq = next_seq
             self._segment_bases[self.journal.segment_index] = next_seq
+            # a settle answered while the disk is full is written once there is room
+            self.journal.keep_on_full([RECORD_KINDS["lease"], RECORD_KINDS["remove"],
+                                       RECORD_KINDS["delay"]])
             state.store.attach_journal(self.journal)
             self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
             self._write_snapshot()   # (noting the superseded segments' ranges)
@@ -1370,6 +1373,7 @@ class Durability:
             "dedup_snapshot_bytes": self._head_bytes,
             "failures": 0 if journal.failure is None else 1, "failure": journal.failure,
             "removed_segments": self.removed_segments,
+            "kept_settles": journal.kept_records,
             "superseded_segments": self.superseded_segments,
             "removal_errors": journal.removal_errors, "snapshots": self.snapshots,
             "copied_forward": self.copied_forward,

@@ -971,6 +971,34 @@ def test_a_full_disk_refuses_the_publish_and_the_next_one_works(open_broker: Ope
     assert [m.body for m in broker.receive("q", max_messages=10)] == [b"before", b"after"]
 
 
+def test_acks_answered_on_a_full_disk_are_written_once_there_is_room(
+        open_broker: Open) -> None:
+    # Until 2026-12-07 the settles of a batch a full disk refused were dropped with its
+    # publishes: the acked and purged messages came back after a clean restart, their
+    # receive counts reset (a durability hunt on a 1 MB tmpfs).
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    bodies = [b"m%d" % n for n in range(10)]
+    broker.send_batch("q", bodies)
+    received = broker.receive("q", max_messages=10)
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        broker.ack_batch([m.receipt for m in received[:6]])   # answered
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")   # the commit of the acks and this send
+    finally:
+        journal_ops.inject_fault("write", 0)
+    storage = broker.stats().storage
+    assert storage is not None and storage["kept_settles"] == 6
+    broker.send("q", b"after")   # room again: the acks are written before it
+    broker = restart(broker, open_broker, fsync="never")
+    left = broker.receive("q", max_messages=20, visibility_timeout=60)
+    assert sorted(m.body for m in left) == sorted([*bodies[6:], b"after"])
+    # the leases before the full disk were in the file: their receive counts stay
+    assert {m.body: m.receive_count for m in left} == {
+        **{body: 2 for body in bodies[6:]}, b"after": 1}
+
+
 def _drain(broker: Broker, queues: list[str]) -> list[tuple[object, ...]]:
     found: list[tuple[object, ...]] = []
     for queue in queues:

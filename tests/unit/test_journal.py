@@ -632,6 +632,55 @@ def test_a_full_disk_under_the_writer_drops_the_batch_and_what_followed(tmp_path
         (1, b"kept"), (2, b"after")]
 
 
+def _about(seq, tail=b""):
+    """A payload naming the record ``seq`` (as a settle names its enqueue record)."""
+    return seq.to_bytes(8, "little") + tail
+
+
+@pytest.mark.parametrize("writer_thread", [False, True])
+def test_a_full_disk_keeps_the_records_about_written_ones(tmp_path, writer_thread):
+    # A settle answered while the disk was full was dropped with its batch: the acked
+    # message came back at the next restart (a durability hunt, 2026-12-07). Records of
+    # the kinds keep_on_full names, about a record in the file, stay buffered.
+    writer = journal.Journal(tmp_path)
+    writer.keep_on_full([4, 5])
+    if writer_thread:
+        writer.start_writer()
+    assert writer.append(2, b"in the file") == 1
+    writer.commit()
+    journal.inject_fault("write", errno.ENOSPC)
+    writer.append(4, _about(1, b"kept"))          # about seq 1: kept
+    refused = writer.append(2, b"refused")        # seq 3: dropped
+    writer.append(4, _about(refused, b"gone"))    # about the refused record: dropped
+    writer.append(3, _about(1, b"other kind"))    # not a kept kind: dropped
+    with pytest.raises(StoreFull):
+        if writer_thread:
+            writer.commit_begin(sync=True)
+            writer.append(5, _about(1, b"meanwhile"))   # gathered while it was written
+            writer.poll(wait=True)
+        else:
+            writer.commit()
+    kept = [b"kept", b"meanwhile"] if writer_thread else [b"kept"]
+    assert writer.kept_records == len(kept) and writer.drops == 1
+    assert writer.next_seq == 2 + len(kept)      # renumbered from the first given out
+    assert writer.append(2, b"after") == 2 + len(kept)
+    writer.commit()
+    writer.close()
+    records = [(seq, kind, payload) for seq, kind, payload in read_all(tmp_path)[0]]
+    expected = [(1, 2, b"in the file"), (2, 4, _about(1, b"kept"))]
+    if writer_thread:
+        expected.append((3, 5, _about(1, b"meanwhile")))
+    expected.append((len(expected) + 1, 2, b"after"))
+    assert records == expected
+
+
+def test_keep_on_full_takes_kinds_below_32(tmp_path):
+    writer = journal.Journal(tmp_path)
+    with pytest.raises(ValueError, match="from 1 to 31"):
+        writer.keep_on_full([32])
+    writer.close()
+
+
 def test_an_fsync_error_under_the_writer_fails_the_journal_closed(tmp_path):
     writer = journal.Journal(tmp_path)
     writer.start_writer()
