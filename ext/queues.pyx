@@ -23,6 +23,7 @@ from fastfanout._ext.store cimport (
     DROP_REASON_COUNT,
     NIL,
     PENDING_TAG,
+    RECORD_MOVED,
     STATE_VISIBLE,
     Store,
     dead_letter_t,
@@ -264,7 +265,7 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
                 store.make_room(target, 1, store.message_size(blob), now_us)
             store.enqueue(target, blob, now_us, INT64_MIN, NULL)
         finally:
-            store._journal_release(moved_seq, moved_segment, blob)
+            store._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED)
             blob_release(blob)
         moved += 1
     return moved

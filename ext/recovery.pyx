@@ -81,6 +81,7 @@ from fastfanout._ext.store cimport (
     RECORD_DELAY,
     RECORD_ENQUEUE,
     RECORD_LEASE,
+    RECORD_MOVED,
     RECORD_REMOVE,
     RECORD_SNAPSHOT,
     RECORD_TOPIC_KEY,
@@ -507,13 +508,15 @@ cdef class Replay(RecordSink):
             # topology record's ``other_record`` says whether it counts)
             self.busy_segments.add(segment)
             self.busy_last = segment + 1
-        if kind == RECORD_LEASE or kind == RECORD_REMOVE or kind == RECORD_DELAY:
+        if (kind == RECORD_LEASE or kind == RECORD_REMOVE or kind == RECORD_DELAY
+                or kind == RECORD_MOVED):   # (a move's remove: a remove)
             if length < (16 if kind == RECORD_DELAY else 8):
                 self.orphans += 1
                 return 0
             copy = self._find(ff_load_le64(payload))
             if copy == NULL or copy.blob == NULL:
-                if copy != NULL and kind == RECORD_REMOVE and copy.receive_count == GHOST:
+                if (copy != NULL and (kind == RECORD_REMOVE or kind == RECORD_MOVED)
+                        and copy.receive_count == GHOST):
                     copy.receive_count = 0   # a ghost's copy was gone: nothing was lost
                     self.ghosts -= 1
                 return 0   # a copy gone already (or before the oldest segment)

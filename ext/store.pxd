@@ -20,6 +20,7 @@ cdef enum:
     RECORD_DELAY = 5
     RECORD_SNAPSHOT = 6
     RECORD_TOPIC_KEY = 7
+    RECORD_MOVED = 8           # a remove written by a move, after the new copy's record
     ENQUEUE_HEADER = 40        # fixed part of an enqueue record
     ENQUEUE_DEAD = 48          # its dead-letter part (then the source's name, 8-aligned)
     MESSAGE_HEADER = 48        # its message part (then body, attributes, group, dedup id)
@@ -198,6 +199,7 @@ cdef class Store:
     cdef uint32_t* delivery_slots  # scratch of deliveries.receive_push (grown on demand)
     cdef Py_ssize_t delivery_slot_capacity
     cdef list deferred             # detached overflow victims awaiting flush_deferred
+    cdef list forwarded            # copy_forward's moves not yet written: how to undo
     cdef owner_t* owners           # owner tag -> its lease count and session (slot 0: the
     cdef uint32_t owner_capacity   # embedded broker's, never closed)
     cdef uint32_t owner_free_head
@@ -276,7 +278,8 @@ cdef class Store:
     cdef void _journal_enqueue(self, uint32_t slot, int64_t due_us) noexcept
     cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept
     cdef void _journal_live(self, uint32_t segment, int delta) noexcept
-    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept
+    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
+                               uint8_t kind=*) noexcept
     cdef int restore_entry(self, uint32_t qid, blob_t* blob, uint64_t copy_seq,
                            int64_t entered_us, int64_t due_us, uint32_t receive_count,
                            int64_t first_receive_us, int64_t last_receive_us,

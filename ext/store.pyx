@@ -126,7 +126,8 @@ store before each call."""
 
 RECORD_KINDS = {"topology": RECORD_TOPOLOGY, "enqueue": RECORD_ENQUEUE,
                 "lease": RECORD_LEASE, "remove": RECORD_REMOVE, "delay": RECORD_DELAY,
-                "snapshot": RECORD_SNAPSHOT, "topic_key": RECORD_TOPIC_KEY}
+                "snapshot": RECORD_SNAPSHOT, "topic_key": RECORD_TOPIC_KEY,
+                "moved": RECORD_MOVED}
 """Journal record kinds by name (see docs/storage.md)."""
 
 DEAD_LETTER_REASONS = ("max_receives", "rejected", "expired", "overflow")
@@ -216,6 +217,7 @@ cdef class Store:
         self.group_tables = []
         self.dedup_windows = []
         self.deferred = []
+        self.forwarded = []
         self.deferring = False
         self.delivery_slots = NULL
         self.delivery_slot_capacity = 0
@@ -813,17 +815,21 @@ cdef class Store:
         entry.journal_segment = journaled.segment
         self._journal_live(entry.journal_segment, 1)
 
-    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob) noexcept:
+    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
+                               uint8_t kind=RECORD_REMOVE) noexcept:
         """A durable copy went: its remove record, and it no longer counts as live.
 
         Moves (dead-lettering, redrive, copy-forward) call it after the enqueue record of
-        the new copy, so a crash between the two leaves a duplicate, never a loss."""
+        the new copy, so a crash between the two leaves a duplicate, never a loss; their
+        record is of kind ``RECORD_MOVED`` (a remove to recovery), which a full disk does
+        not keep when it drops the new copy's record (``Journal.keep_on_full``): kept,
+        it would have removed the only copy on disk."""
         cdef char* p
         cdef blob_journal_t* journaled = blob_journal(blob)
         if seq == 0:
             return
         if self.journal is not None and not self.restoring:
-            p = self.journal.reserve(RECORD_REMOVE, 8)
+            p = self.journal.reserve(kind, 8)
             if p != NULL:
                 ff_store_le64(p, seq)
                 self.journal.finish()
@@ -913,6 +919,12 @@ cdef class Store:
         cdef uint32_t moved_segment
         cdef int64_t earliest = INT64_MAX
         cdef int64_t latest = INT64_MIN
+        cdef blob_journal_t* journaled
+        cdef uint64_t message_seq
+        cdef uint32_t message_segment
+        # the moves of earlier calls whose records are in the file need no undo
+        self.forwarded = [move for move in self.forwarded
+                          if self.journal is not None and move[1] > self.journal.written_seq]
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state != STATE_FREE and entry.journal_seq and \
@@ -941,19 +953,51 @@ cdef class Store:
                     due = self.timers.nodes[index - 1].due_us
             moved_seq = entry.journal_seq
             moved_segment = entry.journal_segment
-            if blob_journal(entry.blob).segment < below:
-                blob_journal(entry.blob).seq = 0   # the new record holds the message again
+            journaled = blob_journal(entry.blob)
+            message_seq = journaled.seq
+            message_segment = journaled.segment
+            if journaled.segment < below:
+                journaled.seq = 0   # the new record holds the message again
             entry.journal_seq = 0
             self._journal_enqueue(slot, due)   # first the new record, then the remove
-            self._journal_release(moved_seq, moved_segment, entry.blob)
+            self._journal_release(moved_seq, moved_segment, entry.blob, RECORD_MOVED)
+            # undone if a full disk drops the new records (forget_journal_after)
+            self.forwarded.append((slot, entry.journal_seq, moved_seq, moved_segment,
+                                   message_seq, message_segment))
         return len(found)
 
     def forget_journal_after(self, uint64_t seq):
         """The journal dropped its records after ``seq`` (a full disk): the copies they
-        described are in memory only from now on (no record names them)."""
+        described are in memory only from now on (no record names them).
+
+        But a copy that ``copy_forward`` moved, and whose new record (and the remove of
+        its old one: ``RECORD_MOVED``, never kept) was dropped, goes back to its old
+        record, which is still in the file: it counts as live there again, so its
+        segment is not removed. Until 2026-12-07 it stayed in memory only, its old
+        segment went at the next compaction, and the restart lost the message.
+        """
         cdef uint32_t slot
         cdef entry_t* entry
         cdef blob_journal_t* journaled
+        cdef uint64_t new_seq
+        cdef uint64_t old_seq
+        cdef uint32_t old_segment
+        cdef uint64_t message_seq
+        cdef uint32_t message_segment
+        for slot, new_seq, old_seq, old_segment, message_seq, message_segment in \
+                self.forwarded:
+            entry = &self.entries[slot]
+            if new_seq <= seq or entry.state == STATE_FREE or entry.journal_seq != new_seq:
+                continue   # written, or settled (or moved again) since: nothing to undo
+            self._journal_live(entry.journal_segment, -1)
+            entry.journal_seq = old_seq
+            entry.journal_segment = old_segment
+            self._journal_live(old_segment, 1)
+            journaled = blob_journal(entry.blob)
+            if journaled.seq > seq and 0 < message_seq <= seq:
+                journaled.seq = message_seq   # its message's record, still in the file
+                journaled.segment = message_segment
+        self.forwarded = []
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state == STATE_FREE or entry.journal_seq <= seq:
@@ -1075,10 +1119,10 @@ cdef class Store:
             self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
         except BaseException:
             dead_letter_free(dead)
-            self._journal_release(moved_seq, moved_segment, blob)
+            self._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED)
             blob_release(blob)
             raise
-        self._journal_release(moved_seq, moved_segment, blob)
+        self._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED)
         blob_release(blob)
         self.queues[source].dead_lettered += 1
         return 0

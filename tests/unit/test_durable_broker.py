@@ -1105,9 +1105,36 @@ def test_a_restart_restores_what_an_in_memory_twin_holds(
         durable.close()
 
 
+def test_a_dead_lettering_a_full_disk_refused_keeps_the_message_in_its_queue(
+        open_broker: Open) -> None:
+    # A move's remove is about a copy in the file, like an ack's; kept alone on a full
+    # disk (the dead letter's enqueue record dropped), the message would be in no queue
+    # after the restart. It is not kept: the message is back where it was.
+    broker = open_broker(fsync="never")
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    broker.send("q", b"m")
+    (message,) = broker.receive("q")
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        broker.term(message.receipt)   # answered: dead-lettered in memory
+        with pytest.raises(StoreFull):
+            broker.commit()
+    finally:
+        journal_ops.inject_fault("write", 0)
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker, fsync="never")
+    found = sorted(m.body for queue in ("q", "dlq")
+                   for m in broker.receive(queue, max_messages=10))
+    assert found == [b"after", b"m"]
+
+
 def test_a_move_writes_the_new_copy_before_removing_the_old(
         open_broker: Open, tmp_path: Path) -> None:
-    """A crash between the two records of a move leaves a duplicate, never a loss."""
+    """A crash between the two records of a move leaves a duplicate, never a loss.
+
+    The old copy's remove is of kind ``moved`` (a full disk never keeps it: it would be
+    written without the new copy's record)."""
     broker = open_broker()
     broker.create_queue("dlq")
     broker.create_queue("q", dead_letter_queue="dlq")
@@ -1123,11 +1150,11 @@ def test_a_move_writes_the_new_copy_before_removing_the_old(
 
     broker.term(message.receipt)
     broker.commit()
-    enqueue, remove = 2, 4
-    assert tail() == [enqueue, remove]
+    enqueue, moved = 2, 8
+    assert tail() == [enqueue, moved]
     broker.redrive("dlq")
     broker.commit()
-    assert tail() == [enqueue, remove]
+    assert tail() == [enqueue, moved]
 
 
 def test_a_topic_remembers_dedup_ids_whatever_queues_the_publish_reached(

@@ -4,6 +4,7 @@ storage reaches the broker only through its documented interface (``BrokerState`
 from __future__ import annotations
 
 import ast
+import errno
 import random
 import struct
 import sys
@@ -17,6 +18,7 @@ from clocks import FakeClock
 from fastfanout import Broker
 from fastfanout._ext import journal, store
 from fastfanout._ext.recovery import Replay
+from fastfanout.errors import StoreFull
 from fastfanout.storage import durability
 
 
@@ -226,3 +228,53 @@ def test_an_enqueue_naming_a_compacted_message_is_an_orphan_only_if_its_copy_liv
     journal.scan(tmp_path, replay)
     assert replay.restore(store.Store(), [None], 0) == 0
     assert replay.orphans == (0 if removed else 1)
+
+
+def test_a_full_disk_under_a_copy_forward_loses_no_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy-forward journals a live copy afresh (its new record, then a remove of the
+    old one). When a full disk drops that write, the copy goes back to its old record:
+    until 2026-12-07 it stayed in memory only, the next compaction removed its old
+    segment, and the restart lost the message. (With settles kept on a full disk, the
+    old record's remove would even have been written without the new record: moves
+    write kind ``moved``, never kept.)
+
+    Which write carries the copy-forward depends on the layout, so the failure is put
+    at each of the first writes in turn: one of them at least must be an internal one
+    (no send refused, yet a write failed), and no case may lose the message."""
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    internal_failures = 0
+    for after in range(4):
+        data_dir = tmp_path / f"after-{after}"
+        with Broker(data_dir=data_dir, fsync="never") as broker:
+            broker.create_queue("q")
+            broker.send("q", b"keeper")
+            for n in range(60):
+                broker.send("q", b"m%03d" % n + b"x" * 100)
+            received = broker.receive("q", max_messages=100)
+            broker.ack_batch([m.receipt for m in received if m.body != b"keeper"])
+            refused = sent = 0
+            journal.inject_fault("write", errno.ENOSPC, after)
+            try:
+                while sent < 500:
+                    stats = broker.stats().storage
+                    assert stats is not None
+                    if stats["copied_forward"]:
+                        break
+                    try:
+                        broker.send("q", b"f%03d" % sent + b"y" * 100)
+                    except StoreFull:
+                        refused += 1
+                    sent += 1
+            finally:
+                journal.inject_fault("write", 0)
+            for n in range(80):   # more segments: compaction runs
+                broker.send("q", b"g%03d" % n + b"z" * 100)
+            stats = broker.stats().storage
+            assert stats is not None and stats["copied_forward"] >= 1
+            internal_failures += refused == 0 and stats["store_full"] > 0
+        with Broker(data_dir=data_dir) as broker:
+            bodies = [m.body for m in broker.receive("q", max_messages=1000)]
+            assert b"keeper" in bodies, f"lost with the write {after + 1} failing"
+    assert internal_failures >= 1, "no case failed the copy-forward's own write"
+
