@@ -173,6 +173,15 @@ def _head_snapshot(path: str, base: int) -> bytes | None:
 
     None when that first record is not a good snapshot (or cannot be read).
     """
+    head = _head_record(path, base)
+    return head[1] if head is not None and head[0] == _SNAPSHOT else None
+
+
+def _head_record(path: str, base: int) -> tuple[int, bytes] | None:
+    """The kind and payload of the first record of segment ``path`` (named ``base``).
+
+    None when it is not a good record of sequence ``base`` (or cannot be read).
+    """
     header = journal_ops.SEGMENT_HEADER_BYTES
     record = journal_ops.RECORD_HEADER_BYTES
     try:
@@ -193,11 +202,11 @@ def _head_snapshot(path: str, base: int) -> bytes | None:
             payload = file.read(length)
     except OSError:
         return None
-    if (len(payload) < length or head[16] != _SNAPSHOT
+    if (len(payload) < length or head[16] == 0
             or int.from_bytes(head[8:16], "little") != base
             or journal_ops.crc32c(head[4:] + payload) != int.from_bytes(head[:4], "little")):
         return None
-    return payload
+    return head[16], payload
 
 
 def _lock(directory: str) -> list[int]:
@@ -791,15 +800,29 @@ class Durability:
         later: bytes | None = None
         found = [(base, name) for base, name in found
                  if os.path.isfile(os.path.join(self.journal_directory, name))]
+        headless = False   # the oldest begins with a good record that is no snapshot
         for index, (base, name) in enumerate(found):
-            payload = _head_snapshot(os.path.join(self.journal_directory, name), base)
-            if index == 0 and payload is not None:
-                return None
-            if index > 0 and payload is not None:
+            path = os.path.join(self.journal_directory, name)
+            if index == 0:
+                head = _head_record(path, base)
+                if head is not None and head[0] == _SNAPSHOT:
+                    return None
+                headless = head is not None
+                continue
+            payload = _head_snapshot(path, base)
+            if payload is not None:
                 later = payload
-                log.error("journal %s: the snapshot heading %s, its oldest segment, is "
-                          "damaged: its records are read by the snapshot heading %s",
-                          self.journal_directory, found[0][1], name)
+                if headless:
+                    # not damage: a full disk dropped the snapshot the segment began
+                    # with, and the records after it were written there all the same
+                    log.warning("journal %s: %s, its oldest segment, begins with no "
+                                "snapshot (a full disk refused it): its records are read "
+                                "by the snapshot heading %s", self.journal_directory,
+                                found[0][1], name)
+                else:
+                    log.error("journal %s: the snapshot heading %s, its oldest segment, "
+                              "is damaged: its records are read by the snapshot heading "
+                              "%s", self.journal_directory, found[0][1], name)
                 break
         return later
 
