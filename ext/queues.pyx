@@ -265,7 +265,8 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
                 store.make_room(target, 1, store.message_size(blob), now_us)
             store.enqueue(target, blob, now_us, INT64_MIN, NULL)
         finally:
-            store._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED)
+            store._moved_out(store._journal_release(moved_seq, moved_segment, blob,
+                                                    RECORD_MOVED), moved_segment)
             blob_release(blob)
         moved += 1
     return moved

@@ -200,6 +200,7 @@ cdef class Store:
     cdef Py_ssize_t delivery_slot_capacity
     cdef list deferred             # detached overflow victims awaiting flush_deferred
     cdef list forwarded            # copy_forward's moves not yet written: how to undo
+    cdef list moved_out            # other moves' remove records: (seq, old segment)
     cdef owner_t* owners           # owner tag -> its lease count and session (slot 0: the
     cdef uint32_t owner_capacity   # embedded broker's, never closed)
     cdef uint32_t owner_free_head
@@ -278,8 +279,9 @@ cdef class Store:
     cdef void _journal_enqueue(self, uint32_t slot, int64_t due_us) noexcept
     cdef void _journal_copy(self, uint8_t kind, uint32_t slot, int64_t value) noexcept
     cdef void _journal_live(self, uint32_t segment, int delta) noexcept
-    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
-                               uint8_t kind=*) noexcept
+    cdef uint64_t _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
+                                   uint8_t kind=*) noexcept
+    cdef void _moved_out(self, uint64_t record_seq, uint32_t segment) noexcept
     cdef int restore_entry(self, uint32_t qid, blob_t* blob, uint64_t copy_seq,
                            int64_t entered_us, int64_t due_us, uint32_t receive_count,
                            int64_t first_receive_us, int64_t last_receive_us,

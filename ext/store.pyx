@@ -218,6 +218,7 @@ cdef class Store:
         self.dedup_windows = []
         self.deferred = []
         self.forwarded = []
+        self.moved_out = []
         self.deferring = False
         self.delivery_slots = NULL
         self.delivery_slot_capacity = 0
@@ -815,28 +816,46 @@ cdef class Store:
         entry.journal_segment = journaled.segment
         self._journal_live(entry.journal_segment, 1)
 
-    cdef void _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
-                               uint8_t kind=RECORD_REMOVE) noexcept:
+    cdef uint64_t _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
+                                   uint8_t kind=RECORD_REMOVE) noexcept:
         """A durable copy went: its remove record, and it no longer counts as live.
 
         Moves (dead-lettering, redrive, copy-forward) call it after the enqueue record of
         the new copy, so a crash between the two leaves a duplicate, never a loss; their
         record is of kind ``RECORD_MOVED`` (a remove to recovery), which a full disk does
         not keep when it drops the new copy's record (``Journal.keep_on_full``): kept,
-        it would have removed the only copy on disk."""
+        it would have removed the only copy on disk. Returns the record's sequence (0:
+        none written)."""
         cdef char* p
         cdef blob_journal_t* journaled = blob_journal(blob)
+        cdef uint64_t written = 0
         if seq == 0:
-            return
+            return 0
         if self.journal is not None and not self.restoring:
             p = self.journal.reserve(kind, 8)
             if p != NULL:
                 ff_store_le64(p, seq)
-                self.journal.finish()
+                written = self.journal.finish()
         self._journal_live(segment, -1)
         journaled.copies -= 1   # a journaled copy's blob has its journal part
         if journaled.copies == 0:
             journaled.seq = 0   # its record may go with its segment
+        return written
+
+    cdef void _moved_out(self, uint64_t record_seq, uint32_t segment) noexcept:
+        """A move (dead-lettering, redrive) wrote its old copy's remove, ``record_seq``:
+        noted, so that a full disk dropping it (and the new copy's record) keeps the
+        old record's segment on disk (``forget_journal_after``). The notes whose
+        records are in the file are let go as more come."""
+        if record_seq == 0:
+            return
+        try:
+            if len(self.moved_out) >= 4096:
+                self.moved_out = [move for move in self.moved_out
+                                  if move[0] > self.journal.written_seq]
+            self.moved_out.append((record_seq, segment))
+        except MemoryError:
+            pass   # (a drop then may lose the message at a restart, as before 2026-12-07)
 
     cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
                                 uint64_t message_id, int64_t now_us) noexcept:
@@ -922,6 +941,7 @@ cdef class Store:
         cdef blob_journal_t* journaled
         cdef uint64_t message_seq
         cdef uint32_t message_segment
+        cdef uint64_t removed
         # the moves of earlier calls whose records are in the file need no undo
         self.forwarded = [move for move in self.forwarded
                           if self.journal is not None and move[1] > self.journal.written_seq]
@@ -960,10 +980,11 @@ cdef class Store:
                 journaled.seq = 0   # the new record holds the message again
             entry.journal_seq = 0
             self._journal_enqueue(slot, due)   # first the new record, then the remove
-            self._journal_release(moved_seq, moved_segment, entry.blob, RECORD_MOVED)
+            removed = self._journal_release(moved_seq, moved_segment, entry.blob,
+                                            RECORD_MOVED)
             # undone if a full disk drops the new records (forget_journal_after)
             self.forwarded.append((slot, entry.journal_seq, moved_seq, moved_segment,
-                                   message_seq, message_segment))
+                                   message_seq, message_segment, removed))
         return len(found)
 
     def forget_journal_after(self, uint64_t seq):
@@ -984,10 +1005,18 @@ cdef class Store:
         cdef uint32_t old_segment
         cdef uint64_t message_seq
         cdef uint32_t message_segment
-        for slot, new_seq, old_seq, old_segment, message_seq, message_segment in \
+        cdef uint64_t removed
+        for removed, old_segment in self.moved_out:
+            if removed > seq:
+                # A dead-lettering or redrive whose records the disk refused: the old
+                # copy's record is live in the file again (its new copy is in memory
+                # only), so its segment stays on disk until a restart brings it back.
+                self._journal_live(old_segment, 1)
+        self.moved_out = []
+        for slot, new_seq, old_seq, old_segment, message_seq, message_segment, removed in \
                 self.forwarded:
             entry = &self.entries[slot]
-            if new_seq <= seq or entry.state == STATE_FREE or entry.journal_seq != new_seq:
+            if removed <= seq or entry.state == STATE_FREE or entry.journal_seq != new_seq:
                 continue   # written, or settled (or moved again) since: nothing to undo
             self._journal_live(entry.journal_segment, -1)
             entry.journal_seq = old_seq
@@ -1119,10 +1148,12 @@ cdef class Store:
             self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
         except BaseException:
             dead_letter_free(dead)
-            self._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED)
+            self._moved_out(self._journal_release(moved_seq, moved_segment, blob,
+                                                  RECORD_MOVED), moved_segment)
             blob_release(blob)
             raise
-        self._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED)
+        self._moved_out(self._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED),
+                        moved_segment)
         blob_release(blob)
         self.queues[source].dead_lettered += 1
         return 0

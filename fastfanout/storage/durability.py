@@ -1174,13 +1174,19 @@ class Durability:
         """The journal dropped what was not in the file (a full disk).
 
         The copies its records described are in memory only; the next segment begins
-        with a snapshot.
+        with a snapshot; the segments nothing live needs any more are removed.
         """
         journal = self.journal
         assert journal is not None and self._state is not None
         self._state.store.forget_journal_after(journal.written_seq)
         self._snapshot_needed = True
         self.store_full += 1
+        # What the settles freed goes now, not after the next write that finds room: on
+        # a disk that is really full there would be none (until 2026-12-07 publishes
+        # stayed refused after every message was acked, their segments kept). Safe:
+        # a copy whose record the disk refused is in memory only, and a move whose
+        # records it refused keeps the old record's segment (forget_journal_after).
+        self._compact()
 
     def _flush(self) -> None:
         """Write the buffer (a full disk drops it).

@@ -1105,6 +1105,65 @@ def test_a_restart_restores_what_an_in_memory_twin_holds(
         durable.close()
 
 
+def test_a_full_disk_frees_the_segments_the_acks_freed_at_once(
+        open_broker: Open, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a disk that is really full no write finds room, and compaction ran only after
+    # a write: publishes stayed refused after every message was acked (a durability
+    # hunt, 2026-12-07). The refused write now removes what the settles freed.
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    bodies = [b"m%03d" % n + b"x" * 100 for n in range(100)]
+    for body in bodies:
+        broker.send("q", body)
+    storage = broker.stats().storage
+    assert storage is not None
+    segments, removed = storage["segments"], storage["removed_segments"]
+    assert segments >= 4
+    broker.ack_batch([m.receipt for m in broker.receive("q", max_messages=100)])
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    storage = broker.stats().storage
+    assert storage is not None and storage["removed_segments"] > removed
+    assert storage["segments"] < segments
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker, fsync="never")
+    assert [m.body for m in broker.receive("q", max_messages=200)] == [b"after"]
+
+
+def test_a_dead_lettering_a_full_disk_refused_keeps_its_old_segment(
+        open_broker: Open, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The move's records (the dead letter's, the old copy's remove) are refused: the
+    # dead letter is in memory only, and the old copy's record is the one left. Its
+    # segment must stay, though no copy in memory lives there any more: removed by the
+    # compaction a full disk now runs, the message would be gone at the restart.
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    broker.create_queue("dlq")
+    broker.create_queue("moved", dead_letter_queue="dlq")
+    broker.send("moved", b"dead letter")   # in the oldest segment
+    for n in range(100):
+        broker.send("q", b"m%03d" % n + b"x" * 100)
+    broker.ack_batch([m.receipt for m in broker.receive("q", max_messages=100)])
+    (dead,) = broker.receive("moved")
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        broker.term(dead.receipt)
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker, fsync="never")
+    assert [m.body for queue in ("moved", "dlq")
+            for m in broker.receive(queue)] == [b"dead letter"]
+
+
 def test_a_dead_lettering_a_full_disk_refused_keeps_the_message_in_its_queue(
         open_broker: Open) -> None:
     # A move's remove is about a copy in the file, like an ack's; kept alone on a full
