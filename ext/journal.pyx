@@ -922,6 +922,16 @@ cdef class Journal:
         self.buffered_last_seq = seq - 1
         self.drops += 1
 
+    def discard_buffered(self):
+        """Forget every record appended and not yet written (their sequences are given
+        out again): for a caller that knows none of them is needed any more — a broker
+        on a full disk whose kept settles are all about segments it is about to
+        remove. Waits for a batch in flight first."""
+        self._join()
+        self.buffered = 0
+        self.next_seq = self.written_seq + 1
+        self.buffered_last_seq = self.written_seq
+
     def keep_on_full(self, kinds):
         """Records of ``kinds`` (each below 32) that a full disk does not drop.
 

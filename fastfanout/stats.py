@@ -206,7 +206,9 @@ class BrokerStats:
             dedup_snapshot_bytes (the current segment's header and head snapshot, the
             dedup windows' keys in it), failures,
             failure, kept_settles (settles a full disk's refused batch kept for the
-            next write), removed_segments, superseded_segments (segments a start removed
+            next write), reserve_bytes (disk held in reserve for a full disk: the
+            data directory's file ``reserve``) and reserve_releases (times it was given
+            back on a full disk), removed_segments, superseded_segments (segments a start removed
             out of the middle: a start's that held only its snapshot), removal_errors
             (old segments that could not be unlinked: each try), snapshots, and
             recovery (records, bytes, seconds, torn_tail, skipped, bad_headers,

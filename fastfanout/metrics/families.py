@@ -57,7 +57,7 @@ _TOPOLOGY_GAUGES: Final = frozenset({"topics", "queues", "subscriptions", "max_t
                                      "pattern_subscriptions", "max_pattern_subscriptions"})
 _STORAGE_GAUGES: Final = frozenset({"journal_bytes", "segments", "records", "buffered_bytes",
                                     "written_seq", "synced_seq", "dedup_snapshot_bytes",
-                                    "max_disk_bytes", "fsync_interval"})
+                                    "max_disk_bytes", "fsync_interval", "reserve_bytes"})
 SERVER_GAUGES: Final = frozenset({
     "connections", "ended_sessions", "consumers", "long_polls", "held", "held_bytes",
     "stream_subscriptions", "stream_listener_peers", "stream_topics", "held_receipts",

@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -93,6 +94,12 @@ block, so ids given out before a crash are never given out again (those of messa
 durable queue kept included); a restart may skip up to a block."""
 JOURNAL_DIRECTORY = "journal"
 LOCK_FILE = "lock"
+RESERVE_FILE = "reserve"
+RESERVE_BYTES = 1 << 20
+"""Bytes of disk a durable broker holds in reserve (the file ``reserve`` in its data
+directory; at most a sixteenth of the file system): on a disk that is really full, it
+is given back so the broker can begin a new segment — at a start, or to roll away a
+segment whose messages were all settled — and taken again once there is room."""
 
 _TOPOLOGY = RECORD_KINDS["topology"]
 _SNAPSHOT = RECORD_KINDS["snapshot"]
@@ -617,6 +624,9 @@ class Durability:
         self.copied_forward = 0      # live copies journaled afresh by compaction
         self.snapshots = 0
         self.recovery: dict[str, Any] = {}
+        self._reserve_held = False
+        self.reserve_releases = 0    # times the reserve was given back on a full disk
+        self._using_reserve = False  # (a roll the reserve made room for is running)
 
     # -- recovery ----------------------------------------------------------------------
 
@@ -669,6 +679,10 @@ class Durability:
                                 if bases and span[1] >= bases[0]]
         missing = [gap for gap in report.missing if not _covered(self._removed_ranges, gap)]
         superseded = self._superseded(found, report, replay, next_seq)
+        # The new segment and its snapshot come first, and on a full disk nothing else
+        # makes room for them: the reserve does (taken again below, once the start's
+        # compaction has run).
+        self._give_reserve(full=False)
         try:
             self.journal = journal_ops.Journal(
                 self.journal_directory, next_seq=next_seq, segment_bytes=1 << 62,
@@ -701,6 +715,7 @@ class Durability:
             self._compact()
         else:   # the copies' records are written (and synced) before their old ones go
             self._write_and_compact()
+        self._take_reserve()
         torn = report.torn_tail
         if torn is not None:   # the cut records were the ones after the last good one
             torn = {**torn, "after_seq": report.last_seq}
@@ -1178,7 +1193,8 @@ class Durability:
         """
         journal = self.journal
         assert journal is not None and self._state is not None
-        self._state.store.forget_journal_after(journal.written_seq)
+        store = self._state.store
+        store.forget_journal_after(journal.written_seq)
         self._snapshot_needed = True
         self.store_full += 1
         # What the settles freed goes now, not after the next write that finds room: on
@@ -1187,6 +1203,18 @@ class Durability:
         # a copy whose record the disk refused is in memory only, and a move whose
         # records it refused keeps the old record's segment (forget_journal_after).
         self._compact()
+        # Nothing lives in the current segment or before it, yet it fills the disk: the
+        # reserve makes room for the next one, and the roll removes it. The settles
+        # kept for the next write are about copies in those segments: they go too.
+        if (not self._using_reserve and self._records_bytes() > 0
+                and store.oldest_live_segment(journal.segment_index + 1)
+                > journal.segment_index and self._give_reserve(full=True)):
+            self._using_reserve = True
+            try:
+                journal.discard_buffered()
+                self._roll()
+            finally:
+                self._using_reserve = False
 
     def _flush(self) -> None:
         """Write the buffer (a full disk drops it).
@@ -1225,6 +1253,8 @@ class Durability:
         if journal is None or journal.failure is not None or journal.busy:
             return   # (busy: the server's pipelined commit in flight ends it)
         self._check_file_due(journal)
+        if not self._reserve_held:
+            self._take_reserve()   # given back on a full disk: again, once there is room
         if journal.buffered_bytes or (
                 self.fsync == "interval" and journal.synced_seq < journal.written_seq):
             self.commit()
@@ -1327,6 +1357,8 @@ class Durability:
         if oldest <= self._first_segment:
             return
         journal.remove_segments_before(self._segment_bases[oldest])
+        if not self._reserve_held:
+            self._take_reserve()   # (the removal may have made room for it again)
         for index in range(self._first_segment, oldest):
             self._segment_sizes.pop(index, None)
             self._segment_bases.pop(index, None)
@@ -1339,6 +1371,63 @@ class Durability:
         self._removal_errors_seen()
         if self._stranded_bytes:
             self._stranded_bytes = self._stranded()
+
+    def _reserve_path(self) -> str:
+        return os.path.join(self.directory, RESERVE_FILE)
+
+    def _take_reserve(self) -> None:
+        """Hold ``RESERVE_BYTES`` of disk in the reserve file.
+
+        At most a sixteenth of the file system; only if it is not held and there is
+        room (else again at a later compaction, or at housekeeping).
+        """
+        if self._reserve_held:
+            return
+        path = self._reserve_path()
+        try:
+            total = os.statvfs(self.directory)
+            size = min(RESERVE_BYTES, total.f_blocks * total.f_frsize // 16) // 4096 * 4096
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                if size:
+                    os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError:   # no room yet (or a file system without fallocate)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return
+        self._reserve_held = True
+
+    def _reserve_bytes(self) -> int:
+        """Bytes the reserve file holds now (0: given back, or not taken yet)."""
+        if not self._reserve_held:
+            return 0
+        try:
+            return os.stat(self._reserve_path()).st_blocks * 512
+        except OSError:
+            return 0
+
+    def _give_reserve(self, full: bool) -> bool:
+        """Give the reserve file's disk back; True when there was one to give.
+
+        ``full``: on a full disk (counted in ``reserve_releases``, and logged); else at a
+        start, before its new segment.
+        """
+        try:
+            os.unlink(self._reserve_path())
+        except FileNotFoundError:
+            self._reserve_held = False
+            return False
+        except OSError:
+            return False
+        self._reserve_held = False
+        if full:
+            self.reserve_releases += 1
+            log.warning("journal %s: the disk is full; gave back the broker's reserve to "
+                        "begin a new segment and remove the settled ones",
+                        self.journal_directory)
+        return True
 
     def _removal_errors_seen(self) -> None:
         """Log a segment compaction could not remove (once per new failure).
@@ -1404,6 +1493,8 @@ class Durability:
             "removed_segments": self.removed_segments,
             "kept_settles": journal.kept_records,
             "superseded_segments": self.superseded_segments,
+            "reserve_bytes": self._reserve_bytes(),
+            "reserve_releases": self.reserve_releases,
             "removal_errors": journal.removal_errors, "snapshots": self.snapshots,
             "copied_forward": self.copied_forward,
             "recovery": dict(self.recovery),

@@ -1135,6 +1135,53 @@ def test_a_full_disk_frees_the_segments_the_acks_freed_at_once(
     assert [m.body for m in broker.receive("q", max_messages=200)] == [b"after"]
 
 
+def test_a_full_disk_gives_back_the_reserve_to_roll_away_a_settled_segment(
+        open_broker: Open, tmp_path: Path) -> None:
+    # One segment holding only settled messages, and no room for the next one: the
+    # disk stayed full for good, and the restart itself was refused. The broker's
+    # reserve file makes room for the new segment; the old one goes.
+    broker = open_broker(fsync="never")
+    reserve = tmp_path / "data" / durability.RESERVE_FILE
+    storage = broker.stats().storage
+    assert storage is not None and storage["reserve_bytes"] > 0 and reserve.exists()
+    broker.create_queue("q")
+    broker.send_batch("q", [b"m%d" % n for n in range(50)])
+    broker.ack_batch([m.receipt for m in broker.receive("q", max_messages=50)])
+    (before,) = journal_ops.segments(journal_dir(tmp_path))
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    storage = broker.stats().storage
+    assert storage is not None and storage["reserve_releases"] == 1
+    (after,) = journal_ops.segments(journal_dir(tmp_path))
+    assert after[0] > before[0]   # a new segment, the settled one removed
+    assert storage["reserve_bytes"] > 0 and reserve.exists()   # taken again: room
+    broker.send("q", b"after")
+    broker = restart(broker, open_broker, fsync="never")
+    assert [m.body for m in broker.receive("q", max_messages=100)] == [b"after"]
+
+
+def test_a_full_disk_with_live_messages_keeps_the_reserve(
+        open_broker: Open, tmp_path: Path) -> None:
+    # rolling would free nothing while messages live in the segment: no reserve is
+    # spent on it
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    broker.send("q", b"live")
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    storage = broker.stats().storage
+    assert storage is not None and storage["reserve_releases"] == 0
+    assert (tmp_path / "data" / durability.RESERVE_FILE).exists()
+
+
 def test_a_dead_lettering_a_full_disk_refused_keeps_its_old_segment(
         open_broker: Open, monkeypatch: pytest.MonkeyPatch) -> None:
     # The move's records (the dead letter's, the old copy's remove) are refused: the

@@ -674,6 +674,19 @@ def test_a_full_disk_keeps_the_records_about_written_ones(tmp_path, writer_threa
     assert records == expected
 
 
+def test_discard_buffered_forgets_what_was_not_written(tmp_path):
+    writer = journal.Journal(tmp_path)
+    writer.append(2, b"written")
+    writer.commit()
+    writer.append(4, _about(1))
+    writer.discard_buffered()
+    assert writer.buffered_bytes == 0 and writer.next_seq == 2
+    assert writer.append(2, b"next") == 2
+    writer.commit()
+    writer.close()
+    assert [payload for _, _, payload in read_all(tmp_path)[0]] == [b"written", b"next"]
+
+
 def test_keep_on_full_takes_kinds_below_32(tmp_path):
     writer = journal.Journal(tmp_path)
     with pytest.raises(ValueError, match="from 1 to 31"):
