@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +33,20 @@ def private_state_dir(tmp_path_factory: pytest.TempPathFactory,
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
     return state
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A private directory with a short path (``/tmp/ff-XXXXXXXX``, mode 0700), removed
+    after the test: for sockets. An ``ipc://`` path holds at most 107 bytes, and one
+    under pytest's ``tmp_path`` (``.../pytest-of-USER/pytest-N/popen-gwN/TEST0/...``)
+    plus a broker's ``.stream`` suffix came within 5 of it: a longer user name, a
+    two-digit run number or a ``TMPDIR`` of a few more characters failed the bind."""
+    directory = Path(tempfile.mkdtemp(prefix="ff-", dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -28,7 +28,13 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from fastfanout.bench.payload import Headers, array_headers, frame_headers
-from fastfanout.bench.processes import START_DEADLINE, broker_process, connect_when_up, spawn
+from fastfanout.bench.processes import (
+    START_DEADLINE,
+    broker_process,
+    connect_when_up,
+    socket_directory,
+    spawn,
+)
 from fastfanout.bench.scenarios import Spec
 from fastfanout.interrupts import start_process
 
@@ -881,7 +887,7 @@ class Zmq(Adapter):
         """Endpoints for each publisher (PUB/SUB), or a ``zmq.proxy`` process."""
         from fastfanout.bench.processes import free_tcp_endpoint, stop_processes
 
-        with tempfile.TemporaryDirectory(prefix="ffbench-zmq-") as directory:
+        with socket_directory("ffbench-zmq-") as directory:
             def endpoint(name: str) -> str:
                 if spec.transport == "tcp":
                     return free_tcp_endpoint()
@@ -963,7 +969,7 @@ class ZmqPushPull(Adapter):
         """An endpoint per receiver (ipc under a temp dir, or tcp on 127.0.0.1)."""
         from fastfanout.bench.processes import free_tcp_endpoint
 
-        with tempfile.TemporaryDirectory(prefix="ffbench-push-") as directory:
+        with socket_directory("ffbench-push-") as directory:
             def endpoint(group: int, member: int) -> str:
                 if spec.transport == "tcp":
                     return free_tcp_endpoint()

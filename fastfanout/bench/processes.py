@@ -27,6 +27,29 @@ MAX_REQUEST_BYTES = 65 * 1024 * 1024
 framing (the default, 64 MiB, would refuse it)."""
 
 
+SOCKET_PATH_ROOM = 40
+"""Bytes a benchmark's socket directory leaves for the names in it (``ff.sock.stream``,
+``pull12.3``): libzmq's ipc paths hold at most ``zmq.IPC_PATH_MAX_LEN`` (107) bytes."""
+
+
+@contextmanager
+def socket_directory(prefix: str) -> Iterator[str]:
+    """A temporary directory for ipc sockets, removed at the end.
+
+    Under ``$TMPDIR`` as any temporary directory; under ``/tmp`` when that leaves less
+    than ``SOCKET_PATH_ROOM`` bytes of libzmq's path limit (a long ``TMPDIR``: a bench
+    there failed to bind its broker's stream socket).
+    """
+    import zmq
+
+    base = None
+    if len(os.path.join(tempfile.gettempdir(), prefix + "x" * 8)) + SOCKET_PATH_ROOM \
+            > zmq.IPC_PATH_MAX_LEN and os.path.isdir("/tmp"):
+        base = "/tmp"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=base) as directory:
+        yield directory
+
+
 def spawn() -> Any:
     """The multiprocessing context of every benchmark child (``spawn``)."""
     return mp.get_context("spawn")
@@ -112,7 +135,7 @@ def broker_process(transport: str = "ipc", data_dir: str | None = None,
 
     Terminated (and reaped) on exit, and its temporary directory removed.
     """
-    with tempfile.TemporaryDirectory(prefix="ffbench-") as directory:
+    with socket_directory("ffbench-") as directory:
         if transport == "tcp":
             endpoint = free_tcp_endpoint()
         else:

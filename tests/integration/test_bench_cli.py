@@ -361,7 +361,8 @@ def test_report_prints_a_markdown_table_of_a_result_file(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
-def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, signame: str) -> None:
+def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, short_dir: Path,
+                                                     signame: str) -> None:
     """SIGTERM killed bench alone: its broker and children ran on, orphaned, and its
     temporary directories stayed; Ctrl-C (SIGINT) waited out each child's join
     deadline, a minute, for the last results nobody read."""
@@ -372,7 +373,7 @@ def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, signame: s
     process = subprocess.Popen(
         [sys.executable, "-m", "fastfanout", "bench", "fanout", "--duration", "60",
          "--rate", "2000", "--runs", "1", "--peers", "none", "-q", "2"],
-        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "TMPDIR": str(short_dir)},
         start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -380,14 +381,14 @@ def test_a_signalled_bench_stops_its_children_at_once(tmp_path: Path, signame: s
         while len(process_group(process.pid)) < 5:
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        assert list(tmp_path.glob("ffbench-*"))
+        assert list(short_dir.glob("ffbench-*"))
         process.send_signal(getattr(signal, signame))
         assert process.wait(15) == 1
         deadline = time.monotonic() + 15
         while process_group(process.pid):
             assert time.monotonic() < deadline, f"left running: {process_group(process.pid)}"
             time.sleep(0.05)
-        assert not list(tmp_path.glob("ffbench-*"))
+        assert not list(short_dir.glob("ffbench-*"))
         log.close()
         text = (tmp_path / "stderr").read_text()
         assert "aborted" in text.splitlines() and "Traceback" not in text, text

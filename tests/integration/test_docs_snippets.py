@@ -113,10 +113,11 @@ def prelude(given: list[str]) -> str:
 
 
 @pytest.fixture
-def default_broker(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+def default_broker(short_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
                    track: Tracker) -> fastfanout.Server:
-    """A server on the default endpoint, under tmp_path (for this process and its children)."""
-    runtime = tmp_path / "run"
+    """A server on the default endpoint, under a short temp dir (for this process and its
+    children)."""
+    runtime = short_dir / "run"
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     return track.server(default_endpoint())

@@ -21,9 +21,9 @@ from fastfanout.runtime import EndpointLock, remove_stale_locks, runtime_dir
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def run_dir(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A runtime directory of the test's own (brokers it starts inherit it)."""
-    base = tmp_path / "run"
+    base = short_dir / "run"
     base.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
     return runtime_dir()

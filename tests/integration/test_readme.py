@@ -25,10 +25,10 @@ def test_quick_start_runs_as_written(capsys):
 
 
 @pytest.fixture
-def billing(tmp_path, monkeypatch):
-    """A server on the default endpoint (under tmp_path) with the README's topic and queue;
-    yields a function returning the billing queue's stats."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+def billing(short_dir, monkeypatch):
+    """A server on the default endpoint (under a short temp dir) with the README's topic
+    and queue; yields a function returning the billing queue's stats."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
     server = fastfanout.Server()
     server.start()
     try:
