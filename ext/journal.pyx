@@ -694,6 +694,9 @@ cdef class Journal:
         """Close the current segment (synced) and open the next, named by next_seq."""
         name = segment_name(self.next_seq)
         path = os.path.join(self.directory, name)
+        if name == self.segment:
+            # never the file this journal writes to (see ``roll``)
+            self._fail(f"cannot begin segment {name}: it is the current one")
         if os.path.exists(path) and os.path.getsize(path) <= SEGMENT_HEADER:
             os.unlink(path)   # a segment with no record yet (the last run wrote none)
         fd = c_open(path.encode(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND, 0o600)
@@ -800,10 +803,22 @@ cdef class Journal:
 
     def roll(self):
         """Flush and sync, then begin a new segment at the next sequence (its index one
-        more): the caller's next records are the new segment's first."""
+        more): the caller's next records are the new segment's first.
+
+        Returns True; False when the current segment holds no record yet and is already
+        named for the next sequence (a roll whose first records a full disk refused):
+        it stays the current one, and the caller's next records are its first. (Until
+        2026-12-07 the roll took that file for one a crash left behind and deleted it:
+        the journal then wrote on into a deleted file, and every answered publish after
+        was lost.)
+        """
         self.flush()
         self.sync()
+        if self.segment_size <= SEGMENT_HEADER and \
+                self.segment == segment_name(self.written_seq + 1):
+            return False
         self._begin_segment_at(self.written_seq + 1)
+        return True
 
     def append(self, int kind, payload):
         """Append a record (buffered: nothing is written yet); returns its sequence.

@@ -1276,16 +1276,23 @@ class Durability:
         except StoreFull:
             return
         try:
-            journal.roll()   # nothing left to flush: a sync, then the new segment
+            # nothing left to flush: a sync, then the new segment (or, False: the
+            # current one holds no record yet, its snapshot refused by a full disk:
+            # it gets its snapshot now)
+            began = journal.roll()
         except StoreFull:    # no room for the new segment: the old one goes on
             self.store_full += 1
             return
         except StoreFailed:
             raise self._failed() from None
-        closed = journal.segment_index - 1
-        self._segment_sizes[closed] = os.path.getsize(os.path.join(
-            self.journal_directory, journal_ops.segment_name(self._segment_bases[closed])))
-        self._segment_bases[journal.segment_index] = int(journal.segment[:20])
+        if began:
+            closed = journal.segment_index - 1
+            self._segment_sizes[closed] = os.path.getsize(os.path.join(
+                self.journal_directory,
+                journal_ops.segment_name(self._segment_bases[closed])))
+            self._segment_bases[journal.segment_index] = int(journal.segment[:20])
+        else:
+            closed = journal.segment_index
         self._write_snapshot()
         self._copy_forward(closed)   # (the segment just closed is left as it is)
         if self._write_and_compact():

@@ -106,3 +106,59 @@ def test_acks_on_a_full_disk_are_kept_until_room_comes(small_disk: Path) -> None
         assert left == sent - len(received) + 1
     finally:
         broker.close()
+
+
+def _fill_disk(path: Path, leave: int = 0) -> None:
+    """Fill the file system with ``path`` (a file), then give back ``leave`` bytes."""
+    with path.open("ab", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError:
+            pass
+    if leave:
+        os.truncate(path, max(0, path.stat().st_size - leave))
+
+
+def test_a_roll_refused_twice_loses_no_answered_send(small_disk: Path) -> None:
+    # A full disk refused a roll's snapshot (the new segment: a header alone); the next
+    # roll took that file, the current segment, for one a crash left behind and deleted
+    # it, and with no room to make it again the journal wrote on into the deleted file:
+    # every send answered after was lost (a durability hunt, 2026-12-07).
+    import errno
+
+    from fastfanout._ext import journal
+
+    data, filler = small_disk / "data", small_disk / "filler"
+    broker = Broker(data_dir=data, fsync="never")
+    try:
+        broker.create_queue("q")
+        broker.send("q", b"kept")
+        journal.inject_fault("write", errno.ENOSPC)
+        try:
+            with pytest.raises(StoreFull):
+                broker.send("q", b"refused")   # a drop: the next commit rolls
+            _fill_disk(filler, leave=4096)    # room for a header, not for a snapshot
+            journal.inject_fault("write", errno.ENOSPC)
+            with pytest.raises(StoreFull):
+                broker.create_queue("x")       # the new segment's snapshot refused
+        finally:
+            journal.inject_fault("write", 0)
+        _fill_disk(filler)
+        try:   # rolls again, on a full disk (the segment's page may hold the snapshot)
+            broker.create_queue("y")
+        except StoreFull:
+            pass
+        filler.unlink()
+        broker.send("q", b"answered")
+        broker.send("q", b"answered too")
+    finally:
+        broker.close()
+    broker = Broker(data_dir=data, fsync="never")
+    try:
+        assert [m.body for m in broker.receive("q", max_messages=10)] == [
+            b"kept", b"answered", b"answered too"]
+        storage = broker.stats().storage
+        assert storage is not None and storage["recovery"]["missing"] == []
+    finally:
+        broker.close()

@@ -687,6 +687,24 @@ def test_discard_buffered_forgets_what_was_not_written(tmp_path):
     assert [payload for _, _, payload in read_all(tmp_path)[0]] == [b"written", b"next"]
 
 
+def test_a_roll_keeps_a_current_segment_that_holds_no_record_yet(tmp_path):
+    # A roll whose snapshot a full disk refused leaves the new segment with its header
+    # alone; the next roll took that file for one a crash left behind and deleted it:
+    # the journal wrote on into the deleted file (on a disk too full to make it again),
+    # and every answered publish after was lost (a durability hunt, 2026-12-07).
+    writer = journal.Journal(tmp_path)
+    writer.append(2, b"a")
+    writer.commit()
+    assert writer.roll() is True
+    current = os.stat(tmp_path / writer.segment).st_ino
+    assert writer.roll() is False            # nothing in it yet: it stays the current one
+    assert os.stat(tmp_path / writer.segment).st_ino == current
+    writer.append(2, b"b")
+    writer.commit()
+    writer.close()
+    assert [payload for _, _, payload in read_all(tmp_path)[0]] == [b"a", b"b"]
+
+
 def test_keep_on_full_takes_kinds_below_32(tmp_path):
     writer = journal.Journal(tmp_path)
     with pytest.raises(ValueError, match="from 1 to 31"):
