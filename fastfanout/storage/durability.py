@@ -64,7 +64,7 @@ FSYNC_POLICIES = ("always", "interval", "never")
 """The fsync policies of a durable broker."""
 CommitTicket = tuple[int, bool]
 """What ``commit_begin`` returns for ``commit_end``: the journal's drop count when the
-batch began to gather, and whether it is synced."""
+batch's first publish was journaled, and whether it is synced."""
 SEGMENT_BYTES = 64 << 20
 """A segment is closed (and a new one begun with a snapshot) once it holds this many
 bytes of records after its head snapshot; with ``max_disk_bytes`` set, at most a quarter
@@ -615,7 +615,8 @@ class Durability:
         self._head_bytes = 0         # the current segment's header and head snapshot
         self._ids_reserved = 0       # message ids below this are reserved in the journal
         self._failure_logged = False
-        self._drops_begun = 0        # the journal's drops when the batch begun last began
+        self._drops_begun = 0        # the journal's drops at the batch's first publish
+        self._gathering = False      # a publish was journaled since the last commit_begin
         self.store_full = 0          # publishes refused with StoreFull
         self.store_full_dedup = 0    # of those, with the dedup windows' snapshot too big
         self.removed_segments = 0
@@ -1018,6 +1019,11 @@ class Durability:
                     f"the journal in {self.journal_directory} holds {self.disk_bytes()} "
                     f"bytes, max_disk_bytes={self.max_disk_bytes}: publishes are refused "
                     f"until consumers settle enough messages{windows}")
+        if not self._gathering:
+            # the first publish of the server's next batch: a drop from now on loses
+            # its records (commit_begin's ticket); one before it did not
+            self._gathering = True
+            self._drops_begun = journal.drops
 
     def before_topology(self) -> None:
         """Refuse a topology change before the broker makes it (the journal failed).
@@ -1140,7 +1146,13 @@ class Durability:
         sync = confirms and (self.fsync == "always" or (
             self.fsync == "interval"
             and time.monotonic() - self._last_sync >= self.fsync_interval))
-        drops, self._drops_begun = self._drops_begun, journal.drops
+        # The batch's publishes are lost if a drop came after the first of them (until
+        # 2026-12-07: after the last commit_begin, so a drop between two batches, of a
+        # topology change's commit say, had the next batch's stored publishes answered
+        # StoreFull: a retry duplicated them).
+        drops = self._drops_begun if self._gathering else journal.drops
+        self._gathering = False
+        self._drops_begun = journal.drops
         try:
             journal.commit_begin(sync)
         except StoreFull:

@@ -12,7 +12,7 @@ from conftest import Tracker
 
 from fastfanout import Broker
 from fastfanout._ext import journal as journal_ops
-from fastfanout.errors import StoreFailed
+from fastfanout.errors import StoreFailed, StoreFull
 
 
 def test_confirmed_messages_survive_a_server_restart(track: Tracker, tmp_path: Path) -> None:
@@ -50,6 +50,40 @@ def test_confirmed_messages_survive_a_server_restart(track: Tracker, tmp_path: P
             broker.ack_batch([m.receipt for m in messages])
         assert len(bodies) == sent - len(received)
         assert not {m.body for m in received} & set(bodies)
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_a_drop_between_two_rounds_refuses_no_publish_it_did_not_drop(
+        track: Tracker, tmp_path: Path, fsync: str) -> None:
+    # A full disk refused a topology change's commit between two rounds: the next
+    # round's publish was written, yet answered StoreFull (its ticket counted every drop
+    # since the round before began), and a publisher's retry duplicated it (a
+    # durability hunt, 2026-12-07).
+    data = tmp_path / "data"
+    broker = Broker(data_dir=data, fsync=fsync)
+    try:
+        endpoint = track.endpoint()
+        track.server(endpoint, broker=broker)
+        client = track.client(endpoint)
+        client.create_queue("q")
+        client.send("q", b"m1")
+        journal_ops.inject_fault("write", errno.ENOSPC)
+        try:
+            with pytest.raises(StoreFull):
+                client.create_queue("other")
+        finally:
+            journal_ops.inject_fault("write", 0)
+        client.send("q", b"m2")   # answered: stored
+        client.send("q", b"m3")
+    finally:
+        for server in track.servers:
+            server.stop()
+        broker.close()
+    broker = Broker(data_dir=data)
+    try:
+        assert [m.body for m in broker.receive("q", max_messages=10)] == [b"m1", b"m2", b"m3"]
     finally:
         broker.close()
 

@@ -1211,6 +1211,48 @@ def test_a_dead_lettering_a_full_disk_refused_keeps_its_old_segment(
             for m in broker.receive(queue)] == [b"dead letter"]
 
 
+def test_a_drop_before_a_batch_s_first_publish_does_not_refuse_it(
+        open_broker: Open) -> None:
+    # The server's round commits through commit_begin/commit_end; a full disk refusing
+    # a commit between two rounds (a topology change of an embedded caller, a roll,
+    # housekeeping) had the next round's publishes answered StoreFull though they were
+    # written: its ticket counted every drop since the round before began (a
+    # durability hunt, 2026-12-07). A drop after its first publish still refuses it.
+    from fastfanout._ext.codec import Record, encode_batch
+
+    broker = open_broker(fsync="always")
+    broker.create_queue("q")
+    port = broker.server_port()
+    port.start_commit_writer()
+
+    def round_(body: bytes) -> bool:
+        port.send_frame("q", encode_batch([Record(body=body)]))
+        ticket = port.commit_begin(confirms=True)
+        return port.commit_end(ticket, wait=True)
+
+    assert round_(b"m1")
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.create_queue("other")   # between two rounds
+    finally:
+        journal_ops.inject_fault("write", 0)
+    assert round_(b"m2")   # answered: it is stored
+    port.send_frame("q", encode_batch([Record(body=b"m3")]))
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.create_queue("another")   # after the round's first publish: m3 lost
+    finally:
+        journal_ops.inject_fault("write", 0)
+    ticket = port.commit_begin(confirms=True)
+    with pytest.raises(StoreFull):
+        port.commit_end(ticket, wait=True)
+    assert round_(b"m4")
+    broker = restart(broker, open_broker)
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"m1", b"m2", b"m4"]
+
+
 def test_a_dead_lettering_a_full_disk_refused_keeps_the_message_in_its_queue(
         open_broker: Open) -> None:
     # A move's remove is about a copy in the file, like an ack's; kept alone on a full
