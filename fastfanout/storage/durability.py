@@ -100,6 +100,9 @@ RESERVE_BYTES = 1 << 20
 directory; at most a sixteenth of the file system): on a disk that is really full, it
 is given back so the broker can begin a new segment — at a start, or to roll away a
 segment whose messages were all settled — and taken again once there is room."""
+RESERVE_RETRY_SECONDS = 1.0
+"""How often a broker without its reserve tries to take it again (at a commit, or at the
+server's housekeeping)."""
 
 _TOPOLOGY = RECORD_KINDS["topology"]
 _SNAPSHOT = RECORD_KINDS["snapshot"]
@@ -626,6 +629,7 @@ class Durability:
         self.snapshots = 0
         self.recovery: dict[str, Any] = {}
         self._reserve_held = False
+        self._reserve_tried = 0.0       # monotonic time of the last try to take it
         self.reserve_releases = 0    # times the reserve was given back on a full disk
         self._using_reserve = False  # (a roll the reserve made room for is running)
 
@@ -1119,6 +1123,21 @@ class Durability:
             self._roll()
         else:
             self._compact()
+        self._retake_reserve()
+
+    def _retake_reserve(self) -> None:
+        """Take the reserve again if it was given back, at most once a second.
+
+        An embedded broker has no housekeeping: its commits try (until 2026-12-07 only a
+        compaction that removed a segment did, and a broker started on a full disk kept
+        none, so the next start on a full disk was refused).
+        """
+        if self._reserve_held:
+            return
+        now = time.monotonic()
+        if now - self._reserve_tried >= RESERVE_RETRY_SECONDS:
+            self._reserve_tried = now
+            self._take_reserve()
 
     def start_writer(self) -> int:
         """Start the journal's writer thread (pipelined commits).
@@ -1265,8 +1284,7 @@ class Durability:
         if journal is None or journal.failure is not None or journal.busy:
             return   # (busy: the server's pipelined commit in flight ends it)
         self._check_file_due(journal)
-        if not self._reserve_held:
-            self._take_reserve()   # given back on a full disk: again, once there is room
+        self._retake_reserve()   # given back on a full disk: again, once there is room
         if journal.buffered_bytes or (
                 self.fsync == "interval" and journal.synced_seq < journal.written_seq):
             self.commit()

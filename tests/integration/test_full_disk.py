@@ -162,3 +162,29 @@ def test_a_roll_refused_twice_loses_no_answered_send(small_disk: Path) -> None:
         assert storage is not None and storage["recovery"]["missing"] == []
     finally:
         broker.close()
+
+
+def test_starts_on_a_full_disk_again_and_again(small_disk: Path) -> None:
+    # Each start on a full disk spends the reserve on its new segment, and takes it
+    # again once there is room: the next start on a full disk works too.
+    data, filler = small_disk / "data", small_disk / "filler"
+    broker = Broker(data_dir=data, fsync="never")
+    broker.create_queue("q")
+    broker.send("q", b"kept")
+    broker.close()
+    for _ in range(2):
+        _fill_disk(filler)
+        broker = Broker(data_dir=data, fsync="never")   # the reserve makes room
+        try:
+            filler.unlink()
+            broker.send("q", b"room again")
+            storage = broker.stats().storage
+            assert storage is not None and storage["reserve_bytes"] > 0
+        finally:
+            broker.close()
+    broker = Broker(data_dir=data, fsync="never")
+    try:
+        assert [m.body for m in broker.receive("q", max_messages=10)] == [
+            b"kept", b"room again", b"room again"]
+    finally:
+        broker.close()

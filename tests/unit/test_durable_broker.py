@@ -1164,6 +1164,30 @@ def test_a_full_disk_gives_back_the_reserve_to_roll_away_a_settled_segment(
     assert [m.body for m in broker.receive("q", max_messages=100)] == [b"after"]
 
 
+def test_a_reserve_not_taken_at_the_start_is_taken_at_a_commit(
+        open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A start on a full disk spends the reserve and cannot take it again; an embedded
+    # broker took it again only when a compaction removed a segment, so the next start
+    # on a full disk was refused (a durability hunt, 2026-12-07). Its commits try.
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    broker.close()
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    broker = open_broker(fsync="never")
+    storage = broker.stats().storage
+    assert storage is not None and storage["reserve_bytes"] == 0
+    assert not (tmp_path / "data" / durability.RESERVE_FILE).exists()
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    broker.send("q", b"m")
+    storage = broker.stats().storage
+    assert storage is not None and storage["reserve_bytes"] > 0
+
+
 def test_a_full_disk_with_live_messages_keeps_the_reserve(
         open_broker: Open, tmp_path: Path) -> None:
     # rolling would free nothing while messages live in the segment: no reserve is
