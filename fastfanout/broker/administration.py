@@ -33,6 +33,7 @@ from fastfanout.errors import (
     InvalidFilterPolicy,
     LimitExceeded,
     NotFound,
+    StoreFull,
 )
 from fastfanout.records import ExponentialBackoff
 from fastfanout.semantics.routing import (
@@ -230,6 +231,11 @@ class Administration:
 
         A change it could not journal would hold until the restart the failure calls
         for, then be gone (a queue deleted here would come back with its messages).
+        For the same reason a change that removes or alters something journals its
+        record (and commits it) before it makes the change, and one that creates
+        something takes it out again when its record is refused (a full disk): either
+        way ``StoreFull`` leaves nothing changed. (Until 2026-12-07 a ``delete_queue``
+        refused so had deleted the queue and its messages all the same.)
 
         Raises:
             StoreFailed: the journal failed closed.
@@ -353,7 +359,11 @@ class Administration:
             if self.topic_subscriptions[name]:
                 self._refresh_targets(name)
             if self.durable is not None:
-                self.durable.topic_created(name, self.topics[name], settings)
+                try:
+                    self.durable.topic_created(name, self.topics[name], settings)
+                except StoreFull:
+                    self._remove_topic(name)   # (nothing else knows it yet)
+                    raise
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its subscriptions (messages already enqueued stay)."""
@@ -361,20 +371,25 @@ class Administration:
             self.now_us()
             topic_id = self.topic_id(name, "name")
             self.refuse_topology_if_store_failed()
-            feeding = self.topic_subscriptions.pop(name)
-            del self._routes[name], self._target_order[name]
-            removed = [sid for sid in feeding if self._subscriptions[sid].topic == name]
-            for subscription_id in feeding:
-                self._feeds[subscription_id].discard(name)
-            for subscription_id in removed:
-                self._drop(subscription_id)
-            self.dispatcher.remove_topic(topic_id)
-            for subscription_id in removed:
-                self.dispatcher.forget_subscription(subscription_id)
-            del self.topics[name], self._topic_settings[name]
-            self._topic_names.remove(name)
-            if self.durable is not None:
+            if self.durable is not None:   # record first: refuse_topology_if_store_failed
                 self.durable.topic_deleted(name, topic_id)
+            self._remove_topic(name)
+
+    def _remove_topic(self, name: str) -> None:
+        """Take topic ``name`` and its subscriptions out of memory (journaling nothing)."""
+        topic_id = self.topics[name]
+        feeding = self.topic_subscriptions.pop(name)
+        del self._routes[name], self._target_order[name]
+        removed = [sid for sid in feeding if self._subscriptions[sid].topic == name]
+        for subscription_id in feeding:
+            self._feeds[subscription_id].discard(name)
+        for subscription_id in removed:
+            self._drop(subscription_id)
+        self.dispatcher.remove_topic(topic_id)
+        for subscription_id in removed:
+            self.dispatcher.forget_subscription(subscription_id)
+        del self.topics[name], self._topic_settings[name]
+        self._topic_names.remove(name)
 
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
@@ -499,7 +514,11 @@ class Administration:
                 self._dead_letter_users[settings.dead_letter_queue][name] = None
             if self.durable is not None:
                 self.store.set_durable(queue_id, durable)
-                self.durable.queue_created(name, queue_id, settings)
+                try:
+                    self.durable.queue_created(name, queue_id, settings)
+                except StoreFull:
+                    self._remove_queue(name)   # (empty: nothing else knows it yet)
+                    raise
 
     def delete_queue(self, name: str) -> None:
         """Delete a queue, its messages and its subscriptions.
@@ -516,26 +535,31 @@ class Administration:
                     f"queue {name!r} is the dead-letter queue of {', '.join(users)}; "
                     f"delete those first")
             self.refuse_topology_if_store_failed()
-            removed = list(self._queue_subscriptions[name])
-            for sid in removed:   # only the topics it fed change, each by one target
-                for topic in list(self._feeds[sid]):
-                    self._detach(sid, name, topic)
-                self._drop(sid)
-            for sid in removed:
-                self.dispatcher.forget_subscription(sid)
-            queue_ops.remove_queue(self.store, queue_id)
-            dead_letter_queue = self._queue_settings[name].dead_letter_queue
-            if dead_letter_queue is not None:
-                del self._dead_letter_users[dead_letter_queue][name]
-            del self.queues[name], self._queue_settings[name], self.queue_names[queue_id]
-            del self.visibility_us[queue_id]
-            del self._queue_subscriptions[name], self._queue_patterns[name]
-            del self._dead_letter_users[name]
-            if self.durable is not None:
+            if self.durable is not None:   # record first: refuse_topology_if_store_failed
                 self.durable.queue_deleted(name, queue_id)
+            self._remove_queue(name)
             # A receive waiting on this queue (an embedded consumer's too) learns of the
             # deletion now (NotFound), as a client's long poll does, not when its wait ends.
             self.arrivals.notify_all()
+
+    def _remove_queue(self, name: str) -> None:
+        """Take queue ``name``, its messages and subscriptions out of memory (no record)."""
+        queue_id = self.queues[name]
+        removed = list(self._queue_subscriptions[name])
+        for sid in removed:   # only the topics it fed change, each by one target
+            for topic in list(self._feeds[sid]):
+                self._detach(sid, name, topic)
+            self._drop(sid)
+        for sid in removed:
+            self.dispatcher.forget_subscription(sid)
+        queue_ops.remove_queue(self.store, queue_id)
+        dead_letter_queue = self._queue_settings[name].dead_letter_queue
+        if dead_letter_queue is not None:
+            del self._dead_letter_users[dead_letter_queue][name]
+        del self.queues[name], self._queue_settings[name], self.queue_names[queue_id]
+        del self.visibility_us[queue_id]
+        del self._queue_subscriptions[name], self._queue_patterns[name]
+        del self._dead_letter_users[name]
 
     def list_queues(self) -> list[str]:
         """Names of every queue, sorted."""
@@ -585,6 +609,8 @@ class Administration:
                         f"back to {name!r} (a dead letter would go round for ever)")
                 hop = self._queue_settings[hop].dead_letter_queue
             self.refuse_topology_if_store_failed()
+            if self.durable is not None:   # record first: refuse_topology_if_store_failed
+                self.durable.queue_settings_set(name, queue_id, settings)
             queue_ops.set_queue_settings(
                 self.store, queue_id, native.visibility_us, native.delay_us,
                 native.retention_us, native.message_limit, native.byte_limit,
@@ -597,8 +623,6 @@ class Administration:
                     del self._dead_letter_users[present.dead_letter_queue][name]
                 if dead_letter_queue is not None:
                     self._dead_letter_users[dead_letter_queue][name] = None
-            if self.durable is not None:
-                self.durable.queue_settings_set(name, queue_id, settings)
             # A receive or a held publish waiting on this queue looks again (a limit
             # raised may have made room; the waits of a receive do not depend on it).
             self.arrivals.notify_all()
@@ -790,7 +814,11 @@ class Administration:
             if pattern:
                 self._keep_topics(queue)
             if self.durable is not None:
-                self.durable.subscribed(sid, self._subscriptions[sid])
+                try:
+                    self.durable.subscribed(sid, self._subscriptions[sid])
+                except StoreFull:
+                    self._remove_subscription(sid)   # (nothing was routed through it)
+                    raise
             return sid
 
     def set_filter_policy(
@@ -826,8 +854,10 @@ class Administration:
                 filter_scope = sub.filter_scope
                 compiled, normalized = compile_policy(filter_policy, filter_scope)
             self.refuse_topology_if_store_failed()
-            self._subscriptions[subscription_id] = Subscription(
-                sub.topic, sub.queue, normalized, filter_scope, compiled)
+            changed = Subscription(sub.topic, sub.queue, normalized, filter_scope, compiled)
+            if self.durable is not None:   # record first: refuse_topology_if_store_failed
+                self.durable.filter_policy_set(subscription_id, changed)
+            self._subscriptions[subscription_id] = changed
             for topic in self._feeds[subscription_id]:
                 if len(self._routes[topic][sub.queue]) == 1:   # its own target: O(1)
                     self.dispatcher.set_target_policy(
@@ -835,9 +865,6 @@ class Administration:
                         None if compiled is None else compiled.plain)
                 else:   # a queue fed twice: its alternatives change, not its place
                     self._refeed(topic, sub.queue)
-            if self.durable is not None:
-                self.durable.filter_policy_set(
-                    subscription_id, self._subscriptions[subscription_id])
 
     def _subscription(self, subscription_id: object) -> Subscription:
         if type(subscription_id) is not int:
@@ -859,17 +886,22 @@ class Administration:
         """
         with self.lock:
             self.now_us()
-            sub = self._subscription(subscription_id)
+            self._subscription(subscription_id)
             self.refuse_topology_if_store_failed()
-            fed = self._feeds[subscription_id]
-            self._drop(subscription_id)
-            for topic in fed:
-                self._detach(subscription_id, sub.queue, topic)
-            self.dispatcher.forget_subscription(subscription_id)
-            if is_pattern(sub.topic):
-                self._keep_topics(sub.queue)
-            if self.durable is not None:
+            if self.durable is not None:   # record first: refuse_topology_if_store_failed
                 self.durable.unsubscribed(subscription_id)
+            self._remove_subscription(subscription_id)
+
+    def _remove_subscription(self, subscription_id: int) -> None:
+        """Take a subscription out of memory (journaling nothing)."""
+        sub = self._subscriptions[subscription_id]
+        fed = self._feeds[subscription_id]
+        self._drop(subscription_id)
+        for topic in fed:
+            self._detach(subscription_id, sub.queue, topic)
+        self.dispatcher.forget_subscription(subscription_id)
+        if is_pattern(sub.topic):
+            self._keep_topics(sub.queue)
 
     def topology_stats(self) -> TopologyStats:
         """The topology's size, its limits and the calls they refused."""

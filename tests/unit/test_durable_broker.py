@@ -1277,6 +1277,55 @@ def test_a_drop_before_a_batch_s_first_publish_does_not_refuse_it(
     assert [m.body for m in broker.receive("q", max_messages=10)] == [b"m1", b"m2", b"m4"]
 
 
+TOPOLOGY_CHANGES = {
+    "create_topic": lambda b: b.create_topic("new"),
+    "delete_topic": lambda b: b.delete_topic("t"),
+    "create_queue": lambda b: b.create_queue("new"),
+    "delete_queue": lambda b: b.delete_queue("keep"),
+    "set_queue_settings": lambda b: b.set_queue_settings("keep", visibility_timeout=99.0),
+    "subscribe": lambda b: b.subscribe("t.*", "keep"),
+    "set_filter_policy": lambda b: b.set_filter_policy(1, {"kind": ["x"]}),
+    "unsubscribe": lambda b: b.unsubscribe(1),
+}
+
+
+def _shape(broker: Broker) -> tuple[object, ...]:
+    queues, subscriptions = broker.list_queues(), broker.list_subscriptions()
+    return (broker.list_topics(), queues, subscriptions,
+            broker.queue_settings("keep") if "keep" in queues else None,
+            broker.subscription(1) if 1 in subscriptions else None)
+
+
+@pytest.mark.parametrize("change", sorted(TOPOLOGY_CHANGES))
+def test_a_topology_change_a_full_disk_refuses_changes_nothing(
+        open_broker: Open, change: str) -> None:
+    # Until 2026-12-07 the change was made, then its record refused: StoreFull, yet a
+    # deleted queue was gone with its messages, now and after the restart.
+    broker = open_broker(fsync="never")
+    broker.create_topic("t")
+    broker.create_queue("keep")
+    broker.subscribe("t", "keep")
+    broker.send("keep", b"precious")
+    before = _shape(broker)
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            TOPOLOGY_CHANGES[change](broker)
+    finally:
+        journal_ops.inject_fault("write", 0)
+    assert _shape(broker) == before
+    broker.send("keep", b"room again")
+    broker = restart(broker, open_broker, fsync="never")
+    assert _shape(broker) == before
+    assert [m.body for m in broker.receive("keep", max_messages=10)] == [
+        b"precious", b"room again"]
+    TOPOLOGY_CHANGES[change](broker)   # with room it is made, and kept
+    after = _shape(broker)
+    assert after != before
+    broker = restart(broker, open_broker, fsync="never")
+    assert _shape(broker) == after
+
+
 def test_a_dead_lettering_a_full_disk_refused_keeps_the_message_in_its_queue(
         open_broker: Open) -> None:
     # A move's remove is about a copy in the file, like an ack's; kept alone on a full
