@@ -16,7 +16,7 @@ reused id confuses neither (short-lived queues keep the broker's memory flat).
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
 
-from fastfanout._ext.blobs cimport blob_release, blob_t
+from fastfanout._ext.blobs cimport blob_journal, blob_release, blob_t
 from fastfanout._ext.dedup cimport DedupWindow
 from fastfanout._ext.groups cimport GroupTable
 from fastfanout._ext.store cimport (
@@ -209,6 +209,10 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
     cdef uint64_t moved = 0
     cdef uint64_t moved_seq
     cdef uint32_t moved_segment
+    cdef uint64_t message_seq
+    cdef uint32_t message_segment
+    cdef uint64_t new_seq
+    cdef uint64_t mark
     cdef uint32_t slot
     cdef uint32_t level
     cdef uint32_t target
@@ -257,16 +261,31 @@ def redrive(Store store, uint32_t dlq, int64_t to, int64_t max_messages, int64_t
         # The dead letter's remove record follows the new copy's enqueue record.
         moved_seq = store.entries[slot].journal_seq
         moved_segment = store.entries[slot].journal_segment
+        message_seq = message_segment = 0
+        if moved_seq:
+            message_seq = blob_journal(blob).seq
+            message_segment = blob_journal(blob).segment
         store.entries[slot].journal_seq = 0
         store._free_entry(slot)
         store.queues[dlq].redriven += 1
+        new_seq = 0
         try:
             if room == 0:
                 store.make_room(target, 1, store.message_size(blob), now_us)
-            store.enqueue(target, blob, now_us, INT64_MIN, NULL)
+            mark = store._journal_next()
+            # (a copy in memory only stays so: see _dead_letter_detached)
+            store.moving_unjournaled = moved_seq == 0 and store.queues[dlq].durable
+            try:
+                store.enqueue(target, blob, now_us, INT64_MIN, NULL)
+            finally:
+                store.moving_unjournaled = False
+            if store._journal_next() > mark:
+                new_seq = store._journal_next() - 1   # the new copy's enqueue record
         finally:
-            store._moved_out(store._journal_release(moved_seq, moved_segment, blob,
-                                                    RECORD_MOVED), moved_segment)
+            store._note_move(store._journal_release(moved_seq, moved_segment, blob,
+                                                    RECORD_MOVED),
+                             moved_seq, moved_segment, new_seq, message_seq,
+                             message_segment)
             blob_release(blob)
         moved += 1
     return moved

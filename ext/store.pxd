@@ -199,13 +199,14 @@ cdef class Store:
     cdef uint32_t* delivery_slots  # scratch of deliveries.receive_push (grown on demand)
     cdef Py_ssize_t delivery_slot_capacity
     cdef list deferred             # detached overflow victims awaiting flush_deferred
-    cdef list forwarded            # copy_forward's moves not yet written: how to undo
-    cdef list moved_out            # other moves' remove records: (seq, old segment)
+    cdef list moves                # moves whose records may not be written yet: how to
+                                   # undo them if a full disk drops them
     cdef owner_t* owners           # owner tag -> its lease count and session (slot 0: the
     cdef uint32_t owner_capacity   # embedded broker's, never closed)
     cdef uint32_t owner_free_head
     cdef Journal journal           # None: nothing is journaled (in memory)
     cdef bint restoring            # recovery is putting copies back: journal nothing
+    cdef bint moving_unjournaled   # a move of a copy in memory only: its new one too
     cdef uint32_t publishing_topic # topic id + 1 of the publish running (0: a send)
     cdef bint enqueue_keyed        # the next enqueue's copy left its dedup key in the
                                    # queue's window (a publish or send; journaled)
@@ -281,7 +282,10 @@ cdef class Store:
     cdef void _journal_live(self, uint32_t segment, int delta) noexcept
     cdef uint64_t _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
                                    uint8_t kind=*) noexcept
-    cdef void _moved_out(self, uint64_t record_seq, uint32_t segment) noexcept
+    cdef uint64_t _journal_next(self) noexcept
+    cdef void _note_move(self, uint64_t record_seq, uint64_t old_seq, uint32_t old_segment,
+                         uint64_t new_seq, uint64_t message_seq,
+                         uint32_t message_segment) noexcept
     cdef int restore_entry(self, uint32_t qid, blob_t* blob, uint64_t copy_seq,
                            int64_t entered_us, int64_t due_us, uint32_t receive_count,
                            int64_t first_receive_us, int64_t last_receive_us,

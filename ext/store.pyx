@@ -217,8 +217,7 @@ cdef class Store:
         self.group_tables = []
         self.dedup_windows = []
         self.deferred = []
-        self.forwarded = []
-        self.moved_out = []
+        self.moves = []
         self.deferring = False
         self.delivery_slots = NULL
         self.delivery_slot_capacity = 0
@@ -705,7 +704,7 @@ cdef class Store:
             self._arm(slot, due_us)
         else:
             self._make_visible(slot)
-        if self.queues[qid].durable and not self.restoring:
+        if self.queues[qid].durable and not self.restoring and not self.moving_unjournaled:
             self._journal_enqueue(slot, due_us)
         return 0
 
@@ -842,20 +841,28 @@ cdef class Store:
             journaled.seq = 0   # its record may go with its segment
         return written
 
-    cdef void _moved_out(self, uint64_t record_seq, uint32_t segment) noexcept:
-        """A move (dead-lettering, redrive) wrote its old copy's remove, ``record_seq``:
-        noted, so that a full disk dropping it (and the new copy's record) keeps the
-        old record's segment on disk (``forget_journal_after``). The notes whose
+    cdef uint64_t _journal_next(self) noexcept:
+        """The sequence the journal gives its next record (0: no journal)."""
+        return 0 if self.journal is None else self.journal.next_seq
+
+    cdef void _note_move(self, uint64_t record_seq, uint64_t old_seq, uint32_t old_segment,
+                         uint64_t new_seq, uint64_t message_seq,
+                         uint32_t message_segment) noexcept:
+        """A move (copy-forward, dead-lettering, redrive) journaled the new copy's record
+        (``new_seq``; 0: none, the new queue journals nothing) and the old copy's remove
+        (``record_seq``, kind ``RECORD_MOVED``): noted, so that a full disk dropping them
+        puts the copy back on its old record (``forget_journal_after``). The notes whose
         records are in the file are let go as more come."""
         if record_seq == 0:
             return
         try:
-            if len(self.moved_out) >= 4096:
-                self.moved_out = [move for move in self.moved_out
-                                  if move[0] > self.journal.written_seq]
-            self.moved_out.append((record_seq, segment))
+            if len(self.moves) >= 4096:
+                self.moves = [move for move in self.moves
+                              if move[0] > self.journal.written_seq]
+            self.moves.append((record_seq, old_seq, old_segment, new_seq, message_seq,
+                               message_segment))
         except MemoryError:
-            pass   # (a drop then may lose the message at a restart, as before 2026-12-07)
+            pass   # (a drop then leaves the copy in memory only, as before 2026-12-07)
 
     cdef void journal_topic_key(self, uint32_t topic, uint64_t low, uint64_t high,
                                 uint64_t message_id, int64_t now_us) noexcept:
@@ -942,9 +949,6 @@ cdef class Store:
         cdef uint64_t message_seq
         cdef uint32_t message_segment
         cdef uint64_t removed
-        # the moves of earlier calls whose records are in the file need no undo
-        self.forwarded = [move for move in self.forwarded
-                          if self.journal is not None and move[1] > self.journal.written_seq]
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state != STATE_FREE and entry.journal_seq and \
@@ -983,19 +987,24 @@ cdef class Store:
             removed = self._journal_release(moved_seq, moved_segment, entry.blob,
                                             RECORD_MOVED)
             # undone if a full disk drops the new records (forget_journal_after)
-            self.forwarded.append((slot, entry.journal_seq, moved_seq, moved_segment,
-                                   message_seq, message_segment, removed))
+            self._note_move(removed, moved_seq, moved_segment, entry.journal_seq,
+                            message_seq, message_segment)
         return len(found)
 
     def forget_journal_after(self, uint64_t seq):
         """The journal dropped its records after ``seq`` (a full disk): the copies they
         described are in memory only from now on (no record names them).
 
-        But a copy that ``copy_forward`` moved, and whose new record (and the remove of
-        its old one: ``RECORD_MOVED``, never kept) was dropped, goes back to its old
-        record, which is still in the file: it counts as live there again, so its
-        segment is not removed. Until 2026-12-07 it stayed in memory only, its old
-        segment went at the next compaction, and the restart lost the message.
+        But a copy that a move (``copy_forward``, a dead-lettering, a redrive; a chain
+        of them) took off a record in the file, and whose new record (and the old one's
+        remove: ``RECORD_MOVED``, never kept) was dropped, goes back to that record: it
+        counts as live there again, and its settles name it (after a restart it is
+        where that record puts it). One no entry holds any more (settled since, or
+        moved to a queue that journals nothing) has that record removed (a remove
+        record, written with the next write). Until 2026-12-07 such copies stayed in
+        memory only: a compaction removed the old record's segment and the restart
+        lost a live message, or the record stayed and the restart brought back a
+        settled one (or a redriven one twice).
         """
         cdef uint32_t slot
         cdef entry_t* entry
@@ -1005,31 +1014,43 @@ cdef class Store:
         cdef uint32_t old_segment
         cdef uint64_t message_seq
         cdef uint32_t message_segment
-        cdef uint64_t removed
-        for removed, old_segment in self.moved_out:
-            if removed > seq:
-                # A dead-lettering or redrive whose records the disk refused: the old
-                # copy's record is live in the file again (its new copy is in memory
-                # only), so its segment stays on disk until a restart brings it back.
-                self._journal_live(old_segment, 1)
-        self.moved_out = []
-        for slot, new_seq, old_seq, old_segment, message_seq, message_segment, removed in \
-                self.forwarded:
-            entry = &self.entries[slot]
-            if removed <= seq or entry.state == STATE_FREE or entry.journal_seq != new_seq:
-                continue   # written, or settled (or moved again) since: nothing to undo
-            self._journal_live(entry.journal_segment, -1)
-            entry.journal_seq = old_seq
-            entry.journal_segment = old_segment
-            self._journal_live(old_segment, 1)
-            journaled = blob_journal(entry.blob)
-            if journaled.seq > seq and 0 < message_seq <= seq:
-                journaled.seq = message_seq   # its message's record, still in the file
-                journaled.segment = message_segment
-        self.forwarded = []
+        cdef dict origin = {}   # a dropped new record -> the file's record of the copy
+        cdef list gone = []     # file records whose copies left the durable queues
+        cdef uint64_t record_seq
+        cdef char* p
+        for record_seq, old_seq, old_segment, new_seq, message_seq, message_segment in \
+                self.moves:
+            if record_seq <= seq:
+                continue   # written (and the new copy's record before it)
+            # the copy's record in the file: the old one, or, when that one was itself a
+            # dropped move's new record (a redrive of a dead letter), that move's origin
+            source = ((old_seq, old_segment, message_seq, message_segment) if old_seq <= seq
+                      else origin.pop(old_seq, None))
+            if source is None:
+                continue   # never in the file: in memory only, as any dropped copy
+            if new_seq:
+                origin[new_seq] = source
+            else:
+                gone.append(source)
+        self.moves = []
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state == STATE_FREE or entry.journal_seq <= seq:
+                continue
+            source = origin.pop(entry.journal_seq, None) if origin else None
+            if source is not None:
+                # moved (copied forward, dead-lettered, redriven) in the dropped batch:
+                # back on its record in the file, live there again (after a restart
+                # it is where that record puts it)
+                old_seq, old_segment, message_seq, message_segment = source
+                self._journal_live(entry.journal_segment, -1)
+                entry.journal_seq = old_seq
+                entry.journal_segment = old_segment
+                self._journal_live(old_segment, 1)
+                journaled = blob_journal(entry.blob)
+                if journaled.seq > seq:
+                    journaled.seq = message_seq if 0 < message_seq <= seq else 0
+                    journaled.segment = message_segment
                 continue
             self._journal_live(entry.journal_segment, -1)
             journaled = blob_journal(entry.blob)   # a journaled copy's: not NULL
@@ -1037,6 +1058,14 @@ cdef class Store:
             if journaled.copies == 0 or journaled.seq > seq:
                 journaled.seq = 0
             entry.journal_seq = 0
+        # Moves whose copy no entry holds any more: settled after the move, or moved into
+        # a queue that journals nothing. Their record in the file goes (a remove, written
+        # with the next write): else the restart brought an acked message back.
+        for old_seq, old_segment, message_seq, message_segment in [*origin.values(), *gone]:
+            p = self.journal.reserve(RECORD_REMOVE, 8)
+            if p != NULL:
+                ff_store_le64(p, old_seq)
+                self.journal.finish()
 
     def raise_message_ids(self, uint64_t next_id):
         """Make the next message id at least ``next_id`` (recovery)."""
@@ -1113,6 +1142,10 @@ cdef class Store:
         cdef int room
         cdef uint64_t moved_seq
         cdef uint32_t moved_segment
+        cdef uint64_t message_seq
+        cdef uint32_t message_segment
+        cdef uint64_t new_seq
+        cdef uint64_t mark
         if dlq < 0:
             self.queues[source].dropped[DROP_FOR_DEAD_REASON[reason]] += 1
             self._free_entry(slot)
@@ -1140,20 +1173,34 @@ cdef class Store:
         blob.refcount += 1
         moved_seq = self.entries[slot].journal_seq
         moved_segment = self.entries[slot].journal_segment
+        message_seq = message_segment = 0
+        if moved_seq:
+            message_seq = blob_journal(blob).seq
+            message_segment = blob_journal(blob).segment
         self.entries[slot].journal_seq = 0
         self._free_entry(slot)
+        new_seq = 0
         try:
             if room == 0:
                 self.make_room(<uint32_t>dlq, 1, self.message_size(blob), now_us)
-            self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
+            mark = self._journal_next()
+            # A copy in memory only (its record refused by a full disk) stays so: until
+            # 2026-12-07 its dead letter was journaled, and a send answered StoreFull
+            # came back after the restart.
+            self.moving_unjournaled = moved_seq == 0 and self.queues[source].durable
+            try:
+                self.enqueue(<uint32_t>dlq, blob, now_us, INT64_MIN, dead)
+            finally:
+                self.moving_unjournaled = False
+            if self._journal_next() > mark:
+                new_seq = self._journal_next() - 1   # the dead letter's enqueue record
         except BaseException:
             dead_letter_free(dead)
-            self._moved_out(self._journal_release(moved_seq, moved_segment, blob,
-                                                  RECORD_MOVED), moved_segment)
+            self._journal_release(moved_seq, moved_segment, blob)   # (a loss: a remove)
             blob_release(blob)
             raise
-        self._moved_out(self._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED),
-                        moved_segment)
+        self._note_move(self._journal_release(moved_seq, moved_segment, blob, RECORD_MOVED),
+                        moved_seq, moved_segment, new_seq, message_seq, message_segment)
         blob_release(blob)
         self.queues[source].dead_lettered += 1
         return 0

@@ -9,6 +9,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clocks import FakeClock
@@ -1324,6 +1325,81 @@ def test_a_topology_change_a_full_disk_refuses_changes_nothing(
     assert after != before
     broker = restart(broker, open_broker, fsync="never")
     assert _shape(broker) == after
+
+
+@pytest.mark.parametrize("move", ["term", "term, redrive"])
+def test_a_refused_send_moved_stays_in_memory_only(open_broker: Open, move: str) -> None:
+    # A send answered StoreFull is in memory only (it may be delivered, not after a
+    # restart); dead-lettered, it was journaled in the dead-letter queue and came back
+    # after the restart (a durability hunt, 2026-12-07).
+    broker = open_broker(fsync="never")
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    broker.term(_received(broker, "q", b"refused").receipt)
+    if move == "term, redrive":
+        assert broker.redrive("dlq") == 1
+    broker.send("q", b"stored")
+    broker = restart(broker, open_broker, fsync="never")
+    assert {queue: [m.body for m in broker.receive(queue, max_messages=10)]
+            for queue in ("q", "dlq")} == {"q": [b"stored"], "dlq": []}
+
+
+def _received(broker: Broker, queue: str, body: bytes) -> Any:
+    """The message ``body`` received from ``queue`` (the others received go back)."""
+    found = None
+    for message in broker.receive(queue, max_messages=10):
+        if message.body == body:
+            found = message
+        else:
+            broker.nack(message.receipt)
+    assert found is not None, f"{body!r} not in {queue}"
+    return found
+
+
+@pytest.mark.parametrize("then", ["ack", "redrive", "redrive, ack", "term again"])
+def test_a_move_a_full_disk_refused_then_settled_is_settled_after_the_restart(
+        open_broker: Open, then: str) -> None:
+    # The dead-lettering's records were refused: the dead letter was in memory only,
+    # so what was done to it later named no record, and the old one stayed: an acked
+    # message came back after a clean restart, a redriven one came back twice (a
+    # durability hunt, 2026-12-07). The copy goes back on its record in the file.
+    broker = open_broker(fsync="never")
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    broker.send("q", b"only one")
+    (message,) = broker.receive("q", visibility_timeout=60)
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        broker.term(message.receipt)
+        with pytest.raises(StoreFull):
+            broker.send("q", b"refused")
+    finally:
+        journal_ops.inject_fault("write", 0)
+    expected: dict[str, list[bytes]] = {"q": [], "dlq": []}
+    if then == "ack":
+        (dead,) = broker.receive("dlq")
+        broker.ack(dead.receipt)
+    elif then == "redrive":
+        assert broker.redrive("dlq") == 1
+        expected["q"] = [b"only one"]
+    elif then == "redrive, ack":
+        assert broker.redrive("dlq") == 1
+        broker.ack(_received(broker, "q", b"only one").receipt)
+    else:   # dead-lettered once more, from the dead-letter queue's redrive
+        assert broker.redrive("dlq") == 1
+        broker.term(_received(broker, "q", b"only one").receipt)
+        expected["dlq"] = [b"only one"]
+    broker.send("q", b"later")
+    expected["q"].append(b"later")
+    broker = restart(broker, open_broker, fsync="never")
+    assert {queue: [m.body for m in broker.receive(queue, max_messages=10)]
+            for queue in ("q", "dlq")} == expected
 
 
 def test_a_dead_lettering_a_full_disk_refused_keeps_the_message_in_its_queue(
