@@ -8,6 +8,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,30 @@ def open_broker(tmp_path: Path, clock: FakeClock) -> Iterator[Open]:
 def restart(broker: Broker, open_broker: Open, **options: object) -> Broker:
     broker.close()
     return open_broker(**options)
+
+
+def _in_small_segments(open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                       ) -> tuple[list[bytes], list[tuple[int, str]]]:
+    """200 messages sent to queue ``q`` of a broker with 4 KiB segments, then closed:
+    their bodies and the segments (base sequence, name)."""
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    broker = open_broker(fsync="never")
+    broker.create_queue("q")
+    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
+    for body in bodies:
+        broker.send("q", body)
+    broker.close()
+    return bodies, journal_ops.segments(journal_dir(tmp_path))
+
+
+@contextmanager
+def full_disk_once() -> Iterator[None]:
+    """Within the block, the next journal write fails with ENOSPC (once)."""
+    journal_ops.inject_fault("write", errno.ENOSPC)
+    try:
+        yield
+    finally:
+        journal_ops.inject_fault("write", 0)
 
 
 def journal_dir(tmp_path: Path) -> Path:
@@ -657,14 +682,7 @@ def test_a_torn_tail_is_reported(open_broker: Open, tmp_path: Path) -> None:
 
 def test_a_damaged_segment_header_loses_no_message(
         open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
-    broker = open_broker(fsync="never")
-    broker.create_queue("q")
-    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
-    for body in bodies:
-        broker.send("q", body)
-    broker.close()
-    found = journal_ops.segments(journal_dir(tmp_path))
+    bodies, found = _in_small_segments(open_broker, tmp_path, monkeypatch)
     assert len(found) >= 4
     damaged = journal_dir(tmp_path) / found[len(found) // 2][1]
     content = bytearray(damaged.read_bytes())
@@ -684,14 +702,7 @@ def test_a_segment_copied_under_a_name_in_its_range_delivers_its_messages_once(
         caplog: pytest.LogCaptureFixture) -> None:
     # until 2026-12-07 the copy's records from its name's sequence on were replayed a
     # second time: their messages were in the queue twice
-    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
-    broker = open_broker(fsync="never")
-    broker.create_queue("q")
-    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
-    for body in bodies:
-        broker.send("q", body)
-    broker.close()
-    found = journal_ops.segments(journal_dir(tmp_path))
+    bodies, found = _in_small_segments(open_broker, tmp_path, monkeypatch)
     assert len(found) >= 4
     base, name = found[1]
     copy = journal_dir(tmp_path) / journal_ops.segment_name(base + 3)
@@ -713,14 +724,7 @@ def test_a_segment_deleted_from_the_middle_is_reported(
         caplog: pytest.LogCaptureFixture) -> None:
     # until 2026-12-05 the restart read over the gap: the segment's messages were lost
     # with nothing in the recovery report or the log
-    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
-    broker = open_broker(fsync="never")
-    broker.create_queue("q")
-    bodies = [b"m%03d" % n + b"x" * 100 for n in range(200)]
-    for body in bodies:
-        broker.send("q", body)
-    broker.close()
-    found = journal_ops.segments(journal_dir(tmp_path))
+    bodies, found = _in_small_segments(open_broker, tmp_path, monkeypatch)
     assert len(found) >= 4
     (base, name), (next_base, next_name) = found[1], found[2]
     (journal_dir(tmp_path) / name).unlink()
@@ -959,12 +963,9 @@ def test_a_full_disk_refuses_the_publish_and_the_next_one_works(open_broker: Ope
     broker = open_broker()
     broker.create_queue("q")
     broker.send("q", b"before")
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")
-    finally:
-        journal_ops.inject_fault("write", 0)
     broker.send("q", b"after")
     storage = broker.stats().storage
     assert storage is not None and storage["store_full"] >= 1 and storage["failures"] == 0
@@ -982,13 +983,10 @@ def test_acks_answered_on_a_full_disk_are_written_once_there_is_room(
     bodies = [b"m%d" % n for n in range(10)]
     broker.send_batch("q", bodies)
     received = broker.receive("q", max_messages=10)
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         broker.ack_batch([m.receipt for m in received[:6]])   # answered
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")   # the commit of the acks and this send
-    finally:
-        journal_ops.inject_fault("write", 0)
     storage = broker.stats().storage
     assert storage is not None and storage["kept_settles"] == 6
     broker.send("q", b"after")   # room again: the acks are written before it
@@ -1122,12 +1120,9 @@ def test_a_full_disk_frees_the_segments_the_acks_freed_at_once(
     segments, removed = storage["segments"], storage["removed_segments"]
     assert segments >= 4
     broker.ack_batch([m.receipt for m in broker.receive("q", max_messages=100)])
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")
-    finally:
-        journal_ops.inject_fault("write", 0)
     storage = broker.stats().storage
     assert storage is not None and storage["removed_segments"] > removed
     assert storage["segments"] < segments
@@ -1149,12 +1144,9 @@ def test_a_full_disk_gives_back_the_reserve_to_roll_away_a_settled_segment(
     broker.send_batch("q", [b"m%d" % n for n in range(50)])
     broker.ack_batch([m.receipt for m in broker.receive("q", max_messages=50)])
     (before,) = journal_ops.segments(journal_dir(tmp_path))
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")
-    finally:
-        journal_ops.inject_fault("write", 0)
     storage = broker.stats().storage
     assert storage is not None and storage["reserve_releases"] == 1
     (after,) = journal_ops.segments(journal_dir(tmp_path))
@@ -1196,12 +1188,9 @@ def test_a_full_disk_with_live_messages_keeps_the_reserve(
     broker = open_broker(fsync="never")
     broker.create_queue("q")
     broker.send("q", b"live")
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")
-    finally:
-        journal_ops.inject_fault("write", 0)
     storage = broker.stats().storage
     assert storage is not None and storage["reserve_releases"] == 0
     assert (tmp_path / "data" / durability.RESERVE_FILE).exists()
@@ -1223,13 +1212,10 @@ def test_a_dead_lettering_a_full_disk_refused_keeps_its_old_segment(
         broker.send("q", b"m%03d" % n + b"x" * 100)
     broker.ack_batch([m.receipt for m in broker.receive("q", max_messages=100)])
     (dead,) = broker.receive("moved")
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         broker.term(dead.receipt)
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")
-    finally:
-        journal_ops.inject_fault("write", 0)
     broker.send("q", b"after")
     broker = restart(broker, open_broker, fsync="never")
     assert [m.body for queue in ("moved", "dlq")
@@ -1256,20 +1242,14 @@ def test_a_drop_before_a_batch_s_first_publish_does_not_refuse_it(
         return port.commit_end(ticket, wait=True)
 
     assert round_(b"m1")
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             broker.create_queue("other")   # between two rounds
-    finally:
-        journal_ops.inject_fault("write", 0)
     assert round_(b"m2")   # answered: it is stored
     port.send_frame("q", encode_batch([Record(body=b"m3")]))
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             broker.create_queue("another")   # after the round's first publish: m3 lost
-    finally:
-        journal_ops.inject_fault("write", 0)
     ticket = port.commit_begin(confirms=True)
     with pytest.raises(StoreFull):
         port.commit_end(ticket, wait=True)
@@ -1308,12 +1288,9 @@ def test_a_topology_change_a_full_disk_refuses_changes_nothing(
     broker.subscribe("t", "keep")
     broker.send("keep", b"precious")
     before = _shape(broker)
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             TOPOLOGY_CHANGES[change](broker)
-    finally:
-        journal_ops.inject_fault("write", 0)
     assert _shape(broker) == before
     broker.send("keep", b"room again")
     broker = restart(broker, open_broker, fsync="never")
@@ -1335,12 +1312,9 @@ def test_a_refused_send_moved_stays_in_memory_only(open_broker: Open, move: str)
     broker = open_broker(fsync="never")
     broker.create_queue("dlq")
     broker.create_queue("q", dead_letter_queue="dlq")
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")
-    finally:
-        journal_ops.inject_fault("write", 0)
     broker.term(_received(broker, "q", b"refused").receipt)
     if move == "term, redrive":
         assert broker.redrive("dlq") == 1
@@ -1374,13 +1348,10 @@ def test_a_move_a_full_disk_refused_then_settled_is_settled_after_the_restart(
     broker.create_queue("q", dead_letter_queue="dlq")
     broker.send("q", b"only one")
     (message,) = broker.receive("q", visibility_timeout=60)
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         broker.term(message.receipt)
         with pytest.raises(StoreFull):
             broker.send("q", b"refused")
-    finally:
-        journal_ops.inject_fault("write", 0)
     expected: dict[str, list[bytes]] = {"q": [], "dlq": []}
     if then == "ack":
         (dead,) = broker.receive("dlq")
@@ -1412,13 +1383,10 @@ def test_a_dead_lettering_a_full_disk_refused_keeps_the_message_in_its_queue(
     broker.create_queue("q", dead_letter_queue="dlq")
     broker.send("q", b"m")
     (message,) = broker.receive("q")
-    journal_ops.inject_fault("write", errno.ENOSPC)
-    try:
+    with full_disk_once():
         broker.term(message.receipt)   # answered: dead-lettered in memory
         with pytest.raises(StoreFull):
             broker.commit()
-    finally:
-        journal_ops.inject_fault("write", 0)
     broker.send("q", b"after")
     broker = restart(broker, open_broker, fsync="never")
     found = sorted(m.body for queue in ("q", "dlq")
