@@ -930,7 +930,11 @@ class Durability:
         if self.recovering or self.journal is None:
             return
         self.journal.append(_TOPOLOGY, _encode(record))
-        self.commit()
+        # No roll here: a deletion or a settings change journals its record before it
+        # is made (Administration), and a roll's snapshot now would state the topology
+        # without it, the record then compacted away with the old segment (until
+        # 2026-12-07 such a deleted queue came back after the restart).
+        self.commit(roll=False)
 
     def _snapshot_record(self) -> dict[str, Any]:
         state = self._state
@@ -1100,8 +1104,11 @@ class Durability:
             self.journal.append(_TOPOLOGY, _encode(
                 {"op": "ids", "reserved": self._ids_reserved}))
 
-    def commit(self, sync: bool = True) -> None:
+    def commit(self, sync: bool = True, roll: bool = True) -> None:
         """Flush what was journaled, fdatasync by the policy, roll and compact.
+
+        ``roll=False``: neither (a topology record journaled before its change is made:
+        a roll now would write a snapshot without the change; the next commit rolls).
 
         Raises:
             StoreFull: the disk is full: the records since the last commit are not in
@@ -1119,6 +1126,8 @@ class Durability:
                 self.fsync == "interval"
                 and time.monotonic() - self._last_sync >= self.fsync_interval)):
             self._sync()
+        if not roll:
+            return
         if self._snapshot_needed or self._records_bytes() >= self.segment_bytes:
             self._roll()
         else:

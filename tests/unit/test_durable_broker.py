@@ -1258,6 +1258,51 @@ def test_a_drop_before_a_batch_s_first_publish_does_not_refuse_it(
     assert [m.body for m in broker.receive("q", max_messages=10)] == [b"m1", b"m2", b"m4"]
 
 
+@pytest.mark.parametrize("change", ["delete_queue", "unsubscribe", "set_queue_settings"])
+def test_a_topology_change_whose_commit_fills_the_segment_is_kept(
+        tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    # A change journaled before it is made: its commit rolled the segment when full,
+    # and the new segment's snapshot, taken before the change, stated the old topology;
+    # a deleted queue came back after the restart (a durability hunt, 2026-12-07).
+    # Every fill level is tried: at some the segment is full right after the change's
+    # record.
+    monkeypatch.setattr(durability, "SEGMENT_BYTES", 4096)
+    at_the_brink = 0
+    for filled in range(0, 200, 2):
+        data = tmp_path / f"{filled}"
+        broker = Broker(clock=clock, data_dir=data, fsync="never")
+        broker.create_queue("q")
+        broker.create_queue("gone")
+        broker.create_topic("t")
+        broker.subscribe("t", "gone")
+        broker.send("q", b"live")   # stays: its segment is not compacted away
+        for _ in range(filled):   # lease records (a nack each): no roll of their own
+            broker.nack(broker.receive("q", visibility_timeout=60)[0].receipt)
+        storage = broker.stats().storage
+        assert storage is not None
+        snapshots = storage["snapshots"]
+        if change == "delete_queue":
+            broker.delete_queue("gone")
+        elif change == "unsubscribe":
+            broker.unsubscribe(1)
+        else:
+            broker.set_queue_settings("q", visibility_timeout=99.0)
+        after = (broker.list_queues(), broker.list_subscriptions(),
+                 broker.queue_settings("q").visibility_timeout)
+        broker.send("q", b"next")
+        storage = broker.stats().storage
+        assert storage is not None
+        at_the_brink += storage["snapshots"] != snapshots   # a roll, at the change or after
+        broker.close()
+        broker = Broker(clock=clock, data_dir=data, fsync="never")
+        try:
+            assert (broker.list_queues(), broker.list_subscriptions(),
+                    broker.queue_settings("q").visibility_timeout) == after, filled
+        finally:
+            broker.close()
+    assert at_the_brink, "no fill level had the segment full at the change"
+
+
 TOPOLOGY_CHANGES = {
     "create_topic": lambda b: b.create_topic("new"),
     "delete_topic": lambda b: b.delete_topic("t"),
