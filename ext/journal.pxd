@@ -46,6 +46,7 @@ cdef class Journal:
     cdef object removals                    # its queue of name lists (None: stop)
     cdef list removal_failures              # [count, the last text]: removals that failed
     cdef uint32_t keep_kinds                # kinds a full disk keeps (bit per kind < 32)
+    cdef uint8_t keep_head_kind             # ... and this kind heading an empty segment
     cdef readonly uint64_t kept_records     # records a drop kept for the next write
 
     cdef char* _reserve(self, size_t size) except NULL

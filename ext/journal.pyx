@@ -901,7 +901,11 @@ cdef class Journal:
         cdef const char* data
         cdef size_t data_length
         cdef int part
-        if keep and self.keep_kinds and total:
+        cdef uint64_t head_seq = 0   # the current segment's first sequence, if none written
+        if keep and self.keep_head_kind and self.segment_size <= SEGMENT_HEADER \
+                and self.segment is not None:
+            head_seq = int(self.segment[:20])
+        if keep and (self.keep_kinds or head_seq) and total:
             kept = <char*>PyMem_Malloc(total)
             if kept == NULL:
                 raise MemoryError()
@@ -915,9 +919,11 @@ cdef class Journal:
                     payload = ff_load_le32(data + offset + 4)
                     size = ff_align8(RECORD_HEADER + <uint64_t>payload)
                     kind = <uint8_t>data[offset + 16]
-                    if (kind < 32 and (self.keep_kinds >> kind) & 1 and payload >= 8
+                    if ((kind < 32 and (self.keep_kinds >> kind) & 1 and payload >= 8
                             and ff_load_le64(data + offset + RECORD_HEADER)
-                            <= self.written_seq):
+                            <= self.written_seq)
+                            or (head_seq and kind == self.keep_head_kind
+                                and ff_load_le64(data + offset + 8) == head_seq)):
                         memcpy(kept + length, data + offset, size)
                         ff_store_le64(kept + length + 8, seq)
                         seq += 1
@@ -946,6 +952,16 @@ cdef class Journal:
         self.buffered = 0
         self.next_seq = self.written_seq + 1
         self.buffered_last_seq = self.written_seq
+
+    def keep_head_on_full(self, int kind):
+        """A record of ``kind`` that heads the current segment, none of whose records
+        is written yet, is kept when a full disk drops what was not written (it stays
+        the segment's first; ``kept_records`` counts it). The broker's head snapshot:
+        dropped, the records after it went into a segment that began without one, read
+        at a restart by the ids of an older snapshot (a message in the wrong queue)."""
+        if not 0 < kind < 256:
+            raise ValueError(f"record kind {kind} must be from 1 to 255")
+        self.keep_head_kind = kind
 
     def keep_on_full(self, kinds):
         """Records of ``kinds`` (each below 32) that a full disk does not drop.

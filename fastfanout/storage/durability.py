@@ -697,6 +697,8 @@ class Durability:
             # a settle answered while the disk is full is written once there is room
             self.journal.keep_on_full([RECORD_KINDS["lease"], RECORD_KINDS["remove"],
                                        RECORD_KINDS["delay"]])
+            # and a segment's head snapshot (the records after it need it first)
+            self.journal.keep_head_on_full(_SNAPSHOT)
             state.store.attach_journal(self.journal)
             self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
             self._write_snapshot()   # (noting the superseded segments' ranges)
@@ -783,6 +785,12 @@ class Durability:
         for index in range(1, len(found)):
             base, name = found[index]
             if index in busy or name in damaged:
+                continue
+            if index + 1 < len(found) and _head_snapshot(
+                    os.path.join(self.journal_directory, found[index + 1][1]),
+                    found[index + 1][0]) is None:
+                # the next begins without a snapshot (a full disk refused it before
+                # 2026-12-07): its records are read by this one's ids, which must stay
                 continue
             end = (found[index + 1][0] if index + 1 < len(found) else next_seq) - 1
             if end < base:

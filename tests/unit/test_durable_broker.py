@@ -1303,6 +1303,40 @@ def test_a_topology_change_whose_commit_fills_the_segment_is_kept(
     assert at_the_brink, "no fill level had the segment full at the change"
 
 
+def test_a_segment_whose_snapshot_a_full_disk_refused_still_begins_with_one(
+        open_broker: Open, tmp_path: Path) -> None:
+    # The roll's snapshot was refused: the records after went into a segment that began
+    # without one; a later start removed the snapshot-only segment before it, and they
+    # were read by an older snapshot's queue ids: a message for b was found in a (a
+    # durability hunt, 2026-12-07). The head snapshot is kept for the next write.
+    broker = open_broker(fsync="never")
+    broker.create_queue("backlog")
+    broker.create_queue("a")
+    broker.create_queue("b")
+    for n in range(50):
+        broker.send("backlog", b"keep %d" % n)   # keeps the first segment
+    broker.delete_queue("a")
+    broker.create_queue("a")   # ids: a after b
+    broker = restart(broker, open_broker, fsync="never")   # a start renumbers them
+    with full_disk_once():
+        with pytest.raises(StoreFull):
+            broker.send("a", b"refused")
+    with full_disk_once():
+        with pytest.raises(StoreFull):
+            broker.create_queue("c")   # rolls: the new segment's snapshot refused
+    broker.send("b", b"for b")
+    broker = restart(broker, open_broker, fsync="never")
+    for _, name in journal_ops.segments(journal_dir(tmp_path)):
+        data = (journal_dir(tmp_path) / name).read_bytes()
+        head = journal_ops.SEGMENT_HEADER_BYTES
+        if len(data) > head:   # every segment's first record: a snapshot (kind 6)
+            assert data[head + 16] == 6, name
+    broker = restart(broker, open_broker, fsync="never")
+    assert {queue: [m.body for m in broker.receive(queue, max_messages=10)]
+            for queue in ("a", "b")} == {"a": [], "b": [b"for b"]}
+    assert len(broker.receive("backlog", max_messages=100)) == 50
+
+
 TOPOLOGY_CHANGES = {
     "create_topic": lambda b: b.create_topic("new"),
     "delete_topic": lambda b: b.delete_topic("t"),
