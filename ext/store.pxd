@@ -283,6 +283,7 @@ cdef class Store:
     cdef uint64_t _journal_release(self, uint64_t seq, uint32_t segment, blob_t* blob,
                                    uint8_t kind=*) noexcept
     cdef uint64_t _journal_next(self) noexcept
+    cdef void _rejournal(self, uint32_t slot, uint32_t below) noexcept
     cdef void _note_move(self, uint64_t record_seq, uint64_t old_seq, uint32_t old_segment,
                          uint64_t new_seq, uint64_t message_seq,
                          uint32_t message_segment) noexcept

@@ -939,16 +939,8 @@ cdef class Store:
         cdef set tied = set()
         cdef uint32_t slot
         cdef entry_t* entry
-        cdef uint32_t index
-        cdef int64_t due
-        cdef uint64_t moved_seq
-        cdef uint32_t moved_segment
         cdef int64_t earliest = INT64_MAX
         cdef int64_t latest = INT64_MIN
-        cdef blob_journal_t* journaled
-        cdef uint64_t message_seq
-        cdef uint32_t message_segment
-        cdef uint64_t removed
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state != STATE_FREE and entry.journal_seq and \
@@ -969,27 +961,34 @@ cdef class Store:
             return -len(found)
         found.sort()
         for _, slot in found:
-            entry = &self.entries[slot]
-            due = INT64_MIN
-            if entry.state == STATE_DELAYED:
-                index = self.timers.position[slot] if slot < self.timers.key_capacity else 0
-                if index:
-                    due = self.timers.nodes[index - 1].due_us
-            moved_seq = entry.journal_seq
-            moved_segment = entry.journal_segment
-            journaled = blob_journal(entry.blob)
-            message_seq = journaled.seq
-            message_segment = journaled.segment
-            if journaled.segment < below:
-                journaled.seq = 0   # the new record holds the message again
-            entry.journal_seq = 0
-            self._journal_enqueue(slot, due)   # first the new record, then the remove
-            removed = self._journal_release(moved_seq, moved_segment, entry.blob,
-                                            RECORD_MOVED)
-            # undone if a full disk drops the new records (forget_journal_after)
-            self._note_move(removed, moved_seq, moved_segment, entry.journal_seq,
-                            message_seq, message_segment)
+            self._rejournal(slot, below)
         return len(found)
+
+    cdef void _rejournal(self, uint32_t slot, uint32_t below) noexcept:
+        """Journal a live durable copy afresh where it is now: a new enqueue record (its
+        message in it when the record holding it is in a segment below ``below``), then
+        the old record's remove (``RECORD_MOVED``), the move noted for a full disk."""
+        cdef entry_t* entry = &self.entries[slot]
+        cdef int64_t due = INT64_MIN
+        cdef uint32_t index
+        cdef uint64_t moved_seq = entry.journal_seq
+        cdef uint32_t moved_segment = entry.journal_segment
+        cdef blob_journal_t* journaled = blob_journal(entry.blob)
+        cdef uint64_t message_seq = journaled.seq
+        cdef uint32_t message_segment = journaled.segment
+        cdef uint64_t removed
+        if entry.state == STATE_DELAYED:
+            index = self.timers.position[slot] if slot < self.timers.key_capacity else 0
+            if index:
+                due = self.timers.nodes[index - 1].due_us
+        if journaled.segment < below:
+            journaled.seq = 0   # the new record holds the message again
+        entry.journal_seq = 0
+        self._journal_enqueue(slot, due)   # first the new record, then the remove
+        removed = self._journal_release(moved_seq, moved_segment, entry.blob, RECORD_MOVED)
+        # undone if a full disk drops the new records (forget_journal_after)
+        self._note_move(removed, moved_seq, moved_segment, entry.journal_seq,
+                        message_seq, message_segment)
 
     def forget_journal_after(self, uint64_t seq):
         """The journal dropped its records after ``seq`` (a full disk): the copies they
@@ -1018,6 +1017,7 @@ cdef class Store:
         cdef list gone = []     # file records whose copies left the durable queues
         cdef uint64_t record_seq
         cdef char* p
+        cdef list again = []    # copies put back on their old record: journaled afresh
         for record_seq, old_seq, old_segment, new_seq, message_seq, message_segment in \
                 self.moves:
             if record_seq <= seq:
@@ -1040,8 +1040,9 @@ cdef class Store:
             source = origin.pop(entry.journal_seq, None) if origin else None
             if source is not None:
                 # moved (copied forward, dead-lettered, redriven) in the dropped batch:
-                # back on its record in the file, live there again (after a restart
-                # it is where that record puts it)
+                # back on its record in the file, live there again, then journaled
+                # afresh where it is now (written with the next write: until then, or
+                # if that is refused too, a restart finds it on the old record)
                 old_seq, old_segment, message_seq, message_segment = source
                 self._journal_live(entry.journal_segment, -1)
                 entry.journal_seq = old_seq
@@ -1051,6 +1052,7 @@ cdef class Store:
                 if journaled.seq > seq:
                     journaled.seq = message_seq if 0 < message_seq <= seq else 0
                     journaled.segment = message_segment
+                again.append(slot)
                 continue
             self._journal_live(entry.journal_segment, -1)
             journaled = blob_journal(entry.blob)   # a journaled copy's: not NULL
@@ -1066,6 +1068,8 @@ cdef class Store:
             if p != NULL:
                 ff_store_le64(p, old_seq)
                 self.journal.finish()
+        for slot in again:
+            self._rejournal(slot, 0)
 
     def raise_message_ids(self, uint64_t next_id):
         """Make the next message id at least ``next_id`` (recovery)."""

@@ -1403,6 +1403,41 @@ def test_a_refused_send_moved_stays_in_memory_only(open_broker: Open, move: str)
             for queue in ("q", "dlq")} == {"q": [b"stored"], "dlq": []}
 
 
+@pytest.mark.parametrize("move", ["term", "redrive"])
+def test_a_move_a_full_disk_refused_survives_deleting_the_queue_it_left(
+        open_broker: Open, move: str) -> None:
+    # The copy was put back on its old record, in the queue it left: deleting that
+    # queue took it along, and the restart lost the message (a durability hunt,
+    # 2026-12-07). It is journaled afresh where it is now, with the next write.
+    broker = open_broker(fsync="never")
+    broker.create_queue("dlq")
+    broker.create_queue("q", dead_letter_queue="dlq")
+    broker.create_queue("other")
+    broker.send("q", b"poison")
+    (message,) = broker.receive("q", visibility_timeout=60)
+    if move == "redrive":
+        broker.term(message.receipt)
+        broker.send("other", b"written")   # the dead-lettering is in the file
+    with full_disk_once():
+        if move == "redrive":
+            assert broker.redrive("dlq") == 1
+        else:
+            broker.term(message.receipt)
+        with pytest.raises(StoreFull):
+            broker.send("other", b"refused")   # the move's records go with it
+    if move == "redrive":
+        broker.set_queue_settings("q", dead_letter_queue=None)
+        broker.delete_queue("dlq")
+        expected = {"q": [b"poison"]}
+    else:
+        broker.delete_queue("q")
+        expected = {"dlq": [b"poison"]}
+    broker.send("other", b"later")
+    broker = restart(broker, open_broker, fsync="never")
+    assert {queue: [m.body for m in broker.receive(queue, max_messages=10)]
+            for queue in expected} == expected
+
+
 def _received(broker: Broker, queue: str, body: bytes) -> Any:
     """The message ``body`` received from ``queue`` (the others received go back)."""
     found = None
