@@ -235,6 +235,27 @@ cdef class DedupWindow:
         """Drop every key expired at ``now_us``."""
         self.expire(now_us)
 
+    def forget_messages(self, ids):
+        """Forget every key remembered for one of the message ids ``ids`` (a set);
+        returns how many. One pass over the table: for the rare moment a full disk
+        refused the publishes of those ids, whose retries must not be duplicates."""
+        cdef set wanted = ids if type(ids) is set else set(ids)
+        cdef list keys = []
+        cdef Py_ssize_t i
+        cdef Py_ssize_t index
+        cdef ff_hash128_t key
+        if not wanted or not self.size:
+            return 0
+        for i in range(self.slot_count):
+            if (self.slots[i].low or self.slots[i].high) and \
+                    self.slots[i].message_id in wanted:
+                keys.append((self.slots[i].low, self.slots[i].high))
+        for key.low, key.high in keys:
+            index = self._find(key)
+            if self.slots[index].low or self.slots[index].high:
+                self._delete_at(index)   # (its ring entry is skipped when it comes up)
+        return len(keys)
+
 
 def hash128(bytes data):
     """The 128-bit key of ``data`` as an int (for tests)."""

@@ -992,7 +992,9 @@ cdef class Store:
 
     def forget_journal_after(self, uint64_t seq):
         """The journal dropped its records after ``seq`` (a full disk): the copies they
-        described are in memory only from now on (no record names them).
+        described are in memory only from now on (no record names them). Returns the
+        message ids of those copies (their publishes were refused: the caller forgets
+        their dedup keys, so that a retry is stored, not called a duplicate).
 
         But a copy that a move (``copy_forward``, a dead-lettering, a redrive; a chain
         of them) took off a record in the file, and whose new record (and the old one's
@@ -1018,6 +1020,7 @@ cdef class Store:
         cdef uint64_t record_seq
         cdef char* p
         cdef list again = []    # copies put back on their old record: journaled afresh
+        cdef set refused = set()   # message ids of the copies now in memory only
         for record_seq, old_seq, old_segment, new_seq, message_seq, message_segment in \
                 self.moves:
             if record_seq <= seq:
@@ -1060,6 +1063,7 @@ cdef class Store:
             if journaled.copies == 0 or journaled.seq > seq:
                 journaled.seq = 0
             entry.journal_seq = 0
+            refused.add(entry.blob.id)
         # Moves whose copy no entry holds any more: settled after the move, or moved into
         # a queue that journals nothing. Their record in the file goes (a remove, written
         # with the next write): else the restart brought an acked message back.
@@ -1070,6 +1074,7 @@ cdef class Store:
                 self.journal.finish()
         for slot in again:
             self._rejournal(slot, 0)
+        return refused
 
     def raise_message_ids(self, uint64_t next_id):
         """Make the next message id at least ``next_id`` (recovery)."""

@@ -1242,7 +1242,17 @@ class Durability:
         journal = self.journal
         assert journal is not None and self._state is not None
         store = self._state.store
-        store.forget_journal_after(journal.written_seq)
+        refused = store.forget_journal_after(journal.written_seq)
+        if refused:
+            # Their publishes were answered StoreFull: a retry with the same dedup id
+            # (or body) must be stored, not answered duplicate=True by the key the
+            # refused one left (until 2026-12-07 it was, and the message, in memory
+            # only, was gone after the restart).
+            topology = self._state.topology()
+            for window in [*(topic.window for topic in topology.topics),
+                           *(queue.window for queue in topology.queues)]:
+                if window is not None:
+                    window.forget_messages(refused)
         self._snapshot_needed = True
         self.store_full += 1
         # What the settles freed goes now, not after the next write that finds room: on

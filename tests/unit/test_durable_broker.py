@@ -1438,6 +1438,32 @@ def test_a_move_a_full_disk_refused_survives_deleting_the_queue_it_left(
             for queue in expected} == expected
 
 
+def test_a_retry_of_a_publish_a_full_disk_refused_is_stored(open_broker: Open) -> None:
+    # The refused publish left its dedup key (a topic's window, a queue's dedup id or
+    # body hash, a FIFO queue's): the retry the error asks for was answered
+    # duplicate=True, and the message, in memory only, was gone after the restart (a
+    # durability hunt, 2026-12-07).
+    broker = open_broker(fsync="always")
+    broker.create_topic("t", dedup_window=600)
+    broker.create_queue("a")
+    broker.subscribe("t", "a")
+    broker.create_queue("c", content_dedup=True)
+    broker.create_queue("f", fifo=True)
+    calls = {
+        "a": lambda: broker.publish("t", b"t-msg", dedup_id="k"),
+        "c": lambda: broker.send("c", b"same body"),
+        "f": lambda: broker.send("f", b"f-msg", group_id="g", dedup_id="k"),
+    }
+    for call in calls.values():
+        with full_disk_once(), pytest.raises(StoreFull):
+            call()
+        assert not call().duplicate   # the retry is stored
+        assert call().duplicate       # and it is the one a third call repeats
+    broker = restart(broker, open_broker)
+    assert {queue: [m.body for m in broker.receive(queue, max_messages=10)]
+            for queue in calls} == {"a": [b"t-msg"], "c": [b"same body"], "f": [b"f-msg"]}
+
+
 def _received(broker: Broker, queue: str, body: bytes) -> Any:
     """The message ``body`` received from ``queue`` (the others received go back)."""
     found = None
