@@ -201,6 +201,7 @@ cdef class Store:
     cdef list deferred             # detached overflow victims awaiting flush_deferred
     cdef list moves                # moves whose records may not be written yet: how to
                                    # undo them if a full disk drops them
+    cdef Py_ssize_t moves_limit    # its length at which the written ones are let go
     cdef owner_t* owners           # owner tag -> its lease count and session (slot 0: the
     cdef uint32_t owner_capacity   # embedded broker's, never closed)
     cdef uint32_t owner_free_head

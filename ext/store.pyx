@@ -218,6 +218,7 @@ cdef class Store:
         self.dedup_windows = []
         self.deferred = []
         self.moves = []
+        self.moves_limit = 4096
         self.deferring = False
         self.delivery_slots = NULL
         self.delivery_slot_capacity = 0
@@ -856,9 +857,12 @@ cdef class Store:
         if record_seq == 0:
             return
         try:
-            if len(self.moves) >= 4096:
+            if len(self.moves) >= self.moves_limit:
                 self.moves = [move for move in self.moves
                               if move[0] > self.journal.written_seq]
+                # twice what is left: a batch of moves not written yet (a redrive of
+                # 10,000) is not scanned again at every move (it was: seconds)
+                self.moves_limit = max(4096, 2 * len(self.moves))
             self.moves.append((record_seq, old_seq, old_segment, new_seq, message_seq,
                                message_segment))
         except MemoryError:
@@ -1036,6 +1040,7 @@ cdef class Store:
             else:
                 gone.append(source)
         self.moves = []
+        self.moves_limit = 4096
         for slot in range(self.entry_capacity):
             entry = &self.entries[slot]
             if entry.state == STATE_FREE or entry.journal_seq <= seq:
