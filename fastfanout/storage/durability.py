@@ -163,14 +163,21 @@ def _make_directory(path: str, what: str, hint: str) -> None:
                               f"one: {hint}") from None
 
 
-def _unusable(directory: str, exc: OSError) -> OSError | StoreFailed:
+def _unusable(directory: str, exc: OSError) -> OSError | StoreFailed | StoreFull:
     """The typed error for an OS error on a data directory's files at start.
 
-    (A ``FastFanoutError`` that is an ``OSError``, a ``TransportError``, stays itself.)
+    No room (``ENOSPC``, ``EFBIG``, ``EDQUOT``) is ``StoreFull``, as on a full disk later
+    (until 2026-12-07 ``StoreFailed``, whose advice was permissions). (A
+    ``FastFanoutError`` that is an ``OSError``, a ``TransportError``, stays itself.)
     """
     if isinstance(exc, FastFanoutError):
         return exc
     where = exc.filename if exc.filename is not None else directory
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return StoreFull(
+            f"no room to start on the data directory {directory}: {where}: "
+            f"{exc.strerror or exc}; free space on that file system (or give a data "
+            f"directory on a larger one), then start it again")
     return StoreFailed(
         f"cannot use the data directory {directory}: {where}: {exc.strerror or exc}; the "
         f"broker must read and write every file in it: check their permissions and owner, "

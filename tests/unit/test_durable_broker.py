@@ -1157,6 +1157,17 @@ def test_a_full_disk_gives_back_the_reserve_to_roll_away_a_settled_segment(
     assert [m.body for m in broker.receive("q", max_messages=100)] == [b"after"]
 
 
+def test_a_data_directory_that_finds_no_room_is_store_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # until 2026-12-07 StoreFailed, advising permissions and attributes
+    def no_room(path: object, mode: int = 0o777) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(os, "mkdir", no_room)
+    with pytest.raises(StoreFull, match=r"no room to start on the data directory .*free space"):
+        Broker(data_dir=tmp_path / "new")
+
+
 def test_a_reserve_not_taken_at_the_start_is_taken_at_a_commit(
         open_broker: Open, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A start on a full disk spends the reserve and cannot take it again; an embedded
