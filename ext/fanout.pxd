@@ -69,18 +69,20 @@ cdef class Dispatcher:
 
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
-                               object entries, int64_t now_us, int64_t topic)
+                               object entries, int64_t now_us, int64_t topic,
+                               bint single=*)
     cdef int publish_one(self, int64_t topic, uint32_t queue, object body, int64_t now_us,
                          uint64_t* message_id, uint32_t* deliveries,
                          unsigned char* duplicate) except -1
     cdef int _settle(self, const uint32_t* targets, uint32_t target_count, Py_ssize_t count,
                      int64_t now_us, int64_t topic, bint with_keys, bint filtering,
-                     uint64_t* ids, uint32_t* deliveries, unsigned char* duplicates) except -1
+                     uint64_t* ids, uint32_t* deliveries, unsigned char* duplicates,
+                     bint single) except -1
     cdef bytes _kept_topic(self, const uint32_t* targets, uint32_t target_count,
                            int64_t topic)
     cdef int _apply_filters(self, uint32_t topic, Py_ssize_t count) except -1
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
-                          bint with_keys) except -1
+                          bint with_keys, bint single) except -1
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
                            int64_t now_us, bint with_keys, int64_t topic,
-                           bint topic_content) except -1
+                           bint topic_content, bint single) except -1

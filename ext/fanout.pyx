@@ -28,6 +28,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy, memmove, memset
 
+from fastfanout._ext.bodies cimport ff_entry
 from fastfanout._ext.batches cimport (
     C_MAX_BODY,
     EncodedBatch,
@@ -784,16 +785,19 @@ cdef class Dispatcher:
                 self.topics[topic].filtered_out, len(<DedupWindow>self.topic_dedup[topic]),
                 (<DedupWindow>self.topic_dedup[topic]).evicted)
 
-    def publish(self, uint32_t topic, object entries, int64_t now_us):
-        """Publish a batch to a topic; returns a PublishBatch."""
+    def publish(self, uint32_t topic, object entries, int64_t now_us, bint single=False):
+        """Publish a batch to a topic; returns a PublishBatch. ``single``: the batch is
+        one call's one message, which a refusal does not name by place (no "entry 0: ")."""
         cdef PublishBatch batch = self._publish(
-            self.topics[topic].targets, self.topics[topic].target_count, entries, now_us, topic)
+            self.topics[topic].targets, self.topics[topic].target_count, entries, now_us, topic,
+            single)
         return batch
 
-    def send(self, uint32_t queue, object entries, int64_t now_us):
-        """Send a batch straight to one queue; returns a PublishBatch."""
+    def send(self, uint32_t queue, object entries, int64_t now_us, bint single=False):
+        """Send a batch straight to one queue; returns a PublishBatch (``single``: as
+        ``publish``)."""
         cdef uint32_t target = queue
-        return self._publish(&target, 1, entries, now_us, -1)
+        return self._publish(&target, 1, entries, now_us, -1, single)
 
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1:
         cdef Py_ssize_t capacity
@@ -827,7 +831,8 @@ cdef class Dispatcher:
         return 0
 
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
-                               object entries, int64_t now_us, int64_t topic):
+                               object entries, int64_t now_us, int64_t topic,
+                               bint single=False):
         cdef Store store = self.store
         cdef list items = None
         cdef Py_buffer frame_view
@@ -941,7 +946,7 @@ cdef class Dispatcher:
                     ff_rows_get(&rows, i, &row_body, &row_len)
                     if row_len > C_MAX_BODY:
                         raise MessageTooLarge(
-                            f"entry {i}: body of {row_len} bytes exceeds the hard limit of "
+                            f"{ff_entry(-1 if single else i)}body of {row_len} bytes exceeds the hard limit of "
                             f"{C_MAX_BODY} bytes")
                     self.dues[i] = INT64_MIN
                     self.scratch[i] = blob_new(
@@ -962,10 +967,10 @@ cdef class Dispatcher:
                     ahead = <uint64_t>record.record_len * RECORD_PREFETCH_AHEAD
                     if ahead < reader.remaining:
                         ff_prefetch_object(reader.pos + ahead, FF_RECORD_HEADER_SIZE)
-                    self.scratch[i] = blob_from_record(&record, i, now_us, journaled,
+                    self.scratch[i] = blob_from_record(&record, -1 if single else i, now_us, journaled,
                                                       &self.dues[i], anchor)
                 else:
-                    self.scratch[i] = make_blob(items[i], i, now_us, journaled, &self.dues[i])
+                    self.scratch[i] = make_blob(items[i], -1 if single else i, now_us, journaled, &self.dues[i])
                 if topic_name is not None:
                     self.scratch[i] = blob_with_topic(
                         self.scratch[i], topic_name, <uint16_t>len(topic_name))
@@ -1010,7 +1015,7 @@ cdef class Dispatcher:
             self.batch_attributes = None
             raise
         self._settle(targets, target_count, count, now_us, topic, with_keys, filtering,
-                     batch.ids, batch.deliveries, batch.duplicates)
+                     batch.ids, batch.deliveries, batch.duplicates, single)
         return batch
 
     cdef int publish_one(self, int64_t topic, uint32_t queue, object body, int64_t now_us,
@@ -1062,12 +1067,13 @@ cdef class Dispatcher:
             self.keys[0].high ^= BODY_KEY_MARK
             with_keys = True
         self._settle(targets, target_count, 1, now_us, topic, with_keys, filtering,
-                     message_id, deliveries, duplicate)
+                     message_id, deliveries, duplicate, True)
         return 0
 
     cdef int _settle(self, const uint32_t* targets, uint32_t target_count, Py_ssize_t count,
                      int64_t now_us, int64_t topic, bint with_keys, bint filtering,
-                     uint64_t* ids, uint32_t* deliveries, unsigned char* duplicates) except -1:
+                     uint64_t* ids, uint32_t* deliveries, unsigned char* duplicates,
+                     bint single) except -1:
         """Passes 2 and 3 of a batch whose ``count`` blobs are in ``scratch``: check every
         target, then commit (or raise, changing nothing). Releases the scratch blobs
         either way; writes each entry's id, copies and duplicate flag."""
@@ -1088,13 +1094,13 @@ cdef class Dispatcher:
         try:
             memset(self.skip, 0, count * target_count)
             if topic >= 0:
-                self._check_topic(topic, count, now_us, with_keys)
+                self._check_topic(topic, count, now_us, with_keys, single)
                 if filtering:
                     self._apply_filters(<uint32_t>topic, count)
             # Pass 2: per target, which copies it takes, and whether they all fit.
             for t in range(target_count):
                 self._check_target(targets[t], t, count, now_us, with_keys, topic,
-                                   topic >= 0 and self.topics[topic].content_dedup)
+                                   topic >= 0 and self.topics[topic].content_dedup, single)
         except BaseException:
             for i in range(count):
                 blob_release(self.scratch[i])
@@ -1261,7 +1267,7 @@ cdef class Dispatcher:
         return 0
 
     cdef int _check_topic(self, int64_t topic, Py_ssize_t count, int64_t now_us,
-                          bint with_keys) except -1:
+                          bint with_keys, bint single) except -1:
         """FIFO rules and topic-level deduplication of a batch."""
         cdef topic_t* record = &self.topics[topic]
         cdef DedupWindow window = <DedupWindow>self.topic_dedup[topic]
@@ -1274,10 +1280,10 @@ cdef class Dispatcher:
                 blob = self.scratch[i]
                 if blob.group_len == 0:
                     raise InvalidArgument(
-                        f"entry {i}: topic is FIFO: every message needs a group_id")
+                        f"{ff_entry(-1 if single else i)}topic is FIFO: every message needs a group_id")
                 if blob.dedup_len == 0 and not record.content_dedup:
                     raise InvalidArgument(
-                        f"entry {i}: FIFO topic without content_dedup: every message needs "
+                        f"{ff_entry(-1 if single else i)}FIFO topic without content_dedup: every message needs "
                         f"a dedup_id")
         if not with_keys:
             return 0
@@ -1302,7 +1308,7 @@ cdef class Dispatcher:
 
     cdef int _check_target(self, uint32_t queue, uint32_t position, Py_ssize_t count,
                            int64_t now_us, bint with_keys, int64_t topic,
-                           bint topic_content) except -1:
+                           bint topic_content, bint single) except -1:
         """Which copies queue ``queue`` takes (skip row), FIFO rules, size and room.
 
         ``topic`` -1: the batch is a send to this queue alone (direct), so a duplicate copy
@@ -1336,11 +1342,11 @@ cdef class Dispatcher:
             if fifo:
                 if blob.group_len == 0:
                     raise InvalidArgument(
-                        f"entry {i}: queue {store.names[queue]!r} is FIFO: every message needs "
+                        f"{ff_entry(-1 if single else i)}queue {store.names[queue]!r} is FIFO: every message needs "
                         f"a group_id")
                 if blob.dedup_len == 0 and not content:
                     raise InvalidArgument(
-                        f"entry {i}: FIFO queue {store.names[queue]!r} without content_dedup: "
+                        f"{ff_entry(-1 if single else i)}FIFO queue {store.names[queue]!r} without content_dedup: "
                         f"every message needs a dedup_id")
             if in_batch is not None and (self.keys[i].low | self.keys[i].high) and (
                     blob.dedup_len or content):
@@ -1365,14 +1371,14 @@ cdef class Dispatcher:
                 if not direct:
                     self._credit(record, position, SUB_OVERSIZED, 1)
                 raise MessageTooLarge(
-                    f"entry {i}: a message of {size} bytes (body + attributes) exceeds the "
+                    f"{ff_entry(-1 if single else i)}a message of {size} bytes (body + attributes) exceeds the "
                     f"max_message_size of {store.queue(queue).max_message_size} bytes of queue "
                     f"{store.names[queue]!r}")
             if (self.dues[i] != INT64_MIN
                     and self.dues[i] - now_us >= store.queue(queue).retention_us):
                 # Accepted, it would be dropped by retention before it is ever visible.
                 raise InvalidArgument(
-                    f"entry {i}: due in {(self.dues[i] - now_us) / 1e6:g} s (its delay or "
+                    f"{ff_entry(-1 if single else i)}due in {(self.dues[i] - now_us) / 1e6:g} s (its delay or "
                     f"deliver_at) but queue {store.names[queue]!r} keeps messages for "
                     f"retention={store.queue(queue).retention_us / 1e6:g} s: it would be "
                     f"dropped before delivery")

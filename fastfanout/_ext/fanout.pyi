@@ -59,8 +59,10 @@ class Dispatcher:
         self, topic: int, now_us: int
     ) -> tuple[int, int, int, int, int, int, int]: ...
     def publish(
-        self, topic: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int
+        self, topic: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int,
+        single: bool = ...,
     ) -> PublishBatch: ...
     def send(
-        self, queue: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int
+        self, queue: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int,
+        single: bool = ...,
     ) -> PublishBatch: ...

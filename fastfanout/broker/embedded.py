@@ -104,8 +104,6 @@ __all__ = [
     "TopicSettings",
 ]
 
-_FIRST_ENTRY = "entry 0: "
-"""How the dispatcher names the one message of a batch of one in a refusal."""
 
 def _entry(
     body: Body,
@@ -258,7 +256,7 @@ class Broker:
 
     def _enqueue(self, topic: str | None, queue: str | None,
                  entries: Iterable[Any] | EncodedBatch | RingBatch,
-                 commit: bool = True) -> PublishBatch:
+                 commit: bool = True, single: bool = False) -> PublishBatch:
         """Run one batch through the dispatcher: to a topic's queues, or to one queue.
 
         A durable broker refuses it when its store is full or failed, and (``commit``)
@@ -274,12 +272,12 @@ class Broker:
                 topic_id = self._topics.get(topic) if type(topic) is str else None
                 if topic_id is None:
                     topic_id = self._topic_id(topic)   # raises the right error
-                batch = self._dispatcher.publish(topic_id, entries, now_us)
+                batch = self._dispatcher.publish(topic_id, entries, now_us, single)
             else:
                 queue_id = self._queues.get(queue) if type(queue) is str else None
                 if queue_id is None:
                     queue_id = self._queue_id(queue)   # raises the right error
-                batch = self._dispatcher.send(queue_id, entries, now_us)
+                batch = self._dispatcher.send(queue_id, entries, now_us, single)
             self._arrivals.notify_all()   # one test in C when nobody waits
             if durable is not None:
                 if commit:
@@ -290,16 +288,12 @@ class Broker:
 
     def _enqueue_one(self, topic: str | None, queue: str | None,
                      entry: Body | PublishEntry) -> PublishResult:
-        """``publish``/``send`` of one message: a batch of one."""
-        try:
-            result: PublishResult = self._enqueue(topic, queue, [entry])[0]
-        except FastFanoutError as error:
-            # the batch names its entry ("entry 0: ..."): nothing a call of one message
-            # knows of (the clients' words have no such prefix)
-            text = str(error)
-            if not text.startswith(_FIRST_ENTRY):
-                raise
-            raise type(error)(text[len(_FIRST_ENTRY):]) from None
+        """``publish``/``send`` of one message: a batch of one.
+
+        Its refusals name no place in it ("entry 0: ...": nothing a call of one message
+        knows of): the dispatcher is told (``single``).
+        """
+        result: PublishResult = self._enqueue(topic, queue, [entry], single=True)[0]
         return result
 
     def publish(
