@@ -19,6 +19,9 @@ from fastfanout.interrupts import start_process
 
 START_DEADLINE = 30.0
 """Seconds a broker process or a benchmark child may take to start answering."""
+START_ATTEMPTS = 3
+"""Brokers started on fresh tcp ports before giving up: a port picked free can be taken
+by another program before the broker binds it."""
 JOIN_DEADLINE = 10.0
 """Seconds each process is given to exit, then to die after SIGTERM, then SIGKILL."""
 MAX_REQUEST_BYTES = 65 * 1024 * 1024
@@ -116,10 +119,14 @@ def stop_processes(processes: list[Any], deadline: float = JOIN_DEADLINE) -> Non
 
 
 def free_tcp_endpoint() -> str:
-    """``tcp://127.0.0.1:PORT`` on a port nothing listens on now."""
+    """``tcp://127.0.0.1:PORT`` where nothing listens on PORT and PORT + 1 now.
+
+    PORT + 1 is a broker's stream endpoint (``fastfanout.server.loop.serve``); both are
+    below the kernel's range of outgoing ports where it can be read (``free_port``).
+    """
     from fastfanout.bench.servers import free_port
 
-    return f"tcp://127.0.0.1:{free_port()}"
+    return f"tcp://127.0.0.1:{free_port(2)}"
 
 
 @contextmanager
@@ -136,14 +143,28 @@ def broker_process(transport: str = "ipc", data_dir: str | None = None,
     Terminated (and reaped) on exit, and its temporary directory removed.
     """
     with socket_directory("ffbench-") as directory:
-        if transport == "tcp":
-            endpoint = free_tcp_endpoint()
-        else:
-            endpoint = f"ipc://{os.path.join(directory, 'ff.sock')}"
-        broker = spawn().Process(target=serve_broker, args=(endpoint, data_dir, fsync))
-        start_process(broker)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if transport == "tcp":
+                endpoint = free_tcp_endpoint()
+            else:
+                endpoint = f"ipc://{os.path.join(directory, 'ff.sock')}"
+            broker = spawn().Process(target=serve_broker, args=(endpoint, data_dir, fsync))
+            start_process(broker)
+            try:
+                client = connect_when_up(endpoint, broker)
+            except RuntimeError:
+                # exited before answering: on tcp, a port taken since it was picked
+                stop_processes([broker])
+                if transport != "tcp" or attempt == START_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                broker.terminate()
+                stop_processes([broker])
+                raise
+            client.close()
+            break
         try:
-            connect_when_up(endpoint, broker).close()
             yield endpoint, broker
         finally:
             broker.terminate()

@@ -20,7 +20,9 @@ says so in one line (``redis_unavailable()`` / ``nats_unavailable()`` /
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,6 +51,12 @@ RABBITMQ_SCRIPT = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 ``rabbitmq`` user and its home, which a benchmark's own server must not use."""
 STOP_DEADLINE = 10.0    # seconds after SIGTERM before SIGKILL
 START_ATTEMPTS = 3      # a port picked free may be taken before the server binds it
+PORT_FLOOR = 10000
+"""The lowest port ``free_port`` picks (below it: well-known and registered services)."""
+PORT_ATTEMPTS = 100
+"""Runs of ports ``free_port`` tries before giving up."""
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+"""Linux's range of the ports of outgoing connections ("32768 60999")."""
 REDIS_FSYNC = ("always", "everysec", "no", "off")
 NATS_SYNC = ("always", "default")
 
@@ -70,11 +78,44 @@ class Peer:
         return f"{scheme}://{self.host}:{self.port}"
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive TCP ports of 127.0.0.1 that nothing listens on now.
+
+    Picked below the kernel's ephemeral range (``ip_local_port_range``) when it can be
+    read, from ``PORT_FLOOR`` up: outgoing connections take their ports from that range,
+    so none of them can take a port picked here before its server binds it (a benchmark
+    broker's stream port, the command port + 1, was taken so). Elsewhere, the kernel's
+    pick, checked with the ports after it.
+
+    Raises:
+        PeerUnavailable: no free run of ``count`` ports in PORT_ATTEMPTS tries.
+    """
+    low, high = PORT_FLOOR, _ephemeral_floor() - count
+    for _ in range(PORT_ATTEMPTS):
+        with contextlib.ExitStack() as probes:
+            def probe(port: int) -> int:
+                sock = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind((HOST, port))
+                return int(sock.getsockname()[1])
+
+            try:
+                first = probe(random.randrange(low, high) if high > low else 0)
+                for offset in range(1, count):
+                    probe(first + offset)
+            except OSError:
+                continue
+            return first
+    raise PeerUnavailable(f"no {count} free consecutive tcp port(s) on {HOST} in "
+                          f"{PORT_ATTEMPTS} tries")
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port of the kernel's ephemeral range, or 0 where it cannot be read."""
+    try:
+        with open(EPHEMERAL_RANGE_FILE) as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def find_binary(name: str, variable: str) -> str | None:

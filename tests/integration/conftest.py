@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import zmq
 
+from fastfanout.bench.processes import free_tcp_endpoint as bench_free_tcp_endpoint
 from fastfanout.client import Client, connect
 from fastfanout.errors import FastFanoutError
 from fastfanout.server.loop import Server
@@ -29,18 +29,9 @@ DEADLINE = 10.0
 
 
 def free_tcp_endpoint() -> str:
-    # two consecutive free ports: command endpoint and its stream endpoint (port + 1)
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        try:
-            with socket.socket() as second:
-                second.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return f"tcp://127.0.0.1:{port}"
-    raise RuntimeError("no two consecutive free tcp ports")
+    # command endpoint and its stream endpoint (port + 1), below the ports of outgoing
+    # connections (one took a picked stream port before its broker bound it)
+    return bench_free_tcp_endpoint()
 
 
 class Tracker:

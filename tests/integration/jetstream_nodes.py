@@ -9,7 +9,6 @@ line why the tests cannot run here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastfanout.bench.servers import find_binary, nats_unavailable
+from fastfanout.bench.servers import free_port as bench_free_port
 
 HOST = "127.0.0.1"
 START_DEADLINE = 20.0
@@ -31,17 +31,14 @@ def unavailable() -> str | None:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports on HOST.
+    """``count`` distinct free ports on HOST (consecutive, below the outgoing ports).
 
-    All are bound at once: one probe at a time could be given a port a probe before it
+    All are checked at once: one probe at a time could be given a port a probe before it
     just closed (a CI run's cluster node got the same port to listen for clients and for
     its routes, and did not start).
     """
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind((HOST, 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
+    first = bench_free_port(count)
+    return list(range(first, first + count))
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastfanout import NotFound
+from fastfanout.bench.servers import free_port
 from fastfanout.client import connect
 from fastfanout.metrics import SERVER_GAUGES, exposition, serve_metrics
 
@@ -149,12 +150,6 @@ def test_cli_metrics_and_stats_refuse_wrong_input_in_one_line(track: Tracker) ->
                                                  "--listen", "9771"), 2)
     assert "no broker" in one_line_error(run_cli("stats", "--prometheus", "--endpoint",
                                                  missing), 1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_serve_with_metrics_serves_them_from_the_brokers_process(track: Tracker) -> None:
