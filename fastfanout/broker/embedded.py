@@ -24,6 +24,7 @@ next timer due time.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 import weakref
@@ -134,7 +135,17 @@ def _administration(
     @functools.wraps(method)
     def delegated(broker: Broker, /, *args: _Arguments.args,
                   **kwargs: _Arguments.kwargs) -> _Result:
-        return method(broker._admin, *args, **kwargs)
+        try:
+            return method(broker._admin, *args, **kwargs)
+        except TypeError:
+            # Python names the part's method in a wrong call's error
+            # ("Administration.create_queue() got an unexpected keyword argument"): the
+            # user called Broker's. A TypeError from within the call is left as it is.
+            try:
+                inspect.signature(method).bind(broker._admin, *args, **kwargs)
+            except TypeError as wrong:
+                raise TypeError(f"Broker.{method.__name__}() {wrong}") from None
+            raise
 
     delegated.__qualname__ = f"Broker.{method.__name__}"
     return delegated

@@ -627,3 +627,38 @@ def test_next_due_in_reports_a_broken_clock(clock):
     clock.now = -1.0
     with pytest.raises(InvalidArgument, match="clock"):
         broker.next_due_in()
+
+
+@pytest.mark.parametrize(("call", "args", "kwargs", "expected"), [
+    ("create_queue", ("q",), {"visiblity_timeout": 3.0},
+     "Broker.create_queue() got an unexpected keyword argument 'visiblity_timeout'"),
+    ("create_topic", (), {}, "Broker.create_topic() missing a required argument: 'name'"),
+    ("subscribe", ("t", "q", None, None, None, None), {},
+     "Broker.subscribe() too many positional arguments"),
+])
+def test_a_wrong_call_of_an_administration_method_names_the_brokers_method(
+        call: str, args: tuple[object, ...], kwargs: dict[str, object],
+        expected: str) -> None:
+    # Python named the part the broker holds ("Administration.create_queue() got an
+    # unexpected keyword argument"): the user called Broker's method
+    with Broker() as broker:
+        broker.create_queue("q")
+        before = (broker.list_topics(), broker.list_queues(), broker.queue_settings("q"))
+        with pytest.raises(TypeError) as raised:
+            getattr(broker, call)(*args, **kwargs)
+        assert str(raised.value).startswith(expected)
+        assert "Administration" not in str(raised.value)
+        assert (broker.list_topics(), broker.list_queues(),
+                broker.queue_settings("q")) == before
+
+
+def test_a_type_error_from_within_an_administration_call_is_left_as_it_is(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastfanout.broker import administration
+
+    def broken(kind: str, name: object) -> None:
+        raise TypeError("from within")
+
+    monkeypatch.setattr(administration, "check_name", broken)
+    with Broker() as broker, pytest.raises(TypeError, match=r"^from within$"):
+        broker.create_topic("t")
