@@ -72,6 +72,7 @@ class Producer:
         published: messages published so far (flushed and accepted by the broker).
         full_count: offers that found the ring full and flushed it first.
         dropped_batches: drained batches refused with ``MessageTooLarge`` and dropped.
+        discarded: messages dropped by ``discard()`` (offered, never published).
     """
 
     def __init__(self, publish_ring: PublishRing, topic: str, capacity: int,
@@ -89,6 +90,7 @@ class Producer:
         self.published = 0
         self.full_count = 0
         self.dropped_batches = 0
+        self.discarded = 0
 
     def offer(self, body: Body) -> None:
         """Add a message; it is published by the next flush (or when the ring is full).
@@ -192,10 +194,31 @@ class Producer:
         return 0 if self._held is None else count_ring_batch(self._held)
 
     def close(self) -> None:
-        """Flush what is left, then refuse further offers."""
+        """Flush what is left, then refuse further offers.
+
+        Raises:
+            FastFanoutError: the flush was refused (as ``flush``); the producer stays
+                open with its messages, for a later ``close()`` — or ``discard()`` them
+                first when they can never be published (their topic was deleted).
+        """
         if not self._closed:
             self.flush()
             self._closed = True
+
+    def discard(self) -> int:
+        """Drop every message offered and not yet published; returns how many.
+
+        The way out when a flush is refused for good (the topic was deleted, and the
+        producer cannot close): the messages are not published, and are counted in
+        ``discarded``. Offers made after it are published as usual.
+        """
+        with self._drain_lock:
+            count = len(self._ring) + self._held_count()
+            self._held = None
+            while len(self._ring):
+                self._ring.poll_batch(DRAIN_BATCH)
+            self.discarded += count
+            return count
 
     def detach(self) -> None:
         """Refuse further offers without a flush: its broker is closing (``Broker.close``).

@@ -135,9 +135,11 @@ class ProducerCore:
         refused_frames: frames the broker refused (each kept and sent again by a flush,
             but those refused for their size).
         dropped_frames: frames refused for their size (``never_publishable``) and dropped.
+        discarded: messages dropped by ``discard()`` (offered, never published).
     """
 
-    __slots__ = ("batch_bytes", "batch_messages", "builder", "closed", "dropped_frames",
+    __slots__ = ("batch_bytes", "batch_messages", "builder", "closed", "discarded",
+                 "dropped_frames",
                  "in_flight", "kept", "linger", "max_in_flight", "published", "queued",
                  "refused_frames", "topic")
 
@@ -153,7 +155,7 @@ class ProducerCore:
         self.queued: deque[bytes] = deque()
         self.kept: deque[bytes] = deque()
         self.closed = False
-        self.published = self.refused_frames = self.dropped_frames = 0
+        self.published = self.refused_frames = self.dropped_frames = self.discarded = 0
 
     def check_open(self) -> None:
         """Raise ``Closed`` once the producer is closed.
@@ -209,6 +211,20 @@ class ProducerCore:
             raise
         self.kept.popleft()
         return request
+
+    def discard(self) -> int:
+        """Drop the open frame and the frames queued and kept; returns their messages.
+
+        Frames in flight are not touched: the driver waits for their answers first.
+        """
+        frames = [*self.queued, *self.kept]
+        count = len(self.builder) + sum(count_of(frame) for frame in frames)
+        if len(self.builder):
+            self.builder.take()
+        self.queued.clear()
+        self.kept.clear()
+        self.discarded += count
+        return count
 
     def unanswered(self) -> int:
         """Frames in flight whose answer has not arrived (a snapshot)."""
@@ -293,6 +309,11 @@ class ProducerFace:
     def pending(self) -> int:
         """Messages offered and not yet accepted (open, queued, in flight, kept)."""
         return self.core.pending
+
+    @property
+    def discarded(self) -> int:
+        """Messages dropped by ``discard()``: offered, never published."""
+        return self.core.discarded
 
     def _send(self, frame: bytes) -> Request:
         """Send a frame (raising if it cannot be): it is in flight until answered."""
@@ -502,10 +523,35 @@ class RemoteProducer(BlockingOnly, ProducerFace,
         return self._opened_at + core.linger
 
     def close(self) -> None:
-        """Flush what is left, then refuse further offers."""
+        """Flush what is left, then refuse further offers.
+
+        Raises:
+            FastFanoutError: the flush was refused (as ``flush``); the producer stays
+                open with its kept frames, for a later ``close()`` — or ``discard()``
+                them first when they can never be published (their topic was deleted).
+        """
         if not self.core.closed:
             self.flush()
             self.core.closed = self._gate.closed = True
+
+    def discard(self) -> int:
+        """Drop every message offered and not yet accepted; returns how many.
+
+        The way out when a flush is refused for good (the topic was deleted, and the
+        producer cannot close): the answers of the frames in flight are waited for
+        first (accepted ones are published; refused ones are dropped with the rest),
+        then the open frame and the refused frames are dropped, counted in
+        ``discarded``, and not published. Offers made after it are sent as usual.
+        """
+        core, connection = self.core, self._connection
+        self._flushing = True
+        try:
+            while core.in_flight:
+                self._wait_oldest()
+            with connection.lock:
+                return core.discard()
+        finally:
+            self._flushing = False
 
     def __enter__(self) -> RemoteProducer:
         self.core.check_open()
@@ -722,10 +768,35 @@ class AsyncProducer(ProducerFace):
         self._answered.set()
 
     async def close(self) -> None:
-        """Flush what is left, then refuse further offers."""
+        """Flush what is left, then refuse further offers.
+
+        Raises:
+            FastFanoutError: the flush was refused (as ``flush``); the producer stays
+                open with its kept frames, for a later ``close()`` — or ``discard()``
+                them first when they can never be published (their topic was deleted).
+        """
         if not self.core.closed:
             await self.flush()
             self.core.closed = self._gate.closed = True
+
+    async def discard(self) -> int:
+        """Drop every message offered and not yet accepted; returns how many.
+
+        As the blocking producer's ``discard``: the frames not sent yet are dropped at
+        once, the answers of those in flight are waited for (accepted ones are
+        published; refused ones are dropped with the rest), and the messages dropped
+        are counted in ``discarded`` and not published.
+
+        Raises:
+            WrongEventLoop: called from another event loop than its client's.
+        """
+        core = self.core
+        self._connection.check_loop()
+        dropped = core.discard()   # nothing queued is sent while the answers come
+        while core.in_flight:
+            await self._wait_answer()
+        self._refusal = self._kept_error = None
+        return dropped + core.discard()
 
     async def __aenter__(self) -> AsyncProducer:
         self.core.check_open()

@@ -321,3 +321,28 @@ def test_offers_and_flushes_from_another_thread_are_refused_and_change_nothing(
             assert await _bodies(client) == [b"own0", b"own1"]
 
     asyncio.run(main())
+
+
+def test_a_producer_whose_topic_was_deleted_discards_its_messages_and_closes(
+        track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as client:
+            await _setup(client)
+            producer = await client.producer("t", batch_messages=10, max_in_flight=1,
+                                             linger=60)
+            await client.delete_topic("t")
+            for n in range(25):
+                producer.offer(b"x%d" % n)    # refused: no topic
+            with pytest.raises(fastfanout.NotFound):
+                await producer.close()
+            assert producer.pending == 25
+            assert await producer.discard() == 25
+            assert producer.pending == 0 and producer.discarded == 25
+            await producer.close()            # nothing left: it closes
+            with pytest.raises(fastfanout.Closed):
+                producer.offer(b"late")
+            assert producer.published == 0
+
+    asyncio.run(main())

@@ -158,3 +158,42 @@ def test_a_refused_flush_at_broker_close_is_raised_and_the_broker_closes(broker)
         producer.offer(b"late")
     with pytest.raises(Closed):
         broker.publish("t", b"x")
+
+
+def test_a_producer_whose_topic_was_deleted_discards_its_messages_and_closes(broker):
+    # until 2026-12-07 close() raised NotFound at every call, the producer stayed open,
+    # and broker.close() raised it too: no way to drop messages meant for a topic
+    # deleted on purpose
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    producer = broker.producer("t")
+    producer.offer(b"kept")
+    producer.flush()
+    for n in range(5):
+        producer.offer(b"x%d" % n)
+    broker.delete_topic("t")
+    with pytest.raises(NotFound):
+        producer.close()
+    producer.offer(b"y")                     # still open: taken
+    assert producer.pending == 6
+    assert producer.discard() == 6
+    assert producer.pending == 0 and producer.discarded == 6
+    producer.close()
+    with pytest.raises(Closed):
+        producer.offer(b"late")
+    assert producer.published == 1
+    broker.close()                           # no refusal left to raise
+    assert producer.discard() == 0
+
+
+def test_a_discard_leaves_the_producer_usable(broker):
+    broker.create_topic("t")
+    broker.create_queue("q")
+    broker.subscribe("t", "q")
+    producer = broker.producer("t")
+    producer.offer(b"dropped")
+    assert producer.discard() == 1
+    producer.offer(b"sent")
+    producer.close()
+    assert [m.body for m in broker.receive("q", max_messages=10)] == [b"sent"]

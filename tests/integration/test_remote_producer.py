@@ -278,3 +278,47 @@ def test_a_body_over_the_request_limit_is_refused_at_offer(track: Tracker,
     producer.flush()
     producer.close()
     assert _bodies(client) == [b"a", b"b"]
+
+
+def test_a_producer_whose_topic_was_deleted_discards_its_messages_and_closes(
+        track: Tracker, endpoint: str) -> None:
+    # until 2026-12-07 close() raised NotFound at every call and the producer stayed
+    # open: no way to drop messages meant for a topic deleted on purpose
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client)
+    producer = client.producer("t", batch_messages=4, max_in_flight=2, linger=60)
+    for n in range(3):
+        producer.offer(b"a%d" % n)
+    producer.flush()
+    client.delete_topic("t")
+    for n in range(10):                     # two frames leave (and are refused)...
+        try:
+            producer.offer(b"x%d" % n)
+        except fastfanout.NotFound:
+            pass                             # ...and the offers after them flush first
+    with pytest.raises(fastfanout.NotFound):
+        producer.close()
+    assert producer.pending > 0
+    pending = producer.pending
+    assert producer.discard() == pending
+    assert producer.pending == 0 and producer.discarded == pending
+    producer.close()                        # nothing left: it closes
+    with pytest.raises(fastfanout.Closed):
+        producer.offer(b"late")
+    assert producer.published == 3
+    client.close()                          # no refusal left to raise
+
+
+def test_a_discard_keeps_what_the_broker_accepted(track: Tracker, endpoint: str) -> None:
+    track.server(endpoint)
+    client = track.client(endpoint)
+    _setup(client)
+    producer = client.producer("t", batch_messages=2, max_in_flight=8, linger=60)
+    for n in range(5):
+        producer.offer(b"m%d" % n)           # two frames in flight, one message open
+    assert producer.discard() == 1           # in flight: answered, published
+    assert producer.published == 4
+    producer.offer(b"after")
+    producer.close()
+    assert _bodies(client) == [b"m0", b"m1", b"m2", b"m3", b"after"]
