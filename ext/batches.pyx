@@ -88,7 +88,7 @@ def encode_attributes(object attributes):
     Raises:
         InvalidArgument: what a publish with them would raise.
     """
-    return _encode(attributes, 0)   # its errors name "entry 0", as a single publish's
+    return _encode(attributes, -1)   # its errors name no entry, as a single publish's
 
 
 cdef bytes _encode(object attributes, Py_ssize_t index):

@@ -905,6 +905,10 @@ cdef class Dispatcher:
             if array_batch:
                 ff_rows_close(&rows)
             return PublishBatch(0)
+        # a batch of one names no place in its refusals, as a single call: the server
+        # cannot tell a client's single publish from a batch of one (until 2026-12-07
+        # the clients' single calls said "entry 0: ...", the embedded broker's not)
+        single = single or count == 1
         try:
             self._reserve_scratch(count, target_count)
         except BaseException:
