@@ -401,6 +401,11 @@ def serve(config_path: str | None, **given: Any) -> None:
     from fastfanout.server.loop import serve as run_server
     from fastfanout.transport.sockets import load_curve_keys
 
+    if given["in_memory"] and given["data_dir"] is not None:
+        # a malformed command line (exit 2), as click's own checks are; the same
+        # conflict in the file is the file's error (load_config, exit 1)
+        raise click.UsageError("--in-memory and --data-dir exclude each other: a broker "
+                               "keeps its data either in memory or in a data directory")
     try:
         config = load_config(config_path, given)
     except InvalidArgument as error:

@@ -286,10 +286,13 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
             origin = f"--{key.replace('_', '-')}" if key in given else source
             raise InvalidArgument(f"{origin}: {key} = {value!r} is malformed: {problem}")
     if config.in_memory and config.data_dir is not None:
-        origin = "--in-memory and --data-dir" if "data_dir" in given else source
-        raise InvalidArgument(
-            f"{origin}: in_memory = true and data_dir: a broker keeps its data either in "
-            f"memory or in a data directory; give one of them")
+        if "data_dir" in given:   # then in_memory was given too (the file's is set aside)
+            said = "--in-memory and --data-dir exclude each other"
+        else:
+            said = (f"{source}: in_memory = true and data_dir = {config.data_dir!r} exclude "
+                    f"each other")
+        raise InvalidArgument(f"{said}: a broker keeps its data either in memory or in a "
+                              f"data directory; give one of them")
     return config
 
 

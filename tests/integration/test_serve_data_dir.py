@@ -76,12 +76,33 @@ def test_storage_keys_and_options(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="--in-memory and --data-dir"):
         load_config(None, {"in_memory": True, "data_dir": "x"})
     both = config_file(tmp_path, "both.toml", "in_memory = true\ndata_dir = 'x'\n")
-    with pytest.raises(InvalidArgument, match=r"both\.toml: in_memory = true and data_dir"):
+    with pytest.raises(InvalidArgument,
+                       match=r"both\.toml: in_memory = true and data_dir = 'x' exclude"):
         load_config(both, {})
     for key, value in (("fsync", "sometimes"), ("fsync_interval", 0), ("max_disk_bytes", 65535),
                        ("in_memory", "yes")):
         with pytest.raises(InvalidArgument, match=f"--{key.replace('_', '-')}: {key} = "):
             load_config(None, {key: value})
+
+
+def test_in_memory_and_data_dir_on_the_command_line_is_a_usage_error(tmp_path: Path) -> None:
+    # a malformed command line: exit 2 and the way to the help, in one clean line (it
+    # was exit 1 with "--in-memory and --data-dir: in_memory = true and data_dir: ...")
+    done = run(["serve", "--endpoint", f"ipc://{tmp_path}/x.sock", "--in-memory",
+                "--data-dir", str(tmp_path / "d")])
+    assert_one_line_error(done.stderr, done.returncode)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "error: --in-memory and --data-dir exclude each other: a broker keeps its data "
+        "either in memory or in a data directory (see: fastfanout serve --help)\n")
+    assert not (tmp_path / "d").exists()
+    # both in the file is the file's error (exit 1), naming the file and both keys
+    both = config_file(tmp_path, "both.toml", "in_memory = true\ndata_dir = 'x'\n")
+    done = run(["serve", "--endpoint", f"ipc://{tmp_path}/x.sock", "--config", both])
+    assert_one_line_error(done.stderr, done.returncode)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(
+        f"error: {both}: in_memory = true and data_dir = 'x' exclude each other: "), done.stderr
 
 
 def test_serve_storage_options_fail_in_one_line(tmp_path: Path) -> None:
