@@ -231,6 +231,45 @@ def _read(path: str) -> dict[str, Any]:
         raise InvalidArgument(f"{path}: not valid TOML: {error}; {_HELP}") from None
 
 
+def _refuse_unusable(config: ServerConfig, judged: set[str], given: set[str], source: str
+                     ) -> None:
+    """Refuse values of the right type that would leave a broker unusable.
+
+    Only the keys in ``judged`` are judged (a rule on two keys, only when it holds both):
+    the file's own keys, or every key once the command line's are over them. A key in
+    ``given`` came from the command line and is named as its option; the others as
+    ``source`` (the file).
+    """
+    def origin(*keys: str) -> str:
+        if given & set(keys):
+            return "/".join(f"--{key.replace('_', '-')}" for key in keys)
+        return source
+
+    pair = {"heartbeat_interval", "heartbeat_timeout"}
+    if pair <= judged and not config.heartbeat_interval < config.heartbeat_timeout:
+        raise InvalidArgument(
+            f"{origin('heartbeat_interval', 'heartbeat_timeout')}: heartbeat_interval = "
+            f"{config.heartbeat_interval!r} must be below heartbeat_timeout = "
+            f"{config.heartbeat_timeout!r}; {_HELP}")
+    if "data_dir" in judged and config.data_dir == "":
+        raise InvalidArgument(f"{origin('data_dir')}: data_dir = '' is empty: give a "
+                              f"directory ('.' for this one)")
+    for key in ("endpoint", "stream_endpoint"):
+        value = getattr(config, key)
+        problem = endpoint_problem(value) if key in judged and value is not None else None
+        if problem is not None:
+            raise InvalidArgument(f"{origin(key)}: {key} = {value!r} is malformed: {problem}")
+    if ({"in_memory", "data_dir"} <= judged and config.in_memory
+            and config.data_dir is not None):
+        if "data_dir" in given:   # then in_memory was given too (the file's is set aside)
+            said = "--in-memory and --data-dir exclude each other"
+        else:
+            said = (f"{source}: in_memory = true and data_dir = {config.data_dir!r} exclude "
+                    f"each other")
+        raise InvalidArgument(f"{said}: a broker keeps its data either in memory or in a "
+                              f"data directory; give one of them")
+
+
 def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None
                 ) -> ServerConfig:
     """Read and check a config file, then apply command-line ``overrides`` over it.
@@ -241,8 +280,10 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
 
     Raises:
         InvalidArgument: the file cannot be read, is not TOML, holds a table or an
-            unknown key, or a value (its or an override's) has the wrong type or range;
-            one line naming the file and the key.
+            unknown key, or a value (its or an override's) has the wrong type or range
+            or would leave a broker unusable (an empty ``data_dir``, a malformed
+            endpoint, ``in_memory`` with ``data_dir``, ...); one line naming the file
+            and the key. The file is checked whole: a key an override replaces too.
     """
     data = _read(path) if path is not None else {}
     source = path or "the command line"
@@ -259,7 +300,11 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
     for values in (data, merged):
         if isinstance(values.get("log_level"), str):
             values["log_level"] = values["log_level"].upper()
-    for values, whose in ((data, source), (merged, None)):   # the file whole, then all
+    # the file whole (its every key, those the command line overrides included: an
+    # override sets the file's key aside in `merged`, so it is judged here or never),
+    # then all together
+    for values, judged, whose in ((data, set(data), source),
+                                  (merged, set(ServerConfig.__struct_fields__), None)):
         try:
             config = msgspec.convert(values, ServerConfig)
         except msgspec.ValidationError as error:
@@ -269,30 +314,7 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
             raise InvalidArgument(
                 f"{origin}: {key} = {values.get(key)!r} is not "
                 f"{EXPECTED.get(key, 'valid')} ({detail}); {_HELP}") from None
-    if not config.heartbeat_interval < config.heartbeat_timeout:
-        origin = ("--heartbeat-interval/--heartbeat-timeout" if
-                  {"heartbeat_interval", "heartbeat_timeout"} & set(given) else source)
-        raise InvalidArgument(
-            f"{origin}: heartbeat_interval = {config.heartbeat_interval!r} must be below "
-            f"heartbeat_timeout = {config.heartbeat_timeout!r}; {_HELP}")
-    if config.data_dir == "":
-        origin = "--data-dir" if "data_dir" in given else source
-        raise InvalidArgument(f"{origin}: data_dir = '' is empty: give a directory "
-                              f"('.' for this one)")
-    for key in ("endpoint", "stream_endpoint"):
-        value = getattr(config, key)
-        problem = endpoint_problem(value) if value is not None else None
-        if problem is not None:
-            origin = f"--{key.replace('_', '-')}" if key in given else source
-            raise InvalidArgument(f"{origin}: {key} = {value!r} is malformed: {problem}")
-    if config.in_memory and config.data_dir is not None:
-        if "data_dir" in given:   # then in_memory was given too (the file's is set aside)
-            said = "--in-memory and --data-dir exclude each other"
-        else:
-            said = (f"{source}: in_memory = true and data_dir = {config.data_dir!r} exclude "
-                    f"each other")
-        raise InvalidArgument(f"{said}: a broker keeps its data either in memory or in a "
-                              f"data directory; give one of them")
+        _refuse_unusable(config, judged, set() if whose else set(given), source)
     return config
 
 

@@ -417,6 +417,15 @@ def test_config_file_and_options(tmp_path: Path) -> None:
     ("max_held_bytes = 0\n", {}, "c.toml: max_held_bytes = 0 is not"),
     # the file is checked whole, a key the command line overrides included
     ("endpoint = 5\n", {"endpoint": "ipc:///tmp/x.sock"}, "c.toml: endpoint = 5 is not"),
+    # ... beyond its type too: an override set the file's key aside unchecked
+    ("data_dir = ''\n", {"in_memory": True}, "c.toml: data_dir = '' is empty"),
+    ("data_dir = ''\n", {"data_dir": "d"}, "c.toml: data_dir = '' is empty"),
+    ("endpoint = 'tcp://h'\n", {"endpoint": "ipc:///tmp/x.sock"},
+     "c.toml: endpoint = 'tcp://h' is malformed"),
+    ("heartbeat_interval = 3.0\nheartbeat_timeout = 1.0\n", {"heartbeat_timeout": 9.0},
+     "c.toml: heartbeat_interval = 3.0 must be below heartbeat_timeout = 1.0"),
+    ("in_memory = true\ndata_dir = 'x'\n", {"data_dir": "d"},
+     "c.toml: in_memory = true and data_dir = 'x' exclude each other"),
 ])
 def test_config_values_that_would_leave_a_broker_unusable_are_refused(
         tmp_path: Path, text: str, given: dict[str, Any], said: str) -> None:
@@ -433,6 +442,19 @@ def test_server_refuses_a_frame_limit_no_request_fits_and_endless_heartbeats() -
         Server("ipc:///tmp/never-bound.sock", heartbeat_timeout=float("inf"))
     with pytest.raises(InvalidArgument, match="empty"):
         fastfanout.Broker(data_dir="")
+
+
+def test_serve_checks_the_file_whole_under_in_memory(tmp_path: Path) -> None:
+    # --in-memory sets the file's data_dir aside, but the file is still checked whole:
+    # until now `serve --config c.toml --in-memory` served with data_dir = '' in it
+    path = config_file(tmp_path, "c.toml", "data_dir = ''\n")
+    done = run(["serve", "--config", path, "--endpoint", f"ipc://{tmp_path}/b.sock",
+                "--in-memory"])
+    assert_one_line_error(done.stderr, done.returncode)
+    assert done.returncode == 1
+    assert done.stderr == (f"error: {path}: data_dir = '' is empty: give a directory "
+                           f"('.' for this one)\n")
+    assert not (tmp_path / "b.sock").exists()
 
 
 def test_serve_reads_the_config_and_max_request_bytes(track: Tracker, tmp_path: Path) -> None:
