@@ -1659,19 +1659,36 @@ def metrics(endpoint: str | None, listen: str | None) -> None:
 
     An exporter beside the broker (as NATS's): each scrape asks the broker for its
     counters (those of fastfanout stats; the names are in docs/metrics.md). A broker that
-    does not answer a scrape shows as fastfanout_up 0 until it is back. Runs until
-    SIGTERM, SIGINT or SIGHUP (exit 0).
+    does not answer a scrape (not started yet, stopped, restarting) shows as
+    fastfanout_up 0 until it is back, so the exporter may start before the broker. Runs
+    until SIGTERM, SIGINT or SIGHUP (exit 0).
     """
-    from fastfanout.metrics import DEFAULT_METRICS_ADDRESS
+    from fastfanout.metrics import DEFAULT_METRICS_ADDRESS, ServedBroker
+    from fastfanout.runtime import ipc_occupant
 
     address = listen or DEFAULT_METRICS_ADDRESS
     host, port = _metrics_address(address, "--listen")
+    endpoint = _resolve(endpoint)
+    occupant = ipc_occupant(endpoint)
+    if occupant is not None:   # a file of the user's: no broker will ever answer there
+        _exit_with(f"error: no broker at {endpoint} ({endpoint[len('ipc://'):]} is "
+                   f"{occupant}, not a broker's socket); point --endpoint (or "
+                   f"$FASTFANOUT_ENDPOINT) at a broker's socket", 1)
+    served = ServedBroker(endpoint)   # connects at a scrape, once a broker answers
+    served.attach(_client_curve())
     with sigterm_as_interrupt():
         try:
-            with _connected(endpoint) as client, \
-                    _listen_for_metrics(client, host, port, address, "--listen") as server:
-                click.echo(f"serving the metrics of {_resolve(endpoint)} at {server.url}")
-                threading.Event().wait()
+            with _listen_for_metrics(served, host, port, address, "--listen") as server:
+                try:
+                    try:   # the broker's connection made now, before the line says so
+                        served.server_stats()
+                    except FastFanoutError:
+                        click.echo(f"no broker answers at {endpoint} yet: scrapes read "
+                                   f"fastfanout_up 0 until one does", err=True)
+                    click.echo(f"serving the metrics of {endpoint} at {server.url}")
+                    threading.Event().wait()
+                finally:
+                    served.close()
         except KeyboardInterrupt:   # stopped, as asked: the endpoint and client closed
             pass
 

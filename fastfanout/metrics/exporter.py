@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 
 from fastfanout.errors import BrokenConnection, InvalidArgument
 from fastfanout.metrics.families import BrokerCollector
+from fastfanout.runtime import ipc_problem
 
 if TYPE_CHECKING:
     from fastfanout.client import Client
@@ -107,16 +108,20 @@ def serve_metrics(source: Any, address: str = DEFAULT_METRICS_ADDRESS) -> Metric
 
 
 class ServedBroker:
-    """The broker server of this process, read through a client of its own.
+    """A broker server read through a client of its own, made when the broker answers.
 
     What ``fastfanout serve --metrics`` scrapes: the endpoint listens before the broker
     binds (so a taken port fails the start, before anything else), and scrapes read
     ``fastfanout_up 0`` until the server calls ``attach`` once bound; the client is made
     at the first scrape after that, when the server's loop answers it.
+
+    What ``fastfanout metrics`` scrapes too, attached at once: a broker that is not
+    there yet (the exporter started first) reads ``fastfanout_up 0``, and each scrape
+    tries again until one answers; from then on the client reconnects by itself.
     """
 
     def __init__(self, endpoint: str) -> None:
-        """Read the broker at ``endpoint`` (this process's server) once attached."""
+        """Read the broker at ``endpoint`` once attached."""
         self.endpoint = endpoint
         self._curve: CurveKeys | None = None
         self._attached = False
@@ -137,6 +142,11 @@ class ServedBroker:
             if not self._attached or self._closed:
                 raise BrokenConnection(f"the broker at {self.endpoint} is not serving")
             if self._client is None:
+                # no socket file, or nothing listens on it: say so at once, not after
+                # the handshake's timeout (a scrape while the broker is down)
+                problem = ipc_problem(self.endpoint)
+                if problem is not None:
+                    raise BrokenConnection(f"no broker at {self.endpoint} ({problem})")
                 self._client = Client(self.endpoint, curve=self._curve, timeout=5.0)
             return self._client
 

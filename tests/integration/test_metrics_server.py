@@ -115,6 +115,42 @@ def test_cli_metrics_serves_until_sigterm(track: Tracker) -> None:
     assert exporter.stderr.read() == b""
 
 
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_cli_metrics_started_before_the_broker_is_down_then_up(track: Tracker,
+                                                                kind: str) -> None:
+    # a service manager starts the exporter first: it serves fastfanout_up 0 (until
+    # now it exited 1 at once, "no broker at ..."), and finds the broker when it comes
+    endpoint = track.endpoint(kind)
+    exporter = track.process(["-m", "fastfanout", "metrics", "--endpoint", endpoint,
+                              "--listen", "127.0.0.1:0"])
+    assert exporter.stdout is not None and exporter.stderr is not None
+    line = exporter.stdout.readline().decode()
+    assert line.startswith(f"serving the metrics of {endpoint} at http://127.0.0.1:"), (
+        line, exporter.poll(), exporter.stderr.read() if exporter.poll() is not None else "")
+    url = line.split()[-1]
+    down = fetch(url)
+    assert down["fastfanout_up"] == {frozenset(): 0}
+    assert down["fastfanout_scrape_failures_total"][frozenset()] >= 1
+    assert "fastfanout_server_connections" not in down
+    broker = track.broker_process(endpoint)   # a real `fastfanout serve`, after it
+    client = track.client(endpoint)
+    client.create_queue("q")
+    client.send("q", b"x")
+    track.wait_until(lambda: fetch(url)["fastfanout_up"] == {frozenset(): 1}, timeout=30,
+                     what="the exporter to find the broker")
+    assert fetch(url)["fastfanout_queue_messages"] == {frozenset({("queue", "q")}): 1}
+    broker.send_signal(signal.SIGTERM)   # gone again: down, and the exporter stays
+    assert broker.wait(DEADLINE) == 0
+    track.wait_until(lambda: fetch(url)["fastfanout_up"] == {frozenset(): 0}, timeout=30,
+                     what="the exporter to see the broker gone")
+    assert exporter.poll() is None
+    exporter.send_signal(signal.SIGTERM)
+    assert exporter.wait(DEADLINE) == 0
+    assert exporter.stderr.read().decode() == (
+        f"no broker answers at {endpoint} yet: scrapes read fastfanout_up 0 until one "
+        f"does\n")
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fastfanout", *args], capture_output=True,
                           text=True, timeout=30)
@@ -144,7 +180,15 @@ def test_cli_metrics_and_stats_refuse_wrong_input_in_one_line(track: Tracker) ->
     assert done.returncode == 0, done.stderr
     assert scrape(done.stdout.encode())["fastfanout_up"] == {frozenset(): 1}
     missing = f"ipc://{track.tmp_path}/none.sock"
-    assert "no broker" in one_line_error(run_cli("metrics", "--endpoint", missing), 1)
+    # a broker not there yet is no error (the exporter serves fastfanout_up 0: above);
+    # a file of the user's at the endpoint's path is: no broker ever answers there
+    not_a_socket = track.tmp_path / "notes.txt"
+    not_a_socket.write_text("mine")
+    line = one_line_error(run_cli("metrics", "--endpoint", f"ipc://{not_a_socket}",
+                                  "--listen", "127.0.0.1:0"), 1)
+    assert line.startswith(f"error: no broker at ipc://{not_a_socket} ({not_a_socket} is "
+                           f"a regular file, not a broker's socket)"), line
+    assert not_a_socket.read_text() == "mine"
     # the address is checked first: no broker needed to hear of a typo
     assert "HOST:PORT" in one_line_error(run_cli("metrics", "--endpoint", missing,
                                                  "--listen", "9771"), 2)
