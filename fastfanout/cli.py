@@ -282,9 +282,15 @@ def _served(endpoint: str | None) -> str:
 def _connected(endpoint: str | None) -> Iterator[Any]:
     """A client of the broker at ``endpoint``; a broker error ends the command (exit 1)."""
     from fastfanout.client import connect
+    from fastfanout.transport import local_channel
 
     endpoint = _served(endpoint)
     curve = _client_curve()
+    # The local channel's warning of a request too large for its ring (it goes over the
+    # socket instead) advises connect(ring_bytes=...): advice for a program, which this
+    # command's user cannot follow; and it made a refused publish two stderr lines.
+    # One request over the socket costs a command nothing worth a line.
+    local_channel.log.setLevel(logging.ERROR)
     try:
         with connect(endpoint, timeout=5.0, curve=curve) as client:
             yield client

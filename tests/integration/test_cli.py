@@ -473,6 +473,26 @@ def test_serve_reads_the_config_and_max_request_bytes(track: Tracker, tmp_path: 
     assert "request_too_large" in done.stderr and "--max-request-bytes" in done.stderr
 
 
+def test_a_body_larger_than_half_the_ring_prints_no_tuning_hint(track: Tracker) -> None:
+    # the CLI's client went over the socket for it, as it should, but logged the
+    # library's advice "connect(ring_bytes=...) keeps such requests in shared memory",
+    # which a command's user cannot follow: on stderr beside the result, and a second
+    # line beside a refusal
+    server = track.server()   # ipc: the command's client takes a local channel
+    endpoint = server.endpoint
+    client = track.client(endpoint)
+    client.create_topic("bigt")
+    client.create_queue("bq", max_message_size=8 * 1024 * 1024)
+    client.subscribe("bigt", "bq")
+    done = run(["pub", "bigt", "--endpoint", endpoint], input="\0" * 3 * 1024 * 1024)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "message 1: 1 delivery\n", "")
+    assert [len(m.body) for m in client.receive("bq", max_messages=2, wait=5.0)] == [
+        3 * 1024 * 1024]
+    done = run(["pub", "bigt", "--endpoint", endpoint], input="\0" * 9 * 1024 * 1024)
+    assert_one_line_error(done.stderr, done.returncode, "refused")
+    assert "message_too_large" in done.stderr and "ring_bytes" not in done.stderr
+
+
 # -- what the commands print ---------------------------------------------------------------
 
 
