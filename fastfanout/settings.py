@@ -25,6 +25,7 @@ __all__ = [
     "MAX_BACKOFF_STEPS",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_MESSAGES",
+    "MAX_COUNT",
     "MAX_DEDUP_WINDOW",
     "MAX_DELAY",
     "MAX_HIGH_WATER_MARK",
@@ -44,9 +45,12 @@ __all__ = [
     "check_count",
     "check_flag",
     "check_iterable",
+    "check_max_priority",
+    "check_message_size",
     "check_name",
     "check_producer_topic",
     "check_queue_settings",
+    "check_receive_batch",
     "check_topic_settings",
     "check_wait",
     "finite",
@@ -76,6 +80,10 @@ MAX_BATCH_BYTES: Final = 1 << 40
 """Most body bytes a client's publish batch may gather (``batch_bytes``)."""
 MAX_HIGH_WATER_MARK: Final = 2**31 - 1
 """Largest socket high-water mark, in messages (libzmq takes a C int)."""
+MAX_COUNT: Final = 2**62 - 1
+"""Largest bound a queue's ``max_messages``, ``max_bytes`` or ``max_receive_count`` (and
+``redrive``'s ``max_messages``) may be: the native layer keeps it in a signed 64-bit
+integer with room to add to it."""
 
 # Topology limits (``Broker(max_topics=...)``, ``fastfanout serve --max-topics``): far
 # above what a deployment reaches by accident, they bound the broker's memory and the
@@ -190,12 +198,43 @@ def check_count(what: str, value: object, *, maximum: int, minimum: int = 1) -> 
 
 
 def optional_count(what: str, value: object, *, minimum: int = 1) -> int:
-    """A bound given as int or None; returns -1 for None (unbounded)."""
+    """A bound given as int (``minimum`` to ``MAX_COUNT``) or None; -1 for None (unbounded).
+
+    Raises:
+        InvalidArgument: anything else, naming ``what`` and the whole range (a value
+            past ``MAX_COUNT`` too: until 2026-12 it said only ">= 1").
+    """
     if value is None:
         return -1
-    if type(value) is not int or value < minimum or value >= 2**62:
-        raise InvalidArgument(f"{what}={value!r} must be None or an int >= {minimum}")
+    if type(value) is not int or not minimum <= value <= MAX_COUNT:
+        raise InvalidArgument(
+            f"{what}={value!r} must be None or an int from {minimum:,} to {MAX_COUNT:,}")
     return value
+
+
+def check_message_size(size: object) -> int:
+    """A queue's ``max_message_size``: an int from 1 to ``MAX_MESSAGE_SIZE_LIMIT`` bytes."""
+    if type(size) is not int or not 1 <= size <= MAX_MESSAGE_SIZE_LIMIT:
+        raise InvalidArgument(
+            f"max_message_size={size!r} must be an int from 1 to "
+            f"{MAX_MESSAGE_SIZE_LIMIT} bytes")
+    return size
+
+
+def check_max_priority(priority: object) -> int:
+    """A queue's ``max_priority``: an int from 0 to ``MAX_PRIORITY``."""
+    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidArgument(
+            f"max_priority={priority!r} must be an int from 0 to {MAX_PRIORITY}")
+    return priority
+
+
+def check_receive_batch(max_messages: object) -> int:
+    """A receive's ``max_messages``: an int from 1 to ``MAX_RECEIVE_BATCH``."""
+    if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+        raise InvalidArgument(
+            f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
+    return max_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,18 +535,12 @@ def check_queue_settings(name: str, settings: QueueSettings
     receive_limit = optional_count("max_receive_count", settings.max_receive_count)
     message_limit = optional_count("max_messages", settings.max_messages)
     byte_limit = optional_count("max_bytes", settings.max_bytes)
-    size = settings.max_message_size
-    if type(size) is not int or not 1 <= size <= MAX_MESSAGE_SIZE_LIMIT:
-        raise InvalidArgument(
-            f"max_message_size={size!r} must be an int from 1 to "
-            f"{MAX_MESSAGE_SIZE_LIMIT} bytes")
+    size = check_message_size(settings.max_message_size)
     overflow = settings.overflow
     if overflow not in OVERFLOW_POLICIES:
         raise InvalidArgument(
             f"overflow={overflow!r} must be one of {', '.join(OVERFLOW_POLICIES)}")
-    priority = settings.max_priority
-    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
-        raise InvalidArgument(f"max_priority={priority!r} must be an int from 0 to 255")
+    priority = check_max_priority(settings.max_priority)
     check_flag("fifo", settings.fifo)
     check_flag("content_dedup", settings.content_dedup)
     if settings.fifo and priority:

@@ -67,9 +67,13 @@ from fastfanout.settings import (
     Subscription,
     TopicSettings,
     check_iterable,
+    check_max_priority,
+    check_message_size,
+    check_receive_batch,
     encoded_name,
     finite,
     name_type_error,
+    optional_count,
     seconds_to_us,
 )
 from fastfanout.stats import BrokerStats
@@ -119,11 +123,33 @@ _UNENCODABLE: Final = (TypeError, ValueError, OverflowError, msgspec.EncodeError
 """What msgspec raises for a value it cannot encode."""
 
 
-def _unencodable(args: list[Any], kwargs: dict[str, Any]) -> str:
+def _count_checks() -> dict[tuple[int, str], Callable[[str, Any], object]]:
+    queue_counts: dict[str, Callable[[str, Any], object]] = {
+        "max_receive_count": optional_count, "max_messages": optional_count,
+        "max_bytes": optional_count,
+        "max_message_size": lambda name, value: check_message_size(value)}
+    return {**{(Opcode.CREATE_QUEUE, name): check for name, check in queue_counts.items()},
+            **{(Opcode.SET_QUEUE_SETTINGS, name): check
+               for name, check in queue_counts.items()},
+            (Opcode.CREATE_QUEUE, "max_priority"): lambda name, value:
+                check_max_priority(value),
+            (Opcode.REDRIVE, "max_messages"): optional_count,
+            (Opcode.RECEIVE, "max_messages"): lambda name, value: check_receive_batch(value)}
+
+
+_COUNT_CHECKS: Final = _count_checks()
+"""The broker's own check of each count argument a call may carry, by (opcode, name):
+an int past 64 bits (which msgpack cannot carry) is refused in the broker's words, with
+the count's range, as one the broker refused itself (until 2026-12 it was "outside the
+64-bit integer range" here but "must be ... >= 1" from the broker)."""
+
+
+def _unencodable(opcode: int, args: list[Any], kwargs: dict[str, Any]) -> str:
     """The first argument of a call that cannot be encoded, as ``name=value``.
 
     Until 2026-12-05 the error said only "an argument", so ``receive(q, wait=2**70)``
-    did not say which one was beyond 64 bits.
+    did not say which one was beyond 64 bits. A count the broker checks (``_COUNT_CHECKS``)
+    raises the broker's own ``InvalidArgument`` instead.
     """
     named = [*((f"argument {index + 1}", value) for index, value in enumerate(args)),
              *kwargs.items()]
@@ -131,6 +157,12 @@ def _unencodable(args: list[Any], kwargs: dict[str, Any]) -> str:
         try:
             protocol.encode_payload(value)
         except _UNENCODABLE:
+            check = _COUNT_CHECKS.get((opcode, name))
+            if check is not None and type(value) is int:
+                try:
+                    check(name, value)   # raises: the value is past 64 bits
+                except InvalidArgument as refused:
+                    raise refused from None
             return f"{name}={value!r:.80}"
         except RecursionError:
             return f"{name} (nested too deeply)"
@@ -153,8 +185,8 @@ def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> byt
             why = "is not valid Unicode text (a lone surrogate?)"
         else:
             why = f"cannot be sent to the broker: {exc}"
-        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: {_unencodable(args, kwargs)} "
-                              f"{why}") from None
+        raise InvalidArgument(f"{Opcode(opcode).name.lower()}: "
+                              f"{_unencodable(opcode, args, kwargs)} {why}") from None
     except RecursionError:
         # nested deeper than msgspec recurses; only a filter policy (or a worker report)
         # nests, and the embedded broker refuses such a policy as too deep

@@ -57,6 +57,7 @@ MAX_ATTRIBUTES = 10
 MAX_ID_BYTES = 128
 MAX_PRIORITY = 255
 MAX_BACKOFF_STEPS = 64
+MAX_COUNT = 2**62 - 1   # a queue's max_messages, max_bytes, max_receive_count
 OVERFLOW_POLICIES = ("reject", "drop_oldest", "dead_letter", "hold")
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
 
@@ -90,11 +91,11 @@ def duration_us(what: str, seconds: object, maximum_us: int, minimum_us: int = 0
 
 
 def optional_count(what: str, value: object) -> int | None:
-    """A bound given as None or an int >= 1."""
+    """A bound given as None or an int from 1 to ``MAX_COUNT``."""
     if value is None:
         return None
-    if type(value) is not int or value < 1:
-        raise InvalidArgument(f"{what}={value!r} must be None or an int >= 1")
+    if type(value) is not int or not 1 <= value <= MAX_COUNT:
+        raise InvalidArgument(f"{what}={value!r} must be None or an int from 1 to {MAX_COUNT:,}")
     return value
 
 

@@ -12,9 +12,11 @@ import threading
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from conftest import Tracker
 
 from fastfanout import Broker, InvalidArgument, Server, aio, connect
+from fastfanout.cli import cli
 from fastfanout.settings import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_HIGH_WATER_MARK
 
 HUGE = 2**70
@@ -72,3 +74,57 @@ def test_embedded_producer_refuses_a_ring_too_large(option: str) -> None:
         broker.create_topic("t")
         with pytest.raises(InvalidArgument, match=option):
             broker.producer("t", **{option: HUGE})
+
+
+COUNT_RANGE = "must be None or an int from 1 to 4,611,686,018,427,387,903"
+QUEUE_COUNTS = ["max_messages", "max_bytes", "max_receive_count"]
+PAST_THE_RANGE = [2**62, 2**63 - 1, 99999999999999999999]   # the last one past 64 bits
+
+
+def test_clients_refuse_a_queue_count_in_the_embedded_brokers_words(track: Tracker) -> None:
+    # until 2026-12 a count from 2**62 said "must be None or an int >= 1" and one past 64
+    # bits "is outside the 64-bit integer range": neither named the real range
+    endpoint = track.server().endpoint
+    client = track.client(endpoint)
+    client.create_queue("q")
+    calls: list[tuple[str, Any]] = []
+    for setting in QUEUE_COUNTS:
+        for value in PAST_THE_RANGE:
+            expected = f"{setting}={value} {COUNT_RANGE}"
+            calls += [(expected, lambda c, s=setting, v=value: c.create_queue("x", **{s: v})),
+                      (expected, lambda c, s=setting, v=value: c.set_queue_settings(
+                          "q", **{s: v}))]
+    for value in PAST_THE_RANGE:
+        calls.append((f"max_messages={value} {COUNT_RANGE}",
+                      lambda c, v=value: c.redrive("q", max_messages=v)))
+    with Broker() as broker:
+        broker.create_queue("q")
+        for expected, call in calls:
+            for face in (broker, client):
+                with pytest.raises(InvalidArgument) as refused:
+                    call(face)
+                assert str(refused.value) == expected
+        assert client.list_queues() == ["q"] == broker.list_queues()
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as aclient:
+            for expected, call in calls:
+                with pytest.raises(InvalidArgument) as refused:
+                    await call(aclient)
+                assert str(refused.value) == expected
+
+    asyncio.run(main())
+
+
+def test_cli_refuses_a_queue_count_with_its_whole_range(track: Tracker) -> None:
+    endpoint = track.server().endpoint
+    track.client(endpoint).create_queue("q")
+    runner = CliRunner()
+    for option in ("--max-receive-count", "--max-messages", "--max-bytes"):
+        for value in ("9223372036854775807", "99999999999999999999"):
+            setting = option[2:].replace("-", "_")
+            for command in (["create-queue", "q"], ["set-queue-settings", "q"]):
+                result = runner.invoke(cli, [*command, option, value, "-e", endpoint])
+                assert result.exit_code == 1, result.output
+                assert result.output == (f"error [invalid_argument]: {setting}={value} "
+                                         f"{COUNT_RANGE}\n"), result.output

@@ -160,3 +160,37 @@ def test_a_refused_batch_counts_no_duplicate(fixed):
     assert fixed.send_batch("fq", [PublishEntry(b"b", group_id="g", dedup_id="b")])[0].duplicate
     assert fixed.publish_batch("t", [again])[0].duplicate   # the topic's window says so
     assert fixed.stats().queues["fq"].duplicates == 1
+
+
+COUNT_RANGE = "must be None or an int from 1 to 4,611,686,018,427,387,903"
+
+
+@pytest.mark.parametrize("setting", ["max_messages", "max_bytes", "max_receive_count"])
+@pytest.mark.parametrize("value", [0, 2**62, 2**63 - 1, 99999999999999999999])
+def test_a_count_out_of_range_is_refused_with_its_whole_range(fixed, setting, value):
+    # until 2026-12 a count of 2**62 or more was refused as "must be None or an int >= 1"
+    fixed.create_queue("q")
+    model = ModelBroker(clock=lambda: 1000.0)
+    model.create_queue("q")
+    expected = f"{setting}={value} {COUNT_RANGE}"
+    for broker in (fixed, model):
+        with pytest.raises(InvalidArgument) as refused:
+            broker.create_queue("x", **{setting: value})
+        assert str(refused.value) == expected
+        with pytest.raises(InvalidArgument) as refused:
+            broker.set_queue_settings("q", **{setting: value})
+        assert str(refused.value) == expected
+        assert broker.list_queues() == ["q"]
+        assert getattr(broker.set_queue_settings("q"), setting) is None   # unchanged
+    fixed.create_queue("x", **{setting: 2**62 - 1})   # the largest is taken
+    assert getattr(fixed.queue_settings("x"), setting) == 2**62 - 1
+
+
+@pytest.mark.parametrize("value", [0, 2**62, 99999999999999999999])
+def test_a_redrive_count_out_of_range_is_refused_with_its_whole_range(fixed, value):
+    fixed.create_queue("dlq")
+    fixed.send("dlq", b"x")
+    with pytest.raises(InvalidArgument) as refused:
+        fixed.redrive("dlq", to="dlq2", max_messages=value)
+    assert str(refused.value) == f"max_messages={value} {COUNT_RANGE}"
+    assert fixed.stats().queues["dlq"].visible == 1
