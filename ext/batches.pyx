@@ -55,7 +55,12 @@ from msgspec.msgpack import encode as _encode_attributes
 
 from fastfanout.errors import InvalidArgument, MalformedBatch, MessageTooLarge
 from fastfanout.records import PublishEntry, PublishResult
-from fastfanout.settings import attribute_problem, attribute_type_problem, id_problem
+from fastfanout.settings import (
+    attribute_problem,
+    attribute_type_problem,
+    id_problem,
+    plain_seconds,
+)
 
 cdef extern from "Python.h":
     PyObject* PyType_GenericAlloc(PyTypeObject* kind, Py_ssize_t items)
@@ -144,8 +149,11 @@ cdef bytes _encode_id(object value, str what, Py_ssize_t index):
 
 cdef int64_t _duration_us(object seconds, str what, Py_ssize_t index, int64_t limit_us) except? -1:
     if type(seconds) is not float and type(seconds) is not int:
-        raise InvalidArgument(
-            f"{ff_entry(index)}{what} must be a number of seconds, got {type(seconds).__name__}")
+        plain = plain_seconds(seconds)   # a float or int subclass (numpy.float64): its value
+        if type(plain) is not float and type(plain) is not int:
+            raise InvalidArgument(f"{ff_entry(index)}{what} must be a number of seconds, "
+                                  f"got {type(seconds).__name__}")
+        seconds = plain
     # an int out of range is refused before it meets a double (10**400: OverflowError)
     if (type(seconds) is int and not 0 <= seconds <= limit_us) or not isfinite(seconds) \
             or seconds < 0 or seconds * 1e6 > limit_us:
@@ -484,6 +492,8 @@ cdef int64_t _deliver_at_us(object deliver_at, Py_ssize_t i, int64_t now_us) exc
             raise InvalidArgument(
                 f"{ff_entry(i)}deliver_at datetime {deliver_at!r} must be timezone-aware")
         deliver_at = deliver_at.timestamp()
+    if type(deliver_at) is not float and type(deliver_at) is not int:
+        deliver_at = plain_seconds(deliver_at)   # numpy.float64: its plain value
     if type(deliver_at) is not float and type(deliver_at) is not int:
         raise InvalidArgument(
             f"{ff_entry(i)}deliver_at must be clock seconds or an aware datetime, got "

@@ -87,7 +87,7 @@ from msgspec.msgpack import encode as _encode_msgpack
 from fastfanout._ext.codec import status_text
 from fastfanout.errors import InvalidArgument, MalformedBatch
 from fastfanout.records import PublishEntry
-from fastfanout.settings import attribute_problem, id_problem
+from fastfanout.settings import attribute_problem, id_problem, plain_seconds
 
 MAX_DELAY = 365 * 86400.0
 """Longest delay or TTL the client accepts, in seconds (one year)."""
@@ -124,7 +124,11 @@ cdef inline double _as_double(object number) except? -1.0:
 
 cdef int64_t _seconds_us(object seconds, str what) except? -1:
     if type(seconds) is not float and type(seconds) is not int:
-        raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
+        plain = plain_seconds(seconds)   # a float or int subclass (numpy.float64): its value
+        if type(plain) is not float and type(plain) is not int:
+            raise InvalidArgument(
+                f"{what} must be a number of seconds, got {type(seconds).__name__}")
+        seconds = plain
     if not isfinite(_as_double(seconds)) or not 0 <= seconds <= MAX_DELAY:
         raise InvalidArgument(f"{what}={seconds!r} must be finite and from 0 to {MAX_DELAY:g} s")
     return <int64_t>round(seconds * 1e6)
@@ -224,6 +228,8 @@ cdef Py_ssize_t _append_entry(FrameBuilder self, object body, object attributes,
                 raise InvalidArgument(
                     f"deliver_at datetime {deliver_at!r} must be timezone-aware")
             deliver_at = deliver_at.timestamp()
+        if type(deliver_at) is not float and type(deliver_at) is not int:
+            deliver_at = plain_seconds(deliver_at)   # numpy.float64: its plain value
         if type(deliver_at) is not float and type(deliver_at) is not int:
             raise InvalidArgument(f"deliver_at={deliver_at!r} must be finite clock seconds")
         at_us = _as_double(deliver_at)

@@ -55,6 +55,7 @@ __all__ = [
     "check_wait",
     "finite",
     "optional_count",
+    "plain_seconds",
     "seconds_to_us",
 ]
 
@@ -154,10 +155,36 @@ def encoded_name(kind: str, name: str) -> bytes:
                               f"surrogate?)") from None
 
 
+def plain_seconds(value: Any) -> Any:
+    """A number of seconds as a plain ``float`` or ``int``; anything else as it is.
+
+    A float subclass (``numpy.float64``, a user's) becomes a plain ``float`` and an int
+    subclass (but not ``bool``) a plain ``int``, so it can be checked, kept and sent
+    (msgpack takes plain numbers only). The exact types are tested first: they are what
+    every call passes, and they return at once.
+    """
+    kind = type(value)
+    if kind is float or kind is int:
+        return value
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int) and kind is not bool:
+        return int(value)
+    return value
+
+
 def seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float = 0.0) -> int:
-    """Seconds (int or float, finite, in [minimum, maximum]) as integer microseconds."""
+    """Seconds (int or float, finite, in [minimum, maximum]) as integer microseconds.
+
+    A float or int subclass (``numpy.float64``) counts as its plain value; ``bool`` does
+    not.
+    """
     if type(seconds) is not float and type(seconds) is not int:
-        raise InvalidArgument(f"{what} must be a number of seconds, got {type(seconds).__name__}")
+        plain = plain_seconds(seconds)
+        if type(plain) is not float and type(plain) is not int:
+            raise InvalidArgument(
+                f"{what} must be a number of seconds, got {type(seconds).__name__}")
+        seconds = plain
     if not finite(seconds) or seconds < minimum or seconds > maximum:
         raise InvalidArgument(
             f"{what}={seconds!r:.40} must be finite and from {minimum:g} to {maximum:g} seconds")
@@ -171,12 +198,16 @@ def seconds_to_us(what: str, seconds: object, *, maximum: float, minimum: float 
 def check_wait(what: str, seconds: object) -> None:
     """A wait of a call in seconds: None (no limit) or an int or float that is not NaN.
 
+    A float or int subclass (``numpy.float64``, not ``bool``) counts as its plain value.
+
     0 or less does not wait; ``inf`` waits as None does.
 
     Raises:
         InvalidArgument: anything else (a NaN deadline is never reached: such a wait
             never ended; a str failed inside the wait with a TypeError).
     """
+    if type(seconds) is not float and type(seconds) is not int and seconds is not None:
+        seconds = plain_seconds(seconds)   # a float or int subclass: its plain value
     if seconds is not None and ((type(seconds) is not float and type(seconds) is not int)
                                 or (type(seconds) is float and math.isnan(seconds))):
         raise InvalidArgument(
@@ -514,6 +545,9 @@ def check_topic_settings(settings: TopicSettings) -> int:
                          minimum=1.0)
 
 
+_QUEUE_SECONDS: Final = ("visibility_timeout", "delay", "retention", "dedup_window")
+
+
 def check_queue_settings(name: str, settings: QueueSettings
                          ) -> tuple[QueueSettings, NativeQueueSettings]:
     """Check a new queue's name and settings (``InvalidArgument`` naming the bad one).
@@ -522,6 +556,10 @@ def check_queue_settings(name: str, settings: QueueSettings
     native form.
     """
     check_name("queue", name)
+    plain = {key: plain_seconds(value) for key in _QUEUE_SECONDS
+             if type(value := getattr(settings, key)) is not float and type(value) is not int}
+    if plain:   # a float subclass (numpy.float64) is kept as a plain float
+        settings = replace(settings, **plain)
     visibility_us = seconds_to_us(
         "visibility_timeout", settings.visibility_timeout, maximum=MAX_VISIBILITY_TIMEOUT)
     delay_us = seconds_to_us("delay", settings.delay, maximum=MAX_DELAY)
@@ -549,8 +587,10 @@ def check_queue_settings(name: str, settings: QueueSettings
     window_us = seconds_to_us(
         "dedup_window", settings.dedup_window, maximum=MAX_DEDUP_WINDOW, minimum=1.0)
     steps_us = backoff_us(settings.redelivery_backoff)
-    if isinstance(settings.redelivery_backoff, list):
-        settings = replace(settings, redelivery_backoff=tuple(settings.redelivery_backoff))
+    steps: Any = settings.redelivery_backoff
+    if type(steps) is list or type(steps) is tuple:   # not an ExponentialBackoff
+        settings = replace(settings, redelivery_backoff=tuple(
+            plain_seconds(step) for step in steps))
     dead_letter_queue = settings.dead_letter_queue
     if dead_letter_queue is not None:
         check_name("dead_letter_queue", dead_letter_queue)

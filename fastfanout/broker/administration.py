@@ -62,6 +62,7 @@ from fastfanout.settings import (
     check_name,
     check_queue_settings,
     check_topic_settings,
+    plain_seconds,
 )
 from fastfanout.stats import TopologyStats
 from fastfanout.storage.durability import Durability, QueueState, TopicState, Topology
@@ -328,7 +329,7 @@ class Administration:
         self.ensure_open()
         check_name("topic", name)
         settings = TopicSettings(fifo=fifo, content_dedup=content_dedup,
-                                 dedup_window=dedup_window)
+                                 dedup_window=plain_seconds(dedup_window))
         window_us = check_topic_settings(settings)
         with self.lock:
             self.now_us()

@@ -40,7 +40,13 @@ from fastfanout.errors import (
 from fastfanout.records import Attributes, Body
 from fastfanout.semantics.replies import reply_frames
 from fastfanout.server.streams import StreamBatch, StreamFollower, StreamMessage
-from fastfanout.settings import MAX_DELAY, MAX_VISIBILITY_TIMEOUT, check_wait, seconds_to_us
+from fastfanout.settings import (
+    MAX_DELAY,
+    MAX_VISIBILITY_TIMEOUT,
+    check_wait,
+    plain_seconds,
+    seconds_to_us,
+)
 from fastfanout.transport.sockets import CurveKeys, SubTransport
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -276,6 +282,7 @@ class DeliveryBatch(MessageBatch):
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
+            delay = plain_seconds(delay)   # an int subclass: msgpack takes plain ints only
         self._settle(Opcode.NACK_BATCH, protocol.encode_payload(delay))
 
     def term(self) -> None:
@@ -359,6 +366,7 @@ class AsyncSettler:
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
+            delay = plain_seconds(delay)   # an int subclass: msgpack takes plain ints only
         self._connection.fire(Opcode.NACK, receipt, delay=delay)
 
     def extend(self, receipt: int, seconds: float) -> None:
@@ -368,7 +376,7 @@ class AsyncSettler:
             InvalidArgument: ``seconds`` is not seconds in range (nothing is sent).
         """
         seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
-        self._connection.fire(Opcode.EXTEND, receipt, seconds)
+        self._connection.fire(Opcode.EXTEND, receipt, plain_seconds(seconds))
 
     def term(self, receipt: int) -> None:
         """Dead-letter a leased message now (sent at once)."""
@@ -436,6 +444,7 @@ class AsyncDeliveryBatch(MessageBatch):
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
+            delay = plain_seconds(delay)   # an int subclass: msgpack takes plain ints only
         self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:

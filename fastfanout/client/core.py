@@ -74,6 +74,7 @@ from fastfanout.settings import (
     finite,
     name_type_error,
     optional_count,
+    plain_seconds,
     seconds_to_us,
 )
 from fastfanout.stats import BrokerStats
@@ -83,6 +84,7 @@ from fastfanout.wire.protocol import Opcode, Status
 __all__ = [
     "CONTROL_CALLS",
     "PLAIN_CALLS",
+    "SECONDS_ARGUMENTS",
     "SETTLE_MAX_RECEIPTS",
     "ConnectionCore",
     "ConsumerState",
@@ -202,6 +204,12 @@ _DIRECT_SETTLES: Final = frozenset({Opcode.ACK, Opcode.NACK, Opcode.EXTEND, Opco
                                     Opcode.NACK_BATCH, Opcode.EXTEND_BATCH,
                                     Opcode.TERM_BATCH})
 """The requests that settle a delivery by receipt: the pipelined acks go before them."""
+
+
+SECONDS_ARGUMENTS: Final = frozenset({"visibility_timeout", "delay", "retention",
+                                      "dedup_window", "wait", "seconds"})
+"""The control calls' arguments in seconds: a float or int subclass (``numpy.float64``)
+is sent as its plain value (msgpack takes no subclass), as the embedded broker takes it."""
 
 
 def receipt_argument(value: Any) -> Any:
@@ -329,11 +337,14 @@ class ControlCall:
         for name, value in list(bound.arguments.items())[1:]:
             if name == "receipt":
                 value = receipt_argument(value)
+            elif name in SECONDS_ARGUMENTS:
+                value = plain_seconds(value)
             kind = self.signature.parameters[name].kind
             if kind is inspect.Parameter.KEYWORD_ONLY:
                 keywords[name] = value
             elif kind is inspect.Parameter.VAR_KEYWORD:   # set_queue_settings' changes
-                keywords.update(value)
+                keywords.update({key: plain_seconds(change) if key in SECONDS_ARGUMENTS
+                                 else change for key, change in value.items()})
             else:
                 positional.append(value)
         if self.plain:
@@ -691,8 +702,8 @@ class ConnectionCore:
                         visibility_timeout: float | None) -> Request:
         """Queue a RECEIVE (its answer may take ``receive_allowance(wait)`` more)."""
         return self.request(Opcode.RECEIVE, [encode_call(Opcode.RECEIVE, [], {
-            "queue": queue, "max_messages": max_messages, "wait": wait,
-            "visibility_timeout": visibility_timeout})])
+            "queue": queue, "max_messages": max_messages, "wait": plain_seconds(wait),
+            "visibility_timeout": plain_seconds(visibility_timeout)})])
 
     @staticmethod
     def receive_allowance(wait: Any) -> float:
@@ -713,14 +724,14 @@ class ConnectionCore:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
         check_iterable("receipts", receipts)
         return self.request(Opcode.NACK_BATCH, [pack_receipts(receipts),
-                                                protocol.encode_payload(delay)])
+                                                protocol.encode_payload(plain_seconds(delay))])
 
     def extend_batch_request(self, receipts: Iterable[int], seconds: float) -> Request:
         """Queue an EXTEND_BATCH (all, or none if one is stale); ``seconds`` checked first."""
         seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         check_iterable("receipts", receipts)
-        return self.request(Opcode.EXTEND_BATCH, [pack_receipts(receipts),
-                                                  protocol.encode_payload(seconds)])
+        return self.request(Opcode.EXTEND_BATCH, [
+            pack_receipts(receipts), protocol.encode_payload(plain_seconds(seconds))])
 
     def term_batch_request(self, receipts: Iterable[int]) -> Request:
         """Queue a TERM_BATCH (all, or none if one is stale)."""

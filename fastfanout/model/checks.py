@@ -68,8 +68,9 @@ def to_us(seconds: float) -> int:
 
 
 def is_number(value: object) -> bool:
-    """True for an int or a float (never a bool)."""
-    return type(value) is int or type(value) is float
+    """True for an int or a float, or a subclass of one (``numpy.float64``; never a bool)."""
+    return type(value) is int or type(value) is float or (
+        isinstance(value, int | float) and type(value) is not bool)
 
 
 def check_name(kind: str, name: object) -> str:
@@ -87,7 +88,7 @@ def duration_us(what: str, seconds: object, maximum_us: int, minimum_us: int = 0
     if not minimum_us / US <= seconds <= maximum_us / US:  # type: ignore[operator]
         raise InvalidArgument(
             f"{what}={seconds!r} must be from {minimum_us / US:g} to {maximum_us / US:g} s")
-    return to_us(seconds)  # type: ignore[arg-type]
+    return to_us(float(seconds))  # type: ignore[arg-type]
 
 
 def optional_count(what: str, value: object) -> int | None:

@@ -296,7 +296,19 @@ def decode_header(frame: bytes) -> tuple[int, int, int]:
 
 # -- payloads --------------------------------------------------------------------------
 
-_encoder = msgspec.msgpack.Encoder()
+def _plain_float(value: Any) -> float:
+    """The encoder's hook for a type msgspec does not encode.
+
+    A float subclass (``numpy.float64``, seconds of a call) goes as its plain float;
+    anything else stays unsupported.
+    """
+    if isinstance(value, float):
+        return float(value)
+    msgspec.msgpack.encode(value)   # raises msgspec's own TypeError, in its words
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_plain_float)
 _decoder = msgspec.msgpack.Decoder()
 
 

@@ -14,6 +14,7 @@ import inspect
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 import zmq
 from conftest import raw_dealer
@@ -504,3 +505,42 @@ def test_a_batch_body_index_that_is_no_int_and_check_after_close() -> None:
     broker.close()
     with pytest.raises(Closed):
         broker.check()
+
+
+class _Seconds(float):
+    """A user's float subclass."""
+
+
+class _WholeSeconds(int):
+    """A user's int subclass."""
+
+
+@pytest.mark.parametrize("number", [np.float64, _Seconds,
+                                    lambda value: _WholeSeconds(round(value))])
+def test_both_clients_take_seconds_given_as_a_float_subclass(track: Any, number: Any) -> None:
+    # until 2026-12 numpy.float64 was "not a number of seconds" (send's delay) or "cannot
+    # be sent to the broker" (msgpack takes no subclass: create_queue, receive)
+    endpoint = track.server().endpoint
+    client = track.client(endpoint)
+    client.create_queue("q", visibility_timeout=number(5), retention=number(3600))
+    assert type(client.queue_settings("q").visibility_timeout) in (float, int)
+    client.set_queue_settings("q", delay=number(0))
+    client.send("q", b"a", delay=number(0), ttl=number(60))
+    (message,) = client.receive("q", wait=number(0.1), visibility_timeout=number(5))
+    message.extend(number(10))
+    message.nack(delay=number(0))
+    (message,) = client.receive("q", wait=number(0.1))
+    client.extend_batch([message.receipt], number(10))
+    client.nack_batch([message.receipt], delay=number(0))
+    assert client.stats().queues["q"].visible == 1
+
+    async def main() -> None:
+        async with aio.connect(endpoint, timeout=5.0) as aclient:
+            await aclient.create_queue("aq", visibility_timeout=number(5))
+            await aclient.send("aq", b"b", delay=number(0))
+            (received,) = await aclient.receive("aq", wait=number(0.1),
+                                                visibility_timeout=number(5))
+            await received.nack(delay=number(0))
+            assert (await aclient.queue_settings("aq")).visibility_timeout == 5.0
+
+    asyncio.run(main())
