@@ -7,6 +7,7 @@
 from cpython.buffer cimport (
     PyBUF_C_CONTIGUOUS,
     PyBUF_FORMAT,
+    PyBUF_FULL_RO,
     PyBuffer_Release,
     PyObject_CheckBuffer,
     PyObject_GetBuffer,
@@ -48,7 +49,18 @@ cdef inline str ff_entry(Py_ssize_t index):
 
 cdef inline int _refuse_body(object body, Py_ssize_t index, bint buffer) except -1:
     from fastfanout.errors import InvalidArgument
+    cdef Py_buffer any_layout
     if buffer:
+        # refused as C-contiguous: is it another layout, or no buffer at all? (a numpy
+        # datetime64/timedelta64 array has the buffer slot but exports no buffer)
+        try:
+            PyObject_GetBuffer(body, &any_layout, PyBUF_FULL_RO)
+        except (BufferError, ValueError, TypeError) as exc:
+            raise InvalidArgument(
+                f"{ff_entry(index)}a body must be bytes-like; this {type(body).__name__} "
+                f"exports no buffer ({exc}): view its data as plain bytes first (a numpy "
+                f"datetime64 or timedelta64 array: array.view('int64'))") from None
+        PyBuffer_Release(&any_layout)
         raise InvalidArgument(
             f"{ff_entry(index)}a body must be a C-contiguous buffer; this "
             f"{type(body).__name__} is not (copy it first: bytes(body), or "

@@ -278,6 +278,10 @@ def _body_bytes(item: object) -> bytes:
         view = memoryview(item)   # type: ignore[arg-type]
     except TypeError:
         raise InvalidArgument(f"a body must be bytes-like, got {type(item).__name__}") from None
+    except (ValueError, BufferError) as exc:   # numpy datetime64: a buffer slot, no buffer
+        raise InvalidArgument(
+            f"a body must be bytes-like; this {type(item).__name__} exports no buffer "
+            f"({exc})") from None
     with view:
         if not view.c_contiguous:
             raise InvalidArgument(

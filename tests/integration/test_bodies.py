@@ -149,3 +149,40 @@ def test_clients_take_and_refuse_the_bodies_the_broker_does(track: Tracker) -> N
             assert _refusals(lambda body: aclient.publish_nowait("t", body)) == embedded
 
     asyncio.run(main())
+
+
+NO_BUFFER = [np.array(["2020-01-01"], dtype="datetime64[D]"),
+             np.array([1, 2], dtype="timedelta64[s]")]
+NO_BUFFER_FAULT = r"a body must be bytes-like; this ndarray exports no buffer \(cannot include"
+
+
+def test_an_array_with_no_buffer_is_not_called_non_contiguous(track: Any) -> None:
+    # until 2026-12 a datetime64 array (contiguous, but with no buffer export) was
+    # refused as "a body must be a C-contiguous buffer; this ndarray is not"
+    client = track.client(track.server().endpoint)
+    client.create_queue("q")
+    with fastfanout.Broker() as broker:
+        _setup_embedded(broker)
+        calls = [lambda b: broker.publish("t", b), lambda b: broker.send("q", b),
+                 lambda b: client.send("q", b), lambda b: client.send_nowait("q", b)]
+        batches = [lambda b: broker.publish_batch("t", [b"ok", b]),
+                   lambda b: client.send_batch("q", [b"ok", b])]
+        for body in NO_BUFFER:
+            for call in calls:
+                with pytest.raises(fastfanout.InvalidArgument,
+                                   match=NO_BUFFER_FAULT + r".*\.view\('int64'\)"):
+                    call(body)
+            for batch in batches:
+                with pytest.raises(fastfanout.InvalidArgument,
+                                   match="^entry 1: " + NO_BUFFER_FAULT):
+                    batch(body)
+            with broker.producer("t") as producer, pytest.raises(
+                    fastfanout.InvalidArgument, match=NO_BUFFER_FAULT):
+                producer.offer(body)
+            broker.send("q", body.view("int64"))   # what the message advises
+        for body in NON_CONTIGUOUS:   # a buffer of another layout keeps its own words
+            with pytest.raises(fastfanout.InvalidArgument, match=CONTIGUOUS_FAULT):
+                broker.send("q", body)
+        assert broker.stats().queues["q"].visible == len(NO_BUFFER)
+    client.flush()
+    assert client.stats().queues["q"].visible == 0
