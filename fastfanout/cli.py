@@ -139,6 +139,32 @@ def _exit_with(line: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
+MAX_SUBSCRIPTION_ID: Final = 2**63 - 1
+"""The largest subscription id (a signed 64-bit integer; a broker counts them from 1)."""
+
+
+class _SubscriptionId(click.ParamType[int]):
+    """A subscription id: an integer from 0 to ``MAX_SUBSCRIPTION_ID``.
+
+    click's ``IntRange(min=0)`` said only "'abc' is not a valid integer range." and let
+    an id past 64 bits reach the client.
+    """
+
+    name = "subscription_id"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        try:
+            number = int(str(value).strip(), 10)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= MAX_SUBSCRIPTION_ID:
+            self.fail(f"{value!r}: a subscription id must be an integer from 0 to "
+                      f"{MAX_SUBSCRIPTION_ID:,} (fastfanout list-subscriptions shows them)",
+                      param, ctx)
+        return number
+
+
 class _Endpoint(click.ParamType[str]):
     """``ipc://PATH`` or ``tcp://HOST:PORT``, checked for form (not reachability)."""
 
@@ -1537,7 +1563,7 @@ def subscribe(endpoint: str | None, topic: str, queue: str, filter_policy: str |
 
 @cli.command("set-filter-policy")
 @_client_options
-@click.argument("subscription_id", type=click.IntRange(min=0))
+@click.argument("subscription_id", type=_SubscriptionId())
 @click.argument("policy")
 @click.option("--filter-scope", type=click.Choice(["attributes", "body"]), default=None,
               help="the scope of POLICY  [default: the subscription's scope, kept]")
@@ -1554,9 +1580,9 @@ def set_filter_policy(endpoint: str | None, subscription_id: int, policy: str,
         f"filter policy set ({scope})" if policy else "no filter policy"))
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})   # -1: an id, refused
 @_client_options
-@click.argument("subscription_id", type=click.IntRange(min=0))
+@click.argument("subscription_id", type=_SubscriptionId())
 def unsubscribe(endpoint: str | None, subscription_id: int) -> None:
     """Remove subscription SUBSCRIPTION_ID (see fastfanout list-subscriptions)."""
     with _connected(endpoint) as client:

@@ -243,6 +243,24 @@ def test_wrong_command_lines_fail_in_one_line(tmp_path: Path) -> None:
     assert "FASTFANOUT_ENDPOINT" in result.output
 
 
+def test_a_subscription_id_out_of_range_names_the_range(tmp_path: Path) -> None:
+    # until 2026-12 click said "'abc' is not a valid integer range." and took -1 for an
+    # unknown option "-1"; an id past 64 bits reached the client
+    ep = ["--endpoint", f"ipc://{tmp_path}/nobody.sock"]
+    runner = CliRunner()
+    for value in ("abc", "-1", "1.5", "9223372036854775808", "99999999999999999999"):
+        for command in (["unsubscribe", value], ["set-filter-policy", "--", value, ""]):
+            result = runner.invoke(cli, [*command, *ep], prog_name="fastfanout")
+            assert_runner_one_line_error(result, " ".join(command))
+            assert result.exit_code == 2
+            assert result.output == (
+                f"error: Invalid value for 'SUBSCRIPTION_ID': '{value}': a subscription id "
+                f"must be an integer from 0 to 9,223,372,036,854,775,807 (fastfanout "
+                f"list-subscriptions shows them) (see: fastfanout {command[0]} --help)\n")
+    result = runner.invoke(cli, ["unsubscribe", "9223372036854775807", *ep])
+    assert result.exit_code == 1 and "no broker at" in result.output   # in range: sent
+
+
 def test_serve_failures_fail_in_one_line(track: Tracker, tmp_path: Path) -> None:
     """Real ``fastfanout serve`` processes: bind failures and a bad config file."""
     with socket.socket() as holder:
