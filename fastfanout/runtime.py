@@ -36,7 +36,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import ipaddress
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -266,11 +268,53 @@ def ipc_problem(endpoint: str) -> str | None:
     return None
 
 
+_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+"""One label of a DNS host name (RFC 1123): letters, digits and inner hyphens, 1 to 63."""
+
+
+def host_problem(host: str) -> str | None:
+    """What is wrong with the HOST of ``tcp://HOST:PORT``, or None when it is one.
+
+    A host is ``*`` (every interface, to bind), an IPv4 address, an IPv6 address in
+    brackets (``[::1]``, ``[fe80::1%eth0]``, as libzmq takes it) or a DNS host name
+    (an interface name too): labels of letters, digits and hyphens, at most 63
+    characters each and 253 in all. A dotted all-numeric host (``999.1.1.1``) is an
+    IPv4 address or nothing, never a name. Until 2026-12 any host passed: an invalid one
+    was refused later as "beyond loopback" (serve) or went unanswered (a client).
+    """
+    if host == "*":
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"host {host!r} is not a valid IPv6 address"
+        return None
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"host {host!r} is neither an IP address nor a host name"
+        return f"host {host!r}: an IPv6 address goes in brackets (tcp://[{host}]:PORT)"
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if all(label.isdigit() for label in labels):   # numbers only: an IPv4 address or none
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"host {host!r} is not a valid IPv4 address"
+        return None
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return (f"host {host!r} is neither an IP address nor a valid host name (letters, "
+                f"digits, hyphens and dots; at most 63 characters between dots, 253 in all)")
+    return None
+
+
 def endpoint_problem(endpoint: str) -> str | None:
     """What is wrong with the form of ``endpoint``, or None when it is well formed.
 
-    Well formed is ``ipc://PATH`` with a path, or ``tcp://HOST:PORT`` with a host and a
-    port from 1 to 65535. Whether it can be bound or reached is not checked.
+    Well formed is ``ipc://PATH`` with a path, or ``tcp://HOST:PORT`` with a host
+    (``host_problem``: ``*``, an IP address, ``[IPv6]`` or a host name) and a port from 1
+    to 65535. Whether it can be bound or reached is not checked.
     """
     if endpoint.startswith("ipc://"):
         return None if endpoint[len("ipc://"):] else "ipc:// needs a socket path"
@@ -280,7 +324,7 @@ def endpoint_problem(endpoint: str) -> str | None:
             return "tcp:// needs HOST:PORT"
         if not port.isdigit() or not 1 <= int(port) <= 65535:
             return f"port {port!r} is not a number from 1 to 65535"
-        return None
+        return host_problem(host)
     return "it must be ipc://PATH or tcp://HOST:PORT"
 
 
