@@ -58,7 +58,7 @@ from fastfanout.errors import (
     ServerStopping,
     SessionExpired,
 )
-from fastfanout.semantics.filter_policy import MAX_DEPTH
+from fastfanout.semantics.filter_policy import MAX_DEPTH, parse_policy
 from fastfanout.semantics.replies import new_inbox, reply_address
 from fastfanout.settings import (
     MAX_DELAY,
@@ -92,6 +92,7 @@ __all__ = [
     "PendingBatch",
     "Request",
     "check_inactivity_timeout",
+    "check_policy_types",
     "decode_queue_settings",
     "decode_subscriptions",
     "decode_value",
@@ -169,6 +170,24 @@ def _unencodable(opcode: int, args: list[Any], kwargs: dict[str, Any]) -> str:
         except RecursionError:
             return f"{name} (nested too deeply)"
     return "an argument"
+
+
+def check_policy_types(policy: Any, scope: Any) -> None:
+    """Refuse a filter policy given as a map that the embedded broker refuses, alike.
+
+    msgpack would send a set or tuple as an array and a date as text, and the broker
+    would take them: the embedded broker refuses them (a policy is JSON). So a map is
+    validated here as the broker does (``parse_policy``, in its scope; with none given,
+    ``set_filter_policy`` keeping the subscription's, in body scope, which refuses no
+    type that attribute scope takes). JSON text is left to the broker.
+
+    Raises:
+        InvalidFilterPolicy: what the embedded broker raises for the policy.
+        InvalidArgument: ``scope`` is not a scope.
+    """
+    if policy is None or isinstance(policy, str | bytes):
+        return
+    parse_policy(policy, "body" if scope is None else scope)
 
 
 def encode_call(opcode: int, args: Iterable[Any], kwargs: dict[str, Any]) -> bytes:
@@ -347,6 +366,9 @@ class ControlCall:
                                  else change for key, change in value.items()})
             else:
                 positional.append(value)
+        if self.opcode in (Opcode.SUBSCRIBE, Opcode.SET_FILTER_POLICY):
+            check_policy_types(bound.arguments.get("filter_policy"),
+                               bound.arguments.get("filter_scope"))
         if self.plain:
             return core.request(self.opcode, [protocol.encode_payload(value)
                                               for value in positional])
