@@ -48,6 +48,7 @@ cdef class Journal:
     cdef uint32_t keep_kinds                # kinds a full disk keeps (bit per kind < 32)
     cdef uint8_t keep_head_kind             # ... and this kind heading an empty segment
     cdef readonly uint64_t kept_records     # records a drop kept for the next write
+    cdef uint64_t kept_carried              # of those, kept and not written yet
 
     cdef char* _reserve(self, size_t size) except NULL
     cdef char* reserve(self, uint8_t kind, uint32_t length) noexcept

@@ -883,6 +883,7 @@ cdef class Journal:
         self.bytes_written += self.buffered
         self.buffered = 0
         self.written_seq = self.buffered_last_seq
+        self.kept_carried = 0   # what a drop kept is in the file now
         return self.written_seq
 
     cdef _drop_buffered(self, const char* job, size_t job_length, bint keep):
@@ -935,9 +936,13 @@ cdef class Journal:
                 memcpy(self._reserve(length), kept, length)
             finally:
                 PyMem_Free(kept)
-            self.kept_records += seq - self.written_seq - 1
+            # a record kept by an earlier drop and not written since is kept again
+            # (it comes first): counted once, when it was first kept
+            self.kept_records += seq - self.written_seq - 1 - self.kept_carried
+            self.kept_carried = seq - self.written_seq - 1
         else:
             PyMem_Free(kept)
+            self.kept_carried = 0
         self.buffered = length
         self.next_seq = seq
         self.buffered_last_seq = seq - 1
@@ -950,6 +955,7 @@ cdef class Journal:
         remove. Waits for a batch in flight first."""
         self._join()
         self.buffered = 0
+        self.kept_carried = 0
         self.next_seq = self.written_seq + 1
         self.buffered_last_seq = self.written_seq
 
@@ -1201,6 +1207,7 @@ cdef class Journal:
         self.segment_size += length
         self.bytes_written += length
         self.written_seq = self.job_last_seq
+        self.kept_carried = 0   # the job took the whole buffer, what a drop kept first
         if w.sync:
             if w.sync_error:
                 self._fail(f"fdatasync of {self.segment} failed: "

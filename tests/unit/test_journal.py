@@ -827,3 +827,35 @@ def test_a_slow_inline_write_sends_the_next_batches_to_the_writer(tmp_path):
     assert (writer.inline_writes, writer.writer_batches) == (1, 1)
     writer.close()
     assert [payload for _, _, payload in read_all(tmp_path)[0]] == [b"slow", b"next"]
+
+
+@pytest.mark.parametrize("writer_thread", [False, True])
+def test_a_record_kept_across_two_full_disk_drops_is_counted_once(tmp_path, writer_thread):
+    # kept_records (storage["kept_settles"]) counted a settle again at each drop that
+    # kept it: a settle kept across two refused writes counted twice
+    writer = journal.Journal(tmp_path)
+    writer.keep_on_full([4])
+    if writer_thread:
+        writer.start_writer()
+    writer.append(2, b"in the file")
+    writer.commit()
+    journal.inject_fault("write", errno.ENOSPC)
+    writer.append(4, _about(1, b"settle"))
+    with pytest.raises(StoreFull):
+        writer.commit()
+    assert writer.kept_records == 1
+    journal.inject_fault("write", errno.ENOSPC)
+    writer.append(4, _about(1, b"another"))
+    with pytest.raises(StoreFull):
+        writer.commit()
+    assert writer.kept_records == 2 and writer.drops == 2   # the first counted once
+    writer.commit()
+    journal.inject_fault("write", errno.ENOSPC)
+    writer.append(4, _about(1, b"after the write"))
+    with pytest.raises(StoreFull):
+        writer.commit()
+    assert writer.kept_records == 3
+    writer.commit()
+    writer.close()
+    assert [payload[8:] for _, kind, payload in read_all(tmp_path)[0] if kind == 4] == [
+        b"settle", b"another", b"after the write"]
