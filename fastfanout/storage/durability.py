@@ -710,9 +710,12 @@ class Durability:
             self._ids_reserved = state.store.new_message_ids(0)   # none given out past it
             self._write_snapshot()   # (noting the superseded segments' ranges)
             self.journal.commit()
-        except StoreFull as exc:
+        except StoreFull:
+            # (the journal's own words speak of a batch of publishes: until 2026-12-07
+            # a start on a full disk said "nothing of this batch was stored")
             raise StoreFull(
-                f"{exc}; a broker starts a new segment (its snapshot first) before it "
+                f"no room to start on the data directory {self.directory}: its disk is "
+                f"full; a broker starts a new segment (its snapshot first) before it "
                 f"serves: free space on that file system (or move the data directory to "
                 f"a larger one), then start it again; the journal was read and keeps "
                 f"every record") from None

@@ -1588,3 +1588,19 @@ def test_a_topic_remembers_dedup_ids_whatever_queues_the_publish_reached(
     assert broker.publish("t", b"same body").message_id == body.message_id
     assert broker.publish("t", b"y", dedup_id="u").message_id == unrouted.message_id
     assert broker.stats().topics["t"].duplicates == 3
+
+
+def test_a_start_whose_snapshot_finds_the_disk_full_says_so_and_starts_later(
+        tmp_path: Path) -> None:
+    # the start's snapshot commit refused for want of room said "nothing of this batch
+    # was stored", the words of a refused publish, to a user who had published nothing
+    with Broker(data_dir=tmp_path) as broker:
+        broker.create_queue("q")
+        broker.send("q", b"kept")
+    with full_disk_once(), pytest.raises(StoreFull) as refused:
+        Broker(data_dir=tmp_path)
+    text = str(refused.value)
+    assert text.startswith(f"no room to start on the data directory {tmp_path}")
+    assert "batch" not in text and "free space" in text
+    with Broker(data_dir=tmp_path) as broker:   # room again: it starts, nothing lost
+        assert [m.body for m in broker.receive("q")] == [b"kept"]
