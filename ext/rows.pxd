@@ -9,8 +9,9 @@
 #   C-contiguous. (Another 1-D buffer is iterated as before: each item a body.)
 # - a 2-tuple ``(buffer, offsets)``: ``buffer`` any C-contiguous buffer, ``offsets`` a 1-D
 #   integer buffer (items of 4 or 8 bytes) of n + 1 non-decreasing byte offsets into it
-#   (a tuple whose second item holds integers wider than a byte is read as this form,
-#   and refused if its offsets are not of that kind);
+#   (a tuple whose second item holds numbers wider than a byte, integers or floats, is
+#   read as this form, and refused if its offsets are not of that kind: float offsets
+#   were taken for a second body until 2026-12-07);
 #   body i is ``buffer[offsets[i]:offsets[i + 1]]`` (Arrow's layout).
 # A buffer of Python objects (numpy's object dtype, or records with such a field) is
 # refused in every form: its bytes are pointers into this process. So is a 0-d buffer
@@ -101,19 +102,21 @@ cdef inline bint _structured(const char* fmt) noexcept:
     return i > 0 and fmt[i - 1] == b'x'
 
 
-cdef inline bint _wide_int_format(const char* fmt, Py_ssize_t itemsize) noexcept:
-    """A buffer format of one native integer wider than a byte (any size, any order)."""
+cdef inline bint _wide_number_format(const char* fmt, Py_ssize_t itemsize) noexcept:
+    """A buffer format of one number wider than a byte: an integer (any size, any
+    order) or a float (half, single, double)."""
     if fmt == NULL or itemsize < 2:
         return False
     if fmt[0] in b"@=<>!":
         fmt += 1
-    return fmt[0] != 0 and fmt[1] == 0 and fmt[0] in b"hHiIlLqQnN"
+    return fmt[0] != 0 and fmt[1] == 0 and fmt[0] in b"hHiIlLqQnNefd"
 
 
 cdef inline bint _is_offsets(object value) noexcept:
-    """``value`` is meant as offsets: a buffer of integers wider than a byte (whether
-    it is a usable one, 1-D of 4- or 8-byte items, is ``ff_rows_open``'s check; bytes
-    and 1-byte items stay bodies)."""
+    """``value`` is meant as offsets: a buffer of numbers wider than a byte (whether
+    it is a usable one, 1-D of 4- or 8-byte integers, is ``ff_rows_open``'s check; bytes
+    and 1-byte items stay bodies). Floats count: ``(buffer, numpy.array([0.0, 4.0]))``
+    was published as two bodies, the buffer and the offsets' own bytes."""
     cdef Py_buffer view
     cdef bint found = False
     if type(value) is bytes or type(value) is bytearray or not PyObject_CheckBuffer(value):
@@ -122,7 +125,7 @@ cdef inline bint _is_offsets(object value) noexcept:
         PyObject_GetBuffer(value, &view, PyBUF_RECORDS_RO)
     except Exception:
         return False
-    found = _wide_int_format(view.format, view.itemsize)
+    found = _wide_number_format(view.format, view.itemsize)
     PyBuffer_Release(&view)
     return found
 

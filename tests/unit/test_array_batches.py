@@ -75,6 +75,9 @@ def test_entries_keep_their_zero_bytes_beside_the_array_path() -> None:
     ((np.zeros(8, np.uint8)[::2], np.array([0, 2])), "must be C-contiguous"),
     ((5, np.array([0, 1])), "needs a buffer first"),
     ((b"abcdef", np.array([0, 3, 6], dtype=np.int16)), "1-D of 2-byte items"),
+    # float offsets were published as a second body (the offsets' own bytes)
+    ((b"abcdef", np.array([0.0, 3.0, 6.0])), "integers in native byte order; .* 'd'"),
+    ((b"abcdef", np.array([0.0, 6.0], dtype=np.float32)), "4- or 8-byte integers"),
     ((b"abcdef", np.array([[0, 3], [4, 6]])), "2-D of 8-byte items"),
     ((b"abcdef", np.array([0, 3, 6], dtype=">i8")), "native byte order; .* format '>q'"),
     ((b"abcdef", np.array([0, 2**63 + 5], dtype=np.uint64)),
