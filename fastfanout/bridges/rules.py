@@ -245,8 +245,8 @@ def _check_servers(source: str, rules: BridgeRules) -> None:
         matched = re.fullmatch(
             r"(nats|tls)://([^\s/@]+@)?(\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]]+)(:(\d{1,5}))?", url)
         if not matched or (matched[5] is not None and not 0 < int(matched[5]) < 65536):
-            raise _problem(source, "servers", f"{url!r} is not nats://HOST:PORT (a port "
-                           f"from 1 to 65535)")
+            raise _problem(source, "servers", f"{url!r} is not nats://HOST[:PORT] (a port "
+                           f"from 1 to 65535; none: 4222)")
     if (rules.user is None) != (rules.password is None):
         raise _problem(source, "user" if rules.user is None else "password",
                        "user and password go together: give both or neither")
