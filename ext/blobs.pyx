@@ -49,7 +49,8 @@ The ring lets such frames fill it until its writer waits for room (shmring.pyx,
 still alive is copied to memory of its own (a chunk of the slab or the big pool) and its
 blob points there; the anchor ends and the frame's record is let go without a copy of the
 frame (``in_place_stats()`` counts these). So a consumer that falls behind costs the
-copies of what it has not consumed, not a pinned producer. A body is never left in place
+copies of what it has not consumed, not a pinned producer. A ring closed (its client's
+session ended) evacuates its frames at once (shmring.pyx, ``close``). A body is never left in place
 for a blob that carries its topic (a queue keeping topics: ``blob_with_topic``), nor
 from a frame read from a socket. The client keeps its ring writable: one that rewrites a
 record it sent alters only its own messages, as publishing others would; their lengths

@@ -165,6 +165,28 @@ def test_bodies_outlive_the_client_that_published_them(track: Tracker):
     assert same_bodies(got, table)
 
 
+def test_a_client_gone_leaves_no_frame_kept_in_its_ring(track: Tracker):
+    # its frames' bodies move out when its session ends: until 2026-12-07 each frame
+    # kept the client's whole ring mapped while its messages waited (400 short-lived
+    # clients, one 900 KB body each: a broker of 1.6 GB)
+    server = track.server()
+    producer = track.client(server.endpoint)
+    wired(producer, "q")
+    before, evacuated = anchors(), evacuations()
+    table = rows(100)
+    producer.publish_batch("t", table)
+    assert anchors() == before + 1
+    producer.close()
+    consumer = track.client(server.endpoint)
+    track.wait_until(lambda: consumer.server_stats()["local_sessions"] == 1,
+                     what="the producer's session ended")
+    track.wait_until(lambda: anchors() == before, what="its frame evacuated")
+    assert evacuations() == evacuated + 1
+    assert consumer.server_stats()["bodies_in_place_frames"] == 0
+    got = receive_all(consumer, "q", 100)
+    assert same_bodies(got, table)
+
+
 PUBLISH_THEN_HANG = textwrap.dedent("""
     import sys, time
     import numpy as np
