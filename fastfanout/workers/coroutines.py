@@ -34,9 +34,11 @@ from fastfanout.workers.stats import HandlerStats, Tally
 from fastfanout.workers.threads import (
     POLL,
     RECONNECT_DELAY,
+    NotRun,
     ReconnectTell,
     answer_request,
     failed_messages,
+    refuse_not_run,
 )
 
 __all__ = ["LOOP_BLOCKED", "AsyncRunner", "LoopWatch"]
@@ -306,12 +308,18 @@ class AsyncRunner:
                 # timeout, so its result is ignored (until 2026-12-05 it was acked)
                 timed_out = True
                 failed = messages
-            elif handler.batched:
-                failed = failed_messages(result, messages)
             else:
                 failed = []
                 try:
-                    answer_request(messages[0], result)
+                    if handler.batched:
+                        if result is not None:
+                            refuse_not_run(result)
+                        failed = failed_messages(result, messages)
+                    else:
+                        answer_request(messages[0], result)
+                except NotRun as exc:   # it returned a coroutine it did not await
+                    log.error("%s", exc.line(handler.name, len(messages)))
+                    failed = messages
                 except FastFanoutError:   # not a body a reply takes: its failure
                     log.exception("handler %s returned a reply that cannot be sent",
                                   handler.name)

@@ -9,6 +9,7 @@ never in the middle of a run.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -127,6 +128,51 @@ def _check_signature(function: Callable[..., Any]) -> None:
             f"list of messages of a batch handler)")
 
 
+def _name_of(function: object) -> str:
+    return str(getattr(function, "__qualname__", None) or function)
+
+
+def _check_kind(function: Callable[..., Any]) -> bool:
+    """Refuse a function whose call would not run its code; True for a coroutine function.
+
+    A generator or async generator function (it yields), or a sync function wrapping a
+    coroutine function (an ``async def`` under a sync decorator, ``functools.wraps``),
+    returns an object its caller must iterate or await: called as a handler, its body
+    never ran and its message was acked (until 2026-12-07).
+    """
+    is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        type(function).__call__)
+    try:
+        inner = inspect.unwrap(function)
+    except ValueError:   # a cycle of __wrapped__
+        inner = function
+    targets: list[Any] = [function]
+    if not inspect.isroutine(function) and not isinstance(function, functools.partial):
+        targets.append(type(function).__call__)   # a callable object
+    if not is_async:   # a sync wrapper is judged by what it wraps (an async one awaits it)
+        targets.append(inner)
+    name = _name_of(function)
+    for target in targets:
+        if inspect.isasyncgenfunction(target):
+            raise InvalidArgument(
+                f"handler {name!r} is an async generator function (an async def that "
+                f"yields): a call returns an async generator and runs none of its code; "
+                f"a handler returns (or raises) when it is done: drop the yield")
+        if inspect.isgeneratorfunction(target):
+            raise InvalidArgument(
+                f"handler {name!r} is a generator function (it yields): a call returns a "
+                f"generator and runs none of its code; a handler returns (or raises) when "
+                f"it is done: drop the yield (a batch handler returns the list of the "
+                f"messages that failed)")
+    if not is_async and inner is not function and inspect.iscoroutinefunction(inner):
+        raise InvalidArgument(
+            f"handler {name!r} is a sync function wrapping the coroutine function "
+            f"{_name_of(inner)!r} (a sync decorator on an async def): a call returns a "
+            f"coroutine that the worker would not await; make the decorator's wrapper an "
+            f"async def that awaits the function")
+    return is_async
+
+
 def make_handler(function: object, queue: object, *, concurrency: int | None = None,
                  batch_size: int = 1, batch_window: float = 0.0,
                  timeout: float | None = None, processes: int | None = None,
@@ -136,12 +182,15 @@ def make_handler(function: object, queue: object, *, concurrency: int | None = N
 
     Raises:
         InvalidArgument: the function is not callable or does not take one positional
-            argument, the queue is not a non-empty string, or an option is out of range.
+            argument, it is a generator or async generator function, or a sync function
+            wrapping a coroutine function (its calls would not run its code), the queue
+            is not a non-empty string, or an option is out of range.
     """
     if not callable(function):
         raise InvalidArgument(f"handler {function!r} is not callable")
     queue = check_name("queue", queue)
     _check_signature(function)
+    is_async = _check_kind(function)
     if concurrency is not None:
         check_count("concurrency", concurrency, MAX_CONCURRENCY)
     if processes is not None:
@@ -154,8 +203,6 @@ def make_handler(function: object, queue: object, *, concurrency: int | None = N
     seconds = None if timeout is None else check_seconds("timeout", timeout)
     lease = None if visibility_timeout is None else check_seconds(
         "visibility_timeout", visibility_timeout, maximum=43_200.0)
-    is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        type(function).__call__)
     name = str(getattr(function, "__name__", None) or type(function).__name__)
     return Handler(function, queue, name, is_async, concurrency, batch_size, window, seconds,
                    processes, prefetch, lease)

@@ -21,10 +21,13 @@ the keeper under the same lock when the call is abandoned.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import threading
 import time
 from collections.abc import Callable
+from types import AsyncGeneratorType, CoroutineType, GeneratorType
 from typing import Any
 
 from fastfanout.errors import FastFanoutError
@@ -33,7 +36,8 @@ from fastfanout.workers.sources import CLOSE_TIMEOUT, STOP_GRACE, Source, settle
 from fastfanout.workers.stats import HandlerStats, Tally
 
 __all__ = ["ACK_LINGER", "POLL", "RECONNECT_DELAY", "RECONNECT_TELL", "LeaseKeeper",
-           "ReconnectTell", "Slot", "ThreadRunner", "failed_messages"]
+           "NotRun", "ReconnectTell", "Slot", "ThreadRunner", "failed_messages",
+           "refuse_not_run"]
 
 log = logging.getLogger("fastfanout.worker")
 
@@ -75,15 +79,63 @@ class ReconnectTell:
         self.told = now
 
 
+class NotRun(Exception):
+    """A handler returned a coroutine, a generator or an async generator, its code unrun.
+
+    Its call failed (nacked and counted, as if it had raised); the object is closed (no
+    "coroutine ... was never awaited" warning).
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+    def line(self, handler: str, count: int) -> str:
+        """The log line for a call of ``handler`` on ``count`` messages."""
+        return (f"handler {handler} returned {self.kind}, which a worker neither awaits "
+                f"nor iterates: its code never ran, and its {count} message(s) are nacked "
+                f"as failed (a sync decorator on an async def, a yield, a missing await?); "
+                f"make the handler a plain def that returns when done, or an async def "
+                f"whose decorators' wrappers are async too")
+
+
+def refuse_not_run(result: object) -> None:
+    """Raise ``NotRun`` if ``result`` is code a handler returned unrun (closing it first).
+
+    A coroutine, generator or async generator, or any other awaitable: the caller of a
+    sync function neither awaits nor iterates what it returns, so its message would be
+    acked with none of the handler's code run (until 2026-12-07, with only Python's
+    "never awaited" warning on stderr).
+    """
+    if isinstance(result, CoroutineType):
+        kind = "a coroutine"
+    elif isinstance(result, GeneratorType):
+        kind = "a generator"
+    elif isinstance(result, AsyncGeneratorType):
+        kind = "an async generator"   # never started: nothing to close
+    elif inspect.isawaitable(result):
+        kind = f"an awaitable ({type(result).__name__})"
+    else:
+        return
+    close = getattr(result, "close", None)
+    if kind != "an async generator" and callable(close):
+        with contextlib.suppress(Exception):   # unrun code: nothing of it is ours
+            close()
+    raise NotRun(kind)
+
+
 def answer_request(message: Any, result: object) -> None:
     """Send a handler's return value as the reply to a request (``message.reply``).
 
     Nothing for None, or for a message that asked for no reply (published, not
     requested). A value a reply cannot take (not bytes-like) raises ``InvalidArgument``:
-    the handler's failure, as if it had raised it.
+    the handler's failure, as if it had raised it. Code returned unrun (a coroutine, a
+    generator) raises ``NotRun`` (``refuse_not_run``), reply or not.
     """
-    if result is not None and message.reply_to is not None:
-        message.reply(result)
+    if result is not None:
+        refuse_not_run(result)
+        if message.reply_to is not None:
+            message.reply(result)
 
 
 def failed_messages(result: object, messages: list[Any]) -> list[Any]:
@@ -306,6 +358,9 @@ class ThreadRunner:
                 slot.current = [message]
                 try:
                     answer_request(message, function(message))
+                except NotRun as exc:
+                    log.error("%s", exc.line(self.handler.name, 1))
+                    failed = True
                 except BaseException:   # SystemExit too: it would end the thread, and
                     # the keeper would extend the message's lease for ever
                     log.exception("handler %s failed on message %d", self.handler.name,
@@ -351,6 +406,11 @@ class ThreadRunner:
             result = self.handler.function(messages if self.handler.batched else messages[0])
             if not self.handler.batched:
                 answer_request(messages[0], result)
+            elif result is not None:
+                refuse_not_run(result)
+        except NotRun as exc:
+            log.error("%s", exc.line(self.handler.name, len(messages)))
+            failed = messages
         except BaseException:   # as in _call_each
             log.exception("handler %s failed on %d message(s)", self.handler.name,
                           len(messages))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -1145,3 +1147,52 @@ def test_a_worker_process_killed_by_a_signal_is_named_so(
                    timeout=30, what="the crash named")
         client.purge("jobs")   # the message would crash every process it reaches
         worker.stop()
+
+
+def test_a_handler_returning_code_it_did_not_run_fails_its_message(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a sync function returning a coroutine (or a generator) had its message acked, its
+    # code never run: only Python's "coroutine ... was never awaited" on stderr
+    ran: list[str] = []
+
+    async def body(message: Any) -> None:
+        ran.append("body")
+
+    def sneaky(message: Any) -> Any:   # a decorator without functools.wraps
+        return body(message)
+
+    def lazy_batch(batch: list[Any]) -> Any:
+        return (ran.append("batch") for _ in batch)
+
+    async def unawaited(message: Any) -> Any:
+        return body(message)   # the await forgotten
+
+    with Broker() as broker:
+        for queue in ("one", "batch", "async"):
+            broker.create_queue(queue, redelivery_backoff=fastfanout.ExponentialBackoff(60.0))
+        worker = Worker(broker, concurrency=1)
+        worker.handler("one")(sneaky)
+        worker.handler("batch", batch_size=2)(lazy_batch)
+        worker.handler("async")(unawaited)
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(
+                logging.ERROR, logger="fastfanout.worker"):
+            warnings.simplefilter("always")
+            with worker:
+                broker.send("one", b"1")
+                broker.send_batch("batch", [b"2", b"3"])
+                broker.send("async", b"4")
+                wait_until(lambda: sum(s.failed for s in worker.stats().handlers.values())
+                           == 4, what="four failures")
+            gc.collect()
+        stats = worker.stats().handlers
+        assert [(stats[name].failed, stats[name].processed) for name in
+                ("sneaky", "lazy_batch", "unawaited")] == [(1, 0), (2, 0), (1, 0)]
+        queues = broker.stats().queues
+        assert [(queues[q].acked, queues[q].delayed) for q in ("one", "batch", "async")] == [
+            (0, 1), (0, 2), (0, 1)]   # nacked, backing off
+    assert ran == []
+    lines = [r.getMessage() for r in caplog.records if "its code never ran" in r.getMessage()]
+    assert sorted(line.split(",")[0] for line in lines) == [
+        "handler lazy_batch returned a generator", "handler sneaky returned a coroutine",
+        "handler unawaited returned a coroutine"]
+    assert not [w for w in caught if "never awaited" in str(w.message)]

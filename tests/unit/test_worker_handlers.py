@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -49,6 +50,62 @@ def test_signatures_that_take_one_argument_are_accepted() -> None:
     make_handler(lambda message, extra=1: None, "jobs")
     make_handler(lambda *messages: None, "jobs")
     make_handler(print, "jobs")
+
+
+def _logged(function: Any) -> Any:
+    """An ordinary sync decorator."""
+    @functools.wraps(function)
+    def wrapper(message: Any) -> Any:
+        return function(message)
+    return wrapper
+
+
+def _yields(message: Any) -> Any:
+    yield message
+
+
+async def _yields_async(message: Any) -> Any:
+    yield message
+
+
+@_logged
+async def wrapped_async(message: Any) -> None:
+    """An async def under a sync decorator: its calls return a coroutine."""
+
+
+class _CallYields:
+    def __call__(self, message: Any) -> Any:
+        yield message
+
+
+@pytest.mark.parametrize(("function", "refusal"), [
+    (_yields, "'_yields' is a generator function"),
+    (_yields_async, "'_yields_async' is an async generator function"),
+    (_logged(_yields), "'_yields' is a generator function"),
+    (_logged(_yields_async), "'_yields_async' is an async generator function"),
+    (_CallYields(), "is a generator function"),
+    (wrapped_async, "'wrapped_async' is a sync function wrapping the coroutine function "
+                    "'wrapped_async' .* make the decorator's wrapper an async def"),
+])
+def test_a_handler_whose_calls_would_not_run_its_code_is_refused(function: Any,
+                                                                 refusal: str) -> None:
+    # each was registered, and every message acked with none of its code run
+    worker = Worker("ipc:///x")
+    with pytest.raises(InvalidArgument, match=refusal):
+        worker.handler("jobs")(function)
+    with pytest.raises(InvalidArgument, match=refusal):
+        worker.handler("jobs", batch_size=10)(function)
+    assert worker.handlers == {}
+
+
+def test_decorated_handlers_that_run_their_code_are_accepted() -> None:
+    async def awaits(message: Any) -> None:
+        await one_async(message)
+
+    assert not make_handler(_logged(one), "jobs").is_async
+    decorated = functools.wraps(one)(awaits)   # an async wrapper of a sync function
+    assert make_handler(decorated, "jobs").is_async
+    assert make_handler(functools.partial(one_async), "jobs").is_async
 
 
 @pytest.mark.parametrize(("option", "value"), [
