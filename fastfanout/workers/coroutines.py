@@ -189,6 +189,8 @@ class AsyncRunner:
                                                 handler.batch_window)
                 except FastFanoutError as exc:   # the broker went away: connect again
                     slots.release()
+                    if stopping.is_set():   # no reconnect follows: none is told
+                        break
                     log.warning("handler %s lost its source (%s); reconnecting",
                                 handler.name, exc)
                     reopened = await self._reopen(source, stopping)

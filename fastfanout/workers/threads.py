@@ -253,6 +253,11 @@ class ThreadRunner:
             try:
                 self._loop(slot, slot.source)
             except FastFanoutError as exc:   # the broker went away: connect again
+                if self._stopping.is_set():
+                    # the stop closed the source under a take (past its deadline, or
+                    # stop_now): no reconnect follows, so none is told (until 2026-12-07
+                    # "lost its source (the client is closed); reconnecting in 1 s")
+                    return   # (the source is closed by the finally)
                 log.warning("worker thread of %s lost its source (%s); reconnecting in "
                             "%g s", self.handler.name, exc, RECONNECT_DELAY)
             finally:

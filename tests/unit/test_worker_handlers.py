@@ -260,3 +260,48 @@ def test_a_thread_that_cannot_reconnect_says_so_once_not_every_second(
     lines = [r.getMessage() for r in caplog.records if "reconnect" in r.getMessage()]
     assert len(lines) == 2, lines   # the source lost, and the first failed attempt
     assert "cannot reconnect yet: no broker there (trying every 1 s)" in lines[1]
+
+
+class _ClosedUnderTake:
+    """A source closed by the worker's stop while its thread waits in take."""
+
+    def __init__(self) -> None:
+        self.taking = threading.Event()
+        self.closed = threading.Event()
+
+    def take(self, count: int, wait: float) -> list[Any]:
+        self.taking.set()
+        if self.closed.wait(wait):
+            raise BrokenConnection("the client is closed")
+        return []
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed.set()
+
+
+def test_a_source_closed_by_the_stop_is_not_told_as_a_reconnect(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a stop past its deadline (or stop_now) closes the sources of threads still in a
+    # take: each logged "lost its source (the client is closed); reconnecting in 1 s"
+    # just before "worker stopped"
+    source = _ClosedUnderTake()
+    opened: list[Any] = []
+
+    def open_source() -> Any:
+        opened.append(source)
+        return source
+
+    stopping = threading.Event()
+    runner = ThreadRunner(make_handler(one, "jobs", concurrency=1), open_source, None,
+                          stopping)
+    with caplog.at_level(logging.INFO, logger="fastfanout.worker"):
+        runner.start()
+        try:
+            assert source.taking.wait(10), "the thread never took"
+            stopping.set()   # as Worker.stop: the stop flag, then the sources closed
+            source.close()
+        finally:
+            stopping.set()
+            assert not runner.join(time.monotonic() + 10, threading.Event())
+    assert [r.getMessage() for r in caplog.records] == []
+    assert opened == [source]   # not reopened
