@@ -168,6 +168,7 @@ class AsyncRunner:
         self._abandoned_calls = 0
         self._calls: set[asyncio.Task[None]] = set()
         self._source: AsyncClientSource | AsyncBrokerSource | None = None
+        self._tell = ReconnectTell(f"handler {handler.name}")
 
     async def open(self) -> None:
         """Open the source (raises what the connection or the consumer raises)."""
@@ -180,6 +181,9 @@ class AsyncRunner:
         handler = self.handler
         slots = asyncio.Semaphore(handler.concurrency or 1)
         keeper = asyncio.create_task(self._keep())
+        tell = self._tell
+        recovering = False   # after a loss: until the source yields, or lasts a while
+        opened = 0.0
         try:
             while not stopping.is_set():
                 if not await _acquire(slots, stopping):
@@ -191,13 +195,17 @@ class AsyncRunner:
                     slots.release()
                     if stopping.is_set():   # no reconnect follows: none is told
                         break
-                    log.warning("handler %s lost its source (%s); reconnecting",
-                                handler.name, exc)
+                    tell.lost(0, exc)
                     reopened = await self._reopen(source, stopping)
                     if reopened is None:
                         break
                     source = self._source = reopened
+                    recovering, opened = True, time.monotonic()
                     continue
+                if recovering and (messages or time.monotonic() - opened
+                                   >= RECONNECT_DELAY):
+                    recovering = False
+                    tell.back(0)
                 if not messages:
                     slots.release()
                     continue
@@ -224,7 +232,6 @@ class AsyncRunner:
         """
         self._held.clear()   # the broker released the old connection's leases
         await source.close(STOP_GRACE)   # its broker went away: no answer to wait for
-        tell = ReconnectTell(f"handler {self.handler.name}")
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECONNECT_DELAY):
@@ -243,7 +250,7 @@ class AsyncRunner:
             try:
                 return opening.result()
             except FastFanoutError as exc:
-                tell.failed(exc)
+                self._tell.failed(0, exc)
 
     async def _take(self, source: AsyncClientSource | AsyncBrokerSource, batch_size: int,
                     window: float) -> list[Any]:

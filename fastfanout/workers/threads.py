@@ -46,29 +46,69 @@ POLL = 0.1
 RECONNECT_DELAY = 1.0
 """Seconds between attempts to reconnect after the broker went away."""
 RECONNECT_TELL = 30.0
-"""Seconds between two warnings of one thread (or async handler) that still cannot
-reconnect: the first failed attempt is logged, then one line this often (it was one line
-a second for each thread: 240 lines a minute from a worker of 4 threads)."""
+"""Seconds between two warnings of one handler that still cannot consume: its loss is
+logged, then its first failed attempt, then one line this often (it was one line a
+second for each thread: 240 lines a minute from a worker of 4 threads; and a queue
+deleted under a worker, which each thread reconnected to and lost again at once, still
+was, until 2026-12-07)."""
 ACK_LINGER = 0.01
 """Most seconds a per-message handler's success waits to be acked with the next ones."""
 
 
 class ReconnectTell:
-    """The warnings of one reconnect: its first failure, then one every ``RECONNECT_TELL``.
+    """The warnings of one handler's loss of its sources, however many threads it has.
+
+    One line when the first of its threads (or its async runner) loses its source; one
+    for the first failed attempt to consume again (a reconnect refused, or a source lost
+    again soon after it opened: the queue deleted); then one every ``RECONNECT_TELL``
+    while it lasts; and one when every thread that lost its source consumes again (a
+    source that yielded messages, or that ran ``RECONNECT_DELAY`` without failing).
+    Threads of the handler losing theirs meanwhile add no line. Safe from any thread.
 
     Args:
-        who: what reconnects, as the warning names it.
+        who: what reconnects, as the warnings name it (``handler NAME``).
     """
 
     def __init__(self, who: str) -> None:
         self.who = who
-        self.began = time.monotonic()
-        self.told: float | None = None
+        self._lock = threading.Lock()
+        self._down: set[int] = set()   # keys of the threads not consuming again yet
+        self.began: float | None = None   # monotonic: the loss; None: consuming
+        self.told = 0.0
+        self._failure_told = False
 
-    def failed(self, error: BaseException) -> None:
-        """An attempt failed with ``error``: warn, unless one was said lately."""
-        now = time.monotonic()
-        if self.told is None:
+    def down(self, key: int) -> bool:
+        """True while thread ``key`` lost its source and does not consume again yet."""
+        return key in self._down
+
+    def lost(self, key: int, error: BaseException) -> None:
+        """Thread ``key`` lost its source with ``error``."""
+        with self._lock:
+            now = time.monotonic()
+            if self.began is None:
+                self._down.add(key)
+                self.began = self.told = now
+                self._failure_told = False
+                log.warning("%s lost its source (%s); reconnecting every %g s", self.who,
+                            error, RECONNECT_DELAY)
+            elif key in self._down:   # lost again before it consumed: a failed attempt
+                self._failed(now, error)
+            else:   # another thread of the same loss
+                self._down.add(key)
+
+    def failed(self, key: int, error: BaseException) -> None:
+        """An attempt of thread ``key`` to open a source failed with ``error``."""
+        with self._lock:
+            self._down.add(key)
+            now = time.monotonic()
+            if self.began is None:   # (not after a loss: the thread's first open)
+                self.began = self.told = now
+            self._failed(now, error)
+
+    def _failed(self, now: float, error: BaseException) -> None:
+        assert self.began is not None
+        if not self._failure_told:
+            self._failure_told = True
             log.warning("%s cannot reconnect yet: %s (trying every %g s)", self.who, error,
                         RECONNECT_DELAY)
         elif now - self.told >= RECONNECT_TELL:
@@ -77,6 +117,16 @@ class ReconnectTell:
         else:
             return
         self.told = now
+
+    def back(self, key: int) -> None:
+        """Thread ``key`` consumes again; the last of them says so."""
+        with self._lock:
+            self._down.discard(key)
+            if self._down or self.began is None:
+                return
+            log.warning("%s consumes again after %.0f s", self.who,
+                        time.monotonic() - self.began)
+            self.began = None
 
 
 class NotRun(Exception):
@@ -226,6 +276,7 @@ class ThreadRunner:
         self._ready = 0
         self._ready_lock = threading.Lock()
         self.error: BaseException | None = None
+        self._tell = ReconnectTell(f"handler {handler.name}")
 
     def start(self) -> None:
         """Start the threads (each opens its source first)."""
@@ -258,8 +309,7 @@ class ThreadRunner:
                     # stop_now): no reconnect follows, so none is told (until 2026-12-07
                     # "lost its source (the client is closed); reconnecting in 1 s")
                     return   # (the source is closed by the finally)
-                log.warning("worker thread of %s lost its source (%s); reconnecting in "
-                            "%g s", self.handler.name, exc, RECONNECT_DELAY)
+                self._tell.lost(id(slot), exc)
             finally:
                 self._release(slot, 0.0)
                 slot.source.close(self._close_timeout())
@@ -280,13 +330,12 @@ class ThreadRunner:
         ``RECONNECT_DELAY`` until one opens.
         """
         wait = first_wait
-        tell = ReconnectTell(f"worker thread of {self.handler.name}")
         while not self._stopping.wait(wait):
             try:
                 slot.source = self._open_source()
                 return True
             except FastFanoutError as exc:
-                tell.failed(exc)
+                self._tell.failed(id(slot), exc)
             wait = RECONNECT_DELAY
         return False
 
@@ -302,11 +351,17 @@ class ThreadRunner:
         handler = self.handler
         batch_size = handler.batch_size
         take = max(batch_size, handler.prefetch_for(1))
+        # after a loss: consuming again once the source yields, or lasts RECONNECT_DELAY
+        recovering = self._tell.down(id(slot))
+        opened = time.monotonic()
         while not self._stopping.is_set():
             if handler.batched:
                 messages = self._collect(source, batch_size, handler.batch_window)
             else:
                 messages = source.take(take, POLL)
+            if recovering and (messages or time.monotonic() - opened >= RECONNECT_DELAY):
+                recovering = False
+                self._tell.back(id(slot))
             if not messages:
                 continue
             with slot.lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 import time
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fastfanout import BrokenConnection, InvalidArgument, Worker
+from fastfanout import BrokenConnection, InvalidArgument, NotFound, Worker
 from fastfanout.workers.handlers import make_handler
 from fastfanout.workers.sources import WORKER_RING_BYTES, ring_bytes_for
 from fastfanout.workers.stats import HandlerStats, Tally, combine
@@ -305,3 +306,62 @@ def test_a_source_closed_by_the_stop_is_not_told_as_a_reconnect(
             assert not runner.join(time.monotonic() + 10, threading.Event())
     assert [r.getMessage() for r in caplog.records] == []
     assert opened == [source]   # not reopened
+
+
+class _DeletedQueue:
+    """A source of a queue deleted under the worker: it opens, and its take fails; until
+    ``restored`` is set, then it takes nothing, quietly."""
+
+    def __init__(self, restored: threading.Event) -> None:
+        self.restored = restored
+
+    def take(self, count: int, wait: float) -> list[Any]:
+        if not self.restored.is_set():
+            raise NotFound("queue 'jobs' does not exist")
+        self.restored.wait(wait)
+        return []
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_deleted_queue_is_told_once_per_handler_not_each_second_per_thread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # each thread reconnected (the consume opened) and lost its source again at once,
+    # each logging "worker thread of jobs lost its source (queue 'jobs' does not
+    # exist); reconnecting in 1 s": 48 lines in 12 s from 4 threads
+    restored = threading.Event()
+    opened: list[float] = []
+
+    def open_source() -> Any:
+        opened.append(time.monotonic())
+        return _DeletedQueue(restored)
+
+    stopping = threading.Event()
+    runner = ThreadRunner(make_handler(one, "jobs", concurrency=4), open_source, None,
+                          stopping)
+
+    def told() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "fastfanout.worker"]
+
+    with caplog.at_level(logging.WARNING, logger="fastfanout.worker"):
+        runner.start()
+        try:
+            deadline = time.monotonic() + 60 * RECONNECT_DELAY
+            while len(opened) < 4 * 4:   # three reconnects of each thread
+                assert time.monotonic() < deadline, "the threads stopped reconnecting"
+                time.sleep(0.01)
+            assert told() == [
+                "handler one lost its source (queue 'jobs' does not exist); reconnecting "
+                "every 1 s",
+                "handler one cannot reconnect yet: queue 'jobs' does not exist (trying "
+                "every 1 s)"]
+            restored.set()
+            while len(told()) < 3:
+                assert time.monotonic() < deadline, "never told it consumes again"
+                time.sleep(0.01)
+        finally:
+            stopping.set()
+            assert not runner.join(time.monotonic() + 10, threading.Event())
+    assert len(told()) == 3
+    assert re.fullmatch(r"handler one consumes again after \d+ s", told()[2])
