@@ -297,17 +297,31 @@ class Worker:
     def add(self, handler: Handler) -> Handler:
         """Register a ``Handler`` made elsewhere (``make_handler``, a child process).
 
+        A handler whose name (its function's ``__name__``) another handler has already
+        is named ``NAME@QUEUE``: one function may serve several queues, and two lambdas
+        may (until 2026-12-07 the second was refused, "a handler named 'f' is registered
+        already"). Names key the stats and the logs.
+
+        Returns:
+            The handler registered (renamed so).
+
         Raises:
-            InvalidArgument: a handler of that name or for that queue is registered.
+            InvalidArgument: the queue has a handler already, or both the handler's name
+                and ``NAME@QUEUE`` are taken.
         """
         if self._started:
             raise InvalidArgument("handlers must be registered before the worker starts")
-        if handler.name in self._handlers:
-            raise InvalidArgument(f"a handler named {handler.name!r} is registered already")
         for other in self._handlers.values():
             if other.queue == handler.queue:
                 raise InvalidArgument(f"queue {handler.queue!r} has a handler already "
                                       f"({other.name}); one handler per queue")
+        if handler.name in self._handlers:
+            unique = f"{handler.name}@{handler.queue}"
+            if unique in self._handlers:
+                raise InvalidArgument(
+                    f"handlers named {handler.name!r} and {unique!r} are registered "
+                    f"already: handler names, which name their stats, must be unique")
+            handler = replace(handler, name=unique)
         if (isinstance(self.broker, Broker) and handler.processes is not None
                 and handler.processes > 1):
             raise InvalidArgument("processes > 1 needs a broker server: an embedded Broker "

@@ -66,7 +66,8 @@ class Handler:
     Attributes:
         function: the function called per message (or per batch).
         queue: the queue it consumes.
-        name: the handler's name in stats and logs (the function's ``__name__``).
+        name: the handler's name in stats and logs (the function's ``__name__``;
+            ``NAME@QUEUE`` when a worker has a handler of that name already).
         is_async: True for a coroutine function (run on the event loop), else it runs on
             a thread.
         concurrency: most calls running at once per process (None: the worker's).

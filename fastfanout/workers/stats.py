@@ -133,7 +133,8 @@ class WorkerStats:
     """``Worker.stats()``: every handler's stats, by handler name.
 
     Attributes:
-        handlers: handler name (the function's ``__name__``) -> its stats.
+        handlers: handler name (the function's ``__name__``, or ``NAME@QUEUE`` for
+            a name registered already on another queue) -> its stats.
         restarts: worker processes started again after they died.
     """
 

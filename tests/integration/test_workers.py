@@ -1196,3 +1196,35 @@ def test_a_handler_returning_code_it_did_not_run_fails_its_message(
         "handler lazy_batch returned a generator", "handler sneaky returned a coroutine",
         "handler unawaited returned a coroutine"]
     assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_one_function_may_serve_two_queues() -> None:
+    # the second registration was refused: "a handler named 'seen' is registered already"
+    # (two lambdas on two queues alike)
+    with Broker() as broker:
+        for queue in ("a", "b", "c", "d"):
+            broker.create_queue(queue)
+        worker = Worker(broker, concurrency=1)
+        got: list[tuple[str, bytes]] = []
+
+        def seen(message: Any) -> None:
+            got.append((message.queue, message.body))
+
+        worker.handler("a")(seen)
+        worker.handler("b")(seen)
+        worker.handler("c")(lambda message: None)
+        worker.handler("d")(lambda message: None)
+        with pytest.raises(InvalidArgument, match="has a handler already"):
+            worker.handler("b")(seen)
+        assert {name: h.queue for name, h in worker.handlers.items()} == {
+            "seen": "a", "seen@b": "b", "<lambda>": "c", "<lambda>@d": "d"}
+        with worker:
+            for queue in ("a", "b", "c", "d"):
+                broker.send(queue, queue.encode())
+            wait_until(lambda: sum(q.acked for q in broker.stats().queues.values()) == 4,
+                       what="every message acked")
+        stats = worker.stats().handlers
+        assert {name: (s.queue, s.processed) for name, s in stats.items()} == {
+            "seen": ("a", 1), "seen@b": ("b", 1), "<lambda>": ("c", 1),
+            "<lambda>@d": ("d", 1)}
+        assert sorted(got) == [("a", b"a"), ("b", b"b")]

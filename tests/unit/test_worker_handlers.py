@@ -207,7 +207,7 @@ def test_subscribe_refuses_its_mistakes_when_registered() -> None:
             worker.subscribe("orders", one, **mistake)
     # nothing was registered: queue "one" takes its handler now (a second is refused)
     worker.subscribe("orders", one, filter_policy={"a": ["b"]}, filter_scope="attributes")
-    with pytest.raises(InvalidArgument, match="registered already"):
+    with pytest.raises(InvalidArgument, match="queue 'one' has a handler already"):
         worker.subscribe("orders", one)
 
 
