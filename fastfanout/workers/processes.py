@@ -69,6 +69,23 @@ def _ending(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
+def _last_of(latest: HandlerStats, exitcode: int | None) -> HandlerStats:
+    """What a finished child's last report still counts: its counters, no level.
+
+    Nothing is in flight in a process that ended (until 2026-12-07 a crashed child's
+    last ``in_flight`` stayed in the total for ever). One that died (exit status not 0:
+    a crash, a kill) handled what its last report had in flight no further: the broker
+    redelivers those messages, and they count as failed and retried, as a raising call's
+    do (what it processed since that report, 0.25 s at most, is not counted). One that
+    stopped cleanly settled them, and sent a report after.
+    """
+    if exitcode == 0 or latest.in_flight == 0:
+        return replace(latest, in_flight=0)
+    lost = latest.in_flight
+    return replace(latest, in_flight=0, failed=latest.failed + lost,
+                   retried=latest.retried + lost)
+
+
 class _Child:
     __slots__ = ("latest", "process", "reader", "restart_at", "started")
 
@@ -160,7 +177,8 @@ class ProcessGroup:
                     if child.process.is_alive() or self._stopping:
                         continue
                     if child.latest is not None:
-                        self._finished.append(child.latest)
+                        self._finished.append(_last_of(child.latest,
+                                                       child.process.exitcode))
                         child.latest = None
                     child.reader.close()
                     if child.process.exitcode == 0:
@@ -206,6 +224,8 @@ class ProcessGroup:
                 child.process.join()
             self._drain(child)
             child.reader.close()
+            if child.latest is not None:   # ended: nothing in flight any more
+                child.latest = _last_of(child.latest, child.process.exitcode)
 
     def stats(self) -> HandlerStats:
         """The handler's stats over its processes (``combine``)."""

@@ -70,7 +70,8 @@ class HandlerStats:
     Attributes:
         queue: the queue it consumes.
         processed: messages handled and acked.
-        failed: messages whose call raised, reported them failed, or timed out.
+        failed: messages whose call raised, reported them failed, or timed out (with
+            ``processes``: or that a child that died had in flight at its last report).
         retried: failed messages nacked for redelivery (with the queue's backoff).
         dead_lettered: failed messages on their last delivery (``max_receive_count``):
             the nack moved them to the queue's dead-letter queue.
