@@ -129,6 +129,8 @@ class ClientSource:
         except BaseException:
             self.client.close()
             raise
+        # the broker's (its HELLO's): silence past it ends the session
+        self.heartbeat_timeout = float(self.client.info.get("heartbeat_timeout", 2.0))
         self._pushed: list[Any] = []   # the last push, taken in slices
         self._taken = 0
         self._whole: Any = None   # the last push when it was taken whole

@@ -9,7 +9,8 @@ holds at most its prefetch of messages; the ones not yet handled stay leased to 
 The ``LeaseKeeper`` thread, one per worker process, watches every slot: it extends the
 leases of the messages a slot holds every third of a lease (as NATS's "in progress" and
 Google Pub/Sub's client lease management do, so a slow handler never causes a second
-delivery) and abandons a call
+delivery, unless one C call of it holds the GIL past the broker's heartbeat_timeout:
+``ThreadRunner._heartbeats_missed``) and abandons a call
 that passed its ``timeout`` (its messages nacked, counted and logged; a Python thread
 cannot be killed, so the slot stays busy until the call returns, and then settles
 nothing).
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from types import AsyncGeneratorType, CoroutineType, GeneratorType
 from typing import Any
 
-from fastfanout.errors import FastFanoutError
+from fastfanout.errors import FastFanoutError, SessionExpired
 from fastfanout.workers.handlers import Handler
 from fastfanout.workers.sources import CLOSE_TIMEOUT, STOP_GRACE, Source, settle_quietly
 from fastfanout.workers.stats import HandlerStats, Tally
@@ -227,8 +228,8 @@ class Slot:
         stale_source: the keeper closed ``source`` when it gave up on the call.
     """
 
-    __slots__ = ("abandoned", "current", "done", "held", "index", "lock", "source",
-                 "stale_source", "started", "tally", "thread")
+    __slots__ = ("abandoned", "current", "done", "held", "index", "lock", "longest",
+                 "source", "stale_source", "started", "tally", "thread")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -246,6 +247,9 @@ class Slot:
         # the keeper closed the source under a call past its timeout (what it had pushed
         # goes to other consumers, not behind the hung call): the thread opens another
         self.stale_source = False
+        # seconds of the longest call since the source opened: one that held the GIL
+        # past the broker's heartbeat_timeout is named when the broker ends the session
+        self.longest = 0.0
 
     def unsettled(self) -> list[Any]:
         """The messages this slot holds and has not settled (call with the lock held)."""
@@ -309,6 +313,7 @@ class ThreadRunner:
                     # stop_now): no reconnect follows, so none is told (until 2026-12-07
                     # "lost its source (the client is closed); reconnecting in 1 s")
                     return   # (the source is closed by the finally)
+                self._heartbeats_missed(slot, exc)
                 self._tell.lost(id(slot), exc)
             finally:
                 self._release(slot, 0.0)
@@ -322,6 +327,33 @@ class ThreadRunner:
         # the worker stopped just as a source was opened again (after an abandoned call,
         # or a reconnect): it was never looped over, so it is closed here
         slot.source.close(self._close_timeout())
+
+    def _heartbeats_missed(self, slot: Slot, error: FastFanoutError) -> None:
+        """Name a call that held the GIL when the broker ended the session for it.
+
+        A sync call that holds the GIL (C code: a regex, an extension) stops its
+        connection's heartbeat thread too; past the broker's ``heartbeat_timeout`` the
+        broker ends the session and releases its messages, that call's included: the
+        call returns, its ack is refused, and the message is delivered again (until
+        2026-12-07 only "lost its source" was logged, and such a message ran again and
+        again until dead-lettered). A Python thread cannot take the GIL back: the fix is
+        the user's.
+        """
+        timeout = getattr(slot.source, "heartbeat_timeout", None)
+        if (timeout is None or not isinstance(error, SessionExpired)
+                or "heartbeat" not in str(error) or slot.longest < timeout / 2):
+            return
+        log.warning(
+            "handler %s: a call ran %.1f s and the broker ended its connection's session "
+            "meanwhile (it missed its heartbeats): a call that holds the GIL (C code: a "
+            "regex, a C extension) stops the connection's heartbeats, and past the "
+            "broker's heartbeat_timeout (%g s) the broker releases the connection's "
+            "messages, that call's included: its ack is refused and the message comes "
+            "back; run that work outside the worker's process (a process pool the "
+            "handler waits on, or a library call that releases the GIL), or raise the "
+            "broker's heartbeat_timeout above the call's length (processes=N does not "
+            "help: a child's heartbeats stop alike)", self.handler.name, slot.longest,
+            timeout)
 
     def _reopen(self, slot: Slot, first_wait: float) -> bool:
         """Open the slot's source again; False once the worker stops.
@@ -351,6 +383,7 @@ class ThreadRunner:
         handler = self.handler
         batch_size = handler.batch_size
         take = max(batch_size, handler.prefetch_for(1))
+        slot.longest = 0.0
         # after a loss: consuming again once the source yields, or lasts RECONNECT_DELAY
         recovering = self._tell.down(id(slot))
         opened = time.monotonic()
@@ -410,6 +443,7 @@ class ThreadRunner:
         done: list[Any] = []   # returned: acked together (slot.done: the keeper sees it)
         slot.done = done
         first_done = 0.0
+        longest = slot.longest
         try:
             for message in messages:
                 if stopping.is_set():
@@ -429,8 +463,11 @@ class ThreadRunner:
                 else:
                     failed = False
                 now = clock()
+                elapsed = now - started
+                if elapsed > longest:
+                    longest = elapsed
                 acquire()
-                times.append(now - started)
+                times.append(elapsed)
                 slot.current = None
                 if slot.abandoned:   # the keeper settled this call (and the rest) already
                     slot.abandoned = False
@@ -452,6 +489,7 @@ class ThreadRunner:
                     first_done = now
                 done.append(message)
         finally:
+            slot.longest = longest
             if done:
                 source.ack(done)
             slot.done = []
@@ -477,8 +515,10 @@ class ThreadRunner:
             failed = messages
         else:
             failed = failed_messages(result, messages) if self.handler.batched else []
+        elapsed = time.monotonic() - started
+        slot.longest = max(slot.longest, elapsed)
         with slot.lock:
-            tally.times.append(time.monotonic() - started)
+            tally.times.append(elapsed)
             slot.current = None
             if slot.abandoned:   # the keeper settled this call (and the rest) already
                 slot.abandoned = False

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import itertools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1228,3 +1230,38 @@ def test_one_function_may_serve_two_queues() -> None:
             "seen": ("a", 1), "seen@b": ("b", 1), "<lambda>": ("c", 1),
             "<lambda>@d": ("d", 1)}
         assert sorted(got) == [("a", b"a"), ("b", b"b")]
+
+
+def test_a_call_holding_the_gil_past_the_heartbeat_timeout_is_named(
+        track: Tracker, caplog: pytest.LogCaptureFixture) -> None:
+    # a sync call holding the GIL (a regex, a C extension) stops its connection's
+    # heartbeats: the broker ended the session and released the call's message, which
+    # came back, and the worker said only "lost its source (... missed its heartbeats)"
+    endpoint = track.endpoint()
+    config = track.tmp_path / "heartbeats.toml"
+    config.write_text("heartbeat_interval = 0.1\nheartbeat_timeout = 0.5\n")
+    track.broker_process(endpoint, "--config", str(config))
+    track.client(endpoint).create_queue("jobs")
+    hold_gil = ctypes.PyDLL(None).usleep   # a C call that keeps the GIL (PyDLL)
+    calls: list[int] = []
+
+    def crunch(message: Any) -> None:
+        calls.append(message.receive_count)
+        if message.receive_count == 1:
+            hold_gil(1_500_000)   # 1.5 s: three heartbeat timeouts
+
+    worker = _worker(track, endpoint, concurrency=1, report_interval=None)
+    worker.handler("jobs")(crunch)
+    sender = track.client(endpoint)
+    with caplog.at_level(logging.WARNING, logger="fastfanout.worker"):
+        worker.start()
+        sender.send("jobs", b"x")
+        wait_until(lambda: calls == [1, 2], timeout=30, what="the message back, and done")
+    lines = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("handler crunch: a call ran")]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    assert re.match(r"handler crunch: a call ran 1\.\d s and the broker ended its "
+                    r"connection's session meanwhile \(it missed its heartbeats\): a call "
+                    r"that holds the GIL .* heartbeat_timeout \(0\.5 s\) .* run that work "
+                    r"outside the worker's process .* or raise the broker's "
+                    r"heartbeat_timeout above the call's length", lines[0])
