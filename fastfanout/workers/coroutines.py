@@ -34,11 +34,11 @@ from fastfanout.workers.stats import HandlerStats, Tally
 from fastfanout.workers.threads import (
     POLL,
     RECONNECT_DELAY,
-    NotRun,
     ReconnectTell,
     answer_request,
     failed_messages,
-    refuse_not_run,
+    not_run,
+    not_run_line,
 )
 
 __all__ = ["LOOP_BLOCKED", "AsyncRunner", "LoopWatch"]
@@ -317,18 +317,16 @@ class AsyncRunner:
                 # timeout, so its result is ignored (until 2026-12-05 it was acked)
                 timed_out = True
                 failed = messages
+            elif (unrun := None if result is None else not_run(result)) is not None:
+                # it returned a coroutine it did not await (or a generator)
+                log.error("%s", not_run_line(handler.name, unrun, len(messages)))
+                failed = messages
+            elif handler.batched:
+                failed = failed_messages(result, messages)
             else:
                 failed = []
                 try:
-                    if handler.batched:
-                        if result is not None:
-                            refuse_not_run(result)
-                        failed = failed_messages(result, messages)
-                    else:
-                        answer_request(messages[0], result)
-                except NotRun as exc:   # it returned a coroutine it did not await
-                    log.error("%s", exc.line(handler.name, len(messages)))
-                    failed = messages
+                    answer_request(messages[0], result)
                 except FastFanoutError:   # not a body a reply takes: its failure
                     log.exception("handler %s returned a reply that cannot be sent",
                                   handler.name)

@@ -37,8 +37,8 @@ from fastfanout.workers.sources import CLOSE_TIMEOUT, STOP_GRACE, Source, settle
 from fastfanout.workers.stats import HandlerStats, Tally
 
 __all__ = ["ACK_LINGER", "POLL", "RECONNECT_DELAY", "RECONNECT_TELL", "LeaseKeeper",
-           "NotRun", "ReconnectTell", "Slot", "ThreadRunner", "failed_messages",
-           "refuse_not_run"]
+           "ReconnectTell", "Slot", "ThreadRunner", "failed_messages", "not_run",
+           "not_run_line"]
 
 log = logging.getLogger("fastfanout.worker")
 
@@ -130,49 +130,40 @@ class ReconnectTell:
             self.began = None
 
 
-class NotRun(Exception):
-    """A handler returned a coroutine, a generator or an async generator, its code unrun.
-
-    Its call failed (nacked and counted, as if it had raised); the object is closed (no
-    "coroutine ... was never awaited" warning).
-    """
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
-
-    def line(self, handler: str, count: int) -> str:
-        """The log line for a call of ``handler`` on ``count`` messages."""
-        return (f"handler {handler} returned {self.kind}, which a worker neither awaits "
-                f"nor iterates: its code never ran, and its {count} message(s) are nacked "
-                f"as failed (a sync decorator on an async def, a yield, a missing await?); "
-                f"make the handler a plain def that returns when done, or an async def "
-                f"whose decorators' wrappers are async too")
-
-
-def refuse_not_run(result: object) -> None:
-    """Raise ``NotRun`` if ``result`` is code a handler returned unrun (closing it first).
+def not_run(result: object) -> str | None:
+    """What a handler returned unrun (closed now), or None: it ran.
 
     A coroutine, generator or async generator, or any other awaitable: the caller of a
-    sync function neither awaits nor iterates what it returns, so its message would be
-    acked with none of the handler's code run (until 2026-12-07, with only Python's
-    "never awaited" warning on stderr).
+    sync function neither awaits nor iterates what it returns, so its message was acked
+    with none of the handler's code run (until 2026-12-07, with only Python's "never
+    awaited" warning on stderr). Such a call failed (nacked and counted, as if it had
+    raised, and logged: ``not_run_line``); the object is closed (no "never awaited"
+    warning).
     """
     if isinstance(result, CoroutineType):
         kind = "a coroutine"
     elif isinstance(result, GeneratorType):
         kind = "a generator"
     elif isinstance(result, AsyncGeneratorType):
-        kind = "an async generator"   # never started: nothing to close
+        return "an async generator"   # never started: nothing to close
     elif inspect.isawaitable(result):
         kind = f"an awaitable ({type(result).__name__})"
     else:
-        return
+        return None
     close = getattr(result, "close", None)
-    if kind != "an async generator" and callable(close):
+    if callable(close):
         with contextlib.suppress(Exception):   # unrun code: nothing of it is ours
             close()
-    raise NotRun(kind)
+    return kind
+
+
+def not_run_line(handler: str, kind: str, count: int) -> str:
+    """The log line of a call of ``handler`` on ``count`` messages that returned ``kind``."""
+    return (f"handler {handler} returned {kind}, which a worker neither awaits nor "
+            f"iterates: its code never ran, and its {count} message(s) are nacked as "
+            f"failed (a sync decorator on an async def, a yield, a missing await?); make "
+            f"the handler a plain def that returns when done, or an async def whose "
+            f"decorators' wrappers are async too")
 
 
 def answer_request(message: Any, result: object) -> None:
@@ -180,13 +171,10 @@ def answer_request(message: Any, result: object) -> None:
 
     Nothing for None, or for a message that asked for no reply (published, not
     requested). A value a reply cannot take (not bytes-like) raises ``InvalidArgument``:
-    the handler's failure, as if it had raised it. Code returned unrun (a coroutine, a
-    generator) raises ``NotRun`` (``refuse_not_run``), reply or not.
+    the handler's failure, as if it had raised it.
     """
-    if result is not None:
-        refuse_not_run(result)
-        if message.reply_to is not None:
-            message.reply(result)
+    if result is not None and message.reply_to is not None:
+        message.reply(result)
 
 
 def failed_messages(result: object, messages: list[Any]) -> list[Any]:
@@ -451,17 +439,19 @@ class ThreadRunner:
                 slot.started = started = clock()
                 slot.current = [message]
                 try:
-                    answer_request(message, function(message))
-                except NotRun as exc:
-                    log.error("%s", exc.line(self.handler.name, 1))
-                    failed = True
+                    result = function(message)
+                    unrun = None if result is None else not_run(result)
+                    if unrun is None:
+                        answer_request(message, result)
                 except BaseException:   # SystemExit too: it would end the thread, and
                     # the keeper would extend the message's lease for ever
                     log.exception("handler %s failed on message %d", self.handler.name,
                                   message.id)
                     failed = True
                 else:
-                    failed = False
+                    failed = unrun is not None
+                    if failed:
+                        log.error("%s", not_run_line(self.handler.name, str(unrun), 1))
                 now = clock()
                 elapsed = now - started
                 if elapsed > longest:
@@ -500,21 +490,22 @@ class ThreadRunner:
         slot.started = started = time.monotonic()
         slot.current = messages
         failed: list[Any]
+        unrun: str | None = None
         try:
             result = self.handler.function(messages if self.handler.batched else messages[0])
-            if not self.handler.batched:
+            unrun = None if result is None else not_run(result)
+            if unrun is None and not self.handler.batched:
                 answer_request(messages[0], result)
-            elif result is not None:
-                refuse_not_run(result)
-        except NotRun as exc:
-            log.error("%s", exc.line(self.handler.name, len(messages)))
-            failed = messages
         except BaseException:   # as in _call_each
             log.exception("handler %s failed on %d message(s)", self.handler.name,
                           len(messages))
             failed = messages
         else:
-            failed = failed_messages(result, messages) if self.handler.batched else []
+            if unrun is not None:
+                log.error("%s", not_run_line(self.handler.name, unrun, len(messages)))
+                failed = messages
+            else:
+                failed = failed_messages(result, messages) if self.handler.batched else []
         elapsed = time.monotonic() - started
         slot.longest = max(slot.longest, elapsed)
         with slot.lock:
