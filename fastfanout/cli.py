@@ -154,8 +154,13 @@ class _SubscriptionId(click.ParamType[int]):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        if text.startswith("-") and not text[1:].isdigit():
+            # unsubscribe takes unknown options as its argument (to read "-1"): one
+            # mistyped ("--endpont") is still an unknown option, not an id
+            raise click.NoSuchOption(text, ctx=ctx)
         try:
-            number = int(str(value).strip(), 10)
+            number = int(text, 10)
         except ValueError:
             number = -1
         if not 0 <= number <= MAX_SUBSCRIPTION_ID:

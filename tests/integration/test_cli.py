@@ -262,6 +262,12 @@ def test_a_subscription_id_out_of_range_names_the_range(tmp_path: Path) -> None:
                 f"error: Invalid value for 'SUBSCRIPTION_ID': '{value}': a subscription id "
                 f"must be an integer from 0 to 9,223,372,036,854,775,807 (fastfanout "
                 f"list-subscriptions shows them) (see: fastfanout {command[0]} --help)\n")
+    # unsubscribe reads "-1" as its argument, yet a mistyped option stays an option
+    for typo in ("--endpont", "-x"):
+        result = runner.invoke(cli, ["unsubscribe", typo, "3", *ep], prog_name="fastfanout")
+        assert result.exit_code == 2
+        assert result.output == (f"error: No such option '{typo}'. (see: fastfanout "
+                                  f"unsubscribe --help)\n")
     result = runner.invoke(cli, ["unsubscribe", "9223372036854775807", *ep])
     assert result.exit_code == 1 and "no broker at" in result.output   # in range: sent
 
