@@ -41,8 +41,8 @@ from fastfanout.settings import (
     check_topic_settings,
 )
 
-__all__ = ["DEFINITIONS_FORMAT", "ImportResult", "check_definitions", "export_definitions",
-           "import_definitions"]
+__all__ = ["DEFINITIONS_FORMAT", "EXPORT_ATTEMPTS", "ImportResult", "check_definitions",
+           "export_definitions", "import_definitions"]
 
 DEFINITIONS_FORMAT: Final = 1
 """The version of the document (its ``fastfanout_definitions`` key)."""
@@ -135,16 +135,46 @@ def _without_defaults(values: dict[str, Any], kind: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value != defaults[key]}
 
 
+EXPORT_ATTEMPTS: Final = 5
+"""Reads of the topology ``export_definitions`` makes before it gives up on one that
+keeps changing under it."""
+
+
 def export_definitions(source: Any) -> dict[str, Any]:
     """Every topic's, queue's and subscription's settings, as a JSON-ready map.
 
     ``source`` is an embedded ``Broker`` or a blocking ``Client``. Settings at their
-    defaults are left out; subscriptions come in id order. The map is read call by call:
-    a topology that changes meanwhile may be caught half-way (export a quiet one).
+    defaults are left out; subscriptions come in id order. The map is read call by call,
+    then the names are listed again: a topology that changed meanwhile (a queue deleted
+    before its settings were read, a topic created) is read again, up to
+    ``EXPORT_ATTEMPTS`` times, so the export holds the topics, queues and subscriptions
+    of one moment (until 2026-12-07 a queue deleted during an export failed it with
+    ``NotFound``). A setting changed in place meanwhile may be caught either way.
 
     Raises:
+        NotFound: the topology changed during each of the ``EXPORT_ATTEMPTS`` reads.
         FastFanoutError: the broker's own errors (a ``BrokenConnection``, say).
     """
+    for _ in range(EXPORT_ATTEMPTS):
+        try:
+            document = _read_definitions(source)
+        except NotFound:   # listed, then deleted before it was read: read again
+            continue
+        if _names(source) == (list(document["topics"]), list(document["queues"]),
+                              document.pop("_ids")):
+            return document
+    raise NotFound(f"the topology changed during each of {EXPORT_ATTEMPTS} reads of it: "
+                   f"export a quieter broker")
+
+
+def _names(source: Any) -> tuple[list[str], list[str], list[int]]:
+    """The topics, queues and subscription ids ``source`` holds now."""
+    return (list(source.list_topics()), list(source.list_queues()),
+            sorted(source.list_subscriptions()))
+
+
+def _read_definitions(source: Any) -> dict[str, Any]:
+    """One read of the topology (``export_definitions``), its subscription ids in ``_ids``."""
     topics = {name: _without_defaults(asdict(source.topic_settings(name)), _Topic)
               for name in source.list_topics()}
     durable_by_default = _durable_by_default(source)
@@ -155,7 +185,8 @@ def export_definitions(source: Any) -> dict[str, Any]:
             values["durable"] = None
         queues[name] = _without_defaults(values, _Queue)
     subscriptions = []
-    for sid in sorted(source.list_subscriptions()):
+    ids = sorted(source.list_subscriptions())
+    for sid in ids:
         sub = source.subscription(sid)
         entry: dict[str, Any] = {"topic": sub.topic, "queue": sub.queue}
         if sub.filter_policy is not None:
@@ -164,7 +195,7 @@ def export_definitions(source: Any) -> dict[str, Any]:
             entry["filter_scope"] = sub.filter_scope
         subscriptions.append(entry)
     return {"fastfanout_definitions": DEFINITIONS_FORMAT, "topics": topics,
-            "queues": queues, "subscriptions": subscriptions}
+            "queues": queues, "subscriptions": subscriptions, "_ids": ids}
 
 
 def _decode(definitions: Mapping[str, Any] | str | bytes) -> Any:
