@@ -69,8 +69,7 @@ cdef class Dispatcher:
 
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
-                               object entries, int64_t now_us, int64_t topic,
-                               bint single=*)
+                               object entries, int64_t now_us, int64_t topic)
     cdef int publish_one(self, int64_t topic, uint32_t queue, object body, int64_t now_us,
                          uint64_t* message_id, uint32_t* deliveries,
                          unsigned char* duplicate) except -1

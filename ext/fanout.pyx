@@ -785,19 +785,19 @@ cdef class Dispatcher:
                 self.topics[topic].filtered_out, len(<DedupWindow>self.topic_dedup[topic]),
                 (<DedupWindow>self.topic_dedup[topic]).evicted)
 
-    def publish(self, uint32_t topic, object entries, int64_t now_us, bint single=False):
-        """Publish a batch to a topic; returns a PublishBatch. ``single``: the batch is
-        one call's one message, which a refusal does not name by place (no "entry 0: ")."""
+    def publish(self, uint32_t topic, object entries, int64_t now_us):
+        """Publish a batch to a topic; returns a PublishBatch. A refusal names the entry
+        ("entry i: ") in a batch of two or more, none in a batch of one (a single call's,
+        or a client's: the dispatcher cannot tell them apart)."""
         cdef PublishBatch batch = self._publish(
-            self.topics[topic].targets, self.topics[topic].target_count, entries, now_us, topic,
-            single)
+            self.topics[topic].targets, self.topics[topic].target_count, entries, now_us, topic)
         return batch
 
-    def send(self, uint32_t queue, object entries, int64_t now_us, bint single=False):
-        """Send a batch straight to one queue; returns a PublishBatch (``single``: as
-        ``publish``)."""
+    def send(self, uint32_t queue, object entries, int64_t now_us):
+        """Send a batch straight to one queue; returns a PublishBatch (refusals as
+        ``publish``'s)."""
         cdef uint32_t target = queue
-        return self._publish(&target, 1, entries, now_us, -1, single)
+        return self._publish(&target, 1, entries, now_us, -1)
 
     cdef int _reserve_scratch(self, Py_ssize_t count, Py_ssize_t targets) except -1:
         cdef Py_ssize_t capacity
@@ -831,8 +831,7 @@ cdef class Dispatcher:
         return 0
 
     cdef PublishBatch _publish(self, const uint32_t* targets, uint32_t target_count,
-                               object entries, int64_t now_us, int64_t topic,
-                               bint single=False):
+                               object entries, int64_t now_us, int64_t topic):
         cdef Store store = self.store
         cdef list items = None
         cdef Py_buffer frame_view
@@ -848,6 +847,7 @@ cdef class Dispatcher:
         cdef ff_record_view record
         cdef int status
         cdef Py_ssize_t count
+        cdef bint single
         cdef Py_ssize_t made = 0
         cdef Py_ssize_t i
         cdef uint32_t t
@@ -908,7 +908,7 @@ cdef class Dispatcher:
         # a batch of one names no place in its refusals, as a single call: the server
         # cannot tell a client's single publish from a batch of one (until 2026-12-07
         # the clients' single calls said "entry 0: ...", the embedded broker's not)
-        single = single or count == 1
+        single = count == 1
         try:
             self._reserve_scratch(count, target_count)
         except BaseException:

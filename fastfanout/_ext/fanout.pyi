@@ -60,9 +60,7 @@ class Dispatcher:
     ) -> tuple[int, int, int, int, int, int, int]: ...
     def publish(
         self, topic: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int,
-        single: bool = ...,
     ) -> PublishBatch: ...
     def send(
         self, queue: int, entries: Iterable[_Entry] | EncodedBatch | RingBatch, now_us: int,
-        single: bool = ...,
     ) -> PublishBatch: ...

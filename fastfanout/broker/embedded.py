@@ -267,7 +267,7 @@ class Broker:
 
     def _enqueue(self, topic: str | None, queue: str | None,
                  entries: Iterable[Any] | EncodedBatch | RingBatch,
-                 commit: bool = True, single: bool = False) -> PublishBatch:
+                 commit: bool = True) -> PublishBatch:
         """Run one batch through the dispatcher: to a topic's queues, or to one queue.
 
         A durable broker refuses it when its store is full or failed, and (``commit``)
@@ -283,12 +283,12 @@ class Broker:
                 topic_id = self._topics.get(topic) if type(topic) is str else None
                 if topic_id is None:
                     topic_id = self._topic_id(topic)   # raises the right error
-                batch = self._dispatcher.publish(topic_id, entries, now_us, single)
+                batch = self._dispatcher.publish(topic_id, entries, now_us)
             else:
                 queue_id = self._queues.get(queue) if type(queue) is str else None
                 if queue_id is None:
                     queue_id = self._queue_id(queue)   # raises the right error
-                batch = self._dispatcher.send(queue_id, entries, now_us, single)
+                batch = self._dispatcher.send(queue_id, entries, now_us)
             self._arrivals.notify_all()   # one test in C when nobody waits
             if durable is not None:
                 if commit:
@@ -301,10 +301,9 @@ class Broker:
                      entry: Body | PublishEntry) -> PublishResult:
         """``publish``/``send`` of one message: a batch of one.
 
-        Its refusals name no place in it ("entry 0: ...": nothing a call of one message
-        knows of): the dispatcher is told (``single``).
+        Its refusals, as every batch of one's, name no place in it (no "entry 0: ...").
         """
-        result: PublishResult = self._enqueue(topic, queue, [entry], single=True)[0]
+        result: PublishResult = self._enqueue(topic, queue, [entry])[0]
         return result
 
     def publish(
