@@ -44,7 +44,6 @@ from fastfanout.settings import (
     MAX_DELAY,
     MAX_VISIBILITY_TIMEOUT,
     check_wait,
-    plain_seconds,
     seconds_to_us,
 )
 from fastfanout.transport.sockets import CurveKeys, SubTransport
@@ -282,7 +281,6 @@ class DeliveryBatch(MessageBatch):
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
-            delay = plain_seconds(delay)   # an int subclass: msgpack takes plain ints only
         self._settle(Opcode.NACK_BATCH, protocol.encode_payload(delay))
 
     def term(self) -> None:
@@ -366,7 +364,6 @@ class AsyncSettler:
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
-            delay = plain_seconds(delay)   # an int subclass: msgpack takes plain ints only
         self._connection.fire(Opcode.NACK, receipt, delay=delay)
 
     def extend(self, receipt: int, seconds: float) -> None:
@@ -376,7 +373,7 @@ class AsyncSettler:
             InvalidArgument: ``seconds`` is not seconds in range (nothing is sent).
         """
         seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
-        self._connection.fire(Opcode.EXTEND, receipt, plain_seconds(seconds))
+        self._connection.fire(Opcode.EXTEND, receipt, seconds)
 
     def term(self, receipt: int) -> None:
         """Dead-letter a leased message now (sent at once)."""
@@ -444,7 +441,6 @@ class AsyncDeliveryBatch(MessageBatch):
         """
         if delay is not None:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
-            delay = plain_seconds(delay)   # an int subclass: msgpack takes plain ints only
         self._acks.check_open()
         receipts = self._unsettled()
         if receipts is not None:

@@ -84,7 +84,6 @@ from fastfanout.wire.protocol import Opcode, Status
 __all__ = [
     "CONTROL_CALLS",
     "PLAIN_CALLS",
-    "SECONDS_ARGUMENTS",
     "SETTLE_MAX_RECEIPTS",
     "ConnectionCore",
     "ConsumerState",
@@ -225,12 +224,6 @@ _DIRECT_SETTLES: Final = frozenset({Opcode.ACK, Opcode.NACK, Opcode.EXTEND, Opco
 """The requests that settle a delivery by receipt: the pipelined acks go before them."""
 
 
-SECONDS_ARGUMENTS: Final = frozenset({"visibility_timeout", "delay", "retention",
-                                      "dedup_window", "wait", "seconds"})
-"""The control calls' arguments in seconds: a float or int subclass (``numpy.float64``)
-is sent as its plain value (msgpack takes no subclass), as the embedded broker takes it."""
-
-
 def receipt_argument(value: Any) -> Any:
     """A receipt as a control call sends it (nack, extend, term).
 
@@ -356,14 +349,11 @@ class ControlCall:
         for name, value in list(bound.arguments.items())[1:]:
             if name == "receipt":
                 value = receipt_argument(value)
-            elif name in SECONDS_ARGUMENTS:
-                value = plain_seconds(value)
             kind = self.signature.parameters[name].kind
             if kind is inspect.Parameter.KEYWORD_ONLY:
                 keywords[name] = value
             elif kind is inspect.Parameter.VAR_KEYWORD:   # set_queue_settings' changes
-                keywords.update({key: plain_seconds(change) if key in SECONDS_ARGUMENTS
-                                 else change for key, change in value.items()})
+                keywords.update(value)
             else:
                 positional.append(value)
         if self.opcode in (Opcode.SUBSCRIBE, Opcode.SET_FILTER_POLICY):
@@ -724,12 +714,13 @@ class ConnectionCore:
                         visibility_timeout: float | None) -> Request:
         """Queue a RECEIVE (its answer may take ``receive_allowance(wait)`` more)."""
         return self.request(Opcode.RECEIVE, [encode_call(Opcode.RECEIVE, [], {
-            "queue": queue, "max_messages": max_messages, "wait": plain_seconds(wait),
-            "visibility_timeout": plain_seconds(visibility_timeout)})])
+            "queue": queue, "max_messages": max_messages, "wait": wait,
+            "visibility_timeout": visibility_timeout})])
 
     @staticmethod
     def receive_allowance(wait: Any) -> float:
         """Extra seconds a RECEIVE's answer may take: its long-poll ``wait``."""
+        wait = plain_seconds(wait)   # numpy.float64: its plain value
         return float(wait) if type(wait) in (int, float) and finite(wait) else 0.0
 
     def ack_request(self, receipts: Iterable[int]) -> Request:
@@ -746,14 +737,14 @@ class ConnectionCore:
             seconds_to_us("delay", delay, maximum=MAX_DELAY)
         check_iterable("receipts", receipts)
         return self.request(Opcode.NACK_BATCH, [pack_receipts(receipts),
-                                                protocol.encode_payload(plain_seconds(delay))])
+                                                protocol.encode_payload(delay)])
 
     def extend_batch_request(self, receipts: Iterable[int], seconds: float) -> Request:
         """Queue an EXTEND_BATCH (all, or none if one is stale); ``seconds`` checked first."""
         seconds_to_us("seconds", seconds, maximum=MAX_VISIBILITY_TIMEOUT)
         check_iterable("receipts", receipts)
         return self.request(Opcode.EXTEND_BATCH, [
-            pack_receipts(receipts), protocol.encode_payload(plain_seconds(seconds))])
+            pack_receipts(receipts), protocol.encode_payload(seconds)])
 
     def term_batch_request(self, receipts: Iterable[int]) -> Request:
         """Queue a TERM_BATCH (all, or none if one is stale)."""

@@ -296,19 +296,20 @@ def decode_header(frame: bytes) -> tuple[int, int, int]:
 
 # -- payloads --------------------------------------------------------------------------
 
-def _plain_float(value: Any) -> float:
+def _plain_number(value: Any) -> float | int:
     """The encoder's hook for a type msgspec does not encode.
 
-    A float subclass (``numpy.float64``, seconds of a call) goes as its plain float;
-    anything else stays unsupported.
+    A float or int subclass (``numpy.float64``, a user's own; seconds of a call) goes as
+    its plain number, as the embedded broker takes it; anything else stays unsupported.
     """
     if isinstance(value, float):
         return float(value)
-    msgspec.msgpack.encode(value)   # raises msgspec's own TypeError, in its words
+    if isinstance(value, int):
+        return int(value)
     raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
 
 
-_encoder = msgspec.msgpack.Encoder(enc_hook=_plain_float)
+_encoder = msgspec.msgpack.Encoder(enc_hook=_plain_number)
 _decoder = msgspec.msgpack.Decoder()
 
 
