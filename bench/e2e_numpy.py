@@ -1,7 +1,7 @@
 """A numpy pipeline: float32 rows through a broker vs raw pyzmq and multiprocessing.Queue.
 
 python bench/e2e_numpy.py [--rows 1000000] [--chunk 1000] [--runs 3] [--row-items 256]
-    [--in-flight 2] [--prefetch 2048] [--queue-bound 4096] [--ring-mib 8]
+    [--in-flight 2] [--prefetch 2000] [--queue-bound 4096] [--ring-mib 16]
 
 The data: a float32 array of ``--rows`` rows of 256 items (1 KiB a row), sent in chunks
 of ``--chunk`` rows; the consumer turns each chunk it gets into one ``(n, 256)`` float32
@@ -11,13 +11,16 @@ each from one producer process to one consumer process:
 - fastfanout: ``publish_batch_nowait(topic, chunk)`` (a 2-D array: one row = one
   message, encoded natively), at most ``--in-flight`` batches unanswered -> broker
   process (a queue of ``--queue-bound`` rows, ``overflow="hold"``) -> a push consumer
-  (``--prefetch``); ``batch.as_array(numpy.float32, (256,))`` is a view of the delivery
-  frame where it lies in the consumer's ring (docs/arrays.md); ``batch.ack()`` acks it
-  whole. The window is small on purpose: what is in flight stays in the CPU's cache,
-  and the broker's copy of a row (from the producer's ring, where the body stays, to
-  the consumer's: blobs.pyx, "Bodies left in place") costs a trip to main memory
-  otherwise (2 batches, prefetch 2,048, 4,096 rows, 8 MiB rings ran 1.3x the rows per
-  second of 8 batches, 16,384, 32,768 and 64 MiB: docs/benchmarks.md, 2026-12-04);
+  (``--prefetch``); each push is one publish frame, handed to the consumer by reference
+  (docs/arrays.md, "Deliveries by reference": the broker copies no body), so
+  ``batch.as_array(numpy.float32, (256,))`` is a view of the rows where the producer
+  wrote them, in its ring; ``batch.ack()`` acks it whole. The window: a prefetch of two
+  whole batches (2,048 cut each third push short, and a frame so split is copied), and
+  16 MiB rings, so that the frames the queue and the consumer hold (up to ~6.5 MB) stay
+  in the producer's ring (in 8 MiB rings a third of them were evacuated, copied, for
+  room). Small otherwise on purpose: what is in flight stays in the CPU's cache (2
+  batches, 4,096 rows and 8 MiB rings ran 1.3x the rows per second of 8 batches, 16,384,
+  32,768 and 64 MiB when the broker copied every row: docs/benchmarks.md, 2026-12-04);
 - raw pyzmq PUSH -> PULL: each chunk sent zero-copy (``copy=False``), received without a
   copy and viewed with ``numpy.frombuffer`` (one hop, no broker);
 - ``multiprocessing.Queue``: each chunk pickled through the queue.
@@ -67,11 +70,11 @@ class Window:
 
     in_flight: int = 2
     """array batches the producer has unanswered at most"""
-    prefetch: int = 2048
+    prefetch: int = 2000
     """the consumer's prefetch: pushes of up to half of it, two in flight"""
     queue_bound: int = 4096
     """rows the queue holds; a publish beyond waits (``overflow="hold"``)"""
-    ring_bytes: int = 8 << 20
+    ring_bytes: int = 16 << 20
     """each local channel ring; a push takes at most a quarter of it"""
 
 

@@ -138,6 +138,8 @@ cdef void blob_anchor_seal(blob_anchor_t* anchor) noexcept
 # transport (shmring.pyx's ``RingFrame``). Blobs may keep their bodies in it (an anchor);
 # before the transport moves its bytes (or lets them go) it asks ``evacuate``.
 cdef class BodySource:
+    cdef const char* data                           # its bytes (a subclass sets them)
+    cdef Py_ssize_t length
     cdef void* anchor                               # its blob_anchor_t, or NULL
     cdef int (*evacuate)(void* anchor) noexcept     # copy the bodies out (-1: cannot)
 

@@ -14,6 +14,15 @@ what the caller asked for, in one of two shapes:
   shared ring is one), else a bytes object. This module knows the sink interface only,
   never a transport.
 
+**By reference.** When the sink ``takes_references`` (a local consumer's ring), a push
+whose first message is the first of a publish frame read in place from a producer's ring
+(its bodies left there: blobs.pyx) is cut at that frame's end, and when it holds exactly
+that frame's messages, in order, each a first delivery held by this queue alone, the
+records' headers are rewritten where they lie — id, timestamp, receipt, receive count,
+flags — and the sink gets a reference to the frame instead of a copy (shmring.pyx,
+"Deliveries by reference"): the broker copies no body. Anything else (a redelivery, a
+fan-out, a dead-lettered copy, a frame read from a socket) is copied as before.
+
 Both lease through ``Store._lease_head`` (``receive`` by way of ``Store._lease_next``),
 which settles expired messages and exhausted receive counts on the way, so both shapes
 obey the same rules. ``receive`` leases for owner 0 (the embedded broker);
@@ -30,19 +39,33 @@ from libc.stdint cimport UINT64_MAX, int64_t, uint16_t, uint32_t, uint64_t
 from fastfanout._ext.codec cimport (
     FF_BATCH_HEADER_SIZE,
     FF_CODEC_OK,
+    FF_RECORD_HEADER_SIZE,
     FF_FLAG_DEAD_LETTER,
     FF_FLAG_PRIORITY,
     FF_FLAG_RECEIPT,
     FF_FLAG_TOPIC,
+    ff_load_le16,
+    ff_load_le32,
     ff_record_size,
     ff_record_view,
+    ff_store_le32,
     ff_store_le64,
     ff_write_batch_header,
     ff_write_record,
 )
 from fastfanout._ext.message cimport Message, make_message
-from fastfanout._ext.blobs cimport blob_body, blob_parts, blob_t, blob_topic
-from fastfanout._ext.sinks cimport SINK_WROTE, FrameSink
+from fastfanout._ext.blobs cimport (
+    BLOB_EXTERNAL,
+    BLOB_TOPIC,
+    BodySource,
+    blob_anchor_t,
+    blob_body,
+    blob_external_t,
+    blob_parts,
+    blob_t,
+    blob_topic,
+)
+from fastfanout._ext.sinks cimport SINK_REFUSED, SINK_WROTE, FrameSink
 from fastfanout._ext.store cimport NIL, Store, dead_letter_t, entry_t, queue_t
 
 from msgspec.json import encode as _encode_json
@@ -237,18 +260,29 @@ def receive_push(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t leas
     cdef uint64_t bound = UINT64_MAX if max_bytes is None else max_bytes
     if <uint64_t>max_messages > credit:
         max_messages = <Py_ssize_t>credit
-    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us, tag, bound)
+    cdef _Leased leased = _lease(self, qid, max_messages, lease_us, now_us, tag, bound,
+                                 sink is not None and sink.takes_references)
     cdef bint more = leased.cut or (leased.count == asked and <uint64_t>asked < credit)
     cdef bytes receipts = PyBytes_FromStringAndSize(NULL, 8 * leased.count)
     cdef uint64_t end
     cdef char* out
-    cdef int status = SINK_WROTE
+    cdef int status = SINK_REFUSED
     cdef bytes frame
+    cdef BodySource source
     if sink is not None and leased.count:
-        status = sink.claim_pair(header, leased.total, &out, &end)
+        source = _reference_source(self, leased)
+        if source is not None:
+            status = sink.claim_reference(header, source, &end)
+            if status == SINK_WROTE:
+                _rewrite_in_place(self, leased, PyBytes_AS_STRING(receipts))
+                return None, leased.count, receipts, sink.commit(end), more
+        if status == SINK_REFUSED:
+            status = sink.claim_pair(header, leased.total, &out, &end)
         if status == SINK_WROTE:
             _write_records(self, leased, out, PyBytes_AS_STRING(receipts))
             return None, leased.count, receipts, sink.commit(end), more
+    if status == SINK_REFUSED:
+        status = SINK_WROTE   # no sink, or nothing leased: a frame to send another way
     frame = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>leased.total)
     _write_records(self, leased, PyBytes_AS_STRING(frame), PyBytes_AS_STRING(receipts))
     return frame, leased.count, receipts, status, more
@@ -262,6 +296,7 @@ cdef class _Leased:
     cdef uint64_t total
     cdef dict dead_infos
     cdef bint cut
+    cdef blob_anchor_t* anchor   # the push starts a frame read in place: its anchor
 
 
 cdef inline void _prefetch_next_leases(Store self, uint32_t qid, int level) noexcept:
@@ -284,9 +319,11 @@ cdef inline void _prefetch_next_leases(Store self, uint32_t qid, int level) noex
 
 
 cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t lease_us,
-                    int64_t now_us, uint32_t owner, uint64_t max_bytes):
+                    int64_t now_us, uint32_t owner, uint64_t max_bytes, bint align):
     """The first pass: lease up to ``max_messages``, noting each slot and the frame size;
-    past the first record, none that would take the frame beyond ``max_bytes``.
+    past the first record, none that would take the frame beyond ``max_bytes``. With
+    ``align`` (the sink takes references), a push whose first body lies in a frame read
+    in place stops at that frame's last one (the next push may then be that frame whole).
 
     Each candidate is the head ``Store._lease_next`` would lease, sized before it is
     leased; ``Store._lease_head`` then leases it, or settles it (expired, out of
@@ -298,12 +335,16 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
     cdef int level = self.queues[qid].levels - 1
     cdef uint64_t size = 0   # ff_record_size sets it; gcc cannot see that on every path
     cdef bytes dead_info
+    cdef blob_t* blob
+    cdef blob_external_t* external
+    cdef Py_ssize_t limit = max_messages
     leased.slots = self.reserve_delivery_slots(max_messages)
     leased.count = 0
     leased.total = FF_BATCH_HEADER_SIZE
     leased.dead_infos = None
     leased.cut = False
-    while leased.count < max_messages:
+    leased.anchor = NULL
+    while leased.count < limit:
         while level >= 0 and self.queues[qid].visible_head[level] == NIL:
             level -= 1
         if level < 0:
@@ -315,7 +356,22 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
         _delivery_view(self, slot, &record, dead_info)
         if ff_record_size(&record, &size) != FF_CODEC_OK:
             raise MemoryError()   # cannot happen: every part was checked at publish
-        if leased.count and leased.total + size > max_bytes:
+        blob = self.entries[slot].blob
+        if (align and leased.count == 0 and blob.flags & BLOB_EXTERNAL
+                and blob.refcount == 1 and self.entries[slot].receive_count == 0):
+            # (a blob of several queues, or a redelivery, is copied: no cut for it)
+            external = <blob_external_t*>blob.data
+            if (external.anchor != NULL and external.anchor.sealed
+                    and external.anchor.count - external.index <= <uint64_t>limit):
+                limit = external.anchor.count - external.index
+                if external.index == 0:
+                    leased.anchor = external.anchor
+        if leased.anchor != NULL and (
+                blob != leased.anchor.blobs[leased.count] or blob.refcount != 1
+                or self.entries[slot].receive_count != 0 or dead_info is not None):
+            leased.anchor = NULL   # not by reference after all: the bound holds again
+        # a push by reference copies no record into the ring: its bound is not theirs
+        if leased.anchor == NULL and leased.count and leased.total + size > max_bytes:
             leased.cut = True
             break
         if not self._lease_head(qid, slot, lease_us, now_us, owner):
@@ -328,7 +384,69 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
         leased.total += size
         leased.slots[leased.count] = slot
         leased.count += 1
+    if leased.count == limit and limit < max_messages:
+        leased.cut = True   # stopped at a frame's end: the next push may go at once
     return leased
+
+
+cdef inline char* _record_in_place(blob_t* blob) noexcept:
+    """Where the record of a blob whose body lies in place starts (its header)."""
+    return <char*>blob_body(blob) - blob.attrs_len - blob.dedup_len - blob.group_len \
+        - FF_RECORD_HEADER_SIZE
+
+
+cdef BodySource _reference_source(Store self, _Leased leased):
+    """The frame read in place the push is exactly, by reference, or None: its
+    messages all of it, in order, each a first delivery held by this queue alone (a
+    blob no other queue holds), with no part a delivery record lacks (a name)."""
+    cdef blob_anchor_t* anchor = leased.anchor
+    cdef BodySource source
+    cdef Py_ssize_t index
+    cdef entry_t* entry
+    cdef blob_t* blob
+    cdef const char* record
+    if anchor == NULL or <uint64_t>leased.count != anchor.count or leased.dead_infos is not None:
+        return None
+    source = <BodySource>anchor.frame
+    if source.length < FF_BATCH_HEADER_SIZE or ff_load_le32(source.data + 4) != leased.count:
+        return None
+    for index in range(leased.count):
+        entry = &self.entries[leased.slots[index]]
+        blob = entry.blob
+        if (blob != anchor.blobs[index] or blob.refcount != 1 or entry.receive_count != 1
+                or blob.flags & BLOB_TOPIC):
+            return None
+        record = _record_in_place(blob)
+        if (record < source.data + FF_BATCH_HEADER_SIZE
+                or record + FF_RECORD_HEADER_SIZE > source.data + source.length
+                or ff_load_le16(record + 10) != 0
+                or ff_load_le32(record + 16) != blob.body_len):
+            return None
+    return source
+
+
+cdef void _rewrite_in_place(Store self, _Leased leased, char* receipts) noexcept:
+    """Make each publish record of the frame ``_reference_source`` found its delivery
+    record, where it lies: flags, priority, receive count, id, timestamp, receipt (its
+    lengths and parts are the same); each receipt also to ``receipts``."""
+    cdef Py_ssize_t index
+    cdef entry_t* entry
+    cdef blob_t* blob
+    cdef char* record
+    cdef uint64_t receipt
+    for index in range(leased.count):
+        entry = &self.entries[leased.slots[index]]
+        blob = entry.blob
+        record = _record_in_place(blob)
+        receipt = (<uint64_t>entry.generation << 32) | leased.slots[index]
+        record[4] = <char>(FF_FLAG_RECEIPT | (FF_FLAG_PRIORITY if blob.priority else 0))
+        record[5] = <char>blob.priority
+        ff_store_le32(record + 20, entry.receive_count)
+        ff_store_le64(record + 24, blob.id)
+        ff_store_le64(record + 32, <uint64_t>blob.timestamp_us)
+        ff_store_le64(record + 40, 0)
+        ff_store_le64(record + 48, receipt)
+        ff_store_le64(receipts + 8 * index, receipt)
 
 
 cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) except -1:

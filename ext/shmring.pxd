@@ -12,6 +12,7 @@ from fastfanout._ext.sinks cimport (
     FrameSource,
     SINK_FULL,
     SINK_PINNED,
+    SINK_REFUSED,
     SINK_TOO_LARGE,
     SINK_WROTE,
     SINK_WROTE_WAKE,
@@ -28,6 +29,7 @@ cdef enum:
     RING_WROTE_WAKE = SINK_WROTE_WAKE
     RING_TOO_LARGE = SINK_TOO_LARGE
     RING_PINNED = SINK_PINNED
+    RING_REFUSED = SINK_REFUSED
 
 cdef class SharedRing(FrameSink):
     cdef char* base
@@ -60,6 +62,25 @@ cdef class SharedRing(FrameSink):
     cdef uint64_t pinned_wake_head      # the head when sleep last woke a writer pinned out
     cdef public object on_room          # called at such a release (else wake_pending)
     cdef bint close_pending             # closed while frames were live: unmap at the last
+    cdef uint64_t ring_id_              # random, set at create (0: a view, or an old ring)
+    # writer side: the frames records written here refer to (deliveries by reference),
+    # each pinned until the reader's tail passes its record's end
+    cdef uint64_t* pin_end
+    cdef PyObject** pin_frame           # the RingFrame (a strong reference)
+    cdef uint64_t pin_first
+    cdef uint64_t pin_count
+    cdef readonly uint64_t references_written
+    cdef readonly uint64_t reference_refusals
+    # reader side: the rings references read here point into, mapped read-only
+    cdef dict origins                   # ring id -> SharedRing
+    cdef readonly uint64_t references_read
+
+    cdef void _unpin(self, uint64_t upto) noexcept
+    cdef list _read_reference(self, const char* record, uint64_t tail, uint64_t length,
+                              uint64_t hold_min)
+    @staticmethod
+    cdef SharedRing _view(str path)
+    cdef SharedRing _origin(self, uint32_t pid, uint32_t fd, uint64_t ring_id)
 
     cdef bint _hold(self, uint64_t start, uint64_t end, uint64_t* seq) except -1
     cdef void _detach_oldest(self, uint64_t end, uint64_t span, bint anchored_only) noexcept
@@ -78,13 +99,13 @@ cdef class SharedRing(FrameSink):
     cdef int claim(self, uint64_t size, char** out, uint64_t* at) except -2
     cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
                         uint64_t* end) except -2
+    cdef int claim_reference(self, bytes first, BodySource source, uint64_t* end) except -2
     cdef int commit(self, uint64_t end) noexcept
 
 
 cdef class RingFrame(BodySource):
     cdef SharedRing ring
-    cdef const char* data
-    cdef Py_ssize_t length
+    cdef object keep                    # what maps ``data`` when not ``ring`` (a reference)
     cdef uint64_t seq
     cdef Py_ssize_t shape[1]
     cdef Py_ssize_t exports             # buffers exported and not released

@@ -14,6 +14,7 @@ Layout of the file (little-endian, every offset fixed)::
     0    magic u64 = b"FFSHMR01"
     8    version u32 = 1, header size u32 = 256
     16   capacity u64: bytes of the data area, a power of two
+    24   ring id u64: random, non-zero (what a reference to this ring names)
     64   head u64: bytes ever written (the writer's position)
     72   writer_waiting u64: 1 while the writer waits for room
     128  tail u64: bytes ever read (the reader's position)
@@ -28,7 +29,9 @@ area, the writer fills the rest with a *wrap* record (``frames = 0xFFFFFFFF``) a
 starts again at offset 0. A *marker* record (``frames = 0xFFFFFFFE``) tells the reader
 that the next message of this direction travels over the socket instead (it is larger
 than half the ring, ``max_message``, which is what always fits once the ring drains);
-the reader takes that socket message before it reads on.
+the reader takes that socket message before it reads on. A *reference* record
+(``frames = 0xFFFFFFFD``) carries a message whose last frame lies in another ring (below,
+"Deliveries by reference").
 
 Waking. Nobody spins: a reader that finds its ring empty announces that it will sleep
 (``sleep()``: ``reader_sleeping = 1``, then it looks once more) and waits on its bell, a
@@ -91,6 +94,36 @@ waiting returns False once for that writer's head, and the next ``read`` says to
 it, so it tries again and finds the reader asleep. Both use seq_cst operations on the
 two flags (Dekker's pattern again): one of them sees the other's.
 
+Deliveries by reference. A push of the broker to a consumer may be exactly one publish
+frame of another local client, read in place from that client's ring (its bodies left
+there: blobs.pyx), each record a first delivery to one queue: the broker then rewrites
+the records' headers where they lie (id, receipt, receive count, flags: the bodies do not
+move) and writes into the consumer's ring a small reference record instead of a copy
+(``claim_reference``, a ``FrameSink`` call)::
+
+    0   u32 0xFFFFFFFD, u32 length (the bytes after these 8)
+    8   u32 first frame's length, u32 pid of the broker
+    16  u32 descriptor of the origin ring in the broker, u32 0
+    24  u64 the origin ring's id
+    32  u64 offset of the frame in the origin ring's data area, u64 its length
+    48  the first frame (the push header), padded to 8
+
+The reader maps the origin ring read-only the first time it meets its id
+(``/proc/PID/fd/N``, checked as any ring, and its id compared), keeps at most
+``MAX_ORIGINS`` such mappings, and returns for the record ``[first, frame]``, the frame a
+``RingFrame`` viewing the origin ring: held as any frame read in place (the reference
+record stays in this ring while the frame or a view of it lives; ``detach`` copies the
+referenced bytes). The writer *pins* the origin frame (an export of it: its ring neither
+evacuates nor reuses it) until this ring's tail passes the reference record's end; it
+looks at the tail at each claim and on ``unpin()``, and ``watch_pins()`` (before the
+writer's process sleeps) announces ``writer_waiting`` so that the reader's next release
+rings the writer, which then unpins. ``close`` on the writer's side lets every pin go.
+A frame pinned so cannot move: a consumer that keeps views of its batches pins the
+producer's ring, whose writer then goes around it (``PINNED``) as for its own held frames.
+Counted: ``references_written`` and ``reference_refusals`` (writer), ``references_read``
+(reader). What it saves: the broker's copy of every body of the push (a third of its
+time a 1 KiB row in the numpy pipeline: docs/benchmarks.md, 2026-12-07).
+
 Opening. ``create`` makes the ring in an anonymous memory file (``memfd_create``): it
 has no name in any file system, so nothing of a channel is left behind by a process that
 dies, and it lives exactly as long as a mapping or a descriptor of it. Its pages are
@@ -116,13 +149,14 @@ from cpython.ref cimport PyObject, Py_REFCNT
 from libc.stdint cimport UINT64_MAX, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
-from posix.fcntl cimport O_NONBLOCK, O_RDWR, open as c_open
+from posix.fcntl cimport O_NONBLOCK, O_RDONLY, O_RDWR, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
 cdef extern from "<sys/mman.h>":
     int MAP_POPULATE
 from posix.stat cimport S_ISREG, fstat, struct_stat
-from posix.unistd cimport close as c_close, geteuid
+from posix.unistd cimport close as c_close, geteuid, getpid
+from cpython.ref cimport Py_DECREF, Py_INCREF
 
 from fastfanout._ext.codec cimport ff_align8, ff_load_le32, ff_store_le32
 
@@ -144,21 +178,25 @@ cdef extern from "<fcntl.h>":
 cdef enum:
     HEADER_SIZE = 256
     OFF_CAPACITY = 16
+    OFF_RING_ID = 24
     OFF_HEAD = 64
     OFF_WRITER_WAITING = 72
     OFF_TAIL = 128
     OFF_READER_SLEEPING = 136
     OFF_READER_EVACUATES = 144
     RECORD_HEADER = 8
+    REFERENCE_FIXED = 40   # a reference record's fields after its header
 
 cdef extern from *:
     """
     #define FF_SHM_WRAP ((uint32_t)0xFFFFFFFFu)
     #define FF_SHM_MARKER ((uint32_t)0xFFFFFFFEu)
+    #define FF_SHM_REFERENCE ((uint32_t)0xFFFFFFFDu)
     #define FF_SHM_MAGIC ((uint64_t)0x3130524d48534646ull)
     """
     const uint32_t FF_SHM_WRAP
     const uint32_t FF_SHM_MARKER
+    const uint32_t FF_SHM_REFERENCE
     const uint64_t FF_SHM_MAGIC
 
 VERSION = 1
@@ -169,6 +207,12 @@ MAX_FRAMES = 1 << 16
 MAX_HELD = 4096
 """Most records a reader holds in place at once (``read``'s ``hold_min``)."""
 cdef uint64_t C_MAX_HELD = 4096
+MAX_PINS = 4096
+"""Most frames a writer pins at once for references it wrote (more: a copy is written)."""
+cdef uint64_t C_MAX_PINS = 4096
+MAX_ORIGINS = 16
+"""Most other rings a reader keeps mapped for the references it reads (one more unmaps
+the longest-known, once no frame of it lives)."""
 
 FULL = RING_FULL
 """``write``: no room now; ``writer_waiting`` is set, the reader will ring."""
@@ -182,6 +226,8 @@ PINNED = RING_PINNED
 """``write``: no room, and the reader has read everything and sleeps: the room is pinned
 by frames it holds in place and still uses, and no read will free it. Send the message
 over the socket after a marker, as ``TOO_LARGE`` (waiting could wait forever)."""
+REFUSED = RING_REFUSED
+"""``claim_reference``: not by reference (write a copy); nothing was claimed."""
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 """The seals ``create`` puts on a ring: its size can never change again."""
 
@@ -204,6 +250,8 @@ cdef class SharedRing:
         self.held_start = NULL
         self.held_end = NULL
         self.held_frame = NULL
+        self.pin_end = NULL
+        self.pin_frame = NULL
         self.pinned_wake_head = UINT64_MAX
 
     def __init__(self, str path):
@@ -214,7 +262,7 @@ cdef class SharedRing:
         self.fd = c_open(encoded, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0)
         if self.fd < 0:
             raise OSError(_errno(), f"cannot open the shared ring {path}")
-        _map_ring(self, 0)
+        _map_ring(self, 0, True)
 
     @staticmethod
     def create(uint64_t capacity, str name="fastfanout-ring"):
@@ -244,15 +292,81 @@ cdef class SharedRing:
         except OSError:
             ring._unmap()
             raise
-        _map_ring(ring, capacity)
+        _map_ring(ring, capacity, True)
         return ring
+
+    @staticmethod
+    cdef SharedRing _view(str path):
+        """Another ring mapped read-only (the origin of references), its descriptor closed."""
+        cdef SharedRing ring = SharedRing.__new__(SharedRing)
+        ring.path = path
+        ring.fd = c_open(os.fsencode(path), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0)
+        if ring.fd < 0:
+            raise OSError(_errno(), f"cannot open the shared ring {path}")
+        _map_ring(ring, 0, False)
+        c_close(ring.fd)
+        ring.fd = -1
+        return ring
+
+    @property
+    def ring_id(self):
+        """The ring's id (random, fixed at create): what a reference to it names."""
+        return self.ring_id_
+
+    @property
+    def takes_references(self):
+        """Whether pushes may be written here by reference (``claim_reference``; False
+        until set: the broker sets it on a consumer's ring)."""
+        return self.takes_references
+
+    @takes_references.setter
+    def takes_references(self, bint value):
+        self.takes_references = value
+
+    @property
+    def pins(self):
+        """Frames pinned now for references written here and not yet read past."""
+        return self.pin_count
+
+    def unpin(self):
+        """Let go of the frames whose reference records the reader has read past (its
+        tail); returns how many stay pinned."""
+        if self.pin_count and self.base != NULL:
+            self._unpin(ff_load_acquire_u64(self.tail))
+        return self.pin_count
+
+    def watch_pins(self):
+        """Before the writer's process sleeps: with frames pinned, announce
+        ``writer_waiting`` so that the reader rings when its tail moves. False when it
+        has moved past a pin already (``unpin`` now instead of sleeping)."""
+        if not self.pin_count or self.base == NULL:
+            return True
+        ff_store_seq_cst_u64(self.writer_waiting, 1)
+        return self.pin_end[self.pin_first % C_MAX_PINS] > ff_load_seq_cst_u64(self.tail)
+
+    cdef void _unpin(self, uint64_t upto) noexcept:
+        """Let go of the pins whose records end at ``upto`` or before (oldest first)."""
+        cdef uint64_t slot
+        cdef PyObject* frame
+        while self.pin_count and self.pin_end[self.pin_first % C_MAX_PINS] <= upto:
+            slot = self.pin_first % C_MAX_PINS
+            frame = self.pin_frame[slot]
+            self.pin_frame[slot] = NULL
+            self.pin_first += 1
+            self.pin_count -= 1
+            (<RingFrame>frame).exports -= 1
+            # may release the frame's record in its own ring (which then rings its writer)
+            Py_DECREF(<object>frame)
 
     def fileno(self):
         """The ring's descriptor (the client names it in ATTACH; -1 once closed)."""
         return self.fd
 
     def __dealloc__(self):
+        self._unpin(UINT64_MAX)
         self._unmap()
+        free(self.pin_end)
+        free(self.pin_frame)
         free(self.held_start)
         free(self.held_end)
         free(self.held_frame)
@@ -275,6 +389,7 @@ cdef class SharedRing:
         for as long as its messages wait in a queue (until 2026-12-07 a 900 KB body of
         a client that had ended kept its 4 MiB ring).
         """
+        self._unpin(UINT64_MAX)   # the reader reads no more references of this side
         if self.live_frames > 0 and self.base != NULL and not self.close_pending \
                 and self.held_count:
             self._detach_oldest(UINT64_MAX, 0, True)
@@ -408,6 +523,73 @@ cdef class SharedRing:
         memcpy(out + RECORD_HEADER + 8, PyBytes_AS_STRING(first), first_len)
         second[0] = out + RECORD_HEADER + 8 + first_len
         memset(second[0] + second_len, 0, size - RECORD_HEADER - 8 - first_len - second_len)
+        end[0] = at + size
+        return RING_WROTE
+
+    cdef int claim_reference(self, bytes first, BodySource source, uint64_t* end) except -2:
+        """Claim a reference record: ``first`` copied in, the second frame ``source``
+        itself (a ``RingFrame`` read in place from another ring of this process), pinned
+        until the reader reads past it; ``commit(end)`` publishes it.
+
+        Returns WROTE, FULL or PINNED (as ``claim``), or REFUSED: references are off
+        here, ``source`` is not a frame in place in an open ring with an id, or
+        ``MAX_PINS`` frames are pinned already (counted in ``reference_refusals``).
+        """
+        cdef RingFrame frame
+        cdef SharedRing origin
+        cdef uint64_t first_len = <uint64_t>PyBytes_GET_SIZE(first)
+        cdef uint64_t size = ff_align8(RECORD_HEADER + REFERENCE_FIXED + first_len)
+        cdef uint64_t offset
+        cdef uint64_t at
+        cdef uint64_t slot
+        cdef char* out
+        cdef int status
+        self._check()
+        if not self.takes_references or type(source) is not RingFrame:
+            return RING_REFUSED
+        frame = <RingFrame>source
+        origin = frame.ring
+        if self.pin_count:
+            self._unpin(ff_load_acquire_u64(self.tail))
+        if (origin is None or frame.keep is not None or origin.base == NULL
+                or origin.close_pending or origin.fd < 0 or origin.ring_id_ == 0
+                or frame.data < origin.data
+                or frame.data + frame.length > origin.data + origin.capacity_
+                or self.pin_count >= C_MAX_PINS):
+            self.reference_refusals += 1
+            return RING_REFUSED
+        if self.pin_end == NULL:
+            self.pin_end = <uint64_t*>malloc(C_MAX_PINS * sizeof(uint64_t))
+            self.pin_frame = <PyObject**>malloc(C_MAX_PINS * sizeof(PyObject*))
+            if self.pin_end == NULL or self.pin_frame == NULL:
+                free(self.pin_end)
+                free(self.pin_frame)
+                self.pin_end = NULL
+                self.pin_frame = NULL
+                raise MemoryError()
+        status = self.claim(size, &out, &at)
+        if status != RING_WROTE:
+            return status
+        offset = <uint64_t>(frame.data - origin.data)
+        ff_store_le32(out, FF_SHM_REFERENCE)
+        ff_store_le32(out + 4, <uint32_t>(size - RECORD_HEADER))
+        ff_store_le32(out + 8, <uint32_t>first_len)
+        ff_store_le32(out + 12, <uint32_t>getpid())
+        ff_store_le32(out + 16, <uint32_t>origin.fd)
+        ff_store_le32(out + 20, 0)
+        _store_le64(out + 24, origin.ring_id_)
+        _store_le64(out + 32, offset)
+        _store_le64(out + 40, <uint64_t>frame.length)
+        memcpy(out + RECORD_HEADER + REFERENCE_FIXED, PyBytes_AS_STRING(first), first_len)
+        memset(out + RECORD_HEADER + REFERENCE_FIXED + first_len, 0,
+               size - RECORD_HEADER - REFERENCE_FIXED - first_len)
+        slot = (self.pin_first + self.pin_count) % C_MAX_PINS
+        self.pin_end[slot] = at + size
+        Py_INCREF(frame)
+        self.pin_frame[slot] = <PyObject*>frame
+        frame.exports += 1   # its ring neither evacuates nor reuses it while pinned
+        self.pin_count += 1
+        self.references_written += 1
         end[0] = at + size
         return RING_WROTE
 
@@ -579,6 +761,11 @@ cdef class SharedRing:
                 self.read_pos = tail
                 messages.append(None)
                 break
+            if kind == FF_SHM_REFERENCE:
+                messages.append(self._read_reference(record, tail, length, hold_min))
+                tail += RECORD_HEADER + length
+                self.read_pos = tail
+                continue
             table = ff_align8(4 * <uint64_t>kind)
             if kind > MAX_FRAMES or table > length:
                 raise ValueError(f"{self.path}: record at {tail} has a bad frame table")
@@ -624,6 +811,75 @@ cdef class SharedRing:
         if self.held_count:
             self._make_room()
         return messages, self._move_tail()
+
+    cdef list _read_reference(self, const char* record, uint64_t tail, uint64_t length,
+                              uint64_t hold_min):
+        """The message of a reference record at ``tail``: ``[first, frame]``, the frame
+        viewing the origin ring in place (held) — or a copy of it without ``hold_min``
+        or past ``max_held``."""
+        cdef uint64_t first_len
+        cdef uint64_t offset
+        cdef uint64_t frame_len
+        cdef uint64_t seq = 0
+        cdef SharedRing origin
+        cdef RingFrame held
+        cdef list frames
+        if length < REFERENCE_FIXED:
+            raise ValueError(f"{self.path}: reference record at {tail} is too short")
+        first_len = ff_load_le32(record + 8)
+        offset = _load_le64(record + 32)
+        frame_len = _load_le64(record + 40)
+        if first_len > length - REFERENCE_FIXED:
+            raise ValueError(f"{self.path}: reference record at {tail} overruns itself")
+        origin = self._origin(ff_load_le32(record + 12), ff_load_le32(record + 16),
+                              _load_le64(record + 24))
+        if offset > origin.capacity_ or frame_len > origin.capacity_ - offset:
+            raise ValueError(f"{self.path}: reference record at {tail} points past its "
+                             f"ring's end")
+        frames = [PyBytes_FromStringAndSize(record + RECORD_HEADER + REFERENCE_FIXED,
+                                            <Py_ssize_t>first_len)]
+        self.references_read += 1
+        if hold_min:
+            held = RingFrame.__new__(RingFrame)
+            if self._hold(tail, tail + RECORD_HEADER + length, &seq):
+                held.ring = self
+                held.keep = origin
+                held.data = origin.data + offset
+                held.length = <Py_ssize_t>frame_len
+                held.seq = seq
+                self.held_frame[seq % C_MAX_HELD] = <PyObject*>held
+                self.live_frames += 1
+                frames.append(held)
+                return frames
+        frames.append(PyBytes_FromStringAndSize(origin.data + offset, <Py_ssize_t>frame_len))
+        return frames
+
+    cdef SharedRing _origin(self, uint32_t pid, uint32_t fd, uint64_t ring_id):
+        """The ring ``ring_id`` a reference names, mapped read-only (at its first use:
+        the writer's ``/proc/PID/fd/N``); ValueError when it cannot be."""
+        cdef SharedRing origin = None
+        cdef str path
+        if self.origins is not None:
+            origin = self.origins.get(ring_id)
+        if origin is not None:
+            return origin
+        if ring_id == 0:
+            raise ValueError(f"{self.path}: a reference names no ring")
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            origin = SharedRing._view(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.path}: cannot map the ring a reference names "
+                             f"({exc})") from exc
+        if origin.ring_id_ != ring_id:
+            raise ValueError(f"{self.path}: {path} is not the ring a reference names")
+        if self.origins is None:
+            self.origins = {}
+        while len(self.origins) >= MAX_ORIGINS:
+            # the longest-known goes (its frames still alive keep their mapping)
+            del self.origins[next(iter(self.origins))]
+        self.origins[ring_id] = origin
+        return origin
 
     cdef void _detach_oldest(self, uint64_t end, uint64_t span, bint anchored_only) noexcept:
         """Let go of the oldest held frames while no buffer views them, until the pinned
@@ -820,6 +1076,7 @@ cdef class RingFrame:
         """Copy the frame out of the ring and release its record (no buffer views it)."""
         self.owned = PyBytes_FromStringAndSize(self.data, self.length)
         self.data = PyBytes_AS_STRING(self.owned)
+        self.keep = None
         self._leave_ring()
         return 0
 
@@ -831,6 +1088,7 @@ cdef class RingFrame:
         the ring's own reference is left, and it drops it at once)."""
         self.data = NULL
         self.length = 0
+        self.keep = None
         self._leave_ring()
 
     cdef void _leave_ring(self) noexcept:
@@ -881,21 +1139,21 @@ cdef inline uint64_t _pair_size(uint64_t first_len, uint64_t second_len) noexcep
     return ff_align8(RECORD_HEADER + 8 + first_len + second_len)
 
 
-cdef int _map_ring(SharedRing ring, uint64_t capacity) except -1:
+cdef int _map_ring(SharedRing ring, uint64_t capacity, bint writable) except -1:
     """Check ``ring.fd`` and map it; a ``capacity`` (a new ring) writes the header.
 
     Anything wrong closes the descriptor and raises (ValueError: not a ring of ours,
     or not sealed against shrinking; OSError: fstat or mmap failed).
     """
     try:
-        _map_checked(ring, capacity)
+        _map_checked(ring, capacity, writable)
     except BaseException:
         ring._unmap()
         raise
     return 0
 
 
-cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
+cdef int _map_checked(SharedRing ring, uint64_t capacity, bint writable) except -1:
     cdef struct_stat info
     cdef str path = ring.path
     if fstat(ring.fd, &info) != 0:
@@ -912,7 +1170,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
     if info.st_size < HEADER_SIZE + MIN_CAPACITY or info.st_size > HEADER_SIZE + MAX_CAPACITY:
         raise ValueError(f"{path} has the wrong size for a shared ring")
     ring.map_size = <uint64_t>info.st_size
-    cdef void* mapped = mmap(NULL, ring.map_size, PROT_READ | PROT_WRITE,
+    cdef void* mapped = mmap(NULL, ring.map_size, PROT_READ | (PROT_WRITE if writable else 0),
                              MAP_SHARED | MAP_POPULATE, ring.fd, 0)
     if mapped == MAP_FAILED:
         raise OSError(_errno(), f"cannot map the shared ring {path}")
@@ -922,6 +1180,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
         _store_le64(ring.base + OFF_CAPACITY, capacity)
         ff_store_le32(ring.base + 8, VERSION)
         ff_store_le32(ring.base + 12, HEADER_SIZE)
+        _store_le64(ring.base + OFF_RING_ID, _new_ring_id())
         # the magic last: a reader that sees it sees a whole header
         ff_store_release_u64(<ff_atomic_u64*>ring.base, FF_SHM_MAGIC)
     if (ff_load_acquire_u64(<ff_atomic_u64*>ring.base) != FF_SHM_MAGIC
@@ -933,6 +1192,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity) except -1:
             or HEADER_SIZE + ring.capacity_ != ring.map_size):
         raise ValueError(f"{path}: its header disagrees with its size")
     ring.mask = ring.capacity_ - 1
+    ring.ring_id_ = _load_le64(ring.base + OFF_RING_ID)
     ring.max_held = ring.capacity_ // 2
     ring.data = ring.base + HEADER_SIZE
     ring.head = <ff_atomic_u64*>(ring.base + OFF_HEAD)
@@ -959,6 +1219,14 @@ cdef uint64_t _record_size(list frames) except 0:
             size += <uint64_t>view.len
             PyBuffer_Release(&view)
     return ff_align8(size)
+
+
+cdef uint64_t _new_ring_id() except 0:
+    """A random non-zero ring id."""
+    cdef uint64_t ring_id = 0
+    while ring_id == 0:
+        ring_id = int.from_bytes(os.urandom(8), "little")
+    return ring_id
 
 
 cdef inline uint64_t _load_le64(const char* p) noexcept:

@@ -3,6 +3,8 @@
 # FrameSink and overrides both methods; the delivery core cimports only this file.
 from libc.stdint cimport uint64_t
 
+from fastfanout._ext.blobs cimport BodySource
+
 # Outcomes of a claim or a commit (a subclass's Python constants may name them too).
 cdef enum:
     SINK_FULL = 0           # no room now: nothing claimed
@@ -11,10 +13,13 @@ cdef enum:
     SINK_TOO_LARGE = -1     # can never fit: nothing claimed
     SINK_PINNED = -3        # no room, and none will come while the reader waits: the
                             # room there is, frames it still uses pin; nothing claimed
+    SINK_REFUSED = -4       # claim_reference: not by reference (write a copy instead)
 
 cdef class FrameSink:
+    cdef bint takes_references          # claim_reference may succeed (else: never try)
     cdef int claim_pair(self, bytes first, uint64_t second_len, char** second,
                         uint64_t* end) except -2
+    cdef int claim_reference(self, bytes first, BodySource source, uint64_t* end) except -2
     cdef int commit(self, uint64_t end) noexcept
 
 

@@ -20,11 +20,21 @@ frame that would otherwise be built first and copied. Whatever else reads one re
 buffer (built then, once, and kept). Invariants: ``nbytes`` is fixed at creation;
 ``write_into`` writes exactly ``nbytes`` bytes, the same ones every time, and never fails.
 
+A sink that ``takes_references`` may also take a message whose second frame already lies
+in memory its reader can map (a ``BodySource``: a frame read in place from another
+client's ring) as a *reference* to it (``claim_reference``): no byte of the frame is
+copied, and the sink keeps the source from moving until its reader is done with it
+(shmring.pyx, "Deliveries by reference"). Invariants: a reference claimed is committed
+as any claim; the source's bytes are final before ``commit``; the sink answers
+``SINK_REFUSED`` for a source it cannot describe to its reader (nothing claimed).
+
 The base class is a sink that never has room (every claim is ``SINK_FULL``): a writer
 given one falls back to building the frame as a bytes object, as with no sink at all.
 """
 
 from libc.stdint cimport uint64_t
+
+from fastfanout._ext.blobs cimport BodySource
 
 FULL = SINK_FULL
 """A claim found no room now; nothing was claimed."""
@@ -38,6 +48,9 @@ PINNED = SINK_PINNED
 """A claim found no room, and none will come soon: the reader has read everything and
 waits, while frames it still uses pin the room there is. Nothing was claimed; send the
 message another way (as ``TOO_LARGE``)."""
+REFUSED = SINK_REFUSED
+"""``claim_reference``: the sink cannot take this frame by reference (write a copy);
+nothing was claimed."""
 
 
 cdef class FrameSink:
@@ -55,6 +68,16 @@ cdef class FrameSink:
         (nothing claimed).
         """
         return SINK_FULL
+
+    cdef int claim_reference(self, bytes first, BodySource source, uint64_t* end) except -2:
+        """Claim a message of two frames whose second is ``source`` itself, by reference
+        (its bytes stay where they lie: the reader maps them); ``commit(end)`` publishes it.
+
+        Returns ``SINK_WROTE``, ``SINK_FULL``/``SINK_PINNED`` (as ``claim_pair``) or
+        ``SINK_REFUSED`` (not by reference: write a copy); nothing is claimed but on
+        ``SINK_WROTE``. This base refuses.
+        """
+        return SINK_REFUSED
 
     cdef int commit(self, uint64_t end) noexcept:
         """Publish everything claimed up to ``end``: ``SINK_WROTE`` or ``SINK_WROTE_WAKE``."""

@@ -382,6 +382,9 @@ def cli(ctx: click.Context) -> None:
 @click.option("--local-channels/--no-local-channels", default=None,
               help="Let clients on this host talk through shared memory (ipc:// only; "
                    "default on).")
+@click.option("--deliver-by-reference/--no-deliver-by-reference", default=None,
+              help="Hand a local consumer a push that is one whole publish frame of a "
+                   "local producer as a reference to it, not a copy (default on).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Directory of the broker's journal: topics, queues, subscriptions and "
                    "messages of durable queues survive a restart (default: "

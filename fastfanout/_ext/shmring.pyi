@@ -9,11 +9,14 @@ MIN_CAPACITY: Final[int]
 MAX_CAPACITY: Final[int]
 MAX_FRAMES: Final[int]
 MAX_HELD: Final[int]
+MAX_PINS: Final[int]
+MAX_ORIGINS: Final[int]
 FULL: Final[int]
 WROTE: Final[int]
 WROTE_WAKE: Final[int]
 TOO_LARGE: Final[int]
 PINNED: Final[int]
+REFUSED: Final[int]
 SEALS: Final[int]
 
 @final
@@ -40,6 +43,19 @@ class SharedRing(FrameSink):
     def write(self, frames: list[bytes]) -> int: ...
     def write_marker(self) -> int: ...
     def take_reader_wake(self) -> bool: ...
+    @property
+    def ring_id(self) -> int: ...
+    takes_references: bool
+    @property
+    def pins(self) -> int: ...
+    def unpin(self) -> int: ...
+    def watch_pins(self) -> bool: ...
+    @property
+    def references_written(self) -> int: ...
+    @property
+    def reference_refusals(self) -> int: ...
+    @property
+    def references_read(self) -> int: ...
     max_held: int
     on_room: Callable[[], object] | None
     @property

@@ -5,6 +5,7 @@ WROTE: Final[int]
 WROTE_WAKE: Final[int]
 TOO_LARGE: Final[int]
 PINNED: Final[int]
+REFUSED: Final[int]
 
 class FrameSink:
     """Where the native delivery path writes a push in place (see ext/sinks.pyx)."""

@@ -92,6 +92,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         max_held_receipts: receipts of leases one session holds to release them when
             its client vanishes; past it, new ones are not held.
         local_channels: let clients on this host use shared memory (ipc:// only).
+        deliver_by_reference: a push that is exactly one publish frame of a local
+            producer goes to a local consumer as a reference to it, not a copy.
         stream_high_water_mark: stream batches queued per listener before the broker
             drops (``drop``) or waits (``wait``).
         max_stream_subscriptions: subscriptions one listener connection may hold; one
@@ -139,6 +141,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         DEFAULT_MAX_LONG_POLLS)
     max_held_receipts: _HighWaterMark = DEFAULT_MAX_HELD_RECEIPTS
     local_channels: bool = True
+    deliver_by_reference: bool = True
     stream_high_water_mark: _HighWaterMark = 10_000
     max_stream_subscriptions: _HighWaterMark = (
         DEFAULT_MAX_STREAM_SUBSCRIPTIONS)
@@ -178,6 +181,7 @@ EXPECTED: Final[dict[str, str]] = {
     "max_long_polls": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_held_receipts": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_channels": "true or false",
+    "deliver_by_reference": "true or false",
     "stream_high_water_mark": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "max_stream_subscriptions": f"an integer from 1 to {MAX_HIGH_WATER_MARK}",
     "local_backlog_bytes": "an integer number of bytes >= 1",

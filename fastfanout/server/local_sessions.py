@@ -20,6 +20,13 @@ place (a ``RingFrame``): the broker makes its blobs straight from the client's r
 the record is let go when the request is done (a held request keeps it, within the
 ring's bound: ``shmring.pyx``). Any other large frame is copied out as before.
 
+Deliveries by reference (``deliver_by_reference``, on by default): a push that is exactly
+such a publish frame goes into the consumer's ring as a reference to it, which the
+consumer maps (shmring.pyx, "Deliveries by reference"; deliveries.pyx says when). The
+frame stays pinned in its producer's ring until the consumer's ring's tail passes the
+reference: every ``round`` lets go of what was read past (``unpin``), and ``may_sleep``
+has each consumer's ring ring the broker when its tail moves while frames are pinned.
+
 A session whose client process has ended (its bell hung up, or its process's ``pidfd``
 became readable), that left its queue unread longer than ``backlog_seconds`` or let it
 grow past ``backlog_bytes``, or that wrote a malformed record, is handed to ``end`` in
@@ -45,10 +52,14 @@ from fastfanout.transport.local_channel import HOLD_MIN_BYTES, LocalChannel
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "ROUND_MESSAGES", "LocalSessions"]
+__all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "DELIVER_BY_REFERENCE", "ROUND_MESSAGES",
+           "LocalSessions"]
 
 log = logging.getLogger("fastfanout.server.loop")
 
+DELIVER_BY_REFERENCE = True
+"""Whether pushes to local consumers go by reference where they can (see the module
+essay); ``fastfanout serve --no-deliver-by-reference`` turns it off."""
 ROUND_MESSAGES = 1000
 """Most messages one round reads from one session's ring (as ``ROUND_REQUESTS``)."""
 BACKLOG_SECONDS = 10.0
@@ -77,6 +88,8 @@ class LocalSessions:
             is ended as a slow client.
         backlog_bytes: bytes a session's queue may hold before the session is ended as
             a slow client.
+        deliver_by_reference: whether a push that is exactly a publish frame read in
+            place from a producer's ring goes to a consumer's ring by reference (no copy).
     """
 
     def __init__(self, counters: Counter[str], *, watch: Callable[[int], None],
@@ -84,7 +97,8 @@ class LocalSessions:
                  spill: Callable[[Session, list[bytes]], None],
                  handle: Callable[[list[bytes]], None], end: Callable[[Session], None],
                  backlog_seconds: float = BACKLOG_SECONDS,
-                 backlog_bytes: int = BACKLOG_BYTES) -> None:
+                 backlog_bytes: int = BACKLOG_BYTES,
+                 deliver_by_reference: bool = DELIVER_BY_REFERENCE) -> None:
         self.counters = counters
         self._watch = watch
         self._unwatch = unwatch
@@ -93,6 +107,7 @@ class LocalSessions:
         self._end = end
         self.backlog_seconds = backlog_seconds
         self.backlog_bytes = backlog_bytes
+        self.deliver_by_reference = deliver_by_reference
         self.sessions: dict[Session, LocalChannel] = {}
         self._by_bell: dict[int, Session] = {}   # bells and pidfds
         self._backlogged: set[Session] = set()
@@ -113,6 +128,12 @@ class LocalSessions:
         ``local_backlog_bytes``: bytes waiting for room in rings now, all sessions;
         ``local_backlog_peak_bytes``: the most one session's queue has held (never
         above ``backlog_bytes``).
+
+        ``local_references``: pushes written into consumers' rings by reference (no
+        copy); ``local_reference_refusals``: pushes that could have gone so but were
+        copied (``MAX_PINS`` frames pinned for that consumer, or the producer's ring
+        closing); ``local_pinned_frames``: producers' frames pinned now by references
+        not yet read past.
         """
         live = self.sessions.values()
         return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
@@ -121,7 +142,13 @@ class LocalSessions:
                 "local_ring_full": self.counters["local_ring_full"] + sum(c.full for c in live),
                 "local_sessions": len(self.sessions),
                 "local_backlog_bytes": sum(c.backlog_bytes for c in live),
-                "local_backlog_peak_bytes": self.backlog_peak}
+                "local_backlog_peak_bytes": self.backlog_peak,
+                "local_references": (self.counters["local_references"]
+                                     + sum(c.outgoing.references_written for c in live)),
+                "local_reference_refusals": (self.counters["local_reference_refusals"]
+                                             + sum(c.outgoing.reference_refusals
+                                                   for c in live)),
+                "local_pinned_frames": sum(c.outgoing.pins for c in live)}
 
     def ring_for(self, session: Session) -> SharedRing | None:
         """The ring a push to ``session`` may be written into now (None: send it)."""
@@ -191,6 +218,7 @@ class LocalSessions:
         self._rings_of[session] = rings
         channel.hold_min = HOLD_MIN_BYTES   # publish frames are read in place (_read)
         channel.incoming.on_room = channel.ring_peer   # a held publish let go: ring it
+        channel.outgoing.takes_references = self.deliver_by_reference
         channel.spill = partial(self._spill, session)
         self.sessions[session] = channel
         for fd in _watched(channel):
@@ -212,6 +240,8 @@ class LocalSessions:
         self.counters["local_spills"] += channel.spills
         self.counters["local_pinned_spills"] += channel.pinned_spills
         self.counters["local_ring_full"] += channel.full
+        self.counters["local_references"] += channel.outgoing.references_written
+        self.counters["local_reference_refusals"] += channel.outgoing.reference_refusals
         channel.close()
 
     def close_all(self) -> None:
@@ -264,6 +294,8 @@ class LocalSessions:
         if self._backlogged:
             self._flush_backlogs()
         for session, channel in list(self.sessions.items()):
+            if channel.outgoing.pins:
+                channel.outgoing.unpin()   # frames its reader is done with: let go
             if not channel.awaiting_socket and channel.incoming.pending():
                 self._read(session, channel, until_marker=False)
 
@@ -329,6 +361,8 @@ class LocalSessions:
         for channel in self.sessions.values():
             if not channel.awaiting_socket and not channel.incoming.sleep():
                 return False
+            if not channel.outgoing.watch_pins():
+                return False   # its reader read past a pinned frame: let it go first
         return True
 
 

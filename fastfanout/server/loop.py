@@ -241,6 +241,10 @@ class Server:
         local_channels: let clients on this host attach a shared-memory channel
             (``ATTACH``, see ``fastfanout.transport.local_channel``); only on an ``ipc://``
             endpoint, where every client is on this host.
+        deliver_by_reference: a push that is exactly one publish frame read in place
+            from a local producer's ring goes into a local consumer's ring as a
+            reference to it (the consumer maps the producer's ring), not a copy
+            (``local_sessions``; counted in ``local_references``).
         local_backlog_bytes: most bytes that may wait for room in one local session's
             ring (``local_sessions.BACKLOG_BYTES``); past it the session is ended as a
             slow client (``local_backlog_overflow``).
@@ -276,6 +280,7 @@ class Server:
         max_long_polls: int = DEFAULT_MAX_LONG_POLLS,
         max_held_receipts: int = DEFAULT_MAX_HELD_RECEIPTS,
         local_channels: bool = True,
+        deliver_by_reference: bool = True,
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
         max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
         idle_session_timeout: float = DEFAULT_IDLE_SESSION_TIMEOUT,
@@ -424,7 +429,8 @@ class Server:
         self._local = LocalSessions(
             self.counters, watch=self._watch, unwatch=self._unwatch, spill=self._spill,
             handle=self._handle, end=self._end_local_session,
-            backlog_bytes=local_backlog_bytes)
+            backlog_bytes=local_backlog_bytes,
+            deliver_by_reference=bool(deliver_by_reference))
         self._deliveries = Deliveries(self.broker, self._port, self._local, self.counters,
                                       push_batch, send=self._send, reply=self._reply,
                                       error=self._error, max_consumers=max_consumers,

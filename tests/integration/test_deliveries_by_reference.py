@@ -1,0 +1,178 @@
+"""Deliveries by reference: a push that is exactly one publish frame of a local producer,
+read in place from its ring, reaches a local consumer as a reference to that frame
+(shmring.pyx, "Deliveries by reference"; deliveries.pyx says when), and the frame stays
+pinned in the producer's ring until the consumer is done with it.
+
+Most tests run the server in this process; the last one runs a broker, a producer and a
+consumer as three processes, as users do."""
+
+from __future__ import annotations
+
+import gc
+import signal
+import textwrap
+from typing import Any
+
+import numpy as np
+
+from fastfanout._ext.shmring import RingFrame
+
+Tracker = Any
+ITEMS = 256   # float32 items: 1 KiB rows, bodies left in place by the broker
+
+
+def rows(count: int, start: int = 0) -> np.ndarray:
+    return np.arange(start * ITEMS, (start + count) * ITEMS,
+                     dtype=np.float32).reshape(count, ITEMS)
+
+
+def wired(client: Any, *queues: str) -> None:
+    client.create_topic("t")
+    for name in queues:
+        client.create_queue(name)
+        client.subscribe("t", name)
+
+
+def stat(client: Any, key: str) -> int:
+    return int(client.server_stats()[key])
+
+
+def test_a_push_that_is_one_publish_frame_is_the_producers_frame_itself(track: Tracker):
+    server = track.server()
+    producer = track.client(server.endpoint, ring_bytes=1 << 20)
+    consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
+    wired(producer, "q")
+    table = rows(300)   # 300 KiB: more than a quarter of the consumer's ring
+    ids = producer.publish_batch("t", table)
+    consumer = consumer_client.consume("q", prefetch=1000)
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None and len(batch) == 300   # one push: no copy to bound
+    assert stat(producer, "local_references") == 1
+    view = batch.as_array(np.float32, (ITEMS,))
+    assert (view == table).all()
+    assert type(batch.bodies.obj) is RingFrame
+    assert batch.ids.tolist() == [result.message_id for result in ids]
+    assert batch.receive_counts.tolist() == [1] * 300
+    batch.ack()
+    track.wait_until(lambda: producer.stats().queues["q"].acked == 300, what="300 acks")
+    # acked, yet the view still reads the producer's frame: it stays pinned there
+    assert stat(producer, "local_pinned_frames") == 1
+    assert (view == table).all()
+    del batch, view
+    gc.collect()
+    track.wait_until(lambda: stat(producer, "local_pinned_frames") == 0,
+                     what="the frame let go once the consumer dropped its view")
+    consumer.cancel()
+
+
+def test_the_producers_ring_is_reused_only_after_the_consumer_let_go(track: Tracker):
+    # A kept view pins its frame: the producer goes on (around its ring if it must) and
+    # the kept rows never change; every later batch arrives whole.
+    server = track.server()
+    producer = track.client(server.endpoint, ring_bytes=1 << 20)
+    consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
+    wired(producer, "q")
+    consumer = consumer_client.consume("q", prefetch=200)
+    producer.publish_batch("t", rows(100))
+    first = consumer.next_batch(timeout=5.0)
+    assert first is not None
+    kept = first.as_array(np.float32, (ITEMS,))
+    first.ack()
+    got = []
+    for start in range(100, 3100, 100):   # three rings' worth behind the kept view
+        producer.publish_batch("t", rows(100, start))
+        batch = consumer.next_batch(timeout=10.0)
+        assert batch is not None, f"the batch from row {start} never came"
+        got.append(np.array(batch.as_array(np.float32, (ITEMS,))))
+        batch.ack()
+        del batch
+        assert (kept == rows(100)).all(), f"the kept rows changed at row {start}"
+    assert (np.concatenate(got) == rows(3000, 100)).all()
+    assert stat(producer, "local_references") >= 1
+    del first, kept
+    gc.collect()
+    consumer.cancel()
+    track.wait_until(lambda: stat(producer, "local_pinned_frames") == 0,
+                     what="every frame let go")
+
+
+def test_fan_out_redeliveries_and_the_setting_off_are_copied(track: Tracker):
+    server = track.server()
+    producer = track.client(server.endpoint)
+    consumer_client = track.client(server.endpoint)
+    wired(producer, "a", "b")   # one blob in two queues: no header to rewrite for both
+    consumers = [consumer_client.consume(queue, prefetch=1000) for queue in ("a", "b")]
+    track.wait_until(lambda: stat(producer, "consumers") == 2, what="both consumers")
+    producer.publish_batch("t", rows(100))
+    batches = [consumer.next_batch(timeout=5.0) for consumer in consumers]
+    for batch in batches:
+        assert batch is not None and (batch.as_array(np.float32, (ITEMS,)) == rows(100)).all()
+        batch.ack()
+    assert stat(producer, "local_references") == 0
+    for consumer in consumers:
+        consumer.cancel()
+    producer.delete_queue("b")
+    producer.publish_batch("t", rows(100, 100))
+    consumer = consumer_client.consume("a", prefetch=1000)
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None and stat(producer, "local_references") == 1
+    batch.nack()   # back to the queue: a redelivery is a copy
+    again = consumer.next_batch(timeout=5.0)
+    assert again is not None and again.receive_counts.tolist() == [2] * 100
+    assert (again.as_array(np.float32, (ITEMS,)) == rows(100, 100)).all()
+    assert type(again.bodies.obj) is RingFrame and stat(producer, "local_references") == 1
+    again.ack()
+    consumer.cancel()
+
+    off = track.server(deliver_by_reference=False)
+    producer = track.client(off.endpoint)
+    consumer_client = track.client(off.endpoint)
+    wired(producer, "q")
+    producer.publish_batch("t", rows(100))
+    consumer = consumer_client.consume("q", prefetch=1000)
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None and (batch.as_array(np.float32, (ITEMS,)) == rows(100)).all()
+    assert stat(producer, "local_references") == 0
+    batch.ack()
+    consumer.cancel()
+
+
+CONSUME_THEN_HANG = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from fastfanout.client import connect
+    client = connect(sys.argv[1])
+    consumer = client.consume("q", prefetch=1000)
+    batch = consumer.next_batch(timeout=10.0)
+    table = batch.as_array(np.float32, (256,))
+    print(len(batch), float(table.sum(dtype=np.float64)), flush=True)
+    time.sleep(120)   # holds the view, acks nothing
+""")
+
+
+def test_across_processes_a_consumer_killed_lets_go_of_its_frames(track: Tracker):
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    producer = track.client(endpoint)
+    wired(producer, "q")
+    consumer = track.process(["-c", CONSUME_THEN_HANG, endpoint])
+    track.wait_until(lambda: stat(producer, "consumers") == 1, what="the consumer")
+    table = rows(200)
+    producer.publish_batch("t", table)
+    assert consumer.stdout is not None
+    count, total = consumer.stdout.readline().split()
+    assert int(count) == 200 and float(total) == float(table.sum(dtype=np.float64))
+    assert stat(producer, "local_references") == 1
+    assert stat(producer, "local_pinned_frames") == 1
+    consumer.send_signal(signal.SIGKILL)
+    consumer.wait(10)
+    track.wait_until(lambda: stat(producer, "local_pinned_frames") == 0,
+                     what="the killed consumer's pins let go")
+    again = track.client(endpoint)
+    got = again.receive("q", max_messages=200, wait=5.0)
+    while len(got) < 200:
+        more = again.receive("q", max_messages=200 - len(got), wait=5.0)
+        assert more, f"{len(got)} of 200 came back"
+        got.extend(more)
+    assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
+    assert {m.receive_count for m in got} == {2}
