@@ -1,7 +1,7 @@
 """A numpy pipeline: float32 rows through a broker vs raw pyzmq and multiprocessing.Queue.
 
-python bench/e2e_numpy.py [--rows 1000000] [--chunk 1000] [--runs 3] [--row-items 256]
-    [--in-flight 2] [--prefetch 2000] [--queue-bound 4096] [--ring-mib 16]
+python bench/e2e_numpy.py [--rows 1000000] [--chunk 2000] [--runs 3] [--row-items 256]
+    [--in-flight 2] [--prefetch 4000] [--queue-bound 8192] [--ring-mib 32]
 
 The data: a float32 array of ``--rows`` rows of 256 items (1 KiB a row), sent in chunks
 of ``--chunk`` rows; the consumer turns each chunk it gets into one ``(n, 256)`` float32
@@ -15,12 +15,14 @@ each from one producer process to one consumer process:
   (docs/arrays.md, "Deliveries by reference": the broker copies no body), so
   ``batch.as_array(numpy.float32, (256,))`` is a view of the rows where the producer
   wrote them, in its ring; ``batch.ack()`` acks it whole. The window: a prefetch of two
-  whole batches (2,048 cut each third push short, and a frame so split is copied), and
-  16 MiB rings, so that the frames the queue and the consumer hold (up to ~6.5 MB) stay
-  in the producer's ring (in 8 MiB rings a third of them were evacuated, copied, for
-  room). Small otherwise on purpose: what is in flight stays in the CPU's cache (2
-  batches, 4,096 rows and 8 MiB rings ran 1.3x the rows per second of 8 batches, 16,384,
-  32,768 and 64 MiB when the broker copied every row: docs/benchmarks.md, 2026-12-04);
+  whole batches (one of 2,048 with 1,000-row batches cut each third push short, and a
+  frame so split is copied), and rings that hold what the queue and the consumer keep
+  (up to 12 MB: in rings too small, frames are evacuated, copied, for room). Batches
+  of 2,000 rows: their per-batch costs (Python, wake-ups: a fifth of the broker's time
+  with 1,000) halve, and the frames in flight still fit the CPU's last-level cache
+  (docs/benchmarks.md, 2026-12-07, thirteenth session; when the broker still copied
+  every row, 2 batches of 1,000, 4,096 rows and 8 MiB rings ran 1.3x the rows per
+  second of 8 batches, 16,384, 32,768 and 64 MiB: 2026-12-04);
 - raw pyzmq PUSH -> PULL: each chunk sent zero-copy (``copy=False``), received without a
   copy and viewed with ``numpy.frombuffer`` (one hop, no broker);
 - ``multiprocessing.Queue``: each chunk pickled through the queue.
@@ -61,6 +63,7 @@ from e2e_common import broker_process, connect_when_up, cpu_seconds
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 MPQ_MAXSIZE = 8          # chunks multiprocessing.Queue holds (its maxsize)
+CHUNK = 2000             # rows a chunk, batch or message of each path (--chunk)
 ROW_ITEMS = 256          # float32 items a row: 1 KiB (--row-items changes it)
 
 
@@ -70,11 +73,11 @@ class Window:
 
     in_flight: int = 2
     """array batches the producer has unanswered at most"""
-    prefetch: int = 2000
+    prefetch: int = 4000
     """the consumer's prefetch: pushes of up to half of it, two in flight"""
-    queue_bound: int = 4096
+    queue_bound: int = 8192
     """rows the queue holds; a publish beyond waits (``overflow="hold"``)"""
-    ring_bytes: int = 16 << 20
+    ring_bytes: int = 32 << 20
     """each local channel ring; a push takes at most a quarter of it"""
 
 
@@ -300,7 +303,7 @@ def main() -> int:
     """Run the three side by side, ``--runs`` times, and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--chunk", type=int, default=1000)
+    parser.add_argument("--chunk", type=int, default=CHUNK)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--row-items", type=int, default=ROW_ITEMS,
                         help="float32 items a row (default 256: 1 KiB); 4 (16-byte rows) "
