@@ -41,6 +41,7 @@ cdef class SharedRing(FrameSink):
     cdef ff_atomic_u64* head
     cdef ff_atomic_u64* tail
     cdef ff_atomic_u64* writer_waiting
+    cdef ff_atomic_u64* writer_watches
     cdef ff_atomic_u64* reader_sleeping
     cdef ff_atomic_u64* reader_evacuates
     cdef bint reader_wake               # writer: a FULL found the reader to wake

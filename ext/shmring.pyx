@@ -17,6 +17,7 @@ Layout of the file (little-endian, every offset fixed)::
     24   ring id u64: random, non-zero (what a reference to this ring names)
     64   head u64: bytes ever written (the writer's position)
     72   writer_waiting u64: 1 while the writer waits for room
+    80   writer_watches u64: 1 while the writer waits for the tail to pass its references
     128  tail u64: bytes ever read (the reader's position)
     136  reader_sleeping u64: 1 while the reader may sleep on an empty ring
     144  reader_evacuates u64: 1 while it sleeps holding frames it evacuates on demand
@@ -116,8 +117,9 @@ record stays in this ring while the frame or a view of it lives; ``detach`` copi
 referenced bytes). The writer *pins* the origin frame (an export of it: its ring neither
 evacuates nor reuses it) until this ring's tail passes the reference record's end; it
 looks at the tail at each claim and on ``unpin()``, and ``watch_pins()`` (before the
-writer's process sleeps) announces ``writer_waiting`` so that the reader's next release
-rings the writer, which then unpins. ``close`` on the writer's side lets every pin go.
+writer's process sleeps) announces ``writer_watches`` so that the reader's next move of
+its tail rings the writer, which then unpins (a flag of its own: ``writer_waiting`` would
+tell a reader about to sleep with frames held that the writer waits for room they pin). ``close`` on the writer's side lets every pin go.
 A frame pinned so cannot move: a consumer that keeps views of its batches pins the
 producer's ring, whose writer then goes around it (``PINNED``) as for its own held frames.
 Counted: ``references_written`` and ``reference_refusals`` (writer), ``references_read``
@@ -181,6 +183,7 @@ cdef enum:
     OFF_RING_ID = 24
     OFF_HEAD = 64
     OFF_WRITER_WAITING = 72
+    OFF_WRITER_WATCHES = 80
     OFF_TAIL = 128
     OFF_READER_SLEEPING = 136
     OFF_READER_EVACUATES = 144
@@ -337,11 +340,11 @@ cdef class SharedRing:
 
     def watch_pins(self):
         """Before the writer's process sleeps: with frames pinned, announce
-        ``writer_waiting`` so that the reader rings when its tail moves. False when it
+        ``writer_watches`` so that the reader rings when its tail moves. False when it
         has moved past a pin already (``unpin`` now instead of sleeping)."""
         if not self.pin_count or self.base == NULL:
             return True
-        ff_store_seq_cst_u64(self.writer_waiting, 1)
+        ff_store_seq_cst_u64(self.writer_watches, 1)
         return self.pin_end[self.pin_first % C_MAX_PINS] > ff_load_seq_cst_u64(self.tail)
 
     cdef void _unpin(self, uint64_t upto) noexcept:
@@ -976,6 +979,10 @@ cdef class SharedRing:
             ff_store_seq_cst_u64(self.tail, tail)
             if ff_exchange_u64(self.writer_waiting, 0) != 0:
                 wake = True
+            # (a seq_cst load after the seq_cst store: Dekker's pattern with watch_pins)
+            if (ff_load_seq_cst_u64(self.writer_watches) != 0
+                    and ff_exchange_u64(self.writer_watches, 0) != 0):
+                wake = True
         return wake
 
     cdef void _release(self, uint64_t seq) noexcept:
@@ -1198,6 +1205,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity, bint writable) except 
     ring.head = <ff_atomic_u64*>(ring.base + OFF_HEAD)
     ring.tail = <ff_atomic_u64*>(ring.base + OFF_TAIL)
     ring.writer_waiting = <ff_atomic_u64*>(ring.base + OFF_WRITER_WAITING)
+    ring.writer_watches = <ff_atomic_u64*>(ring.base + OFF_WRITER_WATCHES)
     ring.reader_sleeping = <ff_atomic_u64*>(ring.base + OFF_READER_SLEEPING)
     ring.reader_evacuates = <ff_atomic_u64*>(ring.base + OFF_READER_EVACUATES)
     return 0

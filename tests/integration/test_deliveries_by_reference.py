@@ -9,7 +9,9 @@ consumer as three processes, as users do."""
 from __future__ import annotations
 
 import gc
+import os
 import signal
+import struct
 import textwrap
 from typing import Any
 
@@ -19,6 +21,8 @@ from fastfanout._ext.shmring import RingFrame
 
 Tracker = Any
 ITEMS = 256   # float32 items: 1 KiB rows, bodies left in place by the broker
+WRITER_WATCHES = 80   # offset of the ring header's writer_watches (shmring.pyx)
+WATCHING = struct.pack("<Q", 1)
 
 
 def rows(count: int, start: int = 0) -> np.ndarray:
@@ -176,3 +180,32 @@ def test_across_processes_a_consumer_killed_lets_go_of_its_frames(track: Tracker
         got.extend(more)
     assert [bytes(m.body) for m in got] == [row.tobytes() for row in table]
     assert {m.receive_count for m in got} == {2}
+
+
+def test_a_view_dropped_while_the_broker_sleeps_wakes_it_to_let_the_frame_go(
+        track: Tracker):
+    # No request and no heartbeat comes between the drop and the release: the consumer's
+    # ring rings the broker when its tail passes the reference (``watch_pins``).
+    server = track.server(heartbeat_interval=30.0, heartbeat_timeout=90.0)
+    producer = track.client(server.endpoint)
+    consumer_client = track.client(server.endpoint)
+    wired(producer, "q")
+    consumer = consumer_client.consume("q", prefetch=1000)
+    producer.publish_batch("t", rows(100))
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None
+    view = batch.as_array(np.float32, (ITEMS,))
+    consumer_client.ack_batch(batch.receipts)   # a round trip: acked when it returns
+    assert stat(producer, "local_pinned_frames") == 1
+    ring = producer.connection.transport.channel.outgoing   # the producer's own ring
+    assert ring.used > 0   # its frame, pinned by the consumer's view
+    # the broker asleep with a frame pinned has the consumer's ring watch its tail
+    incoming = consumer_client.connection.transport.channel.incoming
+    track.wait_until(lambda: os.pread(incoming.fileno(), 8, WRITER_WATCHES) == WATCHING,
+                     what="the broker watching the consumer's tail")
+    del batch, view
+    gc.collect()
+    track.wait_until(lambda: ring.used == 0, timeout=5.0,
+                     what="the producer's frame let go with no request to the broker")
+    assert os.pread(incoming.fileno(), 8, WRITER_WATCHES) == bytes(8)   # rung once
+    consumer.cancel()
