@@ -75,6 +75,7 @@ cdef class SharedRing(FrameSink):
     # reader side: the rings references read here point into, mapped read-only
     cdef dict origins                   # ring id -> SharedRing
     cdef readonly uint64_t references_read
+    cdef readonly uint64_t origins_dropped
 
     cdef void _unpin(self, uint64_t upto) noexcept
     cdef list _read_reference(self, const char* record, uint64_t tail, uint64_t length,

@@ -111,7 +111,8 @@ move) and writes into the consumer's ring a small reference record instead of a 
 
 The reader maps the origin ring read-only the first time it meets its id
 (``/proc/PID/fd/N``, checked as any ring, and its id compared), keeps at most
-``MAX_ORIGINS`` such mappings, and returns for the record ``[first, frame]``, the frame a
+``MAX_ORIGINS`` such mappings (``origins_dropped`` counts the ones let go for a new
+one), and returns for the record ``[first, frame]``, the frame a
 ``RingFrame`` viewing the origin ring: held as any frame read in place (the reference
 record stays in this ring while the frame or a view of it lives; ``detach`` copies the
 referenced bytes). The writer *pins* the origin frame (an export of it: its ring neither
@@ -123,8 +124,9 @@ tell a reader about to sleep with frames held that the writer waits for room the
 A frame pinned so cannot move: a consumer that keeps views of its batches pins the
 producer's ring, whose writer then goes around it (``PINNED``) as for its own held frames.
 Counted: ``references_written`` and ``reference_refusals`` (writer), ``references_read``
-(reader). What it saves: the broker's copy of every body of the push (a third of its
-time a 1 KiB row in the numpy pipeline: docs/benchmarks.md, 2026-12-07).
+and ``origins_dropped`` (reader). What it saves: the broker's copy of every body of the
+push (a third of its time a 1 KiB row in the numpy pipeline: docs/benchmarks.md,
+2026-12-07).
 
 Opening. ``create`` makes the ring in an anonymous memory file (``memfd_create``): it
 has no name in any file system, so nothing of a channel is left behind by a process that
@@ -881,6 +883,7 @@ cdef class SharedRing:
         while len(self.origins) >= MAX_ORIGINS:
             # the longest-known goes (its frames still alive keep their mapping)
             del self.origins[next(iter(self.origins))]
+            self.origins_dropped += 1
         self.origins[ring_id] = origin
         return origin
 

@@ -162,5 +162,6 @@ def test_the_rings_mapped_for_references_are_bounded(rings):
         assert frame == bytes([index]) * 8
     # the two known longest went (no frame of theirs lived): MAX_ORIGINS stay mapped
     assert read_only_mappings() - before == MAX_ORIGINS
+    assert reader.origins_dropped == 2
     for origin in origins:
         origin.close()
