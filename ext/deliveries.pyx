@@ -375,7 +375,12 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
             leased.cut = True
             break
         if not self._lease_head(qid, slot, lease_us, now_us, owner):
-            continue   # settled on the way (expired, or out of receives): the next head
+            # settled on the way (expired, or out of receives): the next head. Its
+            # release may have ended the anchor (none of its blobs leased here yet)
+            if leased.count == 0:
+                leased.anchor = NULL
+                limit = max_messages
+            continue
         _prefetch_next_leases(self, qid, level)
         if dead_info is not None:
             if leased.dead_infos is None:

@@ -13,10 +13,12 @@ import os
 import signal
 import struct
 import textwrap
+import time
 from typing import Any
 
 import numpy as np
 
+from fastfanout import PublishEntry
 from fastfanout._ext.shmring import RingFrame
 
 Tracker = Any
@@ -208,4 +210,25 @@ def test_a_view_dropped_while_the_broker_sleeps_wakes_it_to_let_the_frame_go(
     track.wait_until(lambda: ring.used == 0, timeout=5.0,
                      what="the producer's frame let go with no request to the broker")
     assert os.pread(incoming.fileno(), 8, WRITER_WATCHES) == bytes(8)   # rung once
+    consumer.cancel()
+
+
+def test_a_frame_expired_at_the_head_leaves_the_next_frame_by_reference(track: Tracker):
+    # The expired frame's messages are settled as the push leases past them (its anchor
+    # ends with the last one); the frame behind it still goes whole, by reference.
+    server = track.server()
+    producer = track.client(server.endpoint)
+    consumer_client = track.client(server.endpoint)
+    wired(producer, "q")
+    producer.publish_batch("t", [PublishEntry(row.tobytes(), ttl=0.1) for row in rows(100)])
+    expired_by = time.monotonic() + 0.2
+    while time.monotonic() < expired_by:   # a deadline on the ttl's clock, not a sync
+        time.sleep(0.05)
+    producer.publish_batch("t", rows(100, 100))
+    consumer = consumer_client.consume("q", prefetch=1000)
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None
+    assert (batch.as_array(np.float32, (ITEMS,)) == rows(100, 100)).all()
+    assert stat(producer, "local_references") == 1
+    batch.ack()
     consumer.cancel()
