@@ -963,12 +963,17 @@ cdef class SharedRing:
             self._detach_oldest(self.read_pos, self.capacity_ // 2, False)
 
     cdef bint _evacuable(self) noexcept:
-        """The oldest held frame is kept by an anchor alone, which can evacuate it."""
+        """The oldest held frame is kept by an anchor alone, which can evacuate it (a
+        frame viewed, or pinned by a reference another ring's reader reads, cannot move:
+        the writer then goes around the ring, ``PINNED``, as for any frame held for good;
+        until 2026-12-07 a pinned frame counted as evacuable, and the writer waited for
+        room nothing would make while the reader spun)."""
         cdef PyObject* pointer
         if not self.held_count or self.evacuation_failed:
             return False
         pointer = self.held_frame[self.held_first % C_MAX_HELD]
-        return pointer != NULL and (<RingFrame>pointer).anchor != NULL
+        return (pointer != NULL and (<RingFrame>pointer).anchor != NULL
+                and (<RingFrame>pointer).exports == 0)
 
     cdef bint _move_tail(self) noexcept:
         """Publish the tail: the oldest held record, or the read position. True: the

@@ -232,3 +232,36 @@ def test_a_frame_expired_at_the_head_leaves_the_next_frame_by_reference(track: T
     assert stat(producer, "local_references") == 1
     batch.ack()
     consumer.cancel()
+
+
+def test_a_producer_goes_around_its_ring_while_a_slow_consumer_pins_a_frame(
+        track: Tracker):
+    # The consumer holds its first batch (leased, not acked) while the producer publishes
+    # three rings' worth: the frame pinned by the reference cannot be evacuated, so the
+    # producer's writes go around its ring (over the socket) instead of waiting for room
+    # that nothing would make (until the fix it waited, and its session was ended for
+    # missed heartbeats while the broker spun).
+    server = track.server()
+    producer = track.client(server.endpoint, ring_bytes=1 << 20)
+    consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
+    wired(producer, "q")
+    consumer = consumer_client.consume("q", prefetch=100)
+    producer.publish_batch("t", rows(100))
+    first = consumer.next_batch(timeout=5.0)
+    assert first is not None and type(first.bodies.obj) is RingFrame
+    started = time.monotonic()
+    for start in range(100, 3000, 100):   # ~3 MB into a 1 MiB ring
+        producer.publish_batch("t", rows(100, start))
+    assert time.monotonic() - started < 30   # a bound on a hang, not a speed
+    assert (first.as_array(np.float32, (ITEMS,)) == rows(100)).all()
+    first.ack()
+    del first
+    got: list[np.ndarray] = []
+    while sum(map(len, got)) < 2900:
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None, f"{sum(map(len, got))} of 2,900 rows came"
+        got.append(np.array(batch.as_array(np.float32, (ITEMS,))))
+        batch.ack()
+        del batch
+    assert (np.concatenate(got) == rows(2900, 100)).all()
+    consumer.cancel()
