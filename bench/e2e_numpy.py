@@ -12,7 +12,8 @@ each from one producer process to one consumer process:
   message, encoded natively), at most ``--in-flight`` batches unanswered -> broker
   process (a queue of ``--queue-bound`` rows, ``overflow="hold"``) -> a push consumer
   (``--prefetch``); each push is one publish frame, handed to the consumer by reference
-  (docs/arrays.md, "Deliveries by reference": the broker copies no body), so
+  (docs/arrays.md, "Deliveries by reference", the broker's ``deliver_by_reference``,
+  which this broker turns on: the broker copies no body), so
   ``batch.as_array(numpy.float32, (256,))`` is a view of the rows where the producer
   wrote them, in its ring; ``batch.ack()`` acks it whole. The window: a prefetch of two
   whole batches (one of 2,048 with 1,000-row batches cut each third push short, and a
@@ -169,7 +170,9 @@ class RowCosts:
 def fastfanout_run(rows: int, chunk: int, items: int, window: Window,
                    costs: list[RowCosts] | None = None) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
-    with broker_process() as (endpoint, broker):
+    # deliveries by reference are the broker's opt-in (docs/arrays.md): this consumer
+    # drops each batch's view before it takes the next, as the setting asks
+    with broker_process(deliver_by_reference=True) as (endpoint, broker):
         with connect_when_up(endpoint, broker) as client:
             client.create_topic("t")
             client.create_queue("q", max_messages=window.queue_bound, overflow="hold",

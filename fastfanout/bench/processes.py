@@ -58,8 +58,8 @@ def spawn() -> Any:
     return mp.get_context("spawn")
 
 
-def serve_broker(endpoint: str, data_dir: str | None = None, fsync: str = "always"
-                 ) -> None:
+def serve_broker(endpoint: str, data_dir: str | None = None, fsync: str = "always",
+                 deliver_by_reference: bool = False) -> None:
     """A broker process's target: serve ``endpoint`` with the default settings.
 
     Requests are answered up to MAX_REQUEST_BYTES (a publish call of the largest batch).
@@ -70,15 +70,18 @@ def serve_broker(endpoint: str, data_dir: str | None = None, fsync: str = "alway
             a memory-only broker.
         fsync: the durable broker's fsync policy (``always``: a publish is confirmed once
             on disk; ``interval``, ``never``).
+        deliver_by_reference: the server setting (docs/arrays.md, "Deliveries by
+            reference").
     """
     from fastfanout import Broker
     from fastfanout.server.loop import serve
 
     if data_dir is None:
-        serve(endpoint, max_request_bytes=MAX_REQUEST_BYTES)
+        serve(endpoint, max_request_bytes=MAX_REQUEST_BYTES,
+              deliver_by_reference=deliver_by_reference)
     else:
         serve(endpoint, broker=Broker(data_dir=data_dir, fsync=fsync),
-              max_request_bytes=MAX_REQUEST_BYTES)
+              max_request_bytes=MAX_REQUEST_BYTES, deliver_by_reference=deliver_by_reference)
 
 
 def connect_when_up(endpoint: str, broker: Any, **options: Any) -> Any:
@@ -131,7 +134,8 @@ def free_tcp_endpoint() -> str:
 
 @contextmanager
 def broker_process(transport: str = "ipc", data_dir: str | None = None,
-                   fsync: str = "always") -> Iterator[tuple[str, Any]]:
+                   fsync: str = "always", deliver_by_reference: bool = False
+                   ) -> Iterator[tuple[str, Any]]:
     """A broker process on a fresh endpoint, serving once it answers: (endpoint, process).
 
     Args:
@@ -139,6 +143,7 @@ def broker_process(transport: str = "ipc", data_dir: str | None = None,
             channels) or ``tcp`` (127.0.0.1, a free port).
         data_dir: passed to the broker (durable storage), or None.
         fsync: the durable broker's fsync policy (with ``data_dir``).
+        deliver_by_reference: the broker's setting of that name.
 
     Terminated (and reaped) on exit, and its temporary directory removed.
     """
@@ -148,7 +153,8 @@ def broker_process(transport: str = "ipc", data_dir: str | None = None,
                 endpoint = free_tcp_endpoint()
             else:
                 endpoint = f"ipc://{os.path.join(directory, 'ff.sock')}"
-            broker = spawn().Process(target=serve_broker, args=(endpoint, data_dir, fsync))
+            broker = spawn().Process(
+                target=serve_broker, args=(endpoint, data_dir, fsync, deliver_by_reference))
             start_process(broker)
             try:
                 client = connect_when_up(endpoint, broker)

@@ -62,7 +62,7 @@ SERVER_GAUGES: Final = frozenset({
     "connections", "ended_sessions", "consumers", "long_polls", "held", "held_bytes",
     "stream_subscriptions", "stream_listener_peers", "stream_topics", "held_receipts",
     "accepting", "local_sessions", "local_backlog_bytes", "local_backlog_peak_bytes",
-    "local_pinned_frames",
+    "local_pinned_frames", "local_lingering_rings",
     "blob_slab_live_bytes", "blob_slab_kept_bytes", "blob_slab_mapped_bytes",
     "blob_big_pool_bytes", "bodies_in_place_frames", "gc_frozen"})
 """The SERVER_STATS keys that are levels (docs/protocol.md: "now"); every other number

@@ -20,12 +20,17 @@ place (a ``RingFrame``): the broker makes its blobs straight from the client's r
 the record is let go when the request is done (a held request keeps it, within the
 ring's bound: ``shmring.pyx``). Any other large frame is copied out as before.
 
-Deliveries by reference (``deliver_by_reference``, on by default): a push that is exactly
+Deliveries by reference (``deliver_by_reference``, off by default): a push that is exactly
 such a publish frame goes into the consumer's ring as a reference to it, which the
 consumer maps (shmring.pyx, "Deliveries by reference"; deliveries.pyx says when). The
 frame stays pinned in its producer's ring until the consumer's ring's tail passes the
 reference: every ``round`` lets go of what was read past (``unpin``), and ``may_sleep``
 has each consumer's ring ring the broker when its tail moves while frames are pinned.
+A session that ends while its ring still pins frames and its client's process lives
+(``close()``, missed heartbeats, a slow client) leaves that ring *lingering*: the
+client may still view the frames, and the producer must not write over them; each round
+lets go of what the client has dropped since, and the ring is closed once nothing is
+pinned or the process has ended (its ``pidfd``; without one, at once).
 
 A session whose client process has ended (its bell hung up, or its process's ``pidfd``
 became readable), that left its queue unread longer than ``backlog_seconds`` or let it
@@ -39,6 +44,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -52,14 +58,18 @@ from fastfanout.transport.local_channel import HOLD_MIN_BYTES, LocalChannel
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "DELIVER_BY_REFERENCE", "ROUND_MESSAGES",
-           "LocalSessions"]
+__all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "DELIVER_BY_REFERENCE", "MAX_LINGERING",
+           "ROUND_MESSAGES", "LocalSessions"]
 
 log = logging.getLogger("fastfanout.server.loop")
 
-DELIVER_BY_REFERENCE = True
+DELIVER_BY_REFERENCE = False
 """Whether pushes to local consumers go by reference where they can (see the module
-essay); ``fastfanout serve --no-deliver-by-reference`` turns it off."""
+essay); ``fastfanout serve --deliver-by-reference`` turns it on."""
+MAX_LINGERING = 64
+"""Most rings of ended sessions the broker keeps for the producers' frames their
+references pin while the consumer's process lives (it may still view them); one more
+closes the longest-kept, letting its producers' frames go (``local_lingering_dropped``)."""
 ROUND_MESSAGES = 1000
 """Most messages one round reads from one session's ring (as ``ROUND_REQUESTS``)."""
 BACKLOG_SECONDS = 10.0
@@ -114,6 +124,8 @@ class LocalSessions:
         self._overflowed: set[Session] = set()
         # (device, inode) of each attached session's two rings
         self._rings_of: dict[Session, set[tuple[int, int]]] = {}
+        # rings of ended sessions still pinning frames: (ring, a pidfd of its client)
+        self._lingering: list[tuple[SharedRing, int]] = []
         self.backlog_peak = 0   # most bytes one session's queue ever held
 
     def __bool__(self) -> bool:
@@ -133,7 +145,9 @@ class LocalSessions:
         copy); ``local_reference_refusals``: pushes that could have gone so but were
         copied (``MAX_PINS`` frames pinned for that consumer, or the producer's ring
         closing); ``local_pinned_frames``: producers' frames pinned now by references
-        not yet read past.
+        not yet read past (the lingering rings' included); ``local_lingering_rings``:
+        rings of ended sessions kept for them now; ``local_lingering_dropped``: such
+        rings closed past ``MAX_LINGERING``.
         """
         live = self.sessions.values()
         return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
@@ -148,7 +162,10 @@ class LocalSessions:
                 "local_reference_refusals": (self.counters["local_reference_refusals"]
                                              + sum(c.outgoing.reference_refusals
                                                    for c in live)),
-                "local_pinned_frames": sum(c.outgoing.pins for c in live)}
+                "local_pinned_frames": (sum(c.outgoing.pins for c in live)
+                                        + sum(ring.pins for ring, _ in self._lingering)),
+                "local_lingering_rings": len(self._lingering),
+                "local_lingering_dropped": self.counters["local_lingering_dropped"]}
 
     def ring_for(self, session: Session) -> SharedRing | None:
         """The ring a push to ``session`` may be written into now (None: send it)."""
@@ -242,6 +259,15 @@ class LocalSessions:
         self.counters["local_ring_full"] += channel.full
         self.counters["local_references"] += channel.outgoing.references_written
         self.counters["local_reference_refusals"] += channel.outgoing.reference_refusals
+        if (channel.outgoing.pins and channel.process_fd is not None
+                and not _process_ended(channel.process_fd)):
+            # its client may still view the frames: they stay pinned (the module essay)
+            self._lingering.append((channel.outgoing, os.dup(channel.process_fd)))
+            channel.close(keep_outgoing=True)
+            while len(self._lingering) > MAX_LINGERING:
+                self.counters["local_lingering_dropped"] += 1
+                self._close_lingering(0)
+            return
         channel.close()
 
     def close_all(self) -> None:
@@ -255,6 +281,23 @@ class LocalSessions:
             except (Unroutable, WouldBlock):   # a spill to a client that is gone
                 pass
             self.detach(session)
+        while self._lingering:
+            self._close_lingering(0)
+
+    def _close_lingering(self, index: int) -> None:
+        ring, process_fd = self._lingering.pop(index)
+        ring.close()   # lets go of every pin
+        os.close(process_fd)
+
+    def _let_go_lingering(self) -> None:
+        """Let go of what the clients of ended sessions have dropped since.
+
+        A ring that pins nothing any more, or whose client's process has ended, is closed.
+        """
+        for index in range(len(self._lingering) - 1, -1, -1):
+            ring, process_fd = self._lingering[index]
+            if not ring.unpin() or _process_ended(process_fd):
+                self._close_lingering(index)
 
     def send(self, session: Session, frames: list[bytes]) -> bool:
         """Send ``frames`` to a local session; False when it has no channel."""
@@ -293,6 +336,8 @@ class LocalSessions:
             self._overflowed.clear()
         if self._backlogged:
             self._flush_backlogs()
+        if self._lingering:
+            self._let_go_lingering()
         for session, channel in list(self.sessions.items()):
             if channel.outgoing.pins:
                 channel.outgoing.unpin()   # frames its reader is done with: let go
@@ -364,6 +409,13 @@ class LocalSessions:
             if not channel.outgoing.watch_pins():
                 return False   # its reader read past a pinned frame: let it go first
         return True
+
+
+def _process_ended(process_fd: int) -> bool:
+    """Whether the process of ``process_fd`` (a pidfd: readable once it ends) has ended."""
+    poller = select.poll()
+    poller.register(process_fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _ring_files(channel: LocalChannel) -> set[tuple[int, int]]:

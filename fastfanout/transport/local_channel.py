@@ -477,12 +477,16 @@ class LocalChannel:
             raise PeerGone("the client's process ended")
         self.bell.drain()
 
-    def close(self) -> None:
+    def close(self, *, keep_outgoing: bool = False) -> None:
         """Unmap the rings, close the bells and descriptors.
 
-        The channel itself is gone once the other side has done so too.
+        The channel itself is gone once the other side has done so too. With
+        ``keep_outgoing`` the ring this side writes stays open: the broker keeps a
+        consumer's ring while frames its references pin are still viewed there
+        (``fastfanout.server.local_sessions``), and closes it itself.
         """
-        self.outgoing.close()
+        if not keep_outgoing:
+            self.outgoing.close()
         self.incoming.on_room = None   # the ring may outlive the channel (held frames)
         self.incoming.close()
         self.bell.close()

@@ -44,7 +44,7 @@ def stat(client: Any, key: str) -> int:
 
 
 def test_a_push_that_is_one_publish_frame_is_the_producers_frame_itself(track: Tracker):
-    server = track.server()
+    server = track.server(deliver_by_reference=True)
     producer = track.client(server.endpoint, ring_bytes=1 << 20)
     consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
     wired(producer, "q")
@@ -74,7 +74,7 @@ def test_a_push_that_is_one_publish_frame_is_the_producers_frame_itself(track: T
 def test_the_producers_ring_is_reused_only_after_the_consumer_let_go(track: Tracker):
     # A kept view pins its frame: the producer goes on (around its ring if it must) and
     # the kept rows never change; every later batch arrives whole.
-    server = track.server()
+    server = track.server(deliver_by_reference=True)
     producer = track.client(server.endpoint, ring_bytes=1 << 20)
     consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
     wired(producer, "q")
@@ -103,7 +103,7 @@ def test_the_producers_ring_is_reused_only_after_the_consumer_let_go(track: Trac
 
 
 def test_fan_out_redeliveries_and_the_setting_off_are_copied(track: Tracker):
-    server = track.server()
+    server = track.server(deliver_by_reference=True)
     producer = track.client(server.endpoint)
     consumer_client = track.client(server.endpoint)
     wired(producer, "a", "b")   # one blob in two queues: no header to rewrite for both
@@ -130,7 +130,7 @@ def test_fan_out_redeliveries_and_the_setting_off_are_copied(track: Tracker):
     again.ack()
     consumer.cancel()
 
-    off = track.server(deliver_by_reference=False)
+    off = track.server()   # the default: off
     producer = track.client(off.endpoint)
     consumer_client = track.client(off.endpoint)
     wired(producer, "q")
@@ -158,7 +158,7 @@ CONSUME_THEN_HANG = textwrap.dedent("""
 
 def test_across_processes_a_consumer_killed_lets_go_of_its_frames(track: Tracker):
     endpoint = track.endpoint()
-    track.broker_process(endpoint)
+    track.broker_process(endpoint, "--deliver-by-reference")
     producer = track.client(endpoint)
     wired(producer, "q")
     consumer = track.process(["-c", CONSUME_THEN_HANG, endpoint])
@@ -188,7 +188,8 @@ def test_a_view_dropped_while_the_broker_sleeps_wakes_it_to_let_the_frame_go(
         track: Tracker):
     # No request and no heartbeat comes between the drop and the release: the consumer's
     # ring rings the broker when its tail passes the reference (``watch_pins``).
-    server = track.server(heartbeat_interval=30.0, heartbeat_timeout=90.0)
+    server = track.server(heartbeat_interval=30.0, heartbeat_timeout=90.0,
+                          deliver_by_reference=True)
     producer = track.client(server.endpoint)
     consumer_client = track.client(server.endpoint)
     wired(producer, "q")
@@ -216,7 +217,7 @@ def test_a_view_dropped_while_the_broker_sleeps_wakes_it_to_let_the_frame_go(
 def test_a_frame_expired_at_the_head_leaves_the_next_frame_by_reference(track: Tracker):
     # The expired frame's messages are settled as the push leases past them (its anchor
     # ends with the last one); the frame behind it still goes whole, by reference.
-    server = track.server()
+    server = track.server(deliver_by_reference=True)
     producer = track.client(server.endpoint)
     consumer_client = track.client(server.endpoint)
     wired(producer, "q")
@@ -241,7 +242,7 @@ def test_a_producer_goes_around_its_ring_while_a_slow_consumer_pins_a_frame(
     # producer's writes go around its ring (over the socket) instead of waiting for room
     # that nothing would make (until the fix it waited, and its session was ended for
     # missed heartbeats while the broker spun).
-    server = track.server()
+    server = track.server(deliver_by_reference=True)
     producer = track.client(server.endpoint, ring_bytes=1 << 20)
     consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
     wired(producer, "q")
@@ -264,4 +265,40 @@ def test_a_producer_goes_around_its_ring_while_a_slow_consumer_pins_a_frame(
         batch.ack()
         del batch
     assert (np.concatenate(got) == rows(2900, 100)).all()
+    consumer.cancel()
+
+
+def test_a_view_outliving_its_connection_keeps_its_rows(track: Tracker):
+    # The consumer closes its connection but keeps an array of a batch that came by
+    # reference: the broker keeps the frame pinned (the ring lingers) while the process
+    # lives, so the producer's later frames never land on it; dropping the array lets
+    # it go (until the fix the close let it go at once, and the array changed under it).
+    server = track.server(deliver_by_reference=True)
+    producer = track.client(server.endpoint, ring_bytes=1 << 20)
+    wired(producer, "q")
+    leaving = track.client(server.endpoint)
+    consumer = leaving.consume("q", prefetch=100)
+    producer.publish_batch("t", rows(100))
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None and type(batch.bodies.obj) is RingFrame
+    kept = batch.as_array(np.float32, (ITEMS,))
+    batch.ack()
+    del batch
+    leaving.close()
+    track.wait_until(lambda: stat(producer, "local_lingering_rings") == 1,
+                     what="the closed consumer's ring kept")
+    staying = track.client(server.endpoint)
+    consumer = staying.consume("q", prefetch=100)
+    for start in range(100, 3100, 100):   # three of the producer's rings over
+        producer.publish_batch("t", rows(100, start))
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None
+        batch.ack()
+        del batch
+        assert (kept == rows(100)).all(), f"the kept rows changed at row {start}"
+    del kept
+    gc.collect()
+    track.wait_until(lambda: stat(producer, "local_lingering_rings") == 0
+                     and stat(producer, "local_pinned_frames") == 0,
+                     what="the lingering ring closed once the array was dropped")
     consumer.cancel()
