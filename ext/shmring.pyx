@@ -111,8 +111,8 @@ move) and writes into the consumer's ring a small reference record instead of a 
 
 The reader maps the origin ring read-only the first time it meets its id
 (``/proc/PID/fd/N``, checked as any ring, and its id compared), keeps at most
-``MAX_ORIGINS`` such mappings (``origins_dropped`` counts the ones let go for a new
-one), and returns for the record ``[first, frame]``, the frame a
+``MAX_ORIGINS`` such mappings, the most recently used (``origins_dropped`` counts the
+ones let go for a new one), and returns for the record ``[first, frame]``, the frame a
 ``RingFrame`` viewing the origin ring: held as any frame read in place (the reference
 record stays in this ring while the frame or a view of it lives; ``detach`` copies the
 referenced bytes). The writer *pins* the origin frame (an export of it: its ring neither
@@ -217,7 +217,7 @@ MAX_PINS = 4096
 cdef uint64_t C_MAX_PINS = 4096
 MAX_ORIGINS = 16
 """Most other rings a reader keeps mapped for the references it reads (one more unmaps
-the longest-known, once no frame of it lives)."""
+the least recently used, once no frame of it lives)."""
 
 FULL = RING_FULL
 """``write``: no room now; ``writer_waiting`` is set, the reader will ring."""
@@ -865,8 +865,9 @@ cdef class SharedRing:
         cdef SharedRing origin = None
         cdef str path
         if self.origins is not None:
-            origin = self.origins.get(ring_id)
+            origin = self.origins.pop(ring_id, None)
         if origin is not None:
+            self.origins[ring_id] = origin   # the most recently used last
             return origin
         if ring_id == 0:
             raise ValueError(f"{self.path}: a reference names no ring")
@@ -881,7 +882,7 @@ cdef class SharedRing:
         if self.origins is None:
             self.origins = {}
         while len(self.origins) >= MAX_ORIGINS:
-            # the longest-known goes (its frames still alive keep their mapping)
+            # the least recently used goes (its frames still alive keep their mapping)
             del self.origins[next(iter(self.origins))]
             self.origins_dropped += 1
         self.origins[ring_id] = origin

@@ -165,3 +165,29 @@ def test_the_rings_mapped_for_references_are_bounded(rings):
     assert reader.origins_dropped == 2
     for origin in origins:
         origin.close()
+
+
+def test_the_ring_used_last_stays_mapped(rings):
+    writer, reader, _ = rings
+    origins = [SharedRing.create(MIN_CAPACITY) for _ in range(MAX_ORIGINS + 1)]
+    at = 0
+
+    def refer(origin: SharedRing) -> None:
+        nonlocal at
+        record = reference(b"h", origin.ring_id, 0, 8, fd=origin.fileno())
+        publish(writer, record, at)
+        at += len(record)
+        reader.read(10)
+
+    for origin in origins[:MAX_ORIGINS]:
+        refer(origin)
+    refer(origins[0])              # used again: the most recent now
+    refer(origins[MAX_ORIGINS])    # one more: the least recently used (origins[1]) goes
+    assert reader.origins_dropped == 1
+    mapped_before = read_only_mappings()
+    refer(origins[0])              # still mapped: no new mapping, none dropped
+    assert reader.origins_dropped == 1 and read_only_mappings() == mapped_before
+    refer(origins[1])              # mapped anew: another goes
+    assert reader.origins_dropped == 2
+    for origin in origins:
+        origin.close()
