@@ -275,6 +275,20 @@ def _refuse_unusable(config: ServerConfig, judged: set[str], given: set[str], so
                               f"data directory; give one of them")
 
 
+def _spelled(value: Any) -> str:
+    """``value`` as a config file spells it (TOML: ``true``, ``[1, 2]``).
+
+    A string keeps Python's repr, single quotes: TOML reads that too.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_spelled(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {_spelled(item)}" for key, item in value.items()) + "}"
+    return repr(value)
+
+
 def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None
                 ) -> ServerConfig:
     """Read and check a config file, then apply command-line ``overrides`` over it.
@@ -317,7 +331,7 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
             key = where.rstrip("`")
             origin = whose or (f"--{key.replace('_', '-')}" if key in given else source)
             raise InvalidArgument(
-                f"{origin}: {key} = {values.get(key)!r} is not "
+                f"{origin}: {key} = {_spelled(values.get(key))} is not "
                 f"{EXPECTED.get(key, 'valid')} ({detail}); {_HELP}") from None
         _refuse_unusable(config, judged, set() if whose else set(given), source)
     return config
