@@ -43,6 +43,16 @@ def stat(client: Any, key: str) -> int:
     return int(client.server_stats()[key])
 
 
+def one_to_one(track: Tracker, prefetch: int) -> tuple[Any, Any, Any]:
+    """(producer, consumer's client, consumer): a broker delivering by reference, topic
+    ``t`` -> queue ``q``, both clients with 1 MiB rings."""
+    server = track.server(deliver_by_reference=True)
+    producer = track.client(server.endpoint, ring_bytes=1 << 20)
+    consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
+    wired(producer, "q")
+    return producer, consumer_client, consumer_client.consume("q", prefetch=prefetch)
+
+
 def test_a_push_that_is_one_publish_frame_is_the_producers_frame_itself(track: Tracker):
     server = track.server(deliver_by_reference=True)
     producer = track.client(server.endpoint, ring_bytes=1 << 20)
@@ -74,11 +84,7 @@ def test_a_push_that_is_one_publish_frame_is_the_producers_frame_itself(track: T
 def test_the_producers_ring_is_reused_only_after_the_consumer_let_go(track: Tracker):
     # A kept view pins its frame: the producer goes on (around its ring if it must) and
     # the kept rows never change; every later batch arrives whole.
-    server = track.server(deliver_by_reference=True)
-    producer = track.client(server.endpoint, ring_bytes=1 << 20)
-    consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
-    wired(producer, "q")
-    consumer = consumer_client.consume("q", prefetch=200)
+    producer, _, consumer = one_to_one(track, prefetch=200)
     producer.publish_batch("t", rows(100))
     first = consumer.next_batch(timeout=5.0)
     assert first is not None
@@ -242,11 +248,7 @@ def test_a_producer_goes_around_its_ring_while_a_slow_consumer_pins_a_frame(
     # producer's writes go around its ring (over the socket) instead of waiting for room
     # that nothing would make (until the fix it waited, and its session was ended for
     # missed heartbeats while the broker spun).
-    server = track.server(deliver_by_reference=True)
-    producer = track.client(server.endpoint, ring_bytes=1 << 20)
-    consumer_client = track.client(server.endpoint, ring_bytes=1 << 20)
-    wired(producer, "q")
-    consumer = consumer_client.consume("q", prefetch=100)
+    producer, _, consumer = one_to_one(track, prefetch=100)
     producer.publish_batch("t", rows(100))
     first = consumer.next_batch(timeout=5.0)
     assert first is not None and type(first.bodies.obj) is RingFrame
