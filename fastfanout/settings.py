@@ -45,12 +45,9 @@ __all__ = [
     "check_count",
     "check_flag",
     "check_iterable",
-    "check_max_priority",
-    "check_message_size",
     "check_name",
     "check_producer_topic",
     "check_queue_settings",
-    "check_receive_batch",
     "check_topic_settings",
     "check_wait",
     "finite",
@@ -241,31 +238,6 @@ def optional_count(what: str, value: object, *, minimum: int = 1) -> int:
         raise InvalidArgument(
             f"{what}={value!r} must be None or an int from {minimum:,} to {MAX_COUNT:,}")
     return value
-
-
-def check_message_size(size: object) -> int:
-    """A queue's ``max_message_size``: an int from 1 to ``MAX_MESSAGE_SIZE_LIMIT`` bytes."""
-    if type(size) is not int or not 1 <= size <= MAX_MESSAGE_SIZE_LIMIT:
-        raise InvalidArgument(
-            f"max_message_size={size!r} must be an int from 1 to "
-            f"{MAX_MESSAGE_SIZE_LIMIT} bytes")
-    return size
-
-
-def check_max_priority(priority: object) -> int:
-    """A queue's ``max_priority``: an int from 0 to ``MAX_PRIORITY``."""
-    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
-        raise InvalidArgument(
-            f"max_priority={priority!r} must be an int from 0 to {MAX_PRIORITY}")
-    return priority
-
-
-def check_receive_batch(max_messages: object) -> int:
-    """A receive's ``max_messages``: an int from 1 to ``MAX_RECEIVE_BATCH``."""
-    if type(max_messages) is not int or not 1 <= max_messages <= MAX_RECEIVE_BATCH:
-        raise InvalidArgument(
-            f"max_messages={max_messages!r} must be an int from 1 to {MAX_RECEIVE_BATCH}")
-    return max_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,12 +545,14 @@ def check_queue_settings(name: str, settings: QueueSettings
     receive_limit = optional_count("max_receive_count", settings.max_receive_count)
     message_limit = optional_count("max_messages", settings.max_messages)
     byte_limit = optional_count("max_bytes", settings.max_bytes)
-    size = check_message_size(settings.max_message_size)
+    size = check_count("max_message_size", settings.max_message_size,
+                       maximum=MAX_MESSAGE_SIZE_LIMIT)
     overflow = settings.overflow
     if overflow not in OVERFLOW_POLICIES:
         raise InvalidArgument(
             f"overflow={overflow!r} must be one of {', '.join(OVERFLOW_POLICIES)}")
-    priority = check_max_priority(settings.max_priority)
+    priority = check_count("max_priority", settings.max_priority, maximum=MAX_PRIORITY,
+                           minimum=0)
     check_flag("fifo", settings.fifo)
     check_flag("content_dedup", settings.content_dedup)
     if settings.fifo and priority:

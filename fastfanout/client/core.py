@@ -39,6 +39,7 @@ import inspect
 import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -62,14 +63,15 @@ from fastfanout.semantics.filter_policy import MAX_DEPTH, parse_policy
 from fastfanout.semantics.replies import new_inbox, reply_address
 from fastfanout.settings import (
     MAX_DELAY,
+    MAX_MESSAGE_SIZE_LIMIT,
+    MAX_PRIORITY,
+    MAX_RECEIVE_BATCH,
     MAX_VISIBILITY_TIMEOUT,
     QueueSettings,
     Subscription,
     TopicSettings,
+    check_count,
     check_iterable,
-    check_max_priority,
-    check_message_size,
-    check_receive_batch,
     encoded_name,
     finite,
     name_type_error,
@@ -129,14 +131,14 @@ def _count_checks() -> dict[tuple[int, str], Callable[[str, Any], object]]:
     queue_counts: dict[str, Callable[[str, Any], object]] = {
         "max_receive_count": optional_count, "max_messages": optional_count,
         "max_bytes": optional_count,
-        "max_message_size": lambda name, value: check_message_size(value)}
+        "max_message_size": partial(check_count, maximum=MAX_MESSAGE_SIZE_LIMIT)}
     return {**{(Opcode.CREATE_QUEUE, name): check for name, check in queue_counts.items()},
             **{(Opcode.SET_QUEUE_SETTINGS, name): check
                for name, check in queue_counts.items()},
-            (Opcode.CREATE_QUEUE, "max_priority"): lambda name, value:
-                check_max_priority(value),
+            (Opcode.CREATE_QUEUE, "max_priority"): partial(check_count, maximum=MAX_PRIORITY,
+                                                           minimum=0),
             (Opcode.REDRIVE, "max_messages"): optional_count,
-            (Opcode.RECEIVE, "max_messages"): lambda name, value: check_receive_batch(value)}
+            (Opcode.RECEIVE, "max_messages"): partial(check_count, maximum=MAX_RECEIVE_BATCH)}
 
 
 _COUNT_CHECKS: Final = _count_checks()
