@@ -368,8 +368,11 @@ cdef _Leased _lease(Store self, uint32_t qid, Py_ssize_t max_messages, int64_t l
                     leased.anchor = external.anchor
         if leased.anchor != NULL and (
                 blob != leased.anchor.blobs[leased.count] or blob.refcount != 1
-                or self.entries[slot].receive_count != 0 or dead_info is not None):
-            leased.anchor = NULL   # not by reference after all: the bound holds again
+                or self.entries[slot].receive_count != 0 or dead_info is not None
+                or blob.flags & BLOB_TOPIC):
+            # not by reference after all (the frame's next message, a first delivery
+            # held by this queue alone, as a delivery record has it): the bound holds
+            leased.anchor = NULL
         # a push by reference copies no record into the ring: its bound is not theirs
         if leased.anchor == NULL and leased.count and leased.total + size > max_bytes:
             leased.cut = True
@@ -402,25 +405,21 @@ cdef inline char* _record_in_place(blob_t* blob) noexcept:
 
 cdef BodySource _reference_source(Store self, _Leased leased):
     """The frame read in place the push is exactly, by reference, or None: its
-    messages all of it, in order, each a first delivery held by this queue alone (a
-    blob no other queue holds), with no part a delivery record lacks (a name)."""
+    messages all of it (``_lease`` kept ``leased.anchor`` only while each leased one was
+    the frame's next, a first delivery held by this queue alone), with no part a
+    delivery record lacks (a name)."""
     cdef blob_anchor_t* anchor = leased.anchor
     cdef BodySource source
     cdef Py_ssize_t index
-    cdef entry_t* entry
     cdef blob_t* blob
     cdef const char* record
-    if anchor == NULL or <uint64_t>leased.count != anchor.count or leased.dead_infos is not None:
+    if anchor == NULL or <uint64_t>leased.count != anchor.count:
         return None
     source = <BodySource>anchor.frame
     if source.length < FF_BATCH_HEADER_SIZE or ff_load_le32(source.data + 4) != leased.count:
         return None
     for index in range(leased.count):
-        entry = &self.entries[leased.slots[index]]
-        blob = entry.blob
-        if (blob != anchor.blobs[index] or blob.refcount != 1 or entry.receive_count != 1
-                or blob.flags & BLOB_TOPIC):
-            return None
+        blob = self.entries[leased.slots[index]].blob
         record = _record_in_place(blob)
         if (record < source.data + FF_BATCH_HEADER_SIZE
                 or record + FF_RECORD_HEADER_SIZE > source.data + source.length

@@ -839,21 +839,19 @@ def test_a_record_kept_across_two_full_disk_drops_is_counted_once(tmp_path, writ
         writer.start_writer()
     writer.append(2, b"in the file")
     writer.commit()
-    journal.inject_fault("write", errno.ENOSPC)
-    writer.append(4, _about(1, b"settle"))
-    with pytest.raises(StoreFull):
-        writer.commit()
+
+    def settle_on_a_full_disk(payload: bytes) -> None:
+        journal.inject_fault("write", errno.ENOSPC)
+        writer.append(4, _about(1, payload))
+        with pytest.raises(StoreFull):
+            writer.commit()
+
+    settle_on_a_full_disk(b"settle")
     assert writer.kept_records == 1
-    journal.inject_fault("write", errno.ENOSPC)
-    writer.append(4, _about(1, b"another"))
-    with pytest.raises(StoreFull):
-        writer.commit()
+    settle_on_a_full_disk(b"another")
     assert writer.kept_records == 2 and writer.drops == 2   # the first counted once
     writer.commit()
-    journal.inject_fault("write", errno.ENOSPC)
-    writer.append(4, _about(1, b"after the write"))
-    with pytest.raises(StoreFull):
-        writer.commit()
+    settle_on_a_full_disk(b"after the write")
     assert writer.kept_records == 3
     writer.commit()
     writer.close()
