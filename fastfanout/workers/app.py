@@ -54,7 +54,7 @@ from fastfanout.errors import (
 )
 from fastfanout.runtime import check_endpoint, default_endpoint, ipc_problem
 from fastfanout.semantics.filter_policy import SCOPES, parse_policy
-from fastfanout.settings import QueueSettings, check_name, check_queue_settings
+from fastfanout.settings import QueueSettings, check_count, check_name, check_queue_settings
 from fastfanout.stats import MAX_REPORT_NAME
 from fastfanout.transport.sockets import CurveKeys
 from fastfanout.workers.coroutines import AsyncRunner, LoopWatch
@@ -62,7 +62,6 @@ from fastfanout.workers.handlers import (
     MAX_CONCURRENCY,
     MAX_PROCESSES,
     Handler,
-    check_count,
     check_seconds,
     make_handler,
 )
@@ -272,9 +271,9 @@ class Worker:
                                       "connection to secure")
             self.client_options = {**self.client_options, "curve": curve}
         if concurrency is not None:
-            self.concurrency = check_count("concurrency", concurrency, MAX_CONCURRENCY)
+            self.concurrency = check_count("concurrency", concurrency, maximum=MAX_CONCURRENCY)
         if processes is not None:
-            self.processes = check_count("processes", processes, MAX_PROCESSES)
+            self.processes = check_count("processes", processes, maximum=MAX_PROCESSES)
             if processes > 1 and isinstance(self.broker, Broker):
                 raise InvalidArgument("processes > 1 needs a broker server: an embedded "
                                       "Broker lives in one process")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastfanout.errors import InvalidArgument
-from fastfanout.settings import check_name, finite
+from fastfanout.settings import check_count, check_name, finite
 
 __all__ = [
     "MAX_BATCH_SIZE",
@@ -25,7 +25,6 @@ __all__ = [
     "MAX_CONCURRENCY",
     "MAX_PROCESSES",
     "Handler",
-    "check_count",
     "check_seconds",
     "make_handler",
 ]
@@ -38,13 +37,6 @@ MAX_BATCH_SIZE = 10_000
 """Most messages in one call of a batch handler (a receive's own limit)."""
 MAX_BATCH_WINDOW = 20.0
 """Longest wait, in seconds, for a batch to fill (a long poll's own limit)."""
-
-
-def check_count(name: str, value: object, maximum: int) -> int:
-    """``value`` as an int from 1 to ``maximum``, or ``InvalidArgument``."""
-    if type(value) is not int or not 1 <= value <= maximum:
-        raise InvalidArgument(f"{name}={value!r} must be an int from 1 to {maximum:,}")
-    return value
 
 
 def check_seconds(name: str, value: object, *, maximum: float = math.inf,
@@ -193,12 +185,12 @@ def make_handler(function: object, queue: object, *, concurrency: int | None = N
     _check_signature(function)
     is_async = _check_kind(function)
     if concurrency is not None:
-        check_count("concurrency", concurrency, MAX_CONCURRENCY)
+        check_count("concurrency", concurrency, maximum=MAX_CONCURRENCY)
     if processes is not None:
-        check_count("processes", processes, MAX_PROCESSES)
+        check_count("processes", processes, maximum=MAX_PROCESSES)
     if prefetch is not None:
-        check_count("prefetch", prefetch, 1_000_000)
-    check_count("batch_size", batch_size, MAX_BATCH_SIZE)
+        check_count("prefetch", prefetch, maximum=1_000_000)
+    check_count("batch_size", batch_size, maximum=MAX_BATCH_SIZE)
     window = check_seconds("batch_window", batch_window, maximum=MAX_BATCH_WINDOW,
                            allow_zero=True)
     seconds = None if timeout is None else check_seconds("timeout", timeout)
