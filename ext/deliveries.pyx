@@ -91,6 +91,7 @@ cdef enum:
     PREFETCH_AHEAD = 2         # records ahead of the copy whose bodies are asked for
     BLOB_PREFETCH_AHEAD = 8    # ... whose blob headers are (their bodies' lengths)
     ENTRY_PREFETCH_AHEAD = 16  # ... whose entries are (their blob pointers)
+    WRITE_AHEAD_BYTES = 1024   # bytes ahead of the write whose lines are asked for (at least)
 
 from fastfanout._ext.store import DEAD_LETTER_REASONS
 from fastfanout.records import DeadLetterInfo
@@ -460,6 +461,8 @@ cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) e
     cdef Py_ssize_t index
     cdef uint64_t size = 0   # as above
     cdef blob_t* ahead
+    cdef char* ahead_at
+    cdef char* end = out + leased.total
     ff_write_batch_header(out, <uint32_t>leased.count)
     out += FF_BATCH_HEADER_SIZE
     for index in range(leased.count):
@@ -481,8 +484,13 @@ cdef int _write_records(Store self, _Leased leased, char* out, char* receipts) e
         # The room two records on, asked for with ownership: a push into a consumer's
         # ring writes lines its reader's core read last, and each store would wait for
         # the line to come over (the records of a push are mostly of one size). 7-8 %
-        # less of the broker's time a 1 KiB row (docs/benchmarks.md, 2026-12-06).
-        ff_prefetch_range_for_write(out + 2 * size, size, 2048)
+        # less of the broker's time a 1 KiB row (docs/benchmarks.md, 2026-12-06). Small
+        # records are asked for WRITE_AHEAD_BYTES on instead: two 120-byte records are
+        # too little time for the line to come, and the store waited all the same (a
+        # fifth of the broker's time with 64-byte bodies; 2026-12-07). Not past the push.
+        ahead_at = out + (2 * size if 2 * size > WRITE_AHEAD_BYTES else WRITE_AHEAD_BYTES)
+        if ahead_at < end:
+            ff_prefetch_range_for_write(ahead_at, size, 2048)
         ff_write_record(out, &record, <uint32_t>size)
         out += size
         if receipts != NULL:
