@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from itertools import islice
 from typing import Any, Protocol
 
 from fastfanout.bench.payload import Headers, array_headers, frame_headers
@@ -402,8 +403,9 @@ class _FastFanoutEach:
             return bodies
         append(message.body)
         message.ack()
-        for _ in range(messages.pending):   # type: ignore[attr-defined]
-            message = next(messages)
+        # the rest of the frame at hand as a user's ``for`` loop takes it (islice steps
+        # the cursor in C; a ``next()`` call per message cost the loop ~20 ns more)
+        for message in islice(messages, messages.pending):   # type: ignore[attr-defined]
             append(message.body)
             message.ack()
         return bodies
