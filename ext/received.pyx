@@ -11,7 +11,7 @@ of that loop is C:
 - ``MessageCursor`` walks a frame with the codec's bounds-checked reader and makes one
   ``RemoteMessage`` per step (its ``tp_iternext`` is C: no generator, no deque), asking
   its ``refill`` callable for the next frame only when one is used up;
-- a ``RemoteMessage`` holds its frame and a pointer to its record: id, receipt, receive
+- a ``RemoteMessage`` holds its frame and its record's offset in it: id, receipt, receive
   count, priority and timestamp are copied at once (plain C fields); the body,
   attributes, group and dedup ids and the dead-letter record are made on first access;
   the body is a ``bytes`` copy made once and kept (``memoryview(message)`` is a
@@ -30,13 +30,28 @@ Why bytes for the body: for a 64-byte body a ``bytes`` copy costs less than a
 bodies are small; it is made only when read, so a loop that never reads it pays nothing.
 Large bodies can be read without a copy through ``memoryview(message)``.
 
+Frames read in place. A large push of a local channel arrives as a ``RingFrame`` (a view
+of the client's ring, shmring.pyx), not bytes. The cursor walks it where it lies — until
+2026-12-07 it copied it into bytes first, 7 % of the per-message loop's time — holding
+an export of it while it is the frame at hand (the ring may not move it then), and its
+messages keep the frame object and their records' offsets. Once the cursor has moved on,
+the ring may *detach* the frame (copy it to the heap, when its room is wanted and no
+buffer views it): its data moves, the layout does not, so a message finds its record
+from the frame's data at each access, never from a pointer kept. ``memoryview(message)``
+of such a message exports the frame too (it stays put while the view lives).
+
 The acks of single messages go as ``SETTLE`` with ``protocol.SETTLE_EACH`` as its last
 frame: the broker acks each frame whole, and if one is refused it acks that frame's
 fresh receipts one by one, so a stale receipt fails alone, as a frame per receipt did.
 """
 
 cimport cython
-from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.buffer cimport (
+    PyBUF_SIMPLE,
+    PyBuffer_FillInfo,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject_IsTrue
@@ -44,6 +59,7 @@ from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
+from fastfanout._ext.blobs cimport BodySource
 from fastfanout._ext.codec cimport (
     FF_CODEC_END,
     FF_CODEC_OK,
@@ -489,8 +505,9 @@ cdef class RemoteMessage:
     cdef int64_t _timestamp_us
     cdef uint8_t _flags
     cdef bint _live               # not settled yet through its consumer (or apart)
-    cdef const char* _record      # its record's header in _frame
-    cdef object _frame            # the delivery frame (bytes) its record is in, or None
+    cdef size_t _offset           # where its record's header is in _frame
+    cdef object _frame            # the delivery frame (bytes, or a RingFrame) its record
+                                  # is in, or None (made from a codec Record)
     cdef _Origin _origin
     cdef object _body             # None until read (frame path)
     cdef _Decoded _decoded        # None until a field other than the body is read
@@ -505,7 +522,7 @@ cdef class RemoteMessage:
         self._flags = ((FF_FLAG_DEAD_LETTER if record.dead_letter else 0)
                        | (FF_FLAG_TOPIC if record.name_is_topic else 0))
         self._frame = None
-        self._record = NULL
+        self._offset = 0
         self._body = record.body
         decoded.encoded = record.attributes
         decoded.group_id = record.group_id
@@ -519,8 +536,12 @@ cdef class RemoteMessage:
         self._live = consumer is not None
 
     cdef inline const char* _part(self, int which, uint32_t* length) noexcept:
-        """A variable part of the record: 0 name, 1 group, 2 dedup, 3 attrs, 4 body."""
-        cdef const char* p = self._record
+        """A variable part of the record: 0 name, 1 group, 2 dedup, 3 attrs, 4 body
+        (the message has a frame). The pointer holds until the frame can move: while
+        the GIL is held with no Python code run in between."""
+        cdef object frame = self._frame
+        cdef const char* p = (PyBytes_AS_STRING(frame) if type(frame) is bytes
+                              else (<BodySource>frame).data) + self._offset
         cdef uint32_t name_len = ff_load_le16(p + 10)
         cdef uint32_t group_len = ff_load_le16(p + 6)
         cdef uint32_t dedup_len = ff_load_le16(p + 8)
@@ -564,13 +585,41 @@ cdef class RemoteMessage:
     def __getbuffer__(self, Py_buffer* buffer, int flags):
         cdef const char* data
         cdef uint32_t length
-        if self._record == NULL:
+        cdef Py_buffer* hold
+        if self._frame is None:
             body = self.body
             PyBuffer_FillInfo(buffer, body, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body),
                               1, flags)
             return
+        if type(self._frame) is bytes:
+            data = self._part(4, &length)
+            PyBuffer_FillInfo(buffer, self, <void*>data, length, 1, flags)
+            return
+        # a frame read in place: exported for as long as the view lives, so that the
+        # ring neither reuses nor moves it (``__releasebuffer__`` lets it go)
+        hold = <Py_buffer*>PyMem_Malloc(sizeof(Py_buffer))
+        if hold == NULL:
+            raise MemoryError()
+        try:
+            PyObject_GetBuffer(self._frame, hold, PyBUF_SIMPLE)
+        except BaseException:
+            PyMem_Free(hold)
+            raise
         data = self._part(4, &length)
-        PyBuffer_FillInfo(buffer, self, <void*>data, length, 1, flags)
+        try:
+            PyBuffer_FillInfo(buffer, self, <void*>data, length, 1, flags)
+        except BaseException:
+            PyBuffer_Release(hold)
+            PyMem_Free(hold)
+            raise
+        buffer.internal = <void*>hold
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        cdef Py_buffer* hold = <Py_buffer*>buffer.internal
+        if hold != NULL:
+            buffer.internal = NULL
+            PyBuffer_Release(hold)
+            PyMem_Free(hold)
 
     @property
     def timestamp(self):
@@ -640,7 +689,7 @@ cdef class RemoteMessage:
         cdef _Decoded fields = self._fields()
         if fields.attributes is _UNSET:
             try:
-                if self._record != NULL:
+                if self._frame is not None:
                     data = self._part(3, &length)
                     fields.attributes = _decode_attributes(
                         PyBytes_FromStringAndSize(data, length)) if length else {}
@@ -786,7 +835,8 @@ cdef class RemoteMessage:
                 f"receive_count={self.receive_count}, body={self.body[:32]!r})")
 
 
-cdef inline RemoteMessage _make(const ff_record_view* view, object frame, _Origin origin):
+cdef inline RemoteMessage _make(const ff_record_view* view, object frame, const char* base,
+                                _Origin origin):
     # Only the fields the loop reads are set: the body and the decoded fields stay None
     # (as the type's allocation leaves them) until read.
     cdef RemoteMessage message = RemoteMessage.__new__(RemoteMessage)
@@ -798,7 +848,7 @@ cdef inline RemoteMessage _make(const ff_record_view* view, object frame, _Origi
     message._flags = view.flags
     message._live = origin.consumer is not None
     message._frame = frame
-    message._record = view.start
+    message._offset = <size_t>(view.start - base)
     message._origin = origin
     return message
 
@@ -824,6 +874,8 @@ cdef class MessageCursor:
     """
 
     cdef object _frame
+    cdef Py_buffer _hold           # an export of _frame while it lies in a ring
+    cdef bint _holding
     cdef ff_frame_reader _reader
     cdef ff_record_view _view      # the record just read (a field: no clearing per step)
     cdef _Origin _origin           # owner, consumer and queue, shared by its messages
@@ -839,8 +891,12 @@ cdef class MessageCursor:
         self._refill = refill
         self._release = release
         self._frame = None
+        self._holding = False
         self._reader.count = self._reader.index = 0
         self._reader.remaining = 0
+
+    def __dealloc__(self):
+        self._leave()
 
     def __del__(self):
         # a ``for`` loop left by ``break`` drops its cursor in the middle of a frame:
@@ -865,14 +921,32 @@ cdef class MessageCursor:
         if unread:
             release(unread)
 
+    cdef void _leave(self) noexcept:
+        """Drop the frame at hand (and the export of a frame read in place)."""
+        self._frame = None
+        if self._holding:
+            self._holding = False
+            PyBuffer_Release(&self._hold)
+
     cdef int load(self, object frame) except -1:
         cdef int status
-        if type(frame) is not bytes:
+        cdef const char* data
+        cdef size_t length
+        self._leave()
+        if type(frame) is bytes:
+            data, length = PyBytes_AS_STRING(frame), <size_t>PyBytes_GET_SIZE(frame)
+        elif isinstance(frame, BodySource):
+            # a frame read in place (a RingFrame): walked where it lies, exported while
+            # it is the one at hand (see the module's essay)
+            PyObject_GetBuffer(frame, &self._hold, PyBUF_SIMPLE)
+            self._holding = True
+            data, length = <const char*>self._hold.buf, <size_t>self._hold.len
+        else:
             frame = bytes(frame)
-        status = ff_reader_open(&self._reader, PyBytes_AS_STRING(frame),
-                                <size_t>PyBytes_GET_SIZE(frame))
+            data, length = PyBytes_AS_STRING(frame), <size_t>PyBytes_GET_SIZE(frame)
+        status = ff_reader_open(&self._reader, data, length)
         if status != FF_CODEC_OK:
-            self._frame = None
+            self._leave()
             self._reader.count = self._reader.index = 0
             raise _malformed(status, ff_reader_offset(&self._reader))
         self._frame = frame
@@ -889,7 +963,7 @@ cdef class MessageCursor:
         raises ``Closed`` (from ``refill``) rather than yielding messages nothing can
         settle any more.
         """
-        self._frame = None
+        self._leave()
         self._reader.count = self._reader.index = 0
 
     @property
@@ -923,7 +997,7 @@ cdef class MessageCursor:
         cdef size_t offset
         cdef int status
         if left <= 0:
-            self._frame = None
+            self._leave()
             return b""
         packed = PyBytes_FromStringAndSize(NULL, left * 8)
         out = PyBytes_AS_STRING(packed)
@@ -931,11 +1005,11 @@ cdef class MessageCursor:
             offset = ff_reader_offset(&self._reader)
             status = ff_reader_next(&self._reader, &self._view)
             if status != FF_CODEC_OK:
-                self._frame = None
+                self._leave()
                 raise _malformed(status, offset)
             ff_store_le64(out + 8 * taken, self._view.receipt)
             taken += 1
-        self._frame = None
+        self._leave()
         return packed
 
     def __iter__(self):
@@ -946,8 +1020,8 @@ cdef class MessageCursor:
         cdef size_t offset = ff_reader_offset(&self._reader)
         cdef int status = ff_reader_next(&self._reader, &self._view)
         if status == FF_CODEC_OK:
-            return _make(&self._view, self._frame, self._origin)
-        self._frame = None
+            return _make(&self._view, self._frame, self._reader.frame, self._origin)
+        self._leave()
         if status != FF_CODEC_END:
             raise _malformed(status, offset)
         return None

@@ -303,3 +303,65 @@ def test_batch_views_count_as_views_of_a_held_frame(pair):
     assert reader.held == 1                         # the ids still view it
     del ids
     assert reader.held == 0
+
+
+def message_frame(count: int, size: int) -> bytes:
+    """A delivery frame of ``count`` records of ``size``-byte bodies, attributes set."""
+    return encode_batch([Record(bytes([65 + index % 26]) * size, id=index + 1,
+                                receipt=100 + index, receive_count=1,
+                                attributes=b"\x81\xa1k\xa1v", name="q")
+                         for index in range(count)])
+
+
+def test_a_cursor_walks_a_held_frame_in_place_and_its_messages_follow_it_out(pair):
+    # MessageCursor reads a RingFrame where it lies (no copy); its messages keep the
+    # frame and their records' offsets, so the ring moving the frame out (detach) once
+    # the cursor has moved on changes nothing they read
+    from fastfanout._ext.received import MessageCursor
+
+    writer, reader = pair
+    writer.write([message_frame(40, 100)])
+    (message,), _ = reader.read(8, BIG)
+    frame = message[0]
+    assert type(frame) is RingFrame
+    cursor = MessageCursor(None, None, "q")
+    cursor.feed(frame)
+    first = next(cursor)
+    fill_behind(writer, reader, lambda: reader.held_bytes > MIN_CAPACITY // 2)
+    assert reader.hold_detaches == 0 and frame.in_ring   # the cursor's frame stays put
+    kept = [first, *cursor]
+    assert cursor.pending == 0 and len(kept) == 40
+    del message, frame
+    reader.read(8, BIG)                                   # past half: moved out now
+    assert reader.hold_detaches == 1 and reader.held == 0
+    for _ in range(MIN_CAPACITY // 1000):                 # its old room written over
+        assert writer.write([b"s" * 1000]) in (WROTE, WROTE_WAKE)
+        reader.read(1 << 10, BIG)
+    assert [m.body for m in kept] == [bytes([65 + i % 26]) * 100 for i in range(40)]
+    assert [(m.id, m.receipt, m.queue, m.attributes) for m in kept[-2:]] == [
+        (39, 138, "q", {"k": "v"}), (40, 139, "q", {"k": "v"})]
+
+
+def test_a_memoryview_of_a_message_on_a_held_frame_keeps_it_in_place(pair):
+    from fastfanout._ext.received import MessageCursor
+
+    writer, reader = pair
+    writer.write([message_frame(40, 100)])
+    (message,), _ = reader.read(8, BIG)
+    cursor = MessageCursor(None, None, "q")
+    cursor.feed(message[0])
+    kept = list(cursor)
+    view = memoryview(kept[5])
+    del message, cursor
+    fill_until_full(writer, reader)
+    assert reader.hold_detaches == 0 and reader.held == 1   # the view pins it
+    assert view.readonly and bytes(view) == b"F" * 100
+    view.release()
+    reader.read(8, BIG)
+    assert reader.hold_detaches == 1 and reader.held == 0   # then it moves out
+    for _ in range(MIN_CAPACITY // 1000):                   # its old room written over
+        assert writer.write([b"s" * 1000]) in (WROTE, WROTE_WAKE)
+        reader.read(1 << 10, BIG)
+    assert bytes(memoryview(kept[5])) == b"F" * 100 and kept[6].body == b"G" * 100
+    del kept
+    assert reader.live_frames == 0
