@@ -30,7 +30,10 @@ area, the writer fills the rest with a *wrap* record (``frames = 0xFFFFFFFF``) a
 starts again at offset 0. A *marker* record (``frames = 0xFFFFFFFE``) tells the reader
 that the next message of this direction travels over the socket instead (it is larger
 than half the ring, ``max_message``, which is what always fits once the ring drains);
-the reader takes that socket message before it reads on. A *reference* record
+the reader takes that socket message before it reads on. A *count* record (``frames =
+0xFFFFFFFC``, then a u64) says how many messages the writer has sent over the socket
+*unannounced* so far, all of them before the records that follow: the reader reads on
+only once it has taken that many (below, "Unannounced"). A *reference* record
 (``frames = 0xFFFFFFFD``) carries a message whose last frame lies in another ring (below,
 "Deliveries by reference").
 
@@ -94,6 +97,17 @@ large). The reader's side closes the race: ``sleep`` with frames held and the wr
 waiting returns False once for that writer's head, and the next ``read`` says to ring
 it, so it tries again and finds the reader asleep. Both use seq_cst operations on the
 two flags (Dekker's pattern again): one of them sees the other's.
+
+Unannounced. A writer pinned out that finds no room even for the marker's 8 bytes (the
+reader holds frames for good and the room left went to markers) would wait for ever —
+until 2026-12-07 its session ended. Nothing is unread then (``PINNED``: the reader
+sleeps with every record read), so nothing in the ring can be overtaken: the message
+goes over the socket with no marker (``write_marker`` answers ``PINNED``, not ``FULL``),
+and before its next record the writer writes a count record (``write_count``) of every
+message it has sent so. A reader that meets a count larger than the socket messages it
+has taken unannounced stops the ring there until they have come (the channel keeps the
+tally, fastfanout.transport.local_channel). Only a client's ring is written so (the
+broker reads its socket at all times; a client reads its socket only after a marker).
 
 Deliveries by reference. A push of the broker to a consumer may be exactly one publish
 frame of another local client, read in place from that client's ring (its bodies left
@@ -197,11 +211,13 @@ cdef extern from *:
     #define FF_SHM_WRAP ((uint32_t)0xFFFFFFFFu)
     #define FF_SHM_MARKER ((uint32_t)0xFFFFFFFEu)
     #define FF_SHM_REFERENCE ((uint32_t)0xFFFFFFFDu)
+    #define FF_SHM_COUNT ((uint32_t)0xFFFFFFFCu)
     #define FF_SHM_MAGIC ((uint64_t)0x3130524d48534646ull)
     """
     const uint32_t FF_SHM_WRAP
     const uint32_t FF_SHM_MARKER
     const uint32_t FF_SHM_REFERENCE
+    const uint32_t FF_SHM_COUNT
     const uint64_t FF_SHM_MAGIC
 
 VERSION = 1
@@ -701,22 +717,45 @@ cdef class SharedRing:
         return self.commit(head + size)
 
     def write_marker(self):
-        """Append a marker: this direction's next message travels over the socket."""
+        """Append a marker: this direction's next message travels over the socket.
+
+        ``WROTE``/``WROTE_WAKE``; ``FULL`` (no room now: the reader rings when it makes
+        some) or ``PINNED`` (no room, and the reader sleeps having read every record:
+        the message may go over the socket unannounced, see the module essay).
+        """
         cdef uint64_t head
+        cdef int status
         self._check()
-        if self._reserve(RECORD_HEADER, &head) != RING_WROTE:
-            return RING_FULL   # pinned or not: the reader rings when it makes room
+        status = self._reserve(RECORD_HEADER, &head)
+        if status != RING_WROTE:
+            return status
         ff_store_le32(self.data + (head & self.mask), FF_SHM_MARKER)
         ff_store_le32(self.data + (head & self.mask) + 4, 0)
         return self.commit(head + RECORD_HEADER)
+
+    def write_count(self, uint64_t count):
+        """Append a count record: ``count`` messages sent over the socket unannounced
+        come before the records after it. The same answers as ``write_marker``."""
+        cdef uint64_t head
+        cdef int status
+        self._check()
+        status = self._reserve(RECORD_HEADER + 8, &head)
+        if status != RING_WROTE:
+            return status
+        ff_store_le32(self.data + (head & self.mask), FF_SHM_COUNT)
+        ff_store_le32(self.data + (head & self.mask) + 4, 8)
+        _store_le64(self.data + (head & self.mask) + RECORD_HEADER, count)
+        return self.commit(head + RECORD_HEADER + 8)
 
     # -- reader ------------------------------------------------------------------------
 
     def read(self, Py_ssize_t max_messages, uint64_t hold_min=0):
         """Up to ``max_messages`` messages: ``(messages, wake_writer)``.
 
-        Each message is a list of frames, or None for a marker (reading stops after it:
-        the socket's next message comes first). A frame is a bytes copy; with
+        Each message is a list of frames, None for a marker (reading stops after it:
+        the socket's next message comes first), or an int for a count record (reading
+        stops after it too: that many messages sent over the socket unannounced, in
+        all, come first). A frame is a bytes copy; with
         ``hold_min`` > 0, a message's last frame of ``hold_min`` bytes or more is a
         ``RingFrame`` viewing the ring in place while ``max_held`` allows (see the
         module essay).
@@ -765,6 +804,13 @@ cdef class SharedRing:
                 tail += RECORD_HEADER
                 self.read_pos = tail
                 messages.append(None)
+                break
+            if kind == FF_SHM_COUNT:
+                if length != 8:
+                    raise ValueError(f"{self.path}: count record at {tail} is not 8 bytes")
+                messages.append(_load_le64(record + RECORD_HEADER))
+                tail += RECORD_HEADER + length
+                self.read_pos = tail
                 break
             if kind == FF_SHM_REFERENCE:
                 messages.append(self._read_reference(record, tail, length, hold_min))

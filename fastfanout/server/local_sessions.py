@@ -10,7 +10,9 @@ bookkeeping out of the server's loop:
   ring, and reads the rings of every local session, up to a bound per round, in the
   order the client wrote; a marker stops a ring until the socket message it announces
   arrives (``before_socket_message``: a socket request of a local session first reads
-  the ring up to its marker, so order holds across the two paths);
+  the ring up to its marker, so order holds across the two paths), and a count record
+  until as many socket requests that no marker announced have (a client pinned out
+  sends so: fastfanout.transport.local_channel, "Unannounced spills");
 - ``send`` writes (or spills, or queues when the ring is full) a message to a session;
 - ``may_sleep`` tells each ring's writer to ring the bell (and says whether a message
   slipped in meanwhile).
@@ -147,7 +149,9 @@ class LocalSessions:
         closing); ``local_pinned_frames``: producers' frames pinned now by references
         not yet read past (the lingering rings' included); ``local_lingering_rings``:
         rings of ended sessions kept for them now; ``local_lingering_dropped``: such
-        rings closed past ``MAX_LINGERING``.
+        rings closed past ``MAX_LINGERING``; ``local_unannounced``: socket requests of
+        local sessions that no marker announced (a client pinned out with no room even
+        for a marker: fastfanout.transport.local_channel, "Unannounced spills").
         """
         live = self.sessions.values()
         return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
@@ -165,7 +169,8 @@ class LocalSessions:
                 "local_pinned_frames": (sum(c.outgoing.pins for c in live)
                                         + sum(ring.pins for ring, _ in self._lingering)),
                 "local_lingering_rings": len(self._lingering),
-                "local_lingering_dropped": self.counters["local_lingering_dropped"]}
+                "local_lingering_dropped": self.counters["local_lingering_dropped"],
+                "local_unannounced": self.counters["local_unannounced"]}
 
     def ring_for(self, session: Session) -> SharedRing | None:
         """The ring a push to ``session`` may be written into now (None: send it)."""
@@ -341,7 +346,7 @@ class LocalSessions:
         for session, channel in list(self.sessions.items()):
             if channel.outgoing.pins:
                 channel.outgoing.unpin()   # frames its reader is done with: let go
-            if not channel.awaiting_socket and channel.incoming.pending():
+            if not channel.stopped and channel.incoming.pending():
                 self._read(session, channel, until_marker=False)
 
     def _flush_backlogs(self) -> None:
@@ -364,15 +369,31 @@ class LocalSessions:
                 self._end(session)
 
     def before_socket_message(self, session: Session | None) -> None:
-        """A socket request of ``session`` arrived: handle its ring up to the marker."""
+        """A socket request of ``session`` arrived: handle its ring up to the marker.
+
+        The request is the one a marker announced (read before, or now), or else one the
+        client sent unannounced, which counts towards the ring's count records.
+        """
         channel = None if session is None else self.sessions.get(session)
         if session is None or channel is None:
             return
-        if not channel.awaiting_socket:
+        if not channel.stopped:
             self._read(session, channel, until_marker=True)
-        channel.awaiting_socket = False
+            if session not in self.sessions:
+                return   # a request of its ring ended the session
+        if channel.awaiting_socket:
+            channel.awaiting_socket = False   # the announced one
+        else:
+            channel.unannounced += 1
+            self.counters["local_unannounced"] += 1
 
     def _read(self, session: Session, channel: LocalChannel, until_marker: bool) -> None:
+        """Handle what the ring holds, up to a marker or an unreached count record.
+
+        A marker sets ``awaiting_socket``; a count record the unannounced requests taken
+        have not reached leaves the channel ``stopped``. With ``until_marker``, up to the
+        ring's end too (else one round's worth).
+        """
         identity = session.identity
         while True:
             try:
@@ -386,8 +407,13 @@ class LocalSessions:
                 return
             for message in messages:
                 if message is None:
-                    channel.awaiting_socket = not until_marker
+                    channel.awaiting_socket = True
                     return
+                if isinstance(message, int):   # a count record
+                    channel.count_wanted = message
+                    if channel.stopped:
+                        return   # unannounced requests to take first
+                    continue
                 if type(message[-1]) is not bytes:   # the only frame ever read in place
                     message = _in_place(message)
                 self._handle([identity, *message])
@@ -404,7 +430,7 @@ class LocalSessions:
         if self._overflowed:
             return False
         for channel in self.sessions.values():
-            if not channel.awaiting_socket and not channel.incoming.sleep():
+            if not channel.stopped and not channel.incoming.sleep():
                 return False
             if not channel.outgoing.watch_pins():
                 return False   # its reader read past a pinned frame: let it go first

@@ -41,6 +41,8 @@ class _ChannelReader:
         for message in messages:
             if message is None:
                 self.channel.awaiting_socket = True
+            elif isinstance(message, int):   # only a client's ring has count records
+                raise PeerLost("a malformed record from the broker: a count record")
             else:
                 self._queue.append(message)
         return bool(messages)

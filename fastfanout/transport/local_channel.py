@@ -20,6 +20,18 @@ behind. From then on every message of that connection travels through the rings,
 order; one larger than half a ring travels over the socket, announced by a marker in
 the ring so that the reader takes it in its place.
 
+Unannounced spills (the client's side only). A client whose ring the broker keeps full
+with frames it still uses (``PINNED``: it has read every record) and that finds no
+room even for a marker sends the message over the socket with none: nothing unread is
+left for it to overtake. Its next record in the ring is then a *count* of every message
+it has sent so (``SharedRing.write_count``), and the broker, which counts the socket
+messages of the session that came with no marker (``unannounced``), reads that ring on
+only once it has taken that many (``stopped``). Until 2026-12-07 such a send waited for
+room, and the session ended after ``send_timeout``: a consumer that kept a view of a
+batch delivered by reference for good ended its producer's session. The broker never
+sends so (a client reads its socket only after a marker): it queues, and ends a client
+too slow to make room (``send_or_queue``).
+
 Why sealed: a process that maps a file dies of ``SIGBUS`` when it touches a page past
 the file's end, so a client (or anything of the same user) that could shrink a ring
 could kill the broker. A ring's size is sealed before the broker ever sees it, and the
@@ -216,6 +228,13 @@ class LocalChannel:
         overflowed: a message was dropped because the backlog had reached its bound
             (the owner ends the session).
         awaiting_socket: a marker was read; the socket's next message comes next.
+        unannounced: the client's side: messages sent over the socket with no marker
+            (``PINNED``, and no room for one); the broker's side: socket messages of the
+            session taken that no marker announced.
+        owes_count: the client's side: a count record is due before the next record.
+        count_wanted: the broker's side: the last count record read (the ring is read
+            on once ``unannounced`` reaches it: ``stopped``).
+        spills_unannounced: this side may send unannounced (the client's).
         spills: messages sent over the socket because they exceed half a ring.
         pinned_spills: messages sent over the socket because the reader slept with
             every record read while the frames it still held pinned the room they
@@ -243,6 +262,10 @@ class LocalChannel:
         self.backlog_since = 0.0
         self.overflowed = False
         self.awaiting_socket = False
+        self.unannounced = 0
+        self.owes_count = False
+        self.count_wanted = 0
+        self.spills_unannounced = False
         self.spills = 0
         self.pinned_spills = 0
         self.full = 0
@@ -276,6 +299,7 @@ class LocalChannel:
                       Bell(broker_write, keep=broker_read), handover=(client_write,))
         channel.hold_min = HOLD_MIN_BYTES
         channel.warn_too_large = True
+        channel.spills_unannounced = True
         channel.incoming.max_held = ring_bytes // DEFAULT_HELD_SHARE
         # a frame let go (a batch dropped) when the broker waits for room: ring it now
         channel.incoming.on_room = channel.ring_peer
@@ -358,19 +382,42 @@ class LocalChannel:
             os.close(fd)
         self._handover = ()
 
+    @property
+    def stopped(self) -> bool:
+        """The broker's side: the ring waits for socket messages.
+
+        After a marker, or at a count record that the unannounced ones taken have not
+        reached yet.
+        """
+        return self.awaiting_socket or self.count_wanted > self.unannounced
+
     def try_send(self, frames: list[bytes]) -> bool:
         """Write ``frames``; False when the ring is full and nothing was sent.
 
         A message too large for the ring, or one the reader's held frames keep out of
         it while the reader waits (``PINNED``: waiting could be forever), goes as a
-        marker, then ``spill(frames)`` sends it over the socket.
+        marker, then ``spill(frames)`` sends it over the socket; with no room for the
+        marker either while the reader sleeps having read everything, the client's side
+        sends it unannounced (the module's essay).
         """
+        if self.owes_count:
+            status = self.outgoing.write_count(self.unannounced)
+            if status == PINNED and self.spills_unannounced:
+                return self._spill_unannounced(frames)
+            if status == FULL or status == PINNED:
+                self._wake_reader_if_asked()
+                return False
+            self.owes_count = False
+            if status == WROTE_WAKE:   # its commit took the reader's sleeping flag
+                self.ring_peer()
         status = self.outgoing.write(frames)
         if status == TOO_LARGE or status == PINNED:
             assert self.spill is not None, "the channel's owner sets spill"
             pinned = status == PINNED
             status = self.outgoing.write_marker()
-            if status == FULL:
+            if status == PINNED and self.spills_unannounced:
+                return self._spill_unannounced(frames)
+            if status == FULL or status == PINNED:
                 self._wake_reader_if_asked()
                 return False
             self.spills += 1
@@ -386,6 +433,15 @@ class LocalChannel:
             return False
         if status == WROTE_WAKE:
             self.ring_peer()
+        return True
+
+    def _spill_unannounced(self, frames: list[bytes]) -> bool:
+        assert self.spill is not None, "the channel's owner sets spill"
+        self.unannounced += 1
+        self.owes_count = True
+        self.spills += 1
+        self.pinned_spills += 1
+        self.spill(frames)
         return True
 
     def _warn_too_large(self, frames: list[bytes]) -> None:
@@ -449,11 +505,12 @@ class LocalChannel:
         """Ring the other side's bell."""
         self.peer_bell.ring()
 
-    def read(self, max_messages: int) -> list[list[bytes] | None]:
-        """Up to ``max_messages`` messages from ``incoming`` (None: a marker).
+    def read(self, max_messages: int) -> list[list[bytes] | int | None]:
+        """Up to ``max_messages`` messages from ``incoming``.
 
-        A frame of ``hold_min`` bytes or more may be a ``RingFrame`` (a read-only buffer
-        in the ring, see the module essay). A writer that waits for the room this read
+        None stands for a marker, an int for a count record (see the module's essay). A
+        frame of ``hold_min`` bytes or more may be a ``RingFrame`` (a read-only buffer in
+        the ring, see the module essay). A writer that waits for the room this read
         (or a release of held frames) made is woken.
         """
         messages, wake_writer = self.incoming.read(max_messages, self.hold_min)

@@ -304,3 +304,53 @@ def test_a_view_outliving_its_connection_keeps_its_rows(track: Tracker):
                      and stat(producer, "local_pinned_frames") == 0,
                      what="the lingering ring closed once the array was dropped")
     consumer.cancel()
+
+
+def test_a_producer_pinned_full_goes_on_unannounced_and_keeps_its_order(track: Tracker):
+    # A consumer keeps a view of a batch that came by reference for good, so its frame
+    # stays pinned in the producer's ring; the producer's small requests then fill the
+    # rest of its ring behind it (its tail cannot pass the frame), go around it after
+    # markers while one fits, then with none: over the socket unannounced, a count
+    # record before the next record that finds room. Until the fix the send waited for
+    # room nothing would make, and failed (PeerLost) after the client's timeout.
+    server = track.server(deliver_by_reference=True)
+    producer = track.client(server.endpoint, ring_bytes=1 << 18)
+    consumer_client = track.client(server.endpoint)
+    wired(producer, "q")
+    producer.create_queue("later")   # never consumed: read back in order at the end
+    consumer = consumer_client.consume("q", prefetch=100)
+    producer.publish_batch("t", rows(70))   # ~76 KB: read in place, sent by reference
+    batch = consumer.next_batch(timeout=5.0)
+    assert batch is not None and type(batch.bodies.obj) is RingFrame
+    kept = batch.as_array(np.float32, (ITEMS,))
+    batch.ack()
+    del batch
+    sent = 0
+
+    def send_some(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            producer.send("later", struct.pack("<I", sent) + b"p" * 100)
+            sent += 1
+
+    while stat(producer, "local_unannounced") < 5:
+        send_some(10)
+        assert sent < 20_000, "the producer never went unannounced"
+    send_some(200)   # on, unannounced, while the frame stays pinned
+    assert stat(producer, "local_pinned_frames") == 1
+    assert (kept == rows(70)).all()
+    del kept
+    gc.collect()
+    consumer.cancel()
+    track.wait_until(lambda: stat(producer, "local_pinned_frames") == 0,
+                     what="the frame let go once the view was dropped")
+    unannounced = stat(producer, "local_unannounced")
+    send_some(300)   # the ring has room again: a count record, then records in it
+    assert stat(producer, "local_unannounced") == unannounced
+    got: list[int] = []
+    while len(got) < sent:
+        messages = producer.receive("later", max_messages=1000, wait=1.0)
+        assert messages, f"{len(got)} of {sent} messages came"
+        got.extend(struct.unpack_from("<I", message.body)[0] for message in messages)
+        producer.ack_batch([message.receipt for message in messages])
+    assert got == list(range(sent))
