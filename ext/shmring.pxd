@@ -42,6 +42,7 @@ cdef class SharedRing(FrameSink):
     cdef ff_atomic_u64* tail
     cdef ff_atomic_u64* writer_waiting
     cdef ff_atomic_u64* writer_watches
+    cdef ff_atomic_u64* writer_wants_pins
     cdef ff_atomic_u64* reader_sleeping
     cdef ff_atomic_u64* reader_evacuates
     cdef bint reader_wake               # writer: a FULL found the reader to wake
@@ -76,8 +77,12 @@ cdef class SharedRing(FrameSink):
     cdef dict origins                   # ring id -> SharedRing
     cdef readonly uint64_t references_read
     cdef readonly uint64_t origins_dropped
+    cdef readonly uint64_t references_privatized
+    cdef readonly uint64_t references_detached
 
     cdef void _unpin(self, uint64_t upto) noexcept
+    cdef void _let_go_of_references(self) noexcept
+    cdef int _privatize(self, object held) noexcept
     cdef list _read_reference(self, const char* record, uint64_t tail, uint64_t length,
                               uint64_t hold_min)
     @staticmethod

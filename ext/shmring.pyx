@@ -18,6 +18,8 @@ Layout of the file (little-endian, every offset fixed)::
     64   head u64: bytes ever written (the writer's position)
     72   writer_waiting u64: 1 while the writer waits for room
     80   writer_watches u64: 1 while the writer waits for the tail to pass its references
+    88   writer_wants_pins u64: 1 while the writer asks the reader to let go of what it
+         reads by reference (a producer waits for the room those frames pin)
     128  tail u64: bytes ever read (the reader's position)
     136  reader_sleeping u64: 1 while the reader may sleep on an empty ring
     144  reader_evacuates u64: 1 while it sleeps holding frames it evacuates on demand
@@ -135,8 +137,30 @@ looks at the tail at each claim and on ``unpin()``, and ``watch_pins()`` (before
 writer's process sleeps) announces ``writer_watches`` so that the reader's next move of
 its tail rings the writer, which then unpins (a flag of its own: ``writer_waiting`` would
 tell a reader about to sleep with frames held that the writer waits for room they pin). ``close`` on the writer's side lets every pin go.
-A frame pinned so cannot move: a consumer that keeps views of its batches pins the
-producer's ring, whose writer then goes around it (``PINNED``) as for its own held frames.
+Pins given back on demand. A producer whose ring has no room because the oldest frame
+the broker holds there is pinned, or whose pinned room passes a quarter of its ring
+(``waits_on_pins``, the broker reading that ring: at half, the broker copies its frames
+out rather than hold them, and their pushes are copies), gets the broker to ask every
+consumer pinning more than a few frames for them: ``ask_for_pins`` sets
+``writer_wants_pins`` in the consumer's ring and the broker rings its bell. The
+consumer's next ``read`` (its ``sleep`` first returns False) lets go of the frames it
+holds by reference, oldest first, all but the newest ``KEPT_WHEN_ASKED`` records it holds
+(``_let_go_of_references``): copied out as a detached
+frame when nothing views it, else *privatized* — its pages in this process's mapping of
+the origin ring are replaced by private copies of the same bytes (``mmap``, then
+``mremap`` over them: a view reads the same memory, never a hole), and the origin mapping
+is retired (the next reference maps the ring anew: the copied pages at the frame's edges
+may hold bytes of frames the writer has not written yet). Its record is released, the
+tail moves on, the writer unpins the frame and the producer's ring has its room again.
+So a consumer that keeps views of its batches for good (collecting arrays, say) costs a
+copy of them when the room is wanted, not its producer's ring (counted:
+``references_privatized``, ``references_detached``). A copy made only then: a pipeline
+whose consumer drops its views in time copies nothing. Until 2026-12-07 such a view pinned
+the producer's frame for good, and its writer went around its ring (``PINNED``, then
+unannounced) for as long, the reason the setting was off by default. A frame of this ring
+itself (a push copied in) kept viewed keeps the tail still, and so the pins of every
+reference after it; and a consumer that does not call into its client meanwhile gives
+nothing back until it does (its producer then goes around its ring).
 Counted: ``references_written`` and ``reference_refusals`` (writer), ``references_read``
 and ``origins_dropped`` (reader). What it saves: the broker's copy of every body of the
 push (a third of its time a 1 KiB row in the numpy pipeline: docs/benchmarks.md,
@@ -172,6 +196,15 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mun
 
 cdef extern from "<sys/mman.h>":
     int MAP_POPULATE
+    int MAP_PRIVATE
+    int MAP_ANONYMOUS
+    int MREMAP_MAYMOVE
+    int MREMAP_FIXED
+    int mprotect(void* address, size_t length, int protection)
+    void* mremap(void* old_address, size_t old_size, size_t new_size, int flags, ...)
+cdef extern from "<unistd.h>":
+    long sysconf(int name)
+    int _SC_PAGESIZE
 from posix.stat cimport S_ISREG, fstat, struct_stat
 from posix.unistd cimport close as c_close, geteuid, getpid
 from cpython.ref cimport Py_DECREF, Py_INCREF
@@ -200,6 +233,7 @@ cdef enum:
     OFF_HEAD = 64
     OFF_WRITER_WAITING = 72
     OFF_WRITER_WATCHES = 80
+    OFF_WRITER_WANTS_PINS = 88
     OFF_TAIL = 128
     OFF_READER_SLEEPING = 136
     OFF_READER_EVACUATES = 144
@@ -234,6 +268,11 @@ cdef uint64_t C_MAX_PINS = 4096
 MAX_ORIGINS = 16
 """Most other rings a reader keeps mapped for the references it reads (one more unmaps
 the least recently used, once no frame of it lives)."""
+KEPT_WHEN_ASKED = 2
+"""Held records a reader keeps in place when the writer asks for its pins: the newest,
+what its user most likely works on (the older frames read by reference go)."""
+cdef uint64_t C_KEPT_WHEN_ASKED = 2
+
 
 FULL = RING_FULL
 """``write``: no room now; ``writer_waiting`` is set, the reader will ring."""
@@ -716,6 +755,79 @@ cdef class SharedRing:
         memset(body, 0, (self.data + (head & self.mask) + size) - body)
         return self.commit(head + size)
 
+    def ask_for_pins(self):
+        """The writer's side: ask the reader to let go of the frames it holds by
+        reference (a producer waits for their room). True when newly asked: ring the
+        reader's bell."""
+        self._check()
+        return ff_exchange_u64(self.writer_wants_pins, 1) == 0
+
+    def waits_on_pins(self):
+        """The reader's side: the oldest frame held here is pinned by a reference (or
+        viewed), and the writer waits for room, or what is held from it on passes half
+        of ``max_held`` (past ``max_held`` new frames are copied out, not held, and
+        their pushes copied): what ``ask_for_pins`` of the rings whose readers hold those
+        references may free."""
+        cdef PyObject* pointer
+        if self.base == NULL or not self.held_count:
+            return False
+        pointer = self.held_frame[self.held_first % C_MAX_HELD]
+        if pointer == NULL or (<RingFrame>pointer).exports == 0:
+            return False
+        return (ff_load_relaxed_u64(self.writer_waiting) != 0
+                or self._reader_pos() - self.held_start[self.held_first % C_MAX_HELD]
+                > self.max_held // 2)
+
+    cdef void _let_go_of_references(self) noexcept:
+        """Let go of the held frames read by reference, oldest first, but for the newest
+        ``KEPT_WHEN_ASKED`` records: copied out if nothing views them, else privatized
+        (see the module's essay). Stops at a frame of this ring, or one that cannot be."""
+        cdef PyObject* pointer
+        cdef RingFrame frame
+        while self.held_count > C_KEPT_WHEN_ASKED:
+            pointer = self.held_frame[self.held_first % C_MAX_HELD]
+            if pointer == NULL:
+                return   # not possible: a record without frame is popped at once
+            frame = <RingFrame>pointer
+            if frame.keep is None or frame.ring is not self or frame.anchor != NULL:
+                return
+            if frame.exports:
+                if self._privatize(frame) < 0:
+                    return
+                self.references_privatized += 1
+                frame._leave_ring()
+            else:
+                if frame._detach() < 0:
+                    return
+                self.references_detached += 1
+
+    cdef int _privatize(self, object held) noexcept:
+        """Replace the pages of ``held`` (a RingFrame read by reference) in its origin
+        mapping by private copies of the same bytes, and retire that mapping; -1 when
+        the memory cannot be had."""
+        cdef RingFrame frame = <RingFrame>held
+        cdef size_t page = <size_t>sysconf(_SC_PAGESIZE)
+        cdef size_t start = (<size_t>frame.data) & ~(page - 1)
+        cdef size_t end = (<size_t>frame.data + <size_t>frame.length + page - 1) & ~(page - 1)
+        cdef size_t size = end - start
+        cdef SharedRing origin
+        cdef void* fresh = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if fresh == MAP_FAILED:
+            return -1
+        memcpy(fresh, <const void*>start, size)
+        if (mprotect(fresh, size, PROT_READ) != 0
+                or mremap(fresh, size, size, MREMAP_MAYMOVE | MREMAP_FIXED,
+                          <void*>start) == MAP_FAILED):
+            munmap(fresh, size)
+            return -1
+        origin = <SharedRing>frame.keep
+        if self.origins is not None and self.origins.get(origin.ring_id_) is origin:
+            # retired: its pages around this frame are copies now (frames live in it
+            # keep it mapped, as before)
+            del self.origins[origin.ring_id_]
+        return 0
+
     def write_marker(self):
         """Append a marker: this direction's next message travels over the socket.
 
@@ -859,6 +971,9 @@ cdef class SharedRing:
             messages.append(frames)
             tail += RECORD_HEADER + length
             self.read_pos = tail
+        if (self.references_read and ff_load_relaxed_u64(self.writer_wants_pins)
+                and ff_exchange_u64(self.writer_wants_pins, 0)):
+            self._let_go_of_references()
         if self.held_count:
             self._make_room()
         return messages, self._move_tail()
@@ -1092,6 +1207,8 @@ cdef class SharedRing:
         self._check()
         if self.wake_pending:
             return False   # a release made room for a waiting writer: read (and ring)
+        if self.references_read and ff_load_relaxed_u64(self.writer_wants_pins):
+            return False   # the writer asks for its pins: the read gives them back
         cdef uint64_t head
         cdef bint evacuable = self._evacuable()
         # before the flag the writer looks at: a writer that finds no room while this
@@ -1261,6 +1378,7 @@ cdef int _map_checked(SharedRing ring, uint64_t capacity, bint writable) except 
     ring.tail = <ff_atomic_u64*>(ring.base + OFF_TAIL)
     ring.writer_waiting = <ff_atomic_u64*>(ring.base + OFF_WRITER_WAITING)
     ring.writer_watches = <ff_atomic_u64*>(ring.base + OFF_WRITER_WATCHES)
+    ring.writer_wants_pins = <ff_atomic_u64*>(ring.base + OFF_WRITER_WANTS_PINS)
     ring.reader_sleeping = <ff_atomic_u64*>(ring.base + OFF_READER_SLEEPING)
     ring.reader_evacuates = <ff_atomic_u64*>(ring.base + OFF_READER_EVACUATES)
     return 0

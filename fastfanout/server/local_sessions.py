@@ -72,6 +72,11 @@ MAX_LINGERING = 64
 """Most rings of ended sessions the broker keeps for the producers' frames their
 references pin while the consumer's process lives (it may still view them); one more
 closes the longest-kept, letting its producers' frames go (``local_lingering_dropped``)."""
+PINS_BEFORE_ASKED = 4
+"""Frames a consumer may pin by reference before the broker asks it to give the older
+ones back when a producer's ring is short of room (shmring.pyx, "Pins given back on
+demand"): a consumer that drops each batch's views in time pins its batch at hand and
+the pushes on their way, and is never asked (``local_pins_asked`` counts the asks)."""
 ROUND_MESSAGES = 1000
 """Most messages one round reads from one session's ring (as ``ROUND_REQUESTS``)."""
 BACKLOG_SECONDS = 10.0
@@ -151,7 +156,9 @@ class LocalSessions:
         rings of ended sessions kept for them now; ``local_lingering_dropped``: such
         rings closed past ``MAX_LINGERING``; ``local_unannounced``: socket requests of
         local sessions that no marker announced (a client pinned out with no room even
-        for a marker: fastfanout.transport.local_channel, "Unannounced spills").
+        for a marker: fastfanout.transport.local_channel, "Unannounced spills");
+        ``local_pins_asked``: times a consumer was asked to give back the frames it
+        holds by reference (a producer waited for the room they pinned).
         """
         live = self.sessions.values()
         return {"local_spills": self.counters["local_spills"] + sum(c.spills for c in live),
@@ -170,7 +177,8 @@ class LocalSessions:
                                         + sum(ring.pins for ring, _ in self._lingering)),
                 "local_lingering_rings": len(self._lingering),
                 "local_lingering_dropped": self.counters["local_lingering_dropped"],
-                "local_unannounced": self.counters["local_unannounced"]}
+                "local_unannounced": self.counters["local_unannounced"],
+                "local_pins_asked": self.counters["local_pins_asked"]}
 
     def ring_for(self, session: Session) -> SharedRing | None:
         """The ring a push to ``session`` may be written into now (None: send it)."""
@@ -343,11 +351,28 @@ class LocalSessions:
             self._flush_backlogs()
         if self._lingering:
             self._let_go_lingering()
+        waits_on_pins = False
         for session, channel in list(self.sessions.items()):
             if channel.outgoing.pins:
                 channel.outgoing.unpin()   # frames its reader is done with: let go
             if not channel.stopped and channel.incoming.pending():
                 self._read(session, channel, until_marker=False)
+            if channel.incoming.waits_on_pins():
+                waits_on_pins = True
+        if waits_on_pins:
+            self._ask_for_pins()
+
+    def _ask_for_pins(self) -> None:
+        """Ask the consumers pinning many frames to give the older ones back.
+
+        A producer waits for room that frames pinned by references keep: every consumer
+        pinning more than ``PINS_BEFORE_ASKED`` frames is asked (shmring.pyx, "Pins given
+        back on demand"), and each one asked anew is rung.
+        """
+        for channel in self.sessions.values():
+            if channel.outgoing.pins > PINS_BEFORE_ASKED and channel.outgoing.ask_for_pins():
+                self.counters["local_pins_asked"] += 1
+                channel.ring_peer()
 
     def _flush_backlogs(self) -> None:
         now = time.monotonic()

@@ -354,3 +354,41 @@ def test_a_producer_pinned_full_goes_on_unannounced_and_keeps_its_order(track: T
         got.extend(struct.unpack_from("<I", message.body)[0] for message in messages)
         producer.ack_batch([message.receipt for message in messages])
     assert got == list(range(sent))
+
+
+def test_views_kept_for_good_are_copied_in_place_and_let_their_frames_go(track: Tracker):
+    # The consumer keeps an array of every batch (the anti-pattern the docs warn of):
+    # when the frames it pins fill a quarter of its producer's ring, the broker asks it
+    # for them, and all but its newest two are copied where they lie (privatized: their
+    # pages in its mapping replaced by private copies) and let go, so the producer's
+    # ring is reused, every push still goes by reference, and every kept array still
+    # reads its rows. Until the fix each kept array pinned its frame for good: past half
+    # the ring the broker copied the producer's frames, then the producer went around
+    # its ring (over the socket).
+    server = track.server(deliver_by_reference=True)
+    producer = track.client(server.endpoint, ring_bytes=1 << 22)
+    consumer_client = track.client(server.endpoint, ring_bytes=1 << 22)
+    wired(producer, "q")
+    consumer = consumer_client.consume("q", prefetch=200)
+    channel = consumer_client.connection.transport.channel
+    kept: list[np.ndarray] = []
+    for start in range(0, 6000, 100):   # 6.5 MB through a 4 MiB ring
+        producer.publish_batch("t", rows(100, start))
+        batch = consumer.next_batch(timeout=5.0)
+        assert batch is not None, f"the batch from row {start} never came"
+        assert type(batch.bodies.obj) is RingFrame
+        kept.append(batch.as_array(np.float32, (ITEMS,)))
+        batch.ack()
+        del batch
+    stats = producer.server_stats()
+    assert stats["local_references"] == 60 and stats["local_pins_asked"] >= 1
+    assert channel.incoming.references_privatized >= 30
+    assert stats["local_pinned_frames"] <= 20
+    assert stats["local_unannounced"] == 0 and stats["local_pinned_spills"] == 0
+    for index, table in enumerate(kept):
+        assert (table == rows(100, 100 * index)).all(), f"kept batch {index} changed"
+    del kept, table
+    gc.collect()
+    consumer.cancel()
+    track.wait_until(lambda: stat(producer, "local_pinned_frames") == 0,
+                     what="every frame let go")
