@@ -170,9 +170,8 @@ class RowCosts:
 def fastfanout_run(rows: int, chunk: int, items: int, window: Window,
                    costs: list[RowCosts] | None = None) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
-    # deliveries by reference are the broker's opt-in (docs/arrays.md): this consumer
-    # drops each batch's view before it takes the next, as the setting asks
-    with broker_process(deliver_by_reference=True) as (endpoint, broker):
+    # the broker's defaults: deliveries by reference on (docs/arrays.md)
+    with broker_process() as (endpoint, broker):
         with connect_when_up(endpoint, broker) as client:
             client.create_topic("t")
             client.create_queue("q", max_messages=window.queue_bound, overflow="hold",

@@ -384,8 +384,8 @@ def cli(ctx: click.Context) -> None:
                    "default on).")
 @click.option("--deliver-by-reference/--no-deliver-by-reference", default=None,
               help="Hand a local consumer a push that is one whole publish frame of a "
-                   "local producer as a reference to it, not a copy (default off: "
-                   "consumers must not keep views of their batches; docs/arrays.md).")
+                   "local producer as a reference to it, not a copy (default on; "
+                   "docs/arrays.md).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Directory of the broker's journal: topics, queues, subscriptions and "
                    "messages of durable queues survive a restart (default: "

@@ -59,7 +59,7 @@ def spawn() -> Any:
 
 
 def serve_broker(endpoint: str, data_dir: str | None = None, fsync: str = "always",
-                 deliver_by_reference: bool = False) -> None:
+                 deliver_by_reference: bool = True) -> None:
     """A broker process's target: serve ``endpoint`` with the default settings.
 
     Requests are answered up to MAX_REQUEST_BYTES (a publish call of the largest batch).
@@ -134,7 +134,7 @@ def free_tcp_endpoint() -> str:
 
 @contextmanager
 def broker_process(transport: str = "ipc", data_dir: str | None = None,
-                   fsync: str = "always", deliver_by_reference: bool = False
+                   fsync: str = "always", deliver_by_reference: bool = True
                    ) -> Iterator[tuple[str, Any]]:
     """A broker process on a fresh endpoint, serving once it answers: (endpoint, process).
 

@@ -93,8 +93,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
             its client vanishes; past it, new ones are not held.
         local_channels: let clients on this host use shared memory (ipc:// only).
         deliver_by_reference: a push that is exactly one publish frame of a local
-            producer goes to a local consumer as a reference to it, not a copy (off by
-            default: consumers must drop their views of a batch, docs/arrays.md).
+            producer goes to a local consumer as a reference to it, not a copy (on by
+            default; docs/arrays.md, "Deliveries by reference").
         stream_high_water_mark: stream batches queued per listener before the broker
             drops (``drop``) or waits (``wait``).
         max_stream_subscriptions: subscriptions one listener connection may hold; one
@@ -142,7 +142,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         DEFAULT_MAX_LONG_POLLS)
     max_held_receipts: _HighWaterMark = DEFAULT_MAX_HELD_RECEIPTS
     local_channels: bool = True
-    deliver_by_reference: bool = False
+    deliver_by_reference: bool = True
     stream_high_water_mark: _HighWaterMark = 10_000
     max_stream_subscriptions: _HighWaterMark = (
         DEFAULT_MAX_STREAM_SUBSCRIPTIONS)

@@ -22,7 +22,7 @@ place (a ``RingFrame``): the broker makes its blobs straight from the client's r
 the record is let go when the request is done (a held request keeps it, within the
 ring's bound: ``shmring.pyx``). Any other large frame is copied out as before.
 
-Deliveries by reference (``deliver_by_reference``, off by default): a push that is exactly
+Deliveries by reference (``deliver_by_reference``, on by default): a push that is exactly
 such a publish frame goes into the consumer's ring as a reference to it, which the
 consumer maps (shmring.pyx, "Deliveries by reference"; deliveries.pyx says when). The
 frame stays pinned in its producer's ring until the consumer's ring's tail passes the
@@ -65,9 +65,11 @@ __all__ = ["BACKLOG_BYTES", "BACKLOG_SECONDS", "DELIVER_BY_REFERENCE", "MAX_LING
 
 log = logging.getLogger("fastfanout.server.loop")
 
-DELIVER_BY_REFERENCE = False
+DELIVER_BY_REFERENCE = True
 """Whether pushes to local consumers go by reference where they can (see the module
-essay); ``fastfanout serve --deliver-by-reference`` turns it on."""
+essay); ``fastfanout serve --no-deliver-by-reference`` turns it off. Off by default until
+2026-12-07, when a consumer keeping views of its batches could stall its producers (it
+is asked for them now, and a producer pinned out goes on unannounced)."""
 MAX_LINGERING = 64
 """Most rings of ended sessions the broker keeps for the producers' frames their
 references pin while the consumer's process lives (it may still view them); one more

@@ -244,9 +244,9 @@ class Server:
         deliver_by_reference: a push that is exactly one publish frame read in place
             from a local producer's ring goes into a local consumer's ring as a
             reference to it (the consumer maps the producer's ring), not a copy
-            (``local_sessions``; counted in ``local_references``). Off by default: a
-            consumer that keeps views of its batches then stalls its producers
-            (docs/arrays.md, "Deliveries by reference").
+            (``local_sessions``; counted in ``local_references``). On by default
+            (docs/arrays.md, "Deliveries by reference": a consumer keeping views of
+            its batches is asked for them when its producer is short of room).
         local_backlog_bytes: most bytes that may wait for room in one local session's
             ring (``local_sessions.BACKLOG_BYTES``); past it the session is ended as a
             slow client (``local_backlog_overflow``).
@@ -282,7 +282,7 @@ class Server:
         max_long_polls: int = DEFAULT_MAX_LONG_POLLS,
         max_held_receipts: int = DEFAULT_MAX_HELD_RECEIPTS,
         local_channels: bool = True,
-        deliver_by_reference: bool = False,
+        deliver_by_reference: bool = True,
         local_backlog_bytes: int = LOCAL_BACKLOG_BYTES,
         max_queued_replies: int = DEFAULT_MAX_QUEUED_REPLIES,
         idle_session_timeout: float = DEFAULT_IDLE_SESSION_TIMEOUT,

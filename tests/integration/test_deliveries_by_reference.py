@@ -136,7 +136,7 @@ def test_fan_out_redeliveries_and_the_setting_off_are_copied(track: Tracker):
     again.ack()
     consumer.cancel()
 
-    off = track.server()   # the default: off
+    off = track.server(deliver_by_reference=False)
     producer = track.client(off.endpoint)
     consumer_client = track.client(off.endpoint)
     wired(producer, "q")
