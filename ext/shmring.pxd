@@ -82,6 +82,9 @@ cdef class SharedRing(FrameSink):
 
     cdef void _unpin(self, uint64_t upto) noexcept
     cdef void _let_go_of_references(self) noexcept
+    cdef void _let_go_of_every_reference(self) noexcept
+    cdef void _unmap_around_frames(self, SharedRing origin, size_t page) noexcept
+    cdef bint _let_go_of_reference(self, object held) noexcept
     cdef int _privatize(self, object held) noexcept
     cdef list _read_reference(self, const char* record, uint64_t tail, uint64_t length,
                               uint64_t hold_min)

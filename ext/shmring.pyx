@@ -160,7 +160,14 @@ the producer's frame for good, and its writer went around its ring (``PINNED``, 
 unannounced) for as long, the reason the setting was off by default. A frame of this ring
 itself (a push copied in) kept viewed keeps the tail still, and so the pins of every
 reference after it; and a consumer that does not call into its client meanwhile gives
-nothing back until it does (its producer then goes around its ring).
+nothing back until it does (its producer then goes around its ring). ``close`` on the
+reader's side lets go of every frame it holds by reference the same way, wherever it
+lies (``_let_go_of_every_reference``): a consumer's arrays outlive its connection as its
+own copies, and the broker may drop its ring whenever it likes (until 2026-12-07 the
+ring lingered, and one dropped past ``MAX_LINGERING`` let the producer write under the
+arrays). A retired mapping keeps mapped only the pages of the frames held in it
+(``_unmap_around_frames``): kept whole, a consumer keeping its arrays mapped each
+producer's ring again at each ask (4-5 times the memory it kept).
 Counted: ``references_written`` and ``reference_refusals`` (writer), ``references_read``
 and ``origins_dropped`` (reader). What it saves: the broker's copy of every body of the
 push (a third of its time a 1 KiB row in the numpy pipeline: docs/benchmarks.md,
@@ -450,6 +457,9 @@ cdef class SharedRing:
         a client that had ended kept its 4 MiB ring).
         """
         self._unpin(UINT64_MAX)   # the reader reads no more references of this side
+        if self.references_read and self.held_count and self.base != NULL \
+                and not self.close_pending:
+            self._let_go_of_every_reference()
         if self.live_frames > 0 and self.base != NULL and not self.close_pending \
                 and self.held_count:
             self._detach_oldest(UINT64_MAX, 0, True)
@@ -783,23 +793,44 @@ cdef class SharedRing:
         ``KEPT_WHEN_ASKED`` records: copied out if nothing views them, else privatized
         (see the module's essay). Stops at a frame of this ring, or one that cannot be."""
         cdef PyObject* pointer
-        cdef RingFrame frame
         while self.held_count > C_KEPT_WHEN_ASKED:
             pointer = self.held_frame[self.held_first % C_MAX_HELD]
             if pointer == NULL:
                 return   # not possible: a record without frame is popped at once
-            frame = <RingFrame>pointer
-            if frame.keep is None or frame.ring is not self or frame.anchor != NULL:
+            if not self._let_go_of_reference(<object>pointer):
                 return
-            if frame.exports:
-                if self._privatize(frame) < 0:
-                    return
-                self.references_privatized += 1
-                frame._leave_ring()
-            else:
-                if frame._detach() < 0:
-                    return
-                self.references_detached += 1
+
+    cdef void _let_go_of_every_reference(self) noexcept:
+        """Let go of every held frame read by reference (the reader closes): whatever
+        holds the tail, a frame it views is its own copy then, and the broker may let
+        the producer's frame go (even a lingering ring closed past ``MAX_LINGERING``).
+        Until 2026-12-07 the arrays of a consumer closed with its views kept changed
+        under it once the broker dropped its lingering ring (found by a bug hunt)."""
+        cdef uint64_t seq = self.held_first
+        cdef uint64_t last = self.held_first + self.held_count
+        cdef PyObject* pointer
+        while seq < last:   # releases pop only behind ``seq``: the slots ahead stay
+            pointer = self.held_frame[seq % C_MAX_HELD]
+            seq += 1
+            if pointer != NULL:
+                self._let_go_of_reference(<object>pointer)
+
+    cdef bint _let_go_of_reference(self, object held) noexcept:
+        """Copy out (nothing views it) or privatize a held frame read by reference;
+        False when it is a frame of this ring, or cannot be let go."""
+        cdef RingFrame frame = <RingFrame>held
+        if frame.keep is None or frame.ring is not self or frame.anchor != NULL:
+            return False
+        if frame.exports:
+            if self._privatize(frame) < 0:
+                return False
+            self.references_privatized += 1
+            frame._leave_ring()
+        else:
+            if frame._detach() < 0:
+                return False
+            self.references_detached += 1
+        return True
 
     cdef int _privatize(self, object held) noexcept:
         """Replace the pages of ``held`` (a RingFrame read by reference) in its origin
@@ -826,7 +857,56 @@ cdef class SharedRing:
             # retired: its pages around this frame are copies now (frames live in it
             # keep it mapped, as before)
             del self.origins[origin.ring_id_]
+            self._unmap_around_frames(origin, page)
         return 0
+
+    cdef void _unmap_around_frames(self, SharedRing origin, size_t page) noexcept:
+        """Unmap the pages of a retired origin mapping that no frame held here lies in:
+        no new frame will ever be read in it, and a mapping kept whole while one frame
+        of it lives made a consumer keeping its arrays map each producer's ring again
+        and again (4-5 times the memory it kept: found by a bug hunt). The rest goes
+        with the last frame (its ``SharedRing`` unmaps the whole range, holes and all)."""
+        cdef size_t count = 0
+        cdef size_t index
+        cdef size_t other
+        cdef size_t at = <size_t>origin.base
+        cdef size_t stop = (<size_t>origin.base + <size_t>origin.map_size + page - 1) & ~(page - 1)
+        cdef size_t start
+        cdef size_t end
+        cdef size_t* starts
+        cdef size_t* ends
+        cdef PyObject* pointer
+        cdef uint64_t seq
+        if origin.base == NULL or not self.held_count:
+            return
+        starts = <size_t*>malloc(2 * self.held_count * sizeof(size_t))
+        if starts == NULL:
+            return   # no memory: it stays mapped whole
+        ends = starts + self.held_count
+        for seq in range(self.held_first, self.held_first + self.held_count):
+            pointer = self.held_frame[seq % C_MAX_HELD]
+            if pointer == NULL or (<RingFrame>pointer).keep is not origin:
+                continue
+            start = (<size_t>(<RingFrame>pointer).data) & ~(page - 1)
+            end = ((<size_t>(<RingFrame>pointer).data + <size_t>(<RingFrame>pointer).length
+                    + page - 1) & ~(page - 1))
+            # in order of start (a few frames: an insertion)
+            index = count
+            while index > 0 and starts[index - 1] > start:
+                starts[index] = starts[index - 1]
+                ends[index] = ends[index - 1]
+                index -= 1
+            starts[index] = start
+            ends[index] = end
+            count += 1
+        for other in range(count):
+            if starts[other] > at:
+                munmap(<void*>at, starts[other] - at)
+            if ends[other] > at:
+                at = ends[other]
+        if stop > at:
+            munmap(<void*>at, stop - at)
+        free(starts)
 
     def write_marker(self):
         """Append a marker: this direction's next message travels over the socket.

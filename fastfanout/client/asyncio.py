@@ -84,7 +84,7 @@ from fastfanout.semantics.replies import (
 from fastfanout.server.streams import StreamMessage
 from fastfanout.settings import check_wait
 from fastfanout.transport.local import AsyncLocalTransport
-from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
+from fastfanout.transport.local_channel import DEFAULT_RING_BYTES, pinned_hint
 from fastfanout.transport.sockets import AsyncDealerTransport, AsyncSubTransport, CurveKeys
 from fastfanout.wire import protocol
 from fastfanout.wire.protocol import Opcode
@@ -773,7 +773,7 @@ class AsyncConnection(DriverBase):
                 self.submit(self.core.heartbeat, now)
                 # a broker silent too long while calls wait (hung, or gone unseen): broken,
                 # as the blocking client's pump decides
-                silence = self.core.silence(now)
+                silence = self.core.silence(now, pinned_hint(self.transport))
                 if silence is not None:
                     self.broken(silence)
             except FastFanoutError:

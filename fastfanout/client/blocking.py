@@ -86,7 +86,7 @@ from fastfanout.semantics.replies import (
 )
 from fastfanout.settings import check_wait
 from fastfanout.transport.local import LocalTransport
-from fastfanout.transport.local_channel import DEFAULT_RING_BYTES
+from fastfanout.transport.local_channel import DEFAULT_RING_BYTES, pinned_hint
 from fastfanout.transport.sockets import CurveKeys, DealerTransport
 from fastfanout.wire.protocol import Opcode
 
@@ -388,7 +388,7 @@ class Connection(DriverBase):
                 core.heartbeat(now)
                 self.send_out()
             if frames is None:
-                silence = core.silence(now)
+                silence = core.silence(now, pinned_hint(self.transport))
                 if silence is not None:
                     self.broken(silence)
             else:

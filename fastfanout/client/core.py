@@ -1041,12 +1041,14 @@ class ConnectionCore:
         return (self.heartbeat_interval,
                 1.5 * float(self.info.get("heartbeat_timeout", 2.0)))
 
-    def silence(self, now: float) -> BrokenConnection | None:
+    def silence(self, now: float, hint: str = "") -> BrokenConnection | None:
         """The broken connection, if the broker was silent too long; else None.
 
         Too long: past 1.5 times its heartbeat timeout while requests or consumers wait.
         Before the HELLO reply (``info`` empty) no broker has answered yet: the error
         says so, rather than speak of a silence of a broker that may not be there.
+        ``hint``: what the transport knows of why (``local_channel.pinned_hint``), said
+        instead of asking whether the broker runs.
         """
         silence = now - self.last_heard
         timeout = float(self.info.get("heartbeat_timeout", 2.0))
@@ -1059,7 +1061,8 @@ class ConnectionCore:
                     f"{stream_endpoint_hint(self.endpoint)}")
             return BrokenConnection(
                 f"the broker at {self.endpoint} sent nothing for {silence:.1f} s "
-                f"(1.5 times its heartbeat timeout of {timeout:.1f} s); is it running?")
+                f"(1.5 times its heartbeat timeout of {timeout:.1f} s); "
+                + (hint or "is it running?"))
         return None
 
     # -- what arrives --------------------------------------------------------------------

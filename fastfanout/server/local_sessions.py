@@ -29,7 +29,8 @@ frame stays pinned in its producer's ring until the consumer's ring's tail passe
 reference: every ``round`` lets go of what was read past (``unpin``), and ``may_sleep``
 has each consumer's ring ring the broker when its tail moves while frames are pinned.
 A session that ends while its ring still pins frames and its client's process lives
-(``close()``, missed heartbeats, a slow client) leaves that ring *lingering*: the
+(missed heartbeats, a slow client; a client's ``close()`` makes its own copies of what it
+views first, shmring.pyx) leaves that ring *lingering*: the
 client may still view the frames, and the producer must not write over them; each round
 lets go of what the client has dropped since, and the ring is closed once nothing is
 pinned or the process has ended (its ``pidfd``; without one, at once).
@@ -372,7 +373,16 @@ class LocalSessions:
         back on demand"), and each one asked anew is rung.
         """
         for channel in self.sessions.values():
-            if channel.outgoing.pins > PINS_BEFORE_ASKED and channel.outgoing.ask_for_pins():
+            pins = channel.outgoing.pins
+            if pins < channel.pins_when_asked:
+                channel.pins_when_asked = 0   # it gave back what it could
+            # asked again only once it pins as many more (a consumer with nothing it
+            # can give, its ring's tail held by a frame of its own, was asked and woken
+            # a thousand times a second: found by a bug hunt)
+            if (pins > PINS_BEFORE_ASKED
+                    and pins >= channel.pins_when_asked + PINS_BEFORE_ASKED
+                    and channel.outgoing.ask_for_pins()):
+                channel.pins_when_asked = pins
                 self.counters["local_pins_asked"] += 1
                 channel.ring_peer()
 

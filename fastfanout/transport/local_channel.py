@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ATTACH_FIELDS", "DEFAULT_HELD_SHARE", "DEFAULT_RING_BYTES", "HOLD_MIN_BYTES", "Bell",
     "LocalChannel",
-    "check_channel_options", "local_channels_supported", "wants_local_channel",
+    "check_channel_options", "local_channels_supported", "pinned_hint", "wants_local_channel",
 ]
 
 DEFAULT_RING_BYTES = 4 << 20
@@ -211,6 +211,28 @@ class Bell:
                 os.close(self.keep)
 
 
+def pinned_hint(transport: object) -> str:
+    """Why a broker may have gone silent to a client on a local channel, or "".
+
+    A client that keeps views of the frames it read in place (arrays or memoryviews of
+    batches, kept for good) holds its own ring's tail: once what it holds passes half
+    the ring and the rest has gone to markers, the broker can write nothing more into it,
+    not even a heartbeat, and the client's wait ends in silence. Said in the error then
+    (until 2026-12-07 it asked whether the broker was running: found by a bug hunt).
+    """
+    channel = getattr(transport, "channel", None)
+    if not isinstance(channel, LocalChannel):
+        return ""
+    ring = channel.incoming
+    held: int = ring.held_bytes
+    if held * 2 < ring.capacity:
+        return ""
+    return (f"this client holds {ring.held} frames in place that pin {held} bytes of its "
+            f"{ring.capacity}-byte ring (arrays or memoryviews of batches it kept): the "
+            f"broker could not write to it. Copy what you keep (np.array(table)); see "
+            f"docs/arrays.md")
+
+
 class LocalChannel:
     """One side of a local channel: the ring it writes, the ring it reads, two bells.
 
@@ -235,6 +257,8 @@ class LocalChannel:
         count_wanted: the broker's side: the last count record read (the ring is read
             on once ``unannounced`` reaches it: ``stopped``).
         spills_unannounced: this side may send unannounced (the client's).
+        pins_when_asked: the broker's side: the frames its reader pinned by reference
+            when it was last asked for them (``fastfanout.server.local_sessions``), or 0.
         spills: messages sent over the socket because they exceed half a ring.
         pinned_spills: messages sent over the socket because the reader slept with
             every record read while the frames it still held pinned the room they
@@ -266,6 +290,7 @@ class LocalChannel:
         self.owes_count = False
         self.count_wanted = 0
         self.spills_unannounced = False
+        self.pins_when_asked = 0
         self.spills = 0
         self.pinned_spills = 0
         self.full = 0

@@ -272,9 +272,11 @@ def test_a_producer_goes_around_its_ring_while_a_slow_consumer_pins_a_frame(
 
 def test_a_view_outliving_its_connection_keeps_its_rows(track: Tracker):
     # The consumer closes its connection but keeps an array of a batch that came by
-    # reference: the broker keeps the frame pinned (the ring lingers) while the process
-    # lives, so the producer's later frames never land on it; dropping the array lets
-    # it go (until the fix the close let it go at once, and the array changed under it).
+    # reference: its close() makes the array's pages its own (privatized), so the
+    # producer's later frames never land on it (until a fix the close let the frame go
+    # at once, and the array changed under it; then the broker kept the consumer's ring
+    # lingering while its process lived, and past MAX_LINGERING such rings it changed
+    # again: the next test).
     server = track.server(deliver_by_reference=True)
     producer = track.client(server.endpoint, ring_bytes=1 << 20)
     wired(producer, "q")
@@ -286,9 +288,11 @@ def test_a_view_outliving_its_connection_keeps_its_rows(track: Tracker):
     kept = batch.as_array(np.float32, (ITEMS,))
     batch.ack()
     del batch
+    incoming = leaving.connection.transport.channel.incoming
     leaving.close()
-    track.wait_until(lambda: stat(producer, "local_lingering_rings") == 1,
-                     what="the closed consumer's ring kept")
+    assert incoming.references_privatized == 1
+    track.wait_until(lambda: stat(producer, "local_pinned_frames") == 0,
+                     what="the frame let go once the closed consumer had its own copy")
     staying = track.client(server.endpoint)
     consumer = staying.consume("q", prefetch=100)
     for start in range(100, 3100, 100):   # three of the producer's rings over
@@ -298,11 +302,7 @@ def test_a_view_outliving_its_connection_keeps_its_rows(track: Tracker):
         batch.ack()
         del batch
         assert (kept == rows(100)).all(), f"the kept rows changed at row {start}"
-    del kept
-    gc.collect()
-    track.wait_until(lambda: stat(producer, "local_lingering_rings") == 0
-                     and stat(producer, "local_pinned_frames") == 0,
-                     what="the lingering ring closed once the array was dropped")
+    assert stat(producer, "local_lingering_rings") == 0
     consumer.cancel()
 
 
@@ -392,3 +392,44 @@ def test_views_kept_for_good_are_copied_in_place_and_let_their_frames_go(track: 
     consumer.cancel()
     track.wait_until(lambda: stat(producer, "local_pinned_frames") == 0,
                      what="every frame let go")
+
+
+def test_arrays_of_consumers_closed_past_the_lingering_bound_keep_their_rows(
+        track: Tracker, monkeypatch: Any):
+    # Consumers close while keeping an array of a batch that came by reference, more of
+    # them than the broker keeps lingering rings for: the oldest rings are closed and
+    # their producers' frames let go. A consumer's close() has made its own copies of
+    # what it still views first, so its arrays keep their rows while the producers
+    # write over their rings (until the fix they read the later messages).
+    from fastfanout.server import local_sessions
+
+    monkeypatch.setattr(local_sessions, "MAX_LINGERING", 1)
+    server = track.server()
+    admin = track.client(server.endpoint)
+    admin.create_topic("t")
+    producers, kept = [], []
+    for index in range(3):
+        admin.create_queue(f"q{index}")
+        subscription = admin.subscribe("t", f"q{index}")
+        producer = track.client(server.endpoint, ring_bytes=1 << 20)
+        producers.append(producer)
+        producer.publish_batch("t", rows(300, 300 * index))   # one frame, one queue
+        admin.unsubscribe(subscription)
+        leaving = track.client(server.endpoint, ring_bytes=1 << 20)
+        batch = leaving.consume(f"q{index}", prefetch=600).next_batch(timeout=5.0)
+        assert batch is not None and type(batch.bodies.obj) is RingFrame
+        kept.append(batch.as_array(np.float32, (ITEMS,)))
+        batch.ack(wait=True)
+        del batch
+        leaving.close()
+    admin.create_queue("sink")
+    admin.subscribe("t", "sink")
+    for _ in range(10):   # each producer goes over its ring: its old room reused
+        for producer in producers:
+            producer.publish_batch("t", rows(300, 9000))
+    for index, table in enumerate(kept):
+        assert (table == rows(300, 300 * index)).all(), f"consumer {index}'s rows changed"
+    del kept, table
+    track.wait_until(lambda: stat(admin, "local_pinned_frames") == 0
+                     and stat(admin, "local_lingering_rings") == 0,
+                     what="nothing pinned, nothing lingering")

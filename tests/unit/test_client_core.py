@@ -378,6 +378,10 @@ def test_heartbeats_fall_due_and_silence_breaks_a_waiting_connection() -> None:
     silent = core.silence(3.4)
     assert isinstance(silent, BrokenConnection)
     assert "sent nothing for 3.1 s (1.5 times its heartbeat timeout of 2.0 s)" in str(silent)
+    assert str(silent).endswith("; is it running?")
+    # what the transport knows of why is said instead (local_channel.pinned_hint)
+    hinted = core.silence(3.4, "this client holds 3 frames in place")
+    assert str(hinted).endswith("; this client holds 3 frames in place")
 
 
 def test_no_reply_to_the_handshake_is_told_as_such() -> None:

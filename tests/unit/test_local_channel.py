@@ -260,3 +260,36 @@ def test_the_broker_side_hears_the_client_process_end():
         local.close()
         client.kill()
         client.wait(30)
+
+
+def test_held_frames_pinning_half_the_ring_are_the_hint_of_a_silence():
+    # A client that keeps views of what it read in place holds its own ring: past half
+    # of it the broker may write nothing more, not even a heartbeat. The silence error
+    # says that instead of asking whether the broker runs (ConnectionCore.silence; found
+    # by a bug hunt).
+    from types import SimpleNamespace
+
+    from fastfanout.transport.local_channel import HOLD_MIN_BYTES, pinned_hint
+
+    client = LocalChannel.create(1 << 18)
+    broker = LocalChannel.attach(client.attach_request())
+    client.attached()
+    try:
+        transport = SimpleNamespace(channel=client)
+        assert pinned_hint(transport) == "" and pinned_hint(object()) == ""
+        views = []
+        while not pinned_hint(transport):
+            assert len(views) < 4, "four frames of 64 KiB pin more than half the ring"
+            assert broker.try_send([b"x" * HOLD_MIN_BYTES])
+            (message,) = client.read(1)
+            views.append(memoryview(message[-1]))
+            assert (client.incoming.held_bytes * 2 >= client.incoming.capacity) == bool(
+                pinned_hint(transport))
+        hint = pinned_hint(transport)
+        assert hint.startswith(f"this client holds {client.incoming.held} frames in place")
+        assert "np.array" in hint
+        for view in views:
+            view.release()
+    finally:
+        client.close()
+        broker.close()
