@@ -250,6 +250,10 @@ cdef class PendingBatch:
     """A publish batch being filled (``ConnectionCore.batches``): records go into a
     native frame builder, and a future per record waits for the batch's one reply.
 
+    Args:
+        builder: an empty frame builder to fill (the core's last one, its memory grown
+            to a batch already), or None for a new one.
+
     Attributes:
         builder: the frame being built (``FrameBuilder``).
         futures: the futures of its records, in record order.
@@ -262,8 +266,8 @@ cdef class PendingBatch:
     cdef readonly list futures
     cdef public bint left
 
-    def __cinit__(self):
-        self.builder = FrameBuilder()
+    def __cinit__(self, FrameBuilder builder=None):
+        self.builder = FrameBuilder() if builder is None else builder
         self.futures = []
         self.left = False
 

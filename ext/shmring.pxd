@@ -78,6 +78,10 @@ cdef class SharedRing(FrameSink):
     cdef readonly uint64_t references_read
     cdef readonly uint64_t origins_dropped
     cdef readonly uint64_t references_privatized
+    # a retired origin mapping: the page ranges still mapped (pairs of start, end), or
+    # NULL while it is mapped whole
+    cdef size_t* kept_ranges
+    cdef size_t kept_count
     cdef readonly uint64_t references_detached
 
     cdef void _unpin(self, uint64_t upto) noexcept

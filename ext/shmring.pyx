@@ -319,6 +319,8 @@ cdef class SharedRing:
         self.held_frame = NULL
         self.pin_end = NULL
         self.pin_frame = NULL
+        self.kept_ranges = NULL
+        self.kept_count = 0
         self.pinned_wake_head = UINT64_MAX
 
     def __init__(self, str path):
@@ -439,8 +441,20 @@ cdef class SharedRing:
         free(self.held_frame)
 
     cdef void _unmap(self) noexcept:
+        cdef size_t index
         if self.base != NULL:
-            munmap(self.base, self.map_size)
+            if self.kept_ranges != NULL:
+                # a retired mapping: only what is left of it (the holes may hold other
+                # mappings of this process by now: a bug hunt saw them unmapped, and a
+                # crash, until 2026-12-07)
+                for index in range(self.kept_count):
+                    munmap(<void*>self.kept_ranges[2 * index],
+                           self.kept_ranges[2 * index + 1] - self.kept_ranges[2 * index])
+                free(self.kept_ranges)
+                self.kept_ranges = NULL
+                self.kept_count = 0
+            else:
+                munmap(self.base, self.map_size)
             self.base = NULL
         if self.fd >= 0:
             c_close(self.fd)
@@ -864,9 +878,12 @@ cdef class SharedRing:
         """Unmap the pages of a retired origin mapping that no frame held here lies in:
         no new frame will ever be read in it, and a mapping kept whole while one frame
         of it lives made a consumer keeping its arrays map each producer's ring again
-        and again (4-5 times the memory it kept: found by a bug hunt). The rest goes
-        with the last frame (its ``SharedRing`` unmaps the whole range, holes and all)."""
+        and again (4-5 times the memory it kept: found by a bug hunt). What stays is
+        noted (``kept_ranges``): the last frame's going unmaps that alone — the holes may
+        hold this process's own mappings by then (a first version unmapped the whole
+        range, theirs too, and a consumer crashed: found by the next bug hunt)."""
         cdef size_t count = 0
+        cdef size_t kept = 0
         cdef size_t index
         cdef size_t other
         cdef size_t at = <size_t>origin.base
@@ -877,10 +894,14 @@ cdef class SharedRing:
         cdef size_t* ends
         cdef PyObject* pointer
         cdef uint64_t seq
-        if origin.base == NULL or not self.held_count:
+        cdef size_t* ranges
+        if origin.base == NULL or not self.held_count or origin.kept_ranges != NULL:
             return
         starts = <size_t*>malloc(2 * self.held_count * sizeof(size_t))
-        if starts == NULL:
+        ranges = <size_t*>malloc(2 * self.held_count * sizeof(size_t))
+        if starts == NULL or ranges == NULL:
+            free(starts)
+            free(ranges)
             return   # no memory: it stays mapped whole
         ends = starts + self.held_count
         for seq in range(self.held_first, self.held_first + self.held_count):
@@ -899,14 +920,23 @@ cdef class SharedRing:
             starts[index] = start
             ends[index] = end
             count += 1
-        for other in range(count):
-            if starts[other] > at:
-                munmap(<void*>at, starts[other] - at)
-            if ends[other] > at:
-                at = ends[other]
+        for other in range(count):   # overlapping ranges (frames sharing a page) merged
+            if kept and starts[other] <= ranges[2 * kept - 1]:
+                if ends[other] > ranges[2 * kept - 1]:
+                    ranges[2 * kept - 1] = ends[other]
+            else:
+                ranges[2 * kept] = starts[other]
+                ranges[2 * kept + 1] = ends[other]
+                kept += 1
+        free(starts)
+        for other in range(kept):
+            if ranges[2 * other] > at:
+                munmap(<void*>at, ranges[2 * other] - at)
+            at = ranges[2 * other + 1]
         if stop > at:
             munmap(<void*>at, stop - at)
-        free(starts)
+        origin.kept_ranges = ranges   # what _unmap unmaps, and nothing else
+        origin.kept_count = kept
 
     def write_marker(self):
         """Append a marker: this direction's next message travels over the socket.

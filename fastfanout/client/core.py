@@ -46,7 +46,7 @@ import msgspec
 
 from fastfanout._ext.offers import PendingBatch
 from fastfanout._ext.received import AckBuffer
-from fastfanout._ext.wire import pack_receipts, publish_frame_of, receipts_of
+from fastfanout._ext.wire import FrameBuilder, pack_receipts, publish_frame_of, receipts_of
 from fastfanout.client import forks
 from fastfanout.errors import (
     BrokenConnection,
@@ -538,6 +538,10 @@ class ConnectionCore:
         self.replies_dropped = 0   # replies that came when nobody waited (late, second)
         self.consumers: dict[int, ConsumerState] = {}
         self.batches: dict[tuple[int, str], PendingBatch] = {}
+        # the frame builder of the last batch sent, empty, its memory kept for the next:
+        # a new one per batch grew from 16 KiB by doubling, copying what it held each
+        # time (a copy of every batch more in a publish_nowait loop)
+        self._spare_builder: FrameBuilder | None = None
         self.max_in_flight = max_in_flight
         self.batches_in_flight: deque[Request] = deque()
         self.oldest_batch = 0.0
@@ -774,7 +778,8 @@ class ConnectionCore:
             encoded_name("topic" if opcode == Opcode.PUBLISH else "queue", name)
             if not self.batches:
                 self.oldest_batch = now
-            batch = self.batches[key] = PendingBatch()
+            batch = self.batches[key] = PendingBatch(self._spare_builder)
+            self._spare_builder = None
         builder = batch.builder
         mark = builder.mark()
         index = (builder.append_body(body) if options is None
@@ -821,9 +826,11 @@ class ConnectionCore:
         batch.left = True
         if not batch.futures:   # its only message was refused by the frame builder
             return
+        builder = batch.builder
+        frame = builder.take()
+        self._spare_builder = builder   # the batch has left: nothing appends to it
         try:
-            request = self.request(key[0], [key[1].encode(), batch.builder.take()],
-                                   flush=False)
+            request = self.request(key[0], [key[1].encode(), frame], flush=False)
         except RequestTooLarge as exc:   # never sent: each future of the batch raises it
             request = failed(exc)
         else:

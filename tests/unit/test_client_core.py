@@ -162,6 +162,23 @@ def test_publishes_batch_per_target_and_leave_before_any_other_request() -> None
     assert request not in core.publishes
 
 
+def test_the_next_batch_fills_the_builder_the_last_one_left() -> None:
+    # its memory is grown to a batch already: a new builder per batch grew from 16 KiB,
+    # copying what it held at each doubling
+    core, _ = make_core(batch_messages=2)
+    core.enqueue(Opcode.PUBLISH, "t", b"a" * 5000, None, lambda i: i, 0.0)
+    first = core.batches[(Opcode.PUBLISH, "t")]
+    core.enqueue(Opcode.PUBLISH, "t", b"b" * 5000, None, lambda i: i, 0.0)   # full: sent
+    core.enqueue(Opcode.SEND, "q", b"c", None, lambda i: i, 0.0)
+    second = core.batches[(Opcode.SEND, "q")]
+    assert first.left and second.builder is first.builder and len(second.builder) == 1
+    core.flush_batches()
+    frames = [payload[1] for _, _, payload in sent(core)]
+    assert [record.body for record in codec.decode_batch(frames[0])] == [b"a" * 5000,
+                                                                       b"b" * 5000]
+    assert [record.body for record in codec.decode_batch(frames[1])] == [b"c"]
+
+
 def test_publish_results_are_read_from_their_frame_when_asked() -> None:
     import tracemalloc
 
