@@ -128,6 +128,7 @@ from fastfanout.settings import (
     MAX_HIGH_WATER_MARK,
     MAX_RECEIVE_BATCH,
     check_count,
+    check_flag,
     finite,
 )
 from fastfanout.stats import check_worker_report
@@ -362,6 +363,9 @@ class Server:
         check_count("max_consumers", max_consumers, maximum=MAX_HIGH_WATER_MARK)
         check_count("max_long_polls", max_long_polls, maximum=MAX_HIGH_WATER_MARK)
         check_count("max_held_receipts", max_held_receipts, maximum=MAX_HIGH_WATER_MARK)
+        # a flag of another type was taken for its truth value: "false" turned it on
+        check_flag("local_channels", local_channels)
+        check_flag("deliver_by_reference", deliver_by_reference)
         if (type(idle_session_timeout) not in (int, float)
                 or not finite(idle_session_timeout) or idle_session_timeout <= 0):
             raise InvalidArgument(
@@ -426,13 +430,13 @@ class Server:
         self._streams = Streams(self.counters, slow_listener, stream_wait,
                                 max_stream_subscriptions)
         self._stream_high_water_mark = stream_high_water_mark
-        self._local_channels = (bool(local_channels) and self.endpoint.startswith("ipc://")
+        self._local_channels = (local_channels and self.endpoint.startswith("ipc://")
                                 and local_channels_supported())
         self._local = LocalSessions(
             self.counters, watch=self._watch, unwatch=self._unwatch, spill=self._spill,
             handle=self._handle, end=self._end_local_session,
             backlog_bytes=local_backlog_bytes,
-            deliver_by_reference=bool(deliver_by_reference))
+            deliver_by_reference=deliver_by_reference)
         self._deliveries = Deliveries(self.broker, self._port, self._local, self.counters,
                                       push_batch, send=self._send, reply=self._reply,
                                       error=self._error, max_consumers=max_consumers,

@@ -68,6 +68,15 @@ def test_server_refuses_a_high_water_mark_too_large(track: Tracker, option: str)
         Server(track.endpoint(), **{option: HUGE})
 
 
+@pytest.mark.parametrize("option", ["local_channels", "deliver_by_reference"])
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_server_refuses_a_flag_that_is_not_a_bool(track: Tracker, option: str,
+                                                 value: object) -> None:
+    # until 2026-12-07 its truth value was taken: "false" turned the setting on
+    with pytest.raises(InvalidArgument, match=f"{option} must be True or False"):
+        Server(track.endpoint(), **{option: value})
+
+
 @pytest.mark.parametrize("option", ["capacity", "max_bytes"])
 def test_embedded_producer_refuses_a_ring_too_large(option: str) -> None:
     with Broker() as broker:
