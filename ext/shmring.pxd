@@ -86,6 +86,7 @@ cdef class SharedRing(FrameSink):
 
     cdef void _unpin(self, uint64_t upto) noexcept
     cdef void _let_go_of_references(self) noexcept
+    cdef int _write_control(self, uint32_t kind, uint32_t length, uint64_t value) except -2
     cdef void _let_go_of_every_reference(self) noexcept
     cdef void _unmap_around_frames(self, SharedRing origin, size_t page) noexcept
     cdef bint _let_go_of_reference(self, object held) noexcept

@@ -945,29 +945,29 @@ cdef class SharedRing:
         some) or ``PINNED`` (no room, and the reader sleeps having read every record:
         the message may go over the socket unannounced, see the module essay).
         """
-        cdef uint64_t head
-        cdef int status
-        self._check()
-        status = self._reserve(RECORD_HEADER, &head)
-        if status != RING_WROTE:
-            return status
-        ff_store_le32(self.data + (head & self.mask), FF_SHM_MARKER)
-        ff_store_le32(self.data + (head & self.mask) + 4, 0)
-        return self.commit(head + RECORD_HEADER)
+        return self._write_control(FF_SHM_MARKER, 0, 0)
 
     def write_count(self, uint64_t count):
         """Append a count record: ``count`` messages sent over the socket unannounced
         come before the records after it. The same answers as ``write_marker``."""
+        return self._write_control(FF_SHM_COUNT, 8, count)
+
+    cdef int _write_control(self, uint32_t kind, uint32_t length, uint64_t value) except -2:
+        """A record of ``kind`` with ``length`` bytes after its header (0, or 8: ``value``):
+        a marker or a count."""
         cdef uint64_t head
         cdef int status
+        cdef char* out
         self._check()
-        status = self._reserve(RECORD_HEADER + 8, &head)
+        status = self._reserve(RECORD_HEADER + length, &head)
         if status != RING_WROTE:
             return status
-        ff_store_le32(self.data + (head & self.mask), FF_SHM_COUNT)
-        ff_store_le32(self.data + (head & self.mask) + 4, 8)
-        _store_le64(self.data + (head & self.mask) + RECORD_HEADER, count)
-        return self.commit(head + RECORD_HEADER + 8)
+        out = self.data + (head & self.mask)
+        ff_store_le32(out, kind)
+        ff_store_le32(out + 4, length)
+        if length:
+            _store_le64(out + RECORD_HEADER, value)
+        return self.commit(head + RECORD_HEADER + length)
 
     # -- reader ------------------------------------------------------------------------
 

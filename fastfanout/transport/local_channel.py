@@ -427,11 +427,8 @@ class LocalChannel:
         """
         if self.owes_count:
             status = self.outgoing.write_count(self.unannounced)
-            if status == PINNED and self.spills_unannounced:
-                return self._spill_unannounced(frames)
             if status == FULL or status == PINNED:
-                self._wake_reader_if_asked()
-                return False
+                return self._no_room_for_control(status, frames)
             self.owes_count = False
             if status == WROTE_WAKE:   # its commit took the reader's sleeping flag
                 self.ring_peer()
@@ -440,11 +437,8 @@ class LocalChannel:
             assert self.spill is not None, "the channel's owner sets spill"
             pinned = status == PINNED
             status = self.outgoing.write_marker()
-            if status == PINNED and self.spills_unannounced:
-                return self._spill_unannounced(frames)
             if status == FULL or status == PINNED:
-                self._wake_reader_if_asked()
-                return False
+                return self._no_room_for_control(status, frames)
             self.spills += 1
             self.pinned_spills += pinned
             if not pinned and self.warn_too_large:
@@ -459,6 +453,17 @@ class LocalChannel:
         if status == WROTE_WAKE:
             self.ring_peer()
         return True
+
+    def _no_room_for_control(self, status: int, frames: list[bytes]) -> bool:
+        """No room for a marker or a count record: send the message some other way.
+
+        Unannounced when the reader has read everything (``PINNED``, the client's side);
+        else it is not sent (False: the caller waits for room).
+        """
+        if status == PINNED and self.spills_unannounced:
+            return self._spill_unannounced(frames)
+        self._wake_reader_if_asked()
+        return False
 
     def _spill_unannounced(self, frames: list[bytes]) -> bool:
         assert self.spill is not None, "the channel's owner sets spill"
