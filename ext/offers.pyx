@@ -12,10 +12,12 @@ is a C integer. ``NowaitGate`` does the same for the pipelined single publish of
 blocking client when the target's batch is open.
 
 A pipelined publish returns a future, and a per-message loop makes one per message: the
-blocking client's ``PublishFuture`` is a small native object (a client, an index, and
-once its batch is sent the request and the batch's shared results), made in C by the
-gate with no Python frame, and kept on a free list. ``bind_futures`` ties a sent batch's
-futures to its request in one C loop. The future's methods are those of
+blocking client's ``PublishFuture`` is a small native object (a client, its batch's
+``BatchAnswer`` and an index), made in C by the gate with no Python frame. The batch does
+not list its futures: each refers to the batch's one ``BatchAnswer``, which gets the
+request when the batch is sent (``bind_batch``: one store, whatever the batch's size) and
+keeps the batch's results once read. The gate hands a future its caller dropped out
+again (``NowaitGate._recycled_future``). The future's methods are those of
 ``concurrent.futures.Future`` (fastfanout.client.futures has the essay).
 """
 
@@ -63,8 +65,8 @@ from functools import partial
 from fastfanout.errors import CallTimeout, FastFanoutError, blocking_misused
 from fastfanout.settings import check_wait
 
-__all__ = ["FutureMaker", "LoopFutures", "NowaitGate", "OfferGate", "PendingBatch",
-           "PublishFuture", "Ticker", "bind_futures"]
+__all__ = ["BatchAnswer", "FutureMaker", "LoopFutures", "NowaitGate", "OfferGate",
+           "PendingBatch", "PublishFuture", "Ticker", "bind_batch"]
 
 # ``publish_nowait(topic, body)`` straight from the caller's loop: a builtin function
 # bound to the gate (METH_FASTCALL | METH_KEYWORDS). Two positional arguments and no
@@ -246,6 +248,32 @@ cdef class OfferGate:
 
 
 @cython.final
+cdef class BatchAnswer:
+    """What the blocking client's futures of one publish batch share: the request that
+    carries the batch once it is sent, and the batch's results once read.
+
+    A future is its batch's answer and its own index in it; the batch keeps no list of
+    its futures, and sending it binds them all in one step (``bind_batch``). Callbacks
+    added to a future while its batch is open wait here, with their future, until then.
+
+    Attributes:
+        request: the batch's request (``fastfanout.client.core.Request``); None while the
+            batch is open.
+        results: the batch's results (a list of one item: None until a future reads
+            them), shared by its futures.
+    """
+
+    cdef readonly object request
+    cdef list results
+    cdef list _callbacks   # (future, callback) pairs added before the batch was sent
+
+    def __cinit__(self):
+        self.request = None
+        self.results = [None]
+        self._callbacks = None
+
+
+@cython.final
 cdef class PendingBatch:
     """A publish batch being filled (``ConnectionCore.batches``): records go into a
     native frame builder, and a future per record waits for the batch's one reply.
@@ -256,18 +284,22 @@ cdef class PendingBatch:
 
     Attributes:
         builder: the frame being built (``FrameBuilder``).
-        futures: the futures of its records, in record order.
+        answer: what the blocking client's futures of its records share (``BatchAnswer``).
+        futures: the asyncio client's futures of its records, in record order (the
+            blocking client's refer to ``answer`` and are not listed).
         left: set by the core once the batch is no longer open (sent, or failed with its
             session): the gate appends to the batch it remembers only while this is
             False, with no look-up in ``ConnectionCore.batches``.
     """
 
     cdef readonly FrameBuilder builder
+    cdef readonly BatchAnswer answer
     cdef readonly list futures
     cdef public bint left
 
     def __cinit__(self, FrameBuilder builder=None):
         self.builder = FrameBuilder() if builder is None else builder
+        self.answer = BatchAnswer.__new__(BatchAnswer)
         self.futures = []
         self.left = False
 
@@ -296,7 +328,7 @@ cdef class NowaitGate:
 
     Args:
         core: the connection's ``ConnectionCore``.
-        new_future: makes a publish's future from its index in the batch (a
+        new_future: makes a publish's future from its batch and its index there (a
             ``FutureMaker`` or ``LoopFutures``: made from C).
         send_out: sends what the core queued.
         opened: called with no argument when no batch is open before this publish;
@@ -335,7 +367,7 @@ cdef class NowaitGate:
     cdef Py_ssize_t _max_frame  # the most bytes a batch may hold (the request limits)
     # The blocking connection's lock once read (a ``FastRLock``; ``forget`` drops it).
     cdef FastRLock _lock
-    # The futures this gate made, a ring of FUTURE_RING: the one ``_next`` names is
+    # The last futures this gate made, a ring of FUTURE_RING: the one ``_next`` names is
     # made again for a new publish when the ring holds its only reference (see
     # ``_recycled_future``).
     cdef list _futures
@@ -525,12 +557,12 @@ cdef class NowaitGate:
                 self._send_out()
             return self._enqueue(opcode, name, body)
         if self._future_client is not None:
-            future = self._recycled_future(builder.out.count - 1)
+            future = self._recycled_future(batch.answer, builder.out.count - 1)
         elif self._create_future is not None:
             future = self._create_future()
+            batch.futures.append(future)
         else:
-            future = self._new_future(builder.out.count - 1)
-        batch.futures.append(future)
+            future = self._new_future(batch, builder.out.count - 1)
         if (builder.out.count >= self._batch_messages
                 or builder.out.length >= self._batch_bytes):
             key = self._key
@@ -541,21 +573,22 @@ cdef class NowaitGate:
                 self._send_out()
         return future
 
-    cdef PublishFuture _recycled_future(self, Py_ssize_t index):
-        """A ``PublishFuture`` for the publish at ``index`` of its batch.
+    cdef PublishFuture _recycled_future(self, BatchAnswer answer, Py_ssize_t index):
+        """A ``PublishFuture`` for the publish at ``index`` of the batch of ``answer``.
 
-        A loop of ``publish_nowait`` drops most futures at once; making each one anew
-        (and freeing it with its batch) cost a cycle-collector track and untrack and a
-        free-list round trip per publish, ~10 ns. The gate keeps the last FUTURE_RING
-        futures it made instead, and hands out the oldest again when nothing else refers
-        to it (its caller dropped it and its batch is sent): it is reset as if new. One
-        still referred to is left to its holders and replaced in the ring.
+        A loop of ``publish_nowait`` drops each future at once (at its next call, when
+        its variable takes the next one); making each one anew cost a free-list round
+        trip per publish. The gate keeps the last FUTURE_RING futures it made, and hands
+        out the oldest again when nothing else refers to it (its caller dropped it): it
+        is reset as if new. One still referred to is left to its holders and replaced in
+        the ring. The ring is small, so the future handed out again is still in the
+        cache (a ring of thousands, when a batch listed its futures, missed it each time).
         """
         cdef list ring = self._futures
         cdef Py_ssize_t at
         cdef PublishFuture future
         if PyList_GET_SIZE(ring) < FUTURE_RING:
-            future = _new_publish_future(self._future_client, index)
+            future = _new_publish_future(self._future_client, answer, index)
             ring.append(future)
             return future
         at = self._next
@@ -563,13 +596,13 @@ cdef class NowaitGate:
         if Py_REFCNT(<object>PyList_GET_ITEM(ring, at)) == 1:   # the ring's own only
             future = <PublishFuture>PyList_GET_ITEM(ring, at)
             future._index = index
-            future._request = None
-            future._batch_results = None
-            future._callbacks = None
-            if PyObject_GC_IsTracked(future):   # it had callbacks
+            if future._answer is not answer:
+                future._answer = answer
+            if future._watched:   # it had callbacks (no call into the runtime to ask)
+                future._watched = False
                 PyObject_GC_UnTrack(future)
             return future
-        future = _new_publish_future(self._future_client, index)
+        future = _new_publish_future(self._future_client, answer, index)
         ring[at] = future   # the old one is its holders' alone now
         return future
 
@@ -594,7 +627,7 @@ ff_nowait_fast = _nowait_fast
 
 
 cdef enum:
-    FUTURE_RING = 4096   # futures a nowait gate keeps to hand out again (~320 KiB)
+    FUTURE_RING = 8   # futures a nowait gate keeps to hand out again
 
 
 cdef inline uint64_t _ns(double seconds) noexcept:
@@ -801,17 +834,18 @@ cdef class PublishFuture:
 
     Args:
         client: the blocking driver (``flush``, ``publish_results``, ``lock``).
+        answer: what the futures of its batch share (``PendingBatch.answer``).
         index: the publish's position in its batch.
     """
 
     cdef object _client
+    cdef BatchAnswer _answer
     cdef Py_ssize_t _index
-    cdef object _request
-    cdef list _batch_results
-    cdef list _callbacks
+    cdef bint _watched   # it got a callback: tracked by the cycle collector
 
-    def __init__(self, client, Py_ssize_t index):
+    def __init__(self, client, BatchAnswer answer not None, Py_ssize_t index):
         self._client = client
+        self._answer = answer
         self._index = index
 
     def result(self, timeout=None):
@@ -828,16 +862,17 @@ cdef class PublishFuture:
                 are left alone (it may still complete: wait again).
             FastFanoutError: the error of the whole batch this publish travelled in.
         """
+        cdef BatchAnswer answer = self._answer
         if timeout is not None:
             check_wait("timeout", timeout)
-        if self._request is None:
+        if answer.request is None:
             self._client.flush()
-        if self._request is None or self._batch_results is None:
+        if answer.request is None:
             raise AssertionError("a flushed publish has its request")
-        results = self._batch_results[0]
+        results = answer.results[0]
         if results is None:
-            results = self._batch_results[0] = self._client.publish_results(
-                self._request, timeout)
+            results = answer.results[0] = self._client.publish_results(
+                answer.request, timeout)
         return results[self._index]
 
     def exception(self, timeout=None):
@@ -856,11 +891,13 @@ cdef class PublishFuture:
 
     def done(self):
         """True once the broker answered (or the request failed)."""
-        return self._request is not None and bool(self._request.done)
+        request = self._answer.request
+        return request is not None and bool(request.done)
 
     def running(self):
         """True while the request is on its way or being answered."""
-        return self._request is not None and not self._request.done
+        request = self._answer.request
+        return request is not None and not request.done
 
     def cancel(self):
         """Always False: a publish cannot be taken back (``concurrent.futures`` face)."""
@@ -879,13 +916,15 @@ cdef class PublishFuture:
         """
         if not PyObject_GC_IsTracked(self):
             PyObject_GC_Track(self)   # callbacks may refer back to it: a cycle to collect
+        self._watched = True
+        cdef BatchAnswer answer = self._answer
         with self._client.lock:
-            if self._request is None:   # still in its batch: bind_futures moves it
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(callback)
+            if answer.request is None:   # still in its batch: bind_batch moves it
+                if answer._callbacks is None:
+                    answer._callbacks = []
+                answer._callbacks.append((self, callback))
                 return
-            self._request.watch(partial(run_callback, self, callback))
+            answer.request.watch(partial(run_callback, self, callback))
 
     def __await__(self):
         # (not in the stub: type checkers keep reporting the await themselves)
@@ -894,17 +933,20 @@ cdef class PublishFuture:
             "returns)", "awaited", "call its .result()")
 
     def __repr__(self):
-        state = ("pending" if self._request is None
-                 else "finished" if self._request.done else "running")
+        request = self._answer.request
+        state = ("pending" if request is None
+                 else "finished" if request.done else "running")
         return f"<PublishFuture #{self._index} {state}>"
 
 
-cdef inline PublishFuture _new_publish_future(object client, Py_ssize_t index):
+cdef inline PublishFuture _new_publish_future(object client, BatchAnswer answer,
+                                              Py_ssize_t index):
     cdef PublishFuture future = PublishFuture.__new__(PublishFuture)
     future._client = client
+    future._answer = answer
     future._index = index
-    # Not tracked by the cycle collector: a future refers to its client, its request and
-    # the batch's results, none of which refers back to it, unless it gets callbacks
+    # Not tracked by the cycle collector: a future refers to its client and its batch's
+    # answer, neither of which refers back to it, unless it gets callbacks
     # (``add_done_callback`` tracks it then). Tracked, the thousands of futures of the
     # batches in flight made the collector run and walk them every 700 publishes.
     PyObject_GC_UnTrack(future)
@@ -913,8 +955,9 @@ cdef inline PublishFuture _new_publish_future(object client, Py_ssize_t index):
 
 @cython.final
 cdef class FutureMaker:
-    """``maker(index)``: a ``PublishFuture`` of ``client`` (the blocking driver's
-    ``make_future``); the gate makes them in C.
+    """``maker(batch, index)``: a ``PublishFuture`` of ``client`` for the record at
+    ``index`` of ``batch`` (the blocking driver's ``make_future``); the gate makes them
+    in C.
 
     Args:
         client: the blocking driver.
@@ -925,15 +968,15 @@ cdef class FutureMaker:
     def __cinit__(self, object client):
         self._client = client
 
-    def __call__(self, Py_ssize_t index):
-        return _new_publish_future(self._client, index)
+    def __call__(self, PendingBatch batch not None, Py_ssize_t index):
+        return _new_publish_future(self._client, batch.answer, index)
 
 
 @cython.final
 cdef class LoopFutures:
-    """``maker(index)``: ``create_future()`` (the asyncio driver's ``make_future``: one
-    future of the running loop per publish, whatever its index); the gate calls
-    ``create_future`` directly.
+    """``maker(batch, index)``: ``create_future()``, listed in ``batch.futures`` (the
+    asyncio driver's ``make_future``: one future of the running loop per publish); the
+    gate calls ``create_future`` directly.
 
     Args:
         create_future: the running loop's ``create_future``.
@@ -944,24 +987,23 @@ cdef class LoopFutures:
     def __cinit__(self, object create_future):
         self._create = create_future
 
-    def __call__(self, Py_ssize_t index):
-        return self._create()
+    def __call__(self, PendingBatch batch not None, Py_ssize_t index):
+        future = self._create()
+        batch.futures.append(future)
+        return future
 
 
-def bind_futures(list futures, object request):
-    """Tie the futures of a batch to the request that carries it (the batch was sent).
+def bind_batch(PendingBatch batch not None, object request):
+    """Tie the blocking client's futures of ``batch`` to the request that carries it
+    (the batch was sent, or failed: ``request`` is then a failed one).
 
-    Callbacks added while the futures waited in their batch move to the request (or run
-    now if it is done already). Called with the connection's lock held.
+    One store for the whole batch; callbacks added while the batch was open move to the
+    request (or run now if it is done already). Called with the connection's lock held.
     """
-    cdef list results = [None]
-    cdef PublishFuture future
-    cdef list callbacks
-    for item in futures:
-        future = <PublishFuture?>item
-        future._request = request
-        future._batch_results = results
-        if future._callbacks is not None:
-            callbacks, future._callbacks = future._callbacks, None
-            for callback in callbacks:
-                request.watch(partial(run_callback, future, callback))
+    cdef BatchAnswer answer = batch.answer
+    cdef list callbacks = answer._callbacks
+    answer.request = request
+    answer._callbacks = None
+    if callbacks is not None:
+        for future, callback in callbacks:
+            request.watch(partial(run_callback, future, callback))

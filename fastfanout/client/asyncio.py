@@ -38,7 +38,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar
 
-from fastfanout._ext.offers import LoopFutures, NowaitGate
+from fastfanout._ext.offers import LoopFutures, NowaitGate, PendingBatch
 from fastfanout._ext.received import AckBuffer, AsyncMessageCursor
 from fastfanout.api import AsyncBrokerAPI, AsyncClientAPI
 from fastfanout.client import forks
@@ -247,7 +247,7 @@ class AsyncListener(StreamListening):
         self.close()
 
 
-def _no_loop(index: int) -> asyncio.Future[PublishResult]:
+def _no_loop(batch: PendingBatch, index: int) -> asyncio.Future[PublishResult]:
     raise RuntimeError("the client is not started: await connect(...) or async with it")
 
 
@@ -269,6 +269,14 @@ def bind(futures: list[asyncio.Future[Any]], request: Request, whole: bool = Fal
                 future.set_result(results if whole else results[index])
 
     request.watch(resolve)
+
+
+def bind_batch(batch: PendingBatch, request: Request) -> None:
+    """Resolve the futures of a sent batch from its request's answer or error.
+
+    The core's ``bind``: the asyncio client's futures are listed in ``batch.futures``.
+    """
+    bind(batch.futures, request)
 
 
 class AsyncConnection(DriverBase):
@@ -297,7 +305,7 @@ class AsyncConnection(DriverBase):
         # publishes of one loop iteration travel together: linger is "this iteration"
         super().__init__(endpoint, curve, timeout=timeout, local_channel=local_channel,
                          ring_bytes=ring_bytes, linger=0.0, batch_messages=batch_messages,
-                         batch_bytes=batch_bytes, bind=bind)
+                         batch_bytes=batch_bytes, bind=bind_batch)
         self.transport: AsyncDealerTransport | AsyncLocalTransport = AsyncDealerTransport(
             endpoint, curve)
         self.tasks: list[asyncio.Task[None]] = []
@@ -311,7 +319,8 @@ class AsyncConnection(DriverBase):
         # waits for the loss of the DEALER's connection (its monitor): a broker killed
         # without a GOODBYE breaks the connection at once, not at the timeout
         self._watcher: asyncio.Task[None] | None = None
-        self._new_future: Callable[[int], asyncio.Future[PublishResult]] = _no_loop
+        self._new_future: Callable[[PendingBatch, int], asyncio.Future[PublishResult]] = (
+            _no_loop)
         self.wakers: dict[int, asyncio.Event] = {}   # consumers waiting for pushes
         self.settler = AsyncSettler(self)
         # the consumers' native cursors: closing drops the frame each is reading, so that

@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from fastfanout._ext.locks import FastRLock
-from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_futures
+from fastfanout._ext.offers import FutureMaker, NowaitGate, Ticker, bind_batch
 from fastfanout.api import BrokerAPI, ClientAPI
 from fastfanout.client import forks
 from fastfanout.client.consumers import Consumer, DeliveryBatch, Listener
@@ -119,7 +119,7 @@ class Connection(DriverBase):
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         super().__init__(endpoint, curve, timeout=timeout, local_channel=local_channel,
                          ring_bytes=ring_bytes, linger=linger, batch_messages=batch_messages,
-                         batch_bytes=batch_bytes, bind=bind_futures)
+                         batch_bytes=batch_bytes, bind=bind_batch)
         self.core.max_in_flight = max_in_flight
         self.in_flight_waits = 0
         self.close_deadline: float | None = None

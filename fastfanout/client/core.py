@@ -490,7 +490,8 @@ class ConnectionCore:
         linger: seconds a pipelined publish batch or a queued ack may wait.
         batch_messages: records per publish batch before it is sent.
         batch_bytes: body bytes per publish batch before it is sent.
-        bind: ties a sent batch's futures to its request (the driver's futures).
+        bind: ties the futures of a sent batch (a ``PendingBatch``) to its request (the
+            driver's futures).
         pid: the process that owns the connection: a forked child must not use it.
         max_in_flight: publish batches sent and not answered past which the driver makes
             the caller that sent one wait for the oldest answer (``batch_to_wait``);
@@ -514,7 +515,7 @@ class ConnectionCore:
     """
 
     def __init__(self, endpoint: str, *, linger: float, batch_messages: int,
-                 batch_bytes: int, bind: Callable[[list[Any], Request], None],
+                 batch_bytes: int, bind: Callable[[PendingBatch, Request], None],
                  pid: int = 0, max_in_flight: int = 0) -> None:
         self.endpoint = endpoint
         self.linger = linger
@@ -760,11 +761,12 @@ class ConnectionCore:
     # -- publish batches -----------------------------------------------------------------
 
     def enqueue(self, opcode: int, name: str, body: Any, options: tuple[Any, ...] | None,
-                make_future: Callable[[int], F], now: float) -> F:
+                make_future: Callable[[PendingBatch, int], F], now: float) -> F:
         """Add one message to the batch of (opcode, name); returns its future.
 
         ``options`` are ``FrameBuilder.append``'s (None: the body alone, the fast path);
-        a full batch is queued at once.
+        ``make_future(batch, index)`` makes the future of the message at ``index`` of
+        ``batch``; a full batch is queued at once.
         """
         if type(name) is not str:
             raise name_type_error("topic" if opcode == Opcode.PUBLISH else "queue", name)
@@ -790,8 +792,7 @@ class ConnectionCore:
             builder.rewind(mark)
             self.send_batch(key, self.batches.pop(key))
             return self.enqueue(opcode, name, body, options, make_future, now)
-        future = make_future(index)
-        batch.futures.append(future)
+        future = make_future(batch, index)
         if index + 1 >= self.batch_messages or builder.nbytes >= self.batch_bytes:
             self.send_batch(key, self.batches.pop(key))
         return future
@@ -824,7 +825,7 @@ class ConnectionCore:
         The batch is no longer open (``left``: a nowait gate stops appending to it).
         """
         batch.left = True
-        if not batch.futures:   # its only message was refused by the frame builder
+        if not len(batch.builder):   # its only message was refused by the frame builder
             return
         builder = batch.builder
         frame = builder.take()
@@ -836,7 +837,7 @@ class ConnectionCore:
         else:
             if self.max_in_flight:
                 self._unanswered_batches().append(request)
-        self.bind(batch.futures, request)
+        self.bind(batch, request)
 
     def _unanswered_batches(self) -> deque[Request]:
         """``batches_in_flight`` with the answered ones at its head dropped."""
@@ -1158,5 +1159,5 @@ class ConnectionCore:
         batches, self.batches = self.batches, {}
         for batch in batches.values():
             batch.left = True
-            self.bind(batch.futures, failed(error))
+            self.bind(batch, failed(error))
         return consumers

@@ -11,8 +11,9 @@ These futures offer the interface of ``concurrent.futures.Future`` (``result``,
 class makes a condition variable per future, and a pipelined publish makes a future per
 message. ``PublishFuture`` is native (``fastfanout._ext.offers``, with the same methods
 as ``PublishBatchFuture``): the client's ``NowaitGate`` makes one in C per
-``publish_nowait``, from a free list, kept off the cycle collector until it gets a
-callback.
+``publish_nowait`` (or hands one out again that its caller dropped), kept off the cycle
+collector until it gets a callback. A future is its batch's ``BatchAnswer`` and its index
+there: the batch lists no futures, and sending it gives the one answer its request.
 
 Completion is per request, not per future: the reply (or the error) is read by whichever
 thread pumps the client, its background thread included, which looks for replies every

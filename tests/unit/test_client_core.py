@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from fastfanout._ext import codec
+from fastfanout._ext.offers import PendingBatch
 from fastfanout._ext.wire import receipts_of
 from fastfanout.api import ClientAPI
 from fastfanout.client.consumers import StreamListening
@@ -37,13 +38,20 @@ from fastfanout.wire.protocol import Opcode, Status
 
 
 class Bound:
-    """A ``bind`` that records which futures went with which request."""
+    """A ``bind`` that records which futures went with which request (the futures
+    ``listed`` made)."""
 
     def __init__(self) -> None:
         self.batches: list[tuple[list[Any], Request]] = []
 
-    def __call__(self, futures: list[Any], request: Request) -> None:
-        self.batches.append((futures, request))
+    def __call__(self, batch: PendingBatch, request: Request) -> None:
+        self.batches.append((batch.futures, request))
+
+
+def listed(batch: PendingBatch, index: int) -> int:
+    """A future maker: the index of the message in its batch, listed in the batch."""
+    batch.futures.append(index)
+    return index
 
 
 def make_core(linger: float = 0.01, batch_messages: int = 3,
@@ -143,13 +151,13 @@ def test_a_request_beyond_the_brokers_limits_is_refused_before_it_is_queued() ->
 
 def test_publishes_batch_per_target_and_leave_before_any_other_request() -> None:
     core, bound = make_core(batch_messages=3)
-    futures = [core.enqueue(Opcode.PUBLISH, "t", b"m%d" % i, None, lambda i: i, 0.5)
+    futures = [core.enqueue(Opcode.PUBLISH, "t", b"m%d" % i, None, listed, 0.5)
                for i in range(4)]
     assert futures == [0, 1, 2, 0]   # a future per message: here its index in the batch
     out = sent(core)   # the full batch left at once
     assert [(opcode, payload[0]) for opcode, _, payload in out] == [(Opcode.PUBLISH, b"t")]
     assert core.oldest_batch == 0.5 and not core.batch_due(0.505) and core.batch_due(0.52)
-    core.enqueue(Opcode.SEND, "q", b"s", None, lambda i: i, 0.6)
+    core.enqueue(Opcode.SEND, "q", b"s", None, listed, 0.6)
     core.call(Opcode.STATS)   # the open batches leave first: no request overtakes them
     assert [(opcode, payload[0]) for opcode, _, payload in sent(core)[:2]] == [
         (Opcode.PUBLISH, b"t"), (Opcode.SEND, b"q")]
@@ -166,10 +174,10 @@ def test_the_next_batch_fills_the_builder_the_last_one_left() -> None:
     # its memory is grown to a batch already: a new builder per batch grew from 16 KiB,
     # copying what it held at each doubling
     core, _ = make_core(batch_messages=2)
-    core.enqueue(Opcode.PUBLISH, "t", b"a" * 5000, None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"a" * 5000, None, listed, 0.0)
     first = core.batches[(Opcode.PUBLISH, "t")]
-    core.enqueue(Opcode.PUBLISH, "t", b"b" * 5000, None, lambda i: i, 0.0)   # full: sent
-    core.enqueue(Opcode.SEND, "q", b"c", None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"b" * 5000, None, listed, 0.0)   # full: sent
+    core.enqueue(Opcode.SEND, "q", b"c", None, listed, 0.0)
     second = core.batches[(Opcode.SEND, "q")]
     assert first.left and second.builder is first.builder and len(second.builder) == 1
     core.flush_batches()
@@ -212,8 +220,8 @@ def test_publish_results_are_read_from_their_frame_when_asked() -> None:
 def test_a_batch_too_large_fails_its_futures_without_being_sent() -> None:
     core, bound = make_core(batch_messages=2)
     hello(core, max_request_bytes=64, max_frame_bytes=64)
-    core.enqueue(Opcode.PUBLISH, "t", b"x" * 40, None, lambda i: i, 0.0)
-    core.enqueue(Opcode.PUBLISH, "t", b"y" * 40, None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"x" * 40, None, listed, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"y" * 40, None, listed, 0.0)
     assert core.outbox == []
     # the second body would take the batch further past the limit: the first left
     # alone (frame_room) and, a record and header over 64 bytes, failed unsent; the
@@ -232,7 +240,7 @@ def test_a_body_over_the_brokers_limits_raises_before_it_is_added() -> None:
     assert core.max_body == 64
     for body in (b"x" * 65, bytearray(65), memoryview(b"z" * 65)):
         with pytest.raises(RequestTooLarge, match="body of 65 bytes"):
-            core.enqueue(Opcode.PUBLISH, "t", body, None, lambda i: i, 0.0)
+            core.enqueue(Opcode.PUBLISH, "t", body, None, listed, 0.0)
     assert core.batches == {} and core.outbox == [] and bound.batches == []
     core.start(0.0)   # a new session: its limits are not known yet
     assert core.max_body == 256 * 1024 * 1024
@@ -355,7 +363,7 @@ def test_goodbye_fails_every_waiter_and_says_why() -> None:
     waiting = core.call(Opcode.LIST_QUEUES)
     core.consume("q", 10, None, None)
     consumer = next(iter(core.consumers.values()))
-    core.enqueue(Opcode.PUBLISH, "t", b"open", None, lambda i: i, 0.0)
+    core.enqueue(Opcode.PUBLISH, "t", b"open", None, listed, 0.0)
     core.receive(reply(Status.GOODBYE, 0, protocol.encode_error(
         SessionExpired("read nothing for too long"))), 1.0)
     assert isinstance(core.ended, SessionExpired) and isinstance(waiting.error, SessionExpired)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
 from fastfanout._ext.locks import FastRLock
-from fastfanout._ext.offers import NowaitGate
+from fastfanout._ext.offers import FutureMaker, NowaitGate, PendingBatch, bind_batch
 from fastfanout.client.core import ConnectionCore
 from fastfanout.errors import BrokenConnection
 from fastfanout.wire.protocol import Opcode
@@ -51,22 +52,28 @@ class CountedConnection:
         """Connected already."""
 
 
+def _listed(batch: PendingBatch, index: int) -> int:
+    """A future maker: the index itself, listed in the batch's ``futures``."""
+    batch.futures.append(index)
+    return index
+
+
 def _gate(batch_messages: int = 1000) -> tuple[ConnectionCore, NowaitGate, list[Any]]:
     """(core, gate, sent): ``sent`` gets each batch's futures as the core sends it."""
     sent: list[Any] = []
     core = ConnectionCore("ipc://test", linger=0.002, batch_messages=batch_messages,
-                          batch_bytes=1 << 20, bind=lambda futures, request: sent.append(
-                              list(futures)))
-    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0)
+                          batch_bytes=1 << 20, bind=lambda batch, request: sent.append(
+                              list(batch.futures)))
+    gate = NowaitGate(core, _listed, core.outbox.clear, lambda: 1.0)
     return core, gate, sent
 
 
 def test_appending_to_the_open_batch_reads_no_attribute_of_core_or_connection() -> None:
     CountedCore.reads = 0
     core = CountedCore("ipc://test", linger=0.002, batch_messages=1000, batch_bytes=1 << 20,
-                       bind=lambda futures, request: None)
+                       bind=lambda batch, request: None)
     connection = CountedConnection()
-    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0, connection)
+    gate = NowaitGate(core, _listed, core.outbox.clear, lambda: 1.0, connection)
     topic = "t"
     futures = [gate.enqueue(Opcode.PUBLISH, topic, b"x") for _ in range(100)]
     assert futures == list(range(100))
@@ -81,9 +88,9 @@ def test_appending_to_the_open_batch_reads_no_attribute_of_core_or_connection() 
 
 def test_forget_drops_the_remembered_lock_and_batch() -> None:
     core = ConnectionCore("ipc://test", linger=0.002, batch_messages=1000,
-                          batch_bytes=1 << 20, bind=lambda futures, request: None)
+                          batch_bytes=1 << 20, bind=lambda batch, request: None)
     connection = CountedConnection()
-    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0, connection)
+    gate = NowaitGate(core, _listed, core.outbox.clear, lambda: 1.0, connection)
     gate.enqueue(Opcode.PUBLISH, "t", b"x")
     held = connection.lock
     held.acquire()   # as a thread of the parent may hold it at a fork
@@ -119,10 +126,9 @@ def test_a_batch_sent_or_failed_between_calls_is_not_appended_to() -> None:
 def test_a_loop_of_publishes_does_not_run_the_cycle_collector() -> None:
     import gc
 
-    from fastfanout._ext.offers import FutureMaker
 
     core = ConnectionCore("ipc://test", linger=0.002, batch_messages=2000,
-                          batch_bytes=1 << 20, bind=lambda futures, request: None)
+                          batch_bytes=1 << 20, bind=lambda batch, request: None)
     gate = NowaitGate(core, FutureMaker(object()), core.outbox.clear, lambda: 1.0)
     collections: list[int] = []
 
@@ -145,8 +151,8 @@ def test_a_loop_of_publishes_does_not_run_the_cycle_collector() -> None:
 
 def test_batch_to_wait_is_the_oldest_unanswered_past_max_in_flight() -> None:
     core = ConnectionCore("ipc://test", linger=0.002, batch_messages=2, batch_bytes=1 << 20,
-                          bind=lambda futures, request: None, max_in_flight=2)
-    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0)
+                          bind=lambda batch, request: None, max_in_flight=2)
+    gate = NowaitGate(core, _listed, core.outbox.clear, lambda: 1.0)
     for index in range(4):   # two batches sent
         gate.enqueue(Opcode.PUBLISH, "t", b"%d" % index)
     assert core.batch_to_wait() is None   # two in flight: within the limit
@@ -167,8 +173,8 @@ def test_batch_to_wait_is_the_oldest_unanswered_past_max_in_flight() -> None:
 
 def test_without_max_in_flight_no_request_is_kept() -> None:
     core = ConnectionCore("ipc://test", linger=0.002, batch_messages=1, batch_bytes=1 << 20,
-                          bind=lambda futures, request: None)
-    gate = NowaitGate(core, lambda index: index, core.outbox.clear, lambda: 1.0)
+                          bind=lambda batch, request: None)
+    gate = NowaitGate(core, _listed, core.outbox.clear, lambda: 1.0)
     for _ in range(100):
         gate.enqueue(Opcode.PUBLISH, "t", b"x")
     assert not core.batches_in_flight and core.batch_to_wait() is None
@@ -194,3 +200,34 @@ def test_the_bound_calls_take_a_bare_body_in_c_and_options_to_the_methods() -> N
     with pytest.raises(TypeError):
         send_nowait("q", b"x", b"y")
     assert len(core.batches[(Opcode.PUBLISH, "t")].builder) == 2   # nothing appended
+
+
+def test_a_kept_future_is_never_handed_out_again() -> None:
+    """The gate hands a dropped future out again (``_recycled_future``); one its caller
+    keeps is its own, with its own result, however many publishes follow."""
+
+    class Driver:
+        lock = threading.RLock()
+
+        def flush(self) -> None:
+            core.flush_batches()
+
+        def publish_results(self, request: Any, timeout: float | None = None) -> list[int]:
+            return [int(frame) for frame in request.value()]
+
+    core = ConnectionCore("ipc://test", linger=0.002, batch_messages=100,
+                          batch_bytes=1 << 20, bind=bind_batch, max_in_flight=1000)
+    gate = NowaitGate(core, FutureMaker(Driver()), core.outbox.clear, lambda: 1.0)
+    kept: dict[int, Any] = {}
+    handed: set[int] = set()
+    for number in range(10_000):
+        future = gate.enqueue(Opcode.PUBLISH, "t", b"x")
+        handed.add(id(future))
+        if number % 7 == 0:
+            kept[number] = future
+    assert not core.batches and len(core.batches_in_flight) == 100
+    for sent, request in enumerate(core.batches_in_flight):
+        request.answer([b"%d" % (sent * 100 + index) for index in range(100)])
+    assert all(future.result() == number for number, future in kept.items())
+    assert len({id(future) for future in kept.values()}) == len(kept)
+    assert len(handed) < len(kept) + 100   # the dropped ones came round again

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fastfanout._ext.offers import FutureMaker, PublishFuture, bind_futures
+from fastfanout._ext.offers import FutureMaker, PendingBatch, PublishFuture, bind_batch
 from fastfanout.client.core import Request
 from fastfanout.errors import FastFanoutError, NotFound
 from fastfanout.records import PublishResult
@@ -23,13 +23,12 @@ class FakeDriver:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.flushed = 0
-        self.pending: list[PublishFuture] = []
+        self.batch = PendingBatch()
         self.request = Request(1, publish=True)
 
     def flush(self) -> None:
         self.flushed += 1
-        bind_futures(self.pending, self.request)
-        self.pending = []
+        bind_batch(self.batch, self.request)
 
     def publish_results(self, request: Request, timeout: float | None = None) -> list[Any]:
         frames = request.value()
@@ -39,9 +38,9 @@ class FakeDriver:
 def test_a_future_flushes_its_batch_and_reads_its_own_result() -> None:
     driver = FakeDriver()
     make = FutureMaker(driver)
-    futures = [make(index) for index in range(3)]
+    futures = [make(driver.batch, index) for index in range(3)]
     assert all(type(future) is PublishFuture for future in futures)
-    driver.pending = list(futures)
+    assert driver.batch.futures == []   # not listed: they share the batch's answer
     assert not futures[0].done() and not futures[0].running()
     assert not futures[0].cancel() and not futures[0].cancelled()
     assert repr(futures[1]) == "<PublishFuture #1 pending>"
@@ -56,7 +55,8 @@ def test_a_future_flushes_its_batch_and_reads_its_own_result() -> None:
 def test_callbacks_move_to_the_request_and_errors_reach_every_future(
         caplog: pytest.LogCaptureFixture) -> None:
     driver = FakeDriver()
-    futures = [PublishFuture(driver, index) for index in range(2)]
+    batch = PendingBatch()
+    futures = [PublishFuture(driver, batch.answer, index) for index in range(2)]
     seen: list[object] = []
 
     def broken(future: object) -> None:
@@ -65,7 +65,8 @@ def test_callbacks_move_to_the_request_and_errors_reach_every_future(
     futures[0].add_done_callback(seen.append)
     futures[0].add_done_callback(broken)
     request = Request(2, publish=True)
-    bind_futures(futures, request)
+    bind_batch(batch, request)
+    assert batch.answer.request is request
     assert futures[0].running() and seen == []
     futures[1].add_done_callback(seen.append)          # bound: watches the request
     with caplog.at_level(logging.ERROR, logger="fastfanout.client.futures"):
@@ -80,7 +81,7 @@ def test_callbacks_move_to_the_request_and_errors_reach_every_future(
     futures[1].add_done_callback(late.append)          # done: runs at once
     assert late == [futures[1]]
     with pytest.raises(TypeError):
-        bind_futures([object()], request)               # only native futures
+        bind_batch(object(), request)                   # only a native batch
 
 
 def test_futures_hold_nothing_once_dropped() -> None:
@@ -88,17 +89,23 @@ def test_futures_hold_nothing_once_dropped() -> None:
     driver = FakeDriver()
     make = FutureMaker(driver)
     refs = sys.getrefcount(driver)
-    futures = [make(index) for index in range(1000)]
+    batch = PendingBatch()
+    answer = batch.answer
+    answer_refs = sys.getrefcount(answer)
+    futures = [make(batch, index) for index in range(1000)]
     assert sys.getrefcount(driver) == refs + 1000
+    assert sys.getrefcount(answer) == answer_refs + 1000
     request = Request(3, publish=True)
     request_refs = sys.getrefcount(request)
-    bind_futures(futures, request)
-    assert sys.getrefcount(request) == request_refs + 1000
+    bind_batch(batch, request)
+    assert sys.getrefcount(request) == request_refs + 1   # the answer's, for them all
     request.answer([b"1"] * 1000)
     assert futures[999].result().message_id == 1
     assert sys.getrefcount(futures[5]) == 3   # the list's, the subscript's, the call's
-    del futures
+    del futures, batch
     assert sys.getrefcount(driver) == refs
+    assert sys.getrefcount(answer) == answer_refs - 1   # the batch's went with it
+    del answer
     assert sys.getrefcount(request) == request_refs
 
 
@@ -114,15 +121,16 @@ def test_only_futures_with_callbacks_are_tracked_and_their_cycles_collected() ->
             pass
 
     driver = FakeDriver()
-    bare = FutureMaker(driver)(0)
+    batch = PendingBatch()
+    bare = FutureMaker(driver)(batch, 0)
     assert not gc.is_tracked(bare)
-    watched = FutureMaker(driver)(1)
+    watched = FutureMaker(driver)(batch, 1)
     callback = Callback()
     callback.future = watched          # future -> callbacks -> callback -> future
     watched.add_done_callback(callback)
     assert gc.is_tracked(watched)
-    bind_futures([watched], Request(4, publish=True))   # never answered
+    bind_batch(batch, Request(4, publish=True))   # never answered
     gone = weakref.ref(callback)
-    del watched, callback
+    del watched, callback, batch, bare   # bare shares the batch's answer and request
     gc.collect()
     assert gone() is None
