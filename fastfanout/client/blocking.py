@@ -90,11 +90,18 @@ from fastfanout.transport.local_channel import DEFAULT_RING_BYTES, pinned_hint
 from fastfanout.transport.sockets import CurveKeys, DealerTransport
 from fastfanout.wire.protocol import Opcode
 
-__all__ = ["CLAIM_YIELD", "Client", "Connection", "connect"]
+__all__ = ["BUSY_PATIENCE", "CLAIM_YIELD", "Client", "Connection", "connect"]
 
 CLAIM_YIELD = 0.005
 """Seconds at most a thread woken out of its wait in ``recv`` (``Connection.claim``)
 leaves the lock to the calls that woke it before it pumps again."""
+
+BUSY_PATIENCE = 0.05
+"""Seconds the background thread, due to run, leaves the connection to a thread that
+holds its lock before it waits its turn for it (``Connection._background``)."""
+BUSY_RETRY = 0.001
+"""Seconds at least between the background thread's looks at a busy lock (it looks again
+a ``linger`` later, or this)."""
 
 class Connection(DriverBase):
     """The blocking I/O driver of a ``ConnectionCore``: transport, lock, background thread.
@@ -109,6 +116,8 @@ class Connection(DriverBase):
             ``FastRLock``, which the native gates take in C).
         in_flight_waits: times a ``publish_nowait``/``send_nowait`` that sent a full
             batch waited for the oldest answer (more than ``max_in_flight`` unanswered).
+        busy_retries: times the background thread, due to run, found the lock held by a
+            caller and looked again later (``BUSY_PATIENCE``).
         close_deadline: while ``Client.close(timeout)`` runs, when its timeout ends
             (``time.monotonic()``): its producers' flushes wait no longer. None otherwise.
     """
@@ -122,6 +131,7 @@ class Connection(DriverBase):
                          batch_bytes=batch_bytes, bind=bind_batch)
         self.core.max_in_flight = max_in_flight
         self.in_flight_waits = 0
+        self.busy_retries = 0
         self.close_deadline: float | None = None
         self.abandoned: list[ConsumerState] = []   # consumers to cancel (``abandon``)
         self.unread: list[bytes] = []   # receipts to give back (``release_unread``)
@@ -641,6 +651,7 @@ class Connection(DriverBase):
     def _background(self) -> None:
         """Heartbeats, linger sends and reply reads, until close."""
         core = self.core
+        busy_since: float | None = None
         while not core.closed:
             interval = core.heartbeat_interval
             ticker = self._ticker
@@ -652,8 +663,26 @@ class Connection(DriverBase):
             ticker.wait(interval, REPLY_POLL if core.pending else -1.0)
             if core.closed:
                 return
-            if not self.lock.acquire(timeout=interval):
-                continue  # another thread is busy with the socket; it heartbeats too
+            # A thread holding the lock is inside a call: it sends and reads replies, and
+            # heartbeats as it pumps. Waiting for the lock here made every later call of
+            # that thread wait its turn too (the lock is fair to waiters): a loop of
+            # publish_nowait, whose caller holds the lock while paced to the broker's
+            # answers, paid two thread wake-ups per round of this thread, a sixth of its
+            # time. So this thread looks again a linger later, and waits its turn only
+            # once the lock has been busy for BUSY_PATIENCE (what is due here — linger
+            # sends of other threads' batches and frames, their acks — waits no longer).
+            if not self.lock.acquire(blocking=False):
+                now = time.monotonic()
+                if busy_since is None:
+                    busy_since = now
+                if now - busy_since < BUSY_PATIENCE:
+                    self.busy_retries += 1
+                    ticker.take()   # what is open sets its deadline again once we hold it
+                    ticker.due(now + max(core.linger, BUSY_RETRY), _BUSY)
+                    continue
+                if not self.lock.acquire(timeout=interval):
+                    continue  # another thread is busy with the socket; it heartbeats too
+            busy_since = None
             try:
                 ticker.take()   # what is still open sets the next deadline (finally)
                 if self.transport is None:
@@ -1081,6 +1110,8 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
 
 _REPLIES: Final = object()
 """The ``Ticker`` deadline source of a reply poll (``Connection.batch_future``)."""
+_BUSY: Final = object()
+"""The ``Ticker`` deadline source of the background thread's next look at a busy lock."""
 
 
 class _PulledBatches(Iterator[DeliveryBatch]):

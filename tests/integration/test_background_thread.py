@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any as Tracker
 
+from fastfanout.client.blocking import BUSY_PATIENCE, BUSY_RETRY
 from fastfanout.client.futures import REPLY_POLL
 
 LINGER = 0.01
@@ -125,3 +126,28 @@ def test_what_lingers_still_leaves_after_linger(track: Tracker) -> None:
                      "the lingering frame sent")
     assert time.monotonic() - started < 4.0
     producer.close()
+
+
+def test_a_busy_lock_is_left_to_its_holder_then_waited_for(track: Tracker) -> None:
+    """Due while a caller holds the lock, the thread looks again later (it used to wait
+    for the lock at once, and then every call of the holder waited its turn); once the
+    lock has been busy for ``BUSY_PATIENCE`` it waits for it, and what was due leaves."""
+    client = _client(track, batch_messages=1000, linger=0.002)
+    connection = client.connection
+    future = client.publish_nowait("t", b"lingering")   # due in 2 ms
+    with connection.lock:   # a caller inside a call, for less than the patience
+        track.wait_until(lambda: connection.busy_retries >= 2, 4.0,
+                         "the background thread looked at the busy lock again")
+        assert not future.done()
+    track.wait_until(future.done, 4.0, "the lingering publish sent once the lock was free")
+    assert future.result().deliveries == 1
+
+    future = client.publish_nowait("t", b"held for long")
+    retries = connection.busy_retries
+    with connection.lock:   # past the patience: the thread waits its turn
+        time.sleep(BUSY_PATIENCE * 6)
+        looked = connection.busy_retries - retries
+    # it stopped looking once the patience ran out (it would look every linger else)
+    assert 1 <= looked <= BUSY_PATIENCE / BUSY_RETRY + SLACK, looked
+    track.wait_until(future.done, 4.0, "the lingering publish sent once the lock was free")
+    assert future.result().deliveries == 1
