@@ -457,7 +457,14 @@ cdef class NowaitGate:
                     fast = self._lock = <FastRLock>lock
                     lock = None
         if fast is not None:
-            ff_lock_acquire(fast)   # in C
+            if (fast._count == 0 and not fast._pending) or (
+                    fast._count and fast._owner == PyThread_get_thread_ident()):
+                ff_lock_acquire(fast)   # free, or this thread's: in C
+            else:
+                # another thread holds it — maybe a consumer's, waiting in ``recv`` for a
+                # tenth of a second at a time: ``claim`` wakes it first (waiting for the
+                # lock alone, each publish waited out such a wait)
+                self._connection.claim()
             try:
                 future = self._enqueue(opcode, name, body)
             finally:

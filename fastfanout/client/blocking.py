@@ -32,6 +32,7 @@ each operation documented in ``fastfanout.api``). Choices:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -150,6 +151,8 @@ class Connection(DriverBase):
         # object, so a late write never reaches a descriptor reused after a close.
         self._wake_reader, self._wake_writer = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._claimers: list[None] = []   # calls waiting for the lock in ``claim``
+        # of which calls that need it briefly (``claim``'s own, not a waiting ``pump``'s)
+        self._brief: list[None] = []
         weakref.finalize(self, _close_descriptors, self._wake_reader, self._wake_writer)
         forks.watch(self._after_fork)
         self.connect()
@@ -165,6 +168,7 @@ class Connection(DriverBase):
         self.core.forked = True
         self.lock = FastRLock()
         self._claimers = []   # a parent thread's, waiting for the parent's lock
+        self._brief = []
         self.nowait_gate.forget()   # it remembers the parent's lock and open batch
         self._ticker = Ticker()
 
@@ -245,8 +249,9 @@ class Connection(DriverBase):
         """
         lock = self.lock
         if not lock.acquire(False):
-            claimers = self._claimers
+            claimers, brief = self._claimers, self._brief
             claimers.append(None)   # list appends and pops are atomic (the GIL)
+            brief.append(None)
             try:
                 os.write(self._wake_writer, b"\0")
             except BlockingIOError:
@@ -255,6 +260,20 @@ class Connection(DriverBase):
                 lock.acquire()
             finally:
                 claimers.pop()
+                brief.pop()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The lock for a block of calls; a thread waiting in ``recv`` with it is woken first.
+
+        That thread (a consumer's iteration) holds the lock a tenth of a second or more
+        at a time: waiting for the lock alone waited that wait out (``claim``).
+        """
+        self.claim()
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     # -- requests and replies ------------------------------------------------------------
 
@@ -381,7 +400,9 @@ class Connection(DriverBase):
             if until is not None and until.done:
                 return
             transport = self.ensure()
-            wait = min(timeout, core.heartbeat_interval)
+            # a brief call waiting for the lock: only look (another pumping thread may
+            # have taken the lock first, and read the wake meant for it)
+            wait = 0.0 if self._brief else min(timeout, core.heartbeat_interval)
             try:
                 frames = transport.recv(wait)
             except PeerLost as exc:
@@ -639,7 +660,7 @@ class Connection(DriverBase):
 
     def cancel(self, consumer: ConsumerState) -> None:
         """Cancel a consumer (its queued acks sent first, ``ConnectionCore.cancel``)."""
-        with self.lock:
+        with self.held():
             ask = self.core.cancel(consumer) and self.transport is not None
             self.send_out()
         if ask:
@@ -668,20 +689,24 @@ class Connection(DriverBase):
             # that thread wait its turn too (the lock is fair to waiters): a loop of
             # publish_nowait, whose caller holds the lock while paced to the broker's
             # answers, paid two thread wake-ups per round of this thread, a sixth of its
-            # time. So this thread looks again a linger later, and waits its turn only
-            # once the lock has been busy for BUSY_PATIENCE (what is due here — linger
-            # sends of other threads' batches and frames, their acks — waits no longer).
+            # time. So unless a batch or frame is past its linger — then the holder is
+            # woken if it waits in ``recv`` (``claim``), for nobody else sends it — this
+            # thread looks again a linger later, and waits its turn only once the lock
+            # has been busy for BUSY_PATIENCE (acks and reply reads wait no longer).
             if not self.lock.acquire(blocking=False):
                 now = time.monotonic()
-                if busy_since is None:
-                    busy_since = now
-                if now - busy_since < BUSY_PATIENCE:
-                    self.busy_retries += 1
-                    ticker.take()   # what is open sets its deadline again once we hold it
-                    ticker.due(now + max(core.linger, BUSY_RETRY), _BUSY)
-                    continue
-                if not self.lock.acquire(timeout=interval):
-                    continue  # another thread is busy with the socket; it heartbeats too
+                if self._lingering(now):
+                    self.claim()
+                else:
+                    if busy_since is None:
+                        busy_since = now
+                    if now - busy_since < BUSY_PATIENCE:
+                        self.busy_retries += 1
+                        ticker.take()   # what is open sets its deadline again once held
+                        ticker.due(now + max(core.linger, BUSY_RETRY), _BUSY)
+                        continue
+                    if not self.lock.acquire(timeout=interval):
+                        continue  # another thread is busy with the socket; it heartbeats too
             busy_since = None
             try:
                 ticker.take()   # what is still open sets the next deadline (finally)
@@ -708,6 +733,19 @@ class Connection(DriverBase):
                     self._linger_due(ticker)
                 finally:
                     self.lock.release()
+
+    def _lingering(self, now: float) -> bool:
+        """A publish batch or a producer's frame is past its linger.
+
+        Read without the lock, by the background thread: a hint.
+        """
+        if self.core.batch_due(now):
+            return True
+        for producer in list(self.producers):
+            due = producer.linger_due()
+            if due is not None and due <= now:
+                return True
+        return False
 
     def _linger_due(self, ticker: Ticker) -> None:
         """Tell ``ticker`` when the oldest batch or frame still open must leave (lock held).
@@ -1039,7 +1077,7 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
         ``fastfanout.api.PipelineAPI.listen``).
         """
         self._check_listen(topic_pattern, high_water_mark)
-        with self.connection.lock:
+        with self.connection.held():
             self.connection.ensure()
         return Listener(str(self.info["stream_endpoint"]), topic_pattern,
                         self.connection.curve, timeout=self.timeout,

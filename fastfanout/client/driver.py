@@ -13,7 +13,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 from fastfanout._ext.locks import FastRLock
@@ -130,6 +130,9 @@ class BlockingDriver(Protocol):
     core: ConnectionCore
     lock: FastRLock
     close_deadline: float | None
+
+    def held(self) -> AbstractContextManager[None]:
+        """The lock for a block of calls, a thread waiting in ``recv`` with it woken first."""
 
     def submit(self, make: Callable[..., Request], *args: Any, **kwargs: Any) -> Request:
         """Queue a request made by ``make`` (a core method) and send it."""

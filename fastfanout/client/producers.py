@@ -406,15 +406,15 @@ class RemoteProducer(BlockingOnly, ProducerFace,
 
     def _full(self) -> None:
         """Pipeline the open frame, first waiting for the oldest answer if too many are out."""
-        core, lock = self.core, self._connection.lock
+        core, connection = self.core, self._connection
         if len(core.in_flight) >= core.max_in_flight:
             answer = self._wait_oldest()
             if isinstance(answer, FastFanoutError):
-                with lock:
+                with connection.held():
                     if len(core.builder):
                         core.kept.append(core.builder.take())
                 raise answer
-        with lock:
+        with connection.held():
             if len(core.builder):   # else the background thread sent it meanwhile
                 error = self._send_taken()
                 if error is not None:
@@ -450,7 +450,7 @@ class RemoteProducer(BlockingOnly, ProducerFace,
         except FastFanoutError as exc:
             if not request.done:
                 request.fail(exc)
-        with connection.lock:
+        with connection.held():
             return self.core.answered(request)
 
     def flush(self) -> RemotePublishBatch | None:
@@ -476,7 +476,7 @@ class RemoteProducer(BlockingOnly, ProducerFace,
                         error = error or answer
                     else:
                         last = answer
-                with connection.lock:   # no linger send between these lines and after
+                with connection.held():   # no linger send between these lines and after
                     if len(core.builder):
                         core.kept.append(core.builder.take())   # sent below, behind them
                     if not core.in_flight:
@@ -548,7 +548,7 @@ class RemoteProducer(BlockingOnly, ProducerFace,
         try:
             while core.in_flight:
                 self._wait_oldest()
-            with connection.lock:
+            with connection.held():
                 return core.discard()
         finally:
             self._flushing = False

@@ -129,25 +129,33 @@ def test_what_lingers_still_leaves_after_linger(track: Tracker) -> None:
 
 
 def test_a_busy_lock_is_left_to_its_holder_then_waited_for(track: Tracker) -> None:
-    """Due while a caller holds the lock, the thread looks again later (it used to wait
-    for the lock at once, and then every call of the holder waited its turn); once the
-    lock has been busy for ``BUSY_PATIENCE`` it waits for it, and what was due leaves."""
+    """Due while a caller holds the lock with nothing lingering (here: a reply to read),
+    the thread looks again later (it used to wait for the lock at once, and then every
+    call of the holder waited its turn); once the lock has been busy for
+    ``BUSY_PATIENCE`` it waits for it. A batch past its linger it claims at once."""
     client = _client(track, batch_messages=1000, linger=0.002)
     connection = client.connection
-    future = client.publish_nowait("t", b"lingering")   # due in 2 ms
+    answered = client.publish_batch_nowait("t", [b"sent"])   # its answer: read in 5 ms
     with connection.lock:   # a caller inside a call, for less than the patience
         track.wait_until(lambda: connection.busy_retries >= 2, 4.0,
                          "the background thread looked at the busy lock again")
-        assert not future.done()
-    track.wait_until(future.done, 4.0, "the lingering publish sent once the lock was free")
-    assert future.result().deliveries == 1
+    track.wait_until(answered.done, 4.0, "the answer read once the lock was free")
+    assert [result.deliveries for result in answered.result()] == [1]
 
-    future = client.publish_nowait("t", b"held for long")
+    answered = client.publish_batch_nowait("t", [b"sent"])
     retries = connection.busy_retries
     with connection.lock:   # past the patience: the thread waits its turn
         time.sleep(BUSY_PATIENCE * 6)
         looked = connection.busy_retries - retries
     # it stopped looking once the patience ran out (it would look every linger else)
     assert 1 <= looked <= BUSY_PATIENCE / BUSY_RETRY + SLACK, looked
+    track.wait_until(answered.done, 4.0, "the answer read once the lock was free")
+
+    retries = connection.busy_retries
+    with connection.lock:   # a batch lingers: claimed at once, no looking again
+        future = client.publish_nowait("t", b"lingering")
+        time.sleep(BUSY_PATIENCE * 2)
+        assert connection.busy_retries == retries
+        assert not future.done()
     track.wait_until(future.done, 4.0, "the lingering publish sent once the lock was free")
     assert future.result().deliveries == 1

@@ -1,0 +1,100 @@
+"""Calls from one thread are not held up by another thread of the same client waiting in
+``recv`` with its lock (a consumer's iteration of an idle queue): they wake it and take
+the lock (``Connection.claim`` / ``held``), the native ``publish_nowait`` too, and so does
+the background thread for a batch or frame past its linger.
+
+Before, each ``publish_nowait`` waited out the other thread's ``recv`` (a whole wait, a
+second and more, per call), as did a producer's full frame and a lingering batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any as Tracker
+
+IDLE_WAIT = 3.0
+"""The idle consumer's ``timeout``: its thread waits in ``recv`` this long at a time (up to
+the heartbeat interval); a call that waited it out would take seconds."""
+
+PROMPT = 1.5
+"""Seconds the calls below take at most (milliseconds when nothing holds them up)."""
+
+
+def _client(track: Tracker, **options: object) -> Tracker:
+    endpoint = track.endpoint()
+    track.broker_process(endpoint)
+    client = track.client(endpoint, **options)
+    client.create_topic("t")
+    client.create_queue("q")
+    client.subscribe("t", "q")
+    client.create_queue("idle")
+    return client
+
+
+@contextmanager
+def _idle_consumers(track: Tracker, client: Tracker) -> Iterator[None]:
+    """Two threads of ``client`` iterating empty queues: by turns, one of them holds the
+    lock in ``recv`` (a tenth of a second at a time), the other waits for it."""
+    stop = threading.Event()
+    started = [threading.Event() for _ in range(2)]
+
+    def iterate(index: int) -> None:
+        while not stop.is_set():
+            consumer = client.consume("idle", timeout=IDLE_WAIT)
+            started[index].set()
+            for _ in consumer:
+                pass
+
+    threads = [threading.Thread(target=iterate, args=(index,), daemon=True)
+               for index in range(2)]
+    for thread in threads:
+        thread.start()
+    assert all(event.wait(10.0) for event in started)
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(IDLE_WAIT + 5.0)
+            assert not thread.is_alive()
+
+
+def test_publish_nowait_is_not_held_up_by_a_thread_waiting_in_recv(track: Tracker) -> None:
+    client = _client(track, batch_messages=5)
+    with _idle_consumers(track, client):
+        started = time.monotonic()
+        futures = [client.publish_nowait("t", b"%d" % index) for index in range(50)]
+        client.flush()
+        ids = [future.result().message_id for future in futures]
+        elapsed = time.monotonic() - started
+    assert len(set(ids)) == 50
+    assert elapsed < PROMPT, f"50 publishes took {elapsed:.2f} s"
+
+
+def test_a_lingering_batch_leaves_while_a_thread_waits_in_recv(track: Tracker) -> None:
+    client = _client(track, batch_messages=1000, linger=0.005)
+    with _idle_consumers(track, client):
+        started = time.monotonic()
+        future = client.publish_nowait("t", b"lingers")   # nobody flushes or waits
+        track.wait_until(future.done, 10.0, "the lingering batch sent and answered")
+        elapsed = time.monotonic() - started
+    assert future.result().deliveries == 1
+    assert elapsed < PROMPT, f"the batch left after {elapsed:.2f} s"
+
+
+def test_a_producers_frames_are_not_held_up_by_a_thread_waiting_in_recv(
+        track: Tracker) -> None:
+    client = _client(track, linger=0.005)
+    with _idle_consumers(track, client):
+        started = time.monotonic()
+        with client.producer("t", batch_messages=10, max_in_flight=1) as producer:
+            for index in range(50):   # full frames, each waiting for the last answer
+                producer.offer(b"%d" % index)
+            producer.offer(b"lingers")   # a frame left open: sent after linger
+            track.wait_until(lambda: client.stats().queues["q"].enqueued == 51, 10.0,
+                             "the lingering frame sent")
+        elapsed = time.monotonic() - started
+    assert elapsed < PROMPT * 2, f"the frames took {elapsed:.2f} s"
