@@ -82,6 +82,18 @@ class Tracker:
         wait_for_broker(endpoint, process)
         return process
 
+    def fanout_client(self, **options: Any) -> Client:
+        """A client (``options``) of a new broker process, with topic ``t`` fanning out to
+        queue ``q``. The broker is a process of its own: a server thread here would take
+        the GIL from the client's callers."""
+        endpoint = self.endpoint()
+        self.broker_process(endpoint)
+        client = self.client(endpoint, **options)
+        client.create_topic("t")
+        client.create_queue("q")
+        client.subscribe("t", "q")
+        return client
+
     @staticmethod
     def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE,
                    what: str = "condition") -> None:

@@ -38,17 +38,6 @@ def _counting_ticks(client: Tracker) -> list[float]:
     return ticks
 
 
-def _client(track: Tracker, **options: object) -> Tracker:
-    """A client of a broker process with topic ``t`` fanning out to queue ``q``."""
-    endpoint = track.endpoint()
-    track.broker_process(endpoint)
-    client = track.client(endpoint, **options)
-    client.create_topic("t")
-    client.create_queue("q")
-    client.subscribe("t", "q")
-    return client
-
-
 def _paced(fill: Callable[[], None], seconds: float = 1.0) -> list[float]:
     """Fill and send a full frame, pause a millisecond, for ``seconds`` (pacing: the broker
     keeps up); returns the times the frames had left, the caller's last use of the
@@ -83,7 +72,7 @@ def _wakes_accounted_for(client: Tracker, left: list[float]) -> int:
 
 def test_publish_nowait_in_full_batches_leaves_the_background_thread_asleep(
         track: Tracker) -> None:
-    client = _client(track, batch_messages=50, linger=LINGER)
+    client = track.fanout_client(batch_messages=50, linger=LINGER)
     ticks = _counting_ticks(client)
     futures: list[Tracker] = []
 
@@ -100,7 +89,7 @@ def test_publish_nowait_in_full_batches_leaves_the_background_thread_asleep(
 
 
 def test_a_producers_full_frames_leave_the_background_thread_asleep(track: Tracker) -> None:
-    client = _client(track, linger=LINGER)
+    client = track.fanout_client(linger=LINGER)
     ticks = _counting_ticks(client)
     with client.producer("t", batch_messages=50) as producer:
         def fill() -> None:
@@ -115,7 +104,7 @@ def test_a_producers_full_frames_leave_the_background_thread_asleep(track: Track
 
 
 def test_what_lingers_still_leaves_after_linger(track: Tracker) -> None:
-    client = _client(track, batch_messages=1000, linger=0.05)
+    client = track.fanout_client(batch_messages=1000, linger=0.05)
     started = time.monotonic()
     future = client.publish_nowait("t", b"alone")   # nobody flushes, nobody waits
     producer = client.producer("t", batch_messages=1000)
@@ -133,7 +122,7 @@ def test_a_busy_lock_is_left_to_its_holder_then_waited_for(track: Tracker) -> No
     the thread looks again later (it used to wait for the lock at once, and then every
     call of the holder waited its turn); once the lock has been busy for
     ``BUSY_PATIENCE`` it waits for it. A batch past its linger it claims at once."""
-    client = _client(track, batch_messages=1000, linger=0.002)
+    client = track.fanout_client(batch_messages=1000, linger=0.002)
     connection = client.connection
     answered = client.publish_batch_nowait("t", [b"sent"])   # its answer: read in 5 ms
     with connection.lock:   # a caller inside a call, for less than the patience

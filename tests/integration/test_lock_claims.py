@@ -24,12 +24,7 @@ PROMPT = 1.5
 
 
 def _client(track: Tracker, **options: object) -> Tracker:
-    endpoint = track.endpoint()
-    track.broker_process(endpoint)
-    client = track.client(endpoint, **options)
-    client.create_topic("t")
-    client.create_queue("q")
-    client.subscribe("t", "q")
+    client = track.fanout_client(**options)
     client.create_queue("idle")
     return client
 
