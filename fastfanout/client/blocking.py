@@ -150,9 +150,9 @@ class Connection(DriverBase):
         # byte here, which ends such a wait (``claim``); the pipe lives as long as this
         # object, so a late write never reaches a descriptor reused after a close.
         self._wake_reader, self._wake_writer = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._claimers: list[None] = []   # calls waiting for the lock in ``claim``
-        # of which calls that need it briefly (``claim``'s own, not a waiting ``pump``'s)
-        self._brief: list[None] = []
+        # threads waiting for the lock (``claim``, ``pump``), each by what it waits for:
+        # _BRIEF (a call that needs the lock briefly), a request, or a consumer's state
+        self._claimers: list[Any] = []
         weakref.finalize(self, _close_descriptors, self._wake_reader, self._wake_writer)
         forks.watch(self._after_fork)
         self.connect()
@@ -168,7 +168,6 @@ class Connection(DriverBase):
         self.core.forked = True
         self.lock = FastRLock()
         self._claimers = []   # a parent thread's, waiting for the parent's lock
-        self._brief = []
         self.nowait_gate.forget()   # it remembers the parent's lock and open batch
         self._ticker = Ticker()
 
@@ -248,19 +247,22 @@ class Connection(DriverBase):
         Release it with ``self.lock.release()``.
         """
         lock = self.lock
-        if not lock.acquire(False):
-            claimers, brief = self._claimers, self._brief
-            claimers.append(None)   # list appends and pops are atomic (the GIL)
-            brief.append(None)
+        if not lock.acquire(False):   # another thread's: this one did not hold it before
+            claimers = self._claimers
+            claimers.append(_BRIEF)   # list appends and removes are atomic (the GIL)
             try:
-                os.write(self._wake_writer, b"\0")
-            except BlockingIOError:
-                pass   # the pipe is full: a wake is pending already
-            try:
-                lock.acquire()
-            finally:
-                claimers.pop()
-                brief.pop()
+                try:
+                    os.write(self._wake_writer, b"\0")
+                except BlockingIOError:
+                    pass   # the pipe is full: a wake is pending already
+                try:
+                    lock.acquire()
+                finally:
+                    claimers.remove(_BRIEF)
+            except BaseException:   # an interrupt (Ctrl-C) once it was taken: let it go
+                if lock.held_here():
+                    lock.release()
+                raise
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -375,34 +377,45 @@ class Connection(DriverBase):
             self._lost(exc)
         self._ticker.used()
 
-    def pump(self, timeout: float, until: Request | None = None) -> None:
+    def pump(self, timeout: float, until: Request | None = None,
+             consumer: ConsumerState | None = None) -> None:
         """Read and feed broker messages for up to ``timeout`` seconds.
 
         The pumping thread holds the socket for the whole wait, so it heartbeats itself:
         the background thread may not get the lock in between. A call from another
         thread ends the wait early (``claim``). ``until``: the request a caller waits
-        for; its answer, read by another thread meanwhile, ends the pump before it
-        starts. Such a caller, and ``claim``'s, count as claimers, for whom a pumping
-        thread steps aside after each pump (``_let_claimers_in``).
+        for, or ``consumer``: the consumer whose next frames it waits for; what another
+        thread read for it meanwhile ends the pump before it starts. Such callers, and
+        ``claim``'s, count as claimers while they wait for the lock: a pumping thread
+        steps aside for them after each pump (``_let_claimers_in``), and one that takes
+        the lock while a claimer's wait is over (its answer or frames read, or a brief
+        call) only looks, so the lock soon passes on (it waited in ``recv`` a whole
+        wait: a delivery or a call of a third thread was late by tenths of a second).
         """
         core = self.core
         lock = self.lock
-        if until is None:
-            lock.acquire()
-        else:
-            claimers = self._claimers
-            claimers.append(None)
-            try:
-                lock.acquire()
-            finally:
-                claimers.pop()
+        waiting: Any = until if until is not None else consumer
+        held_before = lock.held_here()
         try:
-            if until is not None and until.done:
+            if waiting is None or held_before:
+                lock.acquire()
+            else:
+                claimers = self._claimers
+                claimers.append(waiting)
+                try:
+                    lock.acquire()
+                finally:
+                    claimers.remove(waiting)
+        except BaseException:   # an interrupt (Ctrl-C) once it was taken: let it go
+            if not held_before and lock.held_here():
+                lock.release()
+            raise
+        try:
+            if waiting is not None and _wait_is_over(waiting):
                 return
             transport = self.ensure()
-            # a brief call waiting for the lock: only look (another pumping thread may
-            # have taken the lock first, and read the wake meant for it)
-            wait = 0.0 if self._brief else min(timeout, core.heartbeat_interval)
+            wait = (0.0 if any(_wait_is_over(entry) for entry in list(self._claimers))
+                    else min(timeout, core.heartbeat_interval))
             try:
                 frames = transport.recv(wait)
             except PeerLost as exc:
@@ -581,7 +594,7 @@ class Connection(DriverBase):
         up; when no thread waits, the background thread does, at its next heartbeat (it
         is not woken for acks: waking it would take the socket from the consuming thread).
         """
-        with self.lock:
+        with self.held():
             self.core.defer_settle(consumer, receipts, time.monotonic())
             self.send_out()
 
@@ -590,7 +603,7 @@ class Connection(DriverBase):
 
         Returns the seconds until they are due, or None.
         """
-        with self.lock:
+        with self.held():
             if now is None:
                 self.core.settle(consumer)
                 left = None
@@ -1148,6 +1161,23 @@ class Client(ClientFace[PublishFuture, PublishBatchFuture]):
 
 _REPLIES: Final = object()
 """The ``Ticker`` deadline source of a reply poll (``Connection.batch_future``)."""
+_BRIEF: Final = object()
+"""What a ``claim`` waits for (``Connection._claimers``): the lock, for a brief call."""
+
+
+def _wait_is_over(waiting: Any) -> bool:
+    """A claimer's wait is over once it has the lock.
+
+    So for a brief call (``_BRIEF``), a request answered, or a consumer whose frames (or
+    end) another thread read.
+    """
+    if waiting is _BRIEF:
+        return True
+    if isinstance(waiting, Request):
+        return waiting.done
+    return bool(waiting.batches) or waiting.error is not None or waiting.closed
+
+
 _BUSY: Final = object()
 """The ``Ticker`` deadline source of the background thread's next look at a busy lock."""
 

@@ -208,7 +208,7 @@ def _next_frames(connection: BlockingDriver, state: ConsumerState,
         wait = 0.1 if remaining is None else min(0.1, remaining)
         settle = (connection.settle(state, now)
                   if state.unsent or (acks is not None and acks.count) else None)
-        connection.pump(wait if settle is None else min(wait, settle))
+        connection.pump(wait if settle is None else min(wait, settle), consumer=state)
     return state.batches.popleft()
 
 

@@ -148,8 +148,12 @@ class BlockingDriver(Protocol):
                         ) -> RemotePublishBatch:
         """Wait for a publish request's answer."""
 
-    def pump(self, timeout: float) -> None:
-        """Read and feed broker messages for up to ``timeout`` seconds."""
+    def pump(self, timeout: float, until: Request | None = None,
+             consumer: ConsumerState | None = None) -> None:
+        """Read and feed broker messages for up to ``timeout`` seconds.
+
+        Less once ``until`` is answered, or ``consumer`` has frames to read.
+        """
 
     def flush(self) -> None:
         """Send the publish batches being filled."""

@@ -174,13 +174,20 @@ class ProducerCore:
         self.in_flight[request] = frame
 
     def answered(self, request: Request) -> RemotePublishBatch | FastFanoutError:
-        """A frame in flight was answered: its results, or its refusal (the frame kept)."""
-        frame = self.in_flight.pop(request)
+        """A frame in flight was answered: its results, or its refusal (the frame kept).
+
+        Two threads may wait for the same oldest answer (the producer's own, and a
+        ``Client.close`` flushing it): the second gets the same outcome, counted and kept
+        once (it raised ``KeyError``).
+        """
+        frame = self.in_flight.pop(request, None)
         if request.error is not None:
-            self.refused(frame, request.error)
+            if frame is not None:
+                self.refused(frame, request.error)
             return request.error
         results = RemotePublishBatch(request.value()[0])
-        self.published += len(results)
+        if frame is not None:
+            self.published += len(results)
         return results
 
     def refused(self, frame: bytes, error: FastFanoutError) -> bool:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any as Tracker
 
+import pytest
+
 IDLE_WAIT = 3.0
 """The idle consumer's ``timeout``: its thread waits in ``recv`` this long at a time (up to
 the heartbeat interval); a call that waited it out would take seconds."""
@@ -93,3 +95,90 @@ def test_a_producers_frames_are_not_held_up_by_a_thread_waiting_in_recv(
                              "the lingering frame sent")
         elapsed = time.monotonic() - started
     assert elapsed < PROMPT * 2, f"the frames took {elapsed:.2f} s"
+
+
+def test_a_consumer_thread_gets_its_frames_while_another_waits_in_recv(
+        track: Tracker) -> None:
+    """The frames of one consumer, read by another consumer's thread, reach it at once: a
+    thread waiting for the lock whose frames have come is let in (it used to wait whole
+    ``recv`` waits of the other thread, tenths of a second a delivery)."""
+    client = _client(track)
+    publisher = track.client(client.endpoint)
+    got = threading.Semaphore(0)
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set():
+            for message in client.consume("q", timeout=IDLE_WAIT):
+                message.ack()
+                got.release()
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    with _idle_consumers(track, client):
+        publisher.publish("t", b"first")   # the consumer is in place
+        assert got.acquire(timeout=10.0)
+        started = time.monotonic()
+        for index in range(20):
+            publisher.publish("t", b"%d" % index)
+            assert got.acquire(timeout=10.0)
+        elapsed = time.monotonic() - started
+        stop.set()
+        publisher.publish("t", b"last")
+    thread.join(IDLE_WAIT + 5.0)
+    assert elapsed < PROMPT, f"20 deliveries took {elapsed:.2f} s"
+
+
+def test_calls_of_a_third_thread_are_not_held_up_by_two_waiting_in_recv(
+        track: Tracker) -> None:
+    client = _client(track)
+    with _idle_consumers(track, client):
+        slow = 0
+        for _ in range(200):
+            started = time.monotonic()
+            client.stats()
+            slow += time.monotonic() - started > 0.09   # a recv wait is 0.1 s
+    assert slow <= 1, f"{slow} of 200 calls waited out a recv"
+
+
+class _InterruptedLock:
+    """The client's lock, but an interrupt (Ctrl-C) lands as soon as a waiting acquire
+    has taken it."""
+
+    def __init__(self, lock: Tracker) -> None:
+        self.lock = lock
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not blocking:
+            return False   # held by another thread: the caller waits
+        self.lock.acquire()
+        raise KeyboardInterrupt
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def held_here(self) -> bool:
+        return bool(self.lock.held_here())
+
+
+class _NoFrames:
+    """A consumer's state with no frames read for it."""
+
+    batches: list[bytes] = []
+    error = None
+    closed = False
+
+
+def test_an_interrupt_once_the_lock_is_taken_leaves_it_free(track: Tracker) -> None:
+    client = _client(track)
+    connection = client.connection
+    lock = connection.lock
+    for call in (connection.claim, lambda: connection.pump(0.0, consumer=_NoFrames())):
+        connection.lock = _InterruptedLock(lock)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                call()
+        finally:
+            connection.lock = lock
+        assert not lock.held_here()   # it stayed held: every other thread of it hung
+    assert client.stats().queues["q"].enqueued == 0   # the client goes on

@@ -21,7 +21,7 @@ from fastfanout.wire.protocol import Opcode, Status
 def make(batch_messages: int = 3, batch_bytes: int = 1 << 20,
          max_in_flight: int = 2) -> tuple[ProducerCore, ConnectionCore]:
     connection = ConnectionCore("ipc://test", linger=0.01, batch_messages=10,
-                                batch_bytes=1 << 20, bind=lambda futures, request: None)
+                                batch_bytes=1 << 20, bind=lambda batch, request: None)
     return ProducerCore("t", batch_messages, batch_bytes, max_in_flight, 0.01), connection
 
 
@@ -60,6 +60,23 @@ def test_an_answer_counts_the_published_and_frees_the_slot() -> None:
     results = core.answered(request)
     assert not isinstance(results, Exception) and len(results) == 3
     assert (core.published, core.pending, core.in_flight) == (3, 0, {})
+
+
+def test_an_answer_taken_twice_is_counted_and_kept_once() -> None:
+    """The producer's thread and a closing client's may both wait for the oldest answer."""
+    core, connection = make()
+    core.builder.append_body(b"a")
+    published, _ = send(core, connection)
+    core.builder.append_body(b"b")
+    refused, frame = send(core, connection)
+    answer(connection, published, 1)
+    connection.receive([protocol.encode_header(Status.ERROR, refused.request_id),
+                        protocol.encode_error(QueueFull("full"))], 0.0)
+    first, second = core.answered(published), core.answered(published)
+    assert not isinstance(second, Exception) and len(second) == len(first) == 1
+    assert isinstance(core.answered(refused), QueueFull)
+    assert isinstance(core.answered(refused), QueueFull)
+    assert (core.published, list(core.kept), core.refused_frames) == (1, [frame], 1)
 
 
 def test_a_refusal_keeps_the_frame_and_counts_it() -> None:
