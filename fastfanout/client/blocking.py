@@ -100,9 +100,6 @@ leaves the lock to the calls that woke it before it pumps again."""
 BUSY_PATIENCE = 0.05
 """Seconds the background thread, due to run, leaves the connection to a thread that
 holds its lock before it waits its turn for it (``Connection._background``)."""
-BUSY_RETRY = 0.001
-"""Seconds at least between the background thread's looks at a busy lock (it looks again
-a ``linger`` later, or this)."""
 
 class Connection(DriverBase):
     """The blocking I/O driver of a ``ConnectionCore``: transport, lock, background thread.
@@ -118,7 +115,7 @@ class Connection(DriverBase):
         in_flight_waits: times a ``publish_nowait``/``send_nowait`` that sent a full
             batch waited for the oldest answer (more than ``max_in_flight`` unanswered).
         busy_retries: times the background thread, due to run, found the lock held by a
-            caller and looked again later (``BUSY_PATIENCE``).
+            caller and looked again at its next wake-up (``BUSY_PATIENCE``).
         close_deadline: while ``Client.close(timeout)`` runs, when its timeout ends
             (``time.monotonic()``): its producers' flushes wait no longer. None otherwise.
     """
@@ -702,10 +699,11 @@ class Connection(DriverBase):
             # that thread wait its turn too (the lock is fair to waiters): a loop of
             # publish_nowait, whose caller holds the lock while paced to the broker's
             # answers, paid two thread wake-ups per round of this thread, a sixth of its
-            # time. So unless a batch or frame is past its linger — then the holder is
-            # woken if it waits in ``recv`` (``claim``), for nobody else sends it — this
-            # thread looks again a linger later, and waits its turn only once the lock
-            # has been busy for BUSY_PATIENCE (acks and reply reads wait no longer).
+            # time. So unless a batch or frame that could leave is past its linger — then
+            # the holder is woken if it waits in ``recv`` (``claim``), for nobody else
+            # sends it — this thread looks again at its next wake-up, and waits its turn
+            # only once the lock has been busy for BUSY_PATIENCE (acks and reply reads wait
+            # no longer).
             if not self.lock.acquire(blocking=False):
                 now = time.monotonic()
                 if self._lingering(now):
@@ -714,9 +712,11 @@ class Connection(DriverBase):
                     if busy_since is None:
                         busy_since = now
                     if now - busy_since < BUSY_PATIENCE:
+                        # nothing that could leave lingers: look again at the next reply
+                        # poll (which a pumping holder keeps pushing out), heartbeat or
+                        # deadline a caller sets; what is open sets its own once held
                         self.busy_retries += 1
-                        ticker.take()   # what is open sets its deadline again once held
-                        ticker.due(now + max(core.linger, BUSY_RETRY), _BUSY)
+                        ticker.take()
                         continue
                     if not self.lock.acquire(timeout=interval):
                         continue  # another thread is busy with the socket; it heartbeats too
@@ -748,7 +748,9 @@ class Connection(DriverBase):
                     self.lock.release()
 
     def _lingering(self, now: float) -> bool:
-        """A publish batch or a producer's frame is past its linger.
+        """A publish batch or a producer's frame that could leave is past its linger.
+
+        A frame behind ``max_in_flight`` unanswered ones leaves with its thread's next send.
 
         Read without the lock, by the background thread: a hint.
         """
@@ -756,7 +758,7 @@ class Connection(DriverBase):
             return True
         for producer in list(self.producers):
             due = producer.linger_due()
-            if due is not None and due <= now:
+            if due is not None and due <= now and producer.can_leave():
                 return True
         return False
 

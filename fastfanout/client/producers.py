@@ -519,6 +519,13 @@ class RemoteProducer(BlockingOnly, ProducerFace,
                 return
         self._send_taken()
 
+    def can_leave(self) -> bool:
+        """The open frame could leave now: fewer than ``max_in_flight`` are unanswered.
+
+        Else its own thread sends it once an answer comes. Read without the lock: a hint.
+        """
+        return self.core.unanswered() < self.core.max_in_flight
+
     def linger_due(self) -> float | None:
         """When the open frame must leave by ``linger`` (``time.monotonic()`` seconds).
 

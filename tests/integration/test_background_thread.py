@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any as Tracker
 
-from fastfanout.client.blocking import BUSY_PATIENCE, BUSY_RETRY
+from fastfanout.client.blocking import BUSY_PATIENCE
 from fastfanout.client.futures import REPLY_POLL
 
 LINGER = 0.01
@@ -136,8 +136,8 @@ def test_a_busy_lock_is_left_to_its_holder_then_waited_for(track: Tracker) -> No
     with connection.lock:   # past the patience: the thread waits its turn
         time.sleep(BUSY_PATIENCE * 6)
         looked = connection.busy_retries - retries
-    # it stopped looking once the patience ran out (it would look every linger else)
-    assert 1 <= looked <= BUSY_PATIENCE / BUSY_RETRY + SLACK, looked
+    # it stopped looking once the patience ran out (it would look every reply poll else)
+    assert 1 <= looked <= BUSY_PATIENCE / REPLY_POLL + SLACK, looked
     track.wait_until(answered.done, 4.0, "the answer read once the lock was free")
 
     retries = connection.busy_retries
