@@ -925,7 +925,7 @@ cdef class PublishFuture:
             PyObject_GC_Track(self)   # callbacks may refer back to it: a cycle to collect
         self._watched = True
         cdef BatchAnswer answer = self._answer
-        with self._client.lock:
+        with self._client.held():   # wakes a thread waiting in recv with it
             if answer.request is None:   # still in its batch: bind_batch moves it
                 if answer._callbacks is None:
                     answer._callbacks = []

@@ -244,22 +244,25 @@ class Connection(DriverBase):
         Release it with ``self.lock.release()``.
         """
         lock = self.lock
-        if not lock.acquire(False):   # another thread's: this one did not hold it before
-            claimers = self._claimers
-            claimers.append(_BRIEF)   # list appends and removes are atomic (the GIL)
+        held_before = lock.held_here()
+        registered = False
+        try:
+            if lock.acquire(False):
+                return
+            registered = True   # before the append: an interrupt between leaves none
+            self._claimers.append(_BRIEF)   # appends and removes are atomic (the GIL)
             try:
-                try:
-                    os.write(self._wake_writer, b"\0")
-                except BlockingIOError:
-                    pass   # the pipe is full: a wake is pending already
-                try:
-                    lock.acquire()
-                finally:
-                    claimers.remove(_BRIEF)
-            except BaseException:   # an interrupt (Ctrl-C) once it was taken: let it go
-                if lock.held_here():
-                    lock.release()
-                raise
+                os.write(self._wake_writer, b"\0")
+            except BlockingIOError:
+                pass   # the pipe is full: a wake is pending already
+            lock.acquire()
+        except BaseException:   # an interrupt (Ctrl-C) once it was taken: let it go
+            if not held_before and lock.held_here():
+                lock.release()
+            raise
+        finally:
+            if registered:
+                _unregister(self._claimers, _BRIEF)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -393,20 +396,21 @@ class Connection(DriverBase):
         lock = self.lock
         waiting: Any = until if until is not None else consumer
         held_before = lock.held_here()
+        registered = False
         try:
             if waiting is None or held_before:
                 lock.acquire()
             else:
-                claimers = self._claimers
-                claimers.append(waiting)
-                try:
-                    lock.acquire()
-                finally:
-                    claimers.remove(waiting)
+                registered = True
+                self._claimers.append(waiting)
+                lock.acquire()
         except BaseException:   # an interrupt (Ctrl-C) once it was taken: let it go
             if not held_before and lock.held_here():
                 lock.release()
             raise
+        finally:
+            if registered:
+                _unregister(self._claimers, waiting)
         try:
             if waiting is not None and _wait_is_over(waiting):
                 return
@@ -477,7 +481,7 @@ class Connection(DriverBase):
                         f"no answer from the broker at {self.endpoint} within the "
                         f"{limit:g} s waited; the request is still pending (the "
                         f"connection is unchanged): wait again")
-                with self.lock:
+                with self.held():
                     self.broken(BrokenConnection(
                         f"no reply from the broker at {self.endpoint} within {limit:.1f} s"
                         + (f"; is it running?{stream_endpoint_hint(self.endpoint)}"
@@ -794,7 +798,7 @@ class Connection(DriverBase):
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
         try:
-            with self.lock:
+            with self.held():
                 if self.transport is not None:
                     publishes = core.closing()
                     try:
@@ -816,7 +820,7 @@ class Connection(DriverBase):
             # ``inf``, or more than ``Thread.join`` takes (an OverflowError, and the
             # transport left open), waits as None does
             self._thread.join(left())
-            with self.lock:
+            with self.held():
                 self.drop_transport()
 
 
@@ -1165,6 +1169,12 @@ _REPLIES: Final = object()
 """The ``Ticker`` deadline source of a reply poll (``Connection.batch_future``)."""
 _BRIEF: Final = object()
 """What a ``claim`` waits for (``Connection._claimers``): the lock, for a brief call."""
+
+
+def _unregister(claimers: list[Any], waiting: Any) -> None:
+    """Take a claimer's entry out (none if an interrupt came before it was added)."""
+    with contextlib.suppress(ValueError):
+        claimers.remove(waiting)
 
 
 def _wait_is_over(waiting: Any) -> bool:

@@ -123,5 +123,5 @@ class PublishBatchFuture:
         It runs in the thread that reads the answer (usually the client's background
         thread) with the client's lock held; an exception it raises is logged.
         """
-        with self._client.lock:
+        with self._client.held():
             self._request.watch(partial(run_callback, self, callback))

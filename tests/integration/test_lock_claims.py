@@ -141,6 +141,21 @@ def test_calls_of_a_third_thread_are_not_held_up_by_two_waiting_in_recv(
     assert slow <= 1, f"{slow} of 200 calls waited out a recv"
 
 
+def test_add_done_callback_is_not_held_up_by_threads_waiting_in_recv(
+        track: Tracker) -> None:
+    client = _client(track)
+    with _idle_consumers(track, client):
+        futures = [client.publish_nowait("t", b"x"), client.publish_batch_nowait("t", [b"y"])]
+        seen: list[object] = []
+        slow = 0
+        for future in futures * 5:
+            started = time.monotonic()
+            future.add_done_callback(seen.append)
+            slow += time.monotonic() - started > 0.09   # a recv wait is 0.1 s
+        track.wait_until(lambda: len(seen) == 10, 10.0, "the callbacks ran")
+    assert slow <= 1, f"{slow} of 10 add_done_callback calls waited out a recv"
+
+
 class _InterruptedLock:
     """The client's lock, but an interrupt (Ctrl-C) lands as soon as a waiting acquire
     has taken it."""
@@ -148,8 +163,11 @@ class _InterruptedLock:
     def __init__(self, lock: Tracker) -> None:
         self.lock = lock
 
+    free = False
+    """True: the lock is free, and the interrupt lands as the first try takes it."""
+
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if not blocking:
+        if not blocking and not self.free:
             return False   # held by another thread: the caller waits
         self.lock.acquire()
         raise KeyboardInterrupt
@@ -173,8 +191,10 @@ def test_an_interrupt_once_the_lock_is_taken_leaves_it_free(track: Tracker) -> N
     client = _client(track)
     connection = client.connection
     lock = connection.lock
-    for call in (connection.claim, lambda: connection.pump(0.0, consumer=_NoFrames())):
+    for free, call in ((False, connection.claim), (True, connection.claim),
+                       (False, lambda: connection.pump(0.0, consumer=_NoFrames()))):
         connection.lock = _InterruptedLock(lock)
+        connection.lock.free = free
         try:
             with pytest.raises(KeyboardInterrupt):
                 call()

@@ -26,6 +26,9 @@ class FakeDriver:
         self.batch = PendingBatch()
         self.request = Request(1, publish=True)
 
+    def held(self) -> threading.RLock:
+        return self.lock
+
     def flush(self) -> None:
         self.flushed += 1
         bind_batch(self.batch, self.request)
