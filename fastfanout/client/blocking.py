@@ -243,26 +243,36 @@ class Connection(DriverBase):
 
         Release it with ``self.lock.release()``.
         """
+        self._take(_BRIEF, wake=True)
+
+    def _take(self, waiting: Any, *, wake: bool) -> None:
+        """Take the lock, waiting as a claimer for ``waiting`` while another thread has it.
+
+        ``waiting`` None: not as a claimer; ``wake``: write the wake first. An interrupt
+        (Ctrl-C) landing once the lock was taken lets it go again, and leaves no claim.
+        """
         lock = self.lock
         held_before = lock.held_here()
         registered = False
         try:
-            if lock.acquire(False):
+            if lock.acquire(False):   # free, or this thread's
                 return
-            registered = True   # before the append: an interrupt between leaves none
-            self._claimers.append(_BRIEF)   # appends and removes are atomic (the GIL)
-            try:
-                os.write(self._wake_writer, b"\0")
-            except BlockingIOError:
-                pass   # the pipe is full: a wake is pending already
+            if waiting is not None:
+                registered = True   # before the append: an interrupt between leaves none
+                self._claimers.append(waiting)   # appends and removes are atomic (the GIL)
+                if wake:
+                    try:
+                        os.write(self._wake_writer, b"\0")
+                    except BlockingIOError:
+                        pass   # the pipe is full: a wake is pending already
             lock.acquire()
-        except BaseException:   # an interrupt (Ctrl-C) once it was taken: let it go
+        except BaseException:
             if not held_before and lock.held_here():
                 lock.release()
             raise
         finally:
             if registered:
-                _unregister(self._claimers, _BRIEF)
+                _unregister(self._claimers, waiting)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -395,22 +405,7 @@ class Connection(DriverBase):
         core = self.core
         lock = self.lock
         waiting: Any = until if until is not None else consumer
-        held_before = lock.held_here()
-        registered = False
-        try:
-            if waiting is None or held_before:
-                lock.acquire()
-            else:
-                registered = True
-                self._claimers.append(waiting)
-                lock.acquire()
-        except BaseException:   # an interrupt (Ctrl-C) once it was taken: let it go
-            if not held_before and lock.held_here():
-                lock.release()
-            raise
-        finally:
-            if registered:
-                _unregister(self._claimers, waiting)
+        self._take(waiting, wake=False)
         try:
             if waiting is not None and _wait_is_over(waiting):
                 return
@@ -1188,10 +1183,6 @@ def _wait_is_over(waiting: Any) -> bool:
     if isinstance(waiting, Request):
         return waiting.done
     return bool(waiting.batches) or waiting.error is not None or waiting.closed
-
-
-_BUSY: Final = object()
-"""The ``Ticker`` deadline source of the background thread's next look at a busy lock."""
 
 
 class _PulledBatches(Iterator[DeliveryBatch]):
