@@ -138,7 +138,9 @@ def test_calls_of_a_third_thread_are_not_held_up_by_two_waiting_in_recv(
             started = time.monotonic()
             client.stats()
             slow += time.monotonic() - started > 0.09   # a recv wait is 0.1 s
-    assert slow <= 1, f"{slow} of 200 calls waited out a recv"
+    # the bug held up 5-6 % of them (10 or more of 200); a loaded machine (the suite on
+    # two cores) slows a call past 0.09 s now and then by itself
+    assert slow <= 5, f"{slow} of 200 calls waited out a recv"
 
 
 def test_add_done_callback_is_not_held_up_by_threads_waiting_in_recv(
